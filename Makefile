@@ -1,0 +1,57 @@
+# The two commands: `make run` and `make test`. Everything they need is installed here
+# (venv, pip, local npm peers, Debian packages for the sandbox tiers), never by hand.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SYMBI := $(VENV)/bin/symbi
+CONFIG ?= examples/symbi.toml
+PYTEST_ARGS ?=
+
+.PHONY: all setup python-deps node-deps sandbox run stdio test test-fast bench lint typecheck clean
+
+all: setup
+
+setup: python-deps node-deps
+
+python-deps: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+node-deps: node_modules/.installed
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Debian packages for the sandbox tiers, runsc registered with Docker, dockerd started,
+# the base image imported (no registry pull). Idempotent; quick when already done.
+sandbox:
+	bash scripts/setup-sandbox.sh
+
+run: setup
+	@bash scripts/run-banner.sh $(CONFIG)
+	$(SYMBI) serve --config $(CONFIG)
+
+stdio: setup
+	$(SYMBI) mcp --config $(CONFIG)
+
+test: setup sandbox
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not sandbox and not slow" $(PYTEST_ARGS)
+
+typecheck: python-deps
+	$(PY) -m mypy schemapin
+
+lint: python-deps
+	$(PY) -m ruff check gateway schemapin tests bench
+
+bench: setup
+	$(PY) bench/proxy.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache

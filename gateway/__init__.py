@@ -1,0 +1,3 @@
+"""Symbi: an MCP security gateway."""
+
+__version__ = "0.1.0"

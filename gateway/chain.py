@@ -1,0 +1,37 @@
+"""The call chain: an onion of steps around the dispatch to an upstream.
+
+Each step is a small class in ``gateway/steps/`` with one async ``__call__(call, call_next)``.
+A step denies by raising a ``GatewayError`` (or returning without calling ``call_next``);
+the audit step is outermost so it sees every allow, deny and crash. The order lives in one
+list: ``gateway.steps.default_steps``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+from gateway.context import CallContext
+
+# The result of the innermost endpoint: a CallToolResult, ReadResourceResult or GetPromptResult.
+CallNext = Callable[[CallContext], Awaitable[Any]]
+
+
+class Step(Protocol):
+    """One step of the call chain."""
+
+    async def __call__(self, call: CallContext, call_next: CallNext) -> Any: ...
+
+
+def build_chain(steps: Sequence[Step], endpoint: CallNext) -> CallNext:
+    """Compose ``steps`` (outermost first) around ``endpoint``."""
+    handler = endpoint
+    for step in reversed(steps):
+        handler = _bind(step, handler)
+    return handler
+
+
+def _bind(step: Step, inner: CallNext) -> CallNext:
+    async def run(call: CallContext) -> Any:
+        return await step(call, inner)
+
+    return run

@@ -1,0 +1,77 @@
+"""The ``symbi`` command line: thin, over the library.
+
+Only this package reads ``sys.argv`` and maps errors to exit codes:
+0 success / valid, 1 failure / invalid / denied, 2 usage or configuration error.
+Each sub-command lives in its own module with a ``register(subparsers)`` function that
+sets ``func`` (returning the exit code) on its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Sequence
+
+from gateway.errors import ConfigError, GatewayError
+
+# The order of sub-commands in --help.
+COMMANDS = (
+    "gateway.cli.run",  # mcp, serve
+    "gateway.cli.config_cmd",  # config check
+    "gateway.cli.tools_cmd",  # tools list|diff|approve|revoke
+    "gateway.cli.schemapin_cmd",  # schemapin keygen|sign|verify|wellknown|pins
+    "gateway.cli.policy_cmd",  # policy check|eval|test
+    "gateway.cli.audit_cmd",  # audit verify|tail|query|export|report
+    "gateway.cli.sandbox_cmd",  # sandbox run|doctor
+    "gateway.cli.keys_cmd",  # keys create|list|revoke
+)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="symbi", description="Symbi MCP security gateway")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in COMMANDS:
+        importlib.import_module(mod).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from gateway import __version__
+
+        print(f"symbi {__version__}")
+        return EXIT_OK
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args.environ = dict(os.environ)
+    try:
+        return int(func(args))
+    except ConfigError as e:
+        print(f"symbi: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except GatewayError as e:
+        print(f"symbi: {e.diagnostics()}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Logging goes to stderr only: on stdio, stdout is the protocol."""
+    from gateway.logs import configure
+
+    configure(level, fmt)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

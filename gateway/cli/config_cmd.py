@@ -1,0 +1,28 @@
+"""``symbi config check``: validate a config file without starting anything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gateway.config import load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    check = csub.add_parser("check", help="validate a config file and exit (0 valid, 2 invalid)")
+    check.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+    check.add_argument("--print", action="store_true", help="print the effective config as JSON")
+    check.set_defaults(func=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.environ)
+    if args.print:
+        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    else:
+        where = cfg.source or "<defaults>"
+        print(f"{where}: OK ({len(cfg.servers)} server(s): {', '.join(cfg.servers) or 'none'})")
+    return 0

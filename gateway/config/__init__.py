@@ -1,0 +1,6 @@
+"""Configuration: one TOML file plus ``SYMBI_*`` environment overrides, validated at start."""
+
+from gateway.config.load import ENV_OVERRIDES, build_config, config_path_from_env, load_config
+from gateway.config.model import Config, ServerConfig
+
+__all__ = ["Config", "ENV_OVERRIDES", "ServerConfig", "build_config", "config_path_from_env", "load_config"]

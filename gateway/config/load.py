@@ -1,0 +1,157 @@
+"""Build the one ``Config`` from a TOML file plus the environment, or fail naming the key.
+
+The environment is read here and nowhere else: callers pass ``environ`` explicitly (the
+CLI passes ``os.environ``), so tests and embedders control it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import ValidationError
+
+from gateway.config.model import Config
+from gateway.errors import ConfigError
+
+# env var -> (section, key, parser). Documented in examples/symbi.toml and the README.
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _bool(name: str, raw: str) -> bool:
+    try:
+        return _BOOL[raw.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"environment variable {name}={raw!r} is not a boolean (true/false)") from None
+
+
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "SYMBI_LOG_LEVEL": ("gateway", "log_level"),
+    "SYMBI_LOG_FORMAT": ("gateway", "log_format"),
+    "SYMBI_DATA_DIR": ("gateway", "data_dir"),
+    "SYMBI_RUNTIME_MODE": ("runtime", "mode"),
+    "SYMBI_CRYPTO_PROVIDER": ("security", "crypto_provider"),
+    "SYMBI_AUDIT_STORAGE": ("audit", "path"),
+    "QDRANT_URL": ("context", "vector_db_url"),
+    "MCP_SERVER_DISCOVERY": ("mcp", "discovery_enabled"),
+}
+_BOOL_ENV = {"MCP_SERVER_DISCOVERY"}
+_UPPER_ENV = {"SYMBI_LOG_LEVEL"}
+_PATH_KEYS = {
+    ("gateway", "data_dir"),
+    ("policy", "path"),
+    ("policy", "data"),
+    ("policy", "tls_ca"),
+    ("audit", "path"),
+    ("audit", "key_path"),
+    ("http", "api_keys_path"),
+}
+
+
+def config_path_from_env(environ: Mapping[str, str]) -> Path | None:
+    raw = environ.get("SYMBI_CONFIG_PATH")
+    return Path(raw) if raw else None
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or ``$SYMBI_CONFIG_PATH``), apply env overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not TOML, or a key is unknown,
+            of the wrong type, or missing; the message names the key and the file.
+    """
+    environ = environ if environ is not None else {}
+    path = path or config_path_from_env(environ)
+    raw: dict[str, Any] = {}
+    where = "<defaults>"
+    base = Path.cwd()
+    if path is not None:
+        where = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read config file: {e.strerror or e}") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{where}: not valid TOML: {e}") from None
+        base = path.resolve().parent
+    return build_config(raw, where=where, base=base, environ=environ, source=path)
+
+
+def build_config(
+    raw: dict[str, Any],
+    *,
+    where: str = "<defaults>",
+    base: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    source: Path | None = None,
+) -> Config:
+    """Validate a parsed TOML document (see ``load_config``)."""
+    base = base or Path.cwd()
+    doc: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    if "source" in doc:
+        raise ConfigError(f"{where}: unknown key 'source'")
+    for name, (section, key) in ENV_OVERRIDES.items():
+        value = (environ or {}).get(name)
+        if value is None or value == "":
+            continue
+        parsed: Any = value
+        if name in _BOOL_ENV:
+            parsed = _bool(name, value)
+        elif name in _UPPER_ENV:
+            parsed = value.upper()
+        sect = doc.setdefault(section, {})
+        if not isinstance(sect, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        sect[key] = parsed
+    _resolve_paths(doc, base, where)
+    try:
+        cfg = Config.model_validate(doc)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, where), reasons=[_describe_one(err, where) for err in e.errors()]) from None
+    return cfg.model_copy(update={"source": source.resolve() if source else None})
+
+
+def _resolve_paths(doc: dict[str, Any], base: Path, where: str) -> None:
+    for section, key in _PATH_KEYS:
+        sect = doc.get(section)
+        if isinstance(sect, dict) and isinstance(sect.get(key), str):
+            sect[key] = str(_under(base, sect[key]))
+    gw = doc.get("gateway")
+    if not (isinstance(gw, dict) and "data_dir" in gw):
+        doc.setdefault("gateway", {})
+        if isinstance(doc["gateway"], dict):
+            doc["gateway"]["data_dir"] = str(base / ".symbi")
+    mcp = doc.get("mcp")
+    if isinstance(mcp, dict) and isinstance(mcp.get("org_keys"), list):
+        mcp["org_keys"] = [str(_under(base, p)) if isinstance(p, str) else p for p in mcp["org_keys"]]
+    servers = doc.get("servers")
+    if isinstance(servers, dict):
+        for srv in servers.values():
+            if not isinstance(srv, dict):
+                continue
+            for key in ("cwd", "approved"):
+                if isinstance(srv.get(key), str):
+                    srv[key] = str(_under(base, srv[key]))
+
+
+def _under(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _describe_one(err: Any, where: str) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
+    msg = str(err.get("msg", "invalid"))
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown key"
+    elif err.get("type") == "missing":
+        msg = "required key is missing"
+    return f"{where}: {loc or '<top>'}: {msg}"
+
+
+def _describe(e: ValidationError, where: str) -> str:
+    lines = [_describe_one(err, where) for err in e.errors()]
+    return "invalid configuration:\n" + "\n".join(f"  {line}" for line in lines)

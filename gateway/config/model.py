@@ -1,0 +1,240 @@
+"""The typed, frozen configuration object (one TOML file, ``symbi.toml``).
+
+Every section is a frozen pydantic model that forbids unknown keys, so a typo is an
+error naming the key instead of a silently ignored setting. Paths are resolved against
+the config file's folder by the loader. Keys read by parts not built yet (the agent
+runtime, the context store) are accepted and documented in ``examples/symbi.toml``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+VerificationMode = Literal["strict", "tofu", "warn", "off"]
+TierName = Literal["none", "bwrap", "docker", "gvisor"]
+
+SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+# TOML gives lists and strings: accept them for tuples and paths, stay strict elsewhere.
+PathT = Annotated[Path, Strict(False)]
+StrTuple = Annotated[tuple[str, ...], Strict(False)]
+PathTuple = Annotated[tuple[PathT, ...], Strict(False)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class StdioPrincipal(_Section):
+    """Who is calling when a client connects over stdio (no credentials there)."""
+
+    id: str = "local"
+    kind: str = "user"
+    roles: StrTuple = ()
+
+
+class GatewaySection(_Section):
+    name: str = "symbi"
+    data_dir: PathT = Path(".symbi")
+    log_level: LogLevel = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    stdio_principal: StdioPrincipal = StdioPrincipal()
+
+
+class SecuritySection(_Section):
+    default_sandbox_tier: TierName = "gvisor"
+    enforce_policies: bool = True
+    audit_enabled: bool = True
+    crypto_provider: Literal["cryptography"] = "cryptography"
+
+
+class McpSection(_Section):
+    discovery_enabled: bool = False
+    tool_verification: VerificationMode = "strict"
+    connection_timeout_s: float = Field(default=30.0, gt=0)
+    call_timeout_s: float = Field(default=60.0, gt=0)
+    max_concurrent_connections: int = Field(default=64, ge=1)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    restart_backoff_initial_s: float = Field(default=0.5, gt=0)
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    org_keys: PathTuple = ()  # organisation public keys that may sign approved manifests
+    insecure_discovery_http: bool = False  # tests only: allow http:// .well-known; logged loudly
+
+
+class PolicySection(_Section):
+    engine: Literal["embedded", "opa"] = "embedded"
+    path: PathT | None = None  # default: policies.rego at the repo root / packaged copy
+    data: PathT | None = None
+    url: str | None = None  # OPA server base URL when engine = "opa"
+    timeout_s: float = Field(default=2.0, gt=0)
+    tls_ca: PathT | None = None
+    hot_reload: bool = True
+    decision: str = "data.symbi.decision"
+
+    @model_validator(mode="after")
+    def _opa_needs_url(self) -> "PolicySection":
+        if self.engine == "opa" and not self.url:
+            raise ValueError("policy.url is required when policy.engine = \"opa\"")
+        return self
+
+
+class AuditSection(_Section):
+    path: PathT | None = None  # default: <data_dir>/audit.db
+    key_path: PathT | None = None  # default: <data_dir>/audit-key.pem
+    on_failure: Literal["deny", "warn"] = "deny"
+    checkpoint_every: int = Field(default=100, ge=1)
+    batch_max: int = Field(default=256, ge=1)
+
+
+class SandboxSection(_Section):
+    image: str = "symbi-sandbox:latest"
+    memory_mb: int = Field(default=256, ge=16)
+    cpus: float = Field(default=1.0, gt=0)
+    pids: int = Field(default=128, ge=8)
+    timeout_s: float = Field(default=10.0, gt=0)
+    output_bytes: int = Field(default=64 * 1024, ge=256)
+    warm_pool: int = Field(default=0, ge=0)
+    code_tools: bool = True  # expose sandbox__run_python / sandbox__run_shell
+
+
+class JwtSection(_Section):
+    issuer: str
+    audience: str
+    algorithms: StrTuple = ("RS256", "ES256")
+    jwks_file: PathT | None = None
+    jwks_url: str | None = None
+    roles_claim: str = "roles"
+
+    @model_validator(mode="after")
+    def _one_jwks(self) -> "JwtSection":
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("exactly one of http.jwt.jwks_file or http.jwt.jwks_url is required")
+        if "none" in {a.lower() for a in self.algorithms}:
+            raise ValueError("http.jwt.algorithms must not contain 'none'")
+        return self
+
+
+class HttpSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    path: str = "/mcp"
+    json_response: bool = False
+    session_idle_timeout_s: float = Field(default=1800.0, gt=0)
+    max_sessions: int = Field(default=1000, ge=1)
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    allowed_hosts: StrTuple = ()
+    api_keys_path: PathT | None = None  # default: <data_dir>/api-keys.json
+    anonymous_principal: str | None = None  # explicit opt-in to unauthenticated access
+    access_log: bool = True
+    authorization_servers: StrTuple = ()
+    jwt: JwtSection | None = None
+
+
+class RuntimeSection(_Section):
+    """Read by the agent runtime (not built yet): accepted and validated now."""
+
+    mode: Literal["development", "production"] = "development"
+    max_concurrent_agents: int = Field(default=100, ge=1)
+    scheduler_threads: int = Field(default=4, ge=1)
+    message_buffer_size: int = Field(default=1024, ge=1)
+
+
+class ContextSection(_Section):
+    """Read by the agent memory / RAG store (not built yet): accepted and validated now."""
+
+    vector_db_url: str | None = None
+    embedding_dimension: int = Field(default=384, ge=1)
+    context_cache_size: int = Field(default=1000, ge=0)
+    knowledge_retention_days: int = Field(default=365, ge=0)
+
+
+class ServerConfig(_Section):
+    """One upstream MCP server: stdio (``command``) or streamable HTTP (``url``)."""
+
+    command: str | None = None
+    args: StrTuple = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: PathT | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    enabled: bool = True
+    timeout_s: float | None = Field(default=None, gt=0)  # per-call timeout; default mcp.call_timeout_s
+    pass_through: bool = False  # keep original names (one upstream only)
+    domain: str | None = None  # where its .well-known/schemapin.json lives (from config, never the server)
+    verification: VerificationMode | None = None  # default: mcp.tool_verification
+    approved: PathT | None = None  # signed manifest of approved tool definitions
+    sandbox: TierName | None = None  # run this stdio server inside a sandbox tier
+    sandbox_network: bool = False
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> "ServerConfig":
+        if (self.command is None) == (self.url is None):
+            raise ValueError("exactly one of 'command' (stdio) or 'url' (streamable HTTP) is required")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("'url' must start with http:// or https://")
+        if self.url is not None and (self.args or self.env or self.cwd or self.sandbox):
+            raise ValueError("'args', 'env', 'cwd' and 'sandbox' only apply to stdio servers ('command')")
+        if self.command is not None and self.headers:
+            raise ValueError("'headers' only apply to HTTP servers ('url')")
+        return self
+
+
+class Config(_Section):
+    """The whole gateway configuration."""
+
+    gateway: GatewaySection = GatewaySection()
+    security: SecuritySection = SecuritySection()
+    mcp: McpSection = McpSection()
+    policy: PolicySection = PolicySection()
+    audit: AuditSection = AuditSection()
+    sandbox: SandboxSection = SandboxSection()
+    http: HttpSection = HttpSection()
+    runtime: RuntimeSection = RuntimeSection()
+    context: ContextSection = ContextSection()
+    servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    source: PathT | None = None  # the file this came from (set by the loader)
+
+    @field_validator("servers")
+    @classmethod
+    def _server_names(cls, v: dict[str, ServerConfig]) -> dict[str, ServerConfig]:
+        for name in v:
+            if not SERVER_NAME_RE.match(name) or "__" in name or name.endswith("_"):
+                raise ValueError(
+                    f"server name {name!r} must match [A-Za-z0-9][A-Za-z0-9_-]{{0,31}} without '__' "
+                    "or a trailing '_' (tool names are SERVER__TOOL)"
+                )
+        pt = [n for n, s in v.items() if s.pass_through and s.enabled]
+        if pt and len([s for s in v.values() if s.enabled]) > 1:
+            raise ValueError(f"pass_through on {pt[0]!r} requires it to be the only enabled server")
+        return v
+
+    def verification_for(self, server: str) -> VerificationMode:
+        mode = self.servers[server].verification if server in self.servers else None
+        return mode or self.mcp.tool_verification
+
+    @property
+    def data_dir(self) -> Path:
+        return self.gateway.data_dir
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit.path or self.data_dir / "audit.db"
+
+    @property
+    def audit_key_path(self) -> Path:
+        return self.audit.key_path or self.data_dir / "audit-key.pem"
+
+    @property
+    def pins_path(self) -> Path:
+        return self.data_dir / "pins.db"
+
+    @property
+    def api_keys_path(self) -> Path:
+        return self.http.api_keys_path or self.data_dir / "api-keys.json"

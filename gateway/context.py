@@ -1,0 +1,97 @@
+"""Typed per-call state: who is calling, what they call, and what each step found.
+
+Steps of the call chain (``gateway.chain``) read and fill a ``CallContext``; the audit
+step serialises it and nothing else, so nothing travels in free-form dicts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+VerificationStatus = Literal["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed"]
+CallKind = Literal["tools/call", "resources/read", "prompts/get", "list"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: from config on stdio, from an API key / JWT on HTTP."""
+
+    id: str
+    kind: str = "user"  # user | agent | service | admin
+    roles: tuple[str, ...] = ()
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    agent: str | None = None
+
+    def as_input(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "roles": list(self.roles), "claims": dict(self.claims)}
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    """One tool as the catalogue knows it (the policy input's ``tool`` object)."""
+
+    name: str  # namespaced, e.g. "fs__read_file"
+    original_name: str
+    upstream: str
+    definition: Mapping[str, Any]  # the upstream's tool definition (wire JSON, camelCase)
+    annotations: Mapping[str, Any] = field(default_factory=dict)
+    verification: VerificationStatus = "unverified"
+    key_fingerprint: str | None = None
+    definition_hash: str | None = None
+    code_tool: bool = False
+
+    @property
+    def input_schema(self) -> Mapping[str, Any]:
+        schema = self.definition.get("inputSchema")
+        return schema if isinstance(schema, Mapping) else {"type": "object"}
+
+
+@dataclass(frozen=True)
+class UpstreamInfo:
+    name: str
+    transport: Literal["stdio", "http", "builtin"]
+    domain: str | None = None
+
+    def as_input(self) -> dict[str, Any]:
+        return {"name": self.name, "transport": self.transport, "domain": self.domain}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy decision. ``conditions`` are already validated (unknown ones deny)."""
+
+    allow: bool
+    reasons: tuple[str, ...] = ()
+    conditions: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CallContext:
+    """Everything one request through the gateway carries from step to step."""
+
+    principal: Principal
+    kind: CallKind
+    target: str  # tool name / resource uri / prompt name as the client sent it
+    arguments: dict[str, Any] = field(default_factory=dict)
+    session_id: str | None = None
+    tool: ToolInfo | None = None
+    upstream: UpstreamInfo | None = None
+    decision: Decision | None = None
+    sandbox_tier: str | None = None
+    # arguments as they may be written to the audit log (redacted per policy)
+    audit_arguments: dict[str, Any] | None = None
+    outcome: str | None = None  # "ok" | "error" | "denied"
+    error_code: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    result_bytes: int | None = None
+    unverified_warning: bool = False
+    call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started_ns: int = field(default_factory=time.time_ns)
+    started_mono: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started_mono) * 1000.0

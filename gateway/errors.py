@@ -1,0 +1,94 @@
+"""The gateway's one error family.
+
+Every failure the gateway reports to a client is a ``GatewayError``; the boundary
+(``gateway.boundary``) is the single place that turns one into an MCP result or a
+JSON-RPC error.
+
+    GatewayError
+     ├── ConfigError                 bad config file / env value (names the key and file)
+     ├── CatalogError                a tool/resource/prompt that cannot be listed or routed
+     │    └── UnknownTool            no such tool (or hidden from this principal)
+     ├── UpstreamError               an upstream failed, timed out or is down
+     │    └── UpstreamUnavailable    the upstream is not connected right now
+     ├── ArgumentsInvalid            arguments do not validate against inputSchema
+     ├── VerificationDenied          SchemaPin / pin / drift check refused the tool
+     ├── PolicyDenied                the Rego decision refused the call (carries reasons)
+     │    ├── PolicyError            the policy could not be evaluated (fail closed)
+     │    └── RateLimited            the policy's rate_limit condition tripped
+     ├── SandboxError                a sandbox tier failed or is unavailable
+     │    └── SandboxUnavailable     the chosen tier cannot run here (never downgraded)
+     └── AuditError                  the audit log cannot be written (fail closed)
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose.
+
+    ``code`` is a stable machine-readable identifier; ``reasons`` are the
+    human-readable reasons a client and the audit log see.
+    """
+
+    code: str = "gateway_error"
+
+    def __init__(self, message: str, *, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reasons: list[str] = list(reasons) if reasons else [message]
+
+    def diagnostics(self) -> str:
+        """Multi-line text for a person: what failed and why."""
+        return "\n".join([self.message, *(f"  - {r}" for r in self.reasons if r != self.message)])
+
+
+class ConfigError(GatewayError):
+    code = "config_invalid"
+
+
+class CatalogError(GatewayError):
+    code = "catalog_error"
+
+
+class UnknownTool(CatalogError):
+    code = "unknown_tool"
+
+
+class UpstreamError(GatewayError):
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class ArgumentsInvalid(GatewayError):
+    code = "arguments_invalid"
+
+
+class VerificationDenied(GatewayError):
+    code = "verification_denied"
+
+
+class PolicyDenied(GatewayError):
+    code = "policy_denied"
+
+
+class PolicyError(PolicyDenied):
+    code = "policy_error"
+
+
+class RateLimited(PolicyDenied):
+    code = "rate_limited"
+
+
+class SandboxError(GatewayError):
+    code = "sandbox_error"
+
+
+class SandboxUnavailable(SandboxError):
+    code = "sandbox_unavailable"
+
+
+class AuditError(GatewayError):
+    code = "audit_unavailable"

@@ -88,6 +88,8 @@ class CallContext:
     reasons: list[str] = field(default_factory=list)
     result_bytes: int | None = None
     unverified_warning: bool = False
+    # the SDK's per-request context (progress, relays); never serialised
+    downstream: Any = field(default=None, repr=False, compare=False)
     call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_ns: int = field(default_factory=time.time_ns)
     started_mono: float = field(default_factory=time.perf_counter)

@@ -135,6 +135,13 @@ def _resolve_paths(doc: dict[str, Any], base: Path, where: str) -> None:
             for key in ("cwd", "approved"):
                 if isinstance(srv.get(key), str):
                     srv[key] = str(_under(base, srv[key]))
+            # A stdio server runs in the config file's folder unless told otherwise, so
+            # relative paths in its command and args mean the same wherever symbi starts.
+            if isinstance(srv.get("command"), str):
+                srv.setdefault("cwd", str(base))
+                cmd = srv["command"]
+                if "/" in cmd and not cmd.startswith("/"):
+                    srv["command"] = str(_under(base, cmd))
 
 
 def _under(base: Path, value: str) -> Path:

@@ -1,0 +1,489 @@
+"""``AuditLog``: the signed, hash-chained, durable event log (the gateway's ``EventSink``).
+
+Callers never touch the database: ``emit`` / ``record`` / ``append`` serialise the details at
+once and put the event on an unbounded queue (never dropped); one writer thread takes up to
+``audit.batch_max`` events at a time, assigns sequence numbers, chains, signs, inserts them
+and the signed head anchor in ONE transaction and commits (WAL, fsync). Only then are the
+events acknowledged: ``record`` / ``append`` return the sequence number after the commit.
+One fsync per batch is what makes durable appends cheap under load (group commit).
+
+Fail closed: when a batch cannot be committed, waiting callers get ``AuditError``; if events
+that nobody waited for (``emit``) were lost, the log refuses every later event too, so the
+gateway refuses calls instead of running unaudited. ``audit.on_failure = "warn"`` logs instead.
+
+One process writes a log at a time (an exclusive ``flock`` on ``<log>.lock``); readers
+(verify, query, tail, ``recent``) use their own read-only connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gateway.audit import keys as keyfiles
+from gateway.audit import store
+from gateway.audit.record import (
+    GENESIS_HASH,
+    anchor_message,
+    canonical_details,
+    chain_hash,
+    key_id_of,
+    public_pem,
+    record_bytes,
+    rotation_message,
+    sign_hash,
+)
+from gateway.errors import AuditError
+
+if TYPE_CHECKING:
+    from gateway.config.model import Config
+
+_logger = logging.getLogger("symbi.audit")
+
+ROTATION_EVENT = "audit.key_rotated"
+
+
+@dataclass
+class _Item:
+    kind: Literal["event", "flush", "rotate", "close"]
+    type: str = ""
+    details_json: str = "{}"
+    principal: str | None = None
+    agent: str | None = None
+    id: str = ""
+    ts_ns: int = 0
+    future: concurrent.futures.Future[Any] | None = field(default=None)
+
+
+def _resolve(fut: concurrent.futures.Future[Any] | None, value: Any = None, exc: BaseException | None = None) -> None:
+    if fut is None or fut.done():
+        return
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+    except concurrent.futures.InvalidStateError:  # cancelled by the waiter meanwhile
+        pass
+
+
+class AuditLog:
+    """The audit log. Implements ``gateway.events.EventSink``.
+
+    Args:
+        path: the SQLite log (``Config.audit_path``), created on first start.
+        key_path: the Ed25519 signing key (``Config.audit_key_path``), created mode 0600 on first
+            start, with ``audit-key.pub.pem`` exported beside it.
+        checkpoint_every: write the signed checkpoint file every this many events (and on close).
+        batch_max: most events committed in one transaction.
+        on_failure: ``"deny"`` raises ``AuditError`` when events cannot be made durable;
+            ``"warn"`` logs the failure and carries on.
+
+    Raises:
+        AuditError: the log or key cannot be opened, another process holds the log, or the key
+            does not match the one the log's head was signed with.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        key_path: Path,
+        *,
+        checkpoint_every: int = 100,
+        batch_max: int = 256,
+        on_failure: Literal["deny", "warn"] = "deny",
+    ) -> None:
+        self.path = Path(path)
+        self.key_path = Path(key_path)
+        self.checkpoint_every = max(1, int(checkpoint_every))
+        self.batch_max = max(1, int(batch_max))
+        self.on_failure = on_failure
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._closed = False
+        self._broken: AuditError | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._take_lock()
+        try:
+            self._conn = store.open_writer(self.path)
+            last = store.head(self._conn)
+            self._seq = last.seq if last else 0
+            self._head = last.chain_hash if last else GENESIS_HASH
+            expected = self._expected_key_id(last)
+            self._key = self._load_key(expected)
+            self._key_id = key_id_of(self._key.public_key())
+            self._register_key(self._key.public_key())
+        except BaseException:
+            self._release_lock()
+            raise
+        self._thread = threading.Thread(target=self._run, name="symbi-audit-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: "Config") -> "AuditLog":
+        """The log as ``symbi.toml`` configures it (``[audit]`` and ``gateway.data_dir``)."""
+        a = config.audit
+        return cls(
+            config.audit_path,
+            config.audit_key_path,
+            checkpoint_every=a.checkpoint_every,
+            batch_max=a.batch_max,
+            on_failure=a.on_failure,
+        )
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last committed event (0 for an empty log)."""
+        return self._seq
+
+    def emit(
+        self,
+        event_type: str,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+    ) -> None:
+        """Queue one event and return at once (``EventSink``). It is committed within one batch.
+
+        Raises:
+            AuditError: the log is closed or broken (only when ``on_failure = "deny"``).
+        """
+        try:
+            self._submit(event_type, details, principal, agent, None)
+        except AuditError as e:
+            self._failed(e)
+
+    async def record(
+        self,
+        event_type: str,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+    ) -> int | None:
+        """Write one event and return its sequence number once it is committed (durable).
+
+        The event loop is not blocked; concurrent callers share one fsync (group commit).
+        Returns None only when the write failed and ``on_failure = "warn"``.
+
+        Raises:
+            AuditError: the event could not be made durable (``on_failure = "deny"``).
+        """
+        fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+        try:
+            self._submit(event_type, details, principal, agent, fut)
+            # shield: a cancelled caller must not un-write an event already queued
+            return int(await asyncio.shield(asyncio.wrap_future(fut)))
+        except AuditError as e:
+            self._failed(e)
+            return None
+
+    def append(
+        self,
+        event_type: str,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+        timeout: float | None = None,
+    ) -> int | None:
+        """Blocking ``record`` for threads and scripts: returns the seq once committed."""
+        fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+        try:
+            self._submit(event_type, details, principal, agent, fut)
+            return int(self._wait(fut, timeout))
+        except AuditError as e:
+            self._failed(e)
+            return None
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every event queued before this call is committed."""
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._put(_Item("flush", future=fut))
+        self._wait(fut, timeout)
+
+    def rotate_key(self, timeout: float | None = None) -> str:
+        """Replace the signing key; returns the new key id.
+
+        Writes an ``audit.key_rotated`` event signed by the OLD key that names the new key, its
+        public key and a proof signed by the NEW key, so a verifier trusting the old key learns
+        the new one from the chain itself. The old private key is overwritten; its public key is
+        kept as ``audit-key.pub.<id>.pem`` for verifiers.
+        """
+        fut: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._put(_Item("rotate", future=fut))
+        return str(self._wait(fut, timeout))
+
+    def recent(self, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` committed events, oldest first, in wire form (``audit://recent``)."""
+        conn = store.open_reader(self.path)
+        try:
+            return [r.as_dict() for r in store.query(conn, limit=max(0, int(n)), newest_first=True)]
+        finally:
+            conn.close()
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Commit everything queued, write the final checkpoint, stop the writer. Idempotent."""
+        if self._closed:
+            return
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put(_Item("close", future=fut))
+        self._closed = True
+        try:
+            self._wait(fut, timeout)
+        finally:
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self._conn.close()
+            self._release_lock()
+
+    def __enter__(self) -> "AuditLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- caller side --------------------------------------------------------------------------
+
+    def _submit(
+        self,
+        event_type: str,
+        details: Mapping[str, Any],
+        principal: str | None,
+        agent: str | None,
+        fut: concurrent.futures.Future[Any] | None,
+    ) -> None:
+        try:
+            details_json = canonical_details(details)
+        except (ValueError, TypeError) as e:
+            # never lose the event over a bad value; keep the key names only (no raw values)
+            details_json = canonical_details({"unserialisable": str(e), "keys": sorted(map(str, details))})
+        self._put(
+            _Item(
+                "event",
+                type=str(event_type),
+                details_json=details_json,
+                principal=principal,
+                agent=agent,
+                id=str(uuid.uuid4()),
+                ts_ns=time.time_ns(),
+                future=fut,
+            )
+        )
+
+    def _put(self, item: _Item) -> None:
+        if self._closed:
+            raise AuditError("audit log is closed")
+        if self._broken is not None:
+            raise self._broken
+        if not self._thread.is_alive():
+            raise AuditError("audit writer thread is not running")
+        self._queue.put(item)
+
+    @staticmethod
+    def _wait(fut: concurrent.futures.Future[Any], timeout: float | None) -> Any:
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise AuditError(f"audit write not committed within {timeout}s") from None
+
+    def _failed(self, err: AuditError) -> None:
+        if self.on_failure == "warn":
+            _logger.warning("audit event not recorded (audit.on_failure = warn): %s", err.message)
+            return
+        raise err
+
+    # -- writer thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.batch_max and batch[-1].kind == "event":
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            events = [it for it in batch if it.kind == "event"]
+            if events:
+                self._commit_events(events)
+            control = batch[-1] if batch[-1].kind != "event" else None
+            if control is None:
+                continue
+            if control.kind == "flush":
+                _resolve(control.future, None, self._broken)
+            elif control.kind == "rotate":
+                self._rotate(control)
+            elif control.kind == "close":
+                try:
+                    self._write_checkpoint()
+                    _resolve(control.future)
+                except Exception as e:  # noqa: BLE001 - reported to the closer
+                    _resolve(control.future, exc=AuditError(f"audit checkpoint on close failed: {e}"))
+                return
+
+    def _commit_events(self, events: list[_Item], extra_sql: list[tuple[str, tuple[Any, ...]]] | None = None) -> bool:
+        seq, prev = self._seq, self._head
+        rows = []
+        try:
+            for it in events:
+                seq += 1
+                canon = record_bytes(
+                    seq=seq,
+                    id=it.id,
+                    ts_ns=it.ts_ns,
+                    principal=it.principal,
+                    agent=it.agent,
+                    type=it.type,
+                    details_json=it.details_json,
+                    prev_hash=prev,
+                    key_id=self._key_id,
+                )
+                h = chain_hash(prev, canon)
+                rows.append(
+                    (seq, it.id, it.ts_ns, it.principal, it.agent, it.type, it.details_json, prev, h,
+                     sign_hash(self._key, h), self._key_id)
+                )
+                prev = h
+            anchor = self._anchor(seq, prev)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(store.INSERT, rows)
+                for sql, params in extra_sql or ():
+                    self._conn.execute(sql, params)
+                store.write_anchor(self._conn, anchor)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except Exception as e:  # noqa: BLE001 - any failure fails the batch closed
+            err = AuditError(f"audit log {self.path} cannot be written: {e}")
+            _logger.error("%s (%d events in the batch)", err.message, len(events))
+            if any(it.future is None for it in events) and self.on_failure == "deny":
+                self._broken = err  # unacknowledged events were lost: refuse everything after
+            for it in events:
+                _resolve(it.future, exc=err)
+            return False
+        old = self._seq
+        self._seq, self._head = seq, prev
+        for row, it in zip(rows, events):
+            _resolve(it.future, row[0])
+        if seq // self.checkpoint_every > old // self.checkpoint_every:
+            try:
+                self._write_checkpoint()
+            except OSError as e:  # the in-database anchor still covers this batch
+                _logger.error("audit checkpoint file not written: %s", e)
+        return True
+
+    def _anchor(self, seq: int, head: str) -> store.Anchor:
+        sig = base64.b64encode(self._key.sign(anchor_message(seq, head))).decode("ascii")
+        return store.Anchor(seq=seq, chain_hash=head, ts_ns=time.time_ns(), key_id=self._key_id, signature=sig)
+
+    def _write_checkpoint(self) -> None:
+        store.write_checkpoint_file(store.checkpoint_path(self.path), self._anchor(self._seq, self._head))
+
+    def _rotate(self, control: _Item) -> None:
+        try:
+            new_key = Ed25519PrivateKey.generate()
+            new_pub = new_key.public_key()
+            new_id = key_id_of(new_pub)
+            pending = keyfiles.pending_key_path(self.key_path)
+            keyfiles.write_private_key(pending, new_key)  # on disk before the log names it
+            proof = base64.b64encode(new_key.sign(rotation_message(self._key_id, new_id))).decode("ascii")
+            details = {"old_key_id": self._key_id, "new_key_id": new_id, "new_public_key": public_pem(new_pub),
+                       "proof": proof}
+            item = _Item("event", type=ROTATION_EVENT, details_json=canonical_details(details),
+                         id=str(uuid.uuid4()), ts_ns=time.time_ns(), future=None)
+            key_row = ("INSERT OR IGNORE INTO keys (key_id, public_pem, created_ns) VALUES (?,?,?)",
+                       (new_id, public_pem(new_pub), time.time_ns()))
+            if not self._commit_events([item], [key_row]):
+                pending.unlink(missing_ok=True)
+                raise self._broken or AuditError("rotation event could not be committed")
+            self._finish_rotation(new_key)
+            _resolve(control.future, new_id)
+        except Exception as e:  # noqa: BLE001
+            _resolve(control.future, exc=e if isinstance(e, AuditError) else AuditError(f"key rotation failed: {e}"))
+
+    def _finish_rotation(self, new_key: Ed25519PrivateKey) -> None:
+        """Make the pending key current: archive the old public key, rename, export the new one."""
+        old_pub_path = keyfiles.public_key_path(self.key_path)
+        if self.key_path.exists():
+            old = keyfiles.load_private_key(self.key_path)
+            keyfiles.write_public_key(keyfiles.retired_public_key_path(self.key_path, key_id_of(old.public_key())),
+                                      old.public_key())
+        os.replace(keyfiles.pending_key_path(self.key_path), self.key_path)
+        keyfiles.write_public_key(old_pub_path, new_key.public_key())
+        self._key = new_key
+        self._key_id = key_id_of(new_key.public_key())
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def _expected_key_id(self, last: Any) -> str | None:
+        if last is None:
+            return None
+        if last.type == ROTATION_EVENT:
+            return str(last.details.get("new_key_id"))
+        return str(last.key_id)
+
+    def _load_key(self, expected: str | None) -> Ed25519PrivateKey:
+        pending = keyfiles.pending_key_path(self.key_path)
+        if pending.exists():
+            new_key = keyfiles.load_private_key(pending)
+            if expected is not None and key_id_of(new_key.public_key()) == expected:
+                self._finish_rotation(new_key)  # crashed after committing the rotation event
+                return new_key
+            pending.unlink()  # the rotation never reached the log
+        key = keyfiles.load_or_create_key(self.key_path)
+        if expected is not None and key_id_of(key.public_key()) != expected:
+            raise AuditError(
+                f"audit key {self.key_path} ({key_id_of(key.public_key())}) is not the key the log "
+                f"{self.path} is signed with ({expected}); restore that key or start a new log"
+            )
+        return key
+
+    def _register_key(self, pub: Ed25519PublicKey) -> None:
+        try:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO keys (key_id, public_pem, created_ns) VALUES (?,?,?)",
+                (key_id_of(pub), public_pem(pub), time.time_ns()),
+            )
+        except sqlite3.Error as e:
+            raise AuditError(f"cannot write audit log {self.path}: {e}") from None
+
+    def _take_lock(self) -> int:
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise AuditError(f"audit log {self.path} is in use by another process (lock {lock})") from None
+        return fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1

@@ -1,0 +1,243 @@
+"""SQLite storage for the audit log (schema, reads, queries, the anchor).
+
+Why SQLite in WAL mode rather than an append-only JSONL file:
+
+* A commit is atomic. A JSONL append cut by ``kill -9`` or a full disk leaves a torn last
+  line that every reader must special-case; a WAL transaction is either whole or absent, so
+  "acknowledged" has one meaning: the transaction that holds the event committed.
+* ``synchronous=FULL`` fsyncs the WAL on every commit, so an acknowledged event survives a
+  crash of the process *and* of the machine; group commit (one transaction per batch of up to
+  ``audit.batch_max`` events) makes that fsync cheap per event.
+* The head anchor lives in the same transaction as the events it covers, so it can never
+  disagree with the log after a crash.
+* ``symbi audit query`` filters by time, type, principal, tool and decision with indexes and
+  ``json_extract`` instead of scanning a file; readers in other processes (``tail -f``, the
+  admin API) see committed data only, concurrently with the writer.
+* It ships with Python (no new dependency). ``symbi audit export --format jsonl`` gives the
+  line-per-event form for SIEMs, each line independently verifiable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from gateway.audit.record import AuditRecord
+from gateway.errors import AuditError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    ts_ns INTEGER NOT NULL,
+    principal TEXT,
+    agent TEXT,
+    type TEXT NOT NULL,
+    details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    chain_hash TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    key_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts_ns);
+CREATE TABLE IF NOT EXISTS anchor (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL,
+    chain_hash TEXT NOT NULL,
+    ts_ns INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    public_pem TEXT NOT NULL,
+    created_ns INTEGER NOT NULL
+);
+"""
+
+COLUMNS = "seq, id, ts_ns, principal, agent, type, details, prev_hash, chain_hash, signature, key_id"
+INSERT = f"INSERT INTO events ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A signed statement "the log's head is ``seq`` with chain hash ``chain_hash``"."""
+
+    seq: int
+    chain_hash: str
+    ts_ns: int
+    key_id: str
+    signature: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> "Anchor":
+        try:
+            a = cls(**{k: doc[k] for k in ("seq", "chain_hash", "ts_ns", "key_id", "signature")})
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed anchor: {e}") from None
+        if not isinstance(a.seq, int) or not isinstance(a.chain_hash, str) or not isinstance(a.signature, str):
+            raise ValueError("malformed anchor: wrong field types")
+        return a
+
+
+def checkpoint_path(log_path: Path) -> Path:
+    """The checkpoint file beside the log (``audit.db`` -> ``audit.db.anchor.json``)."""
+    return log_path.with_name(log_path.name + ".anchor.json")
+
+
+def open_writer(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the log for the single writer: WAL, synchronous=FULL."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise AuditError(f"audit log {path}: cannot switch to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+    except sqlite3.Error as e:
+        raise AuditError(f"cannot open audit log {path}: {e}") from None
+    return conn
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection (verify, query, tail) that never creates a log."""
+    if not path.exists():
+        raise AuditError(f"audit log {path} does not exist")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("SELECT 1 FROM events LIMIT 1")
+    except sqlite3.Error as e:
+        raise AuditError(f"cannot read audit log {path}: {e}") from None
+    return conn
+
+
+def row_to_record(row: tuple[Any, ...]) -> AuditRecord:
+    return AuditRecord(
+        seq=row[0],
+        id=row[1],
+        ts_ns=row[2],
+        principal=row[3],
+        agent=row[4],
+        type=row[5],
+        details_json=row[6],
+        prev_hash=row[7],
+        chain_hash=row[8],
+        signature=row[9],
+        key_id=row[10],
+    )
+
+
+def head(conn: sqlite3.Connection) -> AuditRecord | None:
+    row = conn.execute(f"SELECT {COLUMNS} FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    return row_to_record(row) if row else None
+
+
+def iter_records(conn: sqlite3.Connection, *, after_seq: int = 0, chunk: int = 4096) -> Iterator[AuditRecord]:
+    """Every record in sequence order, read in chunks (constant memory)."""
+    cur = conn.execute(f"SELECT {COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (after_seq,))
+    while True:
+        rows = cur.fetchmany(chunk)
+        if not rows:
+            return
+        for row in rows:
+            yield row_to_record(row)
+
+
+def read_anchor(conn: sqlite3.Connection) -> Anchor | None:
+    row = conn.execute("SELECT seq, chain_hash, ts_ns, key_id, signature FROM anchor WHERE one = 1").fetchone()
+    return Anchor(*row) if row else None
+
+
+def write_anchor(conn: sqlite3.Connection, anchor: Anchor) -> None:
+    conn.execute(
+        "INSERT INTO anchor (one, seq, chain_hash, ts_ns, key_id, signature) VALUES (1,?,?,?,?,?) "
+        "ON CONFLICT(one) DO UPDATE SET seq=excluded.seq, chain_hash=excluded.chain_hash, "
+        "ts_ns=excluded.ts_ns, key_id=excluded.key_id, signature=excluded.signature",
+        (anchor.seq, anchor.chain_hash, anchor.ts_ns, anchor.key_id, anchor.signature),
+    )
+
+
+def write_checkpoint_file(path: Path, anchor: Anchor) -> None:
+    """Replace the checkpoint file atomically (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(anchor.as_dict(), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint_file(path: Path) -> Anchor | None:
+    """The anchor in a checkpoint file, None if there is none; raises ValueError if malformed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    return Anchor.from_dict(json.loads(text))
+
+
+def query(
+    conn: sqlite3.Connection,
+    *,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    principal: str | None = None,
+    tool: str | None = None,
+    types: tuple[str, ...] = (),
+    decision: str | None = None,
+    limit: int | None = None,
+    newest_first: bool = False,
+) -> list[AuditRecord]:
+    """Records matching every given filter, in sequence order.
+
+    ``types`` entries ending in ``*`` match a prefix (``policy.*``); ``tool`` matches
+    ``details.tool``; ``decision`` is ``allow`` or ``deny`` (``details.decision.allow``).
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if since_ns is not None:
+        where.append("ts_ns >= ?")
+        params.append(since_ns)
+    if until_ns is not None:
+        where.append("ts_ns < ?")
+        params.append(until_ns)
+    if principal is not None:
+        where.append("principal = ?")
+        params.append(principal)
+    if tool is not None:
+        where.append("json_extract(details, '$.tool') = ?")
+        params.append(tool)
+    if types:
+        ors = []
+        for t in types:
+            if t.endswith("*"):
+                ors.append("substr(type, 1, ?) = ?")
+                params.extend([len(t) - 1, t[:-1]])
+            else:
+                ors.append("type = ?")
+                params.append(t)
+        where.append("(" + " OR ".join(ors) + ")")
+    if decision is not None:
+        if decision not in ("allow", "deny"):
+            raise ValueError("decision must be 'allow' or 'deny'")
+        where.append("json_extract(details, '$.decision.allow') = ?")
+        params.append(1 if decision == "allow" else 0)
+    sql = f"SELECT {COLUMNS} FROM events"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(int(limit))
+    rows = [row_to_record(r) for r in conn.execute(sql, params)]
+    return rows[::-1] if newest_first else rows

@@ -1,0 +1,204 @@
+"""One catalogue of tools, resources, templates and prompts from every upstream.
+
+Names are ``server__tool`` and must match ``^[A-Za-z0-9_-]{1,64}$`` so every major client
+accepts them. A name that cannot be made valid, or that two tools would share, is refused
+(both tools are left out and the refusal is reported): no tool may shadow another. The
+catalogue is rebuilt as a whole and swapped in one assignment, so a reader never sees half
+an update.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import mcp.types as types
+from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
+
+from gateway.context import ToolInfo
+from gateway.errors import CatalogError, UnknownTool
+
+_logger = logging.getLogger("symbi.catalog")
+
+TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_INVALID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+SEP = "__"
+
+
+@dataclass(frozen=True)
+class UpstreamListing:
+    """What the catalogue needs from one upstream (decoupled from the session object)."""
+
+    name: str
+    pass_through: bool
+    tools: list[types.Tool]
+    resources: list[types.Resource] = field(default_factory=list)
+    templates: list[types.ResourceTemplate] = field(default_factory=list)
+    prompts: list[types.Prompt] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CatalogTool:
+    info: ToolInfo
+    tool: types.Tool  # as listed to clients (namespaced name)
+
+
+@dataclass(frozen=True)
+class CatalogPrompt:
+    name: str
+    original_name: str
+    upstream: str
+    prompt: types.Prompt
+
+
+@dataclass(frozen=True)
+class Refusal:
+    upstream: str
+    kind: str
+    name: str
+    reason: str
+
+
+def namespaced(upstream: str, original: str, pass_through: bool) -> str:
+    """The client-facing name of ``original`` from ``upstream`` (raises CatalogError)."""
+    if pass_through:
+        return original
+    candidate = f"{upstream}{SEP}{_INVALID_CHARS.sub('_', original)}"
+    if not TOOL_NAME_RE.match(candidate):
+        raise CatalogError(
+            f"tool {original!r} of upstream {upstream!r}: {candidate!r} is not a valid tool name "
+            "(^[A-Za-z0-9_-]{1,64}$)"
+        )
+    return candidate
+
+
+class Catalog:
+    """An immutable snapshot; build a new one with ``Catalog.build``."""
+
+    def __init__(
+        self,
+        tools: dict[str, CatalogTool],
+        resources: dict[str, tuple[str, types.Resource]],
+        templates: list[tuple[str, types.ResourceTemplate, UriTemplate | None]],
+        prompts: dict[str, CatalogPrompt],
+        refusals: list[Refusal],
+    ) -> None:
+        self.tools = tools
+        self.resources = resources
+        self.templates = templates
+        self.prompts = prompts
+        self.refusals = refusals
+
+    @classmethod
+    def empty(cls) -> "Catalog":
+        return cls({}, {}, [], {}, [])
+
+    @classmethod
+    def build(cls, listings: Iterable[UpstreamListing], infos: Mapping[str, ToolInfo] | None = None) -> "Catalog":
+        """Build from upstream listings. ``infos`` overrides per-tool verification state."""
+        tools: dict[str, CatalogTool] = {}
+        refusals: list[Refusal] = []
+        seen: dict[str, str] = {}
+        collided: set[str] = set()
+        resources: dict[str, tuple[str, types.Resource]] = {}
+        dup_uris: set[str] = set()
+        templates: list[tuple[str, types.ResourceTemplate, UriTemplate | None]] = []
+        prompts: dict[str, CatalogPrompt] = {}
+        dup_prompts: set[str] = set()
+        for up in listings:
+            for t in up.tools:
+                try:
+                    name = namespaced(up.name, t.name, up.pass_through)
+                except CatalogError as e:
+                    refusals.append(Refusal(up.name, "tool", t.name, e.message))
+                    continue
+                if name in seen:
+                    collided.add(name)
+                    refusals.append(
+                        Refusal(up.name, "tool", t.name, f"name {name!r} collides with a tool of {seen[name]!r}")
+                    )
+                    continue
+                seen[name] = up.name
+                definition = t.model_dump(by_alias=True, mode="json", exclude_none=True)
+                info = (infos or {}).get(name) or ToolInfo(
+                    name=name,
+                    original_name=t.name,
+                    upstream=up.name,
+                    definition=definition,
+                    annotations=definition.get("annotations") or {},
+                )
+                tools[name] = CatalogTool(info=info, tool=t.model_copy(update={"name": name}))
+            for r in up.resources:
+                if r.uri in resources or r.uri in dup_uris:
+                    dup_uris.add(r.uri)
+                    resources.pop(r.uri, None)
+                    refusals.append(Refusal(up.name, "resource", r.uri, "URI listed by two upstreams"))
+                    continue
+                resources[r.uri] = (up.name, r)
+            for tpl in up.templates:
+                try:
+                    parsed: UriTemplate | None = UriTemplate.parse(tpl.uri_template)
+                except (InvalidUriTemplate, ValueError):
+                    parsed = None
+                templates.append((up.name, tpl, parsed))
+            for p in up.prompts:
+                try:
+                    pname = namespaced(up.name, p.name, up.pass_through)
+                except CatalogError as e:
+                    refusals.append(Refusal(up.name, "prompt", p.name, e.message))
+                    continue
+                if pname in prompts or pname in dup_prompts:
+                    dup_prompts.add(pname)
+                    prompts.pop(pname, None)
+                    refusals.append(Refusal(up.name, "prompt", p.name, f"name {pname!r} collides"))
+                    continue
+                prompts[pname] = CatalogPrompt(pname, p.name, up.name, p.model_copy(update={"name": pname}))
+        for name in collided:
+            # fail closed: neither side of a collision is reachable
+            tools.pop(name, None)
+        for r in refusals:
+            _logger.error("catalogue refused %s %r of upstream %r: %s", r.kind, r.name, r.upstream, r.reason)
+        return cls(tools, resources, templates, prompts, refusals)
+
+    def tool(self, name: str) -> CatalogTool:
+        try:
+            return self.tools[name]
+        except KeyError:
+            raise UnknownTool(f"unknown tool {name!r}") from None
+
+    def resource_owner(self, uri: str) -> str:
+        """Which upstream serves ``uri``: a listed resource, else a matching template."""
+        hit = self.resources.get(uri)
+        if hit is not None:
+            return hit[0]
+        owners = {up for up, _tpl, parsed in self.templates if parsed is not None and _matches(parsed, uri)}
+        if len(owners) == 1:
+            return owners.pop()
+        if len(owners) > 1:
+            raise CatalogError(f"resource {uri!r} matches templates of several upstreams: {sorted(owners)}")
+        raise CatalogError(f"unknown resource {uri!r}")
+
+    def template_owner(self, uri_template: str) -> str:
+        owners = {up for up, tpl, _ in self.templates if tpl.uri_template == uri_template}
+        if len(owners) != 1:
+            raise CatalogError(f"unknown resource template {uri_template!r}")
+        return owners.pop()
+
+    def prompt(self, name: str) -> CatalogPrompt:
+        try:
+            return self.prompts[name]
+        except KeyError:
+            raise CatalogError(f"unknown prompt {name!r}") from None
+
+
+def _matches(tpl: UriTemplate, uri: str) -> bool:
+    try:
+        return tpl.match(uri) is not None
+    except Exception:  # noqa: BLE001 - a template that cannot match is no match
+        return False
+
+
+def tool_definition(tool: Any) -> dict[str, Any]:
+    return tool.model_dump(by_alias=True, mode="json", exclude_none=True)  # type: ignore[no-any-return]

@@ -1,0 +1,39 @@
+"""``symbi mcp`` (stdio) and ``symbi serve`` (streamable HTTP)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gateway.config import load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    m = sub.add_parser("mcp", help="serve the gateway over stdio (for Claude Desktop, IDEs)")
+    m.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+    m.set_defaults(func=_mcp)
+    s = sub.add_parser("serve", help="serve the gateway over streamable HTTP (default 127.0.0.1:8080/mcp)")
+    s.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+    s.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="port (default from config: 8080; 0 = any free)")
+    s.set_defaults(func=_serve)
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from gateway.cli import setup_logging
+    from gateway.server.stdio import run_stdio
+
+    cfg = load_config(args.config, args.environ)
+    setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
+    run_stdio(cfg)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.cli import setup_logging
+    from gateway.server.http import run_http
+
+    cfg = load_config(args.config, args.environ)
+    setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
+    run_http(cfg, host=args.host, port=args.port)
+    return 0

@@ -1,0 +1,255 @@
+"""Policy engines: embedded regorus (default) and a remote OPA server (Data API).
+
+Both answer ``decide(input) -> Decision`` and never raise for an evaluation problem: a
+missing policy, an undefined or malformed decision, an engine panic, an OPA server that does
+not answer -- each is a deny with a reason a person can read.
+
+regorus engines are bound to the thread that made them (``#[pyclass(unsendable)]``: any
+use from another thread panics with a ``BaseException``), so ``EmbeddedEngine`` keeps one
+engine per thread in a ``threading.local`` and rebuilds it lazily after a reload. regorus
+holds the GIL for the ~0.1 ms of a decision, so the async path calls it inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import weakref
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Mapping
+
+import httpx
+
+from gateway.config.model import Config
+from gateway.context import Decision
+from gateway.events import EventSink, LoggingSink
+from gateway.policy.decision import deny, validate_decision
+from gateway.policy.loader import (
+    PolicyBundle,
+    PolicyFiles,
+    PolicyLoadError,
+    clean_error,
+    discover_files,
+    load_checked,
+    new_engine,
+)
+from gateway.policy.watch import FileWatcher
+
+log = logging.getLogger("symbi.policy")
+
+# Never swallowed: they are how the process and the event loop stop.
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
+
+
+class PolicyEngine(ABC):
+    """Answers one question per request: may this principal do this, and on what conditions."""
+
+    name: str = "policy"
+
+    @abstractmethod
+    def decide(self, input: Mapping[str, Any]) -> Decision:
+        """The decision for one input document. Never raises for evaluation problems."""
+
+    async def adecide(self, input: Mapping[str, Any]) -> Decision:
+        """Async form (the gateway's path); the default calls ``decide`` inline."""
+        return self.decide(input)
+
+    def close(self) -> None:
+        """Release threads / connections."""
+
+
+def evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> Decision:
+    """Evaluate ``decision`` on a regorus engine; any failure (including a panic) is a deny."""
+    try:
+        engine.set_input(dict(input))
+        raw = engine.eval_rule(decision)
+    except _PASS_THROUGH:
+        raise
+    except BaseException as e:  # pyo3 PanicException derives from BaseException
+        reason = clean_error(e).strip().splitlines()
+        log.error("policy evaluation failed (%s): %s", type(e).__name__, " ".join(reason))
+        return deny(f"policy evaluation failed: {reason[-1] if reason else type(e).__name__}")
+    return validate_decision(raw, source="policy")
+
+
+class EmbeddedEngine(PolicyEngine):
+    """regorus in-process, one engine per thread, hot reload of policy and data files."""
+
+    name = "embedded"
+
+    def __init__(
+        self,
+        files: PolicyFiles,
+        *,
+        decision: str = "data.symbi.decision",
+        events: EventSink | None = None,
+    ) -> None:
+        self.files = files
+        self.decision_path = decision
+        self._events = events or LoggingSink()
+        self._bundle: PolicyBundle | None = None
+        self._not_loaded = "no policy is loaded: every request is denied"
+        self._local = threading.local()
+        self._reload_lock = threading.Lock()
+        self._watcher: FileWatcher | None = None
+
+    @property
+    def bundle(self) -> PolicyBundle | None:
+        """The policy in force (``None``: nothing loaded, everything denied)."""
+        return self._bundle
+
+    def load(self) -> bool:
+        """Initial load. On failure everything is denied and a warning says so; returns success."""
+        try:
+            self._bundle = load_checked(self.files, self.decision_path)
+        except PolicyLoadError as e:
+            self._bundle = None
+            missing_or_empty = not self.files.policy.is_file() or not self.files.policy.read_bytes().strip()
+            what = "missing or empty" if missing_or_empty else "not usable"
+            self._not_loaded = f"policy {self.files.policy} is {what} ({e.message}): every request is denied"
+            log.warning("policy %s is %s: %s -- DENYING EVERY REQUEST", self.files.policy, what, e.message)
+            return False
+        log.info("policy loaded from %s (data %s)", self.files.policy, self.files.data or "none")
+        return True
+
+    def reload(self) -> bool:
+        """Validate the files again; swap the new policy in only if it parses and passes its tests."""
+        with self._reload_lock:
+            try:
+                bundle = load_checked(self.files, self.decision_path)
+            except PolicyLoadError as e:
+                log.error("policy reload refused, the previous policy stays in force: %s", e.message)
+                self._events.emit(
+                    "policy.reload_refused",
+                    {"policy": str(self.files.policy), "error": e.message, "location": e.location},
+                )
+                return False
+            if self._bundle is not None and bundle.digest == self._bundle.digest:
+                return True
+            self._bundle = bundle  # one reference assignment: threads see old or new, never half
+            log.info("policy reloaded from %s (digest %s)", self.files.policy, bundle.digest[:12])
+            self._events.emit(
+                "policy.reloaded",
+                {"policy": str(self.files.policy), "data": str(self.files.data or ""), "digest": bundle.digest},
+            )
+            return True
+
+    def start_watching(self, interval_s: float = 1.0) -> None:
+        """Poll the policy, data and test files' mtimes; reload on change (daemon thread)."""
+        if self._watcher is None:
+            self._watcher = FileWatcher(self.files.watched(), self.reload, interval_s=interval_s)
+            self._watcher.start()
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    def decide(self, input: Mapping[str, Any]) -> Decision:
+        bundle = self._bundle
+        if bundle is None:
+            return deny(self._not_loaded)
+        local = self._local
+        engine = getattr(local, "engine", None)
+        if engine is None or local.digest != bundle.digest:
+            try:
+                engine = new_engine(bundle)
+            except PolicyLoadError as e:  # validated at load, so only a broken environment gets here
+                return deny(f"policy engine cannot start: {e.message}")
+            local.engine, local.digest = engine, bundle.digest
+        decision = evaluate(engine, self.decision_path, input)
+        if not decision.allow and decision.reasons[0].startswith("policy evaluation failed"):
+            local.engine = None  # never reuse an engine that failed mid-evaluation
+        return decision
+
+
+class RemoteEngine(PolicyEngine):
+    """A real OPA server through its Data API: ``POST {url}/v1/data/<decision path>``."""
+
+    name = "opa"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        decision: str = "data.symbi.decision",
+        timeout_s: float = 2.0,
+        tls_ca: Path | None = None,
+    ) -> None:
+        path = decision.removeprefix("data.").replace(".", "/")
+        self.endpoint = f"{url.rstrip('/')}/v1/data/{path}"
+        self.timeout_s = timeout_s
+        self._verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
+        self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
+        self._aclients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout_s)
+
+    def _parse(self, resp: httpx.Response) -> Decision:
+        if resp.status_code != 200:
+            return deny(f"OPA server answered HTTP {resp.status_code}")
+        try:
+            body = resp.json()
+        except ValueError:
+            return deny("OPA server answered with invalid JSON")
+        if not isinstance(body, dict):
+            return deny("OPA server answered with a non-object body")
+        if "result" not in body:
+            return deny("OPA: the decision is undefined (deny by default)")
+        return validate_decision(body["result"], source="OPA")
+
+    def _failed(self, e: BaseException) -> Decision:
+        if isinstance(e, httpx.TimeoutException):
+            reason = f"OPA server {self.endpoint} did not answer within {self.timeout_s:g} s"
+        else:
+            reason = f"OPA server {self.endpoint} unreachable: {type(e).__name__}"
+        log.error("policy: %s", reason)
+        return deny(reason)
+
+    def decide(self, input: Mapping[str, Any]) -> Decision:
+        with self._client_lock:
+            if self._client is None:
+                self._client = httpx.Client(verify=self._verify, timeout=self._timeout(), trust_env=False)
+            client = self._client
+        try:
+            resp = client.post(self.endpoint, json={"input": dict(input)})
+        except Exception as e:  # any transport failure is a deny
+            return self._failed(e)
+        return self._parse(resp)
+
+    async def adecide(self, input: Mapping[str, Any]) -> Decision:
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            client = httpx.AsyncClient(verify=self._verify, timeout=self._timeout(), trust_env=False)
+            self._aclients[loop] = client
+        try:
+            resp = await client.post(self.endpoint, json={"input": dict(input)})
+        except Exception as e:
+            return self._failed(e)
+        return self._parse(resp)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def build_engine(config: Config, events: EventSink | None = None) -> PolicyEngine:
+    """The engine ``config.policy`` asks for, loaded (and watching its files if hot_reload)."""
+    pol = config.policy
+    if pol.engine == "opa":
+        assert pol.url is not None  # the config model enforces it
+        return RemoteEngine(pol.url, decision=pol.decision, timeout_s=pol.timeout_s, tls_ca=pol.tls_ca)
+    engine = EmbeddedEngine(discover_files(pol.path, pol.data), decision=pol.decision, events=events)
+    engine.load()
+    if pol.hot_reload:
+        engine.start_watching()
+    return engine

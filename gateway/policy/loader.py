@@ -1,0 +1,245 @@
+"""Read, parse and self-test a policy before it may decide anything.
+
+A policy set is a Rego file, an optional JSON data file (loaded at the data root, as
+``opa run policy.rego data.json`` does) and the policy's own ``*_test.rego`` files. Loading
+parses everything with regorus, runs every ``test_*`` rule the way ``opa test`` does (a test
+passes when the rule is true; false, undefined or an error fail it) and evaluates the
+decision once on a canary input, because regorus finds unknown functions only when a rule
+body is reached. Any problem raises ``PolicyLoadError`` naming ``file:line:column``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import regorus
+
+from gateway.errors import PolicyError
+
+# regorus errors are rustc-style: "--> file:line:col"; a backtrace may follow.
+_LOCATION_RE = re.compile(r"-->\s*(\S+?:\d+:\d+)")
+_PACKAGE_RE = re.compile(r"^package\s+([A-Za-z_][A-Za-z0-9_.]*)", re.MULTILINE)
+_TEST_RULE_RE = re.compile(r"^(test_[A-Za-z0-9_]*)\b(?=\s*(?:if\b|:=|=|\{|contains\b|$))", re.MULTILINE)
+
+# A minimal, well-formed input used once per load to reach the decision's rule bodies.
+CANARY_INPUT: dict[str, Any] = {
+    "action": "call",
+    "kind": "tools/call",
+    "target": "canary__tool",
+    "principal": {"id": "canary", "kind": "user", "roles": [], "claims": {}},
+    "agent": None,
+    "upstream": {"name": "canary", "domain": None, "transport": "stdio"},
+    "tool": {
+        "name": "canary__tool",
+        "original_name": "tool",
+        "upstream": "canary",
+        "annotations": {},
+        "verification": "unverified",
+        "key_fingerprint": None,
+        "code_tool": False,
+    },
+    "arguments": {"path": "/", "url": "http://localhost/"},
+    "context": {"time": "1970-01-01T00:00:00Z", "unix": 0, "session_id": None,
+                "calls_last_minute": 0, "calls_last_hour": 0, "tool_calls_last_minute": 0},
+}
+
+# Without this regorus appends a Rust backtrace to every error when RUST_BACKTRACE is set.
+os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
+
+
+class PolicyLoadError(PolicyError):
+    """The policy (or its data, or its tests) cannot be used; ``location`` is file:line:col."""
+
+    code = "policy_load_error"
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(f"{location}: {message}" if location else message)
+        self.location = location
+
+
+@dataclass(frozen=True)
+class PolicyFiles:
+    """Where a policy set lives on disk."""
+
+    policy: Path
+    data: Path | None = None
+    tests: tuple[Path, ...] = ()
+
+    def watched(self) -> tuple[Path, ...]:
+        return (self.policy, *([self.data] if self.data else []), *self.tests)
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """A loaded, tested policy: immutable, so threads can build engines from it."""
+
+    modules: tuple[tuple[str, str], ...]  # (file name, Rego source)
+    data: dict[str, Any] = field(default_factory=dict)
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class RegoTestOutcome:
+    name: str  # data.<package>.<rule>
+    location: str  # file:line:col
+    passed: bool
+    error: str | None = None
+
+
+def repo_policy_path() -> Path:
+    """The default policy: ``policies.rego`` at the repository root."""
+    return Path(__file__).resolve().parents[2] / "policies.rego"
+
+
+def discover_files(policy: Path | None = None, data: Path | None = None) -> PolicyFiles:
+    """Fill in defaults: ``<policy dir>/policies/data.json`` and ``<policy dir>/policies/*_test.rego``."""
+    policy = policy or repo_policy_path()
+    side = policy.parent / "policies"
+    if data is None and (side / "data.json").is_file():
+        data = side / "data.json"
+    tests = tuple(sorted(side.glob("*_test.rego"))) if side.is_dir() else ()
+    tests += tuple(sorted(p for p in policy.parent.glob(f"{policy.stem}_test.rego") if p not in tests))
+    return PolicyFiles(policy=policy, data=data, tests=tests)
+
+
+def clean_error(exc: BaseException) -> str:
+    """The regorus message without a Rust backtrace, on one or a few lines."""
+    text = str(exc)
+    for marker in ("Stack backtrace", "stack backtrace"):
+        text = text.split(marker, 1)[0]
+    return text.strip()
+
+
+def error_location(exc: BaseException) -> str | None:
+    m = _LOCATION_RE.search(str(exc))
+    return m.group(1) if m else None
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyLoadError(f"cannot read {what} {path}: {e}") from None
+
+
+def read_bundle(files: PolicyFiles) -> PolicyBundle:
+    """Read the policy and data files (no evaluation yet).
+
+    Raises:
+        PolicyLoadError: a file is missing, unreadable or empty, or the data is not a JSON object.
+    """
+    src = _read_text(files.policy, "policy")
+    if not src.strip():
+        raise PolicyLoadError(f"policy file {files.policy} is empty")
+    data: dict[str, Any] = {}
+    h = hashlib.sha256(src.encode())
+    if files.data is not None:
+        raw = _read_text(files.data, "policy data")
+        h.update(b"\0" + raw.encode())
+        try:
+            loaded = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise PolicyLoadError(f"policy data is not JSON: {e.msg}", location=f"{files.data}:{e.lineno}:{e.colno}") from None
+        if not isinstance(loaded, dict):
+            raise PolicyLoadError(f"policy data {files.data} must be a JSON object")
+        data = loaded
+    return PolicyBundle(modules=((str(files.policy), src),), data=data, digest=h.hexdigest())
+
+
+def new_engine(bundle: PolicyBundle, extra_modules: Iterable[tuple[str, str]] = ()) -> "regorus.Engine":
+    """A fresh regorus engine for the calling thread (engines are thread-bound).
+
+    Raises:
+        PolicyLoadError: a module does not parse (location = file:line:col).
+    """
+    engine = regorus.Engine()
+    engine.set_gather_prints(True)  # print() must never reach stdout: it is the stdio protocol
+    for name, src in (*bundle.modules, *extra_modules):
+        try:
+            engine.add_policy(name, src)
+        except BaseException as e:  # regorus may panic (BaseException); fail closed
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise PolicyLoadError(clean_error(e).splitlines()[-1], location=error_location(e) or name) from None
+    if bundle.data:
+        try:
+            engine.add_data(bundle.data)
+        except BaseException as e:
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise PolicyLoadError(f"policy data rejected: {clean_error(e)}") from None
+    return engine
+
+
+def find_test_rules(modules: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``[(data.pkg.test_x, file:line:col)]`` for every ``test_*`` rule, in file order."""
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for name, src in modules:
+        pkg = _PACKAGE_RE.search(src)
+        if not pkg:
+            continue
+        for m in _TEST_RULE_RE.finditer(src):
+            ref = f"data.{pkg.group(1)}.{m.group(1)}"
+            if ref in seen:
+                continue
+            seen.add(ref)
+            line = src.count("\n", 0, m.start()) + 1
+            found.append((ref, f"{name}:{line}:1"))
+    return found
+
+
+def read_test_modules(paths: Iterable[Path]) -> list[tuple[str, str]]:
+    return [(str(p), _read_text(p, "policy test")) for p in paths]
+
+
+def run_tests(bundle: PolicyBundle, test_modules: Sequence[tuple[str, str]]) -> list[RegoTestOutcome]:
+    """Run every ``test_*`` rule of the policy and test modules, like ``opa test``.
+
+    Raises:
+        PolicyLoadError: a module does not parse.
+    """
+    engine = new_engine(bundle, test_modules)
+    outcomes: list[RegoTestOutcome] = []
+    for ref, where in find_test_rules((*bundle.modules, *test_modules)):
+        try:
+            value = engine.eval_rule(ref)
+        except BaseException as e:
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            outcomes.append(RegoTestOutcome(ref, error_location(e) or where, False, clean_error(e)))
+            continue
+        outcomes.append(RegoTestOutcome(ref, where, value is True, None if value is True else f"got {value!r}"))
+    return outcomes
+
+
+def load_checked(files: PolicyFiles, decision: str = "data.symbi.decision") -> PolicyBundle:
+    """Read, parse, self-test and canary-evaluate a policy set; return it only if all pass.
+
+    Raises:
+        PolicyLoadError: naming file:line:column where one is known.
+    """
+    bundle = read_bundle(files)
+    outcomes = run_tests(bundle, read_test_modules(files.tests))
+    failed = [o for o in outcomes if not o.passed]
+    if failed:
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise PolicyLoadError(f"policy test {first.name} failed: {first.error}{more}", location=first.location)
+    engine = new_engine(bundle)
+    try:
+        engine.set_input(CANARY_INPUT)
+        engine.eval_rule(decision)
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise PolicyLoadError(
+            f"{decision} fails to evaluate: {clean_error(e).splitlines()[-1]}", location=error_location(e)
+        ) from None
+    return bundle

@@ -1,0 +1,60 @@
+"""Poll a few files' mtimes in a daemon thread and call back when any of them changes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger("symbi.policy")
+
+_Stamp = tuple[int, int, int] | None  # (mtime_ns, size, inode) or None when missing
+
+
+def _stamp(path: Path) -> _Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class FileWatcher:
+    """Calls ``on_change()`` (from its own thread) after any watched file changes.
+
+    Polling rather than inotify: it works the same on every filesystem and container, and
+    a policy edit taking effect within ~1 s is all that is promised.
+    """
+
+    def __init__(self, paths: Sequence[Path], on_change: Callable[[], object], *, interval_s: float = 1.0) -> None:
+        self.paths = tuple(paths)
+        self.interval_s = interval_s
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="symbi-policy-watch", daemon=True)
+        self._stamps = {p: _stamp(p) for p in self.paths}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            now = {p: _stamp(p) for p in self.paths}
+            if now == self._stamps:
+                continue
+            # an editor may still be writing: wait until two polls agree
+            if self._stop.wait(min(0.2, self.interval_s)):
+                return
+            settled = {p: _stamp(p) for p in self.paths}
+            self._stamps = settled
+            try:
+                self._on_change()
+            except Exception:  # the watcher must survive a bad callback; reload logs its own errors
+                log.exception("policy reload callback failed")

@@ -1,0 +1,156 @@
+"""The interface every tier implements, and helpers they share."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Mapping
+
+from gateway.errors import SandboxUnavailable
+
+from .types import WORKDIR, Limits, SandboxRequest, SandboxResult, Tier
+
+NOBODY = 65534
+INPUT_MOUNT = "/in"  # read-only mount of the run's input files, copied to WORKDIR first
+SANDBOX_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+AVAILABILITY_TTL_S = 30.0
+
+
+def owner_tag() -> str:
+    """Who started a container: orphans are those whose owner process is gone."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def prologue_argv(argv: list[str], with_inputs: bool) -> list[str]:
+    """Wrap ``argv`` in a tiny shell step: make the workdir, copy inputs, cd, exec."""
+    copy = f"cp -R {INPUT_MOUNT}/. {WORKDIR}/ && " if with_inputs else ""
+    script = f"mkdir -p {WORKDIR} && {copy}cd {WORKDIR} && exec \"$@\""
+    return ["/bin/sh", "-c", script, "sh", *argv]
+
+
+class InputDir:
+    """A host directory with a run's input files, readable by the sandbox's gid 65534 only."""
+
+    def __init__(self, files: Mapping[str, bytes]) -> None:
+        self.path: Path | None = None
+        if not files:
+            return
+        self.path = Path(tempfile.mkdtemp(prefix="symbi-in-"))
+        try:
+            for name, content in files.items():
+                target = self.path / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            for dirpath, dirnames, filenames in os.walk(self.path):
+                self._own(Path(dirpath), 0o750)
+                for f in filenames:
+                    self._own(Path(dirpath) / f, 0o640)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _own(p: Path, mode: int) -> None:
+        os.chmod(p, mode)
+        if os.geteuid() == 0:
+            os.chown(p, 0, NOBODY)
+
+    def close(self) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = None
+
+    def __enter__(self) -> "InputDir":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SandboxTier(ABC):
+    """One isolation tier. ``run`` raises SandboxUnavailable when the tier cannot run here."""
+
+    name: Tier
+
+    def __init__(self) -> None:
+        self._avail: tuple[float, tuple[bool, str]] | None = None
+
+    def available(self, *, refresh: bool = False) -> tuple[bool, str]:
+        """(usable, reason). Probed for real; cached for a few seconds."""
+        now = time.monotonic()
+        if refresh or self._avail is None or now - self._avail[0] > AVAILABILITY_TTL_S:
+            try:
+                result = self._probe()
+            except Exception as e:  # a probe that crashes means "not available", with why
+                result = (False, f"{type(e).__name__}: {e}")
+            self._avail = (now, result)
+        return self._avail[1]
+
+    def require(self) -> None:
+        """Raise SandboxUnavailable with the reason unless the tier is usable."""
+        ok, reason = self.available()
+        if not ok:
+            raise SandboxUnavailable(f"sandbox tier {self.name!r} is unavailable: {reason}")
+
+    @abstractmethod
+    def _probe(self) -> tuple[bool, str]: ...
+
+    @abstractmethod
+    def run(self, request: SandboxRequest, limits: Limits) -> SandboxResult:
+        """Run one request to completion within ``limits``; leaves nothing behind."""
+
+    @abstractmethod
+    def stdio_argv(
+        self,
+        command: str,
+        args: list[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        *,
+        network: bool,
+        limits: Limits,
+    ) -> list[str]:
+        """argv that runs a long-lived stdio process inside this tier (stdin/stdout kept)."""
+
+    @abstractmethod
+    def cleanup_orphans(self) -> list[str]:
+        """Remove what dead gateway processes left behind; returns what was removed."""
+
+    @abstractmethod
+    def leftovers(self) -> list[str]:
+        """What of ours still exists (containers, cgroups, runtime state): for checks."""
+
+
+def read_only_binds(command: str, args: list[str], cwd: str | None) -> list[str]:
+    """Host dirs a wrapped stdio server needs read-only: its cwd and the dirs of any
+    absolute-path command/arguments that exist outside /usr (e.g. a script or a venv)."""
+    out: list[str] = []
+    candidates = [command, *args]
+    for c in candidates:
+        if not c.startswith("/") or c.startswith("/usr/"):
+            continue
+        p = Path(c)
+        if p.is_file():
+            d = str(p.resolve().parent)
+            if p.parent.name == "bin":  # a venv or prefix: bind the whole prefix
+                d = str(p.parent.parent)
+            out.append(d)
+    if cwd:
+        out.append(str(Path(cwd).resolve()))
+    uniq: list[str] = []
+    for d in sorted(set(out), key=len):
+        if d in ("/", "/etc", "/root", "/home", "/var", "/proc", "/sys", "/dev"):
+            raise SandboxUnavailable(f"refusing to expose {d} to a sandboxed server")
+        if not any(d == u or d.startswith(u + "/") for u in uniq):
+            uniq.append(d)
+    return uniq
+
+
+def shell_join(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,256 @@
+"""The light tier: bubblewrap.
+
+Launch chain (one ``/bin/sh`` step, as root): put ``$$`` into the run's cgroups (memory,
+pids, CPU), open the seccomp BPF on fd 9, then ``exec setpriv`` to the real uid/gid 65534
+with no capabilities and ``exec bwrap``. So the payload is uid 65534 both inside its user
+namespace *and* on the host (a root launcher would map it to host root, and the kernel
+ignores RLIMIT_NPROC for root), with every namespace unshared, only ``/usr`` bound
+read-only, a size-capped tmpfs ``/tmp``, and the seccomp filter from ``seccomp_bpf.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Mapping
+
+from gateway.errors import SandboxError, SandboxUnavailable
+
+from . import cgroups
+from .base import (
+    INPUT_MOUNT,
+    NOBODY,
+    SANDBOX_ENV,
+    InputDir,
+    SandboxTier,
+    prologue_argv,
+    read_only_binds,
+    shell_join,
+)
+from .output import CappedBuffer, feed_stdin, pump_fd
+from .types import KilledReason, Limits, SandboxRequest, SandboxResult
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # has Debian's python3-seccomp
+SECCOMP_FD = 9
+
+
+class SeccompFilters:
+    """The two BPF programs (with / without network), built once per process."""
+
+    def __init__(self) -> None:
+        self._dir: Path | None = None
+        self._lock = threading.Lock()
+
+    def path(self, allow_network: bool) -> Path:
+        with self._lock:
+            if self._dir is None:
+                d = Path(tempfile.mkdtemp(prefix="symbi-seccomp-"))
+                script = Path(__file__).with_name("seccomp_bpf.py")
+                for net in (False, True):
+                    out = d / ("net.bpf" if net else "nonet.bpf")
+                    cmd = [SYSTEM_PYTHON, str(script), str(out)] + (["--allow-network"] if net else [])
+                    r = subprocess.run(cmd, capture_output=True, timeout=30)
+                    if r.returncode != 0 or not out.exists() or out.stat().st_size == 0:
+                        shutil.rmtree(d, ignore_errors=True)
+                        raise SandboxUnavailable(
+                            "cannot build the seccomp filter (is python3-seccomp installed?): "
+                            + r.stderr.decode(errors="replace").strip()[-300:]
+                        )
+                self._dir = d
+            return self._dir / ("net.bpf" if allow_network else "nonet.bpf")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
+
+
+class BwrapTier(SandboxTier):
+    """bubblewrap + user namespace (uid 65534) + seccomp + cgroup limits."""
+
+    name = "bwrap"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seccomp = SeccompFilters()
+        self._stdio_cgroups: list[cgroups.RunCgroup] = []
+
+    # -- availability -------------------------------------------------------------------
+    def _probe(self) -> tuple[bool, str]:
+        for tool in ("bwrap", "setpriv"):
+            if shutil.which(tool) is None:
+                return False, f"{tool} not installed (apt-get install bubblewrap)"
+        if os.geteuid() != 0:
+            return False, "the bwrap tier needs root to create cgroups and drop to uid 65534"
+        try:
+            self.seccomp.path(False)
+        except SandboxUnavailable as e:
+            return False, e.message
+        r = self.run(SandboxRequest(command=("/bin/true",)), Limits(timeout_s=10))
+        if r.exit_code != 0:
+            return False, f"probe run failed (exit {r.exit_code}): {r.stderr.decode(errors='replace')[-200:]}"
+        return True, "bubblewrap " + subprocess.run(
+            ["bwrap", "--version"], capture_output=True, text=True
+        ).stdout.strip().split()[-1]
+
+    # -- argv ---------------------------------------------------------------------------
+    @staticmethod
+    def _bwrap_argv(*, network: bool, tmpfs_mb: int, ro_binds: list[tuple[str, str]], chdir: str) -> list[str]:
+        argv = [
+            "bwrap", "--unshare-all", *(["--share-net"] if network else []),
+            "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
+            "--cap-drop", "ALL", "--die-with-parent", "--new-session",
+            "--ro-bind", "/usr", "/usr",
+            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+            "--proc", "/proc", "--dev", "/dev",
+            "--size", str(tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp",
+        ]
+        for src, dst in ro_binds:
+            argv += ["--ro-bind", src, dst]
+        if network:  # name resolution needs these; still read-only
+            for f in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf"):
+                if os.path.exists(f):
+                    argv += ["--ro-bind", f, f]
+        argv += ["--clearenv"]
+        for k, v in SANDBOX_ENV.items():
+            argv += ["--setenv", k, v]
+        argv += ["--chdir", chdir, "--remount-ro", "/", "--seccomp", str(SECCOMP_FD)]
+        return argv
+
+    def _launcher(self, cg: cgroups.RunCgroup, bpf: Path, bwrap_argv: list[str], env: Mapping[str, str]) -> list[str]:
+        """``sh -c`` that joins the cgroups, opens the filter on fd 9 and drops to 65534."""
+        join = " && ".join(f"echo $$ > {shell_join([str(p)])}" for p in cg.procs_files)
+        setenv: list[str] = []
+        for k, v in env.items():
+            setenv += ["--setenv", k, v]
+        full = [
+            "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+            *bwrap_argv[:-2], *setenv, *bwrap_argv[-2:],
+        ]
+        script = f"{join} && exec {shell_join(full)} \"$@\" {SECCOMP_FD}< {shell_join([str(bpf)])}"
+        return ["/bin/sh", "-c", script, "symbi-bwrap"]
+
+    # -- run ----------------------------------------------------------------------------
+    def run(self, request: SandboxRequest, limits: Limits) -> SandboxResult:
+        if shutil.which("bwrap") is None:
+            raise SandboxUnavailable("sandbox tier 'bwrap' is unavailable: bubblewrap not installed")
+        bpf = self.seccomp.path(False)
+        start = time.monotonic()
+        with InputDir(request.files) as inputs:
+            binds = [(str(inputs.path), INPUT_MOUNT)] if inputs.path else []
+            bw = self._bwrap_argv(network=False, tmpfs_mb=limits.tmpfs_mb, ro_binds=binds, chdir="/tmp")
+            cg = cgroups.create(limits.memory_mb, limits.pids, limits.cpus)
+            try:
+                argv = self._launcher(cg, bpf, bw, request.env) + ["--"] + prologue_argv(
+                    request.argv(), inputs.path is not None
+                )
+                return self._execute(argv, request.stdin, limits, cg, start)
+            finally:
+                cg.remove()
+
+    def _execute(
+        self, argv: list[str], stdin: bytes | None, limits: Limits, cg: cgroups.RunCgroup, start: float
+    ) -> SandboxResult:
+        stopped: list[KilledReason] = []
+
+        def overflow() -> None:
+            if not stopped:
+                stopped.append("output")
+            cg.kill_all(deadline_s=1.0)
+
+        out, err = CappedBuffer(limits.output_bytes, overflow), CappedBuffer(limits.output_bytes, overflow)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                close_fds=True,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise SandboxError(f"cannot start bwrap: {e}") from e
+        assert proc.stdout is not None and proc.stderr is not None
+        threads = [pump_fd(os.dup(proc.stdout.fileno()), out), pump_fd(os.dup(proc.stderr.fileno()), err)]
+        proc.stdout.close()
+        proc.stderr.close()
+        if proc.stdin is not None:
+            threads.append(feed_stdin(os.dup(proc.stdin.fileno()), stdin))
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=limits.timeout_s)
+        except subprocess.TimeoutExpired:
+            if not stopped:
+                stopped.append("timeout")
+            cg.kill_all()
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        cg.kill_all()  # stragglers (daemonised children) die with the run
+        for t in threads:
+            t.join(timeout=2.0)
+        killed: KilledReason = stopped[0] if stopped else "none"
+        if killed == "none" and cg.oom_killed():
+            killed = "memory"
+        elif killed == "none" and proc.returncode != 0 and cg.pids_limit_hit():
+            killed = "pids"
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        return SandboxResult(
+            exit_code=code,
+            stdout=out.value(),
+            stderr=err.value(),
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            killed=killed,
+            tier="bwrap",
+            duration_s=time.monotonic() - start,
+        )
+
+    # -- stdio servers ------------------------------------------------------------------
+    def stdio_argv(
+        self,
+        command: str,
+        args: list[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        *,
+        network: bool,
+        limits: Limits,
+    ) -> list[str]:
+        self.require()
+        bpf = self.seccomp.path(network)
+        binds = [(d, d) for d in read_only_binds(command, args, cwd)]
+        bw = self._bwrap_argv(
+            network=network, tmpfs_mb=limits.tmpfs_mb, ro_binds=binds, chdir=str(Path(cwd).resolve()) if cwd else "/tmp"
+        )
+        # The server lives as long as the session: its cgroup is removed by close() or,
+        # after a crash, by the next start's orphan sweep (the name carries our pid).
+        cg = cgroups.create(limits.memory_mb, limits.pids, limits.cpus)
+        self._stdio_cgroups.append(cg)
+        return self._launcher(cg, bpf, bw, env) + ["--", command, *args]
+
+    # -- housekeeping -------------------------------------------------------------------
+    def cleanup_orphans(self) -> list[str]:
+        return [f"cgroup {n}" for n in cgroups.cleanup_orphans()]
+
+    def close(self) -> None:
+        """Remove the cgroups of stdio servers we launched and the BPF files."""
+        for cg in self._stdio_cgroups:
+            cg.remove()
+        self._stdio_cgroups.clear()
+        self.seccomp.close()
+
+    def leftovers(self) -> list[str]:
+        live = {cg.name for cg in self._stdio_cgroups}
+        return [f"cgroup {p}" for p in cgroups.list_ours() if p.name not in live]

@@ -1,0 +1,131 @@
+"""Capped capture of a sandbox's stdout/stderr.
+
+Each stream keeps at most ``cap`` bytes; the first byte beyond the cap marks it truncated
+and fires ``on_overflow`` once (the tier then stops the run: an output flood is a limit).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from typing import Callable
+
+
+class CappedBuffer:
+    """Bytes up to a cap; remembers whether more was offered."""
+
+    def __init__(self, cap: int, on_overflow: Callable[[], None]) -> None:
+        self._cap = cap
+        self._buf = bytearray()
+        self._on_overflow = on_overflow
+        self.truncated = False
+
+    def feed(self, data: bytes) -> None:
+        room = self._cap - len(self._buf)
+        if len(data) > room:
+            self._buf += data[: max(room, 0)]
+            if not self.truncated:
+                self.truncated = True
+                self._on_overflow()
+        else:
+            self._buf += data
+
+    def value(self) -> bytes:
+        return bytes(self._buf)
+
+
+def pump_fd(fd: int, buf: CappedBuffer) -> threading.Thread:
+    """Read ``fd`` to EOF into ``buf`` on a daemon thread (closes the fd at the end)."""
+
+    def run() -> None:
+        try:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                buf.feed(chunk)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run, name="sandbox-pump", daemon=True)
+    t.start()
+    return t
+
+
+def feed_stdin(fd: int, data: bytes | None) -> threading.Thread:
+    """Write ``data`` to ``fd`` and close it, on a thread (the child may not read it all)."""
+
+    def run() -> None:
+        try:
+            if data:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+        except OSError:
+            pass  # child exited or closed stdin: not an error of ours
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    t = threading.Thread(target=run, name="sandbox-stdin", daemon=True)
+    t.start()
+    return t
+
+
+def pump_docker_socket(
+    sock: socket.socket, out: CappedBuffer, err: CappedBuffer, stdin: bytes | None
+) -> threading.Thread:
+    """Demultiplex a Docker attach stream (8-byte frame headers) into two buffers.
+
+    Writes ``stdin`` first and half-closes the socket so the container sees EOF
+    (the container is created with ``stdin_once``).
+    """
+
+    def recv_exact(n: int) -> bytes | None:
+        parts: list[bytes] = []
+        while n:
+            chunk = sock.recv(min(n, 65536))
+            if not chunk:
+                return None
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+    def run() -> None:
+        try:
+            if stdin is not None:
+                try:
+                    sock.sendall(stdin)
+                except OSError:
+                    pass
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            while True:
+                header = recv_exact(8)
+                if header is None:
+                    break
+                kind, size = struct.unpack(">BxxxL", header)
+                payload = recv_exact(size) if size else b""
+                if payload is None:
+                    break
+                (err if kind == 2 else out).feed(payload)
+        except OSError:
+            pass
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=run, name="sandbox-attach", daemon=True)
+    t.start()
+    return t

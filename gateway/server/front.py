@@ -1,0 +1,245 @@
+"""The MCP front: a low-level SDK ``Server`` whose handlers turn requests into gateway calls.
+
+The same ``Server`` serves stdio and streamable HTTP, in both protocol eras (the SDK
+bridges the handshake era and 2026-07-28). Every handler that touches an upstream goes
+through ``Gateway.call`` (the chain: audit, verification, arguments, policy), and every
+error is turned into an MCP result by ``gateway.boundary``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Callable
+
+import mcp.types as types
+from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+
+from gateway import __version__
+from gateway.app import Gateway
+from gateway.boundary import error_result, protocol_error
+from gateway.config.model import Config
+from gateway.context import CallContext, Principal
+from gateway.errors import GatewayError, PolicyDenied
+
+_logger = logging.getLogger("symbi.server")
+
+GatewayFactory = Callable[[InMemorySubscriptionBus], Gateway]
+
+
+def stdio_principal(config: Config) -> Principal:
+    p = config.gateway.stdio_principal
+    return Principal(id=p.id, kind=p.kind, roles=tuple(p.roles))
+
+
+def principal_for(ctx: ServerRequestContext[Any], config: Config) -> Principal:
+    """Who is calling: the HTTP auth middleware's principal, or the configured stdio one."""
+    request = ctx.request
+    if request is None:
+        return stdio_principal(config)
+    principal = request.scope.get("symbi.principal")
+    if isinstance(principal, Principal):
+        return principal
+    # The HTTP front refuses unauthenticated requests before they get here; this is the
+    # last line: no principal, no access.
+    raise PolicyDenied("no authenticated principal for this request")
+
+
+def session_id_of(ctx: ServerRequestContext[Any]) -> str | None:
+    request = ctx.request
+    if request is not None:
+        sid = request.headers.get("mcp-session-id")
+        if sid:
+            return str(sid)
+    return f"session-{id(ctx.session._connection) if hasattr(ctx.session, '_connection') else id(ctx.session)}"
+
+
+def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway]:
+    """The MCP server object; its lifespan runs one ``Gateway`` for all connections."""
+
+    bus = InMemorySubscriptionBus()
+    current: list[Gateway] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_server: Server[Gateway]) -> AsyncIterator[Gateway]:
+        gw = make_gateway(bus)
+        async with gw.running():
+            current.append(gw)
+            try:
+                yield gw
+            finally:
+                current.remove(gw)
+
+    def input_schema(name: str) -> Any:
+        # 2026 HTTP header validation looks schemas up here instead of re-listing tools.
+        for gw in current:
+            entry = gw.catalog.tools.get(name)
+            if entry is not None:
+                return entry.tool.input_schema
+        return None
+
+    def gw_of(ctx: ServerRequestContext[Gateway]) -> Gateway:
+        gw = ctx.lifespan_context
+        gw.remember_downstream(ctx.session)
+        return gw
+
+    async def list_tools(
+        ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        gw = gw_of(ctx)
+        try:
+            principal = principal_for(ctx, gw.config)
+            tools = [e.tool for e in gw.visible_tools(principal)]
+        except GatewayError as e:
+            raise protocol_error(e) from None
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(
+        ctx: ServerRequestContext[Gateway], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        gw = gw_of(ctx)
+        try:
+            call = CallContext(
+                principal=principal_for(ctx, gw.config),
+                kind="tools/call",
+                target=params.name,
+                arguments=dict(params.arguments or {}),
+                session_id=session_id_of(ctx),
+                downstream=ctx,
+            )
+            result = await gw.call(call)
+        except Exception as e:  # noqa: BLE001 - the boundary: every failure becomes isError
+            return error_result(e)
+        return result  # type: ignore[no-any-return]
+
+    async def list_resources(
+        ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        gw = gw_of(ctx)
+        return types.ListResourcesResult(resources=[r for _, r in gw.catalog.resources.values()])
+
+    async def list_resource_templates(
+        ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        gw = gw_of(ctx)
+        return types.ListResourceTemplatesResult(resource_templates=[t for _, t, _ in gw.catalog.templates])
+
+    async def read_resource(
+        ctx: ServerRequestContext[Gateway], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        gw = gw_of(ctx)
+        try:
+            owner = gw.catalog.resource_owner(params.uri)
+            call = CallContext(
+                principal=principal_for(ctx, gw.config),
+                kind="resources/read",
+                target=params.uri,
+                session_id=session_id_of(ctx),
+                upstream=gw.upstream_info(owner),
+                downstream=ctx,
+            )
+            return await gw.call(call)  # type: ignore[no-any-return]
+        except Exception as e:  # noqa: BLE001
+            raise protocol_error(e) from None
+
+    async def subscribe(ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams) -> types.EmptyResult:
+        gw = gw_of(ctx)
+        try:
+            owner = gw.catalog.resource_owner(params.uri)
+            await gw.with_upstream(owner, lambda up: up.session.subscribe_resource(params.uri), ctx)
+        except Exception as e:  # noqa: BLE001
+            raise protocol_error(e) from None
+        return types.EmptyResult()
+
+    async def unsubscribe(
+        ctx: ServerRequestContext[Gateway], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
+        gw = gw_of(ctx)
+        try:
+            owner = gw.catalog.resource_owner(params.uri)
+            await gw.with_upstream(owner, lambda up: up.session.unsubscribe_resource(params.uri), ctx)
+        except Exception as e:  # noqa: BLE001
+            raise protocol_error(e) from None
+        return types.EmptyResult()
+
+    async def list_prompts(
+        ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        gw = gw_of(ctx)
+        return types.ListPromptsResult(prompts=[p.prompt for p in gw.catalog.prompts.values()])
+
+    async def get_prompt(ctx: ServerRequestContext[Gateway], params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        gw = gw_of(ctx)
+        try:
+            entry = gw.catalog.prompt(params.name)
+            call = CallContext(
+                principal=principal_for(ctx, gw.config),
+                kind="prompts/get",
+                target=params.name,
+                arguments=dict(params.arguments or {}),
+                session_id=session_id_of(ctx),
+                upstream=gw.upstream_info(entry.upstream),
+                downstream=ctx,
+            )
+            return await gw.call(call)  # type: ignore[no-any-return]
+        except Exception as e:  # noqa: BLE001
+            raise protocol_error(e) from None
+
+    async def completion(ctx: ServerRequestContext[Gateway], params: types.CompleteRequestParams) -> types.CompleteResult:
+        gw = gw_of(ctx)
+        try:
+            ref = params.ref
+            if isinstance(ref, types.PromptReference):
+                entry = gw.catalog.prompt(ref.name)
+                owner, ref = entry.upstream, ref.model_copy(update={"name": entry.original_name})
+            else:
+                owner = gw.catalog.template_owner(ref.uri)
+            return await gw.with_upstream(  # type: ignore[no-any-return]
+                owner,
+                lambda up: up.session.complete(ref, params.argument.model_dump(), context_arguments=_ctx_args(params)),
+                ctx,
+            )
+        except Exception as e:  # noqa: BLE001
+            raise protocol_error(e) from None
+
+    async def set_level(ctx: ServerRequestContext[Gateway], params: types.SetLevelRequestParams) -> types.EmptyResult:
+        gw = gw_of(ctx)
+        for up in gw.upstreams.values():
+            caps = up._session.server_capabilities if up.state == "up" and up._session else None
+            if caps is not None and caps.logging is not None:
+                with contextlib.suppress(Exception):
+                    await up.session.set_logging_level(params.level)
+        return types.EmptyResult()
+
+    server: Server[Gateway] = Server(
+        config.gateway.name,
+        version=__version__,
+        instructions="Symbi MCP security gateway: tools from several upstream servers, verified and policy-checked.",
+        lifespan=lifespan,
+        get_tool_input_schema=input_schema,
+        on_subscriptions_listen=ListenHandler(bus),
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_resource_templates,
+        on_read_resource=read_resource,
+        on_subscribe_resource=subscribe,
+        on_unsubscribe_resource=unsubscribe,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_completion=completion,
+        on_set_logging_level=set_level,
+    )
+    return server
+
+
+def _ctx_args(params: types.CompleteRequestParams) -> dict[str, str] | None:
+    ctx = getattr(params, "context", None)
+    return getattr(ctx, "arguments", None) if ctx is not None else None
+
+
+def init_options(server: Server[Gateway]) -> Any:
+    return server.create_initialization_options(
+        NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True)
+    )

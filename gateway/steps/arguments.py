@@ -1,0 +1,52 @@
+"""Validate tool arguments against the tool's inputSchema (jsonschema) before anything else sees them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import SchemaError
+
+from gateway.chain import CallNext
+from gateway.context import CallContext
+from gateway.errors import ArgumentsInvalid
+
+
+class ValidateArguments:
+    """Refuses a call whose arguments do not match the tool's inputSchema; names the path."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, Any] = {}
+
+    def _validator(self, schema: Any) -> Any:
+        key = id(schema)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is schema:
+            return hit[1]
+        cls = validators.validator_for(schema, default=Draft202012Validator)
+        cls.check_schema(schema)
+        v = cls(schema)
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = (schema, v)
+        return v
+
+    async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
+        if call.kind == "tools/call" and call.tool is not None:
+            schema = call.tool.input_schema
+            try:
+                validator = self._validator(schema)
+            except SchemaError as e:
+                raise ArgumentsInvalid(f"tool {call.target!r} has an invalid inputSchema: {e.message}") from None
+            errors = sorted(validator.iter_errors(call.arguments), key=lambda e: list(e.absolute_path))
+            if errors:
+                reasons = [f"arguments{_path(e.absolute_path)}: {e.message}" for e in errors[:10]]
+                raise ArgumentsInvalid(f"invalid arguments for {call.target!r}: {reasons[0]}", reasons=reasons)
+        return await call_next(call)
+
+
+def _path(parts: Any) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out

@@ -1,0 +1,400 @@
+"""One upstream MCP server: a kept-open client session, restarted with backoff when it dies.
+
+A single ``ClientSession`` per upstream is reused by every call (no process per call).
+``Upstream.run`` is a supervisor loop: connect, list everything, mark up, wait until the
+transport closes, mark down, back off exponentially, repeat. While it is down its tools
+leave the catalogue and calls get ``UpstreamUnavailable``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Literal
+
+import anyio
+import httpx2
+import mcp.types as types
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from gateway.config.model import Config, ServerConfig
+from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.events import EventSink
+from gateway.upstream.relay import CallerRelay
+
+_logger = logging.getLogger("symbi.upstream")
+
+State = Literal["starting", "up", "down", "stopped"]
+CommandWrapper = Callable[[str, ServerConfig], tuple[str, list[str]]]
+
+
+@dataclass
+class Listing:
+    """What an upstream offers, as of its last refresh."""
+
+    tools: list[types.Tool] = field(default_factory=list)
+    resources: list[types.Resource] = field(default_factory=list)
+    templates: list[types.ResourceTemplate] = field(default_factory=list)
+    prompts: list[types.Prompt] = field(default_factory=list)
+
+
+class Upstream:
+    """A supervised connection to one upstream MCP server."""
+
+    def __init__(
+        self,
+        name: str,
+        server: ServerConfig,
+        config: Config,
+        *,
+        events: EventSink,
+        on_change: Callable[["Upstream"], Awaitable[None]],
+        on_resource_updated: Callable[["Upstream", str], Awaitable[None]] | None = None,
+        wrap_command: CommandWrapper | None = None,
+    ) -> None:
+        self.name = name
+        self.server = server
+        self._config = config
+        self._events = events
+        self._on_change = on_change
+        self._on_resource_updated = on_resource_updated
+        self._wrap_command = wrap_command
+        self.state: State = "starting"
+        self.listing = Listing()
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.relay = CallerRelay(name)
+        self._session: ClientSession | None = None
+        self._closed = anyio.Event()
+        self._refresh_lock = anyio.Lock()
+        self._up_event = anyio.Event()
+        self._stop = False
+        self.pid: int | None = None
+
+    @property
+    def transport(self) -> Literal["stdio", "http"]:
+        return "stdio" if self.server.command else "http"
+
+    @property
+    def call_timeout(self) -> float:
+        return self.server.timeout_s or self._config.mcp.call_timeout_s
+
+    @property
+    def session(self) -> ClientSession:
+        if self.state != "up" or self._session is None:
+            raise UpstreamUnavailable(
+                f"upstream {self.name!r} is {self.state}"
+                + (f" (last error: {self.last_error})" if self.last_error else ""),
+            )
+        return self._session
+
+    async def wait_up(self, timeout: float) -> bool:
+        with anyio.move_on_after(timeout):
+            await self._up_event.wait()
+        return self.state == "up"
+
+    # -- supervisor ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect and keep connected until cancelled."""
+        backoff = self._config.mcp.restart_backoff_initial_s
+        while not self._stop:
+            started = anyio.current_time()
+            try:
+                await self._connect_once()
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure of one upstream must not stop the others
+                self.last_error = _describe(e)
+                _logger.warning("upstream %s failed: %s", self.name, self.last_error)
+            was_up = self.state == "up"
+            self.state = "down"
+            self._session = None
+            self._up_event = anyio.Event()
+            self.listing = Listing()
+            self._events.emit("upstream.down", {"upstream": self.name, "error": self.last_error})
+            if was_up:
+                await self._notify_change()
+            if self._stop:
+                break
+            if anyio.current_time() - started > 60:
+                backoff = self._config.mcp.restart_backoff_initial_s  # it ran fine for a while
+            delay = min(backoff, self._config.mcp.restart_backoff_max_s) * (0.8 + 0.4 * random.random())
+            _logger.info("upstream %s: restarting in %.1fs", self.name, delay)
+            await anyio.sleep(delay)
+            backoff = min(backoff * 2, self._config.mcp.restart_backoff_max_s)
+            self.restarts += 1
+            self.state = "starting"
+
+    async def _connect_once(self) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            read, write = await stack.enter_async_context(self._transport())
+            read = _WatchedStream(read, self._mark_closed)
+            self._closed = anyio.Event()
+            session = await stack.enter_async_context(
+                ClientSession(
+                    read,
+                    write,
+                    sampling_callback=self.relay.sampling,
+                    elicitation_callback=self.relay.elicitation,
+                    list_roots_callback=self.relay.list_roots,
+                    logging_callback=self.relay.log,
+                    message_handler=self._on_message,
+                    client_info=types.Implementation(name="symbi-gateway", version="0.1.0"),
+                )
+            )
+            with anyio.fail_after(self._config.mcp.connection_timeout_s):
+                await session.initialize()
+                self._session = session
+                await self._refresh(session)
+            self.state = "up"
+            self.last_error = None
+            self._up_event.set()
+            self._events.emit(
+                "upstream.up",
+                {
+                    "upstream": self.name,
+                    "transport": self.transport,
+                    "protocol_version": session.protocol_version,
+                    "tools": len(self.listing.tools),
+                    "restarts": self.restarts,
+                },
+            )
+            await self._notify_change()
+            await self._closed.wait()
+            self.last_error = self.last_error or "transport closed"
+
+    def _mark_closed(self) -> None:
+        self._closed.set()
+
+    @contextlib.asynccontextmanager
+    async def _transport(self) -> Any:
+        if self.server.command is not None:
+            command, args = self.server.command, list(self.server.args)
+            if self._wrap_command is not None and self.server.sandbox:
+                command, args = self._wrap_command(self.name, self.server)
+            env = dict(self.server.env)
+            params = StdioServerParameters(
+                command=command, args=args, env=env or None, cwd=str(self.server.cwd) if self.server.cwd else None
+            )
+            with _StderrToLog(self.name) as errlog:
+                async with stdio_client(params, errlog=errlog) as streams:
+                    yield streams
+        else:
+            assert self.server.url is not None
+            timeout = httpx2.Timeout(self._config.mcp.connection_timeout_s, read=self.call_timeout + 5)
+            async with httpx2.AsyncClient(headers=dict(self.server.headers), timeout=timeout) as hc:
+                async with streamable_http_client(self.server.url, http_client=hc) as streams:
+                    yield streams
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            _logger.debug("upstream %s transport error: %s", self.name, message)
+            return
+        if isinstance(
+            message,
+            types.ToolListChangedNotification
+            | types.ResourceListChangedNotification
+            | types.PromptListChangedNotification,
+        ):
+            # Refresh in the background: the receive loop must keep running while we list.
+            session = self._session
+            if session is not None:
+                await self.refresh_soon(session)
+        elif isinstance(message, types.ResourceUpdatedNotification) and self._on_resource_updated:
+            await self._on_resource_updated(self, message.params.uri)
+        elif isinstance(message, types.ProgressNotification):
+            pass  # progress is delivered to the waiting call's progress_callback by the SDK
+
+    async def refresh_soon(self, session: ClientSession) -> None:
+        tg = self._tasks
+        if tg is not None:
+            tg.start_soon(self._refresh_and_notify, session)
+
+    _tasks: anyio.abc.TaskGroup | None = None
+
+    def bind_task_group(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tasks = tg
+
+    async def _refresh_and_notify(self, session: ClientSession) -> None:
+        try:
+            await self._refresh(session)
+        except Exception as e:  # noqa: BLE001
+            _logger.warning("upstream %s: refresh after list_changed failed: %s", self.name, _describe(e))
+            return
+        await self._notify_change()
+
+    async def _refresh(self, session: ClientSession) -> None:
+        async with self._refresh_lock:
+            caps = session.server_capabilities
+            listing = Listing()
+            if caps is None or caps.tools is not None:
+                listing.tools = await _all_pages(session.list_tools, "tools")
+            if caps is not None and caps.resources is not None:
+                listing.resources = await _all_pages(session.list_resources, "resources")
+                listing.templates = await _all_pages(session.list_resource_templates, "resource_templates")
+            if caps is not None and caps.prompts is not None:
+                listing.prompts = await _all_pages(session.list_prompts, "prompts")
+            self.listing = listing
+
+    async def _notify_change(self) -> None:
+        try:
+            await self._on_change(self)
+        except Exception:  # noqa: BLE001
+            _logger.exception("catalogue update after %s changed failed", self.name)
+
+    async def stop(self) -> None:
+        self._stop = True
+        self._closed.set()
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        *,
+        progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None,
+        input_responses: Any = None,
+        request_state: str | None = None,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        session = self.session
+        try:
+            # send_request skips the client-side outputSchema check: the client validates
+            # against what the gateway lists, and it saves a validation per call.
+            return await session.send_request(
+                types.CallToolRequest(
+                    params=types.CallToolRequestParams(
+                        name=name,
+                        arguments=arguments,
+                        input_responses=input_responses,
+                        request_state=request_state,
+                    )
+                ),
+                _CALL_TOOL_RESULT,
+                request_read_timeout_seconds=self.call_timeout,
+                progress_callback=progress,
+            )
+        except MCPError as e:
+            raise _upstream_error(self.name, e) from None
+
+    async def request(self, coro: Awaitable[Any]) -> Any:
+        """Await an upstream request, turning protocol failures into ``UpstreamError``."""
+        try:
+            with anyio.fail_after(self.call_timeout):
+                return await coro
+        except MCPError as e:
+            raise _upstream_error(self.name, e) from None
+        except TimeoutError:
+            raise UpstreamError(f"upstream {self.name!r} timed out after {self.call_timeout:g}s") from None
+
+
+from pydantic import TypeAdapter  # noqa: E402
+
+_CALL_TOOL_RESULT: TypeAdapter[types.CallToolResult | types.InputRequiredResult] = TypeAdapter(
+    types.CallToolResult | types.InputRequiredResult
+)
+
+
+def _upstream_error(name: str, e: MCPError) -> UpstreamError:
+    code = e.error.code if hasattr(e, "error") else None
+    if code == -32001:
+        return UpstreamError(f"upstream {name!r} timed out: {e}")
+    if code == -32000 or "closed" in str(e).lower():
+        return UpstreamUnavailable(f"upstream {name!r} connection closed: {e}")
+    err = UpstreamError(f"upstream {name!r} returned an error: {e}")
+    err.mcp_error = e  # type: ignore[attr-defined]
+    return err
+
+
+async def _all_pages(method: Callable[..., Awaitable[Any]], attr: str, max_pages: int = 100) -> list[Any]:
+    items: list[Any] = []
+    cursor: str | None = None
+    for _ in range(max_pages):
+        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        page = await method(params=params)
+        items.extend(getattr(page, attr))
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return items
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, BaseExceptionGroup):
+        return "; ".join(_describe(x) for x in e.exceptions)
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+class _WatchedStream:
+    """A read stream that tells us when the transport ends (the process died, HTTP closed)."""
+
+    def __init__(self, inner: Any, on_close: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_close = on_close
+        self.last_context = getattr(inner, "last_context", None)
+
+    def __aiter__(self) -> "_WatchedStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            item = await self._inner.__anext__()
+        except (StopAsyncIteration, anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_close()
+            raise StopAsyncIteration from None
+        if isinstance(item, Exception):
+            _logger.debug("transport exception: %s", item)
+        return item
+
+    async def receive(self) -> Any:
+        return await self.__anext__()
+
+    async def aclose(self) -> None:
+        self._on_close()
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> "_WatchedStream":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def close(self) -> None:
+        self._on_close()
+        close = getattr(self._inner, "close", None)
+        if close:
+            close()
+
+
+class _StderrToLog:
+    """A pipe whose read end is logged line by line with the server's name."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._log = logging.getLogger(f"symbi.upstream.{name}")
+
+    def __enter__(self) -> Any:
+        r, w = os.pipe()
+        self._reader = os.fdopen(r, "r", encoding="utf-8", errors="replace")
+        self._writer = os.fdopen(w, "w")
+        self._thread = threading.Thread(target=self._pump, name=f"stderr-{self._name}", daemon=True)
+        self._thread.start()
+        return self._writer
+
+    def _pump(self) -> None:
+        with contextlib.suppress(Exception):
+            for line in self._reader:
+                self._log.info("[%s] %s", self._name, line.rstrip())
+        with contextlib.suppress(Exception):
+            self._reader.close()
+
+    def __exit__(self, *exc: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()

@@ -1,0 +1,310 @@
+"""TOFU pin store: SQLite, one row per (domain, tool id), file mode 0600.
+
+Each pin records the key fingerprint and the hash of the canonical definition that was
+verified, so both a new key (rug pull by key swap) and a new definition under the same key
+(rug pull by re-signing) are caught. A pin is only ever written after a signature verified.
+Changes are never applied automatically: they are recorded as *pending* and applied by an
+explicit :meth:`PinStore.approve`, and every change is written to ``pin_events``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ._crypto import normalize_fingerprint
+from ._domain import normalize_domain
+from ._errors import PinStoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pins (
+    domain TEXT NOT NULL,
+    tool_id TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    definition_hash TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    pending_fingerprint TEXT,
+    pending_definition_hash TEXT,
+    pending_since TEXT,
+    PRIMARY KEY (domain, tool_id)
+);
+CREATE TABLE IF NOT EXISTS pin_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    tool_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    old_fingerprint TEXT,
+    new_fingerprint TEXT,
+    old_definition_hash TEXT,
+    new_definition_hash TEXT,
+    actor TEXT
+);
+"""
+
+
+class PinStatus(str, enum.Enum):
+    """Outcome of comparing a verified (key, definition) with the pin."""
+
+    FIRST_USE = "first_use"
+    PINNED = "pinned"
+    KEY_CHANGED = "key_changed"
+    DEFINITION_CHANGED = "definition_changed"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One pinned (domain, tool id), with a pending change awaiting approval, if any."""
+
+    domain: str
+    tool_id: str
+    key_fingerprint: str
+    definition_hash: str
+    first_seen: str
+    last_seen: str
+    pending_fingerprint: str | None = None
+    pending_definition_hash: str | None = None
+    pending_since: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return dict(self.__dict__)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _hash(value: str) -> str:
+    v = value.strip().lower()
+    if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise ValueError(f"not a sha256 hex definition hash: {value!r}")
+    return v
+
+
+class PinStore:
+    """A persistent, locked TOFU pin store (SQLite). Safe to share between threads and processes.
+
+    Args:
+        path: the database file; created with mode 0600 (parent directory 0700 if created).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            if not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            os.chmod(self.path, 0o600)  # also tightens a file made by something else
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise PinStoreError(f"cannot open pin store {self.path}: {e}", path=str(self.path)) from None
+        self._lock = threading.Lock()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "PinStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _tx(self) -> "_Tx":
+        return _Tx(self)
+
+    @staticmethod
+    def _row(row: tuple[Any, ...] | None) -> Pin | None:
+        return Pin(*row) if row else None
+
+    def _get(self, domain: str, tool_id: str) -> Pin | None:
+        cur = self._db.execute(
+            "SELECT domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen, "
+            "pending_fingerprint, pending_definition_hash, pending_since FROM pins WHERE domain=? AND tool_id=?",
+            (domain, tool_id),
+        )
+        return self._row(cur.fetchone())
+
+    def _event(self, domain: str, tool_id: str, action: str, old: Pin | None,
+               new_fp: str | None, new_hash: str | None, actor: str | None) -> None:
+        self._db.execute(
+            "INSERT INTO pin_events (at, domain, tool_id, action, old_fingerprint, new_fingerprint, "
+            "old_definition_hash, new_definition_hash, actor) VALUES (?,?,?,?,?,?,?,?,?)",
+            (_now(), domain, tool_id, action, old.key_fingerprint if old else None, new_fp,
+             old.definition_hash if old else None, new_hash, actor),
+        )
+
+    # -- the TOFU decision -----------------------------------------------------------------
+
+    def check_and_pin(self, domain: str, tool_id: str, key_fingerprint: str, definition_hash: str) -> tuple[PinStatus, Pin]:
+        """Compare a *verified* (key, definition) with the pin; pin it on first use.
+
+        Call only after the signature verified. On a change nothing is re-pinned: the new
+        values are stored as pending (for ``approve``) and the old pin is returned.
+        """
+        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        if not tool_id:
+            raise ValueError("tool_id is required")
+        with self._tx():
+            pin = self._get(dom, tool_id)
+            now = _now()
+            if pin is None:
+                self._db.execute(
+                    "INSERT INTO pins (domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (dom, tool_id, fp, h, now, now),
+                )
+                self._event(dom, tool_id, "pin_first_use", None, fp, h, "tofu")
+                new = self._get(dom, tool_id)
+                assert new is not None
+                return PinStatus.FIRST_USE, new
+            if pin.key_fingerprint == fp and pin.definition_hash == h:
+                self._db.execute("UPDATE pins SET last_seen=? WHERE domain=? AND tool_id=?", (now, dom, tool_id))
+                new = self._get(dom, tool_id)
+                assert new is not None
+                return PinStatus.PINNED, new
+            status = PinStatus.KEY_CHANGED if pin.key_fingerprint != fp else PinStatus.DEFINITION_CHANGED
+            if (pin.pending_fingerprint, pin.pending_definition_hash) != (fp, h):
+                self._db.execute(
+                    "UPDATE pins SET pending_fingerprint=?, pending_definition_hash=?, pending_since=? "
+                    "WHERE domain=? AND tool_id=?",
+                    (fp, h, now, dom, tool_id),
+                )
+                self._event(dom, tool_id, f"pending_{status.value}", pin, fp, h, None)
+            return status, pin
+
+    # -- inspection and explicit changes ---------------------------------------------------
+
+    def get(self, domain: str, tool_id: str) -> Pin | None:
+        """The pin for (domain, tool id), or ``None``."""
+        with self._lock:
+            try:
+                return self._get(normalize_domain(domain), tool_id)
+            except sqlite3.Error as e:
+                raise PinStoreError(f"pin store read failed: {e}") from None
+
+    def pins(self, domain: str | None = None) -> list[Pin]:
+        """All pins (of one domain), ordered by domain and tool id."""
+        sql = ("SELECT domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen, "
+               "pending_fingerprint, pending_definition_hash, pending_since FROM pins")
+        args: tuple[str, ...] = ()
+        if domain is not None:
+            sql += " WHERE domain=?"
+            args = (normalize_domain(domain),)
+        with self._lock:
+            try:
+                rows = self._db.execute(sql + " ORDER BY domain, tool_id", args).fetchall()
+            except sqlite3.Error as e:
+                raise PinStoreError(f"pin store read failed: {e}") from None
+        return [Pin(*r) for r in rows]
+
+    def approve(
+        self,
+        domain: str,
+        tool_id: str,
+        *,
+        key_fingerprint: str | None = None,
+        definition_hash: str | None = None,
+        actor: str | None = None,
+    ) -> Pin:
+        """Explicitly (re-)pin a tool: the pending change, or the given fingerprint/hash.
+
+        This is the only way a pinned key or definition changes. Raises ``PinStoreError`` when
+        there is nothing to approve.
+        """
+        dom = normalize_domain(domain)
+        with self._tx():
+            pin = self._get(dom, tool_id)
+            fp = normalize_fingerprint(key_fingerprint) if key_fingerprint else (pin.pending_fingerprint if pin else None)
+            h = _hash(definition_hash) if definition_hash else (pin.pending_definition_hash if pin else None)
+            if pin is not None and fp is None:
+                fp = pin.key_fingerprint
+            if pin is not None and h is None:
+                h = pin.definition_hash
+            if fp is None or h is None:
+                raise PinStoreError(f"nothing to approve for {tool_id}@{dom}: give --fingerprint and --definition-hash")
+            now = _now()
+            if pin is None:
+                self._db.execute(
+                    "INSERT INTO pins (domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen) "
+                    "VALUES (?,?,?,?,?,?)", (dom, tool_id, fp, h, now, now))
+            else:
+                self._db.execute(
+                    "UPDATE pins SET key_fingerprint=?, definition_hash=?, last_seen=?, pending_fingerprint=NULL, "
+                    "pending_definition_hash=NULL, pending_since=NULL WHERE domain=? AND tool_id=?",
+                    (fp, h, now, dom, tool_id))
+            self._event(dom, tool_id, "approve", pin, fp, h, actor)
+            new = self._get(dom, tool_id)
+            assert new is not None
+            return new
+
+    def remove(self, domain: str, tool_id: str, *, actor: str | None = None) -> bool:
+        """Delete a pin (the next verification is a first use again). True if one existed."""
+        dom = normalize_domain(domain)
+        with self._tx():
+            pin = self._get(dom, tool_id)
+            if pin is None:
+                return False
+            self._db.execute("DELETE FROM pins WHERE domain=? AND tool_id=?", (dom, tool_id))
+            self._event(dom, tool_id, "remove", pin, None, None, actor)
+            return True
+
+    def history(self, domain: str | None = None, tool_id: str | None = None) -> list[dict[str, Any]]:
+        """The audit trail of pin changes, oldest first."""
+        sql = ("SELECT id, at, domain, tool_id, action, old_fingerprint, new_fingerprint, old_definition_hash, "
+               "new_definition_hash, actor FROM pin_events")
+        cond, args = [], []
+        if domain is not None:
+            cond.append("domain=?")
+            args.append(normalize_domain(domain))
+        if tool_id is not None:
+            cond.append("tool_id=?")
+            args.append(tool_id)
+        if cond:
+            sql += " WHERE " + " AND ".join(cond)
+        with self._lock:
+            cur = self._db.execute(sql + " ORDER BY id", args)
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+class _Tx:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the store's lock; rollback and fail closed on error."""
+
+    def __init__(self, store: PinStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        self._store._lock.acquire()
+        try:
+            self._store._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            self._store._lock.release()
+            raise PinStoreError(f"pin store is unavailable: {e}") from None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            self._store._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        except sqlite3.Error as e:
+            if exc_type is None:
+                raise PinStoreError(f"pin store write failed: {e}") from None
+        finally:
+            self._store._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise PinStoreError(f"pin store write failed: {exc}") from exc
+
+

@@ -63,6 +63,11 @@ class PolicyEngine(ABC):
 
 def evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> Decision:
     """Evaluate ``decision`` on a regorus engine; any failure (including a panic) is a deny."""
+    return _evaluate(engine, decision, input)[0]
+
+
+def _evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> tuple[Decision, bool]:
+    """(decision, engine still healthy)."""
     try:
         engine.set_input(dict(input))
         raw = engine.eval_rule(decision)
@@ -71,8 +76,8 @@ def evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> Decision:
     except BaseException as e:  # pyo3 PanicException derives from BaseException
         reason = clean_error(e).strip().splitlines()
         log.error("policy evaluation failed (%s): %s", type(e).__name__, " ".join(reason))
-        return deny(f"policy evaluation failed: {reason[-1] if reason else type(e).__name__}")
-    return validate_decision(raw, source="policy")
+        return deny(f"policy evaluation failed: {reason[-1] if reason else type(e).__name__}"), False
+    return validate_decision(raw, source="policy"), True
 
 
 class EmbeddedEngine(PolicyEngine):
@@ -160,8 +165,8 @@ class EmbeddedEngine(PolicyEngine):
             except PolicyLoadError as e:  # validated at load, so only a broken environment gets here
                 return deny(f"policy engine cannot start: {e.message}")
             local.engine, local.digest = engine, bundle.digest
-        decision = evaluate(engine, self.decision_path, input)
-        if not decision.allow and decision.reasons[0].startswith("policy evaluation failed"):
+        decision, healthy = _evaluate(engine, self.decision_path, input)
+        if not healthy:
             local.engine = None  # never reuse an engine that failed mid-evaluation
         return decision
 

@@ -1,0 +1,127 @@
+"""The policy step: ask the Rego policy, refuse or apply its conditions around the dispatch.
+
+Order of work for one call:
+1. build the input document (``gateway.policy.inputdoc``) and get a ``Decision``;
+2. deny -> ``PolicyDenied(reasons)``; the call never reaches the upstream;
+3. ``rate_limit`` -> sliding one-minute window per principal+tool (``RateLimited`` at the limit);
+4. ``redact_arguments`` -> the upstream and the audit log get a redacted copy;
+5. ``sandbox_tier`` -> ``call.sandbox_tier`` (the dispatcher runs code tools in it);
+6. after the call: ``redact_result`` then ``max_result_bytes`` on the ``CallToolResult``;
+   ``call.result_bytes`` is the size the upstream produced, before any cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Iterable, Mapping, Sequence
+
+from mcp.types import CallToolResult
+
+from gateway.chain import CallNext
+from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.errors import PolicyDenied, RateLimited
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.inputdoc import CallCounters, build_input, input_for_call
+from gateway.policy.redact import cap_result, redact, redact_result, result_size
+
+
+class PolicyStep:
+    """Decide every call with ``engine`` and enforce the decision's conditions."""
+
+    def __init__(self, engine: PolicyEngine, counters: CallCounters | None = None) -> None:
+        self.engine = engine
+        self.counters = counters or CallCounters()
+
+    async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
+        decision = await self.engine.adecide(input_for_call(call, self.counters))
+        call.decision = decision
+        if not decision.allow:
+            call.reasons = list(decision.reasons)
+            raise PolicyDenied(f"policy denied {call.target}", reasons=list(decision.reasons))
+        cond = decision.conditions
+
+        limit = cond.get("rate_limit")
+        name = call.tool.name if call.tool else call.target
+        if not self.counters.try_acquire(call.principal.id, name, limit):
+            reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
+            call.reasons = [reason]
+            raise RateLimited(reason)
+
+        rules: Sequence[str] = cond.get("redact_arguments", ())
+        if rules:
+            call.arguments, _ = redact(call.arguments, rules)  # what the upstream receives
+        call.audit_arguments = dict(call.arguments)
+        if "sandbox_tier" in cond:
+            call.sandbox_tier = cond["sandbox_tier"]
+
+        result = await call_next(call)
+
+        if isinstance(result, CallToolResult):
+            call.result_bytes = result_size(result)
+            if cond.get("redact_result"):
+                result = redact_result(result, cond["redact_result"])
+            if "max_result_bytes" in cond:
+                result = cap_result(result, cond["max_result_bytes"])
+        elif hasattr(result, "model_dump_json"):
+            call.result_bytes = result_size(result)
+            cap = cond.get("max_result_bytes")
+            if cap is not None and call.result_bytes > cap:
+                # resources / prompts have no isError form: refuse rather than cut them
+                raise PolicyDenied(
+                    "result too large", reasons=[f"result of {call.result_bytes} bytes exceeds the cap of {cap} bytes"]
+                )
+        return result
+
+
+def _listing_inputs(
+    principal: Principal,
+    tools: Sequence[ToolInfo],
+    upstreams: Mapping[str, UpstreamInfo] | None,
+    session_id: str | None,
+    counters: CallCounters | None,
+) -> Iterable[dict[str, Any]]:
+    for t in tools:
+        yield build_input(
+            principal=principal,
+            kind="tools/call",
+            target=t.name,
+            action="list",
+            tool=t,
+            upstream=(upstreams or {}).get(t.upstream),
+            session_id=session_id,
+            counters=counters,
+        )
+
+
+def filter_listing(
+    engine: PolicyEngine,
+    principal: Principal,
+    tools: Sequence[ToolInfo],
+    *,
+    upstreams: Mapping[str, UpstreamInfo] | None = None,
+    session_id: str | None = None,
+    counters: CallCounters | None = None,
+) -> list[ToolInfo]:
+    """The tools ``principal`` may see: each one decided with ``action = "list"`` (no arguments).
+
+    The policy's argument and volume rules apply to calls only, so a tool is listed exactly
+    when some call to it could be allowed; a tool that is not listed is refused by name too,
+    because the call decision uses the same allow-list.
+    """
+    inputs = _listing_inputs(principal, tools, upstreams, session_id, counters)
+    return [t for t, inp in zip(tools, inputs) if engine.decide(inp).allow]
+
+
+async def afilter_listing(
+    engine: PolicyEngine,
+    principal: Principal,
+    tools: Sequence[ToolInfo],
+    *,
+    upstreams: Mapping[str, UpstreamInfo] | None = None,
+    session_id: str | None = None,
+    counters: CallCounters | None = None,
+) -> list[ToolInfo]:
+    """Async ``filter_listing`` (concurrent decisions: worth it for a remote OPA)."""
+    inputs = list(_listing_inputs(principal, tools, upstreams, session_id, counters))
+    decisions = await asyncio.gather(*(engine.adecide(i) for i in inputs))
+    return [t for t, d in zip(tools, decisions) if d.allow]

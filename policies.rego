@@ -1,0 +1,288 @@
+# Symbi default policy: one decision per request, deny by default.
+#
+# Query: data.symbi.decision  ->  {"allow": bool, "reasons": [string], "conditions": {...}}
+# Input: see gateway/policy/README.md (principal, agent, upstream, tool, arguments, context,
+#        action = "call" | "list", kind = "tools/call" | "resources/read" | "prompts/get").
+# Data:  policies/data.json, loaded at the data root (data.symbi_data), the way
+#        `opa run policies.rego policies/data.json` loads it.
+#
+# Portable on purpose: it runs unchanged on the embedded engine (regorus) and on a real OPA
+# server. Only builtins both implement: glob.match, regex.match/find_all_string_submatch_n,
+# sprintf %s/%d, split/startswith/contains/lower, sort/min/count, object.get.
+
+package symbi
+
+import rego.v1
+
+default cfg := {}
+
+cfg := data.symbi_data
+
+# ---------------------------------------------------------------------------------------
+# The decision
+# ---------------------------------------------------------------------------------------
+
+decision := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
+
+# Deny by default: allow needs a positive grant AND no deny reason. A malformed input
+# (missing tool name, unknown kind) leaves target_permitted undefined, so it is denied.
+default allow := false
+
+allow if {
+	count(deny) == 0
+	target_permitted
+}
+
+reasons := sort(deny) if count(deny) > 0
+else := [] if allow
+else := [sprintf("no rule allows %s on %s (default deny)", [kind, target_name])]
+
+granted_conditions := conditions if allow
+else := {}
+
+# ---------------------------------------------------------------------------------------
+# Who is asking for what
+# ---------------------------------------------------------------------------------------
+
+action := object.get(input, "action", "call")
+
+kind := object.get(input, "kind", "")
+
+is_call if action == "call"
+
+is_tool if kind == "tools/call"
+
+principal_id := input.principal.id
+
+tool_name := input.tool.name
+
+target_name := tool_name if is_tool
+else := object.get(input, "target", "")
+
+principal_entry := object.get(object.get(cfg, "principals", {}), principal_id, {})
+
+upstream_entry := object.get(object.get(cfg, "upstreams", {}), input.upstream.name, {})
+
+# Roles come from the authenticated principal (config / API key / JWT) and from the data.
+roles contains r if some r in input.principal.roles
+
+roles contains r if some r in object.get(principal_entry, "roles", [])
+
+role_entry(r) := object.get(object.get(cfg, "roles", {}), r, {})
+
+# Glob patterns granted to this principal under `field` (tools, deny_tools, resources, prompts).
+patterns(field) := {p | some p in object.get(principal_entry, field, [])} | {p |
+	some r in roles
+	some p in object.get(role_entry(r), field, [])
+}
+
+matches_any(pats, name) if {
+	some p in pats
+	glob.match(p, [], name)
+}
+
+# ---------------------------------------------------------------------------------------
+# Allow-lists (tools by glob; resources and prompts by glob on their name / uri)
+# ---------------------------------------------------------------------------------------
+
+target_permitted if {
+	is_tool
+	matches_any(patterns("tools"), tool_name)
+}
+
+target_permitted if {
+	kind == "resources/read"
+	matches_any(patterns("resources"), input.target)
+}
+
+target_permitted if {
+	kind == "prompts/get"
+	matches_any(patterns("prompts"), input.target)
+}
+
+deny contains msg if {
+	is_tool
+	not matches_any(patterns("tools"), tool_name)
+	msg := sprintf("principal %s may not use tool %s (not in its allow-list)", [principal_id, tool_name])
+}
+
+deny contains msg if {
+	is_tool
+	matches_any(patterns("deny_tools"), tool_name)
+	msg := sprintf("tool %s is on the deny-list of principal %s", [tool_name, principal_id])
+}
+
+deny contains msg if {
+	kind == "resources/read"
+	not matches_any(patterns("resources"), input.target)
+	msg := sprintf("principal %s may not read resource %s", [principal_id, input.target])
+}
+
+deny contains msg if {
+	kind == "prompts/get"
+	not matches_any(patterns("prompts"), input.target)
+	msg := sprintf("principal %s may not get prompt %s", [principal_id, input.target])
+}
+
+# ---------------------------------------------------------------------------------------
+# Tool verification: only verified or pinned tools, unless the upstream is explicitly
+# allowed to serve unverified tools (allow_unverified in the data file).
+# ---------------------------------------------------------------------------------------
+
+verification := object.get(input.tool, "verification", "unverified")
+
+verification_ok if verification in {"verified", "pinned"}
+
+verification_ok if {
+	verification in {"unverified", "off"}
+	object.get(upstream_entry, "allow_unverified", false) == true
+}
+
+deny contains msg if {
+	is_tool
+	not verification_ok
+	msg := sprintf("tool %s is %s: only verified or pinned tools may be called", [tool_name, verification])
+}
+
+# ---------------------------------------------------------------------------------------
+# Argument rules (calls only: a listing has no arguments)
+# ---------------------------------------------------------------------------------------
+
+path_keys := {k | some k in object.get(cfg, "path_arguments", [])}
+
+url_keys := {k | some k in object.get(cfg, "url_arguments", [])}
+
+# [key, value] for every value of a path/url argument: a string or each item of an array.
+arg_values(keys) := {[k, v] | some k in keys; v := input.arguments[k]; not is_array(v)} | {[k, v] |
+	some k in keys
+	is_array(input.arguments[k])
+	some v in input.arguments[k]
+}
+
+# A path is accepted only when it has no "." / ".." segment (so "/allowed/../etc" never passes
+# a prefix check), no backslash or NUL, and sits lexically at or under an allowed root. A
+# relative path passes only under a relative root listed in the data (relative to the
+# filesystem server's own folder). Symlinks inside a root are the filesystem server's
+# business: the policy sees strings.
+path_ok(p) if {
+	is_string(p)
+	not contains(p, "\\")
+	not contains(p, "\u0000")
+	not dot_segment(p)
+	some root in object.get(cfg, "fs_roots", [])
+	under_root(p, root)
+}
+
+dot_segment(p) if {
+	some s in split(p, "/")
+	s in {".", ".."}
+}
+
+under_root(p, root) if p == root
+
+under_root(p, root) if startswith(p, concat("", [trim_right(root, "/"), "/"]))
+
+deny contains msg if {
+	is_tool
+	is_call
+	some [k, v] in arg_values(path_keys)
+	not path_ok(v)
+	msg := sprintf("argument %s is not a path under an allowed root", [k])
+}
+
+# host of an http(s) URL: the part after the last userinfo "@", without port; IPv6 in [].
+# Anything that does not parse this way (other schemes, backslashes, whitespace) is refused.
+url_re := `^(?i)https?://(?:[^/?#\\@\s]*@)?(\[[0-9a-fA-F:.]+\]|[^/?#:@\\\s\[\]]+)(?::[0-9]{1,5})?(?:[/?#][^\\\s]*)?$`
+
+url_host(u) := lower(m[0][1]) if {
+	is_string(u)
+	m := regex.find_all_string_submatch_n(url_re, u, 1)
+	count(m) == 1
+}
+
+url_ok(u) if {
+	host := url_host(u)
+	some pat in object.get(cfg, "url_hosts", [])
+	glob.match(lower(pat), ["."], host)
+}
+
+deny contains msg if {
+	is_tool
+	is_call
+	some [k, v] in arg_values(url_keys)
+	not url_host(v)
+	msg := sprintf("argument %s is not an http(s) URL", [k])
+}
+
+deny contains msg if {
+	is_tool
+	is_call
+	some [k, v] in arg_values(url_keys)
+	host := url_host(v)
+	not url_ok(v)
+	msg := sprintf("argument %s: host %s is not in the allow-list", [k, host])
+}
+
+# ---------------------------------------------------------------------------------------
+# Volume: an hourly cap per principal (the per-minute rate_limit is a condition below).
+# ---------------------------------------------------------------------------------------
+
+deny contains msg if {
+	is_call
+	cap := object.get(principal_entry, "max_calls_per_hour", object.get(cfg, "default_max_calls_per_hour", 0))
+	cap > 0
+	input.context.calls_last_hour >= cap
+	msg := sprintf("principal %s reached its limit of %d calls per hour", [principal_id, cap])
+}
+
+# ---------------------------------------------------------------------------------------
+# Conditions (only tools carry them; validated by the gateway, unknown ones deny)
+# ---------------------------------------------------------------------------------------
+
+# Code tools run at least in gVisor; a trusted principal may use Docker.
+code_tier := "docker" if "trusted" in roles
+else := "gvisor"
+
+conditions["sandbox_tier"] := code_tier if {
+	is_tool
+	input.tool.code_tool == true
+}
+
+base_rate := object.get(principal_entry, "rate_limit", object.get(cfg, "default_rate_limit", 60))
+
+tool_rates := {n | some pat, n in object.get(cfg, "tool_rate_limits", {}); glob.match(pat, [], tool_name)}
+
+conditions["rate_limit"] := min(tool_rates | {base_rate}) if is_tool
+
+tool_caps := {n | some pat, n in object.get(cfg, "max_result_bytes", {}); glob.match(pat, [], tool_name)}
+
+conditions["max_result_bytes"] := min(tool_caps) if {
+	is_tool
+	count(tool_caps) > 0
+}
+
+redactions(field) := sort({k |
+	some pat, keys in object.get(cfg, field, {})
+	glob.match(pat, [], tool_name)
+	some k in keys
+})
+
+conditions["redact_arguments"] := redactions("redact_arguments") if {
+	is_tool
+	count(redactions("redact_arguments")) > 0
+}
+
+conditions["redact_result"] := redactions("redact_result") if {
+	is_tool
+	count(redactions("redact_result")) > 0
+}
+
+conditions["audit"] := "minimal" if {
+	is_tool
+	matches_any(object.get(cfg, "audit_minimal", []), tool_name)
+}
+
+conditions["audit"] := "full" if {
+	is_tool
+	not matches_any(object.get(cfg, "audit_minimal", []), tool_name)
+}

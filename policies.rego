@@ -129,7 +129,7 @@ deny contains msg if {
 # allowed to serve unverified tools (allow_unverified in the data file).
 # ---------------------------------------------------------------------------------------
 
-verification := object.get(input.tool, "verification", "unverified")
+verification := object.get(input.tool, "verification", "unverified") if is_object(input.tool)
 
 verification_ok if verification in {"verified", "pinned"}
 

@@ -1,0 +1,341 @@
+"""Tier 1 (Docker, runc) and tier 2 (gVisor: Docker with ``runtime=runsc``).
+
+Containers are made with the Docker SDK for Python: no network, read-only root, a
+size-capped tmpfs ``/tmp``, all capabilities dropped, no-new-privileges, uid/gid 65534,
+memory (= memory+swap), CPU and pids limits, no log driver (output is read from the
+attach stream and capped here, so a flood never reaches the disk). Every container is
+labelled ``symbi.sandbox=1`` plus its owner (``host:pid``) so orphans can be found.
+
+The image is the skeleton ``setup-sandbox.sh`` imports (no registry pull); the host's
+``/usr`` is bind-mounted read-only into it. This gVisor (2022) needs ``--network=none``
+(set as a runtime arg when registered) and counts its own threads in the pids cgroup, so
+the gVisor tier never uses a pids limit below 512 and relies on the memory limit too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from gateway.errors import SandboxError, SandboxUnavailable
+
+from .base import (
+    INPUT_MOUNT,
+    NOBODY,
+    SANDBOX_ENV,
+    InputDir,
+    SandboxTier,
+    owner_tag,
+    prologue_argv,
+    read_only_binds,
+)
+from .output import CappedBuffer, pump_docker_socket
+from .types import LABEL, LABEL_OWNER, KilledReason, Limits, SandboxRequest, SandboxResult
+
+RUNSC_MIN_PIDS = 512
+RUNSC_STATE_ROOT = "/var/run/docker/runtime-runc/moby"  # where dockerd's runsc keeps state
+CONTAINERD_SOCK = "/var/run/docker/containerd/containerd.sock"
+_client_lock = threading.Lock()
+_client: Any = None
+
+
+def docker_client() -> Any:
+    """One shared Docker SDK client (thread-safe for our use); SandboxUnavailable if no daemon."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            try:
+                import docker
+
+                c = docker.from_env(timeout=30)
+                c.ping()
+            except Exception as e:
+                raise SandboxUnavailable(f"Docker daemon not reachable: {e}") from e
+            _client = c
+        return _client
+
+
+class DockerTier(SandboxTier):
+    """Docker with runc. ``runtime`` selects the OCI runtime (``runsc`` for gVisor)."""
+
+    name = "docker"
+    runtime = "runc"
+
+    def __init__(self, image: str) -> None:
+        super().__init__()
+        self.image = image
+
+    # -- availability -------------------------------------------------------------------
+    def _probe(self) -> tuple[bool, str]:
+        try:
+            client = docker_client()
+        except SandboxUnavailable as e:
+            return False, e.message + " (run scripts/setup-sandbox.sh)"
+        info = client.info()
+        if self.runtime not in (info.get("Runtimes") or {}):
+            return False, f"Docker has no {self.runtime!r} runtime registered (run scripts/setup-sandbox.sh)"
+        try:
+            client.images.get(self.image)
+        except Exception:
+            return False, f"image {self.image!r} missing (run scripts/setup-sandbox.sh)"
+        r = self.run(SandboxRequest(command=("/bin/true",)), Limits(timeout_s=30))
+        if r.exit_code != 0:
+            return False, f"probe container failed (exit {r.exit_code}): {r.stderr.decode(errors='replace')[-200:]}"
+        return True, f"Docker {info.get('ServerVersion', '?')}, runtime {self.runtime}"
+
+    def pids_limit(self, limits: Limits) -> int:
+        return limits.pids
+
+    # -- run ----------------------------------------------------------------------------
+    def _host_config(self, client: Any, limits: Limits, binds: list[tuple[str, str]]) -> Any:
+        mem = limits.memory_mb * 1024 * 1024
+        return client.api.create_host_config(
+            runtime=self.runtime,
+            network_mode="none",
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            mem_limit=mem,
+            memswap_limit=mem,
+            nano_cpus=int(limits.cpus * 1e9),
+            pids_limit=self.pids_limit(limits),
+            ipc_mode="private",
+            binds=[f"{src}:{dst}:ro" for src, dst in [("/usr", "/usr"), *binds]],
+            log_config={"type": "none", "config": {}},
+        )
+
+    def run(self, request: SandboxRequest, limits: Limits) -> SandboxResult:
+        client = docker_client()
+        start = time.monotonic()
+        with InputDir(request.files) as inputs:
+            binds = [(str(inputs.path), INPUT_MOUNT)] if inputs.path else []
+            argv = prologue_argv(request.argv(), inputs.path is not None)
+            try:
+                cid = client.api.create_container(
+                    self.image,
+                    argv,
+                    environment={**SANDBOX_ENV, **request.env},
+                    working_dir="/tmp",
+                    user=f"{NOBODY}:{NOBODY}",
+                    stdin_open=request.stdin is not None,  # implies StdinOnce (EOF on half-close)
+                    tty=False,
+                    labels={LABEL: "1", LABEL_OWNER: owner_tag()},
+                    host_config=self._host_config(client, limits, binds),
+                )["Id"]
+            except Exception as e:
+                raise SandboxError(f"cannot create the {self.name} container: {e}") from e
+            try:
+                return self._execute(client, cid, request.stdin, limits, start)
+            finally:
+                self._remove(cid)
+
+    def _execute(self, client: Any, cid: str, stdin: bytes | None, limits: Limits, start: float) -> SandboxResult:
+        stopped: list[KilledReason] = []
+
+        def kill() -> None:
+            try:
+                client.api.kill(cid)
+            except Exception:
+                pass  # already exited
+
+        def stop(reason: KilledReason) -> None:
+            # Called from the attach pump on an output flood: kill on another thread so
+            # the pump keeps draining (runsc's kill can wait on a blocked stdout pipe).
+            if not stopped:
+                stopped.append(reason)
+                threading.Thread(target=kill, name="sandbox-kill", daemon=True).start()
+
+        out = CappedBuffer(limits.output_bytes, lambda: stop("output"))
+        err = CappedBuffer(limits.output_bytes, lambda: stop("output"))
+        params = {"stdout": 1, "stderr": 1, "stream": 1, **({"stdin": 1} if stdin is not None else {})}
+        sock = client.api.attach_socket(cid, params=params)
+        raw = getattr(sock, "_sock", sock)  # the SDK wraps the socket in a SocketIO
+        pump = pump_docker_socket(raw, out, err, stdin)
+        try:
+            client.api.start(cid)
+        except Exception as e:
+            raise SandboxError(f"cannot start the {self.name} container: {e}") from e
+        timer = threading.Timer(limits.timeout_s, lambda: stop("timeout"))
+        timer.daemon = True
+        timer.start()
+        try:
+            status = client.api.wait(cid, timeout=limits.timeout_s + 30)
+        except Exception as e:
+            stop("timeout")
+            raise SandboxError(f"{self.name} container did not stop: {e}") from e
+        finally:
+            timer.cancel()
+        pump.join(timeout=2.0)
+        code = int(status.get("StatusCode", -1))
+        killed: KilledReason = stopped[0] if stopped else "none"
+        if killed == "none":
+            state = client.api.inspect_container(cid)["State"]
+            if state.get("OOMKilled") or (code == 137 and self.runtime == "runsc"):
+                killed = "memory"  # runsc reports the sandbox OOM kill only as 137
+            elif code != 0 and self._pids_hit(cid):
+                killed = "pids"
+        return SandboxResult(
+            exit_code=code,
+            stdout=out.value(),
+            stderr=err.value(),
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            killed=killed,
+            tier=self.name,  # type: ignore[arg-type]
+            duration_s=time.monotonic() - start,
+        )
+
+    @staticmethod
+    def _pids_hit(cid: str) -> bool:
+        for base in (Path("/sys/fs/cgroup/pids/docker") / cid, Path("/sys/fs/cgroup/system.slice") / f"docker-{cid}.scope"):
+            try:
+                for line in (base / "pids.events").read_text().splitlines():
+                    k, _, v = line.partition(" ")
+                    if k == "max" and int(v) > 0:
+                        return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    def _remove(self, cid: str) -> None:
+        try:
+            docker_client().api.remove_container(cid, force=True)
+        except Exception:
+            pass  # already gone; orphan sweep catches the rest
+        if self.runtime == "runsc":
+            _runsc_delete(cid)
+
+    # -- stdio servers ------------------------------------------------------------------
+    def stdio_argv(
+        self,
+        command: str,
+        args: list[str],
+        env: Mapping[str, str],
+        cwd: str | None,
+        *,
+        network: bool,
+        limits: Limits,
+    ) -> list[str]:
+        self.require()
+        if network and self.runtime == "runsc":
+            raise SandboxUnavailable("gVisor here runs only with --network=none; grant no network or use docker")
+        cli = shutil.which("docker")
+        if cli is None:
+            raise SandboxUnavailable("the docker CLI is not installed")
+        mem = f"{limits.memory_mb}m"
+        argv = [
+            cli, "run", "-i", "--rm", "--init", f"--runtime={self.runtime}",
+            f"--network={'bridge' if network else 'none'}", "--read-only",
+            "--tmpfs", f"/tmp:rw,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "--user", f"{NOBODY}:{NOBODY}", "--memory", mem, "--memory-swap", mem,
+            "--cpus", str(limits.cpus), "--pids-limit", str(self.pids_limit(limits)),
+            "--log-driver", "none", "--label", f"{LABEL}=1", "--label", f"{LABEL_OWNER}={owner_tag()}",
+            "-v", "/usr:/usr:ro",
+        ]
+        for d in read_only_binds(command, args, cwd):
+            argv += ["-v", f"{d}:{d}:ro"]
+        for k, v in {**SANDBOX_ENV, **env}.items():
+            argv += ["-e", f"{k}={v}"]
+        argv += ["-w", str(Path(cwd).resolve()) if cwd else "/tmp", self.image, command, *args]
+        return argv
+
+    # -- housekeeping -------------------------------------------------------------------
+    def _ours(self) -> list[Any]:
+        try:
+            client = docker_client()
+            return list(client.containers.list(all=True, filters={"label": f"{LABEL}=1"}))
+        except SandboxUnavailable:
+            return []
+
+    def cleanup_orphans(self) -> list[str]:
+        removed: list[str] = []
+        host = owner_tag().split(":")[0]
+        for c in self._ours():
+            if (c.attrs.get("HostConfig") or {}).get("Runtime", "runc") != self.runtime:
+                continue
+            owner = (c.labels or {}).get(LABEL_OWNER, "")
+            h, _, pid = owner.partition(":")
+            if h == host and pid.isdigit() and _pid_alive(int(pid)):
+                continue
+            self._remove(c.id)
+            removed.append(f"container {c.short_id}")
+        if self.runtime == "runsc":
+            removed += [f"runsc state {i[:12]}" for i in _runsc_orphans()]
+        return removed
+
+    def leftovers(self) -> list[str]:
+        out = [
+            f"container {c.short_id}"
+            for c in self._ours()
+            if (c.attrs.get("HostConfig") or {}).get("Runtime", "runc") == self.runtime
+        ]
+        if self.runtime == "runsc":
+            out += [f"runsc state {i[:12]}" for i in _runsc_ids() if not _docker_knows(i)]
+        return out
+
+
+class GvisorTier(DockerTier):
+    """gVisor (runsc, ptrace platform) through Docker; pids limit never below 512."""
+
+    name = "gvisor"  # type: ignore[assignment]
+    runtime = "runsc"
+
+    def pids_limit(self, limits: Limits) -> int:
+        return max(limits.pids, RUNSC_MIN_PIDS)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _runsc_ids() -> list[str]:
+    if shutil.which("runsc") is None or not Path(RUNSC_STATE_ROOT).exists():
+        return []
+    r = subprocess.run(
+        ["runsc", f"--root={RUNSC_STATE_ROOT}", "list", "-quiet"], capture_output=True, text=True, timeout=30
+    )
+    return [line.strip() for line in r.stdout.splitlines() if line.strip()]
+
+
+def _docker_knows(cid: str) -> bool:
+    try:
+        docker_client().api.inspect_container(cid)
+        return True
+    except SandboxUnavailable:
+        return True  # cannot tell: leave it
+    except Exception:
+        return False
+
+
+def _runsc_delete(cid: str) -> None:
+    """Force-delete runsc state of a container Docker no longer tracks (failed starts leak)."""
+    try:  # cheap check first: runsc keeps one state file per container, named by id
+        if not any(cid in n for n in os.listdir(RUNSC_STATE_ROOT)):
+            return
+    except OSError:
+        return
+    if cid in _runsc_ids() and not _docker_knows(cid):
+        subprocess.run(["runsc", f"--root={RUNSC_STATE_ROOT}", "delete", "--force", cid], capture_output=True, timeout=30)
+        if shutil.which("ctr"):
+            for sub in (["tasks", "delete", "--force", cid], ["containers", "delete", cid]):
+                subprocess.run(["ctr", "--address", CONTAINERD_SOCK, "-n", "moby", *sub], capture_output=True, timeout=30)
+
+
+def _runsc_orphans() -> list[str]:
+    gone = [i for i in _runsc_ids() if not _docker_knows(i)]
+    for cid in gone:
+        _runsc_delete(cid)
+    return gone

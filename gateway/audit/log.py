@@ -238,6 +238,22 @@ class AuditLog:
         self._put(_Item("rotate", future=fut))
         return str(self._wait(fut, timeout))
 
+    def ensure_writable(self) -> None:
+        """Raise ``AuditError`` now if events cannot be recorded (closed, broken, writer gone).
+
+        The audit step calls this before dispatching, so a call with side effects is refused
+        while the log is down. Silent when ``on_failure = "warn"`` (that failure is logged).
+        """
+        err: AuditError | None = None
+        if self._closed:
+            err = AuditError("audit log is closed")
+        elif self._broken is not None:
+            err = self._broken
+        elif not self._thread.is_alive():
+            err = AuditError("audit writer thread is not running")
+        if err is not None:
+            self._failed(err)
+
     def recent(self, n: int) -> list[dict[str, Any]]:
         """The last ``n`` committed events, oldest first, in wire form (``audit://recent``)."""
         conn = store.open_reader(self.path)
@@ -250,9 +266,12 @@ class AuditLog:
         """Commit everything queued, write the final checkpoint, stop the writer. Idempotent."""
         if self._closed:
             return
+        self._closed = True
+        if not self._thread.is_alive():
+            self._release_lock()
+            return
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._queue.put(_Item("close", future=fut))
-        self._closed = True
         try:
             self._wait(fut, timeout)
         finally:
@@ -456,6 +475,8 @@ class AuditLog:
                 self._finish_rotation(new_key)  # crashed after committing the rotation event
                 return new_key
             pending.unlink()  # the rotation never reached the log
+        if expected is not None and not self.key_path.exists():
+            raise AuditError(f"audit key {self.key_path} is missing; the log {self.path} is signed with {expected}")
         key = keyfiles.load_or_create_key(self.key_path)
         if expected is not None and key_id_of(key.public_key()) != expected:
             raise AuditError(

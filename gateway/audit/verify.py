@@ -1,0 +1,304 @@
+"""Verify an audit log (SQLite) or a JSONL export: every link, hash, signature and anchor.
+
+The functions RETURN a ``VerifyResult``; ``result.check()`` raises ``AuditIntegrityError``
+(an ``AuditError``) naming the first bad sequence number and what is wrong:
+
+* ``changed``   a record's content no longer hashes to its chain hash, or its signature fails
+* ``removed``   a sequence number is missing, or a record follows a hash no record has
+* ``inserted``  a record is signed by a key the verifier does not trust (or not the current key)
+* ``reordered`` a genuine record sits in the wrong place
+* ``truncated`` the log ends before a signed anchor's head (or its anchor is gone)
+* ``anchor``    an anchor's signature is invalid or its head hash is not in the log
+
+Trust starts from the public keys the verifier passes in; an ``audit.key_rotated`` event,
+signed by the current key and carrying a proof signed by the new key, hands trust on.
+
+``all_signatures=False`` (fast mode) still recomputes every content hash and link and checks
+every key id, but verifies Ed25519 signatures only where trust is decided: rotation events,
+the last record of each key's run, the head and every anchored record. By SHA-256's second-
+preimage resistance a valid signature on chain hash N vouches for records 1..N; what fast
+mode does not notice is a damaged signature on an otherwise intact record (that line of an
+export would then not verify on its own). Any problem found in fast mode is re-checked in
+full so the FIRST bad sequence number is reported.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from gateway.audit import store
+from gateway.audit.log import ROTATION_EVENT
+from gateway.audit.record import (
+    GENESIS_HASH,
+    AuditRecord,
+    anchor_message,
+    chain_hash,
+    key_id_of,
+    rotation_message,
+    verify_hash_signature,
+)
+from gateway.errors import AuditError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The first thing wrong with a log."""
+
+    seq: int
+    kind: str  # changed | removed | inserted | reordered | truncated | anchor
+    message: str
+
+
+class AuditIntegrityError(AuditError):
+    """The audit log failed verification; ``problem`` names the first bad sequence number."""
+
+    code = "audit_integrity"
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(f"audit log integrity: seq {problem.seq} {problem.kind}: {problem.message}")
+        self.problem = problem
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    events: int = 0
+    last_seq: int = 0
+    head_hash: str = GENESIS_HASH
+    signatures_checked: int = 0
+    key_ids: list[str] = field(default_factory=list)
+    anchors_checked: int = 0
+    problem: Problem | None = None
+
+    def check(self) -> "VerifyResult":
+        """Return self when intact; raise ``AuditIntegrityError`` otherwise."""
+        if self.problem is not None:
+            raise AuditIntegrityError(self.problem)
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "last_seq": self.last_seq,
+            "head_hash": self.head_hash,
+            "signatures_checked": self.signatures_checked,
+            "key_ids": self.key_ids,
+            "anchors_checked": self.anchors_checked,
+            "problem": None if self.problem is None else vars(self.problem),
+        }
+
+
+class _Bad(Exception):
+    def __init__(self, seq: int, kind: str, message: str) -> None:
+        self.problem = Problem(seq, kind, message)
+
+
+def verify_records(
+    records: Iterable[AuditRecord],
+    public_keys: Mapping[str, Ed25519PublicKey],
+    *,
+    anchors: Sequence[store.Anchor] = (),
+    require_anchor: bool = False,
+    all_signatures: bool = True,
+    hash_elsewhere: Callable[[str], bool] = lambda h: False,
+    seq_elsewhere: Callable[[int], bool] = lambda s: False,
+) -> VerifyResult:
+    """Verify records in stored order. The two callbacks tell a reordering from a removal."""
+    trusted = dict(public_keys)
+    res = VerifyResult(ok=False)
+    anchor_seqs = {a.seq for a in anchors}
+    hash_at: dict[int, str] = {}
+    current: str | None = None  # the key that must sign the next record
+    expected, prev = 1, GENESIS_HASH
+    last: AuditRecord | None = None
+    try:
+        for rec in records:
+            if last is not None and not all_signatures and rec.key_id != last.key_id:
+                _check_signature(last, trusted, res)  # end of a key's run
+            _check_position(rec, expected, prev, hash_elsewhere, seq_elsewhere)
+            if chain_hash(rec.prev_hash, rec.canonical()) != rec.chain_hash:
+                raise _Bad(rec.seq, "changed", "content does not match its chain hash")
+            if rec.key_id not in trusted or (current is not None and rec.key_id != current):
+                raise _Bad(rec.seq, "inserted", f"signed by key {rec.key_id}, which is not the trusted current key")
+            if all_signatures or rec.type == ROTATION_EVENT or rec.seq in anchor_seqs:
+                _check_signature(rec, trusted, res)
+            current = _learn_rotation(rec, trusted) if rec.type == ROTATION_EVENT else rec.key_id
+            if rec.seq in anchor_seqs:
+                hash_at[rec.seq] = rec.chain_hash
+            res.events += 1
+            expected, prev, last = rec.seq + 1, rec.chain_hash, rec
+        if last is not None and not all_signatures:
+            _check_signature(last, trusted, res)
+        res.last_seq, res.head_hash = expected - 1, prev
+        if require_anchor and last is not None and not anchors:
+            raise _Bad(expected, "truncated", "the log's signed head anchor is missing")
+        for a in anchors:
+            _check_anchor(a, trusted, res.last_seq, hash_at)
+            res.anchors_checked += 1
+    except _Bad as bad:
+        res.problem = bad.problem
+        res.last_seq, res.head_hash = expected - 1, prev
+        return res
+    except (ValueError, TypeError) as e:  # unparseable details, bad hex...
+        res.problem = Problem(expected, "changed", f"record cannot be parsed: {e}")
+        return res
+    res.key_ids = sorted(trusted)
+    res.ok = True
+    return res
+
+
+def _check_position(
+    rec: AuditRecord,
+    expected: int,
+    prev: str,
+    hash_elsewhere: Callable[[str], bool],
+    seq_elsewhere: Callable[[int], bool],
+) -> None:
+    if rec.seq != expected:
+        if seq_elsewhere(expected) or rec.seq < expected:
+            raise _Bad(expected, "reordered", f"found seq {rec.seq} where seq {expected} belongs")
+        raise _Bad(expected, "removed", f"seq {expected}..{rec.seq - 1} missing")
+    if rec.prev_hash != prev:
+        if hash_elsewhere(rec.prev_hash):
+            raise _Bad(rec.seq, "reordered", "record belongs after another record of the log")
+        if chain_hash(rec.prev_hash, rec.canonical()) != rec.chain_hash:
+            raise _Bad(rec.seq, "changed", "content does not match its chain hash")
+        raise _Bad(rec.seq, "removed", "the record it follows is missing")
+
+
+def _check_signature(rec: AuditRecord, trusted: Mapping[str, Ed25519PublicKey], res: VerifyResult) -> None:
+    key = trusted.get(rec.key_id)
+    if key is None:
+        raise _Bad(rec.seq, "inserted", f"signed by untrusted key {rec.key_id}")
+    res.signatures_checked += 1
+    if not verify_hash_signature(key, rec.chain_hash, rec.signature):
+        raise _Bad(rec.seq, "changed", "signature does not verify")
+
+
+def _learn_rotation(rec: AuditRecord, trusted: dict[str, Ed25519PublicKey]) -> str:
+    """Trust the key an (already signature-checked) rotation event hands over to."""
+    d = rec.details
+    try:
+        new_key = load_pem_public_key(str(d["new_public_key"]).encode("ascii"))
+        if not isinstance(new_key, Ed25519PublicKey) or key_id_of(new_key) != d["new_key_id"]:
+            raise ValueError("new key does not match new_key_id")
+        if d["old_key_id"] != rec.key_id:
+            raise ValueError("old_key_id is not the key that signed the rotation")
+        new_key.verify(base64.b64decode(d["proof"], validate=True), rotation_message(rec.key_id, d["new_key_id"]))
+    except (KeyError, ValueError, TypeError, InvalidSignature, binascii.Error) as e:
+        raise _Bad(rec.seq, "changed", f"key rotation event is invalid: {e}") from None
+    trusted[d["new_key_id"]] = new_key
+    return str(d["new_key_id"])
+
+
+def _check_anchor(
+    a: store.Anchor, trusted: Mapping[str, Ed25519PublicKey], last_seq: int, hash_at: Mapping[int, str]
+) -> None:
+    key = trusted.get(a.key_id)
+    try:
+        if key is None:
+            raise InvalidSignature
+        key.verify(base64.b64decode(a.signature, validate=True), anchor_message(a.seq, a.chain_hash))
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise _Bad(min(a.seq, last_seq + 1), "anchor", f"anchor for seq {a.seq} is not validly signed") from None
+    if a.seq > last_seq:
+        raise _Bad(last_seq + 1, "truncated", f"log ends at seq {last_seq}; a signed anchor records seq {a.seq}")
+    if a.seq > 0 and hash_at.get(a.seq) != a.chain_hash:
+        raise _Bad(a.seq, "anchor", "the anchored head hash differs from the log's chain hash there")
+
+
+def verify_log(
+    path: Path,
+    public_keys: Mapping[str, Ed25519PublicKey],
+    *,
+    checkpoint: Path | None = None,
+    extra_anchors: Sequence[store.Anchor] = (),
+    all_signatures: bool = True,
+) -> VerifyResult:
+    """Verify the SQLite log at ``path`` with its in-database anchor and checkpoint file.
+
+    ``checkpoint`` defaults to ``<log>.anchor.json`` when present; ``extra_anchors`` are ones
+    kept elsewhere (e.g. shipped off the host), which is what defeats a full rollback.
+
+    Raises:
+        AuditError: the log cannot be read (a missing log is not "intact").
+    """
+    conn = store.open_reader(path)
+    try:
+        anchors = _anchors(conn, checkpoint or store.checkpoint_path(path), extra_anchors)
+
+        def hash_elsewhere(h: str) -> bool:
+            return conn.execute("SELECT 1 FROM events WHERE chain_hash = ? LIMIT 1", (h,)).fetchone() is not None
+
+        def run(full: bool) -> VerifyResult:
+            return verify_records(
+                store.iter_records(conn), public_keys, anchors=anchors, require_anchor=True,
+                all_signatures=full, hash_elsewhere=hash_elsewhere,
+            )
+
+        res = run(all_signatures)
+        return run(True) if res.problem is not None and not all_signatures else res
+    finally:
+        conn.close()
+
+
+def _anchors(conn: Any, checkpoint: Path, extra: Sequence[store.Anchor]) -> list[store.Anchor]:
+    out = list(extra)
+    db_anchor = store.read_anchor(conn)
+    if db_anchor is not None:
+        out.append(db_anchor)
+    try:
+        cp = store.read_checkpoint_file(checkpoint)
+    except (ValueError, json.JSONDecodeError):
+        cp = store.Anchor(seq=0, chain_hash="", ts_ns=0, key_id="", signature="")  # fails its signature
+    if cp is not None:
+        out.append(cp)
+    return out
+
+
+def read_jsonl(path: Path) -> list[AuditRecord]:
+    """Records of a JSONL export; raises AuditIntegrityError naming the bad line's seq."""
+    records: list[AuditRecord] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(AuditRecord.from_dict(json.loads(line)))
+            except (ValueError, json.JSONDecodeError) as e:
+                seq = records[-1].seq + 1 if records else 1
+                raise AuditIntegrityError(Problem(seq, "changed", f"line {n} is not a valid record: {e}")) from None
+    return records
+
+
+def verify_jsonl(
+    path: Path,
+    public_keys: Mapping[str, Ed25519PublicKey],
+    *,
+    anchors: Sequence[store.Anchor] = (),
+    all_signatures: bool = True,
+) -> VerifyResult:
+    """Verify a JSONL export as one chain starting at seq 1 (read into memory)."""
+    try:
+        records = read_jsonl(path)
+    except AuditIntegrityError as e:
+        return VerifyResult(ok=False, problem=e.problem)
+    hashes = {r.chain_hash for r in records}
+    seqs = [r.seq for r in records]
+    positions = {s: i for i, s in enumerate(seqs)}
+
+    def seq_elsewhere(s: int) -> bool:
+        return s in positions
+
+    return verify_records(records, public_keys, anchors=anchors, all_signatures=all_signatures,
+                          hash_elsewhere=hashes.__contains__, seq_elsewhere=seq_elsewhere)

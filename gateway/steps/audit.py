@@ -1,0 +1,129 @@
+"""The outermost step: one durable audit event per call, whatever happened inside.
+
+The event is ``tool.call``, ``resource.read``, ``prompt.get`` (or ``catalog.list``) and is
+committed before the result goes back (``AuditLog.record`` waits for the group commit).
+Raw argument values never reach the log: the policy-redacted ``call.audit_arguments`` are
+written, or, when no step produced them (denied or crashed before the policy ran), only the
+argument NAMES. For the same reason, free-text reasons are kept only from errors whose
+reasons are written for people and logs (policy, verification, upstream...): validation and
+unexpected exceptions can quote argument values, so only their code and type are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.audit.log import AuditLog
+from gateway.chain import CallNext
+from gateway.context import CallContext
+from gateway.errors import ArgumentsInvalid, AuditError, GatewayError, PolicyDenied, VerificationDenied
+
+EVENT_TYPES = {
+    "tools/call": "tool.call",
+    "resources/read": "resource.read",
+    "prompts/get": "prompt.get",
+    "list": "catalog.list",
+}
+
+
+class AuditStep:
+    """Records every call (allowed, denied, failed, crashed) in ``log``; fails closed."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+
+    async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
+        self.log.ensure_writable()  # refuse before any side effect when the log is down
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            result = await call_next(call)
+            return result
+        except BaseException as e:  # noqa: BLE001 - recorded, then re-raised unchanged
+            error = e
+            raise
+        finally:
+            _settle(call, result, error)
+            details = event_details(call, error)
+            try:
+                await self.log.record(
+                    EVENT_TYPES.get(call.kind, "call"), details, principal=call.principal.id, agent=call.principal.agent
+                )
+            except AuditError as audit_error:
+                # the call is refused: its record could not be made durable (on_failure = deny)
+                raise audit_error from error
+
+
+def _settle(call: CallContext, result: Any, error: BaseException | None) -> None:
+    """Fill outcome / error_code on the context from what the inner chain did."""
+    if error is None:
+        is_error = getattr(result, "is_error", None)
+        if is_error is None:
+            is_error = getattr(result, "isError", False)
+        call.outcome = "error" if is_error is True else "ok"
+        call.error_code = "tool_error" if is_error is True else None
+        return
+    if isinstance(error, (PolicyDenied, VerificationDenied)):
+        call.outcome = "denied"
+    else:
+        call.outcome = "error"
+    if isinstance(error, GatewayError):
+        call.error_code = error.code
+    elif isinstance(error, asyncio.CancelledError):
+        call.error_code = "cancelled"
+    else:
+        call.error_code = "internal_error"
+
+
+def event_details(call: CallContext, error: BaseException | None) -> dict[str, Any]:
+    """The audit event's details for one call (no raw argument values, ever)."""
+    tool, upstream = call.tool, call.upstream
+    if call.audit_arguments is not None:
+        arguments: dict[str, Any] = dict(call.audit_arguments)
+        arguments_redacted = "policy"
+    else:
+        arguments = {k: "[not recorded]" for k in sorted(map(str, call.arguments))}
+        arguments_redacted = "all"
+    decision: dict[str, Any] | None = None
+    if call.decision is not None:
+        decision = {
+            "allow": bool(call.decision.allow),
+            "reasons": list(call.decision.reasons),
+            "conditions": dict(call.decision.conditions),
+        }
+    elif call.outcome == "denied":  # refused before the policy ran (e.g. verification)
+        decision = {"allow": False, "reasons": _reasons(error), "conditions": {}}
+    details: dict[str, Any] = {
+        "call_id": call.call_id,
+        "session_id": call.session_id,
+        "kind": call.kind,
+        "target": call.target,
+        "tool": tool.name if tool is not None else call.target,
+        "original_name": tool.original_name if tool is not None else None,
+        "upstream": upstream.name if upstream is not None else (tool.upstream if tool is not None else None),
+        "transport": upstream.transport if upstream is not None else None,
+        "verification": tool.verification if tool is not None else None,
+        "key_fingerprint": tool.key_fingerprint if tool is not None else None,
+        "arguments": arguments,
+        "arguments_redacted": arguments_redacted,
+        "decision": decision,
+        "sandbox_tier": call.sandbox_tier,
+        "outcome": call.outcome,
+        "error_code": call.error_code,
+        "duration_ms": round(call.elapsed_ms, 3),
+        "result_bytes": call.result_bytes,
+        "unverified_warning": bool(call.unverified_warning),
+        "started_ns": call.started_ns,
+    }
+    if error is not None:
+        details["error_reasons"] = _reasons(error)
+        details["error_type"] = type(error).__name__
+    return details
+
+
+def _reasons(error: BaseException | None) -> list[str]:
+    # validation messages and arbitrary exceptions may quote argument values: keep none
+    if isinstance(error, GatewayError) and not isinstance(error, ArgumentsInvalid):
+        return [str(r) for r in error.reasons]
+    return []

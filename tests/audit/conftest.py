@@ -1,0 +1,39 @@
+"""Fixtures for the audit tests: real logs on disk, real Ed25519 keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from gateway.audit import AuditLog, exported_public_keys
+
+
+@pytest.fixture
+def log_paths(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "data" / "audit.db", tmp_path / "data" / "audit-key.pem"
+
+
+@pytest.fixture
+def open_log(log_paths: tuple[Path, Path]) -> Iterator[Callable[..., AuditLog]]:
+    opened: list[AuditLog] = []
+
+    def make(**kw: object) -> AuditLog:
+        log = AuditLog(*log_paths, **kw)  # type: ignore[arg-type]
+        opened.append(log)
+        return log
+
+    yield make
+    for log in opened:
+        log.close()
+
+
+@pytest.fixture
+def written_log(open_log: Callable[..., AuditLog], log_paths: tuple[Path, Path]) -> tuple[Path, dict]:
+    """A closed log of 20 events (seq 1..20) and the public keys exported beside its key."""
+    log = open_log(checkpoint_every=5)
+    for i in range(1, 21):
+        log.append("tool.call", {"tool": f"t{i}", "n": i}, principal="alice", agent="a1")
+    log.close()
+    return log_paths[0], exported_public_keys(log_paths[1])

@@ -1,0 +1,130 @@
+"""AuditLog: durable appends, group commit, fail closed, rotation, recent()."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from gateway.audit import AuditLog, exported_public_keys, load_public_keys, verify_log
+from gateway.audit.keys import public_key_path, retired_public_key_path
+from gateway.config.model import AuditSection, Config, GatewaySection
+from gateway.errors import AuditError
+from gateway.events import EventSink
+
+
+def test_is_an_event_sink_and_acknowledges_in_order(open_log: Callable[..., AuditLog], log_paths) -> None:
+    log = open_log()
+    sink: EventSink = log
+    sink.emit("gateway.start", {"version": "0.1"}, principal="system")
+    assert log.append("config.load", {"path": "x"}) == 2
+    log.close()
+    res = verify_log(log_paths[0], exported_public_keys(log_paths[1]))
+    assert res.check().events == 2 and res.last_seq == 2
+
+
+def test_concurrent_records_share_commits_and_all_land(open_log: Callable[..., AuditLog], log_paths) -> None:
+    log = open_log(batch_max=64)
+
+    async def many() -> list[int | None]:
+        return await asyncio.gather(*(log.record("tool.call", {"i": i}, principal="p") for i in range(500)))
+
+    seqs = asyncio.run(many())
+    assert sorted(s for s in seqs if s is not None) == list(range(1, 501))
+    log.close()
+    conn = sqlite3.connect(log_paths[0])
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 500
+    assert verify_log(log_paths[0], exported_public_keys(log_paths[1])).ok
+
+
+def test_reopening_continues_the_chain(open_log: Callable[..., AuditLog], log_paths) -> None:
+    log = open_log()
+    log.append("a", {})
+    log.close()
+    log2 = open_log()
+    assert log2.append("b", {}) == 2
+    log2.close()
+    assert verify_log(log_paths[0], exported_public_keys(log_paths[1])).check().last_seq == 2
+
+
+def _break_inserts(db: Path) -> None:
+    """Make the store refuse every insert (a real SQLite failure, injected from outside)."""
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    conn.commit()
+    conn.close()
+
+
+def test_unwritable_log_fails_closed(open_log: Callable[..., AuditLog], log_paths) -> None:
+    log = open_log()
+    log.append("ok", {})
+    _break_inserts(log_paths[0])
+    with pytest.raises(AuditError):
+        log.append("lost", {})
+    log.emit("lost-too", {})  # nobody waits for it: the log must refuse everything after
+    with pytest.raises(AuditError):
+        log.flush()
+    with pytest.raises(AuditError):
+        log.emit("after", {})
+    with pytest.raises(AuditError):
+        log.ensure_writable()
+
+
+def test_on_failure_warn_logs_instead(open_log: Callable[..., AuditLog], log_paths, caplog) -> None:
+    log = open_log(on_failure="warn")
+    _break_inserts(log_paths[0])
+    assert log.append("lost", {}) is None
+    assert asyncio.run(log.record("lost", {})) is None
+    assert any("not recorded" in r.getMessage() for r in caplog.records)
+
+
+def test_closed_log_refuses(open_log: Callable[..., AuditLog]) -> None:
+    log = open_log()
+    log.close()
+    with pytest.raises(AuditError):
+        log.emit("x", {})
+
+
+def test_rotation_hands_trust_to_the_new_key(open_log: Callable[..., AuditLog], log_paths) -> None:
+    db, key_path = log_paths
+    log = open_log()
+    log.append("before", {})
+    old_id = log.key_id
+    old_pub = load_public_keys(public_key_path(key_path))
+    new_id = log.rotate_key()
+    assert new_id != old_id and log.key_id == new_id
+    log.append("after", {})
+    log.close()
+    assert retired_public_key_path(key_path, old_id).exists()
+    assert list(load_public_keys(public_key_path(key_path))) == [new_id]
+    # the old key alone is enough: the rotation event hands trust on
+    res = verify_log(db, old_pub).check()
+    assert res.events == 3 and new_id in res.key_ids
+    # the new key alone cannot vouch for events signed before it existed
+    bad = verify_log(db, load_public_keys(public_key_path(key_path)))
+    assert bad.problem is not None and (bad.problem.seq, bad.problem.kind) == (1, "inserted")
+    # and the log reopens with the new key
+    log2 = open_log()
+    assert log2.key_id == new_id and log2.append("again", {}) == 4
+
+
+def test_recent_returns_wire_records_oldest_first(open_log: Callable[..., AuditLog]) -> None:
+    log = open_log()
+    for i in range(5):
+        log.append("e", {"i": i})
+    recent = log.recent(2)
+    assert [r["seq"] for r in recent] == [4, 5]
+    assert {"chain_hash", "signature", "key_id", "prev_hash"} <= set(recent[0])
+
+
+def test_from_config_uses_config_paths(tmp_path: Path) -> None:
+    cfg = Config(gateway=GatewaySection(data_dir=tmp_path / "d"), audit=AuditSection(batch_max=8, on_failure="warn"))
+    log = AuditLog.from_config(cfg)
+    try:
+        assert log.path == cfg.audit_path and log.key_path == cfg.audit_key_path
+        assert log.batch_max == 8 and log.on_failure == "warn"
+    finally:
+        log.close()

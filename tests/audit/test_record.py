@@ -1,0 +1,64 @@
+"""The record format: canonical bytes, chain hash, signature, standalone verification."""
+
+from __future__ import annotations
+
+import json
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.audit.record import (
+    CHAIN_PREFIX,
+    GENESIS_HASH,
+    AuditRecord,
+    canonical_details,
+    canonical_json,
+    chain_hash,
+    key_id_of,
+    record_bytes,
+    sign_hash,
+    verify_record,
+)
+
+
+def _record(key: Ed25519PrivateKey, details: dict, prev: str = GENESIS_HASH) -> AuditRecord:
+    kid = key_id_of(key.public_key())
+    dj = canonical_details(details)
+    canon = record_bytes(seq=1, id="u-1", ts_ns=5, principal="p\u00e9", agent=None, type="tool.call",
+                         details_json=dj, prev_hash=prev, key_id=kid)
+    h = chain_hash(prev, canon)
+    return AuditRecord(1, "u-1", 5, "p\u00e9", None, "tool.call", dj, prev, h, sign_hash(key, h), kid)
+
+
+def test_spliced_bytes_equal_canonical_json_of_the_record() -> None:
+    details = {"z": [1, 2.5, None], "a": {"quote\"": "\u00fc\n"}, "b": True}
+    spliced = record_bytes(seq=7, id="i\"d", ts_ns=123, principal=None, agent="ag\u00e9nt", type="t.x",
+                           details_json=canonical_details(details), prev_hash="ab" * 32, key_id="ed25519:00")
+    doc = {"seq": 7, "id": "i\"d", "ts_ns": 123, "principal": None, "agent": "ag\u00e9nt", "type": "t.x",
+           "details": details, "prev_hash": "ab" * 32, "key_id": "ed25519:00"}
+    assert spliced == canonical_json(doc).encode("utf-8")
+
+
+def test_chain_hash_uses_domain_prefix() -> None:
+    import hashlib
+
+    assert chain_hash(GENESIS_HASH, b"{}") == hashlib.sha256(CHAIN_PREFIX + bytes(32) + b"{}").hexdigest()
+    assert chain_hash(GENESIS_HASH, b"{}") != hashlib.sha256(bytes(32) + b"{}").hexdigest()
+
+
+def test_a_record_verifies_alone_and_fails_when_touched() -> None:
+    key = Ed25519PrivateKey.generate()
+    rec = _record(key, {"tool": "fs__read", "n": 1})
+    assert verify_record(rec, key.public_key())
+    wire = rec.as_dict()
+    assert verify_record(AuditRecord.from_dict(json.loads(json.dumps(wire))), key.public_key())
+    wire["details"]["n"] = 2
+    assert not verify_record(AuditRecord.from_dict(wire), key.public_key())
+    other = Ed25519PrivateKey.generate()
+    assert not verify_record(rec, other.public_key())
+
+
+def test_details_are_frozen_at_emit_and_unserialisable_values_become_text() -> None:
+    d = {"path": b"raw", "n": 1}
+    text = canonical_details(d)
+    d["n"] = 2
+    assert json.loads(text) == {"path": "b'raw'", "n": 1}

@@ -230,7 +230,7 @@ class DockerTier(SandboxTier):
             raise SandboxUnavailable("the docker CLI is not installed")
         mem = f"{limits.memory_mb}m"
         argv = [
-            cli, "run", "-i", "--rm", "--init", f"--runtime={self.runtime}",
+            cli, "run", "-i", "--rm", f"--runtime={self.runtime}",
             f"--network={'bridge' if network else 'none'}", "--read-only",
             "--tmpfs", f"/tmp:rw,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges",

@@ -1,0 +1,163 @@
+"""The built-in ``sandbox`` upstream: code tools ``run_python`` and ``run_shell``.
+
+The gateway core mounts this under the server name ``sandbox`` (so clients see
+``sandbox__run_python`` / ``sandbox__run_shell``); policy and audit treat them like any
+other tool. Code an agent sends is untrusted: the risk pick puts it in gVisor at least,
+and never below the policy's ``sandbox_tier`` condition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+
+from gateway.errors import ArgumentsInvalid, UnknownTool
+
+from .manager import SandboxManager
+from .types import Limits, SandboxRequest, SandboxResult, Tier, ToolNeeds
+
+SERVER_NAME = "sandbox"
+MAX_FILES = 64
+
+_FILES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Input files placed in the working directory before the run: name -> UTF-8 text.",
+    "additionalProperties": {"type": "string"},
+    "maxProperties": MAX_FILES,
+}
+_OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "exit_code": {"type": "integer"},
+        "stdout": {"type": "string"},
+        "stderr": {"type": "string"},
+        "truncated": {"type": "boolean"},
+        "tier": {"type": "string", "enum": ["bwrap", "docker", "gvisor"]},
+        "killed": {"type": "string", "enum": ["none", "timeout", "memory", "pids", "output"]},
+    },
+    "required": ["exit_code", "stdout", "stderr", "truncated", "tier", "killed"],
+}
+_ANNOTATIONS = {"readOnlyHint": False, "destructiveHint": False, "idempotentHint": False, "openWorldHint": False}
+
+
+def _tool(name: str, title: str, description: str, main: str, main_desc: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "title": title,
+        "description": description,
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                main: {"type": "string", "description": main_desc, "minLength": 1},
+                "stdin": {"type": "string", "description": "Text given to the program on standard input."},
+                "files": _FILES_SCHEMA,
+            },
+            "required": [main],
+            "additionalProperties": False,
+        },
+        "outputSchema": _OUTPUT_SCHEMA,
+        "annotations": {"title": title, **_ANNOTATIONS},
+    }
+
+
+TOOLS: tuple[dict[str, Any], ...] = (
+    _tool(
+        "run_python",
+        "Run Python code in a sandbox",
+        "Run Python 3 code in an isolated sandbox (no network, read-only system, temporary "
+        "working directory, memory/CPU/time/output limits). Returns exit code, stdout and stderr.",
+        "code",
+        "Python 3 source to run.",
+    ),
+    _tool(
+        "run_shell",
+        "Run a shell command in a sandbox",
+        "Run a POSIX shell command (/bin/sh -c) in an isolated sandbox (no network, read-only "
+        "system, temporary working directory, memory/CPU/time/output limits).",
+        "command",
+        "Shell command line, run with /bin/sh -c.",
+    ),
+)
+
+
+class SandboxTools:
+    """``list_tools()`` / ``call()`` of the built-in ``sandbox`` server."""
+
+    def __init__(self, config: Any, manager: SandboxManager) -> None:
+        self.config = config
+        self.manager = manager
+
+    def list_tools(self) -> list[dict[str, Any]]:
+        """MCP wire tool definitions (camelCase); empty when ``sandbox.code_tools`` is off."""
+        if not self.config.sandbox.code_tools:
+            return []
+        return [dict(t) for t in TOOLS]
+
+    @staticmethod
+    def _request(name: str, arguments: dict[str, Any]) -> SandboxRequest:
+        if not isinstance(arguments, dict):
+            raise ArgumentsInvalid("arguments must be an object")
+        main = "code" if name == "run_python" else "command"
+        allowed = {main, "stdin", "files"}
+        extra = set(arguments) - allowed
+        if extra:
+            raise ArgumentsInvalid(f"unknown argument(s): {', '.join(sorted(extra))}")
+        text = arguments.get(main)
+        if not isinstance(text, str) or not text:
+            raise ArgumentsInvalid(f"'{main}' must be a non-empty string")
+        stdin = arguments.get("stdin")
+        if stdin is not None and not isinstance(stdin, str):
+            raise ArgumentsInvalid("'stdin' must be a string")
+        files = arguments.get("files") or {}
+        if not isinstance(files, dict) or len(files) > MAX_FILES or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        ):
+            raise ArgumentsInvalid(f"'files' must map at most {MAX_FILES} names to strings")
+        common: dict[str, Any] = {
+            "stdin": stdin.encode() if stdin is not None else None,
+            "files": {k: v.encode() for k, v in files.items()},
+        }
+        if name == "run_python":
+            return SandboxRequest(code=text, **common)
+        return SandboxRequest(command=("/bin/sh", "-c", text), **common)
+
+    def pick_tier(self, min_tier: str | None) -> Tier:
+        """Agent-sent code is untrusted: gVisor at least, never below the policy's tier."""
+        return self.manager.assess_tier(ToolNeeds(), code_trust="untrusted", policy_min_tier=min_tier)
+
+    async def call(
+        self, name: str, arguments: dict[str, Any], *, min_tier: str | None, limits: Limits | None = None
+    ) -> tuple[dict[str, Any], Tier]:
+        """Run one code tool; returns (CallToolResult wire dict, tier used).
+
+        Raises ArgumentsInvalid / UnknownTool / SandboxUnavailable (a GatewayError the
+        boundary turns into an error result); a program that fails or hits a limit is a
+        normal result with ``isError: true`` and ``killed`` saying which limit.
+        """
+        if name not in ("run_python", "run_shell") or not self.config.sandbox.code_tools:
+            raise UnknownTool(f"no sandbox tool {name!r}")
+        request = self._request(name, arguments)
+        tier = self.pick_tier(min_tier)
+        lim = limits or self.manager.limits()
+        result = await anyio.to_thread.run_sync(self.manager.run, tier, request, lim, abandon_on_cancel=False)
+        return to_call_result(result), tier
+
+
+def to_call_result(result: SandboxResult) -> dict[str, Any]:
+    """A SandboxResult as an MCP CallToolResult wire dict."""
+    data = result.as_dict()
+    data.pop("duration_s", None)
+    lines = [f"exit code: {result.exit_code} (tier {result.tier})"]
+    if result.killed != "none":
+        lines.append(f"stopped: {result.killed} limit exceeded")
+    lines.append("--- stdout ---" + (" (truncated)" if result.stdout_truncated else ""))
+    lines.append(data["stdout"])
+    if result.stderr:
+        lines.append("--- stderr ---" + (" (truncated)" if result.stderr_truncated else ""))
+        lines.append(data["stderr"])
+    return {
+        "content": [{"type": "text", "text": "\n".join(lines)}],
+        "isError": result.exit_code != 0 or result.killed != "none",
+        "structuredContent": data,
+    }

@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping
 from gateway.context import Decision
 from gateway.policy.loader import PolicyLoadError
 
+CASES_MIN = 30  # the issue asks for at least this many input -> decision cases
+
 
 @dataclass(frozen=True)
 class Case:

@@ -1,0 +1,69 @@
+"""An OPA-compatible Data API server on 127.0.0.1 for the remote-engine tests.
+
+It stands in for the `opa` binary, which no registry reachable here ships: the decisions
+come from the real OPA engine (opa-golib-python-bindings, the Go `rego` package) behind the
+same endpoint `opa run --server` exposes: ``POST /v1/data/<path>`` with ``{"input": ...}``
+answering ``{"result": ...}`` (or ``{}`` when the document is undefined).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Any
+
+import anyio.to_thread
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+
+class OpaServer:
+    def __init__(self, engine: Any, *, certfile: str | None = None, keyfile: str | None = None) -> None:
+        self.engine = engine
+        self.delay_s = 0.0
+        self.requests = 0
+        app = Starlette(routes=[Route("/v1/data/{path:path}", self._data, methods=["POST"])])
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        scheme = "https" if certfile else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, log_level="warning", ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=1, lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+
+    async def _data(self, request: Request) -> JSONResponse:
+        from opa_bindings import OpaUndefinedError
+
+        self.requests += 1
+        body = await request.json()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        path = request.path_params["path"].strip("/").replace("/", ".")
+        try:
+            result = await anyio.to_thread.run_sync(self.engine.eval_document, path, body.get("input"))
+        except OpaUndefinedError:
+            return JSONResponse({})
+        return JSONResponse({"result": result})
+
+    def __enter__(self) -> "OpaServer":
+        self._thread.start()
+        end = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > end or not self._thread.is_alive():
+                raise RuntimeError("OPA stand-in server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()

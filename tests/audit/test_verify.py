@@ -1,0 +1,207 @@
+"""Tamper tests: each attack on a closed 20-event log is found at the right sequence number."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.audit import AuditIntegrityError, AuditRecord, exported_public_keys, verify_jsonl, verify_log
+from gateway.audit import store
+from gateway.audit.record import canonical_details, chain_hash, key_id_of, record_bytes, sign_hash
+
+COLS = store.COLUMNS
+
+
+def _sql(db: Path, *statements: tuple[str, tuple]) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        for sql, params in statements:
+            conn.execute(sql, params)
+    conn.close()
+
+
+def _row(db: Path, seq: int) -> tuple:
+    conn = sqlite3.connect(db)
+    row = conn.execute(f"SELECT {COLS} FROM events WHERE seq = ?", (seq,)).fetchone()
+    conn.close()
+    return row
+
+
+def _problem(db: Path, keys: dict, *, full: bool = True) -> tuple[int, str]:
+    res = verify_log(db, keys, all_signatures=full)
+    assert not res.ok and res.problem is not None
+    with pytest.raises(AuditIntegrityError) as ei:
+        res.check()
+    assert ei.value.problem == res.problem and ei.value.code == "audit_integrity"
+    return res.problem.seq, res.problem.kind
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_intact_log_verifies(written_log, full: bool) -> None:
+    db, keys = written_log
+    res = verify_log(db, keys, all_signatures=full).check()
+    assert (res.events, res.last_seq, res.anchors_checked) == (20, 20, 2)
+    assert res.signatures_checked == (20 if full else 1)
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_edited_detail_is_changed(written_log, full: bool) -> None:
+    db, keys = written_log
+    _sql(db, ("UPDATE events SET details = ? WHERE seq = 5", ('{"n":5,"tool":"innocent"}',)))
+    assert _problem(db, keys, full=full) == (5, "changed")
+
+
+def test_edit_with_recomputed_hashes_still_fails_on_signature(written_log) -> None:
+    db, keys = written_log
+    # the attacker rewrites seq 7 and re-chains 7..20 but cannot sign with the audit key
+    conn = sqlite3.connect(db)
+    prev = _row(db, 6)[8]
+    for seq in range(7, 21):
+        r = list(_row(db, seq))
+        if seq == 7:
+            r[6] = canonical_details({"tool": "nothing-to-see"})
+        canon = AuditRecord(*(r[:7]), prev, "", "", r[10]).canonical()
+        h = chain_hash(prev, canon)
+        conn.execute("UPDATE events SET details=?, prev_hash=?, chain_hash=? WHERE seq=?", (r[6], prev, h, seq))
+        prev = h
+    conn.commit()
+    conn.close()
+    assert _problem(db, keys, full=True) == (7, "changed")
+    assert _problem(db, keys, full=False) == (7, "changed")  # fast mode re-checks in full
+
+
+def test_deleted_event_is_removed(written_log) -> None:
+    db, keys = written_log
+    _sql(db, ("DELETE FROM events WHERE seq = 5", ()))
+    assert _problem(db, keys) == (5, "removed")
+
+
+def test_deleted_and_renumbered_is_removed(written_log) -> None:
+    db, keys = written_log
+    _sql(db, ("DELETE FROM events WHERE seq = 5", ()),
+         ("UPDATE events SET seq = -(seq - 1) WHERE seq > 5", ()),
+         ("UPDATE events SET seq = -seq WHERE seq < 0", ()))
+    # renumbering rewrote the signed seq of the event now at 5: reported there as changed
+    assert _problem(db, keys) == (5, "changed")
+
+
+def test_inserted_forgery_signed_with_another_key(written_log) -> None:
+    db, keys = written_log
+    forger = Ed25519PrivateKey.generate()
+    kid = key_id_of(forger.public_key())
+    prev = _row(db, 4)[8]
+    dj = canonical_details({"tool": "grant_admin"})
+    canon = record_bytes(seq=5, id="forged", ts_ns=1, principal="alice", agent=None, type="tool.call",
+                         details_json=dj, prev_hash=prev, key_id=kid)
+    h = chain_hash(prev, canon)
+    _sql(db, ("UPDATE events SET seq = -(seq + 1) WHERE seq >= 5", ()),
+         ("UPDATE events SET seq = -seq WHERE seq < 0", ()),
+         (f"INSERT INTO events ({COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+          (5, "forged", 1, "alice", None, "tool.call", dj, prev, h, sign_hash(forger, h), kid)))
+    assert _problem(db, keys) == (5, "inserted")
+
+
+def test_forgery_claiming_the_real_key_id(written_log) -> None:
+    db, keys = written_log
+    forger = Ed25519PrivateKey.generate()
+    real_kid = _row(db, 3)[10]
+    r = list(_row(db, 3))
+    r[9] = sign_hash(forger, r[8])
+    _sql(db, ("UPDATE events SET signature = ? WHERE seq = 3", (r[9],)))
+    assert _problem(db, keys) == (3, "changed")
+    assert real_kid in keys
+
+
+def test_swapped_events_are_reordered(written_log) -> None:
+    db, keys = written_log
+    a, b = _row(db, 5), _row(db, 6)
+    upd = "UPDATE events SET id=?, ts_ns=?, principal=?, agent=?, type=?, details=?, prev_hash=?, chain_hash=?, " \
+          "signature=?, key_id=? WHERE seq=?"
+    _sql(db, (upd, (*b[1:], 5)), (upd, (*a[1:], 6)))
+    assert _problem(db, keys) == (5, "reordered")
+
+
+def test_truncated_tail(written_log) -> None:
+    db, keys = written_log
+    _sql(db, ("DELETE FROM events WHERE seq > 15", ()))
+    assert _problem(db, keys) == (16, "truncated")
+
+
+def test_truncated_tail_with_anchor_row_deleted(written_log) -> None:
+    db, keys = written_log
+    store.checkpoint_path(db).unlink()
+    _sql(db, ("DELETE FROM events WHERE seq > 15", ()), ("DELETE FROM anchor", ()))
+    assert _problem(db, keys) == (16, "truncated")
+
+
+def test_truncation_with_a_replayed_old_anchor_is_caught_by_the_checkpoint_file(open_log, log_paths) -> None:
+    db, key_path = log_paths
+    log = open_log(checkpoint_every=1000)
+    for i in range(10):
+        log.append("tool.call", {"i": i})
+    conn = sqlite3.connect(db)
+    old_anchor = conn.execute("SELECT seq, chain_hash, ts_ns, key_id, signature FROM anchor").fetchone()
+    conn.close()
+    for i in range(10):
+        log.append("tool.call", {"i": i})
+    log.close()  # writes the checkpoint file for seq 20
+    keys = exported_public_keys(key_path)
+    # the attacker cuts the tail and puts back the genuine anchor they saved at seq 10
+    _sql(db, ("DELETE FROM events WHERE seq > 10", ()),
+         ("UPDATE anchor SET seq=?, chain_hash=?, ts_ns=?, key_id=?, signature=?", old_anchor))
+    assert _problem(db, keys) == (11, "truncated")
+    # the attacker deletes the checkpoint file too: an anchor shipped off the host still tells
+    shipped = store.read_checkpoint_file(store.checkpoint_path(db))
+    assert shipped is not None
+    store.checkpoint_path(db).unlink()
+    res = verify_log(db, keys, extra_anchors=[shipped])
+    assert res.problem is not None and (res.problem.seq, res.problem.kind) == (11, "truncated")
+
+
+def test_forged_anchor_is_rejected(written_log) -> None:
+    db, keys = written_log
+    forger = Ed25519PrivateKey.generate()
+    import base64
+
+    from gateway.audit.record import anchor_message
+
+    head = _row(db, 20)[8]
+    sig = base64.b64encode(forger.sign(anchor_message(25, head))).decode()
+    _sql(db, ("UPDATE anchor SET seq = 25, signature = ?", (sig,)))
+    assert _problem(db, keys)[1] == "anchor"
+
+
+def test_wrong_public_key_fails_at_seq_1(written_log) -> None:
+    db, _ = written_log
+    other = Ed25519PrivateKey.generate().public_key()
+    assert _problem(db, {key_id_of(other): other}) == (1, "inserted")
+
+
+def _export(db: Path, out: Path) -> list[dict]:
+    conn = store.open_reader(db)
+    lines = [r.as_dict() for r in store.iter_records(conn)]
+    conn.close()
+    out.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    return lines
+
+
+def test_jsonl_export_verifies_and_detects_swaps_and_gaps(written_log, tmp_path: Path) -> None:
+    db, keys = written_log
+    out = tmp_path / "export.jsonl"
+    lines = _export(db, out)
+    assert verify_jsonl(out, keys).check().events == 20
+    swapped = lines[:]
+    swapped[4], swapped[5] = swapped[5], swapped[4]
+    out.write_text("".join(json.dumps(d) + "\n" for d in swapped))
+    res = verify_jsonl(out, keys)
+    assert res.problem is not None and (res.problem.seq, res.problem.kind) == (5, "reordered")
+    out.write_text("".join(json.dumps(d) + "\n" for d in lines[:4] + lines[5:]))
+    res = verify_jsonl(out, keys)
+    assert res.problem is not None and (res.problem.seq, res.problem.kind) == (5, "removed")
+    out.write_text("".join(json.dumps(d) + "\n" for d in lines[:3]) + "{not json\n")
+    res = verify_jsonl(out, keys)
+    assert res.problem is not None and (res.problem.seq, res.problem.kind) == (4, "changed")

@@ -1,0 +1,189 @@
+"""AuditStep: one durable event per call (allowed, denied, crashed), never a raw argument value."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from mcp.types import CallToolResult, TextContent
+
+from gateway.audit import AuditLog, exported_public_keys, verify_log
+from gateway.chain import build_chain
+from gateway.context import CallContext, Decision, Principal, ToolInfo, UpstreamInfo
+from gateway.errors import AuditError, PolicyDenied, VerificationDenied
+from gateway.steps.arguments import ValidateArguments
+from gateway.steps.audit import AuditStep
+
+SECRET = "hunter2-SECRET-VALUE"
+TOOL = ToolInfo(
+    name="db__query",
+    original_name="query",
+    upstream="db",
+    definition={"name": "query", "inputSchema": {"type": "object", "properties": {
+        "sql": {"type": "string"}, "password": {"type": "string"}, "limit": {"type": "integer"}}}},
+    verification="verified",
+    key_fingerprint="sha256:abc",
+)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[AuditLog]:
+    log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem")
+    yield log
+    log.close()
+
+
+def _call(**kw: Any) -> CallContext:
+    return CallContext(
+        principal=Principal(id="alice", roles=("analyst",), agent="agent-7"),
+        kind="tools/call",
+        target="db__query",
+        arguments={"sql": "select 1", "password": SECRET, **kw},
+        tool=TOOL,
+        upstream=UpstreamInfo(name="db", transport="stdio"),
+    )
+
+
+def _stored(log: AuditLog) -> list[dict[str, Any]]:
+    return log.recent(100)
+
+
+async def _allowed(call: CallContext) -> CallToolResult:
+    # stands in for the policy step + dispatch: a decision, its redaction, a real result object
+    call.decision = Decision(allow=True, reasons=("analyst may query",), conditions={"redact": ["password"]})
+    call.audit_arguments = {"sql": "select 1", "password": "[REDACTED]"}
+    call.sandbox_tier = "none"
+    call.result_bytes = 42
+    call.unverified_warning = True
+    return CallToolResult(content=[TextContent(type="text", text="1")], is_error=False)
+
+
+async def _denied(call: CallContext) -> Any:
+    call.decision = Decision(allow=False, reasons=("password use is forbidden",))
+    call.audit_arguments = {"sql": "select 1", "password": "[REDACTED]"}
+    raise PolicyDenied("denied by policy", reasons=["password use is forbidden"])
+
+
+async def _crashed(call: CallContext) -> Any:
+    raise RuntimeError(f"upstream blew up while holding {SECRET}")
+
+
+def test_allowed_call_is_recorded_with_redacted_arguments(log: AuditLog, tmp_path: Path) -> None:
+    result = asyncio.run(AuditStep(log)(_call(), _allowed))
+    assert result.is_error is False
+    [ev] = _stored(log)
+    d = ev["details"]
+    assert ev["type"] == "tool.call" and ev["principal"] == "alice" and ev["agent"] == "agent-7"
+    assert (d["tool"], d["upstream"], d["outcome"], d["error_code"]) == ("db__query", "db", "ok", None)
+    assert d["arguments"] == {"sql": "select 1", "password": "[REDACTED]"}
+    assert d["decision"] == {"allow": True, "reasons": ["analyst may query"], "conditions": {"redact": ["password"]}}
+    assert (d["sandbox_tier"], d["result_bytes"], d["unverified_warning"]) == ("none", 42, True)
+    assert d["duration_ms"] >= 0
+    log.close()
+    assert SECRET.encode() not in (tmp_path / "audit.db").read_bytes()
+    assert verify_log(tmp_path / "audit.db", exported_public_keys(tmp_path / "audit-key.pem")).ok
+
+
+def test_denied_call_is_recorded_and_reraised(log: AuditLog) -> None:
+    with pytest.raises(PolicyDenied):
+        asyncio.run(AuditStep(log)(_call(), _denied))
+    [ev] = _stored(log)
+    d = ev["details"]
+    assert (d["outcome"], d["error_code"], d["decision"]["allow"]) == ("denied", "policy_denied", False)
+    assert d["decision"]["reasons"] == ["password use is forbidden"]
+    assert SECRET not in str(ev)
+
+
+def test_verification_denial_before_policy_counts_as_deny(log: AuditLog) -> None:
+    async def unverified(call: CallContext) -> Any:
+        raise VerificationDenied("tool definition changed", reasons=["drift: description changed"])
+
+    with pytest.raises(VerificationDenied):
+        asyncio.run(AuditStep(log)(_call(), unverified))
+    d = _stored(log)[0]["details"]
+    assert (d["outcome"], d["decision"]["allow"], d["error_code"]) == ("denied", False, "verification_denied")
+    # no policy-redacted arguments exist yet: only the names are written
+    assert d["arguments"] == {"password": "[not recorded]", "sql": "[not recorded]"}
+    assert d["arguments_redacted"] == "all"
+
+
+def test_crashed_call_is_recorded_without_the_exception_text(log: AuditLog, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        asyncio.run(AuditStep(log)(_call(), _crashed))
+    d = _stored(log)[0]["details"]
+    assert (d["outcome"], d["error_code"], d["error_type"]) == ("error", "internal_error", "RuntimeError")
+    assert d["error_reasons"] == []
+    log.close()
+    assert SECRET.encode() not in (tmp_path / "audit.db").read_bytes()
+
+
+def test_invalid_arguments_through_a_real_chain_do_not_leak_values(log: AuditLog, tmp_path: Path) -> None:
+    chain = build_chain([AuditStep(log), ValidateArguments()], _allowed)
+    from gateway.errors import ArgumentsInvalid
+
+    with pytest.raises(ArgumentsInvalid):
+        asyncio.run(chain(_call(limit=SECRET)))  # jsonschema quotes the bad value in its message
+    d = _stored(log)[0]["details"]
+    assert d["error_code"] == "arguments_invalid" and d["error_reasons"] == []
+    log.close()
+    conn = sqlite3.connect(tmp_path / "audit.db")
+    assert not conn.execute("SELECT count(*) FROM events WHERE details LIKE ?", (f"%{SECRET}%",)).fetchone()[0]
+
+
+def test_tool_error_result_is_an_error_outcome(log: AuditLog) -> None:
+    async def tool_error(call: CallContext) -> CallToolResult:
+        return CallToolResult(content=[TextContent(type="text", text="no")], is_error=True)
+
+    asyncio.run(AuditStep(log)(_call(), tool_error))
+    d = _stored(log)[0]["details"]
+    assert (d["outcome"], d["error_code"]) == ("error", "tool_error")
+
+
+def test_resource_read_event_type(log: AuditLog) -> None:
+    call = CallContext(principal=Principal(id="bob"), kind="resources/read", target="file:///etc/motd")
+
+    async def read(c: CallContext) -> str:
+        return "motd"
+
+    asyncio.run(AuditStep(log)(call, read))
+    ev = _stored(log)[0]
+    assert ev["type"] == "resource.read" and ev["details"]["target"] == "file:///etc/motd"
+
+
+def _break(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TRIGGER no_insert BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'full'); END")
+    conn.commit()
+    conn.close()
+
+
+def test_unrecordable_call_fails_with_audit_error(log: AuditLog, tmp_path: Path) -> None:
+    _break(tmp_path / "audit.db")
+    with pytest.raises(AuditError):
+        asyncio.run(AuditStep(log)(_call(), _allowed))
+    # a lost emit() breaks the log: the next call is refused before it reaches the upstream
+    log.emit("gateway.event", {})
+    with pytest.raises(AuditError):
+        log.flush()
+    reached = []
+
+    async def endpoint(call: CallContext) -> str:
+        reached.append(call)
+        return "done"
+
+    with pytest.raises(AuditError):
+        asyncio.run(AuditStep(log)(_call(), endpoint))
+    assert reached == []
+
+
+def test_on_failure_warn_lets_the_call_through(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem", on_failure="warn")
+    try:
+        _break(tmp_path / "audit.db")
+        result = asyncio.run(AuditStep(log)(_call(), _allowed))
+        assert result.is_error is False
+    finally:
+        log.close()

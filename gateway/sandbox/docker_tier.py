@@ -256,25 +256,36 @@ class DockerTier(SandboxTier):
 
     def cleanup_orphans(self) -> list[str]:
         removed: list[str] = []
-        host = owner_tag().split(":")[0]
+        host = owner_tag().split(":")[0]  # dockerd is local: an owner not alive here is gone
         for c in self._ours():
             if (c.attrs.get("HostConfig") or {}).get("Runtime", "runc") != self.runtime:
                 continue
             owner = (c.labels or {}).get(LABEL_OWNER, "")
             h, _, pid = owner.partition(":")
             if h == host and pid.isdigit() and _pid_alive(int(pid)):
-                continue
+                continue  # a live gateway's (ours included): not an orphan
             self._remove(c.id)
             removed.append(f"container {c.short_id}")
         if self.runtime == "runsc":
             removed += [f"runsc state {i[:12]}" for i in _runsc_orphans()]
         return removed
 
+    def _owned_by_live_other(self, c: Any) -> bool:
+        host, _, pid = (c.labels or {}).get(LABEL_OWNER, "").partition(":")
+        return (
+            host == owner_tag().split(":")[0]
+            and pid.isdigit()
+            and int(pid) != os.getpid()
+            and _pid_alive(int(pid))
+        )
+
     def leftovers(self) -> list[str]:
+        """Containers of this process or of dead ones (another live gateway's are not ours)."""
         out = [
             f"container {c.short_id}"
             for c in self._ours()
             if (c.attrs.get("HostConfig") or {}).get("Runtime", "runc") == self.runtime
+            and not self._owned_by_live_other(c)
         ]
         if self.runtime == "runsc":
             out += [f"runsc state {i[:12]}" for i in _runsc_ids() if not _docker_knows(i)]

@@ -1,0 +1,53 @@
+"""The input document built from a CallContext carries every documented field."""
+
+from __future__ import annotations
+
+import re
+
+from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.policy.engine import EmbeddedEngine
+from gateway.policy.inputdoc import CallCounters, input_for_call
+
+
+def make_call() -> CallContext:
+    p = Principal(id="alice", kind="agent", roles=("developer",), claims={"sub": "alice", "team": "x"}, agent="planner")
+    t = ToolInfo(name="fs__read_text_file", original_name="read_text_file", upstream="fs", definition={},
+                 annotations={"readOnlyHint": True}, verification="pinned", key_fingerprint="sha256:ab", code_tool=False)
+    return CallContext(principal=p, kind="tools/call", target=t.name, arguments={"path": "/srv/symbi/a"},
+                       session_id="sess-1", tool=t, upstream=UpstreamInfo(name="fs", transport="stdio", domain="fs.example"))
+
+
+def test_all_fields_present() -> None:
+    counters = CallCounters()
+    for _ in range(3):
+        counters.try_acquire("alice", "fs__read_text_file", None)
+    doc = input_for_call(make_call(), counters)
+    assert doc["principal"] == {"id": "alice", "kind": "agent", "roles": ["developer"], "claims": {"sub": "alice", "team": "x"}}
+    assert doc["agent"] == "planner"
+    assert doc["upstream"] == {"name": "fs", "transport": "stdio", "domain": "fs.example"}
+    assert doc["tool"]["name"] == "fs__read_text_file" and doc["tool"]["original_name"] == "read_text_file"
+    assert doc["tool"]["verification"] == "pinned" and doc["tool"]["key_fingerprint"] == "sha256:ab"
+    assert doc["tool"]["annotations"] == {"readOnlyHint": True} and doc["tool"]["code_tool"] is False
+    assert doc["arguments"] == {"path": "/srv/symbi/a"}
+    ctx = doc["context"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ctx["time"])
+    assert isinstance(ctx["unix"], int) and ctx["session_id"] == "sess-1"
+    assert (ctx["calls_last_minute"], ctx["calls_last_hour"], ctx["tool_calls_last_minute"]) == (3, 3, 3)
+    assert doc["action"] == "call" and doc["kind"] == "tools/call"
+
+
+def test_hourly_count_reaches_the_policy(repo_engine: EmbeddedEngine) -> None:
+    # data.json: ci-bot may make 100 calls per hour
+    call = make_call()
+    call = CallContext(principal=Principal(id="ci-bot", kind="service"), kind="tools/call", target="time__get_current_time",
+                       tool=ToolInfo(name="time__get_current_time", original_name="get_current_time", upstream="time",
+                                     definition={}, verification="pinned"),
+                       upstream=UpstreamInfo(name="time", transport="stdio"))
+    now = [0.0]
+    counters = CallCounters(clock=lambda: now[0])
+    for _ in range(99):
+        counters.try_acquire("ci-bot", "time__get_current_time", None)
+        now[0] += 30  # spread over the hour so the per-minute limit is not what trips
+    assert repo_engine.decide(input_for_call(call, counters)).allow is True
+    counters.try_acquire("ci-bot", "time__get_current_time", None)
+    assert repo_engine.decide(input_for_call(call, counters)).allow is False

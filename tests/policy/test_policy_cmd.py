@@ -1,0 +1,76 @@
+"""``symbi policy check|eval|test``: exit codes 0 ok / 1 failed or denied / 2 usage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.policy.loader import PolicyFiles
+
+from tests.policy.conftest import CASES, REPO
+
+
+def cli(*argv: str) -> int:
+    return main(list(argv))
+
+
+def test_check_ok_on_the_repo_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("policy", "check") == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_check_refuses_a_broken_policy_naming_the_location(policy_copy: PolicyFiles, capsys: pytest.CaptureFixture[str]) -> None:
+    policy_copy.policy.write_text(policy_copy.policy.read_text() + "\nbroken if {\n")
+    assert cli("policy", "check", "--policy", str(policy_copy.policy)) == 1
+    assert f"{policy_copy.policy}:" in capsys.readouterr().err
+
+
+def test_eval_allow_and_deny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = json.loads(CASES.read_text())
+    allow = tmp_path / "allow.json"
+    allow.write_text(json.dumps(doc["base"]))
+    assert cli("policy", "eval", "--input", str(allow)) == 0
+    assert json.loads(capsys.readouterr().out)["allow"] is True
+    deny = tmp_path / "deny.json"
+    deny.write_text(json.dumps({"input": {**doc["base"], "principal": {"id": "nobody", "roles": []}}}))
+    assert cli("policy", "eval", "--input", str(deny)) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["allow"] is False and out["reasons"]
+
+
+def test_eval_bad_input_is_a_usage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    assert cli("policy", "eval", "--input", str(bad)) == 2
+
+
+def test_test_runs_rego_tests_and_cases() -> None:
+    assert cli("policy", "test", "--cases", str(CASES)) == 0
+
+
+def test_test_fails_on_a_wrong_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = json.loads(CASES.read_text())
+    doc["cases"][0]["expected"]["allow"] = not doc["cases"][0]["expected"]["allow"]
+    wrong = tmp_path / "cases.json"
+    wrong.write_text(json.dumps(doc))
+    assert cli("policy", "test", "--cases", str(wrong)) == 1
+    assert "FAIL case" in capsys.readouterr().out
+
+
+def test_test_fails_on_a_failing_rego_test(policy_copy: PolicyFiles) -> None:
+    t = policy_copy.tests[0]
+    t.write_text(t.read_text() + "\ntest_always_fails if false\n")
+    assert cli("policy", "test", "--policy", str(policy_copy.policy)) == 1
+
+
+def test_real_subprocess_with_a_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "symbi.toml"
+    cfg.write_text(f'[policy]\npath = "{REPO / "policies.rego"}"\ndata = "{REPO / "policies" / "data.json"}"\n')
+    r = subprocess.run([sys.executable, "-m", "gateway", "policy", "check", "--config", str(cfg)],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr

@@ -1,0 +1,61 @@
+"""Redaction by key name and by /json/pointer, and the result size cap."""
+
+from __future__ import annotations
+
+import json
+
+from mcp.types import CallToolResult, EmbeddedResource, TextContent, TextResourceContents
+
+from gateway.policy.redact import REDACTED, cap_result, redact, redact_result, result_size
+
+
+def test_key_names_at_any_depth_case_insensitive() -> None:
+    doc = {"Password": "a", "list": [{"token": "b"}, {"x": 1}], "deep": {"deeper": {"API_KEY": "c"}}}
+    out, n = redact(doc, ["password", "token", "api_key"])
+    assert n == 3
+    assert out == {"Password": REDACTED, "list": [{"token": REDACTED}, {"x": 1}], "deep": {"deeper": {"API_KEY": REDACTED}}}
+    assert doc["Password"] == "a"  # a copy; the original is untouched
+
+
+def test_pointer_redacts_only_that_location() -> None:
+    doc = {"headers": {"authorization": "Bearer x", "accept": "y"}, "authorization": "keep"}
+    out, n = redact(doc, ["/headers/authorization"])
+    assert n == 1 and out == {"headers": {"authorization": REDACTED, "accept": "y"}, "authorization": "keep"}
+
+
+def test_pointer_matches_header_case_and_array_index_and_escapes() -> None:
+    doc = {"headers": {"Authorization": "x"}, "items": [{"s": 1}, {"s": 2}], "a/b": {"~c": 3}}
+    out, n = redact(doc, ["/headers/authorization", "/items/1/s", "/a~1b/~0c", "/items/9/s", "/missing/x"])
+    assert n == 3
+    assert out["headers"]["Authorization"] == REDACTED and out["items"] == [{"s": 1}, {"s": REDACTED}]
+    assert out["a/b"]["~c"] == REDACTED
+
+
+def test_result_redaction_covers_json_text_and_structured_content() -> None:
+    r = CallToolResult(
+        content=[TextContent(type="text", text=json.dumps({"secret": "s1"})), TextContent(type="text", text="secret: prose")],
+        structured_content={"secret": "s2", "ok": 1},
+    )
+    out = redact_result(r, ["secret"])
+    assert "s1" not in out.model_dump_json() and "s2" not in out.model_dump_json()
+    assert out.content[1].text == "secret: prose"  # prose has no keys: documented as unchanged
+
+
+def test_cap_keeps_small_results_and_cuts_text_at_utf8_boundaries() -> None:
+    small = CallToolResult(content=[TextContent(type="text", text="hi")])
+    assert cap_result(small, 1000) is small
+    r = CallToolResult(content=[TextContent(type="text", text="a" * 10), TextContent(type="text", text="€" * 100)])
+    out = cap_result(r, 50)
+    assert out.content[0].text == "a" * 10
+    cut = out.content[1].text.split("\n[truncated")[0]
+    assert cut == "€" * 13  # 40 bytes left: 13 whole 3-byte characters, never half of one
+    assert "[truncated" in out.content[1].text
+
+
+def test_cap_drops_structured_content_and_errors_on_non_text() -> None:
+    r = CallToolResult(content=[TextContent(type="text", text="x")], structured_content={"blob": "y" * 500})
+    out = cap_result(r, 100)
+    assert out.structured_content is None and not out.is_error
+    res = EmbeddedResource(type="resource", resource=TextResourceContents(uri="file:///a", text="z" * 500))
+    out2 = cap_result(CallToolResult(content=[res]), 100)
+    assert out2.is_error is True and result_size(out2) < 300

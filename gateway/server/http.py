@@ -1,33 +1,57 @@
-"""``symbi serve``: the gateway over streamable HTTP (Starlette + uvicorn), 127.0.0.1 by default."""
+"""``symbi serve``: the gateway over streamable HTTP (Starlette + uvicorn), 127.0.0.1 by default.
+
+Routes:
+  ``/mcp``                                MCP, both protocol eras (SDK session manager); any principal
+  ``/.well-known/oauth-protected-resource`` RFC 9728 metadata (public)
+  ``/healthz`` ``/readyz`` ``/metrics``   operations (public; the server binds loopback)
+  ``/api/...``                            admin REST API (admin role; ``gateway.server.admin``)
+  ``/`` ``/login`` ...                    the dashboard (admin API key login; ``gateway.server.dashboard``)
+
+Middleware, outermost first: access log → Host/Origin guard (DNS rebinding, for every
+route) → request body limit → authentication (for ``/mcp`` and ``/api``).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import secrets
+import time
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.server.transport_security import RequestBodyLimitMiddleware, TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.config.model import Config
 from gateway.context import Principal
+from gateway.server.admin import admin_routes, audit_view, policy_view
+from gateway.server.auth import AuthFailed, Authenticator, NoCredentials, is_admin
 from gateway.server.front import build_server
+from gateway.server.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, MetricsSink, RecentCalls
+from gateway.steps.metrics import MetricsStep
 
 _logger = logging.getLogger("symbi.http")
+_access = logging.getLogger("symbi.access")
+
+PRM_PATH = "/.well-known/oauth-protected-resource"
+RECENT_CALLS = 500
 
 
 def security_settings(config: Config) -> TransportSecuritySettings:
     """DNS-rebinding protection is always on: Host/Origin must be this server."""
-    port = config.http.port
-    hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.1:*", "localhost:*", "[::1]:*"}
+    hosts = {"127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"}
     hosts.update(config.http.allowed_hosts)
     origins = {f"http://{h}" for h in hosts} | {f"https://{h}" for h in config.http.allowed_hosts}
     return TransportSecuritySettings(
@@ -35,45 +59,261 @@ def security_settings(config: Config) -> TransportSecuritySettings:
     )
 
 
-class _PrincipalMiddleware:
-    """Until a request is authenticated it has no principal: 401 unless an anonymous one is named."""
+def _allowed(value: str, allowed: list[str]) -> bool:
+    if value in allowed:
+        return True
+    return any(a.endswith(":*") and value.startswith(a[:-1]) for a in allowed)
 
-    def __init__(self, app: ASGIApp, config: Config) -> None:
+
+@dataclass
+class HttpState:
+    """Everything the HTTP routes share (one per app)."""
+
+    config: Config
+    auth: Authenticator
+    metrics: GatewayMetrics
+    recent: RecentCalls
+    manager: StreamableHTTPSessionManager
+    holder: list[Gateway] = field(default_factory=list)
+    cookie_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+
+    @property
+    def gateway(self) -> Gateway | None:
+        return self.holder[-1] if self.holder else None
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Open legacy-era sessions (ids shortened: a session id is a capability)."""
+        # The SDK keeps these private; read-only and tolerant of their absence.
+        instances = getattr(self.manager, "_server_instances", {})
+        owners = getattr(self.manager, "_session_owners", {})
+        out = []
+        for sid in list(instances):
+            owner = owners.get(sid)
+            out.append({"id": sid[:8], "owner": owner.get("client_id") if owner else None})
+        return out
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        gw = self.gateway
+        if gw is None:
+            return False, {"ready": False, "reason": "gateway not started", "config": True}
+        doc: dict[str, Any] = {"config": True, "upstreams": {n: u.state for n, u in gw.upstreams.items()}}
+        ready = all(s == "up" for s in doc["upstreams"].values())
+        pol = policy_view(self)
+        if pol is not None:
+            try:
+                loaded = bool(pol.status().get("loaded"))
+            except Exception:  # noqa: BLE001 - a broken status is "not ready"
+                loaded = False
+            doc["policy"] = loaded
+            ready = ready and loaded
+        aud = audit_view(self)
+        if aud is not None:
+            try:
+                writable = bool(aud.writable())
+            except Exception:  # noqa: BLE001
+                writable = False
+            doc["audit"] = writable
+            ready = ready and writable
+        doc["ready"] = ready
+        return ready, doc
+
+
+# -- middleware --------------------------------------------------------------------------------
+
+
+class AccessLog:
+    """One structured line per request (JSON when ``gateway.log_format = "json"``)."""
+
+    def __init__(self, app: ASGIApp, state: HttpState) -> None:
         self.app = app
-        self.config = config
+        self.state = state
+        self.enabled = state.config.http.access_log
+        self.mcp_path = state.config.http.path
+
+    def _route(self, path: str) -> str:
+        # a small fixed set of label values (never the raw path)
+        if path == self.mcp_path:
+            return "mcp"
+        for prefix in ("/api/", "/.well-known/", "/static/"):
+            if path.startswith(prefix):
+                return prefix.strip("/.")
+        return path if path in ("/healthz", "/readyz", "/metrics", "/", "/login", "/logout") else "dashboard"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "symbi.principal" not in scope:
-            anon = self.config.http.anonymous_principal
-            if anon is None:
-                resp = JSONResponse(
-                    {"error": "unauthorized", "error_description": "credentials required"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="symbi"'},
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [0]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            ms = (time.perf_counter() - start) * 1000.0
+            self.state.metrics.http_requests.labels(self._route(scope["path"]), str(status[0])).inc()
+            if self.enabled:
+                p = scope.get("symbi.principal")
+                client = scope.get("client")
+                _access.info(
+                    "%s %s %d %.1fms",
+                    scope["method"],
+                    scope["path"],
+                    status[0],
+                    ms,
+                    extra={
+                        "fields": {
+                            "event": "http.request",
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status[0],
+                            "ms": round(ms, 3),
+                            "principal": p.id if isinstance(p, Principal) else None,
+                            "client": f"{client[0]}:{client[1]}" if client else None,
+                            "session": Headers(scope=scope).get("mcp-session-id"),
+                        }
+                    },
                 )
-                await resp(scope, receive, send)
+
+
+class HostGuard:
+    """DNS-rebinding protection for every route: Host must be ours; so must Origin if sent."""
+
+    def __init__(self, app: ASGIApp, settings: TransportSecuritySettings) -> None:
+        self.app = app
+        self.hosts = list(settings.allowed_hosts)
+        self.origins = list(settings.allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            host = headers.get("host", "")
+            if not _allowed(host, self.hosts):
+                await Response("Invalid Host header", status_code=421)(scope, receive, send)
                 return
-            scope["symbi.principal"] = Principal(id=anon, kind="anonymous")
+            origin = headers.get("origin")
+            if origin is not None and not _allowed(origin, self.origins):
+                await Response("Invalid Origin header", status_code=403)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
-def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) -> Starlette:
-    holder: list[Gateway] = gateway_holder if gateway_holder is not None else []
+class AuthGate:
+    """Authenticates ``/mcp`` and ``/api`` requests; puts the principal in the ASGI scope.
 
-    def factory(bus: Any) -> Gateway:
+    ``scope["symbi.principal"]`` is what the MCP front and the policy see; ``scope["user"]``
+    binds each MCP session to the credential that opened it (the SDK answers 404 to anyone else).
+    """
+
+    def __init__(self, app: ASGIApp, state: HttpState) -> None:
+        self.app = app
+        self.state = state
+        self.mcp_path = state.config.http.path
+
+    def _protected(self, path: str) -> str | None:
+        if path == self.mcp_path:
+            return "mcp"
+        if path == "/api" or path.startswith("/api/"):
+            return "api"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        area = self._protected(scope["path"]) if scope["type"] == "http" else None
+        if area is None:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        try:
+            principal = self.state.auth.authenticate(headers)
+        except NoCredentials:
+            await self._challenge(scope, receive, send, None)
+            return
+        except AuthFailed as e:
+            await self._challenge(scope, receive, send, e)
+            return
+        except Exception:  # noqa: BLE001 - fail closed, and say so in the log
+            _logger.exception("authentication failed unexpectedly")
+            await self._challenge(scope, receive, send, AuthFailed("authentication error"))
+            return
+        if area == "api" and not is_admin(principal):
+            await JSONResponse({"error": "forbidden", "reason": "the admin role is required"}, status_code=403)(
+                scope, receive, send
+            )
+            return
+        scope["symbi.principal"] = principal
+        if principal.kind != "anonymous":
+            scope["user"] = AuthenticatedUser(_access_token(principal))
+        await self.app(scope, receive, send)
+
+    async def _challenge(self, scope: Scope, receive: Receive, send: Send, err: AuthFailed | None) -> None:
+        url = f"{_base_url(scope)}{PRM_PATH}"
+        challenge = f'Bearer resource_metadata="{url}"'
+        body: dict[str, Any] = {"error": "unauthorized", "error_description": "credentials required"}
+        if err is not None:
+            challenge += ', error="invalid_token"'
+            body = {"error": "invalid_token", "error_description": err.message}
+        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})(scope, receive, send)
+
+
+def _access_token(p: Principal) -> AccessToken:
+    """The SDK's view of a credential, used only to bind sessions to their opener."""
+    kid = p.claims.get("key_id")
+    if kid is not None:
+        return AccessToken(token=f"apikey:{kid}", client_id=f"apikey:{kid}", scopes=list(p.roles), subject=p.id)
+    iss = p.claims.get("iss")
+    return AccessToken(
+        token=f"jwt:{p.id}", client_id=f"jwt:{p.id}", scopes=list(p.roles), subject=p.id, claims={"iss": iss}
+    )
+
+
+def _base_url(scope: Scope) -> str:
+    # The Host header has passed HostGuard by now.
+    host = Headers(scope=scope).get("host", "127.0.0.1")
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+
+def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) -> Starlette:
+    """The whole HTTP front as one Starlette app (enter its lifespan to start the gateway)."""
+    from gateway.server.dashboard import dashboard_routes
+
+    holder: list[Gateway] = gateway_holder if gateway_holder is not None else []
+    metrics = GatewayMetrics()
+    recent = RecentCalls(RECENT_CALLS)
+    step = MetricsStep(metrics, recent)
+
+    def factory(bus: InMemorySubscriptionBus) -> Gateway:
         gw = make_gateway(config, bus)
+        gw.events = MetricsSink(gw.events, metrics)
+        # Until gateway.steps.default_steps places a metrics step itself, put ours outermost.
+        inner = gw._steps_factory  # noqa: SLF001
+        if inner is None:
+            from gateway.steps import default_steps as inner
+        gw._steps_factory = lambda g: [step, *inner(g)]  # noqa: SLF001
         holder.append(gw)
         return gw
 
     server = build_server(config, factory)
+    settings = security_settings(config)
     manager = StreamableHTTPSessionManager(
         app=server,
         json_response=config.http.json_response,
-        security_settings=security_settings(config),
+        security_settings=settings,
         session_idle_timeout=config.http.session_idle_timeout_s,
         max_request_body_size=config.http.max_request_bytes,
         max_sessions=config.http.max_sessions,
     )
+    state = HttpState(
+        config=config, auth=Authenticator.from_config(config), metrics=metrics, recent=recent, manager=manager,
+        holder=holder,
+    )
+    metrics.track_sessions(lambda: len(state.sessions()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -84,33 +324,66 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        gw = holder[-1] if holder else None
-        if gw is None:
-            return JSONResponse({"ready": False, "reason": "gateway not started"}, status_code=503)
-        ups = {n: u.state for n, u in gw.upstreams.items()}
-        ready = all(s == "up" for s in ups.values())
-        return JSONResponse({"ready": ready, "config": True, "upstreams": ups}, status_code=200 if ready else 503)
+        ready, doc = state.readiness()
+        return JSONResponse(doc, status_code=200 if ready else 503)
 
-    mcp_app = _PrincipalMiddleware(StreamableHTTPASGIApp(manager), config)
-    return Starlette(
+    async def metrics_view(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def resource_metadata(request: Request) -> Response:
+        base = _base_url(request.scope)
+        doc = {
+            "resource": f"{base}{config.http.path}",
+            "authorization_servers": list(config.http.authorization_servers),
+            "bearer_methods_supported": ["header"],
+            "resource_name": config.gateway.name,
+        }
+        return JSONResponse(doc)
+
+    mcp_endpoint = StreamableHTTPASGIApp(manager)
+    app = Starlette(
         routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route(config.http.path, endpoint=mcp_app, methods=["GET", "POST", "DELETE"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_view, methods=["GET"]),
+            Route(PRM_PATH, resource_metadata, methods=["GET"]),
+            Route(PRM_PATH + config.http.path, resource_metadata, methods=["GET"]),
+            Route(config.http.path, endpoint=mcp_endpoint, methods=["GET", "POST", "DELETE"]),
+            Mount("/api", routes=admin_routes(state)),
+            *dashboard_routes(state),
         ],
         lifespan=lifespan,
     )
+    app.state.symbi = state
+    # add_middleware wraps outermost last: this order gives access log → host → body → auth.
+    app.add_middleware(AuthGate, state=state)
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=config.http.max_request_bytes)
+    app.add_middleware(HostGuard, settings=settings)
+    app.add_middleware(AccessLog, state=state)
+    return app
+
+
+def with_listen(config: Config, host: str | None = None, port: int | None = None) -> Config:
+    """``config`` with the bind address replaced (CLI flags)."""
+    update = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if not update:
+        return config
+    return config.model_copy(update={"http": config.http.model_copy(update=update)})
 
 
 def run_http(config: Config, *, host: str | None = None, port: int | None = None) -> None:
+    """Serve until interrupted (``symbi serve``)."""
     import uvicorn
 
-    cfg = config
-    if port is not None or host is not None:
-        http = config.http.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
-        cfg = config.model_copy(update={"http": http})
+    cfg = with_listen(config, host, port)
+    if cfg.http.host not in ("127.0.0.1", "::1", "localhost"):
+        _logger.warning("binding %s: the gateway is reachable beyond this machine", cfg.http.host)
     app = build_app(cfg)
-    uvicorn.run(app, host=cfg.http.host, port=cfg.http.port, log_level=cfg.gateway.log_level.lower(), access_log=False)
-
-
-_ = json
+    uvicorn.run(
+        app,
+        host=cfg.http.host,
+        port=cfg.http.port,
+        log_level=cfg.gateway.log_level.lower(),
+        access_log=False,  # ours is structured (AccessLog)
+        log_config=None,  # keep the gateway's logging set-up
+    )

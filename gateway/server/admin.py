@@ -1,0 +1,293 @@
+"""The admin REST API under ``/api`` (admin role only) and its OpenAPI document.
+
+Handlers are thin: they read the running ``Gateway`` and the HTTP state, nothing more.
+The auth middleware has already refused non-admins with 403 before a handler runs.
+
+Components that are wired later are read through small protocols (the lead engineer
+attaches them to the ``Gateway``); until they exist the endpoints answer 503 with a reason:
+
+* ``gw.audit_log`` — ``AuditView``: ``recent(n)``, ``verify()``, ``writable()``
+* ``gw.policy_engine`` — ``PolicyView``: ``status()``
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from gateway.server.http import HttpState
+
+
+@runtime_checkable
+class AuditView(Protocol):
+    """What the HTTP front needs from the audit log."""
+
+    def recent(self, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` events, wire form."""
+
+    def verify(self) -> Mapping[str, Any]:
+        """Verify the chain; a dict with at least ``ok: bool`` (``VerifyResult.as_dict()``)."""
+
+    def writable(self) -> bool:
+        """True when new events can be made durable right now."""
+
+
+@runtime_checkable
+class PolicyView(Protocol):
+    """What the HTTP front needs from the policy engine."""
+
+    def status(self) -> Mapping[str, Any]:
+        """At least ``loaded: bool``; e.g. engine name, policy path, revision, last reload error."""
+
+
+def _unavailable(what: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": "unavailable", "component": what, "reason": reason}, status_code=503)
+
+
+def _err(status: int, error: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": error, "reason": reason}, status_code=status)
+
+
+def tool_rows(state: "HttpState") -> list[dict[str, Any]]:
+    gw = state.gateway
+    if gw is None:
+        return []
+    rows = []
+    for name, entry in sorted(gw.catalog.tools.items()):
+        info = entry.info
+        rows.append(
+            {
+                "name": name,
+                "original_name": info.original_name,
+                "upstream": info.upstream,
+                "description": (entry.tool.description or "")[:500],
+                "verification": info.verification,
+                "key_fingerprint": info.key_fingerprint,
+                "definition_hash": info.definition_hash,
+                "code_tool": info.code_tool,
+            }
+        )
+    return rows
+
+
+def upstream_rows(state: "HttpState") -> list[dict[str, Any]]:
+    gw = state.gateway
+    if gw is None:
+        return []
+    return [
+        {
+            "name": name,
+            "state": up.state,
+            "transport": up.transport,
+            "restarts": up.restarts,
+            "last_error": up.last_error,
+            "tools": len(up.listing.tools),
+        }
+        for name, up in sorted(gw.upstreams.items())
+    ]
+
+
+def audit_view(state: "HttpState") -> AuditView | None:
+    log = getattr(state.gateway, "audit_log", None)
+    return log if isinstance(log, AuditView) else None
+
+
+def policy_view(state: "HttpState") -> PolicyView | None:
+    eng = getattr(state.gateway, "policy_engine", None)
+    return eng if isinstance(eng, PolicyView) else None
+
+
+def _limit(request: Request, default: int = 50, most: int = 1000) -> int | None:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        return None
+    return n if 1 <= n <= most else None
+
+
+def admin_routes(state: "HttpState") -> list[Route]:
+    """The ``/api`` routes (mounted behind the admin check)."""
+
+    async def tools(request: Request) -> Response:
+        return JSONResponse({"tools": tool_rows(state)})
+
+    async def upstreams(request: Request) -> Response:
+        return JSONResponse({"upstreams": upstream_rows(state)})
+
+    async def restart(request: Request) -> Response:
+        name = request.path_params["name"]
+        gw = state.gateway
+        up = gw.upstreams.get(name) if gw is not None else None
+        if up is None:
+            return _err(404, "not_found", f"no upstream named {name!r}")
+        fn = getattr(up, "restart", None)
+        if fn is None:
+            return _err(501, "not_implemented", "this gateway's Upstream has no restart()")
+        await fn()
+        return JSONResponse({"upstream": name, "restarting": True}, status_code=202)
+
+    async def sessions(request: Request) -> Response:
+        return JSONResponse({"max_sessions": state.config.http.max_sessions, "sessions": state.sessions()})
+
+    async def calls(request: Request) -> Response:
+        n = _limit(request)
+        if n is None:
+            return _err(400, "bad_request", "limit must be an integer from 1 to 1000")
+        return JSONResponse({"calls": [c.as_json() for c in state.recent.latest(n)]})
+
+    async def audit_recent(request: Request) -> Response:
+        view = audit_view(state)
+        if view is None:
+            return _unavailable("audit", "the audit log is not enabled in this gateway")
+        n = _limit(request)
+        if n is None:
+            return _err(400, "bad_request", "limit must be an integer from 1 to 1000")
+        events = await anyio.to_thread.run_sync(view.recent, n)
+        return JSONResponse({"events": events})
+
+    async def audit_verify(request: Request) -> Response:
+        view = audit_view(state)
+        if view is None:
+            return _unavailable("audit", "the audit log is not enabled in this gateway")
+        try:
+            result = dict(await anyio.to_thread.run_sync(view.verify))
+        except Exception as e:  # noqa: BLE001 - an unreadable log is "not verified", said plainly
+            return _unavailable("audit", f"verification could not run: {type(e).__name__}: {e}")
+        return JSONResponse(result, status_code=200)
+
+    async def policy_status(request: Request) -> Response:
+        view = policy_view(state)
+        if view is None:
+            return _unavailable("policy", "the policy engine is not enabled in this gateway")
+        return JSONResponse(dict(view.status()))
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    return [
+        Route("/tools", tools, methods=["GET"]),
+        Route("/upstreams", upstreams, methods=["GET"]),
+        Route("/upstreams/{name}/restart", restart, methods=["POST"]),
+        Route("/sessions", sessions, methods=["GET"]),
+        Route("/calls/recent", calls, methods=["GET"]),
+        Route("/audit/recent", audit_recent, methods=["GET"]),
+        Route("/audit/verify", audit_verify, methods=["GET"]),
+        Route("/policy/status", policy_status, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+
+
+# -- OpenAPI ----------------------------------------------------------------------------------
+
+_S = "#/components/schemas/"
+_NULLSTR = {"type": ["string", "null"]}
+
+
+def _ok(ref: str, desc: str = "OK") -> dict[str, Any]:
+    return {"description": desc, "content": {"application/json": {"schema": {"$ref": _S + ref}}}}
+
+
+_ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": _S + "Error"}}}}
+_STD = {"401": _ERR, "403": _ERR}
+_LIMIT = [{"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Symbi gateway admin API", "version": "1"},
+    "servers": [{"url": "/api"}],
+    "security": [{"bearer": []}, {"apiKey": []}],
+    "paths": {
+        "/tools": {"get": {"summary": "Tool catalogue with verification state", "responses": {"200": _ok("ToolList"), **_STD}}},
+        "/upstreams": {"get": {"summary": "Upstream status", "responses": {"200": _ok("UpstreamList"), **_STD}}},
+        "/upstreams/{name}/restart": {
+            "post": {
+                "summary": "Restart one upstream connection",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"202": _ok("Restarting", "restart requested"), "404": _ERR, "501": _ERR, **_STD},
+            }
+        },
+        "/sessions": {"get": {"summary": "Open MCP sessions", "responses": {"200": _ok("SessionList"), **_STD}}},
+        "/calls/recent": {
+            "get": {"summary": "Recent call outcomes (allow/deny with reasons)", "parameters": _LIMIT,
+                    "responses": {"200": _ok("CallList"), "400": _ERR, **_STD}}
+        },
+        "/audit/recent": {
+            "get": {"summary": "Recent audit events", "parameters": _LIMIT,
+                    "responses": {"200": _ok("AuditEvents"), "400": _ERR, "503": _ok("Unavailable", "no audit log"), **_STD}}
+        },
+        "/audit/verify": {
+            "get": {"summary": "Verify the audit chain",
+                    "responses": {"200": _ok("AuditVerify"), "503": _ok("Unavailable", "no audit log"), **_STD}}
+        },
+        "/policy/status": {
+            "get": {"summary": "Policy engine status",
+                    "responses": {"200": _ok("PolicyStatus"), "503": _ok("Unavailable", "no policy engine"), **_STD}}
+        },
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, **_STD}}},
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "API key (symbi_...) or JWT"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "reason": {"type": "string"}, "error_description": {"type": "string"}}},
+            "Unavailable": {
+                "type": "object", "required": ["error", "component", "reason"],
+                "properties": {"error": {"const": "unavailable"}, "component": {"type": "string"}, "reason": {"type": "string"}},
+            },
+            "Tool": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "original_name", "upstream", "description", "verification", "key_fingerprint", "definition_hash", "code_tool"],
+                "properties": {
+                    "name": {"type": "string"}, "original_name": {"type": "string"}, "upstream": {"type": "string"},
+                    "description": {"type": "string"},
+                    "verification": {"enum": ["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed"]},
+                    "key_fingerprint": _NULLSTR, "definition_hash": _NULLSTR, "code_tool": {"type": "boolean"},
+                },
+            },
+            "ToolList": {"type": "object", "required": ["tools"], "properties": {"tools": {"type": "array", "items": {"$ref": _S + "Tool"}}}},
+            "Upstream": {
+                "type": "object", "additionalProperties": False,
+                "required": ["name", "state", "transport", "restarts", "last_error", "tools"],
+                "properties": {
+                    "name": {"type": "string"}, "state": {"enum": ["starting", "up", "down"]},
+                    "transport": {"enum": ["stdio", "http"]}, "restarts": {"type": "integer", "minimum": 0},
+                    "last_error": _NULLSTR, "tools": {"type": "integer", "minimum": 0},
+                },
+            },
+            "UpstreamList": {"type": "object", "required": ["upstreams"], "properties": {"upstreams": {"type": "array", "items": {"$ref": _S + "Upstream"}}}},
+            "Restarting": {"type": "object", "required": ["upstream", "restarting"], "properties": {"upstream": {"type": "string"}, "restarting": {"const": True}}},
+            "Session": {
+                "type": "object", "additionalProperties": False, "required": ["id", "owner"],
+                "properties": {"id": {"type": "string", "description": "first 8 characters only"}, "owner": _NULLSTR},
+            },
+            "SessionList": {
+                "type": "object", "required": ["max_sessions", "sessions"],
+                "properties": {"max_sessions": {"type": "integer"}, "sessions": {"type": "array", "items": {"$ref": _S + "Session"}}},
+            },
+            "Call": {
+                "type": "object", "additionalProperties": False,
+                "required": ["time", "principal", "kind", "target", "upstream", "outcome", "decision", "reasons", "error_code", "latency_ms"],
+                "properties": {
+                    "time": {"type": "number"}, "principal": {"type": "string"}, "kind": {"type": "string"},
+                    "target": {"type": "string"}, "upstream": _NULLSTR, "outcome": {"enum": ["ok", "error", "denied"]},
+                    "decision": {"enum": ["allow", "deny", None]}, "reasons": {"type": "array", "items": {"type": "string"}},
+                    "error_code": _NULLSTR, "latency_ms": {"type": "number", "minimum": 0},
+                },
+            },
+            "CallList": {"type": "object", "required": ["calls"], "properties": {"calls": {"type": "array", "items": {"$ref": _S + "Call"}}}},
+            "AuditEvents": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": {"type": "object"}}}},
+            "AuditVerify": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
+            "PolicyStatus": {"type": "object", "required": ["loaded"], "properties": {"loaded": {"type": "boolean"}}},
+        },
+    },
+}

@@ -1,0 +1,293 @@
+"""HTTP authentication: API keys and JWT bearer tokens, turned into a ``Principal``.
+
+API keys look like ``symbi_<id>_<secret>``: ``id`` is a public 12-hex-digit handle (listed,
+revoked by), ``secret`` is 32 random bytes. The store keeps ``sha256(key)`` only. A plain
+SHA-256 is the right hash here: the key carries 256 bits of entropy, so there is nothing to
+brute-force, and a slow KDF (scrypt/argon2) would cost milliseconds on *every* request.
+Comparison is constant-time. The key file is re-read when it changes, so ``symbi keys
+revoke`` takes effect on a running server.
+
+JWTs are verified with PyJWT: signature against a JWKS (a file, or a URL through
+``PyJWKClient``), algorithms pinned from config (``none`` is refused by the config model and
+by PyJWT), ``exp``/``iss``/``aud`` required. Roles come from ``http.jwt.roles_claim``.
+
+Everything fails closed: a malformed header, an unreadable key file or an unreachable JWKS
+means "not authenticated", never anonymous access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import jwt
+from jwt import PyJWKClient, PyJWKSet
+
+from gateway.config.model import Config, JwtSection
+from gateway.context import Principal
+from gateway.errors import GatewayError
+
+KEY_PREFIX = "symbi_"
+ADMIN_ROLE = "admin"
+
+
+class AuthFailed(GatewayError):
+    """Credentials were given but are not valid (HTTP 401, ``error="invalid_token"``)."""
+
+    code = "unauthorized"
+
+
+class NoCredentials(GatewayError):
+    """No credentials at all (HTTP 401 with the resource-metadata challenge)."""
+
+    code = "no_credentials"
+
+
+# -- API keys -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """One stored API key (the secret itself is never stored)."""
+
+    id: str
+    principal: str
+    roles: tuple[str, ...]
+    kind: str
+    sha256: str
+    created: float
+    revoked: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "principal": self.principal,
+            "roles": list(self.roles),
+            "kind": self.kind,
+            "sha256": self.sha256,
+            "created": self.created,
+            "revoked": self.revoked,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "ApiKeyRecord":
+        return cls(
+            id=str(d["id"]),
+            principal=str(d["principal"]),
+            roles=tuple(str(r) for r in d.get("roles", ())),
+            kind=str(d.get("kind", "user")),
+            sha256=str(d["sha256"]),
+            created=float(d.get("created", 0.0)),
+            revoked=None if d.get("revoked") is None else float(d["revoked"]),
+        )
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _split_key(key: str) -> str | None:
+    """The key id of a well-formed key, else None."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    rest = key[len(KEY_PREFIX) :]
+    kid, sep, secret = rest.partition("_")
+    if not sep or len(kid) != 12 or not secret or any(c not in "0123456789abcdef" for c in kid):
+        return None
+    return kid
+
+
+class ApiKeyStore:
+    """The API key file (JSON, mode 0600). Safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._records: dict[str, ApiKeyRecord] = {}
+
+    # reading --------------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, ApiKeyRecord]:
+        """Current records, re-read when the file changed (mtime/size)."""
+        with self._lock:
+            try:
+                st = self.path.stat()
+            except FileNotFoundError:
+                self._stamp, self._records = None, {}
+                return {}
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                doc = json.loads(self.path.read_text(encoding="utf-8"))
+                self._records = {r["id"]: ApiKeyRecord.from_json(r) for r in doc.get("keys", [])}
+                self._stamp = stamp
+            return self._records
+
+    def records(self) -> list[ApiKeyRecord]:
+        return sorted(self._load().values(), key=lambda r: r.created)
+
+    def lookup(self, key: str) -> ApiKeyRecord | None:
+        """The live record for ``key``, or None (unknown, revoked, malformed)."""
+        kid = _split_key(key)
+        if kid is None:
+            return None
+        rec = self._load().get(kid)
+        if rec is None or rec.revoked is not None:
+            return None
+        return rec if hmac.compare_digest(rec.sha256, hash_key(key)) else None
+
+    def get(self, kid: str) -> ApiKeyRecord | None:
+        rec = self._load().get(kid)
+        return rec if rec is not None and rec.revoked is None else None
+
+    # writing --------------------------------------------------------------------------------
+
+    def _write(self, records: list[ApiKeyRecord]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"version": 1, "keys": [r.as_json() for r in records]}, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+    def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, ApiKeyRecord]:
+        """Make a new key; returns (the key, shown once; its record)."""
+        if not principal:
+            raise ValueError("principal must not be empty")
+        kid = secrets.token_hex(6)
+        key = f"{KEY_PREFIX}{kid}_{secrets.token_urlsafe(32)}"
+        rec = ApiKeyRecord(
+            id=kid, principal=principal, roles=tuple(roles), kind=kind, sha256=hash_key(key), created=time.time()
+        )
+        self._write([*self.records(), rec])
+        return key, rec
+
+    def revoke(self, kid: str) -> bool:
+        """Mark a key revoked; False when there is no such live key."""
+        recs = self.records()
+        hit = False
+        out = []
+        for r in recs:
+            if r.id == kid and r.revoked is None:
+                r = ApiKeyRecord(**{**r.__dict__, "revoked": time.time()})
+                hit = True
+            out.append(r)
+        if hit:
+            self._write(out)
+        return hit
+
+
+# -- JWT ------------------------------------------------------------------------------------
+
+
+class JwtVerifier:
+    """Verifies bearer JWTs against the configured issuer, audience, algorithms and JWKS."""
+
+    def __init__(self, cfg: JwtSection) -> None:
+        self.cfg = cfg
+        self.algorithms = [a for a in cfg.algorithms if a.lower() != "none"]
+        self._client: PyJWKClient | None = None
+        self._keyset: PyJWKSet | None = None
+        if cfg.jwks_url is not None:
+            # cached keys; a kid not in the cache triggers one refetch
+            self._client = PyJWKClient(cfg.jwks_url, cache_keys=True, lifespan=300, timeout=5)
+        elif cfg.jwks_file is not None:
+            self._keyset = PyJWKSet.from_json(Path(cfg.jwks_file).read_text(encoding="utf-8"))
+
+    def _key_for(self, token: str) -> Any:
+        header = jwt.get_unverified_header(token)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise AuthFailed(f"token algorithm {alg!r} is not allowed")
+        if self._client is not None:
+            return self._client.get_signing_key_from_jwt(token).key
+        assert self._keyset is not None
+        kid = header.get("kid")
+        keys = [k for k in self._keyset.keys if kid is None or k.key_id == kid]
+        if len(keys) != 1:
+            raise AuthFailed("no unique JWKS key matches the token's kid")
+        return keys[0].key
+
+    def verify(self, token: str) -> Principal:
+        try:
+            key = self._key_for(token)
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                audience=self.cfg.audience,
+                issuer=self.cfg.issuer,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+                leeway=30,
+            )
+        except AuthFailed:
+            raise
+        except Exception as e:  # noqa: BLE001 - any verification problem (incl. JWKS fetch) refuses
+            raise AuthFailed(f"invalid token: {type(e).__name__}") from None
+        roles = claims.get(self.cfg.roles_claim, ())
+        if isinstance(roles, str):
+            roles = roles.split()
+        if not isinstance(roles, (list, tuple)) or not all(isinstance(r, str) for r in roles):
+            raise AuthFailed(f"claim {self.cfg.roles_claim!r} must be a list of strings")
+        return Principal(id=str(claims["sub"]), kind="user", roles=tuple(roles), claims=claims)
+
+
+# -- the authenticator ----------------------------------------------------------------------
+
+
+@dataclass
+class Authenticator:
+    """Turns request headers into a ``Principal`` (or raises ``NoCredentials`` / ``AuthFailed``)."""
+
+    keys: ApiKeyStore
+    jwt: JwtVerifier | None = None
+    anonymous: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Authenticator":
+        return cls(
+            keys=ApiKeyStore(config.api_keys_path),
+            jwt=JwtVerifier(config.http.jwt) if config.http.jwt is not None else None,
+            anonymous=config.http.anonymous_principal,
+        )
+
+    def from_key(self, key: str) -> Principal:
+        rec = self.keys.lookup(key)
+        if rec is None:
+            raise AuthFailed("unknown or revoked API key")
+        return Principal(id=rec.principal, kind=rec.kind, roles=rec.roles, claims={"key_id": rec.id})
+
+    def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        """The principal for these headers. An API key in ``X-API-Key`` or a bearer token."""
+        api_key = headers.get("x-api-key")
+        auth = headers.get("authorization")
+        if api_key is not None:
+            return self.from_key(api_key.strip())
+        if auth is not None:
+            scheme, _, token = auth.partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise AuthFailed("Authorization must be 'Bearer <token>'")
+            if token.startswith(KEY_PREFIX):
+                return self.from_key(token)
+            if self.jwt is None:
+                raise AuthFailed("JWT bearer tokens are not configured (http.jwt)")
+            return self.jwt.verify(token)
+        if self.anonymous is not None:
+            return Principal(id=self.anonymous, kind="anonymous")
+        raise NoCredentials("credentials required")
+
+
+def is_admin(principal: Principal | None) -> bool:
+    return principal is not None and ADMIN_ROLE in principal.roles

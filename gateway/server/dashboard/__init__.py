@@ -1,0 +1,185 @@
+"""The web dashboard: server-rendered HTML, one CSS and one JS file, no external assets.
+
+Login takes an admin API key; the session is an itsdangerous-signed cookie (HttpOnly,
+SameSite=Strict, 8 h) holding only the key *id*, re-checked on every request so a revoked
+key logs its sessions out. POSTs carry a per-session CSRF token as well (and the Host/Origin
+guard in front of every route refuses cross-site Origins). The Content-Security-Policy
+allows only this server's own files: no inline script, no CDN.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import anyio
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from gateway.server.admin import audit_view, tool_rows, upstream_rows
+from gateway.server.auth import ADMIN_ROLE, AuthFailed
+from gateway.server.dashboard.render import (
+    audit_page,
+    decisions_page,
+    login_page,
+    overview_page,
+    tools_page,
+    upstreams_page,
+)
+
+if TYPE_CHECKING:
+    from gateway.server.http import HttpState
+
+COOKIE = "symbi_session"
+MAX_AGE_S = 8 * 3600
+_STATIC = Path(__file__).parent / "static"
+_STATIC_FILES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class DashboardSessions:
+    """Signed-cookie sessions bound to an admin API key id."""
+
+    def __init__(self, state: "HttpState") -> None:
+        self.state = state
+        self.signer = URLSafeTimedSerializer(state.cookie_secret, salt="symbi-dashboard")
+
+    def issue(self, key_id: str) -> tuple[str, str]:
+        csrf = secrets.token_urlsafe(24)
+        return self.signer.dumps({"kid": key_id, "csrf": csrf}), csrf
+
+    def current(self, request: Request) -> dict[str, Any] | None:
+        """The session payload if the cookie is valid and its key is still a live admin key."""
+        raw = request.cookies.get(COOKIE)
+        if not raw:
+            return None
+        try:
+            data = self.signer.loads(raw, max_age=MAX_AGE_S)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("kid"), str):
+            return None
+        rec = self.state.auth.keys.get(data["kid"])
+        if rec is None or ADMIN_ROLE not in rec.roles:
+            return None
+        return {"kid": rec.id, "principal": rec.principal, "csrf": str(data.get("csrf", ""))}
+
+
+def _html(body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status, headers=_HEADERS)
+
+
+def _cookie(resp: Response, request: Request, value: str, max_age: int) -> None:
+    resp.set_cookie(
+        COOKIE, value, max_age=max_age, path="/", httponly=True, samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+async def _form(request: Request) -> dict[str, str]:
+    # urlencoded only; the body size is already capped by the body-limit middleware
+    body = (await request.body()).decode("utf-8", errors="replace")
+    return {k: v[0] for k, v in parse_qs(body, max_num_fields=10).items()}
+
+
+def dashboard_routes(state: "HttpState") -> list[Route]:
+    """Routes at ``/``, ``/login``, ``/logout``, ``/tools``, ``/decisions``, ``/upstreams``, ``/audit``."""
+    sessions = DashboardSessions(state)
+
+    def guarded(render: Any) -> Any:
+        async def page(request: Request) -> Response:
+            sess = sessions.current(request)
+            if sess is None:
+                return RedirectResponse("/", status_code=303)
+            return _html(await render(request, sess))
+
+        return page
+
+    async def index(request: Request) -> Response:
+        sess = sessions.current(request)
+        if sess is None:
+            return _html(login_page(None))
+        calls = state.recent.latest()
+        return _html(
+            overview_page(
+                sess,
+                tools=len(tool_rows(state)),
+                upstreams=upstream_rows(state),
+                calls=len(calls),
+                denied=sum(1 for c in calls if c.outcome == "denied"),
+                ready=state.readiness()[0],
+            )
+        )
+
+    async def login(request: Request) -> Response:
+        form = await _form(request)
+        key = form.get("api_key", "").strip()
+        try:
+            principal = state.auth.from_key(key)
+        except AuthFailed:
+            return _html(login_page("That API key is not valid."), status=401)
+        if ADMIN_ROLE not in principal.roles:
+            return _html(login_page("That API key does not have the admin role."), status=403)
+        value, _ = sessions.issue(str(principal.claims["key_id"]))
+        resp = RedirectResponse("/", status_code=303)
+        _cookie(resp, request, value, MAX_AGE_S)
+        return resp
+
+    async def logout(request: Request) -> Response:
+        sess = sessions.current(request)
+        form = await _form(request)
+        if sess is not None and not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
+            return _html(login_page("Invalid form token."), status=403)
+        resp = RedirectResponse("/", status_code=303)
+        resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        return resp
+
+    async def tools(request: Request, sess: dict[str, Any]) -> str:
+        return tools_page(sess, tool_rows(state))
+
+    async def decisions(request: Request, sess: dict[str, Any]) -> str:
+        return decisions_page(sess, [c.as_json() for c in state.recent.latest(200)])
+
+    async def upstreams(request: Request, sess: dict[str, Any]) -> str:
+        return upstreams_page(sess, upstream_rows(state))
+
+    async def audit(request: Request, sess: dict[str, Any]) -> str:
+        view = audit_view(state)
+        if view is None:
+            return audit_page(sess, None, "The audit log is not enabled in this gateway.")
+        try:
+            result = dict(await anyio.to_thread.run_sync(view.verify))
+            events = await anyio.to_thread.run_sync(view.recent, 20)
+        except Exception as e:  # noqa: BLE001 - shown, not hidden
+            return audit_page(sess, None, f"Verification could not run: {type(e).__name__}: {e}")
+        return audit_page(sess, {"verify": result, "events": events}, None)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        media = _STATIC_FILES.get(name)
+        if media is None:
+            return Response("not found", status_code=404)
+        return Response((_STATIC / name).read_bytes(), media_type=media, headers={"Cache-Control": "max-age=300"})
+
+    return [
+        Route("/", index, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/tools", guarded(tools), methods=["GET"]),
+        Route("/decisions", guarded(decisions), methods=["GET"]),
+        Route("/upstreams", guarded(upstreams), methods=["GET"]),
+        Route("/audit", guarded(audit), methods=["GET"]),
+        Route("/static/{name}", static, methods=["GET"]),
+    ]

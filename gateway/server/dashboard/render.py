@@ -1,0 +1,154 @@
+"""HTML for the dashboard pages. Every value goes through ``html.escape``."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from typing import Any, Iterable
+
+_NAV = (("/", "Overview"), ("/tools", "Tools"), ("/decisions", "Recent decisions"), ("/upstreams", "Upstreams"),
+        ("/audit", "Audit"))
+
+
+def e(v: Any) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+def _badge(value: Any) -> str:
+    v = e(value)
+    return f'<span class="badge {v}">{v}</span>'
+
+
+def _page(title: str, body: str, sess: dict[str, Any] | None, active: str = "", refresh: int | None = None) -> str:
+    nav = ""
+    logout = ""
+    if sess is not None:
+        links = []
+        for href, label in _NAV:
+            cls = ' class="active"' if href == active else ""
+            links.append(f'<a href="{href}"{cls}>{e(label)}</a>')
+        nav = "<nav>" + "".join(links) + "</nav>"
+        logout = (
+            f'<form method="post" action="/logout"><input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
+            f'<span class="muted">{e(sess["principal"])}</span> <button type="submit">Log out</button></form>'
+        )
+    data = f' data-refresh="{refresh}"' if refresh else ""
+    return (
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{e(title)} · Symbi</title>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="stylesheet" href="/static/dashboard.css"></head><body>'
+        f"<header><h1>Symbi gateway</h1>{nav}{logout}</header>"
+        f"<main{data}>{body}</main>"
+        '<script src="/static/dashboard.js"></script></body></html>'
+    )
+
+
+def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], empty: str, table_id: str) -> str:
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    if not body:
+        return f'<p class="muted" id="{table_id}-empty">{e(empty)}</p>'
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ts)) + "Z"
+
+
+def login_page(message: str | None) -> str:
+    msg = f'<p class="msg" role="alert">{e(message)}</p>' if message else ""
+    body = (
+        '<div class="card login"><h2>Administrator login</h2>'
+        "<p class=\"muted\">Sign in with an API key that has the <code>admin</code> role "
+        "(<code>symbi keys create --principal NAME --roles admin</code>).</p>"
+        f'{msg}<form method="post" action="/login">'
+        '<label for="api_key">API key</label>'
+        '<input type="password" id="api_key" name="api_key" autocomplete="off" required>'
+        '<p><button type="submit" id="login">Log in</button></p></form></div>'
+    )
+    return _page("Login", body, None)
+
+
+def overview_page(sess: dict[str, Any], *, tools: int, upstreams: list[dict[str, Any]], calls: int, denied: int,
+                  ready: bool) -> str:
+    up = sum(1 for u in upstreams if u["state"] == "up")
+    body = (
+        '<div class="stats">'
+        f'<div class="card"><div class="muted">Ready</div><div class="n {"ok" if ready else "bad"}">{"yes" if ready else "no"}</div></div>'
+        f'<div class="card"><div class="muted">Tools</div><div class="n">{tools}</div></div>'
+        f'<div class="card"><div class="muted">Upstreams up</div><div class="n">{up} / {len(upstreams)}</div></div>'
+        f'<div class="card"><div class="muted">Recent calls (denied)</div><div class="n">{calls} ({denied})</div></div>'
+        "</div>"
+    )
+    return _page("Overview", body, sess, "/")
+
+
+def tools_page(sess: dict[str, Any], tools: list[dict[str, Any]]) -> str:
+    rows = (
+        (
+            f"<code>{e(t['name'])}</code>",
+            e(t["upstream"]),
+            _badge(t["verification"]),
+            f"<code>{e(t['key_fingerprint'] or '')}</code>",
+            e(t["description"][:160]),
+        )
+        for t in tools
+    )
+    table = _table(("Tool", "Upstream", "Verification", "Key", "Description"), rows, "No tools.", "tools")
+    return _page("Tools", f'<div class="card"><h2>Tool catalogue</h2>{table}</div>', sess, "/tools")
+
+
+def decisions_page(sess: dict[str, Any], calls: list[dict[str, Any]]) -> str:
+    rows = (
+        (
+            e(_when(c["time"])),
+            e(c["principal"]),
+            f"<code>{e(c['target'])}</code>",
+            _badge(c["decision"] or "none"),
+            _badge(c["outcome"]),
+            e("; ".join(c["reasons"])),
+            e(f"{c['latency_ms']:.1f} ms"),
+        )
+        for c in calls
+    )
+    table = _table(("Time", "Principal", "Target", "Decision", "Outcome", "Reasons", "Latency"), rows,
+                   "No calls yet.", "decisions")
+    body = (
+        '<div class="card"><h2>Recent decisions</h2>'
+        '<p><label><input type="checkbox" id="autorefresh"> refresh every 5 s</label></p>'
+        f"{table}</div>"
+    )
+    return _page("Recent decisions", body, sess, "/decisions", refresh=5)
+
+
+def upstreams_page(sess: dict[str, Any], ups: list[dict[str, Any]]) -> str:
+    rows = (
+        (e(u["name"]), _badge(u["state"]), e(u["transport"]), e(u["tools"]), e(u["restarts"]), e(u["last_error"] or ""))
+        for u in ups
+    )
+    table = _table(("Upstream", "State", "Transport", "Tools", "Restarts", "Last error"), rows, "No upstreams.",
+                   "upstreams")
+    return _page("Upstreams", f'<div class="card"><h2>Upstream health</h2>{table}</div>', sess, "/upstreams")
+
+
+def audit_page(sess: dict[str, Any], status: dict[str, Any] | None, message: str | None) -> str:
+    if status is None:
+        body = f'<div class="card"><h2>Audit chain</h2><p class="muted" id="audit-status">{e(message)}</p></div>'
+        return _page("Audit", body, sess, "/audit")
+    v = status["verify"]
+    ok = bool(v.get("ok"))
+    summary = (
+        f'<p id="audit-status">Chain: {_badge("ok" if ok else "failed")} '
+        f'events {e(v.get("events"))}, head <code>{e(v.get("head_hash"))}</code></p>'
+    )
+    if v.get("problem"):
+        summary += f'<p class="bad">{e(json.dumps(v["problem"]))}</p>'
+    rows = (
+        (e(ev.get("seq")), e(ev.get("time")), e(ev.get("event_type")), e(ev.get("principal")),
+         f"<code>{e(json.dumps(ev.get('details'), default=str)[:200])}</code>")
+        for ev in status["events"]
+    )
+    table = _table(("Seq", "Time", "Event", "Principal", "Details"), rows, "No events.", "audit-events")
+    return _page("Audit", f'<div class="card"><h2>Audit chain</h2>{summary}{table}</div>', sess, "/audit")

@@ -1,0 +1,177 @@
+"""Prometheus metrics: one registry per HTTP app, fed by events and by the call chain.
+
+``GatewayMetrics`` owns a private ``CollectorRegistry`` (so two apps in one process, as in
+the tests, never share counters). Two feeders fill it:
+
+* ``MetricsSink`` wraps the gateway's ``EventSink`` and counts what events say: upstream
+  up/down/restarts, verification failures and drift, sandbox runs, every audit event by type.
+* ``gateway.steps.metrics.MetricsStep`` records each tool call: outcome, latency, decision.
+
+Event types counted (producers emit these; anything else only counts as an audit event):
+``upstream.up`` / ``upstream.down`` (details ``upstream``, ``restarts``),
+``verification.failed`` / ``tool.drift`` (details ``upstream``),
+``sandbox.run`` (details ``tier``, ``outcome``).
+Components with their own timings call ``observe_policy(seconds)`` and
+``observe_audit_write(seconds)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.events import EventSink
+
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "MetricsSink", "RecentCalls", "RecentCall"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GatewayMetrics:
+    """All gateway metrics, in one registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.tool_calls = Counter(
+            "symbi_tool_calls", "Tool calls by tool, upstream and outcome", ["tool", "upstream", "outcome"], registry=r
+        )
+        self.call_latency = Histogram(
+            "symbi_tool_call_seconds", "Tool call latency through the gateway", ["upstream"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.policy_decisions = Counter(
+            "symbi_policy_decisions", "Policy decisions by result", ["decision"], registry=r
+        )
+        self.policy_latency = Histogram(
+            "symbi_policy_decision_seconds", "Policy evaluation latency", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.verification_failures = Counter(
+            "symbi_verification_failures", "Tool verification failures", ["upstream"], registry=r
+        )
+        self.drift = Counter("symbi_tool_drift", "Tool definition drift detected", ["upstream"], registry=r)
+        self.upstream_up = Gauge("symbi_upstream_up", "1 when the upstream is connected", ["upstream"], registry=r)
+        self.upstream_restarts = Counter(
+            "symbi_upstream_restarts", "Upstream reconnects after a failure", ["upstream"], registry=r
+        )
+        self.upstream_down = Counter("symbi_upstream_down", "Upstream disconnects", ["upstream"], registry=r)
+        self.sandbox_runs = Counter("symbi_sandbox_runs", "Sandbox runs by tier", ["tier", "outcome"], registry=r)
+        self.audit_events = Counter("symbi_audit_events", "Gateway events by type", ["event_type"], registry=r)
+        self.audit_write_latency = Histogram(
+            "symbi_audit_write_seconds", "Audit write latency", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.active_sessions = Gauge("symbi_active_sessions", "Open streamable HTTP sessions", registry=r)
+        self.http_requests = Counter(
+            "symbi_http_requests", "HTTP requests by route group and status", ["route", "status"], registry=r
+        )
+
+    def track_sessions(self, count: Callable[[], int]) -> None:
+        """Read the open-session count at scrape time."""
+        self.active_sessions.set_function(lambda: float(count()))
+
+    def observe_policy(self, seconds: float) -> None:
+        self.policy_latency.observe(seconds)
+
+    def observe_audit_write(self, seconds: float) -> None:
+        self.audit_write_latency.observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+
+class MetricsSink:
+    """An ``EventSink`` tee: counts the event, then passes it on unchanged."""
+
+    def __init__(self, inner: EventSink, metrics: GatewayMetrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def emit(
+        self,
+        event_type: str,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+    ) -> None:
+        try:
+            self._count(event_type, details)
+        except Exception:  # noqa: BLE001 - a metrics bug must never lose the event itself
+            pass
+        self.inner.emit(event_type, details, principal=principal, agent=agent)
+
+    def _count(self, event_type: str, details: Mapping[str, Any]) -> None:
+        m = self.metrics
+        m.audit_events.labels(event_type).inc()
+        upstream = str(details.get("upstream", "unknown"))
+        if event_type == "upstream.up":
+            m.upstream_up.labels(upstream).set(1)
+            if int(details.get("restarts") or 0) > 0:
+                m.upstream_restarts.labels(upstream).inc()
+        elif event_type == "upstream.down":
+            m.upstream_up.labels(upstream).set(0)
+            m.upstream_down.labels(upstream).inc()
+        elif event_type == "verification.failed":
+            m.verification_failures.labels(upstream).inc()
+        elif event_type == "tool.drift":
+            m.drift.labels(upstream).inc()
+        elif event_type == "sandbox.run":
+            m.sandbox_runs.labels(str(details.get("tier", "unknown")), str(details.get("outcome", "unknown"))).inc()
+
+
+@dataclass(frozen=True)
+class RecentCall:
+    """One call outcome, as the dashboard's "recent decisions" shows it."""
+
+    time: float
+    principal: str
+    kind: str
+    target: str
+    upstream: str | None
+    outcome: str  # ok | error | denied
+    decision: str | None  # allow | deny | None (no policy decision was made)
+    reasons: tuple[str, ...]
+    error_code: str | None
+    latency_ms: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "principal": self.principal,
+            "kind": self.kind,
+            "target": self.target,
+            "upstream": self.upstream,
+            "outcome": self.outcome,
+            "decision": self.decision,
+            "reasons": list(self.reasons),
+            "error_code": self.error_code,
+            "latency_ms": round(self.latency_ms, 3),
+        }
+
+
+class RecentCalls:
+    """A bounded ring buffer of the last ``size`` call outcomes (memory stays constant)."""
+
+    def __init__(self, size: int = 200) -> None:
+        self._buf: collections.deque[RecentCall] = collections.deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, item: RecentCall) -> None:
+        with self._lock:
+            self._buf.append(item)
+
+    def latest(self, n: int | None = None) -> list[RecentCall]:
+        """Newest first."""
+        with self._lock:
+            items = list(self._buf)
+        items.reverse()
+        return items if n is None else items[: max(0, n)]
+
+    def __len__(self) -> int:
+        return len(self._buf)
+

@@ -1,0 +1,76 @@
+"""Chain step: count each call, time it, and keep it in the recent-decisions ring buffer.
+
+It belongs outermost (before audit) so it sees every allow, deny and crash; it never
+changes the result and re-raises every error unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway.chain import CallNext
+from gateway.context import CallContext
+from gateway.errors import ArgumentsInvalid, CatalogError, GatewayError, PolicyDenied, VerificationDenied
+from gateway.server.metrics import GatewayMetrics, RecentCall, RecentCalls
+
+# Errors that are the gateway saying "no" (as opposed to something failing).
+_DENIALS = (PolicyDenied, VerificationDenied, CatalogError, ArgumentsInvalid)
+
+
+class MetricsStep:
+    """Records tool calls by tool/upstream/outcome, latency, and the policy decision."""
+
+    def __init__(self, metrics: GatewayMetrics, recent: RecentCalls) -> None:
+        self.metrics = metrics
+        self.recent = recent
+
+    async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            result = await call_next(call)
+            return result
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self._record(call, result, error)
+
+    def _record(self, call: CallContext, result: Any, error: BaseException | None) -> None:
+        elapsed = call.elapsed_ms
+        if error is not None:
+            outcome = "denied" if isinstance(error, _DENIALS) else "error"
+            code = error.code if isinstance(error, GatewayError) else "internal_error"
+            reasons = tuple(error.reasons) if isinstance(error, GatewayError) else (type(error).__name__,)
+        elif call.outcome == "denied":
+            outcome, code, reasons = "denied", call.error_code, tuple(call.reasons)
+        elif getattr(result, "is_error", False):
+            outcome, code, reasons = "error", call.error_code, tuple(call.reasons)
+        else:
+            outcome, code, reasons = "ok", None, tuple(call.reasons)
+        decision = None
+        if call.decision is not None:
+            decision = "allow" if call.decision.allow else "deny"
+            reasons = reasons or tuple(call.decision.reasons)
+            self.metrics.policy_decisions.labels(decision).inc()
+        # Only catalogue names become label values: a client cannot blow up cardinality.
+        upstream = call.tool.upstream if call.tool is not None else None
+        if call.kind == "tools/call":
+            tool = call.tool.name if call.tool is not None else "unknown"
+            self.metrics.tool_calls.labels(tool, upstream or "unknown", outcome).inc()
+            self.metrics.call_latency.labels(upstream or "unknown").observe(elapsed / 1000.0)
+        self.recent.add(
+            RecentCall(
+                time=time.time(),
+                principal=call.principal.id,
+                kind=call.kind,
+                target=call.target[:200],
+                upstream=upstream or (call.upstream.name if call.upstream is not None else None),
+                outcome=outcome,
+                decision=decision,
+                reasons=tuple(str(r)[:500] for r in reasons[:10]),
+                error_code=code,
+                latency_ms=elapsed,
+            )
+        )

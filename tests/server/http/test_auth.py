@@ -1,0 +1,315 @@
+"""Authentication: API keys and JWTs, attacked from every side, on a real server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import httpx2
+import jwt
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from gateway.config.model import JwtSection
+from gateway.server.auth import ApiKeyStore, AuthFailed, Authenticator, JwtVerifier, NoCredentials, hash_key
+from tests.server.http.conftest import (
+    AUDIENCE,
+    ISSUER,
+    Env,
+    bearer,
+    everything_config,
+    jwt_http_section,
+    make_idp,
+    make_keys,
+    run_server,
+)
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def post_init(env: Env, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(env.run.mcp, json=INIT, headers={**MCP_HEADERS, **headers}, timeout=10)
+
+
+# -- the key store --------------------------------------------------------------------------------
+
+
+def test_key_store_keeps_only_a_hash_with_mode_0600(tmp_path: Path) -> None:
+    store = ApiKeyStore(tmp_path / "keys.json")
+    key, rec = store.create("alice", ("admin",))
+    text = (tmp_path / "keys.json").read_text()
+    assert key not in text and key.split("_")[-1] not in text
+    assert rec.sha256 == hash_key(key) and rec.sha256 in text
+    assert stat.S_IMODE(os.stat(tmp_path / "keys.json").st_mode) == 0o600
+    assert store.lookup(key) == rec
+
+
+def test_key_store_refuses_tampered_unknown_and_revoked_keys(tmp_path: Path) -> None:
+    store = ApiKeyStore(tmp_path / "keys.json")
+    key, rec = store.create("alice", ("admin",))
+    last = key[-1]
+    assert store.lookup(key[:-1] + ("A" if last != "A" else "B")) is None  # same id, wrong secret
+    assert store.lookup("symbi_000000000000_" + key.split("_")[-1]) is None  # wrong id
+    assert store.lookup("not-a-key") is None
+    assert store.revoke(rec.id) is True
+    assert store.lookup(key) is None
+    assert store.revoke(rec.id) is False
+
+
+# -- JWT verification (unit level, real keys) ----------------------------------------------------
+
+
+@pytest.fixture
+def verifier(tmp_path: Path):  # type: ignore[no-untyped-def]
+    idp = make_idp(tmp_path)
+    v = JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE, jwks_file=idp.jwks_path))
+    return idp, v
+
+
+def test_jwt_good_tokens_give_principal_with_roles(verifier) -> None:  # type: ignore[no-untyped-def]
+    idp, v = verifier
+    p = v.verify(idp.token("dana", roles=["admin", "dev"]))
+    assert (p.id, p.roles, p.claims["iss"]) == ("dana", ("admin", "dev"), ISSUER)
+    assert v.verify(idp.token("erin", alg="ES256", roles="a b")).roles == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["expired", "wrong_aud", "wrong_iss", "no_exp", "no_sub", "bad_sig", "alg_none", "hs256_confusion",
+     "unknown_kid", "roles_not_list", "garbage", "alg_not_pinned"],
+)
+def test_jwt_refused(verifier, case: str) -> None:  # type: ignore[no-untyped-def]
+    idp, v = verifier
+    if case == "expired":
+        tok = idp.token(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200)
+    elif case == "wrong_aud":
+        tok = idp.token(aud="someone-else")
+    elif case == "wrong_iss":
+        tok = idp.token(iss="https://evil.invalid")
+    elif case == "no_exp":
+        tok = idp.token(exp=None)
+    elif case == "no_sub":
+        tok = idp.token(sub=None)
+    elif case == "bad_sig":
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        tok = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60}, other,
+                         algorithm="RS256", headers={"kid": "rsa1"})
+    elif case == "alg_none":
+        h = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT", "kid": "rsa1"}).encode()).rstrip(b"=")
+        c = base64.urlsafe_b64encode(json.dumps({"iss": ISSUER, "aud": AUDIENCE, "sub": "x",
+                                                 "exp": int(time.time()) + 60}).encode()).rstrip(b"=")
+        tok = (h + b"." + c + b".").decode()
+    elif case == "hs256_confusion":
+        # Sign with HMAC using the public RSA key as the secret: the classic algorithm confusion.
+        from cryptography.hazmat.primitives import serialization
+
+        pub = idp.rsa_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+        import hashlib
+        import hmac as _hmac
+
+        h = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": "rsa1"}).encode()).rstrip(b"=")
+        c = base64.urlsafe_b64encode(json.dumps({"iss": ISSUER, "aud": AUDIENCE, "sub": "x",
+                                                 "exp": int(time.time()) + 60}).encode()).rstrip(b"=")
+        sig = base64.urlsafe_b64encode(_hmac.new(pub, h + b"." + c, hashlib.sha256).digest()).rstrip(b"=")
+        tok = (h + b"." + c + b"." + sig).decode()
+    elif case == "unknown_kid":
+        tok = idp.token(kid="nope")
+    elif case == "roles_not_list":
+        tok = idp.token(roles={"admin": True})
+    elif case == "alg_not_pinned":
+        tok = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60},
+                         idp.rsa_key, algorithm="PS256", headers={"kid": "rsa1"})
+    else:
+        tok = "a.b.c"
+    with pytest.raises(AuthFailed):
+        v.verify(tok)
+
+
+def test_authenticator_fails_closed_without_jwt_config_and_without_credentials(tmp_path: Path) -> None:
+    auth = Authenticator(keys=ApiKeyStore(tmp_path / "k.json"))
+    with pytest.raises(NoCredentials):
+        auth.authenticate({})
+    with pytest.raises(AuthFailed):
+        auth.authenticate({"authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"})
+    with pytest.raises(AuthFailed):
+        auth.authenticate({"authorization": "Basic YTpi"})
+    anon = Authenticator(keys=ApiKeyStore(tmp_path / "k.json"), anonymous="guest")
+    assert anon.authenticate({}).kind == "anonymous"
+    with pytest.raises(AuthFailed):  # a bad credential is never downgraded to anonymous
+        anon.authenticate({"x-api-key": "symbi_bad"})
+
+
+# -- on the wire --------------------------------------------------------------------------------
+
+
+def test_no_credentials_is_401_with_resource_metadata_challenge(env: Env) -> None:
+    r = post_init(env, {})
+    assert r.status_code == 401
+    challenge = r.headers["www-authenticate"]
+    assert challenge.startswith("Bearer ") and "invalid_token" not in challenge
+    url = challenge.split('resource_metadata="')[1].split('"')[0]
+    assert url == env.run.base + "/.well-known/oauth-protected-resource"
+    doc = httpx.get(url).json()
+    assert doc["resource"] == env.run.mcp
+    assert doc["authorization_servers"] == ["https://idp.test.invalid"]
+    assert httpx.get(env.run.base + "/.well-known/oauth-protected-resource/mcp").json() == doc
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer symbi_000000000000_nope"},
+        {"X-API-Key": "symbi_000000000000_nope"},
+        {"Authorization": "Basic YWxpY2U6cHc="},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer not.a.jwt"},
+    ],
+)
+def test_bad_credentials_are_401_invalid_token(env: Env, headers: dict[str, str]) -> None:
+    r = post_init(env, headers)
+    assert r.status_code == 401
+    assert 'error="invalid_token"' in r.headers["www-authenticate"]
+    assert r.json()["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize("case", ["expired", "wrong_aud", "wrong_iss", "bad_sig"])
+def test_bad_jwts_are_401_on_the_wire(env: Env, case: str) -> None:
+    idp = env.idp
+    if case == "expired":
+        tok = idp.token(exp=int(time.time()) - 3600)
+    elif case == "wrong_aud":
+        tok = idp.token(aud="other")
+    elif case == "wrong_iss":
+        tok = idp.token(iss="https://evil.invalid")
+    else:
+        tok = idp.token()[:-4] + "AAAA"
+    assert post_init(env, bearer(tok)).status_code == 401
+
+
+def test_valid_key_and_jwt_are_accepted(env: Env) -> None:
+    assert post_init(env, bearer(env.keys.user)).status_code == 200
+    assert post_init(env, {"X-API-Key": env.keys.user}).status_code == 200
+    assert post_init(env, bearer(env.idp.token())).status_code == 200
+    assert post_init(env, bearer(env.idp.token(alg="ES256"))).status_code == 200
+
+
+def test_admin_api_needs_admin_role(env: Env) -> None:
+    assert httpx.get(env.run.base + "/api/tools").status_code == 401
+    assert httpx.get(env.run.base + "/api/tools", headers=bearer(env.keys.user)).status_code == 403
+    assert httpx.get(env.run.base + "/api/tools", headers=bearer(env.idp.token(roles=["developer"]))).status_code == 403
+    assert httpx.get(env.run.base + "/api/tools", headers=bearer(env.keys.admin)).status_code == 200
+    assert httpx.get(env.run.base + "/api/tools", headers=bearer(env.idp.token(roles=["admin"]))).status_code == 200
+
+
+def test_revoked_key_stops_working_on_a_running_server(env: Env) -> None:
+    key, rec = env.keys.store.create("temp", ("developer",))
+    assert post_init(env, bearer(key)).status_code == 200
+    assert env.keys.store.revoke(rec.id)
+    assert post_init(env, bearer(key)).status_code == 401
+
+
+def test_session_cannot_be_used_by_another_principal(env: Env) -> None:
+    r = post_init(env, bearer(env.keys.user))
+    sid = r.headers["mcp-session-id"]
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    h = {**MCP_HEADERS, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+    # same session id, other credential (another key; a JWT) -> as if the session did not exist
+    assert httpx.post(env.run.mcp, json=ping, headers={**h, **bearer(env.keys.other_user)}).status_code == 404
+    assert httpx.post(env.run.mcp, json=ping, headers={**h, **bearer(env.idp.token("bob"))}).status_code == 404
+    assert httpx.post(env.run.mcp, json=ping, headers={**h, **bearer(env.keys.user)}).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_principal_reaches_the_gateway(env: Env) -> None:
+    """The principal the chain sees is the one the key / token names."""
+    for token, who in ((env.keys.user, "bob"), (env.idp.token("dana"), "dana")):
+        async with httpx2.AsyncClient(headers=bearer(token)) as hc, \
+                streamable_http_client(env.run.mcp, http_client=hc) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            res = await s.call_tool("ev__echo", {"message": f"from-{who}"})
+            assert not res.is_error
+        latest = env.run.state.recent.latest(1)[0]
+        assert (latest.principal, latest.target) == (who, "ev__echo")
+
+
+# -- JWKS over a URL (served by the test on loopback) ----------------------------------------------
+
+
+@pytest.fixture
+def jwks_server(tmp_path: Path) -> Iterator[tuple[str, object]]:
+    idp = make_idp(tmp_path)
+    body = json.dumps(idp.jwks).encode()
+    hits = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/jwks.json", (idp, hits)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_jwks_url(tmp_path: Path, jwks_server) -> None:  # type: ignore[no-untyped-def]
+    url, (idp, hits) = jwks_server
+    v = JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE, jwks_url=url))
+    assert v.verify(idp.token("frank")).id == "frank"
+    assert hits, "the JWKS was fetched from the URL"
+    with pytest.raises(AuthFailed):
+        v.verify(idp.token(aud="x"))
+
+
+def test_jwks_url_unreachable_fails_closed(tmp_path: Path) -> None:
+    idp = make_idp(tmp_path)
+    from tests.conftest import free_port
+
+    v = JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE, jwks_url=f"http://127.0.0.1:{free_port()}/j"))
+    with pytest.raises(AuthFailed):
+        v.verify(idp.token())
+
+
+# -- anonymous access only when configured ------------------------------------------------------
+
+
+def test_anonymous_only_when_named(tmp_path: Path) -> None:
+    cfg = everything_config(tmp_path, http_extra='anonymous_principal = "guest"')
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        r = httpx.post(run.mcp, json=INIT, headers=MCP_HEADERS)
+        assert r.status_code == 200
+        # the anonymous principal is not an admin, and a bad key is still refused
+        assert httpx.get(run.base + "/api/tools").status_code == 403
+        assert httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, "X-API-Key": "symbi_x"}).status_code == 401
+        assert httpx.get(run.base + "/api/tools", headers=bearer(keys.admin)).status_code == 200
+    _ = jwt_http_section

@@ -73,9 +73,18 @@ from ._errors import (
 from ._pins import Pin, PinStatus, PinStore
 from ._resolver import KeyResolver, StaticKeyResolver, WellKnownResolver
 from ._skill import SkillVerification, canonicalize_skill, sign_skill, verify_skill
-from ._verify import Mode, VerificationResult, sign_envelope, sign_tool, verify_envelope, verify_tool
+from ._verify import (
+    SIGNATURE_META_KEY,
+    Mode,
+    VerificationResult,
+    sign_envelope,
+    sign_tool,
+    split_carrier,
+    verify_envelope,
+    verify_tool,
+)
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by topic
     # canonical JSON
     "CANONICALIZATION",
     "canonicalize",
@@ -97,6 +106,8 @@ __all__ = [
     "verify_tool",
     "sign_envelope",
     "verify_envelope",
+    "split_carrier",
+    "SIGNATURE_META_KEY",
     # discovery, revocation, bundles
     "KeySnapshot",
     "KeyResolver",

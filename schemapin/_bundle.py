@@ -11,14 +11,22 @@ The authority's fingerprint must be in the configured allow-list: never TOFU by 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ._canonical import canonicalize, parse_json
-from ._crypto import fingerprint, load_public_key_pem, normalize_fingerprint, public_key_pem, sign_bytes, verify_bytes
+from ._crypto import (
+    fingerprint,
+    load_public_key_pem,
+    normalize_fingerprint,
+    public_key_pem,
+    sign_bytes,
+    verify_bytes,
+)
 from ._discovery import KeySnapshot, snapshot_from_documents
 from ._domain import normalize_domain
 from ._errors import BundleExpired, BundleInvalid, BundleUntrusted, DiscoveryFailed, SchemaPinError
@@ -30,7 +38,7 @@ def _parse_time(value: Any, name: str) -> datetime:
     if not isinstance(value, str):
         raise BundleInvalid(f"bundle {name} is not a string")
     try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        t = datetime.fromisoformat(value)  # 3.11 accepts a trailing Z
     except ValueError:
         raise BundleInvalid(f"bundle {name} {value!r} is not an ISO 8601 time") from None
     if t.tzinfo is None:
@@ -47,13 +55,13 @@ def sign_bundle(
     """Return a copy of a 1.2 bundle signed by ``authority_key`` (1.4 signing fields added)."""
     out = copy.deepcopy(bundle)
     out.setdefault("schemapin_bundle_version", "1.2")
-    out.setdefault("created_at", datetime.now(timezone.utc).isoformat())
+    out.setdefault("created_at", datetime.now(UTC).isoformat())
     out.setdefault("documents", [])
     out.setdefault("revocations", [])
     out["bundle_authority"] = {"kid": fingerprint(authority_key), "public_key_pem": public_key_pem(authority_key)}
-    out["signed_at"] = datetime.now(timezone.utc).isoformat()
+    out["signed_at"] = datetime.now(UTC).isoformat()
     if expires_at is not None:
-        out["expires_at"] = expires_at.astimezone(timezone.utc).isoformat()
+        out["expires_at"] = expires_at.astimezone(UTC).isoformat()
     out["signature"] = ""
     out["signature"] = sign_bytes(canonicalize(out), authority_key)
     return out
@@ -75,7 +83,7 @@ class TrustBundle:
         *,
         trusted_authorities: Iterable[str],
         now: datetime | None = None,
-    ) -> "TrustBundle":
+    ) -> TrustBundle:
         """Parse and verify a signed bundle.
 
         Args:
@@ -121,7 +129,7 @@ class TrustBundle:
         _parse_time(doc.get("signed_at"), "signed_at")
         if doc.get("expires_at") is not None:
             expires = _parse_time(doc["expires_at"], "expires_at")
-            if expires <= (now or datetime.now(timezone.utc)):
+            if expires <= (now or datetime.now(UTC)):
                 raise BundleExpired(f"bundle expired at {doc['expires_at']}", expires_at=doc["expires_at"])
         docs: dict[str, dict[str, Any]] = {}
         for entry in doc.get("documents") or []:

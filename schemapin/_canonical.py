@@ -90,9 +90,7 @@ def check_value(obj: Any, *, max_depth: int = MAX_DEPTH) -> None:
         value, depth = stack.pop()
         if isinstance(value, str):
             _check_str(value)
-        elif value is None or isinstance(value, bool):
-            pass
-        elif isinstance(value, int):
+        elif value is None or isinstance(value, (bool, int)):
             pass
         elif isinstance(value, float):
             if not math.isfinite(value):

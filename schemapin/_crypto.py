@@ -31,7 +31,7 @@ DigestMode = Literal["double", "single"]
 # Order of the P-256 group; a signature with s > n/2 is the malleated twin of (r, n - s).
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _HALF_ORDER = P256_ORDER // 2
-_FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
+_FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$", re.IGNORECASE)
 _MAX_SIG_B64 = 256  # a P-256 DER signature is at most 72 bytes (96 base64 characters)
 
 

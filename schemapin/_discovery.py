@@ -55,7 +55,7 @@ class KeySnapshot:
     fetched_at: float = field(default_factory=time.time)
 
     @classmethod
-    def from_public_key(cls, key: ec.EllipticCurvePublicKey | str, *, domain: str | None = None) -> "KeySnapshot":
+    def from_public_key(cls, key: ec.EllipticCurvePublicKey | str, *, domain: str | None = None) -> KeySnapshot:
         """A snapshot for a key given directly (a PEM string or key object); nothing is revoked."""
         pub = load_public_key_pem(key) if isinstance(key, str) else key
         return cls(
@@ -122,9 +122,8 @@ def parse_discovery(doc: Any, *, domain: str | None = None) -> DiscoveryDocument
         except ValueError:
             raise DiscoveryInvalid(f"revoked_keys entry {fp!r} is not a sha256:<hex> fingerprint") from None
     endpoint = doc.get("revocation_endpoint")
-    if endpoint is not None:
-        if not isinstance(endpoint, str):
-            raise DiscoveryInvalid("revocation_endpoint is not a string")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise DiscoveryInvalid("revocation_endpoint is not a string")
     for name in ("developer_name", "contact"):
         if doc.get(name) is not None and not isinstance(doc.get(name), str):
             raise DiscoveryInvalid(f"{name} is not a string")

@@ -36,7 +36,7 @@ def normalize_domain(domain: str) -> str:
             raise InvalidDomain(f"invalid IPv6 literal in {domain!r}", domain=domain) from None
         host = host.lower()
     else:
-        host = host[:-1] if host.endswith(".") else host
+        host = host.removesuffix(".")
         try:
             ipaddress.IPv4Address(host)
         except ValueError:

@@ -14,9 +14,9 @@ import os
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from ._crypto import normalize_fingerprint
 from ._domain import normalize_domain
@@ -79,7 +79,7 @@ class Pin:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _hash(value: str) -> str:
@@ -118,13 +118,13 @@ class PinStore:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> "PinStore":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _tx(self) -> "_Tx":
+    def _tx(self) -> _Tx:
         return _Tx(self)
 
     @staticmethod

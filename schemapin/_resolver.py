@@ -25,7 +25,6 @@ from ._errors import (
     DiscoveryRedirect,
     DiscoveryTooLarge,
     InsecureTransport,
-    RevocationUnavailable,
     SchemaPinError,
 )
 

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ def sign_skill(
         "skill_name": name if name is not None else skill_name(skill_dir),
         "skill_hash": f"sha256:{root_hash.hex()}",
         "signature": sign_hash(root_hash, private_key),
-        "signed_at": datetime.now(timezone.utc).isoformat(),
+        "signed_at": datetime.now(UTC).isoformat(),
         "domain": normalize_domain(domain),
         "signer_kid": fingerprint(private_key),
         "file_manifest": manifest,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Literal, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ._canonical import canonicalize, require_canonicalization
-from ._crypto import DigestMode, fingerprint, sign_hash, verify_hash
+from ._crypto import DigestMode, sign_hash, verify_hash
 from ._discovery import KeySnapshot
 from ._domain import normalize_domain
 from ._errors import (
@@ -181,7 +182,7 @@ def sign_envelope(tool: Any, private_key: ec.EllipticCurvePrivateKey, *, metadat
     env: dict[str, Any] = {
         "schema": tool,
         "signature": sign_tool(tool, private_key),
-        "signed_at": datetime.now(timezone.utc).isoformat(),
+        "signed_at": datetime.now(UTC).isoformat(),
     }
     if metadata:
         env["metadata"] = dict(metadata)
@@ -221,6 +222,23 @@ def verify_envelope(
         allow_high_s=allow_high_s,
         canonicalization=envelope.get("canonicalization"),
     )
+
+
+META_KEY = "_meta"
+SIGNATURE_META_KEY = "schemapin/signature"
+
+
+def split_carrier(tool: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Split an MCP tool into (signed object, in-band signature).
+
+    Symbi's carrier: the signature travels in ``tool["_meta"]["schemapin/signature"]`` and the
+    signed object is the tool definition *without* ``_meta`` (SchemaPin defines no MCP carrier).
+    Returns ``None`` as the signature when there is none.
+    """
+    definition = {k: v for k, v in tool.items() if k != META_KEY}
+    meta = tool.get(META_KEY)
+    sig = meta.get(SIGNATURE_META_KEY) if isinstance(meta, Mapping) else None
+    return definition, sig if isinstance(sig, str) else None
 
 
 def same_definition(a: Any, b: Any) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -66,7 +66,7 @@ def test_unsigned_v12_bundle_refused(key: ec.EllipticCurvePrivateKey) -> None:
 
 def test_expired_bundle(key: ec.EllipticCurvePrivateKey) -> None:
     auth = schemapin.generate_private_key()
-    b = make_bundle(key, auth, expires_at=datetime.now(timezone.utc) - timedelta(minutes=1))
+    b = make_bundle(key, auth, expires_at=datetime.now(UTC) - timedelta(minutes=1))
     with pytest.raises(schemapin.BundleExpired) as e:
         TrustBundle.load(b, trusted_authorities=[schemapin.fingerprint(auth)])
     assert e.value.code == "bundle_expired"

@@ -21,7 +21,7 @@ def symbi(*argv: str | Path, env: dict[str, str] | None = None) -> subprocess.Co
     e = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
     e.update(env or {})
     return subprocess.run([PY, "-m", "gateway", "schemapin", *map(str, argv)], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT, env=e)
+                          timeout=60, cwd=ROOT, env=e, check=False)
 
 
 def keygen(d: Path) -> tuple[Path, Path, str]:

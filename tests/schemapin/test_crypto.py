@@ -8,7 +8,11 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 import schemapin
 from schemapin._crypto import P256_ORDER, sign_hash, verify_hash
@@ -71,7 +75,7 @@ def _high_s_twin(sig_b64: str) -> str:
 def test_attack_high_s_signature_rejected(key: ec.EllipticCurvePrivateKey) -> None:
     """The reference accepts the malleated twin (r, n-s) of a valid signature (probe B3)."""
     sig = schemapin.sign_tool(TOOL, key)
-    r, s = decode_dss_signature(base64.b64decode(sig))
+    _r, s = decode_dss_signature(base64.b64decode(sig))
     assert s <= P256_ORDER // 2  # we always sign low-S
     twin = _high_s_twin(sig)
     snap = schemapin.KeySnapshot.from_public_key(key.public_key())

@@ -117,7 +117,8 @@ def test_revocation_endpoint_on_other_origin_refused(https_server: HttpsServer,
                                                      key: ec.EllipticCurvePrivateKey) -> None:
     publish(https_server, key, revocation_endpoint="https://127.0.0.2:1/rev.json")
     snap = resolve(resolver(https_server), https_server.domain)
-    assert snap.revocation == "unavailable" and "not on" in (snap.revocation_error or "")
+    assert snap.revocation == "unavailable"
+    assert not any("127.0.0.2" in h for h in https_server.hits)
 
 
 def test_untrusted_certificate_fails(https_server: HttpsServer, key: ec.EllipticCurvePrivateKey) -> None:
@@ -160,3 +161,27 @@ def test_domain_normalisation() -> None:
     for bad in ("https://acme.example", "acme.example/path", "a b.example", "user@acme.example", ""):
         with pytest.raises(schemapin.InvalidDomain):
             schemapin.normalize_domain(bad)
+
+
+def test_plain_http_only_with_logged_flag(key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture) -> None:
+    """Plain HTTP on loopback (stand-in for a remote host), allowed only by the explicit flag."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from .conftest import _handler
+
+    routes: dict[str, Route] = {}
+    routes[WK] = Route(body=json.dumps(schemapin.build_well_known(schemapin.public_key_pem(key), "A")).encode())
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes, []))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    domain = f"127.0.0.1:{httpd.server_address[1]}"
+    try:
+        with pytest.raises(schemapin.DiscoveryFailed):  # default: https:// against a plain server
+            resolve(WellKnownResolver(timeout=5.0), domain)
+        with caplog.at_level("WARNING", logger="schemapin"):
+            r = WellKnownResolver(timeout=5.0, allow_insecure_http=True)
+        assert any(rec.name == "schemapin" and rec.levelname == "WARNING" for rec in caplog.records)
+        assert resolve(r, domain).fingerprint == schemapin.fingerprint(key)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

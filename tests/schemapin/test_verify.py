@@ -219,3 +219,16 @@ def test_duplicate_keys_in_wire_text_refused() -> None:
     with pytest.raises(schemapin.DuplicateKey) as e:
         schemapin.parse_json(text)
     assert e.value.reference_code == "schema_canonicalization_failed"
+
+
+def test_in_band_carrier_is_stripped_before_verifying(key: ec.EllipticCurvePrivateKey) -> None:
+    _, tool = load_tool("create_issue")
+    sig = schemapin.sign_tool(tool, key)
+    wire = {**tool, "_meta": {schemapin.SIGNATURE_META_KEY: sig, "other": 1}}
+    definition, found = schemapin.split_carrier(wire)
+    assert found == sig and "_meta" not in definition
+    schemapin.verify_tool(definition, found, domain=DOMAIN, tool_id="create_issue", key_source=snap_for(key))
+    # Verifying the tool with its carrier still inside fails (kit check A7).
+    with pytest.raises(schemapin.SignatureInvalid):
+        schemapin.verify_tool(wire, sig, domain=DOMAIN, tool_id="create_issue", key_source=snap_for(key))
+    assert schemapin.split_carrier(tool) == (tool, None)

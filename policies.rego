@@ -81,13 +81,22 @@ matches_any(pats, name) if {
 	glob.match(p, [], name)
 }
 
+# Evaluated once per decision (rules are cached within an evaluation, functions are not).
+tool_patterns := patterns("tools")
+
+deny_tool_patterns := patterns("deny_tools")
+
+tool_allowed if matches_any(tool_patterns, tool_name)
+
+tool_deny_listed if matches_any(deny_tool_patterns, tool_name)
+
 # ---------------------------------------------------------------------------------------
 # Allow-lists (tools by glob; resources and prompts by glob on their name / uri)
 # ---------------------------------------------------------------------------------------
 
 target_permitted if {
 	is_tool
-	matches_any(patterns("tools"), tool_name)
+	tool_allowed
 }
 
 target_permitted if {
@@ -102,13 +111,13 @@ target_permitted if {
 
 deny contains msg if {
 	is_tool
-	not matches_any(patterns("tools"), tool_name)
+	not tool_allowed
 	msg := sprintf("principal %s may not use tool %s (not in its allow-list)", [principal_id, tool_name])
 }
 
 deny contains msg if {
 	is_tool
-	matches_any(patterns("deny_tools"), tool_name)
+	tool_deny_listed
 	msg := sprintf("tool %s is on the deny-list of principal %s", [tool_name, principal_id])
 }
 
@@ -152,6 +161,10 @@ path_keys := {k | some k in object.get(cfg, "path_arguments", [])}
 
 url_keys := {k | some k in object.get(cfg, "url_arguments", [])}
 
+path_values := arg_values(path_keys)
+
+url_values := arg_values(url_keys)
+
 # [key, value] for every value of a path/url argument: a string or each item of an array.
 arg_values(keys) := {[k, v] | some k in keys; v := input.arguments[k]; not is_array(v)} | {[k, v] |
 	some k in keys
@@ -185,7 +198,7 @@ under_root(p, root) if startswith(p, concat("", [trim_right(root, "/"), "/"]))
 deny contains msg if {
 	is_tool
 	is_call
-	some [k, v] in arg_values(path_keys)
+	some [k, v] in path_values
 	not path_ok(v)
 	msg := sprintf("argument %s is not a path under an allowed root", [k])
 }
@@ -209,7 +222,7 @@ url_ok(u) if {
 deny contains msg if {
 	is_tool
 	is_call
-	some [k, v] in arg_values(url_keys)
+	some [k, v] in url_values
 	not url_host(v)
 	msg := sprintf("argument %s is not an http(s) URL", [k])
 }
@@ -217,7 +230,7 @@ deny contains msg if {
 deny contains msg if {
 	is_tool
 	is_call
-	some [k, v] in arg_values(url_keys)
+	some [k, v] in url_values
 	host := url_host(v)
 	not url_ok(v)
 	msg := sprintf("argument %s: host %s is not in the allow-list", [k, host])
@@ -267,22 +280,28 @@ redactions(field) := sort({k |
 	some k in keys
 })
 
-conditions["redact_arguments"] := redactions("redact_arguments") if {
+redact_arguments := redactions("redact_arguments")
+
+redact_result := redactions("redact_result")
+
+conditions["redact_arguments"] := redact_arguments if {
 	is_tool
-	count(redactions("redact_arguments")) > 0
+	count(redact_arguments) > 0
 }
 
-conditions["redact_result"] := redactions("redact_result") if {
+conditions["redact_result"] := redact_result if {
 	is_tool
-	count(redactions("redact_result")) > 0
+	count(redact_result) > 0
 }
+
+audit_minimal if matches_any(object.get(cfg, "audit_minimal", []), tool_name)
 
 conditions["audit"] := "minimal" if {
 	is_tool
-	matches_any(object.get(cfg, "audit_minimal", []), tool_name)
+	audit_minimal
 }
 
 conditions["audit"] := "full" if {
 	is_tool
-	not matches_any(object.get(cfg, "audit_minimal", []), tool_name)
+	not audit_minimal
 }

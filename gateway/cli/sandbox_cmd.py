@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.sandbox import SandboxManager, SandboxRequest
 
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmg]?)i?b?$", re.IGNORECASE)
 _TIME_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m)?$", re.IGNORECASE)
@@ -63,15 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cleanup.set_defaults(func=_cleanup)
 
 
-def _manager(args: argparse.Namespace, *, sweep: bool = True):  # type: ignore[no-untyped-def]
-    from gateway.sandbox import SandboxManager
+def _manager(args: argparse.Namespace, *, sweep: bool = True) -> SandboxManager:
 
     return SandboxManager(load_config(args.config, args.environ), sweep_orphans=sweep)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.sandbox import SandboxRequest
-
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]

@@ -9,8 +9,9 @@ import socket
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
+from typing import Self
 
 from gateway.errors import SandboxUnavailable
 
@@ -66,7 +67,7 @@ class InputDir:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path = None
 
-    def __enter__(self) -> "InputDir":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -87,7 +88,7 @@ class SandboxTier(ABC):
         if refresh or self._avail is None or now - self._avail[0] > AVAILABILITY_TTL_S:
             try:
                 result = self._probe()
-            except Exception as e:  # a probe that crashes means "not available", with why
+            except Exception as e:  # noqa: BLE001 - a crashing probe means "not available", with why
                 result = (False, f"{type(e).__name__}: {e}")
             self._avail = (now, result)
         return self._avail[1]

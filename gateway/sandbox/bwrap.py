@@ -16,8 +16,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from gateway.errors import SandboxError, SandboxUnavailable
 
@@ -54,7 +54,7 @@ class SeccompFilters:
                 for net in (False, True):
                     out = d / ("net.bpf" if net else "nonet.bpf")
                     cmd = [SYSTEM_PYTHON, str(script), str(out)] + (["--allow-network"] if net else [])
-                    r = subprocess.run(cmd, capture_output=True, timeout=30)
+                    r = subprocess.run(cmd, capture_output=True, timeout=30, check=False)
                     if r.returncode != 0 or not out.exists() or out.stat().st_size == 0:
                         shutil.rmtree(d, ignore_errors=True)
                         raise SandboxUnavailable(
@@ -96,7 +96,7 @@ class BwrapTier(SandboxTier):
         if r.exit_code != 0:
             return False, f"probe run failed (exit {r.exit_code}): {r.stderr.decode(errors='replace')[-200:]}"
         return True, "bubblewrap " + subprocess.run(
-            ["bwrap", "--version"], capture_output=True, text=True
+            ["bwrap", "--version"], capture_output=True, text=True, check=False
         ).stdout.strip().split()[-1]
 
     # -- argv ---------------------------------------------------------------------------

@@ -19,8 +19,9 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from gateway.errors import SandboxError, SandboxUnavailable
 
@@ -50,7 +51,7 @@ def docker_client() -> Any:
     with _client_lock:
         if _client is None:
             try:
-                import docker
+                import docker  # type: ignore[import-untyped,unused-ignore]
 
                 c = docker.from_env(timeout=30)
                 c.ping()
@@ -81,7 +82,7 @@ class DockerTier(SandboxTier):
             return False, f"Docker has no {self.runtime!r} runtime registered (run scripts/setup-sandbox.sh)"
         try:
             client.images.get(self.image)
-        except Exception:
+        except Exception:  # noqa: BLE001 - ImageNotFound or an API error: either way not usable
             return False, f"image {self.image!r} missing (run scripts/setup-sandbox.sh)"
         r = self.run(SandboxRequest(command=("/bin/true",)), Limits(timeout_s=30))
         if r.exit_code != 0:
@@ -141,8 +142,8 @@ class DockerTier(SandboxTier):
         def kill() -> None:
             try:
                 client.api.kill(cid)
-            except Exception:
-                pass  # already exited
+            except Exception:  # noqa: BLE001, S110 - it already exited: nothing to stop
+                pass
 
         def stop(reason: KilledReason) -> None:
             # Called from the attach pump on an output flood: kill on another thread so
@@ -187,7 +188,7 @@ class DockerTier(SandboxTier):
             stdout_truncated=out.truncated,
             stderr_truncated=err.truncated,
             killed=killed,
-            tier=self.name,  # type: ignore[arg-type]
+            tier=self.name,
             duration_s=time.monotonic() - start,
         )
 
@@ -206,8 +207,8 @@ class DockerTier(SandboxTier):
     def _remove(self, cid: str) -> None:
         try:
             docker_client().api.remove_container(cid, force=True)
-        except Exception:
-            pass  # already gone; orphan sweep catches the rest
+        except Exception:  # noqa: BLE001, S110 - already gone; the orphan sweep catches the rest
+            pass
         if self.runtime == "runsc":
             _runsc_delete(cid)
 
@@ -316,7 +317,7 @@ def _runsc_ids() -> list[str]:
     if shutil.which("runsc") is None or not Path(RUNSC_STATE_ROOT).exists():
         return []
     r = subprocess.run(
-        ["runsc", f"--root={RUNSC_STATE_ROOT}", "list", "-quiet"], capture_output=True, text=True, timeout=30
+        ["runsc", f"--root={RUNSC_STATE_ROOT}", "list", "-quiet"], capture_output=True, text=True, timeout=30, check=False
     )
     return [line.strip() for line in r.stdout.splitlines() if line.strip()]
 
@@ -327,7 +328,7 @@ def _docker_knows(cid: str) -> bool:
         return True
     except SandboxUnavailable:
         return True  # cannot tell: leave it
-    except Exception:
+    except Exception:  # noqa: BLE001 - docker.errors.NotFound and kin: Docker does not know it
         return False
 
 
@@ -339,10 +340,10 @@ def _runsc_delete(cid: str) -> None:
     except OSError:
         return
     if cid in _runsc_ids() and not _docker_knows(cid):
-        subprocess.run(["runsc", f"--root={RUNSC_STATE_ROOT}", "delete", "--force", cid], capture_output=True, timeout=30)
+        subprocess.run(["runsc", f"--root={RUNSC_STATE_ROOT}", "delete", "--force", cid], capture_output=True, timeout=30, check=False)
         if shutil.which("ctr"):
             for sub in (["tasks", "delete", "--force", cid], ["containers", "delete", cid]):
-                subprocess.run(["ctr", "--address", CONTAINERD_SOCK, "-n", "moby", *sub], capture_output=True, timeout=30)
+                subprocess.run(["ctr", "--address", CONTAINERD_SOCK, "-n", "moby", *sub], capture_output=True, timeout=30, check=False)
 
 
 def _runsc_orphans() -> list[str]:

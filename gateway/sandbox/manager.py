@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from gateway.errors import SandboxUnavailable
 
@@ -122,7 +123,7 @@ class SandboxManager:
         for name, t in self.tiers.items():
             try:
                 removed += [f"{name}: {r}" for r in t.cleanup_orphans()]
-            except Exception as e:  # one tier's sweep failing must not stop the others
+            except Exception as e:  # noqa: BLE001 - one tier's sweep failing must not stop the others
                 log.warning("orphan sweep of tier %s failed: %s", name, e)
         if removed:
             log.info("removed sandbox orphans: %s", ", ".join(removed))
@@ -173,6 +174,7 @@ def wrap_stdio_command(
     docker/gvisor: ``docker run -i --rm ...``; bwrap: ``/bin/sh -c`` launcher + bwrap.
     Read-only binds: the cwd and the folders of absolute-path command/args outside /usr.
     Network is off unless ``network`` (gvisor cannot grant it here: SandboxUnavailable).
+    The server runs as uid/gid 65534: its files must be readable by that user.
     """
     m = manager or default_manager()
     return m.wrap_stdio_command(tier, command, args, env, cwd, network=network, limits=limits)

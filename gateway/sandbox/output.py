@@ -10,7 +10,7 @@ import os
 import socket
 import struct
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 
 class CappedBuffer:

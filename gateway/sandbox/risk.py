@@ -9,7 +9,8 @@ agent-generated (untrusted) code never runs below gVisor, and the policy's
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from gateway.errors import SandboxUnavailable
 
@@ -77,4 +78,4 @@ def assess_tier(
         raise SandboxUnavailable(
             f"sandbox tier {chosen!r} is required but unavailable: {reason}", reasons=[reason]
         )
-    return chosen  # type: ignore[return-value]
+    return chosen  # type: ignore[return-value,unused-ignore]

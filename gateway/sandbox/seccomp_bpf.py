@@ -31,7 +31,7 @@ AF_INET, AF_INET6, AF_NETLINK, AF_PACKET = 2, 10, 16, 17
 
 
 def build(out_path: str, allow_network: bool) -> None:
-    import seccomp  # Debian python3-seccomp
+    import seccomp  # type: ignore[import-not-found,unused-ignore]  # Debian python3-seccomp
 
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     for name in DENY_EPERM:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from gateway.errors import ArgumentsInvalid
 
@@ -38,7 +39,7 @@ class Limits:
     tmpfs_mb: int = 64
 
     @classmethod
-    def from_config(cls, section: Any, **overrides: Any) -> "Limits":
+    def from_config(cls, section: Any, **overrides: Any) -> Limits:
         """Limits from ``Config.sandbox`` with per-call overrides (``None`` values are ignored)."""
         base = cls(
             memory_mb=section.memory_mb,
@@ -49,7 +50,7 @@ class Limits:
         )
         return base.override(**overrides)
 
-    def override(self, **overrides: Any) -> "Limits":
+    def override(self, **overrides: Any) -> Limits:
         """A copy with the given non-None fields replaced."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 

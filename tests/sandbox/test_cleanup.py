@@ -1,0 +1,83 @@
+"""Nothing is left behind: not after a crashed gateway, not after an orphan from a dead pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.sandbox import SandboxManager, cgroups
+from gateway.sandbox.docker_tier import docker_client
+
+from .conftest import ROOT, require_tier
+
+pytestmark = pytest.mark.sandbox
+
+CRASHER = """
+import sys
+from gateway.config.model import Config
+from gateway.sandbox import SandboxManager, SandboxRequest, Limits
+m = SandboxManager(Config(), sweep_orphans=False)
+print("ready", flush=True)
+m.run(sys.argv[1], SandboxRequest(code="import time; print('started', flush=True); time.sleep(300)"),
+      Limits(timeout_s=300))
+"""
+
+
+def test_orphans_of_a_killed_gateway_are_swept(manager: SandboxManager, tier: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHER, tier], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        deadline = time.monotonic() + 60
+        found: list[str] = []
+        while time.monotonic() < deadline and not found:  # the sandbox is up
+            found = _of_pid(manager, tier, proc.pid)
+            time.sleep(0.2)
+        assert found, "the crashing gateway's sandbox never appeared"
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a gateway crash: no finally blocks run
+        proc.wait()
+    manager.cleanup_orphans()
+    assert _of_pid(manager, tier, proc.pid) == []
+    assert manager.leftovers()[tier] == []
+
+
+def _of_pid(manager: SandboxManager, tier: str, pid: int) -> list[str]:
+    if tier == "bwrap":
+        return [str(p) for p in _all_cgroups() if p.name.startswith(f"symbi-{pid}-")]
+    cs = docker_client().containers.list(all=True, filters={"label": f"symbi.sandbox.owner={os.uname().nodename}:{pid}"})
+    return [c.id for c in cs]
+
+
+def _all_cgroups() -> list[Path]:
+    return cgroups.list_ours()
+
+
+def test_cgroup_orphan_with_a_live_process_is_killed_and_removed(manager: SandboxManager) -> None:
+    require_tier(manager, "bwrap")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cg = cgroups.create(64, 16, 0.5)
+    orphan_dirs = {}
+    for ctrl, d in cg.dirs.items():  # rename it as if a dead gateway had made it
+        target = d.parent / f"symbi-{dead.pid}-0123456789ab"
+        d.rmdir()
+        target.mkdir()
+        orphan_dirs[ctrl] = target
+    sleeper = subprocess.Popen(
+        ["/bin/sh", "-c", f"echo $$ > {orphan_dirs['pids']}/cgroup.procs && exec sleep 300"]
+    )
+    time.sleep(0.3)
+    assert sleeper.poll() is None
+    removed = manager.cleanup_orphans()
+    assert any(f"symbi-{dead.pid}-0123456789ab" in r for r in removed)
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    assert not any(d.exists() for d in orphan_dirs.values())

@@ -1,0 +1,33 @@
+"""Request validation and limits from config (no sandbox needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config.model import Config
+from gateway.errors import ArgumentsInvalid
+from gateway.sandbox import Limits, SandboxRequest
+from gateway.sandbox.types import MAX_CODE_BYTES
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "/abs", "a/../../b", "", "a//b", "./x", "x/.", "bad\nname"])
+def test_unsafe_input_file_names_rejected(name: str) -> None:
+    with pytest.raises(ArgumentsInvalid):
+        SandboxRequest(code="pass", files={name: b"x"})
+
+
+def test_exactly_one_of_command_or_code() -> None:
+    with pytest.raises(ArgumentsInvalid):
+        SandboxRequest()
+    with pytest.raises(ArgumentsInvalid):
+        SandboxRequest(command=("true",), code="pass")
+    with pytest.raises(ArgumentsInvalid):
+        SandboxRequest(code="x" * (MAX_CODE_BYTES + 1))
+    assert SandboxRequest(code="print(1)").argv()[-1] == "print(1)"
+    assert SandboxRequest(command=("echo", "hi"), files={"d/a.txt": b""}).argv() == ["echo", "hi"]
+
+
+def test_limits_from_config_with_overrides() -> None:
+    cfg = Config.model_validate({"sandbox": {"memory_mb": 512, "pids": 99, "timeout_s": 3.0}})
+    lim = Limits.from_config(cfg.sandbox, timeout_s=1.5, pids=None)
+    assert (lim.memory_mb, lim.pids, lim.timeout_s, lim.output_bytes) == (512, 99, 1.5, cfg.sandbox.output_bytes)

@@ -1,0 +1,196 @@
+"""The MCP conformance suite against the fixture server directly and through the gateway.
+
+In one run: the fixture server (``fixture_server.py``, SDK ``MCPServer``) on a free
+127.0.0.1 port, the suite against it; then ``symbi serve`` in pass-through mode in front of
+it (the fixture as an HTTP upstream, and again as a stdio upstream), the same suite against
+the gateway. The gateway must pass every check the fixture passes directly: a check that
+passes directly and not through the gateway is a forwarding gap and fails the test.
+Both counts go to ``tests/conformance/last-run.json`` (not committed) and to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conformance._suite import (
+    HERE,
+    INSTALL_HINT,
+    Run,
+    assert_gateway_keeps_up,
+    missing_tools,
+    regressions,
+    run_suite,
+)
+from tests.conftest import write_config
+from tests.server._http import serve
+
+pytestmark = [pytest.mark.npm, pytest.mark.slow]
+
+FIXTURE = HERE / "fixture_server.py"
+LAST_RUN = HERE / "last-run.json"
+# (suite version, --requirements): 0.1.16 runs all active scenarios (protocol <= 2025-11-25);
+# the alpha runs exactly what each spec revision requires.
+SUITE_RUNS = [("0.1.16", None), ("0.2.0-alpha.11", "2025-11-25"), ("0.2.0-alpha.11", "2026-07-28")]
+IDS = ["0.1.16-active", "alpha-2025-11-25", "alpha-2026-07-28"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"fixture server exited {proc.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"fixture server not listening on {port}: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools_present() -> None:
+    missing = missing_tools()
+    if missing:
+        pytest.fail(f"conformance tooling missing ({INSTALL_HINT}): {', '.join(missing)}")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    LAST_RUN.write_text("{}\n")  # this run's numbers only
+    return tmp_path_factory.mktemp("conformance")
+
+
+@pytest.fixture(scope="module")
+def fixture_url(workdir: Path) -> Iterator[str]:
+    port = _free_port()
+    log = workdir / "fixture.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(FIXTURE), "--port", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_port(port, proc, log)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _gateway_config(workdir: Path, name: str, upstream: str) -> Path:
+    folder = workdir / name
+    folder.mkdir()
+    # Policy enforcement is off on purpose: this measures protocol forwarding, and the
+    # conformance principal is not in any policy. Verification "warn" lists the unsigned
+    # fixture's tools. Anonymous HTTP access is the explicit opt-in for tests.
+    return write_config(
+        folder,
+        f"""
+        [security]
+        enforce_policies = false
+
+        [sandbox]
+        code_tools = false
+
+        [http]
+        anonymous_principal = "conformance"
+        access_log = false
+
+        [servers.fixture]
+        {upstream}
+        pass_through = true
+        verification = "warn"
+        """,
+    )
+
+
+@pytest.fixture(scope="module")
+def gateway_http_upstream(workdir: Path, fixture_url: str) -> Iterator[str]:
+    config = _gateway_config(workdir, "gw-http", f'url = "{fixture_url}"')
+    with serve(config) as base:
+        yield base + "/mcp"
+
+
+@pytest.fixture(scope="module")
+def gateway_stdio_upstream(workdir: Path) -> Iterator[str]:
+    config = _gateway_config(
+        workdir, "gw-stdio", f'command = "{sys.executable}"\nargs = ["{FIXTURE}", "--stdio"]'
+    )
+    with serve(config) as base:
+        yield base + "/mcp"
+
+
+@pytest.fixture(scope="module")
+def direct_runs(workdir: Path, fixture_url: str) -> dict[str, Run]:
+    """The suite against the fixture directly, once per suite run, shared by the tests."""
+    return {
+        ident: run_suite(version, fixture_url, workdir / f"direct-{ident}", req)
+        for ident, (version, req) in zip(IDS, SUITE_RUNS)
+    }
+
+
+def _record(key: str, direct: Run, gateway: Run, lost: list[str]) -> None:
+    data = json.loads(LAST_RUN.read_text() or "{}")
+    data[key] = {"direct": direct.summary(), "gateway": gateway.summary(), "lost_through_gateway": lost}
+    LAST_RUN.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print(f"\n{key}: direct {direct.passed}/{direct.passed + direct.failed} passed, "
+          f"gateway {gateway.passed}/{gateway.passed + gateway.failed} passed")
+
+
+def _compare(key: str, direct: Run, gateway: Run) -> None:
+    _record(key, direct, gateway, regressions(direct, gateway))
+    assert_gateway_keeps_up(direct, gateway)
+
+
+def test_fixture_passes_the_active_suite(direct_runs: dict[str, Run]) -> None:
+    # The fixture is the baseline: if it fails the 2025-11-25 scenarios, the comparison means little.
+    run = direct_runs["0.1.16-active"]
+    assert run.passed >= 40, run.summary()
+    assert run.failed == 0, run.summary()
+    assert direct_runs["alpha-2025-11-25"].failed == 0, direct_runs["alpha-2025-11-25"].summary()
+
+
+@pytest.mark.parametrize("ident", IDS)
+def test_gateway_http_upstream_passes_what_the_fixture_passes(
+    ident: str, direct_runs: dict[str, Run], gateway_http_upstream: str, workdir: Path
+) -> None:
+    version, req = SUITE_RUNS[IDS.index(ident)]
+    gateway = run_suite(version, gateway_http_upstream, workdir / f"gw-http-{ident}", req)
+    _compare(f"{ident} http-upstream", direct_runs[ident], gateway)
+
+
+@pytest.mark.parametrize("ident", IDS)
+def test_gateway_stdio_upstream_passes_what_the_fixture_passes(
+    ident: str, direct_runs: dict[str, Run], gateway_stdio_upstream: str, workdir: Path
+) -> None:
+    version, req = SUITE_RUNS[IDS.index(ident)]
+    gateway = run_suite(version, gateway_stdio_upstream, workdir / f"gw-stdio-{ident}", req)
+    _compare(f"{ident} stdio-upstream", direct_runs[ident], gateway)
+
+
+def test_comparison_flags_a_check_lost_through_the_gateway(tmp_path: Path) -> None:
+    # The comparison itself must be able to fail: a check passing directly and failing via
+    # the gateway is reported even when the totals are equal.
+    direct = Run("direct", {("tools-list", "tools-list"): "SUCCESS", ("ping", "ping"): "FAILURE"})
+    gateway = Run("gateway", {("tools-list", "tools-list"): "FAILURE", ("ping", "ping"): "SUCCESS"})
+    assert gateway.passed == direct.passed
+    assert regressions(direct, gateway) == ["tools-list/tools-list: FAILURE"]
+    with pytest.raises(AssertionError):
+        assert_gateway_keeps_up(direct, gateway)
+    assert_gateway_keeps_up(direct, Run("gateway", dict(direct.checks)))  # equal runs pass

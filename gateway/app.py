@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 import anyio
 import mcp.types as types
 from mcp.server.session import ServerSession
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 
@@ -59,7 +60,8 @@ class Gateway:
         self.upstreams: dict[str, Upstream] = {}
         self.catalog = Catalog.empty()
         self.bus = bus or InMemorySubscriptionBus()
-        self._downstream: "weakref.WeakSet[ServerSession]" = weakref.WeakSet()
+        # Handshake-era client connections, for pushed list_changed (weak: closed ones go away).
+        self._downstream: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._steps_factory = steps
         self._tool_infos = tool_infos
         self.list_filter = list_filter
@@ -149,14 +151,14 @@ class Gateway:
         res_changed = set(old.resources) != set(new.resources)
         if not (tools_changed or prompts_changed or res_changed):
             return
-        for s in list(self._downstream):
+        for conn in list(self._downstream):
             with contextlib.suppress(Exception):
                 if tools_changed:
-                    await s.send_tool_list_changed()
+                    await conn.outbound.notify("notifications/tools/list_changed", None)
                 if prompts_changed:
-                    await s.send_prompt_list_changed()
+                    await conn.outbound.notify("notifications/prompts/list_changed", None)
                 if res_changed:
-                    await s.send_resource_list_changed()
+                    await conn.outbound.notify("notifications/resources/list_changed", None)
         with contextlib.suppress(Exception):
             if tools_changed:
                 await self.bus.publish(ToolsListChanged())
@@ -166,18 +168,21 @@ class Gateway:
                 await self.bus.publish(ResourcesListChanged())
 
     async def _resource_updated(self, up: Upstream, uri: str) -> None:
-        for s in list(self._downstream):
+        for conn in list(self._downstream):
             with contextlib.suppress(Exception):
-                await s.send_resource_updated(uri)
+                await conn.outbound.notify("notifications/resources/updated", {"uri": uri})
 
     async def refresh(self) -> None:
         """Rebuild the catalogue (after an approval or revocation, say)."""
         await self._rebuild()
 
     def remember_downstream(self, session: ServerSession) -> None:
-        # Handshake-era sessions get list_changed pushed; weak so closed sessions go away.
-        inner = getattr(session, "_connection", None)
-        self._downstream.add(session if inner is None else session)
+        conn = getattr(session, "_connection", None)
+        if conn is None or conn in self._downstream:
+            return
+        if conn.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return  # 2026-era clients hear about changes through subscriptions/listen (self.bus)
+        self._downstream.add(conn)
 
     def visible_tools(self, principal: Principal) -> list[CatalogTool]:
         entries = list(self.catalog.tools.values())

@@ -1,0 +1,101 @@
+"""Config: typed, frozen, validated at start; errors name the key and the file."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.config import build_config, load_config
+from gateway.errors import ConfigError
+from tests.conftest import SYMBI, symbi_env, write_config
+
+
+def test_defaults_are_safe() -> None:
+    cfg = build_config({})
+    assert cfg.http.host == "127.0.0.1"
+    assert cfg.mcp.tool_verification == "strict"
+    assert cfg.security.enforce_policies and cfg.security.audit_enabled
+    assert cfg.http.anonymous_principal is None
+
+
+def test_config_is_frozen() -> None:
+    cfg = build_config({})
+    with pytest.raises(ValidationError):
+        cfg.http.port = 1  # type: ignore[misc]
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    p = write_config(tmp_path, '[servers.a]\ncommand = "./bin/srv"\n[policy]\npath = "p.rego"\n')
+    cfg = load_config(p, {})
+    assert cfg.servers["a"].command == str(tmp_path / "bin/srv")
+    assert cfg.servers["a"].cwd == tmp_path
+    assert cfg.policy.path == tmp_path / "p.rego"
+
+
+def test_env_overrides_the_file(tmp_path: Path) -> None:
+    p = write_config(tmp_path, '[gateway]\nlog_level = "INFO"\n')
+    cfg = load_config(None, {"SYMBI_CONFIG_PATH": str(p), "SYMBI_LOG_LEVEL": "debug", "MCP_SERVER_DISCOVERY": "false"})
+    assert cfg.gateway.log_level == "DEBUG"
+    assert cfg.source == p.resolve()
+
+
+def test_bad_boolean_env_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        build_config({}, environ={"MCP_SERVER_DISCOVERY": "maybe"})
+
+
+BAD = [
+    ("unknown key", '[mcp]\ntool_verificaton = "strict"\n', "mcp.tool_verificaton"),
+    ("wrong type", "[mcp]\ncall_timeout_s = \"soon\"\n", "mcp.call_timeout_s"),
+    ("bad enum", '[mcp]\ntool_verification = "sometimes"\n', "mcp.tool_verification"),
+    ("no transport", "[servers.a]\nenabled = true\n", "servers.a"),
+    ("both transports", '[servers.a]\ncommand = "x"\nurl = "http://127.0.0.1:1/mcp"\n', "servers.a"),
+    ("bad server name", '[servers."a__b"]\ncommand = "x"\n', "servers"),
+    ("opa without url", '[policy]\nengine = "opa"\n', "policy"),
+    ("unknown section", "[nope]\nx = 1\n", "nope"),
+    ("negative port", "[http]\nport = -1\n", "http.port"),
+    ("jwt alg none", '[http.jwt]\nissuer = "i"\naudience = "a"\nalgorithms = ["none"]\njwks_file = "j"\n', "http.jwt"),
+    ("not toml", "[mcp\n", "not valid TOML"),
+    ("two pass-through", '[servers.a]\ncommand = "x"\npass_through = true\n[servers.b]\ncommand = "y"\n', "servers"),
+]
+
+
+@pytest.mark.parametrize("label,body,key", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_refused_naming_the_key(tmp_path: Path, label: str, body: str, key: str) -> None:
+    p = tmp_path / "symbi.toml"
+    p.write_text(body)
+    with pytest.raises(ConfigError):
+        load_config(p, {})
+    proc = subprocess.run(
+        [str(SYMBI), "config", "check", "--config", str(p)], capture_output=True, text=True, env=symbi_env(), timeout=60
+    )
+    assert proc.returncode == 2
+    assert key in proc.stderr
+    assert str(p) in proc.stderr
+
+
+def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(SYMBI), "config", "check", "--config", str(tmp_path / "absent.toml")],
+        capture_output=True,
+        text=True,
+        env=symbi_env(),
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "absent.toml" in proc.stderr
+
+
+def test_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [str(SYMBI), "config", "check", "--config", str(root / "examples/symbi.toml")],
+        capture_output=True,
+        text=True,
+        env=symbi_env(),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr

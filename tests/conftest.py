@@ -1,0 +1,79 @@
+"""Shared fixtures: paths to the real peers, config files, gateway processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+NODE_MODULES = ROOT / "node_modules"
+EVERYTHING_JS = NODE_MODULES / "@modelcontextprotocol/server-everything/dist/index.js"
+FILESYSTEM_JS = NODE_MODULES / "@modelcontextprotocol/server-filesystem/dist/index.js"
+TIME_BIN = VENV_BIN / "mcp-server-time"
+SYMBI = VENV_BIN / "symbi"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_peers() -> None:
+    missing = [p for p in (EVERYTHING_JS, FILESYSTEM_JS, TIME_BIN) if not p.exists()]
+    if missing:
+        pytest.fail(f"peer servers missing (run `make setup`): {', '.join(map(str, missing))}")
+
+
+def write_config(tmp_path: Path, body: str, name: str = "symbi.toml") -> Path:
+    """Write a config whose data dir is inside tmp_path."""
+    path = tmp_path / name
+    text = textwrap.dedent(body)
+    if "[gateway]" not in text:
+        text = f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n' + text
+    path.write_text(text)
+    return path
+
+
+def peers_config(tmp_path: Path, extra: str = "", verification: str = "warn") -> Path:
+    require_peers()
+    data = tmp_path / "files"
+    data.mkdir(exist_ok=True)
+    (data / "hello.txt").write_text("hello from the test folder\n")
+    return write_config(
+        tmp_path,
+        f"""
+        [servers.everything]
+        command = "node"
+        args = ["{EVERYTHING_JS}", "stdio"]
+        verification = "{verification}"
+
+        [servers.fs]
+        command = "node"
+        args = ["{FILESYSTEM_JS}", "{data}"]
+        verification = "{verification}"
+
+        [servers.time]
+        command = "{TIME_BIN}"
+        args = ["--local-timezone", "UTC"]
+        verification = "{verification}"
+        """
+        + textwrap.dedent(extra),
+    )
+
+
+def symbi_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
+    env.update(extra)
+    return env

@@ -1,0 +1,84 @@
+"""Bad input from a client over stdio: each gets a JSON-RPC error and the session goes on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import SYMBI, symbi_env, write_config
+from tests.server.test_stdio_e2e import MUTABLE
+
+
+class Raw:
+    def __init__(self, config: Path) -> None:
+        self.p = subprocess.Popen(
+            [str(SYMBI), "mcp", "--config", str(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=symbi_env(),
+        )
+
+    def send(self, obj: Any) -> None:
+        raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        assert self.p.stdin is not None
+        self.p.stdin.write(raw + b"\n")
+        self.p.stdin.flush()
+
+    def recv(self) -> dict[str, Any]:
+        assert self.p.stdout is not None
+        return json.loads(self.p.stdout.readline())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.p.kill()
+        self.p.wait()
+
+
+def test_malformed_unknown_and_oversized_messages_get_errors(tmp_path: Path) -> None:
+    import sys
+
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        max_message_bytes = 65536
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        """,
+    )
+    r = Raw(cfg)
+    try:
+        r.send(b"{this is not json")
+        assert r.recv()["error"]["code"] == -32700
+
+        r.send({"jsonrpc": "2.0", "id": 7, "no_method": True})
+        assert r.recv()["error"]["code"] == -32600
+
+        r.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+            }
+        )
+        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
+        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+        r.send({"jsonrpc": "2.0", "id": 2, "method": "no/such/method"})
+        assert r.recv() == {"jsonrpc": "2.0", "id": 2, "error": {"code": -32601, "message": "Method not found", "data": "no/such/method"}}
+
+        big = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "mut__echo", "arguments": {"message": "x" * 100_000}}}
+        r.send(big)
+        err = r.recv()
+        assert err["id"] == 3 and err["error"]["code"] == -32600
+
+        r.send({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "mut__echo", "arguments": {"message": "ok"}}})
+        ok = r.recv()
+        assert ok["id"] == 4 and ok["result"]["content"][0]["text"] == "Echo: ok"
+    finally:
+        r.close()

@@ -1,0 +1,157 @@
+"""End to end over stdio: the SDK client → ``symbi mcp`` → real upstreams.
+
+Upstreams: @modelcontextprotocol/server-everything and -filesystem (npm), mcp-server-time
+(PyPI), and a small SDK server of our own that changes its tools at run time.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import mcp.types as types
+import pytest
+from mcp import Client
+
+from tests.conftest import ROOT, peers_config, write_config
+from tests.server._clients import gateway_params, stdio_session
+
+pytestmark = pytest.mark.anyio
+MUTABLE = ROOT / "tests/peers/mutable_server.py"
+
+
+def mutable_config(tmp_path: Path, record: Path | None = None) -> Path:
+    env = f'env = {{ RECORD_FILE = "{record}" }}' if record else ""
+    return write_config(
+        tmp_path,
+        f"""
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        {env}
+        """,
+    )
+
+
+async def test_lists_and_calls_tools_of_all_three_upstreams(tmp_path: Path) -> None:
+    cfg = peers_config(tmp_path)
+    async with stdio_session(cfg) as s:
+        names = {t.name for t in (await s.list_tools()).tools}
+        assert {"everything__echo", "fs__read_text_file", "time__get_current_time"} <= names
+        assert all(n.split("__")[0] in {"everything", "fs", "time"} for n in names)
+
+        echo = await s.call_tool("everything__echo", {"message": "über ✓"})
+        assert not echo.is_error and echo.content[0].text == "Echo: über ✓"  # type: ignore[union-attr]
+
+        f = await s.call_tool("fs__read_text_file", {"path": str(tmp_path / "files/hello.txt")})
+        assert not f.is_error and "hello from the test folder" in f.content[0].text  # type: ignore[union-attr]
+
+        t = await s.call_tool("time__get_current_time", {"timezone": "UTC"})
+        assert not t.is_error and "UTC" in t.content[0].text  # type: ignore[union-attr]
+
+
+async def test_modern_era_client_works_too(tmp_path: Path) -> None:
+    cfg = peers_config(tmp_path)
+    async with Client(gateway_params(cfg)) as c:
+        assert c.protocol_version == "2026-07-28"
+        r = await c.call_tool("everything__get-sum", {"a": 2, "b": 3})
+        assert not r.is_error and "5" in r.content[0].text  # type: ignore[union-attr]
+
+
+async def test_resources_and_prompts_are_routed_to_their_upstream(tmp_path: Path) -> None:
+    cfg = peers_config(tmp_path)
+    async with stdio_session(cfg) as s:
+        uris = [r.uri for r in (await s.list_resources()).resources]
+        assert "demo://resource/static/document/architecture.md" in uris
+        read = await s.read_resource("demo://resource/static/document/architecture.md")
+        assert read.contents and read.contents[0].uri == "demo://resource/static/document/architecture.md"
+        templates = [t.uri_template for t in (await s.list_resource_templates()).resource_templates]
+        assert "demo://resource/dynamic/text/{resourceId}" in templates
+        dyn = await s.read_resource("demo://resource/dynamic/text/1")
+        assert dyn.contents
+
+        prompts = {p.name for p in (await s.list_prompts()).prompts}
+        assert "everything__args-prompt" in prompts
+        got = await s.get_prompt("everything__args-prompt", {"city": "Lyon", "state": "ARA"})
+        assert "Lyon" in str(got.messages[0].content)
+
+
+async def test_unknown_resource_and_prompt_are_protocol_errors(tmp_path: Path) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    cfg = peers_config(tmp_path)
+    async with stdio_session(cfg) as s:
+        with pytest.raises(MCPError) as e1:
+            await s.read_resource("demo://nowhere/at/all")
+        assert e1.value.error.code == types.INVALID_PARAMS
+        with pytest.raises(MCPError) as e2:
+            await s.get_prompt("everything__no-such-prompt")
+        assert e2.value.error.code == types.INVALID_PARAMS
+        # the session is still fine afterwards
+        assert not (await s.call_tool("everything__echo", {"message": "still here"})).is_error
+
+
+async def test_progress_is_relayed(tmp_path: Path) -> None:
+    cfg = peers_config(tmp_path)
+    seen: list[tuple[float, float | None]] = []
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        seen.append((p, total))
+
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool(
+            "everything__trigger-long-running-operation", {"duration": 0.6, "steps": 3}, progress_callback=on_progress
+        )
+        assert not r.is_error
+    assert [p for p, _ in seen] == [1, 2, 3]
+    assert all(t == 3 for _, t in seen)
+
+
+async def test_list_changed_is_relayed_to_handshake_clients(tmp_path: Path) -> None:
+    cfg = mutable_config(tmp_path)
+    changed = anyio.Event()
+
+    async def handler(msg: object) -> None:
+        if isinstance(msg, types.ToolListChangedNotification):
+            changed.set()
+
+    async with stdio_session(cfg, message_handler=handler) as s:
+        before = {t.name for t in (await s.list_tools()).tools}
+        assert "mut__extra" not in before
+        changed = anyio.Event()  # ignore anything sent at start-up
+        r = await s.call_tool("mut__add_tool", {})
+        assert not r.is_error
+        with anyio.fail_after(10):
+            await changed.wait()
+        with anyio.fail_after(10):
+            while "mut__extra" not in {t.name for t in (await s.list_tools()).tools}:
+                await anyio.sleep(0.05)
+        assert (await s.call_tool("mut__extra", {})).content[0].text == "extra!"  # type: ignore[union-attr]
+
+
+async def test_list_changed_reaches_modern_clients_through_listen(tmp_path: Path) -> None:
+    cfg = mutable_config(tmp_path)
+    async with Client(gateway_params(cfg)) as c:
+        assert c.protocol_version == "2026-07-28"
+        async with c.listen(tools_list_changed=True) as sub:
+            r = await c.call_tool("mut__add_tool", {})
+            assert not r.is_error
+            with anyio.fail_after(10):
+                async for _event in sub:
+                    break
+        names = {t.name for t in (await c.list_tools()).tools}
+        assert "mut__extra" in names
+
+
+async def test_bad_calls_get_readable_errors_and_the_session_survives(tmp_path: Path) -> None:
+    cfg = peers_config(tmp_path)
+    async with stdio_session(cfg) as s:
+        unknown = await s.call_tool("nope__tool", {})
+        assert unknown.is_error and unknown.meta["symbi/error"]["code"] == "unknown_tool"  # type: ignore[index]
+        wrong = await s.call_tool("everything__get-sum", {"a": "two", "b": 3})
+        assert wrong.is_error and wrong.meta["symbi/error"]["code"] == "arguments_invalid"  # type: ignore[index]
+        assert any("a" in r for r in wrong.meta["symbi/error"]["reasons"])  # type: ignore[index]
+        ok = await s.call_tool("everything__get-sum", {"a": 2, "b": 3})
+        assert not ok.is_error

@@ -1,0 +1,63 @@
+"""The catalogue: valid names, no shadowing, routing of resources and prompts."""
+
+from __future__ import annotations
+
+import mcp.types as types
+import pytest
+
+from gateway.catalog import Catalog, UpstreamListing, namespaced
+from gateway.errors import CatalogError, UnknownTool
+
+
+def tool(name: str, desc: str = "d") -> types.Tool:
+    return types.Tool(name=name, description=desc, input_schema={"type": "object"})
+
+
+def test_tools_are_namespaced_and_valid() -> None:
+    cat = Catalog.build([UpstreamListing("ev", False, [tool("echo"), tool("get.sum")])])
+    assert set(cat.tools) == {"ev__echo", "ev__get_sum"}
+    assert cat.tool("ev__get_sum").info.original_name == "get.sum"
+
+
+def test_a_name_that_cannot_be_made_valid_is_refused() -> None:
+    cat = Catalog.build([UpstreamListing("ev", False, [tool("x" * 80), tool("ok")])])
+    assert set(cat.tools) == {"ev__ok"}
+    assert [r.name for r in cat.refusals] == ["x" * 80]
+    with pytest.raises(CatalogError):
+        namespaced("ev", "y" * 70, False)
+
+
+def test_colliding_names_shadow_nothing() -> None:
+    # "a.b" and "a_b" both become ev__a_b: neither may be reachable (fail closed).
+    cat = Catalog.build([UpstreamListing("ev", False, [tool("a.b", "first"), tool("a_b", "second"), tool("c")])])
+    assert set(cat.tools) == {"ev__c"}
+    with pytest.raises(UnknownTool):
+        cat.tool("ev__a_b")
+
+
+def test_pass_through_keeps_names() -> None:
+    cat = Catalog.build([UpstreamListing("ev", True, [tool("test_simple_text")])])
+    assert set(cat.tools) == {"test_simple_text"}
+
+
+def test_resources_route_to_their_upstream_and_duplicates_are_refused() -> None:
+    r1 = types.Resource(uri="file:///a", name="a")
+    r2 = types.Resource(uri="file:///shared", name="s")
+    tpl = types.ResourceTemplate(uri_template="demo://item/{id}", name="item")
+    cat = Catalog.build(
+        [
+            UpstreamListing("one", False, [], resources=[r1, r2]),
+            UpstreamListing("two", False, [], resources=[r2], templates=[tpl]),
+        ]
+    )
+    assert cat.resource_owner("file:///a") == "one"
+    assert cat.resource_owner("demo://item/42") == "two"
+    with pytest.raises(CatalogError):
+        cat.resource_owner("file:///shared")
+    with pytest.raises(CatalogError):
+        cat.resource_owner("file:///unknown")
+
+
+def test_prompts_are_namespaced() -> None:
+    cat = Catalog.build([UpstreamListing("ev", False, [], prompts=[types.Prompt(name="simple")])])
+    assert cat.prompt("ev__simple").original_name == "simple"

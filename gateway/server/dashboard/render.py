@@ -146,9 +146,9 @@ def audit_page(sess: dict[str, Any], status: dict[str, Any] | None, message: str
     if v.get("problem"):
         summary += f'<p class="bad">{e(json.dumps(v["problem"]))}</p>'
     rows = (
-        (e(ev.get("seq")), e(ev.get("time")), e(ev.get("event_type")), e(ev.get("principal")),
+        (e(ev.get("seq")), e(_when(ev.get("ts_ns", 0) / 1e9)), e(ev.get("type")), e(ev.get("principal")),
          f"<code>{e(json.dumps(ev.get('details'), default=str)[:200])}</code>")
-        for ev in status["events"]
+        for ev in reversed(status["events"])  # newest first
     )
     table = _table(("Seq", "Time", "Event", "Principal", "Details"), rows, "No events.", "audit-events")
     return _page("Audit", f'<div class="card"><h2>Audit chain</h2>{summary}{table}</div>', sess, "/audit")

@@ -1,0 +1,133 @@
+"""The admin REST API: checked against its own OpenAPI document (schemathesis + jsonschema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from referencing import Registry, Resource
+from schemathesis.checks import not_a_server_error
+
+from gateway.server.admin import OPENAPI
+from tests.server.http.conftest import Env, bearer
+
+schema = schemathesis.openapi.from_dict(OPENAPI)
+
+
+@schema.parametrize()
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+def test_admin_api_conforms_to_openapi(case: Any, env: Env) -> None:
+    # 501/503 are documented answers (component not wired yet), so "no 5xx" does not apply.
+    case.call_and_validate(base_url=env.run.base + "/api", headers=bearer(env.keys.admin),
+                           excluded_checks=[not_a_server_error])
+
+
+def _validator(ref: str) -> jsonschema.Draft202012Validator:
+    root = Resource.from_contents({"$schema": "https://json-schema.org/draft/2020-12/schema", **OPENAPI})
+    registry = Registry().with_resource("urn:symbi:admin", root)
+    return jsonschema.Draft202012Validator({"$ref": f"urn:symbi:admin{ref}"}, registry=registry)
+
+
+def check(resp: httpx.Response, status: int, name: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    doc = resp.json()
+    _validator(f"#/components/schemas/{name}").validate(doc)
+    return doc
+
+
+def get(env: Env, path: str, key: str | None = None) -> httpx.Response:
+    return httpx.get(env.run.base + "/api" + path, headers=bearer(key or env.keys.admin), timeout=10)
+
+
+def test_tools_list_verification_state(env: Env) -> None:
+    doc = check(get(env, "/tools"), 200, "ToolList")
+    echo = next(t for t in doc["tools"] if t["name"] == "ev__echo")
+    assert (echo["upstream"], echo["original_name"], echo["verification"]) == ("ev", "echo", "unverified")
+
+
+def test_upstreams_and_sessions(env: Env) -> None:
+    doc = check(get(env, "/upstreams"), 200, "UpstreamList")
+    assert [(u["name"], u["state"], u["transport"]) for u in doc["upstreams"]] == [("ev", "up", "stdio")]
+    assert doc["upstreams"][0]["tools"] > 0
+    doc = check(get(env, "/sessions"), 200, "SessionList")
+    assert all(len(s["id"]) == 8 for s in doc["sessions"])  # never the full session id
+
+
+def test_restart_unknown_upstream_is_404_and_known_is_documented(env: Env) -> None:
+    r = httpx.post(env.run.base + "/api/upstreams/nope/restart", headers=bearer(env.keys.admin))
+    check(r, 404, "Error")
+    r = httpx.post(env.run.base + "/api/upstreams/ev/restart", headers=bearer(env.keys.admin))
+    if r.status_code == 202:  # the Upstream has restart()
+        check(r, 202, "Restarting")
+    else:
+        check(r, 501, "Error")
+    assert httpx.post(env.run.base + "/api/upstreams/ev/restart", headers=bearer(env.keys.user)).status_code == 403
+
+
+def test_audit_and_policy_say_unavailable_until_wired(env: Env) -> None:
+    gw = env.run.state.gateway
+    if getattr(gw, "audit_log", None) is None:
+        assert check(get(env, "/audit/recent"), 503, "Unavailable")["component"] == "audit"
+        assert check(get(env, "/audit/verify"), 503, "Unavailable")["component"] == "audit"
+    if getattr(gw, "policy_engine", None) is None:
+        assert check(get(env, "/policy/status"), 503, "Unavailable")["component"] == "policy"
+
+
+def test_recent_calls_limit_validation(env: Env) -> None:
+    check(get(env, "/calls/recent?limit=5"), 200, "CallList")
+    check(get(env, "/calls/recent?limit=0"), 400, "Error")
+    check(get(env, "/calls/recent?limit=abc"), 400, "Error")
+
+
+def test_openapi_document_is_served_to_admins_only(env: Env) -> None:
+    assert get(env, "/openapi.json").json() == OPENAPI
+    assert get(env, "/openapi.json", env.keys.user).status_code == 403
+
+
+class _AuditAdapter:
+    """The documented ``AuditView`` over the real ``AuditLog`` and ``verify_log``."""
+
+    def __init__(self, log: Any, key_path: Any) -> None:
+        self.log, self.key_path = log, key_path
+
+    def recent(self, n: int) -> list[dict[str, Any]]:
+        return self.log.recent(n)  # type: ignore[no-any-return]
+
+    def verify(self) -> dict[str, Any]:
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        from gateway.audit.verify import verify_log
+
+        pub = self.key_path.with_name(self.key_path.stem + ".pub.pem")
+        key = load_pem_public_key(pub.read_bytes())
+        ids = {kid for kid in (e.get("key_id") for e in self.log.recent(1)) if kid}
+        return verify_log(self.log.path, {kid: key for kid in ids} or {"": key}).as_dict()
+
+    def writable(self) -> bool:
+        return True
+
+
+def test_audit_endpoints_with_the_real_audit_log(env: Env, tmp_path: Any) -> None:
+    """Attach the real audit log through the documented protocol and read it back."""
+    from gateway.audit.log import AuditLog
+
+    key_path = tmp_path / "audit-key.pem"
+    log = AuditLog(tmp_path / "audit.db", key_path, checkpoint_every=1)
+    gw = env.run.state.gateway
+    assert gw is not None
+    try:
+        log.emit("test.event", {"n": 1}, principal="alice")
+        log.emit("test.event", {"n": 2}, principal="alice")
+        log.close()
+        gw.audit_log = _AuditAdapter(log, key_path)  # type: ignore[attr-defined]
+        events = check(get(env, "/audit/recent?limit=10"), 200, "AuditEvents")["events"]
+        assert [e["details"]["n"] for e in events if e["type"] == "test.event"] == [1, 2]  # oldest first
+        r = get(env, "/audit/verify")
+        assert check(r, 200, "AuditVerify")["ok"] is True
+        assert httpx.get(env.run.base + "/readyz").json()["audit"] is True
+    finally:
+        del gw.audit_log  # type: ignore[attr-defined]

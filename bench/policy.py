@@ -26,20 +26,21 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.chain import build_chain  # noqa: E402
-from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo  # noqa: E402
-from gateway.policy.cases import decision_dict, load_cases  # noqa: E402
-from gateway.policy.engine import EmbeddedEngine  # noqa: E402
-from gateway.policy.inputdoc import CallCounters  # noqa: E402
-from gateway.policy.loader import discover_files  # noqa: E402
-from gateway.steps.policy import PolicyStep  # noqa: E402
+from gateway.chain import build_chain
+from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.policy.cases import decision_dict, load_cases
+from gateway.policy.engine import EmbeddedEngine
+from gateway.policy.inputdoc import CallCounters
+from gateway.policy.loader import discover_files
+from gateway.steps.policy import PolicyStep
 
 URL_RE = re.compile(
     r"^(?i:https?)://(?:[^/?#\\@\s]*@)?(\[[0-9a-fA-F:.]+\]|[^/?#:@\\\s\[\]]+)(?::[0-9]{1,5})?(?:[/?#][^\\\s]*)?$"
@@ -51,7 +52,10 @@ class PurePolicy:
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.d = data.get("symbi_data", {})
-        self._host_res = [re.compile("^" + re.escape(p.lower()).replace(r"\*", "[^.]*") + "$") for p in self.d.get("url_hosts", [])]
+        self._host_res = [
+            re.compile("^" + re.escape(p.lower()).replace(r"\*", "[^.]*") + "$")
+            for p in self.d.get("url_hosts", [])
+        ]
 
     def _patterns(self, pid: str, roles: set[str], field: str) -> list[str]:
         pe = self.d.get("principals", {}).get(pid, {})
@@ -87,9 +91,9 @@ class PurePolicy:
         pid = inp["principal"]["id"]
         pe = d.get("principals", {}).get(pid, {})
         roles = set(inp["principal"].get("roles", [])) | set(pe.get("roles", []))
-        tool = inp.get("tool") if isinstance(inp.get("tool"), dict) else None
+        tool: dict[str, Any] = inp["tool"] if isinstance(inp.get("tool"), dict) else {}
         is_tool, is_call = kind == "tools/call", action == "call"
-        name = tool.get("name") if tool else None
+        name: str | None = tool.get("name")
         permitted = False
         if is_tool and name is not None:
             permitted = self._any(self._patterns(pid, roles, "tools"), name)
@@ -99,7 +103,10 @@ class PurePolicy:
                 deny.add(f"tool {name} is on the deny-list of principal {pid}")
             ver = tool.get("verification", "unverified")
             up = d.get("upstreams", {}).get((inp.get("upstream") or {}).get("name"), {})
-            if not (ver in ("verified", "pinned") or (ver in ("unverified", "off") and up.get("allow_unverified") is True)):
+            if not (
+                ver in ("verified", "pinned")
+                or (ver in ("unverified", "off") and up.get("allow_unverified") is True)
+            ):
                 deny.add(f"tool {name} is {ver}: only verified or pinned tools may be called")
             if is_call:
                 args = inp.get("arguments", {})
@@ -131,8 +138,8 @@ class PurePolicy:
             target = name if is_tool and name is not None else inp.get("target", "")
             reasons = [f"no rule allows {kind} on {target} (default deny)"]
         cond: dict[str, Any] = {}
-        if allow and is_tool:
-            if tool and tool.get("code_tool") is True:
+        if allow and is_tool and name is not None:
+            if tool.get("code_tool") is True:
                 cond["sandbox_tier"] = "docker" if "trusted" in roles else "gvisor"
             rates = [n for p, n in d.get("tool_rate_limits", {}).items() if fnmatchcase(name, p)]
             cond["rate_limit"] = min(rates + [pe.get("rate_limit", d.get("default_rate_limit", 60))])
@@ -161,11 +168,17 @@ def latency(fn: Callable[[dict[str, Any]], Any], inputs: list[dict[str, Any]], n
         fn(inp)
         samples.append(time.perf_counter_ns() - t0)
     samples.sort()
-    return {"p50_us": round(pct(samples, 0.50), 2), "p90_us": round(pct(samples, 0.90), 2),
-            "p99_us": round(pct(samples, 0.99), 2), "mean_us": round(statistics.fmean(samples) / 1000, 2)}
+    return {
+        "p50_us": round(pct(samples, 0.50), 2),
+        "p90_us": round(pct(samples, 0.90), 2),
+        "p99_us": round(pct(samples, 0.99), 2),
+        "mean_us": round(statistics.fmean(samples) / 1000, 2),
+    }
 
 
-def throughput(fn: Callable[[dict[str, Any]], Any], inputs: list[dict[str, Any]], seconds: float) -> dict[str, float]:
+def throughput(
+    fn: Callable[[dict[str, Any]], Any], inputs: list[dict[str, Any]], seconds: float
+) -> dict[str, float]:
     n, end = 0, time.perf_counter() + seconds
     c0, t0 = time.thread_time(), time.perf_counter()
     while time.perf_counter() < end:
@@ -176,7 +189,9 @@ def throughput(fn: Callable[[dict[str, Any]], Any], inputs: list[dict[str, Any]]
     return {"decisions_per_s": round(n / wall), "decisions_per_cpu_s": round(n / cpu) if cpu else 0}
 
 
-def threaded(engine: EmbeddedEngine, inputs: list[dict[str, Any]], threads: int, seconds: float) -> dict[str, Any]:
+def threaded(
+    engine: EmbeddedEngine, inputs: list[dict[str, Any]], threads: int, seconds: float
+) -> dict[str, Any]:
     counts = [0] * threads
     start, stop = threading.Barrier(threads + 1), threading.Event()
 
@@ -201,7 +216,13 @@ def threaded(engine: EmbeddedEngine, inputs: list[dict[str, Any]], threads: int,
 
 
 def step_overhead(engine: EmbeddedEngine, n: int) -> dict[str, float]:
-    tool = ToolInfo(name="fs__read_text_file", original_name="read_text_file", upstream="fs", definition={}, verification="pinned")
+    tool = ToolInfo(
+        name="fs__read_text_file",
+        original_name="read_text_file",
+        upstream="fs",
+        definition={},
+        verification="pinned",
+    )
     up = UpstreamInfo(name="fs", transport="stdio")
     principal = Principal(id="admin", roles=("admin",))  # admin: no per-minute limit trips in the loop
 
@@ -211,8 +232,14 @@ def step_overhead(engine: EmbeddedEngine, n: int) -> dict[str, float]:
         return CallToolResult(content=[TextContent(type="text", text="ok")])
 
     def new_call() -> CallContext:
-        return CallContext(principal=principal, kind="tools/call", target=tool.name,
-                           arguments={"path": "/srv/symbi/a.txt", "token": "x"}, tool=tool, upstream=up)
+        return CallContext(
+            principal=principal,
+            kind="tools/call",
+            target=tool.name,
+            arguments={"path": "/srv/symbi/a.txt", "token": "x"},
+            tool=tool,
+            upstream=up,
+        )
 
     async def measure(handler: Any) -> list[int]:
         out = []
@@ -229,9 +256,12 @@ def step_overhead(engine: EmbeddedEngine, n: int) -> dict[str, float]:
 
     bare = asyncio.run(measure(build_chain([], endpoint)))
     with_step = asyncio.run(measure(build_chain([PolicyStep(engine, Unlimited())], endpoint)))
-    return {"bare_endpoint_p50_us": round(pct(bare, 0.5), 2), "with_policy_step_p50_us": round(pct(with_step, 0.5), 2),
-            "policy_step_p50_us": round(pct(with_step, 0.5) - pct(bare, 0.5), 2),
-            "policy_step_p99_us": round(pct(with_step, 0.99) - pct(bare, 0.99), 2)}
+    return {
+        "bare_endpoint_p50_us": round(pct(bare, 0.5), 2),
+        "with_policy_step_p50_us": round(pct(with_step, 0.5), 2),
+        "policy_step_p50_us": round(pct(with_step, 0.5) - pct(bare, 0.5), 2),
+        "policy_step_p99_us": round(pct(with_step, 0.99) - pct(bare, 0.99), 2),
+    }
 
 
 def main() -> int:

@@ -20,7 +20,15 @@ from gateway.config.model import Config
 from gateway.errors import ConfigError
 from gateway.policy.cases import decision_dict, load_cases, run_cases
 from gateway.policy.engine import EmbeddedEngine, PolicyEngine, RemoteEngine
-from gateway.policy.loader import PolicyFiles, PolicyLoadError, discover_files, load_checked, read_bundle, read_test_modules, run_tests
+from gateway.policy.loader import (
+    PolicyFiles,
+    PolicyLoadError,
+    discover_files,
+    load_checked,
+    read_bundle,
+    read_test_modules,
+    run_tests,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -31,8 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
-        sp.add_argument("--policy", type=Path, default=None, help="Rego file (default: [policy] path, else the repo's policies.rego)")
-        sp.add_argument("--data", type=Path, default=None, help="policy data JSON (default: [policy] data, else policies/data.json beside the policy)")
+        sp.add_argument(
+            "--policy",
+            type=Path,
+            default=None,
+            help="Rego file (default: [policy] path, else the repo's policies.rego)",
+        )
+        sp.add_argument(
+            "--data",
+            type=Path,
+            default=None,
+            help="policy data JSON (default: [policy] data, else policies/data.json beside the policy)",
+        )
 
     check = psub.add_parser("check", help="parse the policy and run its own tests (0 ok, 1 broken)")
     common(check)
@@ -45,7 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     test = psub.add_parser("test", help="run *_test.rego (like opa test) and a cases file (0 all pass)")
     common(test)
-    test.add_argument("--cases", type=Path, default=None, help="cases JSON (default: policies/cases.json beside the policy, if present)")
+    test.add_argument(
+        "--cases",
+        type=Path,
+        default=None,
+        help="cases JSON (default: policies/cases.json beside the policy, if present)",
+    )
     test.add_argument("-v", "--verbose", action="store_true", help="print every test, not only failures")
     test.set_defaults(func=_test)
 
@@ -91,7 +114,12 @@ def _eval(args: argparse.Namespace) -> int:
     engine: PolicyEngine
     if cfg is not None and cfg.policy.engine == "opa" and args.policy is None:
         assert cfg.policy.url is not None
-        engine = RemoteEngine(cfg.policy.url, decision=cfg.policy.decision, timeout_s=cfg.policy.timeout_s, tls_ca=cfg.policy.tls_ca)
+        engine = RemoteEngine(
+            cfg.policy.url,
+            decision=cfg.policy.decision,
+            timeout_s=cfg.policy.timeout_s,
+            tls_ca=cfg.policy.tls_ca,
+        )
     else:
         emb = EmbeddedEngine(_files(args, cfg), decision=_decision_path(cfg))
         emb.load()  # a broken policy still answers: deny, with the reason
@@ -137,7 +165,9 @@ def _test(args: argparse.Namespace) -> int:
         bad = [r for r in results if not r.passed]
         for r in results:
             if not r.passed:
-                print(f"FAIL case {r.case.name!r}\n  expected {json.dumps(r.case.expected)}\n  actual   {json.dumps(r.actual)}")
+                print(
+                    f"FAIL case {r.case.name!r}\n  expected {json.dumps(r.case.expected)}\n  actual   {json.dumps(r.actual)}"
+                )
             elif args.verbose:
                 print(f"PASS case {r.case.name!r}")
         print(f"cases: {len(results) - len(bad)}/{len(results)} passed ({cases_path})")

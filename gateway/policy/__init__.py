@@ -12,7 +12,14 @@ Public API (what the gateway core calls):
 from gateway.policy.decision import CONDITIONS, validate_decision
 from gateway.policy.engine import EmbeddedEngine, PolicyEngine, RemoteEngine, build_engine, evaluate
 from gateway.policy.inputdoc import CallCounters, build_input, input_for_call
-from gateway.policy.loader import PolicyBundle, PolicyFiles, PolicyLoadError, discover_files, load_checked, run_tests
+from gateway.policy.loader import (
+    PolicyBundle,
+    PolicyFiles,
+    PolicyLoadError,
+    discover_files,
+    load_checked,
+    run_tests,
+)
 
 __all__ = [
     "CONDITIONS",

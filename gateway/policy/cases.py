@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from gateway.context import Decision
 from gateway.policy.loader import PolicyLoadError
@@ -53,7 +54,9 @@ def load_cases(path: Path) -> list[Case]:
     except OSError as e:
         raise PolicyLoadError(f"cannot read cases file {path}: {e}") from None
     except json.JSONDecodeError as e:
-        raise PolicyLoadError(f"cases file is not JSON: {e.msg}", location=f"{path}:{e.lineno}:{e.colno}") from None
+        raise PolicyLoadError(
+            f"cases file is not JSON: {e.msg}", location=f"{path}:{e.lineno}:{e.colno}"
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
         raise PolicyLoadError(f"cases file {path} must be an object with a 'cases' list")
     base = doc.get("base", {})
@@ -61,7 +64,9 @@ def load_cases(path: Path) -> list[Case]:
     for i, c in enumerate(doc["cases"]):
         if not isinstance(c, dict) or not isinstance(c.get("expected"), dict):
             raise PolicyLoadError(f"case #{i} in {path} needs an 'expected' object")
-        cases.append(Case(str(c.get("name", f"case {i}")), deep_merge(base, c.get("input", {})), c["expected"]))
+        cases.append(
+            Case(str(c.get("name", f"case {i}")), deep_merge(base, c.get("input", {})), c["expected"])
+        )
     return cases
 
 

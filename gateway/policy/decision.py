@@ -8,7 +8,8 @@ typo in a policy (``sandbox_teir``) can never silently drop a protection.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from gateway.context import Decision
 

@@ -18,8 +18,9 @@ import ssl
 import threading
 import weakref
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import httpx
 
@@ -73,7 +74,7 @@ def _evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> tuple[Dec
         raw = engine.eval_rule(decision)
     except _PASS_THROUGH:
         raise
-    except BaseException as e:  # pyo3 PanicException derives from BaseException
+    except BaseException as e:  # noqa: BLE001 - pyo3 PanicException derives from BaseException
         reason = clean_error(e).strip().splitlines()
         log.error("policy evaluation failed (%s): %s", type(e).__name__, " ".join(reason))
         return deny(f"policy evaluation failed: {reason[-1] if reason else type(e).__name__}"), False
@@ -138,7 +139,11 @@ class EmbeddedEngine(PolicyEngine):
             log.info("policy reloaded from %s (digest %s)", self.files.policy, bundle.digest[:12])
             self._events.emit(
                 "policy.reloaded",
-                {"policy": str(self.files.policy), "data": str(self.files.data or ""), "digest": bundle.digest},
+                {
+                    "policy": str(self.files.policy),
+                    "data": str(self.files.data or ""),
+                    "digest": bundle.digest,
+                },
             )
             return True
 
@@ -187,10 +192,12 @@ class RemoteEngine(PolicyEngine):
         path = decision.removeprefix("data.").replace(".", "/")
         self.endpoint = f"{url.rstrip('/')}/v1/data/{path}"
         self.timeout_s = timeout_s
-        self._verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
+        self._verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
+        )
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
-        self._aclients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = (
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -225,7 +232,7 @@ class RemoteEngine(PolicyEngine):
             client = self._client
         try:
             resp = client.post(self.endpoint, json={"input": dict(input)})
-        except Exception as e:  # any transport failure is a deny
+        except Exception as e:  # noqa: BLE001 - any transport failure is a deny
             return self._failed(e)
         return self._parse(resp)
 
@@ -237,7 +244,7 @@ class RemoteEngine(PolicyEngine):
             self._aclients[loop] = client
         try:
             resp = await client.post(self.endpoint, json={"input": dict(input)})
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any transport failure is a deny
             return self._failed(e)
         return self._parse(resp)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
 
@@ -72,7 +73,7 @@ class CallCounters:
 
 
 def _rfc3339(ns: int) -> str:
-    dt = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ns / 1e9, tz=UTC)
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -14,11 +14,12 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-import regorus
+import regorus  # type: ignore[import-untyped]  # no stubs or py.typed in the wheel
 
 from gateway.errors import PolicyError
 
@@ -45,8 +46,14 @@ CANARY_INPUT: dict[str, Any] = {
         "code_tool": False,
     },
     "arguments": {"path": "/", "url": "http://localhost/"},
-    "context": {"time": "1970-01-01T00:00:00Z", "unix": 0, "session_id": None,
-                "calls_last_minute": 0, "calls_last_hour": 0, "tool_calls_last_minute": 0},
+    "context": {
+        "time": "1970-01-01T00:00:00Z",
+        "unix": 0,
+        "session_id": None,
+        "calls_last_minute": 0,
+        "calls_last_hour": 0,
+        "tool_calls_last_minute": 0,
+    },
 }
 
 # Without this regorus appends a Rust backtrace to every error when RUST_BACKTRACE is set.
@@ -145,14 +152,16 @@ def read_bundle(files: PolicyFiles) -> PolicyBundle:
         try:
             loaded = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise PolicyLoadError(f"policy data is not JSON: {e.msg}", location=f"{files.data}:{e.lineno}:{e.colno}") from None
+            raise PolicyLoadError(
+                f"policy data is not JSON: {e.msg}", location=f"{files.data}:{e.lineno}:{e.colno}"
+            ) from None
         if not isinstance(loaded, dict):
             raise PolicyLoadError(f"policy data {files.data} must be a JSON object")
         data = loaded
     return PolicyBundle(modules=((str(files.policy), src),), data=data, digest=h.hexdigest())
 
 
-def new_engine(bundle: PolicyBundle, extra_modules: Iterable[tuple[str, str]] = ()) -> "regorus.Engine":
+def new_engine(bundle: PolicyBundle, extra_modules: Iterable[tuple[str, str]] = ()) -> regorus.Engine:
     """A fresh regorus engine for the calling thread (engines are thread-bound).
 
     Raises:
@@ -166,7 +175,9 @@ def new_engine(bundle: PolicyBundle, extra_modules: Iterable[tuple[str, str]] = 
         except BaseException as e:  # regorus may panic (BaseException); fail closed
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
-            raise PolicyLoadError(clean_error(e).splitlines()[-1], location=error_location(e) or name) from None
+            raise PolicyLoadError(
+                clean_error(e).splitlines()[-1], location=error_location(e) or name
+            ) from None
     if bundle.data:
         try:
             engine.add_data(bundle.data)
@@ -215,7 +226,9 @@ def run_tests(bundle: PolicyBundle, test_modules: Sequence[tuple[str, str]]) -> 
                 raise
             outcomes.append(RegoTestOutcome(ref, error_location(e) or where, False, clean_error(e)))
             continue
-        outcomes.append(RegoTestOutcome(ref, where, value is True, None if value is True else f"got {value!r}"))
+        outcomes.append(
+            RegoTestOutcome(ref, where, value is True, None if value is True else f"got {value!r}")
+        )
     return outcomes
 
 
@@ -231,7 +244,9 @@ def load_checked(files: PolicyFiles, decision: str = "data.symbi.decision") -> P
     if failed:
         first = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise PolicyLoadError(f"policy test {first.name} failed: {first.error}{more}", location=first.location)
+        raise PolicyLoadError(
+            f"policy test {first.name} failed: {first.error}{more}", location=first.location
+        )
     engine = new_engine(bundle)
     try:
         engine.set_input(CANARY_INPUT)

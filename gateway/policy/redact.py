@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from mcp.types import CallToolResult, TextContent
 
@@ -94,7 +95,9 @@ def redact_result(result: CallToolResult, rules: Sequence[str]) -> CallToolResul
                 content.append(item)
                 continue
             red, n = redact(parsed, rules)
-            content.append(item.model_copy(update={"text": json.dumps(red, ensure_ascii=False)}) if n else item)
+            content.append(
+                item.model_copy(update={"text": json.dumps(red, ensure_ascii=False)}) if n else item
+            )
         else:
             content.append(item)
     return result.model_copy(update={"content": content, "structured_content": structured})
@@ -124,7 +127,11 @@ def cap_result(result: CallToolResult, max_bytes: int) -> CallToolResult:
         return result
     if not all(isinstance(c, TextContent) for c in result.content):
         return CallToolResult(
-            content=[TextContent(type="text", text=f"result of {size} bytes exceeds the policy's cap of {max_bytes} bytes")],
+            content=[
+                TextContent(
+                    type="text", text=f"result of {size} bytes exceeds the policy's cap of {max_bytes} bytes"
+                )
+            ],
             is_error=True,
         )
     budget = max_bytes
@@ -136,7 +143,11 @@ def cap_result(result: CallToolResult, max_bytes: int) -> CallToolResult:
             kept.append(item)
             budget -= n
             continue
-        kept.append(item.model_copy(update={"text": _truncate_utf8(item.text, budget) + TRUNCATION_MARK.format(cap=max_bytes)}))
+        kept.append(
+            item.model_copy(
+                update={"text": _truncate_utf8(item.text, budget) + TRUNCATION_MARK.format(cap=max_bytes)}
+            )
+        )
         break
     if len(kept) == len(result.content) and kept[-1] is result.content[-1]:
         # text fits but structured_content made it too big: drop that and mark it

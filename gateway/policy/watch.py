@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 log = logging.getLogger("symbi.policy")
 
@@ -28,7 +28,9 @@ class FileWatcher:
     a policy edit taking effect within ~1 s is all that is promised.
     """
 
-    def __init__(self, paths: Sequence[Path], on_change: Callable[[], object], *, interval_s: float = 1.0) -> None:
+    def __init__(
+        self, paths: Sequence[Path], on_change: Callable[[], object], *, interval_s: float = 1.0
+    ) -> None:
         self.paths = tuple(paths)
         self.interval_s = interval_s
         self._on_change = on_change

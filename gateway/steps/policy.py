@@ -13,7 +13,8 @@ Order of work for one call:
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from mcp.types import CallToolResult
 
@@ -68,7 +69,8 @@ class PolicyStep:
             if cap is not None and call.result_bytes > cap:
                 # resources / prompts have no isError form: refuse rather than cut them
                 raise PolicyDenied(
-                    "result too large", reasons=[f"result of {call.result_bytes} bytes exceeds the cap of {cap} bytes"]
+                    "result too large",
+                    reasons=[f"result of {call.result_bytes} bytes exceeds the cap of {cap} bytes"],
                 )
         return result
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,14 @@ class RecordingSink:
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
 
-    def emit(self, event_type: str, details: Mapping[str, Any], *, principal: str | None = None, agent: str | None = None) -> None:
+    def emit(
+        self,
+        event_type: str,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+    ) -> None:
         self.events.append((event_type, dict(details)))
 
     def types(self) -> list[str]:

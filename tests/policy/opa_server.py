@@ -35,10 +35,17 @@ class OpaServer:
         scheme = "https" if certfile else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, log_level="warning", ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=1, lifespan="off"
+            app,
+            log_level="warning",
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+            timeout_graceful_shutdown=1,
+            lifespan="off",
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
 
     async def _data(self, request: Request) -> JSONResponse:
         from opa_bindings import OpaUndefinedError
@@ -54,7 +61,7 @@ class OpaServer:
             return JSONResponse({})
         return JSONResponse({"result": result})
 
-    def __enter__(self) -> "OpaServer":
+    def __enter__(self) -> OpaServer:  # noqa: PYI034
         self._thread.start()
         end = time.monotonic() + 20
         while not self._server.started:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.policy.cases import CASES_MIN, Case, check, deep_merge, decision_dict, run_cases
+from gateway.policy.cases import CASES_MIN, Case, check, decision_dict, deep_merge, load_cases, run_cases
 from gateway.policy.engine import EmbeddedEngine
-
 from tests.policy.conftest import CASES, opa_engine
-from gateway.policy.cases import load_cases
 
 ALL = load_cases(CASES)
 
@@ -46,5 +44,8 @@ def test_case_runner_reports_a_wrong_expectation(repo_engine: EmbeddedEngine, ca
 
 
 def test_deep_merge_replaces_non_objects() -> None:
-    assert deep_merge({"a": {"b": 1, "c": 2}, "d": [1]}, {"a": {"b": 3}, "d": None}) == {"a": {"b": 3, "c": 2}, "d": None}
+    assert deep_merge({"a": {"b": 1, "c": 2}, "d": [1]}, {"a": {"b": 3}, "d": None}) == {
+        "a": {"b": 3, "c": 2},
+        "d": None,
+    }
     assert check({"allow": True}, {"allow": True, "reasons": []})

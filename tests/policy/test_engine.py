@@ -12,7 +12,6 @@ import pytest
 
 from gateway.policy.engine import EmbeddedEngine, evaluate
 from gateway.policy.loader import PolicyBundle, PolicyFiles, new_engine
-
 from tests.policy.conftest import POLICY
 
 PKG = "package symbi\nimport rego.v1\n"
@@ -43,7 +42,7 @@ def test_empty_policy_denies_everything_and_warns(tmp_path: Path, caplog: pytest
 
 
 def test_policy_that_does_not_parse_denies_everything(tmp_path: Path) -> None:
-    eng = engine_for(tmp_path, PKG + "decision := {\"allow\": true\n")
+    eng = engine_for(tmp_path, PKG + 'decision := {"allow": true\n')
     assert eng.bundle is None
     assert eng.decide({}).allow is False
 
@@ -55,7 +54,9 @@ def test_allow_all_policy_allows(tmp_path: Path) -> None:
 
 
 def test_undefined_decision_denies(tmp_path: Path) -> None:
-    eng = engine_for(tmp_path, PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}} if input.magic\n')
+    eng = engine_for(
+        tmp_path, PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}} if input.magic\n'
+    )
     assert eng.bundle is not None
     assert eng.decide({"magic": True}).allow is True
     d = eng.decide({})
@@ -100,7 +101,9 @@ def test_runtime_error_in_a_branch_denies(tmp_path: Path) -> None:
 def test_engine_panic_is_caught_and_denies() -> None:
     """A regorus engine used from a thread that did not create it panics with a pyo3
     PanicException, a BaseException (not an Exception): evaluate() must still deny."""
-    bundle = PolicyBundle(modules=(("p.rego", PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}}\n'),))
+    bundle = PolicyBundle(
+        modules=(("p.rego", PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}}\n'),)
+    )
     box: dict[str, Any] = {}
     ready, done = threading.Event(), threading.Event()
 
@@ -157,3 +160,20 @@ def test_repo_policy_is_the_default() -> None:
 
     files = discover_files()
     assert files.policy == POLICY and files.data is not None and files.tests
+
+
+def test_build_engine_from_config(tmp_path: Path) -> None:
+    from gateway.config.model import Config, PolicySection
+    from gateway.policy.engine import RemoteEngine, build_engine
+    from tests.policy.conftest import DATA
+
+    emb = build_engine(Config(policy=PolicySection(path=POLICY, data=DATA, hot_reload=False)))
+    try:
+        assert isinstance(emb, EmbeddedEngine) and emb.bundle is not None
+    finally:
+        emb.close()
+    missing = build_engine(Config(policy=PolicySection(path=tmp_path / "gone.rego", hot_reload=False)))
+    assert missing.decide({"principal": {"id": "admin", "roles": ["admin"]}}).allow is False
+    remote = build_engine(Config(policy=PolicySection(engine="opa", url="http://127.0.0.1:9", timeout_s=0.5)))
+    assert isinstance(remote, RemoteEngine) and remote.timeout_s == 0.5
+    remote.close()

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
 
 import pytest
 import trustme
 
 from gateway.policy.cases import Case, decision_dict
 from gateway.policy.engine import EmbeddedEngine, RemoteEngine
-
 from tests.policy.conftest import opa_engine
 from tests.policy.opa_server import OpaServer
 
@@ -64,8 +63,14 @@ def test_deny(remote: RemoteEngine, cases: list[Case]) -> None:
     assert d.allow is False and list(d.reasons) == c.expected["reasons"]
 
 
-def test_same_decisions_as_embedded_on_every_case(remote: RemoteEngine, repo_engine: EmbeddedEngine, cases: list[Case]) -> None:
-    diffs = [c.name for c in cases if decision_dict(remote.decide(c.input)) != decision_dict(repo_engine.decide(c.input))]
+def test_same_decisions_as_embedded_on_every_case(
+    remote: RemoteEngine, repo_engine: EmbeddedEngine, cases: list[Case]
+) -> None:
+    diffs = [
+        c.name
+        for c in cases
+        if decision_dict(remote.decide(c.input)) != decision_dict(repo_engine.decide(c.input))
+    ]
     assert diffs == []
 
 
@@ -128,7 +133,10 @@ def test_endpoint_follows_the_decision_path() -> None:
 
 
 def test_malformed_answer_denies(tmp_path: Path, tls: dict[str, Path], cases: list[Case]) -> None:
-    bad = opa_engine('package symbi\nimport rego.v1\ndecision := {"allow": true, "reasons": [], "conditions": {"sudo": true}}\n', {})
+    bad = opa_engine(
+        'package symbi\nimport rego.v1\ndecision := {"allow": true, "reasons": [], "conditions": {"sudo": true}}\n',
+        {},
+    )
     with OpaServer(bad, certfile=str(tls["cert"]), keyfile=str(tls["key"])) as server:
         eng = RemoteEngine(server.url, tls_ca=tls["ca"])
         try:

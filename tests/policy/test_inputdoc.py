@@ -10,11 +10,28 @@ from gateway.policy.inputdoc import CallCounters, input_for_call
 
 
 def make_call() -> CallContext:
-    p = Principal(id="alice", kind="agent", roles=("developer",), claims={"sub": "alice", "team": "x"}, agent="planner")
-    t = ToolInfo(name="fs__read_text_file", original_name="read_text_file", upstream="fs", definition={},
-                 annotations={"readOnlyHint": True}, verification="pinned", key_fingerprint="sha256:ab", code_tool=False)
-    return CallContext(principal=p, kind="tools/call", target=t.name, arguments={"path": "/srv/symbi/a"},
-                       session_id="sess-1", tool=t, upstream=UpstreamInfo(name="fs", transport="stdio", domain="fs.example"))
+    p = Principal(
+        id="alice", kind="agent", roles=("developer",), claims={"sub": "alice", "team": "x"}, agent="planner"
+    )
+    t = ToolInfo(
+        name="fs__read_text_file",
+        original_name="read_text_file",
+        upstream="fs",
+        definition={},
+        annotations={"readOnlyHint": True},
+        verification="pinned",
+        key_fingerprint="sha256:ab",
+        code_tool=False,
+    )
+    return CallContext(
+        principal=p,
+        kind="tools/call",
+        target=t.name,
+        arguments={"path": "/srv/symbi/a"},
+        session_id="sess-1",
+        tool=t,
+        upstream=UpstreamInfo(name="fs", transport="stdio", domain="fs.example"),
+    )
 
 
 def test_all_fields_present() -> None:
@@ -22,7 +39,12 @@ def test_all_fields_present() -> None:
     for _ in range(3):
         counters.try_acquire("alice", "fs__read_text_file", None)
     doc = input_for_call(make_call(), counters)
-    assert doc["principal"] == {"id": "alice", "kind": "agent", "roles": ["developer"], "claims": {"sub": "alice", "team": "x"}}
+    assert doc["principal"] == {
+        "id": "alice",
+        "kind": "agent",
+        "roles": ["developer"],
+        "claims": {"sub": "alice", "team": "x"},
+    }
     assert doc["agent"] == "planner"
     assert doc["upstream"] == {"name": "fs", "transport": "stdio", "domain": "fs.example"}
     assert doc["tool"]["name"] == "fs__read_text_file" and doc["tool"]["original_name"] == "read_text_file"
@@ -39,10 +61,19 @@ def test_all_fields_present() -> None:
 def test_hourly_count_reaches_the_policy(repo_engine: EmbeddedEngine) -> None:
     # data.json: ci-bot may make 100 calls per hour
     call = make_call()
-    call = CallContext(principal=Principal(id="ci-bot", kind="service"), kind="tools/call", target="time__get_current_time",
-                       tool=ToolInfo(name="time__get_current_time", original_name="get_current_time", upstream="time",
-                                     definition={}, verification="pinned"),
-                       upstream=UpstreamInfo(name="time", transport="stdio"))
+    call = CallContext(
+        principal=Principal(id="ci-bot", kind="service"),
+        kind="tools/call",
+        target="time__get_current_time",
+        tool=ToolInfo(
+            name="time__get_current_time",
+            original_name="get_current_time",
+            upstream="time",
+            definition={},
+            verification="pinned",
+        ),
+        upstream=UpstreamInfo(name="time", transport="stdio"),
+    )
     now = [0.0]
     counters = CallCounters(clock=lambda: now[0])
     for _ in range(99):

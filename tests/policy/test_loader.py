@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import PolicyError
-from gateway.policy.loader import PolicyFiles, PolicyLoadError, find_test_rules, load_checked, read_bundle, run_tests
+from gateway.policy.loader import (
+    PolicyFiles,
+    PolicyLoadError,
+    find_test_rules,
+    load_checked,
+    read_bundle,
+    run_tests,
+)
 
 LOC = re.compile(r"^(.+):(\d+):(\d+)$")
 
@@ -32,7 +39,9 @@ def test_parse_error_names_file_line_column(policy_copy: PolicyFiles) -> None:
 
 def test_failing_policy_test_is_refused_with_its_location(policy_copy: PolicyFiles) -> None:
     test_file = policy_copy.tests[0]
-    test_file.write_text(test_file.read_text() + "\ntest_broken if {\n\tdata.symbi.decision.allow == \"maybe\"\n}\n")
+    test_file.write_text(
+        test_file.read_text() + '\ntest_broken if {\n\tdata.symbi.decision.allow == "maybe"\n}\n'
+    )
     with pytest.raises(PolicyLoadError) as info:
         load_checked(policy_copy)
     m = LOC.match(info.value.location or "")

@@ -13,7 +13,11 @@ def test_key_names_at_any_depth_case_insensitive() -> None:
     doc = {"Password": "a", "list": [{"token": "b"}, {"x": 1}], "deep": {"deeper": {"API_KEY": "c"}}}
     out, n = redact(doc, ["password", "token", "api_key"])
     assert n == 3
-    assert out == {"Password": REDACTED, "list": [{"token": REDACTED}, {"x": 1}], "deep": {"deeper": {"API_KEY": REDACTED}}}
+    assert out == {
+        "Password": REDACTED,
+        "list": [{"token": REDACTED}, {"x": 1}],
+        "deep": {"deeper": {"API_KEY": REDACTED}},
+    }
     assert doc["Password"] == "a"  # a copy; the original is untouched
 
 
@@ -33,7 +37,10 @@ def test_pointer_matches_header_case_and_array_index_and_escapes() -> None:
 
 def test_result_redaction_covers_json_text_and_structured_content() -> None:
     r = CallToolResult(
-        content=[TextContent(type="text", text=json.dumps({"secret": "s1"})), TextContent(type="text", text="secret: prose")],
+        content=[
+            TextContent(type="text", text=json.dumps({"secret": "s1"})),
+            TextContent(type="text", text="secret: prose"),
+        ],
         structured_content={"secret": "s2", "ok": 1},
     )
     out = redact_result(r, ["secret"])
@@ -44,7 +51,9 @@ def test_result_redaction_covers_json_text_and_structured_content() -> None:
 def test_cap_keeps_small_results_and_cuts_text_at_utf8_boundaries() -> None:
     small = CallToolResult(content=[TextContent(type="text", text="hi")])
     assert cap_result(small, 1000) is small
-    r = CallToolResult(content=[TextContent(type="text", text="a" * 10), TextContent(type="text", text="€" * 100)])
+    r = CallToolResult(
+        content=[TextContent(type="text", text="a" * 10), TextContent(type="text", text="€" * 100)]
+    )
     out = cap_result(r, 50)
     assert out.content[0].text == "a" * 10
     cut = out.content[1].text.split("\n[truncated")[0]

@@ -7,13 +7,13 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyFiles
-
 from tests.policy.conftest import RecordingSink
 
 CI_BOT_ECHO: dict[str, Any] = {
@@ -23,10 +23,23 @@ CI_BOT_ECHO: dict[str, Any] = {
     "principal": {"id": "ci-bot", "kind": "service", "roles": [], "claims": {}},
     "agent": None,
     "upstream": {"name": "everything", "domain": None, "transport": "stdio"},
-    "tool": {"name": "everything__echo", "original_name": "echo", "upstream": "everything", "annotations": {},
-             "verification": "unverified", "key_fingerprint": None, "code_tool": False},
+    "tool": {
+        "name": "everything__echo",
+        "original_name": "echo",
+        "upstream": "everything",
+        "annotations": {},
+        "verification": "unverified",
+        "key_fingerprint": None,
+        "code_tool": False,
+    },
     "arguments": {"message": "hi"},
-    "context": {"time": "2026-11-26T10:00:00Z", "unix": 0, "session_id": None, "calls_last_minute": 0, "calls_last_hour": 0},
+    "context": {
+        "time": "2026-11-26T10:00:00Z",
+        "unix": 0,
+        "session_id": None,
+        "calls_last_minute": 0,
+        "calls_last_hour": 0,
+    },
 }
 
 
@@ -73,7 +86,7 @@ def test_good_data_change_applies_without_restart(watched: Any) -> None:
 
 
 def test_good_policy_change_applies(watched: Any) -> None:
-    eng, sink, files = watched
+    eng, _, files = watched
     inp = {**CI_BOT_ECHO, "principal": {"id": "admin", "roles": ["admin"], "kind": "user", "claims": {}}}
     assert eng.decide(inp).allow is True
     src = files.policy.read_text()
@@ -84,18 +97,23 @@ def test_good_policy_change_applies(watched: Any) -> None:
     assert "echo is switched off" in eng.decide(inp).reasons
 
 
-def test_broken_policy_is_refused_and_old_policy_stays(watched: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_broken_policy_is_refused_and_old_policy_stays(
+    watched: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     eng, sink, files = watched
     before = eng.bundle
     files.policy.write_text(files.policy.read_text() + "\nbroken_rule if {\n")  # does not parse
     bump(files.policy)
     with caplog.at_level(logging.ERROR, logger="symbi.policy"):
         assert eventually(lambda: "policy.reload_refused" in sink.types())
-    refused = [d for t, d in sink.events if t == "policy.reload_refused"][0]
+    refused = next(d for t, d in sink.events if t == "policy.reload_refused")
     assert refused["location"].startswith(f"{files.policy}:")
     assert eng.bundle is before
     # still the old policy: the stdio principal keeps its tool, the stranger stays out
-    local = {**CI_BOT_ECHO, "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}}}
+    local = {
+        **CI_BOT_ECHO,
+        "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}},
+    }
     assert eng.decide(local).allow is True
     assert eng.decide(CI_BOT_ECHO).allow is False
     # and a later good edit is still picked up
@@ -125,5 +143,8 @@ def test_deleted_policy_file_keeps_the_old_policy(watched: Any) -> None:
     eng, sink, files = watched
     files.policy.unlink()
     assert eventually(lambda: "policy.reload_refused" in sink.types())
-    local = {**CI_BOT_ECHO, "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}}}
+    local = {
+        **CI_BOT_ECHO,
+        "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}},
+    }
     assert eng.decide(local).allow is True

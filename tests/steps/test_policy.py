@@ -21,21 +21,32 @@ from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing
 
 LOCAL = Principal(id="local", kind="user", roles=("developer",))
 ADMIN = Principal(id="admin", kind="user", roles=("admin",))
-UPSTREAMS = {
-    n: UpstreamInfo(name=n, transport="stdio") for n in ("everything", "fs", "time", "sandbox")
-}
+UPSTREAMS = {n: UpstreamInfo(name=n, transport="stdio") for n in ("everything", "fs", "time", "sandbox")}
 
 
 def tool(name: str, *, code: bool = False, verification: str = "unverified") -> ToolInfo:
     up, orig = name.split("__", 1)
-    return ToolInfo(name=name, original_name=orig, upstream=up, definition={"name": orig, "inputSchema": {"type": "object"}},
-                    verification=verification, code_tool=code)  # type: ignore[arg-type]
+    return ToolInfo(
+        name=name,
+        original_name=orig,
+        upstream=up,
+        definition={"name": orig, "inputSchema": {"type": "object"}},
+        verification=verification,
+        code_tool=code,
+    )  # type: ignore[arg-type]
 
 
 def call_of(name: str, args: dict[str, Any], principal: Principal = LOCAL, **kw: Any) -> CallContext:
     t = tool(name, **kw)
-    return CallContext(principal=principal, kind="tools/call", target=name, arguments=args, session_id="s1",
-                       tool=t, upstream=UPSTREAMS[t.upstream])
+    return CallContext(
+        principal=principal,
+        kind="tools/call",
+        target=name,
+        arguments=args,
+        session_id="s1",
+        tool=t,
+        upstream=UPSTREAMS[t.upstream],
+    )
 
 
 class Recorder:
@@ -92,7 +103,12 @@ def test_tool_outside_the_allow_list_is_denied(engine: EmbeddedEngine) -> None:
 def test_redacted_arguments_never_reach_the_endpoint(engine: EmbeddedEngine) -> None:
     rec = Recorder()
     secret, bearer = "s3cr3t-t0ken-value", "Bearer abc.def.ghi"
-    args = {"message": "hi", "token": secret, "headers": {"Authorization": bearer, "accept": "x"}, "nested": {"password": "pw"}}
+    args = {
+        "message": "hi",
+        "token": secret,
+        "headers": {"Authorization": bearer, "accept": "x"},
+        "nested": {"password": "pw"},
+    }
     call = call_of("everything__echo", args)
     run(PolicyStep(engine), rec, call)
     seen = json.dumps(rec.seen)
@@ -141,7 +157,11 @@ def test_code_tool_gets_its_sandbox_tier(engine: EmbeddedEngine) -> None:
 
 def test_result_redaction(engine: EmbeddedEngine) -> None:
     env = {"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "AKIA-very-secret", "OPENAI_API_KEY": "sk-secret"}
-    rec = Recorder(CallToolResult(content=[TextContent(type="text", text=json.dumps(env))], structured_content={"env": env}))
+    rec = Recorder(
+        CallToolResult(
+            content=[TextContent(type="text", text=json.dumps(env))], structured_content={"env": env}
+        )
+    )
     result = run(PolicyStep(engine), rec, call_of("everything__printEnv", {}))
     out = result.model_dump_json()
     assert "AKIA-very-secret" not in out and "sk-secret" not in out and "/bin" in out
@@ -167,11 +187,25 @@ def test_oversized_binary_result_becomes_an_error(engine: EmbeddedEngine) -> Non
 
 
 def test_listing_differs_by_principal_and_hidden_means_refused(engine: EmbeddedEngine) -> None:
-    tools = [tool(n) for n in ("time__get_current_time", "everything__echo", "everything__longRunningOperation",
-                               "fs__read_text_file", "fs__delete_file", "sandbox__run_python")]
+    tools = [
+        tool(n)
+        for n in (
+            "time__get_current_time",
+            "everything__echo",
+            "everything__longRunningOperation",
+            "fs__read_text_file",
+            "fs__delete_file",
+            "sandbox__run_python",
+        )
+    ]
     local = {t.name for t in filter_listing(engine, LOCAL, tools, upstreams=UPSTREAMS)}
     admin = {t.name for t in filter_listing(engine, ADMIN, tools, upstreams=UPSTREAMS)}
-    assert local == {"time__get_current_time", "everything__echo", "fs__read_text_file", "sandbox__run_python"}
+    assert local == {
+        "time__get_current_time",
+        "everything__echo",
+        "fs__read_text_file",
+        "sandbox__run_python",
+    }
     assert admin == {t.name for t in tools}
     assert {t.name for t in asyncio.run(afilter_listing(engine, LOCAL, tools, upstreams=UPSTREAMS))} == local
     rec = Recorder()

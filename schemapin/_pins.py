@@ -82,6 +82,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+LAST_SEEN_RESOLUTION_S = 60.0
+
+
+def _age_s(iso: str) -> float:
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+    except ValueError:
+        return float("inf")
+
+
 def _hash(value: str) -> str:
     v = value.strip().lower()
     if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
@@ -159,6 +169,16 @@ class PinStore:
         dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
         if not tool_id:
             raise ValueError("tool_id is required")
+        # Fast path, no write: a matching pin whose last_seen is fresh enough. Saves an fsync
+        # per verification; last_seen is then accurate to LAST_SEEN_RESOLUTION_S.
+        with self._lock:
+            try:
+                pin = self._get(dom, tool_id)
+            except sqlite3.Error as e:
+                raise PinStoreError(f"pin store read failed: {e}") from None
+        if (pin is not None and pin.key_fingerprint == fp and pin.definition_hash == h
+                and _age_s(pin.last_seen) < LAST_SEEN_RESOLUTION_S):
+            return PinStatus.PINNED, pin
         with self._tx():
             pin = self._get(dom, tool_id)
             now = _now()

@@ -109,7 +109,10 @@ def verify_tool(
         mode: ``strict`` refuses when revocation could not be checked; ``tofu`` warns.
         pin_store: where pins live; ``None`` verifies without pinning (status ``unpinned``).
         digest_mode: ``double`` (reference default) or ``single`` (Go SDK signatures, opt-in).
-        allow_high_s: accept the high-S signature form (see the README of this package).
+        allow_high_s: accept the high-S form of a signature. Off by default (malleability), but
+            note that the reference and the other SDKs do not normalise S: about half of the
+            signatures they make are high-S. Turn it on (named, logged setting in the gateway)
+            for third-party-signed tools; everything this library signs is low-S.
         canonicalization: a SchemaPin 1.4 ``canonicalization`` value; only ``schemapin-v1``.
 
     Raises:

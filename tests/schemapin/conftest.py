@@ -96,6 +96,7 @@ class Route:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    send_length: bool = True  # False: no Content-Length, the body ends when the connection closes
 
 
 @dataclass
@@ -135,7 +136,8 @@ def _handler(routes: dict[str, Route], hits: list[str]) -> type[BaseHTTPRequestH
             self.send_response(r.status)
             for k, v in r.headers.items():
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(len(r.body)))
+            if r.send_length:
+                self.send_header("Content-Length", str(len(r.body)))
             self.end_headers()
             self.wfile.write(r.body)
 

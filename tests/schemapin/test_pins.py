@@ -67,3 +67,33 @@ def test_unwritable_store_fails_closed(tmp_path: Path) -> None:
         s = PinStore(d / "pins.db")
         s.check_and_pin("d.example", "t", FP_A, H1)
     assert e.value.code == "pin_store_error"
+
+
+def test_concurrent_first_use_pins_once(tmp_path: Path) -> None:
+    """Many stores (as in several gateway workers) racing on one file: one first use, no lost pin."""
+    import threading
+
+    path = tmp_path / "p.db"
+    PinStore(path).close()
+    results: list[PinStatus] = []
+    lock = threading.Lock()
+
+    def worker(fp: str) -> None:
+        with PinStore(path) as s:
+            status, _ = s.check_and_pin("race.example", "t", fp, H1)
+        with lock:
+            results.append(status)
+
+    threads = [threading.Thread(target=worker, args=(FP_A if i % 2 else FP_B,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(PinStatus.FIRST_USE) == 1
+    with PinStore(path) as s:
+        pin = s.get("race.example", "t")
+    assert pin is not None
+    winner = pin.key_fingerprint
+    loser_status = [st for st in results if st is not PinStatus.FIRST_USE]
+    assert all(st in (PinStatus.PINNED, PinStatus.KEY_CHANGED) for st in loser_status)
+    assert loser_status.count(PinStatus.PINNED) == 3 and winner in (FP_A, FP_B)

@@ -188,3 +188,20 @@ def test_plain_http_only_with_logged_flag(key: ec.EllipticCurvePrivateKey, caplo
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_oversized_body_without_content_length(https_server: HttpsServer, key: ec.EllipticCurvePrivateKey) -> None:
+    """The cap holds while streaming, when the server does not declare a length."""
+    doc = schemapin.build_well_known(schemapin.public_key_pem(key), "A")
+    doc["padding"] = "x" * 300_000
+    https_server.routes[WK] = Route(body=json.dumps(doc).encode(), send_length=False)
+    with pytest.raises(schemapin.DiscoveryTooLarge):
+        resolve(resolver(https_server), https_server.domain)
+
+
+def test_ttl_zero_fetches_every_time(https_server: HttpsServer, key: ec.EllipticCurvePrivateKey) -> None:
+    publish(https_server, key)
+    r = resolver(https_server, ttl=0)
+    resolve(r, https_server.domain)
+    resolve(r, https_server.domain)
+    assert https_server.hits.count(WK) == 2

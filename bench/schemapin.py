@@ -15,15 +15,16 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import schemapin  # noqa: E402
+import schemapin
 
 TOOL_TEXT = (Path(__file__).resolve().parents[1] / "tests/assets/schemapin/tools/translate_text.json").read_text()
 

@@ -1,0 +1,225 @@
+"""Shared helpers for the benchmarks: paths, percentiles, timed call loops, gateway configs.
+
+Benchmarks compare against a baseline measured in the same run (a ratio survives a noisy
+shared machine; an absolute time does not), so everything here returns raw latencies and
+lets the caller pair them up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+
+import anyio
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SYMBI = VENV_BIN / "symbi"
+EVERYTHING_JS = ROOT / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    xs = sorted(values)
+    k = (len(xs) - 1) * q / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    """p50/p90/p99/mean in milliseconds."""
+    ms = [s * 1000.0 for s in seconds]
+    return {
+        "p50_ms": round(percentile(ms, 50), 3),
+        "p90_ms": round(percentile(ms, 90), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
+        "mean_ms": round(statistics.fmean(ms), 3) if ms else float("nan"),
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+@dataclass
+class CallStats:
+    """What a timed loop saw: per-call latencies, wall time, and reply checking."""
+
+    latencies: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    ok: int = 0
+    misrouted: int = 0  # a reply that belongs to another call
+    errors: int = 0  # isError, exceptions, or a reply that matches no call
+
+    @property
+    def calls(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.wall_s if self.wall_s > 0 else float("nan")
+
+    def merge(self, other: "CallStats") -> None:
+        self.latencies += other.latencies
+        self.ok += other.ok
+        self.misrouted += other.misrouted
+        self.errors += other.errors
+
+
+Call = Callable[[str], Awaitable[str | None]]  # sends one unique message, returns the echoed text
+
+
+async def timed_calls(call: Call, messages: list[str], expected: Callable[[str], str], sent: set[str]) -> CallStats:
+    """Call once per message, in order, timing each call and checking each reply."""
+    stats = CallStats()
+    for msg in messages:
+        t0 = time.perf_counter()
+        try:
+            text = await call(msg)
+        except Exception:  # noqa: BLE001 - counted, not fatal: a benchmark reports errors
+            text = None
+        stats.latencies.append(time.perf_counter() - t0)
+        if text == expected(msg):
+            stats.ok += 1
+        elif text is not None and any(text == expected(m) for m in _candidates(text, sent)):
+            stats.misrouted += 1
+        else:
+            stats.errors += 1
+    return stats
+
+
+def _candidates(text: str, sent: set[str]) -> list[str]:
+    # Replies embed the message; find which other call's message this one carries.
+    return [m for m in sent if m in text]
+
+
+async def concurrent_calls(
+    call: Call, callers: int, per_caller: int, tag: str, expected: Callable[[str], str]
+) -> CallStats:
+    """``callers`` tasks on one session, ``per_caller`` calls each, every message unique."""
+    batches = [[f"{tag}-c{c}-{i}-{os.urandom(4).hex()}" for i in range(per_caller)] for c in range(callers)]
+    sent = {m for b in batches for m in b}
+    total = CallStats()
+
+    async def run(batch: list[str]) -> None:
+        total.merge(await timed_calls(call, batch, expected, sent))
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for batch in batches:
+            tg.start_soon(run, batch)
+    total.wall_s = time.perf_counter() - t0
+    return total
+
+
+async def sequential_calls(call: Call, n: int, tag: str, expected: Callable[[str], str]) -> CallStats:
+    messages = [f"{tag}-{i}-{os.urandom(4).hex()}" for i in range(n)]
+    t0 = time.perf_counter()
+    stats = await timed_calls(call, messages, expected, set(messages))
+    stats.wall_s = time.perf_counter() - t0
+    return stats
+
+
+@contextlib.asynccontextmanager
+async def stdio_session(
+    command: str, args: list[str], env: dict[str, str] | None = None, errlog: Path | None = None
+) -> AsyncIterator[ClientSession]:
+    """A handshake-era (2025-11-25) SDK client session over stdio, kept open (stderr to ``errlog``)."""
+    params = StdioServerParameters(command=command, args=args, env=env)
+    with open(errlog or os.devnull, "w") as err:
+        async with stdio_client(params, errlog=err) as (r, w):
+            async with ClientSession(r, w) as session:
+                await session.initialize()
+                yield session
+
+
+def gateway_env() -> dict[str, str]:
+    """Environment for a ``symbi`` child: none of the caller's SYMBI_* overrides."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
+
+
+def write_gateway_config(
+    folder: Path,
+    servers: str,
+    *,
+    security: bool = False,
+    log_level: str = "WARNING",
+    extra: str = "",
+) -> Path:
+    """A ``symbi.toml`` in ``folder`` with ``servers`` (TOML text) as its only upstreams.
+
+    ``security=False`` turns policy and audit off explicitly, to measure the forwarding core;
+    ``security=True`` keeps the defaults (policy from ``policies.rego``, signed audit log).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "[gateway]",
+        f'data_dir = "{folder / "data"}"',
+        f'log_level = "{log_level}"',
+        "[sandbox]",
+        "code_tools = false",
+    ]
+    if security:
+        lines += ["[policy]", f'path = "{ROOT / "policies.rego"}"', f'data = "{ROOT / "policies" / "data.json"}"']
+    else:
+        lines += ["[security]", "enforce_policies = false", "audit_enabled = false"]
+    text = "\n".join(lines) + "\n" + extra + "\n" + servers + "\n"
+    path = folder / "symbi.toml"
+    path.write_text(text)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process with output to ``log``, terminated (by its pid) on exit."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def text_of(result: Any) -> str | None:
+    """The first text block of a CallToolResult, or None when it is an error or has none."""
+    if getattr(result, "is_error", False):
+        return None
+    for block in getattr(result, "content", None) or []:
+        text = getattr(block, "text", None)
+        if text is not None:
+            return str(text)
+    return None

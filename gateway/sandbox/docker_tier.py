@@ -35,7 +35,7 @@ from .base import (
     prologue_argv,
     read_only_binds,
 )
-from .output import CappedBuffer, pump_docker_socket
+from .output import CappedBuffer, TrailerBuffer, pump_docker_socket
 from .types import LABEL, LABEL_OWNER, KilledReason, Limits, SandboxRequest, SandboxResult
 
 RUNSC_MIN_PIDS = 512
@@ -111,32 +111,59 @@ class DockerTier(SandboxTier):
             log_config={"type": "none", "config": {}},
         )
 
+    def create(
+        self, client: Any, argv: list[str], env: Mapping[str, str], *, stdin_open: bool, limits: Limits,
+        binds: list[tuple[str, str]] | None = None,
+    ) -> str:
+        """Create (not start) one locked-down container; returns its id."""
+        try:
+            return str(
+                client.api.create_container(
+                    self.image,
+                    argv,
+                    environment={**SANDBOX_ENV, **env},
+                    working_dir="/tmp",
+                    user=f"{NOBODY}:{NOBODY}",
+                    stdin_open=stdin_open,  # implies StdinOnce: EOF when we half-close
+                    tty=False,
+                    labels={LABEL: "1", LABEL_OWNER: owner_tag()},
+                    host_config=self._host_config(client, limits, binds or []),
+                )["Id"]
+            )
+        except Exception as e:
+            raise SandboxError(f"cannot create the {self.name} container: {e}") from e
+
+    @staticmethod
+    def attach(client: Any, cid: str, *, with_stdin: bool) -> Any:
+        """The raw attach socket (before start, so no output is missed)."""
+        params = {"stdout": 1, "stderr": 1, "stream": 1, **({"stdin": 1} if with_stdin else {})}
+        sock = client.api.attach_socket(cid, params=params)
+        return getattr(sock, "_sock", sock)  # the SDK wraps the socket in a SocketIO
+
     def run(self, request: SandboxRequest, limits: Limits) -> SandboxResult:
         client = docker_client()
         start = time.monotonic()
         with InputDir(request.files) as inputs:
             binds = [(str(inputs.path), INPUT_MOUNT)] if inputs.path else []
             argv = prologue_argv(request.argv(), inputs.path is not None)
+            cid = self.create(
+                client, argv, request.env, stdin_open=request.stdin is not None, limits=limits, binds=binds
+            )
             try:
-                cid = client.api.create_container(
-                    self.image,
-                    argv,
-                    environment={**SANDBOX_ENV, **request.env},
-                    working_dir="/tmp",
-                    user=f"{NOBODY}:{NOBODY}",
-                    stdin_open=request.stdin is not None,  # implies StdinOnce (EOF on half-close)
-                    tty=False,
-                    labels={LABEL: "1", LABEL_OWNER: owner_tag()},
-                    host_config=self._host_config(client, limits, binds),
-                )["Id"]
-            except Exception as e:
-                raise SandboxError(f"cannot create the {self.name} container: {e}") from e
-            try:
-                return self._execute(client, cid, request.stdin, limits, start)
+                raw = self.attach(client, cid, with_stdin=request.stdin is not None)
+                return self.execute(client, cid, raw, request.stdin, limits, start, started=False)
             finally:
-                self._remove(cid)
+                self.remove(cid)
 
-    def _execute(self, client: Any, cid: str, stdin: bytes | None, limits: Limits, start: float) -> SandboxResult:
+    def execute(
+        self, client: Any, cid: str, raw: Any, payload: bytes | None, limits: Limits, start: float, *,
+        started: bool, trailer: bool = False,
+    ) -> SandboxResult:
+        """Feed ``payload`` on stdin, (start,) enforce the time limit, collect, classify.
+
+        ``trailer``: a warm-pool runner reports the exit code at the end of stderr, so a
+        clean exit is known at EOF without waiting for Docker's exit event.
+        """
         stopped: list[KilledReason] = []
 
         def kill() -> None:
@@ -153,20 +180,24 @@ class DockerTier(SandboxTier):
                 threading.Thread(target=kill, name="sandbox-kill", daemon=True).start()
 
         out = CappedBuffer(limits.output_bytes, lambda: stop("output"))
-        err = CappedBuffer(limits.output_bytes, lambda: stop("output"))
-        params = {"stdout": 1, "stderr": 1, "stream": 1, **({"stdin": 1} if stdin is not None else {})}
-        sock = client.api.attach_socket(cid, params=params)
-        raw = getattr(sock, "_sock", sock)  # the SDK wraps the socket in a SocketIO
-        pump = pump_docker_socket(raw, out, err, stdin)
-        try:
-            client.api.start(cid)
-        except Exception as e:
-            raise SandboxError(f"cannot start the {self.name} container: {e}") from e
+        err: CappedBuffer = (TrailerBuffer if trailer else CappedBuffer)(limits.output_bytes, lambda: stop("output"))
+        pump = pump_docker_socket(raw, out, err, payload)
+        if not started:
+            try:
+                client.api.start(cid)
+            except Exception as e:
+                raise SandboxError(f"cannot start the {self.name} container: {e}") from e
         timer = threading.Timer(limits.timeout_s, lambda: stop("timeout"))
         timer.daemon = True
         timer.start()
+        fast: int | None = None
+        if isinstance(err, TrailerBuffer):
+            pump.join(timeout=limits.timeout_s + 30)
+            fast = err.exit_code() if not pump.is_alive() else None
         try:
-            status = client.api.wait(cid, timeout=limits.timeout_s + 30)
+            status = {"StatusCode": fast} if fast == 0 and not stopped else client.api.wait(
+                cid, timeout=limits.timeout_s + 30
+            )
         except Exception as e:
             stop("timeout")
             raise SandboxError(f"{self.name} container did not stop: {e}") from e
@@ -174,8 +205,10 @@ class DockerTier(SandboxTier):
             timer.cancel()
         pump.join(timeout=2.0)
         code = int(status.get("StatusCode", -1))
+        if fast is not None and not stopped:
+            code = fast  # the payload's code (the runner exits with it too)
         killed: KilledReason = stopped[0] if stopped else "none"
-        if killed == "none":
+        if killed == "none" and code != 0:  # a clean exit needs no post-mortem
             state = client.api.inspect_container(cid)["State"]
             if state.get("OOMKilled") or (code == 137 and self.runtime == "runsc"):
                 killed = "memory"  # runsc reports the sandbox OOM kill only as 137
@@ -204,7 +237,8 @@ class DockerTier(SandboxTier):
                 continue
         return False
 
-    def _remove(self, cid: str) -> None:
+    def remove(self, cid: str) -> None:
+        """Force-remove a container (and runsc state Docker lost); never raises."""
         try:
             docker_client().api.remove_container(cid, force=True)
         except Exception:  # noqa: BLE001, S110 - already gone; the orphan sweep catches the rest
@@ -265,7 +299,7 @@ class DockerTier(SandboxTier):
             h, _, pid = owner.partition(":")
             if h == host and pid.isdigit() and _pid_alive(int(pid)):
                 continue  # a live gateway's (ours included): not an orphan
-            self._remove(c.id)
+            self.remove(c.id)
             removed.append(f"container {c.short_id}")
         if self.runtime == "runsc":
             removed += [f"runsc state {i[:12]}" for i in _runsc_orphans()]

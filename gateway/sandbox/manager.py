@@ -12,6 +12,7 @@ from gateway.errors import SandboxUnavailable
 from .base import SandboxTier
 from .bwrap import BwrapTier
 from .docker_tier import DockerTier, GvisorTier
+from .pool import WarmPool
 from .risk import CodeTrust, Sensitivity, assess_tier
 from .types import TIERS, Limits, SandboxRequest, SandboxResult, Tier, ToolNeeds
 
@@ -32,7 +33,7 @@ class SandboxManager:
             "docker": DockerTier(section.image),
             "gvisor": GvisorTier(section.image),
         }
-        self._pool: Any = None
+        self._pool: WarmPool | None = None
         self._lock = threading.Lock()
         if sweep_orphans:
             self.cleanup_orphans()
@@ -105,10 +106,12 @@ class SandboxManager:
         return argv[0], argv[1:]
 
     # -- warm pool ----------------------------------------------------------------------
+    @property
+    def warm_pool(self) -> WarmPool | None:
+        return self._pool
+
     def start_warm_pool(self, size: int | None = None) -> None:
         """Keep ``size`` ready sandboxes per Docker tier (default ``config.sandbox.warm_pool``)."""
-        from .pool import WarmPool
-
         n = self.config.sandbox.warm_pool if size is None else size
         if n <= 0:
             return

@@ -7,6 +7,7 @@ and fires ``on_overflow`` once (the tier then stops the run: an output flood is 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 import threading
@@ -34,6 +35,36 @@ class CappedBuffer:
 
     def value(self) -> bytes:
         return bytes(self._buf)
+
+
+class TrailerBuffer(CappedBuffer):
+    """stderr of a warm-pool runner: the runner appends ``\\0symbi-exit:N\\0`` after the
+    payload exits, so the exit code arrives with the stream's EOF (no Docker wait).
+    The payload could forge one, but only the *last* counts and the runner writes it
+    after the payload is gone: a forged code only lies about the payload itself."""
+
+    MAX = 32
+
+    def __init__(self, cap: int, on_overflow: Callable[[], None]) -> None:
+        super().__init__(cap + self.MAX, on_overflow)
+        self._user_cap = cap
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        self._tail = (self._tail + data)[-self.MAX :]
+        super().feed(data)
+
+    def exit_code(self) -> int | None:
+        m = re.search(rb"\x00symbi-exit:(-?\d+)\x00$", self._tail)
+        return int(m.group(1)) if m else None
+
+    def value(self) -> bytes:
+        raw = super().value()
+        m = re.search(rb"\x00symbi-exit:-?\d+\x00$", raw)
+        body = raw[: m.start()] if m else raw
+        if len(body) > self._user_cap:
+            self.truncated = True
+        return body[: self._user_cap]
 
 
 def pump_fd(fd: int, buf: CappedBuffer) -> threading.Thread:

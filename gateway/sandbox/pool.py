@@ -1,0 +1,250 @@
+"""Warm pool: pre-started, one-shot sandboxes for the Docker tiers (docker, gvisor).
+
+Each pooled container is created with the config's default limits, attached and started,
+running a tiny runner that blocks on stdin. A call whose limits equal the pool's takes
+one, sends the job (argv, files, stdin, env) as JSON and half-closes; the runner writes
+the files into ``/tmp/work``, puts the stdin data on fd 0 and ``exec``s the command, so
+the call pays neither container creation nor the runtime's start. A container serves
+exactly one call and is then removed (no state crosses calls); a background thread
+refills the pool. Calls with other limits, or when the pool is empty, run cold.
+
+bubblewrap needs no pool: a cold start already costs well under 0.1 s.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import SandboxError
+
+from .base import SANDBOX_ENV
+from .docker_tier import DockerTier, docker_client
+from .types import SANDBOX_PYTHON, WORKDIR, Limits, SandboxRequest, SandboxResult
+
+if TYPE_CHECKING:
+    from .manager import SandboxManager
+
+log = logging.getLogger("symbi.sandbox.pool")
+
+# The runner is pid 1 of its container: it forks the payload and waits, then appends the
+# exit code to stderr (see TrailerBuffer) and exits with it, which ends the container
+# and kills anything the payload left running. Python code runs in the forked child of
+# this already-started interpreter (a zygote), which skips a second interpreter start.
+RUNNER = f"""
+import base64, json, os, sys, traceback
+os.write(1, b"R")  # ready: the pool hands this container out only after reading it
+job = json.loads(sys.stdin.buffer.read())
+os.makedirs({WORKDIR!r}, exist_ok=True)
+for name, data in job["files"].items():
+    path = os.path.join({WORKDIR!r}, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(base64.b64decode(data))
+os.chdir({WORKDIR!r})
+if job["stdin"] is None:
+    fd = os.open("/dev/null", os.O_RDONLY)
+else:
+    tmp = "/tmp/.symbi-stdin"
+    with open(tmp, "wb") as f:
+        f.write(base64.b64decode(job["stdin"]))
+    fd = os.open(tmp, os.O_RDONLY)
+    os.unlink(tmp)
+os.dup2(fd, 0)
+os.close(fd)
+pid = os.fork()
+if pid == 0:
+    os.environ.clear()
+    os.environ.update(job["env"])
+    if job["code"] is None:
+        argv = job["argv"]
+        try:
+            os.execvpe(argv[0], argv, job["env"])
+        except OSError as e:
+            sys.stderr.write("sandbox: cannot run %s: %s\\n" % (argv[0], e))
+            sys.stderr.flush()
+            os._exit(127)
+    sys.stdin = open(0, closefd=False)
+    sys.argv = ["-c"]
+    rc = 0
+    try:
+        exec(compile(job["code"], "<string>", "exec"), {{"__name__": "__main__", "__builtins__": __builtins__}})
+    except SystemExit as e:
+        if e.code is None:
+            rc = 0
+        elif isinstance(e.code, int):
+            rc = e.code
+        else:
+            print(e.code, file=sys.stderr)
+            rc = 1
+    except BaseException:
+        traceback.print_exc()
+        rc = 1
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(rc & 0xFF)
+_, status = os.waitpid(pid, 0)
+rc = os.waitstatus_to_exitcode(status)
+rc = 128 - rc if rc < 0 else rc
+os.write(2, b"\\0symbi-exit:%d\\0" % rc)
+os._exit(rc)
+"""
+
+def _await_ready(raw: Any, timeout_s: float = 60.0) -> None:
+    """Read the runner's one-byte stdout frame that says its interpreter is up."""
+    raw.settimeout(timeout_s)
+    try:
+        got = b""
+        while len(got) < 9:
+            chunk = raw.recv(9 - len(got))
+            if not chunk:
+                raise SandboxError("warm sandbox exited before it was ready")
+            got += chunk
+    finally:
+        raw.settimeout(None)
+    if got != b"\x01\x00\x00\x00\x00\x00\x00\x01R":
+        raise SandboxError(f"warm sandbox sent an unexpected greeting {got!r}")
+
+
+class _Warm:
+    """One started container waiting for its job."""
+
+    def __init__(self, cid: str, raw: Any) -> None:
+        self.cid = cid
+        self.raw = raw
+
+
+class WarmPool:
+    """``size`` ready containers per available Docker tier, refilled in the background."""
+
+    def __init__(self, manager: SandboxManager, size: int) -> None:
+        self.size = size
+        self.limits: Limits = manager.limits()
+        self.tiers: dict[str, DockerTier] = {
+            n: t for n, t in manager.tiers.items() if isinstance(t, DockerTier) and t.available()[0]
+        }
+        self._ready: dict[str, deque[_Warm]] = {n: deque() for n in self.tiers}
+        self._last: dict[str, bool] = {n: False for n in self.tiers}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._reapers: list[threading.Thread] = []
+        self._threads = [
+            threading.Thread(target=self._refill, args=(n,), name=f"sandbox-pool-{n}", daemon=True)
+            for n in self.tiers
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- filling ------------------------------------------------------------------------
+    def _spawn(self, tier: DockerTier) -> _Warm:
+        client = docker_client()
+        cid = tier.create(client, [SANDBOX_PYTHON, "-I", "-c", RUNNER], {}, stdin_open=True, limits=self.limits)
+        try:
+            raw = tier.attach(client, cid, with_stdin=True)
+            client.api.start(cid)
+            _await_ready(raw)
+        except BaseException:
+            tier.remove(cid)
+            raise
+        return _Warm(cid, raw)
+
+    def _refill(self, name: str) -> None:
+        tier = self.tiers[name]
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._closed and len(self._ready[name]) >= self.size:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                warm = self._spawn(tier)
+                failures = 0
+            except Exception as e:  # noqa: BLE001 - keep serving cold; retry with backoff
+                failures += 1
+                log.warning("warm pool: cannot start a %s sandbox: %s", name, e)
+                time.sleep(min(0.5 * 2**failures, 30.0))
+                continue
+            with self._cond:
+                if self._closed:
+                    tier.remove(warm.cid)
+                    return
+                self._ready[name].append(warm)
+                self._cond.notify_all()
+
+    def wait_ready(self, tier: str, timeout_s: float = 30.0) -> bool:
+        """Block until ``tier`` has a full pool (benchmarks, tests); False on timeout."""
+        end = time.monotonic() + timeout_s
+        with self._cond:
+            while tier in self._ready and len(self._ready[tier]) < self.size:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return tier in self._ready
+
+    def wait_idle(self, tier: str, timeout_s: float = 60.0) -> bool:
+        """A full pool and no removal in flight (benchmarks measure the call alone)."""
+        ok = self.wait_ready(tier, timeout_s)
+        with self._cond:
+            reapers = list(self._reapers)
+        for r in reapers:
+            r.join(timeout_s)
+        return ok
+
+    def last_served_from_pool(self, tier: str) -> bool:
+        return self._last.get(tier, False)
+
+    # -- serving ------------------------------------------------------------------------
+    def try_run(self, tier: str, request: SandboxRequest, limits: Limits) -> SandboxResult | None:
+        """Serve from the pool, or None (caller runs cold) if it cannot."""
+        if tier not in self._ready or limits != self.limits:
+            self._last[tier] = False
+            return None
+        with self._cond:
+            if self._closed or not self._ready[tier]:
+                self._last[tier] = False
+                return None
+            warm = self._ready[tier].popleft()
+            self._cond.notify_all()  # wake the refill thread
+        self._last[tier] = True
+        job = json.dumps(
+            {
+                "argv": request.argv(),
+                "code": request.code,
+                "files": {k: base64.b64encode(v).decode() for k, v in request.files.items()},
+                "stdin": base64.b64encode(request.stdin).decode() if request.stdin is not None else None,
+                "env": {**SANDBOX_ENV, **request.env},
+            }
+        ).encode()
+        t = self.tiers[tier]
+        try:
+            return t.execute(
+                docker_client(), warm.cid, warm.raw, job, limits, time.monotonic(), started=True, trailer=True
+            )
+        finally:
+            # removal is off the caller's path; the orphan sweep covers a crash meanwhile
+            reaper = threading.Thread(target=t.remove, args=(warm.cid,), name="sandbox-reap", daemon=True)
+            reaper.start()
+            with self._cond:
+                self._reapers = [r for r in self._reapers if r.is_alive()] + [reaper]
+
+    def close(self) -> None:
+        """Stop refilling and remove every idle container."""
+        with self._cond:
+            self._closed = True
+            idle = [(n, w) for n, q in self._ready.items() for w in q]
+            for q in self._ready.values():
+                q.clear()
+            self._cond.notify_all()
+        for t in [*self._threads, *self._reapers]:
+            t.join(timeout=60)
+        for name, w in idle:
+            self.tiers[name].remove(w.cid)

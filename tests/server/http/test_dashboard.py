@@ -1,0 +1,136 @@
+"""The web dashboard: login, cookie properties, attacks, and a real headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from gateway.server.dashboard import COOKIE
+from tests.server.http.conftest import Env, bearer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def login(env: Env, key: str) -> httpx.Response:
+    return httpx.post(env.run.base + "/login", data={"api_key": key}, follow_redirects=False)
+
+
+def test_login_sets_a_strict_httponly_cookie(env: Env) -> None:
+    r = login(env, env.keys.admin)
+    assert r.status_code == 303
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(COOKIE + "=")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert env.keys.admin not in cookie  # only the signed key id travels
+    page = httpx.get(env.run.base + "/tools", cookies={COOKIE: r.cookies[COOKIE]})
+    assert page.status_code == 200 and "ev__echo" in page.text
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    # no external assets: every src/href is local
+    assert all(u.startswith("/") for u in re.findall(r'(?:src|href)="([^"]+)"', page.text))
+
+
+@pytest.mark.parametrize("which,status", [("bad", 401), ("user", 403)])
+def test_login_refuses_bad_and_non_admin_keys(env: Env, which: str, status: int) -> None:
+    key = "symbi_000000000000_nope" if which == "bad" else env.keys.user
+    r = login(env, key)
+    assert r.status_code == status
+    assert "set-cookie" not in r.headers
+
+
+def test_pages_need_a_valid_session(env: Env) -> None:
+    for path in ("/tools", "/decisions", "/upstreams", "/audit"):
+        r = httpx.get(env.run.base + path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/"
+    good = login(env, env.keys.admin).cookies[COOKIE]
+    forged = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
+    assert httpx.get(env.run.base + "/tools", cookies={COOKIE: forged}, follow_redirects=False).status_code == 303
+
+
+def test_revoking_the_key_ends_its_dashboard_sessions(env: Env) -> None:
+    key, rec = env.keys.store.create("temp-admin", ("admin",))
+    cookie = login(env, key).cookies[COOKIE]
+    assert httpx.get(env.run.base + "/upstreams", cookies={COOKIE: cookie}).status_code == 200
+    env.keys.store.revoke(rec.id)
+    assert httpx.get(env.run.base + "/upstreams", cookies={COOKIE: cookie}, follow_redirects=False).status_code == 303
+
+
+def test_logout_needs_the_csrf_token(env: Env) -> None:
+    cookie = login(env, env.keys.admin).cookies[COOKIE]
+    r = httpx.post(env.run.base + "/logout", data={"csrf": "wrong"}, cookies={COOKIE: cookie}, follow_redirects=False)
+    assert r.status_code == 403
+    r = httpx.post(env.run.base + "/logout", data={}, cookies={COOKIE: cookie},
+                   headers={"Origin": "http://evil.example"}, follow_redirects=False)
+    assert r.status_code == 403  # cross-site form posts are refused by the Origin guard
+
+
+async def _calls(env: Env, key: str) -> None:
+    async with httpx2.AsyncClient(headers=bearer(key)) as hc, \
+            streamable_http_client(env.run.mcp, http_client=hc) as (r, w), ClientSession(r, w) as s:
+        await s.initialize()
+        assert not (await s.call_tool("ev__echo", {"message": "browser-ok"})).is_error
+        assert (await s.call_tool("ev__echo", {"not_message": 1})).is_error  # denied: bad arguments
+
+
+def _run_or_record(errors: list[BaseException], env: Env, key: str) -> None:
+    try:
+        anyio.run(_calls, env, key)
+    except BaseException as e:  # noqa: BLE001 - reported by the test thread
+        errors.append(e)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium not installed (apt-get install chromium)")
+def test_browser_login_and_see_a_denied_call(env: Env) -> None:
+    from playwright.sync_api import sync_playwright
+
+    key, _ = env.keys.store.create("browser-user", ("developer",))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            external: list[str] = []
+            page.on("request", lambda req: external.append(req.url) if not req.url.startswith(env.run.base) else None)
+            page.goto(env.run.base + "/")
+            page.fill("#api_key", env.keys.admin)
+            page.click("#login")
+            page.wait_for_selector("text=Upstreams up")
+            cookie = next(c for c in page.context.cookies() if c["name"] == COOKIE)
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert page.evaluate("document.cookie") == ""  # not readable by script
+
+            # sync Playwright owns this thread's event loop: the MCP client runs in its own thread
+            errors: list[BaseException] = []
+            t = threading.Thread(target=lambda: _run_or_record(errors, env, key))
+            t.start()
+            t.join(60)
+            assert not errors, errors
+
+            page.click("text=Recent decisions")
+            rows = page.locator("#decisions tbody tr", has_text="browser-user")
+            rows.first.wait_for()
+            texts = rows.all_inner_texts()
+            assert any("denied" in t and "ev__echo" in t for t in texts), texts
+            assert any("ok" in t and "ev__echo" in t for t in texts), texts
+
+            page.click("text=Tools")
+            assert page.locator("#tools tbody tr", has_text="ev__echo").inner_text().count("unverified") == 1
+            page.click("text=Upstreams")
+            assert "up" in page.locator("#upstreams tbody tr", has_text="ev").inner_text()
+            page.click("text=Audit")
+            assert page.locator("#audit-status").is_visible()
+            page.click("text=Log out")
+            page.wait_for_selector("#api_key")
+            assert external == [], external
+        finally:
+            browser.close()

@@ -22,6 +22,7 @@ from typing import Any
 import regorus  # type: ignore[import-untyped]  # no stubs or py.typed in the wheel
 
 from gateway.errors import PolicyError
+from gateway.policy.lint import unknown_calls
 
 # regorus errors are rustc-style: "--> file:line:col"; a backtrace may follow.
 _LOCATION_RE = re.compile(r"-->\s*(\S+?:\d+:\d+)")
@@ -248,6 +249,12 @@ def load_checked(files: PolicyFiles, decision: str = "data.symbi.decision") -> P
             f"policy test {first.name} failed: {first.error}{more}", location=first.location
         )
     engine = new_engine(bundle)
+    unknown = unknown_calls(engine.get_ast_as_json())
+    if unknown:
+        name, where = unknown[0]
+        raise PolicyLoadError(
+            f"function {name} is not a builtin both regorus and OPA provide", location=where
+        )
     try:
         engine.set_input(CANARY_INPUT)
         engine.eval_rule(decision)

@@ -78,7 +78,27 @@ def test_unknown_function_reached_by_the_canary_is_refused(tmp_path: Path) -> No
     p.write_text("package symbi\nimport rego.v1\ndecision := x if { x := crypto.sha256(input.target) }\n")
     with pytest.raises(PolicyLoadError) as info:
         load_checked(PolicyFiles(policy=p))
-    assert info.value.location == f"{p}:3:38"  # the call site
+    assert info.value.location == f"{p}:3:25"
+
+
+def test_unknown_function_in_an_unreached_branch_is_refused_at_load(tmp_path: Path) -> None:
+    # the canary never reaches this body; the builtin lint still names the call
+    p = tmp_path / "p.rego"
+    p.write_text(
+        "package symbi\nimport rego.v1\n"
+        'default decision := {"allow": false, "reasons": ["no"], "conditions": {}}\n'
+        'decision := {"allow": io.jwt.verify_hs256(input.jwt, "k"), "reasons": [], "conditions": {}} if input.never\n'
+    )
+    with pytest.raises(PolicyLoadError) as info:
+        load_checked(PolicyFiles(policy=p))
+    assert info.value.location == f"{p}:4:23"  # where io.jwt.verify_hs256 starts
+
+
+def test_user_functions_and_portable_builtins_pass_the_lint(policy_copy: PolicyFiles) -> None:
+    from gateway.policy.lint import unknown_calls
+    from gateway.policy.loader import new_engine
+
+    assert unknown_calls(new_engine(read_bundle(policy_copy)).get_ast_as_json()) == []
 
 
 def test_test_rules_are_found_like_opa_test() -> None:

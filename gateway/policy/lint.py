@@ -10,29 +10,14 @@ also run unchanged on a real OPA server, so only builtins both engines implement
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 # Builtins present and equivalent in regorus (OPA v1.2.0 conformance) and in OPA v1.x.
 # Deliberately absent: crypto.*, io.jwt.*, http.send, net.cidr_merge, regex.globs_match,
 # strings.render_template, rego.metadata.*, opa.runtime (see reference/rego-engines.md).
 PORTABLE_BUILTINS = frozenset(
-    """
-    abs all any array.concat array.reverse array.slice base64.decode base64.encode base64.is_valid
-    base64url.decode base64url.encode base64url.encode_no_pad bits.and bits.lsh bits.negate bits.or
-    bits.rsh bits.xor ceil concat contains count endswith floor format_int glob.match glob.quote_meta
-    graph.reachable hex.decode hex.encode indexof indexof_n intersection is_array is_boolean is_null
-    is_number is_object is_set is_string json.filter json.is_valid json.marshal json.patch
-    json.remove json.unmarshal lower max min net.cidr_contains numbers.range object.filter
-    object.get object.keys object.remove object.subset object.union object.union_n print
-    regex.find_all_string_submatch_n regex.find_n regex.is_valid regex.match regex.replace
-    regex.split regex.template_match replace round semver.compare semver.is_valid sort split
-    sprintf startswith strings.any_prefix_match strings.any_suffix_match strings.replace_n
-    strings.reverse strings.count substring sum time.add_date time.clock time.date time.diff
-    time.now_ns time.parse_duration_ns time.parse_ns time.parse_rfc3339_ns time.weekday to_number
-    trim trim_left trim_prefix trim_right trim_space trim_suffix type_name union units.parse
-    units.parse_bytes upper urlquery.decode urlquery.encode urlquery.encode_object walk
-    yaml.marshal yaml.unmarshal yaml.is_valid uuid.rfc4122 uuid.parse
-    """.split()
+    ["abs", "all", "any", "array.concat", "array.reverse", "array.slice", "base64.decode", "base64.encode", "base64.is_valid", "base64url.decode", "base64url.encode", "base64url.encode_no_pad", "bits.and", "bits.lsh", "bits.negate", "bits.or", "bits.rsh", "bits.xor", "ceil", "concat", "contains", "count", "endswith", "floor", "format_int", "glob.match", "glob.quote_meta", "graph.reachable", "hex.decode", "hex.encode", "indexof", "indexof_n", "intersection", "is_array", "is_boolean", "is_null", "is_number", "is_object", "is_set", "is_string", "json.filter", "json.is_valid", "json.marshal", "json.patch", "json.remove", "json.unmarshal", "lower", "max", "min", "net.cidr_contains", "numbers.range", "object.filter", "object.get", "object.keys", "object.remove", "object.subset", "object.union", "object.union_n", "print", "regex.find_all_string_submatch_n", "regex.find_n", "regex.is_valid", "regex.match", "regex.replace", "regex.split", "regex.template_match", "replace", "round", "semver.compare", "semver.is_valid", "sort", "split", "sprintf", "startswith", "strings.any_prefix_match", "strings.any_suffix_match", "strings.replace_n", "strings.reverse", "strings.count", "substring", "sum", "time.add_date", "time.clock", "time.date", "time.diff", "time.now_ns", "time.parse_duration_ns", "time.parse_ns", "time.parse_rfc3339_ns", "time.weekday", "to_number", "trim", "trim_left", "trim_prefix", "trim_right", "trim_space", "trim_suffix", "type_name", "union", "units.parse", "units.parse_bytes", "upper", "urlquery.decode", "urlquery.encode", "urlquery.encode_object", "walk", "yaml.marshal", "yaml.unmarshal", "yaml.is_valid", "uuid.rfc4122", "uuid.parse"]
 )
 
 
@@ -54,7 +39,8 @@ def _leftmost_span(node: Any) -> dict[str, Any] | None:
     """Where a dotted name starts (``crypto`` of ``crypto.sha256``)."""
     while isinstance(node, dict):
         if "Var" in node:
-            return node["Var"].get("span")
+            span = node["Var"].get("span")
+            return span if isinstance(span, dict) else None
         inner = node.get("RefDot") or node.get("RefBrack")
         if not isinstance(inner, dict):
             return None

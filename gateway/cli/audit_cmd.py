@@ -1,9 +1,290 @@
-"""Placeholder: the sub-command is being written (its module registers nothing yet)."""
+"""``symbi audit verify|tail|query|export|report|rotate-key``: the audit log from the shell.
+
+Which log: ``--log PATH`` (a SQLite log, or for ``verify`` also a JSONL export), else the
+config's ``[audit] path`` (``--config FILE`` or ``$SYMBI_CONFIG_PATH``, else defaults).
+Which public keys: ``--public-key PEM`` (repeatable), else the keys exported beside the
+signing key (``audit-key.pub.pem`` and retired ``audit-key.pub.<id>.pem``).
+
+Exit codes: 0 ok / intact; 1 verification failed (the first bad seq is named; ``report``
+still writes its report, marked FAILED) or the log cannot be read or written; 2 usage or
+config error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+_REL = re.compile(r"^(\d+)([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    return None
+    p = sub.add_parser("audit", help="the signed audit log: verify, tail, query, export, report, rotate-key")
+    asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+
+    def common(sp: argparse.ArgumentParser, keys: bool = False) -> None:
+        sp.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+        sp.add_argument("--log", type=Path, default=None, help="audit log (default: [audit] path)")
+        if keys:
+            sp.add_argument("--public-key", type=Path, action="append", default=[],
+                            help="trusted public key PEM (repeatable; default: keys exported beside the signing key)")
+
+    def period(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--since", help="ISO 8601 time, epoch seconds, or an age like 15m, 24h, 7d")
+        sp.add_argument("--until", help="same forms as --since (exclusive)")
+
+    v = asub.add_parser("verify", help="check every signature, link and anchor (0 intact, 1 names the first bad seq)")
+    common(v, keys=True)
+    v.add_argument("--anchor", type=Path, action="append", default=[],
+                   help="a checkpoint file kept elsewhere (repeatable)")
+    v.add_argument("--fast", action="store_true",
+                   help="verify signatures only at anchors, key changes and the head (all hashes and links still)")
+    v.add_argument("--json", action="store_true", help="print the result as JSON")
+    v.set_defaults(func=_verify)
+
+    t = asub.add_parser("tail", help="print the last events; -f follows new ones")
+    common(t)
+    t.add_argument("-n", type=int, default=10, help="how many (default 10)")
+    t.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    t.add_argument("--json", action="store_true", help="one JSON record per line")
+    t.set_defaults(func=_tail)
+
+    q = asub.add_parser("query", help="events matching filters")
+    common(q)
+    period(q)
+    q.add_argument("--principal")
+    q.add_argument("--tool", help="details.tool (namespaced tool name)")
+    q.add_argument("--type", action="append", default=[], help="event type; 'policy.*' matches a prefix (repeatable)")
+    q.add_argument("--decision", choices=("allow", "deny"))
+    q.add_argument("--limit", type=int, default=None)
+    q.add_argument("--json", action="store_true", help="one JSON record per line")
+    q.set_defaults(func=_query)
+
+    e = asub.add_parser("export", help="write every record, one independently verifiable JSON line each")
+    common(e)
+    e.add_argument("--format", choices=("jsonl",), default="jsonl")
+    e.add_argument("--out", type=Path, default=None, help="output file (default stdout)")
+    e.set_defaults(func=_export)
+
+    r = asub.add_parser("report", help="compliance report: HIPAA, GDPR or SOX (HTML or JSON)")
+    common(r, keys=True)
+    period(r)
+    r.add_argument("--framework", choices=("hipaa", "gdpr", "sox"), required=True)
+    r.add_argument("--out", type=Path, default=None, help="report.html or report.json (default: JSON on stdout)")
+    r.add_argument("--format", choices=("html", "json"), default=None, help="default: from --out's suffix")
+    r.set_defaults(func=_report)
+
+    k = asub.add_parser("rotate-key", help="replace the signing key (signed rotation event); gateway must be stopped")
+    common(k)
+    k.add_argument("--key", type=Path, default=None, help="signing key (default: [audit] key_path)")
+    k.set_defaults(func=_rotate)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(log path, signing key path) from --log / --key / --config / the environment."""
+    cfg = None
+    if args.config is not None or args.log is None:
+        cfg = load_config(args.config, args.environ)
+    log = args.log if args.log is not None else cfg.audit_path  # type: ignore[union-attr]
+    key = getattr(args, "key", None)
+    if key is None:
+        key = cfg.audit_key_path if cfg is not None else log.with_name("audit-key.pem")
+    return Path(log), Path(key)
+
+
+def _public_keys(args: argparse.Namespace, key_path: Path) -> dict[str, Any]:
+    from gateway.audit import exported_public_keys, load_public_keys
+
+    keys: dict[str, Any] = {}
+    for p in args.public_key:
+        keys.update(load_public_keys(p))
+    if not args.public_key:
+        keys = exported_public_keys(key_path)
+    if not keys:
+        raise ConfigError(f"no audit public key found beside {key_path}; pass --public-key PEM")
+    return keys
+
+
+def parse_time(raw: str | None, now_ns: int | None = None) -> int | None:
+    """ISO 8601 (naive = UTC), epoch seconds, or an age (``15m``, ``24h``, ``7d``) -> ns."""
+    if raw is None:
+        return None
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    m = _REL.match(raw.strip())
+    if m:
+        return now_ns - int(m.group(1)) * _UNIT_S[m.group(2)] * 1_000_000_000
+    try:
+        return int(float(raw) * 1e9)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"cannot read time {raw!r}: use ISO 8601, epoch seconds or an age like 24h") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1e9)
+
+
+def _line(rec: Any) -> str:
+    d = rec.details
+    ts = datetime.fromtimestamp(rec.ts_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    extra = []
+    for k in ("tool", "outcome", "error_code"):
+        if d.get(k) is not None:
+            extra.append(f"{k}={d[k]}")
+    if isinstance(d.get("decision"), dict):
+        extra.append("decision=" + ("allow" if d["decision"].get("allow") else "deny"))
+    if not extra:
+        extra.append(json.dumps(d, ensure_ascii=False, sort_keys=True)[:160])
+    return f"{rec.seq:>8} {ts} {rec.type:<20} {rec.principal or '-':<12} {' '.join(extra)}"
+
+
+def _print_records(records: list[Any], as_json: bool) -> None:
+    for rec in records:
+        print(json.dumps(rec.as_dict(), ensure_ascii=False) if as_json else _line(rec))
+    sys.stdout.flush()
+
+
+# -- sub-commands ----------------------------------------------------------------------------
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from gateway.audit import store, verify_jsonl, verify_log
+
+    log, key = _paths(args)
+    keys = _public_keys(args, key)
+    anchors = []
+    for p in args.anchor:
+        try:
+            a = store.read_checkpoint_file(p)
+        except (ValueError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{p}: not a checkpoint file: {e}") from None
+        if a is None:
+            raise ConfigError(f"{p}: no such checkpoint file")
+        anchors.append(a)
+    if log.suffix == ".jsonl":
+        res = verify_jsonl(log, keys, anchors=anchors, all_signatures=not args.fast)
+    else:
+        res = verify_log(log, keys, extra_anchors=anchors, all_signatures=not args.fast)
+    if args.json:
+        print(json.dumps(res.as_dict()))
+    elif res.problem is None:
+        print(f"{log}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
+              f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked")
+    else:
+        p = res.problem
+        print(f"{log}: FAILED at seq {p.seq}: {p.kind}: {p.message}")
+    return EXIT_OK if res.ok else EXIT_FAIL
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from gateway.audit import store
+
+    log, _ = _paths(args)
+    conn = store.open_reader(log)
+    try:
+        recs = store.query(conn, limit=max(0, args.n), newest_first=True)
+        _print_records(recs, args.json)
+        last = recs[-1].seq if recs else (store.head(conn).seq if store.head(conn) else 0)  # type: ignore[union-attr]
+        while args.follow:
+            time.sleep(0.5)
+            new = list(store.iter_records(conn, after_seq=last))
+            if new:
+                _print_records(new, args.json)
+                last = new[-1].seq
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        conn.close()
+    return EXIT_OK
+
+
+def _query(args: argparse.Namespace) -> int:
+    from gateway.audit import store
+
+    log, _ = _paths(args)
+    conn = store.open_reader(log)
+    try:
+        recs = store.query(conn, since_ns=parse_time(args.since), until_ns=parse_time(args.until),
+                           principal=args.principal, tool=args.tool, types=tuple(args.type),
+                           decision=args.decision, limit=args.limit)
+    finally:
+        conn.close()
+    _print_records(recs, args.json)
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gateway.audit import store
+
+    log, _ = _paths(args)
+    conn = store.open_reader(log)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        n = 0
+        for rec in store.iter_records(conn):
+            out.write(json.dumps(rec.as_dict(), ensure_ascii=False) + "\n")
+            n += 1
+        out.flush()
+    finally:
+        conn.close()
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"exported {n} records to {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from gateway.audit import store, verify_log
+    from gateway.audit.report import build_report, render_html
+
+    log, key = _paths(args)
+    keys = _public_keys(args, key)
+    integrity = verify_log(log, keys)
+    since, until = parse_time(args.since), parse_time(args.until)
+    conn = store.open_reader(log)
+    try:
+        recs = store.query(conn, since_ns=since, until_ns=until)
+    finally:
+        conn.close()
+    report = build_report(recs, args.framework, integrity, since_ns=since, until_ns=until, log_path=str(log))
+    fmt = args.format or ("html" if args.out and args.out.suffix in (".html", ".htm") else "json")
+    text = render_html(report) if fmt == "html" else json.dumps(report, ensure_ascii=False, indent=2)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"{args.framework} report written to {args.out} (log {'intact' if integrity.ok else 'FAILED'})",
+              file=sys.stderr)
+    else:
+        print(text)
+    return EXIT_OK if integrity.ok else EXIT_FAIL
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from gateway.audit import AuditLog
+    from gateway.audit.keys import public_key_path
+
+    log_path, key = _paths(args)
+    log = AuditLog(log_path, key)  # refuses while a gateway holds the log
+    try:
+        old = log.key_id
+        new = log.rotate_key()
+    finally:
+        log.close()
+    print(f"rotated audit key {old} -> {new}; public key exported to {public_key_path(key)}")
+    return EXIT_OK

@@ -1,0 +1,231 @@
+"""Compliance reports (HIPAA, GDPR, SOX) built from the audit log.
+
+A report maps the log's evidence onto each framework's audit requirements. The evidence is
+the same four sections for every framework:
+
+* ``access``:    who accessed what (``tool.call`` / ``resource.read`` / ``prompt.get``), per
+                 principal and target, with allowed / denied / error counts;
+* ``denied``:    every refused attempt (policy, verification, rate limit...), with reasons;
+* ``changes``:   changes to tools and policy (pin approvals and revocations, drift, policy
+                 reloads, config loads, audit key rotations);
+* ``integrity``: the result of verifying the whole log (signatures, links, anchors).
+
+Event types count as changes when they start with one of ``CHANGE_PREFIXES`` (``tool.call``
+is access, not change); ``gateway.*`` / ``upstream.*`` / ``sandbox.*`` are operations.
+A requirement is ``met`` when its evidence exists and the log verifies, ``attention`` with
+the reason otherwise. The report states evidence; it is not a legal opinion.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
+
+from gateway.audit.record import AuditRecord
+from gateway.audit.verify import VerifyResult
+
+Framework = Literal["hipaa", "gdpr", "sox"]
+ACCESS_TYPES = ("tool.call", "resource.read", "prompt.get")
+CHANGE_PREFIXES = ("policy.", "pin.", "pins.", "tool.", "tools.", "verify.", "verification.", "config.",
+                   "catalog.", "audit.key_rotated", "keys.")
+OPERATION_PREFIXES = ("gateway.", "upstream.", "sandbox.")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    ref: str
+    title: str
+    evidence: tuple[str, ...]  # which sections answer it
+
+
+FRAMEWORKS: dict[str, tuple[str, tuple[Requirement, ...]]] = {
+    "hipaa": ("HIPAA Security Rule (45 CFR 164)", (
+        Requirement("164.312(b)", "Audit controls: record and examine activity in systems holding ePHI",
+                    ("access", "integrity")),
+        Requirement("164.308(a)(1)(ii)(D)", "Information system activity review", ("access", "denied")),
+        Requirement("164.308(a)(5)(ii)(C)", "Log-in monitoring: attempts that were refused", ("denied",)),
+        Requirement("164.312(c)(1)", "Integrity: ePHI / records not improperly altered or destroyed",
+                    ("integrity",)),
+        Requirement("164.312(d)", "Person or entity authentication: every access attributed", ("access",)),
+        Requirement("164.308(a)(8)", "Evaluation: changes to tools and policy are recorded", ("changes",)),
+    )),
+    "gdpr": ("GDPR (Regulation (EU) 2016/679)", (
+        Requirement("Art. 30", "Records of processing activities: who processed what, when", ("access",)),
+        Requirement("Art. 5(2)", "Accountability: attributable, tamper-evident records",
+                    ("access", "integrity")),
+        Requirement("Art. 25", "Data protection by design: arguments stored redacted", ("access",)),
+        Requirement("Art. 32(1)(b)", "Integrity and confidentiality of processing", ("integrity", "denied")),
+        Requirement("Art. 33(5)", "Documenting incidents: refused and failed attempts", ("denied",)),
+    )),
+    "sox": ("Sarbanes-Oxley (SOX) IT general controls", (
+        Requirement("404 ITGC access", "Access to programs and data: who accessed what", ("access", "denied")),
+        Requirement("404 ITGC change", "Program change management: tool and policy changes", ("changes",)),
+        Requirement("404 ITGC operations", "Computer operations: service start, stop and failures",
+                    ("operations",)),
+        Requirement("802", "Record retention and integrity of the audit trail", ("integrity",)),
+    )),
+}
+
+
+def _is_change(t: str) -> bool:
+    return t not in ACCESS_TYPES and t != "catalog.list" and t.startswith(CHANGE_PREFIXES)
+
+
+def _iso(ts_ns: int | None) -> str | None:
+    if ts_ns is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ns / 1e9)) + f".{(ts_ns // 1_000_000) % 1000:03d}Z"
+
+
+def _is_denied(d: dict[str, Any]) -> bool:
+    dec = d.get("decision")
+    return d.get("outcome") == "denied" or (isinstance(dec, dict) and dec.get("allow") is False)
+
+
+def build_report(
+    records: Iterable[AuditRecord],
+    framework: str,
+    integrity: VerifyResult,
+    *,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    log_path: str | None = None,
+) -> dict[str, Any]:
+    """The report as a JSON-ready dict. ``records`` are the events of the period."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r} (hipaa, gdpr, sox)")
+    title, requirements = FRAMEWORKS[framework]
+    access: dict[tuple[str, str], dict[str, Any]] = {}
+    denied: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    operations: Counter[str] = Counter()
+    types: Counter[str] = Counter()
+    unattributed = redacted = events = 0
+    first_seq = last_seq = None
+    principals: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        events += 1
+        first_seq = r.seq if first_seq is None else first_seq
+        last_seq = r.seq
+        types[r.type] += 1
+        d = r.details
+        if r.type in ACCESS_TYPES:
+            who = r.principal or "(none)"
+            unattributed += r.principal is None
+            redacted += d.get("arguments_redacted") in ("policy", "all")
+            target = str(d.get("tool") or d.get("target"))
+            principals[who].add(target)
+            row = access.setdefault((who, target), {"principal": who, "target": target, "kind": r.type, "calls": 0,
+                                                    "allowed": 0, "denied": 0, "errors": 0,
+                                                    "first": _iso(r.ts_ns), "last": None})
+            row["calls"] += 1
+            row["last"] = _iso(r.ts_ns)
+            if _is_denied(d):
+                row["denied"] += 1
+                dec = d.get("decision") if isinstance(d.get("decision"), dict) else {}
+                denied.append({"seq": r.seq, "time": _iso(r.ts_ns), "principal": who, "agent": r.agent,
+                               "target": target, "error_code": d.get("error_code"),
+                               "reasons": list(dec.get("reasons") or d.get("error_reasons") or [])})
+            elif d.get("outcome") == "error":
+                row["errors"] += 1
+            else:
+                row["allowed"] += 1
+        elif _is_change(r.type):
+            changes.append({"seq": r.seq, "time": _iso(r.ts_ns), "type": r.type, "principal": r.principal,
+                            "details": d})
+        elif r.type.startswith(OPERATION_PREFIXES):
+            operations[r.type] += 1
+    access_calls = sum(v["calls"] for v in access.values())
+    evidence = {"access": access_calls > 0, "denied": True, "changes": True, "operations": bool(operations),
+                "integrity": integrity.ok}
+    reqs = []
+    for req in requirements:
+        notes = []
+        if not integrity.ok:
+            notes.append("the audit log failed verification")
+        if "access" in req.evidence and access_calls == 0:
+            notes.append("no access events in the period")
+        if "access" in req.evidence and unattributed:
+            notes.append(f"{unattributed} access events without a principal")
+        if "operations" in req.evidence and not operations:
+            notes.append("no start/stop events in the period")
+        reqs.append({"ref": req.ref, "title": req.title, "evidence": list(req.evidence),
+                     "status": "attention" if notes else "met", "notes": notes})
+    return {
+        "framework": framework,
+        "title": title,
+        "generated": _iso(time.time_ns()),
+        "period": {"since": _iso(since_ns), "until": _iso(until_ns)},
+        "log": {"path": log_path, "events": events, "first_seq": first_seq, "last_seq": last_seq,
+                "types": dict(sorted(types.items()))},
+        "integrity": integrity.as_dict(),
+        "requirements": reqs,
+        "summary": {"access_events": access_calls, "principals": len(principals), "denied": len(denied),
+                    "changes": len(changes), "arguments_redacted": redacted,
+                    "evidence_present": evidence},
+        "access": sorted(access.values(), key=lambda v: (v["principal"], v["target"])),
+        "denied": denied,
+        "changes": changes,
+        "operations": dict(sorted(operations.items())),
+    }
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    if not rows:
+        return "<p><em>none</em></p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, list):
+        return "; ".join(map(str, v))
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={val}" for k, val in v.items())
+    return "" if v is None else str(v)
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """A self-contained HTML page (no scripts, every value escaped)."""
+    integ = report["integrity"]
+    status = "INTACT" if integ["ok"] else "FAILED: " + _cell(integ.get("problem"))
+    esc = html.escape
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(report['title'])} audit report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #999;padding:4px 8px;text-align:left;vertical-align:top}"
+        ".met{color:#060}.attention{color:#a00}</style></head><body>",
+        f"<h1>{esc(report['title'])}: audit report</h1>",
+        f"<p>Period: {esc(_cell(report['period']['since']) or 'start')} to "
+        f"{esc(_cell(report['period']['until']) or 'now')}. Generated {esc(report['generated'])}. "
+        f"Log: {esc(_cell(report['log']['path']))}, {report['log']['events']} events in period.</p>",
+        f"<h2>Integrity of the log</h2><p class='{'met' if integ['ok'] else 'attention'}'>{esc(status)} "
+        f"({integ['events']} events, {integ['signatures_checked']} signatures, {integ['anchors_checked']} anchors "
+        f"checked; head seq {integ['last_seq']})</p>",
+        "<h2>Requirements</h2>",
+        "<table><thead><tr><th>ref</th><th>requirement</th><th>evidence</th><th>status</th></tr></thead><tbody>",
+    ]
+    for req in report["requirements"]:
+        parts.append(
+            f"<tr><td>{esc(req['ref'])}</td><td>{esc(req['title'])}</td><td>{esc(', '.join(req['evidence']))}</td>"
+            f"<td class='{esc(req['status'])}'>{esc(req['status'])} {esc('; '.join(req['notes']))}</td></tr>"
+        )
+    parts.append("</tbody></table>")
+    parts.append("<h2>Who accessed what</h2>")
+    parts.append(_table(report["access"], ["principal", "target", "kind", "calls", "allowed", "denied", "errors",
+                                           "first", "last"]))
+    parts.append("<h2>Denied attempts</h2>")
+    parts.append(_table(report["denied"], ["seq", "time", "principal", "agent", "target", "error_code", "reasons"]))
+    parts.append("<h2>Changes to tools and policy</h2>")
+    parts.append(_table(report["changes"], ["seq", "time", "type", "principal", "details"]))
+    parts.append("<h2>Operations</h2>")
+    parts.append(_table([{"type": k, "count": v} for k, v in report["operations"].items()], ["type", "count"]))
+    parts.append("</body></html>")
+    return "\n".join(parts)

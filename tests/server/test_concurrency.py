@@ -117,12 +117,23 @@ async def test_http_sessions_each_get_their_own_replies(tmp_path: Path) -> None:
 async def test_stdio_clients_each_get_their_own_replies(tmp_path: Path) -> None:
     config = _config(tmp_path)
     tally = Tally()
-    async with contextlib.AsyncExitStack() as stack:
-        sessions = [await stack.enter_async_context(stdio_session(config)) for _ in range(SESSIONS)]
-        with anyio.fail_after(120):
-            async with anyio.create_task_group() as tg:
-                for n, s in enumerate(sessions):
-                    tg.start_soon(_calls, s, f"stdio{n}", tally)
+    opened, all_open = 0, anyio.Event()
+
+    async def client(n: int) -> None:
+        nonlocal opened
+        # Start the 8 gateways in parallel, then call only once every session is open, so
+        # the calls of all clients overlap.
+        async with stdio_session(config) as s:
+            opened += 1
+            if opened == SESSIONS:
+                all_open.set()
+            await all_open.wait()
+            await _calls(s, f"stdio{n}", tally)
+
+    with anyio.fail_after(150):
+        async with anyio.create_task_group() as tg:
+            for n in range(SESSIONS):
+                tg.start_soon(client, n)
     _assert_all_own(tally)
 
 

@@ -17,22 +17,26 @@ One command, one process, JSON on stdout:
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/ is sys.path[0] when run as a script; a sibling module named like a stdlib one
+# (bench/http.py) would shadow it, so take bench/ off the path and put the repo on it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
 import argparse
 import asyncio
 import json
 import os
 import re
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from gateway.chain import build_chain
 from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo

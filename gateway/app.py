@@ -49,7 +49,7 @@ class Gateway:
         events: EventSink | None = None,
         builtins: list[Builtin] | None = None,
         steps: Callable[["Gateway"], list[Step]] | None = None,
-        tool_infos: Callable[[Catalog], dict[str, ToolInfo]] | None = None,
+        tool_infos: Callable[[Catalog], Awaitable[dict[str, ToolInfo]]] | None = None,
         list_filter: Callable[[Principal, list[ToolInfo]], list[ToolInfo]] | None = None,
         wrap_command: Any = None,
         bus: InMemorySubscriptionBus | None = None,
@@ -70,6 +70,14 @@ class Gateway:
         self._tg: anyio.abc.TaskGroup | None = None
         self._rebuild_lock = anyio.Lock()
         self.on_catalog_change: list[Callable[[Catalog, Catalog], Awaitable[None]]] = []
+        # Long-running helpers started with the gateway (hot reload, approval polling, ...).
+        self.background: list[Callable[["Gateway"], Awaitable[None]]] = []
+        # Optional steps, wired by gateway.assemble; gateway.steps.default_steps orders them.
+        self.audit_step: Step | None = None
+        self.verify_step: Step | None = None
+        self.policy_step: Step | None = None
+        self.extra_steps: list[Step] = []
+        self.closers: list[Callable[[], Any]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -100,6 +108,8 @@ class Gateway:
                 up.bind_task_group(tg)
                 self.upstreams[name] = up
                 tg.start_soon(up.run, name=f"upstream-{name}")
+            for task in self.background:
+                tg.start_soon(task, self)
             await self._rebuild()
             # Wait (bounded) for the first connection of every upstream, concurrently.
             with anyio.move_on_after(self.config.mcp.connection_timeout_s):
@@ -116,6 +126,11 @@ class Gateway:
                 for up in self.upstreams.values():
                     await up.stop()
                 tg.cancel_scope.cancel()
+        for close in self.closers:
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                _logger.exception("closing a component failed")
 
     # -- catalogue -------------------------------------------------------------------------
 
@@ -139,7 +154,7 @@ class Gateway:
             listings += [UpstreamListing(name=b.name, pass_through=False, tools=b.tools()) for b in self.builtins.values()]
             new = Catalog.build(listings)
             if self._tool_infos is not None:
-                new = Catalog.build(listings, infos=self._tool_infos(new))
+                new = Catalog.build(listings, infos=await self._tool_infos(new))
             old, self.catalog = self.catalog, new
             for cb in self.on_catalog_change:
                 await cb(old, new)
@@ -185,7 +200,7 @@ class Gateway:
         self._downstream.add(conn)
 
     def visible_tools(self, principal: Principal) -> list[CatalogTool]:
-        entries = list(self.catalog.tools.values())
+        entries = [e for e in self.catalog.tools.values() if not e.info.blocked]
         if self.list_filter is None:
             return entries
         allowed = {t.name for t in self.list_filter(principal, [e.info for e in entries])}

@@ -121,7 +121,7 @@ class Catalog:
                     )
                     continue
                 seen[name] = up.name
-                definition = t.model_dump(by_alias=True, mode="json", exclude_none=True)
+                definition = t.model_dump(by_alias=True, mode="json", exclude_unset=True)
                 info = (infos or {}).get(name) or ToolInfo(
                     name=name,
                     original_name=t.name,
@@ -129,7 +129,16 @@ class Catalog:
                     definition=definition,
                     annotations=definition.get("annotations") or {},
                 )
-                tools[name] = CatalogTool(info=info, tool=t.model_copy(update={"name": name}))
+                update: dict[str, Any] = {"name": name}
+                if infos and name in infos:
+                    meta = dict(t.meta or {})
+                    meta["symbi/verification"] = {
+                        "status": info.verification,
+                        "key_fingerprint": info.key_fingerprint,
+                        "definition_hash": info.definition_hash,
+                    }
+                    update["meta"] = meta
+                tools[name] = CatalogTool(info=info, tool=t.model_copy(update=update))
             for r in up.resources:
                 if r.uri in resources or r.uri in dup_uris:
                     dup_uris.add(r.uri)

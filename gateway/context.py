@@ -42,6 +42,15 @@ class ToolInfo:
     key_fingerprint: str | None = None
     definition_hash: str | None = None
     code_tool: bool = False
+    verification_mode: str = "strict"  # strict | tofu | warn | off (of its upstream)
+    verification_reason: str | None = None  # why it is not verified, for the caller and the audit log
+
+    @property
+    def blocked(self) -> bool:
+        """Hidden and refused: strict/tofu upstreams admit verified or pinned tools only."""
+        if self.verification_mode in ("strict", "tofu"):
+            return self.verification not in ("verified", "pinned")
+        return self.verification == "revoked"
 
     @property
     def input_schema(self) -> Mapping[str, Any]:

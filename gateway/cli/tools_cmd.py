@@ -1,9 +1,170 @@
-"""Placeholder: the sub-command is being written (its module registers nothing yet)."""
+"""``symbi tools``: the security team's view of upstream tools, on a running or stopped gateway.
+
+- ``list``: every upstream tool with its verification state, key fingerprint, definition hash.
+- ``diff SERVER__TOOL``: the approved definition against the current one.
+- ``approve SERVER__TOOL... [--key ORG_PRIV.pem]``: sign the current definitions into the
+  upstream's approved manifest (``approved = ...``) and move the pins to them.
+- ``revoke SERVER__TOOL...``: block a tool in every mode until approved again.
+
+A running gateway notices the change within ``mcp.recheck_interval_s``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
+import sys
+from pathlib import Path
+
+from gateway.config import load_config
+from gateway.config.model import Config
+from gateway.errors import ConfigError, GatewayError
+from gateway.verify.state import ToolRecord, ToolStateStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    return None
+    p = sub.add_parser("tools", help="upstream tools: verification state, drift, approvals")
+    tsub = p.add_subparsers(dest="tools_command", metavar="SUBCOMMAND", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+
+    ls = tsub.add_parser("list", help="every upstream tool with its verification state")
+    common(ls)
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=_list)
+
+    df = tsub.add_parser("diff", help="approved vs current definition of a drifted tool")
+    common(df)
+    df.add_argument("tool", help="SERVER__TOOL")
+    df.set_defaults(func=_diff)
+
+    ap = tsub.add_parser("approve", help="approve the current definitions (signs them into the manifest)")
+    common(ap)
+    ap.add_argument("tools", nargs="+", metavar="SERVER__TOOL")
+    ap.add_argument("--key", type=Path, default=None, help="organisation private key (PEM) to sign with")
+    ap.add_argument("--by", default=None, help="who approves (recorded in the manifest and the pin history)")
+    ap.set_defaults(func=_approve)
+
+    rv = tsub.add_parser("revoke", help="block tools until they are approved again")
+    common(rv)
+    rv.add_argument("tools", nargs="+", metavar="SERVER__TOOL")
+    rv.set_defaults(func=_revoke)
+
+
+def _store(cfg: Config) -> ToolStateStore:
+    if not cfg.tool_state_path.exists():
+        raise GatewayError(f"no tool state at {cfg.tool_state_path}: start the gateway once to record its tools")
+    return ToolStateStore(cfg.tool_state_path)
+
+
+def _lookup(store: ToolStateStore, name: str) -> ToolRecord:
+    rec = store.find(name)
+    if rec is None:
+        raise GatewayError(f"unknown tool {name!r} (see `symbi tools list`)")
+    return rec
+
+
+def _list(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.environ)
+    store = _store(cfg)
+    records = store.all()
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+        return 0
+    print(f"{'TOOL':44} {'STATUS':10} {'DRIFT':5} {'KEY':20} HASH")
+    for r in records:
+        print(
+            f"{r.namespaced:44} {r.status + ('' if r.present else '*'):10} {'yes' if r.drifted else '-':5} "
+            f"{(r.key_fingerprint or '-')[:20]:20} {(r.current_hash or '-')[:16]}"
+        )
+    if any(not r.present for r in records):
+        print("* no longer offered by its upstream")
+    return 0
+
+
+def _pretty(d: object) -> list[str]:
+    return json.dumps(d, indent=2, sort_keys=True, ensure_ascii=False).splitlines(keepends=True)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.environ)
+    rec = _lookup(_store(cfg), args.tool)
+    if not rec.drifted:
+        print(f"{rec.namespaced}: no drift (status {rec.status})")
+        return 0
+    sys.stdout.writelines(
+        difflib.unified_diff(
+            _pretty(rec.approved_definition),
+            _pretty(rec.current_definition),
+            fromfile=f"{rec.namespaced} (approved {rec.approved_hash[:12] if rec.approved_hash else '-'})",
+            tofile=f"{rec.namespaced} (current {rec.current_hash[:12] if rec.current_hash else '-'})",
+        )
+    )
+    return 1
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from schemapin import definition_hash, fingerprint, load_private_key_pem, sign_envelope
+
+    from gateway.verify.manifest import load_manifest, save_manifest
+
+    cfg = load_config(args.config, args.environ)
+    store = _store(cfg)
+    records = [_lookup(store, n) for n in args.tools]
+    key = None
+    if args.key is not None:
+        try:
+            key = load_private_key_pem(args.key.read_bytes())
+        except Exception as e:  # noqa: BLE001 - any unreadable key is a usage error naming the file
+            raise ConfigError(f"--key {args.key}: not a P-256 private key: {e}") from None
+    by_upstream: dict[str, list[ToolRecord]] = {}
+    for rec in records:
+        by_upstream.setdefault(rec.upstream, []).append(rec)
+    for upstream, recs in by_upstream.items():
+        srv = cfg.servers.get(upstream)
+        if srv is None:
+            raise ConfigError(f"tool of upstream {upstream!r}, which is not in the config")
+        if srv.approved is not None:
+            if key is None:
+                raise ConfigError(f"servers.{upstream}.approved is a signed manifest: give --key ORG_PRIV.pem")
+            manifest = load_manifest(srv.approved)
+            for rec in recs:
+                assert rec.current_definition is not None
+                manifest[rec.name] = sign_envelope(
+                    rec.current_definition,
+                    key,
+                    metadata={"key_fingerprint": fingerprint(key.public_key()), "approved_by": args.by, "upstream": upstream},
+                )
+            save_manifest(srv.approved, upstream, manifest)
+        for rec in recs:
+            assert rec.current_definition is not None
+            h = definition_hash(rec.current_definition)
+            store.approve(upstream, rec.name, h, rec.current_definition)
+            if srv.domain:
+                _approve_pin(cfg, srv.domain, rec.name, args.by)
+            print(f"approved {rec.namespaced} ({h[:16]})")
+    return 0
+
+
+def _approve_pin(cfg: Config, domain: str, tool: str, actor: str | None) -> None:
+    from schemapin import PinStore, PinStoreError
+
+    with PinStore(cfg.pins_path) as pins:
+        pin = pins.get(domain, tool)
+        if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
+            try:
+                pins.approve(domain, tool, actor=actor or "symbi tools approve")
+            except PinStoreError:
+                pass
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.environ)
+    store = _store(cfg)
+    for name in args.tools:
+        rec = _lookup(store, name)
+        store.revoke(rec.upstream, rec.name)
+        print(f"revoked {rec.namespaced}")
+    return 0

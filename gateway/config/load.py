@@ -125,6 +125,8 @@ def _resolve_paths(doc: dict[str, Any], base: Path, where: str) -> None:
         if isinstance(doc["gateway"], dict):
             doc["gateway"]["data_dir"] = str(base / ".symbi")
     mcp = doc.get("mcp")
+    if isinstance(mcp, dict) and isinstance(mcp.get("discovery_ca"), str):
+        mcp["discovery_ca"] = str(_under(base, mcp["discovery_ca"]))
     if isinstance(mcp, dict) and isinstance(mcp.get("org_keys"), list):
         mcp["org_keys"] = [str(_under(base, p)) if isinstance(p, str) else p for p in mcp["org_keys"]]
     servers = doc.get("servers")

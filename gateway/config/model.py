@@ -66,6 +66,12 @@ class McpSection(_Section):
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     org_keys: PathTuple = ()  # organisation public keys that may sign approved manifests
     insecure_discovery_http: bool = False  # tests only: allow http:// .well-known; logged loudly
+    discovery_ca: PathT | None = None  # CA bundle for .well-known discovery (default: system CAs)
+    discovery_ttl_s: float = Field(default=300.0, ge=0)
+    # SchemaPin's reference SDKs do not normalise S, so about half their signatures are high-S.
+    # Rejected by default (malleable form); set true to accept signatures from those signers.
+    allow_high_s_signatures: bool = False
+    recheck_interval_s: float = Field(default=2.0, gt=0)  # how often approvals/manifests are re-read
 
 
 class PolicySection(_Section):
@@ -170,6 +176,7 @@ class ServerConfig(_Section):
     domain: str | None = None  # where its .well-known/schemapin.json lives (from config, never the server)
     verification: VerificationMode | None = None  # default: mcp.tool_verification
     approved: PathT | None = None  # signed manifest of approved tool definitions
+    signature_digest: Literal["double", "single"] = "double"  # "single": Go-SDK signers (opt-in)
     sandbox: TierName | None = None  # run this stdio server inside a sandbox tier
     sandbox_network: bool = False
 
@@ -234,6 +241,10 @@ class Config(_Section):
     @property
     def pins_path(self) -> Path:
         return self.data_dir / "pins.db"
+
+    @property
+    def tool_state_path(self) -> Path:
+        return self.data_dir / "tools.db"
 
     @property
     def api_keys_path(self) -> Path:

@@ -18,16 +18,12 @@ if TYPE_CHECKING:
 
 
 def default_steps(gw: "Gateway") -> list[Step]:
-    steps: list[Step] = []
-    audit = getattr(gw, "audit_step", None)
-    if audit is not None:
-        steps.append(audit)
-    steps.append(ResolveTool(lambda: gw.catalog, gw.upstream_info))
-    verify = getattr(gw, "verify_step", None)
-    if verify is not None:
-        steps.append(verify)
-    steps.append(ValidateArguments())
-    policy = getattr(gw, "policy_step", None)
-    if policy is not None:
-        steps.append(policy)
-    return steps
+    candidates: list[Step | None] = [
+        *gw.extra_steps,  # metrics: outermost, so it times everything
+        gw.audit_step,  # sees every allow, deny and crash
+        ResolveTool(lambda: gw.catalog, gw.upstream_info),
+        gw.verify_step,
+        ValidateArguments(),
+        gw.policy_step,  # decides, then applies its conditions around the dispatch
+    ]
+    return [s for s in candidates if s is not None]

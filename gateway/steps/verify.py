@@ -1,0 +1,46 @@
+"""Refuse a call to a tool whose definition is not the approved one (strict/tofu), mark it (warn)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mcp.types as types
+
+from gateway.chain import CallNext
+from gateway.context import CallContext
+from gateway.errors import VerificationDenied
+
+_logger = logging.getLogger("symbi.verify")
+
+
+class VerifyTool:
+    """Checks the catalogue's verdict on ``call.tool`` (computed at every refresh).
+
+    strict/tofu: anything but verified/pinned is refused with the reason (drift, revoked key,
+    bad signature, no signature). warn: the call goes on, and the result's ``_meta`` and the
+    audit record say the tool is unverified. off: a warning on every call.
+    """
+
+    async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
+        tool = call.tool
+        if call.kind != "tools/call" or tool is None:
+            return await call_next(call)
+        if tool.blocked:
+            raise VerificationDenied(
+                f"tool {tool.name!r} is not an approved tool ({tool.verification})",
+                reasons=[tool.verification_reason or f"verification status: {tool.verification}"],
+            )
+        if tool.verification_mode == "off":
+            _logger.warning("calling %s with verification OFF for upstream %r", tool.name, tool.upstream)
+        unverified = tool.verification not in ("verified", "pinned")
+        call.unverified_warning = unverified
+        result = await call_next(call)
+        if unverified and isinstance(result, types.CallToolResult):
+            meta = dict(result.meta or {})
+            meta["symbi/verification"] = {
+                "status": tool.verification,
+                "warning": tool.verification_reason or "this tool's definition is not verified",
+            }
+            result = result.model_copy(update={"meta": meta})
+        return result

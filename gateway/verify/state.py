@@ -1,0 +1,216 @@
+"""The gateway's record of every upstream tool: approved vs current definition, and state.
+
+SQLite (WAL) in the data dir, shared by a running gateway (which writes what it sees on
+every refresh) and the ``symbi tools`` CLI (which reads it and records approvals and
+revocations), so the security team works on a running or a stopped gateway alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tools (
+    upstream TEXT NOT NULL,
+    name TEXT NOT NULL,              -- the upstream's own tool name
+    namespaced TEXT NOT NULL,
+    current_hash TEXT,
+    current_definition TEXT,
+    approved_hash TEXT,              -- the definition a person (or TOFU) approved
+    approved_definition TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    key_fingerprint TEXT,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    present INTEGER NOT NULL DEFAULT 1,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    changed_at REAL,
+    PRIMARY KEY (upstream, name)
+);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class ToolRecord:
+    upstream: str
+    name: str
+    namespaced: str
+    current_hash: str | None
+    current_definition: dict[str, Any] | None
+    approved_hash: str | None
+    approved_definition: dict[str, Any] | None
+    status: str
+    reason: str | None
+    key_fingerprint: str | None
+    revoked: bool
+    present: bool
+    first_seen: float
+    last_seen: float
+    changed_at: float | None
+
+    @property
+    def drifted(self) -> bool:
+        return self.approved_hash is not None and self.current_hash != self.approved_hash
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tool": self.namespaced,
+            "upstream": self.upstream,
+            "name": self.name,
+            "status": self.status,
+            "reason": self.reason,
+            "key_fingerprint": self.key_fingerprint,
+            "definition_hash": self.current_hash,
+            "approved_hash": self.approved_hash,
+            "drifted": self.drifted,
+            "revoked": self.revoked,
+            "present": self.present,
+        }
+
+
+class ToolStateStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
+        if new:
+            os.chmod(path, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self.path = path
+
+    def close(self) -> None:
+        self._db.close()
+
+    def version(self) -> str:
+        """Changes whenever the CLI approves or revokes (the gateway polls it)."""
+        row = self._db.execute("SELECT v FROM meta WHERE k='approvals'").fetchone()
+        return row[0] if row else "0"
+
+    def _bump(self) -> None:
+        self._db.execute(
+            "INSERT INTO meta (k, v) VALUES ('approvals', ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
+            (str(time.time_ns()),),
+        )
+
+    def get(self, upstream: str, name: str) -> ToolRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)
+            ).fetchone()
+        return _record(row) if row else None
+
+    def find(self, namespaced: str) -> ToolRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM tools WHERE namespaced=?", (namespaced,)).fetchone()
+        return _record(row) if row else None
+
+    def all(self) -> list[ToolRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM tools ORDER BY upstream, name").fetchall()
+        return [_record(r) for r in rows]
+
+    def observe(
+        self,
+        upstream: str,
+        name: str,
+        namespaced: str,
+        definition: dict[str, Any],
+        definition_hash: str,
+        *,
+        status: str,
+        reason: str | None,
+        key_fingerprint: str | None,
+        pin_if_new: bool,
+    ) -> tuple[ToolRecord | None, ToolRecord]:
+        """Record what the gateway sees now; returns (before, after)."""
+        now = time.time()
+        text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
+        with self._lock:
+            row = self._db.execute("SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)).fetchone()
+            before = _record(row) if row else None
+            if before is None:
+                approved = (definition_hash, text) if pin_if_new else (None, None)
+                self._db.execute(
+                    "INSERT INTO tools (upstream, name, namespaced, current_hash, current_definition, approved_hash,"
+                    " approved_definition, status, reason, key_fingerprint, first_seen, last_seen, changed_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
+                    (upstream, name, namespaced, definition_hash, text, *approved, status, reason, key_fingerprint, now, now),
+                )
+            else:
+                changed = before.current_hash != definition_hash
+                approved_hash = before.approved_hash
+                approved_def = json.dumps(before.approved_definition, sort_keys=True) if before.approved_definition else None
+                if approved_hash is None and pin_if_new:
+                    approved_hash, approved_def = definition_hash, text
+                self._db.execute(
+                    "UPDATE tools SET namespaced=?, current_hash=?, current_definition=?, approved_hash=?,"
+                    " approved_definition=?, status=?, reason=?, key_fingerprint=?, present=1, last_seen=?,"
+                    " changed_at=CASE WHEN ? THEN ? ELSE changed_at END WHERE upstream=? AND name=?",
+                    (namespaced, definition_hash, text, approved_hash, approved_def, status, reason, key_fingerprint,
+                     now, changed, now, upstream, name),
+                )
+            after = _record(
+                self._db.execute("SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)).fetchone()
+            )
+        return before, after
+
+    def mark_absent(self, upstream: str, present_names: set[str]) -> list[ToolRecord]:
+        """Tools of ``upstream`` that vanished from its listing; returns them."""
+        gone = []
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM tools WHERE upstream=? AND present=1", (upstream,)).fetchall()
+            for r in rows:
+                rec = _record(r)
+                if rec.name not in present_names:
+                    self._db.execute(
+                        "UPDATE tools SET present=0, changed_at=? WHERE upstream=? AND name=?",
+                        (time.time(), upstream, rec.name),
+                    )
+                    gone.append(rec)
+        return gone
+
+    def approve(self, upstream: str, name: str, definition_hash: str, definition: dict[str, Any]) -> None:
+        text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
+        with self._lock:
+            self._db.execute(
+                "UPDATE tools SET approved_hash=?, approved_definition=?, revoked=0 WHERE upstream=? AND name=?",
+                (definition_hash, text, upstream, name),
+            )
+            self._bump()
+
+    def revoke(self, upstream: str, name: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE tools SET revoked=1 WHERE upstream=? AND name=?", (upstream, name))
+            self._bump()
+
+
+def _record(row: Any) -> ToolRecord:
+    (up, name, ns, ch, cd, ah, ad, status, reason, fp, revoked, present, first, last, changed) = row
+    return ToolRecord(
+        upstream=up,
+        name=name,
+        namespaced=ns,
+        current_hash=ch,
+        current_definition=json.loads(cd) if cd else None,
+        approved_hash=ah,
+        approved_definition=json.loads(ad) if ad else None,
+        status=status,
+        reason=reason,
+        key_fingerprint=fp,
+        revoked=bool(revoked),
+        present=bool(present),
+        first_seen=first,
+        last_seen=last,
+        changed_at=changed,
+    )

@@ -1,0 +1,307 @@
+"""Ties SchemaPin to the catalogue: which upstream tools are the approved ones.
+
+On every catalogue refresh (start, list_changed, reconnect, an approval) each tool is
+assessed under its upstream's mode:
+
+- ``strict``: listed and callable only if a signature verifies (in-band
+  ``_meta["schemapin/signature"]`` against the upstream's discovered key, pinned on first
+  use; or an envelope of the approved manifest signed by an organisation key) and the
+  definition is the signed one.
+- ``tofu``: as strict for signed tools; an unsigned tool's definition is pinned on first
+  sight and any later change blocks it.
+- ``warn``: everything listed and callable; unverified or drifted tools are marked.
+- ``off``: no checks; a warning at start and on every call.
+
+Every change of a definition is drift: it is recorded (old and new, for ``symbi tools
+diff``), an event is emitted, and in strict/tofu the tool stays blocked until a person
+approves the new definition (``symbi tools approve``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import anyio
+from schemapin import (
+    DefinitionChanged,
+    KeyPinMismatch,
+    KeyRevoked,
+    KeySnapshot,
+    PinStore,
+    SchemaPinError,
+    WellKnownResolver,
+    definition_hash,
+    split_carrier,
+    verify_tool,
+)
+
+from gateway.catalog import Catalog, CatalogTool
+from gateway.config.model import Config
+from gateway.context import ToolInfo
+from gateway.errors import ConfigError
+from gateway.events import EventSink
+from gateway.verify.manifest import load_manifest
+from gateway.verify.state import ToolStateStore
+
+_logger = logging.getLogger("symbi.verify")
+
+# In-band carrier: the signature of the definition without "_meta".
+SIGNATURE_META = "schemapin/signature"
+
+
+def load_org_keys(config: Config) -> list[KeySnapshot]:
+    keys = []
+    for i, path in enumerate(config.mcp.org_keys):
+        try:
+            keys.append(KeySnapshot.from_public_key(Path(path).read_text()))
+        except (OSError, SchemaPinError, ValueError) as e:
+            raise ConfigError(f"mcp.org_keys[{i}] ({path}): not a readable P-256 public key: {e}") from None
+    return keys
+
+
+class ToolVerifier:
+    """Assesses every tool of the catalogue; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        config: Config,
+        events: EventSink,
+        *,
+        resolver: Any = None,
+        builtins: frozenset[str] = frozenset(),
+    ) -> None:
+        self._config = config
+        self._events = events
+        self._builtins = builtins
+        self.state = ToolStateStore(config.tool_state_path)
+        self.pins = PinStore(config.pins_path)
+        ca = config.mcp.discovery_ca
+        self._resolver = resolver or WellKnownResolver(
+            timeout=min(10.0, config.mcp.connection_timeout_s),
+            ttl=config.mcp.discovery_ttl_s,
+            allow_insecure_http=config.mcp.insecure_discovery_http,
+            verify=str(ca) if ca else True,
+        )
+        self._org_keys = load_org_keys(config)
+        for name, srv in config.servers.items():
+            if config.verification_for(name) == "off":
+                _logger.warning("verification is OFF for upstream %r: its tools are not checked", name)
+
+    def close(self) -> None:
+        self.state.close()
+        self.pins.close()
+
+    # -- what the gateway polls to notice approvals made by the CLI --------------------------
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        mtimes = []
+        for srv in self._config.servers.values():
+            if srv.approved is not None:
+                try:
+                    mtimes.append(srv.approved.stat().st_mtime_ns)
+                except OSError:
+                    mtimes.append(None)
+        try:
+            pins_mtime = self._config.pins_path.stat().st_mtime_ns
+        except OSError:
+            pins_mtime = None
+        return (self.state.version(), tuple(mtimes), pins_mtime)
+
+    # -- assessment ------------------------------------------------------------------------
+
+    async def assess(self, catalog: Catalog) -> dict[str, ToolInfo]:
+        by_upstream: dict[str, list[CatalogTool]] = defaultdict(list)
+        for entry in catalog.tools.values():
+            by_upstream[entry.info.upstream].append(entry)
+        infos: dict[str, ToolInfo] = {}
+        for upstream, entries in by_upstream.items():
+            if upstream in self._builtins:
+                for e in entries:
+                    infos[e.info.name] = _with(e.info, "verified", "built-in tool of the gateway", None, None, "strict")
+                continue
+            for info in await self._assess_upstream(upstream, entries):
+                infos[info.name] = info
+        return infos
+
+    async def _assess_upstream(self, upstream: str, entries: list[CatalogTool]) -> list[ToolInfo]:
+        srv = self._config.servers[upstream]
+        mode = self._config.verification_for(upstream)
+        manifest: dict[str, dict[str, Any]] = {}
+        manifest_error: str | None = None
+        if srv.approved is not None:
+            try:
+                manifest = load_manifest(srv.approved)
+            except ConfigError as e:
+                manifest_error = e.message
+        snapshot: KeySnapshot | None = None
+        snap_error: str | None = None
+        if srv.domain and mode != "off":
+            try:
+                with anyio.fail_after(self._config.mcp.connection_timeout_s):
+                    snapshot = await self._resolver.resolve(srv.domain)
+            except (SchemaPinError, TimeoutError) as e:
+                snap_error = f"key discovery for {srv.domain} failed: {e}"
+        out = []
+        for entry in entries:
+            info = self._assess_one(entry.info, mode, srv.domain, manifest, manifest_error, snapshot, snap_error)
+            out.append(info)
+        for gone in self.state.mark_absent(upstream, {e.info.original_name for e in entries}):
+            self._events.emit("tool.vanished", {"tool": gone.namespaced, "upstream": upstream, "hash": gone.current_hash})
+        return out
+
+    def _assess_one(
+        self,
+        info: ToolInfo,
+        mode: str,
+        domain: str | None,
+        manifest: dict[str, dict[str, Any]],
+        manifest_error: str | None,
+        snapshot: KeySnapshot | None,
+        snap_error: str | None,
+    ) -> ToolInfo:
+        definition, signature = split_carrier(dict(info.definition))
+        try:
+            h = definition_hash(definition)
+        except SchemaPinError as e:
+            return _with(info, "failed", f"definition cannot be canonicalised: {e}", None, None, mode)
+        before = self.state.get(info.upstream, info.original_name)
+        status, reason, fp = "unverified", "no signature (in-band _meta or approved manifest)", None
+        approve_now = False
+        if mode == "off":
+            status, reason = "off", "verification is off for this upstream"
+        elif before is not None and before.revoked:
+            status, reason = "revoked", "revoked by a security team (symbi tools revoke)"
+        elif signature is not None:
+            status, reason, fp = self._check_signature(info, definition, signature, mode, domain, snapshot, snap_error)
+
+            approve_now = status == "verified"
+        elif info.original_name in manifest:
+            status, reason, fp = self._check_manifest(manifest[info.original_name], h, snapshot)
+            approve_now = status == "verified"
+        elif manifest_error is not None:
+            status, reason = "failed", manifest_error
+        elif mode == "tofu":
+            if before is None or before.approved_hash is None or before.approved_hash == h:
+                status, reason = "pinned", "definition pinned on first use"
+            else:
+                status, reason = "drifted", _drift_reason(before.approved_hash, h)
+        _before, after = self.state.observe(
+            info.upstream,
+            info.original_name,
+            info.name,
+            definition,
+            h,
+            status=status,
+            reason=reason,
+            key_fingerprint=fp,
+            pin_if_new=(mode == "tofu" and status == "pinned") or approve_now,
+        )
+        if approve_now and after.approved_hash != h:
+            self.state.approve(info.upstream, info.original_name, h, definition)
+        if before is not None and before.current_hash != h:
+            self._events.emit(
+                "tool.drift",
+                {
+                    "tool": info.name,
+                    "upstream": info.upstream,
+                    "old_hash": before.current_hash,
+                    "new_hash": h,
+                    "status": status,
+                    "mode": mode,
+                },
+            )
+            _logger.warning("tool %s changed (%s -> %s): now %s", info.name, before.current_hash, h, status)
+        if before is None or before.status != status:
+            self._events.emit(
+                "tool.verification",
+                {"tool": info.name, "upstream": info.upstream, "status": status, "reason": reason, "key": fp, "hash": h},
+            )
+        return _with(info, status, reason if status != "verified" else None, fp, h, mode)
+
+    def _check_signature(
+        self,
+        info: ToolInfo,
+        definition: dict[str, Any],
+        signature: str,
+        mode: str,
+        domain: str | None,
+        snapshot: KeySnapshot | None,
+        snap_error: str | None,
+    ) -> tuple[str, str | None, str | None]:
+        keys: list[tuple[KeySnapshot, bool]] = []
+        if snapshot is not None:
+            keys.append((snapshot, True))
+        keys += [(k, False) for k in self._org_keys]
+        if not keys:
+            return "failed", snap_error or "signed, but no key to check it: configure the upstream's domain", None
+        last: SchemaPinError | None = None
+        for key, pinned in keys:
+            try:
+                res = verify_tool(
+                    definition,
+                    signature,
+                    domain=domain if pinned else None,
+                    tool_id=info.original_name if pinned else None,
+                    key_source=key,
+                    mode="strict" if mode in ("strict", "warn") else "tofu",
+                    pin_store=self.pins if pinned else None,
+                    digest_mode=self._config.servers[info.upstream].signature_digest,
+                    allow_high_s=self._config.mcp.allow_high_s_signatures,
+                )
+                return "verified", None, res.key_fingerprint
+            except KeyRevoked as e:
+                return "revoked", f"{e.code}: {e}", key.fingerprint
+            except (DefinitionChanged, KeyPinMismatch) as e:
+                return "drifted", f"{e.code}: {e}", key.fingerprint
+            except SchemaPinError as e:
+                last = e
+        assert last is not None
+        return "failed", f"{last.code}: {last}", None
+
+    def _check_manifest(
+        self, envelope: dict[str, Any], h: str, snapshot: KeySnapshot | None
+    ) -> tuple[str, str | None, str | None]:
+        keys = list(self._org_keys) + ([snapshot] if snapshot is not None else [])
+        if not keys:
+            return "failed", "approved manifest present but no organisation key (mcp.org_keys) to check it", None
+        for key in keys:
+            try:
+                res = verify_tool(
+                    envelope["schema"],
+                    envelope["signature"],
+                    domain=None,
+                    tool_id=None,
+                    key_source=key,
+                    allow_high_s=self._config.mcp.allow_high_s_signatures,
+                )
+            except SchemaPinError:
+                continue
+            if res.definition_hash != h:
+                return "drifted", _drift_reason(res.definition_hash, h), res.key_fingerprint
+            return "verified", None, res.key_fingerprint
+        return "failed", "approved manifest entry is not signed by a trusted key", None
+
+
+def _drift_reason(approved: str, now: str) -> str:
+    return (
+        f"tool definition changed since it was approved (approved {approved[:12]}, now {now[:12]}): "
+        "blocked until `symbi tools approve`"
+    )
+
+
+def _with(
+    info: ToolInfo, status: str, reason: str | None, fp: str | None, h: str | None, mode: str
+) -> ToolInfo:
+    from dataclasses import replace
+
+    return replace(
+        info,
+        verification=status,  # type: ignore[arg-type]
+        verification_reason=reason,
+        key_fingerprint=fp,
+        definition_hash=h,
+        verification_mode=mode,
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from typing import Any
@@ -230,9 +231,23 @@ def build_server() -> MCPServer:
         "$schema": SCHEMA_2020_12,
         "type": "object",
         "$defs": {
-            "address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}
+            "address": {
+                "$anchor": "addressDef",
+                "type": "object",
+                "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+            }
         },
-        "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+        "properties": {
+            "name": {"type": "string"},
+            "address": {"$ref": "#/$defs/address"},
+            "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+            "phone": {"type": "string"},
+            "email": {"type": "string"},
+        },
+        "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+        "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+        "then": {"required": ["phone"]},
+        "else": {"required": ["email"]},
         "additionalProperties": False,
     }
 
@@ -295,6 +310,9 @@ def build_server() -> MCPServer:
         # The suite only checks the shape; offer the typed prefix back as one candidate.
         return types.Completion(values=[argument.value] if argument.value else [], total=None, has_more=False)
 
+    _add_input_required(mcp)
+    _add_stateless_hooks(mcp)
+
     low = mcp._lowlevel_server
 
     async def subscribe(ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
@@ -315,8 +333,184 @@ def build_server() -> MCPServer:
     return mcp
 
 
-def _schema_2020_12_tool(name: str = "", address: dict[str, Any] | None = None) -> str:
-    return f"name={name} address={json.dumps(address)}"
+# -- 2026-07-28: input-required results (SEP-2322) and stateless diagnostics (SEP-2575) ------------
+
+
+def _elicit(message: str, prop: str, typ: str = "string") -> types.ElicitRequest:
+    schema = {"type": "object", "properties": {prop: {"type": typ}}, "required": [prop]}
+    return types.ElicitRequest(params=types.ElicitRequestFormParams(message=message, requested_schema=schema))
+
+
+def _sample(text: str, max_tokens: int = 100) -> types.CreateMessageRequest:
+    msg = types.SamplingMessage(role="user", content=types.TextContent(type="text", text=text))
+    return types.CreateMessageRequest(params=types.CreateMessageRequestParams(messages=[msg], max_tokens=max_tokens))
+
+
+def _answered(ctx: Context, *keys: str) -> dict[str, Any] | None:
+    """The responses for ``keys`` as plain dicts, or None unless every key was answered."""
+    got = ctx.input_responses or {}
+    if not all(k in got for k in keys):
+        return None
+    return {k: got[k].model_dump(by_alias=True, exclude_none=True) for k in keys}
+
+
+def _ask(requests: dict[str, Any], state: str | None = None) -> types.InputRequiredResult:
+    return types.InputRequiredResult(input_requests=requests, request_state=state)
+
+
+def _add_input_required(mcp: MCPServer) -> None:
+    """Tools (and a prompt) that answer with ``InputRequiredResult`` until the client supplies input.
+
+    The SDK seals ``request_state`` on the way out and refuses a tampered one on the way
+    in, so the state strings here are plain markers.
+    """
+
+    @mcp.tool()
+    async def test_input_required_result_elicitation(ctx: Context) -> str | types.InputRequiredResult:
+        """Asks for the user's name (one elicitation input request)."""
+        got = _answered(ctx, "user_name")
+        if got is None:
+            return _ask({"user_name": _elicit("What is your name?", "name")})
+        name = (got["user_name"].get("content") or {}).get("name", "stranger")
+        return f"Hello, {name}!"
+
+    @mcp.tool()
+    async def test_input_required_result_sampling(ctx: Context) -> str | types.InputRequiredResult:
+        """Asks the client's LLM a question (one sampling input request)."""
+        got = _answered(ctx, "capital_question")
+        if got is None:
+            return _ask({"capital_question": _sample("What is the capital of France?")})
+        content = got["capital_question"].get("content") or {}
+        return f"LLM said: {content.get('text', '') if isinstance(content, dict) else content}"
+
+    @mcp.tool()
+    async def test_input_required_result_list_roots(ctx: Context) -> str | types.InputRequiredResult:
+        """Asks for the client's roots (one roots/list input request)."""
+        got = _answered(ctx, "client_roots")
+        if got is None:
+            return _ask({"client_roots": types.ListRootsRequest()})
+        roots = [r.get("uri") for r in got["client_roots"].get("roots", [])]
+        return f"Roots: {', '.join(map(str, roots)) or '(none)'}"
+
+    @mcp.tool()
+    async def test_input_required_result_request_state(ctx: Context) -> str | types.InputRequiredResult:
+        """Round-trips requestState; the final text says state-ok when it came back intact."""
+        got = _answered(ctx, "confirm")
+        if got is None or ctx.request_state != "confirm-pending":
+            return _ask({"confirm": _elicit("Please confirm", "ok", "boolean")}, "confirm-pending")
+        return "state-ok: confirmed"
+
+    @mcp.tool()
+    async def test_input_required_result_multiple_inputs(ctx: Context) -> str | types.InputRequiredResult:
+        """Asks for an elicitation, a sampling and roots in one round."""
+        got = _answered(ctx, "user_name", "greeting", "client_roots")
+        if got is None or ctx.request_state != "multi-pending":
+            requests = {
+                "user_name": _elicit("What is your name?", "name"),
+                "greeting": _sample("Generate a greeting", 50),
+                "client_roots": types.ListRootsRequest(),
+            }
+            return _ask(requests, "multi-pending")
+        return "All inputs received"
+
+    @mcp.tool()
+    async def test_input_required_result_multi_round(ctx: Context) -> str | types.InputRequiredResult:
+        """Two rounds of questions before the answer."""
+        if ctx.request_state == "round-2" and _answered(ctx, "step2") is not None:
+            return "Multi-round complete"
+        if ctx.request_state == "round-1" and _answered(ctx, "step1") is not None:
+            return _ask({"step2": _elicit("Step 2: What is your favorite color?", "color")}, "round-2")
+        return _ask({"step1": _elicit("Step 1: What is your name?", "name")}, "round-1")
+
+    @mcp.tool()
+    async def test_input_required_result_tampered_state(ctx: Context) -> str | types.InputRequiredResult:
+        """Issues a requestState; the SDK's sealing refuses a modified one."""
+        if ctx.request_state == "tamper-check" and _answered(ctx, "confirm") is not None:
+            return "state intact"
+        return _ask({"confirm": _elicit("Please confirm", "ok", "boolean")}, "tamper-check")
+
+    @mcp.tool()
+    async def test_input_required_result_capabilities(ctx: Context) -> str | types.InputRequiredResult:
+        """Only asks for what the client declared it can do."""
+        caps = ctx.client_capabilities
+        requests: dict[str, Any] = {}
+        if caps is not None and caps.sampling is not None:
+            requests["sampling_request"] = _sample("Say hello")
+        if caps is not None and caps.elicitation is not None:
+            requests["elicitation_request"] = _elicit("What is your name?", "name")
+        if not requests or _answered(ctx, *requests) is not None:
+            return "Capabilities respected"
+        return _ask(requests)
+
+    @mcp.prompt()
+    async def test_input_required_result_prompt(ctx: Context) -> list[UserMessage] | types.InputRequiredResult:
+        """A prompt that needs context from the user first."""
+        got = _answered(ctx, "user_context")
+        if got is None:
+            return _ask({"user_context": _elicit("What context should the prompt use?", "context")})
+        context = (got["user_context"].get("content") or {}).get("context", "")
+        return [UserMessage(content=types.TextContent(type="text", text=f"Use this context: {context}"))]
+
+
+def _add_stateless_hooks(mcp: MCPServer) -> None:
+    """Diagnostic tools of the stateless scenario: a capability check and list mutations."""
+    from mcp.shared.exceptions import MCPError
+
+    @mcp.tool()
+    async def test_missing_capability(ctx: Context) -> str:
+        """Needs the client's sampling capability; refuses (-32021) when it was not declared."""
+        caps = ctx.client_capabilities
+        if caps is None or caps.sampling is None:
+            raise MCPError(
+                code=-32021,
+                message="this tool requires the client's sampling capability",
+                data={"requiredCapabilities": {"sampling": {}}},
+            )
+        return "client declared sampling"
+
+    state = {"tool": False, "prompt": False}
+
+    def _extra_tool() -> str:
+        return "dynamic"
+
+    def _extra_prompt() -> str:
+        return "dynamic prompt"
+
+    @mcp.tool()
+    async def test_trigger_tool_change(ctx: Context) -> str:
+        """Adds or removes a tool and announces the change (both protocol eras)."""
+        if state["tool"]:
+            mcp.remove_tool("test_dynamic_tool")
+        else:
+            mcp.add_tool(_extra_tool, name="test_dynamic_tool", description="Appears and disappears")
+        state["tool"] = not state["tool"]
+        await ctx.notify_tools_changed()
+        with contextlib.suppress(Exception):  # handshake-era push; absent in 2026-07-28
+            await ctx.session.send_tool_list_changed()
+        return "tool list changed"
+
+    @mcp.tool()
+    async def test_trigger_prompt_change(ctx: Context) -> str:
+        """Adds or removes a prompt and announces the change (both protocol eras)."""
+        if state["prompt"]:
+            mcp.remove_prompt("test_dynamic_prompt")
+        else:
+            mcp.prompt(name="test_dynamic_prompt", description="Appears and disappears")(_extra_prompt)
+        state["prompt"] = not state["prompt"]
+        await ctx.notify_prompts_changed()
+        with contextlib.suppress(Exception):
+            await ctx.session.send_prompt_list_changed()
+        return "prompt list changed"
+
+
+def _schema_2020_12_tool(
+    name: str = "",
+    address: dict[str, Any] | None = None,
+    contactMethod: str | None = None,
+    phone: str | None = None,
+    email: str | None = None,
+) -> str:
+    return f"name={name} address={json.dumps(address)} contact={contactMethod} {phone or email}"
 
 
 def main(argv: list[str] | None = None) -> int:

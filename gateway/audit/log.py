@@ -18,6 +18,7 @@ One process writes a log at a time (an exclusive ``flock`` on ``<log>.lock``); r
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import concurrent.futures
 import fcntl
@@ -131,6 +132,7 @@ class AuditLog:
             raise
         self._thread = threading.Thread(target=self._run, name="symbi-audit-writer", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # queued events are committed even if the owner forgets close()
 
     @classmethod
     def from_config(cls, config: "Config") -> "AuditLog":
@@ -267,6 +269,7 @@ class AuditLog:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self.close)
         if not self._thread.is_alive():
             self._release_lock()
             return

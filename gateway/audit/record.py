@@ -144,8 +144,15 @@ class AuditRecord:
         return value if isinstance(value, dict) else {"value": value}
 
     def canonical(self) -> bytes:
-        """Canonical bytes recomputed from the stored fields (details re-canonicalised)."""
-        details = canonical_json(json.loads(self.details_json))
+        """The bytes the chain hash covers, rebuilt from the stored fields.
+
+        The stored details text is used as is (the writer stored it canonical, and any other
+        text changes the hash); it must parse as ONE JSON object, which makes the spliced
+        record unambiguous: no other split of the same bytes into fields exists.
+        """
+        if not isinstance(json.loads(self.details_json), dict):
+            raise ValueError("details is not a JSON object")
+        details = self.details_json
         return record_bytes(
             seq=self.seq,
             id=self.id,

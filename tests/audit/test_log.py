@@ -128,3 +128,18 @@ def test_from_config_uses_config_paths(tmp_path: Path) -> None:
         assert log.batch_max == 8 and log.on_failure == "warn"
     finally:
         log.close()
+
+
+def test_events_emitted_before_exit_without_close_are_committed(log_paths) -> None:
+    import os
+    import subprocess
+    import sys
+
+    db, key = log_paths
+    code = ("import sys; from pathlib import Path; from gateway.audit import AuditLog\n"
+            "log = AuditLog(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+            "[log.emit('gateway.event', {'i': i}) for i in range(500)]\n")  # no close(), no flush()
+    root = Path(__file__).parents[2]
+    subprocess.run([sys.executable, "-c", code, str(db), str(key)], check=True, timeout=60,
+                   env={**os.environ, "PYTHONPATH": str(root)})
+    assert verify_log(db, exported_public_keys(key)).check().events == 500

@@ -55,6 +55,14 @@ def test_edited_detail_is_changed(written_log, full: bool) -> None:
     assert _problem(db, keys, full=full) == (5, "changed")
 
 
+@pytest.mark.parametrize("text", ['[1, 2]', '{"n": 5, "tool": "t5"}', '{"n":5,"tool":"t5"} '])
+def test_details_must_be_the_exact_signed_object_text(written_log, text: str) -> None:
+    db, keys = written_log
+    assert json.loads(_row(db, 5)[6]) == {"n": 5, "tool": "t5"}
+    _sql(db, ("UPDATE events SET details = ? WHERE seq = 5", (text,)))
+    assert _problem(db, keys) == (5, "changed")
+
+
 def test_edit_with_recomputed_hashes_still_fails_on_signature(written_log) -> None:
     db, keys = written_log
     # the attacker rewrites seq 7 and re-chains 7..20 but cannot sign with the audit key

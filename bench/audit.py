@@ -1,0 +1,200 @@
+"""Audit log benchmark: appends/s (signed, chained, durable), verifies/s, and the audit step's cost.
+
+Run: ``/work/main/.venv/bin/python bench/audit.py [--events 20000]``; prints one JSON document.
+
+Every rate sits beside a baseline measured in the same run, because on a shared machine a
+ratio survives the noise and an absolute number does not:
+
+* ``append``: ``AuditLog.emit`` x N then ``flush`` (every event signed, chained and committed
+  with fsync, group commit of ``batch_max``), and ``AuditLog.record`` with 64 concurrent
+  asyncio callers; baselines: the same rows inserted unsigned and unchained into the same
+  SQLite set-up (WAL, synchronous=FULL, same batch size), and plain JSONL lines with one
+  fsync per batch.
+* ``verify``: ``verify_log`` with every signature checked and in fast mode (every hash and
+  link, signatures at anchors / key changes / head); baseline: reading the same rows.
+* ``step``: a call through ``AuditStep`` around a trivial endpoint vs the endpoint alone,
+  sequential (one fsync per call) and with 64 calls in flight (group commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+# the repo root instead of bench/ (whose modules, e.g. bench/http.py, would shadow the stdlib)
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from gateway.audit import AuditLog, exported_public_keys, verify_log  # noqa: E402
+from gateway.audit import store  # noqa: E402
+from gateway.audit.record import canonical_details  # noqa: E402
+from gateway.chain import build_chain  # noqa: E402
+from gateway.context import CallContext, Decision, Principal  # noqa: E402
+from gateway.steps.audit import AuditStep  # noqa: E402
+
+BATCH = 256
+
+
+def _details(i: int) -> dict[str, Any]:
+    return {"tool": "fs__read_file", "upstream": "fs", "arguments": {"path": "[REDACTED]"},
+            "decision": {"allow": True, "reasons": ["ok"], "conditions": {"sandbox_tier": "none"}},
+            "outcome": "ok", "duration_ms": 1.234, "result_bytes": 512, "i": i}
+
+
+def bench_append(d: Path, n: int) -> dict[str, float]:
+    log = AuditLog(d / "a.db", d / "key.pem", batch_max=BATCH, checkpoint_every=1000)
+    t = time.perf_counter()
+    for i in range(n):
+        log.emit("tool.call", _details(i), principal="alice", agent="agent-1")
+    log.flush()
+    emit_rate = n / (time.perf_counter() - t)
+
+    async def concurrent(m: int, width: int = 64) -> None:
+        async def worker(w: int) -> None:
+            for i in range(w, m, width):
+                await log.record("tool.call", _details(i), principal="alice")
+        await asyncio.gather(*(worker(w) for w in range(width)))
+
+    m = max(2000, n // 4)
+    t = time.perf_counter()
+    asyncio.run(concurrent(m))
+    record_rate = m / (time.perf_counter() - t)
+    log.close()
+    return {"signed_emit_per_s": emit_rate, "signed_record_64_concurrent_per_s": record_rate}
+
+
+def bench_baseline_sqlite(d: Path, n: int) -> float:
+    conn = store.open_writer(d / "plain.db")
+    t = time.perf_counter()
+    rows = []
+    for i in range(n):
+        rows.append((i + 1, str(uuid.uuid4()), time.time_ns(), "alice", "agent-1", "tool.call",
+                     canonical_details(_details(i)), "", "", "", ""))
+        if len(rows) == BATCH or i == n - 1:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(store.INSERT, rows)
+            conn.execute("COMMIT")
+            rows.clear()
+    rate = n / (time.perf_counter() - t)
+    conn.close()
+    return rate
+
+
+def bench_baseline_jsonl(d: Path, n: int) -> float:
+    t = time.perf_counter()
+    with open(d / "plain.jsonl", "a", encoding="utf-8") as f:
+        buf = []
+        for i in range(n):
+            buf.append(json.dumps({"seq": i + 1, "id": str(uuid.uuid4()), "ts_ns": time.time_ns(),
+                                   "type": "tool.call", "details": _details(i)}) + "\n")
+            if len(buf) == BATCH or i == n - 1:
+                f.write("".join(buf))
+                f.flush()
+                os.fsync(f.fileno())
+                buf.clear()
+    return n / (time.perf_counter() - t)
+
+
+def bench_verify(d: Path) -> dict[str, float]:
+    keys = exported_public_keys(d / "key.pem")
+    out: dict[str, float] = {}
+    for name, full in (("verify_all_signatures_per_s", True), ("verify_fast_per_s", False)):
+        t = time.perf_counter()
+        res = verify_log(d / "a.db", keys, all_signatures=full).check()
+        out[name] = res.events / (time.perf_counter() - t)
+    conn = store.open_reader(d / "a.db")
+    t = time.perf_counter()
+    count = sum(1 for _ in store.iter_records(conn))
+    out["baseline_read_rows_per_s"] = count / (time.perf_counter() - t)
+    conn.close()
+    out["events"] = count
+    return out
+
+
+def bench_step(d: Path, calls: int) -> dict[str, float]:
+    log = AuditLog(d / "s.db", d / "skey.pem", batch_max=BATCH)
+
+    async def endpoint(call: CallContext) -> str:
+        call.decision = Decision(allow=True)
+        call.audit_arguments = {"path": "[REDACTED]"}
+        return "ok"
+
+    def ctx() -> CallContext:
+        return CallContext(principal=Principal(id="alice"), kind="tools/call", target="fs__read",
+                           arguments={"path": "/etc/hosts"})
+
+    async def sequential(handler: Any) -> list[float]:
+        lat = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            await handler(ctx())
+            lat.append((time.perf_counter() - t) * 1000)
+        return lat
+
+    async def concurrent(handler: Any, width: int = 64) -> float:
+        async def worker() -> None:
+            for _ in range(calls // width):
+                await handler(ctx())
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(width)))
+        return (calls // width) * width / (time.perf_counter() - t)
+
+    with_step = build_chain([AuditStep(log)], endpoint)
+    bare = build_chain([], endpoint)
+    seq_bare = statistics.median(asyncio.run(sequential(bare)))
+    seq_step = statistics.median(asyncio.run(sequential(with_step)))
+    conc_bare = asyncio.run(concurrent(bare))
+    conc_step = asyncio.run(concurrent(with_step))
+    log.close()
+    return {
+        "bare_call_median_ms": seq_bare,
+        "audited_call_median_ms": seq_step,
+        "added_median_ms_sequential": seq_step - seq_bare,
+        "bare_calls_per_s_64_concurrent": conc_bare,
+        "audited_calls_per_s_64_concurrent": conc_step,
+        "added_ms_per_call_64_concurrent": 1000 / conc_step - 1000 / conc_bare,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--calls", type=int, default=1024)
+    ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        d = Path(tmp)
+        append = bench_append(d, args.events)
+        base_sqlite = bench_baseline_sqlite(d, args.events)
+        base_jsonl = bench_baseline_jsonl(d, args.events)
+        verify = bench_verify(d)
+        step = bench_step(d, args.calls)
+    result = {
+        "benchmark": "audit",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "sqlite": sqlite3.sqlite_version,
+                    "loadavg_1m": os.getloadavg()[0]},
+        "events": args.events,
+        "append": {**append, "baseline_unsigned_sqlite_per_s": base_sqlite, "baseline_unsigned_jsonl_per_s": base_jsonl,
+                   "signed_vs_unsigned_sqlite": append["signed_emit_per_s"] / base_sqlite},
+        "verify": {**verify, "fast_vs_read": verify["verify_fast_per_s"] / verify["baseline_read_rows_per_s"]},
+        "step": step,
+        "targets": {"append_per_s": 10000, "verify_per_s": 20000,
+                    "append_met": append["signed_emit_per_s"] >= 10000,
+                    "verify_all_signatures_met": verify["verify_all_signatures_per_s"] >= 20000,
+                    "verify_fast_met": verify["verify_fast_per_s"] >= 20000},
+    }
+    print(json.dumps(result, indent=2, default=lambda x: round(x, 3) if isinstance(x, float) else str(x)))
+
+
+if __name__ == "__main__":
+    main()

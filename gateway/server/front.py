@@ -90,7 +90,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         gw = gw_of(ctx)
         try:
             principal = principal_for(ctx, gw.config)
-            tools = [e.tool for e in gw.visible_tools(principal)]
+            tools = [e.tool for e in await gw.visible_tools(principal)]
         except GatewayError as e:
             raise protocol_error(e) from None
         return types.ListToolsResult(tools=tools)

@@ -291,11 +291,15 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     def factory(bus: InMemorySubscriptionBus) -> Gateway:
         gw = make_gateway(config, bus)
         gw.events = MetricsSink(gw.events, metrics)
-        # Until gateway.steps.default_steps places a metrics step itself, put ours outermost.
-        inner = gw._steps_factory  # noqa: SLF001
-        if inner is None:
-            from gateway.steps import default_steps as inner
-        gw._steps_factory = lambda g: [step, *inner(g)]  # noqa: SLF001
+        extra = getattr(gw, "extra_steps", None)
+        if isinstance(extra, list):
+            extra.insert(0, step)  # default_steps puts extra_steps outermost
+        else:
+            # older Gateway without extra_steps: wrap the step list so ours is outermost
+            inner = gw._steps_factory  # noqa: SLF001
+            if inner is None:
+                from gateway.steps import default_steps as inner
+            gw._steps_factory = lambda g: [step, *inner(g)]  # noqa: SLF001
         holder.append(gw)
         return gw
 

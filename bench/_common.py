@@ -14,9 +14,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
@@ -70,7 +71,7 @@ class CallStats:
     def calls_per_s(self) -> float:
         return self.calls / self.wall_s if self.wall_s > 0 else float("nan")
 
-    def merge(self, other: "CallStats") -> None:
+    def merge(self, other: CallStats) -> None:
         self.latencies += other.latencies
         self.ok += other.ok
         self.misrouted += other.misrouted
@@ -80,7 +81,9 @@ class CallStats:
 Call = Callable[[str], Awaitable[str | None]]  # sends one unique message, returns the echoed text
 
 
-async def timed_calls(call: Call, messages: list[str], expected: Callable[[str], str], sent: set[str]) -> CallStats:
+async def timed_calls(
+    call: Call, messages: list[str], expected: Callable[[str], str], sent: set[str]
+) -> CallStats:
     """Call once per message, in order, timing each call and checking each reply."""
     stats = CallStats()
     for msg in messages:
@@ -137,11 +140,10 @@ async def stdio_session(
 ) -> AsyncIterator[ClientSession]:
     """A handshake-era (2025-11-25) SDK client session over stdio, kept open (stderr to ``errlog``)."""
     params = StdioServerParameters(command=command, args=args, env=env)
-    with open(errlog or os.devnull, "w") as err:
-        async with stdio_client(params, errlog=err) as (r, w):
-            async with ClientSession(r, w) as session:
-                await session.initialize()
-                yield session
+    with open(errlog or os.devnull, "w") as err:  # noqa: ASYNC230 - opened once, before any I/O
+        async with stdio_client(params, errlog=err) as (r, w), ClientSession(r, w) as session:
+            await session.initialize()
+            yield session
 
 
 def gateway_env() -> dict[str, str]:
@@ -171,7 +173,11 @@ def write_gateway_config(
         "code_tools = false",
     ]
     if security:
-        lines += ["[policy]", f'path = "{ROOT / "policies.rego"}"', f'data = "{ROOT / "policies" / "data.json"}"']
+        lines += [
+            "[policy]",
+            f'path = "{ROOT / "policies.rego"}"',
+            f'data = "{ROOT / "policies" / "data.json"}"',
+        ]
     else:
         lines += ["[security]", "enforce_policies = false", "audit_enabled = false"]
     text = "\n".join(lines) + "\n" + extra + "\n" + servers + "\n"
@@ -187,7 +193,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """A child process with output to ``log``, terminated (by its pid) on exit."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -20,21 +20,24 @@ Ratios are per round against ``direct`` of the same round, then the median over 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, Python puts bench/ first on sys.path, where a sibling named like a stdlib
+# module (bench/http.py) would shadow it: import from the repo root instead.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench._common import (  # noqa: E402
+from bench._common import (
     EVERYTHING_JS,
     SYMBI,
     CallStats,
@@ -103,7 +106,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return _report(per_round, list(targets), args)
 
 
-def _report(per_round: list[dict[str, dict[str, CallStats]]], names: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def _report(
+    per_round: list[dict[str, dict[str, CallStats]]], names: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": "proxy",
         "transport": "stdio",
@@ -175,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequential", type=int, default=500)
     p.add_argument("--callers", type=int, default=8)
     p.add_argument("--per-caller", type=int, default=100)
-    p.add_argument("--pass-through", action="store_true", help="gateway keeps original names (echo, not everything__echo)")
-    p.add_argument("--secure", action="store_true", help="also measure the gateway with default policy + audit on")
+    p.add_argument(
+        "--pass-through",
+        action="store_true",
+        help="gateway keeps original names (echo, not everything__echo)",
+    )
+    p.add_argument(
+        "--secure", action="store_true", help="also measure the gateway with default policy + audit on"
+    )
     args = p.parse_args(argv)
     report = anyio.run(main_async, args)
     print(json.dumps(report, indent=2))

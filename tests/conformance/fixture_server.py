@@ -19,7 +19,7 @@ import json
 import logging
 from typing import Any
 
-import mcp.types as types
+from mcp import types
 from mcp.server import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.prompts.base import UserMessage
@@ -65,14 +65,17 @@ class Sep1034Defaults(BaseModel):
     age: int = Field(default=30, description="User age")
     score: float = Field(default=95.5, description="User score")
     status: str = Field(
-        default="active", description="User status", json_schema_extra={"enum": ["active", "inactive", "pending"]}
+        default="active",
+        description="User status",
+        json_schema_extra={"enum": ["active", "inactive", "pending"]},
     )
     verified: bool = Field(default=True, description="Verification status")
 
 
 class Sep1330Enums(BaseModel):
     untitledSingle: str = Field(
-        description="Simple enum without titles", json_schema_extra={"enum": ["option1", "option2", "option3"]}
+        description="Simple enum without titles",
+        json_schema_extra={"enum": ["option1", "option2", "option3"]},
     )
     titledSingle: str = Field(
         description="Enum with titled options",
@@ -102,7 +105,10 @@ class Sep1330Enums(BaseModel):
     )
     legacyEnum: str = Field(
         description="Legacy enum with enumNames",
-        json_schema_extra={"enum": ["opt1", "opt2", "opt3"], "enumNames": ["Option One", "Option Two", "Option Three"]},
+        json_schema_extra={
+            "enum": ["opt1", "opt2", "opt3"],
+            "enumNames": ["Option One", "Option Two", "Option Three"],
+        },
     )
 
 
@@ -133,13 +139,17 @@ def build_server() -> MCPServer:
             types.EmbeddedResource(
                 type="resource",
                 resource=types.TextResourceContents(
-                    uri="test://embedded-resource", mime_type="text/plain", text="This is an embedded resource content."
+                    uri="test://embedded-resource",
+                    mime_type="text/plain",
+                    text="This is an embedded resource content.",
                 ),
             )
         ]
 
     @mcp.tool()
-    def test_multiple_content_types() -> list[types.TextContent | types.ImageContent | types.EmbeddedResource]:
+    def test_multiple_content_types() -> list[
+        types.TextContent | types.ImageContent | types.EmbeddedResource
+    ]:
         """Returns text, image and resource content together."""
         return [
             types.TextContent(type="text", text="Multiple content types test:"),
@@ -175,7 +185,9 @@ def build_server() -> MCPServer:
     async def test_sampling(prompt: str, ctx: Context) -> str:
         """Asks the client's LLM (sampling/createMessage)."""
         result = await ctx.session.create_message(
-            messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text=prompt))],
+            messages=[
+                types.SamplingMessage(role="user", content=types.TextContent(type="text", text=prompt))
+            ],
             max_tokens=100,
             related_request_id=ctx.request_id,  # answer on this call's stream, not the GET stream
         )
@@ -200,7 +212,9 @@ def build_server() -> MCPServer:
     @mcp.tool()
     async def test_elicitation_sep1330_enums(ctx: Context) -> str:
         """Elicitation with the enum schema variants of SEP-1330."""
-        result = await ctx.elicit(message="Please select values using different enum schema types", schema=Sep1330Enums)
+        result = await ctx.elicit(
+            message="Please select values using different enum schema types", schema=Sep1330Enums
+        )
         content = result.data.model_dump_json() if result.action == "accept" else "{}"
         return f"Elicitation completed: action={result.action}, content={content}"
 
@@ -274,7 +288,9 @@ def build_server() -> MCPServer:
     @mcp.prompt()
     def test_simple_prompt() -> list[UserMessage]:
         """A simple prompt without arguments."""
-        return [UserMessage(content=types.TextContent(type="text", text="This is a simple prompt for testing."))]
+        return [
+            UserMessage(content=types.TextContent(type="text", text="This is a simple prompt for testing."))
+        ]
 
     @mcp.prompt()
     def test_prompt_with_arguments(arg1: str, arg2: str) -> list[UserMessage]:
@@ -294,7 +310,9 @@ def build_server() -> MCPServer:
                     ),
                 )
             ),
-            UserMessage(content=types.TextContent(type="text", text="Please process the embedded resource above.")),
+            UserMessage(
+                content=types.TextContent(type="text", text="Please process the embedded resource above.")
+            ),
         ]
 
     @mcp.prompt()
@@ -305,7 +323,7 @@ def build_server() -> MCPServer:
             UserMessage(content=types.TextContent(type="text", text="Please analyze the image above.")),
         ]
 
-    @mcp.completion()
+    @mcp.completion()  # type: ignore[no-untyped-call,untyped-decorator]  # the SDK decorator is untyped
     async def complete(ref: Any, argument: types.CompletionArgument, context: Any) -> types.Completion:
         # The suite only checks the shape; offer the typed prefix back as one candidate.
         return types.Completion(values=[argument.value] if argument.value else [], total=None, has_more=False)
@@ -315,15 +333,21 @@ def build_server() -> MCPServer:
 
     low = mcp._lowlevel_server
 
-    async def subscribe(ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
+    async def subscribe(
+        ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
         subscriptions.add(str(params.uri))
         return types.EmptyResult()
 
-    async def unsubscribe(ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+    async def unsubscribe(
+        ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
         subscriptions.discard(str(params.uri))
         return types.EmptyResult()
 
-    async def set_level(ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
+    async def set_level(
+        ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
         _logger.info("log level set to %s", params.level)
         return types.EmptyResult()
 
@@ -343,7 +367,9 @@ def _elicit(message: str, prop: str, typ: str = "string") -> types.ElicitRequest
 
 def _sample(text: str, max_tokens: int = 100) -> types.CreateMessageRequest:
     msg = types.SamplingMessage(role="user", content=types.TextContent(type="text", text=text))
-    return types.CreateMessageRequest(params=types.CreateMessageRequestParams(messages=[msg], max_tokens=max_tokens))
+    return types.CreateMessageRequest(
+        params=types.CreateMessageRequestParams(messages=[msg], max_tokens=max_tokens)
+    )
 
 
 def _answered(ctx: Context, *keys: str) -> dict[str, Any] | None:
@@ -443,7 +469,9 @@ def _add_input_required(mcp: MCPServer) -> None:
         return _ask(requests)
 
     @mcp.prompt()
-    async def test_input_required_result_prompt(ctx: Context) -> list[UserMessage] | types.InputRequiredResult:
+    async def test_input_required_result_prompt(
+        ctx: Context,
+    ) -> list[UserMessage] | types.InputRequiredResult:
         """A prompt that needs context from the user first."""
         got = _answered(ctx, "user_context")
         if got is None:

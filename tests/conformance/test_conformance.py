@@ -15,8 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -149,8 +149,10 @@ def _record(key: str, direct: Run, gateway: Run, lost: list[str]) -> None:
     data = json.loads(LAST_RUN.read_text() or "{}")
     data[key] = {"direct": direct.summary(), "gateway": gateway.summary(), "lost_through_gateway": lost}
     LAST_RUN.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    print(f"\n{key}: direct {direct.passed}/{direct.passed + direct.failed} passed, "
-          f"gateway {gateway.passed}/{gateway.passed + gateway.failed} passed")
+    print(
+        f"\n{key}: direct {direct.passed}/{direct.passed + direct.failed} passed, "
+        f"gateway {gateway.passed}/{gateway.passed + gateway.failed} passed"
+    )
 
 
 def _compare(key: str, direct: Run, gateway: Run) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import anyio
 import httpx2
@@ -89,15 +89,19 @@ async def _calls(session: ClientSession, tag: str, tally: Tally) -> None:
 
 @contextlib.asynccontextmanager
 async def _http_session(url: str) -> AsyncIterator[ClientSession]:
-    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=120)) as hc:
-        async with streamable_http_client(url, http_client=hc) as (r, w):
-            async with ClientSession(r, w) as s:
-                await s.initialize()
-                yield s
+    async with (
+        httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=120)) as hc,
+        streamable_http_client(url, http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
+        await s.initialize()
+        yield s
 
 
 def _assert_all_own(tally: Tally) -> None:
-    assert tally.misrouted == [], f"{len(tally.misrouted)} replies went to another caller: {tally.misrouted[:5]}"
+    assert tally.misrouted == [], (
+        f"{len(tally.misrouted)} replies went to another caller: {tally.misrouted[:5]}"
+    )
     assert tally.failed == [], f"{len(tally.failed)} calls failed: {tally.failed[:5]}"
     assert tally.ok == SESSIONS * CALLS
 
@@ -106,7 +110,9 @@ async def test_http_sessions_each_get_their_own_replies(tmp_path: Path) -> None:
     tally = Tally()
     with serve(_config(tmp_path)) as base:
         async with contextlib.AsyncExitStack() as stack:
-            sessions = [await stack.enter_async_context(_http_session(base + "/mcp")) for _ in range(SESSIONS)]
+            sessions = [
+                await stack.enter_async_context(_http_session(base + "/mcp")) for _ in range(SESSIONS)
+            ]
             with anyio.fail_after(120):
                 async with anyio.create_task_group() as tg:
                     for n, s in enumerate(sessions):

@@ -27,12 +27,12 @@ from gateway.errors import AuditError
 
 def public_key_path(key_path: Path) -> Path:
     """``audit-key.pem`` -> ``audit-key.pub.pem``."""
-    name = key_path.name[:-4] if key_path.name.endswith(".pem") else key_path.name
+    name = key_path.name.removesuffix(".pem")
     return key_path.with_name(f"{name}.pub.pem")
 
 
 def retired_public_key_path(key_path: Path, key_id: str) -> Path:
-    name = key_path.name[:-4] if key_path.name.endswith(".pem") else key_path.name
+    name = key_path.name.removesuffix(".pem")
     return key_path.with_name(f"{name}.pub.{key_id.split(':')[-1]}.pem")
 
 
@@ -138,3 +138,23 @@ def exported_public_keys(key_path: Path) -> dict[str, Ed25519PublicKey]:
         if p.exists():
             keys.update(load_public_keys(p))
     return keys
+
+
+def finish_rotation(key_path: Path) -> str | None:
+    """Make ``audit-key.pem.new`` the current key; returns its id (None if nothing pending).
+
+    The old public key is archived as ``audit-key.pub.<id>.pem`` first, then the private key
+    file is replaced (the old private key is gone) and the new public key exported.
+    """
+    pending = pending_key_path(key_path)
+    if not pending.exists():
+        return None
+    new = load_private_key(pending)
+    if key_path.exists():
+        old = load_private_key(key_path)
+        if key_id_of(old.public_key()) != key_id_of(new.public_key()):
+            write_public_key(retired_public_key_path(key_path, key_id_of(old.public_key())), old.public_key())
+    os.replace(pending, key_path)
+    _fsync_dir(key_path.parent)
+    write_public_key(public_key_path(key_path), new.public_key())
+    return key_id_of(new.public_key())

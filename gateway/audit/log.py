@@ -29,9 +29,10 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -58,6 +59,10 @@ _logger = logging.getLogger("symbi.audit")
 ROTATION_EVENT = "audit.key_rotated"
 
 
+class AuditLogBusy(AuditError):
+    """Another process holds this log (one writer per chain)."""
+
+
 @dataclass
 class _Item:
     kind: Literal["event", "flush", "rotate", "close"]
@@ -68,6 +73,7 @@ class _Item:
     id: str = ""
     ts_ns: int = 0
     future: concurrent.futures.Future[Any] | None = field(default=None)
+    finish: bool = True  # rotate: make the new key current afterwards
 
 
 def _resolve(fut: concurrent.futures.Future[Any] | None, value: Any = None, exc: BaseException | None = None) -> None:
@@ -135,7 +141,7 @@ class AuditLog:
         atexit.register(self.close)  # queued events are committed even if the owner forgets close()
 
     @classmethod
-    def from_config(cls, config: "Config") -> "AuditLog":
+    def from_config(cls, config: Config) -> AuditLog:
         """The log as ``symbi.toml`` configures it (``[audit]`` and ``gateway.data_dir``)."""
         a = config.audit
         return cls(
@@ -228,16 +234,19 @@ class AuditLog:
         self._put(_Item("flush", future=fut))
         self._wait(fut, timeout)
 
-    def rotate_key(self, timeout: float | None = None) -> str:
+    def rotate_key(self, *, finish: bool = True, timeout: float | None = None) -> str:
         """Replace the signing key; returns the new key id.
 
         Writes an ``audit.key_rotated`` event signed by the OLD key that names the new key, its
         public key and a proof signed by the NEW key, so a verifier trusting the old key learns
-        the new one from the chain itself. The old private key is overwritten; its public key is
-        kept as ``audit-key.pub.<id>.pem`` for verifiers.
+        the new one from the chain itself. The new key is written first as ``audit-key.pem.new``;
+        ``finish`` then makes it current: the old private key is overwritten and its public key
+        kept as ``audit-key.pub.<id>.pem`` for verifiers. Chains sharing one key (several
+        gateway processes) rotate with ``finish=False`` each, then ``keys.finish_rotation`` once
+        (``symbi audit rotate-key`` does this).
         """
         fut: concurrent.futures.Future[str] = concurrent.futures.Future()
-        self._put(_Item("rotate", future=fut))
+        self._put(_Item("rotate", future=fut, finish=finish))
         return str(self._wait(fut, timeout))
 
     def ensure_writable(self) -> None:
@@ -283,7 +292,7 @@ class AuditLog:
                 self._conn.close()
             self._release_lock()
 
-    def __enter__(self) -> "AuditLog":
+    def __enter__(self) -> AuditLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -429,37 +438,30 @@ class AuditLog:
 
     def _rotate(self, control: _Item) -> None:
         try:
-            new_key = Ed25519PrivateKey.generate()
+            pending = keyfiles.pending_key_path(self.key_path)
+            if pending.exists():  # a rotation of a sibling chain (same key) already made it
+                new_key = keyfiles.load_private_key(pending)
+            else:
+                new_key = Ed25519PrivateKey.generate()
+                keyfiles.write_private_key(pending, new_key)  # on disk before any log names it
             new_pub = new_key.public_key()
             new_id = key_id_of(new_pub)
-            pending = keyfiles.pending_key_path(self.key_path)
-            keyfiles.write_private_key(pending, new_key)  # on disk before the log names it
-            proof = base64.b64encode(new_key.sign(rotation_message(self._key_id, new_id))).decode("ascii")
-            details = {"old_key_id": self._key_id, "new_key_id": new_id, "new_public_key": public_pem(new_pub),
-                       "proof": proof}
-            item = _Item("event", type=ROTATION_EVENT, details_json=canonical_details(details),
-                         id=str(uuid.uuid4()), ts_ns=time.time_ns(), future=None)
-            key_row = ("INSERT OR IGNORE INTO keys (key_id, public_pem, created_ns) VALUES (?,?,?)",
-                       (new_id, public_pem(new_pub), time.time_ns()))
-            if not self._commit_events([item], [key_row]):
-                pending.unlink(missing_ok=True)
-                raise self._broken or AuditError("rotation event could not be committed")
-            self._finish_rotation(new_key)
+            if new_id != self._key_id:
+                proof = base64.b64encode(new_key.sign(rotation_message(self._key_id, new_id))).decode("ascii")
+                details = {"old_key_id": self._key_id, "new_key_id": new_id, "new_public_key": public_pem(new_pub),
+                           "proof": proof}
+                item = _Item("event", type=ROTATION_EVENT, details_json=canonical_details(details),
+                             id=str(uuid.uuid4()), ts_ns=time.time_ns(), future=None)
+                key_row = ("INSERT OR IGNORE INTO keys (key_id, public_pem, created_ns) VALUES (?,?,?)",
+                           (new_id, public_pem(new_pub), time.time_ns()))
+                if not self._commit_events([item], [key_row]):
+                    raise self._broken or AuditError("rotation event could not be committed")
+                self._key, self._key_id = new_key, new_id
+            if control.finish:
+                keyfiles.finish_rotation(self.key_path)
             _resolve(control.future, new_id)
         except Exception as e:  # noqa: BLE001
             _resolve(control.future, exc=e if isinstance(e, AuditError) else AuditError(f"key rotation failed: {e}"))
-
-    def _finish_rotation(self, new_key: Ed25519PrivateKey) -> None:
-        """Make the pending key current: archive the old public key, rename, export the new one."""
-        old_pub_path = keyfiles.public_key_path(self.key_path)
-        if self.key_path.exists():
-            old = keyfiles.load_private_key(self.key_path)
-            keyfiles.write_public_key(keyfiles.retired_public_key_path(self.key_path, key_id_of(old.public_key())),
-                                      old.public_key())
-        os.replace(keyfiles.pending_key_path(self.key_path), self.key_path)
-        keyfiles.write_public_key(old_pub_path, new_key.public_key())
-        self._key = new_key
-        self._key_id = key_id_of(new_key.public_key())
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -471,22 +473,28 @@ class AuditLog:
         return str(last.key_id)
 
     def _load_key(self, expected: str | None) -> Ed25519PrivateKey:
+        """The key the log's head says signs next: the key file, or a rotation's pending key.
+
+        A pending key is never deleted here: after a rotation cut short, chains that already
+        recorded the hand-over sign with it, the others with the old key, until
+        ``symbi audit rotate-key`` is run again and completes the rotation.
+        """
+        if expected is None:
+            return keyfiles.load_or_create_key(self.key_path)
         pending = keyfiles.pending_key_path(self.key_path)
-        if pending.exists():
-            new_key = keyfiles.load_private_key(pending)
-            if expected is not None and key_id_of(new_key.public_key()) == expected:
-                self._finish_rotation(new_key)  # crashed after committing the rotation event
-                return new_key
-            pending.unlink()  # the rotation never reached the log
-        if expected is not None and not self.key_path.exists():
-            raise AuditError(f"audit key {self.key_path} is missing; the log {self.path} is signed with {expected}")
-        key = keyfiles.load_or_create_key(self.key_path)
-        if expected is not None and key_id_of(key.public_key()) != expected:
-            raise AuditError(
-                f"audit key {self.key_path} ({key_id_of(key.public_key())}) is not the key the log "
-                f"{self.path} is signed with ({expected}); restore that key or start a new log"
-            )
-        return key
+        found = []
+        for candidate in (self.key_path, pending):
+            if candidate.exists():
+                key = keyfiles.load_private_key(candidate)
+                if key_id_of(key.public_key()) == expected:
+                    if candidate == self.key_path and not keyfiles.public_key_path(self.key_path).exists():
+                        keyfiles.write_public_key(keyfiles.public_key_path(self.key_path), key.public_key())
+                    return key
+                found.append(key_id_of(key.public_key()))
+        raise AuditError(
+            f"audit key {self.key_path} ({', '.join(found) or 'missing'}) is not the key the log {self.path} "
+            f"is signed with ({expected}); restore that key or start a new log"
+        )
 
     def _register_key(self, pub: Ed25519PublicKey) -> None:
         try:
@@ -504,7 +512,7 @@ class AuditLog:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise AuditError(f"audit log {self.path} is in use by another process (lock {lock})") from None
+            raise AuditLogBusy(f"audit log {self.path} is in use by another process (lock {lock})") from None
         return fd
 
     def _release_lock(self) -> None:

@@ -23,9 +23,10 @@ import base64
 import binascii
 import hashlib
 import json
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -83,7 +84,7 @@ def record_bytes(
         f'{{"agent":{_j(agent)},"details":{details_json},"id":{_j(id)},"key_id":{_j(key_id)},'
         f'"prev_hash":{_j(prev_hash)},"principal":{_j(principal)},"seq":{int(seq)},'
         f'"ts_ns":{int(ts_ns)},"type":{_j(type)}}}'
-    ).encode("utf-8")
+    ).encode()
 
 
 def chain_hash(prev_hash: str, canonical: bytes) -> str:
@@ -183,7 +184,7 @@ class AuditRecord:
         }
 
     @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> "AuditRecord":
+    def from_dict(cls, doc: Mapping[str, Any]) -> AuditRecord:
         """Parse the wire form; raises ``ValueError`` when a field is missing or mistyped."""
         try:
             principal, agent = doc["principal"], doc["agent"]

@@ -21,8 +21,9 @@ from __future__ import annotations
 import html
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from gateway.audit.record import AuditRecord
 from gateway.audit.verify import VerifyResult

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from gateway.audit.record import AuditRecord
 from gateway.errors import AuditError
@@ -77,7 +79,7 @@ class Anchor:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> "Anchor":
+    def from_dict(cls, doc: dict[str, Any]) -> Anchor:
         try:
             a = cls(**{k: doc[k] for k in ("seq", "chain_hash", "ts_ns", "key_id", "signature")})
         except (KeyError, TypeError) as e:
@@ -85,6 +87,22 @@ class Anchor:
         if not isinstance(a.seq, int) or not isinstance(a.chain_hash, str) or not isinstance(a.signature, str):
             raise ValueError("malformed anchor: wrong field types")
         return a
+
+
+def chain_paths(base: Path) -> list[Path]:
+    """``base`` and the sibling chains other gateway processes write (``audit-2.db``, ...).
+
+    Several gateway processes on one data dir each write their own chain (one writer per
+    chain), all signed with the same key; these are the files that exist, base first.
+    """
+    pattern = re.compile(re.escape(base.stem) + r"-(\d+)" + re.escape(base.suffix) + "$")
+    siblings = []
+    if base.parent.is_dir():
+        for p in base.parent.iterdir():
+            m = pattern.match(p.name)
+            if m:
+                siblings.append((int(m.group(1)), p))
+    return [base, *(p for _, p in sorted(siblings))] if base.exists() or siblings else [base]
 
 
 def checkpoint_path(log_path: Path) -> Path:

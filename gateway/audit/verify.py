@@ -27,9 +27,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -79,7 +80,7 @@ class VerifyResult:
     anchors_checked: int = 0
     problem: Problem | None = None
 
-    def check(self) -> "VerifyResult":
+    def check(self) -> VerifyResult:
         """Return self when intact; raise ``AuditIntegrityError`` otherwise."""
         if self.problem is not None:
             raise AuditIntegrityError(self.problem)

@@ -17,7 +17,7 @@ import json
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         sp.add_argument("--since", help="ISO 8601 time, epoch seconds, or an age like 15m, 24h, 7d")
         sp.add_argument("--until", help="same forms as --since (exclusive)")
 
-    v = asub.add_parser("verify", help="check every signature, link and anchor (0 intact, 1 names the first bad seq)")
+    v = asub.add_parser("verify", help="check every signature, link and anchor (0 intact, 1 names the first bad seq); "
+                        "without --log, every chain of the data dir (audit.db, audit-2.db, ...)")
     common(v, keys=True)
     v.add_argument("--anchor", type=Path, action="append", default=[],
                    help="a checkpoint file kept elsewhere (repeatable)")
@@ -136,13 +137,13 @@ def parse_time(raw: str | None, now_ns: int | None = None) -> int | None:
     except ValueError:
         raise ConfigError(f"cannot read time {raw!r}: use ISO 8601, epoch seconds or an age like 24h") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1e9)
 
 
 def _line(rec: Any) -> str:
     d = rec.details
-    ts = datetime.fromtimestamp(rec.ts_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    ts = datetime.fromtimestamp(rec.ts_ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     extra = []
     for k in ("tool", "outcome", "error_code"):
         if d.get(k) is not None:
@@ -177,19 +178,23 @@ def _verify(args: argparse.Namespace) -> int:
         if a is None:
             raise ConfigError(f"{p}: no such checkpoint file")
         anchors.append(a)
-    if log.suffix == ".jsonl":
-        res = verify_jsonl(log, keys, anchors=anchors, all_signatures=not args.fast)
-    else:
-        res = verify_log(log, keys, extra_anchors=anchors, all_signatures=not args.fast)
-    if args.json:
-        print(json.dumps(res.as_dict()))
-    elif res.problem is None:
-        print(f"{log}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
-              f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked")
-    else:
-        p = res.problem
-        print(f"{log}: FAILED at seq {p.seq}: {p.kind}: {p.message}")
-    return EXIT_OK if res.ok else EXIT_FAIL
+    logs = [log] if args.log is not None else [p for p in store.chain_paths(log) if p.exists()] or [log]
+    failed = False
+    for path in logs:
+        if path.suffix == ".jsonl":
+            res = verify_jsonl(path, keys, anchors=anchors, all_signatures=not args.fast)
+        else:
+            res = verify_log(path, keys, extra_anchors=anchors, all_signatures=not args.fast)
+        failed = failed or not res.ok
+        if args.json:
+            print(json.dumps({"log": str(path), **res.as_dict()}))
+        elif res.problem is None:
+            print(f"{path}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
+                  f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked")
+        else:
+            p = res.problem
+            print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {p.message}")
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -277,14 +282,23 @@ def _report(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     from gateway.audit import AuditLog
-    from gateway.audit.keys import public_key_path
+    from gateway.audit import store
+    from gateway.audit.keys import finish_rotation, public_key_path
 
     log_path, key = _paths(args)
-    log = AuditLog(log_path, key)  # refuses while a gateway holds the log
+    # every chain signed with this key moves to the new key together, or none does
+    paths = [log_path] if args.log is not None else store.chain_paths(log_path)
+    logs: list[AuditLog] = []
     try:
-        old = log.key_id
-        new = log.rotate_key()
+        for p in paths:
+            logs.append(AuditLog(p, key))  # refuses while a gateway holds the log
+        old = logs[0].key_id
+        new = ""
+        for log in logs:
+            new = log.rotate_key(finish=False)
+        finish_rotation(key)
     finally:
-        log.close()
-    print(f"rotated audit key {old} -> {new}; public key exported to {public_key_path(key)}")
+        for log in logs:
+            log.close()
+    print(f"rotated audit key {old} -> {new} in {len(logs)} log(s); public key exported to {public_key_path(key)}")
     return EXIT_OK

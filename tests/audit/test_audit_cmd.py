@@ -184,3 +184,26 @@ def test_rotate_key_refused_while_the_log_is_open_then_works(log_file: Path) -> 
     assert res.returncode == 0, res.stderr
     assert len(exported_public_keys(key)) == 2
     assert symbi("verify", "--log", log_file).returncode == 0
+
+
+def test_rotate_and_verify_every_chain_of_the_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    key = data / "audit-key.pem"
+    for name in ("audit.db", "audit-2.db"):
+        with AuditLog(data / name, key) as log:
+            log.append("gateway.start", {"chain": name})
+    cfg = _config(tmp_path, data)
+    res = symbi("rotate-key", "--config", cfg)
+    assert res.returncode == 0, res.stderr
+    ver = symbi("verify", "--config", cfg, "--json")
+    assert ver.returncode == 0, ver.stdout
+    results = _json_lines(ver.stdout)
+    assert [Path(r["log"]).name for r in results] == ["audit.db", "audit-2.db"]
+    assert all(r["last_seq"] == 2 for r in results)  # start + rotation in each chain
+    conn = sqlite3.connect(data / "audit-2.db")
+    conn.execute("DELETE FROM events WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    bad = symbi("verify", "--config", cfg, "--json")
+    assert bad.returncode == 1
+    assert [r["ok"] for r in _json_lines(bad.stdout)] == [True, False]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -143,3 +143,30 @@ def test_events_emitted_before_exit_without_close_are_committed(log_paths) -> No
     subprocess.run([sys.executable, "-c", code, str(db), str(key)], check=True, timeout=60,
                    env={**os.environ, "PYTHONPATH": str(root)})
     assert verify_log(db, exported_public_keys(key)).check().events == 500
+
+
+def test_interrupted_rotation_of_chains_sharing_a_key_recovers(tmp_path: Path) -> None:
+    from gateway.audit.keys import finish_rotation, pending_key_path
+
+    key = tmp_path / "audit-key.pem"
+    a, b = tmp_path / "audit.db", tmp_path / "audit-2.db"
+    for db in (a, b):
+        with AuditLog(db, key) as log:
+            log.append("gateway.start", {})
+    old_keys = exported_public_keys(key)
+    # chain a records the hand-over, then the rotation is cut short (b never did, no finish)
+    with AuditLog(a, key) as log:
+        new_id = log.rotate_key(finish=False)
+    assert pending_key_path(key).exists()
+    with AuditLog(a, key) as log_a, AuditLog(b, key) as log_b:
+        assert log_a.key_id == new_id and log_b.key_id != new_id  # each chain signs with its own head's key
+        log_a.append("after", {})
+        log_b.append("after", {})
+    # completing it: b hands over to the same pending key, then the key file is replaced
+    with AuditLog(b, key) as log:
+        assert log.rotate_key(finish=False) == new_id
+    assert finish_rotation(key) == new_id and not pending_key_path(key).exists()
+    for db in (a, b):
+        assert verify_log(db, old_keys).check().key_ids == sorted({*old_keys, new_id})
+        with AuditLog(db, key) as log:
+            assert log.key_id == new_id

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit import AuditIntegrityError, AuditRecord, exported_public_keys, verify_jsonl, verify_log
-from gateway.audit import store
+from gateway.audit import (
+    AuditIntegrityError,
+    AuditRecord,
+    exported_public_keys,
+    store,
+    verify_jsonl,
+    verify_log,
+)
 from gateway.audit.record import canonical_details, chain_hash, key_id_of, record_bytes, sign_hash
 
 COLS = store.COLUMNS

@@ -80,18 +80,25 @@ class SandboxTier(ABC):
     name: Tier
 
     def __init__(self) -> None:
-        self._avail: tuple[float, tuple[bool, str]] | None = None
+        self._avail: tuple[float, bool, tuple[bool, str]] | None = None
 
-    def available(self, *, refresh: bool = False) -> tuple[bool, str]:
-        """(usable, reason). Probed for real; cached for a few seconds."""
+    def available(self, *, refresh: bool = False, deep: bool = False) -> tuple[bool, str]:
+        """(usable, reason), cached for a few seconds.
+
+        Shallow (default, before each run): the prerequisites are there (binaries, daemon,
+        runtime, image, cgroups, seccomp filter). ``deep`` (doctor): also starts a real
+        sandbox. A run that fails anyway raises SandboxError: never a silent downgrade.
+        """
         now = time.monotonic()
-        if refresh or self._avail is None or now - self._avail[0] > AVAILABILITY_TTL_S:
+        c = self._avail
+        if refresh or c is None or now - c[0] > AVAILABILITY_TTL_S or (deep and not c[1]):
             try:
-                result = self._probe()
+                result = self._probe(deep)
             except Exception as e:  # noqa: BLE001 - a crashing probe means "not available", with why
                 result = (False, f"{type(e).__name__}: {e}")
-            self._avail = (now, result)
-        return self._avail[1]
+            self._avail = (now, deep, result)
+            return result
+        return c[2]
 
     def require(self) -> None:
         """Raise SandboxUnavailable with the reason unless the tier is usable."""
@@ -100,7 +107,7 @@ class SandboxTier(ABC):
             raise SandboxUnavailable(f"sandbox tier {self.name!r} is unavailable: {reason}")
 
     @abstractmethod
-    def _probe(self) -> tuple[bool, str]: ...
+    def _probe(self, deep: bool) -> tuple[bool, str]: ...
 
     @abstractmethod
     def run(self, request: SandboxRequest, limits: Limits) -> SandboxResult:

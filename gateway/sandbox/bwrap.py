@@ -82,7 +82,7 @@ class BwrapTier(SandboxTier):
         self._stdio_cgroups: list[cgroups.RunCgroup] = []
 
     # -- availability -------------------------------------------------------------------
-    def _probe(self) -> tuple[bool, str]:
+    def _probe(self, deep: bool) -> tuple[bool, str]:
         for tool in ("bwrap", "setpriv"):
             if shutil.which(tool) is None:
                 return False, f"{tool} not installed (apt-get install bubblewrap)"
@@ -92,12 +92,15 @@ class BwrapTier(SandboxTier):
             self.seccomp.path(False)
         except SandboxUnavailable as e:
             return False, e.message
+        cgroups.check()
+        version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True, check=False)
+        label = "bubblewrap " + (version.stdout.strip().split() or ["?"])[-1]
+        if not deep:
+            return True, label
         r = self.run(SandboxRequest(command=("/bin/true",)), Limits(timeout_s=10))
         if r.exit_code != 0:
             return False, f"probe run failed (exit {r.exit_code}): {r.stderr.decode(errors='replace')[-200:]}"
-        return True, "bubblewrap " + subprocess.run(
-            ["bwrap", "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip().split()[-1]
+        return True, label
 
     # -- argv ---------------------------------------------------------------------------
     @staticmethod

@@ -55,6 +55,15 @@ def _mode() -> tuple[str, dict[str, Path]]:
     raise SandboxUnavailable("no usable cgroup memory+pids controllers (v1 or v2)")
 
 
+def check() -> str:
+    """"v1" or "v2" if per-run groups can be made here; SandboxUnavailable (with why) if not."""
+    version, own = _mode()
+    for d in own.values():
+        if not os.access(d, os.W_OK):
+            raise SandboxUnavailable(f"cgroup {d} is not writable")
+    return version
+
+
 def _write(path: Path, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)

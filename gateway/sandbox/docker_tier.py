@@ -72,7 +72,7 @@ class DockerTier(SandboxTier):
         self.image = image
 
     # -- availability -------------------------------------------------------------------
-    def _probe(self) -> tuple[bool, str]:
+    def _probe(self, deep: bool) -> tuple[bool, str]:
         try:
             client = docker_client()
         except SandboxUnavailable as e:
@@ -84,10 +84,13 @@ class DockerTier(SandboxTier):
             client.images.get(self.image)
         except Exception:  # noqa: BLE001 - ImageNotFound or an API error: either way not usable
             return False, f"image {self.image!r} missing (run scripts/setup-sandbox.sh)"
+        label = f"Docker {info.get('ServerVersion', '?')}, runtime {self.runtime}"
+        if not deep:
+            return True, label
         r = self.run(SandboxRequest(command=("/bin/true",)), Limits(timeout_s=30))
         if r.exit_code != 0:
             return False, f"probe container failed (exit {r.exit_code}): {r.stderr.decode(errors='replace')[-200:]}"
-        return True, f"Docker {info.get('ServerVersion', '?')}, runtime {self.runtime}"
+        return True, label
 
     def pids_limit(self, limits: Limits) -> int:
         return limits.pids

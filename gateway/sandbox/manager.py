@@ -54,8 +54,8 @@ class SandboxManager:
         return self.tiers[name].available()
 
     def doctor(self, *, refresh: bool = True) -> dict[str, tuple[bool, str]]:
-        """Every tier's (available, reason), probed now."""
-        return {n: t.available(refresh=refresh) for n, t in self.tiers.items()}
+        """Every tier's (available, reason), probed now by starting a real sandbox in each."""
+        return {n: t.available(refresh=refresh, deep=True) for n, t in self.tiers.items()}
 
     def assess_tier(
         self,

@@ -183,7 +183,7 @@ except OSError:
 print(n, flush=True)
 time.sleep(60)
 """
-    limits = Limits(memory_mb=256, pids=64, timeout_s=8, output_bytes=4096)
+    limits = Limits(memory_mb=256, pids=64, timeout_s=4, output_bytes=4096)
     r = run_py(manager, tier, code, limits)
     # stopped one way or another: the pids cgroup (EAGAIN, then the time limit) or, on
     # gVisor, the whole sandbox dying of its memory/pids limit

@@ -50,7 +50,7 @@ class Gateway:
         builtins: list[Builtin] | None = None,
         steps: Callable[["Gateway"], list[Step]] | None = None,
         tool_infos: Callable[[Catalog], Awaitable[dict[str, ToolInfo]]] | None = None,
-        list_filter: Callable[[Principal, list[ToolInfo]], list[ToolInfo]] | None = None,
+        list_filter: Callable[[Principal, list[ToolInfo]], Awaitable[list[ToolInfo]]] | None = None,
         wrap_command: Any = None,
         bus: InMemorySubscriptionBus | None = None,
     ) -> None:
@@ -78,6 +78,11 @@ class Gateway:
         self.policy_step: Step | None = None
         self.extra_steps: list[Step] = []
         self.closers: list[Callable[[], Any]] = []
+        # Components, for the HTTP front's health and admin views (None when turned off).
+        self.audit_log: Any = None
+        self.policy_engine: Any = None
+        self.sandbox_manager: Any = None
+        self.verifier: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -199,11 +204,12 @@ class Gateway:
             return  # 2026-era clients hear about changes through subscriptions/listen (self.bus)
         self._downstream.add(conn)
 
-    def visible_tools(self, principal: Principal) -> list[CatalogTool]:
+    async def visible_tools(self, principal: Principal) -> list[CatalogTool]:
+        """What ``principal`` may see: verified (or warn-mode) tools the policy lets it call."""
         entries = [e for e in self.catalog.tools.values() if not e.info.blocked]
         if self.list_filter is None:
             return entries
-        allowed = {t.name for t in self.list_filter(principal, [e.info for e in entries])}
+        allowed = {t.name for t in await self.list_filter(principal, [e.info for e in entries])}
         return [e for e in entries if e.info.name in allowed]
 
     def upstream_info(self, name: str) -> UpstreamInfo:

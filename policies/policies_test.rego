@@ -4,6 +4,160 @@ package symbi_test
 
 import rego.v1
 
+# The tests carry their own data, so they hold whatever data file the policy is run with.
+fixture := {
+ "principals": {
+  "local": {
+   "roles": [
+    "developer"
+   ],
+   "rate_limit": 120,
+   "max_calls_per_hour": 5000
+  },
+  "admin": {
+   "roles": [
+    "admin"
+   ]
+  },
+  "alice": {
+   "roles": [
+    "developer",
+    "trusted"
+   ]
+  },
+  "ci-bot": {
+   "roles": [],
+   "tools": [
+    "time__*"
+   ],
+   "rate_limit": 10,
+   "max_calls_per_hour": 100
+  },
+  "auditor": {
+   "roles": [
+    "readonly"
+   ],
+   "deny_tools": [
+    "fs__read_media_file"
+   ]
+  }
+ },
+ "roles": {
+  "admin": {
+   "tools": [
+    "*"
+   ],
+   "resources": [
+    "*"
+   ],
+   "prompts": [
+    "*"
+   ]
+  },
+  "developer": {
+   "tools": [
+    "time__*",
+    "everything__echo",
+    "everything__add",
+    "everything__get*",
+    "everything__printEnv",
+    "fs__read_*",
+    "fs__list_*",
+    "fs__search_files",
+    "fs__get_file_info",
+    "fs__directory_tree",
+    "fs__write_file",
+    "fs__fetch_url",
+    "sandbox__run_python",
+    "sandbox__run_shell"
+   ],
+   "deny_tools": [
+    "*__delete*"
+   ],
+   "resources": [
+    "*"
+   ],
+   "prompts": [
+    "*"
+   ]
+  },
+  "readonly": {
+   "tools": [
+    "time__*",
+    "fs__read_*",
+    "fs__list_*",
+    "fs__get_file_info"
+   ]
+  },
+  "trusted": {}
+ },
+ "upstreams": {
+  "everything": {
+   "allow_unverified": true
+  },
+  "fs": {
+   "allow_unverified": true
+  },
+  "time": {
+   "allow_unverified": true
+  },
+  "sandbox": {
+   "allow_unverified": true
+  }
+ },
+ "fs_roots": [
+  "/srv/symbi",
+  "/tmp/symbi",
+  "data"
+ ],
+ "path_arguments": [
+  "path",
+  "paths",
+  "source",
+  "destination"
+ ],
+ "url_arguments": [
+  "url",
+  "uri",
+  "endpoint"
+ ],
+ "url_hosts": [
+  "localhost",
+  "127.0.0.1",
+  "example.com",
+  "*.example.com"
+ ],
+ "default_rate_limit": 60,
+ "default_max_calls_per_hour": 0,
+ "tool_rate_limits": {
+  "sandbox__*": 10,
+  "everything__printEnv": 5
+ },
+ "max_result_bytes": {
+  "*": 1048576,
+  "sandbox__*": 65536
+ },
+ "redact_arguments": {
+  "*": [
+   "api_key",
+   "password",
+   "token"
+  ],
+  "everything__*": [
+   "/headers/authorization"
+  ]
+ },
+ "redact_result": {
+  "everything__printEnv": [
+   "AWS_SECRET_ACCESS_KEY",
+   "OPENAI_API_KEY"
+  ]
+ },
+ "audit_minimal": [
+  "time__*"
+ ]
+}
+
 base := {
 	"action": "call",
 	"kind": "tools/call",
@@ -27,35 +181,35 @@ fs_call(tool, args) := object.union(base, {
 })
 
 test_allowed_tool if {
-	d := data.symbi.decision with input as base
+	d := data.symbi.decision with input as base with data.symbi_data as fixture
 	d.allow == true
 	d.reasons == []
 }
 
 test_default_deny_for_unknown_principal if {
-	d := data.symbi.decision with input as object.union(base, {"principal": {"id": "stranger", "roles": []}})
+	d := data.symbi.decision with input as object.union(base, {"principal": {"id": "stranger", "roles": []}}) with data.symbi_data as fixture
 	d.allow == false
 	count(d.reasons) == 1
 }
 
 test_every_deny_has_a_reason if {
-	d := data.symbi.decision with input as object.union(base, {"kind": "nothing/known"})
+	d := data.symbi.decision with input as object.union(base, {"kind": "nothing/known"}) with data.symbi_data as fixture
 	d.allow == false
 	count(d.reasons) > 0
 }
 
 test_path_traversal_denied if {
-	d := data.symbi.decision with input as fs_call("fs__read_text_file", {"path": "/srv/symbi/../../etc/passwd"})
+	d := data.symbi.decision with input as fs_call("fs__read_text_file", {"path": "/srv/symbi/../../etc/passwd"}) with data.symbi_data as fixture
 	d.allow == false
 }
 
 test_path_under_root_allowed if {
-	d := data.symbi.decision with input as fs_call("fs__read_text_file", {"path": "/srv/symbi/a/b.txt"})
+	d := data.symbi.decision with input as fs_call("fs__read_text_file", {"path": "/srv/symbi/a/b.txt"}) with data.symbi_data as fixture
 	d.allow == true
 }
 
 test_url_userinfo_trick_denied if {
-	d := data.symbi.decision with input as fs_call("fs__fetch_url", {"url": "https://example.com@evil.example.net/"})
+	d := data.symbi.decision with input as fs_call("fs__fetch_url", {"url": "https://example.com@evil.example.net/"}) with data.symbi_data as fixture
 	d.allow == false
 }
 
@@ -64,21 +218,21 @@ test_code_tool_requires_gvisor if {
 		"upstream": {"name": "sandbox"},
 		"tool": object.union(base.tool, {"name": "sandbox__run_python", "upstream": "sandbox", "code_tool": true}),
 	})
-	d := data.symbi.decision with input as inp
+	d := data.symbi.decision with input as inp with data.symbi_data as fixture
 	d.conditions.sandbox_tier == "gvisor"
 }
 
 test_revoked_tool_denied if {
-	d := data.symbi.decision with input as object.union(base, {"tool": object.union(base.tool, {"verification": "revoked"})})
+	d := data.symbi.decision with input as object.union(base, {"tool": object.union(base.tool, {"verification": "revoked"})}) with data.symbi_data as fixture
 	d.allow == false
 }
 
 test_denied_decision_has_no_conditions if {
-	d := data.symbi.decision with input as object.union(base, {"principal": {"id": "stranger", "roles": []}})
+	d := data.symbi.decision with input as object.union(base, {"principal": {"id": "stranger", "roles": []}}) with data.symbi_data as fixture
 	d.conditions == {}
 }
 
 test_rate_limit_condition_present if {
-	d := data.symbi.decision with input as base
+	d := data.symbi.decision with input as base with data.symbi_data as fixture
 	d.conditions.rate_limit > 0
 }

@@ -36,10 +36,21 @@ def require_peers() -> None:
         pytest.fail(f"peer servers missing (run `make setup`): {', '.join(map(str, missing))}")
 
 
+POLICY = ROOT / "policies.rego"
+TEST_POLICY_DATA = ROOT / "tests/assets/policy/test-data.json"
+
+
 def write_config(tmp_path: Path, body: str, name: str = "symbi.toml") -> Path:
-    """Write a config whose data dir is inside tmp_path."""
+    """Write a config whose data dir is inside tmp_path.
+
+    Unless the body has its own [policy], the real policies.rego runs with the test data
+    (tests/assets/policy/test-data.json: principal "local"/"tester" may call every tool of
+    the test upstreams, unverified ones included, paths under /tmp, "api_token" redacted).
+    """
     path = tmp_path / name
     text = textwrap.dedent(body)
+    if "[policy]" not in text:
+        text = f'[policy]\npath = "{POLICY}"\ndata = "{TEST_POLICY_DATA}"\n' + text
     if "[gateway]" not in text:
         text = f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n' + text
     path.write_text(text)

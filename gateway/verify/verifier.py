@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,8 @@ class ToolVerifier:
         for upstream, entries in by_upstream.items():
             if upstream in self._builtins:
                 for e in entries:
-                    infos[e.info.name] = _with(e.info, "verified", "built-in tool of the gateway", None, None, "strict")
+                    info = _with(e.info, "verified", None, None, None, "strict")
+                    infos[e.info.name] = replace(info, code_tool=True)
                 continue
             for info in await self._assess_upstream(upstream, entries):
                 infos[info.name] = info

@@ -8,6 +8,7 @@ lets the caller pair them up.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import statistics
@@ -157,32 +158,50 @@ def write_gateway_config(
     *,
     security: bool = False,
     log_level: str = "WARNING",
+    principal: str = "local",
+    policy_data: Path | None = None,
     extra: str = "",
 ) -> Path:
     """A ``symbi.toml`` in ``folder`` with ``servers`` (TOML text) as its only upstreams.
 
     ``security=False`` turns policy and audit off explicitly, to measure the forwarding core;
-    ``security=True`` keeps the defaults (policy from ``policies.rego``, signed audit log).
+    ``security=True`` keeps the defaults (policy from ``policies.rego`` with ``policy_data``
+    or the repo's ``policies/data.json``, signed audit log). ``principal`` is the stdio caller.
     """
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
         "[gateway]",
         f'data_dir = "{folder / "data"}"',
         f'log_level = "{log_level}"',
+        "[gateway.stdio_principal]",
+        f'id = "{principal}"',
         "[sandbox]",
         "code_tools = false",
     ]
     if security:
-        lines += [
-            "[policy]",
-            f'path = "{ROOT / "policies.rego"}"',
-            f'data = "{ROOT / "policies" / "data.json"}"',
-        ]
+        data = policy_data or ROOT / "policies" / "data.json"
+        lines += ["[policy]", f'path = "{ROOT / "policies.rego"}"', f'data = "{data}"']
     else:
         lines += ["[security]", "enforce_policies = false", "audit_enabled = false"]
     text = "\n".join(lines) + "\n" + extra + "\n" + servers + "\n"
     path = folder / "symbi.toml"
     path.write_text(text)
+    return path
+
+
+def bench_policy_data(folder: Path, principal: str, extra_tools: list[str]) -> Path:
+    """The repo's policy data plus ``principal`` as a developer without rate limits.
+
+    The default data caps ``local`` at 120 calls a minute; a benchmark makes thousands,
+    and measures the policy's cost, not its limit.
+    """
+    data = json.loads((ROOT / "policies" / "data.json").read_text())
+    cfg = data["symbi_data"]
+    cfg["principals"][principal] = {"roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0}
+    cfg["roles"]["developer"]["tools"] += extra_tools
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "policy-data.json"
+    path.write_text(json.dumps(data, indent=2))
     return path
 
 

@@ -41,6 +41,7 @@ from bench._common import (
     EVERYTHING_JS,
     SYMBI,
     CallStats,
+    bench_policy_data,
     concurrent_calls,
     gateway_env,
     latency_summary,
@@ -87,7 +88,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     cfg = write_gateway_config(tmp / "core", _everything(args.pass_through), security=False)
     targets["gateway"] = (str(SYMBI), ["mcp", "--config", str(cfg)], gateway_env(), tool)
     if args.secure:
-        cfg2 = write_gateway_config(tmp / "secure", _everything(args.pass_through), security=True)
+        data = bench_policy_data(tmp / "secure", "bench", ["echo"] if args.pass_through else [])
+        cfg2 = write_gateway_config(
+            tmp / "secure", _everything(args.pass_through), security=True, principal="bench", policy_data=data
+        )
         targets["gateway_secure"] = (str(SYMBI), ["mcp", "--config", str(cfg2)], gateway_env(), tool)
 
     per_round: list[dict[str, dict[str, CallStats]]] = []

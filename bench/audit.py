@@ -35,12 +35,16 @@ from typing import Any
 # the repo root instead of bench/ (whose modules, e.g. bench/http.py, would shadow the stdlib)
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from gateway.audit import AuditLog, exported_public_keys, verify_log  # noqa: E402
-from gateway.audit import store  # noqa: E402
-from gateway.audit.record import canonical_details  # noqa: E402
-from gateway.chain import build_chain  # noqa: E402
-from gateway.context import CallContext, Decision, Principal  # noqa: E402
-from gateway.steps.audit import AuditStep  # noqa: E402
+from gateway.audit import (
+    AuditLog,
+    exported_public_keys,
+    store,
+    verify_log,
+)
+from gateway.audit.record import canonical_details
+from gateway.chain import build_chain
+from gateway.context import CallContext, Decision, Principal
+from gateway.steps.audit import AuditStep
 
 BATCH = 256
 

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -205,7 +205,8 @@ class AuditLog:
         try:
             self._submit(event_type, details, principal, agent, fut)
             # shield: a cancelled caller must not un-write an event already queued
-            return int(await asyncio.shield(asyncio.wrap_future(fut)))
+            seq: int = await asyncio.shield(asyncio.wrap_future(fut))
+            return seq
         except AuditError as e:
             self._failed(e)
             return None
@@ -292,7 +293,7 @@ class AuditLog:
                 self._conn.close()
             self._release_lock()
 
-    def __enter__(self) -> AuditLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -25,7 +25,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -152,7 +152,7 @@ class AuditRecord:
         record unambiguous: no other split of the same bytes into fields exists.
         """
         if not isinstance(json.loads(self.details_json), dict):
-            raise ValueError("details is not a JSON object")
+            raise ValueError("details is not a JSON object")  # noqa: TRY004 - "cannot be parsed"
         details = self.details_json
         return record_bytes(
             seq=self.seq,

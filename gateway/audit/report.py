@@ -126,7 +126,8 @@ def build_report(
             row["last"] = _iso(r.ts_ns)
             if _is_denied(d):
                 row["denied"] += 1
-                dec = d.get("decision") if isinstance(d.get("decision"), dict) else {}
+                raw_dec = d.get("decision")
+                dec: dict[str, Any] = raw_dec if isinstance(raw_dec, dict) else {}
                 denied.append({"seq": r.seq, "time": _iso(r.ts_ns), "principal": who, "agent": r.agent,
                                "target": target, "error_code": d.get("error_code"),
                                "reasons": list(dec.get("reasons") or d.get("error_reasons") or [])})
@@ -200,16 +201,16 @@ def render_html(report: dict[str, Any]) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{esc(report['title'])} audit report</title>",
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #999;padding:4px 8px;text-align:left;vertical-align:top}"
-        ".met{color:#060}.attention{color:#a00}</style></head><body>",
+        ("<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+         "td,th{border:1px solid #999;padding:4px 8px;text-align:left;vertical-align:top}"
+         ".met{color:#060}.attention{color:#a00}</style></head><body>"),
         f"<h1>{esc(report['title'])}: audit report</h1>",
-        f"<p>Period: {esc(_cell(report['period']['since']) or 'start')} to "
-        f"{esc(_cell(report['period']['until']) or 'now')}. Generated {esc(report['generated'])}. "
-        f"Log: {esc(_cell(report['log']['path']))}, {report['log']['events']} events in period.</p>",
-        f"<h2>Integrity of the log</h2><p class='{'met' if integ['ok'] else 'attention'}'>{esc(status)} "
-        f"({integ['events']} events, {integ['signatures_checked']} signatures, {integ['anchors_checked']} anchors "
-        f"checked; head seq {integ['last_seq']})</p>",
+        (f"<p>Period: {esc(_cell(report['period']['since']) or 'start')} to "
+         f"{esc(_cell(report['period']['until']) or 'now')}. Generated {esc(report['generated'])}. "
+         f"Log: {esc(_cell(report['log']['path']))}, {report['log']['events']} events in period.</p>"),
+        (f"<h2>Integrity of the log</h2><p class='{'met' if integ['ok'] else 'attention'}'>{esc(status)} "
+         f"({integ['events']} events, {integ['signatures_checked']} signatures, {integ['anchors_checked']} anchors "
+         f"checked; head seq {integ['last_seq']})</p>"),
         "<h2>Requirements</h2>",
         "<table><thead><tr><th>ref</th><th>requirement</th><th>evidence</th><th>status</th></tr></thead><tbody>",
     ]

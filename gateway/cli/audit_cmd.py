@@ -13,6 +13,7 @@ config error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -26,6 +27,7 @@ from gateway.errors import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 _REL = re.compile(r"^(\d+)([smhdw])$")
+_MAX_NS = 2**63 - 1
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -124,16 +126,20 @@ def parse_time(raw: str | None, now_ns: int | None = None) -> int | None:
     """ISO 8601 (naive = UTC), epoch seconds, or an age (``15m``, ``24h``, ``7d``) -> ns."""
     if raw is None:
         return None
-    now_ns = time.time_ns() if now_ns is None else now_ns
+    ns = _parse_ns(raw, time.time_ns() if now_ns is None else now_ns)
+    return max(0, min(ns, _MAX_NS))  # SQLite integers are 64-bit
+
+
+def _parse_ns(raw: str, now_ns: int) -> int:
     m = _REL.match(raw.strip())
     if m:
         return now_ns - int(m.group(1)) * _UNIT_S[m.group(2)] * 1_000_000_000
     try:
         return int(float(raw) * 1e9)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number (or inf / nan): try ISO 8601
         pass
     try:
-        dt = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(raw.strip())
     except ValueError:
         raise ConfigError(f"cannot read time {raw!r}: use ISO 8601, epoch seconds or an age like 24h") from None
     if dt.tzinfo is None:
@@ -239,17 +245,16 @@ def _export(args: argparse.Namespace) -> int:
 
     log, _ = _paths(args)
     conn = store.open_reader(log)
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
-        n = 0
-        for rec in store.iter_records(conn):
-            out.write(json.dumps(rec.as_dict(), ensure_ascii=False) + "\n")
-            n += 1
-        out.flush()
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(open(args.out, "w", encoding="utf-8")) if args.out else sys.stdout
+            n = 0
+            for rec in store.iter_records(conn):
+                out.write(json.dumps(rec.as_dict(), ensure_ascii=False) + "\n")
+                n += 1
+            out.flush()
     finally:
         conn.close()
-        if args.out:
-            out.close()
     if args.out:
         print(f"exported {n} records to {args.out}", file=sys.stderr)
     return EXIT_OK
@@ -281,8 +286,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from gateway.audit import AuditLog
-    from gateway.audit import store
+    from gateway.audit import AuditLog, store
     from gateway.audit.keys import finish_rotation, public_key_path
 
     log_path, key = _paths(args)

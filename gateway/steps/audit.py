@@ -40,7 +40,7 @@ class AuditStep:
         try:
             result = await call_next(call)
             return result
-        except BaseException as e:  # noqa: BLE001 - recorded, then re-raised unchanged
+        except BaseException as e:
             error = e
             raise
         finally:

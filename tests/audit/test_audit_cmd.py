@@ -14,13 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit import AuditLog, AuditRecord, exported_public_keys, verify_record
 from gateway.audit.keys import write_public_key
+from gateway.cli import main
 
 ROOT = Path(__file__).parents[2]
 
 
 def symbi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", "audit", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture
@@ -86,20 +87,22 @@ def _json_lines(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def test_query_filters(log_file: Path) -> None:
-    deny = _json_lines(symbi("query", "--log", log_file, "--decision", "deny", "--json").stdout)
-    assert [r["seq"] for r in deny] == [3]
-    allow = _json_lines(symbi("query", "--log", log_file, "--decision", "allow", "--json").stdout)
-    assert [r["seq"] for r in allow] == [2]
-    assert [r["seq"] for r in _json_lines(symbi("query", "--log", log_file, "--principal", "system",
-                                                "--json").stdout)] == [1, 4]
-    assert [r["seq"] for r in _json_lines(symbi("query", "--log", log_file, "--tool", "fs__read",
-                                                "--json").stdout)] == [2, 5]
-    assert [r["seq"] for r in _json_lines(symbi("query", "--log", log_file, "--type", "policy.*", "--type",
-                                                "pin.*", "--json").stdout)] == [4, 5]
-    assert _json_lines(symbi("query", "--log", log_file, "--since", "2999-01-01", "--json").stdout) == []
-    assert len(_json_lines(symbi("query", "--log", log_file, "--since", "1h", "--json").stdout)) == 5
-    assert symbi("query", "--log", log_file, "--since", "yesterday-ish").returncode == 2
+def _query(capsys: pytest.CaptureFixture[str], *args: str) -> list[int]:
+    # in-process through the real CLI entry point (a subprocess per filter would cost seconds)
+    assert main(["audit", "query", "--json", *map(str, args)]) == 0
+    return [r["seq"] for r in _json_lines(capsys.readouterr().out)]
+
+
+def test_query_filters(log_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = symbi("query", "--log", log_file, "--decision", "deny", "--json")
+    assert res.returncode == 0 and [r["seq"] for r in _json_lines(res.stdout)] == [3]
+    assert _query(capsys, "--log", log_file, "--decision", "allow") == [2]
+    assert _query(capsys, "--log", log_file, "--principal", "system") == [1, 4]
+    assert _query(capsys, "--log", log_file, "--tool", "fs__read") == [2, 5]
+    assert _query(capsys, "--log", log_file, "--type", "policy.*", "--type", "pin.*") == [4, 5]
+    assert _query(capsys, "--log", log_file, "--since", "2999-01-01") == []
+    assert _query(capsys, "--log", log_file, "--since", "1h", "--until", "2999-01-01T00:00:00Z") == [1, 2, 3, 4, 5]
+    assert main(["audit", "query", "--log", str(log_file), "--since", "yesterday-ish"]) == 2
 
 
 def test_tail_last_n_and_follow(log_file: Path) -> None:

@@ -18,7 +18,9 @@ python-deps: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,peers]'
+	# The real OPA engine, as the oracle for the embedded one (its metadata says 3.12+, it runs on 3.11).
+	$(PY) -m pip install -q --ignore-requires-python 'opa-golib-python-bindings>=0.4.4,<0.5'
 	touch $@
 
 node-deps: node_modules/.installed

@@ -1,0 +1,118 @@
+"""The policy end to end through ``symbi mcp`` with a real upstream that records what reaches it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import POLICY, ROOT, write_config
+from tests.server._clients import stdio_session
+
+pytestmark = pytest.mark.anyio
+MUTABLE = ROOT / "tests/peers/mutable_server.py"
+
+
+def policy_data(tmp_path: Path, **over: Any) -> Path:
+    data = {
+        "principals": {
+            "local": {"roles": ["dev"]},
+            "reader": {"roles": [], "tools": ["mut__echo"]},
+        },
+        "roles": {"dev": {"tools": ["mut__*"], "deny_tools": ["mut__add_tool"], "resources": ["**"], "prompts": ["**"]}},
+        "upstreams": {"mut": {"allow_unverified": True}},
+        "fs_roots": ["/srv/allowed"],
+        "path_arguments": ["path"],
+        "url_arguments": [],
+        "url_hosts": [],
+        "default_rate_limit": 1000,
+        "default_max_calls_per_hour": 0,
+        "tool_rate_limits": {},
+        "max_result_bytes": {},
+        "redact_arguments": {"*": ["api_token"]},
+        "redact_result": {},
+        "audit_minimal": [],
+    }
+    data.update(over)
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"symbi_data": data}))
+    return path
+
+
+def cfg(tmp_path: Path, principal: str = "local", **over: Any) -> tuple[Path, Path]:
+    record = tmp_path / "calls.jsonl"
+    path = write_config(
+        tmp_path,
+        f"""
+        [gateway.stdio_principal]
+        id = "{principal}"
+        [policy]
+        path = "{POLICY}"
+        data = "{policy_data(tmp_path, **over)}"
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        env = {{ RECORD_FILE = "{record}" }}
+        """,
+        name=f"symbi-{principal}.toml",
+    )
+    return path, record
+
+
+def recorded(record: Path) -> list[dict[str, Any]]:
+    if not record.exists():
+        return []
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+async def test_denied_call_is_an_error_with_the_reason_and_never_reaches_the_upstream(tmp_path: Path) -> None:
+    path, record = cfg(tmp_path)
+    async with stdio_session(path) as s:
+        r = await s.call_tool("mut__read_path", {"path": "/srv/allowed/../../etc/shadow"})
+        assert r.is_error
+        assert r.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+        assert r.meta["symbi/error"]["reasons"]  # type: ignore[index]
+        denied = await s.call_tool("mut__add_tool", {})
+        assert denied.is_error and denied.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+        ok = await s.call_tool("mut__read_path", {"path": "/srv/allowed/notes.txt"})
+        assert not ok.is_error
+    calls = recorded(record)
+    assert [c["arguments"]["path"] for c in calls if c["tool"] == "read_path"] == ["/srv/allowed/notes.txt"]
+    assert not [c for c in calls if c["tool"] == "add_tool"]
+
+
+async def test_redacted_argument_never_reaches_the_upstream(tmp_path: Path) -> None:
+    path, record = cfg(tmp_path)
+    async with stdio_session(path) as s:
+        r = await s.call_tool("mut__read_path", {"path": "/srv/allowed/a", "api_token": "s3cr3t-value"})
+        assert not r.is_error
+    [call] = [c for c in recorded(record) if c["tool"] == "read_path"]
+    assert call["arguments"]["api_token"] == "[REDACTED]"
+    assert "s3cr3t-value" not in record.read_text()
+
+
+async def test_rate_limit_trips_at_the_configured_count(tmp_path: Path) -> None:
+    path, record = cfg(tmp_path, tool_rate_limits={"mut__echo": 3})
+    async with stdio_session(path) as s:
+        results = [await s.call_tool("mut__echo", {"message": f"m{i}"}) for i in range(5)]
+    assert [r.is_error for r in results] == [False, False, False, True, True]
+    assert results[3].meta["symbi/error"]["code"] == "rate_limited"  # type: ignore[index]
+    assert len([c for c in recorded(record) if c["tool"] == "echo"]) == 3
+
+
+async def test_tools_list_differs_by_principal_and_hidden_tools_are_refused(tmp_path: Path) -> None:
+    dev_cfg, _ = cfg(tmp_path, "local")
+    reader_cfg, record = cfg(tmp_path, "reader")
+    async with stdio_session(dev_cfg) as s:
+        dev = {t.name for t in (await s.list_tools()).tools}
+    async with stdio_session(reader_cfg) as s:
+        reader = {t.name for t in (await s.list_tools()).tools}
+        hidden = await s.call_tool("mut__read_path", {"path": "/srv/allowed/x"})
+    assert "mut__read_path" in dev and "mut__add_tool" not in dev
+    assert reader == {"mut__echo"}
+    assert hidden.is_error and hidden.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+    assert not [c for c in recorded(record) if c["tool"] == "read_path"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tests.conftest import ROOT, write_config
@@ -44,13 +44,12 @@ async def test_calls_through_symbi_mcp_are_audited_without_secrets(tmp_path: Pat
     assert "api_token" in rows[0]["arguments"] and rows[0]["arguments"]["api_token"] != SECRET
     assert SECRET not in everything
 
-    res = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--config", str(cfg), "--json"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    res = await anyio.run_process([sys.executable, "-m", "gateway", "audit", "verify", "--config", str(cfg)],
+                                  cwd=ROOT, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
-    deny = subprocess.run([sys.executable, "-m", "gateway", "audit", "query", "--config", str(cfg), "--decision",
-                           "deny", "--tool", "mut__read_path", "--json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    [denied_event] = [json.loads(line) for line in deny.stdout.splitlines()]
+    deny = await anyio.run_process([sys.executable, "-m", "gateway", "audit", "query", "--config", str(cfg),
+                                    "--decision", "deny", "--tool", "mut__read_path", "--json"], cwd=ROOT, check=False)
+    [denied_event] = [json.loads(line) for line in deny.stdout.decode().splitlines()]
     # a denied call carries no policy-redacted arguments: only the names are recorded
     assert set(denied_event["details"]["arguments"]) == {"path", "api_token"}
     assert denied_event["details"]["outcome"] == "denied" and SECRET not in json.dumps(denied_event)

@@ -117,7 +117,10 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
         gw = gw_of(ctx)
-        return types.ListResourcesResult(resources=[r for _, r in gw.catalog.resources.values()])
+        resources = [r for _, r in gw.catalog.resources.values()]
+        if gw.audit_log is not None and _is_admin(principal_for(ctx, gw.config)):
+            resources.append(AUDIT_RESOURCE)
+        return types.ListResourcesResult(resources=resources)
 
     async def list_resource_templates(
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
@@ -129,6 +132,8 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         ctx: ServerRequestContext[Gateway], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
         gw = gw_of(ctx)
+        if params.uri == AUDIT_RESOURCE.uri:
+            return _read_audit(gw, principal_for(ctx, gw.config))
         try:
             owner = gw.catalog.resource_owner(params.uri)
             call = CallContext(
@@ -232,6 +237,38 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         on_set_logging_level=set_level,
     )
     return server
+
+
+AUDIT_RESOURCE = types.Resource(
+    uri="audit://recent",
+    name="audit-recent",
+    description="The last 100 events of the gateway's signed audit log (admin principals only).",
+    mime_type="application/json",
+)
+
+
+def _is_admin(p: Principal) -> bool:
+    return p.kind == "admin" or "admin" in p.roles
+
+
+def _read_audit(gw: Gateway, principal: Principal) -> types.ReadResourceResult:
+    import json
+
+    from mcp.shared.exceptions import MCPError
+
+    if gw.audit_log is None:
+        raise MCPError(code=types.INVALID_PARAMS, message="the audit log is off (security.audit_enabled = false)")
+    if not _is_admin(principal):
+        gw.events.emit("audit.read_denied", {"uri": AUDIT_RESOURCE.uri}, principal=principal.id)
+        raise MCPError(code=types.INVALID_PARAMS, message="audit://recent is for admin principals only")
+    events = gw.audit_log.recent(100)
+    return types.ReadResourceResult(
+        contents=[
+            types.TextResourceContents(
+                uri=AUDIT_RESOURCE.uri, mime_type="application/json", text=json.dumps(events, default=str)
+            )
+        ]
+    )
 
 
 def _ctx_args(params: types.CompleteRequestParams) -> dict[str, str] | None:

@@ -182,8 +182,8 @@ class DockerTier(SandboxTier):
                 stopped.append(reason)
                 threading.Thread(target=kill, name="sandbox-kill", daemon=True).start()
 
-        out = CappedBuffer(limits.output_bytes, lambda: stop("output"))
-        err: CappedBuffer = (TrailerBuffer if trailer else CappedBuffer)(limits.output_bytes, lambda: stop("output"))
+        kind = TrailerBuffer if trailer else CappedBuffer
+        out, err = kind(limits.output_bytes, lambda: stop("output")), kind(limits.output_bytes, lambda: stop("output"))
         pump = pump_docker_socket(raw, out, err, payload)
         if not started:
             try:
@@ -194,9 +194,10 @@ class DockerTier(SandboxTier):
         timer.daemon = True
         timer.start()
         fast: int | None = None
-        if isinstance(err, TrailerBuffer):
+        if isinstance(err, TrailerBuffer) and isinstance(out, TrailerBuffer):
             pump.join(timeout=limits.timeout_s + 30)
-            fast = err.exit_code() if not pump.is_alive() else None
+            codes = {out.exit_code(), err.exit_code()}
+            fast = codes.pop() if len(codes) == 1 and not pump.is_alive() else None
         try:
             status = {"StatusCode": fast} if fast == 0 and not stopped else client.api.wait(
                 cid, timeout=limits.timeout_s + 30

@@ -38,12 +38,13 @@ class CappedBuffer:
 
 
 class TrailerBuffer(CappedBuffer):
-    """stderr of a warm-pool runner: the runner appends ``\\0symbi-exit:N\\0`` after the
+    """stdout/stderr of a warm-pool runner: the runner appends ``\\0symbi-exit:N\\0`` after the
     payload exits, so the exit code arrives with the stream's EOF (no Docker wait).
     The payload could forge one, but only the *last* counts and the runner writes it
     after the payload is gone: a forged code only lies about the payload itself."""
 
     MAX = 32
+    _RE = re.compile(rb"\x00symbi-exit:(-?\d+)\x00$")
 
     def __init__(self, cap: int, on_overflow: Callable[[], None]) -> None:
         super().__init__(cap + self.MAX, on_overflow)
@@ -55,12 +56,12 @@ class TrailerBuffer(CappedBuffer):
         super().feed(data)
 
     def exit_code(self) -> int | None:
-        m = re.search(rb"\x00symbi-exit:(-?\d+)\x00$", self._tail)
+        m = self._RE.search(self._tail)
         return int(m.group(1)) if m else None
 
     def value(self) -> bytes:
         raw = super().value()
-        m = re.search(rb"\x00symbi-exit:-?\d+\x00$", raw)
+        m = self._RE.search(raw)
         body = raw[: m.start()] if m else raw
         if len(body) > self._user_cap:
             self.truncated = True
@@ -140,7 +141,10 @@ def pump_docker_socket(
                 sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-            while True:
+            while not (isinstance(out, TrailerBuffer) and isinstance(err, TrailerBuffer)
+                       and out.exit_code() is not None and err.exit_code() is not None):
+                # (pool runs) both streams ended with the runner's trailer: the payload has
+                # exited and everything it wrote before is here; the rest is teardown
                 header = recv_exact(8)
                 if header is None:
                     break

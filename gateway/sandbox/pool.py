@@ -93,6 +93,7 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 rc = os.waitstatus_to_exitcode(status)
 rc = 128 - rc if rc < 0 else rc
+os.write(1, b"\\0symbi-exit:%d\\0" % rc)
 os.write(2, b"\\0symbi-exit:%d\\0" % rc)
 os._exit(rc)
 """

@@ -34,14 +34,14 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import anyio
 import httpx
 import httpx2
-import mcp.types as types
-from mcp import ClientSession
+from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +120,7 @@ def gateway_config(tmp: Path, name: str, port: int, upstream_url: str, json_resp
     path.write_text(
         f"""
 [gateway]
-data_dir = "{tmp / 'data'}"
+data_dir = "{tmp / "data"}"
 log_level = "WARNING"
 [http]
 port = {port}
@@ -156,9 +156,14 @@ class Barrier:
         await self.go.wait()
 
 
-async def client_loop(t: Target, n: int, tag: str, lat: list[float], bad: list[str], barrier: Barrier) -> None:
-    async with httpx2.AsyncClient(headers=t.headers, timeout=httpx2.Timeout(60)) as hc, \
-            streamable_http_client(t.url, http_client=hc) as (r, w), ClientSession(r, w) as s:
+async def client_loop(
+    t: Target, n: int, tag: str, lat: list[float], bad: list[str], barrier: Barrier
+) -> None:
+    async with (
+        httpx2.AsyncClient(headers=t.headers, timeout=httpx2.Timeout(60)) as hc,
+        streamable_http_client(t.url, http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
         await s.initialize()
         for _ in range(3):  # warm-up
             await s.call_tool(t.tool, {"message": "warm"})
@@ -168,11 +173,15 @@ async def client_loop(t: Target, n: int, tag: str, lat: list[float], bad: list[s
             t0 = time.perf_counter()
             # send_request: skip client-side output-schema validation on both paths alike
             res = await s.send_request(
-                types.CallToolRequest(params=types.CallToolRequestParams(name=t.tool, arguments={"message": msg})),
+                types.CallToolRequest(
+                    params=types.CallToolRequestParams(name=t.tool, arguments={"message": msg})
+                ),
                 types.CallToolResult,
             )
             lat.append(time.perf_counter() - t0)
-            text = res.content[0].text if res.content and isinstance(res.content[0], types.TextContent) else ""
+            text = (
+                res.content[0].text if res.content and isinstance(res.content[0], types.TextContent) else ""
+            )
             if res.is_error or text != f"Echo: {msg}":
                 bad.append(text[:80])
 
@@ -221,13 +230,23 @@ def main() -> int:
     env = {**os.environ, "PORT": str(up_port)}
     py = sys.executable
     with contextlib.ExitStack() as stack:
-        stack.enter_context(proc(["node", "-r", str(tmp / "loopback.cjs"), str(EVERYTHING_JS), "streamableHttp"],
-                                 tmp / "upstream.log", env))
+        stack.enter_context(
+            proc(
+                ["node", "-r", str(tmp / "loopback.cjs"), str(EVERYTHING_JS), "streamableHttp"],
+                tmp / "upstream.log",
+                env,
+            )
+        )
         wait_http(upstream, {400, 405, 406, 200})
         for name, port, js in (("gw-sse", sse_port, False), ("gw-json", json_port, True)):
             cfg = gateway_config(tmp, name, port, upstream, js)
-            stack.enter_context(proc([py, "-c", GATEWAY_MAIN, str(cfg)], tmp / f"{name}.log",
-                                     {**os.environ, "PYTHONPATH": str(ROOT)}))
+            stack.enter_context(
+                proc(
+                    [py, "-c", GATEWAY_MAIN, str(cfg)],
+                    tmp / f"{name}.log",
+                    {**os.environ, "PYTHONPATH": str(ROOT)},
+                )
+            )
             wait_http(f"http://127.0.0.1:{port}/readyz", {200})
         auth = {"Authorization": f"Bearer {key}"}
         targets = [
@@ -262,15 +281,20 @@ def main() -> int:
                 "p50_ratio": round(g["p50_ms"] / d["p50_ms"], 2),
                 "throughput_ratio": round(g["calls_per_s"] / d["calls_per_s"], 2),
             }
-    print(json.dumps({
-        "bench": "http",
-        "upstream": "server-everything streamableHttp (127.0.0.1), echo",
-        "gateway": "symbi serve, API key auth, upstream over HTTP; policy/audit as assembled today",
-        "rounds": args.rounds,
-        "results": results,
-        "vs_direct": ratios,
-        "misrouted_total": sum(r["misrouted_or_failed"] for r in results.values()),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "bench": "http",
+                "upstream": "server-everything streamableHttp (127.0.0.1), echo",
+                "gateway": "symbi serve, API key auth, upstream over HTTP; policy/audit as assembled today",
+                "rounds": args.rounds,
+                "results": results,
+                "vs_direct": ratios,
+                "misrouted_total": sum(r["misrouted_or_failed"] for r in results.values()),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -74,7 +74,9 @@ def _list(args: argparse.Namespace) -> int:
     for r in recs:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created))
         status = "revoked" if r.revoked is not None else "active"
-        print(f"{r.id}  {status:7}  {r.principal}  roles={','.join(r.roles) or '-'}  kind={r.kind}  created={created}")
+        print(
+            f"{r.id}  {status:7}  {r.principal}  roles={','.join(r.roles) or '-'}  kind={r.kind}  created={created}"
+        )
     return 0
 
 

@@ -3,16 +3,18 @@
 Handlers are thin: they read the running ``Gateway`` and the HTTP state, nothing more.
 The auth middleware has already refused non-admins with 403 before a handler runs.
 
-Components that are wired later are read through small protocols (the lead engineer
-attaches them to the ``Gateway``); until they exist the endpoints answer 503 with a reason:
+Optional components are read from the ``Gateway`` when ``gateway.assemble`` attached them;
+without one the endpoints answer 503 with a reason:
 
-* ``gw.audit_log`` — ``AuditView``: ``recent(n)``, ``verify()``, ``writable()``
-* ``gw.policy_engine`` — ``PolicyView``: ``status()``
+* ``gw.audit_log`` (``gateway.audit.AuditLog``): ``recent(n)``, ``ensure_writable()``, and
+  ``verify()`` if it has one (else ``verify_log(path, exported_public_keys(key_path))``)
+* ``gw.policy_engine``: ``status()`` if it has one (a dict with ``loaded``), else ``bundle``
+  (``None`` = nothing loaded, every request denied)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.requests import Request
@@ -23,26 +25,54 @@ if TYPE_CHECKING:
     from gateway.server.http import HttpState
 
 
-@runtime_checkable
-class AuditView(Protocol):
-    """What the HTTP front needs from the audit log."""
-
-    def recent(self, n: int) -> list[dict[str, Any]]:
-        """The last ``n`` events, wire form."""
-
-    def verify(self) -> Mapping[str, Any]:
-        """Verify the chain; a dict with at least ``ok: bool`` (``VerifyResult.as_dict()``)."""
-
-    def writable(self) -> bool:
-        """True when new events can be made durable right now."""
+def audit_log(state: HttpState) -> Any | None:
+    """The gateway's audit log, or None when auditing is off / not wired."""
+    log = getattr(state.gateway, "audit_log", None)
+    return log if log is not None and callable(getattr(log, "recent", None)) else None
 
 
-@runtime_checkable
-class PolicyView(Protocol):
-    """What the HTTP front needs from the policy engine."""
+def audit_verify(log: Any) -> dict[str, Any]:
+    """Verify the whole chain (blocking: run it in a thread). ``ok`` says whether it is intact."""
+    own = getattr(log, "verify", None)
+    if callable(own):
+        return dict(own())
+    from gateway.audit import exported_public_keys, verify_log
 
-    def status(self) -> Mapping[str, Any]:
-        """At least ``loaded: bool``; e.g. engine name, policy path, revision, last reload error."""
+    return verify_log(log.path, exported_public_keys(log.key_path)).as_dict()
+
+
+def audit_writable(log: Any) -> bool:
+    """Whether events can be recorded right now (any failure to tell is "no")."""
+    try:
+        own = getattr(log, "writable", None)
+        if callable(own):
+            return bool(own())
+        log.ensure_writable()
+        return True
+    except Exception:  # noqa: BLE001 - fail closed: not writable
+        return False
+
+
+def policy_status(state: HttpState) -> dict[str, Any] | None:
+    """The policy engine's status (``loaded`` at least), or None when there is no engine."""
+    eng = getattr(state.gateway, "policy_engine", None)
+    if eng is None:
+        return None
+    try:
+        own = getattr(eng, "status", None)
+        if callable(own):
+            return dict(own())
+        doc: dict[str, Any] = {"engine": str(getattr(eng, "name", type(eng).__name__))}
+        if hasattr(eng, "bundle"):
+            doc["loaded"] = eng.bundle is not None
+            files = getattr(eng, "files", None)
+            doc["policy"] = str(getattr(files, "policy", "")) or None
+            doc["digest"] = getattr(eng.bundle, "digest", None)
+        else:
+            doc["loaded"] = True  # a remote engine is asked on every decision; failures deny there
+        return doc
+    except Exception as e:  # noqa: BLE001 - fail closed: not loaded, with the reason
+        return {"loaded": False, "error": f"{type(e).__name__}: {e}"}
 
 
 def _unavailable(what: str, reason: str) -> JSONResponse:
@@ -53,7 +83,7 @@ def _err(status: int, error: str, reason: str) -> JSONResponse:
     return JSONResponse({"error": error, "reason": reason}, status_code=status)
 
 
-def tool_rows(state: "HttpState") -> list[dict[str, Any]]:
+def tool_rows(state: HttpState) -> list[dict[str, Any]]:
     gw = state.gateway
     if gw is None:
         return []
@@ -75,7 +105,7 @@ def tool_rows(state: "HttpState") -> list[dict[str, Any]]:
     return rows
 
 
-def upstream_rows(state: "HttpState") -> list[dict[str, Any]]:
+def upstream_rows(state: HttpState) -> list[dict[str, Any]]:
     gw = state.gateway
     if gw is None:
         return []
@@ -92,16 +122,6 @@ def upstream_rows(state: "HttpState") -> list[dict[str, Any]]:
     ]
 
 
-def audit_view(state: "HttpState") -> AuditView | None:
-    log = getattr(state.gateway, "audit_log", None)
-    return log if isinstance(log, AuditView) else None
-
-
-def policy_view(state: "HttpState") -> PolicyView | None:
-    eng = getattr(state.gateway, "policy_engine", None)
-    return eng if isinstance(eng, PolicyView) else None
-
-
 def _limit(request: Request, default: int = 50, most: int = 1000) -> int | None:
     raw = request.query_params.get("limit")
     if raw is None:
@@ -113,7 +133,7 @@ def _limit(request: Request, default: int = 50, most: int = 1000) -> int | None:
     return n if 1 <= n <= most else None
 
 
-def admin_routes(state: "HttpState") -> list[Route]:
+def admin_routes(state: HttpState) -> list[Route]:
     """The ``/api`` routes (mounted behind the admin check)."""
 
     async def tools(request: Request) -> Response:
@@ -144,33 +164,37 @@ def admin_routes(state: "HttpState") -> list[Route]:
         return JSONResponse({"calls": [c.as_json() for c in state.recent.latest(n)]})
 
     async def audit_recent(request: Request) -> Response:
-        view = audit_view(state)
-        if view is None:
+        log = audit_log(state)
+        if log is None:
             return _unavailable("audit", "the audit log is not enabled in this gateway")
         n = _limit(request)
         if n is None:
             return _err(400, "bad_request", "limit must be an integer from 1 to 1000")
-        events = await anyio.to_thread.run_sync(view.recent, n)
+        events = await anyio.to_thread.run_sync(log.recent, n)
         return JSONResponse({"events": events})
 
-    async def audit_verify(request: Request) -> Response:
-        view = audit_view(state)
-        if view is None:
+    async def audit_verify_view(request: Request) -> Response:
+        log = audit_log(state)
+        if log is None:
             return _unavailable("audit", "the audit log is not enabled in this gateway")
         try:
-            result = dict(await anyio.to_thread.run_sync(view.verify))
+            result = await anyio.to_thread.run_sync(audit_verify, log)
         except Exception as e:  # noqa: BLE001 - an unreadable log is "not verified", said plainly
             return _unavailable("audit", f"verification could not run: {type(e).__name__}: {e}")
-        return JSONResponse(result, status_code=200)
+        return JSONResponse(result)
 
-    async def policy_status(request: Request) -> Response:
-        view = policy_view(state)
-        if view is None:
+    async def policy_status_view(request: Request) -> Response:
+        doc = policy_status(state)
+        if doc is None:
             return _unavailable("policy", "the policy engine is not enabled in this gateway")
-        return JSONResponse(dict(view.status()))
+        return JSONResponse(doc)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
+
+    async def not_found(request: Request) -> Response:
+        # JSON for every /api miss (odd path parameters included), never Starlette's text 404
+        return _err(404, "not_found", "no such admin API endpoint")
 
     return [
         Route("/tools", tools, methods=["GET"]),
@@ -179,9 +203,10 @@ def admin_routes(state: "HttpState") -> list[Route]:
         Route("/sessions", sessions, methods=["GET"]),
         Route("/calls/recent", calls, methods=["GET"]),
         Route("/audit/recent", audit_recent, methods=["GET"]),
-        Route("/audit/verify", audit_verify, methods=["GET"]),
-        Route("/policy/status", policy_status, methods=["GET"]),
+        Route("/audit/verify", audit_verify_view, methods=["GET"]),
+        Route("/policy/status", policy_status_view, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/{rest:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
 
 
@@ -197,7 +222,14 @@ def _ok(ref: str, desc: str = "OK") -> dict[str, Any]:
 
 _ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": _S + "Error"}}}}
 _STD = {"401": _ERR, "403": _ERR}
-_LIMIT = [{"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]
+_LIMIT = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    }
+]
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -205,33 +237,70 @@ OPENAPI: dict[str, Any] = {
     "servers": [{"url": "/api"}],
     "security": [{"bearer": []}, {"apiKey": []}],
     "paths": {
-        "/tools": {"get": {"summary": "Tool catalogue with verification state", "responses": {"200": _ok("ToolList"), **_STD}}},
-        "/upstreams": {"get": {"summary": "Upstream status", "responses": {"200": _ok("UpstreamList"), **_STD}}},
+        "/tools": {
+            "get": {
+                "summary": "Tool catalogue with verification state",
+                "responses": {"200": _ok("ToolList"), **_STD},
+            }
+        },
+        "/upstreams": {
+            "get": {"summary": "Upstream status", "responses": {"200": _ok("UpstreamList"), **_STD}}
+        },
         "/upstreams/{name}/restart": {
             "post": {
                 "summary": "Restart one upstream connection",
-                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"202": _ok("Restarting", "restart requested"), "404": _ERR, "501": _ERR, **_STD},
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "202": _ok("Restarting", "restart requested"),
+                    "404": _ERR,
+                    "501": _ERR,
+                    **_STD,
+                },
             }
         },
-        "/sessions": {"get": {"summary": "Open MCP sessions", "responses": {"200": _ok("SessionList"), **_STD}}},
+        "/sessions": {
+            "get": {"summary": "Open MCP sessions", "responses": {"200": _ok("SessionList"), **_STD}}
+        },
         "/calls/recent": {
-            "get": {"summary": "Recent call outcomes (allow/deny with reasons)", "parameters": _LIMIT,
-                    "responses": {"200": _ok("CallList"), "400": _ERR, **_STD}}
+            "get": {
+                "summary": "Recent call outcomes (allow/deny with reasons)",
+                "parameters": _LIMIT,
+                "responses": {"200": _ok("CallList"), "400": _ERR, **_STD},
+            }
         },
         "/audit/recent": {
-            "get": {"summary": "Recent audit events", "parameters": _LIMIT,
-                    "responses": {"200": _ok("AuditEvents"), "400": _ERR, "503": _ok("Unavailable", "no audit log"), **_STD}}
+            "get": {
+                "summary": "Recent audit events",
+                "parameters": _LIMIT,
+                "responses": {
+                    "200": _ok("AuditEvents"),
+                    "400": _ERR,
+                    "503": _ok("Unavailable", "no audit log"),
+                    **_STD,
+                },
+            }
         },
         "/audit/verify": {
-            "get": {"summary": "Verify the audit chain",
-                    "responses": {"200": _ok("AuditVerify"), "503": _ok("Unavailable", "no audit log"), **_STD}}
+            "get": {
+                "summary": "Verify the audit chain",
+                "responses": {"200": _ok("AuditVerify"), "503": _ok("Unavailable", "no audit log"), **_STD},
+            }
         },
         "/policy/status": {
-            "get": {"summary": "Policy engine status",
-                    "responses": {"200": _ok("PolicyStatus"), "503": _ok("Unavailable", "no policy engine"), **_STD}}
+            "get": {
+                "summary": "Policy engine status",
+                "responses": {
+                    "200": _ok("PolicyStatus"),
+                    "503": _ok("Unavailable", "no policy engine"),
+                    **_STD,
+                },
+            }
         },
-        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, **_STD}}},
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, **_STD}}
+        },
     },
     "components": {
         "securitySchemes": {
@@ -239,55 +308,139 @@ OPENAPI: dict[str, Any] = {
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
         },
         "schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "reason": {"type": "string"}, "error_description": {"type": "string"}}},
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "error_description": {"type": "string"},
+                },
+            },
             "Unavailable": {
-                "type": "object", "required": ["error", "component", "reason"],
-                "properties": {"error": {"const": "unavailable"}, "component": {"type": "string"}, "reason": {"type": "string"}},
+                "type": "object",
+                "required": ["error", "component", "reason"],
+                "properties": {
+                    "error": {"const": "unavailable"},
+                    "component": {"type": "string"},
+                    "reason": {"type": "string"},
+                },
             },
             "Tool": {
-                "type": "object", "additionalProperties": False,
-                "required": ["name", "original_name", "upstream", "description", "verification", "key_fingerprint", "definition_hash", "code_tool"],
+                "type": "object",
+                "additionalProperties": False,
+                "required": [
+                    "name",
+                    "original_name",
+                    "upstream",
+                    "description",
+                    "verification",
+                    "key_fingerprint",
+                    "definition_hash",
+                    "code_tool",
+                ],
                 "properties": {
-                    "name": {"type": "string"}, "original_name": {"type": "string"}, "upstream": {"type": "string"},
+                    "name": {"type": "string"},
+                    "original_name": {"type": "string"},
+                    "upstream": {"type": "string"},
                     "description": {"type": "string"},
-                    "verification": {"enum": ["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed"]},
-                    "key_fingerprint": _NULLSTR, "definition_hash": _NULLSTR, "code_tool": {"type": "boolean"},
+                    "verification": {
+                        "enum": ["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed"]
+                    },
+                    "key_fingerprint": _NULLSTR,
+                    "definition_hash": _NULLSTR,
+                    "code_tool": {"type": "boolean"},
                 },
             },
-            "ToolList": {"type": "object", "required": ["tools"], "properties": {"tools": {"type": "array", "items": {"$ref": _S + "Tool"}}}},
+            "ToolList": {
+                "type": "object",
+                "required": ["tools"],
+                "properties": {"tools": {"type": "array", "items": {"$ref": _S + "Tool"}}},
+            },
             "Upstream": {
-                "type": "object", "additionalProperties": False,
+                "type": "object",
+                "additionalProperties": False,
                 "required": ["name", "state", "transport", "restarts", "last_error", "tools"],
                 "properties": {
-                    "name": {"type": "string"}, "state": {"enum": ["starting", "up", "down"]},
-                    "transport": {"enum": ["stdio", "http"]}, "restarts": {"type": "integer", "minimum": 0},
-                    "last_error": _NULLSTR, "tools": {"type": "integer", "minimum": 0},
+                    "name": {"type": "string"},
+                    "state": {"enum": ["starting", "up", "down"]},
+                    "transport": {"enum": ["stdio", "http"]},
+                    "restarts": {"type": "integer", "minimum": 0},
+                    "last_error": _NULLSTR,
+                    "tools": {"type": "integer", "minimum": 0},
                 },
             },
-            "UpstreamList": {"type": "object", "required": ["upstreams"], "properties": {"upstreams": {"type": "array", "items": {"$ref": _S + "Upstream"}}}},
-            "Restarting": {"type": "object", "required": ["upstream", "restarting"], "properties": {"upstream": {"type": "string"}, "restarting": {"const": True}}},
+            "UpstreamList": {
+                "type": "object",
+                "required": ["upstreams"],
+                "properties": {"upstreams": {"type": "array", "items": {"$ref": _S + "Upstream"}}},
+            },
+            "Restarting": {
+                "type": "object",
+                "required": ["upstream", "restarting"],
+                "properties": {"upstream": {"type": "string"}, "restarting": {"const": True}},
+            },
             "Session": {
-                "type": "object", "additionalProperties": False, "required": ["id", "owner"],
-                "properties": {"id": {"type": "string", "description": "first 8 characters only"}, "owner": _NULLSTR},
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id", "owner"],
+                "properties": {
+                    "id": {"type": "string", "description": "first 8 characters only"},
+                    "owner": _NULLSTR,
+                },
             },
             "SessionList": {
-                "type": "object", "required": ["max_sessions", "sessions"],
-                "properties": {"max_sessions": {"type": "integer"}, "sessions": {"type": "array", "items": {"$ref": _S + "Session"}}},
-            },
-            "Call": {
-                "type": "object", "additionalProperties": False,
-                "required": ["time", "principal", "kind", "target", "upstream", "outcome", "decision", "reasons", "error_code", "latency_ms"],
+                "type": "object",
+                "required": ["max_sessions", "sessions"],
                 "properties": {
-                    "time": {"type": "number"}, "principal": {"type": "string"}, "kind": {"type": "string"},
-                    "target": {"type": "string"}, "upstream": _NULLSTR, "outcome": {"enum": ["ok", "error", "denied"]},
-                    "decision": {"enum": ["allow", "deny", None]}, "reasons": {"type": "array", "items": {"type": "string"}},
-                    "error_code": _NULLSTR, "latency_ms": {"type": "number", "minimum": 0},
+                    "max_sessions": {"type": "integer"},
+                    "sessions": {"type": "array", "items": {"$ref": _S + "Session"}},
                 },
             },
-            "CallList": {"type": "object", "required": ["calls"], "properties": {"calls": {"type": "array", "items": {"$ref": _S + "Call"}}}},
-            "AuditEvents": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": {"type": "object"}}}},
+            "Call": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": [
+                    "time",
+                    "principal",
+                    "kind",
+                    "target",
+                    "upstream",
+                    "outcome",
+                    "decision",
+                    "reasons",
+                    "error_code",
+                    "latency_ms",
+                ],
+                "properties": {
+                    "time": {"type": "number"},
+                    "principal": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "target": {"type": "string"},
+                    "upstream": _NULLSTR,
+                    "outcome": {"enum": ["ok", "error", "denied"]},
+                    "decision": {"enum": ["allow", "deny", None]},
+                    "reasons": {"type": "array", "items": {"type": "string"}},
+                    "error_code": _NULLSTR,
+                    "latency_ms": {"type": "number", "minimum": 0},
+                },
+            },
+            "CallList": {
+                "type": "object",
+                "required": ["calls"],
+                "properties": {"calls": {"type": "array", "items": {"$ref": _S + "Call"}}},
+            },
+            "AuditEvents": {
+                "type": "object",
+                "required": ["events"],
+                "properties": {"events": {"type": "array", "items": {"type": "object"}}},
+            },
             "AuditVerify": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
-            "PolicyStatus": {"type": "object", "required": ["loaded"], "properties": {"loaded": {"type": "boolean"}}},
+            "PolicyStatus": {
+                "type": "object",
+                "required": ["loaded"],
+                "properties": {"loaded": {"type": "boolean"}},
+            },
         },
     },
 }

@@ -24,9 +24,10 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jwt
 from jwt import PyJWKClient, PyJWKSet
@@ -78,7 +79,7 @@ class ApiKeyRecord:
         }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "ApiKeyRecord":
+    def from_json(cls, d: Mapping[str, Any]) -> ApiKeyRecord:
         return cls(
             id=str(d["id"]),
             principal=str(d["principal"]),
@@ -168,7 +169,12 @@ class ApiKeyStore:
         kid = secrets.token_hex(6)
         key = f"{KEY_PREFIX}{kid}_{secrets.token_urlsafe(32)}"
         rec = ApiKeyRecord(
-            id=kid, principal=principal, roles=tuple(roles), kind=kind, sha256=hash_key(key), created=time.time()
+            id=kid,
+            principal=principal,
+            roles=tuple(roles),
+            kind=kind,
+            sha256=hash_key(key),
+            created=time.time(),
         )
         self._write([*self.records(), rec])
         return key, rec
@@ -255,7 +261,7 @@ class Authenticator:
     anonymous: str | None = None
 
     @classmethod
-    def from_config(cls, config: Config) -> "Authenticator":
+    def from_config(cls, config: Config) -> Authenticator:
         return cls(
             keys=ApiKeyStore(config.api_keys_path),
             jwt=JwtVerifier(config.http.jwt) if config.http.jwt is not None else None,

@@ -52,7 +52,9 @@ def session_id_of(ctx: ServerRequestContext[Any]) -> str | None:
         sid = request.headers.get("mcp-session-id")
         if sid:
             return str(sid)
-    return f"session-{id(ctx.session._connection) if hasattr(ctx.session, '_connection') else id(ctx.session)}"
+    return (
+        f"session-{id(ctx.session._connection) if hasattr(ctx.session, '_connection') else id(ctx.session)}"
+    )
 
 
 def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway]:
@@ -148,7 +150,9 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
 
-    async def subscribe(ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams) -> types.EmptyResult:
+    async def subscribe(
+        ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
         gw = gw_of(ctx)
         try:
             owner = gw.catalog.resource_owner(params.uri)
@@ -174,7 +178,9 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         gw = gw_of(ctx)
         return types.ListPromptsResult(prompts=[p.prompt for p in gw.catalog.prompts.values()])
 
-    async def get_prompt(ctx: ServerRequestContext[Gateway], params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    async def get_prompt(
+        ctx: ServerRequestContext[Gateway], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
         gw = gw_of(ctx)
         try:
             entry = gw.catalog.prompt(params.name)
@@ -191,7 +197,9 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
 
-    async def completion(ctx: ServerRequestContext[Gateway], params: types.CompleteRequestParams) -> types.CompleteResult:
+    async def completion(
+        ctx: ServerRequestContext[Gateway], params: types.CompleteRequestParams
+    ) -> types.CompleteResult:
         gw = gw_of(ctx)
         try:
             ref = params.ref
@@ -202,13 +210,17 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
                 owner = gw.catalog.template_owner(ref.uri)
             return await gw.with_upstream(  # type: ignore[no-any-return]
                 owner,
-                lambda up: up.session.complete(ref, params.argument.model_dump(), context_arguments=_ctx_args(params)),
+                lambda up: up.session.complete(
+                    ref, params.argument.model_dump(), context_arguments=_ctx_args(params)
+                ),
                 ctx,
             )
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
 
-    async def set_level(ctx: ServerRequestContext[Gateway], params: types.SetLevelRequestParams) -> types.EmptyResult:
+    async def set_level(
+        ctx: ServerRequestContext[Gateway], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
         gw = gw_of(ctx)
         for up in gw.upstreams.values():
             caps = up._session.server_capabilities if up.state == "up" and up._session else None
@@ -257,7 +269,9 @@ def _read_audit(gw: Gateway, principal: Principal) -> types.ReadResourceResult:
     from mcp.shared.exceptions import MCPError
 
     if gw.audit_log is None:
-        raise MCPError(code=types.INVALID_PARAMS, message="the audit log is off (security.audit_enabled = false)")
+        raise MCPError(
+            code=types.INVALID_PARAMS, message="the audit log is off (security.audit_enabled = false)"
+        )
     if not _is_admin(principal):
         gw.events.emit("audit.read_denied", {"uri": AUDIT_RESOURCE.uri}, principal=principal.id)
         raise MCPError(code=types.INVALID_PARAMS, message="audit://recent is for admin principals only")

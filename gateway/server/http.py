@@ -17,8 +17,9 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -36,8 +37,8 @@ from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.config.model import Config
 from gateway.context import Principal
-from gateway.server.admin import admin_routes, audit_view, policy_view
-from gateway.server.auth import AuthFailed, Authenticator, NoCredentials, is_admin
+from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
+from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
 from gateway.server.front import build_server
 from gateway.server.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, MetricsSink, RecentCalls
 from gateway.steps.metrics import MetricsStep
@@ -98,22 +99,14 @@ class HttpState:
             return False, {"ready": False, "reason": "gateway not started", "config": True}
         doc: dict[str, Any] = {"config": True, "upstreams": {n: u.state for n, u in gw.upstreams.items()}}
         ready = all(s == "up" for s in doc["upstreams"].values())
-        pol = policy_view(self)
+        pol = policy_status(self)
         if pol is not None:
-            try:
-                loaded = bool(pol.status().get("loaded"))
-            except Exception:  # noqa: BLE001 - a broken status is "not ready"
-                loaded = False
-            doc["policy"] = loaded
-            ready = ready and loaded
-        aud = audit_view(self)
-        if aud is not None:
-            try:
-                writable = bool(aud.writable())
-            except Exception:  # noqa: BLE001
-                writable = False
-            doc["audit"] = writable
-            ready = ready and writable
+            doc["policy"] = bool(pol.get("loaded"))
+            ready = ready and doc["policy"]
+        log = audit_log(self)
+        if log is not None:
+            doc["audit"] = audit_writable(log)
+            ready = ready and doc["audit"]
         doc["ready"] = ready
         return ready, doc
 
@@ -235,14 +228,14 @@ class AuthGate:
         except AuthFailed as e:
             await self._challenge(scope, receive, send, e)
             return
-        except Exception:  # noqa: BLE001 - fail closed, and say so in the log
+        except Exception:
             _logger.exception("authentication failed unexpectedly")
             await self._challenge(scope, receive, send, AuthFailed("authentication error"))
             return
         if area == "api" and not is_admin(principal):
-            await JSONResponse({"error": "forbidden", "reason": "the admin role is required"}, status_code=403)(
-                scope, receive, send
-            )
+            await JSONResponse(
+                {"error": "forbidden", "reason": "the admin role is required"}, status_code=403
+            )(scope, receive, send)
             return
         scope["symbi.principal"] = principal
         if principal.kind != "anonymous":
@@ -256,14 +249,18 @@ class AuthGate:
         if err is not None:
             challenge += ', error="invalid_token"'
             body = {"error": "invalid_token", "error_description": err.message}
-        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})(scope, receive, send)
+        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})(
+            scope, receive, send
+        )
 
 
 def _access_token(p: Principal) -> AccessToken:
     """The SDK's view of a credential, used only to bind sessions to their opener."""
     kid = p.claims.get("key_id")
     if kid is not None:
-        return AccessToken(token=f"apikey:{kid}", client_id=f"apikey:{kid}", scopes=list(p.roles), subject=p.id)
+        return AccessToken(
+            token=f"apikey:{kid}", client_id=f"apikey:{kid}", scopes=list(p.roles), subject=p.id
+        )
     iss = p.claims.get("iss")
     return AccessToken(
         token=f"jwt:{p.id}", client_id=f"jwt:{p.id}", scopes=list(p.roles), subject=p.id, claims={"iss": iss}
@@ -296,10 +293,10 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
             extra.insert(0, step)  # default_steps puts extra_steps outermost
         else:
             # older Gateway without extra_steps: wrap the step list so ours is outermost
-            inner = gw._steps_factory  # noqa: SLF001
-            if inner is None:
-                from gateway.steps import default_steps as inner
-            gw._steps_factory = lambda g: [step, *inner(g)]  # noqa: SLF001
+            from gateway.steps import default_steps
+
+            inner = gw._steps_factory or default_steps
+            gw._steps_factory = lambda g: [step, *inner(g)]
         holder.append(gw)
         return gw
 
@@ -314,7 +311,11 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         max_sessions=config.http.max_sessions,
     )
     state = HttpState(
-        config=config, auth=Authenticator.from_config(config), metrics=metrics, recent=recent, manager=manager,
+        config=config,
+        auth=Authenticator.from_config(config),
+        metrics=metrics,
+        recent=recent,
+        manager=manager,
         holder=holder,
     )
     metrics.track_sessions(lambda: len(state.sessions()))

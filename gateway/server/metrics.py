@@ -18,18 +18,38 @@ Components with their own timings call ``observe_policy(seconds)`` and
 from __future__ import annotations
 
 import collections
+import logging
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.events import EventSink
 
-__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "MetricsSink", "RecentCalls", "RecentCall"]
+_logger = logging.getLogger("symbi.metrics")
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "MetricsSink", "RecentCall", "RecentCalls"]
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 
 class GatewayMetrics:
@@ -38,11 +58,17 @@ class GatewayMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.tool_calls = Counter(
-            "symbi_tool_calls", "Tool calls by tool, upstream and outcome", ["tool", "upstream", "outcome"], registry=r
+            "symbi_tool_calls",
+            "Tool calls by tool, upstream and outcome",
+            ["tool", "upstream", "outcome"],
+            registry=r,
         )
         self.call_latency = Histogram(
-            "symbi_tool_call_seconds", "Tool call latency through the gateway", ["upstream"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "symbi_tool_call_seconds",
+            "Tool call latency through the gateway",
+            ["upstream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.policy_decisions = Counter(
             "symbi_policy_decisions", "Policy decisions by result", ["decision"], registry=r
@@ -54,13 +80,19 @@ class GatewayMetrics:
             "symbi_verification_failures", "Tool verification failures", ["upstream"], registry=r
         )
         self.drift = Counter("symbi_tool_drift", "Tool definition drift detected", ["upstream"], registry=r)
-        self.upstream_up = Gauge("symbi_upstream_up", "1 when the upstream is connected", ["upstream"], registry=r)
+        self.upstream_up = Gauge(
+            "symbi_upstream_up", "1 when the upstream is connected", ["upstream"], registry=r
+        )
         self.upstream_restarts = Counter(
             "symbi_upstream_restarts", "Upstream reconnects after a failure", ["upstream"], registry=r
         )
         self.upstream_down = Counter("symbi_upstream_down", "Upstream disconnects", ["upstream"], registry=r)
-        self.sandbox_runs = Counter("symbi_sandbox_runs", "Sandbox runs by tier", ["tier", "outcome"], registry=r)
-        self.audit_events = Counter("symbi_audit_events", "Gateway events by type", ["event_type"], registry=r)
+        self.sandbox_runs = Counter(
+            "symbi_sandbox_runs", "Sandbox runs by tier", ["tier", "outcome"], registry=r
+        )
+        self.audit_events = Counter(
+            "symbi_audit_events", "Gateway events by type", ["event_type"], registry=r
+        )
         self.audit_write_latency = Histogram(
             "symbi_audit_write_seconds", "Audit write latency", buckets=_LATENCY_BUCKETS, registry=r
         )
@@ -101,8 +133,8 @@ class MetricsSink:
     ) -> None:
         try:
             self._count(event_type, details)
-        except Exception:  # noqa: BLE001 - a metrics bug must never lose the event itself
-            pass
+        except Exception:  # a metrics bug must never lose the event itself
+            _logger.exception("metrics: could not count event %s", event_type)
         self.inner.emit(event_type, details, principal=principal, agent=agent)
 
     def _count(self, event_type: str, details: Mapping[str, Any]) -> None:
@@ -121,7 +153,9 @@ class MetricsSink:
         elif event_type == "tool.drift":
             m.drift.labels(upstream).inc()
         elif event_type == "sandbox.run":
-            m.sandbox_runs.labels(str(details.get("tier", "unknown")), str(details.get("outcome", "unknown"))).inc()
+            m.sandbox_runs.labels(
+                str(details.get("tier", "unknown")), str(details.get("outcome", "unknown"))
+            ).inc()
 
 
 @dataclass(frozen=True)
@@ -174,4 +208,3 @@ class RecentCalls:
 
     def __len__(self) -> int:
         return len(self._buf)
-

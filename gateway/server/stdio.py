@@ -27,7 +27,9 @@ _ID_RE = re.compile(r'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
 
 def _error(code: int, message: str, rid: Any = None) -> SessionMessage:
-    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message)))
+    return SessionMessage(
+        types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message))
+    )
 
 
 def _peek_id(head: str) -> Any:

@@ -39,6 +39,8 @@ class MetricsStep:
 
     def _record(self, call: CallContext, result: Any, error: BaseException | None) -> None:
         elapsed = call.elapsed_ms
+        code: str | None
+        reasons: tuple[str, ...]
         if error is not None:
             outcome = "denied" if isinstance(error, _DENIALS) else "error"
             code = error.code if isinstance(error, GatewayError) else "internal_error"

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.server.admin import audit_view, tool_rows, upstream_rows
+from gateway.server.admin import audit_log, audit_verify, tool_rows, upstream_rows
 from gateway.server.auth import ADMIN_ROLE, AuthFailed
 from gateway.server.dashboard.render import (
     audit_page,
@@ -52,7 +52,7 @@ _HEADERS = {
 class DashboardSessions:
     """Signed-cookie sessions bound to an admin API key id."""
 
-    def __init__(self, state: "HttpState") -> None:
+    def __init__(self, state: HttpState) -> None:
         self.state = state
         self.signer = URLSafeTimedSerializer(state.cookie_secret, salt="symbi-dashboard")
 
@@ -83,7 +83,12 @@ def _html(body: str, status: int = 200) -> HTMLResponse:
 
 def _cookie(resp: Response, request: Request, value: str, max_age: int) -> None:
     resp.set_cookie(
-        COOKIE, value, max_age=max_age, path="/", httponly=True, samesite="strict",
+        COOKIE,
+        value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="strict",
         secure=request.url.scheme == "https",
     )
 
@@ -94,7 +99,7 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body, max_num_fields=10).items()}
 
 
-def dashboard_routes(state: "HttpState") -> list[Route]:
+def dashboard_routes(state: HttpState) -> list[Route]:
     """Routes at ``/``, ``/login``, ``/logout``, ``/tools``, ``/decisions``, ``/upstreams``, ``/audit``."""
     sessions = DashboardSessions(state)
 
@@ -156,12 +161,12 @@ def dashboard_routes(state: "HttpState") -> list[Route]:
         return upstreams_page(sess, upstream_rows(state))
 
     async def audit(request: Request, sess: dict[str, Any]) -> str:
-        view = audit_view(state)
-        if view is None:
+        log = audit_log(state)
+        if log is None:
             return audit_page(sess, None, "The audit log is not enabled in this gateway.")
         try:
-            result = dict(await anyio.to_thread.run_sync(view.verify))
-            events = await anyio.to_thread.run_sync(view.recent, 20)
+            result = await anyio.to_thread.run_sync(audit_verify, log)
+            events = await anyio.to_thread.run_sync(log.recent, 20)
         except Exception as e:  # noqa: BLE001 - shown, not hidden
             return audit_page(sess, None, f"Verification could not run: {type(e).__name__}: {e}")
         return audit_page(sess, {"verify": result, "events": events}, None)
@@ -171,7 +176,9 @@ def dashboard_routes(state: "HttpState") -> list[Route]:
         media = _STATIC_FILES.get(name)
         if media is None:
             return Response("not found", status_code=404)
-        return Response((_STATIC / name).read_bytes(), media_type=media, headers={"Cache-Control": "max-age=300"})
+        return Response(
+            (_STATIC / name).read_bytes(), media_type=media, headers={"Cache-Control": "max-age=300"}
+        )
 
     return [
         Route("/", index, methods=["GET"]),

@@ -5,10 +5,16 @@ from __future__ import annotations
 import html
 import json
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-_NAV = (("/", "Overview"), ("/tools", "Tools"), ("/decisions", "Recent decisions"), ("/upstreams", "Upstreams"),
-        ("/audit", "Audit"))
+_NAV = (
+    ("/", "Overview"),
+    ("/tools", "Tools"),
+    ("/decisions", "Recent decisions"),
+    ("/upstreams", "Upstreams"),
+    ("/audit", "Audit"),
+)
 
 
 def e(v: Any) -> str:
@@ -20,7 +26,9 @@ def _badge(value: Any) -> str:
     return f'<span class="badge {v}">{v}</span>'
 
 
-def _page(title: str, body: str, sess: dict[str, Any] | None, active: str = "", refresh: int | None = None) -> str:
+def _page(
+    title: str, body: str, sess: dict[str, Any] | None, active: str = "", refresh: int | None = None
+) -> str:
     nav = ""
     logout = ""
     if sess is not None:
@@ -35,7 +43,7 @@ def _page(title: str, body: str, sess: dict[str, Any] | None, active: str = "", 
         )
     data = f' data-refresh="{refresh}"' if refresh else ""
     return (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{e(title)} · Symbi</title>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="stylesheet" href="/static/dashboard.css"></head><body>'
@@ -61,7 +69,7 @@ def login_page(message: str | None) -> str:
     msg = f'<p class="msg" role="alert">{e(message)}</p>' if message else ""
     body = (
         '<div class="card login"><h2>Administrator login</h2>'
-        "<p class=\"muted\">Sign in with an API key that has the <code>admin</code> role "
+        '<p class="muted">Sign in with an API key that has the <code>admin</code> role '
         "(<code>symbi keys create --principal NAME --roles admin</code>).</p>"
         f'{msg}<form method="post" action="/login">'
         '<label for="api_key">API key</label>'
@@ -71,8 +79,9 @@ def login_page(message: str | None) -> str:
     return _page("Login", body, None)
 
 
-def overview_page(sess: dict[str, Any], *, tools: int, upstreams: list[dict[str, Any]], calls: int, denied: int,
-                  ready: bool) -> str:
+def overview_page(
+    sess: dict[str, Any], *, tools: int, upstreams: list[dict[str, Any]], calls: int, denied: int, ready: bool
+) -> str:
     up = sum(1 for u in upstreams if u["state"] == "up")
     body = (
         '<div class="stats">'
@@ -113,8 +122,12 @@ def decisions_page(sess: dict[str, Any], calls: list[dict[str, Any]]) -> str:
         )
         for c in calls
     )
-    table = _table(("Time", "Principal", "Target", "Decision", "Outcome", "Reasons", "Latency"), rows,
-                   "No calls yet.", "decisions")
+    table = _table(
+        ("Time", "Principal", "Target", "Decision", "Outcome", "Reasons", "Latency"),
+        rows,
+        "No calls yet.",
+        "decisions",
+    )
     body = (
         '<div class="card"><h2>Recent decisions</h2>'
         '<p><label><input type="checkbox" id="autorefresh"> refresh every 5 s</label></p>'
@@ -125,29 +138,47 @@ def decisions_page(sess: dict[str, Any], calls: list[dict[str, Any]]) -> str:
 
 def upstreams_page(sess: dict[str, Any], ups: list[dict[str, Any]]) -> str:
     rows = (
-        (e(u["name"]), _badge(u["state"]), e(u["transport"]), e(u["tools"]), e(u["restarts"]), e(u["last_error"] or ""))
+        (
+            e(u["name"]),
+            _badge(u["state"]),
+            e(u["transport"]),
+            e(u["tools"]),
+            e(u["restarts"]),
+            e(u["last_error"] or ""),
+        )
         for u in ups
     )
-    table = _table(("Upstream", "State", "Transport", "Tools", "Restarts", "Last error"), rows, "No upstreams.",
-                   "upstreams")
+    table = _table(
+        ("Upstream", "State", "Transport", "Tools", "Restarts", "Last error"),
+        rows,
+        "No upstreams.",
+        "upstreams",
+    )
     return _page("Upstreams", f'<div class="card"><h2>Upstream health</h2>{table}</div>', sess, "/upstreams")
 
 
 def audit_page(sess: dict[str, Any], status: dict[str, Any] | None, message: str | None) -> str:
     if status is None:
-        body = f'<div class="card"><h2>Audit chain</h2><p class="muted" id="audit-status">{e(message)}</p></div>'
+        body = (
+            f'<div class="card"><h2>Audit chain</h2><p class="muted" id="audit-status">{e(message)}</p></div>'
+        )
         return _page("Audit", body, sess, "/audit")
     v = status["verify"]
     ok = bool(v.get("ok"))
     summary = (
         f'<p id="audit-status">Chain: {_badge("ok" if ok else "failed")} '
-        f'events {e(v.get("events"))}, head <code>{e(v.get("head_hash"))}</code></p>'
+        f"events {e(v.get('events'))}, head <code>{e(v.get('head_hash'))}</code></p>"
     )
     if v.get("problem"):
         summary += f'<p class="bad">{e(json.dumps(v["problem"]))}</p>'
     rows = (
-        (e(ev.get("seq")), e(_when(ev.get("ts_ns", 0) / 1e9)), e(ev.get("type")), e(ev.get("principal")),
-         f"<code>{e(json.dumps(ev.get('details'), default=str)[:200])}</code>")
+        (
+            e(ev.get("seq")),
+            e(_when(ev.get("ts_ns", 0) / 1e9)),
+            e(ev.get("type")),
+            e(ev.get("principal")),
+            f"<code>{e(json.dumps(ev.get('details'), default=str)[:200])}</code>",
+        )
         for ev in reversed(status["events"])  # newest first
     )
     table = _table(("Seq", "Time", "Event", "Principal", "Details"), rows, "No events.", "audit-events")

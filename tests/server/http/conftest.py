@@ -11,9 +11,10 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import jwt
@@ -25,7 +26,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from gateway.config import load_config
 from gateway.server.auth import ApiKeyStore
 from gateway.server.http import HttpState, build_app
-from tests.conftest import EVERYTHING_JS, free_port, write_config
+from tests.conftest import EVERYTHING_JS, POLICY, TEST_POLICY_DATA, free_port, write_config
 
 ISSUER = "https://idp.test.invalid"
 AUDIENCE = "symbi-test"
@@ -51,7 +52,9 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
     cfg = cfg.model_copy(update={"http": cfg.http.model_copy(update={"port": port})})
     app = build_app(cfg)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, log_config=None)
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, log_config=None
+        )
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
@@ -78,11 +81,35 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
         thread.join(30)
 
 
+DEVELOPER_TOOLS = ["everything__echo", "everything__get-sum"]
+
+
+def policy_data(tmp_path: Path) -> Path:
+    """The shared test policy data, with this suite's roles: "developer" may call only
+    DEVELOPER_TOOLS (anything else is a policy deny), "admin" may call everything."""
+    doc = json.loads(TEST_POLICY_DATA.read_text())
+    everything = {"resources": ["**"], "prompts": ["**"]}
+    # the anonymous principal of the Inspector test gets its roles from the policy data
+    doc["symbi_data"]["principals"] = {"inspector": {"roles": ["developer"]}}
+    doc["symbi_data"]["roles"] = {
+        "developer": {"tools": DEVELOPER_TOOLS, **everything},
+        "admin": {"tools": ["*"], **everything},
+    }
+    path = tmp_path / "policy-data.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
 def everything_config(tmp_path: Path, http_extra: str = "", top_extra: str = "") -> Path:
-    """A config with server-everything (stdio, verification warn) and an [http] section."""
+    """A config with server-everything (stdio, verification warn), the real policy with
+    this suite's data, and an [http] section."""
     return write_config(
         tmp_path,
         f"""
+        [policy]
+        path = "{POLICY}"
+        data = "{policy_data(tmp_path)}"
+
         [gateway]
         data_dir = "{tmp_path / "data"}"
         log_format = "json"
@@ -90,7 +117,7 @@ def everything_config(tmp_path: Path, http_extra: str = "", top_extra: str = "")
         [http]
         {http_extra}
 
-        [servers.ev]
+        [servers.everything]
         command = "node"
         args = ["{EVERYTHING_JS}", "stdio"]
         verification = "warn"
@@ -126,15 +153,30 @@ class Idp:
     jwks: dict[str, Any]
     jwks_path: Path
 
-    def token(self, sub: str = "dana", *, roles: Any = ("developer",), alg: str = "RS256", kid: str | None = None,
-              **overrides: Any) -> str:
+    def token(
+        self,
+        sub: str = "dana",
+        *,
+        roles: Any = ("developer",),
+        alg: str = "RS256",
+        kid: str | None = None,
+        **overrides: Any,
+    ) -> str:
         now = int(time.time())
-        claims: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 300,
-                                  "roles": list(roles) if isinstance(roles, (list, tuple)) else roles}
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": sub,
+            "iat": now,
+            "exp": now + 300,
+            "roles": list(roles) if isinstance(roles, (list, tuple)) else roles,
+        }
         claims.update(overrides)
         claims = {k: v for k, v in claims.items() if v is not None}
         key = self.rsa_key if alg.startswith("RS") else self.ec_key
-        return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid or ("rsa1" if alg.startswith("RS") else "ec1")})
+        return jwt.encode(
+            claims, key, algorithm=alg, headers={"kid": kid or ("rsa1" if alg.startswith("RS") else "ec1")}
+        )
 
 
 def make_idp(tmp_path: Path) -> Idp:
@@ -174,8 +216,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """One shared gateway (API keys + JWT from a JWKS file) for the read-mostly tests."""
     tmp = tmp_path_factory.mktemp("http-env")
     idp = make_idp(tmp)
-    cfg = everything_config(tmp, http_extra='authorization_servers = ["https://idp.test.invalid"]\n'
-                            + jwt_http_section(idp.jwks_path))
+    cfg = everything_config(
+        tmp,
+        http_extra='authorization_servers = ["https://idp.test.invalid"]\n' + jwt_http_section(idp.jwks_path),
+    )
     keys = make_keys(cfg)
     with run_server(cfg) as run:
         yield Env(run=run, keys=keys, idp=idp)

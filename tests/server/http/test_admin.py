@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from referencing import Registry, Resource
 from schemathesis.checks import not_a_server_error
 
 from gateway.server.admin import OPENAPI
-from tests.server.http.conftest import Env, bearer
+from tests.server.http.conftest import Env, bearer, everything_config, make_keys, run_server
 
 schema = schemathesis.openapi.from_dict(OPENAPI)
 
@@ -22,8 +22,9 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 def test_admin_api_conforms_to_openapi(case: Any, env: Env) -> None:
     # 501/503 are documented answers (component not wired yet), so "no 5xx" does not apply.
-    case.call_and_validate(base_url=env.run.base + "/api", headers=bearer(env.keys.admin),
-                           excluded_checks=[not_a_server_error])
+    case.call_and_validate(
+        base_url=env.run.base + "/api", headers=bearer(env.keys.admin), excluded_checks=[not_a_server_error]
+    )
 
 
 def _validator(ref: str) -> jsonschema.Draft202012Validator:
@@ -45,13 +46,19 @@ def get(env: Env, path: str, key: str | None = None) -> httpx.Response:
 
 def test_tools_list_verification_state(env: Env) -> None:
     doc = check(get(env, "/tools"), 200, "ToolList")
-    echo = next(t for t in doc["tools"] if t["name"] == "ev__echo")
-    assert (echo["upstream"], echo["original_name"], echo["verification"]) == ("ev", "echo", "unverified")
+    echo = next(t for t in doc["tools"] if t["name"] == "everything__echo")
+    assert (echo["upstream"], echo["original_name"], echo["verification"]) == (
+        "everything",
+        "echo",
+        "unverified",
+    )
 
 
 def test_upstreams_and_sessions(env: Env) -> None:
     doc = check(get(env, "/upstreams"), 200, "UpstreamList")
-    assert [(u["name"], u["state"], u["transport"]) for u in doc["upstreams"]] == [("ev", "up", "stdio")]
+    assert [(u["name"], u["state"], u["transport"]) for u in doc["upstreams"]] == [
+        ("everything", "up", "stdio")
+    ]
     assert doc["upstreams"][0]["tools"] > 0
     doc = check(get(env, "/sessions"), 200, "SessionList")
     assert all(len(s["id"]) == 8 for s in doc["sessions"])  # never the full session id
@@ -60,21 +67,50 @@ def test_upstreams_and_sessions(env: Env) -> None:
 def test_restart_unknown_upstream_is_404_and_known_is_documented(env: Env) -> None:
     r = httpx.post(env.run.base + "/api/upstreams/nope/restart", headers=bearer(env.keys.admin))
     check(r, 404, "Error")
-    r = httpx.post(env.run.base + "/api/upstreams/ev/restart", headers=bearer(env.keys.admin))
+    r = httpx.post(env.run.base + "/api/upstreams/everything/restart", headers=bearer(env.keys.admin))
     if r.status_code == 202:  # the Upstream has restart()
         check(r, 202, "Restarting")
     else:
         check(r, 501, "Error")
-    assert httpx.post(env.run.base + "/api/upstreams/ev/restart", headers=bearer(env.keys.user)).status_code == 403
+    assert (
+        httpx.post(
+            env.run.base + "/api/upstreams/everything/restart", headers=bearer(env.keys.user)
+        ).status_code
+        == 403
+    )
 
 
-def test_audit_and_policy_say_unavailable_until_wired(env: Env) -> None:
+def test_audit_and_policy_status(env: Env) -> None:
     gw = env.run.state.gateway
-    if getattr(gw, "audit_log", None) is None:
+    if getattr(gw, "audit_log", None) is None:  # auditing not assembled into this gateway
         assert check(get(env, "/audit/recent"), 503, "Unavailable")["component"] == "audit"
-        assert check(get(env, "/audit/verify"), 503, "Unavailable")["component"] == "audit"
+    else:
+        events = check(get(env, "/audit/recent?limit=1000"), 200, "AuditEvents")["events"]
+        assert events and all("chain_hash" in e for e in events)
+        assert check(get(env, "/audit/verify"), 200, "AuditVerify")["ok"] is True
+        assert httpx.get(env.run.base + "/readyz").json()["audit"] is True
     if getattr(gw, "policy_engine", None) is None:
         assert check(get(env, "/policy/status"), 503, "Unavailable")["component"] == "policy"
+    else:
+        assert check(get(env, "/policy/status"), 200, "PolicyStatus")["loaded"] is True
+        assert httpx.get(env.run.base + "/readyz").json()["policy"] is True
+
+
+def test_audit_and_policy_off_answer_503(tmp_path: Path) -> None:
+    cfg = everything_config(
+        tmp_path, top_extra="[security]\naudit_enabled = false\nenforce_policies = false\n"
+    )
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        for path, component in (
+            ("/audit/recent", "audit"),
+            ("/audit/verify", "audit"),
+            ("/policy/status", "policy"),
+        ):
+            r = httpx.get(run.base + "/api" + path, headers=bearer(keys.admin))
+            assert check(r, 503, "Unavailable")["component"] == component
+        doc = httpx.get(run.base + "/readyz").json()
+        assert "audit" not in doc and "policy" not in doc
 
 
 def test_recent_calls_limit_validation(env: Env) -> None:
@@ -86,48 +122,3 @@ def test_recent_calls_limit_validation(env: Env) -> None:
 def test_openapi_document_is_served_to_admins_only(env: Env) -> None:
     assert get(env, "/openapi.json").json() == OPENAPI
     assert get(env, "/openapi.json", env.keys.user).status_code == 403
-
-
-class _AuditAdapter:
-    """The documented ``AuditView`` over the real ``AuditLog`` and ``verify_log``."""
-
-    def __init__(self, log: Any, key_path: Any) -> None:
-        self.log, self.key_path = log, key_path
-
-    def recent(self, n: int) -> list[dict[str, Any]]:
-        return self.log.recent(n)  # type: ignore[no-any-return]
-
-    def verify(self) -> dict[str, Any]:
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-        from gateway.audit.verify import verify_log
-
-        pub = self.key_path.with_name(self.key_path.stem + ".pub.pem")
-        key = load_pem_public_key(pub.read_bytes())
-        ids = {kid for kid in (e.get("key_id") for e in self.log.recent(1)) if kid}
-        return verify_log(self.log.path, {kid: key for kid in ids} or {"": key}).as_dict()
-
-    def writable(self) -> bool:
-        return True
-
-
-def test_audit_endpoints_with_the_real_audit_log(env: Env, tmp_path: Any) -> None:
-    """Attach the real audit log through the documented protocol and read it back."""
-    from gateway.audit.log import AuditLog
-
-    key_path = tmp_path / "audit-key.pem"
-    log = AuditLog(tmp_path / "audit.db", key_path, checkpoint_every=1)
-    gw = env.run.state.gateway
-    assert gw is not None
-    try:
-        log.emit("test.event", {"n": 1}, principal="alice")
-        log.emit("test.event", {"n": 2}, principal="alice")
-        log.close()
-        gw.audit_log = _AuditAdapter(log, key_path)  # type: ignore[attr-defined]
-        events = check(get(env, "/audit/recent?limit=10"), 200, "AuditEvents")["events"]
-        assert [e["details"]["n"] for e in events if e["type"] == "test.event"] == [1, 2]  # oldest first
-        r = get(env, "/audit/verify")
-        assert check(r, 200, "AuditVerify")["ok"] is True
-        assert httpx.get(env.run.base + "/readyz").json()["audit"] is True
-    finally:
-        del gw.audit_log  # type: ignore[attr-defined]

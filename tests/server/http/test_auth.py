@@ -8,9 +8,9 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import httpx2
@@ -20,7 +20,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config.model import JwtSection
-from gateway.server.auth import ApiKeyStore, AuthFailed, Authenticator, JwtVerifier, NoCredentials, hash_key
+from gateway.server.auth import ApiKeyStore, Authenticator, AuthFailed, JwtVerifier, NoCredentials, hash_key
 from tests.server.http.conftest import (
     AUDIENCE,
     ISSUER,
@@ -37,7 +37,11 @@ INIT = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
 }
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
@@ -90,8 +94,20 @@ def test_jwt_good_tokens_give_principal_with_roles(verifier) -> None:  # type: i
 
 @pytest.mark.parametrize(
     "case",
-    ["expired", "wrong_aud", "wrong_iss", "no_exp", "no_sub", "bad_sig", "alg_none", "hs256_confusion",
-     "unknown_kid", "roles_not_list", "garbage", "alg_not_pinned"],
+    [
+        "expired",
+        "wrong_aud",
+        "wrong_iss",
+        "no_exp",
+        "no_sub",
+        "bad_sig",
+        "alg_none",
+        "hs256_confusion",
+        "unknown_kid",
+        "roles_not_list",
+        "garbage",
+        "alg_not_pinned",
+    ],
 )
 def test_jwt_refused(verifier, case: str) -> None:  # type: ignore[no-untyped-def]
     idp, v = verifier
@@ -109,25 +125,34 @@ def test_jwt_refused(verifier, case: str) -> None:  # type: ignore[no-untyped-de
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        tok = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60}, other,
-                         algorithm="RS256", headers={"kid": "rsa1"})
+        tok = jwt.encode(
+            {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60},
+            other,
+            algorithm="RS256",
+            headers={"kid": "rsa1"},
+        )
     elif case == "alg_none":
-        h = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT", "kid": "rsa1"}).encode()).rstrip(b"=")
-        c = base64.urlsafe_b64encode(json.dumps({"iss": ISSUER, "aud": AUDIENCE, "sub": "x",
-                                                 "exp": int(time.time()) + 60}).encode()).rstrip(b"=")
+        h = base64.urlsafe_b64encode(
+            json.dumps({"alg": "none", "typ": "JWT", "kid": "rsa1"}).encode()
+        ).rstrip(b"=")
+        c = base64.urlsafe_b64encode(
+            json.dumps({"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60}).encode()
+        ).rstrip(b"=")
         tok = (h + b"." + c + b".").decode()
     elif case == "hs256_confusion":
         # Sign with HMAC using the public RSA key as the secret: the classic algorithm confusion.
         from cryptography.hazmat.primitives import serialization
 
-        pub = idp.rsa_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
+        pub = idp.rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         import hashlib
         import hmac as _hmac
 
         h = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": "rsa1"}).encode()).rstrip(b"=")
-        c = base64.urlsafe_b64encode(json.dumps({"iss": ISSUER, "aud": AUDIENCE, "sub": "x",
-                                                 "exp": int(time.time()) + 60}).encode()).rstrip(b"=")
+        c = base64.urlsafe_b64encode(
+            json.dumps({"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60}).encode()
+        ).rstrip(b"=")
         sig = base64.urlsafe_b64encode(_hmac.new(pub, h + b"." + c, hashlib.sha256).digest()).rstrip(b"=")
         tok = (h + b"." + c + b"." + sig).decode()
     elif case == "unknown_kid":
@@ -135,8 +160,12 @@ def test_jwt_refused(verifier, case: str) -> None:  # type: ignore[no-untyped-de
     elif case == "roles_not_list":
         tok = idp.token(roles={"admin": True})
     elif case == "alg_not_pinned":
-        tok = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60},
-                         idp.rsa_key, algorithm="PS256", headers={"kid": "rsa1"})
+        tok = jwt.encode(
+            {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60},
+            idp.rsa_key,
+            algorithm="PS256",
+            headers={"kid": "rsa1"},
+        )
     else:
         tok = "a.b.c"
     with pytest.raises(AuthFailed):
@@ -214,9 +243,15 @@ def test_valid_key_and_jwt_are_accepted(env: Env) -> None:
 def test_admin_api_needs_admin_role(env: Env) -> None:
     assert httpx.get(env.run.base + "/api/tools").status_code == 401
     assert httpx.get(env.run.base + "/api/tools", headers=bearer(env.keys.user)).status_code == 403
-    assert httpx.get(env.run.base + "/api/tools", headers=bearer(env.idp.token(roles=["developer"]))).status_code == 403
+    assert (
+        httpx.get(env.run.base + "/api/tools", headers=bearer(env.idp.token(roles=["developer"]))).status_code
+        == 403
+    )
     assert httpx.get(env.run.base + "/api/tools", headers=bearer(env.keys.admin)).status_code == 200
-    assert httpx.get(env.run.base + "/api/tools", headers=bearer(env.idp.token(roles=["admin"]))).status_code == 200
+    assert (
+        httpx.get(env.run.base + "/api/tools", headers=bearer(env.idp.token(roles=["admin"]))).status_code
+        == 200
+    )
 
 
 def test_revoked_key_stops_working_on_a_running_server(env: Env) -> None:
@@ -233,7 +268,9 @@ def test_session_cannot_be_used_by_another_principal(env: Env) -> None:
     h = {**MCP_HEADERS, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
     # same session id, other credential (another key; a JWT) -> as if the session did not exist
     assert httpx.post(env.run.mcp, json=ping, headers={**h, **bearer(env.keys.other_user)}).status_code == 404
-    assert httpx.post(env.run.mcp, json=ping, headers={**h, **bearer(env.idp.token("bob"))}).status_code == 404
+    assert (
+        httpx.post(env.run.mcp, json=ping, headers={**h, **bearer(env.idp.token("bob"))}).status_code == 404
+    )
     assert httpx.post(env.run.mcp, json=ping, headers={**h, **bearer(env.keys.user)}).status_code == 200
 
 
@@ -241,13 +278,16 @@ def test_session_cannot_be_used_by_another_principal(env: Env) -> None:
 async def test_principal_reaches_the_gateway(env: Env) -> None:
     """The principal the chain sees is the one the key / token names."""
     for token, who in ((env.keys.user, "bob"), (env.idp.token("dana"), "dana")):
-        async with httpx2.AsyncClient(headers=bearer(token)) as hc, \
-                streamable_http_client(env.run.mcp, http_client=hc) as (r, w), ClientSession(r, w) as s:
+        async with (
+            httpx2.AsyncClient(headers=bearer(token)) as hc,
+            streamable_http_client(env.run.mcp, http_client=hc) as (r, w),
+            ClientSession(r, w) as s,
+        ):
             await s.initialize()
-            res = await s.call_tool("ev__echo", {"message": f"from-{who}"})
+            res = await s.call_tool("everything__echo", {"message": f"from-{who}"})
             assert not res.is_error
         latest = env.run.state.recent.latest(1)[0]
-        assert (latest.principal, latest.target) == (who, "ev__echo")
+        assert (latest.principal, latest.target) == (who, "everything__echo")
 
 
 # -- JWKS over a URL (served by the test on loopback) ----------------------------------------------
@@ -260,7 +300,7 @@ def jwks_server(tmp_path: Path) -> Iterator[tuple[str, object]]:
     hits = []
 
     class H(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             hits.append(self.path)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -294,7 +334,9 @@ def test_jwks_url_unreachable_fails_closed(tmp_path: Path) -> None:
     idp = make_idp(tmp_path)
     from tests.conftest import free_port
 
-    v = JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE, jwks_url=f"http://127.0.0.1:{free_port()}/j"))
+    v = JwtVerifier(
+        JwtSection(issuer=ISSUER, audience=AUDIENCE, jwks_url=f"http://127.0.0.1:{free_port()}/j")
+    )
     with pytest.raises(AuthFailed):
         v.verify(idp.token())
 
@@ -310,6 +352,8 @@ def test_anonymous_only_when_named(tmp_path: Path) -> None:
         assert r.status_code == 200
         # the anonymous principal is not an admin, and a bad key is still refused
         assert httpx.get(run.base + "/api/tools").status_code == 403
-        assert httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, "X-API-Key": "symbi_x"}).status_code == 401
+        assert (
+            httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, "X-API-Key": "symbi_x"}).status_code == 401
+        )
         assert httpx.get(run.base + "/api/tools", headers=bearer(keys.admin)).status_code == 200
     _ = jwt_http_section

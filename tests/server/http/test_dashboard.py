@@ -17,8 +17,15 @@ from gateway.server.dashboard import COOKIE
 from tests.server.http.conftest import Env, bearer
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def login(env: Env, key: str) -> httpx.Response:
@@ -33,7 +40,7 @@ def test_login_sets_a_strict_httponly_cookie(env: Env) -> None:
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
     assert env.keys.admin not in cookie  # only the signed key id travels
     page = httpx.get(env.run.base + "/tools", cookies={COOKIE: r.cookies[COOKIE]})
-    assert page.status_code == 200 and "ev__echo" in page.text
+    assert page.status_code == 200 and "everything__echo" in page.text
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
     # no external assets: every src/href is local
@@ -54,7 +61,10 @@ def test_pages_need_a_valid_session(env: Env) -> None:
         assert r.status_code == 303 and r.headers["location"] == "/"
     good = login(env, env.keys.admin).cookies[COOKIE]
     forged = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
-    assert httpx.get(env.run.base + "/tools", cookies={COOKIE: forged}, follow_redirects=False).status_code == 303
+    assert (
+        httpx.get(env.run.base + "/tools", cookies={COOKIE: forged}, follow_redirects=False).status_code
+        == 303
+    )
 
 
 def test_revoking_the_key_ends_its_dashboard_sessions(env: Env) -> None:
@@ -62,24 +72,38 @@ def test_revoking_the_key_ends_its_dashboard_sessions(env: Env) -> None:
     cookie = login(env, key).cookies[COOKIE]
     assert httpx.get(env.run.base + "/upstreams", cookies={COOKIE: cookie}).status_code == 200
     env.keys.store.revoke(rec.id)
-    assert httpx.get(env.run.base + "/upstreams", cookies={COOKIE: cookie}, follow_redirects=False).status_code == 303
+    assert (
+        httpx.get(env.run.base + "/upstreams", cookies={COOKIE: cookie}, follow_redirects=False).status_code
+        == 303
+    )
 
 
 def test_logout_needs_the_csrf_token(env: Env) -> None:
     cookie = login(env, env.keys.admin).cookies[COOKIE]
-    r = httpx.post(env.run.base + "/logout", data={"csrf": "wrong"}, cookies={COOKIE: cookie}, follow_redirects=False)
+    r = httpx.post(
+        env.run.base + "/logout", data={"csrf": "wrong"}, cookies={COOKIE: cookie}, follow_redirects=False
+    )
     assert r.status_code == 403
-    r = httpx.post(env.run.base + "/logout", data={}, cookies={COOKIE: cookie},
-                   headers={"Origin": "http://evil.example"}, follow_redirects=False)
+    r = httpx.post(
+        env.run.base + "/logout",
+        data={},
+        cookies={COOKIE: cookie},
+        headers={"Origin": "http://evil.example"},
+        follow_redirects=False,
+    )
     assert r.status_code == 403  # cross-site form posts are refused by the Origin guard
 
 
 async def _calls(env: Env, key: str) -> None:
-    async with httpx2.AsyncClient(headers=bearer(key)) as hc, \
-            streamable_http_client(env.run.mcp, http_client=hc) as (r, w), ClientSession(r, w) as s:
+    async with (
+        httpx2.AsyncClient(headers=bearer(key)) as hc,
+        streamable_http_client(env.run.mcp, http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
         await s.initialize()
-        assert not (await s.call_tool("ev__echo", {"message": "browser-ok"})).is_error
-        assert (await s.call_tool("ev__echo", {"not_message": 1})).is_error  # denied: bad arguments
+        assert not (await s.call_tool("everything__echo", {"message": "browser-ok"})).is_error
+        assert (await s.call_tool("everything__echo", {"not_message": 1})).is_error  # denied: bad arguments
+        assert (await s.call_tool("everything__get-tiny-image", {})).is_error  # denied by the policy
 
 
 def _run_or_record(errors: list[BaseException], env: Env, key: str) -> None:
@@ -90,7 +114,9 @@ def _run_or_record(errors: list[BaseException], env: Env, key: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None, reason="Debian chromium not installed (apt-get install chromium)"
+)
 def test_browser_login_and_see_a_denied_call(env: Env) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -100,7 +126,10 @@ def test_browser_login_and_see_a_denied_call(env: Env) -> None:
         try:
             page = browser.new_page()
             external: list[str] = []
-            page.on("request", lambda req: external.append(req.url) if not req.url.startswith(env.run.base) else None)
+            page.on(
+                "request",
+                lambda req: external.append(req.url) if not req.url.startswith(env.run.base) else None,
+            )
             page.goto(env.run.base + "/")
             page.fill("#api_key", env.keys.admin)
             page.click("#login")
@@ -120,13 +149,18 @@ def test_browser_login_and_see_a_denied_call(env: Env) -> None:
             rows = page.locator("#decisions tbody tr", has_text="browser-user")
             rows.first.wait_for()
             texts = rows.all_inner_texts()
-            assert any("denied" in t and "ev__echo" in t for t in texts), texts
-            assert any("ok" in t and "ev__echo" in t for t in texts), texts
+            assert any("denied" in t and "everything__echo" in t for t in texts), texts
+            policy_row = next(t for t in texts if "everything__get-tiny-image" in t)
+            assert "deny" in policy_row and "allow-list" in policy_row, policy_row
+            assert any("ok" in t and "everything__echo" in t for t in texts), texts
 
             page.click("text=Tools")
-            assert page.locator("#tools tbody tr", has_text="ev__echo").inner_text().count("unverified") == 1
+            assert (
+                page.locator("#tools tbody tr", has_text="everything__echo").inner_text().count("unverified")
+                == 1
+            )
             page.click("text=Upstreams")
-            assert "up" in page.locator("#upstreams tbody tr", has_text="ev").inner_text()
+            assert "up" in page.locator("#upstreams tbody tr", has_text="everything").inner_text()
             page.click("text=Audit")
             assert page.locator("#audit-status").is_visible()
             page.click("text=Log out")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import httpx2
 import pytest
 from mcp import ClientSession
@@ -31,35 +30,85 @@ def value(text: str, name: str, **labels: str) -> float:
     return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+async def hc_get(url: str) -> httpx2.Response:
+    async with httpx2.AsyncClient() as c:
+        return await c.get(url)
+
+
 @pytest.mark.anyio
 async def test_metrics_after_known_calls(tmp_path: Path) -> None:
     cfg = everything_config(tmp_path)
     keys = make_keys(cfg)
     with run_server(cfg) as run:
-        before = httpx.get(run.base + "/metrics")
+        before = await hc_get(run.base + "/metrics")
         assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
-        assert value(before.text, "symbi_upstream_up", upstream="ev") == 1.0
+        assert value(before.text, "symbi_upstream_up", upstream="everything") == 1.0
         assert value(before.text, "symbi_audit_events_total", event_type="upstream.up") == 1.0
-        async with httpx2.AsyncClient(headers=bearer(keys.user)) as hc, \
-                streamable_http_client(run.mcp, http_client=hc) as (r, w), ClientSession(r, w) as s:
+        async with (
+            httpx2.AsyncClient(headers=bearer(keys.user)) as hc,
+            streamable_http_client(run.mcp, http_client=hc) as (r, w),
+            ClientSession(r, w) as s,
+        ):
             await s.initialize()
-            mid = httpx.get(run.base + "/metrics").text
+            mid = (await hc_get(run.base + "/metrics")).text
             assert value(mid, "symbi_active_sessions") == 1.0
             for i in range(3):
-                assert not (await s.call_tool("ev__echo", {"message": f"m{i}"})).is_error
-            assert (await s.call_tool("ev__get-sum", {"a": 2, "b": 3})).is_error is False
-            bad = await s.call_tool("ev__echo", {"wrong": 1})  # arguments invalid: the gateway says no
+                assert not (await s.call_tool("everything__echo", {"message": f"m{i}"})).is_error
+            assert (await s.call_tool("everything__get-sum", {"a": 2, "b": 3})).is_error is False
+            bad = await s.call_tool(
+                "everything__echo", {"wrong": 1}
+            )  # arguments invalid: the gateway says no
             assert bad.is_error
-            missing = await s.call_tool("ev__no_such_tool", {})
+            missing = await s.call_tool("everything__no_such_tool", {})
             assert missing.is_error
-        text = httpx.get(run.base + "/metrics").text
-        assert value(text, "symbi_tool_calls_total", tool="ev__echo", upstream="ev", outcome="ok") == 3.0
-        assert value(text, "symbi_tool_calls_total", tool="ev__get-sum", upstream="ev", outcome="ok") == 1.0
-        assert value(text, "symbi_tool_calls_total", tool="ev__echo", upstream="ev", outcome="denied") == 1.0
+            refused = await s.call_tool("everything__get-tiny-image", {})  # not in bob's allow-list
+            assert refused.is_error and refused.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+        text = (await hc_get(run.base + "/metrics")).text
+        assert (
+            value(
+                text, "symbi_tool_calls_total", tool="everything__echo", upstream="everything", outcome="ok"
+            )
+            == 3.0
+        )
+        assert (
+            value(
+                text,
+                "symbi_tool_calls_total",
+                tool="everything__get-sum",
+                upstream="everything",
+                outcome="ok",
+            )
+            == 1.0
+        )
+        assert (
+            value(
+                text,
+                "symbi_tool_calls_total",
+                tool="everything__echo",
+                upstream="everything",
+                outcome="denied",
+            )
+            == 1.0
+        )
         # an unknown name never becomes a label value
-        assert value(text, "symbi_tool_calls_total", tool="unknown", upstream="unknown", outcome="denied") == 1.0
-        assert not any("ev__no_such_tool" in k[1].__repr__() for k in samples(text))
-        assert value(text, "symbi_tool_call_seconds_count", upstream="ev") == 5.0
+        assert (
+            value(text, "symbi_tool_calls_total", tool="unknown", upstream="unknown", outcome="denied") == 1.0
+        )
+        assert not any("everything__no_such_tool" in k[1].__repr__() for k in samples(text))
+        assert (
+            value(
+                text,
+                "symbi_tool_calls_total",
+                tool="everything__get-tiny-image",
+                upstream="everything",
+                outcome="denied",
+            )
+            == 1.0
+        )
+        assert value(text, "symbi_tool_call_seconds_count", upstream="everything") == 6.0
+        # the policy decided the 4 allowed calls and the refused one (bad arguments stop earlier)
+        assert value(text, "symbi_policy_decisions_total", decision="allow") == 4.0
+        assert value(text, "symbi_policy_decisions_total", decision="deny") == 1.0
         assert value(text, "symbi_http_requests_total", route="mcp", status="200") >= 6.0
 
 
@@ -108,7 +157,14 @@ def test_metrics_sink_counts_events_and_passes_them_on() -> None:
     sink.emit("verification.failed", {"upstream": "a"})
     sink.emit("sandbox.run", {"tier": "gvisor", "outcome": "ok"})
     text = m.render().decode()
-    assert seen == ["upstream.up", "upstream.down", "upstream.up", "tool.drift", "verification.failed", "sandbox.run"]
+    assert seen == [
+        "upstream.up",
+        "upstream.down",
+        "upstream.up",
+        "tool.drift",
+        "verification.failed",
+        "sandbox.run",
+    ]
     assert value(text, "symbi_upstream_up", upstream="a") == 1.0
     assert value(text, "symbi_upstream_down_total", upstream="a") == 1.0
     assert value(text, "symbi_upstream_restarts_total", upstream="a") == 1.0

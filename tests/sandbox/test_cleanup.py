@@ -63,12 +63,12 @@ def _all_cgroups() -> list[Path]:
 
 def test_cgroup_orphan_with_a_live_process_is_killed_and_removed(manager: SandboxManager) -> None:
     require_tier(manager, "bwrap")
-    dead = subprocess.Popen(["true"])
-    dead.wait()
+    # a pid above pid_max can never be alive (a reaped child's pid could be reused)
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
     cg = cgroups.create(64, 16, 0.5)
     orphan_dirs = {}
     for ctrl, d in cg.dirs.items():  # rename it as if a dead gateway had made it
-        target = d.parent / f"symbi-{dead.pid}-0123456789ab"
+        target = d.parent / f"symbi-{dead_pid}-0123456789ab"
         d.rmdir()
         target.mkdir()
         orphan_dirs[ctrl] = target
@@ -78,6 +78,6 @@ def test_cgroup_orphan_with_a_live_process_is_killed_and_removed(manager: Sandbo
     time.sleep(0.3)
     assert sleeper.poll() is None
     removed = manager.cleanup_orphans()
-    assert any(f"symbi-{dead.pid}-0123456789ab" in r for r in removed)
+    assert any(f"symbi-{dead_pid}-0123456789ab" in r for r in removed), removed
     assert sleeper.wait(timeout=10) == -signal.SIGKILL
     assert not any(d.exists() for d in orphan_dirs.values())

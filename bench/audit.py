@@ -43,10 +43,12 @@ from gateway.audit import (
 )
 from gateway.audit.record import canonical_details
 from gateway.chain import build_chain
+from gateway.config.model import AuditSection
 from gateway.context import CallContext, Decision, Principal
 from gateway.steps.audit import AuditStep
 
-BATCH = 256
+DEFAULTS = AuditSection()  # the shipped [audit] settings: batch_max, checkpoint_every
+BATCH = DEFAULTS.batch_max
 
 
 def _details(i: int) -> dict[str, Any]:
@@ -56,7 +58,7 @@ def _details(i: int) -> dict[str, Any]:
 
 
 def bench_append(d: Path, n: int) -> dict[str, float]:
-    log = AuditLog(d / "a.db", d / "key.pem", batch_max=BATCH, checkpoint_every=1000)
+    log = AuditLog(d / "a.db", d / "key.pem", batch_max=BATCH, checkpoint_every=DEFAULTS.checkpoint_every)
     t = time.perf_counter()
     for i in range(n):
         log.emit("tool.call", _details(i), principal="alice", agent="agent-1")
@@ -126,7 +128,7 @@ def bench_verify(d: Path) -> dict[str, float]:
 
 
 def bench_step(d: Path, calls: int) -> dict[str, float]:
-    log = AuditLog(d / "s.db", d / "skey.pem", batch_max=BATCH)
+    log = AuditLog(d / "s.db", d / "skey.pem", batch_max=BATCH, checkpoint_every=DEFAULTS.checkpoint_every)
 
     async def endpoint(call: CallContext) -> str:
         call.decision = Decision(allow=True)

@@ -73,7 +73,32 @@ class _Item:
     id: str = ""
     ts_ns: int = 0
     future: concurrent.futures.Future[Any] | None = field(default=None)
+    waiter: asyncio.Future[Any] | None = None  # record(): resolved on its loop, once per batch
     finish: bool = True  # rotate: make the new key current afterwards
+
+
+def _settle_waiters(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    """Runs on the waiters' event loop: one wake-up per batch, not one per event."""
+    for fut, value, exc in results:
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+
+
+def _wake(items: list[_Item], values: list[Any] | None, exc: BaseException | None) -> None:
+    """Resolve the asyncio waiters of ``items``, grouped by loop (one call_soon_threadsafe each)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+    for i, it in enumerate(items):
+        if it.waiter is not None:
+            value = values[i] if values is not None else None
+            by_loop.setdefault(it.waiter.get_loop(), []).append((it.waiter, value, exc))
+    for loop, results in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_waiters, results)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
 
 def _resolve(fut: concurrent.futures.Future[Any] | None, value: Any = None, exc: BaseException | None = None) -> None:
@@ -201,11 +226,11 @@ class AuditLog:
         Raises:
             AuditError: the event could not be made durable (``on_failure = "deny"``).
         """
-        fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         try:
-            self._submit(event_type, details, principal, agent, fut)
+            self._submit(event_type, details, principal, agent, None, waiter)
             # shield: a cancelled caller must not un-write an event already queued
-            seq: int = await asyncio.shield(asyncio.wrap_future(fut))
+            seq: int = await asyncio.shield(waiter)
             return seq
         except AuditError as e:
             self._failed(e)
@@ -308,6 +333,7 @@ class AuditLog:
         principal: str | None,
         agent: str | None,
         fut: concurrent.futures.Future[Any] | None,
+        waiter: asyncio.Future[Any] | None = None,
     ) -> None:
         try:
             details_json = canonical_details(details)
@@ -324,6 +350,7 @@ class AuditLog:
                 id=str(uuid.uuid4()),
                 ts_ns=time.time_ns(),
                 future=fut,
+                waiter=waiter,
             )
         )
 
@@ -414,15 +441,17 @@ class AuditLog:
         except Exception as e:  # noqa: BLE001 - any failure fails the batch closed
             err = AuditError(f"audit log {self.path} cannot be written: {e}")
             _logger.error("%s (%d events in the batch)", err.message, len(events))
-            if any(it.future is None for it in events) and self.on_failure == "deny":
+            if any(it.future is None and it.waiter is None for it in events) and self.on_failure == "deny":
                 self._broken = err  # unacknowledged events were lost: refuse everything after
             for it in events:
                 _resolve(it.future, exc=err)
+            _wake(events, None, err)
             return False
         old = self._seq
         self._seq, self._head = seq, prev
         for row, it in zip(rows, events):
             _resolve(it.future, row[0])
+        _wake(events, [row[0] for row in rows], None)
         if seq // self.checkpoint_every > old // self.checkpoint_every:
             try:
                 self._write_checkpoint()

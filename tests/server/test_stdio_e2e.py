@@ -155,3 +155,13 @@ async def test_bad_calls_get_readable_errors_and_the_session_survives(tmp_path: 
         assert any("a" in r for r in wrong.meta["symbi/error"]["reasons"])  # type: ignore[index]
         ok = await s.call_tool("everything__get-sum", {"a": 2, "b": 3})
         assert not ok.is_error
+
+
+async def test_completion_is_routed_to_the_owning_upstream(tmp_path: Path) -> None:
+    cfg = peers_config(tmp_path)
+    async with stdio_session(cfg) as s:
+        res = await s.complete(
+            types.PromptReference(type="ref/prompt", name="everything__completable-prompt"),
+            {"name": "department", "value": "E"},
+        )
+        assert res.completion.values and all(v.startswith("E") for v in res.completion.values)

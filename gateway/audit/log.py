@@ -315,8 +315,24 @@ class AuditLog:
         finally:
             self._thread.join(timeout)
             if not self._thread.is_alive():
+                self._drain_after_close()
                 self._conn.close()
             self._release_lock()
+
+    def _drain_after_close(self) -> None:
+        """Commit events that raced past ``_closed`` into the queue behind the close marker."""
+        late: list[_Item] = []
+        while True:
+            try:
+                late.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        events = [it for it in late if it.kind == "event"]
+        if events and self._commit_events(events):
+            self._write_checkpoint()
+        for it in late:
+            if it.kind != "event":
+                _resolve(it.future, exc=AuditError("audit log is closed"))
 
     def __enter__(self) -> Self:
         return self

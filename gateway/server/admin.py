@@ -21,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.server.approvals import ApprovalError, approve_tool, tool_diff
+
 if TYPE_CHECKING:
     from gateway.server.http import HttpState
 
@@ -83,6 +85,12 @@ def _err(status: int, error: str, reason: str) -> JSONResponse:
     return JSONResponse({"error": error, "reason": reason}, status_code=status)
 
 
+def _refused(e: ApprovalError) -> JSONResponse:
+    if e.status == 503:
+        return _unavailable("verification", e.message)
+    return _err(e.status, "not_found" if e.status == 404 else "conflict", e.message)
+
+
 def tool_rows(state: HttpState) -> list[dict[str, Any]]:
     gw = state.gateway
     if gw is None:
@@ -138,6 +146,21 @@ def admin_routes(state: HttpState) -> list[Route]:
 
     async def tools(request: Request) -> Response:
         return JSONResponse({"tools": tool_rows(state)})
+
+    async def tool_diff_view(request: Request) -> Response:
+        try:
+            return JSONResponse(tool_diff(state.gateway, request.path_params["name"]))
+        except ApprovalError as e:
+            return _refused(e)
+
+    async def tool_approve(request: Request) -> Response:
+        try:
+            done = await approve_tool(
+                state.gateway, request.path_params["name"], request.scope["symbi.principal"]
+            )
+        except ApprovalError as e:
+            return _refused(e)
+        return JSONResponse(done)
 
     async def upstreams(request: Request) -> Response:
         return JSONResponse({"upstreams": upstream_rows(state)})
@@ -198,6 +221,8 @@ def admin_routes(state: HttpState) -> list[Route]:
 
     return [
         Route("/tools", tools, methods=["GET"]),
+        Route("/tools/{name}/diff", tool_diff_view, methods=["GET"]),
+        Route("/tools/{name}/approve", tool_approve, methods=["POST"]),
         Route("/upstreams", upstreams, methods=["GET"]),
         Route("/upstreams/{name}/restart", restart, methods=["POST"]),
         Route("/sessions", sessions, methods=["GET"]),
@@ -220,6 +245,7 @@ def _ok(ref: str, desc: str = "OK") -> dict[str, Any]:
     return {"description": desc, "content": {"application/json": {"schema": {"$ref": _S + ref}}}}
 
 
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": _S + "Error"}}}}
 _STD = {"401": _ERR, "403": _ERR}
 _LIMIT = [
@@ -237,6 +263,31 @@ OPENAPI: dict[str, Any] = {
     "servers": [{"url": "/api"}],
     "security": [{"bearer": []}, {"apiKey": []}],
     "paths": {
+        "/tools/{name}/diff": {
+            "get": {
+                "summary": "Approved vs current definition of a tool (unified diff)",
+                "parameters": [_NAME],
+                "responses": {
+                    "200": _ok("ToolDiff"),
+                    "404": _ERR,
+                    "503": _ok("Unavailable", "no verifier"),
+                    **_STD,
+                },
+            }
+        },
+        "/tools/{name}/approve": {
+            "post": {
+                "summary": "Approve the current definition of a tool (not for signed-manifest upstreams)",
+                "parameters": [_NAME],
+                "responses": {
+                    "200": _ok("Approved"),
+                    "404": _ERR,
+                    "409": _ERR,
+                    "503": _ok("Unavailable", "no verifier"),
+                    **_STD,
+                },
+            }
+        },
         "/tools": {
             "get": {
                 "summary": "Tool catalogue with verification state",
@@ -351,6 +402,24 @@ OPENAPI: dict[str, Any] = {
                     "definition_hash": _NULLSTR,
                     "code_tool": {"type": "boolean"},
                 },
+            },
+            "ToolDiff": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["tool", "status", "drifted", "approved_hash", "current_hash", "diff"],
+                "properties": {
+                    "tool": {"type": "string"},
+                    "status": {"type": "string"},
+                    "drifted": {"type": "boolean"},
+                    "approved_hash": _NULLSTR,
+                    "current_hash": _NULLSTR,
+                    "diff": {"type": "string"},
+                },
+            },
+            "Approved": {
+                "type": "object",
+                "required": ["tool", "approved_hash"],
+                "properties": {"tool": {"type": "string"}, "approved_hash": {"type": "string"}},
             },
             "ToolList": {
                 "type": "object",

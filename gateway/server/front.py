@@ -21,7 +21,9 @@ from gateway.app import Gateway
 from gateway.boundary import error_result, protocol_error
 from gateway.config.model import Config
 from gateway.context import CallContext, Principal
-from gateway.errors import GatewayError, PolicyDenied
+from mcp.shared.exceptions import MCPError
+
+from gateway.errors import CatalogError, GatewayError, PolicyDenied
 
 _logger = logging.getLogger("symbi.server")
 
@@ -138,6 +140,12 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
             return _read_audit(gw, principal_for(ctx, gw.config))
         try:
             owner = gw.catalog.resource_owner(params.uri)
+        except CatalogError as e:
+            # SEP-2164: an unknown resource is -32602 with the URI in data
+            raise MCPError(
+                code=types.INVALID_PARAMS, message=e.message, data={"uri": params.uri, "code": e.code}
+            ) from None
+        try:
             call = CallContext(
                 principal=principal_for(ctx, gw.config),
                 kind="resources/read",

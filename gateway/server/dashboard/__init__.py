@@ -21,13 +21,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from gateway.context import Principal
 from gateway.server.admin import audit_log, audit_verify, tool_rows, upstream_rows
+from gateway.server.approvals import ApprovalError, approve_tool, tool_diff
 from gateway.server.auth import ADMIN_ROLE, AuthFailed
 from gateway.server.dashboard.render import (
     audit_page,
     decisions_page,
     login_page,
     overview_page,
+    tool_page,
     tools_page,
     upstreams_page,
 )
@@ -154,6 +157,32 @@ def dashboard_routes(state: HttpState) -> list[Route]:
     async def tools(request: Request, sess: dict[str, Any]) -> str:
         return tools_page(sess, tool_rows(state))
 
+    async def tool(request: Request, sess: dict[str, Any]) -> str:
+        try:
+            return tool_page(sess, tool_diff(state.gateway, request.path_params["name"]), None)
+        except ApprovalError as e:
+            return tool_page(sess, None, e.message)
+
+    async def approve(request: Request) -> Response:
+        sess = sessions.current(request)
+        if sess is None:
+            return RedirectResponse("/", status_code=303)
+        form = await _form(request)
+        if not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
+            return _html(login_page("Invalid form token."), status=403)
+        name = request.path_params["name"]
+        rec = state.auth.keys.get(sess["kid"])
+        if rec is None:
+            return RedirectResponse("/", status_code=303)
+        principal = Principal(id=rec.principal, kind=rec.kind, roles=rec.roles, claims={"key_id": rec.id})
+        try:
+            done = await approve_tool(state.gateway, name, principal)
+        except ApprovalError as e:
+            return _html(tool_page(sess, None, e.message), status=e.status)
+        return _html(
+            tools_page(sess, tool_rows(state), f"Approved {done['tool']} ({done['approved_hash'][:12]}).")
+        )
+
     async def decisions(request: Request, sess: dict[str, Any]) -> str:
         return decisions_page(sess, [c.as_json() for c in state.recent.latest(200)])
 
@@ -185,6 +214,8 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/tools", guarded(tools), methods=["GET"]),
+        Route("/tools/{name}", guarded(tool), methods=["GET"]),
+        Route("/tools/{name}/approve", approve, methods=["POST"]),
         Route("/decisions", guarded(decisions), methods=["GET"]),
         Route("/upstreams", guarded(upstreams), methods=["GET"]),
         Route("/audit", guarded(audit), methods=["GET"]),

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 _NAV = (
     ("/", "Overview"),
@@ -94,10 +95,10 @@ def overview_page(
     return _page("Overview", body, sess, "/")
 
 
-def tools_page(sess: dict[str, Any], tools: list[dict[str, Any]]) -> str:
+def tools_page(sess: dict[str, Any], tools: list[dict[str, Any]], message: str | None = None) -> str:
     rows = (
         (
-            f"<code>{e(t['name'])}</code>",
+            f'<a href="/tools/{quote(t["name"], safe="")}"><code>{e(t["name"])}</code></a>',
             e(t["upstream"]),
             _badge(t["verification"]),
             f"<code>{e(t['key_fingerprint'] or '')}</code>",
@@ -106,7 +107,34 @@ def tools_page(sess: dict[str, Any], tools: list[dict[str, Any]]) -> str:
         for t in tools
     )
     table = _table(("Tool", "Upstream", "Verification", "Key", "Description"), rows, "No tools.", "tools")
-    return _page("Tools", f'<div class="card"><h2>Tool catalogue</h2>{table}</div>', sess, "/tools")
+    note = f'<p class="ok" role="status" id="message">{e(message)}</p>' if message else ""
+    return _page("Tools", f'<div class="card"><h2>Tool catalogue</h2>{note}{table}</div>', sess, "/tools")
+
+
+def tool_page(sess: dict[str, Any], info: dict[str, Any] | None, error: str | None) -> str:
+    """One tool's verification state; a drifted tool shows its diff and an Approve button."""
+    if info is None:
+        body = f'<div class="card"><h2>Tool</h2><p class="bad" id="message">{e(error)}</p></div>'
+        return _page("Tool", body, sess, "/tools")
+    name = info["tool"]
+    parts = [
+        f"<h2><code>{e(name)}</code></h2>",
+        f'<p>Status {_badge(info["status"])} drifted: <strong id="drifted">{"yes" if info["drifted"] else "no"}</strong></p>',
+        (
+            f'<p class="muted">approved <code>{e(info["approved_hash"])}</code><br>'
+            f"current <code>{e(info['current_hash'])}</code></p>"
+        ),
+    ]
+    if info["drifted"]:
+        parts.append(f'<pre id="diff">{e(info["diff"])}</pre>')
+        parts.append(
+            f'<form method="post" action="/tools/{quote(name, safe="")}/approve">'
+            f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
+            '<button type="submit" id="approve">Approve the current definition</button></form>'
+        )
+    if error:
+        parts.append(f'<p class="bad" id="message">{e(error)}</p>')
+    return _page(name, '<div class="card">' + "".join(parts) + "</div>", sess, "/tools")
 
 
 def decisions_page(sess: dict[str, Any], calls: list[dict[str, Any]]) -> str:

@@ -1,0 +1,150 @@
+"""Drift review and approval through the admin API and the dashboard (real rug pull)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from gateway.server.dashboard import COOKIE
+from tests.conftest import ROOT, write_config
+from tests.server.http.conftest import Keys, Running, bearer, make_keys, policy_data, run_server
+from tests.server.http.test_admin import check
+from tests.server.http.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+MUTABLE = ROOT / "tests/peers/mutable_server.py"
+
+
+def mutable_config(tmp_path: Path) -> Path:
+    return write_config(
+        tmp_path,
+        f"""
+        [policy]
+        path = "{ROOT / "policies.rego"}"
+        data = "{policy_data(tmp_path)}"
+        [gateway]
+        data_dir = "{tmp_path / "data"}"
+        [mcp]
+        recheck_interval_s = 0.2
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "tofu"
+        """,
+    )
+
+
+async def _rug_pull(run: Running, key: str) -> None:
+    """Pin echo by using it, change it upstream, and wait until the gateway refuses it."""
+    async with (
+        httpx2.AsyncClient(headers=bearer(key)) as hc,
+        streamable_http_client(run.mcp, http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
+        await s.initialize()
+        assert not (await s.call_tool("mut__echo", {"message": "first"})).is_error
+        assert not (await s.call_tool("mut__rug_pull", {})).is_error
+        with anyio.fail_after(15):
+            while not (res := await s.call_tool("mut__echo", {"message": "again"})).is_error:
+                await anyio.sleep(0.05)
+        assert res.meta["symbi/error"]["code"] == "verification_denied"  # type: ignore[index]
+
+
+async def _echo_works(run: Running, key: str) -> bool:
+    async with (
+        httpx2.AsyncClient(headers=bearer(key)) as hc,
+        streamable_http_client(run.mcp, http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
+        await s.initialize()
+        with anyio.fail_after(15):
+            while (res := await s.call_tool("mut__echo", {"message": "after"})).is_error:
+                await anyio.sleep(0.05)
+        return res.content[0].text == "Echo: after"  # type: ignore[union-attr]
+
+
+def _in_thread(fn: Any, *args: Any) -> Any:
+    """Run an async function on its own thread (sync Playwright owns this thread's loop)."""
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(_capture(fn, *args)))
+    t.start()
+    t.join(60)
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _capture(fn: Any, *args: Any) -> tuple[bool, Any]:
+    try:
+        return True, anyio.run(fn, *args)
+    except BaseException as e:  # noqa: BLE001 - re-raised in the test thread
+        return False, e
+
+
+def _setup(tmp_path: Path) -> tuple[Path, Keys]:
+    cfg = mutable_config(tmp_path)
+    return cfg, make_keys(cfg)
+
+
+@pytest.mark.anyio
+async def test_api_diff_and_approve_a_drifted_tool(tmp_path: Path) -> None:
+    cfg, keys = _setup(tmp_path)
+    with run_server(cfg) as run:
+        await _rug_pull(run, keys.admin)
+        async with httpx2.AsyncClient(base_url=run.base + "/api") as api:
+            r = await api.get("/tools/mut__echo/diff", headers=bearer(keys.admin))
+            diff = check(httpx.Response(r.status_code, content=r.content), 200, "ToolDiff")
+            assert diff["drifted"] is True and "id_rsa" in diff["diff"]
+            tools = (await api.get("/tools", headers=bearer(keys.admin))).json()["tools"]
+            assert next(t for t in tools if t["name"] == "mut__echo")["verification"] == "drifted"
+            # not an admin: refused; unknown tool: 404
+            assert (await api.post("/tools/mut__echo/approve", headers=bearer(keys.user))).status_code == 403
+            assert (await api.post("/tools/mut__nope/approve", headers=bearer(keys.admin))).status_code == 404
+            r = await api.post("/tools/mut__echo/approve", headers=bearer(keys.admin))
+            done = check(httpx.Response(r.status_code, content=r.content), 200, "Approved")
+            assert done["approved_hash"] == diff["current_hash"]
+        assert await _echo_works(run, keys.admin)
+        assert any(c.target == "mut__echo" and c.outcome == "ok" for c in run.state.recent.latest(5))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None, reason="Debian chromium not installed (apt-get install chromium)"
+)
+def test_browser_approves_a_drifted_tool(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    cfg, keys = _setup(tmp_path)
+    with run_server(cfg) as run, sync_playwright() as p:
+        _in_thread(_rug_pull, run, keys.admin)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(run.base + "/")
+            page.fill("#api_key", keys.admin)
+            page.click("#login")
+            page.wait_for_selector("text=Upstreams up")
+            page.click("text=Tools")
+            row = page.locator("#tools tbody tr", has_text="mut__echo")
+            assert "drifted" in row.inner_text()
+            row.locator("a").click()
+            assert page.inner_text("#drifted") == "yes"
+            assert "id_rsa" in page.inner_text("#diff")
+            page.click("#approve")
+            page.wait_for_selector("#message")
+            assert "Approved mut__echo" in page.inner_text("#message")
+            assert "drifted" not in page.locator("#tools tbody tr", has_text="mut__echo").inner_text()
+            assert any(c["name"] == COOKIE for c in page.context.cookies())
+        finally:
+            browser.close()
+        assert _in_thread(_echo_works, run, keys.admin)

@@ -52,6 +52,7 @@ from gateway.audit.record import (
 from gateway.errors import AuditError
 
 if TYPE_CHECKING:
+    from gateway.audit.verify import VerifyResult
     from gateway.config.model import Config
 
 _logger = logging.getLogger("symbi.audit")
@@ -290,6 +291,12 @@ class AuditLog:
             err = AuditError("audit writer thread is not running")
         if err is not None:
             self._failed(err)
+
+    def verify(self, *, all_signatures: bool = True) -> VerifyResult:
+        """Verify this log (while it is written) against the public keys exported beside the key."""
+        from gateway.audit.verify import verify_log
+
+        return verify_log(self.path, keyfiles.exported_public_keys(self.key_path), all_signatures=all_signatures)
 
     def recent(self, n: int) -> list[dict[str, Any]]:
         """The last ``n`` committed events, oldest first, in wire form (``audit://recent``)."""

@@ -40,6 +40,19 @@ def test_concurrent_records_share_commits_and_all_land(open_log: Callable[..., A
     assert verify_log(log_paths[0], exported_public_keys(log_paths[1])).ok
 
 
+def test_verify_a_log_while_it_is_written(open_log: Callable[..., AuditLog], log_paths) -> None:
+    log = open_log()
+    for i in range(10):
+        log.append("e", {"i": i})
+    assert log.verify().check().last_seq == 10
+    conn = sqlite3.connect(log_paths[0])
+    conn.execute("UPDATE events SET type = 'x' WHERE seq = 4")
+    conn.commit()
+    conn.close()
+    res = log.verify(all_signatures=False)
+    assert res.problem is not None and (res.problem.seq, res.problem.kind) == (4, "changed")
+
+
 def test_reopening_continues_the_chain(open_log: Callable[..., AuditLog], log_paths) -> None:
     log = open_log()
     log.append("a", {})

@@ -28,6 +28,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 import argparse
 import contextlib
 import json
+import signal
 import socket
 import statistics
 import subprocess
@@ -115,10 +116,23 @@ run_http(cfg)
 """
 
 
+def policy_data(tmp: Path) -> Path:
+    """The repository's policy data, plus the bench principal without the per-minute rate limit
+    (the policy still decides every call; a rate limit would turn the bench into a limiter test)."""
+    doc = json.loads((ROOT / "policies/data.json").read_text())
+    doc["symbi_data"]["principals"]["bench"] = {"roles": ["developer"], "rate_limit": 1_000_000}
+    path = tmp / "policy-data.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
 def gateway_config(tmp: Path, name: str, port: int, upstream_url: str, json_response: bool) -> Path:
     path = tmp / f"{name}.toml"
     path.write_text(
         f"""
+[policy]
+path = "{ROOT / "policies.rego"}"
+data = "{policy_data(tmp)}"
 [gateway]
 data_dir = "{tmp / "data"}"
 log_level = "WARNING"
@@ -129,7 +143,7 @@ access_log = false
 max_sessions = 1000
 [mcp]
 max_concurrent_connections = 64
-[servers.ev]
+[servers.everything]
 url = "{upstream_url}"
 verification = "warn"
 """
@@ -219,6 +233,8 @@ def main() -> int:
     ap.add_argument("--per-client", type=int, default=40, help="calls per client for the 16-client run")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (medians reported)")
     args = ap.parse_args()
+    # a plain SIGTERM must still run the clean-ups below (no orphaned servers)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from gateway.server.auth import ApiKeyStore
 
@@ -251,8 +267,8 @@ def main() -> int:
         auth = {"Authorization": f"Bearer {key}"}
         targets = [
             Target("direct", upstream, "echo", {}),
-            Target("gateway-sse", f"http://127.0.0.1:{sse_port}/mcp", "ev__echo", auth),
-            Target("gateway-json", f"http://127.0.0.1:{json_port}/mcp", "ev__echo", auth),
+            Target("gateway-sse", f"http://127.0.0.1:{sse_port}/mcp", "everything__echo", auth),
+            Target("gateway-json", f"http://127.0.0.1:{json_port}/mcp", "everything__echo", auth),
         ]
         runs: dict[str, list[dict[str, Any]]] = {}
         for _ in range(args.rounds):

@@ -212,6 +212,17 @@ def admin_routes(state: HttpState) -> list[Route]:
             return _unavailable("policy", "the policy engine is not enabled in this gateway")
         return JSONResponse(doc)
 
+    async def policy_reload(request: Request) -> Response:
+        eng = getattr(state.gateway, "policy_engine", None)
+        if eng is None:
+            return _unavailable("policy", "the policy engine is not enabled in this gateway")
+        reload = getattr(eng, "reload", None)
+        if not callable(reload):
+            return _err(409, "conflict", "this policy engine is not reloaded by the gateway (remote OPA)")
+        # a policy that does not parse or fails its tests is refused; the old one stays in force
+        ok = bool(await anyio.to_thread.run_sync(reload))
+        return JSONResponse({"reloaded": ok, **(policy_status(state) or {})}, status_code=200 if ok else 422)
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
@@ -230,6 +241,7 @@ def admin_routes(state: HttpState) -> list[Route]:
         Route("/audit/recent", audit_recent, methods=["GET"]),
         Route("/audit/verify", audit_verify_view, methods=["GET"]),
         Route("/policy/status", policy_status_view, methods=["GET"]),
+        Route("/policy/reload", policy_reload, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/{rest:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
@@ -349,6 +361,18 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/policy/reload": {
+            "post": {
+                "summary": "Reload the policy files (a broken policy is refused; the old one stays)",
+                "responses": {
+                    "200": _ok("PolicyReload"),
+                    "409": _ERR,
+                    "422": _ok("PolicyReload", "refused: the previous policy stays in force"),
+                    "503": _ok("Unavailable", "no policy engine"),
+                    **_STD,
+                },
+            }
+        },
         "/openapi.json": {
             "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, **_STD}}
         },
@@ -402,6 +426,11 @@ OPENAPI: dict[str, Any] = {
                     "definition_hash": _NULLSTR,
                     "code_tool": {"type": "boolean"},
                 },
+            },
+            "PolicyReload": {
+                "type": "object",
+                "required": ["reloaded", "loaded"],
+                "properties": {"reloaded": {"type": "boolean"}, "loaded": {"type": "boolean"}},
             },
             "ToolDiff": {
                 "type": "object",

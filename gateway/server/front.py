@@ -23,7 +23,7 @@ from gateway.config.model import Config
 from gateway.context import CallContext, Principal
 from mcp.shared.exceptions import MCPError
 
-from gateway.errors import CatalogError, GatewayError, PolicyDenied
+from gateway.errors import CatalogError, GatewayError, PolicyDenied, UpstreamError
 
 _logger = logging.getLogger("symbi.server")
 
@@ -111,8 +111,15 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
                 arguments=dict(params.arguments or {}),
                 session_id=session_id_of(ctx),
                 downstream=ctx,
+                input_responses=params.input_responses,
+                request_state=params.request_state,
             )
             result = await gw.call(call)
+        except UpstreamError as e:
+            upstream_error = getattr(e, "mcp_error", None)
+            if isinstance(upstream_error, MCPError):
+                raise upstream_error from None  # the upstream's own JSON-RPC error, passed on as is
+            return error_result(e)
         except Exception as e:  # noqa: BLE001 - the boundary: every failure becomes isError
             return error_result(e)
         return result  # type: ignore[no-any-return]
@@ -134,7 +141,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
 
     async def read_resource(
         ctx: ServerRequestContext[Gateway], params: types.ReadResourceRequestParams
-    ) -> types.ReadResourceResult:
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
         gw = gw_of(ctx)
         if params.uri == AUDIT_RESOURCE.uri:
             return _read_audit(gw, principal_for(ctx, gw.config))
@@ -153,6 +160,8 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
                 session_id=session_id_of(ctx),
                 upstream=gw.upstream_info(owner),
                 downstream=ctx,
+                input_responses=params.input_responses,
+                request_state=params.request_state,
             )
             return await gw.call(call)  # type: ignore[no-any-return]
         except Exception as e:  # noqa: BLE001
@@ -200,6 +209,8 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
                 session_id=session_id_of(ctx),
                 upstream=gw.upstream_info(entry.upstream),
                 downstream=ctx,
+                input_responses=params.input_responses,
+                request_state=params.request_state,
             )
             return await gw.call(call)  # type: ignore[no-any-return]
         except Exception as e:  # noqa: BLE001

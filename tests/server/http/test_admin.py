@@ -122,3 +122,28 @@ def test_recent_calls_limit_validation(env: Env) -> None:
 def test_openapi_document_is_served_to_admins_only(env: Env) -> None:
     assert get(env, "/openapi.json").json() == OPENAPI
     assert get(env, "/openapi.json", env.keys.user).status_code == 403
+
+
+def test_policy_reload_refuses_a_broken_policy_and_keeps_the_old_one(tmp_path: Path) -> None:
+    from tests.conftest import POLICY
+
+    policy = tmp_path / "policy.rego"
+    policy.write_text(POLICY.read_text())
+    cfg = everything_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(f'path = "{POLICY}"', f'path = "{policy}"'))
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        url = run.base + "/api/policy/reload"
+        assert httpx.post(url, headers=bearer(keys.user)).status_code == 403
+        before = check(get_at(run.base, "/policy/status", keys.admin), 200, "PolicyStatus")
+        policy.write_text("package symbi\n\ndecision := {")  # does not parse
+        r = check(httpx.post(url, headers=bearer(keys.admin)), 422, "PolicyReload")
+        assert r["reloaded"] is False and r["loaded"] is True
+        assert check(get_at(run.base, "/policy/status", keys.admin), 200, "PolicyStatus") == before
+        policy.write_text(POLICY.read_text() + "\n# edited\n")
+        r = check(httpx.post(url, headers=bearer(keys.admin)), 200, "PolicyReload")
+        assert r["reloaded"] is True and r["loaded"] is True
+
+
+def get_at(base: str, path: str, key: str) -> httpx.Response:
+    return httpx.get(base + "/api" + path, headers=bearer(key), timeout=10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -197,3 +198,52 @@ def test_inspector_cli_without_credentials_is_refused(env: Env) -> None:
 
 
 _ = anyio
+
+
+# -- structured access log ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_json_access_log_one_line_per_request(tmp_path: Path, access_log: bool) -> None:
+    """The real ``symbi serve`` in a subprocess, ``log_format = "json"``: stderr is parsed."""
+    from tests.conftest import free_port, symbi_env
+
+    cfg = everything_config(tmp_path, http_extra=f"access_log = {str(access_log).lower()}")
+    keys = make_keys(cfg)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(port)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=symbi_env(),
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert httpx.get(base + "/api/upstreams", headers=bearer(keys.admin)).status_code == 200
+        assert httpx.post(base + "/mcp", json=INIT, headers=MCP_HEADERS).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    access = [x for x in lines if x.get("event") == "http.request"]
+    if not access_log:
+        assert access == []
+        return
+    api = [x for x in access if x["path"] == "/api/upstreams"]
+    assert len(api) == 1 and api[0]["status"] == 200 and api[0]["principal"] == "alice"
+    assert api[0]["method"] == "GET" and api[0]["ms"] >= 0 and api[0]["client"].startswith("127.0.0.1:")
+    refused = [x for x in access if x["path"] == "/mcp" and x["method"] == "POST"]
+    assert len(refused) == 1 and refused[0]["status"] == 401 and refused[0]["principal"] is None
+    assert keys.admin not in log.read_text()  # credentials never reach the log

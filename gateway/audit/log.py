@@ -218,11 +218,13 @@ class AuditLog:
         *,
         principal: str | None = None,
         agent: str | None = None,
+        timeout: float | None = None,
     ) -> int | None:
         """Write one event and return its sequence number once it is committed (durable).
 
         The event loop is not blocked; concurrent callers share one fsync (group commit).
-        Returns None only when the write failed and ``on_failure = "warn"``.
+        Returns None only when the write failed and ``on_failure = "warn"``. After ``timeout``
+        seconds without a commit the caller gets ``AuditError``; the event is still written.
 
         Raises:
             AuditError: the event could not be made durable (``on_failure = "deny"``).
@@ -231,7 +233,10 @@ class AuditLog:
         try:
             self._submit(event_type, details, principal, agent, None, waiter)
             # shield: a cancelled caller must not un-write an event already queued
-            seq: int = await asyncio.shield(waiter)
+            try:
+                seq: int = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            except TimeoutError:  # a stalled disk: fail the caller, the event stays queued
+                raise AuditError(f"audit write not committed within {timeout}s") from None
             return seq
         except AuditError as e:
             self._failed(e)

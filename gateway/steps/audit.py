@@ -30,8 +30,9 @@ EVENT_TYPES = {
 class AuditStep:
     """Records every call (allowed, denied, failed, crashed) in ``log``; fails closed."""
 
-    def __init__(self, log: AuditLog) -> None:
+    def __init__(self, log: AuditLog, *, timeout_s: float = 30.0) -> None:
         self.log = log
+        self.timeout_s = timeout_s  # a call whose record is not durable by then fails closed
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         self.log.ensure_writable()  # refuse before any side effect when the log is down
@@ -48,7 +49,8 @@ class AuditStep:
             details = event_details(call, error)
             try:
                 await self.log.record(
-                    EVENT_TYPES.get(call.kind, "call"), details, principal=call.principal.id, agent=call.principal.agent
+                    EVENT_TYPES.get(call.kind, "call"), details, principal=call.principal.id,
+                    agent=call.principal.agent, timeout=self.timeout_s,
                 )
             except AuditError as audit_error:
                 # the call is refused: its record could not be made durable (on_failure = deny)

@@ -183,3 +183,18 @@ def test_interrupted_rotation_of_chains_sharing_a_key_recovers(tmp_path: Path) -
         assert verify_log(db, old_keys).check().key_ids == sorted({*old_keys, new_id})
         with AuditLog(db, key) as log:
             assert log.key_id == new_id
+
+
+def test_stalled_store_fails_the_waiting_caller_but_keeps_the_event(open_log: Callable[..., AuditLog],
+                                                                    log_paths) -> None:
+    log = open_log()
+    blocker = sqlite3.connect(log_paths[0], isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another connection holds the write lock: the writer waits
+    try:
+        with pytest.raises(AuditError):
+            asyncio.run(log.record("tool.call", {"n": 1}, timeout=0.3))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    log.flush()
+    assert [r["details"] for r in log.recent(5)] == [{"n": 1}]

@@ -17,6 +17,7 @@ import anyio
 import mcp.types as types
 from mcp.server.session import ServerSession
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import TypeAdapter
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 
@@ -26,7 +27,7 @@ from gateway.config.model import Config
 from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.errors import UpstreamUnavailable
 from gateway.events import EventSink, LoggingSink
-from gateway.upstream.session import Upstream
+from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream
 
 _logger = logging.getLogger("symbi.gateway")
 
@@ -228,16 +229,27 @@ class Gateway:
         """The innermost step: send the call to its upstream (or built-in provider)."""
         if call.kind == "resources/read":
             assert call.upstream is not None
+            request: Any = types.ReadResourceRequest(
+                params=types.ReadResourceRequestParams(
+                    uri=call.target, input_responses=call.input_responses, request_state=call.request_state
+                )
+            )
             return await self.with_upstream(
-                call.upstream.name, lambda up: up.session.read_resource(call.target), call.downstream
+                call.upstream.name, lambda up: up.session.send_request(request, _READ_RESULT), call.downstream
             )
         if call.kind == "prompts/get":
             assert call.upstream is not None
             entry = self.catalog.prompt(call.target)
+            request = types.GetPromptRequest(
+                params=types.GetPromptRequestParams(
+                    name=entry.original_name,
+                    arguments={k: str(v) for k, v in call.arguments.items()},
+                    input_responses=call.input_responses,
+                    request_state=call.request_state,
+                )
+            )
             return await self.with_upstream(
-                call.upstream.name,
-                lambda up: up.session.get_prompt(entry.original_name, {k: str(v) for k, v in call.arguments.items()}),
-                call.downstream,
+                call.upstream.name, lambda up: up.session.send_request(request, _PROMPT_RESULT), call.downstream
             )
         assert call.tool is not None
         builtin = self.builtins.get(call.tool.upstream)
@@ -255,23 +267,39 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await session.report_progress(p, total, message)
 
-        params = getattr(ctx, "params", None) or {}
-        with up.relay.caller(session, getattr(ctx, "request_id", None)):
-            return await up.call_tool(
-                call.tool.original_name,
-                call.arguments,
-                progress=progress,
-                input_responses=params.get("inputResponses") if isinstance(params, dict) else None,
-                request_state=params.get("requestState") if isinstance(params, dict) else None,
-            )
+        token = DOWNSTREAM_CAPABILITIES.set(_capabilities(session))
+        try:
+            with up.relay.caller(session, getattr(ctx, "request_id", None)):
+                return await up.call_tool(
+                    call.tool.original_name,
+                    call.arguments,
+                    progress=progress,
+                    input_responses=call.input_responses,
+                    request_state=call.request_state,
+                )
+        finally:
+            DOWNSTREAM_CAPABILITIES.reset(token)
 
     async def with_upstream(self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Any = None) -> Any:
         up = self.upstreams.get(name)
         if up is None:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
         session = getattr(ctx, "session", None)
-        with up.relay.caller(session, getattr(ctx, "request_id", None)):
-            return await up.request(fn(up))
+        token = DOWNSTREAM_CAPABILITIES.set(_capabilities(session))
+        try:
+            with up.relay.caller(session, getattr(ctx, "request_id", None)):
+                return await up.request(fn(up))
+        finally:
+            DOWNSTREAM_CAPABILITIES.reset(token)
+
+
+_READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)
+_PROMPT_RESULT: TypeAdapter[Any] = TypeAdapter(types.GetPromptResult | types.InputRequiredResult)
+
+
+def _capabilities(session: Any) -> dict[str, Any] | None:
+    caps = getattr(session, "client_capabilities", None) if session is not None else None
+    return caps.model_dump(by_alias=True, mode="json", exclude_none=True) if caps is not None else None
 
 
 def _tool_sig(c: Catalog) -> dict[str, Any]:

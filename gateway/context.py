@@ -99,6 +99,9 @@ class CallContext:
     unverified_warning: bool = False
     # the SDK's per-request context (progress, relays); never serialised
     downstream: Any = field(default=None, repr=False, compare=False)
+    # 2026-07-28 multi-round-trip: the client's answers to an input-required result, passed on
+    input_responses: Any = field(default=None, repr=False)
+    request_state: str | None = field(default=None, repr=False)
     call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_ns: int = field(default_factory=time.time_ns)
     started_mono: float = field(default_factory=time.perf_counter)

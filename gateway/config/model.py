@@ -177,6 +177,9 @@ class ServerConfig(_Section):
     verification: VerificationMode | None = None  # default: mcp.tool_verification
     approved: PathT | None = None  # signed manifest of approved tool definitions
     signature_digest: Literal["double", "single"] = "double"  # "single": Go-SDK signers (opt-in)
+    # "legacy": the 2025-11-25 handshake (server->client requests relayed to the caller);
+    # "auto": try 2026-07-28 (server/discover) first (input-required results, listen streams).
+    protocol: Literal["legacy", "auto"] = "legacy"
     sandbox: TierName | None = None  # run this stdio server inside a sandbox tier
     sandbox_network: bool = False
 

@@ -9,6 +9,7 @@ leave the catalogue and calls get ``UpstreamUnavailable``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -20,7 +21,10 @@ import anyio
 import httpx2
 import mcp.types as types
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client._probe import negotiate_auto
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import listen as listen_changes
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from mcp.shared.exceptions import MCPError
 
 from gateway.config.model import Config, ServerConfig
@@ -29,6 +33,14 @@ from gateway.events import EventSink
 from gateway.upstream.relay import CallerRelay
 
 _logger = logging.getLogger("symbi.upstream")
+
+# The capabilities of the downstream client a request is made for. On a 2026-07-28 upstream
+# they travel in every request's _meta, so the upstream sees the real caller's capabilities
+# (and refuses what that caller cannot do) rather than the gateway's.
+DOWNSTREAM_CAPABILITIES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "symbi_downstream_capabilities", default=None
+)
+_CAPS_META_KEY = "io.modelcontextprotocol/clientCapabilities"
 
 State = Literal["starting", "up", "down", "stopped"]
 CommandWrapper = Callable[[str, ServerConfig], tuple[str, list[str]]]
@@ -150,9 +162,17 @@ class Upstream:
                 )
             )
             with anyio.fail_after(self._config.mcp.connection_timeout_s):
-                await session.initialize()
+                if self.server.protocol == "auto":
+                    await negotiate_auto(session)
+                else:
+                    await session.initialize()
                 self._session = session
                 await self._refresh(session)
+            if session.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                _forward_caller_capabilities(session)
+            if session.protocol_version in MODERN_PROTOCOL_VERSIONS and self._tasks is not None:
+                # 2026-07-28 servers push nothing: list changes arrive on a listen stream.
+                self._tasks.start_soon(self._listen_for_changes, session)
             self.state = "up"
             self.last_error = None
             self._up_event.set()
@@ -211,6 +231,22 @@ class Upstream:
             await self._on_resource_updated(self, message.params.uri)
         elif isinstance(message, types.ProgressNotification):
             pass  # progress is delivered to the waiting call's progress_callback by the SDK
+
+    async def _listen_for_changes(self, session: ClientSession) -> None:
+        caps = session.server_capabilities
+        try:
+            async with listen_changes(
+                session,
+                tools_list_changed=bool(caps and caps.tools is not None),
+                prompts_list_changed=bool(caps and caps.prompts is not None),
+                resources_list_changed=bool(caps and caps.resources is not None),
+            ) as sub:
+                async for _event in sub:
+                    if self._session is not session:
+                        return
+                    await self._refresh_and_notify(session)
+        except Exception as e:  # noqa: BLE001 - no listen support: changes are seen on reconnect only
+            _logger.info("upstream %s: no change notifications (%s)", self.name, _describe(e))
 
     async def refresh_soon(self, session: ClientSession) -> None:
         tg = self._tasks
@@ -324,6 +360,22 @@ async def _all_pages(method: Callable[..., Awaitable[Any]], attr: str, max_pages
         if not cursor:
             break
     return items
+
+
+def _forward_caller_capabilities(session: ClientSession) -> None:
+    stamp = getattr(session, "_stamp", None)
+    if stamp is None:  # pragma: no cover - SDK internals moved: keep the gateway's own capabilities
+        _logger.warning("cannot forward client capabilities upstream (SDK changed)")
+        return
+
+    def with_caller(data: dict[str, Any], opts: Any) -> None:
+        stamp(data, opts)
+        caps = DOWNSTREAM_CAPABILITIES.get()
+        if caps is not None:
+            meta = data.setdefault("params", {}).setdefault("_meta", {})
+            meta[_CAPS_META_KEY] = caps
+
+    session._stamp = with_caller  # type: ignore[method-assign]
 
 
 def _describe(e: BaseException) -> str:

@@ -94,7 +94,7 @@ def fixture_url(workdir: Path) -> Iterator[str]:
             proc.wait()
 
 
-def _gateway_config(workdir: Path, name: str, upstream: str) -> Path:
+def _gateway_config(workdir: Path, name: str, upstream: str, protocol: str = "legacy") -> Path:
     folder = workdir / name
     folder.mkdir()
     # Policy enforcement is off on purpose: this measures protocol forwarding, and the
@@ -117,24 +117,36 @@ def _gateway_config(workdir: Path, name: str, upstream: str) -> Path:
         {upstream}
         pass_through = true
         verification = "warn"
+        protocol = "{protocol}"
         """,
     )
 
 
-@pytest.fixture(scope="module")
-def gateway_http_upstream(workdir: Path, fixture_url: str) -> Iterator[str]:
-    config = _gateway_config(workdir, "gw-http", f'url = "{fixture_url}"')
-    with serve(config) as base:
-        yield base + "/mcp"
+# The 2026-07-28 run needs the gateway to speak 2026-07-28 to its upstream too (input-required
+# results exist only there), so that run goes through a gateway with `protocol = "auto"`.
+PROTOCOL = {"0.1.16-active": "legacy", "alpha-2025-11-25": "legacy", "alpha-2026-07-28": "auto"}
 
 
 @pytest.fixture(scope="module")
-def gateway_stdio_upstream(workdir: Path) -> Iterator[str]:
-    config = _gateway_config(
-        workdir, "gw-stdio", f'command = "{sys.executable}"\nargs = ["{FIXTURE}", "--stdio"]'
-    )
-    with serve(config) as base:
-        yield base + "/mcp"
+def gateways(workdir: Path, fixture_url: str) -> Iterator[dict[tuple[str, str], str]]:
+    """One gateway per (upstream transport, upstream protocol), started on first use."""
+    import contextlib
+
+    upstreams = {
+        "http": f'url = "{fixture_url}"',
+        "stdio": f'command = "{sys.executable}"\nargs = ["{FIXTURE}", "--stdio"]',
+    }
+    urls: dict[tuple[str, str], str] = {}
+    with contextlib.ExitStack() as stack:
+
+        class Lazy(dict):  # type: ignore[type-arg]
+            def __missing__(self, key: tuple[str, str]) -> str:
+                transport, protocol = key
+                cfg = _gateway_config(workdir, f"gw-{transport}-{protocol}", upstreams[transport], protocol)
+                self[key] = stack.enter_context(serve(cfg)) + "/mcp"
+                return str(self[key])
+
+        yield Lazy(urls)
 
 
 @pytest.fixture(scope="module")
@@ -176,19 +188,19 @@ def test_fixture_passes_the_active_suite(direct_runs: dict[str, Run]) -> None:
 
 @pytest.mark.parametrize("ident", IDS)
 def test_gateway_http_upstream_passes_what_the_fixture_passes(
-    ident: str, direct_runs: dict[str, Run], gateway_http_upstream: str, workdir: Path
+    ident: str, direct_runs: dict[str, Run], gateways: dict[tuple[str, str], str], workdir: Path
 ) -> None:
     version, req = SUITE_RUNS[IDS.index(ident)]
-    gateway = run_suite(version, gateway_http_upstream, workdir / f"gw-http-{ident}", req)
+    gateway = run_suite(version, gateways["http", PROTOCOL[ident]], workdir / f"gw-http-{ident}", req)
     _compare(f"{ident} http-upstream", direct_runs[ident], gateway)
 
 
 @pytest.mark.parametrize("ident", IDS)
 def test_gateway_stdio_upstream_passes_what_the_fixture_passes(
-    ident: str, direct_runs: dict[str, Run], gateway_stdio_upstream: str, workdir: Path
+    ident: str, direct_runs: dict[str, Run], gateways: dict[tuple[str, str], str], workdir: Path
 ) -> None:
     version, req = SUITE_RUNS[IDS.index(ident)]
-    gateway = run_suite(version, gateway_stdio_upstream, workdir / f"gw-stdio-{ident}", req)
+    gateway = run_suite(version, gateways["stdio", PROTOCOL[ident]], workdir / f"gw-stdio-{ident}", req)
     _compare(f"{ident} stdio-upstream", direct_runs[ident], gateway)
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 MUTABLE = ROOT / "tests/peers/mutable_server.py"
 
 
-def mutable_config(tmp_path: Path, record: Path | None = None) -> Path:
+def mutable_config(tmp_path: Path, record: Path | None = None, protocol: str = "legacy") -> Path:
     env = f'env = {{ RECORD_FILE = "{record}" }}' if record else ""
     return write_config(
         tmp_path,
@@ -30,6 +30,7 @@ def mutable_config(tmp_path: Path, record: Path | None = None) -> Path:
         command = "{sys.executable}"
         args = ["{MUTABLE}"]
         verification = "warn"
+        protocol = "{protocol}"
         {env}
         """,
     )
@@ -109,8 +110,10 @@ async def test_progress_is_relayed(tmp_path: Path) -> None:
     assert all(t == 3 for _, t in seen)
 
 
-async def test_list_changed_is_relayed_to_handshake_clients(tmp_path: Path) -> None:
-    cfg = mutable_config(tmp_path)
+@pytest.mark.parametrize("protocol", ["legacy", "auto"])
+async def test_list_changed_is_relayed_to_handshake_clients(tmp_path: Path, protocol: str) -> None:
+    # "auto": the upstream speaks 2026-07-28 and reports changes on a listen stream
+    cfg = mutable_config(tmp_path, protocol=protocol)
     changed = anyio.Event()
 
     async def handler(msg: object) -> None:

@@ -23,9 +23,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --ignore-requires-python 'opa-golib-python-bindings>=0.4.4,<0.5'
 	touch $@
 
-node-deps: node_modules/.installed
+node-deps: node_modules/.installed tests/conformance/node/node_modules/.installed
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+# node 22 (from npm, as a package) and the conformance suite's alpha, for tests/conformance
+tests/conformance/node/node_modules/.installed: tests/conformance/node/package.json tests/conformance/node/package-lock.json
+	npm ci --prefix tests/conformance/node --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Debian packages for the sandbox tiers, runsc registered with Docker, dockerd started,

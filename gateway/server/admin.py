@@ -37,7 +37,9 @@ def audit_verify(log: Any) -> dict[str, Any]:
     """Verify the whole chain (blocking: run it in a thread). ``ok`` says whether it is intact."""
     own = getattr(log, "verify", None)
     if callable(own):
-        return dict(own())
+        result = own()
+        as_dict = getattr(result, "as_dict", None)  # gateway.audit.VerifyResult
+        return dict(as_dict() if callable(as_dict) else result)
     from gateway.audit import exported_public_keys, verify_log
 
     return verify_log(log.path, exported_public_keys(log.key_path)).as_dict()

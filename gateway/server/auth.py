@@ -268,6 +268,11 @@ class Authenticator:
             anonymous=config.http.anonymous_principal,
         )
 
+    @property
+    def jwks_over_network(self) -> bool:
+        """True when verifying a JWT may fetch the JWKS (blocking I/O: keep it off the event loop)."""
+        return self.jwt is not None and self.jwt.cfg.jwks_url is not None
+
     def from_key(self, key: str) -> Principal:
         rec = self.keys.lookup(key)
         if rec is None:

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
@@ -220,8 +221,13 @@ class AuthGate:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        auth = self.state.auth
         try:
-            principal = self.state.auth.authenticate(headers)
+            if auth.jwks_over_network and not headers.get("authorization", "").startswith("Bearer symbi_"):
+                # a JWKS (re)fetch is blocking urllib I/O: never on the event loop
+                principal = await anyio.to_thread.run_sync(auth.authenticate, headers)
+            else:
+                principal = auth.authenticate(headers)
         except NoCredentials:
             await self._challenge(scope, receive, send, None)
             return

@@ -357,3 +357,25 @@ def test_anonymous_only_when_named(tmp_path: Path) -> None:
         )
         assert httpx.get(run.base + "/api/tools", headers=bearer(keys.admin)).status_code == 200
     _ = jwt_http_section
+
+
+def test_jwks_url_on_the_wire(tmp_path: Path, jwks_server) -> None:  # type: ignore[no-untyped-def]
+    """A gateway configured with a JWKS URL (served on loopback) accepts its tokens, refuses others."""
+    url, (idp, hits) = jwks_server
+    cfg = everything_config(tmp_path, http_extra=jwt_http_section(jwks_url=url))
+    make_keys(cfg)
+    with run_server(cfg) as run:
+        init = {**MCP_HEADERS}
+        assert (
+            httpx.post(run.mcp, json=INIT, headers={**init, **bearer(idp.token("gina"))}).status_code == 200
+        )
+        assert hits
+        assert (
+            httpx.post(run.mcp, json=INIT, headers={**init, **bearer(idp.token(aud="x"))}).status_code == 401
+        )
+        (tmp_path / "other").mkdir()
+        other = make_idp(tmp_path / "other")  # same kid "rsa1", a different key: bad signature
+        assert (
+            httpx.post(run.mcp, json=INIT, headers={**init, **bearer(other.token("mallory"))}).status_code
+            == 401
+        )

@@ -12,6 +12,7 @@ ratio survives the noise and an absolute number does not:
   fsync per batch.
 * ``verify``: ``verify_log`` with every signature checked and in fast mode (every hash and
   link, signatures at anchors / key changes / head); baseline: reading the same rows.
+* ``crypto_ceiling``: bare Ed25519 sign and verify rates now, the bound for both numbers above.
 * ``step``: a call through ``AuditStep`` around a trivial endpoint vs the endpoint alone,
   sequential (one fsync per call) and with 64 calls in flight (group commit).
 """
@@ -172,6 +173,23 @@ def bench_step(d: Path, calls: int) -> dict[str, float]:
     }
 
 
+def bench_crypto(n: int = 5000) -> dict[str, float]:
+    """The ceiling: bare Ed25519 sign / verify on this machine now (one core, no I/O)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    msg = bytes(32)
+    t = time.perf_counter()
+    for _ in range(n):
+        sig = key.sign(msg)
+    sign = n / (time.perf_counter() - t)
+    pub = key.public_key()
+    t = time.perf_counter()
+    for _ in range(n):
+        pub.verify(sig, msg)
+    return {"ed25519_sign_per_s": sign, "ed25519_verify_per_s": n / (time.perf_counter() - t)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=20000)
@@ -185,6 +203,7 @@ def main() -> None:
         base_jsonl = bench_baseline_jsonl(d, args.events)
         verify = bench_verify(d)
         step = bench_step(d, args.calls)
+        crypto = bench_crypto()
     result = {
         "benchmark": "audit",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "sqlite": sqlite3.sqlite_version,
@@ -194,6 +213,10 @@ def main() -> None:
                    "signed_vs_unsigned_sqlite": append["signed_emit_per_s"] / base_sqlite},
         "verify": {**verify, "fast_vs_read": verify["verify_fast_per_s"] / verify["baseline_read_rows_per_s"]},
         "step": step,
+        "crypto_ceiling": {**crypto,
+                           "signed_append_vs_bare_sign": append["signed_emit_per_s"] / crypto["ed25519_sign_per_s"],
+                           "full_verify_vs_bare_verify": verify["verify_all_signatures_per_s"]
+                           / crypto["ed25519_verify_per_s"]},
         "targets": {"append_per_s": 10000, "verify_per_s": 20000,
                     "append_met": append["signed_emit_per_s"] >= 10000,
                     "verify_all_signatures_met": verify["verify_all_signatures_per_s"] >= 20000,

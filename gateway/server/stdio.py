@@ -1,21 +1,25 @@
 """``symbi mcp``: serve the gateway over stdio (what Claude Desktop launches).
 
-Around the SDK's stdio transport we add what a gateway owes a client that sends bad
-input: a line that is not JSON gets a -32700 parse error, a line that is JSON but not
-JSON-RPC a -32600, and a message over ``mcp.max_message_bytes`` a -32600 naming the
-limit (with the request's id when it can be read), instead of silence. The session
-goes on either way.
+Our own stdio transport, on the event loop's pipe support instead of a worker thread per
+read and write (the SDK's ``stdio_server`` hops threads three times per message; this is
+the gateway's hot path). Like the SDK's, it moves the protocol off fds 0 and 1 while serving
+(fd 0 reads /dev/null, fd 1 goes to stderr), so nothing else in the process or its children
+can corrupt the stream. And it answers bad input instead of dropping it: a line that is not
+JSON gets -32700, JSON that is not JSON-RPC -32600, a message over ``mcp.max_message_bytes``
+-32600 naming the limit (with the request's id when it can be read). The session goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import re
-import sys
-from typing import Any
+from typing import Any, AsyncIterator
 
 import anyio
 import mcp.types as types
-from mcp.server.stdio import stdio_server
+from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
@@ -23,7 +27,7 @@ from gateway.assemble import make_gateway
 from gateway.config.model import Config
 from gateway.server.front import build_server, init_options
 
-_ID_RE = re.compile(r'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
+_ID_RE = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
 
 def _error(code: int, message: str, rid: Any = None) -> SessionMessage:
@@ -32,100 +36,119 @@ def _error(code: int, message: str, rid: Any = None) -> SessionMessage:
     )
 
 
-def _peek_id(head: str) -> Any:
+def _peek_id(head: bytes) -> Any:
     m = _ID_RE.search(head)
     if not m:
         return None
     raw = m.group(1)
-    return int(raw) if raw[0] != '"' else raw[1:-1]
+    return int(raw) if raw[:1] != b'"' else raw[1:-1].decode("utf-8", "replace")
 
 
-class _GuardedStdin:
-    """Lines from stdin; oversized ones are answered here and never parsed."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max = max_bytes
-        self._raw = sys.stdin.buffer
-        self.write: Any = None
-        self.ready = anyio.Event()
-
-    def __aiter__(self) -> "_GuardedStdin":
-        return self
-
-    async def __anext__(self) -> str:
-        await self.ready.wait()
-        while True:
-            # readline with a cap: a line longer than the cap is drained in chunks, never held whole
-            line = await anyio.to_thread.run_sync(self._raw.readline, self._max + 1)
-            if not line:
-                raise StopAsyncIteration
-            if len(line) <= self._max or line.endswith(b"\n") and len(line) <= self._max + 1:
-                return line.decode("utf-8", errors="replace")
-            head = line[:512].decode("utf-8", errors="replace")
-            total = len(line)
-            while not line.endswith(b"\n"):
-                line = await anyio.to_thread.run_sync(self._raw.readline, 1 << 20)
-                if not line:
-                    break
-                total += len(line)
-            await self.write.send(
-                _error(
-                    types.INVALID_REQUEST,
-                    f"message of {total} bytes exceeds the gateway's limit of {self._max} bytes (mcp.max_message_bytes)",
-                    _peek_id(head),
-                )
-            )
+def _parse(line: bytes) -> tuple[SessionMessage, bool]:
+    """(message, True) for the server, or (error reply, False) for the client."""
+    try:
+        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False)), True
+    except ValidationError as e:
+        errs = e.errors()
+        if errs and errs[0].get("type") == "json_invalid":
+            return _error(types.PARSE_ERROR, f"parse error: {errs[0].get('msg')}"), False
+        return _error(types.INVALID_REQUEST, "invalid JSON-RPC message", _peek_id(line[:512])), False
 
 
-class _AnsweringReader:
-    """The SDK's read stream, with transport-level parse failures answered instead of dropped."""
+@contextlib.asynccontextmanager
+async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
+    loop = asyncio.get_running_loop()
+    # Private copies of the wire; fds 0/1 now point elsewhere for the rest of the process.
+    wire_in, wire_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    reader = asyncio.StreamReader(limit=max_bytes + 2)
+    rtransport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(wire_in, "rb", buffering=0)
+    )
+    wtransport, wprotocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(wire_out, "wb", buffering=0)
+    )
+    writer = asyncio.StreamWriter(wtransport, wprotocol, None, loop)
 
-    def __init__(self, inner: Any, write: Any) -> None:
-        self._inner = inner
-        self._write = write
-        self.last_context = None
+    to_server, from_client = create_context_streams[SessionMessage | Exception](0)
+    to_client, from_server = create_context_streams[SessionMessage](0)
 
-    def __aiter__(self) -> "_AnsweringReader":
-        return self
+    async def write(msg: SessionMessage) -> None:
+        writer.write(msg.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+        await writer.drain()
 
-    async def __anext__(self) -> Any:
-        while True:
-            item = await self._inner.__anext__()
-            self.last_context = getattr(self._inner, "last_context", None)
-            if not isinstance(item, Exception):
-                return item
-            code, msg = types.INVALID_REQUEST, "invalid JSON-RPC message"
-            if isinstance(item, ValidationError):
-                errs = item.errors()
-                if errs and errs[0].get("type") == "json_invalid":
-                    code, msg = types.PARSE_ERROR, f"parse error: {errs[0].get('msg')}"
-                else:
-                    msg = f"invalid JSON-RPC message: {errs[0].get('msg') if errs else item}"
-            await self._write.send(_error(code, msg))
+    async def read_loop() -> None:
+        async with to_server:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as e:
+                    if e.partial.strip():
+                        await _deliver(e.partial)
+                    return
+                except asyncio.LimitOverrunError as e:
+                    head = bytes(reader._buffer[:512])  # noqa: SLF001 - only to name the request's id
+                    total = await _drain_line(reader, e.consumed)
+                    await write(
+                        _error(
+                            types.INVALID_REQUEST,
+                            f"message of {total} bytes exceeds the gateway's limit of {max_bytes} bytes "
+                            "(mcp.max_message_bytes)",
+                            _peek_id(head),
+                        )
+                    )
+                    continue
+                if line.strip():
+                    await _deliver(line)
 
-    async def receive(self) -> Any:
-        return await self.__anext__()
+    async def _deliver(line: bytes) -> None:
+        msg, for_server = _parse(line)
+        if for_server:
+            await to_server.send(msg)
+        else:
+            await write(msg)
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    async def write_loop() -> None:
+        async with from_server:
+            async for msg in from_server:
+                await write(msg)
 
-    async def __aenter__(self) -> "_AnsweringReader":
-        return self
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_loop)
+            tg.start_soon(write_loop)
+            try:
+                yield from_client, to_client
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+        rtransport.close()
 
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._inner.__aexit__(*exc)
 
-    def close(self) -> None:
-        self._inner.close()
+async def _drain_line(reader: asyncio.StreamReader, consumed: int) -> int:
+    """Skip the rest of an oversized line; returns its size."""
+    total = 0
+    while True:
+        try:
+            chunk = await reader.readuntil(b"\n")
+            return total + len(chunk)
+        except asyncio.LimitOverrunError as e:
+            n = max(e.consumed, 1)
+            await reader.readexactly(n)
+            total += n
+        except asyncio.IncompleteReadError as e:
+            return total + len(e.partial)
 
 
 async def serve_stdio(config: Config) -> None:
     server = build_server(config, lambda bus: make_gateway(config, bus))
-    stdin = _GuardedStdin(config.mcp.max_message_bytes)
-    async with stdio_server(stdin=stdin) as (read, write):  # type: ignore[arg-type]
-        stdin.write = write
-        stdin.ready.set()
-        await server.run(_AnsweringReader(read, write), write, init_options(server))  # type: ignore[arg-type]
+    async with stdio_transport(config.mcp.max_message_bytes) as (read, write):
+        await server.run(read, write, init_options(server))
 
 
 def run_stdio(config: Config) -> None:

@@ -18,10 +18,10 @@ from mcp.server.subscriptions import InMemorySubscriptionBus
 from gateway.app import Gateway
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Principal, ToolInfo
-from gateway.errors import AuditError, ConfigError
+from gateway.errors import AuditError, ConfigError  # noqa: F401
 from gateway.events import EventSink, LoggingSink
 from gateway.steps.verify import VerifyTool
-from gateway.verify import ToolVerifier
+from gateway.verify.verifier import ToolVerifier
 
 _logger = logging.getLogger("symbi.assemble")
 
@@ -36,6 +36,7 @@ def open_audit(config: Config) -> Any:
     ``audit-2.db``, ``audit-3.db``...; ``symbi audit verify`` checks every chain.
     """
     from gateway.audit import AuditLog
+    from gateway.audit.log import AuditLogBusy
 
     base = config.audit_path
     last: AuditError | None = None
@@ -49,9 +50,7 @@ def open_audit(config: Config) -> Any:
                 batch_max=config.audit.batch_max,
                 on_failure=config.audit.on_failure,
             )
-        except AuditError as e:
-            if "in use by another process" not in e.message:
-                raise
+        except AuditLogBusy as e:
             last = e
     assert last is not None
     raise last

@@ -1,6 +1,6 @@
-"""Verified tools only: SchemaPin in the gateway, drift detection, approvals."""
+"""Verified tools only: SchemaPin in the gateway, drift detection, approvals.
 
-from gateway.verify.state import ToolRecord, ToolStateStore
-from gateway.verify.verifier import ToolVerifier
-
-__all__ = ["ToolRecord", "ToolStateStore", "ToolVerifier"]
+``gateway.verify.verifier.ToolVerifier`` (imported where needed: it pulls in the MCP SDK,
+which the CLI's light commands should not pay for), ``gateway.verify.state`` (the tool
+state store) and ``gateway.verify.manifest`` (signed approved manifests).
+"""

@@ -175,7 +175,6 @@ class Upstream:
                 self._tasks.start_soon(self._listen_for_changes, session)
             self.state = "up"
             self.last_error = None
-            self._up_event.set()
             self._events.emit(
                 "upstream.up",
                 {
@@ -186,7 +185,8 @@ class Upstream:
                     "restarts": self.restarts,
                 },
             )
-            await self._notify_change()
+            await self._notify_change()  # the catalogue has this upstream's tools before anyone waits on it
+            self._up_event.set()
             await self._closed.wait()
             self.last_error = self.last_error or "transport closed"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -35,6 +36,35 @@ def prologue_argv(argv: list[str], with_inputs: bool) -> list[str]:
     return ["/bin/sh", "-c", script, "sh", *argv]
 
 
+_TEMP_RE = re.compile(r"^symbi-(?:in|seccomp)-(\d+)-")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temp_dirs() -> list[str]:
+    """Remove input / seccomp temp dirs whose gateway process is gone (crash leftovers)."""
+    removed: list[str] = []
+    tmp = Path(tempfile.gettempdir())
+    try:
+        entries = list(tmp.iterdir())
+    except OSError:
+        return removed
+    for d in entries:
+        m = _TEMP_RE.match(d.name)
+        if m and d.is_dir() and not d.is_symlink() and d.owner() == "root" and not pid_alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(f"temp dir {d.name}")
+    return removed
+
+
 class InputDir:
     """A host directory with a run's input files, readable by the sandbox's gid 65534 only."""
 
@@ -42,7 +72,7 @@ class InputDir:
         self.path: Path | None = None
         if not files:
             return
-        self.path = Path(tempfile.mkdtemp(prefix="symbi-in-"))
+        self.path = Path(tempfile.mkdtemp(prefix=f"symbi-in-{os.getpid()}-"))
         try:
             for name, content in files.items():
                 target = self.path / name

@@ -10,6 +10,7 @@ read-only, a size-capped tmpfs ``/tmp``, and the seccomp filter from ``seccomp_b
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -49,7 +50,7 @@ class SeccompFilters:
     def path(self, allow_network: bool) -> Path:
         with self._lock:
             if self._dir is None:
-                d = Path(tempfile.mkdtemp(prefix="symbi-seccomp-"))
+                d = Path(tempfile.mkdtemp(prefix=f"symbi-seccomp-{os.getpid()}-"))
                 script = Path(__file__).with_name("seccomp_bpf.py")
                 for net in (False, True):
                     out = d / ("net.bpf" if net else "nonet.bpf")
@@ -62,6 +63,7 @@ class SeccompFilters:
                             + r.stderr.decode(errors="replace").strip()[-300:]
                         )
                 self._dir = d
+                atexit.register(self.close)  # normal exit without close(); crashes: sweep_temp_dirs
             return self._dir / ("net.bpf" if allow_network else "nonet.bpf")
 
     def close(self) -> None:

@@ -219,8 +219,8 @@ def cleanup_orphans(*, include_own: bool = False) -> list[str]:
     return removed
 
 
-def list_ours() -> list[Path]:
-    """Every ``symbi-*`` cgroup dir under the gateway's own cgroups (for leak checks)."""
+def list_all() -> list[Path]:
+    """Every ``symbi-*`` cgroup dir under the gateway's own cgroups, whoever made it."""
     out: list[Path] = []
     try:
         _, own = _mode()
@@ -228,7 +228,18 @@ def list_ours() -> list[Path]:
         return out
     for base in own.values():
         try:
-            out.extend(d for d in base.iterdir() if d.name.startswith(PREFIX))
+            out.extend(d for d in base.iterdir() if _NAME_RE.match(d.name))
         except OSError:
             pass
+    return out
+
+
+def list_ours() -> list[Path]:
+    """``symbi-*`` cgroup dirs of this process or of dead ones (for leak checks); a live
+    gateway's groups are its own business."""
+    out: list[Path] = []
+    for d in list_all():
+        m = _NAME_RE.match(d.name)
+        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+            out.append(d)
     return out

@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.errors import SandboxUnavailable
 
-from .base import SandboxTier
+from .base import SandboxTier, sweep_temp_dirs
 from .bwrap import BwrapTier
 from .docker_tier import DockerTier, GvisorTier
 from .pool import WarmPool
@@ -128,6 +128,7 @@ class SandboxManager:
                 removed += [f"{name}: {r}" for r in t.cleanup_orphans()]
             except Exception as e:  # noqa: BLE001 - one tier's sweep failing must not stop the others
                 log.warning("orphan sweep of tier %s failed: %s", name, e)
+        removed += sweep_temp_dirs()
         if removed:
             log.info("removed sandbox orphans: %s", ", ".join(removed))
         return removed

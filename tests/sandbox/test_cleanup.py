@@ -58,7 +58,7 @@ def _of_pid(manager: SandboxManager, tier: str, pid: int) -> list[str]:
 
 
 def _all_cgroups() -> list[Path]:
-    return cgroups.list_ours()
+    return cgroups.list_all()
 
 
 def test_cgroup_orphan_with_a_live_process_is_killed_and_removed(manager: SandboxManager) -> None:

@@ -260,6 +260,29 @@ class AuthGate:
         )
 
 
+def _tap_events(gw: Gateway, tee: MetricsSink) -> None:
+    """Count every event the gateway's components emit.
+
+    ``make_gateway`` hands one sink (the audit log, or a logging sink) to every producer
+    (verifier, policy engine, upstreams) before this front sees the gateway, so replacing
+    ``gw.events`` alone would miss most of them. Until ``make_gateway`` accepts a sink wrapper,
+    the shared sink's ``emit`` is wrapped on this instance; the event still reaches it unchanged.
+    """
+    sink = tee.inner
+    original = sink.emit
+
+    def emit(
+        event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        tee.count(event_type, details)
+        original(event_type, details, principal=principal, agent=agent)
+
+    try:
+        sink.emit = emit  # type: ignore[method-assign]
+    except AttributeError:  # a sink that refuses attributes: count what flows through gw.events
+        gw.events = tee
+
+
 def _access_token(p: Principal) -> AccessToken:
     """The SDK's view of a credential, used only to bind sessions to their opener."""
     kid = p.claims.get("key_id")
@@ -293,7 +316,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
 
     def factory(bus: InMemorySubscriptionBus) -> Gateway:
         gw = make_gateway(config, bus)
-        gw.events = MetricsSink(gw.events, metrics)
+        _tap_events(gw, MetricsSink(gw.events, metrics))
         extra = getattr(gw, "extra_steps", None)
         if isinstance(extra, list):
             extra.insert(0, step)  # default_steps puts extra_steps outermost

@@ -7,10 +7,11 @@ the tests, never share counters). Two feeders fill it:
   up/down/restarts, verification failures and drift, sandbox runs, every audit event by type.
 * ``gateway.steps.metrics.MetricsStep`` records each tool call: outcome, latency, decision.
 
-Event types counted (producers emit these; anything else only counts as an audit event):
-``upstream.up`` / ``upstream.down`` (details ``upstream``, ``restarts``),
-``verification.failed`` / ``tool.drift`` (details ``upstream``),
-``sandbox.run`` (details ``tier``, ``outcome``).
+Event types counted (anything else only counts as an audit event, by type):
+``upstream.up`` / ``upstream.down`` (details ``upstream``, ``restarts``), ``tool.drift``
+(``upstream``), ``tool.verification`` (``upstream``, ``status``: a blocking status
+``failed`` / ``revoked`` / ``drifted`` counts as a verification failure).
+Sandbox runs by tier are counted by ``MetricsStep`` from ``CallContext.sandbox_tier``.
 Components with their own timings call ``observe_policy(seconds)`` and
 ``observe_audit_write(seconds)``.
 """
@@ -33,6 +34,8 @@ _logger = logging.getLogger("symbi.metrics")
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "MetricsSink", "RecentCall", "RecentCalls"]
 
+# verification statuses that stop a tool from being called
+BLOCKING_STATUSES = frozenset({"failed", "revoked", "drifted"})
 _LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -77,7 +80,7 @@ class GatewayMetrics:
             "symbi_policy_decision_seconds", "Policy evaluation latency", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.verification_failures = Counter(
-            "symbi_verification_failures", "Tool verification failures", ["upstream"], registry=r
+            "symbi_verification_failures", "Tool verification failures", ["upstream", "status"], registry=r
         )
         self.drift = Counter("symbi_tool_drift", "Tool definition drift detected", ["upstream"], registry=r)
         self.upstream_up = Gauge(
@@ -131,11 +134,15 @@ class MetricsSink:
         principal: str | None = None,
         agent: str | None = None,
     ) -> None:
+        self.count(event_type, details)
+        self.inner.emit(event_type, details, principal=principal, agent=agent)
+
+    def count(self, event_type: str, details: Mapping[str, Any]) -> None:
+        """Count one event (never raises: a metrics bug must not lose the event itself)."""
         try:
             self._count(event_type, details)
-        except Exception:  # a metrics bug must never lose the event itself
+        except Exception:
             _logger.exception("metrics: could not count event %s", event_type)
-        self.inner.emit(event_type, details, principal=principal, agent=agent)
 
     def _count(self, event_type: str, details: Mapping[str, Any]) -> None:
         m = self.metrics
@@ -148,14 +155,12 @@ class MetricsSink:
         elif event_type == "upstream.down":
             m.upstream_up.labels(upstream).set(0)
             m.upstream_down.labels(upstream).inc()
-        elif event_type == "verification.failed":
-            m.verification_failures.labels(upstream).inc()
+        elif event_type == "tool.verification":
+            status = str(details.get("status", "unknown"))
+            if status in BLOCKING_STATUSES:
+                m.verification_failures.labels(upstream, status).inc()
         elif event_type == "tool.drift":
             m.drift.labels(upstream).inc()
-        elif event_type == "sandbox.run":
-            m.sandbox_runs.labels(
-                str(details.get("tier", "unknown")), str(details.get("outcome", "unknown"))
-            ).inc()
 
 
 @dataclass(frozen=True)

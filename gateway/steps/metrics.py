@@ -58,6 +58,8 @@ class MetricsStep:
             self.metrics.policy_decisions.labels(decision).inc()
         # Only catalogue names become label values: a client cannot blow up cardinality.
         upstream = call.tool.upstream if call.tool is not None else None
+        if call.sandbox_tier is not None and call.tool is not None and call.tool.code_tool:
+            self.metrics.sandbox_runs.labels(call.sandbox_tier, outcome).inc()
         if call.kind == "tools/call":
             tool = call.tool.name if call.tool is not None else "unknown"
             self.metrics.tool_calls.labels(tool, upstream or "unknown", outcome).inc()

@@ -20,6 +20,7 @@ from tests.conftest import ROOT, write_config
 from tests.server.http.conftest import Keys, Running, bearer, make_keys, policy_data, run_server
 from tests.server.http.test_admin import check
 from tests.server.http.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from tests.server.http.test_metrics import value
 
 MUTABLE = ROOT / "tests/peers/mutable_server.py"
 
@@ -101,6 +102,10 @@ async def test_api_diff_and_approve_a_drifted_tool(tmp_path: Path) -> None:
     cfg, keys = _setup(tmp_path)
     with run_server(cfg) as run:
         await _rug_pull(run, keys.admin)
+        async with httpx2.AsyncClient() as hc:
+            text = (await hc.get(run.base + "/metrics")).text
+        assert value(text, "symbi_tool_drift_total", upstream="mut") >= 1.0
+        assert value(text, "symbi_verification_failures_total", upstream="mut", status="drifted") >= 1.0
         async with httpx2.AsyncClient(base_url=run.base + "/api") as api:
             r = await api.get("/tools/mut__echo/diff", headers=bearer(keys.admin))
             diff = check(httpx.Response(r.status_code, content=r.content), 200, "ToolDiff")

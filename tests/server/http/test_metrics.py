@@ -139,6 +139,20 @@ async def test_metrics_step_counts_policy_decisions_and_reraises() -> None:
     for _ in range(5):
         await step(CallContext(principal=Principal("p"), kind="tools/call", target="up__t", tool=tool), allow)
     assert len(recent) == 3  # the ring buffer stays bounded
+    code = ToolInfo(
+        name="sandbox__run_python",
+        original_name="run_python",
+        upstream="sandbox",
+        definition={},
+        code_tool=True,
+    )
+    await step(
+        CallContext(
+            principal=Principal("p"), kind="tools/call", target=code.name, tool=code, sandbox_tier="gvisor"
+        ),
+        allow,
+    )
+    assert value(m.render().decode(), "symbi_sandbox_runs_total", tier="gvisor", outcome="ok") == 1.0
 
 
 def test_metrics_sink_counts_events_and_passes_them_on() -> None:
@@ -154,21 +168,21 @@ def test_metrics_sink_counts_events_and_passes_them_on() -> None:
     sink.emit("upstream.down", {"upstream": "a"})
     sink.emit("upstream.up", {"upstream": "a", "restarts": 1})
     sink.emit("tool.drift", {"upstream": "a"})
-    sink.emit("verification.failed", {"upstream": "a"})
-    sink.emit("sandbox.run", {"tier": "gvisor", "outcome": "ok"})
+    sink.emit("tool.verification", {"upstream": "a", "status": "failed"})
+    sink.emit("tool.verification", {"upstream": "a", "status": "pinned"})  # not a failure
     text = m.render().decode()
     assert seen == [
         "upstream.up",
         "upstream.down",
         "upstream.up",
         "tool.drift",
-        "verification.failed",
-        "sandbox.run",
+        "tool.verification",
+        "tool.verification",
     ]
     assert value(text, "symbi_upstream_up", upstream="a") == 1.0
     assert value(text, "symbi_upstream_down_total", upstream="a") == 1.0
     assert value(text, "symbi_upstream_restarts_total", upstream="a") == 1.0
     assert value(text, "symbi_tool_drift_total", upstream="a") == 1.0
-    assert value(text, "symbi_verification_failures_total", upstream="a") == 1.0
-    assert value(text, "symbi_sandbox_runs_total", tier="gvisor", outcome="ok") == 1.0
+    assert value(text, "symbi_verification_failures_total", upstream="a", status="failed") == 1.0
+    assert value(text, "symbi_verification_failures_total", upstream="a", status="pinned") == 0.0
     assert value(text, "symbi_audit_events_total", event_type="upstream.up") == 2.0

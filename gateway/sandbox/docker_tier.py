@@ -32,6 +32,7 @@ from .base import (
     InputDir,
     SandboxTier,
     owner_tag,
+    pid_alive,
     prologue_argv,
     read_only_binds,
 )
@@ -301,7 +302,7 @@ class DockerTier(SandboxTier):
                 continue
             owner = (c.labels or {}).get(LABEL_OWNER, "")
             h, _, pid = owner.partition(":")
-            if h == host and pid.isdigit() and _pid_alive(int(pid)):
+            if h == host and pid.isdigit() and pid_alive(int(pid)):
                 continue  # a live gateway's (ours included): not an orphan
             self.remove(c.id)
             removed.append(f"container {c.short_id}")
@@ -315,7 +316,7 @@ class DockerTier(SandboxTier):
             host == owner_tag().split(":")[0]
             and pid.isdigit()
             and int(pid) != os.getpid()
-            and _pid_alive(int(pid))
+            and pid_alive(int(pid))
         )
 
     def leftovers(self) -> list[str]:
@@ -339,16 +340,6 @@ class GvisorTier(DockerTier):
 
     def pids_limit(self, limits: Limits) -> int:
         return max(limits.pids, RUNSC_MIN_PIDS)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _runsc_ids() -> list[str]:

@@ -76,7 +76,7 @@ class SandboxRequest:
             raise ArgumentsInvalid(f"code is larger than {MAX_CODE_BYTES} bytes")
         for name in self.files:
             parts = name.split("/")
-            if not _SAFE_NAME.match(name) or any(p in ("", ".", "..") for p in parts):
+            if not _SAFE_NAME.fullmatch(name) or any(p in ("", ".", "..") for p in parts):
                 raise ArgumentsInvalid(f"input file name {name!r} is not a safe relative path")
 
     def argv(self) -> list[str]:

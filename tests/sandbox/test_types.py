@@ -10,7 +10,7 @@ from gateway.sandbox import Limits, SandboxRequest
 from gateway.sandbox.types import MAX_CODE_BYTES
 
 
-@pytest.mark.parametrize("name", ["../etc/passwd", "/abs", "a/../../b", "", "a//b", "./x", "x/.", "bad\nname"])
+@pytest.mark.parametrize("name", ["../etc/passwd", "/abs", "a/../../b", "", "a//b", "./x", "x/.", "bad\nname", "trailing\n"])
 def test_unsafe_input_file_names_rejected(name: str) -> None:
     with pytest.raises(ArgumentsInvalid):
         SandboxRequest(code="pass", files={name: b"x"})

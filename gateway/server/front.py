@@ -167,27 +167,21 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
 
-    async def subscribe(
-        ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams
-    ) -> types.EmptyResult:
+    async def _on_owner(ctx: ServerRequestContext[Gateway], uri: str, fn: Callable[[Any], Any]) -> types.EmptyResult:
         gw = gw_of(ctx)
         try:
-            owner = gw.catalog.resource_owner(params.uri)
-            await gw.with_upstream(owner, lambda up: up.session.subscribe_resource(params.uri), ctx)
+            await gw.with_upstream(gw.catalog.resource_owner(uri), fn, ctx)
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
         return types.EmptyResult()
 
+    async def subscribe(ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams) -> types.EmptyResult:
+        return await _on_owner(ctx, params.uri, lambda up: up.session.subscribe_resource(params.uri))
+
     async def unsubscribe(
         ctx: ServerRequestContext[Gateway], params: types.UnsubscribeRequestParams
     ) -> types.EmptyResult:
-        gw = gw_of(ctx)
-        try:
-            owner = gw.catalog.resource_owner(params.uri)
-            await gw.with_upstream(owner, lambda up: up.session.unsubscribe_resource(params.uri), ctx)
-        except Exception as e:  # noqa: BLE001
-            raise protocol_error(e) from None
-        return types.EmptyResult()
+        return await _on_owner(ctx, params.uri, lambda up: up.session.unsubscribe_resource(params.uri))
 
     async def list_prompts(
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
@@ -197,7 +191,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
 
     async def get_prompt(
         ctx: ServerRequestContext[Gateway], params: types.GetPromptRequestParams
-    ) -> types.GetPromptResult:
+    ) -> types.GetPromptResult | types.InputRequiredResult:
         gw = gw_of(ctx)
         try:
             entry = gw.catalog.prompt(params.name)

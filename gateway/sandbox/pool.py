@@ -71,25 +71,16 @@ if pid == 0:
             os._exit(127)
     sys.stdin = open(0, closefd=False)
     sys.argv = ["-c"]
-    rc = 0
+    # ends like `python3 -c`: SystemExit and normal interpreter shutdown (non-daemon
+    # threads joined, atexit handlers run, buffers flushed); tracebacks omit this frame
     try:
         exec(compile(job["code"], "<string>", "exec"), {{"__name__": "__main__", "__builtins__": __builtins__}})
-    except SystemExit as e:
-        if e.code is None:
-            rc = 0
-        elif isinstance(e.code, int):
-            rc = e.code
-        else:
-            print(e.code, file=sys.stderr)
-            rc = 1
-    except BaseException:
-        traceback.print_exc()
-        rc = 1
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(rc & 0xFF)
+    except SystemExit:
+        raise
+    except BaseException as e:
+        traceback.print_exception(type(e), e, e.__traceback__.tb_next)
+        sys.exit(1)
+    sys.exit(0)
 _, status = os.waitpid(pid, 0)
 rc = os.waitstatus_to_exitcode(status)
 rc = 128 - rc if rc < 0 else rc

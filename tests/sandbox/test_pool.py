@@ -45,6 +45,22 @@ def test_pooled_call_matches_a_cold_one(pooled: tuple[SandboxManager, str]) -> N
     assert (r.exit_code, r.stdout) == (3, b"/tmp\n")
 
 
+def test_pooled_python_ends_like_python_c(pooled: tuple[SandboxManager, str]) -> None:
+    m, tier = pooled
+    code = ("import atexit, threading, time\n"
+            "atexit.register(lambda: print('atexit ran'))\n"
+            "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+            "print('main done')")
+    r = served(m, tier, SandboxRequest(code=code))
+    assert (r.exit_code, r.stdout) == (0, b"main done\nthread done\natexit ran\n")
+    r = served(m, tier, SandboxRequest(code="raise ValueError('boom')"))
+    assert r.exit_code == 1
+    assert r.stderr.startswith(b"Traceback") and r.stderr.endswith(b"ValueError: boom\n")
+    assert r.stderr.count(b'File "<string>"') == 1  # the runner's own frame is not shown
+    r = served(m, tier, SandboxRequest(code="raise SystemExit('bye')"))
+    assert (r.exit_code, r.stderr) == (1, b"bye\n")
+
+
 def test_a_forged_exit_trailer_does_not_win(pooled: tuple[SandboxManager, str]) -> None:
     m, tier = pooled
     code = "import os\nos.write(2, b'\\0symbi-exit:0\\0')\nraise SystemExit(9)"

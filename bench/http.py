@@ -9,6 +9,8 @@ the same run so the ratios survive a noisy shared machine:
 * ``direct``        the client talks to server-everything itself (the baseline; SSE replies)
 * ``gateway-sse``   through the gateway (API key auth on), SSE replies downstream
 * ``gateway-json``  the same gateway with ``http.json_response = true``
+* ``gateway-sse-stdio-upstream``  the gateway with the same server over stdio (separates the
+  front's own cost from the gateway→upstream HTTP hop)
 
 For each: 1 client (sequential calls) and 16 concurrent clients (one session each).
 Every call carries a unique message and the reply must echo exactly it: any other reply
@@ -126,8 +128,12 @@ def policy_data(tmp: Path) -> Path:
     return path
 
 
-def gateway_config(tmp: Path, name: str, port: int, upstream_url: str, json_response: bool) -> Path:
+def gateway_config(tmp: Path, name: str, port: int, upstream_url: str | None, json_response: bool) -> Path:
     path = tmp / f"{name}.toml"
+    if upstream_url:
+        upstream_lines = f'url = "{upstream_url}"'
+    else:
+        upstream_lines = f'command = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]'
     path.write_text(
         f"""
 [policy]
@@ -144,7 +150,7 @@ max_sessions = 1000
 [mcp]
 max_concurrent_connections = 64
 [servers.everything]
-url = "{upstream_url}"
+{upstream_lines}
 verification = "warn"
 """
     )
@@ -240,7 +246,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-http-"))
     (tmp / "loopback.cjs").write_text(PRELOAD)
-    up_port, sse_port, json_port = free_port(), free_port(), free_port()
+    up_port, sse_port, json_port, stdio_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/mcp"
     key, _ = ApiKeyStore(tmp / "data" / "api-keys.json").create("bench", ("developer",))
     env = {**os.environ, "PORT": str(up_port)}
@@ -254,8 +260,13 @@ def main() -> int:
             )
         )
         wait_http(upstream, {400, 405, 406, 200})
-        for name, port, js in (("gw-sse", sse_port, False), ("gw-json", json_port, True)):
-            cfg = gateway_config(tmp, name, port, upstream, js)
+        gateways = (
+            ("gw-sse", sse_port, upstream, False),
+            ("gw-json", json_port, upstream, True),
+            ("gw-stdio-up", stdio_port, None, False),  # same gateway, upstream over stdio
+        )
+        for name, port, up_url, js in gateways:
+            cfg = gateway_config(tmp, name, port, up_url, js)
             stack.enter_context(
                 proc(
                     [py, "-c", GATEWAY_MAIN, str(cfg)],
@@ -269,6 +280,7 @@ def main() -> int:
             Target("direct", upstream, "echo", {}),
             Target("gateway-sse", f"http://127.0.0.1:{sse_port}/mcp", "everything__echo", auth),
             Target("gateway-json", f"http://127.0.0.1:{json_port}/mcp", "everything__echo", auth),
+            Target("gateway-sse-stdio-upstream", f"http://127.0.0.1:{stdio_port}/mcp", "everything__echo", auth),
         ]
         runs: dict[str, list[dict[str, Any]]] = {}
         for _ in range(args.rounds):
@@ -290,7 +302,7 @@ def main() -> int:
         for name, rows in runs.items()
     }
     ratios = {}
-    for mode in ("gateway-sse", "gateway-json"):
+    for mode in ("gateway-sse", "gateway-json", "gateway-sse-stdio-upstream"):
         for c in ("c1", "c16"):
             d, g = results[f"direct/{c}"], results[f"{mode}/{c}"]
             ratios[f"{mode}/{c}"] = {
@@ -302,7 +314,7 @@ def main() -> int:
             {
                 "bench": "http",
                 "upstream": "server-everything streamableHttp (127.0.0.1), echo",
-                "gateway": "symbi serve, API key auth, upstream over HTTP; policy/audit as assembled today",
+                "gateway": "symbi serve: API key auth, Rego policy, signed audit log, verification warn; upstream over HTTP",
                 "rounds": args.rounds,
                 "results": results,
                 "vs_direct": ratios,

@@ -56,8 +56,12 @@ typecheck: python-deps
 lint: python-deps
 	$(PY) -m ruff check gateway schemapin tests bench
 
-bench: setup
+bench: setup sandbox
 	$(PY) bench/proxy.py
+	$(PY) bench/policy.py
+	$(PY) bench/audit.py
+	$(PY) bench/sandbox.py
+	$(PY) bench/schemapin.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache

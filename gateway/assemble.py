@@ -92,7 +92,7 @@ def make_gateway(config: Config, bus: InMemorySubscriptionBus | None = None) -> 
 
     builtins: list[Any] = []
     manager = None
-    if config.sandbox.code_tools or any(s.sandbox for s in config.servers.values()):
+    if config.sandbox.code_tools or any(s.sandbox not in (None, "none") for s in config.servers.values()):
         from gateway.sandbox import SandboxManager, SandboxTools
 
         manager = SandboxManager(config)

@@ -28,7 +28,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from mcp.shared.exceptions import MCPError
 
 from gateway.config.model import Config, ServerConfig
-from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.errors import SandboxUnavailable, UpstreamError, UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.upstream.relay import CallerRelay
 
@@ -197,7 +197,9 @@ class Upstream:
     async def _transport(self) -> Any:
         if self.server.command is not None:
             command, args = self.server.command, list(self.server.args)
-            if self._wrap_command is not None and self.server.sandbox:
+            if self.server.sandbox not in (None, "none"):
+                if self._wrap_command is None:  # never run an untrusted server unsandboxed
+                    raise SandboxUnavailable(f"upstream {self.name!r} asks for sandbox {self.server.sandbox!r}: none available")
                 command, args = self._wrap_command(self.name, self.server)
             env = dict(self.server.env)
             params = StdioServerParameters(

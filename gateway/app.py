@@ -11,15 +11,16 @@ import contextlib
 import json
 import logging
 import weakref
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import anyio
-import mcp.types as types
+from mcp import types
 from mcp.server.session import ServerSession
-from mcp.types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import TypeAdapter
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import TypeAdapter
 
 from gateway.catalog import Catalog, CatalogTool, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
@@ -49,7 +50,7 @@ class Gateway:
         *,
         events: EventSink | None = None,
         builtins: list[Builtin] | None = None,
-        steps: Callable[["Gateway"], list[Step]] | None = None,
+        steps: Callable[[Gateway], list[Step]] | None = None,
         tool_infos: Callable[[Catalog], Awaitable[dict[str, ToolInfo]]] | None = None,
         list_filter: Callable[[Principal, list[ToolInfo]], Awaitable[list[ToolInfo]]] | None = None,
         wrap_command: Any = None,
@@ -62,7 +63,7 @@ class Gateway:
         self.catalog = Catalog.empty()
         self.bus = bus or InMemorySubscriptionBus()
         # Handshake-era client connections, for pushed list_changed (weak: closed ones go away).
-        self._downstream: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._downstream: weakref.WeakSet[Any] = weakref.WeakSet()
         self._steps_factory = steps
         self._tool_infos = tool_infos
         self.list_filter = list_filter
@@ -72,7 +73,7 @@ class Gateway:
         self._rebuild_lock = anyio.Lock()
         self.on_catalog_change: list[Callable[[Catalog, Catalog], Awaitable[None]]] = []
         # Long-running helpers started with the gateway (hot reload, approval polling, ...).
-        self.background: list[Callable[["Gateway"], Awaitable[None]]] = []
+        self.background: list[Callable[[Gateway], Awaitable[None]]] = []
         # Optional steps, wired by gateway.assemble; gateway.steps.default_steps orders them.
         self.audit_step: Step | None = None
         self.verify_step: Step | None = None
@@ -88,7 +89,7 @@ class Gateway:
     # -- lifecycle -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator["Gateway"]:
+    async def running(self) -> AsyncIterator[Gateway]:
         from gateway.steps import default_steps
 
         steps = (self._steps_factory or default_steps)(self)
@@ -135,7 +136,7 @@ class Gateway:
         for close in self.closers:
             try:
                 close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 _logger.exception("closing a component failed")
 
     # -- catalogue -------------------------------------------------------------------------

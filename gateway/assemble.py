@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import mcp.types as types
+from mcp import types
 from mcp.server.subscriptions import InMemorySubscriptionBus
 
 from gateway.app import Gateway
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Principal, ToolInfo
-from gateway.errors import AuditError, ConfigError  # noqa: F401
+from gateway.errors import AuditError, ConfigError
 from gateway.events import EventSink, LoggingSink
 from gateway.steps.verify import VerifyTool
 from gateway.verify.verifier import ToolVerifier

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-import mcp.types as types
+from mcp import types
 from mcp.shared.exceptions import MCPError
 
 from gateway.errors import (

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-import mcp.types as types
+from mcp import types
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from gateway.context import ToolInfo
@@ -92,11 +93,11 @@ class Catalog:
         self.refusals = refusals
 
     @classmethod
-    def empty(cls) -> "Catalog":
+    def empty(cls) -> Catalog:
         return cls({}, {}, [], {}, [])
 
     @classmethod
-    def build(cls, listings: Iterable[UpstreamListing], infos: Mapping[str, ToolInfo] | None = None) -> "Catalog":
+    def build(cls, listings: Iterable[UpstreamListing], infos: Mapping[str, ToolInfo] | None = None) -> Catalog:
         """Build from upstream listings. ``infos`` overrides per-tool verification state."""
         tools: dict[str, CatalogTool] = {}
         refusals: list[Refusal] = []

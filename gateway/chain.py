@@ -8,7 +8,8 @@ list: ``gateway.steps.default_steps``.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from gateway.context import CallContext
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 VerificationStatus = Literal["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed"]
 CallKind = Literal["tools/call", "resources/read", "prompts/get", "list"]

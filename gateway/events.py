@@ -7,7 +7,8 @@ logging sink stands in where no audit log is configured (tests, ``symbi config c
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 _logger = logging.getLogger("symbi.events")
 

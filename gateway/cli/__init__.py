@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from gateway.errors import ConfigError, GatewayError
 

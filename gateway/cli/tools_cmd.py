@@ -106,9 +106,8 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from schemapin import definition_hash, fingerprint, load_private_key_pem, sign_envelope
-
     from gateway.verify.manifest import load_manifest, save_manifest
+    from schemapin import definition_hash, fingerprint, load_private_key_pem, sign_envelope
 
     cfg = load_config(args.config, args.environ)
     store = _store(cfg)

@@ -7,8 +7,9 @@ CLI passes ``os.environ``), so tests and embedders control it.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import ValidationError
 

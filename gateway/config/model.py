@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
-
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
@@ -85,7 +83,7 @@ class PolicySection(_Section):
     decision: str = "data.symbi.decision"
 
     @model_validator(mode="after")
-    def _opa_needs_url(self) -> "PolicySection":
+    def _opa_needs_url(self) -> PolicySection:
         if self.engine == "opa" and not self.url:
             raise ValueError("policy.url is required when policy.engine = \"opa\"")
         return self
@@ -119,7 +117,7 @@ class JwtSection(_Section):
     roles_claim: str = "roles"
 
     @model_validator(mode="after")
-    def _one_jwks(self) -> "JwtSection":
+    def _one_jwks(self) -> JwtSection:
         if (self.jwks_file is None) == (self.jwks_url is None):
             raise ValueError("exactly one of http.jwt.jwks_file or http.jwt.jwks_url is required")
         if "none" in {a.lower() for a in self.algorithms}:
@@ -184,7 +182,7 @@ class ServerConfig(_Section):
     sandbox_network: bool = False
 
     @model_validator(mode="after")
-    def _one_transport(self) -> "ServerConfig":
+    def _one_transport(self) -> ServerConfig:
         if (self.command is None) == (self.url is None):
             raise ValueError("exactly one of 'command' (stdio) or 'url' (streamable HTTP) is required")
         if self.url is not None and not self.url.startswith(("http://", "https://")):

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-import mcp.types as types
+from mcp import types
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.shared.exceptions import MCPError
 
 from gateway import __version__
 from gateway.app import Gateway
 from gateway.boundary import error_result, protocol_error
 from gateway.config.model import Config
 from gateway.context import CallContext, Principal
-from mcp.shared.exceptions import MCPError
-
 from gateway.errors import CatalogError, GatewayError, PolicyDenied, UpstreamError
 
 _logger = logging.getLogger("symbi.server")

@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 import os
 import re
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
-import mcp.types as types
+from mcp import types
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
@@ -90,7 +91,7 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
                         await _deliver(e.partial)
                     return
                 except asyncio.LimitOverrunError as e:
-                    head = bytes(reader._buffer[:512])  # noqa: SLF001 - only to name the request's id
+                    head = bytes(reader._buffer[:512])
                     total = await _drain_line(reader, e.consumed)
                     await write(
                         _error(

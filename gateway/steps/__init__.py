@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 
-def default_steps(gw: "Gateway") -> list[Step]:
+def default_steps(gw: Gateway) -> list[Step]:
     candidates: list[Step | None] = [
         *gw.extra_steps,  # metrics: outermost, so it times everything
         gw.audit_step,  # sees every allow, deny and crash

@@ -13,7 +13,7 @@ from gateway.errors import UnknownTool
 class ResolveTool:
     """Looks the tool up in the current catalogue snapshot and fills ``call.tool``."""
 
-    def __init__(self, catalog: "CatalogSource", upstream_info: "UpstreamInfoSource") -> None:
+    def __init__(self, catalog: CatalogSource, upstream_info: UpstreamInfoSource) -> None:
         self._catalog = catalog
         self._upstream_info = upstream_info
 
@@ -27,7 +27,7 @@ class ResolveTool:
         return await call_next(call)
 
 
-from typing import Callable  # noqa: E402
+from collections.abc import Callable
 
 CatalogSource = Callable[[], Catalog]
 UpstreamInfoSource = Callable[[str], UpstreamInfo]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import mcp.types as types
+from mcp import types
 
 from gateway.chain import CallNext
 from gateway.context import CallContext

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-import mcp.types as types
+from mcp import types
 from mcp.client.session import ClientRequestContext
 from mcp.server.session import ServerSession
 from mcp.shared.message import ServerMessageMetadata

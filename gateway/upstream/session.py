@@ -14,18 +14,18 @@ import logging
 import os
 import random
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any, Literal
 
 import anyio
 import httpx2
-import mcp.types as types
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import ClientSession, StdioServerParameters, stdio_client, types
 from mcp.client._probe import negotiate_auto
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import listen as listen_changes
-from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from mcp.shared.exceptions import MCPError
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable, UpstreamError, UpstreamUnavailable
@@ -66,8 +66,8 @@ class Upstream:
         config: Config,
         *,
         events: EventSink,
-        on_change: Callable[["Upstream"], Awaitable[None]],
-        on_resource_updated: Callable[["Upstream", str], Awaitable[None]] | None = None,
+        on_change: Callable[[Upstream], Awaitable[None]],
+        on_resource_updated: Callable[[Upstream, str], Awaitable[None]] | None = None,
         wrap_command: CommandWrapper | None = None,
     ) -> None:
         self.name = name
@@ -284,7 +284,7 @@ class Upstream:
     async def _notify_change(self) -> None:
         try:
             await self._on_change(self)
-        except Exception:  # noqa: BLE001
+        except Exception:
             _logger.exception("catalogue update after %s changed failed", self.name)
 
     async def stop(self) -> None:
@@ -333,7 +333,7 @@ class Upstream:
             raise UpstreamError(f"upstream {self.name!r} timed out after {self.call_timeout:g}s") from None
 
 
-from pydantic import TypeAdapter  # noqa: E402
+from pydantic import TypeAdapter
 
 _CALL_TOOL_RESULT: TypeAdapter[types.CallToolResult | types.InputRequiredResult] = TypeAdapter(
     types.CallToolResult | types.InputRequiredResult
@@ -394,7 +394,7 @@ class _WatchedStream:
         self._on_close = on_close
         self.last_context = getattr(inner, "last_context", None)
 
-    def __aiter__(self) -> "_WatchedStream":
+    def __aiter__(self) -> _WatchedStream:
         return self
 
     async def __anext__(self) -> Any:
@@ -414,10 +414,10 @@ class _WatchedStream:
         self._on_close()
         await self._inner.aclose()
 
-    async def __aenter__(self) -> "_WatchedStream":
+    async def __aenter__(self) -> _WatchedStream:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def close(self) -> None:
@@ -449,6 +449,6 @@ class _StderrToLog:
         with contextlib.suppress(Exception):
             self._reader.close()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(Exception):
             self._writer.close()

@@ -19,9 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from schemapin import SchemaPinError, parse_json
-
 from gateway.errors import ConfigError
+from schemapin import SchemaPinError, parse_json
 
 
 def load_manifest(path: Path) -> dict[str, dict[str, Any]]:

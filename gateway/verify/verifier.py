@@ -26,6 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+
+from gateway.catalog import Catalog, CatalogTool
+from gateway.config.model import Config
+from gateway.context import ToolInfo
+from gateway.errors import ConfigError
+from gateway.events import EventSink
+from gateway.verify.manifest import load_manifest
+from gateway.verify.state import ToolStateStore
 from schemapin import (
     DefinitionChanged,
     KeyPinMismatch,
@@ -38,14 +46,6 @@ from schemapin import (
     split_carrier,
     verify_tool,
 )
-
-from gateway.catalog import Catalog, CatalogTool
-from gateway.config.model import Config
-from gateway.context import ToolInfo
-from gateway.errors import ConfigError
-from gateway.events import EventSink
-from gateway.verify.manifest import load_manifest
-from gateway.verify.state import ToolStateStore
 
 _logger = logging.getLogger("symbi.verify")
 
@@ -87,7 +87,7 @@ class ToolVerifier:
             verify=str(ca) if ca else True,
         )
         self._org_keys = load_org_keys(config)
-        for name, srv in config.servers.items():
+        for name in config.servers:
             if config.verification_for(name) == "off":
                 _logger.warning("verification is OFF for upstream %r: its tools are not checked", name)
 

@@ -8,7 +8,7 @@ SYMBI := $(VENV)/bin/symbi
 CONFIG ?= examples/symbi.toml
 PYTEST_ARGS ?=
 
-.PHONY: all setup python-deps node-deps sandbox run stdio test test-fast bench lint typecheck clean
+.PHONY: all setup python-deps node-deps sandbox browser run stdio test test-fast bench lint typecheck clean
 
 all: setup
 
@@ -37,6 +37,10 @@ tests/conformance/node/node_modules/.installed: tests/conformance/node/package.j
 sandbox:
 	bash scripts/setup-sandbox.sh
 
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 run: setup
 	@bash scripts/run-banner.sh $(CONFIG)
 	$(SYMBI) serve --config $(CONFIG)
@@ -44,7 +48,7 @@ run: setup
 stdio: setup
 	$(SYMBI) mcp --config $(CONFIG)
 
-test: setup sandbox
+test: setup sandbox browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

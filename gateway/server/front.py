@@ -167,7 +167,9 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
 
-    async def _on_owner(ctx: ServerRequestContext[Gateway], uri: str, fn: Callable[[Any], Any]) -> types.EmptyResult:
+    async def _on_owner(
+        ctx: ServerRequestContext[Gateway], uri: str, fn: Callable[[Any], Any]
+    ) -> types.EmptyResult:
         gw = gw_of(ctx)
         try:
             await gw.with_upstream(gw.catalog.resource_owner(uri), fn, ctx)
@@ -175,7 +177,9 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
             raise protocol_error(e) from None
         return types.EmptyResult()
 
-    async def subscribe(ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams) -> types.EmptyResult:
+    async def subscribe(
+        ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
         return await _on_owner(ctx, params.uri, lambda up: up.session.subscribe_resource(params.uri))
 
     async def unsubscribe(

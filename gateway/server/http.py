@@ -260,6 +260,13 @@ class AuthGate:
         )
 
 
+async def _not_found(request: Request, exc: Exception) -> Response:
+    # JSON under /api (the admin API's contract), even for paths no route can match
+    if request.url.path.startswith("/api"):
+        return JSONResponse({"error": "not_found", "reason": "no such admin API endpoint"}, status_code=404)
+    return Response("Not Found", status_code=404, media_type="text/plain")
+
+
 def _tap_events(gw: Gateway, tee: MetricsSink) -> None:
     """Count every event the gateway's components emit.
 
@@ -387,6 +394,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
             *dashboard_routes(state),
         ],
         lifespan=lifespan,
+        exception_handlers={404: _not_found},
     )
     app.state.symbi = state
     # add_middleware wraps outermost last: this order gives access log → host → body → auth.

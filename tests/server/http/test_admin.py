@@ -147,3 +147,15 @@ def test_policy_reload_refuses_a_broken_policy_and_keeps_the_old_one(tmp_path: P
 
 def get_at(base: str, path: str, key: str) -> httpx.Response:
     return httpx.get(base + "/api" + path, headers=bearer(key), timeout=10)
+
+
+def test_every_api_miss_is_json(env: Env) -> None:
+    """Found by schemathesis: a newline in a path parameter matched no route and got text/plain."""
+    for method, path in (
+        ("GET", "/api/tools/%0A/diff"),
+        ("POST", "/api/tools/%0A/approve"),
+        ("GET", "/api/nope"),
+    ):
+        r = httpx.request(method, env.run.base + path, headers=bearer(env.keys.admin))
+        assert r.status_code == 404 and check(r, 404, "Error")["error"] == "not_found"
+    assert httpx.get(env.run.base + "/api/nope").status_code == 401  # still authenticated first

@@ -42,6 +42,7 @@ from gateway.server.admin import admin_routes, audit_log, audit_writable, policy
 from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
 from gateway.server.front import build_server
 from gateway.server.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, MetricsSink, RecentCalls
+from gateway.server.resume import BoundedEventStore
 from gateway.steps.metrics import MetricsStep
 
 _logger = logging.getLogger("symbi.http")
@@ -340,6 +341,8 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     settings = security_settings(config)
     manager = StreamableHTTPSessionManager(
         app=server,
+        event_store=BoundedEventStore(),  # resumable SSE streams (priming event id, replay)
+        retry_interval=1000,
         json_response=config.http.json_response,
         security_settings=settings,
         session_idle_timeout=config.http.session_idle_timeout_s,

@@ -16,7 +16,7 @@ fi
 rm -rf "$venv"
 "$py" -m venv "$venv"
 "$venv/bin/pip" install --disable-pip-version-check -q 'schemapin==1.3.0'
-"$venv/bin/python" -c 'import schemapin.core, schemapin.skill, schemapin.verification'
+"$venv/bin/python" -I -c 'import schemapin.core, schemapin.skill, schemapin.verification'  # -I: never our schemapin from the cwd
 printf "*\n" > "$venv/.gitignore"  # keep the venv out of git (as Python 3.13+ venvs do)
 touch "$venv/.schemapin-ref-ready"
 echo "reference venv ready: $venv"

@@ -55,7 +55,7 @@ class Reference:
         self.python = python
 
     def run(self, ops: list[dict[str, Any]]) -> list[Any]:
-        out = subprocess.run([str(self.python), str(REF_TOOL)], input=json.dumps(ops), capture_output=True,
+        out = subprocess.run([str(self.python), "-I", str(REF_TOOL)], input=json.dumps(ops), capture_output=True,
                              text=True, timeout=120, check=True)
         results = json.loads(out.stdout)
         for op, res in zip(ops, results):

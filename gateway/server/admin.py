@@ -14,6 +14,8 @@ without one the endpoints answer 503 with a reason:
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.server.approvals import ApprovalError, approve_tool, tool_diff
+from gateway.server.openapi import OPENAPI
 
 if TYPE_CHECKING:
     from gateway.server.http import HttpState
@@ -43,6 +46,44 @@ def audit_verify(log: Any) -> dict[str, Any]:
     from gateway.audit import exported_public_keys, verify_log
 
     return verify_log(log.path, exported_public_keys(log.key_path)).as_dict()
+
+
+_QUERY_KEYS = {"principal", "tool", "type", "decision", "since_ns", "until_ns", "limit"}
+
+
+def audit_filters(params: Mapping[str, str], default_limit: int | None) -> dict[str, Any]:
+    """Validated ``gateway.audit.store.query`` filters from query parameters (ValueError if bad)."""
+    unknown = set(params) - _QUERY_KEYS
+    if unknown:
+        raise ValueError(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {"limit": default_limit}
+    for key in ("principal", "tool", "decision"):
+        if key in params:
+            out[key] = params[key]
+    if out.get("decision") not in (None, "allow", "deny"):
+        raise ValueError("decision must be allow or deny")
+    if "type" in params:
+        out["types"] = tuple(t for t in params["type"].split(",") if t)
+    for key in ("since_ns", "until_ns", "limit"):
+        if key in params:
+            out[key] = int(params[key])
+    for key in ("since_ns", "until_ns"):
+        if key in out and not 0 <= out[key] < 2**63:  # SQLite INTEGER range (found by schemathesis)
+            raise ValueError(f"{key} must be from 0 to 2**63-1")
+    if out["limit"] is not None and not 1 <= out["limit"] <= 100_000:
+        raise ValueError("limit must be from 1 to 100000")
+    return out
+
+
+def audit_query(log: Any, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Matching events in sequence order (blocking: run it in a thread)."""
+    from gateway.audit import store
+
+    conn = store.open_reader(log.path)
+    try:
+        return [r.as_dict() for r in store.query(conn, **filters)]
+    finally:
+        conn.close()
 
 
 def audit_writable(log: Any) -> bool:
@@ -198,6 +239,28 @@ def admin_routes(state: HttpState) -> list[Route]:
         events = await anyio.to_thread.run_sync(log.recent, n)
         return JSONResponse({"events": events})
 
+    async def audit_query_view(request: Request) -> Response:
+        log = audit_log(state)
+        if log is None:
+            return _unavailable("audit", "the audit log is not enabled in this gateway")
+        try:
+            filters = audit_filters(request.query_params, default_limit=1000)
+        except ValueError as e:
+            return _err(400, "bad_request", str(e))
+        return JSONResponse({"events": await anyio.to_thread.run_sync(audit_query, log, filters)})
+
+    async def audit_export(request: Request) -> Response:
+        log = audit_log(state)
+        if log is None:
+            return _unavailable("audit", "the audit log is not enabled in this gateway")
+        try:
+            filters = audit_filters(request.query_params, default_limit=None)
+        except ValueError as e:
+            return _err(400, "bad_request", str(e))
+        rows = await anyio.to_thread.run_sync(audit_query, log, filters)
+        body = "".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in rows)
+        return Response(body, media_type="application/x-ndjson")
+
     async def audit_verify_view(request: Request) -> Response:
         log = audit_log(state)
         if log is None:
@@ -241,306 +304,11 @@ def admin_routes(state: HttpState) -> list[Route]:
         Route("/sessions", sessions, methods=["GET"]),
         Route("/calls/recent", calls, methods=["GET"]),
         Route("/audit/recent", audit_recent, methods=["GET"]),
+        Route("/audit/query", audit_query_view, methods=["GET"]),
+        Route("/audit/export", audit_export, methods=["GET"]),
         Route("/audit/verify", audit_verify_view, methods=["GET"]),
         Route("/policy/status", policy_status_view, methods=["GET"]),
         Route("/policy/reload", policy_reload, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/{rest:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]
-
-
-# -- OpenAPI ----------------------------------------------------------------------------------
-
-_S = "#/components/schemas/"
-_NULLSTR = {"type": ["string", "null"]}
-
-
-def _ok(ref: str, desc: str = "OK") -> dict[str, Any]:
-    return {"description": desc, "content": {"application/json": {"schema": {"$ref": _S + ref}}}}
-
-
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-_ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": _S + "Error"}}}}
-_STD = {"401": _ERR, "403": _ERR}
-_LIMIT = [
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-    }
-]
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {"title": "Symbi gateway admin API", "version": "1"},
-    "servers": [{"url": "/api"}],
-    "security": [{"bearer": []}, {"apiKey": []}],
-    "paths": {
-        "/tools/{name}/diff": {
-            "get": {
-                "summary": "Approved vs current definition of a tool (unified diff)",
-                "parameters": [_NAME],
-                "responses": {
-                    "200": _ok("ToolDiff"),
-                    "404": _ERR,
-                    "503": _ok("Unavailable", "no verifier"),
-                    **_STD,
-                },
-            }
-        },
-        "/tools/{name}/approve": {
-            "post": {
-                "summary": "Approve the current definition of a tool (not for signed-manifest upstreams)",
-                "parameters": [_NAME],
-                "responses": {
-                    "200": _ok("Approved"),
-                    "404": _ERR,
-                    "409": _ERR,
-                    "503": _ok("Unavailable", "no verifier"),
-                    **_STD,
-                },
-            }
-        },
-        "/tools": {
-            "get": {
-                "summary": "Tool catalogue with verification state",
-                "responses": {"200": _ok("ToolList"), **_STD},
-            }
-        },
-        "/upstreams": {
-            "get": {"summary": "Upstream status", "responses": {"200": _ok("UpstreamList"), **_STD}}
-        },
-        "/upstreams/{name}/restart": {
-            "post": {
-                "summary": "Restart one upstream connection",
-                "parameters": [
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "202": _ok("Restarting", "restart requested"),
-                    "404": _ERR,
-                    "501": _ERR,
-                    **_STD,
-                },
-            }
-        },
-        "/sessions": {
-            "get": {"summary": "Open MCP sessions", "responses": {"200": _ok("SessionList"), **_STD}}
-        },
-        "/calls/recent": {
-            "get": {
-                "summary": "Recent call outcomes (allow/deny with reasons)",
-                "parameters": _LIMIT,
-                "responses": {"200": _ok("CallList"), "400": _ERR, **_STD},
-            }
-        },
-        "/audit/recent": {
-            "get": {
-                "summary": "Recent audit events",
-                "parameters": _LIMIT,
-                "responses": {
-                    "200": _ok("AuditEvents"),
-                    "400": _ERR,
-                    "503": _ok("Unavailable", "no audit log"),
-                    **_STD,
-                },
-            }
-        },
-        "/audit/verify": {
-            "get": {
-                "summary": "Verify the audit chain",
-                "responses": {"200": _ok("AuditVerify"), "503": _ok("Unavailable", "no audit log"), **_STD},
-            }
-        },
-        "/policy/status": {
-            "get": {
-                "summary": "Policy engine status",
-                "responses": {
-                    "200": _ok("PolicyStatus"),
-                    "503": _ok("Unavailable", "no policy engine"),
-                    **_STD,
-                },
-            }
-        },
-        "/policy/reload": {
-            "post": {
-                "summary": "Reload the policy files (a broken policy is refused; the old one stays)",
-                "responses": {
-                    "200": _ok("PolicyReload"),
-                    "409": _ERR,
-                    "422": _ok("PolicyReload", "refused: the previous policy stays in force"),
-                    "503": _ok("Unavailable", "no policy engine"),
-                    **_STD,
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, **_STD}}
-        },
-    },
-    "components": {
-        "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer", "description": "API key (symbi_...) or JWT"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-        },
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {
-                    "error": {"type": "string"},
-                    "reason": {"type": "string"},
-                    "error_description": {"type": "string"},
-                },
-            },
-            "Unavailable": {
-                "type": "object",
-                "required": ["error", "component", "reason"],
-                "properties": {
-                    "error": {"const": "unavailable"},
-                    "component": {"type": "string"},
-                    "reason": {"type": "string"},
-                },
-            },
-            "Tool": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": [
-                    "name",
-                    "original_name",
-                    "upstream",
-                    "description",
-                    "verification",
-                    "key_fingerprint",
-                    "definition_hash",
-                    "code_tool",
-                ],
-                "properties": {
-                    "name": {"type": "string"},
-                    "original_name": {"type": "string"},
-                    "upstream": {"type": "string"},
-                    "description": {"type": "string"},
-                    "verification": {
-                        "enum": ["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed"]
-                    },
-                    "key_fingerprint": _NULLSTR,
-                    "definition_hash": _NULLSTR,
-                    "code_tool": {"type": "boolean"},
-                },
-            },
-            "PolicyReload": {
-                "type": "object",
-                "required": ["reloaded", "loaded"],
-                "properties": {"reloaded": {"type": "boolean"}, "loaded": {"type": "boolean"}},
-            },
-            "ToolDiff": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["tool", "status", "drifted", "approved_hash", "current_hash", "diff"],
-                "properties": {
-                    "tool": {"type": "string"},
-                    "status": {"type": "string"},
-                    "drifted": {"type": "boolean"},
-                    "approved_hash": _NULLSTR,
-                    "current_hash": _NULLSTR,
-                    "diff": {"type": "string"},
-                },
-            },
-            "Approved": {
-                "type": "object",
-                "required": ["tool", "approved_hash"],
-                "properties": {"tool": {"type": "string"}, "approved_hash": {"type": "string"}},
-            },
-            "ToolList": {
-                "type": "object",
-                "required": ["tools"],
-                "properties": {"tools": {"type": "array", "items": {"$ref": _S + "Tool"}}},
-            },
-            "Upstream": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["name", "state", "transport", "restarts", "last_error", "tools"],
-                "properties": {
-                    "name": {"type": "string"},
-                    "state": {"enum": ["starting", "up", "down"]},
-                    "transport": {"enum": ["stdio", "http"]},
-                    "restarts": {"type": "integer", "minimum": 0},
-                    "last_error": _NULLSTR,
-                    "tools": {"type": "integer", "minimum": 0},
-                },
-            },
-            "UpstreamList": {
-                "type": "object",
-                "required": ["upstreams"],
-                "properties": {"upstreams": {"type": "array", "items": {"$ref": _S + "Upstream"}}},
-            },
-            "Restarting": {
-                "type": "object",
-                "required": ["upstream", "restarting"],
-                "properties": {"upstream": {"type": "string"}, "restarting": {"const": True}},
-            },
-            "Session": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["id", "owner"],
-                "properties": {
-                    "id": {"type": "string", "description": "first 8 characters only"},
-                    "owner": _NULLSTR,
-                },
-            },
-            "SessionList": {
-                "type": "object",
-                "required": ["max_sessions", "sessions"],
-                "properties": {
-                    "max_sessions": {"type": "integer"},
-                    "sessions": {"type": "array", "items": {"$ref": _S + "Session"}},
-                },
-            },
-            "Call": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": [
-                    "time",
-                    "principal",
-                    "kind",
-                    "target",
-                    "upstream",
-                    "outcome",
-                    "decision",
-                    "reasons",
-                    "error_code",
-                    "latency_ms",
-                ],
-                "properties": {
-                    "time": {"type": "number"},
-                    "principal": {"type": "string"},
-                    "kind": {"type": "string"},
-                    "target": {"type": "string"},
-                    "upstream": _NULLSTR,
-                    "outcome": {"enum": ["ok", "error", "denied"]},
-                    "decision": {"enum": ["allow", "deny", None]},
-                    "reasons": {"type": "array", "items": {"type": "string"}},
-                    "error_code": _NULLSTR,
-                    "latency_ms": {"type": "number", "minimum": 0},
-                },
-            },
-            "CallList": {
-                "type": "object",
-                "required": ["calls"],
-                "properties": {"calls": {"type": "array", "items": {"$ref": _S + "Call"}}},
-            },
-            "AuditEvents": {
-                "type": "object",
-                "required": ["events"],
-                "properties": {"events": {"type": "array", "items": {"type": "object"}}},
-            },
-            "AuditVerify": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
-            "PolicyStatus": {
-                "type": "object",
-                "required": ["loaded"],
-                "properties": {"loaded": {"type": "boolean"}},
-            },
-        },
-    },
-}

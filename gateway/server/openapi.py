@@ -1,0 +1,339 @@
+"""The OpenAPI 3.1 document of the admin REST API (served at ``/api/openapi.json``).
+
+Response schemas are JSON Schema 2020-12; the tests check every endpoint against them
+(schemathesis, and jsonschema for the answers that need a prepared state).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_S = "#/components/schemas/"
+_NULLSTR = {"type": ["string", "null"]}
+
+
+def _ok(ref: str, desc: str = "OK") -> dict[str, Any]:
+    return {"description": desc, "content": {"application/json": {"schema": {"$ref": _S + ref}}}}
+
+
+_AUDIT_FILTERS = [
+    {"name": n, "in": "query", "required": False, "schema": sch}
+    for n, sch in (
+        ("principal", {"type": "string"}),
+        ("tool", {"type": "string"}),
+        ("type", {"type": "string", "description": "comma-separated event types"}),
+        ("decision", {"enum": ["allow", "deny"]}),
+        ("since_ns", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}),
+        ("until_ns", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}),
+        ("limit", {"type": "integer", "minimum": 1, "maximum": 100000}),
+    )
+]
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": _S + "Error"}}}}
+_STD = {"401": _ERR, "403": _ERR}
+_LIMIT = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+    }
+]
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Symbi gateway admin API", "version": "1"},
+    "servers": [{"url": "/api"}],
+    "security": [{"bearer": []}, {"apiKey": []}],
+    "paths": {
+        "/tools/{name}/diff": {
+            "get": {
+                "summary": "Approved vs current definition of a tool (unified diff)",
+                "parameters": [_NAME],
+                "responses": {
+                    "200": _ok("ToolDiff"),
+                    "404": _ERR,
+                    "503": _ok("Unavailable", "no verifier"),
+                    **_STD,
+                },
+            }
+        },
+        "/tools/{name}/approve": {
+            "post": {
+                "summary": "Approve the current definition of a tool (not for signed-manifest upstreams)",
+                "parameters": [_NAME],
+                "responses": {
+                    "200": _ok("Approved"),
+                    "404": _ERR,
+                    "409": _ERR,
+                    "503": _ok("Unavailable", "no verifier"),
+                    **_STD,
+                },
+            }
+        },
+        "/tools": {
+            "get": {
+                "summary": "Tool catalogue with verification state",
+                "responses": {"200": _ok("ToolList"), **_STD},
+            }
+        },
+        "/upstreams": {
+            "get": {"summary": "Upstream status", "responses": {"200": _ok("UpstreamList"), **_STD}}
+        },
+        "/upstreams/{name}/restart": {
+            "post": {
+                "summary": "Restart one upstream connection",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "202": _ok("Restarting", "restart requested"),
+                    "404": _ERR,
+                    "501": _ERR,
+                    **_STD,
+                },
+            }
+        },
+        "/sessions": {
+            "get": {"summary": "Open MCP sessions", "responses": {"200": _ok("SessionList"), **_STD}}
+        },
+        "/calls/recent": {
+            "get": {
+                "summary": "Recent call outcomes (allow/deny with reasons)",
+                "parameters": _LIMIT,
+                "responses": {"200": _ok("CallList"), "400": _ERR, **_STD},
+            }
+        },
+        "/audit/recent": {
+            "get": {
+                "summary": "Recent audit events",
+                "parameters": _LIMIT,
+                "responses": {
+                    "200": _ok("AuditEvents"),
+                    "400": _ERR,
+                    "503": _ok("Unavailable", "no audit log"),
+                    **_STD,
+                },
+            }
+        },
+        "/audit/query": {
+            "get": {
+                "summary": "Audit events matching every given filter, in sequence order",
+                "parameters": _AUDIT_FILTERS,
+                "responses": {
+                    "200": _ok("AuditEvents"),
+                    "400": _ERR,
+                    "503": _ok("Unavailable", "no audit log"),
+                    **_STD,
+                },
+            }
+        },
+        "/audit/export": {
+            "get": {
+                "summary": "Audit events as JSON lines (wire form, verifiable offline)",
+                "parameters": _AUDIT_FILTERS,
+                "responses": {
+                    "200": {"description": "one event per line", "content": {"application/x-ndjson": {}}},
+                    "400": _ERR,
+                    "503": _ok("Unavailable", "no audit log"),
+                    **_STD,
+                },
+            }
+        },
+        "/audit/verify": {
+            "get": {
+                "summary": "Verify the audit chain",
+                "responses": {"200": _ok("AuditVerify"), "503": _ok("Unavailable", "no audit log"), **_STD},
+            }
+        },
+        "/policy/status": {
+            "get": {
+                "summary": "Policy engine status",
+                "responses": {
+                    "200": _ok("PolicyStatus"),
+                    "503": _ok("Unavailable", "no policy engine"),
+                    **_STD,
+                },
+            }
+        },
+        "/policy/reload": {
+            "post": {
+                "summary": "Reload the policy files (a broken policy is refused; the old one stays)",
+                "responses": {
+                    "200": _ok("PolicyReload"),
+                    "409": _ERR,
+                    "422": _ok("PolicyReload", "refused: the previous policy stays in force"),
+                    "503": _ok("Unavailable", "no policy engine"),
+                    **_STD,
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}, **_STD}}
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "API key (symbi_...) or JWT"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "error_description": {"type": "string"},
+                },
+            },
+            "Unavailable": {
+                "type": "object",
+                "required": ["error", "component", "reason"],
+                "properties": {
+                    "error": {"const": "unavailable"},
+                    "component": {"type": "string"},
+                    "reason": {"type": "string"},
+                },
+            },
+            "Tool": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": [
+                    "name",
+                    "original_name",
+                    "upstream",
+                    "description",
+                    "verification",
+                    "key_fingerprint",
+                    "definition_hash",
+                    "code_tool",
+                ],
+                "properties": {
+                    "name": {"type": "string"},
+                    "original_name": {"type": "string"},
+                    "upstream": {"type": "string"},
+                    "description": {"type": "string"},
+                    "verification": {
+                        "enum": ["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed"]
+                    },
+                    "key_fingerprint": _NULLSTR,
+                    "definition_hash": _NULLSTR,
+                    "code_tool": {"type": "boolean"},
+                },
+            },
+            "PolicyReload": {
+                "type": "object",
+                "required": ["reloaded", "loaded"],
+                "properties": {"reloaded": {"type": "boolean"}, "loaded": {"type": "boolean"}},
+            },
+            "ToolDiff": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["tool", "status", "drifted", "approved_hash", "current_hash", "diff"],
+                "properties": {
+                    "tool": {"type": "string"},
+                    "status": {"type": "string"},
+                    "drifted": {"type": "boolean"},
+                    "approved_hash": _NULLSTR,
+                    "current_hash": _NULLSTR,
+                    "diff": {"type": "string"},
+                },
+            },
+            "Approved": {
+                "type": "object",
+                "required": ["tool", "approved_hash"],
+                "properties": {"tool": {"type": "string"}, "approved_hash": {"type": "string"}},
+            },
+            "ToolList": {
+                "type": "object",
+                "required": ["tools"],
+                "properties": {"tools": {"type": "array", "items": {"$ref": _S + "Tool"}}},
+            },
+            "Upstream": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "state", "transport", "restarts", "last_error", "tools"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "state": {"enum": ["starting", "up", "down"]},
+                    "transport": {"enum": ["stdio", "http"]},
+                    "restarts": {"type": "integer", "minimum": 0},
+                    "last_error": _NULLSTR,
+                    "tools": {"type": "integer", "minimum": 0},
+                },
+            },
+            "UpstreamList": {
+                "type": "object",
+                "required": ["upstreams"],
+                "properties": {"upstreams": {"type": "array", "items": {"$ref": _S + "Upstream"}}},
+            },
+            "Restarting": {
+                "type": "object",
+                "required": ["upstream", "restarting"],
+                "properties": {"upstream": {"type": "string"}, "restarting": {"const": True}},
+            },
+            "Session": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id", "owner"],
+                "properties": {
+                    "id": {"type": "string", "description": "first 8 characters only"},
+                    "owner": _NULLSTR,
+                },
+            },
+            "SessionList": {
+                "type": "object",
+                "required": ["max_sessions", "sessions"],
+                "properties": {
+                    "max_sessions": {"type": "integer"},
+                    "sessions": {"type": "array", "items": {"$ref": _S + "Session"}},
+                },
+            },
+            "Call": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": [
+                    "time",
+                    "principal",
+                    "kind",
+                    "target",
+                    "upstream",
+                    "outcome",
+                    "decision",
+                    "reasons",
+                    "error_code",
+                    "latency_ms",
+                ],
+                "properties": {
+                    "time": {"type": "number"},
+                    "principal": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "target": {"type": "string"},
+                    "upstream": _NULLSTR,
+                    "outcome": {"enum": ["ok", "error", "denied"]},
+                    "decision": {"enum": ["allow", "deny", None]},
+                    "reasons": {"type": "array", "items": {"type": "string"}},
+                    "error_code": _NULLSTR,
+                    "latency_ms": {"type": "number", "minimum": 0},
+                },
+            },
+            "CallList": {
+                "type": "object",
+                "required": ["calls"],
+                "properties": {"calls": {"type": "array", "items": {"$ref": _S + "Call"}}},
+            },
+            "AuditEvents": {
+                "type": "object",
+                "required": ["events"],
+                "properties": {"events": {"type": "array", "items": {"type": "object"}}},
+            },
+            "AuditVerify": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
+            "PolicyStatus": {
+                "type": "object",
+                "required": ["loaded"],
+                "properties": {"loaded": {"type": "boolean"}},
+            },
+        },
+    },
+}

@@ -214,10 +214,8 @@ def admin_routes(state: HttpState) -> list[Route]:
         up = gw.upstreams.get(name) if gw is not None else None
         if up is None:
             return _err(404, "not_found", f"no upstream named {name!r}")
-        fn = getattr(up, "restart", None)
-        if fn is None:
-            return _err(501, "not_implemented", "this gateway's Upstream has no restart()")
-        await fn()
+        await up.restart()
+        state.gateway.events.emit("upstream.restart_requested", {"upstream": name})  # type: ignore[union-attr]
         return JSONResponse({"upstream": name, "restarting": True}, status_code=202)
 
     async def sessions(request: Request) -> Response:

@@ -287,6 +287,11 @@ class Upstream:
         except Exception:
             _logger.exception("catalogue update after %s changed failed", self.name)
 
+    async def restart(self) -> None:
+        """Drop the connection; the supervisor reconnects (after its backoff)."""
+        self.last_error = "restart requested"
+        self._closed.set()
+
     async def stop(self) -> None:
         self._stop = True
         self._closed.set()

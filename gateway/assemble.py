@@ -8,6 +8,7 @@ config names them off, and turning one off is logged at start.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,14 @@ class SandboxBuiltin:
         return types.CallToolResult.model_validate(result)
 
 
-def make_gateway(config: Config, bus: InMemorySubscriptionBus | None = None) -> Gateway:
+def make_gateway(
+    config: Config,
+    bus: InMemorySubscriptionBus | None = None,
+    *,
+    sink_wrapper: Callable[[EventSink], EventSink] | None = None,
+) -> Gateway:
+    """The gateway the config describes; ``sink_wrapper`` tees every component's events
+    (the HTTP front counts them for ``/metrics``)."""
     closers: list[Any] = []
     events: EventSink
     audit = None
@@ -87,6 +95,8 @@ def make_gateway(config: Config, bus: InMemorySubscriptionBus | None = None) -> 
     else:
         _logger.warning("AUDIT IS OFF (security.audit_enabled = false): calls are not recorded")
         events = LoggingSink()
+    if sink_wrapper is not None:
+        events = sink_wrapper(events)
     events.emit("config.loaded", {"source": str(config.source) if config.source else None,
                                   "servers": sorted(config.servers)})
 

@@ -268,29 +268,6 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return Response("Not Found", status_code=404, media_type="text/plain")
 
 
-def _tap_events(gw: Gateway, tee: MetricsSink) -> None:
-    """Count every event the gateway's components emit.
-
-    ``make_gateway`` hands one sink (the audit log, or a logging sink) to every producer
-    (verifier, policy engine, upstreams) before this front sees the gateway, so replacing
-    ``gw.events`` alone would miss most of them. Until ``make_gateway`` accepts a sink wrapper,
-    the shared sink's ``emit`` is wrapped on this instance; the event still reaches it unchanged.
-    """
-    sink = tee.inner
-    original = sink.emit
-
-    def emit(
-        event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
-    ) -> None:
-        tee.count(event_type, details)
-        original(event_type, details, principal=principal, agent=agent)
-
-    try:
-        sink.emit = emit  # type: ignore[method-assign]
-    except AttributeError:  # a sink that refuses attributes: count what flows through gw.events
-        gw.events = tee
-
-
 def _access_token(p: Principal) -> AccessToken:
     """The SDK's view of a credential, used only to bind sessions to their opener."""
     kid = p.claims.get("key_id")
@@ -323,17 +300,8 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     step = MetricsStep(metrics, recent)
 
     def factory(bus: InMemorySubscriptionBus) -> Gateway:
-        gw = make_gateway(config, bus)
-        _tap_events(gw, MetricsSink(gw.events, metrics))
-        extra = getattr(gw, "extra_steps", None)
-        if isinstance(extra, list):
-            extra.insert(0, step)  # default_steps puts extra_steps outermost
-        else:
-            # older Gateway without extra_steps: wrap the step list so ours is outermost
-            from gateway.steps import default_steps
-
-            inner = gw._steps_factory or default_steps
-            gw._steps_factory = lambda g: [step, *inner(g)]
+        gw = make_gateway(config, bus, sink_wrapper=lambda sink: MetricsSink(sink, metrics))
+        gw.extra_steps.insert(0, step)  # default_steps puts extra_steps outermost
         holder.append(gw)
         return gw
 

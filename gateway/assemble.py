@@ -178,6 +178,8 @@ def _poll_approvals(verifier: ToolVerifier, interval: float):  # type: ignore[no
             if now != seen:
                 seen = now
                 _logger.info("approvals or manifests changed: re-verifying the catalogue")
+                # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
+                gw.events.emit("tool.approvals_changed", {"fingerprint": [str(x) for x in now]})
                 await gw.refresh()
 
     return run

@@ -12,7 +12,6 @@ A running gateway notices the change within ``mcp.recheck_interval_s``.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.errors import ConfigError, GatewayError
+from gateway.verify.approve import approve_current, drift_diff
 from gateway.verify.state import ToolRecord, ToolStateStore
 
 
@@ -84,30 +84,19 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pretty(d: object) -> list[str]:
-    return json.dumps(d, indent=2, sort_keys=True, ensure_ascii=False).splitlines(keepends=True)
-
-
 def _diff(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
     rec = _lookup(_store(cfg), args.tool)
     if not rec.drifted:
         print(f"{rec.namespaced}: no drift (status {rec.status})")
         return 0
-    sys.stdout.writelines(
-        difflib.unified_diff(
-            _pretty(rec.approved_definition),
-            _pretty(rec.current_definition),
-            fromfile=f"{rec.namespaced} (approved {rec.approved_hash[:12] if rec.approved_hash else '-'})",
-            tofile=f"{rec.namespaced} (current {rec.current_hash[:12] if rec.current_hash else '-'})",
-        )
-    )
+    sys.stdout.write(drift_diff(rec))
     return 1
 
 
 def _approve(args: argparse.Namespace) -> int:
     from gateway.verify.manifest import load_manifest, save_manifest
-    from schemapin import definition_hash, fingerprint, load_private_key_pem, sign_envelope
+    from schemapin import fingerprint, load_private_key_pem, sign_envelope
 
     cfg = load_config(args.config, args.environ)
     store = _store(cfg)
@@ -138,25 +127,9 @@ def _approve(args: argparse.Namespace) -> int:
                 )
             save_manifest(srv.approved, upstream, manifest)
         for rec in recs:
-            assert rec.current_definition is not None
-            h = definition_hash(rec.current_definition)
-            store.approve(upstream, rec.name, h, rec.current_definition)
-            if srv.domain:
-                _approve_pin(cfg, srv.domain, rec.name, args.by)
+            h = approve_current(store, cfg.pins_path, rec, domain=srv.domain, actor=args.by or "symbi tools approve")
             print(f"approved {rec.namespaced} ({h[:16]})")
     return 0
-
-
-def _approve_pin(cfg: Config, domain: str, tool: str, actor: str | None) -> None:
-    from schemapin import PinStore, PinStoreError
-
-    with PinStore(cfg.pins_path) as pins:
-        pin = pins.get(domain, tool)
-        if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
-            try:
-                pins.approve(domain, tool, actor=actor or "symbi tools approve")
-            except PinStoreError:
-                pass
 
 
 def _revoke(args: argparse.Namespace) -> int:

@@ -9,13 +9,12 @@ so it stays a CLI step.
 
 from __future__ import annotations
 
-import difflib
-import json
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from gateway.errors import GatewayError
+from gateway.verify.approve import approve_current, drift_diff
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -46,23 +45,10 @@ def _record(gw: Gateway | None, name: str) -> Any:
     return rec
 
 
-def _pretty(d: Any) -> list[str]:
-    return json.dumps(d, indent=2, sort_keys=True, ensure_ascii=False).splitlines(keepends=True)
-
-
 def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
     """The approved definition against the current one, as a unified diff."""
     rec = _record(gw, name)
-    diff = ""
-    if rec.drifted:
-        diff = "".join(
-            difflib.unified_diff(
-                _pretty(rec.approved_definition),
-                _pretty(rec.current_definition),
-                fromfile=f"{rec.namespaced} (approved {str(rec.approved_hash)[:12]})",
-                tofile=f"{rec.namespaced} (current {str(rec.current_hash)[:12]})",
-            )
-        )
+    diff = drift_diff(rec)
     return {
         "tool": rec.namespaced,
         "status": rec.status,
@@ -75,8 +61,6 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
 
 async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> dict[str, Any]:
     """Approve the current definition of ``name``; the catalogue is re-verified at once."""
-    from schemapin import definition_hash
-
     rec = _record(gw, name)
     assert gw is not None
     srv = gw.config.servers.get(rec.upstream)
@@ -90,8 +74,9 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
         )
     if rec.current_definition is None:
         raise ApprovalError(f"{name} has no current definition to approve", 409)
-    h = definition_hash(rec.current_definition)
-    await anyio.to_thread.run_sync(_approve_sync, gw, rec, h, principal.id, srv.domain)
+    h = await anyio.to_thread.run_sync(
+        lambda: approve_current(_state(gw), gw.config.pins_path, rec, domain=srv.domain, actor=principal.id)
+    )
     gw.events.emit(
         "tool.approved",
         {"tool": rec.namespaced, "upstream": rec.upstream, "definition_hash": h, "via": "admin-api"},
@@ -99,18 +84,3 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
     )
     await gw.refresh()
     return {"tool": rec.namespaced, "approved_hash": h}
-
-
-def _approve_sync(gw: Gateway, rec: Any, h: str, actor: str, domain: str | None) -> None:
-    _state(gw).approve(rec.upstream, rec.name, h, rec.current_definition)
-    if domain:
-        # a pending key/definition change on a SchemaPin pin is accepted too (as the CLI does)
-        from schemapin import PinStore, PinStoreError
-
-        with PinStore(gw.config.pins_path) as pins:
-            pin = pins.get(domain, rec.name)
-            if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
-                try:
-                    pins.approve(domain, rec.name, actor=actor)
-                except PinStoreError:
-                    pass

@@ -1,0 +1,52 @@
+"""Approving a tool's current definition: shared by ``symbi tools`` and the admin API."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+from gateway.verify.state import ToolRecord, ToolStateStore
+
+
+def _pretty(d: Any) -> list[str]:
+    return json.dumps(d, indent=2, sort_keys=True, ensure_ascii=False).splitlines(keepends=True)
+
+
+def drift_diff(rec: ToolRecord) -> str:
+    """Unified diff of the approved against the current definition ("" when not drifted)."""
+    if not rec.drifted:
+        return ""
+    return "".join(
+        difflib.unified_diff(
+            _pretty(rec.approved_definition),
+            _pretty(rec.current_definition),
+            fromfile=f"{rec.namespaced} (approved {str(rec.approved_hash)[:12]})",
+            tofile=f"{rec.namespaced} (current {str(rec.current_hash)[:12]})",
+        )
+    )
+
+
+def approve_current(
+    store: ToolStateStore, pins_path: Path, rec: ToolRecord, *, domain: str | None, actor: str | None
+) -> str:
+    """Make the current definition the approved one (and accept a pending SchemaPin pin change).
+
+    Returns the approved definition hash. Signing into a manifest is the caller's job.
+    """
+    from schemapin import PinStore, PinStoreError, definition_hash
+
+    if rec.current_definition is None:
+        raise ValueError(f"{rec.namespaced} has no current definition to approve")
+    h = definition_hash(rec.current_definition)
+    store.approve(rec.upstream, rec.name, h, rec.current_definition)
+    if domain:
+        with PinStore(pins_path) as pins:
+            pin = pins.get(domain, rec.name)
+            if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
+                try:
+                    pins.approve(domain, rec.name, actor=actor or "symbi")
+                except PinStoreError:
+                    pass  # nothing pending any more: the current pin stands
+    return h

@@ -41,7 +41,7 @@ sandbox:
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-run: setup
+run: setup sandbox
 	@bash scripts/run-banner.sh $(CONFIG)
 	$(SYMBI) serve --config $(CONFIG)
 

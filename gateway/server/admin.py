@@ -269,6 +269,11 @@ def admin_routes(state: HttpState) -> list[Route]:
             return _unavailable("audit", f"verification could not run: {type(e).__name__}: {e}")
         return JSONResponse(result)
 
+    async def pins(request: Request) -> Response:
+        verifier = getattr(state.gateway, "verifier", None)
+        rows = [p.to_dict() for p in verifier.pins.pins()] if verifier is not None else []
+        return JSONResponse({"pins": rows})
+
     async def policy_status_view(request: Request) -> Response:
         doc = policy_status(state)
         if doc is None:
@@ -300,6 +305,7 @@ def admin_routes(state: HttpState) -> list[Route]:
         Route("/upstreams", upstreams, methods=["GET"]),
         Route("/upstreams/{name}/restart", restart, methods=["POST"]),
         Route("/sessions", sessions, methods=["GET"]),
+        Route("/pins", pins, methods=["GET"]),
         Route("/calls/recent", calls, methods=["GET"]),
         Route("/audit/recent", audit_recent, methods=["GET"]),
         Route("/audit/query", audit_query_view, methods=["GET"]),

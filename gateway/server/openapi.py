@@ -89,13 +89,16 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "202": _ok("Restarting", "restart requested"),
                     "404": _ERR,
-                    "501": _ERR,
                     **_STD,
                 },
             }
         },
         "/sessions": {
             "get": {"summary": "Open MCP sessions", "responses": {"200": _ok("SessionList"), **_STD}}
+        },
+        "/pins": {
+            "get": {"summary": "SchemaPin key pins (domain, tool, key, definition, pending change)",
+                    "responses": {"200": _ok("PinList"), **_STD}}
         },
         "/calls/recent": {
             "get": {
@@ -267,6 +270,30 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "required": ["upstreams"],
                 "properties": {"upstreams": {"type": "array", "items": {"$ref": _S + "Upstream"}}},
+            },
+            "PinList": {
+                "type": "object",
+                "required": ["pins"],
+                "properties": {
+                    "pins": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["domain", "tool_id", "key_fingerprint", "definition_hash"],
+                            "properties": {
+                                "domain": {"type": "string"},
+                                "tool_id": {"type": "string"},
+                                "key_fingerprint": {"type": "string"},
+                                "definition_hash": {"type": "string"},
+                                "first_seen": {"type": "string"},
+                                "last_seen": {"type": "string"},
+                                "pending_fingerprint": {"type": ["string", "null"]},
+                                "pending_definition_hash": {"type": ["string", "null"]},
+                                "pending_since": {"type": ["string", "null"]},
+                            },
+                        },
+                    }
+                },
             },
             "Restarting": {
                 "type": "object",

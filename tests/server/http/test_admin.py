@@ -74,6 +74,15 @@ def test_upstreams_and_sessions(env: Env) -> None:
     assert all(len(s["id"]) == 8 for s in doc["sessions"])  # never the full session id
 
 
+def test_pins_are_listed_for_admins_only(env: Env) -> None:
+    gw = env.run.state.gateway
+    gw.verifier.pins.approve("tools.example", "lookup", key_fingerprint="sha256:" + "ab" * 32,
+                             definition_hash="cd" * 32, actor="test")
+    doc = check(get(env, "/pins"), 200, "PinList")
+    assert {(p["domain"], p["tool_id"]) for p in doc["pins"]} >= {("tools.example", "lookup")}
+    assert httpx.get(env.run.base + "/api/pins", headers=bearer(env.keys.user)).status_code == 403
+
+
 def test_restart_unknown_upstream_is_404_and_known_is_documented(env: Env) -> None:
     r = httpx.post(env.run.base + "/api/upstreams/nope/restart", headers=bearer(env.keys.admin))
     check(r, 404, "Error")

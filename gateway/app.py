@@ -98,46 +98,49 @@ class Gateway:
             "gateway.start",
             {"servers": sorted(self.config.servers), "config": str(self.config.source) if self.config.source else None},
         )
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            for name, srv in self.config.servers.items():
-                if not srv.enabled:
-                    continue
-                up = Upstream(
-                    name,
-                    srv,
-                    self.config,
-                    events=self.events,
-                    on_change=self._upstream_changed,
-                    on_resource_updated=self._resource_updated,
-                    wrap_command=self._wrap_command,
-                )
-                up.bind_task_group(tg)
-                self.upstreams[name] = up
-                tg.start_soon(up.run, name=f"upstream-{name}")
-            for task in self.background:
-                tg.start_soon(task, self)
-            await self._rebuild()
-            # Wait (bounded) for the first connection of every upstream, concurrently.
-            with anyio.move_on_after(self.config.mcp.connection_timeout_s):
-                async with anyio.create_task_group() as waiters:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for name, srv in self.config.servers.items():
+                    if not srv.enabled:
+                        continue
+                    up = Upstream(
+                        name,
+                        srv,
+                        self.config,
+                        events=self.events,
+                        on_change=self._upstream_changed,
+                        on_resource_updated=self._resource_updated,
+                        wrap_command=self._wrap_command,
+                    )
+                    up.bind_task_group(tg)
+                    self.upstreams[name] = up
+                    tg.start_soon(up.run, name=f"upstream-{name}")
+                for task in self.background:
+                    tg.start_soon(task, self)
+                await self._rebuild()
+                # Wait (bounded) for the first connection of every upstream, concurrently.
+                with anyio.move_on_after(self.config.mcp.connection_timeout_s):
+                    async with anyio.create_task_group() as waiters:
+                        for up in self.upstreams.values():
+                            waiters.start_soon(up.wait_up, self.config.mcp.connection_timeout_s)
+                down = [n for n, u in self.upstreams.items() if u.state != "up"]
+                if down:
+                    _logger.warning("upstream(s) not up at start: %s (retrying in the background)", ", ".join(down))
+                try:
+                    yield self
+                finally:
+                    self.events.emit("gateway.stop", {})
                     for up in self.upstreams.values():
-                        waiters.start_soon(up.wait_up, self.config.mcp.connection_timeout_s)
-            down = [n for n, u in self.upstreams.items() if u.state != "up"]
-            if down:
-                _logger.warning("upstream(s) not up at start: %s (retrying in the background)", ", ".join(down))
-            try:
-                yield self
-            finally:
-                self.events.emit("gateway.stop", {})
-                for up in self.upstreams.values():
-                    await up.stop()
-                tg.cancel_scope.cancel()
-        for close in self.closers:
-            try:
-                close()
-            except Exception:
-                _logger.exception("closing a component failed")
+                        await up.stop()
+                    tg.cancel_scope.cancel()
+        finally:
+            # also on cancellation or Ctrl-C/SIGTERM: sandboxes, cgroups, audit batches, pins
+            for close in self.closers:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - one failing closer must not skip the others
+                    _logger.exception("closing a component failed")
 
     # -- catalogue -------------------------------------------------------------------------
 

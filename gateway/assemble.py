@@ -8,6 +8,8 @@ config names them off, and turning one off is logged at start.
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -135,12 +137,18 @@ def make_gateway(
     if manager is not None:
         from gateway.sandbox import wrap_stdio_command
 
-        def wrap(name: str, srv: ServerConfig) -> tuple[str, list[str]]:
+        def wrap(name: str, srv: ServerConfig) -> tuple[str, list[str], Callable[[], None] | None]:
             assert srv.command is not None and srv.sandbox is not None
-            return wrap_stdio_command(
+            command, args = wrap_stdio_command(
                 srv.sandbox, srv.command, list(srv.args), srv.env, str(srv.cwd) if srv.cwd else None,
                 network=srv.sandbox_network, manager=manager,
             )
+            if srv.sandbox not in ("docker", "gvisor") or args[:1] != ["run"]:
+                return command, args, None
+            # Name the container so it can be removed when the session ends: killing the docker
+            # CLI (what an stdio client does to a server that ignores EOF) leaves it running.
+            cname = f"symbi-up-{os.getpid()}-{name}-{uuid.uuid4().hex[:8]}"
+            return command, ["run", "--name", cname, *args[1:]], lambda: _remove_container(cname)
 
     gw = Gateway(
         config,
@@ -165,6 +173,15 @@ def make_gateway(
     gw.background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s))
     gw.closers.extend(reversed(closers))
     return gw
+
+
+def _remove_container(name: str) -> None:
+    from gateway.sandbox.docker_tier import docker_client
+
+    try:
+        docker_client().containers.get(name).remove(force=True)
+    except Exception:  # noqa: BLE001 - already gone (--rm) or docker is down; the orphan sweep catches the rest
+        pass
 
 
 def _poll_approvals(verifier: ToolVerifier, interval: float):  # type: ignore[no-untyped-def]

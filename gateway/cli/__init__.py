@@ -9,6 +9,7 @@ sets ``func`` (returning the exit code) on its parser.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import os
 import sys
@@ -63,6 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as eg:
+        # Ctrl-C / SIGTERM while tasks were running arrives wrapped: that is a clean stop
+        if eg.subgroup(lambda e: not isinstance(e, KeyboardInterrupt | asyncio.CancelledError)) is None:
+            return 130
+        raise
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:

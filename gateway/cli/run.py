@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from gateway.config import load_config
@@ -19,12 +20,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.set_defaults(func=_serve)
 
 
+def _graceful_sigterm() -> None:
+    """SIGTERM (what an MCP client or a supervisor sends) unwinds like Ctrl-C: every finally
+    block runs, so sandboxed upstreams, audit batches and cgroups are cleaned up, not orphaned."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _mcp(args: argparse.Namespace) -> int:
     from gateway.cli import setup_logging
     from gateway.server.stdio import run_stdio
 
     cfg = load_config(args.config, args.environ)
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
+    _graceful_sigterm()
     run_stdio(cfg)
     return 0
 

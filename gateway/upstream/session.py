@@ -43,7 +43,8 @@ DOWNSTREAM_CAPABILITIES: contextvars.ContextVar[dict[str, Any] | None] = context
 _CAPS_META_KEY = "io.modelcontextprotocol/clientCapabilities"
 
 State = Literal["starting", "up", "down", "stopped"]
-CommandWrapper = Callable[[str, ServerConfig], tuple[str, list[str]]]
+# (command, args, cleanup): how to launch a sandboxed stdio server, and what to remove after it
+CommandWrapper = Callable[[str, ServerConfig], tuple[str, list[str], Callable[[], None] | None]]
 
 
 @dataclass
@@ -197,17 +198,25 @@ class Upstream:
     async def _transport(self) -> Any:
         if self.server.command is not None:
             command, args = self.server.command, list(self.server.args)
+            cleanup: Callable[[], None] | None = None
             if self.server.sandbox not in (None, "none"):
                 if self._wrap_command is None:  # never run an untrusted server unsandboxed
-                    raise SandboxUnavailable(f"upstream {self.name!r} asks for sandbox {self.server.sandbox!r}: none available")
-                command, args = self._wrap_command(self.name, self.server)
+                    raise SandboxUnavailable(
+                        f"upstream {self.name!r} asks for sandbox {self.server.sandbox!r}: none available"
+                    )
+                command, args, cleanup = self._wrap_command(self.name, self.server)
             env = dict(self.server.env)
             params = StdioServerParameters(
                 command=command, args=args, env=env or None, cwd=str(self.server.cwd) if self.server.cwd else None
             )
-            with _StderrToLog(self.name) as errlog:
-                async with stdio_client(params, errlog=errlog) as streams:
-                    yield streams
+            try:
+                with _StderrToLog(self.name) as errlog:
+                    async with stdio_client(params, errlog=errlog) as streams:
+                        yield streams
+            finally:
+                if cleanup is not None:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(cleanup)
         else:
             assert self.server.url is not None
             timeout = httpx2.Timeout(self._config.mcp.connection_timeout_s, read=self.call_timeout + 5)

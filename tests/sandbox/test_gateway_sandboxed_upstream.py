@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tests.conftest import EVERYTHING_JS, ROOT, require_peers, write_config
@@ -38,3 +39,15 @@ async def test_upstream_runs_inside_the_tier(tmp_path: Path, tier: str) -> None:
         assert "USER" not in env and "SYMBI_CONFIG_PATH" not in env
         echo = await s.call_tool("everything__echo", {"message": f"from {tier}"})
         assert echo.content[0].text == f"Echo: from {tier}"  # type: ignore[union-attr]
+
+    # The gateway is gone: nothing of its sandboxed server may stay behind (gVisor takes a moment).
+    from gateway.config import build_config
+    from gateway.sandbox import SandboxManager
+
+    manager = SandboxManager(build_config({}), sweep_orphans=False)
+    try:
+        with anyio.fail_after(30):
+            while manager.leftovers()[tier]:
+                await anyio.sleep(0.2)
+    finally:
+        manager.close()

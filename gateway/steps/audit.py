@@ -81,9 +81,13 @@ def _settle(call: CallContext, result: Any, error: BaseException | None) -> None
 def event_details(call: CallContext, error: BaseException | None) -> dict[str, Any]:
     """The audit event's details for one call (no raw argument values, ever)."""
     tool, upstream = call.tool, call.upstream
-    if call.audit_arguments is not None:
+    minimal = call.decision is not None and call.decision.conditions.get("audit") == "minimal"
+    if call.audit_arguments is not None and not minimal:
         arguments: dict[str, Any] = dict(call.audit_arguments)
         arguments_redacted = "policy"
+    elif minimal:  # the policy's `audit: "minimal"` condition: argument names only
+        arguments = {k: "[not recorded]" for k in sorted(map(str, call.arguments))}
+        arguments_redacted = "minimal"
     else:
         arguments = {k: "[not recorded]" for k in sorted(map(str, call.arguments))}
         arguments_redacted = "all"

@@ -188,3 +188,15 @@ def test_on_failure_warn_lets_the_call_through(tmp_path: Path) -> None:
         assert result.is_error is False
     finally:
         log.close()
+
+
+def test_minimal_audit_condition_records_argument_names_only(log: AuditLog) -> None:
+    async def allowed_minimal(call: CallContext) -> CallToolResult:
+        call.decision = Decision(allow=True, conditions={"audit": "minimal"})
+        call.audit_arguments = {"sql": "select 1", "password": "[REDACTED]"}
+        return CallToolResult(content=[TextContent(type="text", text="1")], is_error=False)
+
+    asyncio.run(AuditStep(log)(_call(), allowed_minimal))
+    [ev] = _stored(log)
+    assert ev["details"]["arguments"] == {"password": "[not recorded]", "sql": "[not recorded]"}
+    assert ev["details"]["arguments_redacted"] == "minimal"

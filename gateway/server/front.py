@@ -152,19 +152,32 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
             raise MCPError(
                 code=types.INVALID_PARAMS, message=e.message, data={"uri": params.uri, "code": e.code}
             ) from None
+        return await _through_chain(ctx, gw, "resources/read", params.uri, owner, params, {})
+
+    async def _through_chain(
+        ctx: ServerRequestContext[Gateway],
+        gw: Gateway,
+        kind: Any,
+        target: str,
+        owner: str,
+        params: Any,
+        arguments: dict[str, Any],
+    ) -> Any:
+        """resources/read and prompts/get: the chain (audit, policy) around the upstream request."""
         try:
             call = CallContext(
                 principal=principal_for(ctx, gw.config),
-                kind="resources/read",
-                target=params.uri,
+                kind=kind,
+                target=target,
+                arguments=arguments,
                 session_id=session_id_of(ctx),
                 upstream=gw.upstream_info(owner),
                 downstream=ctx,
                 input_responses=params.input_responses,
                 request_state=params.request_state,
             )
-            return await gw.call(call)  # type: ignore[no-any-return]
-        except Exception as e:  # noqa: BLE001
+            return await gw.call(call)
+        except Exception as e:  # noqa: BLE001 - the boundary: every failure becomes a JSON-RPC error
             raise protocol_error(e) from None
 
     async def _on_owner(
@@ -198,21 +211,10 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     ) -> types.GetPromptResult | types.InputRequiredResult:
         gw = gw_of(ctx)
         try:
-            entry = gw.catalog.prompt(params.name)
-            call = CallContext(
-                principal=principal_for(ctx, gw.config),
-                kind="prompts/get",
-                target=params.name,
-                arguments=dict(params.arguments or {}),
-                session_id=session_id_of(ctx),
-                upstream=gw.upstream_info(entry.upstream),
-                downstream=ctx,
-                input_responses=params.input_responses,
-                request_state=params.request_state,
-            )
-            return await gw.call(call)  # type: ignore[no-any-return]
+            owner = gw.catalog.prompt(params.name).upstream
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
+        return await _through_chain(ctx, gw, "prompts/get", params.name, owner, params, dict(params.arguments or {}))
 
     async def completion(
         ctx: ServerRequestContext[Gateway], params: types.CompleteRequestParams

@@ -30,7 +30,7 @@ from tests.conformance._suite import (
     regressions,
     run_suite,
 )
-from tests.conftest import write_config
+from tests.conftest import free_port, write_config
 from tests.server._http import serve
 
 pytestmark = [pytest.mark.npm, pytest.mark.slow]
@@ -41,12 +41,6 @@ LAST_RUN = HERE / "last-run.json"
 # the alpha runs exactly what each spec revision requires.
 SUITE_RUNS = [("0.1.16", None), ("0.2.0-alpha.11", "2025-11-25"), ("0.2.0-alpha.11", "2026-07-28")]
 IDS = ["0.1.16-active", "alpha-2025-11-25", "alpha-2026-07-28"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
@@ -76,7 +70,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fixture_url(workdir: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = workdir / "fixture.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

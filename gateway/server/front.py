@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from mcp import types
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
@@ -144,7 +145,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     ) -> types.ReadResourceResult | types.InputRequiredResult:
         gw = gw_of(ctx)
         if params.uri == AUDIT_RESOURCE.uri:
-            return _read_audit(gw, principal_for(ctx, gw.config))
+            return await _read_audit(gw, principal_for(ctx, gw.config))
         try:
             owner = gw.catalog.resource_owner(params.uri)
         except CatalogError as e:
@@ -282,7 +283,7 @@ def _is_admin(p: Principal) -> bool:
     return p.kind == "admin" or "admin" in p.roles
 
 
-def _read_audit(gw: Gateway, principal: Principal) -> types.ReadResourceResult:
+async def _read_audit(gw: Gateway, principal: Principal) -> types.ReadResourceResult:
     import json
 
     from mcp.shared.exceptions import MCPError
@@ -294,7 +295,9 @@ def _read_audit(gw: Gateway, principal: Principal) -> types.ReadResourceResult:
     if not _is_admin(principal):
         gw.events.emit("audit.read_denied", {"uri": AUDIT_RESOURCE.uri}, principal=principal.id)
         raise MCPError(code=types.INVALID_PARAMS, message="audit://recent is for admin principals only")
-    events = gw.audit_log.recent(100)
+    log = gw.audit_log
+    await anyio.to_thread.run_sync(lambda: log.flush(timeout=5))  # what was emitted is readable
+    events = log.recent(100)
     return types.ReadResourceResult(
         contents=[
             types.TextResourceContents(

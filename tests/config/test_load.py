@@ -99,3 +99,29 @@ def test_example_config_is_valid() -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def _keys(model: type, prefix: str = "") -> list[str]:
+    from pydantic import BaseModel
+
+    out = []
+    for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+        if name == "source":
+            continue
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        target = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (inner[0] if inner else None)
+        if target is not None and name != "servers":
+            out += _keys(target, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def test_every_config_key_is_documented_in_the_example() -> None:
+    from gateway.config.model import Config, ServerConfig
+
+    text = (Path(__file__).resolve().parents[2] / "examples/symbi.toml").read_text()
+    keys = [k for k in _keys(Config) if k != "servers"] + [f"servers.{k}" for k in _keys(ServerConfig)]
+    missing = [k for k in keys if k.rsplit(".", 1)[-1] not in text]
+    assert not missing, f"not documented in examples/symbi.toml: {missing}"

@@ -77,9 +77,13 @@ def read_path(path: str, api_token: str = "") -> str:
 async def slow(seconds: float, ctx: Context) -> str:
     """Sleep, reporting progress."""
     steps = max(1, int(seconds / 0.1))
-    for i in range(steps):
-        await ctx.report_progress(i + 1, steps, f"step {i + 1}")
-        await anyio.sleep(0.1)
+    try:
+        for i in range(steps):
+            await ctx.report_progress(i + 1, steps, f"step {i + 1}")
+            await anyio.sleep(0.1)
+    except anyio.get_cancelled_exc_class():
+        record("slow_cancelled", {"seconds": seconds})  # the client's cancellation reached us
+        raise
     return "done"
 
 

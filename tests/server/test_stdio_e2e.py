@@ -168,3 +168,18 @@ async def test_completion_is_routed_to_the_owning_upstream(tmp_path: Path) -> No
             {"name": "department", "value": "E"},
         )
         assert res.completion.values and all(v.startswith("E") for v in res.completion.values)
+
+
+async def test_cancellation_reaches_the_upstream(tmp_path: Path) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    record = tmp_path / "calls.jsonl"
+    cfg = mutable_config(tmp_path, record=record)
+    async with stdio_session(cfg) as s:
+        # the client gives up after 0.5 s: it cancels, the gateway cancels upstream
+        with pytest.raises(MCPError):
+            await s.call_tool("mut__slow", {"seconds": 20}, read_timeout_seconds=0.5)
+        with anyio.fail_after(10):
+            while "slow_cancelled" not in (record.read_text() if record.exists() else ""):
+                await anyio.sleep(0.05)
+        assert not (await s.call_tool("mut__echo", {"message": "after"})).is_error

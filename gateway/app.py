@@ -139,7 +139,7 @@ class Gateway:
             for close in self.closers:
                 try:
                     close()
-                except Exception:  # noqa: BLE001 - one failing closer must not skip the others
+                except Exception:
                     _logger.exception("closing a component failed")
 
     # -- catalogue -------------------------------------------------------------------------
@@ -216,6 +216,26 @@ class Gateway:
             return entries
         allowed = {t.name for t in await self.list_filter(principal, [e.info for e in entries])}
         return [e for e in entries if e.info.name in allowed]
+
+    async def allowed_targets(self, principal: Principal, kind: str, pairs: list[tuple[str, str]]) -> set[str]:
+        """Of (target, upstream) pairs for resources/read or prompts/get, those ``principal`` may use.
+
+        Listings show a caller only what the policy would let it read or get (the same rule,
+        with ``action = "list"``); with the policy off, everything.
+        """
+        engine = self.policy_engine
+        if engine is None:
+            return {t for t, _ in pairs}
+        from gateway.policy.inputdoc import build_input
+
+        allowed: set[str] = set()
+        for target, upstream in pairs:
+            inp = build_input(
+                principal=principal, kind=kind, target=target, action="list", upstream=self.upstream_info(upstream)
+            )
+            if (await engine.adecide(inp)).allow:
+                allowed.add(target)
+        return allowed
 
     def upstream_info(self, name: str) -> UpstreamInfo:
         if name in self.builtins:

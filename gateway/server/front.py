@@ -129,8 +129,14 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
         gw = gw_of(ctx)
-        resources = [r for _, r in gw.catalog.resources.values()]
-        if gw.audit_log is not None and _is_admin(principal_for(ctx, gw.config)):
+        try:
+            principal = principal_for(ctx, gw.config)
+            entries = list(gw.catalog.resources.values())
+            ok = await gw.allowed_targets(principal, "resources/read", [(r.uri, up) for up, r in entries])
+        except GatewayError as e:
+            raise protocol_error(e) from None
+        resources = [r for _, r in entries if r.uri in ok]
+        if gw.audit_log is not None and _is_admin(principal):
             resources.append(AUDIT_RESOURCE)
         return types.ListResourcesResult(resources=resources)
 
@@ -138,7 +144,15 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
         gw = gw_of(ctx)
-        return types.ListResourceTemplatesResult(resource_templates=[t for _, t, _ in gw.catalog.templates])
+        try:
+            principal = principal_for(ctx, gw.config)
+            pairs = [(t.uri_template, up) for up, t, _ in gw.catalog.templates]
+            ok = await gw.allowed_targets(principal, "resources/read", pairs)
+        except GatewayError as e:
+            raise protocol_error(e) from None
+        return types.ListResourceTemplatesResult(
+            resource_templates=[t for _, t, _ in gw.catalog.templates if t.uri_template in ok]
+        )
 
     async def read_resource(
         ctx: ServerRequestContext[Gateway], params: types.ReadResourceRequestParams
@@ -205,7 +219,13 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
     ) -> types.ListPromptsResult:
         gw = gw_of(ctx)
-        return types.ListPromptsResult(prompts=[p.prompt for p in gw.catalog.prompts.values()])
+        try:
+            principal = principal_for(ctx, gw.config)
+            entries = list(gw.catalog.prompts.values())
+            ok = await gw.allowed_targets(principal, "prompts/get", [(p.name, p.upstream) for p in entries])
+        except GatewayError as e:
+            raise protocol_error(e) from None
+        return types.ListPromptsResult(prompts=[p.prompt for p in entries if p.name in ok])
 
     async def get_prompt(
         ctx: ServerRequestContext[Gateway], params: types.GetPromptRequestParams

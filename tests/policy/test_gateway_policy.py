@@ -116,3 +116,49 @@ async def test_tools_list_differs_by_principal_and_hidden_tools_are_refused(tmp_
     assert reader == {"mut__echo"}
     assert hidden.is_error and hidden.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
     assert not [c for c in recorded(record) if c["tool"] == "read_path"]
+
+
+async def test_resource_and_prompt_listings_differ_by_principal(tmp_path: Path) -> None:
+    from tests.conftest import EVERYTHING_JS, require_peers
+
+    require_peers()
+    data = {
+        "principals": {
+            "local": {"roles": ["dev"]},
+            "reader": {"roles": [], "tools": ["everything__echo"], "prompts": ["everything__simple-prompt"]},
+        },
+        "roles": {"dev": {"tools": ["everything__*"], "resources": ["**"], "prompts": ["**"]}},
+        "upstreams": {"everything": {"allow_unverified": True}},
+    }
+
+    def cfg(principal: str) -> Path:
+        return write_config(
+            tmp_path,
+            f"""
+            [gateway.stdio_principal]
+            id = "{principal}"
+            [policy]
+            path = "{POLICY}"
+            data = "{policy_data(tmp_path, **data)}"
+            [sandbox]
+            code_tools = false
+            [servers.everything]
+            command = "node"
+            args = ["{EVERYTHING_JS}", "stdio"]
+            verification = "warn"
+            """,
+            name=f"ev-{principal}.toml",
+        )
+
+    dev_cfg, reader_cfg = cfg("local"), cfg("reader")
+    async with stdio_session(dev_cfg) as s:
+        dev_resources = [r.uri for r in (await s.list_resources()).resources]
+        dev_templates = [t.uri_template for t in (await s.list_resource_templates()).resource_templates]
+        dev_prompts = {p.name for p in (await s.list_prompts()).prompts}
+    async with stdio_session(reader_cfg) as s:
+        reader_resources = [r.uri for r in (await s.list_resources()).resources]
+        reader_templates = [t.uri_template for t in (await s.list_resource_templates()).resource_templates]
+        reader_prompts = {p.name for p in (await s.list_prompts()).prompts}
+    assert dev_resources and dev_templates and {"everything__simple-prompt", "everything__args-prompt"} <= dev_prompts
+    assert reader_resources == [] and reader_templates == []
+    assert reader_prompts == {"everything__simple-prompt"}

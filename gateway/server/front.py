@@ -200,10 +200,17 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     ) -> types.EmptyResult:
         gw = gw_of(ctx)
         try:
-            await gw.with_upstream(gw.catalog.resource_owner(uri), fn, ctx)
+            owner = gw.catalog.resource_owner(uri)
+            await _require(ctx, gw, "resources/read", uri, owner)  # subscribing needs the right to read
+            await gw.with_upstream(owner, fn, ctx)
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
         return types.EmptyResult()
+
+    async def _require(ctx: ServerRequestContext[Gateway], gw: Gateway, kind: str, target: str, owner: str) -> None:
+        principal = principal_for(ctx, gw.config)
+        if target not in await gw.allowed_targets(principal, kind, [(target, owner)]):
+            raise PolicyDenied(f"policy denies {principal.id} the use of {target}")
 
     async def subscribe(
         ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams
@@ -246,8 +253,12 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
             if isinstance(ref, types.PromptReference):
                 entry = gw.catalog.prompt(ref.name)
                 owner, ref = entry.upstream, ref.model_copy(update={"name": entry.original_name})
+                kind, target = "prompts/get", entry.name
             else:
                 owner = gw.catalog.template_owner(ref.uri)
+                kind, target = "resources/read", ref.uri
+            # completing a prompt or template needs the right to use it
+            await _require(ctx, gw, kind, target, owner)
             return await gw.with_upstream(  # type: ignore[no-any-return]
                 owner,
                 lambda up: up.session.complete(

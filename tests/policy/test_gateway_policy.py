@@ -162,3 +162,40 @@ async def test_resource_and_prompt_listings_differ_by_principal(tmp_path: Path) 
     assert dev_resources and dev_templates and {"everything__simple-prompt", "everything__args-prompt"} <= dev_prompts
     assert reader_resources == [] and reader_templates == []
     assert reader_prompts == {"everything__simple-prompt"}
+
+
+async def test_completion_needs_the_right_to_use_the_prompt(tmp_path: Path) -> None:
+    import mcp.types as types
+    from mcp.shared.exceptions import MCPError
+
+    from tests.conftest import EVERYTHING_JS, require_peers
+
+    require_peers()
+    data = {
+        "principals": {"reader": {"roles": [], "prompts": ["everything__simple-prompt"]}},
+        "roles": {},
+        "upstreams": {"everything": {"allow_unverified": True}},
+    }
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [gateway.stdio_principal]
+        id = "reader"
+        [policy]
+        path = "{POLICY}"
+        data = "{policy_data(tmp_path, **data)}"
+        [sandbox]
+        code_tools = false
+        [servers.everything]
+        command = "node"
+        args = ["{EVERYTHING_JS}", "stdio"]
+        verification = "warn"
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        with pytest.raises(MCPError) as e:
+            await s.complete(
+                types.PromptReference(type="ref/prompt", name="everything__completable-prompt"),
+                {"name": "department", "value": "E"},
+            )
+        assert e.value.error.code == types.INVALID_PARAMS

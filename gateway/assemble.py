@@ -84,9 +84,11 @@ def make_gateway(
     bus: InMemorySubscriptionBus | None = None,
     *,
     sink_wrapper: Callable[[EventSink], EventSink] | None = None,
+    timings: Any = None,
 ) -> Gateway:
     """The gateway the config describes; ``sink_wrapper`` tees every component's events
-    (the HTTP front counts them for ``/metrics``)."""
+    (the HTTP front counts them for ``/metrics``); ``timings`` gets ``observe_policy(seconds)``
+    and ``observe_audit_write(seconds)`` for every call."""
     closers: list[Any] = []
     events: EventSink
     audit = None
@@ -163,10 +165,10 @@ def make_gateway(
     if audit is not None:
         from gateway.steps.audit import AuditStep
 
-        gw.audit_step = AuditStep(audit)
+        gw.audit_step = AuditStep(audit, observe=getattr(timings, "observe_audit_write", None))
         gw.audit_log = audit
     if engine is not None:
-        gw.policy_step = PolicyStep(engine, counters)
+        gw.policy_step = PolicyStep(engine, counters, observe=getattr(timings, "observe_policy", None))
         gw.policy_engine = engine
     gw.sandbox_manager = manager
     gw.verifier = verifier

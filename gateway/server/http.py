@@ -300,7 +300,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     step = MetricsStep(metrics, recent)
 
     def factory(bus: InMemorySubscriptionBus) -> Gateway:
-        gw = make_gateway(config, bus, sink_wrapper=lambda sink: MetricsSink(sink, metrics))
+        gw = make_gateway(config, bus, sink_wrapper=lambda sink: MetricsSink(sink, metrics), timings=metrics)
         gw.extra_steps.insert(0, step)  # default_steps puts extra_steps outermost
         holder.append(gw)
         return gw

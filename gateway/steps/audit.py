@@ -12,6 +12,8 @@ unexpected exceptions can quote argument values, so only their code and type are
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from gateway.audit.log import AuditLog
@@ -30,9 +32,12 @@ EVENT_TYPES = {
 class AuditStep:
     """Records every call (allowed, denied, failed, crashed) in ``log``; fails closed."""
 
-    def __init__(self, log: AuditLog, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, log: AuditLog, *, timeout_s: float = 30.0, observe: Callable[[float], None] | None = None
+    ) -> None:
         self.log = log
         self.timeout_s = timeout_s  # a call whose record is not durable by then fails closed
+        self._observe = observe  # durable-write latency in seconds (the /metrics histogram)
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         self.log.ensure_writable()  # refuse before any side effect when the log is down
@@ -48,10 +53,13 @@ class AuditStep:
             _settle(call, result, error)
             details = event_details(call, error)
             try:
+                started = time.perf_counter()
                 await self.log.record(
                     EVENT_TYPES.get(call.kind, "call"), details, principal=call.principal.id,
                     agent=call.principal.agent, timeout=self.timeout_s,
                 )
+                if self._observe is not None:
+                    self._observe(time.perf_counter() - started)
             except AuditError as audit_error:
                 # the call is refused: its record could not be made durable (on_failure = deny)
                 raise audit_error from error

@@ -13,7 +13,8 @@ Order of work for one call:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from mcp.types import CallToolResult
@@ -29,12 +30,22 @@ from gateway.policy.redact import cap_result, redact, redact_result, result_size
 class PolicyStep:
     """Decide every call with ``engine`` and enforce the decision's conditions."""
 
-    def __init__(self, engine: PolicyEngine, counters: CallCounters | None = None) -> None:
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        counters: CallCounters | None = None,
+        *,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.counters = counters or CallCounters()
+        self._observe = observe  # decision latency in seconds (the /metrics histogram)
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
+        started = time.perf_counter()
         decision = await self.engine.adecide(input_for_call(call, self.counters))
+        if self._observe is not None:
+            self._observe(time.perf_counter() - started)
         call.decision = decision
         if not decision.allow:
             call.reasons = list(decision.reasons)

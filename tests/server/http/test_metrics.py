@@ -109,6 +109,9 @@ async def test_metrics_after_known_calls(tmp_path: Path) -> None:
         # the policy decided the 4 allowed calls and the refused one (bad arguments stop earlier)
         assert value(text, "symbi_policy_decisions_total", decision="allow") == 4.0
         assert value(text, "symbi_policy_decisions_total", decision="deny") == 1.0
+        # every decision and every durable audit write is timed
+        assert value(text, "symbi_policy_decision_seconds_count") == 5.0
+        assert value(text, "symbi_audit_write_seconds_count") >= 7.0
         assert value(text, "symbi_http_requests_total", route="mcp", status="200") >= 6.0
 
 

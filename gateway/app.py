@@ -291,7 +291,7 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await session.report_progress(p, total, message)
 
-        token = DOWNSTREAM_CAPABILITIES.set(_capabilities(session))
+        token = DOWNSTREAM_CAPABILITIES.set(session)
         try:
             with up.relay.caller(session, getattr(ctx, "request_id", None)):
                 return await up.call_tool(
@@ -309,7 +309,7 @@ class Gateway:
         if up is None:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
         session = getattr(ctx, "session", None)
-        token = DOWNSTREAM_CAPABILITIES.set(_capabilities(session))
+        token = DOWNSTREAM_CAPABILITIES.set(session)
         try:
             with up.relay.caller(session, getattr(ctx, "request_id", None)):
                 return await up.request(fn(up))
@@ -319,11 +319,6 @@ class Gateway:
 
 _READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)
 _PROMPT_RESULT: TypeAdapter[Any] = TypeAdapter(types.GetPromptResult | types.InputRequiredResult)
-
-
-def _capabilities(session: Any) -> dict[str, Any] | None:
-    caps = getattr(session, "client_capabilities", None) if session is not None else None
-    return caps.model_dump(by_alias=True, mode="json", exclude_none=True) if caps is not None else None
 
 
 def _tool_sig(c: Catalog) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -182,8 +181,8 @@ def _remove_container(name: str) -> None:
 
     try:
         docker_client().containers.get(name).remove(force=True)
-    except Exception:  # noqa: BLE001 - already gone (--rm) or docker is down; the orphan sweep catches the rest
-        pass
+    except Exception as e:  # noqa: BLE001 - already gone (--rm) or docker is down; the orphan sweep catches the rest
+        _logger.debug("container %s not removed: %s", name, e)
 
 
 def _poll_approvals(verifier: ToolVerifier, interval: float):  # type: ignore[no-untyped-def]
@@ -203,5 +202,3 @@ def _poll_approvals(verifier: ToolVerifier, interval: float):  # type: ignore[no
 
     return run
 
-
-_ = Path

@@ -208,7 +208,3 @@ def _matches(tpl: UriTemplate, uri: str) -> bool:
         return tpl.match(uri) is not None
     except Exception:  # noqa: BLE001 - a template that cannot match is no match
         return False
-
-
-def tool_definition(tool: Any) -> dict[str, Any]:
-    return tool.model_dump(by_alias=True, mode="json", exclude_none=True)  # type: ignore[no-any-return]

@@ -129,12 +129,8 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
         gw = gw_of(ctx)
-        try:
-            principal = principal_for(ctx, gw.config)
-            entries = list(gw.catalog.resources.values())
-            ok = await gw.allowed_targets(principal, "resources/read", [(r.uri, up) for up, r in entries])
-        except GatewayError as e:
-            raise protocol_error(e) from None
+        entries = list(gw.catalog.resources.values())
+        principal, ok = await _allowed(ctx, gw, "resources/read", [(r.uri, up) for up, r in entries])
         resources = [r for _, r in entries if r.uri in ok]
         if gw.audit_log is not None and _is_admin(principal):
             resources.append(AUDIT_RESOURCE)
@@ -144,12 +140,8 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
         gw = gw_of(ctx)
-        try:
-            principal = principal_for(ctx, gw.config)
-            pairs = [(t.uri_template, up) for up, t, _ in gw.catalog.templates]
-            ok = await gw.allowed_targets(principal, "resources/read", pairs)
-        except GatewayError as e:
-            raise protocol_error(e) from None
+        pairs = [(t.uri_template, up) for up, t, _ in gw.catalog.templates]
+        _, ok = await _allowed(ctx, gw, "resources/read", pairs)
         return types.ListResourceTemplatesResult(
             resource_templates=[t for _, t, _ in gw.catalog.templates if t.uri_template in ok]
         )
@@ -207,9 +199,19 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
             raise protocol_error(e) from None
         return types.EmptyResult()
 
+    async def _allowed(
+        ctx: ServerRequestContext[Gateway], gw: Gateway, kind: str, pairs: list[tuple[str, str]]
+    ) -> tuple[Principal, set[str]]:
+        """The caller, and which of (target, upstream) the policy lets it use (listings, checks)."""
+        try:
+            principal = principal_for(ctx, gw.config)
+            return principal, await gw.allowed_targets(principal, kind, pairs)
+        except GatewayError as e:
+            raise protocol_error(e) from None
+
     async def _require(ctx: ServerRequestContext[Gateway], gw: Gateway, kind: str, target: str, owner: str) -> None:
-        principal = principal_for(ctx, gw.config)
-        if target not in await gw.allowed_targets(principal, kind, [(target, owner)]):
+        principal, ok = await _allowed(ctx, gw, kind, [(target, owner)])
+        if target not in ok:
             raise PolicyDenied(f"policy denies {principal.id} the use of {target}")
 
     async def subscribe(
@@ -226,12 +228,8 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
     ) -> types.ListPromptsResult:
         gw = gw_of(ctx)
-        try:
-            principal = principal_for(ctx, gw.config)
-            entries = list(gw.catalog.prompts.values())
-            ok = await gw.allowed_targets(principal, "prompts/get", [(p.name, p.upstream) for p in entries])
-        except GatewayError as e:
-            raise protocol_error(e) from None
+        entries = list(gw.catalog.prompts.values())
+        _, ok = await _allowed(ctx, gw, "prompts/get", [(p.name, p.upstream) for p in entries])
         return types.ListPromptsResult(prompts=[p.prompt for p in entries if p.name in ok])
 
     async def get_prompt(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gateway.catalog import Catalog
 from gateway.chain import CallNext
 from gateway.context import CallContext, UpstreamInfo
 from gateway.errors import UnknownTool
+
+CatalogSource = Callable[[], Catalog]
+UpstreamInfoSource = Callable[[str], UpstreamInfo]
 
 
 class ResolveTool:
@@ -26,8 +30,3 @@ class ResolveTool:
             call.upstream = self._upstream_info(entry.info.upstream)
         return await call_next(call)
 
-
-from collections.abc import Callable
-
-CatalogSource = Callable[[], Catalog]
-UpstreamInfoSource = Callable[[str], UpstreamInfo]

@@ -37,9 +37,9 @@ _logger = logging.getLogger("symbi.upstream")
 # The capabilities of the downstream client a request is made for. On a 2026-07-28 upstream
 # they travel in every request's _meta, so the upstream sees the real caller's capabilities
 # (and refuses what that caller cannot do) rather than the gateway's.
-DOWNSTREAM_CAPABILITIES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "symbi_downstream_capabilities", default=None
-)
+DOWNSTREAM_CAPABILITIES: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "symbi_downstream_session", default=None
+)  # holds the caller's ServerSession; serialised only when a 2026-era upstream stamps a request
 _CAPS_META_KEY = "io.modelcontextprotocol/clientCapabilities"
 
 State = Literal["starting", "up", "down", "stopped"]
@@ -88,7 +88,6 @@ class Upstream:
         self._refresh_lock = anyio.Lock()
         self._up_event = anyio.Event()
         self._stop = False
-        self.pid: int | None = None
 
     @property
     def transport(self) -> Literal["stdio", "http"]:
@@ -240,8 +239,6 @@ class Upstream:
                 await self.refresh_soon(session)
         elif isinstance(message, types.ResourceUpdatedNotification) and self._on_resource_updated:
             await self._on_resource_updated(self, message.params.uri)
-        elif isinstance(message, types.ProgressNotification):
-            pass  # progress is delivered to the waiting call's progress_callback by the SDK
 
     async def _listen_for_changes(self, session: ClientSession) -> None:
         caps = session.server_capabilities
@@ -386,8 +383,10 @@ def _forward_caller_capabilities(session: ClientSession) -> None:
 
     def with_caller(data: dict[str, Any], opts: Any) -> None:
         stamp(data, opts)
-        caps = DOWNSTREAM_CAPABILITIES.get()
+        caller = DOWNSTREAM_CAPABILITIES.get()
+        caps = getattr(caller, "client_capabilities", None) if caller is not None else None
         if caps is not None:
+            caps = caps.model_dump(by_alias=True, mode="json", exclude_none=True)
             meta = data.setdefault("params", {}).setdefault("_meta", {})
             meta[_CAPS_META_KEY] = caps
 

@@ -11,8 +11,8 @@ import contextlib
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from mcp import types
@@ -22,19 +22,31 @@ from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, T
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
-from gateway.catalog import Catalog, CatalogTool, UpstreamListing
+from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
-from gateway.config.model import Config
-from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.config.model import Config, ServerConfig
+from gateway.context import CallContext, Principal, UpstreamInfo
 from gateway.errors import UpstreamUnavailable
-from gateway.events import EventSink, LoggingSink
+from gateway.events import EventSink
+from gateway.policy.inputdoc import CallCounters, build_input
+from gateway.steps.policy import afilter_listing
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream
+
+if TYPE_CHECKING:
+    from gateway.audit.log import AuditLog
+    from gateway.policy.engine import PolicyEngine
+    from gateway.verify.verifier import ToolVerifier
 
 _logger = logging.getLogger("symbi.gateway")
 
 
 class Builtin(Protocol):
-    """A tool provider inside the gateway (the sandbox code tools)."""
+    """A tool provider inside the gateway (the sandbox code tools, the bus, memory...).
+
+    Its tools are listed as ``<name>__<tool>`` and pass the same chain (verification,
+    arguments, policy, audit) as any upstream tool. ``gateway.assemble.make_gateway`` is
+    where a new one is added.
+    """
 
     name: str
 
@@ -43,64 +55,72 @@ class Builtin(Protocol):
     async def call(self, call: CallContext) -> types.CallToolResult: ...
 
 
+# (server name, its config) -> (command, args, cleanup): runs a stdio upstream in a sandbox tier.
+WrapCommand = Callable[[str, ServerConfig], tuple[str, list[str], Callable[[], None] | None]]
+# Long-running helpers started with the gateway (approval polling, ...).
+Background = Callable[["Gateway"], Coroutine[Any, Any, None]]
+
+
 class Gateway:
+    """Upstream sessions, the live catalogue and the call chain, from typed components.
+
+    Build one with ``gateway.assemble.make_gateway`` (the one assembly point): it decides
+    the components and the order of ``steps``. Nothing is attached after construction.
+
+    ``audit`` and ``policy`` are None only when the config turns them off (unsafe options).
+    """
+
     def __init__(
         self,
         config: Config,
+        steps: Sequence[Step],
         *,
-        events: EventSink | None = None,
-        builtins: list[Builtin] | None = None,
-        steps: Callable[[Gateway], list[Step]] | None = None,
-        tool_infos: Callable[[Catalog], Awaitable[dict[str, ToolInfo]]] | None = None,
-        list_filter: Callable[[Principal, list[ToolInfo]], Awaitable[list[ToolInfo]]] | None = None,
-        wrap_command: Any = None,
+        audit: AuditLog | None,
+        policy: PolicyEngine | None,
+        verifier: ToolVerifier,
+        catalog: LiveCatalog,
+        events: EventSink,
+        counters: CallCounters | None = None,
+        builtins: Sequence[Builtin] = (),
+        wrap_command: WrapCommand | None = None,
         bus: InMemorySubscriptionBus | None = None,
+        background: Sequence[Background] = (),
+        closers: Sequence[Callable[[], object]] = (),
     ) -> None:
         self.config = config
-        self.events: EventSink = events or LoggingSink()
-        self.builtins = {b.name: b for b in builtins or []}
-        self.upstreams: dict[str, Upstream] = {}
-        self.catalog = Catalog.empty()
+        self.steps: tuple[Step, ...] = tuple(steps)
+        self.audit = audit
+        self.policy = policy
+        self.verifier = verifier
+        self.live = catalog
+        self.events = events
+        self.counters = counters or CallCounters()
+        self.builtins: dict[str, Builtin] = {b.name: b for b in builtins}
         self.bus = bus or InMemorySubscriptionBus()
+        self.upstreams: dict[str, Upstream] = {}
+        self._wrap_command = wrap_command
+        self._background = tuple(background)
+        self._closers = tuple(closers)  # run in this order when the gateway stops
+        self._chain: CallNext = build_chain(self.steps, self._dispatch)
         # Handshake-era client connections, for pushed list_changed (weak: closed ones go away).
         self._downstream: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._steps_factory = steps
-        self._tool_infos = tool_infos
-        self.list_filter = list_filter
-        self._wrap_command = wrap_command
-        self._chain: CallNext | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
         self._rebuild_lock = anyio.Lock()
-        self.on_catalog_change: list[Callable[[Catalog, Catalog], Awaitable[None]]] = []
-        # Long-running helpers started with the gateway (hot reload, approval polling, ...).
-        self.background: list[Callable[[Gateway], Awaitable[None]]] = []
-        # Optional steps, wired by gateway.assemble; gateway.steps.default_steps orders them.
-        self.audit_step: Step | None = None
-        self.verify_step: Step | None = None
-        self.policy_step: Step | None = None
-        self.extra_steps: list[Step] = []
-        self.closers: list[Callable[[], Any]] = []
-        # Components, for the HTTP front's health and admin views (None when turned off).
-        self.audit_log: Any = None
-        self.policy_engine: Any = None
-        self.sandbox_manager: Any = None
-        self.verifier: Any = None
+
+    @property
+    def catalog(self) -> Catalog:
+        """The current catalogue snapshot (replaced whole on every rebuild)."""
+        return self.live.snapshot
 
     # -- lifecycle -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
-        from gateway.steps import default_steps
-
-        steps = (self._steps_factory or default_steps)(self)
-        self._chain = build_chain(steps, self._dispatch)
         self.events.emit(
             "gateway.start",
             {"servers": sorted(self.config.servers), "config": str(self.config.source) if self.config.source else None},
         )
         try:
             async with anyio.create_task_group() as tg:
-                self._tg = tg
                 for name, srv in self.config.servers.items():
                     if not srv.enabled:
                         continue
@@ -116,7 +136,7 @@ class Gateway:
                     up.bind_task_group(tg)
                     self.upstreams[name] = up
                     tg.start_soon(up.run, name=f"upstream-{name}")
-                for task in self.background:
+                for task in self._background:
                     tg.start_soon(task, self)
                 await self._rebuild()
                 # Wait (bounded) for the first connection of every upstream, concurrently.
@@ -136,7 +156,7 @@ class Gateway:
                     tg.cancel_scope.cancel()
         finally:
             # also on cancellation or Ctrl-C/SIGTERM: sandboxes, cgroups, audit batches, pins
-            for close in self.closers:
+            for close in self._closers:
                 try:
                     close()
                 except Exception:
@@ -162,12 +182,10 @@ class Gateway:
                 if u.state == "up"
             ]
             listings += [UpstreamListing(name=b.name, pass_through=False, tools=b.tools()) for b in self.builtins.values()]
-            new = Catalog.build(listings)
-            if self._tool_infos is not None:
-                new = Catalog.build(listings, infos=await self._tool_infos(new))
-            old, self.catalog = self.catalog, new
-            for cb in self.on_catalog_change:
-                await cb(old, new)
+            # the catalogue uses verification: every tool's verdict is part of the snapshot
+            infos = await self.verifier.assess([t.info for t in Catalog.build(listings).tools.values()])
+            new = Catalog.build(listings, infos=infos)
+            old, self.live.snapshot = self.live.snapshot, new
         await self._announce(old, new)
 
     async def _announce(self, old: Catalog, new: Catalog) -> None:
@@ -212,9 +230,10 @@ class Gateway:
     async def visible_tools(self, principal: Principal) -> list[CatalogTool]:
         """What ``principal`` may see: verified (or warn-mode) tools the policy lets it call."""
         entries = [e for e in self.catalog.tools.values() if not e.info.blocked]
-        if self.list_filter is None:
+        if self.policy is None:
             return entries
-        allowed = {t.name for t in await self.list_filter(principal, [e.info for e in entries])}
+        infos = [e.info for e in entries]
+        allowed = {t.name for t in await afilter_listing(self.policy, principal, infos, counters=self.counters)}
         return [e for e in entries if e.info.name in allowed]
 
     async def allowed_targets(self, principal: Principal, kind: str, pairs: list[tuple[str, str]]) -> set[str]:
@@ -223,30 +242,24 @@ class Gateway:
         Listings show a caller only what the policy would let it read or get (the same rule,
         with ``action = "list"``); with the policy off, everything.
         """
-        engine = self.policy_engine
-        if engine is None:
+        if self.policy is None:
             return {t for t, _ in pairs}
-        from gateway.policy.inputdoc import build_input
-
         allowed: set[str] = set()
         for target, upstream in pairs:
             inp = build_input(
                 principal=principal, kind=kind, target=target, action="list", upstream=self.upstream_info(upstream)
             )
-            if (await engine.adecide(inp)).allow:
+            if (await self.policy.adecide(inp)).allow:
                 allowed.add(target)
         return allowed
 
     def upstream_info(self, name: str) -> UpstreamInfo:
-        if name in self.builtins:
-            return UpstreamInfo(name=name, transport="builtin")
-        srv = self.config.servers[name]
-        return UpstreamInfo(name=name, transport="stdio" if srv.command else "http", domain=srv.domain)
+        return self.live.upstream_info(name)
 
     # -- calls -----------------------------------------------------------------------------
 
     async def call(self, call: CallContext) -> Any:
-        assert self._chain is not None, "Gateway.running() not entered"
+        """One request through the chain (``steps``, outermost first) to its upstream."""
         return await self._chain(call)
 
     async def _dispatch(self, call: CallContext) -> Any:

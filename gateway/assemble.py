@@ -1,8 +1,18 @@
-"""Build a ``Gateway`` from the config with every component the config turns on.
+"""The one assembly point: a ``Gateway`` from the config, with typed components and the chain.
 
-This is the one place that decides which steps run and which built-ins exist, so the
-fronts (stdio, HTTP) and the tests get the same gateway. Protections are on unless the
-config names them off, and turning one off is logged at start.
+``make_gateway`` decides which components exist (audit log, policy engine, verifier,
+sandbox manager, metrics, built-in upstreams) and the order of the call chain, so the
+fronts (stdio, HTTP), the CLI and the tests all get the same gateway. Protections are on
+unless the config turns them off, and turning one off is logged.
+
+Extension points (where new parts plug in, and nowhere else):
+
+* a new built-in upstream (its tools pass the whole chain like any upstream tool): build it
+  in ``_builtins`` and append it to the list (``Builtin`` protocol in ``gateway.app``);
+* a new step: add it to ``chain_steps`` at its place in the order (the docstring there says
+  what each position sees);
+* a component with a lifetime: construct it in ``make_gateway``, add its ``close`` to
+  ``closers`` and any long-running task to ``background``.
 """
 
 from __future__ import annotations
@@ -11,17 +21,27 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 from mcp import types
 from mcp.server.subscriptions import InMemorySubscriptionBus
 
-from gateway.app import Gateway
+from gateway.app import Background, Builtin, Gateway, WrapCommand
+from gateway.audit.log import AuditLog, AuditLogBusy
+from gateway.catalog import LiveCatalog
+from gateway.chain import Step
 from gateway.config.model import Config, ServerConfig
-from gateway.context import CallContext, Principal, ToolInfo
+from gateway.context import CallContext, UpstreamInfo
 from gateway.errors import AuditError, ConfigError
 from gateway.events import EventSink, LoggingSink
+from gateway.metrics import GatewayMetrics, MetricsSink
+from gateway.policy import CallCounters, PolicyEngine, build_engine
+from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
+from gateway.steps.arguments import ValidateArguments
+from gateway.steps.audit import AuditStep
+from gateway.steps.metrics import MetricsStep
+from gateway.steps.policy import PolicyStep
+from gateway.steps.resolve import ResolveTool
 from gateway.steps.verify import VerifyTool
 from gateway.verify.verifier import ToolVerifier
 
@@ -30,16 +50,13 @@ _logger = logging.getLogger("symbi.assemble")
 AUDIT_SLOTS = 16  # concurrent gateway processes sharing one data dir (one chain each)
 
 
-def open_audit(config: Config) -> Any:
+def open_audit(config: Config) -> AuditLog:
     """The audit log; a second process on the same data dir writes its own chain file.
 
     Each chain has one writer (the hash chain needs a single head), so when another gateway
     process (a second ``symbi mcp`` launched by an IDE, say) holds ``audit.db`` this one takes
     ``audit-2.db``, ``audit-3.db``...; ``symbi audit verify`` checks every chain.
     """
-    from gateway.audit import AuditLog
-    from gateway.audit.log import AuditLogBusy
-
     base = config.audit_path
     last: AuditError | None = None
     for slot in range(1, AUDIT_SLOTS + 1):
@@ -62,9 +79,8 @@ class SandboxBuiltin:
     """The built-in ``sandbox`` server: code tools run in a tier picked by risk and policy."""
 
     name = "sandbox"
-    code_tools = True
 
-    def __init__(self, tools: Any) -> None:
+    def __init__(self, tools: SandboxTools) -> None:
         self._tools = tools
         self._listing = [types.Tool.model_validate(d) for d in tools.list_tools()]
 
@@ -78,19 +94,68 @@ class SandboxBuiltin:
         return types.CallToolResult.model_validate(result)
 
 
+def chain_steps(
+    catalog: LiveCatalog,
+    *,
+    audit: AuditLog | None,
+    policy: PolicyEngine | None,
+    counters: CallCounters,
+    metrics: GatewayMetrics | None,
+) -> list[Step]:
+    """The call chain, outermost first. This list is the only place the order is decided.
+
+    1. metrics: times and counts everything, denials and crashes included (HTTP front only);
+    2. audit: one durable record per call, whatever happened inside (fails closed);
+    3. resolve: the client's name -> catalogue entry (unknown or hidden -> refused);
+    4. verify: the tool is the approved one (SchemaPin, pins, drift);
+    5. arguments: valid against the tool's inputSchema;
+    6. policy: the Rego decision, then its conditions around the dispatch.
+    A step that needs an allowed call and must run right before dispatch (a scheduler, a
+    budget) goes after the policy; the endpoint after the last step is ``Gateway._dispatch``.
+    """
+    steps: list[Step] = []
+    if metrics is not None:
+        steps.append(MetricsStep(metrics))
+    if audit is not None:
+        steps.append(AuditStep(audit, observe=metrics.observe_audit_write if metrics is not None else None))
+    steps += [ResolveTool(catalog), VerifyTool(), ValidateArguments()]
+    if policy is not None:
+        steps.append(PolicyStep(policy, counters, observe=metrics.observe_policy if metrics is not None else None))
+    return steps
+
+
 def make_gateway(
     config: Config,
     bus: InMemorySubscriptionBus | None = None,
     *,
-    sink_wrapper: Callable[[EventSink], EventSink] | None = None,
-    timings: Any = None,
+    metrics: GatewayMetrics | None = None,
 ) -> Gateway:
-    """The gateway the config describes; ``sink_wrapper`` tees every component's events
-    (the HTTP front counts them for ``/metrics``); ``timings`` gets ``observe_policy(seconds)``
-    and ``observe_audit_write(seconds)`` for every call."""
-    closers: list[Any] = []
+    """The gateway the config describes.
+
+    ``bus`` carries list-changed notices to 2026-era clients (the front owns it);
+    ``metrics`` (the HTTP front's ``/metrics``) counts every event and call when given.
+    """
+    closers: list[Callable[[], object]] = []
+    try:
+        return _assemble(config, bus, metrics, closers)
+    except BaseException:
+        # a component that failed to start must not leave the others open (the audit lock...)
+        for close in reversed(closers):
+            try:
+                close()
+            except Exception:
+                _logger.exception("closing a component after a failed start")
+        raise
+
+
+def _assemble(
+    config: Config,
+    bus: InMemorySubscriptionBus | None,
+    metrics: GatewayMetrics | None,
+    closers: list[Callable[[], object]],
+) -> Gateway:
+    audit: AuditLog | None = None
     events: EventSink
-    audit = None
     if config.security.audit_enabled:
         audit = open_audit(config)
         events = audit
@@ -98,82 +163,96 @@ def make_gateway(
     else:
         _logger.warning("AUDIT IS OFF (security.audit_enabled = false): calls are not recorded")
         events = LoggingSink()
-    if sink_wrapper is not None:
-        events = sink_wrapper(events)
-    events.emit("config.loaded", {"source": str(config.source) if config.source else None,
-                                  "servers": sorted(config.servers)})
+    if metrics is not None:
+        events = MetricsSink(events, metrics)
+    events.emit(
+        "config.loaded",
+        {"source": str(config.source) if config.source else None, "servers": sorted(config.servers)},
+    )
 
-    builtins: list[Any] = []
-    manager = None
+    manager: SandboxManager | None = None
     if config.sandbox.code_tools or any(s.sandbox not in (None, "none") for s in config.servers.values()):
-        from gateway.sandbox import SandboxManager, SandboxTools
-
         manager = SandboxManager(config)
         closers.append(manager.close)
-        if config.sandbox.code_tools:
-            if "sandbox" in config.servers:
-                raise ConfigError("servers.sandbox: the name 'sandbox' is taken by the built-in code tools "
-                                  "(rename the server or set sandbox.code_tools = false)")
-            builtins.append(SandboxBuiltin(SandboxTools(config, manager)))
+    builtins = _builtins(config, manager)
 
     verifier = ToolVerifier(config, events, builtins=frozenset(b.name for b in builtins))
     closers.append(verifier.close)
 
-    engine = None
-    list_filter = None
+    policy: PolicyEngine | None = None
+    counters = CallCounters()
     if config.security.enforce_policies:
-        from gateway.policy import CallCounters, build_engine
-        from gateway.steps.policy import PolicyStep, afilter_listing
-
-        engine = build_engine(config, events)
-        closers.append(engine.close)
-        counters = CallCounters()
-
-        async def list_filter(principal: Principal, tools: list[ToolInfo]) -> list[ToolInfo]:
-            return await afilter_listing(engine, principal, tools, upstreams=None, counters=counters)
+        policy = build_engine(config, events)
+        closers.append(policy.close)
     else:
         _logger.warning("POLICY IS OFF (security.enforce_policies = false): every verified call is allowed")
 
-    wrap = None
-    if manager is not None:
-        from gateway.sandbox import wrap_stdio_command
-
-        def wrap(name: str, srv: ServerConfig) -> tuple[str, list[str], Callable[[], None] | None]:
-            assert srv.command is not None and srv.sandbox is not None
-            command, args = wrap_stdio_command(
-                srv.sandbox, srv.command, list(srv.args), srv.env, str(srv.cwd) if srv.cwd else None,
-                network=srv.sandbox_network, manager=manager,
-            )
-            if srv.sandbox not in ("docker", "gvisor") or args[:1] != ["run"]:
-                return command, args, None
-            # Name the container so it can be removed when the session ends: killing the docker
-            # CLI (what an stdio client does to a server that ignores EOF) leaves it running.
-            cname = f"symbi-up-{os.getpid()}-{name}-{uuid.uuid4().hex[:8]}"
-            return command, ["run", "--name", cname, *args[1:]], lambda: _remove_container(cname)
-
-    gw = Gateway(
+    catalog = LiveCatalog(_upstream_infos(config, builtins))
+    steps = chain_steps(catalog, audit=audit, policy=policy, counters=counters, metrics=metrics)
+    background: list[Background] = [_poll_approvals(verifier, config.mcp.recheck_interval_s)]
+    return Gateway(
         config,
+        steps,
+        audit=audit,
+        policy=policy,
+        verifier=verifier,
+        catalog=catalog,
         events=events,
-        bus=bus,
+        counters=counters,
         builtins=builtins,
-        tool_infos=verifier.assess,
-        list_filter=list_filter,
-        wrap_command=wrap,
+        wrap_command=_sandboxed_command(manager) if manager is not None else None,
+        bus=bus,
+        background=background,
+        closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
     )
-    gw.verify_step = VerifyTool()
-    if audit is not None:
-        from gateway.steps.audit import AuditStep
 
-        gw.audit_step = AuditStep(audit, observe=getattr(timings, "observe_audit_write", None))
-        gw.audit_log = audit
-    if engine is not None:
-        gw.policy_step = PolicyStep(engine, counters, observe=getattr(timings, "observe_policy", None))
-        gw.policy_engine = engine
-    gw.sandbox_manager = manager
-    gw.verifier = verifier
-    gw.background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s))
-    gw.closers.extend(reversed(closers))
-    return gw
+
+
+def _builtins(config: Config, manager: SandboxManager | None) -> list[Builtin]:
+    """The built-in upstreams the config turns on. New capabilities (bus, memory, ...) go here."""
+    builtins: list[Builtin] = []
+    if config.sandbox.code_tools:
+        assert manager is not None
+        builtins.append(SandboxBuiltin(SandboxTools(config, manager)))
+    for b in builtins:
+        if b.name in config.servers:
+            raise ConfigError(
+                f"servers.{b.name}: the name {b.name!r} is taken by a built-in upstream (rename the server)"
+            )
+    return builtins
+
+
+def _upstream_infos(config: Config, builtins: list[Builtin]) -> dict[str, UpstreamInfo]:
+    infos = {
+        name: UpstreamInfo(name=name, transport="stdio" if srv.command else "http", domain=srv.domain)
+        for name, srv in config.servers.items()
+    }
+    infos.update({b.name: UpstreamInfo(name=b.name, transport="builtin") for b in builtins})
+    return infos
+
+
+def _sandboxed_command(manager: SandboxManager) -> WrapCommand:
+    """Runs stdio upstreams with ``servers.X.sandbox`` set inside their tier."""
+
+    def wrap(name: str, srv: ServerConfig) -> tuple[str, list[str], Callable[[], None] | None]:
+        assert srv.command is not None and srv.sandbox is not None
+        command, args = wrap_stdio_command(
+            srv.sandbox,
+            srv.command,
+            list(srv.args),
+            srv.env,
+            str(srv.cwd) if srv.cwd else None,
+            network=srv.sandbox_network,
+            manager=manager,
+        )
+        if srv.sandbox not in ("docker", "gvisor") or args[:1] != ["run"]:
+            return command, args, None
+        # Name the container so it can be removed when the session ends: killing the docker
+        # CLI (what an stdio client does to a server that ignores EOF) leaves it running.
+        cname = f"symbi-up-{os.getpid()}-{name}-{uuid.uuid4().hex[:8]}"
+        return command, ["run", "--name", cname, *args[1:]], lambda: _remove_container(cname)
+
+    return wrap
 
 
 def _remove_container(name: str) -> None:
@@ -185,7 +264,7 @@ def _remove_container(name: str) -> None:
         _logger.debug("container %s not removed: %s", name, e)
 
 
-def _poll_approvals(verifier: ToolVerifier, interval: float):  # type: ignore[no-untyped-def]
+def _poll_approvals(verifier: ToolVerifier, interval: float) -> Background:
     """Re-assess the catalogue when the CLI approves/revokes or a manifest changes."""
 
     async def run(gw: Gateway) -> None:
@@ -201,4 +280,3 @@ def _poll_approvals(verifier: ToolVerifier, interval: float):  # type: ignore[no
                 await gw.refresh()
 
     return run
-

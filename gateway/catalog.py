@@ -18,8 +18,8 @@ from typing import Any
 from mcp import types
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
-from gateway.context import ToolInfo
-from gateway.errors import CatalogError, UnknownTool
+from gateway.context import ToolInfo, UpstreamInfo
+from gateway.errors import CatalogError, UnknownTool, UpstreamUnavailable
 
 _logger = logging.getLogger("symbi.catalog")
 
@@ -201,6 +201,25 @@ class Catalog:
             return self.prompts[name]
         except KeyError:
             raise CatalogError(f"unknown prompt {name!r}") from None
+
+
+class LiveCatalog:
+    """The catalogue being served: one snapshot, replaced whole on every rebuild.
+
+    The gateway swaps ``snapshot``; the steps read it (one object shared by both, so the
+    steps need no reference to the gateway). It also knows what each upstream is, for the
+    policy input.
+    """
+
+    def __init__(self, upstreams: Mapping[str, UpstreamInfo]) -> None:
+        self.snapshot = Catalog.empty()
+        self._upstreams = dict(upstreams)
+
+    def upstream_info(self, name: str) -> UpstreamInfo:
+        try:
+            return self._upstreams[name]
+        except KeyError:
+            raise UpstreamUnavailable(f"upstream {name!r} is not configured") from None
 
 
 def _matches(tpl: UriTemplate, uri: str) -> bool:

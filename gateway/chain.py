@@ -1,9 +1,9 @@
 """The call chain: an onion of steps around the dispatch to an upstream.
 
 Each step is a small class in ``gateway/steps/`` with one async ``__call__(call, call_next)``.
-A step denies by raising a ``GatewayError`` (or returning without calling ``call_next``);
-the audit step is outermost so it sees every allow, deny and crash. The order lives in one
-list: ``gateway.steps.default_steps``.
+A step denies by raising a ``GatewayError`` (or returning without calling ``call_next``).
+The order lives in one list, ``gateway.assemble.chain_steps``: metrics outermost (when the
+HTTP front counts calls), then audit, so both see every allow, deny and crash.
 """
 
 from __future__ import annotations

@@ -3,13 +3,8 @@
 Handlers are thin: they read the running ``Gateway`` and the HTTP state, nothing more.
 The auth middleware has already refused non-admins with 403 before a handler runs.
 
-Optional components are read from the ``Gateway`` when ``gateway.assemble`` attached them;
-without one the endpoints answer 503 with a reason:
-
-* ``gw.audit_log`` (``gateway.audit.AuditLog``): ``recent(n)``, ``ensure_writable()``, and
-  ``verify()`` if it has one (else ``verify_log(path, exported_public_keys(key_path))``)
-* ``gw.policy_engine``: ``status()`` if it has one (a dict with ``loaded``), else ``bundle``
-  (``None`` = nothing loaded, every request denied)
+Components the config turned off (``gw.audit``, ``gw.policy`` are None) answer 503 with a
+reason.
 """
 
 from __future__ import annotations
@@ -27,13 +22,13 @@ from gateway.server.approvals import ApprovalError, approve_tool, tool_diff
 from gateway.server.openapi import OPENAPI
 
 if TYPE_CHECKING:
+    from gateway.audit.log import AuditLog
     from gateway.server.http import HttpState
 
 
-def audit_log(state: HttpState) -> Any | None:
-    """The gateway's audit log, or None when auditing is off / not wired."""
-    log = getattr(state.gateway, "audit_log", None)
-    return log if log is not None and callable(getattr(log, "recent", None)) else None
+def audit_log(state: HttpState) -> AuditLog | None:
+    """The gateway's audit log, or None when auditing is off (or the gateway not started)."""
+    return state.gateway.audit if state.gateway is not None else None
 
 
 def audit_verify(log: Any) -> dict[str, Any]:
@@ -100,7 +95,7 @@ def audit_writable(log: Any) -> bool:
 
 def policy_status(state: HttpState) -> dict[str, Any] | None:
     """The policy engine's status (``loaded`` at least), or None when there is no engine."""
-    eng = getattr(state.gateway, "policy_engine", None)
+    eng = state.gateway.policy if state.gateway is not None else None
     if eng is None:
         return None
     try:
@@ -270,8 +265,8 @@ def admin_routes(state: HttpState) -> list[Route]:
         return JSONResponse(result)
 
     async def pins(request: Request) -> Response:
-        verifier = getattr(state.gateway, "verifier", None)
-        rows = [p.to_dict() for p in verifier.pins.pins()] if verifier is not None else []
+        gw = state.gateway
+        rows = [p.to_dict() for p in gw.verifier.pins.pins()] if gw is not None else []
         return JSONResponse({"pins": rows})
 
     async def policy_status_view(request: Request) -> Response:
@@ -281,7 +276,7 @@ def admin_routes(state: HttpState) -> list[Route]:
         return JSONResponse(doc)
 
     async def policy_reload(request: Request) -> Response:
-        eng = getattr(state.gateway, "policy_engine", None)
+        eng = state.gateway.policy if state.gateway is not None else None
         if eng is None:
             return _unavailable("policy", "the policy engine is not enabled in this gateway")
         reload = getattr(eng, "reload", None)

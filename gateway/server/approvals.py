@@ -32,10 +32,9 @@ class ApprovalError(GatewayError):
 
 
 def _state(gw: Gateway | None) -> Any:
-    state = getattr(getattr(gw, "verifier", None), "state", None)
-    if state is None:
-        raise ApprovalError("tool verification is not enabled in this gateway", 503)
-    return state
+    if gw is None:
+        raise ApprovalError("the gateway is not running yet", 503)
+    return gw.verifier.state
 
 
 def _record(gw: Gateway | None, name: str) -> Any:

@@ -132,7 +132,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         entries = list(gw.catalog.resources.values())
         principal, ok = await _allowed(ctx, gw, "resources/read", [(r.uri, up) for up, r in entries])
         resources = [r for _, r in entries if r.uri in ok]
-        if gw.audit_log is not None and _is_admin(principal):
+        if gw.audit is not None and _is_admin(principal):
             resources.append(AUDIT_RESOURCE)
         return types.ListResourcesResult(resources=resources)
 
@@ -317,14 +317,14 @@ async def _read_audit(gw: Gateway, principal: Principal) -> types.ReadResourceRe
 
     from mcp.shared.exceptions import MCPError
 
-    if gw.audit_log is None:
+    if gw.audit is None:
         raise MCPError(
             code=types.INVALID_PARAMS, message="the audit log is off (security.audit_enabled = false)"
         )
     if not _is_admin(principal):
         gw.events.emit("audit.read_denied", {"uri": AUDIT_RESOURCE.uri}, principal=principal.id)
         raise MCPError(code=types.INVALID_PARAMS, message="audit://recent is for admin principals only")
-    log = gw.audit_log
+    log = gw.audit
     await anyio.to_thread.run_sync(lambda: log.flush(timeout=5))  # what was emitted is readable
     events = log.recent(100)
     return types.ReadResourceResult(

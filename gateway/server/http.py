@@ -38,12 +38,11 @@ from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.config.model import Config
 from gateway.context import Principal
+from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
 from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
 from gateway.server.front import build_server
-from gateway.server.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, MetricsSink, RecentCalls
 from gateway.server.resume import BoundedEventStore
-from gateway.steps.metrics import MetricsStep
 
 _logger = logging.getLogger("symbi.http")
 _access = logging.getLogger("symbi.access")
@@ -295,13 +294,10 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     from gateway.server.dashboard import dashboard_routes
 
     holder: list[Gateway] = gateway_holder if gateway_holder is not None else []
-    metrics = GatewayMetrics()
-    recent = RecentCalls(RECENT_CALLS)
-    step = MetricsStep(metrics, recent)
+    metrics = GatewayMetrics(RECENT_CALLS)
 
     def factory(bus: InMemorySubscriptionBus) -> Gateway:
-        gw = make_gateway(config, bus, sink_wrapper=lambda sink: MetricsSink(sink, metrics), timings=metrics)
-        gw.extra_steps.insert(0, step)  # default_steps puts extra_steps outermost
+        gw = make_gateway(config, bus, metrics=metrics)
         holder.append(gw)
         return gw
 
@@ -321,7 +317,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         config=config,
         auth=Authenticator.from_config(config),
         metrics=metrics,
-        recent=recent,
+        recent=metrics.recent,
         manager=manager,
         holder=holder,
     )

@@ -1,4 +1,4 @@
-"""The outermost step: one durable audit event per call, whatever happened inside.
+"""The audit step (outermost but for metrics): one durable audit event per call, whatever happened inside.
 
 The event is ``tool.call``, ``resource.read``, ``prompt.get`` (or ``catalog.list``) and is
 committed before the result goes back (``AuditLog.record`` waits for the group commit).

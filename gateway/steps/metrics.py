@@ -12,7 +12,7 @@ from typing import Any
 from gateway.chain import CallNext
 from gateway.context import CallContext
 from gateway.errors import ArgumentsInvalid, CatalogError, GatewayError, PolicyDenied, VerificationDenied
-from gateway.server.metrics import GatewayMetrics, RecentCall, RecentCalls
+from gateway.metrics import GatewayMetrics, RecentCall, RecentCalls
 
 # Errors that are the gateway saying "no" (as opposed to something failing).
 _DENIALS = (PolicyDenied, VerificationDenied, CatalogError, ArgumentsInvalid)
@@ -21,9 +21,9 @@ _DENIALS = (PolicyDenied, VerificationDenied, CatalogError, ArgumentsInvalid)
 class MetricsStep:
     """Records tool calls by tool/upstream/outcome, latency, and the policy decision."""
 
-    def __init__(self, metrics: GatewayMetrics, recent: RecentCalls) -> None:
+    def __init__(self, metrics: GatewayMetrics, recent: RecentCalls | None = None) -> None:
         self.metrics = metrics
-        self.recent = recent
+        self.recent = recent if recent is not None else metrics.recent
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         error: BaseException | None = None

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from gateway.catalog import Catalog, CatalogTool
 from gateway.config.model import Config
 from gateway.context import ToolInfo
 from gateway.errors import ConfigError
@@ -48,9 +48,6 @@ from schemapin import (
 )
 
 _logger = logging.getLogger("symbi.verify")
-
-# In-band carrier: the signature of the definition without "_meta".
-SIGNATURE_META = "schemapin/signature"
 
 
 def load_org_keys(config: Config) -> list[KeySnapshot]:
@@ -113,22 +110,22 @@ class ToolVerifier:
 
     # -- assessment ------------------------------------------------------------------------
 
-    async def assess(self, catalog: Catalog) -> dict[str, ToolInfo]:
-        by_upstream: dict[str, list[CatalogTool]] = defaultdict(list)
-        for entry in catalog.tools.values():
-            by_upstream[entry.info.upstream].append(entry)
+    async def assess(self, tools: Iterable[ToolInfo]) -> dict[str, ToolInfo]:
+        """Each tool with its verification verdict, by namespaced name (the catalogue's input)."""
+        by_upstream: dict[str, list[ToolInfo]] = defaultdict(list)
+        for tool in tools:
+            by_upstream[tool.upstream].append(tool)
         infos: dict[str, ToolInfo] = {}
         for upstream, entries in by_upstream.items():
             if upstream in self._builtins:
-                for e in entries:
-                    info = _with(e.info, "verified", None, None, None, "strict")
-                    infos[e.info.name] = replace(info, code_tool=True)
+                for t in entries:
+                    infos[t.name] = replace(_with(t, "verified", None, None, None, "strict"), code_tool=True)
                 continue
             for info in await self._assess_upstream(upstream, entries):
                 infos[info.name] = info
         return infos
 
-    async def _assess_upstream(self, upstream: str, entries: list[CatalogTool]) -> list[ToolInfo]:
+    async def _assess_upstream(self, upstream: str, entries: list[ToolInfo]) -> list[ToolInfo]:
         srv = self._config.servers[upstream]
         mode = self._config.verification_for(upstream)
         manifest: dict[str, dict[str, Any]] = {}
@@ -147,10 +144,10 @@ class ToolVerifier:
             except (SchemaPinError, TimeoutError) as e:
                 snap_error = f"key discovery for {srv.domain} failed: {e}"
         out = []
-        for entry in entries:
-            info = self._assess_one(entry.info, mode, srv.domain, manifest, manifest_error, snapshot, snap_error)
+        for tool in entries:
+            info = self._assess_one(tool, mode, srv.domain, manifest, manifest_error, snapshot, snap_error)
             out.append(info)
-        for gone in self.state.mark_absent(upstream, {e.info.original_name for e in entries}):
+        for gone in self.state.mark_absent(upstream, {t.original_name for t in entries}):
             self._events.emit("tool.vanished", {"tool": gone.namespaced, "upstream": upstream, "hash": gone.current_hash})
         return out
 
@@ -297,8 +294,6 @@ def _drift_reason(approved: str, now: str) -> str:
 def _with(
     info: ToolInfo, status: str, reason: str | None, fp: str | None, h: str | None, mode: str
 ) -> ToolInfo:
-    from dataclasses import replace
-
     return replace(
         info,
         verification=status,  # type: ignore[arg-type]

@@ -106,14 +106,14 @@ def test_restart_unknown_upstream_is_404_and_known_is_documented(env: Env) -> No
 
 def test_audit_and_policy_status(env: Env) -> None:
     gw = env.run.state.gateway
-    if getattr(gw, "audit_log", None) is None:  # auditing not assembled into this gateway
+    if getattr(gw, "audit", None) is None:  # auditing not assembled into this gateway
         assert check(get(env, "/audit/recent"), 503, "Unavailable")["component"] == "audit"
     else:
         events = check(get(env, "/audit/recent?limit=1000"), 200, "AuditEvents")["events"]
         assert events and all("chain_hash" in e for e in events)
         assert check(get(env, "/audit/verify"), 200, "AuditVerify")["ok"] is True
         assert httpx.get(env.run.base + "/readyz").json()["audit"] is True
-    if getattr(gw, "policy_engine", None) is None:
+    if getattr(gw, "policy", None) is None:
         assert check(get(env, "/policy/status"), 503, "Unavailable")["component"] == "policy"
     else:
         assert check(get(env, "/policy/status"), 200, "PolicyStatus")["loaded"] is True
@@ -121,7 +121,7 @@ def test_audit_and_policy_status(env: Env) -> None:
 
 
 def test_audit_query_and_export(env: Env) -> None:
-    if getattr(env.run.state.gateway, "audit_log", None) is None:
+    if getattr(env.run.state.gateway, "audit", None) is None:
         pytest.skip("auditing is not assembled into this gateway")
     # a call that will be in the log, by a principal only this test uses
     key, _ = env.keys.store.create("query-user", ("developer",))
@@ -136,7 +136,7 @@ def test_audit_query_and_export(env: Env) -> None:
         "params": {"name": "everything__echo", "arguments": {"message": "audited"}},
     }
     assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
-    env.run.state.gateway.audit_log.flush()  # type: ignore[union-attr]
+    env.run.state.gateway.audit.flush()  # type: ignore[union-attr]
     events = check(get(env, "/audit/query?principal=query-user&decision=allow"), 200, "AuditEvents")["events"]
     assert len(events) == 1 and events[0]["type"] == "tool.call"
     assert events[0]["principal"] == "query-user"

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.context import CallContext, Decision, Principal, ToolInfo
 from gateway.errors import PolicyDenied
 from gateway.events import LoggingSink
-from gateway.server.metrics import GatewayMetrics, MetricsSink, RecentCalls
+from gateway.metrics import GatewayMetrics, MetricsSink, RecentCalls
 from gateway.steps.metrics import MetricsStep
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
 

@@ -1,7 +1,8 @@
-"""Prometheus metrics: one registry per HTTP app, fed by events and by the call chain.
+"""Prometheus metrics: a gateway component, one registry per HTTP app, fed by events and the chain.
 
 ``GatewayMetrics`` owns a private ``CollectorRegistry`` (so two apps in one process, as in
-the tests, never share counters). Two feeders fill it:
+the tests, never share counters). ``gateway.assemble.make_gateway(config, metrics=...)``
+wires it in; two feeders fill it:
 
 * ``MetricsSink`` wraps the gateway's ``EventSink`` and counts what events say: upstream
   up/down/restarts, verification failures and drift, sandbox runs, every audit event by type.
@@ -58,7 +59,9 @@ _LATENCY_BUCKETS = (
 class GatewayMetrics:
     """All gateway metrics, in one registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, recent_calls: int = 500) -> None:
+        # the dashboard's "recent decisions" (a bounded ring buffer, fed with the counters)
+        self.recent = RecentCalls(recent_calls)
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.tool_calls = Counter(
             "symbi_tool_calls",

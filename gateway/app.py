@@ -28,6 +28,7 @@ from gateway.config.model import Config
 from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.errors import UpstreamUnavailable
 from gateway.events import EventSink, LoggingSink
+from gateway.runtime.agents import AgentRegistry
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream
 
 _logger = logging.getLogger("symbi.gateway")
@@ -55,9 +56,12 @@ class Gateway:
         list_filter: Callable[[Principal, list[ToolInfo]], Awaitable[list[ToolInfo]]] | None = None,
         wrap_command: Any = None,
         bus: InMemorySubscriptionBus | None = None,
+        agents: AgentRegistry | None = None,
     ) -> None:
         self.config = config
         self.events: EventSink = events or LoggingSink()
+        # Every session is an agent with a gateway-made id (gateway.runtime).
+        self.agents = agents or AgentRegistry(self.events)
         self.builtins = {b.name: b for b in builtins or []}
         self.upstreams: dict[str, Upstream] = {}
         self.catalog = Catalog.empty()
@@ -231,7 +235,8 @@ class Gateway:
         allowed: set[str] = set()
         for target, upstream in pairs:
             inp = build_input(
-                principal=principal, kind=kind, target=target, action="list", upstream=self.upstream_info(upstream)
+                principal=principal, kind=kind, target=target, action="list", upstream=self.upstream_info(upstream),
+                agent=self.agents.info(principal.agent),
             )
             if (await engine.adecide(inp)).allow:
                 allowed.add(target)

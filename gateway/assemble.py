@@ -22,6 +22,7 @@ from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Principal, ToolInfo
 from gateway.errors import AuditError, ConfigError
 from gateway.events import EventSink, LoggingSink
+from gateway.runtime.agents import AgentRegistry
 from gateway.steps.verify import VerifyTool
 from gateway.verify.verifier import ToolVerifier
 
@@ -116,6 +117,7 @@ def make_gateway(
                                   "(rename the server or set sandbox.code_tools = false)")
             builtins.append(SandboxBuiltin(SandboxTools(config, manager)))
 
+    agents = AgentRegistry(events)  # every session is an agent; ids made here, never by clients
     verifier = ToolVerifier(config, events, builtins=frozenset(b.name for b in builtins))
     closers.append(verifier.close)
 
@@ -130,7 +132,8 @@ def make_gateway(
         counters = CallCounters()
 
         async def list_filter(principal: Principal, tools: list[ToolInfo]) -> list[ToolInfo]:
-            return await afilter_listing(engine, principal, tools, upstreams=None, counters=counters)
+            return await afilter_listing(engine, principal, tools, upstreams=None, counters=counters,
+                                         agent=agents.info(principal.agent))
     else:
         _logger.warning("POLICY IS OFF (security.enforce_policies = false): every verified call is allowed")
 
@@ -159,6 +162,7 @@ def make_gateway(
         tool_infos=verifier.assess,
         list_filter=list_filter,
         wrap_command=wrap,
+        agents=agents,
     )
     gw.verify_step = VerifyTool()
     if audit is not None:

@@ -29,6 +29,7 @@ from gateway.context import CallContext, Principal, UpstreamInfo
 from gateway.errors import UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.policy.inputdoc import CallCounters, build_input
+from gateway.runtime.agents import AgentRegistry
 from gateway.steps.policy import afilter_listing
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream
 
@@ -86,6 +87,7 @@ class Gateway:
         bus: InMemorySubscriptionBus | None = None,
         background: Sequence[Background] = (),
         closers: Sequence[Callable[[], object]] = (),
+        agents: AgentRegistry | None = None,
     ) -> None:
         self.config = config
         self.steps: tuple[Step, ...] = tuple(steps)
@@ -96,6 +98,8 @@ class Gateway:
         self.events = events
         self.counters = counters or CallCounters()
         self.builtins: dict[str, Builtin] = {b.name: b for b in builtins}
+        # Every session is an agent with a gateway-made id (gateway.runtime).
+        self.agents = agents or AgentRegistry(self.events)
         self.bus = bus or InMemorySubscriptionBus()
         self.upstreams: dict[str, Upstream] = {}
         self._wrap_command = wrap_command
@@ -233,7 +237,12 @@ class Gateway:
         if self.policy is None:
             return entries
         infos = [e.info for e in entries]
-        allowed = {t.name for t in await afilter_listing(self.policy, principal, infos, counters=self.counters)}
+        allowed = {
+            t.name
+            for t in await afilter_listing(
+                self.policy, principal, infos, counters=self.counters, agent=self.agents.info(principal.agent)
+            )
+        }
         return [e for e in entries if e.info.name in allowed]
 
     async def allowed_targets(self, principal: Principal, kind: str, pairs: list[tuple[str, str]]) -> set[str]:
@@ -247,7 +256,8 @@ class Gateway:
         allowed: set[str] = set()
         for target, upstream in pairs:
             inp = build_input(
-                principal=principal, kind=kind, target=target, action="list", upstream=self.upstream_info(upstream)
+                principal=principal, kind=kind, target=target, action="list", upstream=self.upstream_info(upstream),
+                agent=self.agents.info(principal.agent),
             )
             if (await self.policy.adecide(inp)).allow:
                 allowed.add(target)

@@ -36,6 +36,7 @@ from gateway.errors import AuditError, ConfigError
 from gateway.events import EventSink, LoggingSink
 from gateway.metrics import GatewayMetrics, MetricsSink
 from gateway.policy import CallCounters, PolicyEngine, build_engine
+from gateway.runtime.agents import AgentRegistry
 from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
@@ -176,6 +177,7 @@ def _assemble(
         closers.append(manager.close)
     builtins = _builtins(config, manager)
 
+    agents = AgentRegistry(events)  # every session is an agent; ids made here, never by clients
     verifier = ToolVerifier(config, events, builtins=frozenset(b.name for b in builtins))
     closers.append(verifier.close)
 
@@ -204,6 +206,7 @@ def _assemble(
         bus=bus,
         background=background,
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
+        agents=agents,
     )
 
 

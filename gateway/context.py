@@ -24,10 +24,25 @@ class Principal:
     kind: str = "user"  # user | agent | service | admin
     roles: tuple[str, ...] = ()
     claims: Mapping[str, Any] = field(default_factory=dict)
-    agent: str | None = None
+    agent: str | None = None  # the AgentId the runtime made for this session (never client-chosen)
 
     def as_input(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "roles": list(self.roles), "claims": dict(self.claims)}
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """The calling agent as the policy sees it (``input.agent``); made by the runtime."""
+
+    id: str
+    name: str
+    state: str
+    priority: int = 0
+    hosted: bool = False
+
+    def as_input(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "state": self.state, "priority": self.priority,
+                "hosted": self.hosted}
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,7 @@ class CallContext:
     target: str  # tool name / resource uri / prompt name as the client sent it
     arguments: dict[str, Any] = field(default_factory=dict)
     session_id: str | None = None
+    agent: AgentInfo | None = None  # the runtime's view of principal.agent when the call arrived
     tool: ToolInfo | None = None
     upstream: UpstreamInfo | None = None
     decision: Decision | None = None

@@ -17,6 +17,13 @@ JSON-RPC error.
      │    └── RateLimited            the policy's rate_limit condition tripped
      ├── SandboxError                a sandbox tier failed or is unavailable
      │    └── SandboxUnavailable     the chosen tier cannot run here (never downgraded)
+     ├── AgentError                  the runtime refused the calling agent
+     │    ├── AgentSuspended         suspended (policy condition, denials, budget, operator)
+     │    ├── AgentTerminated        the agent has ended (or is ending)
+     │    ├── AgentLimitReached      runtime.max_concurrent_agents live agents already
+     │    ├── BudgetExceeded         a resource budget was breached (the agent is suspended)
+     │    └── InvalidTransition      a state change the seed's lifecycle does not have
+     ├── SchedulerBusy               the scheduler's queue is full, or the call was preempted
      └── AuditError                  the audit log cannot be written (fail closed)
 """
 
@@ -88,6 +95,38 @@ class SandboxError(GatewayError):
 
 class SandboxUnavailable(SandboxError):
     code = "sandbox_unavailable"
+
+
+class AgentError(GatewayError):
+    code = "agent_error"
+
+
+class AgentSuspended(AgentError):
+    code = "agent_suspended"
+
+
+class AgentTerminated(AgentError):
+    code = "agent_terminated"
+
+
+class AgentLimitReached(AgentError):
+    code = "agent_limit"
+
+
+class BudgetExceeded(AgentError):
+    code = "budget_exceeded"
+
+
+class InvalidTransition(AgentError):
+    code = "invalid_transition"
+
+
+class SchedulerBusy(GatewayError):
+    code = "scheduler_busy"
+
+
+class Preempted(SchedulerBusy):
+    code = "preempted"
 
 
 class AuditError(GatewayError):

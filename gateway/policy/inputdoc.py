@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 
 Action = Literal["call", "list"]
 
@@ -102,6 +102,7 @@ def build_input(
     session_id: str | None = None,
     counters: CallCounters | None = None,
     now_ns: int | None = None,
+    agent: AgentInfo | None = None,
 ) -> dict[str, Any]:
     """The input document for one decision (see README for the fields)."""
     now_ns = now_ns if now_ns is not None else time.time_ns()
@@ -116,7 +117,7 @@ def build_input(
         "kind": kind,
         "target": target,
         "principal": principal.as_input(),
-        "agent": principal.agent,
+        "agent": _agent_input(principal, agent),
         "upstream": up,
         "tool": tool_input(tool) if tool else None,
         "arguments": dict(arguments or {}),
@@ -131,6 +132,15 @@ def build_input(
     }
 
 
+def _agent_input(principal: Principal, agent: AgentInfo | None) -> dict[str, Any] | None:
+    if agent is not None and agent.id == principal.agent:
+        return agent.as_input()
+    if principal.agent is None:
+        return None
+    # an id without the runtime's record (a component calling on an agent's behalf): id only
+    return {"id": principal.agent, "name": None, "state": None, "priority": 0, "hosted": False}
+
+
 def input_for_call(call: CallContext, counters: CallCounters | None = None) -> dict[str, Any]:
     """The input document for the request ``call`` (action ``call``)."""
     return build_input(
@@ -143,4 +153,5 @@ def input_for_call(call: CallContext, counters: CallCounters | None = None) -> d
         session_id=call.session_id,
         counters=counters,
         now_ns=call.started_ns,
+        agent=call.agent,
     )

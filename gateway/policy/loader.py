@@ -35,7 +35,7 @@ CANARY_INPUT: dict[str, Any] = {
     "kind": "tools/call",
     "target": "canary__tool",
     "principal": {"id": "canary", "kind": "user", "roles": [], "claims": {}},
-    "agent": None,
+    "agent": {"id": "agt-canary", "name": "canary/canary", "state": "Ready", "priority": 0, "hosted": False},
     "upstream": {"name": "canary", "domain": None, "transport": "stdio"},
     "tool": {
         "name": "canary__tool",

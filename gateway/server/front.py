@@ -9,6 +9,7 @@ error is turned into an MCP result by ``gateway.boundary``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -36,7 +37,7 @@ def stdio_principal(config: Config) -> Principal:
     return Principal(id=p.id, kind=p.kind, roles=tuple(p.roles))
 
 
-def principal_for(ctx: ServerRequestContext[Any], config: Config) -> Principal:
+def authenticated_principal(ctx: ServerRequestContext[Any], config: Config) -> Principal:
     """Who is calling: the HTTP auth middleware's principal, or the configured stdio one."""
     request = ctx.request
     if request is None:
@@ -47,6 +48,39 @@ def principal_for(ctx: ServerRequestContext[Any], config: Config) -> Principal:
     # The HTTP front refuses unauthenticated requests before they get here; this is the
     # last line: no principal, no access.
     raise PolicyDenied("no authenticated principal for this request")
+
+
+def agent_session_key(ctx: ServerRequestContext[Any], principal: Principal) -> str:
+    """The session part of an agent's identity, from what the gateway itself vouches for.
+
+    stdio: one client per process. HTTP with a session: the ``mcp-session-id`` the SDK issued
+    (bound to the credential that opened it). Stateless HTTP (2026-07-28): the credential.
+    """
+    request = ctx.request
+    if request is None:
+        return "stdio"
+    sid = request.headers.get("mcp-session-id")
+    if sid:
+        return f"http:{sid}"
+    claims = principal.claims
+    if "key_id" in claims:
+        return f"key:{claims['key_id']}"
+    if "sub" in claims:
+        return f"jwt:{claims.get('iss')}:{claims['sub']}"
+    return "anonymous"
+
+
+def client_name_of(ctx: ServerRequestContext[Any]) -> object:
+    """The client's declared ``clientInfo.name`` (handshake or 2026 envelope); a label only."""
+    params = ctx.session.client_params
+    return params.client_info.name if params is not None else None
+
+
+def principal_for(ctx: ServerRequestContext[Any], gw: Gateway) -> Principal:
+    """The caller, bound to the agent the runtime made for its session (``Principal.agent``)."""
+    principal = authenticated_principal(ctx, gw.config)
+    agent = gw.agents.for_session(principal, client_name_of(ctx), agent_session_key(ctx, principal))
+    return dataclasses.replace(principal, agent=agent.id)
 
 
 def session_id_of(ctx: ServerRequestContext[Any]) -> str | None:
@@ -94,7 +128,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     ) -> types.ListToolsResult:
         gw = gw_of(ctx)
         try:
-            principal = principal_for(ctx, gw.config)
+            principal = principal_for(ctx, gw)
             tools = [e.tool for e in await gw.visible_tools(principal)]
         except GatewayError as e:
             raise protocol_error(e) from None
@@ -105,8 +139,10 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     ) -> types.CallToolResult | types.InputRequiredResult:
         gw = gw_of(ctx)
         try:
+            principal = principal_for(ctx, gw)
             call = CallContext(
-                principal=principal_for(ctx, gw.config),
+                principal=principal,
+                agent=gw.agents.info(principal.agent),
                 kind="tools/call",
                 target=params.name,
                 arguments=dict(params.arguments or {}),
@@ -151,7 +187,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     ) -> types.ReadResourceResult | types.InputRequiredResult:
         gw = gw_of(ctx)
         if params.uri == AUDIT_RESOURCE.uri:
-            return await _read_audit(gw, principal_for(ctx, gw.config))
+            return await _read_audit(gw, principal_for(ctx, gw))
         try:
             owner = gw.catalog.resource_owner(params.uri)
         except CatalogError as e:
@@ -172,8 +208,10 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     ) -> Any:
         """resources/read and prompts/get: the chain (audit, policy) around the upstream request."""
         try:
+            principal = principal_for(ctx, gw)
             call = CallContext(
-                principal=principal_for(ctx, gw.config),
+                principal=principal,
+                agent=gw.agents.info(principal.agent),
                 kind=kind,
                 target=target,
                 arguments=arguments,
@@ -204,7 +242,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     ) -> tuple[Principal, set[str]]:
         """The caller, and which of (target, upstream) the policy lets it use (listings, checks)."""
         try:
-            principal = principal_for(ctx, gw.config)
+            principal = principal_for(ctx, gw)
             return principal, await gw.allowed_targets(principal, kind, pairs)
         except GatewayError as e:
             raise protocol_error(e) from None

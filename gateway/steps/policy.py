@@ -20,7 +20,7 @@ from typing import Any
 from mcp.types import CallToolResult
 
 from gateway.chain import CallNext
-from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.errors import PolicyDenied, RateLimited
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import CallCounters, build_input, input_for_call
@@ -92,6 +92,7 @@ def _listing_inputs(
     upstreams: Mapping[str, UpstreamInfo] | None,
     session_id: str | None,
     counters: CallCounters | None,
+    agent: AgentInfo | None = None,
 ) -> Iterable[dict[str, Any]]:
     for t in tools:
         yield build_input(
@@ -103,6 +104,7 @@ def _listing_inputs(
             upstream=(upstreams or {}).get(t.upstream),
             session_id=session_id,
             counters=counters,
+            agent=agent,
         )
 
 
@@ -133,8 +135,9 @@ async def afilter_listing(
     upstreams: Mapping[str, UpstreamInfo] | None = None,
     session_id: str | None = None,
     counters: CallCounters | None = None,
+    agent: AgentInfo | None = None,
 ) -> list[ToolInfo]:
     """Async ``filter_listing`` (concurrent decisions: worth it for a remote OPA)."""
-    inputs = list(_listing_inputs(principal, tools, upstreams, session_id, counters))
+    inputs = list(_listing_inputs(principal, tools, upstreams, session_id, counters, agent))
     decisions = await asyncio.gather(*(engine.adecide(i) for i in inputs))
     return [t for t, d in zip(tools, decisions) if d.allow]

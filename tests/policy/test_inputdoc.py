@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.inputdoc import CallCounters, input_for_call
 
@@ -31,6 +31,7 @@ def make_call() -> CallContext:
         session_id="sess-1",
         tool=t,
         upstream=UpstreamInfo(name="fs", transport="stdio", domain="fs.example"),
+        agent=AgentInfo(id="planner", name="alice/planner", state="Ready", priority=2),
     )
 
 
@@ -45,7 +46,8 @@ def test_all_fields_present() -> None:
         "roles": ["developer"],
         "claims": {"sub": "alice", "team": "x"},
     }
-    assert doc["agent"] == "planner"
+    assert doc["agent"] == {"id": "planner", "name": "alice/planner", "state": "Ready", "priority": 2,
+                            "hosted": False}
     assert doc["upstream"] == {"name": "fs", "transport": "stdio", "domain": "fs.example"}
     assert doc["tool"]["name"] == "fs__read_text_file" and doc["tool"]["original_name"] == "read_text_file"
     assert doc["tool"]["verification"] == "pinned" and doc["tool"]["key_fingerprint"] == "sha256:ab"
@@ -82,3 +84,11 @@ def test_hourly_count_reaches_the_policy(repo_engine: EmbeddedEngine) -> None:
     assert repo_engine.decide(input_for_call(call, counters)).allow is True
     counters.try_acquire("ci-bot", "time__get_current_time", None)
     assert repo_engine.decide(input_for_call(call, counters)).allow is False
+
+
+def test_agent_record_of_another_id_is_not_used() -> None:
+    call = make_call()
+    call.agent = AgentInfo(id="someone-else", name="bob/x", state="Ready")
+    # the runtime's record must be the principal's own agent; otherwise only the id is passed
+    assert input_for_call(call)["agent"] == {"id": "planner", "name": None, "state": None, "priority": 0,
+                                             "hosted": False}

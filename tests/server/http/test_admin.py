@@ -146,7 +146,11 @@ def test_audit_query_and_export(env: Env) -> None:
     export = get(env, "/audit/export?principal=query-user")
     assert export.status_code == 200 and export.headers["content-type"].startswith("application/x-ndjson")
     lines = [json.loads(x) for x in export.text.splitlines()]
-    assert [x["seq"] for x in lines] == [events[0]["seq"]] and "signature" in lines[0]
+    calls = [x for x in lines if x["type"] == "tool.call"]
+    assert [x["seq"] for x in calls] == [events[0]["seq"]] and "signature" in calls[0]
+    # the rest is the agent the gateway made for this session: registered, Initializing -> Ready
+    assert sorted(x["type"] for x in lines if x["type"] != "tool.call") == ["agent.registered", "agent.state"]
+    assert {x["agent"] for x in lines} == {events[0]["agent"]} and events[0]["agent"].startswith("agt-")
     for bad in (
         "limit=0",
         "decision=maybe",

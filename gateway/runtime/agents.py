@@ -1,0 +1,223 @@
+"""Agent records and the registry that holds them.
+
+Every MCP session is an agent (``AgentRegistry.for_session``); hosted agents are registered
+by the runtime that starts them. The registry is the one place that changes an agent's
+state: ``transition`` checks the seed's lifecycle and writes exactly one ``agent.state``
+audit event per change. Other components subscribe to ``on_register`` / ``on_unregister``
+(the bus's key store, agent memory) instead of polling.
+
+The registry lives on the gateway's event loop: its methods are synchronous and never block.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from gateway.context import AgentInfo, Principal
+from gateway.events import EventSink
+from gateway.runtime.identity import clean_label, make_agent_id
+from gateway.runtime.lifecycle import AgentState, check_transition
+
+_logger = logging.getLogger("symbi.runtime")
+
+AgentHook = Callable[["Agent"], None]
+
+
+@dataclass(slots=True, eq=False)
+class Agent:
+    """One agent: a session of a principal's client, or a hosted agent's run."""
+
+    id: str
+    name: str  # unique among live agents: "principal/client" (sessions) or the [agents.NAME] name
+    principal: str
+    principal_kind: str
+    roles: tuple[str, ...]
+    client: str  # the client's declared name (a label, never trusted for identity)
+    session: str  # the session key this agent was made for
+    hosted: bool = False
+    priority: int = 0
+    state: AgentState = AgentState.INITIALIZING
+    reason: str = ""  # why it is in its state (the last transition's reason)
+    created: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+    calls: int = 0
+    suspend_pending: str | None = None  # a suspension asked for while Ready: applied at its next task
+
+    def info(self) -> AgentInfo:
+        return AgentInfo(id=self.id, name=self.name, state=self.state.value, priority=self.priority,
+                         hosted=self.hosted)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "principal": self.principal,
+            "client": self.client,
+            "hosted": self.hosted,
+            "priority": self.priority,
+            "state": self.state.value,
+            "reason": self.reason,
+            "suspend_pending": self.suspend_pending,
+            "in_flight": self.in_flight,
+            "calls": self.calls,
+            "created": self.created,
+            "idle_s": round(time.monotonic() - self.last_seen, 3),
+        }
+
+
+class AgentRegistry:
+    """Every live agent, by id, by name and by (principal, client, session)."""
+
+    def __init__(self, events: EventSink, *, key: bytes | None = None) -> None:
+        self.events = events
+        self._key = key if key is not None else os.urandom(32)
+        self._by_id: dict[str, Agent] = {}
+        self._by_name: dict[str, Agent] = {}
+        self._by_session: dict[tuple[str, str, str], Agent] = {}
+        self.on_register: list[AgentHook] = []
+        self.on_unregister: list[AgentHook] = []
+        self.on_state: list[Callable[[Agent, AgentState, AgentState], None]] = []
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def get(self, agent_id: str | None) -> Agent | None:
+        return self._by_id.get(agent_id) if agent_id is not None else None
+
+    def by_name(self, name: str) -> Agent | None:
+        return self._by_name.get(name)
+
+    def info(self, agent_id: str | None) -> AgentInfo | None:
+        agent = self.get(agent_id)
+        return agent.info() if agent is not None else None
+
+    def __iter__(self) -> Iterator[Agent]:
+        return iter(list(self._by_id.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def resolve(self, ref: str) -> Agent | None:
+        """An agent by id, by name, or by a unique id prefix (for the CLI)."""
+        hit = self._by_id.get(ref) or self._by_name.get(ref)
+        if hit is not None:
+            return hit
+        found = [a for a in self._by_id.values() if a.id.startswith(ref)] if len(ref) >= 6 else []
+        return found[0] if len(found) == 1 else None
+
+    # -- making agents ------------------------------------------------------------------------
+
+    def for_session(self, principal: Principal, client_name: object, session: str) -> Agent:
+        """The agent of this principal's client in this session, made on first use.
+
+        Only the authenticated principal, the client's declared name (a label) and the
+        gateway's session key go in; nothing a client sends can pick the id.
+        """
+        client = clean_label(client_name)
+        key = (principal.id, client, session)
+        agent = self._by_session.get(key)
+        if agent is not None and agent.state is not AgentState.TERMINATED:
+            agent.last_seen = time.monotonic()
+            return agent
+        agent_id = make_agent_id(self._key, principal.id, client, session)
+        if agent is not None:  # a terminated agent of the same session: a new one, new id
+            agent_id = make_agent_id(self._key, principal.id, client, f"{session}\x00{agent.created}")
+        agent = Agent(
+            id=agent_id,
+            name=self._unique_name(f"{clean_label(principal.id, 'anonymous')}/{client}"),
+            principal=principal.id,
+            principal_kind=principal.kind,
+            roles=tuple(principal.roles),
+            client=client,
+            session=session,
+        )
+        self._by_session[key] = agent
+        self._add(agent)
+        self.transition(agent, AgentState.READY, f"session of {principal.id} ({client})")
+        return agent
+
+    def add_hosted(self, name: str, principal: Principal, *, priority: int, run: int) -> Agent:
+        """A hosted agent's run ``run`` (a new record per run: Terminated is final)."""
+        agent = Agent(
+            id=make_agent_id(self._key, principal.id, f"hosted:{name}", f"run:{run}:{time.time_ns()}"),
+            name=name,
+            principal=principal.id,
+            principal_kind=principal.kind,
+            roles=tuple(principal.roles),
+            client=f"hosted:{name}",
+            session=f"hosted:{name}:{run}",
+            hosted=True,
+            priority=priority,
+        )
+        old = self._by_name.get(name)
+        if old is not None and old.state is not AgentState.TERMINATED:
+            raise ValueError(f"hosted agent {name!r} already has a live run ({old.id})")
+        self._add(agent)
+        return agent
+
+    def _unique_name(self, base: str) -> str:
+        if base not in self._by_name:
+            return base
+        for n in itertools.count(2):
+            name = f"{base}#{n}"
+            if name not in self._by_name:
+                return name
+        raise AssertionError("unreachable")
+
+    def _add(self, agent: Agent) -> None:
+        self._by_id[agent.id] = agent
+        self._by_name[agent.name] = agent
+        self.events.emit(
+            "agent.registered",
+            {"agent": agent.id, "name": agent.name, "client": agent.client, "hosted": agent.hosted,
+             "priority": agent.priority},
+            principal=agent.principal, agent=agent.id,
+        )
+        for hook in self.on_register:
+            _safe(hook, agent)
+
+    def remove(self, agent: Agent) -> None:
+        """Forget a Terminated agent (the GC sweep); its hooks run once."""
+        if agent.state is not AgentState.TERMINATED:
+            raise ValueError(f"agent {agent.id} is {agent.state.value}: only Terminated agents are removed")
+        if self._by_id.pop(agent.id, None) is None:
+            return
+        if self._by_name.get(agent.name) is agent:
+            del self._by_name[agent.name]
+        key = (agent.principal, agent.client, agent.session)
+        if self._by_session.get(key) is agent:
+            del self._by_session[key]
+        for hook in self.on_unregister:
+            _safe(hook, agent)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def transition(self, agent: Agent, to: AgentState, reason: str) -> None:
+        """Move ``agent`` along one lifecycle edge; one ``agent.state`` event. Refuses others."""
+        src = agent.state
+        edge = check_transition(agent.id, src, to)
+        agent.state = to
+        agent.reason = reason
+        self.events.emit(
+            "agent.state",
+            {"agent": agent.id, "name": agent.name, "from": src.value, "to": to.value, "edge": edge,
+             "reason": reason},
+            principal=agent.principal, agent=agent.id,
+        )
+        for hook in self.on_state:
+            try:
+                hook(agent, src, to)
+            except Exception:
+                _logger.exception("agent state hook failed")
+
+
+def _safe(hook: AgentHook, agent: Agent) -> None:
+    try:
+        hook(agent)
+    except Exception:
+        _logger.exception("agent registry hook failed for %s", agent.id)

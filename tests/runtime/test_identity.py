@@ -1,0 +1,177 @@
+"""Agent identity: every session is an agent whose id the gateway makes; clients cannot pick it.
+
+Unit tests on the registry, then attacks over real streamable HTTP (uvicorn on 127.0.0.1,
+the real server-everything upstream, the real Rego engine, the real audit log).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import Implementation
+
+from gateway.context import Principal
+from gateway.events import LoggingSink
+from gateway.runtime import AgentRegistry, AgentState
+from gateway.runtime.identity import ID_PREFIX, clean_label
+from tests.conftest import EVERYTHING_JS, write_config
+from tests.server.http.conftest import bearer, make_keys, run_server
+from tests.server.http.test_auth import INIT, MCP_HEADERS
+
+ALICE = Principal(id="alice", roles=("developer",))
+BOB = Principal(id="bob", roles=("developer",))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any], str | None]] = []
+
+    def emit(self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None) -> None:
+        self.events.append((event_type, dict(details), agent))
+
+
+def test_same_session_same_agent_and_every_part_changes_the_id() -> None:
+    reg = AgentRegistry(LoggingSink())
+    a = reg.for_session(ALICE, "claude-code", "http:s1")
+    assert a.id.startswith(ID_PREFIX) and a.state is AgentState.READY
+    assert reg.for_session(ALICE, "claude-code", "http:s1") is a
+    others = [
+        reg.for_session(BOB, "claude-code", "http:s1"),  # another principal, same client and session
+        reg.for_session(ALICE, "cursor", "http:s1"),
+        reg.for_session(ALICE, "claude-code", "http:s2"),
+    ]
+    assert len({a.id, *(o.id for o in others)}) == 4
+    assert reg.get(a.id) is a and reg.by_name("alice/claude-code") is a
+    assert reg.by_name("alice/claude-code#2") is others[2]  # same principal+client, second session
+
+
+def test_ids_are_not_reproducible_without_the_registry_key() -> None:
+    one = AgentRegistry(LoggingSink()).for_session(ALICE, "x", "stdio")
+    two = AgentRegistry(LoggingSink()).for_session(ALICE, "x", "stdio")
+    assert one.id != two.id  # an HMAC under a per-gateway key, not a guessable hash
+
+
+@pytest.mark.parametrize("declared", ["bob/claude", "agt-aaaaaaaaaaaaaaaaaaaa", "../../etc", "", None, "x" * 500, 42])
+def test_declared_client_name_is_only_a_prefixed_label(declared: object) -> None:
+    reg = AgentRegistry(LoggingSink())
+    victim = reg.for_session(BOB, "claude", "http:b")
+    agent = reg.for_session(ALICE, declared, "http:a")
+    assert agent.id != victim.id and agent.name.startswith("alice/")
+    assert agent.name != victim.name and "/" not in agent.name.removeprefix("alice/")
+    assert len(agent.client) <= 64 and agent.client == clean_label(declared)
+
+
+def test_registering_emits_one_state_event_and_runs_hooks() -> None:
+    rec = Recorder()
+    reg = AgentRegistry(rec)
+    seen: list[str] = []
+    gone: list[str] = []
+    reg.on_register.append(lambda ag: seen.append(ag.id))
+    reg.on_unregister.append(lambda ag: gone.append(ag.id))
+    a = reg.for_session(ALICE, "c", "stdio")
+    assert seen == [a.id]
+    states = [e for e in rec.events if e[0] == "agent.state"]
+    assert [(d["from"], d["to"]) for _, d, _ in states] == [("Initializing", "Ready")]
+    assert states[0][2] == a.id  # the event is recorded against the agent
+    with pytest.raises(ValueError):
+        reg.remove(a)  # only Terminated agents leave the registry
+    reg.transition(a, AgentState.TERMINATED, "shutdown")
+    reg.remove(a)
+    assert gone == [a.id] and reg.get(a.id) is None and reg.by_name(a.name) is None
+
+
+# -- over HTTP: the policy sees input.agent; the audit log records it; spoofing does nothing ----
+
+AGENT_POLICY = """
+package symbi
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["only alice's trusted-client agent may call"], "conditions": {}}
+
+decision := {"allow": true, "reasons": [], "conditions": {}} if {
+    startswith(input.agent.id, "agt-")
+    input.agent.name == "alice/trusted-client"
+    input.agent.state == "Ready"
+    input.agent.hosted == false
+    input.agent.priority == 0
+}
+"""
+
+
+def _config(tmp_path: Path) -> Path:
+    policy = tmp_path / "agent-policy.rego"
+    policy.write_text(AGENT_POLICY)
+    return write_config(
+        tmp_path,
+        f"""
+        [policy]
+        path = "{policy}"
+
+        [servers.everything]
+        command = "node"
+        args = ["{EVERYTHING_JS}", "stdio"]
+        verification = "warn"
+        """,
+    )
+
+
+async def _session_call(mcp: str, headers: dict[str, str], client: str, meta: dict[str, Any] | None = None) -> Any:
+    async with (
+        httpx2.AsyncClient(headers=headers) as hc,
+        streamable_http_client(mcp, http_client=hc) as (r, w),
+        ClientSession(r, w, client_info=Implementation(name=client, version="1")) as s,
+    ):
+        await s.initialize()
+        return await s.call_tool("everything__echo", {"message": f"from {client}"}, meta=meta)
+
+
+def _calls(run: Any) -> list[dict[str, Any]]:
+    gw = run.state.gateway
+    assert gw.audit is not None
+    gw.audit.flush(timeout=5)
+    return [e for e in gw.audit.recent(200) if e["type"] == "tool.call"]
+
+
+@pytest.mark.anyio
+async def test_policy_sees_the_agent_and_a_client_cannot_claim_another_agents_id(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    keys = make_keys(cfg)  # alice (admin, developer), bob (developer)
+    with run_server(cfg) as run:
+        ok = await _session_call(run.mcp, bearer(keys.admin), "trusted-client")
+        assert not ok.is_error
+        alice_agent = run.state.gateway.agents.by_name("alice/trusted-client")
+        assert alice_agent is not None
+        [first] = _calls(run)
+        assert first["agent"] == alice_agent.id and first["principal"] == "alice"
+
+        # bob: declares alice's client name, sends her agent id in a header and in _meta
+        spoof = {**bearer(keys.user), "X-Symbi-Agent": alice_agent.id, "X-Agent-Id": alice_agent.id}
+        meta = {"symbi/agent": alice_agent.id, "agent": alice_agent.id}
+        denied = await _session_call(run.mcp, spoof, "alice/trusted-client", meta=meta)
+        assert denied.is_error and denied.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+        second = _calls(run)[-1]
+        assert second["principal"] == "bob" and second["agent"] not in (None, alice_agent.id)
+        bob_agent = run.state.gateway.agents.get(second["agent"])
+        assert bob_agent is not None and bob_agent.name == "bob/alice-trusted-client"
+
+
+def test_another_principal_cannot_ride_an_agents_session(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(keys.admin)})
+        sid = r.headers["mcp-session-id"]
+        hijack = httpx.post(
+            run.mcp,
+            json={"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                  "params": {"name": "everything__echo", "arguments": {"message": "x"}}},
+            headers={**MCP_HEADERS, **bearer(keys.user), "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"},
+        )
+        assert hijack.status_code == 404  # the SDK binds a session to the credential that opened it
+        assert _calls(run) == []

@@ -13,7 +13,8 @@ set -euo pipefail
 IMAGE="${SYMBI_SANDBOX_IMAGE:-symbi-sandbox:latest}"
 DOCKERD_LOG="${SYMBI_DOCKERD_LOG:-/var/log/symbi-dockerd.log}"
 DAEMON_JSON=/etc/docker/daemon.json
-PKGS=(bubblewrap docker.io runsc python3-seccomp)
+# strace: the audit durability test counts the fsyncs of acknowledged commits with it
+PKGS=(bubblewrap docker.io runsc python3-seccomp strace)
 
 log() { echo "setup-sandbox: $*" >&2; }
 

@@ -155,6 +155,44 @@ async def test_security_team_approves_an_unsigned_npm_server_through_the_cli(tmp
         assert err["code"] == "verification_denied"
 
 
+async def test_manifest_approved_tool_changed_by_its_upstream_is_refused_naming_the_drift(tmp_path: Path) -> None:
+    """The README's main workflow for unsigned servers: approve through a signed manifest
+    (strict), then the upstream changes the approved tool. The call must be refused."""
+    org = schemapin.generate_private_key()
+    (tmp_path / "org.pem").write_text(schemapin.private_key_pem(org))
+    (tmp_path / "org.pub.pem").write_text(schemapin.public_key_pem(org.public_key()))
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        recheck_interval_s = 0.2
+        org_keys = ["{tmp_path / 'org.pub.pem'}"]
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "strict"
+        approved = "{tmp_path / 'approved-mut.json'}"
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        ok = symbi("tools", "approve", "mut__echo", "mut__rug_pull", "--key", str(tmp_path / "org.pem"),
+                   "--by", "secteam", "--config", str(cfg))
+        assert ok.returncode == 0, ok.stderr
+        with anyio.fail_after(10):
+            while (r := await s.call_tool("mut__echo", {"message": "approved"})).is_error:
+                await anyio.sleep(0.05)
+        assert r.content[0].text == "Echo: approved"  # type: ignore[union-attr]
+        assert not (await s.call_tool("mut__rug_pull", {})).is_error
+        with anyio.fail_after(10):
+            while not (r := await s.call_tool("mut__echo", {"message": "after"})).is_error:
+                await anyio.sleep(0.05)
+        err = error_of(r)
+        assert err["code"] == "verification_denied"
+        assert "mut__echo" not in {t.name for t in (await s.list_tools()).tools}
+        listed = {t["tool"]: t for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)}
+        assert listed["mut__echo"]["drifted"] is True
+
+
 # --- in-band signatures from the reference implementation, keys from .well-known ------------
 
 

@@ -182,11 +182,11 @@ class ToolVerifier:
             approve_now = status == "verified"
         elif manifest_error is not None:
             status, reason = "failed", manifest_error
+        elif mode in ("tofu", "warn") and before is not None and before.approved_hash not in (None, h):
+            # an approved definition that changed: blocked under tofu, marked (not blocked) under warn
+            status, reason = "drifted", _drift_reason(before.approved_hash, h)
         elif mode == "tofu":
-            if before is None or before.approved_hash is None or before.approved_hash == h:
-                status, reason = "pinned", "definition pinned on first use"
-            else:
-                status, reason = "drifted", _drift_reason(before.approved_hash, h)
+            status, reason = "pinned", "definition pinned on first use"
         _before, after = self.state.observe(
             info.upstream,
             info.original_name,

@@ -6,6 +6,7 @@ CLI passes ``os.environ``), so tests and embedders control it.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +42,7 @@ _BOOL_ENV = {"MCP_SERVER_DISCOVERY"}
 _UPPER_ENV = {"SYMBI_LOG_LEVEL"}
 _PATH_KEYS = {
     ("gateway", "data_dir"),
+    ("gateway", "env_file"),
     ("policy", "path"),
     ("policy", "data"),
     ("policy", "tls_ca"),
@@ -108,6 +110,7 @@ def build_config(
             raise ConfigError(f"{where}: [{section}] must be a table")
         sect[key] = parsed
     _resolve_paths(doc, base, where)
+    _expand_references(doc, where, environ or {})
     try:
         cfg = Config.model_validate(doc)
     except ValidationError as e:
@@ -165,3 +168,55 @@ def _describe_one(err: Any, where: str) -> str:
 def _describe(e: ValidationError, where: str) -> str:
     lines = [_describe_one(err, where) for err in e.errors()]
     return "invalid configuration:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_references(doc: dict[str, Any], where: str, environ: Mapping[str, str]) -> None:
+    """``${NAME}`` in a server's ``env`` and ``headers`` values: from ``gateway.env_file``
+    (a dotenv file readable by its owner only, what ``symbi import`` writes), then the
+    environment. A reference to nothing is an error naming the key: never an empty secret."""
+    servers = doc.get("servers")
+    if not isinstance(servers, dict):
+        return
+    gw = doc.get("gateway") if isinstance(doc.get("gateway"), dict) else {}
+    env_file = gw.get("env_file") if isinstance(gw, dict) else None
+    values: dict[str, str] = {}
+    if isinstance(env_file, str):
+        values = _read_env_file(Path(env_file), where)
+    for name, srv in servers.items():
+        if not isinstance(srv, dict):
+            continue
+        for field_name in ("env", "headers"):
+            table = srv.get(field_name)
+            if not isinstance(table, dict):
+                continue
+            for key, raw in list(table.items()):
+                if isinstance(raw, str) and "${" in raw:
+                    table[key] = _expand(raw, values, environ, where, f"servers.{name}.{field_name}.{key}")
+
+
+def _expand(raw: str, values: Mapping[str, str], environ: Mapping[str, str], where: str, key: str) -> str:
+    return _REF.sub(lambda m: _lookup(m.group(1), values, environ, where, key), raw)
+
+
+def _lookup(var: str, values: Mapping[str, str], environ: Mapping[str, str], where: str, key: str) -> str:
+    if var in values:
+        return values[var]
+    if var in environ:
+        return environ[var]
+    raise ConfigError(f"{where}: {key}: ${{{var}}} is set neither in gateway.env_file nor in the environment")
+
+
+def _read_env_file(path: Path, where: str) -> dict[str, str]:
+    from dotenv import dotenv_values
+
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise ConfigError(f"{where}: gateway.env_file {path}: {e.strerror or e}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{where}: gateway.env_file {path} holds secrets and is readable by others "
+                          f"(mode {mode & 0o777:o}): chmod 600 it")
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}

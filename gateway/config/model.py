@@ -44,6 +44,8 @@ class GatewaySection(_Section):
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
     stdio_principal: StdioPrincipal = StdioPrincipal()
+    # dotenv file (0600) for ${NAME} references in servers' env/headers (symbi import writes it)
+    env_file: PathT | None = None
 
 
 class SecuritySection(_Section):

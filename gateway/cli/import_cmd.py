@@ -1,0 +1,133 @@
+"""``symbi import``: bring the MCP servers of Claude Desktop, Claude Code, VS Code or Cursor
+under the gateway.
+
+- ``symbi import``: the client configs found here and what an import would write (nothing is
+  written).
+- ``symbi import CLIENT --apply``: writes their servers into symbi.toml (strict verification:
+  pending until approved), their env/header values into the 0600 env file, and rewrites the
+  client's config to launch ``symbi mcp`` (the original kept beside it).
+- ``symbi import --from FILE [--dry-run | --apply]``: the same for one file.
+- ``symbi import [CLIENT | --from FILE] --undo``: puts the client's original config back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from pathlib import Path
+
+from gateway.errors import ConfigError
+from gateway.onboard import (
+    apply_plan,
+    find_client_files,
+    make_plan,
+    read_client_file,
+    rewrite_client,
+    undo_client,
+)
+from gateway.onboard.apply import backup_path, render_toml
+from gateway.onboard.clients import CLIENTS, ClientFile, file_source
+from gateway.onboard.plan import PlannedServer
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("import", help="import the MCP servers your clients (Claude, VS Code, Cursor) use")
+    p.add_argument("client", nargs="?", choices=CLIENTS, help="the client whose servers to import")
+    p.add_argument("--from", dest="from_file", type=Path, default=None, help="an MCP client config file")
+    p.add_argument("--config", type=Path, default=None, help="symbi.toml to write (default $SYMBI_CONFIG_PATH "
+                   "or ./symbi.toml)")
+    p.add_argument("--env-file", type=Path, default=None, help="where secrets go (default symbi.env beside it)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--apply", action="store_true", help="write symbi.toml and rewrite the client's config")
+    mode.add_argument("--dry-run", action="store_true", help="show what would be written (the default)")
+    mode.add_argument("--undo", action="store_true", help="restore the client's original config")
+    p.add_argument("--symbi", default=None, help="the symbi executable the client should launch")
+    p.add_argument("--json", action="store_true", help="machine-readable listing")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    env = args.environ
+    home = Path(env.get("HOME", str(Path.home())))
+    config = args.config or Path(env.get("SYMBI_CONFIG_PATH") or "symbi.toml")
+    env_file = args.env_file or config.with_name("symbi.env")
+    if args.from_file is not None:
+        files = [file_source(args.from_file)]
+    else:
+        files = [f for f in find_client_files(home, Path.cwd(), env) if args.client in (None, f.client)]
+    if args.undo:
+        return _undo(files)
+    if not files:
+        print("no MCP client configs found" + (f" for {args.client}" if args.client else ""), file=sys.stderr)
+        return 1
+    found = [s for f in files for s in read_client_file(f)]
+    plan = make_plan(found, taken=_existing_servers(config))
+    if args.json:
+        print(json.dumps([{"client": s.found.source.client, "file": str(s.found.source.path),
+                           "scope": s.found.source.scope, "name": s.found.name, "as": s.name,
+                           "transport": s.found.transport, "secrets": sorted(s.secrets)} for s in plan.servers],
+                         indent=2))
+    else:
+        _show_plan(files, plan.servers)
+    after = render_toml(config, plan, env_file)
+    before = config.read_text(encoding="utf-8") if config.exists() else ""
+    _diff(str(config), before, after)
+    if not args.apply:
+        print("\n(nothing written: add --apply, with a client name or --from FILE)", file=sys.stderr)
+        return 0
+    if args.client is None and args.from_file is None:
+        raise ConfigError("--apply needs a client name or --from FILE (which configs to rewrite)")
+    for f in files:  # refuse before writing anything
+        if backup_path(f.path).exists():
+            raise ConfigError(f"{f.path}: already rewritten by symbi (run `symbi import --undo` first)")
+    apply_plan(config, plan, env_file)
+    symbi = args.symbi or str(Path(sys.executable).with_name("symbi"))
+    for f in files:
+        names = [s.found.name for s in plan.servers if s.found.source == f]
+        old, new = rewrite_client(f, names, symbi, config)
+        _diff(str(f.path), old, new)
+        print(f"{f.path}: now launches symbi (original kept at {backup_path(f.path)})", file=sys.stderr)
+    print(f"imported {len(plan.servers)} server(s) into {config}; their tools are pending until approved "
+          "(`symbi tools list`, `symbi tools approve`)", file=sys.stderr)
+    return 0
+
+
+def _undo(files: list[ClientFile]) -> int:
+    done = 0
+    for path in {f.path for f in files}:
+        if undo_client(path):
+            print(f"{path}: original restored", file=sys.stderr)
+            done += 1
+    if done == 0:
+        print("nothing to undo", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _existing_servers(config: Path) -> list[str]:
+    if not config.exists():
+        return []
+    import tomllib
+
+    try:
+        doc = tomllib.loads(config.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{config}: not valid TOML: {e}") from None
+    return list(doc.get("servers", {}))
+
+
+def _show_plan(files: list[ClientFile], servers: tuple[PlannedServer, ...]) -> None:
+    for f in files:
+        print(f"{f.client} ({f.scope}): {f.path}")
+    for s in servers:
+        secret = f", {len(s.secrets)} secret(s) to the env file" if s.secrets else ""
+        note = " (SSE: imported as streamable HTTP)" if s.found.transport == "sse" else ""
+        print(f"  {s.found.name!r} -> servers.{s.name} ({s.found.transport}{secret}){note}")
+
+
+def _diff(name: str, before: str, after: str) -> None:
+    lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                 fromfile=f"{name} (before)", tofile=f"{name} (after)")
+    sys.stdout.writelines(lines)

@@ -1,0 +1,123 @@
+"""Write an import: ``[servers.*]`` into symbi.toml, secrets into the env file, and the
+client's config rewritten to launch ``symbi mcp`` (the original kept for ``--undo``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from dotenv import dotenv_values, set_key
+
+from gateway.errors import ConfigError
+from gateway.onboard.clients import ClientFile
+from gateway.onboard.plan import ImportPlan
+
+BACKUP_SUFFIX = ".symbi-backup"
+
+
+def render_toml(config: Path, plan: ImportPlan, env_file: Path) -> str:
+    """symbi.toml as it would be after the import (existing content kept as written)."""
+    doc = tomlkit.parse(config.read_text(encoding="utf-8")) if config.exists() else tomlkit.document()
+    if plan.secrets:
+        gw = doc.setdefault("gateway", tomlkit.table())
+        gw.setdefault("env_file", _relative(env_file, config.parent))
+    servers = doc.setdefault("servers", tomlkit.table(is_super_table=True))
+    for s in plan.servers:
+        if s.name in servers:
+            raise ConfigError(f"{config}: servers.{s.name} exists already")
+        table = tomlkit.table()
+        table.comment(f"imported from {s.found.source.client} ({s.found.source.path}) as {s.found.name!r}")
+        for k, v in s.table.items():
+            table[k] = _inline(v) if isinstance(v, dict) else v
+        servers[s.name] = table
+    return tomlkit.dumps(doc)
+
+
+def apply_plan(config: Path, plan: ImportPlan, env_file: Path) -> None:
+    """Secrets first (0600), then symbi.toml: a failure never leaves references to nothing."""
+    text = render_toml(config, plan, env_file)
+    if plan.secrets:
+        write_secrets(env_file, plan.secrets)
+    _atomic_write(config, text.encode(), mode=0o600)
+
+
+def write_secrets(env_file: Path, secrets: dict[str, str]) -> None:
+    if not env_file.exists():
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    os.chmod(env_file, 0o600)
+    existing = dotenv_values(env_file)
+    for key, value in secrets.items():
+        if key in existing and existing[key] != value:
+            raise ConfigError(f"{env_file}: {key} is set already to another value")
+        set_key(str(env_file), key, value, quote_mode="always")
+
+
+def client_entry(symbi: str, config: Path, source: ClientFile) -> dict[str, Any]:
+    entry: dict[str, Any] = {"command": symbi, "args": ["mcp", "--config", str(config.resolve())]}
+    if source.section == ("servers",):  # VS Code entries carry their type
+        entry = {"type": "stdio", **entry}
+    return entry
+
+
+def rewrite_client(source: ClientFile, imported: Sequence[str], symbi: str, config: Path) -> tuple[str, str]:
+    """The client config launches ``symbi mcp`` in place of the imported servers.
+    Returns (before, after) texts; the original bytes are kept beside it."""
+    backup = backup_path(source.path)
+    if backup.exists():
+        raise ConfigError(f"{source.path}: already rewritten by symbi (run `symbi import --undo` first)")
+    raw = source.path.read_bytes()
+    doc = json.loads(raw)
+    node = doc
+    for key in source.section[:-1]:
+        node = node[key]
+    table = node[source.section[-1]]
+    for name in imported:
+        table.pop(name, None)
+    table["symbi"] = client_entry(symbi, config, source)
+    after = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    _atomic_write(backup, raw, mode=os.stat(source.path).st_mode & 0o777)
+    _atomic_write(source.path, after.encode(), mode=os.stat(source.path).st_mode & 0o777)
+    return raw.decode("utf-8", errors="replace"), after
+
+
+def undo_client(path: Path) -> bool:
+    """Put the original back, byte for byte. False when there is nothing to undo."""
+    backup = backup_path(path)
+    if not backup.exists():
+        return False
+    os.replace(backup, path)
+    return True
+
+
+def backup_path(path: Path) -> Path:
+    return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def _inline(d: dict[str, Any]) -> Any:
+    t = tomlkit.inline_table()
+    t.update(d)
+    return t
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

@@ -1,0 +1,161 @@
+"""The MCP client config files on this machine, and their server entries.
+
+Formats (as each client documents them):
+- Claude Desktop ``claude_desktop_config.json``: ``{"mcpServers": {name: {command, args, env}}}``;
+  macOS ``~/Library/Application Support/Claude/``, Windows ``%APPDATA%\\Claude\\``, Linux
+  ``~/.config/Claude/``.
+- Claude Code: project ``.mcp.json`` (``mcpServers``), user ``~/.claude.json`` (``mcpServers``
+  at the top: user scope; ``projects[<dir>].mcpServers``: local scope); remote entries are
+  ``{"type": "http" | "sse", "url", "headers"}``.
+- VS Code ``.vscode/mcp.json``: ``{"servers": {...}, "inputs": [...]}``, entries with ``type``
+  ``stdio`` | ``http`` | ``sse``; ``${input:id}`` and ``${env:NAME}`` references.
+- Cursor ``~/.cursor/mcp.json`` and project ``.cursor/mcp.json``: ``mcpServers``, stdio or
+  ``{url, headers}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.errors import ConfigError
+
+ClientName = Literal["claude-desktop", "claude-code", "vscode", "cursor", "file"]
+CLIENTS: tuple[ClientName, ...] = ("claude-desktop", "claude-code", "vscode", "cursor")
+
+
+@dataclass(frozen=True)
+class ClientFile:
+    """One client config file; ``section`` is where its server table lives in the JSON."""
+
+    client: ClientName
+    path: Path
+    scope: str  # "user" | "project" | "local" | "file"
+    section: tuple[str, ...] = ("mcpServers",)
+
+
+@dataclass(frozen=True)
+class FoundServer:
+    """One server entry as the client wrote it (no renaming, no secrets moved yet)."""
+
+    source: ClientFile
+    name: str
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    transport: Literal["stdio", "http", "sse"] = "stdio"
+
+
+def find_client_files(
+    home: Path, cwd: Path, environ: Mapping[str, str], platform: str = sys.platform
+) -> list[ClientFile]:
+    """Every known client config file that exists for this user and project folder."""
+    candidates = [
+        ClientFile("claude-desktop", _claude_desktop_path(home, environ, platform), "user"),
+        ClientFile("claude-code", cwd / ".mcp.json", "project"),
+        ClientFile("claude-code", home / ".claude.json", "user"),
+        ClientFile("claude-code", home / ".claude.json", "local", ("projects", str(cwd), "mcpServers")),
+        ClientFile("vscode", cwd / ".vscode" / "mcp.json", "project", ("servers",)),
+        ClientFile("cursor", home / ".cursor" / "mcp.json", "user"),
+        ClientFile("cursor", cwd / ".cursor" / "mcp.json", "project"),
+    ]
+    found = []
+    for c in candidates:
+        if c.path.is_file() and _section(_load(c.path), c.section) is not None:
+            found.append(c)
+    return found
+
+
+def file_source(path: Path) -> ClientFile:
+    """``symbi import --from FILE``: the format is told by its keys."""
+    doc = _load(path)
+    if "mcpServers" in doc:
+        return ClientFile("file", path, "file")
+    if "servers" in doc:
+        return ClientFile("file", path, "file", ("servers",))
+    raise ConfigError(f"{path}: no 'mcpServers' or 'servers' table: not an MCP client config")
+
+
+def read_client_file(source: ClientFile) -> list[FoundServer]:
+    """The server entries of one client file, each checked for a usable shape."""
+    doc = _load(source.path)
+    table = _section(doc, source.section) or {}
+    inputs = {i.get("id"): i for i in doc.get("inputs", []) if isinstance(i, dict)}
+    where = f"{source.path}: {'.'.join(source.section)}"
+    out = []
+    for name, entry in table.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}.{name}: must be an object")
+        out.append(_entry(source, str(name), entry, inputs, f"{where}.{name}"))
+    return out
+
+
+def _entry(source: ClientFile, name: str, e: dict[str, Any], inputs: Mapping[Any, Any], where: str) -> FoundServer:
+    kind = str(e.get("type") or ("stdio" if "command" in e else "http"))
+    if kind in ("streamable-http", "streamableHttp"):
+        kind = "http"
+    if kind not in ("stdio", "http", "sse"):
+        raise ConfigError(f"{where}.type: {kind!r} is not stdio, http or sse")
+    env = {str(k): _ref(str(v), inputs) for k, v in (e.get("env") or {}).items()}
+    headers = {str(k): _ref(str(v), inputs) for k, v in (e.get("headers") or {}).items()}
+    if kind == "stdio":
+        if not isinstance(e.get("command"), str) or not e["command"]:
+            raise ConfigError(f"{where}.command: a stdio server needs a command")
+        args = e.get("args") or []
+        if not isinstance(args, list):
+            raise ConfigError(f"{where}.args: must be a list")
+        return FoundServer(source, name, command=e["command"], args=tuple(str(a) for a in args), env=env,
+                           cwd=str(e["cwd"]) if e.get("cwd") else None, transport="stdio")
+    url = e.get("url") or e.get("serverUrl")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.url: a remote server needs an http(s) url")
+    return FoundServer(source, name, url=url, headers=headers, transport="sse" if kind == "sse" else "http")
+
+
+def _ref(value: str, inputs: Mapping[Any, Any]) -> str:
+    """VS Code's ``${input:id}`` / ``${env:NAME}`` become ``${NAME}`` references (never values)."""
+    out = value
+    for prefix in ("${input:", "${env:"):
+        while prefix in out:
+            start = out.index(prefix)
+            end = out.index("}", start)
+            ident = out[start + len(prefix) : end]
+            var = "".join(ch if ch.isalnum() else "_" for ch in ident).upper()
+            out = out[:start] + "${" + var + "}" + out[end + 1 :]
+    return out
+
+
+def _section(doc: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    node: Any = doc
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node if isinstance(node, dict) else None
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be an object")
+    return doc
+
+
+def _claude_desktop_path(home: Path, environ: Mapping[str, str], platform: str) -> Path:
+    if platform == "darwin":
+        return home / "Library" / "Application Support" / "Claude" / "claude_desktop_config.json"
+    if platform.startswith("win"):
+        return Path(environ.get("APPDATA", str(home / "AppData" / "Roaming"))) / "Claude" / "claude_desktop_config.json"
+    return home / ".config" / "Claude" / "claude_desktop_config.json"

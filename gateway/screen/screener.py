@@ -1,0 +1,226 @@
+"""Screen one definition (tool, resource or prompt): findings with a rule id, a severity, the
+field and the offending span."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from confusable_homoglyphs import confusables  # type: ignore[import-untyped]
+
+from gateway.screen.rules import (
+    INVISIBLE,
+    SEVERITY_RANK,
+    SIDE_CHANNEL_ASK,
+    SIDE_CHANNEL_NAMES,
+    TEXT_RULES,
+    Severity,
+)
+
+Kind = Literal["tool", "resource", "prompt"]
+SIGNATURE_KEY = "schemapin/signature"  # the in-band signature: base64, never screened
+_NAMESPACED = re.compile(r"\b[A-Za-z0-9][A-Za-z0-9-]*(?:_[A-Za-z0-9-]+)*__[A-Za-z0-9_-]+\b")
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    category: str
+    severity: Severity
+    field: str  # where: "description", "inputSchema.properties.sidenote.description", "name"...
+    span: tuple[int, int]  # character offsets in that field's text
+    excerpt: str
+    summary: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "category": self.category, "severity": self.severity, "field": self.field,
+                "span": list(self.span), "excerpt": self.excerpt, "summary": self.summary}
+
+
+@dataclass(frozen=True)
+class Screening:
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def highest(self) -> Severity | None:
+        if not self.findings:
+            return None
+        return max((f.severity for f in self.findings), key=SEVERITY_RANK.__getitem__)
+
+    def at_least(self, severity: Severity) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if SEVERITY_RANK[f.severity] >= SEVERITY_RANK[severity])
+
+    def as_input(self) -> dict[str, Any]:
+        """The policy input's ``tool.screening``."""
+        return {"highest": self.highest,
+                "findings": [{"rule": f.rule, "severity": f.severity, "field": f.field} for f in self.findings]}
+
+
+def screen_definition(kind: Kind, definition: Mapping[str, Any], *, others: Collection[str] = ()) -> Screening:
+    """``others``: names of other servers' tools (namespaced and original), for shadowing and
+    homoglyph checks."""
+    findings: list[Finding] = []
+    own = {str(definition.get("name", ""))}
+    for field, text in _texts(kind, definition):
+        findings.extend(_text_findings(field, text))
+        findings.extend(_mentions(field, text, others, own))
+    findings.extend(_name_findings(str(definition.get("name", "")), others))
+    for pname, pdesc, where in _parameters(kind, definition):
+        findings.extend(_side_channel(pname, pdesc, where))
+    return Screening(tuple(_dedupe(findings)))
+
+
+class Screener:
+    """Screening cached by definition (a catalogue refresh screens only what changed)."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self._cache: dict[tuple[str, str], Screening] = {}
+        self._max = max_entries
+
+    def screen(self, kind: Kind, definition: Mapping[str, Any], others: Collection[str] = ()) -> Screening:
+        digest = hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
+        key = (digest, hashlib.sha256("\x00".join(sorted(others)).encode()).hexdigest())
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = screen_definition(kind, definition, others=others)
+            if len(self._cache) >= self._max:
+                self._cache.clear()  # bounded: a full cache starts over rather than grow
+            self._cache[key] = hit
+        return hit
+
+
+# -- what is read -------------------------------------------------------------------------
+
+
+def _texts(kind: Kind, d: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    for key in ("title", "description", "uri", "uriTemplate", "mimeType"):
+        if isinstance(d.get(key), str):
+            yield key, d[key]
+    yield from _strings("annotations", d.get("annotations"))
+    meta = d.get("_meta")
+    if isinstance(meta, Mapping):
+        yield from _strings("_meta", {k: v for k, v in meta.items() if k != SIGNATURE_KEY})
+    for schema_key in ("inputSchema", "outputSchema"):
+        yield from _schema_texts(schema_key, d.get(schema_key))
+    if kind == "prompt":
+        for i, arg in enumerate(d.get("arguments") or []):
+            if isinstance(arg, Mapping):
+                yield from _strings(f"arguments[{i}]", {k: arg.get(k) for k in ("description", "title")})
+
+
+def _strings(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield prefix, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(f"{prefix}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(f"{prefix}[{i}]", v)
+
+
+def _schema_texts(prefix: str, schema: Any) -> Iterator[tuple[str, str]]:
+    if not isinstance(schema, Mapping):
+        return
+    for key in ("title", "description", "default", "examples", "enum", "const"):
+        if key in schema:
+            yield from _strings(f"{prefix}.{key}", schema[key])
+    for key in ("properties", "patternProperties", "$defs", "definitions"):
+        sub = schema.get(key)
+        if isinstance(sub, Mapping):
+            for name, s in sub.items():
+                yield from _schema_texts(f"{prefix}.{key}.{name}", s)
+    for key in ("items", "additionalProperties", "not"):
+        yield from _schema_texts(f"{prefix}.{key}", schema.get(key))
+    for key in ("anyOf", "oneOf", "allOf"):
+        for i, s in enumerate(schema.get(key) or []):
+            yield from _schema_texts(f"{prefix}.{key}[{i}]", s)
+
+
+def _parameters(kind: Kind, d: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
+    if kind == "prompt":
+        for i, arg in enumerate(d.get("arguments") or []):
+            if isinstance(arg, Mapping):
+                yield str(arg.get("name", "")), str(arg.get("description") or ""), f"arguments[{i}].name"
+        return
+    props = (d.get("inputSchema") or {}).get("properties")
+    if isinstance(props, Mapping):
+        for name, s in props.items():
+            desc = s.get("description", "") if isinstance(s, Mapping) else ""
+            yield str(name), str(desc or ""), f"inputSchema.properties.{name}"
+
+
+# -- the checks -------------------------------------------------------------------------
+
+
+def _text_findings(field: str, text: str) -> Iterator[Finding]:
+    for rule in TEXT_RULES:
+        hit = rule.pattern.search(text)  # one finding per rule and field: the first span
+        if hit:
+            yield Finding(rule.id, rule.category, rule.severity, field, hit.span(), _excerpt(text, hit.span()),
+                          rule.summary)
+    inv = INVISIBLE.search(text)
+    if inv:
+        yield Finding("SP014", "invisible-unicode", "high", field, inv.span(), repr(inv.group()),
+                      f"an invisible or bidirectional character (U+{ord(inv.group()):04X})")
+
+
+def _mentions(field: str, text: str, others: Collection[str], own: set[str]) -> Iterator[Finding]:
+    if not others:
+        return
+    for m in _NAMESPACED.finditer(text):
+        if m.group() in others and m.group() not in own:
+            yield Finding("SP011", "shadowing", "high", field, m.span(), m.group(),
+                          "refers to another server's tool")
+            return
+
+
+def _name_findings(name: str, others: Collection[str]) -> Iterator[Finding]:
+    m = INVISIBLE.search(name)
+    if m:
+        yield Finding("SP014", "invisible-unicode", "high", "name", m.span(), repr(m.group()),
+                      f"an invisible or bidirectional character in the name (U+{ord(m.group()):04X})")
+    if name.isascii():
+        return
+    confusable = confusables.is_confusable(name, preferred_aliases=["latin"], greedy=True) or []
+    if confusable or confusables.is_mixed_script(name):
+        skeleton = name
+        for c in confusable:
+            latin = next((h["c"] for h in c["homoglyphs"] if h["c"].isascii()), None)
+            if latin:
+                skeleton = skeleton.replace(c["character"], latin)
+        imitates = next((o for o in others if o == skeleton or o.endswith("__" + skeleton)), None)
+        summary = f"a homoglyph name imitating {imitates!r}" if imitates else "a name with look-alike characters"
+        yield Finding("SP012", "homoglyph", "high", "name", (0, len(name)), name, summary)
+
+
+def _side_channel(name: str, desc: str, where: str) -> Iterator[Finding]:
+    if INVISIBLE.search(name):
+        yield Finding("SP014", "invisible-unicode", "high", where, (0, len(name)), repr(name),
+                      "an invisible or bidirectional character in a parameter name")
+    if not SIDE_CHANNEL_NAMES.match(name):
+        return
+    ask = SIDE_CHANNEL_ASK.search(desc)
+    if ask:
+        yield Finding("SP013", "side-channel", "high", where, (0, len(name)), f"{name}: {_excerpt(desc, ask.span())}",
+                      "a parameter that asks the model for conversation, files or secrets")
+    else:
+        yield Finding("SP013", "side-channel", "low", where, (0, len(name)), name,
+                      "a parameter name often used as a side channel")
+
+
+def _excerpt(text: str, span: tuple[int, int], room: int = 30) -> str:
+    start, end = max(0, span[0] - room), min(len(text), span[1] + room)
+    return ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+
+
+def _dedupe(findings: list[Finding]) -> Iterator[Finding]:
+    seen: set[tuple[str, str]] = set()
+    for f in findings:
+        if (f.rule, f.field) not in seen:
+            seen.add((f.rule, f.field))
+            yield f

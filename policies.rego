@@ -153,6 +153,24 @@ deny contains msg if {
 	msg := sprintf("tool %s is %s: only verified or pinned tools may be called", [tool_name, verification])
 }
 
+# Screening (gateway/screen): a definition with a high-severity finding (hidden
+# instructions, concealment, shadowing, credential requests, exfiltration, invisible
+# characters, homoglyph names, side-channel parameters) is blocked under strict and tofu
+# verification until a person accepts those findings for that definition (`symbi tools
+# approve --accept-screening`); under warn and off it stays callable and marked.
+screening := object.get(input.tool, "screening", {}) if is_object(input.tool)
+
+screening_mode := object.get(input.tool, "verification_mode", "strict") if is_object(input.tool)
+
+deny contains msg if {
+	is_tool
+	object.get(screening, "highest", null) == "high"
+	object.get(screening, "accepted", false) != true
+	screening_mode in {"strict", "tofu"}
+	rules := sort({f.rule | some f in object.get(screening, "findings", []); f.severity == "high"})
+	msg := sprintf("tool %s is blocked by screening (%s): see `symbi scan`", [tool_name, concat(", ", rules)])
+}
+
 # ---------------------------------------------------------------------------------------
 # Argument rules (calls only: a listing has no arguments)
 # ---------------------------------------------------------------------------------------

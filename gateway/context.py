@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.screen.screener import Screening
+
 VerificationStatus = Literal["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed"]
 CallKind = Literal["tools/call", "resources/read", "prompts/get", "list"]
 
@@ -60,6 +62,7 @@ class ToolInfo:
     code_tool: bool = False
     verification_mode: str = "strict"  # strict | tofu | warn | off (of its upstream)
     verification_reason: str | None = None  # why it is not verified, for the caller and the audit log
+    screening: Screening = field(default_factory=Screening)  # poisoning findings (gateway.screen)
 
     @property
     def blocked(self) -> bool:

@@ -12,6 +12,7 @@ JSON-RPC error.
      │    └── UpstreamUnavailable    the upstream is not connected right now
      ├── ArgumentsInvalid            arguments do not validate against inputSchema
      ├── VerificationDenied          SchemaPin / pin / drift check refused the tool
+     │    └── ScreeningFlagged       a definition screened as poisoned (approval needs an accept)
      ├── PolicyDenied                the Rego decision refused the call (carries reasons)
      │    ├── PolicyError            the policy could not be evaluated (fail closed)
      │    └── RateLimited            the policy's rate_limit condition tripped
@@ -75,6 +76,12 @@ class ArgumentsInvalid(GatewayError):
 
 class VerificationDenied(GatewayError):
     code = "verification_denied"
+
+
+class ScreeningFlagged(VerificationDenied):
+    """A definition with high-severity screening findings (approval needs an explicit accept)."""
+
+    code = "screening_flagged"
 
 
 class PolicyDenied(GatewayError):

@@ -329,6 +329,37 @@ cases = [
         no("no rule allows sampling/createMessage on x (default deny)"),
     ),
     (
+        "screened high under strict",
+        {"tool": {"verification_mode": "strict", "screening": {"highest": "high", "findings": [
+            {"rule": "SP001", "severity": "high", "field": "description"},
+            {"rule": "SP009", "severity": "low", "field": "description"}]}}},
+        no("tool time__get_current_time is blocked by screening (SP001): see `symbi scan`"),
+    ),
+    (
+        "screened high under tofu",
+        {"tool": {"verification_mode": "tofu", "screening": {"highest": "high", "findings": [
+            {"rule": "SP014", "severity": "high", "field": "name"}]}}},
+        no("tool time__get_current_time is blocked by screening (SP014): see `symbi scan`"),
+    ),
+    (
+        "screened high under strict, findings accepted by a person",
+        {"tool": {"verification_mode": "strict", "screening": {"highest": "high", "accepted": True, "findings": [
+            {"rule": "SP001", "severity": "high", "field": "description"}]}}},
+        gen(audit="minimal"),
+    ),
+    (
+        "screened high under warn is marked, not blocked",
+        {"tool": {"verification_mode": "warn", "screening": {"highest": "high", "findings": [
+            {"rule": "SP001", "severity": "high", "field": "description"}]}}},
+        gen(audit="minimal"),
+    ),
+    (
+        "screened medium under strict",
+        {"tool": {"verification_mode": "strict", "screening": {"highest": "medium", "findings": [
+            {"rule": "SP003", "severity": "medium", "field": "description"}]}}},
+        gen(audit="minimal"),
+    ),
+    (
         "tools/call without a tool object",
         {"tool": None},
         no("no rule allows tools/call on time__get_current_time (default deny)"),

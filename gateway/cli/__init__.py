@@ -28,6 +28,7 @@ COMMANDS = (
     "gateway.cli.sandbox_cmd",  # sandbox run|doctor
     "gateway.cli.keys_cmd",  # keys create|list|revoke
     "gateway.cli.import_cmd",  # import [CLIENT] [--from FILE] [--apply|--undo]
+    "gateway.cli.scan_cmd",  # scan [SERVER...]
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2

@@ -19,7 +19,8 @@ from pathlib import Path
 from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.errors import ConfigError, GatewayError
-from gateway.verify.approve import approve_current, drift_diff
+from gateway.screen.accepted import AcceptedFindings
+from gateway.verify.approve import approve_current, check_screening, drift_diff, screen_record
 from gateway.verify.state import ToolRecord, ToolStateStore
 
 
@@ -45,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ap.add_argument("tools", nargs="+", metavar="SERVER__TOOL")
     ap.add_argument("--key", type=Path, default=None, help="organisation private key (PEM) to sign with")
     ap.add_argument("--by", default=None, help="who approves (recorded in the manifest and the pin history)")
+    ap.add_argument("--accept-screening", action="store_true",
+                    help="approve even with high-severity screening findings (read them first: symbi scan)")
     ap.set_defaults(func=_approve)
 
     rv = tsub.add_parser("revoke", help="block tools until they are approved again")
@@ -70,14 +73,18 @@ def _list(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
     store = _store(cfg)
     records = store.all()
+    screened = {r.namespaced: screen_record(store, r) for r in records}
     if args.json:
-        print(json.dumps([r.to_dict() for r in records], indent=2))
+        print(json.dumps([{**r.to_dict(), "screening": screened[r.namespaced].as_input()} for r in records], indent=2))
         return 0
-    print(f"{'TOOL':44} {'STATUS':10} {'DRIFT':5} {'KEY':20} HASH")
+    print(f"{'TOOL':44} {'STATUS':10} {'DRIFT':5} {'SCREENING':16} {'KEY':20} HASH")
     for r in records:
+        s = screened[r.namespaced]
+        flagged = s.at_least("medium")
+        screen = f"{s.highest}:{','.join(sorted({f.rule for f in flagged}))}" if flagged else "-"
         print(
             f"{r.namespaced:44} {r.status + ('' if r.present else '*'):10} {'yes' if r.drifted else '-':5} "
-            f"{(r.key_fingerprint or '-')[:20]:20} {(r.current_hash or '-')[:16]}"
+            f"{screen[:16]:16} {(r.key_fingerprint or '-')[:20]:20} {(r.current_hash or '-')[:16]}"
         )
     if any(not r.present for r in records):
         print("* no longer offered by its upstream")
@@ -96,11 +103,15 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _approve(args: argparse.Namespace) -> int:
     from gateway.verify.manifest import load_manifest, save_manifest
-    from schemapin import fingerprint, load_private_key_pem, sign_envelope
+    from schemapin import definition_hash, fingerprint, load_private_key_pem, sign_envelope
 
     cfg = load_config(args.config, args.environ)
     store = _store(cfg)
     records = [_lookup(store, n) for n in args.tools]
+    flagged = []
+    for rec in records:  # screened again before anything is signed or approved
+        if check_screening(store, rec, accept=args.accept_screening).at_least("high"):
+            flagged.append(rec)
     key = None
     if args.key is not None:
         try:
@@ -127,8 +138,12 @@ def _approve(args: argparse.Namespace) -> int:
                 )
             save_manifest(srv.approved, upstream, manifest)
         for rec in recs:
+            if rec in flagged:  # the person read the findings and accepts them for this definition
+                assert rec.current_definition is not None
+                AcceptedFindings(cfg.screening_accepted_path).accept(rec.namespaced, definition_hash(rec.current_definition))
             h = approve_current(store, cfg.pins_path, rec, domain=srv.domain, actor=args.by or "symbi tools approve")
-            print(f"approved {rec.namespaced} ({h[:16]})")
+            print(f"approved {rec.namespaced} ({h[:16]})" + (" with its screening findings accepted" if rec in flagged
+                                                              else ""))
     return 0
 
 

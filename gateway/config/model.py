@@ -246,6 +246,10 @@ class Config(_Section):
         return self.data_dir / "pins.db"
 
     @property
+    def screening_accepted_path(self) -> Path:
+        return self.data_dir / "screening-accepted.json"
+
+    @property
     def tool_state_path(self) -> Path:
         return self.data_dir / "tools.db"
 

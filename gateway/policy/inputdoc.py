@@ -87,6 +87,8 @@ def tool_input(tool: ToolInfo) -> dict[str, Any]:
         "key_fingerprint": tool.key_fingerprint,
         "definition_hash": tool.definition_hash,
         "code_tool": bool(tool.code_tool),
+        "verification_mode": tool.verification_mode,
+        "screening": tool.screening.as_input(),
     }
 
 

@@ -44,6 +44,7 @@ class Finding:
 @dataclass(frozen=True)
 class Screening:
     findings: tuple[Finding, ...] = ()
+    accepted: bool = False  # a person read these findings and accepted this definition
 
     @property
     def highest(self) -> Severity | None:
@@ -56,7 +57,7 @@ class Screening:
 
     def as_input(self) -> dict[str, Any]:
         """The policy input's ``tool.screening``."""
-        return {"highest": self.highest,
+        return {"highest": self.highest, "accepted": self.accepted,
                 "findings": [{"rule": f.rule, "severity": f.severity, "field": f.field} for f in self.findings]}
 
 

@@ -146,6 +146,7 @@ def tool_rows(state: HttpState) -> list[dict[str, Any]]:
                 "key_fingerprint": info.key_fingerprint,
                 "definition_hash": info.definition_hash,
                 "code_tool": info.code_tool,
+                "screening": info.screening.as_input(),
             }
         )
     return rows

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from gateway.errors import GatewayError
-from gateway.verify.approve import approve_current, drift_diff
+from gateway.errors import GatewayError, ScreeningFlagged
+from gateway.verify.approve import approve_current, check_screening, drift_diff
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -73,6 +73,10 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
         )
     if rec.current_definition is None:
         raise ApprovalError(f"{name} has no current definition to approve", 409)
+    try:  # screened again before it can be approved
+        check_screening(_state(gw), rec, accept=False)
+    except ScreeningFlagged as e:
+        raise ApprovalError(f"{e.message}; only `symbi tools approve --accept-screening` can approve it", 409) from None
     h = await anyio.to_thread.run_sync(
         lambda: approve_current(_state(gw), gw.config.pins_path, rec, domain=srv.domain, actor=principal.id)
     )

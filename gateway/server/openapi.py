@@ -223,6 +223,16 @@ OPENAPI: dict[str, Any] = {
                     "key_fingerprint": _NULLSTR,
                     "definition_hash": _NULLSTR,
                     "code_tool": {"type": "boolean"},
+                    "screening": {
+                        "type": "object",
+                        "description": "poisoning screening of the definition (symbi scan): highest severity "
+                        "and the findings' rule ids, severities and fields",
+                        "required": ["highest", "findings"],
+                        "properties": {
+                            "highest": {"type": ["string", "null"], "enum": ["low", "medium", "high", None]},
+                            "findings": {"type": "array", "items": {"type": "object"}},
+                        },
+                    },
                 },
             },
             "PolicyReload": {

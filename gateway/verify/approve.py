@@ -7,7 +7,32 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import ScreeningFlagged
+from gateway.screen import Screening, screen_definition
 from gateway.verify.state import ToolRecord, ToolStateStore
+
+
+def screen_record(store: ToolStateStore, rec: ToolRecord) -> Screening:
+    """Screen a recorded tool's current definition against the other upstreams' tools."""
+    if rec.current_definition is None:
+        return Screening()
+    others = {r.namespaced for r in store.all() if r.upstream != rec.upstream}
+    others |= {r.name for r in store.all() if r.upstream != rec.upstream}
+    return screen_definition("tool", rec.current_definition, others=others)
+
+
+def check_screening(store: ToolStateStore, rec: ToolRecord, *, accept: bool) -> Screening:
+    """A definition is screened again before it can be approved: high findings need
+    ``accept`` (``--accept-screening``), a person's explicit word."""
+    result = screen_record(store, rec)
+    high = result.at_least("high")
+    if high and not accept:
+        raise ScreeningFlagged(
+            f"{rec.namespaced}: screening found {len(high)} high-severity finding(s); approve with "
+            "--accept-screening only after reading them",
+            reasons=[f"{f.rule} {f.field}: {f.summary}: {f.excerpt}" for f in high],
+        )
+    return result
 
 
 def _pretty(d: Any) -> list[str]:

@@ -32,6 +32,8 @@ from gateway.config.model import Config
 from gateway.context import ToolInfo
 from gateway.errors import ConfigError
 from gateway.events import EventSink
+from gateway.screen import Screener
+from gateway.screen.accepted import AcceptedFindings
 from gateway.verify.manifest import load_manifest
 from gateway.verify.state import ToolStateStore
 from schemapin import (
@@ -84,6 +86,9 @@ class ToolVerifier:
             verify=str(ca) if ca else True,
         )
         self._org_keys = load_org_keys(config)
+        self._screener = Screener()
+        self._accepted = AcceptedFindings(config.screening_accepted_path)
+        self._screened: dict[str, str | None] = {}  # tool -> definition hash whose findings were recorded
         for name in config.servers:
             if config.verification_for(name) == "off":
                 _logger.warning("verification is OFF for upstream %r: its tools are not checked", name)
@@ -106,7 +111,7 @@ class ToolVerifier:
             pins_mtime = self._config.pins_path.stat().st_mtime_ns
         except OSError:
             pins_mtime = None
-        return (self.state.version(), tuple(mtimes), pins_mtime)
+        return (self.state.version(), tuple(mtimes), pins_mtime, self._accepted.mtime())
 
     # -- assessment ------------------------------------------------------------------------
 
@@ -123,7 +128,35 @@ class ToolVerifier:
                 continue
             for info in await self._assess_upstream(upstream, entries):
                 infos[info.name] = info
-        return infos
+        return self._screen(infos)
+
+    def _screen(self, infos: dict[str, ToolInfo]) -> dict[str, ToolInfo]:
+        """Every upstream tool screened for poisoning (cached by definition); new findings
+        of medium or high severity are recorded once per definition."""
+        names_by_upstream: dict[str, set[str]] = defaultdict(set)
+        for t in infos.values():
+            names_by_upstream[t.upstream] |= {t.name, t.original_name}
+        accepted = self._accepted.load()
+        out: dict[str, ToolInfo] = {}
+        for name, info in infos.items():
+            if info.upstream in self._builtins:
+                out[name] = info
+                continue
+            others = set().union(*(v for k, v in names_by_upstream.items() if k != info.upstream))
+            result = self._screener.screen("tool", info.definition, others)
+            if result.findings and accepted.get(name) == info.definition_hash:
+                result = replace(result, accepted=True)
+            out[name] = replace(info, screening=result)
+            flagged = result.at_least("medium")
+            if flagged and self._screened.get(name) != info.definition_hash:
+                self._events.emit("tool.screening", {
+                    "tool": name, "upstream": info.upstream, "highest": result.highest,
+                    "definition_hash": info.definition_hash,
+                    "findings": [{"rule": f.rule, "severity": f.severity, "field": f.field} for f in flagged],
+                })
+                _logger.warning("tool %s: screening found %s", name, ", ".join(f"{f.rule}({f.severity})" for f in flagged))
+            self._screened[name] = info.definition_hash if flagged else None
+        return out
 
     async def _assess_upstream(self, upstream: str, entries: list[ToolInfo]) -> list[ToolInfo]:
         srv = self._config.servers[upstream]

@@ -87,7 +87,10 @@ async def test_rug_pull_is_refused_until_a_person_approves(tmp_path: Path) -> No
         diff = symbi("tools", "diff", "mut__echo", "--config", str(cfg))
         assert diff.returncode == 1 and "id_rsa" in diff.stdout
 
-        approve = symbi("tools", "approve", "mut__echo", "--config", str(cfg))
+        # the new description asks for ~/.ssh/id_rsa: screening flags it, so approving it takes
+        # an explicit accept of those findings
+        assert symbi("tools", "approve", "mut__echo", "--config", str(cfg)).returncode == 1
+        approve = symbi("tools", "approve", "mut__echo", "--accept-screening", "--config", str(cfg))
         assert approve.returncode == 0, approve.stderr
         with anyio.fail_after(10):
             while (r := await s.call_tool("mut__echo", {"message": "third"})).is_error:

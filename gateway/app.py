@@ -26,7 +26,7 @@ from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Principal, UpstreamInfo
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import ConfigError, UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
@@ -109,6 +109,7 @@ class Gateway:
         # Handshake-era client connections, for pushed list_changed (weak: closed ones go away).
         self._downstream: weakref.WeakSet[Any] = weakref.WeakSet()
         self._rebuild_lock = anyio.Lock()
+        self._tg: anyio.abc.TaskGroup | None = None  # set while running: upstreams added later start in it
 
     @property
     def catalog(self) -> Catalog:
@@ -125,21 +126,10 @@ class Gateway:
         )
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 for name, srv in self.config.servers.items():
-                    if not srv.enabled:
-                        continue
-                    up = Upstream(
-                        name,
-                        srv,
-                        self.config,
-                        events=self.events,
-                        on_change=self._upstream_changed,
-                        on_resource_updated=self._resource_updated,
-                        wrap_command=self._wrap_command,
-                    )
-                    up.bind_task_group(tg)
-                    self.upstreams[name] = up
-                    tg.start_soon(up.run, name=f"upstream-{name}")
+                    if srv.enabled:
+                        self._start_upstream(name, srv)
                 for task in self._background:
                     tg.start_soon(task, self)
                 await self._rebuild()
@@ -167,6 +157,34 @@ class Gateway:
                     _logger.exception("closing a component failed")
 
     # -- catalogue -------------------------------------------------------------------------
+
+    def _start_upstream(self, name: str, srv: ServerConfig) -> None:
+        assert self._tg is not None
+        up = Upstream(
+            name,
+            srv,
+            self.config,
+            events=self.events,
+            on_change=self._upstream_changed,
+            on_resource_updated=self._resource_updated,
+            wrap_command=self._wrap_command,
+        )
+        up.bind_task_group(self._tg)
+        self.upstreams[name] = up
+        self._tg.start_soon(up.run, name=f"upstream-{name}")
+
+    async def add_server(self, name: str, srv: ServerConfig) -> None:
+        """Start an upstream that was not in the config at start (a discovered server a
+        person approved). It passes every step as a configured one."""
+        if name in self.upstreams or name in self.builtins:
+            raise ConfigError(f"servers.{name}: exists already")
+        self.config = self.config.model_copy(update={"servers": {**self.config.servers, name: srv}})
+        self.verifier.reconfigure(self.config)
+        self.live.add_upstream(UpstreamInfo(name=name, transport="stdio" if srv.command else "http",
+                                            domain=srv.domain))
+        self._start_upstream(name, srv)
+        await self.upstreams[name].wait_up(self.config.mcp.connection_timeout_s)
+        await self._rebuild()
 
     async def _upstream_changed(self, up: Upstream) -> None:
         await self._rebuild()

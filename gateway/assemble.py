@@ -192,6 +192,8 @@ def _assemble(
     catalog = LiveCatalog(_upstream_infos(config, builtins))
     steps = chain_steps(catalog, audit=audit, policy=policy, counters=counters, metrics=metrics)
     background: list[Background] = [_poll_approvals(verifier, config.mcp.recheck_interval_s)]
+    if config.mcp.discovery_enabled:
+        background.append(_discover(config, events))
     return Gateway(
         config,
         steps,
@@ -281,5 +283,38 @@ def _poll_approvals(verifier: ToolVerifier, interval: float) -> Background:
                 # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
                 gw.events.emit("tool.approvals_changed", {"fingerprint": [str(x) for x in now]})
                 await gw.refresh()
+
+    return run
+
+
+def _discover(config: Config, events: EventSink) -> Background:
+    """Discovery: new servers quarantined (not started), approved ones started with tofu
+    verification (a person approved the server: what it offers is pinned on first sight)."""
+    from pathlib import Path
+
+    from gateway.onboard.discovery import Discovery
+
+    discovery = Discovery(
+        config.discovered_path, events, home=Path.home(),
+        cwd=config.source.parent if config.source else Path.cwd(), environ={},
+        registry_dir=config.mcp.discovery_registry_dir, configured=frozenset(config.servers),
+    )
+
+    async def run(gw: Gateway) -> None:
+        while True:
+            added, removed = await anyio.to_thread.run_sync(discovery.poll)
+            for d in added:
+                _logger.warning("discovered MCP server %r in %s: quarantined until `symbi tools approve %s`",
+                                d.original_name, d.source, d.name)
+            for d in removed:
+                _logger.warning("discovered MCP server %r is gone from %s", d.original_name, d.source)
+            for d in discovery.entries().values():
+                if d.status == "approved" and d.name not in gw.upstreams:
+                    try:
+                        srv = ServerConfig.model_validate({**d.table, "verification": "tofu"})
+                        await gw.add_server(d.name, srv)
+                    except Exception as e:  # noqa: BLE001 - a bad entry must not stop discovery
+                        _logger.error("approved server %s cannot start: %s", d.name, e)
+            await anyio.sleep(config.mcp.recheck_interval_s)
 
     return run

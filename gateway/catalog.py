@@ -215,6 +215,9 @@ class LiveCatalog:
         self.snapshot = Catalog.empty()
         self._upstreams = dict(upstreams)
 
+    def add_upstream(self, info: UpstreamInfo) -> None:
+        self._upstreams[info.name] = info
+
     def upstream_info(self, name: str) -> UpstreamInfo:
         try:
             return self._upstreams[name]

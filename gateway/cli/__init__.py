@@ -29,6 +29,7 @@ COMMANDS = (
     "gateway.cli.keys_cmd",  # keys create|list|revoke
     "gateway.cli.import_cmd",  # import [CLIENT] [--from FILE] [--apply|--undo]
     "gateway.cli.scan_cmd",  # scan [SERVER...]
+    "gateway.cli.discover_cmd",  # discover list
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2

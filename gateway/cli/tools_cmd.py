@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     ap = tsub.add_parser("approve", help="approve the current definitions (signs them into the manifest)")
     common(ap)
-    ap.add_argument("tools", nargs="+", metavar="SERVER__TOOL")
+    ap.add_argument("tools", nargs="+", metavar="SERVER__TOOL | SERVER",
+                    help="tools, or discovered servers in quarantine (symbi discover list)")
     ap.add_argument("--key", type=Path, default=None, help="organisation private key (PEM) to sign with")
     ap.add_argument("--by", default=None, help="who approves (recorded in the manifest and the pin history)")
     ap.add_argument("--accept-screening", action="store_true",
@@ -106,8 +107,21 @@ def _approve(args: argparse.Namespace) -> int:
     from schemapin import definition_hash, fingerprint, load_private_key_pem, sign_envelope
 
     cfg = load_config(args.config, args.environ)
+    servers = [n for n in args.tools if "__" not in n]
+    if servers:  # discovered servers in quarantine: approving one lets the gateway start it
+        from gateway.events import LoggingSink
+        from gateway.onboard.discovery import Discovery
+
+        discovery = Discovery(cfg.discovered_path, LoggingSink(), home=Path.home(), cwd=Path.cwd(), environ={},
+                              registry_dir=None, configured=frozenset(cfg.servers))
+        for name in servers:
+            d = discovery.approve(name)
+            print(f"approved discovered server {d.name} ({d.original_name} from {d.source}): "
+                  "a running gateway with discovery on starts it within mcp.recheck_interval_s")
+        if len(servers) == len(args.tools):
+            return 0
     store = _store(cfg)
-    records = [_lookup(store, n) for n in args.tools]
+    records = [_lookup(store, n) for n in args.tools if "__" in n]
     flagged = []
     for rec in records:  # screened again before anything is signed or approved
         if check_screening(store, rec, accept=args.accept_screening).at_least("high"):

@@ -43,6 +43,7 @@ _UPPER_ENV = {"SYMBI_LOG_LEVEL"}
 _PATH_KEYS = {
     ("gateway", "data_dir"),
     ("gateway", "env_file"),
+    ("mcp", "discovery_registry_dir"),
     ("policy", "path"),
     ("policy", "data"),
     ("policy", "tls_ca"),

@@ -57,6 +57,8 @@ class SecuritySection(_Section):
 
 class McpSection(_Section):
     discovery_enabled: bool = False
+    # with discovery on: a folder of MCP registry server.json documents watched with the client configs
+    discovery_registry_dir: PathT | None = None
     tool_verification: VerificationMode = "strict"
     connection_timeout_s: float = Field(default=30.0, gt=0)
     call_timeout_s: float = Field(default=60.0, gt=0)
@@ -244,6 +246,10 @@ class Config(_Section):
     @property
     def pins_path(self) -> Path:
         return self.data_dir / "pins.db"
+
+    @property
+    def discovered_path(self) -> Path:
+        return self.data_dir / "discovered.json"
 
     @property
     def screening_accepted_path(self) -> Path:

@@ -93,6 +93,10 @@ class ToolVerifier:
             if config.verification_for(name) == "off":
                 _logger.warning("verification is OFF for upstream %r: its tools are not checked", name)
 
+    def reconfigure(self, config: Config) -> None:
+        """A server was added at run time (discovery): its settings come from ``config``."""
+        self._config = config
+
     def close(self) -> None:
         self.state.close()
         self.pins.close()

@@ -1,0 +1,36 @@
+"""``symbi discover list [--json]``: servers found by discovery (mcp.discovery_enabled), with
+their state: quarantined (not started, until ``symbi tools approve SERVER``), approved, removed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gateway.config import load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("discover", help="servers found by discovery, and their quarantine state")
+    dsub = p.add_subparsers(dest="discover_command", metavar="SUBCOMMAND", required=True)
+    ls = dsub.add_parser("list", help="discovered servers")
+    ls.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=_list)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from gateway.events import LoggingSink
+    from gateway.onboard.discovery import Discovery
+
+    cfg = load_config(args.config, args.environ)
+    entries = Discovery(cfg.discovered_path, LoggingSink(), home=Path.home(), cwd=Path.cwd(), environ={},
+                        registry_dir=None, configured=frozenset(cfg.servers)).entries()
+    if args.json:
+        print(json.dumps([d.as_dict() for d in entries.values()], indent=2))
+        return 0
+    for d in sorted(entries.values(), key=lambda d: d.name):
+        print(f"{d.name:32} {d.status:12} {d.original_name} ({d.source})")
+    if not entries:
+        print("nothing discovered" + ("" if cfg.mcp.discovery_enabled else " (mcp.discovery_enabled is off)"))
+    return 0

@@ -1,0 +1,156 @@
+"""Discovery (``mcp.discovery_enabled`` / ``MCP_SERVER_DISCOVERY``): watch the client config
+files and a folder of MCP registry ``server.json`` documents; a server seen for the first
+time is quarantined (not started: no process, no network, no secrets, nothing callable) until
+a person approves it (``symbi tools approve SERVER``); removed servers are reported. Every
+discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+from gateway.events import EventSink
+from gateway.onboard.clients import FoundServer, find_client_files, read_client_file
+from gateway.onboard.plan import RESERVED, unique_name
+
+
+@dataclass(frozen=True)
+class Discovered:
+    name: str
+    source: str  # the file it came from
+    original_name: str
+    table: Mapping[str, Any]  # the [servers.NAME] table it would run with
+    status: str  # "quarantined" | "approved" | "removed"
+    first_seen: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "original_name": self.original_name,
+                "table": dict(self.table), "status": self.status, "first_seen": self.first_seen}
+
+
+def registry_servers(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``."""
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # a half-written file is read on the next pass
+        if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+            continue
+        table = _registry_table(doc)
+        if table is not None:
+            out.append((str(path), doc["name"].rsplit("/", 1)[-1], table))
+    return out
+
+
+def _registry_table(doc: Mapping[str, Any]) -> dict[str, Any] | None:
+    for remote in doc.get("remotes") or []:
+        if isinstance(remote, Mapping) and str(remote.get("url", "")).startswith(("http://", "https://")):
+            return {"url": remote["url"]}
+    for pkg in doc.get("packages") or []:
+        if not isinstance(pkg, Mapping) or not pkg.get("identifier"):
+            continue
+        ident, version = str(pkg["identifier"]), pkg.get("version")
+        kind = pkg.get("registryType") or pkg.get("registry_type")
+        if kind == "npm":
+            return {"command": "npx", "args": ["-y", f"{ident}@{version}" if version else ident]}
+        if kind == "pypi":
+            return {"command": "uvx", "args": [f"{ident}=={version}" if version else ident]}
+        if kind == "oci":
+            return {"command": "docker", "args": ["run", "-i", "--rm", f"{ident}:{version}" if version else ident]}
+    return None
+
+
+def _client_table(f: FoundServer) -> dict[str, Any]:
+    if f.transport == "stdio":
+        table: dict[str, Any] = {"command": f.command, "args": list(f.args)}
+        if f.env:
+            table["env"] = dict(f.env)
+        if f.cwd:
+            table["cwd"] = f.cwd
+        return table
+    return {"url": f.url, **({"headers": dict(f.headers)} if f.headers else {})}
+
+
+class Discovery:
+    def __init__(self, state: Path, events: EventSink, *, home: Path, cwd: Path, environ: Mapping[str, str],
+                 registry_dir: Path | None, configured: frozenset[str]) -> None:
+        self.state = state
+        self._events = events
+        self._home, self._cwd, self._environ = home, cwd, dict(environ)
+        self._registry = registry_dir
+        self._configured = configured
+
+    def entries(self) -> dict[str, Discovered]:
+        try:
+            doc = json.loads(self.state.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{self.state}: unreadable discovery state: {e}") from None
+        return {k: Discovered(**v) for k, v in doc.get("servers", {}).items()}
+
+    def seen_now(self) -> list[tuple[str, str, dict[str, Any]]]:
+        found: list[tuple[str, str, dict[str, Any]]] = []
+        for cf in find_client_files(self._home, self._cwd, self._environ):
+            try:
+                servers = read_client_file(cf)
+            except ConfigError:
+                continue  # a client's file mid-edit: seen again on the next pass
+            found += [(str(cf.path), s.name, _client_table(s)) for s in servers if s.name != "symbi"]
+        if self._registry is not None and self._registry.is_dir():
+            found += registry_servers(self._registry)
+        return found
+
+    def poll(self) -> tuple[list[Discovered], list[Discovered]]:
+        """One pass: returns (newly quarantined, newly removed); both are audited."""
+        known = self.entries()
+        by_origin = {(d.source, d.original_name): d for d in known.values()}
+        now = self.seen_now()
+        seen_origins = {(src, name) for src, name, _ in now}
+        added: list[Discovered] = []
+        used = set(known) | set(self._configured) | RESERVED
+        for src, original, table in now:
+            if (src, original) in by_origin:
+                continue
+            name = unique_name(original, used)
+            used.add(name)
+            d = Discovered(name, src, original, table, "quarantined", time.time())
+            known[name] = d
+            added.append(d)
+            self._events.emit("server.discovered", {"server": name, "source": src, "original_name": original,
+                                                    "transport": "stdio" if "command" in table else "http",
+                                                    "status": "quarantined"})
+        removed: list[Discovered] = []
+        for name, d in list(known.items()):
+            if d.status != "removed" and (d.source, d.original_name) not in seen_origins:
+                known[name] = Discovered(d.name, d.source, d.original_name, d.table, "removed", d.first_seen)
+                removed.append(known[name])
+                self._events.emit("server.removed", {"server": name, "source": d.source, "was": d.status})
+        if added or removed:
+            self._save(known)
+        return added, removed
+
+    def approve(self, name: str) -> Discovered:
+        known = self.entries()
+        d = known.get(name)
+        if d is None or d.status == "removed":
+            raise ConfigError(f"no discovered server named {name!r} (see `symbi discover list`)")
+        known[name] = Discovered(d.name, d.source, d.original_name, d.table, "approved", d.first_seen)
+        self._save(known)
+        return known[name]
+
+    def _save(self, entries: Mapping[str, Discovered]) -> None:
+        self.state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.state.with_name(f".{self.state.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"servers": {k: v.as_dict() for k, v in entries.items()}}, f, indent=2, sort_keys=True)
+        os.replace(tmp, self.state)

@@ -1,0 +1,80 @@
+"""Discovery while the gateway runs: a client config edited under it produces a quarantined
+server (not started, nothing callable) within the recheck interval; approving it starts it and
+makes its tools callable; a removed server is reported. Real ``symbi mcp``, real upstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import ClientSession, stdio_client
+
+from gateway.onboard.discovery import registry_servers
+from tests.conftest import ROOT, SYMBI, write_config
+from tests.onboard.conftest import write_json
+from tests.server._clients import gateway_params
+
+pytestmark = pytest.mark.anyio
+MUTABLE = ROOT / "tests/peers/mutable_server.py"
+
+
+def symbi(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
+    env["HOME"] = str(home)
+    return subprocess.run([str(SYMBI), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_registry_server_json_maps_to_a_server_table(tmp_path: Path) -> None:
+    write_json(tmp_path / "weather.json", {
+        "name": "io.github.example/weather", "version": "1.2.0",
+        "packages": [{"registryType": "npm", "identifier": "@example/weather-mcp", "version": "1.2.0",
+                      "transport": {"type": "stdio"}}]})
+    write_json(tmp_path / "remote.json", {"name": "com.example/remote",
+                                          "remotes": [{"type": "streamable-http", "url": "https://mcp.example.test/"}]})
+    (tmp_path / "broken.json").write_text("{not json")
+    got = {name: table for _, name, table in registry_servers(tmp_path)}
+    assert got == {"weather": {"command": "npx", "args": ["-y", "@example/weather-mcp@1.2.0"]},
+                   "remote": {"url": "https://mcp.example.test/"}}
+
+
+async def test_edited_client_config_quarantines_then_approval_makes_tools_callable(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    desktop = write_json(home / ".config/Claude/claude_desktop_config.json", {"mcpServers": {}})
+    cfg = write_config(tmp_path, """
+        [mcp]
+        discovery_enabled = true
+        recheck_interval_s = 0.3
+        [sandbox]
+        code_tools = false
+        """)
+    async with stdio_client(gateway_params(cfg, HOME=str(home))) as (r, w), ClientSession(r, w) as s:
+        await s.initialize()
+        # a developer adds a server to Claude Desktop while the gateway runs
+        write_json(desktop, {"mcpServers": {"mut": {"command": sys.executable, "args": [str(MUTABLE)]}}})
+        with anyio.fail_after(20):
+            while not (listed := json.loads(symbi("discover", "list", "--config", str(cfg), "--json",
+                                                  home=home).stdout)):
+                await anyio.sleep(0.2)
+        assert listed[0]["name"] == "mut" and listed[0]["status"] == "quarantined"
+        assert not [t for t in (await s.list_tools()).tools if t.name.startswith("mut__")]  # nothing callable
+        assert (await s.call_tool("mut__echo", {"message": "x"})).is_error
+
+        approve = symbi("tools", "approve", "mut", "--config", str(cfg), home=home)
+        assert approve.returncode == 0, approve.stderr
+        with anyio.fail_after(30):
+            while (r2 := await s.call_tool("mut__echo", {"message": "hi"})).is_error:
+                await anyio.sleep(0.2)
+        assert r2.content[0].text == "Echo: hi"  # type: ignore[union-attr]
+
+        write_json(desktop, {"mcpServers": {}})  # removed from the client: reported
+        with anyio.fail_after(20):
+            while json.loads(symbi("discover", "list", "--config", str(cfg), "--json", home=home).stdout)[0][
+                    "status"] != "removed":
+                await anyio.sleep(0.2)
+    events = symbi("audit", "query", "--config", str(cfg), "--type", "server.*", "--json", home=home).stdout
+    assert "server.discovered" in events and "server.removed" in events

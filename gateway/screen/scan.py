@@ -37,8 +37,13 @@ async def scan_configured(config: Config, only: Collection[str] = ()) -> tuple[l
         for t in cat.tools.values():
             names_by_upstream.setdefault(t.info.upstream, set()).update({t.info.name, t.info.original_name})
 
-        def others(upstream: str) -> set[str]:
-            return set().union(*(v for k, v in names_by_upstream.items() if k != upstream))
+        every = set().union(*names_by_upstream.values()) if names_by_upstream else set()
+        others_of: dict[str, frozenset[str]] = {}
+
+        def others(upstream: str) -> frozenset[str]:
+            if upstream not in others_of:
+                others_of[upstream] = frozenset(every - names_by_upstream.get(upstream, set()))
+            return others_of[upstream]
 
         for name, t in sorted(cat.tools.items()):
             if t.info.upstream in wanted:

@@ -76,15 +76,25 @@ def screen_definition(kind: Kind, definition: Mapping[str, Any], *, others: Coll
 
 
 class Screener:
-    """Screening cached by definition (a catalogue refresh screens only what changed)."""
+    """Screening cached by definition (a catalogue refresh screens only what changed).
+
+    ``others`` changes only when another upstream's tools change; callers screening many tools
+    of one upstream pass the same frozenset, whose hash Python computes once.
+    """
 
     def __init__(self, max_entries: int = 50_000) -> None:
-        self._cache: dict[tuple[str, str], Screening] = {}
+        self._cache: dict[tuple[str, int, int], Screening] = {}
         self._max = max_entries
 
-    def screen(self, kind: Kind, definition: Mapping[str, Any], others: Collection[str] = ()) -> Screening:
-        digest = hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
-        key = (digest, hashlib.sha256("\x00".join(sorted(others)).encode()).hexdigest())
+    def screen(
+        self, kind: Kind, definition: Mapping[str, Any], others: frozenset[str] = frozenset(), *,
+        definition_hash: str | None = None,
+    ) -> Screening:
+        """``definition_hash``: the caller's hash of ``definition`` when it has one (the
+        verifier does), so a cached refresh does not serialise every definition again."""
+        digest = definition_hash or hashlib.sha256(
+            json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
+        key = (digest, len(others), hash(others))  # a frozenset caches its own hash
         hit = self._cache.get(key)
         if hit is None:
             hit = screen_definition(kind, definition, others=others)
@@ -159,7 +169,10 @@ def _parameters(kind: Kind, d: Mapping[str, Any]) -> Iterator[tuple[str, str, st
 
 
 def _text_findings(field: str, text: str) -> Iterator[Finding]:
+    low = text.lower()
     for rule in TEXT_RULES:
+        if rule.triggers and not any(t in low for t in rule.triggers):
+            continue
         hit = rule.pattern.search(text)  # one finding per rule and field: the first span
         if hit:
             yield Finding(rule.id, rule.category, rule.severity, field, hit.span(), _excerpt(text, hit.span()),

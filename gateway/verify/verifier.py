@@ -140,14 +140,18 @@ class ToolVerifier:
         names_by_upstream: dict[str, set[str]] = defaultdict(set)
         for t in infos.values():
             names_by_upstream[t.upstream] |= {t.name, t.original_name}
+        every = set().union(*names_by_upstream.values())
+        others_of: dict[str, frozenset[str]] = {}
         accepted = self._accepted.load()
         out: dict[str, ToolInfo] = {}
-        for name, info in infos.items():
+        for name, info in sorted(infos.items(), key=lambda kv: kv[1].upstream):  # one others-set per upstream
             if info.upstream in self._builtins:
                 out[name] = info
                 continue
-            others = set().union(*(v for k, v in names_by_upstream.items() if k != info.upstream))
-            result = self._screener.screen("tool", info.definition, others)
+            others = others_of.get(info.upstream)
+            if others is None:
+                others = others_of[info.upstream] = frozenset(every - names_by_upstream[info.upstream])
+            result = self._screener.screen("tool", info.definition, others, definition_hash=info.definition_hash)
             if result.findings and accepted.get(name) == info.definition_hash:
                 result = replace(result, accepted=True)
             out[name] = replace(info, screening=result)

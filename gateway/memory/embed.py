@@ -14,6 +14,7 @@ cost, so similar lengths together are ~4x faster) and returns rows in the caller
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import zlib
 from collections.abc import Sequence
@@ -41,7 +42,8 @@ class Embedder(Protocol):
 def _normalise(m: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(m, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    return (m / norms).astype(np.float32)
+    out: np.ndarray = (m / norms).astype(np.float32)
+    return out
 
 
 def by_length(texts: Sequence[str], batch: int) -> list[list[int]]:
@@ -60,7 +62,7 @@ class HashingEmbedder:
     def _one(self, text: str) -> np.ndarray:
         v = np.zeros(self.dimension, dtype=np.float32)
         words = re.findall(r"\w+", text.lower())
-        feats = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        feats = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
         for w in words:
             padded = f"#{w}#"
             feats += [padded[i:i + 3] for i in range(len(padded) - 2)]
@@ -147,7 +149,7 @@ class OpenAIEmbedder:
             body["dimensions"] = self.dimension  # text-embedding-3-* shorten to the configured size
         try:
             r = self._http.post(self._url, json=body)
-        except Exception as e:  # noqa: BLE001 - connection errors of any kind: fail with a reason
+        except Exception as e:
             raise ContextError(f"embedding endpoint {self._url} unreachable: {e}") from e
         if r.status_code != 200:
             raise ContextError(f"embedding endpoint {self._url} answered {r.status_code}: {r.text[:200]}")

@@ -249,7 +249,7 @@ class ContextManager:
         elif memory_type in PERSISTENT_TYPES:
             ns = namespace_of(agent, memory_type, namespace)
             pts = self.store.scroll({"kind": "memory", "namespace": ns}, limit=10_000)
-            items = [ContextItem(p.id, str(p.payload.get("text", "")), memory_type,  # type: ignore[arg-type]
+            items = [ContextItem(p.id, str(p.payload.get("text", "")), memory_type,
                                  1.0, str(p.payload.get("agent", "")), float(p.payload.get("ts", 0.0)),
                                  namespace, dict(p.payload.get("meta") or {})) for p in pts]
         else:

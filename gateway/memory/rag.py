@@ -35,8 +35,7 @@ MMR_LAMBDA = 0.75
 RECENCY_HALF_LIFE_S = 30 * 86_400.0
 RECENCY_WEIGHT = 0.02
 MAX_BM25_CHUNKS = 200_000  # above this a base is searched by vector only (memory bound)
-_STOP = frozenset("""a an and are as at be by can do does for from how i if in into is it its me my of on or
-our should so that the their then there these this to was we what when where which who why will with you your""".split())
+_STOP = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "of", "on", "or", "our", "should", "so", "that", "the", "their", "then", "there", "these", "this", "to", "was", "we", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"])
 _IDENT = re.compile(r"\d|_|\w[.\-/]\w")
 _WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]*")
 

@@ -150,7 +150,7 @@ class QdrantClientStore:
             exists = self._c.collection_exists(spec.name)
         except ContextError:
             raise
-        except Exception as e:  # noqa: BLE001 - connection refused, locked path, bad URL: fail closed
+        except Exception as e:
             raise VectorStoreUnavailable(f"vector store {where} cannot be opened: {e}") from e
         if exists:
             check_metadata(spec, self._c.get_collection(spec.name).config.metadata, where)
@@ -221,7 +221,7 @@ class QdrantClientStore:
 
     def retrieve(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         recs = self._c.retrieve(self.spec.name, ids=list(ids), with_payload=True, with_vectors=with_vectors)
-        return [Point(str(r.id), list(r.vector) if with_vectors and isinstance(r.vector, list) else [],
+        return [Point(str(r.id), _flat(r.vector) if with_vectors else [],
                       dict(r.payload or {})) for r in recs]
 
     def scroll(self, filter: Filter | None = None, *, limit: int = 10_000) -> list[Point]:
@@ -282,7 +282,7 @@ class EdgeStore:
                 meta_path.write_text(json.dumps({**spec.metadata(), "name": spec.name}), encoding="utf-8")
         except ContextError:
             raise
-        except Exception as e:  # noqa: BLE001 - locked WAL (another process), corrupt shard: fail closed
+        except Exception as e:
             hint = " (is a gateway already running on this data dir?)" if "WouldBlock" in str(e) else ""
             raise VectorStoreUnavailable(f"embedded vector store {path} cannot be opened{hint}: {e}") from e
 
@@ -346,7 +346,7 @@ class EdgeStore:
     def retrieve(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         with self._lock:
             recs = self._shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)
-        return [Point(str(r.id), list(r.vector) if with_vectors and isinstance(r.vector, list) else [],
+        return [Point(str(r.id), _flat(r.vector) if with_vectors else [],
                       dict(r.payload or {})) for r in recs]
 
     def scroll(self, filter: Filter | None = None, *, limit: int = 10_000) -> list[Point]:
@@ -393,6 +393,13 @@ def open_store(spec: CollectionSpec, *, url: str | None, data_dir: Path, backend
     if backend == "memory":
         return QdrantClientStore(spec, path=":memory:")
     raise ContextError(f"unknown vector store backend {backend!r} (edge | local | memory, or a url)")
+
+
+def _flat(v: Any) -> list[float]:
+    """A record's single dense vector as floats (named / multi vectors are not used here)."""
+    if isinstance(v, dict):
+        v = v.get("", next(iter(v.values()), []))
+    return [float(x) for x in v] if isinstance(v, list) and (not v or not isinstance(v[0], list)) else []
 
 
 def chunks(seq: Sequence[Point], size: int) -> Iterable[Sequence[Point]]:

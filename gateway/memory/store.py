@@ -141,7 +141,7 @@ class QdrantClientStore:
         where = url or path or ":memory:"
         try:
             if url:
-                self._c = QdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)))
+                self._c = QdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)), check_compatibility=False)
             elif path and path != ":memory:":
                 Path(path).mkdir(parents=True, exist_ok=True)
                 self._c = QdrantClient(path=path)

@@ -27,6 +27,7 @@ COMMANDS = (
     "gateway.cli.audit_cmd",  # audit verify|tail|query|export|report
     "gateway.cli.sandbox_cmd",  # sandbox run|doctor
     "gateway.cli.keys_cmd",  # keys create|list|revoke
+    "gateway.cli.memory_cmd",  # knowledge add|list|search|remove, memory stats|purge
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2

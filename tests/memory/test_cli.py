@@ -14,7 +14,7 @@ from tests.memory.conftest import CORPUS
 
 
 def _symbi(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SYMBI), *args, "--config", str(cfg)], capture_output=True, text=True, timeout=120,
+    return subprocess.run([str(SYMBI), *args, "--config", str(cfg)], capture_output=True, text=True, timeout=120, check=False,
                           env=symbi_env())
 
 

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 from gateway.errors import EmbedderMismatch, VectorStoreUnavailable
-from gateway.memory.store import CollectionSpec, EdgeStore, Point, QdrantClientStore, Range, VectorStore, point_id
+from gateway.memory.store import (
+    CollectionSpec,
+    EdgeStore,
+    Point,
+    QdrantClientStore,
+    Range,
+    VectorStore,
+    point_id,
+)
 
 DIM = 16
 BACKENDS = ["edge", "local-path", "local-memory", "server"]

@@ -326,15 +326,19 @@ memory_type := object.get(memory_doc, "memory_type", "")
 
 memory_owner := object.get(memory_doc, "owner", "")
 
+# input.agent is the runtime's {id, name, state, ...} object (a bare id from older inputs)
+agent_id := input.agent.id if is_object(input.agent)
+else := input.agent if is_string(input.agent)
+
 has_agent if {
-	is_string(input.agent)
-	input.agent != ""
+	is_string(agent_id)
+	agent_id != ""
 }
 
 own_memory if {
 	has_agent
 	memory_type in {"short_term", "working", "long_term"}
-	memory_owner == input.agent
+	memory_owner == agent_id
 }
 
 namespace_entry := object.get(object.get(memory_cfg, "namespaces", {}), object.get(memory_doc, "namespace", ""), {})
@@ -379,8 +383,8 @@ deny contains msg if {
 	is_memory_kind
 	has_agent
 	memory_type != "shared"
-	memory_owner != input.agent
-	msg := sprintf("agent %s may not %s the %s memory of agent %s", [input.agent, memory_mode, memory_type, memory_owner])
+	memory_owner != agent_id
+	msg := sprintf("agent %s may not %s the %s memory of agent %s", [agent_id, memory_mode, memory_type, memory_owner])
 }
 
 deny contains msg if {

@@ -85,7 +85,7 @@ def mem(kind, memory_type, owner="agent-a", namespace=None):
         "kind": kind,
         "target": "memory__recall",
         "tool": None,
-        "agent": "agent-a",
+        "agent": {"id": "agent-a", "name": "local/claude", "state": "running", "priority": 0, "hosted": False},
         "upstream": {"name": "memory", "transport": "builtin"},
         "arguments": {},
         "memory": {"owner": owner, "memory_type": memory_type, "namespace": namespace, "base": None},
@@ -369,12 +369,12 @@ cases = [
     ),
     (
         "agent B may not read agent A's memory",
-        m(mem("context/read", "long_term", owner="agent-a"), {"agent": "agent-b"}),
+        m(mem("context/read", "long_term", owner="agent-a"), {"agent": {"id": "agent-b"}}),
         no("agent agent-b may not read the long_term memory of agent agent-a"),
     ),
     (
         "agent B may not write into agent A's working memory",
-        m(mem("context/write", "working", owner="agent-a"), {"agent": "agent-b"}),
+        m(mem("context/write", "working", owner="agent-a"), {"agent": {"id": "agent-b"}}),
         no("agent agent-b may not write the working memory of agent agent-a"),
     ),
     (

@@ -26,6 +26,7 @@ from gateway.errors import ContextError, EmbedderMismatch, VectorStoreUnavailabl
 
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 200
+OVERSAMPLING = 2.0
 SEARCH_EF = 128  # recall 0.97-0.99 at 1M in the reference note; bench/context.py re-measures
 KEYWORD_FIELDS = ("agent", "namespace", "kind", "memory_type", "base", "session", "task", "source")
 FLOAT_FIELDS = ("ts",)
@@ -205,7 +206,9 @@ class QdrantClientStore:
             self.spec.name, query=list(map(float, vector)), query_filter=self._filter(filter), limit=limit,
             with_payload=True, score_threshold=score_threshold,
             # local mode is always exact (and warns about search params)
-            search_params=None if self.backend == "qdrant-local" else m.SearchParams(hnsw_ef=SEARCH_EF, exact=exact),
+            search_params=None if self.backend == "qdrant-local" else m.SearchParams(
+                hnsw_ef=SEARCH_EF, exact=exact,
+                quantization=m.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)),
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res.points]
 
@@ -257,11 +260,14 @@ class EdgeStore:
 
     backend = "qdrant-edge"
 
-    def __init__(self, spec: CollectionSpec, path: Path) -> None:
+    def __init__(self, spec: CollectionSpec, path: Path, *, search_threads: int | None = None) -> None:
         import qdrant_edge as qe
 
         self._qe = qe
         self.spec = spec
+        self._search_threads = search_threads  # None: one per CPU (Qdrant's default)
+        # int8 candidates re-scored with the float32 originals, twice as many as asked for
+        self._rescore = qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
         self._lock = threading.Lock()
         self.path = path
         shard_dir = path / "shard"
@@ -269,7 +275,8 @@ class EdgeStore:
         try:
             if meta_path.exists():
                 check_metadata(spec, json.loads(meta_path.read_text(encoding="utf-8")), str(path))
-                self._shard = qe.EdgeShard.load(str(shard_dir))
+                self._shard = qe.EdgeShard.load(
+                    str(shard_dir), qe.EdgeConfig(max_search_threads=search_threads) if search_threads else None)
             else:
                 if shard_dir.exists() and any(shard_dir.iterdir()):
                     check_metadata(spec, None, str(path))
@@ -295,6 +302,7 @@ class EdgeStore:
             vectors=qe.EdgeVectorParams(size=self.spec.dimension, distance=qe.Distance.Cosine),
             hnsw_config=qe.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000),
             quantization_config=quant,
+            max_search_threads=self._search_threads,
         )
 
     def _filter(self, flt: Filter | None) -> Any:
@@ -324,7 +332,7 @@ class EdgeStore:
         qe = self._qe
         req = qe.SearchRequest(
             query=qe.Query.Nearest([float(x) for x in vector]), limit=limit, filter=self._filter(filter),
-            params=qe.SearchParams(hnsw_ef=SEARCH_EF, exact=exact), with_payload=True,
+            params=qe.SearchParams(hnsw_ef=SEARCH_EF, exact=exact, quantization=self._rescore), with_payload=True,
             score_threshold=score_threshold,
         )
         with self._lock:

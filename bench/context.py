@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
-from gateway.memory.embed import OnnxMiniLM  # noqa: E402
-from gateway.memory.knowledge import KnowledgeBases  # noqa: E402
-from gateway.memory.manager import ContextManager  # noqa: E402
-from gateway.memory.rag import RagPipeline  # noqa: E402
-from gateway.memory.store import CollectionSpec, EdgeStore, Point, QdrantClientStore, VectorStore  # noqa: E402
-from gateway.memory.types import AgentContext, ContextQuery  # noqa: E402
+from gateway.memory.embed import OnnxMiniLM
+from gateway.memory.knowledge import KnowledgeBases
+from gateway.memory.manager import ContextManager
+from gateway.memory.rag import RagPipeline
+from gateway.memory.store import CollectionSpec, EdgeStore, Point, QdrantClientStore, VectorStore
+from gateway.memory.types import AgentContext, ContextQuery
 
 DIM = 384
 AGENTS = 100

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 from mcp import types
+from mcp.shared.message import ServerMessageMetadata
 
 from gateway.context import CallContext
 from gateway.errors import ContextError
@@ -241,13 +242,23 @@ class KnowledgeBuiltin:
             meta["symbi/sampling"] = "unsupported"
             return _ok(f"{NO_SAMPLING_NOTE}\n\n{res.context}", {"answer": None, "citations": res.citations}, meta)
         assert session is not None
-        max_tokens = _int(call.arguments, "max_tokens", 512, 16, 8192)
-        reply = await session.create_message(
-            messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text=rag_prompt(query, res.context)))],
-            max_tokens=max_tokens,
+        params = types.CreateMessageRequestParams(
+            messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text",
+                                                                                  text=rag_prompt(query, res.context)))],
+            max_tokens=_int(call.arguments, "max_tokens", 512, 16, 8192),
             system_prompt="Answer only from the numbered passages; cite them as [n]. Say so if they do not answer it.",
         )
-        answer = reply.content.text if isinstance(reply.content, types.TextContent) else str(reply.content)
+        rid = getattr(call.downstream, "request_id", None)
+        try:
+            reply = await session.send_request(
+                types.CreateMessageRequest(params=params), types.CreateMessageResult,
+                metadata=ServerMessageMetadata(related_request_id=rid) if rid is not None else None)
+        except Exception as e:  # noqa: BLE001 - no back channel (2026 clients), a refusal: the context still helps
+            meta["symbi/sampling"] = {"error": type(e).__name__}
+            return _ok(f"{NO_SAMPLING_NOTE}\n\n{res.context}", {"answer": None, "citations": res.citations}, meta)
+        content = reply.content
+        answer = content.text if isinstance(content, types.TextContent) else json.dumps(
+            content.model_dump(mode="json") if hasattr(content, "model_dump") else str(content))
         meta["symbi/sampling"] = {"model": reply.model}
         return _ok(answer, {"answer": answer, "citations": res.citations}, meta)
 

@@ -58,16 +58,29 @@ class MemoryAccess:
         self.engine = engine
         self.events = events
 
-    async def check(self, call: CallContext, kind: MemoryKind, *, owner: str | None = None,
-                    memory_type: str | None = None, namespace: str | None = None,
-                    base: str | None = None) -> Decision:
-        memory = {"owner": owner, "memory_type": memory_type, "namespace": namespace, "base": base}
+    async def decide(self, call: CallContext, kind: MemoryKind, memory: dict[str, Any]) -> Decision:
         if self.engine is None:
             return Decision(allow=True)
         doc = build_input(principal=call.principal, kind=kind, target=call.target, upstream=call.upstream,
-                          session_id=call.session_id)
+                          session_id=call.session_id, agent=call.agent)
         doc["memory"] = memory
-        decision = await self.engine.adecide(doc)
+        return await self.engine.adecide(doc)
+
+    async def allowed_bases(self, call: CallContext, bases: Sequence[str]) -> list[str]:
+        """The knowledge bases the caller may search (when it named none: all it may see)."""
+        out = []
+        for b in bases:
+            memory = {"owner": call.principal.agent, "memory_type": None, "namespace": None, "base": b}
+            if (await self.decide(call, "knowledge/search", memory)).allow:
+                out.append(b)
+        return out
+
+    async def check(self, call: CallContext, kind: MemoryKind, *, owner: str | None = None,
+                    memory_type: str | None = None, namespace: str | None = None,
+                    base: str | None = None) -> Decision:
+        """The decision for one memory operation; a deny raises ``PolicyDenied`` and is recorded."""
+        memory = {"owner": owner, "memory_type": memory_type, "namespace": namespace, "base": base}
+        decision = await self.decide(call, kind, memory)
         if not decision.allow:
             self.events.emit("memory.denied", {"kind": kind, **memory, "tool": call.target,
                                                "reasons": list(decision.reasons)},

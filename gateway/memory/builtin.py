@@ -191,9 +191,10 @@ class KnowledgeBuiltin:
         raise ContextError(f"unknown knowledge tool {name!r}")
 
     async def _bases(self, call: CallContext, asked: Any) -> list[str]:
-        """The bases to search, each allowed by the policy (``knowledge/search``)."""
+        """The bases to search: named ones must each be allowed (``knowledge/search``), else
+        every base the caller may search."""
         if asked is None:
-            asked = await self.s.run(lambda: sorted(self.s.kb.list()))
+            return await self.s.access.allowed_bases(call, await self.s.run(self.s.kb.names))
         if isinstance(asked, str):
             asked = [asked]
         if not isinstance(asked, list) or not all(isinstance(b, str) for b in asked):

@@ -152,6 +152,11 @@ class KnowledgeBases:
         ])
         return len(chunks)
 
+    def names(self) -> list[str]:
+        """The bases that have chunks (one point per file is read: each file's first chunk)."""
+        return sorted({str(p.payload.get("base")) for p in self.m.store.scroll({"kind": "knowledge", "chunk": 0},
+                                                                               limit=1_000_000)})
+
     def list(self) -> dict[str, dict[str, int]]:
         """base -> {files, chunks}."""
         out: dict[str, dict[str, Any]] = {}

@@ -128,6 +128,8 @@ class RagPipeline:
         q = self.analyse(text)
         bases = [check_name(b, "base") for b in bases]
         t["query_analysis"] = clock() - s
+        if not bases:  # nothing to search (none exists, or the policy allows none)
+            return RagResult(q, [], "", [], {k: round(v * 1000, 3) for k, v in t.items()})
 
         s = clock()
         vec = self.m.embed([q.text])[0]

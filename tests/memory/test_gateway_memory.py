@@ -138,6 +138,9 @@ async def test_redacted_secrets_are_never_embedded_or_stored(tmp_path: Path) -> 
         assert float(np.asarray(stored.vector) @ redacted_vec) == pytest.approx(1.0, abs=1e-4)
     dump = json.dumps(audit_records(cfg, "memory.*", "tool.*"))
     assert secret not in dump and "billing key" not in dump  # audit: metadata, never memory text
+    stored = audit_records(cfg, "memory.stored")
+    assert [(r["agent"], r["memory_type"], r["redacted"], r["metadata_keys"]) for r in stored] == [
+        ("agent-a", "long_term", 1, ["api_token", "project"])]
 
 
 async def test_long_term_memory_persists_across_a_restart(tmp_path: Path) -> None:

@@ -2,8 +2,7 @@
 
 Every section is a frozen pydantic model that forbids unknown keys, so a typo is an
 error naming the key instead of a silently ignored setting. Paths are resolved against
-the config file's folder by the loader. Keys read by parts not built yet (the agent
-runtime, the context store) are accepted and documented in ``examples/symbi.toml``.
+the config file's folder by the loader. Every key is documented in ``examples/symbi.toml``.
 """
 
 from __future__ import annotations

@@ -323,3 +323,106 @@ conditions["audit"] := "full" if {
 	is_tool
 	not audit_minimal
 }
+
+# ---------------------------------------------------------------------------------------
+# Agent memory and knowledge (the memory__* / knowledge__* built-ins ask these kinds, with
+# input.memory = {owner, memory_type, namespace, base}). An agent uses its own memory; a
+# shared namespace by the roles listed for it (data: memory.namespaces.NAME.read / write); a
+# knowledge base by the roles listed for its glob (memory.knowledge). Needs an agent identity.
+# ---------------------------------------------------------------------------------------
+
+memory_cfg := object.get(cfg, "memory", {})
+
+memory_doc := object.get(input, "memory", {})
+
+is_memory_kind if kind in {"context/read", "context/write"}
+
+memory_mode := "read" if kind == "context/read"
+else := "write"
+
+memory_type := object.get(memory_doc, "memory_type", "")
+
+memory_owner := object.get(memory_doc, "owner", "")
+
+# input.agent is the runtime's {id, name, state, ...} object (a bare id from older inputs)
+agent_id := input.agent.id if is_object(input.agent)
+else := input.agent if is_string(input.agent)
+
+has_agent if {
+	is_string(agent_id)
+	agent_id != ""
+}
+
+own_memory if {
+	has_agent
+	memory_type in {"short_term", "working", "long_term"}
+	memory_owner == agent_id
+}
+
+namespace_entry := object.get(object.get(memory_cfg, "namespaces", {}), object.get(memory_doc, "namespace", ""), {})
+
+namespace_granted if {
+	memory_type == "shared"
+	some r in roles
+	r in object.get(namespace_entry, memory_mode, [])
+}
+
+knowledge_granted if {
+	some pat, rs in object.get(memory_cfg, "knowledge", {})
+	glob.match(pat, [], object.get(memory_doc, "base", ""))
+	some r in roles
+	r in rs
+}
+
+target_permitted if {
+	is_memory_kind
+	own_memory
+}
+
+target_permitted if {
+	is_memory_kind
+	has_agent
+	namespace_granted
+}
+
+target_permitted if {
+	kind == "knowledge/search"
+	has_agent
+	knowledge_granted
+}
+
+deny contains msg if {
+	kind in {"context/read", "context/write", "knowledge/search"}
+	not has_agent
+	msg := sprintf("principal %s has no agent identity: memory and knowledge are per agent", [principal_id])
+}
+
+deny contains msg if {
+	is_memory_kind
+	has_agent
+	memory_type != "shared"
+	memory_owner != agent_id
+	msg := sprintf("agent %s may not %s the %s memory of agent %s", [agent_id, memory_mode, memory_type, memory_owner])
+}
+
+deny contains msg if {
+	is_memory_kind
+	has_agent
+	memory_type == "shared"
+	not namespace_granted
+	msg := sprintf("principal %s may not %s shared namespace %s", [principal_id, memory_mode, object.get(memory_doc, "namespace", "")])
+}
+
+deny contains msg if {
+	kind == "knowledge/search"
+	has_agent
+	not knowledge_granted
+	msg := sprintf("principal %s may not search knowledge base %s", [principal_id, object.get(memory_doc, "base", "")])
+}
+
+memory_redact_patterns := object.get(memory_cfg, "redact_text", [])
+
+conditions["redact_text"] := memory_redact_patterns if {
+	kind == "context/write"
+	count(memory_redact_patterns) > 0
+}

@@ -12,7 +12,7 @@ import json
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 from mcp import types
@@ -54,6 +54,24 @@ class Builtin(Protocol):
     def tools(self) -> list[types.Tool]: ...
 
     async def call(self, call: CallContext) -> types.CallToolResult: ...
+
+
+@runtime_checkable
+class ResourceBuiltin(Builtin, Protocol):
+    """A built-in that also serves resource templates (``memory://{agent}/{type}``)."""
+
+    def templates(self) -> list[types.ResourceTemplate]: ...
+
+    async def read_resource(self, call: CallContext) -> types.ReadResourceResult: ...
+
+
+@runtime_checkable
+class PromptBuiltin(Builtin, Protocol):
+    """A built-in that also serves prompts (``knowledge__rag``)."""
+
+    def prompts(self) -> list[types.Prompt]: ...
+
+    async def get_prompt(self, call: CallContext) -> types.GetPromptResult: ...
 
 
 # (server name, its config) -> (command, args, cleanup): runs a stdio upstream in a sandbox tier.
@@ -203,7 +221,16 @@ class Gateway:
                 for u in self.upstreams.values()
                 if u.state == "up"
             ]
-            listings += [UpstreamListing(name=b.name, pass_through=False, tools=b.tools()) for b in self.builtins.values()]
+            listings += [
+                UpstreamListing(
+                    name=b.name,
+                    pass_through=False,
+                    tools=b.tools(),
+                    templates=b.templates() if isinstance(b, ResourceBuiltin) else [],
+                    prompts=b.prompts() if isinstance(b, PromptBuiltin) else [],
+                )
+                for b in self.builtins.values()
+            ]
             # the catalogue uses verification: every tool's verdict is part of the snapshot
             infos = await self.verifier.assess([t.info for t in Catalog.build(listings).tools.values()])
             new = Catalog.build(listings, infos=infos)
@@ -294,6 +321,9 @@ class Gateway:
         """The innermost step: send the call to its upstream (or built-in provider)."""
         if call.kind == "resources/read":
             assert call.upstream is not None
+            served = self.builtins.get(call.upstream.name)
+            if isinstance(served, ResourceBuiltin):
+                return await served.read_resource(call)
             request: Any = types.ReadResourceRequest(
                 params=types.ReadResourceRequestParams(
                     uri=call.target, input_responses=call.input_responses, request_state=call.request_state
@@ -305,6 +335,9 @@ class Gateway:
         if call.kind == "prompts/get":
             assert call.upstream is not None
             entry = self.catalog.prompt(call.target)
+            prompter = self.builtins.get(call.upstream.name)
+            if isinstance(prompter, PromptBuiltin):
+                return await prompter.get_prompt(call)
             request = types.GetPromptRequest(
                 params=types.GetPromptRequestParams(
                     name=entry.original_name,

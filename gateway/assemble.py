@@ -34,6 +34,8 @@ from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, UpstreamInfo
 from gateway.errors import AuditError, ConfigError
 from gateway.events import EventSink, LoggingSink
+from gateway.memory.build import build_service
+from gateway.memory.builtin import KnowledgeBuiltin, MemoryBuiltin, MemoryService
 from gateway.metrics import GatewayMetrics, MetricsSink
 from gateway.policy import CallCounters, PolicyEngine, build_engine
 from gateway.runtime.agents import AgentRegistry
@@ -175,11 +177,6 @@ def _assemble(
     if config.sandbox.code_tools or any(s.sandbox not in (None, "none") for s in config.servers.values()):
         manager = SandboxManager(config)
         closers.append(manager.close)
-    builtins = _builtins(config, manager)
-
-    agents = AgentRegistry(events)  # every session is an agent; ids made here, never by clients
-    verifier = ToolVerifier(config, events, builtins=frozenset(b.name for b in builtins))
-    closers.append(verifier.close)
 
     policy: PolicyEngine | None = None
     counters = CallCounters()
@@ -189,9 +186,22 @@ def _assemble(
     else:
         _logger.warning("POLICY IS OFF (security.enforce_policies = false): every verified call is allowed")
 
+    background: list[Background] = []
+    memory: MemoryService | None = None
+    if config.context.enabled:
+        # agent memory and knowledge; the store and the model open on first use
+        memory = build_service(config, events, policy)
+        closers.append(memory.close)
+        background.append(memory.retention)
+    builtins = _builtins(config, manager, memory)
+
+    agents = AgentRegistry(events)  # every session is an agent; ids made here, never by clients
+    verifier = ToolVerifier(config, events, builtins=frozenset(b.name for b in builtins))
+    closers.append(verifier.close)
+
     catalog = LiveCatalog(_upstream_infos(config, builtins))
     steps = chain_steps(catalog, audit=audit, policy=policy, counters=counters, metrics=metrics)
-    background: list[Background] = [_poll_approvals(verifier, config.mcp.recheck_interval_s)]
+    background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s))
     if config.mcp.discovery_enabled:
         background.append(_discover(config, events))
     return Gateway(
@@ -212,13 +222,14 @@ def _assemble(
     )
 
 
-
-def _builtins(config: Config, manager: SandboxManager | None) -> list[Builtin]:
+def _builtins(config: Config, manager: SandboxManager | None, memory: MemoryService | None) -> list[Builtin]:
     """The built-in upstreams the config turns on. New capabilities (bus, memory, ...) go here."""
     builtins: list[Builtin] = []
     if config.sandbox.code_tools:
         assert manager is not None
         builtins.append(SandboxBuiltin(SandboxTools(config, manager)))
+    if memory is not None:
+        builtins += [MemoryBuiltin(memory), KnowledgeBuiltin(memory)]
     for b in builtins:
         if b.name in config.servers:
             raise ConfigError(

@@ -25,7 +25,10 @@ JSON-RPC error.
      │    ├── BudgetExceeded         a resource budget was breached (the agent is suspended)
      │    └── InvalidTransition      a state change the seed's lifecycle does not have
      ├── SchedulerBusy               the scheduler's queue is full, or the call was preempted
-     └── AuditError                  the audit log cannot be written (fail closed)
+     ├── AuditError                  the audit log cannot be written (fail closed)
+     └── ContextError                agent memory / knowledge failed (bad input, store down)
+          ├── EmbedderMismatch       a collection's vectors come from another embedder / dimension
+          └── VectorStoreUnavailable the vector store cannot be opened or reached
 """
 
 from __future__ import annotations
@@ -138,3 +141,15 @@ class Preempted(SchedulerBusy):
 
 class AuditError(GatewayError):
     code = "audit_unavailable"
+
+
+class ContextError(GatewayError):
+    code = "context_error"
+
+
+class EmbedderMismatch(ContextError):
+    code = "embedder_mismatch"
+
+
+class VectorStoreUnavailable(ContextError):
+    code = "vector_store_unavailable"

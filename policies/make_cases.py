@@ -74,6 +74,24 @@ def who(pid, roles=()):
     return {"principal": {"id": pid, "roles": list(roles)}}
 
 
+REDACT_TEXT = json.loads((Path(__file__).resolve().parent / "data.json").read_text())["symbi_data"]["memory"][
+    "redact_text"
+]
+
+
+def mem(kind, memory_type, owner="agent-a", namespace=None):
+    """A memory decision: the memory built-ins ask with these kinds for agent-a's session."""
+    return {
+        "kind": kind,
+        "target": "memory__recall",
+        "tool": None,
+        "agent": {"id": "agent-a", "name": "local/claude", "state": "running", "priority": 0, "hosted": False},
+        "upstream": {"name": "memory", "transport": "builtin"},
+        "arguments": {},
+        "memory": {"owner": owner, "memory_type": memory_type, "namespace": namespace, "base": None},
+    }
+
+
 def m(*ds):
     out = {}
     for d in ds:
@@ -363,6 +381,67 @@ cases = [
         "tools/call without a tool object",
         {"tool": None},
         no("no rule allows tools/call on time__get_current_time (default deny)"),
+    ),
+    # agent memory and knowledge: the memory__* / knowledge__* built-ins ask these kinds
+    (
+        "memory__store tool for a developer (audit minimal: no memory text in the log)",
+        tool("memory__store", "memory", verification="unverified"),
+        gen(audit="minimal"),
+    ),
+    (
+        "an agent reads its own long-term memory",
+        mem("context/read", "long_term"),
+        ok(),
+    ),
+    (
+        "an agent writes its own memory: secrets are redacted before embedding",
+        mem("context/write", "long_term"),
+        ok(redact_text=REDACT_TEXT),
+    ),
+    (
+        "agent B may not read agent A's memory",
+        m(mem("context/read", "long_term", owner="agent-a"), {"agent": {"id": "agent-b"}}),
+        no("agent agent-b may not read the long_term memory of agent agent-a"),
+    ),
+    (
+        "agent B may not write into agent A's working memory",
+        m(mem("context/write", "working", owner="agent-a"), {"agent": {"id": "agent-b"}}),
+        no("agent agent-b may not write the working memory of agent agent-a"),
+    ),
+    (
+        "memory without an agent identity",
+        m(mem("context/read", "long_term"), {"agent": None}),
+        no("principal local has no agent identity: memory and knowledge are per agent"),
+    ),
+    (
+        "a developer reads the shared namespace team",
+        mem("context/read", "shared", namespace="team"),
+        ok(),
+    ),
+    (
+        "a developer may not write the announcements namespace",
+        mem("context/write", "shared", namespace="announcements"),
+        no("principal local may not write shared namespace announcements"),
+    ),
+    (
+        "an admin writes the announcements namespace",
+        m(who("admin"), mem("context/write", "shared", namespace="announcements")),
+        ok(redact_text=REDACT_TEXT),
+    ),
+    (
+        "a shared namespace nobody granted",
+        mem("context/read", "shared", namespace="secret-project"),
+        no("principal local may not read shared namespace secret-project"),
+    ),
+    (
+        "a developer searches a knowledge base",
+        m(mem("knowledge/search", None), {"memory": {"base": "handbook"}}),
+        ok(),
+    ),
+    (
+        "a principal without roles may not search knowledge",
+        m(who("ci-bot"), mem("knowledge/search", None), {"memory": {"base": "handbook"}}),
+        no("principal ci-bot may not search knowledge base handbook"),
     ),
 ]
 names = [c[0] for c in cases]

@@ -30,6 +30,7 @@ COMMANDS = (
     "gateway.cli.import_cmd",  # import [CLIENT] [--from FILE] [--apply|--undo]
     "gateway.cli.scan_cmd",  # scan [SERVER...]
     "gateway.cli.discover_cmd",  # discover list
+    "gateway.cli.memory_cmd",  # knowledge add|list|search|remove, memory stats|purge
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2

@@ -36,6 +36,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "SYMBI_CRYPTO_PROVIDER": ("security", "crypto_provider"),
     "SYMBI_AUDIT_STORAGE": ("audit", "path"),
     "QDRANT_URL": ("context", "vector_db_url"),
+    "OPENAI_API_KEY": ("context", "openai_api_key"),
+    "OPENAI_BASE_URL": ("context", "openai_base_url"),
     "MCP_SERVER_DISCOVERY": ("mcp", "discovery_enabled"),
 }
 _BOOL_ENV = {"MCP_SERVER_DISCOVERY"}

@@ -2,8 +2,7 @@
 
 Every section is a frozen pydantic model that forbids unknown keys, so a typo is an
 error naming the key instead of a silently ignored setting. Paths are resolved against
-the config file's folder by the loader. Keys read by parts not built yet (the agent
-runtime, the context store) are accepted and documented in ``examples/symbi.toml``.
+the config file's folder by the loader. Every key is documented in ``examples/symbi.toml``.
 """
 
 from __future__ import annotations
@@ -154,13 +153,51 @@ class RuntimeSection(_Section):
     message_buffer_size: int = Field(default=1024, ge=1)
 
 
-class ContextSection(_Section):
-    """Read by the agent memory / RAG store (not built yet): accepted and validated now."""
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
-    vector_db_url: str | None = None
+
+def parse_size(value: object) -> int:
+    """``"1GB"``, ``"512MiB"``, ``"64 MB"`` or a number of bytes -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as \"1GB\" or a number of bytes")  # noqa: TRY004 - pydantic reports ValueError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+    raise ValueError(f"{value!r} is not a size (use e.g. \"1GB\", \"256MB\", \"64MiB\" or a number of bytes)")
+
+
+class ContextSection(_Section):
+    """Agent memory and knowledge (``gateway/memory``): the memory__* / knowledge__* built-ins."""
+
+    enabled: bool = True  # the memory__* and knowledge__* built-in tools
+    vector_db_url: str | None = None  # a Qdrant server; unset: the embedded store in the data dir
+    embedded_store: Literal["edge", "local"] = "edge"  # Qdrant Edge (HNSW) | qdrant-client local mode
     embedding_dimension: int = Field(default=384, ge=1)
-    context_cache_size: int = Field(default=1000, ge=0)
-    knowledge_retention_days: int = Field(default=365, ge=0)
+    embedder: Literal["auto", "local", "openai", "hashing"] = "auto"  # auto: openai when a key is set
+    embedding_model: str = "text-embedding-3-small"  # the OpenAI-compatible endpoint's model
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str | None = Field(default=None, repr=False)  # from OPENAI_API_KEY
+    context_cache_size: int = Field(default=64 * 10**6, ge=0)  # bytes of short-term memory ("1GB" accepted)
+    short_term_ttl_s: float = Field(default=3600.0, gt=0)
+    knowledge_retention_days: int = Field(default=365, ge=0)  # long-term memory kept this long; 0 = forever
+    purge_interval_s: float = Field(default=3600.0, gt=0)  # how often the retention job runs
+
+    @field_validator("context_cache_size", mode="before")
+    @classmethod
+    def _size(cls, v: object) -> int:
+        return parse_size(v)
+
+    @field_validator("vector_db_url", "openai_base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
 
 
 class ServerConfig(_Section):

@@ -8,6 +8,7 @@ typo in a policy (``sandbox_teir``) can never silently drop a protection.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,17 @@ def _str_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
 
 
+def _regex_list(v: Any) -> bool:
+    if not _str_list(v):
+        return False
+    try:
+        for p in v:
+            re.compile(p)
+    except re.error:
+        return False
+    return True
+
+
 # condition name -> (check, what it must be)
 CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sandbox_tier": (lambda v: v in SANDBOX_TIERS, f"one of {', '.join(SANDBOX_TIERS)}"),
@@ -33,6 +45,8 @@ CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_result_bytes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "rate_limit": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (calls per minute)"),
     "audit": (lambda v: v in AUDIT_LEVELS, f"one of {', '.join(AUDIT_LEVELS)}"),
+    # context/write: matches are replaced before a memory is embedded or stored
+    "redact_text": (_regex_list, "a list of regular expressions"),
 }
 
 

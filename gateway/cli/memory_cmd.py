@@ -1,0 +1,165 @@
+"""``symbi knowledge add|list|search|remove`` and ``symbi memory stats|purge``.
+
+Operator commands on the store the gateway uses (``[context]``): they act as the operator,
+not as an agent, so the policy is not asked. The embedded store has one owner at a time: with
+a gateway running on the same data dir they fail with a reason (use a Qdrant server,
+``vector_db_url``, to share a store between processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from gateway.config import load_config
+from gateway.events import LoggingSink
+from gateway.memory.build import build_manager
+from gateway.memory.knowledge import KnowledgeBases
+from gateway.memory.manager import ContextManager
+from gateway.memory.rag import RagPipeline
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> seconds."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30d, 12h, 90m")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    k = sub.add_parser("knowledge", help="knowledge bases for RAG (add, list, search, remove)")
+    ks = k.add_subparsers(dest="knowledge_command", metavar="ACTION")
+    a = ks.add_parser("add", help="ingest files: chunk, embed, store (only changed files are redone)")
+    a.add_argument("base")
+    a.add_argument("path", type=Path)
+    a.add_argument("--glob", default="**/*", help="which files under PATH (default **/*)")
+    a.add_argument("--no-prune", action="store_true", help="keep chunks of files that left PATH")
+    a.set_defaults(func=_add)
+    ls = ks.add_parser("list", help="bases with their files and chunks")
+    ls.set_defaults(func=_list)
+    s = ks.add_parser("search", help="run the RAG pipeline's search on one base")
+    s.add_argument("base")
+    s.add_argument("query")
+    s.add_argument("--top-k", type=int, default=5)
+    s.set_defaults(func=_search)
+    r = ks.add_parser("remove", help="remove a base, or the files at/under PATH from it")
+    r.add_argument("base")
+    r.add_argument("path", type=Path, nargs="?")
+    r.set_defaults(func=_remove)
+    for p in (a, ls, s, r):
+        p.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+        p.add_argument("--json", action="store_true")
+    k.set_defaults(func=lambda args: (k.print_help(sys.stderr), 2)[1])
+
+    mem = sub.add_parser("memory", help="agent memory (stats, purge)")
+    ms = mem.add_subparsers(dest="memory_command", metavar="ACTION")
+    st = ms.add_parser("stats", help="counts per memory type")
+    st.add_argument("--agent", default=None)
+    st.set_defaults(func=_stats)
+    pu = ms.add_parser("purge", help="delete long-term and shared memories older than a duration")
+    pu.add_argument("--older-than", type=parse_duration, default=None, help="e.g. 30d (default: [context] knowledge_retention_days)")
+    pu.add_argument("--agent", default=None)
+    pu.set_defaults(func=_purge)
+    for p in (st, pu):
+        p.add_argument("--config", type=Path, default=None)
+        p.add_argument("--json", action="store_true")
+    mem.set_defaults(func=lambda args: (mem.print_help(sys.stderr), 2)[1])
+
+
+def _manager(args: argparse.Namespace) -> ContextManager:
+    return build_manager(load_config(args.config, args.environ), LoggingSink())
+
+
+def _progress(n: int, total: int, path: str) -> None:
+    width = 30
+    done = int(width * n / max(total, 1))
+    print(f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} {Path(path).name[:40]:<40}", end="", file=sys.stderr)
+    if n == total:
+        print(file=sys.stderr)
+
+
+def _add(args: argparse.Namespace) -> int:
+    m = _manager(args)
+    try:
+        rep = KnowledgeBases(m).add(args.base, args.path, glob=args.glob, prune=not args.no_prune,
+                                    progress=None if args.json else _progress)
+        if rep.chunks:
+            m.store.optimize()  # build the HNSW index now, not on the gateway's request path
+    finally:
+        m.close()
+    d = rep.as_dict()
+    if args.json:
+        print(json.dumps(d))
+    else:
+        print(f"{d['base']}: {d['added']} added, {d['updated']} updated, {d['unchanged']} unchanged, "
+              f"{d['removed']} removed; {d['chunks']} chunks embedded in {d['seconds']} s")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    m = _manager(args)
+    try:
+        bases = KnowledgeBases(m).list()
+    finally:
+        m.close()
+    if args.json:
+        print(json.dumps(bases))
+    else:
+        for name, b in bases.items():
+            print(f"{name}\t{b['files']} files\t{b['chunks']} chunks")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    m = _manager(args)
+    try:
+        res = RagPipeline(m).run(args.query, bases=[args.base], top_k=args.top_k, budget_tokens=10**9)
+    finally:
+        m.close()
+    if args.json:
+        print(json.dumps({"items": [i.as_dict() for i in res.items], "timings_ms": res.timings_ms}))
+    else:
+        for i in res.items:
+            print(f"{i.score:.3f}  {i.citation()}\n       {i.text[:160].replace(chr(10), ' ')}")
+    return 0 if res.items else 1
+
+
+def _remove(args: argparse.Namespace) -> int:
+    m = _manager(args)
+    try:
+        n = KnowledgeBases(m).remove(args.base, args.path)
+    finally:
+        m.close()
+    print(json.dumps({"removed_chunks": n}) if args.json else f"removed {n} chunks")
+    return 0 if n else 1
+
+
+def _stats(args: argparse.Namespace) -> int:
+    m = _manager(args)
+    try:
+        st = m.stats(args.agent)
+    finally:
+        m.close()
+    if args.json:
+        print(json.dumps(st))
+    else:
+        for k, v in st.items():
+            print(f"{k}\t{v}")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    m = _manager(args)
+    try:
+        n = m.purge(older_than_s=args.older_than, agent=args.agent)
+    finally:
+        m.close()
+    print(json.dumps({"purged": n}) if args.json else f"purged {n} memories")
+    return 0

@@ -1,0 +1,94 @@
+"""Who may read and write which memory: the policy asked with the memory input kinds.
+
+The memory built-ins pass the call chain like any tool (verification, the tool's own policy
+decision, audit). Then, per memory touched, they ask the same policy a second question:
+
+- ``context/write``: store into the caller's own memory, or into a shared namespace;
+- ``context/read``: recall from own memory / a shared namespace, or read ``memory://A/type``;
+- ``knowledge/search``: search one knowledge base.
+
+The input document is the call's (principal, agent, upstream, context) with ``kind`` set to one
+of these and a ``memory`` object ``{owner, memory_type, namespace, base}``. A deny raises
+``PolicyDenied`` with the policy's reasons and is recorded as a ``memory.denied`` event (metadata
+only, never memory text). The ``redact_text`` condition of a ``context/write`` decision lists
+regular expressions whose matches are replaced before the text is embedded or stored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from gateway.context import CallContext, Decision
+from gateway.errors import ContextError, PolicyDenied
+from gateway.events import EventSink
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.inputdoc import build_input
+from gateway.policy.redact import REDACTED
+
+MemoryKind = Literal["context/read", "context/write", "knowledge/search"]
+
+
+def caller_agent(call: CallContext) -> str:
+    """The calling agent (the gateway-made id of this MCP session), or a clear refusal."""
+    agent = call.principal.agent
+    if not agent:
+        raise ContextError(
+            f"memory and knowledge tools need an agent identity: principal {call.principal.id!r} "
+            "has no agent on this session",
+            reasons=["no agent identity on this session (memory is kept per agent)"],
+        )
+    return agent
+
+
+def redact_text(text: str, patterns: Sequence[str]) -> tuple[str, int]:
+    """``text`` with every match of ``patterns`` replaced by ``[REDACTED]``, and the count."""
+    n = 0
+    for p in patterns:
+        text, k = re.subn(p, REDACTED, text)
+        n += k
+    return text, n
+
+
+class MemoryAccess:
+    """Asks the policy about one memory operation; ``engine`` None means policy is off (logged at start)."""
+
+    def __init__(self, engine: PolicyEngine | None, events: EventSink) -> None:
+        self.engine = engine
+        self.events = events
+
+    async def decide(self, call: CallContext, kind: MemoryKind, memory: dict[str, Any]) -> Decision:
+        if self.engine is None:
+            return Decision(allow=True)
+        doc = build_input(principal=call.principal, kind=kind, target=call.target, upstream=call.upstream,
+                          session_id=call.session_id, agent=call.agent)
+        doc["memory"] = memory
+        return await self.engine.adecide(doc)
+
+    async def allowed_bases(self, call: CallContext, bases: Sequence[str]) -> list[str]:
+        """The knowledge bases the caller may search (when it named none: all it may see)."""
+        out = []
+        for b in bases:
+            memory = {"owner": call.principal.agent, "memory_type": None, "namespace": None, "base": b}
+            if (await self.decide(call, "knowledge/search", memory)).allow:
+                out.append(b)
+        return out
+
+    async def check(self, call: CallContext, kind: MemoryKind, *, owner: str | None = None,
+                    memory_type: str | None = None, namespace: str | None = None,
+                    base: str | None = None) -> Decision:
+        """The decision for one memory operation; a deny raises ``PolicyDenied`` and is recorded."""
+        memory = {"owner": owner, "memory_type": memory_type, "namespace": namespace, "base": base}
+        decision = await self.decide(call, kind, memory)
+        if not decision.allow:
+            self.events.emit("memory.denied", {"kind": kind, **memory, "tool": call.target,
+                                               "reasons": list(decision.reasons)},
+                             principal=call.principal.id, agent=call.principal.agent)
+            raise PolicyDenied(f"policy denied {kind} on {namespace or base or owner}", reasons=list(decision.reasons))
+        return decision
+
+
+def text_patterns(decision: Decision) -> list[str]:
+    pats: Any = decision.conditions.get("redact_text", [])
+    return list(pats)

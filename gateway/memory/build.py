@@ -1,0 +1,55 @@
+"""Build the context manager the ``[context]`` config section describes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from gateway.config.model import Config
+from gateway.events import EventSink
+from gateway.memory.access import MemoryAccess
+from gateway.memory.builtin import MemoryService
+from gateway.memory.embed import Embedder, make_embedder
+from gateway.memory.manager import ContextManager, MemorySettings
+from gateway.memory.store import CollectionSpec, VectorStore, open_store
+from gateway.policy.engine import PolicyEngine
+
+COLLECTION = "symbi_memory"
+
+
+def embedder_factory(config: Config) -> Callable[[], Embedder]:
+    c = config.context
+
+    def make() -> Embedder:
+        return make_embedder(c.embedder, dimension=c.embedding_dimension, api_key=c.openai_api_key,
+                             base_url=c.openai_base_url, model=c.embedding_model)
+
+    return make
+
+
+def build_manager(config: Config, events: EventSink, *, clock: Callable[[], float] = time.time,
+                  embedder: Callable[[], Embedder] | None = None) -> ContextManager:
+    """A ``ContextManager`` whose store and embedder open on first use."""
+    c = config.context
+    make_embedder_ = embedder or embedder_factory(config)
+    holder: dict[str, Embedder] = {}
+
+    def emb() -> Embedder:
+        if "e" not in holder:
+            holder["e"] = make_embedder_()
+        return holder["e"]
+
+    def store() -> VectorStore:
+        e = emb()
+        spec = CollectionSpec(COLLECTION, e.dimension, e.id)
+        return open_store(spec, url=c.vector_db_url, data_dir=config.gateway.data_dir, backend=c.embedded_store)
+
+    settings = MemorySettings(cache_bytes=c.context_cache_size, short_term_ttl_s=c.short_term_ttl_s,
+                              retention_days=c.knowledge_retention_days)
+    return ContextManager(store, emb, settings, events=events, clock=clock)
+
+
+def build_service(config: Config, events: EventSink, policy: PolicyEngine | None) -> MemoryService:
+    """What the ``memory`` and ``knowledge`` built-ins share (``gateway.assemble`` plugs it in)."""
+    return MemoryService(build_manager(config, events), MemoryAccess(policy, events),
+                         retention_interval_s=config.context.purge_interval_s)

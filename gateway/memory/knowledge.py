@@ -1,0 +1,184 @@
+"""Knowledge bases: files chunked, embedded and stored; re-ingesting touches changed files only.
+
+A base is a name; its chunks are points with ``kind = "knowledge"``, ``base``, ``source`` (the
+file's resolved path), ``sha`` (of the file's bytes), ``chunk``, ``heading`` and ``text``. What
+is already stored is the manifest (read back from the store, so a Qdrant server shared by
+several gateways needs no local state): a file whose sha is unchanged is skipped, a changed file
+has its chunks replaced, and a file that disappeared from the folder has its chunks removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ContextError
+from gateway.memory.manager import ContextManager, check_name
+from gateway.memory.store import Point, point_id
+
+CHUNK_CHARS = 1000  # ~250 tokens: below the model's 256-token window with the heading prefix
+MAX_FILE_BYTES = 5 * 1024 * 1024
+_HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    heading: str
+    text: str
+
+
+@dataclass
+class IngestReport:
+    base: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    chunks: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "added": len(self.added), "updated": len(self.updated),
+                "unchanged": len(self.unchanged), "removed": len(self.removed), "chunks": self.chunks,
+                "seconds": round(self.seconds, 3)}
+
+
+def _paragraphs(text: str) -> Iterator[tuple[str, str]]:
+    """(heading, paragraph) pairs; a heading line sets the heading of what follows."""
+    heading = ""
+    for block in re.split(r"\n\s*\n", text):
+        lines = block.strip().splitlines()
+        body: list[str] = []
+        for line in lines:
+            m = _HEADING.match(line.strip())
+            if m:
+                if body:
+                    yield heading, "\n".join(body)
+                    body = []
+                heading = m.group(2).strip()
+            else:
+                body.append(line)
+        if body:
+            yield heading, "\n".join(body)
+
+
+def chunk_text(text: str, max_chars: int = CHUNK_CHARS) -> list[Chunk]:
+    """Paragraphs packed into chunks of at most ``max_chars`` under one heading; long ones split."""
+    out: list[Chunk] = []
+    cur: list[str] = []
+    cur_heading = ""
+
+    def flush() -> None:
+        if cur:
+            out.append(Chunk(len(out), cur_heading, "\n\n".join(cur)))
+            cur.clear()
+
+    for heading, para in _paragraphs(text):
+        pieces = [para[i:i + max_chars] for i in range(0, len(para), max_chars)] if len(para) > max_chars else [para]
+        for piece in pieces:
+            if heading != cur_heading or sum(len(c) + 2 for c in cur) + len(piece) > max_chars:
+                flush()
+                cur_heading = heading
+            cur.append(piece)
+    flush()
+    return out
+
+
+class KnowledgeBases:
+    """Ingest, list and remove knowledge bases stored through a ``ContextManager``."""
+
+    def __init__(self, manager: ContextManager) -> None:
+        self.m = manager
+
+    def _manifest(self, base: str) -> dict[str, str]:
+        """source -> sha of what is stored for ``base``."""
+        return {str(p.payload.get("source")): str(p.payload.get("sha"))
+                for p in self.m.store.scroll({"kind": "knowledge", "base": base}, limit=1_000_000)}
+
+    def add(self, base: str, path: Path, *, glob: str = "**/*", prune: bool = True,
+            progress: Callable[[int, int, str], None] | None = None) -> IngestReport:
+        """Ingest the files under ``path`` matching ``glob``; a file path ingests that file."""
+        import time
+
+        started = time.perf_counter()
+        check_name(base, "base")
+        root = path.resolve()
+        if not root.exists():
+            raise ContextError(f"{path}: no such file or folder")
+        files = [root] if root.is_file() else sorted(p for p in root.glob(glob) if p.is_file())
+        rep = IngestReport(base)
+        stored = self._manifest(base)
+        for n, f in enumerate(files, 1):
+            data = f.read_bytes()
+            if len(data) > MAX_FILE_BYTES:
+                raise ContextError(f"{f}: {len(data)} bytes, more than {MAX_FILE_BYTES} (split it)")
+            sha = hashlib.sha256(data).hexdigest()
+            src = str(f)
+            if stored.get(src) == sha:
+                rep.unchanged.append(src)
+            else:
+                (rep.updated if src in stored else rep.added).append(src)
+                rep.chunks += self._put(base, src, sha, data.decode("utf-8", errors="replace"))
+            if progress:
+                progress(n, len(files), src)
+        if prune and root.is_dir():
+            seen = {str(f) for f in files}
+            for src in stored:
+                if src.startswith(str(root) + "/") and src not in seen:
+                    self.m.store.delete(filter={"kind": "knowledge", "base": base, "source": src})
+                    rep.removed.append(src)
+        rep.seconds = time.perf_counter() - started
+        self.m.events.emit("knowledge.ingested", rep.as_dict())
+        return rep
+
+    def _put(self, base: str, src: str, sha: str, text: str) -> int:
+        chunks = chunk_text(text)
+        flt: dict[str, Any] = {"kind": "knowledge", "base": base, "source": src}
+        self.m.store.delete(filter=flt)  # the old version's chunks (there may be more of them)
+        if not chunks:
+            return 0
+        # the heading travels with the text into the embedding: it names what the chunk is about
+        vecs = self.m.embed([f"{c.heading}\n{c.text}" if c.heading else c.text for c in chunks])
+        now = self.m.clock()
+        self.m.store.upsert([
+            Point(point_id(f"kb:{base}:{src}:{c.index}"), vecs[i].tolist(),
+                  {**flt, "sha": sha, "chunk": c.index, "heading": c.heading, "text": c.text, "ts": now, "meta": {}})
+            for i, c in enumerate(chunks)
+        ])
+        return len(chunks)
+
+    def names(self) -> list[str]:
+        """The bases that have chunks (one point per file is read: each file's first chunk)."""
+        return sorted({str(p.payload.get("base")) for p in self.m.store.scroll({"kind": "knowledge", "chunk": 0},
+                                                                               limit=1_000_000)})
+
+    def list(self) -> dict[str, dict[str, int]]:
+        """base -> {files, chunks}."""
+        out: dict[str, dict[str, Any]] = {}
+        for p in self.m.store.scroll({"kind": "knowledge"}, limit=1_000_000):
+            b = out.setdefault(str(p.payload.get("base")), {"files": set(), "chunks": 0})
+            b["files"].add(p.payload.get("source"))
+            b["chunks"] += 1
+        return {k: {"files": len(v["files"]), "chunks": v["chunks"]} for k, v in sorted(out.items())}
+
+    def remove(self, base: str, path: Path | None = None) -> int:
+        """Remove a base, or only the files at/under ``path``; returns the chunks removed."""
+        check_name(base, "base")
+        if path is None:
+            flt: dict[str, Any] = {"kind": "knowledge", "base": base}
+            n = self.m.store.count(flt)
+            self.m.store.delete(filter=flt)
+            return n
+        root = str(path.resolve())
+        gone = [s for s in self._manifest(base) if s == root or s.startswith(root + "/")]
+        n = 0
+        for src in gone:
+            flt = {"kind": "knowledge", "base": base, "source": src}
+            n += self.m.store.count(flt)
+            self.m.store.delete(filter=flt)
+        return n

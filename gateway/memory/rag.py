@@ -1,0 +1,226 @@
+"""The seed's RAG pipeline, stage by stage, each stage timed.
+
+1. query analysis: normalise, keywords (stop words out), quoted phrases that must appear;
+2. vector search: the query's embedding against the bases (Qdrant, filtered by base);
+3. keyword search: BM25 (``rank_bm25``) over each base's chunks, held in memory per base and
+   rebuilt when the base changes; it finds exact terms (error codes, flags, names) that a
+   sentence embedding blurs;
+4. retrieval: the candidates' payloads and vectors;
+5. ranking: score fusion (cosine plus a share of normalised BM25), a small recency boost, then maximal
+   marginal relevance so near-duplicate chunks do not crowd the context;
+6. context assembly: numbered passages with citations, within a token budget.
+Response generation (the seed's last stage) is the caller's model, through MCP sampling.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gateway.memory.manager import ContextManager, check_name, knowledge_item
+from gateway.memory.types import KnowledgeItem
+
+# Score fusion: cosine + BM25_WEIGHT * (BM25 / best BM25 of the candidates) + recency. Rank
+# fusion (RRF) was tried and lost paraphrase precision (the keyword list's top rank outweighed
+# a better cosine); a small BM25 share keeps paraphrases and still lifts exact terms.
+BM25_WEIGHT = 0.15
+MMR_LAMBDA = 0.75
+RECENCY_HALF_LIFE_S = 30 * 86_400.0
+RECENCY_WEIGHT = 0.02
+MAX_BM25_CHUNKS = 200_000  # above this a base is searched by vector only (memory bound)
+_STOP = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "of", "on", "or", "our", "should", "so", "that", "the", "their", "then", "there", "these", "this", "to", "was", "we", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"])
+_IDENT = re.compile(r"\d|_|\w[.\-/]\w")
+_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]*")
+
+
+def tokens(text: str) -> list[str]:
+    return [w for w in (m.group(0).lower().strip(".-/") for m in _WORD.finditer(text)) if w and w not in _STOP]
+
+
+def approx_tokens(text: str) -> int:
+    """Token count estimate (about 4 characters a token for English with a BPE tokenizer)."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+@dataclass(frozen=True)
+class QueryAnalysis:
+    text: str
+    keywords: tuple[str, ...]
+    phrases: tuple[str, ...]
+    question: bool
+    exact_terms: tuple[str, ...] = ()  # identifier-like words (codes, flags, file names)
+
+    @property
+    def wants_keywords(self) -> bool:
+        """Keyword search helps with identifiers and quoted phrases; on plain paraphrase questions
+        it only adds noise (measured on tests/memory/corpus: top-1 0.95 -> 0.85 with BM25 on)."""
+        return bool(self.exact_terms or self.phrases)
+
+
+@dataclass
+class RagResult:
+    query: QueryAnalysis
+    items: list[KnowledgeItem]
+    context: str
+    citations: list[dict[str, Any]]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
+
+
+class _Bm25Index:
+    def __init__(self, ids: list[str], payloads: list[Mapping[str, Any]]) -> None:
+        from rank_bm25 import BM25Okapi
+
+        self.ids = ids
+        self.payloads = payloads
+        corpus = [tokens(f"{p.get('heading', '')} {p.get('text', '')}") or ["_"] for p in payloads]
+        self.bm25 = BM25Okapi(corpus)
+
+    def top(self, kws: Sequence[str], n: int) -> list[tuple[int, float]]:
+        if not kws or not self.ids:
+            return []
+        scores = self.bm25.get_scores(list(kws))
+        order = np.argsort(-scores)[:n]
+        return [(int(i), float(scores[i])) for i in order if scores[i] > 0]
+
+
+class RagPipeline:
+    def __init__(self, manager: ContextManager) -> None:
+        self.m = manager
+        self._bm25: dict[str, tuple[tuple[int, int], _Bm25Index]] = {}
+        self._lock = threading.Lock()
+        self.version = 0  # bumped by ingestion in this process
+
+    def analyse(self, text: str) -> QueryAnalysis:
+        norm = " ".join(text.split())
+        phrases = tuple(p.lower() for p in re.findall(r'"([^"]{2,})"', norm))
+        kws = tuple(dict.fromkeys(tokens(norm)))
+        exact = tuple(k for k in kws if _IDENT.search(k))
+        return QueryAnalysis(norm, kws, phrases, norm.rstrip().endswith("?"), exact)
+
+    def _index(self, base: str) -> _Bm25Index | None:
+        n = self.m.store.count({"kind": "knowledge", "base": base})
+        if n == 0 or n > MAX_BM25_CHUNKS:
+            return None
+        key = (n, self.version)
+        with self._lock:
+            cached = self._bm25.get(base)
+            if cached and cached[0] == key:
+                return cached[1]
+        pts = self.m.store.scroll({"kind": "knowledge", "base": base}, limit=MAX_BM25_CHUNKS)
+        idx = _Bm25Index([p.id for p in pts], [p.payload for p in pts])
+        with self._lock:
+            self._bm25[base] = (key, idx)
+        return idx
+
+    def run(self, text: str, *, bases: Sequence[str], top_k: int = 5, budget_tokens: int = 1500,
+            filters: Mapping[str, Any] | None = None, hybrid: bool = True) -> RagResult:
+        t: dict[str, float] = {}
+        clock = time.perf_counter
+        s = clock()
+        q = self.analyse(text)
+        bases = [check_name(b, "base") for b in bases]
+        t["query_analysis"] = clock() - s
+        if not bases:  # nothing to search (none exists, or the policy allows none)
+            return RagResult(q, [], "", [], {k: round(v * 1000, 3) for k, v in t.items()})
+
+        s = clock()
+        vec = self.m.embed([q.text])[0]
+        t["embed"] = clock() - s
+        n_cand = max(20, 4 * top_k)
+        s = clock()
+        vec_hits = self.m.knowledge_vector_search(vec, bases=bases, limit=n_cand, filters=filters)
+        t["vector_search"] = clock() - s
+
+        s = clock()
+        kw_hits: list[KnowledgeItem] = []
+        if hybrid and q.wants_keywords and not filters:  # BM25 indexes whole bases; filtered queries stay vector-only
+            for b in bases:
+                idx = self._index(b)
+                if idx is None:
+                    continue
+                for i, score in idx.top(q.keywords, n_cand):
+                    item = knowledge_item(idx.ids[i], idx.payloads[i], 0.0)
+                    kw_hits.append(KnowledgeItem(**{**item.__dict__, "scores": {"bm25": score}}))
+        t["keyword_search"] = clock() - s
+
+        s = clock()
+        cands: dict[str, KnowledgeItem] = {}
+        ranks: dict[str, dict[str, int]] = {}
+        for name, hits in (("vector", vec_hits), ("bm25", sorted(kw_hits, key=lambda h: -h.scores["bm25"]))):
+            for r, h in enumerate(hits):
+                ranks.setdefault(h.id, {})[name] = r
+                prev = cands.get(h.id)
+                cands[h.id] = h if prev is None else KnowledgeItem(**{**prev.__dict__,
+                                                                      "scores": {**prev.scores, **h.scores}})
+        if q.phrases:  # quoted phrases must appear
+            cands = {k: v for k, v in cands.items() if all(p in v.text.lower() for p in q.phrases)}
+        vectors = {p.id: np.asarray(p.vector, dtype=np.float32)
+                   for p in self.m.store.retrieve(list(cands), with_vectors=True) if len(p.vector)}
+        t["retrieval"] = clock() - s
+
+        s = clock()
+        ranked = self._rank(cands, ranks, vectors, vec, top_k)
+        t["ranking"] = clock() - s
+
+        s = clock()
+        context, citations, used = self.assemble(ranked, budget_tokens)
+        t["context_assembly"] = clock() - s
+        return RagResult(q, ranked, context, citations, {k: round(v * 1000, 3) for k, v in t.items()}, used)
+
+    def _rank(self, cands: Mapping[str, KnowledgeItem], ranks: Mapping[str, Mapping[str, int]],
+              vectors: Mapping[str, np.ndarray], qvec: np.ndarray, top_k: int) -> list[KnowledgeItem]:
+        now = self.m.clock()
+        top_bm25 = max((c.scores.get("bm25", 0.0) for c in cands.values()), default=0.0) or 1.0
+        fused: dict[str, float] = {}
+        for cid, item in cands.items():
+            v = vectors.get(cid)
+            cos = float(v @ qvec) if v is not None else item.scores.get("vector", 0.0)
+            score = cos + BM25_WEIGHT * item.scores.get("bm25", 0.0) / top_bm25
+            age = max(0.0, now - item.ts)
+            fused[cid] = score + RECENCY_WEIGHT * math.exp(-age / RECENCY_HALF_LIFE_S)
+        # maximal marginal relevance over the fused scores (normalised to the best one)
+        best = max(fused.values(), default=1.0) or 1.0
+        pool = sorted(fused, key=lambda c: -fused[c])[: 4 * top_k]
+        chosen: list[str] = []
+        while pool and len(chosen) < top_k:
+            def mmr(c: str) -> float:
+                rel = fused[c] / best
+                v = vectors.get(c)
+                sim = max((float(v @ vectors[o]) for o in chosen if v is not None and o in vectors), default=0.0)
+                return MMR_LAMBDA * rel - (1 - MMR_LAMBDA) * sim
+
+            pick = max(pool, key=mmr)
+            pool.remove(pick)
+            chosen.append(pick)
+        out = []
+        for c in chosen:
+            item = cands[c]
+            vscore = float(vectors[c] @ qvec) if c in vectors else item.scores.get("vector", 0.0)
+            out.append(KnowledgeItem(**{**item.__dict__, "score": vscore,
+                                        "scores": {**item.scores, "vector": vscore, "fused": fused[c]}}))
+        return out
+
+    @staticmethod
+    def assemble(items: Sequence[KnowledgeItem], budget_tokens: int) -> tuple[str, list[dict[str, Any]], int]:
+        """Numbered passages, best first, until the budget is spent (a passage is never cut)."""
+        parts: list[str] = []
+        cites: list[dict[str, Any]] = []
+        used = 0
+        for item in items:
+            block = f"[{len(parts) + 1}] ({item.citation()})\n{item.text}"
+            cost = approx_tokens(block)
+            if used + cost > budget_tokens:
+                continue
+            parts.append(block)
+            used += cost
+            cites.append({"n": len(parts), "citation": item.citation(), "source": item.source, "chunk": item.chunk,
+                          "base": item.base, "score": round(item.score, 4)})
+        return "\n\n".join(parts), cites, used

@@ -1,0 +1,115 @@
+"""Memories kept in the gateway process: short-term (per session) and working (per task).
+
+Short-term memory is bounded by ``[context] context_cache_size`` (bytes of text + vector over
+all sessions; the oldest item goes first) and expires after ``short_term_ttl_s``. Working
+memory lives until its task ends (``end_task``). Neither survives a restart, by design:
+long-term and shared memory are the ones kept in the vector store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gateway.memory.types import ContextItem, MemoryType
+
+
+@dataclass
+class _Entry:
+    id: str
+    agent: str
+    key: str  # session (short-term) or task (working)
+    text: str
+    vector: np.ndarray
+    ts: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.text.encode()) + int(self.vector.nbytes) + 128
+
+
+class VolatileMemory:
+    """Items per (agent, key) with an optional byte bound and time-to-live."""
+
+    def __init__(self, memory_type: MemoryType, *, max_bytes: int | None = None, ttl_s: float | None = None,
+                 clock: Callable[[], float]) -> None:
+        self.memory_type = memory_type
+        self._max = max_bytes
+        self._ttl = ttl_s
+        self._clock = clock
+        self._items: OrderedDict[str, _Entry] = OrderedDict()  # insertion order = age
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def _drop(self, item_id: str) -> None:
+        e = self._items.pop(item_id)
+        self._bytes -= e.size
+
+    def _expire(self) -> None:
+        if self._ttl is None:
+            return
+        horizon = self._clock() - self._ttl
+        while self._items:
+            first = next(iter(self._items.values()))
+            if first.ts > horizon:
+                break
+            self._drop(first.id)
+
+    def add(self, item_id: str, agent: str, key: str, text: str, vector: np.ndarray,
+            metadata: dict[str, Any]) -> None:
+        entry = _Entry(item_id, agent, key, text, vector, self._clock(), metadata)
+        with self._lock:
+            self._expire()
+            self._items[item_id] = entry
+            self._bytes += entry.size
+            while self._max is not None and self._bytes > self._max and self._items:
+                self._drop(next(iter(self._items)))
+
+    def search(self, agent: str, key: str | None, vector: np.ndarray, *, limit: int, min_score: float,
+               filters: dict[str, Any] | None = None) -> list[ContextItem]:
+        with self._lock:
+            self._expire()
+            pool = [e for e in self._items.values()
+                    if e.agent == agent and (key is None or e.key == key) and _meta_ok(e.metadata, filters)]
+        if not pool:
+            return []
+        scores = np.stack([e.vector for e in pool]) @ vector
+        order = np.argsort(-scores)[:limit]
+        return [ContextItem(pool[i].id, pool[i].text, self.memory_type, float(scores[i]), agent, pool[i].ts,
+                            metadata=dict(pool[i].metadata)) for i in order if scores[i] >= min_score]
+
+    def clear(self, agent: str, key: str | None = None) -> int:
+        with self._lock:
+            gone = [i for i, e in self._items.items() if e.agent == agent and (key is None or e.key == key)]
+            for i in gone:
+                self._drop(i)
+        return len(gone)
+
+    def items(self, agent: str | None = None) -> Iterable[ContextItem]:
+        with self._lock:
+            self._expire()
+            pool = [e for e in self._items.values() if agent is None or e.agent == agent]
+        return [ContextItem(e.id, e.text, self.memory_type, 1.0, e.agent, e.ts, metadata=dict(e.metadata))
+                for e in pool]
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            self._expire()
+            return {"items": len(self._items), "bytes": self._bytes}
+
+
+def _meta_ok(meta: dict[str, Any], filters: dict[str, Any] | None) -> bool:
+    for k, want in (filters or {}).items():
+        have = meta.get(k)
+        if isinstance(want, list | tuple):
+            if have not in want:
+                return False
+        elif have != want:
+            return False
+    return True

@@ -1,0 +1,41 @@
+"""Shared fixtures: the default local embedding model (loaded once), the test corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.memory.embed import HashingEmbedder, OnnxMiniLM
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+@pytest.fixture(scope="session")
+def minilm() -> OnnxMiniLM:
+    return OnnxMiniLM()
+
+
+@pytest.fixture(scope="session")
+def hashing() -> HashingEmbedder:
+    return HashingEmbedder(384)
+
+
+@pytest.fixture(scope="session")
+def questions() -> list[tuple[str, str, str]]:
+    """(paraphrase question, file, heading of the passage that answers it)."""
+    return [tuple(q) for q in json.loads((CORPUS / "questions.json").read_text())]  # type: ignore[misc]
+
+
+class Clock:
+    """An injected clock: tests move time instead of waiting."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -1,0 +1,113 @@
+"""Embedders: the local model, the OpenAI-compatible endpoint (a real HTTP hop), hashing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.errors import ConfigError, ContextError
+from gateway.memory.embed import HashingEmbedder, OnnxMiniLM, OpenAIEmbedder, by_length, make_embedder
+from tests.conftest import free_port
+
+TEXTS = ["a short one", "a considerably longer sentence about rotating the keys of the billing service",
+         "mid length text here", "x", "The canteen serves a hot meal between noon and two."]
+
+
+def test_local_model_vectors_are_unit_length_and_order_preserving(minilm: OnnxMiniLM) -> None:
+    batch = minilm.embed(TEXTS)
+    assert batch.shape == (len(TEXTS), 384)
+    assert np.allclose(np.linalg.norm(batch, axis=1), 1.0, atol=1e-4)
+    # batching sorted by length must give every text its own vector, in the caller's order
+    for i, t in enumerate(TEXTS):
+        assert float(batch[i] @ minilm.embed([t])[0]) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_local_model_understands_paraphrase(minilm: OnnxMiniLM) -> None:
+    q, near, far = minilm.embed(["how many vacation days do we get?",
+                                 "Staff receive twenty-five days of paid holiday per year.",
+                                 "Bikes can be parked in the basement cage."])
+    assert float(q @ near) > float(q @ far) + 0.1
+
+
+def test_by_length_batches_cover_every_index_once() -> None:
+    texts = ["x" * n for n in (5, 1, 9, 3, 7, 2)]
+    batches = by_length(texts, 4)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert [len(texts[i]) for i in batches[0]] == [1, 2, 3, 5]
+
+
+def test_hashing_is_deterministic_and_lexical(hashing: HashingEmbedder) -> None:
+    a = hashing.embed(["rotate the billing key"])[0]
+    assert np.array_equal(a, HashingEmbedder(384).embed(["rotate the billing key"])[0])
+    assert float(a @ hashing.embed(["billing key rotate"])[0]) > 0.5
+    assert hashing.id == "hash:v1:384"  # recorded in collections: never mixed with model vectors
+
+
+def test_local_model_needs_its_dimension() -> None:
+    with pytest.raises(ConfigError):
+        make_embedder("local", dimension=1536)
+    with pytest.raises(ConfigError):
+        make_embedder("openai", dimension=384, api_key=None)
+    with pytest.raises(ConfigError):
+        make_embedder("word2vec", dimension=384)
+
+
+@pytest.fixture(scope="module")
+def embeddings_server(minilm: OnnxMiniLM) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A real HTTP server on 127.0.0.1 speaking the OpenAI embeddings API, serving vectors from
+    the same local model: the request crosses a real socket; only the model behind it is ours."""
+    seen: list[dict[str, Any]] = []
+
+    async def embeddings(request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != "Bearer test-key":
+            return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
+        body = await request.json()
+        seen.append(body)
+        vecs = minilm.embed(body["input"])
+        return JSONResponse({"object": "list", "model": body["model"],
+                             "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                                      for i, v in reversed(list(enumerate(vecs)))]})  # out of order on purpose
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/v1/embeddings", embeddings, methods=["POST"])]),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1", seen
+    server.should_exit = True
+    t.join(10)
+
+
+def test_openai_compatible_endpoint_over_http(embeddings_server: tuple[str, list[dict[str, Any]]],
+                                              minilm: OnnxMiniLM) -> None:
+    url, seen = embeddings_server
+    e = make_embedder("auto", dimension=384, api_key="test-key", base_url=url, model="local-minilm")
+    assert isinstance(e, OpenAIEmbedder)
+    got = e.embed(TEXTS)
+    want = minilm.embed(TEXTS)
+    assert np.allclose(got, want, atol=1e-4)  # right vector for each text despite the reordered reply
+    assert seen[-1]["model"] == "local-minilm" and seen[-1]["dimensions"] == 384
+    assert e.id == "openai:local-minilm:384"
+
+
+def test_openai_endpoint_errors_are_context_errors(embeddings_server: tuple[str, list[dict[str, Any]]]) -> None:
+    url, _ = embeddings_server
+    with pytest.raises(ContextError):
+        OpenAIEmbedder(api_key="wrong", base_url=url, model="m", dimension=384).embed(["x"])
+    with pytest.raises(ContextError):  # the server makes 384-d vectors
+        OpenAIEmbedder(api_key="test-key", base_url=url, model="m", dimension=1536).embed(["x"])
+    with pytest.raises(ContextError):
+        OpenAIEmbedder(api_key="k", base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", dimension=384).embed(["x"])

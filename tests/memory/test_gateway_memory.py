@@ -1,0 +1,194 @@
+"""The memory and knowledge built-ins inside a real gateway (policies.rego, the audit log).
+
+Calls enter through ``Gateway.call`` with a principal that carries an agent id (the MCP
+fronts set it per session); everything after that is the real chain: resolve, verification,
+argument validation, the policy (the tool decision, then context/read|write and
+knowledge/search), the built-in, the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mcp import types
+
+from gateway.app import Gateway
+from gateway.assemble import make_gateway
+from gateway.audit import store as audit_store
+from gateway.config.load import load_config
+from gateway.context import CallContext, Principal
+from gateway.errors import ContextError, EmbedderMismatch, PolicyDenied
+from gateway.memory.embed import HashingEmbedder
+from tests.conftest import write_config
+from tests.memory.conftest import CORPUS
+
+pytestmark = pytest.mark.anyio
+
+ALICE = Principal("alice", roles=("tester",), agent="agent-a")
+BOB = Principal("bob", roles=("tester",), agent="agent-b")
+NOBODY = Principal("nobody", roles=(), agent="agent-n")
+NO_AGENT = Principal("local", roles=("tester",))
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    return write_config(tmp_path, f"""
+        [sandbox]
+        code_tools = false
+        [context]
+        embedder = "hashing"
+        {extra}
+        """)
+
+
+@asynccontextmanager
+async def gateway(cfg: Path) -> AsyncIterator[Gateway]:
+    gw = make_gateway(load_config(cfg, {}))
+    async with gw.running():
+        yield gw
+
+
+async def call(gw: Gateway, who: Principal, tool: str, **args: Any) -> types.CallToolResult:
+    return await gw.call(CallContext(principal=who, kind="tools/call", target=tool, arguments=args,  # type: ignore[no-any-return]
+                                     session_id=f"s-{who.id}"))
+
+
+def audit_records(cfg: Path, *kinds: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(cfg.parent / "data" / "audit.db")
+    try:
+        return [{"type": r.type, "agent": r.agent, "principal": r.principal, **json.loads(r.details_json)}
+                for r in audit_store.query(conn, types=kinds)]
+    finally:
+        conn.close()
+
+
+async def test_store_and_recall_are_per_agent(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    async with gateway(cfg) as gw:
+        names = set(gw.catalog.tools)
+        assert {"memory__store", "memory__recall", "memory__end_task", "knowledge__search",
+                "knowledge__context", "knowledge__answer"} <= names
+        r = await call(gw, ALICE, "memory__store", text="alice's build server is ci-7", type="long_term")
+        assert not r.is_error and r.structured_content["type"] == "long_term"  # type: ignore[index]
+        await call(gw, BOB, "memory__store", text="bob's build server is ci-9")
+        a = await call(gw, ALICE, "memory__recall", query="build server")
+        texts = [i["text"] for i in a.structured_content["items"]]  # type: ignore[index]
+        assert texts == ["alice's build server is ci-7"]
+
+
+async def test_reading_another_agents_memory_is_denied_and_audited(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    async with gateway(cfg) as gw:
+        await call(gw, ALICE, "memory__store", text="alice's private plan: launch on friday")
+        with pytest.raises(PolicyDenied) as e:
+            await gw.call(CallContext(principal=BOB, kind="resources/read", target="memory://agent-a/long_term",
+                                      upstream=gw.upstream_info("memory")))
+        assert any("agent-b may not read the long_term memory of agent agent-a" in r for r in e.value.reasons)
+        own = await gw.call(CallContext(principal=ALICE, kind="resources/read", target="memory://agent-a/long_term",
+                                        upstream=gw.upstream_info("memory")))
+        assert "launch on friday" in own.contents[0].text
+    denied = audit_records(cfg, "memory.denied")
+    assert denied and denied[0]["agent"] == "agent-b" and denied[0]["owner"] == "agent-a"
+    assert "launch" not in json.dumps(denied)  # metadata only
+
+
+async def test_memory_needs_an_agent_identity(tmp_path: Path) -> None:
+    async with gateway(_config(tmp_path)) as gw:
+        with pytest.raises(ContextError):  # refused before any memory is touched
+            await call(gw, NO_AGENT, "memory__recall", query="anything")
+        with pytest.raises(ContextError):
+            await call(gw, NO_AGENT, "memory__store", text="anything")
+
+
+async def test_shared_namespaces_follow_the_policy(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    async with gateway(cfg) as gw:
+        w = await call(gw, ALICE, "memory__store", text="standup moved to 10:30", type="shared", namespace="team")
+        assert not w.is_error
+        got = await call(gw, BOB, "memory__recall", query="standup", types=["shared"], namespaces=["team"])
+        assert [i["text"] for i in got.structured_content["items"]] == ["standup moved to 10:30"]  # type: ignore[index]
+        with pytest.raises(PolicyDenied):  # tester may read announcements, only admin writes
+            await call(gw, BOB, "memory__store", text="x", type="shared", namespace="announcements")
+        with pytest.raises(PolicyDenied):
+            await call(gw, BOB, "memory__recall", query="x", types=["shared"], namespaces=["secret-project"])
+    kinds = [(r["kind"], r["namespace"]) for r in audit_records(cfg, "memory.denied")]
+    assert ("context/write", "announcements") in kinds and ("context/read", "secret-project") in kinds
+
+
+async def test_redacted_secrets_are_never_embedded_or_stored(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    secret = "sk-live_abcdefghijklmnopqrstuvwx"
+    async with gateway(cfg) as gw:
+        r = await call(gw, ALICE, "memory__store", text=f"the billing key is {secret} keep it safe",
+                       metadata={"api_token": "tok-123", "project": "billing"})
+        assert r.structured_content["redacted"] == 1  # type: ignore[index]
+        service = gw.builtins["memory"].s  # type: ignore[attr-defined]
+        pts = service.m.store.scroll({"kind": "memory"})
+        assert len(pts) == 1
+        assert secret not in json.dumps(pts[0].payload) and "tok-123" not in json.dumps(pts[0].payload)
+        stored = service.m.store.retrieve([pts[0].id], with_vectors=True)[0]
+        redacted_vec = HashingEmbedder(384).embed([pts[0].payload["text"]])[0]
+        assert pts[0].payload["text"] == "the billing key is [REDACTED] keep it safe"
+        assert float(np.asarray(stored.vector) @ redacted_vec) == pytest.approx(1.0, abs=1e-4)
+    dump = json.dumps(audit_records(cfg, "memory.*", "tool.*"))
+    assert secret not in dump and "billing key" not in dump  # audit: metadata, never memory text
+    stored = audit_records(cfg, "memory.stored")
+    assert [(r["agent"], r["memory_type"], r["redacted"], r["metadata_keys"]) for r in stored] == [
+        ("agent-a", "long_term", 1, ["api_token", "project"])]
+
+
+async def test_long_term_memory_persists_across_a_restart(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    async with gateway(cfg) as gw:
+        await call(gw, ALICE, "memory__store", text="the staging database is db-stg-3")
+        await call(gw, ALICE, "memory__store", text="short lived", type="short_term")
+    async with gateway(cfg) as gw:
+        got = await call(gw, ALICE, "memory__recall", query="staging database", types=["long_term", "short_term"])
+        texts = [i["text"] for i in got.structured_content["items"]]  # type: ignore[index]
+        assert texts[0] == "the staging database is db-stg-3" and "short lived" not in texts
+
+
+async def test_knowledge_tools_search_context_and_answer_without_sampling(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    async with gateway(cfg) as gw:
+        service = gw.builtins["knowledge"].s  # type: ignore[attr-defined]
+        service.kb.add("handbook", CORPUS, glob="*.md")
+        s = await call(gw, ALICE, "knowledge__search", base="handbook", query="basement bike cage", top_k=3)
+        assert s.structured_content["items"][0]["heading"] == "Bicycles"  # type: ignore[index]
+        c = await call(gw, ALICE, "knowledge__context", query="where do bikes go", budget_tokens=200)
+        assert not c.is_error and c.content[0].text.startswith("[1] (handbook:")  # type: ignore[union-attr]
+        assert set(c.meta["symbi/rag_timings_ms"]) >= {"vector_search", "ranking", "context_assembly"}  # type: ignore[index]
+        a = await call(gw, ALICE, "knowledge__answer", query="where do bikes go")
+        assert a.meta["symbi/sampling"] == "unsupported" and "[1]" in a.content[0].text  # type: ignore[index,union-attr]
+        with pytest.raises(PolicyDenied):
+            await call(gw, NOBODY, "knowledge__search", base="handbook", query="bikes")
+        prompt = await gw.call(CallContext(principal=ALICE, kind="prompts/get", target="knowledge__rag",
+                                           arguments={"query": "where do bikes go"}, upstream=gw.upstream_info("knowledge")))
+        assert "Passages:" in prompt.messages[0].content.text
+
+
+async def test_working_memory_ends_with_its_task(tmp_path: Path) -> None:
+    async with gateway(_config(tmp_path)) as gw:
+        await call(gw, ALICE, "memory__store", text="draft 2 of the report is in /tmp/r2", type="working", task="report")
+        got = await call(gw, ALICE, "memory__recall", query="draft report", types=["working"], task="report")
+        assert len(got.structured_content["items"]) == 1  # type: ignore[index]
+        await call(gw, ALICE, "memory__end_task", task="report")
+        got = await call(gw, ALICE, "memory__recall", query="draft report", types=["working"], task="report")
+        assert got.structured_content["items"] == []  # type: ignore[index]
+
+
+async def test_a_mismatched_embedder_is_refused(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    async with gateway(cfg) as gw:
+        await call(gw, ALICE, "memory__store", text="made with the hashing embedder")
+    cfg2 = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[context]\nembedder = \"hashing\"\n"
+                                  "embedding_dimension = 256\n", name="other.toml")
+    async with gateway(cfg2) as gw:
+        with pytest.raises(EmbedderMismatch):
+            await call(gw, ALICE, "memory__recall", query="anything")

@@ -4,8 +4,9 @@ Byte-for-byte compatible with the reference (PyPI ``schemapin`` 1.3): canonical 
 ECDSA P-256 over SHA-256(SHA-256(canonical)), base64 DER signatures, ``sha256:`` key
 fingerprints, ``.well-known/schemapin.json`` discovery, revocation documents, trust bundles
 and ``.schemapin.sig`` skill signatures. Stricter than it wherever the reference fails open:
-pins only after a signature verified, strict base64 and DER, low-S, P-256 only, no redirects,
-revocation failures refuse in strict mode, bundles only from allow-listed authorities.
+pins only after a signature verified, strict base64 and DER, P-256 only, no redirects,
+revocation failures refuse in strict mode, bundles only from allow-listed authorities. It
+always signs low-S and accepts the high-S form the reference produces (``require_low_s`` opts in).
 
 Typical use (the gateway, per tool)::
 

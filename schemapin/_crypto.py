@@ -142,11 +142,11 @@ def sign_bytes(data: bytes, key: ec.EllipticCurvePrivateKey) -> str:
     return base64.b64encode(_low_s(key.sign(data, ec.ECDSA(hashes.SHA256())))).decode("ascii")
 
 
-def decode_signature(signature_b64: str, *, allow_high_s: bool = False) -> bytes:
+def decode_signature(signature_b64: str, *, require_low_s: bool = False) -> bytes:
     """Strictly decode a base64 DER ECDSA signature.
 
     Refuses junk characters, non-canonical base64, non-DER encodings, out-of-range values and
-    (unless ``allow_high_s``) the high-S form.
+    (when ``require_low_s``) the high-S form, which the reference SDKs produce half the time.
     """
     if not isinstance(signature_b64, str) or not signature_b64 or len(signature_b64) > _MAX_SIG_B64:
         raise SignatureMalformed("signature must be a non-empty base64 string of at most 256 characters")
@@ -164,7 +164,7 @@ def decode_signature(signature_b64: str, *, allow_high_s: bool = False) -> bytes
         raise SignatureMalformed("signature is not minimal DER")
     if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
         raise SignatureMalformed("signature values are out of range for P-256")
-    if s > _HALF_ORDER and not allow_high_s:
+    if s > _HALF_ORDER and require_low_s:
         raise SignatureNotCanonical("signature uses the high-S form")
     return der
 
@@ -175,21 +175,21 @@ def verify_hash(
     key: ec.EllipticCurvePublicKey,
     *,
     mode: DigestMode = "double",
-    allow_high_s: bool = False,
+    require_low_s: bool = False,
 ) -> None:
     """Verify a signature over a 32-byte ``message_hash``; raise ``SignatureInvalid`` (or a subclass)."""
     _require_p256(key)
-    der = decode_signature(signature_b64, allow_high_s=allow_high_s)
+    der = decode_signature(signature_b64, require_low_s=require_low_s)
     try:
         key.verify(der, message_hash, _algorithm(mode))
     except InvalidSignature:
         raise SignatureInvalid("signature does not verify with this key", key_fingerprint=fingerprint(key)) from None
 
 
-def verify_bytes(data: bytes, signature_b64: str, key: ec.EllipticCurvePublicKey, *, allow_high_s: bool = False) -> None:
+def verify_bytes(data: bytes, signature_b64: str, key: ec.EllipticCurvePublicKey, *, require_low_s: bool = False) -> None:
     """Verify plain ECDSA-SHA256 over ``data``; raise ``SignatureInvalid`` (or a subclass)."""
     _require_p256(key)
-    der = decode_signature(signature_b64, allow_high_s=allow_high_s)
+    der = decode_signature(signature_b64, require_low_s=require_low_s)
     try:
         key.verify(der, data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:

@@ -126,7 +126,7 @@ def verify_skill(
     key_source: KeySnapshot,
     domain: str | None = None,
     mode: str = "strict",
-    allow_high_s: bool = False,
+    require_low_s: bool = False,
 ) -> SkillVerification:
     """Verify a skill folder's ``.schemapin.sig`` against ``key_source``.
 
@@ -155,7 +155,7 @@ def verify_skill(
         raise SignatureInvalid(f"signed by {kid}, not by {key_source.fingerprint}", signer_kid=kid)
     root_hash, manifest = canonicalize_skill(skill_dir)
     try:
-        verify_hash(root_hash, doc["signature"], key_source.public_key, allow_high_s=allow_high_s)
+        verify_hash(root_hash, doc["signature"], key_source.public_key, require_low_s=require_low_s)
     except SignatureInvalid as e:
         e.details["files"] = _diff(manifest, doc.get("file_manifest"))
         raise

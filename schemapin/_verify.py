@@ -90,7 +90,7 @@ def verify_tool(
     mode: Mode = "strict",
     pin_store: PinStore | None = None,
     digest_mode: DigestMode = "double",
-    allow_high_s: bool = False,
+    require_low_s: bool = False,
     canonicalization: str | None = None,
 ) -> VerificationResult:
     """Verify one tool definition and its detached signature; pin it on first use.
@@ -109,10 +109,10 @@ def verify_tool(
         mode: ``strict`` refuses when revocation could not be checked; ``tofu`` warns.
         pin_store: where pins live; ``None`` verifies without pinning (status ``unpinned``).
         digest_mode: ``double`` (reference default) or ``single`` (Go SDK signatures, opt-in).
-        allow_high_s: accept the high-S form of a signature. Off by default (malleability), but
-            note that the reference and the other SDKs do not normalise S: about half of the
-            signatures they make are high-S. Turn it on (named, logged setting in the gateway)
-            for third-party-signed tools; everything this library signs is low-S.
+        require_low_s: refuse the high-S form of a signature. Off by default: the reference and
+            the other SDKs do not normalise S (about half their signatures are high-S), and a
+            signature is never used as an identity here, so its malleable twin gives an
+            attacker nothing. Everything this library signs is low-S.
         canonicalization: a SchemaPin 1.4 ``canonicalization`` value; only ``schemapin-v1``.
 
     Raises:
@@ -143,7 +143,7 @@ def verify_tool(
     if not isinstance(signature_b64, str):
         raise SignatureMalformed("signature is not a string", **ctx)
     try:
-        verify_hash(digest, signature_b64, snap.public_key, mode=digest_mode, allow_high_s=allow_high_s)
+        verify_hash(digest, signature_b64, snap.public_key, mode=digest_mode, require_low_s=require_low_s)
     except SchemaPinError as e:
         e.details.update(ctx)
         raise
@@ -201,7 +201,7 @@ def verify_envelope(
     mode: Mode = "strict",
     pin_store: PinStore | None = None,
     digest_mode: DigestMode = "double",
-    allow_high_s: bool = False,
+    require_low_s: bool = False,
 ) -> VerificationResult:
     """Verify a reference envelope; only ``schema`` and ``signature`` are authenticated.
 
@@ -222,7 +222,7 @@ def verify_envelope(
         mode=mode,
         pin_store=pin_store,
         digest_mode=digest_mode,
-        allow_high_s=allow_high_s,
+        require_low_s=require_low_s,
         canonicalization=envelope.get("canonicalization"),
     )
 

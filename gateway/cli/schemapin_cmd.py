@@ -53,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.add_argument("--mode", choices=("strict", "tofu"), default="strict",
                    help="strict: unknown revocation state is a failure; tofu: a warning")
     v.add_argument("--pins", type=Path, help="pin store to check and update (needs --domain)")
-    v.add_argument("--allow-high-s", action="store_true",
-                   help="accept high-S signatures (the reference and other SDKs produce them half the time)")
+    v.add_argument("--require-low-s", action="store_true",
+                   help="refuse high-S signatures (the reference and other SDKs produce them half the time)")
     v.add_argument("--single-hash", action="store_true", help="Go-SDK signatures: ECDSA over one SHA-256")
     v.add_argument("--ca-file", help="CA bundle for HTTPS discovery (default: system CAs)")
     v.add_argument("--insecure-http", action="store_true", help="allow http:// discovery (tests only; logged)")
@@ -104,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b = sks.add_parser("verify", help="verify a skill folder")
     b.add_argument("dir", type=Path)
     b.add_argument("--public-key", type=Path, required=True)
-    b.add_argument("--allow-high-s", action="store_true")
+    b.add_argument("--require-low-s", action="store_true", help="refuse high-S signatures")
     _common(b)
     b.set_defaults(func=_run(_skill_verify))
 
@@ -209,7 +209,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         res = schemapin.verify_envelope(
             envelope, key_source=snap, domain=args.domain, tool_id=args.tool_id, mode=args.mode, pin_store=pins,
-            digest_mode="single" if args.single_hash else "double", allow_high_s=args.allow_high_s)
+            digest_mode="single" if args.single_hash else "double", require_low_s=args.require_low_s)
     finally:
         if pins is not None:
             pins.close()
@@ -282,6 +282,6 @@ def _skill_verify(args: argparse.Namespace) -> int:
     if not args.dir.is_dir():
         raise _Usage(f"{args.dir} is not a directory")
     snap = KeySnapshot.from_public_key(_read(args.public_key).decode("ascii", "replace"))
-    v = schemapin.verify_skill(args.dir, key_source=snap, allow_high_s=args.allow_high_s)
+    v = schemapin.verify_skill(args.dir, key_source=snap, require_low_s=args.require_low_s)
     _emit(args, {"valid": True, **v.__dict__}, f"VALID {v.skill_name} ({v.files} files) {v.skill_hash}")
     return EXIT_OK

@@ -69,9 +69,9 @@ class McpSection(_Section):
     insecure_discovery_http: bool = False  # tests only: allow http:// .well-known; logged loudly
     discovery_ca: PathT | None = None  # CA bundle for .well-known discovery (default: system CAs)
     discovery_ttl_s: float = Field(default=300.0, ge=0)
-    # SchemaPin's reference SDKs do not normalise S, so about half their signatures are high-S.
-    # Rejected by default (malleable form); set true to accept signatures from those signers.
-    allow_high_s_signatures: bool = False
+    # SchemaPin's reference SDKs do not normalise S, so about half their signatures are high-S;
+    # they verify by default (a signature is never an identity here). Opt in to refuse them.
+    require_low_s_signatures: bool = False
     recheck_interval_s: float = Field(default=2.0, gt=0)  # how often approvals/manifests are re-read
 
 

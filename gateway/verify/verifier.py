@@ -289,7 +289,7 @@ class ToolVerifier:
                     mode="strict" if mode in ("strict", "warn") else "tofu",
                     pin_store=self.pins if pinned else None,
                     digest_mode=self._config.servers[info.upstream].signature_digest,
-                    allow_high_s=self._config.mcp.allow_high_s_signatures,
+                    require_low_s=self._config.mcp.require_low_s_signatures,
                 )
                 return "verified", None, res.key_fingerprint
             except KeyRevoked as e:
@@ -315,7 +315,7 @@ class ToolVerifier:
                     domain=None,
                     tool_id=None,
                     key_source=key,
-                    allow_high_s=self._config.mcp.allow_high_s_signatures,
+                    require_low_s=self._config.mcp.require_low_s_signatures,
                 )
             except SchemaPinError:
                 continue

@@ -49,16 +49,18 @@ def test_reference_signs_we_verify(ref: Reference) -> None:
     for op, sig in zip(ops, sigs):
         tool = schemapin.parse_json(op["schema_text"])
         # OpenSSL signs with a random nonce and does not normalise S: about half of the
-        # reference's signatures are high-S. They verify when high-S is allowed ...
-        res = schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id=tool["name"], key_source=snap,
-                                    allow_high_s=True)
+        # reference's signatures are high-S. All of them verify with the defaults ...
+        res = schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id=tool["name"], key_source=snap)
         assert res.key_fingerprint == k["fingerprint"]
-        # ... and by default exactly the low-S ones verify; the others fail as not canonical.
+        # ... and with the opt-in, exactly the low-S ones; the others fail as not canonical.
         if _is_high_s(sig):
             with pytest.raises(schemapin.SignatureNotCanonical):
-                schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id=tool["name"], key_source=snap)
+                schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id=tool["name"], key_source=snap,
+                                      require_low_s=True)
         else:
-            schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id=tool["name"], key_source=snap)
+            schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id=tool["name"], key_source=snap,
+                                  require_low_s=True)
+    assert any(_is_high_s(s) for s in sigs), "the reference produced no high-S signature: the test proves nothing"
 
 
 def test_we_sign_reference_verifies(ref: Reference, key: Any) -> None:
@@ -134,14 +136,14 @@ def test_skill_interop_both_ways(ref: Reference, key: Any, tmp_path: Path) -> No
     root, manifest = schemapin.canonicalize_skill(theirs)
     assert sd["skill_hash"] == f"sha256:{root.hex()}" and sd["file_manifest"] == manifest
     snap = schemapin.KeySnapshot.from_public_key(k["public_key_pem"])
-    v = schemapin.verify_skill(theirs, key_source=snap, allow_high_s=True)
+    v = schemapin.verify_skill(theirs, key_source=snap)
     assert v.skill_name == "pdf-helper" and v.key_fingerprint == k["fingerprint"]
     # A tampered file is caught by both, and we say which file.
     (theirs / "scripts" / "run.py").write_text("import os; os.system('curl evil')\n", encoding="utf-8")
     assert ref.one({"op": "verify_skill", "dir": str(theirs),
                     "discovery": schemapin.build_well_known(k["public_key_pem"], "Ref")})["valid"] is False
     with pytest.raises(schemapin.SignatureInvalid) as e:
-        schemapin.verify_skill(theirs, key_source=snap, allow_high_s=True)
+        schemapin.verify_skill(theirs, key_source=snap)
     assert e.value.details["files"]["modified"] == ["scripts/run.py"]
 
 

@@ -8,11 +8,14 @@ from typing import Any, AsyncIterator
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from tests.conftest import SYMBI
+from tests.conftest import ROOT, SYMBI
 
 
 def gateway_params(config: Path, **env: str) -> StdioServerParameters:
-    return StdioServerParameters(command=str(SYMBI), args=["mcp", "--config", str(config)], env=dict(env) or None)
+    # The SDK passes only a short allow-list of the environment to the child: name this
+    # tree explicitly, so the gateway under test is this checkout's code (not an installed copy).
+    return StdioServerParameters(command=str(SYMBI), args=["mcp", "--config", str(config)],
+                                 env={"PYTHONPATH": str(ROOT), **env})
 
 
 @contextlib.asynccontextmanager

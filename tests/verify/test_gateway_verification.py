@@ -7,6 +7,7 @@ with a test CA, which stands in for the provider's web server (nothing remote is
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -16,8 +17,10 @@ from typing import Any
 import anyio
 import mcp.types as types
 import pytest
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 import schemapin
+from schemapin._crypto import P256_ORDER
 from tests.conftest import EVERYTHING_JS, ROOT, SYMBI, require_peers, symbi_env, write_config
 from tests.schemapin.conftest import HttpsServer, Reference, https_server, ref  # noqa: F401 - fixtures
 from tests.server._clients import stdio_session
@@ -206,14 +209,13 @@ TOOL = {
 }
 
 
-def signed_cfg(tmp_path: Path, server: HttpsServer, tools_file: Path) -> Path:
+def signed_cfg(tmp_path: Path, server: HttpsServer, tools_file: Path, extra_mcp: str = "") -> Path:
     return write_config(
         tmp_path,
         f"""
         [mcp]
         discovery_ca = "{server.ca_path}"
-        # the reference signs without normalising S: about half its signatures are high-S
-        allow_high_s_signatures = true
+        {extra_mcp}
         [servers.dict]
         command = "{sys.executable}"
         args = ["{SIGNED}"]
@@ -224,9 +226,17 @@ def signed_cfg(tmp_path: Path, server: HttpsServer, tools_file: Path) -> Path:
     )
 
 
+def _as_high_s(sig_b64: str) -> str:
+    """The high-S form of a signature (what the reference emits about half the time)."""
+    r, s = decode_dss_signature(base64.b64decode(sig_b64))
+    return base64.b64encode(encode_dss_signature(r, max(s, P256_ORDER - s))).decode()
+
+
 def publish(ref: Reference, server: HttpsServer, key: dict[str, str], tools_file: Path, tool: dict[str, Any],
-            revoked: list[str] | None = None) -> None:
+            revoked: list[str] | None = None, high_s: bool = False) -> None:
     sig = ref.one({"op": "sign", "private_key_pem": key["private_key_pem"], "schema_text": json.dumps(tool)})["signature"]
+    if high_s:
+        sig = _as_high_s(sig)
     tools_file.write_text(json.dumps([{**tool, "_meta": {"schemapin/signature": sig}}]))
     doc = ref.one({"op": "well_known", "public_key_pem": key["public_key_pem"], "developer_name": "Dict Co"})
     if revoked:
@@ -244,6 +254,24 @@ async def test_reference_signed_tool_is_listed_and_callable(tmp_path: Path, ref:
         assert listed["dict__lookup"].meta["symbi/verification"]["key_fingerprint"] == key["fingerprint"]  # type: ignore[index]
         r = await s.call_tool("dict__lookup", {"word": "gateway"})
         assert r.content[0].text == "ok lookup"  # type: ignore[union-attr]
+
+
+async def test_high_s_reference_signature_verifies_by_default_and_opt_in_refuses_it(
+    tmp_path: Path, ref: Reference, https_server: HttpsServer  # noqa: F811
+) -> None:
+    key = ref.one({"op": "keygen"})
+    tools_file = tmp_path / "tools.json"
+    publish(ref, https_server, key, tools_file, TOOL, high_s=True)
+    async with stdio_session(signed_cfg(tmp_path, https_server, tools_file)) as s:
+        assert not (await s.call_tool("dict__lookup", {"word": "x"})).is_error
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    cfg = signed_cfg(strict, https_server, tools_file, extra_mcp="require_low_s_signatures = true")
+    async with stdio_session(cfg) as s:
+        assert "dict__lookup" not in {t.name for t in (await s.list_tools()).tools}
+        err = error_of(await s.call_tool("dict__lookup", {"word": "x"}))
+        assert err["code"] == "verification_denied"
+        assert any("signature_high_s" in r for r in err["reasons"])
 
 
 async def test_tampered_signed_tool_is_refused(tmp_path: Path, ref: Reference, https_server: HttpsServer) -> None:  # noqa: F811

@@ -92,7 +92,8 @@ class SandboxBuiltin:
 
     async def call(self, call: CallContext) -> types.CallToolResult:
         assert call.tool is not None
-        result, tier = await self._tools.call(call.tool.original_name, call.arguments, min_tier=call.sandbox_tier)
+        result, tier = await self._tools.call(call.tool.original_name, call.arguments, min_tier=call.sandbox_tier,
+                                              principal_kind=call.principal.kind)
         call.sandbox_tier = tier
         return types.CallToolResult.model_validate(result)
 
@@ -177,6 +178,7 @@ def _assemble(
     if config.sandbox.code_tools or any(s.sandbox not in (None, "none") for s in config.servers.values()):
         manager = SandboxManager(config)
         closers.append(manager.close)
+        manager.start_warm_pool()  # sandbox.warm_pool ready sandboxes per Docker tier, refilled in the background
 
     policy: PolicyEngine | None = None
     counters = CallCounters()

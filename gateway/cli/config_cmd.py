@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from gateway.config import load_config
+from gateway.config.notices import notices
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,4 +26,6 @@ def _check(args: argparse.Namespace) -> int:
     else:
         where = cfg.source or "<defaults>"
         print(f"{where}: OK ({len(cfg.servers)} server(s): {', '.join(cfg.servers) or 'none'})")
+        for n in notices(cfg):
+            print(f"  note: {n.text}")
     return 0

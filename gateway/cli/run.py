@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 from gateway.config import load_config
+from gateway.config.notices import report
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,6 +37,7 @@ def _mcp(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.environ)
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
+    report(cfg)
     _graceful_sigterm()
     run_stdio(cfg)
     return 0
@@ -47,5 +49,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.environ)
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
+    report(cfg)
     run_http(cfg, host=args.host, port=args.port)
     return 0

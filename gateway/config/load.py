@@ -18,14 +18,15 @@ from gateway.config.model import Config
 from gateway.errors import ConfigError
 
 # env var -> (section, key, parser). Documented in examples/symbi.toml and the README.
-_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "enabled": True,
+         "0": False, "false": False, "no": False, "off": False, "disabled": False}
 
 
 def _bool(name: str, raw: str) -> bool:
     try:
         return _BOOL[raw.strip().lower()]
     except KeyError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not a boolean (true/false)") from None
+        raise ConfigError(f"environment variable {name}={raw!r} is not a boolean (true/false, enabled/disabled)") from None
 
 
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -42,6 +43,20 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 _BOOL_ENV = {"MCP_SERVER_DISCOVERY"}
 _UPPER_ENV = {"SYMBI_LOG_LEVEL"}
+_FOLDER_ENV = {"SYMBI_AUDIT_STORAGE"}
+AUDIT_FILE = "audit.db"
+_DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def _audit_storage(raw: str) -> str:
+    """The seed gives a folder (``/var/log/symbi/audit``): the log is ``audit.db`` in it.
+
+    A path ending in ``.db``/``.sqlite`` (or an existing file) still names the file itself.
+    """
+    p = Path(raw).expanduser()
+    if p.suffix in _DB_SUFFIXES or p.is_file():
+        return raw
+    return str(p / AUDIT_FILE)
 _PATH_KEYS = {
     ("gateway", "data_dir"),
     ("gateway", "env_file"),
@@ -108,6 +123,8 @@ def build_config(
             parsed = _bool(name, value)
         elif name in _UPPER_ENV:
             parsed = value.upper()
+        elif name in _FOLDER_ENV:
+            parsed = _audit_storage(value)
         sect = doc.setdefault(section, {})
         if not isinstance(sect, dict):
             raise ConfigError(f"{where}: [{section}] must be a table")

@@ -25,6 +25,7 @@ StrTuple = Annotated[tuple[str, ...], Strict(False)]
 PathTuple = Annotated[tuple[PathT, ...], Strict(False)]
 
 
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -51,7 +52,9 @@ class SecuritySection(_Section):
     default_sandbox_tier: TierName = "gvisor"
     enforce_policies: bool = True
     audit_enabled: bool = True
-    crypto_provider: Literal["cryptography"] = "cryptography"
+    # "ring" (the seed's Rust crate) cannot run here: it maps to "cryptography", which does
+    # the same job (ECDSA P-256, Ed25519, SHA-256, AES-GCM), and the start says so once.
+    crypto_provider: Literal["cryptography", "ring"] = "cryptography"
 
 
 class McpSection(_Section):
@@ -145,12 +148,13 @@ class HttpSection(_Section):
 
 
 class RuntimeSection(_Section):
-    """Read by the agent runtime (not built yet): accepted and validated now."""
+    """The agent runtime's keys; those not wired yet are named at start (config/notices.py)."""
 
     mode: Literal["development", "production"] = "development"
     max_concurrent_agents: int = Field(default=100, ge=1)
     scheduler_threads: int = Field(default=4, ge=1)
     message_buffer_size: int = Field(default=1024, ge=1)
+    gc_interval_ms: int = Field(default=100, ge=1)
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)

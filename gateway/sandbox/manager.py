@@ -115,9 +115,15 @@ class SandboxManager:
         n = self.config.sandbox.warm_pool if size is None else size
         if n <= 0:
             return
+        pooled: list[str] = []
         with self._lock:
             if self._pool is None:
                 self._pool = WarmPool(self, n)
+                pooled = sorted(self._pool.tiers)
+        if pooled:
+            log.info("warm pool: %d ready sandbox(es) per tier for %s", n, ", ".join(pooled))
+        else:
+            log.warning("sandbox.warm_pool = %d but no Docker tier (docker, gvisor) runs here: calls start cold", n)
 
     # -- housekeeping -------------------------------------------------------------------
     def cleanup_orphans(self) -> list[str]:

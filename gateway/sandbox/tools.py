@@ -2,18 +2,21 @@
 
 The gateway core mounts this under the server name ``sandbox`` (so clients see
 ``sandbox__run_python`` / ``sandbox__run_shell``); policy and audit treat them like any
-other tool. Code an agent sends is untrusted: the risk pick puts it in gVisor at least,
-and never below the policy's ``sandbox_tier`` condition.
+other tool. The risk pick reads the call (gateway/sandbox/inputs.py): an agent's code is
+untrusted (gVisor at least), a person's starts from ``security.default_sandbox_tier``, and
+code asking for the network or files climbs; never below the policy's ``sandbox_tier``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
 
 from gateway.errors import ArgumentsInvalid, UnknownTool
 
+from .inputs import needs_of, trust_of
 from .manager import SandboxManager
 from .types import Limits, SandboxRequest, SandboxResult, Tier, ToolNeeds
 
@@ -122,12 +125,28 @@ class SandboxTools:
             return SandboxRequest(code=text, **common)
         return SandboxRequest(command=("/bin/sh", "-c", text), **common)
 
-    def pick_tier(self, min_tier: str | None) -> Tier:
-        """Agent-sent code is untrusted: gVisor at least, never below the policy's tier."""
-        return self.manager.assess_tier(ToolNeeds(), code_trust="untrusted", policy_min_tier=min_tier)
+    def pick_tier(
+        self,
+        min_tier: str | None,
+        request: SandboxRequest | None = None,
+        *,
+        principal_kind: str | None = None,
+        annotations: Mapping[str, Any] | None = None,
+    ) -> Tier:
+        """The risk pick from what the code asks for, the tool's annotations and the caller:
+        an agent's code gets gVisor at least, a person's the configured default tier at least,
+        and never below the policy's tier."""
+        needs = needs_of(request, annotations) if request is not None else ToolNeeds()
+        return self.manager.assess_tier(needs, code_trust=trust_of(principal_kind), policy_min_tier=min_tier)
 
     async def call(
-        self, name: str, arguments: dict[str, Any], *, min_tier: str | None, limits: Limits | None = None
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        *,
+        min_tier: str | None,
+        limits: Limits | None = None,
+        principal_kind: str | None = None,
     ) -> tuple[dict[str, Any], Tier]:
         """Run one code tool; returns (CallToolResult wire dict, tier used).
 
@@ -138,7 +157,8 @@ class SandboxTools:
         if name not in ("run_python", "run_shell") or not self.config.sandbox.code_tools:
             raise UnknownTool(f"no sandbox tool {name!r}")
         request = self._request(name, arguments)
-        tier = self.pick_tier(min_tier)
+        annotations = next((t["annotations"] for t in TOOLS if t["name"] == name), None)
+        tier = self.pick_tier(min_tier, request, principal_kind=principal_kind, annotations=annotations)
         lim = limits or self.manager.limits()
         result = await anyio.to_thread.run_sync(self.manager.run, tier, request, lim, abandon_on_cancel=False)
         return to_call_result(result), tier

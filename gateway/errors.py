@@ -26,9 +26,10 @@ JSON-RPC error.
      │    └── InvalidTransition      a state change the seed's lifecycle does not have
      ├── SchedulerBusy               the scheduler's queue is full, or the call was preempted
      ├── AuditError                  the audit log cannot be written (fail closed)
-     └── ContextError                agent memory / knowledge failed (bad input, store down)
-          ├── EmbedderMismatch       a collection's vectors come from another embedder / dimension
-          └── VectorStoreUnavailable the vector store cannot be opened or reached
+     ├── ContextError                agent memory / knowledge failed (bad input, store down)
+     │    ├── EmbedderMismatch       a collection's vectors come from another embedder / dimension
+     │    └── VectorStoreUnavailable the vector store cannot be opened or reached
+     └── TooManyConnections          beyond mcp.max_concurrent_connections (HTTP 503, retry)
 """
 
 from __future__ import annotations
@@ -153,3 +154,7 @@ class EmbedderMismatch(ContextError):
 
 class VectorStoreUnavailable(ContextError):
     code = "vector_store_unavailable"
+
+
+class TooManyConnections(GatewayError):
+    code = "too_many_connections"

@@ -8,7 +8,8 @@ Routes:
   ``/`` ``/login`` ...                    the dashboard (admin API key login; ``gateway.server.dashboard``)
 
 Middleware, outermost first: access log → Host/Origin guard (DNS rebinding, for every
-route) → request body limit → authentication (for ``/mcp`` and ``/api``).
+route) → request body limit → authentication (for ``/mcp`` and ``/api``) → connection limit
+(``mcp.max_concurrent_connections`` open requests to ``/mcp``; ``gateway.server.limits``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
 from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
 from gateway.server.front import build_server
+from gateway.server.limits import ConnectionLimit
 from gateway.server.resume import BoundedEventStore
 
 _logger = logging.getLogger("symbi.http")
@@ -364,7 +366,9 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         exception_handlers={404: _not_found},
     )
     app.state.symbi = state
-    # add_middleware wraps outermost last: this order gives access log → host → body → auth.
+    # add_middleware wraps outermost last: this order gives access log → host → body → auth →
+    # connection limit (only authenticated MCP connections take a slot).
+    app.add_middleware(ConnectionLimit, path=config.http.path, limit=config.mcp.max_concurrent_connections)
     app.add_middleware(AuthGate, state=state)
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=config.http.max_request_bytes)
     app.add_middleware(HostGuard, settings=settings)

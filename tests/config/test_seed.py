@@ -68,7 +68,7 @@ EFFECT_TESTED_IN = {
     "security.crypto_provider": "tests/config/test_seed.py",
     "mcp.tool_verification": "tests/verify/test_gateway_verification.py",
     "mcp.connection_timeout_s": "tests/server/http/test_http.py",
-    "mcp.max_concurrent_connections": "tests/server/test_connection_limit.py",
+    "mcp.max_concurrent_connections": "tests/server/http/test_connection_limit.py",
     "gateway.log_level": "tests/config/test_seed.py",
     "audit.path": "tests/config/test_seed.py",
 }

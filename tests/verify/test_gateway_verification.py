@@ -314,3 +314,20 @@ async def test_key_rotation_is_refused_until_approved_and_revoked_keys_are_refus
         err = error_of(await s.call_tool("dict__lookup", {"word": "d"}))
         assert err["code"] == "verification_denied"
         assert any("revoked" in r for r in err["reasons"])
+
+
+@pytest.mark.parametrize("mode,listed", [(None, False), ("strict", False), ("warn", True)])
+async def test_mcp_tool_verification_is_the_default_of_every_upstream(
+    tmp_path: Path, mode: str | None, listed: bool
+) -> None:
+    """``mcp.tool_verification`` (the seed's key) decides for upstreams that say nothing."""
+    setting = f'tool_verification = "{mode}"' if mode else ""
+    cfg = write_config(tmp_path, f"""
+        [mcp]
+        {setting}
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        """)
+    async with stdio_session(cfg) as s:
+        assert ("mut__echo" in {t.name for t in (await s.list_tools()).tools}) is listed

@@ -1,0 +1,61 @@
+"""Every third-party module the code imports is declared in pyproject.toml (the HTTP upstream
+client once imported ``httpx2`` without it being declared)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Installed outside pip's view, each by a named step: Debian's python3-seccomp
+# (scripts/setup-sandbox.sh) and the real OPA engine (Makefile, --ignore-requires-python).
+NOT_FROM_PYPROJECT = {"seccomp", "opa_bindings"}
+FIRST_PARTY = {"gateway", "schemapin", "tests", "bench"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared(*extras: str) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in extras:
+        reqs += project["optional-dependencies"][extra]
+    return {_norm(re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0]) for r in reqs}
+
+
+def _imports(*folders: str) -> dict[str, str]:
+    """top-level module -> first file importing it."""
+    found: dict[str, str] = {}
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                for n in names:
+                    found.setdefault(n.split(".")[0], str(path.relative_to(ROOT)))
+    return {m: f for m, f in found.items() if m not in sys.stdlib_module_names and m not in FIRST_PARTY}
+
+
+@pytest.mark.parametrize("folders,extras", [(("gateway", "schemapin"), ()), (("tests", "bench"), ("test", "peers"))])
+def test_every_import_is_declared(folders: tuple[str, ...], extras: tuple[str, ...]) -> None:
+    dists = packages_distributions()
+    declared = _declared(*extras)
+    missing = []
+    for module, where in _imports(*folders).items():
+        if module in NOT_FROM_PYPROJECT:
+            continue
+        owners = {_norm(d) for d in dists.get(module, [])}
+        if not owners & declared:
+            missing.append(f"{module} ({where}; from {sorted(owners) or 'nothing installed'})")
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"

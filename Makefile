@@ -8,7 +8,7 @@ SYMBI := $(VENV)/bin/symbi
 CONFIG ?= examples/symbi.toml
 PYTEST_ARGS ?=
 
-.PHONY: all setup python-deps node-deps sandbox browser run stdio test test-fast bench lint typecheck clean
+.PHONY: all setup python-deps node-deps sandbox browser run stdio test test-fast bench lint typecheck format clean
 
 all: setup
 
@@ -54,11 +54,18 @@ test: setup sandbox browser
 test-fast: setup
 	$(PY) -m pytest -m "not sandbox and not slow" $(PYTEST_ARGS)
 
+# The rule set and the strictness live in pyproject.toml ([tool.ruff.lint], [tool.mypy]).
+LINTED := gateway schemapin tests bench
+
 typecheck: python-deps
-	$(PY) -m mypy schemapin
+	$(PY) -m mypy gateway schemapin
 
 lint: python-deps
-	$(PY) -m ruff check gateway schemapin tests bench
+	$(PY) -m ruff check $(LINTED)
+
+format: python-deps
+	$(PY) -m ruff format $(LINTED)
+	$(PY) -m ruff check --fix $(LINTED)
 
 bench: setup sandbox
 	$(PY) bench/proxy.py

@@ -299,7 +299,7 @@ class PinStore:
         with self._lock:
             cur = self._db.execute(sql + " ORDER BY id", args)
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 class _Tx:

@@ -477,7 +477,7 @@ class AuditLog:
             return False
         old = self._seq
         self._seq, self._head = seq, prev
-        for row, it in zip(rows, events):
+        for row, it in zip(rows, events, strict=True):
             _resolve(it.future, row[0])
         _wake(events, [row[0] for row in rows], None)
         if seq // self.checkpoint_every > old // self.checkpoint_every:

@@ -58,7 +58,7 @@ class PolicyEngine(ABC):
         """Async form (the gateway's path); the default calls ``decide`` inline."""
         return self.decide(input)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most engines hold nothing to release
         """Release threads / connections."""
 
 

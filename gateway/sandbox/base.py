@@ -78,7 +78,7 @@ class InputDir:
                 target = self.path / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
-            for dirpath, dirnames, filenames in os.walk(self.path):
+            for dirpath, _dirnames, filenames in os.walk(self.path):
                 self._own(Path(dirpath), 0o750)
                 for f in filenames:
                     self._own(Path(dirpath) / f, 0o640)

@@ -124,7 +124,7 @@ def filter_listing(
     because the call decision uses the same allow-list.
     """
     inputs = _listing_inputs(principal, tools, upstreams, session_id, counters)
-    return [t for t, inp in zip(tools, inputs) if engine.decide(inp).allow]
+    return [t for t, inp in zip(tools, inputs, strict=True) if engine.decide(inp).allow]
 
 
 async def afilter_listing(
@@ -140,4 +140,4 @@ async def afilter_listing(
     """Async ``filter_listing`` (concurrent decisions: worth it for a remote OPA)."""
     inputs = list(_listing_inputs(principal, tools, upstreams, session_id, counters, agent))
     decisions = await asyncio.gather(*(engine.adecide(i) for i in inputs))
-    return [t for t, d in zip(tools, decisions) if d.allow]
+    return [t for t, d in zip(tools, decisions, strict=True) if d.allow]

@@ -16,7 +16,7 @@ import random
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import anyio
 import httpx2
@@ -26,6 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import listen as listen_changes
 from mcp.shared.exceptions import MCPError
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import TypeAdapter
 
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable, UpstreamError, UpstreamUnavailable
@@ -344,8 +345,6 @@ class Upstream:
             raise UpstreamError(f"upstream {self.name!r} timed out after {self.call_timeout:g}s") from None
 
 
-from pydantic import TypeAdapter
-
 _CALL_TOOL_RESULT: TypeAdapter[types.CallToolResult | types.InputRequiredResult] = TypeAdapter(
     types.CallToolResult | types.InputRequiredResult
 )
@@ -427,7 +426,7 @@ class _WatchedStream:
         self._on_close()
         await self._inner.aclose()
 
-    async def __aenter__(self) -> _WatchedStream:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

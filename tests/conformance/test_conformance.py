@@ -148,7 +148,7 @@ def direct_runs(workdir: Path, fixture_url: str) -> dict[str, Run]:
     """The suite against the fixture directly, once per suite run, shared by the tests."""
     return {
         ident: run_suite(version, fixture_url, workdir / f"direct-{ident}", req)
-        for ident, (version, req) in zip(IDS, SUITE_RUNS)
+        for ident, (version, req) in zip(IDS, SUITE_RUNS, strict=True)
     }
 
 

@@ -40,7 +40,7 @@ async def _changed(ctx: Context) -> None:
     await ctx.notify_tools_changed()
     try:
         await ctx.request_context.session.send_tool_list_changed()
-    except Exception:  # noqa: BLE001 - 2026-era sessions have no push channel
+    except Exception:  # noqa: BLE001, S110 - 2026-era sessions have no push channel
         pass
 
 

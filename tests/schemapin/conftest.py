@@ -58,7 +58,7 @@ class Reference:
         out = subprocess.run([str(self.python), "-I", str(REF_TOOL)], input=json.dumps(ops), capture_output=True,
                              text=True, timeout=120, check=True)
         results = json.loads(out.stdout)
-        for op, res in zip(ops, results):
+        for op, res in zip(ops, results, strict=True):
             assert res["ok"], f"reference failed on {op['op']}: {res.get('error')}"
         return [r["result"] for r in results]
 

@@ -25,7 +25,7 @@ def _is_high_s(sig_b64: str) -> bool:
 def test_reference_agrees_with_golden_vectors(ref: Reference) -> None:
     vectors = json.loads((ASSETS / "canonicalization_vectors.json").read_text(encoding="utf-8"))["vectors"]
     results = ref.run([{"op": "canon", "text": v["input"]} for v in vectors])
-    for v, r in zip(vectors, results):
+    for v, r in zip(vectors, results, strict=True):
         assert r["canonical"] == v["canonical"], v["name"]
         assert schemapin.canonicalize(schemapin.parse_json(v["input"])).decode("utf-8") == r["canonical"]
 
@@ -33,7 +33,7 @@ def test_reference_agrees_with_golden_vectors(ref: Reference) -> None:
 def test_canonical_form_of_tools_matches_reference(ref: Reference) -> None:
     texts = [load_tool(n)[0] for n in TOOL_NAMES]
     results = ref.run([{"op": "canon", "text": t} for t in texts])
-    for text, r in zip(texts, results):
+    for text, r in zip(texts, results, strict=True):
         assert schemapin.definition_hash(schemapin.parse_json(text)) == r["sha256"]
 
 
@@ -46,7 +46,7 @@ def test_reference_signs_we_verify(ref: Reference) -> None:
     sigs = [r["signature"] for r in ref.run(ops)]
     snap = schemapin.snapshot_from_documents(ref.one({"op": "well_known", "public_key_pem": k["public_key_pem"],
                                                       "developer_name": "Ref"}), domain=DOMAIN)
-    for op, sig in zip(ops, sigs):
+    for op, sig in zip(ops, sigs, strict=True):
         tool = schemapin.parse_json(op["schema_text"])
         # OpenSSL signs with a random nonce and does not normalise S: about half of the
         # reference's signatures are high-S. All of them verify with the defaults ...
@@ -73,7 +73,7 @@ def test_we_sign_reference_verifies(ref: Reference, key: Any) -> None:
         ops.append({"op": "verify_offline", "schema_text": text, "signature": sig, "domain": DOMAIN, "tool_id": n,
                     "discovery": schemapin.build_well_known(pub, "Symbi")})
     results = ref.run(ops)
-    for op, r in zip(ops, results):
+    for op, r in zip(ops, results, strict=True):
         if op["op"] == "verify":
             assert r["valid"] is True
         else:

@@ -232,9 +232,9 @@ def _as_high_s(sig_b64: str) -> str:
     return base64.b64encode(encode_dss_signature(r, max(s, P256_ORDER - s))).decode()
 
 
-def publish(ref: Reference, server: HttpsServer, key: dict[str, str], tools_file: Path, tool: dict[str, Any],
+def publish(reference: Reference, server: HttpsServer, key: dict[str, str], tools_file: Path, tool: dict[str, Any],
             revoked: list[str] | None = None, high_s: bool = False) -> None:
-    sig = ref.one({"op": "sign", "private_key_pem": key["private_key_pem"], "schema_text": json.dumps(tool)})["signature"]
+    sig = reference.one({"op": "sign", "private_key_pem": key["private_key_pem"], "schema_text": json.dumps(tool)})["signature"]
     if high_s:
         sig = _as_high_s(sig)
     tools_file.write_text(json.dumps([{**tool, "_meta": {"schemapin/signature": sig}}]))

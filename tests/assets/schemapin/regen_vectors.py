@@ -46,7 +46,7 @@ def main() -> int:
                          input=json.dumps(ops), capture_output=True, text=True, check=True)
     results = json.loads(out.stdout)
     vectors = []
-    for (name, text), res in zip(INPUTS, results):
+    for (name, text), res in zip(INPUTS, results, strict=True):
         assert res["ok"], (name, res)
         vectors.append({"name": name, "input": text, "canonical": res["result"]["canonical"],
                         "sha256": res["result"]["sha256"]})

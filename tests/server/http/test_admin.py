@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
-
-import time
 
 import httpx
 import jsonschema

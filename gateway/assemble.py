@@ -46,6 +46,7 @@ from gateway.steps.metrics import MetricsStep
 from gateway.steps.policy import PolicyStep
 from gateway.steps.resolve import ResolveTool
 from gateway.steps.verify import VerifyTool
+from gateway.telemetry import Telemetry
 from gateway.verify.verifier import ToolVerifier
 
 _logger = logging.getLogger("symbi.assemble")
@@ -159,6 +160,8 @@ def _assemble(
     closers: list[Callable[[], object]],
 ) -> Gateway:
     audit: AuditLog | None = None
+    telemetry = Telemetry(config)  # trace ids always; OTLP export when [telemetry] says where
+    closers.append(telemetry.close)
     events: EventSink
     if config.security.audit_enabled:
         audit = open_audit(config)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from opentelemetry import trace
+
 from gateway.context import CallContext
 
 # The result of the innermost endpoint: a CallToolResult, ReadResourceResult or GetPromptResult.
@@ -31,8 +33,15 @@ def build_chain(steps: Sequence[Step], endpoint: CallNext) -> CallNext:
     return handler
 
 
+_tracer = trace.get_tracer("symbi.gateway")
+
+
 def _bind(step: Step, inner: CallNext) -> CallNext:
+    # one span per step, nested like the onion, inside the request's span (gateway/telemetry.py)
+    name = f"symbi.step {getattr(step, 'span_name', type(step).__name__)}"
+
     async def run(call: CallContext) -> Any:
-        return await step(call, inner)
+        with _tracer.start_as_current_span(name, attributes={"mcp.method.name": call.kind}):
+            return await step(call, inner)
 
     return run

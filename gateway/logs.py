@@ -1,4 +1,7 @@
-"""Logging set-up: stderr only (stdout is the protocol on stdio), text or JSON lines."""
+"""Logging set-up: stderr only (stdout is the protocol on stdio), text or JSON lines.
+
+A line logged inside a request carries its OpenTelemetry trace and span ids (``trace_id``,
+``span_id`` in JSON; `` trace=...`` in text), the same trace id as its audit record."""
 
 from __future__ import annotations
 
@@ -6,6 +9,24 @@ import json
 import logging
 import sys
 import time
+
+
+class TraceIds(logging.Filter):
+    """Stamp each record with the current span's trace / span id (empty outside a trace)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from gateway.telemetry import current_ids
+
+        ids = current_ids()
+        record.trace_id, record.span_id = ids if ids is not None else ("", "")
+        return True
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        trace_id = getattr(record, "trace_id", "")
+        return f"{line} trace={trace_id}" if trace_id else line
 
 
 class _JsonFormatter(logging.Formatter):
@@ -16,6 +37,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if getattr(record, "trace_id", ""):
+            doc["trace_id"] = record.trace_id
+            doc["span_id"] = getattr(record, "span_id", "")
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             doc.update(extra)
@@ -26,10 +50,11 @@ class _JsonFormatter(logging.Formatter):
 
 def configure(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TraceIds())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

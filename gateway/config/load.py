@@ -40,6 +40,9 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "OPENAI_API_KEY": ("context", "openai_api_key"),
     "OPENAI_BASE_URL": ("context", "openai_base_url"),
     "MCP_SERVER_DISCOVERY": ("mcp", "discovery_enabled"),
+    # OpenTelemetry's own names for the two settings collectors are usually given by
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("telemetry", "otlp_endpoint"),
+    "OTEL_SERVICE_NAME": ("telemetry", "service_name"),
 }
 _BOOL_ENV = {"MCP_SERVER_DISCOVERY"}
 _UPPER_ENV = {"SYMBI_LOG_LEVEL"}

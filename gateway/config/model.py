@@ -204,6 +204,22 @@ class ContextSection(_Section):
         return v
 
 
+class TelemetrySection(_Section):
+    """OpenTelemetry traces (gateway/telemetry.py): ids always; OTLP export when configured."""
+
+    service_name: str = "symbi-gateway"
+    otlp_endpoint: str | None = None  # OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces
+    otlp_headers: dict[str, str] = Field(default_factory=dict)
+    otlp_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (OTLP/HTTP)")
+        return v
+
+
 class ServerConfig(_Section):
     """One upstream MCP server: stdio (``command``) or streamable HTTP (``url``)."""
 
@@ -251,6 +267,7 @@ class Config(_Section):
     http: HttpSection = HttpSection()
     runtime: RuntimeSection = RuntimeSection()
     context: ContextSection = ContextSection()
+    telemetry: TelemetrySection = TelemetrySection()
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     source: PathT | None = None  # the file this came from (set by the loader)
 

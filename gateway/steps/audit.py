@@ -20,6 +20,7 @@ from gateway.audit.log import AuditLog
 from gateway.chain import CallNext
 from gateway.context import CallContext
 from gateway.errors import ArgumentsInvalid, AuditError, GatewayError, PolicyDenied, VerificationDenied
+from gateway.telemetry import current_ids
 
 EVENT_TYPES = {
     "tools/call": "tool.call",
@@ -129,6 +130,7 @@ def event_details(call: CallContext, error: BaseException | None) -> dict[str, A
         "result_bytes": call.result_bytes,
         "unverified_warning": bool(call.unverified_warning),
         "started_ns": call.started_ns,
+        "trace_id": (current_ids() or (None, None))[0],  # the OpenTelemetry trace of this request
     }
     if error is not None:
         details["error_reasons"] = _reasons(error)

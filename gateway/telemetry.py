@@ -1,0 +1,135 @@
+"""OpenTelemetry traces: one trace per request, from the front through each step to the
+upstream and back.
+
+The MCP SDK already opens a SERVER span per inbound request (``mcp.method.name``,
+``gen_ai.tool.name``..., continuing a caller's ``traceparent`` from ``_meta``) and a CLIENT
+span per request to an upstream (injecting ``traceparent`` into that request's ``_meta``);
+the chain adds one INTERNAL span per step (``gateway.chain``). What the gateway owns is the
+SDK ``TracerProvider`` they report to, and where spans go:
+
+* always: trace and span ids exist, so the audit record and every log line carry them;
+* ``[telemetry] otlp_endpoint``: spans are batched to an OTLP/HTTP collector (Jaeger, Tempo,
+  the OpenTelemetry Collector...).
+
+The provider is process-global (the SDK's spans find it through the global API), so it is
+installed once with one fan-out processor; each gateway registers its exporters on it and
+removes them when it closes (tests run several gateways in one process).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from gateway.config.model import Config
+
+_logger = logging.getLogger("symbi.telemetry")
+TRACER_NAME = "symbi.gateway"
+
+
+class _Fanout(SpanProcessor):
+    """The one processor on the global provider: hands spans to every registered one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: tuple[SpanProcessor, ...] = ()
+
+    def add(self, proc: SpanProcessor) -> None:
+        with self._lock:
+            self._procs = (*self._procs, proc)
+
+    def remove(self, proc: SpanProcessor) -> None:
+        with self._lock:
+            self._procs = tuple(p for p in self._procs if p is not proc)
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        for p in self._procs:
+            p.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for p in self._procs:
+            p.on_end(span)
+
+    def shutdown(self) -> None:
+        for p in self._procs:
+            p.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all(p.force_flush(timeout_millis) for p in self._procs)
+
+
+_install_lock = threading.Lock()
+_fanout: _Fanout | None = None
+
+
+def install(service_name: str = "symbi-gateway") -> _Fanout:
+    """The global SDK provider (installed on first use; the first caller names the service)."""
+    global _fanout
+    with _install_lock:
+        if _fanout is None:
+            provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+            fan = _Fanout()
+            provider.add_span_processor(fan)
+            trace.set_tracer_provider(provider)  # refused (logged by the API) if one is set already
+            current = trace.get_tracer_provider()
+            if current is not provider:
+                if isinstance(current, TracerProvider):
+                    current.add_span_processor(fan)  # the embedder's SDK provider: export through it too
+                else:
+                    _logger.warning("a non-SDK OpenTelemetry provider is installed: gateway traces are not exported")
+            _fanout = fan
+        return _fanout
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+class Telemetry:
+    """One gateway's tracing: its exporters on the shared provider, removed on ``close``."""
+
+    def __init__(self, config: Config, *, extra: SpanProcessor | None = None) -> None:
+        section = config.telemetry
+        self._fan = install(section.service_name)
+        self._procs: list[SpanProcessor] = []
+        if section.otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter: SpanExporter = OTLPSpanExporter(
+                endpoint=section.otlp_endpoint,
+                headers=dict(section.otlp_headers),
+                timeout=section.otlp_timeout_s,
+            )
+            self._procs.append(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+            _logger.info("traces: exported over OTLP/HTTP to %s", section.otlp_endpoint)
+        if extra is not None:
+            self._procs.append(extra)
+        for p in self._procs:
+            self._fan.add(p)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        return all(p.force_flush(int(timeout_s * 1000)) for p in self._procs)
+
+    def close(self) -> None:
+        for p in self._procs:
+            self._fan.remove(p)
+            try:
+                p.force_flush(5000)
+                p.shutdown()
+            except Exception as e:  # noqa: BLE001 - an unreachable collector must not stop the gateway's shutdown
+                _logger.warning("traces: exporter shutdown failed: %s", e)
+        self._procs.clear()
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the current span, or None outside a trace."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")

@@ -1,0 +1,201 @@
+"""OpenTelemetry: one trace per request, front -> each step -> the upstream and back; its id
+in the audit record and the log lines; OTLP/HTTP export to a collector when configured.
+
+The collector is a tiny local OTLP/HTTP receiver on 127.0.0.1 (it decodes the real protobuf
+payload the SDK exporter sends); the in-process test reads spans from the SDK's in-memory
+exporter.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gateway import telemetry
+from gateway.config import build_config
+from gateway.errors import ConfigError
+from tests.conftest import ROOT, SYMBI, symbi_env, write_config
+from tests.server._clients import stdio_session
+
+MUTABLE = ROOT / "tests/peers/mutable_server.py"
+
+
+class Collector:
+    """An OTLP/HTTP traces receiver: POST /v1/traces with a protobuf ExportTraceServiceRequest."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, int]] = []  # (trace id hex, span name, kind)
+        self.resources: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                for rs in req.resource_spans:
+                    outer.resources.append({a.key: a.value.string_value for a in rs.resource.attributes})
+                    for ss in rs.scope_spans:
+                        outer.spans += [(s.trace_id.hex(), s.name, s.kind) for s in ss.spans]
+                out = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200 if self.path == "/v1/traces" else 404)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    yield c
+    c.server.shutdown()
+
+
+def _mutable_cfg(tmp_path: Path, extra: str = "") -> Path:
+    return write_config(tmp_path, f"""
+        [gateway]
+        data_dir = "{tmp_path / 'data'}"
+        log_format = "json"
+        {extra}
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        """)
+
+
+def _audited_trace_ids(cfg: Path) -> list[str | None]:
+    q = subprocess.run([str(SYMBI), "audit", "query", "--config", str(cfg), "--type", "tool.call", "--json"],
+                       capture_output=True, text=True, timeout=60, env=symbi_env())
+    assert q.returncode == 0, q.stderr
+    return [json.loads(line)["details"].get("trace_id") for line in q.stdout.splitlines()]
+
+
+@pytest.mark.anyio
+async def test_otlp_export_to_a_local_collector_carries_the_audited_trace(tmp_path: Path, collector: Collector) -> None:
+    cfg = _mutable_cfg(tmp_path, f'[telemetry]\notlp_endpoint = "{collector.url}"\nservice_name = "symbi-test"\n')
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool("mut__echo", {"message": "traced"})
+        assert not r.is_error, r
+    # the gateway flushes its exporter when it stops
+    deadline = time.monotonic() + 20
+    while not any(n == "tools/call mut__echo" for _, n, _k in collector.spans) and time.monotonic() < deadline:
+        await anyio.sleep(0.1)
+    [audited] = _audited_trace_ids(cfg)
+    assert audited and len(audited) == 32
+    names = {n for t, n, _k in collector.spans if t == audited}
+    assert "tools/call mut__echo" in names  # the front's SERVER span (MCP semantic conventions)
+    assert "MCP send tools/call echo" in names  # the hop to the upstream (CLIENT span)
+    assert {"symbi.step AuditStep", "symbi.step PolicyStep"} <= names
+    assert {"service.name": "symbi-test"}.items() <= collector.resources[0].items()
+
+
+def test_otlp_endpoint_must_be_http() -> None:
+    with pytest.raises(ConfigError):
+        build_config({"telemetry": {"otlp_endpoint": "grpc://127.0.0.1:4317"}})
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces", "OTEL_SERVICE_NAME": "x"}
+    cfg = build_config({}, environ=env)
+    assert cfg.telemetry.otlp_endpoint == env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] and cfg.telemetry.service_name == "x"
+
+
+@pytest.mark.anyio
+@pytest.mark.npm
+async def test_one_trace_from_the_client_through_every_step_to_the_upstream(tmp_path: Path) -> None:
+    """In process: the SDK client, the HTTP front, the chain and the upstream session all
+    report to the gateway's provider; the in-memory exporter sees one trace."""
+    from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+
+    memory = InMemorySpanExporter()
+    proc = SimpleSpanProcessor(memory)
+    telemetry.install().add(proc)
+    try:
+        cfg = everything_config(tmp_path)
+        keys = make_keys(cfg)
+        with run_server(cfg) as run:
+            async with (
+                httpx2.AsyncClient(headers=bearer(keys.admin)) as hc,
+                streamable_http_client(run.mcp, http_client=hc) as (r, w),
+                ClientSession(r, w) as s,
+            ):
+                await s.initialize()
+                with trace.get_tracer("test").start_as_current_span("agent turn") as root:
+                    res = await s.call_tool("everything__echo", {"message": "hi"})
+                assert not res.is_error
+            gw = run.state.gateway
+            assert gw is not None and gw.audit_log is not None
+            gw.audit_log.flush()
+            records = [e for e in gw.audit_log.recent(50) if e["type"] == "tool.call"]
+    finally:
+        telemetry.install().remove(proc)
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    spans = [s for s in memory.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
+    by_name = {s.name: s for s in spans}
+    server = by_name["tools/call everything__echo"]
+    assert server.kind is trace.SpanKind.SERVER
+    assert server.attributes is not None and server.attributes["gen_ai.tool.name"] == "everything__echo"
+    assert server.attributes["gen_ai.operation.name"] == "execute_tool"
+    steps = [s for s in spans if s.name.startswith("symbi.step ")]
+    assert len(steps) >= 3 and all(s.parent is not None for s in steps)
+    upstream = by_name["MCP send tools/call echo"]
+    assert upstream.kind is trace.SpanKind.CLIENT
+    # nesting: the upstream hop sits under the innermost step, the steps under the server span
+    ids = {s.context.span_id: s for s in spans}
+    chain = [upstream]
+    while chain[-1].parent is not None and chain[-1].parent.span_id in ids:
+        chain.append(ids[chain[-1].parent.span_id])
+    assert server in chain and chain[-1].name == "agent turn"
+    assert any(r["details"].get("trace_id") == trace_id for r in records)
+
+
+def test_log_lines_in_a_request_carry_its_trace_id() -> None:
+    from gateway.logs import TraceIds, _JsonFormatter, _TextFormatter
+
+    telemetry.install()
+    out = io.StringIO()
+    tids = []
+    for fmt in (_JsonFormatter(), _TextFormatter("%(message)s")):
+        handler = logging.StreamHandler(out)
+        handler.addFilter(TraceIds())
+        handler.setFormatter(fmt)
+        log = logging.getLogger(f"symbi.test.{type(fmt).__name__}")
+        log.addHandler(handler)
+        log.propagate = False
+        try:
+            with telemetry.tracer().start_as_current_span("req") as span:
+                log.warning("inside")
+            tids.append(format(span.get_span_context().trace_id, "032x"))
+            log.warning("outside")
+        finally:
+            log.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert json.loads(lines[0])["trace_id"] == tids[0] and "trace_id" not in json.loads(lines[1])
+    assert lines[2] == f"inside trace={tids[1]}" and lines[3] == "outside"

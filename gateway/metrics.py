@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.events import EventSink
@@ -106,6 +106,28 @@ class GatewayMetrics:
         self.http_requests = Counter(
             "symbi_http_requests", "HTTP requests by route group and status", ["route", "status"], registry=r
         )
+        # The seed's business metrics (监控 / 业务指标): task completion, errors by type,
+        # resource efficiency (with the process collector's CPU and memory), compliance results.
+        self.tasks = Counter(
+            "symbi_tasks", "Requests (tool calls, resource reads, prompt gets) by kind and outcome",
+            ["kind", "outcome"], registry=r,
+        )
+        self.errors = Counter(
+            "symbi_errors", "Denials and failures by error type (the error code)", ["error_type"], registry=r
+        )
+        self.compliance = Counter(
+            "symbi_compliance_checks", "Per-request compliance checks (verification, policy, audit) by result",
+            ["check", "result"], registry=r,
+        )
+        self.sandbox_seconds = Histogram(
+            "symbi_sandbox_run_seconds", "Wall time of code tool calls by sandbox tier", ["tier"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.result_bytes = Histogram(
+            "symbi_result_bytes", "Size of results returned to clients", ["kind"],
+            buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216), registry=r,
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
     def track_sessions(self, count: Callable[[], int]) -> None:
         """Read the open-session count at scrape time."""
@@ -116,6 +138,7 @@ class GatewayMetrics:
 
     def observe_audit_write(self, seconds: float) -> None:
         self.audit_write_latency.observe(seconds)
+        self.compliance.labels("audit", "pass").inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -6,16 +6,26 @@ changes the result and re-raises every error unchanged.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from gateway.chain import CallNext
 from gateway.context import CallContext
-from gateway.errors import ArgumentsInvalid, CatalogError, GatewayError, PolicyDenied, VerificationDenied
+from gateway.errors import (
+    ArgumentsInvalid,
+    AuditError,
+    CatalogError,
+    GatewayError,
+    PolicyDenied,
+    VerificationDenied,
+)
 from gateway.metrics import GatewayMetrics, RecentCall, RecentCalls
 
 # Errors that are the gateway saying "no" (as opposed to something failing).
 _DENIALS = (PolicyDenied, VerificationDenied, CatalogError, ArgumentsInvalid)
+_TASK_KINDS = frozenset({"tools/call", "resources/read", "prompts/get"})
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # error codes are label values: keep them bounded
 
 
 class MetricsStep:
@@ -60,6 +70,7 @@ class MetricsStep:
         upstream = call.tool.upstream if call.tool is not None else None
         if call.sandbox_tier is not None and call.tool is not None and call.tool.code_tool:
             self.metrics.sandbox_runs.labels(call.sandbox_tier, outcome).inc()
+        self._business(call, outcome, code, error, elapsed)
         if call.kind == "tools/call":
             tool = call.tool.name if call.tool is not None else "unknown"
             self.metrics.tool_calls.labels(tool, upstream or "unknown", outcome).inc()
@@ -78,3 +89,27 @@ class MetricsStep:
                 latency_ms=elapsed,
             )
         )
+
+    def _business(
+        self, call: CallContext, outcome: str, code: str | None, error: BaseException | None, elapsed_ms: float
+    ) -> None:
+        """Task completion, errors by type, resource use, compliance results (the seed's list)."""
+        m = self.metrics
+        if call.kind not in _TASK_KINDS:
+            return
+        m.tasks.labels(call.kind, outcome).inc()
+        if outcome != "ok":
+            error_type = code if code and _CODE.match(code) else ("tool_error" if outcome == "error" else "denied")
+            m.errors.labels(error_type).inc()
+        if call.tool is not None:
+            status = call.tool.verification
+            m.compliance.labels("verification", "pass" if status in ("verified", "pinned") else
+                                "fail" if call.tool.blocked or isinstance(error, VerificationDenied) else "unverified").inc()
+        if call.decision is not None:
+            m.compliance.labels("policy", "pass" if call.decision.allow else "fail").inc()
+        if isinstance(error, AuditError):
+            m.compliance.labels("audit", "fail").inc()
+        if call.result_bytes is not None:
+            m.result_bytes.labels(call.kind).observe(call.result_bytes)
+        if call.sandbox_tier is not None and call.tool is not None and call.tool.code_tool:
+            m.sandbox_seconds.labels(call.sandbox_tier).observe(elapsed_ms / 1000.0)

@@ -49,6 +49,23 @@ def test_keygen_sign_verify(tmp_path: Path) -> None:
     assert symbi("keygen", "--out", tmp_path / "keys").returncode == 2  # refuses to overwrite
 
 
+def test_high_s_envelope_verifies_unless_low_s_is_required(tmp_path: Path) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    from schemapin._crypto import P256_ORDER
+
+    priv, pub, _ = keygen(tmp_path / "k")
+    env = sign(priv, TOOL, tmp_path / "env.json")
+    r_, s_ = decode_dss_signature(base64.b64decode(env["signature"]))
+    env["signature"] = base64.b64encode(encode_dss_signature(r_, P256_ORDER - s_)).decode()  # the high-S twin
+    (tmp_path / "high.json").write_text(json.dumps(env), encoding="utf-8")
+    assert symbi("verify", "--public-key", pub, tmp_path / "high.json").returncode == 0
+    r = symbi("verify", "--public-key", pub, tmp_path / "high.json", "--require-low-s", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["error_code"] == "signature_high_s"
+
+
 def test_tampered_envelope_exit_1_with_code(tmp_path: Path) -> None:
     priv, pub, _ = keygen(tmp_path / "k")
     env = sign(priv, TOOL, tmp_path / "env.json")

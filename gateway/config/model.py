@@ -64,7 +64,7 @@ class McpSection(_Section):
     tool_verification: VerificationMode = "strict"
     connection_timeout_s: float = Field(default=30.0, gt=0)
     call_timeout_s: float = Field(default=60.0, gt=0)
-    max_concurrent_connections: int = Field(default=64, ge=1)
+    max_concurrent_connections: int = Field(default=1024, ge=1)  # MCP requests served at once (HTTP)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)

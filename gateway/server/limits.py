@@ -1,10 +1,12 @@
-"""``mcp.max_concurrent_connections``: how many MCP connections the HTTP front holds at once.
+"""``mcp.max_concurrent_connections``: how many MCP requests the HTTP front serves at once.
 
-A connection is one open request to the MCP endpoint: a POST (for as long as its JSON or SSE
-answer streams), a GET listen stream, a DELETE. Beyond the limit the request is refused at
-once with HTTP 503, ``Retry-After`` and a JSON-RPC error whose ``data.code`` is
-``too_many_connections`` naming the setting, instead of queueing unboundedly. Over stdio a
-gateway process serves exactly one connection, which every valid limit (>= 1) admits.
+Counted: every open POST / DELETE to the MCP endpoint, for as long as its JSON or SSE answer
+streams (an HTTP/1.1 client holds one TCP connection per such request). Not counted: each
+session's GET listen stream, which is idle by design and bounded by ``http.max_sessions``
+(one per session). Beyond the limit a request is refused at once with HTTP 503,
+``Retry-After`` and a JSON-RPC error whose ``data.code`` is ``too_many_connections`` naming
+the setting, instead of piling up on the upstreams. Over stdio a gateway process serves one
+connection, which every valid limit (>= 1) admits.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ class ConnectionLimit:
         self.open = 0  # one event loop: plain int is safe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope.get("path", "").rstrip("/") or "/") != self.path:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") == "GET"
+            or (scope.get("path", "").rstrip("/") or "/") != self.path
+        ):
             await self.app(scope, receive, send)
             return
         if self.open >= self.limit:

@@ -1,10 +1,11 @@
-"""``mcp.max_concurrent_connections``: the HTTP front holds at most that many open MCP
-connections; one more is refused at once with 503 + a typed JSON-RPC error, and a freed slot
-is usable again."""
+"""``mcp.max_concurrent_connections``: the HTTP front serves at most that many MCP requests at
+once; one more is refused at once with 503 + a typed JSON-RPC error, and a freed slot is
+usable again."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,46 +20,64 @@ pytestmark = pytest.mark.npm
 LIMIT = 2
 
 
-@contextlib.contextmanager
-def listen_stream(run: Running, key: str) -> Iterator[httpx.Response]:
-    """One MCP session with its GET listen stream held open (one connection)."""
+def _session(run: Running, key: str) -> dict[str, str]:
     r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(key)}, timeout=10)
     assert r.status_code == 200, r.text
-    h = {**bearer(key), "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-    httpx.post(run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-               headers={**MCP_HEADERS, **h}, timeout=10)
-    with httpx.Client(timeout=30) as c, c.stream("GET", run.mcp, headers={**h, "Accept": "text/event-stream"}) as s:
-        assert s.status_code == 200
-        yield s
+    h = {**MCP_HEADERS, **bearer(key), "mcp-session-id": r.headers["mcp-session-id"],
+         "mcp-protocol-version": "2025-11-25"}
+    httpx.post(run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h, timeout=10)
+    return h
 
 
-def test_connections_beyond_the_limit_are_refused_until_one_closes(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def held_requests(run: Running, key: str, n: int) -> Iterator[list[int]]:
+    """``n`` tool calls in flight (server-everything's long-running operation, a few seconds)."""
+    statuses: list[int] = []
+    heads = [_session(run, key) for _ in range(n)]
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "everything__trigger-long-running-operation", "arguments": {"duration": 6, "steps": 2}}}
+
+    def post(h: dict[str, str]) -> None:
+        statuses.append(httpx.post(run.mcp, json=call, headers=h, timeout=60).status_code)
+
+    threads = [threading.Thread(target=post, args=(h,)) for h in heads]
+    for t in threads:
+        t.start()
+    try:
+        yield statuses
+    finally:
+        for t in threads:
+            t.join(60)
+
+
+def _post_until(run: Running, key: str, want: int) -> httpx.Response:
+    deadline = time.monotonic() + 20
+    while True:
+        r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(key)}, timeout=10)
+        if r.status_code == want or time.monotonic() > deadline:
+            return r
+        time.sleep(0.1)
+
+
+def test_requests_beyond_the_limit_are_refused_until_one_ends(tmp_path: Path) -> None:
     cfg = everything_config(tmp_path, top_extra=f"[mcp]\nmax_concurrent_connections = {LIMIT}\n")
     keys = make_keys(cfg)
-    with run_server(cfg) as run, contextlib.ExitStack() as streams:
-        streams.enter_context(listen_stream(run, keys.user))
-        with listen_stream(run, keys.user):
-            r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(keys.user)}, timeout=10)
+    with run_server(cfg) as run:
+        with held_requests(run, keys.admin, LIMIT) as statuses:
+            r = _post_until(run, keys.user, 503)
             assert r.status_code == 503
             assert r.headers["retry-after"] == "1"
             err = r.json()["error"]
             assert err["data"]["code"] == "too_many_connections" and str(LIMIT) in err["message"]
-            # other routes are not MCP connections and stay served
+            # other routes are not MCP requests and stay served
             assert httpx.get(run.base + "/healthz").status_code == 200
-        # the freed slot serves the next connection
-        deadline = time.monotonic() + 10
-        while True:
-            r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(keys.user)}, timeout=10)
-            if r.status_code == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert r.status_code == 200
+        assert statuses == [200] * LIMIT  # the held requests were served, not dropped
+        assert _post_until(run, keys.user, 200).status_code == 200  # freed slots serve again
 
 
-def test_a_refused_connection_needs_credentials_first(tmp_path: Path) -> None:
-    """Unauthenticated requests never take a slot (the limit sits behind authentication)."""
+def test_unauthenticated_requests_take_no_slot(tmp_path: Path) -> None:
     cfg = everything_config(tmp_path, top_extra="[mcp]\nmax_concurrent_connections = 1\n")
     keys = make_keys(cfg)
-    with run_server(cfg) as run, listen_stream(run, keys.user):
-        r = httpx.post(run.mcp, json=INIT, headers=MCP_HEADERS, timeout=10)
-        assert r.status_code == 401
+    with run_server(cfg) as run, held_requests(run, keys.admin, 1):
+        assert _post_until(run, keys.user, 503).status_code == 503
+        assert httpx.post(run.mcp, json=INIT, headers=MCP_HEADERS, timeout=10).status_code == 401

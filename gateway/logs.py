@@ -18,7 +18,9 @@ class TraceIds(logging.Filter):
         from gateway.telemetry import current_ids
 
         ids = current_ids()
-        record.trace_id, record.span_id = ids if ids is not None else ("", "")
+        trace_id, span_id = ids if ids is not None else ("", "")
+        record.trace_id = trace_id  # LogRecord takes extra attributes
+        record.span_id = span_id
         return True
 
 
@@ -37,8 +39,9 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if getattr(record, "trace_id", ""):
-            doc["trace_id"] = record.trace_id
+        trace_id = getattr(record, "trace_id", "")
+        if trace_id:
+            doc["trace_id"] = trace_id
             doc["span_id"] = getattr(record, "span_id", "")
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):

@@ -151,9 +151,9 @@ async def test_one_trace_from_the_client_through_every_step_to_the_upstream(tmp_
                     res = await s.call_tool("everything__echo", {"message": "hi"})
                 assert not res.is_error
             gw = run.state.gateway
-            assert gw is not None and gw.audit_log is not None
-            gw.audit_log.flush()
-            records = [e for e in gw.audit_log.recent(50) if e["type"] == "tool.call"]
+            assert gw is not None and gw.audit is not None
+            gw.audit.flush()
+            records = [e for e in gw.audit.recent(50) if e["type"] == "tool.call"]
     finally:
         telemetry.install().remove(proc)
     trace_id = format(root.get_span_context().trace_id, "032x")

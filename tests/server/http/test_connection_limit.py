@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.server.limits import ConnectionLimit
 from tests.server.http.conftest import Running, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
 
@@ -44,10 +45,28 @@ def held_requests(run: Running, key: str, n: int) -> Iterator[list[int]]:
     for t in threads:
         t.start()
     try:
+        _wait_in_flight(run, n)
         yield statuses
     finally:
         for t in threads:
             t.join(60)
+
+
+def _limit(run: Running) -> ConnectionLimit:
+    """The app's ConnectionLimit middleware (to wait until the held calls are in flight)."""
+    app = run.server.config.app
+    node: object = getattr(app, "middleware_stack", None)
+    while node is not None and not isinstance(node, ConnectionLimit):
+        node = getattr(node, "app", None)
+    assert isinstance(node, ConnectionLimit)
+    return node
+
+
+def _wait_in_flight(run: Running, n: int) -> None:
+    deadline = time.monotonic() + 20
+    while _limit(run).open < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _limit(run).open == n
 
 
 def _post_until(run: Running, key: str, want: int) -> httpx.Response:
@@ -64,7 +83,7 @@ def test_requests_beyond_the_limit_are_refused_until_one_ends(tmp_path: Path) ->
     keys = make_keys(cfg)
     with run_server(cfg) as run:
         with held_requests(run, keys.admin, LIMIT) as statuses:
-            r = _post_until(run, keys.user, 503)
+            r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(keys.user)}, timeout=10)
             assert r.status_code == 503
             assert r.headers["retry-after"] == "1"
             err = r.json()["error"]
@@ -79,5 +98,6 @@ def test_unauthenticated_requests_take_no_slot(tmp_path: Path) -> None:
     cfg = everything_config(tmp_path, top_extra="[mcp]\nmax_concurrent_connections = 1\n")
     keys = make_keys(cfg)
     with run_server(cfg) as run, held_requests(run, keys.admin, 1):
-        assert _post_until(run, keys.user, 503).status_code == 503
         assert httpx.post(run.mcp, json=INIT, headers=MCP_HEADERS, timeout=10).status_code == 401
+        refused = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(keys.user)}, timeout=10)
+        assert refused.status_code == 503

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio.to_thread
+from opentelemetry import trace
 
 from gateway.errors import ArgumentsInvalid, UnknownTool
 
@@ -21,6 +22,7 @@ from .manager import SandboxManager
 from .types import Limits, SandboxRequest, SandboxResult, Tier, ToolNeeds
 
 SERVER_NAME = "sandbox"
+_tracer = trace.get_tracer("symbi.gateway")
 MAX_FILES = 64
 
 _FILES_SCHEMA: dict[str, Any] = {
@@ -160,7 +162,10 @@ class SandboxTools:
         annotations = next((t["annotations"] for t in TOOLS if t["name"] == name), None)
         tier = self.pick_tier(min_tier, request, principal_kind=principal_kind, annotations=annotations)
         lim = limits or self.manager.limits()
-        result = await anyio.to_thread.run_sync(self.manager.run, tier, request, lim, abandon_on_cancel=False)
+        attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name, "symbi.sandbox.tier": tier}
+        with _tracer.start_as_current_span(f"sandbox {name}", attributes=attrs) as span:
+            result = await anyio.to_thread.run_sync(self.manager.run, tier, request, lim, abandon_on_cancel=False)
+            span.set_attributes({"process.exit.code": result.exit_code, "symbi.sandbox.killed": result.killed})
         return to_call_result(result), tier
 
 

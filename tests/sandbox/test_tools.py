@@ -94,3 +94,29 @@ async def test_unavailable_tier_is_refused_never_downgraded(manager: SandboxMana
         await tools.call("run_python", {"code": "print(1)"}, min_tier=None)
     with pytest.raises(SandboxUnavailable):
         broken.run("docker", SandboxRequest(code="1"))
+
+
+@pytest.mark.sandbox
+@pytest.mark.anyio
+async def test_a_run_is_a_span_of_the_requests_trace(manager: SandboxManager) -> None:
+    """The sandbox hop shows in the request's trace like an upstream hop (gateway/telemetry.py)."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway import telemetry
+
+    require_tier(manager, "bwrap")
+    memory = InMemorySpanExporter()
+    proc = SimpleSpanProcessor(memory)
+    telemetry.install().add(proc)
+    try:
+        cfg = Config.model_validate({"security": {"default_sandbox_tier": "bwrap"}})
+        with telemetry.tracer().start_as_current_span("request") as root:
+            _, tier = await SandboxTools(cfg, manager).call("run_shell", {"command": "exit 3"}, min_tier=None,
+                                                             principal_kind="user")
+    finally:
+        telemetry.install().remove(proc)
+    [span] = [s for s in memory.get_finished_spans() if s.name == "sandbox run_shell"]
+    assert span.parent is not None and span.parent.span_id == root.get_span_context().span_id
+    assert span.attributes is not None
+    assert (span.attributes["symbi.sandbox.tier"], span.attributes["process.exit.code"]) == (tier, 3)

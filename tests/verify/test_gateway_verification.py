@@ -238,7 +238,7 @@ def publish(reference: Reference, server: HttpsServer, key: dict[str, str], tool
     if high_s:
         sig = _as_high_s(sig)
     tools_file.write_text(json.dumps([{**tool, "_meta": {"schemapin/signature": sig}}]))
-    doc = ref.one({"op": "well_known", "public_key_pem": key["public_key_pem"], "developer_name": "Dict Co"})
+    doc = reference.one({"op": "well_known", "public_key_pem": key["public_key_pem"], "developer_name": "Dict Co"})
     if revoked:
         doc["revoked_keys"] = revoked
     server.serve_json("/.well-known/schemapin.json", doc)

@@ -66,7 +66,7 @@ def main() -> None:
     hashes = [hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest() for _, d in defs]
 
     def warm() -> None:  # a refresh after one list_changed: the verifier has each definition's hash
-        for (u, d), h in zip(defs, hashes):
+        for (u, d), h in zip(defs, hashes, strict=True):
             screener.screen("tool", d, others[u], definition_hash=h)
 
     def one_changed(round_no: int) -> None:  # one upstream's list_changed: its 40 definitions are new

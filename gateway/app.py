@@ -361,9 +361,11 @@ class Gateway:
         progress = None
         if ctx is not None and session is not None:
 
-            async def progress(p: float, total: float | None, message: str | None) -> None:
+            async def report(progress: float, total: float | None, message: str | None) -> None:
                 with contextlib.suppress(Exception):
-                    await session.report_progress(p, total, message)
+                    await session.report_progress(progress, total, message)
+
+            progress = report
 
         token = DOWNSTREAM_CAPABILITIES.set(session)
         try:

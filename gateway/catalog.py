@@ -168,8 +168,9 @@ class Catalog:
         for name in collided:
             # fail closed: neither side of a collision is reachable
             tools.pop(name, None)
-        for r in refusals:
-            _logger.error("catalogue refused %s %r of upstream %r: %s", r.kind, r.name, r.upstream, r.reason)
+        for refusal in refusals:
+            _logger.error("catalogue refused %s %r of upstream %r: %s",
+                          refusal.kind, refusal.name, refusal.upstream, refusal.reason)
         return cls(tools, resources, templates, prompts, refusals)
 
     def tool(self, name: str) -> CatalogTool:

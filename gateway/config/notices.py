@@ -24,12 +24,6 @@ PENDING: dict[tuple[str, str], tuple[int, str]] = {
     ("runtime", "scheduler_threads"): (13, "the agent runtime's scheduler"),
     ("runtime", "gc_interval_ms"): (13, "the agent runtime's clean-up of finished agents"),
     ("runtime", "message_buffer_size"): (14, "the message bus"),
-    ("context", "vector_db_url"): (15, "agent memory (Qdrant)"),
-    ("context", "embedding_dimension"): (15, "agent memory's embeddings"),
-    ("context", "context_cache_size"): (15, "agent memory's cache"),
-    ("context", "knowledge_retention_days"): (15, "agent knowledge retention"),
-    ("context", "openai_api_key"): (15, "agent memory's embeddings (OpenAI)"),
-    ("mcp", "discovery_enabled"): (18, "upstream server discovery"),
 }
 
 # value a setting may take that cannot run here -> (what runs instead, why it is the same job)

@@ -195,7 +195,9 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
             raise MCPError(
                 code=types.INVALID_PARAMS, message=e.message, data={"uri": params.uri, "code": e.code}
             ) from None
-        return await _through_chain(ctx, gw, "resources/read", params.uri, owner, params, {})
+        result: types.ReadResourceResult | types.InputRequiredResult = await _through_chain(
+            ctx, gw, "resources/read", params.uri, owner, params, {})
+        return result
 
     async def _through_chain(
         ctx: ServerRequestContext[Gateway],
@@ -278,7 +280,9 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
             owner = gw.catalog.prompt(params.name).upstream
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
-        return await _through_chain(ctx, gw, "prompts/get", params.name, owner, params, dict(params.arguments or {}))
+        prompt: types.GetPromptResult | types.InputRequiredResult = await _through_chain(
+            ctx, gw, "prompts/get", params.name, owner, params, dict(params.arguments or {}))
+        return prompt
 
     async def completion(
         ctx: ServerRequestContext[Gateway], params: types.CompleteRequestParams

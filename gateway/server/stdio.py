@@ -91,7 +91,7 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
                         await _deliver(e.partial)
                     return
                 except asyncio.LimitOverrunError as e:
-                    head = bytes(reader._buffer[:512])
+                    head = bytes(reader._buffer[:512])  # type: ignore[attr-defined]  # asyncio's private buffer
                     total = await _drain_line(reader, e.consumed)
                     await write(
                         _error(

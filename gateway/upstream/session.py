@@ -24,6 +24,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client, types
 from mcp.client._probe import negotiate_auto
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import listen as listen_changes
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
@@ -310,7 +311,7 @@ class Upstream:
         name: str,
         arguments: dict[str, Any] | None,
         *,
-        progress: Callable[[float, float | None, str | None], Awaitable[None]] | None = None,
+        progress: ProgressFnT | None = None,
         input_responses: Any = None,
         request_state: str | None = None,
     ) -> types.CallToolResult | types.InputRequiredResult:
@@ -389,7 +390,7 @@ def _forward_caller_capabilities(session: ClientSession) -> None:
             meta = data.setdefault("params", {}).setdefault("_meta", {})
             meta[_CAPS_META_KEY] = caps
 
-    session._stamp = with_caller  # type: ignore[method-assign]
+    session._stamp = with_caller
 
 
 def _describe(e: BaseException) -> str:

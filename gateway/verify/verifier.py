@@ -104,7 +104,7 @@ class ToolVerifier:
     # -- what the gateway polls to notice approvals made by the CLI --------------------------
 
     def fingerprint(self) -> tuple[Any, ...]:
-        mtimes = []
+        mtimes: list[int | None] = []
         for srv in self._config.servers.values():
             if srv.approved is not None:
                 try:
@@ -208,6 +208,9 @@ class ToolVerifier:
         except SchemaPinError as e:
             return _with(info, "failed", f"definition cannot be canonicalised: {e}", None, None, mode)
         before = self.state.get(info.upstream, info.original_name)
+        status: str
+        reason: str | None
+        fp: str | None
         status, reason, fp = "unverified", "no signature (in-band _meta or approved manifest)", None
         approve_now = False
         if mode == "off":

@@ -8,7 +8,7 @@ SYMBI := $(VENV)/bin/symbi
 CONFIG ?= examples/symbi.toml
 PYTEST_ARGS ?=
 
-.PHONY: all setup python-deps node-deps sandbox browser run stdio test test-fast bench lint typecheck format clean
+.PHONY: all setup python-deps node-deps sandbox state-engines browser run stdio test test-fast bench lint typecheck format clean
 
 all: setup
 
@@ -37,6 +37,10 @@ tests/conformance/node/node_modules/.installed: tests/conformance/node/package.j
 sandbox:
 	bash scripts/setup-sandbox.sh
 
+# Debian's redis-server: the bus tests and bench/bus.py start their own on 127.0.0.1 (random port).
+state-engines:
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
 # Debian's Chromium for the dashboard's browser tests (Playwright drives it; no browser download).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
@@ -48,10 +52,10 @@ run: setup sandbox
 stdio: setup
 	$(SYMBI) mcp --config $(CONFIG)
 
-test: setup sandbox browser
+test: setup sandbox state-engines browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup state-engines
 	$(PY) -m pytest -m "not sandbox and not slow" $(PYTEST_ARGS)
 
 # The rule set and the strictness live in pyproject.toml ([tool.ruff.lint], [tool.mypy]).
@@ -67,12 +71,13 @@ format: python-deps
 	$(PY) -m ruff format $(LINTED)
 	$(PY) -m ruff check --fix $(LINTED)
 
-bench: setup sandbox
+bench: setup sandbox state-engines
 	$(PY) bench/proxy.py
 	$(PY) bench/policy.py
 	$(PY) bench/audit.py
 	$(PY) bench/sandbox.py
 	$(PY) bench/schemapin.py
+	$(PY) bench/bus.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache

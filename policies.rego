@@ -2,7 +2,8 @@
 #
 # Query: data.symbi.decision  ->  {"allow": bool, "reasons": [string], "conditions": {...}}
 # Input: see gateway/policy/README.md (principal, agent, upstream, tool, arguments, context,
-#        action = "call" | "list", kind = "tools/call" | "resources/read" | "prompts/get").
+#        action = "call" | "list", kind = "tools/call" | "resources/read" | "prompts/get"
+#        | "bus/send" | "bus/publish" | "bus/subscribe" with input.recipient / input.topic).
 # Data:  policies/data.json, loaded at the data root (data.symbi_data), the way
 #        `opa run policies.rego policies/data.json` loads it.
 #
@@ -253,6 +254,61 @@ deny contains msg if {
 	not url_ok(v)
 	msg := sprintf("argument %s: host %s is not in the allow-list", [k, host])
 }
+
+# ---------------------------------------------------------------------------------------
+# The agent bus: bus/send (input.recipient = {agent, principal}), bus/publish and
+# bus/subscribe (input.topic; a subscription may hold * and ? wildcards). Agents of the same
+# principal may message each other; other principals only when granted by glob
+# (bus_peers); topics by glob per role or principal (publish_topics, subscribe_topics,
+# "." separates parts: "team.*" is one part, "team.**" any depth).
+# ---------------------------------------------------------------------------------------
+
+is_bus if kind in {"bus/send", "bus/publish", "bus/subscribe"}
+
+bus_peer_ok if input.recipient.principal == principal_id
+
+bus_peer_ok if matches_any(patterns("bus_peers"), input.recipient.principal)
+
+topic_granted(field) if {
+	is_string(input.topic)
+	some p in patterns(field)
+	glob.match(p, ["."], input.topic)
+}
+
+bus_kind_field := {"bus/publish": "publish_topics", "bus/subscribe": "subscribe_topics"}
+
+target_permitted if {
+	kind == "bus/send"
+	bus_peer_ok
+}
+
+target_permitted if topic_granted(bus_kind_field[kind])
+
+# the caller's agent id: input.agent is the runtime's {id, name, state, ...} (or a bare id)
+has_bus_agent if is_string(input.agent.id)
+
+has_bus_agent if is_string(input.agent)
+
+deny contains msg if {
+	is_bus
+	not has_bus_agent
+	msg := sprintf("%s needs an agent: the caller %s has no agent id", [kind, principal_id])
+}
+
+deny contains msg if {
+	kind == "bus/send"
+	not bus_peer_ok
+	msg := sprintf("principal %s may not message agents of principal %s", [principal_id, input.recipient.principal])
+}
+
+deny contains msg if {
+	field := bus_kind_field[kind]
+	not topic_granted(field)
+	msg := sprintf("principal %s may not %s topic %s", [principal_id, split(kind, "/")[1], input.topic])
+}
+
+# the per-agent message rate (messages per minute; counted per agent by the bus)
+conditions["rate_limit"] := object.get(principal_entry, "bus_rate_limit", object.get(cfg, "default_bus_rate_limit", 600)) if is_bus
 
 # ---------------------------------------------------------------------------------------
 # Volume: an hourly cap per principal (the per-minute rate_limit is a condition below).

@@ -74,6 +74,18 @@ class PromptBuiltin(Builtin, Protocol):
     async def get_prompt(self, call: CallContext) -> types.GetPromptResult: ...
 
 
+@runtime_checkable
+class WatchedResourceBuiltin(ResourceBuiltin, Protocol):
+    """A built-in with listed resources a client may subscribe to (the bus: ``bus://inbox``,
+    ``bus://topics/{name}``): ``resources/subscribe`` pushes ``notifications/resources/updated``."""
+
+    def resources(self) -> list[types.Resource]: ...
+
+    async def watch(self, uri: str, principal: Principal, connection: Any, on: bool) -> None:
+        """resources/subscribe (``on``) or unsubscribe for one client connection (its
+        ``outbound.notify`` pushes notifications/resources/updated)."""
+
+
 # (server name, its config) -> (command, args, cleanup): runs a stdio upstream in a sandbox tier.
 WrapCommand = Callable[[str, ServerConfig], tuple[str, list[str], Callable[[], None] | None]]
 # Long-running helpers started with the gateway (approval polling, ...).
@@ -117,7 +129,8 @@ class Gateway:
         self.counters = counters or CallCounters()
         self.builtins: dict[str, Builtin] = {b.name: b for b in builtins}
         # Every session is an agent with a gateway-made id (gateway.runtime).
-        self.agents = agents or AgentRegistry(self.events)
+        # (not `agents or ...`: an empty registry is falsy and must still be the one assembled)
+        self.agents = agents if agents is not None else AgentRegistry(self.events)
         self.bus = bus or InMemorySubscriptionBus()
         self.upstreams: dict[str, Upstream] = {}
         self._wrap_command = wrap_command
@@ -226,6 +239,7 @@ class Gateway:
                     name=b.name,
                     pass_through=False,
                     tools=b.tools(),
+                    resources=b.resources() if isinstance(b, WatchedResourceBuiltin) else [],
                     templates=b.templates() if isinstance(b, ResourceBuiltin) else [],
                     prompts=b.prompts() if isinstance(b, PromptBuiltin) else [],
                 )
@@ -379,6 +393,16 @@ class Gateway:
                 )
         finally:
             DOWNSTREAM_CAPABILITIES.reset(token)
+
+    async def watch_resource(self, owner: str, uri: str, principal: Principal, ctx: Any, on: bool) -> bool:
+        """resources/(un)subscribe on a built-in's resource; False when ``owner`` is an upstream."""
+        provider = self.builtins.get(owner)
+        if not isinstance(provider, WatchedResourceBuiltin):
+            return False
+        # the connection outlives the per-request session object (as in remember_downstream)
+        session = getattr(ctx, "session", None)
+        await provider.watch(uri, principal, getattr(session, "_connection", None), on)
+        return True
 
     async def with_upstream(self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Any = None) -> Any:
         up = self.upstreams.get(name)

@@ -198,10 +198,13 @@ def _assemble(
         memory = build_service(config, events, policy)
         closers.append(memory.close)
         background.append(memory.retention)
-    builtins = _builtins(config, manager, memory)
-
     agents = AgentRegistry(events)  # every session is an agent; ids made here, never by clients
-    verifier = ToolVerifier(config, events, builtins=frozenset(b.name for b in builtins))
+    builtins = _builtins(config, manager, memory, events=events, policy=policy, agents=agents, closers=closers,
+                         background=background)
+
+    # built-in tools are verified by construction; only the sandbox's run agent code
+    code_builtins = frozenset(b.name for b in builtins if isinstance(b, SandboxBuiltin))
+    verifier = ToolVerifier(config, events, builtins=frozenset(b.name for b in builtins), code_builtins=code_builtins)
     closers.append(verifier.close)
 
     catalog = LiveCatalog(_upstream_infos(config, builtins))
@@ -227,7 +230,17 @@ def _assemble(
     )
 
 
-def _builtins(config: Config, manager: SandboxManager | None, memory: MemoryService | None) -> list[Builtin]:
+def _builtins(
+    config: Config,
+    manager: SandboxManager | None,
+    memory: MemoryService | None,
+    *,
+    events: EventSink,
+    policy: PolicyEngine | None,
+    agents: AgentRegistry,
+    closers: list[Callable[[], object]],
+    background: list[Background],
+) -> list[Builtin]:
     """The built-in upstreams the config turns on. New capabilities (bus, memory, ...) go here."""
     builtins: list[Builtin] = []
     if config.sandbox.code_tools:
@@ -235,6 +248,13 @@ def _builtins(config: Config, manager: SandboxManager | None, memory: MemoryServ
         builtins.append(SandboxBuiltin(SandboxTools(config, manager)))
     if memory is not None:
         builtins += [MemoryBuiltin(memory), KnowledgeBuiltin(memory)]
+    if config.bus.enabled:  # the agent bus (gateway/bus): bus__* tools, bus:// resources
+        from gateway.bus.assemble import make_bus_builtin
+
+        bus_builtin = make_bus_builtin(config, events, policy, agents)
+        closers.append(bus_builtin.close)
+        background.append(bus_builtin.run)
+        builtins.append(bus_builtin)
     for b in builtins:
         if b.name in config.servers:
             raise ConfigError(

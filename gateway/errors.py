@@ -29,7 +29,13 @@ JSON-RPC error.
      ├── ContextError                agent memory / knowledge failed (bad input, store down)
      │    ├── EmbedderMismatch       a collection's vectors come from another embedder / dimension
      │    └── VectorStoreUnavailable the vector store cannot be opened or reached
-     └── TooManyConnections          beyond mcp.max_concurrent_connections (HTTP 503, retry)
+     ├── TooManyConnections          beyond mcp.max_concurrent_connections (HTTP 503, retry)
+     └── BusError                    an agent message could not be sent or received
+          ├── BusNoAgent             the caller is not an agent / the recipient is unknown
+          ├── BusBufferFull          the recipient's buffer (runtime.message_buffer_size) is full
+          ├── BusUnavailable         the bus backend (Redis) cannot be reached
+          ├── BusTimeout             a request got no reply within its timeout
+          └── BusRejected            a stored message failed verification (never delivered)
 """
 
 from __future__ import annotations
@@ -158,3 +164,27 @@ class VectorStoreUnavailable(ContextError):
 
 class TooManyConnections(GatewayError):
     code = "too_many_connections"
+
+
+class BusError(GatewayError):
+    code = "bus_error"
+
+
+class BusNoAgent(BusError):
+    code = "bus_no_agent"
+
+
+class BusBufferFull(BusError):
+    code = "bus_buffer_full"
+
+
+class BusUnavailable(BusError):
+    code = "bus_unavailable"
+
+
+class BusTimeout(BusError):
+    code = "bus_timeout"
+
+
+class BusRejected(BusError):
+    code = "bus_rejected"

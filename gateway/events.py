@@ -37,3 +37,19 @@ class LoggingSink:
         agent: str | None = None,
     ) -> None:
         _logger.info("event %s %s", event_type, dict(details), extra={"fields": {"event": event_type}})
+
+
+# The agent bus (gateway/bus): details are message metadata (id, sender, recipient or topic,
+# kind, timestamps, ciphertext size), never a body.
+BUS_EVENTS: Mapping[str, str] = {
+    "bus.send": "a direct message, request or reply was accepted into the recipient's inbox",
+    "bus.publish": "a topic message was accepted (subscriber count, refused subscribers)",
+    "bus.subscribe": "an agent subscribed to a topic pattern",
+    "bus.unsubscribe": "an agent removed a subscription",
+    "bus.denied": "the policy (or the per-agent rate) refused a bus/send, bus/publish or bus/subscribe",
+    "bus.delivery_failed": "a message was not accepted (inbox full, backend unreachable)",
+    "bus.rejected": "a stored message failed a receive check (signature, recipient, time, replay, decryption)",
+    "bus.expired": "messages passed their ttl and were removed unread",
+    "bus.request_timeout": "a request got no reply within its timeout",
+    "bus.reply_late": "a reply arrived for a request no longer waiting",
+}

@@ -444,6 +444,70 @@ cases = [
         no("principal ci-bot may not search knowledge base handbook"),
     ),
 ]
+# -- the agent bus (kinds bus/send, bus/publish, bus/subscribe) --------------------------------
+
+
+def bus(kind, **extra):
+    d = {"kind": kind, "target": kind, "tool": None, "arguments": {},
+         "agent": {"id": "agt-1", "name": "local/worker", "state": "Ready", "priority": 0, "hosted": False},
+         "upstream": {"name": "bus", "domain": None, "transport": "builtin"}}
+    d.update(extra)
+    return d
+
+
+def to(principal):
+    return {"recipient": {"agent": "ag-2", "principal": principal}}
+
+
+cases += [
+    ("bus send to an agent of the same principal", bus("bus/send", **to("local")), ok(rate_limit=600)),
+    (
+        "bus send to another principal's agent",
+        bus("bus/send", **to("alice")),
+        no("principal local may not message agents of principal alice"),
+    ),
+    (
+        "bus send without an agent",
+        bus("bus/send", agent=None, **to("local")),
+        no("bus/send needs an agent: the caller local has no agent id"),
+    ),
+    (
+        "bus send without a recipient",
+        bus("bus/send"),
+        no("no rule allows bus/send on bus/send (default deny)"),
+    ),
+    ("bus publish to a granted topic", bus("bus/publish", topic="team.build.done"), ok(rate_limit=600)),
+    ("bus publish to a one-part grant", bus("bus/publish", topic="events.deploy"), ok(rate_limit=600)),
+    (
+        "bus publish below a one-part grant",
+        bus("bus/publish", topic="events.deploy.eu"),
+        no("principal local may not publish topic events.deploy.eu"),
+    ),
+    (
+        "bus publish to an ungranted topic",
+        bus("bus/publish", topic="security.alerts"),
+        no("principal local may not publish topic security.alerts"),
+    ),
+    ("bus subscribe with a wildcard inside the grant", bus("bus/subscribe", topic="team.*"), ok(rate_limit=600)),
+    ("bus agent given as a bare id", bus("bus/subscribe", topic="team.*", agent="agt-1"), ok(rate_limit=600)),
+    (
+        "bus agent object without an id",
+        bus("bus/subscribe", topic="team.*", agent={"id": None}),
+        no("bus/subscribe needs an agent: the caller local has no agent id"),
+    ),
+    (
+        "bus subscribe to everything",
+        bus("bus/subscribe", topic="*"),
+        no("principal local may not subscribe topic *"),
+    ),
+    ("bus admin may subscribe to everything", m(who("admin"), bus("bus/subscribe", topic="*")), ok(rate_limit=600)),
+    (
+        "bus principal without topic grants",
+        m(who("ci-bot"), bus("bus/publish", topic="team.x")),
+        no("principal ci-bot may not publish topic team.x"),
+    ),
+]
+
 names = [c[0] for c in cases]
 assert len(names) == len(set(names))
 doc = {

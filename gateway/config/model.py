@@ -220,6 +220,29 @@ class TelemetrySection(_Section):
         return v
 
 
+class BusSection(_Section):
+    """The agent bus (``bus__*`` tools, ``bus://`` resources); buffers are runtime.message_buffer_size."""
+
+    enabled: bool = True  # expose the built-in ``bus`` server
+    backend: Literal["embedded", "redis"] = "embedded"
+    url: str | None = None  # Redis URL when backend = "redis" (redis://, rediss:// or unix://)
+    max_age_s: float = Field(default=86400.0, gt=0)  # longest a message may live (timestamp window)
+    clock_skew_s: float = Field(default=30.0, ge=0)  # how far ahead of this clock a timestamp may be
+    max_body_bytes: int = Field(default=256 * 1024, ge=16)
+    expire_interval_s: float = Field(default=5.0, gt=0)  # how often expired messages are removed
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> BusSection:
+        if self.backend == "redis":
+            if not self.url:
+                raise ValueError('bus.url is required when bus.backend = "redis"')
+            if not self.url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("bus.url must start with redis://, rediss:// or unix://")
+        elif self.url is not None:
+            raise ValueError('bus.url only applies when bus.backend = "redis"')
+        return self
+
+
 class ServerConfig(_Section):
     """One upstream MCP server: stdio (``command``) or streamable HTTP (``url``)."""
 
@@ -268,6 +291,7 @@ class Config(_Section):
     runtime: RuntimeSection = RuntimeSection()
     context: ContextSection = ContextSection()
     telemetry: TelemetrySection = TelemetrySection()
+    bus: BusSection = BusSection()
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     source: PathT | None = None  # the file this came from (set by the loader)
 
@@ -316,6 +340,18 @@ class Config(_Section):
     @property
     def tool_state_path(self) -> Path:
         return self.data_dir / "tools.db"
+
+    @property
+    def bus_path(self) -> Path:
+        return self.data_dir / "bus.db"
+
+    @property
+    def bus_secret_path(self) -> Path:
+        return self.data_dir / "bus-secret"
+
+    @property
+    def bus_keys_path(self) -> Path:
+        return self.data_dir / "bus-keys.db"
 
     @property
     def api_keys_path(self) -> Path:

@@ -23,7 +23,6 @@ PENDING: dict[tuple[str, str], tuple[int, str]] = {
     ("runtime", "max_concurrent_agents"): (13, "the agent runtime"),
     ("runtime", "scheduler_threads"): (13, "the agent runtime's scheduler"),
     ("runtime", "gc_interval_ms"): (13, "the agent runtime's clean-up of finished agents"),
-    ("runtime", "message_buffer_size"): (14, "the message bus"),
 }
 
 # value a setting may take that cannot run here -> (what runs instead, why it is the same job)

@@ -105,8 +105,10 @@ def build_input(
     counters: CallCounters | None = None,
     now_ns: int | None = None,
     agent: AgentInfo | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The input document for one decision (see README for the fields)."""
+    """The input document for one decision (see README for the fields); ``extra`` adds the
+    fields of other kinds (``recipient`` / ``topic`` for the bus)."""
     now_ns = now_ns if now_ns is not None else time.time_ns()
     minute, hour = counters.principal_counts(principal.id) if counters else (0, 0)
     tool_minute = counters.tool_count(principal.id, tool.name) if counters and tool else 0
@@ -114,7 +116,7 @@ def build_input(
         up: dict[str, Any] = upstream.as_input()
     else:
         up = {"name": tool.upstream if tool else None, "domain": None, "transport": None}
-    return {
+    doc = {
         "action": action,
         "kind": kind,
         "target": target,
@@ -132,6 +134,9 @@ def build_input(
             "tool_calls_last_minute": tool_minute,
         },
     }
+    if extra:
+        doc.update(extra)
+    return doc
 
 
 def _agent_input(principal: Principal, agent: AgentInfo | None) -> dict[str, Any] | None:

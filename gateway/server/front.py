@@ -228,13 +228,14 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
             raise protocol_error(e) from None
 
     async def _on_owner(
-        ctx: ServerRequestContext[Gateway], uri: str, fn: Callable[[Any], Any]
+        ctx: ServerRequestContext[Gateway], uri: str, fn: Callable[[Any], Any], on: bool
     ) -> types.EmptyResult:
         gw = gw_of(ctx)
         try:
             owner = gw.catalog.resource_owner(uri)
             await _require(ctx, gw, "resources/read", uri, owner)  # subscribing needs the right to read
-            await gw.with_upstream(owner, fn, ctx)
+            if not await gw.watch_resource(owner, uri, principal_for(ctx, gw), ctx, on):
+                await gw.with_upstream(owner, fn, ctx)
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
         return types.EmptyResult()
@@ -257,12 +258,12 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     async def subscribe(
         ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams
     ) -> types.EmptyResult:
-        return await _on_owner(ctx, params.uri, lambda up: up.session.subscribe_resource(params.uri))
+        return await _on_owner(ctx, params.uri, lambda up: up.session.subscribe_resource(params.uri), True)
 
     async def unsubscribe(
         ctx: ServerRequestContext[Gateway], params: types.UnsubscribeRequestParams
     ) -> types.EmptyResult:
-        return await _on_owner(ctx, params.uri, lambda up: up.session.unsubscribe_resource(params.uri))
+        return await _on_owner(ctx, params.uri, lambda up: up.session.unsubscribe_resource(params.uri), False)
 
     async def list_prompts(
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None

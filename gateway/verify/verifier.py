@@ -72,10 +72,13 @@ class ToolVerifier:
         *,
         resolver: Any = None,
         builtins: frozenset[str] = frozenset(),
+        code_builtins: frozenset[str] | None = None,
     ) -> None:
         self._config = config
         self._events = events
         self._builtins = builtins
+        # built-ins whose tools run agent code (the sandbox); default: all of them
+        self._code_builtins = builtins if code_builtins is None else code_builtins
         self.state = ToolStateStore(config.tool_state_path)
         self.pins = PinStore(config.pins_path)
         ca = config.mcp.discovery_ca
@@ -128,7 +131,8 @@ class ToolVerifier:
         for upstream, entries in by_upstream.items():
             if upstream in self._builtins:
                 for t in entries:
-                    infos[t.name] = replace(_with(t, "verified", None, None, None, "strict"), code_tool=True)
+                    info = _with(t, "verified", None, None, None, "strict")
+                    infos[t.name] = replace(info, code_tool=upstream in self._code_builtins)
                 continue
             for info in await self._assess_upstream(upstream, entries):
                 infos[info.name] = info

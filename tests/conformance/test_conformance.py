@@ -103,6 +103,9 @@ def _gateway_config(workdir: Path, name: str, upstream: str, protocol: str = "le
         [sandbox]
         code_tools = false
 
+        [bus]
+        enabled = false
+
         [http]
         anonymous_principal = "conformance"
         access_log = false

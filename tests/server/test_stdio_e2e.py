@@ -41,7 +41,8 @@ async def test_lists_and_calls_tools_of_all_three_upstreams(tmp_path: Path) -> N
     async with stdio_session(cfg) as s:
         names = {t.name for t in (await s.list_tools()).tools}
         assert {"everything__echo", "fs__read_text_file", "time__get_current_time"} <= names
-        assert {n.split("__")[0] for n in names} <= {"everything", "fs", "time", "sandbox", "memory", "knowledge"}  # built-ins too
+        assert {n.split("__")[0] for n in names} <= {
+            "everything", "fs", "time", "sandbox", "memory", "knowledge", "bus"}  # built-ins too
 
         echo = await s.call_tool("everything__echo", {"message": "über ✓"})
         assert not echo.is_error and echo.content[0].text == "Echo: über ✓"  # type: ignore[union-attr]

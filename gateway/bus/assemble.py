@@ -1,0 +1,84 @@
+"""The bus as the config describes it: backend, keys, policy hook, and the ``bus`` built-in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gateway.bus.backend import BusBackend
+from gateway.bus.builtin import BusBuiltin
+from gateway.bus.core import Authorizer, Bus
+from gateway.bus.crypto import KeyRing, load_secret
+from gateway.config.model import Config
+from gateway.context import Decision, Principal, UpstreamInfo
+from gateway.events import EventSink
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.inputdoc import build_input
+from gateway.runtime.agents import Agent, AgentRegistry
+
+BUS_UPSTREAM = UpstreamInfo(name="bus", transport="builtin")
+
+
+def make_backend(config: Config) -> BusBackend:
+    if config.bus.backend == "redis":
+        from gateway.bus.redis_backend import RedisBackend
+
+        assert config.bus.url is not None  # the config model requires it
+        return RedisBackend(config.bus.url)
+    from gateway.bus.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(config.bus_path)
+
+
+def policy_authorizer(engine: PolicyEngine, agents: AgentRegistry | None = None) -> Authorizer:
+    """Decisions for the bus kinds: ``input.recipient`` = {agent, principal}, ``input.topic``."""
+
+    async def authorize(kind: str, principal: Principal, recipient: dict[str, Any] | None,
+                        topic: str | None) -> Decision:
+        extra: dict[str, Any] = {"recipient": recipient, "topic": topic}
+        agent = agents.info(principal.agent) if agents is not None else None
+        inp = build_input(principal=principal, kind=kind, target=kind, upstream=BUS_UPSTREAM, extra=extra,
+                          agent=agent)
+        return await engine.adecide(inp)
+
+    return authorize
+
+
+def make_bus(config: Config, events: EventSink, engine: PolicyEngine | None,
+             agents: AgentRegistry | None = None) -> Bus:
+    ring = KeyRing(load_secret(config.bus_secret_path), config.bus_keys_path)
+    bus = Bus(
+        make_backend(config),
+        ring,
+        events=events,
+        buffer_size=config.runtime.message_buffer_size,
+        max_age_s=config.bus.max_age_s,
+        skew_s=config.bus.clock_skew_s,
+        max_body_bytes=config.bus.max_body_bytes,
+        authorize=policy_authorizer(engine, agents) if engine is not None else None,
+        resolve=_resolver(agents) if agents is not None else None,
+    )
+    if agents is not None:
+        # keys are made when the runtime registers an agent (agents never see them)
+        def on_register(agent: Agent) -> None:
+            bus.register_soon(agent.id, agent.principal, agent.name)
+
+        agents.on_register.append(on_register)
+    return bus
+
+
+def _resolver(agents: AgentRegistry) -> Callable[[str], str | None]:
+    """A recipient given as an agent id or a live agent's name (``principal/client``, or a
+    hosted agent's name) -> its id. Names of another gateway process's agents (shared Redis)
+    are looked up in the key directory, where each entry's HMAC binds the name to the id."""
+
+    def resolve(ref: str) -> str | None:
+        agent = agents.get(ref) or agents.by_name(ref)
+        return agent.id if agent is not None else None
+
+    return resolve
+
+
+def make_bus_builtin(config: Config, events: EventSink, engine: PolicyEngine | None,
+                     agents: AgentRegistry | None = None) -> BusBuiltin:
+    return BusBuiltin(make_bus(config, events, engine, agents), expire_interval_s=config.bus.expire_interval_s)

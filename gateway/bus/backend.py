@@ -1,0 +1,94 @@
+"""The one interface both bus backends implement (embedded SQLite, Redis Streams).
+
+A backend stores and moves ``SecureMessage`` objects only (ciphertext); it never sees a key
+or a body. Inboxes are FIFO per agent; an entry stays pending until ``settle`` records what
+became of it (delivered, rejected, expired), which is what makes delivery at-least-once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from gateway.bus.crypto import PublicKeys
+from gateway.bus.message import SecureMessage
+
+Outcome = Literal["delivered", "rejected", "expired"]
+COUNTERS = ("sent", "delivered", "rejected", "expired", "buffer_full")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One inbox entry: the backend's reference to it and the message (or why it is unreadable)."""
+
+    ref: str
+    msg: SecureMessage | None
+    error: str | None = None  # set when the stored entry could not even be parsed
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as ``symbi bus verify`` / ``tail`` see it (metadata + signature, no key)."""
+
+    inbox: str
+    state: str  # pending | delivered | rejected | expired
+    msg: SecureMessage | None
+    error: str | None = None
+
+
+class BusBackend(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # public key directory
+    async def publish_keys(self, entry: PublicKeys) -> None: ...
+
+    async def lookup_keys(self, agent: str) -> PublicKeys | None: ...
+
+    async def lookup_name(self, name: str) -> str | None:
+        """The agent id last registered under ``name`` (its entry's HMAC binds the two)."""
+
+    # inboxes
+    async def enqueue(self, inbox: str, msg: SecureMessage, limit: int) -> None:
+        """Append durably, or raise ``BusBufferFull`` when ``limit`` entries are pending."""
+
+    async def fetch(self, inbox: str, max_items: int, wait_s: float) -> list[Pending]:
+        """Up to ``max_items`` pending entries, oldest first, waiting up to ``wait_s`` for one."""
+
+    async def settle(self, inbox: str, outcomes: list[tuple[str, Outcome]]) -> None:
+        """Record what became of fetched entries; they are no longer pending."""
+
+    async def pending_count(self, inbox: str) -> int: ...
+
+    async def wait_arrival(
+        self, inbox: str, timeout_s: float, cursor: Any
+    ) -> tuple[Any, list[SecureMessage | None]]:
+        """What was appended to ``inbox`` after ``cursor`` (None: from now), waiting up to
+        ``timeout_s``; returns the new cursor. Reads only: nothing is taken (push notifications)."""
+
+    # replay window
+    async def first_seen(self, agent: str, items: list[tuple[str, int]]) -> set[str]:
+        """Record each (message id, keep-until ms) as seen by ``agent``; returns the ids that
+        were not seen before (the others are replays)."""
+
+    # topic subscriptions
+    async def subscribe(self, agent: str, pattern: str) -> None: ...
+
+    async def unsubscribe(self, agent: str, pattern: str) -> bool: ...
+
+    async def subscriptions(self) -> dict[str, set[str]]: ...
+
+    # housekeeping and operators
+    async def expire(self, now_ms: int, retain_ms: int) -> int:
+        """Remove pending entries past their expiry (returns how many) and prune old settled ones."""
+
+    async def bump(self, counter: str, n: int = 1) -> None: ...
+
+    async def stats(self) -> dict[str, object]: ...
+
+    def scan(self) -> Iterator[StoredMessage]:
+        """Every stored message, inbox by inbox, oldest first (synchronous, for the CLI)."""

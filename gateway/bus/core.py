@@ -1,0 +1,376 @@
+"""The agent bus: direct messages, request/response and publish/subscribe between agents.
+
+The sender of every message is the caller's agent (``Principal.agent``), never an argument.
+Sending: policy (``bus/send``, ``bus/publish``) -> seal (AES-256-GCM + Ed25519) -> durable
+enqueue into the recipient's bounded inbox. Receiving is ``gateway.bus.receiving``: every
+check before decrypting; a message that fails is rejected, counted, audited, never delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from gateway.bus.backend import BusBackend
+from gateway.bus.crypto import NONCE_BYTES, AgentKeys, KeyRing
+from gateway.bus.message import (
+    AGENT_RE,
+    MessageKind,
+    SecureMessage,
+    header_bytes,
+    new_id,
+    pattern_regex,
+    validate_topic,
+)
+from gateway.bus.message import signed_bytes as _signed
+from gateway.bus.receiving import REPLY_SUFFIX, Received, Receiver
+from gateway.context import Decision, Principal
+from gateway.errors import ArgumentsInvalid, BusError, BusNoAgent, BusTimeout, PolicyDenied, RateLimited
+from gateway.events import EventSink
+from gateway.policy.inputdoc import CallCounters
+
+__all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "validate_topic"]
+
+_logger = logging.getLogger("symbi.bus")
+
+MAX_OPEN_REQUESTS = 10_000
+
+# (kind, principal, recipient, topic) -> decision; None means the policy is off
+Authorizer = Callable[[str, Principal, dict[str, Any] | None, str | None], Awaitable[Decision]]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    id: str
+    delivered_to: int
+    refused: tuple[str, ...]  # subscribers whose buffer was full (the publisher is told)
+
+
+class Bus:
+    def __init__(
+        self,
+        backend: BusBackend,
+        ring: KeyRing,
+        *,
+        events: EventSink,
+        buffer_size: int,
+        max_age_s: float = 86400.0,
+        skew_s: float = 30.0,
+        max_body_bytes: int = 256 * 1024,
+        authorize: Authorizer | None = None,
+        counters: CallCounters | None = None,
+        resolve: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.ring = ring
+        self.events = events
+        self.buffer_size = buffer_size
+        self.max_age_ms = int(max_age_s * 1000)
+        self.skew_ms = int(skew_s * 1000)
+        self.max_body_bytes = max_body_bytes
+        self._authorize = authorize
+        self._counters = counters or CallCounters()
+        self._resolve = resolve
+        self._last: dict[tuple[str, str], str] = {}  # (sender, channel) -> last id (the chain)
+        self._open: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()  # requests to answer
+        self._waiting: dict[str, asyncio.Future[Received]] = {}
+        self._pumps: dict[str, anyio.Lock] = {}
+        self.receiver = Receiver(backend, ring, events, max_age_ms=self.max_age_ms, skew_ms=self.skew_ms)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._published: set[str] = set()  # agents whose directory entry this process wrote
+        self._names: dict[str, str] = {}  # agent id -> the runtime's name for it  # inbox -> push (resources/updated)
+
+    # -- agents ----------------------------------------------------------------------------
+
+    async def register(self, agent: str, principal: str, name: str | None = None) -> None:
+        """Make (or load) the agent's keys and publish its public keys (and its name)."""
+        if not AGENT_RE.match(agent):
+            raise BusError(f"agent id {agent!r} is not usable on the bus")
+        if name is not None:
+            self._names[agent] = name
+        _, entry = self.ring.ensure(agent, principal, self._names.get(agent, ""))
+        self.receiver.keys.pop(agent, None)
+        await self.backend.publish_keys(entry)
+        self._published.add(agent)
+
+    def register_soon(self, agent: str, principal: str, name: str = "") -> None:
+        """The runtime's on_register hook (synchronous): keys now, the directory entry published
+        on the event loop (a send before that registers the caller itself, lazily)."""
+        if not AGENT_RE.match(agent):
+            _logger.warning("bus: agent id %r is not usable on the bus", agent)
+            return
+        self._names[agent] = name
+        _, entry = self.ring.ensure(agent, principal, name)
+        self.receiver.keys.pop(agent, None)
+        try:
+            task = asyncio.get_running_loop().create_task(self.backend.publish_keys(entry))
+        except RuntimeError:  # no loop (a registry used outside the gateway): published on first use
+            return
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled() or t.exception() is not None:
+                _logger.warning("bus: publishing the keys of %s failed (retried on its first bus call): %s",
+                                agent, None if t.cancelled() else t.exception())
+            else:
+                self._published.add(agent)
+
+        task.add_done_callback(done)
+
+    async def ensure_agent(self, principal: Principal) -> str:
+        """The caller's agent id, registered on the bus (keys made) if it was not yet."""
+        return (await self._me(principal)).agent
+
+    async def _me(self, principal: Principal) -> AgentKeys:
+        agent = principal.agent
+        if agent is None:
+            raise BusNoAgent("the bus is for agents: this session has no agent id")
+        keys = self.ring.local(agent)
+        if keys is None or keys.principal != principal.id or agent not in self._published:
+            await self.register(agent, principal.id)
+            keys = self.ring.local(agent)
+            assert keys is not None
+        return keys
+
+    async def _peer(self, to: Any) -> tuple[str, str]:
+        """(agent id, principal id) of a recipient given by id or name; BusNoAgent if unknown."""
+        if not isinstance(to, str) or not to:
+            raise ArgumentsInvalid("to must be an agent id or name")
+        agent = (self._resolve(to) if self._resolve else None) or to
+        keys = await self.receiver.sender_keys(agent) if AGENT_RE.match(agent) else "unknown sender"
+        if keys == "unknown sender":
+            # a name registered by another gateway process (shared Redis): the HMAC binds it
+            named = await self.backend.lookup_name(to)
+            if named is not None and AGENT_RE.match(named):
+                found = await self.receiver.sender_keys(named)
+                if not isinstance(found, str) and found[3] == to:
+                    return named, found[2]
+            raise BusNoAgent(f"no agent {to!r} is known to the bus")
+        if isinstance(keys, str):
+            raise BusError(f"agent {to!r}: {keys}")
+        return agent, keys[2]
+
+    async def _decide(self, kind: str, principal: Principal, recipient: dict[str, Any] | None,
+                      topic: str | None) -> None:
+        meta = {"kind": kind, "recipient": recipient, "topic": topic}
+        if self._authorize is not None:
+            decision = await self._authorize(kind, principal, recipient, topic)
+            if not decision.allow:
+                self._emit("bus.denied", {**meta, "reasons": list(decision.reasons)}, principal)
+                raise PolicyDenied(f"policy denied {kind}", reasons=list(decision.reasons))
+            limit = decision.conditions.get("rate_limit")
+            assert principal.agent is not None
+            if not self._counters.try_acquire(f"agent:{principal.agent}", "bus", limit):
+                reason = f"agent {principal.agent} reached its bus rate limit of {limit} messages per minute"
+                self._emit("bus.denied", {**meta, "reasons": [reason]}, principal)
+                raise RateLimited(reason)
+
+    def _emit(self, event: str, details: dict[str, Any], principal: Principal | None = None,
+              agent: str | None = None) -> None:
+        self.events.emit(event, details, principal=principal.id if principal else None,
+                         agent=principal.agent if principal else agent)
+
+    # -- sealing ---------------------------------------------------------------------------
+
+    def _body(self, body: Any) -> bytes:
+        try:
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        except (TypeError, ValueError):
+            raise ArgumentsInvalid("body must be a JSON value") from None
+        if len(data) > self.max_body_bytes:
+            raise ArgumentsInvalid(f"body is {len(data)} bytes; bus.max_body_bytes is {self.max_body_bytes}")
+        return data
+
+    async def seal(self, me: AgentKeys, kind: MessageKind, body: bytes, *, to: str | None = None,
+                   topic: str | None = None, ttl_ms: int | None = None, reply_to: str | None = None) -> SecureMessage:
+        now = int(time.time() * 1000)
+        ttl = min(ttl_ms if ttl_ms is not None else self.max_age_ms, self.max_age_ms)
+        mid = new_id()
+        channel = f"topic:{topic}" if topic is not None else f"agent:{to}"
+        prev = self._last.get((me.agent, channel))
+        head = header_bytes(mid, me.agent, to, topic, kind, now, now + ttl, prev, reply_to)
+        if topic is not None:
+            cipher = self.ring.topic_cipher(topic)
+        else:
+            assert to is not None
+            keys = await self.receiver.sender_keys(to)
+            if isinstance(keys, str):
+                raise BusNoAgent(f"no usable key for agent {to!r}: {keys}")
+            cipher = self.ring.pair_cipher(me, to, keys[1])
+        nonce = os.urandom(NONCE_BYTES)
+        ct = cipher.encrypt(nonce, body, head)
+        sig = me.sign.sign(_signed(head, nonce, ct))
+        return SecureMessage(mid, me.agent, to, topic, kind, now, now + ttl, prev, reply_to, nonce, ct, sig)
+
+    async def _deliver(self, principal: Principal, msg: SecureMessage, inbox: str) -> None:
+        try:
+            await self.backend.enqueue(inbox, msg, self.buffer_size)
+        except BusError as e:
+            self._emit("bus.delivery_failed", {**msg.metadata(), "inbox": inbox, "error_code": e.code}, principal)
+            if e.code == "bus_buffer_full":
+                await _quiet(self.backend.bump("buffer_full"))
+            raise
+        self._last[(msg.sender, msg.channel)] = msg.id
+
+    # -- direct, request/response ----------------------------------------------------------
+
+    async def send(self, principal: Principal, to: Any, body: Any, *, ttl_s: float | None = None) -> SecureMessage:
+        me = await self._me(principal)
+        agent, peer_principal = await self._peer(to)
+        await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
+        ttl_ms = None if ttl_s is None else _ttl_ms(ttl_s, self.max_age_ms)
+        msg = await self.seal(me, "direct", self._body(body), to=agent, ttl_ms=ttl_ms)
+        await self._deliver(principal, msg, agent)
+        self._emit("bus.send", msg.metadata(), principal)
+        return msg
+
+    async def request(self, principal: Principal, to: Any, body: Any, *, timeout_s: float) -> Received:
+        if not (0 < timeout_s <= self.max_age_ms / 1000):
+            raise ArgumentsInvalid("timeout_ms must be positive and within bus.max_age_s")
+        started = time.monotonic()
+        me = await self._me(principal)
+        agent, peer_principal = await self._peer(to)
+        await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
+        # the request expires when the requester stops waiting: never answered too late
+        ttl_ms = max(int((timeout_s - (time.monotonic() - started)) * 1000), 1)
+        msg = await self.seal(me, "request", self._body(body), to=agent, ttl_ms=ttl_ms)
+        fut: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
+        self._waiting[msg.id] = fut
+        try:
+            await self._deliver(principal, msg, agent)
+            self._emit("bus.send", msg.metadata(), principal)
+            with anyio.move_on_after(timeout_s - (time.monotonic() - started)):
+                return await self._await_reply(principal, me.agent, fut)
+            self._emit("bus.request_timeout", {"id": msg.id, "recipient": agent, "timeout_ms": int(timeout_s * 1000)},
+                       principal)
+            raise BusTimeout(f"no reply from {agent} within {int(timeout_s * 1000)} ms", reasons=[
+                f"request {msg.id} to {agent} timed out after {int(timeout_s * 1000)} ms"])
+        finally:
+            self._waiting.pop(msg.id, None)
+
+    async def _await_reply(self, principal: Principal, agent: str, fut: asyncio.Future[Received]) -> Received:
+        """One waiter at a time pulls the agent's reply inbox and hands each reply to its request."""
+        lock = self._pumps.setdefault(agent, anyio.Lock())
+        while not fut.done():
+            if lock.locked():
+                await asyncio.wait({fut}, timeout=0.05)
+                continue
+            async with lock:
+                while not fut.done():
+                    for r in await self._take(agent, agent + REPLY_SUFFIX, 64, 1.0):
+                        waiter = self._waiting.get(r.reply_to or "")
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(r)
+                        else:
+                            self._emit("bus.reply_late", {"id": r.id, "reply_to": r.reply_to, "sender": r.sender},
+                                       principal)
+        return fut.result()
+
+    async def reply(self, principal: Principal, request_id: Any, body: Any) -> SecureMessage:
+        me = await self._me(principal)
+        if not isinstance(request_id, str):
+            raise ArgumentsInvalid("request_id must be a string")
+        open_request = self._open.pop((me.agent, request_id), None)
+        if open_request is None:
+            raise BusError(f"no open request {request_id!r} for this agent (unknown, answered or not received)")
+        requester, expires_ms = open_request
+        agent, peer_principal = await self._peer(requester)
+        await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
+        ttl = max(expires_ms - int(time.time() * 1000), 1)
+        msg = await self.seal(me, "reply", self._body(body), to=agent, ttl_ms=ttl, reply_to=request_id)
+        await self._deliver(principal, msg, agent + REPLY_SUFFIX)
+        self._emit("bus.send", msg.metadata(), principal)
+        return msg
+
+    # -- topics ----------------------------------------------------------------------------
+
+    async def publish(self, principal: Principal, topic: Any, body: Any) -> Published:
+        me = await self._me(principal)
+        topic = validate_topic(topic)
+        await self._decide("bus/publish", principal, None, topic)
+        msg = await self.seal(me, "topic", self._body(body), topic=topic)
+        subs = await self.backend.subscriptions()
+        # every subscriber but the publisher itself
+        targets = sorted(a for a, pats in subs.items()
+                         if a != me.agent and any(pattern_regex(p).match(topic) for p in pats))
+        refused: list[str] = []
+        for agent in targets:
+            try:
+                await self._deliver(principal, msg, agent)
+            except BusError:
+                refused.append(agent)
+        self._emit("bus.publish", {**msg.metadata(), "subscribers": len(targets), "refused": refused}, principal)
+        return Published(msg.id, len(targets) - len(refused), tuple(refused))
+
+    async def subscribe(self, principal: Principal, pattern: Any) -> None:
+        me = await self._me(principal)
+        pattern = validate_topic(pattern, pattern=True)
+        await self._decide("bus/subscribe", principal, None, pattern)
+        await self.backend.subscribe(me.agent, pattern)
+        self._emit("bus.subscribe", {"topic": pattern}, principal)
+
+    async def unsubscribe(self, principal: Principal, pattern: Any) -> bool:
+        me = await self._me(principal)
+        pattern = validate_topic(pattern, pattern=True)
+        removed = await self.backend.unsubscribe(me.agent, pattern)
+        self._emit("bus.unsubscribe", {"topic": pattern, "removed": removed}, principal)
+        return removed
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def receive(self, principal: Principal, *, max_items: int = 16, wait_s: float = 0.0) -> list[Received]:
+        me = await self._me(principal)
+        if not (1 <= max_items <= 1000):
+            raise ArgumentsInvalid("max must be between 1 and 1000")
+        deadline = time.monotonic() + max(wait_s, 0.0)
+        while True:
+            got = await self._take(me.agent, me.agent, max_items, max(deadline - time.monotonic(), 0.0))
+            if got or time.monotonic() >= deadline:
+                return got
+
+    async def _take(self, agent: str, inbox: str, max_items: int, wait_s: float) -> list[Received]:
+        out = await self.receiver.take(agent, inbox, max_items, wait_s)
+        for r in out:
+            if r.kind == "request":  # answerable with reply() until it expires
+                self._open[(agent, r.id)] = (r.sender, r.expires_ms)
+                while len(self._open) > MAX_OPEN_REQUESTS:
+                    self._open.popitem(last=False)
+        return out
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Rejected messages by reason, since start."""
+        return self.receiver.rejected
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    async def expire(self) -> int:
+        n = await self.backend.expire(int(time.time() * 1000), self.max_age_ms)
+        if n:
+            self.events.emit("bus.expired", {"count": n})
+        return n
+
+
+def _ttl_ms(ttl_s: Any, max_age_ms: int) -> int:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or ttl_s <= 0:
+        raise ArgumentsInvalid("ttl_s must be a positive number of seconds")
+    if ttl_s * 1000 > max_age_ms:
+        raise ArgumentsInvalid(f"ttl_s must be at most bus.max_age_s ({max_age_ms / 1000:g} s)")
+    return max(int(ttl_s * 1000), 1)
+
+
+async def _quiet(aw: Awaitable[None]) -> None:
+    try:
+        await aw
+    except Exception:
+        _logger.debug("bus counter not updated", exc_info=True)

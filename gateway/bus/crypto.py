@@ -1,0 +1,196 @@
+"""Agent keys and the message crypto: X25519 + HKDF pair keys, AES-256-GCM, Ed25519.
+
+* Every agent gets an Ed25519 signing key and an X25519 agreement key when it is registered.
+  The private halves stay in this process and in ``<data_dir>/bus-keys.db`` (mode 0600); an
+  agent (an MCP client) never sees them.
+* The public halves go into the backend's key directory, each entry authenticated with an
+  HMAC under the bus secret (``<data_dir>/bus-secret``, 0600), so a party that can write to
+  the store or to Redis but has no bus secret cannot slip in a key of its own.
+* Direct messages: AES-256-GCM under HKDF-SHA256(X25519(own, peer)), one key per unordered
+  pair of agents; topic messages: under HKDF-SHA256(bus secret, topic name). A fresh random
+  96-bit nonce per message; the header is the associated data.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from gateway.errors import BusError
+
+NONCE_BYTES = 12
+_RAW = (Encoding.Raw, PublicFormat.Raw)
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKeys:
+    """A key directory entry: an agent's public keys, its principal, and their HMAC."""
+
+    agent: str
+    principal: str
+    sign_pub: bytes
+    dh_pub: bytes
+    mac: bytes
+    name: str = ""  # the runtime's agent name ("principal/client", a hosted agent's name), bound by the HMAC
+
+    def body(self) -> bytes:
+        return b"\0".join([b"symbi-bus-key/v2", self.agent.encode(), self.principal.encode(),
+                           self.sign_pub, self.dh_pub, self.name.encode()])
+
+
+@dataclass(slots=True)
+class AgentKeys:
+    agent: str
+    principal: str
+    sign: Ed25519PrivateKey
+    dh: X25519PrivateKey
+
+    @classmethod
+    def generate(cls, agent: str, principal: str) -> AgentKeys:
+        return cls(agent, principal, Ed25519PrivateKey.generate(), X25519PrivateKey.generate())
+
+
+def load_secret(path: Path) -> bytes:
+    """The bus secret, made on first use (32 random bytes, mode 0600; a looser file is refused)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise BusError(f"{path}: the bus secret must not be readable by group or others "
+                           f"(mode {mode:o}; chmod 600 it)") from None
+        data = path.read_bytes()
+        if len(data) != 32:
+            raise BusError(f"{path}: the bus secret must be 32 bytes") from None
+        return data
+    secret = os.urandom(32)
+    try:
+        os.write(fd, secret)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return secret
+
+
+class KeyRing:
+    """Private keys of this process's agents, and the derived message keys (cached)."""
+
+    def __init__(self, secret: bytes, keys_path: Path | None) -> None:
+        self.secret = secret
+        self._local: dict[str, AgentKeys] = {}
+        # verified entries: agent -> (keys, the body and MAC they were verified from)
+        self._peers: dict[str, tuple[tuple[Ed25519PublicKey, X25519PublicKey, str], bytes, bytes]] = {}
+        self._pair: dict[tuple[str, str], AESGCM] = {}
+        self._topic: dict[str, AESGCM] = {}
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        if keys_path is not None:
+            self._db = _open_keys_db(keys_path)
+            for agent, principal, s, d in self._db.execute("SELECT agent, principal, sign, dh FROM agent_keys"):
+                self._local[agent] = AgentKeys(agent, principal, Ed25519PrivateKey.from_private_bytes(s),
+                                               X25519PrivateKey.from_private_bytes(d))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- agents ----------------------------------------------------------------------------
+
+    def local(self, agent: str) -> AgentKeys | None:
+        return self._local.get(agent)
+
+    def ensure(self, agent: str, principal: str, name: str = "") -> tuple[AgentKeys, PublicKeys]:
+        """This agent's keys (made and stored on first registration) and its directory entry."""
+        with self._lock:
+            keys = self._local.get(agent)
+            if keys is None or keys.principal != principal:
+                keys = AgentKeys.generate(agent, principal)
+                self._local[agent] = keys
+                self._pair = {k: v for k, v in self._pair.items() if agent not in k}
+                if self._db is not None:
+                    with self._db:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO agent_keys(agent, principal, sign, dh) VALUES (?,?,?,?)",
+                            (agent, principal, _priv(keys.sign), _priv(keys.dh)),
+                        )
+        return keys, self.entry_for(keys, name)
+
+    def entry_for(self, keys: AgentKeys, name: str = "") -> PublicKeys:
+        e = PublicKeys(keys.agent, keys.principal, keys.sign.public_key().public_bytes(*_RAW),
+                       keys.dh.public_key().public_bytes(*_RAW), b"", name)
+        return PublicKeys(e.agent, e.principal, e.sign_pub, e.dh_pub, self._mac(e.body()), name)
+
+    def admit(self, entry: PublicKeys) -> tuple[Ed25519PublicKey, X25519PublicKey, str]:
+        """A directory entry's keys, after checking its HMAC; raises ``BusError`` if forged."""
+        cached = self._peers.get(entry.agent)
+        if cached is not None and cached[1] == entry.body() and cached[2] == entry.mac:
+            return cached[0]
+        if not hmac.compare_digest(self._mac(entry.body()), entry.mac):
+            raise BusError(f"key directory entry of agent {entry.agent!r} fails its HMAC (forged or corrupted)")
+        keys = (Ed25519PublicKey.from_public_bytes(entry.sign_pub), X25519PublicKey.from_public_bytes(entry.dh_pub),
+                entry.principal)
+        self._peers[entry.agent] = (keys, entry.body(), entry.mac)
+        return keys
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self.secret, body, sha256).digest()
+
+    # -- message keys ----------------------------------------------------------------------
+
+    def pair_cipher(self, own: AgentKeys, peer: str, peer_dh: X25519PublicKey) -> AESGCM:
+        a, b = sorted((own.agent, peer))
+        cached = self._pair.get((a, b))
+        if cached is None:
+            shared = own.dh.exchange(peer_dh)
+            info = b"symbi-bus/v1 pair\0" + a.encode() + b"\0" + b.encode()
+            cached = AESGCM(HKDF(SHA256(), 32, salt=None, info=info).derive(shared))
+            self._pair[(a, b)] = cached
+        return cached
+
+    def topic_cipher(self, topic: str) -> AESGCM:
+        cached = self._topic.get(topic)
+        if cached is None:
+            info = b"symbi-bus/v1 topic\0" + topic.encode()
+            cached = AESGCM(HKDF(SHA256(), 32, salt=None, info=info).derive(self.secret))
+            self._topic[topic] = cached
+        return cached
+
+
+def verify_signature(pub: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        pub.verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _priv(k: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    return k.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+def _open_keys_db(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS agent_keys(agent TEXT PRIMARY KEY, principal TEXT NOT NULL, "
+               "sign BLOB NOT NULL, dh BLOB NOT NULL)")
+    db.isolation_level = "DEFERRED"
+    return db

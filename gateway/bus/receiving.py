@@ -1,0 +1,175 @@
+"""Receiving: fetch an inbox, check every message BEFORE decrypting, settle what became of it.
+
+Checks, in order: the sender's signature (key from the HMAC-authenticated directory), the
+recipient (this agent and the right inbox, or a topic it subscribes to), the timestamp
+window, then the replay window by id (for the whole batch in one write). Only a message that
+passed all of them is decrypted. A failure is settled as rejected with a reason, counted,
+audited (``bus.rejected``) and never delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from gateway.bus.backend import BusBackend, Outcome, Pending
+from gateway.bus.crypto import KeyRing, verify_signature
+from gateway.bus.message import MessageKind, SecureMessage, pattern_regex
+from gateway.errors import BusError
+from gateway.events import EventSink
+
+_logger = logging.getLogger("symbi.bus")
+
+PeerKeys = tuple[Ed25519PublicKey, X25519PublicKey, str, str]  # signing key, agreement key, principal, name
+REPLY_SUFFIX = "#r"  # the inbox of replies to an agent's requests ('#' is never in an agent id)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    id: str
+    sender: str
+    kind: MessageKind
+    topic: str | None
+    reply_to: str | None
+    timestamp_ms: int
+    expires_ms: int
+    body: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "from": self.sender, "kind": self.kind, "topic": self.topic,
+                "reply_to": self.reply_to, "timestamp_ms": self.timestamp_ms, "body": self.body}
+
+
+class Receiver:
+    """The receive checks of one bus (and the verified sender keys they use)."""
+
+    def __init__(self, backend: BusBackend, ring: KeyRing, events: EventSink, *, max_age_ms: int,
+                 skew_ms: int) -> None:
+        self.backend = backend
+        self.ring = ring
+        self.events = events
+        self.max_age_ms = max_age_ms
+        self.skew_ms = skew_ms
+        self.keys: dict[str, PeerKeys] = {}  # verified directory entries
+        self.rejected: dict[str, int] = {}
+
+    async def take(self, agent: str, inbox: str, max_items: int, wait_s: float) -> list[Received]:
+        """Fetch, check, settle: what passed every check, in inbox order."""
+        pending = await self.backend.fetch(inbox, max_items, wait_s)
+        if not pending:
+            return []
+        subs = (await self.backend.subscriptions()).get(agent, set()) if any(
+            p.msg is not None and p.msg.kind == "topic" for p in pending) else set()
+        outcomes: dict[str, Outcome] = {}
+        passed: list[tuple[Pending, SecureMessage, X25519PublicKey]] = []
+        for p in pending:  # 1-3: signature, recipient, timestamps
+            outcome, dh_pub = await self._check(agent, inbox, p, subs)
+            if outcome is not None:
+                outcomes[p.ref] = outcome
+            else:
+                assert p.msg is not None and dh_pub is not None
+                passed.append((p, p.msg, dh_pub))
+        # 4. the replay window, for the whole batch at once (one write)
+        fresh = await self.backend.first_seen(
+            agent, [(m.id, m.timestamp_ms + self.max_age_ms + 2 * self.skew_ms) for _, m, _ in passed])
+        out: list[Received] = []
+        for p, msg, dh_pub in passed:
+            if msg.id not in fresh:
+                outcomes[p.ref] = self._reject(agent, inbox, msg, "replayed id")
+                continue
+            fresh.discard(msg.id)  # the same id twice in one batch: the second is a replay
+            received = self._open_message(agent, inbox, msg, dh_pub)  # only now: decrypt
+            outcomes[p.ref] = "delivered" if received is not None else "rejected"
+            if received is not None:
+                out.append(received)
+        await self.backend.settle(inbox, [(p.ref, outcomes[p.ref]) for p in pending])
+        return out
+
+    async def sender_keys(self, sender: str, *, fresh: bool = False) -> PeerKeys | str:
+        """An agent's keys and principal from the (HMAC-authenticated) key directory, or why not.
+
+        Cached once verified (an agent's keys change only when it registers again)."""
+        cached = None if fresh else self.keys.get(sender)
+        if cached is not None:
+            return cached
+        entry = await self.backend.lookup_keys(sender)
+        if entry is None:
+            return "unknown sender"
+        try:
+            sign_pub, dh_pub, principal = self.ring.admit(entry)
+        except BusError:
+            return "sender key entry fails its HMAC"
+        keys = self.keys[sender] = (sign_pub, dh_pub, principal, entry.name)
+        return keys
+
+    async def _check(self, agent: str, inbox: str, p: Pending,
+                     subs: set[str]) -> tuple[Outcome | None, X25519PublicKey | None]:
+        """None and the sender's agreement key when the message passed checks 1-3."""
+        msg = p.msg
+        if msg is None:
+            return self._reject(agent, inbox, None, p.error or "unreadable entry"), None
+        now = int(time.time() * 1000)
+        if msg.expires_ms < now:
+            self.events.emit("bus.expired", {**msg.metadata(), "inbox": inbox}, agent=agent)
+            return "expired", None
+        # 1. signature (a cached key that fails is looked up again: the sender may have re-registered)
+        keys = await self.sender_keys(msg.sender)
+        if not isinstance(keys, str) and not verify_signature(keys[0], msg.signature, msg.signed_bytes()):
+            keys = await self.sender_keys(msg.sender, fresh=True)
+            if not isinstance(keys, str) and not verify_signature(keys[0], msg.signature, msg.signed_bytes()):
+                keys = "bad signature"
+        if isinstance(keys, str):
+            return self._reject(agent, inbox, msg, keys), None
+        # 2. recipient: this agent (and the right inbox), or a topic it subscribes to
+        reason = _recipient_problem(msg, agent, inbox, subs)
+        if reason:
+            return self._reject(agent, inbox, msg, reason), None
+        # 3. timestamp window
+        if msg.timestamp_ms > now + self.skew_ms or msg.timestamp_ms < now - self.max_age_ms - self.skew_ms \
+                or msg.expires_ms > msg.timestamp_ms + self.max_age_ms:
+            return self._reject(agent, inbox, msg, "timestamp outside the window"), None
+        return None, keys[1]
+
+    def _open_message(self, agent: str, inbox: str, msg: SecureMessage, dh_pub: X25519PublicKey) -> Received | None:
+        try:
+            if msg.topic is not None:
+                cipher = self.ring.topic_cipher(msg.topic)
+            else:
+                me = self.ring.local(agent)
+                if me is None:
+                    self._reject(agent, inbox, msg, "no key for this agent")
+                    return None
+                cipher = self.ring.pair_cipher(me, msg.sender, dh_pub)
+            body = json.loads(cipher.decrypt(msg.nonce, msg.ciphertext, msg.header()))
+        except (InvalidTag, ValueError):
+            self._reject(agent, inbox, msg, "decryption failed")
+            return None
+        return Received(msg.id, msg.sender, msg.kind, msg.topic, msg.reply_to, msg.timestamp_ms, msg.expires_ms, body)
+
+    def _reject(self, agent: str, inbox: str, msg: SecureMessage | None, reason: str) -> Outcome:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        meta = msg.metadata() if msg is not None else {}
+        self.events.emit("bus.rejected", {**meta, "inbox": inbox, "reason": reason}, agent=agent)
+        _logger.warning("bus: rejected a message for %s: %s", agent, reason)
+        return "rejected"
+
+
+def _recipient_problem(msg: SecureMessage, agent: str, inbox: str, subs: set[str]) -> str | None:
+    if msg.kind == "topic":
+        if msg.topic is None or msg.recipient is not None or inbox != agent:
+            return "malformed topic message"
+        if not any(pattern_regex(p).match(msg.topic) for p in subs):
+            return "not subscribed to this topic"
+        return None
+    if msg.recipient != agent or msg.topic is not None:
+        return "wrong recipient"
+    if (msg.kind == "reply") != inbox.endswith(REPLY_SUFFIX):
+        return "wrong inbox for this kind"
+    return None

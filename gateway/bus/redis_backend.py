@@ -1,0 +1,293 @@
+"""The Redis backend: one stream per inbox, read through a consumer group (at-least-once
+across gateway processes), acknowledged and deleted when settled.
+
+Keys (prefix ``symbi:bus:``): ``inbox:<agent>`` streams (fields h, n, c, s, e = the message
+and its expiry), ``keys`` (public key directory, hash), ``subs`` (hash ``agent\\0pattern``),
+``seen:<agent>:<id>`` (replay window, expiring), ``stats`` (counters, hash). Only ciphertext
+ever reaches Redis. A Redis that cannot be reached is ``BusUnavailable`` (a send fails with a
+clear error); the client reconnects by itself on the next call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar, cast
+
+import anyio.to_thread
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.bus.backend import COUNTERS, Outcome, Pending, StoredMessage
+from gateway.bus.crypto import PublicKeys
+from gateway.bus.message import SecureMessage
+from gateway.errors import BusBufferFull, BusError, BusUnavailable
+
+PREFIX = "symbi:bus:"
+GROUP = "symbi"
+CLAIM_IDLE_MS = 30_000  # an entry fetched by a consumer that died is taken over after this
+
+# XADD only when fewer than ARGV[1] entries wait (atomic: a full inbox never grows)
+_ENQUEUE = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+redis.call('HINCRBY', KEYS[2], 'sent', 1)
+return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4], 's', ARGV[5], 'e', ARGV[6])
+"""
+
+T = TypeVar("T")
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(self, url: str, *, consumer: str | None = None) -> None:
+        self.url = url
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self._r: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
+        self._enqueue = self._r.register_script(_ENQUEUE)
+        self._groups: set[str] = set()
+
+    async def _do(self, aw: Awaitable[T] | T) -> T:
+        # redis-py types its async commands as "Awaitable[T] | T"
+        try:
+            return await aw if inspect.isawaitable(aw) else aw
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise BusUnavailable(f"the bus backend (Redis at {_safe(self.url)}) cannot be reached: {e}",
+                                 reasons=["bus backend unreachable (bus.url)"]) from None
+        except ResponseError as e:
+            if "NOGROUP" in str(e):
+                self._groups.clear()  # Redis lost its data (restart without persistence): made again
+                raise _NoGroup(str(e)) from None
+            raise BusError(f"the bus backend (Redis at {_safe(self.url)}) refused a command: {e}",
+                           reasons=["bus backend error (bus.url)"]) from None
+
+    async def start(self) -> None:
+        await self._do(self._r.ping())
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+    # -- keys ------------------------------------------------------------------------------
+
+    async def publish_keys(self, entry: PublicKeys) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(PREFIX + "keys", entry.agent, key_blob(entry))  # type: ignore[arg-type]
+        if entry.name:
+            pipe.hset(PREFIX + "names", entry.name, entry.agent)
+        done: list[Any] = await self._do(pipe.execute())
+        del done
+
+    async def lookup_keys(self, agent: str) -> PublicKeys | None:
+        blob = await self._do(self._r.hget(PREFIX + "keys", agent))
+        return parse_key_blob(agent, cast(bytes, blob)) if blob is not None else None
+
+    async def lookup_name(self, name: str) -> str | None:
+        agent = await self._do(self._r.hget(PREFIX + "names", name))
+        return cast(bytes, agent).decode() if agent is not None else None
+
+    # -- inboxes ---------------------------------------------------------------------------
+
+    def _inbox(self, inbox: str) -> str:
+        return f"{PREFIX}inbox:{inbox}"
+
+    async def _group(self, key: str) -> None:
+        if key in self._groups:
+            return
+        try:
+            await self._do(self._r.xgroup_create(key, GROUP, id="0", mkstream=True))
+        except BusError as e:
+            if "BUSYGROUP" not in e.message:  # it exists already: fine
+                raise
+        self._groups.add(key)
+
+    async def enqueue(self, inbox: str, msg: SecureMessage, limit: int) -> None:
+        key = self._inbox(inbox)
+        await self._group(key)
+        f = msg.to_fields()
+        added = await self._do(self._enqueue(keys=[key, PREFIX + "stats"],
+                                             args=[limit, f["h"], f["n"], f["c"], f["s"], msg.expires_ms]))
+        if not added:
+            await self._do(self._r.hincrby(PREFIX + "stats", "buffer_full", 1))
+            raise BusBufferFull(
+                f"the inbox of {inbox} is full (runtime.message_buffer_size = {limit}); the message was not accepted"
+            )
+
+    async def fetch(self, inbox: str, max_items: int, wait_s: float) -> list[Pending]:
+        try:
+            return await self._fetch(inbox, max_items, wait_s)
+        except _NoGroup:
+            return await self._fetch(inbox, max_items, wait_s)
+
+    async def _fetch(self, inbox: str, max_items: int, wait_s: float) -> list[Pending]:
+        key = self._inbox(inbox)
+        await self._group(key)
+        # 1. what this consumer fetched before and did not settle; 2. what a dead consumer left
+        got = await self._read(key, "0", max_items, None)
+        if not got:
+            claimed: list[Any] = await self._do(self._r.xautoclaim(key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0",
+                                                        count=max_items))
+            got = [(i, f) for i, f in claimed[1] if f]
+        if not got:
+            block = int(wait_s * 1000) if wait_s > 0 else None
+            got = await self._read(key, ">", max_items, block)
+        return [_pending(i, f) for i, f in got]
+
+    async def _read(self, key: str, start: str, count: int, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        res = await self._do(self._r.xreadgroup(GROUP, self.consumer, {key: start}, count=count, block=block))
+        out: list[tuple[bytes, dict[bytes, bytes]]] = []
+        for _, entries in res or []:
+            out.extend((i, f) for i, f in entries if f)
+        return out
+
+    async def settle(self, inbox: str, outcomes: list[tuple[str, Outcome]]) -> None:
+        if not outcomes:
+            return
+        key = self._inbox(inbox)
+        refs = [r for r, _ in outcomes]
+        pipe = self._r.pipeline(transaction=True)
+        pipe.xack(key, GROUP, *refs)
+        pipe.xdel(key, *refs)
+        for o in {o for _, o in outcomes}:
+            pipe.hincrby(PREFIX + "stats", o, sum(1 for _, x in outcomes if x == o))
+        done: list[Any] = await self._do(pipe.execute())
+        del done
+
+    async def pending_count(self, inbox: str) -> int:
+        return int(await self._do(self._r.xlen(self._inbox(inbox))))
+
+    async def wait_arrival(
+        self, inbox: str, timeout_s: float, cursor: Any
+    ) -> tuple[Any, list[SecureMessage | None]]:
+        key = self._inbox(inbox)
+        if cursor is None:
+            last = await self._do(self._r.xrevrange(key, count=1))
+            cursor = last[0][0] if last else b"0-0"
+        res = await self._do(self._r.xread({key: cursor}, block=max(int(timeout_s * 1000), 1)))
+        out: list[SecureMessage | None] = []
+        for _, entries in res or []:
+            for i, f in entries:
+                cursor = i
+                out.append(_pending(i, f).msg)
+        return cursor, out
+
+    # -- replay window ---------------------------------------------------------------------
+
+    async def first_seen(self, agent: str, items: list[tuple[str, int]]) -> set[str]:
+        if not items:
+            return set()
+        pipe = self._r.pipeline(transaction=False)
+        for msg_id, until_ms in items:
+            pipe.set(f"{PREFIX}seen:{agent}:{msg_id}", b"1", nx=True, pxat=until_ms)
+        res: list[Any] = await self._do(pipe.execute())
+        return {msg_id for (msg_id, _), ok in zip(items, res, strict=True) if ok}
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    async def subscribe(self, agent: str, pattern: str) -> None:
+        await self._do(self._r.hset(PREFIX + "subs", f"{agent}\0{pattern}", "1"))
+
+    async def unsubscribe(self, agent: str, pattern: str) -> bool:
+        return bool(await self._do(self._r.hdel(PREFIX + "subs", f"{agent}\0{pattern}")))
+
+    async def subscriptions(self) -> dict[str, set[str]]:
+        raw = await self._do(self._r.hkeys(PREFIX + "subs"))
+        out: dict[str, set[str]] = {}
+        for k in raw:
+            agent, _, pattern = bytes(k).decode().partition("\0")
+            out.setdefault(agent, set()).add(pattern)
+        return out
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    async def expire(self, now_ms: int, retain_ms: int) -> int:
+        n = 0
+        async for key in self._r.scan_iter(match=f"{PREFIX}inbox:*", count=200):
+            entries = await self._do(self._r.xrange(key, count=1000))
+            dead = [i for i, f in entries if not f or int(f.get(b"e", b"0")) < now_ms]
+            if dead:
+                pipe = self._r.pipeline(transaction=True)
+                pipe.xack(key, GROUP, *dead)
+                pipe.xdel(key, *dead)
+                done: list[Any] = await self._do(pipe.execute())
+                del done
+                n += len(dead)
+        if n:
+            await self._do(self._r.hincrby(PREFIX + "stats", "expired", n))
+        return n
+
+    async def bump(self, counter: str, n: int = 1) -> None:
+        await self._do(self._r.hincrby(PREFIX + "stats", counter, n))
+
+    async def stats(self) -> dict[str, object]:
+        return await anyio.to_thread.run_sync(redis_stats, self.url)
+
+    def scan(self) -> Iterator[StoredMessage]:
+        return redis_scan(self.url)
+
+
+def key_blob(entry: PublicKeys) -> bytes:
+    return b"\0".join([entry.principal.encode(), entry.sign_pub.hex().encode(), entry.dh_pub.hex().encode(),
+                       entry.mac.hex().encode(), entry.name.encode()])
+
+
+def parse_key_blob(agent: str, blob: bytes) -> PublicKeys:
+    try:
+        principal, s, d, m, name = blob.split(b"\0")
+        return PublicKeys(agent, principal.decode(), bytes.fromhex(s.decode()), bytes.fromhex(d.decode()),
+                          bytes.fromhex(m.decode()), name.decode())
+    except ValueError:
+        return PublicKeys(agent, "", b"", b"", b"")  # fails its HMAC: rejected, never trusted
+
+
+def redis_stats(url: str) -> dict[str, object]:
+    r: Any = _sync(url)
+    counters: dict[str, int] = {name: 0 for name in COUNTERS}
+    counters.update({k.decode(): int(v) for k, v in r.hgetall(PREFIX + "stats").items()})
+    inboxes = {k.decode().removeprefix(PREFIX + "inbox:"): int(r.xlen(k))
+               for k in r.scan_iter(match=f"{PREFIX}inbox:*")}
+    return {"backend": "redis", "counters": counters, "pending_by_inbox": dict(sorted(inboxes.items())),
+            "stored": {"pending": sum(inboxes.values())}, "subscriptions": int(r.hlen(PREFIX + "subs")),
+            "agents": int(r.hlen(PREFIX + "keys"))}
+
+
+def redis_scan(url: str) -> Iterator[StoredMessage]:
+    r: Any = _sync(url)
+    for key in sorted(r.scan_iter(match=f"{PREFIX}inbox:*")):
+        inbox = key.decode().removeprefix(PREFIX + "inbox:")
+        for i, f in r.xrange(key):
+            p = _pending(i, f)
+            yield StoredMessage(inbox, "pending", p.msg, p.error)
+
+
+def _sync(url: str) -> redis.Redis:
+    try:
+        r = redis.Redis.from_url(url, socket_connect_timeout=2)
+        r.ping()
+        return r
+    except (RedisError, OSError) as e:
+        raise BusUnavailable(f"the bus backend (Redis at {_safe(url)}) cannot be reached: {e}") from None
+
+
+def _pending(ref: bytes | str, fields: dict[Any, Any]) -> Pending:
+    rid = ref.decode() if isinstance(ref, bytes) else ref
+    try:
+        return Pending(rid, SecureMessage.from_fields({k: v for k, v in fields.items() if k in (b"h", b"n", b"c", b"s")}))
+    except ValueError as e:
+        return Pending(rid, None, str(e))
+
+
+class _NoGroup(BusError):
+    """The consumer group is gone (Redis lost its data); made again on the next call."""
+
+
+def _safe(url: str) -> str:
+    """The URL without a password (for errors and logs)."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

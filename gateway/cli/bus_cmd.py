@@ -1,0 +1,141 @@
+"""``symbi bus stats|verify|tail``: the agent bus for operators (metadata only, never bodies)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from gateway.bus.backend import StoredMessage
+from gateway.bus.crypto import PublicKeys, load_secret
+from gateway.config import load_config
+from gateway.config.model import Config
+from gateway.errors import BusUnavailable
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    b = sub.add_parser("bus", help="the agent bus: stats, verify, tail (metadata only)")
+    bs = b.add_subparsers(dest="bus_command", metavar="ACTION")
+
+    s = bs.add_parser("stats", help="counters and what waits in each inbox")
+    s.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+    s.set_defaults(func=_stats)
+
+    v = bs.add_parser("verify", help="check every stored message's signature and the chain of ids")
+    v.add_argument("--config", type=Path, default=None)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_verify)
+
+    t = bs.add_parser("tail", help="the last stored messages (metadata only)")
+    t.add_argument("--config", type=Path, default=None)
+    t.add_argument("--topic", default=None, help="only messages on this topic")
+    t.add_argument("-n", "--lines", type=int, default=20)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_tail)
+
+    b.set_defaults(func=lambda args: (b.print_help(sys.stderr), 2)[1])
+
+
+class _Source:
+    """Read-only access to the configured backend's messages and key directory."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.secret = load_secret(cfg.bus_secret_path)
+
+    def stats(self) -> dict[str, object]:
+        if self.cfg.bus.backend == "redis":
+            from gateway.bus.redis_backend import redis_stats
+
+            return redis_stats(self._url())
+        from gateway.bus.embedded import stats_of
+
+        return stats_of(self._db())
+
+    def scan(self) -> Iterator[StoredMessage]:
+        if self.cfg.bus.backend == "redis":
+            from gateway.bus.redis_backend import redis_scan
+
+            return redis_scan(self._url())
+        from gateway.bus.embedded import scan_db
+
+        return scan_db(self._db())
+
+    def lookup(self) -> Callable[[str], PublicKeys | None]:
+        if self.cfg.bus.backend == "redis":
+            import redis
+
+            from gateway.bus.redis_backend import PREFIX, parse_key_blob
+
+            r = redis.Redis.from_url(self._url())
+
+            def from_redis(agent: str) -> PublicKeys | None:
+                blob = r.hget(PREFIX + "keys", agent)
+                return parse_key_blob(agent, blob) if isinstance(blob, bytes) else None
+
+            return from_redis
+        from gateway.bus.embedded import lookup_keys_db
+
+        db = self._db()
+
+        def from_db(agent: str) -> PublicKeys | None:
+            return lookup_keys_db(db, agent)
+
+        return from_db
+
+    def _url(self) -> str:
+        assert self.cfg.bus.url is not None
+        return self.cfg.bus.url
+
+    def _db(self) -> sqlite3.Connection:
+        path = self.cfg.bus_path
+        if not path.exists():
+            raise BusUnavailable(f"no bus store at {path} (the gateway has not run with this data dir)")
+        from gateway.bus.embedded import open_db
+
+        return open_db(path, readonly=True)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    print(json.dumps(_Source(load_config(args.config, args.environ)).stats(), indent=2))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from gateway.bus.verify import verify_messages
+
+    src = _Source(load_config(args.config, args.environ))
+    report = verify_messages(src.scan(), src.lookup(), src.secret)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(f"{report.checked} stored message(s) checked: {'OK' if report.ok else 'PROBLEMS'}")
+        for p in report.problems:
+            print("  " + "  ".join(f"{k}={v}" for k, v in p.items() if v is not None))
+    return 0 if report.ok else 1
+
+
+def _tail(args: argparse.Namespace) -> int:
+    src = _Source(load_config(args.config, args.environ))
+    rows = []
+    for s in src.scan():
+        if s.msg is None:
+            rows.append({"inbox": s.inbox, "state": s.state, "error": s.error})
+            continue
+        if args.topic is not None and s.msg.topic != args.topic:
+            continue
+        rows.append({"inbox": s.inbox, "state": s.state, **s.msg.metadata()})
+    rows.sort(key=lambda r: int(r.get("timestamp_ms") or 0))
+    for r in rows[-max(args.lines, 0):] if args.lines else []:
+        if args.json:
+            print(json.dumps(r))
+            continue
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(r.get("timestamp_ms") or 0) / 1000))
+        where = f"topic {r['topic']}" if r.get("topic") else f"-> {r.get('recipient')}"
+        print(f"{when}Z {r.get('kind', '?'):7} {r.get('sender')} {where} id={r.get('id')} "
+              f"state={r['state']} bytes={r.get('size')} inbox={r['inbox']}")
+    return 0

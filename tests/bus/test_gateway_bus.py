@@ -1,0 +1,154 @@
+"""The ``bus`` built-in inside a real gateway (the whole chain: audit, verification, arguments,
+policy with the bus kinds), called the way the MCP front calls it, with agent principals.
+
+The agent id is set on the ``Principal`` here the way the HTTP front sets it for a session
+(see test_http_bus.py for the same through real HTTP sessions)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.assemble import make_gateway
+from gateway.boundary import error_result
+from gateway.config.load import load_config
+from gateway.context import CallContext, Principal
+from gateway.errors import BusNoAgent, PolicyDenied
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.anyio
+
+A = Principal(id="tester", roles=("tester",), agent="ag-a")
+B = Principal(id="tester", roles=("tester",), agent="ag-b")
+OTHER = Principal(id="limited", agent="ag-x")
+SECRET = "body-text-that-must-never-be-in-the-audit-db"
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    cfg = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[bus]\nexpire_interval_s = 0.2\n")
+    gateway = make_gateway(load_config(cfg))
+    async with gateway.running():
+        yield gateway
+
+
+async def call(gw: Gateway, who: Principal, tool: str, **args: Any) -> Any:
+    """What the MCP front does with a tools/call: the chain, errors turned into results by the boundary."""
+    try:
+        return await gw.call(CallContext(principal=who, kind="tools/call", target=f"bus__{tool}", arguments=args))
+    except Exception as e:  # noqa: BLE001 - the boundary
+        return error_result(e)
+
+
+def data(result: Any) -> Any:
+    assert not result.is_error, result
+    return result.structured_content
+
+
+async def test_tools_are_listed_and_verified(gw: Gateway) -> None:
+    names = {e.info.name for e in await gw.visible_tools(A)}
+    assert {"bus__send", "bus__request", "bus__reply", "bus__publish", "bus__subscribe", "bus__unsubscribe",
+            "bus__receive"} <= names
+    assert not gw.catalog.tools["bus__send"].info.code_tool
+    assert gw.catalog.resource_owner("bus://inbox") == "bus"
+    assert gw.catalog.resource_owner("bus://topics/team.x") == "bus"
+
+
+async def test_direct_message_and_audit_without_body(gw: Gateway, tmp_path: Path) -> None:
+    await call(gw, B, "receive")  # B registers (gets keys) on first use
+    sent = data(await call(gw, A, "send", to="ag-b", body={"text": SECRET}))
+    got = data(await call(gw, B, "receive", max=10))["messages"]
+    assert [(m["id"], m["from"], m["body"]) for m in got] == [(sent["id"], "ag-a", {"text": SECRET})]
+    gw.audit.flush(timeout=5)
+    for f in (tmp_path / "data").glob("audit*.db*"):
+        assert SECRET.encode() not in f.read_bytes()
+    db = sqlite3.connect(tmp_path / "data" / "audit.db")
+    types = [r[0] for r in db.execute("SELECT type FROM events")]
+    assert "bus.send" in types and "tool.call" in types
+    details = [json.loads(r[0]) for r in db.execute("SELECT details FROM events WHERE type='tool.call'")]
+    assert any(d["tool"] == "bus__send" and d["arguments"]["body"] == "[not recorded]" for d in details)
+
+
+async def test_no_agent_is_refused(gw: Gateway) -> None:
+    r = await call(gw, Principal(id="tester", roles=("tester",)), "send", to="ag-b", body=1)
+    assert r.is_error and r.meta["symbi/error"]["code"] == BusNoAgent.code
+
+
+async def test_other_principal_and_denied_topic_refused_and_audited(gw: Gateway) -> None:
+    await call(gw, B, "receive")
+    await call(gw, A, "receive")
+    # 'limited' may call only everything__echo: the tool itself is refused
+    r = await call(gw, OTHER, "send", to="ag-b", body=1)
+    assert r.is_error and r.meta["symbi/error"]["code"] == PolicyDenied.code
+    r = await call(gw, A, "publish", topic="secret.plans", body=SECRET)
+    assert r.is_error and r.meta["symbi/error"]["code"] == PolicyDenied.code
+    r = await call(gw, B, "subscribe", topic="*")
+    assert r.is_error and r.meta["symbi/error"]["code"] == PolicyDenied.code
+    gw.audit.flush(timeout=5)
+    denied = [e for e in gw.audit.recent(100) if e["type"] == "bus.denied"]
+    assert {d["details"]["kind"] for d in denied} == {"bus/publish", "bus/subscribe"}
+
+
+async def test_pubsub_and_request_reply(gw: Gateway) -> None:
+    import anyio
+
+    await call(gw, A, "receive")
+    data(await call(gw, B, "subscribe", topic="team.*"))
+    pub = data(await call(gw, A, "publish", topic="team.news", body="hello"))
+    assert pub["delivered_to"] == 1
+    (m,) = data(await call(gw, B, "receive"))["messages"]
+    assert (m["topic"], m["body"], m["kind"]) == ("team.news", "hello", "topic")
+
+    async def responder() -> None:
+        (req,) = data(await call(gw, B, "receive", wait_ms=5000))["messages"]
+        data(await call(gw, B, "reply", request_id=req["id"], body={"pong": req["body"]}))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(responder)
+        out = data(await call(gw, A, "request", to="ag-b", body="ping", timeout_ms=5000))
+    assert out["reply"]["body"] == {"pong": "ping"}
+    r = await call(gw, A, "request", to="ag-b", body="ping", timeout_ms=200)
+    assert r.is_error and r.meta["symbi/error"]["code"] == "bus_timeout"
+
+
+async def test_per_agent_message_rate_from_the_policy(tmp_path: Path) -> None:
+    from tests.conftest import POLICY, TEST_POLICY_DATA
+
+    doc = json.loads(TEST_POLICY_DATA.read_text())
+    doc["symbi_data"]["principals"]["tester"]["bus_rate_limit"] = 2
+    data_file = tmp_path / "policy-data.json"
+    data_file.write_text(json.dumps(doc))
+    cfg = write_config(tmp_path, f'[policy]\npath = "{POLICY}"\ndata = "{data_file}"\n[sandbox]\ncode_tools = false\n')
+    gateway = make_gateway(load_config(cfg))
+    async with gateway.running():
+        await call(gateway, B, "receive")
+        for i in range(2):
+            data(await call(gateway, A, "send", to="ag-b", body=i))
+        r = await call(gateway, A, "send", to="ag-b", body="over the rate")
+        assert r.is_error and r.meta["symbi/error"]["code"] == "rate_limited"
+        # per agent: B still may send
+        data(await call(gateway, B, "send", to="ag-a", body="from b"))
+        gateway.audit.flush(timeout=5)
+        denied = [e["details"] for e in gateway.audit.recent(100) if e["type"] == "bus.denied"]
+        assert [d["kind"] for d in denied] == ["bus/send"]
+
+
+async def test_tampered_store_is_rejected_and_audited(gw: Gateway, tmp_path: Path) -> None:
+    await call(gw, B, "receive")
+    data(await call(gw, A, "send", to="ag-b", body="original"))
+    db = sqlite3.connect(tmp_path / "data" / "bus.db")
+    with db:  # an attacker with write access to the data dir flips one ciphertext bit
+        seq, c = db.execute("SELECT seq, c FROM messages WHERE inbox='ag-b' AND state=0").fetchone()
+        db.execute("UPDATE messages SET c=? WHERE seq=?", (bytes([c[0] ^ 1]) + c[1:], seq))
+    db.close()
+    assert data(await call(gw, B, "receive"))["messages"] == []
+    assert gw.audit is not None
+    gw.audit.flush(timeout=5)
+    rejected = [e["details"] for e in gw.audit.recent(100) if e["type"] == "bus.rejected"]
+    assert [(d["inbox"], d["reason"]) for d in rejected] == [("ag-b", "bad signature")]

@@ -50,6 +50,7 @@ from gateway.bus.embedded import EmbeddedBackend
 from gateway.bus.redis_backend import RedisBackend
 from gateway.context import Principal
 
+ROOT = Path(__file__).resolve().parents[1]
 BODY = {"task": "resize", "image": "s3://bucket/object-0001.png", "width": 640, "height": 480}
 A = Principal(id="bench", agent="agent-a")
 B = Principal(id="bench", agent="agent-b")
@@ -207,8 +208,8 @@ async def mcp_ratio(folder: Path, n: int) -> dict[str, Any]:
     from gateway.config.load import load_config
     from gateway.context import CallContext
 
-    policy = Path(__file__).resolve().parents[1] / "policies.rego"
-    data = Path(__file__).resolve().parents[1] / "tests/assets/policy/test-data.json"
+    policy = ROOT / "policies.rego"
+    data = ROOT / "tests/assets/policy/test-data.json"
     cfg = folder / "symbi.toml"
     cfg.write_text(f'[gateway]\ndata_dir = "{folder / "gw"}"\n[policy]\npath = "{policy}"\ndata = "{data}"\n'
                    f'[sandbox]\ncode_tools = false\n[servers.everything]\ncommand = "node"\n'
@@ -247,7 +248,7 @@ def _serve(cfg: Path, folder: Path) -> tuple[subprocess.Popen[bytes], Any, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log = open(folder / "serve.log", "w")  # noqa: SIM115 - closed by the caller
+    log = open(folder / "serve.log", "w")  # closed by the caller
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -278,7 +279,7 @@ async def mcp_http_ratio(folder: Path, n: int) -> dict[str, Any]:
 
     if not hasattr(gw_context, "AgentInfo"):
         return {"skipped": "needs the runtime's agent identity (every session an agent)"}
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     cfg = folder / "serve.toml"
     cfg.write_text(f'[gateway]\ndata_dir = "{folder / "serve"}"\nlog_level = "WARNING"\n[policy]\n'
                    f'path = "{root / "policies.rego"}"\ndata = "{root / "tests/assets/policy/test-data.json"}"\n'

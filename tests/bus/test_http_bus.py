@@ -128,6 +128,10 @@ async def exchange(a: Agent, b: Agent) -> None:
     assert (m["topic"], m["body"], m["from"]) == ("team.release", {"v": SECRET}, a.id)
 
 
+def serve_logs(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in folder.glob("serve-*.log"))
+
+
 def audit_bytes(data: Path) -> bytes:
     return b"".join(f.read_bytes() for f in sorted(data.glob("audit*.db*")))
 
@@ -189,7 +193,7 @@ async def test_two_gateway_processes_on_one_redis(tmp_path: Path, shared_redis: 
             await exchange(b, a)
     data = tmp_path / "data"
     assert SECRET.encode() not in audit_bytes(data)
-    logs = b"".join(p.read_bytes() for p in tmp_path.glob("serve-*.log"))
+    logs = serve_logs(tmp_path)
     assert logs and SECRET.encode() not in logs
 
 

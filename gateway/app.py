@@ -30,6 +30,7 @@ from gateway.errors import ConfigError, UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
+from gateway.runtime.core import AgentRuntime
 from gateway.steps.policy import afilter_listing
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream
 
@@ -105,7 +106,7 @@ class Gateway:
         bus: InMemorySubscriptionBus | None = None,
         background: Sequence[Background] = (),
         closers: Sequence[Callable[[], object]] = (),
-        agents: AgentRegistry | None = None,
+        runtime: AgentRuntime | None = None,
     ) -> None:
         self.config = config
         self.steps: tuple[Step, ...] = tuple(steps)
@@ -117,7 +118,9 @@ class Gateway:
         self.counters = counters or CallCounters()
         self.builtins: dict[str, Builtin] = {b.name: b for b in builtins}
         # Every session is an agent with a gateway-made id (gateway.runtime).
-        self.agents = agents or AgentRegistry(self.events)
+        # the runtime (gateway.runtime) schedules, budgets and supervises them
+        self.runtime = runtime or AgentRuntime(config, self.events)
+        self.agents: AgentRegistry = self.runtime.agents
         self.bus = bus or InMemorySubscriptionBus()
         self.upstreams: dict[str, Upstream] = {}
         self._wrap_command = wrap_command

@@ -107,6 +107,12 @@ class GatewayMetrics:
             "symbi_http_requests", "HTTP requests by route group and status", ["route", "status"], registry=r
         )
 
+    def track_runtime(self, runtime: Callable[[], Any]) -> None:
+        """Agents, scheduler queues, budgets and breakers, read from the runtime at scrape time."""
+        from gateway.runtime.metrics import RuntimeCollector
+
+        self.registry.register(RuntimeCollector(runtime))
+
     def track_sessions(self, count: Callable[[], int]) -> None:
         """Read the open-session count at scrape time."""
         self.active_sessions.set_function(lambda: float(count()))

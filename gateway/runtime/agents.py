@@ -15,11 +15,12 @@ import itertools
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from gateway.context import AgentInfo, Principal
-from gateway.errors import AgentLimitReached
+from gateway.errors import AgentLimitReached, AgentTerminated
 from gateway.events import EventSink
 from gateway.runtime.identity import clean_label, make_agent_id
 from gateway.runtime.lifecycle import AgentState, check_transition
@@ -27,6 +28,7 @@ from gateway.runtime.lifecycle import AgentState, check_transition
 _logger = logging.getLogger("symbi.runtime")
 
 AgentHook = Callable[["Agent"], None]
+ENDED_SESSIONS = 10_000
 
 
 @dataclass(slots=True, eq=False)
@@ -82,6 +84,8 @@ class AgentRegistry:
         self._live = 0
         self._cursor: Iterator[Agent] = iter(())
         self._bound: dict[str, Agent] = {}  # credential key id -> the hosted agent it was made for
+        # sessions an operator terminated: they get no new agent (bounded, oldest forgotten)
+        self._ended: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._key = key if key is not None else os.urandom(32)
         self._by_id: dict[str, Agent] = {}
         self._by_name: dict[str, Agent] = {}
@@ -132,6 +136,9 @@ class AgentRegistry:
             return hosted
         client = clean_label(client_name)
         key = (principal.id, client, session)
+        ended = self._ended.get(key)
+        if ended is not None:
+            raise AgentTerminated(f"the agent of this session was terminated: {ended}")
         agent = self._by_session.get(key)
         if agent is not None and agent.state is not AgentState.TERMINATED:
             agent.last_seen = time.monotonic()
@@ -175,6 +182,14 @@ class AgentRegistry:
         self._admit(principal.id)
         self._add(agent)
         return agent
+
+    def end_session(self, agent: Agent, reason: str) -> None:
+        """Refuse the session of ``agent`` from now on (an operator terminated it)."""
+        if agent.hosted:
+            return
+        self._ended[(agent.principal, agent.client, agent.session)] = reason
+        while len(self._ended) > ENDED_SESSIONS:
+            self._ended.popitem(last=False)
 
     def bind_credential(self, key_id: str, agent: Agent) -> None:
         """Calls made with API key ``key_id`` are ``agent``'s (a hosted agent's own credential)."""

@@ -154,6 +154,8 @@ class AgentRuntime:
         return "resumed"
 
     def terminate(self, agent: Agent, reason: str) -> str:
+        """An operator ends ``agent``: its session gets no new agent afterwards."""
+        self.agents.end_session(agent, reason)
         for hook in self.on_terminate:
             hook(agent)  # a hosted agent's process is stopped; its run ends through end()
         if agent.state is AgentState.RUNNING:

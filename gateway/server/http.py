@@ -39,6 +39,7 @@ from gateway.assemble import make_gateway
 from gateway.config.model import Config
 from gateway.context import Principal
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
+from gateway.runtime.status import components
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
 from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
 from gateway.server.front import build_server
@@ -108,6 +109,10 @@ class HttpState:
         if log is not None:
             doc["audit"] = audit_writable(log)
             ready = ready and doc["audit"]
+        # the runtime's view: breakers, scheduler, hosted agents (an unhealthy one is not ready)
+        comps = components(gw)
+        doc["components"] = {n: c["status"] for n, c in comps.items()}
+        ready = ready and all(c["status"] != "unhealthy" for c in comps.values())
         doc["ready"] = ready
         return ready, doc
 
@@ -322,6 +327,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         holder=holder,
     )
     metrics.track_sessions(lambda: len(state.sessions()))
+    metrics.track_runtime(lambda: state.gateway.runtime if state.gateway is not None else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -24,7 +24,11 @@ class AgentStep:
         agent = self.runtime.agents.get(call.principal.agent)
         if agent is None:  # no session agent (never for MCP requests; the fronts always make one)
             return await call_next(call)
-        self.runtime.begin(agent, f"{call.kind} {call.target}")
+        try:
+            self.runtime.begin(agent, f"{call.kind} {call.target}")
+        except Exception as e:
+            self.runtime.note_error(agent, e, call.target)  # refused: on the status page's recent errors
+            raise
         started = time.perf_counter()
         try:
             return await call_next(call)

@@ -60,7 +60,10 @@ class ScheduleStep:
             breakers.before(upstream)  # open: UpstreamUnavailable now, no retry
             try:
                 result = await call_next(call)
-            except UpstreamError:
+            except UpstreamError as e:
+                if getattr(e, "mcp_error", None) is not None:
+                    breakers.success(upstream)  # the upstream answered (with its own error): it is alive
+                    raise
                 breakers.failure(upstream)
                 if attempt == attempts:
                     raise

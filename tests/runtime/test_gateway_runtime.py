@@ -76,7 +76,7 @@ def _code(result: Any) -> str | None:
 
 def _events(cfg: Path, event_type: str) -> list[dict[str, Any]]:
     out = subprocess.run([str(SYMBI), "audit", "query", "--config", str(cfg), "--type", event_type, "--json"],
-                         capture_output=True, text=True, timeout=60, env=symbi_env())
+                         check=False, capture_output=True, text=True, timeout=60, env=symbi_env())
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines()]
 

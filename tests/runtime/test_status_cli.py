@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -19,11 +20,9 @@ from gateway.server.auth import ApiKeyStore
 from tests.conftest import SYMBI, peers_config, symbi_env
 from tests.server._http import serve
 
-pytestmark = pytest.mark.anyio
-
 
 def symbi(cfg: Path, base: str, key: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SYMBI), *args, "--config", str(cfg), "--url", base], capture_output=True,
+    return subprocess.run([str(SYMBI), *args, "--config", str(cfg), "--url", base], check=False, capture_output=True,
                           text=True, timeout=60, env=symbi_env(SYMBI_API_KEY=key))
 
 
@@ -44,16 +43,16 @@ async def _status_resource(mcp: str, key: str) -> Any:
         return json.loads(got.contents[0].text)  # type: ignore[union-attr]
 
 
-async def test_cli_status_resource_and_metrics(tmp_path: Path) -> None:
+def test_cli_status_resource_and_metrics(tmp_path: Path) -> None:
     cfg = peers_config(tmp_path)
     store = ApiKeyStore(load_config(cfg, {}).api_keys_path)
     admin, _ = store.create("ops", ("admin", "tester"))
     user, _ = store.create("tester", ("tester",))
     with serve(cfg) as base:
-        status = await _status_resource(base + "/mcp", admin)
+        status = anyio.run(_status_resource, base + "/mcp", admin)
         assert status["overall_status"] == "healthy"
         assert set(status) >= {"overall_status", "component_health", "resource_utilization", "recent_errors"}
-        assert await _status_resource(base + "/mcp", user) is None  # not listed, and refused
+        assert anyio.run(_status_resource, base + "/mcp", user) is None  # not listed, and refused
 
         listed = symbi(cfg, base, admin, "agents", "list", "--json")
         assert listed.returncode == 0, listed.stderr
@@ -70,7 +69,7 @@ async def test_cli_status_resource_and_metrics(tmp_path: Path) -> None:
         assert symbi(cfg, base, admin, "agents", "show", "agt-nope").returncode == 1
         forbidden = symbi(cfg, base, user, "agents", "list")
         assert forbidden.returncode == 1 and "403" in forbidden.stderr
-        no_key = subprocess.run([str(SYMBI), "agents", "list", "--config", str(cfg), "--url", base],
+        no_key = subprocess.run([str(SYMBI), "agents", "list", "--config", str(cfg), "--url", base], check=False,
                                 capture_output=True, text=True, timeout=60, env=symbi_env())
         assert no_key.returncode == 2 and "SYMBI_API_KEY" in no_key.stderr
 

@@ -183,7 +183,8 @@ def _assemble(
     )
 
     manager: SandboxManager | None = None
-    if config.sandbox.code_tools or any(s.sandbox not in (None, "none") for s in config.servers.values()):
+    if (config.sandbox.code_tools or config.agents
+            or any(s.sandbox not in (None, "none") for s in config.servers.values())):
         manager = SandboxManager(config)
         closers.append(manager.close)
 
@@ -215,6 +216,14 @@ def _assemble(
     background.append(lambda _gw: runtime.run())
     if config.mcp.discovery_enabled:
         background.append(_discover(config, events))
+    if config.agents:
+        from gateway.runtime.hosted import HostedAgents
+
+        # hosted agents: sandboxed processes with credentials of their own; the HTTP front
+        # attaches its Unix socket and key store (`symbi serve`), else they fail to start
+        hosted = HostedAgents(config, runtime, events, sandbox=manager)
+        runtime.hosted = hosted
+        background.append(lambda _gw: hosted.run())
     return Gateway(
         config,
         steps,

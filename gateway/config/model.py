@@ -206,6 +206,7 @@ class AgentConfig(_Section):
     sandbox: Literal["bwrap", "docker", "gvisor"] | None = None  # default: security.default_sandbox_tier
     priority: int = Field(default=4, ge=0, le=9)
     resources: ResourcesSection = ResourcesSection()
+    read_only_paths: StrTuple = ()  # extra host paths it may read (e.g. a venv's site-packages)
     restart: Literal["never", "on-failure", "always"] = "on-failure"
     restart_backoff_s: float = Field(default=1.0, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
@@ -213,6 +214,14 @@ class AgentConfig(_Section):
     failure_window_s: float = Field(default=300.0, gt=0)
     start: str = "with-gateway"  # "with-gateway" | "on-demand" | an interval like "30s", "5m"
     enabled: bool = True
+
+    @field_validator("resources")
+    @classmethod
+    def _no_network(cls, v: ResourcesSection) -> ResourcesSection:
+        if v.network:
+            raise ValueError("resources.network = true is not supported for hosted agents: they reach "
+                             "tools through the gateway only (network_io_mbps applies to nothing else)")
+        return v
 
     @field_validator("start")
     @classmethod

@@ -52,6 +52,7 @@ class AgentRuntime:
         self._terminating: dict[str, str] = {}  # Running agents to end when their calls do -> reason
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
         self.on_terminate: list[Callable[[Agent], None]] = []  # hosted agents stop their process
+        self.hosted: Any = None  # gateway.runtime.hosted.HostedAgents when [agents.*] are configured
         self.started = time.time()
         self.agents.on_unregister.append(self._forget)
 
@@ -186,7 +187,7 @@ class AgentRuntime:
         rt = self.config.runtime
         removed = 0
         for agent in self.agents.batch(batch or rt.gc_batch):
-            if agent.state is AgentState.TERMINATED:
+            if agent.state is AgentState.TERMINATED and not agent.hosted:  # a hosted run stays listed until the next
                 self.agents.remove(agent)
                 removed += 1
             elif (not agent.hosted and agent.state is AgentState.READY and agent.in_flight == 0

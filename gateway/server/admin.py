@@ -347,6 +347,20 @@ def admin_routes(state: HttpState) -> list[Route]:
                                   principal=who, agent=agent.id)
         return JSONResponse({"agent": agent.id, "result": result, "state": agent.state.value})
 
+    async def agent_run(request: Request) -> Response:
+        gw = state.gateway
+        name = request.path_params["id"]
+        hosted = gw.runtime.hosted if gw is not None else None
+        if hosted is None or name not in state.config.agents:
+            return _err(404, "not_found", f"no hosted agent {name!r} ([agents.{name}])")
+        result = hosted.request_start(name)
+        who = request.scope["symbi.principal"].id
+        gw.events.emit("agent.run_requested", {"name": name, "by": who, "result": result},  # type: ignore[union-attr]
+                       principal=who)
+        agent = gw.runtime.agents.by_name(name)  # type: ignore[union-attr]
+        return JSONResponse({"agent": agent.id if agent else name, "result": result,
+                             "state": agent.state.value if agent else "Initializing"})
+
     async def status_view(request: Request) -> Response:
         gw = state.gateway
         if gw is None:
@@ -386,6 +400,7 @@ def admin_routes(state: HttpState) -> list[Route]:
         Route("/agents/{id}", agent_view, methods=["GET"]),
         *(Route(f"/agents/{{id}}/{a}", _bind_action(agent_action, a), methods=["POST"])
           for a in ("suspend", "resume", "terminate")),
+        Route("/agents/{id}/run", agent_run, methods=["POST"]),
         Route("/status", status_view, methods=["GET"]),
         Route("/health", health_view, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

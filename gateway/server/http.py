@@ -13,9 +13,14 @@ route) → request body limit → authentication (for ``/mcp`` and ``/api``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 import secrets
+import shutil
+import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -301,8 +306,13 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     holder: list[Gateway] = gateway_holder if gateway_holder is not None else []
     metrics = GatewayMetrics(RECENT_CALLS)
 
+    agent_socket = open_agent_socket() if config.agents else None
+    auth = Authenticator.from_config(config)
+
     def factory(bus: InMemorySubscriptionBus) -> Gateway:
         gw = make_gateway(config, bus, metrics=metrics)
+        if agent_socket is not None and gw.runtime.hosted is not None:
+            gw.runtime.hosted.attach(agent_socket.getsockname(), auth.keys)
         holder.append(gw)
         return gw
 
@@ -320,7 +330,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     )
     state = HttpState(
         config=config,
-        auth=Authenticator.from_config(config),
+        auth=auth,
         metrics=metrics,
         recent=metrics.recent,
         manager=manager,
@@ -370,12 +380,31 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         exception_handlers={404: _not_found},
     )
     app.state.symbi = state
+    app.state.agent_socket = agent_socket
     # add_middleware wraps outermost last: this order gives access log → host → body → auth.
     app.add_middleware(AuthGate, state=state)
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=config.http.max_request_bytes)
     app.add_middleware(HostGuard, settings=settings)
     app.add_middleware(AccessLog, state=state)
     return app
+
+
+def open_agent_socket() -> socket.socket:
+    """The Unix socket hosted agents reach the gateway on (bound into their sandboxes).
+
+    Its folder is private to this process (mode 0711: the sandbox's uid 65534 may pass through
+    but not list it); the socket itself accepts anyone who can reach it, and every request still
+    needs an API key (each hosted agent run has its own).
+    """
+    folder = tempfile.mkdtemp(prefix="symbi-agents-")
+    os.chmod(folder, 0o711)
+    path = os.path.join(folder, "gateway.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o666)
+    sock.listen(128)
+    atexit.register(shutil.rmtree, folder, True)
+    return sock
 
 
 def with_listen(config: Config, host: str | None = None, port: int | None = None) -> Config:
@@ -394,7 +423,7 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
     if cfg.http.host not in ("127.0.0.1", "::1", "localhost"):
         _logger.warning("binding %s: the gateway is reachable beyond this machine", cfg.http.host)
     app = build_app(cfg)
-    uvicorn.run(
+    uv = uvicorn.Config(
         app,
         host=cfg.http.host,
         port=cfg.http.port,
@@ -402,3 +431,7 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         access_log=False,  # ours is structured (AccessLog)
         log_config=None,  # keep the gateway's logging set-up
     )
+    sockets = [uv.bind_socket()]
+    if app.state.agent_socket is not None:  # hosted agents: the same app on their Unix socket
+        sockets.append(app.state.agent_socket)
+    uvicorn.Server(uv).run(sockets=sockets)

@@ -120,6 +120,10 @@ OPENAPI: dict[str, Any] = {
                 ("terminate", "Terminate an agent (Running: when its calls in flight end)"),
             )
         },
+        "/agents/{id}/run": {
+            "post": {"summary": "Start a hosted agent ([agents.NAME]) now", "parameters": [_ID],
+                     "responses": {"200": _ok("AgentAction"), "404": _ERR, **_STD}}
+        },
         "/status": {
             "get": {"summary": "HealthStatus: overall, components, resource utilisation, recent errors",
                     "responses": {"200": _ok("HealthStatus"), "503": _ok("Unavailable"), **_STD}}

@@ -6,8 +6,9 @@ runtime made for this run (``$SYMBI_AGENT_TOKEN``): every call it makes passes t
 verification, policy and audit as its own principal (``agent:NAME``).
 
 It asks the time tool for the current time, echoes a note through server-everything, and
-exits 0. Run with ``MODE=hog`` it allocates memory until its memory budget kills it, with
-``MODE=probe`` it also tries to reach a TCP service on the host (it must fail).
+exits 0. Test modes: ``MODE=hog`` allocates memory until its memory budget kills it,
+``PROBE_PORT=N`` first tries to reach a TCP service on the host (it must fail), ``MODE=linger``
+stays up for ``LINGER_S`` seconds and prints its credential (so a test can try it afterwards).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ async def main() -> int:
         blocks = []
         while True:  # the cgroup's memory limit ends this (OOM kill)
             blocks.append(bytearray(8 * 1024 * 1024))
-    if mode == "probe":
-        target = int(os.environ.get("PROBE_PORT", "0"))
+    if os.environ.get("PROBE_PORT"):
+        target = int(os.environ["PROBE_PORT"])
         try:
             socket.create_connection(("127.0.0.1", target), timeout=2).close()
             print(json.dumps({"probe": "CONNECTED"}), flush=True)
@@ -50,7 +51,8 @@ async def main() -> int:
         note = await session.call_tool("everything__echo", {"message": "clock agent was here"})
         print(json.dumps({"tools": len(tools), "time_error": now.is_error, "echo_error": note.is_error,
                           "echo": note.content[0].text if note.content else None}), flush=True)
-        if mode == "linger":
+        if mode == "linger":  # tests: stay up a while (and show the test the run's credential)
+            print(json.dumps({"token": os.environ["SYMBI_AGENT_TOKEN"]}), flush=True)
             await anyio.sleep(float(os.environ.get("LINGER_S", "30")))
         return 1 if now.is_error or note.is_error else 0
 

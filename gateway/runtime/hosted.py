@@ -279,9 +279,12 @@ class HostedAgents:
         from gateway.sandbox.types import Limits
 
         base = self.config.source.parent if self.config.source else Path.cwd()
-        env = {**ac.env, "SYMBI_GATEWAY_SOCKET": SOCKET_IN_SANDBOX, "SYMBI_AGENT_TOKEN": key,
-               "SYMBI_AGENT_NAME": name}
-        args = [str((base / a).resolve()) if a.startswith(("./", "../")) else a for a in ac.args]
+        def here(v: str) -> str:  # ./x and ../x are relative to the config file
+            return str((base / v).resolve()) if v.startswith(("./", "../")) else v
+
+        env = {**{k: here(v) for k, v in ac.env.items()}, "SYMBI_GATEWAY_SOCKET": SOCKET_IN_SANDBOX,
+               "SYMBI_AGENT_TOKEN": key, "SYMBI_AGENT_NAME": name}
+        args = [here(a) for a in ac.args]
         ro = [str((base / p).resolve()) for p in ac.read_only_paths]
         sb_limits = Limits(memory_mb=limits.memory_mb, cpus=limits.cpu_cores, pids=256,
                            timeout_s=limits.execution_timeout_s)

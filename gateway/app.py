@@ -122,7 +122,9 @@ class Gateway:
         self.runtime = runtime or AgentRuntime(config, self.events)
         self.agents: AgentRegistry = self.runtime.agents
         self.bus = bus or InMemorySubscriptionBus()
-        self.upstreams: dict[str, Upstream] = {}
+        self.upstreams: dict[str, Upstream] = {}  # the primary of each server (the catalogue's source)
+        self.replicas: dict[str, list[Upstream]] = {}  # every process of each server, primary first
+        self._busy: dict[str, int] = {}  # calls in flight per replica (least-busy routing)
         self._wrap_command = wrap_command
         self._background = tuple(background)
         self._closers = tuple(closers)  # run in this order when the gateway stops
@@ -157,7 +159,7 @@ class Gateway:
                 # Wait (bounded) for the first connection of every upstream, concurrently.
                 with anyio.move_on_after(self.config.mcp.connection_timeout_s):
                     async with anyio.create_task_group() as waiters:
-                        for up in self.upstreams.values():
+                        for up in self._all_upstreams():
                             waiters.start_soon(up.wait_up, self.config.mcp.connection_timeout_s)
                 down = [n for n, u in self.upstreams.items() if u.state != "up"]
                 if down:
@@ -166,7 +168,7 @@ class Gateway:
                     yield self
                 finally:
                     self.events.emit("gateway.stop", {})
-                    for up in self.upstreams.values():
+                    for up in self._all_upstreams():
                         await up.stop()
                     tg.cancel_scope.cancel()
         finally:
@@ -192,7 +194,14 @@ class Gateway:
         )
         up.bind_task_group(self._tg)
         self.upstreams[name] = up
+        self.replicas[name] = [up]
         self._tg.start_soon(up.run, name=f"upstream-{name}")
+        for i in range(2, srv.replicas + 1):  # the seed's load balancing: N processes of one server
+            rep = Upstream(f"{name}-r{i}", srv, self.config, events=self.events, on_change=_ignore_change,
+                           on_resource_updated=self._resource_updated, wrap_command=self._wrap_command)
+            rep.bind_task_group(self._tg)
+            self.replicas[name].append(rep)
+            self._tg.start_soon(rep.run, name=f"upstream-{name}-r{i}")
 
     async def add_server(self, name: str, srv: ServerConfig) -> None:
         """Start an upstream that was not in the config at start (a discovered server a
@@ -356,9 +365,7 @@ class Gateway:
         builtin = self.builtins.get(call.tool.upstream)
         if builtin is not None:
             return await builtin.call(call)
-        up = self.upstreams.get(call.tool.upstream)
-        if up is None:
-            raise UpstreamUnavailable(f"upstream {call.tool.upstream!r} is not configured")
+        up = self._least_busy(call.tool.upstream)
         ctx = call.downstream
         session = getattr(ctx, "session", None)
         progress = None
@@ -369,6 +376,7 @@ class Gateway:
                     await session.report_progress(p, total, message)
 
         token = DOWNSTREAM_CAPABILITIES.set(session)
+        self._busy[up.name] = self._busy.get(up.name, 0) + 1
         try:
             with up.relay.caller(session, getattr(ctx, "request_id", None)):
                 return await up.call_tool(
@@ -379,7 +387,19 @@ class Gateway:
                     request_state=call.request_state,
                 )
         finally:
+            self._busy[up.name] -= 1
             DOWNSTREAM_CAPABILITIES.reset(token)
+
+    def _all_upstreams(self) -> list[Upstream]:
+        return [up for reps in self.replicas.values() for up in reps]
+
+    def _least_busy(self, name: str) -> Upstream:
+        """The replica of ``name`` (``servers.X.replicas``) with the fewest calls in flight."""
+        reps = self.replicas.get(name)
+        if not reps:
+            raise UpstreamUnavailable(f"upstream {name!r} is not configured")
+        live = [u for u in reps if u.state == "up"] or reps[:1]
+        return min(live, key=lambda u: self._busy.get(u.name, 0))
 
     async def with_upstream(self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Any = None) -> Any:
         up = self.upstreams.get(name)
@@ -392,6 +412,10 @@ class Gateway:
                 return await up.request(fn(up))
         finally:
             DOWNSTREAM_CAPABILITIES.reset(token)
+
+
+async def _ignore_change(up: Upstream) -> None:
+    """A replica's listing is its primary's: only the primary rebuilds the catalogue."""
 
 
 _READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)

@@ -309,6 +309,8 @@ class ServerConfig(_Section):
             raise ValueError("'url' must start with http:// or https://")
         if self.url is not None and (self.args or self.env or self.cwd or self.sandbox):
             raise ValueError("'args', 'env', 'cwd' and 'sandbox' only apply to stdio servers ('command')")
+        if self.url is not None and self.replicas > 1:
+            raise ValueError("'replicas' applies to stdio servers ('command'): an HTTP server scales behind its URL")
         if self.command is not None and self.headers:
             raise ValueError("'headers' only apply to HTTP servers ('url')")
         return self

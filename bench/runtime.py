@@ -219,6 +219,44 @@ verification = "warn"
             "added_p50_ms_median": median([r["added_p50_ms"] for r in per_round]), "per_round": per_round}
 
 
+async def steps_only(calls: int, rounds: int) -> dict[str, Any]:
+    """The runtime's two steps around an endpoint that returns at once, vs the endpoint alone:
+    the pure CPU the runtime adds per call (lifecycle transitions, their events, the queue)."""
+    from mcp.types import CallToolResult, TextContent
+
+    from gateway.chain import build_chain
+    from gateway.context import ToolInfo
+    from gateway.steps.agent import AgentStep
+    from gateway.steps.schedule import ScheduleStep
+
+    rt = _runtime(0)
+    agent = rt.agents.for_session(Principal(id="bench"), "bench", "stdio")
+    principal = Principal(id="bench", agent=agent.id)
+    tool = ToolInfo(name="up__echo", original_name="echo", upstream="up", definition={})
+    result = CallToolResult(content=[TextContent(type="text", text="ok")])
+
+    async def endpoint(call: CallContext) -> CallToolResult:
+        return result
+
+    chains = {"with_runtime": build_chain([AgentStep(rt), ScheduleStep(rt)], endpoint),
+              "without_runtime": build_chain([], endpoint)}
+    per_round = []
+    for _ in range(rounds):
+        p50 = {}
+        for name, chain in chains.items():
+            lat = []
+            for _ in range(calls):
+                call = CallContext(principal=principal, agent=agent.info(), kind="tools/call", target="up__echo",
+                                   tool=tool)
+                t = time.perf_counter()
+                await chain(call)
+                lat.append(time.perf_counter() - t)
+            p50[name] = sorted(lat)[len(lat) // 2] * 1000
+        per_round.append(round(p50["with_runtime"] - p50["without_runtime"], 4))
+    return {"calls_per_round": calls, "rounds": rounds, "added_p50_ms_per_round": per_round,
+            "added_p50_ms_median": median(per_round), "events_per_call": 2}
+
+
 # -- 5. hosted agent start per tier ---------------------------------------------------------------
 
 
@@ -340,6 +378,7 @@ def main() -> None:
     ap.add_argument("--idle-s", type=float, default=10.0)
     ap.add_argument("--tiers", default="bwrap,gvisor")
     ap.add_argument("--hosted-runs", type=int, default=3)
+    ap.add_argument("--skip-call", action="store_true", help="skip the end-to-end tools/call comparison")
     args = ap.parse_args()
     result: dict[str, Any] = {
         "setup": {
@@ -357,7 +396,9 @@ def main() -> None:
     result["scheduling"] = anyio.run(decisions, rt, 2000)
     result["idle_cpu"] = anyio.run(idle_cpu, rt, args.idle_s)
     with tempfile.TemporaryDirectory(prefix="symbi-bench-rt-") as tmp:
-        result["tools_call_overhead"] = anyio.run(call_overhead, args.calls, args.rounds, Path(tmp))
+        result["runtime_steps_only"] = anyio.run(steps_only, 5000, args.rounds)
+        if not args.skip_call:
+            result["tools_call_overhead"] = anyio.run(call_overhead, args.calls, args.rounds, Path(tmp))
         result["hosted_start"] = {"host_baseline": host_baseline(args.hosted_runs)}
         for tier in [t for t in args.tiers.split(",") if t]:
             result["hosted_start"][tier] = hosted_start(tier, args.hosted_runs, Path(tmp))

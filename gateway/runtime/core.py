@@ -56,6 +56,11 @@ class AgentRuntime:
         self.started = time.time()
         self.agents.on_unregister.append(self._forget)
 
+    @property
+    def message_buffer_size(self) -> int:
+        """runtime.message_buffer_size: each agent's message buffer on the agent bus."""
+        return self.config.runtime.message_buffer_size
+
     # -- budgets ------------------------------------------------------------------------------
 
     def limits_of(self, agent: Agent) -> ResourceLimits:

@@ -169,7 +169,9 @@ class HostedAgents:
             key, record = self.keys.create(principal.id, tuple(ac.roles), kind="agent")
             rt.agents.bind_credential(record.id, agent)
             argv, cleanup = self._command(name, ac, tier, limits, key, agent.id)
-            rt.pool.allocate(agent.id, limits, ac.priority)
+            _, displaced = rt.pool.allocate(agent.id, limits, ac.priority)
+            for victim in filter(None, map(rt.agents.get, displaced)):  # "priority" placement
+                rt.terminate(victim, f"displaced from its resource slot by {name} (priority {ac.priority})")
         except GatewayError as e:
             if record is not None:
                 self._revoke(record.id)

@@ -40,6 +40,7 @@ from gateway.metrics import GatewayMetrics, MetricsSink
 from gateway.policy import CallCounters, PolicyEngine, build_engine
 from gateway.runtime.core import AgentRuntime
 from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
+from gateway.sandbox.types import Limits
 from gateway.steps.agent import AgentStep
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
@@ -94,7 +95,14 @@ class SandboxBuiltin:
 
     async def call(self, call: CallContext) -> types.CallToolResult:
         assert call.tool is not None
-        result, tier = await self._tools.call(call.tool.original_name, call.arguments, min_tier=call.sandbox_tier)
+        limits = None
+        if call.sandbox_budget is not None:  # the agent's budget caps the sandbox's own limits
+            base = self._tools.config.sandbox
+            b = call.sandbox_budget
+            limits = Limits.from_config(base, memory_mb=min(base.memory_mb, int(b["memory_mb"])),
+                                        cpus=min(base.cpus, b["cpus"]), timeout_s=min(base.timeout_s, b["timeout_s"]))
+        result, tier = await self._tools.call(call.tool.original_name, call.arguments, min_tier=call.sandbox_tier,
+                                              limits=limits)
         call.sandbox_tier = tier
         return types.CallToolResult.model_validate(result)
 

@@ -39,6 +39,8 @@ class ScheduleStep:
         default = agent.priority if agent is not None else rt.config.runtime.default_priority
         priority = int(cond.get("priority", default))
         key = agent.id if agent is not None else f"principal:{call.principal.id}"
+        call.sandbox_budget = {"memory_mb": limits.memory_mb, "cpus": limits.cpu_cores,
+                               "timeout_s": limits.execution_timeout_s}
         async with rt.scheduler.slot(key, priority, limits.max_concurrent_calls):
             with anyio.move_on_after(limits.execution_timeout_s) as scope:
                 return await self._dispatch(call, call_next)

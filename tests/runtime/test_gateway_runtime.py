@@ -113,3 +113,22 @@ async def test_execution_budget_breach_suspends(tmp_path: Path) -> None:
         assert _code(await s.call_tool("rec__slow", {"seconds": 3})) == "budget_exceeded"
         assert _code(await s.call_tool("rec__echo", {"message": "next"})) == "agent_suspended"
     assert "next" not in _received(record)
+
+
+@pytest.mark.sandbox
+async def test_an_agents_memory_budget_caps_its_sandbox_runs(tmp_path: Path) -> None:
+    """The sandbox allows 256 MB; the agent's budget is 48 MB: its code tool run is held to 48."""
+    body = "[sandbox]\ncode_tools = true\nmemory_mb = 256\n[runtime.resources]\nmemory_mb = 48\n"
+    cfg = write_config(tmp_path, body)
+    hog = "b = bytearray(120 * 1024 * 1024); print('allocated')"
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool("sandbox__run_python", {"code": hog})
+    assert r.is_error and r.structured_content is not None
+    assert r.structured_content["killed"] == "memory" or "MemoryError" in r.structured_content["stderr"]
+    assert "allocated" not in r.structured_content["stdout"]
+    # control: with a budget above the sandbox's own limit the same program runs
+    roomy = write_config(tmp_path, body.replace("memory_mb = 48", "memory_mb = 1024") + f'[gateway]\ndata_dir = "{tmp_path / "d2"}"\n',
+                         name="roomy.toml")
+    async with stdio_session(roomy) as s:
+        ok = await s.call_tool("sandbox__run_python", {"code": hog})
+    assert not ok.is_error and "allocated" in ok.structured_content["stdout"]  # type: ignore[index]

@@ -178,3 +178,30 @@ def _has_token(cfg: Path) -> bool:
         return any("token" in x for x in _log(cfg))
     except (OSError, ValueError):
         return False
+
+
+def test_on_demand_starts_with_symbi_agents_run_and_an_interval_repeats(tmp_path: Path) -> None:
+    cfg, admin = _config(tmp_path, "bwrap", _env() + '\nstart = "on-demand"\nrestart = "never"')
+    with serve(cfg) as base:
+        time.sleep(1.0)
+        assert _wait(base, admin, lambda h: True) == []  # nothing runs until asked
+        run = subprocess.run([str(SYMBI), "agents", "run", "clock", "--config", str(cfg), "--url", base],
+                             check=False, capture_output=True, text=True, timeout=60,
+                             env=symbi_env(SYMBI_API_KEY=admin))
+        assert run.returncode == 0, run.stderr
+        _wait(base, admin, lambda h: bool(h) and h[0]["state"] == "Terminated")
+    every = tmp_path / "interval"
+    every.mkdir()
+    cfg2, admin2 = _config(every, "bwrap", _env() + '\nstart = "1s"\nrestart = "never"')
+    with serve(cfg2) as base:
+        deadline = time.monotonic() + 120
+        while len([e for e in _events_live(cfg2) if e["details"].get("hosted")]) < 2:
+            assert time.monotonic() < deadline, "the interval did not start a second run"
+            time.sleep(0.5)
+
+
+def _events_live(cfg: Path) -> list[dict[str, Any]]:
+    try:
+        return _events(cfg, "agent.registered")
+    except subprocess.CalledProcessError:
+        return []

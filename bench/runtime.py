@@ -128,7 +128,7 @@ async def decisions(rt: AgentRuntime, samples: int) -> dict[str, Any]:
         sched.release(holder)  # grants the best waiter (the pick is inside release)
         picks.append(time.perf_counter() - t)
         await done.wait()
-        holder = next(iter(sched._per_agent))  # noqa: SLF001 - bench: whoever holds the slot now
+        holder = next(iter(sched._per_agent))
     await asyncio.gather(*tasks)
     sched.release(holder)
     sched.max_in_flight = rt.config.runtime.max_in_flight
@@ -188,8 +188,8 @@ verification = "warn"
     per_round: list[dict[str, float]] = []
     async with gw.running():
         without = [s for s in gw.steps if not isinstance(s, AgentStep | ScheduleStep)]
-        chains = {"with_runtime": build_chain(gw.steps, gw._dispatch),  # noqa: SLF001 - bench
-                  "without_runtime": build_chain(without, gw._dispatch)}  # noqa: SLF001
+        chains = {"with_runtime": build_chain(gw.steps, gw._dispatch),
+                  "without_runtime": build_chain(without, gw._dispatch)}
         agent = gw.agents.for_session(Principal(id="bench"), "bench", "stdio")
         principal = Principal(id="bench", agent=agent.id)
 

@@ -30,6 +30,7 @@ from gateway.errors import ConfigError, UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
+from gateway.runtime.core import AgentRuntime
 from gateway.steps.policy import afilter_listing
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream
 
@@ -117,7 +118,7 @@ class Gateway:
         bus: InMemorySubscriptionBus | None = None,
         background: Sequence[Background] = (),
         closers: Sequence[Callable[[], object]] = (),
-        agents: AgentRegistry | None = None,
+        runtime: AgentRuntime | None = None,
     ) -> None:
         self.config = config
         self.steps: tuple[Step, ...] = tuple(steps)
@@ -129,10 +130,14 @@ class Gateway:
         self.counters = counters or CallCounters()
         self.builtins: dict[str, Builtin] = {b.name: b for b in builtins}
         # Every session is an agent with a gateway-made id (gateway.runtime).
-        # (not `agents or ...`: an empty registry is falsy and must still be the one assembled)
-        self.agents = agents if agents is not None else AgentRegistry(self.events)
+        # the runtime (gateway.runtime) schedules, budgets and supervises them
+        # (not `runtime or ...`: the one assembled must be used even when falsy)
+        self.runtime = runtime if runtime is not None else AgentRuntime(config, self.events)
+        self.agents: AgentRegistry = self.runtime.agents
         self.bus = bus or InMemorySubscriptionBus()
-        self.upstreams: dict[str, Upstream] = {}
+        self.upstreams: dict[str, Upstream] = {}  # the primary of each server (the catalogue's source)
+        self.replicas: dict[str, list[Upstream]] = {}  # every process of each server, primary first
+        self._busy: dict[str, int] = {}  # calls in flight per replica (least-busy routing)
         self._wrap_command = wrap_command
         self._background = tuple(background)
         self._closers = tuple(closers)  # run in this order when the gateway stops
@@ -167,7 +172,7 @@ class Gateway:
                 # Wait (bounded) for the first connection of every upstream, concurrently.
                 with anyio.move_on_after(self.config.mcp.connection_timeout_s):
                     async with anyio.create_task_group() as waiters:
-                        for up in self.upstreams.values():
+                        for up in self._all_upstreams():
                             waiters.start_soon(up.wait_up, self.config.mcp.connection_timeout_s)
                 down = [n for n, u in self.upstreams.items() if u.state != "up"]
                 if down:
@@ -176,7 +181,7 @@ class Gateway:
                     yield self
                 finally:
                     self.events.emit("gateway.stop", {})
-                    for up in self.upstreams.values():
+                    for up in self._all_upstreams():
                         await up.stop()
                     tg.cancel_scope.cancel()
         finally:
@@ -202,7 +207,14 @@ class Gateway:
         )
         up.bind_task_group(self._tg)
         self.upstreams[name] = up
+        self.replicas[name] = [up]
         self._tg.start_soon(up.run, name=f"upstream-{name}")
+        for i in range(2, srv.replicas + 1):  # the seed's load balancing: N processes of one server
+            rep = Upstream(f"{name}-r{i}", srv, self.config, events=self.events, on_change=_ignore_change,
+                           on_resource_updated=self._resource_updated, wrap_command=self._wrap_command)
+            rep.bind_task_group(self._tg)
+            self.replicas[name].append(rep)
+            self._tg.start_soon(rep.run, name=f"upstream-{name}-r{i}")
 
     async def add_server(self, name: str, srv: ServerConfig) -> None:
         """Start an upstream that was not in the config at start (a discovered server a
@@ -367,9 +379,7 @@ class Gateway:
         builtin = self.builtins.get(call.tool.upstream)
         if builtin is not None:
             return await builtin.call(call)
-        up = self.upstreams.get(call.tool.upstream)
-        if up is None:
-            raise UpstreamUnavailable(f"upstream {call.tool.upstream!r} is not configured")
+        up = self._least_busy(call.tool.upstream)
         ctx = call.downstream
         session = getattr(ctx, "session", None)
         progress = None
@@ -382,6 +392,7 @@ class Gateway:
             progress = report
 
         token = DOWNSTREAM_CAPABILITIES.set(session)
+        self._busy[up.name] = self._busy.get(up.name, 0) + 1
         try:
             with up.relay.caller(session, getattr(ctx, "request_id", None)):
                 return await up.call_tool(
@@ -392,6 +403,7 @@ class Gateway:
                     request_state=call.request_state,
                 )
         finally:
+            self._busy[up.name] -= 1
             DOWNSTREAM_CAPABILITIES.reset(token)
 
     async def watch_resource(self, owner: str, uri: str, principal: Principal, ctx: Any, on: bool) -> bool:
@@ -404,6 +416,17 @@ class Gateway:
         await provider.watch(uri, principal, getattr(session, "_connection", None), on)
         return True
 
+    def _all_upstreams(self) -> list[Upstream]:
+        return [up for reps in self.replicas.values() for up in reps]
+
+    def _least_busy(self, name: str) -> Upstream:
+        """The replica of ``name`` (``servers.X.replicas``) with the fewest calls in flight."""
+        reps = self.replicas.get(name)
+        if not reps:
+            raise UpstreamUnavailable(f"upstream {name!r} is not configured")
+        live = [u for u in reps if u.state == "up"] or reps[:1]
+        return min(live, key=lambda u: self._busy.get(u.name, 0))
+
     async def with_upstream(self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Any = None) -> Any:
         up = self.upstreams.get(name)
         if up is None:
@@ -415,6 +438,10 @@ class Gateway:
                 return await up.request(fn(up))
         finally:
             DOWNSTREAM_CAPABILITIES.reset(token)
+
+
+async def _ignore_change(up: Upstream) -> None:
+    """A replica's listing is its primary's: only the primary rebuilds the catalogue."""
 
 
 _READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)

@@ -39,12 +39,16 @@ from gateway.memory.builtin import KnowledgeBuiltin, MemoryBuiltin, MemoryServic
 from gateway.metrics import GatewayMetrics, MetricsSink
 from gateway.policy import CallCounters, PolicyEngine, build_engine
 from gateway.runtime.agents import AgentRegistry
+from gateway.runtime.core import AgentRuntime
 from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
+from gateway.sandbox.types import Limits
+from gateway.steps.agent import AgentStep
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
 from gateway.steps.metrics import MetricsStep
 from gateway.steps.policy import PolicyStep
 from gateway.steps.resolve import ResolveTool
+from gateway.steps.schedule import ScheduleStep
 from gateway.steps.verify import VerifyTool
 from gateway.telemetry import Telemetry
 from gateway.verify.verifier import ToolVerifier
@@ -93,8 +97,14 @@ class SandboxBuiltin:
 
     async def call(self, call: CallContext) -> types.CallToolResult:
         assert call.tool is not None
+        limits = None
+        if call.sandbox_budget is not None:  # the agent's budget caps the sandbox's own limits
+            base = self._tools.config.sandbox
+            b = call.sandbox_budget
+            limits = Limits.from_config(base, memory_mb=min(base.memory_mb, int(b["memory_mb"])),
+                                        cpus=min(base.cpus, b["cpus"]), timeout_s=min(base.timeout_s, b["timeout_s"]))
         result, tier = await self._tools.call(call.tool.original_name, call.arguments, min_tier=call.sandbox_tier,
-                                              principal_kind=call.principal.kind)
+                                              limits=limits, principal_kind=call.principal.kind)
         call.sandbox_tier = tier
         return types.CallToolResult.model_validate(result)
 
@@ -106,26 +116,33 @@ def chain_steps(
     policy: PolicyEngine | None,
     counters: CallCounters,
     metrics: GatewayMetrics | None,
+    runtime: AgentRuntime | None = None,
+    builtins: frozenset[str] = frozenset(),
 ) -> list[Step]:
     """The call chain, outermost first. This list is the only place the order is decided.
 
     1. metrics: times and counts everything, denials and crashes included (HTTP front only);
     2. audit: one durable record per call, whatever happened inside (fails closed);
-    3. resolve: the client's name -> catalogue entry (unknown or hidden -> refused);
-    4. verify: the tool is the approved one (SchemaPin, pins, drift);
-    5. arguments: valid against the tool's inputSchema;
-    6. policy: the Rego decision, then its conditions around the dispatch.
-    A step that needs an allowed call and must run right before dispatch (a scheduler, a
-    budget) goes after the policy; the endpoint after the last step is ``Gateway._dispatch``.
+    3. agent: a suspended/terminated agent stops here; Ready <-> Running around the call;
+    4. resolve: the client's name -> catalogue entry (unknown or hidden -> refused);
+    5. verify: the tool is the approved one (SchemaPin, pins, drift);
+    6. arguments: valid against the tool's inputSchema;
+    7. policy: the Rego decision, then its conditions around the dispatch;
+    8. schedule: the runtime's priority queue, execution budget, circuit breaker and retry.
+    The endpoint after the last step is ``Gateway._dispatch``.
     """
     steps: list[Step] = []
     if metrics is not None:
         steps.append(MetricsStep(metrics))
     if audit is not None:
         steps.append(AuditStep(audit, observe=metrics.observe_audit_write if metrics is not None else None))
+    if runtime is not None:
+        steps.append(AgentStep(runtime))
     steps += [ResolveTool(catalog), VerifyTool(), ValidateArguments()]
     if policy is not None:
         steps.append(PolicyStep(policy, counters, observe=metrics.observe_policy if metrics is not None else None))
+    if runtime is not None:
+        steps.append(ScheduleStep(runtime, builtins=builtins))
     return steps
 
 
@@ -178,7 +195,8 @@ def _assemble(
     )
 
     manager: SandboxManager | None = None
-    if config.sandbox.code_tools or any(s.sandbox not in (None, "none") for s in config.servers.values()):
+    if (config.sandbox.code_tools or config.agents
+            or any(s.sandbox not in (None, "none") for s in config.servers.values())):
         manager = SandboxManager(config)
         closers.append(manager.close)
         manager.start_warm_pool()  # sandbox.warm_pool ready sandboxes per Docker tier, refilled in the background
@@ -198,7 +216,8 @@ def _assemble(
         memory = build_service(config, events, policy)
         closers.append(memory.close)
         background.append(memory.retention)
-    agents = AgentRegistry(events)  # every session is an agent; ids made here, never by clients
+    runtime = AgentRuntime(config, events)  # every session is an agent; ids made here, never by clients
+    agents = runtime.agents
     builtins = _builtins(config, manager, memory, events=events, policy=policy, agents=agents, closers=closers,
                          background=background)
 
@@ -208,10 +227,20 @@ def _assemble(
     closers.append(verifier.close)
 
     catalog = LiveCatalog(_upstream_infos(config, builtins))
-    steps = chain_steps(catalog, audit=audit, policy=policy, counters=counters, metrics=metrics)
+    steps = chain_steps(catalog, audit=audit, policy=policy, counters=counters, metrics=metrics, runtime=runtime,
+                        builtins=frozenset(b.name for b in builtins))
     background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s))
+    background.append(lambda _gw: runtime.run())
     if config.mcp.discovery_enabled:
         background.append(_discover(config, events))
+    if config.agents:
+        from gateway.runtime.hosted import HostedAgents
+
+        # hosted agents: sandboxed processes with credentials of their own; the HTTP front
+        # attaches its Unix socket and key store (`symbi serve`), else they fail to start
+        hosted = HostedAgents(config, runtime, events, sandbox=manager)
+        runtime.hosted = hosted
+        background.append(lambda _gw: hosted.run())
     return Gateway(
         config,
         steps,
@@ -226,7 +255,7 @@ def _assemble(
         bus=bus,
         background=background,
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
-        agents=agents,
+        runtime=runtime,
     )
 
 

@@ -110,6 +110,8 @@ class CallContext:
     upstream: UpstreamInfo | None = None
     decision: Decision | None = None
     sandbox_tier: str | None = None
+    # the calling agent's budget for sandbox runs (memory_mb, cpus, timeout_s), set by the scheduler
+    sandbox_budget: Mapping[str, float] | None = None
     # arguments as they may be written to the audit log (redacted per policy)
     audit_arguments: dict[str, Any] | None = None
     outcome: str | None = None  # "ok" | "error" | "denied"

@@ -129,6 +129,12 @@ class GatewayMetrics:
         )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
+    def track_runtime(self, runtime: Callable[[], Any]) -> None:
+        """Agents, scheduler queues, budgets and breakers, read from the runtime at scrape time."""
+        from gateway.runtime.metrics import RuntimeCollector
+
+        self.registry.register(RuntimeCollector(runtime))
+
     def track_sessions(self, count: Callable[[], int]) -> None:
         """Read the open-session count at scrape time."""
         self.active_sessions.set_function(lambda: float(count()))

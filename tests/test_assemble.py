@@ -18,11 +18,13 @@ from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.metrics import GatewayMetrics
 from gateway.policy import PolicyEngine
+from gateway.steps.agent import AgentStep
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
 from gateway.steps.metrics import MetricsStep
 from gateway.steps.policy import PolicyStep
 from gateway.steps.resolve import ResolveTool
+from gateway.steps.schedule import ScheduleStep
 from gateway.steps.verify import VerifyTool
 from gateway.verify.verifier import ToolVerifier
 from tests.conftest import ROOT, write_config
@@ -43,7 +45,7 @@ def test_the_chain_order_with_every_component(tmp_path: Path) -> None:
     gw = make_gateway(_config(tmp_path), metrics=GatewayMetrics())  # type: ignore[arg-type]
     try:
         assert [type(s) for s in gw.steps] == [
-            MetricsStep, AuditStep, ResolveTool, VerifyTool, ValidateArguments, PolicyStep,
+            MetricsStep, AuditStep, AgentStep, ResolveTool, VerifyTool, ValidateArguments, PolicyStep, ScheduleStep,
         ]
         assert isinstance(gw.audit, AuditLog)
         assert isinstance(gw.policy, PolicyEngine)
@@ -56,7 +58,8 @@ def test_turned_off_components_leave_the_chain(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "[security]\nenforce_policies = false\naudit_enabled = false\n")
     gw = make_gateway(cfg)  # type: ignore[arg-type]
     try:
-        assert [type(s) for s in gw.steps] == [ResolveTool, VerifyTool, ValidateArguments]
+        # the runtime is not a protection that can be turned off: its steps stay
+        assert [type(s) for s in gw.steps] == [AgentStep, ResolveTool, VerifyTool, ValidateArguments, ScheduleStep]
         assert gw.audit is None and gw.policy is None
     finally:
         _close(gw)

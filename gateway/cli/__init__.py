@@ -32,6 +32,7 @@ COMMANDS = (
     "gateway.cli.discover_cmd",  # discover list
     "gateway.cli.memory_cmd",  # knowledge add|list|search|remove, memory stats|purge
     "gateway.cli.bus_cmd",  # bus stats|verify|tail
+    "gateway.cli.agents_cmd",  # agents list|show|suspend|resume|terminate|run, status
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2

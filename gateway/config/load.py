@@ -73,6 +73,11 @@ _PATH_KEYS = {
 }
 
 
+def admin_api_key_from_env(environ: Mapping[str, str]) -> str | None:
+    """``$SYMBI_API_KEY``: the admin key the CLI uses to reach a running gateway's admin API."""
+    return environ.get("SYMBI_API_KEY") or None
+
+
 def config_path_from_env(environ: Mapping[str, str]) -> Path | None:
     raw = environ.get("SYMBI_CONFIG_PATH")
     return Path(raw) if raw else None

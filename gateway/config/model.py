@@ -147,14 +147,91 @@ class HttpSection(_Section):
     jwt: JwtSection | None = None
 
 
+class ResourcesSection(_Section):
+    """The seed's ResourceLimits (five budgets) plus call concurrency, per agent."""
+
+    memory_mb: int = Field(default=512, ge=16)
+    cpu_cores: float = Field(default=1.0, gt=0)
+    disk_io_mbps: int = Field(default=50, ge=1)
+    network_io_mbps: int = Field(default=10, ge=1)
+    network: bool = False  # hosted agents: no network but the gateway's own socket
+    execution_timeout_s: float = Field(default=300.0, gt=0)  # per call (session) / per run (hosted)
+    max_concurrent_calls: int = Field(default=8, ge=1)
+
+
+class BreakerSection(_Section):
+    failures: int = Field(default=5, ge=1)  # consecutive failures that open an upstream's breaker
+    reset_s: float = Field(default=10.0, gt=0)  # open this long, then one half-open probe
+
+
+class RetrySection(_Section):
+    attempts: int = Field(default=3, ge=1)  # only for tools annotated idempotent or read-only
+    backoff_s: float = Field(default=0.2, gt=0)
+    backoff_max_s: float = Field(default=2.0, gt=0)
+
+
 class RuntimeSection(_Section):
-    """The agent runtime's keys; those not wired yet are named at start (config/notices.py)."""
+    """The agent runtime (gateway/runtime): agents, scheduler, budgets, error handling."""
 
     mode: Literal["development", "production"] = "development"
-    max_concurrent_agents: int = Field(default=100, ge=1)
-    scheduler_threads: int = Field(default=4, ge=1)
-    message_buffer_size: int = Field(default=1024, ge=1)
-    gc_interval_ms: int = Field(default=100, ge=1)
+    max_concurrent_agents: int = Field(default=10000, ge=1)
+    scheduler_threads: int = Field(default=4, ge=1)  # worker threads for blocking work
+    message_buffer_size: int = Field(default=1024, ge=1)  # per-agent bus buffer (the bus reads it)
+    gc_interval_ms: int = Field(default=100, ge=1)  # sweep of terminated agents and idle sessions
+    gc_batch: int = Field(default=256, ge=1)  # agents looked at per sweep (bounded pause)
+    agent_idle_timeout_s: float = Field(default=1800.0, gt=0)
+    max_in_flight: int = Field(default=64, ge=1)  # calls dispatched at once, all agents
+    queue_limit: int = Field(default=1024, ge=1)
+    aging_s: float = Field(default=1.0, gt=0)  # seconds of waiting worth one priority level
+    default_priority: int = Field(default=4, ge=0, le=9)
+    suspend_after_denials: int = Field(default=10, ge=1)
+    denial_window_s: float = Field(default=60.0, gt=0)
+    allocation: Literal["first-fit", "best-fit", "priority"] = "first-fit"
+    pool_slots: int = Field(default=4, ge=1)  # placement bins of the resource pool
+    pool_slot_cpu: float = Field(default=1.0, gt=0)
+    pool_slot_memory_mb: int = Field(default=1024, ge=16)
+    resources: ResourcesSection = ResourcesSection()
+    breaker: BreakerSection = BreakerSection()
+    retry: RetrySection = RetrySection()
+
+
+AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+
+class AgentConfig(_Section):
+    """One hosted agent: a process the runtime runs in a sandbox tier as its own principal."""
+
+    command: str
+    args: StrTuple = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    principal: str | None = None  # default: "agent:NAME"
+    roles: StrTuple = ()
+    sandbox: Literal["bwrap", "docker", "gvisor"] | None = None  # default: security.default_sandbox_tier
+    priority: int = Field(default=4, ge=0, le=9)
+    resources: ResourcesSection = ResourcesSection()
+    read_only_paths: StrTuple = ()  # extra host paths it may read (e.g. a venv's site-packages)
+    restart: Literal["never", "on-failure", "always"] = "on-failure"
+    restart_backoff_s: float = Field(default=1.0, gt=0)
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    max_failures: int = Field(default=5, ge=1)  # within failure_window_s: escalate to Failed
+    failure_window_s: float = Field(default=300.0, gt=0)
+    start: str = "with-gateway"  # "with-gateway" | "on-demand" | an interval like "30s", "5m"
+    enabled: bool = True
+
+    @field_validator("resources")
+    @classmethod
+    def _no_network(cls, v: ResourcesSection) -> ResourcesSection:
+        if v.network:
+            raise ValueError("resources.network = true is not supported for hosted agents: they reach "
+                             "tools through the gateway only (network_io_mbps applies to nothing else)")
+        return v
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, v: str) -> str:
+        if v in ("with-gateway", "on-demand") or re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h)", v):
+            return v
+        raise ValueError('start must be "with-gateway", "on-demand" or an interval like "30s", "5m", "1h"')
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
@@ -264,6 +341,7 @@ class ServerConfig(_Section):
     protocol: Literal["legacy", "auto"] = "legacy"
     sandbox: TierName | None = None  # run this stdio server inside a sandbox tier
     sandbox_network: bool = False
+    replicas: int = Field(default=1, ge=1, le=64)  # stdio: N processes, calls go to the least busy
 
     @model_validator(mode="after")
     def _one_transport(self) -> ServerConfig:
@@ -273,6 +351,8 @@ class ServerConfig(_Section):
             raise ValueError("'url' must start with http:// or https://")
         if self.url is not None and (self.args or self.env or self.cwd or self.sandbox):
             raise ValueError("'args', 'env', 'cwd' and 'sandbox' only apply to stdio servers ('command')")
+        if self.url is not None and self.replicas > 1:
+            raise ValueError("'replicas' applies to stdio servers ('command'): an HTTP server scales behind its URL")
         if self.command is not None and self.headers:
             raise ValueError("'headers' only apply to HTTP servers ('url')")
         return self
@@ -293,6 +373,7 @@ class Config(_Section):
     telemetry: TelemetrySection = TelemetrySection()
     bus: BusSection = BusSection()
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
     source: PathT | None = None  # the file this came from (set by the loader)
 
     @field_validator("servers")
@@ -307,6 +388,14 @@ class Config(_Section):
         pt = [n for n, s in v.items() if s.pass_through and s.enabled]
         if pt and len([s for s in v.values() if s.enabled]) > 1:
             raise ValueError(f"pass_through on {pt[0]!r} requires it to be the only enabled server")
+        return v
+
+    @field_validator("agents")
+    @classmethod
+    def _agent_names(cls, v: dict[str, AgentConfig]) -> dict[str, AgentConfig]:
+        for name in v:
+            if not AGENT_NAME_RE.match(name):
+                raise ValueError(f"agent name {name!r} must match [A-Za-z0-9][A-Za-z0-9_-]{{0,31}}")
         return v
 
     def verification_for(self, server: str) -> VerificationMode:

@@ -20,9 +20,6 @@ _logger = logging.getLogger("symbi.config")
 # (section, key) -> (issue, what will read it)
 PENDING: dict[tuple[str, str], tuple[int, str]] = {
     ("runtime", "mode"): (12, "production mode (refuses the unsafe off-switches)"),
-    ("runtime", "max_concurrent_agents"): (13, "the agent runtime"),
-    ("runtime", "scheduler_threads"): (13, "the agent runtime's scheduler"),
-    ("runtime", "gc_interval_ms"): (13, "the agent runtime's clean-up of finished agents"),
 }
 
 # value a setting may take that cannot run here -> (what runs instead, why it is the same job)

@@ -47,6 +47,9 @@ CONDITIONS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "audit": (lambda v: v in AUDIT_LEVELS, f"one of {', '.join(AUDIT_LEVELS)}"),
     # context/write: matches are replaced before a memory is embedded or stored
     "redact_text": (_regex_list, "a list of regular expressions"),
+    # the agent runtime: suspend the calling agent (the call is refused), or schedule at a priority
+    "suspend_agent": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty reason"),
+    "priority": (lambda v: _is_int(v) and 0 <= v <= 9, "an integer 0..9 (9 runs first)"),
 }
 
 

@@ -15,10 +15,12 @@ import itertools
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from gateway.context import AgentInfo, Principal
+from gateway.errors import AgentLimitReached, AgentTerminated
 from gateway.events import EventSink
 from gateway.runtime.identity import clean_label, make_agent_id
 from gateway.runtime.lifecycle import AgentState, check_transition
@@ -26,6 +28,7 @@ from gateway.runtime.lifecycle import AgentState, check_transition
 _logger = logging.getLogger("symbi.runtime")
 
 AgentHook = Callable[["Agent"], None]
+ENDED_SESSIONS = 10_000
 
 
 @dataclass(slots=True, eq=False)
@@ -48,6 +51,7 @@ class Agent:
     in_flight: int = 0
     calls: int = 0
     suspend_pending: str | None = None  # a suspension asked for while Ready: applied at its next task
+    hosted_busy: bool = False  # a hosted agent's process is working (keeps it Running)
 
     def info(self) -> AgentInfo:
         return AgentInfo(id=self.id, name=self.name, state=self.state.value, priority=self.priority,
@@ -74,8 +78,14 @@ class Agent:
 class AgentRegistry:
     """Every live agent, by id, by name and by (principal, client, session)."""
 
-    def __init__(self, events: EventSink, *, key: bytes | None = None) -> None:
+    def __init__(self, events: EventSink, *, key: bytes | None = None, max_agents: int | None = None) -> None:
         self.events = events
+        self.max_agents = max_agents  # runtime.max_concurrent_agents (live, i.e. not Terminated)
+        self._live = 0
+        self._cursor: Iterator[Agent] = iter(())
+        self._bound: dict[str, Agent] = {}  # credential key id -> the hosted agent it was made for
+        # sessions an operator terminated: they get no new agent (bounded, oldest forgotten)
+        self._ended: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._key = key if key is not None else os.urandom(32)
         self._by_id: dict[str, Agent] = {}
         self._by_name: dict[str, Agent] = {}
@@ -116,14 +126,24 @@ class AgentRegistry:
         """The agent of this principal's client in this session, made on first use.
 
         Only the authenticated principal, the client's declared name (a label) and the
-        gateway's session key go in; nothing a client sends can pick the id.
+        gateway's session key go in; nothing a client sends can pick the id. A credential the
+        runtime made for a hosted agent maps to that agent, whatever the session.
         """
+        kid = principal.claims.get("key_id")
+        if isinstance(kid, str) and kid in self._bound:
+            hosted = self._bound[kid]
+            hosted.last_seen = time.monotonic()
+            return hosted
         client = clean_label(client_name)
         key = (principal.id, client, session)
+        ended = self._ended.get(key)
+        if ended is not None:
+            raise AgentTerminated(f"the agent of this session was terminated: {ended}")
         agent = self._by_session.get(key)
         if agent is not None and agent.state is not AgentState.TERMINATED:
             agent.last_seen = time.monotonic()
             return agent
+        self._admit(principal.id)
         agent_id = make_agent_id(self._key, principal.id, client, session)
         if agent is not None:  # a terminated agent of the same session: a new one, new id
             agent_id = make_agent_id(self._key, principal.id, client, f"{session}\x00{agent.created}")
@@ -157,8 +177,50 @@ class AgentRegistry:
         old = self._by_name.get(name)
         if old is not None and old.state is not AgentState.TERMINATED:
             raise ValueError(f"hosted agent {name!r} already has a live run ({old.id})")
+        if old is not None:
+            self.remove(old)
+        self._admit(principal.id)
         self._add(agent)
         return agent
+
+    def end_session(self, agent: Agent, reason: str) -> None:
+        """Refuse the session of ``agent`` from now on (an operator terminated it)."""
+        if agent.hosted:
+            return
+        self._ended[(agent.principal, agent.client, agent.session)] = reason
+        while len(self._ended) > ENDED_SESSIONS:
+            self._ended.popitem(last=False)
+
+    def bind_credential(self, key_id: str, agent: Agent) -> None:
+        """Calls made with API key ``key_id`` are ``agent``'s (a hosted agent's own credential)."""
+        self._bound[key_id] = agent
+
+    def unbind_credential(self, key_id: str) -> None:
+        self._bound.pop(key_id, None)
+
+    def _admit(self, principal: str) -> None:
+        if self.max_agents is not None and self._live >= self.max_agents:
+            raise AgentLimitReached(
+                f"too many agents: runtime.max_concurrent_agents = {self.max_agents} are live",
+                reasons=[f"no new agent for {principal} until one ends (see runtime.agent_idle_timeout_s)"],
+            )
+
+    def live(self) -> int:
+        return self._live
+
+    def batch(self, n: int) -> list[Agent]:
+        """The next ``n`` agents, round-robin over the registry (the sweep's bounded step)."""
+        out: list[Agent] = []
+        restarted = False
+        while len(out) < n and self._by_id:
+            try:
+                out.append(next(self._cursor))
+            except (StopIteration, RuntimeError):  # end reached, or the dict changed size
+                if restarted:
+                    break
+                self._cursor = iter(list(self._by_id.values()))
+                restarted = True
+        return out
 
     def _unique_name(self, base: str) -> str:
         if base not in self._by_name:
@@ -170,6 +232,7 @@ class AgentRegistry:
         raise AssertionError("unreachable")
 
     def _add(self, agent: Agent) -> None:
+        self._live += 1
         self._by_id[agent.id] = agent
         self._by_name[agent.name] = agent
         self.events.emit(
@@ -203,6 +266,8 @@ class AgentRegistry:
         edge = check_transition(agent.id, src, to)
         agent.state = to
         agent.reason = reason
+        if to is AgentState.TERMINATED:
+            self._live -= 1
         self.events.emit(
             "agent.state",
             {"agent": agent.id, "name": agent.name, "from": src.value, "to": to.value, "edge": edge,

@@ -245,6 +245,34 @@ class BwrapTier(SandboxTier):
         self._stdio_cgroups.append(cg)
         return self._launcher(cg, bpf, bw, env) + ["--", command, *args]
 
+    # -- hosted agents (gateway/runtime/hosted.py) ---------------------------------------
+    def hosted_argv(
+        self,
+        command: str,
+        args: list[str],
+        env: Mapping[str, str],
+        *,
+        limits: Limits,
+        ro_paths: list[str],
+        socket: tuple[str, str],
+        disk_io_mbps: int | None = None,
+    ) -> tuple[list[str], cgroups.RunCgroup]:
+        """argv of a long-running agent process, and its cgroup (the caller removes it).
+
+        No network at all (seccomp refuses AF_INET/AF_INET6); the gateway's Unix socket
+        ``socket = (host path, sandbox path)`` is its one way out.
+        """
+        self.require()
+        bpf = self.seccomp.path(False)
+        binds = [(d, d) for d in sorted({*read_only_binds(command, args, None), *ro_paths}, key=len)]
+        bw = self._bwrap_argv(network=False, tmpfs_mb=limits.tmpfs_mb, ro_binds=binds, chdir="/tmp")
+        at = bw.index("--clearenv")
+        bw[at:at] = ["--bind", socket[0], socket[1]]
+        cg = cgroups.create(limits.memory_mb, limits.pids, limits.cpus)
+        if disk_io_mbps is not None:
+            cgroups.throttle_io(cg, disk_io_mbps)
+        return self._launcher(cg, bpf, bw, env) + ["--", command, *args], cg
+
     # -- housekeeping -------------------------------------------------------------------
     def cleanup_orphans(self) -> list[str]:
         return [f"cgroup {n}" for n in cgroups.cleanup_orphans()]

@@ -180,6 +180,45 @@ def create(memory_mb: int, pids: int, cpus: float) -> RunCgroup:
     return cg
 
 
+def throttle_io(cg: RunCgroup, mbps: int) -> None:
+    """Read/write bandwidth limit on the root file system's device (v1 blkio / v2 io.max)."""
+    dev = os.stat("/").st_dev
+    major, minor = os.major(dev), os.minor(dev)
+    bps = mbps * 1024 * 1024
+    try:
+        if cg.version == "v2":
+            _write(cg.dirs["unified"] / "io.max", f"{major}:{minor} rbps={bps} wbps={bps}")
+            return
+        own = _own_paths_v1_blkio()
+        d = own / cg.name
+        d.mkdir()
+        cg.dirs["blkio"] = d
+        _write(d / "blkio.throttle.read_bps_device", f"{major}:{minor} {bps}")
+        _write(d / "blkio.throttle.write_bps_device", f"{major}:{minor} {bps}")
+    except OSError as e:
+        raise SandboxUnavailable(f"cannot limit disk I/O (blkio) for {cg.name}: {e}") from e
+
+
+def _own_paths_v1_blkio() -> Path:
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrls, rel = line.split(":", 2)
+        if "blkio" in ctrls.split(","):
+            return ROOT / "blkio" / rel.lstrip("/")
+    raise OSError("no blkio cgroup hierarchy")
+
+
+def memory_peak_mb(cg: RunCgroup) -> float:
+    """The group's peak memory use (0 when it cannot be read)."""
+    try:
+        if cg.version == "v2":
+            raw = (cg.dirs["unified"] / "memory.peak").read_text()
+        else:
+            raw = (cg.dirs["memory"] / "memory.max_usage_in_bytes").read_text()
+        return int(raw.strip()) / (1024 * 1024)
+    except (OSError, ValueError, KeyError):
+        return 0.0
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

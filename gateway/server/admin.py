@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.errors import InvalidTransition
+from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
 from gateway.server.approvals import ApprovalError, approve_tool, tool_diff
 from gateway.server.openapi import OPENAPI
 
@@ -180,6 +182,27 @@ def _limit(request: Request, default: int = 50, most: int = 1000) -> int | None:
     return n if 1 <= n <= most else None
 
 
+def _bind_action(handler: Any, action: str) -> Any:
+    async def run(request: Request) -> Response:
+        return await handler(request, action)  # type: ignore[no-any-return]
+
+    return run
+
+
+async def _reason(request: Request) -> str | None:
+    """The optional ``reason`` of an agent action ("" when no body); None when malformed."""
+    body = await request.body()
+    if not body.strip():
+        return ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("reason", ""), str):
+        return None
+    return str(doc.get("reason", ""))[:500]
+
+
 def admin_routes(state: HttpState) -> list[Route]:
     """The ``/api`` routes (mounted behind the admin check)."""
 
@@ -287,6 +310,70 @@ def admin_routes(state: HttpState) -> list[Route]:
         ok = bool(await anyio.to_thread.run_sync(reload))
         return JSONResponse({"reloaded": ok, **(policy_status(state) or {})}, status_code=200 if ok else 422)
 
+    # -- agents and status (gateway.runtime) ----------------------------------------------------
+
+    def _agent(request: Request) -> Any:
+        gw = state.gateway
+        return gw.runtime.agents.resolve(request.path_params["id"]) if gw is not None else None
+
+    async def agents(request: Request) -> Response:
+        gw = state.gateway
+        if gw is None:
+            return _unavailable("agents", "gateway not started")
+        return JSONResponse({"agents": agent_rows(gw.runtime)})
+
+    async def agent_view(request: Request) -> Response:
+        agent = _agent(request)
+        if agent is None:
+            return _err(404, "not_found", f"no agent {request.path_params['id']!r}")
+        return JSONResponse(agent_row(state.gateway.runtime, agent))  # type: ignore[union-attr]
+
+    async def agent_action(request: Request, action: str) -> Response:
+        agent = _agent(request)
+        if agent is None:
+            return _err(404, "not_found", f"no agent {request.path_params['id']!r}")
+        reason = await _reason(request)
+        if reason is None:
+            return _err(400, "bad_request", "body must be JSON {\"reason\": \"...\"} (or empty)")
+        who = request.scope["symbi.principal"].id
+        rt = state.gateway.runtime  # type: ignore[union-attr]
+        try:
+            result = {"suspend": rt.suspend, "resume": rt.resume, "terminate": rt.terminate}[action](
+                agent, f"operator {who}: {reason or action}")
+        except InvalidTransition as e:
+            return _err(409, "invalid_transition", e.message)
+        state.gateway.events.emit(f"agent.{action}_requested", {"agent": agent.id, "by": who,  # type: ignore[union-attr]
+                                                                 "reason": reason, "result": result},
+                                  principal=who, agent=agent.id)
+        return JSONResponse({"agent": agent.id, "result": result, "state": agent.state.value})
+
+    async def agent_run(request: Request) -> Response:
+        gw = state.gateway
+        name = request.path_params["id"]
+        hosted = gw.runtime.hosted if gw is not None else None
+        if hosted is None or name not in state.config.agents:
+            return _err(404, "not_found", f"no hosted agent {name!r} ([agents.{name}])")
+        result = hosted.request_start(name)
+        who = request.scope["symbi.principal"].id
+        gw.events.emit("agent.run_requested", {"name": name, "by": who, "result": result},  # type: ignore[union-attr]
+                       principal=who)
+        agent = gw.runtime.agents.by_name(name)  # type: ignore[union-attr]
+        return JSONResponse({"agent": agent.id if agent else name, "result": result,
+                             "state": agent.state.value if agent else "Initializing"})
+
+    async def status_view(request: Request) -> Response:
+        gw = state.gateway
+        if gw is None:
+            return _unavailable("status", "gateway not started")
+        return JSONResponse(get_system_status(gw))
+
+    async def health_view(request: Request) -> Response:
+        gw = state.gateway
+        if gw is None:
+            return _unavailable("health", "gateway not started")
+        comps = components(gw)
+        return JSONResponse({"status": overall(comps), "components": {n: c["status"] for n, c in comps.items()}})
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
@@ -309,6 +396,13 @@ def admin_routes(state: HttpState) -> list[Route]:
         Route("/audit/verify", audit_verify_view, methods=["GET"]),
         Route("/policy/status", policy_status_view, methods=["GET"]),
         Route("/policy/reload", policy_reload, methods=["POST"]),
+        Route("/agents", agents, methods=["GET"]),
+        Route("/agents/{id}", agent_view, methods=["GET"]),
+        *(Route(f"/agents/{{id}}/{a}", _bind_action(agent_action, a), methods=["POST"])
+          for a in ("suspend", "resume", "terminate")),
+        Route("/agents/{id}/run", agent_run, methods=["POST"]),
+        Route("/status", status_view, methods=["GET"]),
+        Route("/health", health_view, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/{rest:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]

@@ -170,6 +170,8 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         resources = [r for _, r in entries if r.uri in ok]
         if gw.audit is not None and _is_admin(principal):
             resources.append(AUDIT_RESOURCE)
+        if _is_admin(principal):
+            resources.append(STATUS_RESOURCE)
         return types.ListResourcesResult(resources=resources)
 
     async def list_resource_templates(
@@ -188,6 +190,8 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         gw = gw_of(ctx)
         if params.uri == AUDIT_RESOURCE.uri:
             return await _read_audit(gw, principal_for(ctx, gw))
+        if params.uri == STATUS_RESOURCE.uri:
+            return _read_status(gw, principal_for(ctx, gw))
         try:
             owner = gw.catalog.resource_owner(params.uri)
         except CatalogError as e:
@@ -349,6 +353,29 @@ AUDIT_RESOURCE = types.Resource(
     description="The last 100 events of the gateway's signed audit log (admin principals only).",
     mime_type="application/json",
 )
+
+
+STATUS_RESOURCE = types.Resource(
+    uri="symbi://status",
+    name="symbi-status",
+    description="The gateway's HealthStatus: components, agents, scheduler, recent errors (admin principals only).",
+    mime_type="application/json",
+)
+
+
+def _read_status(gw: Gateway, principal: Principal) -> types.ReadResourceResult:
+    import json
+
+    from gateway.runtime.status import get_system_status
+
+    if not _is_admin(principal):
+        gw.events.emit("status.read_denied", {"uri": STATUS_RESOURCE.uri}, principal=principal.id,
+                       agent=principal.agent)
+        raise MCPError(code=types.INVALID_PARAMS, message="symbi://status is for admin principals only")
+    text = json.dumps(get_system_status(gw), default=str)
+    return types.ReadResourceResult(
+        contents=[types.TextResourceContents(uri=STATUS_RESOURCE.uri, mime_type="application/json", text=text)]
+    )
 
 
 def _is_admin(p: Principal) -> bool:

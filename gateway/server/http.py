@@ -14,9 +14,14 @@ route) → request body limit → authentication (for ``/mcp`` and ``/api``) →
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 import secrets
+import shutil
+import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -40,6 +45,7 @@ from gateway.assemble import make_gateway
 from gateway.config.model import Config
 from gateway.context import Principal
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
+from gateway.runtime.status import components
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
 from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
 from gateway.server.front import build_server
@@ -110,6 +116,10 @@ class HttpState:
         if log is not None:
             doc["audit"] = audit_writable(log)
             ready = ready and doc["audit"]
+        # the runtime's view: breakers, scheduler, hosted agents (an unhealthy one is not ready)
+        comps = components(gw)
+        doc["components"] = {n: c["status"] for n, c in comps.items()}
+        ready = ready and all(c["status"] != "unhealthy" for c in comps.values())
         doc["ready"] = ready
         return ready, doc
 
@@ -298,8 +308,13 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     holder: list[Gateway] = gateway_holder if gateway_holder is not None else []
     metrics = GatewayMetrics(RECENT_CALLS)
 
+    agent_socket = open_agent_socket() if config.agents else None
+    auth = Authenticator.from_config(config)
+
     def factory(bus: InMemorySubscriptionBus) -> Gateway:
         gw = make_gateway(config, bus, metrics=metrics)
+        if agent_socket is not None and gw.runtime.hosted is not None:
+            gw.runtime.hosted.attach(agent_socket.getsockname(), auth.keys)
         holder.append(gw)
         return gw
 
@@ -317,13 +332,14 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     )
     state = HttpState(
         config=config,
-        auth=Authenticator.from_config(config),
+        auth=auth,
         metrics=metrics,
         recent=metrics.recent,
         manager=manager,
         holder=holder,
     )
     metrics.track_sessions(lambda: len(state.sessions()))
+    metrics.track_runtime(lambda: state.gateway.runtime if state.gateway is not None else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -366,6 +382,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         exception_handlers={404: _not_found},
     )
     app.state.symbi = state
+    app.state.agent_socket = agent_socket
     # add_middleware wraps outermost last: this order gives access log → host → body → auth →
     # connection limit (only authenticated MCP connections take a slot).
     app.add_middleware(ConnectionLimit, path=config.http.path, limit=config.mcp.max_concurrent_connections)
@@ -374,6 +391,24 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     app.add_middleware(HostGuard, settings=settings)
     app.add_middleware(AccessLog, state=state)
     return app
+
+
+def open_agent_socket() -> socket.socket:
+    """The Unix socket hosted agents reach the gateway on (bound into their sandboxes).
+
+    Its folder is private to this process (mode 0711: the sandbox's uid 65534 may pass through
+    but not list it); the socket itself accepts anyone who can reach it, and every request still
+    needs an API key (each hosted agent run has its own).
+    """
+    folder = tempfile.mkdtemp(prefix="symbi-agents-")
+    os.chmod(folder, 0o711)
+    path = os.path.join(folder, "gateway.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o666)
+    sock.listen(128)
+    atexit.register(shutil.rmtree, folder, True)
+    return sock
 
 
 def with_listen(config: Config, host: str | None = None, port: int | None = None) -> Config:
@@ -392,7 +427,7 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
     if cfg.http.host not in ("127.0.0.1", "::1", "localhost"):
         _logger.warning("binding %s: the gateway is reachable beyond this machine", cfg.http.host)
     app = build_app(cfg)
-    uvicorn.run(
+    uv = uvicorn.Config(
         app,
         host=cfg.http.host,
         port=cfg.http.port,
@@ -400,3 +435,7 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         access_log=False,  # ours is structured (AccessLog)
         log_config=None,  # keep the gateway's logging set-up
     )
+    sockets = [uv.bind_socket()]
+    if app.state.agent_socket is not None:  # hosted agents: the same app on their Unix socket
+        sockets.append(app.state.agent_socket)
+    uvicorn.Server(uv).run(sockets=sockets)

@@ -29,6 +29,9 @@ _AUDIT_FILTERS = [
     )
 ]
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_STATES = ["Initializing", "Ready", "Running", "Suspended", "Failed", "Terminated"]
+_HEALTH = {"enum": ["healthy", "degraded", "unhealthy"]}
 _ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": _S + "Error"}}}}
 _STD = {"401": _ERR, "403": _ERR}
 _LIMIT = [
@@ -92,6 +95,42 @@ OPENAPI: dict[str, Any] = {
                     **_STD,
                 },
             }
+        },
+        "/agents": {
+            "get": {"summary": "Every agent: id, principal, state, priority, in-flight, limits, usage",
+                    "responses": {"200": _ok("AgentList"), "503": _ok("Unavailable"), **_STD}}
+        },
+        "/agents/{id}": {
+            "get": {"summary": "One agent (by id, name or unique id prefix)", "parameters": [_ID],
+                    "responses": {"200": _ok("Agent"), "404": _ERR, **_STD}}
+        },
+        **{
+            f"/agents/{{id}}/{action}": {
+                "post": {
+                    "summary": summary,
+                    "parameters": [_ID],
+                    "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"reason": {"type": "string"}}}}}},
+                    "responses": {"200": _ok("AgentAction"), "400": _ERR, "404": _ERR, "409": _ERR, **_STD},
+                }
+            }
+            for action, summary in (
+                ("suspend", "Suspend an agent (Running now; Ready: at its next task)"),
+                ("resume", "Resume a suspended agent (policy cleared)"),
+                ("terminate", "Terminate an agent (Running: when its calls in flight end)"),
+            )
+        },
+        "/agents/{id}/run": {
+            "post": {"summary": "Start a hosted agent ([agents.NAME]) now", "parameters": [_ID],
+                     "responses": {"200": _ok("AgentAction"), "404": _ERR, **_STD}}
+        },
+        "/status": {
+            "get": {"summary": "HealthStatus: overall, components, resource utilisation, recent errors",
+                    "responses": {"200": _ok("HealthStatus"), "503": _ok("Unavailable"), **_STD}}
+        },
+        "/health": {
+            "get": {"summary": "Overall and per-component health (short form of /status)",
+                    "responses": {"200": _ok("Health"), "503": _ok("Unavailable"), **_STD}}
         },
         "/sessions": {
             "get": {"summary": "Open MCP sessions", "responses": {"200": _ok("SessionList"), **_STD}}
@@ -366,6 +405,54 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"events": {"type": "array", "items": {"type": "object"}}},
             },
             "AuditVerify": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
+            "Agent": {
+                "type": "object",
+                "required": ["id", "name", "principal", "client", "hosted", "priority", "state", "reason",
+                             "in_flight", "calls", "limits", "usage"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "name": {"type": "string"},
+                    "principal": {"type": "string"},
+                    "client": {"type": "string"},
+                    "hosted": {"type": "boolean"},
+                    "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+                    "state": {"enum": _STATES},
+                    "reason": {"type": "string"},
+                    "suspend_pending": _NULLSTR,
+                    "in_flight": {"type": "integer", "minimum": 0},
+                    "calls": {"type": "integer", "minimum": 0},
+                    "limits": {"type": "object"},
+                    "usage": {"type": ["object", "null"]},
+                },
+            },
+            "AgentList": {
+                "type": "object",
+                "required": ["agents"],
+                "properties": {"agents": {"type": "array", "items": {"$ref": _S + "Agent"}}},
+            },
+            "AgentAction": {
+                "type": "object",
+                "required": ["agent", "result", "state"],
+                "properties": {"agent": {"type": "string"}, "result": {"type": "string"},
+                               "state": {"enum": _STATES}},
+            },
+            "HealthStatus": {
+                "type": "object",
+                "required": ["overall_status", "component_health", "resource_utilization", "recent_errors"],
+                "properties": {
+                    "overall_status": _HEALTH,
+                    "component_health": {"type": "object", "additionalProperties": {
+                        "type": "object", "required": ["status"], "properties": {"status": _HEALTH}}},
+                    "resource_utilization": {"type": "object", "required": ["agents", "scheduler"]},
+                    "recent_errors": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+            "Health": {
+                "type": "object",
+                "required": ["status", "components"],
+                "properties": {"status": _HEALTH,
+                               "components": {"type": "object", "additionalProperties": _HEALTH}},
+            },
             "PolicyStatus": {
                 "type": "object",
                 "required": ["loaded"],

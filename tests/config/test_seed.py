@@ -78,6 +78,9 @@ EFFECT_TESTED_IN = {
     "context.knowledge_retention_days": "tests/memory/test_config.py",
     "context.openai_api_key": "tests/memory/test_config.py",
     "runtime.message_buffer_size": "tests/bus/test_http_bus.py",
+    "runtime.max_concurrent_agents": "tests/runtime/test_lifecycle.py",
+    "runtime.scheduler_threads": "tests/runtime/test_runtime_keys.py",
+    "runtime.gc_interval_ms": "tests/runtime/test_runtime_keys.py",
 }
 
 
@@ -203,7 +206,7 @@ async def test_seed_start_names_each_pending_key_once_and_audits_into_the_folder
             await s.list_tools()
     err = log.read_text()
     expected = notices(load_config(path, {**SEED_ENV, "SYMBI_AUDIT_STORAGE": str(audit_dir)}))
-    assert {n.key for n in expected} >= {"runtime.max_concurrent_agents"}
+    assert {n.key for n in expected} >= {"runtime.mode"}
     for n in expected:
         assert err.count(n.text) == 1, (n.text, err)
     assert "your_api_key_here" not in err

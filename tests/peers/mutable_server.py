@@ -25,7 +25,7 @@ RECORD = os.environ.get("RECORD_FILE")
 def record(tool: str, args: dict[str, object]) -> None:
     if RECORD:
         with open(RECORD, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"tool": tool, "arguments": args}) + "\n")
+            f.write(json.dumps({"tool": tool, "arguments": args, "pid": os.getpid()}) + "\n")
 
 
 def echo(message: str) -> str:
@@ -76,6 +76,7 @@ def read_path(path: str, api_token: str = "") -> str:
 @mcp.tool()
 async def slow(seconds: float, ctx: Context) -> str:
     """Sleep, reporting progress."""
+    record("slow", {"seconds": seconds})
     steps = max(1, int(seconds / 0.1))
     try:
         for i in range(steps):

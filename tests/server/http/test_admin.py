@@ -147,8 +147,9 @@ def test_audit_query_and_export(env: Env) -> None:
     lines = [json.loads(x) for x in export.text.splitlines()]
     calls = [x for x in lines if x["type"] == "tool.call"]
     assert [x["seq"] for x in calls] == [events[0]["seq"]] and "signature" in calls[0]
-    # the rest is the agent the gateway made for this session: registered, Initializing -> Ready
-    assert sorted(x["type"] for x in lines if x["type"] != "tool.call") == ["agent.registered", "agent.state"]
+    # the rest is the agent the gateway made for this session: registered, Initializing -> Ready,
+    # then Ready -> Running -> Ready around the call
+    assert [x["type"] for x in lines if x["type"] != "tool.call"] == ["agent.registered", *["agent.state"] * 3]
     assert {x["agent"] for x in lines} == {events[0]["agent"]} and events[0]["agent"].startswith("agt-")
     for bad in (
         "limit=0",
@@ -224,3 +225,38 @@ def test_every_api_miss_is_json(env: Env) -> None:
         r = httpx.request(method, env.run.base + path, headers=bearer(env.keys.admin))
         assert r.status_code == 404 and check(r, 404, "Error")["error"] == "not_found"
     assert httpx.get(env.run.base + "/api/nope").status_code == 401  # still authenticated first
+
+
+def test_agents_status_and_health(env: Env) -> None:
+    # an MCP session of its own, so there is an agent to look at and act on
+    key, _ = env.keys.store.create("agent-user", ("developer",))
+    r = httpx.post(env.run.mcp, json=INIT_BODY, headers={**MCP, **bearer(key)})
+    h = {**MCP, **bearer(key), "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    httpx.post(env.run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "everything__echo", "arguments": {"message": "hi"}}}
+    assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
+    agents = check(get(env, "/agents"), 200, "AgentList")["agents"]
+    mine = next(a for a in agents if a["principal"] == "agent-user")
+    assert mine["state"] == "Ready" and mine["calls"] == 1 and mine["usage"]["calls"] == 1
+    assert check(get(env, f"/agents/{mine['id']}"), 200, "Agent")["name"] == mine["name"]
+    assert get(env, "/agents/agt-nosuchagent").status_code == 404
+    post = lambda path, body=None: httpx.post(env.run.base + "/api" + path, json=body,  # noqa: E731
+                                              headers=bearer(env.keys.admin), timeout=10)
+    # Ready: the suspension waits for its next task, which it refuses
+    assert check(post(f"/agents/{mine['id']}/suspend", {"reason": "test"}), 200, "AgentAction")["result"] == "pending"
+    refused = httpx.post(env.run.mcp, json=call, headers=h)
+    assert "agent_suspended" in refused.text
+    assert check(get(env, f"/agents/{mine['id']}"), 200, "Agent")["state"] == "Suspended"
+    assert check(post(f"/agents/{mine['id']}/resume"), 200, "AgentAction")["state"] == "Ready"
+    assert post(f"/agents/{mine['id']}/resume").status_code == 409  # not suspended
+    assert post(f"/agents/{mine['id']}/suspend", "not an object").status_code == 400
+    assert "agent_suspended" not in httpx.post(env.run.mcp, json=call, headers=h).text
+    assert check(post(f"/agents/{mine['id']}/terminate"), 200, "AgentAction")["state"] == "Terminated"
+    assert "agent_terminated" in httpx.post(env.run.mcp, json=call, headers=h).text  # no new agent for it
+    status = check(get(env, "/status"), 200, "HealthStatus")
+    assert status["component_health"]["upstream:everything"]["status"] == "healthy"
+    assert any(e["code"] == "agent_suspended" for e in status["recent_errors"])
+    health = check(get(env, "/health"), 200, "Health")
+    assert health["status"] == status["overall_status"] and health["components"]["policy"] == "healthy"
+    assert get(env, "/status", key).status_code == 403  # admin only

@@ -1,0 +1,214 @@
+"""``AgentRuntime``: the one runtime component the gateway assembles.
+
+It owns the agent registry, the scheduler, the per-agent budgets and accounting, the
+upstream circuit breakers and the recent errors, and turns what happens to calls into
+lifecycle transitions:
+
+- a call starts: Ready -> Running ("task assigned"); the last call ends: Running -> Ready;
+- a suspended agent's call is refused (``AgentSuspended``) before any other step runs;
+- ``suspend_after_denials`` policy denials within ``denial_window_s``, a policy decision with
+  the ``suspend_agent`` condition, or a budget breach: Running -> Suspended;
+- an operator resumes (Suspended -> Running "policy cleared", then Ready when idle) or
+  terminates (Suspended/Ready/Failed -> Terminated; a Running agent ends when its calls do).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from gateway.config.model import Config
+from gateway.errors import AgentError, AgentSuspended, AgentTerminated, GatewayError, InvalidTransition
+from gateway.events import EventSink
+from gateway.runtime.agents import Agent, AgentRegistry
+from gateway.runtime.breaker import Breakers
+from gateway.runtime.lifecycle import AgentState
+from gateway.runtime.resources import ResourceLimits, ResourcePool, Usage
+from gateway.runtime.scheduler import Scheduler
+
+_logger = logging.getLogger("symbi.runtime")
+
+RECENT_ERRORS = 50
+
+
+class AgentRuntime:
+    def __init__(self, config: Config, events: EventSink, *, key: bytes | None = None) -> None:
+        rt = config.runtime
+        self.config = config
+        self.events = events
+        self.agents = AgentRegistry(events, key=key, max_agents=rt.max_concurrent_agents)
+        self.scheduler = Scheduler(max_in_flight=rt.max_in_flight, queue_limit=rt.queue_limit, aging_s=rt.aging_s)
+        self.default_limits = ResourceLimits.from_config(rt.resources)
+        self.pool = ResourcePool(rt.pool_slots, rt.pool_slot_cpu, rt.pool_slot_memory_mb, rt.allocation)
+        self.breakers = Breakers(rt.breaker.failures, rt.breaker.reset_s, events)
+        self.limits: dict[str, ResourceLimits] = {}  # per agent, when not the default (hosted agents)
+        self.usage: dict[str, Usage] = {}
+        self._denials: dict[str, deque[float]] = {}
+        self._terminating: dict[str, str] = {}  # Running agents to end when their calls do -> reason
+        self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
+        self.on_terminate: list[Callable[[Agent], None]] = []  # hosted agents stop their process
+        self.hosted: Any = None  # gateway.runtime.hosted.HostedAgents when [agents.*] are configured
+        self.started = time.time()
+        self.agents.on_unregister.append(self._forget)
+
+    @property
+    def message_buffer_size(self) -> int:
+        """runtime.message_buffer_size: each agent's message buffer on the agent bus."""
+        return self.config.runtime.message_buffer_size
+
+    # -- budgets ------------------------------------------------------------------------------
+
+    def limits_of(self, agent: Agent) -> ResourceLimits:
+        return self.limits.get(agent.id, self.default_limits)
+
+    def usage_of(self, agent: Agent) -> Usage:
+        u = self.usage.get(agent.id)
+        if u is None:
+            u = self.usage[agent.id] = Usage()
+        return u
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def begin(self, agent: Agent, what: str) -> None:
+        """A task for ``agent`` starts, or is refused when the agent may not work now."""
+        agent.last_seen = time.monotonic()
+        if agent.state is AgentState.SUSPENDED:
+            raise AgentSuspended(f"agent {agent.name} is suspended", reasons=[agent.reason or "suspended"])
+        if agent.state is AgentState.TERMINATED or agent.id in self._terminating:
+            raise AgentTerminated(f"agent {agent.name} has been terminated", reasons=[agent.reason or "terminated"])
+        if agent.state not in (AgentState.READY, AgentState.RUNNING):
+            raise AgentError(f"agent {agent.name} is {agent.state.value}: it cannot take tasks")
+        agent.in_flight += 1
+        agent.calls += 1
+        if agent.state is AgentState.READY:
+            self.agents.transition(agent, AgentState.RUNNING, f"task assigned: {what}")
+        if agent.suspend_pending is not None:
+            reason, agent.suspend_pending = agent.suspend_pending, None
+            self._suspend_running(agent, reason)
+            self.end(agent)
+            raise AgentSuspended(f"agent {agent.name} is suspended", reasons=[reason])
+
+    def end(self, agent: Agent, elapsed_s: float | None = None, result_bytes: int | None = None) -> None:
+        agent.in_flight = max(agent.in_flight - 1, 0)
+        agent.last_seen = time.monotonic()
+        if elapsed_s is not None:
+            u = self.usage_of(agent)
+            u.calls += 1
+            u.busy_s += elapsed_s
+            u.longest_call_s = max(u.longest_call_s, elapsed_s)
+            u.bytes_out += result_bytes or 0
+        if agent.in_flight == 0 and agent.state is AgentState.RUNNING and not agent.hosted_busy:
+            self.agents.transition(agent, AgentState.READY, "task complete")
+        if agent.id in self._terminating and agent.state is AgentState.READY and agent.in_flight == 0:
+            self._terminate_now(agent, self._terminating[agent.id])
+
+    def note_error(self, agent: Agent | None, error: BaseException, target: str) -> None:
+        """A failed or denied call: counted toward suspension when it is a policy denial."""
+        code = error.code if isinstance(error, GatewayError) else "internal_error"
+        self.recent_errors.append({"time": time.time(), "agent": agent.id if agent else None, "code": code,
+                                   "target": target, "type": type(error).__name__})
+        from gateway.errors import PolicyDenied, PolicyError
+
+        if agent is None or not isinstance(error, PolicyDenied) or isinstance(error, PolicyError):
+            return
+        rt = self.config.runtime
+        now = time.monotonic()
+        window = self._denials.setdefault(agent.id, deque())
+        window.append(now)
+        while window and window[0] <= now - rt.denial_window_s:
+            window.popleft()
+        if len(window) >= rt.suspend_after_denials and agent.state is AgentState.RUNNING:
+            window.clear()
+            self._suspend_running(
+                agent, f"policy violation: {rt.suspend_after_denials} denials within {rt.denial_window_s:g} s "
+                "(runtime.suspend_after_denials)")
+
+    # -- operator and policy actions ----------------------------------------------------------
+
+    def suspend(self, agent: Agent, reason: str) -> str:
+        """Suspend now (Running) or at its next task (Ready). Returns what happened."""
+        if agent.state is AgentState.RUNNING:
+            self._suspend_running(agent, reason)
+            return "suspended"
+        if agent.state is AgentState.READY:
+            agent.suspend_pending = reason  # the seed has no Ready -> Suspended: held for the next task
+            self.events.emit("agent.suspend_pending", {"agent": agent.id, "reason": reason},
+                             principal=agent.principal, agent=agent.id)
+            return "pending"
+        if agent.state is AgentState.SUSPENDED:
+            return "already suspended"
+        raise InvalidTransition(f"agent {agent.name} is {agent.state.value}: it cannot be suspended")
+
+    def _suspend_running(self, agent: Agent, reason: str) -> None:
+        self.agents.transition(agent, AgentState.SUSPENDED, reason)
+
+    def resume(self, agent: Agent, reason: str) -> str:
+        if agent.suspend_pending is not None and agent.state is AgentState.READY:
+            agent.suspend_pending = None
+            return "pending suspension cleared"
+        if agent.state is not AgentState.SUSPENDED:
+            raise InvalidTransition(f"agent {agent.name} is {agent.state.value}, not Suspended")
+        self._denials.pop(agent.id, None)
+        self.agents.transition(agent, AgentState.RUNNING, f"policy cleared: {reason}")
+        if agent.in_flight == 0 and not agent.hosted_busy:
+            self.agents.transition(agent, AgentState.READY, "task complete (nothing in flight)")
+        return "resumed"
+
+    def terminate(self, agent: Agent, reason: str) -> str:
+        """An operator ends ``agent``: its session gets no new agent afterwards."""
+        self.agents.end_session(agent, reason)
+        for hook in self.on_terminate:
+            hook(agent)  # a hosted agent's process is stopped; its run ends through end()
+        if agent.state is AgentState.RUNNING:
+            self._terminating[agent.id] = reason
+            return "terminating (after its calls in flight)"
+        if agent.state is AgentState.TERMINATED:
+            return "already terminated"
+        if agent.state is AgentState.INITIALIZING:
+            raise InvalidTransition(f"agent {agent.name} is Initializing: wait for Ready or Failed")
+        self._terminate_now(agent, reason)
+        return "terminated"
+
+    def _terminate_now(self, agent: Agent, reason: str) -> None:
+        self._terminating.pop(agent.id, None)
+        self.agents.transition(agent, AgentState.TERMINATED, reason)
+
+    def _forget(self, agent: Agent) -> None:
+        self.usage.pop(agent.id, None)
+        self.limits.pop(agent.id, None)
+        self._denials.pop(agent.id, None)
+        self.pool.release(agent.id)
+
+    # -- the sweep (runtime.gc_interval_ms) ----------------------------------------------------
+
+    def sweep(self, now: float | None = None, batch: int | None = None) -> int:
+        """Look at up to ``runtime.gc_batch`` agents: end idle sessions, drop Terminated ones."""
+        now = time.monotonic() if now is None else now
+        rt = self.config.runtime
+        removed = 0
+        for agent in self.agents.batch(batch or rt.gc_batch):
+            if agent.state is AgentState.TERMINATED and not agent.hosted:  # a hosted run stays listed until the next
+                self.agents.remove(agent)
+                removed += 1
+            elif (not agent.hosted and agent.state is AgentState.READY and agent.in_flight == 0
+                  and now - agent.last_seen > rt.agent_idle_timeout_s):
+                self._terminate_now(agent, f"shutdown: idle for {rt.agent_idle_timeout_s:g} s")
+        return removed
+
+    async def run(self) -> None:
+        """Started with the gateway: size the worker pool, then sweep every gc_interval_ms."""
+        # runtime.scheduler_threads: the threads for blocking work (policy evaluation, signing,
+        # sandbox starts), which all go through anyio's default thread limiter
+        anyio.to_thread.current_default_thread_limiter().total_tokens = self.config.runtime.scheduler_threads
+        interval = self.config.runtime.gc_interval_ms / 1000.0
+        while True:
+            await anyio.sleep(interval)
+            try:
+                self.sweep()
+            except Exception:
+                _logger.exception("agent sweep failed")

@@ -1,0 +1,113 @@
+"""A hosted agent in gVisor: ``runsc run`` on an OCI bundle, straight (not through Docker).
+
+Docker's runsc runtime here is configured without host Unix sockets, and the gateway's
+socket is the agent's only way out; so the runtime builds a minimal bundle itself and runs
+``runsc --network=none --host-uds=open``: a read-only root with only /usr, the agent's own
+files and the socket bound in, uid 65534, no capabilities, and the budgets as OCI resources
+(memory, CPU quota, pids, block I/O) that runsc applies to the sandbox's cgroup.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.errors import GatewayError
+from gateway.runtime.hosted import Sandboxed
+from gateway.runtime.resources import ResourceLimits
+from gateway.sandbox.base import read_only_binds
+
+_logger = logging.getLogger("symbi.runtime.gvisor")
+NOBODY = 65534
+
+
+class RunscRun(Sandboxed):
+    def __init__(self, bundle: str, state: str, cid: str, cgroup: str) -> None:
+        self.bundle, self.state, self.cid, self.cgroup = bundle, state, cid, cgroup
+
+    def _runsc(self, *args: str) -> None:
+        subprocess.run(["runsc", "--root", self.state, *args], capture_output=True, timeout=30, check=False)
+
+    def kill(self) -> None:
+        self._runsc("kill", self.cid, "KILL")
+
+    def memory_peak_mb(self) -> float:
+        try:
+            raw = Path(f"/sys/fs/cgroup/memory{self.cgroup}/memory.max_usage_in_bytes").read_text()
+            return int(raw) / (1024 * 1024)
+        except (OSError, ValueError):
+            return 0.0
+
+    def oom_killed(self, exit_code: int | None) -> bool:
+        try:
+            oom = Path(f"/sys/fs/cgroup/memory{self.cgroup}/memory.oom_control").read_text()
+            if "oom_kill 0" not in oom and "oom_kill" in oom:
+                return True
+        except OSError:
+            pass
+        return exit_code in (137, -9)
+
+    def remove(self) -> None:
+        self._runsc("delete", "--force", self.cid)
+        shutil.rmtree(self.bundle, ignore_errors=True)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+def gvisor_argv(command: str, args: list[str], env: Mapping[str, str], limits: ResourceLimits, *,
+                ro_paths: list[str], socket: tuple[str, str], agent_id: str) -> tuple[list[str], RunscRun]:
+    if shutil.which("runsc") is None or os.geteuid() != 0:
+        raise GatewayError("sandbox tier 'gvisor' is unavailable: runsc is not installed or the gateway is not root")
+    bundle = tempfile.mkdtemp(prefix="symbi-agent-gv-")
+    state = tempfile.mkdtemp(prefix="symbi-runsc-")
+    root = Path(bundle, "rootfs")
+    for d in ("usr", "tmp", "proc", "dev", "run/symbi"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for d in ("bin", "lib", "lib64", "sbin"):
+        (root / d).symlink_to(f"usr/{d}")
+    binds = sorted({*read_only_binds(command, args, None), *ro_paths}, key=len)
+    mounts = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=64m"]},
+        {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
+        *({"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]} for d in binds),
+        {"destination": socket[1], "type": "bind", "source": socket[0], "options": ["bind"]},
+    ]
+    dev = os.stat("/").st_dev
+    bps = limits.disk_io_mbps * 1024 * 1024
+    throttle = [{"major": os.major(dev), "minor": os.minor(dev), "rate": bps}]
+    cgroup = f"/symbi-agent-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    spec = {
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": NOBODY, "gid": NOBODY},
+            "args": [command, *args],
+            "env": ["PATH=/usr/bin:/bin", "HOME=/tmp", *(f"{k}={v}" for k, v in env.items())],
+            "cwd": "/tmp",
+            "noNewPrivileges": True,
+            "capabilities": {k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")},
+        },
+        "root": {"path": str(root), "readonly": True},
+        "hostname": "agent",
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
+            "resources": {
+                "memory": {"limit": limits.memory_mb * 1024 * 1024, "swap": limits.memory_mb * 1024 * 1024},
+                "cpu": {"quota": int(limits.cpu_cores * 100_000), "period": 100_000},
+                "pids": {"limit": 512},  # runsc's own threads count here (see the sandbox notes)
+                "blockIO": {"throttleReadBpsDevice": throttle, "throttleWriteBpsDevice": throttle},
+            },
+            "cgroupsPath": cgroup,
+        },
+    }
+    Path(bundle, "config.json").write_text(json.dumps(spec))
+    cid = f"symbi-agent-{agent_id[-12:]}"
+    argv = ["runsc", "--root", state, "--network=none", "--host-uds=open", "run", "--bundle", bundle, cid]
+    return argv, RunscRun(bundle, state, cid, cgroup)

@@ -1,0 +1,398 @@
+"""Hosted agents: ``[agents.NAME]`` processes the runtime runs, in a sandbox tier, always.
+
+One *run* of a hosted agent is one agent record (Terminated is final in the seed, so a restart
+is a new record under the same name):
+
+    Initializing --valid config--> Ready --task assigned: process started--> Running
+    exit 0:        Running --task complete--> Ready --shutdown--> Terminated
+    failure:       Running --policy violation (resource constraint: OOM, budget, crash)--> Suspended
+                   Suspended --manual override (restart policy)--> Terminated
+    bad config / tier unavailable / escalated: Initializing --invalid config--> Failed --> Terminated
+
+The process gets a credential of its own: an API key for its principal (``agent:NAME`` by
+default) that the runtime makes before the start and revokes when the run ends, bound to
+this run's agent id. It has no network: the only way out of its sandbox is the gateway's
+Unix socket (``/run/symbi/gateway.sock`` inside), where it is an MCP client like any other,
+so every tool call passes verification, policy and audit as its own principal.
+
+Budgets go to the tier's cgroup: memory_mb (OOM kill), cpu_cores (cpu quota), disk_io_mbps
+(blkio), execution_timeout_s (the run is killed); network is off. ``max_failures`` failures
+within ``failure_window_s`` escalate: the next run is Failed and no more restarts happen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from gateway.config.model import AgentConfig, Config
+from gateway.context import Principal
+from gateway.errors import GatewayError
+from gateway.events import EventSink
+from gateway.runtime.agents import Agent
+from gateway.runtime.core import AgentRuntime
+from gateway.runtime.lifecycle import AgentState
+from gateway.runtime.resources import ResourceLimits
+
+_logger = logging.getLogger("symbi.runtime.hosted")
+
+SOCKET_IN_SANDBOX = "/run/symbi/gateway.sock"
+_INTERVAL_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def interval_s(start: str) -> float | None:
+    m = _INTERVAL_RE.match(start)
+    return float(m.group(1)) * _UNIT[m.group(2)] if m else None
+
+
+class HostedAgents:
+    """Starts, watches, restarts and stops the hosted agents of one gateway."""
+
+    def __init__(self, config: Config, runtime: AgentRuntime, events: EventSink, *, sandbox: Any) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.events = events
+        self.sandbox = sandbox  # gateway.sandbox.SandboxManager (None: no tier can run here)
+        self.keys: Any = None  # the HTTP front's ApiKeyStore (attach)
+        self.socket_path: str | None = None  # the HTTP front's Unix socket (attach)
+        self._attached = anyio.Event()
+        self._wake = {name: anyio.Event() for name in config.agents}
+        self._stop: dict[str, Callable[[], None]] = {}
+        self._failures: dict[str, deque[float]] = {name: deque() for name in config.agents}
+        self.runs: dict[str, int] = {name: 0 for name in config.agents}
+        runtime.on_terminate.append(self._terminated)
+
+    def attach(self, socket_path: str, keys: Any) -> None:
+        """The HTTP front listens on ``socket_path`` and authenticates with ``keys``."""
+        self.socket_path, self.keys = socket_path, keys
+        self._attached.set()
+
+    # -- control ------------------------------------------------------------------------------
+
+    def request_start(self, name: str) -> str:
+        """``symbi agents run NAME``: start it now (on-demand or idle between runs)."""
+        if name not in self.config.agents:
+            raise GatewayError(f"no hosted agent {name!r} in the config ([agents.{name}])")
+        live = self.runtime.agents.by_name(name)
+        if live is not None and live.state in (AgentState.RUNNING, AgentState.INITIALIZING, AgentState.READY):
+            return "already running"
+        self._wake[name].set()
+        return "starting"
+
+    def _terminated(self, agent: Agent) -> None:
+        stop = self._stop.get(agent.name) if agent.hosted else None
+        if stop is not None:
+            stop()
+
+    async def run(self) -> None:
+        """Started with the gateway: one supervisor per enabled hosted agent."""
+        with anyio.move_on_after(5):  # the HTTP front attaches right after assembly
+            await self._attached.wait()
+        async with anyio.create_task_group() as tg:
+            for name, ac in self.config.agents.items():
+                if ac.enabled:
+                    tg.start_soon(self._supervise, name, ac, name=f"agent-{name}")
+
+    # -- supervision --------------------------------------------------------------------------
+
+    async def _supervise(self, name: str, ac: AgentConfig) -> None:
+        every = interval_s(ac.start)
+        backoff = ac.restart_backoff_s
+        if ac.start == "on-demand":
+            await self._wait_for_start(name)
+        while True:
+            outcome = await self._run_once(name, ac)
+            if outcome in ("invalid", "escalated", "stopped"):
+                if outcome == "stopped" or ac.start != "on-demand":
+                    return
+                await self._wait_for_start(name)
+                continue
+            if every is not None:  # "30s": a run every interval, whatever the last one did
+                with anyio.move_on_after(every):
+                    await self._wait_for_start(name)
+                continue
+            restart = ac.restart == "always" or (ac.restart == "on-failure" and outcome == "failed")
+            if not restart:
+                if ac.start == "on-demand":
+                    await self._wait_for_start(name)
+                    continue
+                return
+            if outcome == "ok":
+                backoff = ac.restart_backoff_s
+            self.events.emit("agent.restart_scheduled", {"name": name, "after_s": backoff, "outcome": outcome})
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, ac.restart_backoff_max_s)
+
+    async def _wait_for_start(self, name: str) -> None:
+        await self._wake[name].wait()
+        self._wake[name] = anyio.Event()
+
+    def _escalated(self, name: str, ac: AgentConfig) -> int:
+        window = self._failures[name]
+        now = time.monotonic()
+        while window and window[0] <= now - ac.failure_window_s:
+            window.popleft()
+        return len(window) if len(window) >= ac.max_failures else 0
+
+    async def _run_once(self, name: str, ac: AgentConfig) -> str:
+        """One run: ``ok``, ``failed``, ``invalid`` (never started), ``escalated`` or ``stopped``."""
+        rt = self.runtime
+        self.runs[name] += 1
+        principal = Principal(id=ac.principal or f"agent:{name}", kind="agent", roles=tuple(ac.roles))
+        agent = rt.agents.add_hosted(name, principal, priority=ac.priority, run=self.runs[name])
+        limits = ResourceLimits.from_config(ac.resources)
+        rt.limits[agent.id] = limits
+        failures = self._escalated(name, ac)
+        if failures:
+            reason = f"escalated: {failures} failures within {ac.failure_window_s:g} s (max_failures)"
+            self._fail(agent, reason)
+            self.events.emit("agent.escalated", {"name": name, "failures": failures}, principal=principal.id,
+                             agent=agent.id)
+            return "escalated"
+        tier = ac.sandbox or self.config.security.default_sandbox_tier
+        record: Any = None
+        try:
+            if tier == "none":
+                raise GatewayError("a hosted agent always runs in a sandbox tier (security.default_sandbox_tier"
+                                   " is 'none': set agents.NAME.sandbox)")
+            if self.keys is None or self.socket_path is None:
+                raise GatewayError("hosted agents need `symbi serve` (they reach the gateway over its Unix socket)")
+            key, record = self.keys.create(principal.id, tuple(ac.roles), kind="agent")
+            rt.agents.bind_credential(record.id, agent)
+            argv, cleanup = self._command(name, ac, tier, limits, key, agent.id)
+            _, displaced = rt.pool.allocate(agent.id, limits, ac.priority)
+            for victim in filter(None, map(rt.agents.get, displaced)):  # "priority" placement
+                rt.terminate(victim, f"displaced from its resource slot by {name} (priority {ac.priority})")
+        except GatewayError as e:
+            if record is not None:
+                self._revoke(record.id)
+            self._fail(agent, f"invalid config: {e.message}")
+            return "invalid"
+        try:
+            return await self._execute(agent, ac, tier, argv, cleanup, limits)
+        finally:
+            self._revoke(record.id)  # the credential stops working when the run ends
+            rt.pool.release(agent.id)
+            await anyio.to_thread.run_sync(cleanup.remove)
+
+    def _fail(self, agent: Agent, reason: str) -> None:
+        reg = self.runtime.agents
+        reg.transition(agent, AgentState.FAILED, reason)
+        reg.transition(agent, AgentState.TERMINATED, "failed")
+
+    def _revoke(self, key_id: str) -> None:
+        self.runtime.agents.unbind_credential(key_id)
+        try:
+            self.keys.revoke(key_id)
+        except OSError:
+            _logger.exception("could not revoke the credential %s", key_id)
+
+    async def _execute(self, agent: Agent, ac: AgentConfig, tier: str, argv: list[str], cgroup: Sandboxed,
+                       limits: ResourceLimits) -> str:
+        rt, reg = self.runtime, self.runtime.agents
+        reg.transition(agent, AgentState.READY, f"valid config: {tier} tier, {limits.memory_mb} MB")
+        agent.hosted_busy = True
+        agent.in_flight += 1  # the process itself is the task that keeps it Running
+        reg.transition(agent, AgentState.RUNNING, "task assigned: process started")
+        log_path = self.config.data_dir / "agents" / f"{agent.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        stopped: list[str] = []
+        log = await anyio.to_thread.run_sync(lambda: open(log_path, "ab"))
+        try:
+            proc = await anyio.open_process(argv, stdin=None, stdout=log, stderr=log)
+
+            def stop() -> None:
+                stopped.append("terminated by an operator")
+                _kill(proc, cgroup)
+
+            self._stop[agent.name] = stop
+            try:
+                with anyio.move_on_after(limits.execution_timeout_s) as scope:
+                    await proc.wait()
+                if scope.cancelled_caught:
+                    stopped.append(f"budget breach: execution time over {limits.execution_timeout_s:g} s")
+                    _kill(proc, cgroup)
+                    with anyio.CancelScope(shield=True):
+                        await proc.wait()
+            except BaseException:
+                _kill(proc, cgroup)
+                with anyio.CancelScope(shield=True):
+                    await proc.wait()
+                raise
+        finally:
+            self._stop.pop(agent.name, None)
+            log.close()
+        code = proc.returncode
+        usage = rt.usage_of(agent)
+        usage.longest_call_s = max(usage.longest_call_s, time.monotonic() - started)
+        usage.memory_peak_mb = cgroup.memory_peak_mb()
+        oom = cgroup.oom_killed(code)
+        agent.hosted_busy = False
+        agent.in_flight -= 1
+        self.events.emit("agent.exited", {"agent": agent.id, "name": agent.name, "exit_code": code, "oom": oom,
+                                          "memory_peak_mb": round(usage.memory_peak_mb, 1)},
+                         principal=agent.principal, agent=agent.id)
+        if code == 0 and not stopped:
+            if agent.in_flight == 0 and agent.state is AgentState.RUNNING:
+                reg.transition(agent, AgentState.READY, "task complete: exited 0")
+            if agent.state is AgentState.READY:
+                reg.transition(agent, AgentState.TERMINATED, "shutdown: run ended")
+            return "ok"
+        if oom:
+            why = f"resource constraint: OOM-killed at its memory budget of {limits.memory_mb} MB"
+        elif stopped:
+            why = stopped[0]
+        else:
+            why = f"failure: exited with code {code}"
+        if agent.state is AgentState.RUNNING:
+            reg.transition(agent, AgentState.SUSPENDED, why)
+        if agent.state is AgentState.SUSPENDED:
+            reg.transition(agent, AgentState.TERMINATED, f"manual override: run ended ({ac.restart} restart policy)")
+        if stopped and stopped[0].startswith("terminated"):
+            return "stopped"
+        self._failures[agent.name].append(time.monotonic())
+        self.events.emit("agent.failed", {"name": agent.name, "reason": why, "exit_code": code},
+                         principal=agent.principal, agent=agent.id)
+        rt.recent_errors.append({"time": time.time(), "agent": agent.id, "code": "agent_failed",
+                                 "target": agent.name, "type": "oom" if oom else "exit"})
+        return "failed"
+
+    # -- the sandboxed command ------------------------------------------------------------------
+
+    def _command(self, name: str, ac: AgentConfig, tier: str, limits: ResourceLimits, key: str,
+                 agent_id: str) -> tuple[list[str], Sandboxed]:
+        assert self.socket_path is not None
+        if self.sandbox is None:
+            raise GatewayError("no sandbox manager: hosted agents need a sandbox tier")
+        if tier != "gvisor":  # gVisor runs straight from runsc here (see gvisor_agent.py)
+            ok, why = self.sandbox.available(tier)
+            if not ok:
+                raise GatewayError(f"sandbox tier {tier!r} is unavailable: {why}")
+        from gateway.sandbox.types import Limits
+
+        base = self.config.source.parent if self.config.source else Path.cwd()
+        def here(v: str) -> str:  # ./x and ../x are relative to the config file
+            return str((base / v).resolve()) if v.startswith(("./", "../")) else v
+
+        env = {**{k: here(v) for k, v in ac.env.items()}, "SYMBI_GATEWAY_SOCKET": SOCKET_IN_SANDBOX,
+               "SYMBI_AGENT_TOKEN": key, "SYMBI_AGENT_NAME": name}
+        args = [here(a) for a in ac.args]
+        ro = [str((base / p).resolve()) for p in ac.read_only_paths]
+        sb_limits = Limits(memory_mb=limits.memory_mb, cpus=limits.cpu_cores, pids=256,
+                           timeout_s=limits.execution_timeout_s)
+        socket = (self.socket_path, SOCKET_IN_SANDBOX)
+        t = self.sandbox.tier(tier)
+        if tier == "bwrap":
+            argv, cg = t.hosted_argv(ac.command, args, env, limits=sb_limits, ro_paths=ro, socket=socket,
+                                     disk_io_mbps=limits.disk_io_mbps)
+            return argv, Cgroup(cg)
+        if tier == "gvisor":
+            from gateway.runtime.gvisor_agent import gvisor_argv
+
+            return gvisor_argv(ac.command, args, env, limits, ro_paths=ro, socket=socket, agent_id=agent_id)
+        # docker: a named container, removed when the run ends
+        cname = f"symbi-agent-{name}-{agent_id[-8:]}"
+        argv = t.stdio_argv(ac.command, args, env, None, network=False, limits=sb_limits)
+        at = argv.index("-v")
+        extra = ["--name", cname, "-v", f"{socket[0]}:{socket[1]}"]
+        dev = _root_device()
+        if dev is not None:
+            extra += ["--device-read-bps", f"{dev}:{limits.disk_io_mbps}mb",
+                      "--device-write-bps", f"{dev}:{limits.disk_io_mbps}mb"]
+        for p in ro:
+            extra += ["-v", f"{p}:{p}:ro"]
+        argv[at:at] = extra
+        return argv, Container(cname)
+
+
+class Sandboxed:
+    """What a run's sandbox exposes to the supervisor (cgroup or container)."""
+
+    def kill(self) -> None: ...
+
+    def memory_peak_mb(self) -> float:
+        return 0.0
+
+    def oom_killed(self, exit_code: int | None) -> bool:
+        return False
+
+    def remove(self) -> None: ...
+
+
+class Cgroup(Sandboxed):
+    def __init__(self, cg: Any) -> None:
+        self.cg = cg
+
+    def kill(self) -> None:
+        self.cg.kill_all(deadline_s=1.0)
+
+    def memory_peak_mb(self) -> float:
+        from gateway.sandbox import cgroups
+
+        return cgroups.memory_peak_mb(self.cg)
+
+    def oom_killed(self, exit_code: int | None) -> bool:
+        return bool(self.cg.oom_killed())
+
+    def remove(self) -> None:
+        self.cg.remove()
+
+
+class Container(Sandboxed):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._oom: bool | None = None
+
+    def _container(self) -> Any:
+        from gateway.sandbox.docker_tier import docker_client
+
+        return docker_client().containers.get(self.name)
+
+    def kill(self) -> None:
+        try:
+            self._container().kill()
+        except Exception as e:  # noqa: BLE001 - already gone
+            _logger.debug("container %s not killed: %s", self.name, e)
+
+    def oom_killed(self, exit_code: int | None) -> bool:
+        try:
+            return bool(self._container().attrs["State"].get("OOMKilled"))
+        except Exception:  # noqa: BLE001 - removed by --rm already: judge by the exit code
+            return exit_code == 137
+
+    def remove(self) -> None:
+        try:
+            self._container().remove(force=True)
+        except Exception as e:  # noqa: BLE001 - --rm removed it
+            _logger.debug("container %s not removed: %s", self.name, e)
+
+
+def _root_device() -> str | None:
+    """/dev/NAME of the root file system's block device (for docker's I/O limits)."""
+    dev = os.stat("/").st_dev
+    try:
+        uevent = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/uevent").read_text()
+    except OSError:
+        return None
+    for line in uevent.splitlines():
+        if line.startswith("DEVNAME="):
+            return "/dev/" + line.split("=", 1)[1]
+    return None
+
+
+def _kill(proc: Any, box: Sandboxed) -> None:
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+    box.kill()

@@ -1,0 +1,117 @@
+"""``get_system_status``: the seed's HealthStatus, and the agent views of the admin surfaces.
+
+    HealthStatus {overall_status, component_health, resource_utilization, recent_errors}
+
+Components: each upstream (and its circuit breaker), the policy engine, the audit log, the
+sandbox tiers, the scheduler and the hosted agents. ``overall_status`` is ``unhealthy`` when
+a component calls must pass (policy, audit) is down, ``degraded`` when an upstream is down,
+a breaker is open or a hosted agent failed, else ``healthy``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from gateway.runtime.agents import Agent
+from gateway.runtime.core import AgentRuntime
+from gateway.runtime.lifecycle import AgentState
+from gateway.runtime.scheduler import LEVELS
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
+
+
+def agent_row(rt: AgentRuntime, agent: Agent) -> dict[str, Any]:
+    limits = rt.limits_of(agent)
+    return {
+        **agent.as_json(),
+        "in_flight": agent.in_flight,
+        "limits": limits.as_json(),
+        "usage": rt.usage_of(agent).as_json(limits) if agent.id in rt.usage else None,
+    }
+
+
+def agent_rows(rt: AgentRuntime) -> list[dict[str, Any]]:
+    return [agent_row(rt, a) for a in sorted(rt.agents, key=lambda a: a.created)]
+
+
+def _policy(gw: Gateway) -> dict[str, Any]:
+    eng = gw.policy
+    if eng is None:
+        return {"status": DEGRADED, "detail": "policy off (security.enforce_policies = false)"}
+    loaded = getattr(eng, "bundle", True) is not None
+    return {"status": HEALTHY if loaded else UNHEALTHY, "detail": "loaded" if loaded else "no policy loaded"}
+
+
+def _audit(gw: Gateway) -> dict[str, Any]:
+    log = gw.audit
+    if log is None:
+        return {"status": DEGRADED, "detail": "audit off (security.audit_enabled = false)"}
+    try:
+        log.ensure_writable()
+        return {"status": HEALTHY, "detail": "writable"}
+    except Exception as e:  # noqa: BLE001 - fail closed: not writable is unhealthy
+        return {"status": UNHEALTHY, "detail": f"not writable: {type(e).__name__}"}
+
+
+def components(gw: Gateway) -> dict[str, dict[str, Any]]:
+    rt = gw.runtime
+    breakers = rt.breakers.states()
+    out: dict[str, dict[str, Any]] = {"policy": _policy(gw), "audit": _audit(gw)}
+    for name, up in gw.upstreams.items():
+        breaker = breakers.get(name, "closed")
+        ok = up.state == "up" and breaker == "closed"
+        out[f"upstream:{name}"] = {"status": HEALTHY if ok else DEGRADED, "state": up.state, "breaker": breaker}
+    sched = rt.scheduler
+    full = sched.queue_depth() >= sched.queue_limit
+    out["scheduler"] = {"status": DEGRADED if full else HEALTHY, "in_flight": sched.in_flight,
+                        "queued": sched.queue_depth()}
+    for agent in rt.agents:
+        if agent.hosted and agent.state is AgentState.FAILED:
+            out[f"agent:{agent.name}"] = {"status": DEGRADED, "state": agent.state.value, "reason": agent.reason}
+    return out
+
+
+def overall(comps: dict[str, dict[str, Any]]) -> str:
+    if any(c["status"] == UNHEALTHY for c in comps.values()):
+        return UNHEALTHY
+    if any(c["status"] == DEGRADED for c in comps.values()):
+        return DEGRADED
+    return HEALTHY
+
+
+def utilization(rt: AgentRuntime) -> dict[str, Any]:
+    by_state = Counter(a.state.value for a in rt.agents)
+    sched = rt.scheduler
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "agents": {"live": rt.agents.live(), "max": rt.config.runtime.max_concurrent_agents,
+                   "by_state": {s.value: by_state.get(s.value, 0) for s in AgentState}},
+        "scheduler": {"in_flight": sched.in_flight, "max_in_flight": sched.max_in_flight,
+                      "queued": sched.queue_depth(), "queue_limit": sched.queue_limit,
+                      "queued_by_priority": {str(p): sched.queue_depth(p) for p in range(LEVELS)},
+                      "worker_threads": rt.config.runtime.scheduler_threads},
+        "pool": {"strategy": rt.pool.strategy, "slots": rt.pool.as_json()},
+        "process": {"pid": os.getpid(), "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
+                    "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)},
+    }
+
+
+def get_system_status(gw: Gateway) -> dict[str, Any]:
+    """The seed's HealthStatus for this gateway, as JSON."""
+    rt = gw.runtime
+    comps = components(gw)
+    return {
+        "overall_status": overall(comps),
+        "component_health": comps,
+        "resource_utilization": utilization(rt),
+        "recent_errors": list(rt.recent_errors)[-20:],
+        "time": time.time(),
+        "uptime_s": round(time.time() - rt.started, 3),
+    }

@@ -1,0 +1,45 @@
+"""The resource manager's placement strategies on a finite pool (the seed's three)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import BudgetExceeded
+from gateway.runtime.resources import ResourceLimits, ResourcePool
+
+
+def lim(cpu: float, mem: int) -> ResourceLimits:
+    return ResourceLimits(memory_mb=mem, cpu_cores=cpu, disk_io_mbps=10, network_io_mbps=1,
+                          execution_timeout_s=10, max_concurrent_calls=1)
+
+
+def test_first_fit_takes_the_first_slot_with_room() -> None:
+    pool = ResourcePool(3, 1.0, 1000, "first-fit")
+    pool.allocate("a", lim(0.5, 100), 1)
+    assert pool.allocate("b", lim(0.2, 100), 1) == (0, [])  # slot 0 still has room
+
+
+def test_best_fit_takes_the_slot_it_fills_most() -> None:
+    pool = ResourcePool(3, 1.0, 1000, "best-fit")
+    pool.allocate("a", lim(0.7, 100), 1)  # slot 0: 0.3 left
+    pool.allocate("b", lim(0.5, 100), 1)  # best fit for 0.5: an empty slot (slot 0 has too little)
+    assert pool.allocate("c", lim(0.3, 100), 1) == (0, [])  # fills slot 0 exactly, not slot 1 (0.5 left)
+
+
+def test_priority_displaces_lower_priority_placements_when_nothing_fits() -> None:
+    pool = ResourcePool(1, 1.0, 1000, "priority")
+    pool.allocate("low", lim(0.6, 100), 1)
+    pool.allocate("mid", lim(0.4, 100), 5)
+    assert pool.allocate("high", lim(0.5, 100), 9) == (0, ["low"])
+    with pytest.raises(BudgetExceeded):
+        pool.allocate("other-low", lim(0.5, 100), 0)  # nothing lower to displace
+
+
+@pytest.mark.parametrize("strategy", ["first-fit", "best-fit"])
+def test_a_full_pool_refuses_with_the_config_keys_named(strategy: str) -> None:
+    pool = ResourcePool(1, 1.0, 256, strategy)  # type: ignore[arg-type]
+    pool.allocate("a", lim(1.0, 256), 9)
+    with pytest.raises(BudgetExceeded):
+        pool.allocate("b", lim(0.1, 10), 9)
+    pool.release("a")
+    assert pool.allocate("b", lim(0.1, 10), 0) == (0, [])

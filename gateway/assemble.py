@@ -32,6 +32,7 @@ from gateway.catalog import LiveCatalog
 from gateway.chain import Step
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, UpstreamInfo
+from gateway.custody import check_trusted_files, secure_data_dir
 from gateway.errors import AuditError, ConfigError
 from gateway.events import EventSink, LoggingSink
 from gateway.memory.build import build_service
@@ -72,6 +73,8 @@ def open_audit(config: Config) -> AuditLog:
                 checkpoint_every=config.audit.checkpoint_every,
                 batch_max=config.audit.batch_max,
                 on_failure=config.audit.on_failure,
+                pinned_keys=config.audit.pinned_keys,
+                checkpoint_export=config.audit.checkpoint_export,
             )
         except AuditLogBusy as e:
             last = e
@@ -140,6 +143,8 @@ def make_gateway(
     ``bus`` carries list-changed notices to 2026-era clients (the front owns it);
     ``metrics`` (the HTTP front's ``/metrics``) counts every event and call when given.
     """
+    check_trusted_files(config)  # another user could change who may do what: refuse to start
+    secure_data_dir(config)
     closers: list[Callable[[], object]] = []
     try:
         return _assemble(config, bus, metrics, closers)

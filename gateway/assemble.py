@@ -32,7 +32,7 @@ from gateway.catalog import LiveCatalog
 from gateway.chain import Step
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, UpstreamInfo
-from gateway.custody import check_trusted_files, secure_data_dir
+from gateway.custody import check_trusted_files, hidden_paths, secure_data_dir
 from gateway.errors import AuditError, ConfigError
 from gateway.events import EventSink, LoggingSink
 from gateway.memory.build import build_service
@@ -227,7 +227,7 @@ def _assemble(
         events=events,
         counters=counters,
         builtins=builtins,
-        wrap_command=_sandboxed_command(manager) if manager is not None else None,
+        wrap_command=_sandboxed_command(manager, hidden_paths(config)) if manager is not None else None,
         bus=bus,
         background=background,
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
@@ -277,8 +277,9 @@ def _upstream_infos(config: Config, builtins: list[Builtin]) -> dict[str, Upstre
     return infos
 
 
-def _sandboxed_command(manager: SandboxManager) -> WrapCommand:
-    """Runs stdio upstreams with ``servers.X.sandbox`` set inside their tier."""
+def _sandboxed_command(manager: SandboxManager, hidden: list[str]) -> WrapCommand:
+    """Runs stdio upstreams with ``servers.X.sandbox`` set inside their tier; ``hidden`` (the
+    data dir, keys, config) is masked in it even when a bound folder holds it."""
 
     def wrap(name: str, srv: ServerConfig) -> tuple[str, list[str], Callable[[], None] | None]:
         assert srv.command is not None and srv.sandbox is not None
@@ -290,6 +291,7 @@ def _sandboxed_command(manager: SandboxManager) -> WrapCommand:
             str(srv.cwd) if srv.cwd else None,
             network=srv.sandbox_network,
             manager=manager,
+            hidden=hidden,
         )
         if srv.sandbox not in ("docker", "gvisor") or args[:1] != ["run"]:
             return command, args, None

@@ -53,6 +53,16 @@ def trusted_files(config: Config) -> list[tuple[str, Path]]:
     return out
 
 
+def hidden_paths(config: Config) -> list[str]:
+    """The gateway's own paths no sandbox may see: the data dir, keys, logs, the config."""
+    paths = [config.data_dir, config.audit_path.parent, config.audit_key_path, config.api_keys_path]
+    if config.source is not None:
+        paths.append(Path(config.source))
+    if config.audit.checkpoint_export is not None:
+        paths.append(config.audit.checkpoint_export)
+    return sorted({str(p) for p in paths})
+
+
 def writable_by_others(path: Path, *, euid: int | None = None) -> str | None:
     """Why someone other than root/``euid`` could change ``path`` (None when nobody can)."""
     me = os.geteuid() if euid is None else euid

@@ -100,6 +100,20 @@ def check_trusted_files(config: Config) -> None:
         why = writable_by_others(path)
         if why is not None:
             raise ConfigError(f"{what}: refusing to trust {path}: {why}; chmod go-w it (and its folders)")
+    src = config.source
+    secrets = [n for n, s in config.servers.items() if s.env or s.headers]
+    if src is not None and secrets and _readable_by_others(Path(src)):
+        _logger.warning(
+            "config %s is readable by other users, upstream servers included, and holds env/headers of %s: "
+            "chmod 600 it", src, ", ".join(sorted(secrets)),
+        )
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & 0o004)
+    except OSError:
+        return False
 
 
 def secure_data_dir(config: Config) -> None:

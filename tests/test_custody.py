@@ -73,3 +73,16 @@ def test_a_file_owned_by_another_user_is_not_trusted(tmp_path: Path) -> None:
     assert writable_by_others(cfg) is not None
     with pytest.raises(ConfigError):
         check_trusted_files(load_config(cfg))
+
+
+def test_a_config_with_secrets_readable_by_others_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = write_config(private_folder(tmp_path), '[servers.a]\ncommand = "/bin/true"\nenv = { TOKEN = "t" }\n')
+    cfg.chmod(0o644)
+    with caplog.at_level("WARNING", logger="symbi.custody"):
+        check_trusted_files(load_config(cfg))
+    assert any(str(cfg) in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    cfg.chmod(0o600)
+    with caplog.at_level("WARNING", logger="symbi.custody"):
+        check_trusted_files(load_config(cfg))
+    assert not caplog.records

@@ -152,7 +152,7 @@ class ApiKeyStore:
     # writing --------------------------------------------------------------------------------
 
     def _write(self, records: list[ApiKeyRecord]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data dir: private
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -308,10 +308,13 @@ class AuditLog:
             self._failed(err)
 
     def verify(self, *, all_signatures: bool = True) -> VerifyResult:
-        """Verify this log (while it is written) against the public keys exported beside the key."""
-        from gateway.audit.verify import verify_log
+        """Verify this log (while it is written): against the pinned key ids and the exported
+        checkpoints when configured, else against the public keys exported beside the key."""
+        from gateway.audit.trust import verify_anchored
 
-        return verify_log(self.path, keyfiles.exported_public_keys(self.key_path), all_signatures=all_signatures)
+        keys = {**keyfiles.exported_public_keys(self.key_path), self._key_id: self.public_key}
+        return verify_anchored(self.path, keys, pinned=self.pinned_keys, export=self.checkpoint_export,
+                               all_signatures=all_signatures)
 
     def recent(self, n: int) -> list[dict[str, Any]]:
         """The last ``n`` committed events, oldest first, in wire form (``audit://recent``)."""

@@ -84,3 +84,34 @@ def require_events(res: VerifyResult, reason: str) -> VerifyResult:
         res.ok = False
         res.problem = Problem(1, "truncated", f"the log is empty, but {reason}")
     return res
+
+
+def verify_anchored(
+    path: Path,
+    keys: Mapping[str, Ed25519PublicKey],
+    *,
+    pinned: Sequence[str] = (),
+    export: Path | None = None,
+    anchors: Sequence[store.Anchor] = (),
+    all_signatures: bool = True,
+) -> VerifyResult:
+    """Verify one SQLite chain: ``keys`` filtered by ``pinned`` (the log's own ``keys`` table
+    adds candidates), checked against ``anchors`` and the exported checkpoints in ``export``;
+    with pins, an empty log fails. ``anchored`` says whether trust came from outside the data dir.
+
+    Raises:
+        ConfigError: pins are set but no candidate key matches, or a checkpoint file is malformed.
+    """
+    from gateway.audit.verify import verify_log
+
+    trusted = dict(keys)
+    if pinned:
+        trusted = pinned_keys(pinned, {**keys_in_logs([path]), **keys})
+    extra = list(anchors)
+    if export is not None and export.exists():
+        extra += read_anchor_files([export], path.name)
+    res = verify_log(path, trusted, extra_anchors=extra, all_signatures=all_signatures)
+    if pinned:
+        res = require_events(res, "the signing key is pinned (every gateway start records an event)")
+    res.anchored = bool(pinned)
+    return res

@@ -180,8 +180,8 @@ def _print_records(records: list[Any], as_json: bool) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.audit import store, verify_jsonl, verify_log
-    from gateway.audit.trust import read_anchor_files, require_events
+    from gateway.audit import store, verify_jsonl
+    from gateway.audit.trust import read_anchor_files, verify_anchored
 
     log, key = _paths(args)
     cfg = _config_or_none(args)
@@ -192,20 +192,18 @@ def _verify(args: argparse.Namespace) -> int:
         print("symbi: WARNING: verification is NOT ANCHORED: it trusts the public keys found beside the log, "
               "which anyone who can write the data dir can replace; pin the key ([audit] pinned_keys, see "
               "`symbi audit init`) or pass --public-key", file=sys.stderr)
+    pinned = tuple(cfg.audit.pinned_keys) if cfg is not None else ()
     failed = False
     for path in logs:
-        anchors = read_anchor_files(args.anchor, None if path.suffix == ".jsonl" else path.name)
-        if export is not None and export.exists() and path.suffix != ".jsonl":
-            anchors += read_anchor_files([export], path.name)
         if path.suffix == ".jsonl":
-            res = verify_jsonl(path, keys, anchors=anchors, all_signatures=not args.fast)
-        else:
-            res = verify_log(path, keys, extra_anchors=anchors, all_signatures=not args.fast)
-        if cfg is not None and cfg.audit.pinned_keys and path.suffix != ".jsonl":
-            res = require_events(res, "the signing key is pinned (every gateway start records an event)")
+            res = verify_jsonl(path, keys, anchors=read_anchor_files(args.anchor, None), all_signatures=not args.fast)
+        else:  # keys are already filtered by the pins; the pins also mean "not empty"
+            res = verify_anchored(path, keys, pinned=pinned, export=export,
+                                  anchors=read_anchor_files(args.anchor, path.name), all_signatures=not args.fast)
+        res.anchored = anchored
         failed = failed or not res.ok
         if args.json:
-            print(json.dumps({"log": str(path), "anchored": anchored, **res.as_dict()}))
+            print(json.dumps({"log": str(path), **res.as_dict()}))
         elif res.problem is None:
             print(f"{path}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
                   f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked"

@@ -128,3 +128,20 @@ def test_exported_checkpoints_are_private_and_name_their_chain(tmp_path: Path) -
     lines = [json.loads(line) for line in witness.read_text().splitlines()]
     assert lines and all(line["log"] == "audit.db" and line["signature"] for line in lines)
     assert [line["seq"] for line in lines] == sorted(line["seq"] for line in lines)
+
+
+def test_the_running_log_verifies_against_its_pins_and_exports(tmp_path: Path) -> None:
+    """What the admin API's /api/audit/verify reports (AuditLog.verify)."""
+    cfg, witness = pinned_setup(tmp_path)
+    conf = load_config(cfg)
+    with AuditLog.from_config(conf) as log:
+        log.append("test.event", {"i": "more"})
+        res = log.verify()
+        assert res.ok and res.anchored and res.anchors_checked >= 3
+    # the exported copy says more than this log holds: the running log's check fails too
+    lines = witness.read_text().splitlines()
+    last = json.loads(lines[-1])
+    witness.write_text(witness.read_text() + json.dumps({**last, "seq": last["seq"] + 1000}) + "\n")
+    conf2 = load_config(cfg)
+    with pytest.raises(AuditError):
+        AuditLog.from_config(conf2)  # refuses: the log is behind its exported checkpoints

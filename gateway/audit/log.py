@@ -579,6 +579,8 @@ class AuditLog:
             anchors = store.read_exported(self.checkpoint_export, self.path.name)
         except (OSError, ValueError) as e:
             raise AuditError(f"audit.checkpoint_export {self.checkpoint_export} cannot be read: {e}") from None
+        # not filtered by signature: the export's place is trusted, and a data-dir writer who
+        # deleted the keys could otherwise make every exported checkpoint look foreign
         if not anchors:
             return
         last = max(anchors, key=lambda a: a.seq)

@@ -79,6 +79,9 @@ def resolve_run_as(config: Config) -> RunAs | None:
             "as the gateway's own user and can read its keys, API keys and audit log"
         )
         return None
+    if shutil.which("setpriv") is None:
+        raise ConfigError("security.upstream_user: setpriv (util-linux) is not installed: cannot drop privileges "
+                          "for unsandboxed upstream servers")
     if os.geteuid() != 0:
         raise ConfigError(
             "security.upstream_user: the gateway is not root, so it cannot start an unsandboxed stdio "

@@ -117,3 +117,19 @@ def test_setpriv_argv_and_clean_env() -> None:
     env = r.env({"TOKEN": "t"})
     assert env["HOME"] == "/var/lib/u" and env["TOKEN"] == "t"
     assert not {k for k in env if k.startswith("SYMBI_")}
+
+
+@needs_root
+def test_working_folder_is_the_config_folder_only_when_the_upstream_user_may_enter_it(tmp_path: Path) -> None:
+    from gateway.upstream.runas import working_folder
+
+    folder = tmp_path / "cfg"
+    folder.mkdir(mode=0o755)
+    cfg = load_config(write_config(folder, '[servers.x]\ncommand = "/bin/true"\n'))
+    run_as = resolve_run_as(cfg)
+    assert run_as is not None
+    assert working_folder(cfg.servers["x"], cfg.config_dir, run_as) == folder
+    folder.chmod(0o700)  # a private config folder (a 0700 home): the server starts in its own home
+    assert working_folder(cfg.servers["x"], cfg.config_dir, run_as) == Path(run_as.home)
+    explicit = load_config(write_config(folder, f'[servers.x]\ncommand = "/bin/true"\ncwd = "{tmp_path}"\n'))
+    assert working_folder(explicit.servers["x"], explicit.config_dir, run_as) == tmp_path

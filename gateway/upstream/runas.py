@@ -157,8 +157,9 @@ def working_folder(server: ServerConfig, config_dir: Path | None, run_as: RunAs 
         return config_dir
     if unreachable([(config_dir, "x")], run_as) is None:
         return config_dir
-    _logger.info("the config folder %s is private: upstream servers start in %s", config_dir, run_as.home)
-    return Path(run_as.home)
+    home = Path(run_as.home) if Path(run_as.home).is_dir() else Path("/")
+    _logger.info("the config folder %s is private: upstream servers start in %s", config_dir, home)
+    return home
 
 
 def check_launchable(name: str, server: ServerConfig, run_as: RunAs) -> None:

@@ -145,3 +145,17 @@ def test_the_running_log_verifies_against_its_pins_and_exports(tmp_path: Path) -
     conf2 = load_config(cfg)
     with pytest.raises(AuditError):
         AuditLog.from_config(conf2)  # refuses: the log is behind its exported checkpoints
+
+
+def test_the_log_its_wal_and_anchors_are_private(tmp_path: Path) -> None:
+    """They hold every principal's (redacted) arguments: 0600, in a 0700 folder."""
+    data = tmp_path / "data"
+    with AuditLog(data / "audit.db", data / "audit-key.pem", checkpoint_every=1) as log:
+        log.append("test.event", {"i": 1})
+        log.flush()  # the checkpoint file is written after the commit is acknowledged
+        names = {p.name: p for p in data.iterdir()}
+        assert {"audit.db", "audit.db-wal", "audit.db.anchor.json", "audit-key.pem"} <= set(names)
+        for name, p in names.items():
+            if ".pub." not in name:
+                assert p.stat().st_mode & 0o077 == 0, name
+    assert data.stat().st_mode & 0o777 == 0o700

@@ -9,6 +9,8 @@ to; else ``--public-key PEM`` (repeatable), else the keys exported beside the si
 ``symbi audit init`` prints the key id to pin. Checkpoints in ``[audit] checkpoint_export``
 and ``--anchor`` files must all be in the log (a truncated or emptied log fails).
 
+``symbi audit checkpoint --out FILE`` appends the current signed head to a copy kept elsewhere.
+
 Exit codes: 0 ok / intact; 1 verification failed (the first bad seq is named; ``report``
 still writes its report, marked FAILED) or the log cannot be read or written; 2 usage or
 config error.
@@ -92,6 +94,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--out", type=Path, default=None, help="report.html or report.json (default: JSON on stdout)")
     r.add_argument("--format", choices=("html", "json"), default=None, help="default: from --out's suffix")
     r.set_defaults(func=_report)
+
+    c = asub.add_parser("checkpoint", help="print (or append to --out) the log's current signed head, for a copy "
+                        "kept outside the data dir (verify it with --anchor FILE)")
+    common(c)
+    c.add_argument("--out", type=Path, default=None, help="append to this file (JSON lines, mode 0600)")
+    c.set_defaults(func=_checkpoint)
 
     i = asub.add_parser("init", help="create the data dir and signing key; print the key id to pin in the config")
     i.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
@@ -237,6 +245,26 @@ def _trusted_keys(args: argparse.Namespace, key: Path, cfg: Any, logs: list[Path
     if args.public_key:
         return _public_keys(args, key), True
     return _public_keys(args, key), False
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from gateway.audit import store
+
+    log, _ = _paths(args)
+    conn = store.open_reader(log)
+    try:
+        anchor = store.read_anchor(conn)
+    finally:
+        conn.close()
+    if anchor is None:
+        print(f"symbi: {log} has no signed head yet", file=sys.stderr)
+        return EXIT_FAIL
+    if args.out is not None:
+        store.export_checkpoint(args.out, log, anchor)
+        print(f"checkpoint seq {anchor.seq} of {log.name} appended to {args.out}", file=sys.stderr)
+    else:
+        print(json.dumps({"log": log.name, **anchor.as_dict()}, sort_keys=True))
+    return EXIT_OK
 
 
 def _init(args: argparse.Namespace) -> int:

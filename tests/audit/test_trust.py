@@ -159,3 +159,33 @@ def test_the_log_its_wal_and_anchors_are_private(tmp_path: Path) -> None:
             if ".pub." not in name:
                 assert p.stat().st_mode & 0o077 == 0, name
     assert data.stat().st_mode & 0o777 == 0o700
+
+
+def test_the_admins_own_checkpoint_copy_catches_a_rollback(tmp_path: Path) -> None:
+    """Restoring an older, consistent copy of the log (its own signed anchors included) is the
+    rollback only a checkpoint kept elsewhere can reveal."""
+    import shutil
+
+    cfg = write_config(tmp_path, "")
+    conf = load_config(cfg)
+    old = tmp_path / "old-copy"
+    with AuditLog.from_config(conf) as log:
+        for i in range(4):
+            log.append("test.event", {"i": i})
+    shutil.copytree(conf.data_dir, old)  # what the attacker keeps
+    with AuditLog.from_config(conf) as log:
+        for i in range(6):
+            log.append("test.event", {"i": i, "later": True})
+    copy = tmp_path / "admin" / "checkpoints.jsonl"
+    r = cli("checkpoint", "--config", cfg, "--out", copy)
+    assert r.returncode == 0, r.stderr
+    head = json.loads(copy.read_text().splitlines()[-1])
+    assert head["log"] == "audit.db" and head["seq"] > 4
+    pub = tmp_path / "admin" / "audit.pub.pem"
+    pub.write_bytes((conf.data_dir / "audit-key.pub.pem").read_bytes())
+    shutil.rmtree(conf.data_dir)
+    shutil.copytree(old, conf.data_dir)  # the rollback
+    code, res = verify(cfg)
+    assert code == 0 and res["last_seq"] < head["seq"]  # without the copy it looks intact...
+    code, res = verify(cfg, "--anchor", copy, "--public-key", pub)
+    assert code == 1 and res["problem"]["kind"] == "truncated" and res["anchored"]  # ...not with it

@@ -240,8 +240,9 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
                 await gw.with_upstream(owner, fn, ctx)
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
+        who = principal_for(ctx, gw)
         gw.events.emit("request.allowed", {"method": method, "target": uri, "upstream": owner},
-                       principal=principal_for(ctx, gw.config).id)
+                       principal=who.id, agent=who.agent)
         return types.EmptyResult()
 
     def _find_or_refuse(
@@ -251,8 +252,9 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         try:
             return find()
         except CatalogError as e:
+            who = principal_for(ctx, gw)
             gw.events.emit("request.refused", {"method": method, "target": target, "error_code": e.code,
-                                               "reason": e.message}, principal=principal_for(ctx, gw.config).id)
+                                               "reason": e.message}, principal=who.id, agent=who.agent)
             raise
 
     async def _allowed(
@@ -272,7 +274,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         if target not in ok:
             # a denied completion / subscription is on the record like a denied call
             gw.events.emit("request.denied", {"method": method, "kind": kind, "target": target, "upstream": owner},
-                           principal=principal.id)
+                           principal=principal.id, agent=principal.agent)
             raise PolicyDenied(f"policy denies {principal.id} the use of {target}")
 
     async def subscribe(
@@ -352,10 +354,8 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
                     applied.append(up.name)
         denied = sorted(up.name for up in loggable if up.name not in ok)
         gw.events.emit("logging.set_level", {"level": params.level, "applied": sorted(applied), "denied": denied},
-                       principal=principal.id)
-        if denied and not ok:
-            raise protocol_error(PolicyDenied(f"policy denies {principal.id} changing the log level of "
-                                              f"{', '.join(denied)}"))
+                       principal=principal.id, agent=principal.agent)
+        # not an error: clients (the Inspector...) send it on connect; a denied upstream is left alone
         return types.EmptyResult()
 
     server: Server[Gateway] = Server(

@@ -60,6 +60,8 @@ def hidden_paths(config: Config) -> list[str]:
         paths.append(Path(config.source))
     if config.audit.checkpoint_export is not None:
         paths.append(config.audit.checkpoint_export)
+    if config.gateway.env_file is not None:  # the servers' secrets
+        paths.append(Path(config.gateway.env_file))
     return sorted({str(p) for p in paths})
 
 
@@ -107,6 +109,10 @@ def check_trusted_files(config: Config) -> None:
             "config %s is readable by other users, upstream servers included, and holds env/headers of %s: "
             "chmod 600 it", src, ", ".join(sorted(secrets)),
         )
+    env_file = config.gateway.env_file
+    if env_file is not None and _readable_by_others(Path(env_file)):
+        _logger.warning("gateway.env_file %s is readable by other users, upstream servers included: chmod 600 it",
+                        env_file)
 
 
 def _readable_by_others(path: Path) -> bool:

@@ -19,8 +19,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 PROBE = ROOT / "tests/peers/probe_server.py"
 
 
-@pytest.mark.parametrize("tier", ["bwrap", "docker", "gvisor"])
-async def test_data_dir_keys_and_config_are_never_visible_in_a_sandbox(tmp_path: Path, tier: str) -> None:
+def probe_config(tmp_path: Path, tier: str) -> Path:
     tmp_path.chmod(0o755)  # the sandbox's uid 65534 may list the config folder
     script = tmp_path / "probe_server.py"  # beside the config: its folder is bound into the sandbox
     shutil.copy(PROBE, script)
@@ -39,6 +38,12 @@ async def test_data_dir_keys_and_config_are_never_visible_in_a_sandbox(tmp_path:
         """,
     )
     cfg.chmod(0o644)  # even a config others may read is not shown
+    return cfg
+
+
+@pytest.mark.parametrize("tier", ["bwrap", "docker", "gvisor"])
+async def test_data_dir_keys_and_config_are_never_visible_in_a_sandbox(tmp_path: Path, tier: str) -> None:
+    cfg = probe_config(tmp_path, tier)
     data = tmp_path / "data"
     async with stdio_session(cfg) as s:
         assert (data / "audit-key.pem").exists()  # the gateway made its data dir and key

@@ -8,11 +8,11 @@ SYMBI := $(VENV)/bin/symbi
 CONFIG ?= examples/symbi.toml
 PYTEST_ARGS ?=
 
-.PHONY: all setup python-deps node-deps sandbox state-engines browser run stdio test test-fast bench lint typecheck format clean
+.PHONY: all setup python-deps node-deps upstream-user sandbox state-engines browser run stdio test test-fast bench lint typecheck format clean
 
 all: setup
 
-setup: python-deps node-deps
+setup: python-deps node-deps upstream-user
 
 python-deps: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -31,6 +31,10 @@ node_modules/.installed: package.json package-lock.json
 tests/conformance/node/node_modules/.installed: tests/conformance/node/package.json tests/conformance/node/package-lock.json
 	npm ci --prefix tests/conformance/node --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The unprivileged user unsandboxed upstream servers run as, able to start the venv's interpreter.
+upstream-user: python-deps
+	bash scripts/setup-upstream-user.sh $(PY)
 
 # Debian packages for the sandbox tiers, runsc registered with Docker, dockerd started,
 # the base image imported (no registry pull). Idempotent; quick when already done.

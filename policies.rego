@@ -3,7 +3,8 @@
 # Query: data.symbi.decision  ->  {"allow": bool, "reasons": [string], "conditions": {...}}
 # Input: see gateway/policy/README.md (principal, agent, upstream, tool, arguments, context,
 #        action = "call" | "list", kind = "tools/call" | "resources/read" | "prompts/get"
-#        | "bus/send" | "bus/publish" | "bus/subscribe" with input.recipient / input.topic).
+#        | "bus/send" | "bus/publish" | "bus/subscribe" with input.recipient / input.topic)
+#        | "logging/setLevel" (target = the upstream's name).
 # Data:  policies/data.json, loaded at the data root (data.symbi_data), the way
 #        `opa run policies.rego policies/data.json` loads it.
 #
@@ -108,6 +109,19 @@ target_permitted if {
 target_permitted if {
 	kind == "prompts/get"
 	matches_any(patterns("prompts"), input.target)
+}
+
+# logging/setLevel changes a shared upstream's log level for every caller (target = the
+# upstream's name): only principals granted that upstream under `log_levels` may.
+target_permitted if {
+	kind == "logging/setLevel"
+	matches_any(patterns("log_levels"), input.target)
+}
+
+deny contains msg if {
+	kind == "logging/setLevel"
+	not matches_any(patterns("log_levels"), input.target)
+	msg := sprintf("principal %s may not set the log level of upstream %s", [principal_id, input.target])
 }
 
 deny contains msg if {

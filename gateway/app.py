@@ -261,6 +261,10 @@ class Gateway:
             infos = await self.verifier.assess([t.info for t in Catalog.build(listings).tools.values()])
             new = Catalog.build(listings, infos=infos)
             old, self.live.snapshot = self.live.snapshot, new
+            for r in new.refusals:
+                if r not in old.refusals:  # on the record once, when it appears
+                    self.events.emit("catalog.refused", {"upstream": r.upstream, "kind": r.kind, "name": r.name,
+                                                         "reason": r.reason})
         await self._announce(old, new)
 
     async def _announce(self, old: Catalog, new: Catalog) -> None:

@@ -32,6 +32,7 @@ from gateway.catalog import LiveCatalog
 from gateway.chain import Step
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, UpstreamInfo
+from gateway.custody import check_trusted_files, hidden_paths, secure_data_dir
 from gateway.errors import AuditError, ConfigError
 from gateway.events import EventSink, LoggingSink
 from gateway.memory.build import build_service
@@ -76,6 +77,8 @@ def open_audit(config: Config) -> AuditLog:
                 checkpoint_every=config.audit.checkpoint_every,
                 batch_max=config.audit.batch_max,
                 on_failure=config.audit.on_failure,
+                pinned_keys=config.audit.pinned_keys,
+                checkpoint_export=config.audit.checkpoint_export,
             )
         except AuditLogBusy as e:
             last = e
@@ -157,6 +160,8 @@ def make_gateway(
     ``bus`` carries list-changed notices to 2026-era clients (the front owns it);
     ``metrics`` (the HTTP front's ``/metrics``) counts every event and call when given.
     """
+    check_trusted_files(config)  # another user could change who may do what: refuse to start
+    secure_data_dir(config)
     closers: list[Callable[[], object]] = []
     try:
         return _assemble(config, bus, metrics, closers)
@@ -251,7 +256,7 @@ def _assemble(
         events=events,
         counters=counters,
         builtins=builtins,
-        wrap_command=_sandboxed_command(manager) if manager is not None else None,
+        wrap_command=_sandboxed_command(manager, hidden_paths(config)) if manager is not None else None,
         bus=bus,
         background=background,
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
@@ -301,8 +306,9 @@ def _upstream_infos(config: Config, builtins: list[Builtin]) -> dict[str, Upstre
     return infos
 
 
-def _sandboxed_command(manager: SandboxManager) -> WrapCommand:
-    """Runs stdio upstreams with ``servers.X.sandbox`` set inside their tier."""
+def _sandboxed_command(manager: SandboxManager, hidden: list[str]) -> WrapCommand:
+    """Runs stdio upstreams with ``servers.X.sandbox`` set inside their tier; ``hidden`` (the
+    data dir, keys, config) is masked in it even when a bound folder holds it."""
 
     def wrap(name: str, srv: ServerConfig) -> tuple[str, list[str], Callable[[], None] | None]:
         assert srv.command is not None and srv.sandbox is not None
@@ -314,6 +320,7 @@ def _sandboxed_command(manager: SandboxManager) -> WrapCommand:
             str(srv.cwd) if srv.cwd else None,
             network=srv.sandbox_network,
             manager=manager,
+            hidden=hidden,
         )
         if srv.sandbox not in ("docker", "gvisor") or args[:1] != ["run"]:
             return command, args, None

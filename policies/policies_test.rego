@@ -52,6 +52,9 @@ fixture := {
    ],
    "prompts": [
     "*"
+   ],
+   "log_levels": [
+    "*"
    ]
   },
   "developer": {
@@ -235,4 +238,21 @@ test_denied_decision_has_no_conditions if {
 test_rate_limit_condition_present if {
 	d := data.symbi.decision with input as base with data.symbi_data as fixture
 	d.conditions.rate_limit > 0
+}
+
+set_level(who, roles, upstream) := object.union(base, {
+	"kind": "logging/setLevel", "target": upstream, "tool": null,
+	"principal": {"id": who, "kind": "user", "roles": roles, "claims": {}},
+	"upstream": {"name": upstream, "domain": null, "transport": "stdio"},
+})
+
+test_admin_may_set_an_upstream_log_level if {
+	d := data.symbi.decision with input as set_level("admin", [], "everything") with data.symbi_data as fixture
+	d.allow == true
+}
+
+test_a_developer_may_not_change_a_shared_upstream_log_level if {
+	d := data.symbi.decision with input as set_level("local", ["developer"], "everything") with data.symbi_data as fixture
+	d.allow == false
+	d.reasons == ["principal local may not set the log level of upstream everything"]
 }

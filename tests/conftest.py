@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -22,6 +24,31 @@ SYMBI = VENV_BIN / "symbi"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """A temp root of this session's own: pytest's shared /tmp/pytest-of-root is reset to 0700
+    by every other session, and the upstream user (below) must be able to enter ours."""
+    if config.option.basetemp is None and os.geteuid() == 0:
+        base = Path(tempfile.mkdtemp(prefix="symbi-pytest-"))
+        config.option.basetemp = str(base / "t")
+        config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
+
+
+@pytest.fixture(autouse=True)
+def _upstream_user_can_enter_tmp_path(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> None:
+    """Unsandboxed upstreams run as the unprivileged `symbi-upstream` user, in the config's
+    folder: let it enter (not list) the test's folder, as it could a real config folder.
+    The data dir inside stays 0700 (the gateway makes it so)."""
+    if "tmp_path" not in request.fixturenames or os.geteuid() != 0:
+        return
+    tmp = request.getfixturevalue("tmp_path")
+    base = tmp_path_factory.getbasetemp()
+    for d in (base.parent, base, *[p for p in tmp.parents if base in p.parents], tmp):
+        if not str(d).startswith(tempfile.gettempdir() + "/symbi-pytest-"):
+            continue  # only this session's own folders
+        os.chmod(d, os.stat(d).st_mode | 0o111)
 
 
 def free_port() -> int:
@@ -82,6 +109,21 @@ def peers_config(tmp_path: Path, extra: str = "", verification: str = "warn") ->
         """
         + textwrap.dedent(extra),
     )
+
+
+def upstream_writable(tmp_path: Path) -> Path:
+    """A folder the unprivileged upstream user may write (a test server's record file)."""
+    d = tmp_path / "upstream-rw"
+    d.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("symbi-upstream")
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+        except KeyError:  # created by the gateway on first use; `make setup` creates it first
+            os.chmod(d, 0o777)
+    return d
 
 
 def symbi_env(**extra: str) -> dict[str, str]:

@@ -49,6 +49,7 @@ from gateway.audit.record import (
     rotation_message,
     sign_hash,
 )
+from gateway.custody import create_private
 from gateway.errors import AuditError
 
 if TYPE_CHECKING:
@@ -139,25 +140,32 @@ class AuditLog:
         checkpoint_every: int = 100,
         batch_max: int = 256,
         on_failure: Literal["deny", "warn"] = "deny",
+        pinned_keys: tuple[str, ...] = (),
+        checkpoint_export: Path | None = None,
     ) -> None:
         self.path = Path(path)
         self.key_path = Path(key_path)
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.batch_max = max(1, int(batch_max))
         self.on_failure = on_failure
+        self.pinned_keys = tuple(pinned_keys)
+        self.checkpoint_export = Path(checkpoint_export) if checkpoint_export else None
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._closed = False
         self._broken: AuditError | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = self._take_lock()
         try:
+            create_private(self.path)  # 0600 before SQLite opens it: its -wal/-shm inherit the mode
             self._conn = store.open_writer(self.path)
             last = store.head(self._conn)
             self._seq = last.seq if last else 0
             self._head = last.chain_hash if last else GENESIS_HASH
+            self._check_export()
             expected = self._expected_key_id(last)
             self._key = self._load_key(expected)
             self._key_id = key_id_of(self._key.public_key())
+            self._check_pinned()
             self._register_key(self._key.public_key())
         except BaseException:
             self._release_lock()
@@ -176,6 +184,8 @@ class AuditLog:
             checkpoint_every=a.checkpoint_every,
             batch_max=a.batch_max,
             on_failure=a.on_failure,
+            pinned_keys=a.pinned_keys,
+            checkpoint_export=a.checkpoint_export,
         )
 
     # -- public API ---------------------------------------------------------------------------
@@ -298,10 +308,13 @@ class AuditLog:
             self._failed(err)
 
     def verify(self, *, all_signatures: bool = True) -> VerifyResult:
-        """Verify this log (while it is written) against the public keys exported beside the key."""
-        from gateway.audit.verify import verify_log
+        """Verify this log (while it is written): against the pinned key ids and the exported
+        checkpoints when configured, else against the public keys exported beside the key."""
+        from gateway.audit.trust import verify_anchored
 
-        return verify_log(self.path, keyfiles.exported_public_keys(self.key_path), all_signatures=all_signatures)
+        keys = {**keyfiles.exported_public_keys(self.key_path), self._key_id: self.public_key}
+        return verify_anchored(self.path, keys, pinned=self.pinned_keys, export=self.checkpoint_export,
+                               all_signatures=all_signatures)
 
     def recent(self, n: int) -> list[dict[str, Any]]:
         """The last ``n`` committed events, oldest first, in wire form (``audit://recent``)."""
@@ -492,7 +505,10 @@ class AuditLog:
         return store.Anchor(seq=seq, chain_hash=head, ts_ns=time.time_ns(), key_id=self._key_id, signature=sig)
 
     def _write_checkpoint(self) -> None:
-        store.write_checkpoint_file(store.checkpoint_path(self.path), self._anchor(self._seq, self._head))
+        anchor = self._anchor(self._seq, self._head)
+        store.write_checkpoint_file(store.checkpoint_path(self.path), anchor)
+        if self.checkpoint_export is not None and anchor.seq > 0:
+            store.export_checkpoint(self.checkpoint_export, self.path, anchor)
 
     def _rotate(self, control: _Item) -> None:
         try:
@@ -553,6 +569,49 @@ class AuditLog:
             f"audit key {self.key_path} ({', '.join(found) or 'missing'}) is not the key the log {self.path} "
             f"is signed with ({expected}); restore that key or start a new log"
         )
+
+    def _check_export(self) -> None:
+        """Refuse a log that is behind (or forks from) its own exported checkpoints: it was
+        emptied, truncated or replaced while the gateway was down."""
+        if self.checkpoint_export is None or not self.checkpoint_export.exists():
+            return
+        try:
+            anchors = store.read_exported(self.checkpoint_export, self.path.name)
+        except (OSError, ValueError) as e:
+            raise AuditError(f"audit.checkpoint_export {self.checkpoint_export} cannot be read: {e}") from None
+        # not filtered by signature: the export's place is trusted, and a data-dir writer who
+        # deleted the keys could otherwise make every exported checkpoint look foreign
+        if not anchors:
+            return
+        last = max(anchors, key=lambda a: a.seq)
+        row = self._conn.execute("SELECT chain_hash FROM events WHERE seq = ?", (last.seq,)).fetchone()
+        if row is None or row[0] != last.chain_hash:
+            raise AuditError(
+                f"audit log {self.path} does not contain the checkpoint exported to {self.checkpoint_export} "
+                f"(seq {last.seq}): it was emptied, truncated or replaced; keep it for investigation and "
+                "start a new log elsewhere"
+            )
+
+    def _check_pinned(self) -> None:
+        """The signing key must be pinned in the config, or handed over by a rotation in this log."""
+        if not self.pinned_keys:
+            _logger.warning(
+                "audit verification is not anchored: pin the signing key in the config "
+                '([audit] pinned_keys = ["%s"]) and keep a copy of the checkpoints elsewhere '
+                "([audit] checkpoint_export)", self._key_id,
+            )
+            return
+        if self._key_id in self.pinned_keys:
+            return
+        handed = self._conn.execute(
+            "SELECT 1 FROM events WHERE type = ? AND json_extract(details, '$.new_key_id') = ? LIMIT 1",
+            (ROTATION_EVENT, self._key_id),
+        ).fetchone()
+        if handed is None:
+            raise AuditError(
+                f"audit key {self.key_path} ({self._key_id}) is not pinned in audit.pinned_keys "
+                f"({', '.join(self.pinned_keys)}) and no rotation in {self.path} hands over to it"
+            )
 
     def _register_key(self, pub: Ed25519PublicKey) -> None:
         try:

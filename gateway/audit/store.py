@@ -188,11 +188,50 @@ def write_anchor(conn: sqlite3.Connection, anchor: Anchor) -> None:
 def write_checkpoint_file(path: Path, anchor: Anchor) -> None:
     """Replace the checkpoint file atomically (temp file, fsync, rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        os.fchmod(fd, 0o600)
         json.dump(anchor.as_dict(), f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def export_checkpoint(path: Path, log_path: Path, anchor: Anchor) -> None:
+    """Append a signed checkpoint to the second copy kept outside the data dir (JSON lines).
+
+    Each line names the chain it covers (``log``: the log's file name), so one export file
+    serves every chain of a data dir. ``symbi audit verify`` reads it back (``read_exported``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    line = json.dumps({"log": log_path.name, **anchor.as_dict()}, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_exported(path: Path, log_name: str | None = None) -> list[Anchor]:
+    """Anchors of an export file (JSON lines) or of a single checkpoint file, for ``log_name``
+    (lines without a ``log`` field count for every chain). Raises ValueError if malformed."""
+    text = path.read_text(encoding="utf-8")
+    out: list[Anchor] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            if n == 1:  # a pretty-printed single checkpoint
+                return [Anchor.from_dict(json.loads(text))]
+            raise ValueError(f"{path}:{n}: not a JSON checkpoint") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}:{n}: not a JSON checkpoint")  # noqa: TRY004 - one error for "malformed"
+        if log_name is None or doc.get("log") in (None, log_name):
+            out.append(Anchor.from_dict(doc))
+    return out
 
 
 def read_checkpoint_file(path: Path) -> Anchor | None:

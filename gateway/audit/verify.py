@@ -79,6 +79,7 @@ class VerifyResult:
     key_ids: list[str] = field(default_factory=list)
     anchors_checked: int = 0
     problem: Problem | None = None
+    anchored: bool = False  # trust came from a pinned key or the verifier's own key copy
 
     def check(self) -> VerifyResult:
         """Return self when intact; raise ``AuditIntegrityError`` otherwise."""
@@ -95,6 +96,7 @@ class VerifyResult:
             "signatures_checked": self.signatures_checked,
             "key_ids": self.key_ids,
             "anchors_checked": self.anchors_checked,
+            "anchored": self.anchored,
             "problem": None if self.problem is None else vars(self.problem),
         }
 

@@ -2,8 +2,14 @@
 
 Which log: ``--log PATH`` (a SQLite log, or for ``verify`` also a JSONL export), else the
 config's ``[audit] path`` (``--config FILE`` or ``$SYMBI_CONFIG_PATH``, else defaults).
-Which public keys: ``--public-key PEM`` (repeatable), else the keys exported beside the
-signing key (``audit-key.pub.pem`` and retired ``audit-key.pub.<id>.pem``).
+Which public keys: with ``[audit] pinned_keys`` in the config, only keys with those ids (from
+``--public-key``, beside the signing key or in the log) and keys a signed rotation hands over
+to; else ``--public-key PEM`` (repeatable), else the keys exported beside the signing key
+(``audit-key.pub.pem``, retired ``audit-key.pub.<id>.pem``), reported as NOT ANCHORED.
+``symbi audit init`` prints the key id to pin. Checkpoints in ``[audit] checkpoint_export``
+and ``--anchor`` files must all be in the log (a truncated or emptied log fails).
+
+``symbi audit checkpoint --out FILE`` appends the current signed head to a copy kept elsewhere.
 
 Exit codes: 0 ok / intact; 1 verification failed (the first bad seq is named; ``report``
 still writes its report, marked FAILED) or the log cannot be read or written; 2 usage or
@@ -50,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "without --log, every chain of the data dir (audit.db, audit-2.db, ...)")
     common(v, keys=True)
     v.add_argument("--anchor", type=Path, action="append", default=[],
-                   help="a checkpoint file kept elsewhere (repeatable)")
+                   help="checkpoints kept elsewhere: a checkpoint file or an [audit] checkpoint_export copy "
+                        "(repeatable; the configured checkpoint_export is always read)")
     v.add_argument("--fast", action="store_true",
                    help="verify signatures only at anchors, key changes and the head (all hashes and links still)")
     v.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -87,6 +94,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--out", type=Path, default=None, help="report.html or report.json (default: JSON on stdout)")
     r.add_argument("--format", choices=("html", "json"), default=None, help="default: from --out's suffix")
     r.set_defaults(func=_report)
+
+    c = asub.add_parser("checkpoint", help="print (or append to --out) the log's current signed head, for a copy "
+                        "kept outside the data dir (verify it with --anchor FILE)")
+    common(c)
+    c.add_argument("--out", type=Path, default=None, help="append to this file (JSON lines, mode 0600)")
+    c.set_defaults(func=_checkpoint)
+
+    i = asub.add_parser("init", help="create the data dir and signing key; print the key id to pin in the config")
+    i.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+    i.set_defaults(func=_init)
 
     k = asub.add_parser("rotate-key", help="replace the signing key (signed rotation event); gateway must be stopped")
     common(k)
@@ -171,36 +188,99 @@ def _print_records(records: list[Any], as_json: bool) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from gateway.audit import store, verify_jsonl, verify_log
+    from gateway.audit import store, verify_jsonl
+    from gateway.audit.trust import read_anchor_files, verify_anchored
 
     log, key = _paths(args)
-    keys = _public_keys(args, key)
-    anchors = []
-    for p in args.anchor:
-        try:
-            a = store.read_checkpoint_file(p)
-        except (ValueError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{p}: not a checkpoint file: {e}") from None
-        if a is None:
-            raise ConfigError(f"{p}: no such checkpoint file")
-        anchors.append(a)
+    cfg = _config_or_none(args)
     logs = [log] if args.log is not None else [p for p in store.chain_paths(log) if p.exists()] or [log]
+    keys, anchored = _trusted_keys(args, key, cfg, logs)
+    export = cfg.audit.checkpoint_export if cfg is not None else None
+    if not anchored:
+        print("symbi: WARNING: verification is NOT ANCHORED: it trusts the public keys found beside the log, "
+              "which anyone who can write the data dir can replace; pin the key ([audit] pinned_keys, see "
+              "`symbi audit init`) or pass --public-key", file=sys.stderr)
+    pinned = tuple(cfg.audit.pinned_keys) if cfg is not None else ()
     failed = False
     for path in logs:
         if path.suffix == ".jsonl":
-            res = verify_jsonl(path, keys, anchors=anchors, all_signatures=not args.fast)
-        else:
-            res = verify_log(path, keys, extra_anchors=anchors, all_signatures=not args.fast)
+            res = verify_jsonl(path, keys, anchors=read_anchor_files(args.anchor, None), all_signatures=not args.fast)
+        else:  # keys are already filtered by the pins; the pins also mean "not empty"
+            res = verify_anchored(path, keys, pinned=pinned, export=export,
+                                  anchors=read_anchor_files(args.anchor, path.name), all_signatures=not args.fast)
+        res.anchored = anchored
         failed = failed or not res.ok
         if args.json:
             print(json.dumps({"log": str(path), **res.as_dict()}))
         elif res.problem is None:
             print(f"{path}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
-                  f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked")
+                  f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked"
+                  + ("" if anchored else " (NOT ANCHORED)"))
         else:
             p = res.problem
             print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {p.message}")
     return EXIT_FAIL if failed else EXIT_OK
+
+
+def _config_or_none(args: argparse.Namespace) -> Any:
+    if args.config is None and args.log is not None and "SYMBI_CONFIG_PATH" not in args.environ:
+        return None
+    return load_config(args.config, args.environ)
+
+
+def _trusted_keys(args: argparse.Namespace, key: Path, cfg: Any, logs: list[Path]) -> tuple[dict[str, Any], bool]:
+    """(trusted keys, anchored): pinned ids from the config filter every candidate key;
+    --public-key files are the admin's own copies (anchored too); else the keys beside the log."""
+    from gateway.audit import exported_public_keys, load_public_keys
+    from gateway.audit.trust import keys_in_logs, pinned_keys
+
+    pinned = tuple(cfg.audit.pinned_keys) if cfg is not None else ()
+    if pinned:
+        candidates: dict[str, Any] = {}
+        for p in args.public_key:
+            candidates.update(load_public_keys(p))
+        candidates.update(exported_public_keys(key))
+        candidates.update(keys_in_logs(logs))
+        return pinned_keys(pinned, candidates), True
+    if args.public_key:
+        return _public_keys(args, key), True
+    return _public_keys(args, key), False
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from gateway.audit import store
+
+    log, _ = _paths(args)
+    conn = store.open_reader(log)
+    try:
+        anchor = store.read_anchor(conn)
+    finally:
+        conn.close()
+    if anchor is None:
+        print(f"symbi: {log} has no signed head yet", file=sys.stderr)
+        return EXIT_FAIL
+    if args.out is not None:
+        store.export_checkpoint(args.out, log, anchor)
+        print(f"checkpoint seq {anchor.seq} of {log.name} appended to {args.out}", file=sys.stderr)
+    else:
+        print(json.dumps({"log": log.name, **anchor.as_dict()}, sort_keys=True))
+    return EXIT_OK
+
+
+def _init(args: argparse.Namespace) -> int:
+    from gateway.audit.keys import load_or_create_key, public_key_path
+    from gateway.audit.record import key_id_of
+    from gateway.custody import secure_data_dir
+
+    cfg = load_config(args.config, args.environ)
+    secure_data_dir(cfg)
+    key = load_or_create_key(cfg.audit_key_path)
+    kid = key_id_of(key.public_key())
+    pinned = "pinned" if kid in cfg.audit.pinned_keys else "NOT pinned yet"
+    print(f"audit signing key {cfg.audit_key_path} ({pinned}); public key {public_key_path(cfg.audit_key_path)}")
+    print("Add to the config (and keep a copy of the public key and of the checkpoints elsewhere):\n")
+    print(f'[audit]\npinned_keys = ["{kid}"]\ncheckpoint_export = "/var/lib/symbi-witness/checkpoints.jsonl"')
+    return EXIT_OK
 
 
 def _tail(args: argparse.Namespace) -> int:

@@ -20,7 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _check(args: argparse.Namespace) -> int:
+    from gateway.custody import check_trusted_files
+    from gateway.server.auth import load_jwks_file
+
     cfg = load_config(args.config, args.environ)
+    check_trusted_files(cfg)  # what `serve` / `mcp` would refuse at start
+    if cfg.http.jwt is not None and cfg.http.jwt.jwks_file is not None:
+        load_jwks_file(cfg.http.jwt.jwks_file)
     if args.print:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
     else:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gateway.config import load_config
 from gateway.config.notices import report
+from gateway.custody import check_trusted_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,6 +37,7 @@ def _mcp(args: argparse.Namespace) -> int:
     from gateway.server.stdio import run_stdio
 
     cfg = load_config(args.config, args.environ)
+    check_trusted_files(cfg)  # before anything starts: exit 2 naming the file
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
     report(cfg)
     _graceful_sigterm()
@@ -48,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.server.http import run_http
 
     cfg = load_config(args.config, args.environ)
+    check_trusted_files(cfg)
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
     report(cfg)
     run_http(cfg, host=args.host, port=args.port)

@@ -69,6 +69,7 @@ _PATH_KEYS = {
     ("policy", "tls_ca"),
     ("audit", "path"),
     ("audit", "key_path"),
+    ("audit", "checkpoint_export"),
     ("http", "api_keys_path"),
 }
 
@@ -156,6 +157,10 @@ def _resolve_paths(doc: dict[str, Any], base: Path, where: str) -> None:
         doc.setdefault("gateway", {})
         if isinstance(doc["gateway"], dict):
             doc["gateway"]["data_dir"] = str(base / ".symbi")
+    http = doc.get("http")
+    jwt = http.get("jwt") if isinstance(http, dict) else None
+    if isinstance(jwt, dict) and isinstance(jwt.get("jwks_file"), str):
+        http["jwt"] = {**jwt, "jwks_file": str(_under(base, jwt["jwks_file"]))}  # type: ignore[index]
     mcp = doc.get("mcp")
     if isinstance(mcp, dict) and isinstance(mcp.get("discovery_ca"), str):
         mcp["discovery_ca"] = str(_under(base, mcp["discovery_ca"]))
@@ -169,10 +174,10 @@ def _resolve_paths(doc: dict[str, Any], base: Path, where: str) -> None:
             for key in ("cwd", "approved"):
                 if isinstance(srv.get(key), str):
                     srv[key] = str(_under(base, srv[key]))
-            # A stdio server runs in the config file's folder unless told otherwise, so
-            # relative paths in its command and args mean the same wherever symbi starts.
+            # A relative command means the same wherever symbi starts. The folder a server
+            # runs in when `cwd` is not set is decided at launch (gateway/upstream/runas.py):
+            # never the config folder inside a sandbox, where it would expose the data dir.
             if isinstance(srv.get("command"), str):
-                srv.setdefault("cwd", str(base))
                 cmd = srv["command"]
                 if "/" in cmd and not cmd.startswith("/"):
                     srv["command"] = str(_under(base, cmd))

@@ -55,6 +55,10 @@ class SecuritySection(_Section):
     # "ring" (the seed's Rust crate) cannot run here: it maps to "cryptography", which does
     # the same job (ECDSA P-256, Ed25519, SHA-256, AES-GCM), and the start says so once.
     crypto_provider: Literal["cryptography", "ring"] = "cryptography"
+    # who unsandboxed stdio upstreams run as: a user name or "uid[:gid]"; never the gateway's
+    # own user (the default user is created on first use; see gateway/upstream/runas.py)
+    upstream_user: str = "symbi-upstream"
+    unsafe_upstreams_as_gateway_user: bool = False  # they could read the keys and the audit log
 
 
 class McpSection(_Section):
@@ -101,6 +105,18 @@ class AuditSection(_Section):
     on_failure: Literal["deny", "warn"] = "deny"
     checkpoint_every: int = Field(default=100, ge=1)
     batch_max: int = Field(default=256, ge=1)
+    # key ids ("ed25519:<32 hex>") verification trusts; printed by `symbi audit init` / first start
+    pinned_keys: StrTuple = ()
+    # a second copy of every signed checkpoint, appended (JSON lines) outside the data dir
+    checkpoint_export: PathT | None = None
+
+    @field_validator("pinned_keys")
+    @classmethod
+    def _key_ids(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for k in v:
+            if not re.fullmatch(r"ed25519:[0-9a-f]{32}", k):
+                raise ValueError(f"{k!r} is not an audit key id (ed25519:<32 hex digits>, see `symbi audit init`)")
+        return v
 
 
 class SandboxSection(_Section):
@@ -401,6 +417,11 @@ class Config(_Section):
     def verification_for(self, server: str) -> VerificationMode:
         mode = self.servers[server].verification if server in self.servers else None
         return mode or self.mcp.tool_verification
+
+    @property
+    def config_dir(self) -> Path | None:
+        """The folder of the config file (None for a config built in memory)."""
+        return self.source.parent if self.source is not None else None
 
     @property
     def data_dir(self) -> Path:

@@ -26,6 +26,7 @@ import httpx
 
 from gateway.config.model import Config
 from gateway.context import Decision
+from gateway.custody import FileVersion, changes, snapshot, writable_by_others
 from gateway.events import EventSink, LoggingSink
 from gateway.policy.decision import deny, validate_decision
 from gateway.policy.loader import (
@@ -101,6 +102,7 @@ class EmbeddedEngine(PolicyEngine):
         self._local = threading.local()
         self._reload_lock = threading.Lock()
         self._watcher: FileWatcher | None = None
+        self._versions: dict[Path, FileVersion] = {}
 
     @property
     def bundle(self) -> PolicyBundle | None:
@@ -110,7 +112,9 @@ class EmbeddedEngine(PolicyEngine):
     def load(self) -> bool:
         """Initial load. On failure everything is denied and a warning says so; returns success."""
         try:
+            versions = snapshot(self.files.watched())
             self._bundle = load_checked(self.files, self.decision_path)
+            self._versions = versions
         except PolicyLoadError as e:
             self._bundle = None
             missing_or_empty = not self.files.policy.is_file() or not self.files.policy.read_bytes().strip()
@@ -125,16 +129,24 @@ class EmbeddedEngine(PolicyEngine):
         """Validate the files again; swap the new policy in only if it parses and passes its tests."""
         with self._reload_lock:
             try:
+                versions = snapshot(self.files.watched())
+                for path in self.files.watched():
+                    why = writable_by_others(path)
+                    if why is not None:
+                        raise PolicyLoadError(f"refusing to trust {path}: {why}")
                 bundle = load_checked(self.files, self.decision_path)
             except PolicyLoadError as e:
                 log.error("policy reload refused, the previous policy stays in force: %s", e.message)
                 self._events.emit(
                     "policy.reload_refused",
-                    {"policy": str(self.files.policy), "error": e.message, "location": e.location},
+                    {"policy": str(self.files.policy), "error": e.message, "location": e.location,
+                     "changes": changes(self._versions, versions)},
                 )
                 return False
             if self._bundle is not None and bundle.digest == self._bundle.digest:
                 return True
+            changed = changes(self._versions, versions)
+            self._versions = versions
             self._bundle = bundle  # one reference assignment: threads see old or new, never half
             log.info("policy reloaded from %s (digest %s)", self.files.policy, bundle.digest[:12])
             self._events.emit(
@@ -143,6 +155,7 @@ class EmbeddedEngine(PolicyEngine):
                     "policy": str(self.files.policy),
                     "data": str(self.files.data or ""),
                     "digest": bundle.digest,
+                    "changes": changed,  # per file: owner, sha256 before/after, lines +/-, hunks
                 },
             )
             return True

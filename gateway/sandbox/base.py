@@ -10,7 +10,7 @@ import socket
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -153,8 +153,12 @@ class SandboxTier(ABC):
         *,
         network: bool,
         limits: Limits,
+        hidden: Sequence[str] = (),
     ) -> list[str]:
-        """argv that runs a long-lived stdio process inside this tier (stdin/stdout kept)."""
+        """argv that runs a long-lived stdio process inside this tier (stdin/stdout kept).
+
+        ``hidden``: the gateway's own paths (data dir, keys, config) that must never be
+        visible inside, even when a bound folder contains them (see ``masked_paths``)."""
 
     @abstractmethod
     def cleanup_orphans(self) -> list[str]:
@@ -188,6 +192,28 @@ def read_only_binds(command: str, args: list[str], cwd: str | None) -> list[str]
         if not any(d == u or d.startswith(u + "/") for u in uniq):
             uniq.append(d)
     return uniq
+
+
+def masked_paths(binds: Sequence[str], hidden: Sequence[str]) -> list[tuple[str, bool]]:
+    """(path, is_dir) of every hidden path that lies inside a bound folder: the tier mounts an
+    empty tmpfs over a folder and /dev/null over a file, so the sandbox sees neither.
+
+    Raises:
+        SandboxUnavailable: a bound folder is itself inside (or is) a hidden folder.
+    """
+    out: list[tuple[str, bool]] = []
+    for h in hidden:
+        hp = Path(h).resolve()
+        for b in binds:
+            bp = Path(b).resolve()
+            if hp.is_dir() and (bp == hp or hp in bp.parents):
+                raise SandboxUnavailable(f"refusing to expose {bp}: it is inside the gateway's private {hp}")
+            if hp.exists() and bp in hp.parents:
+                out.append((str(hp), hp.is_dir()))
+                break
+    dirs = [Path(p) for p, is_dir in out if is_dir]
+    # a file inside a masked folder is gone with it (a mount point there would show its name)
+    return sorted({(p, d) for p, d in out if not any(x in Path(p).parents for x in dirs)})
 
 
 def shell_join(argv: list[str]) -> str:

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gateway.errors import SandboxError, SandboxUnavailable
@@ -29,6 +29,7 @@ from .base import (
     SANDBOX_ENV,
     InputDir,
     SandboxTier,
+    masked_paths,
     prologue_argv,
     read_only_binds,
     shell_join,
@@ -106,7 +107,10 @@ class BwrapTier(SandboxTier):
 
     # -- argv ---------------------------------------------------------------------------
     @staticmethod
-    def _bwrap_argv(*, network: bool, tmpfs_mb: int, ro_binds: list[tuple[str, str]], chdir: str) -> list[str]:
+    def _bwrap_argv(
+        *, network: bool, tmpfs_mb: int, ro_binds: list[tuple[str, str]], chdir: str,
+        masks: Sequence[tuple[str, bool]] = (),
+    ) -> list[str]:
         argv = [
             "bwrap", "--unshare-all", *(["--share-net"] if network else []),
             "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
@@ -119,6 +123,8 @@ class BwrapTier(SandboxTier):
         ]
         for src, dst in ro_binds:
             argv += ["--ro-bind", src, dst]
+        for path, is_dir in masks:  # the gateway's own files inside a bound folder: never visible
+            argv += ["--tmpfs", path] if is_dir else ["--ro-bind", "/dev/null", path]
         if network:  # name resolution needs these; still read-only
             for f in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf"):
                 if os.path.exists(f):
@@ -232,12 +238,14 @@ class BwrapTier(SandboxTier):
         *,
         network: bool,
         limits: Limits,
+        hidden: Sequence[str] = (),
     ) -> list[str]:
         self.require()
         bpf = self.seccomp.path(network)
-        binds = [(d, d) for d in read_only_binds(command, args, cwd)]
+        dirs = read_only_binds(command, args, cwd)
         bw = self._bwrap_argv(
-            network=network, tmpfs_mb=limits.tmpfs_mb, ro_binds=binds, chdir=str(Path(cwd).resolve()) if cwd else "/tmp"
+            network=network, tmpfs_mb=limits.tmpfs_mb, ro_binds=[(d, d) for d in dirs],
+            chdir=str(Path(cwd).resolve()) if cwd else "/tmp", masks=masked_paths(dirs, hidden),
         )
         # The server lives as long as the session: its cgroup is removed by close() or,
         # after a crash, by the next start's orphan sweep (the name carries our pid).

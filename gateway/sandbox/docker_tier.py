@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from .base import (
     SANDBOX_ENV,
     InputDir,
     SandboxTier,
+    masked_paths,
     owner_tag,
     pid_alive,
     prologue_argv,
@@ -261,6 +262,7 @@ class DockerTier(SandboxTier):
         *,
         network: bool,
         limits: Limits,
+        hidden: Sequence[str] = (),
     ) -> list[str]:
         self.require()
         if network and self.runtime == "runsc":
@@ -279,8 +281,13 @@ class DockerTier(SandboxTier):
             "--log-driver", "none", "--label", f"{LABEL}=1", "--label", f"{LABEL_OWNER}={owner_tag()}",
             "-v", "/usr:/usr:ro",
         ]
-        for d in read_only_binds(command, args, cwd):
+        dirs = read_only_binds(command, args, cwd)
+        for d in dirs:
             argv += ["-v", f"{d}:{d}:ro"]
+        for path, is_dir in masked_paths(dirs, hidden):  # the gateway's own files: never visible
+            # --mount (not --tmpfs) so it is ordered after the bind that holds it
+            argv += (["--mount", f"type=tmpfs,destination={path},tmpfs-size=4096,tmpfs-mode=0555"] if is_dir
+                     else ["-v", f"/dev/null:{path}:ro"])
         for k, v in {**SANDBOX_ENV, **env}.items():
             argv += ["-e", f"{k}={v}"]
         argv += ["-w", str(Path(cwd).resolve()) if cwd else "/tmp", self.image, command, *args]

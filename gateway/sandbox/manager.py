@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.errors import SandboxUnavailable
@@ -98,10 +98,13 @@ class SandboxManager:
         *,
         network: bool,
         limits: Limits | None = None,
+        hidden: Sequence[str] = (),
     ) -> tuple[str, list[str]]:
-        """(command, args) that launch a stdio MCP server inside ``tier``."""
+        """(command, args) that launch a stdio MCP server inside ``tier``; ``hidden`` paths
+        (the gateway's data dir, keys, config) are masked wherever a bound folder holds them."""
         argv = self.tier(tier).stdio_argv(
-            command, list(args), dict(env), cwd, network=network, limits=limits or self.limits(timeout_s=None)
+            command, list(args), dict(env), cwd, network=network, limits=limits or self.limits(timeout_s=None),
+            hidden=hidden,
         )
         return argv[0], argv[1:]
 
@@ -178,6 +181,7 @@ def wrap_stdio_command(
     network: bool,
     limits: Limits | None = None,
     manager: SandboxManager | None = None,
+    hidden: Sequence[str] = (),
 ) -> tuple[str, list[str]]:
     """argv to launch an stdio MCP server inside ``tier``, stdin/stdout connected.
 
@@ -187,4 +191,4 @@ def wrap_stdio_command(
     The server runs as uid/gid 65534: its files must be readable by that user.
     """
     m = manager or default_manager()
-    return m.wrap_stdio_command(tier, command, args, env, cwd, network=network, limits=limits)
+    return m.wrap_stdio_command(tier, command, args, env, cwd, network=network, limits=limits, hidden=hidden)

@@ -34,7 +34,7 @@ from jwt import PyJWKClient, PyJWKSet
 
 from gateway.config.model import Config, JwtSection
 from gateway.context import Principal
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 
 KEY_PREFIX = "symbi_"
 ADMIN_ROLE = "admin"
@@ -152,7 +152,7 @@ class ApiKeyStore:
     # writing --------------------------------------------------------------------------------
 
     def _write(self, records: list[ApiKeyRecord]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data dir: private
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -197,6 +197,16 @@ class ApiKeyStore:
 # -- JWT ------------------------------------------------------------------------------------
 
 
+def load_jwks_file(path: Path) -> PyJWKSet:
+    """The key set in ``http.jwt.jwks_file``; a missing or malformed file is a ``ConfigError``."""
+    try:
+        return PyJWKSet.from_json(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"http.jwt.jwks_file: cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, jwt.PyJWKSetError) as e:
+        raise ConfigError(f"http.jwt.jwks_file: {path} is not a JWK set: {e}") from None
+
+
 class JwtVerifier:
     """Verifies bearer JWTs against the configured issuer, audience, algorithms and JWKS."""
 
@@ -209,7 +219,7 @@ class JwtVerifier:
             # cached keys; a kid not in the cache triggers one refetch
             self._client = PyJWKClient(cfg.jwks_url, cache_keys=True, lifespan=300, timeout=5)
         elif cfg.jwks_file is not None:
-            self._keyset = PyJWKSet.from_json(Path(cfg.jwks_file).read_text(encoding="utf-8"))
+            self._keyset = load_jwks_file(Path(cfg.jwks_file))
 
     def _key_for(self, token: str) -> Any:
         header = jwt.get_unverified_header(token)

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from mcp import types
@@ -28,6 +28,7 @@ from gateway.context import CallContext, Principal
 from gateway.errors import CatalogError, GatewayError, PolicyDenied, UpstreamError
 
 _logger = logging.getLogger("symbi.server")
+_T = TypeVar("_T")
 
 GatewayFactory = Callable[[InMemorySubscriptionBus], Gateway]
 
@@ -193,7 +194,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         if params.uri == STATUS_RESOURCE.uri:
             return _read_status(gw, principal_for(ctx, gw))
         try:
-            owner = gw.catalog.resource_owner(params.uri)
+            owner = _find_or_refuse(ctx, gw, "resources/read", params.uri, lambda: gw.catalog.resource_owner(params.uri))
         except CatalogError as e:
             # SEP-2164: an unknown resource is -32602 with the URI in data
             raise MCPError(
@@ -232,17 +233,33 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
             raise protocol_error(e) from None
 
     async def _on_owner(
-        ctx: ServerRequestContext[Gateway], uri: str, fn: Callable[[Any], Any], on: bool
+        ctx: ServerRequestContext[Gateway], method: str, uri: str, fn: Callable[[Any], Any], on: bool
     ) -> types.EmptyResult:
         gw = gw_of(ctx)
         try:
-            owner = gw.catalog.resource_owner(uri)
-            await _require(ctx, gw, "resources/read", uri, owner)  # subscribing needs the right to read
+            owner = _find_or_refuse(ctx, gw, method, uri, lambda: gw.catalog.resource_owner(uri))
+            # subscribing needs the right to read
+            await _require(ctx, gw, "resources/read", uri, owner, method=method)
             if not await gw.watch_resource(owner, uri, principal_for(ctx, gw), ctx, on):
                 await gw.with_upstream(owner, fn, ctx)
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
+        who = principal_for(ctx, gw)
+        gw.events.emit("request.allowed", {"method": method, "target": uri, "upstream": owner},
+                       principal=who.id, agent=who.agent)
         return types.EmptyResult()
+
+    def _find_or_refuse(
+        ctx: ServerRequestContext[Gateway], gw: Gateway, method: str, target: str, find: Callable[[], _T]
+    ) -> _T:
+        """What the catalogue has for ``target``; an unknown one is refused on the record."""
+        try:
+            return find()
+        except CatalogError as e:
+            who = principal_for(ctx, gw)
+            gw.events.emit("request.refused", {"method": method, "target": target, "error_code": e.code,
+                                               "reason": e.message}, principal=who.id, agent=who.agent)
+            raise
 
     async def _allowed(
         ctx: ServerRequestContext[Gateway], gw: Gateway, kind: str, pairs: list[tuple[str, str]]
@@ -254,20 +271,27 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         except GatewayError as e:
             raise protocol_error(e) from None
 
-    async def _require(ctx: ServerRequestContext[Gateway], gw: Gateway, kind: str, target: str, owner: str) -> None:
+    async def _require(
+        ctx: ServerRequestContext[Gateway], gw: Gateway, kind: str, target: str, owner: str, *, method: str
+    ) -> None:
         principal, ok = await _allowed(ctx, gw, kind, [(target, owner)])
         if target not in ok:
+            # a denied completion / subscription is on the record like a denied call
+            gw.events.emit("request.denied", {"method": method, "kind": kind, "target": target, "upstream": owner},
+                           principal=principal.id, agent=principal.agent)
             raise PolicyDenied(f"policy denies {principal.id} the use of {target}")
 
     async def subscribe(
         ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams
     ) -> types.EmptyResult:
-        return await _on_owner(ctx, params.uri, lambda up: up.session.subscribe_resource(params.uri), True)
+        return await _on_owner(ctx, "resources/subscribe", params.uri,
+                               lambda up: up.session.subscribe_resource(params.uri), True)
 
     async def unsubscribe(
         ctx: ServerRequestContext[Gateway], params: types.UnsubscribeRequestParams
     ) -> types.EmptyResult:
-        return await _on_owner(ctx, params.uri, lambda up: up.session.unsubscribe_resource(params.uri), False)
+        return await _on_owner(ctx, "resources/unsubscribe", params.uri,
+                               lambda up: up.session.unsubscribe_resource(params.uri), False)
 
     async def list_prompts(
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
@@ -282,7 +306,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     ) -> types.GetPromptResult | types.InputRequiredResult:
         gw = gw_of(ctx)
         try:
-            owner = gw.catalog.prompt(params.name).upstream
+            owner = _find_or_refuse(ctx, gw, "prompts/get", params.name, lambda: gw.catalog.prompt(params.name).upstream)
         except Exception as e:  # noqa: BLE001
             raise protocol_error(e) from None
         prompt: types.GetPromptResult | types.InputRequiredResult = await _through_chain(
@@ -296,14 +320,16 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         try:
             ref = params.ref
             if isinstance(ref, types.PromptReference):
-                entry = gw.catalog.prompt(ref.name)
+                name = ref.name
+                entry = _find_or_refuse(ctx, gw, "completion/complete", name, lambda: gw.catalog.prompt(name))
                 owner, ref = entry.upstream, ref.model_copy(update={"name": entry.original_name})
                 kind, target = "prompts/get", entry.name
             else:
-                owner = gw.catalog.template_owner(ref.uri)
+                uri = ref.uri
+                owner = _find_or_refuse(ctx, gw, "completion/complete", uri, lambda: gw.catalog.template_owner(uri))
                 kind, target = "resources/read", ref.uri
             # completing a prompt or template needs the right to use it
-            await _require(ctx, gw, kind, target, owner)
+            await _require(ctx, gw, kind, target, owner, method="completion/complete")
             return await gw.with_upstream(  # type: ignore[no-any-return]
                 owner,
                 lambda up: up.session.complete(
@@ -317,12 +343,23 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     async def set_level(
         ctx: ServerRequestContext[Gateway], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
+        # An upstream's log level is shared by every caller: the policy decides per upstream
+        # (kind "logging/setLevel", target = the upstream's name), and the change is audited.
         gw = gw_of(ctx)
-        for up in gw.upstreams.values():
-            caps = up._session.server_capabilities if up.state == "up" and up._session else None
-            if caps is not None and caps.logging is not None:
+        loggable = [up for up in gw.upstreams.values()
+                    if up.state == "up" and up._session and (caps := up._session.server_capabilities) is not None
+                    and caps.logging is not None]
+        principal, ok = await _allowed(ctx, gw, "logging/setLevel", [(up.name, up.name) for up in loggable])
+        applied: list[str] = []
+        for up in loggable:
+            if up.name in ok:
                 with contextlib.suppress(Exception):
                     await up.session.set_logging_level(params.level)
+                    applied.append(up.name)
+        denied = sorted(up.name for up in loggable if up.name not in ok)
+        gw.events.emit("logging.set_level", {"level": params.level, "applied": sorted(applied), "denied": denied},
+                       principal=principal.id, agent=principal.agent)
+        # not an error: clients (the Inspector...) send it on connect; a denied upstream is left alone
         return types.EmptyResult()
 
     server: Server[Gateway] = Server(

@@ -33,6 +33,7 @@ from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable, UpstreamError, UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.upstream.relay import CallerRelay
+from gateway.upstream.runas import RunAs, check_launchable, resolve_run_as, working_folder
 
 _logger = logging.getLogger("symbi.upstream")
 
@@ -90,6 +91,10 @@ class Upstream:
         self._refresh_lock = anyio.Lock()
         self._up_event = anyio.Event()
         self._stop = False
+        # an unsandboxed stdio server never runs with the gateway's privileges (runas.py)
+        self._run_as: RunAs | None = None
+        if server.command is not None and server.sandbox in (None, "none"):
+            self._run_as = resolve_run_as(config)
 
     @property
     def transport(self) -> Literal["stdio", "http"]:
@@ -207,9 +212,14 @@ class Upstream:
                     )
                 command, args, cleanup = self._wrap_command(self.name, self.server)
             env = dict(self.server.env)
-            params = StdioServerParameters(
-                command=command, args=args, env=env or None, cwd=str(self.server.cwd) if self.server.cwd else None
-            )
+            cwd = self.server.cwd  # sandboxed: None unless configured (never the config folder)
+            if self.server.sandbox in (None, "none"):
+                cwd = await anyio.to_thread.run_sync(working_folder, self.server, self._config.config_dir, self._run_as)
+            if self._run_as is not None:
+                await anyio.to_thread.run_sync(check_launchable, self.name, self.server, self._run_as)
+                command, args = self._run_as.argv(command, args)
+                env = self._run_as.env(env)
+            params = StdioServerParameters(command=command, args=args, env=env or None, cwd=str(cwd) if cwd else None)
             try:
                 with _StderrToLog(self.name) as errlog:
                     async with stdio_client(params, errlog=errlog) as streams:

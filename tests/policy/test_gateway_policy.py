@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import POLICY, ROOT, write_config
+from tests.conftest import POLICY, ROOT, upstream_writable, write_config
 from tests.server._clients import stdio_session
 
 pytestmark = pytest.mark.anyio
@@ -43,7 +43,7 @@ def policy_data(tmp_path: Path, **over: Any) -> Path:
 
 
 def cfg(tmp_path: Path, principal: str = "local", **over: Any) -> tuple[Path, Path]:
-    record = tmp_path / "calls.jsonl"
+    record = upstream_writable(tmp_path) / "calls.jsonl"
     path = write_config(
         tmp_path,
         f"""
@@ -165,7 +165,7 @@ async def test_resource_and_prompt_listings_differ_by_principal(tmp_path: Path) 
 
 
 async def test_completion_needs_the_right_to_use_the_prompt(tmp_path: Path) -> None:
-    import mcp.types as types
+    from mcp import types
     from mcp.shared.exceptions import MCPError
 
     from tests.conftest import EVERYTHING_JS, require_peers

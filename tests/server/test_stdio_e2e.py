@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import anyio
-import mcp.types as types
 import pytest
-from mcp import Client
+from mcp import Client, types
 
-from tests.conftest import ROOT, peers_config, write_config
+from tests.conftest import ROOT, peers_config, upstream_writable, write_config
 from tests.server._clients import gateway_params, stdio_session
 
 pytestmark = pytest.mark.anyio
@@ -174,7 +173,7 @@ async def test_completion_is_routed_to_the_owning_upstream(tmp_path: Path) -> No
 async def test_cancellation_reaches_the_upstream(tmp_path: Path) -> None:
     from mcp.shared.exceptions import MCPError
 
-    record = tmp_path / "calls.jsonl"
+    record = upstream_writable(tmp_path) / "calls.jsonl"
     cfg = mutable_config(tmp_path, record=record)
     async with stdio_session(cfg) as s:
         # the client gives up after 0.5 s: it cancels, the gateway cancels upstream

@@ -1,0 +1,209 @@
+"""Custody of the gateway's own files: who may write what it trusts, who may read what it keeps.
+
+* Trusted inputs (the config file, the policy, its data and tests, the JWKS file) decide who may
+  call what. ``check_trusted_files`` refuses to start (``ConfigError`` naming the path) when
+  one of them, or a folder above it, can be changed by a user other than root or the gateway's
+  own user: group/other-writable (a sticky folder such as /tmp is fine: others cannot rename
+  our entries there) or owned by someone else.
+* The data dir (audit log, keys, API keys, pins) is made 0700 and its files 0600 at start:
+  the audit log holds every principal's arguments, and nothing the gateway launches (upstream
+  servers run as another uid) may read it.
+* ``file_facts`` describes a hot-reloaded file for the audit record: owner, digest, and a
+  diff summary against the version that was in force.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import os
+import pwd
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.config.model import Config
+from gateway.errors import ConfigError
+
+_logger = logging.getLogger("symbi.custody")
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def trusted_files(config: Config) -> list[tuple[str, Path]]:
+    """(what, path) of every file whose content decides who may do what."""
+    from gateway.policy.loader import discover_files
+
+    out: list[tuple[str, Path]] = []
+    if config.source is not None:
+        out.append(("config", Path(config.source)))
+    if config.security.enforce_policies and config.policy.engine == "embedded":
+        files = discover_files(config.policy.path, config.policy.data)
+        out.append(("policy.path", files.policy))
+        if files.data is not None:
+            out.append(("policy.data", files.data))
+        out += [("policy test", t) for t in files.tests]
+    jwt = config.http.jwt
+    if jwt is not None and jwt.jwks_file is not None:
+        out.append(("http.jwt.jwks_file", Path(jwt.jwks_file)))
+    return out
+
+
+def hidden_paths(config: Config) -> list[str]:
+    """The gateway's own paths no sandbox may see: the data dir, keys, logs, the config."""
+    paths = [config.data_dir, config.audit_path.parent, config.audit_key_path, config.api_keys_path]
+    if config.source is not None:
+        paths.append(Path(config.source))
+    if config.audit.checkpoint_export is not None:
+        paths.append(config.audit.checkpoint_export)
+    if config.gateway.env_file is not None:  # the servers' secrets
+        paths.append(Path(config.gateway.env_file))
+    return sorted({str(p) for p in paths})
+
+
+def writable_by_others(path: Path, *, euid: int | None = None) -> str | None:
+    """Why someone other than root/``euid`` could change ``path`` (None when nobody can)."""
+    me = os.geteuid() if euid is None else euid
+    p = Path(path).absolute()
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None  # a missing file is reported by whoever reads it
+    if st.st_uid not in (0, me):
+        return f"{p} is owned by uid {st.st_uid}"
+    if st.st_mode & 0o022:
+        return f"{p} is writable by group/others (mode {stat.S_IMODE(st.st_mode):o})"
+    child_uid = st.st_uid
+    for folder in p.parents:
+        try:
+            fst = os.stat(folder)
+        except OSError:
+            return None
+        if fst.st_uid not in (0, me):
+            return f"{folder} (a folder above {p}) is owned by uid {fst.st_uid}"
+        sticky = bool(fst.st_mode & stat.S_ISVTX) and child_uid in (0, me)
+        if fst.st_mode & 0o022 and not sticky:
+            return f"{folder} (a folder above {p}) is writable by group/others (mode {stat.S_IMODE(fst.st_mode):o})"
+        child_uid = fst.st_uid
+    return None
+
+
+def check_trusted_files(config: Config) -> None:
+    """Refuse to start when another user could change the config, policy, data or tests.
+
+    Raises:
+        ConfigError: naming the file (and why); exit code 2 from the CLI.
+    """
+    for what, path in trusted_files(config):
+        why = writable_by_others(path)
+        if why is not None:
+            raise ConfigError(f"{what}: refusing to trust {path}: {why}; chmod go-w it (and its folders)")
+    src = config.source
+    secrets = [n for n, s in config.servers.items() if s.env or s.headers]
+    if src is not None and secrets and _readable_by_others(Path(src)):
+        _logger.warning(
+            "config %s is readable by other users, upstream servers included, and holds env/headers of %s: "
+            "chmod 600 it", src, ", ".join(sorted(secrets)),
+        )
+    env_file = config.gateway.env_file
+    if env_file is not None and _readable_by_others(Path(env_file)):
+        _logger.warning("gateway.env_file %s is readable by other users, upstream servers included: chmod 600 it",
+                        env_file)
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & 0o004)
+    except OSError:
+        return False
+
+
+def secure_data_dir(config: Config) -> None:
+    """Create the data dir 0700 (tighten an existing one) and its files 0600."""
+    d = Path(config.data_dir)
+    d.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    _tighten(d, PRIVATE_DIR)
+    for f in d.iterdir():
+        if f.is_file() and not f.is_symlink():
+            _tighten(f, PRIVATE_FILE)
+    for extra in (config.audit_path.parent, config.audit_key_path.parent, config.api_keys_path.parent):
+        if extra != d and extra.exists():
+            _tighten(extra, PRIVATE_DIR)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    try:
+        st = path.stat()
+        if stat.S_IMODE(st.st_mode) & ~mode:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+            _logger.info("tightened %s to mode %o", path, stat.S_IMODE(st.st_mode) & mode)
+    except OSError as e:
+        raise ConfigError(f"gateway.data_dir: cannot make {path} private: {e.strerror or e}") from None
+
+
+def create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist (before SQLite opens it, so its
+    WAL and shared-memory files, which SQLite creates with the database's mode, are private too)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    path: Path
+    sha256: str
+    text: str
+    owner_uid: int | None
+
+
+def snapshot(paths: Iterable[Path]) -> dict[Path, FileVersion]:
+    out: dict[Path, FileVersion] = {}
+    for p in paths:
+        try:
+            data = p.read_bytes()
+            uid: int | None = p.stat().st_uid
+        except OSError:
+            data, uid = b"", None
+        out[p] = FileVersion(p, hashlib.sha256(data).hexdigest(), data.decode("utf-8", "replace"), uid)
+    return out
+
+
+def changes(old: dict[Path, FileVersion], new: dict[Path, FileVersion]) -> list[dict[str, Any]]:
+    """One entry per changed file: owner, old and new digest, lines added/removed, first hunks."""
+    out: list[dict[str, Any]] = []
+    for path, now in new.items():
+        before = old.get(path)
+        if before is not None and before.sha256 == now.sha256:
+            continue
+        diff = list(difflib.unified_diff((before.text if before else "").splitlines(), now.text.splitlines(),
+                                         lineterm="", n=0))
+        added = sum(1 for line in diff if line.startswith("+") and not line.startswith("+++"))
+        removed = sum(1 for line in diff if line.startswith("-") and not line.startswith("---"))
+        out.append({
+            "file": str(path),
+            "owner": _owner(now.owner_uid),
+            "sha256": now.sha256,
+            "previous_sha256": before.sha256 if before else None,
+            "lines_added": added,
+            "lines_removed": removed,
+            "hunks": [line for line in diff if line.startswith("@@")][:10],
+        })
+    return out
+
+
+def _owner(uid: int | None) -> str | None:
+    if uid is None:
+        return None
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

@@ -1,0 +1,202 @@
+"""Run an unsandboxed stdio upstream under its own unprivileged uid, never the gateway's.
+
+The gateway (root here) holds the audit signing key, the API keys and the data dir; a stdio
+server it starts as itself could read all of them (and ``/etc/shadow``) and re-sign a rewritten
+log. So a server without a sandbox tier runs as ``security.upstream_user`` (default
+``symbi-upstream``, a system user created on first use): ``setpriv`` switches real and effective
+uid/gid, clears supplementary groups, drops every capability (bounding set included) and sets
+no_new_privs before the server's own command runs. Its environment is rebuilt from scratch (no
+gateway variables): PATH, HOME (the user's home), USER/LOGNAME, LANG, plus ``servers.X.env``.
+
+The server can read only what any unprivileged user can: the data dir is 0700 (see
+``gateway.custody``). A gateway that is not root cannot switch uid: it refuses such a server
+unless ``security.unsafe_upstreams_as_gateway_user = true`` (warned on every start) or the server
+has a sandbox tier.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config.model import Config, ServerConfig
+from gateway.errors import ConfigError, UpstreamUnavailable
+
+_logger = logging.getLogger("symbi.upstream")
+
+DEFAULT_UPSTREAM_USER = "symbi-upstream"
+_HOME_ROOT = Path("/var/lib")
+_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_create_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged account upstream servers run as."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    def argv(self, command: str, args: list[str]) -> tuple[str, list[str]]:
+        """``setpriv`` in front of the server's command: uid/gid switched, no caps, no_new_privs."""
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        if "/" not in command:  # found on the gateway's PATH, as before the switch
+            command = shutil.which(command) or command
+        return setpriv, [
+            f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+            "--", command, *args,
+        ]
+
+    def env(self, server_env: Mapping[str, str]) -> dict[str, str]:
+        """A clean environment: nothing of the gateway's own, then the server's configured env."""
+        base = {"PATH": _BASE_PATH, "HOME": self.home, "USER": self.name, "LOGNAME": self.name,
+                "LANG": "C.UTF-8", "SHELL": "/bin/sh", "TERM": "dumb"}
+        return {**base, **server_env}
+
+
+def resolve_run_as(config: Config) -> RunAs | None:
+    """The account for unsandboxed upstreams, or None when they may run as the gateway.
+
+    Raises:
+        ConfigError: the gateway is not root and the unsafe switch is off, or the configured
+            user does not exist (only the default user is created on demand).
+    """
+    sec = config.security
+    if sec.unsafe_upstreams_as_gateway_user:
+        _logger.warning(
+            "UNSAFE: security.unsafe_upstreams_as_gateway_user = true: unsandboxed upstream servers run "
+            "as the gateway's own user and can read its keys, API keys and audit log"
+        )
+        return None
+    if shutil.which("setpriv") is None:
+        raise ConfigError("security.upstream_user: setpriv (util-linux) is not installed: cannot drop privileges "
+                          "for unsandboxed upstream servers")
+    if os.geteuid() != 0:
+        raise ConfigError(
+            "security.upstream_user: the gateway is not root, so it cannot start an unsandboxed stdio "
+            "upstream under another uid; give the server a sandbox tier (servers.NAME.sandbox) or set "
+            "security.unsafe_upstreams_as_gateway_user = true"
+        )
+    return _account(sec.upstream_user)
+
+
+def _account(spec: str) -> RunAs:
+    if spec.isdigit() or (":" in spec and all(p.isdigit() for p in spec.split(":", 1))):
+        uid_s, _, gid_s = spec.partition(":")
+        uid = int(uid_s)
+        gid = int(gid_s) if gid_s else uid
+        if uid == 0 or gid == 0:
+            raise ConfigError("security.upstream_user: uid/gid 0 is the gateway's own privilege")
+        return RunAs(name=f"uid{uid}", uid=uid, gid=gid, home="/nonexistent")
+    try:
+        pw = pwd.getpwnam(spec)
+    except KeyError:
+        if spec != DEFAULT_UPSTREAM_USER:
+            raise ConfigError(f"security.upstream_user: no such user {spec!r} (create it, or use the default)") from None
+        pw = _create_user(spec)
+    if pw.pw_uid == 0 or pw.pw_gid == 0:
+        raise ConfigError(f"security.upstream_user: {spec!r} has uid/gid 0")
+    if pw.pw_uid == os.geteuid():
+        raise ConfigError(f"security.upstream_user: {spec!r} is the gateway's own user")
+    return RunAs(name=pw.pw_name, uid=pw.pw_uid, gid=pw.pw_gid, home=pw.pw_dir)
+
+
+def _create_user(name: str) -> pwd.struct_passwd:
+    """``useradd --system`` with a private home under /var/lib and no login shell."""
+    with _create_lock:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
+        home = _HOME_ROOT / name
+        cmd = ["useradd", "--system", "--user-group", "--home-dir", str(home), "--create-home",
+               "--shell", "/usr/sbin/nologin", name]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
+        if r.returncode not in (0, 9):  # 9: created meanwhile by another gateway
+            raise ConfigError(f"security.upstream_user: cannot create user {name!r}: {r.stderr.strip()}")
+        pw = pwd.getpwnam(name)
+        os.chmod(home, 0o700)
+        _logger.info("created system user %s (uid %d) for upstream servers", name, pw.pw_uid)
+        return pw
+
+
+def unreachable(paths: list[tuple[Path, str]], run_as: RunAs) -> Path | None:
+    """The first of ``paths`` that ``run_as`` cannot use (``"x"`` execute/enter, ``"r"`` read).
+
+    Asked of the kernel as that user (ACLs and all), in one short ``setpriv`` probe."""
+    if not paths:
+        return None
+    script = 'i=0; for t in "$@"; do f=${t#?}; case $t in x*) test -x "$f";; *) test -r "$f";; esac ' \
+             '|| { echo $i; exit 0; }; i=$((i+1)); done'
+    cmd, args = run_as.argv("/bin/sh", ["-c", script, "probe", *(f"{m}{p}" for p, m in paths)])
+    r = subprocess.run([cmd, *args], capture_output=True, text=True, timeout=30, check=False,
+                       env={"PATH": _BASE_PATH}, cwd="/")
+    out = r.stdout.strip()
+    if r.returncode != 0:
+        return paths[0][0]
+    return paths[int(out)][0] if out.isdigit() and int(out) < len(paths) else None
+
+
+def working_folder(server: ServerConfig, config_dir: Path | None, run_as: RunAs | None) -> Path | None:
+    """Where an unsandboxed server runs: its ``cwd``; else the config's folder (so relative
+    arguments keep their meaning) when the upstream user may enter it; else that user's home."""
+    if server.cwd is not None:
+        return Path(server.cwd)
+    if run_as is None or config_dir is None:
+        return config_dir
+    if unreachable([(config_dir, "x")], run_as) is None:
+        return config_dir
+    home = Path(run_as.home) if Path(run_as.home).is_dir() else Path("/")
+    _logger.info("the config folder %s is private: upstream servers start in %s", config_dir, home)
+    return home
+
+
+def check_launchable(name: str, server: ServerConfig, run_as: RunAs) -> None:
+    """Refuse, with a reason, a server the unprivileged user could not even start.
+
+    Raises:
+        UpstreamUnavailable: its command (or interpreter) or cwd is out of the user's reach.
+    """
+    assert server.command is not None
+    command = server.command if "/" in server.command else (shutil.which(server.command) or server.command)
+    checks: list[tuple[Path, str]] = []
+    if "/" in command:
+        real = Path(command).resolve()
+        checks.append((real, "x"))
+        interp = _interpreter(real)
+        if interp is not None:
+            checks.append((Path(interp).resolve(), "x"))
+    if server.cwd is not None:
+        checks.append((Path(server.cwd), "x"))
+    bad = unreachable(checks, run_as)
+    if bad is not None:
+        raise UpstreamUnavailable(
+            f"upstream {name!r}: {bad} is not reachable by the unprivileged user {run_as.name} "
+            f"(uid {run_as.uid}) that upstream servers run as; make it readable/executable by that "
+            f"user (see README, Security), set servers.{name}.cwd, or give the server a sandbox tier"
+        )
+
+
+def _interpreter(path: Path) -> str | None:
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].decode(errors="replace").split()
+    return words[0] if words and words[0].startswith("/") else None

@@ -1,0 +1,46 @@
+"""A hot-reloaded policy or data change is audited with the file's owner, digest and a diff
+summary; a changed file that others could write is refused (gateway/custody.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+from typing import Any
+
+from gateway.policy.engine import EmbeddedEngine
+from gateway.policy.loader import PolicyFiles
+from tests.policy.conftest import RecordingSink
+
+
+def test_a_reloaded_change_is_audited_with_owner_digest_and_diff(policy_copy: PolicyFiles) -> None:
+    sink = RecordingSink()
+    eng = EmbeddedEngine(policy_copy, events=sink)
+    assert eng.load()
+    assert policy_copy.data is not None
+    doc = json.loads(policy_copy.data.read_text())
+    doc["symbi_data"]["principals"]["ci-bot"]["tools"].append("everything__echo")
+    policy_copy.data.write_text(json.dumps(doc, indent=1))
+    assert eng.reload()
+    details = next(d for t, d in sink.events if t == "policy.reloaded")
+    (change,) = details["changes"]
+    assert change["file"] == str(policy_copy.data)
+    assert change["sha256"] == hashlib.sha256(policy_copy.data.read_bytes()).hexdigest()
+    assert change["previous_sha256"] and change["previous_sha256"] != change["sha256"]
+    assert change["owner"] == f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+    assert change["lines_added"] > 0 and change["hunks"]
+
+
+def test_a_reload_from_a_file_others_can_write_is_refused(policy_copy: PolicyFiles) -> None:
+    sink = RecordingSink()
+    eng = EmbeddedEngine(policy_copy, events=sink)
+    assert eng.load()
+    before = eng.bundle
+    assert policy_copy.data is not None
+    policy_copy.data.write_text(policy_copy.data.read_text() + "\n")
+    policy_copy.data.chmod(0o666)
+    assert not eng.reload()
+    assert eng.bundle is before
+    refused: dict[str, Any] = next(d for t, d in sink.events if t == "policy.reload_refused")
+    assert str(policy_copy.data) in refused["error"] and refused["changes"]

@@ -1,0 +1,88 @@
+"""Custody of the gateway's files (gateway/custody.py): trusted inputs another user could change
+refuse the start (reloads: tests/policy/test_reload_custody.py)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.custody import check_trusted_files, writable_by_others
+from gateway.errors import ConfigError
+from tests.conftest import POLICY, SYMBI, symbi_env, write_config
+
+
+def private_folder(tmp_path: Path) -> Path:
+    d = tmp_path / "etc"
+    d.mkdir(mode=0o755)
+    return d
+
+
+def test_a_config_others_can_write_refuses_to_start(tmp_path: Path) -> None:
+    cfg = write_config(private_folder(tmp_path), "")
+    cfg.chmod(0o666)
+    with pytest.raises(ConfigError) as e:
+        check_trusted_files(load_config(cfg))
+    assert str(cfg) in e.value.message
+    # the CLI: exit 2, the path named, nothing started
+    for argv in (["mcp", "--config", str(cfg)], ["config", "check", "--config", str(cfg)]):
+        r = subprocess.run([str(SYMBI), *argv], capture_output=True, text=True, env=symbi_env(), timeout=60,
+                           stdin=subprocess.DEVNULL, check=False)
+        assert r.returncode == 2 and str(cfg) in r.stderr, (argv, r.stderr)
+
+
+def test_a_folder_others_can_write_refuses_to_start(tmp_path: Path) -> None:
+    folder = private_folder(tmp_path)
+    cfg = write_config(folder, "")
+    folder.chmod(0o777)  # not sticky: anyone could swap the file
+    with pytest.raises(ConfigError) as e:
+        check_trusted_files(load_config(cfg))
+    assert str(folder) in e.value.message
+    folder.chmod(0o1777)  # sticky (like /tmp): others cannot rename our file
+    check_trusted_files(load_config(cfg))
+
+
+def test_policy_data_and_policy_tests_others_can_write_refuse_to_start(tmp_path: Path) -> None:
+    folder = private_folder(tmp_path)
+    policy = folder / "policies.rego"
+    policy.write_text(POLICY.read_text())
+    (folder / "policies").mkdir()
+    data = folder / "policies" / "data.json"
+    data.write_text((POLICY.parent / "policies" / "data.json").read_text())
+    test = folder / "policies" / "policies_test.rego"
+    test.write_text((POLICY.parent / "policies" / "policies_test.rego").read_text())
+    cfg = write_config(folder, f'[policy]\npath = "{policy}"\n')
+    check_trusted_files(load_config(cfg))
+    for f in (data, test, policy):
+        f.chmod(0o664)
+        with pytest.raises(ConfigError) as e:
+            check_trusted_files(load_config(cfg))
+        assert str(f) in e.value.message
+        f.chmod(0o644)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_file_owned_by_another_user_is_not_trusted(tmp_path: Path) -> None:
+    cfg = write_config(private_folder(tmp_path), "")
+    other = pwd.getpwnam("nobody")
+    os.chown(cfg, other.pw_uid, other.pw_gid)
+    assert writable_by_others(cfg) is not None
+    with pytest.raises(ConfigError):
+        check_trusted_files(load_config(cfg))
+
+
+def test_a_config_with_secrets_readable_by_others_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = write_config(private_folder(tmp_path), '[servers.a]\ncommand = "/bin/true"\nenv = { TOKEN = "t" }\n')
+    cfg.chmod(0o644)
+    with caplog.at_level("WARNING", logger="symbi.custody"):
+        check_trusted_files(load_config(cfg))
+    assert any(str(cfg) in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    cfg.chmod(0o600)
+    with caplog.at_level("WARNING", logger="symbi.custody"):
+        check_trusted_files(load_config(cfg))
+    assert not caplog.records

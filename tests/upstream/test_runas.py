@@ -1,0 +1,135 @@
+"""Attack: a malicious stdio upstream (tests/peers/thief_server.py) goes after the gateway.
+
+Unsandboxed upstreams run as the unprivileged ``symbi-upstream`` user (gateway/upstream/runas.py):
+the signing key, API keys, data dir, audit log, /etc/shadow and the gateway process itself are
+out of its reach, and the audit log still verifies against the pinned key afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway.config import build_config, load_config
+from gateway.errors import ConfigError, UpstreamUnavailable
+from gateway.upstream.runas import RunAs, check_launchable, resolve_run_as
+from tests.conftest import ROOT, SYMBI, symbi_env, write_config
+from tests.server._clients import stdio_session
+
+pytestmark = pytest.mark.anyio
+THIEF = ROOT / "tests/peers/thief_server.py"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs a root gateway")
+
+
+def thief_config(tmp_path: Path, extra: str = "") -> Path:
+    data = tmp_path / "data"
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [servers.thief]
+        command = "{sys.executable}"
+        args = ["{THIEF}"]
+        verification = "warn"
+        env = {{ SYMBI_TEST_DATA_DIR = "{data}", SYMBI_TEST_CONFIG = "{tmp_path / 'symbi.toml'}", PYTHONPATH = "{ROOT}" }}
+        """ + extra,
+    )
+    cfg.chmod(0o600)  # it names servers' secrets: kept private, as the README says
+    return cfg
+
+
+def audit_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SYMBI), "audit", *args], capture_output=True, text=True, env=symbi_env(),
+                          timeout=120, check=False)
+
+
+@needs_root
+async def test_a_malicious_upstream_cannot_reach_keys_data_or_the_log(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)  # an old install's permissions: the gateway tightens them
+    (data / "api-keys.json").write_text("{}")
+    (data / "api-keys.json").chmod(0o644)
+    cfg = thief_config(tmp_path)
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool("thief__steal", {})
+        assert not r.is_error, r
+        report = json.loads(r.content[0].text)  # type: ignore[union-attr]
+
+    assert report["uid"] != 0 and report["euid"] != 0
+    assert not [k for k in report["env"] if k.startswith("SYMBI_") and not k.startswith("SYMBI_TEST_")]
+    stolen = {k: v for k, v in report.items() if isinstance(v, str) and not v.startswith("denied: ")}
+    assert stolen == {}, stolen
+    assert report["audit_key"] == "denied: PermissionError"
+
+    # item 3: the data dir and everything in it are private now
+    assert data.stat().st_mode & 0o777 == 0o700
+    private = [f for f in data.iterdir() if f.name.startswith(("audit", "api-keys")) and ".pub." not in f.name]
+    assert {"audit.db", "audit-key.pem", "api-keys.json"} <= {f.name for f in private}
+    for f in private:  # the log, its WAL and anchors, the keys: 0600 (public keys may be read)
+        assert f.stat().st_mode & 0o077 == 0, f
+    # and the log it could not touch verifies (the steal call is in it)
+    res = await anyio.to_thread.run_sync(audit_cli, "verify", "--config", str(cfg), "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    query = await anyio.to_thread.run_sync(audit_cli, "query", "--config", str(cfg), "--tool", "thief__steal", "--json")
+    assert query.returncode == 0 and "thief__steal" in query.stdout
+
+
+@needs_root
+def test_upstream_user_is_never_root_or_the_gateway(tmp_path: Path) -> None:
+    for spec in ("0", "0:0", "root"):
+        with pytest.raises(ConfigError):
+            resolve_run_as(build_config({"security": {"upstream_user": spec}}))
+    with pytest.raises(ConfigError):
+        resolve_run_as(build_config({"security": {"upstream_user": "no-such-user-here"}}))
+    run_as = resolve_run_as(build_config({}))
+    assert run_as is not None and run_as.uid != 0 and run_as.name == "symbi-upstream"
+
+
+@needs_root
+def test_an_unreachable_command_is_refused_with_its_path(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    script = private / "server.py"
+    script.write_text("print(1)\n")
+    cfg = load_config(write_config(tmp_path, f'[servers.x]\ncommand = "{script}"\n'))
+    run_as = resolve_run_as(cfg)
+    assert isinstance(run_as, RunAs)
+    with pytest.raises(UpstreamUnavailable) as e:
+        check_launchable("x", cfg.servers["x"], run_as)
+    assert str(script) in e.value.message
+
+
+def test_the_unsafe_switch_runs_as_the_gateway(tmp_path: Path) -> None:
+    cfg = build_config({"security": {"unsafe_upstreams_as_gateway_user": True}})
+    assert resolve_run_as(cfg) is None
+
+
+def test_setpriv_argv_and_clean_env() -> None:
+    r = RunAs(name="u", uid=1234, gid=1234, home="/var/lib/u")
+    cmd, args = r.argv("node", ["x.js"])
+    assert cmd.endswith("setpriv") and "--no-new-privs" in args and "--bounding-set=-all" in args
+    assert args[args.index("--") + 1].endswith("/node")
+    env = r.env({"TOKEN": "t"})
+    assert env["HOME"] == "/var/lib/u" and env["TOKEN"] == "t"
+    assert not {k for k in env if k.startswith("SYMBI_")}
+
+
+@needs_root
+def test_working_folder_is_the_config_folder_only_when_the_upstream_user_may_enter_it(tmp_path: Path) -> None:
+    from gateway.upstream.runas import working_folder
+
+    folder = tmp_path / "cfg"
+    folder.mkdir(mode=0o755)
+    cfg = load_config(write_config(folder, '[servers.x]\ncommand = "/bin/true"\n'))
+    run_as = resolve_run_as(cfg)
+    assert run_as is not None
+    assert working_folder(cfg.servers["x"], cfg.config_dir, run_as) == folder
+    folder.chmod(0o700)  # a private config folder (a 0700 home): the server starts in its own home
+    assert working_folder(cfg.servers["x"], cfg.config_dir, run_as) == Path(run_as.home)
+    explicit = load_config(write_config(folder, f'[servers.x]\ncommand = "/bin/true"\ncwd = "{tmp_path}"\n'))
+    assert working_folder(explicit.servers["x"], explicit.config_dir, run_as) == tmp_path

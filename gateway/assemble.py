@@ -212,6 +212,8 @@ def _assemble(
     background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s))
     if config.mcp.discovery_enabled:
         background.append(_discover(config, events))
+    if audit is not None and (retention := _retention(config, audit)) is not None:
+        background.append(retention)
     return Gateway(
         config,
         steps,
@@ -228,6 +230,14 @@ def _assemble(
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
         agents=agents,
     )
+
+
+def _retention(config: Config, audit: AuditLog) -> Background | None:
+    """Audit retention, applied periodically, when ``[audit] retention_days`` / ``max_bytes`` is set."""
+    from gateway.audit.retention import RetentionPolicy, periodic
+
+    policy = RetentionPolicy.from_config(config)
+    return periodic(audit, policy, config.audit.retention_check_s) if policy.enabled else None
 
 
 def _builtins(

@@ -49,7 +49,7 @@ from gateway.audit.verify import Problem, VerifyResult, read_jsonl, verify_recor
 from gateway.errors import AuditError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable, Coroutine
 
     from gateway.audit.log import AuditLog, WriterContext
     from gateway.config.model import Config
@@ -315,7 +315,7 @@ def _commit_handoff(ctx: WriterContext, mode: Mode, previous: Handoff | None, re
     return Handoff.from_dict(doc)
 
 
-def periodic(log: AuditLog, policy: RetentionPolicy, interval_s: float) -> Callable[[Any], Awaitable[None]]:
+def periodic(log: AuditLog, policy: RetentionPolicy, interval_s: float) -> Callable[[Any], Coroutine[Any, Any, None]]:
     """A gateway background task: apply ``policy`` at start and every ``interval_s`` seconds."""
 
     async def run(gw: Any) -> None:

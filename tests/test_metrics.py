@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.server.footprint import metrics_label_sets
 from gateway.metrics import GatewayMetrics
+from gateway.server.footprint import metrics_label_sets
 
 
 def test_keep_tools_drops_the_label_sets_of_tools_gone_from_the_catalogue() -> None:

@@ -260,6 +260,12 @@ def archive(log: AuditLog, policy: RetentionPolicy, *, now_ns: int | None = None
 def _write_segment(log: AuditLog, policy: RetentionPolicy, records: list[AuditRecord]) -> tuple[str, str]:
     folder = policy.archive_dir
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for seal, orphan in segments(folder, log.path.name):
+        # a run that wrote its segment but crashed before its hand-off committed left this
+        # behind: those events are still live, and this run archives them again
+        if seal is not None and seal.first_seq >= records[0].seq:
+            orphan.unlink(missing_ok=True)
+            _seal_path(orphan).unlink(missing_ok=True)
     name = f"{log.path.name}.{records[0].seq:012d}-{records[-1].seq:012d}.jsonl"
     path = folder / name
     digest = hashlib.sha256()

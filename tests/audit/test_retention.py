@@ -215,3 +215,21 @@ def test_the_head_is_never_archived(open_log: Callable[..., AuditLog], tmp_path)
         assert reopened.verify().ok
     finally:
         reopened.close()
+
+
+def test_a_segment_left_by_a_run_that_did_not_commit_is_replaced(open_log: Callable[..., AuditLog], log_paths,
+                                                                  tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = open_log()
+    policy = _policy(tmp_path)
+    _fill(log, 20)
+    _archive_upto(log, policy, 10)
+    seg = segments(policy.archive_dir, log.path.name)[0][1]
+    # simulate a crash after the segment of 11..15 was written but before its hand-off committed
+    orphan = seg.with_name(seg.name.replace("000000000001-000000000010", "000000000011-000000000015"))
+    orphan.write_text("")
+    orphan.with_name(orphan.name + ".seal.json").write_text(
+        seg.with_name(seg.name + ".seal.json").read_text().replace('"first_seq": 1', '"first_seq": 11'))
+    _archive_upto(log, policy, 18)
+    keys = exported_public_keys(log_paths[1])
+    assert [(s.first_seq, s.last_seq) for s, _ in segments(policy.archive_dir, log.path.name)] == [(1, 10), (11, 18)]
+    assert verify_archives(policy.archive_dir, log.path.name, _handoff(log.path), keys).ok

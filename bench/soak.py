@@ -133,7 +133,7 @@ def slope(xs: list[float], ys: list[float]) -> float:
         return float("nan")
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else float("nan")
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else float("nan")
 
 
 @dataclass
@@ -293,7 +293,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     slopes: dict[str, float | None] = {}
     relative: dict[str, float | None] = {}
     for col in COLUMNS:
-        pts = [(x, float(r[col])) for x, r in zip(xs, rows) if r.get(col) is not None]
+        pts = [(x, float(r[col])) for x, r in zip(xs, rows, strict=True) if r.get(col) is not None]
         s = slope([p[0] for p in pts], [p[1] for p in pts])
         mean = sum(p[1] for p in pts) / len(pts) if pts else 0.0
         slopes[col] = None if math.isnan(s) else round(s * 100_000, 4)  # per 100,000 calls

@@ -7,7 +7,8 @@ back where it started, and the soak benchmark can plot them (``GET /api/state``)
 Two kinds of entries:
 - ``owned``: freed when their owner goes away (a session closes, a call ends, a principal or
   tool goes idle past its longest window, a tool leaves the catalogue);
-- ``bounded``: ring buffers and caches with a fixed cap (``caps`` gives it), whatever the load.
+- ``bounded``: ring buffers and caches with a fixed cap (``caps`` gives it), whatever the load;
+- ``vocabulary``: metric label sets over fixed vocabularies (status codes, event types).
 
 SDK internals are read here and nowhere else in this module's callers (read-only, tolerant
 of their absence).
@@ -25,13 +26,14 @@ if TYPE_CHECKING:
     from gateway.server.http import HttpState
 
 
-def metrics_label_sets(metrics: Any) -> int:
-    """Label sets held by the labelled metrics of ``metrics`` (a ``GatewayMetrics``)."""
+def metrics_label_sets(metrics: Any, *, label: str | None = None) -> int:
+    """Label sets held by the labelled metrics of ``metrics`` (a ``GatewayMetrics``); with
+    ``label``, only those that carry it (``tool``: the ones owned by catalogue tools)."""
     held: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     for family in metrics.registry.collect():
         for sample in family.samples:
             labels = {k: v for k, v in sample.labels.items() if k not in ("le", "quantile")}
-            if labels:
+            if labels and (label is None or label in labels):
                 held.add((family.name, tuple(sorted(labels.items()))))
     return len(held)
 
@@ -57,7 +59,7 @@ def http_footprint(state: HttpState) -> dict[str, Any]:
     owned: dict[str, int] = {
         "sessions": len(getattr(manager, "_server_instances", {})),
         "session_owners": len(getattr(manager, "_session_owners", {})),
-        "metrics_label_sets": metrics_label_sets(state.metrics),
+        "metrics_tool_label_sets": metrics_label_sets(state.metrics, label="tool"),
         **gateway_footprint(state.gateway),
     }
     try:
@@ -67,7 +69,11 @@ def http_footprint(state: HttpState) -> dict[str, Any]:
     store = getattr(manager, "event_store", None)
     bounded = {"recent_calls": len(state.recent), "sse_events": len(store) if store is not None else 0}
     caps = {"recent_calls": state.recent.size, "sse_events": getattr(store, "max_events", 0)}
-    return {"owned": owned, "bounded": bounded, "caps": caps, "process": process_footprint()}
+    # label sets over fixed vocabularies (route group x status, event type, decision, tier):
+    # bounded by the vocabularies, not by any owner; reported, not compared
+    vocabulary = {"metrics_label_sets": metrics_label_sets(state.metrics)}
+    return {"owned": owned, "bounded": bounded, "caps": caps, "vocabulary": vocabulary,
+            "process": process_footprint()}
 
 
 def process_footprint() -> dict[str, int]:

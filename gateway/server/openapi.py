@@ -325,10 +325,10 @@ OPENAPI: dict[str, Any] = {
             },
             "StateFootprint": {
                 "type": "object",
-                "required": ["owned", "bounded", "caps", "process"],
+                "required": ["owned", "bounded", "caps", "vocabulary", "process"],
                 "properties": {
                     k: {"type": "object", "additionalProperties": {"type": "integer"}}
-                    for k in ("owned", "bounded", "caps", "process")
+                    for k in ("owned", "bounded", "caps", "vocabulary", "process")
                 },
             },
             "SessionList": {

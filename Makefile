@@ -8,7 +8,7 @@ SYMBI := $(VENV)/bin/symbi
 CONFIG ?= examples/symbi.toml
 PYTEST_ARGS ?=
 
-.PHONY: all setup python-deps node-deps upstream-user sandbox state-engines browser run stdio test test-fast bench lint typecheck format clean
+.PHONY: all setup python-deps node-deps upstream-user sandbox state-engines browser run stdio test test-fast bench soak lint typecheck format clean
 
 all: setup
 
@@ -82,6 +82,11 @@ bench: setup sandbox state-engines
 	$(PY) bench/sandbox.py
 	$(PY) bench/schemapin.py
 	$(PY) bench/bus.py
+
+# The soak benchmark (bench/soak.py): 1,000,000 calls by default (hours); SOAK_ARGS="--calls 100000" for less.
+SOAK_ARGS ?=
+soak: setup
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache

@@ -32,7 +32,7 @@ from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.steps.policy import afilter_listing
-from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream
+from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
@@ -395,7 +395,7 @@ class Gateway:
 
             progress = report
 
-        token = DOWNSTREAM_CAPABILITIES.set(session)
+        token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
         self._busy[up.name] = self._busy.get(up.name, 0) + 1
         try:
             with up.relay.caller(session, getattr(ctx, "request_id", None)):
@@ -436,7 +436,7 @@ class Gateway:
         if up is None:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
         session = getattr(ctx, "session", None)
-        token = DOWNSTREAM_CAPABILITIES.set(session)
+        token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
         try:
             with up.relay.caller(session, getattr(ctx, "request_id", None)):
                 return await up.request(fn(up))

@@ -246,6 +246,8 @@ def _assemble(
         hosted = HostedAgents(config, runtime, events, sandbox=manager)
         runtime.hosted = hosted
         background.append(lambda _gw: hosted.run())
+    if audit is not None and (retention := _retention(config, audit)) is not None:
+        background.append(retention)
     return Gateway(
         config,
         steps,
@@ -262,6 +264,14 @@ def _assemble(
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
         runtime=runtime,
     )
+
+
+def _retention(config: Config, audit: AuditLog) -> Background | None:
+    """Audit retention, applied periodically, when ``[audit] retention_days`` / ``max_bytes`` is set."""
+    from gateway.audit.retention import RetentionPolicy, periodic
+
+    policy = RetentionPolicy.from_config(config)
+    return periodic(audit, policy, config.audit.retention_check_s) if policy.enabled else None
 
 
 def _builtins(

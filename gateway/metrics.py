@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +135,21 @@ class GatewayMetrics:
 
         self.registry.register(RuntimeCollector(runtime))
 
+    def keep_tools(self, current: Collection[str]) -> None:
+        """Drop the label sets of tools no longer in the catalogue (their series end).
+
+        Called at scrape time and by ``GET /api/state``: label sets stay bounded by the
+        catalogue (plus ``unknown``) however many tools come and go.
+        """
+        held = {
+            (x.labels["tool"], x.labels["upstream"], x.labels["outcome"])
+            for fam in self.tool_calls.collect()
+            for x in fam.samples
+        }
+        for labels in held:
+            if labels[0] != "unknown" and labels[0] not in current:
+                self.tool_calls.remove(*labels)
+
     def track_sessions(self, count: Callable[[], int]) -> None:
         """Read the open-session count at scrape time."""
         self.active_sessions.set_function(lambda: float(count()))
@@ -242,6 +257,10 @@ class RecentCalls:
             items = list(self._buf)
         items.reverse()
         return items if n is None else items[: max(0, n)]
+
+    @property
+    def size(self) -> int:
+        return self._buf.maxlen or 0
 
     def __len__(self) -> int:
         return len(self._buf)

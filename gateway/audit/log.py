@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -67,7 +67,7 @@ class AuditLogBusy(AuditError):
 
 @dataclass
 class _Item:
-    kind: Literal["event", "flush", "rotate", "close"]
+    kind: Literal["event", "flush", "rotate", "close", "maintain"]
     type: str = ""
     details_json: str = "{}"
     principal: str | None = None
@@ -77,6 +77,24 @@ class _Item:
     future: concurrent.futures.Future[Any] | None = field(default=None)
     waiter: asyncio.Future[Any] | None = None  # record(): resolved on its loop, once per batch
     finish: bool = True  # rotate: make the new key current afterwards
+    task: Callable[[WriterContext], Any] | None = None  # maintain: run on the writer thread
+
+
+@dataclass
+class WriterContext:
+    """What a maintenance task (retention) gets on the writer thread, between batches.
+
+    ``sign`` is the one signing interface it may use (Ed25519 over ``message``, base64): the
+    task never holds the key, so a signer kept elsewhere can stand behind it. ``commit``
+    appends one event and runs ``extra_sql`` in the same transaction; it returns the seq.
+    """
+
+    conn: sqlite3.Connection
+    key_id: str
+    head_seq: int
+    head_hash: str
+    sign: Callable[[bytes], str]
+    commit: Callable[[str, Mapping[str, Any], list[tuple[str, tuple[Any, ...]]]], int]
 
 
 def _settle_waiters(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -291,6 +309,15 @@ class AuditLog:
         self._put(_Item("rotate", future=fut, finish=finish))
         return str(self._wait(fut, timeout))
 
+    def maintain(self, task: Callable[[WriterContext], Any], timeout: float | None = None) -> Any:
+        """Run ``task`` on the writer thread between batches and return its result.
+
+        The single writer stays the only one that writes the log (retention uses this).
+        """
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._put(_Item("maintain", future=fut, task=task))
+        return self._wait(fut, timeout)
+
     def ensure_writable(self) -> None:
         """Raise ``AuditError`` now if events cannot be recorded (closed, broken, writer gone).
 
@@ -437,6 +464,8 @@ class AuditLog:
                 _resolve(control.future, None, self._broken)
             elif control.kind == "rotate":
                 self._rotate(control)
+            elif control.kind == "maintain":
+                self._maintain(control)
             elif control.kind == "close":
                 try:
                     self._write_checkpoint()
@@ -536,6 +565,26 @@ class AuditLog:
             _resolve(control.future, new_id)
         except Exception as e:  # noqa: BLE001
             _resolve(control.future, exc=e if isinstance(e, AuditError) else AuditError(f"key rotation failed: {e}"))
+
+    def _maintain(self, control: _Item) -> None:
+        assert control.task is not None
+
+        def sign(message: bytes) -> str:
+            return base64.b64encode(self._key.sign(message)).decode("ascii")
+
+        def commit(event_type: str, details: Mapping[str, Any], extra_sql: list[tuple[str, tuple[Any, ...]]]) -> int:
+            item = _Item("event", type=event_type, details_json=canonical_details(details),
+                         id=str(uuid.uuid4()), ts_ns=time.time_ns(), future=None)
+            if not self._commit_events([item], extra_sql):
+                raise self._broken or AuditError(f"{event_type} could not be committed")
+            return self._seq
+
+        ctx = WriterContext(conn=self._conn, key_id=self._key_id, head_seq=self._seq, head_hash=self._head,
+                            sign=sign, commit=commit)
+        try:
+            _resolve(control.future, control.task(ctx))
+        except Exception as e:  # noqa: BLE001 - reported to the caller, the writer carries on
+            _resolve(control.future, exc=e)
 
     # -- start-up -----------------------------------------------------------------------------
 

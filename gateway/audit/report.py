@@ -94,8 +94,15 @@ def build_report(
     since_ns: int | None = None,
     until_ns: int | None = None,
     log_path: str | None = None,
+    handoff: Any = None,
+    includes_archived: bool = False,
 ) -> dict[str, Any]:
-    """The report as a JSON-ready dict. ``records`` are the events of the period."""
+    """The report as a JSON-ready dict. ``records`` are the events of the period.
+
+    ``handoff`` (``gateway.audit.retention.Handoff``) is the live log's retention hand-off:
+    the report then says which events the period asked for but the records do not hold
+    (archived and not included, or deleted), so it never claims more than it covers.
+    """
     if framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {framework!r} (hipaa, gdpr, sox)")
     title, requirements = FRAMEWORKS[framework]
@@ -105,12 +112,13 @@ def build_report(
     operations: Counter[str] = Counter()
     types: Counter[str] = Counter()
     unattributed = redacted = events = 0
-    first_seq = last_seq = None
+    first_seq = last_seq = first_ts = last_ts = None
     principals: dict[str, set[str]] = defaultdict(set)
     for r in records:
         events += 1
         first_seq = r.seq if first_seq is None else first_seq
-        last_seq = r.seq
+        first_ts = r.ts_ns if first_ts is None else first_ts
+        last_seq, last_ts = r.seq, r.ts_ns
         types[r.type] += 1
         d = r.details
         if r.type in ACCESS_TYPES:
@@ -143,9 +151,14 @@ def build_report(
     access_calls = sum(v["calls"] for v in access.values())
     evidence = {"access": access_calls > 0, "denied": True, "changes": True, "operations": bool(operations),
                 "integrity": integrity.ok}
+    period: dict[str, Any] = {"since": _iso(since_ns), "until": _iso(until_ns), "covered_from": _iso(first_ts),
+              "covered_to": _iso(last_ts), "not_covered": _not_covered(handoff, includes_archived, since_ns)}
     reqs = []
     for req in requirements:
         notes = []
+        gap = period["not_covered"]
+        if gap is not None:
+            notes.append(f"events up to seq {gap['until_seq']} ({gap['until']}) are not in this report: {gap['why']}")
         if not integrity.ok:
             notes.append("the audit log failed verification")
         if "access" in req.evidence and access_calls == 0:
@@ -160,7 +173,7 @@ def build_report(
         "framework": framework,
         "title": title,
         "generated": _iso(time.time_ns()),
-        "period": {"since": _iso(since_ns), "until": _iso(until_ns)},
+        "period": period,
         "log": {"path": log_path, "events": events, "first_seq": first_seq, "last_seq": last_seq,
                 "types": dict(sorted(types.items()))},
         "integrity": integrity.as_dict(),
@@ -175,6 +188,17 @@ def build_report(
     }
 
 
+def _not_covered(handoff: Any, includes_archived: bool, since_ns: int | None) -> dict[str, Any] | None:
+    """What the period asks for that retention took out of the live log, if anything."""
+    if handoff is None or (since_ns is not None and since_ns > handoff.last_ts_ns):
+        return None
+    if handoff.mode == "archive" and includes_archived:
+        return None
+    why = ("deleted by audit retention" if handoff.mode == "delete"
+           else "archived by audit retention (run the report with --archived)")
+    return {"until_seq": handoff.seq, "until": _iso(handoff.last_ts_ns), "why": why}
+
+
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     if not rows:
         return "<p><em>none</em></p>"
@@ -183,6 +207,11 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
         "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _uncovered(period: dict[str, Any]) -> str:
+    gap = period.get("not_covered")
+    return "" if not gap else f" (not covered: up to seq {gap['until_seq']}, {gap['until']}: {gap['why']})"
 
 
 def _cell(v: Any) -> str:
@@ -206,7 +235,9 @@ def render_html(report: dict[str, Any]) -> str:
          ".met{color:#060}.attention{color:#a00}</style></head><body>"),
         f"<h1>{esc(report['title'])}: audit report</h1>",
         (f"<p>Period: {esc(_cell(report['period']['since']) or 'start')} to "
-         f"{esc(_cell(report['period']['until']) or 'now')}. Generated {esc(report['generated'])}. "
+         f"{esc(_cell(report['period']['until']) or 'now')}; events cover "
+         f"{esc(_cell(report['period']['covered_from']) or '-')} to {esc(_cell(report['period']['covered_to']) or '-')}"
+         f"{esc(_uncovered(report['period']))}. Generated {esc(report['generated'])}. "
          f"Log: {esc(_cell(report['log']['path']))}, {report['log']['events']} events in period.</p>"),
         (f"<h2>Integrity of the log</h2><p class='{'met' if integ['ok'] else 'attention'}'>{esc(status)} "
          f"({integ['events']} events, {integ['signatures_checked']} signatures, {integ['anchors_checked']} anchors "

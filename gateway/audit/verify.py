@@ -115,14 +115,20 @@ def verify_records(
     all_signatures: bool = True,
     hash_elsewhere: Callable[[str], bool] = lambda h: False,
     seq_elsewhere: Callable[[int], bool] = lambda s: False,
+    start_seq: int = 1,
+    start_hash: str = GENESIS_HASH,
 ) -> VerifyResult:
-    """Verify records in stored order. The two callbacks tell a reordering from a removal."""
+    """Verify records in stored order. The two callbacks tell a reordering from a removal.
+
+    ``start_seq`` / ``start_hash``: where the records must begin (a chain after a retention
+    hand-off, or an archived segment, starts after seq 1).
+    """
     trusted = dict(public_keys)
     res = VerifyResult(ok=False)
     anchor_seqs = {a.seq for a in anchors}
     hash_at: dict[int, str] = {}
     current: str | None = None  # the key that must sign the next record
-    expected, prev = 1, GENESIS_HASH
+    expected, prev = start_seq, start_hash
     last: AuditRecord | None = None
     try:
         for rec in records:
@@ -236,6 +242,8 @@ def verify_log(
     Raises:
         AuditError: the log cannot be read (a missing log is not "intact").
     """
+    from gateway.audit.retention import verify_live  # (it builds on this module)
+
     conn = store.open_reader(path)
     try:
         anchors = _anchors(conn, checkpoint or store.checkpoint_path(path), extra_anchors)
@@ -244,8 +252,9 @@ def verify_log(
             return conn.execute("SELECT 1 FROM events WHERE chain_hash = ? LIMIT 1", (h,)).fetchone() is not None
 
         def run(full: bool) -> VerifyResult:
-            return verify_records(
-                store.iter_records(conn), public_keys, anchors=anchors, require_anchor=True,
+            # from the retention hand-off when old events were archived, else from seq 1
+            return verify_live(
+                conn, store.iter_records(conn), public_keys, anchors=anchors, require_anchor=True,
                 all_signatures=full, hash_elsewhere=hash_elsewhere,
             )
 

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import audit_retention_cmd as retention_cmd
 from gateway.config import load_config
 from gateway.errors import ConfigError
 
@@ -61,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.add_argument("--fast", action="store_true",
                    help="verify signatures only at anchors, key changes and the head (all hashes and links still)")
     v.add_argument("--json", action="store_true", help="print the result as JSON")
+    retention_cmd.add_verify_options(v)
     v.set_defaults(func=_verify)
 
     t = asub.add_parser("tail", help="print the last events; -f follows new ones")
@@ -79,12 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--decision", choices=("allow", "deny"))
     q.add_argument("--limit", type=int, default=None)
     q.add_argument("--json", action="store_true", help="one JSON record per line")
+    retention_cmd.add_archived_option(q)
     q.set_defaults(func=_query)
 
     e = asub.add_parser("export", help="write every record, one independently verifiable JSON line each")
     common(e)
     e.add_argument("--format", choices=("jsonl",), default="jsonl")
     e.add_argument("--out", type=Path, default=None, help="output file (default stdout)")
+    retention_cmd.add_archived_option(e)
     e.set_defaults(func=_export)
 
     r = asub.add_parser("report", help="compliance report: HIPAA, GDPR or SOX (HTML or JSON)")
@@ -93,6 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--framework", choices=("hipaa", "gdpr", "sox"), required=True)
     r.add_argument("--out", type=Path, default=None, help="report.html or report.json (default: JSON on stdout)")
     r.add_argument("--format", choices=("html", "json"), default=None, help="default: from --out's suffix")
+    retention_cmd.add_archived_option(r)
     r.set_defaults(func=_report)
 
     c = asub.add_parser("checkpoint", help="print (or append to --out) the log's current signed head, for a copy "
@@ -104,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     i = asub.add_parser("init", help="create the data dir and signing key; print the key id to pin in the config")
     i.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
     i.set_defaults(func=_init)
+    retention_cmd.add_archive_command(asub, common)
 
     k = asub.add_parser("rotate-key", help="replace the signing key (signed rotation event); gateway must be stopped")
     common(k)
@@ -193,6 +199,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     log, key = _paths(args)
     cfg = _config_or_none(args)
+    if args.segment:
+        return retention_cmd.verify_segments(args, _public_keys(args, key))
     logs = [log] if args.log is not None else [p for p in store.chain_paths(log) if p.exists()] or [log]
     keys, anchored = _trusted_keys(args, key, cfg, logs)
     export = cfg.audit.checkpoint_export if cfg is not None else None
@@ -219,6 +227,8 @@ def _verify(args: argparse.Namespace) -> int:
         else:
             p = res.problem
             print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {p.message}")
+        if args.archives and path.suffix != ".jsonl":
+            failed = not retention_cmd.verify_archive_chain(args, path, keys) or failed
     return EXIT_FAIL if failed else EXIT_OK
 
 
@@ -309,13 +319,17 @@ def _query(args: argparse.Namespace) -> int:
     from gateway.audit import store
 
     log, _ = _paths(args)
-    conn = store.open_reader(log)
+    conns = [c for c in (retention_cmd.archived_conn(args, log), store.open_reader(log)) if c is not None]
+    recs: list[Any] = []
     try:
-        recs = store.query(conn, since_ns=parse_time(args.since), until_ns=parse_time(args.until),
-                           principal=args.principal, tool=args.tool, types=tuple(args.type),
-                           decision=args.decision, limit=args.limit)
+        for conn in conns:  # archived (oldest) first, then the live log
+            left = None if args.limit is None else args.limit - len(recs)
+            recs += store.query(conn, since_ns=parse_time(args.since), until_ns=parse_time(args.until),
+                                principal=args.principal, tool=args.tool, types=tuple(args.type),
+                                decision=args.decision, limit=left)
     finally:
-        conn.close()
+        for conn in conns:
+            conn.close()
     _print_records(recs, args.json)
     return EXIT_OK
 
@@ -324,17 +338,19 @@ def _export(args: argparse.Namespace) -> int:
     from gateway.audit import store
 
     log, _ = _paths(args)
-    conn = store.open_reader(log)
+    conns = [c for c in (retention_cmd.archived_conn(args, log), store.open_reader(log)) if c is not None]
     try:
         with contextlib.ExitStack() as stack:
             out = stack.enter_context(open(args.out, "w", encoding="utf-8")) if args.out else sys.stdout
             n = 0
-            for rec in store.iter_records(conn):
-                out.write(json.dumps(rec.as_dict(), ensure_ascii=False) + "\n")
-                n += 1
+            for conn in conns:  # archived (oldest) first, then the live log: one chain from seq 1
+                for rec in store.iter_records(conn):
+                    out.write(json.dumps(rec.as_dict(), ensure_ascii=False) + "\n")
+                    n += 1
             out.flush()
     finally:
-        conn.close()
+        for conn in conns:
+            conn.close()
     if args.out:
         print(f"exported {n} records to {args.out}", file=sys.stderr)
     return EXIT_OK
@@ -348,12 +364,19 @@ def _report(args: argparse.Namespace) -> int:
     keys = _public_keys(args, key)
     integrity = verify_log(log, keys)
     since, until = parse_time(args.since), parse_time(args.until)
-    conn = store.open_reader(log)
+    from gateway.audit.retention import read_handoff
+
+    conns = [c for c in (retention_cmd.archived_conn(args, log), store.open_reader(log)) if c is not None]
+    recs: list[Any] = []
     try:
-        recs = store.query(conn, since_ns=since, until_ns=until)
+        handoff = read_handoff(conns[-1])
+        for conn in conns:
+            recs += store.query(conn, since_ns=since, until_ns=until)
     finally:
-        conn.close()
-    report = build_report(recs, args.framework, integrity, since_ns=since, until_ns=until, log_path=str(log))
+        for conn in conns:
+            conn.close()
+    report = build_report(recs, args.framework, integrity, since_ns=since, until_ns=until, log_path=str(log),
+                          handoff=handoff, includes_archived=args.archived)
     fmt = args.format or ("html" if args.out and args.out.suffix in (".html", ".htm") else "json")
     text = render_html(report) if fmt == "html" else json.dumps(report, ensure_ascii=False, indent=2)
     if args.out:

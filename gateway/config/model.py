@@ -118,6 +118,13 @@ class AuditSection(_Section):
                 raise ValueError(f"{k!r} is not an audit key id (ed25519:<32 hex digits>, see `symbi audit init`)")
         return v
 
+    # Retention (gateway/audit/retention.py): off unless one of the two limits is set.
+    retention_days: float | None = Field(default=None, gt=0)  # events older than this leave the live log
+    max_bytes: int | None = Field(default=None, ge=65536)  # the live log's used size stays below this
+    retention_mode: Literal["archive", "delete"] = "archive"  # sealed, signed segments, or deletion
+    archive_dir: PathT | None = None  # default: <data_dir>/audit-archive
+    retention_check_s: float = Field(default=3600.0, gt=0)  # how often the gateway applies retention
+
 
 class SandboxSection(_Section):
     image: str = "symbi-sandbox:latest"

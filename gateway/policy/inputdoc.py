@@ -6,70 +6,16 @@ and any user policy read exactly these fields.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.policy.counters import CallCounters
+
+__all__ = ["Action", "CallCounters", "build_input", "input_for_call", "tool_input"]
 
 Action = Literal["call", "list"]
-
-
-class CallCounters:
-    """Sliding windows of call times per principal (1 h) and per principal+tool (1 min).
-
-    Thread-safe. ``try_acquire`` is the rate limiter: it records a call only if the
-    principal+tool window is below the limit.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._by_principal: dict[str, deque[float]] = {}
-        self._by_tool: dict[tuple[str, str], deque[float]] = {}
-
-    @staticmethod
-    def _prune(q: deque[float], horizon: float) -> None:
-        while q and q[0] <= horizon:
-            q.popleft()
-
-    def principal_counts(self, principal: str) -> tuple[int, int]:
-        """(calls in the last minute, calls in the last hour) by ``principal``."""
-        now = self._clock()
-        with self._lock:
-            q = self._by_principal.get(principal)
-            if not q:
-                return 0, 0
-            self._prune(q, now - 3600)
-            minute = sum(1 for t in q if t > now - 60)
-            return minute, len(q)
-
-    def tool_count(self, principal: str, tool: str) -> int:
-        """Calls of ``tool`` by ``principal`` in the last minute."""
-        now = self._clock()
-        with self._lock:
-            q = self._by_tool.get((principal, tool))
-            if not q:
-                return 0
-            self._prune(q, now - 60)
-            return len(q)
-
-    def try_acquire(self, principal: str, tool: str, limit_per_minute: int | None) -> bool:
-        """Record one call unless it would exceed ``limit_per_minute`` (None: no limit)."""
-        now = self._clock()
-        with self._lock:
-            tq = self._by_tool.setdefault((principal, tool), deque())
-            self._prune(tq, now - 60)
-            if limit_per_minute is not None and len(tq) >= limit_per_minute:
-                return False
-            tq.append(now)
-            pq = self._by_principal.setdefault(principal, deque())
-            self._prune(pq, now - 3600)
-            pq.append(now)
-            return True
 
 
 def _rfc3339(ns: int) -> str:

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from gateway.errors import InvalidTransition
 from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
 from gateway.server.approvals import ApprovalError, approve_tool, tool_diff
+from gateway.server.footprint import http_footprint
 from gateway.server.openapi import OPENAPI
 
 if TYPE_CHECKING:
@@ -240,6 +241,9 @@ def admin_routes(state: HttpState) -> list[Route]:
     async def sessions(request: Request) -> Response:
         return JSONResponse({"max_sessions": state.config.http.max_sessions, "sessions": state.sessions()})
 
+    async def footprint(request: Request) -> Response:
+        return JSONResponse(http_footprint(state))
+
     async def calls(request: Request) -> Response:
         n = _limit(request)
         if n is None:
@@ -388,6 +392,7 @@ def admin_routes(state: HttpState) -> list[Route]:
         Route("/upstreams", upstreams, methods=["GET"]),
         Route("/upstreams/{name}/restart", restart, methods=["POST"]),
         Route("/sessions", sessions, methods=["GET"]),
+        Route("/state", footprint, methods=["GET"]),
         Route("/pins", pins, methods=["GET"]),
         Route("/calls/recent", calls, methods=["GET"]),
         Route("/audit/recent", audit_recent, methods=["GET"]),

@@ -354,6 +354,8 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         return JSONResponse(doc, status_code=200 if ready else 503)
 
     async def metrics_view(request: Request) -> Response:
+        if state.gateway is not None:
+            metrics.keep_tools(state.gateway.catalog.tools)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def resource_metadata(request: Request) -> Response:

@@ -135,6 +135,10 @@ OPENAPI: dict[str, Any] = {
         "/sessions": {
             "get": {"summary": "Open MCP sessions", "responses": {"200": _ok("SessionList"), **_STD}}
         },
+        "/state": {
+            "get": {"summary": "State held per session, principal, upstream and tool (counts, not RSS)",
+                    "responses": {"200": _ok("StateFootprint"), **_STD}}
+        },
         "/pins": {
             "get": {"summary": "SchemaPin key pins (domain, tool, key, definition, pending change)",
                     "responses": {"200": _ok("PinList"), **_STD}}
@@ -356,6 +360,14 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "id": {"type": "string", "description": "first 8 characters only"},
                     "owner": _NULLSTR,
+                },
+            },
+            "StateFootprint": {
+                "type": "object",
+                "required": ["owned", "bounded", "caps", "vocabulary", "process"],
+                "properties": {
+                    k: {"type": "object", "additionalProperties": {"type": "integer"}}
+                    for k in ("owned", "bounded", "caps", "vocabulary", "process")
                 },
             },
             "SessionList": {

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
@@ -42,7 +43,14 @@ _logger = logging.getLogger("symbi.upstream")
 # (and refuses what that caller cannot do) rather than the gateway's.
 DOWNSTREAM_CAPABILITIES: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "symbi_downstream_session", default=None
-)  # holds the caller's ServerSession; serialised only when a 2026-era upstream stamps a request
+)  # holds a weak reference to the caller's ServerSession; serialised only when a 2026-era upstream
+# stamps a request. Weak: asyncio keeps cancelled timers (and the context they captured) until
+# their deadline, which would otherwise keep every recently closed session alive.
+
+
+def downstream_ref(session: Any) -> Any:
+    """The value to put in ``DOWNSTREAM_CAPABILITIES`` for ``session`` (None for none)."""
+    return weakref.ref(session) if session is not None else None
 _CAPS_META_KEY = "io.modelcontextprotocol/clientCapabilities"
 
 State = Literal["starting", "up", "down", "stopped"]
@@ -393,7 +401,8 @@ def _forward_caller_capabilities(session: ClientSession) -> None:
 
     def with_caller(data: dict[str, Any], opts: Any) -> None:
         stamp(data, opts)
-        caller = DOWNSTREAM_CAPABILITIES.get()
+        ref = DOWNSTREAM_CAPABILITIES.get()
+        caller = ref() if ref is not None else None
         caps = getattr(caller, "client_capabilities", None) if caller is not None else None
         if caps is not None:
             caps = caps.model_dump(by_alias=True, mode="json", exclude_none=True)

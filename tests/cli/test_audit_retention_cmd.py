@@ -1,0 +1,97 @@
+"""``symbi audit archive / verify --archives / --segment / query|export|report --archived``, run
+as real subprocesses, and retention applied by a running gateway (``symbi mcp``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway.audit import AuditLog
+from tests.conftest import ROOT, write_config
+from tests.server._clients import stdio_session
+
+MUTABLE = ROOT / "tests/peers/mutable_server.py"
+
+
+def symbi(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", "audit", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    """A config whose retention makes every event older than ~1 s due, and a log of 30 events."""
+    path = tmp_path / "symbi.toml"
+    path.write_text(f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n[audit]\nretention_days = 0.00001\n')
+    with AuditLog(tmp_path / "data" / "audit.db", tmp_path / "data" / "audit-key.pem") as log:
+        for i in range(30):
+            log.append("tool.call", {"tool": f"t{i}", "decision": {"allow": i % 3 != 0}}, principal="alice")
+    time.sleep(1.2)
+    return path
+
+
+def test_archive_then_verify_query_export_and_report(cfg: Path, tmp_path: Path) -> None:
+    res = symbi("archive", "--config", cfg)
+    assert res.returncode == 0, res.stderr
+    res = symbi("verify", "--config", cfg, "--archives", "--json")
+    live, archived = (json.loads(line) for line in res.stdout.splitlines())
+    assert res.returncode == 0 and live["ok"] and archived["ok"] and archived["last_seq"] == 29
+    [segment] = (tmp_path / "data" / "audit-archive").glob("*.jsonl")
+    assert symbi("verify", "--config", cfg, "--segment", segment).returncode == 0
+
+    q = symbi("query", "--config", cfg, "--archived", "--principal", "alice", "--json")
+    assert [json.loads(line)["seq"] for line in q.stdout.splitlines()] == list(range(1, 31))
+    assert symbi("query", "--config", cfg, "--principal", "alice", "--json").stdout.strip().count("\n") == 0
+
+    out = tmp_path / "all.jsonl"
+    assert symbi("export", "--config", cfg, "--archived", "--out", out).returncode == 0
+    whole = symbi("verify", "--log", out, "--public-key", tmp_path / "data" / "audit-key.pub.pem")
+    assert whole.returncode == 0, whole.stdout  # archive + live = one chain from seq 1
+
+    live_only = json.loads(symbi("report", "--config", cfg, "--framework", "sox").stdout)
+    assert live_only["period"]["not_covered"]["until_seq"] == 29
+    assert all(r["status"] == "attention" for r in live_only["requirements"])
+    full = json.loads(symbi("report", "--config", cfg, "--framework", "sox", "--archived").stdout)
+    assert full["period"]["not_covered"] is None and full["log"]["first_seq"] == 1
+
+    segment.write_text(segment.read_text().replace('"t7"', '"t8"'))
+    bad = symbi("verify", "--config", cfg, "--archives", "--json")
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout.splitlines()[1])["problem"]["seq"] == 8
+
+
+def test_archive_with_no_limit_set_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "symbi.toml"
+    path.write_text(f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n')
+    assert symbi("archive", "--config", path).returncode == 2
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_running_gateway_applies_retention(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, f"""
+        [audit]
+        retention_days = 0.00002
+        retention_check_s = 0.5
+
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        """)
+    archive = tmp_path / "data" / "audit-archive"
+    async with stdio_session(cfg) as s:
+        for i in range(5):
+            assert not (await s.call_tool("mut__echo", {"message": f"m{i}"})).is_error
+        with anyio.fail_after(60):
+            while not list(archive.glob("*.jsonl")):
+                await anyio.sleep(0.3)
+        assert not (await s.call_tool("mut__echo", {"message": "after"})).is_error
+    res = symbi("verify", "--config", cfg, "--archives")
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,0 +1,48 @@
+"""BoundedEventStore: replay after Last-Event-ID, bounded by count and by age (injected clock)."""
+
+from __future__ import annotations
+
+import anyio
+from mcp.server.streamable_http import EventMessage
+from mcp.types import JSONRPCNotification
+
+from gateway.server.resume import BoundedEventStore
+
+
+def _msg(n: int) -> JSONRPCNotification:
+    return JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"n": n})
+
+
+def test_replays_later_events_of_the_same_stream_only() -> None:
+    async def main() -> None:
+        store = BoundedEventStore()
+        first = await store.store_event("s1", _msg(0))
+        await store.store_event("s2", _msg(1))
+        await store.store_event("s1", _msg(2))
+        got: list[EventMessage] = []
+
+        async def send(ev: EventMessage) -> None:
+            got.append(ev)
+
+        assert await store.replay_events_after(first, send) == "s1"
+        assert [e.message.params["n"] for e in got] == [2]  # type: ignore[union-attr]
+
+    anyio.run(main)
+
+
+def test_events_expire_by_count_and_by_age() -> None:
+    async def main() -> None:
+        now = [0.0]
+        store = BoundedEventStore(max_events=3, ttl_s=60.0, clock=lambda: now[0])
+        ids = [await store.store_event("s", _msg(i)) for i in range(5)]
+        assert len(store) == 3  # the oldest two went first
+        assert await store.replay_events_after(ids[0], _never) is None
+        now[0] += 61.0
+        assert len(store) == 0  # nothing outlives the TTL, even without new events
+        assert await store.replay_events_after(ids[4], _never) is None
+
+    anyio.run(main)
+
+
+async def _never(ev: EventMessage) -> None:
+    raise AssertionError("nothing should be replayed")

@@ -82,6 +82,12 @@ bench: setup sandbox state-engines
 	$(PY) bench/sandbox.py
 	$(PY) bench/schemapin.py
 	$(PY) bench/bus.py
+	$(PY) bench/runtime.py
+	$(PY) bench/context.py
+	$(PY) bench/screen.py
+	$(PY) bench/counters.py
+	$(PY) bench/tracing.py
+	$(PY) bench/http.py
 
 # The soak benchmark (bench/soak.py): 1,000,000 calls by default (hours); SOAK_ARGS="--calls 100000" for less.
 SOAK_ARGS ?=

@@ -221,5 +221,5 @@ def test_config_check_prints_the_notices(tmp_path: Path) -> None:
                           env={**symbi_env(), **{k: v for k, v in SEED_ENV.items() if k != "SYMBI_AUDIT_STORAGE"}},
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "issue 13" in proc.stdout and "issue 14" not in proc.stdout and "'cryptography'" in proc.stdout
+    assert "issue 12" in proc.stdout and "issue 13" not in proc.stdout and "issue 14" not in proc.stdout and "'cryptography'" in proc.stdout
     assert "your_api_key_here" not in proc.stdout

@@ -1,0 +1,250 @@
+"""Mutation testing of the security-critical modules (`make mutate`; not part of `make test`).
+
+Runs mutmut once per module group, each in a scratch copy of the tracked tree, with the
+in-process tests that cover that group. mutmut picks the tests per mutated function from
+the calls it sees in the pytest process, so code reached only through a `symbi`/gateway
+subprocess shows up as "no tests": each group lists tests that call its code in-process.
+
+Results accumulate in reports/mutation.json (one entry per group, replaced when the group
+runs again) and reports/mutation.md is rendered from it. A surviving mutant is accounted
+for in scripts/mutation-equivalents.toml: either the reason it is equivalent (cannot change
+behaviour a test may observe) or the test added to kill it. Anything else is listed as
+UNEXPLAINED, which is a hole to close.
+
+    python scripts/mutate.py                 # every group
+    python scripts/mutate.py steps auth      # some groups
+    python scripts/mutate.py --list          # the groups
+    python scripts/mutate.py --render        # re-render the report from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT_JSON = ROOT / "reports" / "mutation.json"
+REPORT_MD = ROOT / "reports" / "mutation.md"
+EQUIVALENTS = ROOT / "scripts" / "mutation-equivalents.toml"
+# Tests look for these next to the tree (ROOT/.venv etc.); mutmut runs pytest in mutants/.
+LINKED = (".venv", ".venv-schemapin-ref", "node_modules")
+ALSO_COPY = ["scripts", "policies", "policies.rego", "examples"]
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    mutate: tuple[str, ...]  # files or globs ending in * (mutmut's only_mutate)
+    tests: tuple[str, ...]  # pytest paths/node ids that call the code in-process
+    note: str = ""
+
+
+GROUPS: tuple[Group, ...] = (
+    Group("schemapin-verify", ("schemapin/_verify.py",), ("tests/schemapin/",)),
+    Group(
+        "steps",
+        ("gateway/steps/*", "gateway/policy/decision.py"),
+        ("tests/steps/", "tests/policy/test_decision.py"),
+    ),
+    Group("audit-verify", ("gateway/audit/verify.py",), ("tests/audit/test_verify.py",)),
+    Group("audit-store", ("gateway/audit/store.py",), (
+        "tests/audit/test_log.py", "tests/audit/test_durability.py", "tests/audit/test_verify.py",
+    )),
+    Group("auth", ("gateway/server/auth.py",), ("tests/server/http/test_auth.py",)),
+    Group("policy", (
+        "gateway/policy/engine.py", "gateway/policy/inputdoc.py", "gateway/policy/redact.py",
+    ), ("tests/policy/test_engine.py", "tests/policy/test_inputdoc.py", "tests/policy/test_redact.py")),
+    Group("verify", ("gateway/verify/*",), ("tests/verify/",)),
+    Group("sandbox-limits", (
+        "gateway/sandbox/docker_tier.py", "gateway/sandbox/bwrap.py", "gateway/sandbox/cgroups.py",
+    ), ("tests/sandbox/test_tiers.py", "tests/sandbox/test_bwrap.py")),
+    Group("runtime", ("gateway/runtime/*",), ("tests/runtime/",)),
+    Group("memory", ("gateway/memory/*",), ("tests/memory/",)),
+    Group("screen", ("gateway/screen/*",), ("tests/screen/",)),
+)
+BY_NAME = {g.name: g for g in GROUPS}
+
+
+def _toml_list(items: list[str] | tuple[str, ...]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(group: Group, scratch: Path) -> None:
+    """A scratch copy of the tracked tree (as in the working tree) with this group's config."""
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
+    ).stdout.split(b"\0")
+    for rel in (f.decode() for f in files if f):
+        src = ROOT / rel
+        if src.is_symlink() or not src.is_file():
+            continue  # node_modules symlinks etc. are linked below, deleted files skipped
+        dst = scratch / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    (scratch / "mutants").mkdir()
+    for name in LINKED:
+        target = Path("/work/main") / name if not (ROOT / name).exists() else (ROOT / name).resolve()
+        for where in (scratch, scratch / "mutants"):
+            link = where / name
+            if not link.exists():
+                link.symlink_to(target)
+    packages = sorted({m.split("/")[0] for m in group.mutate} | {"gateway", "schemapin"})
+    pyproject = scratch / "pyproject.toml"
+    text = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", pyproject.read_text())
+    text += (
+        "\n[tool.mutmut]\n"
+        f"source_paths = {_toml_list(packages)}\n"  # whole packages, else imports break
+        f"only_mutate = {_toml_list(group.mutate)}\n"
+        f"pytest_add_cli_args_test_selection = {_toml_list(group.tests)}\n"
+        f"also_copy = {_toml_list(ALSO_COPY)}\n"
+        'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly"]\n'
+    )
+    pyproject.write_text(text)
+
+
+def run_group(group: Group, scratch: Path, max_children: int) -> dict[str, object]:
+    prepare(group, scratch)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # import the mutants
+    start = time.monotonic()
+    log = scratch / "mutmut.log"
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+            check=False, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    seconds = round(time.monotonic() - start)
+    mutants = collect(scratch)
+    return {
+        "mutate": list(group.mutate),
+        "tests": list(group.tests),
+        "seconds": seconds,
+        "mutmut_exit": proc.returncode,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "mutants": mutants,
+    }
+
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests",
+          34: "skipped", 36: "timeout", 37: "caught by type check", None: "not checked",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}
+
+
+def collect(scratch: Path) -> list[dict[str, object]]:
+    """Every mutant with its status and, unless killed, its diff (from `mutmut show`)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out: list[dict[str, object]] = []
+    for meta in sorted((scratch / "mutants").rglob("*.py.meta")):
+        source = str(meta.relative_to(scratch / "mutants"))[: -len(".meta")]
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        for name, code in sorted(codes.items()):
+            status = STATUS.get(code, "suspicious")
+            item: dict[str, object] = {"name": name, "file": source, "status": status}
+            if status != "killed":
+                shown = subprocess.run(
+                    [sys.executable, "-m", "mutmut", "show", name],
+                    check=False, cwd=scratch, env=env, capture_output=True, text=True,
+                )
+                item["diff"] = shown.stdout.split("\n", 1)[1] if shown.stdout else shown.stderr
+            out.append(item)
+    return out
+
+
+def score(mutants: list[dict[str, object]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for m in mutants:
+        counts[str(m["status"])] = counts.get(str(m["status"]), 0) + 1
+    return counts
+
+
+def _changed_lines(diff: str) -> str:
+    lines = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return "\n".join(lines)
+
+
+def render(data: dict[str, dict[str, object]]) -> str:
+    reasons = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    explained: dict[str, str] = reasons.get("equivalent", {})
+    killed_by: dict[str, str] = reasons.get("killed_by", {})
+    lines = [
+        "# Mutation report",
+        "",
+        "Produced by `make mutate` (scripts/mutate.py, mutmut). Score = killed / (killed + survived);",
+        "\"no tests\" = no test in the group's in-process test set calls that function (code reached",
+        "only through a subprocess, or not tested at all); they are listed in the JSON, not here.",
+        "",
+        "| group | modules | mutants | killed | survived | no tests | timeout | score | minutes | commit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, g in data.items():
+        mutants = g["mutants"]
+        assert isinstance(mutants, list)
+        c = score(mutants)
+        k, s = c.get("killed", 0), c.get("survived", 0)
+        pct = f"{100 * k / (k + s):.0f}%" if k + s else "-"
+        lines.append(
+            f"| {name} | {', '.join(g['mutate'])} | {len(mutants)} | {k} | {s} | "  # type: ignore[arg-type]
+            f"{c.get('no tests', 0)} | {c.get('timeout', 0)} | {pct} | {int(g['seconds']) // 60} | {g['commit']} |"  # type: ignore[call-overload]
+        )
+    lines += ["", "Not run yet: " + (", ".join(n for n in BY_NAME if n not in data) or "none"), ""]
+    for name, g in data.items():
+        mutants = [m for m in g["mutants"] if m["status"] in ("survived", "suspicious")]  # type: ignore[attr-defined]
+        lines += [f"## {name}: surviving mutants ({len(mutants)})", "",
+                  f"Tests: {' '.join(g['tests'])}", ""]  # type: ignore[arg-type]
+        for m in mutants:
+            n = str(m["name"])
+            if n in killed_by:
+                verdict = f"killed by {killed_by[n]} (added after this run)"
+            elif n in explained:
+                verdict = f"equivalent: {explained[n]}"
+            else:
+                verdict = "UNEXPLAINED"
+            lines += [f"- `{n}` — {verdict}", "", "```diff", _changed_lines(str(m.get("diff", ""))), "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("groups", nargs="*", help="group names (default: all)")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only re-render reports/mutation.md")
+    ap.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (2 cores here)")
+    ap.add_argument("--scratch", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "symbi-mutate")
+    args = ap.parse_args()
+    if args.list:
+        for g in GROUPS:
+            print(f"{g.name}: {' '.join(g.mutate)}  <- {' '.join(g.tests)}")
+        return 0
+    unknown = [n for n in args.groups if n not in BY_NAME]
+    if unknown:
+        ap.error(f"unknown group(s) {unknown}; see --list")
+    data: dict[str, dict[str, object]] = json.loads(REPORT_JSON.read_text()) if REPORT_JSON.exists() else {}
+    if not args.render:
+        for name in args.groups or list(BY_NAME):
+            print(f"[mutate] {name} ...", flush=True)
+            result = run_group(BY_NAME[name], args.scratch / name, args.max_children)
+            print(f"[mutate] {name}: {score(result['mutants'])} in {result['seconds']} s", flush=True)  # type: ignore[arg-type]
+            data[name] = result
+            REPORT_JSON.parent.mkdir(exist_ok=True)
+            REPORT_JSON.write_text(json.dumps(data, indent=1) + "\n")
+    ordered = {n: data[n] for n in BY_NAME if n in data}
+    REPORT_MD.write_text(render(ordered))
+    print(f"[mutate] report: {REPORT_MD.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

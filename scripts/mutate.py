@@ -114,26 +114,32 @@ def prepare(group: Group, scratch: Path) -> None:
     pyproject.write_text(text)
 
 
-def run_group(group: Group, scratch: Path, max_children: int) -> dict[str, object]:
-    prepare(group, scratch)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # import the mutants
-    start = time.monotonic()
-    log = scratch / "mutmut.log"
-    with log.open("w") as out:
-        proc = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
-            check=False, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    seconds = round(time.monotonic() - start)
+def _head() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def run_group(group: Group, scratch: Path, max_children: int, *, collect_only: bool = False) -> dict[str, object]:
+    seconds_file = scratch / "seconds"
+    if not collect_only:
+        prepare(group, scratch)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # import the mutants
+        start = time.monotonic()
+        with (scratch / "mutmut.log").open("w") as out:
+            proc = subprocess.run(
+                [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+                check=False, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        seconds_file.write_text(f"{round(time.monotonic() - start)} {proc.returncode} {_head()}")
+    seconds, exit_code, commit = seconds_file.read_text().split()
     mutants = collect(scratch)
     return {
         "mutate": list(group.mutate),
         "tests": list(group.tests),
-        "seconds": seconds,
-        "mutmut_exit": proc.returncode,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "seconds": int(seconds),
+        "mutmut_exit": int(exit_code),
+        "commit": commit,  # of the tree the group ran on (plus uncommitted changes, if any)
         "mutants": mutants,
     }
 
@@ -143,23 +149,30 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}
 
 
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+print(json.dumps({n: get_diff_for_mutant(n, path=f) for n, f in json.load(sys.stdin)}))
+"""
+
+
 def collect(scratch: Path) -> list[dict[str, object]]:
-    """Every mutant with its status and, unless killed, its diff (from `mutmut show`)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    """Every mutant with its status and, if it survived, its diff (one mutmut process)."""
     out: list[dict[str, object]] = []
     for meta in sorted((scratch / "mutants").rglob("*.py.meta")):
         source = str(meta.relative_to(scratch / "mutants"))[: -len(".meta")]
         codes = json.loads(meta.read_text())["exit_code_by_key"]
-        for name, code in sorted(codes.items()):
-            status = STATUS.get(code, "suspicious")
-            item: dict[str, object] = {"name": name, "file": source, "status": status}
-            if status != "killed":
-                shown = subprocess.run(
-                    [sys.executable, "-m", "mutmut", "show", name],
-                    check=False, cwd=scratch, env=env, capture_output=True, text=True,
-                )
-                item["diff"] = shown.stdout.split("\n", 1)[1] if shown.stdout else shown.stderr
-            out.append(item)
+        out += [{"name": n, "file": source, "status": STATUS.get(c, "suspicious")} for n, c in sorted(codes.items())]
+    wanted = [[m["name"], m["file"]] for m in out if m["status"] not in ("killed", "no tests")]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    shown = subprocess.run(
+        [sys.executable, "-c", _DIFFS], input=json.dumps(wanted), check=True,
+        cwd=scratch, env=env, capture_output=True, text=True,
+    )
+    diffs = json.loads(shown.stdout)
+    for m in out:
+        if m["name"] in diffs:
+            m["diff"] = diffs[m["name"]]
     return out
 
 
@@ -221,6 +234,7 @@ def main() -> int:
     ap.add_argument("groups", nargs="*", help="group names (default: all)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--render", action="store_true", help="only re-render reports/mutation.md")
+    ap.add_argument("--collect", action="store_true", help="re-read the groups' last scratch runs, do not run")
     ap.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (2 cores here)")
     ap.add_argument("--scratch", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "symbi-mutate")
     args = ap.parse_args()
@@ -235,7 +249,7 @@ def main() -> int:
     if not args.render:
         for name in args.groups or list(BY_NAME):
             print(f"[mutate] {name} ...", flush=True)
-            result = run_group(BY_NAME[name], args.scratch / name, args.max_children)
+            result = run_group(BY_NAME[name], args.scratch / name, args.max_children, collect_only=args.collect)
             print(f"[mutate] {name}: {score(result['mutants'])} in {result['seconds']} s", flush=True)  # type: ignore[arg-type]
             data[name] = result
             REPORT_JSON.parent.mkdir(exist_ok=True)

@@ -249,6 +249,7 @@ def test_a_plain_result_is_an_ok_outcome_and_a_call_with_no_tool_has_no_tool_fie
     assert ev["type"] == "prompt.get"
     assert (d["outcome"], d["error_code"], d["tool"]) == ("ok", None, "p1")
     assert (d["original_name"], d["upstream"], d["verification"], d["key_fingerprint"]) == (None, None, None, None)
+    assert d["decision"] is None  # no policy decision was made
 
 
 def test_a_cancelled_call_is_recorded_as_cancelled(log: AuditLog) -> None:

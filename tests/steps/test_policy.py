@@ -12,7 +12,7 @@ import pytest
 from mcp.types import CallToolResult, ImageContent, ReadResourceResult, TextContent, TextResourceContents
 
 from gateway.chain import build_chain
-from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.errors import PolicyDenied, RateLimited
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.inputdoc import CallCounters
@@ -305,3 +305,47 @@ def test_the_decision_latency_is_observed(engine: EmbeddedEngine) -> None:
     before = time.perf_counter()
     run(PolicyStep(engine, observe=seen.append), Recorder(), call_of("time__get_current_time", {}, verification="pinned"))
     assert len(seen) == 1 and 0 <= seen[0] <= time.perf_counter() - before
+
+
+LISTING_REGO = """package symbi
+
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["not listed"], "conditions": {}}
+
+decision := {"allow": true, "reasons": [], "conditions": {}} if {
+    input.action == "list"
+    input.target == input.tool.name
+    input.upstream.transport == "stdio"
+    input.context.session_id == "s-1"
+    input.context.calls_last_minute == 1
+    agent_ok
+}
+
+agent_ok if input.agent == null
+
+agent_ok if input.agent.name == "helper"
+"""
+
+
+def test_a_listing_decision_sees_the_whole_input(tmp_path: Any) -> None:
+    """A policy may hide tools by upstream, session, volume or agent: each must reach the input."""
+    (tmp_path / "p.rego").write_text(LISTING_REGO)
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    assert eng.load()
+    tools = [tool("up__a"), tool("fs__read_file")]
+    ups = {"up": UpstreamInfo(name="up", transport="stdio"), "fs": UpstreamInfo(name="fs", transport="http")}
+    counters = CallCounters()
+    assert counters.try_acquire("local", "up__a", None)
+    kw: dict[str, Any] = {"upstreams": ups, "session_id": "s-1", "counters": counters}
+    assert [t.name for t in filter_listing(eng, LOCAL, tools, **kw)] == ["up__a"]
+    for missing in ("upstreams", "session_id", "counters"):
+        assert filter_listing(eng, LOCAL, tools, **{k: v for k, v in kw.items() if k != missing}) == []
+    agent_principal = Principal(id="local", kind="user", roles=("developer",), agent="a1")
+    helper = AgentInfo(id="a1", name="helper", state="running")
+    listed = asyncio.run(afilter_listing(eng, agent_principal, tools, agent=helper, **kw))
+    assert [t.name for t in listed] == ["up__a"]
+    assert asyncio.run(afilter_listing(eng, agent_principal, tools, **kw)) == []  # the agent's record is used
+    for missing in ("upstreams", "session_id", "counters"):
+        rest = {k: v for k, v in kw.items() if k != missing}
+        assert asyncio.run(afilter_listing(eng, agent_principal, tools, agent=helper, **rest)) == []

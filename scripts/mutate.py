@@ -30,6 +30,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_JSON = ROOT / "reports" / "mutation.json"
@@ -188,44 +189,61 @@ def _changed_lines(diff: str) -> str:
     return "\n".join(lines)
 
 
-def render(data: dict[str, dict[str, object]]) -> str:
-    reasons = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
-    explained: dict[str, str] = reasons.get("equivalent", {})
-    killed_by: dict[str, str] = reasons.get("killed_by", {})
+def verdict(name: str, reasons: dict[str, dict[str, str]]) -> tuple[str, str]:
+    """(kind, text) for a surviving mutant: killed_by, equivalent, gap or unexplained."""
+    for kind in ("killed_by", "equivalent", "gap"):
+        if name in reasons.get(kind, {}):
+            return kind, reasons[kind][name]
+    return "unexplained", ""
+
+
+def _row(label: str, mutants: list[dict[str, Any]], reasons: dict[str, dict[str, str]], extra: str) -> str:
+    c = score(mutants)
+    k, s = c.get("killed", 0), c.get("survived", 0) + c.get("suspicious", 0)
+    kinds = [verdict(str(m["name"]), reasons)[0] for m in mutants if m["status"] in ("survived", "suspicious")]
+    eq, added, gap = kinds.count("equivalent"), kinds.count("killed_by"), kinds.count("gap")
+    raw = f"{100 * k / (k + s):.0f}%" if k + s else "-"
+    # equivalents are not mutants a test could kill; tests added after the run count as kills
+    adj = f"{100 * (k + added) / (k + s - eq):.0f}%" if k + s - eq else "-"
+    return (
+        f"| {label} | {len(mutants)} | {k} | {s} | {eq} | {added} | {gap} | {kinds.count('unexplained')} | "
+        f"{c.get('no tests', 0)} | {c.get('timeout', 0)} | {raw} | {adj} |{extra}"
+    )
+
+
+def render(data: dict[str, dict[str, Any]]) -> str:
+    reasons: dict[str, dict[str, str]] = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    head = (
+        "| module | mutants | killed | survived | equivalent | killed by a test added since | gap | "
+        "unexplained | no tests | timeout | raw score | score |"
+    )
     lines = [
         "# Mutation report",
         "",
-        "Produced by `make mutate` (scripts/mutate.py, mutmut). Score = killed / (killed + survived);",
-        "\"no tests\" = no test in the group's in-process test set calls that function (code reached",
-        "only through a subprocess, or not tested at all); they are listed in the JSON, not here.",
+        "Produced by `make mutate` (scripts/mutate.py, mutmut). raw score = killed / (killed + survived);",
+        "score = (killed + killed by a test added since the run) / (killed + survived - equivalent).",
+        "Survivors are accounted for in scripts/mutation-equivalents.toml. \"no tests\" = no test of the",
+        "group's in-process set calls that function (reached only through a `symbi` subprocess, which",
+        "mutmut cannot attribute, or not tested); they are in the JSON, not listed here.",
         "",
-        "| group | modules | mutants | killed | survived | no tests | timeout | score | minutes | commit |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        head + " group | minutes | commit |",
+        "| --- " * 15 + "|",
     ]
     for name, g in data.items():
-        mutants = g["mutants"]
-        assert isinstance(mutants, list)
-        c = score(mutants)
-        k, s = c.get("killed", 0), c.get("survived", 0)
-        pct = f"{100 * k / (k + s):.0f}%" if k + s else "-"
-        lines.append(
-            f"| {name} | {', '.join(g['mutate'])} | {len(mutants)} | {k} | {s} | "  # type: ignore[arg-type]
-            f"{c.get('no tests', 0)} | {c.get('timeout', 0)} | {pct} | {int(g['seconds']) // 60} | {g['commit']} |"  # type: ignore[call-overload]
-        )
+        files = sorted({str(m["file"]) for m in g["mutants"]})
+        for f in files:
+            ms = [m for m in g["mutants"] if m["file"] == f]
+            lines.append(_row(f, ms, reasons, f" {name} | {int(g['seconds']) // 60} | {g['commit']} |"))
     lines += ["", "Not run yet: " + (", ".join(n for n in BY_NAME if n not in data) or "none"), ""]
     for name, g in data.items():
-        mutants = [m for m in g["mutants"] if m["status"] in ("survived", "suspicious")]  # type: ignore[attr-defined]
-        lines += [f"## {name}: surviving mutants ({len(mutants)})", "",
-                  f"Tests: {' '.join(g['tests'])}", ""]  # type: ignore[arg-type]
-        for m in mutants:
-            n = str(m["name"])
-            if n in killed_by:
-                verdict = f"killed by {killed_by[n]} (added after this run)"
-            elif n in explained:
-                verdict = f"equivalent: {explained[n]}"
-            else:
-                verdict = "UNEXPLAINED"
-            lines += [f"- `{n}` — {verdict}", "", "```diff", _changed_lines(str(m.get("diff", ""))), "```", ""]
+        surv = [m for m in g["mutants"] if m["status"] in ("survived", "suspicious")]
+        lines += [f"## {name}: surviving mutants ({len(surv)})", "", f"Tests: {' '.join(g['tests'])}", ""]
+        for m in surv:
+            kind, text = verdict(str(m["name"]), reasons)
+            label = {"killed_by": f"killed by {text} (added after this run)", "equivalent": f"equivalent: {text}",
+                     "gap": f"GAP (not closed): {text}", "unexplained": "UNEXPLAINED"}[kind]
+            lines += [f"- `{m['name']}` ({m['status']}): {label}", "", "```diff",
+                      _changed_lines(str(m.get("diff", ""))), "```", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -245,7 +263,7 @@ def main() -> int:
     unknown = [n for n in args.groups if n not in BY_NAME]
     if unknown:
         ap.error(f"unknown group(s) {unknown}; see --list")
-    data: dict[str, dict[str, object]] = json.loads(REPORT_JSON.read_text()) if REPORT_JSON.exists() else {}
+    data: dict[str, dict[str, Any]] = json.loads(REPORT_JSON.read_text()) if REPORT_JSON.exists() else {}
     if not args.render:
         for name in args.groups or list(BY_NAME):
             print(f"[mutate] {name} ...", flush=True)

@@ -296,8 +296,10 @@ def test_rate_limit_counts_per_tool_not_per_principal_only(tmp_path: Any) -> Non
     step = PolicyStep(eng)
     run(step, Recorder(), call_of("up__a", {}))
     run(step, Recorder(), call_of("up__b", {}))  # another tool: its own budget
+    limited = call_of("up__a", {})
     with pytest.raises(RateLimited):
-        run(step, Recorder(), call_of("up__a", {}))
+        run(step, Recorder(), limited)
+    assert len(limited.reasons) == 1  # the metrics step's recent-calls view reads them
 
 
 def test_the_decision_latency_is_observed(engine: EmbeddedEngine) -> None:

@@ -219,3 +219,52 @@ def test_jsonl_export_verifies_and_detects_swaps_and_gaps(written_log, tmp_path:
     out.write_text("".join(json.dumps(d) + "\n" for d in lines[:3]) + "{not json\n")
     res = verify_jsonl(out, keys)
     assert res.problem is not None and (res.problem.seq, res.problem.kind) == (4, "changed")
+
+
+# --- attacks found by mutation testing (scripts/mutate.py)
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_an_intact_log_says_ok_and_names_its_keys(written_log, full: bool) -> None:
+    db, keys = written_log
+    res = verify_log(db, keys, all_signatures=full)
+    assert res.ok is True and res.problem is None
+    assert res.key_ids == sorted(keys)
+
+
+def test_a_broken_export_is_not_ok(written_log, tmp_path: Path) -> None:
+    db, keys = written_log
+    out = tmp_path / "export.jsonl"
+    lines = _export(db, out)
+    out.write_text("{not json\n" + "".join(json.dumps(d) + "\n" for d in lines))
+    res = verify_jsonl(out, keys)
+    assert res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (1, "changed")
+
+
+def test_blank_lines_in_an_export_are_skipped_not_the_end(written_log, tmp_path: Path) -> None:
+    db, keys = written_log
+    out = tmp_path / "export.jsonl"
+    lines = _export(db, out)
+    out.write_text("".join(json.dumps(d) + "\n\n" for d in lines))
+    res = verify_jsonl(out, keys).check()
+    assert (res.ok, res.events, res.last_seq) == (True, 20, 20)
+
+
+def test_an_export_cut_short_is_caught_by_an_anchor_given_with_it(written_log, tmp_path: Path) -> None:
+    db, keys = written_log
+    out = tmp_path / "export.jsonl"
+    lines = _export(db, out)
+    conn = store.open_reader(db)
+    anchor = store.read_anchor(conn)
+    conn.close()
+    assert anchor is not None and anchor.seq == 20
+    out.write_text("".join(json.dumps(d) + "\n" for d in lines[:15]))
+    assert verify_jsonl(out, keys).ok is True  # alone, a prefix is a valid chain
+    res = verify_jsonl(out, keys, anchors=[anchor])
+    assert res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (16, "truncated")
+
+
+def test_a_corrupt_checkpoint_file_fails_verification(written_log) -> None:
+    db, keys = written_log
+    store.checkpoint_path(db).write_text("{corrupt")
+    assert _problem(db, keys)[1] == "anchor"  # an unreadable checkpoint counts as a forged one

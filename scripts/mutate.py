@@ -56,7 +56,9 @@ GROUPS: tuple[Group, ...] = (
         ("gateway/steps/*", "gateway/policy/decision.py"),
         ("tests/steps/", "tests/policy/test_decision.py"),
     ),
-    Group("audit-verify", ("gateway/audit/verify.py",), ("tests/audit/test_verify.py",)),
+    Group("audit-verify", ("gateway/audit/verify.py",), (
+        "tests/audit/test_verify.py", "tests/audit/test_log.py", "tests/audit/test_keys.py",
+    )),
     Group("audit-store", ("gateway/audit/store.py",), (
         "tests/audit/test_log.py", "tests/audit/test_durability.py", "tests/audit/test_verify.py",
     )),

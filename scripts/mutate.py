@@ -62,7 +62,16 @@ GROUPS: tuple[Group, ...] = (
     Group("audit-store", ("gateway/audit/store.py",), (
         "tests/audit/test_log.py", "tests/audit/test_durability.py", "tests/audit/test_verify.py",
     )),
-    Group("auth", ("gateway/server/auth.py",), ("tests/server/http/test_auth.py",)),
+    # the on-the-wire tests start a gateway per test (about 7 s a mutant): the unit tests only
+    Group("auth", ("gateway/server/auth.py",), tuple(
+        f"tests/server/http/test_auth.py::{t}" for t in (
+            "test_key_store_keeps_only_a_hash_with_mode_0600",
+            "test_key_store_refuses_tampered_unknown_and_revoked_keys",
+            "test_jwt_good_tokens_give_principal_with_roles", "test_jwt_refused",
+            "test_authenticator_fails_closed_without_jwt_config_and_without_credentials",
+            "test_jwks_url", "test_jwks_url_unreachable_fails_closed", "test_anonymous_only_when_named",
+        )
+    )),
     Group("policy", (
         "gateway/policy/engine.py", "gateway/policy/inputdoc.py", "gateway/policy/redact.py",
     ), ("tests/policy/test_engine.py", "tests/policy/test_inputdoc.py", "tests/policy/test_redact.py")),

@@ -310,6 +310,7 @@ def test_an_envelope_is_pinned_under_the_key_sources_domain(key: ec.EllipticCurv
     r1 = schemapin.verify_envelope(env, key_source=snap_for(key), pin_store=pins)
     r2 = schemapin.verify_envelope(env, key_source=snap_for(key), pin_store=pins, tool_id="other_id")
     assert (r1.status, r1.domain, r1.tool_id) == ("first_use", DOMAIN, "translate_text")
+    assert r1.developer_name == "Acme Tools"  # from the discovery document
     assert (r2.status, r2.tool_id) == ("first_use", "other_id")
     assert pins.get(DOMAIN, "translate_text") is not None
     changed = schemapin.sign_envelope({**tool, "description": "changed"}, key)
@@ -332,3 +333,13 @@ def test_an_envelope_passes_on_its_canonicalization_and_the_high_s_rule(key: ec.
         schemapin.verify_envelope(twin, key_source=snap)  # high-S refused by default
     assert e.value.code == "signature_high_s"
     assert schemapin.verify_envelope(twin, key_source=snap, allow_high_s=True).status == "unpinned"
+
+
+def test_a_single_hash_signature_is_made_in_single_mode(key: ec.EllipticCurvePrivateKey) -> None:
+    _, tool = load_tool("create_issue")
+    snap = KeySnapshot.from_public_key(schemapin.public_key_pem(key))
+    single = schemapin.sign_tool(tool, key, mode="single")
+    r = schemapin.verify_tool(tool, single, domain=None, tool_id="t", key_source=snap, digest_mode="single")
+    assert "single_hash_signature" in r.warnings
+    with pytest.raises(schemapin.SignatureInvalid):
+        schemapin.verify_tool(tool, single, domain=None, tool_id="t", key_source=snap)

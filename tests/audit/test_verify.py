@@ -186,7 +186,7 @@ def test_forged_anchor_is_rejected(written_log) -> None:
     head = _row(db, 20)[8]
     sig = base64.b64encode(forger.sign(anchor_message(25, head))).decode()
     _sql(db, ("UPDATE anchor SET seq = 25, signature = ?", (sig,)))
-    assert _problem(db, keys)[1] == "anchor"
+    assert _problem(db, keys) == (21, "anchor")  # first seq not covered by a valid anchor
 
 
 def test_wrong_public_key_fails_at_seq_1(written_log) -> None:
@@ -268,3 +268,28 @@ def test_a_corrupt_checkpoint_file_fails_verification(written_log) -> None:
     db, keys = written_log
     store.checkpoint_path(db).write_text("{corrupt")
     assert _problem(db, keys)[1] == "anchor"  # an unreadable checkpoint counts as a forged one
+
+
+def test_a_log_rebuilt_with_the_stolen_key_is_caught_by_an_anchor_kept_elsewhere(written_log, tmp_path: Path) -> None:
+    """The attacker holds the signing key and rewrites the whole log (valid chain, valid
+    signatures, fresh in-database anchor and checkpoint); an anchor shipped off the host earlier
+    records another head hash at seq 20."""
+    db, keys = written_log
+    conn = store.open_reader(db)
+    shipped = store.read_anchor(conn)
+    conn.close()
+    assert shipped is not None and shipped.seq == 20
+    from gateway.audit import AuditLog
+
+    forged_db = tmp_path / "forged" / "audit.db"
+    forged_db.parent.mkdir()
+    key_file = db.parent / "audit-key.pem"
+    log = AuditLog(forged_db, key_file, checkpoint_every=5)
+    for i in range(1, 21):
+        log.append("tool.call", {"tool": f"t{i}", "n": i, "rewritten": True}, principal="alice", agent="a1")
+    log.close()
+    assert verify_log(forged_db, keys).ok is True  # on its own the rewrite is perfect
+    res = verify_log(forged_db, keys, extra_anchors=[shipped])
+    assert res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (20, "anchor")
+    with pytest.raises(AuditIntegrityError):
+        res.check()

@@ -156,6 +156,8 @@ def run_group(group: Group, scratch: Path, max_children: int, *, collect_only: b
         "mutmut_exit": int(exit_code),
         "commit": commit,  # of the tree the group ran on (plus uncommitted changes, if any)
         "mutants": mutants,
+        # a run made otherwise than by this script (e.g. a re-check of named mutants) says so here
+        "note": (scratch / "note").read_text().strip() if (scratch / "note").exists() else "",
     }
 
 
@@ -252,6 +254,8 @@ def render(data: dict[str, dict[str, Any]]) -> str:
     for name, g in data.items():
         surv = [m for m in g["mutants"] if m["status"] in ("survived", "suspicious")]
         lines += [f"## {name}: surviving mutants ({len(surv)})", "", f"Tests: {' '.join(g['tests'])}", ""]
+        if g.get("note"):
+            lines += [f"Note: {g['note']}", ""]
         for m in surv:
             kind, text = verdict(str(m["name"]), reasons)
             label = {"killed_by": f"killed by {text} (added after this run)", "equivalent": f"equivalent: {text}",

@@ -351,3 +351,19 @@ def test_a_listing_decision_sees_the_whole_input(tmp_path: Any) -> None:
     for missing in ("upstreams", "session_id", "counters"):
         rest = {k: v for k, v in kw.items() if k != missing}
         assert asyncio.run(afilter_listing(eng, agent_principal, tools, agent=helper, **rest)) == []
+
+
+def test_the_call_decision_sees_the_call_counts(tmp_path: Any) -> None:
+    """A volume rule (input.context.calls_last_minute) needs the step's counters in the input."""
+    (tmp_path / "p.rego").write_text(
+        "package symbi\n\nimport rego.v1\n\n"
+        'default decision := {"allow": false, "reasons": ["too many"], "conditions": {}}\n\n'
+        'decision := {"allow": true, "reasons": [], "conditions": {}} if input.context.calls_last_minute < 2\n'
+    )
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    assert eng.load()
+    step = PolicyStep(eng)
+    run(step, Recorder(), call_of("up__a", {}))
+    run(step, Recorder(), call_of("up__b", {}))
+    with pytest.raises(PolicyDenied):
+        run(step, Recorder(), call_of("up__a", {}))

@@ -86,7 +86,7 @@ def test_a_verified_tool_passes_unmarked(status: str, mode: str) -> None:
     ep = Endpoint()
     call = call_with(tool(status, mode))
     result = run(VerifyTool(), ep, call)
-    assert len(ep.calls) == 1
+    assert ep.calls == [call]
     assert call.unverified_warning is False
     assert result.meta == {"upstream/key": 1}
 
@@ -130,9 +130,10 @@ def test_a_result_that_is_not_a_tool_result_is_passed_on_untouched() -> None:
 def test_only_tool_calls_are_checked() -> None:
     ep = Endpoint()
     # a blocked tool on a call that is not tools/call, and a tools/call with no tool resolved
-    run(VerifyTool(), ep, call_with(tool("revoked", "strict"), kind="resources/read"))
-    run(VerifyTool(), ep, call_with(None))
-    assert len(ep.calls) == 2
+    first, second = call_with(tool("revoked", "strict"), kind="resources/read"), call_with(None)
+    run(VerifyTool(), ep, first)
+    run(VerifyTool(), ep, second)
+    assert ep.calls == [first, second]
 
 
 def _catalog(upstreams: dict[str, UpstreamInfo] | None = None) -> LiveCatalog:

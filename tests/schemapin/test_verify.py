@@ -343,3 +343,23 @@ def test_a_single_hash_signature_is_made_in_single_mode(key: ec.EllipticCurvePri
     assert "single_hash_signature" in r.warnings
     with pytest.raises(schemapin.SignatureInvalid):
         schemapin.verify_tool(tool, single, domain=None, tool_id="t", key_source=snap)
+
+
+def test_an_envelope_passes_on_mode_and_digest_mode(key: ec.EllipticCurvePrivateKey) -> None:
+    _, tool = load_tool("translate_text")
+    env = schemapin.sign_envelope(tool, key)
+    unknown = schemapin.snapshot_from_documents(
+        discovery(key, revocation_endpoint=f"https://{DOMAIN}/rev.json"), domain=DOMAIN, revocation_error="down")
+    with pytest.raises(schemapin.RevocationUnavailable):
+        schemapin.verify_envelope(env, key_source=unknown)
+    assert "revocation_unavailable" in schemapin.verify_envelope(env, key_source=unknown, mode="tofu").warnings
+    single = {**env, "signature": schemapin.sign_tool(tool, key, mode="single")}
+    snap = KeySnapshot.from_public_key(schemapin.public_key_pem(key))
+    assert "single_hash_signature" in schemapin.verify_envelope(single, key_source=snap, digest_mode="single").warnings
+
+
+def test_an_envelope_whose_name_is_not_a_string_has_no_tool_id(key: ec.EllipticCurvePrivateKey) -> None:
+    _, tool = load_tool("translate_text")
+    env = schemapin.sign_envelope({**tool, "name": 42}, key)
+    snap = KeySnapshot.from_public_key(schemapin.public_key_pem(key))
+    assert schemapin.verify_envelope(env, key_source=snap).tool_id is None

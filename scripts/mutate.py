@@ -223,7 +223,7 @@ def _row(label: str, mutants: list[dict[str, Any]], reasons: dict[str, dict[str,
     adj = f"{100 * (k + added) / (k + s - eq):.0f}%" if k + s - eq else "-"
     return (
         f"| {label} | {len(mutants)} | {k} | {s} | {eq} | {added} | {gap} | {kinds.count('unexplained')} | "
-        f"{c.get('no tests', 0)} | {c.get('timeout', 0)} | {raw} | {adj} |{extra}"
+        f"{c.get('no tests', 0)} | {c.get('timeout', 0)} | {c.get('not checked', 0)} | {raw} | {adj} |{extra}"
     )
 
 
@@ -231,7 +231,7 @@ def render(data: dict[str, dict[str, Any]]) -> str:
     reasons: dict[str, dict[str, str]] = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
     head = (
         "| module | mutants | killed | survived | equivalent | killed by a test added since | gap | "
-        "unexplained | no tests | timeout | raw score | score |"
+        "unexplained | no tests | timeout | not checked | raw score | score |"
     )
     lines = [
         "# Mutation report",
@@ -240,10 +240,11 @@ def render(data: dict[str, dict[str, Any]]) -> str:
         "score = (killed + killed by a test added since the run) / (killed + survived - equivalent).",
         "Survivors are accounted for in scripts/mutation-equivalents.toml. \"no tests\" = no test of the",
         "group's in-process set calls that function (reached only through a `symbi` subprocess, which",
-        "mutmut cannot attribute, or not tested); they are in the JSON, not listed here.",
+        "mutmut cannot attribute, or not tested); they are in the JSON, not listed here. \"not checked\"",
+        "= the run was stopped before it reached them (a partial run).",
         "",
         head + " group | minutes | commit |",
-        "| --- " * 15 + "|",
+        "| --- " * 16 + "|",
     ]
     for name, g in data.items():
         files = sorted({str(m["file"]) for m in g["mutants"]})

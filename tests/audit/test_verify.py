@@ -293,3 +293,11 @@ def test_a_log_rebuilt_with_the_stolen_key_is_caught_by_an_anchor_kept_elsewhere
     assert res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (20, "anchor")
     with pytest.raises(AuditIntegrityError):
         res.check()
+
+
+def test_every_signature_is_checked_by_default(written_log, tmp_path: Path) -> None:
+    db, keys = written_log
+    assert verify_log(db, keys).signatures_checked == 20
+    out = tmp_path / "export.jsonl"
+    _export(db, out)
+    assert verify_jsonl(out, keys).signatures_checked == 20

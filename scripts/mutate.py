@@ -147,7 +147,10 @@ def run_group(group: Group, scratch: Path, max_children: int, *, collect_only: b
                 check=False, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT,
             )
         seconds_file.write_text(f"{round(time.monotonic() - start)} {proc.returncode} {_head()}")
-    seconds, exit_code, commit = seconds_file.read_text().split()
+    if seconds_file.exists():
+        seconds, exit_code, commit = seconds_file.read_text().split()
+    else:  # the run was stopped: what it reached is in the .meta files, the rest is "not checked"
+        seconds, exit_code, commit = "0", "-1", _head()
     mutants = collect(scratch)
     return {
         "mutate": list(group.mutate),

@@ -379,3 +379,21 @@ def test_jwks_url_on_the_wire(tmp_path: Path, jwks_server) -> None:  # type: ign
             httpx.post(run.mcp, json=INIT, headers={**init, **bearer(other.token("mallory"))}).status_code
             == 401
         )
+
+
+# -- attacks found by mutation testing (scripts/mutate.py) ----------------------------------------
+
+
+def test_jwt_without_roles_is_a_user_with_no_roles(verifier) -> None:  # type: ignore[no-untyped-def]
+    idp, v = verifier
+    p = v.verify(idp.token("fay", roles=None))  # None: the claim is left out
+    assert (p.id, p.kind, p.roles) == ("fay", "user", ())
+
+
+def test_jwt_clock_skew_leeway(verifier) -> None:  # type: ignore[no-untyped-def]
+    """30 s of clock skew is tolerated, not more (fixed claim times, no timing assertion)."""
+    idp, v = verifier
+    now = int(time.time())
+    assert v.verify(idp.token(exp=now - 10, iat=now - 600)).id == "dana"
+    with pytest.raises(AuthFailed):
+        v.verify(idp.token(exp=now - 120, iat=now - 600))

@@ -320,7 +320,7 @@ def test_an_envelope_is_pinned_under_the_key_sources_domain(key: ec.EllipticCurv
         schemapin.verify_envelope(env, key_source=snap_for(key), domain="other.example")
 
 
-def test_an_envelope_passes_on_its_canonicalization_and_the_high_s_rule(key: ec.EllipticCurvePrivateKey) -> None:
+def test_an_envelope_passes_on_its_canonicalization_and_the_low_s_rule(key: ec.EllipticCurvePrivateKey) -> None:
     from .test_crypto import _high_s_twin
 
     _, tool = load_tool("translate_text")
@@ -330,9 +330,9 @@ def test_an_envelope_passes_on_its_canonicalization_and_the_high_s_rule(key: ec.
         schemapin.verify_envelope({**env, "canonicalization": "jcs-unknown"}, key_source=snap)
     twin = {**env, "signature": _high_s_twin(env["signature"])}
     with pytest.raises(schemapin.SchemaPinError) as e:
-        schemapin.verify_envelope(twin, key_source=snap)  # high-S refused by default
+        schemapin.verify_envelope(twin, key_source=snap, require_low_s=True)
     assert e.value.code == "signature_high_s"
-    assert schemapin.verify_envelope(twin, key_source=snap, allow_high_s=True).status == "unpinned"
+    assert schemapin.verify_envelope(twin, key_source=snap).status == "unpinned"  # high-S accepted by default
 
 
 def test_a_single_hash_signature_is_made_in_single_mode(key: ec.EllipticCurvePrivateKey) -> None:

@@ -397,3 +397,16 @@ def test_jwt_clock_skew_leeway(verifier) -> None:  # type: ignore[no-untyped-def
     assert v.verify(idp.token(exp=now - 10, iat=now - 600)).id == "dana"
     with pytest.raises(AuthFailed):
         v.verify(idp.token(exp=now - 120, iat=now - 600))
+
+
+def test_an_api_key_gives_its_principal_in_process(tmp_path: Path) -> None:
+    store = ApiKeyStore(tmp_path / "k.json")
+    key, rec = store.create("ci-bot", ("developer",), kind="service")
+    auth = Authenticator(keys=store, anonymous="guest")
+    for headers in ({"x-api-key": key}, {"authorization": f"Bearer {key}"}, {"authorization": f"bearer  {key} "}):
+        p = auth.authenticate(headers)
+        assert (p.id, p.kind, p.roles, p.claims) == ("ci-bot", "service", ("developer",), {"key_id": rec.id})
+    assert auth.authenticate({}).id == "guest"
+    for bad in ("Basic " + key, f"Token {key}", "Bearer", f"{key} Bearer"):
+        with pytest.raises(AuthFailed):
+            auth.authenticate({"authorization": bad})

@@ -8,7 +8,7 @@ SYMBI := $(VENV)/bin/symbi
 CONFIG ?= examples/symbi.toml
 PYTEST_ARGS ?=
 
-.PHONY: all setup python-deps node-deps upstream-user sandbox state-engines browser run stdio test test-fast bench soak lint typecheck format clean
+.PHONY: all setup python-deps node-deps upstream-user sandbox state-engines browser run stdio test test-fast bench soak mutate lint typecheck format clean
 
 all: setup
 
@@ -67,6 +67,12 @@ LINTED := gateway schemapin tests bench
 
 typecheck: python-deps
 	$(PY) -m mypy gateway schemapin
+
+# Mutation testing of the security-critical modules (mutmut, ~1 h on 2 cores; not part of `make test`).
+# One group: make mutate GROUPS=steps. Report: reports/mutation.md (+ .json).
+GROUPS ?=
+mutate: setup
+	$(PY) scripts/mutate.py --max-children 2 $(GROUPS)
 
 lint: python-deps
 	$(PY) -m ruff check $(LINTED)

@@ -186,7 +186,7 @@ def test_forged_anchor_is_rejected(written_log) -> None:
     head = _row(db, 20)[8]
     sig = base64.b64encode(forger.sign(anchor_message(25, head))).decode()
     _sql(db, ("UPDATE anchor SET seq = 25, signature = ?", (sig,)))
-    assert _problem(db, keys)[1] == "anchor"
+    assert _problem(db, keys) == (21, "anchor")  # first seq not covered by a valid anchor
 
 
 def test_wrong_public_key_fails_at_seq_1(written_log) -> None:
@@ -219,3 +219,85 @@ def test_jsonl_export_verifies_and_detects_swaps_and_gaps(written_log, tmp_path:
     out.write_text("".join(json.dumps(d) + "\n" for d in lines[:3]) + "{not json\n")
     res = verify_jsonl(out, keys)
     assert res.problem is not None and (res.problem.seq, res.problem.kind) == (4, "changed")
+
+
+# --- attacks found by mutation testing (scripts/mutate.py)
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_an_intact_log_says_ok_and_names_its_keys(written_log, full: bool) -> None:
+    db, keys = written_log
+    res = verify_log(db, keys, all_signatures=full)
+    assert res.ok is True and res.problem is None
+    assert res.key_ids == sorted(keys)
+
+
+def test_a_broken_export_is_not_ok(written_log, tmp_path: Path) -> None:
+    db, keys = written_log
+    out = tmp_path / "export.jsonl"
+    lines = _export(db, out)
+    out.write_text("{not json\n" + "".join(json.dumps(d) + "\n" for d in lines))
+    res = verify_jsonl(out, keys)
+    assert res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (1, "changed")
+
+
+def test_blank_lines_in_an_export_are_skipped_not_the_end(written_log, tmp_path: Path) -> None:
+    db, keys = written_log
+    out = tmp_path / "export.jsonl"
+    lines = _export(db, out)
+    out.write_text("".join(json.dumps(d) + "\n\n" for d in lines))
+    res = verify_jsonl(out, keys).check()
+    assert (res.ok, res.events, res.last_seq) == (True, 20, 20)
+
+
+def test_an_export_cut_short_is_caught_by_an_anchor_given_with_it(written_log, tmp_path: Path) -> None:
+    db, keys = written_log
+    out = tmp_path / "export.jsonl"
+    lines = _export(db, out)
+    conn = store.open_reader(db)
+    anchor = store.read_anchor(conn)
+    conn.close()
+    assert anchor is not None and anchor.seq == 20
+    out.write_text("".join(json.dumps(d) + "\n" for d in lines[:15]))
+    assert verify_jsonl(out, keys).ok is True  # alone, a prefix is a valid chain
+    res = verify_jsonl(out, keys, anchors=[anchor])
+    assert res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (16, "truncated")
+
+
+def test_a_corrupt_checkpoint_file_fails_verification(written_log) -> None:
+    db, keys = written_log
+    store.checkpoint_path(db).write_text("{corrupt")
+    assert _problem(db, keys)[1] == "anchor"  # an unreadable checkpoint counts as a forged one
+
+
+def test_a_log_rebuilt_with_the_stolen_key_is_caught_by_an_anchor_kept_elsewhere(written_log, tmp_path: Path) -> None:
+    """The attacker holds the signing key and rewrites the whole log (valid chain, valid
+    signatures, fresh in-database anchor and checkpoint); an anchor shipped off the host earlier
+    records another head hash at seq 20."""
+    db, keys = written_log
+    conn = store.open_reader(db)
+    shipped = store.read_anchor(conn)
+    conn.close()
+    assert shipped is not None and shipped.seq == 20
+    from gateway.audit import AuditLog
+
+    forged_db = tmp_path / "forged" / "audit.db"
+    forged_db.parent.mkdir()
+    key_file = db.parent / "audit-key.pem"
+    log = AuditLog(forged_db, key_file, checkpoint_every=5)
+    for i in range(1, 21):
+        log.append("tool.call", {"tool": f"t{i}", "n": i, "rewritten": True}, principal="alice", agent="a1")
+    log.close()
+    assert verify_log(forged_db, keys).ok is True  # on its own the rewrite is perfect
+    res = verify_log(forged_db, keys, extra_anchors=[shipped])
+    assert res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (20, "anchor")
+    with pytest.raises(AuditIntegrityError):
+        res.check()
+
+
+def test_every_signature_is_checked_by_default(written_log, tmp_path: Path) -> None:
+    db, keys = written_log
+    assert verify_log(db, keys).signatures_checked == 20
+    out = tmp_path / "export.jsonl"
+    _export(db, out)
+    assert verify_jsonl(out, keys).signatures_checked == 20

@@ -65,3 +65,16 @@ def test_deny_without_reason_gets_one() -> None:
 def test_deny_keeps_policy_reasons() -> None:
     d = validate_decision({"allow": False, "reasons": ["a", "b"], "conditions": {"rate_limit": 1}})
     assert d.reasons == ("a", "b") and dict(d.conditions) == {}
+
+
+# --- attacks found by mutation testing (scripts/mutate.py)
+
+
+def test_reasons_and_conditions_are_optional_in_an_allow() -> None:
+    d = validate_decision({"allow": True})
+    assert d.allow is True and d.reasons == () and dict(d.conditions) == {}
+
+
+def test_an_allow_keeps_its_reasons() -> None:
+    d = validate_decision({"allow": True, "reasons": ["why"], "conditions": {}})
+    assert d.allow is True and d.reasons == ("why",)

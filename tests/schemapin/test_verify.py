@@ -232,3 +232,134 @@ def test_in_band_carrier_is_stripped_before_verifying(key: ec.EllipticCurvePriva
     with pytest.raises(schemapin.SignatureInvalid):
         schemapin.verify_tool(wire, sig, domain=DOMAIN, tool_id="create_issue", key_source=snap_for(key))
     assert schemapin.split_carrier(tool) == (tool, None)
+
+
+# --- attacks found by mutation testing (scripts/mutate.py): the machine-readable details of
+# each refusal (what the gateway audits and shows) and verify_envelope's pass-through.
+
+
+def _ctx_ok(details: dict[str, Any], key: ec.EllipticCurvePrivateKey, tool: Any, tool_id: str) -> None:
+    assert details["domain"] == DOMAIN and details["tool_id"] == tool_id
+    assert details["key_fingerprint"] == schemapin.fingerprint(key)
+    assert details["definition_hash"] == schemapin.definition_hash(tool)
+
+
+def test_definition_changed_details(key: ec.EllipticCurvePrivateKey, pins: PinStore) -> None:
+    _, tool = load_tool("create_issue")
+    schemapin.verify_tool(tool, schemapin.sign_tool(tool, key), domain=DOMAIN, tool_id="create_issue",
+                          key_source=snap_for(key), pin_store=pins)
+    new = copy.deepcopy(tool)
+    new["description"] = "changed"
+    with pytest.raises(schemapin.DefinitionChanged) as e:
+        schemapin.verify_tool(new, schemapin.sign_tool(new, key), domain=DOMAIN, tool_id="create_issue",
+                              key_source=snap_for(key), pin_store=pins)
+    assert e.value.details["status"] == "definition_changed"
+    assert e.value.details["pinned_fingerprint"] == schemapin.fingerprint(key)
+    _ctx_ok(e.value.details, key, new, "create_issue")
+
+
+def test_key_pin_mismatch_details(key: ec.EllipticCurvePrivateKey, other_key: ec.EllipticCurvePrivateKey,
+                                  pins: PinStore) -> None:
+    _, tool = load_tool("create_issue")
+    schemapin.verify_tool(tool, schemapin.sign_tool(tool, key), domain=DOMAIN, tool_id="create_issue",
+                          key_source=snap_for(key), pin_store=pins)
+    with pytest.raises(schemapin.KeyPinMismatch) as e:
+        schemapin.verify_tool(tool, schemapin.sign_tool(tool, other_key), domain=DOMAIN, tool_id="create_issue",
+                              key_source=snap_for(other_key), pin_store=pins)
+    assert e.value.details["pinned_definition_hash"] == schemapin.definition_hash(tool)
+    _ctx_ok(e.value.details, other_key, tool, "create_issue")
+
+
+def test_refusals_before_the_signature_carry_the_context(key: ec.EllipticCurvePrivateKey) -> None:
+    _, tool = load_tool("create_issue")
+    sig = schemapin.sign_tool(tool, key)
+    other = schemapin.snapshot_from_documents(discovery(key), domain="other.example")
+    with pytest.raises(schemapin.DomainMismatch) as dm:
+        schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id="create_issue", key_source=other)
+    assert dm.value.details["key_domain"] == "other.example"
+    _ctx_ok(dm.value.details, key, tool, "create_issue")
+    doc = discovery(key)
+    doc["revoked_keys"] = [schemapin.fingerprint(key)]
+    with pytest.raises(schemapin.KeyRevoked) as kr:
+        schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id="create_issue",
+                              key_source=schemapin.snapshot_from_documents(doc, domain=DOMAIN))
+    _ctx_ok(kr.value.details, key, tool, "create_issue")
+    unknown = schemapin.snapshot_from_documents(
+        discovery(key, revocation_endpoint=f"https://{DOMAIN}/rev.json"), domain=DOMAIN, revocation_error="down")
+    with pytest.raises(schemapin.RevocationUnavailable) as ru:
+        schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id="create_issue", key_source=unknown)
+    _ctx_ok(ru.value.details, key, tool, "create_issue")
+    with pytest.raises(schemapin.SignatureMalformed) as sm:
+        schemapin.verify_tool(tool, 42, domain=DOMAIN, tool_id="create_issue", key_source=snap_for(key))  # type: ignore[arg-type]
+    _ctx_ok(sm.value.details, key, tool, "create_issue")
+
+
+@pytest.mark.parametrize(("domain", "tool_id"), [(None, "create_issue"), (DOMAIN, "")])
+def test_pinning_needs_a_domain_and_a_tool_id(key: ec.EllipticCurvePrivateKey, pins: PinStore,
+                                              domain: str | None, tool_id: str) -> None:
+    _, tool = load_tool("create_issue")
+    with pytest.raises(ValueError):
+        schemapin.verify_tool(tool, schemapin.sign_tool(tool, key), domain=domain, tool_id=tool_id,
+                              key_source=KeySnapshot.from_public_key(schemapin.public_key_pem(key)), pin_store=pins)
+
+
+def test_an_envelope_is_pinned_under_the_key_sources_domain(key: ec.EllipticCurvePrivateKey, pins: PinStore) -> None:
+    _, tool = load_tool("translate_text")
+    env = schemapin.sign_envelope(tool, key, metadata={"publisher": "acme"})
+    assert env["metadata"] == {"publisher": "acme"}
+    r1 = schemapin.verify_envelope(env, key_source=snap_for(key), pin_store=pins)
+    r2 = schemapin.verify_envelope(env, key_source=snap_for(key), pin_store=pins, tool_id="other_id")
+    assert (r1.status, r1.domain, r1.tool_id) == ("first_use", DOMAIN, "translate_text")
+    assert r1.developer_name == "Acme Tools"  # from the discovery document
+    assert (r2.status, r2.tool_id) == ("first_use", "other_id")
+    assert pins.get(DOMAIN, "translate_text") is not None
+    changed = schemapin.sign_envelope({**tool, "description": "changed"}, key)
+    with pytest.raises(schemapin.DefinitionChanged):
+        schemapin.verify_envelope(changed, key_source=snap_for(key), pin_store=pins)
+    with pytest.raises(schemapin.DomainMismatch):  # an explicit domain wins over the key source's
+        schemapin.verify_envelope(env, key_source=snap_for(key), domain="other.example")
+
+
+def test_an_envelope_passes_on_its_canonicalization_and_the_low_s_rule(key: ec.EllipticCurvePrivateKey) -> None:
+    from .test_crypto import _high_s_twin
+
+    _, tool = load_tool("translate_text")
+    snap = KeySnapshot.from_public_key(schemapin.public_key_pem(key))
+    env = schemapin.sign_envelope(tool, key)
+    with pytest.raises(schemapin.CanonicalizationUnsupported):
+        schemapin.verify_envelope({**env, "canonicalization": "jcs-unknown"}, key_source=snap)
+    twin = {**env, "signature": _high_s_twin(env["signature"])}
+    with pytest.raises(schemapin.SchemaPinError) as e:
+        schemapin.verify_envelope(twin, key_source=snap, require_low_s=True)
+    assert e.value.code == "signature_high_s"
+    assert schemapin.verify_envelope(twin, key_source=snap).status == "unpinned"  # high-S accepted by default
+
+
+def test_a_single_hash_signature_is_made_in_single_mode(key: ec.EllipticCurvePrivateKey) -> None:
+    _, tool = load_tool("create_issue")
+    snap = KeySnapshot.from_public_key(schemapin.public_key_pem(key))
+    single = schemapin.sign_tool(tool, key, mode="single")
+    r = schemapin.verify_tool(tool, single, domain=None, tool_id="t", key_source=snap, digest_mode="single")
+    assert "single_hash_signature" in r.warnings
+    with pytest.raises(schemapin.SignatureInvalid):
+        schemapin.verify_tool(tool, single, domain=None, tool_id="t", key_source=snap)
+
+
+def test_an_envelope_passes_on_mode_and_digest_mode(key: ec.EllipticCurvePrivateKey) -> None:
+    _, tool = load_tool("translate_text")
+    env = schemapin.sign_envelope(tool, key)
+    unknown = schemapin.snapshot_from_documents(
+        discovery(key, revocation_endpoint=f"https://{DOMAIN}/rev.json"), domain=DOMAIN, revocation_error="down")
+    with pytest.raises(schemapin.RevocationUnavailable):
+        schemapin.verify_envelope(env, key_source=unknown)
+    assert "revocation_unavailable" in schemapin.verify_envelope(env, key_source=unknown, mode="tofu").warnings
+    single = {**env, "signature": schemapin.sign_tool(tool, key, mode="single")}
+    snap = KeySnapshot.from_public_key(schemapin.public_key_pem(key))
+    assert "single_hash_signature" in schemapin.verify_envelope(single, key_source=snap, digest_mode="single").warnings
+
+
+def test_an_envelope_whose_name_is_not_a_string_has_no_tool_id(key: ec.EllipticCurvePrivateKey) -> None:
+    _, tool = load_tool("translate_text")
+    env = schemapin.sign_envelope({**tool, "name": 42}, key)
+    snap = KeySnapshot.from_public_key(schemapin.public_key_pem(key))
+    assert schemapin.verify_envelope(env, key_source=snap).tool_id is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,69 @@ def test_minimal_audit_condition_records_argument_names_only(log: AuditLog) -> N
     [ev] = _stored(log)
     assert ev["details"]["arguments"] == {"password": "[not recorded]", "sql": "[not recorded]"}
     assert ev["details"]["arguments_redacted"] == "minimal"
+
+
+# --- attacks found by mutation testing (scripts/mutate.py): every identifying field of the record
+
+
+def test_the_record_names_the_call_the_tool_and_its_provenance(log: AuditLog) -> None:
+    call = _call()
+    call.session_id = "sess-9"
+    asyncio.run(AuditStep(log)(call, _allowed))
+    d = _stored(log)[0]["details"]
+    assert (d["call_id"], d["session_id"], d["kind"], d["started_ns"]) == (
+        call.call_id, "sess-9", "tools/call", call.started_ns)
+    assert (d["original_name"], d["transport"]) == ("query", "stdio")
+    assert (d["verification"], d["key_fingerprint"]) == ("verified", "sha256:abc")
+    assert d["arguments_redacted"] == "policy"
+
+
+def test_a_refusal_before_the_policy_records_the_refusal_reasons_as_the_decision(log: AuditLog) -> None:
+    async def refused(call: CallContext) -> Any:
+        raise VerificationDenied("no", reasons=["drifted-token"])
+
+    with pytest.raises(VerificationDenied):
+        asyncio.run(AuditStep(log)(_call(), refused))
+    d = _stored(log)[0]["details"]
+    assert d["decision"] == {"allow": False, "reasons": ["drifted-token"], "conditions": {}}
+    assert d["error_reasons"] == ["drifted-token"]
+
+
+def test_without_an_upstream_the_tool_names_it(log: AuditLog) -> None:
+    call = _call()
+    call.upstream = None
+    asyncio.run(AuditStep(log)(call, _allowed))
+    d = _stored(log)[0]["details"]
+    assert (d["upstream"], d["transport"], d["tool"]) == ("db", None, "db__query")
+
+
+def test_a_plain_result_is_an_ok_outcome_and_a_call_with_no_tool_has_no_tool_fields(log: AuditLog) -> None:
+    call = CallContext(principal=Principal(id="bob"), kind="prompts/get", target="p1")
+
+    async def plain(c: CallContext) -> str:
+        return "text"
+
+    asyncio.run(AuditStep(log)(call, plain))
+    ev = _stored(log)[0]
+    d = ev["details"]
+    assert ev["type"] == "prompt.get"
+    assert (d["outcome"], d["error_code"], d["tool"]) == ("ok", None, "p1")
+    assert (d["original_name"], d["upstream"], d["verification"], d["key_fingerprint"]) == (None, None, None, None)
+    assert d["decision"] is None  # no policy decision was made
+
+
+def test_a_cancelled_call_is_recorded_as_cancelled(log: AuditLog) -> None:
+    async def cancelled(c: CallContext) -> Any:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(AuditStep(log)(_call(), cancelled))
+    d = _stored(log)[0]["details"]
+    assert (d["outcome"], d["error_code"]) == ("error", "cancelled")
+
+
+def test_the_durable_write_latency_is_observed(log: AuditLog) -> None:
+    seen: list[float] = []
+    before = time.perf_counter()
+    asyncio.run(AuditStep(log, observe=seen.append)(_call(), _allowed))
+    assert len(seen) == 1 and 0 <= seen[0] <= time.perf_counter() - before

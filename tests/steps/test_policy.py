@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
-from mcp.types import CallToolResult, ImageContent, TextContent
+from mcp.types import CallToolResult, ImageContent, ReadResourceResult, TextContent, TextResourceContents
 
 from gateway.chain import build_chain
-from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.errors import PolicyDenied, RateLimited
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.inputdoc import CallCounters
-from gateway.policy.loader import discover_files
-from gateway.policy.redact import REDACTED
+from gateway.policy.loader import PolicyFiles, discover_files
+from gateway.policy.redact import REDACTED, result_size
 from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing
 
 LOCAL = Principal(id="local", kind="user", roles=("developer",))
 ADMIN = Principal(id="admin", kind="user", roles=("admin",))
-UPSTREAMS = {n: UpstreamInfo(name=n, transport="stdio") for n in ("everything", "fs", "time", "sandbox")}
+UPSTREAMS = {n: UpstreamInfo(name=n, transport="stdio") for n in ("everything", "fs", "time", "sandbox", "up")}
 
 
 def tool(name: str, *, code: bool = False, verification: str = "unverified") -> ToolInfo:
@@ -225,3 +226,144 @@ def test_not_loaded_engine_denies_every_call(tmp_path: Any) -> None:
         run(PolicyStep(eng), rec, call_of("time__get_current_time", {}, verification="pinned"))
     assert rec.seen == []
     assert filter_listing(eng, ADMIN, [tool("time__get_current_time", verification="pinned")]) == []
+
+
+# --- attacks found by mutation testing (scripts/mutate.py): a small policy of our own, on the
+# real embedded engine, whose decision carries exactly the condition under test.
+CUSTOM_REGO = """package symbi
+
+import rego.v1
+
+decision := {"allow": false, "reasons": ["r-one", "r-two"], "conditions": {}} if input.tool.name == "up__denied"
+
+decision := {"allow": true, "reasons": [], "conditions": {"max_result_bytes": data.symbi_data.cap}} if {
+    input.kind != "tools/call"
+}
+
+decision := {"allow": true, "reasons": [], "conditions": {"rate_limit": 1}} if {
+    input.kind == "tools/call"
+    input.tool.name != "up__denied"
+}
+"""
+
+
+def custom_engine(tmp_path: Any, cap: int) -> EmbeddedEngine:
+    (tmp_path / "p.rego").write_text(CUSTOM_REGO)
+    (tmp_path / "data.json").write_text(json.dumps({"symbi_data": {"cap": cap}}))
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego", data=tmp_path / "data.json"))
+    assert eng.load()
+    return eng
+
+
+def test_a_denial_carries_the_policy_reasons(tmp_path: Any) -> None:
+    eng = custom_engine(tmp_path, cap=10)
+    call = call_of("up__denied", {})
+    rec = Recorder()
+    with pytest.raises(PolicyDenied) as err:
+        run(PolicyStep(eng), rec, call)
+    assert rec.seen == []
+    assert err.value.reasons == ["r-one", "r-two"] and call.reasons == ["r-one", "r-two"]
+
+
+def _resource_read(size: int) -> tuple[CallContext, Any]:
+    result = ReadResourceResult(contents=[TextResourceContents(uri="file:///x", text="a" * size)])
+    return CallContext(principal=LOCAL, kind="resources/read", target="file:///x"), result
+
+
+def test_a_resource_over_the_cap_is_refused_at_the_boundary(tmp_path: Any) -> None:
+    call, result = _resource_read(100)
+    exact = result_size(result)
+    # exactly the cap: returned whole; one byte under the result: refused, not cut
+    assert _through(custom_engine(tmp_path, cap=exact), call, result) is result and call.result_bytes == exact
+    call2, _ = _resource_read(100)
+    with pytest.raises(PolicyDenied):
+        _through(custom_engine(tmp_path, cap=exact - 1), call2, result)
+    assert call2.result_bytes == exact
+
+
+def _through(engine: EmbeddedEngine, call: CallContext, result: Any) -> Any:
+    async def endpoint(c: CallContext) -> Any:
+        return result
+
+    async def go() -> Any:
+        return await build_chain([PolicyStep(engine)], endpoint)(call)
+
+    return asyncio.run(go())
+
+
+def test_rate_limit_counts_per_tool_not_per_principal_only(tmp_path: Any) -> None:
+    eng = custom_engine(tmp_path, cap=10)
+    step = PolicyStep(eng)
+    run(step, Recorder(), call_of("up__a", {}))
+    run(step, Recorder(), call_of("up__b", {}))  # another tool: its own budget
+    limited = call_of("up__a", {})
+    with pytest.raises(RateLimited):
+        run(step, Recorder(), limited)
+    assert len(limited.reasons) == 1  # the metrics step's recent-calls view reads them
+
+
+def test_the_decision_latency_is_observed(engine: EmbeddedEngine) -> None:
+    seen: list[float] = []
+    before = time.perf_counter()
+    run(PolicyStep(engine, observe=seen.append), Recorder(), call_of("time__get_current_time", {}, verification="pinned"))
+    assert len(seen) == 1 and 0 <= seen[0] <= time.perf_counter() - before
+
+
+LISTING_REGO = """package symbi
+
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["not listed"], "conditions": {}}
+
+decision := {"allow": true, "reasons": [], "conditions": {}} if {
+    input.action == "list"
+    input.target == input.tool.name
+    input.upstream.transport == "stdio"
+    input.context.session_id == "s-1"
+    input.context.calls_last_minute == 1
+    agent_ok
+}
+
+agent_ok if input.agent == null
+
+agent_ok if input.agent.name == "helper"
+"""
+
+
+def test_a_listing_decision_sees_the_whole_input(tmp_path: Any) -> None:
+    """A policy may hide tools by upstream, session, volume or agent: each must reach the input."""
+    (tmp_path / "p.rego").write_text(LISTING_REGO)
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    assert eng.load()
+    tools = [tool("up__a"), tool("fs__read_file")]
+    ups = {"up": UpstreamInfo(name="up", transport="stdio"), "fs": UpstreamInfo(name="fs", transport="http")}
+    counters = CallCounters()
+    assert counters.try_acquire("local", "up__a", None)
+    kw: dict[str, Any] = {"upstreams": ups, "session_id": "s-1", "counters": counters}
+    assert [t.name for t in filter_listing(eng, LOCAL, tools, **kw)] == ["up__a"]
+    for missing in ("upstreams", "session_id", "counters"):
+        assert filter_listing(eng, LOCAL, tools, **{k: v for k, v in kw.items() if k != missing}) == []
+    agent_principal = Principal(id="local", kind="user", roles=("developer",), agent="a1")
+    helper = AgentInfo(id="a1", name="helper", state="running")
+    listed = asyncio.run(afilter_listing(eng, agent_principal, tools, agent=helper, **kw))
+    assert [t.name for t in listed] == ["up__a"]
+    assert asyncio.run(afilter_listing(eng, agent_principal, tools, **kw)) == []  # the agent's record is used
+    for missing in ("upstreams", "session_id", "counters"):
+        rest = {k: v for k, v in kw.items() if k != missing}
+        assert asyncio.run(afilter_listing(eng, agent_principal, tools, agent=helper, **rest)) == []
+
+
+def test_the_call_decision_sees_the_call_counts(tmp_path: Any) -> None:
+    """A volume rule (input.context.calls_last_minute) needs the step's counters in the input."""
+    (tmp_path / "p.rego").write_text(
+        "package symbi\n\nimport rego.v1\n\n"
+        'default decision := {"allow": false, "reasons": ["too many"], "conditions": {}}\n\n'
+        'decision := {"allow": true, "reasons": [], "conditions": {}} if input.context.calls_last_minute < 2\n'
+    )
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    assert eng.load()
+    step = PolicyStep(eng)
+    run(step, Recorder(), call_of("up__a", {}))
+    run(step, Recorder(), call_of("up__b", {}))
+    with pytest.raises(PolicyDenied):
+        run(step, Recorder(), call_of("up__a", {}))

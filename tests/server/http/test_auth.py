@@ -379,3 +379,34 @@ def test_jwks_url_on_the_wire(tmp_path: Path, jwks_server) -> None:  # type: ign
             httpx.post(run.mcp, json=INIT, headers={**init, **bearer(other.token("mallory"))}).status_code
             == 401
         )
+
+
+# -- attacks found by mutation testing (scripts/mutate.py) ----------------------------------------
+
+
+def test_jwt_without_roles_is_a_user_with_no_roles(verifier) -> None:  # type: ignore[no-untyped-def]
+    idp, v = verifier
+    p = v.verify(idp.token("fay", roles=None))  # None: the claim is left out
+    assert (p.id, p.kind, p.roles) == ("fay", "user", ())
+
+
+def test_jwt_clock_skew_leeway(verifier) -> None:  # type: ignore[no-untyped-def]
+    """30 s of clock skew is tolerated, not more (fixed claim times, no timing assertion)."""
+    idp, v = verifier
+    now = int(time.time())
+    assert v.verify(idp.token(exp=now - 10, iat=now - 600)).id == "dana"
+    with pytest.raises(AuthFailed):
+        v.verify(idp.token(exp=now - 120, iat=now - 600))
+
+
+def test_an_api_key_gives_its_principal_in_process(tmp_path: Path) -> None:
+    store = ApiKeyStore(tmp_path / "k.json")
+    key, rec = store.create("ci-bot", ("developer",), kind="service")
+    auth = Authenticator(keys=store, anonymous="guest")
+    for headers in ({"x-api-key": key}, {"authorization": f"Bearer {key}"}, {"authorization": f"bearer  {key} "}):
+        p = auth.authenticate(headers)
+        assert (p.id, p.kind, p.roles, p.claims) == ("ci-bot", "service", ("developer",), {"key_id": rec.id})
+    assert auth.authenticate({}).id == "guest"
+    for bad in ("Basic " + key, f"Token {key}", "Bearer", f"{key} Bearer"):
+        with pytest.raises(AuthFailed):
+            auth.authenticate({"authorization": bad})

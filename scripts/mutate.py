@@ -1,0 +1,307 @@
+"""Mutation testing of the security-critical modules (`make mutate`; not part of `make test`).
+
+Runs mutmut once per module group, each in a scratch copy of the tracked tree, with the
+in-process tests that cover that group. mutmut picks the tests per mutated function from
+the calls it sees in the pytest process, so code reached only through a `symbi`/gateway
+subprocess shows up as "no tests": each group lists tests that call its code in-process.
+
+Results accumulate in reports/mutation.json (one entry per group, replaced when the group
+runs again) and reports/mutation.md is rendered from it. A surviving mutant is accounted
+for in scripts/mutation-equivalents.toml: either the reason it is equivalent (cannot change
+behaviour a test may observe) or the test added to kill it. Anything else is listed as
+UNEXPLAINED, which is a hole to close.
+
+    python scripts/mutate.py                 # every group
+    python scripts/mutate.py steps auth      # some groups
+    python scripts/mutate.py --list          # the groups
+    python scripts/mutate.py --render        # re-render the report from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT_JSON = ROOT / "reports" / "mutation.json"
+REPORT_MD = ROOT / "reports" / "mutation.md"
+EQUIVALENTS = ROOT / "scripts" / "mutation-equivalents.toml"
+# Tests look for these next to the tree (ROOT/.venv etc.); mutmut runs pytest in mutants/.
+LINKED = (".venv", ".venv-schemapin-ref", "node_modules")
+ALSO_COPY = ["scripts", "policies", "policies.rego", "examples"]
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    mutate: tuple[str, ...]  # files or globs ending in * (mutmut's only_mutate)
+    tests: tuple[str, ...]  # pytest paths/node ids that call the code in-process
+    note: str = ""
+
+
+GROUPS: tuple[Group, ...] = (
+    # test_verify/test_crypto call _verify in-process; the interop tests run the reference in a subprocess
+    Group("schemapin-verify", ("schemapin/_verify.py",), (
+        "tests/schemapin/test_verify.py", "tests/schemapin/test_crypto.py", "tests/schemapin/test_bundle.py",
+    )),
+    Group(
+        "steps",
+        ("gateway/steps/*", "gateway/policy/decision.py"),
+        ("tests/steps/", "tests/policy/test_decision.py"),
+    ),
+    Group("audit-verify", ("gateway/audit/verify.py",), (
+        "tests/audit/test_verify.py", "tests/audit/test_log.py", "tests/audit/test_keys.py",
+    )),
+    Group("audit-store", ("gateway/audit/store.py",), (
+        "tests/audit/test_log.py", "tests/audit/test_durability.py", "tests/audit/test_verify.py",
+    )),
+    # the on-the-wire tests start a gateway per test (about 7 s a mutant): the unit tests only
+    Group("auth", ("gateway/server/auth.py",), tuple(
+        f"tests/server/http/test_auth.py::{t}" for t in (
+            "test_key_store_keeps_only_a_hash_with_mode_0600",
+            "test_key_store_refuses_tampered_unknown_and_revoked_keys",
+            "test_jwt_good_tokens_give_principal_with_roles", "test_jwt_refused",
+            "test_authenticator_fails_closed_without_jwt_config_and_without_credentials",
+            "test_jwks_url", "test_jwks_url_unreachable_fails_closed", "test_anonymous_only_when_named",
+        )
+    )),
+    Group("policy", (
+        "gateway/policy/engine.py", "gateway/policy/inputdoc.py", "gateway/policy/redact.py",
+    ), ("tests/policy/test_engine.py", "tests/policy/test_inputdoc.py", "tests/policy/test_redact.py")),
+    Group("verify", ("gateway/verify/*",), ("tests/verify/",)),
+    Group("sandbox-limits", (
+        "gateway/sandbox/docker_tier.py", "gateway/sandbox/bwrap.py", "gateway/sandbox/cgroups.py",
+    ), ("tests/sandbox/test_tiers.py", "tests/sandbox/test_bwrap.py")),
+    Group("runtime", ("gateway/runtime/*",), ("tests/runtime/",)),
+    Group("memory", ("gateway/memory/*",), ("tests/memory/",)),
+    Group("screen", ("gateway/screen/*",), ("tests/screen/",)),
+)
+BY_NAME = {g.name: g for g in GROUPS}
+# `make mutate` with no GROUPS: the groups measured to fit in about an hour here (2 cores,
+# max_children 2); the others are run by name until their test sets are trimmed to fit.
+DEFAULT = ("schemapin-verify", "steps", "audit-verify", "auth")
+
+
+def _toml_list(items: list[str] | tuple[str, ...]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(group: Group, scratch: Path) -> None:
+    """A scratch copy of the tracked tree (as in the working tree) with this group's config."""
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
+    ).stdout.split(b"\0")
+    for rel in (f.decode() for f in files if f):
+        src = ROOT / rel
+        if src.is_symlink() or not src.is_file():
+            continue  # node_modules symlinks etc. are linked below, deleted files skipped
+        dst = scratch / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    (scratch / "mutants").mkdir()
+    for name in LINKED:
+        target = Path("/work/main") / name if not (ROOT / name).exists() else (ROOT / name).resolve()
+        for where in (scratch, scratch / "mutants"):
+            link = where / name
+            if not link.exists():
+                link.symlink_to(target)
+    packages = sorted({m.split("/")[0] for m in group.mutate} | {"gateway", "schemapin"})
+    pyproject = scratch / "pyproject.toml"
+    text = re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", pyproject.read_text())
+    text += (
+        "\n[tool.mutmut]\n"
+        f"source_paths = {_toml_list(packages)}\n"  # whole packages, else imports break
+        f"only_mutate = {_toml_list(group.mutate)}\n"
+        f"pytest_add_cli_args_test_selection = {_toml_list(group.tests)}\n"
+        f"also_copy = {_toml_list(ALSO_COPY)}\n"
+        'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly"]\n'
+    )
+    pyproject.write_text(text)
+
+
+def _head() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def run_group(group: Group, scratch: Path, max_children: int, *, collect_only: bool = False) -> dict[str, object]:
+    seconds_file = scratch / "seconds"
+    if not collect_only:
+        prepare(group, scratch)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # import the mutants
+        start = time.monotonic()
+        with (scratch / "mutmut.log").open("w") as out:
+            proc = subprocess.run(
+                [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+                check=False, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        seconds_file.write_text(f"{round(time.monotonic() - start)} {proc.returncode} {_head()}")
+    if seconds_file.exists():
+        seconds, exit_code, commit = seconds_file.read_text().split()
+    else:  # the run was stopped: what it reached is in the .meta files, the rest is "not checked"
+        seconds, exit_code, commit = "0", "-1", _head()
+    mutants = collect(scratch)
+    return {
+        "mutate": list(group.mutate),
+        "tests": list(group.tests),
+        "seconds": int(seconds),
+        "mutmut_exit": int(exit_code),
+        "commit": commit,  # of the tree the group ran on (plus uncommitted changes, if any)
+        "mutants": mutants,
+        # a run made otherwise than by this script (e.g. a re-check of named mutants) says so here
+        "note": (scratch / "note").read_text().strip() if (scratch / "note").exists() else "",
+    }
+
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests",
+          34: "skipped", 36: "timeout", 37: "caught by type check", None: "not checked",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}
+
+
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+print(json.dumps({n: get_diff_for_mutant(n, path=f) for n, f in json.load(sys.stdin)}))
+"""
+
+
+def collect(scratch: Path) -> list[dict[str, object]]:
+    """Every mutant with its status and, if it survived, its diff (one mutmut process)."""
+    out: list[dict[str, object]] = []
+    for meta in sorted((scratch / "mutants").rglob("*.py.meta")):
+        source = str(meta.relative_to(scratch / "mutants"))[: -len(".meta")]
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        out += [{"name": n, "file": source, "status": STATUS.get(c, "suspicious")} for n, c in sorted(codes.items())]
+    wanted = [[m["name"], m["file"]] for m in out if m["status"] not in ("killed", "no tests")]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    shown = subprocess.run(
+        [sys.executable, "-c", _DIFFS], input=json.dumps(wanted), check=True,
+        cwd=scratch, env=env, capture_output=True, text=True,
+    )
+    diffs = json.loads(shown.stdout)
+    for m in out:
+        if m["name"] in diffs:
+            m["diff"] = diffs[m["name"]]
+    return out
+
+
+def score(mutants: list[dict[str, object]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for m in mutants:
+        counts[str(m["status"])] = counts.get(str(m["status"]), 0) + 1
+    return counts
+
+
+def _changed_lines(diff: str) -> str:
+    lines = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return "\n".join(lines)
+
+
+def verdict(name: str, reasons: dict[str, dict[str, str]]) -> tuple[str, str]:
+    """(kind, text) for a surviving mutant: killed_by, equivalent, gap or unexplained."""
+    for kind in ("killed_by", "equivalent", "gap"):
+        if name in reasons.get(kind, {}):
+            return kind, reasons[kind][name]
+    return "unexplained", ""
+
+
+def _row(label: str, mutants: list[dict[str, Any]], reasons: dict[str, dict[str, str]], extra: str) -> str:
+    c = score(mutants)
+    k, s = c.get("killed", 0), c.get("survived", 0) + c.get("suspicious", 0)
+    kinds = [verdict(str(m["name"]), reasons)[0] for m in mutants if m["status"] in ("survived", "suspicious")]
+    eq, added, gap = kinds.count("equivalent"), kinds.count("killed_by"), kinds.count("gap")
+    raw = f"{100 * k / (k + s):.0f}%" if k + s else "-"
+    # equivalents are not mutants a test could kill; tests added after the run count as kills
+    adj = f"{100 * (k + added) / (k + s - eq):.0f}%" if k + s - eq else "-"
+    return (
+        f"| {label} | {len(mutants)} | {k} | {s} | {eq} | {added} | {gap} | {kinds.count('unexplained')} | "
+        f"{c.get('no tests', 0)} | {c.get('timeout', 0)} | {c.get('not checked', 0)} | {raw} | {adj} |{extra}"
+    )
+
+
+def render(data: dict[str, dict[str, Any]]) -> str:
+    reasons: dict[str, dict[str, str]] = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    head = (
+        "| module | mutants | killed | survived | equivalent | killed by a test added since | gap | "
+        "unexplained | no tests | timeout | not checked | raw score | score |"
+    )
+    lines = [
+        "# Mutation report",
+        "",
+        "Produced by `make mutate` (scripts/mutate.py, mutmut). raw score = killed / (killed + survived);",
+        "score = (killed + killed by a test added since the run) / (killed + survived - equivalent).",
+        "Survivors are accounted for in scripts/mutation-equivalents.toml. \"no tests\" = no test of the",
+        "group's in-process set calls that function (reached only through a `symbi` subprocess, which",
+        "mutmut cannot attribute, or not tested); they are in the JSON, not listed here. \"not checked\"",
+        "= the run was stopped before it reached them (a partial run).",
+        "",
+        head + " group | minutes | commit |",
+        "| --- " * 16 + "|",
+    ]
+    for name, g in data.items():
+        files = sorted({str(m["file"]) for m in g["mutants"]})
+        for f in files:
+            ms = [m for m in g["mutants"] if m["file"] == f]
+            lines.append(_row(f, ms, reasons, f" {name} | {int(g['seconds']) // 60} | {g['commit']} |"))
+    lines += ["", "Not run yet: " + (", ".join(n for n in BY_NAME if n not in data) or "none"), ""]
+    for name, g in data.items():
+        surv = [m for m in g["mutants"] if m["status"] in ("survived", "suspicious")]
+        lines += [f"## {name}: surviving mutants ({len(surv)})", "", f"Tests: {' '.join(g['tests'])}", ""]
+        if g.get("note"):
+            lines += [f"Note: {g['note']}", ""]
+        for m in surv:
+            kind, text = verdict(str(m["name"]), reasons)
+            label = {"killed_by": f"killed by {text} (added after this run)", "equivalent": f"equivalent: {text}",
+                     "gap": f"GAP (not closed): {text}", "unexplained": "UNEXPLAINED"}[kind]
+            lines += [f"- `{m['name']}` ({m['status']}): {label}", "", "```diff",
+                      _changed_lines(str(m.get("diff", ""))), "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("groups", nargs="*", help=f"group names (default: {' '.join(DEFAULT)})")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--render", action="store_true", help="only re-render reports/mutation.md")
+    ap.add_argument("--collect", action="store_true", help="re-read the groups' last scratch runs, do not run")
+    ap.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (2 cores here)")
+    ap.add_argument("--scratch", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "symbi-mutate")
+    args = ap.parse_args()
+    if args.list:
+        for g in GROUPS:
+            print(f"{g.name}: {' '.join(g.mutate)}  <- {' '.join(g.tests)}")
+        return 0
+    unknown = [n for n in args.groups if n not in BY_NAME]
+    if unknown:
+        ap.error(f"unknown group(s) {unknown}; see --list")
+    data: dict[str, dict[str, Any]] = json.loads(REPORT_JSON.read_text()) if REPORT_JSON.exists() else {}
+    if not args.render:
+        for name in args.groups or list(DEFAULT):
+            print(f"[mutate] {name} ...", flush=True)
+            result = run_group(BY_NAME[name], args.scratch / name, args.max_children, collect_only=args.collect)
+            print(f"[mutate] {name}: {score(result['mutants'])} in {result['seconds']} s", flush=True)  # type: ignore[arg-type]
+            data[name] = result
+            REPORT_JSON.parent.mkdir(exist_ok=True)
+            REPORT_JSON.write_text(json.dumps(data, indent=1) + "\n")
+    ordered = {n: data[n] for n in BY_NAME if n in data}
+    REPORT_MD.write_text(render(ordered))
+    print(f"[mutate] report: {REPORT_MD.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""ValidateArguments in-process: the tool's inputSchema is enforced before the upstream, and
+the refusal names the argument path (jsonschema, Draft 2020-12 unless the schema says)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway.chain import build_chain
+from gateway.context import CallContext, CallKind, Principal, ToolInfo
+from gateway.errors import ArgumentsInvalid
+from gateway.steps.arguments import ValidateArguments
+
+LOCAL = Principal(id="local")
+SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer"}, "items": {"type": "array", "items": {"type": "string"}}},
+    "required": ["n"],
+    "additionalProperties": False,
+}
+
+
+def tool(schema: Any) -> ToolInfo:
+    return ToolInfo(name="up__t", original_name="t", upstream="up", definition={"name": "t", "inputSchema": schema})
+
+
+def run(step: ValidateArguments, call: CallContext) -> list[CallContext]:
+    seen: list[CallContext] = []
+
+    async def endpoint(c: CallContext) -> str:
+        seen.append(c)
+        return "ok"
+
+    async def go() -> Any:
+        return await build_chain([step], endpoint)(call)
+
+    asyncio.run(go())
+    return seen
+
+
+def call_of(args: dict[str, Any], schema: Any = SCHEMA, kind: CallKind = "tools/call") -> CallContext:
+    return CallContext(principal=LOCAL, kind=kind, target="up__t", arguments=args, tool=tool(schema))
+
+
+def test_valid_arguments_reach_the_upstream_unchanged() -> None:
+    call = call_of({"n": 1, "items": ["a"]})
+    assert run(ValidateArguments(), call) == [call]
+    assert call.arguments == {"n": 1, "items": ["a"]}
+
+
+def test_invalid_arguments_are_refused_with_one_reason_per_error_naming_its_path() -> None:
+    with pytest.raises(ArgumentsInvalid) as err:
+        run(ValidateArguments(), call_of({"n": "x", "items": ["a", 2]}))
+    # sorted by path; the path is the part of each reason a client can act on
+    assert [r.split(":")[0] for r in err.value.reasons] == ["arguments.items[1]", "arguments.n"]
+
+
+def test_at_most_ten_reasons() -> None:
+    with pytest.raises(ArgumentsInvalid) as err:
+        run(ValidateArguments(), call_of({"n": 1, "items": list(range(12))}))
+    assert len(err.value.reasons) == 10
+
+
+def test_an_invalid_schema_refuses_the_call() -> None:
+    with pytest.raises(ArgumentsInvalid):
+        run(ValidateArguments(), call_of({"n": 1}, schema={"type": "object", "properties": {"n": {"type": 7}}}))
+
+
+def test_the_same_schema_is_checked_again_on_the_next_call() -> None:
+    step = ValidateArguments()
+    run(step, call_of({"n": 1}))
+    with pytest.raises(ArgumentsInvalid):
+        run(step, call_of({"n": "x"}))  # the cached validator, still enforcing
+
+
+def test_only_tool_calls_with_a_resolved_tool_are_validated() -> None:
+    other = call_of({"n": "x"}, kind="prompts/get")
+    unresolved = CallContext(principal=LOCAL, kind="tools/call", target="up__t", arguments={"n": "x"})
+    assert run(ValidateArguments(), other) == [other]
+    assert run(ValidateArguments(), unresolved) == [unresolved]
+    unresolved_prompt = CallContext(principal=LOCAL, kind="prompts/get", target="p", arguments={"n": "x"})
+    assert run(ValidateArguments(), unresolved_prompt) == [unresolved_prompt]

@@ -18,7 +18,7 @@ import pytest
 from gateway.errors import UpstreamUnavailable
 from gateway.events import LoggingSink
 from gateway.runtime.breaker import Breakers, retryable
-from tests.conftest import ROOT, SYMBI, symbi_env, write_config
+from tests.conftest import ROOT, SYMBI, symbi_env, upstream_writable, write_config
 from tests.server._clients import stdio_session
 from tests.upstream.test_restart import pids_running
 
@@ -62,7 +62,7 @@ def test_only_read_only_or_idempotent_tools_are_retried() -> None:
 async def test_breaker_opens_half_opens_and_closes_against_a_killed_and_restarted_upstream(tmp_path: Path) -> None:
     script = tmp_path / "breaker_upstream.py"  # a unique path: we kill only this test's process
     shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
-    record = tmp_path / "record.jsonl"
+    record = upstream_writable(tmp_path) / "record.jsonl"  # the upstream runs as the unprivileged upstream user
     cfg = write_config(
         tmp_path,
         f"""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, SYMBI, symbi_env, write_config
+from tests.conftest import ROOT, SYMBI, symbi_env, upstream_writable, write_config
 from tests.server._clients import stdio_session
 
 pytestmark = pytest.mark.anyio
@@ -42,7 +42,7 @@ decision := {"allow": true, "reasons": [], "conditions": {"suspend_agent": "aske
 
 
 def _config(tmp_path: Path, runtime: str = "") -> tuple[Path, Path]:
-    record = tmp_path / "record.jsonl"
+    record = upstream_writable(tmp_path) / "record.jsonl"  # the upstream runs as the unprivileged upstream user
     policy = tmp_path / "policy.rego"
     policy.write_text(POLICY)
     cfg = write_config(

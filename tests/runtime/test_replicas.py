@@ -11,7 +11,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from tests.conftest import ROOT, write_config
+from tests.conftest import ROOT, upstream_writable, write_config
 from tests.server._clients import stdio_session
 from tests.upstream.test_restart import pids_running
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.anyio
 async def test_concurrent_calls_spread_over_the_replicas(tmp_path: Path) -> None:
     script = tmp_path / "replica_server.py"
     script.write_text((ROOT / "tests/peers/mutable_server.py").read_text())
-    record = tmp_path / "record.jsonl"
+    record = upstream_writable(tmp_path) / "record.jsonl"  # the upstream runs as the unprivileged upstream user
     cfg = write_config(
         tmp_path,
         f"""

@@ -40,6 +40,9 @@ def mutable_config(tmp_path: Path) -> Path:
         command = "{sys.executable}"
         args = ["{MUTABLE}"]
         verification = "tofu"
+        # a drift a person may approve from the API/dashboard (a poisoned one needs the CLI's
+        # --accept-screening: tests/screen)
+        env = {{ RUG_PULL_DESCRIPTION = "Echoes the message back, in upper case from now on." }}
         """,
     )
 
@@ -109,7 +112,7 @@ async def test_api_diff_and_approve_a_drifted_tool(tmp_path: Path) -> None:
         async with httpx2.AsyncClient(base_url=run.base + "/api") as api:
             r = await api.get("/tools/mut__echo/diff", headers=bearer(keys.admin))
             diff = check(httpx.Response(r.status_code, content=r.content), 200, "ToolDiff")
-            assert diff["drifted"] is True and "id_rsa" in diff["diff"]
+            assert diff["drifted"] is True and "upper case" in diff["diff"]
             tools = (await api.get("/tools", headers=bearer(keys.admin))).json()["tools"]
             assert next(t for t in tools if t["name"] == "mut__echo")["verification"] == "drifted"
             # not an admin: refused; unknown tool: 404
@@ -144,7 +147,7 @@ def test_browser_approves_a_drifted_tool(tmp_path: Path) -> None:
             assert "drifted" in row.inner_text()
             row.locator("a").click()
             assert page.inner_text("#drifted") == "yes"
-            assert "id_rsa" in page.inner_text("#diff")
+            assert "upper case" in page.inner_text("#diff")
             page.click("#approve")
             page.wait_for_selector("#message")
             assert "Approved mut__echo" in page.inner_text("#message")

@@ -36,6 +36,8 @@ def _imports(*folders: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for folder in folders:
         for path in sorted((ROOT / folder).rglob("*.py")):
+            if "node_modules" in path.parts:  # npm packages (node ships an lldb helper script)
+                continue
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 names: list[str] = []
                 if isinstance(node, ast.Import):

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
@@ -24,10 +24,11 @@ from pydantic import TypeAdapter
 
 from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
+from gateway.compat import connection_of
 from gateway.config.model import Config, ServerConfig
-from gateway.context import CallContext, Principal, UpstreamInfo
+from gateway.context import CallContext, Downstream, Principal, UpstreamInfo
 from gateway.errors import ConfigError, UpstreamUnavailable
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
 from gateway.steps.policy import afilter_listing
@@ -139,7 +140,7 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         self.events.emit(
-            "gateway.start",
+            Event.GATEWAY_START,
             {"servers": sorted(self.config.servers), "config": str(self.config.source) if self.config.source else None},
         )
         try:
@@ -162,7 +163,7 @@ class Gateway:
                 try:
                     yield self
                 finally:
-                    self.events.emit("gateway.stop", {})
+                    self.events.emit(Event.GATEWAY_STOP, {})
                     for up in self.upstreams.values():
                         await up.stop()
                     tg.cancel_scope.cancel()
@@ -269,8 +270,8 @@ class Gateway:
         await self._rebuild()
 
     def remember_downstream(self, session: ServerSession) -> None:
-        conn = getattr(session, "_connection", None)
-        if conn is None or conn in self._downstream:
+        conn = connection_of(session)
+        if conn in self._downstream:
             return
         if conn.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return  # 2026-era clients hear about changes through subscriptions/listen (self.bus)
@@ -357,38 +358,45 @@ class Gateway:
         if up is None:
             raise UpstreamUnavailable(f"upstream {call.tool.upstream!r} is not configured")
         ctx = call.downstream
-        session = getattr(ctx, "session", None)
         progress = None
-        if ctx is not None and session is not None:
+        if ctx is not None:
+            session = ctx.session
 
             async def progress(p: float, total: float | None, message: str | None) -> None:
                 with contextlib.suppress(Exception):
                     await session.report_progress(p, total, message)
 
-        token = DOWNSTREAM_CAPABILITIES.set(session)
-        try:
-            with up.relay.caller(session, getattr(ctx, "request_id", None)):
-                return await up.call_tool(
-                    call.tool.original_name,
-                    call.arguments,
-                    progress=progress,
-                    input_responses=call.input_responses,
-                    request_state=call.request_state,
-                )
-        finally:
-            DOWNSTREAM_CAPABILITIES.reset(token)
+        with _on_behalf_of(up, ctx):
+            return await up.call_tool(
+                call.tool.original_name,
+                call.arguments,
+                progress=progress,
+                input_responses=call.input_responses,
+                request_state=call.request_state,
+            )
 
-    async def with_upstream(self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Any = None) -> Any:
+    async def with_upstream(
+        self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Downstream | None = None
+    ) -> Any:
+        """``fn(upstream)`` on behalf of the caller whose request context is ``ctx``."""
         up = self.upstreams.get(name)
         if up is None:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
-        session = getattr(ctx, "session", None)
-        token = DOWNSTREAM_CAPABILITIES.set(session)
-        try:
-            with up.relay.caller(session, getattr(ctx, "request_id", None)):
-                return await up.request(fn(up))
-        finally:
-            DOWNSTREAM_CAPABILITIES.reset(token)
+        with _on_behalf_of(up, ctx):
+            return await up.request(fn(up))
+
+
+@contextlib.contextmanager
+def _on_behalf_of(up: Upstream, ctx: Downstream | None) -> Iterator[None]:
+    """Requests the upstream sends back (sampling, elicitation, roots) go to this caller, and a
+    2026-era upstream sees this caller's capabilities."""
+    session = ctx.session if ctx is not None else None
+    token = DOWNSTREAM_CAPABILITIES.set(session)
+    try:
+        with up.relay.caller(session, ctx.request_id if ctx is not None else None):
+            yield
+    finally:
+        DOWNSTREAM_CAPABILITIES.reset(token)
 
 
 _READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)

@@ -1,22 +1,77 @@
-"""Gateway events (not tool calls): config load, upstream up/down, drift, policy reload...
+"""Gateway events and the one catalogue of their types.
 
-Producers call ``sink.emit(...)``; the audit log is the real sink (``gateway.audit``), and a
+Every event the gateway records has a type from ``Event`` (as mitmproxy keeps its hooks in
+one place): the per-call records the audit step writes and the gateway's own events (config
+load, upstream up/down, drift, policy reload...). Producers call
+``sink.emit(Event.X, details)``; the audit log is the real sink (``gateway.audit``), and a
 logging sink stands in where no audit log is configured (tests, ``symbi config check``).
+``tests/test_events.py`` checks that every emit in ``gateway/`` names a member of ``Event``.
+A new event type is added here first, with a line saying when it happens.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, Protocol
 
 _logger = logging.getLogger("symbi.events")
 
 
+class Event(StrEnum):
+    """Every event type, by area. The value is what the audit log stores."""
+
+    # calls through the chain (one record each, written by gateway.steps.audit)
+    TOOL_CALL = "tool.call"  # tools/call: allowed, denied, failed or crashed
+    RESOURCE_READ = "resource.read"  # resources/read through the chain
+    PROMPT_GET = "prompt.get"  # prompts/get through the chain
+    # the gateway process
+    CONFIG_LOADED = "config.loaded"  # the gateway was assembled from a config
+    GATEWAY_START = "gateway.start"  # the gateway started serving
+    GATEWAY_STOP = "gateway.stop"  # the gateway stopped
+    # upstream servers
+    UPSTREAM_UP = "upstream.up"  # connected (details: restarts so far)
+    UPSTREAM_DOWN = "upstream.down"  # the connection ended or failed (details: error)
+    UPSTREAM_RESTART_REQUESTED = "upstream.restart_requested"  # an admin asked for a restart
+    # tool verification
+    TOOL_VERIFICATION = "tool.verification"  # a tool's verdict changed (status, blocked, key)
+    TOOL_DRIFT = "tool.drift"  # a tool's definition changed (old and new hash)
+    TOOL_VANISHED = "tool.vanished"  # an upstream no longer lists a tool
+    TOOL_APPROVED = "tool.approved"  # an admin approved a tool's current definition
+    TOOL_APPROVALS_CHANGED = "tool.approvals_changed"  # approvals/manifests changed outside
+    TOOL_SCREENING = "tool.screening"  # a tool\'s screening findings changed (poisoning rules)
+    # policy
+    POLICY_RELOADED = "policy.reloaded"  # a new policy is in force
+    POLICY_RELOAD_REFUSED = "policy.reload_refused"  # a changed policy failed; the old one stays
+    # discovered servers (gateway.onboard)
+    SERVER_DISCOVERED = "server.discovered"  # discovery found a server (quarantined until approved)
+    SERVER_REMOVED = "server.removed"  # a discovered server disappeared from its source
+    # agents (gateway.runtime)
+    AGENT_REGISTERED = "agent.registered"  # a session or hosted agent got its gateway-made id
+    AGENT_STATE = "agent.state"  # an agent moved along one lifecycle edge (from, to, reason)
+    # agent memory and knowledge (gateway.memory)
+    MEMORY_STORED = "memory.stored"  # an agent stored a memory (metadata only, never the text)
+    MEMORY_SEARCHED = "memory.searched"  # an agent recalled memories
+    MEMORY_READ = "memory.read"  # a memory:// resource was read
+    MEMORY_TASK_ENDED = "memory.task_ended"  # an agent's working memory for a task was cleared
+    MEMORY_DENIED = "memory.denied"  # the policy refused a memory or knowledge access
+    MEMORY_PURGED = "memory.purged"  # retention removed old memories
+    MEMORY_PURGE_FAILED = "memory.purge_failed"  # a retention sweep failed
+    KNOWLEDGE_SEARCHED = "knowledge.searched"  # a knowledge base was searched
+    KNOWLEDGE_INGESTED = "knowledge.ingested"  # documents were ingested into a knowledge base
+    # audit log
+    AUDIT_KEY_ROTATED = "audit.key_rotated"  # the signing key was handed over (signed proof)
+    AUDIT_READ_DENIED = "audit.read_denied"  # a non-admin asked for audit://recent
+
+
+EVENT_TYPES: frozenset[str] = frozenset(e.value for e in Event)
+
+
 class EventSink(Protocol):
     def emit(
         self,
-        event_type: str,
+        event_type: Event,
         details: Mapping[str, Any],
         *,
         principal: str | None = None,
@@ -30,10 +85,10 @@ class LoggingSink:
 
     def emit(
         self,
-        event_type: str,
+        event_type: Event,
         details: Mapping[str, Any],
         *,
         principal: str | None = None,
         agent: str | None = None,
     ) -> None:
-        _logger.info("event %s %s", event_type, dict(details), extra={"fields": {"event": event_type}})
+        _logger.info("event %s %s", event_type, dict(details), extra={"fields": {"event": str(event_type)}})

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from gateway.context import AgentInfo, Principal
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.runtime.identity import clean_label, make_agent_id
 from gateway.runtime.lifecycle import AgentState, check_transition
 
@@ -173,7 +173,7 @@ class AgentRegistry:
         self._by_id[agent.id] = agent
         self._by_name[agent.name] = agent
         self.events.emit(
-            "agent.registered",
+            Event.AGENT_REGISTERED,
             {"agent": agent.id, "name": agent.name, "client": agent.client, "hosted": agent.hosted,
              "priority": agent.priority},
             principal=agent.principal, agent=agent.id,
@@ -204,7 +204,7 @@ class AgentRegistry:
         agent.state = to
         agent.reason = reason
         self.events.emit(
-            "agent.state",
+            Event.AGENT_STATE,
             {"agent": agent.id, "name": agent.name, "from": src.value, "to": to.value, "edge": edge,
              "reason": reason},
             principal=agent.principal, agent=agent.id,

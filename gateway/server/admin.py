@@ -18,7 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.server.approvals import ApprovalError, approve_tool, tool_diff
+from gateway.errors import ApprovalError
+from gateway.events import Event
+from gateway.server.approvals import approve_tool, tool_diff
 from gateway.server.openapi import OPENAPI
 
 if TYPE_CHECKING:
@@ -31,16 +33,9 @@ def audit_log(state: HttpState) -> AuditLog | None:
     return state.gateway.audit if state.gateway is not None else None
 
 
-def audit_verify(log: Any) -> dict[str, Any]:
+def audit_verify(log: AuditLog) -> dict[str, Any]:
     """Verify the whole chain (blocking: run it in a thread). ``ok`` says whether it is intact."""
-    own = getattr(log, "verify", None)
-    if callable(own):
-        result = own()
-        as_dict = getattr(result, "as_dict", None)  # gateway.audit.VerifyResult
-        return dict(as_dict() if callable(as_dict) else result)
-    from gateway.audit import exported_public_keys, verify_log
-
-    return verify_log(log.path, exported_public_keys(log.key_path)).as_dict()
+    return log.verify().as_dict()
 
 
 _QUERY_KEYS = {"principal", "tool", "type", "decision", "since_ns", "until_ns", "limit"}
@@ -81,12 +76,9 @@ def audit_query(log: Any, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
         conn.close()
 
 
-def audit_writable(log: Any) -> bool:
+def audit_writable(log: AuditLog) -> bool:
     """Whether events can be recorded right now (any failure to tell is "no")."""
     try:
-        own = getattr(log, "writable", None)
-        if callable(own):
-            return bool(own())
         log.ensure_writable()
         return True
     except Exception:  # noqa: BLE001 - fail closed: not writable
@@ -99,18 +91,7 @@ def policy_status(state: HttpState) -> dict[str, Any] | None:
     if eng is None:
         return None
     try:
-        own = getattr(eng, "status", None)
-        if callable(own):
-            return dict(own())
-        doc: dict[str, Any] = {"engine": str(getattr(eng, "name", type(eng).__name__))}
-        if hasattr(eng, "bundle"):
-            doc["loaded"] = eng.bundle is not None
-            files = getattr(eng, "files", None)
-            doc["policy"] = str(getattr(files, "policy", "")) or None
-            doc["digest"] = getattr(eng.bundle, "digest", None)
-        else:
-            doc["loaded"] = True  # a remote engine is asked on every decision; failures deny there
-        return doc
+        return eng.status()
     except Exception as e:  # noqa: BLE001 - fail closed: not loaded, with the reason
         return {"loaded": False, "error": f"{type(e).__name__}: {e}"}
 
@@ -211,7 +192,7 @@ def admin_routes(state: HttpState) -> list[Route]:
         if up is None:
             return _err(404, "not_found", f"no upstream named {name!r}")
         await up.restart()
-        state.gateway.events.emit("upstream.restart_requested", {"upstream": name})  # type: ignore[union-attr]
+        state.gateway.events.emit(Event.UPSTREAM_RESTART_REQUESTED, {"upstream": name})  # type: ignore[union-attr]
         return JSONResponse({"upstream": name, "restarting": True}, status_code=202)
 
     async def sessions(request: Request) -> Response:
@@ -280,11 +261,10 @@ def admin_routes(state: HttpState) -> list[Route]:
         eng = state.gateway.policy if state.gateway is not None else None
         if eng is None:
             return _unavailable("policy", "the policy engine is not enabled in this gateway")
-        reload = getattr(eng, "reload", None)
-        if not callable(reload):
+        if not eng.reloadable:
             return _err(409, "conflict", "this policy engine is not reloaded by the gateway (remote OPA)")
         # a policy that does not parse or fails its tests is refused; the old one stays in force
-        ok = bool(await anyio.to_thread.run_sync(reload))
+        ok = await anyio.to_thread.run_sync(eng.reload)
         return JSONResponse({"reloaded": ok, **(policy_status(state) or {})}, status_code=200 if ok else 422)
 
     async def openapi(request: Request) -> Response:

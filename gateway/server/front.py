@@ -1,17 +1,18 @@
 """The MCP front: a low-level SDK ``Server`` whose handlers turn requests into gateway calls.
 
 The same ``Server`` serves stdio and streamable HTTP, in both protocol eras (the SDK
-bridges the handshake era and 2026-07-28). Every handler that touches an upstream goes
-through ``Gateway.call`` (the chain: audit, verification, arguments, policy), and every
-error is turned into an MCP result by ``gateway.boundary``.
+bridges the handshake era and 2026-07-28). ``Front`` has one method per MCP request; every
+handler that touches an upstream goes through ``Gateway.call`` (the chain: audit,
+verification, arguments, policy) or a policy check, and the decorators of
+``gateway.boundary`` turn every error into an MCP result or a JSON-RPC error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
-from collections.abc import AsyncIterator, Callable
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -22,14 +23,23 @@ from mcp.shared.exceptions import MCPError
 
 from gateway import __version__
 from gateway.app import Gateway
-from gateway.boundary import error_result, protocol_error
+from gateway.boundary import as_protocol_error, as_tool_result
+from gateway.compat import connection_of
 from gateway.config.model import Config
-from gateway.context import CallContext, Principal
-from gateway.errors import CatalogError, GatewayError, PolicyDenied, UpstreamError
-
-_logger = logging.getLogger("symbi.server")
+from gateway.context import CallContext, CallKind, Principal, is_admin
+from gateway.errors import CatalogError, PolicyDenied
+from gateway.events import Event
+from gateway.upstream.session import Upstream
 
 GatewayFactory = Callable[[InMemorySubscriptionBus], Gateway]
+Ctx = ServerRequestContext[Gateway]
+
+AUDIT_RESOURCE = types.Resource(
+    uri="audit://recent",
+    name="audit-recent",
+    description="The last 100 events of the gateway's signed audit log (admin principals only).",
+    mime_type="application/json",
+)
 
 
 def stdio_principal(config: Config) -> Principal:
@@ -83,111 +93,143 @@ def principal_for(ctx: ServerRequestContext[Any], gw: Gateway) -> Principal:
     return dataclasses.replace(principal, agent=agent.id)
 
 
-def session_id_of(ctx: ServerRequestContext[Any]) -> str | None:
+def session_id_of(ctx: ServerRequestContext[Any]) -> str:
     request = ctx.request
     if request is not None:
         sid = request.headers.get("mcp-session-id")
         if sid:
             return str(sid)
-    return (
-        f"session-{id(ctx.session._connection) if hasattr(ctx.session, '_connection') else id(ctx.session)}"
-    )
+    return f"session-{id(connection_of(ctx.session))}"
 
 
-def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway]:
-    """The MCP server object; its lifespan runs one ``Gateway`` for all connections."""
+class Front:
+    """The MCP request handlers; the server's lifespan runs one ``Gateway`` for all connections."""
 
-    bus = InMemorySubscriptionBus()
-    current: list[Gateway] = []
+    def __init__(self, config: Config, make_gateway: GatewayFactory) -> None:
+        self.config = config
+        self._make_gateway = make_gateway
+        self.bus = InMemorySubscriptionBus()  # list_changed for 2026-era clients
+        self._running: list[Gateway] = []
+
+    def server(self) -> Server[Gateway]:
+        return Server(
+            self.config.gateway.name,
+            version=__version__,
+            instructions=(
+                "Symbi MCP security gateway: tools from several upstream servers, verified and policy-checked."
+            ),
+            lifespan=self.lifespan,
+            get_tool_input_schema=self.input_schema,
+            on_subscriptions_listen=ListenHandler(self.bus),
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+            on_list_resources=self.list_resources,
+            on_list_resource_templates=self.list_resource_templates,
+            on_read_resource=self.read_resource,
+            on_subscribe_resource=self.subscribe,
+            on_unsubscribe_resource=self.unsubscribe,
+            on_list_prompts=self.list_prompts,
+            on_get_prompt=self.get_prompt,
+            on_completion=self.completion,
+            on_set_logging_level=self.set_level,
+        )
 
     @contextlib.asynccontextmanager
-    async def lifespan(_server: Server[Gateway]) -> AsyncIterator[Gateway]:
-        gw = make_gateway(bus)
+    async def lifespan(self, _server: Server[Gateway]) -> AsyncIterator[Gateway]:
+        gw = self._make_gateway(self.bus)
         async with gw.running():
-            current.append(gw)
+            self._running.append(gw)
             try:
                 yield gw
             finally:
-                current.remove(gw)
+                self._running.remove(gw)
 
-    def input_schema(name: str) -> Any:
+    def input_schema(self, name: str) -> Mapping[str, Any] | None:
         # 2026 HTTP header validation looks schemas up here instead of re-listing tools.
-        for gw in current:
+        for gw in self._running:
             entry = gw.catalog.tools.get(name)
             if entry is not None:
                 return entry.tool.input_schema
         return None
 
-    def gw_of(ctx: ServerRequestContext[Gateway]) -> Gateway:
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _gateway(self, ctx: Ctx) -> Gateway:
         gw = ctx.lifespan_context
         gw.remember_downstream(ctx.session)
         return gw
 
-    async def list_tools(
-        ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
-    ) -> types.ListToolsResult:
-        gw = gw_of(ctx)
-        try:
-            principal = principal_for(ctx, gw)
-            tools = [e.tool for e in await gw.visible_tools(principal)]
-        except GatewayError as e:
-            raise protocol_error(e) from None
-        return types.ListToolsResult(tools=tools)
+    def _call(self, ctx: Ctx, kind: CallKind, target: str, params: Any, **fields: Any) -> CallContext:
+        gw = self._gateway(ctx)
+        principal = principal_for(ctx, gw)
+        return CallContext(
+            principal=principal,
+            agent=gw.agents.info(principal.agent),
+            kind=kind,
+            target=target,
+            session_id=session_id_of(ctx),
+            downstream=ctx,
+            input_responses=params.input_responses,
+            request_state=params.request_state,
+            **fields,
+        )
 
+    async def _allowed(self, ctx: Ctx, kind: str, pairs: list[tuple[str, str]]) -> tuple[Principal, set[str]]:
+        """The caller, and which of (target, upstream) the policy lets it use (listings, checks)."""
+        gw = self._gateway(ctx)
+        principal = principal_for(ctx, gw)
+        return principal, await gw.allowed_targets(principal, kind, pairs)
+
+    async def _require(self, ctx: Ctx, kind: str, target: str, owner: str) -> None:
+        principal, ok = await self._allowed(ctx, kind, [(target, owner)])
+        if target not in ok:
+            raise PolicyDenied(f"policy denies {principal.id} the use of {target}")
+
+    # -- tools -------------------------------------------------------------------------------
+
+    @as_protocol_error
+    async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        gw = self._gateway(ctx)
+        visible = await gw.visible_tools(principal_for(ctx, gw))
+        return types.ListToolsResult(tools=[e.tool for e in visible])
+
+    @as_tool_result
     async def call_tool(
-        ctx: ServerRequestContext[Gateway], params: types.CallToolRequestParams
+        self, ctx: Ctx, params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
-        gw = gw_of(ctx)
-        try:
-            principal = principal_for(ctx, gw)
-            call = CallContext(
-                principal=principal,
-                agent=gw.agents.info(principal.agent),
-                kind="tools/call",
-                target=params.name,
-                arguments=dict(params.arguments or {}),
-                session_id=session_id_of(ctx),
-                downstream=ctx,
-                input_responses=params.input_responses,
-                request_state=params.request_state,
-            )
-            result = await gw.call(call)
-        except UpstreamError as e:
-            upstream_error = getattr(e, "mcp_error", None)
-            if isinstance(upstream_error, MCPError):
-                raise upstream_error from None  # the upstream's own JSON-RPC error, passed on as is
-            return error_result(e)
-        except Exception as e:  # noqa: BLE001 - the boundary: every failure becomes isError
-            return error_result(e)
-        return result  # type: ignore[no-any-return]
+        call = self._call(ctx, "tools/call", params.name, params, arguments=dict(params.arguments or {}))
+        result: types.CallToolResult | types.InputRequiredResult = await self._gateway(ctx).call(call)
+        return result
 
+    # -- resources ---------------------------------------------------------------------------
+
+    @as_protocol_error
     async def list_resources(
-        ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
+        self, ctx: Ctx, params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
-        gw = gw_of(ctx)
+        gw = self._gateway(ctx)
         entries = list(gw.catalog.resources.values())
-        principal, ok = await _allowed(ctx, gw, "resources/read", [(r.uri, up) for up, r in entries])
+        principal, ok = await self._allowed(ctx, "resources/read", [(r.uri, up) for up, r in entries])
         resources = [r for _, r in entries if r.uri in ok]
-        if gw.audit is not None and _is_admin(principal):
+        if gw.audit is not None and is_admin(principal):
             resources.append(AUDIT_RESOURCE)
         return types.ListResourcesResult(resources=resources)
 
+    @as_protocol_error
     async def list_resource_templates(
-        ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
+        self, ctx: Ctx, params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
-        gw = gw_of(ctx)
-        pairs = [(t.uri_template, up) for up, t, _ in gw.catalog.templates]
-        _, ok = await _allowed(ctx, gw, "resources/read", pairs)
-        return types.ListResourceTemplatesResult(
-            resource_templates=[t for _, t, _ in gw.catalog.templates if t.uri_template in ok]
-        )
+        templates = self._gateway(ctx).catalog.templates
+        _, ok = await self._allowed(ctx, "resources/read", [(t.uri_template, up) for up, t, _ in templates])
+        return types.ListResourceTemplatesResult(resource_templates=[t for _, t, _ in templates if t.uri_template in ok])
 
+    @as_protocol_error
     async def read_resource(
-        ctx: ServerRequestContext[Gateway], params: types.ReadResourceRequestParams
+        self, ctx: Ctx, params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult | types.InputRequiredResult:
-        gw = gw_of(ctx)
+        gw = self._gateway(ctx)
         if params.uri == AUDIT_RESOURCE.uri:
-            return await _read_audit(gw, principal_for(ctx, gw))
+            return await self._read_audit(gw, principal_for(ctx, gw))
         try:
             owner = gw.catalog.resource_owner(params.uri)
         except CatalogError as e:
@@ -195,188 +237,96 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
             raise MCPError(
                 code=types.INVALID_PARAMS, message=e.message, data={"uri": params.uri, "code": e.code}
             ) from None
-        return await _through_chain(ctx, gw, "resources/read", params.uri, owner, params, {})
+        call = self._call(ctx, "resources/read", params.uri, params, upstream=gw.upstream_info(owner))
+        result: types.ReadResourceResult | types.InputRequiredResult = await gw.call(call)
+        return result
 
-    async def _through_chain(
-        ctx: ServerRequestContext[Gateway],
-        gw: Gateway,
-        kind: Any,
-        target: str,
-        owner: str,
-        params: Any,
-        arguments: dict[str, Any],
-    ) -> Any:
-        """resources/read and prompts/get: the chain (audit, policy) around the upstream request."""
-        try:
-            principal = principal_for(ctx, gw)
-            call = CallContext(
-                principal=principal,
-                agent=gw.agents.info(principal.agent),
-                kind=kind,
-                target=target,
-                arguments=arguments,
-                session_id=session_id_of(ctx),
-                upstream=gw.upstream_info(owner),
-                downstream=ctx,
-                input_responses=params.input_responses,
-                request_state=params.request_state,
-            )
-            return await gw.call(call)
-        except Exception as e:  # noqa: BLE001 - the boundary: every failure becomes a JSON-RPC error
-            raise protocol_error(e) from None
-
-    async def _on_owner(
-        ctx: ServerRequestContext[Gateway], uri: str, fn: Callable[[Any], Any]
-    ) -> types.EmptyResult:
-        gw = gw_of(ctx)
-        try:
-            owner = gw.catalog.resource_owner(uri)
-            await _require(ctx, gw, "resources/read", uri, owner)  # subscribing needs the right to read
-            await gw.with_upstream(owner, fn, ctx)
-        except Exception as e:  # noqa: BLE001
-            raise protocol_error(e) from None
+    @as_protocol_error
+    async def subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        await self._on_owner(ctx, params.uri, lambda up: up.session.subscribe_resource(params.uri))
         return types.EmptyResult()
 
-    async def _allowed(
-        ctx: ServerRequestContext[Gateway], gw: Gateway, kind: str, pairs: list[tuple[str, str]]
-    ) -> tuple[Principal, set[str]]:
-        """The caller, and which of (target, upstream) the policy lets it use (listings, checks)."""
-        try:
-            principal = principal_for(ctx, gw)
-            return principal, await gw.allowed_targets(principal, kind, pairs)
-        except GatewayError as e:
-            raise protocol_error(e) from None
+    @as_protocol_error
+    async def unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        await self._on_owner(ctx, params.uri, lambda up: up.session.unsubscribe_resource(params.uri))
+        return types.EmptyResult()
 
-    async def _require(ctx: ServerRequestContext[Gateway], gw: Gateway, kind: str, target: str, owner: str) -> None:
-        principal, ok = await _allowed(ctx, gw, kind, [(target, owner)])
-        if target not in ok:
-            raise PolicyDenied(f"policy denies {principal.id} the use of {target}")
+    async def _on_owner(self, ctx: Ctx, uri: str, fn: Callable[[Upstream], Any]) -> None:
+        gw = self._gateway(ctx)
+        owner = gw.catalog.resource_owner(uri)
+        await self._require(ctx, "resources/read", uri, owner)  # subscribing needs the right to read
+        await gw.with_upstream(owner, fn, ctx)
 
-    async def subscribe(
-        ctx: ServerRequestContext[Gateway], params: types.SubscribeRequestParams
-    ) -> types.EmptyResult:
-        return await _on_owner(ctx, params.uri, lambda up: up.session.subscribe_resource(params.uri))
+    async def _read_audit(self, gw: Gateway, principal: Principal) -> types.ReadResourceResult:
+        if gw.audit is None:
+            raise MCPError(
+                code=types.INVALID_PARAMS, message="the audit log is off (security.unsafe_disable_audit)"
+            )
+        if not is_admin(principal):
+            gw.events.emit(Event.AUDIT_READ_DENIED, {"uri": AUDIT_RESOURCE.uri}, principal=principal.id)
+            raise MCPError(code=types.INVALID_PARAMS, message="audit://recent is for admin principals only")
+        log = gw.audit
+        await anyio.to_thread.run_sync(lambda: log.flush(timeout=5))  # what was emitted is readable
+        text = json.dumps(log.recent(100), default=str)
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=AUDIT_RESOURCE.uri, mime_type="application/json", text=text)]
+        )
 
-    async def unsubscribe(
-        ctx: ServerRequestContext[Gateway], params: types.UnsubscribeRequestParams
-    ) -> types.EmptyResult:
-        return await _on_owner(ctx, params.uri, lambda up: up.session.unsubscribe_resource(params.uri))
+    # -- prompts and completion --------------------------------------------------------------
 
-    async def list_prompts(
-        ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
-    ) -> types.ListPromptsResult:
-        gw = gw_of(ctx)
-        entries = list(gw.catalog.prompts.values())
-        _, ok = await _allowed(ctx, gw, "prompts/get", [(p.name, p.upstream) for p in entries])
+    @as_protocol_error
+    async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        entries = list(self._gateway(ctx).catalog.prompts.values())
+        _, ok = await self._allowed(ctx, "prompts/get", [(p.name, p.upstream) for p in entries])
         return types.ListPromptsResult(prompts=[p.prompt for p in entries if p.name in ok])
 
+    @as_protocol_error
     async def get_prompt(
-        ctx: ServerRequestContext[Gateway], params: types.GetPromptRequestParams
+        self, ctx: Ctx, params: types.GetPromptRequestParams
     ) -> types.GetPromptResult | types.InputRequiredResult:
-        gw = gw_of(ctx)
-        try:
-            owner = gw.catalog.prompt(params.name).upstream
-        except Exception as e:  # noqa: BLE001
-            raise protocol_error(e) from None
-        return await _through_chain(ctx, gw, "prompts/get", params.name, owner, params, dict(params.arguments or {}))
+        gw = self._gateway(ctx)
+        owner = gw.catalog.prompt(params.name).upstream
+        call = self._call(
+            ctx, "prompts/get", params.name, params,
+            arguments=dict(params.arguments or {}), upstream=gw.upstream_info(owner),
+        )
+        result: types.GetPromptResult | types.InputRequiredResult = await gw.call(call)
+        return result
 
-    async def completion(
-        ctx: ServerRequestContext[Gateway], params: types.CompleteRequestParams
-    ) -> types.CompleteResult:
-        gw = gw_of(ctx)
-        try:
-            ref = params.ref
-            if isinstance(ref, types.PromptReference):
-                entry = gw.catalog.prompt(ref.name)
-                owner, ref = entry.upstream, ref.model_copy(update={"name": entry.original_name})
-                kind, target = "prompts/get", entry.name
-            else:
-                owner = gw.catalog.template_owner(ref.uri)
-                kind, target = "resources/read", ref.uri
-            # completing a prompt or template needs the right to use it
-            await _require(ctx, gw, kind, target, owner)
-            return await gw.with_upstream(  # type: ignore[no-any-return]
-                owner,
-                lambda up: up.session.complete(
-                    ref, params.argument.model_dump(), context_arguments=_ctx_args(params)
-                ),
-                ctx,
-            )
-        except Exception as e:  # noqa: BLE001
-            raise protocol_error(e) from None
+    @as_protocol_error
+    async def completion(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
+        gw = self._gateway(ctx)
+        ref = params.ref
+        kind: CallKind
+        if isinstance(ref, types.PromptReference):
+            entry = gw.catalog.prompt(ref.name)
+            owner, ref = entry.upstream, ref.model_copy(update={"name": entry.original_name})
+            kind, target = "prompts/get", entry.name
+        else:
+            owner = gw.catalog.template_owner(ref.uri)
+            kind, target = "resources/read", ref.uri
+        await self._require(ctx, kind, target, owner)  # completing a prompt or template needs the right to use it
+        context_args = params.context.arguments if params.context is not None else None
+        result: types.CompleteResult = await gw.with_upstream(
+            owner,
+            lambda up: up.session.complete(ref, params.argument.model_dump(), context_arguments=context_args),
+            ctx,
+        )
+        return result
 
-    async def set_level(
-        ctx: ServerRequestContext[Gateway], params: types.SetLevelRequestParams
-    ) -> types.EmptyResult:
-        gw = gw_of(ctx)
-        for up in gw.upstreams.values():
-            caps = up._session.server_capabilities if up.state == "up" and up._session else None
+    async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        # best effort, to every upstream that logs; a failure of one is not the client's concern
+        for up in self._gateway(ctx).upstreams.values():
+            caps = up.server_capabilities
             if caps is not None and caps.logging is not None:
                 with contextlib.suppress(Exception):
                     await up.session.set_logging_level(params.level)
         return types.EmptyResult()
 
-    server: Server[Gateway] = Server(
-        config.gateway.name,
-        version=__version__,
-        instructions="Symbi MCP security gateway: tools from several upstream servers, verified and policy-checked.",
-        lifespan=lifespan,
-        get_tool_input_schema=input_schema,
-        on_subscriptions_listen=ListenHandler(bus),
-        on_list_tools=list_tools,
-        on_call_tool=call_tool,
-        on_list_resources=list_resources,
-        on_list_resource_templates=list_resource_templates,
-        on_read_resource=read_resource,
-        on_subscribe_resource=subscribe,
-        on_unsubscribe_resource=unsubscribe,
-        on_list_prompts=list_prompts,
-        on_get_prompt=get_prompt,
-        on_completion=completion,
-        on_set_logging_level=set_level,
-    )
-    return server
 
-
-AUDIT_RESOURCE = types.Resource(
-    uri="audit://recent",
-    name="audit-recent",
-    description="The last 100 events of the gateway's signed audit log (admin principals only).",
-    mime_type="application/json",
-)
-
-
-def _is_admin(p: Principal) -> bool:
-    return p.kind == "admin" or "admin" in p.roles
-
-
-async def _read_audit(gw: Gateway, principal: Principal) -> types.ReadResourceResult:
-    import json
-
-    from mcp.shared.exceptions import MCPError
-
-    if gw.audit is None:
-        raise MCPError(
-            code=types.INVALID_PARAMS, message="the audit log is off (security.audit_enabled = false)"
-        )
-    if not _is_admin(principal):
-        gw.events.emit("audit.read_denied", {"uri": AUDIT_RESOURCE.uri}, principal=principal.id)
-        raise MCPError(code=types.INVALID_PARAMS, message="audit://recent is for admin principals only")
-    log = gw.audit
-    await anyio.to_thread.run_sync(lambda: log.flush(timeout=5))  # what was emitted is readable
-    events = log.recent(100)
-    return types.ReadResourceResult(
-        contents=[
-            types.TextResourceContents(
-                uri=AUDIT_RESOURCE.uri, mime_type="application/json", text=json.dumps(events, default=str)
-            )
-        ]
-    )
-
-
-def _ctx_args(params: types.CompleteRequestParams) -> dict[str, str] | None:
-    ctx = getattr(params, "context", None)
-    return getattr(ctx, "arguments", None) if ctx is not None else None
+def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway]:
+    """The MCP server object of ``Front`` (its lifespan runs one ``Gateway`` for all connections)."""
+    return Front(config, make_gateway).server()
 
 
 def init_options(server: Server[Gateway]) -> Any:

@@ -36,11 +36,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.app import Gateway
 from gateway.assemble import make_gateway
+from gateway.compat import open_http_sessions
 from gateway.config.model import Config
-from gateway.context import Principal
+from gateway.context import Principal, is_admin
+from gateway.errors import AuthFailed, NoCredentials
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
-from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
+from gateway.server.auth import Authenticator
 from gateway.server.front import build_server
 from gateway.server.resume import BoundedEventStore
 
@@ -85,14 +87,7 @@ class HttpState:
 
     def sessions(self) -> list[dict[str, Any]]:
         """Open legacy-era sessions (ids shortened: a session id is a capability)."""
-        # The SDK keeps these private; read-only and tolerant of their absence.
-        instances = getattr(self.manager, "_server_instances", {})
-        owners = getattr(self.manager, "_session_owners", {})
-        out = []
-        for sid in list(instances):
-            owner = owners.get(sid)
-            out.append({"id": sid[:8], "owner": owner.get("client_id") if owner else None})
-        return out
+        return [{"id": sid[:8], "owner": owner} for sid, owner in open_http_sessions(self.manager)]
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         gw = self.gateway

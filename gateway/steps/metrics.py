@@ -9,13 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from mcp.types import CallToolResult
+
 from gateway.chain import CallNext
 from gateway.context import CallContext
-from gateway.errors import ArgumentsInvalid, CatalogError, GatewayError, PolicyDenied, VerificationDenied
+from gateway.errors import GatewayError, is_denial
 from gateway.metrics import GatewayMetrics, RecentCall, RecentCalls
-
-# Errors that are the gateway saying "no" (as opposed to something failing).
-_DENIALS = (PolicyDenied, VerificationDenied, CatalogError, ArgumentsInvalid)
 
 
 class MetricsStep:
@@ -42,12 +41,12 @@ class MetricsStep:
         code: str | None
         reasons: tuple[str, ...]
         if error is not None:
-            outcome = "denied" if isinstance(error, _DENIALS) else "error"
+            outcome = "denied" if is_denial(error) else "error"
             code = error.code if isinstance(error, GatewayError) else "internal_error"
             reasons = tuple(error.reasons) if isinstance(error, GatewayError) else (type(error).__name__,)
         elif call.outcome == "denied":
             outcome, code, reasons = "denied", call.error_code, tuple(call.reasons)
-        elif getattr(result, "is_error", False):
+        elif isinstance(result, CallToolResult) and result.is_error:
             outcome, code, reasons = "error", call.error_code, tuple(call.reasons)
         else:
             outcome, code, reasons = "ok", None, tuple(call.reasons)

@@ -9,7 +9,8 @@ lifecycle state machine, and (built on these) the scheduler, budgets and hosted 
 
 from __future__ import annotations
 
+from gateway.errors import InvalidTransition
 from gateway.runtime.agents import Agent, AgentRegistry
-from gateway.runtime.lifecycle import AgentState, InvalidTransition
+from gateway.runtime.lifecycle import AgentState
 
 __all__ = ["Agent", "AgentRegistry", "AgentState", "InvalidTransition"]

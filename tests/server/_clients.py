@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -12,7 +13,11 @@ from tests.conftest import SYMBI
 
 
 def gateway_params(config: Path, **env: str) -> StdioServerParameters:
-    return StdioServerParameters(command=str(SYMBI), args=["mcp", "--config", str(config)], env=dict(env) or None)
+    # The SDK passes a minimal environment; keep PYTHONPATH so a worktree's code is the one run.
+    inherited = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}
+    return StdioServerParameters(
+        command=str(SYMBI), args=["mcp", "--config", str(config)], env={**inherited, **env} or None
+    )
 
 
 @contextlib.asynccontextmanager

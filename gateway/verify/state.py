@@ -165,6 +165,14 @@ class ToolStateStore:
             )
         return before, after
 
+    def has_approved(self, upstream: str) -> bool:
+        """Whether any tool of ``upstream`` was ever approved (pinned, signed or by a person)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM tools WHERE upstream=? AND approved_hash IS NOT NULL LIMIT 1", (upstream,)
+            ).fetchone()
+        return row is not None
+
     def mark_absent(self, upstream: str, present_names: set[str]) -> list[ToolRecord]:
         """Tools of ``upstream`` that vanished from its listing; returns them."""
         gone = []

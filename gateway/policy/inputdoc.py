@@ -108,8 +108,8 @@ def build_input(
 ) -> dict[str, Any]:
     """The input document for one decision (see README for the fields)."""
     now_ns = now_ns if now_ns is not None else time.time_ns()
-    minute, hour = counters.principal_counts(principal.id) if counters else (0, 0)
-    tool_minute = counters.tool_count(principal.id, tool.name) if counters and tool else 0
+    minute, hour = counters.principal_counts(principal.qualified) if counters else (0, 0)
+    tool_minute = counters.tool_count(principal.qualified, tool.name) if counters and tool else 0
     if upstream is not None:
         up: dict[str, Any] = upstream.as_input()
     else:

@@ -246,7 +246,9 @@ class JwtVerifier:
             roles = roles.split()
         if not isinstance(roles, (list, tuple)) or not all(isinstance(r, str) for r in roles):
             raise AuthFailed(f"claim {self.cfg.roles_claim!r} must be a list of strings")
-        return Principal(id=str(claims["sub"]), kind="user", roles=tuple(roles), claims=claims)
+        return Principal(
+            id=str(claims["sub"]), kind="user", roles=tuple(roles), claims=claims, source="jwt", issuer=self.cfg.issuer
+        )
 
 
 # -- the authenticator ----------------------------------------------------------------------
@@ -277,7 +279,7 @@ class Authenticator:
         rec = self.keys.lookup(key)
         if rec is None:
             raise AuthFailed("unknown or revoked API key")
-        return Principal(id=rec.principal, kind=rec.kind, roles=rec.roles, claims={"key_id": rec.id})
+        return Principal(id=rec.principal, kind=rec.kind, roles=rec.roles, claims={"key_id": rec.id}, source="key")
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
         """The principal for these headers. An API key in ``X-API-Key`` or a bearer token."""
@@ -296,7 +298,7 @@ class Authenticator:
                 raise AuthFailed("JWT bearer tokens are not configured (http.jwt)")
             return self.jwt.verify(token)
         if self.anonymous is not None:
-            return Principal(id=self.anonymous, kind="anonymous")
+            return Principal(id=self.anonymous, kind="anonymous", source="anonymous")
         raise NoCredentials("credentials required")
 
 

@@ -54,7 +54,7 @@ class PolicyStep:
 
         limit = cond.get("rate_limit")
         name = call.tool.name if call.tool else call.target
-        if not self.counters.try_acquire(call.principal.id, name, limit):
+        if not self.counters.try_acquire(call.principal.qualified, name, limit):
             reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
             call.reasons = [reason]
             raise RateLimited(reason)

@@ -174,7 +174,7 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         rec = state.auth.keys.get(sess["kid"])
         if rec is None:
             return RedirectResponse("/", status_code=303)
-        principal = Principal(id=rec.principal, kind=rec.kind, roles=rec.roles, claims={"key_id": rec.id})
+        principal = Principal(id=rec.principal, kind=rec.kind, roles=rec.roles, claims={"key_id": rec.id}, source="key")
         try:
             done = await approve_tool(state.gateway, name, principal)
         except ApprovalError as e:

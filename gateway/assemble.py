@@ -121,7 +121,7 @@ def chain_steps(
         steps.append(MetricsStep(metrics))
     if audit is not None:
         steps.append(AuditStep(audit, observe=metrics.observe_audit_write if metrics is not None else None))
-    steps += [ResolveTool(catalog), VerifyTool(), ValidateArguments()]
+    steps += [ResolveTool(catalog, policy, counters), VerifyTool(), ValidateArguments()]  # hidden = unknown
     if policy is not None:
         steps.append(PolicyStep(policy, counters, observe=metrics.observe_policy if metrics is not None else None))
     return steps

@@ -37,12 +37,12 @@ from gateway.screen.accepted import AcceptedFindings
 from gateway.verify.manifest import load_manifest
 from gateway.verify.state import ToolStateStore
 from schemapin import (
+    SIGNATURE_META_KEY,
     DefinitionChanged,
     KeyPinMismatch,
     KeyRevoked,
     KeySnapshot,
     PinStore,
-    SIGNATURE_META_KEY,
     SchemaPinError,
     WellKnownResolver,
     definition_hash,

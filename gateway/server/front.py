@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from mcp import types
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway import __version__
 from gateway.app import Gateway
@@ -84,14 +86,24 @@ def principal_for(ctx: ServerRequestContext[Any], gw: Gateway) -> Principal:
 
 
 def session_id_of(ctx: ServerRequestContext[Any]) -> str | None:
+    """The session id the audit log records: always one the gateway made or checked.
+
+    Handshake-era HTTP: the ``mcp-session-id`` the SDK session manager issued, which it
+    already checked belongs to this credential. 2026-era HTTP has no server session, so the
+    client's header is only a label: it is scoped to the caller (a digest of the qualified
+    principal and the label), so no principal can file its calls under another's session.
+    """
     request = ctx.request
-    if request is not None:
-        sid = request.headers.get("mcp-session-id")
-        if sid:
-            return str(sid)
-    return (
-        f"session-{id(ctx.session._connection) if hasattr(ctx.session, '_connection') else id(ctx.session)}"
-    )
+    if request is None:
+        conn = getattr(ctx.session, "_connection", ctx.session)
+        return f"session-{id(conn)}"
+    label = request.headers.get("mcp-session-id") or ""
+    era = request.headers.get("mcp-protocol-version")
+    if label and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS):
+        return str(label)  # issued by the session manager, bound to the credential that opened it
+    principal = request.scope.get("symbi.principal")
+    who = principal.qualified if isinstance(principal, Principal) else ""
+    return "caller-" + hashlib.sha256(f"{who}\0{label}".encode()).hexdigest()[:32]
 
 
 def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway]:

@@ -8,7 +8,9 @@ Routes:
   ``/`` ``/login`` ...                    the dashboard (admin API key login; ``gateway.server.dashboard``)
 
 Middleware, outermost first: access log → Host/Origin guard (DNS rebinding, for every
-route) → request body limit → authentication (for ``/mcp`` and ``/api``).
+route) → body deadline (slow bodies get 408) → request body limit → authentication (for
+``/mcp`` and ``/api``) → per-principal session quota. Slow headers are cut off by the
+uvicorn protocol (``gateway.server.sessions.http_protocol``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from gateway.server.admin import admin_routes, audit_log, audit_writable, policy
 from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
 from gateway.server.front import build_server
 from gateway.server.resume import BoundedEventStore
+from gateway.server.sessions import BodyDeadline, SessionQuota, http_protocol, sweep_revoked
 
 _logger = logging.getLogger("symbi.http")
 _access = logging.getLogger("symbi.access")
@@ -325,8 +328,11 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with manager.run():
+        async with manager.run(), anyio.create_task_group() as tg:
+            # a revoked API key's sessions are closed (their slots freed) within a second or two
+            tg.start_soon(sweep_revoked, manager, lambda kid: state.auth.keys.get(kid) is not None, 1.0)
             yield
+            tg.cancel_scope.cancel()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -364,9 +370,19 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         exception_handlers={404: _not_found},
     )
     app.state.symbi = state
-    # add_middleware wraps outermost last: this order gives access log → host → body → auth.
+    # add_middleware wraps outermost last: this order gives access log → host → body deadline →
+    # body limit → auth → per-principal session quota.
+    app.add_middleware(
+        SessionQuota,
+        manager=manager,
+        limit=config.http.max_sessions_per_principal,
+        client_id=lambda p: _access_token(p).client_id,
+        path=config.http.path,
+    )
     app.add_middleware(AuthGate, state=state)
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=config.http.max_request_bytes)
+    # outside the limit (which buffers the body itself): the deadline covers the whole read
+    app.add_middleware(BodyDeadline, timeout=config.http.body_timeout_s, max_bytes=config.http.max_request_bytes)
     app.add_middleware(HostGuard, settings=settings)
     app.add_middleware(AccessLog, state=state)
     return app
@@ -395,4 +411,5 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         log_level=cfg.gateway.log_level.lower(),
         access_log=False,  # ours is structured (AccessLog)
         log_config=None,  # keep the gateway's logging set-up
+        http=http_protocol(cfg.http.header_timeout_s),  # slow headers are cut off
     )

@@ -45,9 +45,9 @@ class ResolveTool:
             return True
         from gateway.steps.policy import afilter_listing
 
-        # A tool blocked by verification (drifted, revoked...) is asked about as if it were
-        # approved: whoever may see it learns why it is blocked (the verify step), nobody else
-        # learns that it exists.
-        probe = replace(info, verification="verified") if info.blocked else info
+        # Visibility is about the principal's grants: the tool is asked about as if it were
+        # approved, so whoever may see it learns why it is refused (drifted, revoked,
+        # unverified: the verify or policy step), and nobody else learns that it exists.
+        probe = replace(info, verification="verified")
         seen = await afilter_listing(self._policy, principal, [probe], counters=self._counters)
         return any(t.name == info.name for t in seen)

@@ -31,6 +31,7 @@ from gateway.events import EventSink
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
 from gateway.steps.policy import afilter_listing
+from gateway.upstream.relay import caller_owner
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream
 
 if TYPE_CHECKING:
@@ -367,7 +368,7 @@ class Gateway:
 
         token = DOWNSTREAM_CAPABILITIES.set(session)
         try:
-            with up.relay.caller(session, getattr(ctx, "request_id", None)):
+            with up.relay.caller(session, getattr(ctx, "request_id", None), caller_owner(ctx)):
                 return await up.call_tool(
                     call.tool.original_name,
                     call.arguments,
@@ -385,7 +386,7 @@ class Gateway:
         session = getattr(ctx, "session", None)
         token = DOWNSTREAM_CAPABILITIES.set(session)
         try:
-            with up.relay.caller(session, getattr(ctx, "request_id", None)):
+            with up.relay.caller(session, getattr(ctx, "request_id", None), caller_owner(ctx)):
                 return await up.request(fn(up))
         finally:
             DOWNSTREAM_CAPABILITIES.reset(token)

@@ -17,6 +17,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from gateway.catalog import namespaced
 from gateway.config.load import load_config
+from gateway.memory.schemas import KNOWLEDGE_TOOLS, MEMORY_TOOLS
 from gateway.sandbox.tools import TOOLS as SANDBOX_TOOLS
 from tests.conftest import ROOT, VENV_BIN, require_peers
 
@@ -36,7 +37,8 @@ def _command(command: str) -> str:
 async def _exposed() -> set[str]:
     require_peers()
     config = load_config(EXAMPLE, {})
-    names = {f"sandbox__{t['name']}" for t in SANDBOX_TOOLS}
+    names = {f"sandbox__{t['name']}" for t in SANDBOX_TOOLS}  # the built-ins
+    names |= {f"memory__{t['name']}" for t in MEMORY_TOOLS} | {f"knowledge__{t['name']}" for t in KNOWLEDGE_TOOLS}
     for server, srv in config.servers.items():
         assert srv.command is not None, f"servers.{server}: this test starts stdio examples only"
         params = StdioServerParameters(
@@ -80,7 +82,7 @@ async def test_every_tool_pattern_of_the_shipped_data_matches_a_real_tool() -> N
     assert len(patterns) > 20  # the walk found the data's rules
     dead = [f"{where}: {p!r}" for where, p in patterns if not any(fnmatch.fnmatchcase(t, p) for t in exposed)]
     assert dead == [], f"patterns that match no tool of the example upstreams: {dead}"
-    configured = set(load_config(EXAMPLE, {}).servers) | {"sandbox"}
+    configured = set(load_config(EXAMPLE, {}).servers) | {"sandbox", "memory", "knowledge"}
     assert set(data.get("upstreams", {})) <= configured
 
 

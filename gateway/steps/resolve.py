@@ -16,6 +16,7 @@ from gateway.context import CallContext, Principal, ToolInfo
 from gateway.errors import UnknownTool
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import CallCounters
+from gateway.screen.screener import Screening
 
 
 class ResolveTool:
@@ -46,8 +47,9 @@ class ResolveTool:
         from gateway.steps.policy import afilter_listing
 
         # Visibility is about the principal's grants: the tool is asked about as if it were
-        # approved, so whoever may see it learns why it is refused (drifted, revoked,
-        # unverified: the verify or policy step), and nobody else learns that it exists.
-        probe = replace(info, verification="verified")
+        # approved and screened clean, so whoever may see it learns why it is refused
+        # (drifted, revoked, unverified, flagged: the verify or policy step), and nobody else
+        # learns that it exists.
+        probe = replace(info, verification="verified", screening=Screening())
         seen = await afilter_listing(self._policy, principal, [probe], counters=self._counters)
         return any(t.name == info.name for t in seen)

@@ -35,6 +35,11 @@ class BoundedEventStore(EventStore):
     def max_events(self) -> int:
         return self._max
 
+    def __bool__(self) -> bool:
+        # the SDK asks `if event_store:`; an empty store is still a store (else no priming
+        # event and no retry hint: conformance caught it)
+        return True
+
     def __len__(self) -> int:
         self._expire()
         return len(self._events)

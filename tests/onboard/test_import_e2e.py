@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-import schemapin
 from tests.conftest import EVERYTHING_JS, NODE_MODULES, POLICY, ROOT, SYMBI, TEST_POLICY_DATA, require_peers
 from tests.onboard.conftest import SECRET, write_json
+from tests.verify.test_gateway_verification import org_key
 
 INSPECTOR = NODE_MODULES / ".bin/mcp-inspector"
 pytestmark = pytest.mark.npm
@@ -42,9 +42,7 @@ def test_claude_desktop_import_launches_through_the_gateway(tmp_path: Path) -> N
     desktop = write_json(home / ".config/Claude/claude_desktop_config.json", {
         "mcpServers": {"everything": {"command": "node", "args": [str(EVERYTHING_JS), "stdio"],
                                       "env": {"EVERYTHING_TOKEN": SECRET}}}})
-    org = schemapin.generate_private_key()
-    (tmp_path / "org.pem").write_text(schemapin.private_key_pem(org))
-    (tmp_path / "org.pub.pem").write_text(schemapin.public_key_pem(org.public_key()))
+    org_key(tmp_path)
     config = tmp_path / "symbi.toml"
     config.write_text(
         f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n'

@@ -39,6 +39,7 @@ def test_events_expire_by_count_and_by_age() -> None:
         assert await store.replay_events_after(ids[0], _never) is None
         now[0] += 61.0
         assert len(store) == 0  # nothing outlives the TTL, even without new events
+        assert store  # and an empty store is still a store (the SDK tests `if event_store:`)
         assert await store.replay_events_after(ids[4], _never) is None
 
     anyio.run(main)

@@ -48,6 +48,14 @@ def mutable_cfg(tmp_path: Path, mode: str) -> Path:
     )
 
 
+def org_key(folder: Path) -> Any:
+    """An organisation key pair for signed manifests: org.pem (private) and org.pub.pem."""
+    org = schemapin.generate_private_key()
+    (folder / "org.pem").write_text(schemapin.private_key_pem(org))
+    (folder / "org.pub.pem").write_text(schemapin.public_key_pem(org.public_key()))
+    return org
+
+
 def error_of(r: types.CallToolResult) -> dict[str, Any]:
     assert r.is_error, r
     return r.meta["symbi/error"]  # type: ignore[index,no-any-return]
@@ -103,9 +111,7 @@ async def test_rug_pull_is_refused_until_a_person_approves(tmp_path: Path) -> No
 
 async def test_security_team_approves_an_unsigned_npm_server_through_the_cli(tmp_path: Path) -> None:
     require_peers()
-    org = schemapin.generate_private_key()
-    (tmp_path / "org.pem").write_text(schemapin.private_key_pem(org))
-    (tmp_path / "org.pub.pem").write_text(schemapin.public_key_pem(org.public_key()))
+    org = org_key(tmp_path)
     cfg = write_config(
         tmp_path,
         f"""
@@ -164,9 +170,7 @@ async def test_security_team_approves_an_unsigned_npm_server_through_the_cli(tmp
 async def test_manifest_approved_tool_changed_by_its_upstream_is_refused_naming_the_drift(tmp_path: Path) -> None:
     """The README's main workflow for unsigned servers: approve through a signed manifest
     (strict), then the upstream changes the approved tool. The call must be refused."""
-    org = schemapin.generate_private_key()
-    (tmp_path / "org.pem").write_text(schemapin.private_key_pem(org))
-    (tmp_path / "org.pub.pem").write_text(schemapin.public_key_pem(org.public_key()))
+    org_key(tmp_path)
     cfg = write_config(
         tmp_path,
         f"""

@@ -90,6 +90,7 @@ class AgentRegistry:
         self._by_id: dict[str, Agent] = {}
         self._by_name: dict[str, Agent] = {}
         self._by_session: dict[tuple[str, str, str], Agent] = {}
+        self._of_session: dict[str, dict[str, Agent]] = {}  # session key -> its agents, by id
         self.on_register: list[AgentHook] = []
         self.on_unregister: list[AgentHook] = []
         self.on_state: list[Callable[[Agent, AgentState, AgentState], None]] = []
@@ -111,6 +112,10 @@ class AgentRegistry:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def of_session(self, session: str) -> list[Agent]:
+        """The agents made for the gateway's session key ``session`` (``http:<id>``, ...)."""
+        return list(self._of_session.get(session, {}).values())
 
     def resolve(self, ref: str) -> Agent | None:
         """An agent by id, by name, or by a unique id prefix (for the CLI)."""
@@ -157,6 +162,7 @@ class AgentRegistry:
             session=session,
         )
         self._by_session[key] = agent
+        self._of_session.setdefault(session, {})[agent.id] = agent
         self._add(agent)
         self.transition(agent, AgentState.READY, f"session of {principal.id} ({client})")
         return agent
@@ -255,6 +261,11 @@ class AgentRegistry:
         key = (agent.principal, agent.client, agent.session)
         if self._by_session.get(key) is agent:
             del self._by_session[key]
+        held = self._of_session.get(agent.session)
+        if held is not None:
+            held.pop(agent.id, None)
+            if not held:
+                del self._of_session[agent.session]
         for hook in self.on_unregister:
             _safe(hook, agent)
 

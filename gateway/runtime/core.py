@@ -174,6 +174,23 @@ class AgentRuntime:
         self._terminate_now(agent, reason)
         return "terminated"
 
+    def close_session(self, session: str, reason: str) -> int:
+        """The client's session ``session`` ended: its agents end too (when their calls do).
+
+        Without this an HTTP session's agent would stay live until ``agent_idle_timeout_s``,
+        and a client that opens and closes sessions would fill ``max_concurrent_agents``.
+        """
+        ended = 0
+        for agent in self.agents.of_session(session):
+            if agent.state is AgentState.RUNNING:
+                self._terminating[agent.id] = reason
+            elif agent.state in (AgentState.READY, AgentState.SUSPENDED, AgentState.FAILED):
+                self._terminate_now(agent, reason)
+            else:
+                continue
+            ended += 1
+        return ended
+
     def _terminate_now(self, agent: Agent, reason: str) -> None:
         self._terminating.pop(agent.id, None)
         self.agents.transition(agent, AgentState.TERMINATED, reason)

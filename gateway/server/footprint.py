@@ -45,6 +45,7 @@ def gateway_footprint(gw: Gateway | None) -> dict[str, int]:
         "downstream_connections": len(getattr(gw, "_downstream", ())),
         "upstream_inflight": sum(len(getattr(u.relay, "_inflight", ())) for u in gw.upstreams.values()),
         "catalog_tools": len(gw.catalog.tools),
+        "agents": len(gw.agents),  # session agents end with their session (not hosted ones)
     }
     for k, v in gw.counters.sizes().items():
         out[f"counters_{k}"] = v

@@ -51,6 +51,11 @@ def authenticated_principal(ctx: ServerRequestContext[Any], config: Config) -> P
     raise PolicyDenied("no authenticated principal for this request")
 
 
+def http_session_key(sid: str) -> str:
+    """The agent session key of the HTTP session ``sid`` (also used when it closes)."""
+    return f"http:{sid}"
+
+
 def agent_session_key(ctx: ServerRequestContext[Any], principal: Principal) -> str:
     """The session part of an agent's identity, from what the gateway itself vouches for.
 
@@ -62,7 +67,7 @@ def agent_session_key(ctx: ServerRequestContext[Any], principal: Principal) -> s
         return "stdio"
     sid = request.headers.get("mcp-session-id")
     if sid:
-        return f"http:{sid}"
+        return http_session_key(sid)
     claims = principal.claims
     if "key_id" in claims:
         return f"key:{claims['key_id']}"

@@ -48,7 +48,7 @@ from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.runtime.status import components
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
 from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
-from gateway.server.front import build_server
+from gateway.server.front import build_server, http_session_key
 from gateway.server.limits import ConnectionLimit
 from gateway.server.resume import BoundedEventStore
 
@@ -184,6 +184,36 @@ class AccessLog:
                         }
                     },
                 )
+
+
+class SessionEnd:
+    """Wraps the MCP endpoint: a session its client closed (DELETE, answered 2xx) ends its agents.
+
+    The SDK answers 404 to a DELETE from anyone but the session's opener, so only the owner
+    can end a session's agents this way. Sessions that end otherwise (idle timeout, crash)
+    are ended by the runtime's sweep after ``runtime.agent_idle_timeout_s``.
+    """
+
+    def __init__(self, app: ASGIApp, state: HttpState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "DELETE":
+            await self.app(scope, receive, send)
+            return
+        status = [0]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+        sid = Headers(scope=scope).get("mcp-session-id")
+        gw = self.state.gateway
+        if sid and 200 <= status[0] < 300 and gw is not None:
+            gw.runtime.close_session(http_session_key(sid), "shutdown: the client closed its session")
 
 
 class HostGuard:
@@ -368,7 +398,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         }
         return JSONResponse(doc)
 
-    mcp_endpoint = StreamableHTTPASGIApp(manager)
+    mcp_endpoint = SessionEnd(StreamableHTTPASGIApp(manager), state)
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),

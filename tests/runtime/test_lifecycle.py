@@ -157,6 +157,26 @@ def test_sweep_ends_idle_sessions_then_removes_them() -> None:
     assert rec.states()[-1] == ("Ready", "Terminated")
 
 
+def test_a_closed_session_ends_its_agents_and_frees_their_places() -> None:
+    _, rt = _runtime(max_concurrent_agents=3, gc_batch=10)
+    idle = rt.agents.for_session(ALICE, "c", "http:s1")
+    busy = rt.agents.for_session(ALICE, "other-client", "http:s1")
+    keep = rt.agents.for_session(ALICE, "c", "http:s2")
+    rt.begin(busy, "t")
+    with pytest.raises(AgentLimitReached):
+        rt.agents.for_session(ALICE, "c", "http:s3")
+    assert rt.close_session("http:s1", "closed") == 2
+    assert idle.state is S.TERMINATED and busy.state is S.RUNNING  # a call in flight finishes first
+    with pytest.raises(AgentTerminated):
+        rt.begin(busy, "u")
+    rt.end(busy)
+    assert busy.state is S.TERMINATED and keep.state is S.READY
+    rt.sweep()
+    assert rt.agents.of_session("http:s1") == [] and rt.agents.get(idle.id) is None
+    assert rt.agents.for_session(ALICE, "c", "http:s3").state is S.READY  # the places are free again
+    assert rt.close_session("http:nosuch", "closed") == 0
+
+
 def test_admission_beyond_max_concurrent_agents_is_a_clear_error() -> None:
     _, rt = _runtime(max_concurrent_agents=2)
     a = rt.agents.for_session(ALICE, "c", "s1")

@@ -260,3 +260,26 @@ def test_agents_status_and_health(env: Env) -> None:
     health = check(get(env, "/health"), 200, "Health")
     assert health["status"] == status["overall_status"] and health["components"]["policy"] == "healthy"
     assert get(env, "/status", key).status_code == 403  # admin only
+
+
+def test_closing_a_session_ends_its_agent_and_only_its_owner_can(env: Env) -> None:
+    owner, _ = env.keys.store.create("closing-user", ("developer",))
+    r = httpx.post(env.run.mcp, json=INIT_BODY, headers={**MCP, **bearer(owner)})
+    sid = r.headers["mcp-session-id"]
+    h = {**MCP, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
+    httpx.post(env.run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+               headers={**h, **bearer(owner)})
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "everything__echo", "arguments": {"message": "hi"}}}
+    assert httpx.post(env.run.mcp, json=call, headers={**h, **bearer(owner)}).status_code == 200
+
+    def mine() -> list[dict[str, Any]]:
+        return [a for a in check(get(env, "/agents"), 200, "AgentList")["agents"]
+                if a["principal"] == "closing-user" and a["state"] != "Terminated"]
+
+    assert len(mine()) == 1
+    # attack: another principal closes the session by its id: refused, the agent lives on
+    assert httpx.delete(env.run.mcp, headers={**h, **bearer(env.keys.other_user)}).status_code == 404
+    assert len(mine()) == 1
+    assert httpx.delete(env.run.mcp, headers={**h, **bearer(owner)}).status_code in (200, 204)
+    assert mine() == []

@@ -50,7 +50,7 @@ from gateway.server.admin import admin_routes, audit_log, audit_writable, policy
 from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
 from gateway.server.front import build_server, http_session_key
 from gateway.server.limits import ConnectionLimit
-from gateway.server.resume import BoundedEventStore
+from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
 
 _logger = logging.getLogger("symbi.http")
 _access = logging.getLogger("symbi.access")
@@ -186,12 +186,17 @@ class AccessLog:
                 )
 
 
-class SessionEnd:
-    """Wraps the MCP endpoint: a session its client closed (DELETE, answered 2xx) ends its agents.
+class SessionScope:
+    """Wraps the MCP endpoint: whose session a request is in, and the end of a session.
 
-    The SDK answers 404 to a DELETE from anyone but the session's opener, so only the owner
-    can end a session's agents this way. Sessions that end otherwise (idle timeout, crash)
-    are ended by the runtime's sweep after ``runtime.agent_idle_timeout_s``.
+    - Every request runs with ``STREAM_OWNER`` set (principal + session id; for the
+      initialize request the id is read off its response), so the event store knows whose
+      events it keeps and replays a stream to its own session only. The session's tasks,
+      started by the initialize request, inherit it.
+    - A session its client closed (DELETE, answered 2xx) ends its agents. The SDK answers
+      404 to a DELETE from anyone but the session's opener, so only the owner can. Sessions
+      that end otherwise (idle timeout, crash) are ended by the runtime's sweep after
+      ``runtime.agent_idle_timeout_s``.
     """
 
     def __init__(self, app: ASGIApp, state: HttpState) -> None:
@@ -199,20 +204,28 @@ class SessionEnd:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "DELETE":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        principal = scope.get("symbi.principal")
+        sid = Headers(scope=scope).get("mcp-session-id")
+        owner = StreamOwner(principal.id if isinstance(principal, Principal) else "", sid)
         status = [0]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
+                if owner.session is None:  # the initialize response names the new session
+                    owner.session = Headers(raw=message.get("headers", [])).get("mcp-session-id")
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
-        sid = Headers(scope=scope).get("mcp-session-id")
+        token = STREAM_OWNER.set(owner)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            STREAM_OWNER.reset(token)
         gw = self.state.gateway
-        if sid and 200 <= status[0] < 300 and gw is not None:
+        if scope["method"] == "DELETE" and sid and 200 <= status[0] < 300 and gw is not None:
             gw.runtime.close_session(http_session_key(sid), "shutdown: the client closed its session")
 
 
@@ -398,7 +411,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         }
         return JSONResponse(doc)
 
-    mcp_endpoint = SessionEnd(StreamableHTTPASGIApp(manager), state)
+    mcp_endpoint = SessionScope(StreamableHTTPASGIApp(manager), state)
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),

@@ -5,18 +5,44 @@ replays what a client missed after ``Last-Event-ID``. Memory is bounded: at most
 ``max_events`` events in all, the oldest dropped first, and none older than ``ttl_s`` (a
 client that comes back later than that gets no replay, as if the store had none). The SDK
 tells the store stream ids only, not sessions, so a closed session's events go by age.
+
+The SDK shares one store among all sessions and names streams by request id (``"2"``) or
+``_GET_stream``, names every session reuses. So each event is stored with its owner (a
+``StreamOwner``: the session and principal of the request that opened the session, set by the
+HTTP front in a context variable that the session's tasks inherit), and a resumption replays
+only events whose owner is the resuming request's own session and principal. Event ids are
+random, so they say nothing about other sessions' traffic. An event stored with no owner is
+never replayed.
 """
 
 from __future__ import annotations
 
-import itertools
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import anyio
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.types import JSONRPCMessage
+
+
+@dataclass
+class StreamOwner:
+    """Who a stream's events belong to. ``session`` is filled in once the SDK has minted the
+    id (the initialize response), which is before any resumption can name it."""
+
+    principal: str
+    session: str | None = None
+
+    def may_resume(self, other: StreamOwner | None) -> bool:
+        return other is not None and other.principal == self.principal and other.session == self.session
+
+
+# set by the HTTP front around every MCP request (gateway.server.http.SessionScope)
+STREAM_OWNER: ContextVar[StreamOwner | None] = ContextVar("symbi_stream_owner", default=None)
 
 
 class BoundedEventStore(EventStore):
@@ -26,9 +52,10 @@ class BoundedEventStore(EventStore):
         self._max = max_events
         self._ttl = ttl_s
         self._clock = clock
-        # event id -> (stream, message, stored at); insertion order is age order
-        self._events: OrderedDict[int, tuple[StreamId, JSONRPCMessage | None, float]] = OrderedDict()
-        self._ids = itertools.count(1)
+        # event id -> (owner, stream, message, stored at); insertion order is age order
+        self._events: OrderedDict[str, tuple[StreamOwner | None, StreamId, JSONRPCMessage | None, float]] = (
+            OrderedDict()
+        )
         self._lock = anyio.Lock()
 
     @property
@@ -47,31 +74,34 @@ class BoundedEventStore(EventStore):
     def _expire(self) -> None:
         horizon = self._clock() - self._ttl
         events = self._events
-        while events and (len(events) > self._max or next(iter(events.values()))[2] < horizon):
+        while events and (len(events) > self._max or next(iter(events.values()))[3] < horizon):
             events.popitem(last=False)
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        owner = STREAM_OWNER.get()
         async with self._lock:
-            eid = next(self._ids)
-            self._events[eid] = (stream_id, message, self._clock())
+            eid = secrets.token_urlsafe(12)
+            self._events[eid] = (owner, stream_id, message, self._clock())
             self._expire()
-            return str(eid)
+            return eid
 
     async def replay_events_after(
         self, last_event_id: EventId, send_callback: EventCallback
     ) -> StreamId | None:
-        try:
-            last = int(last_event_id)
-        except ValueError:
-            return None
+        asker = STREAM_OWNER.get()
         async with self._lock:
             self._expire()
-            hit = self._events.get(last)
-            if hit is None:
-                return None
-            stream = hit[0]
-            later = [(eid, msg) for eid, (sid, msg, _) in self._events.items() if eid > last and sid == stream]
+            hit = self._events.get(last_event_id)
+            if hit is None or hit[0] is None or not hit[0].may_resume(asker):
+                return None  # unknown, expired, or not the asker's: as if the store had none
+            owner, stream = hit[0], hit[1]
+            ids = iter(self._events.items())
+            for eid, _ in ids:  # insertion order: skip up to and including the last one seen
+                if eid == last_event_id:
+                    break
+            later = [(eid, msg) for eid, (o, sid, msg, _) in ids if sid == stream and o is not None
+                     and owner.may_resume(o)]
         for eid, msg in later:
             if msg is not None:
-                await send_callback(EventMessage(msg, str(eid)))
+                await send_callback(EventMessage(msg, eid))
         return stream

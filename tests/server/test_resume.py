@@ -6,7 +6,9 @@ import anyio
 from mcp.server.streamable_http import EventMessage
 from mcp.types import JSONRPCNotification
 
-from gateway.server.resume import BoundedEventStore
+from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
+
+BOB = StreamOwner("bob", "session-1")
 
 
 def _msg(n: int) -> JSONRPCNotification:
@@ -15,6 +17,7 @@ def _msg(n: int) -> JSONRPCNotification:
 
 def test_replays_later_events_of_the_same_stream_only() -> None:
     async def main() -> None:
+        STREAM_OWNER.set(BOB)
         store = BoundedEventStore()
         first = await store.store_event("s1", _msg(0))
         await store.store_event("s2", _msg(1))
@@ -32,6 +35,7 @@ def test_replays_later_events_of_the_same_stream_only() -> None:
 
 def test_events_expire_by_count_and_by_age() -> None:
     async def main() -> None:
+        STREAM_OWNER.set(BOB)
         now = [0.0]
         store = BoundedEventStore(max_events=3, ttl_s=60.0, clock=lambda: now[0])
         ids = [await store.store_event("s", _msg(i)) for i in range(5)]
@@ -47,3 +51,42 @@ def test_events_expire_by_count_and_by_age() -> None:
 
 async def _never(ev: EventMessage) -> None:
     raise AssertionError("nothing should be replayed")
+
+
+def test_only_the_streams_own_session_and_principal_resume_it() -> None:
+    async def main() -> None:
+        store = BoundedEventStore()
+        STREAM_OWNER.set(BOB)
+        first = await store.store_event("2", _msg(0))
+        STREAM_OWNER.set(StreamOwner("carol", "session-2"))
+        await store.store_event("2", _msg(1))  # the same stream name in carol's session
+        STREAM_OWNER.set(BOB)
+        await store.store_event("2", _msg(2))
+        for other in (StreamOwner("carol", "session-2"), StreamOwner("carol", "session-1"),
+                      StreamOwner("bob", "session-3"), None):
+            STREAM_OWNER.set(other)
+            assert await store.replay_events_after(first, _never) is None
+        STREAM_OWNER.set(BOB)
+        got: list[EventMessage] = []
+
+        async def send(ev: EventMessage) -> None:
+            got.append(ev)
+
+        assert await store.replay_events_after(first, send) == "2"
+        assert [e.message.params["n"] for e in got] == [2]  # type: ignore[union-attr]
+
+    anyio.run(main)
+
+
+def test_an_event_stored_without_an_owner_is_never_replayed_and_ids_are_not_a_counter() -> None:
+    async def main() -> None:
+        store = BoundedEventStore()
+        STREAM_OWNER.set(None)
+        orphan = await store.store_event("s", _msg(0))
+        STREAM_OWNER.set(BOB)
+        ids = [await store.store_event("s", _msg(i)) for i in range(3)]
+        assert await store.replay_events_after(orphan, _never) is None
+        assert len(set(ids)) == 3 and all(len(i) >= 16 and not i.isdigit() for i in ids)
+        assert await store.replay_events_after("not-an-id", _never) is None
+
+    anyio.run(main)

@@ -19,6 +19,7 @@ from mcp import types
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway import __version__
 from gateway.app import Gateway
@@ -60,13 +61,16 @@ def agent_session_key(ctx: ServerRequestContext[Any], principal: Principal) -> s
     """The session part of an agent's identity, from what the gateway itself vouches for.
 
     stdio: one client per process. HTTP with a session: the ``mcp-session-id`` the SDK issued
-    (bound to the credential that opened it). Stateless HTTP (2026-07-28): the credential.
+    (bound to the credential that opened it). Stateless HTTP (2026-07-28): the credential;
+    there the SDK checks no session id, so a header sent with such a request is the client's
+    choice and names nothing (else every forged id would be a new agent).
     """
     request = ctx.request
     if request is None:
         return "stdio"
     sid = request.headers.get("mcp-session-id")
-    if sid:
+    era = request.headers.get("mcp-protocol-version")
+    if sid and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS):  # the SDK's session routing
         return http_session_key(sid)
     claims = principal.claims
     if "key_id" in claims:

@@ -53,6 +53,24 @@ async def test_sdk_client_modern_era(env: Env, who: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_modern_client_cannot_mint_agents_with_forged_session_ids(env: Env) -> None:
+    # 2026-07-28 requests are not session-bound: the SDK never checks an mcp-session-id on
+    # them. Attack: vary the header on every request to get a new agent each time (and fill
+    # runtime.max_concurrent_agents for everyone).
+    token, _ = env.keys.store.create("forger", ("developer",))
+    for n in range(3):
+        async with (
+            httpx2.AsyncClient(headers={**bearer(token), "mcp-session-id": f"forged-{n}"}) as hc,
+            Client(streamable_http_client(env.run.mcp, http_client=hc), mode="2026-07-28") as c,
+        ):
+            res = await c.call_tool("everything__echo", {"message": f"m{n}"})
+            assert not res.is_error
+    gw = env.run.state.gateway
+    assert gw is not None
+    assert len([a for a in gw.agents if a.principal == "forger"]) == 1
+
+
+@pytest.mark.anyio
 async def test_modern_era_without_credentials_is_refused(env: Env) -> None:
     async with httpx2.AsyncClient() as hc:
         # the SDK client surfaces the HTTP 401 as an MCPError inside its task groups

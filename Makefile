@@ -41,9 +41,10 @@ upstream-user: python-deps
 sandbox:
 	bash scripts/setup-sandbox.sh
 
-# Debian's redis-server: the bus tests and bench/bus.py start their own on 127.0.0.1 (random port).
+# Debian's redis-server, postgresql and haproxy: the bus and shared-state tests and benchmarks
+# start their own on 127.0.0.1 (random port, own folder); no service is started here.
 state-engines:
-	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@bash scripts/setup-state-engines.sh
 
 # Debian's Chromium for the dashboard's browser tests (Playwright drives it; no browser download).
 browser:

@@ -31,6 +31,7 @@ from gateway.events import EventSink
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
+from gateway.state import SharedState
 from gateway.steps.policy import afilter_listing
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
 
@@ -119,6 +120,7 @@ class Gateway:
         background: Sequence[Background] = (),
         closers: Sequence[Callable[[], object]] = (),
         runtime: AgentRuntime | None = None,
+        state: SharedState | None = None,
     ) -> None:
         self.config = config
         self.steps: tuple[Step, ...] = tuple(steps)
@@ -128,6 +130,7 @@ class Gateway:
         self.live = catalog
         self.events = events
         self.counters = counters or CallCounters()
+        self.state = state  # [state] backends shared with other replicas (None: a gateway built by hand)
         self.builtins: dict[str, Builtin] = {b.name: b for b in builtins}
         # Every session is an agent with a gateway-made id (gateway.runtime).
         # the runtime (gateway.runtime) schedules, budgets and supervises them

@@ -43,6 +43,7 @@ from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
 from gateway.sandbox.types import Limits
+from gateway.state import SharedState, build_state
 from gateway.steps.agent import AgentStep
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
@@ -121,6 +122,7 @@ def chain_steps(
     metrics: GatewayMetrics | None,
     runtime: AgentRuntime | None = None,
     builtins: frozenset[str] = frozenset(),
+    state: SharedState | None = None,
 ) -> list[Step]:
     """The call chain, outermost first. This list is the only place the order is decided.
 
@@ -143,7 +145,8 @@ def chain_steps(
         steps.append(AgentStep(runtime))
     steps += [ResolveTool(catalog), VerifyTool(), ValidateArguments()]
     if policy is not None:
-        steps.append(PolicyStep(policy, counters, observe=metrics.observe_policy if metrics is not None else None))
+        steps.append(PolicyStep(policy, counters, observe=metrics.observe_policy if metrics is not None else None,
+                                limiter=state.limiter if state is not None else None))
     if runtime is not None:
         steps.append(ScheduleStep(runtime, builtins=builtins))
     return steps
@@ -208,6 +211,7 @@ def _assemble(
 
     policy: PolicyEngine | None = None
     counters = CallCounters()
+    state = build_state(config, counters)  # [state]: shared by replicas, or this process only
     if config.security.enforce_policies:
         policy = build_engine(config, events)
         closers.append(policy.close)
@@ -233,7 +237,9 @@ def _assemble(
 
     catalog = LiveCatalog(_upstream_infos(config, builtins))
     steps = chain_steps(catalog, audit=audit, policy=policy, counters=counters, metrics=metrics, runtime=runtime,
-                        builtins=frozenset(b.name for b in builtins))
+                        builtins=frozenset(b.name for b in builtins), state=state)
+    if state.shared:
+        background.append(state.watch)
     background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s))
     background.append(lambda _gw: runtime.run())
     if config.mcp.discovery_enabled:
@@ -263,6 +269,7 @@ def _assemble(
         background=background,
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
         runtime=runtime,
+        state=state,
     )
 
 

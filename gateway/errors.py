@@ -30,6 +30,7 @@ JSON-RPC error.
      │    ├── EmbedderMismatch       a collection's vectors come from another embedder / dimension
      │    └── VectorStoreUnavailable the vector store cannot be opened or reached
      ├── TooManyConnections          beyond mcp.max_concurrent_connections (HTTP 503, retry)
+     ├── StateUnavailable            a shared-state backend ([state]: Redis, PostgreSQL) cannot be reached
      └── BusError                    an agent message could not be sent or received
           ├── BusNoAgent             the caller is not an agent / the recipient is unknown
           ├── BusBufferFull          the recipient's buffer (runtime.message_buffer_size) is full
@@ -164,6 +165,12 @@ class VectorStoreUnavailable(ContextError):
 
 class TooManyConnections(GatewayError):
     code = "too_many_connections"
+
+
+class StateUnavailable(GatewayError):
+    """Replicas share rate limits and approvals through [state]; without it, refuse (fail closed)."""
+
+    code = "state_unavailable"
 
 
 class BusError(GatewayError):

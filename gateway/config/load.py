@@ -43,6 +43,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     # OpenTelemetry's own names for the two settings collectors are usually given by
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("telemetry", "otlp_endpoint"),
     "OTEL_SERVICE_NAME": ("telemetry", "service_name"),
+    # shared state of replicas: secrets in deployments (a Kubernetes Secret, compose env)
+    "SYMBI_STATE_REDIS_URL": ("state", "redis_url"),
 }
 _BOOL_ENV = {"MCP_SERVER_DISCOVERY"}
 _UPPER_ENV = {"SYMBI_LOG_LEVEL"}

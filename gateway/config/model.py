@@ -343,6 +343,25 @@ class BusSection(_Section):
         return self
 
 
+class StateSection(_Section):
+    """State shared by gateway replicas behind a load balancer (gateway/state).
+
+    Unset, everything stays in this process and its data dir (one gateway). ``redis_url``:
+    the rate-limit log is shared, so N replicas admit exactly the policy's limit together.
+    """
+
+    redis_url: str | None = Field(default=None, repr=False)  # may carry a password
+    timeout_s: float = Field(default=2.0, gt=0)  # per round trip; past it the call is refused
+    probe_interval_s: float = Field(default=1.0, gt=0)  # how often /readyz's view of each backend is refreshed
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
 class ServerConfig(_Section):
     """One upstream MCP server: stdio (``command``) or streamable HTTP (``url``)."""
 
@@ -395,6 +414,7 @@ class Config(_Section):
     context: ContextSection = ContextSection()
     telemetry: TelemetrySection = TelemetrySection()
     bus: BusSection = BusSection()
+    state: StateSection = StateSection()
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     source: PathT | None = None  # the file this came from (set by the loader)

@@ -68,6 +68,10 @@ def components(gw: Gateway) -> dict[str, dict[str, Any]]:
         breaker = breakers.get(name, "closed")
         ok = up.state == "up" and breaker == "closed"
         out[f"upstream:{name}"] = {"status": HEALTHY if ok else DEGRADED, "state": up.state, "breaker": breaker}
+    state = gw.state
+    if state is not None:  # a shared-state backend that is down refuses calls: not ready
+        for kind, doc in state.status().items():
+            out[f"state:{kind}"] = {"status": HEALTHY if doc["up"] else UNHEALTHY, **doc}
     sched = rt.scheduler
     full = sched.queue_depth() >= sched.queue_limit
     out["scheduler"] = {"status": DEGRADED if full else HEALTHY, "in_flight": sched.in_flight,

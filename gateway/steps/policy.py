@@ -3,7 +3,8 @@
 Order of work for one call:
 1. build the input document (``gateway.policy.inputdoc``) and get a ``Decision``;
 2. deny -> ``PolicyDenied(reasons)``; the call never reaches the upstream;
-3. ``rate_limit`` -> sliding one-minute window per principal+tool (``RateLimited`` at the limit);
+3. ``rate_limit`` -> sliding one-minute window per principal+tool (``RateLimited`` at the limit),
+   in this process or shared by the replicas on Redis (``gateway.state``; unreachable: refused);
 4. ``redact_arguments`` -> the upstream and the audit log get a redacted copy;
 5. ``sandbox_tier`` -> ``call.sandbox_tier`` (the dispatcher runs code tools in it);
 6. after the call: ``redact_result`` then ``max_result_bytes`` on the ``CallToolResult``;
@@ -25,6 +26,7 @@ from gateway.errors import PolicyDenied, RateLimited
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import CallCounters, build_input, input_for_call
 from gateway.policy.redact import cap_result, redact, redact_result, result_size
+from gateway.state.limiter import LocalRateLimiter, RateLimiter
 
 
 class PolicyStep:
@@ -36,9 +38,11 @@ class PolicyStep:
         counters: CallCounters | None = None,
         *,
         observe: Callable[[float], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.engine = engine
-        self.counters = counters or CallCounters()
+        self.counters = counters if counters is not None else CallCounters()
+        self.limiter = limiter if limiter is not None else LocalRateLimiter(self.counters)
         self._observe = observe  # decision latency in seconds (the /metrics histogram)
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
@@ -54,7 +58,7 @@ class PolicyStep:
 
         limit = cond.get("rate_limit")
         name = call.tool.name if call.tool else call.target
-        if not self.counters.try_acquire(call.principal.id, name, limit):
+        if not await self.limiter.acquire(call.principal.id, name, limit):
             reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
             call.reasons = [reason]
             raise RateLimited(reason)

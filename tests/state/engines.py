@@ -1,0 +1,141 @@
+"""Real Redis, PostgreSQL and HAProxy (Debian packages) for the shared-state tests.
+
+Each one is started by a fixture on 127.0.0.1, on a random port, with a folder of its own,
+and stopped after (``reference/state-engines-on-this-machine.md``). PostgreSQL refuses to
+run as root, so its binaries run as the ``postgres`` user the package creates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _wait_port(port: int, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not open port {port}")
+
+
+def _require(binary: str, package: str) -> None:
+    if shutil.which(binary) is None and not Path(binary).exists():
+        pytest.fail(f"{binary} is not installed (make state-engines installs the Debian package {package})")
+
+
+@dataclass
+class Redis:
+    folder: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        _require("redis-server", "redis-server")
+        self.port = self.port or free_port()  # a restart keeps the port (clients reconnect to it)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port, "redis-server")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@dataclass
+class Postgres:
+    folder: Path
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://symbi@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+    def start(self) -> None:
+        _require(str(PG_BIN / "initdb"), "postgresql")
+        self.port = self.port or free_port()
+        shutil.chown(self.folder, "postgres")
+        if not (self.folder / "pg").exists():
+            self._pg(str(PG_BIN / "initdb"), "-D", str(self.folder / "pg"), "-A", "trust", "-U", "symbi")
+        self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "pg"), "-l", str(self.folder / "pg.log"), "-w",
+                 "start", "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "pg"), "-m", mode, "-w", "stop")
+
+
+@dataclass
+class HAProxy:
+    folder: Path
+    backends: list[int]
+    port: int = 0
+    pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        _require("haproxy", "haproxy")
+        self.port = self.port or free_port()
+        cfg = self.folder / "haproxy.cfg"
+        servers = "\n".join(f"    server g{i} 127.0.0.1:{p} check inter 500ms" for i, p in enumerate(self.backends))
+        # The shipped deploy/haproxy.cfg has the same frontend/backend: round robin, and a
+        # handshake-era session (Mcp-Session-Id) stays on the replica that made it.
+        cfg.write_text(f"""global
+    maxconn 256
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+frontend mcp
+    bind 127.0.0.1:{self.port}
+    default_backend gateways
+backend gateways
+    balance roundrobin
+    option httpchk GET /healthz
+    stick-table type string len 64 size 100k expire 30m
+    stick match req.hdr(mcp-session-id)
+    stick store-response res.hdr(mcp-session-id)
+{servers}
+""")
+        pidfile = self.folder / "haproxy.pid"
+        subprocess.run(["haproxy", "-f", str(cfg), "-D", "-p", str(pidfile)], check=True, timeout=30)
+        self.pid = int(pidfile.read_text().split()[0])
+        _wait_port(self.port, "haproxy")
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, 15)
+            except ProcessLookupError:
+                pass
+            self.pid = None

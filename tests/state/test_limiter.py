@@ -1,0 +1,117 @@
+"""Rate limits shared by replicas on a real Redis: exact at the limit, refused when Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config.load import build_config
+from gateway.errors import ConfigError, StateUnavailable
+from gateway.policy.counters import CallCounters
+from gateway.state import LocalRateLimiter, RedisRateLimiter, build_state
+from tests.conftest import ROOT, free_port, upstream_writable, write_config
+from tests.server._clients import stdio_session
+from tests.state.engines import Redis
+
+pytestmark = pytest.mark.anyio
+MUTABLE = ROOT / "tests/peers/mutable_server.py"
+
+
+def test_default_is_this_process_only() -> None:
+    state = build_state(build_config({}), CallCounters())
+    assert isinstance(state.limiter, LocalRateLimiter) and not state.shared
+
+
+def test_bad_redis_url_names_the_key() -> None:
+    with pytest.raises(ConfigError) as e:
+        build_config({"state": {"redis_url": "http://127.0.0.1:6379"}})
+    assert "state.redis_url" in str(e.value)
+
+
+async def test_replicas_together_admit_exactly_the_limit(redis_engine: Redis) -> None:
+    # three limiters with their own connections = three replicas; calls interleave
+    replicas = [RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(replicas[i % 3].acquire("alice", "t__x", 7) for i in range(30)))
+        assert sum(results) == 7
+        assert await replicas[0].acquire("bob", "t__x", 7)  # another principal: its own window
+        assert await replicas[1].acquire("alice", "t__y", 7)  # another tool: its own window
+        assert await replicas[2].acquire("alice", "t__x", None)  # no limit: no Redis round trip
+        # the replica's own counts still feed its policy input
+        assert replicas[0].counters.tool_count("alice", "t__x") >= 1
+    finally:
+        for r in replicas:
+            await r.aclose()
+
+
+async def test_unreachable_redis_refuses_then_recovers(tmp_path: Path) -> None:
+    redis = Redis(tmp_path)
+    redis.port = free_port()  # nothing listens yet
+    limiter = RedisRateLimiter(redis.url, CallCounters(), timeout_s=0.5)
+    try:
+        with pytest.raises(StateUnavailable):
+            await limiter.acquire("alice", "t__x", 5)
+        assert not limiter.probe.up and limiter.probe.status()["error"]
+        redis.start()
+        try:
+            assert await limiter.acquire("alice", "t__x", 5)  # reconnects by itself
+            assert limiter.probe.up
+            redis.stop()
+            with pytest.raises(StateUnavailable):
+                await limiter.acquire("alice", "t__x", 5)
+        finally:
+            redis.stop()
+    finally:
+        await limiter.aclose()
+
+
+def _config(tmp_path: Path, redis_url: str, name: str) -> Path:
+    import json
+
+    record = upstream_writable(tmp_path) / "calls.jsonl"
+    data = json.loads((ROOT / "tests/assets/policy/test-data.json").read_text())
+    data["symbi_data"]["tool_rate_limits"] = {"mut__echo": 3}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    return write_config(tmp_path, f"""
+        [gateway]
+        data_dir = "{tmp_path / name}"
+        [policy]
+        path = "{ROOT / 'policies.rego'}"
+        data = "{tmp_path / 'data.json'}"
+        [sandbox]
+        code_tools = false
+        [context]
+        enabled = false
+        [bus]
+        enabled = false
+        [state]
+        redis_url = "{redis_url}"
+        timeout_s = 0.5
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        env = {{ RECORD_FILE = "{record}" }}
+        """, name=f"{name}.toml")
+
+
+@pytest.mark.slow  # two gateway processes (a few seconds each on a loaded machine)
+async def test_two_gateway_processes_share_one_limit(tmp_path: Path, redis_engine: Redis) -> None:
+    a, b = _config(tmp_path, redis_engine.url, "a"), _config(tmp_path, redis_engine.url, "b")
+    async with stdio_session(a) as sa, stdio_session(b) as sb:
+        results = [await (sa if i % 2 else sb).call_tool("mut__echo", {"message": f"m{i}"}) for i in range(6)]
+    assert [r.is_error for r in results] == [False, False, False, True, True, True]
+    assert results[3].meta["symbi/error"]["code"] == "rate_limited"  # type: ignore[index]
+
+
+@pytest.mark.slow
+async def test_gateway_refuses_calls_when_redis_is_unreachable(tmp_path: Path) -> None:
+    path = _config(tmp_path, f"redis://127.0.0.1:{free_port()}/0", "down")
+    async with stdio_session(path) as s:
+        r = await s.call_tool("mut__echo", {"message": "hi"})
+    assert r.is_error and r.meta["symbi/error"]["code"] == "state_unavailable"  # type: ignore[index]
+    calls = upstream_writable(tmp_path) / "calls.jsonl"
+    assert not calls.exists() or "hi" not in calls.read_text()  # never reached the upstream

@@ -212,6 +212,7 @@ def _assemble(
     policy: PolicyEngine | None = None
     counters = CallCounters()
     state = build_state(config, counters)  # [state]: shared by replicas, or this process only
+    closers.append(state.close)
     if config.security.enforce_policies:
         policy = build_engine(config, events)
         closers.append(policy.close)
@@ -232,7 +233,8 @@ def _assemble(
 
     # built-in tools are verified by construction; only the sandbox's run agent code
     code_builtins = frozenset(b.name for b in builtins if isinstance(b, SandboxBuiltin))
-    verifier = ToolVerifier(config, events, builtins=frozenset(b.name for b in builtins), code_builtins=code_builtins)
+    verifier = ToolVerifier(config, events, builtins=frozenset(b.name for b in builtins), code_builtins=code_builtins,
+                            state=state.tool_state)
     closers.append(verifier.close)
 
     catalog = LiveCatalog(_upstream_infos(config, builtins))

@@ -66,10 +66,12 @@ class ToolInfo:
 
     @property
     def blocked(self) -> bool:
-        """Hidden and refused: strict/tofu upstreams admit verified or pinned tools only."""
+        """Hidden and refused: strict/tofu upstreams admit verified or pinned tools only;
+        warn admits the rest but a revoked tool, or one whose approvals cannot be read
+        ("unavailable": the shared state is down, so a revocation could be missed)."""
         if self.verification_mode in ("strict", "tofu"):
             return self.verification not in ("verified", "pinned")
-        return self.verification == "revoked"
+        return self.verification in ("revoked", "unavailable")
 
     @property
     def input_schema(self) -> Mapping[str, Any]:

@@ -21,7 +21,7 @@ from gateway.config.model import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.screen.accepted import AcceptedFindings
 from gateway.verify.approve import approve_current, check_screening, drift_diff, screen_record
-from gateway.verify.state import ToolRecord, ToolStateStore
+from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,13 +57,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rv.set_defaults(func=_revoke)
 
 
-def _store(cfg: Config) -> ToolStateStore:
+def _store(cfg: Config) -> ToolStates:
+    if cfg.state.postgres_url is not None:  # replicas: the approvals every one of them reads
+        from gateway.state.postgres import PgToolStateStore, Postgres
+
+        return PgToolStateStore(Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True)
     if not cfg.tool_state_path.exists():
         raise GatewayError(f"no tool state at {cfg.tool_state_path}: start the gateway once to record its tools")
     return ToolStateStore(cfg.tool_state_path)
 
 
-def _lookup(store: ToolStateStore, name: str) -> ToolRecord:
+def _lookup(store: ToolStates, name: str) -> ToolRecord:
     rec = store.find(name)
     if rec is None:
         raise GatewayError(f"unknown tool {name!r} (see `symbi tools list`)")

@@ -348,9 +348,11 @@ class StateSection(_Section):
 
     Unset, everything stays in this process and its data dir (one gateway). ``redis_url``:
     the rate-limit log is shared, so N replicas admit exactly the policy's limit together.
+    ``postgres_url``: tool records, approvals and revocations are shared (schema migrated at start).
     """
 
     redis_url: str | None = Field(default=None, repr=False)  # may carry a password
+    postgres_url: str | None = Field(default=None, repr=False)  # postgresql://user@host:port/db
     timeout_s: float = Field(default=2.0, gt=0)  # per round trip; past it the call is refused
     probe_interval_s: float = Field(default=1.0, gt=0)  # how often /readyz's view of each backend is refreshed
 
@@ -359,6 +361,13 @@ class StateSection(_Section):
     def _redis_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _postgres_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// or postgres://")
         return v
 
 

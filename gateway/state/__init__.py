@@ -2,6 +2,8 @@
 an in-process default and a shared implementation on an existing engine.
 
 - rate limits: ``LocalRateLimiter`` (``CallCounters``) | ``RedisRateLimiter`` (``state.redis_url``)
+- tool records, approvals, revocations: the data dir's SQLite (``ToolStateStore``) |
+  ``PgToolStateStore`` (``state.postgres_url``)
 
 ``build_state`` makes them from the config; ``SharedState.watch`` is the gateway's
 background task that keeps each backend's health current for ``/readyz``.
@@ -10,6 +12,7 @@ background task that keeps each backend's health current for ``/readyz``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -17,6 +20,10 @@ from gateway.config.model import Config
 from gateway.policy.counters import CallCounters
 from gateway.state.health import Probe, safe_url
 from gateway.state.limiter import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from gateway.verify.state import ToolStates
+
+if TYPE_CHECKING:
+    from gateway.state.postgres import Postgres
 
 __all__ = ["LocalRateLimiter", "Probe", "RateLimiter", "RedisRateLimiter", "SharedState", "build_state", "safe_url"]
 
@@ -24,8 +31,10 @@ __all__ = ["LocalRateLimiter", "Probe", "RateLimiter", "RedisRateLimiter", "Shar
 @dataclass
 class SharedState:
     limiter: RateLimiter
+    tool_state: ToolStates | None = None  # None: the verifier's SQLite in the data dir
     probes: list[Probe] = field(default_factory=list)
     interval_s: float = 1.0
+    postgres: Postgres | None = None  # imported only when configured
 
     @property
     def shared(self) -> bool:
@@ -44,6 +53,10 @@ class SharedState:
             else:
                 p.ok()
 
+    def close(self) -> None:
+        if self.postgres is not None:
+            self.postgres.close()
+
     async def watch(self, _gw: object) -> None:
         """Background task: refresh every backend's health; close the async clients at the end."""
         try:
@@ -57,8 +70,19 @@ class SharedState:
 
 
 def build_state(config: Config, counters: CallCounters) -> SharedState:
+    """The backends ``[state]`` names; PostgreSQL is connected and migrated here (a start
+    that cannot reach it fails with ``StateUnavailable`` naming it)."""
     st = config.state
-    if st.redis_url is None:
-        return SharedState(LocalRateLimiter(counters))
-    limiter = RedisRateLimiter(st.redis_url, counters, timeout_s=st.timeout_s)
-    return SharedState(limiter, [limiter.probe], interval_s=st.probe_interval_s)
+    state = SharedState(LocalRateLimiter(counters), interval_s=st.probe_interval_s)
+    if st.redis_url is not None:
+        limiter = RedisRateLimiter(st.redis_url, counters, timeout_s=st.timeout_s)
+        state.limiter = limiter
+        state.probes.append(limiter.probe)
+    if st.postgres_url is not None:
+        from gateway.state.postgres import PgToolStateStore, Postgres
+
+        pg = Postgres(st.postgres_url, timeout_s=st.timeout_s).open()
+        state.postgres = pg
+        state.tool_state = PgToolStateStore(pg)
+        state.probes.append(pg.probe)
+    return state

@@ -9,10 +9,10 @@ from typing import Any
 
 from gateway.errors import ScreeningFlagged
 from gateway.screen import Screening, screen_definition
-from gateway.verify.state import ToolRecord, ToolStateStore
+from gateway.verify.state import ToolRecord, ToolStates
 
 
-def screen_record(store: ToolStateStore, rec: ToolRecord) -> Screening:
+def screen_record(store: ToolStates, rec: ToolRecord) -> Screening:
     """Screen a recorded tool's current definition against the other upstreams' tools."""
     if rec.current_definition is None:
         return Screening()
@@ -21,7 +21,7 @@ def screen_record(store: ToolStateStore, rec: ToolRecord) -> Screening:
     return screen_definition("tool", rec.current_definition, others=others)
 
 
-def check_screening(store: ToolStateStore, rec: ToolRecord, *, accept: bool) -> Screening:
+def check_screening(store: ToolStates, rec: ToolRecord, *, accept: bool) -> Screening:
     """A definition is screened again before it can be approved: high findings need
     ``accept`` (``--accept-screening``), a person's explicit word."""
     result = screen_record(store, rec)
@@ -54,7 +54,7 @@ def drift_diff(rec: ToolRecord) -> str:
 
 
 def approve_current(
-    store: ToolStateStore, pins_path: Path, rec: ToolRecord, *, domain: str | None, actor: str | None
+    store: ToolStates, pins_path: Path, rec: ToolRecord, *, domain: str | None, actor: str | None
 ) -> str:
     """Make the current definition the approved one (and accept a pending SchemaPin pin change).
 

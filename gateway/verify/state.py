@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tools (
@@ -77,6 +77,26 @@ class ToolRecord:
         }
 
 
+class ToolStates(Protocol):
+    """Where tool records, approvals and revocations live: ``ToolStateStore`` (SQLite, one
+    gateway) or ``gateway.state.postgres.PgToolStateStore`` (shared by replicas)."""
+
+    path: Any  # where, for messages
+
+    def close(self) -> None: ...
+    def version(self) -> str: ...
+    def get(self, upstream: str, name: str) -> ToolRecord | None: ...
+    def find(self, namespaced: str) -> ToolRecord | None: ...
+    def all(self) -> list[ToolRecord]: ...
+    def observe(
+        self, upstream: str, name: str, namespaced: str, definition: dict[str, Any], definition_hash: str, *,
+        status: str, reason: str | None, key_fingerprint: str | None, pin_if_new: bool,
+    ) -> tuple[ToolRecord | None, ToolRecord]: ...
+    def mark_absent(self, upstream: str, present_names: set[str]) -> list[ToolRecord]: ...
+    def approve(self, upstream: str, name: str, definition_hash: str, definition: dict[str, Any]) -> None: ...
+    def revoke(self, upstream: str, name: str) -> None: ...
+
+
 class ToolStateStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data dir: private
@@ -108,17 +128,17 @@ class ToolStateStore:
             row = self._db.execute(
                 "SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)
             ).fetchone()
-        return _record(row) if row else None
+        return record_from_row(row) if row else None
 
     def find(self, namespaced: str) -> ToolRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM tools WHERE namespaced=?", (namespaced,)).fetchone()
-        return _record(row) if row else None
+        return record_from_row(row) if row else None
 
     def all(self) -> list[ToolRecord]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM tools ORDER BY upstream, name").fetchall()
-        return [_record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     def observe(
         self,
@@ -138,7 +158,7 @@ class ToolStateStore:
         text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
         with self._lock:
             row = self._db.execute("SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)).fetchone()
-            before = _record(row) if row else None
+            before = record_from_row(row) if row else None
             if before is None:
                 approved = (definition_hash, text) if pin_if_new else (None, None)
                 self._db.execute(
@@ -160,7 +180,7 @@ class ToolStateStore:
                     (namespaced, definition_hash, text, approved_hash, approved_def, status, reason, key_fingerprint,
                      now, changed, now, upstream, name),
                 )
-            after = _record(
+            after = record_from_row(
                 self._db.execute("SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)).fetchone()
             )
         return before, after
@@ -171,7 +191,7 @@ class ToolStateStore:
         with self._lock:
             rows = self._db.execute("SELECT * FROM tools WHERE upstream=? AND present=1", (upstream,)).fetchall()
             for r in rows:
-                rec = _record(r)
+                rec = record_from_row(r)
                 if rec.name not in present_names:
                     self._db.execute(
                         "UPDATE tools SET present=0, changed_at=? WHERE upstream=? AND name=?",
@@ -195,7 +215,8 @@ class ToolStateStore:
             self._bump()
 
 
-def _record(row: Any) -> ToolRecord:
+def record_from_row(row: Any) -> ToolRecord:
+    """A record from the 15 columns in table order (SQLite here, PostgreSQL in gateway.state)."""
     (up, name, ns, ch, cd, ah, ad, status, reason, fp, revoked, present, first, last, changed) = row
     return ToolRecord(
         upstream=up,

@@ -30,12 +30,12 @@ import anyio
 
 from gateway.config.model import Config
 from gateway.context import ToolInfo
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StateUnavailable
 from gateway.events import EventSink
 from gateway.screen import Screener
 from gateway.screen.accepted import AcceptedFindings
 from gateway.verify.manifest import load_manifest
-from gateway.verify.state import ToolStateStore
+from gateway.verify.state import ToolStates, ToolStateStore
 from schemapin import (
     DefinitionChanged,
     KeyPinMismatch,
@@ -73,13 +73,15 @@ class ToolVerifier:
         resolver: Any = None,
         builtins: frozenset[str] = frozenset(),
         code_builtins: frozenset[str] | None = None,
+        state: ToolStates | None = None,
     ) -> None:
         self._config = config
         self._events = events
         self._builtins = builtins
         # built-ins whose tools run agent code (the sandbox); default: all of them
         self._code_builtins = builtins if code_builtins is None else code_builtins
-        self.state = ToolStateStore(config.tool_state_path)
+        # approvals: the data dir's SQLite, or PostgreSQL shared by replicas ([state])
+        self.state: ToolStates = state if state is not None else ToolStateStore(config.tool_state_path)
         self.pins = PinStore(config.pins_path)
         ca = config.mcp.discovery_ca
         self._resolver = resolver or WellKnownResolver(
@@ -118,7 +120,11 @@ class ToolVerifier:
             pins_mtime = self._config.pins_path.stat().st_mtime_ns
         except OSError:
             pins_mtime = None
-        return (self.state.version(), tuple(mtimes), pins_mtime, self._accepted.mtime())
+        try:
+            version = self.state.version()
+        except StateUnavailable:
+            version = "unavailable"  # a change: the catalogue is re-assessed (and blocked) now
+        return (version, tuple(mtimes), pins_mtime, self._accepted.mtime())
 
     # -- assessment ------------------------------------------------------------------------
 
@@ -189,11 +195,17 @@ class ToolVerifier:
             except (SchemaPinError, TimeoutError) as e:
                 snap_error = f"key discovery for {srv.domain} failed: {e}"
         out = []
-        for tool in entries:
-            info = self._assess_one(tool, mode, srv.domain, manifest, manifest_error, snapshot, snap_error)
-            out.append(info)
-        for gone in self.state.mark_absent(upstream, {t.original_name for t in entries}):
-            self._events.emit("tool.vanished", {"tool": gone.namespaced, "upstream": upstream, "hash": gone.current_hash})
+        try:
+            for tool in entries:
+                info = self._assess_one(tool, mode, srv.domain, manifest, manifest_error, snapshot, snap_error)
+                out.append(info)
+            for gone in self.state.mark_absent(upstream, {t.original_name for t in entries}):
+                self._events.emit("tool.vanished", {"tool": gone.namespaced, "upstream": upstream,
+                                                    "hash": gone.current_hash})
+        except StateUnavailable as e:
+            # approvals shared by replicas cannot be read: no tool of this upstream is admitted
+            _logger.error("upstream %s: %s", upstream, e.message)
+            return [_with(t, "unavailable", e.message, None, None, mode) for t in entries]
         return out
 
     def _assess_one(

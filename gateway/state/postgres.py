@@ -1,0 +1,245 @@
+"""PostgreSQL for the state replicas share: approvals (the tool state) and API keys.
+
+One pool per process (psycopg 3, ``psycopg_pool``); the schema is versioned in
+``symbi_schema`` and migrated at start under an advisory lock, so replicas starting
+together apply each migration once. Every failure to reach the server is
+``StateUnavailable``: the caller refuses (fail closed) and the pool reconnects by itself
+when the server is back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from gateway.errors import StateUnavailable
+from gateway.state.health import Probe, safe_url
+from gateway.verify.state import ToolRecord, record_from_row
+
+# (version, statements): append only; a released migration never changes
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE symbi_tools (
+    upstream TEXT NOT NULL,
+    name TEXT NOT NULL,
+    namespaced TEXT NOT NULL,
+    current_hash TEXT,
+    current_definition TEXT,
+    approved_hash TEXT,
+    approved_definition TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    key_fingerprint TEXT,
+    revoked BOOLEAN NOT NULL DEFAULT false,
+    present BOOLEAN NOT NULL DEFAULT true,
+    first_seen DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL,
+    changed_at DOUBLE PRECISION,
+    PRIMARY KEY (upstream, name)
+);
+CREATE INDEX symbi_tools_namespaced ON symbi_tools (namespaced);
+CREATE TABLE symbi_meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE symbi_api_keys (
+    id TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    revoked DOUBLE PRECISION
+);
+"""),
+]
+_LOCK_ID = 0x53594D4249  # "SYMBI": one migrator at a time
+_COLS = ("upstream, name, namespaced, current_hash, current_definition, approved_hash, approved_definition, status,"
+         " reason, key_fingerprint, revoked, present, first_seen, last_seen, changed_at")
+
+
+class Postgres:
+    """The pool, its health probe, and the migrations (applied by ``open``)."""
+
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        self.url = url
+        self.probe = Probe("postgres", f"approvals and API keys (PostgreSQL at {safe_url(url)})", self._aping)
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=8, timeout=timeout_s, open=False, check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout_s))},
+            reconnect_timeout=0,  # retry for ever in the background; callers see PoolTimeout meanwhile
+        )
+
+    def open(self) -> Postgres:
+        try:
+            self._pool.open(wait=True, timeout=self._pool.timeout)
+        except PoolTimeout as e:
+            self._pool.close()
+            raise StateUnavailable(f"{self.probe.what} cannot be reached at start: {e}") from e
+        self.migrate()
+        return self
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @contextmanager
+    def cursor(self, *, transaction: bool = False) -> Iterator[psycopg.Cursor[Any]]:
+        try:
+            with self._pool.connection() as conn:
+                if transaction:
+                    with conn.transaction(), conn.cursor() as cur:
+                        yield cur
+                else:
+                    with conn.cursor() as cur:
+                        yield cur
+        except (psycopg.OperationalError, PoolTimeout) as e:
+            self.probe.failed(e)
+            raise StateUnavailable(
+                f"{self.probe.what} cannot be reached: refused until it answers",
+                reasons=[f"{self.probe.what} cannot be reached ({type(e).__name__})"],
+            ) from e
+        self.probe.ok()
+
+    def migrate(self) -> int:
+        """Apply the migrations this database lacks; returns the schema version."""
+        with self.cursor(transaction=True) as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            cur.execute("CREATE TABLE IF NOT EXISTS symbi_schema (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION)")
+            cur.execute("SELECT coalesce(max(version), 0) FROM symbi_schema")
+            row = cur.fetchone()
+            have = int(row[0]) if row else 0
+            for version, sql in MIGRATIONS:
+                if version > have:
+                    cur.execute(sql)
+                    cur.execute("INSERT INTO symbi_schema VALUES (%s, %s)", (version, time.time()))
+                    have = version
+        return have
+
+    async def _aping(self) -> None:
+        import anyio.to_thread
+
+        await anyio.to_thread.run_sync(self.ping)
+
+    def ping(self) -> None:
+        with self.cursor() as cur:
+            cur.execute("SELECT 1")
+
+
+class PgToolStateStore:
+    """``ToolStateStore`` on PostgreSQL: an approval or revocation on one replica bumps the
+    shared version, which every replica polls (``mcp.recheck_interval_s``) and re-verifies on."""
+
+    def __init__(self, pg: Postgres, *, owns: bool = False) -> None:
+        self._pg = pg
+        self._owns = owns  # the CLI's own pool; a gateway's belongs to its SharedState
+        self.path = safe_url(pg.url)
+
+    def close(self) -> None:
+        if self._owns:
+            self._pg.close()
+
+    def version(self) -> str:
+        with self._pg.cursor() as cur:
+            cur.execute("SELECT v FROM symbi_meta WHERE k='approvals'")
+            row = cur.fetchone()
+        return str(row[0]) if row else "0"
+
+    def _bump(self, cur: psycopg.Cursor[Any]) -> None:
+        cur.execute("INSERT INTO symbi_meta (k, v) VALUES ('approvals', %s) ON CONFLICT (k) DO UPDATE SET v=excluded.v",
+                    (str(time.time_ns()),))
+
+    def get(self, upstream: str, name: str) -> ToolRecord | None:
+        with self._pg.cursor() as cur:
+            cur.execute(f"SELECT {_COLS} FROM symbi_tools WHERE upstream=%s AND name=%s", (upstream, name))
+            row = cur.fetchone()
+        return record_from_row(row) if row else None
+
+    def find(self, namespaced: str) -> ToolRecord | None:
+        with self._pg.cursor() as cur:
+            cur.execute(f"SELECT {_COLS} FROM symbi_tools WHERE namespaced=%s LIMIT 1", (namespaced,))
+            row = cur.fetchone()
+        return record_from_row(row) if row else None
+
+    def all(self) -> list[ToolRecord]:
+        with self._pg.cursor() as cur:
+            cur.execute(f"SELECT {_COLS} FROM symbi_tools ORDER BY upstream, name")
+            rows = cur.fetchall()
+        return [record_from_row(r) for r in rows]
+
+    def observe(
+        self,
+        upstream: str,
+        name: str,
+        namespaced: str,
+        definition: dict[str, Any],
+        definition_hash: str,
+        *,
+        status: str,
+        reason: str | None,
+        key_fingerprint: str | None,
+        pin_if_new: bool,
+    ) -> tuple[ToolRecord | None, ToolRecord]:
+        """Record what this replica sees now (row-locked: replicas observe the same tool at once)."""
+        now = time.time()
+        text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
+        key = (upstream, name)
+        with self._pg.cursor(transaction=True) as cur:
+            approved = (definition_hash, text) if pin_if_new else (None, None)
+            cur.execute(
+                "INSERT INTO symbi_tools (upstream, name, namespaced, current_hash, current_definition, approved_hash,"
+                " approved_definition, status, reason, key_fingerprint, first_seen, last_seen)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (upstream, name) DO NOTHING",
+                (upstream, name, namespaced, definition_hash, text, *approved, status, reason, key_fingerprint, now, now),
+            )
+            if cur.rowcount == 1:
+                cur.execute(f"SELECT {_COLS} FROM symbi_tools WHERE upstream=%s AND name=%s", key)
+                row = cur.fetchone()
+                assert row is not None
+                return None, record_from_row(row)
+            cur.execute(f"SELECT {_COLS} FROM symbi_tools WHERE upstream=%s AND name=%s FOR UPDATE", key)
+            row = cur.fetchone()
+            assert row is not None
+            before = record_from_row(row)
+            changed = before.current_hash != definition_hash
+            pin = before.approved_hash is None and pin_if_new
+            cur.execute(
+                "UPDATE symbi_tools SET namespaced=%s, current_hash=%s, current_definition=%s,"
+                " approved_hash=CASE WHEN %s THEN %s ELSE approved_hash END,"
+                " approved_definition=CASE WHEN %s THEN %s ELSE approved_definition END,"
+                " status=%s, reason=%s, key_fingerprint=%s, present=true, last_seen=%s,"
+                " changed_at=CASE WHEN %s THEN %s ELSE changed_at END WHERE upstream=%s AND name=%s"
+                f" RETURNING {_COLS}",
+                (namespaced, definition_hash, text, pin, definition_hash, pin, text, status, reason, key_fingerprint,
+                 now, changed, now, *key),
+            )
+            after = cur.fetchone()
+            assert after is not None
+        return before, record_from_row(after)
+
+    def mark_absent(self, upstream: str, present_names: set[str]) -> list[ToolRecord]:
+        with self._pg.cursor(transaction=True) as cur:
+            cur.execute(
+                f"UPDATE symbi_tools SET present=false, changed_at=%s WHERE upstream=%s AND present"
+                f" AND NOT (name = ANY(%s)) RETURNING {_COLS}",
+                (time.time(), upstream, sorted(present_names)),
+            )
+            rows = cur.fetchall()
+        return [record_from_row(r) for r in rows]
+
+    def approve(self, upstream: str, name: str, definition_hash: str, definition: dict[str, Any]) -> None:
+        text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
+        with self._pg.cursor(transaction=True) as cur:
+            cur.execute(
+                "UPDATE symbi_tools SET approved_hash=%s, approved_definition=%s, revoked=false"
+                " WHERE upstream=%s AND name=%s",
+                (definition_hash, text, upstream, name),
+            )
+            self._bump(cur)
+
+    def revoke(self, upstream: str, name: str) -> None:
+        with self._pg.cursor(transaction=True) as cur:
+            cur.execute("UPDATE symbi_tools SET revoked=true WHERE upstream=%s AND name=%s", (upstream, name))
+            self._bump(cur)

@@ -1,0 +1,162 @@
+"""Tool records, approvals and revocations on a real PostgreSQL, against the SQLite default.
+
+One contract, two stores: every behaviour below runs on the data dir's SQLite and on
+PostgreSQL. Then what only replicas have: an approval made through one pool is seen by
+another, migrations run once when replicas start together, and an unreachable server is
+``StateUnavailable`` (the verifier blocks the tools) until it returns.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config.load import build_config
+from gateway.errors import ConfigError, StateUnavailable
+from gateway.state.postgres import MIGRATIONS, PgToolStateStore, Postgres
+from gateway.verify.state import ToolStates, ToolStateStore
+from tests.conftest import free_port
+from tests.state.engines import Postgres as PgEngine
+
+DEF = {"name": "echo", "description": "echo", "inputSchema": {"type": "object"}}
+
+
+@pytest.fixture
+def pg(postgres_engine: PgEngine) -> Iterator[Postgres]:
+    p = Postgres(postgres_engine.url, timeout_s=2).open()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ToolStates]:
+    if request.param == "sqlite":
+        s: ToolStates = ToolStateStore(tmp_path / "tools.db")
+    else:
+        s = PgToolStateStore(request.getfixturevalue("pg"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def up() -> str:
+    return "u" + uuid.uuid4().hex[:8]  # the PostgreSQL database is shared by the module's tests
+
+
+def test_observe_pins_on_first_use_and_keeps_the_approved_definition(store: ToolStates) -> None:
+    u = up()
+    before, after = store.observe(u, "echo", f"{u}__echo", DEF, "h1", status="pinned", reason=None,
+                                  key_fingerprint=None, pin_if_new=True)
+    assert before is None and after.approved_hash == "h1" and after.approved_definition == DEF
+    before, after = store.observe(u, "echo", f"{u}__echo", {**DEF, "description": "x"}, "h2", status="drifted",
+                                  reason="changed", key_fingerprint=None, pin_if_new=True)
+    assert before is not None and before.current_hash == "h1"
+    assert after.current_hash == "h2" and after.approved_hash == "h1" and after.drifted
+    assert after.changed_at is not None
+    assert store.find(f"{u}__echo") == after and store.get(u, "echo") == after
+    assert store.get(u, "nope") is None and store.find("nope__x") is None
+
+
+def test_approve_and_revoke_change_the_version(store: ToolStates) -> None:
+    u = up()
+    store.observe(u, "echo", f"{u}__echo", DEF, "h1", status="unverified", reason=None, key_fingerprint=None,
+                  pin_if_new=False)
+    assert store.get(u, "echo").approved_hash is None  # type: ignore[union-attr]
+    v0 = store.version()
+    store.approve(u, "echo", "h1", DEF)
+    v1 = store.version()
+    assert v1 != v0 and store.get(u, "echo").approved_hash == "h1"  # type: ignore[union-attr]
+    store.revoke(u, "echo")
+    assert store.version() != v1 and store.get(u, "echo").revoked  # type: ignore[union-attr]
+    store.approve(u, "echo", "h1", DEF)  # approving again lifts the revocation
+    assert not store.get(u, "echo").revoked  # type: ignore[union-attr]
+
+
+def test_mark_absent_returns_the_vanished_tools(store: ToolStates) -> None:
+    u = up()
+    for n in ("a", "b"):
+        store.observe(u, n, f"{u}__{n}", DEF, "h", status="pinned", reason=None, key_fingerprint=None,
+                      pin_if_new=True)
+    gone = store.mark_absent(u, {"a"})
+    assert [g.name for g in gone] == ["b"]
+    assert not store.get(u, "b").present and store.get(u, "a").present  # type: ignore[union-attr]
+    assert [r.name for r in store.all() if r.upstream == u] == ["a", "b"]
+
+
+def test_an_approval_through_one_replica_is_seen_by_another(postgres_engine: PgEngine) -> None:
+    a = PgToolStateStore(Postgres(postgres_engine.url, timeout_s=2).open(), owns=True)
+    b = PgToolStateStore(Postgres(postgres_engine.url, timeout_s=2).open(), owns=True)
+    try:
+        u = up()
+        a.observe(u, "echo", f"{u}__echo", DEF, "h1", status="unverified", reason=None, key_fingerprint=None,
+                  pin_if_new=False)
+        seen = b.version()
+        a.approve(u, "echo", "h1", DEF)
+        assert b.version() != seen  # what replicas poll: every one re-verifies on it
+        assert b.get(u, "echo").approved_hash == "h1"  # type: ignore[union-attr]
+        a.revoke(u, "echo")
+        assert b.get(u, "echo").revoked  # type: ignore[union-attr]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_replicas_starting_together_migrate_once(postgres_engine: PgEngine) -> None:
+    pools: list[Postgres] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            pools.append(Postgres(postgres_engine.url, timeout_s=5).open())
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert not errors
+        with pools[0].cursor() as cur:
+            cur.execute("SELECT version FROM symbi_schema ORDER BY version")
+            assert [r[0] for r in cur.fetchall()] == [v for v, _ in MIGRATIONS]
+        assert pools[1].migrate() == MIGRATIONS[-1][0]  # again: nothing to do
+    finally:
+        for p in pools:
+            p.close()
+
+
+def test_bad_postgres_url_names_the_key() -> None:
+    with pytest.raises(ConfigError) as e:
+        build_config({"state": {"postgres_url": "mysql://x"}})
+    assert "state.postgres_url" in str(e.value)
+
+
+def test_unreachable_postgres_at_start_is_a_clear_error() -> None:
+    with pytest.raises(StateUnavailable) as e:
+        Postgres(f"postgresql://symbi@127.0.0.1:{free_port()}/postgres", timeout_s=0.5).open()
+    assert "PostgreSQL" in e.value.message
+
+
+def test_postgres_going_down_refuses_then_recovers(postgres_engine: PgEngine, pg: Postgres) -> None:
+    store = PgToolStateStore(pg)
+    u = up()
+    store.observe(u, "echo", f"{u}__echo", DEF, "h1", status="pinned", reason=None, key_fingerprint=None,
+                  pin_if_new=True)
+    postgres_engine.stop()
+    try:
+        with pytest.raises(StateUnavailable):
+            store.get(u, "echo")
+        assert not pg.probe.up
+    finally:
+        postgres_engine.start()
+    assert store.get(u, "echo") is not None  # the pool reconnected by itself
+    assert pg.probe.up

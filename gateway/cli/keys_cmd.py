@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.server.auth import ApiKeyStore
+from gateway.server.auth import ApiKeys, open_api_keys
 
 _ROLE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -45,9 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     k.set_defaults(func=lambda args: (k.print_help(sys.stderr), 2)[1])
 
 
-def _store(args: argparse.Namespace) -> ApiKeyStore:
+def _store(args: argparse.Namespace) -> ApiKeys:
     cfg = load_config(args.config, args.environ)
-    return ApiKeyStore(cfg.api_keys_path)
+    return open_api_keys(cfg)  # the data dir's file, or PostgreSQL shared by replicas ([state])
 
 
 def _create(args: argparse.Namespace) -> int:

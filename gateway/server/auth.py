@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from jwt import PyJWKClient, PyJWKSet
@@ -95,7 +95,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def _split_key(key: str) -> str | None:
+def split_key(key: str) -> str | None:
     """The key id of a well-formed key, else None."""
     if not key.startswith(KEY_PREFIX):
         return None
@@ -104,6 +104,37 @@ def _split_key(key: str) -> str | None:
     if not sep or len(kid) != 12 or not secret or any(c not in "0123456789abcdef" for c in kid):
         return None
     return kid
+
+
+def new_key(principal: str, roles: tuple[str, ...], kind: str) -> tuple[str, ApiKeyRecord]:
+    """A fresh key (shown once) and the record stored for it (its hash, never the key)."""
+    if not principal:
+        raise ValueError("principal must not be empty")
+    kid = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}{kid}_{secrets.token_urlsafe(32)}"
+    rec = ApiKeyRecord(id=kid, principal=principal, roles=tuple(roles), kind=kind, sha256=hash_key(key),
+                       created=time.time())
+    return key, rec
+
+
+class ApiKeys(Protocol):
+    """Where API keys live: ``ApiKeyStore`` (a file in the data dir, one gateway) or
+    ``gateway.state.postgres.PgApiKeyStore`` (shared by replicas, ``[state] postgres_url``)."""
+
+    def records(self) -> list[ApiKeyRecord]: ...
+    def lookup(self, key: str) -> ApiKeyRecord | None: ...
+    def get(self, kid: str) -> ApiKeyRecord | None: ...
+    def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, ApiKeyRecord]: ...
+    def revoke(self, kid: str) -> bool: ...
+
+
+def open_api_keys(config: Config) -> ApiKeys:
+    """The key store the config names (PostgreSQL is connected and migrated here)."""
+    if config.state.postgres_url is not None:
+        from gateway.state.postgres import PgApiKeyStore, Postgres
+
+        return PgApiKeyStore(Postgres(config.state.postgres_url, timeout_s=config.state.timeout_s).open(), owns=True)
+    return ApiKeyStore(config.api_keys_path)
 
 
 class ApiKeyStore:
@@ -137,7 +168,7 @@ class ApiKeyStore:
 
     def lookup(self, key: str) -> ApiKeyRecord | None:
         """The live record for ``key``, or None (unknown, revoked, malformed)."""
-        kid = _split_key(key)
+        kid = split_key(key)
         if kid is None:
             return None
         rec = self._load().get(kid)
@@ -164,18 +195,7 @@ class ApiKeyStore:
 
     def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, ApiKeyRecord]:
         """Make a new key; returns (the key, shown once; its record)."""
-        if not principal:
-            raise ValueError("principal must not be empty")
-        kid = secrets.token_hex(6)
-        key = f"{KEY_PREFIX}{kid}_{secrets.token_urlsafe(32)}"
-        rec = ApiKeyRecord(
-            id=kid,
-            principal=principal,
-            roles=tuple(roles),
-            kind=kind,
-            sha256=hash_key(key),
-            created=time.time(),
-        )
+        key, rec = new_key(principal, roles, kind)
         self._write([*self.records(), rec])
         return key, rec
 
@@ -266,14 +286,14 @@ class JwtVerifier:
 class Authenticator:
     """Turns request headers into a ``Principal`` (or raises ``NoCredentials`` / ``AuthFailed``)."""
 
-    keys: ApiKeyStore
+    keys: ApiKeys
     jwt: JwtVerifier | None = None
     anonymous: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> Authenticator:
         return cls(
-            keys=ApiKeyStore(config.api_keys_path),
+            keys=open_api_keys(config),
             jwt=JwtVerifier(config.http.jwt) if config.http.jwt is not None else None,
             anonymous=config.http.anonymous_principal,
         )
@@ -282,6 +302,11 @@ class Authenticator:
     def jwks_over_network(self) -> bool:
         """True when verifying a JWT may fetch the JWKS (blocking I/O: keep it off the event loop)."""
         return self.jwt is not None and self.jwt.cfg.jwks_url is not None
+
+    @property
+    def keys_over_network(self) -> bool:
+        """True when API keys live in PostgreSQL (a round trip per lookup: off the event loop)."""
+        return not isinstance(self.keys, ApiKeyStore)
 
     def from_key(self, key: str) -> Principal:
         rec = self.keys.lookup(key)

@@ -44,6 +44,7 @@ from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.config.model import Config
 from gateway.context import Principal
+from gateway.errors import StateUnavailable
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.runtime.status import components
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
@@ -278,8 +279,10 @@ class AuthGate:
         headers = Headers(scope=scope)
         auth = self.state.auth
         try:
-            if auth.jwks_over_network and not headers.get("authorization", "").startswith("Bearer symbi_"):
-                # a JWKS (re)fetch is blocking urllib I/O: never on the event loop
+            if auth.keys_over_network or (
+                auth.jwks_over_network and not headers.get("authorization", "").startswith("Bearer symbi_")
+            ):
+                # a JWKS (re)fetch / a key lookup in PostgreSQL is blocking I/O: never on the event loop
                 principal = await anyio.to_thread.run_sync(auth.authenticate, headers)
             else:
                 principal = auth.authenticate(headers)
@@ -288,6 +291,10 @@ class AuthGate:
             return
         except AuthFailed as e:
             await self._challenge(scope, receive, send, e)
+            return
+        except StateUnavailable as e:  # the shared key store is down: refused, and said so
+            await JSONResponse({"error": "unavailable", "code": e.code, "reasons": e.reasons},
+                               status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
             return
         except Exception:
             _logger.exception("authentication failed unexpectedly")

@@ -9,6 +9,7 @@ when the server is back.
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from gateway.errors import StateUnavailable
+from gateway.server.auth import ApiKeyRecord, hash_key, new_key, split_key
 from gateway.state.health import Probe, safe_url
 from gateway.verify.state import ToolRecord, record_from_row
 
@@ -243,3 +245,53 @@ class PgToolStateStore:
         with self._pg.cursor(transaction=True) as cur:
             cur.execute("UPDATE symbi_tools SET revoked=true WHERE upstream=%s AND name=%s", (upstream, name))
             self._bump(cur)
+
+
+class PgApiKeyStore:
+    """``ApiKeyStore`` on PostgreSQL: a key made or revoked on one replica is accepted or
+    refused by every replica on its next request (no cache: the lookup is one indexed read)."""
+
+    def __init__(self, pg: Postgres, *, owns: bool = False) -> None:
+        self._pg = pg
+        self._owns = owns
+        self.path = safe_url(pg.url)
+
+    def close(self) -> None:
+        if self._owns:
+            self._pg.close()
+
+    def records(self) -> list[ApiKeyRecord]:
+        with self._pg.cursor() as cur:
+            cur.execute("SELECT id, principal, roles, kind, sha256, created, revoked FROM symbi_api_keys ORDER BY created")
+            rows = cur.fetchall()
+        return [_key_record(r) for r in rows]
+
+    def get(self, kid: str) -> ApiKeyRecord | None:
+        with self._pg.cursor() as cur:
+            cur.execute("SELECT id, principal, roles, kind, sha256, created, revoked FROM symbi_api_keys"
+                        " WHERE id=%s AND revoked IS NULL", (kid,))
+            row = cur.fetchone()
+        return _key_record(row) if row else None
+
+    def lookup(self, key: str) -> ApiKeyRecord | None:
+        kid = split_key(key)
+        rec = self.get(kid) if kid is not None else None
+        return rec if rec is not None and hmac.compare_digest(rec.sha256, hash_key(key)) else None
+
+    def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, ApiKeyRecord]:
+        key, rec = new_key(principal, roles, kind)
+        with self._pg.cursor() as cur:
+            cur.execute("INSERT INTO symbi_api_keys VALUES (%s,%s,%s,%s,%s,%s,NULL)",
+                        (rec.id, rec.principal, json.dumps(list(rec.roles)), rec.kind, rec.sha256, rec.created))
+        return key, rec
+
+    def revoke(self, kid: str) -> bool:
+        with self._pg.cursor() as cur:
+            cur.execute("UPDATE symbi_api_keys SET revoked=%s WHERE id=%s AND revoked IS NULL", (time.time(), kid))
+            return cur.rowcount == 1
+
+
+def _key_record(row: Any) -> ApiKeyRecord:
+    kid, principal, roles, kind, sha, created, revoked = row
+    return ApiKeyRecord(id=kid, principal=principal, roles=tuple(json.loads(roles)), kind=kind, sha256=sha,
+                        created=created, revoked=revoked)

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.config.load import build_config
 from gateway.errors import ConfigError, StateUnavailable
-from gateway.state.postgres import MIGRATIONS, PgToolStateStore, Postgres
+from gateway.state.postgres import MIGRATIONS, PgApiKeyStore, PgToolStateStore, Postgres
 from gateway.verify.state import ToolStates, ToolStateStore
 from tests.conftest import free_port
 from tests.state.engines import Postgres as PgEngine
@@ -160,3 +160,20 @@ def test_postgres_going_down_refuses_then_recovers(postgres_engine: PgEngine, pg
         postgres_engine.start()
     assert store.get(u, "echo") is not None  # the pool reconnected by itself
     assert pg.probe.up
+
+
+def test_api_keys_made_and_revoked_on_one_replica_hold_on_another(postgres_engine: PgEngine) -> None:
+    a = PgApiKeyStore(Postgres(postgres_engine.url, timeout_s=2).open(), owns=True)
+    b = PgApiKeyStore(Postgres(postgres_engine.url, timeout_s=2).open(), owns=True)
+    try:
+        key, rec = a.create("alice", ("dev",))
+        got = b.lookup(key)
+        assert got is not None and got.principal == "alice" and got.roles == ("dev",)
+        assert b.lookup(key[:-4] + "AAAA") is None  # right id, wrong secret
+        assert b.lookup("symbi_nothex000000_x") is None  # malformed
+        assert rec.id in {r.id for r in b.records()}
+        assert a.revoke(rec.id) and not a.revoke(rec.id)
+        assert b.lookup(key) is None and b.get(rec.id) is None
+    finally:
+        a.close()
+        b.close()

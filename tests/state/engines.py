@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,19 @@ def _wait_port(port: int, what: str, timeout: float = 15.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} did not open port {port}")
+
+
+def enterable(folder: Path) -> None:
+    """Let other users (postgres, the upstream user) enter -- not list -- this session's
+    temp folders down to ``folder`` (pytest makes them 0700)."""
+    if os.geteuid() != 0:
+        return
+    root = Path(tempfile.gettempdir())
+    for d in (*reversed(folder.parents), folder):
+        if d.parent == root and not d.name.startswith("symbi-pytest-"):
+            return  # not this session's own
+        if root in d.parents:
+            os.chmod(d, os.stat(d).st_mode | 0o111)
 
 
 def _require(binary: str, package: str) -> None:
@@ -81,6 +95,7 @@ class Postgres:
     def start(self) -> None:
         _require(str(PG_BIN / "initdb"), "postgresql")
         self.port = self.port or free_port()
+        enterable(self.folder)
         shutil.chown(self.folder, "postgres")
         if not (self.folder / "pg").exists():
             self._pg(str(PG_BIN / "initdb"), "-D", str(self.folder / "pg"), "-A", "trust", "-U", "symbi")
@@ -121,7 +136,8 @@ frontend mcp
     default_backend gateways
 backend gateways
     balance roundrobin
-    option httpchk GET /healthz
+    option httpchk
+    http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host 127.0.0.1
     stick-table type string len 64 size 100k expire 30m
     stick match req.hdr(mcp-session-id)
     stick store-response res.hdr(mcp-session-id)

@@ -1,0 +1,167 @@
+"""Two real ``symbi serve`` replicas behind a real HAProxy, sharing a real Redis and PostgreSQL.
+
+What a team running N replicas relies on: one rate limit across the replicas (exact), a
+revocation or an approval made once is acted on by every replica, an API key made once
+works on any replica, a handshake-era session keeps working through the balancer (the
+balancer keeps it on the replica that made it; sent elsewhere it gets a clear 404), and
+each replica's /readyz names the shared backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import httpx2
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from gateway.state.postgres import PgApiKeyStore, Postgres
+from tests.conftest import ROOT, SYMBI, symbi_env, upstream_writable, write_config
+from tests.server._http import serve
+from tests.state.engines import HAProxy, enterable
+from tests.state.engines import Postgres as PgEngine
+from tests.state.engines import Redis as RedisEngine
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+MUTABLE = ROOT / "tests/peers/mutable_server.py"
+LIMIT = 4
+
+
+@dataclass
+class Cluster:
+    replicas: list[str]  # base URLs, straight to each replica
+    balancer: str  # HAProxy's base URL
+    key: str  # an API key (principal "tester"), stored once in PostgreSQL
+    config: Path  # replica 0's config (the CLI uses it)
+
+
+def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine) -> Path:
+    data = json.loads((ROOT / "tests/assets/policy/test-data.json").read_text())
+    data["symbi_data"]["tool_rate_limits"] = {"mut__echo": LIMIT}
+    (folder / "data.json").write_text(json.dumps(data))
+    return write_config(folder, f"""
+        [gateway]
+        data_dir = "{folder / f"data-{i}"}"
+        [policy]
+        path = "{ROOT / 'policies.rego'}"
+        data = "{folder / 'data.json'}"
+        [mcp]
+        recheck_interval_s = 0.3
+        [sandbox]
+        code_tools = false
+        [context]
+        enabled = false
+        [bus]
+        enabled = false
+        [state]
+        redis_url = "{redis.url}"
+        postgres_url = "{pg.url}"
+        timeout_s = 1
+        probe_interval_s = 0.3
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "tofu"
+        env = {{ RECORD_FILE = "{upstream_writable(folder) / 'calls.jsonl'}" }}
+        """, name=f"replica-{i}.toml")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, redis_engine: RedisEngine,
+            postgres_engine: PgEngine) -> Iterator[Cluster]:
+    folder = tmp_path_factory.mktemp("cluster")
+    enterable(folder)  # the upstream runs as the unprivileged upstream user in the config's folder
+    configs = [_config(folder, i, redis_engine, postgres_engine) for i in range(2)]
+    keys = PgApiKeyStore(Postgres(postgres_engine.url, timeout_s=2).open(), owns=True)
+    key, _ = keys.create("tester", ("tester",))
+    keys.close()
+    with contextlib.ExitStack() as stack:
+        bases = [stack.enter_context(serve(c)) for c in configs]
+        haproxy = HAProxy(folder, [int(b.rsplit(":", 1)[1]) for b in bases])
+        haproxy.start()
+        stack.callback(haproxy.stop)
+        yield Cluster(bases, haproxy.url, key, configs[0])
+
+
+@contextlib.asynccontextmanager
+async def session(base: str, key: str) -> AsyncIterator[ClientSession]:
+    async with (
+        httpx2.AsyncClient(headers={"x-api-key": key}, timeout=httpx2.Timeout(30)) as hc,
+        streamable_http_client(base + "/mcp", http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
+        await s.initialize()
+        yield s
+
+
+def _code(result: object) -> str | None:
+    meta = getattr(result, "meta", None) or {}
+    err = meta.get("symbi/error")
+    return err["code"] if err else None
+
+
+async def test_one_rate_limit_across_replicas(cluster: Cluster) -> None:
+    outcomes = []
+    for i in range(3 * LIMIT):  # alternate replicas, a fresh session each time
+        async with session(cluster.replicas[i % 2], cluster.key) as s:
+            outcomes.append(_code(await s.call_tool("mut__echo", {"message": f"m{i}"})))
+    assert outcomes.count(None) == LIMIT
+    assert outcomes[LIMIT:] == ["rate_limited"] * (2 * LIMIT)
+
+
+async def test_a_session_through_the_balancer_stays_usable(cluster: Cluster) -> None:
+    async with session(cluster.balancer, cluster.key) as s:
+        for _ in range(4):  # round robin would send every other request to the other replica
+            listing = await s.list_tools()
+            assert "mut__echo" in {t.name for t in listing.tools}
+
+
+def test_a_session_sent_to_another_replica_gets_a_clear_404(cluster: Cluster) -> None:
+    headers = {"x-api-key": cluster.key, "accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    r = httpx.post(cluster.replicas[0] + "/mcp", json=init, headers=headers, timeout=30)
+    sid = r.headers["mcp-session-id"]
+    other = httpx.post(cluster.replicas[1] + "/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                       headers={**headers, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}, timeout=30)
+    assert other.status_code == 404
+
+
+def _cli(*args: str) -> None:
+    subprocess.run([str(SYMBI), *args], check=True, env=symbi_env(), capture_output=True, timeout=60)
+
+
+async def _wait_for(base: str, key: str, want: str | None) -> str | None:
+    deadline = time.monotonic() + 10  # the bound of the wait, not an assertion on time
+    got: str | None = "never called"
+    while time.monotonic() < deadline:
+        async with session(base, key) as s:
+            got = _code(await s.call_tool("mut__read_path", {"path": "/tmp/x"}))
+        if got == want:
+            break
+    return got
+
+
+async def test_a_revocation_and_an_approval_reach_every_replica(cluster: Cluster) -> None:
+    _cli("tools", "revoke", "--config", str(cluster.config), "mut__read_path")
+    for base in cluster.replicas:
+        assert await _wait_for(base, cluster.key, "verification_denied") == "verification_denied"
+    _cli("tools", "approve", "--config", str(cluster.config), "mut__read_path")
+    for base in cluster.replicas:
+        assert await _wait_for(base, cluster.key, None) is None
+
+
+def test_readyz_names_the_shared_backends(cluster: Cluster) -> None:
+    for base in cluster.replicas:
+        doc = httpx.get(base + "/readyz", timeout=10).json()
+        assert doc["components"]["state:redis"] == "healthy"
+        assert doc["components"]["state:postgres"] == "healthy"

@@ -3,7 +3,10 @@
 It stands in for the `opa` binary, which no registry reachable here ships: the decisions
 come from the real OPA engine (opa-golib-python-bindings, the Go `rego` package) behind the
 same endpoint `opa run --server` exposes: ``POST /v1/data/<path>`` with ``{"input": ...}``
-answering ``{"result": ...}`` (or ``{}`` when the document is undefined).
+answering ``{"result": ...}`` (or ``{}`` when the document is undefined). ``symbi policy push``
+uses the write side: ``PUT /v1/policies/<id>`` (Rego text; compiled on upload, a broken one
+is HTTP 400 like OPA's) and ``PUT /v1/data/<path>`` (JSON); the engine is rebuilt from what
+was pushed.
 """
 
 from __future__ import annotations
@@ -18,16 +21,22 @@ import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 
 class OpaServer:
     def __init__(self, engine: Any, *, certfile: str | None = None, keyfile: str | None = None) -> None:
-        self.engine = engine
+        self.engine = engine  # None: empty until something is pushed
         self.delay_s = 0.0
         self.requests = 0
-        app = Starlette(routes=[Route("/v1/data/{path:path}", self._data, methods=["POST"])])
+        self.policies: dict[str, str] = {}
+        self.data: dict[str, Any] = {}
+        app = Starlette(routes=[
+            Route("/v1/data/{path:path}", self._data, methods=["POST"]),
+            Route("/v1/data/{path:path}", self._put_data, methods=["PUT"]),
+            Route("/v1/policies/{id:path}", self._put_policy, methods=["PUT"]),
+        ])
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -55,11 +64,39 @@ class OpaServer:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         path = request.path_params["path"].strip("/").replace("/", ".")
+        if self.engine is None:
+            return JSONResponse({})  # nothing pushed yet: every document is undefined
         try:
             result = await anyio.to_thread.run_sync(self.engine.eval_document, path, body.get("input"))
         except OpaUndefinedError:
             return JSONResponse({})
         return JSONResponse({"result": result})
+
+    def _rebuild(self, policies: dict[str, str], data: dict[str, Any]) -> JSONResponse | None:
+        from opa_bindings import OpaEngine, OpaError
+
+        engine = OpaEngine()
+        try:
+            for pid, text in policies.items():
+                engine.add_policy(pid, text)
+            engine.add_data(data)
+        except OpaError as e:
+            return JSONResponse({"code": "invalid_parameter", "message": str(e)}, status_code=400)
+        self.engine, self.policies, self.data = engine, policies, data
+        return None
+
+    async def _put_policy(self, request: Request) -> JSONResponse:
+        text = (await request.body()).decode()
+        return self._rebuild({**self.policies, request.path_params["id"]: text}, self.data) or JSONResponse({})
+
+    async def _put_data(self, request: Request) -> Response:
+        data = dict(self.data)
+        *parents, leaf = request.path_params["path"].strip("/").split("/")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = await request.json()
+        return self._rebuild(self.policies, data) or Response(status_code=204)
 
     def __enter__(self) -> OpaServer:  # noqa: PYI034
         self._thread.start()

@@ -95,6 +95,7 @@ bench: setup sandbox state-engines
 	$(PY) bench/counters.py
 	$(PY) bench/tracing.py
 	$(PY) bench/http.py
+	$(PY) bench/scale.py
 
 # The soak benchmark (bench/soak.py): 1,000,000 calls by default (hours); SOAK_ARGS="--calls 100000" for less.
 SOAK_ARGS ?=

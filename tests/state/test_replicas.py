@@ -3,8 +3,9 @@
 What a team running N replicas relies on: one rate limit across the replicas (exact), a
 revocation or an approval made once is acted on by every replica, an API key made once
 works on any replica, a handshake-era session keeps working through the balancer (the
-balancer keeps it on the replica that made it; sent elsewhere it gets a clear 404), and
-each replica's /readyz names the shared backends.
+balancer keeps it on the replica that made it; sent elsewhere it gets a clear 404),
+each replica's /readyz names the shared backends, and a backend that goes down makes the
+replicas refuse with ``state_unavailable`` (and /readyz 503) until it returns -- no restart.
 """
 
 from __future__ import annotations
@@ -165,3 +166,45 @@ def test_readyz_names_the_shared_backends(cluster: Cluster) -> None:
         doc = httpx.get(base + "/readyz", timeout=10).json()
         assert doc["components"]["state:redis"] == "healthy"
         assert doc["components"]["state:postgres"] == "healthy"
+
+
+def _ready_state(base: str, kind: str, want: str) -> tuple[int, str | None]:
+    deadline = time.monotonic() + 15  # the bound of the wait, not an assertion on time
+    status, got = 0, None
+    while time.monotonic() < deadline:
+        r = httpx.get(base + "/readyz", timeout=10)
+        status, got = r.status_code, r.json().get("components", {}).get(f"state:{kind}")
+        if got == want and status == (200 if want == "healthy" else 503):
+            break
+        time.sleep(0.2)
+    return status, got
+
+
+async def test_redis_down_refuses_with_a_reason_and_recovers(cluster: Cluster, redis_engine: RedisEngine) -> None:
+    # last but one in the module: it stops the shared Redis (and starts it again on its port)
+    base = cluster.replicas[1]
+    redis_engine.stop()
+    try:
+        assert _ready_state(base, "redis", "unhealthy") == (503, "unhealthy")
+        async with session(base, cluster.key) as s:
+            assert _code(await s.call_tool("mut__echo", {"message": "down"})) == "state_unavailable"
+    finally:
+        redis_engine.start()
+    assert _ready_state(base, "redis", "healthy") == (200, "healthy")
+    async with session(base, cluster.key) as s:  # a fresh Redis: a fresh window
+        assert _code(await s.call_tool("mut__echo", {"message": "back"})) is None
+
+
+async def test_postgres_down_blocks_tools_and_keys_then_recovers(cluster: Cluster, postgres_engine: PgEngine) -> None:
+    base = cluster.replicas[0]
+    postgres_engine.stop()
+    try:
+        assert _ready_state(base, "postgres", "unhealthy") == (503, "unhealthy")
+        async with httpx.AsyncClient(timeout=30) as c:
+            r = await c.post(base + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                             headers={"x-api-key": cluster.key, "accept": "application/json, text/event-stream"})
+        assert r.status_code == 503 and r.json()["code"] == "state_unavailable"  # the key cannot be checked
+    finally:
+        postgres_engine.start()
+    assert _ready_state(base, "postgres", "healthy") == (200, "healthy")
+    assert await _wait_for(base, cluster.key, None) is None  # tools admitted again once re-verified

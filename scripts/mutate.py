@@ -73,6 +73,10 @@ GROUPS: tuple[Group, ...] = (
             "test_jwt_good_tokens_give_principal_with_roles", "test_jwt_refused",
             "test_authenticator_fails_closed_without_jwt_config_and_without_credentials",
             "test_jwks_url", "test_jwks_url_unreachable_fails_closed", "test_anonymous_only_when_named",
+            "test_jwt_without_roles_is_a_user_with_no_roles", "test_jwt_clock_skew_leeway",
+            "test_an_api_key_gives_its_principal_in_process", "test_key_file_layout_defaults_and_parent_dirs",
+            "test_a_key_with_a_non_hex_id_is_malformed", "test_a_failed_key_file_write_leaves_no_readable_temp_file",
+            "test_the_authenticator_from_config_verifies_jwts_and_keys",
         )
     )),
     Group("policy", (

@@ -410,3 +410,68 @@ def test_an_api_key_gives_its_principal_in_process(tmp_path: Path) -> None:
     for bad in ("Basic " + key, f"Token {key}", "Bearer", f"{key} Bearer"):
         with pytest.raises(AuthFailed):
             auth.authenticate({"authorization": bad})
+
+
+# -- the key file and the authenticator as `serve` builds them (in-process, for scripts/mutate.py) --
+
+
+def test_key_file_layout_defaults_and_parent_dirs(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "keys.json"  # the data dir may not exist yet
+    store = ApiKeyStore(path)
+    key, rec = store.create("ci", ("developer",))
+    assert rec.kind == "user" and store.lookup(key) == rec
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    doc = json.loads(path.read_text())
+    assert doc["version"] == 1
+    (stored,) = doc["keys"]
+    assert stored == {"id": rec.id, "principal": "ci", "roles": ["developer"], "kind": "user",
+                      "sha256": rec.sha256, "created": rec.created, "revoked": None}
+    # a record written by an older version (no roles/kind/created) loads with the safe defaults
+    minimal = {"id": rec.id, "principal": "ci", "sha256": rec.sha256}
+    path.write_text(json.dumps({"version": 1, "keys": [minimal], "padding": "x" * 10}))
+    old = ApiKeyStore(path).lookup(key)
+    assert old is not None and (old.roles, old.kind, old.created, old.revoked) == ((), "user", 0.0, None)
+    path.write_text(json.dumps({"version": 1}))
+    assert ApiKeyStore(path).records() == [] and ApiKeyStore(path).lookup(key) is None
+
+
+def test_a_key_with_a_non_hex_id_is_malformed(tmp_path: Path) -> None:
+    from gateway.server.auth import _split_key
+
+    assert _split_key("symbi_0123456789ab_secret") == "0123456789ab"
+    for bad in ("symbi_0123456789aZ_secret", "symbi_0123456789ab_", "symbi_0123456789a_s", "symbi_0123456789ab",
+                "symb_0123456789ab_s", "symbi_0123456789abc_s"):
+        assert _split_key(bad) is None, bad
+
+
+def test_a_failed_key_file_write_leaves_no_readable_temp_file(tmp_path: Path) -> None:
+    """The temp file is created 0600, not chmod-ed afterwards only: a write that dies half-way
+    (here: a record that cannot be serialised) must not leave hashes readable by others."""
+    from gateway.server.auth import ApiKeyRecord
+
+    store = ApiKeyStore(tmp_path / "keys.json")
+    bad = ApiKeyRecord(id="0" * 12, principal="x", roles=(), kind="user", sha256="h", created=object())  # type: ignore[arg-type]
+    old = os.umask(0)
+    try:
+        with pytest.raises(TypeError):
+            store._write([bad])
+    finally:
+        os.umask(old)
+    (tmp,) = [p for p in tmp_path.iterdir() if p.name.startswith("keys.json.tmp")]
+    assert stat.S_IMODE(os.stat(tmp).st_mode) == 0o600
+
+
+def test_the_authenticator_from_config_verifies_jwts_and_keys(tmp_path: Path) -> None:
+    from gateway.config.load import load_config
+
+    idp = make_idp(tmp_path)
+    cfg = load_config(everything_config(tmp_path, http_extra=jwt_http_section(idp.jwks_path)), {})
+    auth = Authenticator.from_config(cfg)
+    p = auth.authenticate({"authorization": f"Bearer {idp.token('dana', roles=['dev'])}"})
+    assert (p.id, p.roles) == ("dana", ("dev",))
+    with pytest.raises(AuthFailed):
+        auth.authenticate({"authorization": f"Bearer {idp.token('dana', aud='other')}"})
+    key, _ = ApiKeyStore(cfg.api_keys_path).create("bob", ("developer",))
+    assert auth.authenticate({"x-api-key": key}).id == "bob"
+    with pytest.raises(NoCredentials):
+        auth.authenticate({})

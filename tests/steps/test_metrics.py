@@ -87,3 +87,113 @@ async def test_code_tool_time_is_measured_per_tier() -> None:
 
     await MetricsStep(m, RecentCalls(2))(_call(code, sandbox_tier="bwrap"), ran)
     assert value(m, "symbi_sandbox_run_seconds_count", tier="bwrap") == 1
+
+
+class _IsError:
+    is_error = True
+
+
+async def test_each_call_lands_in_the_recent_ring_and_the_per_tool_counters() -> None:
+    """What the dashboard's "recent decisions" and the per-tool counters show for an allow,
+    a denial, a tool error, a crash and a tool the policy step marked denied without raising."""
+    from gateway.context import UpstreamInfo
+    from gateway.errors import AuditError as _Audit
+
+    m = GatewayMetrics()
+    ring = RecentCalls(10)
+    step = MetricsStep(m, ring)
+    code = ToolInfo(name="sandbox__run", original_name="run", upstream="sandbox", definition={}, code_tool=True,
+                    verification="verified")
+    result = object()
+
+    async def ok(call: CallContext) -> object:
+        call.decision = Decision(allow=True, reasons=("fine",))
+        return result
+
+    async def deny(call: CallContext) -> object:
+        call.decision = Decision(allow=False, reasons=("policy says no",))
+        raise PolicyDenied("no", reasons=["r" * 600] + [f"x{i}" for i in range(12)])
+
+    async def tool_error(call: CallContext) -> object:
+        call.error_code, call.reasons = "tool_failed", ["upstream said no"]
+        return _IsError()
+
+    async def marked(call: CallContext) -> object:
+        call.outcome, call.error_code, call.reasons = "denied", "rate_limited", ["too many"]
+        return None
+
+    async def crash(call: CallContext) -> object:
+        raise RuntimeError("boom")
+
+    assert await step(_call(VERIFIED), ok) is result  # the step never changes the result
+    with pytest.raises(PolicyDenied):
+        await step(_call(VERIFIED), deny)
+    await step(_call(VERIFIED), tool_error)
+    await step(_call(UNVERIFIED), marked)
+    with pytest.raises(RuntimeError):
+        await step(_call(code, sandbox_tier="docker"), crash)
+    with pytest.raises(_Audit):
+        async def audit(call: CallContext) -> object:
+            raise _Audit("disk")
+        await step(CallContext(principal=Principal("q"), kind="resources/read", target="file:///" + "a" * 300,
+                               upstream=UpstreamInfo(name="fs", transport="stdio")), audit)
+
+    latest = ring.latest()
+    assert [(r.kind, r.outcome, r.decision, r.error_code) for r in reversed(latest)] == [
+        ("tools/call", "ok", "allow", None),
+        ("tools/call", "denied", "deny", "policy_denied"),
+        ("tools/call", "error", None, "tool_failed"),
+        ("tools/call", "denied", None, "rate_limited"),
+        ("tools/call", "error", None, "internal_error"),
+        ("resources/read", "error", None, "audit_unavailable"),
+    ]
+    read, crashed, marked_r, failed, denied, allowed = latest
+    assert (allowed.principal, allowed.target, allowed.upstream, allowed.reasons) == ("p", "up__t", "up", ("fine",))
+    assert allowed.latency_ms >= 0 and allowed.time > 0
+    assert len(denied.reasons) == 10 and denied.reasons[0] == "r" * 500  # bounded, the error's own reasons first
+    assert failed.reasons == ("upstream said no",) and marked_r.reasons == ("too many",)
+    assert crashed.reasons == ("RuntimeError",) and crashed.upstream == "sandbox"
+    assert (read.principal, read.upstream, len(read.target)) == ("q", "fs", 200)
+
+    assert value(m, "symbi_tool_calls_total", tool="up__t", upstream="up", outcome="ok") == 1
+    assert value(m, "symbi_tool_calls_total", tool="up__t", upstream="up", outcome="denied") == 1
+    assert value(m, "symbi_tool_calls_total", tool="up__t", upstream="up", outcome="error") == 1
+    assert value(m, "symbi_tool_calls_total", tool="up__u", upstream="up", outcome="denied") == 1
+    assert value(m, "symbi_tool_calls_total", tool="sandbox__run", upstream="sandbox", outcome="error") == 1
+    assert value(m, "symbi_tool_call_seconds_count", upstream="up") == 4
+    assert value(m, "symbi_tool_call_seconds_count", upstream="sandbox") == 1
+    assert value(m, "symbi_policy_decisions_total", decision="allow") == 1
+    assert value(m, "symbi_policy_decisions_total", decision="deny") == 1
+    assert value(m, "symbi_sandbox_runs_total", tier="docker", outcome="error") == 1
+    assert value(m, "symbi_errors_total", error_type="tool_failed") == 1
+    assert value(m, "symbi_errors_total", error_type="rate_limited") == 1
+    assert value(m, "symbi_errors_total", error_type="internal_error") == 1
+    assert value(m, "symbi_compliance_checks_total", check="verification", result="fail") == 0
+    assert value(m, "symbi_tasks_total", kind="resources/read", outcome="error") == 1
+
+
+async def test_unknown_tools_and_bad_codes_do_not_become_label_values() -> None:
+    m = GatewayMetrics()
+    step = MetricsStep(m)  # the gateway's own ring by default
+    blocked = ToolInfo(name="up__b", original_name="b", upstream="up", definition={}, verification="unverified")
+
+    async def weird(call: CallContext) -> object:
+        call.outcome, call.error_code = "denied", "Not A Code!"
+        return None
+
+    async def odd_error(call: CallContext) -> object:
+        call.error_code = None
+        return _IsError()
+
+    await step(_call(None), weird)
+    await step(_call(blocked), odd_error)
+    await step(_call(None, kind="prompts/get"), odd_error)
+    await step(_call(None, kind="tools/list"), weird)  # not a task: no business metrics
+    assert value(m, "symbi_tool_calls_total", tool="unknown", upstream="unknown", outcome="denied") == 1
+    assert value(m, "symbi_errors_total", error_type="denied") == 1
+    assert value(m, "symbi_errors_total", error_type="tool_error") == 2
+    assert value(m, "symbi_compliance_checks_total", check="verification", result="fail") == 1
+    assert value(m, "symbi_tasks_total", kind="prompts/get", outcome="error") == 1
+    assert value(m, "symbi_tasks_total", kind="tools/list", outcome="denied") == 0
+    assert len(m.recent) == 4 and m.recent.latest(1)[0].kind == "tools/list"
+    assert value(m, "symbi_sandbox_runs_total", tier="docker", outcome="ok") == 0

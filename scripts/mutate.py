@@ -81,7 +81,11 @@ GROUPS: tuple[Group, ...] = (
     )),
     Group("policy", (
         "gateway/policy/engine.py", "gateway/policy/inputdoc.py", "gateway/policy/redact.py",
-    ), ("tests/policy/test_engine.py", "tests/policy/test_inputdoc.py", "tests/policy/test_redact.py")),
+    ), (
+        "tests/policy/test_engine.py", "tests/policy/test_inputdoc.py", "tests/policy/test_redact.py",
+        # the remote engine against a real OPA, hot reload and its custody checks (all in-process)
+        "tests/policy/test_engine_remote.py", "tests/policy/test_watch.py", "tests/policy/test_reload_custody.py",
+    )),
     # tests/verify's gateway-level tests run `symbi` subprocesses (unattributable): test_verifier is in-process
     Group("verify", ("gateway/verify/*",), ("tests/verify/test_verifier.py",)),
     Group("sandbox-limits", (

@@ -176,3 +176,21 @@ def test_build_engine_from_config(tmp_path: Path) -> None:
     remote = build_engine(Config(policy=PolicySection(engine="opa", url="http://127.0.0.1:9", timeout_s=0.5)))
     assert isinstance(remote, RemoteEngine) and remote.timeout_s == 0.5
     remote.close()
+
+
+def test_every_deny_carries_a_readable_reason_naming_the_cause(tmp_path: Path) -> None:
+    """Missing, unusable and failing policies: the reason is text a person can act on."""
+    missing = EmbeddedEngine(PolicyFiles(policy=tmp_path / "nope.rego"))
+    missing.load()
+    broken = engine_for(tmp_path, PKG + 'decision := {"allow": true\n')
+    never_loaded = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    (tmp_path / "ok").mkdir()
+    ok = engine_for(tmp_path / "ok", PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}}\n')
+    failing = ok.decide({"arguments": {"x": object()}})
+    for eng, d, where in ((missing, missing.decide({}), "nope.rego"), (broken, broken.decide({}), "p.rego"),
+                          (never_loaded, never_loaded.decide({}), None), (ok, failing, None)):
+        assert d.allow is False and d.reasons and all(isinstance(r, str) and r for r in d.reasons), eng
+        if where is not None:
+            assert where in d.reasons[0]
+    assert failing.reasons[0].startswith("policy evaluation failed")
+    assert ok.decide({}).allow is True  # and the next decision is made by a working engine

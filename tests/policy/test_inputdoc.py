@@ -92,3 +92,37 @@ def test_agent_record_of_another_id_is_not_used() -> None:
     # the runtime's record must be the principal's own agent; otherwise only the id is passed
     assert input_for_call(call)["agent"] == {"id": "planner", "name": None, "state": None, "priority": 0,
                                              "hosted": False}
+
+
+def test_the_whole_document_for_a_tool_without_upstream_info_and_no_counters() -> None:
+    """Every field, exactly (mutation testing: renamed keys, default counts, the clock)."""
+    from gateway.policy.inputdoc import build_input
+
+    t = ToolInfo(name="fs__w", original_name="w", upstream="fs", definition={}, definition_hash="sha256:h",
+                 code_tool=True, verification_mode="tofu", verification="pinned")
+    now = 1_796_000_000_123_456_789
+    doc = build_input(principal=Principal(id="bob"), kind="tools/call", target="fs__w", tool=t,
+                      arguments={"a": 1}, now_ns=now, extra={"topic": "news"})
+    assert doc == {
+        "action": "call", "kind": "tools/call", "target": "fs__w",
+        "principal": {"id": "bob", "kind": "user", "roles": [], "claims": {}},
+        "agent": None,
+        "upstream": {"name": "fs", "domain": None, "transport": None},
+        "tool": {"name": "fs__w", "original_name": "w", "upstream": "fs", "annotations": {},
+                 "verification": "pinned", "key_fingerprint": None, "definition_hash": "sha256:h",
+                 "code_tool": True, "verification_mode": "tofu", "screening": t.screening.as_input()},
+        "arguments": {"a": 1},
+        "context": {"time": "2026-11-30T00:53:20.123Z", "unix": 1_796_000_000, "session_id": None,
+                    "calls_last_minute": 0, "calls_last_hour": 0, "tool_calls_last_minute": 0},
+        "topic": "news",
+    }
+    bare = build_input(principal=Principal(id="bob"), kind="resources/read", target="file:///x")
+    assert bare["upstream"] == {"name": None, "domain": None, "transport": None} and bare["tool"] is None
+    assert abs(bare["context"]["unix"] - __import__("time").time()) < 600  # now, when no time is given
+
+
+def test_input_for_call_uses_the_calls_own_target_and_start_time() -> None:
+    call = make_call()
+    call.started_ns = 1_796_000_000_000_000_000
+    doc = input_for_call(call)
+    assert doc["target"] == call.target and doc["context"]["unix"] == 1_796_000_000

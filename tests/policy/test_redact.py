@@ -68,3 +68,67 @@ def test_cap_drops_structured_content_and_errors_on_non_text() -> None:
     res = EmbeddedResource(type="resource", resource=TextResourceContents(uri="file:///a", text="z" * 500))
     out2 = cap_result(CallToolResult(content=[res]), 100)
     assert out2.is_error is True and result_size(out2) < 300
+
+
+# -- edges found by mutation testing (scripts/mutate.py, group "policy") -------------------------
+
+
+def test_counts_every_replaced_value_and_never_touches_the_input() -> None:
+    doc = {"a": {"password": "p", "token": "t", "keep": [1, {"password": "q"}]}, "items": ["x", "y"]}
+    snapshot = json.loads(json.dumps(doc))
+    out, n = redact(doc, ["password", "token", "/items/1", "/a/keep/0"])
+    assert n == 5
+    assert out == {"a": {"password": REDACTED, "token": REDACTED, "keep": [REDACTED, {"password": REDACTED}]},
+                   "items": ["x", REDACTED]}
+    assert doc == snapshot  # deep copy: nested values of the input are untouched
+
+
+def test_pointer_edges_case_short_paths_and_out_of_range_indexes() -> None:
+    doc = {"headers": {"accept": "y", "authorization": "secret"}, "a": 1, "list": ["p", "q"], "": "root-key",
+           "/a": "a key with a slash"}
+    out, n = redact(doc, ["/headers/Authorization"])  # a header name in another case
+    assert (n, out["headers"]) == (1, {"accept": "y", "authorization": REDACTED})
+    assert redact(doc, ["/a"]) == ({**doc, "a": REDACTED}, 1)  # a two-character pointer; not a key rule
+    assert redact(doc, ["/list/2"]) == (doc, 0)  # one past the end: nothing, no error
+    assert redact(doc, ["/list/1"]) == ({**doc, "list": ["p", REDACTED]}, 1)
+    assert redact(doc, ["/nope/x"]) == (doc, 0)
+    assert redact(doc, ["/a/deeper"]) == (doc, 0)
+    assert redact(doc, ["/"]) == (doc, 0)  # the bare "/" is not a rule
+
+
+def test_result_redaction_edges() -> None:
+    result = CallToolResult(
+        content=[
+            TextContent(type="text", text='{"not json'),
+            TextContent(type="text", text='[{"token":"t","name":"é"}]'),
+            TextContent(type="text", text='{"clean":1}'),
+            EmbeddedResource(type="resource", resource=TextResourceContents(uri="file:///x", text='{"token":"t"}')),
+        ],
+        structuredContent={"token": "t", "ok": 1},
+    )
+    out = redact_result(result, ["token"])
+    texts = [c.text for c in out.content[:3]]  # type: ignore[union-attr]
+    assert texts == ['{"not json', '[{"token": "[REDACTED]", "name": "é"}]', '{"clean":1}']
+    assert out.content[2] is result.content[2] and out.content[3] is result.content[3]
+    assert out.structured_content == {"token": REDACTED, "ok": 1}
+    assert result.structured_content == {"token": "t", "ok": 1}
+
+
+def _texts(r: CallToolResult) -> list[str]:
+    return [c.text for c in r.content]  # type: ignore[union-attr]
+
+
+def test_cap_edges_exact_fit_zero_budget_and_structured_only() -> None:
+    from gateway.policy.redact import TRUNCATION_MARK
+
+    r = CallToolResult(content=[TextContent(type="text", text="abc"), TextContent(type="text", text="def")])
+    assert cap_result(r, result_size(r)) is r  # exactly at the cap: unchanged
+    out = cap_result(r, 3)  # the first text fills the budget exactly: the second is cut to nothing
+    assert _texts(out) == ["abc", TRUNCATION_MARK.format(cap=3)]
+    assert not out.is_error
+    one = cap_result(CallToolResult(content=[TextContent(type="text", text="abcdef")]), 4)
+    assert _texts(one) == ["abcd" + TRUNCATION_MARK.format(cap=4)]  # the cut item carries the mark; no extra item
+    big = CallToolResult(content=[TextContent(type="text", text="ok")], structuredContent={"x": "y" * 500})
+    out = cap_result(big, 100)
+    assert _texts(out) == ["ok", TRUNCATION_MARK.format(cap=100).strip()]
+    assert out.content[-1].type == "text" and out.structured_content is None  # type: ignore[union-attr]

@@ -131,4 +131,4 @@ def test_cap_edges_exact_fit_zero_budget_and_structured_only() -> None:
     big = CallToolResult(content=[TextContent(type="text", text="ok")], structuredContent={"x": "y" * 500})
     out = cap_result(big, 100)
     assert _texts(out) == ["ok", TRUNCATION_MARK.format(cap=100).strip()]
-    assert out.content[-1].type == "text" and out.structured_content is None  # type: ignore[union-attr]
+    assert out.content[-1].type == "text" and out.structured_content is None

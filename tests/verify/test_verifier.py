@@ -299,8 +299,9 @@ def test_manifest_files_round_trip_and_bad_shapes_are_named(tmp_path: Path) -> N
     assert [p.name for p in path.parent.iterdir()] == ["approved.json"]  # no temp file left
     path.write_text(json.dumps([{"schema": {"name": "a"}, "signature": "s"}]))  # a bare list is accepted
     assert list(load_manifest(path)) == ["a"]
-    for bad in ({"tools": {}}, {"tools": [{"schema": {"name": "a"}}]}, {"tools": [{"schema": {}, "signature": "s"}]},
-                {"tools": [{"schema": [], "signature": "s"}]}, {"tools": [{"schema": {"name": 1}, "signature": "s"}]}):
+    bads: list[Any] = [{"tools": {}}, {"tools": [{"schema": {"name": "a"}}]}, {"tools": [{"schema": {}, "signature": "s"}]},
+                {"tools": [{"schema": [], "signature": "s"}]}, {"tools": [{"schema": {"name": 1}, "signature": "s"}]}]
+    for bad in bads:
         path.write_text(json.dumps(bad))
         with pytest.raises(ConfigError) as err:
             load_manifest(path)

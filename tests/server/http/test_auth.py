@@ -436,12 +436,12 @@ def test_key_file_layout_defaults_and_parent_dirs(tmp_path: Path) -> None:
 
 
 def test_a_key_with_a_non_hex_id_is_malformed(tmp_path: Path) -> None:
-    from gateway.server.auth import _split_key
+    from gateway.server.auth import split_key
 
-    assert _split_key("symbi_0123456789ab_secret") == "0123456789ab"
+    assert split_key("symbi_0123456789ab_secret") == "0123456789ab"
     for bad in ("symbi_0123456789aZ_secret", "symbi_0123456789ab_", "symbi_0123456789a_s", "symbi_0123456789ab",
                 "symb_0123456789ab_s", "symbi_0123456789abc_s"):
-        assert _split_key(bad) is None, bad
+        assert split_key(bad) is None, bad
 
 
 def test_a_failed_key_file_write_leaves_no_readable_temp_file(tmp_path: Path) -> None:

@@ -136,6 +136,8 @@ frontend mcp
     default_backend gateways
 backend gateways
     balance roundrobin
+    option redispatch
+    retries 2
     option httpchk
     http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host 127.0.0.1
     stick-table type string len 64 size 100k expire 30m

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -26,8 +27,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.state.postgres import PgApiKeyStore, Postgres
-from tests.conftest import ROOT, SYMBI, symbi_env, upstream_writable, write_config
-from tests.server._http import serve
+from tests.conftest import ROOT, SYMBI, free_port, symbi_env, upstream_writable, write_config
 from tests.state.engines import HAProxy, enterable
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine
@@ -43,6 +43,37 @@ class Cluster:
     balancer: str  # HAProxy's base URL
     key: str  # an API key (principal "tester"), stored once in PostgreSQL
     config: Path  # replica 0's config (the CLI uses it)
+    configs: list[Path]
+    procs: list[subprocess.Popen[bytes]]
+
+
+@contextlib.contextmanager
+def replica(config: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``symbi serve`` (as tests/server/_http.serve) with its process, for the kill -9 test."""
+    port = free_port()
+    with open(config.parent / f"serve-{port}.log", "w") as log:
+        proc = subprocess.Popen([str(SYMBI), "serve", "--config", str(config), "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=symbi_env())
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"symbi serve exited {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"symbi serve not ready: {Path(log.name).read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield base, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine) -> Path:
@@ -86,11 +117,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, redis_engine: RedisEngine,
     key, _ = keys.create("tester", ("tester",))
     keys.close()
     with contextlib.ExitStack() as stack:
-        bases = [stack.enter_context(serve(c)) for c in configs]
+        started = [stack.enter_context(replica(c)) for c in configs]
+        bases = [b for b, _ in started]
         haproxy = HAProxy(folder, [int(b.rsplit(":", 1)[1]) for b in bases])
         haproxy.start()
         stack.callback(haproxy.stop)
-        yield Cluster(bases, haproxy.url, key, configs[0])
+        yield Cluster(bases, haproxy.url, key, configs[0], configs, [p for _, p in started])
 
 
 @contextlib.asynccontextmanager
@@ -208,3 +240,45 @@ async def test_postgres_down_blocks_tools_and_keys_then_recovers(cluster: Cluste
         postgres_engine.start()
     assert _ready_state(base, "postgres", "healthy") == (200, "healthy")
     assert await _wait_for(base, cluster.key, None) is None  # tools admitted again once re-verified
+
+
+async def test_kill_9_of_a_replica_under_load(cluster: Cluster) -> None:
+    # last in the module: it kills replica 1. Clients keep working through the balancer, no
+    # reply reaches the wrong caller, and the killed replica's audit chain still verifies.
+    ok_before, ok_after, wrong, failed = [0], [0], [], []
+    killed = anyio.Event()
+    done = anyio.Event()
+
+    async def worker(w: int) -> None:
+        i = 0
+        while not done.is_set():
+            try:
+                async with session(cluster.balancer, cluster.key) as s:
+                    for _ in range(3):
+                        path = f"/tmp/k-{w}-{i}"
+                        i += 1
+                        r = await s.call_tool("mut__read_path", {"path": path})
+                        text = r.content[0].text if r.content else None  # type: ignore[union-attr]
+                        if r.is_error or text != f"read {path}":
+                            wrong.append((path, text))
+                        else:
+                            (ok_after if killed.is_set() else ok_before)[0] += 1
+            except Exception as e:  # noqa: BLE001 - a session that lived on the killed replica ends
+                failed.append(type(e).__name__)
+
+    async with anyio.create_task_group() as tg:
+        for w in range(3):
+            tg.start_soon(worker, w)
+        with anyio.fail_after(120):  # bounds of the waits, not assertions on time
+            while ok_before[0] < 9:
+                await anyio.sleep(0.05)
+            cluster.procs[1].kill()  # SIGKILL
+            cluster.procs[1].wait()
+            killed.set()
+            while ok_after[0] < 30:
+                await anyio.sleep(0.05)
+        done.set()
+    assert wrong == []
+    r = subprocess.run([str(SYMBI), "audit", "verify", "--config", str(cluster.configs[1]), "--json"],
+                       env=symbi_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -49,6 +49,17 @@ Authorizer = Callable[[str, Principal, dict[str, Any] | None, str | None], Await
 
 
 @dataclass(frozen=True, slots=True)
+class _Head:
+    """The header fields shared by every delivery of one message (a topic message has one per subscriber)."""
+
+    id: str
+    now: int
+    expires: int
+    prev: str | None
+    reply_to: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Published:
     id: str
     delivered_to: int
@@ -193,12 +204,18 @@ class Bus:
 
     async def seal(self, me: AgentKeys, kind: MessageKind, body: bytes, *, to: str | None = None,
                    topic: str | None = None, ttl_ms: int | None = None, reply_to: str | None = None) -> SecureMessage:
+        """One message for one recipient (``to``): direct, request, reply, or a topic delivery."""
         now = int(time.time() * 1000)
         ttl = min(ttl_ms if ttl_ms is not None else self.max_age_ms, self.max_age_ms)
-        mid = new_id()
         channel = f"topic:{topic}" if topic is not None else f"agent:{to}"
-        prev = self._last.get((me.agent, channel))
-        head = header_bytes(mid, me.agent, to, topic, kind, now, now + ttl, prev, reply_to)
+        head = _Head(new_id(), now, now + ttl, self._last.get((me.agent, channel)), reply_to)
+        return await self._seal_for(me, kind, body, head, to=to, topic=topic)
+
+    async def _seal_for(self, me: AgentKeys, kind: MessageKind, body: bytes, head: _Head, *, to: str | None,
+                        topic: str | None) -> SecureMessage:
+        # the recipient is in the header, so in what is signed and in the AEAD data: a delivery
+        # copied into another inbox fails "wrong recipient", one rebound fails its signature
+        hb = header_bytes(head.id, me.agent, to, topic, kind, head.now, head.expires, head.prev, head.reply_to)
         if topic is not None:
             cipher = self.ring.topic_cipher(topic)
         else:
@@ -208,9 +225,10 @@ class Bus:
                 raise BusNoAgent(f"no usable key for agent {to!r}: {keys}")
             cipher = self.ring.pair_cipher(me, to, keys[1])
         nonce = os.urandom(NONCE_BYTES)
-        ct = cipher.encrypt(nonce, body, head)
-        sig = me.sign.sign(_signed(head, nonce, ct))
-        return SecureMessage(mid, me.agent, to, topic, kind, now, now + ttl, prev, reply_to, nonce, ct, sig)
+        ct = cipher.encrypt(nonce, body, hb)
+        sig = me.sign.sign(_signed(hb, nonce, ct))
+        return SecureMessage(head.id, me.agent, to, topic, kind, head.now, head.expires, head.prev, head.reply_to,
+                             nonce, ct, sig)
 
     async def _deliver(self, principal: Principal, msg: SecureMessage, inbox: str) -> None:
         try:
@@ -298,7 +316,10 @@ class Bus:
         me = await self._me(principal)
         topic = validate_topic(topic)
         await self._decide("bus/publish", principal, None, topic)
-        msg = await self.seal(me, "topic", self._body(body), topic=topic)
+        data = self._body(body)
+        now = int(time.time() * 1000)
+        # one message (one id, one place in the chain), sealed and signed for each subscriber
+        head = _Head(new_id(), now, now + self.max_age_ms, self._last.get((me.agent, f"topic:{topic}")), None)
         subs = await self.backend.subscriptions()
         # every subscriber but the publisher itself
         targets = sorted(a for a, pats in subs.items()
@@ -306,11 +327,15 @@ class Bus:
         refused: list[str] = []
         for agent in targets:
             try:
-                await self._deliver(principal, msg, agent)
+                await self._deliver(principal, await self._seal_for(me, "topic", data, head, to=agent, topic=topic),
+                                    agent)
             except BusError:
                 refused.append(agent)
-        self._emit("bus.publish", {**msg.metadata(), "subscribers": len(targets), "refused": refused}, principal)
-        return Published(msg.id, len(targets) - len(refused), tuple(refused))
+        meta = {"id": head.id, "sender": me.agent, "recipient": None, "topic": topic, "kind": "topic",
+                "timestamp_ms": head.now, "expires_ms": head.expires, "prev": head.prev, "reply_to": None,
+                "size": len(data) + 16}
+        self._emit("bus.publish", {**meta, "subscribers": len(targets), "refused": refused}, principal)
+        return Published(head.id, len(targets) - len(refused), tuple(refused))
 
     async def subscribe(self, principal: Principal, pattern: Any) -> None:
         me = await self._me(principal)

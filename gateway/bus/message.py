@@ -37,7 +37,8 @@ def new_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class SecureMessage:
-    """One signed, encrypted message. ``recipient`` for direct/request/reply, ``topic`` for topic."""
+    """One signed, encrypted delivery. ``recipient`` always (a topic message is sealed once per
+    subscriber, with the same id), ``topic`` for topic messages."""
 
     id: str
     sender: str

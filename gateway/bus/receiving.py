@@ -1,7 +1,7 @@
 """Receiving: fetch an inbox, check every message BEFORE decrypting, settle what became of it.
 
 Checks, in order: the sender's signature (key from the HMAC-authenticated directory), the
-recipient (this agent and the right inbox, or a topic it subscribes to), the timestamp
+recipient (this agent, in the right inbox; for a topic message also a subscription), the timestamp
 window, then the replay window by id (for the whole batch in one write). Only a message that
 passed all of them is decrypted. A failure is settled as rejected with a reason, counted,
 audited (``bus.rejected``) and never delivered.
@@ -127,7 +127,7 @@ class Receiver:
                 keys = "bad signature"
         if isinstance(keys, str):
             return self._reject(agent, inbox, msg, keys), None
-        # 2. recipient: this agent (and the right inbox), or a topic it subscribes to
+        # 2. recipient: this agent, in the right inbox (and a subscription to a topic message's topic)
         reason = _recipient_problem(msg, agent, inbox, subs)
         if reason:
             return self._reject(agent, inbox, msg, reason), None
@@ -163,8 +163,10 @@ class Receiver:
 
 def _recipient_problem(msg: SecureMessage, agent: str, inbox: str, subs: set[str]) -> str | None:
     if msg.kind == "topic":
-        if msg.topic is None or msg.recipient is not None or inbox != agent:
+        if msg.topic is None or inbox != agent:
             return "malformed topic message"
+        if msg.recipient != agent:  # each subscriber's delivery is sealed for it alone
+            return "wrong recipient"
         if not any(pattern_regex(p).match(msg.topic) for p in subs):
             return "not subscribed to this topic"
         return None

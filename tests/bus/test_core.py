@@ -389,3 +389,66 @@ async def test_names_resolve_through_the_directory_and_cannot_be_rebound(env: En
     assert await two.receive(Principal(id="team", agent="agent-c")) == []
     with pytest.raises(BusNoAgent):
         await one.send(A, "team/nobody", "x")
+
+
+# -- per-recipient binding: a delivery copied into another inbox is refused -------------------
+
+async def test_topic_delivery_copied_to_another_subscriber_rejected(env: Env) -> None:
+    bus = await _pair(env)
+    await bus.subscribe(B, "alerts.*")
+    await bus.publish(A, "alerts.disk", "for b only")
+    (_, for_b), = env.stored("agent-b")
+    assert for_b.recipient == "agent-b" and for_b.topic == "alerts.disk"  # bound to its subscriber
+    # C subscribes after the publish (it was no recipient); A subscribes too (a publisher is
+    # never its own recipient). An attacker with write access copies B's delivery to both.
+    await bus.subscribe(C, "alerts.*")
+    await bus.subscribe(A, "alerts.*")
+    env.inject("agent-c", for_b)
+    env.inject("agent-a", for_b)
+    assert await bus.receive(C) == []
+    assert await bus.receive(A) == []
+    assert [d["reason"] for d in env.events.of("bus.rejected")] == ["wrong recipient", "wrong recipient"]
+    # rebinding the copy to C breaks the signature (the recipient is signed and is the AEAD data)
+    env.inject("agent-c", _with(for_b, recipient="agent-c"))
+    assert await bus.receive(C) == []
+    assert env.events.of("bus.rejected")[-1]["reason"] == "bad signature"
+    # B's own delivery is untouched, and once delivered a copy of it is a replay
+    assert [r.body for r in await bus.receive(B)] == ["for b only"]
+    env.inject("agent-b", for_b)
+    assert await bus.receive(B) == []
+    assert env.events.of("bus.rejected")[-1]["reason"] == "replayed id"
+
+
+async def test_each_subscriber_gets_its_own_binding_of_one_message(env: Env) -> None:
+    bus = await _pair(env)
+    await bus.subscribe(B, "alerts.*")
+    await bus.subscribe(C, "alerts.disk")
+    res = await bus.publish(A, "alerts.disk", {"level": 3})
+    (_, for_b), = env.stored("agent-b")
+    (_, for_c), = env.stored("agent-c")
+    assert for_b.id == for_c.id == res.id  # one message, one id in each replay window
+    assert (for_b.recipient, for_c.recipient) == ("agent-b", "agent-c")
+    assert for_b.signature != for_c.signature
+    got_b, got_c = await bus.receive(B), await bus.receive(C)
+    assert [r.body for r in got_b] == [r.body for r in got_c] == [{"level": 3}]
+    assert env.events.of("bus.rejected") == []
+
+
+async def test_direct_request_and_reply_copies_rejected(env: Env) -> None:
+    bus = await _pair(env)
+    a_keys, b_keys = bus.ring.local("agent-a"), bus.ring.local("agent-b")
+    assert a_keys is not None and b_keys is not None
+    direct = await bus.seal(a_keys, "direct", b'"for b"', to="agent-b")
+    request = await bus.seal(a_keys, "request", b'"ask b"', to="agent-b")
+    reply = await bus.seal(b_keys, "reply", b'"answer a"', to="agent-a", reply_to=request.id)
+    cases = [
+        ("agent-c", "agent-c", direct, "wrong recipient"),      # B's direct message in C's inbox
+        ("agent-c", "agent-c", request, "wrong recipient"),     # B's request in C's inbox
+        ("agent-c", "agent-c#r", reply, "wrong recipient"),     # A's reply in C's reply inbox
+        ("agent-a", "agent-a", reply, "wrong inbox for this kind"),   # a reply in the main inbox
+        ("agent-b", "agent-b#r", direct, "wrong inbox for this kind"),  # a message as a reply
+    ]
+    for agent, inbox, msg, _ in cases:
+        env.inject(inbox, msg)
+        assert await bus.receiver.take(agent, inbox, 10, 0.0) == []
+    assert [d["reason"] for d in env.events.of("bus.rejected")] == [c[3] for c in cases]

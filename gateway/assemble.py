@@ -32,7 +32,7 @@ from gateway.catalog import LiveCatalog
 from gateway.chain import Step
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, UpstreamInfo
-from gateway.custody import check_trusted_files, hidden_paths, secure_data_dir
+from gateway.custody import check_trusted_files, hidden_paths, private_secret, secure_data_dir
 from gateway.errors import AuditError, ConfigError
 from gateway.events import EventSink, LoggingSink
 from gateway.memory.build import build_service
@@ -226,7 +226,8 @@ def _assemble(
         memory = build_service(config, events, policy)
         closers.append(memory.close)
         background.append(memory.retention)
-    runtime = AgentRuntime(config, events)  # every session is an agent; ids made here, never by clients
+    # every session is an agent; ids made here (never by clients) under the data dir's id key
+    runtime = AgentRuntime(config, events, key=private_secret(config.agent_id_key_path, "agent id key"))
     agents = runtime.agents
     builtins = _builtins(config, manager, memory, events=events, policy=policy, agents=agents, closers=closers,
                          background=background)

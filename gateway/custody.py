@@ -145,6 +145,30 @@ def _tighten(path: Path, mode: int) -> None:
         raise ConfigError(f"gateway.data_dir: cannot make {path} private: {e.strerror or e}") from None
 
 
+def private_secret(path: Path, what: str) -> bytes:
+    """A 32-byte secret at ``path``, made on first use (random, mode 0600, fsynced); an existing
+    file readable by group or others, or of the wrong size, is refused with ``ConfigError``."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(f"{path}: the {what} must not be readable by group or others "
+                              f"(mode {mode:o}; chmod 600 it)") from None
+        data = path.read_bytes()
+        if len(data) != 32:
+            raise ConfigError(f"{path}: the {what} must be 32 bytes") from None
+        return data
+    secret = os.urandom(32)
+    try:
+        os.write(fd, secret)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return secret
+
+
 def create_private(path: Path) -> None:
     """Create ``path`` empty with mode 0600 if it does not exist (before SQLite opens it, so its
     WAL and shared-memory files, which SQLite creates with the database's mode, are private too)."""

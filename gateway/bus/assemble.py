@@ -14,7 +14,7 @@ from gateway.context import Decision, Principal, UpstreamInfo
 from gateway.events import EventSink
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import build_input
-from gateway.runtime.agents import Agent, AgentRegistry
+from gateway.runtime.agents import Agent, AgentRegistry, hosted_principal
 
 BUS_UPSTREAM = UpstreamInfo(name="bus", transport="builtin")
 
@@ -56,9 +56,12 @@ def make_bus(config: Config, events: EventSink, engine: PolicyEngine | None,
         skew_s=config.bus.clock_skew_s,
         max_body_bytes=config.bus.max_body_bytes,
         authorize=policy_authorizer(engine, agents) if engine is not None else None,
-        resolve=_resolver(agents) if agents is not None else None,
+        resolve=_resolver(agents, config) if agents is not None else None,
     )
     if agents is not None:
+        for name, ac in config.agents.items():  # configured agents can be written to before they run
+            p = hosted_principal(name, ac)
+            bus.preregister(agents.hosted_id(name, p.id), p.id, name)
         # keys are made when the runtime registers an agent (agents never see them)
         def on_register(agent: Agent) -> None:
             bus.register_soon(agent.id, agent.principal, agent.name)
@@ -67,14 +70,16 @@ def make_bus(config: Config, events: EventSink, engine: PolicyEngine | None,
     return bus
 
 
-def _resolver(agents: AgentRegistry) -> Callable[[str], str | None]:
-    """A recipient given as an agent id or a live agent's name (``principal/client``, or a
-    hosted agent's name) -> its id. Names of another gateway process's agents (shared Redis)
-    are looked up in the key directory, where each entry's HMAC binds the name to the id."""
+def _resolver(agents: AgentRegistry, config: Config) -> Callable[[str], str | None]:
+    """A recipient given as an agent id, a live agent's name (``principal/client``) or a
+    configured agent's name (``[agents.NAME]``, running or not) -> its id. Names of another
+    gateway process's agents (shared Redis) are looked up in the key directory, where each
+    entry's HMAC binds the name to the id."""
+    configured = {name: agents.hosted_id(name, hosted_principal(name, ac).id) for name, ac in config.agents.items()}
 
     def resolve(ref: str) -> str | None:
         agent = agents.get(ref) or agents.by_name(ref)
-        return agent.id if agent is not None else None
+        return agent.id if agent is not None else configured.get(ref)
 
     return resolve
 

@@ -206,6 +206,7 @@ class BusBuiltin:
         """Started with the gateway: expiry sweeps and the notification watchers."""
         try:
             await self.bus.backend.start()
+            await self.bus.publish_configured()  # hosted agents are addressable before they run
         except Exception as e:  # noqa: BLE001 - sends will report the backend's error
             _logger.warning("bus backend not reachable at start: %s", e)
         try:

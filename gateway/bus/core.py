@@ -98,7 +98,8 @@ class Bus:
         self.receiver = Receiver(backend, ring, events, max_age_ms=self.max_age_ms, skew_ms=self.skew_ms)
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: set[str] = set()  # agents whose directory entry this process wrote
-        self._names: dict[str, str] = {}  # agent id -> the runtime's name for it  # inbox -> push (resources/updated)
+        self._names: dict[str, str] = {}  # agent id -> the runtime's name for it
+        self._configured: dict[str, str] = {}  # configured (hosted) agents' stable ids -> principal
 
     # -- agents ----------------------------------------------------------------------------
 
@@ -138,6 +139,21 @@ class Bus:
 
         task.add_done_callback(done)
 
+    def preregister(self, agent: str, principal: str, name: str) -> None:
+        """A configured agent that may not be running (a hosted agent's stable id): its keys now,
+        its directory entry at start (``publish_configured``) or on the first message to it, so
+        what is sent to it waits in its inbox for its next run."""
+        if not AGENT_RE.match(agent):
+            raise BusError(f"agent id {agent!r} is not usable on the bus")
+        self._names[agent] = name
+        self._configured[agent] = principal
+        self.ring.ensure(agent, principal, name)
+
+    async def publish_configured(self) -> None:
+        for agent, principal in self._configured.items():
+            if agent not in self._published:
+                await self.register(agent, principal)
+
     async def ensure_agent(self, principal: Principal) -> str:
         """The caller's agent id, registered on the bus (keys made) if it was not yet."""
         return (await self._me(principal)).agent
@@ -158,6 +174,8 @@ class Bus:
         if not isinstance(to, str) or not to:
             raise ArgumentsInvalid("to must be an agent id or name")
         agent = (self._resolve(to) if self._resolve else None) or to
+        if agent in self._configured and agent not in self._published:
+            await self.register(agent, self._configured[agent])
         keys = await self.receiver.sender_keys(agent) if AGENT_RE.match(agent) else "unknown sender"
         if keys == "unknown sender":
             # a name registered by another gateway process (shared Redis): the HMAC binds it

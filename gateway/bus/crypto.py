@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from gateway.custody import private_secret
 from gateway.errors import BusError
 
 NONCE_BYTES = 12
@@ -65,25 +66,7 @@ class AgentKeys:
 
 def load_secret(path: Path) -> bytes:
     """The bus secret, made on first use (32 random bytes, mode 0600; a looser file is refused)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise BusError(f"{path}: the bus secret must not be readable by group or others "
-                           f"(mode {mode:o}; chmod 600 it)") from None
-        data = path.read_bytes()
-        if len(data) != 32:
-            raise BusError(f"{path}: the bus secret must be 32 bytes") from None
-        return data
-    secret = os.urandom(32)
-    try:
-        os.write(fd, secret)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return secret
+    return private_secret(path, "bus secret")
 
 
 class KeyRing:

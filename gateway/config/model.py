@@ -496,6 +496,10 @@ class Config(_Section):
         return self.data_dir / "bus-secret"
 
     @property
+    def agent_id_key_path(self) -> Path:
+        return self.data_dir / "agent-id-key"
+
+    @property
     def bus_keys_path(self) -> Path:
         return self.data_dir / "bus-keys.db"
 

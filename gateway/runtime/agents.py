@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from gateway.config.model import AgentConfig
 from gateway.context import AgentInfo, Principal
 from gateway.errors import AgentLimitReached, AgentTerminated
 from gateway.events import EventSink
@@ -28,6 +29,12 @@ from gateway.runtime.lifecycle import AgentState, check_transition
 _logger = logging.getLogger("symbi.runtime")
 
 AgentHook = Callable[["Agent"], None]
+HOSTED_SESSION = "hosted"  # never a session key of a client (those are stdio, http:, key:, jwt:, anonymous)
+
+
+def hosted_principal(name: str, ac: AgentConfig) -> Principal:
+    """The principal a hosted agent ``[agents.NAME]`` runs as."""
+    return Principal(id=ac.principal or f"agent:{name}", kind="agent", roles=tuple(ac.roles))
 ENDED_SESSIONS = 10_000
 
 
@@ -86,6 +93,7 @@ class AgentRegistry:
         self._bound: dict[str, Agent] = {}  # credential key id -> the hosted agent it was made for
         # sessions an operator terminated: they get no new agent (bounded, oldest forgotten)
         self._ended: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        # the id key: the gateway's data dir holds it (agent-id-key), so ids survive a restart
         self._key = key if key is not None else os.urandom(32)
         self._by_id: dict[str, Agent] = {}
         self._by_name: dict[str, Agent] = {}
@@ -167,10 +175,15 @@ class AgentRegistry:
         self.transition(agent, AgentState.READY, f"session of {principal.id} ({client})")
         return agent
 
+    def hosted_id(self, name: str, principal: str) -> str:
+        """The id of hosted agent ``name``: the same for every run and across restarts (with the
+        same data dir), so messages sent to it while it is not running wait for its next run."""
+        return make_agent_id(self._key, principal, f"hosted:{name}", HOSTED_SESSION)
+
     def add_hosted(self, name: str, principal: Principal, *, priority: int, run: int) -> Agent:
-        """A hosted agent's run ``run`` (a new record per run: Terminated is final)."""
+        """A hosted agent's run ``run``: a new record per run (Terminated is final), one id for all."""
         agent = Agent(
-            id=make_agent_id(self._key, principal.id, f"hosted:{name}", f"run:{run}:{time.time_ns()}"),
+            id=self.hosted_id(name, principal.id),
             name=name,
             principal=principal.id,
             principal_kind=principal.kind,

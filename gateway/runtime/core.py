@@ -199,6 +199,7 @@ class AgentRuntime:
         self.usage.pop(agent.id, None)
         self.limits.pop(agent.id, None)
         self._denials.pop(agent.id, None)
+        self._terminating.pop(agent.id, None)  # a hosted agent's next run has the same id
         self.pool.release(agent.id)
 
     # -- the sweep (runtime.gc_interval_ms) ----------------------------------------------------

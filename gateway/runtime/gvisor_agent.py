@@ -61,7 +61,7 @@ class RunscRun(Sandboxed):
 
 
 def gvisor_argv(command: str, args: list[str], env: Mapping[str, str], limits: ResourceLimits, *,
-                ro_paths: list[str], socket: tuple[str, str], agent_id: str) -> tuple[list[str], RunscRun]:
+                ro_paths: list[str], socket: tuple[str, str], run_tag: str) -> tuple[list[str], RunscRun]:
     if shutil.which("runsc") is None or os.geteuid() != 0:
         raise GatewayError("sandbox tier 'gvisor' is unavailable: runsc is not installed or the gateway is not root")
     bundle = tempfile.mkdtemp(prefix="symbi-agent-gv-")
@@ -108,6 +108,6 @@ def gvisor_argv(command: str, args: list[str], env: Mapping[str, str], limits: R
         },
     }
     Path(bundle, "config.json").write_text(json.dumps(spec))
-    cid = f"symbi-agent-{agent_id[-12:]}"
+    cid = f"symbi-agent-{run_tag}"
     argv = ["runsc", "--root", state, "--network=none", "--host-uds=open", "run", "--bundle", bundle, cid]
     return argv, RunscRun(bundle, state, cid, cgroup)

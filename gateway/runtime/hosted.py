@@ -34,10 +34,9 @@ from typing import Any
 import anyio
 
 from gateway.config.model import AgentConfig, Config
-from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.events import EventSink
-from gateway.runtime.agents import Agent
+from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits
@@ -147,7 +146,7 @@ class HostedAgents:
         """One run: ``ok``, ``failed``, ``invalid`` (never started), ``escalated`` or ``stopped``."""
         rt = self.runtime
         self.runs[name] += 1
-        principal = Principal(id=ac.principal or f"agent:{name}", kind="agent", roles=tuple(ac.roles))
+        principal = hosted_principal(name, ac)
         agent = rt.agents.add_hosted(name, principal, priority=ac.priority, run=self.runs[name])
         limits = ResourceLimits.from_config(ac.resources)
         rt.limits[agent.id] = limits
@@ -168,7 +167,8 @@ class HostedAgents:
                 raise GatewayError("hosted agents need `symbi serve` (they reach the gateway over its Unix socket)")
             key, record = self.keys.create(principal.id, tuple(ac.roles), kind="agent")
             rt.agents.bind_credential(record.id, agent)
-            argv, cleanup = self._command(name, ac, tier, limits, key, agent.id)
+            # the agent's id is the same every run: the sandbox's name also carries a per-run part
+            argv, cleanup = self._command(name, ac, tier, limits, key, f"{agent.id[-6:]}{os.urandom(3).hex()}")
             _, displaced = rt.pool.allocate(agent.id, limits, ac.priority)
             for victim in filter(None, map(rt.agents.get, displaced)):  # "priority" placement
                 rt.terminate(victim, f"displaced from its resource slot by {name} (priority {ac.priority})")
@@ -270,7 +270,7 @@ class HostedAgents:
     # -- the sandboxed command ------------------------------------------------------------------
 
     def _command(self, name: str, ac: AgentConfig, tier: str, limits: ResourceLimits, key: str,
-                 agent_id: str) -> tuple[list[str], Sandboxed]:
+                 run_tag: str) -> tuple[list[str], Sandboxed]:
         assert self.socket_path is not None
         if self.sandbox is None:
             raise GatewayError("no sandbox manager: hosted agents need a sandbox tier")
@@ -299,9 +299,9 @@ class HostedAgents:
         if tier == "gvisor":
             from gateway.runtime.gvisor_agent import gvisor_argv
 
-            return gvisor_argv(ac.command, args, env, limits, ro_paths=ro, socket=socket, agent_id=agent_id)
+            return gvisor_argv(ac.command, args, env, limits, ro_paths=ro, socket=socket, run_tag=run_tag)
         # docker: a named container, removed when the run ends
-        cname = f"symbi-agent-{name}-{agent_id[-8:]}"
+        cname = f"symbi-agent-{name}-{run_tag}"
         argv = t.stdio_argv(ac.command, args, env, None, network=False, limits=sb_limits)
         at = argv.index("-v")
         extra = ["--name", cname, "-v", f"{socket[0]}:{socket[1]}"]

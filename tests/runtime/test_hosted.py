@@ -1,4 +1,4 @@
-"""Hosted agents in real sandboxes (bwrap and gVisor), under a real ``symbi serve``.
+"""Hosted agents in real sandboxes (bwrap, gVisor and Docker), under a real ``symbi serve``.
 
 The agent is examples/agents/clock_agent.py (an SDK MCP client). It runs the example, is
 OOM-killed at its memory budget (then restarted with backoff, then escalated to Failed),
@@ -38,7 +38,7 @@ from tests.server._http import serve
 pytestmark = pytest.mark.slow
 SITE = Path(sys.prefix) / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
 AGENT = ROOT / "examples/agents/clock_agent.py"
-TIERS = ["bwrap", "gvisor"]
+TIERS = ["bwrap", "gvisor", "docker"]
 
 
 def _config(tmp_path: Path, tier: str, agent: str) -> tuple[Path, str]:

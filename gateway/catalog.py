@@ -85,8 +85,11 @@ class Catalog:
         templates: list[tuple[str, types.ResourceTemplate, UriTemplate | None]],
         prompts: dict[str, CatalogPrompt],
         refusals: list[Refusal],
+        pass_through: str | None = None,
     ) -> None:
         self.tools = tools
+        # the one upstream in pass-through mode (config allows no other), if any
+        self.pass_through = pass_through
         self.resources = resources
         self.templates = templates
         self.prompts = prompts
@@ -99,6 +102,7 @@ class Catalog:
     @classmethod
     def build(cls, listings: Iterable[UpstreamListing], infos: Mapping[str, ToolInfo] | None = None) -> Catalog:
         """Build from upstream listings. ``infos`` overrides per-tool verification state."""
+        listings = list(listings)
         tools: dict[str, CatalogTool] = {}
         refusals: list[Refusal] = []
         seen: dict[str, str] = {}
@@ -171,7 +175,8 @@ class Catalog:
         for refusal in refusals:
             _logger.error("catalogue refused %s %r of upstream %r: %s",
                           refusal.kind, refusal.name, refusal.upstream, refusal.reason)
-        return cls(tools, resources, templates, prompts, refusals)
+        pass_through = next((up.name for up in listings if up.pass_through), None)
+        return cls(tools, resources, templates, prompts, refusals, pass_through)
 
     def tool(self, name: str) -> CatalogTool:
         try:
@@ -190,6 +195,20 @@ class Catalog:
         if len(owners) > 1:
             raise CatalogError(f"resource {uri!r} matches templates of several upstreams: {sorted(owners)}")
         raise CatalogError(f"unknown resource {uri!r}")
+
+    def subscription_owner(self, uri: str) -> str:
+        """Who takes ``resources/subscribe`` for ``uri``: its owner, else the pass-through upstream.
+
+        A server may accept subscriptions to URIs it does not list (server-everything's
+        ``test://watched-resource``); in pass-through mode the gateway stands in for that one
+        server, so the request goes to it (the policy still decides, as for a read).
+        """
+        try:
+            return self.resource_owner(uri)
+        except CatalogError:
+            if self.pass_through is None:
+                raise
+            return self.pass_through
 
     def template_owner(self, uri_template: str) -> str:
         owners = {up for up, tpl, _ in self.templates if tpl.uri_template == uri_template}

@@ -61,3 +61,15 @@ def test_resources_route_to_their_upstream_and_duplicates_are_refused() -> None:
 def test_prompts_are_namespaced() -> None:
     cat = Catalog.build([UpstreamListing("ev", False, [], prompts=[types.Prompt(name="simple")])])
     assert cat.prompt("ev__simple").original_name == "simple"
+
+
+def test_an_unlisted_uri_is_subscribed_at_the_pass_through_upstream_only() -> None:
+    res = types.Resource(uri="test://listed", name="listed")
+    passing = Catalog.build([UpstreamListing("ev", True, [], resources=[res]), UpstreamListing("bus", False, [])])
+    assert passing.subscription_owner("test://watched-resource") == "ev"
+    assert passing.subscription_owner("test://listed") == "ev"
+    with pytest.raises(CatalogError):  # reads still need a listed resource or template
+        passing.resource_owner("test://watched-resource")
+    namespacing = Catalog.build([UpstreamListing("ev", False, [], resources=[res])])
+    with pytest.raises(CatalogError):  # several upstreams: no owner is guessed
+        namespacing.subscription_owner("test://watched-resource")

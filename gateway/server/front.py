@@ -246,7 +246,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
     ) -> types.EmptyResult:
         gw = gw_of(ctx)
         try:
-            owner = _find_or_refuse(ctx, gw, method, uri, lambda: gw.catalog.resource_owner(uri))
+            owner = _find_or_refuse(ctx, gw, method, uri, lambda: gw.catalog.subscription_owner(uri))
             # subscribing needs the right to read
             await _require(ctx, gw, "resources/read", uri, owner, method=method)
             if not await gw.watch_resource(owner, uri, principal_for(ctx, gw), ctx, on):

@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import anyio
 from mcp import types
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus
-from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp.shared.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ToolsListChanged,
+)
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
@@ -26,12 +30,13 @@ from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Principal, UpstreamInfo
-from gateway.errors import ConfigError, UpstreamUnavailable
+from gateway.errors import CatalogError, ConfigError, UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
+from gateway.server.listen import ListenHub, StreamOutbound
 from gateway.steps.policy import afilter_listing
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
 
@@ -116,7 +121,7 @@ class Gateway:
         counters: CallCounters | None = None,
         builtins: Sequence[Builtin] = (),
         wrap_command: WrapCommand | None = None,
-        bus: InMemorySubscriptionBus | None = None,
+        listen: ListenHub | None = None,
         background: Sequence[Background] = (),
         closers: Sequence[Callable[[], object]] = (),
         runtime: AgentRuntime | None = None,
@@ -137,7 +142,8 @@ class Gateway:
         # (not `runtime or ...`: the one assembled must be used even when falsy)
         self.runtime = runtime if runtime is not None else AgentRuntime(config, self.events)
         self.agents: AgentRegistry = self.runtime.agents
-        self.bus = bus or InMemorySubscriptionBus()
+        # 2026-era clients' subscriptions/listen streams (not `listen or ...`: see ListenHub.__bool__)
+        self.listen = listen if listen is not None else ListenHub()
         self.upstreams: dict[str, Upstream] = {}  # the primary of each server (the catalogue's source)
         self.replicas: dict[str, list[Upstream]] = {}  # every process of each server, primary first
         self._busy: dict[str, int] = {}  # calls in flight per replica (least-busy routing)
@@ -145,8 +151,9 @@ class Gateway:
         self._background = tuple(background)
         self._closers = tuple(closers)  # run in this order when the gateway stops
         self._chain: CallNext = build_chain(self.steps, self._dispatch)
-        # Handshake-era client connections, for pushed list_changed (weak: closed ones go away).
-        self._downstream: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Handshake-era client connections and who opened them, for pushed list_changed
+        # (weak: closed ones go away).
+        self._downstream: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
         self._rebuild_lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None  # set while running: upstreams added later start in it
 
@@ -233,9 +240,10 @@ class Gateway:
         await self._rebuild()
 
     async def _upstream_changed(self, up: Upstream) -> None:
-        await self._rebuild()
+        since, up.changed_at = up.changed_at, None
+        await self._rebuild(since)
 
-    async def _rebuild(self) -> None:
+    async def _rebuild(self, since: float | None = None) -> None:
         async with self._rebuild_lock:
             listings = [
                 UpstreamListing(
@@ -268,50 +276,112 @@ class Gateway:
                 if r not in old.refusals:  # on the record once, when it appears
                     self.events.emit("catalog.refused", {"upstream": r.upstream, "kind": r.kind, "name": r.name,
                                                          "reason": r.reason})
-        await self._announce(old, new)
+        await self._announce(old, new, since)
 
-    async def _announce(self, old: Catalog, new: Catalog) -> None:
-        tools_changed = _tool_sig(old) != _tool_sig(new)
-        prompts_changed = set(old.prompts) != set(new.prompts)
-        res_changed = set(old.resources) != set(new.resources)
-        if not (tools_changed or prompts_changed or res_changed):
+    async def _announce(self, old: Catalog, new: Catalog, since: float | None = None) -> None:
+        """Tell every open client connection and listen stream about the lists that changed
+        *for its principal* (a change to a tool it cannot see is not its business)."""
+        kinds = _changed_kinds(old, new)
+        if not kinds:
             return
-        for conn in list(self._downstream):
-            with contextlib.suppress(Exception):
-                if tools_changed:
-                    await conn.outbound.notify("notifications/tools/list_changed", None)
-                if prompts_changed:
-                    await conn.outbound.notify("notifications/prompts/list_changed", None)
-                if res_changed:
-                    await conn.outbound.notify("notifications/resources/list_changed", None)
-        with contextlib.suppress(Exception):
-            if tools_changed:
-                await self.bus.publish(ToolsListChanged())
-            if prompts_changed:
-                await self.bus.publish(PromptsListChanged())
-            if res_changed:
-                await self.bus.publish(ResourcesListChanged())
+        principals = {p.id: p for p in self._downstream.values()} | self.listen.principals()
+        told: dict[str, set[str]] = {}
+        for pid, principal in principals.items():
+            try:
+                told[pid] = await self._changes_seen_by(principal, old, new, kinds)
+            except Exception:
+                _logger.warning("list_changed for %s not announced: visibility check failed", pid, exc_info=True)
+        for conn, principal in list(self._downstream.items()):
+            for kind in sorted(told.get(principal.id, ())):
+                with contextlib.suppress(Exception):
+                    await conn.outbound.notify(f"notifications/{kind}/list_changed", None)
+        for kind, event in (("tools", ToolsListChanged()), ("prompts", PromptsListChanged()),
+                            ("resources", ResourcesListChanged())):
+            if kind in kinds:
+                self.listen.push(event, to=[pid for pid, seen in told.items() if kind in seen])
+        self.events.emit("notify.list_changed", {
+            "kinds": sorted(kinds),
+            "told": sorted(pid for pid, seen in told.items() if seen),
+            "not_told": sorted(pid for pid in principals if not told.get(pid)),
+            # from the upstream's notice to the pushes queued (catalogue refresh included)
+            "after_ms": round((anyio.current_time() - since) * 1000, 1) if since is not None else None,
+        })
+
+    async def _changes_seen_by(self, principal: Principal, old: Catalog, new: Catalog, kinds: set[str]) -> set[str]:
+        """Which of ``kinds`` changed in what ``principal`` may see (the policy's listing rule),
+        asking the policy only about the entries that changed."""
+        seen: set[str] = set()
+        if "tools" in kinds:
+            before, after = _tool_sig(old), _tool_sig(new)
+            changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+            for cat in (old, new):
+                entries = [e for n, e in cat.tools.items() if n in changed and not e.info.blocked]
+                if entries and await self._visible(principal, entries):
+                    seen.add("tools")
+                    break
+        for kind, action in (("prompts", "prompts/get"), ("resources", "resources/read")):
+            if kind not in kinds:
+                continue
+            changed_pairs = _changed_targets(old, new, kind)
+            if changed_pairs and await self.allowed_targets(principal, action, changed_pairs):
+                seen.add(kind)
+        return seen
 
     async def _resource_updated(self, up: Upstream, uri: str) -> None:
-        for conn in list(self._downstream):
-            with contextlib.suppress(Exception):
-                await conn.outbound.notify("notifications/resources/updated", {"uri": uri})
+        """An upstream's resource changed: tell the connections and listen streams whose
+        principal may read it (handshake-era connections only if they subscribed upstream)."""
+        try:
+            owner = self.catalog.subscription_owner(uri)
+        except CatalogError:
+            owner = up.name
+        if owner != up.name:
+            return  # an upstream speaking for a URI another one owns
+        principals = {p.id: p for p in self._downstream.values()} | self.listen.principals()
+        may: set[str] = set()
+        for pid, principal in principals.items():
+            with contextlib.suppress(Exception):  # unknown = not told
+                if uri in await self.allowed_targets(principal, "resources/read", [(uri, owner)]):
+                    may.add(pid)
+        for conn, principal in list(self._downstream.items()):
+            if principal.id in may:
+                with contextlib.suppress(Exception):
+                    await conn.outbound.notify("notifications/resources/updated", {"uri": uri})
+        self.listen.push(ResourceUpdated(uri=uri), to=may)
+        self.events.emit("notify.resource_updated", {"upstream": up.name, "uri": uri, "told": sorted(may)})
+
+    async def watch_for_stream(self, principal: Principal, uris: list[str], outbound: StreamOutbound, on: bool) -> None:
+        """A listen stream asked about ``uris``: built-ins that push updates (``bus://inbox``)
+        are told to push to it; upstreams' updates arrive through ``_resource_updated``."""
+        for uri in uris:
+            try:
+                owner = self.catalog.subscription_owner(uri)
+            except CatalogError:
+                continue
+            provider = self.builtins.get(owner)
+            if isinstance(provider, WatchedResourceBuiltin):
+                await provider.watch(uri, principal, outbound, on)
 
     async def refresh(self) -> None:
         """Rebuild the catalogue (after an approval or revocation, say)."""
         await self._rebuild()
 
-    def remember_downstream(self, session: ServerSession) -> None:
+    def remember_downstream(self, session: ServerSession, who: Callable[[], Principal]) -> None:
+        """Keep a handshake-era connection (and who opened it) for pushed notifications."""
         conn = getattr(session, "_connection", None)
         if conn is None or conn in self._downstream:
             return
         if conn.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return  # 2026-era clients hear about changes through subscriptions/listen (self.bus)
-        self._downstream.add(conn)
+            return  # 2026-era clients hear about changes through subscriptions/listen (self.listen)
+        with contextlib.suppress(Exception):  # not authenticated: nothing to tell it
+            self._downstream[conn] = who()
 
-    async def visible_tools(self, principal: Principal) -> list[CatalogTool]:
-        """What ``principal`` may see: verified (or warn-mode) tools the policy lets it call."""
-        entries = [e for e in self.catalog.tools.values() if not e.info.blocked]
+    async def visible_tools(self, principal: Principal, catalog: Catalog | None = None) -> list[CatalogTool]:
+        """What ``principal`` may see (of ``catalog``, the current one by default): verified
+        (or warn-mode) tools the policy lets it call."""
+        catalog = catalog if catalog is not None else self.catalog
+        return await self._visible(principal, [e for e in catalog.tools.values() if not e.info.blocked])
+
+    async def _visible(self, principal: Principal, entries: list[CatalogTool]) -> list[CatalogTool]:
         if self.policy is None:
             return entries
         infos = [e.info for e in entries]
@@ -453,6 +523,31 @@ async def _ignore_change(up: Upstream) -> None:
 
 _READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)
 _PROMPT_RESULT: TypeAdapter[Any] = TypeAdapter(types.GetPromptResult | types.InputRequiredResult)
+
+
+def _changed_targets(old: Catalog, new: Catalog, kind: str) -> list[tuple[str, str]]:
+    """(name or URI, upstream) of the prompts or resources added, removed or redefined."""
+    before: dict[str, tuple[str, object]]
+    after: dict[str, tuple[str, object]]
+    if kind == "prompts":
+        before = {n: (p.upstream, p.prompt) for n, p in old.prompts.items()}
+        after = {n: (p.upstream, p.prompt) for n, p in new.prompts.items()}
+    else:
+        before = {u: (up, r) for u, (up, r) in old.resources.items()}
+        after = {u: (up, r) for u, (up, r) in new.resources.items()}
+    changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+    return sorted({(n, side[n][0]) for side in (before, after) for n in changed if n in side})
+
+
+def _changed_kinds(old: Catalog, new: Catalog) -> set[str]:
+    kinds = set()
+    if _tool_sig(old) != _tool_sig(new):
+        kinds.add("tools")
+    if {n: p.prompt for n, p in old.prompts.items()} != {n: p.prompt for n, p in new.prompts.items()}:
+        kinds.add("prompts")
+    if {u: r for u, (_, r) in old.resources.items()} != {u: r for u, (_, r) in new.resources.items()}:
+        kinds.add("resources")
+    return kinds
 
 
 def _tool_sig(c: Catalog) -> dict[str, Any]:

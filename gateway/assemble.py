@@ -24,7 +24,6 @@ from collections.abc import Callable
 
 import anyio
 from mcp import types
-from mcp.server.subscriptions import InMemorySubscriptionBus
 
 from gateway.app import Background, Builtin, Gateway, WrapCommand
 from gateway.audit.log import AuditLog, AuditLogBusy
@@ -44,6 +43,7 @@ from gateway.runtime.core import AgentRuntime
 from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
 from gateway.sandbox.types import Limits
 from gateway.state import SharedState, build_state
+from gateway.server.listen import ListenHub
 from gateway.steps.agent import AgentStep
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
@@ -154,20 +154,20 @@ def chain_steps(
 
 def make_gateway(
     config: Config,
-    bus: InMemorySubscriptionBus | None = None,
+    listen: ListenHub | None = None,
     *,
     metrics: GatewayMetrics | None = None,
 ) -> Gateway:
     """The gateway the config describes.
 
-    ``bus`` carries list-changed notices to 2026-era clients (the front owns it);
+    ``listen`` holds the 2026-era clients' listen streams (the front owns it);
     ``metrics`` (the HTTP front's ``/metrics``) counts every event and call when given.
     """
     check_trusted_files(config)  # another user could change who may do what: refuse to start
     secure_data_dir(config)
     closers: list[Callable[[], object]] = []
     try:
-        return _assemble(config, bus, metrics, closers)
+        return _assemble(config, listen, metrics, closers)
     except BaseException:
         # a component that failed to start must not leave the others open (the audit lock...)
         for close in reversed(closers):
@@ -180,7 +180,7 @@ def make_gateway(
 
 def _assemble(
     config: Config,
-    bus: InMemorySubscriptionBus | None,
+    listen: ListenHub | None,
     metrics: GatewayMetrics | None,
     closers: list[Callable[[], object]],
 ) -> Gateway:
@@ -268,7 +268,7 @@ def _assemble(
         counters=counters,
         builtins=builtins,
         wrap_command=_sandboxed_command(manager, hidden_paths(config)) if manager is not None else None,
-        bus=bus,
+        listen=listen,
         background=background,
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
         runtime=runtime,

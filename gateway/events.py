@@ -53,3 +53,11 @@ BUS_EVENTS: Mapping[str, str] = {
     "bus.request_timeout": "a request got no reply within its timeout",
     "bus.reply_late": "a reply arrived for a request no longer waiting",
 }
+
+# What the gateway relays or translates between a client and an upstream (issue 20): never
+# contents, only kinds, targets and who was told.
+RELAY_EVENTS: Mapping[str, str] = {
+    "notify.list_changed": "a catalogue change was announced (kinds, how many principals were told, how many not)",
+    "notify.resource_updated": "an upstream's notifications/resources/updated was passed to the principals who may read it",
+    "bridge.input_request": "an upstream's input request was put to the calling client in the other protocol era",
+}

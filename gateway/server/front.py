@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import anyio
 from mcp import types
 from mcp.server import NotificationOptions, Server, ServerRequestContext
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
@@ -27,11 +26,12 @@ from gateway.boundary import error_result, protocol_error
 from gateway.config.model import Config
 from gateway.context import CallContext, Principal
 from gateway.errors import CatalogError, GatewayError, PolicyDenied, UpstreamError
+from gateway.server.listen import ListenHub
 
 _logger = logging.getLogger("symbi.server")
 _T = TypeVar("_T")
 
-GatewayFactory = Callable[[InMemorySubscriptionBus], Gateway]
+GatewayFactory = Callable[[ListenHub], Gateway]
 
 
 def stdio_principal(config: Config) -> Principal:
@@ -107,12 +107,12 @@ def session_id_of(ctx: ServerRequestContext[Any]) -> str | None:
 def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway]:
     """The MCP server object; its lifespan runs one ``Gateway`` for all connections."""
 
-    bus = InMemorySubscriptionBus()
+    hub = ListenHub()  # 2026-era listen streams, shared with the gateway that pushes to them
     current: list[Gateway] = []
 
     @contextlib.asynccontextmanager
     async def lifespan(_server: Server[Gateway]) -> AsyncIterator[Gateway]:
-        gw = make_gateway(bus)
+        gw = make_gateway(hub)
         async with gw.running():
             current.append(gw)
             try:
@@ -130,8 +130,34 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
 
     def gw_of(ctx: ServerRequestContext[Gateway]) -> Gateway:
         gw = ctx.lifespan_context
-        gw.remember_downstream(ctx.session)
+        gw.remember_downstream(ctx.session, lambda: principal_for(ctx, gw))
         return gw
+
+    async def listen(
+        ctx: ServerRequestContext[Gateway], params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        """A 2026-era listen stream, bound to its principal: it hears only of lists it can see
+        and of resources it may read (URIs it may not read are left out of the ack)."""
+        gw = ctx.lifespan_context
+        try:
+            principal = principal_for(ctx, gw)
+        except GatewayError as e:
+            raise protocol_error(e) from None
+        asked = params.notifications
+        uris = list(asked.resource_subscriptions or ())
+        if uris:
+            pairs = []
+            for uri in uris:
+                with contextlib.suppress(CatalogError):
+                    pairs.append((uri, gw.catalog.subscription_owner(uri)))
+            ok = await gw.allowed_targets(principal, "resources/read", pairs)
+            refused = [u for u in uris if u not in ok]
+            if refused:
+                gw.events.emit("request.denied", {"method": "subscriptions/listen", "kind": "resources/read",
+                                                  "targets": refused}, principal=principal.id, agent=principal.agent)
+            kept = [u for u in uris if u in ok] or None
+            params = params.model_copy(update={"notifications": asked.model_copy(update={"resource_subscriptions": kept})})
+        return await gw.listen.serve(ctx, params, principal, gw.watch_for_stream)
 
     async def list_tools(
         ctx: ServerRequestContext[Gateway], params: types.PaginatedRequestParams | None
@@ -377,7 +403,7 @@ def build_server(config: Config, make_gateway: GatewayFactory) -> Server[Gateway
         instructions="Symbi MCP security gateway: tools from several upstream servers, verified and policy-checked.",
         lifespan=lifespan,
         get_tool_input_schema=input_schema,
-        on_subscriptions_listen=ListenHandler(bus),
+        on_subscriptions_listen=listen,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_resources=list_resources,

@@ -31,7 +31,6 @@ import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.server.transport_security import RequestBodyLimitMiddleware, TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -51,6 +50,7 @@ from gateway.server.admin import admin_routes, audit_log, audit_writable, policy
 from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
 from gateway.server.front import build_server, http_session_key
 from gateway.server.limits import ConnectionLimit
+from gateway.server.listen import ListenHub
 from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
 
 _logger = logging.getLogger("symbi.http")
@@ -361,8 +361,8 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     agent_socket = open_agent_socket() if config.agents else None
     auth = Authenticator.from_config(config)
 
-    def factory(bus: InMemorySubscriptionBus) -> Gateway:
-        gw = make_gateway(config, bus, metrics=metrics)
+    def factory(listen: ListenHub) -> Gateway:
+        gw = make_gateway(config, listen, metrics=metrics)
         if agent_socket is not None and gw.runtime.hosted is not None:
             gw.runtime.hosted.attach(agent_socket.getsockname(), auth.keys)
         holder.append(gw)

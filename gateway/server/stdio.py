@@ -147,7 +147,7 @@ async def _drain_line(reader: asyncio.StreamReader, consumed: int) -> int:
 
 
 async def serve_stdio(config: Config) -> None:
-    server = build_server(config, lambda bus: make_gateway(config, bus))
+    server = build_server(config, lambda listen: make_gateway(config, listen))
     async with stdio_transport(config.mcp.max_message_bytes) as (read, write):
         await server.run(read, write, init_options(server))
 

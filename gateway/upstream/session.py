@@ -91,6 +91,8 @@ class Upstream:
         self._wrap_command = wrap_command
         self.state: State = "starting"
         self.listing = Listing()
+        # when the last list_changed from this server arrived (to measure notice-to-client time)
+        self.changed_at: float | None = None
         self.restarts = 0
         self.last_error: str | None = None
         self.relay = CallerRelay(name)
@@ -256,6 +258,7 @@ class Upstream:
             # Refresh in the background: the receive loop must keep running while we list.
             session = self._session
             if session is not None:
+                self.changed_at = anyio.current_time()
                 await self.refresh_soon(session)
         elif isinstance(message, types.ResourceUpdatedNotification) and self._on_resource_updated:
             await self._on_resource_updated(self, message.params.uri)
@@ -272,6 +275,7 @@ class Upstream:
                 async for _event in sub:
                     if self._session is not session:
                         return
+                    self.changed_at = anyio.current_time()
                     await self._refresh_and_notify(session)
         except Exception as e:  # noqa: BLE001 - no listen support: changes are seen on reconnect only
             _logger.info("upstream %s: no change notifications (%s)", self.name, _describe(e))

@@ -1,0 +1,167 @@
+"""2026-07-28 ``subscriptions/listen`` streams that know who is listening.
+
+The SDK's ``ListenHandler`` fans every event out to every open stream. A gateway must not:
+a principal is told only about lists it can see and resources it may read. ``ListenHub``
+serves the same wire contract (the acknowledgement first, every frame tagged with the
+subscription id, only the kinds the client asked for, a bounded backlog) and keeps each
+stream's principal, so a publisher pushes to the streams whose principal it chooses.
+
+It is the one way anything in the gateway pushes to a 2026-era client: the catalogue's
+list changes (``Gateway._announce``) and the bus's ``notifications/resources/updated`` for
+``bus://inbox`` (through ``StreamOutbound``, the same ``outbound.notify`` shape a handshake-era
+connection has, so a ``WatchedResourceBuiltin`` serves both eras alike).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.streams.memory
+from mcp import types
+from mcp.server import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import (
+    SUBSCRIPTION_ID_META_KEY,
+    ResourceUpdated,
+    ServerEvent,
+    event_matches,
+    event_to_notification,
+)
+
+from gateway.context import Principal
+
+_logger = logging.getLogger("symbi.listen")
+
+# Called when a stream opens (on=True) and closes (on=False) for each resource URI it asked
+# about, with the object to push updates through; the front routes it to the URI's owner.
+OnResources = Callable[[Principal, list[str], "StreamOutbound", bool], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class ListenStream:
+    """One open ``subscriptions/listen`` stream: who listens, for what, and its buffer."""
+
+    principal: Principal
+    honored: types.SubscriptionFilter
+    uris: frozenset[str]
+    send: anyio.streams.memory.MemoryObjectSendStream[ServerEvent]
+
+    def wants(self, event: ServerEvent) -> bool:
+        return event_matches(self.honored, self.uris, event)
+
+
+class StreamOutbound:
+    """``outbound.notify`` for a listen stream: what handshake-era connections offer, so a
+    built-in that pushes ``notifications/resources/updated`` needs no second code path."""
+
+    def __init__(self, hub: ListenHub, stream: ListenStream) -> None:
+        self._hub = hub
+        self._stream = stream
+        self.outbound = self
+
+    async def notify(self, method: str, params: dict[str, Any] | None) -> None:
+        if method == "notifications/resources/updated" and params is not None:
+            self._hub.deliver(self._stream, ResourceUpdated(uri=str(params["uri"])))
+
+
+class ListenHub:
+    """Serves ``subscriptions/listen`` and pushes events to chosen principals' streams."""
+
+    def __init__(self, *, max_subscriptions: int = 1024, max_buffered_events: int = 1024) -> None:
+        self._max_subscriptions = max_subscriptions
+        self._max_buffered = max_buffered_events
+        self._streams: set[ListenStream] = set()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def __bool__(self) -> bool:
+        return True  # an empty hub is still the hub (never `hub or default`)
+
+    def principals(self) -> dict[str, Principal]:
+        """One principal per id among the open streams (whom a change must be checked for)."""
+        return {s.principal.id: s.principal for s in self._streams}
+
+    async def serve(
+        self,
+        ctx: ServerRequestContext[Any],
+        params: types.SubscriptionsListenRequestParams,
+        principal: Principal,
+        on_resources: OnResources | None = None,
+    ) -> types.SubscriptionsListenResult:
+        """One listen stream, open until the client goes away (or ``close``)."""
+        subscription_id = ctx.request_id
+        if subscription_id is None:
+            raise MCPError(types.INVALID_REQUEST, "subscriptions/listen requires a request id")
+        if len(self._streams) >= self._max_subscriptions:
+            raise MCPError(types.INTERNAL_ERROR, "Subscription limit reached")
+        asked = params.notifications
+        honored = types.SubscriptionFilter(
+            tools_list_changed=True if asked.tools_list_changed else None,
+            prompts_list_changed=True if asked.prompts_list_changed else None,
+            resources_list_changed=True if asked.resources_list_changed else None,
+            resource_subscriptions=list(asked.resource_subscriptions) if asked.resource_subscriptions else None,
+        )
+        meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: subscription_id}
+        send, recv = anyio.create_memory_object_stream[ServerEvent](self._max_buffered)
+        stream = ListenStream(principal, honored, frozenset(honored.resource_subscriptions or ()), send)
+        outbound = StreamOutbound(self, stream)  # held here: watchers keep it weakly
+        # registered before the ack, so an event published meanwhile is buffered, not lost
+        self._streams.add(stream)
+        uris = sorted(stream.uris)
+        try:
+            if uris and on_resources is not None:
+                await on_resources(principal, uris, outbound, True)
+            await ctx.session.send_notification(
+                types.SubscriptionsAcknowledgedNotification(
+                    params=types.SubscriptionsAcknowledgedNotificationParams(notifications=honored, _meta=meta)
+                ),
+                related_request_id=subscription_id,
+            )
+            async for event in recv:
+                await ctx.session.send_notification(event_to_notification(event, meta), related_request_id=subscription_id)
+        finally:
+            self._streams.discard(stream)
+            send.close()
+            recv.close()
+            if uris and on_resources is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await on_resources(principal, uris, outbound, False)
+                    except Exception:
+                        _logger.debug("unwatching %s after a listen stream failed", uris, exc_info=True)
+        return types.SubscriptionsListenResult(_meta=meta)
+
+    def push(self, event: ServerEvent, to: Iterable[str] | None = None) -> int:
+        """Queue ``event`` on every stream that asked for its kind and whose principal id is in
+        ``to`` (every stream when None). Returns how many streams got it."""
+        ids = None if to is None else set(to)
+        n = 0
+        for stream in list(self._streams):
+            if (ids is None or stream.principal.id in ids) and self.deliver(stream, event):
+                n += 1
+        return n
+
+    def deliver(self, stream: ListenStream, event: ServerEvent) -> bool:
+        if not stream.wants(event):
+            return False
+        try:
+            stream.send.send_nowait(event)
+        except anyio.ClosedResourceError:
+            return False
+        except anyio.WouldBlock:
+            # a client that stopped reading: end its stream (it re-listens and refetches)
+            _logger.warning("listen stream of %s: backlog full, ending it", stream.principal.id)
+            self._streams.discard(stream)
+            stream.send.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        """End every open stream gracefully (each sends its final result)."""
+        for stream in list(self._streams):
+            stream.send.close()

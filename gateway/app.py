@@ -30,7 +30,7 @@ from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Principal, UpstreamInfo
-from gateway.errors import CatalogError, ConfigError, UpstreamUnavailable
+from gateway.errors import CatalogError, ConfigError, UpstreamError, UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
@@ -38,6 +38,7 @@ from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
 from gateway.server.listen import ListenHub, StreamOutbound
 from gateway.steps.policy import afilter_listing
+from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
 
 if TYPE_CHECKING:
@@ -156,6 +157,8 @@ class Gateway:
         self._downstream: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
         self._rebuild_lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None  # set while running: upstreams added later start in it
+        # 2025-era upstream calls waiting for a 2026-era client's answers (the era bridge)
+        self.pending = PendingQuestions(answer_timeout_s=config.mcp.call_timeout_s)
 
     @property
     def catalog(self) -> Catalog:
@@ -241,9 +244,11 @@ class Gateway:
 
     async def _upstream_changed(self, up: Upstream) -> None:
         since, up.changed_at = up.changed_at, None
-        await self._rebuild(since)
+        await self._rebuild(since, changed=up.name)
 
-    async def _rebuild(self, since: float | None = None) -> None:
+    async def _rebuild(self, since: float | None = None, changed: str | None = None) -> None:
+        """A new catalogue snapshot; ``changed`` names the one upstream whose listing changed
+        (the others keep their verification verdicts), None re-assesses every tool."""
         async with self._rebuild_lock:
             listings = [
                 UpstreamListing(
@@ -269,7 +274,10 @@ class Gateway:
                 for b in self.builtins.values()
             ]
             # the catalogue uses verification: every tool's verdict is part of the snapshot
-            infos = await self.verifier.assess([t.info for t in Catalog.build(listings).tools.values()])
+            previous = {n: t.info for n, t in self.catalog.tools.items()}
+            infos = await self.verifier.assess(
+                [t.info for t in Catalog.build(listings).tools.values()], changed=changed, previous=previous
+            )
             new = Catalog.build(listings, infos=infos)
             old, self.live.snapshot = self.live.snapshot, new
             for r in new.refusals:
@@ -471,17 +479,58 @@ class Gateway:
         token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
         self._busy[up.name] = self._busy.get(up.name, 0) + 1
         try:
-            with up.relay.caller(session, getattr(ctx, "request_id", None)):
-                return await up.call_tool(
+            if _modern(ctx) and not _modern(up.session) and self._tg is not None:
+                return await self._bridged_for_modern_client(call, up, ctx, progress)
+            rid = getattr(ctx, "request_id", None)
+            with up.relay.caller(session, rid):
+                result = await up.call_tool(
                     call.tool.original_name,
                     call.arguments,
                     progress=progress,
                     input_responses=call.input_responses,
                     request_state=call.request_state,
                 )
+                rounds = 0
+                # a 2026 server's questions, for a 2025 client that cannot read an input-required result
+                while isinstance(result, types.InputRequiredResult) and ctx is not None and not _modern(ctx):
+                    rounds += 1
+                    if rounds > MAX_ROUNDS:
+                        raise UpstreamError(f"upstream {up.name!r} still asked for input after {MAX_ROUNDS} rounds")
+                    self._audit_bridged(call, up, "2026-upstream-to-2025-client",
+                                        [r.method for r in (result.input_requests or {}).values()])
+                    answers = await ask_legacy_client(session, rid, result)
+                    result = await up.call_tool(call.tool.original_name, call.arguments, progress=progress,
+                                                input_responses=answers or None, request_state=result.request_state)
+                return result
         finally:
             self._busy[up.name] -= 1
             DOWNSTREAM_CAPABILITIES.reset(token)
+
+    async def _bridged_for_modern_client(self, call: CallContext, up: Upstream, ctx: Any, progress: Any) -> Any:
+        """A 2026 client calling a 2025 upstream: the upstream's requests during the call come
+        back to the client as input-required results (gateway.upstream.bridge)."""
+        assert call.tool is not None and self._tg is not None
+        if self.pending.owns(call.request_state):
+            assert call.request_state is not None
+            return await self.pending.resume(call.principal.id, call.target, call.request_state,
+                                             dict(call.input_responses or {}))
+        session, rid = getattr(ctx, "session", None), getattr(ctx, "request_id", None)
+        tool = call.tool
+
+        async def run(ask: Callable[[Any], Awaitable[Any]]) -> Any:
+            async def audited(request: Any) -> Any:
+                self._audit_bridged(call, up, "2025-upstream-to-2026-client", [request.method])
+                return await ask(request)
+
+            with up.relay.caller(session, rid, ask=audited):
+                return await up.call_tool(tool.original_name, call.arguments, progress=progress)
+
+        return await self.pending.start(self._tg, call.principal.id, call.target, run)
+
+    def _audit_bridged(self, call: CallContext, up: Upstream, direction: str, methods: list[str]) -> None:
+        self.events.emit("bridge.input_request", {"direction": direction, "methods": methods,
+                                                  "target": call.target, "upstream": up.name},
+                         principal=call.principal.id, agent=call.principal.agent)
 
     async def watch_resource(self, owner: str, uri: str, principal: Principal, ctx: Any, on: bool) -> bool:
         """resources/(un)subscribe on a built-in's resource; False when ``owner`` is an upstream."""
@@ -523,6 +572,11 @@ async def _ignore_change(up: Upstream) -> None:
 
 _READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)
 _PROMPT_RESULT: TypeAdapter[Any] = TypeAdapter(types.GetPromptResult | types.InputRequiredResult)
+
+
+def _modern(side: Any) -> bool:
+    """Whether a downstream request context or an upstream session speaks 2026-07-28."""
+    return getattr(side, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS
 
 
 def _changed_targets(old: Catalog, new: Catalog, kind: str) -> list[tuple[str, str]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from mcp import types
@@ -27,24 +27,38 @@ class CallerRelay:
     def __init__(self, upstream: str) -> None:
         self._upstream = upstream
         self._inflight: dict[int, tuple[ServerSession, Any]] = {}
+        # callers that cannot take a server->client request (2026-era clients): their calls'
+        # requests go to the era bridge (gateway.upstream.bridge) instead
+        self._bridged: dict[int, Callable[[Any], Awaitable[Any]]] = {}
         self._ids = itertools.count()
 
     @contextlib.contextmanager
-    def caller(self, session: ServerSession | None, request_id: Any = None) -> Iterator[None]:
+    def caller(
+        self, session: ServerSession | None, request_id: Any = None, ask: Callable[[Any], Awaitable[Any]] | None = None
+    ) -> Iterator[None]:
         if session is None:
             yield
             return
         key = next(self._ids)
         self._inflight[key] = (session, request_id)
+        if ask is not None:
+            self._bridged[key] = ask
         try:
             yield
         finally:
             self._inflight.pop(key, None)
+            self._bridged.pop(key, None)
 
     def _current(self) -> tuple[ServerSession, Any] | None:
         if not self._inflight:
             return None
         return self._inflight[next(reversed(self._inflight))]
+
+    def _bridge(self) -> Callable[[Any], Awaitable[Any]] | None:
+        """The era bridge of the current caller, if its client is of the 2026 era."""
+        if not self._inflight:
+            return None
+        return self._bridged.get(next(reversed(self._inflight)))
 
     def _no_caller(self, what: str) -> types.ErrorData:
         return types.ErrorData(
@@ -56,6 +70,8 @@ class CallerRelay:
         down = self._current()
         if down is None:
             return self._no_caller("sampling request")
+        if (ask := self._bridge()) is not None:
+            return await _asked(ask, types.CreateMessageRequest(params=params))
         try:
             session, rid = down
             return await session.send_request(
@@ -68,6 +84,8 @@ class CallerRelay:
         down = self._current()
         if down is None:
             return self._no_caller("elicitation request")
+        if (ask := self._bridge()) is not None:
+            return await _asked(ask, types.ElicitRequest(params=params))
         try:
             session, rid = down
             return await session.send_request(types.ElicitRequest(params=params), types.ElicitResult, metadata=_related(rid))
@@ -78,6 +96,8 @@ class CallerRelay:
         down = self._current()
         if down is None:
             return types.ListRootsResult(roots=[])
+        if (ask := self._bridge()) is not None:
+            return await _asked(ask, types.ListRootsRequest())
         try:
             session, rid = down
             return await session.send_request(types.ListRootsRequest(), types.ListRootsResult, metadata=_related(rid))
@@ -94,6 +114,13 @@ class CallerRelay:
             await session.send_log_message(
                 params.level, params.data, logger=params.logger or self._upstream, related_request_id=rid
             )
+
+
+async def _asked(ask: Callable[[Any], Awaitable[Any]], request: Any) -> Any:
+    try:
+        return await ask(request)
+    except Exception as e:  # noqa: BLE001 - the upstream gets an error (no answer in time...), not a crash
+        return types.ErrorData(code=types.INTERNAL_ERROR, message=f"{request.method}: no answer from the client ({type(e).__name__})")
 
 
 def _related(request_id: Any) -> ServerMessageMetadata | None:

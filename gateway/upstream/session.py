@@ -27,6 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import listen as listen_changes
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
@@ -249,17 +250,13 @@ class Upstream:
         if isinstance(message, Exception):
             _logger.debug("upstream %s transport error: %s", self.name, message)
             return
-        if isinstance(
-            message,
-            types.ToolListChangedNotification
-            | types.ResourceListChangedNotification
-            | types.PromptListChangedNotification,
-        ):
+        kind = _CHANGE_KINDS.get(type(message))
+        if kind is not None:
             # Refresh in the background: the receive loop must keep running while we list.
             session = self._session
             if session is not None:
                 self.changed_at = anyio.current_time()
-                await self.refresh_soon(session)
+                await self.refresh_soon(session, {kind})
         elif isinstance(message, types.ResourceUpdatedNotification) and self._on_resource_updated:
             await self._on_resource_updated(self, message.params.uri)
 
@@ -272,42 +269,46 @@ class Upstream:
                 prompts_list_changed=bool(caps and caps.prompts is not None),
                 resources_list_changed=bool(caps and caps.resources is not None),
             ) as sub:
-                async for _event in sub:
+                async for event in sub:
                     if self._session is not session:
                         return
                     self.changed_at = anyio.current_time()
-                    await self._refresh_and_notify(session)
+                    kind = _CHANGE_KINDS.get(type(event))
+                    await self._refresh_and_notify(session, {kind} if kind else None)
         except Exception as e:  # noqa: BLE001 - no listen support: changes are seen on reconnect only
             _logger.info("upstream %s: no change notifications (%s)", self.name, _describe(e))
 
-    async def refresh_soon(self, session: ClientSession) -> None:
+    async def refresh_soon(self, session: ClientSession, kinds: set[str] | None = None) -> None:
         tg = self._tasks
         if tg is not None:
-            tg.start_soon(self._refresh_and_notify, session)
+            tg.start_soon(self._refresh_and_notify, session, kinds)
 
     _tasks: anyio.abc.TaskGroup | None = None
 
     def bind_task_group(self, tg: anyio.abc.TaskGroup) -> None:
         self._tasks = tg
 
-    async def _refresh_and_notify(self, session: ClientSession) -> None:
+    async def _refresh_and_notify(self, session: ClientSession, kinds: set[str] | None = None) -> None:
         try:
-            await self._refresh(session)
+            await self._refresh(session, kinds)
         except Exception as e:  # noqa: BLE001
             _logger.warning("upstream %s: refresh after list_changed failed: %s", self.name, _describe(e))
             return
         await self._notify_change()
 
-    async def _refresh(self, session: ClientSession) -> None:
+    async def _refresh(self, session: ClientSession, kinds: set[str] | None = None) -> None:
+        """List what the server offers; ``kinds`` (tools, prompts, resources) narrows it to
+        the lists a list_changed named, keeping the others (one request instead of four)."""
         async with self._refresh_lock:
             caps = session.server_capabilities
-            listing = Listing()
-            if caps is None or caps.tools is not None:
+            old = self.listing
+            listing = Listing() if kinds is None else Listing(old.tools, old.resources, old.templates, old.prompts)
+            if (kinds is None or "tools" in kinds) and (caps is None or caps.tools is not None):
                 listing.tools = await _all_pages(session.list_tools, "tools")
-            if caps is not None and caps.resources is not None:
+            if (kinds is None or "resources" in kinds) and caps is not None and caps.resources is not None:
                 listing.resources = await _all_pages(session.list_resources, "resources")
                 listing.templates = await _all_pages(session.list_resource_templates, "resource_templates")
-            if caps is not None and caps.prompts is not None:
+            if (kinds is None or "prompts" in kinds) and caps is not None and caps.prompts is not None:
                 listing.prompts = await _all_pages(session.list_prompts, "prompts")
             self.listing = listing
 
@@ -367,6 +368,16 @@ class Upstream:
         except TimeoutError:
             raise UpstreamError(f"upstream {self.name!r} timed out after {self.call_timeout:g}s") from None
 
+
+# which list a change notice (handshake-era push or 2026 listen event) is about
+_CHANGE_KINDS: dict[type, str] = {
+    types.ToolListChangedNotification: "tools",
+    types.PromptListChangedNotification: "prompts",
+    types.ResourceListChangedNotification: "resources",
+    ToolsListChanged: "tools",
+    PromptsListChanged: "prompts",
+    ResourcesListChanged: "resources",
+}
 
 _CALL_TOOL_RESULT: TypeAdapter[types.CallToolResult | types.InputRequiredResult] = TypeAdapter(
     types.CallToolResult | types.InputRequiredResult

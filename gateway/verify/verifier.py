@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -128,13 +128,27 @@ class ToolVerifier:
 
     # -- assessment ------------------------------------------------------------------------
 
-    async def assess(self, tools: Iterable[ToolInfo]) -> dict[str, ToolInfo]:
-        """Each tool with its verification verdict, by namespaced name (the catalogue's input)."""
+    async def assess(
+        self, tools: Iterable[ToolInfo], *, changed: str | None = None, previous: Mapping[str, ToolInfo] | None = None
+    ) -> dict[str, ToolInfo]:
+        """Each tool with its verification verdict, by namespaced name (the catalogue's input).
+
+        ``changed``: only that upstream's listing changed (its list_changed); the others keep
+        their ``previous`` verdicts when every definition is the one assessed then (as if no
+        rebuild had happened), so one server's change costs its own tools, not everyone's.
+        Screening still runs over all (cached by definition).
+        """
         by_upstream: dict[str, list[ToolInfo]] = defaultdict(list)
         for tool in tools:
             by_upstream[tool.upstream].append(tool)
         infos: dict[str, ToolInfo] = {}
         for upstream, entries in by_upstream.items():
+            if changed is not None and previous is not None and upstream != changed:
+                kept = [previous.get(t.name) for t in entries]
+                if all(k is not None and k.upstream == t.upstream and k.definition == t.definition
+                       for k, t in zip(kept, entries, strict=True)):
+                    infos.update((k.name, k) for k in kept if k is not None)
+                    continue
             if upstream in self._builtins:
                 for t in entries:
                     info = _with(t, "verified", None, None, None, "strict")

@@ -143,11 +143,24 @@ class ToolVerifier:
             by_upstream[tool.upstream].append(tool)
         infos: dict[str, ToolInfo] = {}
         for upstream, entries in by_upstream.items():
-            if changed is not None and previous is not None and upstream != changed:
-                kept = [previous.get(t.name) for t in entries]
-                if all(k is not None and k.upstream == t.upstream and k.definition == t.definition
-                       for k, t in zip(kept, entries, strict=True)):
-                    infos.update((k.name, k) for k in kept if k is not None)
+            if changed is not None and previous is not None and upstream not in self._builtins:
+                kept = {t.name: k for t in entries if (k := previous.get(t.name)) is not None
+                        and k.upstream == t.upstream and k.definition == t.definition}
+                if upstream != changed and len(kept) == len(entries):
+                    infos.update(kept)
+                    continue
+                if upstream == changed:
+                    # the changed server: only its new or redefined tools are assessed again
+                    fresh = [t for t in entries if t.name not in kept]
+                    present = {t.original_name for t in entries}
+                    assessed = await self._assess_upstream(upstream, fresh, present=present)
+                    if any(i.verification == "unavailable" for i in assessed):
+                        # shared approvals unreadable: none of this upstream's tools, old or new
+                        assessed = await self._assess_upstream(upstream, entries)
+                    else:
+                        infos.update(kept)
+                    for info in assessed:
+                        infos[info.name] = info
                     continue
             if upstream in self._builtins:
                 for t in entries:
@@ -190,7 +203,9 @@ class ToolVerifier:
             self._screened[name] = info.definition_hash if flagged else None
         return out
 
-    async def _assess_upstream(self, upstream: str, entries: list[ToolInfo]) -> list[ToolInfo]:
+    async def _assess_upstream(
+        self, upstream: str, entries: list[ToolInfo], present: set[str] | None = None
+    ) -> list[ToolInfo]:
         srv = self._config.servers[upstream]
         mode = self._config.verification_for(upstream)
         manifest: dict[str, dict[str, Any]] = {}
@@ -213,7 +228,8 @@ class ToolVerifier:
             for tool in entries:
                 info = self._assess_one(tool, mode, srv.domain, manifest, manifest_error, snapshot, snap_error)
                 out.append(info)
-            for gone in self.state.mark_absent(upstream, {t.original_name for t in entries}):
+            listed = present if present is not None else {t.original_name for t in entries}
+            for gone in self.state.mark_absent(upstream, listed):
                 self._events.emit("tool.vanished", {"tool": gone.namespaced, "upstream": upstream,
                                                     "hash": gone.current_hash})
         except StateUnavailable as e:

@@ -293,6 +293,8 @@ class Gateway:
         if not kinds:
             return
         principals = {p.id: p for p in self._downstream.values()} | self.listen.principals()
+        if not principals:
+            return  # nobody to tell (and nothing relayed to put on the record)
         told: dict[str, set[str]] = {}
         for pid, principal in principals.items():
             try:
@@ -355,7 +357,8 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await conn.outbound.notify("notifications/resources/updated", {"uri": uri})
         self.listen.push(ResourceUpdated(uri=uri), to=may)
-        self.events.emit("notify.resource_updated", {"upstream": up.name, "uri": uri, "told": sorted(may)})
+        if may:
+            self.events.emit("notify.resource_updated", {"upstream": up.name, "uri": uri, "told": sorted(may)})
 
     async def watch_for_stream(self, principal: Principal, uris: list[str], outbound: StreamOutbound, on: bool) -> None:
         """A listen stream asked about ``uris``: built-ins that push updates (``bus://inbox``)

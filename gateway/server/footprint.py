@@ -45,6 +45,8 @@ def gateway_footprint(gw: Gateway | None) -> dict[str, int]:
         "downstream_connections": len(getattr(gw, "_downstream", ())),
         "upstream_inflight": sum(len(getattr(u.relay, "_inflight", ())) for u in gw.upstreams.values()),
         "catalog_tools": len(gw.catalog.tools),
+        "listen_streams": len(gw.listen),  # 2026-era subscriptions/listen streams open
+        "bridged_calls_waiting": len(gw.pending),  # 2025 upstream calls waiting for a 2026 client's answer
         "agents": len(gw.agents),  # session agents end with their session (not hosted ones)
     }
     for k, v in gw.counters.sizes().items():

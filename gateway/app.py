@@ -32,11 +32,11 @@ from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Principal, UpstreamInfo
 from gateway.errors import CatalogError, ConfigError, UpstreamError, UpstreamUnavailable
 from gateway.events import EventSink
+from gateway.listen import ListenHub, StreamOutbound
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
-from gateway.server.listen import ListenHub, StreamOutbound
 from gateway.steps.policy import afilter_listing
 from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref

@@ -34,6 +34,7 @@ from gateway.context import CallContext, UpstreamInfo
 from gateway.custody import check_trusted_files, hidden_paths, private_secret, secure_data_dir
 from gateway.errors import AuditError, ConfigError
 from gateway.events import EventSink, LoggingSink
+from gateway.listen import ListenHub
 from gateway.memory.build import build_service
 from gateway.memory.builtin import KnowledgeBuiltin, MemoryBuiltin, MemoryService
 from gateway.metrics import GatewayMetrics, MetricsSink
@@ -43,7 +44,6 @@ from gateway.runtime.core import AgentRuntime
 from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
 from gateway.sandbox.types import Limits
 from gateway.state import SharedState, build_state
-from gateway.server.listen import ListenHub
 from gateway.steps.agent import AgentStep
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep

@@ -26,7 +26,7 @@ from gateway.boundary import error_result, protocol_error
 from gateway.config.model import Config
 from gateway.context import CallContext, Principal
 from gateway.errors import CatalogError, GatewayError, PolicyDenied, UpstreamError
-from gateway.server.listen import ListenHub
+from gateway.listen import ListenHub
 
 _logger = logging.getLogger("symbi.server")
 _T = TypeVar("_T")

@@ -44,13 +44,13 @@ from gateway.assemble import make_gateway
 from gateway.config.model import Config
 from gateway.context import Principal
 from gateway.errors import StateUnavailable
+from gateway.listen import ListenHub
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.runtime.status import components
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
 from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
 from gateway.server.front import build_server, http_session_key
 from gateway.server.limits import ConnectionLimit
-from gateway.server.listen import ListenHub
 from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
 
 _logger = logging.getLogger("symbi.http")

@@ -3,7 +3,7 @@
 The handshake era has ``resources/subscribe`` for ``bus://inbox`` (test_http_bus.py); the
 2026-07-28 era has no server push outside a listen stream, so the bus pushes
 ``notifications/resources/updated`` through the same listen streams the catalogue's list
-changes use (gateway/server/listen.py). Real HTTP on 127.0.0.1, the SDK's 2026 ``Client``.
+changes use (gateway/listen.py). Real HTTP on 127.0.0.1, the SDK's 2026 ``Client``.
 """
 
 from __future__ import annotations

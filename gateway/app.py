@@ -438,31 +438,39 @@ class Gateway:
             served = self.builtins.get(call.upstream.name)
             if isinstance(served, ResourceBuiltin):
                 return await served.read_resource(call)
-            request: Any = types.ReadResourceRequest(
-                params=types.ReadResourceRequestParams(
-                    uri=call.target, input_responses=call.input_responses, request_state=call.request_state
+            name, uri = call.upstream.name, call.target
+
+            async def read(answers: Any, state: str | None) -> Any:
+                request = types.ReadResourceRequest(
+                    params=types.ReadResourceRequestParams(uri=uri, input_responses=answers, request_state=state)
                 )
-            )
-            return await self.with_upstream(
-                call.upstream.name, lambda up: up.session.send_request(request, _READ_RESULT), call.downstream
-            )
+                return await self.with_upstream(
+                    name, lambda up: up.session.send_request(request, _READ_RESULT), call.downstream
+                )
+
+            return await self._answered_for_legacy(call, name, read)
         if call.kind == "prompts/get":
             assert call.upstream is not None
             entry = self.catalog.prompt(call.target)
             prompter = self.builtins.get(call.upstream.name)
             if isinstance(prompter, PromptBuiltin):
                 return await prompter.get_prompt(call)
-            request = types.GetPromptRequest(
-                params=types.GetPromptRequestParams(
-                    name=entry.original_name,
-                    arguments={k: str(v) for k, v in call.arguments.items()},
-                    input_responses=call.input_responses,
-                    request_state=call.request_state,
+            owner = call.upstream.name
+
+            async def get(answers: Any, state: str | None) -> Any:
+                request = types.GetPromptRequest(
+                    params=types.GetPromptRequestParams(
+                        name=entry.original_name,
+                        arguments={k: str(v) for k, v in call.arguments.items()},
+                        input_responses=answers,
+                        request_state=state,
+                    )
                 )
-            )
-            return await self.with_upstream(
-                call.upstream.name, lambda up: up.session.send_request(request, _PROMPT_RESULT), call.downstream
-            )
+                return await self.with_upstream(
+                    owner, lambda up: up.session.send_request(request, _PROMPT_RESULT), call.downstream
+                )
+
+            return await self._answered_for_legacy(call, owner, get)
         assert call.tool is not None
         builtin = self.builtins.get(call.tool.upstream)
         if builtin is not None:
@@ -484,30 +492,35 @@ class Gateway:
         try:
             if _modern(ctx) and not _modern(up.session) and self._tg is not None:
                 return await self._bridged_for_modern_client(call, up, ctx, progress)
-            rid = getattr(ctx, "request_id", None)
-            with up.relay.caller(session, rid):
-                result = await up.call_tool(
-                    call.tool.original_name,
-                    call.arguments,
-                    progress=progress,
-                    input_responses=call.input_responses,
-                    request_state=call.request_state,
-                )
-                rounds = 0
-                # a 2026 server's questions, for a 2025 client that cannot read an input-required result
-                while isinstance(result, types.InputRequiredResult) and ctx is not None and not _modern(ctx):
-                    rounds += 1
-                    if rounds > MAX_ROUNDS:
-                        raise UpstreamError(f"upstream {up.name!r} still asked for input after {MAX_ROUNDS} rounds")
-                    self._audit_bridged(call, up, "2026-upstream-to-2025-client",
-                                        [r.method for r in (result.input_requests or {}).values()])
-                    answers = await ask_legacy_client(session, rid, result)
-                    result = await up.call_tool(call.tool.original_name, call.arguments, progress=progress,
-                                                input_responses=answers or None, request_state=result.request_state)
-                return result
+            tool = call.tool
+            with up.relay.caller(session, getattr(ctx, "request_id", None)):
+
+                async def call_once(answers: Any, state: str | None) -> Any:
+                    return await up.call_tool(tool.original_name, call.arguments, progress=progress,
+                                              input_responses=answers, request_state=state)
+
+                return await self._answered_for_legacy(call, up.name, call_once)
         finally:
             self._busy[up.name] -= 1
             DOWNSTREAM_CAPABILITIES.reset(token)
+
+    async def _answered_for_legacy(
+        self, call: CallContext, upstream: str, send: Callable[[Any, str | None], Awaitable[Any]]
+    ) -> Any:
+        """Send the request; while a 2026 upstream answers input-required and the client is of
+        the 2025 era (it cannot read one), ask the client and send again with its answers."""
+        ctx = call.downstream
+        result = await send(call.input_responses, call.request_state)
+        rounds = 0
+        while isinstance(result, types.InputRequiredResult) and ctx is not None and not _modern(ctx):
+            rounds += 1
+            if rounds > MAX_ROUNDS:
+                raise UpstreamError(f"upstream {upstream!r} still asked for input after {MAX_ROUNDS} rounds")
+            self._audit_bridged(call, upstream, "2026-upstream-to-2025-client",
+                                [r.method for r in (result.input_requests or {}).values()])
+            answers = await ask_legacy_client(getattr(ctx, "session", None), getattr(ctx, "request_id", None), result)
+            result = await send(answers or None, result.request_state)
+        return result
 
     async def _bridged_for_modern_client(self, call: CallContext, up: Upstream, ctx: Any, progress: Any) -> Any:
         """A 2026 client calling a 2025 upstream: the upstream's requests during the call come
@@ -522,7 +535,7 @@ class Gateway:
 
         async def run(ask: Callable[[Any], Awaitable[Any]]) -> Any:
             async def audited(request: Any) -> Any:
-                self._audit_bridged(call, up, "2025-upstream-to-2026-client", [request.method])
+                self._audit_bridged(call, up.name, "2025-upstream-to-2026-client", [request.method])
                 return await ask(request)
 
             with up.relay.caller(session, rid, ask=audited):
@@ -530,9 +543,9 @@ class Gateway:
 
         return await self.pending.start(self._tg, call.principal.id, call.target, run)
 
-    def _audit_bridged(self, call: CallContext, up: Upstream, direction: str, methods: list[str]) -> None:
+    def _audit_bridged(self, call: CallContext, upstream: str, direction: str, methods: list[str]) -> None:
         self.events.emit("bridge.input_request", {"direction": direction, "methods": methods,
-                                                  "target": call.target, "upstream": up.name},
+                                                  "target": call.target, "upstream": upstream},
                          principal=call.principal.id, agent=call.principal.agent)
 
     async def watch_resource(self, owner: str, uri: str, principal: Principal, ctx: Any, on: bool) -> bool:

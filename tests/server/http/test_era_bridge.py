@@ -127,7 +127,7 @@ async def test_a_2025_client_answers_a_2026_upstreams_input_required_result(gw: 
 
     async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
         asked.append(params.message)
-        return types.ElicitResult(action="accept", content={"name": "Ada"})
+        return types.ElicitResult(action="accept", content={"name": "Ada", "context": "the 1840s"})
 
     async with (
         httpx2.AsyncClient(headers=bearer(keys["alice"]), timeout=60) as hc,
@@ -140,6 +140,10 @@ async def test_a_2025_client_answers_a_2026_upstreams_input_required_result(gw: 
         assert not res.is_error, res
         assert res.content[0].text == "Hello, Ada!"  # type: ignore[union-attr]
         assert asked == ["What is your name?"]
+        # prompts/get: the same loop
+        prompt = await s.get_prompt("fx__test_input_required_result_prompt")
+        assert isinstance(prompt, types.GetPromptResult)
+        assert prompt.messages[0].content.text == "Use this context: the 1840s"  # type: ignore[union-attr]
     # on the record: the question was bridged, for Alice's call
     gateway = run.state.gateway
     assert gateway is not None and gateway.audit is not None

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from gateway.screen.screener import Screening
 
-VerificationStatus = Literal["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed"]
+VerificationStatus = Literal["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed", "unavailable"]
 CallKind = Literal["tools/call", "resources/read", "prompts/get", "list"]
 
 

@@ -156,23 +156,24 @@ class PendingQuestions:
             raise
 
     async def _wait(self, pending: _Pending) -> Any:
-        with anyio.fail_after(self._timeout):
-            async with anyio.create_task_group() as tg:
-                got: list[tuple[Any, anyio.Event, list[Any]]] = []
+        # no deadline here: the upstream call has its own (servers.X.timeout_s), and a
+        # question left unanswered times out in `ask`
+        got: list[tuple[Any, anyio.Event, list[Any]]] = []
+        async with anyio.create_task_group() as tg:
 
-                async def question() -> None:
-                    try:
-                        got.append(await pending.questions.receive())
-                    except anyio.EndOfStream:
-                        await pending.done.wait()
-                    tg.cancel_scope.cancel()
-
-                async def finished() -> None:
+            async def question() -> None:
+                try:
+                    got.append(await pending.questions.receive())
+                except anyio.EndOfStream:
                     await pending.done.wait()
-                    tg.cancel_scope.cancel()
+                tg.cancel_scope.cancel()
 
-                tg.start_soon(question)
-                tg.start_soon(finished)
+            async def finished() -> None:
+                await pending.done.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(question)
+            tg.start_soon(finished)
         if got:
             request, answered, box = got[0]
             key = f"q{len(pending.waiting) + 1}"

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
@@ -24,10 +24,11 @@ from pydantic import TypeAdapter
 
 from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
+from gateway.compat import connection_of
 from gateway.config.model import Config, ServerConfig
-from gateway.context import CallContext, Principal, UpstreamInfo
+from gateway.context import CallContext, Downstream, Principal, UpstreamInfo
 from gateway.errors import ConfigError, UpstreamUnavailable
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
@@ -160,7 +161,7 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         self.events.emit(
-            "gateway.start",
+            Event.GATEWAY_START,
             {"servers": sorted(self.config.servers), "config": str(self.config.source) if self.config.source else None},
         )
         try:
@@ -183,7 +184,7 @@ class Gateway:
                 try:
                     yield self
                 finally:
-                    self.events.emit("gateway.stop", {})
+                    self.events.emit(Event.GATEWAY_STOP, {})
                     for up in self._all_upstreams():
                         await up.stop()
                     tg.cancel_scope.cancel()
@@ -266,7 +267,7 @@ class Gateway:
             old, self.live.snapshot = self.live.snapshot, new
             for r in new.refusals:
                 if r not in old.refusals:  # on the record once, when it appears
-                    self.events.emit("catalog.refused", {"upstream": r.upstream, "kind": r.kind, "name": r.name,
+                    self.events.emit(Event.CATALOG_REFUSED, {"upstream": r.upstream, "kind": r.kind, "name": r.name,
                                                          "reason": r.reason})
         await self._announce(old, new)
 
@@ -302,8 +303,8 @@ class Gateway:
         await self._rebuild()
 
     def remember_downstream(self, session: ServerSession) -> None:
-        conn = getattr(session, "_connection", None)
-        if conn is None or conn in self._downstream:
+        conn = connection_of(session)
+        if conn in self._downstream:
             return
         if conn.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return  # 2026-era clients hear about changes through subscriptions/listen (self.bus)
@@ -388,9 +389,9 @@ class Gateway:
             return await builtin.call(call)
         up = self._least_busy(call.tool.upstream)
         ctx = call.downstream
-        session = getattr(ctx, "session", None)
         progress = None
-        if ctx is not None and session is not None:
+        if ctx is not None:
+            session = ctx.session
 
             async def report(progress: float, total: float | None, message: str | None) -> None:
                 with contextlib.suppress(Exception):
@@ -398,10 +399,9 @@ class Gateway:
 
             progress = report
 
-        token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
         self._busy[up.name] = self._busy.get(up.name, 0) + 1
         try:
-            with up.relay.caller(session, getattr(ctx, "request_id", None)):
+            with _on_behalf_of(up, ctx):
                 return await up.call_tool(
                     call.tool.original_name,
                     call.arguments,
@@ -411,16 +411,17 @@ class Gateway:
                 )
         finally:
             self._busy[up.name] -= 1
-            DOWNSTREAM_CAPABILITIES.reset(token)
 
-    async def watch_resource(self, owner: str, uri: str, principal: Principal, ctx: Any, on: bool) -> bool:
+    async def watch_resource(
+        self, owner: str, uri: str, principal: Principal, ctx: Downstream | None, on: bool
+    ) -> bool:
         """resources/(un)subscribe on a built-in's resource; False when ``owner`` is an upstream."""
         provider = self.builtins.get(owner)
         if not isinstance(provider, WatchedResourceBuiltin):
             return False
         # the connection outlives the per-request session object (as in remember_downstream)
-        session = getattr(ctx, "session", None)
-        await provider.watch(uri, principal, getattr(session, "_connection", None), on)
+        conn = connection_of(ctx.session) if ctx is not None else None
+        await provider.watch(uri, principal, conn, on)
         return True
 
     def _all_upstreams(self) -> list[Upstream]:
@@ -434,17 +435,28 @@ class Gateway:
         live = [u for u in reps if u.state == "up"] or reps[:1]
         return min(live, key=lambda u: self._busy.get(u.name, 0))
 
-    async def with_upstream(self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Any = None) -> Any:
+    async def with_upstream(
+        self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Downstream | None = None
+    ) -> Any:
+        """``fn(upstream)`` on behalf of the caller whose request context is ``ctx``."""
         up = self.upstreams.get(name)
         if up is None:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
-        session = getattr(ctx, "session", None)
-        token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
-        try:
-            with up.relay.caller(session, getattr(ctx, "request_id", None)):
-                return await up.request(fn(up))
-        finally:
-            DOWNSTREAM_CAPABILITIES.reset(token)
+        with _on_behalf_of(up, ctx):
+            return await up.request(fn(up))
+
+
+@contextlib.contextmanager
+def _on_behalf_of(up: Upstream, ctx: Downstream | None) -> Iterator[None]:
+    """Requests the upstream sends back (sampling, elicitation, roots) go to this caller, and a
+    2026-era upstream sees this caller's capabilities."""
+    session = ctx.session if ctx is not None else None
+    token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
+    try:
+        with up.relay.caller(session, ctx.request_id if ctx is not None else None):
+            yield
+    finally:
+        DOWNSTREAM_CAPABILITIES.reset(token)
 
 
 async def _ignore_change(up: Upstream) -> None:

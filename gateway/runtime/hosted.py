@@ -35,7 +35,7 @@ import anyio
 
 from gateway.config.model import AgentConfig, Config
 from gateway.errors import GatewayError
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.lifecycle import AgentState
@@ -127,7 +127,7 @@ class HostedAgents:
                 return
             if outcome == "ok":
                 backoff = ac.restart_backoff_s
-            self.events.emit("agent.restart_scheduled", {"name": name, "after_s": backoff, "outcome": outcome})
+            self.events.emit(Event.AGENT_RESTART_SCHEDULED, {"name": name, "after_s": backoff, "outcome": outcome})
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, ac.restart_backoff_max_s)
 
@@ -154,7 +154,7 @@ class HostedAgents:
         if failures:
             reason = f"escalated: {failures} failures within {ac.failure_window_s:g} s (max_failures)"
             self._fail(agent, reason)
-            self.events.emit("agent.escalated", {"name": name, "failures": failures}, principal=principal.id,
+            self.events.emit(Event.AGENT_ESCALATED, {"name": name, "failures": failures}, principal=principal.id,
                              agent=agent.id)
             return "escalated"
         tier = ac.sandbox or self.config.security.default_sandbox_tier
@@ -239,7 +239,7 @@ class HostedAgents:
         oom = cgroup.oom_killed(code)
         agent.hosted_busy = False
         agent.in_flight -= 1
-        self.events.emit("agent.exited", {"agent": agent.id, "name": agent.name, "exit_code": code, "oom": oom,
+        self.events.emit(Event.AGENT_EXITED, {"agent": agent.id, "name": agent.name, "exit_code": code, "oom": oom,
                                           "memory_peak_mb": round(usage.memory_peak_mb, 1)},
                          principal=agent.principal, agent=agent.id)
         if code == 0 and not stopped:
@@ -261,7 +261,7 @@ class HostedAgents:
         if stopped and stopped[0].startswith("terminated"):
             return "stopped"
         self._failures[agent.name].append(time.monotonic())
-        self.events.emit("agent.failed", {"name": agent.name, "reason": why, "exit_code": code},
+        self.events.emit(Event.AGENT_FAILED, {"name": agent.name, "reason": why, "exit_code": code},
                          principal=agent.principal, agent=agent.id)
         rt.recent_errors.append({"time": time.time(), "agent": agent.id, "code": "agent_failed",
                                  "target": agent.name, "type": "oom" if oom else "exit"})

@@ -81,6 +81,7 @@ EFFECT_TESTED_IN = {
     "runtime.max_concurrent_agents": "tests/runtime/test_lifecycle.py",
     "runtime.scheduler_threads": "tests/runtime/test_runtime_keys.py",
     "runtime.gc_interval_ms": "tests/runtime/test_runtime_keys.py",
+    "runtime.mode": "tests/config/test_unsafe.py",
 }
 
 

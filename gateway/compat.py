@@ -28,6 +28,7 @@ __all__ = [
     "SdkChanged",
     "connection_of",
     "create_context_streams",
+    "http_session_counts",
     "negotiate_auto",
     "open_http_sessions",
     "raw_socket",
@@ -84,6 +85,17 @@ def open_http_sessions(manager: StreamableHTTPSessionManager) -> list[tuple[str,
         owner = owners.get(sid)
         out.append((sid, owner.get("client_id") if owner else None))
     return out
+
+
+def http_session_counts(manager: StreamableHTTPSessionManager) -> tuple[int, int]:
+    """How many sessions the manager holds, and how many session owners (``GET /api/state``).
+
+    Counted apart: an owner left behind by a closed session is a leak the footprint test finds.
+    """
+    try:
+        return len(manager._server_instances), len(manager._session_owners)
+    except AttributeError as e:
+        raise SdkChanged(f"StreamableHTTPSessionManager.{e.name}") from None
 
 
 def stream_reader_head(reader: asyncio.StreamReader, n: int) -> bytes:

@@ -70,6 +70,7 @@ async def test_context_streams_carry_messages() -> None:
 async def test_open_http_sessions_of_a_session_manager() -> None:
     manager = StreamableHTTPSessionManager(app=_server({}))
     assert compat.open_http_sessions(manager) == []
+    assert compat.http_session_counts(manager) == (0, 0)
 
 
 async def test_stream_reader_head_after_an_oversized_line() -> None:
@@ -99,6 +100,7 @@ def test_a_missing_attribute_is_named() -> None:
 _PRIVATE = re.compile(
     r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer)\b"
     r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b"
+    r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock)[\"']"  # getattr(x, "_name")
 )
 
 

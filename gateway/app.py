@@ -39,6 +39,7 @@ from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstre
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
     from gateway.policy.engine import PolicyEngine
+    from gateway.runtime.hosted import HostedAgents
     from gateway.verify.verifier import ToolVerifier
 
 _logger = logging.getLogger("symbi.gateway")
@@ -122,6 +123,7 @@ class Gateway:
         closers: Sequence[Callable[[], object]] = (),
         runtime: AgentRuntime | None = None,
         state: SharedState | None = None,
+        hosted: HostedAgents | None = None,
     ) -> None:
         self.config = config
         self.steps: tuple[Step, ...] = tuple(steps)
@@ -138,6 +140,7 @@ class Gateway:
         # (not `runtime or ...`: the one assembled must be used even when falsy)
         self.runtime = runtime if runtime is not None else AgentRuntime(config, self.events)
         self.agents: AgentRegistry = self.runtime.agents
+        self.hosted = hosted  # the [agents.*] processes, when configured
         self.bus = bus or InMemorySubscriptionBus()
         self.upstreams: dict[str, Upstream] = {}  # the primary of each server (the catalogue's source)
         self.replicas: dict[str, list[Upstream]] = {}  # every process of each server, primary first

@@ -41,6 +41,7 @@ from gateway.metrics import GatewayMetrics, MetricsSink
 from gateway.policy import CallCounters, PolicyEngine, build_engine
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
+from gateway.runtime.hosted import AgentHost, HostedAgents
 from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
 from gateway.sandbox.types import Limits
 from gateway.state import SharedState, build_state
@@ -162,17 +163,19 @@ def make_gateway(
     bus: InMemorySubscriptionBus | None = None,
     *,
     metrics: GatewayMetrics | None = None,
+    agent_host: AgentHost | None = None,
 ) -> Gateway:
     """The gateway the config describes.
 
     ``bus`` carries list-changed notices to 2026-era clients (the front owns it);
-    ``metrics`` (the HTTP front's ``/metrics``) counts every event and call when given.
+    ``metrics`` (the HTTP front's ``/metrics``) counts every event and call when given;
+    ``agent_host`` is where hosted agents reach the gateway (the HTTP front's socket and keys).
     """
     check_trusted_files(config)  # another user could change who may do what: refuse to start
     secure_data_dir(config)
     closers: list[Callable[[], object]] = []
     try:
-        return _assemble(config, bus, metrics, closers)
+        return _assemble(config, bus, metrics, agent_host, closers)
     except BaseException:
         # a component that failed to start must not leave the others open (the audit lock...)
         for close in reversed(closers):
@@ -187,6 +190,7 @@ def _assemble(
     config: Config,
     bus: InMemorySubscriptionBus | None,
     metrics: GatewayMetrics | None,
+    agent_host: AgentHost | None,
     closers: list[Callable[[], object]],
 ) -> Gateway:
     audit: AuditLog | None = None
@@ -253,13 +257,11 @@ def _assemble(
     background.append(lambda _gw: runtime.run())
     if config.mcp.discovery_enabled:
         background.append(_discover(config, events))
+    hosted: HostedAgents | None = None
     if config.agents:
-        from gateway.runtime.hosted import HostedAgents
-
         # hosted agents: sandboxed processes with credentials of their own; the HTTP front
         # attaches its Unix socket and key store (`symbi serve`), else they fail to start
-        hosted = HostedAgents(config, runtime, events, sandbox=manager)
-        runtime.hosted = hosted
+        hosted = HostedAgents(config, runtime, events, sandbox=manager, host=agent_host)
         background.append(lambda _gw: hosted.run())
     if audit is not None and (retention := _retention(config, audit)) is not None:
         background.append(retention)
@@ -279,6 +281,7 @@ def _assemble(
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
         runtime=runtime,
         state=state,
+        hosted=hosted,
     )
 
 

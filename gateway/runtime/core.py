@@ -52,7 +52,6 @@ class AgentRuntime:
         self._terminating: dict[str, str] = {}  # Running agents to end when their calls do -> reason
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
         self.on_terminate: list[Callable[[Agent], None]] = []  # hosted agents stop their process
-        self.hosted: Any = None  # gateway.runtime.hosted.HostedAgents when [agents.*] are configured
         self.started = time.time()
         self.agents.on_unregister.append(self._forget)
 

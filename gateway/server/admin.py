@@ -338,7 +338,7 @@ def admin_routes(state: HttpState) -> list[Route]:
     async def agent_run(request: Request) -> Response:
         gw = state.gateway
         name = request.path_params["id"]
-        hosted = gw.runtime.hosted if gw is not None else None
+        hosted = gw.hosted if gw is not None else None
         if hosted is None or name not in state.config.agents:
             return _err(404, "not_found", f"no hosted agent {name!r} ([agents.{name}])")
         result = hosted.request_start(name)

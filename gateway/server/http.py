@@ -47,6 +47,7 @@ from gateway.config.model import Config
 from gateway.context import Principal, is_admin
 from gateway.errors import AuthFailed, NoCredentials, StateUnavailable
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
+from gateway.runtime.hosted import AgentHost
 from gateway.runtime.status import components
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
 from gateway.server.auth import Authenticator
@@ -356,9 +357,8 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     auth = Authenticator.from_config(config)
 
     def factory(bus: InMemorySubscriptionBus) -> Gateway:
-        gw = make_gateway(config, bus, metrics=metrics)
-        if agent_socket is not None and gw.runtime.hosted is not None:
-            gw.runtime.hosted.attach(agent_socket.getsockname(), auth.keys)
+        host = AgentHost(agent_socket.getsockname(), auth.keys) if agent_socket is not None else None
+        gw = make_gateway(config, bus, metrics=metrics, agent_host=host)
         holder.append(gw)
         return gw
 

@@ -17,6 +17,7 @@ JSON-RPC error.
      ├── VerificationDenied     [D]  SchemaPin / pin / drift check refused the tool
      │    └── ScreeningFlagged  [D]  a definition screened as poisoned (approval needs an accept)
      ├── ApprovalError               an approval that cannot be made here (admin API)
+     ├── AdminApiError               the CLI could not use a running gateway's admin API
      ├── PolicyDenied           [D]  the Rego decision refused the call (carries reasons)
      │    ├── PolicyError       [D]  the policy could not be evaluated (fail closed)
      │    │    └── PolicyLoadError   the policy, its data or its tests cannot be used
@@ -134,6 +135,12 @@ class ArgumentsInvalid(GatewayError):
 class VerificationDenied(GatewayError):
     code = "verification_denied"
     denial = True
+
+
+class AdminApiError(GatewayError):
+    """A CLI command could not use a running gateway's admin API (unreachable, HTTP error)."""
+
+    code = "admin_api_error"
 
 
 class ApprovalError(GatewayError):

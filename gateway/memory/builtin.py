@@ -237,7 +237,7 @@ class KnowledgeBuiltin:
         res = await self._context(call)
         query = str(call.arguments.get("query", ""))
         meta = {"symbi/rag_timings_ms": res.timings_ms, "symbi/citations": res.citations}
-        session = getattr(call.downstream, "session", None)
+        session = call.downstream.session if call.downstream is not None else None
         sampling = session is not None and session.check_client_capability(
             types.ClientCapabilities(sampling=types.SamplingCapability()))
         if not sampling:
@@ -250,7 +250,7 @@ class KnowledgeBuiltin:
             max_tokens=_int(call.arguments, "max_tokens", 512, 16, 8192),
             system_prompt="Answer only from the numbered passages; cite them as [n]. Say so if they do not answer it.",
         )
-        rid = getattr(call.downstream, "request_id", None)
+        rid = call.downstream.request_id if call.downstream is not None else None
         try:
             reply = await session.send_request(
                 types.CreateMessageRequest(params=params), types.CreateMessageResult,

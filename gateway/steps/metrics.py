@@ -10,8 +10,6 @@ import re
 import time
 from typing import Any
 
-from mcp.types import CallToolResult
-
 from gateway.chain import CallNext
 from gateway.context import APPROVED, CallContext
 from gateway.errors import AuditError, GatewayError, VerificationDenied, is_denial
@@ -50,7 +48,7 @@ class MetricsStep:
             reasons = tuple(error.reasons) if isinstance(error, GatewayError) else (type(error).__name__,)
         elif call.outcome == "denied":
             outcome, code, reasons = "denied", call.error_code, tuple(call.reasons)
-        elif isinstance(result, CallToolResult) and result.is_error:
+        elif getattr(result, "is_error", False) is True:  # a tool result the upstream marked failed
             outcome, code, reasons = "error", call.error_code, tuple(call.reasons)
         else:
             outcome, code, reasons = "ok", None, tuple(call.reasons)

@@ -9,13 +9,15 @@ Debian packages of `make state-engines`). Measured per call of the hot path:
 - approvals: the verifier's ``version()`` poll and a tool-record read, PostgreSQL vs SQLite
   (these run per refresh / per poll, not per call: shown for the projection);
 - API key lookup (per HTTP request): PostgreSQL vs the JSON file.
-Calls/s of 1-3 replicas behind HAProxy is not measured here yet (issue 17).
+- calls/s through HAProxy: 1 replica on the embedded default (the baseline), then 1 and 2
+  replicas on Redis + PostgreSQL, C clients each on its own session (``--calls``, ``--clients``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -28,12 +30,13 @@ from typing import Any
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench._common import latency_summary
+from bench._common import ROOT, latency_summary
 from gateway.policy.counters import CallCounters
 from gateway.server.auth import ApiKeyStore
 from gateway.state.limiter import LocalRateLimiter, RedisRateLimiter
 from gateway.state.postgres import PgApiKeyStore, PgToolStateStore, Postgres
 from gateway.verify.state import ToolStateStore
+from tests.state.engines import HAProxy, replica
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine
 
@@ -98,7 +101,110 @@ async def main(n: int) -> dict[str, Any]:
         pg.stop()
 
 
+def _config(folder: Path, name: str, state: str) -> Path:
+    data = json.loads((ROOT / "tests/assets/policy/test-data.json").read_text())
+    data["symbi_data"]["default_rate_limit"] = 10**6  # every call still takes the limiter's round trip
+    (folder / "data.json").write_text(json.dumps(data))
+    path = folder / f"{name}.toml"
+    path.write_text(f"""
+[gateway]
+data_dir = "{folder / name}"
+log_level = "WARNING"
+[policy]
+path = "{ROOT / 'policies.rego'}"
+data = "{folder / 'data.json'}"
+[http]
+access_log = false
+[sandbox]
+code_tools = false
+[context]
+enabled = false
+[bus]
+enabled = false
+{state}
+[servers.mut]
+command = "{sys.executable}"
+args = ["{ROOT / 'tests/peers/mutable_server.py'}"]
+verification = "warn"
+""")
+    return path
+
+
+async def _drive(base: str, key: str, calls: int, clients: int) -> dict[str, Any]:
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    wrong = 0
+
+    async def client(c: int) -> None:
+        nonlocal wrong
+        async with (
+            httpx2.AsyncClient(headers={"x-api-key": key}, timeout=httpx2.Timeout(60)) as hc,
+            streamable_http_client(base + "/mcp", http_client=hc) as (r, w),
+            ClientSession(r, w) as s,
+        ):
+            await s.initialize()
+            for i in range(calls // clients):
+                path = f"/tmp/b-{c}-{i}"
+                res = await s.call_tool("mut__read_path", {"path": path})
+                if res.is_error or res.content[0].text != f"read {path}":  # type: ignore[union-attr]
+                    wrong += 1
+
+    t = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    wall = time.perf_counter() - t
+    return {"calls_per_s": round(calls / wall, 1), "wrong_or_failed": wrong}
+
+
+async def replicas(calls: int, clients: int, counts: tuple[int, ...]) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="symbi-bench-scale-"))
+    os.chmod(folder, 0o755)
+    redis, pg = RedisEngine(folder / "r"), PgEngine(folder / "pg")
+    (folder / "r").mkdir()
+    (folder / "pg").mkdir()
+    redis.start()
+    pg.start()
+    out: dict[str, Any] = {"calls": calls, "clients": clients}
+    try:
+        base_cfg = _config(folder, "embedded", "")
+        key, _ = ApiKeyStore(folder / "embedded" / "api-keys.json").create("tester", ("tester",))
+        with replica(base_cfg) as (b, _p):
+            hp = HAProxy(folder, [int(b.rsplit(":", 1)[1])], port=0)
+            hp.start()
+            try:
+                out["embedded_1"] = await _drive(hp.url, key, calls, clients)
+            finally:
+                hp.stop()
+        state = f'[state]\nredis_url = "{redis.url}"\npostgres_url = "{pg.url}"'
+        pool = Postgres(pg.url, timeout_s=5).open()
+        skey, _ = PgApiKeyStore(pool).create("tester", ("tester",))
+        pool.close()
+        for n in counts:
+            cfgs = [_config(folder, f"shared-{n}-{i}", state) for i in range(n)]
+            with contextlib.ExitStack() as stack:
+                bases = [stack.enter_context(replica(c))[0] for c in cfgs]
+                hp = HAProxy(folder, [int(b.rsplit(":", 1)[1]) for b in bases])
+                hp.start()
+                stack.callback(hp.stop)
+                got = await _drive(hp.url, skey, calls, clients)
+            got["ratio_to_embedded_1"] = round(got["calls_per_s"] / out["embedded_1"]["calls_per_s"], 3)
+            out[f"shared_{n}"] = got
+        return out
+    finally:
+        redis.stop()
+        pg.stop()
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=2000)
-    print(json.dumps(asyncio.run(main(ap.parse_args().n)), indent=2))
+    ap.add_argument("--n", type=int, default=2000, help="round trips per state operation")
+    ap.add_argument("--calls", type=int, default=600, help="calls through HAProxy per setup (0: skip)")
+    ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--replicas", default="1,2,3", help="replica counts on shared state")
+    args = ap.parse_args()
+    result = asyncio.run(main(args.n))
+    if args.calls:
+        counts = tuple(int(x) for x in args.replicas.split(","))
+        result["through_haproxy"] = asyncio.run(replicas(args.calls, args.clients, counts))
+    print(json.dumps(result, indent=2))

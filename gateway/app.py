@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
@@ -28,10 +28,11 @@ from pydantic import TypeAdapter
 
 from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
+from gateway.compat import connection_of
 from gateway.config.model import Config, ServerConfig
-from gateway.context import CallContext, Principal, UpstreamInfo
+from gateway.context import CallContext, Downstream, Principal, UpstreamInfo
 from gateway.errors import CatalogError, ConfigError, UpstreamError, UpstreamUnavailable
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.listen import ListenHub, StreamOutbound
 from gateway.policy.inputdoc import CallCounters, build_input
 from gateway.runtime.agents import AgentRegistry
@@ -44,6 +45,7 @@ from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstre
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
     from gateway.policy.engine import PolicyEngine
+    from gateway.runtime.hosted import HostedAgents
     from gateway.verify.verifier import ToolVerifier
 
 _logger = logging.getLogger("symbi.gateway")
@@ -127,6 +129,7 @@ class Gateway:
         closers: Sequence[Callable[[], object]] = (),
         runtime: AgentRuntime | None = None,
         state: SharedState | None = None,
+        hosted: HostedAgents | None = None,
     ) -> None:
         self.config = config
         self.steps: tuple[Step, ...] = tuple(steps)
@@ -143,6 +146,7 @@ class Gateway:
         # (not `runtime or ...`: the one assembled must be used even when falsy)
         self.runtime = runtime if runtime is not None else AgentRuntime(config, self.events)
         self.agents: AgentRegistry = self.runtime.agents
+        self.hosted = hosted  # the [agents.*] processes, when configured
         # 2026-era clients' subscriptions/listen streams (not `listen or ...`: see ListenHub.__bool__)
         self.listen = listen if listen is not None else ListenHub()
         self.upstreams: dict[str, Upstream] = {}  # the primary of each server (the catalogue's source)
@@ -170,7 +174,7 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         self.events.emit(
-            "gateway.start",
+            Event.GATEWAY_START,
             {"servers": sorted(self.config.servers), "config": str(self.config.source) if self.config.source else None},
         )
         try:
@@ -193,7 +197,7 @@ class Gateway:
                 try:
                     yield self
                 finally:
-                    self.events.emit("gateway.stop", {})
+                    self.events.emit(Event.GATEWAY_STOP, {})
                     for up in self._all_upstreams():
                         await up.stop()
                     tg.cancel_scope.cancel()
@@ -282,7 +286,7 @@ class Gateway:
             old, self.live.snapshot = self.live.snapshot, new
             for r in new.refusals:
                 if r not in old.refusals:  # on the record once, when it appears
-                    self.events.emit("catalog.refused", {"upstream": r.upstream, "kind": r.kind, "name": r.name,
+                    self.events.emit(Event.CATALOG_REFUSED, {"upstream": r.upstream, "kind": r.kind, "name": r.name,
                                                          "reason": r.reason})
         await self._announce(old, new, since)
 
@@ -309,7 +313,7 @@ class Gateway:
                             ("resources", ResourcesListChanged())):
             if kind in kinds:
                 self.listen.push(event, to=[pid for pid, seen in told.items() if kind in seen])
-        self.events.emit("notify.list_changed", {
+        self.events.emit(Event.NOTIFY_LIST_CHANGED, {
             "kinds": sorted(kinds),
             "told": sorted(pid for pid, seen in told.items() if seen),
             "not_told": sorted(pid for pid in principals if not told.get(pid)),
@@ -358,7 +362,7 @@ class Gateway:
                     await conn.outbound.notify("notifications/resources/updated", {"uri": uri})
         self.listen.push(ResourceUpdated(uri=uri), to=may)
         if may:
-            self.events.emit("notify.resource_updated", {"upstream": up.name, "uri": uri, "told": sorted(may)})
+            self.events.emit(Event.NOTIFY_RESOURCE_UPDATED, {"upstream": up.name, "uri": uri, "told": sorted(may)})
 
     async def watch_for_stream(self, principal: Principal, uris: list[str], outbound: StreamOutbound, on: bool) -> None:
         """A listen stream asked about ``uris``: built-ins that push updates (``bus://inbox``)
@@ -378,8 +382,8 @@ class Gateway:
 
     def remember_downstream(self, session: ServerSession, who: Callable[[], Principal]) -> None:
         """Keep a handshake-era connection (and who opened it) for pushed notifications."""
-        conn = getattr(session, "_connection", None)
-        if conn is None or conn in self._downstream:
+        conn = connection_of(session)
+        if conn in self._downstream:
             return
         if conn.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return  # 2026-era clients hear about changes through subscriptions/listen (self.listen)
@@ -477,9 +481,9 @@ class Gateway:
             return await builtin.call(call)
         up = self._least_busy(call.tool.upstream)
         ctx = call.downstream
-        session = getattr(ctx, "session", None)
         progress = None
-        if ctx is not None and session is not None:
+        if ctx is not None:
+            session = ctx.session
 
             async def report(progress: float, total: float | None, message: str | None) -> None:
                 with contextlib.suppress(Exception):
@@ -487,22 +491,20 @@ class Gateway:
 
             progress = report
 
-        token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
         self._busy[up.name] = self._busy.get(up.name, 0) + 1
         try:
             if _modern(ctx) and not _modern(up.session) and self._tg is not None:
                 return await self._bridged_for_modern_client(call, up, ctx, progress)
             tool = call.tool
-            with up.relay.caller(session, getattr(ctx, "request_id", None)):
 
-                async def call_once(answers: Any, state: str | None) -> Any:
-                    return await up.call_tool(tool.original_name, call.arguments, progress=progress,
-                                              input_responses=answers, request_state=state)
+            async def call_once(answers: Any, state: str | None) -> Any:
+                return await up.call_tool(tool.original_name, call.arguments, progress=progress,
+                                          input_responses=answers, request_state=state)
 
+            with _on_behalf_of(up, ctx):
                 return await self._answered_for_legacy(call, up.name, call_once)
         finally:
             self._busy[up.name] -= 1
-            DOWNSTREAM_CAPABILITIES.reset(token)
 
     async def _answered_for_legacy(
         self, call: CallContext, upstream: str, send: Callable[[Any, str | None], Awaitable[Any]]
@@ -530,7 +532,6 @@ class Gateway:
             assert call.request_state is not None
             return await self.pending.resume(call.principal.id, call.target, call.request_state,
                                              dict(call.input_responses or {}))
-        session, rid = getattr(ctx, "session", None), getattr(ctx, "request_id", None)
         tool = call.tool
 
         async def run(ask: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -538,24 +539,26 @@ class Gateway:
                 self._audit_bridged(call, up.name, "2025-upstream-to-2026-client", [request.method])
                 return await ask(request)
 
-            with up.relay.caller(session, rid, ask=audited):
+            with _on_behalf_of(up, ctx, ask=audited):
                 return await up.call_tool(tool.original_name, call.arguments, progress=progress)
 
         return await self.pending.start(self._tg, call.principal.id, call.target, run)
 
     def _audit_bridged(self, call: CallContext, upstream: str, direction: str, methods: list[str]) -> None:
-        self.events.emit("bridge.input_request", {"direction": direction, "methods": methods,
+        self.events.emit(Event.BRIDGE_INPUT_REQUEST, {"direction": direction, "methods": methods,
                                                   "target": call.target, "upstream": upstream},
                          principal=call.principal.id, agent=call.principal.agent)
 
-    async def watch_resource(self, owner: str, uri: str, principal: Principal, ctx: Any, on: bool) -> bool:
+    async def watch_resource(
+        self, owner: str, uri: str, principal: Principal, ctx: Downstream | None, on: bool
+    ) -> bool:
         """resources/(un)subscribe on a built-in's resource; False when ``owner`` is an upstream."""
         provider = self.builtins.get(owner)
         if not isinstance(provider, WatchedResourceBuiltin):
             return False
         # the connection outlives the per-request session object (as in remember_downstream)
-        session = getattr(ctx, "session", None)
-        await provider.watch(uri, principal, getattr(session, "_connection", None), on)
+        conn = connection_of(ctx.session) if ctx is not None else None
+        await provider.watch(uri, principal, conn, on)
         return True
 
     def _all_upstreams(self) -> list[Upstream]:
@@ -569,17 +572,31 @@ class Gateway:
         live = [u for u in reps if u.state == "up"] or reps[:1]
         return min(live, key=lambda u: self._busy.get(u.name, 0))
 
-    async def with_upstream(self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Any = None) -> Any:
+    async def with_upstream(
+        self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Downstream | None = None
+    ) -> Any:
+        """``fn(upstream)`` on behalf of the caller whose request context is ``ctx``."""
         up = self.upstreams.get(name)
         if up is None:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
-        session = getattr(ctx, "session", None)
-        token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
-        try:
-            with up.relay.caller(session, getattr(ctx, "request_id", None)):
-                return await up.request(fn(up))
-        finally:
-            DOWNSTREAM_CAPABILITIES.reset(token)
+        with _on_behalf_of(up, ctx):
+            return await up.request(fn(up))
+
+
+@contextlib.contextmanager
+def _on_behalf_of(
+    up: Upstream, ctx: Downstream | None, ask: Callable[[Any], Awaitable[Any]] | None = None
+) -> Iterator[None]:
+    """Requests the upstream sends back (sampling, elicitation, roots) go to this caller (or,
+    for a 2026-era caller, to the era bridge's ``ask``), and a 2026-era upstream sees this
+    caller's capabilities."""
+    session = ctx.session if ctx is not None else None
+    token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
+    try:
+        with up.relay.caller(session, ctx.request_id if ctx is not None else None, ask=ask):
+            yield
+    finally:
+        DOWNSTREAM_CAPABILITIES.reset(token)
 
 
 async def _ignore_change(up: Upstream) -> None:

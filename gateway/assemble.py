@@ -20,20 +20,20 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 from mcp import types
 
 from gateway.app import Background, Builtin, Gateway, WrapCommand
-from gateway.audit.log import AuditLog, AuditLogBusy
+from gateway.audit.log import AuditLog
 from gateway.catalog import LiveCatalog
 from gateway.chain import Step
-from gateway.config.model import Config, ServerConfig
+from gateway.config.model import Config, ServerConfig, UnsafeOption
 from gateway.context import CallContext, UpstreamInfo
 from gateway.custody import check_trusted_files, hidden_paths, private_secret, secure_data_dir
-from gateway.errors import AuditError, ConfigError
-from gateway.events import EventSink, LoggingSink
+from gateway.errors import AuditError, AuditLogBusy, ConfigError
+from gateway.events import Event, EventSink, LoggingSink
 from gateway.listen import ListenHub
 from gateway.memory.build import build_service
 from gateway.memory.builtin import KnowledgeBuiltin, MemoryBuiltin, MemoryService
@@ -41,6 +41,7 @@ from gateway.metrics import GatewayMetrics, MetricsSink
 from gateway.policy import CallCounters, PolicyEngine, build_engine
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
+from gateway.runtime.hosted import AgentHost, HostedAgents
 from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
 from gateway.sandbox.types import Limits
 from gateway.state import SharedState, build_state
@@ -51,6 +52,7 @@ from gateway.steps.metrics import MetricsStep
 from gateway.steps.policy import PolicyStep
 from gateway.steps.resolve import ResolveTool
 from gateway.steps.schedule import ScheduleStep
+from gateway.steps.unsafe import WarnUnsafe
 from gateway.steps.verify import VerifyTool
 from gateway.telemetry import Telemetry
 from gateway.verify.verifier import ToolVerifier
@@ -77,7 +79,7 @@ def open_audit(config: Config) -> AuditLog:
                 config.audit_key_path,
                 checkpoint_every=config.audit.checkpoint_every,
                 batch_max=config.audit.batch_max,
-                on_failure=config.audit.on_failure,
+                on_failure="warn" if config.audit_fails_open else "deny",
                 pinned_keys=config.audit.pinned_keys,
                 checkpoint_export=config.audit.checkpoint_export,
             )
@@ -123,10 +125,12 @@ def chain_steps(
     runtime: AgentRuntime | None = None,
     builtins: frozenset[str] = frozenset(),
     state: SharedState | None = None,
+    unsafe: Sequence[UnsafeOption] = (),
 ) -> list[Step]:
     """The call chain, outermost first. This list is the only place the order is decided.
 
     1. metrics: times and counts everything, denials and crashes included (HTTP front only);
+       then, only when the config turns a protection off, a warning on every call;
     2. audit: one durable record per call, whatever happened inside (fails closed);
     3. agent: a suspended/terminated agent stops here; Ready <-> Running around the call;
     4. resolve: the client's name -> catalogue entry (unknown or hidden -> refused);
@@ -139,6 +143,8 @@ def chain_steps(
     steps: list[Step] = []
     if metrics is not None:
         steps.append(MetricsStep(metrics))
+    if unsafe:
+        steps.append(WarnUnsafe(unsafe))
     if audit is not None:
         steps.append(AuditStep(audit, observe=metrics.observe_audit_write if metrics is not None else None))
     if runtime is not None:
@@ -157,17 +163,19 @@ def make_gateway(
     listen: ListenHub | None = None,
     *,
     metrics: GatewayMetrics | None = None,
+    agent_host: AgentHost | None = None,
 ) -> Gateway:
     """The gateway the config describes.
 
     ``listen`` holds the 2026-era clients' listen streams (the front owns it);
-    ``metrics`` (the HTTP front's ``/metrics``) counts every event and call when given.
+    ``metrics`` (the HTTP front's ``/metrics``) counts every event and call when given;
+    ``agent_host`` is where hosted agents reach the gateway (the HTTP front's socket and keys).
     """
     check_trusted_files(config)  # another user could change who may do what: refuse to start
     secure_data_dir(config)
     closers: list[Callable[[], object]] = []
     try:
-        return _assemble(config, listen, metrics, closers)
+        return _assemble(config, listen, metrics, agent_host, closers)
     except BaseException:
         # a component that failed to start must not leave the others open (the audit lock...)
         for close in reversed(closers):
@@ -182,23 +190,24 @@ def _assemble(
     config: Config,
     listen: ListenHub | None,
     metrics: GatewayMetrics | None,
+    agent_host: AgentHost | None,
     closers: list[Callable[[], object]],
 ) -> Gateway:
     audit: AuditLog | None = None
     telemetry = Telemetry(config)  # trace ids always; OTLP export when [telemetry] says where
     closers.append(telemetry.close)
     events: EventSink
-    if config.security.audit_enabled:
+    if config.audit_on:
         audit = open_audit(config)
         events = audit
         closers.append(audit.close)
     else:
-        _logger.warning("AUDIT IS OFF (security.audit_enabled = false): calls are not recorded")
+        _logger.warning("AUDIT IS OFF (security.unsafe_disable_audit): calls are not recorded")
         events = LoggingSink()
     if metrics is not None:
         events = MetricsSink(events, metrics)
     events.emit(
-        "config.loaded",
+        Event.CONFIG_LOADED,
         {"source": str(config.source) if config.source else None, "servers": sorted(config.servers)},
     )
 
@@ -213,11 +222,11 @@ def _assemble(
     counters = CallCounters()
     state = build_state(config, counters)  # [state]: shared by replicas, or this process only
     closers.append(state.close)
-    if config.security.enforce_policies:
+    if config.policies_enforced:
         policy = build_engine(config, events)
         closers.append(policy.close)
     else:
-        _logger.warning("POLICY IS OFF (security.enforce_policies = false): every verified call is allowed")
+        _logger.warning("POLICY IS OFF (security.unsafe_disable_policies): every verified call is allowed")
 
     background: list[Background] = []
     memory: MemoryService | None = None
@@ -239,21 +248,20 @@ def _assemble(
     closers.append(verifier.close)
 
     catalog = LiveCatalog(_upstream_infos(config, builtins))
+    unsafe = [o for o in config.unsafe_options() if o.every_call]
     steps = chain_steps(catalog, audit=audit, policy=policy, counters=counters, metrics=metrics, runtime=runtime,
-                        builtins=frozenset(b.name for b in builtins), state=state)
+                        builtins=frozenset(b.name for b in builtins), state=state, unsafe=unsafe)
     if state.shared:
         background.append(state.watch)
     background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s))
     background.append(lambda _gw: runtime.run())
     if config.mcp.discovery_enabled:
         background.append(_discover(config, events))
+    hosted: HostedAgents | None = None
     if config.agents:
-        from gateway.runtime.hosted import HostedAgents
-
         # hosted agents: sandboxed processes with credentials of their own; the HTTP front
         # attaches its Unix socket and key store (`symbi serve`), else they fail to start
-        hosted = HostedAgents(config, runtime, events, sandbox=manager)
-        runtime.hosted = hosted
+        hosted = HostedAgents(config, runtime, events, sandbox=manager, host=agent_host)
         background.append(lambda _gw: hosted.run())
     if audit is not None and (retention := _retention(config, audit)) is not None:
         background.append(retention)
@@ -273,6 +281,7 @@ def _assemble(
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
         runtime=runtime,
         state=state,
+        hosted=hosted,
     )
 
 
@@ -373,7 +382,7 @@ def _poll_approvals(verifier: ToolVerifier, interval: float) -> Background:
                 seen = now
                 _logger.info("approvals or manifests changed: re-verifying the catalogue")
                 # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
-                gw.events.emit("tool.approvals_changed", {"fingerprint": [str(x) for x in now]})
+                gw.events.emit(Event.TOOL_APPROVALS_CHANGED, {"fingerprint": [str(x) for x in now]})
                 await gw.refresh()
 
     return run

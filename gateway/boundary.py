@@ -1,4 +1,4 @@
-"""The one place where gateway errors become MCP results.
+"""The one place where gateway errors become MCP results (used as decorators by the front).
 
 - ``tools/call``: every ``GatewayError`` (unknown tool, bad arguments, deny, upstream down,
   sandbox failure...) becomes ``CallToolResult(isError=True)`` with a readable text and
@@ -12,18 +12,18 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 from mcp import types
 from mcp.shared.exceptions import MCPError
 
-from gateway.errors import (
-    ArgumentsInvalid,
-    CatalogError,
-    GatewayError,
-    PolicyDenied,
-    VerificationDenied,
-)
+from gateway.errors import GatewayError, UpstreamError, is_denial
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _logger = logging.getLogger("symbi.boundary")
 
@@ -48,14 +48,42 @@ def protocol_error(err: BaseException) -> MCPError:
     if isinstance(err, MCPError):
         return err
     if isinstance(err, GatewayError):
-        upstream_err = getattr(err, "mcp_error", None)
-        if isinstance(upstream_err, MCPError):
-            return upstream_err
-        code = (
-            types.INVALID_PARAMS
-            if isinstance(err, CatalogError | PolicyDenied | VerificationDenied | ArgumentsInvalid)
-            else types.INTERNAL_ERROR
-        )
+        if isinstance(err, UpstreamError) and isinstance(err.mcp_error, MCPError):
+            return err.mcp_error
+        code = types.INVALID_PARAMS if is_denial(err) else types.INTERNAL_ERROR
         return MCPError(code=code, message=err.message, data={"code": err.code, "reasons": err.reasons})
     _logger.error("internal error", exc_info=err)
     return MCPError(code=types.INTERNAL_ERROR, message="symbi: internal gateway error")
+
+
+def as_tool_result(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | types.CallToolResult]]:
+    """``tools/call``: every failure becomes ``CallToolResult(isError=True)``.
+
+    An upstream's own JSON-RPC error is passed on as is (the client sees what the server said).
+    """
+
+    @functools.wraps(fn)
+    async def handler(*args: P.args, **kwargs: P.kwargs) -> R | types.CallToolResult:
+        try:
+            return await fn(*args, **kwargs)
+        except UpstreamError as e:
+            if isinstance(e.mcp_error, MCPError):
+                raise e.mcp_error from None
+            return error_result(e)
+        except Exception as e:  # noqa: BLE001 - the boundary: every failure becomes isError
+            return error_result(e)
+
+    return handler
+
+
+def as_protocol_error(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Every other request: a failure becomes a JSON-RPC error (``protocol_error``)."""
+
+    @functools.wraps(fn)
+    async def handler(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the boundary: every failure becomes a JSON-RPC error
+            raise protocol_error(e) from None
+
+    return handler

@@ -12,10 +12,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mcp.server import ServerRequestContext
+
 from gateway.screen.screener import Screening
 
+# The SDK's context of the client request a call serves (None for calls made inside the gateway).
+Downstream = ServerRequestContext[Any, Any]
+
 VerificationStatus = Literal["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed", "unavailable"]
-CallKind = Literal["tools/call", "resources/read", "prompts/get", "list"]
+APPROVED: frozenset[str] = frozenset({"verified", "pinned"})
+
+
+def is_blocked(mode: str, status: str) -> bool:
+    """The one definition of a blocked tool (hidden from listings, refused when called).
+
+    strict/tofu upstreams admit verified or pinned tools only; warn and off admit anything
+    but a tool a security team revoked, or one whose approvals cannot be read
+    ("unavailable": the shared state is down, so a revocation could be missed).
+    """
+    if mode in ("strict", "tofu"):
+        return status not in APPROVED
+    return status in ("revoked", "unavailable")
+
+
+CallKind = Literal["tools/call", "resources/read", "prompts/get"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +50,18 @@ class Principal:
 
     def as_input(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "roles": list(self.roles), "claims": dict(self.claims)}
+
+
+ADMIN_ROLE = "admin"
+
+
+def is_admin(principal: Principal | None) -> bool:
+    """The one definition of an admin: a principal with the ``admin`` role.
+
+    ``Principal.kind`` describes a caller, it grants nothing: an API key made with
+    ``--kind admin`` but without the role is not an admin anywhere (API, dashboard, audit).
+    """
+    return principal is not None and ADMIN_ROLE in principal.roles
 
 
 @dataclass(frozen=True)
@@ -66,12 +98,8 @@ class ToolInfo:
 
     @property
     def blocked(self) -> bool:
-        """Hidden and refused: strict/tofu upstreams admit verified or pinned tools only;
-        warn admits the rest but a revoked tool, or one whose approvals cannot be read
-        ("unavailable": the shared state is down, so a revocation could be missed)."""
-        if self.verification_mode in ("strict", "tofu"):
-            return self.verification not in ("verified", "pinned")
-        return self.verification in ("revoked", "unavailable")
+        """Hidden and refused (``is_blocked``)."""
+        return is_blocked(self.verification_mode, self.verification)
 
     @property
     def input_schema(self) -> Mapping[str, Any]:
@@ -122,7 +150,7 @@ class CallContext:
     result_bytes: int | None = None
     unverified_warning: bool = False
     # the SDK's per-request context (progress, relays); never serialised
-    downstream: Any = field(default=None, repr=False, compare=False)
+    downstream: Downstream | None = field(default=None, repr=False, compare=False)
     # 2026-07-28 multi-round-trip: the client's answers to an input-required result, passed on
     input_responses: Any = field(default=None, repr=False)
     request_state: str | None = field(default=None, repr=False)

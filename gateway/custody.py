@@ -41,7 +41,7 @@ def trusted_files(config: Config) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = []
     if config.source is not None:
         out.append(("config", Path(config.source)))
-    if config.security.enforce_policies and config.policy.engine == "embedded":
+    if config.policies_enforced and config.policy.engine == "embedded":
         files = discover_files(config.policy.path, config.policy.data)
         out.append(("policy.path", files.policy))
         if files.data is not None:

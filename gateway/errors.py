@@ -6,16 +6,23 @@ JSON-RPC error.
 
     GatewayError
      ├── ConfigError                 bad config file / env value (names the key and file)
-     ├── CatalogError                a tool/resource/prompt that cannot be listed or routed
-     │    └── UnknownTool            no such tool (or hidden from this principal)
+     ├── AuthError                   the HTTP front cannot tell who is calling (401)
+     │    ├── NoCredentials          no credentials at all (challenge with resource metadata)
+     │    └── AuthFailed             credentials given but not valid (invalid_token)
+     ├── CatalogError           [D]  a tool/resource/prompt that cannot be listed or routed
+     │    └── UnknownTool       [D]  no such tool (or hidden from this principal)
      ├── UpstreamError               an upstream failed, timed out or is down
      │    └── UpstreamUnavailable    the upstream is not connected right now
-     ├── ArgumentsInvalid            arguments do not validate against inputSchema
-     ├── VerificationDenied          SchemaPin / pin / drift check refused the tool
-     │    └── ScreeningFlagged       a definition screened as poisoned (approval needs an accept)
-     ├── PolicyDenied                the Rego decision refused the call (carries reasons)
-     │    ├── PolicyError            the policy could not be evaluated (fail closed)
-     │    └── RateLimited            the policy's rate_limit condition tripped
+     ├── ArgumentsInvalid       [D]  arguments do not validate against inputSchema
+     ├── VerificationDenied     [D]  SchemaPin / pin / drift check refused the tool
+     │    └── ScreeningFlagged  [D]  a definition screened as poisoned (approval needs an accept)
+     ├── ApprovalError               an approval that cannot be made here (admin API)
+     ├── AdminApiError               the CLI could not use a running gateway's admin API
+     ├── PolicyDenied           [D]  the Rego decision refused the call (carries reasons)
+     │    ├── PolicyError       [D]  the policy could not be evaluated (fail closed)
+     │    │    └── PolicyLoadError   the policy, its data or its tests cannot be used
+     │    └── RateLimited       [D]  the policy's rate_limit condition tripped
+     ├── SdkChanged                  a library lost a private attribute gateway.compat uses
      ├── SandboxError                a sandbox tier failed or is unavailable
      │    └── SandboxUnavailable     the chosen tier cannot run here (never downgraded)
      ├── AgentError                  the runtime refused the calling agent
@@ -26,6 +33,8 @@ JSON-RPC error.
      │    └── InvalidTransition      a state change the seed's lifecycle does not have
      ├── SchedulerBusy               the scheduler's queue is full, or the call was preempted
      ├── AuditError                  the audit log cannot be written (fail closed)
+     │    ├── AuditLogBusy           another process writes this chain
+     │    └── AuditIntegrityError    verification found a changed/missing/reordered event
      ├── ContextError                agent memory / knowledge failed (bad input, store down)
      │    ├── EmbedderMismatch       a collection's vectors come from another embedder / dimension
      │    └── VectorStoreUnavailable the vector store cannot be opened or reached
@@ -37,9 +46,17 @@ JSON-RPC error.
           ├── BusUnavailable         the bus backend (Redis) cannot be reached
           ├── BusTimeout             a request got no reply within its timeout
           └── BusRejected            a stored message failed verification (never delivered)
+
+[D]: a denial, the gateway saying "no" (``is_denial``) as opposed to something failing: the
+audit outcome and the metrics say ``denied``, and a JSON-RPC error is -32602, not -32603.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.audit.verify import Problem
 
 
 class GatewayError(Exception):
@@ -50,6 +67,7 @@ class GatewayError(Exception):
     """
 
     code: str = "gateway_error"
+    denial: bool = False  # the one definition of "is this a denial": see is_denial
 
     def __init__(self, message: str, *, reasons: list[str] | None = None) -> None:
         super().__init__(message)
@@ -61,12 +79,36 @@ class GatewayError(Exception):
         return "\n".join([self.message, *(f"  - {r}" for r in self.reasons if r != self.message)])
 
 
+def is_denial(err: BaseException) -> bool:
+    """Whether ``err`` is the gateway refusing (unknown or hidden name, bad arguments,
+    verification, policy) rather than something failing. Used by the audit record, the
+    metrics and the boundary alike."""
+    return isinstance(err, GatewayError) and err.denial
+
+
 class ConfigError(GatewayError):
     code = "config_invalid"
 
 
+class AuthError(GatewayError):
+    code = "auth_error"
+
+
+class AuthFailed(AuthError):
+    """Credentials were given but are not valid (HTTP 401, ``error="invalid_token"``)."""
+
+    code = "unauthorized"
+
+
+class NoCredentials(AuthError):
+    """No credentials at all (HTTP 401 with the resource-metadata challenge)."""
+
+    code = "no_credentials"
+
+
 class CatalogError(GatewayError):
     code = "catalog_error"
+    denial = True
 
 
 class UnknownTool(CatalogError):
@@ -76,6 +118,10 @@ class UnknownTool(CatalogError):
 class UpstreamError(GatewayError):
     code = "upstream_error"
 
+    def __init__(self, message: str, *, reasons: list[str] | None = None, mcp_error: object = None) -> None:
+        super().__init__(message, reasons=reasons)
+        self.mcp_error = mcp_error  # the upstream's own JSON-RPC error (an MCPError), passed on as is
+
 
 class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
@@ -83,10 +129,28 @@ class UpstreamUnavailable(UpstreamError):
 
 class ArgumentsInvalid(GatewayError):
     code = "arguments_invalid"
+    denial = True
 
 
 class VerificationDenied(GatewayError):
     code = "verification_denied"
+    denial = True
+
+
+class AdminApiError(GatewayError):
+    """A CLI command could not use a running gateway's admin API (unreachable, HTTP error)."""
+
+    code = "admin_api_error"
+
+
+class ApprovalError(GatewayError):
+    """The approval cannot be made here; ``status`` is the HTTP status to answer with."""
+
+    code = "approval_refused"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ScreeningFlagged(VerificationDenied):
@@ -97,14 +161,34 @@ class ScreeningFlagged(VerificationDenied):
 
 class PolicyDenied(GatewayError):
     code = "policy_denied"
+    denial = True
 
 
 class PolicyError(PolicyDenied):
     code = "policy_error"
 
 
+class PolicyLoadError(PolicyError):
+    """The policy (or its data, or its tests) cannot be used; ``location`` is file:line:col."""
+
+    code = "policy_load_error"
+
+    def __init__(self, message: str, *, location: str | None = None) -> None:
+        super().__init__(f"{location}: {message}" if location else message)
+        self.location = location
+
+
 class RateLimited(PolicyDenied):
     code = "rate_limited"
+
+
+class SdkChanged(GatewayError):
+    """A library no longer has the private attribute ``gateway.compat`` relies on."""
+
+    code = "sdk_changed"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"gateway.compat: {what} is gone (library upgraded?): update gateway/compat.py")
 
 
 class SandboxError(GatewayError):
@@ -149,6 +233,20 @@ class Preempted(SchedulerBusy):
 
 class AuditError(GatewayError):
     code = "audit_unavailable"
+
+
+class AuditLogBusy(AuditError):
+    """Another process holds this log (one writer per chain)."""
+
+
+class AuditIntegrityError(AuditError):
+    """The audit log failed verification; ``problem`` names the first bad sequence number."""
+
+    code = "audit_integrity"
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(f"audit log integrity: seq {problem.seq} {problem.kind}: {problem.message}")
+        self.problem = problem
 
 
 class ContextError(GatewayError):

@@ -1,22 +1,112 @@
-"""Gateway events (not tool calls): config load, upstream up/down, drift, policy reload...
+"""Gateway events and the one catalogue of their types.
 
-Producers call ``sink.emit(...)``; the audit log is the real sink (``gateway.audit``), and a
+Every event the gateway records has a type from ``Event`` (as mitmproxy keeps its hooks in
+one place): the per-call records the audit step writes and the gateway's own events (config
+load, upstream up/down, drift, policy reload...). Producers call
+``sink.emit(Event.X, details)``; the audit log is the real sink (``gateway.audit``), and a
 logging sink stands in where no audit log is configured (tests, ``symbi config check``).
+``tests/test_events.py`` checks that every emit in ``gateway/`` names a member of ``Event``.
+A new event type is added here first, with a line saying when it happens.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, Protocol
 
 _logger = logging.getLogger("symbi.events")
 
 
+class Event(StrEnum):
+    """Every event type, by area. The value is what the audit log stores."""
+
+    # calls through the chain (one record each, written by gateway.steps.audit)
+    TOOL_CALL = "tool.call"  # tools/call: allowed, denied, failed or crashed
+    RESOURCE_READ = "resource.read"  # resources/read through the chain
+    PROMPT_GET = "prompt.get"  # prompts/get through the chain
+    # the gateway process
+    CONFIG_LOADED = "config.loaded"  # the gateway was assembled from a config
+    GATEWAY_START = "gateway.start"  # the gateway started serving
+    GATEWAY_STOP = "gateway.stop"  # the gateway stopped
+    # upstream servers
+    UPSTREAM_UP = "upstream.up"  # connected (details: restarts so far)
+    UPSTREAM_DOWN = "upstream.down"  # the connection ended or failed (details: error)
+    UPSTREAM_RESTART_REQUESTED = "upstream.restart_requested"  # an admin asked for a restart
+    UPSTREAM_BREAKER = "upstream.breaker"  # an upstream's circuit breaker changed state
+    # the MCP front (gateway.server.front)
+    REQUEST_ALLOWED = "request.allowed"  # a non-call request (list, subscribe...) was let through
+    REQUEST_DENIED = "request.denied"  # the policy refused a non-call request
+    REQUEST_REFUSED = "request.refused"  # a request was refused before the policy (limits, shape)
+    STATUS_READ_DENIED = "status.read_denied"  # a non-admin asked for the gateway's status resource
+    LOGGING_SET_LEVEL = "logging.set_level"  # a client changed the gateway's log level
+    CATALOG_REFUSED = "catalog.refused"  # a tool/resource/prompt was left out of the catalogue
+    # tool verification
+    TOOL_VERIFICATION = "tool.verification"  # a tool's verdict changed (status, blocked, key)
+    TOOL_DRIFT = "tool.drift"  # a tool's definition changed (old and new hash)
+    TOOL_VANISHED = "tool.vanished"  # an upstream no longer lists a tool
+    TOOL_APPROVED = "tool.approved"  # an admin approved a tool's current definition
+    TOOL_APPROVALS_CHANGED = "tool.approvals_changed"  # approvals/manifests changed outside
+    TOOL_SCREENING = "tool.screening"  # a tool\'s screening findings changed (poisoning rules)
+    # policy
+    POLICY_RELOADED = "policy.reloaded"  # a new policy is in force
+    POLICY_RELOAD_REFUSED = "policy.reload_refused"  # a changed policy failed; the old one stays
+    # discovered servers (gateway.onboard)
+    SERVER_DISCOVERED = "server.discovered"  # discovery found a server (quarantined until approved)
+    SERVER_REMOVED = "server.removed"  # a discovered server disappeared from its source
+    # agents (gateway.runtime)
+    AGENT_REGISTERED = "agent.registered"  # a session or hosted agent got its gateway-made id
+    AGENT_STATE = "agent.state"  # an agent moved along one lifecycle edge (from, to, reason)
+    AGENT_SUSPEND_PENDING = "agent.suspend_pending"  # a suspension waits for the agent's calls to end
+    AGENT_SUSPEND_REQUESTED = "agent.suspend_requested"  # an operator suspended an agent
+    AGENT_RESUME_REQUESTED = "agent.resume_requested"  # an operator resumed an agent
+    AGENT_TERMINATE_REQUESTED = "agent.terminate_requested"  # an operator terminated an agent
+    AGENT_RUN_REQUESTED = "agent.run_requested"  # an operator started a hosted agent
+    AGENT_RESTART_SCHEDULED = "agent.restart_scheduled"  # a hosted agent ended; a restart is due
+    AGENT_ESCALATED = "agent.escalated"  # a hosted agent failed too often; restarts stop
+    AGENT_EXITED = "agent.exited"  # a hosted agent's process ended (exit code, oom)
+    AGENT_FAILED = "agent.failed"  # a hosted agent could not start or run
+    # the agent bus (gateway.bus): details are message metadata (id, sender, recipient or topic,
+    # kind, timestamps, ciphertext size), never a body
+    BUS_SEND = "bus.send"  # a direct message, request or reply was accepted into the recipient's inbox
+    BUS_PUBLISH = "bus.publish"  # a topic message was accepted (subscriber count, refused subscribers)
+    BUS_SUBSCRIBE = "bus.subscribe"  # an agent subscribed to a topic pattern
+    BUS_UNSUBSCRIBE = "bus.unsubscribe"  # an agent removed a subscription
+    BUS_DENIED = "bus.denied"  # the policy (or the per-agent rate) refused a send, publish or subscribe
+    BUS_DELIVERY_FAILED = "bus.delivery_failed"  # a message was not accepted (inbox full, backend down)
+    BUS_REJECTED = "bus.rejected"  # a stored message failed a receive check (signature, time, replay...)
+    BUS_EXPIRED = "bus.expired"  # messages passed their ttl and were removed unread
+    BUS_REQUEST_TIMEOUT = "bus.request_timeout"  # a request got no reply within its timeout
+    BUS_REPLY_LATE = "bus.reply_late"  # a reply arrived for a request no longer waiting
+    # agent memory and knowledge (gateway.memory)
+    MEMORY_STORED = "memory.stored"  # an agent stored a memory (metadata only, never the text)
+    MEMORY_SEARCHED = "memory.searched"  # an agent recalled memories
+    MEMORY_READ = "memory.read"  # a memory:// resource was read
+    MEMORY_TASK_ENDED = "memory.task_ended"  # an agent's working memory for a task was cleared
+    MEMORY_DENIED = "memory.denied"  # the policy refused a memory or knowledge access
+    MEMORY_PURGED = "memory.purged"  # retention removed old memories
+    MEMORY_PURGE_FAILED = "memory.purge_failed"  # a retention sweep failed
+    KNOWLEDGE_SEARCHED = "knowledge.searched"  # a knowledge base was searched
+    KNOWLEDGE_INGESTED = "knowledge.ingested"  # documents were ingested into a knowledge base
+    # relayed or bridged between a client and an upstream (issue 20): kinds, targets and who
+    # was told, never contents
+    NOTIFY_LIST_CHANGED = "notify.list_changed"  # a catalogue change was announced (kinds, told, not told, ms)
+    NOTIFY_RESOURCE_UPDATED = "notify.resource_updated"  # an upstream's resources/updated went to who may read it
+    BRIDGE_INPUT_REQUEST = "bridge.input_request"  # an upstream's question was put to a client of the other era
+    # audit log
+    AUDIT_KEY_ROTATED = "audit.key_rotated"  # the signing key was handed over (signed proof)
+    AUDIT_ARCHIVED = "audit.archived"  # retention moved the oldest events out (signed hand-off)
+    AUDIT_READ_DENIED = "audit.read_denied"  # a non-admin asked for audit://recent
+
+
+EVENT_TYPES: frozenset[str] = frozenset(e.value for e in Event)
+
+
 class EventSink(Protocol):
     def emit(
         self,
-        event_type: str,
+        event_type: Event,
         details: Mapping[str, Any],
         *,
         principal: str | None = None,
@@ -30,34 +120,10 @@ class LoggingSink:
 
     def emit(
         self,
-        event_type: str,
+        event_type: Event,
         details: Mapping[str, Any],
         *,
         principal: str | None = None,
         agent: str | None = None,
     ) -> None:
-        _logger.info("event %s %s", event_type, dict(details), extra={"fields": {"event": event_type}})
-
-
-# The agent bus (gateway/bus): details are message metadata (id, sender, recipient or topic,
-# kind, timestamps, ciphertext size), never a body.
-BUS_EVENTS: Mapping[str, str] = {
-    "bus.send": "a direct message, request or reply was accepted into the recipient's inbox",
-    "bus.publish": "a topic message was accepted (subscriber count, refused subscribers)",
-    "bus.subscribe": "an agent subscribed to a topic pattern",
-    "bus.unsubscribe": "an agent removed a subscription",
-    "bus.denied": "the policy (or the per-agent rate) refused a bus/send, bus/publish or bus/subscribe",
-    "bus.delivery_failed": "a message was not accepted (inbox full, backend unreachable)",
-    "bus.rejected": "a stored message failed a receive check (signature, recipient, time, replay, decryption)",
-    "bus.expired": "messages passed their ttl and were removed unread",
-    "bus.request_timeout": "a request got no reply within its timeout",
-    "bus.reply_late": "a reply arrived for a request no longer waiting",
-}
-
-# What the gateway relays or translates between a client and an upstream (issue 20): never
-# contents, only kinds, targets and who was told.
-RELAY_EVENTS: Mapping[str, str] = {
-    "notify.list_changed": "a catalogue change was announced (kinds, how many principals were told, how many not)",
-    "notify.resource_updated": "an upstream's notifications/resources/updated was passed to the principals who may read it",
-    "bridge.input_request": "an upstream's input request was put to the calling client in the other protocol era",
-}
+        _logger.info("event %s %s", event_type, dict(details), extra={"fields": {"event": str(event_type)}})

@@ -10,8 +10,8 @@ wires it in; two feeders fill it:
 
 Event types counted (anything else only counts as an audit event, by type):
 ``upstream.up`` / ``upstream.down`` (details ``upstream``, ``restarts``), ``tool.drift``
-(``upstream``), ``tool.verification`` (``upstream``, ``status``: a blocking status
-``failed`` / ``revoked`` / ``drifted`` counts as a verification failure).
+(``upstream``), ``tool.verification`` (``upstream``, ``status``, ``blocked``: a tool the verdict
+blocks, ``gateway.context.is_blocked``, counts as a verification failure).
 Sandbox runs by tier are counted by ``MetricsStep`` from ``CallContext.sandbox_tier``.
 Components with their own timings call ``observe_policy(seconds)`` and
 ``observe_audit_write(seconds)``.
@@ -29,14 +29,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 
 _logger = logging.getLogger("symbi.metrics")
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "MetricsSink", "RecentCall", "RecentCalls"]
 
-# verification statuses that stop a tool from being called
-BLOCKING_STATUSES = frozenset({"failed", "revoked", "drifted"})
 _LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -175,7 +173,7 @@ class MetricsSink:
 
     def emit(
         self,
-        event_type: str,
+        event_type: Event,
         details: Mapping[str, Any],
         *,
         principal: str | None = None,
@@ -184,29 +182,28 @@ class MetricsSink:
         self.count(event_type, details)
         self.inner.emit(event_type, details, principal=principal, agent=agent)
 
-    def count(self, event_type: str, details: Mapping[str, Any]) -> None:
+    def count(self, event_type: Event, details: Mapping[str, Any]) -> None:
         """Count one event (never raises: a metrics bug must not lose the event itself)."""
         try:
             self._count(event_type, details)
         except Exception:
             _logger.exception("metrics: could not count event %s", event_type)
 
-    def _count(self, event_type: str, details: Mapping[str, Any]) -> None:
+    def _count(self, event_type: Event, details: Mapping[str, Any]) -> None:
         m = self.metrics
         m.audit_events.labels(event_type).inc()
         upstream = str(details.get("upstream", "unknown"))
-        if event_type == "upstream.up":
+        if event_type == Event.UPSTREAM_UP:
             m.upstream_up.labels(upstream).set(1)
             if int(details.get("restarts") or 0) > 0:
                 m.upstream_restarts.labels(upstream).inc()
-        elif event_type == "upstream.down":
+        elif event_type == Event.UPSTREAM_DOWN:
             m.upstream_up.labels(upstream).set(0)
             m.upstream_down.labels(upstream).inc()
-        elif event_type == "tool.verification":
-            status = str(details.get("status", "unknown"))
-            if status in BLOCKING_STATUSES:
-                m.verification_failures.labels(upstream, status).inc()
-        elif event_type == "tool.drift":
+        elif event_type == Event.TOOL_VERIFICATION:
+            if details.get("blocked"):  # gateway.context.is_blocked, decided by the verifier
+                m.verification_failures.labels(upstream, str(details.get("status", "unknown"))).inc()
+        elif event_type == Event.TOOL_DRIFT:
             m.drift.labels(upstream).inc()
 
 

@@ -25,6 +25,7 @@ from gateway.steps.metrics import MetricsStep
 from gateway.steps.policy import PolicyStep
 from gateway.steps.resolve import ResolveTool
 from gateway.steps.schedule import ScheduleStep
+from gateway.steps.unsafe import WarnUnsafe
 from gateway.steps.verify import VerifyTool
 from gateway.verify.verifier import ToolVerifier
 from tests.conftest import ROOT, write_config
@@ -55,11 +56,13 @@ def test_the_chain_order_with_every_component(tmp_path: Path) -> None:
 
 
 def test_turned_off_components_leave_the_chain(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, "[security]\nenforce_policies = false\naudit_enabled = false\n")
+    cfg = _config(tmp_path, "[security]\nunsafe_disable_policies = true\nunsafe_disable_audit = true\n")
     gw = make_gateway(cfg)  # type: ignore[arg-type]
     try:
-        # the runtime is not a protection that can be turned off: its steps stay
-        assert [type(s) for s in gw.steps] == [AgentStep, ResolveTool, VerifyTool, ValidateArguments, ScheduleStep]
+        # the runtime is not a protection that can be turned off: its steps stay; a warning on
+        # every call takes the place of audit and policy (tests/config/test_unsafe.py)
+        assert [type(s) for s in gw.steps] == [WarnUnsafe, AgentStep, ResolveTool, VerifyTool, ValidateArguments,
+                                               ScheduleStep]
         assert gw.audit is None and gw.policy is None
     finally:
         _close(gw)

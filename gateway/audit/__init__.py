@@ -10,9 +10,10 @@ Record format and hashing: ``gateway.audit.record``; storage choice: ``gateway.a
 """
 
 from gateway.audit.keys import exported_public_keys, load_public_keys
-from gateway.audit.log import ROTATION_EVENT, AuditLog, AuditLogBusy
+from gateway.audit.log import ROTATION_EVENT, AuditLog
 from gateway.audit.record import AuditRecord, verify_record
-from gateway.audit.verify import AuditIntegrityError, Problem, VerifyResult, verify_jsonl, verify_log
+from gateway.audit.verify import Problem, VerifyResult, verify_jsonl, verify_log
+from gateway.errors import AuditIntegrityError, AuditLogBusy
 
 __all__ = [
     "ROTATION_EVENT",

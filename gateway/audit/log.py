@@ -9,7 +9,7 @@ One fsync per batch is what makes durable appends cheap under load (group commit
 
 Fail closed: when a batch cannot be committed, waiting callers get ``AuditError``; if events
 that nobody waited for (``emit``) were lost, the log refuses every later event too, so the
-gateway refuses calls instead of running unaudited. ``audit.on_failure = "warn"`` logs instead.
+gateway refuses calls instead of running unaudited. ``audit.on_failure = "unsafe_warn"`` logs instead.
 
 One process writes a log at a time (an exclusive ``flock`` on ``<log>.lock``); readers
 (verify, query, tail, ``recent``) use their own read-only connections.
@@ -50,7 +50,8 @@ from gateway.audit.record import (
     sign_hash,
 )
 from gateway.custody import create_private
-from gateway.errors import AuditError
+from gateway.errors import AuditError, AuditLogBusy
+from gateway.events import Event
 
 if TYPE_CHECKING:
     from gateway.audit.verify import VerifyResult
@@ -58,11 +59,7 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger("symbi.audit")
 
-ROTATION_EVENT = "audit.key_rotated"
-
-
-class AuditLogBusy(AuditError):
-    """Another process holds this log (one writer per chain)."""
+ROTATION_EVENT = Event.AUDIT_KEY_ROTATED
 
 
 @dataclass
@@ -201,7 +198,7 @@ class AuditLog:
             config.audit_key_path,
             checkpoint_every=a.checkpoint_every,
             batch_max=a.batch_max,
-            on_failure=a.on_failure,
+            on_failure="warn" if config.audit_fails_open else "deny",
             pinned_keys=a.pinned_keys,
             checkpoint_export=a.checkpoint_export,
         )
@@ -440,7 +437,7 @@ class AuditLog:
 
     def _failed(self, err: AuditError) -> None:
         if self.on_failure == "warn":
-            _logger.warning("audit event not recorded (audit.on_failure = warn): %s", err.message)
+            _logger.warning("audit event not recorded (audit.on_failure = unsafe_warn): %s", err.message)
             return
         raise err
 

@@ -72,7 +72,7 @@ FRAMEWORKS: dict[str, tuple[str, tuple[Requirement, ...]]] = {
 
 
 def _is_change(t: str) -> bool:
-    return t not in ACCESS_TYPES and t != "catalog.list" and t.startswith(CHANGE_PREFIXES)
+    return t not in ACCESS_TYPES and t.startswith(CHANGE_PREFIXES)
 
 
 def _iso(ts_ns: int | None) -> str | None:

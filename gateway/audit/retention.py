@@ -47,6 +47,7 @@ from gateway.audit import store
 from gateway.audit.record import AuditRecord, canonical_json
 from gateway.audit.verify import Problem, VerifyResult, read_jsonl, verify_records
 from gateway.errors import AuditError
+from gateway.events import Event
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -58,7 +59,7 @@ _logger = logging.getLogger("symbi.audit.retention")
 
 SEGMENT_PREFIX = b"symbi-audit-segment-v1\x00"
 HANDOFF_PREFIX = b"symbi-audit-handoff-v1\x00"
-ARCHIVED_EVENT = "audit.archived"
+ARCHIVED_EVENT = Event.AUDIT_ARCHIVED
 HANDOFF_TABLE = "CREATE TABLE IF NOT EXISTS handoff (one INTEGER PRIMARY KEY CHECK (one = 1), doc TEXT NOT NULL)"
 _TARGET = 0.8  # a size-triggered run brings the live log down to 80% of max_bytes (no run per event)
 Mode = Literal["archive", "delete"]

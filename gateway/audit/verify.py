@@ -47,7 +47,7 @@ from gateway.audit.record import (
     rotation_message,
     verify_hash_signature,
 )
-from gateway.errors import AuditError
+from gateway.errors import AuditIntegrityError
 
 
 @dataclass(frozen=True)
@@ -57,16 +57,6 @@ class Problem:
     seq: int
     kind: str  # changed | removed | inserted | reordered | truncated | anchor
     message: str
-
-
-class AuditIntegrityError(AuditError):
-    """The audit log failed verification; ``problem`` names the first bad sequence number."""
-
-    code = "audit_integrity"
-
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(f"audit log integrity: seq {problem.seq} {problem.kind}: {problem.message}")
-        self.problem = problem
 
 
 @dataclass

@@ -35,7 +35,7 @@ from gateway.bus.message import signed_bytes as _signed
 from gateway.bus.receiving import REPLY_SUFFIX, Received, Receiver
 from gateway.context import Decision, Principal
 from gateway.errors import ArgumentsInvalid, BusError, BusNoAgent, BusTimeout, PolicyDenied, RateLimited
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
 
 __all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "validate_topic"]
@@ -195,16 +195,16 @@ class Bus:
         if self._authorize is not None:
             decision = await self._authorize(kind, principal, recipient, topic)
             if not decision.allow:
-                self._emit("bus.denied", {**meta, "reasons": list(decision.reasons)}, principal)
+                self._emit(Event.BUS_DENIED, {**meta, "reasons": list(decision.reasons)}, principal)
                 raise PolicyDenied(f"policy denied {kind}", reasons=list(decision.reasons))
             limit = decision.conditions.get("rate_limit")
             assert principal.agent is not None
             if not self._counters.try_acquire(f"agent:{principal.agent}", "bus", limit):
                 reason = f"agent {principal.agent} reached its bus rate limit of {limit} messages per minute"
-                self._emit("bus.denied", {**meta, "reasons": [reason]}, principal)
+                self._emit(Event.BUS_DENIED, {**meta, "reasons": [reason]}, principal)
                 raise RateLimited(reason)
 
-    def _emit(self, event: str, details: dict[str, Any], principal: Principal | None = None,
+    def _emit(self, event: Event, details: dict[str, Any], principal: Principal | None = None,
               agent: str | None = None) -> None:
         self.events.emit(event, details, principal=principal.id if principal else None,
                          agent=principal.agent if principal else agent)
@@ -252,7 +252,7 @@ class Bus:
         try:
             await self.backend.enqueue(inbox, msg, self.buffer_size)
         except BusError as e:
-            self._emit("bus.delivery_failed", {**msg.metadata(), "inbox": inbox, "error_code": e.code}, principal)
+            self._emit(Event.BUS_DELIVERY_FAILED, {**msg.metadata(), "inbox": inbox, "error_code": e.code}, principal)
             if e.code == "bus_buffer_full":
                 await _quiet(self.backend.bump("buffer_full"))
             raise
@@ -267,7 +267,7 @@ class Bus:
         ttl_ms = None if ttl_s is None else _ttl_ms(ttl_s, self.max_age_ms)
         msg = await self.seal(me, "direct", self._body(body), to=agent, ttl_ms=ttl_ms)
         await self._deliver(principal, msg, agent)
-        self._emit("bus.send", msg.metadata(), principal)
+        self._emit(Event.BUS_SEND, msg.metadata(), principal)
         return msg
 
     async def request(self, principal: Principal, to: Any, body: Any, *, timeout_s: float) -> Received:
@@ -284,10 +284,10 @@ class Bus:
         self._waiting[msg.id] = fut
         try:
             await self._deliver(principal, msg, agent)
-            self._emit("bus.send", msg.metadata(), principal)
+            self._emit(Event.BUS_SEND, msg.metadata(), principal)
             with anyio.move_on_after(timeout_s - (time.monotonic() - started)):
                 return await self._await_reply(principal, me.agent, fut)
-            self._emit("bus.request_timeout", {"id": msg.id, "recipient": agent, "timeout_ms": int(timeout_s * 1000)},
+            self._emit(Event.BUS_REQUEST_TIMEOUT, {"id": msg.id, "recipient": agent, "timeout_ms": int(timeout_s * 1000)},
                        principal)
             raise BusTimeout(f"no reply from {agent} within {int(timeout_s * 1000)} ms", reasons=[
                 f"request {msg.id} to {agent} timed out after {int(timeout_s * 1000)} ms"])
@@ -308,7 +308,7 @@ class Bus:
                         if waiter is not None and not waiter.done():
                             waiter.set_result(r)
                         else:
-                            self._emit("bus.reply_late", {"id": r.id, "reply_to": r.reply_to, "sender": r.sender},
+                            self._emit(Event.BUS_REPLY_LATE, {"id": r.id, "reply_to": r.reply_to, "sender": r.sender},
                                        principal)
         return fut.result()
 
@@ -325,7 +325,7 @@ class Bus:
         ttl = max(expires_ms - int(time.time() * 1000), 1)
         msg = await self.seal(me, "reply", self._body(body), to=agent, ttl_ms=ttl, reply_to=request_id)
         await self._deliver(principal, msg, agent + REPLY_SUFFIX)
-        self._emit("bus.send", msg.metadata(), principal)
+        self._emit(Event.BUS_SEND, msg.metadata(), principal)
         return msg
 
     # -- topics ----------------------------------------------------------------------------
@@ -352,7 +352,7 @@ class Bus:
         meta = {"id": head.id, "sender": me.agent, "recipient": None, "topic": topic, "kind": "topic",
                 "timestamp_ms": head.now, "expires_ms": head.expires, "prev": head.prev, "reply_to": None,
                 "size": len(data) + 16}
-        self._emit("bus.publish", {**meta, "subscribers": len(targets), "refused": refused}, principal)
+        self._emit(Event.BUS_PUBLISH, {**meta, "subscribers": len(targets), "refused": refused}, principal)
         return Published(head.id, len(targets) - len(refused), tuple(refused))
 
     async def subscribe(self, principal: Principal, pattern: Any) -> None:
@@ -360,13 +360,13 @@ class Bus:
         pattern = validate_topic(pattern, pattern=True)
         await self._decide("bus/subscribe", principal, None, pattern)
         await self.backend.subscribe(me.agent, pattern)
-        self._emit("bus.subscribe", {"topic": pattern}, principal)
+        self._emit(Event.BUS_SUBSCRIBE, {"topic": pattern}, principal)
 
     async def unsubscribe(self, principal: Principal, pattern: Any) -> bool:
         me = await self._me(principal)
         pattern = validate_topic(pattern, pattern=True)
         removed = await self.backend.unsubscribe(me.agent, pattern)
-        self._emit("bus.unsubscribe", {"topic": pattern, "removed": removed}, principal)
+        self._emit(Event.BUS_UNSUBSCRIBE, {"topic": pattern, "removed": removed}, principal)
         return removed
 
     # -- receiving -------------------------------------------------------------------------
@@ -400,7 +400,7 @@ class Bus:
     async def expire(self) -> int:
         n = await self.backend.expire(int(time.time() * 1000), self.max_age_ms)
         if n:
-            self.events.emit("bus.expired", {"count": n})
+            self.events.emit(Event.BUS_EXPIRED, {"count": n})
         return n
 
 

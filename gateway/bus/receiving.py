@@ -23,7 +23,7 @@ from gateway.bus.backend import BusBackend, Outcome, Pending
 from gateway.bus.crypto import KeyRing, verify_signature
 from gateway.bus.message import MessageKind, SecureMessage, pattern_regex
 from gateway.errors import BusError
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 
 _logger = logging.getLogger("symbi.bus")
 
@@ -117,7 +117,7 @@ class Receiver:
             return self._reject(agent, inbox, None, p.error or "unreadable entry"), None
         now = int(time.time() * 1000)
         if msg.expires_ms < now:
-            self.events.emit("bus.expired", {**msg.metadata(), "inbox": inbox}, agent=agent)
+            self.events.emit(Event.BUS_EXPIRED, {**msg.metadata(), "inbox": inbox}, agent=agent)
             return "expired", None
         # 1. signature (a cached key that fails is looked up again: the sender may have re-registered)
         keys = await self.sender_keys(msg.sender)
@@ -156,7 +156,7 @@ class Receiver:
     def _reject(self, agent: str, inbox: str, msg: SecureMessage | None, reason: str) -> Outcome:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         meta = msg.metadata() if msg is not None else {}
-        self.events.emit("bus.rejected", {**meta, "inbox": inbox, "reason": reason}, agent=agent)
+        self.events.emit(Event.BUS_REJECTED, {**meta, "inbox": inbox, "reason": reason}, agent=agent)
         _logger.warning("bus: rejected a message for %s: %s", agent, reason)
         return "rejected"
 

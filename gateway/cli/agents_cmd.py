@@ -17,11 +17,7 @@ import httpx
 
 from gateway.config import load_config
 from gateway.config.load import admin_api_key_from_env
-from gateway.errors import ConfigError, GatewayError
-
-
-class AdminApiError(GatewayError):
-    code = "admin_api_error"
+from gateway.errors import AdminApiError, ConfigError
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -17,12 +17,11 @@ from pathlib import Path
 from gateway.config import load_config
 from gateway.config.load import config_path_from_env
 from gateway.config.model import Config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, PolicyLoadError
 from gateway.policy.cases import decision_dict, load_cases, run_cases
 from gateway.policy.engine import EmbeddedEngine, PolicyEngine, RemoteEngine
 from gateway.policy.loader import (
     PolicyFiles,
-    PolicyLoadError,
     discover_files,
     load_checked,
     read_bundle,

@@ -6,6 +6,7 @@ CLI passes ``os.environ``), so tests and embedders control it.
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ from pydantic import ValidationError
 
 from gateway.config.model import Config
 from gateway.errors import ConfigError
+
+_logger = logging.getLogger("symbi.config")
 
 # env var -> (section, key, parser). Documented in examples/symbi.toml and the README.
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "enabled": True,
@@ -147,6 +150,9 @@ def build_config(
         cfg = Config.model_validate(doc)
     except ValidationError as e:
         raise ConfigError(_describe(e, where), reasons=[_describe_one(err, where) for err in e.errors()]) from None
+    for option in cfg.unsafe_options():
+        if option.replacement is not None:
+            _logger.warning("%s: %s is deprecated: use %s (%s)", where, option.key, option.replacement, option.effect)
     return cfg.model_copy(update={"source": source.resolve() if source else None})
 
 

@@ -3,11 +3,17 @@
 Every section is a frozen pydantic model that forbids unknown keys, so a typo is an
 error naming the key instead of a silently ignored setting. Paths are resolved against
 the config file's folder by the loader. Every key is documented in ``examples/symbi.toml``.
+
+Off-switches: a setting that turns a protection off has ``unsafe`` in its name
+(``Config.unsafe_options`` lists what is in force, with the older spellings still accepted
+and flagged as deprecated). ``runtime.mode = "production"`` refuses every one of them at
+load, naming the key; ``development`` (the default) allows them with a warning on every call.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -50,8 +56,10 @@ class GatewaySection(_Section):
 
 class SecuritySection(_Section):
     default_sandbox_tier: TierName = "gvisor"
-    enforce_policies: bool = True
-    audit_enabled: bool = True
+    enforce_policies: bool = True  # the seed's key; false is the deprecated unsafe_disable_policies
+    audit_enabled: bool = True  # the seed's key; false is the deprecated unsafe_disable_audit
+    unsafe_disable_policies: bool = False  # every verified call is allowed, no conditions applied
+    unsafe_disable_audit: bool = False  # calls and events are not recorded
     # "ring" (the seed's Rust crate) cannot run here: it maps to "cryptography", which does
     # the same job (ECDSA P-256, Ed25519, SHA-256, AES-GCM), and the start says so once.
     crypto_provider: Literal["cryptography", "ring"] = "cryptography"
@@ -102,7 +110,8 @@ class PolicySection(_Section):
 class AuditSection(_Section):
     path: PathT | None = None  # default: <data_dir>/audit.db
     key_path: PathT | None = None  # default: <data_dir>/audit-key.pem
-    on_failure: Literal["deny", "warn"] = "deny"
+    # "unsafe_warn": a call goes on when its record cannot be written ("warn": deprecated spelling)
+    on_failure: Literal["deny", "unsafe_warn", "warn"] = "deny"
     checkpoint_every: int = Field(default=100, ge=1)
     batch_max: int = Field(default=256, ge=1)
     # key ids ("ed25519:<32 hex>") verification trusts; printed by `symbi audit init` / first start
@@ -164,7 +173,8 @@ class HttpSection(_Section):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     allowed_hosts: StrTuple = ()
     api_keys_path: PathT | None = None  # default: <data_dir>/api-keys.json
-    anonymous_principal: str | None = None  # explicit opt-in to unauthenticated access
+    unsafe_anonymous_principal: str | None = None  # requests without credentials act as this principal
+    anonymous_principal: str | None = None  # deprecated spelling of unsafe_anonymous_principal
     access_log: bool = True
     authorization_servers: StrTuple = ()
     jwt: JwtSection | None = None
@@ -196,6 +206,7 @@ class RetrySection(_Section):
 class RuntimeSection(_Section):
     """The agent runtime (gateway/runtime): agents, scheduler, budgets, error handling."""
 
+    # production refuses every unsafe option (``Config.unsafe_options``); env SYMBI_RUNTIME_MODE
     mode: Literal["development", "production"] = "development"
     max_concurrent_agents: int = Field(default=10000, ge=1)
     scheduler_threads: int = Field(default=4, ge=1)  # worker threads for blocking work
@@ -409,6 +420,16 @@ class ServerConfig(_Section):
         return self
 
 
+@dataclass(frozen=True)
+class UnsafeOption:
+    """A setting in force that turns a protection off."""
+
+    key: str  # as written in the config (the deprecated spelling when that was used)
+    effect: str  # what is off, for the warnings
+    replacement: str | None = None  # the unsafe-named key, when ``key`` is a deprecated spelling
+    every_call: bool = True  # warned about on every call (verification: on calls to its tools)
+
+
 class Config(_Section):
     """The whole gateway configuration."""
 
@@ -449,6 +470,72 @@ class Config(_Section):
             if not AGENT_NAME_RE.match(name):
                 raise ValueError(f"agent name {name!r} must match [A-Za-z0-9][A-Za-z0-9_-]{{0,31}}")
         return v
+
+    @model_validator(mode="after")
+    def _production_refuses_unsafe(self) -> Config:
+        if self.runtime.mode == "production":
+            unsafe = self.unsafe_options()
+            if unsafe:
+                keys = ", ".join(f"{o.key} ({o.effect})" for o in unsafe)
+                raise ValueError(f'runtime.mode = "production" refuses unsafe options: {keys}')
+        return self
+
+    # -- protections, read through these (never the raw keys) --------------------------------
+
+    @property
+    def policies_enforced(self) -> bool:
+        return self.security.enforce_policies and not self.security.unsafe_disable_policies
+
+    @property
+    def audit_on(self) -> bool:
+        return self.security.audit_enabled and not self.security.unsafe_disable_audit
+
+    @property
+    def audit_fails_open(self) -> bool:
+        return self.audit.on_failure != "deny"
+
+    @property
+    def anonymous_principal(self) -> str | None:
+        return self.http.unsafe_anonymous_principal or self.http.anonymous_principal
+
+    def unsafe_options(self) -> list[UnsafeOption]:
+        """Every setting in force that turns a protection off (refused in production)."""
+        out: list[UnsafeOption] = []
+        sec = self.security
+        if sec.unsafe_disable_policies:
+            out.append(UnsafeOption("security.unsafe_disable_policies", "policy checks off"))
+        elif not sec.enforce_policies:
+            out.append(UnsafeOption("security.enforce_policies", "policy checks off",
+                                    "security.unsafe_disable_policies = true"))
+        if sec.unsafe_disable_audit:
+            out.append(UnsafeOption("security.unsafe_disable_audit", "audit log off"))
+        elif not sec.audit_enabled:
+            out.append(UnsafeOption("security.audit_enabled", "audit log off", "security.unsafe_disable_audit = true"))
+        if self.audit.on_failure == "unsafe_warn":
+            out.append(UnsafeOption("audit.on_failure", "calls go on when the audit write fails"))
+        elif self.audit.on_failure == "warn":
+            out.append(UnsafeOption("audit.on_failure", "calls go on when the audit write fails",
+                                    'audit.on_failure = "unsafe_warn"'))
+        if self.http.unsafe_anonymous_principal:
+            out.append(UnsafeOption("http.unsafe_anonymous_principal", "HTTP requests without credentials"))
+        elif self.http.anonymous_principal:
+            out.append(UnsafeOption("http.anonymous_principal", "HTTP requests without credentials",
+                                    "http.unsafe_anonymous_principal"))
+        if self.mcp.tool_verification in ("warn", "off"):
+            out.append(
+                UnsafeOption("mcp.tool_verification", f"tool verification {self.mcp.tool_verification}", every_call=False)
+            )
+        for name, srv in self.servers.items():
+            if srv.verification in ("warn", "off"):
+                out.append(
+                    UnsafeOption(f"servers.{name}.verification", f"tool verification {srv.verification}", every_call=False)
+                )
+        if sec.unsafe_upstreams_as_gateway_user:
+            out.append(UnsafeOption("security.unsafe_upstreams_as_gateway_user",
+                                    "unsandboxed stdio upstreams run as the gateway's user"))
+        if self.mcp.insecure_discovery_http:
+            out.append(UnsafeOption("mcp.insecure_discovery_http", "key discovery over plain HTTP"))
+        return out
 
     def verification_for(self, server: str) -> VerificationMode:
         mode = self.servers[server].verification if server in self.servers else None

@@ -18,9 +18,7 @@ from gateway.config.model import Config
 _logger = logging.getLogger("symbi.config")
 
 # (section, key) -> (issue, what will read it)
-PENDING: dict[tuple[str, str], tuple[int, str]] = {
-    ("runtime", "mode"): (12, "production mode (refuses the unsafe off-switches)"),
-}
+PENDING: dict[tuple[str, str], tuple[int, str]] = {}
 
 # value a setting may take that cannot run here -> (what runs instead, why it is the same job)
 MAPPED: dict[tuple[str, str, str], tuple[str, str]] = {

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from gateway.context import CallContext, Decision
 from gateway.errors import ContextError, PolicyDenied
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import build_input
 from gateway.policy.redact import REDACTED
@@ -82,7 +82,7 @@ class MemoryAccess:
         memory = {"owner": owner, "memory_type": memory_type, "namespace": namespace, "base": base}
         decision = await self.decide(call, kind, memory)
         if not decision.allow:
-            self.events.emit("memory.denied", {"kind": kind, **memory, "tool": call.target,
+            self.events.emit(Event.MEMORY_DENIED, {"kind": kind, **memory, "tool": call.target,
                                                "reasons": list(decision.reasons)},
                              principal=call.principal.id, agent=call.principal.agent)
             raise PolicyDenied(f"policy denied {kind} on {namespace or base or owner}", reasons=list(decision.reasons))

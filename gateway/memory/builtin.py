@@ -20,6 +20,7 @@ from mcp.shared.message import ServerMessageMetadata
 
 from gateway.context import CallContext
 from gateway.errors import ContextError
+from gateway.events import Event
 from gateway.memory.access import MemoryAccess, caller_agent, redact_text, text_patterns
 from gateway.memory.knowledge import KnowledgeBases
 from gateway.memory.manager import ContextManager
@@ -60,7 +61,7 @@ class MemoryService:
         """Embedding and vector search off the event loop."""
         return await anyio.to_thread.run_sync(fn)
 
-    def audit(self, event: str, call: CallContext, details: dict[str, Any]) -> None:
+    def audit(self, event: Event, call: CallContext, details: dict[str, Any]) -> None:
         self.m.events.emit(event, {"tool": call.target, **details}, principal=call.principal.id,
                            agent=call.principal.agent)
 
@@ -104,7 +105,7 @@ class MemoryBuiltin:
         ctx = AgentContext(text=text, memory_type=mtype, metadata=dict(a.get("metadata") or {}), namespace=ns,
                            session=call.session_id, task=a.get("task"))
         item_id = await self.s.run(lambda: self.s.m.store_context(agent, ctx))
-        self.s.audit("memory.stored", call, {"id": item_id, "memory_type": mtype, "namespace": ns,
+        self.s.audit(Event.MEMORY_STORED, call, {"id": item_id, "memory_type": mtype, "namespace": ns,
                                              "chars": len(text), "redacted": n_redacted,
                                              "metadata_keys": sorted(ctx.metadata)})
         return _ok(f"stored {mtype} memory {item_id}" + (f" ({n_redacted} secret(s) redacted)" if n_redacted else ""),
@@ -129,7 +130,7 @@ class MemoryBuiltin:
                          top_k=_int(a, "top_k", 5, 1, 100), min_score=float(a.get("min_score", 0.0)),
                          namespaces=namespaces, session=call.session_id, task=a.get("task"))
         items = await self.s.run(lambda: self.s.m.retrieve_context(agent, q))
-        self.s.audit("memory.searched", call, {"memory_types": list(mtypes), "namespaces": list(namespaces),
+        self.s.audit(Event.MEMORY_SEARCHED, call, {"memory_types": list(mtypes), "namespaces": list(namespaces),
                                                "results": len(items), "query_chars": len(q.text)})
         body = [i.as_dict() for i in items]
         return _ok(json.dumps(body, ensure_ascii=False), {"items": body})
@@ -139,7 +140,7 @@ class MemoryBuiltin:
         task = str(call.arguments.get("task", ""))
         await self.s.access.check(call, "context/write", owner=agent, memory_type="working")
         n = self.s.m.end_task(agent, task)
-        self.s.audit("memory.task_ended", call, {"task": task, "cleared": n})
+        self.s.audit(Event.MEMORY_TASK_ENDED, call, {"task": task, "cleared": n})
         return _ok(f"task {task} ended: {n} working memories cleared", {"task": task, "cleared": n})
 
     async def read_resource(self, call: CallContext) -> types.ReadResourceResult:
@@ -155,7 +156,7 @@ class MemoryBuiltin:
             raise ContextError(f"{call.target}: shared memory is read as memory://AGENT/shared/NAMESPACE")
         await self.s.access.check(call, "context/read", owner=owner, memory_type=mtype, namespace=ns)
         items = await self.s.run(lambda: self.s.m.list_items(owner, mtype, namespace=ns))
-        self.s.audit("memory.read", call, {"owner": owner, "memory_type": mtype, "namespace": ns,
+        self.s.audit(Event.MEMORY_READ, call, {"owner": owner, "memory_type": mtype, "namespace": ns,
                                            "results": len(items)})
         text = json.dumps([i.as_dict() for i in items], ensure_ascii=False)
         return types.ReadResourceResult(contents=[types.TextResourceContents(uri=call.target, text=text,
@@ -213,7 +214,7 @@ class KnowledgeBuiltin:
         query = str(a.get("query", ""))
         res = await self.s.run(lambda: self.s.rag.run(query, bases=bases, top_k=k, filters=a.get("filters"),
                                                       budget_tokens=10**9))
-        self.s.audit("knowledge.searched", call, {"bases": bases, "results": len(res.items),
+        self.s.audit(Event.KNOWLEDGE_SEARCHED, call, {"bases": bases, "results": len(res.items),
                                                   "query_chars": len(query)})
         body = [i.as_dict() for i in res.items]
         return _ok(json.dumps(body, ensure_ascii=False), {"items": body}, {"symbi/rag_timings_ms": res.timings_ms})
@@ -228,7 +229,7 @@ class KnowledgeBuiltin:
         if not query.strip():
             raise ContextError("arguments.query: empty")
         res: RagResult = await self.s.run(lambda: self.s.rag.run(query, bases=bases, top_k=k, budget_tokens=budget))
-        self.s.audit("knowledge.searched", call, {"bases": bases, "results": len(res.items), "tokens": res.tokens,
+        self.s.audit(Event.KNOWLEDGE_SEARCHED, call, {"bases": bases, "results": len(res.items), "tokens": res.tokens,
                                                   "query_chars": len(query)})
         return res
 
@@ -236,7 +237,7 @@ class KnowledgeBuiltin:
         res = await self._context(call)
         query = str(call.arguments.get("query", ""))
         meta = {"symbi/rag_timings_ms": res.timings_ms, "symbi/citations": res.citations}
-        session = getattr(call.downstream, "session", None)
+        session = call.downstream.session if call.downstream is not None else None
         sampling = session is not None and session.check_client_capability(
             types.ClientCapabilities(sampling=types.SamplingCapability()))
         if not sampling:
@@ -249,7 +250,7 @@ class KnowledgeBuiltin:
             max_tokens=_int(call.arguments, "max_tokens", 512, 16, 8192),
             system_prompt="Answer only from the numbered passages; cite them as [n]. Say so if they do not answer it.",
         )
-        rid = getattr(call.downstream, "request_id", None)
+        rid = call.downstream.request_id if call.downstream is not None else None
         try:
             reply = await session.send_request(
                 types.CreateMessageRequest(params=params), types.CreateMessageResult,
@@ -286,7 +287,7 @@ def retention_job(manager: ContextManager, interval_s: float) -> Callable[[Any],
             try:
                 await anyio.to_thread.run_sync(manager.purge)
             except ContextError as e:  # the store is down: try again next round
-                manager.events.emit("memory.purge_failed", {"error": e.message})
+                manager.events.emit(Event.MEMORY_PURGE_FAILED, {"error": e.message})
 
 
     return run

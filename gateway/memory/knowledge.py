@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ContextError
+from gateway.events import Event
 from gateway.memory.manager import ContextManager, check_name
 from gateway.memory.store import Point, point_id
 
@@ -133,7 +134,7 @@ class KnowledgeBases:
                     self.m.store.delete(filter={"kind": "knowledge", "base": base, "source": src})
                     rep.removed.append(src)
         rep.seconds = time.perf_counter() - started
-        self.m.events.emit("knowledge.ingested", rep.as_dict())
+        self.m.events.emit(Event.KNOWLEDGE_INGESTED, rep.as_dict())
         return rep
 
     def _put(self, base: str, src: str, sha: str, text: str) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import ContextError
-from gateway.events import EventSink, LoggingSink
+from gateway.events import Event, EventSink, LoggingSink
 from gateway.memory.embed import Embedder
 from gateway.memory.store import Filter, Point, Range, VectorStore
 from gateway.memory.types import (
@@ -225,7 +225,7 @@ class ContextManager:
         n = self.store.count(flt)
         if n:
             self.store.delete(filter=flt)
-        self.events.emit("memory.purged", {"count": n, "older_than_s": older_than_s, "agent": agent})
+        self.events.emit(Event.MEMORY_PURGED, {"count": n, "older_than_s": older_than_s, "agent": agent})
         return n
 
     def stats(self, agent: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.onboard.clients import FoundServer, find_client_files, read_client_file
 from gateway.onboard.plan import RESERVED, unique_name
 
@@ -125,7 +125,7 @@ class Discovery:
             d = Discovered(name, src, original, table, "quarantined", time.time())
             known[name] = d
             added.append(d)
-            self._events.emit("server.discovered", {"server": name, "source": src, "original_name": original,
+            self._events.emit(Event.SERVER_DISCOVERED, {"server": name, "source": src, "original_name": original,
                                                     "transport": "stdio" if "command" in table else "http",
                                                     "status": "quarantined"})
         removed: list[Discovered] = []
@@ -133,7 +133,7 @@ class Discovery:
             if d.status != "removed" and (d.source, d.original_name) not in seen_origins:
                 known[name] = Discovered(d.name, d.source, d.original_name, d.table, "removed", d.first_seen)
                 removed.append(known[name])
-                self._events.emit("server.removed", {"server": name, "source": d.source, "was": d.status})
+                self._events.emit(Event.SERVER_REMOVED, {"server": name, "source": d.source, "was": d.status})
         if added or removed:
             self._save(known)
         return added, removed

@@ -9,13 +9,13 @@ Public API (what the gateway core calls):
 - ``gateway.steps.policy.PolicyStep`` and ``filter_listing`` use all of the above.
 """
 
+from gateway.errors import PolicyLoadError
 from gateway.policy.decision import CONDITIONS, validate_decision
 from gateway.policy.engine import EmbeddedEngine, PolicyEngine, RemoteEngine, build_engine, evaluate
 from gateway.policy.inputdoc import CallCounters, build_input, input_for_call
 from gateway.policy.loader import (
     PolicyBundle,
     PolicyFiles,
-    PolicyLoadError,
     discover_files,
     load_checked,
     run_tests,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.context import Decision
-from gateway.policy.loader import PolicyLoadError
+from gateway.errors import PolicyLoadError
 
 CASES_MIN = 30  # the issue asks for at least this many input -> decision cases
 

@@ -27,12 +27,12 @@ import httpx
 from gateway.config.model import Config
 from gateway.context import Decision
 from gateway.custody import FileVersion, changes, snapshot, writable_by_others
-from gateway.events import EventSink, LoggingSink
+from gateway.errors import PolicyLoadError
+from gateway.events import Event, EventSink, LoggingSink
 from gateway.policy.decision import deny, validate_decision
 from gateway.policy.loader import (
     PolicyBundle,
     PolicyFiles,
-    PolicyLoadError,
     clean_error,
     discover_files,
     load_checked,
@@ -58,6 +58,16 @@ class PolicyEngine(ABC):
     async def adecide(self, input: Mapping[str, Any]) -> Decision:
         """Async form (the gateway's path); the default calls ``decide`` inline."""
         return self.decide(input)
+
+    reloadable: bool = False  # whether ``reload`` re-reads a policy the gateway holds
+
+    def status(self) -> dict[str, Any]:
+        """For ``/readyz`` and the admin API: ``loaded`` at least."""
+        return {"engine": self.name, "loaded": True}  # asked on every decision; failures deny there
+
+    def reload(self) -> bool:
+        """Re-read the policy; True when a new one is in force (only if ``reloadable``)."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook: most engines hold nothing to release
         """Release threads / connections."""
@@ -86,6 +96,7 @@ class EmbeddedEngine(PolicyEngine):
     """regorus in-process, one engine per thread, hot reload of policy and data files."""
 
     name = "embedded"
+    reloadable = True
 
     def __init__(
         self,
@@ -108,6 +119,15 @@ class EmbeddedEngine(PolicyEngine):
     def bundle(self) -> PolicyBundle | None:
         """The policy in force (``None``: nothing loaded, everything denied)."""
         return self._bundle
+
+    def status(self) -> dict[str, Any]:
+        bundle = self._bundle
+        return {
+            "engine": self.name,
+            "loaded": bundle is not None,
+            "policy": str(self.files.policy),
+            "digest": bundle.digest if bundle is not None else None,
+        }
 
     def load(self) -> bool:
         """Initial load. On failure everything is denied and a warning says so; returns success."""
@@ -138,7 +158,7 @@ class EmbeddedEngine(PolicyEngine):
             except PolicyLoadError as e:
                 log.error("policy reload refused, the previous policy stays in force: %s", e.message)
                 self._events.emit(
-                    "policy.reload_refused",
+                    Event.POLICY_RELOAD_REFUSED,
                     {"policy": str(self.files.policy), "error": e.message, "location": e.location,
                      "changes": changes(self._versions, versions)},
                 )
@@ -150,7 +170,7 @@ class EmbeddedEngine(PolicyEngine):
             self._bundle = bundle  # one reference assignment: threads see old or new, never half
             log.info("policy reloaded from %s (digest %s)", self.files.policy, bundle.digest[:12])
             self._events.emit(
-                "policy.reloaded",
+                Event.POLICY_RELOADED,
                 {
                     "policy": str(self.files.policy),
                     "data": str(self.files.data or ""),

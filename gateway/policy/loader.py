@@ -21,7 +21,7 @@ from typing import Any
 
 import regorus  # type: ignore[import-untyped]  # no stubs or py.typed in the wheel
 
-from gateway.errors import PolicyError
+from gateway.errors import PolicyLoadError
 from gateway.policy.lint import unknown_calls
 
 # regorus errors are rustc-style: "--> file:line:col"; a backtrace may follow.
@@ -59,16 +59,6 @@ CANARY_INPUT: dict[str, Any] = {
 
 # Without this regorus appends a Rust backtrace to every error when RUST_BACKTRACE is set.
 os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
-
-
-class PolicyLoadError(PolicyError):
-    """The policy (or its data, or its tests) cannot be used; ``location`` is file:line:col."""
-
-    code = "policy_load_error"
-
-    def __init__(self, message: str, *, location: str | None = None) -> None:
-        super().__init__(f"{location}: {message}" if location else message)
-        self.location = location
 
 
 @dataclass(frozen=True)

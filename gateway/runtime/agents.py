@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from gateway.config.model import AgentConfig
 from gateway.context import AgentInfo, Principal
 from gateway.errors import AgentLimitReached, AgentTerminated
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.runtime.identity import clean_label, make_agent_id
 from gateway.runtime.lifecycle import AgentState, check_transition
 
@@ -255,7 +255,7 @@ class AgentRegistry:
         self._by_id[agent.id] = agent
         self._by_name[agent.name] = agent
         self.events.emit(
-            "agent.registered",
+            Event.AGENT_REGISTERED,
             {"agent": agent.id, "name": agent.name, "client": agent.client, "hosted": agent.hosted,
              "priority": agent.priority},
             principal=agent.principal, agent=agent.id,
@@ -293,7 +293,7 @@ class AgentRegistry:
         if to is AgentState.TERMINATED:
             self._live -= 1
         self.events.emit(
-            "agent.state",
+            Event.AGENT_STATE,
             {"agent": agent.id, "name": agent.name, "from": src.value, "to": to.value, "edge": edge,
              "reason": reason},
             principal=agent.principal, agent=agent.id,

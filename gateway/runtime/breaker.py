@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.errors import UpstreamUnavailable
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 
 BreakerState = Literal["closed", "open", "half-open"]
 STATE_VALUE = {"closed": 0, "half-open": 1, "open": 2}
@@ -86,7 +86,7 @@ class Breakers:
 
     def _move(self, upstream: str, b: Breaker, to: BreakerState) -> None:
         src, b.state = b.state, to
-        self.events.emit("upstream.breaker", {"upstream": upstream, "from": src, "to": to, "failures": b.failures})
+        self.events.emit(Event.UPSTREAM_BREAKER, {"upstream": upstream, "from": src, "to": to, "failures": b.failures})
 
 
 def retryable(annotations: Mapping[str, Any]) -> bool:

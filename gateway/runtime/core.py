@@ -24,7 +24,7 @@ import anyio
 
 from gateway.config.model import Config
 from gateway.errors import AgentError, AgentSuspended, AgentTerminated, GatewayError, InvalidTransition
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.runtime.agents import Agent, AgentRegistry
 from gateway.runtime.breaker import Breakers
 from gateway.runtime.lifecycle import AgentState
@@ -52,7 +52,6 @@ class AgentRuntime:
         self._terminating: dict[str, str] = {}  # Running agents to end when their calls do -> reason
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
         self.on_terminate: list[Callable[[Agent], None]] = []  # hosted agents stop their process
-        self.hosted: Any = None  # gateway.runtime.hosted.HostedAgents when [agents.*] are configured
         self.started = time.time()
         self.agents.on_unregister.append(self._forget)
 
@@ -137,7 +136,7 @@ class AgentRuntime:
             return "suspended"
         if agent.state is AgentState.READY:
             agent.suspend_pending = reason  # the seed has no Ready -> Suspended: held for the next task
-            self.events.emit("agent.suspend_pending", {"agent": agent.id, "reason": reason},
+            self.events.emit(Event.AGENT_SUSPEND_PENDING, {"agent": agent.id, "reason": reason},
                              principal=agent.principal, agent=agent.id)
             return "pending"
         if agent.state is AgentState.SUSPENDED:

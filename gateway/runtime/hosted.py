@@ -28,18 +28,22 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from gateway.config.model import AgentConfig, Config
 from gateway.errors import GatewayError
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits
+
+if TYPE_CHECKING:
+    from gateway.sandbox.manager import SandboxManager
 
 _logger = logging.getLogger("symbi.runtime.hosted")
 
@@ -53,27 +57,46 @@ def interval_s(start: str) -> float | None:
     return float(m.group(1)) * _UNIT[m.group(2)] if m else None
 
 
+class Credentials(Protocol):
+    """Makes and revokes a run's API key (the HTTP front's ``ApiKeyStore``)."""
+
+    def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, Any]: ...
+
+    def revoke(self, kid: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class AgentHost:
+    """Where hosted agents reach the gateway: the HTTP front's Unix socket and key store
+    (``symbi serve`` builds it before assembly; without it hosted agents fail to start)."""
+
+    socket_path: str
+    keys: Credentials
+
+
 class HostedAgents:
     """Starts, watches, restarts and stops the hosted agents of one gateway."""
 
-    def __init__(self, config: Config, runtime: AgentRuntime, events: EventSink, *, sandbox: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        runtime: AgentRuntime,
+        events: EventSink,
+        *,
+        sandbox: SandboxManager | None,
+        host: AgentHost | None,
+    ) -> None:
         self.config = config
         self.runtime = runtime
         self.events = events
-        self.sandbox = sandbox  # gateway.sandbox.SandboxManager (None: no tier can run here)
-        self.keys: Any = None  # the HTTP front's ApiKeyStore (attach)
-        self.socket_path: str | None = None  # the HTTP front's Unix socket (attach)
-        self._attached = anyio.Event()
+        self.sandbox = sandbox  # None: no tier can run here
+        self.keys = host.keys if host is not None else None
+        self.socket_path = host.socket_path if host is not None else None
         self._wake = {name: anyio.Event() for name in config.agents}
         self._stop: dict[str, Callable[[], None]] = {}
         self._failures: dict[str, deque[float]] = {name: deque() for name in config.agents}
         self.runs: dict[str, int] = {name: 0 for name in config.agents}
         runtime.on_terminate.append(self._terminated)
-
-    def attach(self, socket_path: str, keys: Any) -> None:
-        """The HTTP front listens on ``socket_path`` and authenticates with ``keys``."""
-        self.socket_path, self.keys = socket_path, keys
-        self._attached.set()
 
     # -- control ------------------------------------------------------------------------------
 
@@ -94,8 +117,6 @@ class HostedAgents:
 
     async def run(self) -> None:
         """Started with the gateway: one supervisor per enabled hosted agent."""
-        with anyio.move_on_after(5):  # the HTTP front attaches right after assembly
-            await self._attached.wait()
         async with anyio.create_task_group() as tg:
             for name, ac in self.config.agents.items():
                 if ac.enabled:
@@ -127,7 +148,7 @@ class HostedAgents:
                 return
             if outcome == "ok":
                 backoff = ac.restart_backoff_s
-            self.events.emit("agent.restart_scheduled", {"name": name, "after_s": backoff, "outcome": outcome})
+            self.events.emit(Event.AGENT_RESTART_SCHEDULED, {"name": name, "after_s": backoff, "outcome": outcome})
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, ac.restart_backoff_max_s)
 
@@ -154,7 +175,7 @@ class HostedAgents:
         if failures:
             reason = f"escalated: {failures} failures within {ac.failure_window_s:g} s (max_failures)"
             self._fail(agent, reason)
-            self.events.emit("agent.escalated", {"name": name, "failures": failures}, principal=principal.id,
+            self.events.emit(Event.AGENT_ESCALATED, {"name": name, "failures": failures}, principal=principal.id,
                              agent=agent.id)
             return "escalated"
         tier = ac.sandbox or self.config.security.default_sandbox_tier
@@ -192,7 +213,8 @@ class HostedAgents:
     def _revoke(self, key_id: str) -> None:
         self.runtime.agents.unbind_credential(key_id)
         try:
-            self.keys.revoke(key_id)
+            if self.keys is not None:
+                self.keys.revoke(key_id)
         except OSError:
             _logger.exception("could not revoke the credential %s", key_id)
 
@@ -239,7 +261,7 @@ class HostedAgents:
         oom = cgroup.oom_killed(code)
         agent.hosted_busy = False
         agent.in_flight -= 1
-        self.events.emit("agent.exited", {"agent": agent.id, "name": agent.name, "exit_code": code, "oom": oom,
+        self.events.emit(Event.AGENT_EXITED, {"agent": agent.id, "name": agent.name, "exit_code": code, "oom": oom,
                                           "memory_peak_mb": round(usage.memory_peak_mb, 1)},
                          principal=agent.principal, agent=agent.id)
         if code == 0 and not stopped:
@@ -261,7 +283,7 @@ class HostedAgents:
         if stopped and stopped[0].startswith("terminated"):
             return "stopped"
         self._failures[agent.name].append(time.monotonic())
-        self.events.emit("agent.failed", {"name": agent.name, "reason": why, "exit_code": code},
+        self.events.emit(Event.AGENT_FAILED, {"name": agent.name, "reason": why, "exit_code": code},
                          principal=agent.principal, agent=agent.id)
         rt.recent_errors.append({"time": time.time(), "agent": agent.id, "code": "agent_failed",
                                  "target": agent.name, "type": "oom" if oom else "exit"})
@@ -293,6 +315,9 @@ class HostedAgents:
         socket = (self.socket_path, SOCKET_IN_SANDBOX)
         t = self.sandbox.tier(tier)
         if tier == "bwrap":
+            from gateway.sandbox.bwrap import BwrapTier
+
+            assert isinstance(t, BwrapTier)
             argv, cg = t.hosted_argv(ac.command, args, env, limits=sb_limits, ro_paths=ro, socket=socket,
                                      disk_io_mbps=limits.disk_io_mbps)
             return argv, Cgroup(cg)

@@ -44,15 +44,18 @@ def agent_rows(rt: AgentRuntime) -> list[dict[str, Any]]:
 def _policy(gw: Gateway) -> dict[str, Any]:
     eng = gw.policy
     if eng is None:
-        return {"status": DEGRADED, "detail": "policy off (security.enforce_policies = false)"}
-    loaded = getattr(eng, "bundle", True) is not None
+        return {"status": DEGRADED, "detail": "policy off (security.unsafe_disable_policies)"}
+    try:
+        loaded = bool(eng.status().get("loaded"))
+    except Exception:  # noqa: BLE001 - fail closed: a status that cannot be read is not loaded
+        loaded = False
     return {"status": HEALTHY if loaded else UNHEALTHY, "detail": "loaded" if loaded else "no policy loaded"}
 
 
 def _audit(gw: Gateway) -> dict[str, Any]:
     log = gw.audit
     if log is None:
-        return {"status": DEGRADED, "detail": "audit off (security.audit_enabled = false)"}
+        return {"status": DEGRADED, "detail": "audit off (security.unsafe_disable_audit)"}
     try:
         log.ensure_writable()
         return {"status": HEALTHY, "detail": "writable"}

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.compat import raw_socket
 from gateway.errors import SandboxError, SandboxUnavailable
 
 from .base import (
@@ -143,7 +144,7 @@ class DockerTier(SandboxTier):
         """The raw attach socket (before start, so no output is missed)."""
         params = {"stdout": 1, "stderr": 1, "stream": 1, **({"stdin": 1} if with_stdin else {})}
         sock = client.api.attach_socket(cid, params=params)
-        return getattr(sock, "_sock", sock)  # the SDK wraps the socket in a SocketIO
+        return raw_socket(sock)
 
     def run(self, request: SandboxRequest, limits: Limits) -> SandboxResult:
         client = docker_client()

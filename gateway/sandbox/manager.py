@@ -156,21 +156,6 @@ class SandboxManager:
             bw.close()
 
 
-_default: SandboxManager | None = None
-_default_lock = threading.Lock()
-
-
-def default_manager() -> SandboxManager:
-    """A process-wide manager over the default config (for callers without one)."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            from gateway.config.model import Config
-
-            _default = SandboxManager(Config())
-        return _default
-
-
 def wrap_stdio_command(
     tier: str,
     command: str,
@@ -180,7 +165,7 @@ def wrap_stdio_command(
     *,
     network: bool,
     limits: Limits | None = None,
-    manager: SandboxManager | None = None,
+    manager: SandboxManager,
     hidden: Sequence[str] = (),
 ) -> tuple[str, list[str]]:
     """argv to launch an stdio MCP server inside ``tier``, stdin/stdout connected.
@@ -190,5 +175,4 @@ def wrap_stdio_command(
     Network is off unless ``network`` (gvisor cannot grant it here: SandboxUnavailable).
     The server runs as uid/gid 65534: its files must be readable by that user.
     """
-    m = manager or default_manager()
-    return m.wrap_stdio_command(tier, command, args, env, cwd, network=network, limits=limits, hidden=hidden)
+    return manager.wrap_stdio_command(tier, command, args, env, cwd, network=network, limits=limits, hidden=hidden)

@@ -18,9 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import InvalidTransition
+from gateway.errors import ApprovalError, InvalidTransition
+from gateway.events import Event
 from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
-from gateway.server.approvals import ApprovalError, approve_tool, tool_diff
+from gateway.server.approvals import approve_tool, tool_diff
 from gateway.server.footprint import http_footprint
 from gateway.server.openapi import OPENAPI
 
@@ -34,18 +35,16 @@ def audit_log(state: HttpState) -> AuditLog | None:
     return state.gateway.audit if state.gateway is not None else None
 
 
-def audit_verify(log: Any) -> dict[str, Any]:
+def audit_verify(log: AuditLog) -> dict[str, Any]:
     """Verify the whole chain (blocking: run it in a thread). ``ok`` says whether it is intact."""
-    own = getattr(log, "verify", None)
-    if callable(own):
-        result = own()
-        as_dict = getattr(result, "as_dict", None)  # gateway.audit.VerifyResult
-        return dict(as_dict() if callable(as_dict) else result)
-    from gateway.audit import exported_public_keys, verify_log
-
-    return verify_log(log.path, exported_public_keys(log.key_path)).as_dict()
+    return log.verify().as_dict()
 
 
+_OPERATOR_EVENTS = {
+    "suspend": Event.AGENT_SUSPEND_REQUESTED,
+    "resume": Event.AGENT_RESUME_REQUESTED,
+    "terminate": Event.AGENT_TERMINATE_REQUESTED,
+}
 _QUERY_KEYS = {"principal", "tool", "type", "decision", "since_ns", "until_ns", "limit"}
 
 
@@ -84,12 +83,9 @@ def audit_query(log: Any, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
         conn.close()
 
 
-def audit_writable(log: Any) -> bool:
+def audit_writable(log: AuditLog) -> bool:
     """Whether events can be recorded right now (any failure to tell is "no")."""
     try:
-        own = getattr(log, "writable", None)
-        if callable(own):
-            return bool(own())
         log.ensure_writable()
         return True
     except Exception:  # noqa: BLE001 - fail closed: not writable
@@ -102,18 +98,7 @@ def policy_status(state: HttpState) -> dict[str, Any] | None:
     if eng is None:
         return None
     try:
-        own = getattr(eng, "status", None)
-        if callable(own):
-            return dict(own())
-        doc: dict[str, Any] = {"engine": str(getattr(eng, "name", type(eng).__name__))}
-        if hasattr(eng, "bundle"):
-            doc["loaded"] = eng.bundle is not None
-            files = getattr(eng, "files", None)
-            doc["policy"] = str(getattr(files, "policy", "")) or None
-            doc["digest"] = getattr(eng.bundle, "digest", None)
-        else:
-            doc["loaded"] = True  # a remote engine is asked on every decision; failures deny there
-        return doc
+        return eng.status()
     except Exception as e:  # noqa: BLE001 - fail closed: not loaded, with the reason
         return {"loaded": False, "error": f"{type(e).__name__}: {e}"}
 
@@ -235,7 +220,7 @@ def admin_routes(state: HttpState) -> list[Route]:
         if up is None:
             return _err(404, "not_found", f"no upstream named {name!r}")
         await up.restart()
-        state.gateway.events.emit("upstream.restart_requested", {"upstream": name})  # type: ignore[union-attr]
+        state.gateway.events.emit(Event.UPSTREAM_RESTART_REQUESTED, {"upstream": name})  # type: ignore[union-attr]
         return JSONResponse({"upstream": name, "restarting": True}, status_code=202)
 
     async def sessions(request: Request) -> Response:
@@ -307,11 +292,10 @@ def admin_routes(state: HttpState) -> list[Route]:
         eng = state.gateway.policy if state.gateway is not None else None
         if eng is None:
             return _unavailable("policy", "the policy engine is not enabled in this gateway")
-        reload = getattr(eng, "reload", None)
-        if not callable(reload):
+        if not eng.reloadable:
             return _err(409, "conflict", "this policy engine is not reloaded by the gateway (remote OPA)")
         # a policy that does not parse or fails its tests is refused; the old one stays in force
-        ok = bool(await anyio.to_thread.run_sync(reload))
+        ok = await anyio.to_thread.run_sync(eng.reload)
         return JSONResponse({"reloaded": ok, **(policy_status(state) or {})}, status_code=200 if ok else 422)
 
     # -- agents and status (gateway.runtime) ----------------------------------------------------
@@ -346,20 +330,20 @@ def admin_routes(state: HttpState) -> list[Route]:
                 agent, f"operator {who}: {reason or action}")
         except InvalidTransition as e:
             return _err(409, "invalid_transition", e.message)
-        state.gateway.events.emit(f"agent.{action}_requested", {"agent": agent.id, "by": who,  # type: ignore[union-attr]
-                                                                 "reason": reason, "result": result},
+        state.gateway.events.emit(_OPERATOR_EVENTS[action], {"agent": agent.id, "by": who,  # type: ignore[union-attr]
+                                                              "reason": reason, "result": result},
                                   principal=who, agent=agent.id)
         return JSONResponse({"agent": agent.id, "result": result, "state": agent.state.value})
 
     async def agent_run(request: Request) -> Response:
         gw = state.gateway
         name = request.path_params["id"]
-        hosted = gw.runtime.hosted if gw is not None else None
+        hosted = gw.hosted if gw is not None else None
         if hosted is None or name not in state.config.agents:
             return _err(404, "not_found", f"no hosted agent {name!r} ([agents.{name}])")
         result = hosted.request_start(name)
         who = request.scope["symbi.principal"].id
-        gw.events.emit("agent.run_requested", {"name": name, "by": who, "result": result},  # type: ignore[union-attr]
+        gw.events.emit(Event.AGENT_RUN_REQUESTED, {"name": name, "by": who, "result": result},  # type: ignore[union-attr]
                        principal=who)
         agent = gw.runtime.agents.by_name(name)  # type: ignore[union-attr]
         return JSONResponse({"agent": agent.id if agent else name, "result": result,

@@ -13,22 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from gateway.errors import GatewayError, ScreeningFlagged
+from gateway.errors import ApprovalError, ScreeningFlagged
+from gateway.events import Event
 from gateway.verify.approve import approve_current, check_screening, drift_diff
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
     from gateway.context import Principal
-
-
-class ApprovalError(GatewayError):
-    """The approval cannot be made here; ``status`` is the HTTP status to answer with."""
-
-    code = "approval_refused"
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _state(gw: Gateway | None) -> Any:
@@ -81,7 +72,7 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
         lambda: approve_current(_state(gw), gw.config.pins_path, rec, domain=srv.domain, actor=principal.id)
     )
     gw.events.emit(
-        "tool.approved",
+        Event.TOOL_APPROVED,
         {"tool": rec.namespaced, "upstream": rec.upstream, "definition_hash": h, "via": "admin-api"},
         principal=principal.id,
     )

@@ -34,22 +34,9 @@ from jwt import PyJWKClient, PyJWKSet
 
 from gateway.config.model import Config, JwtSection
 from gateway.context import Principal
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import AuthFailed, ConfigError, NoCredentials
 
 KEY_PREFIX = "symbi_"
-ADMIN_ROLE = "admin"
-
-
-class AuthFailed(GatewayError):
-    """Credentials were given but are not valid (HTTP 401, ``error="invalid_token"``)."""
-
-    code = "unauthorized"
-
-
-class NoCredentials(GatewayError):
-    """No credentials at all (HTTP 401 with the resource-metadata challenge)."""
-
-    code = "no_credentials"
 
 
 # -- API keys -------------------------------------------------------------------------------
@@ -66,6 +53,9 @@ class ApiKeyRecord:
     sha256: str
     created: float
     revoked: float | None = None
+
+    def as_principal(self) -> Principal:
+        return Principal(id=self.principal, kind=self.kind, roles=self.roles, claims={"key_id": self.id})
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -295,7 +285,7 @@ class Authenticator:
         return cls(
             keys=open_api_keys(config),
             jwt=JwtVerifier(config.http.jwt) if config.http.jwt is not None else None,
-            anonymous=config.http.anonymous_principal,
+            anonymous=config.anonymous_principal,
         )
 
     @property
@@ -312,7 +302,7 @@ class Authenticator:
         rec = self.keys.lookup(key)
         if rec is None:
             raise AuthFailed("unknown or revoked API key")
-        return Principal(id=rec.principal, kind=rec.kind, roles=rec.roles, claims={"key_id": rec.id})
+        return rec.as_principal()
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
         """The principal for these headers. An API key in ``X-API-Key`` or a bearer token."""
@@ -334,6 +324,3 @@ class Authenticator:
             return Principal(id=self.anonymous, kind="anonymous")
         raise NoCredentials("credentials required")
 
-
-def is_admin(principal: Principal | None) -> bool:
-    return principal is not None and ADMIN_ROLE in principal.roles

@@ -10,8 +10,8 @@ Two kinds of entries:
 - ``bounded``: ring buffers and caches with a fixed cap (``caps`` gives it), whatever the load;
 - ``vocabulary``: metric label sets over fixed vocabularies (status codes, event types).
 
-SDK internals are read here and nowhere else in this module's callers (read-only, tolerant
-of their absence).
+The SDK's session tables are counted through ``gateway.compat`` (the one module that reads
+library internals).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import asyncio
 import os
 import threading
 from typing import TYPE_CHECKING, Any
+
+from gateway.compat import http_session_counts
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -59,9 +61,10 @@ def http_footprint(state: HttpState) -> dict[str, Any]:
     manager = state.manager
     if state.gateway is not None:
         state.metrics.keep_tools(state.gateway.catalog.tools)
+    sessions, session_owners = http_session_counts(manager)
     owned: dict[str, int] = {
-        "sessions": len(getattr(manager, "_server_instances", {})),
-        "session_owners": len(getattr(manager, "_session_owners", {})),
+        "sessions": sessions,
+        "session_owners": session_owners,
         "metrics_tool_label_sets": metrics_label_sets(state.metrics, label="tool"),
         **gateway_footprint(state.gateway),
     }

@@ -41,14 +41,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.app import Gateway
 from gateway.assemble import make_gateway
+from gateway.compat import open_http_sessions
 from gateway.config.model import Config
-from gateway.context import Principal
-from gateway.errors import StateUnavailable
+from gateway.context import Principal, is_admin
+from gateway.errors import AuthFailed, NoCredentials, StateUnavailable
 from gateway.listen import ListenHub
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
+from gateway.runtime.hosted import AgentHost
 from gateway.runtime.status import components
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
-from gateway.server.auth import Authenticator, AuthFailed, NoCredentials, is_admin
+from gateway.server.auth import Authenticator
 from gateway.server.front import build_server, http_session_key
 from gateway.server.limits import ConnectionLimit
 from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
@@ -94,14 +96,7 @@ class HttpState:
 
     def sessions(self) -> list[dict[str, Any]]:
         """Open legacy-era sessions (ids shortened: a session id is a capability)."""
-        # The SDK keeps these private; read-only and tolerant of their absence.
-        instances = getattr(self.manager, "_server_instances", {})
-        owners = getattr(self.manager, "_session_owners", {})
-        out = []
-        for sid in list(instances):
-            owner = owners.get(sid)
-            out.append({"id": sid[:8], "owner": owner.get("client_id") if owner else None})
-        return out
+        return [{"id": sid[:8], "owner": owner} for sid, owner in open_http_sessions(self.manager)]
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         gw = self.gateway
@@ -362,9 +357,8 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     auth = Authenticator.from_config(config)
 
     def factory(listen: ListenHub) -> Gateway:
-        gw = make_gateway(config, listen, metrics=metrics)
-        if agent_socket is not None and gw.runtime.hosted is not None:
-            gw.runtime.hosted.attach(agent_socket.getsockname(), auth.keys)
+        host = AgentHost(agent_socket.getsockname(), auth.keys) if agent_socket is not None else None
+        gw = make_gateway(config, listen, metrics=metrics, agent_host=host)
         holder.append(gw)
         return gw
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import anyio
 from mcp import types
-from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from gateway.assemble import make_gateway
+from gateway.compat import create_context_streams, stream_reader_head
 from gateway.config.model import Config
 from gateway.server.front import build_server, init_options
 
@@ -91,7 +91,7 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
                         await _deliver(e.partial)
                     return
                 except asyncio.LimitOverrunError as e:
-                    head = bytes(reader._buffer[:512])  # type: ignore[attr-defined]  # asyncio's private buffer
+                    head = stream_reader_head(reader, 512)
                     total = await _drain_line(reader, e.consumed)
                     await write(
                         _error(

@@ -1,6 +1,6 @@
 """The audit step (outermost but for metrics): one durable audit event per call, whatever happened inside.
 
-The event is ``tool.call``, ``resource.read``, ``prompt.get`` (or ``catalog.list``) and is
+The event is ``tool.call``, ``resource.read`` or ``prompt.get`` (``gateway.events.Event``) and is
 committed before the result goes back (``AuditLog.record`` waits for the group commit).
 Raw argument values never reach the log: the policy-redacted ``call.audit_arguments`` are
 written, or, when no step produced them (denied or crashed before the policy ran), only the
@@ -16,17 +16,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mcp.types import CallToolResult
+
 from gateway.audit.log import AuditLog
 from gateway.chain import CallNext
 from gateway.context import CallContext
-from gateway.errors import ArgumentsInvalid, AuditError, GatewayError, PolicyDenied, VerificationDenied
+from gateway.errors import ArgumentsInvalid, AuditError, GatewayError, is_denial
+from gateway.events import Event
 from gateway.telemetry import current_ids
 
-EVENT_TYPES = {
-    "tools/call": "tool.call",
-    "resources/read": "resource.read",
-    "prompts/get": "prompt.get",
-    "list": "catalog.list",
+EVENT_TYPES: dict[str, Event] = {
+    "tools/call": Event.TOOL_CALL,
+    "resources/read": Event.RESOURCE_READ,
+    "prompts/get": Event.PROMPT_GET,
 }
 
 
@@ -56,7 +58,7 @@ class AuditStep:
             try:
                 started = time.perf_counter()
                 await self.log.record(
-                    EVENT_TYPES.get(call.kind, "call"), details, principal=call.principal.id,
+                    EVENT_TYPES[call.kind], details, principal=call.principal.id,
                     agent=call.principal.agent, timeout=self.timeout_s,
                 )
                 if self._observe is not None:
@@ -69,16 +71,11 @@ class AuditStep:
 def _settle(call: CallContext, result: Any, error: BaseException | None) -> None:
     """Fill outcome / error_code on the context from what the inner chain did."""
     if error is None:
-        is_error = getattr(result, "is_error", None)
-        if is_error is None:
-            is_error = getattr(result, "isError", False)
+        is_error = isinstance(result, CallToolResult) and result.is_error  # resources/prompts have no isError
         call.outcome = "error" if is_error is True else "ok"
         call.error_code = "tool_error" if is_error is True else None
         return
-    if isinstance(error, (PolicyDenied, VerificationDenied)):
-        call.outcome = "denied"
-    else:
-        call.outcome = "error"
+    call.outcome = "denied" if is_denial(error) else "error"
     if isinstance(error, GatewayError):
         call.error_code = error.code
     elif isinstance(error, asyncio.CancelledError):

@@ -11,19 +11,10 @@ import time
 from typing import Any
 
 from gateway.chain import CallNext
-from gateway.context import CallContext
-from gateway.errors import (
-    ArgumentsInvalid,
-    AuditError,
-    CatalogError,
-    GatewayError,
-    PolicyDenied,
-    VerificationDenied,
-)
+from gateway.context import APPROVED, CallContext
+from gateway.errors import AuditError, GatewayError, VerificationDenied, is_denial
 from gateway.metrics import GatewayMetrics, RecentCall, RecentCalls
 
-# Errors that are the gateway saying "no" (as opposed to something failing).
-_DENIALS = (PolicyDenied, VerificationDenied, CatalogError, ArgumentsInvalid)
 _TASK_KINDS = frozenset({"tools/call", "resources/read", "prompts/get"})
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # error codes are label values: keep them bounded
 
@@ -52,12 +43,12 @@ class MetricsStep:
         code: str | None
         reasons: tuple[str, ...]
         if error is not None:
-            outcome = "denied" if isinstance(error, _DENIALS) else "error"
+            outcome = "denied" if is_denial(error) else "error"
             code = error.code if isinstance(error, GatewayError) else "internal_error"
             reasons = tuple(error.reasons) if isinstance(error, GatewayError) else (type(error).__name__,)
         elif call.outcome == "denied":
             outcome, code, reasons = "denied", call.error_code, tuple(call.reasons)
-        elif getattr(result, "is_error", False):
+        elif getattr(result, "is_error", False) is True:  # a tool result the upstream marked failed
             outcome, code, reasons = "error", call.error_code, tuple(call.reasons)
         else:
             outcome, code, reasons = "ok", None, tuple(call.reasons)
@@ -103,7 +94,7 @@ class MetricsStep:
             m.errors.labels(error_type).inc()
         if call.tool is not None:
             status = call.tool.verification
-            m.compliance.labels("verification", "pass" if status in ("verified", "pinned") else
+            m.compliance.labels("verification", "pass" if status in APPROVED else
                                 "fail" if call.tool.blocked or isinstance(error, VerificationDenied) else "unverified").inc()
         if call.decision is not None:
             m.compliance.labels("policy", "pass" if call.decision.allow else "fail").inc()

@@ -8,7 +8,7 @@ from typing import Any
 from mcp import types
 
 from gateway.chain import CallNext
-from gateway.context import CallContext
+from gateway.context import APPROVED, CallContext
 from gateway.errors import VerificationDenied
 
 _logger = logging.getLogger("symbi.verify")
@@ -31,9 +31,12 @@ class VerifyTool:
                 f"tool {tool.name!r} is not an approved tool ({tool.verification})",
                 reasons=[tool.verification_reason or f"verification status: {tool.verification}"],
             )
-        if tool.verification_mode == "off":
-            _logger.warning("calling %s with verification OFF for upstream %r", tool.name, tool.upstream)
-        unverified = tool.verification not in ("verified", "pinned")
+        unverified = tool.verification not in APPROVED
+        if unverified:  # only warn/off upstreams let an unapproved tool this far: an unsafe option
+            _logger.warning(
+                "UNSAFE: calling %s (%s) with verification %s for upstream %r",
+                tool.name, tool.verification, tool.verification_mode.upper(), tool.upstream,
+            )
         call.unverified_warning = unverified
         result = await call_next(call)
         if unverified and isinstance(result, types.CallToolResult):

@@ -22,7 +22,6 @@ from typing import Any, Literal, Self
 import anyio
 import httpx2
 from mcp import ClientSession, StdioServerParameters, stdio_client, types
-from mcp.client._probe import negotiate_auto
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import listen as listen_changes
 from mcp.shared.dispatcher import ProgressFnT
@@ -31,9 +30,10 @@ from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, T
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
+from gateway.compat import SdkChanged, negotiate_auto, stamp_requests
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable, UpstreamError, UpstreamUnavailable
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.upstream.relay import CallerRelay
 from gateway.upstream.runas import RunAs, check_launchable, resolve_run_as, working_folder
 
@@ -116,6 +116,11 @@ class Upstream:
         return self.server.timeout_s or self._config.mcp.call_timeout_s
 
     @property
+    def server_capabilities(self) -> types.ServerCapabilities | None:
+        """What the connected server declared (None while it is not up)."""
+        return self._session.server_capabilities if self.state == "up" and self._session is not None else None
+
+    @property
     def session(self) -> ClientSession:
         if self.state != "up" or self._session is None:
             raise UpstreamUnavailable(
@@ -148,7 +153,7 @@ class Upstream:
             self._session = None
             self._up_event = anyio.Event()
             self.listing = Listing()
-            self._events.emit("upstream.down", {"upstream": self.name, "error": self.last_error})
+            self._events.emit(Event.UPSTREAM_DOWN, {"upstream": self.name, "error": self.last_error})
             if was_up:
                 await self._notify_change()
             if self._stop:
@@ -194,7 +199,7 @@ class Upstream:
             self.state = "up"
             self.last_error = None
             self._events.emit(
-                "upstream.up",
+                Event.UPSTREAM_UP,
                 {
                     "upstream": self.name,
                     "transport": self.transport,
@@ -390,9 +395,7 @@ def _upstream_error(name: str, e: MCPError) -> UpstreamError:
         return UpstreamError(f"upstream {name!r} timed out: {e}")
     if code == -32000 or "closed" in str(e).lower():
         return UpstreamUnavailable(f"upstream {name!r} connection closed: {e}")
-    err = UpstreamError(f"upstream {name!r} returned an error: {e}")
-    err.mcp_error = e  # type: ignore[attr-defined]
-    return err
+    return UpstreamError(f"upstream {name!r} returned an error: {e}", mcp_error=e)
 
 
 async def _all_pages(method: Callable[..., Awaitable[Any]], attr: str, max_pages: int = 100) -> list[Any]:
@@ -409,22 +412,18 @@ async def _all_pages(method: Callable[..., Awaitable[Any]], attr: str, max_pages
 
 
 def _forward_caller_capabilities(session: ClientSession) -> None:
-    stamp = getattr(session, "_stamp", None)
-    if stamp is None:  # pragma: no cover - SDK internals moved: keep the gateway's own capabilities
-        _logger.warning("cannot forward client capabilities upstream (SDK changed)")
-        return
-
-    def with_caller(data: dict[str, Any], opts: Any) -> None:
-        stamp(data, opts)
+    def with_caller(data: dict[str, Any]) -> None:
         ref = DOWNSTREAM_CAPABILITIES.get()
         caller = ref() if ref is not None else None
-        caps = getattr(caller, "client_capabilities", None) if caller is not None else None
+        caps = caller.client_capabilities if caller is not None else None
         if caps is not None:
-            caps = caps.model_dump(by_alias=True, mode="json", exclude_none=True)
             meta = data.setdefault("params", {}).setdefault("_meta", {})
-            meta[_CAPS_META_KEY] = caps
+            meta[_CAPS_META_KEY] = caps.model_dump(by_alias=True, mode="json", exclude_none=True)
 
-    session._stamp = with_caller
+    try:
+        stamp_requests(session, with_caller)
+    except SdkChanged as e:  # keep the gateway's own capabilities; tests/test_compat.py names the change
+        _logger.warning("cannot forward client capabilities upstream: %s", e)
 
 
 def _describe(e: BaseException) -> str:

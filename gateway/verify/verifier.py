@@ -29,9 +29,9 @@ from typing import Any
 import anyio
 
 from gateway.config.model import Config
-from gateway.context import ToolInfo
+from gateway.context import ToolInfo, is_blocked
 from gateway.errors import ConfigError, StateUnavailable
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
 from gateway.screen import Screener
 from gateway.screen.accepted import AcceptedFindings
 from gateway.verify.manifest import load_manifest
@@ -194,7 +194,7 @@ class ToolVerifier:
             out[name] = replace(info, screening=result)
             flagged = result.at_least("medium")
             if flagged and self._screened.get(name) != info.definition_hash:
-                self._events.emit("tool.screening", {
+                self._events.emit(Event.TOOL_SCREENING, {
                     "tool": name, "upstream": info.upstream, "highest": result.highest,
                     "definition_hash": info.definition_hash,
                     "findings": [{"rule": f.rule, "severity": f.severity, "field": f.field} for f in flagged],
@@ -230,8 +230,8 @@ class ToolVerifier:
                 out.append(info)
             listed = present if present is not None else {t.original_name for t in entries}
             for gone in self.state.mark_absent(upstream, listed):
-                self._events.emit("tool.vanished", {"tool": gone.namespaced, "upstream": upstream,
-                                                    "hash": gone.current_hash})
+                self._events.emit(Event.TOOL_VANISHED, {"tool": gone.namespaced, "upstream": upstream,
+                                                         "hash": gone.current_hash})
         except StateUnavailable as e:
             # approvals shared by replicas cannot be read: no tool of this upstream is admitted
             _logger.error("upstream %s: %s", upstream, e.message)
@@ -292,7 +292,7 @@ class ToolVerifier:
             self.state.approve(info.upstream, info.original_name, h, definition)
         if before is not None and before.current_hash != h:
             self._events.emit(
-                "tool.drift",
+                Event.TOOL_DRIFT,
                 {
                     "tool": info.name,
                     "upstream": info.upstream,
@@ -305,8 +305,11 @@ class ToolVerifier:
             _logger.warning("tool %s changed (%s -> %s): now %s", info.name, before.current_hash, h, status)
         if before is None or before.status != status:
             self._events.emit(
-                "tool.verification",
-                {"tool": info.name, "upstream": info.upstream, "status": status, "reason": reason, "key": fp, "hash": h},
+                Event.TOOL_VERIFICATION,
+                {
+                    "tool": info.name, "upstream": info.upstream, "status": status, "reason": reason,
+                    "key": fp, "hash": h, "mode": mode, "blocked": is_blocked(mode, status),
+                },
             )
         return _with(info, status, reason if status != "verified" else None, fp, h, mode)
 

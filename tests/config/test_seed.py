@@ -81,6 +81,7 @@ EFFECT_TESTED_IN = {
     "runtime.max_concurrent_agents": "tests/runtime/test_lifecycle.py",
     "runtime.scheduler_threads": "tests/runtime/test_runtime_keys.py",
     "runtime.gc_interval_ms": "tests/runtime/test_runtime_keys.py",
+    "runtime.mode": "tests/config/test_unsafe.py",
 }
 
 
@@ -190,7 +191,7 @@ def test_a_provider_missing_a_primitive_stops_the_start(monkeypatch: pytest.Monk
 
 
 @pytest.mark.anyio
-async def test_seed_start_names_each_pending_key_once_and_audits_into_the_folder(tmp_path: Path) -> None:
+async def test_seed_start_names_each_notice_once_and_audits_into_the_folder(tmp_path: Path) -> None:
     """``symbi mcp`` with the seed's file and environment: the two paths point into tmp_path
     (same form: a config file and an audit folder); every other value is the seed's."""
     path = tmp_path / "config.toml"
@@ -206,7 +207,7 @@ async def test_seed_start_names_each_pending_key_once_and_audits_into_the_folder
             await s.list_tools()
     err = log.read_text()
     expected = notices(load_config(path, {**SEED_ENV, "SYMBI_AUDIT_STORAGE": str(audit_dir)}))
-    assert {n.key for n in expected} >= {"runtime.mode"}
+    assert {n.key for n in expected} == {"security.crypto_provider"}  # nothing is pending any more
     for n in expected:
         assert err.count(n.text) == 1, (n.text, err)
     assert "your_api_key_here" not in err
@@ -221,5 +222,5 @@ def test_config_check_prints_the_notices(tmp_path: Path) -> None:
                           env={**symbi_env(), **{k: v for k, v in SEED_ENV.items() if k != "SYMBI_AUDIT_STORAGE"}},
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "issue 12" in proc.stdout and "issue 13" not in proc.stdout and "issue 14" not in proc.stdout and "'cryptography'" in proc.stdout
+    assert "'cryptography'" in proc.stdout and "issue 1" not in proc.stdout  # no key is pending an issue
     assert "your_api_key_here" not in proc.stdout

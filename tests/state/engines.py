@@ -7,18 +7,21 @@ run as root, so its binaries run as the ``postgres`` user the package creates.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import SYMBI, free_port, symbi_env
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -157,3 +160,32 @@ backend gateways
             except ProcessLookupError:
                 pass
             self.pid = None
+
+
+@contextlib.contextmanager
+def replica(config: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``symbi serve`` (as tests/server/_http.serve) with its process, for the kill -9 test."""
+    port = free_port()
+    with open(config.parent / f"serve-{port}.log", "w") as log:
+        proc = subprocess.Popen([str(SYMBI), "serve", "--config", str(config), "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=symbi_env())
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"symbi serve exited {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"symbi serve not ready: {Path(log.name).read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield base, proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

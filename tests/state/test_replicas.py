@@ -27,8 +27,8 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.state.postgres import PgApiKeyStore, Postgres
-from tests.conftest import ROOT, SYMBI, free_port, symbi_env, upstream_writable, write_config
-from tests.state.engines import HAProxy, enterable
+from tests.conftest import ROOT, SYMBI, symbi_env, upstream_writable, write_config
+from tests.state.engines import HAProxy, enterable, replica
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine
 
@@ -45,35 +45,6 @@ class Cluster:
     config: Path  # replica 0's config (the CLI uses it)
     configs: list[Path]
     procs: list[subprocess.Popen[bytes]]
-
-
-@contextlib.contextmanager
-def replica(config: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``symbi serve`` (as tests/server/_http.serve) with its process, for the kill -9 test."""
-    port = free_port()
-    with open(config.parent / f"serve-{port}.log", "w") as log:
-        proc = subprocess.Popen([str(SYMBI), "serve", "--config", str(config), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=symbi_env())
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"symbi serve exited {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"symbi serve not ready: {Path(log.name).read_text()[-2000:]}")
-                time.sleep(0.1)
-            yield base, proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine) -> Path:

@@ -98,7 +98,7 @@ def test_strict_refuses_an_unsigned_tool_and_records_why(tmp_path: Path) -> None
     assert info.definition_hash == schemapin.definition_hash(DEF)
     assert ev.of("tool.verification") == [{"tool": "up__echo", "upstream": "up", "status": "unverified",
                                           "reason": info.verification_reason, "key": None,
-                                          "hash": info.definition_hash}]
+                                          "hash": info.definition_hash, "mode": "strict", "blocked": True}]
     rec = v.state.get("up", "echo")
     assert rec is not None and rec.approved_hash is None and rec.status == "unverified"
     assess(v, DEF)

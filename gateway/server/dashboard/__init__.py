@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.context import Principal
+from gateway.context import Principal, is_admin
+from gateway.errors import ApprovalError, AuthFailed
 from gateway.server.admin import audit_log, audit_verify, tool_rows, upstream_rows
-from gateway.server.approvals import ApprovalError, approve_tool, tool_diff
-from gateway.server.auth import ADMIN_ROLE, AuthFailed
+from gateway.server.approvals import approve_tool, tool_diff
 from gateway.server.dashboard.render import (
     audit_page,
     decisions_page,
@@ -75,7 +75,7 @@ class DashboardSessions:
         if not isinstance(data, dict) or not isinstance(data.get("kid"), str):
             return None
         rec = self.state.auth.keys.get(data["kid"])
-        if rec is None or ADMIN_ROLE not in rec.roles:
+        if rec is None or not is_admin(rec.as_principal()):
             return None
         return {"kid": rec.id, "principal": rec.principal, "csrf": str(data.get("csrf", ""))}
 
@@ -138,7 +138,7 @@ def dashboard_routes(state: HttpState) -> list[Route]:
             principal = state.auth.from_key(key)
         except AuthFailed:
             return _html(login_page("That API key is not valid."), status=401)
-        if ADMIN_ROLE not in principal.roles:
+        if not is_admin(principal):
             return _html(login_page("That API key does not have the admin role."), status=403)
         value, _ = sessions.issue(str(principal.claims["key_id"]))
         resp = RedirectResponse("/", status_code=303)

@@ -20,7 +20,8 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config.model import JwtSection
-from gateway.server.auth import ApiKeyStore, Authenticator, AuthFailed, JwtVerifier, NoCredentials, hash_key
+from gateway.errors import AuthFailed, NoCredentials
+from gateway.server.auth import ApiKeyStore, Authenticator, JwtVerifier, hash_key
 from tests.server.http.conftest import (
     AUDIENCE,
     ISSUER,

@@ -171,14 +171,17 @@ def test_metrics_sink_counts_events_and_passes_them_on() -> None:
     sink.emit("upstream.down", {"upstream": "a"})
     sink.emit("upstream.up", {"upstream": "a", "restarts": 1})
     sink.emit("tool.drift", {"upstream": "a"})
-    sink.emit("tool.verification", {"upstream": "a", "status": "failed"})
-    sink.emit("tool.verification", {"upstream": "a", "status": "pinned"})  # not a failure
+    sink.emit("tool.verification", {"upstream": "a", "status": "failed", "blocked": True})
+    sink.emit("tool.verification", {"upstream": "a", "status": "pinned", "blocked": False})  # not a failure
+    # warn mode lets an unsigned tool through: not blocked, so not a failure either
+    sink.emit("tool.verification", {"upstream": "b", "status": "failed", "blocked": False})
     text = m.render().decode()
     assert seen == [
         "upstream.up",
         "upstream.down",
         "upstream.up",
         "tool.drift",
+        "tool.verification",
         "tool.verification",
         "tool.verification",
     ]
@@ -188,4 +191,5 @@ def test_metrics_sink_counts_events_and_passes_them_on() -> None:
     assert value(text, "symbi_tool_drift_total", upstream="a") == 1.0
     assert value(text, "symbi_verification_failures_total", upstream="a", status="failed") == 1.0
     assert value(text, "symbi_verification_failures_total", upstream="a", status="pinned") == 0.0
+    assert value(text, "symbi_verification_failures_total", upstream="b", status="failed") == 0.0
     assert value(text, "symbi_audit_events_total", event_type="upstream.up") == 2.0

@@ -1,0 +1,52 @@
+"""The boundary's decorators: every failure of a front handler becomes an MCP result or error."""
+
+from __future__ import annotations
+
+import pytest
+from mcp import types
+from mcp.shared.exceptions import MCPError
+
+from gateway.boundary import as_protocol_error, as_tool_result
+from gateway.errors import PolicyDenied, UnknownTool, UpstreamError
+
+pytestmark = pytest.mark.anyio
+
+
+def _raising(err: BaseException):  # type: ignore[no-untyped-def]
+    async def handler() -> types.CallToolResult:
+        raise err
+
+    return handler
+
+
+async def test_a_denied_tool_call_is_an_error_result_with_its_code() -> None:
+    result = await as_tool_result(_raising(UnknownTool("unknown tool 'x'")))()
+    assert isinstance(result, types.CallToolResult) and result.is_error
+    assert (result.meta or {})["symbi/error"]["code"] == UnknownTool.code
+
+
+async def test_a_crash_in_a_tool_call_is_an_internal_error_result() -> None:
+    result = await as_tool_result(_raising(RuntimeError("secret detail")))()
+    assert isinstance(result, types.CallToolResult) and result.is_error
+    assert (result.meta or {})["symbi/error"]["code"] == "internal_error"
+    assert "secret detail" not in str(result.content)
+
+
+async def test_an_upstream_json_rpc_error_is_passed_on_as_is() -> None:
+    theirs = MCPError(code=-32050, message="upstream says no")
+    with pytest.raises(MCPError) as caught:
+        await as_tool_result(_raising(UpstreamError("failed", mcp_error=theirs)))()
+    assert caught.value is theirs
+
+
+async def test_other_requests_get_json_rpc_errors() -> None:
+    with pytest.raises(MCPError) as denied:
+        await as_protocol_error(_raising(PolicyDenied("no")))()
+    assert denied.value.error.code == types.INVALID_PARAMS
+    with pytest.raises(MCPError) as crashed:
+        await as_protocol_error(_raising(KeyError("x")))()
+    assert crashed.value.error.code == types.INTERNAL_ERROR
+    mine = MCPError(code=types.INVALID_PARAMS, message="unknown resource")
+    with pytest.raises(MCPError) as passed:
+        await as_protocol_error(_raising(mine))()
+    assert passed.value is mine

@@ -1,0 +1,116 @@
+"""One test per reach-in of ``gateway.compat``: an SDK (or asyncio) upgrade that removes a
+private attribute the gateway uses fails here, with ``SdkChanged`` naming it.
+
+The peers are real: an in-process MCP ``Server`` with the SDK ``Client`` (legacy mode, so a
+``ServerSession`` with its connection exists), a real ``StreamReader``, a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import socket
+from typing import Any
+
+import pytest
+from mcp import Client, types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+from gateway import compat
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.anyio
+
+
+def _server(seen: dict[str, Any]) -> Server[Any]:
+    async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
+        seen["connection"] = compat.connection_of(ctx.session)
+        seen["meta"] = dict(params.meta or {}) if params is not None and params.meta is not None else {}
+        return types.ListToolsResult(tools=[])
+
+    return Server("compat-test", on_list_tools=list_tools)
+
+
+async def test_connection_of_a_server_session() -> None:
+    seen: dict[str, Any] = {}
+    async with Client(_server(seen), mode="legacy") as client:
+        await client.list_tools()
+    conn = seen["connection"]
+    # what the gateway uses of it: pushing list_changed and the protocol era
+    assert callable(conn.outbound.notify)
+    assert isinstance(conn.protocol_version, str) and conn.protocol_version
+
+
+async def test_stamp_requests_adds_to_every_request() -> None:
+    seen: dict[str, Any] = {}
+
+    def add(data: dict[str, Any]) -> None:
+        data.setdefault("params", {}).setdefault("_meta", {})["test/stamp"] = "yes"
+
+    async with Client(_server(seen), mode="legacy") as client:
+        compat.stamp_requests(client.session, add)
+        await client.list_tools()
+    assert seen["meta"].get("test/stamp") == "yes"
+
+
+def test_negotiate_auto_is_the_connect_time_policy() -> None:
+    assert inspect.iscoroutinefunction(compat.negotiate_auto)
+    assert list(inspect.signature(compat.negotiate_auto).parameters) == ["session"]
+
+
+async def test_context_streams_carry_messages() -> None:
+    send, receive = compat.create_context_streams[int](1)
+    async with send, receive:
+        await send.send(7)
+        assert await receive.receive() == 7
+
+
+async def test_open_http_sessions_of_a_session_manager() -> None:
+    manager = StreamableHTTPSessionManager(app=_server({}))
+    assert compat.open_http_sessions(manager) == []
+    assert compat.http_session_counts(manager) == (0, 0)
+
+
+async def test_stream_reader_head_after_an_oversized_line() -> None:
+    reader = asyncio.StreamReader(limit=16)
+    reader.feed_data(b'{"jsonrpc":"2.0","id":42,"method":"x"}\n')
+    with pytest.raises(asyncio.LimitOverrunError):
+        await reader.readuntil(b"\n")
+    assert compat.stream_reader_head(reader, 24) == b'{"jsonrpc":"2.0","id":42'
+
+
+def test_raw_socket_under_a_socketio() -> None:
+    a, b = socket.socketpair()
+    try:
+        assert compat.raw_socket(socket.SocketIO(a, "rwb")) is a
+        assert compat.raw_socket(b) is b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_missing_attribute_is_named() -> None:
+    with pytest.raises(compat.SdkChanged, match=r"StreamReader\._buffer"):
+        compat.stream_reader_head(object(), 1)  # type: ignore[arg-type]
+
+
+# Private names of the libraries that only gateway/compat.py may use.
+_PRIVATE = re.compile(
+    r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer)\b"
+    r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b"
+    r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock)[\"']"  # getattr(x, "_name")
+)
+
+
+def test_no_other_module_reaches_into_library_internals() -> None:
+    offenders = []
+    for path in sorted((ROOT / "gateway").rglob("*.py")):
+        if path.name == "compat.py" and path.parent.name == "gateway":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _PRIVATE.search(code):
+                offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert offenders == []

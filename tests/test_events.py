@@ -1,0 +1,89 @@
+"""The one catalogue of event types (``gateway.events.Event``): every emit uses it."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.assemble import make_gateway
+from gateway.config import load_config
+from gateway.context import CallContext, Principal
+from gateway.events import EVENT_TYPES, Event
+from gateway.metrics import GatewayMetrics
+from tests.conftest import EVERYTHING_JS, ROOT, require_peers, write_config
+
+EMITTERS = {"emit", "record", "append", "audit"}  # EventSink.emit, AuditLog.record / append, memory audit
+EVENT_SHAPE = re.compile(r"^[a-z_]+\.[a-z_.]+$")
+
+
+def _event_arguments() -> list[tuple[str, ast.expr]]:
+    found = []
+    for path in sorted((ROOT / "gateway").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in EMITTERS
+                and node.args
+            ):
+                found.append((f"{path.relative_to(ROOT)}:{node.lineno}", node.args[0]))
+    return found
+
+
+def test_every_emit_names_a_catalogued_event() -> None:
+    literal, unknown, named = [], [], 0
+    for where, arg in _event_arguments():
+        is_event_attr = isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "Event"
+        if is_event_attr:
+            named += 1
+            if arg.attr not in Event.__members__:  # type: ignore[union-attr]
+                unknown.append(where)
+        elif isinstance(arg, ast.Constant) and isinstance(arg.value, str) and EVENT_SHAPE.match(arg.value):
+            literal.append(f"{where}: {arg.value!r}")  # an event type spelled out instead of Event.X
+    assert literal == [] and unknown == []
+    assert named >= 12  # the scan sees the emitters (a vacuous pass would see none)
+
+
+def test_event_values_are_unique_and_dotted() -> None:
+    assert len(EVENT_TYPES) == len(Event)
+    assert all("." in e.value for e in Event)
+
+
+@pytest.mark.anyio
+async def test_a_running_gateway_emits_only_catalogued_types(tmp_path: Path) -> None:
+    """Real upstream (server-everything), real audit log; /metrics counts every event by type."""
+    require_peers()
+    cfg = load_config(
+        write_config(
+            tmp_path,
+            f"""
+            [sandbox]
+            code_tools = false
+            [servers.everything]
+            command = "node"
+            args = ["{EVERYTHING_JS}", "stdio"]
+            verification = "warn"
+            """,
+        ),
+        {},
+    )
+    metrics = GatewayMetrics()
+    gw = make_gateway(cfg, metrics=metrics)
+    async with gw.running():
+        call = CallContext(principal=Principal("tester"), kind="tools/call", target="everything__echo",
+                           arguments={"message": "hi"})
+        await gw.call(call)
+        assert gw.audit is not None
+        gw.audit.flush()
+    seen = {
+        s.labels["event_type"]
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+        if family.name == "symbi_audit_events"
+    }
+    assert {Event.CONFIG_LOADED, Event.GATEWAY_START, Event.UPSTREAM_UP, Event.GATEWAY_STOP} <= seen
+    assert seen <= EVENT_TYPES

@@ -3,12 +3,10 @@
     .venv/bin/python bench/profile_call.py [--seconds 8] [--callers 8] [--top 25] [--raw FILE]
 
 The gateway runs as in bench/speed.py's ``gateway_secure`` (the repo's ``policies.rego``, signed
-audit log, ``tofu`` verification, server-everything ``echo`` upstream) 
-and profiled with
+audit log, ``tofu`` verification, server-everything ``echo`` upstream) and profiled with
 ``py-spy record -f raw --pid`` after 50 warm-up calls (400 Hz, non-blocking, idle samples
-excluded), for ``--seconds`` of load. Callers
-are SDK clients on one session. Prints a Markdown summary: samples by thread, the top frames by
-self time and by inclusive time (gateway and dependency frames, file:function).
+excluded), for ``--seconds`` of load. Callers are SDK clients on one session. Prints a
+Markdown summary: samples by thread, the top frames by self time and by inclusive time.
 """
 
 from __future__ import annotations
@@ -97,7 +95,8 @@ async def load(cfg: Path, raw: Path, args: argparse.Namespace) -> int:
             assert text_of(await s.call_tool("everything__echo", {"message": f"warm{i}"})) == f"Echo: warm{i}"
         cmd = [pyspy, "record", "-r", "400", "-f", "raw", "--nonblocking", "--threads", "-o", str(raw),
                "-d", str(int(args.seconds)), "--pid", str(_pid_of(cfg))]
-        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Popen returns at once; py-spy runs beside the load and is waited for in a thread
+        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
         await anyio.sleep(0.5)  # py-spy attaches
         end = time.monotonic() + args.seconds
 

@@ -10,8 +10,9 @@ so each number sits beside its baseline taken minutes apart on the same noisy ma
   ``direct``; ``relay`` (bench/peers/json_relay.py: parse, rename, re-serialise every message,
   no checks: the floor); ``gateway_off`` (``symbi mcp`` with policy, audit and verification
   off); ``gateway_secure`` (``symbi mcp`` with the repo's ``policies.rego``, the signed audit
-  log and ``tofu`` verification: the default path). Sequential latency (p50/p99) and calls/s
-  with ``--callers`` concurrent callers.
+  log and ``tofu`` verification: the default path); with ``--baseline-tree DIR`` also
+  ``gateway_secure_baseline``, the same gateway run from another checkout (before a change).
+  Sequential latency (p50/p99) and calls/s with ``--callers`` concurrent callers.
 - ``policy``: ``EmbeddedEngine.decide`` on ``policies/cases.json`` (decisions/s on one core,
   p99) vs the same rules in plain Python (bench/policy.py's baseline, checked to agree).
 - ``audit``: ``AuditLog.emit`` + ``flush`` (signed, chained, fsync'd group commit) and full
@@ -74,7 +75,10 @@ def _everything(verification: str) -> str:
     )
 
 
-def stdio_targets(tmp: Path) -> dict[str, tuple[str, list[str], dict[str, str] | None, str]]:
+Target = tuple[str, list[str], dict[str, str] | None, str, Path | None]  # command, args, env, tool, cwd
+
+
+def stdio_targets(tmp: Path, baseline: Path | None) -> dict[str, Target]:
     node = ["node", str(EVERYTHING_JS), "stdio"]
     off = write_gateway_config(
         tmp / "off", _everything("off"), security=False, extra="[mcp]\ntool_verification = \"off\"\n"
@@ -83,12 +87,21 @@ def stdio_targets(tmp: Path) -> dict[str, tuple[str, list[str], dict[str, str] |
     secure = write_gateway_config(
         tmp / "secure", _everything("tofu"), security=True, principal="bench", policy_data=data
     )
-    return {
-        "direct": (node[0], node[1:], None, "echo"),
-        "relay": (sys.executable, [str(RELAY), "everything", "--", *node], None, "everything__echo"),
-        "gateway_off": (str(SYMBI), ["mcp", "--config", str(off)], gateway_env(), "everything__echo"),
-        "gateway_secure": (str(SYMBI), ["mcp", "--config", str(secure)], gateway_env(), "everything__echo"),
+    out: dict[str, Target] = {
+        "direct": (node[0], node[1:], None, "echo", None),
+        "relay": (sys.executable, [str(RELAY), "everything", "--", *node], None, "everything__echo", None),
+        "gateway_off": (str(SYMBI), ["mcp", "--config", str(off)], gateway_env(), "everything__echo", ROOT),
+        "gateway_secure": (str(SYMBI), ["mcp", "--config", str(secure)], gateway_env(), "everything__echo", ROOT),
     }
+    if baseline is not None:  # the same secure gateway, another checkout's code (its own data dir)
+        data2 = bench_policy_data(tmp / "baseline", "bench", [])
+        cfg2 = write_gateway_config(
+            tmp / "baseline", _everything("tofu"), security=True, principal="bench", policy_data=data2
+        )
+        env = {**gateway_env(), "PYTHONPATH": str(baseline)}
+        out["gateway_secure_baseline"] = (str(SYMBI), ["mcp", "--config", str(cfg2)], env, "everything__echo",
+                                          baseline)
+    return out
 
 
 # -- policy and audit (in this process) ---------------------------------------------------------
@@ -184,13 +197,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not EVERYTHING_JS.exists():
         raise SystemExit(f"server-everything missing at {EVERYTHING_JS} (run `make setup`)")
     tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-speed-"))
-    targets = stdio_targets(tmp)
+    targets = stdio_targets(tmp, args.baseline_tree)
     policy = PolicyPart()
     rounds: list[dict[str, Any]] = []
     async with AsyncExitStack() as stack:
         sessions = {
-            name: await stack.enter_async_context(stdio_session(cmd, argv, env, tmp / f"{name}.stderr"))
-            for name, (cmd, argv, env, _tool) in targets.items()
+            name: await stack.enter_async_context(stdio_session(cmd, argv, env, tmp / f"{name}.stderr", cwd))
+            for name, (cmd, argv, env, _tool, cwd) in targets.items()
         }
         http = stack.enter_context(http_targets(tmp)) if args.http else []
         names = list(targets)
@@ -315,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http-clients", type=int, default=16)
     p.add_argument("--http-per-client", type=int, default=25)
     p.add_argument("--no-http", dest="http", action="store_false")
+    p.add_argument("--baseline-tree", type=Path, default=None,
+                   help="also run gateway_secure from this checkout (e.g. /work/main: the code before a change)")
     args = p.parse_args(argv)
     out = anyio.run(run, args)
     print(json.dumps(out, indent=2))

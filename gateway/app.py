@@ -305,6 +305,11 @@ class Gateway:
         """Rebuild the catalogue (after an approval or revocation, say)."""
         await self._rebuild()
 
+    @property
+    def downstream_connections(self) -> int:
+        """Handshake-era client connections remembered for pushed list_changed (``GET /api/state``)."""
+        return len(self._downstream)
+
     def remember_downstream(self, session: ServerSession) -> None:
         conn = connection_of(session)
         if conn in self._downstream:

@@ -44,8 +44,8 @@ def gateway_footprint(gw: Gateway | None) -> dict[str, int]:
     if gw is None:
         return {}
     out = {
-        "downstream_connections": len(getattr(gw, "_downstream", ())),
-        "upstream_inflight": sum(len(getattr(u.relay, "_inflight", ())) for u in gw.upstreams.values()),
+        "downstream_connections": gw.downstream_connections,
+        "upstream_inflight": sum(u.relay.in_flight for u in gw.upstreams.values()),
         "catalog_tools": len(gw.catalog.tools),
         "agents": len(gw.agents),  # session agents end with their session (not hosted ones)
     }

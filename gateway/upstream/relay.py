@@ -29,6 +29,11 @@ class CallerRelay:
         self._inflight: dict[int, tuple[ServerSession, Any]] = {}
         self._ids = itertools.count()
 
+    @property
+    def in_flight(self) -> int:
+        """Calls to this upstream currently relaying back to a caller (``GET /api/state``)."""
+        return len(self._inflight)
+
     @contextlib.contextmanager
     def caller(self, session: ServerSession | None, request_id: Any = None) -> Iterator[None]:
         if session is None:

@@ -96,6 +96,7 @@ bench: setup sandbox state-engines
 	$(PY) bench/tracing.py
 	$(PY) bench/http.py
 	$(PY) bench/scale.py
+	$(PY) bench/speed.py
 
 # The soak benchmark (bench/soak.py): 1,000,000 calls by default (hours); SOAK_ARGS="--calls 100000" for less.
 SOAK_ARGS ?=

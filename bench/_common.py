@@ -137,10 +137,11 @@ async def sequential_calls(call: Call, n: int, tag: str, expected: Callable[[str
 
 @contextlib.asynccontextmanager
 async def stdio_session(
-    command: str, args: list[str], env: dict[str, str] | None = None, errlog: Path | None = None
+    command: str, args: list[str], env: dict[str, str] | None = None, errlog: Path | None = None,
+    cwd: Path | None = None,
 ) -> AsyncIterator[ClientSession]:
     """A handshake-era (2025-11-25) SDK client session over stdio, kept open (stderr to ``errlog``)."""
-    params = StdioServerParameters(command=command, args=args, env=env)
+    params = StdioServerParameters(command=command, args=args, env=env, cwd=cwd)
     with open(errlog or os.devnull, "w") as err:  # noqa: ASYNC230 - opened once, before any I/O
         async with stdio_client(params, errlog=err) as (r, w), ClientSession(r, w) as session:
             await session.initialize()

@@ -5,7 +5,10 @@ One command, one process, JSON on stdout:
     .venv/bin/python bench/tracing.py [--calls 20000] [--steps 6] [--rounds 5]
 
 - traced: ``build_chain`` of N no-op steps (one span each, as in the gateway) inside a request
-  span, with the gateway's SDK provider installed (no exporter: spans are made and dropped);
+  span, with the gateway's SDK provider installed and a processor that drops every span (the
+  per-step spans are made only while some processor takes spans);
+- unexported: the same ``build_chain`` with no processor (the default without an OTLP
+  endpoint: no per-step spans, the request span only);
 - baseline: the same onion of N no-op steps composed without spans, in the same run.
 
 Rounds alternate; the result is the median per-call cost of each and their difference (the
@@ -27,6 +30,8 @@ import json
 import statistics
 import time
 from typing import Any
+
+from opentelemetry.sdk.trace import SpanProcessor
 
 from gateway import telemetry
 from gateway.chain import CallNext, build_chain
@@ -72,17 +77,22 @@ async def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
-    telemetry.install()
+    fan = telemetry.install()
+    drop = SpanProcessor()  # the base class takes every span and does nothing with it
     steps = [Noop() for _ in range(a.steps)]
     traced, base = build_chain(steps, endpoint), plain(steps, endpoint)
-    t_us, b_us = [], []
+    t_us, u_us, b_us = [], [], []
     for _ in range(a.rounds):
+        fan.add(drop)
         t_us.append(await per_call_us(traced, a.calls, span=True))
+        fan.remove(drop)
+        u_us.append(await per_call_us(traced, a.calls, span=True))
         b_us.append(await per_call_us(base, a.calls, span=False))
-    t, b = statistics.median(t_us), statistics.median(b_us)
+    t, u, b = statistics.median(t_us), statistics.median(u_us), statistics.median(b_us)
     print(json.dumps({"benchmark": "tracing", "steps": a.steps, "calls_per_round": a.calls, "rounds": a.rounds,
-                      "traced_us_per_call": round(t, 2), "baseline_us_per_call": round(b, 2),
-                      "tracing_cost_us_per_call": round(t - b, 2), "ratio": round(t / b, 2)}, indent=2))
+                      "traced_us_per_call": round(t, 2), "unexported_us_per_call": round(u, 2),
+                      "baseline_us_per_call": round(b, 2), "tracing_cost_us_per_call": round(t - b, 2),
+                      "unexported_cost_us_per_call": round(u - b, 2), "ratio": round(t / b, 2)}, indent=2))
 
 
 if __name__ == "__main__":

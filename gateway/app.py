@@ -380,6 +380,11 @@ class Gateway:
         """Rebuild the catalogue (after an approval or revocation, say)."""
         await self._rebuild()
 
+    @property
+    def downstream_connections(self) -> int:
+        """Handshake-era client connections remembered for pushed list_changed (``GET /api/state``)."""
+        return len(self._downstream)
+
     def remember_downstream(self, session: ServerSession, who: Callable[[], Principal]) -> None:
         """Keep a handshake-era connection (and who opened it) for pushed notifications."""
         conn = connection_of(session)

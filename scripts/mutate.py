@@ -66,7 +66,7 @@ GROUPS: tuple[Group, ...] = (
         "tests/audit/test_log.py", "tests/audit/test_durability.py", "tests/audit/test_verify.py",
     )),
     # the on-the-wire tests start a gateway per test (about 7 s a mutant): the unit tests only
-    Group("auth", ("gateway/server/auth.py",), tuple(
+    Group("auth", ("gateway/server/auth.py", "gateway/apikeys.py"), tuple(
         f"tests/server/http/test_auth.py::{t}" for t in (
             "test_key_store_keeps_only_a_hash_with_mode_0600",
             "test_key_store_refuses_tampered_unknown_and_revoked_keys",

@@ -199,3 +199,41 @@ def test_log_lines_in_a_request_carry_its_trace_id() -> None:
     lines = out.getvalue().splitlines()
     assert json.loads(lines[0])["trace_id"] == tids[0] and "trace_id" not in json.loads(lines[1])
     assert lines[2] == f"inside trace={tids[1]}" and lines[3] == "outside"
+
+
+def test_per_step_spans_only_while_some_processor_takes_spans() -> None:
+    """Without an exporter the chain makes no per-step span (the request's span stays current,
+    so its trace id still reaches the audit record); with one, every step has its span."""
+    from gateway.chain import build_chain
+    from gateway.context import CallContext, Principal
+
+    seen: list[str] = []
+
+    class Look:
+        async def __call__(self, call: CallContext, call_next: object) -> str:
+            seen.append(getattr(trace.get_current_span(), "name", ""))
+            return "ok"
+
+    async def endpoint(call: CallContext) -> str:
+        return "ok"
+
+    handler = build_chain([Look()], endpoint)
+
+    def one_call() -> None:
+        call = CallContext(principal=Principal(id="p"), kind="tools/call", target="t", arguments={})
+        with telemetry.tracer().start_as_current_span("request"):
+            anyio.run(handler, call)
+
+    telemetry.install()
+    assert not telemetry.exporting()
+    one_call()
+    memory = InMemorySpanExporter()
+    proc = SimpleSpanProcessor(memory)
+    telemetry.install().add(proc)
+    try:
+        assert telemetry.exporting()
+        one_call()
+    finally:
+        telemetry.install().remove(proc)
+    assert seen == ["request", "symbi.step Look"]
+    assert [s.name for s in memory.get_finished_spans()] == ["symbi.step Look", "request"]

@@ -2,8 +2,10 @@
 
 Callers never touch the database: ``emit`` / ``record`` / ``append`` serialise the details at
 once and put the event on an unbounded queue (never dropped); one writer thread takes up to
-``audit.batch_max`` events at a time, assigns sequence numbers, chains, signs, inserts them
-and the signed head anchor in ONE transaction and commits (WAL, fsync). Only then are the
+``audit.batch_max`` events at a time, assigns sequence numbers, chains them, signs the LAST
+record of the batch (its chain hash vouches for every record before it, like a signed tree
+head; the others carry an empty signature), inserts them and the signed head anchor in ONE
+transaction and commits (WAL, fsync). Only then are the
 events acknowledged: ``record`` / ``append`` return the sequence number after the commit.
 One fsync per batch is what makes durable appends cheap under load (group commit).
 
@@ -474,8 +476,9 @@ class AuditLog:
     def _commit_events(self, events: list[_Item], extra_sql: list[tuple[str, tuple[Any, ...]]] | None = None) -> bool:
         seq, prev = self._seq, self._head
         rows = []
+        last = len(events) - 1
         try:
-            for it in events:
+            for i, it in enumerate(events):
                 seq += 1
                 canon = record_bytes(
                     seq=seq,
@@ -489,9 +492,10 @@ class AuditLog:
                     key_id=self._key_id,
                 )
                 h = chain_hash(prev, canon)
+                # one signature per group commit: the batch's last chain hash covers the batch
                 rows.append(
                     (seq, it.id, it.ts_ns, it.principal, it.agent, it.type, it.details_json, prev, h,
-                     sign_hash(self._key, h), self._key_id)
+                     sign_hash(self._key, h) if i == last else "", self._key_id)
                 )
                 prev = h
             anchor = self._anchor(seq, prev)

@@ -10,7 +10,10 @@ Wire format (version 1), the same in the SQLite log and in a JSONL export::
   over the record *without* ``chain_hash`` and ``signature`` (and without ``v``), UTF-8.
 * ``chain_hash = SHA-256(b"symbi-audit-chain-v1\\0" || bytes(prev_hash) || canonical)``;
   the first record's ``prev_hash`` is 64 zeros.
-* ``signature = Ed25519(b"symbi-audit-sig-v1\\0" || bytes(chain_hash))``, base64 (standard).
+* ``signature = Ed25519(b"symbi-audit-sig-v1\\0" || bytes(chain_hash))``, base64 (standard),
+  on the last record of each group commit (and every ``audit.key_rotated`` event); the other
+  records carry ``""``: the next signed chain hash vouches for them (second-preimage
+  resistance of SHA-256), so a line without a signature verifies only with the records after it.
 * ``key_id = "ed25519:" + hex(SHA-256(raw 32-byte public key))[:32]``.
 
 The domain prefixes keep a chain hash from ever being mistaken for another kind of message
@@ -217,8 +220,9 @@ class AuditRecord:
 def verify_record(record: AuditRecord, public_key: Ed25519PublicKey) -> bool:
     """Check one record on its own: its content hashes to its chain hash, and the signature.
 
-    This is what makes each exported JSONL line independently verifiable; the links between
-    records are checked by ``gateway.audit.verify``.
+    This is what makes a signed exported JSONL line (the last of its group commit) verifiable
+    on its own; an unsigned one is False here and verifies only with the records after it.
+    The links between records are checked by ``gateway.audit.verify``.
     """
     try:
         if chain_hash(record.prev_hash, record.canonical()) != record.chain_hash:

@@ -13,6 +13,12 @@ The functions RETURN a ``VerifyResult``; ``result.check()`` raises ``AuditIntegr
 Trust starts from the public keys the verifier passes in; an ``audit.key_rotated`` event,
 signed by the current key and carrying a proof signed by the new key, hands trust on.
 
+The writer signs the last record of each group commit (a signed head per batch, as
+Certificate Transparency signs tree heads); the records before it carry an empty signature
+and are vouched for by that next signature: every unsigned record must be followed, within
+its key's run, by a signed record, an anchor at or after it, or (``vouched_tail``) a head hash
+another checked signature covers; a log that ends on unsigned records is ``truncated``.
+
 ``all_signatures=False`` (fast mode) still recomputes every content hash and link and checks
 every key id, but verifies Ed25519 signatures only where trust is decided: rotation events,
 the last record of each key's run, the head and every anchored record. By SHA-256's second-
@@ -107,11 +113,14 @@ def verify_records(
     seq_elsewhere: Callable[[int], bool] = lambda s: False,
     start_seq: int = 1,
     start_hash: str = GENESIS_HASH,
+    vouched_tail: str | None = None,
 ) -> VerifyResult:
     """Verify records in stored order. The two callbacks tell a reordering from a removal.
 
     ``start_seq`` / ``start_hash``: where the records must begin (a chain after a retention
-    hand-off, or an archived segment, starts after seq 1).
+    hand-off, or an archived segment, starts after seq 1). ``vouched_tail``: a chain hash an
+    already-checked signature covers (an archive seal's last hash): unsigned records ending
+    there are vouched for (the caller still checks the records end at that hash).
     """
     trusted = dict(public_keys)
     res = VerifyResult(ok=False)
@@ -120,24 +129,37 @@ def verify_records(
     current: str | None = None  # the key that must sign the next record
     expected, prev = start_seq, start_hash
     last: AuditRecord | None = None
+    unsigned_from: int | None = None  # first of the unsigned records no signature vouches for yet
     try:
         for rec in records:
-            if last is not None and not all_signatures and rec.key_id != last.key_id:
-                _check_signature(last, trusted, res)  # end of a key's run
+            if last is not None and rec.key_id != last.key_id:  # end of a key's run: its last record signed
+                _check_vouched(unsigned_from, last.seq)
+                if not all_signatures:
+                    _check_signature(last, trusted, res)
             _check_position(rec, expected, prev, hash_elsewhere, seq_elsewhere)
             if chain_hash(rec.prev_hash, rec.canonical()) != rec.chain_hash:
                 raise _Bad(rec.seq, "changed", "content does not match its chain hash")
             if rec.key_id not in trusted or (current is not None and rec.key_id != current):
                 raise _Bad(rec.seq, "inserted", f"signed by key {rec.key_id}, which is not the trusted current key")
-            if all_signatures or rec.type == ROTATION_EVENT or rec.seq in anchor_seqs:
-                _check_signature(rec, trusted, res)
+            anchored = rec.seq in anchor_seqs  # the anchor's signature vouches (checked below)
+            if rec.signature or rec.type == ROTATION_EVENT:  # a rotation is always signed
+                if all_signatures or rec.type == ROTATION_EVENT or anchored:
+                    _check_signature(rec, trusted, res)
+                unsigned_from = None
+            elif anchored:
+                unsigned_from = None
+            elif unsigned_from is None:
+                unsigned_from = rec.seq
             current = _learn_rotation(rec, trusted) if rec.type == ROTATION_EVENT else rec.key_id
-            if rec.seq in anchor_seqs:
+            if anchored:
                 hash_at[rec.seq] = rec.chain_hash
             res.events += 1
             expected, prev, last = rec.seq + 1, rec.chain_hash, rec
-        if last is not None and not all_signatures and last.seq not in anchor_seqs and last.type != ROTATION_EVENT:
-            _check_signature(last, trusted, res)
+        tail_vouched = last is not None and (last.seq in anchor_seqs or last.chain_hash == vouched_tail)
+        if last is not None and not tail_vouched:
+            _check_vouched(unsigned_from, last.seq, end=True)
+            if not all_signatures and last.type != ROTATION_EVENT:
+                _check_signature(last, trusted, res)
         res.last_seq, res.head_hash = expected - 1, prev
         if require_anchor and last is not None and not anchors:
             raise _Bad(expected, "truncated", "the log's signed head anchor is missing")
@@ -173,6 +195,15 @@ def _check_position(
         if chain_hash(rec.prev_hash, rec.canonical()) != rec.chain_hash:
             raise _Bad(rec.seq, "changed", "content does not match its chain hash")
         raise _Bad(rec.seq, "removed", "the record it follows is missing")
+
+
+def _check_vouched(unsigned_from: int | None, last_seq: int, *, end: bool = False) -> None:
+    """Unsigned records must be followed by a signature of their key before the run ends."""
+    if unsigned_from is None:
+        return
+    where = "the log ends" if end else "its key's run ends"
+    raise _Bad(unsigned_from, "truncated",
+               f"records {unsigned_from}..{last_seq} are unsigned and {where} before a signature vouches for them")
 
 
 def _check_signature(rec: AuditRecord, trusted: Mapping[str, Ed25519PublicKey], res: VerifyResult) -> None:

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Protocol
 
 MINUTE_RESOLUTION_S = 1.0
 HOUR_RESOLUTION_S = 60.0
@@ -121,6 +122,14 @@ class _ToolWindows:
         if limit <= EXACT_LIMIT_MAX:
             return len(self.log) < limit
         return self.minute.count(now) < limit
+
+
+class RecentCounts(Protocol):
+    """What the policy input reads: this process's ``CallCounters``, or the counts replicas
+    share on Redis (``gateway.state.limiter.SharedCounts``)."""
+
+    def principal_counts(self, principal: str) -> tuple[int, int]: ...
+    def tool_count(self, principal: str, tool: str) -> int: ...
 
 
 class CallCounters:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
-from gateway.policy.counters import CallCounters
+from gateway.policy.counters import CallCounters, RecentCounts
 
 __all__ = ["Action", "CallCounters", "build_input", "input_for_call", "tool_input"]
 
@@ -48,7 +48,7 @@ def build_input(
     upstream: UpstreamInfo | None = None,
     arguments: dict[str, Any] | None = None,
     session_id: str | None = None,
-    counters: CallCounters | None = None,
+    counters: RecentCounts | None = None,
     now_ns: int | None = None,
     agent: AgentInfo | None = None,
     extra: dict[str, Any] | None = None,
@@ -56,8 +56,8 @@ def build_input(
     """The input document for one decision (see README for the fields); ``extra`` adds the
     fields of other kinds (``recipient`` / ``topic`` for the bus)."""
     now_ns = now_ns if now_ns is not None else time.time_ns()
-    minute, hour = counters.principal_counts(principal.id) if counters else (0, 0)
-    tool_minute = counters.tool_count(principal.id, tool.name) if counters and tool else 0
+    minute, hour = counters.principal_counts(principal.id) if counters is not None else (0, 0)
+    tool_minute = counters.tool_count(principal.id, tool.name) if counters is not None and tool else 0
     if upstream is not None:
         up: dict[str, Any] = upstream.as_input()
     else:
@@ -94,7 +94,7 @@ def _agent_input(principal: Principal, agent: AgentInfo | None) -> dict[str, Any
     return {"id": principal.agent, "name": None, "state": None, "priority": 0, "hosted": False}
 
 
-def input_for_call(call: CallContext, counters: CallCounters | None = None) -> dict[str, Any]:
+def input_for_call(call: CallContext, counters: RecentCounts | None = None) -> dict[str, Any]:
     """The input document for the request ``call`` (action ``call``)."""
     return build_input(
         principal=call.principal,

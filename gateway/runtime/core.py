@@ -85,7 +85,8 @@ class AgentRuntime:
         agent.in_flight += 1
         agent.calls += 1
         if agent.state is AgentState.READY:
-            self.agents.transition(agent, AgentState.RUNNING, f"task assigned: {what}")
+            # per call: counted, not a signed event (the call has its own tool.call record)
+            self.agents.transition(agent, AgentState.RUNNING, f"task assigned: {what}", audited=False)
         if agent.suspend_pending is not None:
             reason, agent.suspend_pending = agent.suspend_pending, None
             self._suspend_running(agent, reason)
@@ -102,7 +103,7 @@ class AgentRuntime:
             u.longest_call_s = max(u.longest_call_s, elapsed_s)
             u.bytes_out += result_bytes or 0
         if agent.in_flight == 0 and agent.state is AgentState.RUNNING and not agent.hosted_busy:
-            self.agents.transition(agent, AgentState.READY, "task complete")
+            self.agents.transition(agent, AgentState.READY, "task complete", audited=False)
         if agent.id in self._terminating and agent.state is AgentState.READY and agent.in_flight == 0:
             self._terminate_now(agent, self._terminating[agent.id])
 

@@ -1,6 +1,7 @@
 """Prometheus view of the runtime, read at scrape time (nothing on the call path).
 
 - ``symbi_agents{state}``: agents by lifecycle state
+- ``symbi_agent_task_transitions_total{edge}``: per-call Ready <-> Running flips (not audited)
 - ``symbi_scheduler_queue_depth{priority}``, ``symbi_scheduler_in_flight``
 - ``symbi_scheduler_admitted_total{priority}``, ``symbi_scheduler_wait_seconds_total{priority}``,
   ``symbi_scheduler_wait_seconds_max{priority}``, ``symbi_scheduler_preempted_total{priority}``
@@ -38,6 +39,11 @@ class RuntimeCollector(Collector):
         for s in AgentState:
             states.add_metric([s.value], counts.get(s, 0))
         yield states
+        flips = CounterMetricFamily("symbi_agent_task_transitions",
+                                    "Per-call Ready <-> Running flips (counted, not audited)", labels=["edge"])
+        for edge, n in rt.agents.task_transitions.items():
+            flips.add_metric([edge], n)
+        yield flips
         sched = rt.scheduler
         depth = GaugeMetricFamily("symbi_scheduler_queue_depth", "Calls waiting, by priority", labels=["priority"])
         admitted = CounterMetricFamily("symbi_scheduler_admitted", "Calls admitted, by priority", labels=["priority"])

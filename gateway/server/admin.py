@@ -168,6 +168,29 @@ def _limit(request: Request, default: int = 50, most: int = 1000) -> int | None:
     return n if 1 <= n <= most else None
 
 
+AGENT_ACTIONS = ("suspend", "resume", "terminate")
+
+
+def agent_action(state: HttpState, ref: str, action: str, who: str, reason: str) -> tuple[int, dict[str, Any]]:
+    """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix):
+    (HTTP status, JSON body). The admin API and the dashboard both act through this."""
+    gw = state.gateway
+    if gw is None:
+        return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}
+    agent = gw.runtime.agents.resolve(ref)
+    if agent is None:
+        return 404, {"error": "not_found", "reason": f"no agent {ref!r}"}
+    rt = gw.runtime
+    try:
+        result = {"suspend": rt.suspend, "resume": rt.resume, "terminate": rt.terminate}[action](
+            agent, f"operator {who}: {reason or action}")
+    except InvalidTransition as e:
+        return 409, {"error": "invalid_transition", "reason": e.message}
+    gw.events.emit(_OPERATOR_EVENTS[action], {"agent": agent.id, "by": who, "reason": reason, "result": result},
+                   principal=who, agent=agent.id)
+    return 200, {"agent": agent.id, "result": result, "state": agent.state.value}
+
+
 def _bind_action(handler: Any, action: str) -> Any:
     async def run(request: Request) -> Response:
         return await handler(request, action)  # type: ignore[no-any-return]
@@ -316,24 +339,15 @@ def admin_routes(state: HttpState) -> list[Route]:
             return _err(404, "not_found", f"no agent {request.path_params['id']!r}")
         return JSONResponse(agent_row(state.gateway.runtime, agent))  # type: ignore[union-attr]
 
-    async def agent_action(request: Request, action: str) -> Response:
-        agent = _agent(request)
-        if agent is None:
+    async def agent_act(request: Request, action: str) -> Response:
+        if _agent(request) is None:
             return _err(404, "not_found", f"no agent {request.path_params['id']!r}")
         reason = await _reason(request)
         if reason is None:
             return _err(400, "bad_request", "body must be JSON {\"reason\": \"...\"} (or empty)")
-        who = request.scope["symbi.principal"].id
-        rt = state.gateway.runtime  # type: ignore[union-attr]
-        try:
-            result = {"suspend": rt.suspend, "resume": rt.resume, "terminate": rt.terminate}[action](
-                agent, f"operator {who}: {reason or action}")
-        except InvalidTransition as e:
-            return _err(409, "invalid_transition", e.message)
-        state.gateway.events.emit(_OPERATOR_EVENTS[action], {"agent": agent.id, "by": who,  # type: ignore[union-attr]
-                                                              "reason": reason, "result": result},
-                                  principal=who, agent=agent.id)
-        return JSONResponse({"agent": agent.id, "result": result, "state": agent.state.value})
+        status, body = agent_action(state, request.path_params["id"], action, request.scope["symbi.principal"].id,
+                                    reason)
+        return JSONResponse(body, status_code=status)
 
     async def agent_run(request: Request) -> Response:
         gw = state.gateway
@@ -387,8 +401,7 @@ def admin_routes(state: HttpState) -> list[Route]:
         Route("/policy/reload", policy_reload, methods=["POST"]),
         Route("/agents", agents, methods=["GET"]),
         Route("/agents/{id}", agent_view, methods=["GET"]),
-        *(Route(f"/agents/{{id}}/{a}", _bind_action(agent_action, a), methods=["POST"])
-          for a in ("suspend", "resume", "terminate")),
+        *(Route(f"/agents/{{id}}/{a}", _bind_action(agent_act, a), methods=["POST"]) for a in AGENT_ACTIONS),
         Route("/agents/{id}/run", agent_run, methods=["POST"]),
         Route("/status", status_view, methods=["GET"]),
         Route("/health", health_view, methods=["GET"]),

@@ -17,11 +17,9 @@ means "not authenticated", never anonymous access.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
-import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -32,79 +30,12 @@ from typing import Any, Protocol
 import jwt
 from jwt import PyJWKClient, PyJWKSet
 
+from gateway.apikeys import KEY_PREFIX, ApiKeyRecord, hash_key, new_key, split_key
 from gateway.config.model import Config, JwtSection
 from gateway.context import Principal
 from gateway.errors import AuthFailed, ConfigError, NoCredentials
 
-KEY_PREFIX = "symbi_"
-
-
 # -- API keys -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ApiKeyRecord:
-    """One stored API key (the secret itself is never stored)."""
-
-    id: str
-    principal: str
-    roles: tuple[str, ...]
-    kind: str
-    sha256: str
-    created: float
-    revoked: float | None = None
-
-    def as_principal(self) -> Principal:
-        return Principal(id=self.principal, kind=self.kind, roles=self.roles, claims={"key_id": self.id})
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "principal": self.principal,
-            "roles": list(self.roles),
-            "kind": self.kind,
-            "sha256": self.sha256,
-            "created": self.created,
-            "revoked": self.revoked,
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> ApiKeyRecord:
-        return cls(
-            id=str(d["id"]),
-            principal=str(d["principal"]),
-            roles=tuple(str(r) for r in d.get("roles", ())),
-            kind=str(d.get("kind", "user")),
-            sha256=str(d["sha256"]),
-            created=float(d.get("created", 0.0)),
-            revoked=None if d.get("revoked") is None else float(d["revoked"]),
-        )
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def split_key(key: str) -> str | None:
-    """The key id of a well-formed key, else None."""
-    if not key.startswith(KEY_PREFIX):
-        return None
-    rest = key[len(KEY_PREFIX) :]
-    kid, sep, secret = rest.partition("_")
-    if not sep or len(kid) != 12 or not secret or any(c not in "0123456789abcdef" for c in kid):
-        return None
-    return kid
-
-
-def new_key(principal: str, roles: tuple[str, ...], kind: str) -> tuple[str, ApiKeyRecord]:
-    """A fresh key (shown once) and the record stored for it (its hash, never the key)."""
-    if not principal:
-        raise ValueError("principal must not be empty")
-    kid = secrets.token_hex(6)
-    key = f"{KEY_PREFIX}{kid}_{secrets.token_urlsafe(32)}"
-    rec = ApiKeyRecord(id=kid, principal=principal, roles=tuple(roles), kind=kind, sha256=hash_key(key),
-                       created=time.time())
-    return key, rec
 
 
 class ApiKeys(Protocol):

@@ -44,8 +44,8 @@ def gateway_footprint(gw: Gateway | None) -> dict[str, int]:
     if gw is None:
         return {}
     out = {
-        "downstream_connections": len(getattr(gw, "_downstream", ())),
-        "upstream_inflight": sum(len(getattr(u.relay, "_inflight", ())) for u in gw.upstreams.values()),
+        "downstream_connections": gw.downstream_connections,
+        "upstream_inflight": sum(u.relay.in_flight for u in gw.upstreams.values()),
         "catalog_tools": len(gw.catalog.tools),
         "listen_streams": len(gw.listen),  # 2026-era subscriptions/listen streams open
         "bridged_calls_waiting": len(gw.pending),  # 2025 upstream calls waiting for a 2026 client's answer

@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from gateway.apikeys import ApiKeyRecord, hash_key, new_key, split_key
 from gateway.errors import StateUnavailable
-from gateway.server.auth import ApiKeyRecord, hash_key, new_key, split_key
 from gateway.state.health import Probe, safe_url
 from gateway.verify.state import ToolRecord, record_from_row
 

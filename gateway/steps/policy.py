@@ -47,7 +47,9 @@ class PolicyStep:
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         started = time.perf_counter()
-        decision = await self.engine.adecide(input_for_call(call, self.counters))
+        name = call.tool.name if call.tool else call.target
+        counts = await self.limiter.counts(call.principal.id, name)  # shared by replicas on Redis
+        decision = await self.engine.adecide(input_for_call(call, counts))
         if self._observe is not None:
             self._observe(time.perf_counter() - started)
         call.decision = decision
@@ -57,7 +59,6 @@ class PolicyStep:
         cond = decision.conditions
 
         limit = cond.get("rate_limit")
-        name = call.tool.name if call.tool else call.target
         if not await self.limiter.acquire(call.principal.id, name, limit):
             reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
             call.reasons = [reason]

@@ -32,6 +32,11 @@ class CallerRelay:
         self._bridged: dict[int, Callable[[Any], Awaitable[Any]]] = {}
         self._ids = itertools.count()
 
+    @property
+    def in_flight(self) -> int:
+        """Calls to this upstream currently relaying back to a caller (``GET /api/state``)."""
+        return len(self._inflight)
+
     @contextlib.contextmanager
     def caller(
         self, session: ServerSession | None, request_id: Any = None, ask: Callable[[Any], Awaitable[Any]] | None = None

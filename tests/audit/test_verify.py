@@ -301,3 +301,109 @@ def test_every_signature_is_checked_by_default(written_log, tmp_path: Path) -> N
     out = tmp_path / "export.jsonl"
     _export(db, out)
     assert verify_jsonl(out, keys).signatures_checked == 20
+
+
+# --- group commits: one signature per batch (its last record), the records before it unsigned
+
+
+@pytest.fixture
+def batched_log(open_log, log_paths) -> tuple[Path, dict]:
+    """A closed 40-event log written in two group commits of 20 (emit, then flush)."""
+    log = open_log(batch_max=20, checkpoint_every=1000)
+    for i in range(1, 41):
+        log.emit("tool.call", {"tool": f"t{i}", "n": i}, principal="alice", agent="a1")
+    log.flush()
+    log.close()
+    return log_paths[0], exported_public_keys(log_paths[1])
+
+
+def test_a_group_commit_signs_its_last_record_only(batched_log) -> None:
+    db, keys = batched_log
+    signed = [seq for seq in range(1, 41) if _row(db, seq)[9]]
+    assert signed and signed[-1] == 40 and len(signed) < 40  # batches of up to 20: few signatures
+    for full in (True, False):
+        res = verify_log(db, keys, all_signatures=full).check()
+        assert (res.events, res.last_seq) == (40, 40) and res.signatures_checked <= len(signed)
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_an_unsigned_record_edited_is_changed(batched_log, full: bool) -> None:
+    db, keys = batched_log
+    seq = next(s for s in range(1, 41) if not _row(db, s)[9])
+    _sql(db, ("UPDATE events SET details = ? WHERE seq = ?", ('{"n":0,"tool":"innocent"}', seq)))
+    assert _problem(db, keys, full=full) == (seq, "changed")
+
+
+def test_unsigned_records_rewritten_and_rechained_fail_at_the_signature_that_vouched(batched_log) -> None:
+    db, keys = batched_log
+    # the attacker rewrites an unsigned record and re-chains everything after it (no key to sign)
+    first = next(s for s in range(1, 41) if not _row(db, s)[9])
+    vouching = next(s for s in range(first, 41) if _row(db, s)[9])
+    conn = sqlite3.connect(db)
+    prev = _row(db, first - 1)[8] if first > 1 else "0" * 64
+    for seq in range(first, 41):
+        r = list(_row(db, seq))
+        if seq == first:
+            r[6] = canonical_details({"tool": "nothing-to-see"})
+        h = chain_hash(prev, AuditRecord(*(r[:7]), prev, "", "", r[10]).canonical())
+        conn.execute("UPDATE events SET details=?, prev_hash=?, chain_hash=? WHERE seq=?", (r[6], prev, h, seq))
+        prev = h
+    conn.commit()
+    conn.close()
+    assert _problem(db, keys, full=True) == (vouching, "changed")
+    assert _problem(db, keys, full=False) == (vouching, "changed")
+
+
+def test_an_export_ending_on_unsigned_records_is_truncated(batched_log, tmp_path: Path) -> None:
+    db, keys = batched_log
+    out = tmp_path / "export.jsonl"
+    lines = _export(db, out)
+    cut = next(i for i, d in enumerate(lines) if not d["signature"])
+    out.write_text("".join(json.dumps(d) + "\n" for d in lines[: cut + 1]))
+    res = verify_jsonl(out, keys)
+    assert res.problem is not None and res.problem.kind == "truncated" and res.problem.seq <= cut + 1
+    assert verify_jsonl(out, keys, all_signatures=False).ok is False
+
+
+def test_a_stripped_head_signature_is_caught(batched_log, tmp_path: Path) -> None:
+    db, keys = batched_log
+    out = tmp_path / "export.jsonl"
+    lines = _export(db, out)
+    lines[-1]["signature"] = ""  # no signature left vouching for the batch
+    out.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    res = verify_jsonl(out, keys)
+    assert res.problem is not None and res.problem.kind == "truncated"
+
+
+def test_a_rotation_event_without_its_signature_is_changed(open_log, log_paths, tmp_path: Path) -> None:
+    log = open_log()
+    log.append("tool.call", {"n": 1})
+    log.rotate_key()
+    log.append("tool.call", {"n": 2})
+    log.close()
+    db, key_path = log_paths
+    keys = exported_public_keys(key_path)
+    out = tmp_path / "export.jsonl"
+    lines = _export(db, out)
+    rot = next(i for i, d in enumerate(lines) if d["type"] == "audit.key_rotated")
+    lines[rot]["signature"] = ""
+    out.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    res = verify_jsonl(out, keys)
+    assert res.problem is not None and (res.problem.seq, res.problem.kind) == (rot + 1, "changed")
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_swapped_unsigned_records_are_reordered(batched_log, full: bool) -> None:
+    db, keys = batched_log
+    a, b = _row(db, 3), _row(db, 4)
+    assert not a[9] and not b[9]
+    upd = "UPDATE events SET id=?, ts_ns=?, principal=?, agent=?, type=?, details=?, prev_hash=?, chain_hash=?, " \
+          "signature=?, key_id=? WHERE seq=?"
+    _sql(db, (upd, (*b[1:], 3)), (upd, (*a[1:], 4)))
+    assert _problem(db, keys, full=full) == (3, "reordered")
+
+
+def test_a_deleted_unsigned_record_is_removed(batched_log) -> None:
+    db, keys = batched_log
+    _sql(db, ("DELETE FROM events WHERE seq = 3", ()))
+    assert _problem(db, keys) == (3, "removed")

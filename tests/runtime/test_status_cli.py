@@ -82,5 +82,6 @@ def test_cli_status_resource_and_metrics(tmp_path: Path) -> None:
         assert ready["ready"] is True and ready["components"]["scheduler"] == "healthy"
         metrics = httpx.get(base + "/metrics").text
         assert 'symbi_agents{state="Ready"}' in metrics
+        assert 'symbi_agent_task_transitions_total{edge="task assigned"}' in metrics
         assert 'symbi_scheduler_queue_depth{priority="4"} 0.0' in metrics
         assert "symbi_scheduler_admitted_total" in metrics

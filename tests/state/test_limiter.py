@@ -39,12 +39,29 @@ async def test_replicas_together_admit_exactly_the_limit(redis_engine: Redis) ->
         assert sum(results) == 7
         assert await replicas[0].acquire("bob", "t__x", 7)  # another principal: its own window
         assert await replicas[1].acquire("alice", "t__y", 7)  # another tool: its own window
-        assert await replicas[2].acquire("alice", "t__x", None)  # no limit: no Redis round trip
-        # the replica's own counts still feed its policy input
-        assert replicas[0].counters.tool_count("alice", "t__x") >= 1
+        assert await replicas[2].acquire("alice", "t__x", None)  # no limit: admitted, still counted
+        assert replicas[0].counters.tool_count("alice", "t__x") >= 1  # the replica's own view
     finally:
         for r in replicas:
             await r.aclose()
+
+
+async def test_recent_call_counts_are_shared_across_replicas(redis_engine: Redis) -> None:
+    a, b = (RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2) for _ in range(2))
+    try:
+        for _ in range(3):
+            assert await a.acquire("carol", "t__x", None)
+        for _ in range(2):
+            assert await b.acquire("carol", "t__y", None)
+        assert not await b.acquire("carol", "t__z", 0)  # refused calls are not counted
+        seen = await b.counts("carol", "t__x")
+        assert seen.principal_counts("carol") == (5, 5)  # what the policy input's context carries
+        assert seen.tool_count("carol", "t__x") == 3
+        other = await a.counts("dave", "t__x")
+        assert other.principal_counts("dave") == (0, 0) and other.tool_count("dave", "t__x") == 0
+    finally:
+        await a.aclose()
+        await b.aclose()
 
 
 async def test_unreachable_redis_refuses_then_recovers(tmp_path: Path) -> None:
@@ -54,6 +71,8 @@ async def test_unreachable_redis_refuses_then_recovers(tmp_path: Path) -> None:
     try:
         with pytest.raises(StateUnavailable):
             await limiter.acquire("alice", "t__x", 5)
+        with pytest.raises(StateUnavailable):
+            await limiter.counts("alice", "t__x")  # the policy input cannot be built: refused too
         assert not limiter.probe.up and limiter.probe.status()["error"]
         redis.start()
         try:
@@ -68,12 +87,13 @@ async def test_unreachable_redis_refuses_then_recovers(tmp_path: Path) -> None:
         await limiter.aclose()
 
 
-def _config(tmp_path: Path, redis_url: str, name: str) -> Path:
+def _config(tmp_path: Path, redis_url: str, name: str, **over: object) -> Path:
     import json
 
     record = upstream_writable(tmp_path) / "calls.jsonl"
     data = json.loads((ROOT / "tests/assets/policy/test-data.json").read_text())
     data["symbi_data"]["tool_rate_limits"] = {"mut__echo": 3}
+    data["symbi_data"].update(over)
     (tmp_path / "data.json").write_text(json.dumps(data))
     return write_config(tmp_path, f"""
         [gateway]
@@ -105,6 +125,19 @@ async def test_two_gateway_processes_share_one_limit(tmp_path: Path, redis_engin
         results = [await (sa if i % 2 else sb).call_tool("mut__echo", {"message": f"m{i}"}) for i in range(6)]
     assert [r.is_error for r in results] == [False, False, False, True, True, True]
     assert results[3].meta["symbi/error"]["code"] == "rate_limited"  # type: ignore[index]
+
+
+@pytest.mark.slow
+async def test_an_hourly_cap_in_the_policy_holds_across_processes(tmp_path: Path, redis_engine: Redis) -> None:
+    # the policy reads calls_last_hour; shared on Redis, two processes together meet the cap
+    a = _config(tmp_path, redis_engine.url, "ha", default_max_calls_per_hour=3, principals={"cap": {"roles": ["tester"]}})
+    b = _config(tmp_path, redis_engine.url, "hb", default_max_calls_per_hour=3, principals={"cap": {"roles": ["tester"]}})
+    for path in (a, b):
+        path.write_text(path.read_text().replace("[policy]", '[gateway.stdio_principal]\nid = "cap"\n[policy]', 1))
+    async with stdio_session(a) as sa, stdio_session(b) as sb:
+        results = [await (sa if i % 2 else sb).call_tool("mut__read_path", {"path": f"/tmp/{i}"}) for i in range(5)]
+    codes = [(r.meta or {}).get("symbi/error", {}).get("code") for r in results]
+    assert codes == [None, None, None, "policy_denied", "policy_denied"]
 
 
 @pytest.mark.slow

@@ -23,9 +23,18 @@ from starlette.routing import Route
 
 from gateway.context import Principal, is_admin
 from gateway.errors import ApprovalError, AuthFailed
-from gateway.server.admin import audit_log, audit_verify, tool_rows, upstream_rows
+from gateway.runtime.status import agent_rows
+from gateway.server.admin import (
+    AGENT_ACTIONS,
+    agent_action,
+    audit_log,
+    audit_verify,
+    tool_rows,
+    upstream_rows,
+)
 from gateway.server.approvals import approve_tool, tool_diff
 from gateway.server.dashboard.render import (
+    agents_page,
     audit_page,
     decisions_page,
     login_page,
@@ -103,7 +112,8 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 def dashboard_routes(state: HttpState) -> list[Route]:
-    """Routes at ``/``, ``/login``, ``/logout``, ``/tools``, ``/decisions``, ``/upstreams``, ``/audit``."""
+    """Routes at ``/``, ``/login``, ``/logout``, ``/tools``, ``/decisions``, ``/upstreams``, ``/agents``,
+    ``/audit``."""
     sessions = DashboardSessions(state)
 
     def guarded(render: Any) -> Any:
@@ -189,6 +199,28 @@ def dashboard_routes(state: HttpState) -> list[Route]:
     async def upstreams(request: Request, sess: dict[str, Any]) -> str:
         return upstreams_page(sess, upstream_rows(state))
 
+    async def agents(request: Request, sess: dict[str, Any]) -> str:
+        gw = state.gateway
+        return agents_page(sess, agent_rows(gw.runtime) if gw is not None else [])
+
+    async def agent_act(request: Request) -> Response:
+        sess = sessions.current(request)
+        if sess is None:
+            return RedirectResponse("/", status_code=303)
+        form = await _form(request)
+        if not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
+            return _html(login_page("Invalid form token."), status=403)
+        action = request.path_params["action"]
+        if action not in AGENT_ACTIONS:
+            return _html(login_page("Unknown action."), status=404)
+        status, body = agent_action(state, request.path_params["id"], action, sess["principal"],
+                                    form.get("reason", "").strip()[:500])
+        gw = state.gateway
+        rows = agent_rows(gw.runtime) if gw is not None else []
+        if status != 200:
+            return _html(agents_page(sess, rows, body["reason"], error=True), status=status)
+        return _html(agents_page(sess, rows, f"{action}: {body['result']} ({body['agent']} is {body['state']})"))
+
     async def audit(request: Request, sess: dict[str, Any]) -> str:
         log = audit_log(state)
         if log is None:
@@ -218,6 +250,8 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         Route("/tools/{name}/approve", approve, methods=["POST"]),
         Route("/decisions", guarded(decisions), methods=["GET"]),
         Route("/upstreams", guarded(upstreams), methods=["GET"]),
+        Route("/agents", guarded(agents), methods=["GET"]),
+        Route("/agents/{id}/{action}", agent_act, methods=["POST"]),
         Route("/audit", guarded(audit), methods=["GET"]),
         Route("/static/{name}", static, methods=["GET"]),
     ]

@@ -14,6 +14,7 @@ _NAV = (
     ("/tools", "Tools"),
     ("/decisions", "Recent decisions"),
     ("/upstreams", "Upstreams"),
+    ("/agents", "Agents"),
     ("/audit", "Audit"),
 )
 
@@ -211,3 +212,40 @@ def audit_page(sess: dict[str, Any], status: dict[str, Any] | None, message: str
     )
     table = _table(("Seq", "Time", "Event", "Principal", "Details"), rows, "No events.", "audit-events")
     return _page("Audit", f'<div class="card"><h2>Audit chain</h2>{summary}{table}</div>', sess, "/audit")
+
+
+_ACTIONS = {"Ready": ("suspend", "terminate"), "Running": ("suspend", "terminate"),
+            "Suspended": ("resume", "terminate"), "Failed": ("terminate",)}
+
+
+def _agent_actions(sess: dict[str, Any], a: dict[str, Any]) -> str:
+    actions: tuple[str, ...] = ("resume",) if a["suspend_pending"] else ()
+    actions += tuple(x for x in _ACTIONS.get(a["state"], ()) if x not in actions)
+    forms = (
+        f'<form method="post" action="/agents/{quote(a["id"], safe="")}/{act}" class="inline">'
+        f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
+        f'<input type="text" name="reason" placeholder="reason" aria-label="reason for {act}">'
+        f'<button type="submit" class="{act}">{e(act.capitalize())}</button></form>'
+        for act in actions
+    )
+    return "".join(forms)
+
+
+def agents_page(sess: dict[str, Any], agents: list[dict[str, Any]], message: str | None = None,
+                error: bool = False) -> str:
+    """Every agent with its state; suspend / resume / terminate go through the admin API's actions."""
+    rows = "".join(
+        f'<tr id="agent-{e(a["id"])}">'
+        f"<td>{e(a['name'])}</td><td><code>{e(a['id'])}</code></td><td>{e(a['principal'])}</td>"
+        f"<td>{_badge(a['state'])}{' (suspension pending)' if a['suspend_pending'] else ''}</td>"
+        f"<td>{e(a['priority'])}</td><td>{e(a['in_flight'])}</td><td>{e(a['calls'])}</td>"
+        f"<td>{'hosted' if a['hosted'] else 'session'}</td><td>{e(a['reason'])}</td>"
+        f"<td>{_agent_actions(sess, a)}</td></tr>"
+        for a in agents
+    )
+    head = "".join(f"<th>{e(h)}</th>" for h in ("Agent", "Id", "Principal", "State", "Priority", "In flight",
+                                                 "Calls", "Kind", "Reason", "Actions"))
+    table = (f'<table id="agents"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>' if rows
+             else '<p class="muted" id="agents-empty">No agents.</p>')
+    note = f'<p class="{"bad" if error else "ok"}" role="status" id="message">{e(message)}</p>' if message else ""
+    return _page("Agents", f'<div class="card"><h2>Agents</h2>{note}{table}</div>', sess, "/agents")

@@ -56,7 +56,7 @@ def test_login_refuses_bad_and_non_admin_keys(env: Env, which: str, status: int)
 
 
 def test_pages_need_a_valid_session(env: Env) -> None:
-    for path in ("/tools", "/decisions", "/upstreams", "/audit"):
+    for path in ("/tools", "/decisions", "/upstreams", "/agents", "/audit"):
         r = httpx.get(env.run.base + path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/"
     good = login(env, env.keys.admin).cookies[COOKIE]
@@ -168,3 +168,65 @@ def test_browser_login_and_see_a_denied_call(env: Env) -> None:
             assert external == [], external
         finally:
             browser.close()
+
+
+# -- the agents view: list, state, suspend / resume / terminate (the admin API's actions) -----
+
+def _csrf(page: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert m is not None
+    return m.group(1)
+
+
+@pytest.mark.anyio
+async def test_agents_view_lists_and_controls_a_live_agent(env: Env) -> None:
+    key, _ = env.keys.store.create("dash-agent-user", ("developer",))
+    cookie = login(env, env.keys.admin).cookies[COOKIE]
+    base = env.run.base
+    async with (
+        httpx.AsyncClient(base_url=base, cookies={COOKIE: cookie}, follow_redirects=False) as web,
+        httpx2.AsyncClient(headers=bearer(key)) as hc,
+        streamable_http_client(env.run.mcp, http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
+        await s.initialize()
+
+        async def echo() -> str | None:
+            res = await s.call_tool("everything__echo", {"message": "from the agent"})
+            return (res.meta or {}).get("symbi/error", {}).get("code") if res.is_error else None
+
+        assert await echo() is None
+        listed = (await web.get("/api/agents", headers=bearer(env.keys.admin))).json()["agents"]
+        [agent] = [a for a in listed if a["principal"] == "dash-agent-user"]
+        page = await web.get("/agents")
+        assert page.status_code == 200
+        row = re.search(rf'<tr id="agent-{re.escape(agent["id"])}">(.*?)</tr>', page.text)
+        assert row is not None and agent["name"] in row.group(1) and ">Ready<" in row.group(1)
+        csrf = _csrf(page.text)
+        act = f"/agents/{agent['id']}"
+
+        # no CSRF token (or a cross-site Origin): refused, nothing changes
+        assert (await web.post(act + "/suspend", data={"reason": "x"})).status_code == 403
+        bad = await web.post(act + "/suspend", data={"csrf": csrf}, headers={"Origin": "http://evil.example"})
+        assert bad.status_code == 403
+        assert await echo() is None
+
+        refused = await web.post(act + "/resume", data={"csrf": csrf, "reason": "not suspended"})
+        assert refused.status_code == 409 and 'id="message"' in refused.text  # the admin API's invalid_transition
+        done = await web.post(act + "/suspend", data={"csrf": csrf, "reason": "looks odd"})
+        assert done.status_code == 200 and 'id="message"' in done.text
+        assert await echo() == "agent_suspended"  # held for its next task, then Suspended
+        assert ">Suspended<" in (await web.get("/agents")).text
+        assert (await web.post(act + "/resume", data={"csrf": csrf, "reason": "checked"})).status_code == 200
+        assert await echo() is None
+        assert (await web.post(act + "/terminate", data={"csrf": csrf, "reason": "done"})).status_code == 200
+        assert await echo() == "agent_terminated"
+        assert (await web.post("/agents/agt-nobody/suspend", data={"csrf": csrf})).status_code == 404
+    gw = env.run.state.gateway
+    assert gw is not None and gw.audit is not None
+    gw.audit.flush(timeout=10)
+    async with httpx.AsyncClient(base_url=base, headers=bearer(env.keys.admin)) as api:
+        events = (await api.get("/api/audit/query",
+                                params={"type": "agent.suspend_requested,agent.terminate_requested"})).json()
+    mine = [e for e in events["events"] if e["agent"] == agent["id"]]
+    assert {e["type"] for e in mine} == {"agent.suspend_requested", "agent.terminate_requested"}

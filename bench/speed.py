@@ -1,0 +1,340 @@
+"""Issue 16 in one run: the secure path against its baselines, interleaved, one JSON document.
+
+    .venv/bin/python bench/speed.py [--rounds 3] [--sequential 300] [--callers 8] [--per-caller 50]
+                                    [--http-clients 16] [--http-per-client 25] [--no-http]
+
+Every round measures every part once (the stdio targets in an order that rotates each round),
+so each number sits beside its baseline taken minutes apart on the same noisy machine:
+
+- ``stdio``: server-everything's ``echo`` with the SDK ``ClientSession`` (one session each):
+  ``direct``; ``relay`` (bench/peers/json_relay.py: parse, rename, re-serialise every message,
+  no checks: the floor); ``gateway_off`` (``symbi mcp`` with policy, audit and verification
+  off); ``gateway_secure`` (``symbi mcp`` with the repo's ``policies.rego``, the signed audit
+  log and ``tofu`` verification: the default path); with ``--baseline-tree DIR`` also
+  ``gateway_secure_baseline``, the same gateway run from another checkout (before a change).
+  Sequential latency (p50/p99) and calls/s with ``--callers`` concurrent callers.
+- ``policy``: ``EmbeddedEngine.decide`` on ``policies/cases.json`` (decisions/s on one core,
+  p99) vs the same rules in plain Python (bench/policy.py's baseline, checked to agree).
+- ``audit``: ``AuditLog.emit`` + ``flush`` (signed, chained, fsync'd group commit) and full
+  verification vs the same rows inserted unsigned into the same SQLite set-up.
+- ``http``: ``--http-clients`` concurrent SDK clients (one session each, one process) against
+  server-everything over streamable HTTP directly vs through ``symbi serve`` (API key, policy,
+  audit, tofu; upstream over HTTP). One Python process cannot drive 1,500 calls/s: this is a
+  ratio against direct, not the issue's load test.
+
+Every reply is checked (``misrouted`` and ``errors`` must be 0; the exit code is 1 otherwise).
+Issue 16's targets are evaluated at the end (``targets``) from the medians over rounds.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/http.py would shadow the stdlib's http: import from the repo root instead of bench/.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import tempfile
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+
+from bench import audit as audit_bench
+from bench import http as http_bench
+from bench import policy as policy_bench
+from bench._common import (
+    EVERYTHING_JS,
+    ROOT,
+    SYMBI,
+    CallStats,
+    bench_policy_data,
+    gateway_env,
+    latency_summary,
+    median,
+    stdio_session,
+    write_gateway_config,
+)
+from bench.proxy import _round as stdio_round
+
+RELAY = ROOT / "bench" / "peers" / "json_relay.py"
+
+
+def _everything(verification: str) -> str:
+    return (
+        "[servers.everything]\n"
+        'command = "node"\n'
+        f'args = ["{EVERYTHING_JS}", "stdio"]\n'
+        f'verification = "{verification}"\n'
+    )
+
+
+Target = tuple[str, list[str], dict[str, str] | None, str, Path | None]  # command, args, env, tool, cwd
+
+
+def stdio_targets(tmp: Path, baseline: Path | None) -> dict[str, Target]:
+    node = ["node", str(EVERYTHING_JS), "stdio"]
+    off = write_gateway_config(
+        tmp / "off", _everything("off"), security=False, extra="[mcp]\ntool_verification = \"off\"\n"
+    )
+    data = bench_policy_data(tmp / "secure", "bench", [])
+    secure = write_gateway_config(
+        tmp / "secure", _everything("tofu"), security=True, principal="bench", policy_data=data
+    )
+    out: dict[str, Target] = {
+        "direct": (node[0], node[1:], None, "echo", None),
+        "relay": (sys.executable, [str(RELAY), "everything", "--", *node], None, "everything__echo", None),
+        "gateway_off": (str(SYMBI), ["mcp", "--config", str(off)], gateway_env(), "everything__echo", ROOT),
+        "gateway_secure": (str(SYMBI), ["mcp", "--config", str(secure)], gateway_env(), "everything__echo", ROOT),
+    }
+    if baseline is not None:  # the same secure gateway, another checkout's code (its own data dir)
+        data2 = bench_policy_data(tmp / "baseline", "bench", [])
+        cfg2 = write_gateway_config(
+            tmp / "baseline", _everything("tofu"), security=True, principal="bench", policy_data=data2
+        )
+        env = {**gateway_env(), "PYTHONPATH": str(baseline)}
+        out["gateway_secure_baseline"] = (str(SYMBI), ["mcp", "--config", str(cfg2)], env, "everything__echo",
+                                          baseline)
+    return out
+
+
+# -- policy and audit (in this process) ---------------------------------------------------------
+
+
+class PolicyPart:
+    def __init__(self) -> None:
+        files = policy_bench.discover_files()
+        self.engine = policy_bench.EmbeddedEngine(files)
+        if not self.engine.load():
+            raise SystemExit("policies.rego does not load")
+        self.inputs = [c.input for c in policy_bench.load_cases(ROOT / "policies" / "cases.json")]
+        self.pure = policy_bench.PurePolicy(json.loads(files.data.read_text()) if files.data else {})
+        self.agree = sum(
+            policy_bench.decision_dict(self.engine.decide(i)) == self.pure.decide(i) for i in self.inputs
+        )
+
+    def round(self, seconds: float, timed: int) -> dict[str, Any]:
+        emb = {**policy_bench.latency(self.engine.decide, self.inputs, timed),
+               **policy_bench.throughput(self.engine.decide, self.inputs, seconds)}
+        pure = {**policy_bench.latency(self.pure.decide, self.inputs, timed),
+                **policy_bench.throughput(self.pure.decide, self.inputs, seconds)}
+        return {"embedded": emb, "pure_python": pure}
+
+
+def audit_round(events: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="symbi-bench-speed-audit-") as tmp:
+        d = Path(tmp)
+        append = audit_bench.bench_append(d, events)
+        base = audit_bench.bench_baseline_sqlite(d, events)
+        verify = audit_bench.bench_verify(d)
+    return {**append, "baseline_unsigned_sqlite_per_s": base, **verify}
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+def http_gateway_config(tmp: Path, port: int, upstream_url: str) -> Path:
+    path = tmp / "http-gateway.toml"
+    path.write_text(
+        f"""
+[policy]
+path = "{ROOT / "policies.rego"}"
+data = "{http_bench.policy_data(tmp)}"
+[gateway]
+data_dir = "{tmp / "data"}"
+log_level = "WARNING"
+[http]
+port = {port}
+access_log = false
+max_sessions = 1000
+[mcp]
+max_concurrent_connections = 64
+[servers.everything]
+url = "{upstream_url}"
+verification = "tofu"
+"""
+    )
+    return path
+
+
+@contextlib.contextmanager
+def http_targets(tmp: Path) -> Any:
+    from gateway.server.auth import ApiKeyStore
+
+    (tmp / "loopback.cjs").write_text(http_bench.PRELOAD)
+    up_port, gw_port = http_bench.free_port(), http_bench.free_port()
+    upstream = f"http://127.0.0.1:{up_port}/mcp"
+    key, _ = ApiKeyStore(tmp / "data" / "api-keys.json").create("bench", ("developer",))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(http_bench.proc(
+            ["node", "-r", str(tmp / "loopback.cjs"), str(EVERYTHING_JS), "streamableHttp"],
+            tmp / "http-upstream.log", {**os.environ, "PORT": str(up_port)},
+        ))
+        http_bench.wait_http(upstream, {400, 405, 406, 200})
+        cfg = http_gateway_config(tmp, gw_port, upstream)
+        stack.enter_context(http_bench.proc(
+            [sys.executable, "-c", http_bench.GATEWAY_MAIN, str(cfg)], tmp / "http-gateway.log",
+            {**gateway_env(), "PYTHONPATH": str(ROOT)},
+        ))
+        http_bench.wait_http(f"http://127.0.0.1:{gw_port}/readyz", {200})
+        yield [
+            http_bench.Target("direct", upstream, "echo", {}),
+            http_bench.Target("gateway", f"http://127.0.0.1:{gw_port}/mcp", "everything__echo",
+                              {"Authorization": f"Bearer {key}"}),
+        ]
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if not EVERYTHING_JS.exists():
+        raise SystemExit(f"server-everything missing at {EVERYTHING_JS} (run `make setup`)")
+    tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-speed-"))
+    targets = stdio_targets(tmp, args.baseline_tree)
+    policy = PolicyPart()
+    rounds: list[dict[str, Any]] = []
+    async with AsyncExitStack() as stack:
+        sessions = {
+            name: await stack.enter_async_context(stdio_session(cmd, argv, env, tmp / f"{name}.stderr", cwd))
+            for name, (cmd, argv, env, _tool, cwd) in targets.items()
+        }
+        http = stack.enter_context(http_targets(tmp)) if args.http else []
+        names = list(targets)
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            stdio = {n: await stdio_round(sessions[n], targets[n][3], f"{n}-r{r}", args) for n in order}
+            # the audit part runs its own asyncio loop: in a worker thread (the stdio sessions idle)
+            row: dict[str, Any] = {
+                "stdio": stdio,
+                "policy": policy.round(args.policy_seconds, args.policy_timed),  # regorus: this thread only
+                "audit": await anyio.to_thread.run_sync(audit_round, args.audit_events),
+            }
+            row["http"] = {t.name: await http_bench.measure(t, args.http_clients, args.http_per_client)
+                           for t in (http if r % 2 == 0 else http[::-1])}
+            rounds.append(row)
+    return report(rounds, names, policy, args)
+
+
+def _stdio_report(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in names:
+        seq, conc = CallStats(), CallStats()
+        p50, p99, rate = [], [], []
+        for rnd in rounds:
+            s, c = rnd["stdio"][name]["sequential"], rnd["stdio"][name]["concurrent"]
+            seq.merge(s)
+            conc.merge(c)
+            lat = latency_summary(s.latencies)
+            p50.append(lat["p50_ms"])
+            p99.append(lat["p99_ms"])
+            rate.append(c.calls_per_s)
+        out[name] = {"p50_ms": round(median(p50), 3), "p99_ms": round(median(p99), 3),
+                     "p50_ms_per_round": p50, "calls_per_s_concurrent": round(median(rate), 1),
+                     "calls_per_s_per_round": [round(x, 1) for x in rate],
+                     "ok": seq.ok + conc.ok, "misrouted": seq.misrouted + conc.misrouted,
+                     "errors": seq.errors + conc.errors}
+    for name in names[1:]:
+        added, p99r, thr = [], [], []
+        for rnd in rounds:
+            d, g = rnd["stdio"]["direct"], rnd["stdio"][name]
+            dl, gl = latency_summary(d["sequential"].latencies), latency_summary(g["sequential"].latencies)
+            added.append(gl["p50_ms"] - dl["p50_ms"])
+            p99r.append(gl["p99_ms"] / dl["p99_ms"])
+            thr.append(g["concurrent"].calls_per_s / d["concurrent"].calls_per_s)
+        out[name]["vs_direct"] = {"added_p50_ms": round(median(added), 3),
+                                  "added_p50_ms_per_round": [round(x, 3) for x in added],
+                                  "p99_ratio": round(median(p99r), 2),
+                                  "throughput_ratio": round(median(thr), 3)}
+    return out
+
+
+def _med(rounds: list[dict[str, Any]], *path: str) -> float:
+    vals = []
+    for rnd in rounds:
+        v: Any = rnd
+        for k in path:
+            v = v[k]
+        vals.append(float(v))
+    return round(median(vals), 3)
+
+
+def report(rounds: list[dict[str, Any]], names: list[str], policy: PolicyPart,
+           args: argparse.Namespace) -> dict[str, Any]:
+    stdio = _stdio_report(rounds, names)
+    pol = {side: {k: _med(rounds, "policy", side, k) for k in ("decisions_per_s", "p50_us", "p99_us")}
+           for side in ("embedded", "pure_python")}
+    aud = {k: round(_med(rounds, "audit", k)) for k in rounds[0]["audit"]}
+    http: dict[str, Any] = {}
+    if args.http:
+        http = {name: {k: _med(rounds, "http", name, k) for k in ("p50_ms", "p99_ms", "calls_per_s")}
+                | {"misrouted_or_failed": sum(r["http"][name]["misrouted_or_failed"] for r in rounds)}
+                for name in ("direct", "gateway")}
+    sec, off, relay = stdio["gateway_secure"], stdio["gateway_off"], stdio["relay"]
+    def goal(target: float, measured: float, lower: bool, **extra: str) -> dict[str, Any]:
+        met = measured <= target if lower else measured >= target
+        return {"target": target, "measured": measured, "better": "lower" if lower else "higher",
+                "met": met, **extra}
+
+    targets: dict[str, Any] = {
+        "stdio_secure_added_p50_ms": goal(0.5, sec["vs_direct"]["added_p50_ms"], True),
+        "stdio_secure_p99_vs_direct": goal(2.0, sec["vs_direct"]["p99_ratio"], True),
+        "stdio_secure_throughput_vs_direct": goal(0.6, sec["vs_direct"]["throughput_ratio"], False),
+        "stdio_off_p50_over_relay_ms": goal(0.1, round(off["p50_ms"] - relay["p50_ms"], 3), True),
+        "policy_decisions_per_s": goal(10000, pol["embedded"]["decisions_per_s"], False),
+        "policy_p99_ms": goal(0.3, round(pol["embedded"]["p99_us"] / 1000, 3), True),
+        "audit_appends_per_s": goal(50000, aud["signed_emit_per_s"], False),
+        "audit_verify_per_s": goal(100000, aud["verify_all_signatures_per_s"], False),
+    }
+    if http:
+        targets["http_calls_per_s"] = goal(1500, http["gateway"]["calls_per_s"], False,
+                                           load=f"{args.http_clients} SDK clients in one process")
+        targets["http_p50_vs_direct_ms"] = goal(http["direct"]["p50_ms"], http["gateway"]["p50_ms"], True,
+                                                note="direct server-everything stands in for mcp-proxy")
+    errors = sum(s["misrouted"] + s["errors"] for s in stdio.values())
+    errors += sum(h["misrouted_or_failed"] for h in http.values())
+    return {
+        "benchmark": "speed (issue 16)",
+        "rounds": args.rounds,
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                 "load_avg": [round(x, 2) for x in os.getloadavg()], "time": time.strftime("%Y-%m-%d %H:%M")},
+        "stdio": stdio,
+        "policy": {**pol, "baseline_agrees_on": f"{policy.agree}/{len(policy.inputs)}",
+                   "embedded_vs_pure_throughput": round(pol["embedded"]["decisions_per_s"]
+                                                        / pol["pure_python"]["decisions_per_s"], 2)},
+        "audit": {**aud, "signed_vs_unsigned": round(aud["signed_emit_per_s"]
+                                                     / aud["baseline_unsigned_sqlite_per_s"], 3)},
+        "http": http,
+        "targets": targets,
+        "misrouted_or_errors_total": errors,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sequential", type=int, default=300)
+    p.add_argument("--callers", type=int, default=8)
+    p.add_argument("--per-caller", type=int, default=50)
+    p.add_argument("--policy-seconds", type=float, default=1.0)
+    p.add_argument("--policy-timed", type=int, default=2000)
+    p.add_argument("--audit-events", type=int, default=5000)
+    p.add_argument("--http-clients", type=int, default=16)
+    p.add_argument("--http-per-client", type=int, default=25)
+    p.add_argument("--no-http", dest="http", action="store_false")
+    p.add_argument("--baseline-tree", type=Path, default=None,
+                   help="also run gateway_secure from this checkout (e.g. /work/main: the code before a change)")
+    args = p.parse_args(argv)
+    out = anyio.run(run, args)
+    print(json.dumps(out, indent=2))
+    return 1 if out["misrouted_or_errors_total"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -76,8 +76,8 @@ async def test_denied_call_is_an_error_with_the_reason_and_never_reaches_the_ups
         assert r.is_error
         assert r.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
         assert r.meta["symbi/error"]["reasons"]  # type: ignore[index]
-        denied = await s.call_tool("mut__add_tool", {})
-        assert denied.is_error and denied.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+        denied = await s.call_tool("mut__add_tool", {})  # denied outright = hidden = unknown
+        assert denied.is_error and denied.meta["symbi/error"]["code"] == "unknown_tool"  # type: ignore[index]
         ok = await s.call_tool("mut__read_path", {"path": "/srv/allowed/notes.txt"})
         assert not ok.is_error
     calls = recorded(record)
@@ -114,7 +114,34 @@ async def test_tools_list_differs_by_principal_and_hidden_tools_are_refused(tmp_
         hidden = await s.call_tool("mut__read_path", {"path": "/srv/allowed/x"})
     assert "mut__read_path" in dev and "mut__add_tool" not in dev
     assert reader == {"mut__echo"}
-    assert hidden.is_error and hidden.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+    assert hidden.is_error and hidden.meta["symbi/error"]["code"] == "unknown_tool"  # type: ignore[index]
+    assert not [c for c in recorded(record) if c["tool"] == "read_path"]
+
+
+def _shape(r: Any, name: str) -> tuple[Any, ...]:
+    """A refusal with the tool's name masked: what a caller can tell two refusals apart by."""
+    text = r.content[0].text.replace(name, "NAME")
+    reasons = tuple(x.replace(name, "NAME") for x in r.meta["symbi/error"]["reasons"])
+    return (r.is_error, text, r.meta["symbi/error"]["code"], reasons)
+
+
+async def test_a_hidden_tool_answers_like_a_missing_one_before_its_arguments_are_checked(tmp_path: Path) -> None:
+    """Attack: probe a hidden tool with bad arguments to learn its schema (arguments_invalid)."""
+    reader_cfg, record = cfg(tmp_path, "reader")
+    async with stdio_session(reader_cfg) as s:
+        probes = [
+            ("mut__read_path", {}),  # hidden, required argument missing
+            ("mut__read_path", {"path": 42}),  # hidden, wrong type
+            ("mut__read_path", {"path": "/srv/allowed/x"}),  # hidden, valid arguments
+            ("mut__no_such_tool", {}),
+        ]
+        results = [(name, await s.call_tool(name, args)) for name, args in probes]
+        visible_bad = await s.call_tool("mut__echo", {})
+    shapes = {_shape(r, name) for name, r in results}
+    assert len(shapes) == 1, shapes
+    assert results[0][1].meta["symbi/error"]["code"] == "unknown_tool"  # type: ignore[index]
+    # a visible tool still reports its bad arguments
+    assert visible_bad.meta["symbi/error"]["code"] == "arguments_invalid"  # type: ignore[index]
     assert not [c for c in recorded(record) if c["tool"] == "read_path"]
 
 

@@ -24,6 +24,8 @@ VerificationMode = Literal["strict", "tofu", "warn", "off"]
 TierName = Literal["none", "bwrap", "docker", "gvisor"]
 
 SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+# The built-in servers' names (gateway.catalog.RESERVED_PREFIXES uses the same set).
+RESERVED_SERVER_NAMES = frozenset({"sandbox", "bus", "memory", "knowledge", "agents", "symbi"})
 
 # TOML gives lists and strings: accept them for tuples and paths, stay strict elsewhere.
 PathT = Annotated[Path, Strict(False)]
@@ -457,6 +459,11 @@ class Config(_Section):
                 raise ValueError(
                     f"server name {name!r} must match [A-Za-z0-9][A-Za-z0-9_-]{{0,31}} without '__' "
                     "or a trailing '_' (tool names are SERVER__TOOL)"
+                )
+            if name.lower() in RESERVED_SERVER_NAMES:
+                raise ValueError(
+                    f"server name {name!r} is reserved for a built-in server "
+                    f"({', '.join(sorted(RESERVED_SERVER_NAMES))}); rename it"
                 )
         pt = [n for n, s in v.items() if s.pass_through and s.enabled]
         if pt and len([s for s in v.values() if s.enabled]) > 1:

@@ -25,7 +25,7 @@ from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, Upstrea
 from gateway.errors import PolicyDenied, RateLimited
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import CallCounters, build_input, input_for_call
-from gateway.policy.redact import cap_result, redact, redact_result, result_size
+from gateway.policy.redact import cap_result, redact, redact_result, result_size, scrub_values
 from gateway.state.limiter import LocalRateLimiter, RateLimiter
 
 
@@ -67,7 +67,7 @@ class PolicyStep:
         rules: Sequence[str] = cond.get("redact_arguments", ())
         if rules:
             call.arguments, _ = redact(call.arguments, rules)  # what the upstream receives
-        call.audit_arguments = dict(call.arguments)
+        call.audit_arguments = scrub_values(call.arguments)  # the log never keeps a recognisable secret
         if "sandbox_tier" in cond:
             call.sandbox_tier = cond["sandbox_tier"]
 

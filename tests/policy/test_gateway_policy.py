@@ -226,3 +226,18 @@ async def test_completion_needs_the_right_to_use_the_prompt(tmp_path: Path) -> N
                 {"name": "department", "value": "E"},
             )
         assert e.value.error.code == types.INVALID_PARAMS
+
+
+async def test_key_variants_and_secret_values_never_reach_the_upstream_or_the_audit_log(tmp_path: Path) -> None:
+    """Attack: ``apiToken`` / ``API-TOKEN`` instead of ``api_token``; a JWT under a harmless key."""
+    path, record = cfg(tmp_path)
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXZhbHVl"
+    async with stdio_session(path) as s:
+        r = await s.call_tool("mut__read_path", {"path": "/srv/allowed/a", "api_token": "s3cr3t-one"})
+        assert not r.is_error
+        r = await s.call_tool("mut__echo", {"message": f"forward {jwt} please"})
+        assert not r.is_error
+    text = record.read_text()
+    assert "s3cr3t-one" not in text and jwt not in text
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("audit*.db*"))
+    assert stored and jwt.encode() not in stored and b"s3cr3t-one" not in stored

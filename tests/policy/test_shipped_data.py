@@ -15,8 +15,8 @@ import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from gateway.catalog import namespaced
 from gateway.bus.builtin import TOOLS as BUS_TOOLS
+from gateway.catalog import namespaced
 from gateway.config.load import load_config
 from gateway.memory.schemas import KNOWLEDGE_TOOLS, MEMORY_TOOLS
 from gateway.sandbox.tools import TOOLS as SANDBOX_TOOLS

@@ -36,8 +36,9 @@ HOSTED_SESSION = "hosted"  # never a session key of a client (those are stdio, h
 
 
 def hosted_principal(name: str, ac: AgentConfig) -> Principal:
-    """The principal a hosted agent ``[agents.NAME]`` runs as."""
-    return Principal(id=ac.principal or f"agent:{name}", kind="agent", roles=tuple(ac.roles))
+    """The principal a hosted agent ``[agents.NAME]`` runs as (source "key": it calls back with
+    the API key the runtime makes for it)."""
+    return Principal(id=ac.principal or f"agent:{name}", kind="agent", roles=tuple(ac.roles), source="key")
 ENDED_SESSIONS = 10_000
 
 

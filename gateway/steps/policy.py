@@ -48,7 +48,7 @@ class PolicyStep:
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         started = time.perf_counter()
         name = call.tool.name if call.tool else call.target
-        counts = await self.limiter.counts(call.principal.id, name)  # shared by replicas on Redis
+        counts = await self.limiter.counts(call.principal.qualified, name)  # shared by replicas on Redis
         decision = await self.engine.adecide(input_for_call(call, counts))
         if self._observe is not None:
             self._observe(time.perf_counter() - started)
@@ -59,7 +59,7 @@ class PolicyStep:
         cond = decision.conditions
 
         limit = cond.get("rate_limit")
-        if not await self.limiter.acquire(call.principal.id, name, limit):
+        if not await self.limiter.acquire(call.principal.qualified, name, limit):
             reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
             call.reasons = [reason]
             raise RateLimited(reason)

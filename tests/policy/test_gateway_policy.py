@@ -37,6 +37,7 @@ def policy_data(tmp_path: Path, **over: Any) -> Path:
         "audit_minimal": [],
     }
     data.update(over)
+    data["principals"] = {"stdio": data["principals"]}  # these tests run over stdio
     path = tmp_path / "data.json"
     path.write_text(json.dumps({"symbi_data": data}))
     return path

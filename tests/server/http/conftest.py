@@ -90,7 +90,11 @@ def policy_data(tmp_path: Path) -> Path:
     doc = json.loads(TEST_POLICY_DATA.read_text())
     everything = {"resources": ["**"], "prompts": ["**"]}
     # the anonymous principal of the Inspector test gets its roles from the policy data
-    doc["symbi_data"]["principals"] = {"inspector": {"roles": ["developer"]}}
+    # and the API key principal "root" is an admin by the data (a JWT with sub=root is not)
+    doc["symbi_data"]["principals"] = {
+        "anonymous": {"inspector": {"roles": ["developer"]}},
+        "keys": {"root": {"roles": ["admin"]}},
+    }
     doc["symbi_data"]["roles"] = {
         "developer": {"tools": DEVELOPER_TOOLS, **everything},
         "admin": {"tools": ["*"], **everything},

@@ -121,7 +121,7 @@ async def test_per_agent_message_rate_from_the_policy(tmp_path: Path) -> None:
     from tests.conftest import POLICY, TEST_POLICY_DATA
 
     doc = json.loads(TEST_POLICY_DATA.read_text())
-    doc["symbi_data"]["principals"]["tester"]["bus_rate_limit"] = 2
+    doc["symbi_data"]["principals"]["stdio"]["tester"]["bus_rate_limit"] = 2
     data_file = tmp_path / "policy-data.json"
     data_file.write_text(json.dumps(doc))
     cfg = write_config(tmp_path, f'[policy]\npath = "{POLICY}"\ndata = "{data_file}"\n[sandbox]\ncode_tools = false\n')

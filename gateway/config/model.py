@@ -172,6 +172,9 @@ class HttpSection(_Section):
     json_response: bool = False
     session_idle_timeout_s: float = Field(default=1800.0, gt=0)
     max_sessions: int = Field(default=1000, ge=1)
+    max_sessions_per_principal: int = Field(default=16, ge=1)  # one caller cannot take every slot
+    header_timeout_s: float = Field(default=10.0, gt=0)  # request headers must be complete by then
+    body_timeout_s: float = Field(default=30.0, gt=0)  # the whole request body must arrive by then
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     allowed_hosts: StrTuple = ()
     api_keys_path: PathT | None = None  # default: <data_dir>/api-keys.json

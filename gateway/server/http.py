@@ -8,8 +8,10 @@ Routes:
   ``/`` ``/login`` ...                    the dashboard (admin API key login; ``gateway.server.dashboard``)
 
 Middleware, outermost first: access log → Host/Origin guard (DNS rebinding, for every
-route) → request body limit → authentication (for ``/mcp`` and ``/api``) → connection limit
+route) → body deadline (slow bodies get 408) → request body limit → authentication (for
+``/mcp`` and ``/api``) → per-principal session quota → connection limit
 (``mcp.max_concurrent_connections`` open requests to ``/mcp``; ``gateway.server.limits``).
+Slow headers are cut off by the uvicorn protocol (``gateway.server.sessions.http_protocol``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from gateway.server.auth import Authenticator
 from gateway.server.front import build_server, http_session_key
 from gateway.server.limits import ConnectionLimit
 from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
+from gateway.server.sessions import BodyDeadline, SessionQuota, http_protocol, sweep_revoked
 
 _logger = logging.getLogger("symbi.http")
 _access = logging.getLogger("symbi.access")
@@ -387,8 +390,11 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with manager.run():
+        async with manager.run(), anyio.create_task_group() as tg:
+            # a revoked API key's sessions are closed (their slots freed) within a second or two
+            tg.start_soon(sweep_revoked, manager, lambda kid: state.auth.keys.get(kid) is not None, 1.0)
             yield
+            tg.cancel_scope.cancel()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -429,11 +435,21 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     )
     app.state.symbi = state
     app.state.agent_socket = agent_socket
-    # add_middleware wraps outermost last: this order gives access log → host → body → auth →
-    # connection limit (only authenticated MCP connections take a slot).
+    # add_middleware wraps outermost last: this order gives access log → host → body deadline →
+    # body limit → auth → per-principal session quota → connection limit (only authenticated
+    # MCP connections within their principal's quota take a slot).
     app.add_middleware(ConnectionLimit, path=config.http.path, limit=config.mcp.max_concurrent_connections)
+    app.add_middleware(
+        SessionQuota,
+        manager=manager,
+        limit=config.http.max_sessions_per_principal,
+        client_id=lambda p: _access_token(p).client_id,
+        path=config.http.path,
+    )
     app.add_middleware(AuthGate, state=state)
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=config.http.max_request_bytes)
+    # outside the limit (which buffers the body itself): the deadline covers the whole read
+    app.add_middleware(BodyDeadline, timeout=config.http.body_timeout_s, max_bytes=config.http.max_request_bytes)
     app.add_middleware(HostGuard, settings=settings)
     app.add_middleware(AccessLog, state=state)
     return app
@@ -480,6 +496,7 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         log_level=cfg.gateway.log_level.lower(),
         access_log=False,  # ours is structured (AccessLog)
         log_config=None,  # keep the gateway's logging set-up
+        http=http_protocol(cfg.http.header_timeout_s),  # slow headers are cut off
     )
     sockets = [uv.bind_socket()]
     if app.state.agent_socket is not None:  # hosted agents: the same app on their Unix socket

@@ -34,6 +34,7 @@ from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
 from gateway.steps.policy import afilter_listing
+from gateway.upstream.relay import caller_owner
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
 
 if TYPE_CHECKING:
@@ -461,7 +462,7 @@ def _on_behalf_of(up: Upstream, ctx: Downstream | None) -> Iterator[None]:
     session = ctx.session if ctx is not None else None
     token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
     try:
-        with up.relay.caller(session, ctx.request_id if ctx is not None else None):
+        with up.relay.caller(session, ctx.request_id if ctx is not None else None, caller_owner(ctx)):
             yield
     finally:
         DOWNSTREAM_CAPABILITIES.reset(token)

@@ -94,7 +94,7 @@ class Upstream:
         self.listing = Listing()
         self.restarts = 0
         self.last_error: str | None = None
-        self.relay = CallerRelay(name)
+        self.relay = CallerRelay(name, events)
         self._session: ClientSession | None = None
         self._closed = anyio.Event()
         self._refresh_lock = anyio.Lock()

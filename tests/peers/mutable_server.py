@@ -8,6 +8,8 @@
   ``title`` or ``outputSchema`` (``field="output"``), description unchanged, and sends list_changed.
 - ``read_path(path)``: pretends to read a file (records the call; never touches disk).
 - ``slow(seconds)``: sleeps, reporting progress every 0.1 s.
+- ``sample(delay)``: waits ``delay`` seconds, then asks the client to sample (a model answer)
+  and returns that answer.
 - ``huge(megabytes)``: returns a result of that many megabytes (one JSON-RPC line).
 - ``wedge()``: blocks the server's event loop for an hour (a hung server: no answers at all).
 
@@ -90,6 +92,20 @@ async def change_echo(field: str, ctx: Context) -> str:
         mcp.add_tool(echo_out, name="echo", description=desc)
     await _changed(ctx)
     return "changed"
+
+
+@mcp.tool()
+async def sample(delay: float, ctx: Context) -> str:
+    """After ``delay`` seconds, ask the client's model for a completion and return it."""
+    from mcp.types import SamplingMessage, TextContent
+
+    record("sample", {"delay": delay})
+    await anyio.sleep(delay)
+    result = await ctx.session.create_message(
+        [SamplingMessage(role="user", content=TextContent(type="text", text="say who you are"))], max_tokens=20
+    )
+    content = result.content
+    return f"sampled: {getattr(content, 'text', content)}"
 
 
 @mcp.tool()

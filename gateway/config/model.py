@@ -146,6 +146,9 @@ class SandboxSection(_Section):
     output_bytes: int = Field(default=64 * 1024, ge=256)
     warm_pool: int = Field(default=0, ge=0)
     code_tools: bool = True  # expose sandbox__run_python / sandbox__run_shell
+    # hosts/CIDRs a sandboxed server with network may reach; empty: any public address
+    # (never this host, loopback or private ranges)
+    egress_allow: StrTuple = ()
 
 
 class JwtSection(_Section):

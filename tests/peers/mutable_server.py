@@ -121,7 +121,7 @@ async def wedge() -> str:
     record("wedge", {})
     import time
 
-    time.sleep(3600)
+    time.sleep(3600)  # noqa: ASYNC251 - blocking the loop is the point (a wedged server)
     return "never"
 
 

@@ -33,6 +33,7 @@ from gateway.compat import SdkChanged, negotiate_auto, stamp_requests
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
+from gateway.upstream.bounded_http import OVERSIZED_MARK, bounded_responses
 from gateway.upstream.relay import CallerRelay
 from gateway.upstream.runas import RunAs, check_launchable, resolve_run_as, working_folder
 from gateway.upstream.stdio import bounded_stdio_client
@@ -215,7 +216,7 @@ class Upstream:
         self._closed.set()
 
     def _oversized(self, what: str) -> None:
-        self.last_error = f"sent {what} (mcp.max_message_bytes): connection closed"
+        self.last_error = f"sent {what} (mcp.max_message_bytes): refused"
         self._events.emit(Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error})
 
     async def _check_alive(self, session: ClientSession) -> None:
@@ -269,8 +270,13 @@ class Upstream:
         else:
             assert self.server.url is not None
             timeout = httpx2.Timeout(self._config.mcp.connection_timeout_s, read=self.call_timeout + 5)
-            async with httpx2.AsyncClient(headers=dict(self.server.headers), timeout=timeout) as hc:
-                async with streamable_http_client(self.server.url, http_client=hc) as streams:
+            limit = self._config.mcp.max_message_bytes
+            async with httpx2.AsyncClient(
+                headers=dict(self.server.headers),
+                timeout=timeout,
+                event_hooks={"response": [bounded_responses(limit, self._oversized)]},
+            ) as hc:
+                async with streamable_http_client(self.server.url, http_client=hc, max_sse_event_size=limit) as streams:
                     yield streams
 
     async def _on_message(self, message: Any) -> None:
@@ -414,6 +420,9 @@ def _upstream_error(name: str, e: MCPError) -> UpstreamError:
         return UpstreamTimeout(f"upstream {name!r} timed out: {e}")
     if code == -32000 or "closed" in str(e).lower():
         return UpstreamUnavailable(f"upstream {name!r} connection closed: {e}")
+    if code == types.PARSE_ERROR and OVERSIZED_MARK in str(e):
+        # our own refusal of an oversized HTTP body (bounded_http), not the upstream's answer
+        return UpstreamError(f"upstream {name!r} sent a message over mcp.max_message_bytes: refused")
     return UpstreamError(f"upstream {name!r} returned an error: {e}", mcp_error=e)
 
 

@@ -13,6 +13,7 @@
 - ``huge(megabytes)``: returns a result of that many megabytes (one JSON-RPC line).
 - ``wedge()``: blocks the server's event loop for an hour (a hung server: no answers at all).
 
+``--http PORT`` serves streamable HTTP (JSON replies) on 127.0.0.1:PORT instead of stdio.
 ``$TOOL_DESCRIPTION`` sets echo's initial description (so a restart can present a changed tool);
 ``$RUG_PULL_DESCRIPTION`` the one rug_pull installs (default: a poisoned one, which screening flags).
 """
@@ -148,4 +149,9 @@ async def slow(seconds: float, ctx: Context) -> str:
 
 
 if __name__ == "__main__":
-    mcp.run()
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--http":  # streamable HTTP on 127.0.0.1:PORT, JSON replies
+        mcp.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]), json_response=True)
+    else:
+        mcp.run()

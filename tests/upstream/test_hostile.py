@@ -6,15 +6,20 @@ answering is detected by a ping after a timed-out call, and both are restarted.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
 from gateway.upstream.stdio import MessageTooLarge, split_lines
-from tests.conftest import ROOT, write_config
+from tests.conftest import ROOT, free_port, write_config
 from tests.server._clients import stdio_session
 from tests.upstream.test_restart import pids_running
 
@@ -80,3 +85,46 @@ async def test_a_wedged_upstream_is_detected_and_restarted(tmp_path: Path) -> No
         assert r.is_error and r.meta["symbi/error"]["code"] == "upstream_error"  # type: ignore[index]
         await _until_up(s)  # without the liveness probe every later call would time out too
         assert before not in pids_running(script)
+
+
+@pytest.fixture
+def http_upstream() -> Iterator[str]:
+    """The mutable test server over streamable HTTP (JSON replies) on a loopback port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/peers/mutable_server.py"), "--http", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "the HTTP test server did not start"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.anyio
+async def test_an_oversized_http_response_is_refused(tmp_path: Path, http_upstream: str) -> None:
+    """Attack: an HTTP upstream answers with a JSON body far over mcp.max_message_bytes (the
+    SDK reads a JSON response whole); the call fails, the upstream stays usable."""
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        max_message_bytes = 1048576
+        [servers.mut]
+        url = "{http_upstream}"
+        verification = "warn"
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool("mut__huge", {"megabytes": 5})
+        assert r.is_error
+        assert r.meta["symbi/error"]["code"] == "upstream_error"  # type: ignore[index]
+        ok = await s.call_tool("mut__echo", {"message": "still here"})
+        assert not ok.is_error

@@ -391,8 +391,13 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with manager.run(), anyio.create_task_group() as tg:
-            # a revoked API key's sessions are closed (their slots freed) within a second or two
-            tg.start_soon(sweep_revoked, manager, lambda kid: state.auth.keys.get(kid) is not None, 1.0)
+            # a revoked API key's sessions are closed (their slots freed, their agents ended)
+            # within a second or two
+            def end_agents(sid: str) -> None:
+                if state.gateway is not None:
+                    state.gateway.runtime.close_session(http_session_key(sid), "shutdown: its API key was revoked")
+
+            tg.start_soon(sweep_revoked, manager, lambda kid: state.auth.keys.get(kid) is not None, 1.0, end_agents)
             yield
             tg.cancel_scope.cancel()
 

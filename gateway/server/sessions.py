@@ -104,9 +104,13 @@ class SessionQuota:
 
 
 async def sweep_revoked(
-    manager: StreamableHTTPSessionManager, is_live: Callable[[str], bool], interval: float
+    manager: StreamableHTTPSessionManager,
+    is_live: Callable[[str], bool],
+    interval: float,
+    on_closed: Callable[[str], None] | None = None,
 ) -> None:
-    """Close every session whose API key was revoked (checked every ``interval`` seconds)."""
+    """Close every session whose API key was revoked (checked every ``interval`` seconds);
+    ``on_closed(sid)`` then ends what hangs on it (the session's agents)."""
     while True:
         await anyio.sleep(interval)
         for sid, owner in session_owners(manager).items():
@@ -115,6 +119,8 @@ async def sweep_revoked(
                 _logger.info("closing session %s…: its API key was revoked", sid[:8])
                 try:
                     await close_session(manager, sid)
+                    if on_closed is not None:
+                        on_closed(sid)
                 except Exception:
                     _logger.exception("closing a revoked key's session failed")
 

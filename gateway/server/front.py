@@ -90,12 +90,10 @@ def agent_session_key(ctx: ServerRequestContext[Any], principal: Principal) -> s
     era = request.headers.get("mcp-protocol-version")
     if sid and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS):  # the SDK's session routing
         return http_session_key(sid)
-    claims = principal.claims
-    if "key_id" in claims:
-        return f"key:{claims['key_id']}"
-    if "sub" in claims:
-        return f"jwt:{claims.get('iss')}:{claims['sub']}"
-    return "anonymous"
+    kid = principal.claims.get("key_id") if principal.source == "key" else None
+    if kid is not None:
+        return f"key:{kid}"
+    return principal.qualified  # jwt:<issuer>#<sub>, anonymous:<id>
 
 
 def client_name_of(ctx: ServerRequestContext[Any]) -> object:

@@ -328,15 +328,19 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 def _access_token(p: Principal) -> AccessToken:
-    """The SDK's view of a credential, used only to bind sessions to their opener."""
-    kid = p.claims.get("key_id")
+    """The SDK's view of a credential, used only to bind sessions to their opener.
+
+    Keyed by where the principal comes from: only an API key principal's ``key_id`` names a
+    key (a JWT's claims are the issuer's, and a ``key_id`` claim there means nothing), and a
+    JWT is its issuer and subject, so equal subjects of two issuers never share sessions.
+    """
+    kid = p.claims.get("key_id") if p.source == "key" else None
     if kid is not None:
         return AccessToken(
             token=f"apikey:{kid}", client_id=f"apikey:{kid}", scopes=list(p.roles), subject=p.id
         )
-    iss = p.claims.get("iss")
     return AccessToken(
-        token=f"jwt:{p.id}", client_id=f"jwt:{p.id}", scopes=list(p.roles), subject=p.id, claims={"iss": iss}
+        token=p.qualified, client_id=p.qualified, scopes=list(p.roles), subject=p.id, claims={"iss": p.issuer}
     )
 
 

@@ -182,3 +182,23 @@ def test_another_principal_cannot_ride_an_agents_session(tmp_path: Path) -> None
         )
         assert hijack.status_code == 404  # the SDK binds a session to the credential that opened it
         assert _calls(run) == []
+
+
+def test_principals_of_different_sources_never_share_an_agent() -> None:
+    """Attack: a JWT with sub=alice (or one carrying a key_id claim) took the agent, and so the
+    memory, of the API key principal alice in the same client and session."""
+    reg = AgentRegistry(LoggingSink())
+    key_alice = Principal(id="alice", roles=("developer",), claims={"key_id": "k1"}, source="key")
+    hosted = reg.add_hosted("clock", Principal(id="agent:clock", kind="agent", source="key"), priority=0, run=1)
+    reg.bind_credential("k1", hosted)
+    assert reg.for_session(key_alice, "claude-code", "http:s1") is hosted  # the key's own credential
+    jwt_alice = Principal(id="alice", roles=("developer",), claims={"sub": "alice", "key_id": "k1"},
+                          source="jwt", issuer="https://idp.example")
+    mine = reg.for_session(jwt_alice, "claude-code", "http:s1")
+    assert mine is not hosted  # a key_id claim in a JWT names no credential
+    plain_key_alice = Principal(id="alice", roles=("developer",), claims={"key_id": "k2"}, source="key")
+    theirs = reg.for_session(plain_key_alice, "claude-code", "http:s1")
+    other_issuer = Principal(id="alice", claims={"sub": "alice"}, source="jwt", issuer="https://other.example")
+    third = reg.for_session(other_issuer, "claude-code", "http:s1")
+    assert len({mine.id, theirs.id, third.id, hosted.id}) == 4
+    assert mine.owner != theirs.owner != third.owner

@@ -202,3 +202,25 @@ def test_principals_of_different_sources_never_share_an_agent() -> None:
     third = reg.for_session(other_issuer, "claude-code", "http:s1")
     assert len({mine.id, theirs.id, third.id, hosted.id}) == 4
     assert mine.owner != theirs.owner != third.owner
+
+
+def test_a_2026_session_label_is_not_an_agent_identity() -> None:
+    """Attack: in the 2026 era ``mcp-session-id`` is whatever the client sends; two principals
+    sending the same label got the same agent session key (and a DELETE naming it ended the
+    other's agents)."""
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from gateway.server.front import agent_session_key, http_session_key
+
+    def ctx(era: str) -> Any:
+        headers = [(b"mcp-session-id", b"shared-label"), (b"mcp-protocol-version", era.encode())]
+        return SimpleNamespace(request=Request({"type": "http", "headers": headers}))  # a real request
+
+    alice = Principal(id="alice", claims={"key_id": "k1"}, source="key")
+    mallory = Principal(id="mallory", claims={"sub": "mallory"}, source="jwt", issuer="https://idp.example")
+    modern = {agent_session_key(ctx("2026-07-28"), p) for p in (alice, mallory)}
+    assert len(modern) == 2 and http_session_key("shared-label") not in modern
+    # handshake era: the SDK issued the id and bound it to its opener's credential
+    assert agent_session_key(ctx("2025-11-25"), alice) == http_session_key("shared-label")

@@ -18,13 +18,15 @@ Setting up needs root (``ip``, ``iptables``); an unavailable set-up is a refusal
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import logging
 import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from gateway.errors import SandboxUnavailable
 
@@ -37,6 +39,7 @@ HOST_ADDR = "10.231.77.1"
 NS_ADDR = "10.231.77.2"
 PREFIX = 30
 CHAIN = "SYMBI-EGRESS"
+LOCK_FILE = "/run/symbi-egress.lock"
 BLOCKED = (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
     "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
@@ -76,12 +79,36 @@ def _resolve(hosts: Sequence[str]) -> list[str]:
     return out
 
 
+def _chain_rules(allow: Sequence[str]) -> list[tuple[str, ...]]:
+    """The filter chain's rules (``iptables -A CHAIN`` arguments), in order."""
+    if allow:  # an allow-list: those hosts, nothing else
+        accept = [("-d", str(ipaddress.ip_network(ip, strict=False)), "-j", "ACCEPT") for ip in _resolve(allow)]
+        return [*accept, ("-j", "DROP")]
+    return [*(("-d", net, "-j", "DROP") for net in BLOCKED), ("-j", "ACCEPT")]
+
+
+def _current_rules() -> list[tuple[str, ...]]:
+    listing = _run("iptables", "-w", "-S", CHAIN).stdout.splitlines()
+    return [tuple(line.split()[2:]) for line in listing if line.startswith(f"-A {CHAIN} ")]
+
+
+@contextlib.contextmanager
+def _host_lock() -> Iterator[None]:
+    """Gateways (and test runs) on one host set the namespace up one at a time."""
+    with _lock, open(LOCK_FILE, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure_egress_netns(allow: Sequence[str] = ()) -> str:
     """Create (once, idempotently) the egress-only namespace; returns its name."""
     for tool in ("ip", "iptables"):
         if shutil.which(tool) is None:
             raise SandboxUnavailable(f"sandbox network needs {tool!r} (egress-only namespace); not installed")
-    with _lock:
+    with _host_lock():
         if NETNS not in _run("ip", "netns", "list").stdout.split():
             _run("ip", "netns", "add", NETNS)
         if _run("ip", "link", "show", HOST_IF, check=False).returncode != 0:
@@ -96,17 +123,13 @@ def ensure_egress_netns(allow: Sequence[str] = ()) -> str:
         with open("/proc/sys/net/ipv4/ip_forward") as f:
             if f.read().strip() != "1":
                 _run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-        # the filter chain is rebuilt each time (the allow-list may have changed)
-        if _run("iptables", "-w", "-N", CHAIN, check=False).returncode != 0:
+        # the filter chain is rebuilt only when the allow-list changed: another gateway's
+        # sandboxes may be using it, and a flushed chain filters nothing
+        rules = _chain_rules(allow)
+        if _run("iptables", "-w", "-N", CHAIN, check=False).returncode == 0 or _current_rules() != rules:
             _run("iptables", "-w", "-F", CHAIN)
-        for ip in _resolve(allow):
-            _run("iptables", "-w", "-A", CHAIN, "-d", ip, "-j", "ACCEPT")
-        if allow:
-            _run("iptables", "-w", "-A", CHAIN, "-j", "DROP")  # an allow-list: nothing else
-        else:
-            for net in BLOCKED:
-                _run("iptables", "-w", "-A", CHAIN, "-d", net, "-j", "DROP")
-            _run("iptables", "-w", "-A", CHAIN, "-j", "ACCEPT")
+            for rule in rules:
+                _run("iptables", "-w", "-A", CHAIN, *rule)
         _iptables_ensure("filter", "INPUT", ["-i", HOST_IF, "-j", "DROP"], insert=True)
         _iptables_ensure("filter", "FORWARD", ["-i", HOST_IF, "-j", CHAIN], insert=True)
         _iptables_ensure(

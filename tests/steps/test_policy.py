@@ -339,7 +339,7 @@ def test_a_listing_decision_sees_the_whole_input(tmp_path: Any) -> None:
     tools = [tool("up__a"), tool("fs__read_file")]
     ups = {"up": UpstreamInfo(name="up", transport="stdio"), "fs": UpstreamInfo(name="fs", transport="http")}
     counters = CallCounters()
-    assert counters.try_acquire("local", "up__a", None)
+    assert counters.try_acquire(LOCAL.qualified, "up__a", None)  # counters are per qualified principal
     kw: dict[str, Any] = {"upstreams": ups, "session_id": "s-1", "counters": counters}
     assert [t.name for t in filter_listing(eng, LOCAL, tools, **kw)] == ["up__a"]
     for missing in ("upstreams", "session_id", "counters"):

@@ -208,7 +208,8 @@ class SessionScope:
             return
         principal = scope.get("symbi.principal")
         sid = Headers(scope=scope).get("mcp-session-id")
-        owner = StreamOwner(principal.id if isinstance(principal, Principal) else "", sid)
+        # the qualified principal: a JWT sub=alice never resumes the API key alice's streams
+        owner = StreamOwner(principal.qualified if isinstance(principal, Principal) else "", sid)
         status = [0]
 
         async def send_wrapper(message: Message) -> None:

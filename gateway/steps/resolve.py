@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.catalog import LiveCatalog
 from gateway.chain import CallNext
-from gateway.context import CallContext, Principal, ToolInfo
+from gateway.context import CallContext, ToolInfo
 from gateway.errors import UnknownTool
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import CallCounters
@@ -35,13 +35,13 @@ class ResolveTool:
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         if call.kind == "tools/call" and call.tool is None:
             entry = self._catalog.snapshot.tools.get(call.target)
-            if entry is None or not await self._sees(call.principal, entry.info):
+            if entry is None or not await self._sees(call, entry.info):
                 raise UnknownTool(f"unknown tool {call.target!r}")
             call.tool = entry.info
             call.upstream = self._catalog.upstream_info(entry.info.upstream)
         return await call_next(call)
 
-    async def _sees(self, principal: Principal, info: ToolInfo) -> bool:
+    async def _sees(self, call: CallContext, info: ToolInfo) -> bool:
         if self._policy is None:
             return True
         from gateway.steps.policy import afilter_listing
@@ -49,7 +49,9 @@ class ResolveTool:
         # Visibility is about the principal's grants: the tool is asked about as if it were
         # approved and screened clean, so whoever may see it learns why it is refused
         # (drifted, revoked, unverified, flagged: the verify or policy step), and nobody else
-        # learns that it exists.
+        # learns that it exists. Asked with what tools/list is asked with (the calling agent).
         probe = replace(info, verification="verified", screening=Screening())
-        seen = await afilter_listing(self._policy, principal, [probe], counters=self._counters)
+        seen = await afilter_listing(
+            self._policy, call.principal, [probe], counters=self._counters, agent=call.agent, session_id=call.session_id
+        )
         return any(t.name == info.name for t in seen)

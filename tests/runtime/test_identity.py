@@ -162,7 +162,7 @@ async def test_policy_sees_the_agent_and_a_client_cannot_claim_another_agents_id
         spoof = {**bearer(keys.user), "X-Symbi-Agent": alice_agent, "X-Agent-Id": alice_agent}
         meta = {"symbi/agent": alice_agent, "agent": alice_agent}
         denied = await _session_call(run.mcp, spoof, "alice/trusted-client", meta=meta)
-        assert denied.is_error and denied.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+        assert denied.is_error and denied.meta["symbi/error"]["code"] == "unknown_tool"  # hidden from bob = missing (item 13)  # type: ignore[index]
         second = _calls(run)[-1]
         assert second["principal"] == "bob" and second["agent"] not in (None, alice_agent)
         assert _registered(run)["bob/alice-trusted-client"] == second["agent"]

@@ -1,9 +1,8 @@
 """HTTP session hygiene: a per-principal session quota, revoked keys lose their sessions,
 and slow clients cannot hold a connection open by trickling headers or a body.
 
-The SDK's session manager keeps its sessions in private dicts (``_server_instances``,
-``_session_owners``); this module is the one place that reads them, tolerant of their
-absence (then quota and sweep do nothing rather than crash).
+The SDK's session manager keeps its sessions in private dicts; they are read (and a
+session ended) through ``gateway.compat``.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import h11
@@ -23,33 +21,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from gateway.compat import close_http_session, open_http_sessions
 from gateway.context import Principal
 
 _logger = logging.getLogger("symbi.http.sessions")
-
-
-def session_owners(manager: StreamableHTTPSessionManager) -> dict[str, Any]:
-    """Open handshake-era sessions: id -> the credential that opened it (SDK private state)."""
-    owners = getattr(manager, "_session_owners", None)
-    return dict(owners) if isinstance(owners, dict) else {}
-
-
-def owner_client_id(owner: Any) -> str | None:
-    if owner is None:
-        return None
-    if isinstance(owner, dict):
-        value = owner.get("client_id")
-    else:
-        value = getattr(owner, "client_id", None)
-    return str(value) if value is not None else None
-
-
-async def close_session(manager: StreamableHTTPSessionManager, sid: str) -> None:
-    """End one session now (its id answers 404 from here on)."""
-    transport = getattr(manager, "_server_instances", {}).get(sid)
-    discard = getattr(manager, "_discard_session", None)
-    if transport is not None and discard is not None:
-        await discard(sid, transport)
 
 
 class SessionQuota:
@@ -87,7 +62,7 @@ class SessionQuota:
             await self.app(scope, receive, send)
             return
         who = self.client_id(principal)
-        held = sum(1 for o in session_owners(self.manager).values() if owner_client_id(o) == who)
+        held = sum(1 for _sid, owner in open_http_sessions(self.manager) if owner == who)
         if held + self.opening[who] >= self.limit:
             _logger.warning("session quota: %s holds %d sessions (limit %d)", principal.qualified, held, self.limit)
             body = {"jsonrpc": "2.0", "id": None,
@@ -113,12 +88,13 @@ async def sweep_revoked(
     ``on_closed(sid)`` then ends what hangs on it (the session's agents)."""
     while True:
         await anyio.sleep(interval)
-        for sid, owner in session_owners(manager).items():
-            cid = owner_client_id(owner)
+        for sid, cid in open_http_sessions(manager):
             if cid is not None and cid.startswith("apikey:") and not is_live(cid.removeprefix("apikey:")):
                 _logger.info("closing session %s…: its API key was revoked", sid[:8])
                 try:
-                    await close_session(manager, sid)
+                    closing = close_http_session(manager, sid)
+                    if closing is not None:
+                        await closing
                     if on_closed is not None:
                         on_closed(sid)
                 except Exception:

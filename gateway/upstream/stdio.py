@@ -8,7 +8,7 @@ and only the new bytes are searched for the newline; a message longer than
 in flight fail), rather than being buffered.
 
 Process start and stop reuse the SDK's own helpers (platform quirks, the grace period, tree
-kill); they are private SDK functions, imported here and nowhere else.
+kill), private SDK functions reached through ``gateway.compat``.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TextIO
 
 import anyio
-from mcp.client.stdio import (  # SDK internals: this module is their only user
-    StdioServerParameters,
-    _create_platform_compatible_process,
-    _drain_stdout,
-    _get_executable_command,
-    _parse_line,
-    _stop_server_process,
-    get_default_environment,
-)
+from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.shared.message import SessionMessage
+
+from gateway.compat import (
+    drain_stdout,
+    executable_command,
+    parse_stdio_line,
+    start_stdio_process,
+    stop_stdio_process,
+)
 
 _logger = logging.getLogger("symbi.upstream.stdio")
 _READ_CHUNK = 64 * 1024
@@ -68,8 +68,8 @@ async def bounded_stdio_client(
     on_oversized: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Like ``mcp.client.stdio.stdio_client``, with every incoming message bounded."""
-    command = await _get_executable_command(server.command)
-    process = await _create_platform_compatible_process(
+    command = await executable_command(server.command)
+    process = await start_stdio_process(
         command=command, args=server.args, env=get_default_environment() | (server.env or {}),
         errlog=errlog, cwd=server.cwd,
     )
@@ -98,11 +98,11 @@ async def bounded_stdio_client(
                             return  # closing the read stream ends the session; the supervisor restarts it
                         for line in lines:
                             text = line.decode(server.encoding, errors=server.encoding_error_handler)
-                            await read_writer.send(_parse_line(text))
+                            await read_writer.send(parse_stdio_line(text))
                 finally:
                     buf.clear()
                     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                        await _drain_stdout(process)
+                        await drain_stdout(process)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):
             pass
 
@@ -129,7 +129,7 @@ async def bounded_stdio_client(
                 write_stream.close()
                 with anyio.move_on_after(_WRITER_FLUSH_TIMEOUT):
                     await writer_done.wait()
-                await _stop_server_process(process)
+                await stop_stdio_process(process)
                 for s in (read_stream, write_stream, read_writer, write_reader):
                     with contextlib.suppress(Exception):
                         await s.aclose()

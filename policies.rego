@@ -61,7 +61,24 @@ tool_name := input.tool.name
 target_name := tool_name if is_tool
 else := object.get(input, "target", "")
 
-principal_entry := object.get(object.get(cfg, "principals", {}), principal_id, {})
+# Principals live in separate namespaces by where they come from, so an id from one source
+# never picks up another source's entry (a JWT with sub=admin is not the API key "admin"):
+#   principals.stdio[id]          the configured stdio principal
+#   principals.keys[id]           API keys (symbi keys create --principal id)
+#   principals.jwt[issuer][sub]   JWTs, per issuer
+#   principals.anonymous[id]      the configured anonymous principal
+# A principal without a known source gets no entry (its own roles only).
+principal_source := object.get(input.principal, "source", "")
+
+principals_of(ns) := object.get(object.get(cfg, "principals", {}), ns, {})
+
+principal_entry := object.get(principals_of("stdio"), principal_id, {}) if principal_source == "stdio"
+else := object.get(principals_of("keys"), principal_id, {}) if principal_source == "key"
+else := object.get(object.get(principals_of("jwt"), object.get(input.principal, "issuer", ""), {}), principal_id, {}) if {
+	principal_source == "jwt"
+}
+else := object.get(principals_of("anonymous"), principal_id, {}) if principal_source == "anonymous"
+else := {}
 
 upstream_entry := object.get(object.get(cfg, "upstreams", {}), input.upstream.name, {})
 

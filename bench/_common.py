@@ -198,7 +198,10 @@ def bench_policy_data(folder: Path, principal: str, extra_tools: list[str]) -> P
     """
     data = json.loads((ROOT / "policies" / "data.json").read_text())
     cfg = data["symbi_data"]
-    cfg["principals"][principal] = {"roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0}
+    for ns in ("stdio", "keys"):  # the bench principal over stdio or with an API key
+        cfg["principals"].setdefault(ns, {})[principal] = {
+            "roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0
+        }
     cfg["roles"]["developer"]["tools"] += extra_tools
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "policy-data.json"

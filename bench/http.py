@@ -122,7 +122,7 @@ def policy_data(tmp: Path) -> Path:
     """The repository's policy data, plus the bench principal without the per-minute rate limit
     (the policy still decides every call; a rate limit would turn the bench into a limiter test)."""
     doc = json.loads((ROOT / "policies/data.json").read_text())
-    doc["symbi_data"]["principals"]["bench"] = {"roles": ["developer"], "rate_limit": 1_000_000}
+    doc["symbi_data"]["principals"]["keys"]["bench"] = {"roles": ["developer"], "rate_limit": 1_000_000}
     path = tmp / "policy-data.json"
     path.write_text(json.dumps(doc))
     return path

@@ -61,8 +61,16 @@ class PurePolicy:
             for p in self.d.get("url_hosts", [])
         ]
 
-    def _patterns(self, pid: str, roles: set[str], field: str) -> list[str]:
-        pe = self.d.get("principals", {}).get(pid, {})
+    def _entry(self, principal: dict[str, Any]) -> dict[str, Any]:
+        ps, pid = self.d.get("principals", {}), principal["id"]
+        source = principal.get("source")
+        if source == "jwt":
+            return dict(ps.get("jwt", {}).get(principal.get("issuer") or "", {}).get(pid, {}))
+        ns = {"stdio": "stdio", "key": "keys", "anonymous": "anonymous"}.get(str(source))
+        return dict(ps.get(ns, {}).get(pid, {})) if ns else {}
+
+    def _patterns(self, principal: dict[str, Any], roles: set[str], field: str) -> list[str]:
+        pe = self._entry(principal)
         out = list(pe.get(field, []))
         for r in roles:
             out += self.d.get("roles", {}).get(r, {}).get(field, [])
@@ -93,17 +101,17 @@ class PurePolicy:
         d, deny = self.d, set()
         action, kind = inp.get("action", "call"), inp.get("kind", "")
         pid = inp["principal"]["id"]
-        pe = d.get("principals", {}).get(pid, {})
+        pe = self._entry(inp["principal"])
         roles = set(inp["principal"].get("roles", [])) | set(pe.get("roles", []))
         tool: dict[str, Any] = inp["tool"] if isinstance(inp.get("tool"), dict) else {}
         is_tool, is_call = kind == "tools/call", action == "call"
         name: str | None = tool.get("name")
         permitted = False
         if is_tool and name is not None:
-            permitted = self._any(self._patterns(pid, roles, "tools"), name)
+            permitted = self._any(self._patterns(inp["principal"], roles, "tools"), name)
             if not permitted:
                 deny.add(f"principal {pid} may not use tool {name} (not in its allow-list)")
-            if self._any(self._patterns(pid, roles, "deny_tools"), name):
+            if self._any(self._patterns(inp["principal"], roles, "deny_tools"), name):
                 deny.add(f"tool {name} is on the deny-list of principal {pid}")
             ver = tool.get("verification", "unverified")
             up = d.get("upstreams", {}).get((inp.get("upstream") or {}).get("name"), {})
@@ -125,7 +133,7 @@ class PurePolicy:
                         deny.add(f"argument {k}: host {host} is not in the allow-list")
         elif kind in ("resources/read", "prompts/get"):
             field = "resources" if kind == "resources/read" else "prompts"
-            permitted = self._any(self._patterns(pid, roles, field), inp.get("target", ""))
+            permitted = self._any(self._patterns(inp["principal"], roles, field), inp.get("target", ""))
             if not permitted:
                 verb = "read resource" if field == "resources" else "get prompt"
                 deny.add(f"principal {pid} may not {verb} {inp.get('target')}")

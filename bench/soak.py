@@ -73,8 +73,9 @@ def policy_data(folder: Path, principals: list[str]) -> Path:
     (the benchmark measures the policy's cost, not its limits)."""
     data = json.loads((ROOT / "policies" / "data.json").read_text())
     cfg = data["symbi_data"]
-    for p in principals:
-        cfg["principals"][p] = {"roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0}
+    for p in principals:  # soak-stdio over stdio, the others with API keys
+        ns = "stdio" if p == "soak-stdio" else "keys"
+        cfg["principals"].setdefault(ns, {})[p] = {"roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0}
     cfg["roles"]["developer"]["tools"] += TOOLS
     path = folder / "policy-data.json"
     path.write_text(json.dumps(data, indent=2))

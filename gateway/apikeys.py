@@ -37,7 +37,7 @@ class ApiKeyRecord:
     revoked: float | None = None
 
     def as_principal(self) -> Principal:
-        return Principal(id=self.principal, kind=self.kind, roles=self.roles, claims={"key_id": self.id})
+        return Principal(id=self.principal, kind=self.kind, roles=self.roles, claims={"key_id": self.id}, source="key")
 
     def as_json(self) -> dict[str, Any]:
         return {

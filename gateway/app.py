@@ -40,6 +40,7 @@ from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
 from gateway.steps.policy import afilter_listing
 from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
+from gateway.upstream.relay import caller_owner
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
 
 if TYPE_CHECKING:
@@ -598,7 +599,7 @@ def _on_behalf_of(
     session = ctx.session if ctx is not None else None
     token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
     try:
-        with up.relay.caller(session, ctx.request_id if ctx is not None else None, ask=ask):
+        with up.relay.caller(session, ctx.request_id if ctx is not None else None, caller_owner(ctx), ask=ask):
             yield
     finally:
         DOWNSTREAM_CAPABILITIES.reset(token)

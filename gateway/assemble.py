@@ -149,7 +149,7 @@ def chain_steps(
         steps.append(AuditStep(audit, observe=metrics.observe_audit_write if metrics is not None else None))
     if runtime is not None:
         steps.append(AgentStep(runtime))
-    steps += [ResolveTool(catalog), VerifyTool(), ValidateArguments()]
+    steps += [ResolveTool(catalog, policy, counters), VerifyTool(), ValidateArguments()]  # hidden = unknown
     if policy is not None:
         steps.append(PolicyStep(policy, counters, observe=metrics.observe_policy if metrics is not None else None,
                                 limiter=state.limiter if state is not None else None))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from mcp import types
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
+from gateway.config.model import RESERVED_SERVER_NAMES
 from gateway.context import ToolInfo, UpstreamInfo
 from gateway.errors import CatalogError, UnknownTool, UpstreamUnavailable
 
@@ -26,6 +28,9 @@ _logger = logging.getLogger("symbi.catalog")
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _INVALID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 SEP = "__"
+# Upstream names (and so tool-name prefixes) taken by the gateway's built-in servers: an
+# upstream may not use them, and a pass-through tool may not start with ``NAME__``.
+RESERVED_PREFIXES = RESERVED_SERVER_NAMES
 
 
 @dataclass(frozen=True)
@@ -62,16 +67,33 @@ class Refusal:
     reason: str
 
 
+def is_reserved(name: str) -> bool:
+    """Whether ``name`` (an upstream name) or its ``PREFIX__`` belongs to a built-in server."""
+    head = name.split(SEP, 1)[0] if SEP in name else name
+    return head.lower() in RESERVED_PREFIXES
+
+
 def namespaced(upstream: str, original: str, pass_through: bool) -> str:
-    """The client-facing name of ``original`` from ``upstream`` (raises CatalogError)."""
+    """The client-facing name of ``original`` from ``upstream`` (raises CatalogError).
+
+    Every mode validates: an empty name, or one with control, format or bidi characters
+    (U+202E...), is refused rather than repaired; pass-through names must already be
+    valid and may not take a built-in server's prefix.
+    """
+    where = f"tool {original[:80]!r} of upstream {upstream!r}"
+    if not original or not original.strip():
+        raise CatalogError(f"{where}: an empty name is not a valid tool name")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for c in original):
+        raise CatalogError(f"{where}: the name holds control, format or invisible characters")
     if pass_through:
+        if not TOOL_NAME_RE.match(original):
+            raise CatalogError(f"{where}: not a valid tool name (^[A-Za-z0-9_-]{{1,64}}$; pass_through keeps names)")
+        if SEP in original and is_reserved(original):
+            raise CatalogError(f"{where}: the prefix {original.split(SEP, 1)[0]!r} is reserved for a built-in server")
         return original
     candidate = f"{upstream}{SEP}{_INVALID_CHARS.sub('_', original)}"
     if not TOOL_NAME_RE.match(candidate):
-        raise CatalogError(
-            f"tool {original!r} of upstream {upstream!r}: {candidate!r} is not a valid tool name "
-            "(^[A-Za-z0-9_-]{1,64}$)"
-        )
+        raise CatalogError(f"{where}: {candidate[:80]!r} is not a valid tool name (^[A-Za-z0-9_-]{{1,64}}$)")
     return candidate
 
 

@@ -10,7 +10,7 @@ naming the function when a library upgrade removes what it uses; nothing else in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 # Private modules: ``negotiate_auto`` is the SDK's connect-time policy for ``mode="auto"``
@@ -18,6 +18,13 @@ from typing import Any
 # carry contextvars across the stdio transport's tasks as the SDK's own ``stdio_server`` does.
 from mcp.client._probe import negotiate_auto
 from mcp.client.session import ClientSession
+from mcp.client.stdio import (  # the SDK's process helpers for stdio servers (gateway.upstream.stdio)
+    _create_platform_compatible_process,
+    _drain_stdout,
+    _get_executable_command,
+    _parse_line,
+    _stop_server_process,
+)
 from mcp.server.session import ServerSession
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared._context_streams import create_context_streams
@@ -26,13 +33,19 @@ from gateway.errors import SdkChanged
 
 __all__ = [
     "SdkChanged",
+    "close_http_session",
     "connection_of",
     "create_context_streams",
+    "drain_stdout",
+    "executable_command",
     "http_session_counts",
     "negotiate_auto",
     "open_http_sessions",
+    "parse_stdio_line",
     "raw_socket",
     "stamp_requests",
+    "start_stdio_process",
+    "stop_stdio_process",
     "stream_reader_head",
 ]
 
@@ -114,3 +127,25 @@ def stream_reader_head(reader: asyncio.StreamReader, n: int) -> bytes:
 def raw_socket(sock: Any) -> Any:
     """The socket under docker's ``attach_socket`` result (a ``SocketIO`` wrapping ``_sock``)."""
     return getattr(sock, "_sock", sock)
+
+
+def close_http_session(manager: StreamableHTTPSessionManager, sid: str) -> Awaitable[None] | None:
+    """End the streamable HTTP session ``sid`` now (its id answers 404 from here on): the
+    awaitable of ``_discard_session``, or None when the session is already gone. Used to free a
+    revoked API key's sessions; the SDK has no public way to end a session server-side."""
+    try:
+        instances = manager._server_instances
+        discard = manager._discard_session
+    except AttributeError as e:
+        raise SdkChanged(f"StreamableHTTPSessionManager.{e.name}") from None
+    transport = instances.get(sid)
+    return discard(sid, transport) if transport is not None else None
+
+
+# The SDK's stdio process helpers (platform quirks, the grace period, tree kill), used by
+# gateway.upstream.stdio's bounded transport: private functions of ``mcp.client.stdio``.
+executable_command = _get_executable_command
+start_stdio_process = _create_platform_compatible_process
+drain_stdout = _drain_stdout
+parse_stdio_line = _parse_line
+stop_stdio_process = _stop_server_process

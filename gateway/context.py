@@ -38,18 +38,42 @@ def is_blocked(mode: str, status: str) -> bool:
 CallKind = Literal["tools/call", "resources/read", "prompts/get"]
 
 
+PrincipalSource = Literal["stdio", "key", "jwt", "anonymous"]
+
+
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller: from config on stdio, from an API key / JWT on HTTP."""
+    """The authenticated caller: from config on stdio, from an API key / JWT on HTTP.
+
+    ``id`` is unique only within its ``source`` (and, for JWTs, its ``issuer``): the policy
+    data addresses each namespace explicitly and ``qualified`` keys per-caller state, so a
+    JWT with ``sub=admin`` is never the API key principal ``admin``.
+    """
 
     id: str
     kind: str = "user"  # user | agent | service | admin
     roles: tuple[str, ...] = ()
     claims: Mapping[str, Any] = field(default_factory=dict)
     agent: str | None = None  # the AgentId the runtime made for this session (never client-chosen)
+    source: PrincipalSource = "stdio"
+    issuer: str | None = None  # JWTs only
+
+    @property
+    def qualified(self) -> str:
+        """The id with its namespace: ``key:alice``, ``jwt:https://issuer#sub``, ``stdio:local``."""
+        if self.source == "jwt":
+            return f"jwt:{self.issuer}#{self.id}"
+        return f"{self.source}:{self.id}"
 
     def as_input(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "roles": list(self.roles), "claims": dict(self.claims)}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "roles": list(self.roles),
+            "claims": dict(self.claims),
+            "source": self.source,
+            "issuer": self.issuer,
+        }
 
 
 ADMIN_ROLE = "admin"

@@ -127,6 +127,11 @@ class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
 
 
+class UpstreamTimeout(UpstreamError):
+    """A request to the upstream got no answer in time (the upstream may be wedged: it is
+    probed with a ping and restarted when it does not answer)."""
+
+
 class ArgumentsInvalid(GatewayError):
     code = "arguments_invalid"
     denial = True

@@ -7,40 +7,16 @@ import rego.v1
 # The tests carry their own data, so they hold whatever data file the policy is run with.
 fixture := {
  "principals": {
-  "local": {
-   "roles": [
-    "developer"
-   ],
-   "rate_limit": 120,
-   "max_calls_per_hour": 5000
+  "stdio": {
+   "local": {"roles": ["developer"], "rate_limit": 120, "max_calls_per_hour": 5000}
   },
-  "admin": {
-   "roles": [
-    "admin"
-   ]
+  "keys": {
+   "admin": {"roles": ["admin"]},
+   "alice": {"roles": ["developer", "trusted"]},
+   "ci-bot": {"roles": [], "tools": ["time__*"], "rate_limit": 10, "max_calls_per_hour": 100},
+   "auditor": {"roles": ["readonly"], "deny_tools": ["fs__read_media_file"]}
   },
-  "alice": {
-   "roles": [
-    "developer",
-    "trusted"
-   ]
-  },
-  "ci-bot": {
-   "roles": [],
-   "tools": [
-    "time__*"
-   ],
-   "rate_limit": 10,
-   "max_calls_per_hour": 100
-  },
-  "auditor": {
-   "roles": [
-    "readonly"
-   ],
-   "deny_tools": [
-    "fs__read_media_file"
-   ]
-  }
+  "jwt": {"https://login.example.com/": {"ops": {"roles": ["admin"]}}}
  },
  "roles": {
   "admin": {
@@ -165,7 +141,7 @@ base := {
 	"action": "call",
 	"kind": "tools/call",
 	"target": "time__get_current_time",
-	"principal": {"id": "local", "kind": "user", "roles": ["developer"], "claims": {}},
+	"principal": {"id": "local", "kind": "user", "roles": ["developer"], "claims": {}, "source": "stdio"},
 	"agent": null,
 	"upstream": {"name": "time", "domain": null, "transport": "stdio"},
 	"tool": {
@@ -240,19 +216,38 @@ test_rate_limit_condition_present if {
 	d.conditions.rate_limit > 0
 }
 
-set_level(who, roles, upstream) := object.union(base, {
+set_level(who, source, roles, upstream) := object.union(base, {
 	"kind": "logging/setLevel", "target": upstream, "tool": null,
-	"principal": {"id": who, "kind": "user", "roles": roles, "claims": {}},
+	"principal": {"id": who, "kind": "user", "roles": roles, "claims": {}, "source": source},
 	"upstream": {"name": upstream, "domain": null, "transport": "stdio"},
 })
 
 test_admin_may_set_an_upstream_log_level if {
-	d := data.symbi.decision with input as set_level("admin", [], "everything") with data.symbi_data as fixture
+	d := data.symbi.decision with input as set_level("admin", "key", [], "everything") with data.symbi_data as fixture
 	d.allow == true
 }
 
 test_a_developer_may_not_change_a_shared_upstream_log_level if {
-	d := data.symbi.decision with input as set_level("local", ["developer"], "everything") with data.symbi_data as fixture
+	d := data.symbi.decision with input as set_level("local", "stdio", ["developer"], "everything") with data.symbi_data as fixture
 	d.allow == false
 	d.reasons == ["principal local may not set the log level of upstream everything"]
+}
+
+jwt_principal(sub, issuer) := {"id": sub, "kind": "user", "roles": [], "claims": {"sub": sub}, "source": "jwt", "issuer": issuer}
+
+test_jwt_sub_admin_is_not_the_api_key_admin if {
+	d := data.symbi.decision with input as object.union(base, {"principal": jwt_principal("admin", "https://login.example.com/")}) with data.symbi_data as fixture
+	d.allow == false
+}
+
+test_jwt_entries_are_per_issuer if {
+	ok := data.symbi.decision with input as object.union(base, {"principal": jwt_principal("ops", "https://login.example.com/")}) with data.symbi_data as fixture
+	ok.allow == true
+	other := data.symbi.decision with input as object.union(base, {"principal": jwt_principal("ops", "https://evil.example/")}) with data.symbi_data as fixture
+	other.allow == false
+}
+
+test_api_key_admin_is_admin if {
+	d := data.symbi.decision with input as object.union(base, {"principal": {"id": "admin", "roles": [], "source": "key"}}) with data.symbi_data as fixture
+	d.allow == true
 }

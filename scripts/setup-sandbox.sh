@@ -14,7 +14,7 @@ IMAGE="${SYMBI_SANDBOX_IMAGE:-symbi-sandbox:latest}"
 DOCKERD_LOG="${SYMBI_DOCKERD_LOG:-/var/log/symbi-dockerd.log}"
 DAEMON_JSON=/etc/docker/daemon.json
 # strace: the audit durability test counts the fsyncs of acknowledged commits with it
-PKGS=(bubblewrap docker.io runsc python3-seccomp strace)
+PKGS=(bubblewrap docker.io runsc python3-seccomp strace iptables iproute2 util-linux)  # the last three: the egress-only namespace of sandboxed servers with network
 
 log() { echo "setup-sandbox: $*" >&2; }
 

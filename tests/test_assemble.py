@@ -70,8 +70,12 @@ def test_turned_off_components_leave_the_chain(tmp_path: Path) -> None:
 
 def test_a_failed_assembly_releases_what_it_opened(tmp_path: Path) -> None:
     """A built-in whose name an upstream takes is refused; the audit log opened first is closed."""
-    body = '[sandbox]\ncode_tools = true\n[servers.sandbox]\ncommand = "true"\n'
-    bad = load_config(write_config(tmp_path, body), {})
+    from gateway.config.model import ServerConfig
+
+    good = load_config(write_config(tmp_path, "[sandbox]\ncode_tools = true\n"), {})
+    # the config loader refuses the reserved name already; model_copy skips that check so the
+    # assembly's own refusal (after the audit log is open) is what is tested
+    bad = good.model_copy(update={"servers": {"sandbox": ServerConfig(command="true")}})
     with pytest.raises(ConfigError):
         make_gateway(bad)
     # the first chain file is free again: a new gateway takes audit.db, not audit-2.db

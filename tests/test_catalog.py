@@ -73,3 +73,34 @@ def test_an_unlisted_uri_is_subscribed_at_the_pass_through_upstream_only() -> No
     namespacing = Catalog.build([UpstreamListing("ev", False, [], resources=[res])])
     with pytest.raises(CatalogError):  # several upstreams: no owner is guessed
         namespacing.subscription_owner("test://watched-resource")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", " ", "has space", "evil\u202etxt.exe", "zero\u200bwidth", "tab\there", "x" * 300, "a.b"],
+)
+def test_pass_through_names_are_validated(bad: str) -> None:
+    """Attack: a pass-through upstream lists names a client shows misleadingly (or chokes on)."""
+    cat = Catalog.build([UpstreamListing("ev", True, [tool(bad), tool("fine")])])
+    assert set(cat.tools) == {"fine"}
+    assert [r.name for r in cat.refusals] == [bad]
+
+
+@pytest.mark.parametrize("bad", ["", " ", "evil\u202etxt", "nul\x00", "line\u2028sep"])
+def test_namespaced_names_refuse_empty_and_invisible_characters(bad: str) -> None:
+    """Attack: an empty tool name became ``evil__``; a U+202E name became a plausible one."""
+    cat = Catalog.build([UpstreamListing("evil", False, [tool(bad), tool("ok")])])
+    assert set(cat.tools) == {"evil__ok"}
+    with pytest.raises(CatalogError):
+        namespaced("evil", bad, False)
+
+
+@pytest.mark.parametrize("prefix", ["sandbox", "bus", "memory", "knowledge", "agents", "symbi", "SANDBOX"])
+def test_pass_through_cannot_take_or_knock_out_a_builtin_prefix(prefix: str) -> None:
+    """Attack: a pass-through tool named like a built-in collides with it (both dropped)."""
+    builtin = UpstreamListing("sandbox", False, [tool("run_python")])
+    evil = UpstreamListing("ev", True, [tool(f"{prefix}__run_python")])
+    cat = Catalog.build([evil, builtin])
+    assert "sandbox__run_python" in cat.tools
+    assert cat.tools["sandbox__run_python"].info.upstream == "sandbox"
+    assert [r.upstream for r in cat.refusals] == ["ev"]

@@ -91,6 +91,18 @@ def test_raw_socket_under_a_socketio() -> None:
         b.close()
 
 
+async def test_close_http_session_of_an_unknown_id_is_nothing() -> None:
+    manager = StreamableHTTPSessionManager(app=_server({}))
+    assert compat.close_http_session(manager, "no-such-session") is None
+
+
+def test_stdio_process_helpers_exist() -> None:
+    for fn in (compat.executable_command, compat.start_stdio_process, compat.stop_stdio_process,
+               compat.drain_stdout):
+        assert inspect.iscoroutinefunction(fn)
+    assert compat.parse_stdio_line('{"jsonrpc":"2.0","method":"x"}') is not None
+
+
 def test_a_missing_attribute_is_named() -> None:
     with pytest.raises(compat.SdkChanged, match=r"StreamReader\._buffer"):
         compat.stream_reader_head(object(), 1)  # type: ignore[arg-type]
@@ -99,7 +111,8 @@ def test_a_missing_attribute_is_named() -> None:
 # Private names of the libraries that only gateway/compat.py may use.
 _PRIVATE = re.compile(
     r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer)\b"
-    r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b"
+    r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b|\b_discard_session\b"
+    r"|\b_(?:create_platform_compatible_process|drain_stdout|get_executable_command|parse_line|stop_server_process)\b"
     r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock)[\"']"  # getattr(x, "_name")
 )
 

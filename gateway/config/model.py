@@ -24,6 +24,8 @@ VerificationMode = Literal["strict", "tofu", "warn", "off"]
 TierName = Literal["none", "bwrap", "docker", "gvisor"]
 
 SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+# The built-in servers' names (gateway.catalog.RESERVED_PREFIXES uses the same set).
+RESERVED_SERVER_NAMES = frozenset({"sandbox", "bus", "memory", "knowledge", "agents", "symbi"})
 
 # TOML gives lists and strings: accept them for tuples and paths, stay strict elsewhere.
 PathT = Annotated[Path, Strict(False)]
@@ -144,6 +146,9 @@ class SandboxSection(_Section):
     output_bytes: int = Field(default=64 * 1024, ge=256)
     warm_pool: int = Field(default=0, ge=0)
     code_tools: bool = True  # expose sandbox__run_python / sandbox__run_shell
+    # hosts/CIDRs a sandboxed server with network may reach; empty: any public address
+    # (never this host, loopback or private ranges)
+    egress_allow: StrTuple = ()
 
 
 class JwtSection(_Section):
@@ -170,6 +175,9 @@ class HttpSection(_Section):
     json_response: bool = False
     session_idle_timeout_s: float = Field(default=1800.0, gt=0)
     max_sessions: int = Field(default=1000, ge=1)
+    max_sessions_per_principal: int = Field(default=16, ge=1)  # one caller cannot take every slot
+    header_timeout_s: float = Field(default=10.0, gt=0)  # request headers must be complete by then
+    body_timeout_s: float = Field(default=30.0, gt=0)  # the whole request body must arrive by then
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     allowed_hosts: StrTuple = ()
     api_keys_path: PathT | None = None  # default: <data_dir>/api-keys.json
@@ -457,6 +465,11 @@ class Config(_Section):
                 raise ValueError(
                     f"server name {name!r} must match [A-Za-z0-9][A-Za-z0-9_-]{{0,31}} without '__' "
                     "or a trailing '_' (tool names are SERVER__TOOL)"
+                )
+            if name.lower() in RESERVED_SERVER_NAMES:
+                raise ValueError(
+                    f"server name {name!r} is reserved for a built-in server "
+                    f"({', '.join(sorted(RESERVED_SERVER_NAMES))}); rename it"
                 )
         pt = [n for n, s in v.items() if s.pass_through and s.enabled]
         if pt and len([s for s in v.values() if s.enabled]) > 1:

@@ -56,8 +56,8 @@ def build_input(
     """The input document for one decision (see README for the fields); ``extra`` adds the
     fields of other kinds (``recipient`` / ``topic`` for the bus)."""
     now_ns = now_ns if now_ns is not None else time.time_ns()
-    minute, hour = counters.principal_counts(principal.id) if counters is not None else (0, 0)
-    tool_minute = counters.tool_count(principal.id, tool.name) if counters is not None and tool else 0
+    minute, hour = counters.principal_counts(principal.qualified) if counters is not None else (0, 0)
+    tool_minute = counters.tool_count(principal.qualified, tool.name) if counters is not None and tool else 0
     if upstream is not None:
         up: dict[str, Any] = upstream.as_input()
     else:

@@ -3,22 +3,103 @@
 Redaction rules are strings:
 - ``"/headers/authorization"``: a JSON-pointer-like path (RFC 6901 escapes ``~0`` ``~1``;
   array indexes are numbers). Only that location is replaced.
-- ``"password"``: a key name, matched case-insensitively at any depth.
-A redacted value becomes the string ``"[REDACTED]"``. Inputs are never modified: a deep copy
-is returned.
+- ``"password"``, ``"api_key"``: a key name, matched at any depth by its words. Key and rule
+  are compared after Unicode NFKC normalisation with invisible (format/control) characters
+  dropped, split into lower-case words at separators and camelCase humps: a key matches when
+  its words end with the rule's words, or both spell the same letters. So ``api_key`` covers
+  ``apiKey``, ``API-KEY``, ``x-api-key``, ``apikey`` and ``OPENAI_API_KEY``; ``token`` covers
+  ``access_token`` (not ``max_tokens``); ``password`` covers ``Pass\u200bword``.
+Whenever a rule list applies, string values are also scrubbed of recognisable secrets by
+value (``SECRET_PATTERNS``: bearer tokens, JWTs, private key blocks, provider API keys), in
+prose too. A redacted value becomes the string ``"[REDACTED]"``. Inputs are never modified:
+a deep copy is returned.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+import unicodedata
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from mcp.types import CallToolResult, TextContent
 
 REDACTED = "[REDACTED]"
 TRUNCATION_MARK = "\n[truncated by symbi: the result exceeded the policy's max_result_bytes of {cap} bytes]"
+
+# Secrets recognisable by their value alone (replaced wherever they occur in a string).
+SECRET_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(p)
+    for p in (
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
+        r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",  # JWT / JWS
+        r"(?i)\b(?:bearer|token|basic)\s+[A-Za-z0-9._~+/-]{16,}=*",  # Authorization values
+        r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",  # Stripe
+        r"\bsk-(?:proj-|ant-(?:api\d\d-)?)?[A-Za-z0-9_-]{20,}",  # OpenAI, Anthropic
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{50,})",  # GitHub
+        r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key id
+        r"\bAIza[0-9A-Za-z_-]{35}",  # Google API key
+        r"\bxox[abposr]-[A-Za-z0-9-]{10,}",  # Slack
+        r"\bglpat-[A-Za-z0-9_-]{20,}",  # GitLab
+        r"\bsymbi_[A-Za-z0-9_-]{20,}",  # this gateway's own API keys
+    )
+)
+
+_INVISIBLE = frozenset({"Cf", "Cc", "Co", "Cs", "Cn", "Zl", "Zp"})
+_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+
+
+@lru_cache(maxsize=4096)
+def _words(name: str) -> tuple[str, ...]:
+    """The lower-case words of a key or rule name (NFKC, invisible characters dropped)."""
+    text = "".join(c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) not in _INVISIBLE)
+    words = _WORDS.findall(text) if text.isascii() else re.findall(r"[^\W_]+", text)
+    return tuple(w.casefold() for w in words)
+
+
+def key_matches(key: str, rule_words: tuple[str, ...]) -> bool:
+    """Whether ``key`` names what the rule (already split with ``_words``) names."""
+    words = _words(key)
+    if not words or not rule_words:
+        return False
+    if words[-len(rule_words):] == rule_words:
+        return True
+    return "".join(words) == "".join(rule_words)
+
+
+def scrub_secrets(text: str) -> tuple[str, int]:
+    """``text`` with every recognisable secret value replaced, and how many were."""
+    n = 0
+    for pattern in SECRET_PATTERNS:
+        text, k = pattern.subn(REDACTED, text)
+        n += k
+    return text, n
+
+
+def _scrub_values(doc: Any) -> tuple[Any, int]:
+    if isinstance(doc, str):
+        return scrub_secrets(doc)
+    if isinstance(doc, dict):
+        n = 0
+        for k in list(doc):
+            doc[k], m = _scrub_values(doc[k])
+            n += m
+        return doc, n
+    if isinstance(doc, list):
+        n = 0
+        for i, item in enumerate(doc):
+            doc[i], m = _scrub_values(item)
+            n += m
+        return doc, n
+    return doc, 0
+
+
+def scrub_values(doc: Any) -> Any:
+    """A deep copy of ``doc`` with recognisable secret values replaced (what the audit keeps)."""
+    return _scrub_values(copy.deepcopy(doc))[0]
 
 
 def _pointer(path: str) -> list[str]:
@@ -50,11 +131,11 @@ def _redact_pointer(doc: Any, parts: list[str]) -> int:
     return 0
 
 
-def _redact_keys(doc: Any, keys: frozenset[str]) -> int:
+def _redact_keys(doc: Any, keys: tuple[tuple[str, ...], ...]) -> int:
     n = 0
     if isinstance(doc, dict):
         for k in list(doc):
-            if isinstance(k, str) and k.lower() in keys:
+            if isinstance(k, str) and any(key_matches(k, rule) for rule in keys):
                 doc[k] = REDACTED
                 n += 1
             else:
@@ -68,11 +149,14 @@ def _redact_keys(doc: Any, keys: frozenset[str]) -> int:
 def redact(doc: Any, rules: Sequence[str]) -> tuple[Any, int]:
     """(a redacted deep copy of ``doc``, how many values were replaced)."""
     out = copy.deepcopy(doc)
-    keys = frozenset(r.lower() for r in rules if not r.startswith("/"))
+    keys = tuple(w for w in (_words(r) for r in rules if not r.startswith("/")) if w)
     n = _redact_keys(out, keys) if keys else 0
     for rule in rules:
         if rule.startswith("/") and len(rule) > 1:
             n += _redact_pointer(out, _pointer(rule))
+    if rules:
+        out, m = _scrub_values(out)
+        n += m
     return out, n
 
 
@@ -88,18 +172,21 @@ def redact_result(result: CallToolResult, rules: Sequence[str]) -> CallToolResul
         structured, _ = redact(structured, rules)
     content: list[Any] = []
     for item in result.content:
-        if isinstance(item, TextContent) and item.text[:1] in ("{", "["):
+        if not isinstance(item, TextContent):
+            content.append(item)
+            continue
+        parsed: Any = None
+        if item.text.lstrip()[:1] in ("{", "["):
             try:
                 parsed = json.loads(item.text)
             except ValueError:
-                content.append(item)
-                continue
+                parsed = None
+        if isinstance(parsed, dict | list):
             red, n = redact(parsed, rules)
-            content.append(
-                item.model_copy(update={"text": json.dumps(red, ensure_ascii=False)}) if n else item
-            )
-        else:
-            content.append(item)
+            content.append(item.model_copy(update={"text": json.dumps(red, ensure_ascii=False)}) if n else item)
+            continue
+        text, n = scrub_secrets(item.text)  # prose has no keys, but secrets are known by their look
+        content.append(item.model_copy(update={"text": text}) if n else item)
     return result.model_copy(update={"content": content, "structured_content": structured})
 
 

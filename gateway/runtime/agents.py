@@ -36,8 +36,9 @@ HOSTED_SESSION = "hosted"  # never a session key of a client (those are stdio, h
 
 
 def hosted_principal(name: str, ac: AgentConfig) -> Principal:
-    """The principal a hosted agent ``[agents.NAME]`` runs as."""
-    return Principal(id=ac.principal or f"agent:{name}", kind="agent", roles=tuple(ac.roles))
+    """The principal a hosted agent ``[agents.NAME]`` runs as (source "key": it calls back with
+    the API key the runtime makes for it)."""
+    return Principal(id=ac.principal or f"agent:{name}", kind="agent", roles=tuple(ac.roles), source="key")
 ENDED_SESSIONS = 10_000
 
 
@@ -52,6 +53,7 @@ class Agent:
     roles: tuple[str, ...]
     client: str  # the client's declared name (a label, never trusted for identity)
     session: str  # the session key this agent was made for
+    owner: str = ""  # the qualified principal (``key:alice``, ``jwt:<issuer>#alice``): keys sessions
     hosted: bool = False
     priority: int = 0
     state: AgentState = AgentState.INITIALIZING
@@ -147,13 +149,14 @@ class AgentRegistry:
         gateway's session key go in; nothing a client sends can pick the id. A credential the
         runtime made for a hosted agent maps to that agent, whatever the session.
         """
-        kid = principal.claims.get("key_id")
+        # only an API key principal's key_id names a credential (never a JWT's claim)
+        kid = principal.claims.get("key_id") if principal.source == "key" else None
         if isinstance(kid, str) and kid in self._bound:
             hosted = self._bound[kid]
             hosted.last_seen = time.monotonic()
             return hosted
         client = clean_label(client_name)
-        key = (principal.id, client, session)
+        key = (principal.qualified, client, session)  # a JWT sub=alice is not the API key alice
         ended = self._ended.get(key)
         if ended is not None:
             raise AgentTerminated(f"the agent of this session was terminated: {ended}")
@@ -162,9 +165,9 @@ class AgentRegistry:
             agent.last_seen = time.monotonic()
             return agent
         self._admit(principal.id)
-        agent_id = make_agent_id(self._key, principal.id, client, session)
+        agent_id = make_agent_id(self._key, principal.qualified, client, session)
         if agent is not None:  # a terminated agent of the same session: a new one, new id
-            agent_id = make_agent_id(self._key, principal.id, client, f"{session}\x00{agent.created}")
+            agent_id = make_agent_id(self._key, principal.qualified, client, f"{session}\x00{agent.created}")
         agent = Agent(
             id=agent_id,
             name=self._unique_name(f"{clean_label(principal.id, 'anonymous')}/{client}"),
@@ -173,6 +176,7 @@ class AgentRegistry:
             roles=tuple(principal.roles),
             client=client,
             session=session,
+            owner=principal.qualified,
         )
         self._by_session[key] = agent
         self._of_session.setdefault(session, {})[agent.id] = agent
@@ -195,6 +199,7 @@ class AgentRegistry:
             roles=tuple(principal.roles),
             client=f"hosted:{name}",
             session=f"hosted:{name}:{run}",
+            owner=principal.qualified,
             hosted=True,
             priority=priority,
         )
@@ -211,7 +216,7 @@ class AgentRegistry:
         """Refuse the session of ``agent`` from now on (an operator terminated it)."""
         if agent.hosted:
             return
-        self._ended[(agent.principal, agent.client, agent.session)] = reason
+        self._ended[(agent.owner, agent.client, agent.session)] = reason
         while len(self._ended) > ENDED_SESSIONS:
             self._ended.popitem(last=False)
 
@@ -276,7 +281,7 @@ class AgentRegistry:
             return
         if self._by_name.get(agent.name) is agent:
             del self._by_name[agent.name]
-        key = (agent.principal, agent.client, agent.session)
+        key = (agent.owner, agent.client, agent.session)
         if self._by_session.get(key) is agent:
             del self._by_session[key]
         held = self._of_session.get(agent.session)

@@ -267,14 +267,20 @@ class DockerTier(SandboxTier):
     ) -> list[str]:
         self.require()
         if network and self.runtime == "runsc":
-            raise SandboxUnavailable("gVisor here runs only with --network=none; grant no network or use docker")
+            raise SandboxUnavailable("gVisor here runs only with --network=none; grant no network or use bwrap")
+        if network:
+            # Docker's bridge reaches the host (172.17.0.1) and every private range: that is
+            # not egress-only, so it is refused rather than granted (bwrap gets egress-only).
+            raise SandboxUnavailable(
+                "sandbox_network for a docker-tier upstream is not egress-only here; use sandbox = \"bwrap\""
+            )
         cli = shutil.which("docker")
         if cli is None:
             raise SandboxUnavailable("the docker CLI is not installed")
         mem = f"{limits.memory_mb}m"
         argv = [
             cli, "run", "-i", "--rm", f"--runtime={self.runtime}",
-            f"--network={'bridge' if network else 'none'}", "--read-only",
+            "--network=none", "--read-only",
             "--tmpfs", f"/tmp:rw,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "--user", f"{NOBODY}:{NOBODY}", "--memory", mem, "--memory-swap", mem,

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.errors import SandboxUnavailable
+from gateway.sandbox.egress import in_egress_netns
 
 from .base import SandboxTier, sweep_temp_dirs
 from .bwrap import BwrapTier
@@ -106,6 +107,9 @@ class SandboxManager:
             command, list(args), dict(env), cwd, network=network, limits=limits or self.limits(timeout_s=None),
             hidden=hidden,
         )
+        if network:
+            # egress only: a namespace of its own that cannot reach this host or private ranges
+            argv = in_egress_netns(argv, allow=self.config.sandbox.egress_allow)
         return argv[0], argv[1:]
 
     # -- warm pool ----------------------------------------------------------------------

@@ -197,7 +197,9 @@ class JwtVerifier:
             roles = roles.split()
         if not isinstance(roles, (list, tuple)) or not all(isinstance(r, str) for r in roles):
             raise AuthFailed(f"claim {self.cfg.roles_claim!r} must be a list of strings")
-        return Principal(id=str(claims["sub"]), kind="user", roles=tuple(roles), claims=claims)
+        return Principal(
+            id=str(claims["sub"]), kind="user", roles=tuple(roles), claims=claims, source="jwt", issuer=self.cfg.issuer
+        )
 
 
 # -- the authenticator ----------------------------------------------------------------------
@@ -252,6 +254,6 @@ class Authenticator:
                 raise AuthFailed("JWT bearer tokens are not configured (http.jwt)")
             return self.jwt.verify(token)
         if self.anonymous is not None:
-            return Principal(id=self.anonymous, kind="anonymous")
+            return Principal(id=self.anonymous, kind="anonymous", source="anonymous")
         raise NoCredentials("credentials required")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
@@ -89,12 +90,10 @@ def agent_session_key(ctx: ServerRequestContext[Any], principal: Principal) -> s
     era = request.headers.get("mcp-protocol-version")
     if sid and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS):  # the SDK's session routing
         return http_session_key(sid)
-    claims = principal.claims
-    if "key_id" in claims:
-        return f"key:{claims['key_id']}"
-    if "sub" in claims:
-        return f"jwt:{claims.get('iss')}:{claims['sub']}"
-    return "anonymous"
+    kid = principal.claims.get("key_id") if principal.source == "key" else None
+    if kid is not None:
+        return f"key:{kid}"
+    return principal.qualified  # jwt:<issuer>#<sub>, anonymous:<id>
 
 
 def client_name_of(ctx: ServerRequestContext[Any]) -> object:
@@ -111,12 +110,23 @@ def principal_for(ctx: ServerRequestContext[Any], gw: Gateway) -> Principal:
 
 
 def session_id_of(ctx: ServerRequestContext[Any]) -> str:
+    """The session id the audit log records: always one the gateway made or checked.
+
+    Handshake-era HTTP: the ``mcp-session-id`` the SDK session manager issued, which it
+    already checked belongs to this credential. 2026-era HTTP has no server session, so the
+    client's header is only a label: it is scoped to the caller (a digest of the qualified
+    principal and the label), so no principal can file its calls under another's session.
+    """
     request = ctx.request
-    if request is not None:
-        sid = request.headers.get("mcp-session-id")
-        if sid:
-            return str(sid)
-    return f"session-{id(connection_of(ctx.session))}"
+    if request is None:
+        return f"session-{id(connection_of(ctx.session))}"
+    label = request.headers.get("mcp-session-id") or ""
+    era = request.headers.get("mcp-protocol-version")
+    if label and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS):
+        return str(label)  # issued by the session manager, bound to the credential that opened it
+    principal = request.scope.get("symbi.principal")
+    who = principal.qualified if isinstance(principal, Principal) else ""
+    return "caller-" + hashlib.sha256(f"{who}\0{label}".encode()).hexdigest()[:32]
 
 
 class Front:

@@ -8,8 +8,10 @@ Routes:
   ``/`` ``/login`` ...                    the dashboard (admin API key login; ``gateway.server.dashboard``)
 
 Middleware, outermost first: access log → Host/Origin guard (DNS rebinding, for every
-route) → request body limit → authentication (for ``/mcp`` and ``/api``) → connection limit
+route) → body deadline (slow bodies get 408) → request body limit → authentication (for
+``/mcp`` and ``/api``) → per-principal session quota → connection limit
 (``mcp.max_concurrent_connections`` open requests to ``/mcp``; ``gateway.server.limits``).
+Slow headers are cut off by the uvicorn protocol (``gateway.server.sessions.http_protocol``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from gateway.server.auth import Authenticator
 from gateway.server.front import build_server, http_session_key
 from gateway.server.limits import ConnectionLimit
 from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
+from gateway.server.sessions import BodyDeadline, SessionQuota, http_protocol, sweep_revoked
 
 _logger = logging.getLogger("symbi.http")
 _access = logging.getLogger("symbi.access")
@@ -205,7 +208,8 @@ class SessionScope:
             return
         principal = scope.get("symbi.principal")
         sid = Headers(scope=scope).get("mcp-session-id")
-        owner = StreamOwner(principal.id if isinstance(principal, Principal) else "", sid)
+        # the qualified principal: a JWT sub=alice never resumes the API key alice's streams
+        owner = StreamOwner(principal.qualified if isinstance(principal, Principal) else "", sid)
         status = [0]
 
         async def send_wrapper(message: Message) -> None:
@@ -325,15 +329,19 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 def _access_token(p: Principal) -> AccessToken:
-    """The SDK's view of a credential, used only to bind sessions to their opener."""
-    kid = p.claims.get("key_id")
+    """The SDK's view of a credential, used only to bind sessions to their opener.
+
+    Keyed by where the principal comes from: only an API key principal's ``key_id`` names a
+    key (a JWT's claims are the issuer's, and a ``key_id`` claim there means nothing), and a
+    JWT is its issuer and subject, so equal subjects of two issuers never share sessions.
+    """
+    kid = p.claims.get("key_id") if p.source == "key" else None
     if kid is not None:
         return AccessToken(
             token=f"apikey:{kid}", client_id=f"apikey:{kid}", scopes=list(p.roles), subject=p.id
         )
-    iss = p.claims.get("iss")
     return AccessToken(
-        token=f"jwt:{p.id}", client_id=f"jwt:{p.id}", scopes=list(p.roles), subject=p.id, claims={"iss": iss}
+        token=p.qualified, client_id=p.qualified, scopes=list(p.roles), subject=p.id, claims={"iss": p.issuer}
     )
 
 
@@ -387,8 +395,16 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with manager.run():
+        async with manager.run(), anyio.create_task_group() as tg:
+            # a revoked API key's sessions are closed (their slots freed, their agents ended)
+            # within a second or two
+            def end_agents(sid: str) -> None:
+                if state.gateway is not None:
+                    state.gateway.runtime.close_session(http_session_key(sid), "shutdown: its API key was revoked")
+
+            tg.start_soon(sweep_revoked, manager, lambda kid: state.auth.keys.get(kid) is not None, 1.0, end_agents)
             yield
+            tg.cancel_scope.cancel()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -429,11 +445,21 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     )
     app.state.symbi = state
     app.state.agent_socket = agent_socket
-    # add_middleware wraps outermost last: this order gives access log → host → body → auth →
-    # connection limit (only authenticated MCP connections take a slot).
+    # add_middleware wraps outermost last: this order gives access log → host → body deadline →
+    # body limit → auth → per-principal session quota → connection limit (only authenticated
+    # MCP connections within their principal's quota take a slot).
     app.add_middleware(ConnectionLimit, path=config.http.path, limit=config.mcp.max_concurrent_connections)
+    app.add_middleware(
+        SessionQuota,
+        manager=manager,
+        limit=config.http.max_sessions_per_principal,
+        client_id=lambda p: _access_token(p).client_id,
+        path=config.http.path,
+    )
     app.add_middleware(AuthGate, state=state)
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=config.http.max_request_bytes)
+    # outside the limit (which buffers the body itself): the deadline covers the whole read
+    app.add_middleware(BodyDeadline, timeout=config.http.body_timeout_s, max_bytes=config.http.max_request_bytes)
     app.add_middleware(HostGuard, settings=settings)
     app.add_middleware(AccessLog, state=state)
     return app
@@ -480,6 +506,7 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         log_level=cfg.gateway.log_level.lower(),
         access_log=False,  # ours is structured (AccessLog)
         log_config=None,  # keep the gateway's logging set-up
+        http=http_protocol(cfg.http.header_timeout_s),  # slow headers are cut off
     )
     sockets = [uv.bind_socket()]
     if app.state.agent_socket is not None:  # hosted agents: the same app on their Unix socket

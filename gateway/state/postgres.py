@@ -221,6 +221,13 @@ class PgToolStateStore:
             assert after is not None
         return before, record_from_row(after)
 
+    def has_approved(self, upstream: str) -> bool:
+        """Whether any tool of ``upstream`` was ever approved (pinned, signed or by a person)."""
+        with self._pg.cursor() as cur:
+            cur.execute("SELECT 1 FROM symbi_tools WHERE upstream=%s AND approved_hash IS NOT NULL LIMIT 1", (upstream,))
+            row = cur.fetchone()
+        return row is not None
+
     def mark_absent(self, upstream: str, present_names: set[str]) -> list[ToolRecord]:
         with self._pg.cursor(transaction=True) as cur:
             cur.execute(

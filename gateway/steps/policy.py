@@ -25,7 +25,7 @@ from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, Upstrea
 from gateway.errors import PolicyDenied, RateLimited
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import CallCounters, build_input, input_for_call
-from gateway.policy.redact import cap_result, redact, redact_result, result_size
+from gateway.policy.redact import cap_result, redact, redact_result, result_size, scrub_values
 from gateway.state.limiter import LocalRateLimiter, RateLimiter
 
 
@@ -48,7 +48,7 @@ class PolicyStep:
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         started = time.perf_counter()
         name = call.tool.name if call.tool else call.target
-        counts = await self.limiter.counts(call.principal.id, name)  # shared by replicas on Redis
+        counts = await self.limiter.counts(call.principal.qualified, name)  # shared by replicas on Redis
         decision = await self.engine.adecide(input_for_call(call, counts))
         if self._observe is not None:
             self._observe(time.perf_counter() - started)
@@ -59,7 +59,7 @@ class PolicyStep:
         cond = decision.conditions
 
         limit = cond.get("rate_limit")
-        if not await self.limiter.acquire(call.principal.id, name, limit):
+        if not await self.limiter.acquire(call.principal.qualified, name, limit):
             reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
             call.reasons = [reason]
             raise RateLimited(reason)
@@ -67,7 +67,7 @@ class PolicyStep:
         rules: Sequence[str] = cond.get("redact_arguments", ())
         if rules:
             call.arguments, _ = redact(call.arguments, rules)  # what the upstream receives
-        call.audit_arguments = dict(call.arguments)
+        call.audit_arguments = scrub_values(call.arguments)  # the log never keeps a recognisable secret
         if "sandbox_tier" in cond:
             call.sandbox_tier = cond["sandbox_tier"]
 

@@ -1,26 +1,57 @@
-"""Resolve the client's name to a catalogue entry (unknown or hidden → refused)."""
+"""Resolve the client's name to a catalogue entry (unknown or hidden → refused).
+
+A tool the policy hides from this principal answers exactly like a tool that does not
+exist, and before anything else looks at the call: no verification state, argument
+validation error or policy reason may tell a caller that a hidden tool is there.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from gateway.catalog import LiveCatalog
 from gateway.chain import CallNext
-from gateway.context import CallContext
+from gateway.context import CallContext, ToolInfo
 from gateway.errors import UnknownTool
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.inputdoc import CallCounters
+from gateway.screen.screener import Screening
 
 
 class ResolveTool:
-    """Looks the tool up in the current catalogue snapshot and fills ``call.tool``."""
+    """Looks the tool up in the current catalogue snapshot and fills ``call.tool``.
 
-    def __init__(self, catalog: LiveCatalog) -> None:
+    With a policy, the tool must also be one the principal may see (the listing decision).
+    """
+
+    def __init__(
+        self, catalog: LiveCatalog, policy: PolicyEngine | None = None, counters: CallCounters | None = None
+    ) -> None:
         self._catalog = catalog
+        self._policy = policy
+        self._counters = counters
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         if call.kind == "tools/call" and call.tool is None:
             entry = self._catalog.snapshot.tools.get(call.target)
-            if entry is None:
+            if entry is None or not await self._sees(call, entry.info):
                 raise UnknownTool(f"unknown tool {call.target!r}")
             call.tool = entry.info
             call.upstream = self._catalog.upstream_info(entry.info.upstream)
         return await call_next(call)
+
+    async def _sees(self, call: CallContext, info: ToolInfo) -> bool:
+        if self._policy is None:
+            return True
+        from gateway.steps.policy import afilter_listing
+
+        # Visibility is about the principal's grants: the tool is asked about as if it were
+        # approved and screened clean, so whoever may see it learns why it is refused
+        # (drifted, revoked, unverified, flagged: the verify or policy step), and nobody else
+        # learns that it exists. Asked with what tools/list is asked with (the calling agent).
+        probe = replace(info, verification="verified", screening=Screening())
+        seen = await afilter_listing(
+            self._policy, call.principal, [probe], counters=self._counters, agent=call.agent, session_id=call.session_id
+        )
+        return any(t.name == info.name for t in seen)

@@ -1,10 +1,13 @@
 """Relay of an upstream's server→client traffic to the downstream client that made the call.
 
-An upstream session is shared by every client, and stdio carries no link between a
-server→client request (sampling, elicitation, roots) and the call that caused it. We keep
-the downstream callers with a call in flight on this upstream; a request or log message is
-relayed to the most recent one. With one caller in flight that is exact; with several it is
-the best available guess, and with none the request is refused (never sent to a stranger).
+An upstream session is shared by every client, and a handshake-era upstream (stdio above
+all) carries no link between a server→client request (sampling, elicitation, roots) and
+the call that caused it. We keep the downstream callers with a call in flight on this
+upstream, each with its owner (the qualified principal). A request is relayed only when
+every caller in flight belongs to one owner (then to that owner's most recent call);
+with callers of several principals in flight it is ambiguous and refused, and with none
+it is refused too: a principal's model never answers another principal's upstream.
+Every relayed and refused request is an audit event (``upstream.client_request``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from mcp import types
@@ -20,16 +24,36 @@ from mcp.client.session import ClientRequestContext
 from mcp.server.session import ServerSession
 from mcp.shared.message import ServerMessageMetadata
 
+from gateway.events import Event, EventSink
+
 _logger = logging.getLogger("symbi.relay")
 
 
+@dataclass(frozen=True)
+class _Caller:
+    session: ServerSession
+    request_id: Any
+    owner: str  # the qualified principal ("key:alice", "stdio:local", ...)
+    # a 2026-era caller cannot take a server->client request: the era bridge asks it instead
+    # (gateway.upstream.bridge)
+    ask: Callable[[Any], Awaitable[Any]] | None = None
+
+
+def caller_owner(ctx: Any) -> str:
+    """Whose call this is: the HTTP front's principal, or the one stdio principal."""
+    request = getattr(ctx, "request", None)
+    principal = request.scope.get("symbi.principal") if request is not None else None
+    qualified = getattr(principal, "qualified", None)
+    if isinstance(qualified, str):
+        return qualified
+    return "stdio" if request is None else "unknown"
+
+
 class CallerRelay:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, events: EventSink | None = None) -> None:
         self._upstream = upstream
-        self._inflight: dict[int, tuple[ServerSession, Any]] = {}
-        # callers that cannot take a server->client request (2026-era clients): their calls'
-        # requests go to the era bridge (gateway.upstream.bridge) instead
-        self._bridged: dict[int, Callable[[Any], Awaitable[Any]]] = {}
+        self._events = events
+        self._inflight: dict[int, _Caller] = {}
         self._ids = itertools.count()
 
     @property
@@ -39,85 +63,90 @@ class CallerRelay:
 
     @contextlib.contextmanager
     def caller(
-        self, session: ServerSession | None, request_id: Any = None, ask: Callable[[Any], Awaitable[Any]] | None = None
+        self,
+        session: ServerSession | None,
+        request_id: Any = None,
+        owner: str = "unknown",
+        ask: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> Iterator[None]:
         if session is None:
             yield
             return
         key = next(self._ids)
-        self._inflight[key] = (session, request_id)
-        if ask is not None:
-            self._bridged[key] = ask
+        self._inflight[key] = _Caller(session, request_id, owner, ask)
         try:
             yield
         finally:
             self._inflight.pop(key, None)
-            self._bridged.pop(key, None)
 
-    def _current(self) -> tuple[ServerSession, Any] | None:
-        if not self._inflight:
-            return None
-        return self._inflight[next(reversed(self._inflight))]
+    def _target(self, what: str) -> tuple[_Caller | None, str | None]:
+        """(the caller to relay to, or None with the reason for refusing)."""
+        callers = list(self._inflight.values())
+        if not callers:
+            return None, "no client call in flight"
+        owners = {c.owner for c in callers}
+        if len(owners) > 1 or "unknown" in owners:
+            return None, "calls of several principals are in flight: whose it is cannot be told"
+        return callers[-1], None
 
-    def _bridge(self) -> Callable[[Any], Awaitable[Any]] | None:
-        """The era bridge of the current caller, if its client is of the 2026 era."""
-        if not self._inflight:
-            return None
-        return self._bridged.get(next(reversed(self._inflight)))
+    def _record(self, method: str, outcome: str, owner: str | None, reason: str | None = None) -> None:
+        if self._events is None:
+            return
+        details = {"upstream": self._upstream, "method": method, "outcome": outcome, "reason": reason}
+        try:
+            self._events.emit(Event.UPSTREAM_CLIENT_REQUEST, details, principal=owner)
+        except Exception:
+            _logger.exception("recording a relayed request failed")
 
-    def _no_caller(self, what: str) -> types.ErrorData:
-        return types.ErrorData(
-            code=types.INVALID_REQUEST,
-            message=f"symbi: {what} from upstream {self._upstream!r} refused: no client call in flight",
-        )
+    async def _relay(self, method: str, send: Callable[[_Caller], Awaitable[Any]], refused: Any = None) -> Any:
+        down, reason = self._target(method)
+        if down is None:
+            self._record(method, "refused", None, reason)
+            _logger.warning("upstream %s: %s refused: %s", self._upstream, method, reason)
+            if refused is not None:
+                return refused
+            return types.ErrorData(
+                code=types.INVALID_REQUEST, message=f"symbi: {method} from upstream {self._upstream!r} refused: {reason}"
+            )
+        self._record(method, "relayed", down.owner)
+        try:
+            return await send(down)
+        except Exception as e:  # noqa: BLE001 - the upstream gets an error, not a crash
+            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"{method} relay failed: {e}")
 
     async def sampling(self, context: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
-        down = self._current()
-        if down is None:
-            return self._no_caller("sampling request")
-        if (ask := self._bridge()) is not None:
-            return await _asked(ask, types.CreateMessageRequest(params=params))
-        try:
-            session, rid = down
-            return await session.send_request(
-                types.CreateMessageRequest(params=params), types.CreateMessageResult, metadata=_related(rid)
-            )
-        except Exception as e:  # noqa: BLE001 - the upstream gets an error, not a crash
-            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"sampling relay failed: {e}")
+        return await self._relay(
+            "sampling/createMessage",
+            lambda c: _asked(c.ask, types.CreateMessageRequest(params=params)) if c.ask else c.session.send_request(
+                types.CreateMessageRequest(params=params), types.CreateMessageResult, metadata=_related(c.request_id)
+            ),
+        )
 
     async def elicitation(self, context: ClientRequestContext, params: types.ElicitRequestParams) -> Any:
-        down = self._current()
-        if down is None:
-            return self._no_caller("elicitation request")
-        if (ask := self._bridge()) is not None:
-            return await _asked(ask, types.ElicitRequest(params=params))
-        try:
-            session, rid = down
-            return await session.send_request(types.ElicitRequest(params=params), types.ElicitResult, metadata=_related(rid))
-        except Exception as e:  # noqa: BLE001
-            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"elicitation relay failed: {e}")
+        return await self._relay(
+            "elicitation/create",
+            lambda c: _asked(c.ask, types.ElicitRequest(params=params)) if c.ask else c.session.send_request(
+                types.ElicitRequest(params=params), types.ElicitResult, metadata=_related(c.request_id)
+            ),
+        )
 
     async def list_roots(self, context: ClientRequestContext) -> Any:
-        down = self._current()
-        if down is None:
-            return types.ListRootsResult(roots=[])
-        if (ask := self._bridge()) is not None:
-            return await _asked(ask, types.ListRootsRequest())
-        try:
-            session, rid = down
-            return await session.send_request(types.ListRootsRequest(), types.ListRootsResult, metadata=_related(rid))
-        except Exception as e:  # noqa: BLE001
-            return types.ErrorData(code=types.INTERNAL_ERROR, message=f"roots relay failed: {e}")
+        return await self._relay(
+            "roots/list",
+            lambda c: _asked(c.ask, types.ListRootsRequest()) if c.ask else c.session.send_request(
+                types.ListRootsRequest(), types.ListRootsResult, metadata=_related(c.request_id)
+            ),
+            refused=types.ListRootsResult(roots=[]),
+        )
 
     async def log(self, params: types.LoggingMessageNotificationParams) -> None:
         _logger.debug("upstream %s log [%s]: %s", self._upstream, params.level, params.data)
-        down = self._current()
+        down, _reason = self._target("notifications/message")
         if down is None:
-            return
+            return  # a log line is not worth a guess either
         with contextlib.suppress(Exception):
-            session, rid = down
-            await session.send_log_message(
-                params.level, params.data, logger=params.logger or self._upstream, related_request_id=rid
+            await down.session.send_log_message(
+                params.level, params.data, logger=params.logger or self._upstream, related_request_id=down.request_id
             )
 
 

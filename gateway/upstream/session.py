@@ -21,7 +21,7 @@ from typing import Any, Literal, Self
 
 import anyio
 import httpx2
-from mcp import ClientSession, StdioServerParameters, stdio_client, types
+from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import listen as listen_changes
 from mcp.shared.dispatcher import ProgressFnT
@@ -32,10 +32,12 @@ from pydantic import TypeAdapter
 
 from gateway.compat import SdkChanged, negotiate_auto, stamp_requests
 from gateway.config.model import Config, ServerConfig
-from gateway.errors import SandboxUnavailable, UpstreamError, UpstreamUnavailable
+from gateway.errors import SandboxUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
+from gateway.upstream.bounded_http import OVERSIZED_MARK, bounded_responses
 from gateway.upstream.relay import CallerRelay
 from gateway.upstream.runas import RunAs, check_launchable, resolve_run_as, working_folder
+from gateway.upstream.stdio import bounded_stdio_client
 
 _logger = logging.getLogger("symbi.upstream")
 
@@ -96,7 +98,7 @@ class Upstream:
         self.changed_at: float | None = None
         self.restarts = 0
         self.last_error: str | None = None
-        self.relay = CallerRelay(name)
+        self.relay = CallerRelay(name, events)
         self._session: ClientSession | None = None
         self._closed = anyio.Event()
         self._refresh_lock = anyio.Lock()
@@ -216,6 +218,25 @@ class Upstream:
     def _mark_closed(self) -> None:
         self._closed.set()
 
+    def _oversized(self, what: str) -> None:
+        self.last_error = f"sent {what} (mcp.max_message_bytes): refused"
+        self._events.emit(Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error})
+
+    async def _check_alive(self, session: ClientSession) -> None:
+        """After a timed-out request: a server that no longer answers a ping is wedged, and
+        is restarted (its calls would time out one after the other otherwise)."""
+        if self._session is not session or self._stop:
+            return
+        try:
+            with anyio.fail_after(min(5.0, self._config.mcp.connection_timeout_s)):
+                await session.send_ping()
+        except Exception as e:  # noqa: BLE001 - any failure to answer is the verdict
+            if self._session is session:
+                self.last_error = f"wedged: no answer to a ping after a timed-out request ({_describe(e)})"
+                _logger.warning("upstream %s %s: restarting it", self.name, self.last_error)
+                self._events.emit(Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error})
+                self._closed.set()
+
     @contextlib.asynccontextmanager
     async def _transport(self) -> Any:
         if self.server.command is not None:
@@ -238,7 +259,12 @@ class Upstream:
             params = StdioServerParameters(command=command, args=args, env=env or None, cwd=str(cwd) if cwd else None)
             try:
                 with _StderrToLog(self.name) as errlog:
-                    async with stdio_client(params, errlog=errlog) as streams:
+                    async with bounded_stdio_client(
+                        params,
+                        max_message_bytes=self._config.mcp.max_message_bytes,
+                        errlog=errlog,
+                        on_oversized=self._oversized,
+                    ) as streams:
                         yield streams
             finally:
                 if cleanup is not None:
@@ -247,8 +273,13 @@ class Upstream:
         else:
             assert self.server.url is not None
             timeout = httpx2.Timeout(self._config.mcp.connection_timeout_s, read=self.call_timeout + 5)
-            async with httpx2.AsyncClient(headers=dict(self.server.headers), timeout=timeout) as hc:
-                async with streamable_http_client(self.server.url, http_client=hc) as streams:
+            limit = self._config.mcp.max_message_bytes
+            async with httpx2.AsyncClient(
+                headers=dict(self.server.headers),
+                timeout=timeout,
+                event_hooks={"response": [bounded_responses(limit, self._oversized)]},
+            ) as hc:
+                async with streamable_http_client(self.server.url, http_client=hc, max_sse_event_size=limit) as streams:
                     yield streams
 
     async def _on_message(self, message: Any) -> None:
@@ -361,7 +392,14 @@ class Upstream:
                 progress_callback=progress,
             )
         except MCPError as e:
-            raise _upstream_error(self.name, e) from None
+            err = _upstream_error(self.name, e)
+            if isinstance(err, UpstreamTimeout):
+                self._probe_soon(session)
+            raise err from None
+
+    def _probe_soon(self, session: ClientSession) -> None:
+        if self._tasks is not None:
+            self._tasks.start_soon(self._check_alive, session)
 
     async def request(self, coro: Awaitable[Any]) -> Any:
         """Await an upstream request, turning protocol failures into ``UpstreamError``."""
@@ -371,7 +409,9 @@ class Upstream:
         except MCPError as e:
             raise _upstream_error(self.name, e) from None
         except TimeoutError:
-            raise UpstreamError(f"upstream {self.name!r} timed out after {self.call_timeout:g}s") from None
+            if self._session is not None:
+                self._probe_soon(self._session)
+            raise UpstreamTimeout(f"upstream {self.name!r} timed out after {self.call_timeout:g}s") from None
 
 
 # which list a change notice (handshake-era push or 2026 listen event) is about
@@ -391,10 +431,13 @@ _CALL_TOOL_RESULT: TypeAdapter[types.CallToolResult | types.InputRequiredResult]
 
 def _upstream_error(name: str, e: MCPError) -> UpstreamError:
     code = e.error.code if hasattr(e, "error") else None
-    if code == -32001:
-        return UpstreamError(f"upstream {name!r} timed out: {e}")
+    if code == -32001 or "timed out" in str(e).lower():
+        return UpstreamTimeout(f"upstream {name!r} timed out: {e}")
     if code == -32000 or "closed" in str(e).lower():
         return UpstreamUnavailable(f"upstream {name!r} connection closed: {e}")
+    if code == types.PARSE_ERROR and OVERSIZED_MARK in str(e):
+        # our own refusal of an oversized HTTP body (bounded_http), not the upstream's answer
+        return UpstreamError(f"upstream {name!r} sent a message over mcp.max_message_bytes: refused")
     return UpstreamError(f"upstream {name!r} returned an error: {e}", mcp_error=e)
 
 

@@ -92,6 +92,7 @@ class ToolStates(Protocol):
         self, upstream: str, name: str, namespaced: str, definition: dict[str, Any], definition_hash: str, *,
         status: str, reason: str | None, key_fingerprint: str | None, pin_if_new: bool,
     ) -> tuple[ToolRecord | None, ToolRecord]: ...
+    def has_approved(self, upstream: str) -> bool: ...
     def mark_absent(self, upstream: str, present_names: set[str]) -> list[ToolRecord]: ...
     def approve(self, upstream: str, name: str, definition_hash: str, definition: dict[str, Any]) -> None: ...
     def revoke(self, upstream: str, name: str) -> None: ...
@@ -184,6 +185,14 @@ class ToolStateStore:
                 self._db.execute("SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)).fetchone()
             )
         return before, after
+
+    def has_approved(self, upstream: str) -> bool:
+        """Whether any tool of ``upstream`` was ever approved (pinned, signed or by a person)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM tools WHERE upstream=? AND approved_hash IS NOT NULL LIMIT 1", (upstream,)
+            ).fetchone()
+        return row is not None
 
     def mark_absent(self, upstream: str, present_names: set[str]) -> list[ToolRecord]:
         """Tools of ``upstream`` that vanished from its listing; returns them."""

@@ -37,6 +37,7 @@ from gateway.screen.accepted import AcceptedFindings
 from gateway.verify.manifest import load_manifest
 from gateway.verify.state import ToolStates, ToolStateStore
 from schemapin import (
+    SIGNATURE_META_KEY,
     DefinitionChanged,
     KeyPinMismatch,
     KeyRevoked,
@@ -50,6 +51,8 @@ from schemapin import (
 )
 
 _logger = logging.getLogger("symbi.verify")
+
+META_KEY = "_meta"
 
 
 def load_org_keys(config: Config) -> list[KeySnapshot]:
@@ -225,8 +228,12 @@ class ToolVerifier:
                 snap_error = f"key discovery for {srv.domain} failed: {e}"
         out = []
         try:
+            # once a listing of this upstream was approved, a tool it adds later waits for a person
+            established = self.state.has_approved(upstream)
             for tool in entries:
-                info = self._assess_one(tool, mode, srv.domain, manifest, manifest_error, snapshot, snap_error)
+                info = self._assess_one(
+                    tool, mode, srv.domain, manifest, manifest_error, snapshot, snap_error, established
+                )
                 out.append(info)
             listed = present if present is not None else {t.original_name for t in entries}
             for gone in self.state.mark_absent(upstream, listed):
@@ -247,10 +254,14 @@ class ToolVerifier:
         manifest_error: str | None,
         snapshot: KeySnapshot | None,
         snap_error: str | None,
+        established: bool = False,
     ) -> ToolInfo:
         definition, signature = split_carrier(dict(info.definition))
+        # The signature covers the definition without _meta (the carrier); the approved hash
+        # covers everything a client is shown: _meta too, less exactly the signature key.
+        approved_form = approved_definition(info.definition)
         try:
-            h = definition_hash(definition)
+            h = definition_hash(approved_form)
         except SchemaPinError as e:
             return _with(info, "failed", f"definition cannot be canonicalised: {e}", None, None, mode)
         before = self.state.get(info.upstream, info.original_name)
@@ -265,7 +276,10 @@ class ToolVerifier:
             status, reason = "revoked", "revoked by a security team (symbi tools revoke)"
         elif signature is not None:
             status, reason, fp = self._check_signature(info, definition, signature, mode, domain, snapshot, snap_error)
-
+            approved_meta = before.approved_definition.get(META_KEY) if before and before.approved_definition else None
+            if status == "verified" and before and before.approved_hash and approved_meta != approved_form.get(META_KEY):
+                # the signature does not cover _meta: a change there needs a person
+                status, reason = "drifted", _drift_reason(before.approved_hash, h) + " (_meta changed)"
             approve_now = status == "verified"
         elif info.original_name in manifest:
             status, reason, fp = self._check_manifest(manifest[info.original_name], h, snapshot)
@@ -277,11 +291,17 @@ class ToolVerifier:
             status, reason = "drifted", _drift_reason(before.approved_hash, h)
         elif mode == "tofu":
             status, reason = "pinned", "definition pinned on first use"
+        late = established and (before is None or before.approved_hash is None) and status in ("pinned", "verified")
+        if late and not (info.original_name in manifest and signature is None):
+            # added after the upstream's first approved listing: pending (an org-signed manifest
+            # entry is a person's approval already)
+            status, approve_now = "unverified", False
+            reason = "new tool since the upstream's first approved listing: pending until `symbi tools approve`"
         _before, after = self.state.observe(
             info.upstream,
             info.original_name,
             info.name,
-            definition,
+            approved_form,
             h,
             status=status,
             reason=reason,
@@ -289,7 +309,7 @@ class ToolVerifier:
             pin_if_new=(mode == "tofu" and status == "pinned") or approve_now,
         )
         if approve_now and after.approved_hash != h:
-            self.state.approve(info.upstream, info.original_name, h, definition)
+            self.state.approve(info.upstream, info.original_name, h, approved_form)
         if before is not None and before.current_hash != h:
             self._events.emit(
                 Event.TOOL_DRIFT,
@@ -375,6 +395,20 @@ class ToolVerifier:
                 return "drifted", _drift_reason(res.definition_hash, h), res.key_fingerprint
             return "verified", None, res.key_fingerprint
         return "failed", "approved manifest entry is not signed by a trusted key", None
+
+
+def approved_definition(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """What the approved hash covers: the whole definition a client sees (``title``,
+    ``outputSchema``, ``_meta``...), less exactly ``_meta["schemapin/signature"]``."""
+    out = dict(tool)
+    meta = out.pop(META_KEY, None)
+    if isinstance(meta, Mapping):
+        rest = {k: v for k, v in meta.items() if k != SIGNATURE_META_KEY}
+        if rest:
+            out[META_KEY] = rest
+    elif meta is not None:
+        out[META_KEY] = meta
+    return out
 
 
 def _drift_reason(approved: str, now: str) -> str:

@@ -19,7 +19,7 @@ from gateway.assemble import make_gateway
 from gateway.boundary import error_result
 from gateway.config.load import load_config
 from gateway.context import CallContext, Principal
-from gateway.errors import BusNoAgent, PolicyDenied
+from gateway.errors import BusNoAgent, PolicyDenied, UnknownTool
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.anyio
@@ -83,9 +83,9 @@ async def test_no_agent_is_refused(gw: Gateway) -> None:
 async def test_other_principal_and_denied_topic_refused_and_audited(gw: Gateway) -> None:
     await call(gw, B, "receive")
     await call(gw, A, "receive")
-    # 'limited' may call only everything__echo: the tool itself is refused
+    # 'limited' may call only everything__echo: the tool is hidden, so it answers like a missing one
     r = await call(gw, OTHER, "send", to="ag-b", body=1)
-    assert r.is_error and r.meta["symbi/error"]["code"] == PolicyDenied.code
+    assert r.is_error and r.meta["symbi/error"]["code"] == UnknownTool.code
     r = await call(gw, A, "publish", topic="secret.plans", body=SECRET)
     assert r.is_error and r.meta["symbi/error"]["code"] == PolicyDenied.code
     r = await call(gw, B, "subscribe", topic="*")
@@ -121,7 +121,7 @@ async def test_per_agent_message_rate_from_the_policy(tmp_path: Path) -> None:
     from tests.conftest import POLICY, TEST_POLICY_DATA
 
     doc = json.loads(TEST_POLICY_DATA.read_text())
-    doc["symbi_data"]["principals"]["tester"]["bus_rate_limit"] = 2
+    doc["symbi_data"]["principals"]["stdio"]["tester"]["bus_rate_limit"] = 2
     data_file = tmp_path / "policy-data.json"
     data_file.write_text(json.dumps(doc))
     cfg = write_config(tmp_path, f'[policy]\npath = "{POLICY}"\ndata = "{data_file}"\n[sandbox]\ncode_tools = false\n')

@@ -43,7 +43,7 @@ SECRET = "bus-body-that-must-never-reach-the-audit-log-or-logs"
 
 def bus_config(tmp_path: Path, extra: str = "") -> Path:
     doc = json.loads(TEST_POLICY_DATA.read_text())
-    doc["symbi_data"]["principals"]["outsider"] = {"roles": ["tester"]}
+    doc["symbi_data"]["principals"]["keys"]["outsider"] = {"roles": ["tester"]}  # an API key principal
     data = tmp_path / "policy-data.json"
     data.write_text(json.dumps(doc))
     return write_config(tmp_path, f"""

@@ -59,6 +59,10 @@ BAD = [
     ("negative port", "[http]\nport = -1\n", "http.port"),
     ("jwt alg none", '[http.jwt]\nissuer = "i"\naudience = "a"\nalgorithms = ["none"]\njwks_file = "j"\n', "http.jwt"),
     ("not toml", "[mcp\n", "not valid TOML"),
+    # an upstream named like a built-in would shadow (or knock out) the built-in's tools
+    ("reserved name sandbox", '[sandbox]\ncode_tools = false\n[servers.sandbox]\ncommand = "x"\n', "sandbox"),
+    ("reserved name memory", '[servers.Memory]\ncommand = "x"\n', "Memory"),
+    ("reserved name bus", '[servers.bus]\nurl = "http://127.0.0.1:1/mcp"\n', "bus"),
     ("two pass-through", '[servers.a]\ncommand = "x"\npass_through = true\n[servers.b]\ncommand = "y"\n', "servers"),
 ]
 

@@ -24,7 +24,7 @@ from gateway.assemble import make_gateway
 from gateway.audit import store as audit_store
 from gateway.config.load import load_config
 from gateway.context import CallContext, Principal
-from gateway.errors import ContextError, EmbedderMismatch, PolicyDenied
+from gateway.errors import ContextError, EmbedderMismatch, PolicyDenied, UnknownTool
 from gateway.memory.embed import HashingEmbedder
 from tests.conftest import write_config
 from tests.memory.conftest import CORPUS
@@ -123,9 +123,10 @@ async def test_shared_namespaces_follow_the_policy(tmp_path: Path) -> None:
 
 async def test_redacted_secrets_are_never_embedded_or_stored(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
-    secret = "sk-live_abcdefghijklmnopqrstuvwx"
+    secret = "sk-live_abcdefghijklmnopqrstuvwx"  # a provider key: the policy step scrubs it by value
+    password = "password=hunter2"  # free text only the memory's redact_text patterns know
     async with gateway(cfg) as gw:
-        r = await call(gw, ALICE, "memory__store", text=f"the billing key is {secret} keep it safe",
+        r = await call(gw, ALICE, "memory__store", text=f"the billing key is {secret} keep it safe {password}",
                        metadata={"api_token": "tok-123", "project": "billing"})
         assert r.structured_content["redacted"] == 1  # type: ignore[index]
         service = gw.builtins["memory"].s  # type: ignore[attr-defined]
@@ -134,10 +135,11 @@ async def test_redacted_secrets_are_never_embedded_or_stored(tmp_path: Path) -> 
         assert secret not in json.dumps(pts[0].payload) and "tok-123" not in json.dumps(pts[0].payload)
         stored = service.m.store.retrieve([pts[0].id], with_vectors=True)[0]
         redacted_vec = HashingEmbedder(384).embed([pts[0].payload["text"]])[0]
-        assert pts[0].payload["text"] == "the billing key is [REDACTED] keep it safe"
+        assert pts[0].payload["text"] == "the billing key is [REDACTED] keep it safe [REDACTED]"
+        assert "hunter2" not in json.dumps(pts[0].payload)
         assert float(np.asarray(stored.vector) @ redacted_vec) == pytest.approx(1.0, abs=1e-4)
     dump = json.dumps(audit_records(cfg, "memory.*", "tool.*"))
-    assert secret not in dump and "billing key" not in dump  # audit: metadata, never memory text
+    assert secret not in dump and "billing key" not in dump and "hunter2" not in dump  # metadata, never text
     stored = audit_records(cfg, "memory.stored")
     assert [(r["agent"], r["memory_type"], r["redacted"], r["metadata_keys"]) for r in stored] == [
         ("agent-a", "long_term", 1, ["api_token", "project"])]
@@ -166,7 +168,7 @@ async def test_knowledge_tools_search_context_and_answer_without_sampling(tmp_pa
         assert set(c.meta["symbi/rag_timings_ms"]) >= {"vector_search", "ranking", "context_assembly"}  # type: ignore[index]
         a = await call(gw, ALICE, "knowledge__answer", query="where do bikes go")
         assert a.meta["symbi/sampling"] == "unsupported" and "[1]" in a.content[0].text  # type: ignore[index,union-attr]
-        with pytest.raises(PolicyDenied):
+        with pytest.raises(UnknownTool):  # a principal without knowledge rights: hidden = missing (item 13)
             await call(gw, NOBODY, "knowledge__search", base="handbook", query="bikes")
         prompt = await gw.call(CallContext(principal=ALICE, kind="prompts/get", target="knowledge__rag",
                                            arguments={"query": "where do bikes go"}, upstream=gw.upstream_info("knowledge")))

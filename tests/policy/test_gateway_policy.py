@@ -37,6 +37,7 @@ def policy_data(tmp_path: Path, **over: Any) -> Path:
         "audit_minimal": [],
     }
     data.update(over)
+    data["principals"] = {"stdio": data["principals"]}  # these tests run over stdio
     path = tmp_path / "data.json"
     path.write_text(json.dumps({"symbi_data": data}))
     return path
@@ -76,8 +77,8 @@ async def test_denied_call_is_an_error_with_the_reason_and_never_reaches_the_ups
         assert r.is_error
         assert r.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
         assert r.meta["symbi/error"]["reasons"]  # type: ignore[index]
-        denied = await s.call_tool("mut__add_tool", {})
-        assert denied.is_error and denied.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+        denied = await s.call_tool("mut__add_tool", {})  # denied outright = hidden = unknown
+        assert denied.is_error and denied.meta["symbi/error"]["code"] == "unknown_tool"  # type: ignore[index]
         ok = await s.call_tool("mut__read_path", {"path": "/srv/allowed/notes.txt"})
         assert not ok.is_error
     calls = recorded(record)
@@ -114,7 +115,34 @@ async def test_tools_list_differs_by_principal_and_hidden_tools_are_refused(tmp_
         hidden = await s.call_tool("mut__read_path", {"path": "/srv/allowed/x"})
     assert "mut__read_path" in dev and "mut__add_tool" not in dev
     assert reader == {"mut__echo"}
-    assert hidden.is_error and hidden.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+    assert hidden.is_error and hidden.meta["symbi/error"]["code"] == "unknown_tool"  # type: ignore[index]
+    assert not [c for c in recorded(record) if c["tool"] == "read_path"]
+
+
+def _shape(r: Any, name: str) -> tuple[Any, ...]:
+    """A refusal with the tool's name masked: what a caller can tell two refusals apart by."""
+    text = r.content[0].text.replace(name, "NAME")
+    reasons = tuple(x.replace(name, "NAME") for x in r.meta["symbi/error"]["reasons"])
+    return (r.is_error, text, r.meta["symbi/error"]["code"], reasons)
+
+
+async def test_a_hidden_tool_answers_like_a_missing_one_before_its_arguments_are_checked(tmp_path: Path) -> None:
+    """Attack: probe a hidden tool with bad arguments to learn its schema (arguments_invalid)."""
+    reader_cfg, record = cfg(tmp_path, "reader")
+    async with stdio_session(reader_cfg) as s:
+        probes = [
+            ("mut__read_path", {}),  # hidden, required argument missing
+            ("mut__read_path", {"path": 42}),  # hidden, wrong type
+            ("mut__read_path", {"path": "/srv/allowed/x"}),  # hidden, valid arguments
+            ("mut__no_such_tool", {}),
+        ]
+        results = [(name, await s.call_tool(name, args)) for name, args in probes]
+        visible_bad = await s.call_tool("mut__echo", {})
+    shapes = {_shape(r, name) for name, r in results}
+    assert len(shapes) == 1, shapes
+    assert results[0][1].meta["symbi/error"]["code"] == "unknown_tool"  # type: ignore[index]
+    # a visible tool still reports its bad arguments
+    assert visible_bad.meta["symbi/error"]["code"] == "arguments_invalid"  # type: ignore[index]
     assert not [c for c in recorded(record) if c["tool"] == "read_path"]
 
 
@@ -199,3 +227,18 @@ async def test_completion_needs_the_right_to_use_the_prompt(tmp_path: Path) -> N
                 {"name": "department", "value": "E"},
             )
         assert e.value.error.code == types.INVALID_PARAMS
+
+
+async def test_key_variants_and_secret_values_never_reach_the_upstream_or_the_audit_log(tmp_path: Path) -> None:
+    """Attack: ``apiToken`` / ``API-TOKEN`` instead of ``api_token``; a JWT under a harmless key."""
+    path, record = cfg(tmp_path)
+    jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXZhbHVl"
+    async with stdio_session(path) as s:
+        r = await s.call_tool("mut__read_path", {"path": "/srv/allowed/a", "api_token": "s3cr3t-one"})
+        assert not r.is_error
+        r = await s.call_tool("mut__echo", {"message": f"forward {jwt} please"})
+        assert not r.is_error
+    text = record.read_text()
+    assert "s3cr3t-one" not in text and jwt not in text
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("audit*.db*"))
+    assert stored and jwt.encode() not in stored and b"s3cr3t-one" not in stored

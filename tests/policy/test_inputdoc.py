@@ -11,7 +11,8 @@ from gateway.policy.inputdoc import CallCounters, input_for_call
 
 def make_call() -> CallContext:
     p = Principal(
-        id="alice", kind="agent", roles=("developer",), claims={"sub": "alice", "team": "x"}, agent="planner"
+        id="alice", kind="agent", roles=("developer",), claims={"sub": "alice", "team": "x"}, agent="planner",
+        source="key",
     )
     t = ToolInfo(
         name="fs__read_text_file",
@@ -38,13 +39,15 @@ def make_call() -> CallContext:
 def test_all_fields_present() -> None:
     counters = CallCounters()
     for _ in range(3):
-        counters.try_acquire("alice", "fs__read_text_file", None)
+        counters.try_acquire("key:alice", "fs__read_text_file", None)
     doc = input_for_call(make_call(), counters)
     assert doc["principal"] == {
         "id": "alice",
         "kind": "agent",
         "roles": ["developer"],
         "claims": {"sub": "alice", "team": "x"},
+        "source": "key",
+        "issuer": None,
     }
     assert doc["agent"] == {"id": "planner", "name": "alice/planner", "state": "Ready", "priority": 2,
                             "hosted": False}
@@ -64,7 +67,7 @@ def test_hourly_count_reaches_the_policy(repo_engine: EmbeddedEngine) -> None:
     # data.json: ci-bot may make 100 calls per hour
     call = make_call()
     call = CallContext(
-        principal=Principal(id="ci-bot", kind="service"),
+        principal=Principal(id="ci-bot", kind="service", source="key"),
         kind="tools/call",
         target="time__get_current_time",
         tool=ToolInfo(
@@ -79,10 +82,10 @@ def test_hourly_count_reaches_the_policy(repo_engine: EmbeddedEngine) -> None:
     now = [0.0]
     counters = CallCounters(clock=lambda: now[0])
     for _ in range(99):
-        counters.try_acquire("ci-bot", "time__get_current_time", None)
+        counters.try_acquire("key:ci-bot", "time__get_current_time", None)
         now[0] += 30  # spread over the hour so the per-minute limit is not what trips
     assert repo_engine.decide(input_for_call(call, counters)).allow is True
-    counters.try_acquire("ci-bot", "time__get_current_time", None)
+    counters.try_acquire("key:ci-bot", "time__get_current_time", None)
     assert repo_engine.decide(input_for_call(call, counters)).allow is False
 
 
@@ -105,7 +108,7 @@ def test_the_whole_document_for_a_tool_without_upstream_info_and_no_counters() -
                       arguments={"a": 1}, now_ns=now, extra={"topic": "news"})
     assert doc == {
         "action": "call", "kind": "tools/call", "target": "fs__w",
-        "principal": {"id": "bob", "kind": "user", "roles": [], "claims": {}},
+        "principal": {"id": "bob", "kind": "user", "roles": [], "claims": {}, "source": "stdio", "issuer": None},
         "agent": None,
         "upstream": {"name": "fs", "domain": None, "transport": None},
         "tool": {"name": "fs__w", "original_name": "w", "upstream": "fs", "annotations": {},
@@ -126,3 +129,14 @@ def test_input_for_call_uses_the_calls_own_target_and_start_time() -> None:
     call.started_ns = 1_796_000_000_000_000_000
     doc = input_for_call(call)
     assert doc["target"] == call.target and doc["context"]["unix"] == 1_796_000_000
+
+
+def test_counters_are_per_namespace() -> None:
+    """A JWT subject and an API key principal with the same id do not share call counts."""
+    counters = CallCounters()
+    key = Principal(id="admin", source="key")
+    token = Principal(id="admin", source="jwt", issuer="https://idp.example/")
+    assert key.qualified != token.qualified
+    counters.try_acquire(key.qualified, "t", None)
+    assert counters.principal_counts(token.qualified) == (0, 0)
+    assert counters.principal_counts(key.qualified) == (1, 1)

@@ -132,3 +132,58 @@ def test_cap_edges_exact_fit_zero_budget_and_structured_only() -> None:
     out = cap_result(big, 100)
     assert _texts(out) == ["ok", TRUNCATION_MARK.format(cap=100).strip()]
     assert out.content[-1].type == "text" and out.structured_content is None
+
+
+def test_key_variants_cannot_slip_past_a_rule() -> None:
+    """Attack: the same secret under another spelling of the key went through in clear."""
+    doc = {
+        "apiKey": "1",
+        "api-key": "2",
+        "API_KEY": "3",
+        "x-api-key": "4",
+        "OPENAI_API_KEY": "5",
+        "apikey": "6",
+        "access_token": "7",
+        "Pass\u200bword": "8",
+        "ｐａｓｓｗｏｒｄ": "9",  # fullwidth: NFKC folds it
+        "PassWord": "10",
+        "nested": [{"refreshToken": "11"}],
+    }
+    out, n = redact(doc, ["api_key", "password", "token"])
+    assert n == 11
+    assert all(v == REDACTED for k, v in out.items() if k != "nested")
+    assert out["nested"] == [{"refreshToken": REDACTED}]
+
+
+def test_similar_but_different_keys_are_kept() -> None:
+    doc = {"max_tokens": 100, "tokenizer": "bpe", "passwordPolicy": "strong", "keyboard": "us"}
+    out, n = redact(doc, ["token", "password", "key"])
+    assert n == 0 and out == doc
+
+
+SECRETS = [
+    "Bearer abcdefghijklmnopqrstuvwxyz012345",
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXZhbHVl",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----",
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----",
+    "sk-proj-" + "A1b2C3d4" * 5,
+    "sk-ant-api03-" + "x" * 40,
+    "ghp_" + "a" * 36,
+    "AKIA" + "ABCDEFGHIJKLMNOP",
+    "AIza" + "S" * 35,
+    "xoxb-1234567890-abcdefghij",
+    "sk_live_" + "4" * 24,
+    "glpat-" + "z" * 20,
+    "symbi_" + "k" * 32,
+]
+
+
+def test_secret_values_are_redacted_wherever_they_appear() -> None:
+    """Attack: a secret under a harmless key (or inside prose) went through in clear."""
+    for secret in SECRETS:
+        out, n = redact({"note": f"here it is: {secret} (keep this)"}, ["password"])
+        assert n >= 1 and secret not in json.dumps(out), secret
+        assert out["note"].startswith("here it is: ") and out["note"].endswith("(keep this)")
+    r = CallToolResult(content=[TextContent(type="text", text=f"env: {SECRETS[0]} {SECRETS[4]}")])
+    text = redact_result(r, ["password"]).content[0].text  # type: ignore[union-attr]
+    assert SECRETS[0] not in text and SECRETS[4] not in text and text.startswith("env: ")

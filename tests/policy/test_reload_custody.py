@@ -20,7 +20,7 @@ def test_a_reloaded_change_is_audited_with_owner_digest_and_diff(policy_copy: Po
     assert eng.load()
     assert policy_copy.data is not None
     doc = json.loads(policy_copy.data.read_text())
-    doc["symbi_data"]["principals"]["ci-bot"]["tools"].append("everything__echo")
+    doc["symbi_data"]["principals"]["keys"]["ci-bot"]["tools"].append("everything__echo")
     policy_copy.data.write_text(json.dumps(doc, indent=1))
     assert eng.reload()
     details = next(d for t, d in sink.events if t == "policy.reloaded")

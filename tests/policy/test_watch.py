@@ -20,7 +20,7 @@ CI_BOT_ECHO: dict[str, Any] = {
     "action": "call",
     "kind": "tools/call",
     "target": "everything__echo",
-    "principal": {"id": "ci-bot", "kind": "service", "roles": [], "claims": {}},
+    "principal": {"id": "ci-bot", "kind": "service", "roles": [], "claims": {}, "source": "key"},
     "agent": None,
     "upstream": {"name": "everything", "domain": None, "transport": "stdio"},
     "tool": {
@@ -72,7 +72,7 @@ def watched(policy_copy: PolicyFiles) -> Any:
 def grant_echo_to_ci_bot(files: PolicyFiles) -> None:
     assert files.data is not None
     data = json.loads(files.data.read_text())
-    data["symbi_data"]["principals"]["ci-bot"]["tools"].append("everything__echo")
+    data["symbi_data"]["principals"]["keys"]["ci-bot"]["tools"].append("everything__echo")
     files.data.write_text(json.dumps(data))
     bump(files.data)
 
@@ -112,7 +112,7 @@ def test_broken_policy_is_refused_and_old_policy_stays(
     # still the old policy: the stdio principal keeps its tool, the stranger stays out
     local = {
         **CI_BOT_ECHO,
-        "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}},
+        "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}, "source": "stdio"},
     }
     assert eng.decide(local).allow is True
     assert eng.decide(CI_BOT_ECHO).allow is False
@@ -130,7 +130,7 @@ def test_change_failing_the_policy_tests_is_refused(watched: Any) -> None:
     assert eventually(lambda: "policy.reload_refused" in sink.types())
     traversal = {
         **CI_BOT_ECHO,
-        "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}},
+        "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}, "source": "stdio"},
         "target": "fs__read_text_file",
         "upstream": {"name": "fs", "domain": None, "transport": "stdio"},
         "tool": {**CI_BOT_ECHO["tool"], "name": "fs__read_text_file", "upstream": "fs"},
@@ -145,6 +145,6 @@ def test_deleted_policy_file_keeps_the_old_policy(watched: Any) -> None:
     assert eventually(lambda: "policy.reload_refused" in sink.types())
     local = {
         **CI_BOT_ECHO,
-        "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}},
+        "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}, "source": "stdio"},
     }
     assert eng.decide(local).allow is True

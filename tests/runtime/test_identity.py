@@ -131,6 +131,15 @@ async def _session_call(mcp: str, headers: dict[str, str], client: str, meta: di
         return await s.call_tool("everything__echo", {"message": f"from {client}"}, meta=meta)
 
 
+def _registered(run: Any) -> dict[str, str]:
+    """Agent name -> id, from the audit trail (a session's agent ends when its session does)."""
+    gw = run.state.gateway
+    assert gw.audit is not None
+    gw.audit.flush(timeout=5)
+    return {e["details"]["name"]: e["details"]["agent"] for e in gw.audit.recent(200)
+            if e["type"] == "agent.registered"}
+
+
 def _calls(run: Any) -> list[dict[str, Any]]:
     gw = run.state.gateway
     assert gw.audit is not None
@@ -145,20 +154,18 @@ async def test_policy_sees_the_agent_and_a_client_cannot_claim_another_agents_id
     with run_server(cfg) as run:
         ok = await _session_call(run.mcp, bearer(keys.admin), "trusted-client")
         assert not ok.is_error
-        alice_agent = run.state.gateway.agents.by_name("alice/trusted-client")
-        assert alice_agent is not None
+        alice_agent = _registered(run)["alice/trusted-client"]
         [first] = _calls(run)
-        assert first["agent"] == alice_agent.id and first["principal"] == "alice"
+        assert first["agent"] == alice_agent and first["principal"] == "alice"
 
         # bob: declares alice's client name, sends her agent id in a header and in _meta
-        spoof = {**bearer(keys.user), "X-Symbi-Agent": alice_agent.id, "X-Agent-Id": alice_agent.id}
-        meta = {"symbi/agent": alice_agent.id, "agent": alice_agent.id}
+        spoof = {**bearer(keys.user), "X-Symbi-Agent": alice_agent, "X-Agent-Id": alice_agent}
+        meta = {"symbi/agent": alice_agent, "agent": alice_agent}
         denied = await _session_call(run.mcp, spoof, "alice/trusted-client", meta=meta)
-        assert denied.is_error and denied.meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+        assert denied.is_error and denied.meta["symbi/error"]["code"] == "unknown_tool"  # hidden from bob = missing (item 13)  # type: ignore[index]
         second = _calls(run)[-1]
-        assert second["principal"] == "bob" and second["agent"] not in (None, alice_agent.id)
-        bob_agent = run.state.gateway.agents.get(second["agent"])
-        assert bob_agent is not None and bob_agent.name == "bob/alice-trusted-client"
+        assert second["principal"] == "bob" and second["agent"] not in (None, alice_agent)
+        assert _registered(run)["bob/alice-trusted-client"] == second["agent"]
 
 
 def test_another_principal_cannot_ride_an_agents_session(tmp_path: Path) -> None:
@@ -175,3 +182,45 @@ def test_another_principal_cannot_ride_an_agents_session(tmp_path: Path) -> None
         )
         assert hijack.status_code == 404  # the SDK binds a session to the credential that opened it
         assert _calls(run) == []
+
+
+def test_principals_of_different_sources_never_share_an_agent() -> None:
+    """Attack: a JWT with sub=alice (or one carrying a key_id claim) took the agent, and so the
+    memory, of the API key principal alice in the same client and session."""
+    reg = AgentRegistry(LoggingSink())
+    key_alice = Principal(id="alice", roles=("developer",), claims={"key_id": "k1"}, source="key")
+    hosted = reg.add_hosted("clock", Principal(id="agent:clock", kind="agent", source="key"), priority=0, run=1)
+    reg.bind_credential("k1", hosted)
+    assert reg.for_session(key_alice, "claude-code", "http:s1") is hosted  # the key's own credential
+    jwt_alice = Principal(id="alice", roles=("developer",), claims={"sub": "alice", "key_id": "k1"},
+                          source="jwt", issuer="https://idp.example")
+    mine = reg.for_session(jwt_alice, "claude-code", "http:s1")
+    assert mine is not hosted  # a key_id claim in a JWT names no credential
+    plain_key_alice = Principal(id="alice", roles=("developer",), claims={"key_id": "k2"}, source="key")
+    theirs = reg.for_session(plain_key_alice, "claude-code", "http:s1")
+    other_issuer = Principal(id="alice", claims={"sub": "alice"}, source="jwt", issuer="https://other.example")
+    third = reg.for_session(other_issuer, "claude-code", "http:s1")
+    assert len({mine.id, theirs.id, third.id, hosted.id}) == 4
+    assert mine.owner != theirs.owner != third.owner
+
+
+def test_a_2026_session_label_is_not_an_agent_identity() -> None:
+    """Attack: in the 2026 era ``mcp-session-id`` is whatever the client sends; two principals
+    sending the same label got the same agent session key (and a DELETE naming it ended the
+    other's agents)."""
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from gateway.server.front import agent_session_key, http_session_key
+
+    def ctx(era: str) -> Any:
+        headers = [(b"mcp-session-id", b"shared-label"), (b"mcp-protocol-version", era.encode())]
+        return SimpleNamespace(request=Request({"type": "http", "headers": headers}))  # a real request
+
+    alice = Principal(id="alice", claims={"key_id": "k1"}, source="key")
+    mallory = Principal(id="mallory", claims={"sub": "mallory"}, source="jwt", issuer="https://idp.example")
+    modern = {agent_session_key(ctx("2026-07-28"), p) for p in (alice, mallory)}
+    assert len(modern) == 2 and http_session_key("shared-label") not in modern
+    # handshake era: the SDK issued the id and bound it to its opener's credential
+    assert agent_session_key(ctx("2025-11-25"), alice) == http_session_key("shared-label")

@@ -43,6 +43,21 @@ async def _status_resource(mcp: str, key: str) -> Any:
         return json.loads(got.contents[0].text)  # type: ignore[union-attr]
 
 
+def _open_session(mcp: str, key: str) -> None:
+    """An HTTP session left open (its agent lives as long as the session: a closed one ends it)."""
+    h = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {key}"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "ops-console", "version": "1"}}}
+    r = httpx.post(mcp, json=init, headers=h, timeout=30)
+    assert r.status_code == 200, r.text
+    h = {**h, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    assert httpx.post(mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h,
+                      timeout=30).status_code == 202
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "everything__echo", "arguments": {"message": "ops"}}}
+    assert httpx.post(mcp, json=call, headers=h, timeout=30).status_code == 200  # the agent is made here
+
+
 def test_cli_status_resource_and_metrics(tmp_path: Path) -> None:
     cfg = peers_config(tmp_path)
     store = ApiKeyStore(load_config(cfg, {}).api_keys_path)
@@ -54,6 +69,7 @@ def test_cli_status_resource_and_metrics(tmp_path: Path) -> None:
         assert set(status) >= {"overall_status", "component_health", "resource_utilization", "recent_errors"}
         assert anyio.run(_status_resource, base + "/mcp", user) is None  # not listed, and refused
 
+        _open_session(base + "/mcp", admin)
         listed = symbi(cfg, base, admin, "agents", "list", "--json")
         assert listed.returncode == 0, listed.stderr
         agents = json.loads(listed.stdout)

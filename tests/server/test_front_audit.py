@@ -21,10 +21,10 @@ pytestmark = pytest.mark.anyio
 
 DATA = {
     "symbi_data": {
-        "principals": {
+        "principals": {"stdio": {  # these tests run over stdio
             "reader": {"roles": [], "tools": ["everything__echo"]},
             "ops": {"roles": [], "tools": ["everything__echo"], "log_levels": ["everything"]},
-        },
+        }},
         "roles": {},
         "upstreams": {"everything": {"allow_unverified": True}, "twin": {"allow_unverified": True}},
     }

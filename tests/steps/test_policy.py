@@ -22,6 +22,7 @@ from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing
 
 LOCAL = Principal(id="local", kind="user", roles=("developer",))
 ADMIN = Principal(id="admin", kind="user", roles=("admin",))
+TRUSTED = Principal(id="alice", kind="user", roles=("developer", "trusted"))
 UPSTREAMS = {n: UpstreamInfo(name=n, transport="stdio") for n in ("everything", "fs", "time", "sandbox", "up")}
 
 
@@ -97,7 +98,7 @@ def test_denied_call_never_reaches_the_endpoint(engine: EmbeddedEngine) -> None:
 def test_tool_outside_the_allow_list_is_denied(engine: EmbeddedEngine) -> None:
     rec = Recorder()
     with pytest.raises(PolicyDenied):
-        run(PolicyStep(engine), rec, call_of("everything__longRunningOperation", {"duration": 1}))
+        run(PolicyStep(engine), rec, call_of("everything__trigger-long-running-operation", {"duration": 1}))
     assert rec.seen == []
 
 
@@ -121,17 +122,17 @@ def test_redacted_arguments_never_reach_the_endpoint(engine: EmbeddedEngine) -> 
 
 
 def test_rate_limit_trips_at_the_configured_count(engine: EmbeddedEngine) -> None:
-    # data.json: tool_rate_limits["everything__printEnv"] = 5 calls per minute
+    # data.json: tool_rate_limits["everything__get-env"] = 5 calls per minute
     rec, step = Recorder(), PolicyStep(engine, CallCounters())
     for _ in range(5):
-        run(step, rec, call_of("everything__printEnv", {}))
+        run(step, rec, call_of("everything__get-env", {}, principal=TRUSTED))
     with pytest.raises(RateLimited) as info:
-        run(step, rec, call_of("everything__printEnv", {}))
+        run(step, rec, call_of("everything__get-env", {}, principal=TRUSTED))
     assert info.value.code == "rate_limited"
     assert len(rec.seen) == 5
     # per principal+tool: another tool and another principal are not affected
-    run(step, rec, call_of("everything__echo", {"message": "x"}))
-    run(step, rec, call_of("everything__printEnv", {}, principal=ADMIN))
+    run(step, rec, call_of("everything__echo", {"message": "x"}, principal=TRUSTED))
+    run(step, rec, call_of("everything__get-env", {}, principal=ADMIN))
     assert len(rec.seen) == 7
 
 
@@ -163,7 +164,7 @@ def test_result_redaction(engine: EmbeddedEngine) -> None:
             content=[TextContent(type="text", text=json.dumps(env))], structured_content={"env": env}
         )
     )
-    result = run(PolicyStep(engine), rec, call_of("everything__printEnv", {}))
+    result = run(PolicyStep(engine), rec, call_of("everything__get-env", {}, principal=TRUSTED))
     out = result.model_dump_json()
     assert "AKIA-very-secret" not in out and "sk-secret" not in out and "/bin" in out
 
@@ -193,9 +194,9 @@ def test_listing_differs_by_principal_and_hidden_means_refused(engine: EmbeddedE
         for n in (
             "time__get_current_time",
             "everything__echo",
-            "everything__longRunningOperation",
+            "everything__trigger-long-running-operation",
             "fs__read_text_file",
-            "fs__delete_file",
+            "fs__move_file",
             "sandbox__run_python",
         )
     ]
@@ -338,7 +339,7 @@ def test_a_listing_decision_sees_the_whole_input(tmp_path: Any) -> None:
     tools = [tool("up__a"), tool("fs__read_file")]
     ups = {"up": UpstreamInfo(name="up", transport="stdio"), "fs": UpstreamInfo(name="fs", transport="http")}
     counters = CallCounters()
-    assert counters.try_acquire("local", "up__a", None)
+    assert counters.try_acquire(LOCAL.qualified, "up__a", None)  # counters are per qualified principal
     kw: dict[str, Any] = {"upstreams": ups, "session_id": "s-1", "counters": counters}
     assert [t.name for t in filter_listing(eng, LOCAL, tools, **kw)] == ["up__a"]
     for missing in ("upstreams", "session_id", "counters"):

@@ -335,3 +335,38 @@ async def test_mcp_tool_verification_is_the_default_of_every_upstream(
         """)
     async with stdio_session(cfg) as s:
         assert ("mut__echo" in {t.name for t in (await s.list_tools()).tools}) is listed
+
+
+@pytest.mark.parametrize("field", ["meta", "title", "output"])
+async def test_a_change_of_meta_title_or_output_schema_is_drift(tmp_path: Path, field: str) -> None:
+    """Attack: change what clients are shown outside description/inputSchema after approval."""
+    cfg = mutable_cfg(tmp_path, "tofu")
+    async with stdio_session(cfg) as s:
+        assert not (await s.call_tool("mut__echo", {"message": "first"})).is_error
+        assert not (await s.call_tool("mut__change_echo", {"field": field})).is_error
+        with anyio.fail_after(10):
+            while not (r := await s.call_tool("mut__echo", {"message": "second"})).is_error:
+                await anyio.sleep(0.05)
+        assert error_of(r)["code"] == "verification_denied"
+        assert "mut__echo" not in {t.name for t in (await s.list_tools()).tools}
+
+
+async def test_a_tool_added_after_the_first_listing_waits_for_approval(tmp_path: Path) -> None:
+    """Attack: under tofu, a tool added at run time was pinned and callable at once."""
+    cfg = mutable_cfg(tmp_path, "tofu")
+    async with stdio_session(cfg) as s:
+        assert not (await s.call_tool("mut__add_tool", {})).is_error
+        with anyio.fail_after(10):  # the gateway has seen the new tool
+            while "mut__extra" not in {t["tool"] for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)}:
+                await anyio.sleep(0.1)
+        err = error_of(await s.call_tool("mut__extra", {}))
+        assert err["code"] == "verification_denied"
+        assert "mut__extra" not in {t.name for t in (await s.list_tools()).tools}
+        assert "mut__echo" in {t.name for t in (await s.list_tools()).tools}  # the first listing stays pinned
+
+        approve = symbi("tools", "approve", "mut__extra", "--config", str(cfg))
+        assert approve.returncode == 0, approve.stderr
+        with anyio.fail_after(10):
+            while (r := await s.call_tool("mut__extra", {})).is_error:
+                await anyio.sleep(0.05)
+        assert r.content[0].text == "extra!"  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.context import Principal, is_admin
+from gateway.context import is_admin
 from gateway.errors import ApprovalError, AuthFailed
 from gateway.runtime.status import agent_rows
 from gateway.server.admin import (
@@ -184,7 +184,7 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         rec = state.auth.keys.get(sess["kid"])
         if rec is None:
             return RedirectResponse("/", status_code=303)
-        principal = Principal(id=rec.principal, kind=rec.kind, roles=rec.roles, claims={"key_id": rec.id})
+        principal = rec.as_principal()
         try:
             done = await approve_tool(state.gateway, name, principal)
         except ApprovalError as e:

@@ -26,6 +26,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from gateway.config import load_config
 from gateway.server.auth import ApiKeyStore
 from gateway.server.http import HttpState, build_app
+from gateway.server.sessions import http_protocol
 from tests.conftest import EVERYTHING_JS, POLICY, TEST_POLICY_DATA, free_port, write_config
 
 ISSUER = "https://idp.test.invalid"
@@ -53,7 +54,8 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
     app = build_app(cfg)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, log_config=None
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, log_config=None,
+            http=http_protocol(cfg.http.header_timeout_s),  # as symbi serve runs it
         )
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
@@ -90,7 +92,11 @@ def policy_data(tmp_path: Path) -> Path:
     doc = json.loads(TEST_POLICY_DATA.read_text())
     everything = {"resources": ["**"], "prompts": ["**"]}
     # the anonymous principal of the Inspector test gets its roles from the policy data
-    doc["symbi_data"]["principals"] = {"inspector": {"roles": ["developer"]}}
+    # and the API key principal "root" is an admin by the data (a JWT with sub=root is not)
+    doc["symbi_data"]["principals"] = {
+        "anonymous": {"inspector": {"roles": ["developer"]}},
+        "keys": {"root": {"roles": ["admin"]}},
+    }
     doc["symbi_data"]["roles"] = {
         "developer": {"tools": DEVELOPER_TOOLS, **everything},
         "admin": {"tools": ["*"], **everything},

@@ -291,6 +291,26 @@ async def test_principal_reaches_the_gateway(env: Env) -> None:
         assert (latest.principal, latest.target) == (who, "everything__echo")
 
 
+async def _visible_tools(env: Env, token: str) -> set[str]:
+    async with (
+        httpx2.AsyncClient(headers=bearer(token)) as hc,
+        streamable_http_client(env.run.mcp, http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
+        await s.initialize()
+        return {t.name for t in (await s.list_tools()).tools}
+
+
+@pytest.mark.anyio
+async def test_a_jwt_subject_does_not_pick_up_an_api_key_principals_grants(env: Env) -> None:
+    """Attack: a valid JWT with sub=root and no roles took the data's entry for the API key "root"."""
+    key, _rec = env.keys.store.create("root", ())  # no roles on the key: admin comes from the data
+    as_key = await _visible_tools(env, key)
+    assert "everything__get-tiny-image" in as_key  # admin: every tool
+    as_jwt = await _visible_tools(env, env.idp.token("root", roles=[]))
+    assert as_jwt == set()
+
+
 # -- JWKS over a URL (served by the test on loopback) ----------------------------------------------
 
 

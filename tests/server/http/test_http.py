@@ -275,3 +275,24 @@ def test_json_access_log_one_line_per_request(tmp_path: Path, access_log: bool) 
     refused = [x for x in access if x["path"] == "/mcp" and x["method"] == "POST"]
     assert len(refused) == 1 and refused[0]["status"] == 401 and refused[0]["principal"] is None
     assert keys.admin not in log.read_text()  # credentials never reach the log
+
+
+@pytest.mark.anyio
+async def test_modern_era_session_ids_are_the_gateways_not_the_clients(env: Env) -> None:
+    """Attack: a 2026-era client sends another caller's mcp-session-id to file its calls there."""
+    victim_label = "victim-session-0001"
+    sessions: dict[str, set[str]] = {}
+    for who, token in (("victim", env.keys.user), ("attacker", env.idp.token("mallory"))):
+        async with (
+            httpx2.AsyncClient(headers={**bearer(token), "mcp-session-id": victim_label}) as hc,
+            Client(streamable_http_client(env.run.mcp, http_client=hc), mode="2026-07-28") as c,
+        ):
+            res = await c.call_tool("everything__echo", {"message": f"session-probe-{who}"})
+            assert not res.is_error
+        log = env.run.state.gateway.audit  # type: ignore[union-attr]
+        log.flush()
+        calls = [e for e in log.recent(50) if f"session-probe-{who}" in json.dumps(e)]
+        assert calls, who
+        sessions[who] = {e["details"]["session_id"] for e in calls}
+    assert sessions["victim"].isdisjoint(sessions["attacker"])
+    assert victim_label not in sessions["victim"] | sessions["attacker"]

@@ -1,0 +1,194 @@
+"""HTTP session hygiene: a per-principal session quota, revoked keys lose their sessions,
+and slow clients cannot hold a connection open by trickling headers or a body.
+
+The SDK's session manager keeps its sessions in private dicts; they are read (and a
+session ended) through ``gateway.compat``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+import anyio
+import h11
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from gateway.compat import close_http_session, open_http_sessions
+from gateway.context import Principal
+
+_logger = logging.getLogger("symbi.http.sessions")
+
+
+class SessionQuota:
+    """Refuses a new handshake-era session when its principal already holds ``limit`` of them.
+
+    Sits inside the authentication gate (the principal is known). Openings in flight count
+    too, so a burst of concurrent ``initialize`` requests cannot overshoot the quota.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        manager: StreamableHTTPSessionManager,
+        limit: int,
+        client_id: Callable[[Principal], str],
+        path: str,
+    ) -> None:
+        self.app = app
+        self.manager = manager
+        self.limit = limit
+        self.client_id = client_id
+        self.path = path
+        self.opening: Counter[str] = Counter()
+
+    def _opens_session(self, scope: Scope) -> bool:
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            return False
+        headers = Headers(scope=scope)
+        era = headers.get("mcp-protocol-version")
+        return headers.get("mcp-session-id") is None and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal = scope.get("symbi.principal")
+        if not self._opens_session(scope) or not isinstance(principal, Principal):
+            await self.app(scope, receive, send)
+            return
+        who = self.client_id(principal)
+        held = sum(1 for _sid, owner in open_http_sessions(self.manager) if owner == who)
+        if held + self.opening[who] >= self.limit:
+            _logger.warning("session quota: %s holds %d sessions (limit %d)", principal.qualified, held, self.limit)
+            body = {"jsonrpc": "2.0", "id": None,
+                    "error": {"code": -32000, "message": f"too many open sessions for this principal (limit {self.limit})"}}
+            await JSONResponse(body, status_code=429, headers={"retry-after": "5"})(scope, receive, send)
+            return
+        self.opening[who] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.opening[who] -= 1
+            if self.opening[who] <= 0:
+                del self.opening[who]
+
+
+async def sweep_revoked(
+    manager: StreamableHTTPSessionManager,
+    is_live: Callable[[str], bool],
+    interval: float,
+    on_closed: Callable[[str], None] | None = None,
+) -> None:
+    """Close every session whose API key was revoked (checked every ``interval`` seconds);
+    ``on_closed(sid)`` then ends what hangs on it (the session's agents)."""
+    while True:
+        await anyio.sleep(interval)
+        for sid, cid in open_http_sessions(manager):
+            if cid is not None and cid.startswith("apikey:") and not is_live(cid.removeprefix("apikey:")):
+                _logger.info("closing session %s…: its API key was revoked", sid[:8])
+                try:
+                    closing = close_http_session(manager, sid)
+                    if closing is not None:
+                        await closing
+                    if on_closed is not None:
+                        on_closed(sid)
+                except Exception:
+                    _logger.exception("closing a revoked key's session failed")
+
+
+class BodyDeadline:
+    """Reads a request body whole within ``timeout`` seconds, then hands it to the app.
+
+    A client that trickles its body (one byte every two seconds) gets 408 and the connection
+    is closed, instead of holding a worker and a session slot for as long as it likes.
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float, max_bytes: int) -> None:
+        self.app = app
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            with anyio.fail_after(self.timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body = message.get("body", b"")
+                    size += len(body)
+                    if size > self.max_bytes:
+                        await Response("request body too large", status_code=413,
+                                       headers={"connection": "close"})(scope, receive, send)
+                        return
+                    chunks.append(body)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            _logger.warning("request body not received within %.0f s: closing", self.timeout)
+            await Response("request body not received in time", status_code=408,
+                           headers={"connection": "close"})(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class HeaderDeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete
+    within ``header_timeout`` seconds of its first byte (or of the connection)."""
+
+    header_timeout: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._header_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
+            self._arm()  # a request has begun (or a new one on a kept-alive connection)
+        else:
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _expired(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            _logger.warning("request headers not received within %.0f s: closing", self.header_timeout)
+            self.transport.close()
+
+
+def http_protocol(header_timeout: float) -> type[H11Protocol]:
+    """The uvicorn ``http`` protocol class with this header deadline."""
+    return type("SymbiH11Protocol", (HeaderDeadlineH11,), {"header_timeout": header_timeout})

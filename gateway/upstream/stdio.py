@@ -1,0 +1,136 @@
+"""A stdio client transport whose messages are bounded, read without quadratic buffering.
+
+The SDK's ``stdio_client`` joins every chunk onto the unfinished line and splits it again
+(``(buffer + chunk).split("\\n")``): a 100 MB line from a hostile server costs gigabytes of
+copying and pins a core, and there is no limit. Here a line is collected in a ``bytearray``
+and only the new bytes are searched for the newline; a message longer than
+``max_message_bytes`` ends the connection (the supervisor restarts the server and the calls
+in flight fail), rather than being buffered.
+
+Process start and stop reuse the SDK's own helpers (platform quirks, the grace period, tree
+kill), private SDK functions reached through ``gateway.compat``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TextIO
+
+import anyio
+from mcp.client.stdio import StdioServerParameters, get_default_environment
+from mcp.shared.message import SessionMessage
+
+from gateway.compat import (
+    drain_stdout,
+    executable_command,
+    parse_stdio_line,
+    start_stdio_process,
+    stop_stdio_process,
+)
+
+_logger = logging.getLogger("symbi.upstream.stdio")
+_READ_CHUNK = 64 * 1024
+_WRITER_FLUSH_TIMEOUT = 2.0
+
+
+class MessageTooLarge(Exception):
+    """An upstream sent a message over ``mcp.max_message_bytes``."""
+
+
+def split_lines(buf: bytearray, chunk: bytes, scan_from: int, max_bytes: int) -> tuple[list[bytes], int]:
+    """Append ``chunk`` to ``buf``; return the complete lines taken out of it and where the
+    next newline search starts. Raises ``MessageTooLarge`` when a line outgrows ``max_bytes``.
+    """
+    buf += chunk
+    lines: list[bytes] = []
+    start = 0
+    pos = buf.find(b"\n", scan_from)
+    while pos != -1:
+        if pos - start > max_bytes:
+            raise MessageTooLarge(f"a message of more than {max_bytes} bytes")
+        lines.append(bytes(buf[start:pos]))
+        start = pos + 1
+        pos = buf.find(b"\n", start)
+    del buf[:start]
+    if len(buf) > max_bytes:
+        raise MessageTooLarge(f"a message of more than {max_bytes} bytes (still unfinished)")
+    return lines, len(buf)
+
+
+@contextlib.asynccontextmanager
+async def bounded_stdio_client(
+    server: StdioServerParameters,
+    *,
+    max_message_bytes: int,
+    errlog: TextIO,
+    on_oversized: Callable[[str], None] | None = None,
+) -> AsyncIterator[tuple[Any, Any]]:
+    """Like ``mcp.client.stdio.stdio_client``, with every incoming message bounded."""
+    command = await executable_command(server.command)
+    process = await start_stdio_process(
+        command=command, args=server.args, env=get_default_environment() | (server.env or {}),
+        errlog=errlog, cwd=server.cwd,
+    )
+    read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
+    writer_done = anyio.Event()
+
+    async def stdout_reader() -> None:
+        assert process.stdout is not None
+        buf = bytearray()
+        scan_from = 0
+        try:
+            async with read_writer:
+                try:
+                    while True:
+                        try:
+                            chunk = await process.stdout.receive(_READ_CHUNK)
+                        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                            return
+                        try:
+                            lines, scan_from = split_lines(buf, chunk, scan_from, max_message_bytes)
+                        except MessageTooLarge as e:
+                            _logger.error("upstream %s sent %s: closing the connection", server.command, e)
+                            if on_oversized is not None:
+                                on_oversized(str(e))
+                            return  # closing the read stream ends the session; the supervisor restarts it
+                        for line in lines:
+                            text = line.decode(server.encoding, errors=server.encoding_error_handler)
+                            await read_writer.send(parse_stdio_line(text))
+                finally:
+                    buf.clear()
+                    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                        await drain_stdout(process)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):
+            pass
+
+    async def stdin_writer() -> None:
+        assert process.stdin is not None
+        try:
+            async with write_reader:
+                async for message in write_reader:
+                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                    await process.stdin.send(data.encode(server.encoding, errors=server.encoding_error_handler))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            await read_writer.aclose()
+        finally:
+            writer_done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stdout_reader)
+        tg.start_soon(stdin_writer)
+        try:
+            yield read_stream, write_stream
+        finally:
+            with anyio.CancelScope(shield=True):
+                read_stream.close()
+                write_stream.close()
+                with anyio.move_on_after(_WRITER_FLUSH_TIMEOUT):
+                    await writer_done.wait()
+                await stop_stdio_process(process)
+                for s in (read_stream, write_stream, read_writer, write_reader):
+                    with contextlib.suppress(Exception):
+                        await s.aclose()
+            tg.cancel_scope.cancel()

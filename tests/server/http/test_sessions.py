@@ -1,0 +1,130 @@
+"""Session hygiene on a real server: a per-principal quota, revoked keys free their slots,
+slow headers and slow bodies are cut off (attacks from issue 11)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+from tests.server.http.test_auth import INIT, MCP_HEADERS
+
+
+def open_session(base: str, key: str) -> httpx.Response:
+    return httpx.post(base, json=INIT, headers={**MCP_HEADERS, **bearer(key)}, timeout=10)
+
+
+def test_one_principal_cannot_take_every_session_slot(tmp_path: Path) -> None:
+    cfg = everything_config(tmp_path, http_extra="max_sessions = 10\nmax_sessions_per_principal = 3")
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        opened = [open_session(run.mcp, keys.user) for _ in range(5)]
+        assert [r.status_code for r in opened] == [200, 200, 200, 429, 429]
+        # another principal still gets in
+        assert open_session(run.mcp, keys.other_user).status_code == 200
+
+
+def test_a_revoked_keys_sessions_free_their_slots(tmp_path: Path) -> None:
+    cfg = everything_config(tmp_path, http_extra="max_sessions = 3\nmax_sessions_per_principal = 3")
+    keys = make_keys(cfg)
+    temp, rec = keys.store.create("mallory", ("developer",))
+    with run_server(cfg) as run:
+        assert [open_session(run.mcp, temp).status_code for _ in range(3)] == [200, 200, 200]
+        assert open_session(run.mcp, keys.user).status_code == 503  # every slot is taken
+        assert keys.store.revoke(rec.id)
+        deadline = time.monotonic() + 20
+        while (status := open_session(run.mcp, keys.user).status_code) != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status == 200
+
+
+def _raw(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.settimeout(10)
+    return s
+
+
+def _port(base: str) -> int:
+    return int(base.rsplit(":", 1)[1])
+
+
+@pytest.mark.slow
+def test_a_trickled_body_is_cut_off(tmp_path: Path) -> None:
+    """Attack: send a body one byte at a time, slowly, to hold the connection (and a worker)."""
+    cfg = everything_config(tmp_path, http_extra="body_timeout_s = 1.0")
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        s = _raw(_port(run.base))
+        head = (
+            f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {keys.user}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+            "Content-Length: 200\r\n\r\n"
+        )
+        s.sendall(head.encode())
+        answer = b""
+        for _ in range(20):  # at most 20 bytes, 0.3 s apart: 6 s, well past the 1 s deadline
+            try:
+                s.sendall(b" ")
+            except OSError:
+                break
+            time.sleep(0.3)
+            s.setblocking(False)
+            try:
+                answer += s.recv(4096)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            finally:
+                s.setblocking(True)
+            if answer:
+                break
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+
+
+@pytest.mark.slow
+def test_trickled_headers_are_cut_off(tmp_path: Path) -> None:
+    """Attack (slowloris): send the request headers one byte at a time."""
+    cfg = everything_config(tmp_path, http_extra="header_timeout_s = 1.0")
+    with run_server(cfg) as run:
+        s = _raw(_port(run.base))
+        closed = False
+        for ch in b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 40:
+            try:
+                s.sendall(bytes([ch]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.3)
+            s.setblocking(False)
+            try:
+                if s.recv(4096) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+                break
+            finally:
+                s.setblocking(True)
+        s.close()
+        assert closed
+
+
+def test_session_ownership_is_per_source_and_issuer() -> None:
+    """Attack: a JWT carrying a ``key_id`` claim was bound as that API key (``apikey:<id>``),
+    and JWTs with the same subject from two issuers shared their sessions."""
+    from gateway.context import Principal
+    from gateway.server.http import _access_token
+
+    key = Principal(id="alice", claims={"key_id": "k1"}, source="key")
+    forged = Principal(id="alice", claims={"sub": "alice", "key_id": "k1"}, source="jwt", issuer="https://a.example")
+    other = Principal(id="alice", claims={"sub": "alice"}, source="jwt", issuer="https://b.example")
+    owners = {_access_token(p).client_id for p in (key, forged, other)}
+    assert len(owners) == 3 and _access_token(key).client_id == "apikey:k1"

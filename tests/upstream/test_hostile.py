@@ -1,0 +1,130 @@
+"""A hostile upstream: an oversized message and a hung server (issue 11 item 9).
+
+Oversized messages end the connection (bounded memory and CPU), a server that stops
+answering is detected by a ping after a timed-out call, and both are restarted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway.upstream.stdio import MessageTooLarge, split_lines
+from tests.conftest import ROOT, free_port, write_config
+from tests.server._clients import stdio_session
+from tests.upstream.test_restart import pids_running
+
+
+def test_lines_are_split_incrementally_and_bounded() -> None:
+    buf = bytearray()
+    lines, scan = split_lines(buf, b'{"a":1}\n{"b"', 0, 100)
+    assert lines == [b'{"a":1}'] and bytes(buf) == b'{"b"' and scan == 4
+    lines, scan = split_lines(buf, b':2}\n\n{"c":3}\n', scan, 100)
+    assert lines == [b'{"b":2}', b"", b'{"c":3}'] and bytes(buf) == b"" and scan == 0
+    with pytest.raises(MessageTooLarge):
+        split_lines(bytearray(), b"y" * 101, 0, 100)  # unfinished and already too long
+    with pytest.raises(MessageTooLarge):
+        split_lines(bytearray(), b"y" * 150 + b"\n", 0, 100)  # complete but too long
+
+
+def config(tmp_path: Path, script: Path, extra: str = "") -> Path:
+    return write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        max_message_bytes = 1048576
+        restart_backoff_initial_s = 0.2
+        restart_backoff_max_s = 1.0
+        {extra}
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{script}"]
+        verification = "warn"
+        """,
+    )
+
+
+async def _until_up(s: object) -> None:
+    with anyio.fail_after(30):
+        while (await s.call_tool("mut__echo", {"message": "back"})).is_error:  # type: ignore[attr-defined]
+            await anyio.sleep(0.2)
+
+
+@pytest.mark.anyio
+async def test_an_oversized_message_is_refused_and_the_upstream_restarted(tmp_path: Path) -> None:
+    script = tmp_path / "hostile_copy.py"  # a unique path: we look for this test's process only
+    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    async with stdio_session(config(tmp_path, script)) as s:
+        [before] = pids_running(script)
+        r = await s.call_tool("mut__huge", {"megabytes": 20})  # 20x the limit, in one line
+        assert r.is_error
+        assert r.meta["symbi/error"]["code"] in {"upstream_unavailable", "upstream_error"}  # type: ignore[index]
+        await _until_up(s)
+        assert pids_running(script) != [before]  # a new server process
+        ok = await s.call_tool("mut__huge", {"megabytes": 0})
+        assert not ok.is_error
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_a_wedged_upstream_is_detected_and_restarted(tmp_path: Path) -> None:
+    script = tmp_path / "wedge_copy.py"
+    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    async with stdio_session(config(tmp_path, script, "call_timeout_s = 2.0\nconnection_timeout_s = 10.0")) as s:
+        [before] = pids_running(script)
+        r = await s.call_tool("mut__wedge", {})
+        assert r.is_error and r.meta["symbi/error"]["code"] == "upstream_error"  # type: ignore[index]
+        await _until_up(s)  # without the liveness probe every later call would time out too
+        assert before not in pids_running(script)
+
+
+@pytest.fixture
+def http_upstream() -> Iterator[str]:
+    """The mutable test server over streamable HTTP (JSON replies) on a loopback port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/peers/mutable_server.py"), "--http", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "the HTTP test server did not start"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.anyio
+async def test_an_oversized_http_response_is_refused(tmp_path: Path, http_upstream: str) -> None:
+    """Attack: an HTTP upstream answers with a JSON body far over mcp.max_message_bytes (the
+    SDK reads a JSON response whole); the call fails, the upstream stays usable."""
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        max_message_bytes = 1048576
+        [servers.mut]
+        url = "{http_upstream}"
+        verification = "warn"
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool("mut__huge", {"megabytes": 5})
+        assert r.is_error
+        assert r.meta["symbi/error"]["code"] == "upstream_error"  # type: ignore[index]
+        ok = await s.call_tool("mut__echo", {"message": "still here"})
+        assert not ok.is_error

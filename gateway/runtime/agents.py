@@ -3,10 +3,9 @@
 Every MCP session is an agent (``AgentRegistry.for_session``); hosted agents are registered
 by the runtime that starts them. The registry is the one place that changes an agent's
 state: ``transition`` checks the seed's lifecycle and writes exactly one ``agent.state``
-audit event per change, except the Ready <-> Running flips around each call of a session
-(``audited=False``): those are counted (``task_transitions``, ``symbi_agent_task_transitions``)
-instead of signed, since every call already has its own ``tool.call`` record; suspension,
-termination and failure are always audited. Other components subscribe to ``on_register`` / ``on_unregister``
+audit event per change, the Ready <-> Running flips around each call included (the agent
+runtime issue asks for one event per transition; they are also counted in
+``task_transitions`` for ``symbi_agent_task_transitions``). Other components subscribe to ``on_register`` / ``on_unregister``
 (the bus's key store, agent memory) instead of polling.
 
 The registry lives on the gateway's event loop: its methods are synchronous and never block.
@@ -107,7 +106,7 @@ class AgentRegistry:
         self.on_register: list[AgentHook] = []
         self.on_unregister: list[AgentHook] = []
         self.on_state: list[Callable[[Agent, AgentState, AgentState], None]] = []
-        # per-call Ready <-> Running flips, counted instead of audited: edge label -> count
+        # per-call Ready <-> Running flips (also audited): edge label -> count
         self.task_transitions: dict[str, int] = {"task assigned": 0, "task complete": 0}
 
     # -- lookup ------------------------------------------------------------------------------
@@ -294,27 +293,22 @@ class AgentRegistry:
 
     # -- state ----------------------------------------------------------------------------------
 
-    def transition(self, agent: Agent, to: AgentState, reason: str, *, audited: bool = True) -> None:
-        """Move ``agent`` along one lifecycle edge; one ``agent.state`` event. Refuses others.
-
-        ``audited=False`` is for the per-call Ready <-> Running flips only: counted, not written
-        (any other edge is audited whatever the caller asks).
-        """
+    def transition(self, agent: Agent, to: AgentState, reason: str) -> None:
+        """Move ``agent`` along one lifecycle edge; one ``agent.state`` event. Refuses others."""
         src = agent.state
         edge = check_transition(agent.id, src, to)
         agent.state = to
         agent.reason = reason
         if to is AgentState.TERMINATED:
             self._live -= 1
-        if not audited and edge in self.task_transitions:
+        if edge in self.task_transitions:
             self.task_transitions[edge] += 1
-        else:
-            self.events.emit(
-                Event.AGENT_STATE,
-                {"agent": agent.id, "name": agent.name, "from": src.value, "to": to.value, "edge": edge,
-                 "reason": reason},
-                principal=agent.principal, agent=agent.id,
-            )
+        self.events.emit(
+            Event.AGENT_STATE,
+            {"agent": agent.id, "name": agent.name, "from": src.value, "to": to.value, "edge": edge,
+             "reason": reason},
+            principal=agent.principal, agent=agent.id,
+        )
         for hook in self.on_state:
             try:
                 hook(agent, src, to)

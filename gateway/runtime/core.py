@@ -86,7 +86,7 @@ class AgentRuntime:
         agent.calls += 1
         if agent.state is AgentState.READY:
             # per call: counted, not a signed event (the call has its own tool.call record)
-            self.agents.transition(agent, AgentState.RUNNING, f"task assigned: {what}", audited=False)
+            self.agents.transition(agent, AgentState.RUNNING, f"task assigned: {what}")
         if agent.suspend_pending is not None:
             reason, agent.suspend_pending = agent.suspend_pending, None
             self._suspend_running(agent, reason)
@@ -103,7 +103,7 @@ class AgentRuntime:
             u.longest_call_s = max(u.longest_call_s, elapsed_s)
             u.bytes_out += result_bytes or 0
         if agent.in_flight == 0 and agent.state is AgentState.RUNNING and not agent.hosted_busy:
-            self.agents.transition(agent, AgentState.READY, "task complete", audited=False)
+            self.agents.transition(agent, AgentState.READY, "task complete")
         if agent.id in self._terminating and agent.state is AgentState.READY and agent.in_flight == 0:
             self._terminate_now(agent, self._terminating[agent.id])
 

@@ -1,7 +1,7 @@
 """Prometheus view of the runtime, read at scrape time (nothing on the call path).
 
 - ``symbi_agents{state}``: agents by lifecycle state
-- ``symbi_agent_task_transitions_total{edge}``: per-call Ready <-> Running flips (not audited)
+- ``symbi_agent_task_transitions_total{edge}``: per-call Ready <-> Running flips (each also an agent.state audit event)
 - ``symbi_scheduler_queue_depth{priority}``, ``symbi_scheduler_in_flight``
 - ``symbi_scheduler_admitted_total{priority}``, ``symbi_scheduler_wait_seconds_total{priority}``,
   ``symbi_scheduler_wait_seconds_max{priority}``, ``symbi_scheduler_preempted_total{priority}``
@@ -40,7 +40,7 @@ class RuntimeCollector(Collector):
             states.add_metric([s.value], counts.get(s, 0))
         yield states
         flips = CounterMetricFamily("symbi_agent_task_transitions",
-                                    "Per-call Ready <-> Running flips (counted, not audited)", labels=["edge"])
+                                    "Per-call Ready <-> Running flips", labels=["edge"])
         for edge, n in rt.agents.task_transitions.items():
             flips.add_metric([edge], n)
         yield flips

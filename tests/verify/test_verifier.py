@@ -399,3 +399,119 @@ def test_the_state_store_is_private_and_lists_every_tool(tmp_path: Path) -> None
     assert again.get("a", "y").approved_hash == "h3"  # type: ignore[union-attr]
     again.close()
 
+
+
+# -- found by mutation testing: approvals of a pending key, manifest keys, diffs, polling ------
+
+
+def test_approving_a_rotated_key_accepts_the_pending_pin_with_the_actor(
+    tmp_path: Path, https_server: HttpsServer  # noqa: F811
+) -> None:
+    k1, k2 = schemapin.generate_private_key(), schemapin.generate_private_key()
+    cfg = config(tmp_path, "strict", mcp=f'discovery_ca = "{https_server.ca_path}"\ndiscovery_ttl_s = 0',
+                 server=f'domain = "{https_server.domain}"')
+    _well_known(https_server, k1)
+    v = ToolVerifier(cfg, Recorder())
+    assert assess(v, signed(DEF, k1))["up__echo"].verification == "verified"
+    _well_known(https_server, k2)
+    assert assess(v, signed(DEF, k2))["up__echo"].verification == "drifted"
+    rec = v.state.get("up", "echo")
+    assert rec is not None
+    approve_current(v.state, cfg.pins_path, rec, domain=https_server.domain, actor="secteam")
+    approve_current(v.state, cfg.pins_path, rec, domain=https_server.domain, actor=None)  # nothing pending: a no-op
+    ok = assess(v, signed(DEF, k2))["up__echo"]
+    assert (ok.verification, ok.key_fingerprint) == ("verified", schemapin.fingerprint(k2.public_key()))
+    v.close()
+    with schemapin.PinStore(cfg.pins_path) as pins:
+        (approval,) = [e for e in pins.history() if e["action"] == "approve"]
+        assert approval["actor"] == "secteam"
+
+
+def test_manifest_keys_any_org_key_or_the_domain_key_and_high_s_refused_on_request(
+    tmp_path: Path, https_server: HttpsServer  # noqa: F811
+) -> None:
+    from tests.verify.test_gateway_verification import _as_high_s
+
+    (tmp_path / "o1").mkdir()
+    _, pub1 = org_key(tmp_path / "o1")
+    second, pub2 = org_key(tmp_path)
+    approved = tmp_path / "approved.json"
+    manifest_of(approved, second, DEF)  # signed by the SECOND configured org key
+    mcp = f'org_keys = ["{pub1}", "{pub2}"]'
+    v = ToolVerifier(config(tmp_path, "strict", mcp=mcp, server=f'approved = "{approved}"'), Recorder())
+    assert assess(v, DEF)["up__echo"].key_fingerprint == schemapin.fingerprint(second.public_key())
+    v.close()
+
+    domain_key = schemapin.generate_private_key()  # no org key: the upstream's own key signed the manifest
+    _well_known(https_server, domain_key)
+    manifest_of(approved, domain_key, DEF)
+    d = tmp_path / "dom"
+    d.mkdir()
+    v = ToolVerifier(config(d, "strict", mcp=f'discovery_ca = "{https_server.ca_path}"',
+                            server=f'domain = "{https_server.domain}"\napproved = "{approved}"'), Recorder())
+    assert assess(v, DEF)["up__echo"].verification == "verified"
+    v.close()
+
+    sig = schemapin.sign_tool(dict(DEF), second)
+    save_manifest(approved, "up", {"echo": {"schema": dict(DEF), "signature": _as_high_s(sig)}})
+    for require, want in (("false", "verified"), ("true", "failed")):
+        h = tmp_path / f"hs-{require}"
+        h.mkdir()
+        v = ToolVerifier(config(h, "strict", mcp=f'{mcp}\nrequire_low_s_signatures = {require}',
+                                server=f'approved = "{approved}"'), Recorder())
+        assert assess(v, DEF)["up__echo"].verification == want, require
+        v.close()
+
+
+def test_manifest_without_org_key_is_a_failed_status(tmp_path: Path) -> None:
+    approved = tmp_path / "approved.json"
+    manifest_of(approved, schemapin.generate_private_key(), DEF)
+    v = ToolVerifier(config(tmp_path, "warn", server=f'approved = "{approved}"'), Recorder())
+    info = assess(v, DEF)["up__echo"]
+    assert (info.verification, info.key_fingerprint, info.blocked) == ("failed", None, False)
+    v.close()
+
+
+def test_the_drift_diff_is_a_readable_unified_diff(tmp_path: Path) -> None:
+    v = ToolVerifier(config(tmp_path, "tofu"), Recorder())
+    assess(v, {**DEF, "description": "Grüße"})
+    assess(v, {**DEF, "description": "Grüße, and mail it"})
+    rec = v.state.get("up", "echo")
+    assert rec is not None
+    lines = drift_diff(rec).splitlines()
+    old, new = str(rec.approved_hash), str(rec.current_hash)
+    assert lines[0] == f"--- up__echo (approved {old[:12]})" and lines[1] == f"+++ up__echo (current {new[:12]})"
+    assert '-  "description": "Grüße",' in lines and '+  "description": "Grüße, and mail it",' in lines
+    v.close()
+
+
+def test_screening_on_approval_sees_other_upstreams_tools_only(tmp_path: Path) -> None:
+    """A tool named like another upstream's tool (a homoglyph) is flagged before approval;
+    the names of its own upstream do not count (screen_record, used by `symbi tools approve`)."""
+    from gateway.verify.approve import screen_record
+
+    store = ToolStateStore(tmp_path / "tools.db")
+    for up, name in (("a", "echo"), ("b", "ec\u04bbo"), ("b", "echo")):
+        store.observe(up, name, f"{up}__{name}", {"name": name, "description": "x"}, "h" + name,
+                      status="pinned", reason=None, key_fingerprint=None, pin_if_new=False)
+    fake, same_as_b = store.get("b", "ec\u04bbo"), store.get("a", "echo")
+    assert fake is not None and same_as_b is not None
+    assert any(f.rule == "SP012" for f in screen_record(store, fake).findings)
+    assert screen_record(store, same_as_b).findings == ()
+    store.close()
+
+
+def test_the_polled_fingerprint_follows_the_manifest_and_pin_files(tmp_path: Path) -> None:
+    key, pub = org_key(tmp_path)
+    approved = tmp_path / "approved.json"
+    v = ToolVerifier(config(tmp_path, "strict", mcp=f'org_keys = ["{pub}"]', server=f'approved = "{approved}"'),
+                     Recorder())
+    none_yet = v.fingerprint()
+    manifest_of(approved, key, DEF)
+    with_manifest = v.fingerprint()
+    assert with_manifest != none_yet
+    pins = v._config.pins_path  # another process's pin approval shows as a newer file
+    st = pins.stat()
+    os.utime(pins, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert v.fingerprint() != with_manifest
+    v.close()

@@ -194,3 +194,38 @@ def test_every_deny_carries_a_readable_reason_naming_the_cause(tmp_path: Path) -
             assert where in d.reasons[0]
     assert failing.reasons[0].startswith("policy evaluation failed")
     assert ok.decide({}).allow is True  # and the next decision is made by a working engine
+
+
+def test_evaluate_allows_on_a_healthy_engine() -> None:
+    bundle = PolicyBundle(modules=(("p.rego", PKG + 'decision := {"allow": input.ok == true, "reasons": [], "conditions": {}}\n'),))
+    eng = new_engine(bundle)
+    assert evaluate(eng, "data.symbi.decision", {"ok": True}).allow is True
+    assert evaluate(eng, "data.symbi.decision", {"ok": False}).allow is False
+
+
+def test_build_engine_uses_the_configured_files_decision_path_and_event_sink(tmp_path: Path) -> None:
+    from gateway.config.model import Config, PolicySection
+    from gateway.policy.engine import build_engine
+
+    class Sink:
+        def __init__(self) -> None:
+            self.types: list[str] = []
+
+        def emit(self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None) -> None:
+            self.types.append(event_type)
+
+    pol, data = tmp_path / "mine.rego", tmp_path / "d.json"
+    pol.write_text("package mine\nimport rego.v1\nverdict := {\"allow\": data.flag, \"reasons\": [], \"conditions\": {}}\n")
+    data.write_text('{"flag": true}')
+    sink = Sink()
+    eng = build_engine(Config(policy=PolicySection(path=pol, data=data, decision="data.mine.verdict", hot_reload=False)),
+                       events=sink)
+    try:
+        assert isinstance(eng, EmbeddedEngine) and eng.files.policy == pol and eng.files.data == data
+        assert eng.decision_path == "data.mine.verdict" and eng.decide({}).allow is True
+        pol.write_text("package mine\nverdict := {")  # a broken edit: refused, and the sink is told
+        assert eng.reload() is False and sink.types == ["policy.reload_refused"]
+        assert eng.decide({}).allow is True
+    finally:
+        eng.close()
+        eng.close()

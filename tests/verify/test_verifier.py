@@ -131,6 +131,7 @@ def test_tofu_pins_on_first_sight_and_blocks_a_changed_definition_until_approved
 
     before = v.fingerprint()
     assert approve_current(v.state, cfg.pins_path, rec, domain=None, actor="secteam") == new
+    assert v.state.get("up", "echo").approved_definition == CHANGED  # type: ignore[union-attr]
     assert v.fingerprint() != before  # the gateway notices the CLI's approval
     assert assess(v, CHANGED)["up__echo"].verification == "pinned"
     assert drift_diff(v.state.get("up", "echo")) == ""  # type: ignore[arg-type]
@@ -363,6 +364,7 @@ def test_poisoned_definitions_are_screened_and_announced_once_per_definition(tmp
     assert rec is not None
     with pytest.raises(ScreeningFlagged) as err:
         check_screening(v.state, rec, accept=False)
+    assert "up__echo" in err.value.message  # names the tool
     assert err.value.reasons and all(r.startswith("SP") for r in err.value.reasons)
     assert check_screening(v.state, rec, accept=True).highest == "high"
     v.close()
@@ -421,10 +423,15 @@ def test_approving_a_rotated_key_accepts_the_pending_pin_with_the_actor(
     approve_current(v.state, cfg.pins_path, rec, domain=https_server.domain, actor=None)  # nothing pending: a no-op
     ok = assess(v, signed(DEF, k2))["up__echo"]
     assert (ok.verification, ok.key_fingerprint) == ("verified", schemapin.fingerprint(k2.public_key()))
+    # the same key signs a changed definition: only the definition is pending, and approval takes it
+    assert assess(v, signed(CHANGED, k2))["up__echo"].verification == "drifted"
+    rec = v.state.get("up", "echo")
+    assert rec is not None
+    approve_current(v.state, cfg.pins_path, rec, domain=https_server.domain, actor="secteam")
+    assert assess(v, signed(CHANGED, k2))["up__echo"].verification == "verified"
     v.close()
     with schemapin.PinStore(cfg.pins_path) as pins:
-        (approval,) = [e for e in pins.history() if e["action"] == "approve"]
-        assert approval["actor"] == "secteam"
+        assert [e["actor"] for e in pins.history() if e["action"] == "approve"] == ["secteam", "secteam"]
 
 
 def test_manifest_keys_any_org_key_or_the_domain_key_and_high_s_refused_on_request(

@@ -531,3 +531,46 @@ def test_the_polled_fingerprint_follows_the_manifest_and_pin_files(tmp_path: Pat
     os.utime(pins, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert v.fingerprint() != with_manifest
     v.close()
+
+
+def test_unknown_revocation_state_fails_strict_and_warn_but_not_tofu(
+    tmp_path: Path, https_server: HttpsServer  # noqa: F811
+) -> None:
+    """The discovery document names a revocation endpoint that does not answer: SchemaPin's
+    strict mode refuses (strict and warn upstreams), its tofu mode verifies with a warning."""
+    key = schemapin.generate_private_key()
+    doc = schemapin.build_well_known(schemapin.public_key_pem(key.public_key()), "Up Co")
+    doc["revocation_endpoint"] = f"https://{https_server.domain}/revoked.json"  # not served
+    https_server.serve_json("/.well-known/schemapin.json", doc)
+    for mode, want in (("strict", "failed"), ("warn", "failed"), ("tofu", "verified")):
+        d = tmp_path / mode
+        d.mkdir()
+        v = ToolVerifier(config(d, mode, mcp=f'discovery_ca = "{https_server.ca_path}"',
+                                server=f'domain = "{https_server.domain}"'), Recorder())
+        info = assess(v, signed(DEF, key))["up__echo"]
+        assert info.verification == want, mode
+        if want == "failed":
+            assert info.verification_reason and info.verification_reason.startswith("revocation_unavailable")
+        v.close()
+
+
+def test_in_band_signature_digest_mode_and_low_s_come_from_config(tmp_path: Path) -> None:
+    from tests.verify.test_gateway_verification import _as_high_s
+
+    key, pub = org_key(tmp_path)
+    single = {**DEF, "_meta": {schemapin.SIGNATURE_META_KEY: schemapin.sign_tool(dict(DEF), key, mode="single")}}
+    high_s = {**DEF, "_meta": {schemapin.SIGNATURE_META_KEY: _as_high_s(schemapin.sign_tool(dict(DEF), key))}}
+    cases = (("", single, "failed"), ('signature_digest = "single"', single, "verified"),
+             ("", high_s, "verified"))
+    for i, (server, definition, want) in enumerate(cases):
+        d = tmp_path / str(i)
+        d.mkdir()
+        v = ToolVerifier(config(d, "strict", mcp=f'org_keys = ["{pub}"]', server=server), Recorder())
+        assert assess(v, definition)["up__echo"].verification == want, (server, want)
+        v.close()
+    d = tmp_path / "low-s"
+    d.mkdir()
+    v = ToolVerifier(config(d, "strict", mcp=f'org_keys = ["{pub}"]\nrequire_low_s_signatures = true'), Recorder())
+    info = assess(v, high_s)["up__echo"]
+    assert info.verification == "failed" and "high_s" in info.verification_reason  # type: ignore[operator]
+    v.close()

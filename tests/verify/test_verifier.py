@@ -574,3 +574,42 @@ def test_in_band_signature_digest_mode_and_low_s_come_from_config(tmp_path: Path
     info = assess(v, high_s)["up__echo"]
     assert info.verification == "failed" and "high_s" in info.verification_reason  # type: ignore[operator]
     v.close()
+
+
+def test_a_definition_that_cannot_be_canonicalised_fails_and_is_blocked(tmp_path: Path) -> None:
+    v = ToolVerifier(config(tmp_path, "warn"), Recorder())
+    info = assess(v, {**DEF, "x": float("nan")})["up__echo"]
+    assert (info.verification, info.verification_mode, info.definition_hash, info.key_fingerprint) == (
+        "failed", "warn", None, None)
+    assert info.name == "up__echo" and info.verification_reason and "canonicalised" in info.verification_reason
+    v.close()
+
+
+def test_off_mode_does_not_even_fetch_the_domain_key(tmp_path: Path, https_server: HttpsServer) -> None:  # noqa: F811
+    _well_known(https_server, schemapin.generate_private_key())
+    v = ToolVerifier(config(tmp_path, "off", mcp=f'discovery_ca = "{https_server.ca_path}"',
+                            server=f'domain = "{https_server.domain}"'), Recorder())
+    assert assess(v, DEF)["up__echo"].verification == "off"
+    assert https_server.hits == []
+    v.close()
+
+
+def test_every_approval_changes_the_polled_version(tmp_path: Path) -> None:
+    store = ToolStateStore(tmp_path / "tools.db")
+    store.observe("a", "x", "a__x", {"name": "x"}, "h", status="pinned", reason=None, key_fingerprint=None,
+                  pin_if_new=False)
+    seen = {store.version()}
+    for i in range(3):
+        if i % 2 == 0:
+            store.approve("a", "x", f"h{i}", {"name": "x"})
+        else:
+            store.revoke("a", "x")
+        seen.add(store.version())
+    assert len(seen) == 4
+    store.close()
+
+
+def test_a_manifest_is_written_into_a_new_nested_folder(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "approved.json"
+    save_manifest(path, "up", {"x": {"schema": {"name": "x"}, "signature": "s"}})
+    assert list(load_manifest(path)) == ["x"] and [p.name for p in path.parent.iterdir()] == ["approved.json"]

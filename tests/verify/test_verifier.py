@@ -613,3 +613,17 @@ def test_a_manifest_is_written_into_a_new_nested_folder(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "approved.json"
     save_manifest(path, "up", {"x": {"schema": {"name": "x"}, "signature": "s"}})
     assert list(load_manifest(path)) == ["x"] and [p.name for p in path.parent.iterdir()] == ["approved.json"]
+
+
+def test_the_manifest_temp_file_is_made_beside_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The atomic rename needs the temp file on the manifest's filesystem: with the process's
+    temp dir on another filesystem (tmpfs), writing must still work."""
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a temp dir on another filesystem (/dev/shm)")
+    monkeypatch.setattr(tempfile, "tempdir", str(shm))
+    path = tmp_path / "approved.json"
+    save_manifest(path, "up", {"x": {"schema": {"name": "x"}, "signature": "s"}})
+    assert list(load_manifest(path)) == ["x"]

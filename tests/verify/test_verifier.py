@@ -390,6 +390,7 @@ def test_the_state_store_is_private_and_lists_every_tool(tmp_path: Path) -> None
     assert before is not None and before.changed_at is None
     assert after.changed_at is not None and after.approved_hash == "h2" and after.key_fingerprint == "fp"
     assert after.first_seen == before.first_seen and after.last_seen >= before.last_seen
+    assert isinstance(after.first_seen, float) and after.first_seen > 0
     store.revoke("a", "y")
     assert store.get("a", "y").revoked is True  # type: ignore[union-attr]
     store.approve("a", "y", "h3", {"name": "y", "v": 3})
@@ -427,11 +428,11 @@ def test_approving_a_rotated_key_accepts_the_pending_pin_with_the_actor(
     assert assess(v, signed(CHANGED, k2))["up__echo"].verification == "drifted"
     rec = v.state.get("up", "echo")
     assert rec is not None
-    approve_current(v.state, cfg.pins_path, rec, domain=https_server.domain, actor="secteam")
+    approve_current(v.state, cfg.pins_path, rec, domain=https_server.domain, actor=None)
     assert assess(v, signed(CHANGED, k2))["up__echo"].verification == "verified"
     v.close()
     with schemapin.PinStore(cfg.pins_path) as pins:
-        assert [e["actor"] for e in pins.history() if e["action"] == "approve"] == ["secteam", "secteam"]
+        assert [e["actor"] for e in pins.history() if e["action"] == "approve"] == ["secteam", "symbi"]
 
 
 def test_manifest_keys_any_org_key_or_the_domain_key_and_high_s_refused_on_request(
@@ -695,3 +696,20 @@ def test_screening_in_the_catalogue_mentions_accepted_findings_and_event_fields(
     again = asyncio.run(v.assess([tool(DEF), tool(draft), tool(sneaky, "other")]))
     assert again["other__note"].screening.accepted is True and again["up__draft"].screening.accepted is False
     v.close()
+
+
+def test_the_state_store_works_from_other_threads_and_makes_its_folders(tmp_path: Path) -> None:
+    """The gateway reads the store from worker threads (the admin API, the CLI's polling)."""
+    import threading
+
+    path = tmp_path / "a" / "b" / "tools.db"
+    store = ToolStateStore(path)
+    assert store.path == path
+    store.observe("a", "x", "a__x", {"name": "x"}, "h", status="pinned", reason=None, key_fingerprint=None,
+                  pin_if_new=True)
+    seen: list[Any] = []
+    worker = threading.Thread(target=lambda: seen.append(store.get("a", "x")))
+    worker.start()
+    worker.join(10)
+    assert seen and seen[0] is not None and seen[0].approved_hash == "h"
+    store.close()

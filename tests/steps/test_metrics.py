@@ -197,3 +197,46 @@ async def test_unknown_tools_and_bad_codes_do_not_become_label_values() -> None:
     assert value(m, "symbi_tasks_total", kind="tools/list", outcome="denied") == 0
     assert len(m.recent) == 4 and m.recent.latest(1)[0].kind == "tools/list"
     assert value(m, "symbi_sandbox_runs_total", tier="docker", outcome="ok") == 0
+
+
+async def test_units_pinned_tools_and_code_tools_without_a_tier() -> None:
+    """Latency is observed in seconds; a pinned tool passes the verification check; a code
+    tool that ran without a sandbox tier is not a sandbox run; successful calls are no errors."""
+    import time as _time
+
+    m = GatewayMetrics()
+    step = MetricsStep(m, RecentCalls(5))
+    pinned = ToolInfo(name="up__p", original_name="p", upstream="up", definition={}, verification="pinned",
+                      verification_mode="tofu")
+    code = ToolInfo(name="sandbox__run", original_name="run", upstream="sandbox", definition={}, code_tool=True,
+                    verification="verified")
+
+    async def ok(call: CallContext) -> object:
+        return object()
+
+    started = _time.perf_counter()
+    await step(_call(pinned), ok)
+    await step(_call(code), ok)  # no sandbox tier set
+    await step(_call(None, kind="resources/read"), ok)
+    await step(_call(code, sandbox_tier="bwrap"), ok)
+    wall = _time.perf_counter() - started
+    assert value(m, "symbi_compliance_checks_total", check="verification", result="pass") == 3
+    assert value(m, "symbi_sandbox_runs_total", tier="bwrap", outcome="ok") == 1
+    assert value(m, "symbi_sandbox_run_seconds_count", tier="bwrap") == 1
+    assert value(m, "symbi_sandbox_runs_total", tier="None", outcome="ok") == 0
+    assert value(m, "symbi_sandbox_run_seconds_count", tier="None") == 0
+    assert 0 <= value(m, "symbi_tool_call_seconds_sum", upstream="up") <= wall  # seconds, not ms
+    assert 0 <= value(m, "symbi_sandbox_run_seconds_sum", tier="bwrap") <= wall
+    errors = [s for fam in text_string_to_metric_families(m.render().decode()) for s in fam.samples
+              if s.name == "symbi_errors_total"]
+    assert errors == []  # only successful calls: no error of any type
+
+
+async def test_a_call_without_a_tool_is_timed_under_unknown() -> None:
+    m = GatewayMetrics()
+
+    async def ok(call: CallContext) -> object:
+        return object()
+
+    await MetricsStep(m, RecentCalls(2))(_call(None), ok)
+    assert value(m, "symbi_tool_call_seconds_count", upstream="unknown") == 1

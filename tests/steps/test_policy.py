@@ -368,3 +368,17 @@ def test_the_call_decision_sees_the_call_counts(tmp_path: Any) -> None:
     run(step, Recorder(), call_of("up__b", {}))
     with pytest.raises(PolicyDenied):
         run(step, Recorder(), call_of("up__a", {}))
+
+
+def test_the_counters_and_limiter_handed_in_are_the_ones_used(engine: EmbeddedEngine) -> None:
+    """make_gateway shares one CallCounters (the policy input's call counts) and one rate
+    limiter (Redis when replicas share state) with the step: it must not make its own."""
+    from gateway.state.limiter import LocalRateLimiter
+
+    counters = CallCounters()
+    run(PolicyStep(engine, counters), Recorder(), call_of("everything__echo", {"message": "x"}))
+    assert counters.principal_counts(LOCAL.id)[0] == 1
+    shared = CallCounters()
+    step = PolicyStep(engine, CallCounters(), limiter=LocalRateLimiter(shared))
+    run(step, Recorder(), call_of("everything__echo", {"message": "x"}))
+    assert shared.principal_counts(LOCAL.id)[0] == 1

@@ -460,7 +460,7 @@ def test_a_key_with_a_non_hex_id_is_malformed(tmp_path: Path) -> None:
     from gateway.server.auth import split_key
 
     assert split_key("symbi_0123456789ab_secret") == "0123456789ab"
-    for bad in ("symbi_0123456789aZ_secret", "symbi_0123456789ab_", "symbi_0123456789a_s", "symbi_0123456789ab",
+    for bad in ("symbi_0123456789aZ_secret", "symbi_0123456789aX_secret", "symbi_0123456789ab_", "symbi_0123456789a_s", "symbi_0123456789ab",
                 "symb_0123456789ab_s", "symbi_0123456789abc_s"):
         assert split_key(bad) is None, bad
 
@@ -496,3 +496,29 @@ def test_the_authenticator_from_config_verifies_jwts_and_keys(tmp_path: Path) ->
     assert auth.authenticate({"x-api-key": key}).id == "bob"
     with pytest.raises(NoCredentials):
         auth.authenticate({})
+
+
+def test_a_bad_jwks_file_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    from gateway.errors import ConfigError
+    from gateway.server.auth import load_jwks_file
+
+    (tmp_path / "bad.json").write_text('{"keys": 5}')
+    for path in (tmp_path / "missing.json", tmp_path / "bad.json"):
+        with pytest.raises(ConfigError) as err:
+            load_jwks_file(path)
+        assert "http.jwt.jwks_file" in err.value.message and str(path) in err.value.message
+
+
+def test_api_keys_on_an_unreachable_postgres_refuse_at_start(tmp_path: Path) -> None:
+    """[state] postgres_url: the key store is PostgreSQL, opened (and checked) at start."""
+    from gateway.config.load import build_config
+    from gateway.errors import StateUnavailable
+    from gateway.server.auth import open_api_keys
+    from tests.conftest import free_port
+
+    cfg = build_config({"gateway": {"data_dir": str(tmp_path)},
+                        "state": {"postgres_url": f"postgresql://symbi@127.0.0.1:{free_port()}/postgres",
+                                  "timeout_s": 0.5}})
+    with pytest.raises(StateUnavailable):
+        open_api_keys(cfg)
+    assert isinstance(open_api_keys(build_config({"gateway": {"data_dir": str(tmp_path)}})), ApiKeyStore)

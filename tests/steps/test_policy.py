@@ -377,8 +377,8 @@ def test_the_counters_and_limiter_handed_in_are_the_ones_used(engine: EmbeddedEn
 
     counters = CallCounters()
     run(PolicyStep(engine, counters), Recorder(), call_of("everything__echo", {"message": "x"}))
-    assert counters.principal_counts(LOCAL.id)[0] == 1
+    assert counters.principal_counts(LOCAL.qualified)[0] == 1
     shared = CallCounters()
     step = PolicyStep(engine, CallCounters(), limiter=LocalRateLimiter(shared))
     run(step, Recorder(), call_of("everything__echo", {"message": "x"}))
-    assert shared.principal_counts(LOCAL.id)[0] == 1
+    assert shared.principal_counts(LOCAL.qualified)[0] == 1

@@ -40,6 +40,7 @@ from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
 from gateway.steps.policy import afilter_listing
 from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
+from gateway.upstream.isolation import IsolatedReplicas
 from gateway.upstream.relay import caller_owner
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
 
@@ -153,6 +154,7 @@ class Gateway:
         self.upstreams: dict[str, Upstream] = {}  # the primary of each server (the catalogue's source)
         self.replicas: dict[str, list[Upstream]] = {}  # every process of each server, primary first
         self._busy: dict[str, int] = {}  # calls in flight per replica (least-busy routing)
+        self._isolated: dict[str, IsolatedReplicas] = {}  # servers.X.isolation: a process per caller
         self._wrap_command = wrap_command
         self._background = tuple(background)
         self._closers = tuple(closers)  # run in this order when the gateway stops
@@ -228,11 +230,20 @@ class Gateway:
         self.replicas[name] = [up]
         self._tg.start_soon(up.run, name=f"upstream-{name}")
         for i in range(2, srv.replicas + 1):  # the seed's load balancing: N processes of one server
-            rep = Upstream(f"{name}-r{i}", srv, self.config, events=self.events, on_change=_ignore_change,
-                           on_resource_updated=self._resource_updated, wrap_command=self._wrap_command)
-            rep.bind_task_group(self._tg)
-            self.replicas[name].append(rep)
-            self._tg.start_soon(rep.run, name=f"upstream-{name}-r{i}")
+            self.replicas[name].append(self._start_replica(f"{name}-r{i}", srv))
+        if srv.isolation != "shared":
+            pool = IsolatedReplicas(name, srv, self.replicas[name], lambda n: self._start_replica(n, srv),
+                                    self.config.mcp.connection_timeout_s)
+            self._isolated[name] = pool
+            self._tg.start_soon(pool.sweep, name=f"upstream-{name}-isolation")
+
+    def _start_replica(self, name: str, srv: ServerConfig) -> Upstream:
+        assert self._tg is not None
+        rep = Upstream(name, srv, self.config, events=self.events, on_change=_ignore_change,
+                       on_resource_updated=self._resource_updated, wrap_command=self._wrap_command)
+        rep.bind_task_group(self._tg)
+        self._tg.start_soon(rep.run, name=f"upstream-{name}")
+        return rep
 
     async def add_server(self, name: str, srv: ServerConfig) -> None:
         """Start an upstream that was not in the config at start (a discovered server a
@@ -455,7 +466,8 @@ class Gateway:
                     params=types.ReadResourceRequestParams(uri=uri, input_responses=answers, request_state=state)
                 )
                 return await self.with_upstream(
-                    name, lambda up: up.session.send_request(request, _READ_RESULT), call.downstream
+                    name, lambda up: up.session.send_request(request, _READ_RESULT), call.downstream,
+                    self._owner_of_call(name, call),
                 )
 
             return await self._answered_for_legacy(call, name, read)
@@ -477,7 +489,8 @@ class Gateway:
                     )
                 )
                 return await self.with_upstream(
-                    owner, lambda up: up.session.send_request(request, _PROMPT_RESULT), call.downstream
+                    owner, lambda up: up.session.send_request(request, _PROMPT_RESULT), call.downstream,
+                    self._owner_of_call(owner, call),
                 )
 
             return await self._answered_for_legacy(call, owner, get)
@@ -485,7 +498,15 @@ class Gateway:
         builtin = self.builtins.get(call.tool.upstream)
         if builtin is not None:
             return await builtin.call(call)
-        up = self._least_busy(call.tool.upstream)
+        isolated = self._isolated.get(call.tool.upstream)
+        if isolated is not None:
+            owner = isolated.owner_of_call(call)
+            async with isolated.use(owner) as own:
+                return await self._call_tool(own, call)
+        return await self._call_tool(self._least_busy(call.tool.upstream), call)
+
+    async def _call_tool(self, up: Upstream, call: CallContext) -> Any:
+        assert call.tool is not None
         ctx = call.downstream
         progress = None
         if ctx is not None:
@@ -578,15 +599,28 @@ class Gateway:
         live = [u for u in reps if u.state == "up"] or reps[:1]
         return min(live, key=lambda u: self._busy.get(u.name, 0))
 
+    def _owner_of_call(self, name: str, call: CallContext) -> str | None:
+        isolated = self._isolated.get(name)
+        return isolated.owner_of_call(call) if isolated is not None else None
+
     async def with_upstream(
-        self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Downstream | None = None
+        self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Downstream | None = None,
+        owner: str | None = None,
     ) -> Any:
-        """``fn(upstream)`` on behalf of the caller whose request context is ``ctx``."""
+        """``fn(upstream)`` on behalf of the caller whose request context is ``ctx`` (under
+        ``servers.X.isolation``, on that caller's own process: ``owner`` or from ``ctx``)."""
         up = self.upstreams.get(name)
         if up is None:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
-        with _on_behalf_of(up, ctx):
-            return await up.request(fn(up))
+        isolated = self._isolated.get(name)
+        if isolated is None:
+            with _on_behalf_of(up, ctx):
+                return await up.request(fn(up))
+        if owner is None:
+            owner = isolated.owner_of(ctx)
+        async with isolated.use(owner) as own:
+            with _on_behalf_of(own, ctx):
+                return await own.request(fn(own))
 
 
 @contextlib.contextmanager

@@ -412,6 +412,12 @@ class ServerConfig(_Section):
     sandbox: TierName | None = None  # run this stdio server inside a sandbox tier
     sandbox_network: bool = False
     replicas: int = Field(default=1, ge=1, le=64)  # stdio: N processes, calls go to the least busy
+    # "principal"/"session": each caller gets its own process (gateway/upstream/isolation.py), so a
+    # server->client request (sampling, elicitation, roots) is answered by its caller's client
+    # only; "shared": one process, such a request is refused while several principals call it.
+    isolation: Literal["shared", "principal", "session"] = "shared"
+    isolation_max: int = Field(default=16, ge=1, le=256)  # isolated processes at most (busy: refused)
+    isolation_idle_s: float = Field(default=300.0, gt=0)  # an isolated process idle this long is stopped
 
     @model_validator(mode="after")
     def _one_transport(self) -> ServerConfig:
@@ -423,6 +429,13 @@ class ServerConfig(_Section):
             raise ValueError("'args', 'env', 'cwd' and 'sandbox' only apply to stdio servers ('command')")
         if self.url is not None and self.replicas > 1:
             raise ValueError("'replicas' applies to stdio servers ('command'): an HTTP server scales behind its URL")
+        if self.isolation != "shared" and self.url is not None:
+            raise ValueError("'isolation' applies to stdio servers ('command'): a process per caller")
+        if self.isolation != "shared" and self.replicas > 1:
+            raise ValueError("'isolation' and 'replicas' exclude each other: isolated processes are per caller")
+        tuned = {"isolation_max", "isolation_idle_s"} & self.model_fields_set
+        if self.isolation == "shared" and tuned:
+            raise ValueError(f"{', '.join(sorted(tuned))} only apply with isolation = 'principal' or 'session'")
         if self.command is not None and self.headers:
             raise ValueError("'headers' only apply to HTTP servers ('url')")
         return self

@@ -7,6 +7,10 @@ upstream, each with its owner (the qualified principal). A request is relayed on
 every caller in flight belongs to one owner (then to that owner's most recent call);
 with callers of several principals in flight it is ambiguous and refused, and with none
 it is refused too: a principal's model never answers another principal's upstream.
+(A 2026-07-28 upstream returns such requests inside the call's result, routed by the call
+itself; the SDK client's ``ClientRequestContext`` carries no related request id, so the
+handshake era cannot be routed by request. ``servers.X.isolation`` gives each caller its own
+process instead: ``isolation.py``.)
 Every relayed and refused request is an audit event (``upstream.client_request``).
 """
 

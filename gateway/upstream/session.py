@@ -360,6 +360,10 @@ class Upstream:
         self._closed.set()
 
     async def stop(self) -> None:
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        """End the connection (and the process) for good: the supervisor does not reconnect."""
         self._stop = True
         self._closed.set()
 

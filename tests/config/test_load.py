@@ -63,6 +63,13 @@ BAD = [
     ("reserved name sandbox", '[sandbox]\ncode_tools = false\n[servers.sandbox]\ncommand = "x"\n', "sandbox"),
     ("reserved name memory", '[servers.Memory]\ncommand = "x"\n', "Memory"),
     ("reserved name bus", '[servers.bus]\nurl = "http://127.0.0.1:1/mcp"\n', "bus"),
+    # issue 11 item 5: a process per caller is for stdio servers, and its bounds need it on
+    ("bad isolation", '[servers.a]\ncommand = "x"\nisolation = "tenant"\n', "servers.a.isolation"),
+    ("isolation on http", '[servers.a]\nurl = "http://127.0.0.1:1/mcp"\nisolation = "principal"\n', "servers.a"),
+    ("isolation with replicas", '[servers.a]\ncommand = "x"\nisolation = "session"\nreplicas = 2\n', "servers.a"),
+    ("isolation_max when shared", '[servers.a]\ncommand = "x"\nisolation_max = 4\n', "servers.a"),
+    ("isolation_max zero", '[servers.a]\ncommand = "x"\nisolation = "principal"\nisolation_max = 0\n',
+     "servers.a.isolation_max"),
     ("two pass-through", '[servers.a]\ncommand = "x"\npass_through = true\n[servers.b]\ncommand = "y"\n', "servers"),
 ]
 

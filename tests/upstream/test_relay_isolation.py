@@ -100,3 +100,101 @@ async def test_sampling_never_reaches_another_principals_model(tmp_path: Path) -
         outcomes = [(e["details"]["method"], e["details"]["outcome"], e["principal"]) for e in events]
         assert ("sampling/createMessage", "refused", None) in outcomes
         assert ("sampling/createMessage", "relayed", "key:bob") in outcomes
+
+
+@pytest.mark.anyio
+async def test_isolation_per_principal_serves_both_callers_with_their_own_model(tmp_path: Path) -> None:
+    """``isolation = "principal"``: two principals sample the same server at the same time and
+    each gets its own model's answer (their calls run on processes of their own)."""
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + 'isolation = "principal"\nisolation_max = 4\n')
+    store = ApiKeyStore(load_config(cfg, {}).api_keys_path)
+    alice_key, _ = store.create("alice", ("tester",))
+    bob_key, _ = store.create("bob", ("tester",))
+    asked: list[str] = []
+    results: dict[str, Any] = {}
+    with run_server(cfg) as run:
+        async with (
+            httpx2.AsyncClient(headers=bearer(alice_key)) as ha,
+            streamable_http_client(run.mcp, http_client=ha) as (ra, wa),
+            ClientSession(ra, wa, sampling_callback=_model("alice", asked)) as alice,
+            httpx2.AsyncClient(headers=bearer(bob_key)) as hb,
+            streamable_http_client(run.mcp, http_client=hb) as (rb, wb),
+            ClientSession(rb, wb, sampling_callback=_model("bob", asked)) as bob,
+        ):
+            await alice.initialize()
+            await bob.initialize()
+
+            async def call(name: str, session: ClientSession) -> None:
+                results[name] = await session.call_tool("mut__sample", {"delay": 1.0})
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:  # both in flight when both sample
+                    tg.start_soon(call, "bob", bob)
+                    tg.start_soon(call, "alice", alice)
+            for who, other in (("alice", "bob"), ("bob", "alice")):
+                res = results[who]
+                assert not res.is_error, res
+                text = res.content[0].text
+                assert f"I am {who}'s model" in text and other not in text
+            assert sorted(asked) == ["alice", "bob"]  # each model asked once: by its own caller's call
+
+        gw = run.state.gateway  # type: ignore[union-attr]
+        procs = {u.name for u in gw.replicas["mut"]}
+        assert len(procs) == 3  # the primary (catalogue) and one process per principal
+        gw.audit.flush()
+        events = [e for e in gw.audit.recent(200) if e["type"] == "upstream.client_request"]
+        outcomes = sorted((e["details"]["outcome"], e["principal"], e["details"]["upstream"]) for e in events)
+        assert [(o, p) for o, p, _ in outcomes] == [("relayed", "key:alice"), ("relayed", "key:bob")]
+        assert len({u for _, _, u in outcomes}) == 2  # relayed from two different processes
+
+
+@pytest.mark.anyio
+async def test_isolation_per_session_is_bounded_and_idle_processes_stop(tmp_path: Path) -> None:
+    """``isolation = "session"``: each session of one principal has its own process; with
+    ``isolation_max = 1`` a second session is refused while the first one's call runs, and
+    a process idle for ``isolation_idle_s`` is stopped."""
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + 'isolation = "session"\nisolation_max = 1\nisolation_idle_s = 0.5\n')
+    store = ApiKeyStore(load_config(cfg, {}).api_keys_path)
+    key, _ = store.create("alice", ("tester",))
+    results: dict[str, Any] = {}
+    with run_server(cfg) as run:
+        gw = run.state.gateway  # type: ignore[union-attr]
+        async with (
+            httpx2.AsyncClient(headers=bearer(key)) as h1,
+            streamable_http_client(run.mcp, http_client=h1) as (r1, w1),
+            ClientSession(r1, w1) as first,
+            httpx2.AsyncClient(headers=bearer(key)) as h2,
+            streamable_http_client(run.mcp, http_client=h2) as (r2, w2),
+            ClientSession(r2, w2) as second,
+        ):
+            await first.initialize()
+            await second.initialize()
+
+            async def busy() -> None:
+                results["first"] = await first.call_tool("mut__slow", {"seconds": 2})
+
+            async def crowded() -> None:
+                await anyio.sleep(0.8)  # the first session's process is busy with its call
+                results["second"] = await second.call_tool("mut__echo", {"message": "hi"})
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(busy)
+                    tg.start_soon(crowded)
+            assert not results["first"].is_error
+            refused = results["second"]
+            assert refused.is_error and refused.meta["symbi/error"]["code"] == "upstream_unavailable"
+            assert len(gw.replicas["mut"]) == 2  # the primary and the first session's process
+
+            # the first session's process is idle now: the next session may have one of its own
+            with anyio.fail_after(30):
+                again = await second.call_tool("mut__echo", {"message": "hi"})
+            assert not again.is_error and "Echo: hi" in again.content[0].text  # type: ignore[union-attr]
+            names = [u.name for u in gw.replicas["mut"]]
+            assert names == ["mut", "mut-i2"]  # the first one was stopped for the second (max 1)
+
+            with anyio.fail_after(30):  # and an idle one is stopped by the sweep on its own
+                while len(gw.replicas["mut"]) > 1:
+                    await anyio.sleep(0.2)

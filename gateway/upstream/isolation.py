@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 
@@ -57,10 +57,6 @@ class IsolatedReplicas:
     def mode(self) -> str:
         return self._server.isolation
 
-    @property
-    def owners(self) -> int:
-        return len(self._by_owner)
-
     def owner_of_call(self, call: CallContext) -> str:
         """Whose process a call goes to: its principal's, or (``session``) its session's."""
         return self._key(call.principal.qualified, call.session_id)
@@ -79,8 +75,10 @@ class IsolatedReplicas:
     def _key(self, principal: str, session: str | None) -> str:
         return principal if self.mode == "principal" else f"{principal}\0{session or ''}"
 
-    async def acquire(self, owner: str) -> Upstream:
-        """The owner's process, started on its first call (refused when all are busy)."""
+    @asynccontextmanager
+    async def use(self, owner: str) -> AsyncIterator[Upstream]:
+        """The owner's process, started on its first call (refused when all are busy); it
+        counts as busy from here on, so no other owner's start can stop it meanwhile."""
         async with self._lock:
             up = self._by_owner.get(owner)
             if up is None:
@@ -90,16 +88,10 @@ class IsolatedReplicas:
                 up = self._start(f"{self.name}-i{next(self._ids)}")
                 self._replicas.append(up)
                 self._by_owner[owner] = up
-                self._busy[owner] = 0
-                self._last_used[owner] = anyio.current_time()
-        await up.wait_up(self._connect_timeout_s)
-        return up
-
-    @contextmanager
-    def using(self, owner: str) -> Iterator[None]:
-        self._busy[owner] = self._busy.get(owner, 0) + 1
+            self._busy[owner] = self._busy.get(owner, 0) + 1
         try:
-            yield
+            await up.wait_up(self._connect_timeout_s)
+            yield up
         finally:
             self._busy[owner] -= 1
             self._last_used[owner] = anyio.current_time()
@@ -111,7 +103,7 @@ class IsolatedReplicas:
                 f"upstream {self.name!r}: all {self._server.isolation_max} isolated processes "
                 f"(servers.{self.name}.isolation_max) are busy with other callers"
             )
-        self._drop(min(idle, key=lambda o: self._last_used[o]))
+        self._drop(min(idle, key=lambda o: self._last_used.get(o, 0.0)))
 
     def _idle(self, owner: str) -> bool:
         # a call bridged to a 2026 client runs on after its first answer: its relay still counts it
@@ -119,7 +111,7 @@ class IsolatedReplicas:
 
     def _reap(self, now: float) -> None:
         for owner in [o for o in self._by_owner if self._idle(o)]:
-            if now - self._last_used[owner] >= self._server.isolation_idle_s:
+            if now - self._last_used.get(owner, now) >= self._server.isolation_idle_s:
                 self._drop(owner)
 
     def _drop(self, owner: str) -> None:
@@ -128,7 +120,7 @@ class IsolatedReplicas:
         self._last_used.pop(owner, None)
         if up in self._replicas:
             self._replicas.remove(up)
-        _logger.info("upstream %s: stopping isolated process %s (idle)", self.name, up.name)
+        _logger.info("upstream %s: stopping isolated process %s (idle, or its slot is needed)", self.name, up.name)
         up.request_stop()
 
     async def sweep(self) -> None:
@@ -138,7 +130,3 @@ class IsolatedReplicas:
             await anyio.sleep(period)
             async with self._lock:
                 self._reap(anyio.current_time())
-
-    def stop_all(self) -> None:
-        for owner in list(self._by_owner):
-            self._drop(owner)

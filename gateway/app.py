@@ -308,7 +308,7 @@ class Gateway:
         kinds = _changed_kinds(old, new)
         if not kinds:
             return
-        principals = {p.id: p for p in self._downstream.values()} | self.listen.principals()
+        principals = {p.qualified: p for p in self._downstream.values()} | self.listen.principals()
         if not principals:
             return  # nobody to tell (and nothing relayed to put on the record)
         told: dict[str, set[str]] = {}
@@ -318,7 +318,7 @@ class Gateway:
             except Exception:
                 _logger.warning("list_changed for %s not announced: visibility check failed", pid, exc_info=True)
         for conn, principal in list(self._downstream.items()):
-            for kind in sorted(told.get(principal.id, ())):
+            for kind in sorted(told.get(principal.qualified, ())):
                 with contextlib.suppress(Exception):
                     await conn.outbound.notify(f"notifications/{kind}/list_changed", None)
         for kind, event in (("tools", ToolsListChanged()), ("prompts", PromptsListChanged()),
@@ -362,14 +362,14 @@ class Gateway:
             owner = up.name
         if owner != up.name:
             return  # an upstream speaking for a URI another one owns
-        principals = {p.id: p for p in self._downstream.values()} | self.listen.principals()
+        principals = {p.qualified: p for p in self._downstream.values()} | self.listen.principals()
         may: set[str] = set()
         for pid, principal in principals.items():
             with contextlib.suppress(Exception):  # unknown = not told
                 if uri in await self.allowed_targets(principal, "resources/read", [(uri, owner)]):
                     may.add(pid)
         for conn, principal in list(self._downstream.items()):
-            if principal.id in may:
+            if principal.qualified in may:
                 with contextlib.suppress(Exception):
                     await conn.outbound.notify("notifications/resources/updated", {"uri": uri})
         self.listen.push(ResourceUpdated(uri=uri), to=may)
@@ -557,7 +557,7 @@ class Gateway:
         assert call.tool is not None and self._tg is not None
         if self.pending.owns(call.request_state):
             assert call.request_state is not None
-            return await self.pending.resume(call.principal.id, call.target, call.request_state,
+            return await self.pending.resume(call.principal.qualified, call.target, call.request_state,
                                              dict(call.input_responses or {}))
         tool = call.tool
 
@@ -569,7 +569,7 @@ class Gateway:
             with _on_behalf_of(up, ctx, ask=audited):
                 return await up.call_tool(tool.original_name, call.arguments, progress=progress)
 
-        return await self.pending.start(self._tg, call.principal.id, call.target, run)
+        return await self.pending.start(self._tg, call.principal.qualified, call.target, run)
 
     def _audit_bridged(self, call: CallContext, upstream: str, direction: str, methods: list[str]) -> None:
         self.events.emit(Event.BRIDGE_INPUT_REQUEST, {"direction": direction, "methods": methods,

@@ -83,8 +83,9 @@ class ListenHub:
         return True  # an empty hub is still the hub (never `hub or default`)
 
     def principals(self) -> dict[str, Principal]:
-        """One principal per id among the open streams (whom a change must be checked for)."""
-        return {s.principal.id: s.principal for s in self._streams}
+        """One principal per qualified id among the open streams (whom a change must be checked
+        for); qualified, so a key and a JWT subject with the same name are asked about apart."""
+        return {s.principal.qualified: s.principal for s in self._streams}
 
     async def serve(
         self,
@@ -137,12 +138,12 @@ class ListenHub:
         return types.SubscriptionsListenResult(_meta=meta)
 
     def push(self, event: ServerEvent, to: Iterable[str] | None = None) -> int:
-        """Queue ``event`` on every stream that asked for its kind and whose principal id is in
-        ``to`` (every stream when None). Returns how many streams got it."""
+        """Queue ``event`` on every stream that asked for its kind and whose principal's
+        qualified id is in ``to`` (every stream when None). Returns how many streams got it."""
         ids = None if to is None else set(to)
         n = 0
         for stream in list(self._streams):
-            if (ids is None or stream.principal.id in ids) and self.deliver(stream, event):
+            if (ids is None or stream.principal.qualified in ids) and self.deliver(stream, event):
                 n += 1
         return n
 

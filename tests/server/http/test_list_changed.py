@@ -165,7 +165,7 @@ async def test_a_change_reaches_listen_streams_and_legacy_sessions_that_can_see_
         assert bob_legacy.seen == []
         # on the record: whom the gateway told, whom not, and how long after the upstream's notice
         note = _last_notice(run)
-        assert "tools" in note["kinds"] and "alice" in note["told"] and "bob" in note["not_told"]
+        assert "tools" in note["kinds"] and "key:alice" in note["told"] and "key:bob" in note["not_told"]
         print(f"\n{trigger}: upstream notice to pushes queued {note['after_ms']} ms; "
               f"call start to listen-stream event {took * 1000:.0f} ms")
 

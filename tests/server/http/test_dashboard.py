@@ -151,7 +151,8 @@ def test_browser_login_and_see_a_denied_call(env: Env) -> None:
             texts = rows.all_inner_texts()
             assert any("denied" in t and "everything__echo" in t for t in texts), texts
             policy_row = next(t for t in texts if "everything__get-tiny-image" in t)
-            assert "deny" in policy_row and "allow-list" in policy_row, policy_row
+            # a tool the policy hides is refused exactly like a missing one (issue 11 item 13)
+            assert "denied" in policy_row and "unknown tool" in policy_row, policy_row
             assert any("ok" in t and "everything__echo" in t for t in texts), texts
 
             page.click("text=Tools")

@@ -229,3 +229,40 @@ def test_build_engine_uses_the_configured_files_decision_path_and_event_sink(tmp
     finally:
         eng.close()
         eng.close()
+
+
+def test_reload_events_name_the_files_and_digest_and_an_unchanged_reload_is_quiet(tmp_path: Path) -> None:
+    from gateway.config.model import Config, PolicySection
+    from gateway.policy.engine import build_engine
+
+    class Sink:
+        def __init__(self) -> None:
+            self.events: list[tuple[str, dict[str, Any]]] = []
+
+        def emit(self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None) -> None:
+            self.events.append((event_type, dict(details)))
+
+    pol, data = tmp_path / "mine.rego", tmp_path / "d.json"
+    pol.write_text("package mine\nimport rego.v1\nverdict := {\"allow\": data.flag, \"reasons\": [], \"conditions\": {}}\n")
+    data.write_text('{"flag": false}')
+    sink = Sink()
+    eng = build_engine(Config(policy=PolicySection(path=pol, data=data, decision="data.mine.verdict", hot_reload=False)),
+                       events=sink)
+    assert isinstance(eng, EmbeddedEngine) and eng.bundle is not None
+    try:
+        assert eng.reload() is True and sink.events == []  # nothing changed: no event
+        data.write_text('{"flag": true}')
+        assert eng.reload() is True and eng.decide({}).allow is True  # the custom decision path still holds
+        ((kind, details),) = sink.events
+        assert kind == "policy.reloaded"
+        assert (details["policy"], details["data"], details["digest"]) == (str(pol), str(data), eng.bundle.digest)
+        data.write_text('{"flag": false}')
+        assert eng.reload() is True and eng.decide({}).allow is False  # a second change after the first
+        pol.write_text("package mine\nverdict := {")
+        assert eng.reload() is False
+        kind, details = sink.events[-1]
+        assert kind == "policy.reload_refused" and details["policy"] == str(pol)
+        eng.start_watching(interval_s=60)
+    finally:
+        eng.close()
+        eng.close()  # a stopped watcher is not stopped twice

@@ -176,3 +176,34 @@ def test_resolve_refuses_a_tool_of_an_upstream_it_does_not_know() -> None:
     live = _catalog(upstreams={})  # the catalogue lists a tool of an upstream no longer configured
     with pytest.raises(UpstreamUnavailable):
         run(ResolveTool(live), Endpoint(), CallContext(principal=LOCAL, kind="tools/call", target="up__t"))
+
+
+def test_with_a_policy_a_hidden_tool_answers_like_an_unknown_one(tmp_path: Any) -> None:
+    """The listing decision is asked as if the tool were verified and clean, for this
+    principal and session: alice (session s1) resolves the unverified tool and so learns why
+    it is refused later; bob, or alice in another session, gets exactly UnknownTool."""
+    from gateway.policy.engine import EmbeddedEngine
+    from gateway.policy.inputdoc import CallCounters
+    from gateway.policy.loader import PolicyFiles
+
+    rego = tmp_path / "p.rego"
+    rego.write_text(
+        "package symbi\nimport rego.v1\n"
+        'default decision := {"allow": false, "reasons": ["hidden"], "conditions": {}}\n'
+        'decision := {"allow": true, "reasons": [], "conditions": {}} if {\n'
+        '  input.principal.id == "alice"\n  input.tool.name == "up__t"\n'
+        '  input.tool.verification == "verified"\n  input.context.session_id == "s1"\n}\n'
+    )
+    engine = EmbeddedEngine(PolicyFiles(policy=rego))
+    assert engine.load()
+    step = ResolveTool(_catalog(), engine, CallCounters())
+    ep = Endpoint()
+    call = CallContext(principal=Principal(id="alice"), kind="tools/call", target="up__t", session_id="s1")
+    run(step, ep, call)
+    assert ep.calls == [call] and call.tool is not None and call.tool.verification == "unverified"
+    for principal, session in (("bob", "s1"), ("alice", "s2")):
+        with pytest.raises(UnknownTool) as err:
+            run(step, ep, CallContext(principal=Principal(id=principal), kind="tools/call", target="up__t",
+                                      session_id=session))
+        assert err.value.code == "unknown_tool"
+    assert len(ep.calls) == 1

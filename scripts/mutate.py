@@ -78,7 +78,7 @@ GROUPS: tuple[Group, ...] = (
             "test_a_key_with_a_non_hex_id_is_malformed", "test_a_failed_key_file_write_leaves_no_readable_temp_file",
             "test_the_authenticator_from_config_verifies_jwts_and_keys",
             "test_a_bad_jwks_file_is_a_config_error_naming_the_key",
-            "test_api_keys_on_an_unreachable_postgres_refuse_at_start",
+            "test_api_keys_on_an_unreachable_postgres_refuse_at_start", "test_principals_carry_their_namespace",
         )
     )),
     Group("policy", (

@@ -522,3 +522,20 @@ def test_api_keys_on_an_unreachable_postgres_refuse_at_start(tmp_path: Path) -> 
     with pytest.raises(StateUnavailable):
         open_api_keys(cfg)
     assert isinstance(open_api_keys(build_config({"gateway": {"data_dir": str(tmp_path)}})), ApiKeyStore)
+
+
+def test_principals_carry_their_namespace(tmp_path: Path) -> None:
+    """A JWT with sub=alice, an API key for alice and the anonymous principal are three
+    different callers: each principal says where it came from (and the JWT its issuer)."""
+    idp = make_idp(tmp_path)
+    store = ApiKeyStore(tmp_path / "keys.json")
+    key, rec = store.create("alice", ("developer",), kind="service")
+    auth = Authenticator(keys=store, jwt=JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE,
+                                                                jwks_file=idp.jwks_path)), anonymous="guest")
+    by_jwt = auth.authenticate({"authorization": f"Bearer {idp.token('alice')}"})
+    by_key = auth.authenticate({"x-api-key": key})
+    anon = auth.authenticate({})
+    assert (by_jwt.source, by_jwt.issuer, by_jwt.kind, by_jwt.qualified) == ("jwt", ISSUER, "user", f"jwt:{ISSUER}#alice")
+    assert (by_key.source, by_key.kind, by_key.claims, by_key.qualified) == ("key", "service", {"key_id": rec.id},
+                                                                             "key:alice")
+    assert (anon.source, anon.kind, anon.qualified) == ("anonymous", "anonymous", "anonymous:guest")

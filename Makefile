@@ -77,6 +77,7 @@ mutate: setup
 
 lint: python-deps
 	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 
 format: python-deps
 	$(PY) -m ruff format $(LINTED)

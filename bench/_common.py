@@ -137,7 +137,10 @@ async def sequential_calls(call: Call, n: int, tag: str, expected: Callable[[str
 
 @contextlib.asynccontextmanager
 async def stdio_session(
-    command: str, args: list[str], env: dict[str, str] | None = None, errlog: Path | None = None,
+    command: str,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    errlog: Path | None = None,
     cwd: Path | None = None,
 ) -> AsyncIterator[ClientSession]:
     """A handshake-era (2025-11-25) SDK client session over stdio, kept open (stderr to ``errlog``)."""
@@ -200,7 +203,9 @@ def bench_policy_data(folder: Path, principal: str, extra_tools: list[str]) -> P
     cfg = data["symbi_data"]
     for ns in ("stdio", "keys"):  # the bench principal over stdio or with an API key
         cfg["principals"].setdefault(ns, {})[principal] = {
-            "roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0
+            "roles": ["developer"],
+            "rate_limit": 10**9,
+            "max_calls_per_hour": 0,
         }
     cfg["roles"]["developer"]["tools"] += extra_tools
     folder.mkdir(parents=True, exist_ok=True)

@@ -53,9 +53,16 @@ BATCH = DEFAULTS.batch_max
 
 
 def _details(i: int) -> dict[str, Any]:
-    return {"tool": "fs__read_file", "upstream": "fs", "arguments": {"path": "[REDACTED]"},
-            "decision": {"allow": True, "reasons": ["ok"], "conditions": {"sandbox_tier": "none"}},
-            "outcome": "ok", "duration_ms": 1.234, "result_bytes": 512, "i": i}
+    return {
+        "tool": "fs__read_file",
+        "upstream": "fs",
+        "arguments": {"path": "[REDACTED]"},
+        "decision": {"allow": True, "reasons": ["ok"], "conditions": {"sandbox_tier": "none"}},
+        "outcome": "ok",
+        "duration_ms": 1.234,
+        "result_bytes": 512,
+        "i": i,
+    }
 
 
 def bench_append(d: Path, n: int) -> dict[str, float]:
@@ -70,6 +77,7 @@ def bench_append(d: Path, n: int) -> dict[str, float]:
         async def worker(w: int) -> None:
             for i in range(w, m, width):
                 await log.record("tool.call", _details(i), principal="alice")
+
         await asyncio.gather(*(worker(w) for w in range(width)))
 
     m = max(2000, n // 4)
@@ -85,8 +93,21 @@ def bench_baseline_sqlite(d: Path, n: int) -> float:
     t = time.perf_counter()
     rows = []
     for i in range(n):
-        rows.append((i + 1, str(uuid.uuid4()), time.time_ns(), "alice", "agent-1", "tool.call",
-                     canonical_details(_details(i)), "", "", "", ""))
+        rows.append(
+            (
+                i + 1,
+                str(uuid.uuid4()),
+                time.time_ns(),
+                "alice",
+                "agent-1",
+                "tool.call",
+                canonical_details(_details(i)),
+                "",
+                "",
+                "",
+                "",
+            )
+        )
         if len(rows) == BATCH or i == n - 1:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(store.INSERT, rows)
@@ -102,8 +123,18 @@ def bench_baseline_jsonl(d: Path, n: int) -> float:
     with open(d / "plain.jsonl", "a", encoding="utf-8") as f:
         buf = []
         for i in range(n):
-            buf.append(json.dumps({"seq": i + 1, "id": str(uuid.uuid4()), "ts_ns": time.time_ns(),
-                                   "type": "tool.call", "details": _details(i)}) + "\n")
+            buf.append(
+                json.dumps(
+                    {
+                        "seq": i + 1,
+                        "id": str(uuid.uuid4()),
+                        "ts_ns": time.time_ns(),
+                        "type": "tool.call",
+                        "details": _details(i),
+                    }
+                )
+                + "\n"
+            )
             if len(buf) == BATCH or i == n - 1:
                 f.write("".join(buf))
                 f.flush()
@@ -137,8 +168,12 @@ def bench_step(d: Path, calls: int) -> dict[str, float]:
         return "ok"
 
     def ctx() -> CallContext:
-        return CallContext(principal=Principal(id="alice"), kind="tools/call", target="fs__read",
-                           arguments={"path": "/etc/hosts"})
+        return CallContext(
+            principal=Principal(id="alice"),
+            kind="tools/call",
+            target="fs__read",
+            arguments={"path": "/etc/hosts"},
+        )
 
     async def sequential(handler: Any) -> list[float]:
         lat = []
@@ -152,6 +187,7 @@ def bench_step(d: Path, calls: int) -> dict[str, float]:
         async def worker() -> None:
             for _ in range(calls // width):
                 await handler(ctx())
+
         t = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(width)))
         return (calls // width) * width / (time.perf_counter() - t)
@@ -206,21 +242,37 @@ def main() -> None:
         crypto = bench_crypto()
     result = {
         "benchmark": "audit",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "sqlite": sqlite3.sqlite_version,
-                    "loadavg_1m": os.getloadavg()[0]},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "sqlite": sqlite3.sqlite_version,
+            "loadavg_1m": os.getloadavg()[0],
+        },
         "events": args.events,
-        "append": {**append, "baseline_unsigned_sqlite_per_s": base_sqlite, "baseline_unsigned_jsonl_per_s": base_jsonl,
-                   "signed_vs_unsigned_sqlite": append["signed_emit_per_s"] / base_sqlite},
-        "verify": {**verify, "fast_vs_read": verify["verify_fast_per_s"] / verify["baseline_read_rows_per_s"]},
+        "append": {
+            **append,
+            "baseline_unsigned_sqlite_per_s": base_sqlite,
+            "baseline_unsigned_jsonl_per_s": base_jsonl,
+            "signed_vs_unsigned_sqlite": append["signed_emit_per_s"] / base_sqlite,
+        },
+        "verify": {
+            **verify,
+            "fast_vs_read": verify["verify_fast_per_s"] / verify["baseline_read_rows_per_s"],
+        },
         "step": step,
-        "crypto_ceiling": {**crypto,
-                           "signed_append_vs_bare_sign": append["signed_emit_per_s"] / crypto["ed25519_sign_per_s"],
-                           "full_verify_vs_bare_verify": verify["verify_all_signatures_per_s"]
-                           / crypto["ed25519_verify_per_s"]},
-        "targets": {"append_per_s": 10000, "verify_per_s": 20000,
-                    "append_met": append["signed_emit_per_s"] >= 10000,
-                    "verify_all_signatures_met": verify["verify_all_signatures_per_s"] >= 20000,
-                    "verify_fast_met": verify["verify_fast_per_s"] >= 20000},
+        "crypto_ceiling": {
+            **crypto,
+            "signed_append_vs_bare_sign": append["signed_emit_per_s"] / crypto["ed25519_sign_per_s"],
+            "full_verify_vs_bare_verify": verify["verify_all_signatures_per_s"]
+            / crypto["ed25519_verify_per_s"],
+        },
+        "targets": {
+            "append_per_s": 10000,
+            "verify_per_s": 20000,
+            "append_met": append["signed_emit_per_s"] >= 10000,
+            "verify_all_signatures_met": verify["verify_all_signatures_per_s"] >= 20000,
+            "verify_fast_met": verify["verify_fast_per_s"] >= 20000,
+        },
     }
     print(json.dumps(result, indent=2, default=lambda x: round(x, 3) if isinstance(x, float) else str(x)))
 

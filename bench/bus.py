@@ -57,7 +57,9 @@ B = Principal(id="bench", agent="agent-b")
 
 
 class NullSink:
-    def emit(self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None) -> None:
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
         pass
 
 
@@ -100,8 +102,12 @@ async def inprocess_queue(n: int) -> dict[str, Any]:
 
 async def _bus(backend: BusBackend, folder: Path) -> Bus:
     await backend.start()
-    bus = Bus(backend, KeyRing(load_secret(folder / "bus-secret"), folder / "bus-keys.db"), events=NullSink(),
-              buffer_size=10_000_000)
+    bus = Bus(
+        backend,
+        KeyRing(load_secret(folder / "bus-secret"), folder / "bus-keys.db"),
+        events=NullSink(),
+        buffer_size=10_000_000,
+    )
     await bus.register("agent-a", "bench")
     await bus.register("agent-b", "bench")
     return bus
@@ -151,11 +157,16 @@ async def secure(bus: Bus, n: int, lat_n: int) -> dict[str, Any]:
         await bus.receive(B, max_items=1, wait_s=5.0)
 
     lat = await _latency(one, take, lat_n)
-    return {"messages_per_s": round(n / wall, 1), "us_per_message": round(wall / n * 1e6, 2),
-            **latency_summary(lat)}
+    return {
+        "messages_per_s": round(n / wall, 1),
+        "us_per_message": round(wall / n * 1e6, 2),
+        **latency_summary(lat),
+    }
 
 
-async def timeout_accuracy(bus: Bus, timeouts_ms: tuple[int, ...] = (100, 250, 500), rounds: int = 5) -> dict[str, Any]:
+async def timeout_accuracy(
+    bus: Bus, timeouts_ms: tuple[int, ...] = (100, 250, 500), rounds: int = 5
+) -> dict[str, Any]:
     """bus.request to an agent that never answers: when does the timeout error come, as a
     fraction of the timeout asked for (goal: within +-10%)."""
     from gateway.errors import BusTimeout
@@ -173,7 +184,9 @@ async def timeout_accuracy(bus: Bus, timeouts_ms: tuple[int, ...] = (100, 250, 5
     return out
 
 
-async def _latency(send: Callable[[int], Awaitable[None]], take: Callable[[], Awaitable[None]], n: int) -> list[float]:
+async def _latency(
+    send: Callable[[int], Awaitable[None]], take: Callable[[], Awaitable[None]], n: int
+) -> list[float]:
     out: list[float] = []
     for i in range(n):
         receiver = asyncio.ensure_future(take())
@@ -189,9 +202,23 @@ def _redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(folder)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -211,13 +238,16 @@ async def mcp_ratio(folder: Path, n: int) -> dict[str, Any]:
     policy = ROOT / "policies.rego"
     data = ROOT / "tests/assets/policy/test-data.json"
     cfg = folder / "symbi.toml"
-    cfg.write_text(f'[gateway]\ndata_dir = "{folder / "gw"}"\n[policy]\npath = "{policy}"\ndata = "{data}"\n'
-                   f'[sandbox]\ncode_tools = false\n[servers.everything]\ncommand = "node"\n'
-                   f'args = ["{EVERYTHING_JS}", "stdio"]\nverification = "warn"\n')
+    cfg.write_text(
+        f'[gateway]\ndata_dir = "{folder / "gw"}"\n[policy]\npath = "{policy}"\ndata = "{data}"\n'
+        f'[sandbox]\ncode_tools = false\n[servers.everything]\ncommand = "node"\n'
+        f'args = ["{EVERYTHING_JS}", "stdio"]\nverification = "warn"\n'
+    )
     a = Principal(id="tester", roles=("tester",), agent="agent-a")
     b = Principal(id="tester", roles=("tester",), agent="agent-b")
     gw = make_gateway(load_config(cfg))
     async with gw.running():
+
         async def call(p: Principal, tool: str, args: dict[str, Any]) -> Any:
             r = await gw.call(CallContext(principal=p, kind="tools/call", target=tool, arguments=args))
             assert not r.is_error, r
@@ -236,9 +266,12 @@ async def mcp_ratio(folder: Path, n: int) -> dict[str, Any]:
                 bus_lat.append(time.perf_counter() - t)
         gw.audit.flush(timeout=30)
     e, s = latency_summary(echo), latency_summary(bus_lat)
-    return {"echo_tools_call": e, "bus_send_plus_receive": s,
-            "ratio_p50_vs_echo": round(s["p50_ms"] / e["p50_ms"], 2),
-            "ratio_p50_per_tool_call_vs_echo": round(s["p50_ms"] / 2 / e["p50_ms"], 2)}
+    return {
+        "echo_tools_call": e,
+        "bus_send_plus_receive": s,
+        "ratio_p50_vs_echo": round(s["p50_ms"] / e["p50_ms"], 2),
+        "ratio_p50_per_tool_call_vs_echo": round(s["p50_ms"] / 2 / e["p50_ms"], 2),
+    }
 
 
 def _serve(cfg: Path, folder: Path) -> tuple[subprocess.Popen[bytes], Any, str]:
@@ -249,8 +282,11 @@ def _serve(cfg: Path, folder: Path) -> tuple[subprocess.Popen[bytes], Any, str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = open(folder / "serve.log", "w")  # closed by the caller
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -281,14 +317,17 @@ async def mcp_http_ratio(folder: Path, n: int) -> dict[str, Any]:
         return {"skipped": "needs the runtime's agent identity (every session an agent)"}
     root = ROOT
     cfg = folder / "serve.toml"
-    cfg.write_text(f'[gateway]\ndata_dir = "{folder / "serve"}"\nlog_level = "WARNING"\n[policy]\n'
-                   f'path = "{root / "policies.rego"}"\ndata = "{root / "tests/assets/policy/test-data.json"}"\n'
-                   f'[http]\naccess_log = false\n[sandbox]\ncode_tools = false\n[servers.everything]\n'
-                   f'command = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]\nverification = "warn"\n')
+    cfg.write_text(
+        f'[gateway]\ndata_dir = "{folder / "serve"}"\nlog_level = "WARNING"\n[policy]\n'
+        f'path = "{root / "policies.rego"}"\ndata = "{root / "tests/assets/policy/test-data.json"}"\n'
+        f"[http]\naccess_log = false\n[sandbox]\ncode_tools = false\n[servers.everything]\n"
+        f'command = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]\nverification = "warn"\n'
+    )
     store = ApiKeyStore(load_config(cfg, {}).api_keys_path)
     key_a, key_b = store.create("tester", ("tester",))[0], store.create("tester", ("tester",))[0]
     proc, log, base = await asyncio.to_thread(_serve, cfg, folder)
     try:
+
         @contextlib.asynccontextmanager
         async def session(key: str) -> Any:
             async with (
@@ -319,21 +358,30 @@ async def mcp_http_ratio(folder: Path, n: int) -> dict[str, Any]:
         proc.wait(timeout=30)
         log.close()
     e, s = latency_summary(echo), latency_summary(bus_lat)
-    return {"echo_tools_call": e, "bus_send_plus_receive": s,
-            "ratio_p50_vs_echo": round(s["p50_ms"] / e["p50_ms"], 2),
-            "ratio_p50_per_tool_call_vs_echo": round(s["p50_ms"] / 2 / e["p50_ms"], 2)}
+    return {
+        "echo_tools_call": e,
+        "bus_send_plus_receive": s,
+        "ratio_p50_vs_echo": round(s["p50_ms"] / e["p50_ms"], 2),
+        "ratio_p50_per_tool_call_vs_echo": round(s["p50_ms"] / 2 / e["p50_ms"], 2),
+    }
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"python": platform.python_version(), "messages": args.messages,
-                           "latency_samples": args.latency, "crypto_floor": crypto_floor(args.messages)}
+    out: dict[str, Any] = {
+        "python": platform.python_version(),
+        "messages": args.messages,
+        "latency_samples": args.latency,
+        "crypto_floor": crypto_floor(args.messages),
+    }
     out["inprocess_queue"] = await inprocess_queue(args.messages * 10)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         proc, url = _redis(root)
         try:
-            for name, make in (("embedded", lambda f: EmbeddedBackend(f / "bus.db")),
-                               ("redis", lambda f: RedisBackend(url))):
+            for name, make in (
+                ("embedded", lambda f: EmbeddedBackend(f / "bus.db")),
+                ("redis", lambda f: RedisBackend(url)),
+            ):
                 for mode, fn in (("plain", plain), ("secure", secure)):
                     folder = root / f"{name}-{mode}"
                     folder.mkdir()
@@ -344,7 +392,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     out[f"{mode}_{name}"] = await fn(bus, args.messages, args.latency)
                     # the floor right around this run: the load on a shared machine moves
                     floor_after = crypto_floor(min(args.messages, 1000))["us_per_message"]
-                    out[f"{mode}_{name}"]["crypto_floor_us_same_time"] = round((floor_before + floor_after) / 2, 2)
+                    out[f"{mode}_{name}"]["crypto_floor_us_same_time"] = round(
+                        (floor_before + floor_after) / 2, 2
+                    )
                     if mode == "secure":
                         out[f"secure_{name}"]["request_timeout"] = await timeout_accuracy(bus)
                     await bus.backend.close()

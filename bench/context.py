@@ -61,7 +61,7 @@ def clustered(n: int, seed: int = 0) -> np.ndarray:
     for i in range(0, n, 50_000):
         k = min(50_000, n - i)
         lat = centres[rng.integers(0, 2000, k)] + 0.35 * rng.normal(size=(k, 32)).astype(np.float32)
-        out[i:i + k] = lat @ proj + 0.5 * rng.normal(size=(k, DIM)).astype(np.float32)
+        out[i : i + k] = lat @ proj + 0.5 * rng.normal(size=(k, DIM)).astype(np.float32)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
 
@@ -82,8 +82,16 @@ def du_mb(path: Path) -> float:
 def load(store: VectorStore, data: np.ndarray, batch: int = 2000) -> float:
     t = time.perf_counter()
     for i in range(0, len(data), batch):
-        store.upsert([Point(str(_uuid(j)), data[j].tolist(), {"agent": f"agent-{j % AGENTS}", "kind": "memory",
-                                                           "ts": float(j)}) for j in range(i, min(len(data), i + batch))])
+        store.upsert(
+            [
+                Point(
+                    str(_uuid(j)),
+                    data[j].tolist(),
+                    {"agent": f"agent-{j % AGENTS}", "kind": "memory", "ts": float(j)},
+                )
+                for j in range(i, min(len(data), i + batch))
+            ]
+        )
     return len(data) / (time.perf_counter() - t)
 
 
@@ -91,7 +99,9 @@ def _uuid(i: int) -> str:
     return f"00000000-0000-0000-0000-{i:012d}"
 
 
-def search_stats(store: VectorStore, data: np.ndarray, queries: np.ndarray, *, filtered: bool) -> dict[str, Any]:
+def search_stats(
+    store: VectorStore, data: np.ndarray, queries: np.ndarray, *, filtered: bool
+) -> dict[str, Any]:
     """All searches first (timed, back to back), then recall against exact search."""
     lat, found = [], []
     for qi, q in enumerate(queries):
@@ -109,8 +119,13 @@ def search_stats(store: VectorStore, data: np.ndarray, queries: np.ndarray, *, f
             scores = np.where(agents == qi % AGENTS, scores, -np.inf)
         truth = {_uuid(int(i)) for i in np.argpartition(-scores, 10)[:10]}
         recalls.append(len(truth & found[qi]) / 10)
-    return {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "mean_ms": round(statistics.mean(lat), 3),
-            "recall_at_10": round(statistics.mean(recalls), 4), "queries": len(queries)}
+    return {
+        "p50_ms": pct(lat, 50),
+        "p99_ms": pct(lat, 99),
+        "mean_ms": round(statistics.mean(lat), 3),
+        "recall_at_10": round(statistics.mean(recalls), 4),
+        "queries": len(queries),
+    }
 
 
 def exact_numpy(data: np.ndarray, queries: np.ndarray) -> dict[str, Any]:
@@ -131,8 +146,12 @@ def bench_edge(n: int, data: np.ndarray, queries: np.ndarray, work: Path, quant:
     s.optimize()
     build = time.perf_counter() - t
     total, indexed = s.indexed()
-    out: dict[str, Any] = {"insert_pts_per_s": round(ins), "hnsw_build_s": round(build, 1), "indexed": indexed,
-                           "points": total}
+    out: dict[str, Any] = {
+        "insert_pts_per_s": round(ins),
+        "hnsw_build_s": round(build, 1),
+        "indexed": indexed,
+        "points": total,
+    }
     out["unfiltered"] = search_stats(s, data, queries, filtered=False)
     out["filtered_by_agent"] = search_stats(s, data, queries, filtered=True)
     # an update visible to the next search: upsert a point, search until it is the top hit
@@ -150,8 +169,10 @@ def bench_edge(n: int, data: np.ndarray, queries: np.ndarray, work: Path, quant:
     shard = work / f"edge-{quant}-{n}" / "shard"
     out["disk_mb"] = {"segments": round(du_mb(shard / "segments"), 1), "wal": round(du_mb(shard / "wal"), 1)}
     out["rss_delta_mb"] = round(rss_mb() - before, 1)
-    out["per_1m_vectors"] = {"disk_gb_segments": round(out["disk_mb"]["segments"] * 1e6 / n / 1000, 2),
-                             "rss_gb": round(out["rss_delta_mb"] * 1e6 / n / 1000, 2)}
+    out["per_1m_vectors"] = {
+        "disk_gb_segments": round(out["disk_mb"]["segments"] * 1e6 / n / 1000, 2),
+        "rss_gb": round(out["rss_delta_mb"] * 1e6 / n / 1000, 2),
+    }
     return out
 
 
@@ -164,8 +185,12 @@ def bench_local(n: int, data: np.ndarray, queries: np.ndarray) -> dict[str, Any]
     s = QdrantClientStore(CollectionSpec("bench", DIM, "synthetic"), path=":memory:")
     ins = load(s, data[:k])
     few = queries[:10]
-    out = {"points": k, "insert_pts_per_s": round(ins), "unfiltered": search_stats(s, data[:k], few, filtered=False),
-           "filtered_by_agent": search_stats(s, data[:k], few, filtered=True)}
+    out = {
+        "points": k,
+        "insert_pts_per_s": round(ins),
+        "unfiltered": search_stats(s, data[:k], few, filtered=False),
+        "filtered_by_agent": search_stats(s, data[:k], few, filtered=True),
+    }
     s.close()
     return out
 
@@ -184,7 +209,9 @@ def bench_pipeline(work: Path) -> dict[str, Any]:
     rep = KnowledgeBases(m).add("handbook", docs, glob="**/*.md")
     m.store.optimize()
     for i in range(2000):
-        m.store_context(f"agent-{i % 20}", AgentContext(f"note {i}: the build on runner {i % 37} took {i % 90} minutes"))
+        m.store_context(
+            f"agent-{i % 20}", AgentContext(f"note {i}: the build on runner {i % 37} took {i % 90} minutes")
+        )
     questions = [q for q, _, _ in json.loads((CORPUS / "questions.json").read_text())]
     ret, rag_total, stages = [], [], []
     rag = RagPipeline(m)
@@ -198,11 +225,23 @@ def bench_pipeline(work: Path) -> dict[str, Any]:
         stages.append(res.timings_ms)
     m.close()
     return {
-        "ingestion": {"files": len(rep.added), "chunks": rep.chunks, "chunks_per_s": round(rep.chunks / rep.seconds, 1)},
-        "retrieval_end_to_end_ms": {"mean": round(statistics.mean(ret), 3), "p50": pct(ret, 50), "p99": pct(ret, 99),
-                                    "note": "embed the query + filtered vector search, long-term memory of one agent"},
-        "rag_end_to_end_ms": {"mean": round(statistics.mean(rag_total), 3), "p50": pct(rag_total, 50),
-                              "p99": pct(rag_total, 99), "note": "all stages, no generation"},
+        "ingestion": {
+            "files": len(rep.added),
+            "chunks": rep.chunks,
+            "chunks_per_s": round(rep.chunks / rep.seconds, 1),
+        },
+        "retrieval_end_to_end_ms": {
+            "mean": round(statistics.mean(ret), 3),
+            "p50": pct(ret, 50),
+            "p99": pct(ret, 99),
+            "note": "embed the query + filtered vector search, long-term memory of one agent",
+        },
+        "rag_end_to_end_ms": {
+            "mean": round(statistics.mean(rag_total), 3),
+            "p50": pct(rag_total, 50),
+            "p99": pct(rag_total, 99),
+            "note": "all stages, no generation",
+        },
         "rag_stage_p50_ms": {k: pct([s[k] for s in stages], 50) for k in stages[0]},
     }
 
@@ -215,7 +254,11 @@ def main() -> int:
     ap.add_argument("--no-local", action="store_true", help="skip the qdrant-client local mode baseline")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="symbi-bench-context-"))
-    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "dim": DIM, "sizes": {}}
+    out: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()},
+        "dim": DIM,
+        "sizes": {},
+    }
     try:
         for n in (int(x) for x in args.sizes.split(",")):
             data = clustered(n)
@@ -226,18 +269,20 @@ def main() -> int:
                 r["edge_f32"] = bench_edge(n, data, queries, work, "none")
             if not args.no_local:
                 r["qdrant_local_mode"] = bench_local(n, data, queries)
-            r["ratio_edge_int8_vs_exact_p50"] = round(r["edge_int8"]["unfiltered"]["p50_ms"]
-                                                      / r["exact_numpy_f32"]["p50_ms"], 3)
+            r["ratio_edge_int8_vs_exact_p50"] = round(
+                r["edge_int8"]["unfiltered"]["p50_ms"] / r["exact_numpy_f32"]["p50_ms"], 3
+            )
             out["sizes"][str(n)] = r
             print(json.dumps({str(n): r}), file=sys.stderr)  # partial results as they come
             del data
         out["pipeline"] = bench_pipeline(work)
         out["compression"] = {
-            "float32_bytes_per_vector": DIM * 4, "int8_bytes_per_vector": DIM,
+            "float32_bytes_per_vector": DIM * 4,
+            "int8_bytes_per_vector": DIM,
             "reduction_of_searched_vectors": 0.75,
             "note": "int8 scalar quantisation keeps 1/4 of the float32 vectors in RAM for search (75%); the "
-                    "float32 originals stay on disk for rescoring. 80% needs a coarser code (binary: 97%, or PQ); "
-                    "see the recall columns for what int8 costs",
+            "float32 originals stay on disk for rescoring. 80% needs a coarser code (binary: 97%, or PQ); "
+            "see the recall columns for what int8 costs",
         }
         out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     finally:

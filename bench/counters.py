@@ -91,8 +91,14 @@ def main() -> None:
         calls = args.calls if h < 100_000 else max(50, args.calls // 20)  # the scan is slow by design
         bucketed = per_call_us(CallCounters, h, args.calls)
         scan = per_call_us(ScanCounters, h, calls)
-        rows.append({"history": h, "bucketed_us_per_call": round(bucketed, 2), "scan_us_per_call": round(scan, 2),
-                     "speedup": round(scan / bucketed, 1)})
+        rows.append(
+            {
+                "history": h,
+                "bucketed_us_per_call": round(bucketed, 2),
+                "scan_us_per_call": round(scan, 2),
+                "speedup": round(scan / bucketed, 1),
+            }
+        )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(json.dumps({"benchmark": "counters", "rows": rows}, indent=2))
 

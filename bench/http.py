@@ -280,7 +280,9 @@ def main() -> int:
             Target("direct", upstream, "echo", {}),
             Target("gateway-sse", f"http://127.0.0.1:{sse_port}/mcp", "everything__echo", auth),
             Target("gateway-json", f"http://127.0.0.1:{json_port}/mcp", "everything__echo", auth),
-            Target("gateway-sse-stdio-upstream", f"http://127.0.0.1:{stdio_port}/mcp", "everything__echo", auth),
+            Target(
+                "gateway-sse-stdio-upstream", f"http://127.0.0.1:{stdio_port}/mcp", "everything__echo", auth
+            ),
         ]
         runs: dict[str, list[dict[str, Any]]] = {}
         for _ in range(args.rounds):

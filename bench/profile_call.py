@@ -89,12 +89,27 @@ def _pid_of(cfg: Path) -> int:
 async def load(cfg: Path, raw: Path, args: argparse.Namespace) -> int:
     pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     calls = 0
-    async with stdio_session(str(SYMBI), ["mcp", "--config", str(cfg)], gateway_env(),
-                             raw.with_suffix(".stderr")) as s:
+    async with stdio_session(
+        str(SYMBI), ["mcp", "--config", str(cfg)], gateway_env(), raw.with_suffix(".stderr")
+    ) as s:
         for i in range(50):  # warm: start-up and first-call costs stay out of the profile
             assert text_of(await s.call_tool("everything__echo", {"message": f"warm{i}"})) == f"Echo: warm{i}"
-        cmd = [pyspy, "record", "-r", "400", "-f", "raw", "--nonblocking", "--threads", "-o", str(raw),
-               "-d", str(int(args.seconds)), "--pid", str(_pid_of(cfg))]
+        cmd = [
+            pyspy,
+            "record",
+            "-r",
+            "400",
+            "-f",
+            "raw",
+            "--nonblocking",
+            "--threads",
+            "-o",
+            str(raw),
+            "-d",
+            str(int(args.seconds)),
+            "--pid",
+            str(_pid_of(cfg)),
+        ]
         # Popen returns at once; py-spy runs beside the load and is waited for in a thread
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
         await anyio.sleep(0.5)  # py-spy attaches
@@ -131,8 +146,10 @@ def main() -> int:
     t0 = time.monotonic()
     calls = anyio.run(load, cfg, raw, args)
     wall = time.monotonic() - t0
-    print(f"calls: {calls} in {args.seconds:g} s of load ({calls / args.seconds:.0f}/s), {wall:.1f} s in all; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"calls: {calls} in {args.seconds:g} s of load ({calls / args.seconds:.0f}/s), {wall:.1f} s in all; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     print(summarise(raw, args.top))
     return 0
 

@@ -66,7 +66,9 @@ class NullSink:
     def __init__(self) -> None:
         self.count = 0
 
-    def emit(self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None) -> None:
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
         self.count += 1
 
 
@@ -90,8 +92,12 @@ def memory_per_agent(n: int) -> dict[str, Any]:
     tracemalloc.stop()
     total = sum(s.size_diff for s in after.compare_to(before, "filename"))
     del rt
-    return {"agents": n, "bytes_total": total, "bytes_per_agent": round(total / n, 1),
-            "mb_per_agent": round(total / n / 1e6, 5)}
+    return {
+        "agents": n,
+        "bytes_total": total,
+        "bytes_per_agent": round(total / n, 1),
+        "mb_per_agent": round(total / n / 1e6, 5),
+    }
 
 
 # -- 2. scheduling decisions -----------------------------------------------------------------
@@ -155,8 +161,13 @@ async def idle_cpu(rt: AgentRuntime, seconds: float) -> dict[str, Any]:
 
     baseline = await measure(_runtime(0))
     loaded = await measure(rt)
-    return {"seconds": seconds, "cpu_percent_with_idle_agents": round(loaded, 3), "cpu_percent_no_agents": round(baseline, 3),
-            "added_cpu_percent": round(loaded - baseline, 3), "live_agents_after": rt.agents.live()}
+    return {
+        "seconds": seconds,
+        "cpu_percent_with_idle_agents": round(loaded, 3),
+        "cpu_percent_no_agents": round(baseline, 3),
+        "added_cpu_percent": round(loaded - baseline, 3),
+        "live_agents_after": rt.agents.live(),
+    }
 
 
 # -- 4. added cost on a tools/call ---------------------------------------------------------------
@@ -171,7 +182,7 @@ async def call_overhead(calls: int, rounds: int, folder: Path) -> dict[str, Any]
     cfg_path = folder / "overhead.toml"
     cfg_path.write_text(f"""
 [gateway]
-data_dir = "{folder / 'data-overhead'}"
+data_dir = "{folder / "data-overhead"}"
 log_level = "WARNING"
 [security]
 enforce_policies = false
@@ -188,14 +199,21 @@ verification = "warn"
     per_round: list[dict[str, float]] = []
     async with gw.running():
         without = [s for s in gw.steps if not isinstance(s, AgentStep | ScheduleStep)]
-        chains = {"with_runtime": build_chain(gw.steps, gw._dispatch),
-                  "without_runtime": build_chain(without, gw._dispatch)}
+        chains = {
+            "with_runtime": build_chain(gw.steps, gw._dispatch),
+            "without_runtime": build_chain(without, gw._dispatch),
+        }
         agent = gw.agents.for_session(Principal(id="bench"), "bench", "stdio")
         principal = Principal(id="bench", agent=agent.id)
 
         async def one(chain: Any, i: int) -> float:
-            call = CallContext(principal=principal, agent=agent.info(), kind="tools/call", target="everything__echo",
-                               arguments={"message": f"m{i}"})
+            call = CallContext(
+                principal=principal,
+                agent=agent.info(),
+                kind="tools/call",
+                target="everything__echo",
+                arguments={"message": f"m{i}"},
+            )
             t = time.perf_counter()
             r = await chain(call)
             dt = time.perf_counter() - t
@@ -213,10 +231,14 @@ verification = "warn"
                 out[name] += lat
                 p50s[name] = sorted(lat)[len(lat) // 2] * 1000
             per_round.append({"added_p50_ms": round(p50s["with_runtime"] - p50s["without_runtime"], 4)})
-    return {"calls_per_round": calls, "rounds": rounds,
-            "with_runtime": latency_summary(out["with_runtime"]),
-            "without_runtime": latency_summary(out["without_runtime"]),
-            "added_p50_ms_median": median([r["added_p50_ms"] for r in per_round]), "per_round": per_round}
+    return {
+        "calls_per_round": calls,
+        "rounds": rounds,
+        "with_runtime": latency_summary(out["with_runtime"]),
+        "without_runtime": latency_summary(out["without_runtime"]),
+        "added_p50_ms_median": median([r["added_p50_ms"] for r in per_round]),
+        "per_round": per_round,
+    }
 
 
 async def steps_only(calls: int, rounds: int) -> dict[str, Any]:
@@ -238,23 +260,31 @@ async def steps_only(calls: int, rounds: int) -> dict[str, Any]:
     async def endpoint(call: CallContext) -> CallToolResult:
         return result
 
-    chains = {"with_runtime": build_chain([AgentStep(rt), ScheduleStep(rt)], endpoint),
-              "without_runtime": build_chain([], endpoint)}
+    chains = {
+        "with_runtime": build_chain([AgentStep(rt), ScheduleStep(rt)], endpoint),
+        "without_runtime": build_chain([], endpoint),
+    }
     per_round = []
     for _ in range(rounds):
         p50 = {}
         for name, chain in chains.items():
             lat = []
             for _ in range(calls):
-                call = CallContext(principal=principal, agent=agent.info(), kind="tools/call", target="up__echo",
-                                   tool=tool)
+                call = CallContext(
+                    principal=principal, agent=agent.info(), kind="tools/call", target="up__echo", tool=tool
+                )
                 t = time.perf_counter()
                 await chain(call)
                 lat.append(time.perf_counter() - t)
             p50[name] = sorted(lat)[len(lat) // 2] * 1000
         per_round.append(round(p50["with_runtime"] - p50["without_runtime"], 4))
-    return {"calls_per_round": calls, "rounds": rounds, "added_p50_ms_per_round": per_round,
-            "added_p50_ms_median": median(per_round), "events_per_call": 2}
+    return {
+        "calls_per_round": calls,
+        "rounds": rounds,
+        "added_p50_ms_per_round": per_round,
+        "added_p50_ms_median": median(per_round),
+        "events_per_call": 2,
+    }
 
 
 # -- 5. hosted agent start per tier ---------------------------------------------------------------
@@ -270,11 +300,11 @@ def hosted_start(tier: str, runs: int, folder: Path) -> dict[str, Any]:
     time_bin = Path(sys.executable).parent / "mcp-server-time"
     cfg.write_text(f"""
 [gateway]
-data_dir = "{d / 'data'}"
+data_dir = "{d / "data"}"
 log_level = "WARNING"
 [policy]
-path = "{ROOT / 'policies.rego'}"
-data = "{ROOT / 'tests/assets/policy/test-data.json'}"
+path = "{ROOT / "policies.rego"}"
+data = "{ROOT / "tests/assets/policy/test-data.json"}"
 [servers.everything]
 command = "node"
 args = ["{EVERYTHING}", "stdio"]
@@ -285,7 +315,7 @@ args = ["--local-timezone", "UTC"]
 verification = "warn"
 [agents.clock]
 command = "/usr/bin/python3"
-args = ["{ROOT / 'examples/agents/clock_agent.py'}"]
+args = ["{ROOT / "examples/agents/clock_agent.py"}"]
 env = {{ PYTHONPATH = "{site}" }}
 read_only_paths = ["{site}"]
 roles = ["tester"]
@@ -297,8 +327,12 @@ start = "on-demand"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
     log = open(d / "serve.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "symbi"), "serve", "--config", str(cfg), "--port",
-                             str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "symbi"), "serve", "--config", str(cfg), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     hdr = {"Authorization": f"Bearer {admin}"}
     try:
@@ -311,20 +345,34 @@ start = "on-demand"
         proc.terminate()
         proc.wait(30)
         log.close()
-    q = subprocess.run([str(Path(sys.executable).parent / "symbi"), "audit", "query", "--config", str(cfg), "--json"],
-                       capture_output=True, text=True, check=True, env=env, timeout=60)
+    q = subprocess.run(
+        [str(Path(sys.executable).parent / "symbi"), "audit", "query", "--config", str(cfg), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        timeout=60,
+    )
     events = [json.loads(x) for x in q.stdout.splitlines()]
     to_ready, to_call = [], []
     for ev in events:
         if ev["type"] == "agent.registered" and ev["details"].get("hosted"):
             aid, t0 = ev["agent"], ev["ts_ns"]
-            ready = next(e["ts_ns"] for e in events if e["type"] == "agent.state" and e["agent"] == aid
-                         and e["details"]["to"] == "Ready")
-            first = min(e["details"]["started_ns"] for e in events if e["type"] == "tool.call" and e["agent"] == aid)
+            ready = next(
+                e["ts_ns"]
+                for e in events
+                if e["type"] == "agent.state" and e["agent"] == aid and e["details"]["to"] == "Ready"
+            )
+            first = min(
+                e["details"]["started_ns"] for e in events if e["type"] == "tool.call" and e["agent"] == aid
+            )
             to_ready.append((ready - t0) / 1e6)
             to_call.append((first - t0) / 1e6)
-    return {"runs": len(to_ready), "registered_to_ready_ms": _ms(to_ready),
-            "registered_to_first_tool_call_ms": _ms(to_call)}
+    return {
+        "runs": len(to_ready),
+        "registered_to_ready_ms": _ms(to_ready),
+        "registered_to_first_tool_call_ms": _ms(to_call),
+    }
 
 
 def host_baseline(runs: int) -> dict[str, Any]:
@@ -333,8 +381,11 @@ def host_baseline(runs: int) -> dict[str, Any]:
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        subprocess.run(["/usr/bin/python3", "-c", "import anyio, httpx2, mcp.client.streamable_http"],
-                       env={"PYTHONPATH": str(site)}, check=True)
+        subprocess.run(
+            ["/usr/bin/python3", "-c", "import anyio, httpx2, mcp.client.streamable_http"],
+            env={"PYTHONPATH": str(site)},
+            check=True,
+        )
         times.append((time.perf_counter() - t) * 1000)
     return {"runs": runs, "start_and_import_sdk_ms": _ms(times)}
 
@@ -385,10 +436,13 @@ def main() -> None:
             "agents": args.agents,
             "real_mcp_sessions": 1,
             "simulated": f"{args.agents} session agents registered through AgentRegistry.for_session without an "
-                         "MCP transport each; the tools/call overhead uses one real session agent over a real "
-                         "upstream (server-everything); hosted agents are real sandboxed processes",
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "load_avg": os.getloadavg()},
+            "MCP transport each; the tools/call overhead uses one real session agent over a real "
+            "upstream (server-everything); hosted agents are real sandboxed processes",
+            "machine": {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "load_avg": os.getloadavg(),
+            },
         }
     }
     result["memory"] = memory_per_agent(args.agents)

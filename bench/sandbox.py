@@ -28,7 +28,9 @@ from gateway.sandbox import Limits, SandboxManager, SandboxRequest
 CMD = ("/usr/bin/python3", "-c", "print(1)")
 
 
-def measure(fn: Callable[[], bytes], runs: int, between: Callable[[], object] | None = None) -> dict[str, float]:
+def measure(
+    fn: Callable[[], bytes], runs: int, between: Callable[[], object] | None = None
+) -> dict[str, float]:
     """Median/min/max wall time of ``fn``; ``between`` runs untimed before each call."""
     fn()  # warm-up (page cache, image layers, seccomp filter build)
     times = []
@@ -40,7 +42,11 @@ def measure(fn: Callable[[], bytes], runs: int, between: Callable[[], object] | 
         times.append(time.perf_counter() - t0)
         if out.strip() != b"1":
             raise SystemExit(f"unexpected output {out!r}")
-    return {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4), "max_s": round(max(times), 4)}
+    return {
+        "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
+        "max_s": round(max(times), 4),
+    }
 
 
 def main() -> int:

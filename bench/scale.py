@@ -78,21 +78,37 @@ async def main(n: int) -> dict[str, Any]:
         out: dict[str, Any] = {"bench": "scale", "n": n, "python": platform.python_version()}
         shared_rl = RedisRateLimiter(redis.url, CallCounters(), timeout_s=2)
         local_rl = LocalRateLimiter(CallCounters())
-        out["rate_limit"] = _pair(await _times(lambda i: shared_rl.acquire(f"p{i % 50}", "t", 10_000), n),
-                                  await _times(lambda i: local_rl.acquire(f"p{i % 50}", "t", 10_000), n))
+        out["rate_limit"] = _pair(
+            await _times(lambda i: shared_rl.acquire(f"p{i % 50}", "t", 10_000), n),
+            await _times(lambda i: local_rl.acquire(f"p{i % 50}", "t", 10_000), n),
+        )
         await shared_rl.aclose()
         pool = Postgres(pg.url, timeout_s=2).open()
         pgs, lite = PgToolStateStore(pool), ToolStateStore(folder / "tools.db")
         for s in (pgs, lite):
-            s.observe("u", "echo", "u__echo", DEF, "h", status="pinned", reason=None, key_fingerprint=None,
-                      pin_if_new=True)
-        out["approvals_version_poll"] = _pair(_stimes(lambda i: pgs.version(), n), _stimes(lambda i: lite.version(), n))
-        out["tool_record_read"] = _pair(_stimes(lambda i: pgs.get("u", "echo"), n),
-                                        _stimes(lambda i: lite.get("u", "echo"), n))
+            s.observe(
+                "u",
+                "echo",
+                "u__echo",
+                DEF,
+                "h",
+                status="pinned",
+                reason=None,
+                key_fingerprint=None,
+                pin_if_new=True,
+            )
+        out["approvals_version_poll"] = _pair(
+            _stimes(lambda i: pgs.version(), n), _stimes(lambda i: lite.version(), n)
+        )
+        out["tool_record_read"] = _pair(
+            _stimes(lambda i: pgs.get("u", "echo"), n), _stimes(lambda i: lite.get("u", "echo"), n)
+        )
         pk, fk = PgApiKeyStore(pool), ApiKeyStore(folder / "keys.json")
         kp, _ = pk.create("alice", ("dev",))
         kf, _ = fk.create("alice", ("dev",))
-        out["api_key_lookup"] = _pair(_stimes(lambda i: pk.lookup(kp), n), _stimes(lambda i: fk.lookup(kf), n))
+        out["api_key_lookup"] = _pair(
+            _stimes(lambda i: pk.lookup(kp), n), _stimes(lambda i: fk.lookup(kf), n)
+        )
         lite.close()
         pool.close()
         return out
@@ -111,8 +127,8 @@ def _config(folder: Path, name: str, state: str) -> Path:
 data_dir = "{folder / name}"
 log_level = "WARNING"
 [policy]
-path = "{ROOT / 'policies.rego'}"
-data = "{folder / 'data.json'}"
+path = "{ROOT / "policies.rego"}"
+data = "{folder / "data.json"}"
 [http]
 access_log = false
 [sandbox]
@@ -124,7 +140,7 @@ enabled = false
 {state}
 [servers.mut]
 command = "{sys.executable}"
-args = ["{ROOT / 'tests/peers/mutable_server.py'}"]
+args = ["{ROOT / "tests/peers/mutable_server.py"}"]
 verification = "warn"
 """)
     return path

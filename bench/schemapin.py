@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import schemapin
 
-TOOL_TEXT = (Path(__file__).resolve().parents[1] / "tests/assets/schemapin/tools/translate_text.json").read_text()
+TOOL_TEXT = (
+    Path(__file__).resolve().parents[1] / "tests/assets/schemapin/tools/translate_text.json"
+).read_text()
 
 
 def per_second(fn: Callable[[], Any], min_time: float = 0.5) -> float:
@@ -67,8 +69,9 @@ def main() -> int:
 
         def ours_verify_pinned() -> None:
             t = schemapin.parse_json(TOOL_TEXT)
-            schemapin.verify_tool(t, sig, domain="acme.example", tool_id="translate_text", key_source=snap,
-                                  pin_store=pins)
+            schemapin.verify_tool(
+                t, sig, domain="acme.example", tool_id="translate_text", key_source=snap, pin_store=pins
+            )
 
         ours_verify_pinned()  # first use
         results = {
@@ -80,9 +83,13 @@ def main() -> int:
             "sign_tool_per_s": per_second(lambda: schemapin.sign_tool(tool, key)),
         }
         pins.close()
-    results["canonical_overhead_ratio"] = results["baseline_canonical_per_s"] / results["canonical_strict_per_s"]
+    results["canonical_overhead_ratio"] = (
+        results["baseline_canonical_per_s"] / results["canonical_strict_per_s"]
+    )
     results["verify_overhead_ratio"] = results["baseline_verify_per_s"] / results["verify_tool_per_s"]
-    results["verify_pinned_overhead_ratio"] = results["baseline_verify_per_s"] / results["verify_tool_pinned_per_s"]
+    results["verify_pinned_overhead_ratio"] = (
+        results["baseline_verify_per_s"] / results["verify_tool_pinned_per_s"]
+    )
     print(json.dumps({k: round(v, 2) for k, v in results.items()}, indent=2))
     return 0
 

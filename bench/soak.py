@@ -64,8 +64,18 @@ from bench._common import (
 UPSTREAM = ROOT / "bench" / "peers" / "soak_upstream.py"  # not in bench/: bench/http.py would shadow http
 TOOLS = ["soak__echo", "soak__churn", "soak__extra"]
 BASELINE_CALLS = 50_000
-COLUMNS = ["p50_ms", "p99_ms", "calls_per_s", "rss_mb_http", "rss_mb_stdio", "fds_http", "fds_stdio",
-           "audit_mb", "sessions", "tasks"]
+COLUMNS = [
+    "p50_ms",
+    "p99_ms",
+    "calls_per_s",
+    "rss_mb_http",
+    "rss_mb_stdio",
+    "fds_http",
+    "fds_stdio",
+    "audit_mb",
+    "sessions",
+    "tasks",
+]
 
 
 def policy_data(folder: Path, principals: list[str]) -> Path:
@@ -75,7 +85,11 @@ def policy_data(folder: Path, principals: list[str]) -> Path:
     cfg = data["symbi_data"]
     for p in principals:  # soak-stdio over stdio, the others with API keys
         ns = "stdio" if p == "soak-stdio" else "keys"
-        cfg["principals"].setdefault(ns, {})[p] = {"roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0}
+        cfg["principals"].setdefault(ns, {})[p] = {
+            "roles": ["developer"],
+            "rate_limit": 10**9,
+            "max_calls_per_hour": 0,
+        }
     cfg["roles"]["developer"]["tools"] += TOOLS
     path = folder / "policy-data.json"
     path.write_text(json.dumps(data, indent=2))
@@ -210,7 +224,9 @@ async def call_once(session: ClientSession, run: Run, n: int, tag: str) -> None:
     t0 = time.perf_counter()
     try:
         res = await session.send_request(
-            types.CallToolRequest(params=types.CallToolRequestParams(name="soak__echo", arguments={"message": msg})),
+            types.CallToolRequest(
+                params=types.CallToolRequestParams(name="soak__echo", arguments={"message": msg})
+            ),
             types.CallToolResult,
         )
         text = res.content[0].text if res.content and isinstance(res.content[0], types.TextContent) else ""
@@ -223,7 +239,9 @@ async def call_once(session: ClientSession, run: Run, n: int, tag: str) -> None:
 
 
 async def stdio_caller(run: Run, config: Path, log: Path) -> None:
-    async with stdio_session(str(SYMBI), ["mcp", "--config", str(config)], env=gateway_env(), errlog=log) as s:
+    async with stdio_session(
+        str(SYMBI), ["mcp", "--config", str(config)], env=gateway_env(), errlog=log
+    ) as s:
         while (n := run.claim()) is not None:
             await call_once(s, run, n, "stdio")
         run.caller_done()
@@ -305,8 +323,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         end = rows[-1]
         for col in ("p50_ms", "rss_mb_http", "rss_mb_stdio"):
             change = (end[col] - base[col]) / base[col] if base[col] else float("nan")
-            goal[col] = {"after_50k": base[col], "end": end[col], "change": round(change, 4),
-                         "within_10pct": abs(change) <= 0.10}
+            goal[col] = {
+                "after_50k": base[col],
+                "end": end[col],
+                "change": round(change, 4),
+                "within_10pct": abs(change) <= 0.10,
+            }
     return {"slopes_per_100k_calls": slopes, "slopes_pct_of_mean_per_100k_calls": relative, "goal": goal}
 
 
@@ -323,8 +345,9 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     principals = [f"soak-p{i}" for i in range(args.http_sessions)]
     data = policy_data(tmp, ["soak-stdio", *principals])
-    stdio_cfg = write_gateway_config(tmp / "stdio", servers_toml(), security=True, principal="soak-stdio",
-                                     policy_data=data)
+    stdio_cfg = write_gateway_config(
+        tmp / "stdio", servers_toml(), security=True, principal="soak-stdio", policy_data=data
+    )
     http_cfg = write_gateway_config(tmp / "http", servers_toml(), security=True, policy_data=data)
     store = ApiKeyStore(tmp / "http" / "data" / "api-keys.json")
     keys = [store.create(p, ("developer",))[0] for p in principals]
@@ -354,7 +377,9 @@ async def soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     await anyio.sleep(0.1)
             for i, key in enumerate(keys):
                 tg.start_soon(http_caller, run, base + "/mcp", key, args.churn_every, f"http{i}")
-            tg.start_soon(sampler, run, base, admin_key, pids, [tmp / "stdio" / "data", tmp / "http" / "data"])
+            tg.start_soon(
+                sampler, run, base, admin_key, pids, [tmp / "stdio" / "data", tmp / "http" / "data"]
+            )
         wall = time.perf_counter() - started
     rows = run.rows
     return {
@@ -378,11 +403,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=1_000_000, help="calls to make in all (default 1,000,000)")
     ap.add_argument("--every", type=int, default=10_000, help="calls per row (default 10,000)")
-    ap.add_argument("--http-sessions", type=int, default=3, help="concurrent HTTP sessions, one principal each")
-    ap.add_argument("--churn-every", type=int, default=500, help="calls per HTTP session before it is replaced")
-    ap.add_argument("--list-changed-every", type=int, default=5_000, help="calls between upstream list changes")
-    ap.add_argument("--max-minutes", type=float, help="stop making calls after this long (and report what ran)")
-    ap.add_argument("--workdir", type=Path, help="keep configs, logs and audit databases here (default: a temp dir)")
+    ap.add_argument(
+        "--http-sessions", type=int, default=3, help="concurrent HTTP sessions, one principal each"
+    )
+    ap.add_argument(
+        "--churn-every", type=int, default=500, help="calls per HTTP session before it is replaced"
+    )
+    ap.add_argument(
+        "--list-changed-every", type=int, default=5_000, help="calls between upstream list changes"
+    )
+    ap.add_argument(
+        "--max-minutes", type=float, help="stop making calls after this long (and report what ran)"
+    )
+    ap.add_argument(
+        "--workdir", type=Path, help="keep configs, logs and audit databases here (default: a temp dir)"
+    )
     args = ap.parse_args()
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)

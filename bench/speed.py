@@ -81,7 +81,7 @@ Target = tuple[str, list[str], dict[str, str] | None, str, Path | None]  # comma
 def stdio_targets(tmp: Path, baseline: Path | None) -> dict[str, Target]:
     node = ["node", str(EVERYTHING_JS), "stdio"]
     off = write_gateway_config(
-        tmp / "off", _everything("off"), security=False, extra="[mcp]\ntool_verification = \"off\"\n"
+        tmp / "off", _everything("off"), security=False, extra='[mcp]\ntool_verification = "off"\n'
     )
     data = bench_policy_data(tmp / "secure", "bench", [])
     secure = write_gateway_config(
@@ -91,7 +91,13 @@ def stdio_targets(tmp: Path, baseline: Path | None) -> dict[str, Target]:
         "direct": (node[0], node[1:], None, "echo", None),
         "relay": (sys.executable, [str(RELAY), "everything", "--", *node], None, "everything__echo", None),
         "gateway_off": (str(SYMBI), ["mcp", "--config", str(off)], gateway_env(), "everything__echo", ROOT),
-        "gateway_secure": (str(SYMBI), ["mcp", "--config", str(secure)], gateway_env(), "everything__echo", ROOT),
+        "gateway_secure": (
+            str(SYMBI),
+            ["mcp", "--config", str(secure)],
+            gateway_env(),
+            "everything__echo",
+            ROOT,
+        ),
     }
     if baseline is not None:  # the same secure gateway, another checkout's code (its own data dir)
         data2 = bench_policy_data(tmp / "baseline", "bench", [])
@@ -99,8 +105,13 @@ def stdio_targets(tmp: Path, baseline: Path | None) -> dict[str, Target]:
             tmp / "baseline", _everything("tofu"), security=True, principal="bench", policy_data=data2
         )
         env = {**gateway_env(), "PYTHONPATH": str(baseline)}
-        out["gateway_secure_baseline"] = (str(SYMBI), ["mcp", "--config", str(cfg2)], env, "everything__echo",
-                                          baseline)
+        out["gateway_secure_baseline"] = (
+            str(SYMBI),
+            ["mcp", "--config", str(cfg2)],
+            env,
+            "everything__echo",
+            baseline,
+        )
     return out
 
 
@@ -120,10 +131,14 @@ class PolicyPart:
         )
 
     def round(self, seconds: float, timed: int) -> dict[str, Any]:
-        emb = {**policy_bench.latency(self.engine.decide, self.inputs, timed),
-               **policy_bench.throughput(self.engine.decide, self.inputs, seconds)}
-        pure = {**policy_bench.latency(self.pure.decide, self.inputs, timed),
-                **policy_bench.throughput(self.pure.decide, self.inputs, seconds)}
+        emb = {
+            **policy_bench.latency(self.engine.decide, self.inputs, timed),
+            **policy_bench.throughput(self.engine.decide, self.inputs, seconds),
+        }
+        pure = {
+            **policy_bench.latency(self.pure.decide, self.inputs, timed),
+            **policy_bench.throughput(self.pure.decide, self.inputs, seconds),
+        }
         return {"embedded": emb, "pure_python": pure}
 
 
@@ -172,21 +187,31 @@ def http_targets(tmp: Path) -> Any:
     upstream = f"http://127.0.0.1:{up_port}/mcp"
     key, _ = ApiKeyStore(tmp / "data" / "api-keys.json").create("bench", ("developer",))
     with contextlib.ExitStack() as stack:
-        stack.enter_context(http_bench.proc(
-            ["node", "-r", str(tmp / "loopback.cjs"), str(EVERYTHING_JS), "streamableHttp"],
-            tmp / "http-upstream.log", {**os.environ, "PORT": str(up_port)},
-        ))
+        stack.enter_context(
+            http_bench.proc(
+                ["node", "-r", str(tmp / "loopback.cjs"), str(EVERYTHING_JS), "streamableHttp"],
+                tmp / "http-upstream.log",
+                {**os.environ, "PORT": str(up_port)},
+            )
+        )
         http_bench.wait_http(upstream, {400, 405, 406, 200})
         cfg = http_gateway_config(tmp, gw_port, upstream)
-        stack.enter_context(http_bench.proc(
-            [sys.executable, "-c", http_bench.GATEWAY_MAIN, str(cfg)], tmp / "http-gateway.log",
-            {**gateway_env(), "PYTHONPATH": str(ROOT)},
-        ))
+        stack.enter_context(
+            http_bench.proc(
+                [sys.executable, "-c", http_bench.GATEWAY_MAIN, str(cfg)],
+                tmp / "http-gateway.log",
+                {**gateway_env(), "PYTHONPATH": str(ROOT)},
+            )
+        )
         http_bench.wait_http(f"http://127.0.0.1:{gw_port}/readyz", {200})
         yield [
             http_bench.Target("direct", upstream, "echo", {}),
-            http_bench.Target("gateway", f"http://127.0.0.1:{gw_port}/mcp", "everything__echo",
-                              {"Authorization": f"Bearer {key}"}),
+            http_bench.Target(
+                "gateway",
+                f"http://127.0.0.1:{gw_port}/mcp",
+                "everything__echo",
+                {"Authorization": f"Bearer {key}"},
+            ),
         ]
 
 
@@ -208,7 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         http = stack.enter_context(http_targets(tmp)) if args.http else []
         names = list(targets)
         for r in range(args.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             stdio = {n: await stdio_round(sessions[n], targets[n][3], f"{n}-r{r}", args) for n in order}
             # the audit part runs its own asyncio loop: in a worker thread (the stdio sessions idle)
             row: dict[str, Any] = {
@@ -216,8 +241,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "policy": policy.round(args.policy_seconds, args.policy_timed),  # regorus: this thread only
                 "audit": await anyio.to_thread.run_sync(audit_round, args.audit_events),
             }
-            row["http"] = {t.name: await http_bench.measure(t, args.http_clients, args.http_per_client)
-                           for t in (http if r % 2 == 0 else http[::-1])}
+            row["http"] = {
+                t.name: await http_bench.measure(t, args.http_clients, args.http_per_client)
+                for t in (http if r % 2 == 0 else http[::-1])
+            }
             rounds.append(row)
     return report(rounds, names, policy, args)
 
@@ -235,11 +262,16 @@ def _stdio_report(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, A
             p50.append(lat["p50_ms"])
             p99.append(lat["p99_ms"])
             rate.append(c.calls_per_s)
-        out[name] = {"p50_ms": round(median(p50), 3), "p99_ms": round(median(p99), 3),
-                     "p50_ms_per_round": p50, "calls_per_s_concurrent": round(median(rate), 1),
-                     "calls_per_s_per_round": [round(x, 1) for x in rate],
-                     "ok": seq.ok + conc.ok, "misrouted": seq.misrouted + conc.misrouted,
-                     "errors": seq.errors + conc.errors}
+        out[name] = {
+            "p50_ms": round(median(p50), 3),
+            "p99_ms": round(median(p99), 3),
+            "p50_ms_per_round": p50,
+            "calls_per_s_concurrent": round(median(rate), 1),
+            "calls_per_s_per_round": [round(x, 1) for x in rate],
+            "ok": seq.ok + conc.ok,
+            "misrouted": seq.misrouted + conc.misrouted,
+            "errors": seq.errors + conc.errors,
+        }
     for name in names[1:]:
         added, p99r, thr = [], [], []
         for rnd in rounds:
@@ -248,10 +280,12 @@ def _stdio_report(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, A
             added.append(gl["p50_ms"] - dl["p50_ms"])
             p99r.append(gl["p99_ms"] / dl["p99_ms"])
             thr.append(g["concurrent"].calls_per_s / d["concurrent"].calls_per_s)
-        out[name]["vs_direct"] = {"added_p50_ms": round(median(added), 3),
-                                  "added_p50_ms_per_round": [round(x, 3) for x in added],
-                                  "p99_ratio": round(median(p99r), 2),
-                                  "throughput_ratio": round(median(thr), 3)}
+        out[name]["vs_direct"] = {
+            "added_p50_ms": round(median(added), 3),
+            "added_p50_ms_per_round": [round(x, 3) for x in added],
+            "p99_ratio": round(median(p99r), 2),
+            "throughput_ratio": round(median(thr), 3),
+        }
     return out
 
 
@@ -265,22 +299,33 @@ def _med(rounds: list[dict[str, Any]], *path: str) -> float:
     return round(median(vals), 3)
 
 
-def report(rounds: list[dict[str, Any]], names: list[str], policy: PolicyPart,
-           args: argparse.Namespace) -> dict[str, Any]:
+def report(
+    rounds: list[dict[str, Any]], names: list[str], policy: PolicyPart, args: argparse.Namespace
+) -> dict[str, Any]:
     stdio = _stdio_report(rounds, names)
-    pol = {side: {k: _med(rounds, "policy", side, k) for k in ("decisions_per_s", "p50_us", "p99_us")}
-           for side in ("embedded", "pure_python")}
+    pol = {
+        side: {k: _med(rounds, "policy", side, k) for k in ("decisions_per_s", "p50_us", "p99_us")}
+        for side in ("embedded", "pure_python")
+    }
     aud = {k: round(_med(rounds, "audit", k)) for k in rounds[0]["audit"]}
     http: dict[str, Any] = {}
     if args.http:
-        http = {name: {k: _med(rounds, "http", name, k) for k in ("p50_ms", "p99_ms", "calls_per_s")}
-                | {"misrouted_or_failed": sum(r["http"][name]["misrouted_or_failed"] for r in rounds)}
-                for name in ("direct", "gateway")}
+        http = {
+            name: {k: _med(rounds, "http", name, k) for k in ("p50_ms", "p99_ms", "calls_per_s")}
+            | {"misrouted_or_failed": sum(r["http"][name]["misrouted_or_failed"] for r in rounds)}
+            for name in ("direct", "gateway")
+        }
     sec, off, relay = stdio["gateway_secure"], stdio["gateway_off"], stdio["relay"]
+
     def goal(target: float, measured: float, lower: bool, **extra: str) -> dict[str, Any]:
         met = measured <= target if lower else measured >= target
-        return {"target": target, "measured": measured, "better": "lower" if lower else "higher",
-                "met": met, **extra}
+        return {
+            "target": target,
+            "measured": measured,
+            "better": "lower" if lower else "higher",
+            "met": met,
+            **extra,
+        }
 
     targets: dict[str, Any] = {
         "stdio_secure_added_p50_ms": goal(0.5, sec["vs_direct"]["added_p50_ms"], True),
@@ -293,23 +338,41 @@ def report(rounds: list[dict[str, Any]], names: list[str], policy: PolicyPart,
         "audit_verify_per_s": goal(100000, aud["verify_all_signatures_per_s"], False),
     }
     if http:
-        targets["http_calls_per_s"] = goal(1500, http["gateway"]["calls_per_s"], False,
-                                           load=f"{args.http_clients} SDK clients in one process")
-        targets["http_p50_vs_direct_ms"] = goal(http["direct"]["p50_ms"], http["gateway"]["p50_ms"], True,
-                                                note="direct server-everything stands in for mcp-proxy")
+        targets["http_calls_per_s"] = goal(
+            1500,
+            http["gateway"]["calls_per_s"],
+            False,
+            load=f"{args.http_clients} SDK clients in one process",
+        )
+        targets["http_p50_vs_direct_ms"] = goal(
+            http["direct"]["p50_ms"],
+            http["gateway"]["p50_ms"],
+            True,
+            note="direct server-everything stands in for mcp-proxy",
+        )
     errors = sum(s["misrouted"] + s["errors"] for s in stdio.values())
     errors += sum(h["misrouted_or_failed"] for h in http.values())
     return {
         "benchmark": "speed (issue 16)",
         "rounds": args.rounds,
-        "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                 "load_avg": [round(x, 2) for x in os.getloadavg()], "time": time.strftime("%Y-%m-%d %H:%M")},
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()],
+            "time": time.strftime("%Y-%m-%d %H:%M"),
+        },
         "stdio": stdio,
-        "policy": {**pol, "baseline_agrees_on": f"{policy.agree}/{len(policy.inputs)}",
-                   "embedded_vs_pure_throughput": round(pol["embedded"]["decisions_per_s"]
-                                                        / pol["pure_python"]["decisions_per_s"], 2)},
-        "audit": {**aud, "signed_vs_unsigned": round(aud["signed_emit_per_s"]
-                                                     / aud["baseline_unsigned_sqlite_per_s"], 3)},
+        "policy": {
+            **pol,
+            "baseline_agrees_on": f"{policy.agree}/{len(policy.inputs)}",
+            "embedded_vs_pure_throughput": round(
+                pol["embedded"]["decisions_per_s"] / pol["pure_python"]["decisions_per_s"], 2
+            ),
+        },
+        "audit": {
+            **aud,
+            "signed_vs_unsigned": round(aud["signed_emit_per_s"] / aud["baseline_unsigned_sqlite_per_s"], 3),
+        },
         "http": http,
         "targets": targets,
         "misrouted_or_errors_total": errors,
@@ -328,8 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http-clients", type=int, default=16)
     p.add_argument("--http-per-client", type=int, default=25)
     p.add_argument("--no-http", dest="http", action="store_false")
-    p.add_argument("--baseline-tree", type=Path, default=None,
-                   help="also run gateway_secure from this checkout (e.g. /work/main: the code before a change)")
+    p.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="also run gateway_secure from this checkout (e.g. /work/main: the code before a change)",
+    )
     args = p.parse_args(argv)
     out = anyio.run(run, args)
     print(json.dumps(out, indent=2))

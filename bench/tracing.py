@@ -46,10 +46,13 @@ class Noop:
 def plain(steps: list[Noop], endpoint: CallNext) -> CallNext:
     handler = endpoint
     for step in reversed(steps):
+
         def bind(s: Noop, inner: CallNext) -> CallNext:
             async def run(call: CallContext) -> Any:
                 return await s(call, inner)
+
             return run
+
         handler = bind(step, handler)
     return handler
 
@@ -89,10 +92,23 @@ async def main() -> None:
         u_us.append(await per_call_us(traced, a.calls, span=True))
         b_us.append(await per_call_us(base, a.calls, span=False))
     t, u, b = statistics.median(t_us), statistics.median(u_us), statistics.median(b_us)
-    print(json.dumps({"benchmark": "tracing", "steps": a.steps, "calls_per_round": a.calls, "rounds": a.rounds,
-                      "traced_us_per_call": round(t, 2), "unexported_us_per_call": round(u, 2),
-                      "baseline_us_per_call": round(b, 2), "tracing_cost_us_per_call": round(t - b, 2),
-                      "unexported_cost_us_per_call": round(u - b, 2), "ratio": round(t / b, 2)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "tracing",
+                "steps": a.steps,
+                "calls_per_round": a.calls,
+                "rounds": a.rounds,
+                "traced_us_per_call": round(t, 2),
+                "unexported_us_per_call": round(u, 2),
+                "baseline_us_per_call": round(b, 2),
+                "tracing_cost_us_per_call": round(t - b, 2),
+                "unexported_cost_us_per_call": round(u - b, 2),
+                "ratio": round(t / b, 2),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

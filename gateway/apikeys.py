@@ -37,7 +37,9 @@ class ApiKeyRecord:
     revoked: float | None = None
 
     def as_principal(self) -> Principal:
-        return Principal(id=self.principal, kind=self.kind, roles=self.roles, claims={"key_id": self.id}, source="key")
+        return Principal(
+            id=self.principal, kind=self.kind, roles=self.roles, claims={"key_id": self.id}, source="key"
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ def new_key(principal: str, roles: tuple[str, ...], kind: str) -> tuple[str, Api
         raise ValueError("principal must not be empty")
     kid = secrets.token_hex(6)
     key = f"{KEY_PREFIX}{kid}_{secrets.token_urlsafe(32)}"
-    rec = ApiKeyRecord(id=kid, principal=principal, roles=tuple(roles), kind=kind, sha256=hash_key(key),
-                       created=time.time())
+    rec = ApiKeyRecord(
+        id=kid, principal=principal, roles=tuple(roles), kind=kind, sha256=hash_key(key), created=time.time()
+    )
     return key, rec

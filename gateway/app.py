@@ -178,7 +178,10 @@ class Gateway:
     async def running(self) -> AsyncIterator[Gateway]:
         self.events.emit(
             Event.GATEWAY_START,
-            {"servers": sorted(self.config.servers), "config": str(self.config.source) if self.config.source else None},
+            {
+                "servers": sorted(self.config.servers),
+                "config": str(self.config.source) if self.config.source else None,
+            },
         )
         try:
             async with anyio.create_task_group() as tg:
@@ -196,7 +199,9 @@ class Gateway:
                             waiters.start_soon(up.wait_up, self.config.mcp.connection_timeout_s)
                 down = [n for n, u in self.upstreams.items() if u.state != "up"]
                 if down:
-                    _logger.warning("upstream(s) not up at start: %s (retrying in the background)", ", ".join(down))
+                    _logger.warning(
+                        "upstream(s) not up at start: %s (retrying in the background)", ", ".join(down)
+                    )
                 try:
                     yield self
                 finally:
@@ -232,15 +237,27 @@ class Gateway:
         for i in range(2, srv.replicas + 1):  # the seed's load balancing: N processes of one server
             self.replicas[name].append(self._start_replica(f"{name}-r{i}", srv))
         if srv.isolation != "shared":
-            pool = IsolatedReplicas(name, srv, self.replicas[name], lambda n: self._start_replica(n, srv),
-                                    self.config.mcp.connection_timeout_s)
+            pool = IsolatedReplicas(
+                name,
+                srv,
+                self.replicas[name],
+                lambda n: self._start_replica(n, srv),
+                self.config.mcp.connection_timeout_s,
+            )
             self._isolated[name] = pool
             self._tg.start_soon(pool.sweep, name=f"upstream-{name}-isolation")
 
     def _start_replica(self, name: str, srv: ServerConfig) -> Upstream:
         assert self._tg is not None
-        rep = Upstream(name, srv, self.config, events=self.events, on_change=_ignore_change,
-                       on_resource_updated=self._resource_updated, wrap_command=self._wrap_command)
+        rep = Upstream(
+            name,
+            srv,
+            self.config,
+            events=self.events,
+            on_change=_ignore_change,
+            on_resource_updated=self._resource_updated,
+            wrap_command=self._wrap_command,
+        )
         rep.bind_task_group(self._tg)
         self._tg.start_soon(rep.run, name=f"upstream-{name}")
         return rep
@@ -252,8 +269,9 @@ class Gateway:
             raise ConfigError(f"servers.{name}: exists already")
         self.config = self.config.model_copy(update={"servers": {**self.config.servers, name: srv}})
         self.verifier.reconfigure(self.config)
-        self.live.add_upstream(UpstreamInfo(name=name, transport="stdio" if srv.command else "http",
-                                            domain=srv.domain))
+        self.live.add_upstream(
+            UpstreamInfo(name=name, transport="stdio" if srv.command else "http", domain=srv.domain)
+        )
         self._start_upstream(name, srv)
         await self.upstreams[name].wait_up(self.config.mcp.connection_timeout_s)
         await self._rebuild()
@@ -298,8 +316,10 @@ class Gateway:
             old, self.live.snapshot = self.live.snapshot, new
             for r in new.refusals:
                 if r not in old.refusals:  # on the record once, when it appears
-                    self.events.emit(Event.CATALOG_REFUSED, {"upstream": r.upstream, "kind": r.kind, "name": r.name,
-                                                         "reason": r.reason})
+                    self.events.emit(
+                        Event.CATALOG_REFUSED,
+                        {"upstream": r.upstream, "kind": r.kind, "name": r.name, "reason": r.reason},
+                    )
         await self._announce(old, new, since)
 
     async def _announce(self, old: Catalog, new: Catalog, since: float | None = None) -> None:
@@ -316,24 +336,34 @@ class Gateway:
             try:
                 told[pid] = await self._changes_seen_by(principal, old, new, kinds)
             except Exception:
-                _logger.warning("list_changed for %s not announced: visibility check failed", pid, exc_info=True)
+                _logger.warning(
+                    "list_changed for %s not announced: visibility check failed", pid, exc_info=True
+                )
         for conn, principal in list(self._downstream.items()):
             for kind in sorted(told.get(principal.qualified, ())):
                 with contextlib.suppress(Exception):
                     await conn.outbound.notify(f"notifications/{kind}/list_changed", None)
-        for kind, event in (("tools", ToolsListChanged()), ("prompts", PromptsListChanged()),
-                            ("resources", ResourcesListChanged())):
+        for kind, event in (
+            ("tools", ToolsListChanged()),
+            ("prompts", PromptsListChanged()),
+            ("resources", ResourcesListChanged()),
+        ):
             if kind in kinds:
                 self.listen.push(event, to=[pid for pid, seen in told.items() if kind in seen])
-        self.events.emit(Event.NOTIFY_LIST_CHANGED, {
-            "kinds": sorted(kinds),
-            "told": sorted(pid for pid, seen in told.items() if seen),
-            "not_told": sorted(pid for pid in principals if not told.get(pid)),
-            # from the upstream's notice to the pushes queued (catalogue refresh included)
-            "after_ms": round((anyio.current_time() - since) * 1000, 1) if since is not None else None,
-        })
+        self.events.emit(
+            Event.NOTIFY_LIST_CHANGED,
+            {
+                "kinds": sorted(kinds),
+                "told": sorted(pid for pid, seen in told.items() if seen),
+                "not_told": sorted(pid for pid in principals if not told.get(pid)),
+                # from the upstream's notice to the pushes queued (catalogue refresh included)
+                "after_ms": round((anyio.current_time() - since) * 1000, 1) if since is not None else None,
+            },
+        )
 
-    async def _changes_seen_by(self, principal: Principal, old: Catalog, new: Catalog, kinds: set[str]) -> set[str]:
+    async def _changes_seen_by(
+        self, principal: Principal, old: Catalog, new: Catalog, kinds: set[str]
+    ) -> set[str]:
         """Which of ``kinds`` changed in what ``principal`` may see (the policy's listing rule),
         asking the policy only about the entries that changed."""
         seen: set[str] = set()
@@ -374,9 +404,13 @@ class Gateway:
                     await conn.outbound.notify("notifications/resources/updated", {"uri": uri})
         self.listen.push(ResourceUpdated(uri=uri), to=may)
         if may:
-            self.events.emit(Event.NOTIFY_RESOURCE_UPDATED, {"upstream": up.name, "uri": uri, "told": sorted(may)})
+            self.events.emit(
+                Event.NOTIFY_RESOURCE_UPDATED, {"upstream": up.name, "uri": uri, "told": sorted(may)}
+            )
 
-    async def watch_for_stream(self, principal: Principal, uris: list[str], outbound: StreamOutbound, on: bool) -> None:
+    async def watch_for_stream(
+        self, principal: Principal, uris: list[str], outbound: StreamOutbound, on: bool
+    ) -> None:
         """A listen stream asked about ``uris``: built-ins that push updates (``bus://inbox``)
         are told to push to it; upstreams' updates arrive through ``_resource_updated``."""
         for uri in uris:
@@ -425,7 +459,9 @@ class Gateway:
         }
         return [e for e in entries if e.info.name in allowed]
 
-    async def allowed_targets(self, principal: Principal, kind: str, pairs: list[tuple[str, str]]) -> set[str]:
+    async def allowed_targets(
+        self, principal: Principal, kind: str, pairs: list[tuple[str, str]]
+    ) -> set[str]:
         """Of (target, upstream) pairs for resources/read or prompts/get, those ``principal`` may use.
 
         Listings show a caller only what the policy would let it read or get (the same rule,
@@ -436,7 +472,11 @@ class Gateway:
         allowed: set[str] = set()
         for target, upstream in pairs:
             inp = build_input(
-                principal=principal, kind=kind, target=target, action="list", upstream=self.upstream_info(upstream),
+                principal=principal,
+                kind=kind,
+                target=target,
+                action="list",
+                upstream=self.upstream_info(upstream),
                 agent=self.agents.info(principal.agent),
             )
             if (await self.policy.adecide(inp)).allow:
@@ -463,10 +503,14 @@ class Gateway:
 
             async def read(answers: Any, state: str | None) -> Any:
                 request = types.ReadResourceRequest(
-                    params=types.ReadResourceRequestParams(uri=uri, input_responses=answers, request_state=state)
+                    params=types.ReadResourceRequestParams(
+                        uri=uri, input_responses=answers, request_state=state
+                    )
                 )
                 return await self.with_upstream(
-                    name, lambda up: up.session.send_request(request, _READ_RESULT), call.downstream,
+                    name,
+                    lambda up: up.session.send_request(request, _READ_RESULT),
+                    call.downstream,
                     self._owner_of_call(name, call),
                 )
 
@@ -489,7 +533,9 @@ class Gateway:
                     )
                 )
                 return await self.with_upstream(
-                    owner, lambda up: up.session.send_request(request, _PROMPT_RESULT), call.downstream,
+                    owner,
+                    lambda up: up.session.send_request(request, _PROMPT_RESULT),
+                    call.downstream,
                     self._owner_of_call(owner, call),
                 )
 
@@ -525,8 +571,13 @@ class Gateway:
             tool = call.tool
 
             async def call_once(answers: Any, state: str | None) -> Any:
-                return await up.call_tool(tool.original_name, call.arguments, progress=progress,
-                                          input_responses=answers, request_state=state)
+                return await up.call_tool(
+                    tool.original_name,
+                    call.arguments,
+                    progress=progress,
+                    input_responses=answers,
+                    request_state=state,
+                )
 
             with _on_behalf_of(up, ctx):
                 return await self._answered_for_legacy(call, up.name, call_once)
@@ -545,20 +596,29 @@ class Gateway:
             rounds += 1
             if rounds > MAX_ROUNDS:
                 raise UpstreamError(f"upstream {upstream!r} still asked for input after {MAX_ROUNDS} rounds")
-            self._audit_bridged(call, upstream, "2026-upstream-to-2025-client",
-                                [r.method for r in (result.input_requests or {}).values()])
-            answers = await ask_legacy_client(getattr(ctx, "session", None), getattr(ctx, "request_id", None), result)
+            self._audit_bridged(
+                call,
+                upstream,
+                "2026-upstream-to-2025-client",
+                [r.method for r in (result.input_requests or {}).values()],
+            )
+            answers = await ask_legacy_client(
+                getattr(ctx, "session", None), getattr(ctx, "request_id", None), result
+            )
             result = await send(answers or None, result.request_state)
         return result
 
-    async def _bridged_for_modern_client(self, call: CallContext, up: Upstream, ctx: Any, progress: Any) -> Any:
+    async def _bridged_for_modern_client(
+        self, call: CallContext, up: Upstream, ctx: Any, progress: Any
+    ) -> Any:
         """A 2026 client calling a 2025 upstream: the upstream's requests during the call come
         back to the client as input-required results (gateway.upstream.bridge)."""
         assert call.tool is not None and self._tg is not None
         if self.pending.owns(call.request_state):
             assert call.request_state is not None
-            return await self.pending.resume(call.principal.qualified, call.target, call.request_state,
-                                             dict(call.input_responses or {}))
+            return await self.pending.resume(
+                call.principal.qualified, call.target, call.request_state, dict(call.input_responses or {})
+            )
         tool = call.tool
 
         async def run(ask: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -572,9 +632,12 @@ class Gateway:
         return await self.pending.start(self._tg, call.principal.qualified, call.target, run)
 
     def _audit_bridged(self, call: CallContext, upstream: str, direction: str, methods: list[str]) -> None:
-        self.events.emit(Event.BRIDGE_INPUT_REQUEST, {"direction": direction, "methods": methods,
-                                                  "target": call.target, "upstream": upstream},
-                         principal=call.principal.id, agent=call.principal.agent)
+        self.events.emit(
+            Event.BRIDGE_INPUT_REQUEST,
+            {"direction": direction, "methods": methods, "target": call.target, "upstream": upstream},
+            principal=call.principal.id,
+            agent=call.principal.agent,
+        )
 
     async def watch_resource(
         self, owner: str, uri: str, principal: Principal, ctx: Downstream | None, on: bool
@@ -604,7 +667,10 @@ class Gateway:
         return isolated.owner_of_call(call) if isolated is not None else None
 
     async def with_upstream(
-        self, name: str, fn: Callable[[Upstream], Awaitable[Any]], ctx: Downstream | None = None,
+        self,
+        name: str,
+        fn: Callable[[Upstream], Awaitable[Any]],
+        ctx: Downstream | None = None,
         owner: str | None = None,
     ) -> Any:
         """``fn(upstream)`` on behalf of the caller whose request context is ``ctx`` (under
@@ -633,7 +699,9 @@ def _on_behalf_of(
     session = ctx.session if ctx is not None else None
     token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
     try:
-        with up.relay.caller(session, ctx.request_id if ctx is not None else None, caller_owner(ctx), ask=ask):
+        with up.relay.caller(
+            session, ctx.request_id if ctx is not None else None, caller_owner(ctx), ask=ask
+        ):
             yield
     finally:
         DOWNSTREAM_CAPABILITIES.reset(token)
@@ -679,6 +747,9 @@ def _changed_kinds(old: Catalog, new: Catalog) -> set[str]:
 
 def _tool_sig(c: Catalog) -> dict[str, Any]:
     return {
-        n: (t.info.definition_hash or json.dumps(t.info.definition, sort_keys=True, default=str), t.info.verification)
+        n: (
+            t.info.definition_hash or json.dumps(t.info.definition, sort_keys=True, default=str),
+            t.info.verification,
+        )
         for n, t in c.tools.items()
     }

@@ -107,10 +107,19 @@ class SandboxBuiltin:
         if call.sandbox_budget is not None:  # the agent's budget caps the sandbox's own limits
             base = self._tools.config.sandbox
             b = call.sandbox_budget
-            limits = Limits.from_config(base, memory_mb=min(base.memory_mb, int(b["memory_mb"])),
-                                        cpus=min(base.cpus, b["cpus"]), timeout_s=min(base.timeout_s, b["timeout_s"]))
-        result, tier = await self._tools.call(call.tool.original_name, call.arguments, min_tier=call.sandbox_tier,
-                                              limits=limits, principal_kind=call.principal.kind)
+            limits = Limits.from_config(
+                base,
+                memory_mb=min(base.memory_mb, int(b["memory_mb"])),
+                cpus=min(base.cpus, b["cpus"]),
+                timeout_s=min(base.timeout_s, b["timeout_s"]),
+            )
+        result, tier = await self._tools.call(
+            call.tool.original_name,
+            call.arguments,
+            min_tier=call.sandbox_tier,
+            limits=limits,
+            principal_kind=call.principal.kind,
+        )
         call.sandbox_tier = tier
         return types.CallToolResult.model_validate(result)
 
@@ -151,8 +160,14 @@ def chain_steps(
         steps.append(AgentStep(runtime))
     steps += [ResolveTool(catalog, policy, counters), VerifyTool(), ValidateArguments()]  # hidden = unknown
     if policy is not None:
-        steps.append(PolicyStep(policy, counters, observe=metrics.observe_policy if metrics is not None else None,
-                                limiter=state.limiter if state is not None else None))
+        steps.append(
+            PolicyStep(
+                policy,
+                counters,
+                observe=metrics.observe_policy if metrics is not None else None,
+                limiter=state.limiter if state is not None else None,
+            )
+        )
     if runtime is not None:
         steps.append(ScheduleStep(runtime, builtins=builtins))
     return steps
@@ -212,8 +227,11 @@ def _assemble(
     )
 
     manager: SandboxManager | None = None
-    if (config.sandbox.code_tools or config.agents
-            or any(s.sandbox not in (None, "none") for s in config.servers.values())):
+    if (
+        config.sandbox.code_tools
+        or config.agents
+        or any(s.sandbox not in (None, "none") for s in config.servers.values())
+    ):
         manager = SandboxManager(config)
         closers.append(manager.close)
         manager.start_warm_pool()  # sandbox.warm_pool ready sandboxes per Docker tier, refilled in the background
@@ -238,19 +256,41 @@ def _assemble(
     # every session is an agent; ids made here (never by clients) under the data dir's id key
     runtime = AgentRuntime(config, events, key=private_secret(config.agent_id_key_path, "agent id key"))
     agents = runtime.agents
-    builtins = _builtins(config, manager, memory, events=events, policy=policy, agents=agents, closers=closers,
-                         background=background)
+    builtins = _builtins(
+        config,
+        manager,
+        memory,
+        events=events,
+        policy=policy,
+        agents=agents,
+        closers=closers,
+        background=background,
+    )
 
     # built-in tools are verified by construction; only the sandbox's run agent code
     code_builtins = frozenset(b.name for b in builtins if isinstance(b, SandboxBuiltin))
-    verifier = ToolVerifier(config, events, builtins=frozenset(b.name for b in builtins), code_builtins=code_builtins,
-                            state=state.tool_state)
+    verifier = ToolVerifier(
+        config,
+        events,
+        builtins=frozenset(b.name for b in builtins),
+        code_builtins=code_builtins,
+        state=state.tool_state,
+    )
     closers.append(verifier.close)
 
     catalog = LiveCatalog(_upstream_infos(config, builtins))
     unsafe = [o for o in config.unsafe_options() if o.every_call]
-    steps = chain_steps(catalog, audit=audit, policy=policy, counters=counters, metrics=metrics, runtime=runtime,
-                        builtins=frozenset(b.name for b in builtins), state=state, unsafe=unsafe)
+    steps = chain_steps(
+        catalog,
+        audit=audit,
+        policy=policy,
+        counters=counters,
+        metrics=metrics,
+        runtime=runtime,
+        builtins=frozenset(b.name for b in builtins),
+        state=state,
+        unsafe=unsafe,
+    )
     if state.shared:
         background.append(state.watch)
     background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s))
@@ -396,17 +436,25 @@ def _discover(config: Config, events: EventSink) -> Background:
     from gateway.onboard.discovery import Discovery
 
     discovery = Discovery(
-        config.discovered_path, events, home=Path.home(),
-        cwd=config.source.parent if config.source else Path.cwd(), environ={},
-        registry_dir=config.mcp.discovery_registry_dir, configured=frozenset(config.servers),
+        config.discovered_path,
+        events,
+        home=Path.home(),
+        cwd=config.source.parent if config.source else Path.cwd(),
+        environ={},
+        registry_dir=config.mcp.discovery_registry_dir,
+        configured=frozenset(config.servers),
     )
 
     async def run(gw: Gateway) -> None:
         while True:
             added, removed = await anyio.to_thread.run_sync(discovery.poll)
             for d in added:
-                _logger.warning("discovered MCP server %r in %s: quarantined until `symbi tools approve %s`",
-                                d.original_name, d.source, d.name)
+                _logger.warning(
+                    "discovered MCP server %r in %s: quarantined until `symbi tools approve %s`",
+                    d.original_name,
+                    d.source,
+                    d.name,
+                )
             for d in removed:
                 _logger.warning("discovered MCP server %r is gone from %s", d.original_name, d.source)
             for d in discovery.entries().values():

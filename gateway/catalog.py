@@ -87,9 +87,13 @@ def namespaced(upstream: str, original: str, pass_through: bool) -> str:
         raise CatalogError(f"{where}: the name holds control, format or invisible characters")
     if pass_through:
         if not TOOL_NAME_RE.match(original):
-            raise CatalogError(f"{where}: not a valid tool name (^[A-Za-z0-9_-]{{1,64}}$; pass_through keeps names)")
+            raise CatalogError(
+                f"{where}: not a valid tool name (^[A-Za-z0-9_-]{{1,64}}$; pass_through keeps names)"
+            )
         if SEP in original and is_reserved(original):
-            raise CatalogError(f"{where}: the prefix {original.split(SEP, 1)[0]!r} is reserved for a built-in server")
+            raise CatalogError(
+                f"{where}: the prefix {original.split(SEP, 1)[0]!r} is reserved for a built-in server"
+            )
         return original
     candidate = f"{upstream}{SEP}{_INVALID_CHARS.sub('_', original)}"
     if not TOOL_NAME_RE.match(candidate):
@@ -122,7 +126,9 @@ class Catalog:
         return cls({}, {}, [], {}, [])
 
     @classmethod
-    def build(cls, listings: Iterable[UpstreamListing], infos: Mapping[str, ToolInfo] | None = None) -> Catalog:
+    def build(
+        cls, listings: Iterable[UpstreamListing], infos: Mapping[str, ToolInfo] | None = None
+    ) -> Catalog:
         """Build from upstream listings. ``infos`` overrides per-tool verification state."""
         listings = list(listings)
         tools: dict[str, CatalogTool] = {}
@@ -144,7 +150,9 @@ class Catalog:
                 if name in seen:
                     collided.add(name)
                     refusals.append(
-                        Refusal(up.name, "tool", t.name, f"name {name!r} collides with a tool of {seen[name]!r}")
+                        Refusal(
+                            up.name, "tool", t.name, f"name {name!r} collides with a tool of {seen[name]!r}"
+                        )
                     )
                     continue
                 seen[name] = up.name
@@ -195,8 +203,13 @@ class Catalog:
             # fail closed: neither side of a collision is reachable
             tools.pop(name, None)
         for refusal in refusals:
-            _logger.error("catalogue refused %s %r of upstream %r: %s",
-                          refusal.kind, refusal.name, refusal.upstream, refusal.reason)
+            _logger.error(
+                "catalogue refused %s %r of upstream %r: %s",
+                refusal.kind,
+                refusal.name,
+                refusal.upstream,
+                refusal.reason,
+            )
         pass_through = next((up.name for up in listings if up.pass_through), None)
         return cls(tools, resources, templates, prompts, refusals, pass_through)
 

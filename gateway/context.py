@@ -19,7 +19,9 @@ from gateway.screen.screener import Screening
 # The SDK's context of the client request a call serves (None for calls made inside the gateway).
 Downstream = ServerRequestContext[Any, Any]
 
-VerificationStatus = Literal["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed", "unavailable"]
+VerificationStatus = Literal[
+    "verified", "pinned", "unverified", "drifted", "revoked", "off", "failed", "unavailable"
+]
 APPROVED: frozenset[str] = frozenset({"verified", "pinned"})
 
 
@@ -99,8 +101,13 @@ class AgentInfo:
     hosted: bool = False
 
     def as_input(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "state": self.state, "priority": self.priority,
-                "hosted": self.hosted}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "priority": self.priority,
+            "hosted": self.hosted,
+        }
 
 
 @dataclass(frozen=True)

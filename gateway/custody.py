@@ -107,12 +107,16 @@ def check_trusted_files(config: Config) -> None:
     if src is not None and secrets and _readable_by_others(Path(src)):
         _logger.warning(
             "config %s is readable by other users, upstream servers included, and holds env/headers of %s: "
-            "chmod 600 it", src, ", ".join(sorted(secrets)),
+            "chmod 600 it",
+            src,
+            ", ".join(sorted(secrets)),
         )
     env_file = config.gateway.env_file
     if env_file is not None and _readable_by_others(Path(env_file)):
-        _logger.warning("gateway.env_file %s is readable by other users, upstream servers included: chmod 600 it",
-                        env_file)
+        _logger.warning(
+            "gateway.env_file %s is readable by other users, upstream servers included: chmod 600 it",
+            env_file,
+        )
 
 
 def _readable_by_others(path: Path) -> bool:
@@ -154,8 +158,9 @@ def private_secret(path: Path, what: str) -> bytes:
     except FileExistsError:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
-            raise ConfigError(f"{path}: the {what} must not be readable by group or others "
-                              f"(mode {mode:o}; chmod 600 it)") from None
+            raise ConfigError(
+                f"{path}: the {what} must not be readable by group or others (mode {mode:o}; chmod 600 it)"
+            ) from None
         data = path.read_bytes()
         if len(data) != 32:
             raise ConfigError(f"{path}: the {what} must be 32 bytes") from None
@@ -208,19 +213,24 @@ def changes(old: dict[Path, FileVersion], new: dict[Path, FileVersion]) -> list[
         before = old.get(path)
         if before is not None and before.sha256 == now.sha256:
             continue
-        diff = list(difflib.unified_diff((before.text if before else "").splitlines(), now.text.splitlines(),
-                                         lineterm="", n=0))
+        diff = list(
+            difflib.unified_diff(
+                (before.text if before else "").splitlines(), now.text.splitlines(), lineterm="", n=0
+            )
+        )
         added = sum(1 for line in diff if line.startswith("+") and not line.startswith("+++"))
         removed = sum(1 for line in diff if line.startswith("-") and not line.startswith("---"))
-        out.append({
-            "file": str(path),
-            "owner": _owner(now.owner_uid),
-            "sha256": now.sha256,
-            "previous_sha256": before.sha256 if before else None,
-            "lines_added": added,
-            "lines_removed": removed,
-            "hunks": [line for line in diff if line.startswith("@@")][:10],
-        })
+        out.append(
+            {
+                "file": str(path),
+                "owner": _owner(now.owner_uid),
+                "sha256": now.sha256,
+                "previous_sha256": before.sha256 if before else None,
+                "lines_added": added,
+                "lines_removed": removed,
+                "hunks": [line for line in diff if line.startswith("@@")][:10],
+            }
+        )
     return out
 
 

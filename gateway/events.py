@@ -93,9 +93,15 @@ class Event(StrEnum):
     KNOWLEDGE_INGESTED = "knowledge.ingested"  # documents were ingested into a knowledge base
     # relayed or bridged between a client and an upstream (issue 20): kinds, targets and who
     # was told, never contents
-    NOTIFY_LIST_CHANGED = "notify.list_changed"  # a catalogue change was announced (kinds, told, not told, ms)
-    NOTIFY_RESOURCE_UPDATED = "notify.resource_updated"  # an upstream's resources/updated went to who may read it
-    BRIDGE_INPUT_REQUEST = "bridge.input_request"  # an upstream's question was put to a client of the other era
+    NOTIFY_LIST_CHANGED = (
+        "notify.list_changed"  # a catalogue change was announced (kinds, told, not told, ms)
+    )
+    NOTIFY_RESOURCE_UPDATED = (
+        "notify.resource_updated"  # an upstream's resources/updated went to who may read it
+    )
+    BRIDGE_INPUT_REQUEST = (
+        "bridge.input_request"  # an upstream's question was put to a client of the other era
+    )
     # audit log
     AUDIT_KEY_ROTATED = "audit.key_rotated"  # the signing key was handed over (signed proof)
     AUDIT_ARCHIVED = "audit.archived"  # retention moved the oldest events out (signed hand-off)

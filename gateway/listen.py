@@ -105,7 +105,9 @@ class ListenHub:
             tools_list_changed=True if asked.tools_list_changed else None,
             prompts_list_changed=True if asked.prompts_list_changed else None,
             resources_list_changed=True if asked.resources_list_changed else None,
-            resource_subscriptions=list(asked.resource_subscriptions) if asked.resource_subscriptions else None,
+            resource_subscriptions=list(asked.resource_subscriptions)
+            if asked.resource_subscriptions
+            else None,
         )
         meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: subscription_id}
         send, recv = anyio.create_memory_object_stream[ServerEvent](self._max_buffered)
@@ -119,12 +121,16 @@ class ListenHub:
                 await on_resources(principal, uris, outbound, True)
             await ctx.session.send_notification(
                 types.SubscriptionsAcknowledgedNotification(
-                    params=types.SubscriptionsAcknowledgedNotificationParams(notifications=honored, _meta=meta)
+                    params=types.SubscriptionsAcknowledgedNotificationParams(
+                        notifications=honored, _meta=meta
+                    )
                 ),
                 related_request_id=subscription_id,
             )
             async for event in recv:
-                await ctx.session.send_notification(event_to_notification(event, meta), related_request_id=subscription_id)
+                await ctx.session.send_notification(
+                    event_to_notification(event, meta), related_request_id=subscription_id
+                )
         finally:
             self._streams.discard(stream)
             send.close()

@@ -107,23 +107,33 @@ class GatewayMetrics:
         # The seed's business metrics (监控 / 业务指标): task completion, errors by type,
         # resource efficiency (with the process collector's CPU and memory), compliance results.
         self.tasks = Counter(
-            "symbi_tasks", "Requests (tool calls, resource reads, prompt gets) by kind and outcome",
-            ["kind", "outcome"], registry=r,
+            "symbi_tasks",
+            "Requests (tool calls, resource reads, prompt gets) by kind and outcome",
+            ["kind", "outcome"],
+            registry=r,
         )
         self.errors = Counter(
             "symbi_errors", "Denials and failures by error type (the error code)", ["error_type"], registry=r
         )
         self.compliance = Counter(
-            "symbi_compliance_checks", "Per-request compliance checks (verification, policy, audit) by result",
-            ["check", "result"], registry=r,
+            "symbi_compliance_checks",
+            "Per-request compliance checks (verification, policy, audit) by result",
+            ["check", "result"],
+            registry=r,
         )
         self.sandbox_seconds = Histogram(
-            "symbi_sandbox_run_seconds", "Wall time of code tool calls by sandbox tier", ["tier"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "symbi_sandbox_run_seconds",
+            "Wall time of code tool calls by sandbox tier",
+            ["tier"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.result_bytes = Histogram(
-            "symbi_result_bytes", "Size of results returned to clients", ["kind"],
-            buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216), registry=r,
+            "symbi_result_bytes",
+            "Size of results returned to clients",
+            ["kind"],
+            buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216),
+            registry=r,
         )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 

@@ -89,7 +89,9 @@ def install(service_name: str = "symbi-gateway") -> _Fanout:
                 if isinstance(current, TracerProvider):
                     current.add_span_processor(fan)  # the embedder's SDK provider: export through it too
                 else:
-                    _logger.warning("a non-SDK OpenTelemetry provider is installed: gateway traces are not exported")
+                    _logger.warning(
+                        "a non-SDK OpenTelemetry provider is installed: gateway traces are not exported"
+                    )
             _fanout = fan
         return _fanout
 

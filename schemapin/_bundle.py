@@ -58,7 +58,10 @@ def sign_bundle(
     out.setdefault("created_at", datetime.now(UTC).isoformat())
     out.setdefault("documents", [])
     out.setdefault("revocations", [])
-    out["bundle_authority"] = {"kid": fingerprint(authority_key), "public_key_pem": public_key_pem(authority_key)}
+    out["bundle_authority"] = {
+        "kid": fingerprint(authority_key),
+        "public_key_pem": public_key_pem(authority_key),
+    }
     out["signed_at"] = datetime.now(UTC).isoformat()
     if expires_at is not None:
         out["expires_at"] = expires_at.astimezone(UTC).isoformat()
@@ -147,7 +150,9 @@ class TrustBundle:
             if dom in revs:
                 raise BundleInvalid(f"bundle has two revocation documents for {dom}")
             revs[dom] = rev
-        return cls(authority_fingerprint=fp, documents=docs, revocations=revs, created_at=str(doc.get("created_at")))
+        return cls(
+            authority_fingerprint=fp, documents=docs, revocations=revs, created_at=str(doc.get("created_at"))
+        )
 
     def snapshot(self, domain: str) -> KeySnapshot:
         """The key snapshot for ``domain``; ``DiscoveryFailed`` when the bundle has none."""
@@ -161,12 +166,14 @@ class TrustBundle:
         err = None
         if rev is None and disc.get("revocation_endpoint"):
             rev = {"domain": dom, "revoked_keys": []}
-        return snapshot_from_documents(disc, domain=dom, revocation=rev, revocation_error=err,
-                                       source=f"bundle:{self.authority_fingerprint}")
+        return snapshot_from_documents(
+            disc,
+            domain=dom,
+            revocation=rev,
+            revocation_error=err,
+            source=f"bundle:{self.authority_fingerprint}",
+        )
 
     async def resolve(self, domain: str) -> KeySnapshot:
         """:class:`KeyResolver` interface over :meth:`snapshot`."""
         return self.snapshot(domain)
-
-
-

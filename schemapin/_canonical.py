@@ -76,7 +76,10 @@ def _check_str(s: str) -> None:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
-        raise LoneSurrogate("string holds a lone UTF-16 surrogate", text=s.encode("utf-8", "backslashreplace").decode("ascii")[:80]) from None
+        raise LoneSurrogate(
+            "string holds a lone UTF-16 surrogate",
+            text=s.encode("utf-8", "backslashreplace").decode("ascii")[:80],
+        ) from None
 
 
 def check_value(obj: Any, *, max_depth: int = MAX_DEPTH) -> None:
@@ -120,7 +123,9 @@ def canonicalize(obj: Any, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_D
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
     data = text.encode("utf-8")
     if len(data) > max_bytes:
-        raise DocumentTooLarge(f"canonical form is {len(data)} bytes, over the {max_bytes}-byte cap", size=len(data))
+        raise DocumentTooLarge(
+            f"canonical form is {len(data)} bytes, over the {max_bytes}-byte cap", size=len(data)
+        )
     return data
 
 
@@ -135,4 +140,6 @@ def definition_hash(tool: Any) -> str:
 def require_canonicalization(name: str | None) -> None:
     """Accept an absent or ``schemapin-v1`` canonicalization name (SchemaPin 1.4); refuse others."""
     if name is not None and name != CANONICALIZATION:
-        raise CanonicalizationUnsupported(f"canonicalization {name!r} is not supported", canonicalization=name)
+        raise CanonicalizationUnsupported(
+            f"canonicalization {name!r} is not supported", canonicalization=name
+        )

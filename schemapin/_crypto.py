@@ -44,7 +44,9 @@ def _require_p256(key: object) -> None:
     if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
         if isinstance(key.curve, ec.SECP256R1):
             return
-        raise UnsupportedKey(f"key is on curve {key.curve.name}; SchemaPin uses P-256 only", curve=key.curve.name)
+        raise UnsupportedKey(
+            f"key is on curve {key.curve.name}; SchemaPin uses P-256 only", curve=key.curve.name
+        )
     raise UnsupportedKey(f"key type {type(key).__name__} is not ECDSA P-256")
 
 
@@ -183,14 +185,20 @@ def verify_hash(
     try:
         key.verify(der, message_hash, _algorithm(mode))
     except InvalidSignature:
-        raise SignatureInvalid("signature does not verify with this key", key_fingerprint=fingerprint(key)) from None
+        raise SignatureInvalid(
+            "signature does not verify with this key", key_fingerprint=fingerprint(key)
+        ) from None
 
 
-def verify_bytes(data: bytes, signature_b64: str, key: ec.EllipticCurvePublicKey, *, require_low_s: bool = False) -> None:
+def verify_bytes(
+    data: bytes, signature_b64: str, key: ec.EllipticCurvePublicKey, *, require_low_s: bool = False
+) -> None:
     """Verify plain ECDSA-SHA256 over ``data``; raise ``SignatureInvalid`` (or a subclass)."""
     _require_p256(key)
     der = decode_signature(signature_b64, require_low_s=require_low_s)
     try:
         key.verify(der, data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise SignatureInvalid("signature does not verify with this key", key_fingerprint=fingerprint(key)) from None
+        raise SignatureInvalid(
+            "signature does not verify with this key", key_fingerprint=fingerprint(key)
+        ) from None

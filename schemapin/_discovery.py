@@ -23,7 +23,9 @@ from ._errors import DiscoveryInvalid, KeyNotFound, RevocationUnavailable, Schem
 log = logging.getLogger("schemapin")
 
 WELL_KNOWN_PATH = "/.well-known/schemapin.json"
-REVOCATION_REASONS = frozenset({"key_compromise", "superseded", "cessation_of_operation", "privilege_withdrawn"})
+REVOCATION_REASONS = frozenset(
+    {"key_compromise", "superseded", "cessation_of_operation", "privilege_withdrawn"}
+)
 RevocationState = Literal["checked", "unavailable"]
 
 
@@ -55,7 +57,9 @@ class KeySnapshot:
     fetched_at: float = field(default_factory=time.time)
 
     @classmethod
-    def from_public_key(cls, key: ec.EllipticCurvePublicKey | str, *, domain: str | None = None) -> KeySnapshot:
+    def from_public_key(
+        cls, key: ec.EllipticCurvePublicKey | str, *, domain: str | None = None
+    ) -> KeySnapshot:
         """A snapshot for a key given directly (a PEM string or key object); nothing is revoked."""
         pub = load_public_key_pem(key) if isinstance(key, str) else key
         return cls(
@@ -154,7 +158,9 @@ def parse_revocation_document(doc: Any, *, domain: str) -> frozenset[str]:
         same = False
     if not same:
         raise RevocationUnavailable(
-            f"revocation document is for {doc_domain!r}, not {domain!r}", domain=domain, document_domain=doc_domain
+            f"revocation document is for {doc_domain!r}, not {domain!r}",
+            domain=domain,
+            document_domain=doc_domain,
         )
     entries = doc.get("revoked_keys", [])
     if not isinstance(entries, list):
@@ -165,10 +171,15 @@ def parse_revocation_document(doc: Any, *, domain: str) -> frozenset[str]:
         try:
             out.add(normalize_fingerprint(fp) if isinstance(fp, str) else normalize_fingerprint(""))
         except ValueError:
-            raise RevocationUnavailable(f"revocation entry {entry!r} has no valid fingerprint", domain=domain) from None
+            raise RevocationUnavailable(
+                f"revocation entry {entry!r} has no valid fingerprint", domain=domain
+            ) from None
         if isinstance(entry, dict) and entry.get("reason") not in REVOCATION_REASONS:
-            log.warning("schemapin: revocation entry for %s has unknown reason %r; treating as revoked",
-                        fp, entry.get("reason"))
+            log.warning(
+                "schemapin: revocation entry for %s has unknown reason %r; treating as revoked",
+                fp,
+                entry.get("reason"),
+            )
     return frozenset(out)
 
 

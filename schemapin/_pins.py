@@ -149,18 +149,37 @@ class PinStore:
         )
         return self._row(cur.fetchone())
 
-    def _event(self, domain: str, tool_id: str, action: str, old: Pin | None,
-               new_fp: str | None, new_hash: str | None, actor: str | None) -> None:
+    def _event(
+        self,
+        domain: str,
+        tool_id: str,
+        action: str,
+        old: Pin | None,
+        new_fp: str | None,
+        new_hash: str | None,
+        actor: str | None,
+    ) -> None:
         self._db.execute(
             "INSERT INTO pin_events (at, domain, tool_id, action, old_fingerprint, new_fingerprint, "
             "old_definition_hash, new_definition_hash, actor) VALUES (?,?,?,?,?,?,?,?,?)",
-            (_now(), domain, tool_id, action, old.key_fingerprint if old else None, new_fp,
-             old.definition_hash if old else None, new_hash, actor),
+            (
+                _now(),
+                domain,
+                tool_id,
+                action,
+                old.key_fingerprint if old else None,
+                new_fp,
+                old.definition_hash if old else None,
+                new_hash,
+                actor,
+            ),
         )
 
     # -- the TOFU decision -----------------------------------------------------------------
 
-    def check_and_pin(self, domain: str, tool_id: str, key_fingerprint: str, definition_hash: str) -> tuple[PinStatus, Pin]:
+    def check_and_pin(
+        self, domain: str, tool_id: str, key_fingerprint: str, definition_hash: str
+    ) -> tuple[PinStatus, Pin]:
         """Compare a *verified* (key, definition) with the pin; pin it on first use.
 
         Call only after the signature verified. On a change nothing is re-pinned: the new
@@ -176,8 +195,12 @@ class PinStore:
                 pin = self._get(dom, tool_id)
             except sqlite3.Error as e:
                 raise PinStoreError(f"pin store read failed: {e}") from None
-        if (pin is not None and pin.key_fingerprint == fp and pin.definition_hash == h
-                and _age_s(pin.last_seen) < LAST_SEEN_RESOLUTION_S):
+        if (
+            pin is not None
+            and pin.key_fingerprint == fp
+            and pin.definition_hash == h
+            and _age_s(pin.last_seen) < LAST_SEEN_RESOLUTION_S
+        ):
             return PinStatus.PINNED, pin
         with self._tx():
             pin = self._get(dom, tool_id)
@@ -193,7 +216,9 @@ class PinStore:
                 assert new is not None
                 return PinStatus.FIRST_USE, new
             if pin.key_fingerprint == fp and pin.definition_hash == h:
-                self._db.execute("UPDATE pins SET last_seen=? WHERE domain=? AND tool_id=?", (now, dom, tool_id))
+                self._db.execute(
+                    "UPDATE pins SET last_seen=? WHERE domain=? AND tool_id=?", (now, dom, tool_id)
+                )
                 new = self._get(dom, tool_id)
                 assert new is not None
                 return PinStatus.PINNED, new
@@ -219,8 +244,10 @@ class PinStore:
 
     def pins(self, domain: str | None = None) -> list[Pin]:
         """All pins (of one domain), ordered by domain and tool id."""
-        sql = ("SELECT domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen, "
-               "pending_fingerprint, pending_definition_hash, pending_since FROM pins")
+        sql = (
+            "SELECT domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen, "
+            "pending_fingerprint, pending_definition_hash, pending_since FROM pins"
+        )
         args: tuple[str, ...] = ()
         if domain is not None:
             sql += " WHERE domain=?"
@@ -249,24 +276,33 @@ class PinStore:
         dom = normalize_domain(domain)
         with self._tx():
             pin = self._get(dom, tool_id)
-            fp = normalize_fingerprint(key_fingerprint) if key_fingerprint else (pin.pending_fingerprint if pin else None)
+            fp = (
+                normalize_fingerprint(key_fingerprint)
+                if key_fingerprint
+                else (pin.pending_fingerprint if pin else None)
+            )
             h = _hash(definition_hash) if definition_hash else (pin.pending_definition_hash if pin else None)
             if pin is not None and fp is None:
                 fp = pin.key_fingerprint
             if pin is not None and h is None:
                 h = pin.definition_hash
             if fp is None or h is None:
-                raise PinStoreError(f"nothing to approve for {tool_id}@{dom}: give --fingerprint and --definition-hash")
+                raise PinStoreError(
+                    f"nothing to approve for {tool_id}@{dom}: give --fingerprint and --definition-hash"
+                )
             now = _now()
             if pin is None:
                 self._db.execute(
                     "INSERT INTO pins (domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen) "
-                    "VALUES (?,?,?,?,?,?)", (dom, tool_id, fp, h, now, now))
+                    "VALUES (?,?,?,?,?,?)",
+                    (dom, tool_id, fp, h, now, now),
+                )
             else:
                 self._db.execute(
                     "UPDATE pins SET key_fingerprint=?, definition_hash=?, last_seen=?, pending_fingerprint=NULL, "
                     "pending_definition_hash=NULL, pending_since=NULL WHERE domain=? AND tool_id=?",
-                    (fp, h, now, dom, tool_id))
+                    (fp, h, now, dom, tool_id),
+                )
             self._event(dom, tool_id, "approve", pin, fp, h, actor)
             new = self._get(dom, tool_id)
             assert new is not None
@@ -285,8 +321,10 @@ class PinStore:
 
     def history(self, domain: str | None = None, tool_id: str | None = None) -> list[dict[str, Any]]:
         """The audit trail of pin changes, oldest first."""
-        sql = ("SELECT id, at, domain, tool_id, action, old_fingerprint, new_fingerprint, old_definition_hash, "
-               "new_definition_hash, actor FROM pin_events")
+        sql = (
+            "SELECT id, at, domain, tool_id, action, old_fingerprint, new_fingerprint, old_definition_hash, "
+            "new_definition_hash, actor FROM pin_events"
+        )
         cond, args = [], []
         if domain is not None:
             cond.append("domain=?")
@@ -326,5 +364,3 @@ class _Tx:
             self._store._lock.release()
         if isinstance(exc, sqlite3.Error):
             raise PinStoreError(f"pin store write failed: {exc}") from exc
-
-

@@ -100,10 +100,14 @@ class WellKnownResolver:
                         status=resp.status_code,
                     )
                 if resp.status_code != 200:
-                    raise DiscoveryFailed(f"{url} answered HTTP {resp.status_code}", url=url, status=resp.status_code)
+                    raise DiscoveryFailed(
+                        f"{url} answered HTTP {resp.status_code}", url=url, status=resp.status_code
+                    )
                 declared = resp.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
-                    raise DiscoveryTooLarge(f"{url} declares {declared} bytes, over {self._max_bytes}", url=url)
+                    raise DiscoveryTooLarge(
+                        f"{url} declares {declared} bytes, over {self._max_bytes}", url=url
+                    )
                 ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
                 if ctype and not (ctype == "application/json" or ctype.endswith("+json")):
                     raise DiscoveryInvalid(f"{url} has content type {ctype!r}, not JSON", url=url)
@@ -131,14 +135,18 @@ class WellKnownResolver:
             error: str | None = None
             if doc.revocation_endpoint:
                 try:
-                    check_revocation_endpoint(doc.revocation_endpoint, domain=dom, allow_insecure_http=self._insecure)
+                    check_revocation_endpoint(
+                        doc.revocation_endpoint, domain=dom, allow_insecure_http=self._insecure
+                    )
                     rbody = await self._get(client, doc.revocation_endpoint)
                     revocation = load_discovery_text(rbody, max_bytes=self._max_bytes)
                 except SchemaPinError as e:
                     # Not raised here: the verifier decides (strict refuses, tofu warns).
                     error = f"{e.code}: {e.message}"
                     log.warning("schemapin: revocation for %s unavailable: %s", dom, error)
-        return snapshot_from_documents(discovery, domain=dom, revocation=revocation, revocation_error=error, source=url)
+        return snapshot_from_documents(
+            discovery, domain=dom, revocation=revocation, revocation_error=error, source=url
+        )
 
     async def resolve(self, domain: str) -> KeySnapshot:
         """The domain's snapshot from the TTL cache or one fresh fetch."""
@@ -172,6 +180,3 @@ class StaticKeyResolver:
         """The configured snapshot, whatever the domain."""
         normalize_domain(domain)
         return self._snapshot
-
-
-

@@ -127,12 +127,18 @@ def verify_tool(
     digest = hashlib.sha256(canonical).digest()
     def_hash = digest.hex()
     snap = key_source
-    ctx: dict[str, Any] = {"domain": dom, "tool_id": tool_id, "key_fingerprint": snap.fingerprint,
-                           "definition_hash": def_hash}
+    ctx: dict[str, Any] = {
+        "domain": dom,
+        "tool_id": tool_id,
+        "key_fingerprint": snap.fingerprint,
+        "definition_hash": def_hash,
+    }
     if snap.domain is not None and dom is not None and snap.domain != dom:
         raise DomainMismatch(f"key material is for {snap.domain}, not {dom}", key_domain=snap.domain, **ctx)
     if snap.is_revoked():
-        raise KeyRevoked(f"key {snap.fingerprint} is revoked by {dom or 'its publisher'}", status="revoked", **ctx)
+        raise KeyRevoked(
+            f"key {snap.fingerprint} is revoked by {dom or 'its publisher'}", status="revoked", **ctx
+        )
     warnings: list[str] = []
     if snap.revocation != "checked":
         if mode == "strict":
@@ -159,14 +165,20 @@ def verify_tool(
             raise KeyPinMismatch(
                 f"{tool_id}@{dom} is pinned to key {pin.key_fingerprint}, now signed by {snap.fingerprint}; "
                 "approve the new key with `symbi schemapin pins approve`",
-                status="key_changed", pinned_fingerprint=pin.key_fingerprint,
-                pinned_definition_hash=pin.definition_hash, **ctx)
+                status="key_changed",
+                pinned_fingerprint=pin.key_fingerprint,
+                pinned_definition_hash=pin.definition_hash,
+                **ctx,
+            )
         if pin_status is PinStatus.DEFINITION_CHANGED:
             raise DefinitionChanged(
                 f"{tool_id}@{dom} changed since it was pinned (definition {pin.definition_hash[:16]}... "
                 f"-> {def_hash[:16]}...); approve it with `symbi schemapin pins approve`",
-                status="definition_changed", pinned_fingerprint=pin.key_fingerprint,
-                pinned_definition_hash=pin.definition_hash, **ctx)
+                status="definition_changed",
+                pinned_fingerprint=pin.key_fingerprint,
+                pinned_definition_hash=pin.definition_hash,
+                **ctx,
+            )
         status = pin_status.value
     return VerificationResult(
         status=status,
@@ -180,7 +192,9 @@ def verify_tool(
     )
 
 
-def sign_envelope(tool: Any, private_key: ec.EllipticCurvePrivateKey, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def sign_envelope(
+    tool: Any, private_key: ec.EllipticCurvePrivateKey, *, metadata: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The reference envelope ``{"schema", "signature", "signed_at"}`` (``metadata`` is unsigned)."""
     env: dict[str, Any] = {
         "schema": tool,
@@ -212,7 +226,11 @@ def verify_envelope(
     if "signature" not in envelope:
         raise SignatureMalformed("envelope has no 'signature'")
     schema = envelope["schema"]
-    tid = tool_id if tool_id is not None else (schema.get("name") if isinstance(schema.get("name"), str) else None)
+    tid = (
+        tool_id
+        if tool_id is not None
+        else (schema.get("name") if isinstance(schema.get("name"), str) else None)
+    )
     return verify_tool(
         schema,
         envelope["signature"],
@@ -250,6 +268,3 @@ def same_definition(a: Any, b: Any) -> bool:
         return hmac.compare_digest(canonicalize(a), canonicalize(b))
     except SchemaPinError:
         return False
-
-
-

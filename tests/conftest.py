@@ -37,7 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _upstream_user_can_enter_tmp_path(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> None:
+def _upstream_user_can_enter_tmp_path(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> None:
     """Unsandboxed upstreams run as the unprivileged `symbi-upstream` user, in the config's
     folder: let it enter (not list) the test's folder, as it could a real config folder.
     The data dir inside stays 0700 (the gateway makes it so)."""

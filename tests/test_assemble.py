@@ -46,7 +46,14 @@ def test_the_chain_order_with_every_component(tmp_path: Path) -> None:
     gw = make_gateway(_config(tmp_path), metrics=GatewayMetrics())  # type: ignore[arg-type]
     try:
         assert [type(s) for s in gw.steps] == [
-            MetricsStep, AuditStep, AgentStep, ResolveTool, VerifyTool, ValidateArguments, PolicyStep, ScheduleStep,
+            MetricsStep,
+            AuditStep,
+            AgentStep,
+            ResolveTool,
+            VerifyTool,
+            ValidateArguments,
+            PolicyStep,
+            ScheduleStep,
         ]
         assert isinstance(gw.audit, AuditLog)
         assert isinstance(gw.policy, PolicyEngine)
@@ -61,8 +68,14 @@ def test_turned_off_components_leave_the_chain(tmp_path: Path) -> None:
     try:
         # the runtime is not a protection that can be turned off: its steps stay; a warning on
         # every call takes the place of audit and policy (tests/config/test_unsafe.py)
-        assert [type(s) for s in gw.steps] == [WarnUnsafe, AgentStep, ResolveTool, VerifyTool, ValidateArguments,
-                                               ScheduleStep]
+        assert [type(s) for s in gw.steps] == [
+            WarnUnsafe,
+            AgentStep,
+            ResolveTool,
+            VerifyTool,
+            ValidateArguments,
+            ScheduleStep,
+        ]
         assert gw.audit is None and gw.policy is None
     finally:
         _close(gw)
@@ -108,7 +121,8 @@ def _offenders(files: list[Path], forbidden: str) -> list[str]:
 
 def test_only_the_fronts_and_the_cli_import_the_server_package() -> None:
     core = [
-        p for p in GATEWAY.rglob("*.py")
+        p
+        for p in GATEWAY.rglob("*.py")
         if not p.is_relative_to(GATEWAY / "server") and not p.is_relative_to(GATEWAY / "cli")
     ]
     assert core and _offenders(core, "gateway.server") == []

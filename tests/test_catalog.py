@@ -29,7 +29,9 @@ def test_a_name_that_cannot_be_made_valid_is_refused() -> None:
 
 def test_colliding_names_shadow_nothing() -> None:
     # "a.b" and "a_b" both become ev__a_b: neither may be reachable (fail closed).
-    cat = Catalog.build([UpstreamListing("ev", False, [tool("a.b", "first"), tool("a_b", "second"), tool("c")])])
+    cat = Catalog.build(
+        [UpstreamListing("ev", False, [tool("a.b", "first"), tool("a_b", "second"), tool("c")])]
+    )
     assert set(cat.tools) == {"ev__c"}
     with pytest.raises(UnknownTool):
         cat.tool("ev__a_b")
@@ -65,7 +67,9 @@ def test_prompts_are_namespaced() -> None:
 
 def test_an_unlisted_uri_is_subscribed_at_the_pass_through_upstream_only() -> None:
     res = types.Resource(uri="test://listed", name="listed")
-    passing = Catalog.build([UpstreamListing("ev", True, [], resources=[res]), UpstreamListing("bus", False, [])])
+    passing = Catalog.build(
+        [UpstreamListing("ev", True, [], resources=[res]), UpstreamListing("bus", False, [])]
+    )
     assert passing.subscription_owner("test://watched-resource") == "ev"
     assert passing.subscription_owner("test://listed") == "ev"
     with pytest.raises(CatalogError):  # reads still need a listed resource or template

@@ -97,8 +97,12 @@ async def test_close_http_session_of_an_unknown_id_is_nothing() -> None:
 
 
 def test_stdio_process_helpers_exist() -> None:
-    for fn in (compat.executable_command, compat.start_stdio_process, compat.stop_stdio_process,
-               compat.drain_stdout):
+    for fn in (
+        compat.executable_command,
+        compat.start_stdio_process,
+        compat.stop_stdio_process,
+        compat.drain_stdout,
+    ):
         assert inspect.iscoroutinefunction(fn)
     assert compat.parse_stdio_line('{"jsonrpc":"2.0","method":"x"}') is not None
 

@@ -30,8 +30,15 @@ def test_a_config_others_can_write_refuses_to_start(tmp_path: Path) -> None:
     assert str(cfg) in e.value.message
     # the CLI: exit 2, the path named, nothing started
     for argv in (["mcp", "--config", str(cfg)], ["config", "check", "--config", str(cfg)]):
-        r = subprocess.run([str(SYMBI), *argv], capture_output=True, text=True, env=symbi_env(), timeout=60,
-                           stdin=subprocess.DEVNULL, check=False)
+        r = subprocess.run(
+            [str(SYMBI), *argv],
+            capture_output=True,
+            text=True,
+            env=symbi_env(),
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
         assert r.returncode == 2 and str(cfg) in r.stderr, (argv, r.stderr)
 
 
@@ -75,8 +82,12 @@ def test_a_file_owned_by_another_user_is_not_trusted(tmp_path: Path) -> None:
         check_trusted_files(load_config(cfg))
 
 
-def test_a_config_with_secrets_readable_by_others_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    cfg = write_config(private_folder(tmp_path), '[servers.a]\ncommand = "/bin/true"\nenv = { TOKEN = "t" }\n')
+def test_a_config_with_secrets_readable_by_others_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = write_config(
+        private_folder(tmp_path), '[servers.a]\ncommand = "/bin/true"\nenv = { TOKEN = "t" }\n'
+    )
     cfg.chmod(0o644)
     with caplog.at_level("WARNING", logger="symbi.custody"):
         check_trusted_files(load_config(cfg))

@@ -49,7 +49,9 @@ def _imports(*folders: str) -> dict[str, str]:
     return {m: f for m, f in found.items() if m not in sys.stdlib_module_names and m not in FIRST_PARTY}
 
 
-@pytest.mark.parametrize("folders,extras", [(("gateway", "schemapin"), ()), (("tests", "bench"), ("test", "peers"))])
+@pytest.mark.parametrize(
+    "folders,extras", [(("gateway", "schemapin"), ()), (("tests", "bench"), ("test", "peers"))]
+)
 def test_every_import_is_declared(folders: tuple[str, ...], extras: tuple[str, ...]) -> None:
     dists = packages_distributions()
     declared = _declared(*extras)

@@ -37,7 +37,9 @@ def _event_arguments() -> list[tuple[str, ast.expr]]:
 def test_every_emit_names_a_catalogued_event() -> None:
     literal, unknown, named = [], [], 0
     for where, arg in _event_arguments():
-        is_event_attr = isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "Event"
+        is_event_attr = (
+            isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "Event"
+        )
         if is_event_attr:
             named += 1
             if arg.attr not in Event.__members__:  # type: ignore[union-attr]
@@ -74,8 +76,12 @@ async def test_a_running_gateway_emits_only_catalogued_types(tmp_path: Path) -> 
     metrics = GatewayMetrics()
     gw = make_gateway(cfg, metrics=metrics)
     async with gw.running():
-        call = CallContext(principal=Principal("tester"), kind="tools/call", target="everything__echo",
-                           arguments={"message": "hi"})
+        call = CallContext(
+            principal=Principal("tester"),
+            kind="tools/call",
+            target="everything__echo",
+            arguments={"message": "hi"},
+        )
         await gw.call(call)
         assert gw.audit is not None
         gw.audit.flush()

@@ -81,34 +81,48 @@ def collector() -> Iterator[Collector]:
 
 
 def _mutable_cfg(tmp_path: Path, extra: str = "") -> Path:
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         [gateway]
-        data_dir = "{tmp_path / 'data'}"
+        data_dir = "{tmp_path / "data"}"
         log_format = "json"
         {extra}
         [servers.mut]
         command = "{sys.executable}"
         args = ["{MUTABLE}"]
         verification = "warn"
-        """)
+        """,
+    )
 
 
 def _audited_trace_ids(cfg: Path) -> list[str | None]:
-    q = subprocess.run([str(SYMBI), "audit", "query", "--config", str(cfg), "--type", "tool.call", "--json"],
-                       capture_output=True, text=True, timeout=60, env=symbi_env())
+    q = subprocess.run(
+        [str(SYMBI), "audit", "query", "--config", str(cfg), "--type", "tool.call", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=symbi_env(),
+    )
     assert q.returncode == 0, q.stderr
     return [json.loads(line)["details"].get("trace_id") for line in q.stdout.splitlines()]
 
 
 @pytest.mark.anyio
-async def test_otlp_export_to_a_local_collector_carries_the_audited_trace(tmp_path: Path, collector: Collector) -> None:
-    cfg = _mutable_cfg(tmp_path, f'[telemetry]\notlp_endpoint = "{collector.url}"\nservice_name = "symbi-test"\n')
+async def test_otlp_export_to_a_local_collector_carries_the_audited_trace(
+    tmp_path: Path, collector: Collector
+) -> None:
+    cfg = _mutable_cfg(
+        tmp_path, f'[telemetry]\notlp_endpoint = "{collector.url}"\nservice_name = "symbi-test"\n'
+    )
     async with stdio_session(cfg) as s:
         r = await s.call_tool("mut__echo", {"message": "traced"})
         assert not r.is_error, r
     # the gateway flushes its exporter when it stops
     deadline = time.monotonic() + 20
-    while not any(n == "tools/call mut__echo" for _, n, _k in collector.spans) and time.monotonic() < deadline:
+    while (
+        not any(n == "tools/call mut__echo" for _, n, _k in collector.spans) and time.monotonic() < deadline
+    ):
         await anyio.sleep(0.1)
     [audited] = _audited_trace_ids(cfg)
     assert audited and len(audited) == 32
@@ -124,7 +138,10 @@ def test_otlp_endpoint_must_be_http() -> None:
         build_config({"telemetry": {"otlp_endpoint": "grpc://127.0.0.1:4317"}})
     env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces", "OTEL_SERVICE_NAME": "x"}
     cfg = build_config({}, environ=env)
-    assert cfg.telemetry.otlp_endpoint == env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] and cfg.telemetry.service_name == "x"
+    assert (
+        cfg.telemetry.otlp_endpoint == env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        and cfg.telemetry.service_name == "x"
+    )
 
 
 @pytest.mark.anyio

@@ -83,7 +83,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     except OSError as e:
         raise AuditError(f"cannot read audit key {path}: {e.strerror or e}") from None
     if st.st_mode & 0o077:
-        raise AuditError(f"audit key {path} is readable by group/others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+        raise AuditError(
+            f"audit key {path} is readable by group/others (mode {st.st_mode & 0o777:o}); chmod 600 it"
+        )
     try:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:

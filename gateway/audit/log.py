@@ -120,7 +120,9 @@ def _wake(items: list[_Item], values: list[Any] | None, exc: BaseException | Non
             pass
 
 
-def _resolve(fut: concurrent.futures.Future[Any] | None, value: Any = None, exc: BaseException | None = None) -> None:
+def _resolve(
+    fut: concurrent.futures.Future[Any] | None, value: Any = None, exc: BaseException | None = None
+) -> None:
     if fut is None or fut.done():
         return
     try:
@@ -339,8 +341,13 @@ class AuditLog:
         from gateway.audit.trust import verify_anchored
 
         keys = {**keyfiles.exported_public_keys(self.key_path), self._key_id: self.public_key}
-        return verify_anchored(self.path, keys, pinned=self.pinned_keys, export=self.checkpoint_export,
-                               all_signatures=all_signatures)
+        return verify_anchored(
+            self.path,
+            keys,
+            pinned=self.pinned_keys,
+            export=self.checkpoint_export,
+            all_signatures=all_signatures,
+        )
 
     def recent(self, n: int) -> list[dict[str, Any]]:
         """The last ``n`` committed events, oldest first, in wire form (``audit://recent``)."""
@@ -473,7 +480,9 @@ class AuditLog:
                     _resolve(control.future, exc=AuditError(f"audit checkpoint on close failed: {e}"))
                 return
 
-    def _commit_events(self, events: list[_Item], extra_sql: list[tuple[str, tuple[Any, ...]]] | None = None) -> bool:
+    def _commit_events(
+        self, events: list[_Item], extra_sql: list[tuple[str, tuple[Any, ...]]] | None = None
+    ) -> bool:
         seq, prev = self._seq, self._head
         rows = []
         last = len(events) - 1
@@ -494,8 +503,19 @@ class AuditLog:
                 h = chain_hash(prev, canon)
                 # one signature per group commit: the batch's last chain hash covers the batch
                 rows.append(
-                    (seq, it.id, it.ts_ns, it.principal, it.agent, it.type, it.details_json, prev, h,
-                     sign_hash(self._key, h) if i == last else "", self._key_id)
+                    (
+                        seq,
+                        it.id,
+                        it.ts_ns,
+                        it.principal,
+                        it.agent,
+                        it.type,
+                        it.details_json,
+                        prev,
+                        h,
+                        sign_hash(self._key, h) if i == last else "",
+                        self._key_id,
+                    )
                 )
                 prev = h
             anchor = self._anchor(seq, prev)
@@ -532,7 +552,9 @@ class AuditLog:
 
     def _anchor(self, seq: int, head: str) -> store.Anchor:
         sig = base64.b64encode(self._key.sign(anchor_message(seq, head))).decode("ascii")
-        return store.Anchor(seq=seq, chain_hash=head, ts_ns=time.time_ns(), key_id=self._key_id, signature=sig)
+        return store.Anchor(
+            seq=seq, chain_hash=head, ts_ns=time.time_ns(), key_id=self._key_id, signature=sig
+        )
 
     def _write_checkpoint(self) -> None:
         anchor = self._anchor(self._seq, self._head)
@@ -552,12 +574,24 @@ class AuditLog:
             new_id = key_id_of(new_pub)
             if new_id != self._key_id:
                 proof = base64.b64encode(new_key.sign(rotation_message(self._key_id, new_id))).decode("ascii")
-                details = {"old_key_id": self._key_id, "new_key_id": new_id, "new_public_key": public_pem(new_pub),
-                           "proof": proof}
-                item = _Item("event", type=ROTATION_EVENT, details_json=canonical_details(details),
-                             id=str(uuid.uuid4()), ts_ns=time.time_ns(), future=None)
-                key_row = ("INSERT OR IGNORE INTO keys (key_id, public_pem, created_ns) VALUES (?,?,?)",
-                           (new_id, public_pem(new_pub), time.time_ns()))
+                details = {
+                    "old_key_id": self._key_id,
+                    "new_key_id": new_id,
+                    "new_public_key": public_pem(new_pub),
+                    "proof": proof,
+                }
+                item = _Item(
+                    "event",
+                    type=ROTATION_EVENT,
+                    details_json=canonical_details(details),
+                    id=str(uuid.uuid4()),
+                    ts_ns=time.time_ns(),
+                    future=None,
+                )
+                key_row = (
+                    "INSERT OR IGNORE INTO keys (key_id, public_pem, created_ns) VALUES (?,?,?)",
+                    (new_id, public_pem(new_pub), time.time_ns()),
+                )
                 if not self._commit_events([item], [key_row]):
                     raise self._broken or AuditError("rotation event could not be committed")
                 self._key, self._key_id = new_key, new_id
@@ -565,7 +599,10 @@ class AuditLog:
                 keyfiles.finish_rotation(self.key_path)
             _resolve(control.future, new_id)
         except Exception as e:  # noqa: BLE001
-            _resolve(control.future, exc=e if isinstance(e, AuditError) else AuditError(f"key rotation failed: {e}"))
+            _resolve(
+                control.future,
+                exc=e if isinstance(e, AuditError) else AuditError(f"key rotation failed: {e}"),
+            )
 
     def _maintain(self, control: _Item) -> None:
         assert control.task is not None
@@ -573,15 +610,29 @@ class AuditLog:
         def sign(message: bytes) -> str:
             return base64.b64encode(self._key.sign(message)).decode("ascii")
 
-        def commit(event_type: str, details: Mapping[str, Any], extra_sql: list[tuple[str, tuple[Any, ...]]]) -> int:
-            item = _Item("event", type=event_type, details_json=canonical_details(details),
-                         id=str(uuid.uuid4()), ts_ns=time.time_ns(), future=None)
+        def commit(
+            event_type: str, details: Mapping[str, Any], extra_sql: list[tuple[str, tuple[Any, ...]]]
+        ) -> int:
+            item = _Item(
+                "event",
+                type=event_type,
+                details_json=canonical_details(details),
+                id=str(uuid.uuid4()),
+                ts_ns=time.time_ns(),
+                future=None,
+            )
             if not self._commit_events([item], extra_sql):
                 raise self._broken or AuditError(f"{event_type} could not be committed")
             return self._seq
 
-        ctx = WriterContext(conn=self._conn, key_id=self._key_id, head_seq=self._seq, head_hash=self._head,
-                            sign=sign, commit=commit)
+        ctx = WriterContext(
+            conn=self._conn,
+            key_id=self._key_id,
+            head_seq=self._seq,
+            head_hash=self._head,
+            sign=sign,
+            commit=commit,
+        )
         try:
             _resolve(control.future, control.task(ctx))
         except Exception as e:  # noqa: BLE001 - reported to the caller, the writer carries on
@@ -628,7 +679,9 @@ class AuditLog:
         try:
             anchors = store.read_exported(self.checkpoint_export, self.path.name)
         except (OSError, ValueError) as e:
-            raise AuditError(f"audit.checkpoint_export {self.checkpoint_export} cannot be read: {e}") from None
+            raise AuditError(
+                f"audit.checkpoint_export {self.checkpoint_export} cannot be read: {e}"
+            ) from None
         # not filtered by signature: the export's place is trusted, and a data-dir writer who
         # deleted the keys could otherwise make every exported checkpoint look foreign
         if not anchors:
@@ -648,7 +701,8 @@ class AuditLog:
             _logger.warning(
                 "audit verification is not anchored: pin the signing key in the config "
                 '([audit] pinned_keys = ["%s"]) and keep a copy of the checkpoints elsewhere '
-                "([audit] checkpoint_export)", self._key_id,
+                "([audit] checkpoint_export)",
+                self._key_id,
             )
             return
         if self._key_id in self.pinned_keys:

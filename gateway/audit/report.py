@@ -30,8 +30,19 @@ from gateway.audit.verify import VerifyResult
 
 Framework = Literal["hipaa", "gdpr", "sox"]
 ACCESS_TYPES = ("tool.call", "resource.read", "prompt.get")
-CHANGE_PREFIXES = ("policy.", "pin.", "pins.", "tool.", "tools.", "verify.", "verification.", "config.",
-                   "catalog.", "audit.key_rotated", "keys.")
+CHANGE_PREFIXES = (
+    "policy.",
+    "pin.",
+    "pins.",
+    "tool.",
+    "tools.",
+    "verify.",
+    "verification.",
+    "config.",
+    "catalog.",
+    "audit.key_rotated",
+    "keys.",
+)
 OPERATION_PREFIXES = ("gateway.", "upstream.", "sandbox.")
 
 
@@ -43,31 +54,60 @@ class Requirement:
 
 
 FRAMEWORKS: dict[str, tuple[str, tuple[Requirement, ...]]] = {
-    "hipaa": ("HIPAA Security Rule (45 CFR 164)", (
-        Requirement("164.312(b)", "Audit controls: record and examine activity in systems holding ePHI",
-                    ("access", "integrity")),
-        Requirement("164.308(a)(1)(ii)(D)", "Information system activity review", ("access", "denied")),
-        Requirement("164.308(a)(5)(ii)(C)", "Log-in monitoring: attempts that were refused", ("denied",)),
-        Requirement("164.312(c)(1)", "Integrity: ePHI / records not improperly altered or destroyed",
-                    ("integrity",)),
-        Requirement("164.312(d)", "Person or entity authentication: every access attributed", ("access",)),
-        Requirement("164.308(a)(8)", "Evaluation: changes to tools and policy are recorded", ("changes",)),
-    )),
-    "gdpr": ("GDPR (Regulation (EU) 2016/679)", (
-        Requirement("Art. 30", "Records of processing activities: who processed what, when", ("access",)),
-        Requirement("Art. 5(2)", "Accountability: attributable, tamper-evident records",
-                    ("access", "integrity")),
-        Requirement("Art. 25", "Data protection by design: arguments stored redacted", ("access",)),
-        Requirement("Art. 32(1)(b)", "Integrity and confidentiality of processing", ("integrity", "denied")),
-        Requirement("Art. 33(5)", "Documenting incidents: refused and failed attempts", ("denied",)),
-    )),
-    "sox": ("Sarbanes-Oxley (SOX) IT general controls", (
-        Requirement("404 ITGC access", "Access to programs and data: who accessed what", ("access", "denied")),
-        Requirement("404 ITGC change", "Program change management: tool and policy changes", ("changes",)),
-        Requirement("404 ITGC operations", "Computer operations: service start, stop and failures",
-                    ("operations",)),
-        Requirement("802", "Record retention and integrity of the audit trail", ("integrity",)),
-    )),
+    "hipaa": (
+        "HIPAA Security Rule (45 CFR 164)",
+        (
+            Requirement(
+                "164.312(b)",
+                "Audit controls: record and examine activity in systems holding ePHI",
+                ("access", "integrity"),
+            ),
+            Requirement("164.308(a)(1)(ii)(D)", "Information system activity review", ("access", "denied")),
+            Requirement("164.308(a)(5)(ii)(C)", "Log-in monitoring: attempts that were refused", ("denied",)),
+            Requirement(
+                "164.312(c)(1)",
+                "Integrity: ePHI / records not improperly altered or destroyed",
+                ("integrity",),
+            ),
+            Requirement(
+                "164.312(d)", "Person or entity authentication: every access attributed", ("access",)
+            ),
+            Requirement(
+                "164.308(a)(8)", "Evaluation: changes to tools and policy are recorded", ("changes",)
+            ),
+        ),
+    ),
+    "gdpr": (
+        "GDPR (Regulation (EU) 2016/679)",
+        (
+            Requirement("Art. 30", "Records of processing activities: who processed what, when", ("access",)),
+            Requirement(
+                "Art. 5(2)", "Accountability: attributable, tamper-evident records", ("access", "integrity")
+            ),
+            Requirement("Art. 25", "Data protection by design: arguments stored redacted", ("access",)),
+            Requirement(
+                "Art. 32(1)(b)", "Integrity and confidentiality of processing", ("integrity", "denied")
+            ),
+            Requirement("Art. 33(5)", "Documenting incidents: refused and failed attempts", ("denied",)),
+        ),
+    ),
+    "sox": (
+        "Sarbanes-Oxley (SOX) IT general controls",
+        (
+            Requirement(
+                "404 ITGC access", "Access to programs and data: who accessed what", ("access", "denied")
+            ),
+            Requirement(
+                "404 ITGC change", "Program change management: tool and policy changes", ("changes",)
+            ),
+            Requirement(
+                "404 ITGC operations",
+                "Computer operations: service start, stop and failures",
+                ("operations",),
+            ),
+            Requirement("802", "Record retention and integrity of the audit trail", ("integrity",)),
+        ),
+    ),
 }
 
 
@@ -78,7 +118,9 @@ def _is_change(t: str) -> bool:
 def _iso(ts_ns: int | None) -> str | None:
     if ts_ns is None:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ns / 1e9)) + f".{(ts_ns // 1_000_000) % 1000:03d}Z"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ns / 1e9)) + f".{(ts_ns // 1_000_000) % 1000:03d}Z"
+    )
 
 
 def _is_denied(d: dict[str, Any]) -> bool:
@@ -127,38 +169,70 @@ def build_report(
             redacted += d.get("arguments_redacted") in ("policy", "all")
             target = str(d.get("tool") or d.get("target"))
             principals[who].add(target)
-            row = access.setdefault((who, target), {"principal": who, "target": target, "kind": r.type, "calls": 0,
-                                                    "allowed": 0, "denied": 0, "errors": 0,
-                                                    "first": _iso(r.ts_ns), "last": None})
+            row = access.setdefault(
+                (who, target),
+                {
+                    "principal": who,
+                    "target": target,
+                    "kind": r.type,
+                    "calls": 0,
+                    "allowed": 0,
+                    "denied": 0,
+                    "errors": 0,
+                    "first": _iso(r.ts_ns),
+                    "last": None,
+                },
+            )
             row["calls"] += 1
             row["last"] = _iso(r.ts_ns)
             if _is_denied(d):
                 row["denied"] += 1
                 raw_dec = d.get("decision")
                 dec: dict[str, Any] = raw_dec if isinstance(raw_dec, dict) else {}
-                denied.append({"seq": r.seq, "time": _iso(r.ts_ns), "principal": who, "agent": r.agent,
-                               "target": target, "error_code": d.get("error_code"),
-                               "reasons": list(dec.get("reasons") or d.get("error_reasons") or [])})
+                denied.append(
+                    {
+                        "seq": r.seq,
+                        "time": _iso(r.ts_ns),
+                        "principal": who,
+                        "agent": r.agent,
+                        "target": target,
+                        "error_code": d.get("error_code"),
+                        "reasons": list(dec.get("reasons") or d.get("error_reasons") or []),
+                    }
+                )
             elif d.get("outcome") == "error":
                 row["errors"] += 1
             else:
                 row["allowed"] += 1
         elif _is_change(r.type):
-            changes.append({"seq": r.seq, "time": _iso(r.ts_ns), "type": r.type, "principal": r.principal,
-                            "details": d})
+            changes.append(
+                {"seq": r.seq, "time": _iso(r.ts_ns), "type": r.type, "principal": r.principal, "details": d}
+            )
         elif r.type.startswith(OPERATION_PREFIXES):
             operations[r.type] += 1
     access_calls = sum(v["calls"] for v in access.values())
-    evidence = {"access": access_calls > 0, "denied": True, "changes": True, "operations": bool(operations),
-                "integrity": integrity.ok}
-    period: dict[str, Any] = {"since": _iso(since_ns), "until": _iso(until_ns), "covered_from": _iso(first_ts),
-              "covered_to": _iso(last_ts), "not_covered": _not_covered(handoff, includes_archived, since_ns)}
+    evidence = {
+        "access": access_calls > 0,
+        "denied": True,
+        "changes": True,
+        "operations": bool(operations),
+        "integrity": integrity.ok,
+    }
+    period: dict[str, Any] = {
+        "since": _iso(since_ns),
+        "until": _iso(until_ns),
+        "covered_from": _iso(first_ts),
+        "covered_to": _iso(last_ts),
+        "not_covered": _not_covered(handoff, includes_archived, since_ns),
+    }
     reqs = []
     for req in requirements:
         notes = []
         gap = period["not_covered"]
         if gap is not None:
-            notes.append(f"events up to seq {gap['until_seq']} ({gap['until']}) are not in this report: {gap['why']}")
+            notes.append(
+                f"events up to seq {gap['until_seq']} ({gap['until']}) are not in this report: {gap['why']}"
+            )
         if not integrity.ok:
             notes.append("the audit log failed verification")
         if "access" in req.evidence and access_calls == 0:
@@ -167,20 +241,37 @@ def build_report(
             notes.append(f"{unattributed} access events without a principal")
         if "operations" in req.evidence and not operations:
             notes.append("no start/stop events in the period")
-        reqs.append({"ref": req.ref, "title": req.title, "evidence": list(req.evidence),
-                     "status": "attention" if notes else "met", "notes": notes})
+        reqs.append(
+            {
+                "ref": req.ref,
+                "title": req.title,
+                "evidence": list(req.evidence),
+                "status": "attention" if notes else "met",
+                "notes": notes,
+            }
+        )
     return {
         "framework": framework,
         "title": title,
         "generated": _iso(time.time_ns()),
         "period": period,
-        "log": {"path": log_path, "events": events, "first_seq": first_seq, "last_seq": last_seq,
-                "types": dict(sorted(types.items()))},
+        "log": {
+            "path": log_path,
+            "events": events,
+            "first_seq": first_seq,
+            "last_seq": last_seq,
+            "types": dict(sorted(types.items())),
+        },
         "integrity": integrity.as_dict(),
         "requirements": reqs,
-        "summary": {"access_events": access_calls, "principals": len(principals), "denied": len(denied),
-                    "changes": len(changes), "arguments_redacted": redacted,
-                    "evidence_present": evidence},
+        "summary": {
+            "access_events": access_calls,
+            "principals": len(principals),
+            "denied": len(denied),
+            "changes": len(changes),
+            "arguments_redacted": redacted,
+            "evidence_present": evidence,
+        },
         "access": sorted(access.values(), key=lambda v: (v["principal"], v["target"])),
         "denied": denied,
         "changes": changes,
@@ -194,8 +285,11 @@ def _not_covered(handoff: Any, includes_archived: bool, since_ns: int | None) ->
         return None
     if handoff.mode == "archive" and includes_archived:
         return None
-    why = ("deleted by audit retention" if handoff.mode == "delete"
-           else "archived by audit retention (run the report with --archived)")
+    why = (
+        "deleted by audit retention"
+        if handoff.mode == "delete"
+        else "archived by audit retention (run the report with --archived)"
+    )
     return {"until_seq": handoff.seq, "until": _iso(handoff.last_ts_ns), "why": why}
 
 
@@ -230,18 +324,24 @@ def render_html(report: dict[str, Any]) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{esc(report['title'])} audit report</title>",
-        ("<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-         "td,th{border:1px solid #999;padding:4px 8px;text-align:left;vertical-align:top}"
-         ".met{color:#060}.attention{color:#a00}</style></head><body>"),
+        (
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+            "td,th{border:1px solid #999;padding:4px 8px;text-align:left;vertical-align:top}"
+            ".met{color:#060}.attention{color:#a00}</style></head><body>"
+        ),
         f"<h1>{esc(report['title'])}: audit report</h1>",
-        (f"<p>Period: {esc(_cell(report['period']['since']) or 'start')} to "
-         f"{esc(_cell(report['period']['until']) or 'now')}; events cover "
-         f"{esc(_cell(report['period']['covered_from']) or '-')} to {esc(_cell(report['period']['covered_to']) or '-')}"
-         f"{esc(_uncovered(report['period']))}. Generated {esc(report['generated'])}. "
-         f"Log: {esc(_cell(report['log']['path']))}, {report['log']['events']} events in period.</p>"),
-        (f"<h2>Integrity of the log</h2><p class='{'met' if integ['ok'] else 'attention'}'>{esc(status)} "
-         f"({integ['events']} events, {integ['signatures_checked']} signatures, {integ['anchors_checked']} anchors "
-         f"checked; head seq {integ['last_seq']})</p>"),
+        (
+            f"<p>Period: {esc(_cell(report['period']['since']) or 'start')} to "
+            f"{esc(_cell(report['period']['until']) or 'now')}; events cover "
+            f"{esc(_cell(report['period']['covered_from']) or '-')} to {esc(_cell(report['period']['covered_to']) or '-')}"
+            f"{esc(_uncovered(report['period']))}. Generated {esc(report['generated'])}. "
+            f"Log: {esc(_cell(report['log']['path']))}, {report['log']['events']} events in period.</p>"
+        ),
+        (
+            f"<h2>Integrity of the log</h2><p class='{'met' if integ['ok'] else 'attention'}'>{esc(status)} "
+            f"({integ['events']} events, {integ['signatures_checked']} signatures, {integ['anchors_checked']} anchors "
+            f"checked; head seq {integ['last_seq']})</p>"
+        ),
         "<h2>Requirements</h2>",
         "<table><thead><tr><th>ref</th><th>requirement</th><th>evidence</th><th>status</th></tr></thead><tbody>",
     ]
@@ -252,13 +352,21 @@ def render_html(report: dict[str, Any]) -> str:
         )
     parts.append("</tbody></table>")
     parts.append("<h2>Who accessed what</h2>")
-    parts.append(_table(report["access"], ["principal", "target", "kind", "calls", "allowed", "denied", "errors",
-                                           "first", "last"]))
+    parts.append(
+        _table(
+            report["access"],
+            ["principal", "target", "kind", "calls", "allowed", "denied", "errors", "first", "last"],
+        )
+    )
     parts.append("<h2>Denied attempts</h2>")
-    parts.append(_table(report["denied"], ["seq", "time", "principal", "agent", "target", "error_code", "reasons"]))
+    parts.append(
+        _table(report["denied"], ["seq", "time", "principal", "agent", "target", "error_code", "reasons"])
+    )
     parts.append("<h2>Changes to tools and policy</h2>")
     parts.append(_table(report["changes"], ["seq", "time", "type", "principal", "details"]))
     parts.append("<h2>Operations</h2>")
-    parts.append(_table([{"type": k, "count": v} for k, v in report["operations"].items()], ["type", "count"]))
+    parts.append(
+        _table([{"type": k, "count": v} for k, v in report["operations"].items()], ["type", "count"])
+    )
     parts.append("</body></html>")
     return "\n".join(parts)

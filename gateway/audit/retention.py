@@ -60,7 +60,9 @@ _logger = logging.getLogger("symbi.audit.retention")
 SEGMENT_PREFIX = b"symbi-audit-segment-v1\x00"
 HANDOFF_PREFIX = b"symbi-audit-handoff-v1\x00"
 ARCHIVED_EVENT = Event.AUDIT_ARCHIVED
-HANDOFF_TABLE = "CREATE TABLE IF NOT EXISTS handoff (one INTEGER PRIMARY KEY CHECK (one = 1), doc TEXT NOT NULL)"
+HANDOFF_TABLE = (
+    "CREATE TABLE IF NOT EXISTS handoff (one INTEGER PRIMARY KEY CHECK (one = 1), doc TEXT NOT NULL)"
+)
 _TARGET = 0.8  # a size-triggered run brings the live log down to 80% of max_bytes (no run per event)
 Mode = Literal["archive", "delete"]
 
@@ -171,7 +173,7 @@ def segments(folder: Path, log_name: str) -> list[tuple[Seal | None, Path]]:
     out: list[tuple[int, Seal | None, Path]] = []
     for p in folder.glob(f"{log_name}.*.jsonl"):
         try:
-            first = int(p.name[len(log_name) + 1:].split("-", 1)[0])
+            first = int(p.name[len(log_name) + 1 :].split("-", 1)[0])
         except ValueError:
             continue
         seal = None
@@ -204,8 +206,9 @@ def plan_cut(conn: sqlite3.Connection, policy: RetentionPolicy, *, after: int, h
         row = conn.execute("SELECT max(seq) FROM events WHERE ts_ns < ?", (horizon,)).fetchone()
         cut = max(cut, int(row[0] or 0))
     if policy.max_bytes is not None:
-        pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count",
-                                                                                  "page_size"))
+        pages, free, size = (
+            conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size")
+        )
         used = (pages - free) * size
         if used > policy.max_bytes:
             cut = max(cut, _cut_for_bytes(conn, after, used - int(policy.max_bytes * _TARGET)))
@@ -217,7 +220,9 @@ def _cut_for_bytes(conn: sqlite3.Connection, after: int, to_free: int) -> int:
     cur = conn.execute(
         "SELECT seq, length(details) + length(id) + length(type) + length(prev_hash) + length(chain_hash) "
         "+ length(signature) + length(key_id) + coalesce(length(principal), 0) + coalesce(length(agent), 0) + 48 "
-        "FROM events WHERE seq > ? ORDER BY seq", (after,))
+        "FROM events WHERE seq > ? ORDER BY seq",
+        (after,),
+    )
     freed, last = 0, after
     for seq, size in cur:
         freed += int(size)
@@ -252,7 +257,9 @@ def archive(log: AuditLog, policy: RetentionPolicy, *, now_ns: int | None = None
     finally:
         conn.close()
     if not records or records[0].seq != after + 1 or records[-1].seq != cut:
-        raise AuditError(f"audit log {log.path}: events {after + 1}..{cut} are not all present; not archiving")
+        raise AuditError(
+            f"audit log {log.path}: events {after + 1}..{cut} are not all present; not archiving"
+        )
     segment = _write_segment(log, policy, records) if policy.mode == "archive" else None
     handoff: Handoff = log.maintain(lambda ctx: _commit_handoff(ctx, policy.mode, previous, records, segment))
     return handoff
@@ -279,10 +286,19 @@ def _write_segment(log: AuditLog, policy: RetentionPolicy, records: list[AuditRe
             f.write(line)
         f.flush()
         os.fsync(f.fileno())
-    seal = Seal(log=log.path.name, file=name, first_seq=records[0].seq, last_seq=records[-1].seq,
-                prev_hash=records[0].prev_hash, last_hash=records[-1].chain_hash, count=len(records),
-                first_ts_ns=records[0].ts_ns, last_ts_ns=records[-1].ts_ns, sha256=digest.hexdigest(),
-                key_id=log.key_id)
+    seal = Seal(
+        log=log.path.name,
+        file=name,
+        first_seq=records[0].seq,
+        last_seq=records[-1].seq,
+        prev_hash=records[0].prev_hash,
+        last_hash=records[-1].chain_hash,
+        count=len(records),
+        first_ts_ns=records[0].ts_ns,
+        last_ts_ns=records[-1].ts_ns,
+        sha256=digest.hexdigest(),
+        key_id=log.key_id,
+    )
     doc = asdict(seal)
     doc["signature"] = log.maintain(lambda ctx: ctx.sign(_signed_message(SEGMENT_PREFIX, doc)))
     _write_json(_seal_path(path), doc)
@@ -300,29 +316,58 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _commit_handoff(ctx: WriterContext, mode: Mode, previous: Handoff | None, records: list[AuditRecord],
-                    segment: tuple[str, str] | None) -> Handoff:
+def _commit_handoff(
+    ctx: WriterContext,
+    mode: Mode,
+    previous: Handoff | None,
+    records: list[AuditRecord],
+    segment: tuple[str, str] | None,
+) -> Handoff:
     """On the writer thread: the hand-off row, the ``audit.archived`` event and the deletion, at once."""
     last = records[-1]
     row = ctx.conn.execute("SELECT chain_hash FROM events WHERE seq = ?", (last.seq,)).fetchone()
     current = read_handoff(ctx.conn)
-    if row is None or row[0] != last.chain_hash or (current.seq if current else 0) != (previous.seq if previous else 0):
+    if (
+        row is None
+        or row[0] != last.chain_hash
+        or (current.seq if current else 0) != (previous.seq if previous else 0)
+    ):
         raise AuditError("the live log changed while archiving (another retention run?); not archived")
-    doc = asdict(Handoff(seq=last.seq, chain_hash=last.chain_hash, ts_ns=time.time_ns(), mode=mode,
-                         segment=segment[0] if segment else None, segment_sha256=segment[1] if segment else None,
-                         from_seq=records[0].seq, count=len(records), first_ts_ns=records[0].ts_ns,
-                         last_ts_ns=last.ts_ns, previous_seq=previous.seq if previous else 0, key_id=ctx.key_id))
+    doc = asdict(
+        Handoff(
+            seq=last.seq,
+            chain_hash=last.chain_hash,
+            ts_ns=time.time_ns(),
+            mode=mode,
+            segment=segment[0] if segment else None,
+            segment_sha256=segment[1] if segment else None,
+            from_seq=records[0].seq,
+            count=len(records),
+            first_ts_ns=records[0].ts_ns,
+            last_ts_ns=last.ts_ns,
+            previous_seq=previous.seq if previous else 0,
+            key_id=ctx.key_id,
+        )
+    )
     doc["signature"] = ctx.sign(_signed_message(HANDOFF_PREFIX, doc))
-    ctx.commit(ARCHIVED_EVENT, doc, [
-        (HANDOFF_TABLE, ()),
-        ("INSERT INTO handoff (one, doc) VALUES (1, ?) ON CONFLICT(one) DO UPDATE SET doc = excluded.doc",
-         (json.dumps(doc, sort_keys=True),)),
-        ("DELETE FROM events WHERE seq <= ?", (last.seq,)),
-    ])
+    ctx.commit(
+        ARCHIVED_EVENT,
+        doc,
+        [
+            (HANDOFF_TABLE, ()),
+            (
+                "INSERT INTO handoff (one, doc) VALUES (1, ?) ON CONFLICT(one) DO UPDATE SET doc = excluded.doc",
+                (json.dumps(doc, sort_keys=True),),
+            ),
+            ("DELETE FROM events WHERE seq <= ?", (last.seq,)),
+        ],
+    )
     return Handoff.from_dict(doc)
 
 
-def periodic(log: AuditLog, policy: RetentionPolicy, interval_s: float) -> Callable[[Any], Coroutine[Any, Any, None]]:
+def periodic(
+    log: AuditLog, policy: RetentionPolicy, interval_s: float
+) -> Callable[[Any], Coroutine[Any, Any, None]]:
     """A gateway background task: apply ``policy`` at start and every ``interval_s`` seconds."""
 
     async def run(gw: Any) -> None:
@@ -333,8 +378,12 @@ def periodic(log: AuditLog, policy: RetentionPolicy, interval_s: float) -> Calla
                 _logger.error("audit retention failed: %s", e.message)
             else:
                 if h is not None:
-                    _logger.info("audit retention: seq %d..%d out of the live log (%s)", h.from_seq, h.seq,
-                                 h.segment or "deleted")
+                    _logger.info(
+                        "audit retention: seq %d..%d out of the live log (%s)",
+                        h.from_seq,
+                        h.seq,
+                        h.segment or "deleted",
+                    )
             await anyio.sleep(interval_s)
 
     return run
@@ -357,8 +406,12 @@ def verify_live(
     if h is None:
         return verify_records(records, keys, **kwargs)
     if not _signature_ok(HANDOFF_PREFIX, asdict(h), keys):
-        return VerifyResult(ok=False, problem=Problem(h.seq + 1, "changed",
-                                                      "the hand-off record is not validly signed by a trusted key"))
+        return VerifyResult(
+            ok=False,
+            problem=Problem(
+                h.seq + 1, "changed", "the hand-off record is not validly signed by a trusted key"
+            ),
+        )
     # anchors the hand-off covers were checked when their events were live; they belong to the archive now
     kwargs["anchors"] = [a for a in kwargs.get("anchors", ()) if a.seq > h.seq]
     return verify_records(records, keys, start_seq=h.seq + 1, start_hash=h.chain_hash, **kwargs)
@@ -370,10 +423,16 @@ def verify_segment(path: Path, keys: Mapping[str, Ed25519PublicKey]) -> VerifyRe
         doc = json.loads(_seal_path(path).read_text(encoding="utf-8"))
         seal = Seal.from_dict(doc)
     except (OSError, ValueError, json.JSONDecodeError) as e:
-        return VerifyResult(ok=False, problem=Problem(0, "changed", f"{path.name}: seal missing or malformed: {e}"))
+        return VerifyResult(
+            ok=False, problem=Problem(0, "changed", f"{path.name}: seal missing or malformed: {e}")
+        )
     if not _signature_ok(SEGMENT_PREFIX, doc, keys):
-        return VerifyResult(ok=False, problem=Problem(seal.first_seq, "changed",
-                                                      f"{path.name}: the seal is not validly signed by a trusted key"))
+        return VerifyResult(
+            ok=False,
+            problem=Problem(
+                seal.first_seq, "changed", f"{path.name}: the seal is not validly signed by a trusted key"
+            ),
+        )
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -384,21 +443,38 @@ def verify_segment(path: Path, keys: Mapping[str, Ed25519PublicKey]) -> VerifyRe
             records.append(AuditRecord.from_dict(json.loads(line)))
         except (ValueError, json.JSONDecodeError) as e:
             seq = records[-1].seq + 1 if records else seal.first_seq
-            return VerifyResult(ok=False, problem=Problem(seq, "changed", f"line {n} is not a valid record: {e}"))
+            return VerifyResult(
+                ok=False, problem=Problem(seq, "changed", f"line {n} is not a valid record: {e}")
+            )
     hashes = {r.chain_hash for r in records}
     positions = {r.seq for r in records}
     # the seal (signature checked above) vouches for its last hash: the segment may end unsigned
-    res = verify_records(records, keys, start_seq=seal.first_seq, start_hash=seal.prev_hash,
-                         hash_elsewhere=hashes.__contains__, seq_elsewhere=positions.__contains__,
-                         vouched_tail=seal.last_hash)
+    res = verify_records(
+        records,
+        keys,
+        start_seq=seal.first_seq,
+        start_hash=seal.prev_hash,
+        hash_elsewhere=hashes.__contains__,
+        seq_elsewhere=positions.__contains__,
+        vouched_tail=seal.last_hash,
+    )
     if res.problem is not None:
         return res
     if res.last_seq != seal.last_seq or res.head_hash != seal.last_hash or res.events != seal.count:
-        res.ok, res.problem = False, Problem(res.last_seq + 1, "truncated",
-                                             f"{path.name}: ends at seq {res.last_seq}; its seal says {seal.last_seq}")
+        res.ok, res.problem = (
+            False,
+            Problem(
+                res.last_seq + 1,
+                "truncated",
+                f"{path.name}: ends at seq {res.last_seq}; its seal says {seal.last_seq}",
+            ),
+        )
     elif hashlib.sha256(data).hexdigest() != seal.sha256:
         # every record verifies, but the bytes are not the sealed ones (re-serialised, lines added...)
-        res.ok, res.problem = False, Problem(seal.first_seq, "changed", f"{path.name}: digest differs from its seal")
+        res.ok, res.problem = (
+            False,
+            Problem(seal.first_seq, "changed", f"{path.name}: digest differs from its seal"),
+        )
     return res
 
 
@@ -414,15 +490,22 @@ def verify_archives(
             return res
         assert seal is not None  # verify_segment read it
         if seal.first_seq != expected or (prev is not None and seal.prev_hash != prev):
-            return _gap(expected, f"{path.name} starts at seq {seal.first_seq}; seq {expected} was expected next")
+            return _gap(
+                expected, f"{path.name} starts at seq {seal.first_seq}; seq {expected} was expected next"
+            )
         total.events += res.events
         total.signatures_checked += res.signatures_checked
         expected, prev = seal.last_seq + 1, seal.last_hash
     total.last_seq, total.head_hash = expected - 1, prev or total.head_hash
-    if handoff is not None and handoff.mode == "archive" and (
-        handoff.seq != expected - 1 or (prev is not None and handoff.chain_hash != prev)
+    if (
+        handoff is not None
+        and handoff.mode == "archive"
+        and (handoff.seq != expected - 1 or (prev is not None and handoff.chain_hash != prev))
     ):
-        return _gap(expected, f"the archive ends at seq {expected - 1}; the live chain's hand-off is at seq {handoff.seq}")
+        return _gap(
+            expected,
+            f"the archive ends at seq {expected - 1}; the live chain's hand-off is at seq {handoff.seq}",
+        )
     return total
 
 
@@ -435,8 +518,22 @@ def archived_connection(folder: Path, log_name: str) -> sqlite3.Connection:
     run the same SQL over it as over the live log)."""
     conn = sqlite3.connect(":memory:")
     conn.executescript(store.SCHEMA)
-    rows = ((r.seq, r.id, r.ts_ns, r.principal, r.agent, r.type, r.details_json, r.prev_hash, r.chain_hash,
-             r.signature, r.key_id) for r in iter_archived(folder, log_name))
+    rows = (
+        (
+            r.seq,
+            r.id,
+            r.ts_ns,
+            r.principal,
+            r.agent,
+            r.type,
+            r.details_json,
+            r.prev_hash,
+            r.chain_hash,
+            r.signature,
+            r.key_id,
+        )
+        for r in iter_archived(folder, log_name)
+    )
     conn.executemany(store.INSERT, rows)
     return conn
 

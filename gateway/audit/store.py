@@ -84,7 +84,11 @@ class Anchor:
             a = cls(**{k: doc[k] for k in ("seq", "chain_hash", "ts_ns", "key_id", "signature")})
         except (KeyError, TypeError) as e:
             raise ValueError(f"malformed anchor: {e}") from None
-        if not isinstance(a.seq, int) or not isinstance(a.chain_hash, str) or not isinstance(a.signature, str):
+        if (
+            not isinstance(a.seq, int)
+            or not isinstance(a.chain_hash, str)
+            or not isinstance(a.signature, str)
+        ):
             raise ValueError("malformed anchor: wrong field types")  # noqa: TRY004 - one error for "malformed"
         return a
 
@@ -172,7 +176,9 @@ def iter_records(conn: sqlite3.Connection, *, after_seq: int = 0, chunk: int = 4
 
 
 def read_anchor(conn: sqlite3.Connection) -> Anchor | None:
-    row = conn.execute("SELECT seq, chain_hash, ts_ns, key_id, signature FROM anchor WHERE one = 1").fetchone()
+    row = conn.execute(
+        "SELECT seq, chain_hash, ts_ns, key_id, signature FROM anchor WHERE one = 1"
+    ).fetchone()
     return Anchor(*row) if row else None
 
 
@@ -289,7 +295,11 @@ def query(
             raise ValueError("decision must be 'allow' or 'deny'")
         # a call refused by any step counts as denied, whatever the policy said before it
         denied = "(json_extract(details, '$.decision.allow') IS 0 OR json_extract(details, '$.outcome') IS 'denied')"
-        where.append(denied if decision == "deny" else f"(json_extract(details, '$.decision.allow') IS 1 AND NOT {denied})")
+        where.append(
+            denied
+            if decision == "deny"
+            else f"(json_extract(details, '$.decision.allow') IS 1 AND NOT {denied})"
+        )
     sql = f"SELECT {COLUMNS} FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)

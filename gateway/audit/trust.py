@@ -46,7 +46,9 @@ def keys_in_logs(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
     return out
 
 
-def pinned_keys(pinned: Sequence[str], candidates: Mapping[str, Ed25519PublicKey]) -> dict[str, Ed25519PublicKey]:
+def pinned_keys(
+    pinned: Sequence[str], candidates: Mapping[str, Ed25519PublicKey]
+) -> dict[str, Ed25519PublicKey]:
     """The candidates whose key id is pinned (the id is a hash of the key: it cannot be faked).
 
     Raises:

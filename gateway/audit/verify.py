@@ -140,7 +140,9 @@ def verify_records(
             if chain_hash(rec.prev_hash, rec.canonical()) != rec.chain_hash:
                 raise _Bad(rec.seq, "changed", "content does not match its chain hash")
             if rec.key_id not in trusted or (current is not None and rec.key_id != current):
-                raise _Bad(rec.seq, "inserted", f"signed by key {rec.key_id}, which is not the trusted current key")
+                raise _Bad(
+                    rec.seq, "inserted", f"signed by key {rec.key_id}, which is not the trusted current key"
+                )
             anchored = rec.seq in anchor_seqs  # the anchor's signature vouches (checked below)
             if rec.signature or rec.type == ROTATION_EVENT:  # a rotation is always signed
                 if all_signatures or rec.type == ROTATION_EVENT or anchored:
@@ -202,8 +204,11 @@ def _check_vouched(unsigned_from: int | None, last_seq: int, *, end: bool = Fals
     if unsigned_from is None:
         return
     where = "the log ends" if end else "its key's run ends"
-    raise _Bad(unsigned_from, "truncated",
-               f"records {unsigned_from}..{last_seq} are unsigned and {where} before a signature vouches for them")
+    raise _Bad(
+        unsigned_from,
+        "truncated",
+        f"records {unsigned_from}..{last_seq} are unsigned and {where} before a signature vouches for them",
+    )
 
 
 def _check_signature(rec: AuditRecord, trusted: Mapping[str, Ed25519PublicKey], res: VerifyResult) -> None:
@@ -224,7 +229,9 @@ def _learn_rotation(rec: AuditRecord, trusted: dict[str, Ed25519PublicKey]) -> s
             raise ValueError("new key does not match new_key_id")
         if d["old_key_id"] != rec.key_id:
             raise ValueError("old_key_id is not the key that signed the rotation")
-        new_key.verify(base64.b64decode(d["proof"], validate=True), rotation_message(rec.key_id, d["new_key_id"]))
+        new_key.verify(
+            base64.b64decode(d["proof"], validate=True), rotation_message(rec.key_id, d["new_key_id"])
+        )
     except (KeyError, ValueError, TypeError, InvalidSignature, binascii.Error) as e:
         raise _Bad(rec.seq, "changed", f"key rotation event is invalid: {e}") from None
     trusted[d["new_key_id"]] = new_key
@@ -240,9 +247,13 @@ def _check_anchor(
             raise InvalidSignature
         key.verify(base64.b64decode(a.signature, validate=True), anchor_message(a.seq, a.chain_hash))
     except (InvalidSignature, binascii.Error, ValueError):
-        raise _Bad(min(a.seq, last_seq + 1), "anchor", f"anchor for seq {a.seq} is not validly signed") from None
+        raise _Bad(
+            min(a.seq, last_seq + 1), "anchor", f"anchor for seq {a.seq} is not validly signed"
+        ) from None
     if a.seq > last_seq:
-        raise _Bad(last_seq + 1, "truncated", f"log ends at seq {last_seq}; a signed anchor records seq {a.seq}")
+        raise _Bad(
+            last_seq + 1, "truncated", f"log ends at seq {last_seq}; a signed anchor records seq {a.seq}"
+        )
     if a.seq > 0 and hash_at.get(a.seq) != a.chain_hash:
         raise _Bad(a.seq, "anchor", "the anchored head hash differs from the log's chain hash there")
 
@@ -270,13 +281,20 @@ def verify_log(
         anchors = _anchors(conn, checkpoint or store.checkpoint_path(path), extra_anchors)
 
         def hash_elsewhere(h: str) -> bool:
-            return conn.execute("SELECT 1 FROM events WHERE chain_hash = ? LIMIT 1", (h,)).fetchone() is not None
+            return (
+                conn.execute("SELECT 1 FROM events WHERE chain_hash = ? LIMIT 1", (h,)).fetchone() is not None
+            )
 
         def run(full: bool) -> VerifyResult:
             # from the retention hand-off when old events were archived, else from seq 1
             return verify_live(
-                conn, store.iter_records(conn), public_keys, anchors=anchors, require_anchor=True,
-                all_signatures=full, hash_elsewhere=hash_elsewhere,
+                conn,
+                store.iter_records(conn),
+                public_keys,
+                anchors=anchors,
+                require_anchor=True,
+                all_signatures=full,
+                hash_elsewhere=hash_elsewhere,
             )
 
         res = run(all_signatures)
@@ -310,7 +328,9 @@ def read_jsonl(path: Path) -> list[AuditRecord]:
                 records.append(AuditRecord.from_dict(json.loads(line)))
             except (ValueError, json.JSONDecodeError) as e:
                 seq = records[-1].seq + 1 if records else 1
-                raise AuditIntegrityError(Problem(seq, "changed", f"line {n} is not a valid record: {e}")) from None
+                raise AuditIntegrityError(
+                    Problem(seq, "changed", f"line {n} is not a valid record: {e}")
+                ) from None
     return records
 
 
@@ -333,5 +353,11 @@ def verify_jsonl(
     def seq_elsewhere(s: int) -> bool:
         return s in positions
 
-    return verify_records(records, public_keys, anchors=anchors, all_signatures=all_signatures,
-                          hash_elsewhere=hashes.__contains__, seq_elsewhere=seq_elsewhere)
+    return verify_records(
+        records,
+        public_keys,
+        anchors=anchors,
+        all_signatures=all_signatures,
+        hash_elsewhere=hashes.__contains__,
+        seq_elsewhere=seq_elsewhere,
+    )

@@ -6,13 +6,13 @@ from gateway.bus.crypto import KeyRing, PublicKeys
 from gateway.bus.message import SecureMessage
 
 __all__ = [
-           "Bus",
-           "BusBackend",
-           "KeyRing",
-           "Pending",
-           "PublicKeys",
-           "Published",
-           "Received",
-           "SecureMessage",
-           "StoredMessage",
+    "Bus",
+    "BusBackend",
+    "KeyRing",
+    "Pending",
+    "PublicKeys",
+    "Published",
+    "Received",
+    "SecureMessage",
+    "StoredMessage",
 ]

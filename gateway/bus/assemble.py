@@ -33,19 +33,22 @@ def make_backend(config: Config) -> BusBackend:
 def policy_authorizer(engine: PolicyEngine, agents: AgentRegistry | None = None) -> Authorizer:
     """Decisions for the bus kinds: ``input.recipient`` = {agent, principal}, ``input.topic``."""
 
-    async def authorize(kind: str, principal: Principal, recipient: dict[str, Any] | None,
-                        topic: str | None) -> Decision:
+    async def authorize(
+        kind: str, principal: Principal, recipient: dict[str, Any] | None, topic: str | None
+    ) -> Decision:
         extra: dict[str, Any] = {"recipient": recipient, "topic": topic}
         agent = agents.info(principal.agent) if agents is not None else None
-        inp = build_input(principal=principal, kind=kind, target=kind, upstream=BUS_UPSTREAM, extra=extra,
-                          agent=agent)
+        inp = build_input(
+            principal=principal, kind=kind, target=kind, upstream=BUS_UPSTREAM, extra=extra, agent=agent
+        )
         return await engine.adecide(inp)
 
     return authorize
 
 
-def make_bus(config: Config, events: EventSink, engine: PolicyEngine | None,
-             agents: AgentRegistry | None = None) -> Bus:
+def make_bus(
+    config: Config, events: EventSink, engine: PolicyEngine | None, agents: AgentRegistry | None = None
+) -> Bus:
     ring = KeyRing(load_secret(config.bus_secret_path), config.bus_keys_path)
     bus = Bus(
         make_backend(config),
@@ -62,6 +65,7 @@ def make_bus(config: Config, events: EventSink, engine: PolicyEngine | None,
         for name, ac in config.agents.items():  # configured agents can be written to before they run
             p = hosted_principal(name, ac)
             bus.preregister(agents.hosted_id(name, p.id), p.id, name)
+
         # keys are made when the runtime registers an agent (agents never see them)
         def on_register(agent: Agent) -> None:
             bus.register_soon(agent.id, agent.principal, agent.name)
@@ -75,7 +79,9 @@ def _resolver(agents: AgentRegistry, config: Config) -> Callable[[str], str | No
     configured agent's name (``[agents.NAME]``, running or not) -> its id. Names of another
     gateway process's agents (shared Redis) are looked up in the key directory, where each
     entry's HMAC binds the name to the id."""
-    configured = {name: agents.hosted_id(name, hosted_principal(name, ac).id) for name, ac in config.agents.items()}
+    configured = {
+        name: agents.hosted_id(name, hosted_principal(name, ac).id) for name, ac in config.agents.items()
+    }
 
     def resolve(ref: str) -> str | None:
         agent = agents.get(ref) or agents.by_name(ref)
@@ -84,6 +90,9 @@ def _resolver(agents: AgentRegistry, config: Config) -> Callable[[str], str | No
     return resolve
 
 
-def make_bus_builtin(config: Config, events: EventSink, engine: PolicyEngine | None,
-                     agents: AgentRegistry | None = None) -> BusBuiltin:
-    return BusBuiltin(make_bus(config, events, engine, agents), expire_interval_s=config.bus.expire_interval_s)
+def make_bus_builtin(
+    config: Config, events: EventSink, engine: PolicyEngine | None, agents: AgentRegistry | None = None
+) -> BusBuiltin:
+    return BusBuiltin(
+        make_bus(config, events, engine, agents), expire_interval_s=config.bus.expire_interval_s
+    )

@@ -38,41 +38,90 @@ _ANN = {"readOnlyHint": False, "destructiveHint": False, "idempotentHint": False
 
 
 def _tool(name: str, description: str, props: dict[str, Any], required: list[str]) -> types.Tool:
-    return types.Tool.model_validate({
-        "name": name,
-        "description": description,
-        "inputSchema": {"type": "object", "properties": props, "required": required, "additionalProperties": False},
-        "annotations": _ANN,
-    })
+    return types.Tool.model_validate(
+        {
+            "name": name,
+            "description": description,
+            "inputSchema": {
+                "type": "object",
+                "properties": props,
+                "required": required,
+                "additionalProperties": False,
+            },
+            "annotations": _ANN,
+        }
+    )
 
 
 TOOLS = [
-    _tool("send", "Send a message to another agent (delivered once, in order; waits in its inbox if it is away).",
-          {"to": _TO, "body": _BODY, "ttl_s": {"type": "number", "exclusiveMinimum": 0,
-                                               "description": "Seconds before an unread message expires."}},
-          ["to", "body"]),
-    _tool("request", "Send a request to another agent and wait for its reply (or a timeout error).",
-          {"to": _TO, "body": _BODY, "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 600000}},
-          ["to", "body", "timeout_ms"]),
-    _tool("reply", "Answer a request received with bus__receive (kind 'request').",
-          {"request_id": {"type": "string", "minLength": 1}, "body": _BODY}, ["request_id", "body"]),
-    _tool("publish", "Publish a message to a topic (name: letters, digits, '.', '_', '-'; no wildcards).",
-          {"topic": {**_TOPIC, "pattern": "^[A-Za-z0-9._-]{1,128}$"}, "body": _BODY}, ["topic", "body"]),
-    _tool("subscribe", "Subscribe to a topic; '*' and '?' match within one dot-separated part.",
-          {"topic": _TOPIC}, ["topic"]),
+    _tool(
+        "send",
+        "Send a message to another agent (delivered once, in order; waits in its inbox if it is away).",
+        {
+            "to": _TO,
+            "body": _BODY,
+            "ttl_s": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "Seconds before an unread message expires.",
+            },
+        },
+        ["to", "body"],
+    ),
+    _tool(
+        "request",
+        "Send a request to another agent and wait for its reply (or a timeout error).",
+        {"to": _TO, "body": _BODY, "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 600000}},
+        ["to", "body", "timeout_ms"],
+    ),
+    _tool(
+        "reply",
+        "Answer a request received with bus__receive (kind 'request').",
+        {"request_id": {"type": "string", "minLength": 1}, "body": _BODY},
+        ["request_id", "body"],
+    ),
+    _tool(
+        "publish",
+        "Publish a message to a topic (name: letters, digits, '.', '_', '-'; no wildcards).",
+        {"topic": {**_TOPIC, "pattern": "^[A-Za-z0-9._-]{1,128}$"}, "body": _BODY},
+        ["topic", "body"],
+    ),
+    _tool(
+        "subscribe",
+        "Subscribe to a topic; '*' and '?' match within one dot-separated part.",
+        {"topic": _TOPIC},
+        ["topic"],
+    ),
     _tool("unsubscribe", "Stop a subscription made with bus__subscribe.", {"topic": _TOPIC}, ["topic"]),
-    _tool("receive", "Take the messages waiting for this agent (direct, requests, topics), oldest first.",
-          {"max": {"type": "integer", "minimum": 1, "maximum": 1000},
-           "wait_ms": {"type": "integer", "minimum": 0, "maximum": 60000}}, []),
+    _tool(
+        "receive",
+        "Take the messages waiting for this agent (direct, requests, topics), oldest first.",
+        {
+            "max": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "wait_ms": {"type": "integer", "minimum": 0, "maximum": 60000},
+        },
+        [],
+    ),
 ]
 
-RESOURCES = [types.Resource(uri=INBOX_URI, name="bus-inbox", mime_type="application/json",
-                            description="Messages waiting for this agent (count and metadata; take them with "
-                                        "bus__receive). Subscribe to be notified when one arrives.")]
-TEMPLATES = [types.ResourceTemplate(uri_template=TOPIC_PREFIX + "{name}", name="bus-topic",
-                                    mime_type="application/json",
-                                    description="A topic this agent subscribes to; subscribe to the resource to "
-                                                "be notified when a message on it arrives.")]
+RESOURCES = [
+    types.Resource(
+        uri=INBOX_URI,
+        name="bus-inbox",
+        mime_type="application/json",
+        description="Messages waiting for this agent (count and metadata; take them with "
+        "bus__receive). Subscribe to be notified when one arrives.",
+    )
+]
+TEMPLATES = [
+    types.ResourceTemplate(
+        uri_template=TOPIC_PREFIX + "{name}",
+        name="bus-topic",
+        mime_type="application/json",
+        description="A topic this agent subscribes to; subscribe to the resource to "
+        "be notified when a message on it arrives.",
+    )
+]
 
 
 class BusBuiltin:
@@ -87,8 +136,13 @@ class BusBuiltin:
         self._watchers: set[str] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._handlers: dict[str, Callable[[Principal, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
-            "send": self._send, "request": self._request, "reply": self._reply, "publish": self._publish,
-            "subscribe": self._subscribe, "unsubscribe": self._unsubscribe, "receive": self._receive,
+            "send": self._send,
+            "request": self._request,
+            "reply": self._reply,
+            "publish": self._publish,
+            "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
+            "receive": self._receive,
         }
 
     # -- listing ---------------------------------------------------------------------------
@@ -113,8 +167,9 @@ class BusBuiltin:
         if handler is None:
             raise UnknownTool(f"no bus tool {call.tool.original_name!r}")
         out = await handler(call.principal, call.arguments)
-        return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(out))],
-                                    structured_content=out)
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=json.dumps(out))], structured_content=out
+        )
 
     async def _send(self, p: Principal, a: dict[str, Any]) -> dict[str, Any]:
         msg = await self.bus.send(p, a.get("to"), a.get("body"), ttl_s=a.get("ttl_s"))
@@ -143,7 +198,9 @@ class BusBuiltin:
         return {"unsubscribed": await self.bus.unsubscribe(p, a.get("topic"))}
 
     async def _receive(self, p: Principal, a: dict[str, Any]) -> dict[str, Any]:
-        got = await self.bus.receive(p, max_items=int(a.get("max", 16)), wait_s=int(a.get("wait_ms", 0)) / 1000)
+        got = await self.bus.receive(
+            p, max_items=int(a.get("max", 16)), wait_s=int(a.get("wait_ms", 0)) / 1000
+        )
         return {"messages": [r.as_dict() for r in got]}
 
     # -- resources -------------------------------------------------------------------------
@@ -159,8 +216,9 @@ class BusBuiltin:
             doc = {"agent": agent, "topic": topic, "subscribed": topic in subs}
         else:
             raise CatalogError(f"unknown resource {uri!r}")
-        return types.ReadResourceResult(contents=[
-            types.TextResourceContents(uri=uri, mime_type="application/json", text=json.dumps(doc))])
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=json.dumps(doc))]
+        )
 
     async def watch(self, uri: str, principal: Principal, connection: Any, on: bool) -> None:
         """resources/subscribe (on) or unsubscribe (off) for a client connection."""

@@ -132,8 +132,11 @@ class Bus:
         def done(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
             if t.cancelled() or t.exception() is not None:
-                _logger.warning("bus: publishing the keys of %s failed (retried on its first bus call): %s",
-                                agent, None if t.cancelled() else t.exception())
+                _logger.warning(
+                    "bus: publishing the keys of %s failed (retried on its first bus call): %s",
+                    agent,
+                    None if t.cancelled() else t.exception(),
+                )
             else:
                 self._published.add(agent)
 
@@ -189,8 +192,9 @@ class Bus:
             raise BusError(f"agent {to!r}: {keys}")
         return agent, keys[2]
 
-    async def _decide(self, kind: str, principal: Principal, recipient: dict[str, Any] | None,
-                      topic: str | None) -> None:
+    async def _decide(
+        self, kind: str, principal: Principal, recipient: dict[str, Any] | None, topic: str | None
+    ) -> None:
         meta = {"kind": kind, "recipient": recipient, "topic": topic}
         if self._authorize is not None:
             decision = await self._authorize(kind, principal, recipient, topic)
@@ -204,10 +208,19 @@ class Bus:
                 self._emit(Event.BUS_DENIED, {**meta, "reasons": [reason]}, principal)
                 raise RateLimited(reason)
 
-    def _emit(self, event: Event, details: dict[str, Any], principal: Principal | None = None,
-              agent: str | None = None) -> None:
-        self.events.emit(event, details, principal=principal.id if principal else None,
-                         agent=principal.agent if principal else agent)
+    def _emit(
+        self,
+        event: Event,
+        details: dict[str, Any],
+        principal: Principal | None = None,
+        agent: str | None = None,
+    ) -> None:
+        self.events.emit(
+            event,
+            details,
+            principal=principal.id if principal else None,
+            agent=principal.agent if principal else agent,
+        )
 
     # -- sealing ---------------------------------------------------------------------------
 
@@ -220,8 +233,17 @@ class Bus:
             raise ArgumentsInvalid(f"body is {len(data)} bytes; bus.max_body_bytes is {self.max_body_bytes}")
         return data
 
-    async def seal(self, me: AgentKeys, kind: MessageKind, body: bytes, *, to: str | None = None,
-                   topic: str | None = None, ttl_ms: int | None = None, reply_to: str | None = None) -> SecureMessage:
+    async def seal(
+        self,
+        me: AgentKeys,
+        kind: MessageKind,
+        body: bytes,
+        *,
+        to: str | None = None,
+        topic: str | None = None,
+        ttl_ms: int | None = None,
+        reply_to: str | None = None,
+    ) -> SecureMessage:
         """One message for one recipient (``to``): direct, request, reply, or a topic delivery."""
         now = int(time.time() * 1000)
         ttl = min(ttl_ms if ttl_ms is not None else self.max_age_ms, self.max_age_ms)
@@ -229,11 +251,14 @@ class Bus:
         head = _Head(new_id(), now, now + ttl, self._last.get((me.agent, channel)), reply_to)
         return await self._seal_for(me, kind, body, head, to=to, topic=topic)
 
-    async def _seal_for(self, me: AgentKeys, kind: MessageKind, body: bytes, head: _Head, *, to: str | None,
-                        topic: str | None) -> SecureMessage:
+    async def _seal_for(
+        self, me: AgentKeys, kind: MessageKind, body: bytes, head: _Head, *, to: str | None, topic: str | None
+    ) -> SecureMessage:
         # the recipient is in the header, so in what is signed and in the AEAD data: a delivery
         # copied into another inbox fails "wrong recipient", one rebound fails its signature
-        hb = header_bytes(head.id, me.agent, to, topic, kind, head.now, head.expires, head.prev, head.reply_to)
+        hb = header_bytes(
+            head.id, me.agent, to, topic, kind, head.now, head.expires, head.prev, head.reply_to
+        )
         if topic is not None:
             cipher = self.ring.topic_cipher(topic)
         else:
@@ -245,14 +270,28 @@ class Bus:
         nonce = os.urandom(NONCE_BYTES)
         ct = cipher.encrypt(nonce, body, hb)
         sig = me.sign.sign(_signed(hb, nonce, ct))
-        return SecureMessage(head.id, me.agent, to, topic, kind, head.now, head.expires, head.prev, head.reply_to,
-                             nonce, ct, sig)
+        return SecureMessage(
+            head.id,
+            me.agent,
+            to,
+            topic,
+            kind,
+            head.now,
+            head.expires,
+            head.prev,
+            head.reply_to,
+            nonce,
+            ct,
+            sig,
+        )
 
     async def _deliver(self, principal: Principal, msg: SecureMessage, inbox: str) -> None:
         try:
             await self.backend.enqueue(inbox, msg, self.buffer_size)
         except BusError as e:
-            self._emit(Event.BUS_DELIVERY_FAILED, {**msg.metadata(), "inbox": inbox, "error_code": e.code}, principal)
+            self._emit(
+                Event.BUS_DELIVERY_FAILED, {**msg.metadata(), "inbox": inbox, "error_code": e.code}, principal
+            )
             if e.code == "bus_buffer_full":
                 await _quiet(self.backend.bump("buffer_full"))
             raise
@@ -260,7 +299,9 @@ class Bus:
 
     # -- direct, request/response ----------------------------------------------------------
 
-    async def send(self, principal: Principal, to: Any, body: Any, *, ttl_s: float | None = None) -> SecureMessage:
+    async def send(
+        self, principal: Principal, to: Any, body: Any, *, ttl_s: float | None = None
+    ) -> SecureMessage:
         me = await self._me(principal)
         agent, peer_principal = await self._peer(to)
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
@@ -287,10 +328,15 @@ class Bus:
             self._emit(Event.BUS_SEND, msg.metadata(), principal)
             with anyio.move_on_after(timeout_s - (time.monotonic() - started)):
                 return await self._await_reply(principal, me.agent, fut)
-            self._emit(Event.BUS_REQUEST_TIMEOUT, {"id": msg.id, "recipient": agent, "timeout_ms": int(timeout_s * 1000)},
-                       principal)
-            raise BusTimeout(f"no reply from {agent} within {int(timeout_s * 1000)} ms", reasons=[
-                f"request {msg.id} to {agent} timed out after {int(timeout_s * 1000)} ms"])
+            self._emit(
+                Event.BUS_REQUEST_TIMEOUT,
+                {"id": msg.id, "recipient": agent, "timeout_ms": int(timeout_s * 1000)},
+                principal,
+            )
+            raise BusTimeout(
+                f"no reply from {agent} within {int(timeout_s * 1000)} ms",
+                reasons=[f"request {msg.id} to {agent} timed out after {int(timeout_s * 1000)} ms"],
+            )
         finally:
             self._waiting.pop(msg.id, None)
 
@@ -308,8 +354,11 @@ class Bus:
                         if waiter is not None and not waiter.done():
                             waiter.set_result(r)
                         else:
-                            self._emit(Event.BUS_REPLY_LATE, {"id": r.id, "reply_to": r.reply_to, "sender": r.sender},
-                                       principal)
+                            self._emit(
+                                Event.BUS_REPLY_LATE,
+                                {"id": r.id, "reply_to": r.reply_to, "sender": r.sender},
+                                principal,
+                            )
         return fut.result()
 
     async def reply(self, principal: Principal, request_id: Any, body: Any) -> SecureMessage:
@@ -318,7 +367,9 @@ class Bus:
             raise ArgumentsInvalid("request_id must be a string")
         open_request = self._open.pop((me.agent, request_id), None)
         if open_request is None:
-            raise BusError(f"no open request {request_id!r} for this agent (unknown, answered or not received)")
+            raise BusError(
+                f"no open request {request_id!r} for this agent (unknown, answered or not received)"
+            )
         requester, expires_ms = open_request
         agent, peer_principal = await self._peer(requester)
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
@@ -340,18 +391,31 @@ class Bus:
         head = _Head(new_id(), now, now + self.max_age_ms, self._last.get((me.agent, f"topic:{topic}")), None)
         subs = await self.backend.subscriptions()
         # every subscriber but the publisher itself
-        targets = sorted(a for a, pats in subs.items()
-                         if a != me.agent and any(pattern_regex(p).match(topic) for p in pats))
+        targets = sorted(
+            a
+            for a, pats in subs.items()
+            if a != me.agent and any(pattern_regex(p).match(topic) for p in pats)
+        )
         refused: list[str] = []
         for agent in targets:
             try:
-                await self._deliver(principal, await self._seal_for(me, "topic", data, head, to=agent, topic=topic),
-                                    agent)
+                await self._deliver(
+                    principal, await self._seal_for(me, "topic", data, head, to=agent, topic=topic), agent
+                )
             except BusError:
                 refused.append(agent)
-        meta = {"id": head.id, "sender": me.agent, "recipient": None, "topic": topic, "kind": "topic",
-                "timestamp_ms": head.now, "expires_ms": head.expires, "prev": head.prev, "reply_to": None,
-                "size": len(data) + 16}
+        meta = {
+            "id": head.id,
+            "sender": me.agent,
+            "recipient": None,
+            "topic": topic,
+            "kind": "topic",
+            "timestamp_ms": head.now,
+            "expires_ms": head.expires,
+            "prev": head.prev,
+            "reply_to": None,
+            "size": len(data) + 16,
+        }
         self._emit(Event.BUS_PUBLISH, {**meta, "subscribers": len(targets), "refused": refused}, principal)
         return Published(head.id, len(targets) - len(refused), tuple(refused))
 
@@ -371,7 +435,9 @@ class Bus:
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def receive(self, principal: Principal, *, max_items: int = 16, wait_s: float = 0.0) -> list[Received]:
+    async def receive(
+        self, principal: Principal, *, max_items: int = 16, wait_s: float = 0.0
+    ) -> list[Received]:
         me = await self._me(principal)
         if not (1 <= max_items <= 1000):
             raise ArgumentsInvalid("max must be between 1 and 1000")

@@ -48,8 +48,16 @@ class PublicKeys:
     name: str = ""  # the runtime's agent name ("principal/client", a hosted agent's name), bound by the HMAC
 
     def body(self) -> bytes:
-        return b"\0".join([b"symbi-bus-key/v2", self.agent.encode(), self.principal.encode(),
-                           self.sign_pub, self.dh_pub, self.name.encode()])
+        return b"\0".join(
+            [
+                b"symbi-bus-key/v2",
+                self.agent.encode(),
+                self.principal.encode(),
+                self.sign_pub,
+                self.dh_pub,
+                self.name.encode(),
+            ]
+        )
 
 
 @dataclass(slots=True)
@@ -83,9 +91,15 @@ class KeyRing:
         self._db: sqlite3.Connection | None = None
         if keys_path is not None:
             self._db = _open_keys_db(keys_path)
-            for agent, principal, s, d in self._db.execute("SELECT agent, principal, sign, dh FROM agent_keys"):
-                self._local[agent] = AgentKeys(agent, principal, Ed25519PrivateKey.from_private_bytes(s),
-                                               X25519PrivateKey.from_private_bytes(d))
+            for agent, principal, s, d in self._db.execute(
+                "SELECT agent, principal, sign, dh FROM agent_keys"
+            ):
+                self._local[agent] = AgentKeys(
+                    agent,
+                    principal,
+                    Ed25519PrivateKey.from_private_bytes(s),
+                    X25519PrivateKey.from_private_bytes(d),
+                )
 
     def close(self) -> None:
         if self._db is not None:
@@ -114,8 +128,14 @@ class KeyRing:
         return keys, self.entry_for(keys, name)
 
     def entry_for(self, keys: AgentKeys, name: str = "") -> PublicKeys:
-        e = PublicKeys(keys.agent, keys.principal, keys.sign.public_key().public_bytes(*_RAW),
-                       keys.dh.public_key().public_bytes(*_RAW), b"", name)
+        e = PublicKeys(
+            keys.agent,
+            keys.principal,
+            keys.sign.public_key().public_bytes(*_RAW),
+            keys.dh.public_key().public_bytes(*_RAW),
+            b"",
+            name,
+        )
         return PublicKeys(e.agent, e.principal, e.sign_pub, e.dh_pub, self._mac(e.body()), name)
 
     def admit(self, entry: PublicKeys) -> tuple[Ed25519PublicKey, X25519PublicKey, str]:
@@ -124,9 +144,14 @@ class KeyRing:
         if cached is not None and cached[1] == entry.body() and cached[2] == entry.mac:
             return cached[0]
         if not hmac.compare_digest(self._mac(entry.body()), entry.mac):
-            raise BusError(f"key directory entry of agent {entry.agent!r} fails its HMAC (forged or corrupted)")
-        keys = (Ed25519PublicKey.from_public_bytes(entry.sign_pub), X25519PublicKey.from_public_bytes(entry.dh_pub),
-                entry.principal)
+            raise BusError(
+                f"key directory entry of agent {entry.agent!r} fails its HMAC (forged or corrupted)"
+            )
+        keys = (
+            Ed25519PublicKey.from_public_bytes(entry.sign_pub),
+            X25519PublicKey.from_public_bytes(entry.dh_pub),
+            entry.principal,
+        )
         self._peers[entry.agent] = (keys, entry.body(), entry.mac)
         return keys
 
@@ -173,7 +198,9 @@ def _open_keys_db(path: Path) -> sqlite3.Connection:
     os.chmod(path, 0o600)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE IF NOT EXISTS agent_keys(agent TEXT PRIMARY KEY, principal TEXT NOT NULL, "
-               "sign BLOB NOT NULL, dh BLOB NOT NULL)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS agent_keys(agent TEXT PRIMARY KEY, principal TEXT NOT NULL, "
+        "sign BLOB NOT NULL, dh BLOB NOT NULL)"
+    )
     db.isolation_level = "DEFERRED"
     return db

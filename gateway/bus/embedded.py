@@ -87,16 +87,19 @@ class EmbeddedBackend:
 
     async def publish_keys(self, entry: PublicKeys) -> None:
         with _tx(self.db):
-            self.db.execute("INSERT OR REPLACE INTO keys(agent, principal, sign_pub, dh_pub, mac, name) "
-                            "VALUES (?,?,?,?,?,?)",
-                            (entry.agent, entry.principal, entry.sign_pub, entry.dh_pub, entry.mac, entry.name))
+            self.db.execute(
+                "INSERT OR REPLACE INTO keys(agent, principal, sign_pub, dh_pub, mac, name) "
+                "VALUES (?,?,?,?,?,?)",
+                (entry.agent, entry.principal, entry.sign_pub, entry.dh_pub, entry.mac, entry.name),
+            )
 
     async def lookup_keys(self, agent: str) -> PublicKeys | None:
         return lookup_keys_db(self.db, agent)
 
     async def lookup_name(self, name: str) -> str | None:
-        row = self.db.execute("SELECT agent FROM keys WHERE name=? AND name != '' ORDER BY rowid DESC LIMIT 1",
-                              (name,)).fetchone()
+        row = self.db.execute(
+            "SELECT agent FROM keys WHERE name=? AND name != '' ORDER BY rowid DESC LIMIT 1", (name,)
+        ).fetchone()
         return str(row[0]) if row else None
 
     # -- inboxes ---------------------------------------------------------------------------
@@ -112,8 +115,10 @@ class EmbeddedBackend:
                     f"the inbox of {inbox} is full ({n} messages waiting, runtime.message_buffer_size = {limit}); "
                     "the message was not accepted"
                 )
-            db.execute("INSERT INTO messages(inbox, id, expires_ms, ts_ms, h, n, c, s) VALUES (?,?,?,?,?,?,?,?)",
-                       (inbox, msg.id, msg.expires_ms, msg.timestamp_ms, f["h"], f["n"], f["c"], f["s"]))
+            db.execute(
+                "INSERT INTO messages(inbox, id, expires_ms, ts_ms, h, n, c, s) VALUES (?,?,?,?,?,?,?,?)",
+                (inbox, msg.id, msg.expires_ms, msg.timestamp_ms, f["h"], f["n"], f["c"], f["s"]),
+            )
             _bump(db, "sent", 1)
             db.execute("COMMIT")
         except BaseException:
@@ -155,11 +160,15 @@ class EmbeddedBackend:
         self, inbox: str, timeout_s: float, cursor: Any
     ) -> tuple[Any, list[SecureMessage | None]]:
         if cursor is None:
-            (cursor,) = self.db.execute("SELECT coalesce(max(seq), 0) FROM messages WHERE inbox=?", (inbox,)).fetchone()
+            (cursor,) = self.db.execute(
+                "SELECT coalesce(max(seq), 0) FROM messages WHERE inbox=?", (inbox,)
+            ).fetchone()
         with anyio.move_on_after(timeout_s):
             while True:
-                rows = self.db.execute("SELECT seq, h, n, c, s FROM messages WHERE inbox=? AND seq>? ORDER BY seq",
-                                       (inbox, cursor)).fetchall()
+                rows = self.db.execute(
+                    "SELECT seq, h, n, c, s FROM messages WHERE inbox=? AND seq>? ORDER BY seq",
+                    (inbox, cursor),
+                ).fetchall()
                 if rows:
                     return rows[-1][0], [_pending(r).msg for r in rows]
                 await self._wait(inbox)
@@ -170,8 +179,10 @@ class EmbeddedBackend:
             return
         with _tx(self.db):
             before = self.db.total_changes
-            self.db.executemany("UPDATE messages SET state=? WHERE seq=? AND inbox=? AND state=0",
-                                [(STATES[o], int(ref), inbox) for ref, o in outcomes])
+            self.db.executemany(
+                "UPDATE messages SET state=? WHERE seq=? AND inbox=? AND state=0",
+                [(STATES[o], int(ref), inbox) for ref, o in outcomes],
+            )
             settled = self.db.total_changes - before
             for o in {o for _, o in outcomes}:
                 _bump(self.db, o, sum(1 for _, x in outcomes if x == o))
@@ -181,7 +192,9 @@ class EmbeddedBackend:
     async def pending_count(self, inbox: str) -> int:
         n = self._pending.get(inbox)
         if n is None:
-            (n,) = self.db.execute("SELECT count(*) FROM messages WHERE inbox=? AND state=0", (inbox,)).fetchone()
+            (n,) = self.db.execute(
+                "SELECT count(*) FROM messages WHERE inbox=? AND state=0", (inbox,)
+            ).fetchone()
             self._pending[inbox] = n = int(n)
         return n
 
@@ -240,22 +253,35 @@ class EmbeddedBackend:
 
 
 def lookup_keys_db(db: sqlite3.Connection, agent: str) -> PublicKeys | None:
-    row = db.execute("SELECT agent, principal, sign_pub, dh_pub, mac, name FROM keys WHERE agent=?",
-                     (agent,)).fetchone()
+    row = db.execute(
+        "SELECT agent, principal, sign_pub, dh_pub, mac, name FROM keys WHERE agent=?", (agent,)
+    ).fetchone()
     return PublicKeys(*row) if row else None
 
 
 def stats_of(db: sqlite3.Connection) -> dict[str, object]:
     counters = {name: 0 for name in COUNTERS}
     counters.update({k: int(v) for k, v in db.execute("SELECT name, n FROM counters")})
-    inboxes = {k: int(v) for k, v in db.execute(
-        "SELECT inbox, count(*) FROM messages WHERE state=0 GROUP BY inbox ORDER BY inbox")}
-    stored = {STATE_NAMES.get(s, str(s)): int(n) for s, n in db.execute(
-        "SELECT state, count(*) FROM messages GROUP BY state")}
+    inboxes = {
+        k: int(v)
+        for k, v in db.execute(
+            "SELECT inbox, count(*) FROM messages WHERE state=0 GROUP BY inbox ORDER BY inbox"
+        )
+    }
+    stored = {
+        STATE_NAMES.get(s, str(s)): int(n)
+        for s, n in db.execute("SELECT state, count(*) FROM messages GROUP BY state")
+    }
     (subs,) = db.execute("SELECT count(*) FROM subs").fetchone()
     (agents,) = db.execute("SELECT count(*) FROM keys").fetchone()
-    return {"backend": "embedded", "counters": counters, "pending_by_inbox": inboxes, "stored": stored,
-            "subscriptions": int(subs), "agents": int(agents)}
+    return {
+        "backend": "embedded",
+        "counters": counters,
+        "pending_by_inbox": inboxes,
+        "stored": stored,
+        "subscriptions": int(subs),
+        "agents": int(agents),
+    }
 
 
 def scan_db(db: sqlite3.Connection) -> Iterator[StoredMessage]:
@@ -290,4 +316,6 @@ def _tx(db: sqlite3.Connection) -> Iterator[None]:
 
 
 def _bump(db: sqlite3.Connection, name: str, n: int) -> None:
-    db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET n = n + excluded.n", (name, n))
+    db.execute(
+        "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET n = n + excluded.n", (name, n)
+    )

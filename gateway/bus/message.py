@@ -56,10 +56,21 @@ class SecureMessage:
 
     def __post_init__(self) -> None:
         # serialised once: the header is the AEAD associated data and part of what is signed
-        object.__setattr__(self, "_header", header_bytes(
-            self.id, self.sender, self.recipient, self.topic, self.kind, self.timestamp_ms,
-            self.expires_ms, self.prev, self.reply_to,
-        ))
+        object.__setattr__(
+            self,
+            "_header",
+            header_bytes(
+                self.id,
+                self.sender,
+                self.recipient,
+                self.topic,
+                self.kind,
+                self.timestamp_ms,
+                self.expires_ms,
+                self.prev,
+                self.reply_to,
+            ),
+        )
 
     @property
     def channel(self) -> str:
@@ -75,9 +86,16 @@ class SecureMessage:
     def metadata(self) -> dict[str, Any]:
         """What may be shown or audited: everything but nonce, ciphertext and signature."""
         return {
-            "id": self.id, "sender": self.sender, "recipient": self.recipient, "topic": self.topic,
-            "kind": self.kind, "timestamp_ms": self.timestamp_ms, "expires_ms": self.expires_ms,
-            "prev": self.prev, "reply_to": self.reply_to, "size": len(self.ciphertext),
+            "id": self.id,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "topic": self.topic,
+            "kind": self.kind,
+            "timestamp_ms": self.timestamp_ms,
+            "expires_ms": self.expires_ms,
+            "prev": self.prev,
+            "reply_to": self.reply_to,
+            "size": len(self.ciphertext),
         }
 
     def to_fields(self) -> dict[str, bytes]:
@@ -116,12 +134,21 @@ class SecureMessage:
 
 
 def header_bytes(
-    mid: str, sender: str, recipient: str | None, topic: str | None, kind: str, ts: int, exp: int,
-    prev: str | None, reply_to: str | None,
+    mid: str,
+    sender: str,
+    recipient: str | None,
+    topic: str | None,
+    kind: str,
+    ts: int,
+    exp: int,
+    prev: str | None,
+    reply_to: str | None,
 ) -> bytes:
     # canonical: a JSON array with a version tag, compact separators
     return json.dumps(
-        [1, mid, sender, recipient, topic, kind, ts, exp, prev, reply_to], separators=(",", ":"), ensure_ascii=True
+        [1, mid, sender, recipient, topic, kind, ts, exp, prev, reply_to],
+        separators=(",", ":"),
+        ensure_ascii=True,
     ).encode()
 
 
@@ -146,9 +173,12 @@ def validate_topic(topic: Any, *, pattern: bool = False, where: str = "topic") -
         raise ArgumentsInvalid(f"{where} must be a string")
     if pattern:
         if not PATTERN_RE.match(topic) or "**" in topic:
-            raise ArgumentsInvalid(f"{where}: a subscription must match ^[A-Za-z0-9._*?-]{{1,128}}$ "
-                                   "(wildcards * and ? within one dot-separated part)")
+            raise ArgumentsInvalid(
+                f"{where}: a subscription must match ^[A-Za-z0-9._*?-]{{1,128}}$ "
+                "(wildcards * and ? within one dot-separated part)"
+            )
     elif not TOPIC_RE.match(topic):
-        raise ArgumentsInvalid(f"{where}: a topic name must match ^[A-Za-z0-9._-]{{1,128}}$ "
-                               "(no wildcards when publishing)")
+        raise ArgumentsInvalid(
+            f"{where}: a topic name must match ^[A-Za-z0-9._-]{{1,128}}$ (no wildcards when publishing)"
+        )
     return topic

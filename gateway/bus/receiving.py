@@ -43,15 +43,23 @@ class Received:
     body: Any
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "from": self.sender, "kind": self.kind, "topic": self.topic,
-                "reply_to": self.reply_to, "timestamp_ms": self.timestamp_ms, "body": self.body}
+        return {
+            "id": self.id,
+            "from": self.sender,
+            "kind": self.kind,
+            "topic": self.topic,
+            "reply_to": self.reply_to,
+            "timestamp_ms": self.timestamp_ms,
+            "body": self.body,
+        }
 
 
 class Receiver:
     """The receive checks of one bus (and the verified sender keys they use)."""
 
-    def __init__(self, backend: BusBackend, ring: KeyRing, events: EventSink, *, max_age_ms: int,
-                 skew_ms: int) -> None:
+    def __init__(
+        self, backend: BusBackend, ring: KeyRing, events: EventSink, *, max_age_ms: int, skew_ms: int
+    ) -> None:
         self.backend = backend
         self.ring = ring
         self.events = events
@@ -65,8 +73,11 @@ class Receiver:
         pending = await self.backend.fetch(inbox, max_items, wait_s)
         if not pending:
             return []
-        subs = (await self.backend.subscriptions()).get(agent, set()) if any(
-            p.msg is not None and p.msg.kind == "topic" for p in pending) else set()
+        subs = (
+            (await self.backend.subscriptions()).get(agent, set())
+            if any(p.msg is not None and p.msg.kind == "topic" for p in pending)
+            else set()
+        )
         outcomes: dict[str, Outcome] = {}
         passed: list[tuple[Pending, SecureMessage, X25519PublicKey]] = []
         for p in pending:  # 1-3: signature, recipient, timestamps
@@ -78,7 +89,8 @@ class Receiver:
                 passed.append((p, p.msg, dh_pub))
         # 4. the replay window, for the whole batch at once (one write)
         fresh = await self.backend.first_seen(
-            agent, [(m.id, m.timestamp_ms + self.max_age_ms + 2 * self.skew_ms) for _, m, _ in passed])
+            agent, [(m.id, m.timestamp_ms + self.max_age_ms + 2 * self.skew_ms) for _, m, _ in passed]
+        )
         out: list[Received] = []
         for p, msg, dh_pub in passed:
             if msg.id not in fresh:
@@ -109,8 +121,9 @@ class Receiver:
         keys = self.keys[sender] = (sign_pub, dh_pub, principal, entry.name)
         return keys
 
-    async def _check(self, agent: str, inbox: str, p: Pending,
-                     subs: set[str]) -> tuple[Outcome | None, X25519PublicKey | None]:
+    async def _check(
+        self, agent: str, inbox: str, p: Pending, subs: set[str]
+    ) -> tuple[Outcome | None, X25519PublicKey | None]:
         """None and the sender's agreement key when the message passed checks 1-3."""
         msg = p.msg
         if msg is None:
@@ -132,12 +145,17 @@ class Receiver:
         if reason:
             return self._reject(agent, inbox, msg, reason), None
         # 3. timestamp window
-        if msg.timestamp_ms > now + self.skew_ms or msg.timestamp_ms < now - self.max_age_ms - self.skew_ms \
-                or msg.expires_ms > msg.timestamp_ms + self.max_age_ms:
+        if (
+            msg.timestamp_ms > now + self.skew_ms
+            or msg.timestamp_ms < now - self.max_age_ms - self.skew_ms
+            or msg.expires_ms > msg.timestamp_ms + self.max_age_ms
+        ):
             return self._reject(agent, inbox, msg, "timestamp outside the window"), None
         return None, keys[1]
 
-    def _open_message(self, agent: str, inbox: str, msg: SecureMessage, dh_pub: X25519PublicKey) -> Received | None:
+    def _open_message(
+        self, agent: str, inbox: str, msg: SecureMessage, dh_pub: X25519PublicKey
+    ) -> Received | None:
         try:
             if msg.topic is not None:
                 cipher = self.ring.topic_cipher(msg.topic)
@@ -151,7 +169,9 @@ class Receiver:
         except (InvalidTag, ValueError):
             self._reject(agent, inbox, msg, "decryption failed")
             return None
-        return Received(msg.id, msg.sender, msg.kind, msg.topic, msg.reply_to, msg.timestamp_ms, msg.expires_ms, body)
+        return Received(
+            msg.id, msg.sender, msg.kind, msg.topic, msg.reply_to, msg.timestamp_ms, msg.expires_ms, body
+        )
 
     def _reject(self, agent: str, inbox: str, msg: SecureMessage | None, reason: str) -> Outcome:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -57,14 +57,18 @@ class RedisBackend:
         try:
             return await aw if inspect.isawaitable(aw) else aw
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise BusUnavailable(f"the bus backend (Redis at {_safe(self.url)}) cannot be reached: {e}",
-                                 reasons=["bus backend unreachable (bus.url)"]) from None
+            raise BusUnavailable(
+                f"the bus backend (Redis at {_safe(self.url)}) cannot be reached: {e}",
+                reasons=["bus backend unreachable (bus.url)"],
+            ) from None
         except ResponseError as e:
             if "NOGROUP" in str(e):
                 self._groups.clear()  # Redis lost its data (restart without persistence): made again
                 raise _NoGroup(str(e)) from None
-            raise BusError(f"the bus backend (Redis at {_safe(self.url)}) refused a command: {e}",
-                           reasons=["bus backend error (bus.url)"]) from None
+            raise BusError(
+                f"the bus backend (Redis at {_safe(self.url)}) refused a command: {e}",
+                reasons=["bus backend error (bus.url)"],
+            ) from None
 
     async def start(self) -> None:
         await self._do(self._r.ping())
@@ -109,8 +113,11 @@ class RedisBackend:
         key = self._inbox(inbox)
         await self._group(key)
         f = msg.to_fields()
-        added = await self._do(self._enqueue(keys=[key, PREFIX + "stats"],
-                                             args=[limit, f["h"], f["n"], f["c"], f["s"], msg.expires_ms]))
+        added = await self._do(
+            self._enqueue(
+                keys=[key, PREFIX + "stats"], args=[limit, f["h"], f["n"], f["c"], f["s"], msg.expires_ms]
+            )
+        )
         if not added:
             await self._do(self._r.hincrby(PREFIX + "stats", "buffer_full", 1))
             raise BusBufferFull(
@@ -129,15 +136,18 @@ class RedisBackend:
         # 1. what this consumer fetched before and did not settle; 2. what a dead consumer left
         got = await self._read(key, "0", max_items, None)
         if not got:
-            claimed: list[Any] = await self._do(self._r.xautoclaim(key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0",
-                                                        count=max_items))
+            claimed: list[Any] = await self._do(
+                self._r.xautoclaim(key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=max_items)
+            )
             got = [(i, f) for i, f in claimed[1] if f]
         if not got:
             block = int(wait_s * 1000) if wait_s > 0 else None
             got = await self._read(key, ">", max_items, block)
         return [_pending(i, f) for i, f in got]
 
-    async def _read(self, key: str, start: str, count: int, block: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    async def _read(
+        self, key: str, start: str, count: int, block: int | None
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
         res = await self._do(self._r.xreadgroup(GROUP, self.consumer, {key: start}, count=count, block=block))
         out: list[tuple[bytes, dict[bytes, bytes]]] = []
         for _, entries in res or []:
@@ -231,15 +241,28 @@ class RedisBackend:
 
 
 def key_blob(entry: PublicKeys) -> bytes:
-    return b"\0".join([entry.principal.encode(), entry.sign_pub.hex().encode(), entry.dh_pub.hex().encode(),
-                       entry.mac.hex().encode(), entry.name.encode()])
+    return b"\0".join(
+        [
+            entry.principal.encode(),
+            entry.sign_pub.hex().encode(),
+            entry.dh_pub.hex().encode(),
+            entry.mac.hex().encode(),
+            entry.name.encode(),
+        ]
+    )
 
 
 def parse_key_blob(agent: str, blob: bytes) -> PublicKeys:
     try:
         principal, s, d, m, name = blob.split(b"\0")
-        return PublicKeys(agent, principal.decode(), bytes.fromhex(s.decode()), bytes.fromhex(d.decode()),
-                          bytes.fromhex(m.decode()), name.decode())
+        return PublicKeys(
+            agent,
+            principal.decode(),
+            bytes.fromhex(s.decode()),
+            bytes.fromhex(d.decode()),
+            bytes.fromhex(m.decode()),
+            name.decode(),
+        )
     except ValueError:
         return PublicKeys(agent, "", b"", b"", b"")  # fails its HMAC: rejected, never trusted
 
@@ -248,11 +271,18 @@ def redis_stats(url: str) -> dict[str, object]:
     r: Any = _sync(url)
     counters: dict[str, int] = {name: 0 for name in COUNTERS}
     counters.update({k.decode(): int(v) for k, v in r.hgetall(PREFIX + "stats").items()})
-    inboxes = {k.decode().removeprefix(PREFIX + "inbox:"): int(r.xlen(k))
-               for k in r.scan_iter(match=f"{PREFIX}inbox:*")}
-    return {"backend": "redis", "counters": counters, "pending_by_inbox": dict(sorted(inboxes.items())),
-            "stored": {"pending": sum(inboxes.values())}, "subscriptions": int(r.hlen(PREFIX + "subs")),
-            "agents": int(r.hlen(PREFIX + "keys"))}
+    inboxes = {
+        k.decode().removeprefix(PREFIX + "inbox:"): int(r.xlen(k))
+        for k in r.scan_iter(match=f"{PREFIX}inbox:*")
+    }
+    return {
+        "backend": "redis",
+        "counters": counters,
+        "pending_by_inbox": dict(sorted(inboxes.items())),
+        "stored": {"pending": sum(inboxes.values())},
+        "subscriptions": int(r.hlen(PREFIX + "subs")),
+        "agents": int(r.hlen(PREFIX + "keys")),
+    }
 
 
 def redis_scan(url: str) -> Iterator[StoredMessage]:
@@ -276,7 +306,9 @@ def _sync(url: str) -> redis.Redis:
 def _pending(ref: bytes | str, fields: dict[Any, Any]) -> Pending:
     rid = ref.decode() if isinstance(ref, bytes) else ref
     try:
-        return Pending(rid, SecureMessage.from_fields({k: v for k, v in fields.items() if k in (b"h", b"n", b"c", b"s")}))
+        return Pending(
+            rid, SecureMessage.from_fields({k: v for k, v in fields.items() if k in (b"h", b"n", b"c", b"s")})
+        )
     except ValueError as e:
         return Pending(rid, None, str(e))
 

@@ -85,9 +85,21 @@ def _chain_problems(sender: str, channel: str, msgs: dict[str, SecureMessage]) -
             dangling.append(m.id)
     for prev, ids in by_prev.items():
         if len(ids) > 1:
-            out.append({"sender": sender, "channel": channel, "id": ids[1],
-                        "problem": f"fork: {len(ids)} messages follow {prev} (reordered or inserted)"})
+            out.append(
+                {
+                    "sender": sender,
+                    "channel": channel,
+                    "id": ids[1],
+                    "problem": f"fork: {len(ids)} messages follow {prev} (reordered or inserted)",
+                }
+            )
     for mid in dangling[1:]:
-        out.append({"sender": sender, "channel": channel, "id": mid,
-                    "problem": f"gap: the message before {mid} is missing (removed from the middle)"})
+        out.append(
+            {
+                "sender": sender,
+                "channel": channel,
+                "id": mid,
+                "problem": f"gap: the message before {mid} is missing (removed from the middle)",
+            }
+        )
     return out

@@ -28,7 +28,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    a = sub.add_parser("agents", help="agents of a running gateway (list, show, suspend, resume, terminate, run)")
+    a = sub.add_parser(
+        "agents", help="agents of a running gateway (list, show, suspend, resume, terminate, run)"
+    )
     acts = a.add_subparsers(dest="agents_command", metavar="ACTION")
     ls = acts.add_parser("list", help="every agent: id, principal, state, priority, in-flight, budgets")
     _common(ls)
@@ -37,8 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     show.add_argument("agent")
     _common(show)
     show.set_defaults(func=_show)
-    for action, text in (("suspend", "suspend an agent"), ("resume", "resume a suspended agent"),
-                         ("terminate", "terminate an agent")):
+    for action, text in (
+        ("suspend", "suspend an agent"),
+        ("resume", "resume a suspended agent"),
+        ("terminate", "terminate an agent"),
+    ):
         p = acts.add_parser(action, help=text)
         p.add_argument("agent")
         p.add_argument("--reason", default="", help="recorded in the audit log")
@@ -62,8 +67,13 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
         raise ConfigError("an admin API key is required: --api-key or $SYMBI_API_KEY")
     base = args.url or f"http://{cfg.http.host}:{cfg.http.port}"
     try:
-        r = httpx.request(method, base.rstrip("/") + "/api" + path, json=body, timeout=30,
-                          headers={"Authorization": f"Bearer {key}"})
+        r = httpx.request(
+            method,
+            base.rstrip("/") + "/api" + path,
+            json=body,
+            timeout=30,
+            headers={"Authorization": f"Bearer {key}"},
+        )
     except httpx.HTTPError as e:
         raise AdminApiError(f"cannot reach the gateway at {base}: {e}") from None
     try:
@@ -71,8 +81,10 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
     except ValueError:
         doc = {"error": "bad_response", "reason": r.text[:200]}
     if r.status_code >= 400:
-        raise AdminApiError(f"{method} {path}: HTTP {r.status_code} {doc.get('error')}",
-                            reasons=[str(doc.get("reason") or doc)])
+        raise AdminApiError(
+            f"{method} {path}: HTTP {r.status_code} {doc.get('error')}",
+            reasons=[str(doc.get("reason") or doc)],
+        )
     return doc
 
 
@@ -85,8 +97,10 @@ def _list(args: argparse.Namespace) -> int:
     agents = _request(args, "GET", "/agents")["agents"]
     lines = [f"{'ID':26} {'NAME':32} {'STATE':11} {'PRI':>3} {'IN-FLIGHT':>9} {'CALLS':>6}  PRINCIPAL"]
     for a in agents:
-        lines.append(f"{a['id']:26} {a['name'][:32]:32} {a['state']:11} {a['priority']:>3} "
-                     f"{a['in_flight']:>9} {a['calls']:>6}  {a['principal']}")
+        lines.append(
+            f"{a['id']:26} {a['name'][:32]:32} {a['state']:11} {a['priority']:>3} "
+            f"{a['in_flight']:>9} {a['calls']:>6}  {a['principal']}"
+        )
     return _print(args, agents, "\n".join(lines))
 
 
@@ -111,8 +125,10 @@ def _status(args: argparse.Namespace) -> int:
     lines = [f"overall: {doc['overall_status']}"]
     lines += [f"  {name:32} {c['status']}" for name, c in sorted(doc["component_health"].items())]
     ag, sc = util["agents"], util["scheduler"]
-    lines.append(f"agents: {ag['live']} live of {ag['max']}  "
-                 + " ".join(f"{k}={v}" for k, v in ag["by_state"].items() if v))
+    lines.append(
+        f"agents: {ag['live']} live of {ag['max']}  "
+        + " ".join(f"{k}={v}" for k, v in ag["by_state"].items() if v)
+    )
     lines.append(f"scheduler: {sc['in_flight']}/{sc['max_in_flight']} in flight, {sc['queued']} queued")
     lines += [f"error: {e['code']} {e['target']} ({e['agent']})" for e in doc["recent_errors"][-5:]]
     code = 0 if doc["overall_status"] != "unhealthy" else 1

@@ -46,21 +46,37 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         sp.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
         sp.add_argument("--log", type=Path, default=None, help="audit log (default: [audit] path)")
         if keys:
-            sp.add_argument("--public-key", type=Path, action="append", default=[],
-                            help="trusted public key PEM (repeatable; default: keys exported beside the signing key)")
+            sp.add_argument(
+                "--public-key",
+                type=Path,
+                action="append",
+                default=[],
+                help="trusted public key PEM (repeatable; default: keys exported beside the signing key)",
+            )
 
     def period(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--since", help="ISO 8601 time, epoch seconds, or an age like 15m, 24h, 7d")
         sp.add_argument("--until", help="same forms as --since (exclusive)")
 
-    v = asub.add_parser("verify", help="check every signature, link and anchor (0 intact, 1 names the first bad seq); "
-                        "without --log, every chain of the data dir (audit.db, audit-2.db, ...)")
+    v = asub.add_parser(
+        "verify",
+        help="check every signature, link and anchor (0 intact, 1 names the first bad seq); "
+        "without --log, every chain of the data dir (audit.db, audit-2.db, ...)",
+    )
     common(v, keys=True)
-    v.add_argument("--anchor", type=Path, action="append", default=[],
-                   help="checkpoints kept elsewhere: a checkpoint file or an [audit] checkpoint_export copy "
-                        "(repeatable; the configured checkpoint_export is always read)")
-    v.add_argument("--fast", action="store_true",
-                   help="verify signatures only at anchors, key changes and the head (all hashes and links still)")
+    v.add_argument(
+        "--anchor",
+        type=Path,
+        action="append",
+        default=[],
+        help="checkpoints kept elsewhere: a checkpoint file or an [audit] checkpoint_export copy "
+        "(repeatable; the configured checkpoint_export is always read)",
+    )
+    v.add_argument(
+        "--fast",
+        action="store_true",
+        help="verify signatures only at anchors, key changes and the head (all hashes and links still)",
+    )
     v.add_argument("--json", action="store_true", help="print the result as JSON")
     retention_cmd.add_verify_options(v)
     v.set_defaults(func=_verify)
@@ -77,7 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     period(q)
     q.add_argument("--principal")
     q.add_argument("--tool", help="details.tool (namespaced tool name)")
-    q.add_argument("--type", action="append", default=[], help="event type; 'policy.*' matches a prefix (repeatable)")
+    q.add_argument(
+        "--type", action="append", default=[], help="event type; 'policy.*' matches a prefix (repeatable)"
+    )
     q.add_argument("--decision", choices=("allow", "deny"))
     q.add_argument("--limit", type=int, default=None)
     q.add_argument("--json", action="store_true", help="one JSON record per line")
@@ -95,23 +113,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common(r, keys=True)
     period(r)
     r.add_argument("--framework", choices=("hipaa", "gdpr", "sox"), required=True)
-    r.add_argument("--out", type=Path, default=None, help="report.html or report.json (default: JSON on stdout)")
+    r.add_argument(
+        "--out", type=Path, default=None, help="report.html or report.json (default: JSON on stdout)"
+    )
     r.add_argument("--format", choices=("html", "json"), default=None, help="default: from --out's suffix")
     retention_cmd.add_archived_option(r)
     r.set_defaults(func=_report)
 
-    c = asub.add_parser("checkpoint", help="print (or append to --out) the log's current signed head, for a copy "
-                        "kept outside the data dir (verify it with --anchor FILE)")
+    c = asub.add_parser(
+        "checkpoint",
+        help="print (or append to --out) the log's current signed head, for a copy "
+        "kept outside the data dir (verify it with --anchor FILE)",
+    )
     common(c)
     c.add_argument("--out", type=Path, default=None, help="append to this file (JSON lines, mode 0600)")
     c.set_defaults(func=_checkpoint)
 
-    i = asub.add_parser("init", help="create the data dir and signing key; print the key id to pin in the config")
+    i = asub.add_parser(
+        "init", help="create the data dir and signing key; print the key id to pin in the config"
+    )
     i.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
     i.set_defaults(func=_init)
     retention_cmd.add_archive_command(asub, common)
 
-    k = asub.add_parser("rotate-key", help="replace the signing key (signed rotation event); gateway must be stopped")
+    k = asub.add_parser(
+        "rotate-key", help="replace the signing key (signed rotation event); gateway must be stopped"
+    )
     common(k)
     k.add_argument("--key", type=Path, default=None, help="signing key (default: [audit] key_path)")
     k.set_defaults(func=_rotate)
@@ -164,7 +191,9 @@ def _parse_ns(raw: str, now_ns: int) -> int:
     try:
         dt = datetime.fromisoformat(raw.strip())
     except ValueError:
-        raise ConfigError(f"cannot read time {raw!r}: use ISO 8601, epoch seconds or an age like 24h") from None
+        raise ConfigError(
+            f"cannot read time {raw!r}: use ISO 8601, epoch seconds or an age like 24h"
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1e9)
@@ -205,25 +234,38 @@ def _verify(args: argparse.Namespace) -> int:
     keys, anchored = _trusted_keys(args, key, cfg, logs)
     export = cfg.audit.checkpoint_export if cfg is not None else None
     if not anchored:
-        print("symbi: WARNING: verification is NOT ANCHORED: it trusts the public keys found beside the log, "
-              "which anyone who can write the data dir can replace; pin the key ([audit] pinned_keys, see "
-              "`symbi audit init`) or pass --public-key", file=sys.stderr)
+        print(
+            "symbi: WARNING: verification is NOT ANCHORED: it trusts the public keys found beside the log, "
+            "which anyone who can write the data dir can replace; pin the key ([audit] pinned_keys, see "
+            "`symbi audit init`) or pass --public-key",
+            file=sys.stderr,
+        )
     pinned = tuple(cfg.audit.pinned_keys) if cfg is not None else ()
     failed = False
     for path in logs:
         if path.suffix == ".jsonl":
-            res = verify_jsonl(path, keys, anchors=read_anchor_files(args.anchor, None), all_signatures=not args.fast)
+            res = verify_jsonl(
+                path, keys, anchors=read_anchor_files(args.anchor, None), all_signatures=not args.fast
+            )
         else:  # keys are already filtered by the pins; the pins also mean "not empty"
-            res = verify_anchored(path, keys, pinned=pinned, export=export,
-                                  anchors=read_anchor_files(args.anchor, path.name), all_signatures=not args.fast)
+            res = verify_anchored(
+                path,
+                keys,
+                pinned=pinned,
+                export=export,
+                anchors=read_anchor_files(args.anchor, path.name),
+                all_signatures=not args.fast,
+            )
         res.anchored = anchored
         failed = failed or not res.ok
         if args.json:
             print(json.dumps({"log": str(path), **res.as_dict()}))
         elif res.problem is None:
-            print(f"{path}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
-                  f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked"
-                  + ("" if anchored else " (NOT ANCHORED)"))
+            print(
+                f"{path}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
+                f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked"
+                + ("" if anchored else " (NOT ANCHORED)")
+            )
         else:
             p = res.problem
             print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {p.message}")
@@ -238,7 +280,9 @@ def _config_or_none(args: argparse.Namespace) -> Any:
     return load_config(args.config, args.environ)
 
 
-def _trusted_keys(args: argparse.Namespace, key: Path, cfg: Any, logs: list[Path]) -> tuple[dict[str, Any], bool]:
+def _trusted_keys(
+    args: argparse.Namespace, key: Path, cfg: Any, logs: list[Path]
+) -> tuple[dict[str, Any], bool]:
     """(trusted keys, anchored): pinned ids from the config filter every candidate key;
     --public-key files are the admin's own copies (anchored too); else the keys beside the log."""
     from gateway.audit import exported_public_keys, load_public_keys
@@ -287,7 +331,9 @@ def _init(args: argparse.Namespace) -> int:
     key = load_or_create_key(cfg.audit_key_path)
     kid = key_id_of(key.public_key())
     pinned = "pinned" if kid in cfg.audit.pinned_keys else "NOT pinned yet"
-    print(f"audit signing key {cfg.audit_key_path} ({pinned}); public key {public_key_path(cfg.audit_key_path)}")
+    print(
+        f"audit signing key {cfg.audit_key_path} ({pinned}); public key {public_key_path(cfg.audit_key_path)}"
+    )
     print("Add to the config (and keep a copy of the public key and of the checkpoints elsewhere):\n")
     print(f'[audit]\npinned_keys = ["{kid}"]\ncheckpoint_export = "/var/lib/symbi-witness/checkpoints.jsonl"')
     return EXIT_OK
@@ -324,9 +370,16 @@ def _query(args: argparse.Namespace) -> int:
     try:
         for conn in conns:  # archived (oldest) first, then the live log
             left = None if args.limit is None else args.limit - len(recs)
-            recs += store.query(conn, since_ns=parse_time(args.since), until_ns=parse_time(args.until),
-                                principal=args.principal, tool=args.tool, types=tuple(args.type),
-                                decision=args.decision, limit=left)
+            recs += store.query(
+                conn,
+                since_ns=parse_time(args.since),
+                until_ns=parse_time(args.until),
+                principal=args.principal,
+                tool=args.tool,
+                types=tuple(args.type),
+                decision=args.decision,
+                limit=left,
+            )
     finally:
         for conn in conns:
             conn.close()
@@ -375,14 +428,24 @@ def _report(args: argparse.Namespace) -> int:
     finally:
         for conn in conns:
             conn.close()
-    report = build_report(recs, args.framework, integrity, since_ns=since, until_ns=until, log_path=str(log),
-                          handoff=handoff, includes_archived=args.archived)
+    report = build_report(
+        recs,
+        args.framework,
+        integrity,
+        since_ns=since,
+        until_ns=until,
+        log_path=str(log),
+        handoff=handoff,
+        includes_archived=args.archived,
+    )
     fmt = args.format or ("html" if args.out and args.out.suffix in (".html", ".htm") else "json")
     text = render_html(report) if fmt == "html" else json.dumps(report, ensure_ascii=False, indent=2)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
-        print(f"{args.framework} report written to {args.out} (log {'intact' if integrity.ok else 'FAILED'})",
-              file=sys.stderr)
+        print(
+            f"{args.framework} report written to {args.out} (log {'intact' if integrity.ok else 'FAILED'})",
+            file=sys.stderr,
+        )
     else:
         print(text)
     return EXIT_OK if integrity.ok else EXIT_FAIL
@@ -407,5 +470,7 @@ def _rotate(args: argparse.Namespace) -> int:
     finally:
         for log in logs:
             log.close()
-    print(f"rotated audit key {old} -> {new} in {len(logs)} log(s); public key exported to {public_key_path(key)}")
+    print(
+        f"rotated audit key {old} -> {new} in {len(logs)} log(s); public key exported to {public_key_path(key)}"
+    )
     return EXIT_OK

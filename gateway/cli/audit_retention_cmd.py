@@ -21,22 +21,35 @@ EXIT_OK, EXIT_FAIL = 0, 1
 
 
 def add_archive_command(asub: Any, common: Any) -> None:
-    a = asub.add_parser("archive", help="apply [audit] retention now: old events to sealed segments (or deleted) "
-                        "behind a signed hand-off; the gateway must be stopped")
+    a = asub.add_parser(
+        "archive",
+        help="apply [audit] retention now: old events to sealed segments (or deleted) "
+        "behind a signed hand-off; the gateway must be stopped",
+    )
     common(a)
     a.add_argument("--key", type=Path, default=None, help="signing key (default: [audit] key_path)")
     a.set_defaults(func=_archive)
 
 
 def add_verify_options(v: argparse.ArgumentParser) -> None:
-    v.add_argument("--archives", action="store_true",
-                   help="also verify every archived segment and that they join up with the live chain's hand-off")
-    v.add_argument("--segment", type=Path, action="append", default=[],
-                   help="verify one archived segment on its own (repeatable; the live log is not read)")
+    v.add_argument(
+        "--archives",
+        action="store_true",
+        help="also verify every archived segment and that they join up with the live chain's hand-off",
+    )
+    v.add_argument(
+        "--segment",
+        type=Path,
+        action="append",
+        default=[],
+        help="verify one archived segment on its own (repeatable; the live log is not read)",
+    )
 
 
 def add_archived_option(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--archived", action="store_true", help="include events archived by retention (oldest first)")
+    sp.add_argument(
+        "--archived", action="store_true", help="include events archived by retention (oldest first)"
+    )
 
 
 def _config(args: argparse.Namespace) -> Config | None:
@@ -75,8 +88,10 @@ def _archive(args: argparse.Namespace) -> int:
         print(f"{log_path}: nothing is due")
     else:
         where = f"segment {policy.archive_dir / h.segment}" if h.segment else "deleted"
-        print(f"{log_path}: seq {h.from_seq}..{h.seq} ({h.count} events) out of the live log: {where}; "
-              f"the live chain continues after seq {h.seq}")
+        print(
+            f"{log_path}: seq {h.from_seq}..{h.seq} ({h.count} events) out of the live log: {where}; "
+            f"the live chain continues after seq {h.seq}"
+        )
     return EXIT_OK
 
 
@@ -111,7 +126,9 @@ def _print(args: argparse.Namespace, path: Path, res: Any) -> None:
     if args.json:
         print(json.dumps({"log": str(path), **res.as_dict()}))
     elif res.problem is None:
-        print(f"{path}: intact: {res.events} events up to seq {res.last_seq}, {res.signatures_checked} signatures")
+        print(
+            f"{path}: intact: {res.events} events up to seq {res.last_seq}, {res.signatures_checked} signatures"
+        )
     else:
         p = res.problem
         print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {p.message}")

@@ -130,12 +130,14 @@ def _tail(args: argparse.Namespace) -> int:
             continue
         rows.append({"inbox": s.inbox, "state": s.state, **s.msg.metadata()})
     rows.sort(key=lambda r: int(r.get("timestamp_ms") or 0))
-    for r in rows[-max(args.lines, 0):] if args.lines else []:
+    for r in rows[-max(args.lines, 0) :] if args.lines else []:
         if args.json:
             print(json.dumps(r))
             continue
         when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(r.get("timestamp_ms") or 0) / 1000))
         where = f"topic {r['topic']}" if r.get("topic") else f"-> {r.get('recipient')}"
-        print(f"{when}Z {r.get('kind', '?'):7} {r.get('sender')} {where} id={r.get('id')} "
-              f"state={r['state']} bytes={r.get('size')} inbox={r['inbox']}")
+        print(
+            f"{when}Z {r.get('kind', '?'):7} {r.get('sender')} {where} id={r.get('id')} "
+            f"state={r['state']} bytes={r.get('size')} inbox={r['inbox']}"
+        )
     return 0

@@ -24,8 +24,15 @@ def _list(args: argparse.Namespace) -> int:
     from gateway.onboard.discovery import Discovery
 
     cfg = load_config(args.config, args.environ)
-    entries = Discovery(cfg.discovered_path, LoggingSink(), home=Path.home(), cwd=Path.cwd(), environ={},
-                        registry_dir=None, configured=frozenset(cfg.servers)).entries()
+    entries = Discovery(
+        cfg.discovered_path,
+        LoggingSink(),
+        home=Path.home(),
+        cwd=Path.cwd(),
+        environ={},
+        registry_dir=None,
+        configured=frozenset(cfg.servers),
+    ).entries()
     if args.json:
         print(json.dumps([d.as_dict() for d in entries.values()], indent=2))
         return 0

@@ -36,9 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("import", help="import the MCP servers your clients (Claude, VS Code, Cursor) use")
     p.add_argument("client", nargs="?", choices=CLIENTS, help="the client whose servers to import")
     p.add_argument("--from", dest="from_file", type=Path, default=None, help="an MCP client config file")
-    p.add_argument("--config", type=Path, default=None, help="symbi.toml to write (default $SYMBI_CONFIG_PATH "
-                   "or ./symbi.toml)")
-    p.add_argument("--env-file", type=Path, default=None, help="where secrets go (default symbi.env beside it)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="symbi.toml to write (default $SYMBI_CONFIG_PATH or ./symbi.toml)",
+    )
+    p.add_argument(
+        "--env-file", type=Path, default=None, help="where secrets go (default symbi.env beside it)"
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--apply", action="store_true", help="write symbi.toml and rewrite the client's config")
     mode.add_argument("--dry-run", action="store_true", help="show what would be written (the default)")
@@ -65,10 +71,23 @@ def _run(args: argparse.Namespace) -> int:
     found = [s for f in files for s in read_client_file(f)]
     plan = make_plan(found, taken=_existing_servers(config))
     if args.json:
-        print(json.dumps([{"client": s.found.source.client, "file": str(s.found.source.path),
-                           "scope": s.found.source.scope, "name": s.found.name, "as": s.name,
-                           "transport": s.found.transport, "secrets": sorted(s.secrets)} for s in plan.servers],
-                         indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "client": s.found.source.client,
+                        "file": str(s.found.source.path),
+                        "scope": s.found.source.scope,
+                        "name": s.found.name,
+                        "as": s.name,
+                        "transport": s.found.transport,
+                        "secrets": sorted(s.secrets),
+                    }
+                    for s in plan.servers
+                ],
+                indent=2,
+            )
+        )
     else:
         _show_plan(files, plan.servers)
     after = render_toml(config, plan, env_file)
@@ -89,8 +108,11 @@ def _run(args: argparse.Namespace) -> int:
         old, new = rewrite_client(f, names, symbi, config)
         _diff(str(f.path), old, new)
         print(f"{f.path}: now launches symbi (original kept at {backup_path(f.path)})", file=sys.stderr)
-    print(f"imported {len(plan.servers)} server(s) into {config}; their tools are pending until approved "
-          "(`symbi tools list`, `symbi tools approve`)", file=sys.stderr)
+    print(
+        f"imported {len(plan.servers)} server(s) into {config}; their tools are pending until approved "
+        "(`symbi tools list`, `symbi tools approve`)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -128,6 +150,10 @@ def _show_plan(files: list[ClientFile], servers: tuple[PlannedServer, ...]) -> N
 
 
 def _diff(name: str, before: str, after: str) -> None:
-    lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
-                                 fromfile=f"{name} (before)", tofile=f"{name} (after)")
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True),
+        after.splitlines(keepends=True),
+        fromfile=f"{name} (before)",
+        tofile=f"{name} (after)",
+    )
     sys.stdout.writelines(lines)

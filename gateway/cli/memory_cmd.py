@@ -64,7 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st.add_argument("--agent", default=None)
     st.set_defaults(func=_stats)
     pu = ms.add_parser("purge", help="delete long-term and shared memories older than a duration")
-    pu.add_argument("--older-than", type=parse_duration, default=None, help="e.g. 30d (default: [context] knowledge_retention_days)")
+    pu.add_argument(
+        "--older-than",
+        type=parse_duration,
+        default=None,
+        help="e.g. 30d (default: [context] knowledge_retention_days)",
+    )
     pu.add_argument("--agent", default=None)
     pu.set_defaults(func=_purge)
     for p in (st, pu):
@@ -80,7 +85,11 @@ def _manager(args: argparse.Namespace) -> ContextManager:
 def _progress(n: int, total: int, path: str) -> None:
     width = 30
     done = int(width * n / max(total, 1))
-    print(f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} {Path(path).name[:40]:<40}", end="", file=sys.stderr)
+    print(
+        f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} {Path(path).name[:40]:<40}",
+        end="",
+        file=sys.stderr,
+    )
     if n == total:
         print(file=sys.stderr)
 
@@ -88,8 +97,13 @@ def _progress(n: int, total: int, path: str) -> None:
 def _add(args: argparse.Namespace) -> int:
     m = _manager(args)
     try:
-        rep = KnowledgeBases(m).add(args.base, args.path, glob=args.glob, prune=not args.no_prune,
-                                    progress=None if args.json else _progress)
+        rep = KnowledgeBases(m).add(
+            args.base,
+            args.path,
+            glob=args.glob,
+            prune=not args.no_prune,
+            progress=None if args.json else _progress,
+        )
         if rep.chunks:
             m.store.optimize()  # build the HNSW index now, not on the gateway's request path
     finally:
@@ -98,8 +112,10 @@ def _add(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d))
     else:
-        print(f"{d['base']}: {d['added']} added, {d['updated']} updated, {d['unchanged']} unchanged, "
-              f"{d['removed']} removed; {d['chunks']} chunks embedded in {d['seconds']} s")
+        print(
+            f"{d['base']}: {d['added']} added, {d['updated']} updated, {d['unchanged']} unchanged, "
+            f"{d['removed']} removed; {d['chunks']} chunks embedded in {d['seconds']} s"
+        )
     return 0
 
 

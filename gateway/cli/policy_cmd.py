@@ -71,7 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     test.add_argument("-v", "--verbose", action="store_true", help="print every test, not only failures")
     test.set_defaults(func=_test)
 
-    push = psub.add_parser("push", help='upload the policy and its data to the OPA server of [policy] engine = "opa"')
+    push = psub.add_parser(
+        "push", help='upload the policy and its data to the OPA server of [policy] engine = "opa"'
+    )
     common(push)
     push.set_defaults(func=_push)
 
@@ -81,13 +83,20 @@ def _push(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     if cfg is None:
-        print("symbi policy push: --config (or $SYMBI_CONFIG_PATH) is required: it names the OPA server", file=sys.stderr)
+        print(
+            "symbi policy push: --config (or $SYMBI_CONFIG_PATH) is required: it names the OPA server",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     done = push(cfg, policy=args.policy, data=args.data)
-    print(f"pushed {', '.join(done.policies)} and data {', '.join(done.data_keys) or '(none)'} to {cfg.policy.url}")
+    print(
+        f"pushed {', '.join(done.policies)} and data {', '.join(done.data_keys) or '(none)'} to {cfg.policy.url}"
+    )
     if not done.decision_defined:
-        print(f"symbi policy push: {cfg.policy.decision} is undefined on the server (every call would be denied)",
-              file=sys.stderr)
+        print(
+            f"symbi policy push: {cfg.policy.decision} is undefined on the server (every call would be denied)",
+            file=sys.stderr,
+        )
         return EXIT_FAIL
     return EXIT_OK
 

@@ -78,7 +78,11 @@ def _run(args: argparse.Namespace) -> int:
     manager = _manager(args)
     try:
         limits = manager.limits(
-            memory_mb=args.memory, timeout_s=args.timeout, pids=args.pids, cpus=args.cpus, output_bytes=args.output
+            memory_mb=args.memory,
+            timeout_s=args.timeout,
+            pids=args.pids,
+            cpus=args.cpus,
+            output_bytes=args.output,
         )
         stdin = sys.stdin.buffer.read() if args.stdin else None
         result = manager.run(args.tier, SandboxRequest(command=tuple(cmd), stdin=stdin), limits)

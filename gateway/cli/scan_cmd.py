@@ -30,16 +30,28 @@ def _scan(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
     unknown = [s for s in args.servers if s not in cfg.servers]
     if unknown:
-        raise ConfigError(f"not configured: {', '.join(unknown)} (servers in {cfg.source}: {', '.join(cfg.servers)})")
+        raise ConfigError(
+            f"not configured: {', '.join(unknown)} (servers in {cfg.source}: {', '.join(cfg.servers)})"
+        )
     entries, down = asyncio.run(scan_configured(cfg, args.servers))
-    flagged = [e for e in entries if any(SEVERITY_RANK[f.severity] >= SEVERITY_RANK["medium"] for f in e.findings)]
+    flagged = [
+        e for e in entries if any(SEVERITY_RANK[f.severity] >= SEVERITY_RANK["medium"] for f in e.findings)
+    ]
     if args.json:
-        print(json.dumps({"definitions": len(entries), "down": down, "entries": [e.as_dict() for e in entries]},
-                         indent=2))
+        print(
+            json.dumps(
+                {"definitions": len(entries), "down": down, "entries": [e.as_dict() for e in entries]},
+                indent=2,
+            )
+        )
     else:
         for e in entries:
             for f in e.findings:
-                print(f"{f.severity.upper():6} {f.rule} {e.kind:8} {e.name}  {f.field}: {f.summary}: {f.excerpt!r}")
-        print(f"{len(entries)} definitions screened, {len(flagged)} with findings above low"
-              + (f"; not up (not screened): {', '.join(down)}" if down else ""))
+                print(
+                    f"{f.severity.upper():6} {f.rule} {e.kind:8} {e.name}  {f.field}: {f.summary}: {f.excerpt!r}"
+                )
+        print(
+            f"{len(entries)} definitions screened, {len(flagged)} with findings above low"
+            + (f"; not up (not screened): {', '.join(down)}" if down else "")
+        )
     return 1 if flagged or down else 0

@@ -34,9 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(k)
     k.set_defaults(func=_run(_keygen))
 
-    s = ss.add_parser("sign", help="sign a tool definition: writes the envelope {schema, signature, signed_at}")
+    s = ss.add_parser(
+        "sign", help="sign a tool definition: writes the envelope {schema, signature, signed_at}"
+    )
     s.add_argument("--key", type=Path, required=True, help="PKCS#8 PEM private key")
-    s.add_argument("tool", type=Path, help="tool definition JSON (signed exactly as written, `_meta` stripped)")
+    s.add_argument(
+        "tool", type=Path, help="tool definition JSON (signed exactly as written, `_meta` stripped)"
+    )
     s.add_argument("--out", type=Path, help="write the envelope here (default stdout)")
     s.add_argument("--keep-meta", action="store_true", help="do not strip `_meta` before signing")
     _common(s)
@@ -47,17 +51,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     src = v.add_mutually_exclusive_group(required=True)
     src.add_argument("--public-key", type=Path, help="verify against this SPKI PEM public key")
     src.add_argument("--domain", help="verify against this domain's key (.well-known or --discovery)")
-    v.add_argument("--discovery", help="discovery document FILE or URL (default https://DOMAIN/.well-known/...)")
+    v.add_argument(
+        "--discovery", help="discovery document FILE or URL (default https://DOMAIN/.well-known/...)"
+    )
     v.add_argument("--revocation", type=Path, help="standalone revocation document FILE (offline)")
     v.add_argument("--tool-id", help="id to pin under (default: the schema's name)")
-    v.add_argument("--mode", choices=("strict", "tofu"), default="strict",
-                   help="strict: unknown revocation state is a failure; tofu: a warning")
+    v.add_argument(
+        "--mode",
+        choices=("strict", "tofu"),
+        default="strict",
+        help="strict: unknown revocation state is a failure; tofu: a warning",
+    )
     v.add_argument("--pins", type=Path, help="pin store to check and update (needs --domain)")
-    v.add_argument("--require-low-s", action="store_true",
-                   help="refuse high-S signatures (the reference and other SDKs produce them half the time)")
+    v.add_argument(
+        "--require-low-s",
+        action="store_true",
+        help="refuse high-S signatures (the reference and other SDKs produce them half the time)",
+    )
     v.add_argument("--single-hash", action="store_true", help="Go-SDK signatures: ECDSA over one SHA-256")
     v.add_argument("--ca-file", help="CA bundle for HTTPS discovery (default: system CAs)")
-    v.add_argument("--insecure-http", action="store_true", help="allow http:// discovery (tests only; logged)")
+    v.add_argument(
+        "--insecure-http", action="store_true", help="allow http:// discovery (tests only; logged)"
+    )
     v.add_argument("--timeout", type=float, default=10.0, help="discovery timeout in seconds")
     _common(v)
     v.set_defaults(func=_run(_verify))
@@ -67,16 +82,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     w.add_argument("--developer", required=True, help="developer name")
     w.add_argument("--contact")
     w.add_argument("--revocation-endpoint")
-    w.add_argument("--revoked", action="append", default=[], metavar="FINGERPRINT", help="a revoked key (repeat)")
+    w.add_argument(
+        "--revoked", action="append", default=[], metavar="FINGERPRINT", help="a revoked key (repeat)"
+    )
     w.add_argument("--schema-version", default="1.2")
     _common(w)
     w.set_defaults(func=_run(_wellknown))
 
     pins = ss.add_parser("pins", help="list, show, approve or remove TOFU pins")
     ps = pins.add_subparsers(dest="pins_command", metavar="ACTION", required=True)
-    for name, hlp in (("list", "list pins"), ("show", "show one pin and its history"),
-                      ("approve", "accept a pending key/definition change (or pin given values)"),
-                      ("remove", "delete a pin")):
+    for name, hlp in (
+        ("list", "list pins"),
+        ("show", "show one pin and its history"),
+        ("approve", "accept a pending key/definition change (or pin given values)"),
+        ("remove", "delete a pin"),
+    ):
         q = ps.add_parser(name, help=hlp)
         q.add_argument("--pins", type=Path, help="pin store (default: <data_dir>/pins.db from --config)")
         q.add_argument("--config", type=Path, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
@@ -126,6 +146,7 @@ def _run(fn: Any) -> Any:
             else:
                 print(f"INVALID [{e.code}]: {e.message}")
             return EXIT_INVALID
+
     return wrapper
 
 
@@ -157,8 +178,11 @@ def _keygen(args: argparse.Namespace) -> int:
         f.write(schemapin.private_key_pem(key))
     pub_path.write_text(schemapin.public_key_pem(key), encoding="ascii")
     fp = schemapin.fingerprint(key)
-    _emit(args, {"private_key": str(priv_path), "public_key": str(pub_path), "fingerprint": fp},
-          f"wrote {priv_path} (0600) and {pub_path}\nfingerprint {fp}")
+    _emit(
+        args,
+        {"private_key": str(priv_path), "public_key": str(pub_path), "fingerprint": fp},
+        f"wrote {priv_path} (0600) and {pub_path}\nfingerprint {fp}",
+    )
     return EXIT_OK
 
 
@@ -185,8 +209,9 @@ def _snapshot(args: argparse.Namespace) -> KeySnapshot:
         return KeySnapshot.from_public_key(_read(args.public_key).decode("ascii", "replace"))
     domain = args.domain
     verify: Any = args.ca_file or True
-    resolver = schemapin.WellKnownResolver(timeout=args.timeout, allow_insecure_http=args.insecure_http,
-                                           verify=verify, ttl=0)
+    resolver = schemapin.WellKnownResolver(
+        timeout=args.timeout, allow_insecure_http=args.insecure_http, verify=verify, ttl=0
+    )
     if args.discovery and not args.discovery.startswith(("https://", "http://")):
         from schemapin._discovery import load_discovery_text
 
@@ -208,23 +233,37 @@ def _verify(args: argparse.Namespace) -> int:
     pins = PinStore(args.pins) if args.pins else None
     try:
         res = schemapin.verify_envelope(
-            envelope, key_source=snap, domain=args.domain, tool_id=args.tool_id, mode=args.mode, pin_store=pins,
-            digest_mode="single" if args.single_hash else "double", require_low_s=args.require_low_s)
+            envelope,
+            key_source=snap,
+            domain=args.domain,
+            tool_id=args.tool_id,
+            mode=args.mode,
+            pin_store=pins,
+            digest_mode="single" if args.single_hash else "double",
+            require_low_s=args.require_low_s,
+        )
     finally:
         if pins is not None:
             pins.close()
     warn = f" (warnings: {', '.join(res.warnings)})" if res.warnings else ""
-    _emit(args, res.to_dict(),
-          f"VALID [{res.status}] {res.tool_id or '-'}@{res.domain or '-'} key {res.key_fingerprint} "
-          f"definition {res.definition_hash}{warn}")
+    _emit(
+        args,
+        res.to_dict(),
+        f"VALID [{res.status}] {res.tool_id or '-'}@{res.domain or '-'} key {res.key_fingerprint} "
+        f"definition {res.definition_hash}{warn}",
+    )
     return EXIT_OK
 
 
 def _wellknown(args: argparse.Namespace) -> int:
     doc = schemapin.build_well_known(
-        _read(args.public_key).decode("ascii", "replace"), args.developer, contact=args.contact,
-        revoked_keys=args.revoked or None, revocation_endpoint=args.revocation_endpoint,
-        schema_version=args.schema_version)
+        _read(args.public_key).decode("ascii", "replace"),
+        args.developer,
+        contact=args.contact,
+        revoked_keys=args.revoked or None,
+        revocation_endpoint=args.revocation_endpoint,
+        schema_version=args.schema_version,
+    )
     print(json.dumps(doc, ensure_ascii=False, indent=None if args.json else 2))
     return EXIT_OK
 
@@ -246,8 +285,10 @@ def _pins(args: argparse.Namespace) -> int:
                 print(json.dumps([p.to_dict() for p in pins]))
             for p in pins if not args.json else ():
                 pending = " PENDING CHANGE" if p.pending_fingerprint else ""
-                print(f"{p.tool_id}@{p.domain}  {p.key_fingerprint}  def {p.definition_hash[:16]}  "
-                      f"last {p.last_seen}{pending}")
+                print(
+                    f"{p.tool_id}@{p.domain}  {p.key_fingerprint}  def {p.definition_hash[:16]}  "
+                    f"last {p.last_seen}{pending}"
+                )
             return EXIT_OK
         if cmd == "show":
             pin = store.get(args.domain, args.tool)
@@ -258,10 +299,19 @@ def _pins(args: argparse.Namespace) -> int:
             return EXIT_OK
         actor = args.actor or args.environ.get("USER") or "unknown"
         if cmd == "approve":
-            pin = store.approve(args.domain, args.tool, key_fingerprint=args.fingerprint,
-                                definition_hash=args.definition_hash, actor=actor)
-            _emit(args, pin.to_dict(), f"approved {pin.tool_id}@{pin.domain}: key {pin.key_fingerprint} "
-                                       f"definition {pin.definition_hash}")
+            pin = store.approve(
+                args.domain,
+                args.tool,
+                key_fingerprint=args.fingerprint,
+                definition_hash=args.definition_hash,
+                actor=actor,
+            )
+            _emit(
+                args,
+                pin.to_dict(),
+                f"approved {pin.tool_id}@{pin.domain}: key {pin.key_fingerprint} "
+                f"definition {pin.definition_hash}",
+            )
             return EXIT_OK
         removed = store.remove(args.domain, args.tool, actor=actor)
         if not removed:

@@ -43,12 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     ap = tsub.add_parser("approve", help="approve the current definitions (signs them into the manifest)")
     common(ap)
-    ap.add_argument("tools", nargs="+", metavar="SERVER__TOOL | SERVER",
-                    help="tools, or discovered servers in quarantine (symbi discover list)")
+    ap.add_argument(
+        "tools",
+        nargs="+",
+        metavar="SERVER__TOOL | SERVER",
+        help="tools, or discovered servers in quarantine (symbi discover list)",
+    )
     ap.add_argument("--key", type=Path, default=None, help="organisation private key (PEM) to sign with")
     ap.add_argument("--by", default=None, help="who approves (recorded in the manifest and the pin history)")
-    ap.add_argument("--accept-screening", action="store_true",
-                    help="approve even with high-severity screening findings (read them first: symbi scan)")
+    ap.add_argument(
+        "--accept-screening",
+        action="store_true",
+        help="approve even with high-severity screening findings (read them first: symbi scan)",
+    )
     ap.set_defaults(func=_approve)
 
     rv = tsub.add_parser("revoke", help="block tools until they are approved again")
@@ -61,9 +68,13 @@ def _store(cfg: Config) -> ToolStates:
     if cfg.state.postgres_url is not None:  # replicas: the approvals every one of them reads
         from gateway.state.postgres import PgToolStateStore, Postgres
 
-        return PgToolStateStore(Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True)
+        return PgToolStateStore(
+            Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True
+        )
     if not cfg.tool_state_path.exists():
-        raise GatewayError(f"no tool state at {cfg.tool_state_path}: start the gateway once to record its tools")
+        raise GatewayError(
+            f"no tool state at {cfg.tool_state_path}: start the gateway once to record its tools"
+        )
     return ToolStateStore(cfg.tool_state_path)
 
 
@@ -80,7 +91,11 @@ def _list(args: argparse.Namespace) -> int:
     records = store.all()
     screened = {r.namespaced: screen_record(store, r) for r in records}
     if args.json:
-        print(json.dumps([{**r.to_dict(), "screening": screened[r.namespaced].as_input()} for r in records], indent=2))
+        print(
+            json.dumps(
+                [{**r.to_dict(), "screening": screened[r.namespaced].as_input()} for r in records], indent=2
+            )
+        )
         return 0
     print(f"{'TOOL':44} {'STATUS':10} {'DRIFT':5} {'SCREENING':16} {'KEY':20} HASH")
     for r in records:
@@ -116,12 +131,21 @@ def _approve(args: argparse.Namespace) -> int:
         from gateway.events import LoggingSink
         from gateway.onboard.discovery import Discovery
 
-        discovery = Discovery(cfg.discovered_path, LoggingSink(), home=Path.home(), cwd=Path.cwd(), environ={},
-                              registry_dir=None, configured=frozenset(cfg.servers))
+        discovery = Discovery(
+            cfg.discovered_path,
+            LoggingSink(),
+            home=Path.home(),
+            cwd=Path.cwd(),
+            environ={},
+            registry_dir=None,
+            configured=frozenset(cfg.servers),
+        )
         for name in servers:
             d = discovery.approve(name)
-            print(f"approved discovered server {d.name} ({d.original_name} from {d.source}): "
-                  "a running gateway with discovery on starts it within mcp.recheck_interval_s")
+            print(
+                f"approved discovered server {d.name} ({d.original_name} from {d.source}): "
+                "a running gateway with discovery on starts it within mcp.recheck_interval_s"
+            )
         if len(servers) == len(args.tools):
             return 0
     store = _store(cfg)
@@ -145,23 +169,35 @@ def _approve(args: argparse.Namespace) -> int:
             raise ConfigError(f"tool of upstream {upstream!r}, which is not in the config")
         if srv.approved is not None:
             if key is None:
-                raise ConfigError(f"servers.{upstream}.approved is a signed manifest: give --key ORG_PRIV.pem")
+                raise ConfigError(
+                    f"servers.{upstream}.approved is a signed manifest: give --key ORG_PRIV.pem"
+                )
             manifest = load_manifest(srv.approved)
             for rec in recs:
                 assert rec.current_definition is not None
                 manifest[rec.name] = sign_envelope(
                     rec.current_definition,
                     key,
-                    metadata={"key_fingerprint": fingerprint(key.public_key()), "approved_by": args.by, "upstream": upstream},
+                    metadata={
+                        "key_fingerprint": fingerprint(key.public_key()),
+                        "approved_by": args.by,
+                        "upstream": upstream,
+                    },
                 )
             save_manifest(srv.approved, upstream, manifest)
         for rec in recs:
             if rec in flagged:  # the person read the findings and accepts them for this definition
                 assert rec.current_definition is not None
-                AcceptedFindings(cfg.screening_accepted_path).accept(rec.namespaced, definition_hash(rec.current_definition))
-            h = approve_current(store, cfg.pins_path, rec, domain=srv.domain, actor=args.by or "symbi tools approve")
-            print(f"approved {rec.namespaced} ({h[:16]})" + (" with its screening findings accepted" if rec in flagged
-                                                              else ""))
+                AcceptedFindings(cfg.screening_accepted_path).accept(
+                    rec.namespaced, definition_hash(rec.current_definition)
+                )
+            h = approve_current(
+                store, cfg.pins_path, rec, domain=srv.domain, actor=args.by or "symbi tools approve"
+            )
+            print(
+                f"approved {rec.namespaced} ({h[:16]})"
+                + (" with its screening findings accepted" if rec in flagged else "")
+            )
     return 0
 
 

@@ -21,15 +21,27 @@ from gateway.errors import ConfigError
 _logger = logging.getLogger("symbi.config")
 
 # env var -> (section, key, parser). Documented in examples/symbi.toml and the README.
-_BOOL = {"1": True, "true": True, "yes": True, "on": True, "enabled": True,
-         "0": False, "false": False, "no": False, "off": False, "disabled": False}
+_BOOL = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "enabled": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+    "disabled": False,
+}
 
 
 def _bool(name: str, raw: str) -> bool:
     try:
         return _BOOL[raw.strip().lower()]
     except KeyError:
-        raise ConfigError(f"environment variable {name}={raw!r} is not a boolean (true/false, enabled/disabled)") from None
+        raise ConfigError(
+            f"environment variable {name}={raw!r} is not a boolean (true/false, enabled/disabled)"
+        ) from None
 
 
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -66,6 +78,8 @@ def _audit_storage(raw: str) -> str:
     if p.suffix in _DB_SUFFIXES or p.is_file():
         return raw
     return str(p / AUDIT_FILE)
+
+
 _PATH_KEYS = {
     ("gateway", "data_dir"),
     ("gateway", "env_file"),
@@ -149,10 +163,14 @@ def build_config(
     try:
         cfg = Config.model_validate(doc)
     except ValidationError as e:
-        raise ConfigError(_describe(e, where), reasons=[_describe_one(err, where) for err in e.errors()]) from None
+        raise ConfigError(
+            _describe(e, where), reasons=[_describe_one(err, where) for err in e.errors()]
+        ) from None
     for option in cfg.unsafe_options():
         if option.replacement is not None:
-            _logger.warning("%s: %s is deprecated: use %s (%s)", where, option.key, option.replacement, option.effect)
+            _logger.warning(
+                "%s: %s is deprecated: use %s (%s)", where, option.key, option.replacement, option.effect
+            )
     return cfg.model_copy(update={"source": source.resolve() if source else None})
 
 
@@ -259,6 +277,8 @@ def _read_env_file(path: Path, where: str) -> dict[str, str]:
     except OSError as e:
         raise ConfigError(f"{where}: gateway.env_file {path}: {e.strerror or e}") from None
     if mode & 0o077:
-        raise ConfigError(f"{where}: gateway.env_file {path} holds secrets and is readable by others "
-                          f"(mode {mode & 0o777:o}): chmod 600 it")
+        raise ConfigError(
+            f"{where}: gateway.env_file {path} holds secrets and is readable by others "
+            f"(mode {mode & 0o777:o}): chmod 600 it"
+        )
     return {k: v for k, v in dotenv_values(path).items() if v is not None}

@@ -33,7 +33,6 @@ StrTuple = Annotated[tuple[str, ...], Strict(False)]
 PathTuple = Annotated[tuple[PathT, ...], Strict(False)]
 
 
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -105,7 +104,7 @@ class PolicySection(_Section):
     @model_validator(mode="after")
     def _opa_needs_url(self) -> PolicySection:
         if self.engine == "opa" and not self.url:
-            raise ValueError("policy.url is required when policy.engine = \"opa\"")
+            raise ValueError('policy.url is required when policy.engine = "opa"')
         return self
 
 
@@ -126,7 +125,9 @@ class AuditSection(_Section):
     def _key_ids(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for k in v:
             if not re.fullmatch(r"ed25519:[0-9a-f]{32}", k):
-                raise ValueError(f"{k!r} is not an audit key id (ed25519:<32 hex digits>, see `symbi audit init`)")
+                raise ValueError(
+                    f"{k!r} is not an audit key id (ed25519:<32 hex digits>, see `symbi audit init`)"
+                )
         return v
 
     # Retention (gateway/audit/retention.py): off unless one of the two limits is set.
@@ -264,8 +265,10 @@ class AgentConfig(_Section):
     @classmethod
     def _no_network(cls, v: ResourcesSection) -> ResourcesSection:
         if v.network:
-            raise ValueError("resources.network = true is not supported for hosted agents: they reach "
-                             "tools through the gateway only (network_io_mbps applies to nothing else)")
+            raise ValueError(
+                "resources.network = true is not supported for hosted agents: they reach "
+                "tools through the gateway only (network_io_mbps applies to nothing else)"
+            )
         return v
 
     @field_validator("start")
@@ -277,21 +280,31 @@ class AgentConfig(_Section):
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 def parse_size(value: object) -> int:
     """``"1GB"``, ``"512MiB"``, ``"64 MB"`` or a number of bytes -> bytes."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as \"1GB\" or a number of bytes")  # noqa: TRY004 - pydantic reports ValueError
+        raise ValueError('expected a size such as "1GB" or a number of bytes')  # noqa: TRY004 - pydantic reports ValueError
     if isinstance(value, int):
         return value
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m:
             return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
-    raise ValueError(f"{value!r} is not a size (use e.g. \"1GB\", \"256MB\", \"64MiB\" or a number of bytes)")
+    raise ValueError(f'{value!r} is not a size (use e.g. "1GB", "256MB", "64MiB" or a number of bytes)')
 
 
 class ContextSection(_Section):
@@ -373,7 +386,9 @@ class StateSection(_Section):
     redis_url: str | None = Field(default=None, repr=False)  # may carry a password
     postgres_url: str | None = Field(default=None, repr=False)  # postgresql://user@host:port/db
     timeout_s: float = Field(default=2.0, gt=0)  # per round trip; past it the call is refused
-    probe_interval_s: float = Field(default=1.0, gt=0)  # how often /readyz's view of each backend is refreshed
+    probe_interval_s: float = Field(
+        default=1.0, gt=0
+    )  # how often /readyz's view of each backend is refreshed
 
     @field_validator("redis_url")
     @classmethod
@@ -428,14 +443,20 @@ class ServerConfig(_Section):
         if self.url is not None and (self.args or self.env or self.cwd or self.sandbox):
             raise ValueError("'args', 'env', 'cwd' and 'sandbox' only apply to stdio servers ('command')")
         if self.url is not None and self.replicas > 1:
-            raise ValueError("'replicas' applies to stdio servers ('command'): an HTTP server scales behind its URL")
+            raise ValueError(
+                "'replicas' applies to stdio servers ('command'): an HTTP server scales behind its URL"
+            )
         if self.isolation != "shared" and self.url is not None:
             raise ValueError("'isolation' applies to stdio servers ('command'): a process per caller")
         if self.isolation != "shared" and self.replicas > 1:
-            raise ValueError("'isolation' and 'replicas' exclude each other: isolated processes are per caller")
+            raise ValueError(
+                "'isolation' and 'replicas' exclude each other: isolated processes are per caller"
+            )
         tuned = {"isolation_max", "isolation_idle_s"} & self.model_fields_set
         if self.isolation == "shared" and tuned:
-            raise ValueError(f"{', '.join(sorted(tuned))} only apply with isolation = 'principal' or 'session'")
+            raise ValueError(
+                f"{', '.join(sorted(tuned))} only apply with isolation = 'principal' or 'session'"
+            )
         if self.command is not None and self.headers:
             raise ValueError("'headers' only apply to HTTP servers ('url')")
         return self
@@ -531,34 +552,65 @@ class Config(_Section):
         if sec.unsafe_disable_policies:
             out.append(UnsafeOption("security.unsafe_disable_policies", "policy checks off"))
         elif not sec.enforce_policies:
-            out.append(UnsafeOption("security.enforce_policies", "policy checks off",
-                                    "security.unsafe_disable_policies = true"))
+            out.append(
+                UnsafeOption(
+                    "security.enforce_policies",
+                    "policy checks off",
+                    "security.unsafe_disable_policies = true",
+                )
+            )
         if sec.unsafe_disable_audit:
             out.append(UnsafeOption("security.unsafe_disable_audit", "audit log off"))
         elif not sec.audit_enabled:
-            out.append(UnsafeOption("security.audit_enabled", "audit log off", "security.unsafe_disable_audit = true"))
+            out.append(
+                UnsafeOption(
+                    "security.audit_enabled", "audit log off", "security.unsafe_disable_audit = true"
+                )
+            )
         if self.audit.on_failure == "unsafe_warn":
             out.append(UnsafeOption("audit.on_failure", "calls go on when the audit write fails"))
         elif self.audit.on_failure == "warn":
-            out.append(UnsafeOption("audit.on_failure", "calls go on when the audit write fails",
-                                    'audit.on_failure = "unsafe_warn"'))
+            out.append(
+                UnsafeOption(
+                    "audit.on_failure",
+                    "calls go on when the audit write fails",
+                    'audit.on_failure = "unsafe_warn"',
+                )
+            )
         if self.http.unsafe_anonymous_principal:
             out.append(UnsafeOption("http.unsafe_anonymous_principal", "HTTP requests without credentials"))
         elif self.http.anonymous_principal:
-            out.append(UnsafeOption("http.anonymous_principal", "HTTP requests without credentials",
-                                    "http.unsafe_anonymous_principal"))
+            out.append(
+                UnsafeOption(
+                    "http.anonymous_principal",
+                    "HTTP requests without credentials",
+                    "http.unsafe_anonymous_principal",
+                )
+            )
         if self.mcp.tool_verification in ("warn", "off"):
             out.append(
-                UnsafeOption("mcp.tool_verification", f"tool verification {self.mcp.tool_verification}", every_call=False)
+                UnsafeOption(
+                    "mcp.tool_verification",
+                    f"tool verification {self.mcp.tool_verification}",
+                    every_call=False,
+                )
             )
         for name, srv in self.servers.items():
             if srv.verification in ("warn", "off"):
                 out.append(
-                    UnsafeOption(f"servers.{name}.verification", f"tool verification {srv.verification}", every_call=False)
+                    UnsafeOption(
+                        f"servers.{name}.verification",
+                        f"tool verification {srv.verification}",
+                        every_call=False,
+                    )
                 )
         if sec.unsafe_upstreams_as_gateway_user:
-            out.append(UnsafeOption("security.unsafe_upstreams_as_gateway_user",
-                                    "unsandboxed stdio upstreams run as the gateway's user"))
+            out.append(
+                UnsafeOption(
+                    "security.unsafe_upstreams_as_gateway_user",
+                    "unsandboxed stdio upstreams run as the gateway's user",
+                )
+            )
         if self.mcp.insecure_discovery_http:
             out.append(UnsafeOption("mcp.insecure_discovery_http", "key discovery over plain HTTP"))
         return out

@@ -56,9 +56,15 @@ def notices(config: Config) -> list[Notice]:
             pending = PENDING.get((section_name, key))
             if pending is not None:
                 shown = "<set>" if key.endswith("_key") else repr(value)
-                out.append(Notice(name, "pending", f"{name} = {shown} is accepted and validated; "
-                                  f"{pending[1]} reads it once issue {pending[0]} lands (no effect yet)",
-                                  issue=pending[0]))
+                out.append(
+                    Notice(
+                        name,
+                        "pending",
+                        f"{name} = {shown} is accepted and validated; "
+                        f"{pending[1]} reads it once issue {pending[0]} lands (no effect yet)",
+                        issue=pending[0],
+                    )
+                )
     return out
 
 

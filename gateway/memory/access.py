@@ -61,8 +61,14 @@ class MemoryAccess:
     async def decide(self, call: CallContext, kind: MemoryKind, memory: dict[str, Any]) -> Decision:
         if self.engine is None:
             return Decision(allow=True)
-        doc = build_input(principal=call.principal, kind=kind, target=call.target, upstream=call.upstream,
-                          session_id=call.session_id, agent=call.agent)
+        doc = build_input(
+            principal=call.principal,
+            kind=kind,
+            target=call.target,
+            upstream=call.upstream,
+            session_id=call.session_id,
+            agent=call.agent,
+        )
         doc["memory"] = memory
         return await self.engine.adecide(doc)
 
@@ -75,17 +81,29 @@ class MemoryAccess:
                 out.append(b)
         return out
 
-    async def check(self, call: CallContext, kind: MemoryKind, *, owner: str | None = None,
-                    memory_type: str | None = None, namespace: str | None = None,
-                    base: str | None = None) -> Decision:
+    async def check(
+        self,
+        call: CallContext,
+        kind: MemoryKind,
+        *,
+        owner: str | None = None,
+        memory_type: str | None = None,
+        namespace: str | None = None,
+        base: str | None = None,
+    ) -> Decision:
         """The decision for one memory operation; a deny raises ``PolicyDenied`` and is recorded."""
         memory = {"owner": owner, "memory_type": memory_type, "namespace": namespace, "base": base}
         decision = await self.decide(call, kind, memory)
         if not decision.allow:
-            self.events.emit(Event.MEMORY_DENIED, {"kind": kind, **memory, "tool": call.target,
-                                               "reasons": list(decision.reasons)},
-                             principal=call.principal.id, agent=call.principal.agent)
-            raise PolicyDenied(f"policy denied {kind} on {namespace or base or owner}", reasons=list(decision.reasons))
+            self.events.emit(
+                Event.MEMORY_DENIED,
+                {"kind": kind, **memory, "tool": call.target, "reasons": list(decision.reasons)},
+                principal=call.principal.id,
+                agent=call.principal.agent,
+            )
+            raise PolicyDenied(
+                f"policy denied {kind} on {namespace or base or owner}", reasons=list(decision.reasons)
+            )
         return decision
 
 

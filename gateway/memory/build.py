@@ -21,14 +21,24 @@ def embedder_factory(config: Config) -> Callable[[], Embedder]:
     c = config.context
 
     def make() -> Embedder:
-        return make_embedder(c.embedder, dimension=c.embedding_dimension, api_key=c.openai_api_key,
-                             base_url=c.openai_base_url, model=c.embedding_model)
+        return make_embedder(
+            c.embedder,
+            dimension=c.embedding_dimension,
+            api_key=c.openai_api_key,
+            base_url=c.openai_base_url,
+            model=c.embedding_model,
+        )
 
     return make
 
 
-def build_manager(config: Config, events: EventSink, *, clock: Callable[[], float] = time.time,
-                  embedder: Callable[[], Embedder] | None = None) -> ContextManager:
+def build_manager(
+    config: Config,
+    events: EventSink,
+    *,
+    clock: Callable[[], float] = time.time,
+    embedder: Callable[[], Embedder] | None = None,
+) -> ContextManager:
     """A ``ContextManager`` whose store and embedder open on first use."""
     c = config.context
     make_embedder_ = embedder or embedder_factory(config)
@@ -42,14 +52,22 @@ def build_manager(config: Config, events: EventSink, *, clock: Callable[[], floa
     def store() -> VectorStore:
         e = emb()
         spec = CollectionSpec(COLLECTION, e.dimension, e.id)
-        return open_store(spec, url=c.vector_db_url, data_dir=config.gateway.data_dir, backend=c.embedded_store)
+        return open_store(
+            spec, url=c.vector_db_url, data_dir=config.gateway.data_dir, backend=c.embedded_store
+        )
 
-    settings = MemorySettings(cache_bytes=c.context_cache_size, short_term_ttl_s=c.short_term_ttl_s,
-                              retention_days=c.knowledge_retention_days)
+    settings = MemorySettings(
+        cache_bytes=c.context_cache_size,
+        short_term_ttl_s=c.short_term_ttl_s,
+        retention_days=c.knowledge_retention_days,
+    )
     return ContextManager(store, emb, settings, events=events, clock=clock)
 
 
 def build_service(config: Config, events: EventSink, policy: PolicyEngine | None) -> MemoryService:
     """What the ``memory`` and ``knowledge`` built-ins share (``gateway.assemble`` plugs it in)."""
-    return MemoryService(build_manager(config, events), MemoryAccess(policy, events),
-                         retention_interval_s=config.context.purge_interval_s)
+    return MemoryService(
+        build_manager(config, events),
+        MemoryAccess(policy, events),
+        retention_interval_s=config.context.purge_interval_s,
+    )

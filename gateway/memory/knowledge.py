@@ -44,9 +44,15 @@ class IngestReport:
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"base": self.base, "added": len(self.added), "updated": len(self.updated),
-                "unchanged": len(self.unchanged), "removed": len(self.removed), "chunks": self.chunks,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "base": self.base,
+            "added": len(self.added),
+            "updated": len(self.updated),
+            "unchanged": len(self.unchanged),
+            "removed": len(self.removed),
+            "chunks": self.chunks,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def _paragraphs(text: str) -> Iterator[tuple[str, str]]:
@@ -80,7 +86,11 @@ def chunk_text(text: str, max_chars: int = CHUNK_CHARS) -> list[Chunk]:
             cur.clear()
 
     for heading, para in _paragraphs(text):
-        pieces = [para[i:i + max_chars] for i in range(0, len(para), max_chars)] if len(para) > max_chars else [para]
+        pieces = (
+            [para[i : i + max_chars] for i in range(0, len(para), max_chars)]
+            if len(para) > max_chars
+            else [para]
+        )
         for piece in pieces:
             if heading != cur_heading or sum(len(c) + 2 for c in cur) + len(piece) > max_chars:
                 flush()
@@ -98,11 +108,20 @@ class KnowledgeBases:
 
     def _manifest(self, base: str) -> dict[str, str]:
         """source -> sha of what is stored for ``base``."""
-        return {str(p.payload.get("source")): str(p.payload.get("sha"))
-                for p in self.m.store.scroll({"kind": "knowledge", "base": base}, limit=1_000_000)}
+        return {
+            str(p.payload.get("source")): str(p.payload.get("sha"))
+            for p in self.m.store.scroll({"kind": "knowledge", "base": base}, limit=1_000_000)
+        }
 
-    def add(self, base: str, path: Path, *, glob: str = "**/*", prune: bool = True,
-            progress: Callable[[int, int, str], None] | None = None) -> IngestReport:
+    def add(
+        self,
+        base: str,
+        path: Path,
+        *,
+        glob: str = "**/*",
+        prune: bool = True,
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> IngestReport:
         """Ingest the files under ``path`` matching ``glob``; a file path ingests that file."""
         import time
 
@@ -146,17 +165,34 @@ class KnowledgeBases:
         # the heading travels with the text into the embedding: it names what the chunk is about
         vecs = self.m.embed([f"{c.heading}\n{c.text}" if c.heading else c.text for c in chunks])
         now = self.m.clock()
-        self.m.store.upsert([
-            Point(point_id(f"kb:{base}:{src}:{c.index}"), vecs[i].tolist(),
-                  {**flt, "sha": sha, "chunk": c.index, "heading": c.heading, "text": c.text, "ts": now, "meta": {}})
-            for i, c in enumerate(chunks)
-        ])
+        self.m.store.upsert(
+            [
+                Point(
+                    point_id(f"kb:{base}:{src}:{c.index}"),
+                    vecs[i].tolist(),
+                    {
+                        **flt,
+                        "sha": sha,
+                        "chunk": c.index,
+                        "heading": c.heading,
+                        "text": c.text,
+                        "ts": now,
+                        "meta": {},
+                    },
+                )
+                for i, c in enumerate(chunks)
+            ]
+        )
         return len(chunks)
 
     def names(self) -> list[str]:
         """The bases that have chunks (one point per file is read: each file's first chunk)."""
-        return sorted({str(p.payload.get("base")) for p in self.m.store.scroll({"kind": "knowledge", "chunk": 0},
-                                                                               limit=1_000_000)})
+        return sorted(
+            {
+                str(p.payload.get("base"))
+                for p in self.m.store.scroll({"kind": "knowledge", "chunk": 0}, limit=1_000_000)
+            }
+        )
 
     def list(self) -> dict[str, dict[str, int]]:
         """base -> {files, chunks}."""

@@ -60,7 +60,9 @@ def namespace_of(agent: str, memory_type: str, namespace: str | None) -> str:
 
 def check_name(value: str | None, what: str) -> str:
     if not value or not _NAME.match(value):
-        raise ContextError(f"{what} {value!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64)")
+        raise ContextError(
+            f"{what} {value!r} is not a valid name (letters, digits, '_', '.', '-'; at most 64)"
+        )
     return value
 
 
@@ -99,8 +101,12 @@ class ContextManager:
         self._store: VectorStore | None = None
         self._embedder: Embedder | None = None
         self._open_lock = threading.Lock()
-        self.short_term = VolatileMemory("short_term", max_bytes=self.settings.cache_bytes,
-                                         ttl_s=self.settings.short_term_ttl_s, clock=clock)
+        self.short_term = VolatileMemory(
+            "short_term",
+            max_bytes=self.settings.cache_bytes,
+            ttl_s=self.settings.short_term_ttl_s,
+            clock=clock,
+        )
         self.working = VolatileMemory("working", clock=clock)
 
     # -- lazily opened parts --------------------------------------------------------------
@@ -153,9 +159,15 @@ class ContextManager:
             ns = None
             if context.memory_type == "shared":
                 ns = check_name(context.namespace, "namespace")
-            payload = {"kind": "memory", "memory_type": context.memory_type, "agent": agent,
-                       "namespace": namespace_of(agent, context.memory_type, ns), "text": text,
-                       "ts": self.clock(), "meta": meta}
+            payload = {
+                "kind": "memory",
+                "memory_type": context.memory_type,
+                "agent": agent,
+                "namespace": namespace_of(agent, context.memory_type, ns),
+                "text": text,
+                "ts": self.clock(),
+                "meta": meta,
+            }
             self.store.upsert([Point(item_id, vec.tolist(), payload)])
         return item_id
 
@@ -165,44 +177,66 @@ class ContextManager:
             raise ContextError("query: empty")
         vec = self.embed([query.text])[0]
         meta_filter = user_filter(query.filters)
-        plain = {k[len("meta."):]: v for k, v in meta_filter.items()}
+        plain = {k[len("meta.") :]: v for k, v in meta_filter.items()}
         k = max(1, min(query.top_k, 100))
         items: list[ContextItem] = []
         if "short_term" in query.memory_types:
-            items += self.short_term.search(agent, query.session, vec, limit=k, min_score=query.min_score,
-                                            filters=plain)
+            items += self.short_term.search(
+                agent, query.session, vec, limit=k, min_score=query.min_score, filters=plain
+            )
         if "working" in query.memory_types:
-            items += self.working.search(agent, query.task, vec, limit=k, min_score=query.min_score,
-                                         filters=plain)
+            items += self.working.search(
+                agent, query.task, vec, limit=k, min_score=query.min_score, filters=plain
+            )
         namespaces: list[str] = []
         if "long_term" in query.memory_types:
             namespaces.append(namespace_of(agent, "long_term", None))
         if "shared" in query.memory_types:
-            namespaces += [namespace_of(agent, "shared", check_name(n, "namespace")) for n in query.namespaces]
+            namespaces += [
+                namespace_of(agent, "shared", check_name(n, "namespace")) for n in query.namespaces
+            ]
         if namespaces:
             flt: dict[str, Any] = {"kind": "memory", "namespace": namespaces, **meta_filter}
             for h in self.store.search(vec.tolist(), limit=k, filter=flt, score_threshold=query.min_score):
                 p = h.payload
                 ns = str(p.get("namespace", ""))
-                items.append(ContextItem(h.id, str(p.get("text", "")), p.get("memory_type", "long_term"), h.score,
-                                         str(p.get("agent", "")), float(p.get("ts", 0.0)),
-                                         ns[len("shared:"):] if ns.startswith("shared:") else None,
-                                         dict(p.get("meta") or {})))
+                items.append(
+                    ContextItem(
+                        h.id,
+                        str(p.get("text", "")),
+                        p.get("memory_type", "long_term"),
+                        h.score,
+                        str(p.get("agent", "")),
+                        float(p.get("ts", 0.0)),
+                        ns[len("shared:") :] if ns.startswith("shared:") else None,
+                        dict(p.get("meta") or {}),
+                    )
+                )
         items.sort(key=lambda i: -i.score)
         return items[:k]
 
-    def search_knowledge(self, agent: str, text: str, *, bases: Sequence[str], top_k: int = 5,
-                         filters: Mapping[str, Any] | None = None) -> list[KnowledgeItem]:
+    def search_knowledge(
+        self,
+        agent: str,
+        text: str,
+        *,
+        bases: Sequence[str],
+        top_k: int = 5,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[KnowledgeItem]:
         """Vector search over knowledge bases (the RAG pipeline adds keyword search and ranking)."""
         vec = self.embed([text])[0]
         return self.knowledge_vector_search(vec, bases=bases, limit=top_k, filters=filters)
 
-    def knowledge_vector_search(self, vec: np.ndarray, *, bases: Sequence[str], limit: int,
-                                filters: Mapping[str, Any] | None = None) -> list[KnowledgeItem]:
+    def knowledge_vector_search(
+        self, vec: np.ndarray, *, bases: Sequence[str], limit: int, filters: Mapping[str, Any] | None = None
+    ) -> list[KnowledgeItem]:
         flt: dict[str, Any] = {"kind": "knowledge", "base": [check_name(b, "base") for b in bases]}
         flt.update(knowledge_filter(filters))
-        return [knowledge_item(h.id, h.payload, h.score) for h in self.store.search(vec.tolist(), limit=limit,
-                                                                                     filter=flt)]
+        return [
+            knowledge_item(h.id, h.payload, h.score)
+            for h in self.store.search(vec.tolist(), limit=limit, filter=flt)
+        ]
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -239,8 +273,9 @@ class ContextManager:
         out["short_term_cache"] = self.short_term.stats()
         return out
 
-    def list_items(self, agent: str, memory_type: str, *, limit: int = 100,
-                   namespace: str | None = None) -> list[ContextItem]:
+    def list_items(
+        self, agent: str, memory_type: str, *, limit: int = 100, namespace: str | None = None
+    ) -> list[ContextItem]:
         """The newest items of one memory type (the ``memory://{agent}/{type}`` resource)."""
         if memory_type == "short_term":
             items = list(self.short_term.items(agent))
@@ -249,9 +284,19 @@ class ContextManager:
         elif memory_type in PERSISTENT_TYPES:
             ns = namespace_of(agent, memory_type, namespace)
             pts = self.store.scroll({"kind": "memory", "namespace": ns}, limit=10_000)
-            items = [ContextItem(p.id, str(p.payload.get("text", "")), memory_type,
-                                 1.0, str(p.payload.get("agent", "")), float(p.payload.get("ts", 0.0)),
-                                 namespace, dict(p.payload.get("meta") or {})) for p in pts]
+            items = [
+                ContextItem(
+                    p.id,
+                    str(p.payload.get("text", "")),
+                    memory_type,
+                    1.0,
+                    str(p.payload.get("agent", "")),
+                    float(p.payload.get("ts", 0.0)),
+                    namespace,
+                    dict(p.payload.get("meta") or {}),
+                )
+                for p in pts
+            ]
         else:
             raise ContextError(f"type {memory_type!r}: expected one of {', '.join(MEMORY_TYPES)}")
         items.sort(key=lambda i: -i.ts)
@@ -267,6 +312,14 @@ def knowledge_filter(filters: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def knowledge_item(item_id: str, p: Mapping[str, Any], score: float) -> KnowledgeItem:
-    return KnowledgeItem(item_id, str(p.get("text", "")), str(p.get("base", "")), str(p.get("source", "")),
-                         int(p.get("chunk", 0)), score, str(p.get("heading", "")), float(p.get("ts", 0.0)),
-                         {"vector": score})
+    return KnowledgeItem(
+        item_id,
+        str(p.get("text", "")),
+        str(p.get("base", "")),
+        str(p.get("source", "")),
+        int(p.get("chunk", 0)),
+        score,
+        str(p.get("heading", "")),
+        float(p.get("ts", 0.0)),
+        {"vector": score},
+    )

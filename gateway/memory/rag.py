@@ -35,13 +35,67 @@ MMR_LAMBDA = 0.75
 RECENCY_HALF_LIFE_S = 30 * 86_400.0
 RECENCY_WEIGHT = 0.02
 MAX_BM25_CHUNKS = 200_000  # above this a base is searched by vector only (memory bound)
-_STOP = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "if", "in", "into", "is", "it", "its", "me", "my", "of", "on", "or", "our", "should", "so", "that", "the", "their", "then", "there", "these", "this", "to", "was", "we", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"])
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "our",
+        "should",
+        "so",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "this",
+        "to",
+        "was",
+        "we",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+    ]
+)
 _IDENT = re.compile(r"\d|_|\w[.\-/]\w")
 _WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]*")
 
 
 def tokens(text: str) -> list[str]:
-    return [w for w in (m.group(0).lower().strip(".-/") for m in _WORD.finditer(text)) if w and w not in _STOP]
+    return [
+        w for w in (m.group(0).lower().strip(".-/") for m in _WORD.finditer(text)) if w and w not in _STOP
+    ]
 
 
 def approx_tokens(text: str) -> int:
@@ -120,8 +174,16 @@ class RagPipeline:
             self._bm25[base] = (key, idx)
         return idx
 
-    def run(self, text: str, *, bases: Sequence[str], top_k: int = 5, budget_tokens: int = 1500,
-            filters: Mapping[str, Any] | None = None, hybrid: bool = True) -> RagResult:
+    def run(
+        self,
+        text: str,
+        *,
+        bases: Sequence[str],
+        top_k: int = 5,
+        budget_tokens: int = 1500,
+        filters: Mapping[str, Any] | None = None,
+        hybrid: bool = True,
+    ) -> RagResult:
         t: dict[str, float] = {}
         clock = time.perf_counter
         s = clock()
@@ -141,7 +203,9 @@ class RagPipeline:
 
         s = clock()
         kw_hits: list[KnowledgeItem] = []
-        if hybrid and q.wants_keywords and not filters:  # BM25 indexes whole bases; filtered queries stay vector-only
+        if (
+            hybrid and q.wants_keywords and not filters
+        ):  # BM25 indexes whole bases; filtered queries stay vector-only
             for b in bases:
                 idx = self._index(b)
                 if idx is None:
@@ -158,12 +222,18 @@ class RagPipeline:
             for r, h in enumerate(hits):
                 ranks.setdefault(h.id, {})[name] = r
                 prev = cands.get(h.id)
-                cands[h.id] = h if prev is None else KnowledgeItem(**{**prev.__dict__,
-                                                                      "scores": {**prev.scores, **h.scores}})
+                cands[h.id] = (
+                    h
+                    if prev is None
+                    else KnowledgeItem(**{**prev.__dict__, "scores": {**prev.scores, **h.scores}})
+                )
         if q.phrases:  # quoted phrases must appear
             cands = {k: v for k, v in cands.items() if all(p in v.text.lower() for p in q.phrases)}
-        vectors = {p.id: np.asarray(p.vector, dtype=np.float32)
-                   for p in self.m.store.retrieve(list(cands), with_vectors=True) if len(p.vector)}
+        vectors = {
+            p.id: np.asarray(p.vector, dtype=np.float32)
+            for p in self.m.store.retrieve(list(cands), with_vectors=True)
+            if len(p.vector)
+        }
         t["retrieval"] = clock() - s
 
         s = clock()
@@ -175,8 +245,14 @@ class RagPipeline:
         t["context_assembly"] = clock() - s
         return RagResult(q, ranked, context, citations, {k: round(v * 1000, 3) for k, v in t.items()}, used)
 
-    def _rank(self, cands: Mapping[str, KnowledgeItem], ranks: Mapping[str, Mapping[str, int]],
-              vectors: Mapping[str, np.ndarray], qvec: np.ndarray, top_k: int) -> list[KnowledgeItem]:
+    def _rank(
+        self,
+        cands: Mapping[str, KnowledgeItem],
+        ranks: Mapping[str, Mapping[str, int]],
+        vectors: Mapping[str, np.ndarray],
+        qvec: np.ndarray,
+        top_k: int,
+    ) -> list[KnowledgeItem]:
         now = self.m.clock()
         top_bm25 = max((c.scores.get("bm25", 0.0) for c in cands.values()), default=0.0) or 1.0
         fused: dict[str, float] = {}
@@ -191,10 +267,13 @@ class RagPipeline:
         pool = sorted(fused, key=lambda c: -fused[c])[: 4 * top_k]
         chosen: list[str] = []
         while pool and len(chosen) < top_k:
+
             def mmr(c: str) -> float:
                 rel = fused[c] / best
                 v = vectors.get(c)
-                sim = max((float(v @ vectors[o]) for o in chosen if v is not None and o in vectors), default=0.0)
+                sim = max(
+                    (float(v @ vectors[o]) for o in chosen if v is not None and o in vectors), default=0.0
+                )
                 return MMR_LAMBDA * rel - (1 - MMR_LAMBDA) * sim
 
             pick = max(pool, key=mmr)
@@ -204,8 +283,15 @@ class RagPipeline:
         for c in chosen:
             item = cands[c]
             vscore = float(vectors[c] @ qvec) if c in vectors else item.scores.get("vector", 0.0)
-            out.append(KnowledgeItem(**{**item.__dict__, "score": vscore,
-                                        "scores": {**item.scores, "vector": vscore, "fused": fused[c]}}))
+            out.append(
+                KnowledgeItem(
+                    **{
+                        **item.__dict__,
+                        "score": vscore,
+                        "scores": {**item.scores, "vector": vscore, "fused": fused[c]},
+                    }
+                )
+            )
         return out
 
     @staticmethod
@@ -221,6 +307,14 @@ class RagPipeline:
                 continue
             parts.append(block)
             used += cost
-            cites.append({"n": len(parts), "citation": item.citation(), "source": item.source, "chunk": item.chunk,
-                          "base": item.base, "score": round(item.score, 4)})
+            cites.append(
+                {
+                    "n": len(parts),
+                    "citation": item.citation(),
+                    "source": item.source,
+                    "chunk": item.chunk,
+                    "base": item.base,
+                    "score": round(item.score, 4),
+                }
+            )
         return "\n\n".join(parts), cites, used

@@ -16,15 +16,18 @@ MEMORY_TOOLS: list[dict[str, Any]] = [
     {
         "name": "store",
         "description": "Store a memory for the calling agent. short_term: this session (bounded, expires); "
-                       "working: this task (cleared by memory__end_task); long_term: kept for the retention "
-                       "period; shared: a named namespace other agents may read if the policy lets them. "
-                       "Secrets the policy names are redacted before anything is stored.",
+        "working: this task (cleared by memory__end_task); long_term: kept for the retention "
+        "period; shared: a named namespace other agents may read if the policy lets them. "
+        "Secrets the policy names are redacted before anything is stored.",
         "inputSchema": {
             "type": "object",
             "properties": {
                 "text": {"type": "string", "minLength": 1, "maxLength": 32000},
                 "type": {"type": "string", "enum": _TYPES, "default": "long_term"},
-                "metadata": {"type": "object", "additionalProperties": {"type": ["string", "integer", "boolean"]}},
+                "metadata": {
+                    "type": "object",
+                    "additionalProperties": {"type": ["string", "integer", "boolean"]},
+                },
                 "namespace": {**_NAME, "description": "shared memory: the namespace"},
                 "task": {**_NAME, "description": "working memory: the task it belongs to"},
             },
@@ -55,8 +58,12 @@ MEMORY_TOOLS: list[dict[str, Any]] = [
     {
         "name": "end_task",
         "description": "End a task: its working memory is cleared.",
-        "inputSchema": {"type": "object", "properties": {"task": _NAME}, "required": ["task"],
-                        "additionalProperties": False},
+        "inputSchema": {
+            "type": "object",
+            "properties": {"task": _NAME},
+            "required": ["task"],
+            "additionalProperties": False,
+        },
         "annotations": {"readOnlyHint": False, "destructiveHint": True, "openWorldHint": False},
     },
 ]
@@ -81,7 +88,7 @@ KNOWLEDGE_TOOLS: list[dict[str, Any]] = [
     {
         "name": "context",
         "description": "Assemble ranked, cited context for a question from the knowledge bases, within a "
-                       "token budget (stage timings in _meta).",
+        "token budget (stage timings in _meta).",
         "inputSchema": {
             "type": "object",
             "properties": {
@@ -98,7 +105,7 @@ KNOWLEDGE_TOOLS: list[dict[str, Any]] = [
     {
         "name": "answer",
         "description": "Answer a question from the knowledge bases: the context is assembled here and your "
-                       "client's model writes the answer (MCP sampling). Without sampling, returns the context.",
+        "client's model writes the answer (MCP sampling). Without sampling, returns the context.",
         "inputSchema": {
             "type": "object",
             "properties": {
@@ -136,6 +143,10 @@ RAG_PROMPT: dict[str, Any] = {
     "arguments": [
         {"name": "query", "description": "the question", "required": True},
         {"name": "bases", "description": "comma-separated knowledge bases (default: all)", "required": False},
-        {"name": "budget_tokens", "description": "context budget in tokens (default 1500)", "required": False},
+        {
+            "name": "budget_tokens",
+            "description": "context budget in tokens (default 1500)",
+            "required": False,
+        },
     ],
 }

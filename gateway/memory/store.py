@@ -132,8 +132,15 @@ class VectorStore(Protocol):
 class QdrantClientStore:
     """A collection through ``qdrant-client`` (server by URL, or local mode by path/``:memory:``)."""
 
-    def __init__(self, spec: CollectionSpec, *, url: str | None = None, path: str | None = None,
-                 api_key: str | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        spec: CollectionSpec,
+        *,
+        url: str | None = None,
+        path: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
         from qdrant_client import QdrantClient, models
 
         self._m = models
@@ -142,7 +149,9 @@ class QdrantClientStore:
         where = url or path or ":memory:"
         try:
             if url:
-                self._c = QdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)), check_compatibility=False)
+                self._c = QdrantClient(
+                    url=url, api_key=api_key, timeout=int(max(1, timeout_s)), check_compatibility=False
+                )
             elif path and path != ":memory:":
                 Path(path).mkdir(parents=True, exist_ok=True)
                 self._c = QdrantClient(path=path)
@@ -162,7 +171,9 @@ class QdrantClientStore:
         m = self._m
         quant = None
         if self.spec.quantization == "int8":
-            quant = m.ScalarQuantization(scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8, always_ram=True))
+            quant = m.ScalarQuantization(
+                scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8, always_ram=True)
+            )
         self._c.create_collection(
             self.spec.name,
             vectors_config=m.VectorParams(size=self.spec.dimension, distance=m.Distance.COSINE),
@@ -195,20 +206,40 @@ class QdrantClientStore:
         if not points:
             return
         m = self._m
-        self._c.upsert(self.spec.name, points=[
-            m.PointStruct(id=p.id, vector=list(map(float, p.vector)), payload=dict(p.payload)) for p in points
-        ], wait=True)
+        self._c.upsert(
+            self.spec.name,
+            points=[
+                m.PointStruct(id=p.id, vector=list(map(float, p.vector)), payload=dict(p.payload))
+                for p in points
+            ],
+            wait=True,
+        )
 
-    def search(self, vector: Sequence[float], *, limit: int, filter: Filter | None = None,
-               score_threshold: float | None = None, exact: bool = False) -> list[Hit]:
+    def search(
+        self,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
         m = self._m
         res = self._c.query_points(
-            self.spec.name, query=list(map(float, vector)), query_filter=self._filter(filter), limit=limit,
-            with_payload=True, score_threshold=score_threshold,
+            self.spec.name,
+            query=list(map(float, vector)),
+            query_filter=self._filter(filter),
+            limit=limit,
+            with_payload=True,
+            score_threshold=score_threshold,
             # local mode is always exact (and warns about search params)
-            search_params=None if self.backend == "qdrant-local" else m.SearchParams(
-                hnsw_ef=SEARCH_EF, exact=exact,
-                quantization=m.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)),
+            search_params=None
+            if self.backend == "qdrant-local"
+            else m.SearchParams(
+                hnsw_ef=SEARCH_EF,
+                exact=exact,
+                quantization=m.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING),
+            ),
         )
         return [Hit(str(p.id), float(p.score), dict(p.payload or {})) for p in res.points]
 
@@ -217,22 +248,30 @@ class QdrantClientStore:
         if ids:
             self._c.delete(self.spec.name, points_selector=m.PointIdsList(points=list(ids)), wait=True)
         if filter:
-            self._c.delete(self.spec.name, points_selector=m.FilterSelector(filter=self._filter(filter)), wait=True)
+            self._c.delete(
+                self.spec.name, points_selector=m.FilterSelector(filter=self._filter(filter)), wait=True
+            )
 
     def count(self, filter: Filter | None = None) -> int:
         return int(self._c.count(self.spec.name, count_filter=self._filter(filter), exact=True).count)
 
     def retrieve(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         recs = self._c.retrieve(self.spec.name, ids=list(ids), with_payload=True, with_vectors=with_vectors)
-        return [Point(str(r.id), _flat(r.vector) if with_vectors else [],
-                      dict(r.payload or {})) for r in recs]
+        return [
+            Point(str(r.id), _flat(r.vector) if with_vectors else [], dict(r.payload or {})) for r in recs
+        ]
 
     def scroll(self, filter: Filter | None = None, *, limit: int = 10_000) -> list[Point]:
         out: list[Point] = []
         offset = None
         while len(out) < limit:
-            recs, offset = self._c.scroll(self.spec.name, scroll_filter=self._filter(filter),
-                                          limit=min(1000, limit - len(out)), offset=offset, with_payload=True)
+            recs, offset = self._c.scroll(
+                self.spec.name,
+                scroll_filter=self._filter(filter),
+                limit=min(1000, limit - len(out)),
+                offset=offset,
+                with_payload=True,
+            )
             out += [Point(str(r.id), [], dict(r.payload or {})) for r in recs]
             if offset is None:
                 break
@@ -276,7 +315,9 @@ class EdgeStore:
             if meta_path.exists():
                 check_metadata(spec, json.loads(meta_path.read_text(encoding="utf-8")), str(path))
                 self._shard = qe.EdgeShard.load(
-                    str(shard_dir), qe.EdgeConfig(max_search_threads=search_threads) if search_threads else None)
+                    str(shard_dir),
+                    qe.EdgeConfig(max_search_threads=search_threads) if search_threads else None,
+                )
             else:
                 if shard_dir.exists() and any(shard_dir.iterdir()):
                     check_metadata(spec, None, str(path))
@@ -300,7 +341,9 @@ class EdgeStore:
             quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, always_ram=True)
         return qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=self.spec.dimension, distance=qe.Distance.Cosine),
-            hnsw_config=qe.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000),
+            hnsw_config=qe.HnswIndexConfig(
+                m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000
+            ),
             quantization_config=quant,
             max_search_threads=self._search_threads,
         )
@@ -327,12 +370,22 @@ class EdgeStore:
         with self._lock:
             self._shard.update(qe.UpdateOperation.upsert_points(ops))
 
-    def search(self, vector: Sequence[float], *, limit: int, filter: Filter | None = None,
-               score_threshold: float | None = None, exact: bool = False) -> list[Hit]:
+    def search(
+        self,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+        exact: bool = False,
+    ) -> list[Hit]:
         qe = self._qe
         req = qe.SearchRequest(
-            query=qe.Query.Nearest([float(x) for x in vector]), limit=limit, filter=self._filter(filter),
-            params=qe.SearchParams(hnsw_ef=SEARCH_EF, exact=exact, quantization=self._rescore), with_payload=True,
+            query=qe.Query.Nearest([float(x) for x in vector]),
+            limit=limit,
+            filter=self._filter(filter),
+            params=qe.SearchParams(hnsw_ef=SEARCH_EF, exact=exact, quantization=self._rescore),
+            with_payload=True,
             score_threshold=score_threshold,
         )
         with self._lock:
@@ -354,16 +407,21 @@ class EdgeStore:
     def retrieve(self, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         with self._lock:
             recs = self._shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)
-        return [Point(str(r.id), _flat(r.vector) if with_vectors else [],
-                      dict(r.payload or {})) for r in recs]
+        return [
+            Point(str(r.id), _flat(r.vector) if with_vectors else [], dict(r.payload or {})) for r in recs
+        ]
 
     def scroll(self, filter: Filter | None = None, *, limit: int = 10_000) -> list[Point]:
         qe = self._qe
         out: list[Point] = []
         offset = None
         while len(out) < limit:
-            req = qe.ScrollRequest(offset=offset, limit=min(1000, limit - len(out)), filter=self._filter(filter),
-                                   with_payload=True)
+            req = qe.ScrollRequest(
+                offset=offset,
+                limit=min(1000, limit - len(out)),
+                filter=self._filter(filter),
+                with_payload=True,
+            )
             with self._lock:
                 recs, offset = self._shard.scroll(req)
             out += [Point(str(r.id), [], dict(r.payload or {})) for r in recs]
@@ -389,8 +447,14 @@ class EdgeStore:
             self._shard.close()
 
 
-def open_store(spec: CollectionSpec, *, url: str | None, data_dir: Path, backend: str = "edge",
-               api_key: str | None = None) -> VectorStore:
+def open_store(
+    spec: CollectionSpec,
+    *,
+    url: str | None,
+    data_dir: Path,
+    backend: str = "edge",
+    api_key: str | None = None,
+) -> VectorStore:
     """A Qdrant server when ``url`` is set, else the embedded store under ``data_dir``."""
     if url:
         return QdrantClientStore(spec, url=url, api_key=api_key)
@@ -412,4 +476,4 @@ def _flat(v: Any) -> list[float]:
 
 def chunks(seq: Sequence[Point], size: int) -> Iterable[Sequence[Point]]:
     for i in range(0, len(seq), size):
-        yield seq[i:i + size]
+        yield seq[i : i + size]

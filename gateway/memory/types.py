@@ -52,8 +52,16 @@ class ContextItem:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "type": self.memory_type, "score": round(self.score, 4),
-                "agent": self.agent, "ts": self.ts, "namespace": self.namespace, "metadata": dict(self.metadata)}
+        return {
+            "id": self.id,
+            "text": self.text,
+            "type": self.memory_type,
+            "score": round(self.score, 4),
+            "agent": self.agent,
+            "ts": self.ts,
+            "namespace": self.namespace,
+            "metadata": dict(self.metadata),
+        }
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,14 @@ class KnowledgeItem:
         return f"{self.base}:{self.source}#{self.chunk}{where}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "base": self.base, "source": self.source, "chunk": self.chunk,
-                "heading": self.heading, "score": round(self.score, 4), "citation": self.citation(),
-                "scores": {k: round(v, 4) for k, v in self.scores.items()}}
+        return {
+            "id": self.id,
+            "text": self.text,
+            "base": self.base,
+            "source": self.source,
+            "chunk": self.chunk,
+            "heading": self.heading,
+            "score": round(self.score, 4),
+            "citation": self.citation(),
+            "scores": {k: round(v, 4) for k, v in self.scores.items()},
+        }

@@ -37,8 +37,14 @@ class _Entry:
 class VolatileMemory:
     """Items per (agent, key) with an optional byte bound and time-to-live."""
 
-    def __init__(self, memory_type: MemoryType, *, max_bytes: int | None = None, ttl_s: float | None = None,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        memory_type: MemoryType,
+        *,
+        max_bytes: int | None = None,
+        ttl_s: float | None = None,
+        clock: Callable[[], float],
+    ) -> None:
         self.memory_type = memory_type
         self._max = max_bytes
         self._ttl = ttl_s
@@ -61,8 +67,9 @@ class VolatileMemory:
                 break
             self._drop(first.id)
 
-    def add(self, item_id: str, agent: str, key: str, text: str, vector: np.ndarray,
-            metadata: dict[str, Any]) -> None:
+    def add(
+        self, item_id: str, agent: str, key: str, text: str, vector: np.ndarray, metadata: dict[str, Any]
+    ) -> None:
         entry = _Entry(item_id, agent, key, text, vector, self._clock(), metadata)
         with self._lock:
             self._expire()
@@ -71,18 +78,40 @@ class VolatileMemory:
             while self._max is not None and self._bytes > self._max and self._items:
                 self._drop(next(iter(self._items)))
 
-    def search(self, agent: str, key: str | None, vector: np.ndarray, *, limit: int, min_score: float,
-               filters: dict[str, Any] | None = None) -> list[ContextItem]:
+    def search(
+        self,
+        agent: str,
+        key: str | None,
+        vector: np.ndarray,
+        *,
+        limit: int,
+        min_score: float,
+        filters: dict[str, Any] | None = None,
+    ) -> list[ContextItem]:
         with self._lock:
             self._expire()
-            pool = [e for e in self._items.values()
-                    if e.agent == agent and (key is None or e.key == key) and _meta_ok(e.metadata, filters)]
+            pool = [
+                e
+                for e in self._items.values()
+                if e.agent == agent and (key is None or e.key == key) and _meta_ok(e.metadata, filters)
+            ]
         if not pool:
             return []
         scores = np.stack([e.vector for e in pool]) @ vector
         order = np.argsort(-scores)[:limit]
-        return [ContextItem(pool[i].id, pool[i].text, self.memory_type, float(scores[i]), agent, pool[i].ts,
-                            metadata=dict(pool[i].metadata)) for i in order if scores[i] >= min_score]
+        return [
+            ContextItem(
+                pool[i].id,
+                pool[i].text,
+                self.memory_type,
+                float(scores[i]),
+                agent,
+                pool[i].ts,
+                metadata=dict(pool[i].metadata),
+            )
+            for i in order
+            if scores[i] >= min_score
+        ]
 
     def clear(self, agent: str, key: str | None = None) -> int:
         with self._lock:
@@ -95,8 +124,10 @@ class VolatileMemory:
         with self._lock:
             self._expire()
             pool = [e for e in self._items.values() if agent is None or e.agent == agent]
-        return [ContextItem(e.id, e.text, self.memory_type, 1.0, e.agent, e.ts, metadata=dict(e.metadata))
-                for e in pool]
+        return [
+            ContextItem(e.id, e.text, self.memory_type, 1.0, e.agent, e.ts, metadata=dict(e.metadata))
+            for e in pool
+        ]
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -59,7 +59,11 @@ def write_secrets(env_file: Path, secrets: dict[str, str]) -> None:
 
 def client_entry(symbi: str, config: Path, source: ClientFile) -> dict[str, Any]:
     # the config path travels in env (every client format has it), not as --config
-    entry: dict[str, Any] = {"command": symbi, "args": ["mcp"], "env": {"SYMBI_CONFIG_PATH": str(config.resolve())}}
+    entry: dict[str, Any] = {
+        "command": symbi,
+        "args": ["mcp"],
+        "env": {"SYMBI_CONFIG_PATH": str(config.resolve())},
+    }
     if source.section == ("servers",):  # VS Code entries carry their type
         entry = {"type": "stdio", **entry}
     return entry

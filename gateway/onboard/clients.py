@@ -97,7 +97,9 @@ def read_client_file(source: ClientFile) -> list[FoundServer]:
     return out
 
 
-def _entry(source: ClientFile, name: str, e: dict[str, Any], inputs: Mapping[Any, Any], where: str) -> FoundServer:
+def _entry(
+    source: ClientFile, name: str, e: dict[str, Any], inputs: Mapping[Any, Any], where: str
+) -> FoundServer:
     kind = str(e.get("type") or ("stdio" if "command" in e else "http"))
     if kind in ("streamable-http", "streamableHttp"):
         kind = "http"
@@ -111,8 +113,15 @@ def _entry(source: ClientFile, name: str, e: dict[str, Any], inputs: Mapping[Any
         args = e.get("args") or []
         if not isinstance(args, list):
             raise ConfigError(f"{where}.args: must be a list")
-        return FoundServer(source, name, command=e["command"], args=tuple(str(a) for a in args), env=env,
-                           cwd=str(e["cwd"]) if e.get("cwd") else None, transport="stdio")
+        return FoundServer(
+            source,
+            name,
+            command=e["command"],
+            args=tuple(str(a) for a in args),
+            env=env,
+            cwd=str(e["cwd"]) if e.get("cwd") else None,
+            transport="stdio",
+        )
     url = e.get("url") or e.get("serverUrl")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.url: a remote server needs an http(s) url")
@@ -157,5 +166,9 @@ def _claude_desktop_path(home: Path, environ: Mapping[str, str], platform: str) 
     if platform == "darwin":
         return home / "Library" / "Application Support" / "Claude" / "claude_desktop_config.json"
     if platform.startswith("win"):
-        return Path(environ.get("APPDATA", str(home / "AppData" / "Roaming"))) / "Claude" / "claude_desktop_config.json"
+        return (
+            Path(environ.get("APPDATA", str(home / "AppData" / "Roaming")))
+            / "Claude"
+            / "claude_desktop_config.json"
+        )
     return home / ".config" / "Claude" / "claude_desktop_config.json"

@@ -30,8 +30,14 @@ class Discovered:
     first_seen: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "original_name": self.original_name,
-                "table": dict(self.table), "status": self.status, "first_seen": self.first_seen}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "original_name": self.original_name,
+            "table": dict(self.table),
+            "status": self.status,
+            "first_seen": self.first_seen,
+        }
 
 
 def registry_servers(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:
@@ -64,7 +70,10 @@ def _registry_table(doc: Mapping[str, Any]) -> dict[str, Any] | None:
         if kind == "pypi":
             return {"command": "uvx", "args": [f"{ident}=={version}" if version else ident]}
         if kind == "oci":
-            return {"command": "docker", "args": ["run", "-i", "--rm", f"{ident}:{version}" if version else ident]}
+            return {
+                "command": "docker",
+                "args": ["run", "-i", "--rm", f"{ident}:{version}" if version else ident],
+            }
     return None
 
 
@@ -80,8 +89,17 @@ def _client_table(f: FoundServer) -> dict[str, Any]:
 
 
 class Discovery:
-    def __init__(self, state: Path, events: EventSink, *, home: Path, cwd: Path, environ: Mapping[str, str],
-                 registry_dir: Path | None, configured: frozenset[str]) -> None:
+    def __init__(
+        self,
+        state: Path,
+        events: EventSink,
+        *,
+        home: Path,
+        cwd: Path,
+        environ: Mapping[str, str],
+        registry_dir: Path | None,
+        configured: frozenset[str],
+    ) -> None:
         self.state = state
         self._events = events
         self._home, self._cwd, self._environ = home, cwd, dict(environ)
@@ -125,9 +143,16 @@ class Discovery:
             d = Discovered(name, src, original, table, "quarantined", time.time())
             known[name] = d
             added.append(d)
-            self._events.emit(Event.SERVER_DISCOVERED, {"server": name, "source": src, "original_name": original,
-                                                    "transport": "stdio" if "command" in table else "http",
-                                                    "status": "quarantined"})
+            self._events.emit(
+                Event.SERVER_DISCOVERED,
+                {
+                    "server": name,
+                    "source": src,
+                    "original_name": original,
+                    "transport": "stdio" if "command" in table else "http",
+                    "status": "quarantined",
+                },
+            )
         removed: list[Discovered] = []
         for name, d in list(known.items()):
             if d.status != "removed" and (d.source, d.original_name) not in seen_origins:

@@ -159,8 +159,12 @@ class EmbeddedEngine(PolicyEngine):
                 log.error("policy reload refused, the previous policy stays in force: %s", e.message)
                 self._events.emit(
                     Event.POLICY_RELOAD_REFUSED,
-                    {"policy": str(self.files.policy), "error": e.message, "location": e.location,
-                     "changes": changes(self._versions, versions)},
+                    {
+                        "policy": str(self.files.policy),
+                        "error": e.message,
+                        "location": e.location,
+                        "changes": changes(self._versions, versions),
+                    },
                 )
                 return False
             if self._bundle is not None and bundle.digest == self._bundle.digest:

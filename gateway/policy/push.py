@@ -31,8 +31,10 @@ class Pushed:
 def push(config: Config, *, policy: Path | None = None, data: Path | None = None) -> Pushed:
     pol = config.policy
     if pol.engine != "opa" or pol.url is None:
-        raise ConfigError('policy.engine: symbi policy push uploads to the OPA server of [policy] engine = "opa" '
-                          "(with policy.url); this config uses the embedded engine")
+        raise ConfigError(
+            'policy.engine: symbi policy push uploads to the OPA server of [policy] engine = "opa" '
+            "(with policy.url); this config uses the embedded engine"
+        )
     files = discover_files(policy or pol.path, data or pol.data)
     doc = json.loads(files.data.read_text(encoding="utf-8")) if files.data is not None else {}
     if not isinstance(doc, dict):
@@ -42,8 +44,14 @@ def push(config: Config, *, policy: Path | None = None, data: Path | None = None
     pushed = Pushed([], [], False)
     with httpx.Client(verify=verify, timeout=max(10.0, pol.timeout_s), trust_env=False) as c:
         pid = f"symbi/{files.policy.name}"
-        _check(c.put(f"{base}/v1/policies/{pid}", content=files.policy.read_bytes(),
-                     headers={"content-type": "text/plain"}), f"policy {files.policy}")
+        _check(
+            c.put(
+                f"{base}/v1/policies/{pid}",
+                content=files.policy.read_bytes(),
+                headers={"content-type": "text/plain"},
+            ),
+            f"policy {files.policy}",
+        )
         pushed.policies.append(pid)
         for key, value in doc.items():
             _check(c.put(f"{base}/v1/data/{key}", json=value), f"data key {key!r} of {files.data}")

@@ -55,7 +55,9 @@ _WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 @lru_cache(maxsize=4096)
 def _words(name: str) -> tuple[str, ...]:
     """The lower-case words of a key or rule name (NFKC, invisible characters dropped)."""
-    text = "".join(c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) not in _INVISIBLE)
+    text = "".join(
+        c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) not in _INVISIBLE
+    )
     words = _WORDS.findall(text) if text.isascii() else re.findall(r"[^\W_]+", text)
     return tuple(w.casefold() for w in words)
 
@@ -65,7 +67,7 @@ def key_matches(key: str, rule_words: tuple[str, ...]) -> bool:
     words = _words(key)
     if not words or not rule_words:
         return False
-    if words[-len(rule_words):] == rule_words:
+    if words[-len(rule_words) :] == rule_words:
         return True
     return "".join(words) == "".join(rule_words)
 
@@ -183,7 +185,9 @@ def redact_result(result: CallToolResult, rules: Sequence[str]) -> CallToolResul
                 parsed = None
         if isinstance(parsed, dict | list):
             red, n = redact(parsed, rules)
-            content.append(item.model_copy(update={"text": json.dumps(red, ensure_ascii=False)}) if n else item)
+            content.append(
+                item.model_copy(update={"text": json.dumps(red, ensure_ascii=False)}) if n else item
+            )
             continue
         text, n = scrub_secrets(item.text)  # prose has no keys, but secrets are known by their look
         content.append(item.model_copy(update={"text": text}) if n else item)

@@ -38,6 +38,8 @@ def hosted_principal(name: str, ac: AgentConfig) -> Principal:
     """The principal a hosted agent ``[agents.NAME]`` runs as (source "key": it calls back with
     the API key the runtime makes for it)."""
     return Principal(id=ac.principal or f"agent:{name}", kind="agent", roles=tuple(ac.roles), source="key")
+
+
 ENDED_SESSIONS = 10_000
 
 
@@ -65,8 +67,9 @@ class Agent:
     hosted_busy: bool = False  # a hosted agent's process is working (keeps it Running)
 
     def info(self) -> AgentInfo:
-        return AgentInfo(id=self.id, name=self.name, state=self.state.value, priority=self.priority,
-                         hosted=self.hosted)
+        return AgentInfo(
+            id=self.id, name=self.name, state=self.state.value, priority=self.priority, hosted=self.hosted
+        )
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -265,9 +268,15 @@ class AgentRegistry:
         self._by_name[agent.name] = agent
         self.events.emit(
             Event.AGENT_REGISTERED,
-            {"agent": agent.id, "name": agent.name, "client": agent.client, "hosted": agent.hosted,
-             "priority": agent.priority},
-            principal=agent.principal, agent=agent.id,
+            {
+                "agent": agent.id,
+                "name": agent.name,
+                "client": agent.client,
+                "hosted": agent.hosted,
+                "priority": agent.priority,
+            },
+            principal=agent.principal,
+            agent=agent.id,
         )
         for hook in self.on_register:
             _safe(hook, agent)
@@ -305,9 +314,16 @@ class AgentRegistry:
             self.task_transitions[edge] += 1
         self.events.emit(
             Event.AGENT_STATE,
-            {"agent": agent.id, "name": agent.name, "from": src.value, "to": to.value, "edge": edge,
-             "reason": reason},
-            principal=agent.principal, agent=agent.id,
+            {
+                "agent": agent.id,
+                "name": agent.name,
+                "from": src.value,
+                "to": to.value,
+                "edge": edge,
+                "reason": reason,
+            },
+            principal=agent.principal,
+            agent=agent.id,
         )
         for hook in self.on_state:
             try:

@@ -86,7 +86,9 @@ class Breakers:
 
     def _move(self, upstream: str, b: Breaker, to: BreakerState) -> None:
         src, b.state = b.state, to
-        self.events.emit(Event.UPSTREAM_BREAKER, {"upstream": upstream, "from": src, "to": to, "failures": b.failures})
+        self.events.emit(
+            Event.UPSTREAM_BREAKER, {"upstream": upstream, "from": src, "to": to, "failures": b.failures}
+        )
 
 
 def retryable(annotations: Mapping[str, Any]) -> bool:

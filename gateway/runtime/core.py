@@ -42,7 +42,9 @@ class AgentRuntime:
         self.config = config
         self.events = events
         self.agents = AgentRegistry(events, key=key, max_agents=rt.max_concurrent_agents)
-        self.scheduler = Scheduler(max_in_flight=rt.max_in_flight, queue_limit=rt.queue_limit, aging_s=rt.aging_s)
+        self.scheduler = Scheduler(
+            max_in_flight=rt.max_in_flight, queue_limit=rt.queue_limit, aging_s=rt.aging_s
+        )
         self.default_limits = ResourceLimits.from_config(rt.resources)
         self.pool = ResourcePool(rt.pool_slots, rt.pool_slot_cpu, rt.pool_slot_memory_mb, rt.allocation)
         self.breakers = Breakers(rt.breaker.failures, rt.breaker.reset_s, events)
@@ -79,7 +81,9 @@ class AgentRuntime:
         if agent.state is AgentState.SUSPENDED:
             raise AgentSuspended(f"agent {agent.name} is suspended", reasons=[agent.reason or "suspended"])
         if agent.state is AgentState.TERMINATED or agent.id in self._terminating:
-            raise AgentTerminated(f"agent {agent.name} has been terminated", reasons=[agent.reason or "terminated"])
+            raise AgentTerminated(
+                f"agent {agent.name} has been terminated", reasons=[agent.reason or "terminated"]
+            )
         if agent.state not in (AgentState.READY, AgentState.RUNNING):
             raise AgentError(f"agent {agent.name} is {agent.state.value}: it cannot take tasks")
         agent.in_flight += 1
@@ -110,8 +114,15 @@ class AgentRuntime:
     def note_error(self, agent: Agent | None, error: BaseException, target: str) -> None:
         """A failed or denied call: counted toward suspension when it is a policy denial."""
         code = error.code if isinstance(error, GatewayError) else "internal_error"
-        self.recent_errors.append({"time": time.time(), "agent": agent.id if agent else None, "code": code,
-                                   "target": target, "type": type(error).__name__})
+        self.recent_errors.append(
+            {
+                "time": time.time(),
+                "agent": agent.id if agent else None,
+                "code": code,
+                "target": target,
+                "type": type(error).__name__,
+            }
+        )
         from gateway.errors import PolicyDenied, PolicyError
 
         if agent is None or not isinstance(error, PolicyDenied) or isinstance(error, PolicyError):
@@ -125,8 +136,10 @@ class AgentRuntime:
         if len(window) >= rt.suspend_after_denials and agent.state is AgentState.RUNNING:
             window.clear()
             self._suspend_running(
-                agent, f"policy violation: {rt.suspend_after_denials} denials within {rt.denial_window_s:g} s "
-                "(runtime.suspend_after_denials)")
+                agent,
+                f"policy violation: {rt.suspend_after_denials} denials within {rt.denial_window_s:g} s "
+                "(runtime.suspend_after_denials)",
+            )
 
     # -- operator and policy actions ----------------------------------------------------------
 
@@ -137,8 +150,12 @@ class AgentRuntime:
             return "suspended"
         if agent.state is AgentState.READY:
             agent.suspend_pending = reason  # the seed has no Ready -> Suspended: held for the next task
-            self.events.emit(Event.AGENT_SUSPEND_PENDING, {"agent": agent.id, "reason": reason},
-                             principal=agent.principal, agent=agent.id)
+            self.events.emit(
+                Event.AGENT_SUSPEND_PENDING,
+                {"agent": agent.id, "reason": reason},
+                principal=agent.principal,
+                agent=agent.id,
+            )
             return "pending"
         if agent.state is AgentState.SUSPENDED:
             return "already suspended"
@@ -210,11 +227,17 @@ class AgentRuntime:
         rt = self.config.runtime
         removed = 0
         for agent in self.agents.batch(batch or rt.gc_batch):
-            if agent.state is AgentState.TERMINATED and not agent.hosted:  # a hosted run stays listed until the next
+            if (
+                agent.state is AgentState.TERMINATED and not agent.hosted
+            ):  # a hosted run stays listed until the next
                 self.agents.remove(agent)
                 removed += 1
-            elif (not agent.hosted and agent.state is AgentState.READY and agent.in_flight == 0
-                  and now - agent.last_seen > rt.agent_idle_timeout_s):
+            elif (
+                not agent.hosted
+                and agent.state is AgentState.READY
+                and agent.in_flight == 0
+                and now - agent.last_seen > rt.agent_idle_timeout_s
+            ):
                 self._terminate_now(agent, f"shutdown: idle for {rt.agent_idle_timeout_s:g} s")
         return removed
 

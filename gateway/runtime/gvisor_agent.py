@@ -60,10 +60,20 @@ class RunscRun(Sandboxed):
         shutil.rmtree(self.state, ignore_errors=True)
 
 
-def gvisor_argv(command: str, args: list[str], env: Mapping[str, str], limits: ResourceLimits, *,
-                ro_paths: list[str], socket: tuple[str, str], run_tag: str) -> tuple[list[str], RunscRun]:
+def gvisor_argv(
+    command: str,
+    args: list[str],
+    env: Mapping[str, str],
+    limits: ResourceLimits,
+    *,
+    ro_paths: list[str],
+    socket: tuple[str, str],
+    run_tag: str,
+) -> tuple[list[str], RunscRun]:
     if shutil.which("runsc") is None or os.geteuid() != 0:
-        raise GatewayError("sandbox tier 'gvisor' is unavailable: runsc is not installed or the gateway is not root")
+        raise GatewayError(
+            "sandbox tier 'gvisor' is unavailable: runsc is not installed or the gateway is not root"
+        )
     bundle = tempfile.mkdtemp(prefix="symbi-agent-gv-")
     state = tempfile.mkdtemp(prefix="symbi-runsc-")
     root = Path(bundle, "rootfs")
@@ -74,7 +84,12 @@ def gvisor_argv(command: str, args: list[str], env: Mapping[str, str], limits: R
     binds = sorted({*read_only_binds(command, args, None), *ro_paths}, key=len)
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
-        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=64m"]},
+        {
+            "destination": "/tmp",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "size=64m"],
+        },
         {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
         *({"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]} for d in binds),
         {"destination": socket[1], "type": "bind", "source": socket[0], "options": ["bind"]},

@@ -148,7 +148,9 @@ class HostedAgents:
                 return
             if outcome == "ok":
                 backoff = ac.restart_backoff_s
-            self.events.emit(Event.AGENT_RESTART_SCHEDULED, {"name": name, "after_s": backoff, "outcome": outcome})
+            self.events.emit(
+                Event.AGENT_RESTART_SCHEDULED, {"name": name, "after_s": backoff, "outcome": outcome}
+            )
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, ac.restart_backoff_max_s)
 
@@ -175,21 +177,31 @@ class HostedAgents:
         if failures:
             reason = f"escalated: {failures} failures within {ac.failure_window_s:g} s (max_failures)"
             self._fail(agent, reason)
-            self.events.emit(Event.AGENT_ESCALATED, {"name": name, "failures": failures}, principal=principal.id,
-                             agent=agent.id)
+            self.events.emit(
+                Event.AGENT_ESCALATED,
+                {"name": name, "failures": failures},
+                principal=principal.id,
+                agent=agent.id,
+            )
             return "escalated"
         tier = ac.sandbox or self.config.security.default_sandbox_tier
         record: Any = None
         try:
             if tier == "none":
-                raise GatewayError("a hosted agent always runs in a sandbox tier (security.default_sandbox_tier"
-                                   " is 'none': set agents.NAME.sandbox)")
+                raise GatewayError(
+                    "a hosted agent always runs in a sandbox tier (security.default_sandbox_tier"
+                    " is 'none': set agents.NAME.sandbox)"
+                )
             if self.keys is None or self.socket_path is None:
-                raise GatewayError("hosted agents need `symbi serve` (they reach the gateway over its Unix socket)")
+                raise GatewayError(
+                    "hosted agents need `symbi serve` (they reach the gateway over its Unix socket)"
+                )
             key, record = self.keys.create(principal.id, tuple(ac.roles), kind="agent")
             rt.agents.bind_credential(record.id, agent)
             # the agent's id is the same every run: the sandbox's name also carries a per-run part
-            argv, cleanup = self._command(name, ac, tier, limits, key, f"{agent.id[-6:]}{os.urandom(3).hex()}")
+            argv, cleanup = self._command(
+                name, ac, tier, limits, key, f"{agent.id[-6:]}{os.urandom(3).hex()}"
+            )
             _, displaced = rt.pool.allocate(agent.id, limits, ac.priority)
             for victim in filter(None, map(rt.agents.get, displaced)):  # "priority" placement
                 rt.terminate(victim, f"displaced from its resource slot by {name} (priority {ac.priority})")
@@ -218,8 +230,15 @@ class HostedAgents:
         except OSError:
             _logger.exception("could not revoke the credential %s", key_id)
 
-    async def _execute(self, agent: Agent, ac: AgentConfig, tier: str, argv: list[str], cgroup: Sandboxed,
-                       limits: ResourceLimits) -> str:
+    async def _execute(
+        self,
+        agent: Agent,
+        ac: AgentConfig,
+        tier: str,
+        argv: list[str],
+        cgroup: Sandboxed,
+        limits: ResourceLimits,
+    ) -> str:
         rt, reg = self.runtime, self.runtime.agents
         reg.transition(agent, AgentState.READY, f"valid config: {tier} tier, {limits.memory_mb} MB")
         agent.hosted_busy = True
@@ -261,9 +280,18 @@ class HostedAgents:
         oom = cgroup.oom_killed(code)
         agent.hosted_busy = False
         agent.in_flight -= 1
-        self.events.emit(Event.AGENT_EXITED, {"agent": agent.id, "name": agent.name, "exit_code": code, "oom": oom,
-                                          "memory_peak_mb": round(usage.memory_peak_mb, 1)},
-                         principal=agent.principal, agent=agent.id)
+        self.events.emit(
+            Event.AGENT_EXITED,
+            {
+                "agent": agent.id,
+                "name": agent.name,
+                "exit_code": code,
+                "oom": oom,
+                "memory_peak_mb": round(usage.memory_peak_mb, 1),
+            },
+            principal=agent.principal,
+            agent=agent.id,
+        )
         if code == 0 and not stopped:
             if agent.in_flight == 0 and agent.state is AgentState.RUNNING:
                 reg.transition(agent, AgentState.READY, "task complete: exited 0")
@@ -279,20 +307,34 @@ class HostedAgents:
         if agent.state is AgentState.RUNNING:
             reg.transition(agent, AgentState.SUSPENDED, why)
         if agent.state is AgentState.SUSPENDED:
-            reg.transition(agent, AgentState.TERMINATED, f"manual override: run ended ({ac.restart} restart policy)")
+            reg.transition(
+                agent, AgentState.TERMINATED, f"manual override: run ended ({ac.restart} restart policy)"
+            )
         if stopped and stopped[0].startswith("terminated"):
             return "stopped"
         self._failures[agent.name].append(time.monotonic())
-        self.events.emit(Event.AGENT_FAILED, {"name": agent.name, "reason": why, "exit_code": code},
-                         principal=agent.principal, agent=agent.id)
-        rt.recent_errors.append({"time": time.time(), "agent": agent.id, "code": "agent_failed",
-                                 "target": agent.name, "type": "oom" if oom else "exit"})
+        self.events.emit(
+            Event.AGENT_FAILED,
+            {"name": agent.name, "reason": why, "exit_code": code},
+            principal=agent.principal,
+            agent=agent.id,
+        )
+        rt.recent_errors.append(
+            {
+                "time": time.time(),
+                "agent": agent.id,
+                "code": "agent_failed",
+                "target": agent.name,
+                "type": "oom" if oom else "exit",
+            }
+        )
         return "failed"
 
     # -- the sandboxed command ------------------------------------------------------------------
 
-    def _command(self, name: str, ac: AgentConfig, tier: str, limits: ResourceLimits, key: str,
-                 run_tag: str) -> tuple[list[str], Sandboxed]:
+    def _command(
+        self, name: str, ac: AgentConfig, tier: str, limits: ResourceLimits, key: str, run_tag: str
+    ) -> tuple[list[str], Sandboxed]:
         assert self.socket_path is not None
         if self.sandbox is None:
             raise GatewayError("no sandbox manager: hosted agents need a sandbox tier")
@@ -303,23 +345,36 @@ class HostedAgents:
         from gateway.sandbox.types import Limits
 
         base = self.config.source.parent if self.config.source else Path.cwd()
+
         def here(v: str) -> str:  # ./x and ../x are relative to the config file
             return str((base / v).resolve()) if v.startswith(("./", "../")) else v
 
-        env = {**{k: here(v) for k, v in ac.env.items()}, "SYMBI_GATEWAY_SOCKET": SOCKET_IN_SANDBOX,
-               "SYMBI_AGENT_TOKEN": key, "SYMBI_AGENT_NAME": name}
+        env = {
+            **{k: here(v) for k, v in ac.env.items()},
+            "SYMBI_GATEWAY_SOCKET": SOCKET_IN_SANDBOX,
+            "SYMBI_AGENT_TOKEN": key,
+            "SYMBI_AGENT_NAME": name,
+        }
         args = [here(a) for a in ac.args]
         ro = [str((base / p).resolve()) for p in ac.read_only_paths]
-        sb_limits = Limits(memory_mb=limits.memory_mb, cpus=limits.cpu_cores, pids=256,
-                           timeout_s=limits.execution_timeout_s)
+        sb_limits = Limits(
+            memory_mb=limits.memory_mb, cpus=limits.cpu_cores, pids=256, timeout_s=limits.execution_timeout_s
+        )
         socket = (self.socket_path, SOCKET_IN_SANDBOX)
         t = self.sandbox.tier(tier)
         if tier == "bwrap":
             from gateway.sandbox.bwrap import BwrapTier
 
             assert isinstance(t, BwrapTier)
-            argv, cg = t.hosted_argv(ac.command, args, env, limits=sb_limits, ro_paths=ro, socket=socket,
-                                     disk_io_mbps=limits.disk_io_mbps)
+            argv, cg = t.hosted_argv(
+                ac.command,
+                args,
+                env,
+                limits=sb_limits,
+                ro_paths=ro,
+                socket=socket,
+                disk_io_mbps=limits.disk_io_mbps,
+            )
             return argv, Cgroup(cg)
         if tier == "gvisor":
             from gateway.runtime.gvisor_agent import gvisor_argv
@@ -332,8 +387,12 @@ class HostedAgents:
         extra = ["--name", cname, "-v", f"{socket[0]}:{socket[1]}"]
         dev = _root_device()
         if dev is not None:
-            extra += ["--device-read-bps", f"{dev}:{limits.disk_io_mbps}mb",
-                      "--device-write-bps", f"{dev}:{limits.disk_io_mbps}mb"]
+            extra += [
+                "--device-read-bps",
+                f"{dev}:{limits.disk_io_mbps}mb",
+                "--device-write-bps",
+                f"{dev}:{limits.disk_io_mbps}mb",
+            ]
         for p in ro:
             extra += ["-v", f"{p}:{p}:ro"]
         argv[at:at] = extra

@@ -39,20 +39,28 @@ class RuntimeCollector(Collector):
         for s in AgentState:
             states.add_metric([s.value], counts.get(s, 0))
         yield states
-        flips = CounterMetricFamily("symbi_agent_task_transitions",
-                                    "Per-call Ready <-> Running flips", labels=["edge"])
+        flips = CounterMetricFamily(
+            "symbi_agent_task_transitions", "Per-call Ready <-> Running flips", labels=["edge"]
+        )
         for edge, n in rt.agents.task_transitions.items():
             flips.add_metric([edge], n)
         yield flips
         sched = rt.scheduler
-        depth = GaugeMetricFamily("symbi_scheduler_queue_depth", "Calls waiting, by priority", labels=["priority"])
-        admitted = CounterMetricFamily("symbi_scheduler_admitted", "Calls admitted, by priority", labels=["priority"])
-        wait = CounterMetricFamily("symbi_scheduler_wait_seconds", "Time calls waited, by priority",
-                                   labels=["priority"])
-        wait_max = GaugeMetricFamily("symbi_scheduler_wait_seconds_max", "Longest wait, by priority",
-                                     labels=["priority"])
-        preempted = CounterMetricFamily("symbi_scheduler_preempted", "Queued calls preempted, by priority",
-                                        labels=["priority"])
+        depth = GaugeMetricFamily(
+            "symbi_scheduler_queue_depth", "Calls waiting, by priority", labels=["priority"]
+        )
+        admitted = CounterMetricFamily(
+            "symbi_scheduler_admitted", "Calls admitted, by priority", labels=["priority"]
+        )
+        wait = CounterMetricFamily(
+            "symbi_scheduler_wait_seconds", "Time calls waited, by priority", labels=["priority"]
+        )
+        wait_max = GaugeMetricFamily(
+            "symbi_scheduler_wait_seconds_max", "Longest wait, by priority", labels=["priority"]
+        )
+        preempted = CounterMetricFamily(
+            "symbi_scheduler_preempted", "Queued calls preempted, by priority", labels=["priority"]
+        )
         for p in range(LEVELS):
             st = sched.stats[p]
             depth.add_metric([str(p)], sched.queue_depth(p))
@@ -62,18 +70,25 @@ class RuntimeCollector(Collector):
             preempted.add_metric([str(p)], st.preempted)
         yield from (depth, admitted, wait, wait_max, preempted)
         yield GaugeMetricFamily("symbi_scheduler_in_flight", "Calls dispatched now", value=sched.in_flight)
-        yield CounterMetricFamily("symbi_agent_execution_seconds", "Summed call time of all agents",
-                                  value=sum(u.busy_s for u in rt.usage.values()))
-        ratio = GaugeMetricFamily("symbi_hosted_agent_budget_ratio", "Hosted agent budget use (used / limit)",
-                                  labels=["agent", "budget"])
+        yield CounterMetricFamily(
+            "symbi_agent_execution_seconds",
+            "Summed call time of all agents",
+            value=sum(u.busy_s for u in rt.usage.values()),
+        )
+        ratio = GaugeMetricFamily(
+            "symbi_hosted_agent_budget_ratio",
+            "Hosted agent budget use (used / limit)",
+            labels=["agent", "budget"],
+        )
         for a in rt.agents:
             if a.hosted and a.id in rt.usage:
                 u, lim = rt.usage[a.id], rt.limits_of(a)
                 ratio.add_metric([a.name, "memory"], u.memory_peak_mb / lim.memory_mb)
                 ratio.add_metric([a.name, "execution"], u.longest_call_s / lim.execution_timeout_s)
         yield ratio
-        breaker = GaugeMetricFamily("symbi_upstream_breaker_state", "0 closed, 1 half-open, 2 open",
-                                    labels=["upstream"])
+        breaker = GaugeMetricFamily(
+            "symbi_upstream_breaker_state", "0 closed, 1 half-open, 2 open", labels=["upstream"]
+        )
         for name, state in rt.breakers.states().items():
             breaker.add_metric([name], STATE_VALUE[state])
         yield breaker

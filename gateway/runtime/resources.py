@@ -70,8 +70,11 @@ class Usage:
     def as_json(self, limits: ResourceLimits) -> dict[str, object]:
         return {
             "calls": self.calls,
-            "execution_s": {"used": round(self.busy_s, 3), "longest_call": round(self.longest_call_s, 3),
-                            "limit_per_call": limits.execution_timeout_s},
+            "execution_s": {
+                "used": round(self.busy_s, 3),
+                "longest_call": round(self.longest_call_s, 3),
+                "limit_per_call": limits.execution_timeout_s,
+            },
             "result_bytes": self.bytes_out,
             "memory_mb": {"peak": round(self.memory_peak_mb, 1), "limit": limits.memory_mb},
             "cpu_s": {"used": round(self.cpu_s, 3), "cores": limits.cpu_cores},
@@ -108,8 +111,12 @@ class ResourcePool:
         cpu, mem = limits.cpu_cores, limits.memory_mb
         fitting = [i for i, s in enumerate(self.slots) if s.fits(cpu, mem)]
         if fitting:
-            index = fitting[0] if self.strategy == "first-fit" else min(
-                fitting, key=lambda i: (self.slots[i].free_cpu - cpu, self.slots[i].free_memory - mem)
+            index = (
+                fitting[0]
+                if self.strategy == "first-fit"
+                else min(
+                    fitting, key=lambda i: (self.slots[i].free_cpu - cpu, self.slots[i].free_memory - mem)
+                )
             )
             self.slots[index].placed[agent] = (cpu, mem, priority)
             return index, []
@@ -143,7 +150,12 @@ class ResourcePool:
 
     def as_json(self) -> list[dict[str, object]]:
         return [
-            {"cpu": s.cpu, "memory_mb": s.memory_mb, "free_cpu": round(s.free_cpu, 3),
-             "free_memory_mb": s.free_memory, "agents": sorted(s.placed)}
+            {
+                "cpu": s.cpu,
+                "memory_mb": s.memory_mb,
+                "free_cpu": round(s.free_cpu, 3),
+                "free_memory_mb": s.free_memory,
+                "agents": sorted(s.placed),
+            }
             for s in self.slots
         ]

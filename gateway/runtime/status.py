@@ -70,18 +70,29 @@ def components(gw: Gateway) -> dict[str, dict[str, Any]]:
     for name, up in gw.upstreams.items():
         breaker = breakers.get(name, "closed")
         ok = up.state == "up" and breaker == "closed"
-        out[f"upstream:{name}"] = {"status": HEALTHY if ok else DEGRADED, "state": up.state, "breaker": breaker}
+        out[f"upstream:{name}"] = {
+            "status": HEALTHY if ok else DEGRADED,
+            "state": up.state,
+            "breaker": breaker,
+        }
     state = gw.state
     if state is not None:  # a shared-state backend that is down refuses calls: not ready
         for kind, doc in state.status().items():
             out[f"state:{kind}"] = {"status": HEALTHY if doc["up"] else UNHEALTHY, **doc}
     sched = rt.scheduler
     full = sched.queue_depth() >= sched.queue_limit
-    out["scheduler"] = {"status": DEGRADED if full else HEALTHY, "in_flight": sched.in_flight,
-                        "queued": sched.queue_depth()}
+    out["scheduler"] = {
+        "status": DEGRADED if full else HEALTHY,
+        "in_flight": sched.in_flight,
+        "queued": sched.queue_depth(),
+    }
     for agent in rt.agents:
         if agent.hosted and agent.state is AgentState.FAILED:
-            out[f"agent:{agent.name}"] = {"status": DEGRADED, "state": agent.state.value, "reason": agent.reason}
+            out[f"agent:{agent.name}"] = {
+                "status": DEGRADED,
+                "state": agent.state.value,
+                "reason": agent.reason,
+            }
     return out
 
 
@@ -98,15 +109,25 @@ def utilization(rt: AgentRuntime) -> dict[str, Any]:
     sched = rt.scheduler
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
-        "agents": {"live": rt.agents.live(), "max": rt.config.runtime.max_concurrent_agents,
-                   "by_state": {s.value: by_state.get(s.value, 0) for s in AgentState}},
-        "scheduler": {"in_flight": sched.in_flight, "max_in_flight": sched.max_in_flight,
-                      "queued": sched.queue_depth(), "queue_limit": sched.queue_limit,
-                      "queued_by_priority": {str(p): sched.queue_depth(p) for p in range(LEVELS)},
-                      "worker_threads": rt.config.runtime.scheduler_threads},
+        "agents": {
+            "live": rt.agents.live(),
+            "max": rt.config.runtime.max_concurrent_agents,
+            "by_state": {s.value: by_state.get(s.value, 0) for s in AgentState},
+        },
+        "scheduler": {
+            "in_flight": sched.in_flight,
+            "max_in_flight": sched.max_in_flight,
+            "queued": sched.queue_depth(),
+            "queue_limit": sched.queue_limit,
+            "queued_by_priority": {str(p): sched.queue_depth(p) for p in range(LEVELS)},
+            "worker_threads": rt.config.runtime.scheduler_threads,
+        },
         "pool": {"strategy": rt.pool.strategy, "slots": rt.pool.as_json()},
-        "process": {"pid": os.getpid(), "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
-                    "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)},
+        "process": {
+            "pid": os.getpid(),
+            "max_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        },
     }
 
 

@@ -32,7 +32,7 @@ def owner_tag() -> str:
 def prologue_argv(argv: list[str], with_inputs: bool) -> list[str]:
     """Wrap ``argv`` in a tiny shell step: make the workdir, copy inputs, cd, exec."""
     copy = f"cp -R {INPUT_MOUNT}/. {WORKDIR}/ && " if with_inputs else ""
-    script = f"mkdir -p {WORKDIR} && {copy}cd {WORKDIR} && exec \"$@\""
+    script = f'mkdir -p {WORKDIR} && {copy}cd {WORKDIR} && exec "$@"'
     return ["/bin/sh", "-c", script, "sh", *argv]
 
 

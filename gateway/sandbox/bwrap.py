@@ -108,18 +108,49 @@ class BwrapTier(SandboxTier):
     # -- argv ---------------------------------------------------------------------------
     @staticmethod
     def _bwrap_argv(
-        *, network: bool, tmpfs_mb: int, ro_binds: list[tuple[str, str]], chdir: str,
+        *,
+        network: bool,
+        tmpfs_mb: int,
+        ro_binds: list[tuple[str, str]],
+        chdir: str,
         masks: Sequence[tuple[str, bool]] = (),
     ) -> list[str]:
         argv = [
-            "bwrap", "--unshare-all", *(["--share-net"] if network else []),
-            "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
-            "--cap-drop", "ALL", "--die-with-parent", "--new-session",
-            "--ro-bind", "/usr", "/usr",
-            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-            "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-            "--proc", "/proc", "--dev", "/dev",
-            "--size", str(tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp",
+            "bwrap",
+            "--unshare-all",
+            *(["--share-net"] if network else []),
+            "--unshare-user",
+            "--uid",
+            str(NOBODY),
+            "--gid",
+            str(NOBODY),
+            "--cap-drop",
+            "ALL",
+            "--die-with-parent",
+            "--new-session",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/sbin",
+            "/sbin",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            str(tmpfs_mb * 1024 * 1024),
+            "--tmpfs",
+            "/tmp",
         ]
         for src, dst in ro_binds:
             argv += ["--ro-bind", src, dst]
@@ -135,18 +166,27 @@ class BwrapTier(SandboxTier):
         argv += ["--chdir", chdir, "--remount-ro", "/", "--seccomp", str(SECCOMP_FD)]
         return argv
 
-    def _launcher(self, cg: cgroups.RunCgroup, bpf: Path, bwrap_argv: list[str], env: Mapping[str, str]) -> list[str]:
+    def _launcher(
+        self, cg: cgroups.RunCgroup, bpf: Path, bwrap_argv: list[str], env: Mapping[str, str]
+    ) -> list[str]:
         """``sh -c`` that joins the cgroups, opens the filter on fd 9 and drops to 65534."""
         join = " && ".join(f"echo $$ > {shell_join([str(p)])}" for p in cg.procs_files)
         setenv: list[str] = []
         for k, v in env.items():
             setenv += ["--setenv", k, v]
         full = [
-            "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
-            *bwrap_argv[:-2], *setenv, *bwrap_argv[-2:],
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            *bwrap_argv[:-2],
+            *setenv,
+            *bwrap_argv[-2:],
         ]
-        script = f"{join} && exec {shell_join(full)} \"$@\" {SECCOMP_FD}< {shell_join([str(bpf)])}"
+        script = f'{join} && exec {shell_join(full)} "$@" {SECCOMP_FD}< {shell_join([str(bpf)])}'
         return ["/bin/sh", "-c", script, "symbi-bwrap"]
 
     # -- run ----------------------------------------------------------------------------
@@ -160,8 +200,10 @@ class BwrapTier(SandboxTier):
             bw = self._bwrap_argv(network=False, tmpfs_mb=limits.tmpfs_mb, ro_binds=binds, chdir="/tmp")
             cg = cgroups.create(limits.memory_mb, limits.pids, limits.cpus)
             try:
-                argv = self._launcher(cg, bpf, bw, request.env) + ["--"] + prologue_argv(
-                    request.argv(), inputs.path is not None
+                argv = (
+                    self._launcher(cg, bpf, bw, request.env)
+                    + ["--"]
+                    + prologue_argv(request.argv(), inputs.path is not None)
                 )
                 return self._execute(argv, request.stdin, limits, cg, start)
             finally:
@@ -244,8 +286,11 @@ class BwrapTier(SandboxTier):
         bpf = self.seccomp.path(network)
         dirs = read_only_binds(command, args, cwd)
         bw = self._bwrap_argv(
-            network=network, tmpfs_mb=limits.tmpfs_mb, ro_binds=[(d, d) for d in dirs],
-            chdir=str(Path(cwd).resolve()) if cwd else "/tmp", masks=masked_paths(dirs, hidden),
+            network=network,
+            tmpfs_mb=limits.tmpfs_mb,
+            ro_binds=[(d, d) for d in dirs],
+            chdir=str(Path(cwd).resolve()) if cwd else "/tmp",
+            masks=masked_paths(dirs, hidden),
         )
         # The server lives as long as the session: its cgroup is removed by close() or,
         # after a crash, by the next start's orphan sweep (the name carries our pid).

@@ -46,7 +46,7 @@ def _own_paths() -> dict[str, Path]:
 def _mode() -> tuple[str, dict[str, Path]]:
     paths = _own_paths()
     if "unified" in paths:
-        ctrl = (paths["unified"] / "cgroup.controllers")
+        ctrl = paths["unified"] / "cgroup.controllers"
         have = set(ctrl.read_text().split()) if ctrl.exists() else set()
         if {"memory", "pids"} <= have:
             return "v2", paths
@@ -56,7 +56,7 @@ def _mode() -> tuple[str, dict[str, Path]]:
 
 
 def check() -> str:
-    """"v1" or "v2" if per-run groups can be made here; SandboxUnavailable (with why) if not."""
+    """ "v1" or "v2" if per-run groups can be made here; SandboxUnavailable (with why) if not."""
     version, own = _mode()
     for d in own.values():
         if not os.access(d, os.W_OK):

@@ -92,7 +92,10 @@ class DockerTier(SandboxTier):
             return True, label
         r = self.run(SandboxRequest(command=("/bin/true",)), Limits(timeout_s=30))
         if r.exit_code != 0:
-            return False, f"probe container failed (exit {r.exit_code}): {r.stderr.decode(errors='replace')[-200:]}"
+            return (
+                False,
+                f"probe container failed (exit {r.exit_code}): {r.stderr.decode(errors='replace')[-200:]}",
+            )
         return True, label
 
     def pids_limit(self, limits: Limits) -> int:
@@ -118,7 +121,13 @@ class DockerTier(SandboxTier):
         )
 
     def create(
-        self, client: Any, argv: list[str], env: Mapping[str, str], *, stdin_open: bool, limits: Limits,
+        self,
+        client: Any,
+        argv: list[str],
+        env: Mapping[str, str],
+        *,
+        stdin_open: bool,
+        limits: Limits,
         binds: list[tuple[str, str]] | None = None,
     ) -> str:
         """Create (not start) one locked-down container; returns its id."""
@@ -162,8 +171,16 @@ class DockerTier(SandboxTier):
                 self.remove(cid)
 
     def execute(
-        self, client: Any, cid: str, raw: Any, payload: bytes | None, limits: Limits, start: float, *,
-        started: bool, trailer: bool = False,
+        self,
+        client: Any,
+        cid: str,
+        raw: Any,
+        payload: bytes | None,
+        limits: Limits,
+        start: float,
+        *,
+        started: bool,
+        trailer: bool = False,
     ) -> SandboxResult:
         """Feed ``payload`` on stdin, (start,) enforce the time limit, collect, classify.
 
@@ -186,7 +203,10 @@ class DockerTier(SandboxTier):
                 threading.Thread(target=kill, name="sandbox-kill", daemon=True).start()
 
         kind = TrailerBuffer if trailer else CappedBuffer
-        out, err = kind(limits.output_bytes, lambda: stop("output")), kind(limits.output_bytes, lambda: stop("output"))
+        out, err = (
+            kind(limits.output_bytes, lambda: stop("output")),
+            kind(limits.output_bytes, lambda: stop("output")),
+        )
         pump = pump_docker_socket(raw, out, err, payload)
         if not started:
             try:
@@ -202,8 +222,10 @@ class DockerTier(SandboxTier):
             codes = {out.exit_code(), err.exit_code()}
             fast = codes.pop() if len(codes) == 1 and not pump.is_alive() else None
         try:
-            status = {"StatusCode": fast} if fast == 0 and not stopped else client.api.wait(
-                cid, timeout=limits.timeout_s + 30
+            status = (
+                {"StatusCode": fast}
+                if fast == 0 and not stopped
+                else client.api.wait(cid, timeout=limits.timeout_s + 30)
             )
         except Exception as e:
             stop("timeout")
@@ -234,7 +256,10 @@ class DockerTier(SandboxTier):
 
     @staticmethod
     def _pids_hit(cid: str) -> bool:
-        for base in (Path("/sys/fs/cgroup/pids/docker") / cid, Path("/sys/fs/cgroup/system.slice") / f"docker-{cid}.scope"):
+        for base in (
+            Path("/sys/fs/cgroup/pids/docker") / cid,
+            Path("/sys/fs/cgroup/system.slice") / f"docker-{cid}.scope",
+        ):
             try:
                 for line in (base / "pids.events").read_text().splitlines():
                     k, _, v = line.partition(" ")
@@ -267,34 +292,62 @@ class DockerTier(SandboxTier):
     ) -> list[str]:
         self.require()
         if network and self.runtime == "runsc":
-            raise SandboxUnavailable("gVisor here runs only with --network=none; grant no network or use bwrap")
+            raise SandboxUnavailable(
+                "gVisor here runs only with --network=none; grant no network or use bwrap"
+            )
         if network:
             # Docker's bridge reaches the host (172.17.0.1) and every private range: that is
             # not egress-only, so it is refused rather than granted (bwrap gets egress-only).
             raise SandboxUnavailable(
-                "sandbox_network for a docker-tier upstream is not egress-only here; use sandbox = \"bwrap\""
+                'sandbox_network for a docker-tier upstream is not egress-only here; use sandbox = "bwrap"'
             )
         cli = shutil.which("docker")
         if cli is None:
             raise SandboxUnavailable("the docker CLI is not installed")
         mem = f"{limits.memory_mb}m"
         argv = [
-            cli, "run", "-i", "--rm", f"--runtime={self.runtime}",
-            "--network=none", "--read-only",
-            "--tmpfs", f"/tmp:rw,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777",
-            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "--user", f"{NOBODY}:{NOBODY}", "--memory", mem, "--memory-swap", mem,
-            "--cpus", str(limits.cpus), "--pids-limit", str(self.pids_limit(limits)),
-            "--log-driver", "none", "--label", f"{LABEL}=1", "--label", f"{LABEL_OWNER}={owner_tag()}",
-            "-v", "/usr:/usr:ro",
+            cli,
+            "run",
+            "-i",
+            "--rm",
+            f"--runtime={self.runtime}",
+            "--network=none",
+            "--read-only",
+            "--tmpfs",
+            f"/tmp:rw,nosuid,nodev,size={limits.tmpfs_mb}m,mode=1777",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--user",
+            f"{NOBODY}:{NOBODY}",
+            "--memory",
+            mem,
+            "--memory-swap",
+            mem,
+            "--cpus",
+            str(limits.cpus),
+            "--pids-limit",
+            str(self.pids_limit(limits)),
+            "--log-driver",
+            "none",
+            "--label",
+            f"{LABEL}=1",
+            "--label",
+            f"{LABEL_OWNER}={owner_tag()}",
+            "-v",
+            "/usr:/usr:ro",
         ]
         dirs = read_only_binds(command, args, cwd)
         for d in dirs:
             argv += ["-v", f"{d}:{d}:ro"]
         for path, is_dir in masked_paths(dirs, hidden):  # the gateway's own files: never visible
             # --mount (not --tmpfs) so it is ordered after the bind that holds it
-            argv += (["--mount", f"type=tmpfs,destination={path},tmpfs-size=4096,tmpfs-mode=0555"] if is_dir
-                     else ["-v", f"/dev/null:{path}:ro"])
+            argv += (
+                ["--mount", f"type=tmpfs,destination={path},tmpfs-size=4096,tmpfs-mode=0555"]
+                if is_dir
+                else ["-v", f"/dev/null:{path}:ro"]
+            )
         for k, v in {**SANDBOX_ENV, **env}.items():
             argv += ["-e", f"{k}={v}"]
         argv += ["-w", str(Path(cwd).resolve()) if cwd else "/tmp", self.image, command, *args]
@@ -360,7 +413,11 @@ def _runsc_ids() -> list[str]:
     if shutil.which("runsc") is None or not Path(RUNSC_STATE_ROOT).exists():
         return []
     r = subprocess.run(
-        ["runsc", f"--root={RUNSC_STATE_ROOT}", "list", "-quiet"], capture_output=True, text=True, timeout=30, check=False
+        ["runsc", f"--root={RUNSC_STATE_ROOT}", "list", "-quiet"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     return [line.strip() for line in r.stdout.splitlines() if line.strip()]
 
@@ -383,10 +440,20 @@ def _runsc_delete(cid: str) -> None:
     except OSError:
         return
     if cid in _runsc_ids() and not _docker_knows(cid):
-        subprocess.run(["runsc", f"--root={RUNSC_STATE_ROOT}", "delete", "--force", cid], capture_output=True, timeout=30, check=False)
+        subprocess.run(
+            ["runsc", f"--root={RUNSC_STATE_ROOT}", "delete", "--force", cid],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
         if shutil.which("ctr"):
             for sub in (["tasks", "delete", "--force", cid], ["containers", "delete", cid]):
-                subprocess.run(["ctr", "--address", CONTAINERD_SOCK, "-n", "moby", *sub], capture_output=True, timeout=30, check=False)
+                subprocess.run(
+                    ["ctr", "--address", CONTAINERD_SOCK, "-n", "moby", *sub],
+                    capture_output=True,
+                    timeout=30,
+                    check=False,
+                )
 
 
 def _runsc_orphans() -> list[str]:

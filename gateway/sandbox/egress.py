@@ -41,8 +41,17 @@ PREFIX = 30
 CHAIN = "SYMBI-EGRESS"
 LOCK_FILE = "/run/symbi-egress.lock"
 BLOCKED = (
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-    "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
 )
 _lock = threading.Lock()
 
@@ -82,7 +91,9 @@ def _resolve(hosts: Sequence[str]) -> list[str]:
 def _chain_rules(allow: Sequence[str]) -> list[tuple[str, ...]]:
     """The filter chain's rules (``iptables -A CHAIN`` arguments), in order."""
     if allow:  # an allow-list: those hosts, nothing else
-        accept = [("-d", str(ipaddress.ip_network(ip, strict=False)), "-j", "ACCEPT") for ip in _resolve(allow)]
+        accept = [
+            ("-d", str(ipaddress.ip_network(ip, strict=False)), "-j", "ACCEPT") for ip in _resolve(allow)
+        ]
         return [*accept, ("-j", "DROP")]
     return [*(("-d", net, "-j", "DROP") for net in BLOCKED), ("-j", "ACCEPT")]
 
@@ -133,10 +144,14 @@ def ensure_egress_netns(allow: Sequence[str] = ()) -> str:
         _iptables_ensure("filter", "INPUT", ["-i", HOST_IF, "-j", "DROP"], insert=True)
         _iptables_ensure("filter", "FORWARD", ["-i", HOST_IF, "-j", CHAIN], insert=True)
         _iptables_ensure(
-            "filter", "FORWARD",
-            ["-o", HOST_IF, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"], insert=True,
+            "filter",
+            "FORWARD",
+            ["-o", HOST_IF, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+            insert=True,
         )
-        _iptables_ensure("nat", "POSTROUTING", ["-s", f"{NS_ADDR}/32", "!", "-o", HOST_IF, "-j", "MASQUERADE"])
+        _iptables_ensure(
+            "nat", "POSTROUTING", ["-s", f"{NS_ADDR}/32", "!", "-o", HOST_IF, "-j", "MASQUERADE"]
+        )
     return NETNS
 
 

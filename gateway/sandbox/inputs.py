@@ -24,11 +24,19 @@ _NET_PY = re.compile(
     r"\b(?:import|from)\s+(socket|ssl|http|urllib|urllib3|requests|httpx|aiohttp|ftplib|smtplib|telnetlib|"
     r"paramiko|websocket|websockets|asyncio)\b"
 )
-_NET_SH = re.compile(r"(?:^|[\s;|&(`$])(curl|wget|nc|ncat|netcat|ssh|scp|rsync|ftp|telnet|ping|dig|nslookup)\b")
-_EXTERNAL = re.compile(r"\b(boto3|botocore|openai|anthropic|google\.cloud|azure|stripe|github|slack_sdk|twilio)\b")
+_NET_SH = re.compile(
+    r"(?:^|[\s;|&(`$])(curl|wget|nc|ncat|netcat|ssh|scp|rsync|ftp|telnet|ping|dig|nslookup)\b"
+)
+_EXTERNAL = re.compile(
+    r"\b(boto3|botocore|openai|anthropic|google\.cloud|azure|stripe|github|slack_sdk|twilio)\b"
+)
 # File access beyond the temporary working directory.
-_FS_PY = re.compile(r"\b(open|os\.(?:remove|unlink|rename|walk|listdir|scandir|chmod|chown)|shutil\.|pathlib)\b")
-_FS_SH = re.compile(r"(?:^|[\s;|&(])(?:rm|mv|cp|chmod|chown|find|dd|tar|ln)\s|(?:^|\s)/(?:etc|home|root|var|proc|sys)\b")
+_FS_PY = re.compile(
+    r"\b(open|os\.(?:remove|unlink|rename|walk|listdir|scandir|chmod|chown)|shutil\.|pathlib)\b"
+)
+_FS_SH = re.compile(
+    r"(?:^|[\s;|&(])(?:rm|mv|cp|chmod|chown|find|dd|tar|ln)\s|(?:^|\s)/(?:etc|home|root|var|proc|sys)\b"
+)
 
 _KNOWN_KINDS = frozenset({"user", "admin", "service"})
 

@@ -104,7 +104,12 @@ class SandboxManager:
         """(command, args) that launch a stdio MCP server inside ``tier``; ``hidden`` paths
         (the gateway's data dir, keys, config) are masked wherever a bound folder holds them."""
         argv = self.tier(tier).stdio_argv(
-            command, list(args), dict(env), cwd, network=network, limits=limits or self.limits(timeout_s=None),
+            command,
+            list(args),
+            dict(env),
+            cwd,
+            network=network,
+            limits=limits or self.limits(timeout_s=None),
             hidden=hidden,
         )
         if network:
@@ -130,7 +135,9 @@ class SandboxManager:
         if pooled:
             log.info("warm pool: %d ready sandbox(es) per tier for %s", n, ", ".join(pooled))
         else:
-            log.warning("sandbox.warm_pool = %d but no Docker tier (docker, gvisor) runs here: calls start cold", n)
+            log.warning(
+                "sandbox.warm_pool = %d but no Docker tier (docker, gvisor) runs here: calls start cold", n
+            )
 
     # -- housekeeping -------------------------------------------------------------------
     def cleanup_orphans(self) -> list[str]:
@@ -179,4 +186,6 @@ def wrap_stdio_command(
     Network is off unless ``network`` (gvisor cannot grant it here: SandboxUnavailable).
     The server runs as uid/gid 65534: its files must be readable by that user.
     """
-    return manager.wrap_stdio_command(tier, command, args, env, cwd, network=network, limits=limits, hidden=hidden)
+    return manager.wrap_stdio_command(
+        tier, command, args, env, cwd, network=network, limits=limits, hidden=hidden
+    )

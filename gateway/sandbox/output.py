@@ -141,8 +141,12 @@ def pump_docker_socket(
                 sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-            while not (isinstance(out, TrailerBuffer) and isinstance(err, TrailerBuffer)
-                       and out.exit_code() is not None and err.exit_code() is not None):
+            while not (
+                isinstance(out, TrailerBuffer)
+                and isinstance(err, TrailerBuffer)
+                and out.exit_code() is not None
+                and err.exit_code() is not None
+            ):
                 # (pool runs) both streams ended with the runner's trailer: the payload has
                 # exited and everything it wrote before is here; the rest is teardown
                 header = recv_exact(8)

@@ -89,6 +89,7 @@ os.write(2, b"\\0symbi-exit:%d\\0" % rc)
 os._exit(rc)
 """
 
+
 def _await_ready(raw: Any, timeout_s: float = 60.0) -> None:
     """Read the runner's one-byte stdout frame that says its interpreter is up."""
     raw.settimeout(timeout_s)
@@ -137,7 +138,9 @@ class WarmPool:
     # -- filling ------------------------------------------------------------------------
     def _spawn(self, tier: DockerTier) -> _Warm:
         client = docker_client()
-        cid = tier.create(client, [SANDBOX_PYTHON, "-I", "-c", RUNNER], {}, stdin_open=True, limits=self.limits)
+        cid = tier.create(
+            client, [SANDBOX_PYTHON, "-I", "-c", RUNNER], {}, stdin_open=True, limits=self.limits
+        )
         try:
             raw = tier.attach(client, cid, with_stdin=True)
             client.api.start(cid)

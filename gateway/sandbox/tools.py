@@ -43,7 +43,12 @@ _OUTPUT_SCHEMA: dict[str, Any] = {
     },
     "required": ["exit_code", "stdout", "stderr", "truncated", "tier", "killed"],
 }
-_ANNOTATIONS = {"readOnlyHint": False, "destructiveHint": False, "idempotentHint": False, "openWorldHint": False}
+_ANNOTATIONS = {
+    "readOnlyHint": False,
+    "destructiveHint": False,
+    "idempotentHint": False,
+    "openWorldHint": False,
+}
 
 
 def _tool(name: str, title: str, description: str, main: str, main_desc: str) -> dict[str, Any]:
@@ -115,8 +120,10 @@ class SandboxTools:
         if stdin is not None and not isinstance(stdin, str):
             raise ArgumentsInvalid("'stdin' must be a string")
         files = arguments.get("files") or {}
-        if not isinstance(files, dict) or len(files) > MAX_FILES or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        if (
+            not isinstance(files, dict)
+            or len(files) > MAX_FILES
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
         ):
             raise ArgumentsInvalid(f"'files' must map at most {MAX_FILES} names to strings")
         common: dict[str, Any] = {
@@ -162,10 +169,18 @@ class SandboxTools:
         annotations = next((t["annotations"] for t in TOOLS if t["name"] == name), None)
         tier = self.pick_tier(min_tier, request, principal_kind=principal_kind, annotations=annotations)
         lim = limits or self.manager.limits()
-        attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name, "symbi.sandbox.tier": tier}
+        attrs = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "symbi.sandbox.tier": tier,
+        }
         with _tracer.start_as_current_span(f"sandbox {name}", attributes=attrs) as span:
-            result = await anyio.to_thread.run_sync(self.manager.run, tier, request, lim, abandon_on_cancel=False)
-            span.set_attributes({"process.exit.code": result.exit_code, "symbi.sandbox.killed": result.killed})
+            result = await anyio.to_thread.run_sync(
+                self.manager.run, tier, request, lim, abandon_on_cancel=False
+            )
+            span.set_attributes(
+                {"process.exit.code": result.exit_code, "symbi.sandbox.killed": result.killed}
+            )
         return to_call_result(result), tier
 
 

@@ -19,8 +19,12 @@ class ScanEntry:
     findings: tuple[Finding, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "upstream": self.upstream,
-                "findings": [f.as_dict() for f in self.findings]}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "upstream": self.upstream,
+            "findings": [f.as_dict() for f in self.findings],
+        }
 
 
 async def scan_configured(config: Config, only: Collection[str] = ()) -> tuple[list[ScanEntry], list[str]]:
@@ -52,17 +56,25 @@ async def scan_configured(config: Config, only: Collection[str] = ()) -> tuple[l
         for uri, (up, res) in sorted(cat.resources.items()):
             if up in wanted:
                 d = res.model_dump(mode="json", by_alias=True, exclude_none=True)
-                entries.append(ScanEntry("resource", uri, up, screener.screen("resource", d, others(up)).findings))
+                entries.append(
+                    ScanEntry("resource", uri, up, screener.screen("resource", d, others(up)).findings)
+                )
         for up, tpl, _ in cat.templates:
             if up in wanted:
                 d = tpl.model_dump(mode="json", by_alias=True, exclude_none=True)
-                entries.append(ScanEntry("resource", tpl.uri_template, up,
-                                         screener.screen("resource", d, others(up)).findings))
+                entries.append(
+                    ScanEntry(
+                        "resource", tpl.uri_template, up, screener.screen("resource", d, others(up)).findings
+                    )
+                )
         for name, p in sorted(cat.prompts.items()):
             if p.upstream in wanted:
                 d = p.prompt.model_dump(mode="json", by_alias=True, exclude_none=True)
                 d["name"] = p.original_name
-                entries.append(ScanEntry("prompt", name, p.upstream, screener.screen("prompt", d, others(p.upstream))
-                                         .findings))
+                entries.append(
+                    ScanEntry(
+                        "prompt", name, p.upstream, screener.screen("prompt", d, others(p.upstream)).findings
+                    )
+                )
         down = sorted(n for n, u in gw.upstreams.items() if n in wanted and u.state != "up")
     return entries, down

@@ -37,8 +37,15 @@ class Finding:
     summary: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "category": self.category, "severity": self.severity, "field": self.field,
-                "span": list(self.span), "excerpt": self.excerpt, "summary": self.summary}
+        return {
+            "rule": self.rule,
+            "category": self.category,
+            "severity": self.severity,
+            "field": self.field,
+            "span": list(self.span),
+            "excerpt": self.excerpt,
+            "summary": self.summary,
+        }
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,16 @@ class Screening:
 
     def as_input(self) -> dict[str, Any]:
         """The policy input's ``tool.screening``."""
-        return {"highest": self.highest, "accepted": self.accepted,
-                "findings": [{"rule": f.rule, "severity": f.severity, "field": f.field} for f in self.findings]}
+        return {
+            "highest": self.highest,
+            "accepted": self.accepted,
+            "findings": [{"rule": f.rule, "severity": f.severity, "field": f.field} for f in self.findings],
+        }
 
 
-def screen_definition(kind: Kind, definition: Mapping[str, Any], *, others: Collection[str] = ()) -> Screening:
+def screen_definition(
+    kind: Kind, definition: Mapping[str, Any], *, others: Collection[str] = ()
+) -> Screening:
     """``others``: names of other servers' tools (namespaced and original), for shadowing and
     homoglyph checks."""
     findings: list[Finding] = []
@@ -87,13 +99,19 @@ class Screener:
         self._max = max_entries
 
     def screen(
-        self, kind: Kind, definition: Mapping[str, Any], others: frozenset[str] = frozenset(), *,
+        self,
+        kind: Kind,
+        definition: Mapping[str, Any],
+        others: frozenset[str] = frozenset(),
+        *,
         definition_hash: str | None = None,
     ) -> Screening:
         """``definition_hash``: the caller's hash of ``definition`` when it has one (the
         verifier does), so a cached refresh does not serialise every definition again."""
-        digest = definition_hash or hashlib.sha256(
-            json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
+        digest = (
+            definition_hash
+            or hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
+        )
         key = (digest, len(others), hash(others))  # a frozenset caches its own hash
         hit = self._cache.get(key)
         if hit is None:
@@ -175,12 +193,26 @@ def _text_findings(field: str, text: str) -> Iterator[Finding]:
             continue
         hit = rule.pattern.search(text)  # one finding per rule and field: the first span
         if hit:
-            yield Finding(rule.id, rule.category, rule.severity, field, hit.span(), _excerpt(text, hit.span()),
-                          rule.summary)
+            yield Finding(
+                rule.id,
+                rule.category,
+                rule.severity,
+                field,
+                hit.span(),
+                _excerpt(text, hit.span()),
+                rule.summary,
+            )
     inv = INVISIBLE.search(text)
     if inv:
-        yield Finding("SP014", "invisible-unicode", "high", field, inv.span(), repr(inv.group()),
-                      f"an invisible or bidirectional character (U+{ord(inv.group()):04X})")
+        yield Finding(
+            "SP014",
+            "invisible-unicode",
+            "high",
+            field,
+            inv.span(),
+            repr(inv.group()),
+            f"an invisible or bidirectional character (U+{ord(inv.group()):04X})",
+        )
 
 
 def _mentions(field: str, text: str, others: Collection[str], own: set[str]) -> Iterator[Finding]:
@@ -188,16 +220,24 @@ def _mentions(field: str, text: str, others: Collection[str], own: set[str]) -> 
         return
     for m in _NAMESPACED.finditer(text):
         if m.group() in others and m.group() not in own:
-            yield Finding("SP011", "shadowing", "high", field, m.span(), m.group(),
-                          "refers to another server's tool")
+            yield Finding(
+                "SP011", "shadowing", "high", field, m.span(), m.group(), "refers to another server's tool"
+            )
             return
 
 
 def _name_findings(name: str, others: Collection[str]) -> Iterator[Finding]:
     m = INVISIBLE.search(name)
     if m:
-        yield Finding("SP014", "invisible-unicode", "high", "name", m.span(), repr(m.group()),
-                      f"an invisible or bidirectional character in the name (U+{ord(m.group()):04X})")
+        yield Finding(
+            "SP014",
+            "invisible-unicode",
+            "high",
+            "name",
+            m.span(),
+            repr(m.group()),
+            f"an invisible or bidirectional character in the name (U+{ord(m.group()):04X})",
+        )
     if name.isascii():
         return
     confusable = confusables.is_confusable(name, preferred_aliases=["latin"], greedy=True) or []
@@ -208,23 +248,46 @@ def _name_findings(name: str, others: Collection[str]) -> Iterator[Finding]:
             if latin:
                 skeleton = skeleton.replace(c["character"], latin)
         imitates = next((o for o in others if o == skeleton or o.endswith("__" + skeleton)), None)
-        summary = f"a homoglyph name imitating {imitates!r}" if imitates else "a name with look-alike characters"
+        summary = (
+            f"a homoglyph name imitating {imitates!r}" if imitates else "a name with look-alike characters"
+        )
         yield Finding("SP012", "homoglyph", "high", "name", (0, len(name)), name, summary)
 
 
 def _side_channel(name: str, desc: str, where: str) -> Iterator[Finding]:
     if INVISIBLE.search(name):
-        yield Finding("SP014", "invisible-unicode", "high", where, (0, len(name)), repr(name),
-                      "an invisible or bidirectional character in a parameter name")
+        yield Finding(
+            "SP014",
+            "invisible-unicode",
+            "high",
+            where,
+            (0, len(name)),
+            repr(name),
+            "an invisible or bidirectional character in a parameter name",
+        )
     if not SIDE_CHANNEL_NAMES.match(name):
         return
     ask = SIDE_CHANNEL_ASK.search(desc)
     if ask:
-        yield Finding("SP013", "side-channel", "high", where, (0, len(name)), f"{name}: {_excerpt(desc, ask.span())}",
-                      "a parameter that asks the model for conversation, files or secrets")
+        yield Finding(
+            "SP013",
+            "side-channel",
+            "high",
+            where,
+            (0, len(name)),
+            f"{name}: {_excerpt(desc, ask.span())}",
+            "a parameter that asks the model for conversation, files or secrets",
+        )
     else:
-        yield Finding("SP013", "side-channel", "low", where, (0, len(name)), name,
-                      "a parameter name often used as a side channel")
+        yield Finding(
+            "SP013",
+            "side-channel",
+            "low",
+            where,
+            (0, len(name)),
+            name,
+            "a parameter name often used as a side channel",
+        )
 
 
 def _excerpt(text: str, span: tuple[int, int], room: int = 30) -> str:

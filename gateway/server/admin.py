@@ -171,7 +171,9 @@ def _limit(request: Request, default: int = 50, most: int = 1000) -> int | None:
 AGENT_ACTIONS = ("suspend", "resume", "terminate")
 
 
-def agent_action(state: HttpState, ref: str, action: str, who: str, reason: str) -> tuple[int, dict[str, Any]]:
+def agent_action(
+    state: HttpState, ref: str, action: str, who: str, reason: str
+) -> tuple[int, dict[str, Any]]:
     """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix):
     (HTTP status, JSON body). The admin API and the dashboard both act through this."""
     gw = state.gateway
@@ -183,11 +185,16 @@ def agent_action(state: HttpState, ref: str, action: str, who: str, reason: str)
     rt = gw.runtime
     try:
         result = {"suspend": rt.suspend, "resume": rt.resume, "terminate": rt.terminate}[action](
-            agent, f"operator {who}: {reason or action}")
+            agent, f"operator {who}: {reason or action}"
+        )
     except InvalidTransition as e:
         return 409, {"error": "invalid_transition", "reason": e.message}
-    gw.events.emit(_OPERATOR_EVENTS[action], {"agent": agent.id, "by": who, "reason": reason, "result": result},
-                   principal=who, agent=agent.id)
+    gw.events.emit(
+        _OPERATOR_EVENTS[action],
+        {"agent": agent.id, "by": who, "reason": reason, "result": result},
+        principal=who,
+        agent=agent.id,
+    )
     return 200, {"agent": agent.id, "result": result, "state": agent.state.value}
 
 
@@ -344,24 +351,28 @@ def admin_routes(state: HttpState) -> list[Route]:
             return _err(404, "not_found", f"no agent {request.path_params['id']!r}")
         reason = await _reason(request)
         if reason is None:
-            return _err(400, "bad_request", "body must be JSON {\"reason\": \"...\"} (or empty)")
-        status, body = agent_action(state, request.path_params["id"], action, request.scope["symbi.principal"].id,
-                                    reason)
+            return _err(400, "bad_request", 'body must be JSON {"reason": "..."} (or empty)')
+        status, body = agent_action(
+            state, request.path_params["id"], action, request.scope["symbi.principal"].id, reason
+        )
         return JSONResponse(body, status_code=status)
 
     async def agent_run(request: Request) -> Response:
         gw = state.gateway
         name = request.path_params["id"]
-        hosted = gw.hosted if gw is not None else None
-        if hosted is None or name not in state.config.agents:
+        if gw is None or gw.hosted is None or name not in state.config.agents:
             return _err(404, "not_found", f"no hosted agent {name!r} ([agents.{name}])")
-        result = hosted.request_start(name)
+        result = gw.hosted.request_start(name)
         who = request.scope["symbi.principal"].id
-        gw.events.emit(Event.AGENT_RUN_REQUESTED, {"name": name, "by": who, "result": result},  # type: ignore[union-attr]
-                       principal=who)
-        agent = gw.runtime.agents.by_name(name)  # type: ignore[union-attr]
-        return JSONResponse({"agent": agent.id if agent else name, "result": result,
-                             "state": agent.state.value if agent else "Initializing"})
+        gw.events.emit(Event.AGENT_RUN_REQUESTED, {"name": name, "by": who, "result": result}, principal=who)
+        agent = gw.runtime.agents.by_name(name)
+        return JSONResponse(
+            {
+                "agent": agent.id if agent else name,
+                "result": result,
+                "state": agent.state.value if agent else "Initializing",
+            }
+        )
 
     async def status_view(request: Request) -> Response:
         gw = state.gateway
@@ -374,7 +385,9 @@ def admin_routes(state: HttpState) -> list[Route]:
         if gw is None:
             return _unavailable("health", "gateway not started")
         comps = components(gw)
-        return JSONResponse({"status": overall(comps), "components": {n: c["status"] for n, c in comps.items()}})
+        return JSONResponse(
+            {"status": overall(comps), "components": {n: c["status"] for n, c in comps.items()}}
+        )
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)

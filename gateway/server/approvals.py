@@ -67,7 +67,9 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
     try:  # screened again before it can be approved
         check_screening(_state(gw), rec, accept=False)
     except ScreeningFlagged as e:
-        raise ApprovalError(f"{e.message}; only `symbi tools approve --accept-screening` can approve it", 409) from None
+        raise ApprovalError(
+            f"{e.message}; only `symbi tools approve --accept-screening` can approve it", 409
+        ) from None
     h = await anyio.to_thread.run_sync(
         lambda: approve_current(_state(gw), gw.config.pins_path, rec, domain=srv.domain, actor=principal.id)
     )

@@ -45,7 +45,9 @@ class ApiKeys(Protocol):
     def records(self) -> list[ApiKeyRecord]: ...
     def lookup(self, key: str) -> ApiKeyRecord | None: ...
     def get(self, kid: str) -> ApiKeyRecord | None: ...
-    def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, ApiKeyRecord]: ...
+    def create(
+        self, principal: str, roles: tuple[str, ...], kind: str = "user"
+    ) -> tuple[str, ApiKeyRecord]: ...
     def revoke(self, kid: str) -> bool: ...
 
 
@@ -54,7 +56,9 @@ def open_api_keys(config: Config) -> ApiKeys:
     if config.state.postgres_url is not None:
         from gateway.state.postgres import PgApiKeyStore, Postgres
 
-        return PgApiKeyStore(Postgres(config.state.postgres_url, timeout_s=config.state.timeout_s).open(), owns=True)
+        return PgApiKeyStore(
+            Postgres(config.state.postgres_url, timeout_s=config.state.timeout_s).open(), owns=True
+        )
     return ApiKeyStore(config.api_keys_path)
 
 
@@ -198,7 +202,12 @@ class JwtVerifier:
         if not isinstance(roles, (list, tuple)) or not all(isinstance(r, str) for r in roles):
             raise AuthFailed(f"claim {self.cfg.roles_claim!r} must be a list of strings")
         return Principal(
-            id=str(claims["sub"]), kind="user", roles=tuple(roles), claims=claims, source="jwt", issuer=self.cfg.issuer
+            id=str(claims["sub"]),
+            kind="user",
+            roles=tuple(roles),
+            claims=claims,
+            source="jwt",
+            issuer=self.cfg.issuer,
         )
 
 
@@ -256,4 +265,3 @@ class Authenticator:
         if self.anonymous is not None:
             return Principal(id=self.anonymous, kind="anonymous", source="anonymous")
         raise NoCredentials("credentials required")
-

@@ -78,8 +78,13 @@ def http_footprint(state: HttpState) -> dict[str, Any]:
     # label sets over fixed vocabularies (route group x status, event type, decision, tier):
     # bounded by the vocabularies, not by any owner; reported, not compared
     vocabulary = {"metrics_label_sets": metrics_label_sets(state.metrics)}
-    return {"owned": owned, "bounded": bounded, "caps": caps, "vocabulary": vocabulary,
-            "process": process_footprint()}
+    return {
+        "owned": owned,
+        "bounded": bounded,
+        "caps": caps,
+        "vocabulary": vocabulary,
+        "process": process_footprint(),
+    }
 
 
 def process_footprint() -> dict[str, int]:

@@ -212,8 +212,10 @@ class Front:
         if target not in ok:
             # a denied completion / subscription is on the record like a denied call
             self._gateway(ctx).events.emit(
-                Event.REQUEST_DENIED, {"method": method, "kind": kind, "target": target, "upstream": owner},
-                principal=principal.id, agent=principal.agent,
+                Event.REQUEST_DENIED,
+                {"method": method, "kind": kind, "target": target, "upstream": owner},
+                principal=principal.id,
+                agent=principal.agent,
             )
             raise PolicyDenied(f"policy denies {principal.id} the use of {target}")
 
@@ -224,14 +226,20 @@ class Front:
         except CatalogError as e:
             gw = self._gateway(ctx)
             who = principal_for(ctx, gw)
-            gw.events.emit(Event.REQUEST_REFUSED, {"method": method, "target": target, "error_code": e.code,
-                                                   "reason": e.message}, principal=who.id, agent=who.agent)
+            gw.events.emit(
+                Event.REQUEST_REFUSED,
+                {"method": method, "target": target, "error_code": e.code, "reason": e.message},
+                principal=who.id,
+                agent=who.agent,
+            )
             raise
 
     # -- 2026 listen streams ---------------------------------------------------------------------
 
     @as_protocol_error
-    async def listen(self, ctx: Ctx, params: types.SubscriptionsListenRequestParams) -> types.SubscriptionsListenResult:
+    async def listen(
+        self, ctx: Ctx, params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
         """A 2026-era listen stream, bound to its principal: it hears only of lists it can see
         and of resources it may read (URIs it may not read are left out of the ack)."""
         gw: Gateway = ctx.lifespan_context
@@ -246,16 +254,24 @@ class Front:
             ok = await gw.allowed_targets(principal, "resources/read", pairs)
             refused = [u for u in uris if u not in ok]
             if refused:
-                gw.events.emit(Event.REQUEST_DENIED, {"method": "subscriptions/listen", "kind": "resources/read",
-                                                      "targets": refused}, principal=principal.id, agent=principal.agent)
+                gw.events.emit(
+                    Event.REQUEST_DENIED,
+                    {"method": "subscriptions/listen", "kind": "resources/read", "targets": refused},
+                    principal=principal.id,
+                    agent=principal.agent,
+                )
             kept = [u for u in uris if u in ok] or None
-            params = params.model_copy(update={"notifications": asked.model_copy(update={"resource_subscriptions": kept})})
+            params = params.model_copy(
+                update={"notifications": asked.model_copy(update={"resource_subscriptions": kept})}
+            )
         return await gw.listen.serve(ctx, params, principal, gw.watch_for_stream)
 
     # -- tools -------------------------------------------------------------------------------
 
     @as_protocol_error
-    async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    async def list_tools(
+        self, ctx: Ctx, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
         gw = self._gateway(ctx)
         visible = await gw.visible_tools(principal_for(ctx, gw))
         return types.ListToolsResult(tools=[e.tool for e in visible])
@@ -290,7 +306,9 @@ class Front:
     ) -> types.ListResourceTemplatesResult:
         templates = self._gateway(ctx).catalog.templates
         _, ok = await self._allowed(ctx, "resources/read", [(t.uri_template, up) for up, t, _ in templates])
-        return types.ListResourceTemplatesResult(resource_templates=[t for _, t, _ in templates if t.uri_template in ok])
+        return types.ListResourceTemplatesResult(
+            resource_templates=[t for _, t, _ in templates if t.uri_template in ok]
+        )
 
     @as_protocol_error
     async def read_resource(
@@ -302,7 +320,9 @@ class Front:
         if params.uri == STATUS_RESOURCE.uri:
             return self._read_status(gw, principal_for(ctx, gw))
         try:
-            owner = self._find_or_refuse(ctx, "resources/read", params.uri, lambda: gw.catalog.resource_owner(params.uri))
+            owner = self._find_or_refuse(
+                ctx, "resources/read", params.uri, lambda: gw.catalog.resource_owner(params.uri)
+            )
         except CatalogError as e:
             # SEP-2164: an unknown resource is -32602 with the URI in data
             raise MCPError(
@@ -314,36 +334,56 @@ class Front:
 
     @as_protocol_error
     async def subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
-        await self._on_owner(ctx, "resources/subscribe", params.uri,
-                             lambda up: up.session.subscribe_resource(params.uri), True)
+        await self._on_owner(
+            ctx, "resources/subscribe", params.uri, lambda up: up.session.subscribe_resource(params.uri), True
+        )
         return types.EmptyResult()
 
     @as_protocol_error
     async def unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-        await self._on_owner(ctx, "resources/unsubscribe", params.uri,
-                             lambda up: up.session.unsubscribe_resource(params.uri), False)
+        await self._on_owner(
+            ctx,
+            "resources/unsubscribe",
+            params.uri,
+            lambda up: up.session.unsubscribe_resource(params.uri),
+            False,
+        )
         return types.EmptyResult()
 
-    async def _on_owner(self, ctx: Ctx, method: str, uri: str, fn: Callable[[Upstream], Any], on: bool) -> None:
+    async def _on_owner(
+        self, ctx: Ctx, method: str, uri: str, fn: Callable[[Upstream], Any], on: bool
+    ) -> None:
         gw = self._gateway(ctx)
         owner = self._find_or_refuse(ctx, method, uri, lambda: gw.catalog.subscription_owner(uri))
-        await self._require(ctx, "resources/read", uri, owner, method=method)  # subscribing needs the right to read
+        await self._require(
+            ctx, "resources/read", uri, owner, method=method
+        )  # subscribing needs the right to read
         if not await gw.watch_resource(owner, uri, principal_for(ctx, gw), ctx, on):
             await gw.with_upstream(owner, fn, ctx)
         who = principal_for(ctx, gw)
-        gw.events.emit(Event.REQUEST_ALLOWED, {"method": method, "target": uri, "upstream": owner},
-                       principal=who.id, agent=who.agent)
+        gw.events.emit(
+            Event.REQUEST_ALLOWED,
+            {"method": method, "target": uri, "upstream": owner},
+            principal=who.id,
+            agent=who.agent,
+        )
 
     def _read_status(self, gw: Gateway, principal: Principal) -> types.ReadResourceResult:
         from gateway.runtime.status import get_system_status
 
         if not is_admin(principal):
-            gw.events.emit(Event.STATUS_READ_DENIED, {"uri": STATUS_RESOURCE.uri}, principal=principal.id,
-                           agent=principal.agent)
+            gw.events.emit(
+                Event.STATUS_READ_DENIED,
+                {"uri": STATUS_RESOURCE.uri},
+                principal=principal.id,
+                agent=principal.agent,
+            )
             raise MCPError(code=types.INVALID_PARAMS, message="symbi://status is for admin principals only")
         text = json.dumps(get_system_status(gw), default=str)
         return types.ReadResourceResult(
-            contents=[types.TextResourceContents(uri=STATUS_RESOURCE.uri, mime_type="application/json", text=text)]
+            contents=[
+                types.TextResourceContents(uri=STATUS_RESOURCE.uri, mime_type="application/json", text=text)
+            ]
         )
 
     async def _read_audit(self, gw: Gateway, principal: Principal) -> types.ReadResourceResult:
@@ -352,20 +392,28 @@ class Front:
                 code=types.INVALID_PARAMS, message="the audit log is off (security.unsafe_disable_audit)"
             )
         if not is_admin(principal):
-            gw.events.emit(Event.AUDIT_READ_DENIED, {"uri": AUDIT_RESOURCE.uri}, principal=principal.id,
-                           agent=principal.agent)
+            gw.events.emit(
+                Event.AUDIT_READ_DENIED,
+                {"uri": AUDIT_RESOURCE.uri},
+                principal=principal.id,
+                agent=principal.agent,
+            )
             raise MCPError(code=types.INVALID_PARAMS, message="audit://recent is for admin principals only")
         log = gw.audit
         await anyio.to_thread.run_sync(lambda: log.flush(timeout=5))  # what was emitted is readable
         text = json.dumps(log.recent(100), default=str)
         return types.ReadResourceResult(
-            contents=[types.TextResourceContents(uri=AUDIT_RESOURCE.uri, mime_type="application/json", text=text)]
+            contents=[
+                types.TextResourceContents(uri=AUDIT_RESOURCE.uri, mime_type="application/json", text=text)
+            ]
         )
 
     # -- prompts and completion --------------------------------------------------------------
 
     @as_protocol_error
-    async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+    async def list_prompts(
+        self, ctx: Ctx, params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
         entries = list(self._gateway(ctx).catalog.prompts.values())
         _, ok = await self._allowed(ctx, "prompts/get", [(p.name, p.upstream) for p in entries])
         return types.ListPromptsResult(prompts=[p.prompt for p in entries if p.name in ok])
@@ -375,10 +423,16 @@ class Front:
         self, ctx: Ctx, params: types.GetPromptRequestParams
     ) -> types.GetPromptResult | types.InputRequiredResult:
         gw = self._gateway(ctx)
-        owner = self._find_or_refuse(ctx, "prompts/get", params.name, lambda: gw.catalog.prompt(params.name).upstream)
+        owner = self._find_or_refuse(
+            ctx, "prompts/get", params.name, lambda: gw.catalog.prompt(params.name).upstream
+        )
         call = self._call(
-            ctx, "prompts/get", params.name, params,
-            arguments=dict(params.arguments or {}), upstream=gw.upstream_info(owner),
+            ctx,
+            "prompts/get",
+            params.name,
+            params,
+            arguments=dict(params.arguments or {}),
+            upstream=gw.upstream_info(owner),
         )
         result: types.GetPromptResult | types.InputRequiredResult = await gw.call(call)
         return result
@@ -413,8 +467,11 @@ class Front:
         # An upstream's log level is shared by every caller: the policy decides per upstream
         # (kind "logging/setLevel", target = the upstream's name), and the change is audited.
         gw = self._gateway(ctx)
-        loggable = [up for up in gw.upstreams.values()
-                    if (caps := up.server_capabilities) is not None and caps.logging is not None]
+        loggable = [
+            up
+            for up in gw.upstreams.values()
+            if (caps := up.server_capabilities) is not None and caps.logging is not None
+        ]
         principal, ok = await self._allowed(ctx, "logging/setLevel", [(up.name, up.name) for up in loggable])
         applied: list[str] = []
         for up in loggable:
@@ -424,8 +481,12 @@ class Front:
                     await up.session.set_logging_level(params.level)
                     applied.append(up.name)
         denied = sorted(up.name for up in loggable if up.name not in ok)
-        gw.events.emit(Event.LOGGING_SET_LEVEL, {"level": params.level, "applied": sorted(applied), "denied": denied},
-                       principal=principal.id, agent=principal.agent)
+        gw.events.emit(
+            Event.LOGGING_SET_LEVEL,
+            {"level": params.level, "applied": sorted(applied), "denied": denied},
+            principal=principal.id,
+            agent=principal.agent,
+        )
         # not an error: clients (the Inspector...) send it on connect; a denied upstream is left alone
         return types.EmptyResult()
 

@@ -292,8 +292,11 @@ class AuthGate:
             await self._challenge(scope, receive, send, e)
             return
         except StateUnavailable as e:  # the shared key store is down: refused, and said so
-            await JSONResponse({"error": "unavailable", "code": e.code, "reasons": e.reasons},
-                               status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
+            await JSONResponse(
+                {"error": "unavailable", "code": e.code, "reasons": e.reasons},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )(scope, receive, send)
             return
         except Exception:
             _logger.exception("authentication failed unexpectedly")
@@ -400,9 +403,13 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
             # within a second or two
             def end_agents(sid: str) -> None:
                 if state.gateway is not None:
-                    state.gateway.runtime.close_session(http_session_key(sid), "shutdown: its API key was revoked")
+                    state.gateway.runtime.close_session(
+                        http_session_key(sid), "shutdown: its API key was revoked"
+                    )
 
-            tg.start_soon(sweep_revoked, manager, lambda kid: state.auth.keys.get(kid) is not None, 1.0, end_agents)
+            tg.start_soon(
+                sweep_revoked, manager, lambda kid: state.auth.keys.get(kid) is not None, 1.0, end_agents
+            )
             yield
             tg.cancel_scope.cancel()
 
@@ -459,7 +466,9 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     app.add_middleware(AuthGate, state=state)
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=config.http.max_request_bytes)
     # outside the limit (which buffers the body itself): the deadline covers the whole read
-    app.add_middleware(BodyDeadline, timeout=config.http.body_timeout_s, max_bytes=config.http.max_request_bytes)
+    app.add_middleware(
+        BodyDeadline, timeout=config.http.body_timeout_s, max_bytes=config.http.max_request_bytes
+    )
     app.add_middleware(HostGuard, settings=settings)
     app.add_middleware(AccessLog, state=state)
     return app

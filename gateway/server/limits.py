@@ -44,8 +44,11 @@ class ConnectionLimit:
                 f"(mcp.max_concurrent_connections = {self.limit}); retry shortly"
             )
             _logger.warning("%s", err.message)
-            body = {"jsonrpc": "2.0", "id": None,
-                    "error": {"code": -32000, "message": err.message, "data": {"code": err.code}}}
+            body = {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {"code": -32000, "message": err.message, "data": {"code": err.code}},
+            }
             await JSONResponse(body, status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
             return
         self.open += 1

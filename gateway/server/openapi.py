@@ -97,20 +97,31 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "/agents": {
-            "get": {"summary": "Every agent: id, principal, state, priority, in-flight, limits, usage",
-                    "responses": {"200": _ok("AgentList"), "503": _ok("Unavailable"), **_STD}}
+            "get": {
+                "summary": "Every agent: id, principal, state, priority, in-flight, limits, usage",
+                "responses": {"200": _ok("AgentList"), "503": _ok("Unavailable"), **_STD},
+            }
         },
         "/agents/{id}": {
-            "get": {"summary": "One agent (by id, name or unique id prefix)", "parameters": [_ID],
-                    "responses": {"200": _ok("Agent"), "404": _ERR, **_STD}}
+            "get": {
+                "summary": "One agent (by id, name or unique id prefix)",
+                "parameters": [_ID],
+                "responses": {"200": _ok("Agent"), "404": _ERR, **_STD},
+            }
         },
         **{
             f"/agents/{{id}}/{action}": {
                 "post": {
                     "summary": summary,
                     "parameters": [_ID],
-                    "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                        "type": "object", "properties": {"reason": {"type": "string"}}}}}},
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "object", "properties": {"reason": {"type": "string"}}}
+                            }
+                        },
+                    },
                     "responses": {"200": _ok("AgentAction"), "400": _ERR, "404": _ERR, "409": _ERR, **_STD},
                 }
             }
@@ -121,27 +132,38 @@ OPENAPI: dict[str, Any] = {
             )
         },
         "/agents/{id}/run": {
-            "post": {"summary": "Start a hosted agent ([agents.NAME]) now", "parameters": [_ID],
-                     "responses": {"200": _ok("AgentAction"), "404": _ERR, **_STD}}
+            "post": {
+                "summary": "Start a hosted agent ([agents.NAME]) now",
+                "parameters": [_ID],
+                "responses": {"200": _ok("AgentAction"), "404": _ERR, **_STD},
+            }
         },
         "/status": {
-            "get": {"summary": "HealthStatus: overall, components, resource utilisation, recent errors",
-                    "responses": {"200": _ok("HealthStatus"), "503": _ok("Unavailable"), **_STD}}
+            "get": {
+                "summary": "HealthStatus: overall, components, resource utilisation, recent errors",
+                "responses": {"200": _ok("HealthStatus"), "503": _ok("Unavailable"), **_STD},
+            }
         },
         "/health": {
-            "get": {"summary": "Overall and per-component health (short form of /status)",
-                    "responses": {"200": _ok("Health"), "503": _ok("Unavailable"), **_STD}}
+            "get": {
+                "summary": "Overall and per-component health (short form of /status)",
+                "responses": {"200": _ok("Health"), "503": _ok("Unavailable"), **_STD},
+            }
         },
         "/sessions": {
             "get": {"summary": "Open MCP sessions", "responses": {"200": _ok("SessionList"), **_STD}}
         },
         "/state": {
-            "get": {"summary": "State held per session, principal, upstream and tool (counts, not RSS)",
-                    "responses": {"200": _ok("StateFootprint"), **_STD}}
+            "get": {
+                "summary": "State held per session, principal, upstream and tool (counts, not RSS)",
+                "responses": {"200": _ok("StateFootprint"), **_STD},
+            }
         },
         "/pins": {
-            "get": {"summary": "SchemaPin key pins (domain, tool, key, definition, pending change)",
-                    "responses": {"200": _ok("PinList"), **_STD}}
+            "get": {
+                "summary": "SchemaPin key pins (domain, tool, key, definition, pending change)",
+                "responses": {"200": _ok("PinList"), **_STD},
+            }
         },
         "/calls/recent": {
             "get": {
@@ -419,8 +441,20 @@ OPENAPI: dict[str, Any] = {
             "AuditVerify": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
             "Agent": {
                 "type": "object",
-                "required": ["id", "name", "principal", "client", "hosted", "priority", "state", "reason",
-                             "in_flight", "calls", "limits", "usage"],
+                "required": [
+                    "id",
+                    "name",
+                    "principal",
+                    "client",
+                    "hosted",
+                    "priority",
+                    "state",
+                    "reason",
+                    "in_flight",
+                    "calls",
+                    "limits",
+                    "usage",
+                ],
                 "properties": {
                     "id": {"type": "string"},
                     "name": {"type": "string"},
@@ -445,16 +479,25 @@ OPENAPI: dict[str, Any] = {
             "AgentAction": {
                 "type": "object",
                 "required": ["agent", "result", "state"],
-                "properties": {"agent": {"type": "string"}, "result": {"type": "string"},
-                               "state": {"enum": _STATES}},
+                "properties": {
+                    "agent": {"type": "string"},
+                    "result": {"type": "string"},
+                    "state": {"enum": _STATES},
+                },
             },
             "HealthStatus": {
                 "type": "object",
                 "required": ["overall_status", "component_health", "resource_utilization", "recent_errors"],
                 "properties": {
                     "overall_status": _HEALTH,
-                    "component_health": {"type": "object", "additionalProperties": {
-                        "type": "object", "required": ["status"], "properties": {"status": _HEALTH}}},
+                    "component_health": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": _HEALTH},
+                        },
+                    },
                     "resource_utilization": {"type": "object", "required": ["agents", "scheduler"]},
                     "recent_errors": {"type": "array", "items": {"type": "object"}},
                 },
@@ -462,8 +505,10 @@ OPENAPI: dict[str, Any] = {
             "Health": {
                 "type": "object",
                 "required": ["status", "components"],
-                "properties": {"status": _HEALTH,
-                               "components": {"type": "object", "additionalProperties": _HEALTH}},
+                "properties": {
+                    "status": _HEALTH,
+                    "components": {"type": "object", "additionalProperties": _HEALTH},
+                },
             },
             "PolicyStatus": {
                 "type": "object",

@@ -99,8 +99,11 @@ class BoundedEventStore(EventStore):
             for eid, _ in ids:  # insertion order: skip up to and including the last one seen
                 if eid == last_event_id:
                     break
-            later = [(eid, msg) for eid, (o, sid, msg, _) in ids if sid == stream and o is not None
-                     and owner.may_resume(o)]
+            later = [
+                (eid, msg)
+                for eid, (o, sid, msg, _) in ids
+                if sid == stream and o is not None and owner.may_resume(o)
+            ]
         for eid, msg in later:
             if msg is not None:
                 await send_callback(EventMessage(msg, eid))

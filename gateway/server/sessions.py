@@ -64,9 +64,17 @@ class SessionQuota:
         who = self.client_id(principal)
         held = sum(1 for _sid, owner in open_http_sessions(self.manager) if owner == who)
         if held + self.opening[who] >= self.limit:
-            _logger.warning("session quota: %s holds %d sessions (limit %d)", principal.qualified, held, self.limit)
-            body = {"jsonrpc": "2.0", "id": None,
-                    "error": {"code": -32000, "message": f"too many open sessions for this principal (limit {self.limit})"}}
+            _logger.warning(
+                "session quota: %s holds %d sessions (limit %d)", principal.qualified, held, self.limit
+            )
+            body = {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {
+                    "code": -32000,
+                    "message": f"too many open sessions for this principal (limit {self.limit})",
+                },
+            }
             await JSONResponse(body, status_code=429, headers={"retry-after": "5"})(scope, receive, send)
             return
         self.opening[who] += 1
@@ -128,16 +136,18 @@ class BodyDeadline:
                     body = message.get("body", b"")
                     size += len(body)
                     if size > self.max_bytes:
-                        await Response("request body too large", status_code=413,
-                                       headers={"connection": "close"})(scope, receive, send)
+                        await Response(
+                            "request body too large", status_code=413, headers={"connection": "close"}
+                        )(scope, receive, send)
                         return
                     chunks.append(body)
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
             _logger.warning("request body not received within %.0f s: closing", self.timeout)
-            await Response("request body not received in time", status_code=408,
-                           headers={"connection": "close"})(scope, receive, send)
+            await Response(
+                "request body not received in time", status_code=408, headers={"connection": "close"}
+            )(scope, receive, send)
             return
         replayed = False
 

@@ -25,7 +25,15 @@ from gateway.verify.state import ToolStates
 if TYPE_CHECKING:
     from gateway.state.postgres import Postgres
 
-__all__ = ["LocalRateLimiter", "Probe", "RateLimiter", "RedisRateLimiter", "SharedState", "build_state", "safe_url"]
+__all__ = [
+    "LocalRateLimiter",
+    "Probe",
+    "RateLimiter",
+    "RedisRateLimiter",
+    "SharedState",
+    "build_state",
+    "safe_url",
+]
 
 
 @dataclass

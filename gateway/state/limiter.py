@@ -142,8 +142,10 @@ class RedisRateLimiter:
         self.probe.failed(e)
         return StateUnavailable(
             f"{self.probe.what} cannot be reached: the call is refused until it answers",
-            reasons=[f"{self.probe.what} cannot be reached ({type(e).__name__}); {what} cannot be "
-                     "checked, so the call is refused"],
+            reasons=[
+                f"{self.probe.what} cannot be reached ({type(e).__name__}); {what} cannot be "
+                "checked, so the call is refused"
+            ],
         )
 
     async def counts(self, principal: str, tool: str) -> RecentCounts:

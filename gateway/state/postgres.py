@@ -26,7 +26,9 @@ from gateway.verify.state import ToolRecord, record_from_row
 
 # (version, statements): append only; a released migration never changes
 MIGRATIONS: list[tuple[int, str]] = [
-    (1, """
+    (
+        1,
+        """
 CREATE TABLE symbi_tools (
     upstream TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -56,11 +58,14 @@ CREATE TABLE symbi_api_keys (
     created DOUBLE PRECISION NOT NULL,
     revoked DOUBLE PRECISION
 );
-"""),
+""",
+    ),
 ]
 _LOCK_ID = 0x53594D4249  # "SYMBI": one migrator at a time
-_COLS = ("upstream, name, namespaced, current_hash, current_definition, approved_hash, approved_definition, status,"
-         " reason, key_fingerprint, revoked, present, first_seen, last_seen, changed_at")
+_COLS = (
+    "upstream, name, namespaced, current_hash, current_definition, approved_hash, approved_definition, status,"
+    " reason, key_fingerprint, revoked, present, first_seen, last_seen, changed_at"
+)
 
 
 class Postgres:
@@ -70,7 +75,12 @@ class Postgres:
         self.url = url
         self.probe = Probe("postgres", f"approvals and API keys (PostgreSQL at {safe_url(url)})", self._aping)
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=8, timeout=timeout_s, open=False, check=ConnectionPool.check_connection,
+            url,
+            min_size=1,
+            max_size=8,
+            timeout=timeout_s,
+            open=False,
+            check=ConnectionPool.check_connection,
             kwargs={"autocommit": True, "connect_timeout": max(1, round(timeout_s))},
             reconnect_timeout=0,  # retry for ever in the background; callers see PoolTimeout meanwhile
         )
@@ -109,7 +119,9 @@ class Postgres:
         """Apply the migrations this database lacks; returns the schema version."""
         with self.cursor(transaction=True) as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
-            cur.execute("CREATE TABLE IF NOT EXISTS symbi_schema (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION)")
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS symbi_schema (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION)"
+            )
             cur.execute("SELECT coalesce(max(version), 0) FROM symbi_schema")
             row = cur.fetchone()
             have = int(row[0]) if row else 0
@@ -150,8 +162,10 @@ class PgToolStateStore:
         return str(row[0]) if row else "0"
 
     def _bump(self, cur: psycopg.Cursor[Any]) -> None:
-        cur.execute("INSERT INTO symbi_meta (k, v) VALUES ('approvals', %s) ON CONFLICT (k) DO UPDATE SET v=excluded.v",
-                    (str(time.time_ns()),))
+        cur.execute(
+            "INSERT INTO symbi_meta (k, v) VALUES ('approvals', %s) ON CONFLICT (k) DO UPDATE SET v=excluded.v",
+            (str(time.time_ns()),),
+        )
 
     def get(self, upstream: str, name: str) -> ToolRecord | None:
         with self._pg.cursor() as cur:
@@ -194,7 +208,19 @@ class PgToolStateStore:
                 "INSERT INTO symbi_tools (upstream, name, namespaced, current_hash, current_definition, approved_hash,"
                 " approved_definition, status, reason, key_fingerprint, first_seen, last_seen)"
                 " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (upstream, name) DO NOTHING",
-                (upstream, name, namespaced, definition_hash, text, *approved, status, reason, key_fingerprint, now, now),
+                (
+                    upstream,
+                    name,
+                    namespaced,
+                    definition_hash,
+                    text,
+                    *approved,
+                    status,
+                    reason,
+                    key_fingerprint,
+                    now,
+                    now,
+                ),
             )
             if cur.rowcount == 1:
                 cur.execute(f"SELECT {_COLS} FROM symbi_tools WHERE upstream=%s AND name=%s", key)
@@ -214,8 +240,22 @@ class PgToolStateStore:
                 " status=%s, reason=%s, key_fingerprint=%s, present=true, last_seen=%s,"
                 " changed_at=CASE WHEN %s THEN %s ELSE changed_at END WHERE upstream=%s AND name=%s"
                 f" RETURNING {_COLS}",
-                (namespaced, definition_hash, text, pin, definition_hash, pin, text, status, reason, key_fingerprint,
-                 now, changed, now, *key),
+                (
+                    namespaced,
+                    definition_hash,
+                    text,
+                    pin,
+                    definition_hash,
+                    pin,
+                    text,
+                    status,
+                    reason,
+                    key_fingerprint,
+                    now,
+                    changed,
+                    now,
+                    *key,
+                ),
             )
             after = cur.fetchone()
             assert after is not None
@@ -224,7 +264,10 @@ class PgToolStateStore:
     def has_approved(self, upstream: str) -> bool:
         """Whether any tool of ``upstream`` was ever approved (pinned, signed or by a person)."""
         with self._pg.cursor() as cur:
-            cur.execute("SELECT 1 FROM symbi_tools WHERE upstream=%s AND approved_hash IS NOT NULL LIMIT 1", (upstream,))
+            cur.execute(
+                "SELECT 1 FROM symbi_tools WHERE upstream=%s AND approved_hash IS NOT NULL LIMIT 1",
+                (upstream,),
+            )
             row = cur.fetchone()
         return row is not None
 
@@ -269,14 +312,19 @@ class PgApiKeyStore:
 
     def records(self) -> list[ApiKeyRecord]:
         with self._pg.cursor() as cur:
-            cur.execute("SELECT id, principal, roles, kind, sha256, created, revoked FROM symbi_api_keys ORDER BY created")
+            cur.execute(
+                "SELECT id, principal, roles, kind, sha256, created, revoked FROM symbi_api_keys ORDER BY created"
+            )
             rows = cur.fetchall()
         return [_key_record(r) for r in rows]
 
     def get(self, kid: str) -> ApiKeyRecord | None:
         with self._pg.cursor() as cur:
-            cur.execute("SELECT id, principal, roles, kind, sha256, created, revoked FROM symbi_api_keys"
-                        " WHERE id=%s AND revoked IS NULL", (kid,))
+            cur.execute(
+                "SELECT id, principal, roles, kind, sha256, created, revoked FROM symbi_api_keys"
+                " WHERE id=%s AND revoked IS NULL",
+                (kid,),
+            )
             row = cur.fetchone()
         return _key_record(row) if row else None
 
@@ -288,17 +336,28 @@ class PgApiKeyStore:
     def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, ApiKeyRecord]:
         key, rec = new_key(principal, roles, kind)
         with self._pg.cursor() as cur:
-            cur.execute("INSERT INTO symbi_api_keys VALUES (%s,%s,%s,%s,%s,%s,NULL)",
-                        (rec.id, rec.principal, json.dumps(list(rec.roles)), rec.kind, rec.sha256, rec.created))
+            cur.execute(
+                "INSERT INTO symbi_api_keys VALUES (%s,%s,%s,%s,%s,%s,NULL)",
+                (rec.id, rec.principal, json.dumps(list(rec.roles)), rec.kind, rec.sha256, rec.created),
+            )
         return key, rec
 
     def revoke(self, kid: str) -> bool:
         with self._pg.cursor() as cur:
-            cur.execute("UPDATE symbi_api_keys SET revoked=%s WHERE id=%s AND revoked IS NULL", (time.time(), kid))
+            cur.execute(
+                "UPDATE symbi_api_keys SET revoked=%s WHERE id=%s AND revoked IS NULL", (time.time(), kid)
+            )
             return cur.rowcount == 1
 
 
 def _key_record(row: Any) -> ApiKeyRecord:
     kid, principal, roles, kind, sha, created, revoked = row
-    return ApiKeyRecord(id=kid, principal=principal, roles=tuple(json.loads(roles)), kind=kind, sha256=sha,
-                        created=created, revoked=revoked)
+    return ApiKeyRecord(
+        id=kid,
+        principal=principal,
+        roles=tuple(json.loads(roles)),
+        kind=kind,
+        sha256=sha,
+        created=created,
+        revoked=revoked,
+    )

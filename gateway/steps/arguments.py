@@ -37,11 +37,15 @@ class ValidateArguments:
             try:
                 validator = self._validator(schema)
             except SchemaError as e:
-                raise ArgumentsInvalid(f"tool {call.target!r} has an invalid inputSchema: {e.message}") from None
+                raise ArgumentsInvalid(
+                    f"tool {call.target!r} has an invalid inputSchema: {e.message}"
+                ) from None
             errors = sorted(validator.iter_errors(call.arguments), key=lambda e: list(e.absolute_path))
             if errors:
                 reasons = [f"arguments{_path(e.absolute_path)}: {e.message}" for e in errors[:10]]
-                raise ArgumentsInvalid(f"invalid arguments for {call.target!r}: {reasons[0]}", reasons=reasons)
+                raise ArgumentsInvalid(
+                    f"invalid arguments for {call.target!r}: {reasons[0]}", reasons=reasons
+                )
         return await call_next(call)
 
 

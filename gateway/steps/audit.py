@@ -58,8 +58,11 @@ class AuditStep:
             try:
                 started = time.perf_counter()
                 await self.log.record(
-                    EVENT_TYPES[call.kind], details, principal=call.principal.id,
-                    agent=call.principal.agent, timeout=self.timeout_s,
+                    EVENT_TYPES[call.kind],
+                    details,
+                    principal=call.principal.id,
+                    agent=call.principal.agent,
+                    timeout=self.timeout_s,
                 )
                 if self._observe is not None:
                     self._observe(time.perf_counter() - started)

@@ -82,7 +82,12 @@ class MetricsStep:
         )
 
     def _business(
-        self, call: CallContext, outcome: str, code: str | None, error: BaseException | None, elapsed_ms: float
+        self,
+        call: CallContext,
+        outcome: str,
+        code: str | None,
+        error: BaseException | None,
+        elapsed_ms: float,
     ) -> None:
         """Task completion, errors by type, resource use, compliance results (the seed's list)."""
         m = self.metrics
@@ -90,12 +95,20 @@ class MetricsStep:
             return
         m.tasks.labels(call.kind, outcome).inc()
         if outcome != "ok":
-            error_type = code if code and _CODE.match(code) else ("tool_error" if outcome == "error" else "denied")
+            error_type = (
+                code if code and _CODE.match(code) else ("tool_error" if outcome == "error" else "denied")
+            )
             m.errors.labels(error_type).inc()
         if call.tool is not None:
             status = call.tool.verification
-            m.compliance.labels("verification", "pass" if status in APPROVED else
-                                "fail" if call.tool.blocked or isinstance(error, VerificationDenied) else "unverified").inc()
+            m.compliance.labels(
+                "verification",
+                "pass"
+                if status in APPROVED
+                else "fail"
+                if call.tool.blocked or isinstance(error, VerificationDenied)
+                else "unverified",
+            ).inc()
         if call.decision is not None:
             m.compliance.labels("policy", "pass" if call.decision.allow else "fail").inc()
         if isinstance(error, AuditError):

@@ -52,6 +52,11 @@ class ResolveTool:
         # learns that it exists. Asked with what tools/list is asked with (the calling agent).
         probe = replace(info, verification="verified", screening=Screening())
         seen = await afilter_listing(
-            self._policy, call.principal, [probe], counters=self._counters, agent=call.agent, session_id=call.session_id
+            self._policy,
+            call.principal,
+            [probe],
+            counters=self._counters,
+            agent=call.agent,
+            session_id=call.session_id,
         )
         return any(t.name == info.name for t in seen)

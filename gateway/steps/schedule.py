@@ -39,8 +39,11 @@ class ScheduleStep:
         default = agent.priority if agent is not None else rt.config.runtime.default_priority
         priority = int(cond.get("priority", default))
         key = agent.id if agent is not None else f"principal:{call.principal.id}"
-        call.sandbox_budget = {"memory_mb": limits.memory_mb, "cpus": limits.cpu_cores,
-                               "timeout_s": limits.execution_timeout_s}
+        call.sandbox_budget = {
+            "memory_mb": limits.memory_mb,
+            "cpus": limits.cpu_cores,
+            "timeout_s": limits.execution_timeout_s,
+        }
         async with rt.scheduler.slot(key, priority, limits.max_concurrent_calls):
             with anyio.move_on_after(limits.execution_timeout_s) as scope:
                 return await self._dispatch(call, call_next)
@@ -51,7 +54,9 @@ class ScheduleStep:
         raise BudgetExceeded(reason, reasons=[reason, "resources.execution_timeout_s"])
 
     async def _dispatch(self, call: CallContext, call_next: CallNext) -> Any:
-        upstream = call.tool.upstream if call.tool is not None else (call.upstream.name if call.upstream else None)
+        upstream = (
+            call.tool.upstream if call.tool is not None else (call.upstream.name if call.upstream else None)
+        )
         if upstream is None or upstream in self.builtins:
             return await call_next(call)
         breakers = self.runtime.breakers

@@ -25,9 +25,13 @@ class WarnUnsafe:
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         if self._text:
-            _logger.warning("UNSAFE: %s %s by %s under %s", call.kind, call.target, call.principal.id, self._text)
+            _logger.warning(
+                "UNSAFE: %s %s by %s under %s", call.kind, call.target, call.principal.id, self._text
+            )
         if call.principal.kind == "anonymous":
             _logger.warning(
-                "UNSAFE: %s %s by the anonymous principal (http.unsafe_anonymous_principal)", call.kind, call.target
+                "UNSAFE: %s %s by the anonymous principal (http.unsafe_anonymous_principal)",
+                call.kind,
+                call.target,
             )
         return await call_next(call)

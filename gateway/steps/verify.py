@@ -35,7 +35,10 @@ class VerifyTool:
         if unverified:  # only warn/off upstreams let an unapproved tool this far: an unsafe option
             _logger.warning(
                 "UNSAFE: calling %s (%s) with verification %s for upstream %r",
-                tool.name, tool.verification, tool.verification_mode.upper(), tool.upstream,
+                tool.name,
+                tool.verification,
+                tool.verification_mode.upper(),
+                tool.upstream,
             )
         call.unverified_warning = unverified
         result = await call_next(call)

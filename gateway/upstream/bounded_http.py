@@ -24,7 +24,11 @@ class MessageTooLarge(httpx2.StreamError):
 
 class _BoundedStream(httpx2.AsyncByteStream):
     def __init__(
-        self, inner: httpx2.AsyncByteStream, limit: int, declared: int | None, on_oversized: Callable[[str], None]
+        self,
+        inner: httpx2.AsyncByteStream,
+        limit: int,
+        declared: int | None,
+        on_oversized: Callable[[str], None],
     ) -> None:
         self._inner = inner
         self._limit = limit

@@ -39,7 +39,9 @@ _RESULT_TYPES: dict[str, type] = {
 }
 
 
-async def ask_legacy_client(session: Any, request_id: Any, result: types.InputRequiredResult) -> dict[str, Any]:
+async def ask_legacy_client(
+    session: Any, request_id: Any, result: types.InputRequiredResult
+) -> dict[str, Any]:
     """Put a 2026 server's input requests to a 2025-era client; its answers, by the server's keys."""
     answers: dict[str, Any] = {}
     meta = ServerMessageMetadata(related_request_id=request_id) if request_id is not None else None
@@ -50,7 +52,9 @@ async def ask_legacy_client(session: Any, request_id: Any, result: types.InputRe
         try:
             answers[key] = await session.send_request(request, result_type, metadata=meta)
         except Exception as e:  # noqa: BLE001 - the caller sees why its call could not go on
-            raise UpstreamError(f"the client did not answer the upstream's {request.method} ({type(e).__name__}: {e})") from None
+            raise UpstreamError(
+                f"the client did not answer the upstream's {request.method} ({type(e).__name__}: {e})"
+            ) from None
     return answers
 
 
@@ -129,7 +133,9 @@ class PendingQuestions:
         tg.start_soon(body)
         return await self._next(pending)
 
-    async def resume(self, principal: str, target: str, request_state: str, answers: dict[str, Any] | None) -> Any:
+    async def resume(
+        self, principal: str, target: str, request_state: str, answers: dict[str, Any] | None
+    ) -> Any:
         """A 2026 client's retry: deliver its answers, then the call's result or next question."""
         self._sweep()
         pending = self._pending.get(request_state)
@@ -141,7 +147,11 @@ class PendingQuestions:
         del self._pending[request_state]
         for key, (answered, box) in pending.waiting.items():
             answer = (answers or {}).get(key)
-            box.append(answer if answer is not None else types.ErrorData(code=types.INVALID_PARAMS, message="no answer"))
+            box.append(
+                answer
+                if answer is not None
+                else types.ErrorData(code=types.INVALID_PARAMS, message="no answer")
+            )
             answered.set()
         pending.waiting.clear()
         return await self._next(pending)

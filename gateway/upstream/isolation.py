@@ -120,7 +120,9 @@ class IsolatedReplicas:
         self._last_used.pop(owner, None)
         if up in self._replicas:
             self._replicas.remove(up)
-        _logger.info("upstream %s: stopping isolated process %s (idle, or its slot is needed)", self.name, up.name)
+        _logger.info(
+            "upstream %s: stopping isolated process %s (idle, or its slot is needed)", self.name, up.name
+        )
         up.request_stop()
 
     async def sweep(self) -> None:

@@ -102,7 +102,9 @@ class CallerRelay:
         except Exception:
             _logger.exception("recording a relayed request failed")
 
-    async def _relay(self, method: str, send: Callable[[_Caller], Awaitable[Any]], refused: Any = None) -> Any:
+    async def _relay(
+        self, method: str, send: Callable[[_Caller], Awaitable[Any]], refused: Any = None
+    ) -> Any:
         down, reason = self._target(method)
         if down is None:
             self._record(method, "refused", None, reason)
@@ -110,7 +112,8 @@ class CallerRelay:
             if refused is not None:
                 return refused
             return types.ErrorData(
-                code=types.INVALID_REQUEST, message=f"symbi: {method} from upstream {self._upstream!r} refused: {reason}"
+                code=types.INVALID_REQUEST,
+                message=f"symbi: {method} from upstream {self._upstream!r} refused: {reason}",
             )
         self._record(method, "relayed", down.owner)
         try:
@@ -121,24 +124,38 @@ class CallerRelay:
     async def sampling(self, context: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
         return await self._relay(
             "sampling/createMessage",
-            lambda c: _asked(c.ask, types.CreateMessageRequest(params=params)) if c.ask else c.session.send_request(
-                types.CreateMessageRequest(params=params), types.CreateMessageResult, metadata=_related(c.request_id)
+            lambda c: (
+                _asked(c.ask, types.CreateMessageRequest(params=params))
+                if c.ask
+                else c.session.send_request(
+                    types.CreateMessageRequest(params=params),
+                    types.CreateMessageResult,
+                    metadata=_related(c.request_id),
+                )
             ),
         )
 
     async def elicitation(self, context: ClientRequestContext, params: types.ElicitRequestParams) -> Any:
         return await self._relay(
             "elicitation/create",
-            lambda c: _asked(c.ask, types.ElicitRequest(params=params)) if c.ask else c.session.send_request(
-                types.ElicitRequest(params=params), types.ElicitResult, metadata=_related(c.request_id)
+            lambda c: (
+                _asked(c.ask, types.ElicitRequest(params=params))
+                if c.ask
+                else c.session.send_request(
+                    types.ElicitRequest(params=params), types.ElicitResult, metadata=_related(c.request_id)
+                )
             ),
         )
 
     async def list_roots(self, context: ClientRequestContext) -> Any:
         return await self._relay(
             "roots/list",
-            lambda c: _asked(c.ask, types.ListRootsRequest()) if c.ask else c.session.send_request(
-                types.ListRootsRequest(), types.ListRootsResult, metadata=_related(c.request_id)
+            lambda c: (
+                _asked(c.ask, types.ListRootsRequest())
+                if c.ask
+                else c.session.send_request(
+                    types.ListRootsRequest(), types.ListRootsResult, metadata=_related(c.request_id)
+                )
             ),
             refused=types.ListRootsResult(roots=[]),
         )
@@ -150,7 +167,10 @@ class CallerRelay:
             return  # a log line is not worth a guess either
         with contextlib.suppress(Exception):
             await down.session.send_log_message(
-                params.level, params.data, logger=params.logger or self._upstream, related_request_id=down.request_id
+                params.level,
+                params.data,
+                logger=params.logger or self._upstream,
+                related_request_id=down.request_id,
             )
 
 
@@ -158,7 +178,10 @@ async def _asked(ask: Callable[[Any], Awaitable[Any]], request: Any) -> Any:
     try:
         return await ask(request)
     except Exception as e:  # noqa: BLE001 - the upstream gets an error (no answer in time...), not a crash
-        return types.ErrorData(code=types.INTERNAL_ERROR, message=f"{request.method}: no answer from the client ({type(e).__name__})")
+        return types.ErrorData(
+            code=types.INTERNAL_ERROR,
+            message=f"{request.method}: no answer from the client ({type(e).__name__})",
+        )
 
 
 def _related(request_id: Any) -> ServerMessageMetadata | None:

@@ -53,15 +53,28 @@ class RunAs:
         if "/" not in command:  # found on the gateway's PATH, as before the switch
             command = shutil.which(command) or command
         return setpriv, [
-            f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
-            "--", command, *args,
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+            command,
+            *args,
         ]
 
     def env(self, server_env: Mapping[str, str]) -> dict[str, str]:
         """A clean environment: nothing of the gateway's own, then the server's configured env."""
-        base = {"PATH": _BASE_PATH, "HOME": self.home, "USER": self.name, "LOGNAME": self.name,
-                "LANG": "C.UTF-8", "SHELL": "/bin/sh", "TERM": "dumb"}
+        base = {
+            "PATH": _BASE_PATH,
+            "HOME": self.home,
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "LANG": "C.UTF-8",
+            "SHELL": "/bin/sh",
+            "TERM": "dumb",
+        }
         return {**base, **server_env}
 
 
@@ -80,8 +93,10 @@ def resolve_run_as(config: Config) -> RunAs | None:
         )
         return None
     if shutil.which("setpriv") is None:
-        raise ConfigError("security.upstream_user: setpriv (util-linux) is not installed: cannot drop privileges "
-                          "for unsandboxed upstream servers")
+        raise ConfigError(
+            "security.upstream_user: setpriv (util-linux) is not installed: cannot drop privileges "
+            "for unsandboxed upstream servers"
+        )
     if os.geteuid() != 0:
         raise ConfigError(
             "security.upstream_user: the gateway is not root, so it cannot start an unsandboxed stdio "
@@ -103,7 +118,9 @@ def _account(spec: str) -> RunAs:
         pw = pwd.getpwnam(spec)
     except KeyError:
         if spec != DEFAULT_UPSTREAM_USER:
-            raise ConfigError(f"security.upstream_user: no such user {spec!r} (create it, or use the default)") from None
+            raise ConfigError(
+                f"security.upstream_user: no such user {spec!r} (create it, or use the default)"
+            ) from None
         pw = _create_user(spec)
     if pw.pw_uid == 0 or pw.pw_gid == 0:
         raise ConfigError(f"security.upstream_user: {spec!r} has uid/gid 0")
@@ -120,8 +137,17 @@ def _create_user(name: str) -> pwd.struct_passwd:
         except KeyError:
             pass
         home = _HOME_ROOT / name
-        cmd = ["useradd", "--system", "--user-group", "--home-dir", str(home), "--create-home",
-               "--shell", "/usr/sbin/nologin", name]
+        cmd = [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--home-dir",
+            str(home),
+            "--create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
         if r.returncode not in (0, 9):  # 9: created meanwhile by another gateway
             raise ConfigError(f"security.upstream_user: cannot create user {name!r}: {r.stderr.strip()}")
@@ -137,11 +163,20 @@ def unreachable(paths: list[tuple[Path, str]], run_as: RunAs) -> Path | None:
     Asked of the kernel as that user (ACLs and all), in one short ``setpriv`` probe."""
     if not paths:
         return None
-    script = 'i=0; for t in "$@"; do f=${t#?}; case $t in x*) test -x "$f";; *) test -r "$f";; esac ' \
-             '|| { echo $i; exit 0; }; i=$((i+1)); done'
+    script = (
+        'i=0; for t in "$@"; do f=${t#?}; case $t in x*) test -x "$f";; *) test -r "$f";; esac '
+        "|| { echo $i; exit 0; }; i=$((i+1)); done"
+    )
     cmd, args = run_as.argv("/bin/sh", ["-c", script, "probe", *(f"{m}{p}" for p, m in paths)])
-    r = subprocess.run([cmd, *args], capture_output=True, text=True, timeout=30, check=False,
-                       env={"PATH": _BASE_PATH}, cwd="/")
+    r = subprocess.run(
+        [cmd, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"PATH": _BASE_PATH},
+        cwd="/",
+    )
     out = r.stdout.strip()
     if r.returncode != 0:
         return paths[0][0]

@@ -54,6 +54,8 @@ DOWNSTREAM_CAPABILITIES: contextvars.ContextVar[Any] = contextvars.ContextVar(
 def downstream_ref(session: Any) -> Any:
     """The value to put in ``DOWNSTREAM_CAPABILITIES`` for ``session`` (None for none)."""
     return weakref.ref(session) if session is not None else None
+
+
 _CAPS_META_KEY = "io.modelcontextprotocol/clientCapabilities"
 
 State = Literal["starting", "up", "down", "stopped"]
@@ -234,7 +236,9 @@ class Upstream:
             if self._session is session:
                 self.last_error = f"wedged: no answer to a ping after a timed-out request ({_describe(e)})"
                 _logger.warning("upstream %s %s: restarting it", self.name, self.last_error)
-                self._events.emit(Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error})
+                self._events.emit(
+                    Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error}
+                )
                 self._closed.set()
 
     @contextlib.asynccontextmanager
@@ -251,12 +255,16 @@ class Upstream:
             env = dict(self.server.env)
             cwd = self.server.cwd  # sandboxed: None unless configured (never the config folder)
             if self.server.sandbox in (None, "none"):
-                cwd = await anyio.to_thread.run_sync(working_folder, self.server, self._config.config_dir, self._run_as)
+                cwd = await anyio.to_thread.run_sync(
+                    working_folder, self.server, self._config.config_dir, self._run_as
+                )
             if self._run_as is not None:
                 await anyio.to_thread.run_sync(check_launchable, self.name, self.server, self._run_as)
                 command, args = self._run_as.argv(command, args)
                 env = self._run_as.env(env)
-            params = StdioServerParameters(command=command, args=args, env=env or None, cwd=str(cwd) if cwd else None)
+            params = StdioServerParameters(
+                command=command, args=args, env=env or None, cwd=str(cwd) if cwd else None
+            )
             try:
                 with _StderrToLog(self.name) as errlog:
                     async with bounded_stdio_client(
@@ -279,7 +287,9 @@ class Upstream:
                 timeout=timeout,
                 event_hooks={"response": [bounded_responses(limit, self._oversized)]},
             ) as hc:
-                async with streamable_http_client(self.server.url, http_client=hc, max_sse_event_size=limit) as streams:
+                async with streamable_http_client(
+                    self.server.url, http_client=hc, max_sse_event_size=limit
+                ) as streams:
                     yield streams
 
     async def _on_message(self, message: Any) -> None:
@@ -338,7 +348,9 @@ class Upstream:
         async with self._refresh_lock:
             caps = session.server_capabilities
             old = self.listing
-            listing = Listing() if kinds is None else Listing(old.tools, old.resources, old.templates, old.prompts)
+            listing = (
+                Listing() if kinds is None else Listing(old.tools, old.resources, old.templates, old.prompts)
+            )
             if (kinds is None or "tools" in kinds) and (caps is None or caps.tools is not None):
                 listing.tools = await _all_pages(session.list_tools, "tools")
             if (kinds is None or "resources" in kinds) and caps is not None and caps.resources is not None:

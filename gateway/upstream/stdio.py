@@ -70,8 +70,11 @@ async def bounded_stdio_client(
     """Like ``mcp.client.stdio.stdio_client``, with every incoming message bounded."""
     command = await executable_command(server.command)
     process = await start_stdio_process(
-        command=command, args=server.args, env=get_default_environment() | (server.env or {}),
-        errlog=errlog, cwd=server.cwd,
+        command=command,
+        args=server.args,
+        env=get_default_environment() | (server.env or {}),
+        errlog=errlog,
+        cwd=server.cwd,
     )
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
@@ -112,7 +115,9 @@ async def bounded_stdio_client(
             async with write_reader:
                 async for message in write_reader:
                     data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
-                    await process.stdin.send(data.encode(server.encoding, errors=server.encoding_error_handler))
+                    await process.stdin.send(
+                        data.encode(server.encoding, errors=server.encoding_error_handler)
+                    )
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             await read_writer.aclose()
         finally:

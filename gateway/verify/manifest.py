@@ -36,7 +36,11 @@ def load_manifest(path: Path) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"{path}: approved manifest must hold a list of envelopes under 'tools'")
     out: dict[str, dict[str, Any]] = {}
     for i, env in enumerate(tools):
-        if not (isinstance(env, dict) and isinstance(env.get("schema"), dict) and isinstance(env.get("signature"), str)):
+        if not (
+            isinstance(env, dict)
+            and isinstance(env.get("schema"), dict)
+            and isinstance(env.get("signature"), str)
+        ):
             raise ConfigError(f"{path}: tools[{i}] is not a {{schema, signature}} envelope")
         name = env["schema"].get("name")
         if not isinstance(name, str):

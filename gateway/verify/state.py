@@ -89,8 +89,17 @@ class ToolStates(Protocol):
     def find(self, namespaced: str) -> ToolRecord | None: ...
     def all(self) -> list[ToolRecord]: ...
     def observe(
-        self, upstream: str, name: str, namespaced: str, definition: dict[str, Any], definition_hash: str, *,
-        status: str, reason: str | None, key_fingerprint: str | None, pin_if_new: bool,
+        self,
+        upstream: str,
+        name: str,
+        namespaced: str,
+        definition: dict[str, Any],
+        definition_hash: str,
+        *,
+        status: str,
+        reason: str | None,
+        key_fingerprint: str | None,
+        pin_if_new: bool,
     ) -> tuple[ToolRecord | None, ToolRecord]: ...
     def has_approved(self, upstream: str) -> bool: ...
     def mark_absent(self, upstream: str, present_names: set[str]) -> list[ToolRecord]: ...
@@ -158,7 +167,9 @@ class ToolStateStore:
         now = time.time()
         text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
         with self._lock:
-            row = self._db.execute("SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)).fetchone()
+            row = self._db.execute(
+                "SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)
+            ).fetchone()
             before = record_from_row(row) if row else None
             if before is None:
                 approved = (definition_hash, text) if pin_if_new else (None, None)
@@ -166,23 +177,54 @@ class ToolStateStore:
                     "INSERT INTO tools (upstream, name, namespaced, current_hash, current_definition, approved_hash,"
                     " approved_definition, status, reason, key_fingerprint, first_seen, last_seen, changed_at)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
-                    (upstream, name, namespaced, definition_hash, text, *approved, status, reason, key_fingerprint, now, now),
+                    (
+                        upstream,
+                        name,
+                        namespaced,
+                        definition_hash,
+                        text,
+                        *approved,
+                        status,
+                        reason,
+                        key_fingerprint,
+                        now,
+                        now,
+                    ),
                 )
             else:
                 changed = before.current_hash != definition_hash
                 approved_hash = before.approved_hash
-                approved_def = json.dumps(before.approved_definition, sort_keys=True) if before.approved_definition else None
+                approved_def = (
+                    json.dumps(before.approved_definition, sort_keys=True)
+                    if before.approved_definition
+                    else None
+                )
                 if approved_hash is None and pin_if_new:
                     approved_hash, approved_def = definition_hash, text
                 self._db.execute(
                     "UPDATE tools SET namespaced=?, current_hash=?, current_definition=?, approved_hash=?,"
                     " approved_definition=?, status=?, reason=?, key_fingerprint=?, present=1, last_seen=?,"
                     " changed_at=CASE WHEN ? THEN ? ELSE changed_at END WHERE upstream=? AND name=?",
-                    (namespaced, definition_hash, text, approved_hash, approved_def, status, reason, key_fingerprint,
-                     now, changed, now, upstream, name),
+                    (
+                        namespaced,
+                        definition_hash,
+                        text,
+                        approved_hash,
+                        approved_def,
+                        status,
+                        reason,
+                        key_fingerprint,
+                        now,
+                        changed,
+                        now,
+                        upstream,
+                        name,
+                    ),
                 )
             after = record_from_row(
-                self._db.execute("SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)).fetchone()
+                self._db.execute(
+                    "SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)
+                ).fetchone()
             )
         return before, after
 
@@ -198,7 +240,9 @@ class ToolStateStore:
         """Tools of ``upstream`` that vanished from its listing; returns them."""
         gone = []
         with self._lock:
-            rows = self._db.execute("SELECT * FROM tools WHERE upstream=? AND present=1", (upstream,)).fetchall()
+            rows = self._db.execute(
+                "SELECT * FROM tools WHERE upstream=? AND present=1", (upstream,)
+            ).fetchall()
             for r in rows:
                 rec = record_from_row(r)
                 if rec.name not in present_names:

@@ -132,7 +132,11 @@ class ToolVerifier:
     # -- assessment ------------------------------------------------------------------------
 
     async def assess(
-        self, tools: Iterable[ToolInfo], *, changed: str | None = None, previous: Mapping[str, ToolInfo] | None = None
+        self,
+        tools: Iterable[ToolInfo],
+        *,
+        changed: str | None = None,
+        previous: Mapping[str, ToolInfo] | None = None,
     ) -> dict[str, ToolInfo]:
         """Each tool with its verification verdict, by namespaced name (the catalogue's input).
 
@@ -147,8 +151,13 @@ class ToolVerifier:
         infos: dict[str, ToolInfo] = {}
         for upstream, entries in by_upstream.items():
             if changed is not None and previous is not None and upstream not in self._builtins:
-                kept = {t.name: k for t in entries if (k := previous.get(t.name)) is not None
-                        and k.upstream == t.upstream and k.definition == t.definition}
+                kept = {
+                    t.name: k
+                    for t in entries
+                    if (k := previous.get(t.name)) is not None
+                    and k.upstream == t.upstream
+                    and k.definition == t.definition
+                }
                 if upstream != changed and len(kept) == len(entries):
                     infos.update(kept)
                     continue
@@ -191,18 +200,29 @@ class ToolVerifier:
             others = others_of.get(info.upstream)
             if others is None:
                 others = others_of[info.upstream] = frozenset(every - names_by_upstream[info.upstream])
-            result = self._screener.screen("tool", info.definition, others, definition_hash=info.definition_hash)
+            result = self._screener.screen(
+                "tool", info.definition, others, definition_hash=info.definition_hash
+            )
             if result.findings and accepted.get(name) == info.definition_hash:
                 result = replace(result, accepted=True)
             out[name] = replace(info, screening=result)
             flagged = result.at_least("medium")
             if flagged and self._screened.get(name) != info.definition_hash:
-                self._events.emit(Event.TOOL_SCREENING, {
-                    "tool": name, "upstream": info.upstream, "highest": result.highest,
-                    "definition_hash": info.definition_hash,
-                    "findings": [{"rule": f.rule, "severity": f.severity, "field": f.field} for f in flagged],
-                })
-                _logger.warning("tool %s: screening found %s", name, ", ".join(f"{f.rule}({f.severity})" for f in flagged))
+                self._events.emit(
+                    Event.TOOL_SCREENING,
+                    {
+                        "tool": name,
+                        "upstream": info.upstream,
+                        "highest": result.highest,
+                        "definition_hash": info.definition_hash,
+                        "findings": [
+                            {"rule": f.rule, "severity": f.severity, "field": f.field} for f in flagged
+                        ],
+                    },
+                )
+                _logger.warning(
+                    "tool %s: screening found %s", name, ", ".join(f"{f.rule}({f.severity})" for f in flagged)
+                )
             self._screened[name] = info.definition_hash if flagged else None
         return out
 
@@ -237,8 +257,10 @@ class ToolVerifier:
                 out.append(info)
             listed = present if present is not None else {t.original_name for t in entries}
             for gone in self.state.mark_absent(upstream, listed):
-                self._events.emit(Event.TOOL_VANISHED, {"tool": gone.namespaced, "upstream": upstream,
-                                                         "hash": gone.current_hash})
+                self._events.emit(
+                    Event.TOOL_VANISHED,
+                    {"tool": gone.namespaced, "upstream": upstream, "hash": gone.current_hash},
+                )
         except StateUnavailable as e:
             # approvals shared by replicas cannot be read: no tool of this upstream is admitted
             _logger.error("upstream %s: %s", upstream, e.message)
@@ -275,9 +297,18 @@ class ToolVerifier:
         elif before is not None and before.revoked:
             status, reason = "revoked", "revoked by a security team (symbi tools revoke)"
         elif signature is not None:
-            status, reason, fp = self._check_signature(info, definition, signature, mode, domain, snapshot, snap_error)
-            approved_meta = before.approved_definition.get(META_KEY) if before and before.approved_definition else None
-            if status == "verified" and before and before.approved_hash and approved_meta != approved_form.get(META_KEY):
+            status, reason, fp = self._check_signature(
+                info, definition, signature, mode, domain, snapshot, snap_error
+            )
+            approved_meta = (
+                before.approved_definition.get(META_KEY) if before and before.approved_definition else None
+            )
+            if (
+                status == "verified"
+                and before
+                and before.approved_hash
+                and approved_meta != approved_form.get(META_KEY)
+            ):
                 # the signature does not cover _meta: a change there needs a person
                 status, reason = "drifted", _drift_reason(before.approved_hash, h) + " (_meta changed)"
             approve_now = status == "verified"
@@ -291,12 +322,18 @@ class ToolVerifier:
             status, reason = "drifted", _drift_reason(before.approved_hash, h)
         elif mode == "tofu":
             status, reason = "pinned", "definition pinned on first use"
-        late = established and (before is None or before.approved_hash is None) and status in ("pinned", "verified")
+        late = (
+            established
+            and (before is None or before.approved_hash is None)
+            and status in ("pinned", "verified")
+        )
         if late and not (info.original_name in manifest and signature is None):
             # added after the upstream's first approved listing: pending (an org-signed manifest
             # entry is a person's approval already)
             status, approve_now = "unverified", False
-            reason = "new tool since the upstream's first approved listing: pending until `symbi tools approve`"
+            reason = (
+                "new tool since the upstream's first approved listing: pending until `symbi tools approve`"
+            )
         _before, after = self.state.observe(
             info.upstream,
             info.original_name,
@@ -327,8 +364,14 @@ class ToolVerifier:
             self._events.emit(
                 Event.TOOL_VERIFICATION,
                 {
-                    "tool": info.name, "upstream": info.upstream, "status": status, "reason": reason,
-                    "key": fp, "hash": h, "mode": mode, "blocked": is_blocked(mode, status),
+                    "tool": info.name,
+                    "upstream": info.upstream,
+                    "status": status,
+                    "reason": reason,
+                    "key": fp,
+                    "hash": h,
+                    "mode": mode,
+                    "blocked": is_blocked(mode, status),
                 },
             )
         return _with(info, status, reason if status != "verified" else None, fp, h, mode)
@@ -348,7 +391,11 @@ class ToolVerifier:
             keys.append((snapshot, True))
         keys += [(k, False) for k in self._org_keys]
         if not keys:
-            return "failed", snap_error or "signed, but no key to check it: configure the upstream's domain", None
+            return (
+                "failed",
+                snap_error or "signed, but no key to check it: configure the upstream's domain",
+                None,
+            )
         last: SchemaPinError | None = None
         for key, pinned in keys:
             try:
@@ -378,7 +425,11 @@ class ToolVerifier:
     ) -> tuple[str, str | None, str | None]:
         keys = list(self._org_keys) + ([snapshot] if snapshot is not None else [])
         if not keys:
-            return "failed", "approved manifest present but no organisation key (mcp.org_keys) to check it", None
+            return (
+                "failed",
+                "approved manifest present but no organisation key (mcp.org_keys) to check it",
+                None,
+            )
         for key in keys:
             try:
                 res = verify_tool(

@@ -20,8 +20,14 @@ ROOT = Path(__file__).parents[2]
 
 
 def symbi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "audit", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -29,12 +35,26 @@ def log_file(tmp_path: Path) -> Path:
     db = tmp_path / "data" / "audit.db"
     log = AuditLog(db, tmp_path / "data" / "audit-key.pem")
     log.append("gateway.start", {"version": "0.1"}, principal="system")
-    log.append("tool.call", {"tool": "fs__read", "outcome": "ok", "arguments": {"path": "[REDACTED]"},
-                             "arguments_redacted": "policy",
-                             "decision": {"allow": True, "reasons": [], "conditions": {}}}, principal="alice")
-    log.append("tool.call", {"tool": "fs__write", "outcome": "denied",
-                             "decision": {"allow": False, "reasons": ["writes need approval"], "conditions": {}}},
-               principal="<script>bob</script>")
+    log.append(
+        "tool.call",
+        {
+            "tool": "fs__read",
+            "outcome": "ok",
+            "arguments": {"path": "[REDACTED]"},
+            "arguments_redacted": "policy",
+            "decision": {"allow": True, "reasons": [], "conditions": {}},
+        },
+        principal="alice",
+    )
+    log.append(
+        "tool.call",
+        {
+            "tool": "fs__write",
+            "outcome": "denied",
+            "decision": {"allow": False, "reasons": ["writes need approval"], "conditions": {}},
+        },
+        principal="<script>bob</script>",
+    )
     log.append("policy.reload", {"path": "policies.rego"}, principal="system")
     log.append("pin.approved", {"tool": "fs__read", "fingerprint": "sha256:ab"}, principal="admin")
     log.close()
@@ -74,7 +94,9 @@ def test_verify_without_any_public_key_is_a_usage_error(log_file: Path, tmp_path
 
 def _config(tmp_path: Path, data_dir: Path) -> Path:
     cfg = tmp_path / "symbi.toml"
-    cfg.write_text(f'[gateway]\ndata_dir = "{data_dir}"\n[audit]\npath = "{tmp_path / "data" / "audit.db"}"\n')
+    cfg.write_text(
+        f'[gateway]\ndata_dir = "{data_dir}"\n[audit]\npath = "{tmp_path / "data" / "audit.db"}"\n'
+    )
     return cfg
 
 
@@ -101,14 +123,27 @@ def test_query_filters(log_file: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert _query(capsys, "--log", log_file, "--tool", "fs__read") == [2, 5]
     assert _query(capsys, "--log", log_file, "--type", "policy.*", "--type", "pin.*") == [4, 5]
     assert _query(capsys, "--log", log_file, "--since", "2999-01-01") == []
-    assert _query(capsys, "--log", log_file, "--since", "1h", "--until", "2999-01-01T00:00:00Z") == [1, 2, 3, 4, 5]
+    assert _query(capsys, "--log", log_file, "--since", "1h", "--until", "2999-01-01T00:00:00Z") == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
     assert main(["audit", "query", "--log", str(log_file), "--since", "yesterday-ish"]) == 2
 
 
 def test_tail_last_n_and_follow(log_file: Path) -> None:
-    assert [r["seq"] for r in _json_lines(symbi("tail", "--log", log_file, "-n", "2", "--json").stdout)] == [4, 5]
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "audit", "tail", "-f", "-n", "1", "--json",
-                             "--log", str(log_file)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert [r["seq"] for r in _json_lines(symbi("tail", "--log", log_file, "-n", "2", "--json").stdout)] == [
+        4,
+        5,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "audit", "tail", "-f", "-n", "1", "--json", "--log", str(log_file)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         assert json.loads(_readline(proc, 30))["seq"] == 5  # tail is up and following
@@ -139,7 +174,9 @@ def test_export_lines_verify_independently(log_file: Path, tmp_path: Path) -> No
     doc = json.loads(lines[2])
     doc["principal"] = "someone-else"
     assert not verify_record(AuditRecord.from_dict(doc), pub)
-    assert symbi("verify", "--log", out, "--public-key", log_file.parent / "audit-key.pub.pem").returncode == 0
+    assert (
+        symbi("verify", "--log", out, "--public-key", log_file.parent / "audit-key.pub.pem").returncode == 0
+    )
     lines[1], lines[2] = lines[2], lines[1]
     out.write_text("\n".join(lines) + "\n")
     res = symbi("verify", "--log", out, "--public-key", log_file.parent / "audit-key.pub.pem", "--json")
@@ -155,8 +192,10 @@ def test_report_json(log_file: Path, tmp_path: Path, framework: str) -> None:
     assert rep["framework"] == framework and rep["integrity"]["ok"] is True
     assert [d["seq"] for d in rep["denied"]] == [3]
     assert [c["type"] for c in rep["changes"]] == ["policy.reload", "pin.approved"]
-    assert {(a["principal"], a["target"]) for a in rep["access"]} == {("alice", "fs__read"),
-                                                                      ("<script>bob</script>", "fs__write")}
+    assert {(a["principal"], a["target"]) for a in rep["access"]} == {
+        ("alice", "fs__read"),
+        ("<script>bob</script>", "fs__write"),
+    }
     assert rep["requirements"] and all(r["status"] in ("met", "attention") for r in rep["requirements"])
 
 

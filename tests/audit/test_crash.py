@@ -24,8 +24,12 @@ ROOT = HERE.parents[1]
 def test_sigkill_under_load_keeps_every_acknowledged_event(log_paths) -> None:
     db, key = log_paths
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(HERE / "crash_writer.py"), str(db), str(key)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "crash_writer.py"), str(db), str(key)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     acked: dict[int, str] = {}
     try:
         assert proc.stdout is not None

@@ -37,7 +37,8 @@ def test_every_acknowledged_event_is_fsynced(tmp_path: Path) -> None:
         pytest.fail("strace is missing: `make test` installs it (scripts/setup-sandbox.sh)")
     events = 30
     script = tmp_path / "writer.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import asyncio, sys
         from pathlib import Path
         from gateway.audit import AuditLog
@@ -49,12 +50,27 @@ def test_every_acknowledged_event_is_fsynced(tmp_path: Path) -> None:
             log.close()
 
         asyncio.run(main())
-    """))
+    """)
+    )
     trace = tmp_path / "strace.txt"
     subprocess.run(
-        ["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", str(trace),
-         sys.executable, str(script), str(tmp_path / "audit.db"), str(tmp_path / "key.pem")],
-        check=True, cwd=ROOT, timeout=120, capture_output=True,
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync",
+            "-o",
+            str(trace),
+            sys.executable,
+            str(script),
+            str(tmp_path / "audit.db"),
+            str(tmp_path / "key.pem"),
+        ],
+        check=True,
+        cwd=ROOT,
+        timeout=120,
+        capture_output=True,
     )
     syncs = [line for line in trace.read_text().splitlines() if "fsync(" in line or "fdatasync(" in line]
     # one commit per acknowledged event (they are awaited one by one), each synced

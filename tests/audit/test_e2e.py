@@ -20,12 +20,15 @@ SECRET = "tok-E2E-9f8e7d6c5b4a"
 
 
 async def test_calls_through_symbi_mcp_are_audited_without_secrets(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, f"""
+    cfg = write_config(
+        tmp_path,
+        f"""
         [servers.mut]
         command = "{sys.executable}"
         args = ["{MUTABLE}"]
         verification = "warn"
-        """)
+        """,
+    )
     async with stdio_session(cfg) as s:
         ok = await s.call_tool("mut__read_path", {"path": "/tmp/x.txt", "api_token": SECRET})
         assert not ok.is_error
@@ -34,9 +37,13 @@ async def test_calls_through_symbi_mcp_are_audited_without_secrets(tmp_path: Pat
 
     db = tmp_path / "data" / "audit.db"
     conn = sqlite3.connect(db)
-    rows = [json.loads(d) for (d,) in conn.execute(
-        "SELECT details FROM events WHERE type = 'tool.call' AND json_extract(details, '$.tool') = 'mut__read_path' "
-        "ORDER BY seq")]
+    rows = [
+        json.loads(d)
+        for (d,) in conn.execute(
+            "SELECT details FROM events WHERE type = 'tool.call' AND json_extract(details, '$.tool') = 'mut__read_path' "
+            "ORDER BY seq"
+        )
+    ]
     everything = " ".join(d for (d,) in conn.execute("SELECT details FROM events"))
     conn.close()
     assert [(r["outcome"], r["decision"]["allow"]) for r in rows] == [("ok", True), ("denied", False)]
@@ -44,11 +51,28 @@ async def test_calls_through_symbi_mcp_are_audited_without_secrets(tmp_path: Pat
     assert "api_token" in rows[0]["arguments"] and rows[0]["arguments"]["api_token"] != SECRET
     assert SECRET not in everything
 
-    res = await anyio.run_process([sys.executable, "-m", "gateway", "audit", "verify", "--config", str(cfg)],
-                                  cwd=ROOT, check=False)
+    res = await anyio.run_process(
+        [sys.executable, "-m", "gateway", "audit", "verify", "--config", str(cfg)], cwd=ROOT, check=False
+    )
     assert res.returncode == 0, res.stdout + res.stderr
-    deny = await anyio.run_process([sys.executable, "-m", "gateway", "audit", "query", "--config", str(cfg),
-                                    "--decision", "deny", "--tool", "mut__read_path", "--json"], cwd=ROOT, check=False)
+    deny = await anyio.run_process(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "audit",
+            "query",
+            "--config",
+            str(cfg),
+            "--decision",
+            "deny",
+            "--tool",
+            "mut__read_path",
+            "--json",
+        ],
+        cwd=ROOT,
+        check=False,
+    )
     [denied_event] = [json.loads(line) for line in deny.stdout.decode().splitlines()]
     # a denied call carries no policy-redacted arguments: only the names are recorded
     assert set(denied_event["details"]["arguments"]) == {"path", "api_token"}

@@ -41,7 +41,9 @@ async def test_calls_produce_verifiable_events_without_redacted_values(tmp_path:
     verify = symbi("audit", "verify", "--config", str(cfg))
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
-    q = symbi("audit", "query", "--config", str(cfg), "--tool", "mut__read_path", "--type", "tool.call", "--json")
+    q = symbi(
+        "audit", "query", "--config", str(cfg), "--tool", "mut__read_path", "--type", "tool.call", "--json"
+    )
     assert q.returncode == 0, q.stderr
     events = [json.loads(line) for line in q.stdout.splitlines()]
     outcomes = sorted(e["details"]["outcome"] for e in events)
@@ -58,7 +60,10 @@ async def test_calls_produce_verifiable_events_without_redacted_values(tmp_path:
     for f in (tmp_path / "data").glob("audit*"):
         assert b"tok-SECRET-4711" not in f.read_bytes()
 
-    types = {json.loads(line)["type"] for line in symbi("audit", "query", "--config", str(cfg), "--json").stdout.splitlines()}
+    types = {
+        json.loads(line)["type"]
+        for line in symbi("audit", "query", "--config", str(cfg), "--json").stdout.splitlines()
+    }
     assert {"gateway.start", "config.loaded", "upstream.up", "tool.call", "gateway.stop"} <= types
 
 

@@ -134,7 +134,9 @@ def test_recent_returns_wire_records_oldest_first(open_log: Callable[..., AuditL
 
 
 def test_from_config_uses_config_paths(tmp_path: Path) -> None:
-    cfg = Config(gateway=GatewaySection(data_dir=tmp_path / "d"), audit=AuditSection(batch_max=8, on_failure="warn"))
+    cfg = Config(
+        gateway=GatewaySection(data_dir=tmp_path / "d"), audit=AuditSection(batch_max=8, on_failure="warn")
+    )
     log = AuditLog.from_config(cfg)
     try:
         assert log.path == cfg.audit_path and log.key_path == cfg.audit_key_path
@@ -149,12 +151,18 @@ def test_events_emitted_before_exit_without_close_are_committed(log_paths) -> No
     import sys
 
     db, key = log_paths
-    code = ("import sys; from pathlib import Path; from gateway.audit import AuditLog\n"
-            "log = AuditLog(Path(sys.argv[1]), Path(sys.argv[2]))\n"
-            "[log.emit('gateway.event', {'i': i}) for i in range(500)]\n")  # no close(), no flush()
+    code = (
+        "import sys; from pathlib import Path; from gateway.audit import AuditLog\n"
+        "log = AuditLog(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+        "[log.emit('gateway.event', {'i': i}) for i in range(500)]\n"
+    )  # no close(), no flush()
     root = Path(__file__).parents[2]
-    subprocess.run([sys.executable, "-c", code, str(db), str(key)], check=True, timeout=60,
-                   env={**os.environ, "PYTHONPATH": str(root)})
+    subprocess.run(
+        [sys.executable, "-c", code, str(db), str(key)],
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     assert verify_log(db, exported_public_keys(key)).check().events == 500
 
 
@@ -185,8 +193,9 @@ def test_interrupted_rotation_of_chains_sharing_a_key_recovers(tmp_path: Path) -
             assert log.key_id == new_id
 
 
-def test_stalled_store_fails_the_waiting_caller_but_keeps_the_event(open_log: Callable[..., AuditLog],
-                                                                    log_paths) -> None:
+def test_stalled_store_fails_the_waiting_caller_but_keeps_the_event(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
     log = open_log()
     blocker = sqlite3.connect(log_paths[0], isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another connection holds the write lock: the writer waits

@@ -23,18 +23,45 @@ from gateway.audit.record import (
 def _record(key: Ed25519PrivateKey, details: dict, prev: str = GENESIS_HASH) -> AuditRecord:
     kid = key_id_of(key.public_key())
     dj = canonical_details(details)
-    canon = record_bytes(seq=1, id="u-1", ts_ns=5, principal="p\u00e9", agent=None, type="tool.call",
-                         details_json=dj, prev_hash=prev, key_id=kid)
+    canon = record_bytes(
+        seq=1,
+        id="u-1",
+        ts_ns=5,
+        principal="p\u00e9",
+        agent=None,
+        type="tool.call",
+        details_json=dj,
+        prev_hash=prev,
+        key_id=kid,
+    )
     h = chain_hash(prev, canon)
     return AuditRecord(1, "u-1", 5, "p\u00e9", None, "tool.call", dj, prev, h, sign_hash(key, h), kid)
 
 
 def test_spliced_bytes_equal_canonical_json_of_the_record() -> None:
-    details = {"z": [1, 2.5, None], "a": {"quote\"": "\u00fc\n"}, "b": True}
-    spliced = record_bytes(seq=7, id="i\"d", ts_ns=123, principal=None, agent="ag\u00e9nt", type="t.x",
-                           details_json=canonical_details(details), prev_hash="ab" * 32, key_id="ed25519:00")
-    doc = {"seq": 7, "id": "i\"d", "ts_ns": 123, "principal": None, "agent": "ag\u00e9nt", "type": "t.x",
-           "details": details, "prev_hash": "ab" * 32, "key_id": "ed25519:00"}
+    details = {"z": [1, 2.5, None], "a": {'quote"': "\u00fc\n"}, "b": True}
+    spliced = record_bytes(
+        seq=7,
+        id='i"d',
+        ts_ns=123,
+        principal=None,
+        agent="ag\u00e9nt",
+        type="t.x",
+        details_json=canonical_details(details),
+        prev_hash="ab" * 32,
+        key_id="ed25519:00",
+    )
+    doc = {
+        "seq": 7,
+        "id": 'i"d',
+        "ts_ns": 123,
+        "principal": None,
+        "agent": "ag\u00e9nt",
+        "type": "t.x",
+        "details": details,
+        "prev_hash": "ab" * 32,
+        "key_id": "ed25519:00",
+    }
     assert spliced == canonical_json(doc).encode("utf-8")
 
 

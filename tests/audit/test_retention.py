@@ -38,8 +38,12 @@ def _ts(db: Path, seq: int) -> int:
 
 
 def _policy(tmp: Path, mode: str = "archive", **kw: object) -> RetentionPolicy:
-    return RetentionPolicy(retention_days=kw.get("days", 1.0), max_bytes=kw.get("max_bytes"),  # type: ignore[arg-type]
-                           mode=mode, archive_dir=tmp / "archive")  # type: ignore[arg-type]
+    return RetentionPolicy(
+        retention_days=kw.get("days", 1.0),
+        max_bytes=kw.get("max_bytes"),  # type: ignore[arg-type]
+        mode=mode,
+        archive_dir=tmp / "archive",
+    )  # type: ignore[arg-type]
 
 
 def _fill(log: AuditLog, n: int, start: int = 1) -> None:
@@ -177,7 +181,9 @@ def test_an_edited_or_removed_handoff_is_found(archived) -> None:  # type: ignor
     assert not res.ok and (res.problem.seq, res.problem.kind) == (1, "removed")
 
 
-def test_delete_mode_keeps_the_live_chain_verifiable(open_log: Callable[..., AuditLog], log_paths, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_delete_mode_keeps_the_live_chain_verifiable(
+    open_log: Callable[..., AuditLog], log_paths, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     log = open_log()
     policy = _policy(tmp_path, mode="delete")
     _fill(log, 12)
@@ -189,11 +195,15 @@ def test_delete_mode_keeps_the_live_chain_verifiable(open_log: Callable[..., Aud
     assert segments(policy.archive_dir, log.path.name) == []
 
 
-def test_max_bytes_takes_the_oldest_events_out(open_log: Callable[..., AuditLog], log_paths, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_max_bytes_takes_the_oldest_events_out(
+    open_log: Callable[..., AuditLog], log_paths, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     log = open_log()
     for i in range(400):
         log.append("tool.call", {"tool": "t", "blob": "x" * 400, "n": i}, principal="alice")
-    policy = RetentionPolicy(retention_days=None, max_bytes=100_000, mode="archive", archive_dir=tmp_path / "a")
+    policy = RetentionPolicy(
+        retention_days=None, max_bytes=100_000, mode="archive", archive_dir=tmp_path / "a"
+    )
     h = archive(log, policy)
     assert h is not None and 0 < h.seq < 400
     assert archive(log, policy) is None  # brought under the limit: nothing more is due
@@ -217,8 +227,9 @@ def test_the_head_is_never_archived(open_log: Callable[..., AuditLog], tmp_path)
         reopened.close()
 
 
-def test_a_segment_left_by_a_run_that_did_not_commit_is_replaced(open_log: Callable[..., AuditLog], log_paths,
-                                                                  tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_segment_left_by_a_run_that_did_not_commit_is_replaced(
+    open_log: Callable[..., AuditLog], log_paths, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     log = open_log()
     policy = _policy(tmp_path)
     _fill(log, 20)
@@ -228,8 +239,12 @@ def test_a_segment_left_by_a_run_that_did_not_commit_is_replaced(open_log: Calla
     orphan = seg.with_name(seg.name.replace("000000000001-000000000010", "000000000011-000000000015"))
     orphan.write_text("")
     orphan.with_name(orphan.name + ".seal.json").write_text(
-        seg.with_name(seg.name + ".seal.json").read_text().replace('"first_seq": 1', '"first_seq": 11'))
+        seg.with_name(seg.name + ".seal.json").read_text().replace('"first_seq": 1', '"first_seq": 11')
+    )
     _archive_upto(log, policy, 18)
     keys = exported_public_keys(log_paths[1])
-    assert [(s.first_seq, s.last_seq) for s, _ in segments(policy.archive_dir, log.path.name)] == [(1, 10), (11, 18)]
+    assert [(s.first_seq, s.last_seq) for s, _ in segments(policy.archive_dir, log.path.name)] == [
+        (1, 10),
+        (11, 18),
+    ]
     assert verify_archives(policy.archive_dir, log.path.name, _handoff(log.path), keys).ok

@@ -22,8 +22,14 @@ from tests.conftest import SYMBI, symbi_env, write_config
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SYMBI), "audit", *map(str, args)], capture_output=True, text=True,
-                          env=symbi_env(), timeout=120, check=False)
+    return subprocess.run(
+        [str(SYMBI), "audit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=symbi_env(),
+        timeout=120,
+        check=False,
+    )
 
 
 def pinned_setup(tmp_path: Path, events: int = 20) -> tuple[Path, Path]:
@@ -34,8 +40,11 @@ def pinned_setup(tmp_path: Path, events: int = 20) -> tuple[Path, Path]:
     assert init.returncode == 0, init.stderr
     kid = re.search(r'pinned_keys = \["(ed25519:[0-9a-f]{32})"\]', init.stdout)
     assert kid is not None, init.stdout
-    cfg.write_text(cfg.read_text().replace(
-        "[audit]\n", f'[audit]\npinned_keys = ["{kid.group(1)}"]\ncheckpoint_export = "{witness}"\n'))
+    cfg.write_text(
+        cfg.read_text().replace(
+            "[audit]\n", f'[audit]\npinned_keys = ["{kid.group(1)}"]\ncheckpoint_export = "{witness}"\n'
+        )
+    )
     with AuditLog.from_config(load_config(cfg)) as log:
         for i in range(events):
             log.append("test.event", {"i": i})

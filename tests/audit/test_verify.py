@@ -61,7 +61,7 @@ def test_edited_detail_is_changed(written_log, full: bool) -> None:
     assert _problem(db, keys, full=full) == (5, "changed")
 
 
-@pytest.mark.parametrize("text", ['[1, 2]', '{"n": 5, "tool": "t5"}', '{"n":5,"tool":"t5"} '])
+@pytest.mark.parametrize("text", ["[1, 2]", '{"n": 5, "tool": "t5"}', '{"n":5,"tool":"t5"} '])
 def test_details_must_be_the_exact_signed_object_text(written_log, text: str) -> None:
     db, keys = written_log
     assert json.loads(_row(db, 5)[6]) == {"n": 5, "tool": "t5"}
@@ -80,7 +80,9 @@ def test_edit_with_recomputed_hashes_still_fails_on_signature(written_log) -> No
             r[6] = canonical_details({"tool": "nothing-to-see"})
         canon = AuditRecord(*(r[:7]), prev, "", "", r[10]).canonical()
         h = chain_hash(prev, canon)
-        conn.execute("UPDATE events SET details=?, prev_hash=?, chain_hash=? WHERE seq=?", (r[6], prev, h, seq))
+        conn.execute(
+            "UPDATE events SET details=?, prev_hash=?, chain_hash=? WHERE seq=?", (r[6], prev, h, seq)
+        )
         prev = h
     conn.commit()
     conn.close()
@@ -96,9 +98,12 @@ def test_deleted_event_is_removed(written_log) -> None:
 
 def test_deleted_and_renumbered_is_removed(written_log) -> None:
     db, keys = written_log
-    _sql(db, ("DELETE FROM events WHERE seq = 5", ()),
-         ("UPDATE events SET seq = -(seq - 1) WHERE seq > 5", ()),
-         ("UPDATE events SET seq = -seq WHERE seq < 0", ()))
+    _sql(
+        db,
+        ("DELETE FROM events WHERE seq = 5", ()),
+        ("UPDATE events SET seq = -(seq - 1) WHERE seq > 5", ()),
+        ("UPDATE events SET seq = -seq WHERE seq < 0", ()),
+    )
     # renumbering rewrote the signed seq of the event now at 5: reported there as changed
     assert _problem(db, keys) == (5, "changed")
 
@@ -109,13 +114,27 @@ def test_inserted_forgery_signed_with_another_key(written_log) -> None:
     kid = key_id_of(forger.public_key())
     prev = _row(db, 4)[8]
     dj = canonical_details({"tool": "grant_admin"})
-    canon = record_bytes(seq=5, id="forged", ts_ns=1, principal="alice", agent=None, type="tool.call",
-                         details_json=dj, prev_hash=prev, key_id=kid)
+    canon = record_bytes(
+        seq=5,
+        id="forged",
+        ts_ns=1,
+        principal="alice",
+        agent=None,
+        type="tool.call",
+        details_json=dj,
+        prev_hash=prev,
+        key_id=kid,
+    )
     h = chain_hash(prev, canon)
-    _sql(db, ("UPDATE events SET seq = -(seq + 1) WHERE seq >= 5", ()),
-         ("UPDATE events SET seq = -seq WHERE seq < 0", ()),
-         (f"INSERT INTO events ({COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-          (5, "forged", 1, "alice", None, "tool.call", dj, prev, h, sign_hash(forger, h), kid)))
+    _sql(
+        db,
+        ("UPDATE events SET seq = -(seq + 1) WHERE seq >= 5", ()),
+        ("UPDATE events SET seq = -seq WHERE seq < 0", ()),
+        (
+            f"INSERT INTO events ({COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (5, "forged", 1, "alice", None, "tool.call", dj, prev, h, sign_hash(forger, h), kid),
+        ),
+    )
     assert _problem(db, keys) == (5, "inserted")
 
 
@@ -133,8 +152,10 @@ def test_forgery_claiming_the_real_key_id(written_log) -> None:
 def test_swapped_events_are_reordered(written_log) -> None:
     db, keys = written_log
     a, b = _row(db, 5), _row(db, 6)
-    upd = "UPDATE events SET id=?, ts_ns=?, principal=?, agent=?, type=?, details=?, prev_hash=?, chain_hash=?, " \
-          "signature=?, key_id=? WHERE seq=?"
+    upd = (
+        "UPDATE events SET id=?, ts_ns=?, principal=?, agent=?, type=?, details=?, prev_hash=?, chain_hash=?, "
+        "signature=?, key_id=? WHERE seq=?"
+    )
     _sql(db, (upd, (*b[1:], 5)), (upd, (*a[1:], 6)))
     assert _problem(db, keys) == (5, "reordered")
 
@@ -165,8 +186,11 @@ def test_truncation_with_a_replayed_old_anchor_is_caught_by_the_checkpoint_file(
     log.close()  # writes the checkpoint file for seq 20
     keys = exported_public_keys(key_path)
     # the attacker cuts the tail and puts back the genuine anchor they saved at seq 10
-    _sql(db, ("DELETE FROM events WHERE seq > 10", ()),
-         ("UPDATE anchor SET seq=?, chain_hash=?, ts_ns=?, key_id=?, signature=?", old_anchor))
+    _sql(
+        db,
+        ("DELETE FROM events WHERE seq > 10", ()),
+        ("UPDATE anchor SET seq=?, chain_hash=?, ts_ns=?, key_id=?, signature=?", old_anchor),
+    )
     assert _problem(db, keys) == (11, "truncated")
     # the attacker deletes the checkpoint file too: an anchor shipped off the host still tells
     shipped = store.read_checkpoint_file(store.checkpoint_path(db))
@@ -238,7 +262,9 @@ def test_a_broken_export_is_not_ok(written_log, tmp_path: Path) -> None:
     lines = _export(db, out)
     out.write_text("{not json\n" + "".join(json.dumps(d) + "\n" for d in lines))
     res = verify_jsonl(out, keys)
-    assert res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (1, "changed")
+    assert (
+        res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (1, "changed")
+    )
 
 
 def test_blank_lines_in_an_export_are_skipped_not_the_end(written_log, tmp_path: Path) -> None:
@@ -261,7 +287,11 @@ def test_an_export_cut_short_is_caught_by_an_anchor_given_with_it(written_log, t
     out.write_text("".join(json.dumps(d) + "\n" for d in lines[:15]))
     assert verify_jsonl(out, keys).ok is True  # alone, a prefix is a valid chain
     res = verify_jsonl(out, keys, anchors=[anchor])
-    assert res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (16, "truncated")
+    assert (
+        res.ok is False
+        and res.problem is not None
+        and (res.problem.seq, res.problem.kind) == (16, "truncated")
+    )
 
 
 def test_a_corrupt_checkpoint_file_fails_verification(written_log) -> None:
@@ -270,7 +300,9 @@ def test_a_corrupt_checkpoint_file_fails_verification(written_log) -> None:
     assert _problem(db, keys)[1] == "anchor"  # an unreadable checkpoint counts as a forged one
 
 
-def test_a_log_rebuilt_with_the_stolen_key_is_caught_by_an_anchor_kept_elsewhere(written_log, tmp_path: Path) -> None:
+def test_a_log_rebuilt_with_the_stolen_key_is_caught_by_an_anchor_kept_elsewhere(
+    written_log, tmp_path: Path
+) -> None:
     """The attacker holds the signing key and rewrites the whole log (valid chain, valid
     signatures, fresh in-database anchor and checkpoint); an anchor shipped off the host earlier
     records another head hash at seq 20."""
@@ -290,7 +322,9 @@ def test_a_log_rebuilt_with_the_stolen_key_is_caught_by_an_anchor_kept_elsewhere
     log.close()
     assert verify_log(forged_db, keys).ok is True  # on its own the rewrite is perfect
     res = verify_log(forged_db, keys, extra_anchors=[shipped])
-    assert res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (20, "anchor")
+    assert (
+        res.ok is False and res.problem is not None and (res.problem.seq, res.problem.kind) == (20, "anchor")
+    )
     with pytest.raises(AuditIntegrityError):
         res.check()
 
@@ -346,7 +380,9 @@ def test_unsigned_records_rewritten_and_rechained_fail_at_the_signature_that_vou
         if seq == first:
             r[6] = canonical_details({"tool": "nothing-to-see"})
         h = chain_hash(prev, AuditRecord(*(r[:7]), prev, "", "", r[10]).canonical())
-        conn.execute("UPDATE events SET details=?, prev_hash=?, chain_hash=? WHERE seq=?", (r[6], prev, h, seq))
+        conn.execute(
+            "UPDATE events SET details=?, prev_hash=?, chain_hash=? WHERE seq=?", (r[6], prev, h, seq)
+        )
         prev = h
     conn.commit()
     conn.close()
@@ -397,8 +433,10 @@ def test_swapped_unsigned_records_are_reordered(batched_log, full: bool) -> None
     db, keys = batched_log
     a, b = _row(db, 3), _row(db, 4)
     assert not a[9] and not b[9]
-    upd = "UPDATE events SET id=?, ts_ns=?, principal=?, agent=?, type=?, details=?, prev_hash=?, chain_hash=?, " \
-          "signature=?, key_id=? WHERE seq=?"
+    upd = (
+        "UPDATE events SET id=?, ts_ns=?, principal=?, agent=?, type=?, details=?, prev_hash=?, chain_hash=?, "
+        "signature=?, key_id=? WHERE seq=?"
+    )
     _sql(db, (upd, (*b[1:], 3)), (upd, (*a[1:], 4)))
     assert _problem(db, keys, full=full) == (3, "reordered")
 

@@ -18,8 +18,12 @@ from gateway.events import LoggingSink
 async def main(data: Path, count: int) -> None:
     backend = EmbeddedBackend(data / "bus.db")
     await backend.start()
-    bus = Bus(backend, KeyRing(load_secret(data / "bus-secret"), data / "bus-keys.db"), events=LoggingSink(),
-              buffer_size=1_000_000)
+    bus = Bus(
+        backend,
+        KeyRing(load_secret(data / "bus-secret"), data / "bus-keys.db"),
+        events=LoggingSink(),
+        buffer_size=1_000_000,
+    )
     await bus.register("agent-b", "team")
     a = Principal(id="team", agent="agent-a")
     for i in range(count):

@@ -29,8 +29,12 @@ def _fill(data: Path) -> None:
     async def run() -> None:
         backend = EmbeddedBackend(data / "bus.db")
         await backend.start()
-        bus = Bus(backend, KeyRing(load_secret(data / "bus-secret"), data / "bus-keys.db"), events=LoggingSink(),
-                  buffer_size=100)
+        bus = Bus(
+            backend,
+            KeyRing(load_secret(data / "bus-secret"), data / "bus-keys.db"),
+            events=LoggingSink(),
+            buffer_size=100,
+        )
         a, b = Principal(id="t", agent="ag-a"), Principal(id="t", agent="ag-b")
         await bus.register("ag-b", "t")
         await bus.subscribe(b, "team.*")
@@ -44,9 +48,14 @@ def _fill(data: Path) -> None:
 
 
 def symbi(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SYMBI), "bus", *args, "--config", str(cfg)], check=False, capture_output=True,
-                          text=True,
-                          timeout=60, env=symbi_env())
+    return subprocess.run(
+        [str(SYMBI), "bus", *args, "--config", str(cfg)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=symbi_env(),
+    )
 
 
 @pytest.fixture
@@ -75,7 +84,9 @@ def test_verify_finds_tampering_and_a_removed_message(cfg: Path, tmp_path: Path)
     with db:
         seq, c = db.execute("SELECT seq, c FROM messages WHERE inbox='ag-b' ORDER BY seq LIMIT 1").fetchone()
         db.execute("UPDATE messages SET c=? WHERE seq=?", (bytes([c[0] ^ 1]) + c[1:], seq))
-        third = db.execute("SELECT seq FROM messages WHERE inbox='ag-b' ORDER BY seq LIMIT 1 OFFSET 2").fetchone()[0]
+        third = db.execute(
+            "SELECT seq FROM messages WHERE inbox='ag-b' ORDER BY seq LIMIT 1 OFFSET 2"
+        ).fetchone()[0]
         db.execute("DELETE FROM messages WHERE seq=?", (third,))
     v = symbi(cfg, "verify", "--json")
     assert v.returncode == 1
@@ -92,8 +103,12 @@ def test_on_redis(tmp_path: Path, redis_server: RedisServer) -> None:
     async def fill() -> None:
         backend = RedisBackend(redis_server.url)
         await backend.start()
-        bus = Bus(backend, KeyRing(load_secret(data / "bus-secret"), data / "bus-keys.db"), events=LoggingSink(),
-                  buffer_size=100)
+        bus = Bus(
+            backend,
+            KeyRing(load_secret(data / "bus-secret"), data / "bus-keys.db"),
+            events=LoggingSink(),
+            buffer_size=100,
+        )
         await bus.register("ag-b", "t")
         for i in range(3):
             await bus.send(Principal(id="t", agent="ag-a"), "ag-b", f"{BODY}-{i}")

@@ -34,8 +34,12 @@ class Recorder:
 
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
-    def emit(self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None) -> None:
-        assert isinstance(event_type, Event) and event_type.startswith("bus."), event_type  # the one catalogue
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        assert isinstance(event_type, Event) and event_type.startswith("bus."), (
+            event_type
+        )  # the one catalogue
         self.events.append((event_type, dict(details)))
 
     def of(self, kind: str) -> list[dict[str, Any]]:
@@ -68,20 +72,29 @@ class Env:
     def stored(self, inbox: str) -> list[tuple[str, SecureMessage]]:
         if self.url is None:
             db = sqlite3.connect(self.data / "bus.db")
-            rows = db.execute("SELECT seq, h, n, c, s FROM messages WHERE inbox=? ORDER BY seq", (inbox,)).fetchall()
+            rows = db.execute(
+                "SELECT seq, h, n, c, s FROM messages WHERE inbox=? ORDER BY seq", (inbox,)
+            ).fetchall()
             db.close()
-            return [(str(r[0]), SecureMessage.from_fields({"h": r[1], "n": r[2], "c": r[3], "s": r[4]})) for r in rows]
+            return [
+                (str(r[0]), SecureMessage.from_fields({"h": r[1], "n": r[2], "c": r[3], "s": r[4]}))
+                for r in rows
+            ]
         r = redis.Redis.from_url(self.url)
-        return [(i.decode(), SecureMessage.from_fields({k: v for k, v in f.items() if k != b"e"}))
-                for i, f in r.xrange(f"{PREFIX}inbox:{inbox}")]
+        return [
+            (i.decode(), SecureMessage.from_fields({k: v for k, v in f.items() if k != b"e"}))
+            for i, f in r.xrange(f"{PREFIX}inbox:{inbox}")
+        ]
 
     def inject(self, inbox: str, msg: SecureMessage) -> None:
         f = msg.to_fields()
         if self.url is None:
             db = sqlite3.connect(self.data / "bus.db")
             with db:
-                db.execute("INSERT INTO messages(inbox, id, expires_ms, ts_ms, h, n, c, s) VALUES (?,?,?,?,?,?,?,?)",
-                           (inbox, msg.id, msg.expires_ms, msg.timestamp_ms, f["h"], f["n"], f["c"], f["s"]))
+                db.execute(
+                    "INSERT INTO messages(inbox, id, expires_ms, ts_ms, h, n, c, s) VALUES (?,?,?,?,?,?,?,?)",
+                    (inbox, msg.id, msg.expires_ms, msg.timestamp_ms, f["h"], f["n"], f["c"], f["s"]),
+                )
             db.close()
         else:
             r = redis.Redis.from_url(self.url)
@@ -125,7 +138,7 @@ async def test_direct_in_order_exactly_once(env: Env) -> None:
 async def test_store_and_backend_hold_only_ciphertext(env: Env) -> None:
     bus = await _pair(env)
     await bus.send(A, "agent-b", "the-secret-body-text")
-    (_, msg), = env.stored("agent-b")
+    ((_, msg),) = env.stored("agent-b")
     assert b"the-secret-body-text" not in msg.ciphertext + msg.header()
     if env.url is None:
         assert b"the-secret-body-text" not in (env.data / "bus.db").read_bytes()
@@ -143,9 +156,11 @@ async def test_no_agent_and_unknown_recipient_are_refused(env: Env) -> None:
 async def test_receive_waits_for_arrival(env: Env) -> None:
     bus = await _pair(env)
     async with anyio.create_task_group() as tg:
+
         async def later() -> None:
             await anyio.sleep(0.2)
             await bus.send(A, "agent-b", "late")
+
         tg.start_soon(later)
         got = await bus.receive(B, wait_s=5)
     assert [r.body for r in got] == ["late"]
@@ -246,6 +261,7 @@ async def test_policy_denies_and_audits(env: Env) -> None:
 
 # -- attacks --------------------------------------------------------------------------------
 
+
 def _with(msg: SecureMessage, **changes: Any) -> SecureMessage:
     d = {f: getattr(msg, f) for f in SecureMessage.__slots__ if f != "_header"}
     d.update(changes)
@@ -260,7 +276,7 @@ async def _rejected(env: Env, bus: Bus, reason: str) -> None:
 
 async def _one_stored(env: Env, bus: Bus) -> SecureMessage:
     await bus.send(A, "agent-b", "original")
-    (_, msg), = env.stored("agent-b")
+    ((_, msg),) = env.stored("agent-b")
     assert [r.body for r in await bus.receive(B)] == ["original"]
     return msg
 
@@ -393,11 +409,12 @@ async def test_names_resolve_through_the_directory_and_cannot_be_rebound(env: En
 
 # -- per-recipient binding: a delivery copied into another inbox is refused -------------------
 
+
 async def test_topic_delivery_copied_to_another_subscriber_rejected(env: Env) -> None:
     bus = await _pair(env)
     await bus.subscribe(B, "alerts.*")
     await bus.publish(A, "alerts.disk", "for b only")
-    (_, for_b), = env.stored("agent-b")
+    ((_, for_b),) = env.stored("agent-b")
     assert for_b.recipient == "agent-b" and for_b.topic == "alerts.disk"  # bound to its subscriber
     # C subscribes after the publish (it was no recipient); A subscribes too (a publisher is
     # never its own recipient). An attacker with write access copies B's delivery to both.
@@ -424,8 +441,8 @@ async def test_each_subscriber_gets_its_own_binding_of_one_message(env: Env) -> 
     await bus.subscribe(B, "alerts.*")
     await bus.subscribe(C, "alerts.disk")
     res = await bus.publish(A, "alerts.disk", {"level": 3})
-    (_, for_b), = env.stored("agent-b")
-    (_, for_c), = env.stored("agent-c")
+    ((_, for_b),) = env.stored("agent-b")
+    ((_, for_c),) = env.stored("agent-c")
     assert for_b.id == for_c.id == res.id  # one message, one id in each replay window
     assert (for_b.recipient, for_c.recipient) == ("agent-b", "agent-c")
     assert for_b.signature != for_c.signature
@@ -442,10 +459,10 @@ async def test_direct_request_and_reply_copies_rejected(env: Env) -> None:
     request = await bus.seal(a_keys, "request", b'"ask b"', to="agent-b")
     reply = await bus.seal(b_keys, "reply", b'"answer a"', to="agent-a", reply_to=request.id)
     cases = [
-        ("agent-c", "agent-c", direct, "wrong recipient"),      # B's direct message in C's inbox
-        ("agent-c", "agent-c", request, "wrong recipient"),     # B's request in C's inbox
-        ("agent-c", "agent-c#r", reply, "wrong recipient"),     # A's reply in C's reply inbox
-        ("agent-a", "agent-a", reply, "wrong inbox for this kind"),   # a reply in the main inbox
+        ("agent-c", "agent-c", direct, "wrong recipient"),  # B's direct message in C's inbox
+        ("agent-c", "agent-c", request, "wrong recipient"),  # B's request in C's inbox
+        ("agent-c", "agent-c#r", reply, "wrong recipient"),  # A's reply in C's reply inbox
+        ("agent-a", "agent-a", reply, "wrong inbox for this kind"),  # a reply in the main inbox
         ("agent-b", "agent-b#r", direct, "wrong inbox for this kind"),  # a message as a reply
     ]
     for agent, inbox, msg, _ in cases:

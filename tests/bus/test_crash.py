@@ -23,8 +23,12 @@ pytestmark = pytest.mark.slow
 
 def test_sigkill_loses_no_accepted_message(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("crash_sender.py")), str(data), "1000000"],
-                            stdout=subprocess.PIPE, env=symbi_env(), text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("crash_sender.py")), str(data), "1000000"],
+        stdout=subprocess.PIPE,
+        env=symbi_env(),
+        text=True,
+    )
     assert proc.stdout is not None
     accepted: list[str] = []
     for line in proc.stdout:
@@ -39,8 +43,12 @@ def test_sigkill_loses_no_accepted_message(tmp_path: Path) -> None:
     async def drain() -> list[str]:
         backend = EmbeddedBackend(data / "bus.db")
         await backend.start()
-        bus = Bus(backend, KeyRing(load_secret(data / "bus-secret"), data / "bus-keys.db"), events=LoggingSink(),
-                  buffer_size=1_000_000)
+        bus = Bus(
+            backend,
+            KeyRing(load_secret(data / "bus-secret"), data / "bus-keys.db"),
+            events=LoggingSink(),
+            buffer_size=1_000_000,
+        )
         got: list[str] = []
         b = Principal(id="team", agent="agent-b")
         while batch := await bus.receive(b, max_items=1000):

@@ -41,7 +41,9 @@ async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
 async def call(gw: Gateway, who: Principal, tool: str, **args: Any) -> Any:
     """What the MCP front does with a tools/call: the chain, errors turned into results by the boundary."""
     try:
-        return await gw.call(CallContext(principal=who, kind="tools/call", target=f"bus__{tool}", arguments=args))
+        return await gw.call(
+            CallContext(principal=who, kind="tools/call", target=f"bus__{tool}", arguments=args)
+        )
     except Exception as e:  # noqa: BLE001 - the boundary
         return error_result(e)
 
@@ -53,8 +55,15 @@ def data(result: Any) -> Any:
 
 async def test_tools_are_listed_and_verified(gw: Gateway) -> None:
     names = {e.info.name for e in await gw.visible_tools(A)}
-    assert {"bus__send", "bus__request", "bus__reply", "bus__publish", "bus__subscribe", "bus__unsubscribe",
-            "bus__receive"} <= names
+    assert {
+        "bus__send",
+        "bus__request",
+        "bus__reply",
+        "bus__publish",
+        "bus__subscribe",
+        "bus__unsubscribe",
+        "bus__receive",
+    } <= names
     assert not gw.catalog.tools["bus__send"].info.code_tool
     assert gw.catalog.resource_owner("bus://inbox") == "bus"
     assert gw.catalog.resource_owner("bus://topics/team.x") == "bus"
@@ -124,7 +133,9 @@ async def test_per_agent_message_rate_from_the_policy(tmp_path: Path) -> None:
     doc["symbi_data"]["principals"]["stdio"]["tester"]["bus_rate_limit"] = 2
     data_file = tmp_path / "policy-data.json"
     data_file.write_text(json.dumps(doc))
-    cfg = write_config(tmp_path, f'[policy]\npath = "{POLICY}"\ndata = "{data_file}"\n[sandbox]\ncode_tools = false\n')
+    cfg = write_config(
+        tmp_path, f'[policy]\npath = "{POLICY}"\ndata = "{data_file}"\n[sandbox]\ncode_tools = false\n'
+    )
     gateway = make_gateway(load_config(cfg))
     async with gateway.running():
         await call(gateway, B, "receive")

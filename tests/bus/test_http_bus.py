@@ -34,8 +34,10 @@ pytestmark = [
     pytest.mark.anyio,
     pytest.mark.slow,
     # every MCP session becomes an agent with the runtime's agent identity (issue 13)
-    pytest.mark.skipif(not hasattr(gateway.context, "AgentInfo"),
-                       reason="needs the runtime's agent identity (gateway/runtime, issue 13)"),
+    pytest.mark.skipif(
+        not hasattr(gateway.context, "AgentInfo"),
+        reason="needs the runtime's agent identity (gateway/runtime, issue 13)",
+    ),
 ]
 
 SECRET = "bus-body-that-must-never-reach-the-audit-log-or-logs"
@@ -46,7 +48,9 @@ def bus_config(tmp_path: Path, extra: str = "") -> Path:
     doc["symbi_data"]["principals"]["keys"]["outsider"] = {"roles": ["tester"]}  # an API key principal
     data = tmp_path / "policy-data.json"
     data.write_text(json.dumps(doc))
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         [gateway]
         data_dir = "{tmp_path / "data"}"
         log_format = "json"
@@ -56,7 +60,8 @@ def bus_config(tmp_path: Path, extra: str = "") -> Path:
         [sandbox]
         code_tools = false
         {extra}
-        """)
+        """,
+    )
 
 
 def make_keys(cfg: Path) -> dict[str, str]:
@@ -172,7 +177,9 @@ async def test_two_http_sessions_exchange_messages(tmp_path: Path) -> None:
     assert SECRET.encode() not in audit_bytes(data)
     assert SECRET.encode() not in (data / "bus.db").read_bytes()
     db = sqlite3.connect(data / "audit.db")
-    rows = [(t, json.loads(d)) for t, d in db.execute("SELECT type, details FROM events WHERE type LIKE 'bus.%'")]
+    rows = [
+        (t, json.loads(d)) for t, d in db.execute("SELECT type, details FROM events WHERE type LIKE 'bus.%'")
+    ]
     kinds = {t for t, _ in rows}
     assert {"bus.send", "bus.publish", "bus.denied", "bus.delivery_failed", "bus.subscribe"} <= kinds
     denied_kinds = sorted(d["kind"] for t, d in rows if t == "bus.denied")
@@ -203,8 +210,12 @@ def test_kill_9_of_the_gateway_loses_no_accepted_message(tmp_path: Path) -> None
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(tmp_path / "serve-kill.log", "w") as log:
-        proc = subprocess.Popen([str(SYMBI), "serve", "--config", str(cfg), "--port", str(port)], stdout=log,
-                                stderr=subprocess.STDOUT, env=symbi_env())
+        proc = subprocess.Popen(
+            [str(SYMBI), "serve", "--config", str(cfg), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=symbi_env(),
+        )
         try:
             deadline = time.monotonic() + 60
             while not _ready(base):
@@ -213,8 +224,10 @@ def test_kill_9_of_the_gateway_loses_no_accepted_message(tmp_path: Path) -> None
 
             async def send_then_kill() -> tuple[str, list[str]]:
                 async with agent(base + "/mcp", keys["a"]) as a, agent(base + "/mcp", keys["b"]) as b:
-                    accepted = [(await a.ok("send", to=b.id, body={"n": i, "secret": SECRET}))["id"]
-                                for i in range(30)]
+                    accepted = [
+                        (await a.ok("send", to=b.id, body={"n": i, "secret": SECRET}))["id"]
+                        for i in range(30)
+                    ]
                     proc.send_signal(signal.SIGKILL)  # while both sessions are open
                     return b.id, accepted
 
@@ -232,13 +245,25 @@ def test_kill_9_of_the_gateway_loses_no_accepted_message(tmp_path: Path) -> None
                 proc.wait()
     b_id, accepted = result[0]
     assert len(accepted) == 30
-    tail = subprocess.run([str(SYMBI), "bus", "tail", "--json", "-n", "1000", "--config", str(cfg)],
-                          check=False, capture_output=True, text=True, timeout=60, env=symbi_env())
+    tail = subprocess.run(
+        [str(SYMBI), "bus", "tail", "--json", "-n", "1000", "--config", str(cfg)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=symbi_env(),
+    )
     stored = [json.loads(x) for x in tail.stdout.splitlines()]
     pending = [r["id"] for r in stored if r["inbox"] == b_id and r["state"] == "pending"]
     assert pending == accepted  # all there, in order, none delivered twice or lost
-    verify = subprocess.run([str(SYMBI), "bus", "verify", "--config", str(cfg)], check=False,
-                            capture_output=True, text=True, timeout=60, env=symbi_env())
+    verify = subprocess.run(
+        [str(SYMBI), "bus", "verify", "--config", str(cfg)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=symbi_env(),
+    )
     assert verify.returncode == 0, verify.stdout
 
 

@@ -20,8 +20,14 @@ MUTABLE = ROOT / "tests/peers/mutable_server.py"
 
 
 def symbi(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "audit", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -75,7 +81,9 @@ def test_archive_with_no_limit_set_is_a_config_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_running_gateway_applies_retention(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, f"""
+    cfg = write_config(
+        tmp_path,
+        f"""
         [audit]
         retention_days = 0.00002
         retention_check_s = 0.5
@@ -84,7 +92,8 @@ async def test_a_running_gateway_applies_retention(tmp_path: Path) -> None:
         command = "{sys.executable}"
         args = ["{MUTABLE}"]
         verification = "warn"
-        """)
+        """,
+    )
     archive = tmp_path / "data" / "audit-archive"
     async with stdio_session(cfg) as s:
         for i in range(5):

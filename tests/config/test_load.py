@@ -37,7 +37,9 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
 
 def test_env_overrides_the_file(tmp_path: Path) -> None:
     p = write_config(tmp_path, '[gateway]\nlog_level = "INFO"\n')
-    cfg = load_config(None, {"SYMBI_CONFIG_PATH": str(p), "SYMBI_LOG_LEVEL": "debug", "MCP_SERVER_DISCOVERY": "false"})
+    cfg = load_config(
+        None, {"SYMBI_CONFIG_PATH": str(p), "SYMBI_LOG_LEVEL": "debug", "MCP_SERVER_DISCOVERY": "false"}
+    )
     assert cfg.gateway.log_level == "DEBUG"
     assert cfg.source == p.resolve()
 
@@ -49,7 +51,7 @@ def test_bad_boolean_env_is_refused() -> None:
 
 BAD = [
     ("unknown key", '[mcp]\ntool_verificaton = "strict"\n', "mcp.tool_verificaton"),
-    ("wrong type", "[mcp]\ncall_timeout_s = \"soon\"\n", "mcp.call_timeout_s"),
+    ("wrong type", '[mcp]\ncall_timeout_s = "soon"\n', "mcp.call_timeout_s"),
     ("bad enum", '[mcp]\ntool_verification = "sometimes"\n', "mcp.tool_verification"),
     ("no transport", "[servers.a]\nenabled = true\n", "servers.a"),
     ("both transports", '[servers.a]\ncommand = "x"\nurl = "http://127.0.0.1:1/mcp"\n', "servers.a"),
@@ -57,7 +59,11 @@ BAD = [
     ("opa without url", '[policy]\nengine = "opa"\n', "policy"),
     ("unknown section", "[nope]\nx = 1\n", "nope"),
     ("negative port", "[http]\nport = -1\n", "http.port"),
-    ("jwt alg none", '[http.jwt]\nissuer = "i"\naudience = "a"\nalgorithms = ["none"]\njwks_file = "j"\n', "http.jwt"),
+    (
+        "jwt alg none",
+        '[http.jwt]\nissuer = "i"\naudience = "a"\nalgorithms = ["none"]\njwks_file = "j"\n',
+        "http.jwt",
+    ),
     ("not toml", "[mcp\n", "not valid TOML"),
     # an upstream named like a built-in would shadow (or knock out) the built-in's tools
     ("reserved name sandbox", '[sandbox]\ncode_tools = false\n[servers.sandbox]\ncommand = "x"\n', "sandbox"),
@@ -65,12 +71,27 @@ BAD = [
     ("reserved name bus", '[servers.bus]\nurl = "http://127.0.0.1:1/mcp"\n', "bus"),
     # issue 11 item 5: a process per caller is for stdio servers, and its bounds need it on
     ("bad isolation", '[servers.a]\ncommand = "x"\nisolation = "tenant"\n', "servers.a.isolation"),
-    ("isolation on http", '[servers.a]\nurl = "http://127.0.0.1:1/mcp"\nisolation = "principal"\n', "servers.a"),
-    ("isolation with replicas", '[servers.a]\ncommand = "x"\nisolation = "session"\nreplicas = 2\n', "servers.a"),
+    (
+        "isolation on http",
+        '[servers.a]\nurl = "http://127.0.0.1:1/mcp"\nisolation = "principal"\n',
+        "servers.a",
+    ),
+    (
+        "isolation with replicas",
+        '[servers.a]\ncommand = "x"\nisolation = "session"\nreplicas = 2\n',
+        "servers.a",
+    ),
     ("isolation_max when shared", '[servers.a]\ncommand = "x"\nisolation_max = 4\n', "servers.a"),
-    ("isolation_max zero", '[servers.a]\ncommand = "x"\nisolation = "principal"\nisolation_max = 0\n',
-     "servers.a.isolation_max"),
-    ("two pass-through", '[servers.a]\ncommand = "x"\npass_through = true\n[servers.b]\ncommand = "y"\n', "servers"),
+    (
+        "isolation_max zero",
+        '[servers.a]\ncommand = "x"\nisolation = "principal"\nisolation_max = 0\n',
+        "servers.a.isolation_max",
+    ),
+    (
+        "two pass-through",
+        '[servers.a]\ncommand = "x"\npass_through = true\n[servers.b]\ncommand = "y"\n',
+        "servers",
+    ),
 ]
 
 
@@ -81,7 +102,11 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path, label: str, body: 
     with pytest.raises(ConfigError):
         load_config(p, {})
     proc = subprocess.run(
-        [str(SYMBI), "config", "check", "--config", str(p)], capture_output=True, text=True, env=symbi_env(), timeout=60
+        [str(SYMBI), "config", "check", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        env=symbi_env(),
+        timeout=60,
     )
     assert proc.returncode == 2
     assert key in proc.stderr
@@ -121,7 +146,9 @@ def _keys(model: type, prefix: str = "") -> list[str]:
             continue
         ann = field.annotation
         inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-        target = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (inner[0] if inner else None)
+        target = (
+            ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (inner[0] if inner else None)
+        )
         if target is not None and name != "servers":
             out += _keys(target, f"{prefix}{name}.")
         else:
@@ -138,12 +165,19 @@ def test_every_config_key_is_documented_in_the_example() -> None:
     assert not missing, f"not documented in examples/symbi.toml: {missing}"
 
 
-def test_a_relative_jwks_file_is_resolved_against_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_relative_jwks_file_is_resolved_against_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from gateway.server.auth import JwtVerifier
 
     (tmp_path / "keys").mkdir()
-    (tmp_path / "keys" / "jwks.json").write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0", "kid": "a"}]}')
-    p = write_config(tmp_path, '[http.jwt]\nissuer = "i"\naudience = "a"\nalgorithms = ["HS256"]\njwks_file = "keys/jwks.json"\n')
+    (tmp_path / "keys" / "jwks.json").write_text(
+        '{"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0", "kid": "a"}]}'
+    )
+    p = write_config(
+        tmp_path,
+        '[http.jwt]\nissuer = "i"\naudience = "a"\nalgorithms = ["HS256"]\njwks_file = "keys/jwks.json"\n',
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # serve started from another folder
@@ -154,10 +188,22 @@ def test_a_relative_jwks_file_is_resolved_against_the_config_file(tmp_path: Path
 
 def test_config_check_refuses_a_missing_or_malformed_jwks_file(tmp_path: Path) -> None:
     p = write_config(tmp_path, '[http.jwt]\nissuer = "i"\naudience = "a"\njwks_file = "nope.json"\n')
-    r = subprocess.run([str(SYMBI), "config", "check", "--config", str(p)], capture_output=True, text=True,
-                       env=symbi_env(), timeout=60, check=False)
+    r = subprocess.run(
+        [str(SYMBI), "config", "check", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        env=symbi_env(),
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 2 and "http.jwt.jwks_file" in r.stderr and str(tmp_path / "nope.json") in r.stderr
     (tmp_path / "nope.json").write_text("not json")
-    r = subprocess.run([str(SYMBI), "config", "check", "--config", str(p)], capture_output=True, text=True,
-                       env=symbi_env(), timeout=60, check=False)
+    r = subprocess.run(
+        [str(SYMBI), "config", "check", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        env=symbi_env(),
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 2 and "http.jwt.jwks_file" in r.stderr

@@ -57,7 +57,9 @@ export OPENAI_API_KEY=your_api_key_here
 export MCP_SERVER_DISCOVERY=enabled
 """
 SEED_ENV = dict(
-    line.removeprefix("export ").split("=", 1) for line in SEED_ENV_SH.splitlines() if line.startswith("export ")
+    line.removeprefix("export ").split("=", 1)
+    for line in SEED_ENV_SH.splitlines()
+    if line.startswith("export ")
 )
 
 # Seed keys that take effect today -> the test file that shows the effect.
@@ -137,9 +139,17 @@ def test_every_seed_key_takes_effect_or_names_its_issue(tmp_path: Path) -> None:
     assert said["security.crypto_provider"].kind == "mapped"
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("1GB", 10**9), ("512MiB", 512 * 2**20), ("64 KB", 64_000), ("1.5GB", 1_500_000_000), (1024, 1024), ("7", 7),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("1GB", 10**9),
+        ("512MiB", 512 * 2**20),
+        ("64 KB", 64_000),
+        ("1.5GB", 1_500_000_000),
+        (1024, 1024),
+        ("7", 7),
+    ],
+)
 def test_sizes_in_the_seed_form(raw: object, expected: int) -> None:
     assert build_config({"context": {"context_cache_size": raw}}).context.context_cache_size == expected
 
@@ -151,7 +161,9 @@ def test_bad_size_names_the_key(raw: object) -> None:
     assert "context.context_cache_size" in e.value.message
 
 
-@pytest.mark.parametrize("raw,expected", [("enabled", True), ("disabled", False), ("TRUE", True), ("0", False)])
+@pytest.mark.parametrize(
+    "raw,expected", [("enabled", True), ("disabled", False), ("TRUE", True), ("0", False)]
+)
 def test_discovery_env_in_the_seed_form(raw: str, expected: bool) -> None:
     assert build_config({}, environ={"MCP_SERVER_DISCOVERY": raw}).mcp.discovery_enabled is expected
 
@@ -160,7 +172,10 @@ def test_audit_storage_names_a_folder_or_the_file(tmp_path: Path) -> None:
     assert build_config({}, environ={"SYMBI_AUDIT_STORAGE": str(tmp_path / "audit")}).audit_path == (
         tmp_path / "audit" / "audit.db"
     )
-    assert build_config({}, environ={"SYMBI_AUDIT_STORAGE": str(tmp_path / "a.db")}).audit_path == tmp_path / "a.db"
+    assert (
+        build_config({}, environ={"SYMBI_AUDIT_STORAGE": str(tmp_path / "a.db")}).audit_path
+        == tmp_path / "a.db"
+    )
 
 
 def test_crypto_provider_checks_its_primitives_and_maps_ring() -> None:
@@ -197,8 +212,13 @@ async def test_seed_start_names_each_notice_once_and_audits_into_the_folder(tmp_
     path = tmp_path / "config.toml"
     path.write_text(SEED_TOML, encoding="utf-8")
     audit_dir = tmp_path / "audit"
-    env = {**symbi_env(), **SEED_ENV, "SYMBI_CONFIG_PATH": str(path), "SYMBI_AUDIT_STORAGE": str(audit_dir),
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **symbi_env(),
+        **SEED_ENV,
+        "SYMBI_CONFIG_PATH": str(path),
+        "SYMBI_AUDIT_STORAGE": str(audit_dir),
+        "PYTHONPATH": str(ROOT),
+    }
     log = tmp_path / "stderr.log"
     with log.open("w") as errlog:
         params = StdioServerParameters(command=str(SYMBI), args=["mcp"], env=env)
@@ -218,9 +238,13 @@ async def test_seed_start_names_each_notice_once_and_audits_into_the_folder(tmp_
 def test_config_check_prints_the_notices(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(SEED_TOML, encoding="utf-8")
-    proc = subprocess.run([str(SYMBI), "config", "check", "--config", str(path)], capture_output=True, text=True,
-                          env={**symbi_env(), **{k: v for k, v in SEED_ENV.items() if k != "SYMBI_AUDIT_STORAGE"}},
-                          timeout=60)
+    proc = subprocess.run(
+        [str(SYMBI), "config", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env={**symbi_env(), **{k: v for k, v in SEED_ENV.items() if k != "SYMBI_AUDIT_STORAGE"}},
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "'cryptography'" in proc.stdout and "issue 1" not in proc.stdout  # no key is pending an issue
     assert "your_api_key_here" not in proc.stdout

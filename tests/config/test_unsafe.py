@@ -58,16 +58,27 @@ def test_production_from_the_config_file_too(tmp_path: Path, body: str, key: str
 
 
 def test_production_with_every_protection_on_loads(tmp_path: Path) -> None:
-    cfg = load_config(write_config(tmp_path, '[servers.up]\ncommand = "true"\n'), {"SYMBI_RUNTIME_MODE": "production"})
+    cfg = load_config(
+        write_config(tmp_path, '[servers.up]\ncommand = "true"\n'), {"SYMBI_RUNTIME_MODE": "production"}
+    )
     assert cfg.runtime.mode == "production" and cfg.unsafe_options() == []
-    assert cfg.policies_enforced and cfg.audit_on and not cfg.audit_fails_open and cfg.anonymous_principal is None
+    assert (
+        cfg.policies_enforced
+        and cfg.audit_on
+        and not cfg.audit_fails_open
+        and cfg.anonymous_principal is None
+    )
 
 
 def test_symbi_config_check_exits_2_naming_the_key(tmp_path: Path) -> None:
     path = write_config(tmp_path, "[security]\nunsafe_disable_audit = true\n")
     proc = subprocess.run(
         [str(SYMBI), "config", "check", "--config", str(path)],
-        capture_output=True, text=True, env=symbi_env(SYMBI_RUNTIME_MODE="production"), timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=symbi_env(SYMBI_RUNTIME_MODE="production"),
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "security.unsafe_disable_audit" in proc.stderr
@@ -84,7 +95,8 @@ def test_old_spelling_is_loudly_deprecated(tmp_path: Path, caplog: pytest.LogCap
 @pytest.mark.anyio
 async def test_development_warns_on_every_call(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = load_config(
-        write_config(tmp_path, "[sandbox]\ncode_tools = false\n[security]\nunsafe_disable_policies = true\n"), {}
+        write_config(tmp_path, "[sandbox]\ncode_tools = false\n[security]\nunsafe_disable_policies = true\n"),
+        {},
     )
     gw = make_gateway(cfg)
     assert any(isinstance(s, WarnUnsafe) for s in gw.steps)
@@ -92,7 +104,9 @@ async def test_development_warns_on_every_call(tmp_path: Path, caplog: pytest.Lo
         with caplog.at_level(logging.WARNING, logger="symbi.unsafe"):
             for _ in range(3):
                 with pytest.raises(UnknownTool):  # no upstreams: each call is refused, and still warned about
-                    await gw.call(CallContext(principal=Principal("tester"), kind="tools/call", target="x__y"))
+                    await gw.call(
+                        CallContext(principal=Principal("tester"), kind="tools/call", target="x__y")
+                    )
     warnings = [r for r in caplog.records if r.name == "symbi.unsafe"]
     assert len(warnings) == 3
     assert all("security.unsafe_disable_policies" in r.getMessage() for r in warnings)

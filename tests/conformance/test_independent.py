@@ -68,7 +68,9 @@ http.Server.prototype.listen = function (...args) {
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     missing = missing_tools() + ([str(EVERYTHING_JS)] if not EVERYTHING_JS.exists() else [])
     if missing:
-        pytest.fail(f"conformance tooling missing ({INSTALL_HINT}; `npm ci` for server-everything): {', '.join(missing)}")
+        pytest.fail(
+            f"conformance tooling missing ({INSTALL_HINT}; `npm ci` for server-everything): {', '.join(missing)}"
+        )
     LAST_RUN.write_text("{}\n")  # this run's numbers only
     return tmp_path_factory.mktemp("independent")
 

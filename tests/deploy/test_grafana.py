@@ -18,11 +18,47 @@ from tests.server.http.test_auth import INIT, MCP_HEADERS
 pytestmark = pytest.mark.npm
 DASHBOARD = ROOT / "deploy/grafana/symbi-gateway.json"
 # PromQL words that look like identifiers but are not metric names
-PROMQL = {"sum", "by", "without", "rate", "increase", "irate", "histogram_quantile", "clamp_min", "clamp_max",
-          "avg", "max", "min", "count", "le", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
-          "offset", "bool", "topk", "bottomk", "delta", "deriv", "abs", "vector", "scalar", "time"}
-SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
-            "summary": ("_sum", "_count", "_created"), "gauge": ("",), "info": ("_info",), "unknown": ("",)}
+PROMQL = {
+    "sum",
+    "by",
+    "without",
+    "rate",
+    "increase",
+    "irate",
+    "histogram_quantile",
+    "clamp_min",
+    "clamp_max",
+    "avg",
+    "max",
+    "min",
+    "count",
+    "le",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "topk",
+    "bottomk",
+    "delta",
+    "deriv",
+    "abs",
+    "vector",
+    "scalar",
+    "time",
+}
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("_sum", "_count", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+    "unknown": ("",),
+}
 
 
 def queries() -> list[str]:
@@ -49,10 +85,16 @@ def exported(text: str) -> set[str]:
 
 
 def test_metric_names_are_read_from_queries() -> None:
-    assert metric_names('sum by (error_type) (rate(symbi_errors_total{kind="x"}[5m]))') == {"symbi_errors_total"}
-    assert metric_names("histogram_quantile(0.95, sum by (le, tier) (rate(a_bucket[$__rate_interval])))") == {"a_bucket"}
+    assert metric_names('sum by (error_type) (rate(symbi_errors_total{kind="x"}[5m]))') == {
+        "symbi_errors_total"
+    }
+    assert metric_names("histogram_quantile(0.95, sum by (le, tier) (rate(a_bucket[$__rate_interval])))") == {
+        "a_bucket"
+    }
     assert metric_names("rate(process_cpu_seconds_total[5m]) / clamp_min(sum(rate(b_total[5m])), 1e-9)") == {
-        "process_cpu_seconds_total", "b_total"}
+        "process_cpu_seconds_total",
+        "b_total",
+    }
 
 
 def test_every_dashboard_query_names_an_exported_metric(tmp_path: Path) -> None:
@@ -60,12 +102,22 @@ def test_every_dashboard_query_names_an_exported_metric(tmp_path: Path) -> None:
     keys = make_keys(cfg)
     with run_server(cfg) as run:
         r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(keys.user)}, timeout=10)
-        h = {**MCP_HEADERS, **bearer(keys.user), "mcp-session-id": r.headers["mcp-session-id"],
-             "mcp-protocol-version": "2025-11-25"}
-        httpx.post(run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h, timeout=10)
+        h = {
+            **MCP_HEADERS,
+            **bearer(keys.user),
+            "mcp-session-id": r.headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-11-25",
+        }
+        httpx.post(
+            run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h, timeout=10
+        )
         for i, name in enumerate(["everything__echo", "everything__printEnv", "nope__nothing"]):
-            call = {"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call",
-                    "params": {"name": name, "arguments": {"message": "m"}}}
+            call = {
+                "jsonrpc": "2.0",
+                "id": 10 + i,
+                "method": "tools/call",
+                "params": {"name": name, "arguments": {"message": "m"}},
+            }
             assert httpx.post(run.mcp, json=call, headers=h, timeout=30).status_code == 200
         text = httpx.get(run.base + "/metrics", timeout=10).text
     names = exported(text)
@@ -74,7 +126,11 @@ def test_every_dashboard_query_names_an_exported_metric(tmp_path: Path) -> None:
     missing = {q: sorted(metric_names(q) - names) for q in qs if metric_names(q) - names}
     assert not missing, f"dashboard queries name metrics /metrics does not export: {missing}"
     # the seed's business metrics are there, with samples after real calls
-    for needed in ("symbi_tasks_total", "symbi_errors_total", "symbi_compliance_checks_total",
-                   "process_cpu_seconds_total"):
+    for needed in (
+        "symbi_tasks_total",
+        "symbi_errors_total",
+        "symbi_compliance_checks_total",
+        "process_cpu_seconds_total",
+    ):
         assert any(line.startswith(needed) for line in text.splitlines()), needed
     assert re.search(r'symbi_errors_total\{error_type="(unknown_tool|policy_denied)"\}', text)

@@ -48,8 +48,15 @@ def test_manifest_validates_against_the_kubernetes_schema(name: str, doc: dict[s
 
 def test_the_deployment_is_hardened_and_complete() -> None:
     kinds = {d["kind"]: d for _, d in _docs()}
-    assert {"Deployment", "Service", "ConfigMap", "Secret", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-            "NetworkPolicy"} <= set(kinds)
+    assert {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    } <= set(kinds)
     dep = kinds["Deployment"]["spec"]
     assert dep["replicas"] == 3
     pod = dep["template"]["spec"]
@@ -87,13 +94,16 @@ def test_compose_runs_three_replicas_behind_haproxy_on_redis_and_postgres() -> N
 def test_haproxy_config_is_accepted_by_haproxy(tmp_path: Path) -> None:
     if shutil.which("haproxy") is None:
         pytest.fail("haproxy is not installed (make state-engines)")
-    r = subprocess.run(["haproxy", "-c", "-f", str(DEPLOY / "haproxy.cfg")], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(
+        ["haproxy", "-c", "-f", str(DEPLOY / "haproxy.cfg")], capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_dockerfile_runs_as_non_root_with_a_health_check() -> None:
-    lines = [ln.split() for ln in (DEPLOY / "Dockerfile").read_text().splitlines() if ln and not ln.startswith("#")]
+    lines = [
+        ln.split() for ln in (DEPLOY / "Dockerfile").read_text().splitlines() if ln and not ln.startswith("#")
+    ]
     users = [ln[1] for ln in lines if ln[0] == "USER"]
     assert users and not users[-1].startswith(("0", "root"))
     assert any(ln[0] == "HEALTHCHECK" for ln in lines)

@@ -14,8 +14,14 @@ from tests.memory.conftest import CORPUS
 
 
 def _symbi(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SYMBI), *args, "--config", str(cfg)], capture_output=True, text=True, timeout=120, check=False,
-                          env=symbi_env())
+    return subprocess.run(
+        [str(SYMBI), *args, "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=symbi_env(),
+    )
 
 
 @pytest.fixture
@@ -30,7 +36,9 @@ def test_knowledge_add_list_search_remove(cfg: Path, tmp_path: Path) -> None:
     r = _symbi(cfg, "knowledge", "add", "handbook", str(docs), "--glob", "*.md", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["added"] == 5
-    again = json.loads(_symbi(cfg, "knowledge", "add", "handbook", str(docs), "--glob", "*.md", "--json").stdout)
+    again = json.loads(
+        _symbi(cfg, "knowledge", "add", "handbook", str(docs), "--glob", "*.md", "--json").stdout
+    )
     assert (again["unchanged"], again["chunks"]) == (5, 0)
     assert json.loads(_symbi(cfg, "knowledge", "list", "--json").stdout)["handbook"]["files"] == 5
     s = _symbi(cfg, "knowledge", "search", "handbook", "basement cage badge", "--json")

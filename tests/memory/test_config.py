@@ -14,16 +14,33 @@ from gateway.memory.embed import HashingEmbedder, OpenAIEmbedder
 
 
 def test_seed_forms_are_accepted() -> None:
-    cfg = build_config({"context": {"vector_db_url": "http://localhost:6333", "embedding_dimension": 1536,
-                                    "context_cache_size": "1GB", "knowledge_retention_days": 365}})
+    cfg = build_config(
+        {
+            "context": {
+                "vector_db_url": "http://localhost:6333",
+                "embedding_dimension": 1536,
+                "context_cache_size": "1GB",
+                "knowledge_retention_days": 365,
+            }
+        }
+    )
     assert cfg.context.context_cache_size == 10**9
-    assert build_config({"context": {"context_cache_size": "512MiB"}}).context.context_cache_size == 512 * 2**20
+    assert (
+        build_config({"context": {"context_cache_size": "512MiB"}}).context.context_cache_size == 512 * 2**20
+    )
     assert build_config({"context": {"context_cache_size": 4096}}).context.context_cache_size == 4096
 
 
-@pytest.mark.parametrize("bad", [{"context_cache_size": "1 parsec"}, {"context_cache_size": True},
-                                 {"vector_db_url": "localhost:6333"}, {"embedder": "word2vec"},
-                                 {"knowledge_retention_days": -1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"context_cache_size": "1 parsec"},
+        {"context_cache_size": True},
+        {"vector_db_url": "localhost:6333"},
+        {"embedder": "word2vec"},
+        {"knowledge_retention_days": -1},
+    ],
+)
 def test_bad_values_name_the_key(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as e:
         build_config({"context": bad})
@@ -31,8 +48,14 @@ def test_bad_values_name_the_key(bad: dict[str, object]) -> None:
 
 
 def test_environment_sets_the_server_and_the_openai_key() -> None:
-    cfg = build_config({}, environ={"QDRANT_URL": "http://127.0.0.1:6333", "OPENAI_API_KEY": "sk-test",
-                                    "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    cfg = build_config(
+        {},
+        environ={
+            "QDRANT_URL": "http://127.0.0.1:6333",
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        },
+    )
     assert cfg.context.vector_db_url == "http://127.0.0.1:6333"
     assert cfg.context.openai_api_key == "sk-test" and "sk-test" not in repr(cfg.context)
     m = build_manager(cfg, LoggingSink())
@@ -40,11 +63,23 @@ def test_environment_sets_the_server_and_the_openai_key() -> None:
 
 
 def test_every_key_takes_effect(tmp_path: Path) -> None:
-    cfg = build_config({"gateway": {"data_dir": str(tmp_path)},
-                        "context": {"embedder": "hashing", "embedding_dimension": 128, "context_cache_size": "2kB",
-                                    "short_term_ttl_s": 5, "knowledge_retention_days": 7, "embedded_store": "local"}})
+    cfg = build_config(
+        {
+            "gateway": {"data_dir": str(tmp_path)},
+            "context": {
+                "embedder": "hashing",
+                "embedding_dimension": 128,
+                "context_cache_size": "2kB",
+                "short_term_ttl_s": 5,
+                "knowledge_retention_days": 7,
+                "embedded_store": "local",
+            },
+        }
+    )
     m = build_manager(cfg, LoggingSink())
     assert isinstance(m.embedder, HashingEmbedder) and m.embedder.dimension == 128
-    assert m.settings.cache_bytes == 2000 and m.settings.short_term_ttl_s == 5 and m.settings.retention_days == 7
+    assert (
+        m.settings.cache_bytes == 2000 and m.settings.short_term_ttl_s == 5 and m.settings.retention_days == 7
+    )
     assert m.store.backend == "qdrant-local" and (tmp_path / "vectors-local").is_dir()
     m.close()

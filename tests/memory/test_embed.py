@@ -19,8 +19,13 @@ from gateway.errors import ConfigError, ContextError
 from gateway.memory.embed import HashingEmbedder, OnnxMiniLM, OpenAIEmbedder, by_length, make_embedder
 from tests.conftest import free_port
 
-TEXTS = ["a short one", "a considerably longer sentence about rotating the keys of the billing service",
-         "mid length text here", "x", "The canteen serves a hot meal between noon and two."]
+TEXTS = [
+    "a short one",
+    "a considerably longer sentence about rotating the keys of the billing service",
+    "mid length text here",
+    "x",
+    "The canteen serves a hot meal between noon and two.",
+]
 
 
 def test_local_model_vectors_are_unit_length_and_order_preserving(minilm: OnnxMiniLM) -> None:
@@ -33,9 +38,13 @@ def test_local_model_vectors_are_unit_length_and_order_preserving(minilm: OnnxMi
 
 
 def test_local_model_understands_paraphrase(minilm: OnnxMiniLM) -> None:
-    q, near, far = minilm.embed(["how many vacation days do we get?",
-                                 "Staff receive twenty-five days of paid holiday per year.",
-                                 "Bikes can be parked in the basement cage."])
+    q, near, far = minilm.embed(
+        [
+            "how many vacation days do we get?",
+            "Staff receive twenty-five days of paid holiday per year.",
+            "Bikes can be parked in the basement cage.",
+        ]
+    )
     assert float(q @ near) > float(q @ far) + 0.1
 
 
@@ -74,13 +83,26 @@ def embeddings_server(minilm: OnnxMiniLM) -> Iterator[tuple[str, list[dict[str, 
         body = await request.json()
         seen.append(body)
         vecs = minilm.embed(body["input"])
-        return JSONResponse({"object": "list", "model": body["model"],
-                             "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
-                                      for i, v in reversed(list(enumerate(vecs)))]})  # out of order on purpose
+        return JSONResponse(
+            {
+                "object": "list",
+                "model": body["model"],
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": v.tolist()}
+                    for i, v in reversed(list(enumerate(vecs)))
+                ],
+            }
+        )  # out of order on purpose
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Route("/v1/embeddings", embeddings, methods=["POST"])]),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[Route("/v1/embeddings", embeddings, methods=["POST"])]),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     deadline = time.monotonic() + 20
@@ -91,8 +113,9 @@ def embeddings_server(minilm: OnnxMiniLM) -> Iterator[tuple[str, list[dict[str, 
     t.join(10)
 
 
-def test_openai_compatible_endpoint_over_http(embeddings_server: tuple[str, list[dict[str, Any]]],
-                                              minilm: OnnxMiniLM) -> None:
+def test_openai_compatible_endpoint_over_http(
+    embeddings_server: tuple[str, list[dict[str, Any]]], minilm: OnnxMiniLM
+) -> None:
     url, seen = embeddings_server
     e = make_embedder("auto", dimension=384, api_key="test-key", base_url=url, model="local-minilm")
     assert isinstance(e, OpenAIEmbedder)
@@ -103,11 +126,15 @@ def test_openai_compatible_endpoint_over_http(embeddings_server: tuple[str, list
     assert e.id == "openai:local-minilm:384"
 
 
-def test_openai_endpoint_errors_are_context_errors(embeddings_server: tuple[str, list[dict[str, Any]]]) -> None:
+def test_openai_endpoint_errors_are_context_errors(
+    embeddings_server: tuple[str, list[dict[str, Any]]],
+) -> None:
     url, _ = embeddings_server
     with pytest.raises(ContextError):
         OpenAIEmbedder(api_key="wrong", base_url=url, model="m", dimension=384).embed(["x"])
     with pytest.raises(ContextError):  # the server makes 384-d vectors
         OpenAIEmbedder(api_key="test-key", base_url=url, model="m", dimension=1536).embed(["x"])
     with pytest.raises(ContextError):
-        OpenAIEmbedder(api_key="k", base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", dimension=384).embed(["x"])
+        OpenAIEmbedder(
+            api_key="k", base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", dimension=384
+        ).embed(["x"])

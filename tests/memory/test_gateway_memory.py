@@ -38,13 +38,16 @@ NO_AGENT = Principal("local", roles=("tester",))
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         [sandbox]
         code_tools = false
         [context]
         embedder = "hashing"
         {extra}
-        """)
+        """,
+    )
 
 
 @asynccontextmanager
@@ -55,15 +58,24 @@ async def gateway(cfg: Path) -> AsyncIterator[Gateway]:
 
 
 async def call(gw: Gateway, who: Principal, tool: str, **args: Any) -> types.CallToolResult:
-    return await gw.call(CallContext(principal=who, kind="tools/call", target=tool, arguments=args,  # type: ignore[no-any-return]
-                                     session_id=f"s-{who.id}"))
+    return await gw.call(
+        CallContext(
+            principal=who,
+            kind="tools/call",
+            target=tool,
+            arguments=args,  # type: ignore[no-any-return]
+            session_id=f"s-{who.id}",
+        )
+    )
 
 
 def audit_records(cfg: Path, *kinds: str) -> list[dict[str, Any]]:
     conn = sqlite3.connect(cfg.parent / "data" / "audit.db")
     try:
-        return [{"type": r.type, "agent": r.agent, "principal": r.principal, **json.loads(r.details_json)}
-                for r in audit_store.query(conn, types=kinds)]
+        return [
+            {"type": r.type, "agent": r.agent, "principal": r.principal, **json.loads(r.details_json)}
+            for r in audit_store.query(conn, types=kinds)
+        ]
     finally:
         conn.close()
 
@@ -72,8 +84,14 @@ async def test_store_and_recall_are_per_agent(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     async with gateway(cfg) as gw:
         names = set(gw.catalog.tools)
-        assert {"memory__store", "memory__recall", "memory__end_task", "knowledge__search",
-                "knowledge__context", "knowledge__answer"} <= names
+        assert {
+            "memory__store",
+            "memory__recall",
+            "memory__end_task",
+            "knowledge__search",
+            "knowledge__context",
+            "knowledge__answer",
+        } <= names
         r = await call(gw, ALICE, "memory__store", text="alice's build server is ci-7", type="long_term")
         assert not r.is_error and r.structured_content["type"] == "long_term"  # type: ignore[index]
         await call(gw, BOB, "memory__store", text="bob's build server is ci-9")
@@ -87,11 +105,23 @@ async def test_reading_another_agents_memory_is_denied_and_audited(tmp_path: Pat
     async with gateway(cfg) as gw:
         await call(gw, ALICE, "memory__store", text="alice's private plan: launch on friday")
         with pytest.raises(PolicyDenied) as e:
-            await gw.call(CallContext(principal=BOB, kind="resources/read", target="memory://agent-a/long_term",
-                                      upstream=gw.upstream_info("memory")))
+            await gw.call(
+                CallContext(
+                    principal=BOB,
+                    kind="resources/read",
+                    target="memory://agent-a/long_term",
+                    upstream=gw.upstream_info("memory"),
+                )
+            )
         assert any("agent-b may not read the long_term memory of agent agent-a" in r for r in e.value.reasons)
-        own = await gw.call(CallContext(principal=ALICE, kind="resources/read", target="memory://agent-a/long_term",
-                                        upstream=gw.upstream_info("memory")))
+        own = await gw.call(
+            CallContext(
+                principal=ALICE,
+                kind="resources/read",
+                target="memory://agent-a/long_term",
+                upstream=gw.upstream_info("memory"),
+            )
+        )
         assert "launch on friday" in own.contents[0].text
     denied = audit_records(cfg, "memory.denied")
     assert denied and denied[0]["agent"] == "agent-b" and denied[0]["owner"] == "agent-a"
@@ -109,7 +139,9 @@ async def test_memory_needs_an_agent_identity(tmp_path: Path) -> None:
 async def test_shared_namespaces_follow_the_policy(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     async with gateway(cfg) as gw:
-        w = await call(gw, ALICE, "memory__store", text="standup moved to 10:30", type="shared", namespace="team")
+        w = await call(
+            gw, ALICE, "memory__store", text="standup moved to 10:30", type="shared", namespace="team"
+        )
         assert not w.is_error
         got = await call(gw, BOB, "memory__recall", query="standup", types=["shared"], namespaces=["team"])
         assert [i["text"] for i in got.structured_content["items"]] == ["standup moved to 10:30"]  # type: ignore[index]
@@ -126,8 +158,13 @@ async def test_redacted_secrets_are_never_embedded_or_stored(tmp_path: Path) -> 
     secret = "sk-live_abcdefghijklmnopqrstuvwx"  # a provider key: the policy step scrubs it by value
     password = "password=hunter2"  # free text only the memory's redact_text patterns know
     async with gateway(cfg) as gw:
-        r = await call(gw, ALICE, "memory__store", text=f"the billing key is {secret} keep it safe {password}",
-                       metadata={"api_token": "tok-123", "project": "billing"})
+        r = await call(
+            gw,
+            ALICE,
+            "memory__store",
+            text=f"the billing key is {secret} keep it safe {password}",
+            metadata={"api_token": "tok-123", "project": "billing"},
+        )
         assert r.structured_content["redacted"] == 1  # type: ignore[index]
         service = gw.builtins["memory"].s  # type: ignore[attr-defined]
         pts = service.m.store.scroll({"kind": "memory"})
@@ -142,7 +179,8 @@ async def test_redacted_secrets_are_never_embedded_or_stored(tmp_path: Path) -> 
     assert secret not in dump and "billing key" not in dump and "hunter2" not in dump  # metadata, never text
     stored = audit_records(cfg, "memory.stored")
     assert [(r["agent"], r["memory_type"], r["redacted"], r["metadata_keys"]) for r in stored] == [
-        ("agent-a", "long_term", 1, ["api_token", "project"])]
+        ("agent-a", "long_term", 1, ["api_token", "project"])
+    ]
 
 
 async def test_long_term_memory_persists_across_a_restart(tmp_path: Path) -> None:
@@ -151,7 +189,9 @@ async def test_long_term_memory_persists_across_a_restart(tmp_path: Path) -> Non
         await call(gw, ALICE, "memory__store", text="the staging database is db-stg-3")
         await call(gw, ALICE, "memory__store", text="short lived", type="short_term")
     async with gateway(cfg) as gw:
-        got = await call(gw, ALICE, "memory__recall", query="staging database", types=["long_term", "short_term"])
+        got = await call(
+            gw, ALICE, "memory__recall", query="staging database", types=["long_term", "short_term"]
+        )
         texts = [i["text"] for i in got.structured_content["items"]]  # type: ignore[index]
         assert texts[0] == "the staging database is db-stg-3" and "short lived" not in texts
 
@@ -170,14 +210,28 @@ async def test_knowledge_tools_search_context_and_answer_without_sampling(tmp_pa
         assert a.meta["symbi/sampling"] == "unsupported" and "[1]" in a.content[0].text  # type: ignore[index,union-attr]
         with pytest.raises(UnknownTool):  # a principal without knowledge rights: hidden = missing (item 13)
             await call(gw, NOBODY, "knowledge__search", base="handbook", query="bikes")
-        prompt = await gw.call(CallContext(principal=ALICE, kind="prompts/get", target="knowledge__rag",
-                                           arguments={"query": "where do bikes go"}, upstream=gw.upstream_info("knowledge")))
+        prompt = await gw.call(
+            CallContext(
+                principal=ALICE,
+                kind="prompts/get",
+                target="knowledge__rag",
+                arguments={"query": "where do bikes go"},
+                upstream=gw.upstream_info("knowledge"),
+            )
+        )
         assert "Passages:" in prompt.messages[0].content.text
 
 
 async def test_working_memory_ends_with_its_task(tmp_path: Path) -> None:
     async with gateway(_config(tmp_path)) as gw:
-        await call(gw, ALICE, "memory__store", text="draft 2 of the report is in /tmp/r2", type="working", task="report")
+        await call(
+            gw,
+            ALICE,
+            "memory__store",
+            text="draft 2 of the report is in /tmp/r2",
+            type="working",
+            task="report",
+        )
         got = await call(gw, ALICE, "memory__recall", query="draft report", types=["working"], task="report")
         assert len(got.structured_content["items"]) == 1  # type: ignore[index]
         await call(gw, ALICE, "memory__end_task", task="report")
@@ -189,8 +243,11 @@ async def test_a_mismatched_embedder_is_refused(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     async with gateway(cfg) as gw:
         await call(gw, ALICE, "memory__store", text="made with the hashing embedder")
-    cfg2 = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[context]\nembedder = \"hashing\"\n"
-                                  "embedding_dimension = 256\n", name="other.toml")
+    cfg2 = write_config(
+        tmp_path,
+        '[sandbox]\ncode_tools = false\n[context]\nembedder = "hashing"\nembedding_dimension = 256\n',
+        name="other.toml",
+    )
     async with gateway(cfg2) as gw:
         with pytest.raises(EmbedderMismatch):
             await call(gw, ALICE, "memory__recall", query="anything")

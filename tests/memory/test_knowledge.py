@@ -49,13 +49,15 @@ def _recall_at_5(m: ContextManager, questions: list[tuple[str, str, str]]) -> fl
     return hits / len(questions)
 
 
-def test_paraphrase_questions_find_their_passages(kb_minilm: ContextManager,
-                                                  questions: list[tuple[str, str, str]]) -> None:
+def test_paraphrase_questions_find_their_passages(
+    kb_minilm: ContextManager, questions: list[tuple[str, str, str]]
+) -> None:
     assert _recall_at_5(kb_minilm, questions) >= RECALL_AT_5
 
 
-def test_the_threshold_is_one_a_lexical_embedder_fails(tmp_path: Path, corpus: Path, hashing: HashingEmbedder,
-                                                       questions: list[tuple[str, str, str]]) -> None:
+def test_the_threshold_is_one_a_lexical_embedder_fails(
+    tmp_path: Path, corpus: Path, hashing: HashingEmbedder, questions: list[tuple[str, str, str]]
+) -> None:
     m = _manager(tmp_path / "h", hashing)
     KnowledgeBases(m).add("handbook", corpus, glob="*.md")
     assert _recall_at_5(m, questions) < RECALL_AT_5
@@ -74,20 +76,32 @@ def test_exact_terms_use_keyword_search_too(kb_minilm: ContextManager) -> None:
 
 def test_context_is_cited_within_budget_and_timed(kb_minilm: ContextManager) -> None:
     rag = RagPipeline(kb_minilm)
-    res = rag.run("when do we get paid and how are expenses claimed?", bases=["handbook"], top_k=6, budget_tokens=120)
+    res = rag.run(
+        "when do we get paid and how are expenses claimed?", bases=["handbook"], top_k=6, budget_tokens=120
+    )
     assert res.tokens <= 120 and approx_tokens(res.context) <= 120 + 10
     assert res.citations and res.context.startswith("[1] (handbook:")
     assert [c["n"] for c in res.citations] == list(range(1, len(res.citations) + 1))
-    assert set(res.timings_ms) == {"query_analysis", "embed", "vector_search", "keyword_search", "retrieval",
-                                   "ranking", "context_assembly"}
-    big = rag.run("when do we get paid and how are expenses claimed?", bases=["handbook"], top_k=6, budget_tokens=5000)
+    assert set(res.timings_ms) == {
+        "query_analysis",
+        "embed",
+        "vector_search",
+        "keyword_search",
+        "retrieval",
+        "ranking",
+        "context_assembly",
+    }
+    big = rag.run(
+        "when do we get paid and how are expenses claimed?", bases=["handbook"], top_k=6, budget_tokens=5000
+    )
     assert len(big.citations) > len(res.citations)
     # diversity: no two passages of the context are the same chunk
     assert len({c["citation"] for c in big.citations}) == len(big.citations)
 
 
-def test_ingestion_is_idempotent_and_updates_only_changed_files(tmp_path: Path, corpus: Path,
-                                                                hashing: HashingEmbedder) -> None:
+def test_ingestion_is_idempotent_and_updates_only_changed_files(
+    tmp_path: Path, corpus: Path, hashing: HashingEmbedder
+) -> None:
     m = _manager(tmp_path / "v", hashing)
     kb = KnowledgeBases(m)
     first = kb.add("handbook", corpus, glob="*.md")

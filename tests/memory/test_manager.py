@@ -24,8 +24,12 @@ def clock() -> Clock:
 def _manager(path: Path, clock: Clock, **settings: object) -> ContextManager:
     emb = HashingEmbedder(384)
     spec = CollectionSpec("m", 384, emb.id)
-    return ContextManager(lambda: EdgeStore(spec, path), lambda: emb, MemorySettings(**settings),  # type: ignore[arg-type]
-                          clock=clock)
+    return ContextManager(
+        lambda: EdgeStore(spec, path),
+        lambda: emb,
+        MemorySettings(**settings),  # type: ignore[arg-type]
+        clock=clock,
+    )
 
 
 @pytest.fixture
@@ -70,7 +74,9 @@ def test_short_term_is_per_session_bounded_and_expires(cm: ContextManager, clock
         cm.store_context("A", AgentContext(f"note number {i}", "short_term", session="s3"))
     st = cm.short_term.stats()
     assert st["bytes"] <= 10_000 and 0 < st["items"] < 20
-    kept = cm.retrieve_context("A", ContextQuery("note number", memory_types=("short_term",), session="s3", top_k=50))
+    kept = cm.retrieve_context(
+        "A", ContextQuery("note number", memory_types=("short_term",), session="s3", top_k=50)
+    )
     assert "note number 19" in _texts(kept) and "note number 0" not in _texts(kept)  # oldest went first
 
 
@@ -94,7 +100,9 @@ def test_retention_purge_with_an_injected_clock(cm: ContextManager, clock: Clock
     assert cm.purge() == 0  # nothing is 30 days old yet
     clock.advance(11 * DAY_S)  # the first two are 31 days old, the third 11
     assert cm.purge() == 2
-    left = cm.retrieve_context("A", ContextQuery("fact", memory_types=("long_term", "shared"), namespaces=("team",)))
+    left = cm.retrieve_context(
+        "A", ContextQuery("fact", memory_types=("long_term", "shared"), namespaces=("team",))
+    )
     assert _texts(left) == ["newer fact about the warehouse"]
     assert cm.purge(older_than_s=10 * DAY_S, agent="B") == 0  # another agent's scope
     assert cm.purge(older_than_s=10 * DAY_S) == 1
@@ -111,8 +119,13 @@ def test_filters_on_metadata_and_min_score(cm: ContextManager) -> None:
 
 
 def test_bad_input_is_refused(cm: ContextManager) -> None:
-    for bad in (AgentContext(""), AgentContext("x" * 40_000), AgentContext("x", "shared"),
-                AgentContext("x", "shared", namespace="../etc"), AgentContext("x", "episodic")):  # type: ignore[arg-type]
+    for bad in (
+        AgentContext(""),
+        AgentContext("x" * 40_000),
+        AgentContext("x", "shared"),
+        AgentContext("x", "shared", namespace="../etc"),
+        AgentContext("x", "episodic"),
+    ):  # type: ignore[arg-type]
         with pytest.raises(ContextError):
             cm.store_context("A", bad)
     with pytest.raises(ContextError):

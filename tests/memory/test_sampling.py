@@ -24,8 +24,14 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 def _config(tmp_path: Path) -> Path:
     cfg = write_config(tmp_path, '[sandbox]\ncode_tools = false\n[context]\nembedder = "hashing"\n')
-    r = subprocess.run([str(SYMBI), "knowledge", "add", "handbook", str(CORPUS), "--glob", "*.md", "--config", str(cfg)],
-                       capture_output=True, text=True, timeout=120, env=symbi_env(), check=False)
+    r = subprocess.run(
+        [str(SYMBI), "knowledge", "add", "handbook", str(CORPUS), "--glob", "*.md", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=symbi_env(),
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     return cfg
 
@@ -38,12 +44,17 @@ async def test_answer_is_written_by_the_clients_model(tmp_path: Path) -> None:
         asked.append(params)
         prompt = params.messages[0].content.text  # type: ignore[union-attr]
         n = next(m.group(1) for m in re.finditer(r"\[(\d+)\] \([^)]*Bicycles\)", prompt))
-        return types.CreateMessageResult(role="assistant", model="test-model",
-                                         content=types.TextContent(type="text", text=f"In the basement cage [{n}]."))
+        return types.CreateMessageResult(
+            role="assistant",
+            model="test-model",
+            content=types.TextContent(type="text", text=f"In the basement cage [{n}]."),
+        )
 
     async with stdio_client(gateway_params(cfg)) as (r, w), ClientSession(r, w, sampling_callback=model) as s:
         await s.initialize()
-        res = await s.call_tool("knowledge__answer", {"query": "where can I park my bike?", "bases": ["handbook"]})
+        res = await s.call_tool(
+            "knowledge__answer", {"query": "where can I park my bike?", "bases": ["handbook"]}
+        )
         assert not res.is_error, res
         assert res.content[0].text.startswith("In the basement cage [")  # type: ignore[union-attr]
         assert res.meta["symbi/sampling"] == {"model": "test-model"}  # type: ignore[index]

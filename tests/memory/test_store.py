@@ -64,8 +64,17 @@ def store(opener: Callable[[CollectionSpec], VectorStore], spec: CollectionSpec)
 def _points(n: int, seed: int = 0) -> list[Point]:
     rng = np.random.default_rng(seed)
     return [
-        Point(point_id(f"p{i}"), rng.normal(size=DIM).tolist(),
-              {"agent": f"a{i % 3}", "namespace": f"agent:a{i % 3}", "ts": float(i), "text": f"t{i}", "kind": "memory"})
+        Point(
+            point_id(f"p{i}"),
+            rng.normal(size=DIM).tolist(),
+            {
+                "agent": f"a{i % 3}",
+                "namespace": f"agent:a{i % 3}",
+                "ts": float(i),
+                "text": f"t{i}",
+                "kind": "memory",
+            },
+        )
         for i in range(n)
     ]
 
@@ -124,7 +133,9 @@ def test_retrieve_with_vectors_and_scroll(store: VectorStore) -> None:
     v = np.asarray(got.vector)
     assert v.shape == (DIM,)
     # cosine collections keep the direction (stored normalised)
-    assert float(v @ np.asarray(pts[3].vector)) / np.linalg.norm(pts[3].vector) == pytest.approx(1.0, abs=1e-3)
+    assert float(v @ np.asarray(pts[3].vector)) / np.linalg.norm(pts[3].vector) == pytest.approx(
+        1.0, abs=1e-3
+    )
     assert len(store.scroll({"agent": "a1"})) == 8
     assert len(store.scroll()) == 25
 

@@ -31,35 +31,68 @@ def write_json(path: Path, doc: object) -> Path:
 @pytest.fixture
 def machine(tmp_path: Path) -> Machine:
     m = Machine(tmp_path / "home", tmp_path / "project")
-    write_json(m.claude_desktop, {
-        "mcpServers": {
-            "filesystem": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"]},
-            "My Notes (work)!": {"command": "uvx", "args": ["notes-mcp"], "env": {"NOTES_TOKEN": SECRET}},
-            "a__b": {"command": "node", "args": ["x.js"]},
-            "sandbox": {"command": "node", "args": ["shadow.js"]},
+    write_json(
+        m.claude_desktop,
+        {
+            "mcpServers": {
+                "filesystem": {
+                    "command": "npx",
+                    "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"],
+                },
+                "My Notes (work)!": {"command": "uvx", "args": ["notes-mcp"], "env": {"NOTES_TOKEN": SECRET}},
+                "a__b": {"command": "node", "args": ["x.js"]},
+                "sandbox": {"command": "node", "args": ["shadow.js"]},
+            },
+            "globalShortcut": "Ctrl+Space",
         },
-        "globalShortcut": "Ctrl+Space",
-    })
-    write_json(m.project / ".mcp.json", {
-        "mcpServers": {
-            "github": {"type": "http", "url": "https://api.example.test/mcp", "headers": {"Authorization": BEARER}},
-            "filesystem": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem", "."]},
-        }
-    })
-    write_json(m.home / ".claude.json", {
-        "numStartups": 3,
-        "mcpServers": {"time": {"type": "stdio", "command": "uvx", "args": ["mcp-server-time"], "env": {}}},
-        "projects": {str(m.project): {"mcpServers": {"local-db": {"command": "db-mcp", "cwd": "/srv/db"}}}},
-    })
-    write_json(m.project / ".vscode/mcp.json", {
-        "inputs": [{"type": "promptString", "id": "perplexity-key", "description": "API key", "password": True}],
-        "servers": {
-            "perplexity": {"type": "stdio", "command": "npx", "args": ["-y", "server-perplexity-ask"],
-                           "env": {"PERPLEXITY_API_KEY": "${input:perplexity-key}"}},
-            "legacy": {"type": "sse", "url": "http://127.0.0.1:9/sse"},
+    )
+    write_json(
+        m.project / ".mcp.json",
+        {
+            "mcpServers": {
+                "github": {
+                    "type": "http",
+                    "url": "https://api.example.test/mcp",
+                    "headers": {"Authorization": BEARER},
+                },
+                "filesystem": {
+                    "command": "npx",
+                    "args": ["-y", "@modelcontextprotocol/server-filesystem", "."],
+                },
+            }
         },
-    })
-    write_json(m.home / ".cursor/mcp.json", {
-        "mcpServers": {"remote": {"url": "https://mcp.example.test/sse", "headers": {"X-Api-Key": SECRET}}}
-    })
+    )
+    write_json(
+        m.home / ".claude.json",
+        {
+            "numStartups": 3,
+            "mcpServers": {
+                "time": {"type": "stdio", "command": "uvx", "args": ["mcp-server-time"], "env": {}}
+            },
+            "projects": {
+                str(m.project): {"mcpServers": {"local-db": {"command": "db-mcp", "cwd": "/srv/db"}}}
+            },
+        },
+    )
+    write_json(
+        m.project / ".vscode/mcp.json",
+        {
+            "inputs": [
+                {"type": "promptString", "id": "perplexity-key", "description": "API key", "password": True}
+            ],
+            "servers": {
+                "perplexity": {
+                    "type": "stdio",
+                    "command": "npx",
+                    "args": ["-y", "server-perplexity-ask"],
+                    "env": {"PERPLEXITY_API_KEY": "${input:perplexity-key}"},
+                },
+                "legacy": {"type": "sse", "url": "http://127.0.0.1:9/sse"},
+            },
+        },
+    )
+    write_json(
+        m.home / ".cursor/mcp.json",
+        {"mcpServers": {"remote": {"url": "https://mcp.example.test/sse", "headers": {"X-Api-Key": SECRET}}}},
+    )
     return m

@@ -30,35 +30,59 @@ def symbi(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_registry_server_json_maps_to_a_server_table(tmp_path: Path) -> None:
-    write_json(tmp_path / "weather.json", {
-        "name": "io.github.example/weather", "version": "1.2.0",
-        "packages": [{"registryType": "npm", "identifier": "@example/weather-mcp", "version": "1.2.0",
-                      "transport": {"type": "stdio"}}]})
-    write_json(tmp_path / "remote.json", {"name": "com.example/remote",
-                                          "remotes": [{"type": "streamable-http", "url": "https://mcp.example.test/"}]})
+    write_json(
+        tmp_path / "weather.json",
+        {
+            "name": "io.github.example/weather",
+            "version": "1.2.0",
+            "packages": [
+                {
+                    "registryType": "npm",
+                    "identifier": "@example/weather-mcp",
+                    "version": "1.2.0",
+                    "transport": {"type": "stdio"},
+                }
+            ],
+        },
+    )
+    write_json(
+        tmp_path / "remote.json",
+        {
+            "name": "com.example/remote",
+            "remotes": [{"type": "streamable-http", "url": "https://mcp.example.test/"}],
+        },
+    )
     (tmp_path / "broken.json").write_text("{not json")
     got = {name: table for _, name, table in registry_servers(tmp_path)}
-    assert got == {"weather": {"command": "npx", "args": ["-y", "@example/weather-mcp@1.2.0"]},
-                   "remote": {"url": "https://mcp.example.test/"}}
+    assert got == {
+        "weather": {"command": "npx", "args": ["-y", "@example/weather-mcp@1.2.0"]},
+        "remote": {"url": "https://mcp.example.test/"},
+    }
 
 
 async def test_edited_client_config_quarantines_then_approval_makes_tools_callable(tmp_path: Path) -> None:
     home = tmp_path / "home"
     desktop = write_json(home / ".config/Claude/claude_desktop_config.json", {"mcpServers": {}})
-    cfg = write_config(tmp_path, """
+    cfg = write_config(
+        tmp_path,
+        """
         [mcp]
         discovery_enabled = true
         recheck_interval_s = 0.3
         [sandbox]
         code_tools = false
-        """)
+        """,
+    )
     async with stdio_client(gateway_params(cfg, HOME=str(home))) as (r, w), ClientSession(r, w) as s:
         await s.initialize()
         # a developer adds a server to Claude Desktop while the gateway runs
         write_json(desktop, {"mcpServers": {"mut": {"command": sys.executable, "args": [str(MUTABLE)]}}})
         with anyio.fail_after(20):
-            while not (listed := json.loads(symbi("discover", "list", "--config", str(cfg), "--json",
-                                                  home=home).stdout)):
+            while not (
+                listed := json.loads(
+                    symbi("discover", "list", "--config", str(cfg), "--json", home=home).stdout
+                )
+            ):
                 await anyio.sleep(0.2)
         assert listed[0]["name"] == "mut" and listed[0]["status"] == "quarantined"
         assert not [t for t in (await s.list_tools()).tools if t.name.startswith("mut__")]  # nothing callable
@@ -73,8 +97,12 @@ async def test_edited_client_config_quarantines_then_approval_makes_tools_callab
 
         write_json(desktop, {"mcpServers": {}})  # removed from the client: reported
         with anyio.fail_after(20):
-            while json.loads(symbi("discover", "list", "--config", str(cfg), "--json", home=home).stdout)[0][
-                    "status"] != "removed":
+            while (
+                json.loads(symbi("discover", "list", "--config", str(cfg), "--json", home=home).stdout)[0][
+                    "status"
+                ]
+                != "removed"
+            ):
                 await anyio.sleep(0.2)
     events = symbi("audit", "query", "--config", str(cfg), "--type", "server.*", "--json", home=home).stdout
     assert "server.discovered" in events and "server.removed" in events

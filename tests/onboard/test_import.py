@@ -27,8 +27,12 @@ def found(m: Machine):  # type: ignore[no-untyped-def]
 def test_finds_every_client_and_scope(machine: Machine) -> None:
     files, servers = found(machine)
     assert {(f.client, f.scope) for f in files} == {
-        ("claude-desktop", "user"), ("claude-code", "project"), ("claude-code", "user"),
-        ("claude-code", "local"), ("vscode", "project"), ("cursor", "user"),
+        ("claude-desktop", "user"),
+        ("claude-code", "project"),
+        ("claude-code", "user"),
+        ("claude-code", "local"),
+        ("vscode", "project"),
+        ("cursor", "user"),
     }
     by = {(s.source.client, s.name): s for s in servers}
     assert by[("claude-code", "github")].transport == "http"
@@ -87,29 +91,50 @@ def test_references_to_nothing_and_readable_env_files_are_refused(machine: Machi
 def symbi(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
     env.update(HOME=str(home), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60
+    )
 
 
-def test_cli_dry_run_writes_nothing_and_apply_then_undo_restores_the_bytes(machine: Machine, tmp_path: Path) -> None:
+def test_cli_dry_run_writes_nothing_and_apply_then_undo_restores_the_bytes(
+    machine: Machine, tmp_path: Path
+) -> None:
     config = tmp_path / "symbi.toml"
     original = machine.claude_desktop.read_bytes()
     listing = symbi("import", "--config", str(config), home=machine.home, cwd=machine.project)
     assert listing.returncode == 0, listing.stderr
     assert "claude-desktop" in listing.stdout and not config.exists()
-    dry = symbi("import", "--from", str(machine.project / ".mcp.json"), "--dry-run", "--config", str(config),
-                home=machine.home, cwd=machine.project)
+    dry = symbi(
+        "import",
+        "--from",
+        str(machine.project / ".mcp.json"),
+        "--dry-run",
+        "--config",
+        str(config),
+        home=machine.home,
+        cwd=machine.project,
+    )
     assert dry.returncode == 0 and not config.exists()
 
-    applied = symbi("import", "claude-desktop", "--apply", "--config", str(config), "--symbi", "/opt/symbi",
-                    home=machine.home, cwd=machine.project)
+    applied = symbi(
+        "import",
+        "claude-desktop",
+        "--apply",
+        "--config",
+        str(config),
+        "--symbi",
+        "/opt/symbi",
+        home=machine.home,
+        cwd=machine.project,
+    )
     assert applied.returncode == 0, applied.stderr
     rewritten = machine.claude_desktop.read_text()
     assert '"/opt/symbi"' in rewritten and "notes-mcp" not in rewritten and "globalShortcut" in rewritten
     assert load_config(config, {}).servers  # what it wrote is a valid config
     written = config.read_bytes()
-    again = symbi("import", "claude-desktop", "--apply", "--config", str(config), home=machine.home,
-                  cwd=machine.project)
+    again = symbi(
+        "import", "claude-desktop", "--apply", "--config", str(config), home=machine.home, cwd=machine.project
+    )
     assert again.returncode == 2  # already rewritten: undo first
     assert config.read_bytes() == written  # and nothing was written
     undo = symbi("import", "claude-desktop", "--undo", home=machine.home, cwd=machine.project)

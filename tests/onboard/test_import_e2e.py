@@ -30,8 +30,15 @@ def run(*cmd: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 def inspector(entry: dict[str, object], home: Path, *args: str) -> dict:  # type: ignore[type-arg]
     env = [f"{k}={v}" for k, v in entry["env"].items()]  # type: ignore[attr-defined]
-    p = run(str(INSPECTOR), "--cli", *[x for e in env for x in ("-e", e)], str(entry["command"]),
-            *map(str, entry["args"]), *args, home=home)  # type: ignore[call-overload]
+    p = run(
+        str(INSPECTOR),
+        "--cli",
+        *[x for e in env for x in ("-e", e)],
+        str(entry["command"]),
+        *map(str, entry["args"]),
+        *args,
+        home=home,
+    )  # type: ignore[call-overload]
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout)  # type: ignore[no-any-return]
 
@@ -39,9 +46,18 @@ def inspector(entry: dict[str, object], home: Path, *args: str) -> dict:  # type
 def test_claude_desktop_import_launches_through_the_gateway(tmp_path: Path) -> None:
     require_peers()
     home = tmp_path / "home"
-    desktop = write_json(home / ".config/Claude/claude_desktop_config.json", {
-        "mcpServers": {"everything": {"command": "node", "args": [str(EVERYTHING_JS), "stdio"],
-                                      "env": {"EVERYTHING_TOKEN": SECRET}}}})
+    desktop = write_json(
+        home / ".config/Claude/claude_desktop_config.json",
+        {
+            "mcpServers": {
+                "everything": {
+                    "command": "node",
+                    "args": [str(EVERYTHING_JS), "stdio"],
+                    "env": {"EVERYTHING_TOKEN": SECRET},
+                }
+            }
+        },
+    )
     org_key(tmp_path)
     config = tmp_path / "symbi.toml"
     config.write_text(
@@ -51,8 +67,19 @@ def test_claude_desktop_import_launches_through_the_gateway(tmp_path: Path) -> N
         "[sandbox]\ncode_tools = false\n"
     )
 
-    imported = run(sys.executable, "-m", "gateway", "import", "claude-desktop", "--apply", "--config", str(config),
-                   "--symbi", str(SYMBI), home=home)
+    imported = run(
+        sys.executable,
+        "-m",
+        "gateway",
+        "import",
+        "claude-desktop",
+        "--apply",
+        "--config",
+        str(config),
+        "--symbi",
+        str(SYMBI),
+        home=home,
+    )
     assert imported.returncode == 0, imported.stderr
     assert SECRET not in config.read_text()
     entry = json.loads(desktop.read_text())["mcpServers"]["symbi"]
@@ -60,18 +87,30 @@ def test_claude_desktop_import_launches_through_the_gateway(tmp_path: Path) -> N
     # launched as Claude Desktop would: the imported server's tools are pending (strict)
     listed = inspector(entry, home, "--method", "tools/list")
     assert not [t for t in listed["tools"] if t["name"].startswith("everything__")]
-    pending = json.loads(run(str(SYMBI), "tools", "list", "--config", str(config), "--json", home=home).stdout)
+    pending = json.loads(
+        run(str(SYMBI), "tools", "list", "--config", str(config), "--json", home=home).stdout
+    )
     assert "everything__echo" in {t["tool"] for t in pending}
 
     # a security team approves echo through a signed manifest
     doc = tomlkit.parse(config.read_text())
     doc["servers"]["everything"]["approved"] = str(tmp_path / "approved-everything.json")  # type: ignore[index]
     config.write_text(tomlkit.dumps(doc))
-    ok = run(str(SYMBI), "tools", "approve", "everything__echo", "--key", str(tmp_path / "org.pem"), "--config",
-             str(config), home=home)
+    ok = run(
+        str(SYMBI),
+        "tools",
+        "approve",
+        "everything__echo",
+        "--key",
+        str(tmp_path / "org.pem"),
+        "--config",
+        str(config),
+        home=home,
+    )
     assert ok.returncode == 0, ok.stderr
     listed = inspector(entry, home, "--method", "tools/list")
     assert "everything__echo" in {t["name"] for t in listed["tools"]}
-    called = inspector(entry, home, "--method", "tools/call", "--tool-name", "everything__echo",
-                       "--tool-arg", "message=hi")
+    called = inspector(
+        entry, home, "--method", "tools/call", "--tool-name", "everything__echo", "--tool-arg", "message=hi"
+    )
     assert called["content"][0]["text"] == "Echo: hi"

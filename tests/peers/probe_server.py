@@ -34,9 +34,15 @@ def probe(paths: list[str]) -> dict[str, object]:
     return out
 
 
-TOOL = {"name": "probe", "description": "What the sandbox sees at these paths.",
-        "inputSchema": {"type": "object", "properties": {"paths": {"type": "array", "items": {"type": "string"}}},
-                        "required": ["paths"]}}
+TOOL = {
+    "name": "probe",
+    "description": "What the sandbox sees at these paths.",
+    "inputSchema": {
+        "type": "object",
+        "properties": {"paths": {"type": "array", "items": {"type": "string"}}},
+        "required": ["paths"],
+    },
+}
 
 
 def answer(msg: dict) -> dict | None:
@@ -44,8 +50,11 @@ def answer(msg: dict) -> dict | None:
     if mid is None:
         return None  # a notification
     if method == "initialize":
-        result: dict = {"protocolVersion": msg["params"]["protocolVersion"], "capabilities": {"tools": {}},
-                        "serverInfo": {"name": "probe", "version": "1"}}
+        result: dict = {
+            "protocolVersion": msg["params"]["protocolVersion"],
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "probe", "version": "1"},
+        }
     elif method == "tools/list":
         result = {"tools": [TOOL]}
     elif method == "tools/call":

@@ -18,14 +18,18 @@ from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 
 TOOLS = Path(os.environ["TOOLS_FILE"])
-RELOAD = types.Tool(name="reload", description="Announce that the tools changed.", input_schema={"type": "object"})
+RELOAD = types.Tool(
+    name="reload", description="Announce that the tools changed.", input_schema={"type": "object"}
+)
 
 
 def load() -> list[types.Tool]:
     return [types.Tool.model_validate(t) for t in json.loads(TOOLS.read_text())]
 
 
-async def list_tools(ctx: ServerRequestContext, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+async def list_tools(
+    ctx: ServerRequestContext, params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
     return types.ListToolsResult(tools=[*load(), RELOAD])
 
 

@@ -50,7 +50,9 @@ def _rewrite_log() -> str:
     forged = json.dumps({"forged": True})
     h = hashlib.sha256(forged.encode()).hexdigest()
     sig = base64.b64encode(key.sign(bytes.fromhex(h))).decode()  # type: ignore[union-attr]
-    conn.execute("UPDATE events SET details = ?, chain_hash = ?, signature = ? WHERE seq = 1", (forged, h, sig))
+    conn.execute(
+        "UPDATE events SET details = ?, chain_hash = ?, signature = ? WHERE seq = 1", (forged, h, sig)
+    )
     return "rewritten"
 
 

@@ -32,11 +32,13 @@ class OpaServer:
         self.requests = 0
         self.policies: dict[str, str] = {}
         self.data: dict[str, Any] = {}
-        app = Starlette(routes=[
-            Route("/v1/data/{path:path}", self._data, methods=["POST"]),
-            Route("/v1/data/{path:path}", self._put_data, methods=["PUT"]),
-            Route("/v1/policies/{id:path}", self._put_policy, methods=["PUT"]),
-        ])
+        app = Starlette(
+            routes=[
+                Route("/v1/data/{path:path}", self._data, methods=["POST"]),
+                Route("/v1/data/{path:path}", self._put_data, methods=["PUT"]),
+                Route("/v1/policies/{id:path}", self._put_policy, methods=["PUT"]),
+            ]
+        )
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -87,7 +89,9 @@ class OpaServer:
 
     async def _put_policy(self, request: Request) -> JSONResponse:
         text = (await request.body()).decode()
-        return self._rebuild({**self.policies, request.path_params["id"]: text}, self.data) or JSONResponse({})
+        return self._rebuild({**self.policies, request.path_params["id"]: text}, self.data) or JSONResponse(
+            {}
+        )
 
     async def _put_data(self, request: Request) -> Response:
         data = dict(self.data)

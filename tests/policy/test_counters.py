@@ -62,7 +62,9 @@ steps = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(start=st.floats(min_value=0.0, max_value=10_000.0), history=steps)
-def test_answers_equal_the_exact_reference(start: float, history: list[tuple[float, str, str, int | None]]) -> None:
+def test_answers_equal_the_exact_reference(
+    start: float, history: list[tuple[float, str, str, int | None]]
+) -> None:
     now = [start]
     c = CallCounters(clock=lambda: now[0])
     ref = ExactReference()

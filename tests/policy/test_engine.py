@@ -187,8 +187,12 @@ def test_every_deny_carries_a_readable_reason_naming_the_cause(tmp_path: Path) -
     (tmp_path / "ok").mkdir()
     ok = engine_for(tmp_path / "ok", PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}}\n')
     failing = ok.decide({"arguments": {"x": object()}})
-    for eng, d, where in ((missing, missing.decide({}), "nope.rego"), (broken, broken.decide({}), "p.rego"),
-                          (never_loaded, never_loaded.decide({}), None), (ok, failing, None)):
+    for eng, d, where in (
+        (missing, missing.decide({}), "nope.rego"),
+        (broken, broken.decide({}), "p.rego"),
+        (never_loaded, never_loaded.decide({}), None),
+        (ok, failing, None),
+    ):
         assert d.allow is False and d.reasons and all(isinstance(r, str) and r for r in d.reasons), eng
         if where is not None:
             assert where in d.reasons[0]
@@ -197,7 +201,11 @@ def test_every_deny_carries_a_readable_reason_naming_the_cause(tmp_path: Path) -
 
 
 def test_evaluate_allows_on_a_healthy_engine() -> None:
-    bundle = PolicyBundle(modules=(("p.rego", PKG + 'decision := {"allow": input.ok == true, "reasons": [], "conditions": {}}\n'),))
+    bundle = PolicyBundle(
+        modules=(
+            ("p.rego", PKG + 'decision := {"allow": input.ok == true, "reasons": [], "conditions": {}}\n'),
+        )
+    )
     eng = new_engine(bundle)
     assert evaluate(eng, "data.symbi.decision", {"ok": True}).allow is True
     assert evaluate(eng, "data.symbi.decision", {"ok": False}).allow is False
@@ -211,15 +219,21 @@ def test_build_engine_uses_the_configured_files_decision_path_and_event_sink(tmp
         def __init__(self) -> None:
             self.types: list[str] = []
 
-        def emit(self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None) -> None:
+        def emit(
+            self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+        ) -> None:
             self.types.append(event_type)
 
     pol, data = tmp_path / "mine.rego", tmp_path / "d.json"
-    pol.write_text("package mine\nimport rego.v1\nverdict := {\"allow\": data.flag, \"reasons\": [], \"conditions\": {}}\n")
+    pol.write_text(
+        'package mine\nimport rego.v1\nverdict := {"allow": data.flag, "reasons": [], "conditions": {}}\n'
+    )
     data.write_text('{"flag": true}')
     sink = Sink()
-    eng = build_engine(Config(policy=PolicySection(path=pol, data=data, decision="data.mine.verdict", hot_reload=False)),
-                       events=sink)
+    eng = build_engine(
+        Config(policy=PolicySection(path=pol, data=data, decision="data.mine.verdict", hot_reload=False)),
+        events=sink,
+    )
     try:
         assert isinstance(eng, EmbeddedEngine) and eng.files.policy == pol and eng.files.data == data
         assert eng.decision_path == "data.mine.verdict" and eng.decide({}).allow is True
@@ -239,15 +253,21 @@ def test_reload_events_name_the_files_and_digest_and_an_unchanged_reload_is_quie
         def __init__(self) -> None:
             self.events: list[tuple[str, dict[str, Any]]] = []
 
-        def emit(self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None) -> None:
+        def emit(
+            self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+        ) -> None:
             self.events.append((event_type, dict(details)))
 
     pol, data = tmp_path / "mine.rego", tmp_path / "d.json"
-    pol.write_text("package mine\nimport rego.v1\nverdict := {\"allow\": data.flag, \"reasons\": [], \"conditions\": {}}\n")
+    pol.write_text(
+        'package mine\nimport rego.v1\nverdict := {"allow": data.flag, "reasons": [], "conditions": {}}\n'
+    )
     data.write_text('{"flag": false}')
     sink = Sink()
-    eng = build_engine(Config(policy=PolicySection(path=pol, data=data, decision="data.mine.verdict", hot_reload=False)),
-                       events=sink)
+    eng = build_engine(
+        Config(policy=PolicySection(path=pol, data=data, decision="data.mine.verdict", hot_reload=False)),
+        events=sink,
+    )
     assert isinstance(eng, EmbeddedEngine) and eng.bundle is not None
     try:
         assert eng.reload() is True and sink.events == []  # nothing changed: no event
@@ -255,7 +275,11 @@ def test_reload_events_name_the_files_and_digest_and_an_unchanged_reload_is_quie
         assert eng.reload() is True and eng.decide({}).allow is True  # the custom decision path still holds
         ((kind, details),) = sink.events
         assert kind == "policy.reloaded"
-        assert (details["policy"], details["data"], details["digest"]) == (str(pol), str(data), eng.bundle.digest)
+        assert (details["policy"], details["data"], details["digest"]) == (
+            str(pol),
+            str(data),
+            eng.bundle.digest,
+        )
         data.write_text('{"flag": false}')
         assert eng.reload() is True and eng.decide({}).allow is False  # a second change after the first
         pol.write_text("package mine\nverdict := {")

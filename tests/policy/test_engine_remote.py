@@ -146,20 +146,31 @@ def test_malformed_answer_denies(tmp_path: Path, tls: dict[str, Path], cases: li
     assert d.allow is False and d.reasons
 
 
-def test_build_engine_gives_the_configured_remote_engine(opa: OpaServer, tls: dict[str, Path], cases: list[Case]) -> None:
+def test_build_engine_gives_the_configured_remote_engine(
+    opa: OpaServer, tls: dict[str, Path], cases: list[Case]
+) -> None:
     """[policy] engine = "opa": url, decision path, timeout and CA all reach the engine."""
     from gateway.config.model import Config, PolicySection
     from gateway.policy.engine import build_engine
 
     opa.delay_s = 0.0
-    eng = build_engine(Config(policy=PolicySection(engine="opa", url=opa.url + "/", tls_ca=tls["ca"], timeout_s=1.5)))
+    eng = build_engine(
+        Config(policy=PolicySection(engine="opa", url=opa.url + "/", tls_ca=tls["ca"], timeout_s=1.5))
+    )
     try:
         assert isinstance(eng, RemoteEngine) and eng.endpoint == f"{opa.url}/v1/data/symbi/decision"
-        assert eng.decide(find(cases, "code tool for a developer needs gVisor").input).allow is True  # CA trusted
+        assert (
+            eng.decide(find(cases, "code tool for a developer needs gVisor").input).allow is True
+        )  # CA trusted
     finally:
         eng.close()
         eng.close()  # closing twice is harmless
-    other = build_engine(Config(policy=PolicySection(engine="opa", url="https://opa.local", decision="data.x.y")))
+    other = build_engine(
+        Config(policy=PolicySection(engine="opa", url="https://opa.local", decision="data.x.y"))
+    )
     assert other.endpoint == "https://opa.local/v1/data/x/y"  # type: ignore[attr-defined]
     assert RemoteEngine("https://opa.local").endpoint == "https://opa.local/v1/data/symbi/decision"
-    assert RemoteEngine("https://opa.local", decision="symbi.other").endpoint == "https://opa.local/v1/data/symbi/other"
+    assert (
+        RemoteEngine("https://opa.local", decision="symbi.other").endpoint
+        == "https://opa.local/v1/data/symbi/other"
+    )

@@ -22,7 +22,14 @@ def policy_data(tmp_path: Path, **over: Any) -> Path:
             "local": {"roles": ["dev"]},
             "reader": {"roles": [], "tools": ["mut__echo"]},
         },
-        "roles": {"dev": {"tools": ["mut__*"], "deny_tools": ["mut__add_tool"], "resources": ["**"], "prompts": ["**"]}},
+        "roles": {
+            "dev": {
+                "tools": ["mut__*"],
+                "deny_tools": ["mut__add_tool"],
+                "resources": ["**"],
+                "prompts": ["**"],
+            }
+        },
         "upstreams": {"mut": {"allow_unverified": True}},
         "fs_roots": ["/srv/allowed"],
         "path_arguments": ["path"],
@@ -126,7 +133,9 @@ def _shape(r: Any, name: str) -> tuple[Any, ...]:
     return (r.is_error, text, r.meta["symbi/error"]["code"], reasons)
 
 
-async def test_a_hidden_tool_answers_like_a_missing_one_before_its_arguments_are_checked(tmp_path: Path) -> None:
+async def test_a_hidden_tool_answers_like_a_missing_one_before_its_arguments_are_checked(
+    tmp_path: Path,
+) -> None:
     """Attack: probe a hidden tool with bad arguments to learn its schema (arguments_invalid)."""
     reader_cfg, record = cfg(tmp_path, "reader")
     async with stdio_session(reader_cfg) as s:
@@ -187,7 +196,11 @@ async def test_resource_and_prompt_listings_differ_by_principal(tmp_path: Path) 
         reader_resources = [r.uri for r in (await s.list_resources()).resources]
         reader_templates = [t.uri_template for t in (await s.list_resource_templates()).resource_templates]
         reader_prompts = {p.name for p in (await s.list_prompts()).prompts}
-    assert dev_resources and dev_templates and {"everything__simple-prompt", "everything__args-prompt"} <= dev_prompts
+    assert (
+        dev_resources
+        and dev_templates
+        and {"everything__simple-prompt", "everything__args-prompt"} <= dev_prompts
+    )
     assert reader_resources == [] and reader_templates == []
     assert reader_prompts == {"everything__simple-prompt"}
 
@@ -229,7 +242,9 @@ async def test_completion_needs_the_right_to_use_the_prompt(tmp_path: Path) -> N
         assert e.value.error.code == types.INVALID_PARAMS
 
 
-async def test_key_variants_and_secret_values_never_reach_the_upstream_or_the_audit_log(tmp_path: Path) -> None:
+async def test_key_variants_and_secret_values_never_reach_the_upstream_or_the_audit_log(
+    tmp_path: Path,
+) -> None:
     """Attack: ``apiToken`` / ``API-TOKEN`` instead of ``api_token``; a JWT under a harmless key."""
     path, record = cfg(tmp_path)
     jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLXZhbHVl"

@@ -11,7 +11,11 @@ from gateway.policy.inputdoc import CallCounters, input_for_call
 
 def make_call() -> CallContext:
     p = Principal(
-        id="alice", kind="agent", roles=("developer",), claims={"sub": "alice", "team": "x"}, agent="planner",
+        id="alice",
+        kind="agent",
+        roles=("developer",),
+        claims={"sub": "alice", "team": "x"},
+        agent="planner",
         source="key",
     )
     t = ToolInfo(
@@ -49,8 +53,13 @@ def test_all_fields_present() -> None:
         "source": "key",
         "issuer": None,
     }
-    assert doc["agent"] == {"id": "planner", "name": "alice/planner", "state": "Ready", "priority": 2,
-                            "hosted": False}
+    assert doc["agent"] == {
+        "id": "planner",
+        "name": "alice/planner",
+        "state": "Ready",
+        "priority": 2,
+        "hosted": False,
+    }
     assert doc["upstream"] == {"name": "fs", "transport": "stdio", "domain": "fs.example"}
     assert doc["tool"]["name"] == "fs__read_text_file" and doc["tool"]["original_name"] == "read_text_file"
     assert doc["tool"]["verification"] == "pinned" and doc["tool"]["key_fingerprint"] == "sha256:ab"
@@ -93,30 +102,74 @@ def test_agent_record_of_another_id_is_not_used() -> None:
     call = make_call()
     call.agent = AgentInfo(id="someone-else", name="bob/x", state="Ready")
     # the runtime's record must be the principal's own agent; otherwise only the id is passed
-    assert input_for_call(call)["agent"] == {"id": "planner", "name": None, "state": None, "priority": 0,
-                                             "hosted": False}
+    assert input_for_call(call)["agent"] == {
+        "id": "planner",
+        "name": None,
+        "state": None,
+        "priority": 0,
+        "hosted": False,
+    }
 
 
 def test_the_whole_document_for_a_tool_without_upstream_info_and_no_counters() -> None:
     """Every field, exactly (mutation testing: renamed keys, default counts, the clock)."""
     from gateway.policy.inputdoc import build_input
 
-    t = ToolInfo(name="fs__w", original_name="w", upstream="fs", definition={}, definition_hash="sha256:h",
-                 code_tool=True, verification_mode="tofu", verification="pinned")
+    t = ToolInfo(
+        name="fs__w",
+        original_name="w",
+        upstream="fs",
+        definition={},
+        definition_hash="sha256:h",
+        code_tool=True,
+        verification_mode="tofu",
+        verification="pinned",
+    )
     now = 1_796_000_000_123_456_789
-    doc = build_input(principal=Principal(id="bob"), kind="tools/call", target="fs__w", tool=t,
-                      arguments={"a": 1}, now_ns=now, extra={"topic": "news"})
+    doc = build_input(
+        principal=Principal(id="bob"),
+        kind="tools/call",
+        target="fs__w",
+        tool=t,
+        arguments={"a": 1},
+        now_ns=now,
+        extra={"topic": "news"},
+    )
     assert doc == {
-        "action": "call", "kind": "tools/call", "target": "fs__w",
-        "principal": {"id": "bob", "kind": "user", "roles": [], "claims": {}, "source": "stdio", "issuer": None},
+        "action": "call",
+        "kind": "tools/call",
+        "target": "fs__w",
+        "principal": {
+            "id": "bob",
+            "kind": "user",
+            "roles": [],
+            "claims": {},
+            "source": "stdio",
+            "issuer": None,
+        },
         "agent": None,
         "upstream": {"name": "fs", "domain": None, "transport": None},
-        "tool": {"name": "fs__w", "original_name": "w", "upstream": "fs", "annotations": {},
-                 "verification": "pinned", "key_fingerprint": None, "definition_hash": "sha256:h",
-                 "code_tool": True, "verification_mode": "tofu", "screening": t.screening.as_input()},
+        "tool": {
+            "name": "fs__w",
+            "original_name": "w",
+            "upstream": "fs",
+            "annotations": {},
+            "verification": "pinned",
+            "key_fingerprint": None,
+            "definition_hash": "sha256:h",
+            "code_tool": True,
+            "verification_mode": "tofu",
+            "screening": t.screening.as_input(),
+        },
         "arguments": {"a": 1},
-        "context": {"time": "2026-11-30T00:53:20.123Z", "unix": 1_796_000_000, "session_id": None,
-                    "calls_last_minute": 0, "calls_last_hour": 0, "tool_calls_last_minute": 0},
+        "context": {
+            "time": "2026-11-30T00:53:20.123Z",
+            "unix": 1_796_000_000,
+            "session_id": None,
+            "calls_last_minute": 0,
+            "calls_last_hour": 0,
+            "tool_calls_last_minute": 0,
+        },
         "topic": "news",
     }
     bare = build_input(principal=Principal(id="bob"), kind="resources/read", target="file:///x")

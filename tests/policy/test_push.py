@@ -22,31 +22,47 @@ from tests.policy.opa_server import OpaServer
 
 INPUT = {
     "principal": {"id": "tester", "kind": "user", "roles": ["tester"], "claims": {}},
-    "kind": "tools/call", "action": "call", "target": "everything__echo",
-    "tool": {"name": "everything__echo", "original_name": "echo", "upstream": "everything", "annotations": {},
-             "verification": "verified", "code_tool": False},
+    "kind": "tools/call",
+    "action": "call",
+    "target": "everything__echo",
+    "tool": {
+        "name": "everything__echo",
+        "original_name": "echo",
+        "upstream": "everything",
+        "annotations": {},
+        "verification": "verified",
+        "code_tool": False,
+    },
     "upstream": {"name": "everything", "transport": "stdio"},
-    "arguments": {"message": "hi"}, "context": {"calls_last_minute": 0, "calls_last_hour": 0,
-                                                "tool_calls_last_minute": 0},
+    "arguments": {"message": "hi"},
+    "context": {"calls_last_minute": 0, "calls_last_hour": 0, "tool_calls_last_minute": 0},
 }
 
 
 def _cfg(tmp_path: Path, url: str, policy: Path = POLICY) -> Path:
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         [policy]
         engine = "opa"
         url = "{url}"
         path = "{policy}"
         data = "{TEST_POLICY_DATA}"
-        """)
+        """,
+    )
 
 
 def test_push_then_the_server_decides_with_the_pushed_policy(tmp_path: Path) -> None:
     with OpaServer(None) as server:
         before = RemoteEngine(server.url).decide(INPUT)
         assert not before.allow  # nothing pushed: undefined, deny
-        r = subprocess.run([str(SYMBI), "policy", "push", "--config", str(_cfg(tmp_path, server.url))],
-                           env=symbi_env(), capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [str(SYMBI), "policy", "push", "--config", str(_cfg(tmp_path, server.url))],
+            env=symbi_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert server.policies == {"symbi/policies.rego": POLICY.read_text()}
         assert server.data == json.loads(TEST_POLICY_DATA.read_text())
@@ -59,8 +75,18 @@ def test_a_broken_policy_is_refused_by_the_server_and_nothing_changes(tmp_path: 
     bad.write_text("package symbi\ndecision := {\n")
     with OpaServer(None) as server:
         with pytest.raises(PolicyError):
-            push(build_config({"policy": {"engine": "opa", "url": server.url, "path": str(bad),
-                                          "data": str(TEST_POLICY_DATA)}}))
+            push(
+                build_config(
+                    {
+                        "policy": {
+                            "engine": "opa",
+                            "url": server.url,
+                            "path": str(bad),
+                            "data": str(TEST_POLICY_DATA),
+                        }
+                    }
+                )
+            )
         assert server.policies == {}
 
 

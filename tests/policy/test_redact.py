@@ -78,14 +78,21 @@ def test_counts_every_replaced_value_and_never_touches_the_input() -> None:
     snapshot = json.loads(json.dumps(doc))
     out, n = redact(doc, ["password", "token", "/items/1", "/a/keep/0"])
     assert n == 5
-    assert out == {"a": {"password": REDACTED, "token": REDACTED, "keep": [REDACTED, {"password": REDACTED}]},
-                   "items": ["x", REDACTED]}
+    assert out == {
+        "a": {"password": REDACTED, "token": REDACTED, "keep": [REDACTED, {"password": REDACTED}]},
+        "items": ["x", REDACTED],
+    }
     assert doc == snapshot  # deep copy: nested values of the input are untouched
 
 
 def test_pointer_edges_case_short_paths_and_out_of_range_indexes() -> None:
-    doc = {"headers": {"accept": "y", "authorization": "secret"}, "a": 1, "list": ["p", "q"], "": "root-key",
-           "/a": "a key with a slash"}
+    doc = {
+        "headers": {"accept": "y", "authorization": "secret"},
+        "a": 1,
+        "list": ["p", "q"],
+        "": "root-key",
+        "/a": "a key with a slash",
+    }
     out, n = redact(doc, ["/headers/Authorization"])  # a header name in another case
     assert (n, out["headers"]) == (1, {"accept": "y", "authorization": REDACTED})
     assert redact(doc, ["/a"]) == ({**doc, "a": REDACTED}, 1)  # a two-character pointer; not a key rule
@@ -102,7 +109,9 @@ def test_result_redaction_edges() -> None:
             TextContent(type="text", text='{"not json'),
             TextContent(type="text", text='[{"token":"t","name":"é"}]'),
             TextContent(type="text", text='{"clean":1}'),
-            EmbeddedResource(type="resource", resource=TextResourceContents(uri="file:///x", text='{"token":"t"}')),
+            EmbeddedResource(
+                type="resource", resource=TextResourceContents(uri="file:///x", text='{"token":"t"}')
+            ),
         ],
         structuredContent={"token": "t", "ok": 1},
     )
@@ -127,7 +136,9 @@ def test_cap_edges_exact_fit_zero_budget_and_structured_only() -> None:
     assert _texts(out) == ["abc", TRUNCATION_MARK.format(cap=3)]
     assert not out.is_error
     one = cap_result(CallToolResult(content=[TextContent(type="text", text="abcdef")]), 4)
-    assert _texts(one) == ["abcd" + TRUNCATION_MARK.format(cap=4)]  # the cut item carries the mark; no extra item
+    assert _texts(one) == [
+        "abcd" + TRUNCATION_MARK.format(cap=4)
+    ]  # the cut item carries the mark; no extra item
     big = CallToolResult(content=[TextContent(type="text", text="ok")], structuredContent={"x": "y" * 500})
     out = cap_result(big, 100)
     assert _texts(out) == ["ok", TRUNCATION_MARK.format(cap=100).strip()]

@@ -39,12 +39,16 @@ async def _exposed() -> set[str]:
     require_peers()
     config = load_config(EXAMPLE, {})
     names = {f"sandbox__{t['name']}" for t in SANDBOX_TOOLS}  # the built-ins
-    names |= {f"memory__{t['name']}" for t in MEMORY_TOOLS} | {f"knowledge__{t['name']}" for t in KNOWLEDGE_TOOLS}
+    names |= {f"memory__{t['name']}" for t in MEMORY_TOOLS} | {
+        f"knowledge__{t['name']}" for t in KNOWLEDGE_TOOLS
+    }
     names |= {f"bus__{t.name}" for t in BUS_TOOLS}
     for server, srv in config.servers.items():
         assert srv.command is not None, f"servers.{server}: this test starts stdio examples only"
         params = StdioServerParameters(
-            command=_command(srv.command), args=list(srv.args), env=dict(srv.env) or None,
+            command=_command(srv.command),
+            args=list(srv.args),
+            env=dict(srv.env) or None,
             cwd=str(srv.cwd or EXAMPLE.parent),
         )
         with anyio.fail_after(60):
@@ -66,7 +70,10 @@ def _tool_patterns(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
             for k, v in node.items():
                 yield from entries(v, f"{where}.{k}")
 
-    for where, entry in [*entries(data.get("principals", {}), "principals"), *entries(data.get("roles", {}), "roles")]:
+    for where, entry in [
+        *entries(data.get("principals", {}), "principals"),
+        *entries(data.get("roles", {}), "roles"),
+    ]:
         for field in ("tools", "deny_tools"):
             for i, p in enumerate(entry.get(field, [])):
                 yield f"{where}.{field}[{i}]", p
@@ -95,5 +102,7 @@ async def test_environment_tool_is_not_granted_to_developers() -> None:
     data = json.loads(DATA.read_text())["symbi_data"]
     dev = data["roles"]["developer"]
     granted = [p for p in dev["tools"] if fnmatch.fnmatchcase("everything__get-env", p)]
-    assert granted == [] or any(fnmatch.fnmatchcase("everything__get-env", p) for p in dev.get("deny_tools", []))
+    assert granted == [] or any(
+        fnmatch.fnmatchcase("everything__get-env", p) for p in dev.get("deny_tools", [])
+    )
     assert any(fnmatch.fnmatchcase("everything__get-env", p) for p in data["redact_result"])

@@ -59,10 +59,14 @@ def test_only_read_only_or_idempotent_tools_are_retried() -> None:
 
 
 @pytest.mark.slow
-async def test_breaker_opens_half_opens_and_closes_against_a_killed_and_restarted_upstream(tmp_path: Path) -> None:
+async def test_breaker_opens_half_opens_and_closes_against_a_killed_and_restarted_upstream(
+    tmp_path: Path,
+) -> None:
     script = tmp_path / "breaker_upstream.py"  # a unique path: we kill only this test's process
     shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
-    record = upstream_writable(tmp_path) / "record.jsonl"  # the upstream runs as the unprivileged upstream user
+    record = (
+        upstream_writable(tmp_path) / "record.jsonl"
+    )  # the upstream runs as the unprivileged upstream user
     cfg = write_config(
         tmp_path,
         f"""
@@ -117,10 +121,15 @@ async def test_breaker_opens_half_opens_and_closes_against_a_killed_and_restarte
 
 
 def _breaker_moves(cfg: Path) -> list[tuple[str, str]]:
-    q = subprocess.run([str(SYMBI), "audit", "query", "--config", str(cfg), "--type", "upstream.breaker", "--json"],
-                       check=True, capture_output=True, text=True, timeout=60, env=symbi_env())
+    q = subprocess.run(
+        [str(SYMBI), "audit", "query", "--config", str(cfg), "--type", "upstream.breaker", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=symbi_env(),
+    )
     return [(e["details"]["from"], e["details"]["to"]) for e in map(json.loads, q.stdout.splitlines())]
-
 
 
 def _step_and_call(annotations: dict[str, object]) -> tuple[object, object]:
@@ -135,9 +144,13 @@ def _step_and_call(annotations: dict[str, object]) -> tuple[object, object]:
     return step, CallContext(principal=Principal(id="p"), kind="tools/call", target="up__t", tool=tool)
 
 
-@pytest.mark.parametrize(("annotations", "attempts"), [({"readOnlyHint": True}, 3), ({"idempotentHint": True}, 3),
-                                                         ({}, 1), ({"destructiveHint": True}, 1)])
-def test_retry_with_backoff_only_when_a_repeat_is_harmless(annotations: dict[str, object], attempts: int) -> None:
+@pytest.mark.parametrize(
+    ("annotations", "attempts"),
+    [({"readOnlyHint": True}, 3), ({"idempotentHint": True}, 3), ({}, 1), ({"destructiveHint": True}, 1)],
+)
+def test_retry_with_backoff_only_when_a_repeat_is_harmless(
+    annotations: dict[str, object], attempts: int
+) -> None:
     step, call = _step_and_call(annotations)
     tries: list[float] = []
 

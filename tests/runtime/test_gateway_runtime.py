@@ -42,7 +42,9 @@ decision := {"allow": true, "reasons": [], "conditions": {"suspend_agent": "aske
 
 
 def _config(tmp_path: Path, runtime: str = "") -> tuple[Path, Path]:
-    record = upstream_writable(tmp_path) / "record.jsonl"  # the upstream runs as the unprivileged upstream user
+    record = (
+        upstream_writable(tmp_path) / "record.jsonl"
+    )  # the upstream runs as the unprivileged upstream user
     policy = tmp_path / "policy.rego"
     policy.write_text(POLICY)
     cfg = write_config(
@@ -75,8 +77,14 @@ def _code(result: Any) -> str | None:
 
 
 def _events(cfg: Path, event_type: str) -> list[dict[str, Any]]:
-    out = subprocess.run([str(SYMBI), "audit", "query", "--config", str(cfg), "--type", event_type, "--json"],
-                         check=False, capture_output=True, text=True, timeout=60, env=symbi_env())
+    out = subprocess.run(
+        [str(SYMBI), "audit", "query", "--config", str(cfg), "--type", event_type, "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=symbi_env(),
+    )
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines()]
 
@@ -127,8 +135,11 @@ async def test_an_agents_memory_budget_caps_its_sandbox_runs(tmp_path: Path) -> 
     assert r.structured_content["killed"] == "memory" or "MemoryError" in r.structured_content["stderr"]
     assert "allocated" not in r.structured_content["stdout"]
     # control: with a budget above the sandbox's own limit the same program runs
-    roomy = write_config(tmp_path, body.replace("memory_mb = 48", "memory_mb = 1024") + f'[gateway]\ndata_dir = "{tmp_path / "d2"}"\n',
-                         name="roomy.toml")
+    roomy = write_config(
+        tmp_path,
+        body.replace("memory_mb = 48", "memory_mb = 1024") + f'[gateway]\ndata_dir = "{tmp_path / "d2"}"\n',
+        name="roomy.toml",
+    )
     async with stdio_session(roomy) as s:
         ok = await s.call_tool("sandbox__run_python", {"code": hog})
     assert not ok.is_error and "allocated" in ok.structured_content["stdout"]  # type: ignore[index]

@@ -73,10 +73,14 @@ def _env(extra: str = "") -> str:
     return f'env = {{ PYTHONPATH = "{SITE.resolve()}"{extra} }}'
 
 
-def _wait(base: str, admin: str, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 90) -> list[Any]:
+def _wait(
+    base: str, admin: str, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 90
+) -> list[Any]:
     deadline = time.monotonic() + timeout
     while True:
-        agents = httpx.get(base + "/api/agents", headers={"Authorization": f"Bearer {admin}"}).json()["agents"]
+        agents = httpx.get(base + "/api/agents", headers={"Authorization": f"Bearer {admin}"}).json()[
+            "agents"
+        ]
         hosted = [a for a in agents if a["hosted"]]
         if done(hosted):
             return hosted
@@ -85,8 +89,14 @@ def _wait(base: str, admin: str, done: Callable[[list[dict[str, Any]]], bool], t
 
 
 def _events(cfg: Path, *types: str) -> list[dict[str, Any]]:
-    q = subprocess.run([str(SYMBI), "audit", "query", "--config", str(cfg), "--type", ",".join(types), "--json"],
-                       check=True, capture_output=True, text=True, timeout=60, env=symbi_env())
+    q = subprocess.run(
+        [str(SYMBI), "audit", "query", "--config", str(cfg), "--type", ",".join(types), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=symbi_env(),
+    )
     return [json.loads(x) for x in q.stdout.splitlines()]
 
 
@@ -106,23 +116,39 @@ def test_hosted_agent_runs_the_example_through_the_gateway(tmp_path: Path, tier:
     calls = [e for e in _events(cfg, "tool.call") if e["principal"] == "agent:clock"]
     assert {e["details"]["tool"] for e in calls} == {"time__get_current_time", "everything__echo"}
     assert {e["agent"] for e in calls} == {run["id"]}  # its calls carry the run's agent id
-    moves = [(e["details"]["from"], e["details"]["to"]) for e in _events(cfg, "agent.state") if e["agent"] == run["id"]]
-    assert moves == [("Initializing", "Ready"), ("Ready", "Running"), ("Running", "Ready"), ("Ready", "Terminated")]
+    moves = [
+        (e["details"]["from"], e["details"]["to"])
+        for e in _events(cfg, "agent.state")
+        if e["agent"] == run["id"]
+    ]
+    assert moves == [
+        ("Initializing", "Ready"),
+        ("Ready", "Running"),
+        ("Running", "Ready"),
+        ("Ready", "Terminated"),
+    ]
 
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_oom_at_the_memory_budget_restarts_with_backoff_then_escalates(tmp_path: Path, tier: str) -> None:
-    agent = _env(', MODE = "hog"') + """
+    agent = (
+        _env(', MODE = "hog"')
+        + """
         restart = "on-failure"
         restart_backoff_s = 0.3
         max_failures = 2
         [agents.clock.resources]
         memory_mb = 96
     """
+    )
     cfg, admin = _config(tmp_path, tier, agent)
     with serve(cfg) as base:
-        _wait(base, admin, lambda h: bool(h) and h[0]["state"] == "Terminated" and h[0]["reason"] == "failed",
-              timeout=150)
+        _wait(
+            base,
+            admin,
+            lambda h: bool(h) and h[0]["state"] == "Terminated" and h[0]["reason"] == "failed",
+            timeout=150,
+        )
     failed = _events(cfg, "agent.failed")
     assert len(failed) == 2 and all("OOM" in e["details"]["reason"] for e in failed)
     assert len(_events(cfg, "agent.restart_scheduled")) == 2
@@ -163,7 +189,9 @@ class _Listener:
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_no_socket_to_the_host_loopback_and_the_credential_dies_with_the_run(tmp_path: Path, tier: str) -> None:
+def test_no_socket_to_the_host_loopback_and_the_credential_dies_with_the_run(
+    tmp_path: Path, tier: str
+) -> None:
     listener = _Listener()
     try:
         extra = f', MODE = "linger", LINGER_S = "4", PROBE_PORT = "{listener.port}"'
@@ -171,8 +199,16 @@ def test_no_socket_to_the_host_loopback_and_the_credential_dies_with_the_run(tmp
         with serve(cfg) as base:
             _wait(base, admin, lambda h: bool(h) and h[0]["state"] == "Running" and _has_token(cfg))
             token = next(x["token"] for x in _log(cfg) if "token" in x)
-            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "thief", "version": "1"}}}
+            init = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "thief", "version": "1"},
+                },
+            }
             hdr = {"accept": "application/json, text/event-stream", "Authorization": f"Bearer {token}"}
             assert httpx.post(base + "/mcp", json=init, headers=hdr).status_code == 200  # live while it runs
             _wait(base, admin, lambda h: h[0]["state"] == "Terminated")
@@ -196,9 +232,14 @@ def test_on_demand_starts_with_symbi_agents_run_and_an_interval_repeats(tmp_path
     with serve(cfg) as base:
         time.sleep(1.0)
         assert _wait(base, admin, lambda h: True) == []  # nothing runs until asked
-        run = subprocess.run([str(SYMBI), "agents", "run", "clock", "--config", str(cfg), "--url", base],
-                             check=False, capture_output=True, text=True, timeout=60,
-                             env=symbi_env(SYMBI_API_KEY=admin))
+        run = subprocess.run(
+            [str(SYMBI), "agents", "run", "clock", "--config", str(cfg), "--url", base],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=symbi_env(SYMBI_API_KEY=admin),
+        )
         assert run.returncode == 0, run.stderr
         _wait(base, admin, lambda h: bool(h) and h[0]["state"] == "Terminated")
     every = tmp_path / "interval"

@@ -32,7 +32,9 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any], str | None]] = []
 
-    def emit(self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None) -> None:
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
         self.events.append((event_type, dict(details), agent))
 
 
@@ -57,7 +59,9 @@ def test_ids_are_not_reproducible_without_the_registry_key() -> None:
     assert one.id != two.id  # an HMAC under a per-gateway key, not a guessable hash
 
 
-@pytest.mark.parametrize("declared", ["bob/claude", "agt-aaaaaaaaaaaaaaaaaaaa", "../../etc", "", None, "x" * 500, 42])
+@pytest.mark.parametrize(
+    "declared", ["bob/claude", "agt-aaaaaaaaaaaaaaaaaaaa", "../../etc", "", None, "x" * 500, 42]
+)
 def test_declared_client_name_is_only_a_prefixed_label(declared: object) -> None:
     reg = AgentRegistry(LoggingSink())
     victim = reg.for_session(BOB, "claude", "http:b")
@@ -121,7 +125,9 @@ def _config(tmp_path: Path) -> Path:
     )
 
 
-async def _session_call(mcp: str, headers: dict[str, str], client: str, meta: dict[str, Any] | None = None) -> Any:
+async def _session_call(
+    mcp: str, headers: dict[str, str], client: str, meta: dict[str, Any] | None = None
+) -> Any:
     async with (
         httpx2.AsyncClient(headers=headers) as hc,
         streamable_http_client(mcp, http_client=hc) as (r, w),
@@ -136,8 +142,11 @@ def _registered(run: Any) -> dict[str, str]:
     gw = run.state.gateway
     assert gw.audit is not None
     gw.audit.flush(timeout=5)
-    return {e["details"]["name"]: e["details"]["agent"] for e in gw.audit.recent(200)
-            if e["type"] == "agent.registered"}
+    return {
+        e["details"]["name"]: e["details"]["agent"]
+        for e in gw.audit.recent(200)
+        if e["type"] == "agent.registered"
+    }
 
 
 def _calls(run: Any) -> list[dict[str, Any]]:
@@ -162,7 +171,9 @@ async def test_policy_sees_the_agent_and_a_client_cannot_claim_another_agents_id
         spoof = {**bearer(keys.user), "X-Symbi-Agent": alice_agent, "X-Agent-Id": alice_agent}
         meta = {"symbi/agent": alice_agent, "agent": alice_agent}
         denied = await _session_call(run.mcp, spoof, "alice/trusted-client", meta=meta)
-        assert denied.is_error and denied.meta["symbi/error"]["code"] == "unknown_tool"  # hidden from bob = missing (item 13)  # type: ignore[index]
+        assert (
+            denied.is_error and denied.meta["symbi/error"]["code"] == "unknown_tool"
+        )  # hidden from bob = missing (item 13)  # type: ignore[index]
         second = _calls(run)[-1]
         assert second["principal"] == "bob" and second["agent"] not in (None, alice_agent)
         assert _registered(run)["bob/alice-trusted-client"] == second["agent"]
@@ -176,9 +187,18 @@ def test_another_principal_cannot_ride_an_agents_session(tmp_path: Path) -> None
         sid = r.headers["mcp-session-id"]
         hijack = httpx.post(
             run.mcp,
-            json={"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                  "params": {"name": "everything__echo", "arguments": {"message": "x"}}},
-            headers={**MCP_HEADERS, **bearer(keys.user), "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"},
+            json={
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "everything__echo", "arguments": {"message": "x"}},
+            },
+            headers={
+                **MCP_HEADERS,
+                **bearer(keys.user),
+                "mcp-session-id": sid,
+                "mcp-protocol-version": "2025-11-25",
+            },
         )
         assert hijack.status_code == 404  # the SDK binds a session to the credential that opened it
         assert _calls(run) == []
@@ -189,16 +209,25 @@ def test_principals_of_different_sources_never_share_an_agent() -> None:
     memory, of the API key principal alice in the same client and session."""
     reg = AgentRegistry(LoggingSink())
     key_alice = Principal(id="alice", roles=("developer",), claims={"key_id": "k1"}, source="key")
-    hosted = reg.add_hosted("clock", Principal(id="agent:clock", kind="agent", source="key"), priority=0, run=1)
+    hosted = reg.add_hosted(
+        "clock", Principal(id="agent:clock", kind="agent", source="key"), priority=0, run=1
+    )
     reg.bind_credential("k1", hosted)
     assert reg.for_session(key_alice, "claude-code", "http:s1") is hosted  # the key's own credential
-    jwt_alice = Principal(id="alice", roles=("developer",), claims={"sub": "alice", "key_id": "k1"},
-                          source="jwt", issuer="https://idp.example")
+    jwt_alice = Principal(
+        id="alice",
+        roles=("developer",),
+        claims={"sub": "alice", "key_id": "k1"},
+        source="jwt",
+        issuer="https://idp.example",
+    )
     mine = reg.for_session(jwt_alice, "claude-code", "http:s1")
     assert mine is not hosted  # a key_id claim in a JWT names no credential
     plain_key_alice = Principal(id="alice", roles=("developer",), claims={"key_id": "k2"}, source="key")
     theirs = reg.for_session(plain_key_alice, "claude-code", "http:s1")
-    other_issuer = Principal(id="alice", claims={"sub": "alice"}, source="jwt", issuer="https://other.example")
+    other_issuer = Principal(
+        id="alice", claims={"sub": "alice"}, source="jwt", issuer="https://other.example"
+    )
     third = reg.for_session(other_issuer, "claude-code", "http:s1")
     assert len({mine.id, theirs.id, third.id, hosted.id}) == 4
     assert mine.owner != theirs.owner != third.owner

@@ -31,7 +31,9 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any], str | None]] = []
 
-    def emit(self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None) -> None:
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
         self.events.append((event_type, dict(details), agent))
 
     def states(self) -> list[tuple[str, str]]:

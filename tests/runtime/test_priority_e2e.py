@@ -55,7 +55,9 @@ def _config(tmp_path: Path) -> tuple[Path, Path]:
     record = upstream_writable(tmp_path) / "record.jsonl"
     policy = tmp_path / "policy.rego"
     policy.write_text(POLICY)
-    cfg = write_config(tmp_path, f"""
+    cfg = write_config(
+        tmp_path,
+        f"""
         [policy]
         path = "{policy}"
 
@@ -71,7 +73,8 @@ def _config(tmp_path: Path) -> tuple[Path, Path]:
         args = ["{MUTABLE}"]
         env = {{ RECORD_FILE = "{record}" }}
         verification = "warn"
-        """)
+        """,
+    )
     return cfg, record
 
 

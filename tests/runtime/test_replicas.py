@@ -21,7 +21,9 @@ pytestmark = pytest.mark.anyio
 async def test_concurrent_calls_spread_over_the_replicas(tmp_path: Path) -> None:
     script = tmp_path / "replica_server.py"
     script.write_text((ROOT / "tests/peers/mutable_server.py").read_text())
-    record = upstream_writable(tmp_path) / "record.jsonl"  # the upstream runs as the unprivileged upstream user
+    record = (
+        upstream_writable(tmp_path) / "record.jsonl"
+    )  # the upstream runs as the unprivileged upstream user
     cfg = write_config(
         tmp_path,
         f"""

@@ -9,8 +9,14 @@ from gateway.runtime.resources import ResourceLimits, ResourcePool
 
 
 def lim(cpu: float, mem: int) -> ResourceLimits:
-    return ResourceLimits(memory_mb=mem, cpu_cores=cpu, disk_io_mbps=10, network_io_mbps=1,
-                          execution_timeout_s=10, max_concurrent_calls=1)
+    return ResourceLimits(
+        memory_mb=mem,
+        cpu_cores=cpu,
+        disk_io_mbps=10,
+        network_io_mbps=1,
+        execution_timeout_s=10,
+        max_concurrent_calls=1,
+    )
 
 
 def test_first_fit_takes_the_first_slot_with_room() -> None:

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_scheduler_threads_gc_interval_and_buffer_size(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, """
+    cfg = write_config(
+        tmp_path,
+        """
         [sandbox]
         code_tools = false
         [runtime]
@@ -25,7 +27,8 @@ async def test_scheduler_threads_gc_interval_and_buffer_size(tmp_path: Path) -> 
         gc_interval_ms = 20
         agent_idle_timeout_s = 0.2
         message_buffer_size = 4096
-        """)
+        """,
+    )
     gw = make_gateway(load_config(cfg, {}))
     async with gw.running():
         await anyio.sleep(0.1)

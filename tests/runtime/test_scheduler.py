@@ -10,7 +10,9 @@ from gateway.errors import Preempted, SchedulerBusy
 from gateway.runtime.scheduler import Scheduler
 
 
-async def _job(s: Scheduler, agent: str, prio: int, order: list[str], hold: float = 0.0, limit: int = 8) -> None:
+async def _job(
+    s: Scheduler, agent: str, prio: int, order: list[str], hold: float = 0.0, limit: int = 8
+) -> None:
     async with s.slot(agent, prio, limit):
         order.append(agent)
         await asyncio.sleep(hold)

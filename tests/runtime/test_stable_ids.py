@@ -33,7 +33,9 @@ TESTER = Principal(id="tester", roles=("tester",))
 
 
 def _config(tmp_path: Path) -> Path:
-    return write_config(tmp_path, """
+    return write_config(
+        tmp_path,
+        """
         [sandbox]
         code_tools = false
         [agents.clock]
@@ -43,12 +45,15 @@ def _config(tmp_path: Path) -> Path:
         sandbox = "bwrap"
         start = "on-demand"
         restart = "never"
-        """)
+        """,
+    )
 
 
 async def call(gw: Gateway, who: Principal, tool: str, **args: Any) -> Any:
     try:
-        result = await gw.call(CallContext(principal=who, kind="tools/call", target=f"bus__{tool}", arguments=args))
+        result = await gw.call(
+            CallContext(principal=who, kind="tools/call", target=f"bus__{tool}", arguments=args)
+        )
     except Exception as e:  # noqa: BLE001 - the boundary
         result = error_result(e)
     assert not result.is_error, result

@@ -22,8 +22,14 @@ from tests.server._http import serve
 
 
 def symbi(cfg: Path, base: str, key: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SYMBI), *args, "--config", str(cfg), "--url", base], check=False, capture_output=True,
-                          text=True, timeout=60, env=symbi_env(SYMBI_API_KEY=key))
+    return subprocess.run(
+        [str(SYMBI), *args, "--config", str(cfg), "--url", base],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=symbi_env(SYMBI_API_KEY=key),
+    )
 
 
 async def _status_resource(mcp: str, key: str) -> Any:
@@ -46,15 +52,31 @@ async def _status_resource(mcp: str, key: str) -> Any:
 def _open_session(mcp: str, key: str) -> None:
     """An HTTP session left open (its agent lives as long as the session: a closed one ends it)."""
     h = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {key}"}
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "ops-console", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "ops-console", "version": "1"},
+        },
+    }
     r = httpx.post(mcp, json=init, headers=h, timeout=30)
     assert r.status_code == 200, r.text
     h = {**h, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-    assert httpx.post(mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h,
-                      timeout=30).status_code == 202
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "everything__echo", "arguments": {"message": "ops"}}}
+    assert (
+        httpx.post(
+            mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h, timeout=30
+        ).status_code
+        == 202
+    )
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "everything__echo", "arguments": {"message": "ops"}},
+    }
     assert httpx.post(mcp, json=call, headers=h, timeout=30).status_code == 200  # the agent is made here
 
 
@@ -85,8 +107,14 @@ def test_cli_status_resource_and_metrics(tmp_path: Path) -> None:
         assert symbi(cfg, base, admin, "agents", "show", "agt-nope").returncode == 1
         forbidden = symbi(cfg, base, user, "agents", "list")
         assert forbidden.returncode == 1 and "403" in forbidden.stderr
-        no_key = subprocess.run([str(SYMBI), "agents", "list", "--config", str(cfg), "--url", base], check=False,
-                                capture_output=True, text=True, timeout=60, env=symbi_env())
+        no_key = subprocess.run(
+            [str(SYMBI), "agents", "list", "--config", str(cfg), "--url", base],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=symbi_env(),
+        )
         assert no_key.returncode == 2 and "SYMBI_API_KEY" in no_key.stderr
 
         st = symbi(cfg, base, admin, "status", "--json")

@@ -81,7 +81,9 @@ def test_payload_is_uid_65534_on_the_host_too(manager: SandboxManager) -> None:
             except OSError:
                 continue
             if b"time.sleep(3)" in cmd and b"bwrap" not in cmd and b"setpriv" not in cmd:
-                uids.add(int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1]))
+                uids.add(
+                    int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+                )
         time.sleep(0.05)
     t.join()
     assert uids == {65534}

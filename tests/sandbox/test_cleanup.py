@@ -53,7 +53,9 @@ def test_orphans_of_a_killed_gateway_are_swept(manager: SandboxManager, tier: st
 def _of_pid(manager: SandboxManager, tier: str, pid: int) -> list[str]:
     if tier == "bwrap":
         return [str(p) for p in _all_cgroups() if p.name.startswith(f"symbi-{pid}-")]
-    cs = docker_client().containers.list(all=True, filters={"label": f"symbi.sandbox.owner={os.uname().nodename}:{pid}"})
+    cs = docker_client().containers.list(
+        all=True, filters={"label": f"symbi.sandbox.owner={os.uname().nodename}:{pid}"}
+    )
     return [c.id for c in cs]
 
 

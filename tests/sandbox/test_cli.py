@@ -29,9 +29,23 @@ def test_parsers() -> None:
 def test_real_symbi_process_runs_and_passes_the_exit_code(manager: SandboxManager) -> None:
     require_tier(manager, "bwrap")
     r = subprocess.run(
-        [sys.executable, "-m", "gateway", "sandbox", "run", "--tier", "bwrap", "--", "/bin/sh", "-c",
-         "echo out; echo err >&2; exit 5"],
-        cwd=ROOT, capture_output=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "sandbox",
+            "run",
+            "--tier",
+            "bwrap",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo out; echo err >&2; exit 5",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=False,
     )
     assert (r.returncode, r.stdout) == (5, b"out\n")
     assert b"err\n" in r.stderr
@@ -59,7 +73,9 @@ def test_run_passes_output_and_exit_code(tier: str, capfd: pytest.CaptureFixture
 
 @pytest.mark.sandbox
 def test_run_limit_kill_exits_1(tier: str, capfd: pytest.CaptureFixture[str]) -> None:
-    rc = main(["sandbox", "run", "--tier", tier, "--timeout", "1s", "--", "/bin/sh", "-c", "while :; do :; done"])
+    rc = main(
+        ["sandbox", "run", "--tier", tier, "--timeout", "1s", "--", "/bin/sh", "-c", "while :; do :; done"]
+    )
     assert rc == 1
     assert "timeout" in capfd.readouterr().err
 
@@ -72,15 +88,29 @@ def test_run_stdin_and_memory_option(
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"abc")))
     assert main(["sandbox", "run", "--tier", "bwrap", "--stdin", "--", "tr", "a-z", "A-Z"]) == 0
     assert capfd.readouterr().out == "ABC"
-    rc = main(["sandbox", "run", "--tier", "bwrap", "--memory", "64m", "--",
-               "/usr/bin/python3", "-c", "x = bytearray(300 * 2**20)"])
+    rc = main(
+        [
+            "sandbox",
+            "run",
+            "--tier",
+            "bwrap",
+            "--memory",
+            "64m",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            "x = bytearray(300 * 2**20)",
+        ]
+    )
     assert rc == 1 and "memory" in capfd.readouterr().err
 
 
 def test_usage_errors() -> None:
     assert main(["sandbox", "run", "--tier", "bwrap"]) == 2  # no command
-    for argv in (["sandbox", "run", "--tier", "chroot", "--", "true"],
-                 ["sandbox", "run", "--tier", "bwrap", "--memory", "lots", "--", "true"]):
+    for argv in (
+        ["sandbox", "run", "--tier", "chroot", "--", "true"],
+        ["sandbox", "run", "--tier", "bwrap", "--memory", "lots", "--", "true"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2

@@ -34,8 +34,22 @@ async def test_run_python_through_the_gateway_runs_in_gvisor(tmp_path: Path) -> 
         assert net.is_error  # no network in the sandbox
 
     q = subprocess.run(
-        [str(SYMBI), "audit", "query", "--config", str(cfg), "--tool", "sandbox__run_python", "--type", "tool.call", "--json"],
-        capture_output=True, text=True, timeout=60, env=symbi_env(),
+        [
+            str(SYMBI),
+            "audit",
+            "query",
+            "--config",
+            str(cfg),
+            "--tool",
+            "sandbox__run_python",
+            "--type",
+            "tool.call",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=symbi_env(),
     )
     events = [json.loads(line) for line in q.stdout.splitlines()]
     assert events and all(e["details"]["sandbox_tier"] == "gvisor" for e in events)

@@ -37,8 +37,10 @@ def served(m: SandboxManager, tier: str, req: SandboxRequest):  # type: ignore[n
 
 def test_pooled_call_matches_a_cold_one(pooled: tuple[SandboxManager, str]) -> None:
     m, tier = pooled
-    code = "import os,sys\nprint(open('d/in.txt').read(), sys.stdin.read(), os.getuid(), os.getcwd())\n" \
-           "print('warn', file=sys.stderr)\nsys.exit(4)"
+    code = (
+        "import os,sys\nprint(open('d/in.txt').read(), sys.stdin.read(), os.getuid(), os.getcwd())\n"
+        "print('warn', file=sys.stderr)\nsys.exit(4)"
+    )
     r = served(m, tier, SandboxRequest(code=code, stdin=b"IN", files={"d/in.txt": b"FILE"}))
     assert (r.exit_code, r.stdout, r.stderr, r.killed) == (4, b"FILE IN 65534 /tmp/work\n", b"warn\n", "none")
     r = served(m, tier, SandboxRequest(command=("/bin/sh", "-c", "echo $HOME; exit 3")))
@@ -47,10 +49,12 @@ def test_pooled_call_matches_a_cold_one(pooled: tuple[SandboxManager, str]) -> N
 
 def test_pooled_python_ends_like_python_c(pooled: tuple[SandboxManager, str]) -> None:
     m, tier = pooled
-    code = ("import atexit, threading, time\n"
-            "atexit.register(lambda: print('atexit ran'))\n"
-            "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
-            "print('main done')")
+    code = (
+        "import atexit, threading, time\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "print('main done')"
+    )
     r = served(m, tier, SandboxRequest(code=code))
     assert (r.exit_code, r.stdout) == (0, b"main done\nthread done\natexit ran\n")
     r = served(m, tier, SandboxRequest(code="raise ValueError('boom')"))
@@ -81,5 +85,7 @@ def test_limits_hold_in_the_pool(pooled: tuple[SandboxManager, str]) -> None:
     assert r.killed == "timeout"
     r = served(m, tier, SandboxRequest(code="x = []\nwhile True: x.append(bytearray(8 << 20))"))
     assert r.killed == "memory"
-    r = served(m, tier, SandboxRequest(code="import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=2)"))
+    r = served(
+        m, tier, SandboxRequest(code="import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=2)")
+    )
     assert r.exit_code == 1 and b"Error" in r.stderr

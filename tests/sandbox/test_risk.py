@@ -20,8 +20,13 @@ def only(*tiers: str):  # type: ignore[no-untyped-def]
 
 
 def pick(needs: ToolNeeds | None = None, **kw):  # type: ignore[no-untyped-def]
-    args = {"code_trust": "trusted", "data_sensitivity": "public", "policy_min_tier": None,
-            "default_tier": "gvisor", "available": all_up}
+    args = {
+        "code_trust": "trusted",
+        "data_sensitivity": "public",
+        "policy_min_tier": None,
+        "default_tier": "gvisor",
+        "available": all_up,
+    }
     args.update(kw)
     return assess_tier(needs or ToolNeeds(), **args)
 
@@ -32,8 +37,12 @@ def test_trusted_harmless_code_gets_the_light_tier() -> None:
 
 def test_score_moves_up_the_tiers() -> None:
     assert pick(ToolNeeds(network=True), data_sensitivity="internal") == "docker"
-    assert pick(ToolNeeds(network=True, external_apis=("github",)), data_sensitivity="confidential") == "gvisor"
-    assert risk_score(ToolNeeds(), "trusted", "public") < risk_score(ToolNeeds(filesystem=True), "trusted", "public")
+    assert (
+        pick(ToolNeeds(network=True, external_apis=("github",)), data_sensitivity="confidential") == "gvisor"
+    )
+    assert risk_score(ToolNeeds(), "trusted", "public") < risk_score(
+        ToolNeeds(filesystem=True), "trusted", "public"
+    )
 
 
 def test_agent_generated_code_is_at_least_gvisor() -> None:

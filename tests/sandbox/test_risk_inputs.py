@@ -43,13 +43,23 @@ def test_tool_annotations_are_read() -> None:
 
 def test_the_callers_kind_sets_the_trust() -> None:
     assert trust_of("agent") == "untrusted"
-    assert trust_of("anonymous") == "untrusted" and trust_of(None) == "untrusted" and trust_of("robot") == "untrusted"
+    assert (
+        trust_of("anonymous") == "untrusted"
+        and trust_of(None) == "untrusted"
+        and trust_of("robot") == "untrusted"
+    )
     assert trust_of("user") is None and trust_of("service") is None and trust_of("admin") is None
 
 
 def _pick(request: SandboxRequest, kind: str, default_tier: str, policy_min_tier: str | None = None) -> str:
-    return assess_tier(needs_of(request), code_trust=trust_of(kind), data_sensitivity="internal",
-                       policy_min_tier=policy_min_tier, default_tier=default_tier, available=all_up)
+    return assess_tier(
+        needs_of(request),
+        code_trust=trust_of(kind),
+        data_sensitivity="internal",
+        policy_min_tier=policy_min_tier,
+        default_tier=default_tier,
+        available=all_up,
+    )
 
 
 def test_default_sandbox_tier_is_the_floor_for_a_persons_code() -> None:
@@ -67,7 +77,9 @@ def test_default_sandbox_tier_is_the_floor_for_a_persons_code() -> None:
 
 def _cfg(tmp_path: Path, default_tier: str) -> Path:
     # roles "trusted": the default policy's floor for code tools is docker (gvisor otherwise)
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         [gateway.stdio_principal]
         id = "local"
         roles = ["tester", "trusted"]
@@ -75,13 +87,16 @@ def _cfg(tmp_path: Path, default_tier: str) -> Path:
         default_sandbox_tier = "{default_tier}"
         [sandbox]
         code_tools = true
-        """)
+        """,
+    )
 
 
 @pytest.mark.anyio
 @pytest.mark.sandbox
 @pytest.mark.slow
-@pytest.mark.parametrize("default_tier,plain,asking", [("docker", "docker", "gvisor"), ("gvisor", "gvisor", "gvisor")])
+@pytest.mark.parametrize(
+    "default_tier,plain,asking", [("docker", "docker", "gvisor"), ("gvisor", "gvisor", "gvisor")]
+)
 async def test_default_sandbox_tier_changes_where_a_call_runs(
     tmp_path: Path, default_tier: str, plain: str, asking: str
 ) -> None:
@@ -89,5 +104,8 @@ async def test_default_sandbox_tier_changes_where_a_call_runs(
         r = await s.call_tool("sandbox__run_python", {"code": "print(6 * 7)"})
         assert not r.is_error, r
         assert r.structured_content["tier"] == plain  # type: ignore[index]
-        r = await s.call_tool("sandbox__run_python", {"code": "import socket\nprint(open('/etc/hostname').read())"},)
+        r = await s.call_tool(
+            "sandbox__run_python",
+            {"code": "import socket\nprint(open('/etc/hostname').read())"},
+        )
         assert r.structured_content["tier"] == asking  # type: ignore[index]

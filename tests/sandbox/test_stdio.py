@@ -47,10 +47,18 @@ def test_stdio_server_runs_inside_each_tier(manager: SandboxManager, tier: str, 
     script.write_text(ECHO)
     script.chmod(0o644)
     cmd, args = wrap_stdio_command(
-        tier, "/usr/bin/python3", ["-u", str(script)], {"ECHO_TAG": "t1"}, str(tmp_path),
-        network=False, limits=Limits(memory_mb=128, pids=64), manager=manager,
+        tier,
+        "/usr/bin/python3",
+        ["-u", str(script)],
+        {"ECHO_TAG": "t1"},
+        str(tmp_path),
+        network=False,
+        limits=Limits(memory_mb=128, pids=64),
+        manager=manager,
     )
-    proc = subprocess.Popen([cmd, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [cmd, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         out, err = proc.communicate(b"hello\nwho?\nnet?\n", timeout=60)
     finally:
@@ -61,7 +69,9 @@ def test_stdio_server_runs_inside_each_tier(manager: SandboxManager, tier: str, 
     assert lines[0] == "HELLO"
     assert lines[1] == "uid:65534 env:t1"
     assert lines[2] != "net:open" and lines[2].startswith("net:")
-    assert manager.leftovers()[tier] == [] or tier == "bwrap"  # bwrap: the server's cgroup lives until close()
+    assert (
+        manager.leftovers()[tier] == [] or tier == "bwrap"
+    )  # bwrap: the server's cgroup lives until close()
 
 
 def test_gvisor_cannot_grant_network(manager: SandboxManager) -> None:

@@ -122,7 +122,10 @@ def test_network_probe_detects_a_bridged_container(manager: SandboxManager, host
     out = docker_client().containers.run(
         manager.config.sandbox.image,
         ["/usr/bin/python3", "-c", PROBE.format(targets=targets, port=host_listener.port)],
-        network_mode="bridge", remove=True, user="65534:65534", volumes={"/usr": {"bind": "/usr", "mode": "ro"}},
+        network_mode="bridge",
+        remove=True,
+        user="65534:65534",
+        volumes={"/usr": {"bind": "/usr", "mode": "ro"}},
     )
     res = json.loads(out)
     assert res[targets[1]] == "CONNECTED", res  # the bridge gateway is the host

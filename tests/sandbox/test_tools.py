@@ -43,8 +43,14 @@ async def test_bad_arguments_and_unknown_tool(manager: SandboxManager) -> None:
     tools = SandboxTools(Config(), manager)
     with pytest.raises(UnknownTool):
         await tools.call("run_ruby", {"code": "1"}, min_tier=None)
-    for bad in ({}, {"code": 5}, {"code": "1", "extra": 1}, {"code": "1", "files": {"../x": "y"}},
-                {"code": "1", "stdin": 3}, {"code": "1", "files": {"a": 1}}):
+    for bad in (
+        {},
+        {"code": 5},
+        {"code": "1", "extra": 1},
+        {"code": "1", "files": {"../x": "y"}},
+        {"code": "1", "stdin": 3},
+        {"code": "1", "files": {"a": 1}},
+    ):
         with pytest.raises(ArgumentsInvalid):
             await tools.call("run_python", bad, min_tier=None)
 
@@ -56,14 +62,19 @@ async def test_run_python_picks_gvisor_and_returns_a_call_result(manager: Sandbo
     tools = SandboxTools(Config(), manager)
     result, tier = await tools.call(
         "run_python",
-        {"code": "import sys\nprint(open('in.txt').read() + sys.stdin.read())", "stdin": "B",
-         "files": {"in.txt": "A"}},
+        {
+            "code": "import sys\nprint(open('in.txt').read() + sys.stdin.read())",
+            "stdin": "B",
+            "files": {"in.txt": "A"},
+        },
         min_tier=None,
     )
     assert tier == "gvisor"  # agent code is untrusted even with no policy floor
     assert result["isError"] is False
     sc = result["structuredContent"]
-    assert sc["stdout"] == "AB\n" and sc["exit_code"] == 0 and sc["tier"] == "gvisor" and sc["killed"] == "none"
+    assert (
+        sc["stdout"] == "AB\n" and sc["exit_code"] == 0 and sc["tier"] == "gvisor" and sc["killed"] == "none"
+    )
     jsonschema.validate(sc, SandboxTools(Config(), manager).list_tools()[0]["outputSchema"])
     assert result["content"][0]["type"] == "text" and "AB" in result["content"][0]["text"]
 
@@ -112,8 +123,9 @@ async def test_a_run_is_a_span_of_the_requests_trace(manager: SandboxManager) ->
     try:
         cfg = Config.model_validate({"security": {"default_sandbox_tier": "bwrap"}})
         with telemetry.tracer().start_as_current_span("request") as root:
-            _, tier = await SandboxTools(cfg, manager).call("run_shell", {"command": "exit 3"}, min_tier=None,
-                                                             principal_kind="user")
+            _, tier = await SandboxTools(cfg, manager).call(
+                "run_shell", {"command": "exit 3"}, min_tier=None, principal_kind="user"
+            )
     finally:
         telemetry.install().remove(proc)
     [span] = [s for s in memory.get_finished_spans() if s.name == "sandbox run_shell"]

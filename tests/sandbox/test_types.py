@@ -10,7 +10,9 @@ from gateway.sandbox import Limits, SandboxRequest
 from gateway.sandbox.types import MAX_CODE_BYTES
 
 
-@pytest.mark.parametrize("name", ["../etc/passwd", "/abs", "a/../../b", "", "a//b", "./x", "x/.", "bad\nname", "trailing\n"])
+@pytest.mark.parametrize(
+    "name", ["../etc/passwd", "/abs", "a/../../b", "", "a//b", "./x", "x/.", "bad\nname", "trailing\n"]
+)
 def test_unsafe_input_file_names_rejected(name: str) -> None:
     with pytest.raises(ArgumentsInvalid):
         SandboxRequest(code="pass", files={name: b"x"})
@@ -30,4 +32,9 @@ def test_exactly_one_of_command_or_code() -> None:
 def test_limits_from_config_with_overrides() -> None:
     cfg = Config.model_validate({"sandbox": {"memory_mb": 512, "pids": 99, "timeout_s": 3.0}})
     lim = Limits.from_config(cfg.sandbox, timeout_s=1.5, pids=None)
-    assert (lim.memory_mb, lim.pids, lim.timeout_s, lim.output_bytes) == (512, 99, 1.5, cfg.sandbox.output_bytes)
+    assert (lim.memory_mb, lim.pids, lim.timeout_s, lim.output_bytes) == (
+        512,
+        99,
+        1.5,
+        cfg.sandbox.output_bytes,
+    )

@@ -55,8 +55,14 @@ class Reference:
         self.python = python
 
     def run(self, ops: list[dict[str, Any]]) -> list[Any]:
-        out = subprocess.run([str(self.python), "-I", str(REF_TOOL)], input=json.dumps(ops), capture_output=True,
-                             text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [str(self.python), "-I", str(REF_TOOL)],
+            input=json.dumps(ops),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         results = json.loads(out.stdout)
         for op, res in zip(ops, results, strict=True):
             assert res["ok"], f"reference failed on {op['op']}: {res.get('error')}"
@@ -68,16 +74,26 @@ class Reference:
 
 def _pypi_reachable() -> tuple[bool, str]:
     with tempfile.TemporaryDirectory() as d:
-        p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", d, "schemapin==1.3.0"],
-                           capture_output=True, text=True, timeout=180, check=False)
+        p = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", d, "schemapin==1.3.0"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
     return p.returncode == 0, (p.stderr or p.stdout)[-500:]
 
 
 @pytest.fixture(scope="session")
 def ref() -> Reference:
     """The reference venv, created by scripts/schemapin-reference.sh if it is missing."""
-    p = subprocess.run([str(ROOT / "scripts" / "schemapin-reference.sh"), str(REF_VENV)], capture_output=True,
-                       text=True, timeout=600, check=False)
+    p = subprocess.run(
+        [str(ROOT / "scripts" / "schemapin-reference.sh"), str(REF_VENV)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     if p.returncode != 0:
         reachable, why = _pypi_reachable()
         if not reachable:

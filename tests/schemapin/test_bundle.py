@@ -17,20 +17,26 @@ from .conftest import load_tool
 DOMAIN = "acme.example"
 
 
-def make_bundle(key: ec.EllipticCurvePrivateKey, authority: ec.EllipticCurvePrivateKey, **kw: Any) -> dict[str, Any]:
+def make_bundle(
+    key: ec.EllipticCurvePrivateKey, authority: ec.EllipticCurvePrivateKey, **kw: Any
+) -> dict[str, Any]:
     entry = {"domain": DOMAIN, **schemapin.build_well_known(schemapin.public_key_pem(key), "Acme")}
-    return schemapin.sign_bundle({"schemapin_bundle_version": "1.2", "documents": [entry], "revocations": []},
-                                 authority, **kw)
+    return schemapin.sign_bundle(
+        {"schemapin_bundle_version": "1.2", "documents": [entry], "revocations": []}, authority, **kw
+    )
 
 
 def test_bundle_from_allowed_authority(key: ec.EllipticCurvePrivateKey) -> None:
     auth = schemapin.generate_private_key()
-    b = TrustBundle.load(json.dumps(make_bundle(key, auth)), trusted_authorities=[schemapin.fingerprint(auth).upper()
-                                                                                   .replace("SHA256", "sha256")])
+    b = TrustBundle.load(
+        json.dumps(make_bundle(key, auth)),
+        trusted_authorities=[schemapin.fingerprint(auth).upper().replace("SHA256", "sha256")],
+    )
     snap = b.snapshot("ACME.example.")
     _, tool = load_tool("create_issue")
-    r = schemapin.verify_tool(tool, schemapin.sign_tool(tool, key), domain=DOMAIN, tool_id="create_issue",
-                              key_source=snap)
+    r = schemapin.verify_tool(
+        tool, schemapin.sign_tool(tool, key), domain=DOMAIN, tool_id="create_issue", key_source=snap
+    )
     assert r.key_fingerprint == schemapin.fingerprint(key)
     with pytest.raises(schemapin.DiscoveryFailed):
         b.snapshot("unknown.example")
@@ -46,8 +52,9 @@ def test_attack_bundle_from_unlisted_authority(key: ec.EllipticCurvePrivateKey) 
         TrustBundle.load(make_bundle(key, good), trusted_authorities=[])
 
 
-def test_attack_bundle_tampered_after_signing(key: ec.EllipticCurvePrivateKey,
-                                             other_key: ec.EllipticCurvePrivateKey) -> None:
+def test_attack_bundle_tampered_after_signing(
+    key: ec.EllipticCurvePrivateKey, other_key: ec.EllipticCurvePrivateKey
+) -> None:
     auth = schemapin.generate_private_key()
     b = make_bundle(key, auth)
     b["documents"][0]["public_key_pem"] = schemapin.public_key_pem(other_key)
@@ -75,15 +82,25 @@ def test_expired_bundle(key: ec.EllipticCurvePrivateKey) -> None:
 def test_bundle_revocations_apply(key: ec.EllipticCurvePrivateKey) -> None:
     auth = schemapin.generate_private_key()
     entry = {"domain": DOMAIN, **schemapin.build_well_known(schemapin.public_key_pem(key), "Acme")}
-    rev = {"schemapin_version": "1.2", "domain": DOMAIN, "updated_at": "2026-01-01T00:00:00Z",
-           "revoked_keys": [{"fingerprint": schemapin.fingerprint(key), "revoked_at": "2026-01-01T00:00:00Z",
-                             "reason": "key_compromise"}]}
+    rev = {
+        "schemapin_version": "1.2",
+        "domain": DOMAIN,
+        "updated_at": "2026-01-01T00:00:00Z",
+        "revoked_keys": [
+            {
+                "fingerprint": schemapin.fingerprint(key),
+                "revoked_at": "2026-01-01T00:00:00Z",
+                "reason": "key_compromise",
+            }
+        ],
+    }
     b = schemapin.sign_bundle({"documents": [entry], "revocations": [rev]}, auth)
     snap = TrustBundle.load(b, trusted_authorities=[schemapin.fingerprint(auth)]).snapshot(DOMAIN)
     _, tool = load_tool("create_issue")
     with pytest.raises(schemapin.KeyRevoked):
-        schemapin.verify_tool(tool, schemapin.sign_tool(tool, key), domain=DOMAIN, tool_id="create_issue",
-                              key_source=snap)
+        schemapin.verify_tool(
+            tool, schemapin.sign_tool(tool, key), domain=DOMAIN, tool_id="create_issue", key_source=snap
+        )
 
 
 def test_bundle_with_duplicate_keys_refused(key: ec.EllipticCurvePrivateKey) -> None:

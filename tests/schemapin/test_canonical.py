@@ -66,8 +66,18 @@ def test_parse_rejects(text: str, err: type[Exception]) -> None:
 
 
 def test_error_codes_are_distinct_and_stable() -> None:
-    codes = {c.code for c in (DuplicateKey, NonFiniteNumber, LoneSurrogate, DocumentTooDeep, DocumentTooLarge,
-                              InvalidJSON, UnsupportedValue)}
+    codes = {
+        c.code
+        for c in (
+            DuplicateKey,
+            NonFiniteNumber,
+            LoneSurrogate,
+            DocumentTooDeep,
+            DocumentTooLarge,
+            InvalidJSON,
+            UnsupportedValue,
+        )
+    }
     assert len(codes) == 7
     assert schemapin.CanonicalizationFailed.code == "schema_canonicalization_failed"
     assert DuplicateKey.reference_code == "schema_canonicalization_failed"
@@ -86,14 +96,17 @@ def test_invalid_utf8_bytes() -> None:
         schemapin.parse_json(b'{"a":"\xff"}')
 
 
-@pytest.mark.parametrize("value,err", [
-    ({"a": float("nan")}, NonFiniteNumber),
-    ({"a": float("inf")}, NonFiniteNumber),
-    ({"a": "\ud800"}, LoneSurrogate),
-    ({1: "x"}, UnsupportedValue),
-    ({"a": {1, 2}}, UnsupportedValue),
-    ({"a": b"bytes"}, UnsupportedValue),
-])
+@pytest.mark.parametrize(
+    "value,err",
+    [
+        ({"a": float("nan")}, NonFiniteNumber),
+        ({"a": float("inf")}, NonFiniteNumber),
+        ({"a": "\ud800"}, LoneSurrogate),
+        ({1: "x"}, UnsupportedValue),
+        ({"a": {1, 2}}, UnsupportedValue),
+        ({"a": b"bytes"}, UnsupportedValue),
+    ],
+)
 def test_canonicalize_rejects_non_json_objects(value: object, err: type[Exception]) -> None:
     with pytest.raises(err):
         schemapin.canonicalize(value)

@@ -20,8 +20,15 @@ TOOL = ASSETS / "tools" / "create_issue.json"
 def symbi(*argv: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
     e.update(env or {})
-    return subprocess.run([PY, "-m", "gateway", "schemapin", *map(str, argv)], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT, env=e, check=False)
+    return subprocess.run(
+        [PY, "-m", "gateway", "schemapin", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=e,
+        check=False,
+    )
 
 
 def keygen(d: Path) -> tuple[Path, Path, str]:
@@ -85,7 +92,10 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert symbi("verify", tmp_path / "missing.json").returncode == 2  # no key source
     _, pub, _ = keygen(tmp_path / "k")
     assert symbi("verify", "--public-key", pub, tmp_path / "missing.json").returncode == 2
-    assert symbi("pins", "show", "--pins", tmp_path / "p.db", "--domain", "a.example", "--tool", "t").returncode == 2
+    assert (
+        symbi("pins", "show", "--pins", tmp_path / "p.db", "--domain", "a.example", "--tool", "t").returncode
+        == 2
+    )
 
 
 def test_wellknown_and_domain_discovery_file_with_pins(tmp_path: Path) -> None:
@@ -97,8 +107,17 @@ def test_wellknown_and_domain_discovery_file_with_pins(tmp_path: Path) -> None:
     (tmp_path / "wk.json").write_text(r.stdout, encoding="utf-8")
     sign(priv, TOOL, tmp_path / "env.json")
     pins = tmp_path / "pins.db"
-    args = ("verify", "--domain", "acme.example", "--discovery", tmp_path / "wk.json", "--pins", pins,
-            tmp_path / "env.json", "--json")
+    args = (
+        "verify",
+        "--domain",
+        "acme.example",
+        "--discovery",
+        tmp_path / "wk.json",
+        "--pins",
+        pins,
+        tmp_path / "env.json",
+        "--json",
+    )
     r1, r2 = symbi(*args), symbi(*args)
     assert (r1.returncode, r2.returncode) == (0, 0), r1.stdout + r1.stderr
     assert json.loads(r1.stdout)["status"] == "first_use" and json.loads(r2.stdout)["status"] == "pinned"
@@ -107,20 +126,48 @@ def test_wellknown_and_domain_discovery_file_with_pins(tmp_path: Path) -> None:
     priv2, pub2, fp2 = keygen(tmp_path / "k2")
     (tmp_path / "wk2.json").write_text(symbi("wellknown", "--public-key", pub2, "--developer", "Acme").stdout)
     sign(priv2, TOOL, tmp_path / "env2.json")
-    args2 = ("verify", "--domain", "acme.example", "--discovery", tmp_path / "wk2.json", "--pins", pins,
-             tmp_path / "env2.json", "--json")
+    args2 = (
+        "verify",
+        "--domain",
+        "acme.example",
+        "--discovery",
+        tmp_path / "wk2.json",
+        "--pins",
+        pins,
+        tmp_path / "env2.json",
+        "--json",
+    )
     r = symbi(*args2)
     assert r.returncode == 1 and json.loads(r.stdout)["error_code"] == "key_pin_mismatch"
     listed = json.loads(symbi("pins", "list", "--pins", pins, "--json").stdout)
     assert listed[0]["key_fingerprint"] == fp and listed[0]["pending_fingerprint"] == fp2
-    r = symbi("pins", "approve", "--pins", pins, "--domain", "acme.example", "--tool", "create_issue",
-              "--actor", "sec", "--json")
+    r = symbi(
+        "pins",
+        "approve",
+        "--pins",
+        pins,
+        "--domain",
+        "acme.example",
+        "--tool",
+        "create_issue",
+        "--actor",
+        "sec",
+        "--json",
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["key_fingerprint"] == fp2
     assert symbi(*args2).returncode == 0
-    shown = json.loads(symbi("pins", "show", "--pins", pins, "--domain", "acme.example", "--tool",
-                             "create_issue", "--json").stdout)
+    shown = json.loads(
+        symbi(
+            "pins", "show", "--pins", pins, "--domain", "acme.example", "--tool", "create_issue", "--json"
+        ).stdout
+    )
     assert [h["action"] for h in shown["history"]] == ["pin_first_use", "pending_key_changed", "approve"]
-    assert symbi("pins", "remove", "--pins", pins, "--domain", "acme.example", "--tool", "create_issue").returncode == 0
+    assert (
+        symbi(
+            "pins", "remove", "--pins", pins, "--domain", "acme.example", "--tool", "create_issue"
+        ).returncode
+        == 0
+    )
     assert json.loads(symbi("pins", "list", "--pins", pins, "--json").stdout) == []
 
 
@@ -134,10 +181,14 @@ def test_pins_default_path_from_config(tmp_path: Path) -> None:
 
 def test_verify_against_https_discovery_url(tmp_path: Path, https_server: HttpsServer) -> None:
     priv, pub, _ = keygen(tmp_path / "k")
-    https_server.serve_json("/.well-known/schemapin.json",
-                            json.loads(symbi("wellknown", "--public-key", pub, "--developer", "Acme").stdout))
+    https_server.serve_json(
+        "/.well-known/schemapin.json",
+        json.loads(symbi("wellknown", "--public-key", pub, "--developer", "Acme").stdout),
+    )
     sign(priv, TOOL, tmp_path / "env.json")
-    r = symbi("verify", "--domain", https_server.domain, "--ca-file", https_server.ca_path, tmp_path / "env.json")
+    r = symbi(
+        "verify", "--domain", https_server.domain, "--ca-file", https_server.ca_path, tmp_path / "env.json"
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("VALID")
     # Without the test CA the TLS handshake fails: invalid, never a fallback.

@@ -25,7 +25,9 @@ def test_pem_formats_and_fingerprint(key: ec.EllipticCurvePrivateKey) -> None:
     pub = schemapin.public_key_pem(key)
     assert priv.startswith("-----BEGIN PRIVATE KEY-----\n")
     assert pub.startswith("-----BEGIN PUBLIC KEY-----\n") and pub.endswith("-----END PUBLIC KEY-----\n")
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     assert len(der) == 91
     fp = schemapin.fingerprint(schemapin.load_public_key_pem(pub))
     assert fp == "sha256:" + hashlib.sha256(der).hexdigest()
@@ -96,16 +98,21 @@ def test_we_always_sign_low_s(key: ec.EllipticCurvePrivateKey) -> None:
         assert decode_dss_signature(base64.b64decode(sig))[1] <= P256_ORDER // 2
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda s: s[:10] + "!" + s[10:],      # junk character (reference drops it: probe B7)
-    lambda s: s[:10] + "\n" + s[10:],     # whitespace inside
-    lambda s: s + "\n",                   # trailing newline
-    lambda s: s.rstrip("=") if s.endswith("=") else s + "=",  # bad padding
-    lambda s: s.replace("+", "-").replace("/", "_") if ("+" in s or "/" in s) else "-" + s[1:],  # urlsafe alphabet
-    lambda s: "",
-    lambda s: "A" * 300,
-    lambda s: base64.b64encode(b"\x30\x03\x02\x01\x01").decode(),  # truncated DER
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda s: s[:10] + "!" + s[10:],  # junk character (reference drops it: probe B7)
+        lambda s: s[:10] + "\n" + s[10:],  # whitespace inside
+        lambda s: s + "\n",  # trailing newline
+        lambda s: s.rstrip("=") if s.endswith("=") else s + "=",  # bad padding
+        lambda s: (
+            s.replace("+", "-").replace("/", "_") if ("+" in s or "/" in s) else "-" + s[1:]
+        ),  # urlsafe alphabet
+        lambda s: "",
+        lambda s: "A" * 300,
+        lambda s: base64.b64encode(b"\x30\x03\x02\x01\x01").decode(),  # truncated DER
+    ],
+)
 def test_attack_junk_base64_rejected(key: ec.EllipticCurvePrivateKey, mangle: object) -> None:
     sig = schemapin.sign_tool(TOOL, key)
     bad = mangle(sig)  # type: ignore[operator]
@@ -128,10 +135,14 @@ def test_non_minimal_der_rejected(key: ec.EllipticCurvePrivateKey) -> None:
 def test_attack_p384_key_rejected() -> None:
     """The reference accepts a P-384 key (probe B2); SchemaPin is P-256 only."""
     k384 = ec.generate_private_key(ec.SECP384R1())
-    pub_pem = k384.public_key().public_bytes(serialization.Encoding.PEM,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    priv_pem = k384.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()).decode()
+    pub_pem = (
+        k384.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    priv_pem = k384.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     with pytest.raises(schemapin.UnsupportedKey) as e:
         schemapin.load_public_key_pem(pub_pem)
     assert e.value.code == "key_unsupported" and isinstance(e.value, schemapin.KeyNotFound)
@@ -142,8 +153,12 @@ def test_attack_p384_key_rejected() -> None:
 
 
 def test_ed25519_key_rejected() -> None:
-    pem = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pem = (
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     with pytest.raises(schemapin.UnsupportedKey):
         schemapin.load_public_key_pem(pem)
 

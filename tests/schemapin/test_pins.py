@@ -26,7 +26,10 @@ def test_file_mode_0600(tmp_path: Path) -> None:
 
 def test_persistence_and_normalised_domain(tmp_path: Path) -> None:
     with PinStore(tmp_path / "p.db") as s:
-        assert s.check_and_pin("Bücher.Example.", "t", FP_A.upper().replace("SHA256", "sha256"), H1)[0] is PinStatus.FIRST_USE
+        assert (
+            s.check_and_pin("Bücher.Example.", "t", FP_A.upper().replace("SHA256", "sha256"), H1)[0]
+            is PinStatus.FIRST_USE
+        )
     with PinStore(tmp_path / "p.db") as s:
         status, pin = s.check_and_pin("xn--bcher-kva.example", "t", FP_A, H1)
         assert status is PinStatus.PINNED

@@ -36,9 +36,15 @@ def publish(server: HttpsServer, key: ec.EllipticCurvePrivateKey, **extra: Any) 
 
 
 def rev_doc(domain: str, *fps: str) -> dict[str, Any]:
-    return {"schemapin_version": "1.2", "domain": domain, "updated_at": "2026-01-01T00:00:00+00:00",
-            "revoked_keys": [{"fingerprint": fp, "revoked_at": "2026-01-01T00:00:00+00:00", "reason": "key_compromise"}
-                             for fp in fps]}
+    return {
+        "schemapin_version": "1.2",
+        "domain": domain,
+        "updated_at": "2026-01-01T00:00:00+00:00",
+        "revoked_keys": [
+            {"fingerprint": fp, "revoked_at": "2026-01-01T00:00:00+00:00", "reason": "key_compromise"}
+            for fp in fps
+        ],
+    }
 
 
 def test_resolve_and_cache(https_server: HttpsServer, key: ec.EllipticCurvePrivateKey) -> None:
@@ -52,8 +58,9 @@ def test_resolve_and_cache(https_server: HttpsServer, key: ec.EllipticCurvePriva
     assert a.fingerprint == schemapin.fingerprint(key) and a.developer_name == "Acme"
     assert a is b and https_server.hits.count(WK) == 1
     _, tool = load_tool("create_issue")
-    res = schemapin.verify_tool(tool, schemapin.sign_tool(tool, key), domain=https_server.domain,
-                                tool_id="create_issue", key_source=a)
+    res = schemapin.verify_tool(
+        tool, schemapin.sign_tool(tool, key), domain=https_server.domain, tool_id="create_issue", key_source=a
+    )
     assert res.revocation == "checked"
 
 
@@ -82,12 +89,18 @@ def test_attack_revoked_key_via_endpoint(https_server: HttpsServer, key: ec.Elli
     snap = resolve(resolver(https_server), https_server.domain)
     _, tool = load_tool("create_issue")
     with pytest.raises(schemapin.KeyRevoked):
-        schemapin.verify_tool(tool, schemapin.sign_tool(tool, key), domain=https_server.domain,
-                              tool_id="create_issue", key_source=snap)
+        schemapin.verify_tool(
+            tool,
+            schemapin.sign_tool(tool, key),
+            domain=https_server.domain,
+            tool_id="create_issue",
+            key_source=snap,
+        )
 
 
-def test_attack_revocation_endpoint_unreachable_strict(https_server: HttpsServer,
-                                                       key: ec.EllipticCurvePrivateKey) -> None:
+def test_attack_revocation_endpoint_unreachable_strict(
+    https_server: HttpsServer, key: ec.EllipticCurvePrivateKey
+) -> None:
     """The reference treats an unreachable endpoint as 'not revoked' (probe B6); strict refuses."""
     publish(https_server, key, revocation_endpoint=https_server.url(REV))
     https_server.routes[REV] = Route(status=0)  # the server drops the connection
@@ -96,16 +109,21 @@ def test_attack_revocation_endpoint_unreachable_strict(https_server: HttpsServer
     _, tool = load_tool("create_issue")
     sig = schemapin.sign_tool(tool, key)
     with pytest.raises(schemapin.RevocationUnavailable):
-        schemapin.verify_tool(tool, sig, domain=https_server.domain, tool_id="create_issue", key_source=snap,
-                              mode="strict")
+        schemapin.verify_tool(
+            tool, sig, domain=https_server.domain, tool_id="create_issue", key_source=snap, mode="strict"
+        )
     # A 404 is no better than a dropped connection.
     del https_server.routes[REV]
     snap404 = resolve(resolver(https_server), https_server.domain)
     with pytest.raises(schemapin.RevocationUnavailable):
-        schemapin.verify_tool(tool, sig, domain=https_server.domain, tool_id="create_issue", key_source=snap404)
+        schemapin.verify_tool(
+            tool, sig, domain=https_server.domain, tool_id="create_issue", key_source=snap404
+        )
 
 
-def test_unavailable_revocation_is_not_cached(https_server: HttpsServer, key: ec.EllipticCurvePrivateKey) -> None:
+def test_unavailable_revocation_is_not_cached(
+    https_server: HttpsServer, key: ec.EllipticCurvePrivateKey
+) -> None:
     publish(https_server, key, revocation_endpoint=https_server.url(REV))
     r = resolver(https_server, ttl=600)
     assert resolve(r, https_server.domain).revocation == "unavailable"
@@ -113,15 +131,21 @@ def test_unavailable_revocation_is_not_cached(https_server: HttpsServer, key: ec
     assert resolve(r, https_server.domain).revocation == "checked"
 
 
-def test_revocation_endpoint_on_other_origin_refused(https_server: HttpsServer,
-                                                     key: ec.EllipticCurvePrivateKey) -> None:
+def test_revocation_endpoint_on_other_origin_refused(
+    https_server: HttpsServer, key: ec.EllipticCurvePrivateKey
+) -> None:
     publish(https_server, key, revocation_endpoint="https://127.0.0.2:1/rev.json")
     snap = resolve(resolver(https_server), https_server.domain)
     assert snap.revocation == "unavailable"
     _, tool = load_tool("create_issue")
     with pytest.raises(schemapin.RevocationUnavailable):
-        schemapin.verify_tool(tool, schemapin.sign_tool(tool, key), domain=https_server.domain,
-                              tool_id="create_issue", key_source=snap)
+        schemapin.verify_tool(
+            tool,
+            schemapin.sign_tool(tool, key),
+            domain=https_server.domain,
+            tool_id="create_issue",
+            key_source=snap,
+        )
 
 
 def test_untrusted_certificate_fails(https_server: HttpsServer, key: ec.EllipticCurvePrivateKey) -> None:
@@ -166,7 +190,9 @@ def test_domain_normalisation() -> None:
             schemapin.normalize_domain(bad)
 
 
-def test_plain_http_only_with_logged_flag(key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture) -> None:
+def test_plain_http_only_with_logged_flag(
+    key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
     """Plain HTTP on loopback (stand-in for a remote host), allowed only by the explicit flag."""
     import threading
     from http.server import ThreadingHTTPServer
@@ -174,7 +200,9 @@ def test_plain_http_only_with_logged_flag(key: ec.EllipticCurvePrivateKey, caplo
     from .conftest import _handler
 
     routes: dict[str, Route] = {}
-    routes[WK] = Route(body=json.dumps(schemapin.build_well_known(schemapin.public_key_pem(key), "A")).encode())
+    routes[WK] = Route(
+        body=json.dumps(schemapin.build_well_known(schemapin.public_key_pem(key), "A")).encode()
+    )
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes, []))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     domain = f"127.0.0.1:{httpd.server_address[1]}"
@@ -190,7 +218,9 @@ def test_plain_http_only_with_logged_flag(key: ec.EllipticCurvePrivateKey, caplo
         httpd.server_close()
 
 
-def test_oversized_body_without_content_length(https_server: HttpsServer, key: ec.EllipticCurvePrivateKey) -> None:
+def test_oversized_body_without_content_length(
+    https_server: HttpsServer, key: ec.EllipticCurvePrivateKey
+) -> None:
     """The cap holds while streaming, when the server does not declare a length."""
     doc = schemapin.build_well_known(schemapin.public_key_pem(key), "A")
     doc["padding"] = "x" * 300_000

@@ -18,8 +18,9 @@ def skill(tmp_path: Path) -> Path:
     return d
 
 
-def test_sign_verify_and_attacks(tmp_path: Path, key: ec.EllipticCurvePrivateKey,
-                                 other_key: ec.EllipticCurvePrivateKey) -> None:
+def test_sign_verify_and_attacks(
+    tmp_path: Path, key: ec.EllipticCurvePrivateKey, other_key: ec.EllipticCurvePrivateKey
+) -> None:
     d = skill(tmp_path)
     schemapin.sign_skill(d, key, domain="Acme.Example")
     snap = schemapin.KeySnapshot.from_public_key(key.public_key())
@@ -35,7 +36,9 @@ def test_sign_verify_and_attacks(tmp_path: Path, key: ec.EllipticCurvePrivateKey
 
 def test_missing_signature_file(tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     with pytest.raises(schemapin.SkillInvalid):
-        schemapin.verify_skill(skill(tmp_path), key_source=schemapin.KeySnapshot.from_public_key(key.public_key()))
+        schemapin.verify_skill(
+            skill(tmp_path), key_source=schemapin.KeySnapshot.from_public_key(key.public_key())
+        )
 
 
 def test_empty_skill_cannot_be_signed(tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:

@@ -15,8 +15,9 @@ from tests.conftest import ROOT, SYMBI
 def gateway_params(config: Path, **env: str) -> StdioServerParameters:
     # The SDK passes only a short allow-list of the environment to the child: name this
     # tree explicitly, so the gateway under test is this checkout's code (not an installed copy).
-    return StdioServerParameters(command=str(SYMBI), args=["mcp", "--config", str(config)],
-                                 env={"PYTHONPATH": str(ROOT), **env})
+    return StdioServerParameters(
+        command=str(SYMBI), args=["mcp", "--config", str(config)], env={"PYTHONPATH": str(ROOT), **env}
+    )
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,9 @@ def serve(config: Path, *, ready_path: str = "/readyz", timeout: float = 60.0) -
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"symbi serve exited {proc.returncode}: {(config.parent / log.name).read_text()}")
+                raise RuntimeError(
+                    f"symbi serve exited {proc.returncode}: {(config.parent / log.name).read_text()}"
+                )
             try:
                 if httpx.get(base + ready_path, timeout=2).status_code == 200:
                     break

@@ -21,10 +21,12 @@ pytestmark = pytest.mark.anyio
 
 DATA = {
     "symbi_data": {
-        "principals": {"stdio": {  # these tests run over stdio
-            "reader": {"roles": [], "tools": ["everything__echo"]},
-            "ops": {"roles": [], "tools": ["everything__echo"], "log_levels": ["everything"]},
-        }},
+        "principals": {
+            "stdio": {  # these tests run over stdio
+                "reader": {"roles": [], "tools": ["everything__echo"]},
+                "ops": {"roles": [], "tools": ["everything__echo"], "log_levels": ["everything"]},
+            }
+        },
         "roles": {},
         "upstreams": {"everything": {"allow_unverified": True}, "twin": {"allow_unverified": True}},
     }
@@ -35,12 +37,16 @@ def config(tmp_path: Path, principal: str, *, twin: bool = False) -> Path:
     require_peers()
     data = tmp_path / "policy-data.json"
     data.write_text(json.dumps(DATA))
-    twin_section = f"""
+    twin_section = (
+        f"""
         [servers.twin]
         command = "node"
         args = ["{EVERYTHING_JS}", "stdio"]
         verification = "warn"
-        """ if twin else ""
+        """
+        if twin
+        else ""
+    )
     return write_config(
         tmp_path,
         f"""
@@ -55,7 +61,8 @@ def config(tmp_path: Path, principal: str, *, twin: bool = False) -> Path:
         command = "node"
         args = ["{EVERYTHING_JS}", "stdio"]
         verification = "warn"
-        """ + twin_section,
+        """
+        + twin_section,
         name=f"{principal}.toml",
     )
 
@@ -72,8 +79,10 @@ async def test_denied_completion_subscription_and_unknown_names_are_audited(tmp_
     cfg = config(tmp_path, "reader")
     async with stdio_session(cfg) as s:
         with pytest.raises(MCPError):
-            await s.complete(types.PromptReference(type="ref/prompt", name="everything__completable-prompt"),
-                             {"name": "department", "value": "E"})
+            await s.complete(
+                types.PromptReference(type="ref/prompt", name="everything__completable-prompt"),
+                {"name": "department", "value": "E"},
+            )
         with pytest.raises(MCPError):
             await s.subscribe_resource("demo://resource/static/document/architecture.md")
         with pytest.raises(MCPError):
@@ -85,7 +94,10 @@ async def test_denied_completion_subscription_and_unknown_names_are_audited(tmp_
     assert ("resources/subscribe", "demo://resource/static/document/architecture.md") in denied
     assert all(e.principal == "reader" for e in events(cfg, "request.denied"))
     refused = {(e.details["method"], e.details["target"]) for e in events(cfg, "request.refused")}
-    assert {("prompts/get", "everything__no-such-prompt"), ("resources/read", "demo://nowhere/at/all")} <= refused
+    assert {
+        ("prompts/get", "everything__no-such-prompt"),
+        ("resources/read", "demo://nowhere/at/all"),
+    } <= refused
 
 
 async def test_set_level_is_decided_by_the_policy_and_audited(tmp_path: Path) -> None:
@@ -93,12 +105,18 @@ async def test_set_level_is_decided_by_the_policy_and_audited(tmp_path: Path) ->
     async with stdio_session(reader) as s:
         await s.set_logging_level("debug")  # answered (clients send it on connect), applied to nothing
     (rec,) = events(reader, "logging.set_level")
-    assert rec.principal == "reader" and rec.details["denied"] == ["everything"] and rec.details["applied"] == []
+    assert (
+        rec.principal == "reader" and rec.details["denied"] == ["everything"] and rec.details["applied"] == []
+    )
 
     async with stdio_session(ops) as s:
         await s.set_logging_level("debug")
     last = events(ops, "logging.set_level")[-1]
-    assert last.principal == "ops" and last.details["applied"] == ["everything"] and last.details["level"] == "debug"
+    assert (
+        last.principal == "ops"
+        and last.details["applied"] == ["everything"]
+        and last.details["level"] == "debug"
+    )
 
 
 async def test_catalogue_refusals_are_audited(tmp_path: Path) -> None:

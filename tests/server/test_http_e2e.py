@@ -49,7 +49,9 @@ async def test_http_relays_progress(tmp_path: Path) -> None:
     with serve(cfg) as base:
         async with Client(base + "/mcp", mode="legacy") as c:
             r = await c.call_tool(
-                "everything__trigger-long-running-operation", {"duration": 0.4, "steps": 2}, progress_callback=on_progress
+                "everything__trigger-long-running-operation",
+                {"duration": 0.4, "steps": 2},
+                progress_callback=on_progress,
             )
             assert not r.is_error
     assert seen == [1, 2]

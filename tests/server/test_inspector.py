@@ -36,7 +36,14 @@ def test_inspector_lists_tools(tmp_path: Path) -> None:
 
 def test_inspector_calls_a_tool(tmp_path: Path) -> None:
     out = inspect(
-        peers_config(tmp_path), "--method", "tools/call", "--tool-name", "everything__get-sum", "--tool-arg", "a=2", "b=3"
+        peers_config(tmp_path),
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "everything__get-sum",
+        "--tool-arg",
+        "a=2",
+        "b=3",
     )
     assert out["isError"] is False
     assert "5" in out["content"][0]["text"]

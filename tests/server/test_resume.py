@@ -62,8 +62,12 @@ def test_only_the_streams_own_session_and_principal_resume_it() -> None:
         await store.store_event("2", _msg(1))  # the same stream name in carol's session
         STREAM_OWNER.set(BOB)
         await store.store_event("2", _msg(2))
-        for other in (StreamOwner("carol", "session-2"), StreamOwner("carol", "session-1"),
-                      StreamOwner("bob", "session-3"), None):
+        for other in (
+            StreamOwner("carol", "session-2"),
+            StreamOwner("carol", "session-1"),
+            StreamOwner("bob", "session-3"),
+            None,
+        ):
             STREAM_OWNER.set(other)
             assert await store.replay_events_after(first, _never) is None
         STREAM_OWNER.set(BOB)

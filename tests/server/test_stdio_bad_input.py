@@ -63,21 +63,41 @@ def test_malformed_unknown_and_oversized_messages_get_errors(tmp_path: Path) -> 
                 "jsonrpc": "2.0",
                 "id": 1,
                 "method": "initialize",
-                "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"},
+                },
             }
         )
         assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
         r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
         r.send({"jsonrpc": "2.0", "id": 2, "method": "no/such/method"})
-        assert r.recv() == {"jsonrpc": "2.0", "id": 2, "error": {"code": -32601, "message": "Method not found", "data": "no/such/method"}}
+        assert r.recv() == {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "error": {"code": -32601, "message": "Method not found", "data": "no/such/method"},
+        }
 
-        big = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "mut__echo", "arguments": {"message": "x" * 100_000}}}
+        big = {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "mut__echo", "arguments": {"message": "x" * 100_000}},
+        }
         r.send(big)
         err = r.recv()
         assert err["id"] == 3 and err["error"]["code"] == -32600
 
-        r.send({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "mut__echo", "arguments": {"message": "ok"}}})
+        r.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 4,
+                "method": "tools/call",
+                "params": {"name": "mut__echo", "arguments": {"message": "ok"}},
+            }
+        )
         ok = r.recv()
         assert ok["id"] == 4 and ok["result"]["content"][0]["text"] == "Echo: ok"
     finally:

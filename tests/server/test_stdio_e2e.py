@@ -41,7 +41,14 @@ async def test_lists_and_calls_tools_of_all_three_upstreams(tmp_path: Path) -> N
         names = {t.name for t in (await s.list_tools()).tools}
         assert {"everything__echo", "fs__read_text_file", "time__get_current_time"} <= names
         assert {n.split("__")[0] for n in names} <= {
-            "everything", "fs", "time", "sandbox", "memory", "knowledge", "bus"}  # built-ins too
+            "everything",
+            "fs",
+            "time",
+            "sandbox",
+            "memory",
+            "knowledge",
+            "bus",
+        }  # built-ins too
 
         echo = await s.call_tool("everything__echo", {"message": "über ✓"})
         assert not echo.is_error and echo.content[0].text == "Echo: über ✓"  # type: ignore[union-attr]
@@ -103,7 +110,9 @@ async def test_progress_is_relayed(tmp_path: Path) -> None:
 
     async with stdio_session(cfg) as s:
         r = await s.call_tool(
-            "everything__trigger-long-running-operation", {"duration": 0.6, "steps": 3}, progress_callback=on_progress
+            "everything__trigger-long-running-operation",
+            {"duration": 0.6, "steps": 3},
+            progress_callback=on_progress,
         )
         assert not r.is_error
     assert [p for p, _ in seen] == [1, 2, 3]

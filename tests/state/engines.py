@@ -69,9 +69,21 @@ class Redis:
         _require("redis-server", "redis-server")
         self.port = self.port or free_port()  # a restart keeps the port (clients reconnect to it)
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         _wait_port(self.port, "redis-server")
 
@@ -92,8 +104,13 @@ class Postgres:
         return f"postgresql://symbi@127.0.0.1:{self.port}/postgres"
 
     def _pg(self, *args: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
 
     def start(self) -> None:
         _require(str(PG_BIN / "initdb"), "postgresql")
@@ -102,8 +119,17 @@ class Postgres:
         shutil.chown(self.folder, "postgres")
         if not (self.folder / "pg").exists():
             self._pg(str(PG_BIN / "initdb"), "-D", str(self.folder / "pg"), "-A", "trust", "-U", "symbi")
-        self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "pg"), "-l", str(self.folder / "pg.log"), "-w",
-                 "start", "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off")
+        self._pg(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.folder / "pg"),
+            "-l",
+            str(self.folder / "pg.log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._pg(str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "pg"), "-m", mode, "-w", "stop")
@@ -124,7 +150,9 @@ class HAProxy:
         _require("haproxy", "haproxy")
         self.port = self.port or free_port()
         cfg = self.folder / "haproxy.cfg"
-        servers = "\n".join(f"    server g{i} 127.0.0.1:{p} check inter 500ms" for i, p in enumerate(self.backends))
+        servers = "\n".join(
+            f"    server g{i} 127.0.0.1:{p} check inter 500ms" for i, p in enumerate(self.backends)
+        )
         # The shipped deploy/haproxy.cfg has the same frontend/backend: round robin, and a
         # handshake-era session (Mcp-Session-Id) stays on the replica that made it.
         cfg.write_text(f"""global
@@ -167,14 +195,20 @@ def replica(config: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``symbi serve`` (as tests/server/_http.serve) with its process, for the kill -9 test."""
     port = free_port()
     with open(config.parent / f"serve-{port}.log", "w") as log:
-        proc = subprocess.Popen([str(SYMBI), "serve", "--config", str(config), "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=symbi_env())
+        proc = subprocess.Popen(
+            [str(SYMBI), "serve", "--config", str(config), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=symbi_env(),
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 90
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"symbi serve exited {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"symbi serve exited {proc.returncode}: {Path(log.name).read_text()[-2000:]}"
+                    )
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(base + "/readyz", timeout=2).status_code == 200:
                         break

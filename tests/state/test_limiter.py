@@ -95,12 +95,14 @@ def _config(tmp_path: Path, redis_url: str, name: str, **over: object) -> Path:
     data["symbi_data"]["tool_rate_limits"] = {"mut__echo": 3}
     data["symbi_data"].update(over)
     (tmp_path / "data.json").write_text(json.dumps(data))
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         [gateway]
         data_dir = "{tmp_path / name}"
         [policy]
-        path = "{ROOT / 'policies.rego'}"
-        data = "{tmp_path / 'data.json'}"
+        path = "{ROOT / "policies.rego"}"
+        data = "{tmp_path / "data.json"}"
         [sandbox]
         code_tools = false
         [context]
@@ -115,7 +117,9 @@ def _config(tmp_path: Path, redis_url: str, name: str, **over: object) -> Path:
         args = ["{MUTABLE}"]
         verification = "warn"
         env = {{ RECORD_FILE = "{record}" }}
-        """, name=f"{name}.toml")
+        """,
+        name=f"{name}.toml",
+    )
 
 
 @pytest.mark.slow  # two gateway processes (a few seconds each on a loaded machine)
@@ -128,14 +132,32 @@ async def test_two_gateway_processes_share_one_limit(tmp_path: Path, redis_engin
 
 
 @pytest.mark.slow
-async def test_an_hourly_cap_in_the_policy_holds_across_processes(tmp_path: Path, redis_engine: Redis) -> None:
+async def test_an_hourly_cap_in_the_policy_holds_across_processes(
+    tmp_path: Path, redis_engine: Redis
+) -> None:
     # the policy reads calls_last_hour; shared on Redis, two processes together meet the cap
-    a = _config(tmp_path, redis_engine.url, "ha", default_max_calls_per_hour=3, principals={"cap": {"roles": ["tester"]}})
-    b = _config(tmp_path, redis_engine.url, "hb", default_max_calls_per_hour=3, principals={"cap": {"roles": ["tester"]}})
+    a = _config(
+        tmp_path,
+        redis_engine.url,
+        "ha",
+        default_max_calls_per_hour=3,
+        principals={"cap": {"roles": ["tester"]}},
+    )
+    b = _config(
+        tmp_path,
+        redis_engine.url,
+        "hb",
+        default_max_calls_per_hour=3,
+        principals={"cap": {"roles": ["tester"]}},
+    )
     for path in (a, b):
-        path.write_text(path.read_text().replace("[policy]", '[gateway.stdio_principal]\nid = "cap"\n[policy]', 1))
+        path.write_text(
+            path.read_text().replace("[policy]", '[gateway.stdio_principal]\nid = "cap"\n[policy]', 1)
+        )
     async with stdio_session(a) as sa, stdio_session(b) as sb:
-        results = [await (sa if i % 2 else sb).call_tool("mut__read_path", {"path": f"/tmp/{i}"}) for i in range(5)]
+        results = [
+            await (sa if i % 2 else sb).call_tool("mut__read_path", {"path": f"/tmp/{i}"}) for i in range(5)
+        ]
     codes = [(r.meta or {}).get("symbi/error", {}).get("code") for r in results]
     assert codes == [None, None, None, "policy_denied", "policy_denied"]
 

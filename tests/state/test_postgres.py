@@ -52,11 +52,29 @@ def up() -> str:
 
 def test_observe_pins_on_first_use_and_keeps_the_approved_definition(store: ToolStates) -> None:
     u = up()
-    before, after = store.observe(u, "echo", f"{u}__echo", DEF, "h1", status="pinned", reason=None,
-                                  key_fingerprint=None, pin_if_new=True)
+    before, after = store.observe(
+        u,
+        "echo",
+        f"{u}__echo",
+        DEF,
+        "h1",
+        status="pinned",
+        reason=None,
+        key_fingerprint=None,
+        pin_if_new=True,
+    )
     assert before is None and after.approved_hash == "h1" and after.approved_definition == DEF
-    before, after = store.observe(u, "echo", f"{u}__echo", {**DEF, "description": "x"}, "h2", status="drifted",
-                                  reason="changed", key_fingerprint=None, pin_if_new=True)
+    before, after = store.observe(
+        u,
+        "echo",
+        f"{u}__echo",
+        {**DEF, "description": "x"},
+        "h2",
+        status="drifted",
+        reason="changed",
+        key_fingerprint=None,
+        pin_if_new=True,
+    )
     assert before is not None and before.current_hash == "h1"
     assert after.current_hash == "h2" and after.approved_hash == "h1" and after.drifted
     assert after.changed_at is not None
@@ -66,8 +84,17 @@ def test_observe_pins_on_first_use_and_keeps_the_approved_definition(store: Tool
 
 def test_approve_and_revoke_change_the_version(store: ToolStates) -> None:
     u = up()
-    store.observe(u, "echo", f"{u}__echo", DEF, "h1", status="unverified", reason=None, key_fingerprint=None,
-                  pin_if_new=False)
+    store.observe(
+        u,
+        "echo",
+        f"{u}__echo",
+        DEF,
+        "h1",
+        status="unverified",
+        reason=None,
+        key_fingerprint=None,
+        pin_if_new=False,
+    )
     assert store.get(u, "echo").approved_hash is None  # type: ignore[union-attr]
     v0 = store.version()
     store.approve(u, "echo", "h1", DEF)
@@ -82,8 +109,9 @@ def test_approve_and_revoke_change_the_version(store: ToolStates) -> None:
 def test_mark_absent_returns_the_vanished_tools(store: ToolStates) -> None:
     u = up()
     for n in ("a", "b"):
-        store.observe(u, n, f"{u}__{n}", DEF, "h", status="pinned", reason=None, key_fingerprint=None,
-                      pin_if_new=True)
+        store.observe(
+            u, n, f"{u}__{n}", DEF, "h", status="pinned", reason=None, key_fingerprint=None, pin_if_new=True
+        )
     gone = store.mark_absent(u, {"a"})
     assert [g.name for g in gone] == ["b"]
     assert not store.get(u, "b").present and store.get(u, "a").present  # type: ignore[union-attr]
@@ -95,8 +123,17 @@ def test_an_approval_through_one_replica_is_seen_by_another(postgres_engine: PgE
     b = PgToolStateStore(Postgres(postgres_engine.url, timeout_s=2).open(), owns=True)
     try:
         u = up()
-        a.observe(u, "echo", f"{u}__echo", DEF, "h1", status="unverified", reason=None, key_fingerprint=None,
-                  pin_if_new=False)
+        a.observe(
+            u,
+            "echo",
+            f"{u}__echo",
+            DEF,
+            "h1",
+            status="unverified",
+            reason=None,
+            key_fingerprint=None,
+            pin_if_new=False,
+        )
         seen = b.version()
         a.approve(u, "echo", "h1", DEF)
         assert b.version() != seen  # what replicas poll: every one re-verifies on it
@@ -149,8 +186,17 @@ def test_unreachable_postgres_at_start_is_a_clear_error() -> None:
 def test_postgres_going_down_refuses_then_recovers(postgres_engine: PgEngine, pg: Postgres) -> None:
     store = PgToolStateStore(pg)
     u = up()
-    store.observe(u, "echo", f"{u}__echo", DEF, "h1", status="pinned", reason=None, key_fingerprint=None,
-                  pin_if_new=True)
+    store.observe(
+        u,
+        "echo",
+        f"{u}__echo",
+        DEF,
+        "h1",
+        status="pinned",
+        reason=None,
+        key_fingerprint=None,
+        pin_if_new=True,
+    )
     postgres_engine.stop()
     try:
         with pytest.raises(StateUnavailable):

@@ -51,12 +51,14 @@ def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine) -> Path:
     data = json.loads((ROOT / "tests/assets/policy/test-data.json").read_text())
     data["symbi_data"]["tool_rate_limits"] = {"mut__echo": LIMIT}
     (folder / "data.json").write_text(json.dumps(data))
-    return write_config(folder, f"""
+    return write_config(
+        folder,
+        f"""
         [gateway]
         data_dir = "{folder / f"data-{i}"}"
         [policy]
-        path = "{ROOT / 'policies.rego'}"
-        data = "{folder / 'data.json'}"
+        path = "{ROOT / "policies.rego"}"
+        data = "{folder / "data.json"}"
         [mcp]
         recheck_interval_s = 0.3
         [sandbox]
@@ -74,13 +76,16 @@ def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine) -> Path:
         command = "{sys.executable}"
         args = ["{MUTABLE}"]
         verification = "tofu"
-        env = {{ RECORD_FILE = "{upstream_writable(folder) / 'calls.jsonl'}" }}
-        """, name=f"replica-{i}.toml")
+        env = {{ RECORD_FILE = "{upstream_writable(folder) / "calls.jsonl"}" }}
+        """,
+        name=f"replica-{i}.toml",
+    )
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, redis_engine: RedisEngine,
-            postgres_engine: PgEngine) -> Iterator[Cluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, redis_engine: RedisEngine, postgres_engine: PgEngine
+) -> Iterator[Cluster]:
     folder = tmp_path_factory.mktemp("cluster")
     enterable(folder)  # the upstream runs as the unprivileged upstream user in the config's folder
     configs = [_config(folder, i, redis_engine, postgres_engine) for i in range(2)]
@@ -131,12 +136,24 @@ async def test_a_session_through_the_balancer_stays_usable(cluster: Cluster) -> 
 
 def test_a_session_sent_to_another_replica_gets_a_clear_404(cluster: Cluster) -> None:
     headers = {"x-api-key": cluster.key, "accept": "application/json, text/event-stream"}
-    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
     r = httpx.post(cluster.replicas[0] + "/mcp", json=init, headers=headers, timeout=30)
     sid = r.headers["mcp-session-id"]
-    other = httpx.post(cluster.replicas[1] + "/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-                       headers={**headers, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}, timeout=30)
+    other = httpx.post(
+        cluster.replicas[1] + "/mcp",
+        json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        headers={**headers, "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"},
+        timeout=30,
+    )
     assert other.status_code == 404
 
 
@@ -183,7 +200,9 @@ def _ready_state(base: str, kind: str, want: str) -> tuple[int, str | None]:
     return status, got
 
 
-async def test_redis_down_refuses_with_a_reason_and_recovers(cluster: Cluster, redis_engine: RedisEngine) -> None:
+async def test_redis_down_refuses_with_a_reason_and_recovers(
+    cluster: Cluster, redis_engine: RedisEngine
+) -> None:
     # last but one in the module: it stops the shared Redis (and starts it again on its port)
     base = cluster.replicas[1]
     redis_engine.stop()
@@ -198,14 +217,19 @@ async def test_redis_down_refuses_with_a_reason_and_recovers(cluster: Cluster, r
         assert _code(await s.call_tool("mut__echo", {"message": "back"})) is None
 
 
-async def test_postgres_down_blocks_tools_and_keys_then_recovers(cluster: Cluster, postgres_engine: PgEngine) -> None:
+async def test_postgres_down_blocks_tools_and_keys_then_recovers(
+    cluster: Cluster, postgres_engine: PgEngine
+) -> None:
     base = cluster.replicas[0]
     postgres_engine.stop()
     try:
         assert _ready_state(base, "postgres", "unhealthy") == (503, "unhealthy")
         async with httpx.AsyncClient(timeout=30) as c:
-            r = await c.post(base + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                             headers={"x-api-key": cluster.key, "accept": "application/json, text/event-stream"})
+            r = await c.post(
+                base + "/mcp",
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={"x-api-key": cluster.key, "accept": "application/json, text/event-stream"},
+            )
         assert r.status_code == 503 and r.json()["code"] == "state_unavailable"  # the key cannot be checked
     finally:
         postgres_engine.start()
@@ -250,6 +274,11 @@ async def test_kill_9_of_a_replica_under_load(cluster: Cluster) -> None:
                 await anyio.sleep(0.05)
         done.set()
     assert wrong == []
-    r = subprocess.run([str(SYMBI), "audit", "verify", "--config", str(cluster.configs[1]), "--json"],
-                       env=symbi_env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(SYMBI), "audit", "verify", "--config", str(cluster.configs[1]), "--json"],
+        env=symbi_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

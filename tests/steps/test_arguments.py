@@ -23,7 +23,9 @@ SCHEMA = {
 
 
 def tool(schema: Any) -> ToolInfo:
-    return ToolInfo(name="up__t", original_name="t", upstream="up", definition={"name": "t", "inputSchema": schema})
+    return ToolInfo(
+        name="up__t", original_name="t", upstream="up", definition={"name": "t", "inputSchema": schema}
+    )
 
 
 def run(step: ValidateArguments, call: CallContext) -> list[CallContext]:
@@ -65,7 +67,10 @@ def test_at_most_ten_reasons() -> None:
 
 def test_an_invalid_schema_refuses_the_call() -> None:
     with pytest.raises(ArgumentsInvalid):
-        run(ValidateArguments(), call_of({"n": 1}, schema={"type": "object", "properties": {"n": {"type": 7}}}))
+        run(
+            ValidateArguments(),
+            call_of({"n": 1}, schema={"type": "object", "properties": {"n": {"type": 7}}}),
+        )
 
 
 def test_the_same_schema_is_checked_again_on_the_next_call() -> None:

@@ -24,8 +24,17 @@ TOOL = ToolInfo(
     name="db__query",
     original_name="query",
     upstream="db",
-    definition={"name": "query", "inputSchema": {"type": "object", "properties": {
-        "sql": {"type": "string"}, "password": {"type": "string"}, "limit": {"type": "integer"}}}},
+    definition={
+        "name": "query",
+        "inputSchema": {
+            "type": "object",
+            "properties": {
+                "sql": {"type": "string"},
+                "password": {"type": "string"},
+                "limit": {"type": "integer"},
+            },
+        },
+    },
     verification="verified",
     key_fingerprint="sha256:abc",
 )
@@ -81,7 +90,11 @@ def test_allowed_call_is_recorded_with_redacted_arguments(log: AuditLog, tmp_pat
     assert ev["type"] == "tool.call" and ev["principal"] == "alice" and ev["agent"] == "agent-7"
     assert (d["tool"], d["upstream"], d["outcome"], d["error_code"]) == ("db__query", "db", "ok", None)
     assert d["arguments"] == {"sql": "select 1", "password": "[REDACTED]"}
-    assert d["decision"] == {"allow": True, "reasons": ["analyst may query"], "conditions": {"redact": ["password"]}}
+    assert d["decision"] == {
+        "allow": True,
+        "reasons": ["analyst may query"],
+        "conditions": {"redact": ["password"]},
+    }
     assert (d["sandbox_tier"], d["result_bytes"], d["unverified_warning"]) == ("none", 42, True)
     assert d["duration_ms"] >= 0
     log.close()
@@ -132,7 +145,9 @@ def test_invalid_arguments_through_a_real_chain_do_not_leak_values(log: AuditLog
     assert d["error_code"] == "arguments_invalid" and d["error_reasons"] == []
     log.close()
     conn = sqlite3.connect(tmp_path / "audit.db")
-    assert not conn.execute("SELECT count(*) FROM events WHERE details LIKE ?", (f"%{SECRET}%",)).fetchone()[0]
+    assert not conn.execute("SELECT count(*) FROM events WHERE details LIKE ?", (f"%{SECRET}%",)).fetchone()[
+        0
+    ]
 
 
 def test_tool_error_result_is_an_error_outcome(log: AuditLog) -> None:
@@ -212,7 +227,11 @@ def test_the_record_names_the_call_the_tool_and_its_provenance(log: AuditLog) ->
     asyncio.run(AuditStep(log)(call, _allowed))
     d = _stored(log)[0]["details"]
     assert (d["call_id"], d["session_id"], d["kind"], d["started_ns"]) == (
-        call.call_id, "sess-9", "tools/call", call.started_ns)
+        call.call_id,
+        "sess-9",
+        "tools/call",
+        call.started_ns,
+    )
     assert (d["original_name"], d["transport"]) == ("query", "stdio")
     assert (d["verification"], d["key_fingerprint"]) == ("verified", "sha256:abc")
     assert d["arguments_redacted"] == "policy"
@@ -248,7 +267,12 @@ def test_a_plain_result_is_an_ok_outcome_and_a_call_with_no_tool_has_no_tool_fie
     d = ev["details"]
     assert ev["type"] == "prompt.get"
     assert (d["outcome"], d["error_code"], d["tool"]) == ("ok", None, "p1")
-    assert (d["original_name"], d["upstream"], d["verification"], d["key_fingerprint"]) == (None, None, None, None)
+    assert (d["original_name"], d["upstream"], d["verification"], d["key_fingerprint"]) == (
+        None,
+        None,
+        None,
+        None,
+    )
     assert d["decision"] is None  # no policy decision was made
 
 

@@ -23,7 +23,9 @@ def value(m: GatewayMetrics, name: str, **labels: str) -> float:
 
 
 def _call(tool: ToolInfo | None, kind: str = "tools/call", **kw: object) -> CallContext:
-    return CallContext(principal=Principal("p"), kind=kind, target=tool.name if tool else "x", tool=tool, **kw)  # type: ignore[arg-type]
+    return CallContext(
+        principal=Principal("p"), kind=kind, target=tool.name if tool else "x", tool=tool, **kw
+    )  # type: ignore[arg-type]
 
 
 VERIFIED = ToolInfo(name="up__t", original_name="t", upstream="up", definition={}, verification="verified")
@@ -79,8 +81,14 @@ async def test_tasks_errors_and_compliance_after_known_calls() -> None:
 
 async def test_code_tool_time_is_measured_per_tier() -> None:
     m = GatewayMetrics()
-    code = ToolInfo(name="sandbox__run_python", original_name="run_python", upstream="sandbox", definition={},
-                    code_tool=True, verification="verified")
+    code = ToolInfo(
+        name="sandbox__run_python",
+        original_name="run_python",
+        upstream="sandbox",
+        definition={},
+        code_tool=True,
+        verification="verified",
+    )
 
     async def ran(call: CallContext) -> object:
         return object()
@@ -102,8 +110,14 @@ async def test_each_call_lands_in_the_recent_ring_and_the_per_tool_counters() ->
     m = GatewayMetrics()
     ring = RecentCalls(10)
     step = MetricsStep(m, ring)
-    code = ToolInfo(name="sandbox__run", original_name="run", upstream="sandbox", definition={}, code_tool=True,
-                    verification="verified")
+    code = ToolInfo(
+        name="sandbox__run",
+        original_name="run",
+        upstream="sandbox",
+        definition={},
+        code_tool=True,
+        verification="verified",
+    )
     result = object()
 
     async def ok(call: CallContext) -> object:
@@ -133,10 +147,19 @@ async def test_each_call_lands_in_the_recent_ring_and_the_per_tool_counters() ->
     with pytest.raises(RuntimeError):
         await step(_call(code, sandbox_tier="docker"), crash)
     with pytest.raises(_Audit):
+
         async def audit(call: CallContext) -> object:
             raise _Audit("disk")
-        await step(CallContext(principal=Principal("q"), kind="resources/read", target="file:///" + "a" * 300,
-                               upstream=UpstreamInfo(name="fs", transport="stdio")), audit)
+
+        await step(
+            CallContext(
+                principal=Principal("q"),
+                kind="resources/read",
+                target="file:///" + "a" * 300,
+                upstream=UpstreamInfo(name="fs", transport="stdio"),
+            ),
+            audit,
+        )
 
     latest = ring.latest()
     assert [(r.kind, r.outcome, r.decision, r.error_code) for r in reversed(latest)] == [
@@ -148,9 +171,16 @@ async def test_each_call_lands_in_the_recent_ring_and_the_per_tool_counters() ->
         ("resources/read", "error", None, "audit_unavailable"),
     ]
     read, crashed, marked_r, failed, denied, allowed = latest
-    assert (allowed.principal, allowed.target, allowed.upstream, allowed.reasons) == ("p", "up__t", "up", ("fine",))
+    assert (allowed.principal, allowed.target, allowed.upstream, allowed.reasons) == (
+        "p",
+        "up__t",
+        "up",
+        ("fine",),
+    )
     assert allowed.latency_ms >= 0 and allowed.time > 0
-    assert len(denied.reasons) == 10 and denied.reasons[0] == "r" * 500  # bounded, the error's own reasons first
+    assert (
+        len(denied.reasons) == 10 and denied.reasons[0] == "r" * 500
+    )  # bounded, the error's own reasons first
     assert failed.reasons == ("upstream said no",) and marked_r.reasons == ("too many",)
     assert crashed.reasons == ("RuntimeError",) and crashed.upstream == "sandbox"
     assert (read.principal, read.upstream, len(read.target)) == ("q", "fs", 200)
@@ -175,7 +205,9 @@ async def test_each_call_lands_in_the_recent_ring_and_the_per_tool_counters() ->
 async def test_unknown_tools_and_bad_codes_do_not_become_label_values() -> None:
     m = GatewayMetrics()
     step = MetricsStep(m)  # the gateway's own ring by default
-    blocked = ToolInfo(name="up__b", original_name="b", upstream="up", definition={}, verification="unverified")
+    blocked = ToolInfo(
+        name="up__b", original_name="b", upstream="up", definition={}, verification="unverified"
+    )
 
     async def weird(call: CallContext) -> object:
         call.outcome, call.error_code = "denied", "Not A Code!"
@@ -206,10 +238,22 @@ async def test_units_pinned_tools_and_code_tools_without_a_tier() -> None:
 
     m = GatewayMetrics()
     step = MetricsStep(m, RecentCalls(5))
-    pinned = ToolInfo(name="up__p", original_name="p", upstream="up", definition={}, verification="pinned",
-                      verification_mode="tofu")
-    code = ToolInfo(name="sandbox__run", original_name="run", upstream="sandbox", definition={}, code_tool=True,
-                    verification="verified")
+    pinned = ToolInfo(
+        name="up__p",
+        original_name="p",
+        upstream="up",
+        definition={},
+        verification="pinned",
+        verification_mode="tofu",
+    )
+    code = ToolInfo(
+        name="sandbox__run",
+        original_name="run",
+        upstream="sandbox",
+        definition={},
+        code_tool=True,
+        verification="verified",
+    )
 
     async def ok(call: CallContext) -> object:
         return object()
@@ -227,8 +271,12 @@ async def test_units_pinned_tools_and_code_tools_without_a_tier() -> None:
     assert value(m, "symbi_sandbox_run_seconds_count", tier="None") == 0
     assert 0 <= value(m, "symbi_tool_call_seconds_sum", upstream="up") <= wall  # seconds, not ms
     assert 0 <= value(m, "symbi_sandbox_run_seconds_sum", tier="bwrap") <= wall
-    errors = [s for fam in text_string_to_metric_families(m.render().decode()) for s in fam.samples
-              if s.name == "symbi_errors_total"]
+    errors = [
+        s
+        for fam in text_string_to_metric_families(m.render().decode())
+        for s in fam.samples
+        if s.name == "symbi_errors_total"
+    ]
     assert errors == []  # only successful calls: no error of any type
 
 

@@ -23,7 +23,9 @@ from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing
 LOCAL = Principal(id="local", kind="user", roles=("developer",))
 ADMIN = Principal(id="admin", kind="user", roles=("admin",))
 TRUSTED = Principal(id="alice", kind="user", roles=("developer", "trusted"))
-UPSTREAMS = {n: UpstreamInfo(name=n, transport="stdio") for n in ("everything", "fs", "time", "sandbox", "up")}
+UPSTREAMS = {
+    n: UpstreamInfo(name=n, transport="stdio") for n in ("everything", "fs", "time", "sandbox", "up")
+}
 
 
 def tool(name: str, *, code: bool = False, verification: str = "unverified") -> ToolInfo:
@@ -306,7 +308,11 @@ def test_rate_limit_counts_per_tool_not_per_principal_only(tmp_path: Any) -> Non
 def test_the_decision_latency_is_observed(engine: EmbeddedEngine) -> None:
     seen: list[float] = []
     before = time.perf_counter()
-    run(PolicyStep(engine, observe=seen.append), Recorder(), call_of("time__get_current_time", {}, verification="pinned"))
+    run(
+        PolicyStep(engine, observe=seen.append),
+        Recorder(),
+        call_of("time__get_current_time", {}, verification="pinned"),
+    )
     assert len(seen) == 1 and 0 <= seen[0] <= time.perf_counter() - before
 
 

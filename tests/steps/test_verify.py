@@ -40,8 +40,10 @@ def tool(status: str, mode: str, reason: str | None = None) -> ToolInfo:
 class Endpoint:
     def __init__(self, result: Any = None) -> None:
         self.calls: list[CallContext] = []
-        self.result = result if result is not None else CallToolResult(
-            content=[TextContent(type="text", text="ok")], _meta={"upstream/key": 1}
+        self.result = (
+            result
+            if result is not None
+            else CallToolResult(content=[TextContent(type="text", text="ok")], _meta={"upstream/key": 1})
         )
 
     async def __call__(self, call: CallContext) -> Any:
@@ -81,7 +83,9 @@ def test_a_refusal_without_a_recorded_reason_still_carries_one() -> None:
     assert isinstance(err.value.reasons[0], str) and err.value.reasons[0]
 
 
-@pytest.mark.parametrize(("status", "mode"), [("verified", "strict"), ("pinned", "tofu"), ("verified", "warn")])
+@pytest.mark.parametrize(
+    ("status", "mode"), [("verified", "strict"), ("pinned", "tofu"), ("verified", "warn")]
+)
 def test_a_verified_tool_passes_unmarked(status: str, mode: str) -> None:
     ep = Endpoint()
     call = call_with(tool(status, mode))
@@ -91,7 +95,9 @@ def test_a_verified_tool_passes_unmarked(status: str, mode: str) -> None:
     assert result.meta == {"upstream/key": 1}
 
 
-@pytest.mark.parametrize(("status", "mode"), [("unverified", "warn"), ("drifted", "warn"), ("unverified", "off")])
+@pytest.mark.parametrize(
+    ("status", "mode"), [("unverified", "warn"), ("drifted", "warn"), ("unverified", "off")]
+)
 def test_warn_and_off_let_an_unverified_tool_through_marked(status: str, mode: str) -> None:
     ep = Endpoint()
     call = call_with(tool(status, mode, reason="why-token"))
@@ -141,7 +147,11 @@ def test_only_tool_calls_are_checked() -> None:
 def _catalog(upstreams: dict[str, UpstreamInfo] | None = None) -> LiveCatalog:
     live = LiveCatalog({"up": UP} if upstreams is None else upstreams)
     live.snapshot = Catalog.build(
-        [UpstreamListing(name="up", pass_through=False, tools=[Tool(name="t", input_schema={"type": "object"})])]
+        [
+            UpstreamListing(
+                name="up", pass_through=False, tools=[Tool(name="t", input_schema={"type": "object"})]
+            )
+        ]
     )
     return live
 
@@ -203,7 +213,12 @@ def test_with_a_policy_a_hidden_tool_answers_like_an_unknown_one(tmp_path: Any) 
     assert ep.calls == [call] and call.tool is not None and call.tool.verification == "unverified"
     for principal, session in (("bob", "s1"), ("alice", "s2")):
         with pytest.raises(UnknownTool) as err:
-            run(step, ep, CallContext(principal=Principal(id=principal), kind="tools/call", target="up__t",
-                                      session_id=session))
+            run(
+                step,
+                ep,
+                CallContext(
+                    principal=Principal(id=principal), kind="tools/call", target="up__t", session_id=session
+                ),
+            )
         assert err.value.code == "unknown_tool"
     assert len(ep.calls) == 1

@@ -19,7 +19,9 @@ from gateway.upstream.bridge import PendingQuestions
 pytestmark = pytest.mark.anyio
 
 QUESTION = types.ElicitRequest(
-    params=types.ElicitRequestFormParams(message="name?", requested_schema={"type": "object", "properties": {}})
+    params=types.ElicitRequestFormParams(
+        message="name?", requested_schema={"type": "object", "properties": {}}
+    )
 )
 ANSWER = types.ElicitResult(action="accept", content={"name": "Ada"})
 

@@ -79,7 +79,9 @@ async def test_an_oversized_message_is_refused_and_the_upstream_restarted(tmp_pa
 async def test_a_wedged_upstream_is_detected_and_restarted(tmp_path: Path) -> None:
     script = tmp_path / "wedge_copy.py"
     shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
-    async with stdio_session(config(tmp_path, script, "call_timeout_s = 2.0\nconnection_timeout_s = 10.0")) as s:
+    async with stdio_session(
+        config(tmp_path, script, "call_timeout_s = 2.0\nconnection_timeout_s = 10.0")
+    ) as s:
         [before] = pids_running(script)
         r = await s.call_tool("mut__wedge", {})
         assert r.is_error and r.meta["symbi/error"]["code"] == "upstream_error"  # type: ignore[index]
@@ -93,7 +95,8 @@ def http_upstream() -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tests/peers/mutable_server.py"), "--http", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30

@@ -36,16 +36,23 @@ def thief_config(tmp_path: Path, extra: str = "") -> Path:
         command = "{sys.executable}"
         args = ["{THIEF}"]
         verification = "warn"
-        env = {{ SYMBI_TEST_DATA_DIR = "{data}", SYMBI_TEST_CONFIG = "{tmp_path / 'symbi.toml'}", PYTHONPATH = "{ROOT}" }}
-        """ + extra,
+        env = {{ SYMBI_TEST_DATA_DIR = "{data}", SYMBI_TEST_CONFIG = "{tmp_path / "symbi.toml"}", PYTHONPATH = "{ROOT}" }}
+        """
+        + extra,
     )
     cfg.chmod(0o600)  # it names servers' secrets: kept private, as the README says
     return cfg
 
 
 def audit_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SYMBI), "audit", *args], capture_output=True, text=True, env=symbi_env(),
-                          timeout=120, check=False)
+    return subprocess.run(
+        [str(SYMBI), "audit", *args],
+        capture_output=True,
+        text=True,
+        env=symbi_env(),
+        timeout=120,
+        check=False,
+    )
 
 
 @needs_root
@@ -68,14 +75,18 @@ async def test_a_malicious_upstream_cannot_reach_keys_data_or_the_log(tmp_path: 
 
     # item 3: the data dir and everything in it are private now
     assert data.stat().st_mode & 0o777 == 0o700
-    private = [f for f in data.iterdir() if f.name.startswith(("audit", "api-keys")) and ".pub." not in f.name]
+    private = [
+        f for f in data.iterdir() if f.name.startswith(("audit", "api-keys")) and ".pub." not in f.name
+    ]
     assert {"audit.db", "audit-key.pem", "api-keys.json"} <= {f.name for f in private}
     for f in private:  # the log, its WAL and anchors, the keys: 0600 (public keys may be read)
         assert f.stat().st_mode & 0o077 == 0, f
     # and the log it could not touch verifies (the steal call is in it)
     res = await anyio.to_thread.run_sync(audit_cli, "verify", "--config", str(cfg), "--json")
     assert res.returncode == 0, res.stdout + res.stderr
-    query = await anyio.to_thread.run_sync(audit_cli, "query", "--config", str(cfg), "--tool", "thief__steal", "--json")
+    query = await anyio.to_thread.run_sync(
+        audit_cli, "query", "--config", str(cfg), "--tool", "thief__steal", "--json"
+    )
     assert query.returncode == 0 and "thief__steal" in query.stdout
 
 

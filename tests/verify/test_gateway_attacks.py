@@ -19,12 +19,17 @@ pytestmark = pytest.mark.anyio
 
 @pytest.mark.parametrize("failure", ["connection dropped", "server error"])
 async def test_strict_denies_when_the_key_server_is_down(
-    tmp_path: Path, ref: Reference, https_server: HttpsServer, failure: str  # noqa: F811
+    tmp_path: Path,
+    ref: Reference,  # noqa: F811
+    https_server: HttpsServer,  # noqa: F811
+    failure: str,
 ) -> None:
     key = ref.one({"op": "keygen"})
     tools_file = tmp_path / "tools.json"
     publish(ref, https_server, key, tools_file, TOOL)  # a valid signature, a key that would verify it
-    https_server.routes["/.well-known/schemapin.json"] = Route(status=0 if failure == "connection dropped" else 503)
+    https_server.routes["/.well-known/schemapin.json"] = Route(
+        status=0 if failure == "connection dropped" else 503
+    )
     async with stdio_session(signed_cfg(tmp_path, https_server, tools_file)) as s:
         assert "dict__lookup" not in {t.name for t in (await s.list_tools()).tools}
         err = error_of(await s.call_tool("dict__lookup", {"word": "x"}))
@@ -33,7 +38,9 @@ async def test_strict_denies_when_the_key_server_is_down(
 
 
 async def test_in_band_tool_changed_and_re_signed_by_the_same_key_is_drift(
-    tmp_path: Path, ref: Reference, https_server: HttpsServer  # noqa: F811
+    tmp_path: Path,
+    ref: Reference,  # noqa: F811
+    https_server: HttpsServer,  # noqa: F811
 ) -> None:
     """The pin records the approved definition's hash, so a valid new signature by the pinned
     key does not make a changed definition acceptable (the server was updated between runs)."""

@@ -93,7 +93,9 @@ async def test_rug_pull_is_refused_until_a_person_approves(tmp_path: Path) -> No
         assert any("changed since it was approved" in x for x in err["reasons"])
         assert "mut__echo" not in {t.name for t in (await s.list_tools()).tools}
 
-        listed = {t["tool"]: t for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)}
+        listed = {
+            t["tool"]: t for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)
+        }
         assert listed["mut__echo"]["drifted"] is True and listed["mut__echo"]["status"] == "drifted"
         diff = symbi("tools", "diff", "mut__echo", "--config", str(cfg))
         assert diff.returncode == 1 and "id_rsa" in diff.stdout
@@ -117,12 +119,12 @@ async def test_security_team_approves_an_unsigned_npm_server_through_the_cli(tmp
         f"""
         [mcp]
         recheck_interval_s = 0.2
-        org_keys = ["{tmp_path / 'org.pub.pem'}"]
+        org_keys = ["{tmp_path / "org.pub.pem"}"]
         [servers.everything]
         command = "node"
         args = ["{EVERYTHING_JS}", "stdio"]
         verification = "strict"
-        approved = "{tmp_path / 'approved-everything.json'}"
+        approved = "{tmp_path / "approved-everything.json"}"
         """,
     )
     changed = anyio.Event()
@@ -141,8 +143,18 @@ async def test_security_team_approves_an_unsigned_npm_server_through_the_cli(tmp
         assert no_key.returncode == 2  # a signed manifest needs the organisation key
 
         changed = anyio.Event()
-        ok = symbi("tools", "approve", "everything__echo", "everything__get-sum", "--key", str(tmp_path / "org.pem"),
-                   "--by", "secteam", "--config", str(cfg))
+        ok = symbi(
+            "tools",
+            "approve",
+            "everything__echo",
+            "everything__get-sum",
+            "--key",
+            str(tmp_path / "org.pem"),
+            "--by",
+            "secteam",
+            "--config",
+            str(cfg),
+        )
         assert ok.returncode == 0, ok.stderr
         with anyio.fail_after(10):
             await changed.wait()
@@ -167,7 +179,9 @@ async def test_security_team_approves_an_unsigned_npm_server_through_the_cli(tmp
         assert err["code"] == "verification_denied"
 
 
-async def test_manifest_approved_tool_changed_by_its_upstream_is_refused_naming_the_drift(tmp_path: Path) -> None:
+async def test_manifest_approved_tool_changed_by_its_upstream_is_refused_naming_the_drift(
+    tmp_path: Path,
+) -> None:
     """The README's main workflow for unsigned servers: approve through a signed manifest
     (strict), then the upstream changes the approved tool. The call must be refused."""
     org_key(tmp_path)
@@ -176,17 +190,27 @@ async def test_manifest_approved_tool_changed_by_its_upstream_is_refused_naming_
         f"""
         [mcp]
         recheck_interval_s = 0.2
-        org_keys = ["{tmp_path / 'org.pub.pem'}"]
+        org_keys = ["{tmp_path / "org.pub.pem"}"]
         [servers.mut]
         command = "{sys.executable}"
         args = ["{MUTABLE}"]
         verification = "strict"
-        approved = "{tmp_path / 'approved-mut.json'}"
+        approved = "{tmp_path / "approved-mut.json"}"
         """,
     )
     async with stdio_session(cfg) as s:
-        ok = symbi("tools", "approve", "mut__echo", "mut__rug_pull", "--key", str(tmp_path / "org.pem"),
-                   "--by", "secteam", "--config", str(cfg))
+        ok = symbi(
+            "tools",
+            "approve",
+            "mut__echo",
+            "mut__rug_pull",
+            "--key",
+            str(tmp_path / "org.pem"),
+            "--by",
+            "secteam",
+            "--config",
+            str(cfg),
+        )
         assert ok.returncode == 0, ok.stderr
         with anyio.fail_after(10):
             while (r := await s.call_tool("mut__echo", {"message": "approved"})).is_error:
@@ -199,7 +223,9 @@ async def test_manifest_approved_tool_changed_by_its_upstream_is_refused_naming_
         err = error_of(r)
         assert err["code"] == "verification_denied"
         assert "mut__echo" not in {t.name for t in (await s.list_tools()).tools}
-        listed = {t["tool"]: t for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)}
+        listed = {
+            t["tool"]: t for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)
+        }
         assert listed["mut__echo"]["drifted"] is True
 
 
@@ -236,19 +262,34 @@ def _as_high_s(sig_b64: str) -> str:
     return base64.b64encode(encode_dss_signature(r, max(s, P256_ORDER - s))).decode()
 
 
-def publish(reference: Reference, server: HttpsServer, key: dict[str, str], tools_file: Path, tool: dict[str, Any],
-            revoked: list[str] | None = None, high_s: bool = False) -> None:
-    sig = reference.one({"op": "sign", "private_key_pem": key["private_key_pem"], "schema_text": json.dumps(tool)})["signature"]
+def publish(
+    reference: Reference,
+    server: HttpsServer,
+    key: dict[str, str],
+    tools_file: Path,
+    tool: dict[str, Any],
+    revoked: list[str] | None = None,
+    high_s: bool = False,
+) -> None:
+    sig = reference.one(
+        {"op": "sign", "private_key_pem": key["private_key_pem"], "schema_text": json.dumps(tool)}
+    )["signature"]
     if high_s:
         sig = _as_high_s(sig)
     tools_file.write_text(json.dumps([{**tool, "_meta": {"schemapin/signature": sig}}]))
-    doc = reference.one({"op": "well_known", "public_key_pem": key["public_key_pem"], "developer_name": "Dict Co"})
+    doc = reference.one(
+        {"op": "well_known", "public_key_pem": key["public_key_pem"], "developer_name": "Dict Co"}
+    )
     if revoked:
         doc["revoked_keys"] = revoked
     server.serve_json("/.well-known/schemapin.json", doc)
 
 
-async def test_reference_signed_tool_is_listed_and_callable(tmp_path: Path, ref: Reference, https_server: HttpsServer) -> None:  # noqa: F811
+async def test_reference_signed_tool_is_listed_and_callable(
+    tmp_path: Path,
+    ref: Reference,  # noqa: F811
+    https_server: HttpsServer,  # noqa: F811
+) -> None:
     key = ref.one({"op": "keygen"})
     tools_file = tmp_path / "tools.json"
     publish(ref, https_server, key, tools_file, TOOL)
@@ -261,7 +302,9 @@ async def test_reference_signed_tool_is_listed_and_callable(tmp_path: Path, ref:
 
 
 async def test_high_s_reference_signature_verifies_by_default_and_opt_in_refuses_it(
-    tmp_path: Path, ref: Reference, https_server: HttpsServer  # noqa: F811
+    tmp_path: Path,
+    ref: Reference,  # noqa: F811
+    https_server: HttpsServer,  # noqa: F811
 ) -> None:
     key = ref.one({"op": "keygen"})
     tools_file = tmp_path / "tools.json"
@@ -278,7 +321,11 @@ async def test_high_s_reference_signature_verifies_by_default_and_opt_in_refuses
         assert any("signature_high_s" in r for r in err["reasons"])
 
 
-async def test_tampered_signed_tool_is_refused(tmp_path: Path, ref: Reference, https_server: HttpsServer) -> None:  # noqa: F811
+async def test_tampered_signed_tool_is_refused(
+    tmp_path: Path,
+    ref: Reference,  # noqa: F811
+    https_server: HttpsServer,  # noqa: F811
+) -> None:
     key = ref.one({"op": "keygen"})
     tools_file = tmp_path / "tools.json"
     publish(ref, https_server, key, tools_file, TOOL)
@@ -293,7 +340,9 @@ async def test_tampered_signed_tool_is_refused(tmp_path: Path, ref: Reference, h
 
 
 async def test_key_rotation_is_refused_until_approved_and_revoked_keys_are_refused(
-    tmp_path: Path, ref: Reference, https_server: HttpsServer  # noqa: F811
+    tmp_path: Path,
+    ref: Reference,  # noqa: F811
+    https_server: HttpsServer,  # noqa: F811
 ) -> None:
     key1, key2 = ref.one({"op": "keygen"}), ref.one({"op": "keygen"})
     tools_file = tmp_path / "tools.json"
@@ -326,13 +375,16 @@ async def test_mcp_tool_verification_is_the_default_of_every_upstream(
 ) -> None:
     """``mcp.tool_verification`` (the seed's key) decides for upstreams that say nothing."""
     setting = f'tool_verification = "{mode}"' if mode else ""
-    cfg = write_config(tmp_path, f"""
+    cfg = write_config(
+        tmp_path,
+        f"""
         [mcp]
         {setting}
         [servers.mut]
         command = "{sys.executable}"
         args = ["{MUTABLE}"]
-        """)
+        """,
+    )
     async with stdio_session(cfg) as s:
         assert ("mut__echo" in {t.name for t in (await s.list_tools()).tools}) is listed
 
@@ -357,7 +409,9 @@ async def test_a_tool_added_after_the_first_listing_waits_for_approval(tmp_path:
     async with stdio_session(cfg) as s:
         assert not (await s.call_tool("mut__add_tool", {})).is_error
         with anyio.fail_after(10):  # the gateway has seen the new tool
-            while "mut__extra" not in {t["tool"] for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)}:
+            while "mut__extra" not in {
+                t["tool"] for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)
+            }:
                 await anyio.sleep(0.1)
         err = error_of(await s.call_tool("mut__extra", {}))
         assert err["code"] == "verification_denied"

@@ -213,13 +213,16 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         action = request.path_params["action"]
         if action not in AGENT_ACTIONS:
             return _html(login_page("Unknown action."), status=404)
-        status, body = agent_action(state, request.path_params["id"], action, sess["principal"],
-                                    form.get("reason", "").strip()[:500])
+        status, body = agent_action(
+            state, request.path_params["id"], action, sess["principal"], form.get("reason", "").strip()[:500]
+        )
         gw = state.gateway
         rows = agent_rows(gw.runtime) if gw is not None else []
         if status != 200:
             return _html(agents_page(sess, rows, body["reason"], error=True), status=status)
-        return _html(agents_page(sess, rows, f"{action}: {body['result']} ({body['agent']} is {body['state']})"))
+        return _html(
+            agents_page(sess, rows, f"{action}: {body['result']} ({body['agent']} is {body['state']})")
+        )
 
     async def audit(request: Request, sess: dict[str, Any]) -> str:
         log = audit_log(state)

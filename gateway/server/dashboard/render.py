@@ -214,8 +214,12 @@ def audit_page(sess: dict[str, Any], status: dict[str, Any] | None, message: str
     return _page("Audit", f'<div class="card"><h2>Audit chain</h2>{summary}{table}</div>', sess, "/audit")
 
 
-_ACTIONS = {"Ready": ("suspend", "terminate"), "Running": ("suspend", "terminate"),
-            "Suspended": ("resume", "terminate"), "Failed": ("terminate",)}
+_ACTIONS = {
+    "Ready": ("suspend", "terminate"),
+    "Running": ("suspend", "terminate"),
+    "Suspended": ("resume", "terminate"),
+    "Failed": ("terminate",),
+}
 
 
 def _agent_actions(sess: dict[str, Any], a: dict[str, Any]) -> str:
@@ -231,8 +235,9 @@ def _agent_actions(sess: dict[str, Any], a: dict[str, Any]) -> str:
     return "".join(forms)
 
 
-def agents_page(sess: dict[str, Any], agents: list[dict[str, Any]], message: str | None = None,
-                error: bool = False) -> str:
+def agents_page(
+    sess: dict[str, Any], agents: list[dict[str, Any]], message: str | None = None, error: bool = False
+) -> str:
     """Every agent with its state; suspend / resume / terminate go through the admin API's actions."""
     rows = "".join(
         f'<tr id="agent-{e(a["id"])}">'
@@ -243,9 +248,29 @@ def agents_page(sess: dict[str, Any], agents: list[dict[str, Any]], message: str
         f"<td>{_agent_actions(sess, a)}</td></tr>"
         for a in agents
     )
-    head = "".join(f"<th>{e(h)}</th>" for h in ("Agent", "Id", "Principal", "State", "Priority", "In flight",
-                                                 "Calls", "Kind", "Reason", "Actions"))
-    table = (f'<table id="agents"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>' if rows
-             else '<p class="muted" id="agents-empty">No agents.</p>')
-    note = f'<p class="{"bad" if error else "ok"}" role="status" id="message">{e(message)}</p>' if message else ""
+    head = "".join(
+        f"<th>{e(h)}</th>"
+        for h in (
+            "Agent",
+            "Id",
+            "Principal",
+            "State",
+            "Priority",
+            "In flight",
+            "Calls",
+            "Kind",
+            "Reason",
+            "Actions",
+        )
+    )
+    table = (
+        f'<table id="agents"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+        if rows
+        else '<p class="muted" id="agents-empty">No agents.</p>'
+    )
+    note = (
+        f'<p class="{"bad" if error else "ok"}" role="status" id="message">{e(message)}</p>'
+        if message
+        else ""
+    )
     return _page("Agents", f'<div class="card"><h2>Agents</h2>{note}{table}</div>', sess, "/agents")

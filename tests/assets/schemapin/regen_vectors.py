@@ -34,7 +34,10 @@ INPUTS: list[tuple[str, str]] = [
     ("whitespace_removed", ' {\n  "b" : [ 1 , 2 ] ,\n\t"a" : { }\r\n} '),
     ("non_ascii_escapes_become_raw", '{"s":"caf\\u00e9 \\u65e5\\u672c \\u0627\\u0644"}'),
     ("denormal_and_small", '{"a":5e-324,"b":2.2250738585072014e-308,"c":123456789.123456789}'),
-    ("tool_like", '{"name":"t","description":"d","inputSchema":{"type":"object","properties":{"x":{"type":"integer","default":1}}}}'),
+    (
+        "tool_like",
+        '{"name":"t","description":"d","inputSchema":{"type":"object","properties":{"x":{"type":"integer","default":1}}}}',
+    ),
 ]
 
 
@@ -42,18 +45,32 @@ def main() -> int:
     subprocess.run([str(ROOT / "scripts" / "schemapin-reference.sh")], check=True, stdout=sys.stderr)
     ref_py = ROOT / ".venv-schemapin-ref" / "bin" / "python"
     ops = [{"op": "canon", "text": text} for _, text in INPUTS]
-    out = subprocess.run([str(ref_py), str(ROOT / "scripts" / "schemapin_ref_tool.py")],
-                         input=json.dumps(ops), capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(ref_py), str(ROOT / "scripts" / "schemapin_ref_tool.py")],
+        input=json.dumps(ops),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     results = json.loads(out.stdout)
     vectors = []
     for (name, text), res in zip(INPUTS, results, strict=True):
         assert res["ok"], (name, res)
-        vectors.append({"name": name, "input": text, "canonical": res["result"]["canonical"],
-                        "sha256": res["result"]["sha256"]})
-    doc = {"generator": "schemapin==1.3.0 SchemaPinCore (tests/assets/schemapin/regen_vectors.py)",
-           "vectors": vectors}
-    (HERE / "canonicalization_vectors.json").write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n",
-                                                        encoding="utf-8")
+        vectors.append(
+            {
+                "name": name,
+                "input": text,
+                "canonical": res["result"]["canonical"],
+                "sha256": res["result"]["sha256"],
+            }
+        )
+    doc = {
+        "generator": "schemapin==1.3.0 SchemaPinCore (tests/assets/schemapin/regen_vectors.py)",
+        "vectors": vectors,
+    }
+    (HERE / "canonicalization_vectors.json").write_text(
+        json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+    )
     print(f"wrote {len(vectors)} vectors", file=sys.stderr)
     return 0
 

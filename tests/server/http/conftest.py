@@ -54,7 +54,12 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
     app = build_app(cfg)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, log_config=None,
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            log_config=None,
             http=http_protocol(cfg.http.header_timeout_s),  # as symbi serve runs it
         )
     )

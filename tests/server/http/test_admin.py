@@ -75,8 +75,13 @@ def test_upstreams_and_sessions(env: Env) -> None:
 
 def test_pins_are_listed_for_admins_only(env: Env) -> None:
     gw = env.run.state.gateway
-    gw.verifier.pins.approve("tools.example", "lookup", key_fingerprint="sha256:" + "ab" * 32,
-                             definition_hash="cd" * 32, actor="test")
+    gw.verifier.pins.approve(
+        "tools.example",
+        "lookup",
+        key_fingerprint="sha256:" + "ab" * 32,
+        definition_hash="cd" * 32,
+        actor="test",
+    )
     doc = check(get(env, "/pins"), 200, "PinList")
     assert {(p["domain"], p["tool_id"]) for p in doc["pins"]} >= {("tools.example", "lookup")}
     assert httpx.get(env.run.base + "/api/pins", headers=bearer(env.keys.user)).status_code == 403
@@ -85,7 +90,9 @@ def test_pins_are_listed_for_admins_only(env: Env) -> None:
 def test_restart_unknown_upstream_is_404_and_known_is_documented(env: Env) -> None:
     r = httpx.post(env.run.base + "/api/upstreams/nope/restart", headers=bearer(env.keys.admin))
     check(r, 404, "Error")
-    before = next(u for u in get(env, "/upstreams").json()["upstreams"] if u["name"] == "everything")["restarts"]
+    before = next(u for u in get(env, "/upstreams").json()["upstreams"] if u["name"] == "everything")[
+        "restarts"
+    ]
     r = httpx.post(env.run.base + "/api/upstreams/everything/restart", headers=bearer(env.keys.admin))
     check(r, 202, "Restarting")
     deadline = time.monotonic() + 30
@@ -149,7 +156,9 @@ def test_audit_query_and_export(env: Env) -> None:
     assert [x["seq"] for x in calls] == [events[0]["seq"]] and "signature" in calls[0]
     # the rest is the agent the gateway made for this session: registered, Initializing -> Ready,
     # and Ready -> Running -> Ready around the call
-    assert [x["type"] for x in lines if x["type"] != "tool.call"] == ["agent.registered"] + ["agent.state"] * 3
+    assert [x["type"] for x in lines if x["type"] != "tool.call"] == ["agent.registered"] + [
+        "agent.state"
+    ] * 3
     assert {x["agent"] for x in lines} == {events[0]["agent"]} and events[0]["agent"].startswith("agt-")
     for bad in (
         "limit=0",
@@ -231,20 +240,36 @@ def test_agents_status_and_health(env: Env) -> None:
     # an MCP session of its own, so there is an agent to look at and act on
     key, _ = env.keys.store.create("agent-user", ("developer",))
     r = httpx.post(env.run.mcp, json=INIT_BODY, headers={**MCP, **bearer(key)})
-    h = {**MCP, **bearer(key), "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    h = {
+        **MCP,
+        **bearer(key),
+        "mcp-session-id": r.headers["mcp-session-id"],
+        "mcp-protocol-version": "2025-11-25",
+    }
     httpx.post(env.run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "everything__echo", "arguments": {"message": "hi"}}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "everything__echo", "arguments": {"message": "hi"}},
+    }
     assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
     agents = check(get(env, "/agents"), 200, "AgentList")["agents"]
     mine = next(a for a in agents if a["principal"] == "agent-user")
     assert mine["state"] == "Ready" and mine["calls"] == 1 and mine["usage"]["calls"] == 1
     assert check(get(env, f"/agents/{mine['id']}"), 200, "Agent")["name"] == mine["name"]
     assert get(env, "/agents/agt-nosuchagent").status_code == 404
-    post = lambda path, body=None: httpx.post(env.run.base + "/api" + path, json=body,  # noqa: E731
-                                              headers=bearer(env.keys.admin), timeout=10)
+    post = lambda path, body=None: httpx.post(  # noqa: E731
+        env.run.base + "/api" + path,
+        json=body,
+        headers=bearer(env.keys.admin),
+        timeout=10,
+    )
     # Ready: the suspension waits for its next task, which it refuses
-    assert check(post(f"/agents/{mine['id']}/suspend", {"reason": "test"}), 200, "AgentAction")["result"] == "pending"
+    assert (
+        check(post(f"/agents/{mine['id']}/suspend", {"reason": "test"}), 200, "AgentAction")["result"]
+        == "pending"
+    )
     refused = httpx.post(env.run.mcp, json=call, headers=h)
     assert "agent_suspended" in refused.text
     assert check(get(env, f"/agents/{mine['id']}"), 200, "Agent")["state"] == "Suspended"
@@ -267,15 +292,25 @@ def test_closing_a_session_ends_its_agent_and_only_its_owner_can(env: Env) -> No
     r = httpx.post(env.run.mcp, json=INIT_BODY, headers={**MCP, **bearer(owner)})
     sid = r.headers["mcp-session-id"]
     h = {**MCP, "mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}
-    httpx.post(env.run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-               headers={**h, **bearer(owner)})
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "everything__echo", "arguments": {"message": "hi"}}}
+    httpx.post(
+        env.run.mcp,
+        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+        headers={**h, **bearer(owner)},
+    )
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "everything__echo", "arguments": {"message": "hi"}},
+    }
     assert httpx.post(env.run.mcp, json=call, headers={**h, **bearer(owner)}).status_code == 200
 
     def mine() -> list[dict[str, Any]]:
-        return [a for a in check(get(env, "/agents"), 200, "AgentList")["agents"]
-                if a["principal"] == "closing-user" and a["state"] != "Terminated"]
+        return [
+            a
+            for a in check(get(env, "/agents"), 200, "AgentList")["agents"]
+            if a["principal"] == "closing-user" and a["state"] != "Terminated"
+        ]
 
     assert len(mine()) == 1
     # attack: another principal closes the session by its id: refused, the agent lives on

@@ -424,7 +424,11 @@ def test_an_api_key_gives_its_principal_in_process(tmp_path: Path) -> None:
     store = ApiKeyStore(tmp_path / "k.json")
     key, rec = store.create("ci-bot", ("developer",), kind="service")
     auth = Authenticator(keys=store, anonymous="guest")
-    for headers in ({"x-api-key": key}, {"authorization": f"Bearer {key}"}, {"authorization": f"bearer  {key} "}):
+    for headers in (
+        {"x-api-key": key},
+        {"authorization": f"Bearer {key}"},
+        {"authorization": f"bearer  {key} "},
+    ):
         p = auth.authenticate(headers)
         assert (p.id, p.kind, p.roles, p.claims) == ("ci-bot", "service", ("developer",), {"key_id": rec.id})
     assert auth.authenticate({}).id == "guest"
@@ -445,8 +449,15 @@ def test_key_file_layout_defaults_and_parent_dirs(tmp_path: Path) -> None:
     doc = json.loads(path.read_text())
     assert doc["version"] == 1
     (stored,) = doc["keys"]
-    assert stored == {"id": rec.id, "principal": "ci", "roles": ["developer"], "kind": "user",
-                      "sha256": rec.sha256, "created": rec.created, "revoked": None}
+    assert stored == {
+        "id": rec.id,
+        "principal": "ci",
+        "roles": ["developer"],
+        "kind": "user",
+        "sha256": rec.sha256,
+        "created": rec.created,
+        "revoked": None,
+    }
     # a record written by an older version (no roles/kind/created) loads with the safe defaults
     minimal = {"id": rec.id, "principal": "ci", "sha256": rec.sha256}
     path.write_text(json.dumps({"version": 1, "keys": [minimal], "padding": "x" * 10}))
@@ -460,8 +471,15 @@ def test_a_key_with_a_non_hex_id_is_malformed(tmp_path: Path) -> None:
     from gateway.server.auth import split_key
 
     assert split_key("symbi_0123456789ab_secret") == "0123456789ab"
-    for bad in ("symbi_0123456789aZ_secret", "symbi_0123456789aX_secret", "symbi_0123456789ab_", "symbi_0123456789a_s", "symbi_0123456789ab",
-                "symb_0123456789ab_s", "symbi_0123456789abc_s"):
+    for bad in (
+        "symbi_0123456789aZ_secret",
+        "symbi_0123456789aX_secret",
+        "symbi_0123456789ab_",
+        "symbi_0123456789a_s",
+        "symbi_0123456789ab",
+        "symb_0123456789ab_s",
+        "symbi_0123456789abc_s",
+    ):
         assert split_key(bad) is None, bad
 
 
@@ -516,9 +534,15 @@ def test_api_keys_on_an_unreachable_postgres_refuse_at_start(tmp_path: Path) -> 
     from gateway.server.auth import open_api_keys
     from tests.conftest import free_port
 
-    cfg = build_config({"gateway": {"data_dir": str(tmp_path)},
-                        "state": {"postgres_url": f"postgresql://symbi@127.0.0.1:{free_port()}/postgres",
-                                  "timeout_s": 0.5}})
+    cfg = build_config(
+        {
+            "gateway": {"data_dir": str(tmp_path)},
+            "state": {
+                "postgres_url": f"postgresql://symbi@127.0.0.1:{free_port()}/postgres",
+                "timeout_s": 0.5,
+            },
+        }
+    )
     with pytest.raises(StateUnavailable):
         open_api_keys(cfg)
     assert isinstance(open_api_keys(build_config({"gateway": {"data_dir": str(tmp_path)}})), ApiKeyStore)
@@ -530,12 +554,24 @@ def test_principals_carry_their_namespace(tmp_path: Path) -> None:
     idp = make_idp(tmp_path)
     store = ApiKeyStore(tmp_path / "keys.json")
     key, rec = store.create("alice", ("developer",), kind="service")
-    auth = Authenticator(keys=store, jwt=JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE,
-                                                                jwks_file=idp.jwks_path)), anonymous="guest")
+    auth = Authenticator(
+        keys=store,
+        jwt=JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE, jwks_file=idp.jwks_path)),
+        anonymous="guest",
+    )
     by_jwt = auth.authenticate({"authorization": f"Bearer {idp.token('alice')}"})
     by_key = auth.authenticate({"x-api-key": key})
     anon = auth.authenticate({})
-    assert (by_jwt.source, by_jwt.issuer, by_jwt.kind, by_jwt.qualified) == ("jwt", ISSUER, "user", f"jwt:{ISSUER}#alice")
-    assert (by_key.source, by_key.kind, by_key.claims, by_key.qualified) == ("key", "service", {"key_id": rec.id},
-                                                                             "key:alice")
+    assert (by_jwt.source, by_jwt.issuer, by_jwt.kind, by_jwt.qualified) == (
+        "jwt",
+        ISSUER,
+        "user",
+        f"jwt:{ISSUER}#alice",
+    )
+    assert (by_key.source, by_key.kind, by_key.claims, by_key.qualified) == (
+        "key",
+        "service",
+        {"key_id": rec.id},
+        "key:alice",
+    )
     assert (anon.source, anon.kind, anon.qualified) == ("anonymous", "anonymous", "anonymous:guest")

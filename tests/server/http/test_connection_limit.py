@@ -24,8 +24,12 @@ LIMIT = 2
 def _session(run: Running, key: str) -> dict[str, str]:
     r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(key)}, timeout=10)
     assert r.status_code == 200, r.text
-    h = {**MCP_HEADERS, **bearer(key), "mcp-session-id": r.headers["mcp-session-id"],
-         "mcp-protocol-version": "2025-11-25"}
+    h = {
+        **MCP_HEADERS,
+        **bearer(key),
+        "mcp-session-id": r.headers["mcp-session-id"],
+        "mcp-protocol-version": "2025-11-25",
+    }
     httpx.post(run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h, timeout=10)
     return h
 
@@ -35,8 +39,15 @@ def held_requests(run: Running, key: str, n: int) -> Iterator[list[int]]:
     """``n`` tool calls in flight (server-everything's long-running operation, a few seconds)."""
     statuses: list[int] = []
     heads = [_session(run, key) for _ in range(n)]
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "everything__trigger-long-running-operation", "arguments": {"duration": 6, "steps": 2}}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {
+            "name": "everything__trigger-long-running-operation",
+            "arguments": {"duration": 6, "steps": 2},
+        },
+    }
 
     def post(h: dict[str, str]) -> None:
         statuses.append(httpx.post(run.mcp, json=call, headers=h, timeout=60).status_code)

@@ -173,6 +173,7 @@ def test_browser_login_and_see_a_denied_call(env: Env) -> None:
 
 # -- the agents view: list, state, suspend / resume / terminate (the admin API's actions) -----
 
+
 def _csrf(page: str) -> str:
     m = re.search(r'name="csrf" value="([^"]+)"', page)
     assert m is not None
@@ -213,7 +214,9 @@ async def test_agents_view_lists_and_controls_a_live_agent(env: Env) -> None:
         assert await echo() is None
 
         refused = await web.post(act + "/resume", data={"csrf": csrf, "reason": "not suspended"})
-        assert refused.status_code == 409 and 'id="message"' in refused.text  # the admin API's invalid_transition
+        assert (
+            refused.status_code == 409 and 'id="message"' in refused.text
+        )  # the admin API's invalid_transition
         done = await web.post(act + "/suspend", data={"csrf": csrf, "reason": "looks odd"})
         assert done.status_code == 200 and 'id="message"' in done.text
         assert await echo() == "agent_suspended"  # held for its next task, then Suspended
@@ -227,7 +230,10 @@ async def test_agents_view_lists_and_controls_a_live_agent(env: Env) -> None:
     assert gw is not None and gw.audit is not None
     gw.audit.flush(timeout=10)
     async with httpx.AsyncClient(base_url=base, headers=bearer(env.keys.admin)) as api:
-        events = (await api.get("/api/audit/query",
-                                params={"type": "agent.suspend_requested,agent.terminate_requested"})).json()
+        events = (
+            await api.get(
+                "/api/audit/query", params={"type": "agent.suspend_requested,agent.terminate_requested"}
+            )
+        ).json()
     mine = [e for e in events["events"] if e["agent"] == agent["id"]]
     assert {e["type"] for e in mine} == {"agent.suspend_requested", "agent.terminate_requested"}

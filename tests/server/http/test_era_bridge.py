@@ -79,16 +79,21 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, dict
 
 
 async def _sample(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-    return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="Paris, said the LLM"),
-                                     model="test-llm")
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text="Paris, said the LLM"), model="test-llm"
+    )
 
 
-async def test_a_2026_client_answers_a_2025_upstreams_sampling_request(gw: tuple[Running, dict[str, str]]) -> None:
+async def test_a_2026_client_answers_a_2025_upstreams_sampling_request(
+    gw: tuple[Running, dict[str, str]],
+) -> None:
     run, keys = gw
     async with contextlib.AsyncExitStack() as stack:
         hc = await stack.enter_async_context(httpx2.AsyncClient(headers=bearer(keys["alice"]), timeout=60))
         c = await stack.enter_async_context(
-            Client(streamable_http_client(run.mcp, http_client=hc), mode="2026-07-28", sampling_callback=_sample)
+            Client(
+                streamable_http_client(run.mcp, http_client=hc), mode="2026-07-28", sampling_callback=_sample
+            )
         )
         assert c.protocol_version == "2026-07-28"
         args = {"prompt": "capital of France?", "maxTokens": 20}
@@ -103,7 +108,9 @@ async def test_a_2026_client_answers_a_2025_upstreams_sampling_request(gw: tuple
             Client(streamable_http_client(run.mcp, http_client=bob_hc), mode="2026-07-28") as bob,
         ):
             stolen = await bob.session.call_tool(
-                "ev__trigger-sampling-request", args, allow_input_required=True,
+                "ev__trigger-sampling-request",
+                args,
+                allow_input_required=True,
                 input_responses={k: await _sample(None, request.params) for k in first.input_requests or {}},
                 request_state=first.request_state,
             )
@@ -111,8 +118,11 @@ async def test_a_2026_client_answers_a_2025_upstreams_sampling_request(gw: tuple
             assert (stolen.meta or {})["symbi/error"]["code"] == "policy_denied"
         answer = await _sample(None, request.params)
         final = await c.session.call_tool(
-            "ev__trigger-sampling-request", args, allow_input_required=True,
-            input_responses={k: answer for k in first.input_requests or {}}, request_state=first.request_state,
+            "ev__trigger-sampling-request",
+            args,
+            allow_input_required=True,
+            input_responses={k: answer for k in first.input_requests or {}},
+            request_state=first.request_state,
         )
         assert isinstance(final, types.CallToolResult) and not final.is_error, final
         assert "Paris, said the LLM" in json.dumps(final.model_dump(mode="json"))
@@ -121,7 +131,9 @@ async def test_a_2026_client_answers_a_2025_upstreams_sampling_request(gw: tuple
         assert not res.is_error and "Paris, said the LLM" in json.dumps(res.model_dump(mode="json"))
 
 
-async def test_a_2025_client_answers_a_2026_upstreams_input_required_result(gw: tuple[Running, dict[str, str]]) -> None:
+async def test_a_2025_client_answers_a_2026_upstreams_input_required_result(
+    gw: tuple[Running, dict[str, str]],
+) -> None:
     run, keys = gw
     asked: list[str] = []
 
@@ -149,12 +161,16 @@ async def test_a_2025_client_answers_a_2026_upstreams_input_required_result(gw: 
     assert gateway is not None and gateway.audit is not None
     gateway.audit.flush(timeout=5)
     bridged = [e for e in gateway.audit.recent(200) if e["type"] == "bridge.input_request"]
-    assert any(e["principal"] == "alice" and e["details"]["direction"] == "2026-upstream-to-2025-client"
-               for e in bridged)
+    assert any(
+        e["principal"] == "alice" and e["details"]["direction"] == "2026-upstream-to-2025-client"
+        for e in bridged
+    )
     assert any(e["details"]["direction"] == "2025-upstream-to-2026-client" for e in bridged)
 
 
-async def test_a_2025_client_that_cannot_answer_gets_an_error_result(gw: tuple[Running, dict[str, str]]) -> None:
+async def test_a_2025_client_that_cannot_answer_gets_an_error_result(
+    gw: tuple[Running, dict[str, str]],
+) -> None:
     run, keys = gw
     async with (
         httpx2.AsyncClient(headers=bearer(keys["bob"]), timeout=60) as hc,

@@ -26,7 +26,11 @@ INIT = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "initialize",
-    "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "churn", "version": "1"}},
+    "params": {
+        "protocolVersion": PROTOCOL,
+        "capabilities": {},
+        "clientInfo": {"name": "churn", "version": "1"},
+    },
 }
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
@@ -41,10 +45,24 @@ def _payload(r: httpx.Response) -> dict[str, Any]:
 def one_session(client: httpx.Client, mcp: str, key: str, n: int) -> None:
     r = client.post(mcp, json=INIT, headers={**HEADERS, **bearer(key)})
     assert r.status_code == 200, r.text
-    h = {**HEADERS, **bearer(key), "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": PROTOCOL}
-    assert client.post(mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h).status_code == 202
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "everything__echo", "arguments": {"message": f"m{n}"}}}
+    h = {
+        **HEADERS,
+        **bearer(key),
+        "mcp-session-id": r.headers["mcp-session-id"],
+        "mcp-protocol-version": PROTOCOL,
+    }
+    assert (
+        client.post(
+            mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h
+        ).status_code
+        == 202
+    )
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "everything__echo", "arguments": {"message": f"m{n}"}},
+    }
     reply = _payload(client.post(mcp, json=call, headers=h))
     assert reply["result"]["content"][0]["text"].endswith(f"m{n}"), reply
     assert client.delete(mcp, headers=h).status_code in (200, 204)
@@ -75,7 +93,9 @@ def churn(tmp_path: Path, sessions: int) -> tuple[dict[str, Any], dict[str, Any]
     return start, peak, end
 
 
-def settled(client: httpx.Client, base: str, admin: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+def settled(
+    client: httpx.Client, base: str, admin: str, done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
     """The state once ``done`` holds (session tasks finish shortly after DELETE), or at 30 s."""
     deadline = time.monotonic() + 30
     s = state(client, base, admin)

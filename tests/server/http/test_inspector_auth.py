@@ -27,9 +27,24 @@ def inspector(url: str, token: str, *args: str, home: Path) -> tuple[int, dict[s
         pytest.fail("Inspector 2.12 missing: run `make setup` (npm ci --prefix tests/conformance/node)")
     env = {**os.environ, "PATH": f"{NODE22_BIN}:{os.environ['PATH']}", "HOME": str(home)}
     proc = subprocess.run(
-        [str(INSPECTOR), "--cli", "-q", "--format", "json", url, "--transport", "http",
-         "--header", f"Authorization: Bearer {token}", *args],
-        capture_output=True, text=True, timeout=120, env=env, stdin=subprocess.DEVNULL,
+        [
+            str(INSPECTOR),
+            "--cli",
+            "-q",
+            "--format",
+            "json",
+            url,
+            "--transport",
+            "http",
+            "--header",
+            f"Authorization: Bearer {token}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
     out = proc.stdout.strip().splitlines()
     try:
@@ -46,8 +61,15 @@ def test_inspector_lists_and_calls_with_credentials(env: Env, credential: str, t
     names = {t["name"] for t in listed["result"]["tools"]}
     assert "everything__echo" in names
     rc, called = inspector(
-        env.run.mcp, token, "--method", "tools/call", "--tool-name", "everything__echo",
-        "--tool-arg", f"message=via-{credential}", home=tmp_path,
+        env.run.mcp,
+        token,
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "everything__echo",
+        "--tool-arg",
+        f"message=via-{credential}",
+        home=tmp_path,
     )
     assert rc == 0, called
     assert called["result"]["content"][0]["text"] == f"Echo: via-{credential}"

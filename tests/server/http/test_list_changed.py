@@ -43,7 +43,9 @@ def fixture_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("fxh") / "fixture.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(FIXTURE), "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, str(FIXTURE), "--port", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         _wait_port(port, proc, log)
         yield f"http://127.0.0.1:{port}/mcp"
@@ -53,7 +55,9 @@ def fixture_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, fixture_http: str) -> Iterator[tuple[Running, dict[str, str]]]:
+def gw(
+    tmp_path_factory: pytest.TempPathFactory, fixture_http: str
+) -> Iterator[tuple[Running, dict[str, str]]]:
     from gateway.config import load_config
     from gateway.server.auth import ApiKeyStore
 
@@ -123,7 +127,9 @@ async def _legacy(run: Running, key: str, stack: Any) -> tuple[ClientSession, Le
 
 async def _modern(run: Running, key: str, stack: Any) -> Client:
     hc = await stack.enter_async_context(httpx2.AsyncClient(headers=bearer(key), timeout=30))
-    c = await stack.enter_async_context(Client(streamable_http_client(run.mcp, http_client=hc), mode="2026-07-28"))
+    c = await stack.enter_async_context(
+        Client(streamable_http_client(run.mcp, http_client=hc), mode="2026-07-28")
+    )
     assert c.protocol_version == "2026-07-28"
     return c
 
@@ -166,8 +172,10 @@ async def test_a_change_reaches_listen_streams_and_legacy_sessions_that_can_see_
         # on the record: whom the gateway told, whom not, and how long after the upstream's notice
         note = _last_notice(run)
         assert "tools" in note["kinds"] and "key:alice" in note["told"] and "key:bob" in note["not_told"]
-        print(f"\n{trigger}: upstream notice to pushes queued {note['after_ms']} ms; "
-              f"call start to listen-stream event {took * 1000:.0f} ms")
+        print(
+            f"\n{trigger}: upstream notice to pushes queued {note['after_ms']} ms; "
+            f"call start to listen-stream event {took * 1000:.0f} ms"
+        )
 
 
 def _last_notice(run: Running) -> dict[str, Any]:

@@ -18,15 +18,29 @@ from tests.server.http.conftest import bearer, everything_config, make_keys, run
 
 PROTOCOL = "2025-11-25"
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "r", "version": "1"}}}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "r", "version": "1"}},
+}
 
 
 def _open(client: httpx.Client, mcp: str, key: str) -> dict[str, str]:
     r = client.post(mcp, json=INIT, headers={**HEADERS, **bearer(key)})
     assert r.status_code == 200, r.text
-    h = {**HEADERS, **bearer(key), "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": PROTOCOL}
-    assert client.post(mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h).status_code == 202
+    h = {
+        **HEADERS,
+        **bearer(key),
+        "mcp-session-id": r.headers["mcp-session-id"],
+        "mcp-protocol-version": PROTOCOL,
+    }
+    assert (
+        client.post(
+            mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h
+        ).status_code
+        == 202
+    )
     return h
 
 
@@ -41,9 +55,12 @@ def _resume(mcp: str, h: dict[str, str], last_event_id: str, seconds: float = 2.
 
     def read() -> None:
         try:
-            with httpx.Client(timeout=httpx.Timeout(seconds)) as c, c.stream(
-                "GET", mcp, headers={**h, "Accept": "text/event-stream", "Last-Event-ID": last_event_id}
-            ) as r:
+            with (
+                httpx.Client(timeout=httpx.Timeout(seconds)) as c,
+                c.stream(
+                    "GET", mcp, headers={**h, "Accept": "text/event-stream", "Last-Event-ID": last_event_id}
+                ) as r,
+            ):
                 status[0] = r.status_code
                 for chunk in r.iter_text():
                     got.append(chunk)
@@ -61,8 +78,12 @@ def test_a_session_cannot_resume_another_sessions_stream(tmp_path: Path) -> None
     keys = make_keys(cfg)
     with run_server(cfg) as run, httpx.Client(timeout=30) as client:
         a = _open(client, run.mcp, keys.user)
-        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                "params": {"name": "everything__echo", "arguments": {"message": "secret-of-bob"}}}
+        call = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "everything__echo", "arguments": {"message": "secret-of-bob"}},
+        }
         r = client.post(run.mcp, json=call, headers=a)
         assert r.headers["content-type"].startswith("text/event-stream") and "secret-of-bob" in r.text
         ids = _event_ids(r.text)
@@ -76,8 +97,11 @@ def test_a_session_cannot_resume_another_sessions_stream(tmp_path: Path) -> None
             _, stolen = _resume(run.mcp, b, eid, seconds=1.0)
             assert "secret-of-bob" not in stolen, eid
         # and a stream of carol's own with the same request id does not replay bob's either
-        r = client.post(run.mcp, json={**call, "params": {"name": "everything__echo",
-                                                          "arguments": {"message": "carol"}}}, headers=b)
+        r = client.post(
+            run.mcp,
+            json={**call, "params": {"name": "everything__echo", "arguments": {"message": "carol"}}},
+            headers=b,
+        )
         _, mine = _resume(run.mcp, b, _event_ids(r.text)[0])
         assert "secret-of-bob" not in mine and "carol" in mine
         json.dumps(mine)

@@ -124,7 +124,9 @@ def test_session_ownership_is_per_source_and_issuer() -> None:
     from gateway.server.http import _access_token
 
     key = Principal(id="alice", claims={"key_id": "k1"}, source="key")
-    forged = Principal(id="alice", claims={"sub": "alice", "key_id": "k1"}, source="jwt", issuer="https://a.example")
+    forged = Principal(
+        id="alice", claims={"sub": "alice", "key_id": "k1"}, source="jwt", issuer="https://a.example"
+    )
     other = Principal(id="alice", claims={"sub": "alice"}, source="jwt", issuer="https://b.example")
     owners = {_access_token(p).client_id for p in (key, forged, other)}
     assert len(owners) == 3 and _access_token(key).client_id == "apikey:k1"

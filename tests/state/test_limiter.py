@@ -141,14 +141,14 @@ async def test_an_hourly_cap_in_the_policy_holds_across_processes(
         redis_engine.url,
         "ha",
         default_max_calls_per_hour=3,
-        principals={"cap": {"roles": ["tester"]}},
+        principals={"stdio": {"cap": {"roles": ["tester"]}}},
     )
     b = _config(
         tmp_path,
         redis_engine.url,
         "hb",
         default_max_calls_per_hour=3,
-        principals={"cap": {"roles": ["tester"]}},
+        principals={"stdio": {"cap": {"roles": ["tester"]}}},
     )
     for path in (a, b):
         path.write_text(

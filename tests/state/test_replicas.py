@@ -189,7 +189,8 @@ def test_readyz_names_the_shared_backends(cluster: Cluster) -> None:
 
 
 def _ready_state(base: str, kind: str, want: str) -> tuple[int, str | None]:
-    deadline = time.monotonic() + 15  # the bound of the wait, not an assertion on time
+    # the bound of the wait (an engine restart under load), not a timing assertion
+    deadline = time.monotonic() + 60
     status, got = 0, None
     while time.monotonic() < deadline:
         r = httpx.get(base + "/readyz", timeout=10)

@@ -4,10 +4,11 @@ client once imported ``httpx2`` without it being declared)."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import sys
 import tomllib
-from importlib.metadata import packages_distributions
+from importlib.metadata import distribution, packages_distributions
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def _declared(*extras: str) -> set[str]:
 
 
 def _imports(*folders: str) -> dict[str, str]:
-    """top-level module -> first file importing it."""
+    """imported module (full dotted name) -> first file importing it."""
     found: dict[str, str] = {}
     for folder in folders:
         for path in sorted((ROOT / folder).rglob("*.py")):
@@ -45,8 +46,32 @@ def _imports(*folders: str) -> dict[str, str]:
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names = [node.module]
                 for n in names:
-                    found.setdefault(n.split(".")[0], str(path.relative_to(ROOT)))
-    return {m: f for m, f in found.items() if m not in sys.stdlib_module_names and m not in FIRST_PARTY}
+                    found.setdefault(n, str(path.relative_to(ROOT)))
+    return {
+        m: f
+        for m, f in found.items()
+        if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] not in FIRST_PARTY
+    }
+
+
+def _owners(module: str, dists: dict[str, list[str]]) -> set[str]:
+    """The distributions that provide ``module``. A namespace package (``opentelemetry``) is
+    shared by many distributions: there the one whose files hold the module itself counts."""
+    candidates = {_norm(d) for d in dists.get(module.split(".")[0], [])}
+    if len(candidates) <= 1:
+        return candidates
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return set()
+    where = spec.origin if spec.origin not in (None, "namespace") else None
+    if where is None:  # a namespace package itself: any of its distributions provides it
+        return candidates
+    located = Path(where).resolve()
+    return {
+        d
+        for d in candidates
+        if any(Path(str(f.locate())).resolve() == located for f in distribution(d).files or ())
+    }
 
 
 @pytest.mark.parametrize(
@@ -57,9 +82,9 @@ def test_every_import_is_declared(folders: tuple[str, ...], extras: tuple[str, .
     declared = _declared(*extras)
     missing = []
     for module, where in _imports(*folders).items():
-        if module in NOT_FROM_PYPROJECT:
+        if module.split(".")[0] in NOT_FROM_PYPROJECT:
             continue
-        owners = {_norm(d) for d in dists.get(module, [])}
+        owners = _owners(module, dists)
         if not owners & declared:
             missing.append(f"{module} ({where}; from {sorted(owners) or 'nothing installed'})")
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"

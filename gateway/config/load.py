@@ -60,6 +60,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "OTEL_SERVICE_NAME": ("telemetry", "service_name"),
     # shared state of replicas: secrets in deployments (a Kubernetes Secret, compose env)
     "SYMBI_STATE_REDIS_URL": ("state", "redis_url"),
+    # the address a replica listens on in its pod/container (Kubernetes: the pod IP)
+    "SYMBI_HTTP_HOST": ("http", "host"),
     "SYMBI_STATE_POSTGRES_URL": ("state", "postgres_url"),
 }
 _BOOL_ENV = {"MCP_SERVER_DISCOVERY"}

@@ -91,6 +91,19 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
 DEVELOPER_TOOLS = ["everything__echo", "everything__get-sum"]
 
 
+def roles_policy_data(folder: Path, roles: dict[str, Any], unverified: tuple[str, ...] = ()) -> Path:
+    """The shared test policy data with only ``roles`` (no named principals: API key users get
+    their roles from the key) and ``unverified`` upstreams allowed unverified; ``folder/data.json``."""
+    doc = json.loads(TEST_POLICY_DATA.read_text())
+    data = doc["symbi_data"]
+    data["principals"] = {}
+    data["roles"] = roles
+    data["upstreams"].update({name: {"allow_unverified": True} for name in unverified})
+    path = folder / "data.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
 def policy_data(tmp_path: Path) -> Path:
     """The shared test policy data, with this suite's roles: "developer" may call only
     DEVELOPER_TOOLS (anything else is a policy deny), "admin" may call everything."""

@@ -24,8 +24,8 @@ from mcp import Client, ClientSession, MCPError, types
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.conformance.test_conformance import FIXTURE
-from tests.conftest import EVERYTHING_JS, POLICY, TEST_POLICY_DATA, write_config
-from tests.server.http.conftest import Running, bearer, run_server
+from tests.conftest import EVERYTHING_JS, POLICY, write_config
+from tests.server.http.conftest import Running, bearer, roles_policy_data, run_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.npm]
 
@@ -41,12 +41,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, dict
     from gateway.server.auth import ApiKeyStore
 
     tmp = tmp_path_factory.mktemp("bridge")
-    doc = json.loads(TEST_POLICY_DATA.read_text())
-    data = doc["symbi_data"]
-    data["principals"] = {}
-    data["roles"] = {"user": {"tools": ["*"], "resources": ["**"], "prompts": ["**"]}}
-    data["upstreams"].update({"ev": {"allow_unverified": True}, "fx": {"allow_unverified": True}})
-    (tmp / "data.json").write_text(json.dumps(doc))
+    roles_policy_data(tmp, {"user": {"tools": ["*"], "resources": ["**"], "prompts": ["**"]}}, ("ev", "fx"))
     cfg = write_config(
         tmp,
         f"""

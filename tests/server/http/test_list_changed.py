@@ -10,7 +10,6 @@ but not the dynamic one, so a change of it is none of his business.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -25,8 +24,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.subscriptions import ToolsListChanged
 
 from tests.conformance.test_conformance import FIXTURE, _wait_port
-from tests.conftest import POLICY, TEST_POLICY_DATA, free_port, write_config
-from tests.server.http.conftest import Running, bearer, run_server
+from tests.conftest import POLICY, free_port, write_config
+from tests.server.http.conftest import Running, bearer, roles_policy_data, run_server
 
 pytestmark = [pytest.mark.anyio]
 
@@ -62,15 +61,11 @@ def gw(
     from gateway.server.auth import ApiKeyStore
 
     tmp = tmp_path_factory.mktemp("listchanged")
-    doc = json.loads(TEST_POLICY_DATA.read_text())
-    data = doc["symbi_data"]
-    data["principals"] = {}
-    data["roles"] = {
+    roles = {
         "admin": {"tools": ["*"], "resources": ["**"], "prompts": ["**"]},
         "narrow": {"tools": TRIGGERS, "resources": [], "prompts": []},
     }
-    data["upstreams"].update({"fxh": {"allow_unverified": True}, "fxs": {"allow_unverified": True}})
-    (tmp / "data.json").write_text(json.dumps(doc))
+    roles_policy_data(tmp, roles, ("fxh", "fxs"))
     cfg = write_config(
         tmp,
         f"""

@@ -414,10 +414,12 @@ def _poll_approvals(verifier: ToolVerifier, interval: float) -> Background:
     """Re-assess the catalogue when the CLI approves/revokes or a manifest changes."""
 
     async def run(gw: Gateway) -> None:
-        seen = verifier.fingerprint()
+        # off the event loop: with [state] postgres_url the fingerprint is a query, which
+        # blocks up to state.timeout_s while PostgreSQL is unreachable
+        seen = await anyio.to_thread.run_sync(verifier.fingerprint)
         while True:
             await anyio.sleep(interval)
-            now = verifier.fingerprint()
+            now = await anyio.to_thread.run_sync(verifier.fingerprint)
             if now != seen:
                 seen = now
                 _logger.info("approvals or manifests changed: re-verifying the catalogue")

@@ -92,9 +92,17 @@ class Agent:
 class AgentRegistry:
     """Every live agent, by id, by name and by (principal, client, session)."""
 
-    def __init__(self, events: EventSink, *, key: bytes | None = None, max_agents: int | None = None) -> None:
+    def __init__(
+        self,
+        events: EventSink,
+        *,
+        key: bytes | None = None,
+        max_agents: int | None = None,
+        default_priority: int = 4,
+    ) -> None:
         self.events = events
         self.max_agents = max_agents  # runtime.max_concurrent_agents (live, i.e. not Terminated)
+        self.default_priority = default_priority  # runtime.default_priority: every session agent's
         self._live = 0
         self._cursor: Iterator[Agent] = iter(())
         self._bound: dict[str, Agent] = {}  # credential key id -> the hosted agent it was made for
@@ -179,6 +187,7 @@ class AgentRegistry:
             client=client,
             session=session,
             owner=principal.qualified,
+            priority=self.default_priority,
         )
         self._by_session[key] = agent
         self._of_session.setdefault(session, {})[agent.id] = agent

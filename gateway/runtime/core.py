@@ -41,7 +41,9 @@ class AgentRuntime:
         rt = config.runtime
         self.config = config
         self.events = events
-        self.agents = AgentRegistry(events, key=key, max_agents=rt.max_concurrent_agents)
+        self.agents = AgentRegistry(
+            events, key=key, max_agents=rt.max_concurrent_agents, default_priority=rt.default_priority
+        )
         self.scheduler = Scheduler(
             max_in_flight=rt.max_in_flight, queue_limit=rt.queue_limit, aging_s=rt.aging_s
         )

@@ -103,7 +103,7 @@ decision := {"allow": true, "reasons": [], "conditions": {}} if {
     input.agent.name == "alice/trusted-client"
     input.agent.state == "Ready"
     input.agent.hosted == false
-    input.agent.priority == 0
+    input.agent.priority == 4  # runtime.default_priority
 }
 """
 
@@ -253,3 +253,13 @@ def test_a_2026_session_label_is_not_an_agent_identity() -> None:
     assert len(modern) == 2 and http_session_key("shared-label") not in modern
     # handshake era: the SDK issued the id and bound it to its opener's credential
     assert agent_session_key(ctx("2025-11-25"), alice) == http_session_key("shared-label")
+
+
+def test_session_agents_take_the_configured_default_priority(tmp_path: Path) -> None:
+    from gateway.config.load import load_config
+    from gateway.runtime.core import AgentRuntime
+
+    cfg = load_config(write_config(tmp_path, "[runtime]\ndefault_priority = 7\n"))
+    rt = AgentRuntime(cfg, LoggingSink(), key=b"k" * 32)
+    assert rt.agents.for_session(ALICE, "claude-code", "http:s1").priority == 7
+    assert AgentRegistry(LoggingSink(), default_priority=2).for_session(ALICE, "x", "stdio").priority == 2

@@ -87,6 +87,28 @@ class ListenHub:
         for); qualified, so a key and a JWT subject with the same name are asked about apart."""
         return {s.principal.qualified: s.principal for s in self._streams}
 
+    def open(
+        self, principal: Principal, asked: types.SubscriptionFilter
+    ) -> tuple[ListenStream, anyio.streams.memory.MemoryObjectReceiveStream[ServerEvent]]:
+        """Register a stream for ``principal`` honouring what it ``asked`` for; the caller reads
+        the receive end and must ``discard`` the stream when it is done."""
+        honored = types.SubscriptionFilter(
+            tools_list_changed=True if asked.tools_list_changed else None,
+            prompts_list_changed=True if asked.prompts_list_changed else None,
+            resources_list_changed=True if asked.resources_list_changed else None,
+            resource_subscriptions=list(asked.resource_subscriptions)
+            if asked.resource_subscriptions
+            else None,
+        )
+        send, recv = anyio.create_memory_object_stream[ServerEvent](self._max_buffered)
+        stream = ListenStream(principal, honored, frozenset(honored.resource_subscriptions or ()), send)
+        self._streams.add(stream)
+        return stream, recv
+
+    def discard(self, stream: ListenStream) -> None:
+        self._streams.discard(stream)
+        stream.send.close()
+
     async def serve(
         self,
         ctx: ServerRequestContext[Any],
@@ -100,21 +122,11 @@ class ListenHub:
             raise MCPError(types.INVALID_REQUEST, "subscriptions/listen requires a request id")
         if len(self._streams) >= self._max_subscriptions:
             raise MCPError(types.INTERNAL_ERROR, "Subscription limit reached")
-        asked = params.notifications
-        honored = types.SubscriptionFilter(
-            tools_list_changed=True if asked.tools_list_changed else None,
-            prompts_list_changed=True if asked.prompts_list_changed else None,
-            resources_list_changed=True if asked.resources_list_changed else None,
-            resource_subscriptions=list(asked.resource_subscriptions)
-            if asked.resource_subscriptions
-            else None,
-        )
         meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: subscription_id}
-        send, recv = anyio.create_memory_object_stream[ServerEvent](self._max_buffered)
-        stream = ListenStream(principal, honored, frozenset(honored.resource_subscriptions or ()), send)
-        outbound = StreamOutbound(self, stream)  # held here: watchers keep it weakly
         # registered before the ack, so an event published meanwhile is buffered, not lost
-        self._streams.add(stream)
+        stream, recv = self.open(principal, params.notifications)
+        honored = stream.honored
+        outbound = StreamOutbound(self, stream)  # held here: watchers keep it weakly
         uris = sorted(stream.uris)
         try:
             if uris and on_resources is not None:
@@ -132,8 +144,7 @@ class ListenHub:
                     event_to_notification(event, meta), related_request_id=subscription_id
                 )
         finally:
-            self._streams.discard(stream)
-            send.close()
+            self.discard(stream)
             recv.close()
             if uris and on_resources is not None:
                 with anyio.CancelScope(shield=True):
@@ -163,8 +174,7 @@ class ListenHub:
         except anyio.WouldBlock:
             # a client that stopped reading: end its stream (it re-listens and refetches)
             _logger.warning("listen stream of %s: backlog full, ending it", stream.principal.id)
-            self._streams.discard(stream)
-            stream.send.close()
+            self.discard(stream)
             return False
         return True
 

@@ -71,9 +71,11 @@ typecheck: python-deps
 
 # Mutation testing of the security-critical modules (mutmut, ~1 h on 2 cores; not part of `make test`).
 # One group: make mutate GROUPS=steps. Report: reports/mutation.md (+ .json).
+# MUTATE_TIMEOUT=seconds stops each group's run there (a partial report: "not checked").
 GROUPS ?=
+MUTATE_TIMEOUT ?=
 mutate: setup
-	$(PY) scripts/mutate.py --max-children 2 $(GROUPS)
+	$(PY) scripts/mutate.py --max-children 2 $(if $(MUTATE_TIMEOUT),--timeout $(MUTATE_TIMEOUT)) $(GROUPS)
 
 lint: python-deps
 	$(PY) -m ruff check $(LINTED)

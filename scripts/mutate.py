@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -153,18 +154,37 @@ def _head() -> str:
     ).stdout.strip()
 
 
-def run_group(group: Group, scratch: Path, max_children: int, *, collect_only: bool = False) -> dict[str, object]:
+STOPPED = -9  # mutmut_exit of a run stopped by --timeout
+
+
+def run_group(
+    group: Group, scratch: Path, max_children: int, *, collect_only: bool = False, timeout_s: float | None = None
+) -> dict[str, object]:
     seconds_file = scratch / "seconds"
     if not collect_only:
         prepare(group, scratch)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # import the mutants
         start = time.monotonic()
         with (scratch / "mutmut.log").open("w") as out:
-            proc = subprocess.run(
+            # its own process group, so a run past --timeout is stopped whole (mutmut forks)
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
-                check=False, cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        seconds_file.write_text(f"{round(time.monotonic() - start)} {proc.returncode} {_head()}")
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                code = STOPPED
+                (scratch / "note").write_text(
+                    f"stopped by --timeout after {timeout_s:g} s: the mutants it had not reached are 'not checked'"
+                )
+        seconds_file.write_text(f"{round(time.monotonic() - start)} {code} {_head()}")
     if seconds_file.exists():
         seconds, exit_code, commit = seconds_file.read_text().split()
     else:  # the run was stopped: what it reached is in the .meta files, the rest is "not checked"
@@ -294,6 +314,9 @@ def main() -> int:
     ap.add_argument("--render", action="store_true", help="only re-render reports/mutation.md")
     ap.add_argument("--collect", action="store_true", help="re-read the groups' last scratch runs, do not run")
     ap.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (2 cores here)")
+    ap.add_argument(
+        "--timeout", type=float, default=None, help="stop a group's run after this many seconds (partial report)"
+    )
     ap.add_argument("--scratch", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "symbi-mutate")
     args = ap.parse_args()
     if args.list:
@@ -307,7 +330,9 @@ def main() -> int:
     if not args.render:
         for name in args.groups or list(DEFAULT):
             print(f"[mutate] {name} ...", flush=True)
-            result = run_group(BY_NAME[name], args.scratch / name, args.max_children, collect_only=args.collect)
+            result = run_group(
+                BY_NAME[name], args.scratch / name, args.max_children, collect_only=args.collect, timeout_s=args.timeout
+            )
             print(f"[mutate] {name}: {score(result['mutants'])} in {result['seconds']} s", flush=True)  # type: ignore[arg-type]
             data[name] = result
             REPORT_JSON.parent.mkdir(exist_ok=True)

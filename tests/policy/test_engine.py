@@ -290,3 +290,37 @@ def test_reload_events_name_the_files_and_digest_and_an_unchanged_reload_is_quie
     finally:
         eng.close()
         eng.close()  # a stopped watcher is not stopped twice
+
+
+def test_a_reload_without_a_data_file_names_no_data_file(tmp_path: Path) -> None:
+    """The policy.reloaded event's "data" is empty, not a made-up path, when there is none."""
+    from gateway.config.model import Config, PolicySection
+    from gateway.policy.engine import build_engine
+
+    class Sink:
+        def __init__(self) -> None:
+            self.events: list[tuple[str, dict[str, Any]]] = []
+
+        def emit(
+            self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+        ) -> None:
+            self.events.append((event_type, dict(details)))
+
+    pol = tmp_path / "mine.rego"
+    pol.write_text(
+        'package mine\nimport rego.v1\nverdict := {"allow": true, "reasons": [], "conditions": {}}\n'
+    )
+    sink = Sink()
+    eng = build_engine(
+        Config(policy=PolicySection(path=pol, decision="data.mine.verdict", hot_reload=False)), events=sink
+    )
+    assert isinstance(eng, EmbeddedEngine) and eng.files.data is None
+    try:
+        pol.write_text(
+            'package mine\nimport rego.v1\nverdict := {"allow": false, "reasons": [], "conditions": {}}\n'
+        )
+        assert eng.reload() is True and eng.decide({}).allow is False
+        ((kind, details),) = sink.events
+        assert kind == "policy.reloaded" and details["data"] == "" and details["policy"] == str(pol)
+    finally:
+        eng.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mcp.types import CallToolResult, EmbeddedResource, TextContent, TextResourceContents
+from mcp.types import CallToolResult, EmbeddedResource, ImageContent, TextContent, TextResourceContents
 
 from gateway.policy.redact import REDACTED, cap_result, redact, redact_result, result_size
 
@@ -198,3 +198,38 @@ def test_secret_values_are_redacted_wherever_they_appear() -> None:
     r = CallToolResult(content=[TextContent(type="text", text=f"env: {SECRETS[0]} {SECRETS[4]}")])
     text = redact_result(r, ["password"]).content[0].text  # type: ignore[union-attr]
     assert SECRETS[0] not in text and SECRETS[4] not in text and text.startswith("env: ")
+
+
+# -- found by mutation testing (scripts/mutate.py, group "policy") -----------------------
+
+
+def test_secret_values_in_json_text_are_scrubbed_whichever_key_or_item_holds_them() -> None:
+    """Attack: a JSON text item whose secret is not under its last key (or last list item) came
+    back unredacted, because the count of replaced values lost the earlier ones."""
+    secret = SECRETS[0]
+    for doc in ({"note": secret, "other": "x"}, [secret, "x"], {"a": [secret, "x"], "b": {"c": "x"}}):
+        out, n = redact(doc, ["password"])
+        assert n == 1 and secret not in json.dumps(out)
+        r = CallToolResult(content=[TextContent(type="text", text=json.dumps(doc))])
+        assert secret not in _texts(redact_result(r, ["password"]))[0]
+    # every replaced value is counted, in dicts and lists alike
+    assert redact({"a": secret, "b": secret, "c": [secret, secret, "x"]}, ["password"])[1] == 4
+
+
+def test_json_text_with_leading_whitespace_is_still_redacted_by_key() -> None:
+    r = CallToolResult(content=[TextContent(type="text", text='\n  {"password": "hunter2"}')])
+    assert json.loads(_texts(redact_result(r, ["password"]))[0]) == {"password": REDACTED}
+
+
+def test_text_after_a_non_text_item_is_redacted_and_kept() -> None:
+    """Attack: an image before a JSON text item ended the loop: the text was dropped."""
+    image = ImageContent(type="image", data="aGk=", mime_type="image/png")
+    r = CallToolResult(content=[image, TextContent(type="text", text='{"token": "t"}'), image])
+    out = redact_result(r, ["token"])
+    assert len(out.content) == 3 and out.content[0] is image and out.content[2] is image
+    assert json.loads(out.content[1].text) == {"token": REDACTED}  # type: ignore[union-attr]
+
+
+def test_a_key_without_words_matches_no_rule() -> None:
+    out, n = redact({"": "a", "--": "b", "password": "c"}, ["password"])
+    assert n == 1 and out == {"": "a", "--": "b", "password": REDACTED}

@@ -80,6 +80,7 @@ GROUPS: tuple[Group, ...] = (
             "test_the_authenticator_from_config_verifies_jwts_and_keys",
             "test_a_bad_jwks_file_is_a_config_error_naming_the_key",
             "test_api_keys_on_an_unreachable_postgres_refuse_at_start", "test_principals_carry_their_namespace",
+            "test_a_new_key_carries_32_random_bytes_and_refuses_an_empty_principal",
         )
     )),
     Group("policy", (
@@ -334,6 +335,8 @@ def main() -> int:
                 BY_NAME[name], args.scratch / name, args.max_children, collect_only=args.collect, timeout_s=args.timeout
             )
             print(f"[mutate] {name}: {score(result['mutants'])} in {result['seconds']} s", flush=True)  # type: ignore[arg-type]
+            # read again: another group's run (another process) may have written its result since
+            data = json.loads(REPORT_JSON.read_text()) if REPORT_JSON.exists() else {}
             data[name] = result
             REPORT_JSON.parent.mkdir(exist_ok=True)
             REPORT_JSON.write_text(json.dumps(data, indent=1) + "\n")

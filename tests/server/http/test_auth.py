@@ -575,3 +575,18 @@ def test_principals_carry_their_namespace(tmp_path: Path) -> None:
         "key:alice",
     )
     assert (anon.source, anon.kind, anon.qualified) == ("anonymous", "anonymous", "anonymous:guest")
+
+
+def test_a_new_key_carries_32_random_bytes_and_refuses_an_empty_principal() -> None:
+    """Found by mutation testing: nothing pinned the key's entropy (256 bits, 43 url-safe chars)."""
+    from gateway.apikeys import KEY_PREFIX, new_key, split_key
+
+    keys = [new_key("alice", ("dev",), "user") for _ in range(3)]
+    for key, rec in keys:
+        secret = key[len(KEY_PREFIX) :].partition("_")[2]
+        assert len(secret) == 43 and len(base64.urlsafe_b64decode(secret + "=")) == 32
+        assert split_key(key) == rec.id and rec.sha256 == hash_key(key) and key not in json.dumps(rec.__dict__)
+        assert (rec.principal, rec.roles, rec.kind) == ("alice", ("dev",), "user")
+    assert len({k for k, _ in keys}) == 3
+    with pytest.raises(ValueError):
+        new_key("", (), "user")

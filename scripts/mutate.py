@@ -20,6 +20,7 @@ UNEXPLAINED, which is a hole to close.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -48,6 +49,9 @@ class Group:
     mutate: tuple[str, ...]  # files or globs ending in * (mutmut's only_mutate)
     tests: tuple[str, ...]  # pytest paths/node ids that call the code in-process
     note: str = ""
+    # mutant-name patterns (fnmatch, as `mutmut run` takes them): only these functions' mutants
+    # run and are reported; the group's other functions are out of its scope, not "not checked"
+    only: tuple[str, ...] = ()
 
 
 GROUPS: tuple[Group, ...] = (
@@ -92,9 +96,14 @@ GROUPS: tuple[Group, ...] = (
     )),
     # tests/verify's gateway-level tests run `symbi` subprocesses (unattributable): test_verifier is in-process
     Group("verify", ("gateway/verify/*",), ("tests/verify/test_verifier.py",)),
+    # the tiers' limit and network settings only (every mutant runs real containers: seconds each)
     Group("sandbox-limits", (
         "gateway/sandbox/docker_tier.py", "gateway/sandbox/bwrap.py", "gateway/sandbox/cgroups.py",
-    ), ("tests/sandbox/test_tiers.py", "tests/sandbox/test_bwrap.py")),
+    ), ("tests/sandbox/test_tiers.py", "tests/sandbox/test_bwrap.py"), only=(
+        "gateway.sandbox.docker_tier.*ǁ_host_config__mutmut_*", "gateway.sandbox.docker_tier.*ǁpids_limit__mutmut_*",
+        "gateway.sandbox.bwrap.*ǁ_bwrap_argv__mutmut_*", "gateway.sandbox.cgroups.x_create__mutmut_*",
+        "gateway.sandbox.cgroups.*ǁpids_limit_hit__mutmut_*", "gateway.sandbox.cgroups.*ǁoom_killed__mutmut_*",
+    )),
     Group("runtime", ("gateway/runtime/*",), tuple(f"tests/runtime/test_{t}.py" for t in (
         "identity", "lifecycle", "resources", "runtime_keys", "scheduler",
     ))),
@@ -169,7 +178,7 @@ def run_group(
         with (scratch / "mutmut.log").open("w") as out:
             # its own process group, so a run past --timeout is stopped whole (mutmut forks)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+                [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *group.only],
                 cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
             try:
@@ -191,6 +200,8 @@ def run_group(
     else:  # the run was stopped: what it reached is in the .meta files, the rest is "not checked"
         seconds, exit_code, commit = "0", "-1", _head()
     mutants = collect(scratch)
+    if group.only:
+        mutants = [m for m in mutants if any(fnmatch.fnmatch(str(m["name"]), p) for p in group.only)]
     return {
         "mutate": list(group.mutate),
         "tests": list(group.tests),
@@ -199,7 +210,12 @@ def run_group(
         "commit": commit,  # of the tree the group ran on (plus uncommitted changes, if any)
         "mutants": mutants,
         # a run made otherwise than by this script (e.g. a re-check of named mutants) says so here
-        "note": (scratch / "note").read_text().strip() if (scratch / "note").exists() else "",
+        "note": " ".join(
+            n for n in (
+                (scratch / "note").read_text().strip() if (scratch / "note").exists() else "",
+                f"Only the mutants of {', '.join(group.only)}." if group.only else "",
+            ) if n
+        ),
     }
 
 

@@ -127,6 +127,7 @@ def test_a_failing_call_is_noted_re_raised_and_still_ends_the_task() -> None:
         "upstream_unavailable",
         "UpstreamUnavailable",
     )
+    assert noted["target"] == "up__t"
     assert agent.state is S.READY and agent.in_flight == 0
     assert rt.usage_of(agent).calls == 1 and rt.usage_of(agent).bytes_out == 7
 

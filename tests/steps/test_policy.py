@@ -19,6 +19,7 @@ from gateway.policy.inputdoc import CallCounters
 from gateway.policy.loader import PolicyFiles, discover_files
 from gateway.policy.redact import REDACTED, result_size
 from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing
+from tests.state.conftest import redis_engine  # noqa: F401 - fixture (a real redis-server)
 
 LOCAL = Principal(id="local", kind="user", roles=("developer",))
 ADMIN = Principal(id="admin", kind="user", roles=("admin",))
@@ -388,3 +389,41 @@ def test_the_counters_and_limiter_handed_in_are_the_ones_used(engine: EmbeddedEn
     step = PolicyStep(engine, CallCounters(), limiter=LocalRateLimiter(shared))
     run(step, Recorder(), call_of("everything__echo", {"message": "x"}))
     assert shared.principal_counts(LOCAL.qualified)[0] == 1
+
+
+def test_replicas_decide_on_the_shared_counts_of_this_principal_and_tool(
+    tmp_path: Any,
+    redis_engine: Any,  # noqa: F811
+) -> None:
+    """With replicas the call decision's counts come from Redis, read for this principal and
+    this tool (a real redis-server): two gateways share one volume budget."""
+    from gateway.state.limiter import RedisRateLimiter
+
+    (tmp_path / "p.rego").write_text(
+        "package symbi\n\nimport rego.v1\n\n"
+        'default decision := {"allow": false, "reasons": ["too many"], "conditions": {}}\n\n'
+        'decision := {"allow": true, "reasons": [], "conditions": {}} if {\n'
+        "    input.context.calls_last_minute < 3\n"
+        "    input.context.tool_calls_last_minute < 2\n"
+        "}\n"
+    )
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    assert eng.load()
+
+    async def go() -> None:
+        limiters = [RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2) for _ in range(2)]
+        a, b = (build_chain([PolicyStep(eng, limiter=lim)], Recorder()) for lim in limiters)
+        try:
+            await a(call_of("up__a", {}))
+            await b(call_of("up__a", {}))  # replica b sees a's call: 1 call of up__a so far
+            with pytest.raises(PolicyDenied):
+                await b(call_of("up__a", {}))  # the second call of this tool within the minute
+            await a(call_of("up__b", {}))  # another tool: its own count, the principal's is 2
+            with pytest.raises(PolicyDenied):
+                await b(call_of("up__c", {}))  # the principal's third call, across replicas
+            await a(call_of("up__c", {}, principal=TRUSTED))  # another principal: its own counts
+        finally:
+            for lim in limiters:
+                await lim.aclose()
+
+    asyncio.run(go())

@@ -334,3 +334,29 @@ def test_built_in_providers_and_calls_without_an_upstream_have_no_breaker(sleeps
         with pytest.raises(UpstreamUnavailable):
             run(step, ep, call)
     assert ep.calls == 2 and sleeps == [] and rt.breakers.states() == {}
+
+
+@pytest.mark.parametrize("annotations", [{}, {"destructiveHint": True}, {"readOnlyHint": False}])
+def test_a_tool_that_does_not_say_a_repeat_is_harmless_is_tried_once(
+    sleeps: list[float], annotations: dict[str, Any]
+) -> None:
+    rt = runtime(retry={"attempts": 3, "backoff_s": 0.1}, breaker={"failures": 10})
+    ep = Endpoint(rt, error=UpstreamUnavailable("down"), fail=99)
+    call = CallContext(principal=Principal(id="b"), kind="tools/call", target="up__t", tool=tool(annotations))
+    with pytest.raises(UpstreamUnavailable):
+        run(ScheduleStep(rt), ep, call)
+    assert ep.calls == 1 and sleeps == [] and rt.breakers.get("up").failures == 1
+
+
+def test_a_call_without_a_tool_is_tried_once(sleeps: list[float]) -> None:
+    rt = runtime(retry={"attempts": 3, "backoff_s": 0.1}, breaker={"failures": 10})
+    ep = Endpoint(rt, error=UpstreamUnavailable("down"), fail=99)
+    call = CallContext(
+        principal=Principal(id="b"),
+        kind="resources/read",
+        target="file:///x",
+        upstream=UpstreamInfo(name="res", transport="stdio"),
+    )
+    with pytest.raises(UpstreamUnavailable):
+        run(ScheduleStep(rt), ep, call)
+    assert ep.calls == 1 and sleeps == []

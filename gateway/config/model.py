@@ -307,6 +307,9 @@ def parse_size(value: object) -> int:
     raise ValueError(f'{value!r} is not a size (use e.g. "1GB", "256MB", "64MiB" or a number of bytes)')
 
 
+LOCAL_MODEL_DIMENSION = 384  # all-MiniLM-L6-v2 (gateway/memory/embed.py OnnxMiniLM)
+
+
 class ContextSection(_Section):
     """Agent memory and knowledge (``gateway/memory``): the memory__* / knowledge__* built-ins."""
 
@@ -327,6 +330,23 @@ class ContextSection(_Section):
     @classmethod
     def _size(cls, v: object) -> int:
         return parse_size(v)
+
+    @model_validator(mode="after")
+    def _embedder_fits_dimension(self) -> ContextSection:
+        # checked at start, not at the first memory call: a gateway that would fail every
+        # memory call (or an embedder asked for a key it lacks) does not start
+        if not self.enabled:
+            return self
+        kind = ("openai" if self.openai_api_key else "local") if self.embedder == "auto" else self.embedder
+        if kind == "local" and self.embedding_dimension != LOCAL_MODEL_DIMENSION:
+            raise ValueError(
+                f"context.embedding_dimension = {self.embedding_dimension}, but the local model "
+                f"(all-MiniLM-L6-v2, used when no OPENAI_API_KEY is set) makes {LOCAL_MODEL_DIMENSION}-d "
+                "vectors: set OPENAI_API_KEY for an OpenAI-compatible endpoint, or embedding_dimension = 384"
+            )
+        if kind == "openai" and not self.openai_api_key:
+            raise ValueError('context.embedder = "openai" needs OPENAI_API_KEY (or context.openai_api_key)')
+        return self
 
     @field_validator("vector_db_url", "openai_base_url")
     @classmethod

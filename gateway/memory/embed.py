@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gateway.config.model import LOCAL_MODEL_DIMENSION
 from gateway.errors import ConfigError, ContextError
 
 TOKENIZER_PATH = Path(__file__).parent / "assets" / "minilm-tokenizer.json"
@@ -83,7 +84,7 @@ class HashingEmbedder:
 class OnnxMiniLM:
     """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime: mean pooling over the mask, then L2."""
 
-    dimension = 384
+    dimension = LOCAL_MODEL_DIMENSION  # 384; the config checks embedding_dimension against it
 
     def __init__(self, *, threads: int = 1, batch: int = 32) -> None:
         try:

@@ -283,7 +283,8 @@ class ContextManager:
             items = list(self.working.items(agent))
         elif memory_type in PERSISTENT_TYPES:
             ns = namespace_of(agent, memory_type, namespace)
-            pts = self.store.scroll({"kind": "memory", "namespace": ns}, limit=10_000)
+            # memory://A/shared/NS is what A wrote into NS (the namespace holds every writer's)
+            pts = self.store.scroll({"kind": "memory", "namespace": ns, "agent": agent}, limit=10_000)
             items = [
                 ContextItem(
                     p.id,

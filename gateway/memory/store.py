@@ -83,7 +83,7 @@ def check_metadata(spec: CollectionSpec, found: Mapping[str, Any] | None, where:
     if not found:
         raise EmbedderMismatch(
             f"{where}: collection {spec.name!r} records no embedder; refusing to add {spec.embedder} vectors "
-            "to vectors of unknown origin (re-create it, e.g. `symbi memory purge --all`)"
+            "to vectors of unknown origin (move it aside, or delete the collection on the server, and re-ingest)"
         )
     emb, dim = found.get("symbi_embedder"), found.get("symbi_dimension")
     if emb != spec.embedder or dim != spec.dimension:

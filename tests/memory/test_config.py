@@ -22,9 +22,10 @@ def test_seed_forms_are_accepted() -> None:
                 "context_cache_size": "1GB",
                 "knowledge_retention_days": 365,
             }
-        }
+        },
+        environ={"OPENAI_API_KEY": "sk-test"},  # the seed's 1536-d vectors come from the OpenAI endpoint
     )
-    assert cfg.context.context_cache_size == 10**9
+    assert cfg.context.context_cache_size == 10**9 and cfg.context.embedding_dimension == 1536
     assert (
         build_config({"context": {"context_cache_size": "512MiB"}}).context.context_cache_size == 512 * 2**20
     )
@@ -45,6 +46,21 @@ def test_bad_values_name_the_key(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError) as e:
         build_config({"context": bad})
     assert any(next(iter(bad)) in r for r in e.value.reasons)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"embedding_dimension": 1536},  # auto without OPENAI_API_KEY: the 384-d local model
+        {"embedder": "local", "embedding_dimension": 768},
+        {"embedder": "openai"},  # no key
+    ],
+)
+def test_an_embedder_that_cannot_work_stops_the_start(context: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as e:
+        build_config({"context": context})
+    assert any("context.embed" in r for r in e.value.reasons)
+    assert build_config({"context": {**context, "enabled": False}}).context.enabled is False
 
 
 def test_environment_sets_the_server_and_the_openai_key() -> None:

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 from mcp import types
@@ -251,3 +252,57 @@ async def test_a_mismatched_embedder_is_refused(tmp_path: Path) -> None:
     async with gateway(cfg2) as gw:
         with pytest.raises(EmbedderMismatch):
             await call(gw, ALICE, "memory__recall", query="anything")
+
+
+async def test_filters_cannot_reach_another_agents_memory(tmp_path: Path) -> None:
+    """Attack: B names A's payload fields in ``filters`` (they only ever match B's metadata)."""
+    async with gateway(_config(tmp_path)) as gw:
+        await call(gw, ALICE, "memory__store", text="alice keeps the root password in the blue safe")
+        for filters in ({"agent": "agent-a"}, {"namespace": "agent:agent-a"}, {"kind": "memory"}):
+            got = await call(gw, BOB, "memory__recall", query="root password safe", filters=filters)
+            assert got.structured_content["items"] == [], filters  # type: ignore[index]
+        got = await call(
+            gw, BOB, "memory__recall", query="root password safe", types=["long_term", "working"]
+        )
+        assert got.structured_content["items"] == []  # type: ignore[index]
+        with pytest.raises(PolicyDenied):  # nor through A's working memory resource
+            await gw.call(
+                CallContext(
+                    principal=BOB,
+                    kind="resources/read",
+                    target="memory://agent-a/working",
+                    upstream=gw.upstream_info("memory"),
+                )
+            )
+
+
+async def test_a_shared_resource_lists_what_that_agent_wrote(tmp_path: Path) -> None:
+    async with gateway(_config(tmp_path)) as gw:
+        await call(gw, ALICE, "memory__store", text="alice: lunch at noon", type="shared", namespace="team")
+        await call(gw, BOB, "memory__store", text="bob: demo on friday", type="shared", namespace="team")
+        read = await gw.call(
+            CallContext(
+                principal=BOB,
+                kind="resources/read",
+                target="memory://agent-a/shared/team",
+                upstream=gw.upstream_info("memory"),
+            )
+        )
+        assert [i["text"] for i in json.loads(read.contents[0].text)] == ["alice: lunch at noon"]
+
+
+async def test_the_retention_job_purges_old_memories_on_its_interval(tmp_path: Path) -> None:
+    """``purge_interval_s`` runs the gateway's job; the manager's clock is moved, not waited for."""
+    cfg = _config(tmp_path, "knowledge_retention_days = 1\npurge_interval_s = 0.05")
+    async with gateway(cfg) as gw:
+        await call(gw, ALICE, "memory__store", text="an old note about the printer")
+        m = gw.builtins["memory"].s.m  # type: ignore[attr-defined]
+        now = m.clock()
+        m.clock = lambda: now + 2 * 86_400.0
+        for _ in range(400):  # bounded: the job runs every 0.05 s
+            if m.store.count({"kind": "memory"}) == 0:
+                break
+            await anyio.sleep(0.05)
+        assert m.store.count({"kind": "memory"}) == 0
+    purged = [r for r in audit_records(cfg, "memory.purged") if r["count"]]
+    assert purged and purged[0]["count"] == 1

@@ -10,7 +10,7 @@
 #
 # Portable on purpose: it runs unchanged on the embedded engine (regorus) and on a real OPA
 # server. Only builtins both implement: glob.match, regex.match/find_all_string_submatch_n,
-# sprintf %s/%d, split/startswith/contains/lower, sort/min/count, object.get.
+# sprintf %v/%d, split/startswith/contains/lower, sort/min/count, object.get.
 
 package symbi
 
@@ -37,7 +37,7 @@ allow if {
 
 reasons := sort(deny) if count(deny) > 0
 else := [] if allow
-else := [sprintf("no rule allows %s on %s (default deny)", [kind, target_name])]
+else := [sprintf("no rule allows %v on %v (default deny)", [kind, target_name])]
 
 granted_conditions := conditions if allow
 else := {}
@@ -138,31 +138,31 @@ target_permitted if {
 deny contains msg if {
 	kind == "logging/setLevel"
 	not matches_any(patterns("log_levels"), input.target)
-	msg := sprintf("principal %s may not set the log level of upstream %s", [principal_id, input.target])
+	msg := sprintf("principal %v may not set the log level of upstream %v", [principal_id, input.target])
 }
 
 deny contains msg if {
 	is_tool
 	not tool_allowed
-	msg := sprintf("principal %s may not use tool %s (not in its allow-list)", [principal_id, tool_name])
+	msg := sprintf("principal %v may not use tool %v (not in its allow-list)", [principal_id, tool_name])
 }
 
 deny contains msg if {
 	is_tool
 	tool_deny_listed
-	msg := sprintf("tool %s is on the deny-list of principal %s", [tool_name, principal_id])
+	msg := sprintf("tool %v is on the deny-list of principal %v", [tool_name, principal_id])
 }
 
 deny contains msg if {
 	kind == "resources/read"
 	not matches_any(patterns("resources"), input.target)
-	msg := sprintf("principal %s may not read resource %s", [principal_id, input.target])
+	msg := sprintf("principal %v may not read resource %v", [principal_id, input.target])
 }
 
 deny contains msg if {
 	kind == "prompts/get"
 	not matches_any(patterns("prompts"), input.target)
-	msg := sprintf("principal %s may not get prompt %s", [principal_id, input.target])
+	msg := sprintf("principal %v may not get prompt %v", [principal_id, input.target])
 }
 
 # ---------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ verification_ok if {
 deny contains msg if {
 	is_tool
 	not verification_ok
-	msg := sprintf("tool %s is %s: only verified or pinned tools may be called", [tool_name, verification])
+	msg := sprintf("tool %v is %v: only verified or pinned tools may be called", [tool_name, verification])
 }
 
 # Screening (gateway/screen): a definition with a high-severity finding (hidden
@@ -200,7 +200,7 @@ deny contains msg if {
 	object.get(screening, "accepted", false) != true
 	screening_mode in {"strict", "tofu"}
 	rules := sort({f.rule | some f in object.get(screening, "findings", []); f.severity == "high"})
-	msg := sprintf("tool %s is blocked by screening (%s): see `symbi scan`", [tool_name, concat(", ", rules)])
+	msg := sprintf("tool %v is blocked by screening (%v): see `symbi scan`", [tool_name, concat(", ", rules)])
 }
 
 # ---------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ deny contains msg if {
 	is_call
 	some [k, v] in path_values
 	not path_ok(v)
-	msg := sprintf("argument %s is not a path under an allowed root", [k])
+	msg := sprintf("argument %v is not a path under an allowed root", [k])
 }
 
 # host of an http(s) URL: the part after the last userinfo "@", without port; IPv6 in [].
@@ -274,7 +274,7 @@ deny contains msg if {
 	is_call
 	some [k, v] in url_values
 	not url_host(v)
-	msg := sprintf("argument %s is not an http(s) URL", [k])
+	msg := sprintf("argument %v is not an http(s) URL", [k])
 }
 
 deny contains msg if {
@@ -283,7 +283,7 @@ deny contains msg if {
 	some [k, v] in url_values
 	host := url_host(v)
 	not url_ok(v)
-	msg := sprintf("argument %s: host %s is not in the allow-list", [k, host])
+	msg := sprintf("argument %v: host %v is not in the allow-list", [k, host])
 }
 
 # ---------------------------------------------------------------------------------------
@@ -323,19 +323,19 @@ has_bus_agent if is_string(input.agent)
 deny contains msg if {
 	is_bus
 	not has_bus_agent
-	msg := sprintf("%s needs an agent: the caller %s has no agent id", [kind, principal_id])
+	msg := sprintf("%v needs an agent: the caller %v has no agent id", [kind, principal_id])
 }
 
 deny contains msg if {
 	kind == "bus/send"
 	not bus_peer_ok
-	msg := sprintf("principal %s may not message agents of principal %s", [principal_id, input.recipient.principal])
+	msg := sprintf("principal %v may not message agents of principal %v", [principal_id, input.recipient.principal])
 }
 
 deny contains msg if {
 	field := bus_kind_field[kind]
 	not topic_granted(field)
-	msg := sprintf("principal %s may not %s topic %s", [principal_id, split(kind, "/")[1], input.topic])
+	msg := sprintf("principal %v may not %v topic %v", [principal_id, split(kind, "/")[1], input.topic])
 }
 
 # the per-agent message rate (messages per minute; counted per agent by the bus)
@@ -350,7 +350,7 @@ deny contains msg if {
 	cap := object.get(principal_entry, "max_calls_per_hour", object.get(cfg, "default_max_calls_per_hour", 0))
 	cap > 0
 	input.context.calls_last_hour >= cap
-	msg := sprintf("principal %s reached its limit of %d calls per hour", [principal_id, cap])
+	msg := sprintf("principal %v reached its limit of %d calls per hour", [principal_id, cap])
 }
 
 # ---------------------------------------------------------------------------------------
@@ -481,7 +481,7 @@ target_permitted if {
 deny contains msg if {
 	kind in {"context/read", "context/write", "knowledge/search"}
 	not has_agent
-	msg := sprintf("principal %s has no agent identity: memory and knowledge are per agent", [principal_id])
+	msg := sprintf("principal %v has no agent identity: memory and knowledge are per agent", [principal_id])
 }
 
 deny contains msg if {
@@ -489,7 +489,7 @@ deny contains msg if {
 	has_agent
 	memory_type != "shared"
 	memory_owner != agent_id
-	msg := sprintf("agent %s may not %s the %s memory of agent %s", [agent_id, memory_mode, memory_type, memory_owner])
+	msg := sprintf("agent %v may not %v the %v memory of agent %v", [agent_id, memory_mode, memory_type, memory_owner])
 }
 
 deny contains msg if {
@@ -497,14 +497,14 @@ deny contains msg if {
 	has_agent
 	memory_type == "shared"
 	not namespace_granted
-	msg := sprintf("principal %s may not %s shared namespace %s", [principal_id, memory_mode, object.get(memory_doc, "namespace", "")])
+	msg := sprintf("principal %v may not %v shared namespace %v", [principal_id, memory_mode, object.get(memory_doc, "namespace", "")])
 }
 
 deny contains msg if {
 	kind == "knowledge/search"
 	has_agent
 	not knowledge_granted
-	msg := sprintf("principal %s may not search knowledge base %s", [principal_id, object.get(memory_doc, "base", "")])
+	msg := sprintf("principal %v may not search knowledge base %v", [principal_id, object.get(memory_doc, "base", "")])
 }
 
 memory_redact_patterns := object.get(memory_cfg, "redact_text", [])

@@ -7,7 +7,12 @@ not answer -- each is a deny with a reason a person can read.
 regorus engines are bound to the thread that made them (``#[pyclass(unsendable)]``: any
 use from another thread panics with a ``BaseException``), so ``EmbeddedEngine`` keeps one
 engine per thread in a ``threading.local`` and rebuilds it lazily after a reload. regorus
-holds the GIL for the ~0.1 ms of a decision, so the async path calls it inline.
+holds the GIL for the 0.1-1 ms of a decision, so the async path calls it inline.
+
+Each thread also remembers its recent decisions, keyed on exactly the parts of the input the
+policy can read (``gateway.policy.inputkey``): a repeated question (the same tool listed
+again, the same call with the same counters) is answered without evaluating. Counters and
+times the policy reads are in the key, so a changed counter is a new evaluation.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import ssl
 import threading
 import weakref
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,10 @@ from gateway.policy.loader import (
 from gateway.policy.watch import FileWatcher
 
 log = logging.getLogger("symbi.policy")
+
+# Decisions remembered per thread (least recently used first out). A key is at most
+# inputkey.MAX_KEY_CHARS long, so the cache holds at most ~16 MB per thread.
+CACHE_ENTRIES = 4096
 
 # Never swallowed: they are how the process and the event loop stop.
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
@@ -92,6 +102,13 @@ def _evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> tuple[Dec
     return validate_decision(raw, source="policy"), True
 
 
+def _copy(d: Decision) -> Decision:
+    """A decision no caller can edit the cache through: validated conditions hold only
+    scalars and lists of strings, so copying the dict and its lists copies everything."""
+    cond = {k: list(v) if isinstance(v, list) else v for k, v in d.conditions.items()}
+    return Decision(d.allow, d.reasons, cond)
+
+
 class EmbeddedEngine(PolicyEngine):
     """regorus in-process, one engine per thread, hot reload of policy and data files."""
 
@@ -114,6 +131,8 @@ class EmbeddedEngine(PolicyEngine):
         self._reload_lock = threading.Lock()
         self._watcher: FileWatcher | None = None
         self._versions: dict[Path, FileVersion] = {}
+        self.cache_hits = 0  # decisions answered from the per-thread cache (see inputkey.py)
+        self.cache_misses = 0
 
     @property
     def bundle(self) -> PolicyBundle | None:
@@ -207,9 +226,23 @@ class EmbeddedEngine(PolicyEngine):
             except PolicyLoadError as e:  # validated at load, so only a broken environment gets here
                 return deny(f"policy engine cannot start: {e.message}")
             local.engine, local.digest = engine, bundle.digest
+            local.cache = OrderedDict()  # decisions of the previous policy never outlive it
+        key = bundle.reads.key(input) if bundle.reads is not None else None
+        cache: OrderedDict[str, Decision] = local.cache
+        if key is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                cache.move_to_end(key)
+                self.cache_hits += 1
+                return _copy(hit)
+        self.cache_misses += 1
         decision, healthy = _evaluate(engine, self.decision_path, input)
         if not healthy:
             local.engine = None  # never reuse an engine that failed mid-evaluation
+        elif key is not None:  # only a completed evaluation is remembered, never a failure
+            cache[key] = _copy(decision)
+            if len(cache) > CACHE_ENTRIES:
+                cache.popitem(last=False)
         return decision
 
 

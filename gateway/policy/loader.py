@@ -10,6 +10,7 @@ body is reached. Any problem raises ``PolicyLoadError`` naming ``file:line:colum
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import regorus  # type: ignore[import-untyped]  # no stubs or py.typed in the wheel
 
 from gateway.errors import PolicyLoadError
+from gateway.policy.inputkey import InputReads, input_reads
 from gateway.policy.lint import unknown_calls
 
 # regorus errors are rustc-style: "--> file:line:col"; a backtrace may follow.
@@ -80,6 +82,8 @@ class PolicyBundle:
     modules: tuple[tuple[str, str], ...]  # (file name, Rego source)
     data: dict[str, Any] = field(default_factory=dict)
     digest: str = ""
+    # the input paths the policy reads (set by load_checked); None: decisions are not cached
+    reads: InputReads | None = None
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,8 @@ def load_checked(files: PolicyFiles, decision: str = "data.symbi.decision") -> P
             f"policy test {first.name} failed: {first.error}{more}", location=first.location
         )
     engine = new_engine(bundle)
-    unknown = unknown_calls(engine.get_ast_as_json())
+    ast = engine.get_ast_as_json()
+    unknown = unknown_calls(ast)
     if unknown:
         name, where = unknown[0]
         raise PolicyLoadError(
@@ -254,4 +259,4 @@ def load_checked(files: PolicyFiles, decision: str = "data.symbi.decision") -> P
         raise PolicyLoadError(
             f"{decision} fails to evaluate: {clean_error(e).splitlines()[-1]}", location=error_location(e)
         ) from None
-    return bundle
+    return dataclasses.replace(bundle, reads=input_reads(ast)[0])

@@ -1,0 +1,196 @@
+"""Random policy inputs (seeded) that reach every branch of policies.rego: the values come
+from the names in policies/data.json and from the edge cases the rules are written against
+(traversal, userinfo URLs, dots in tool names, wrong types, missing fields)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+KINDS = [
+    "tools/call",
+    "tools/call",
+    "tools/call",
+    "tools/call",
+    "resources/read",
+    "prompts/get",
+    "logging/setLevel",
+    "bus/send",
+    "bus/publish",
+    "bus/subscribe",
+    "context/read",
+    "context/write",
+    "knowledge/search",
+    "weird/kind",
+]
+PRINCIPALS = ["local", "admin", "alice", "ci-bot", "auditor", "nobody", "sub-1"]
+SOURCES = ["stdio", "key", "key", "jwt", "anonymous", "other"]
+ROLES = ["developer", "admin", "readonly", "trusted", "ghost"]
+TOOLS = [
+    "time__get_current_time",
+    "everything__echo",
+    "everything__get-env",
+    "everything__get-sum",
+    "everything__longRunningOperation",
+    "fs__read_text_file",
+    "fs__read_media_file",
+    "fs__move_file",
+    "fs__write_file",
+    "fs__read_a.b",
+    "fs__list_directory",
+    "sandbox__run_python",
+    "sandbox__run_shell",
+    "memory__recall",
+    "knowledge__search",
+    "bus__send",
+    "evil__x",
+    "[x]",
+    "*",
+]
+UPSTREAMS = ["time", "everything", "fs", "sandbox", "memory", "knowledge", "bus", "evil"]
+VERIFICATIONS = ["verified", "pinned", "unverified", "off", "failed", "changed"]
+PATHS: list[Any] = [
+    "/srv/symbi/a.txt",
+    "/srv/symbi",
+    "/srv/symbiotic/x",
+    "/srv/symbi/../etc/passwd",
+    "data/x",
+    "data",
+    "../x",
+    "/tmp/symbi/b",
+    "/srv/symbi\\..\\x",
+    "/srv/symbi/./x",
+    "/etc/passwd",
+    "/srv/symbi/a\u0000b",
+    5,
+    None,
+    ["/srv/symbi/a", "/etc/shadow"],
+    ["/tmp/symbi/a", "data/b"],
+    [],
+]
+URLS: list[Any] = [
+    "https://example.com/x",
+    "http://a.example.com:8443/y?z=1",
+    "http://example.com@evil.com/",
+    "file:///etc/passwd",
+    "HTTPS://EXAMPLE.COM/",
+    "http://[::1]/",
+    "http://localhost",
+    "http://127.0.0.1:9/",
+    "https://b.c.example.com/",
+    "http://169.254.169.254/",
+    "https://ex ample.com",
+    7,
+    ["https://example.com", "http://evil.com"],
+]
+TOPICS: list[Any] = ["team.a", "team.a.b", "events.x", "events.x.y", "other", "team", 5]
+
+
+def _maybe(r: random.Random, p: float = 0.85) -> bool:
+    return r.random() < p
+
+
+def _tool(r: random.Random, name: str, upstream: str) -> dict[str, Any]:
+    t: dict[str, Any] = {"name": name, "original_name": name.split("__")[-1], "upstream": upstream}
+    if _maybe(r):
+        t["verification"] = r.choice(VERIFICATIONS)
+    if _maybe(r, 0.6):
+        t["code_tool"] = r.choice([True, False, False, "yes"])
+    if _maybe(r, 0.5):
+        t["verification_mode"] = r.choice(["strict", "tofu", "warn", "off"])
+    if _maybe(r, 0.3):
+        findings = [
+            {
+                "rule": r.choice(["hidden-instructions", "homoglyph", "exfiltration"]),
+                "severity": r.choice(["high", "low"]),
+            }
+            for _ in range(r.randint(0, 3))
+        ]
+        t["screening"] = {
+            "highest": r.choice(["high", "low", None]),
+            "accepted": r.choice([True, False]),
+            "findings": findings,
+        }
+    return t
+
+
+def _arguments(r: random.Random) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for key in r.sample(
+        ["path", "paths", "source", "destination", "url", "uri", "endpoint", "timezone", "token"],
+        r.randint(0, 3),
+    ):
+        if key in ("url", "uri", "endpoint"):
+            args[key] = r.choice(URLS)
+        elif key in ("timezone", "token"):
+            args[key] = r.choice(["UTC", "x", 3])
+        else:
+            args[key] = r.choice(PATHS)
+    return args
+
+
+def random_input(r: random.Random) -> dict[str, Any]:
+    """One input document, shaped like gateway.policy.inputdoc.build_input's (fields may be
+    missing or of the wrong type on purpose)."""
+    kind = r.choice(KINDS)
+    pid = r.choice(PRINCIPALS)
+    principal: dict[str, Any] = {
+        "id": pid,
+        "kind": "user",
+        "roles": r.sample(ROLES, r.randint(0, 2)),
+        "claims": {},
+    }
+    if _maybe(r):
+        principal["source"] = r.choice(SOURCES)
+    if principal.get("source") == "jwt":
+        principal["issuer"] = r.choice(["https://login.example.com/", "https://other/", None])
+    upstream = r.choice(UPSTREAMS)
+    doc: dict[str, Any] = {
+        "kind": kind,
+        "principal": principal,
+        "upstream": {"name": upstream, "domain": None, "transport": "stdio"},
+    }
+    if _maybe(r):
+        doc["action"] = r.choice(["call", "call", "list"])
+    agent = r.choice(
+        [
+            None,
+            {"id": "agent-a", "name": "local/x", "state": "Ready", "priority": 0, "hosted": False},
+            "agent-a",
+            {"id": 5},
+        ]
+    )
+    doc["agent"] = agent
+    if kind == "tools/call":
+        name = r.choice(TOOLS)
+        doc["target"] = name
+        doc["tool"] = _tool(r, name, upstream) if _maybe(r, 0.95) else None
+    else:
+        doc["tool"] = None
+        doc["target"] = r.choice(["file:///srv/a", "mem://x", "greeting", "time", "everything", "fs"])
+    doc["arguments"] = _arguments(r)
+    doc["context"] = {
+        "time": "2026-11-30T10:00:00.000Z",
+        "unix": 1796032800,
+        "session_id": r.choice([None, "s-1"]),
+        "calls_last_minute": r.randint(0, 50),
+        "calls_last_hour": r.choice([0, 1, 99, 100, 101, 4999, 5000, 6000]),
+        "tool_calls_last_minute": r.randint(0, 10),
+    }
+    if kind.startswith("bus/"):
+        doc["recipient"] = {"agent": "agent-b", "principal": r.choice(PRINCIPALS)}
+        if _maybe(r):
+            doc["topic"] = r.choice(TOPICS)
+    if kind.startswith(("context/", "knowledge/")):
+        doc["memory"] = {
+            "owner": r.choice(["agent-a", "agent-b", ""]),
+            "memory_type": r.choice(["short_term", "working", "long_term", "shared", "weird"]),
+            "namespace": r.choice(["team", "announcements", "nowhere", None]),
+            "base": r.choice(["kb1", "docs", None]),
+        }
+    return doc
+
+
+def random_inputs(seed: int, n: int) -> list[dict[str, Any]]:
+    r = random.Random(seed)
+    return [random_input(r) for _ in range(n)]

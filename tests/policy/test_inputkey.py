@@ -1,0 +1,158 @@
+"""The decision cache's key (gateway/policy/inputkey.py): exactly the input a policy can read.
+
+The soundness attacks: a counter or field the policy reads must change the key (else a stale
+allow would be served), and every way a policy can reach the input without a constant path
+(a bare ``input``, a variable index, ``with``, an import alias) must key on more, not less."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import regorus  # type: ignore[import-untyped]
+
+from gateway.policy.engine import EmbeddedEngine
+from gateway.policy.inputkey import InputReads, input_reads
+from gateway.policy.loader import PolicyFiles
+from tests.policy.conftest import POLICY
+
+PKG = "package symbi\nimport rego.v1\n"
+ALLOW = 'decision := {"allow": true, "reasons": [], "conditions": {}}'
+
+
+def reads_of(src: str) -> tuple[InputReads | None, list[str]]:
+    eng = regorus.Engine()
+    eng.add_policy("p.rego", src)
+    return input_reads(eng.get_ast_as_json())
+
+
+def paths(src: str) -> list[str]:
+    reads, volatile = reads_of(PKG + src)
+    assert reads is not None and volatile == []
+    return reads.paths()
+
+
+def test_the_repo_policy_reads_these_input_paths_and_not_the_clock() -> None:
+    reads, _ = reads_of(POLICY.read_text())
+    assert reads is not None
+    got = reads.paths()
+    assert "context.calls_last_hour" in got  # the hourly cap: a counter the policy reads
+    for unread in ("context.time", "context.unix", "context.calls_last_minute", "principal.claims"):
+        assert unread not in got and not any(p.startswith(unread) for p in got)
+    assert "arguments" in got  # input.arguments[k] with a variable k: all of the arguments
+
+
+def test_constant_paths_object_get_keys_and_variable_indexes() -> None:
+    src = (
+        'a := input.tool.name\nb := object.get(input, "action", "call")\n'
+        'c := object.get(input.p, ["x", "y"], 0)\nd if input.args[k] == 1\ne := input.list[0]\n'
+        'f := input["q"].r\n'
+    )
+    assert paths(src) == ["action", "args", "list.0", "p.x.y", "q.r", "tool.name"]
+
+
+def test_an_ancestor_read_whole_covers_its_children() -> None:
+    assert paths("a := input.tool.name\nb := is_object(input.tool)\n") == ["tool"]
+
+
+def test_every_indirect_way_to_the_input_keys_on_all_of_it() -> None:
+    for src in (
+        "a := input\n",
+        "a := json.marshal(input)\n",
+        "a if { some x in input; x == 1 }\n",
+        "a := input[k]\n",
+        "a if { b with input.x as 1 }\nb if input.y\n",
+        f"{ALLOW}\n".replace("decision", "import input.principal as p\nd") + "x := p.id\n",
+    ):
+        assert paths(src) == ["(all of input)"], src
+
+
+def test_a_policy_reading_the_clock_is_never_cached() -> None:
+    reads, volatile = reads_of(PKG + "a := time.now_ns()\n")
+    assert reads is None and volatile == ["time.now_ns"]
+
+
+def test_key_changes_with_every_read_value_type_and_presence() -> None:
+    reads, _ = reads_of(PKG + 'a := input.tool.name\nb := object.get(input, "n", 0)\n')
+    assert reads is not None
+    base: dict[str, Any] = {"tool": {"name": "x", "other": 1}, "n": 1, "unread": "u"}
+    k = reads.key(base)
+    assert k is not None
+    assert reads.key({**base, "unread": "changed"}) == k
+    assert reads.key({**base, "tool": {"name": "x", "other": 2}}) == k
+    variants: list[dict[str, Any]] = [
+        {**base, "n": 2},
+        {**base, "n": 1.0},  # 1 and 1.0 are kept apart (only a miss, never a wrong hit)
+        {**base, "n": True},
+        {**base, "n": None},
+        {k2: v for k2, v in base.items() if k2 != "n"},  # missing differs from null
+        {**base, "tool": {"name": "y"}},
+        {**base, "tool": {"other": 1}},
+        {**base, "tool": "x"},
+        {**base, "tool": ["x"]},
+    ]
+    keys = [reads.key(v) for v in variants]
+    assert None not in keys
+    assert len({k, *keys}) == len(variants) + 1
+
+
+def test_input_that_is_not_plain_json_is_not_keyed() -> None:
+    reads, _ = reads_of(PKG + "a := input.args\n")
+    assert reads is not None
+    # regorus keeps a number key a number; a JSON key would make it the string "1"
+    assert reads.key({"args": {1: "x"}}) is None
+    assert reads.key({"args": {"s": {1, 2}}}) is None
+    assert reads.key({"args": {"big": "x" * 10_000}}) is None  # over MAX_KEY_CHARS: evaluated, not kept
+
+
+def engine_for(tmp_path: Path, src: str) -> EmbeddedEngine:
+    (tmp_path / "p.rego").write_text(src)
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    assert eng.load()
+    return eng
+
+
+CAPPED = PKG + (
+    'default decision := {"allow": false, "reasons": ["over"], "conditions": {}}\n'
+    f"{ALLOW} if input.context.calls_last_hour < 100\n"
+)
+
+
+def test_a_counter_the_policy_reads_is_never_served_stale(tmp_path: Path) -> None:
+    eng = engine_for(tmp_path, CAPPED)
+    inp: dict[str, Any] = {"context": {"calls_last_hour": 99, "time": "t1"}}
+    assert eng.decide(inp).allow is True
+    assert eng.decide({"context": {"calls_last_hour": 99, "time": "t2"}}).allow is True
+    assert eng.cache_hits == 1  # the time is not read: the second answer came from the cache
+    assert eng.decide({"context": {"calls_last_hour": 100, "time": "t3"}}).allow is False
+
+
+def test_reload_drops_the_cached_decisions(tmp_path: Path) -> None:
+    eng = engine_for(tmp_path, CAPPED)
+    inp = {"context": {"calls_last_hour": 5}}
+    assert eng.decide(inp).allow is True and eng.decide(inp).allow is True
+    (tmp_path / "p.rego").write_text(CAPPED.replace("< 100", "< 3"))
+    assert eng.reload()
+    assert eng.decide(inp).allow is False
+
+
+def test_a_failed_evaluation_is_not_cached(tmp_path: Path) -> None:
+    eng = engine_for(tmp_path, PKG + f"default {ALLOW}\n" + "decision := 1 / 0 if input.zero\n")
+    for _ in range(2):
+        assert eng.decide({"zero": True}).allow is False
+    assert eng.cache_hits == 0
+
+
+def test_a_caller_editing_a_decision_cannot_edit_the_cache(tmp_path: Path) -> None:
+    src = PKG + (
+        'decision := {"allow": true, "reasons": [], "conditions": {"rate_limit": 5, "redact_result": ["k"]}}\n'
+    )
+    eng = engine_for(tmp_path, src)
+    saved: Any = None
+    for _ in range(2):  # the answer of the evaluation, then the cached one
+        cond: Any = eng.decide({}).conditions
+        saved = saved or copy.deepcopy(cond)
+        cond["rate_limit"] = 10_000
+        cond["redact_result"].clear()
+    assert eng.decide({}).conditions == saved and eng.cache_hits == 2

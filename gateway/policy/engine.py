@@ -121,8 +121,10 @@ class EmbeddedEngine(PolicyEngine):
         *,
         decision: str = "data.symbi.decision",
         events: EventSink | None = None,
+        cache_entries: int = CACHE_ENTRIES,
     ) -> None:
         self.files = files
+        self.cache_entries = cache_entries  # 0: evaluate every decision (benchmarks compare)
         self.decision_path = decision
         self._events = events or LoggingSink()
         self._bundle: PolicyBundle | None = None
@@ -227,7 +229,7 @@ class EmbeddedEngine(PolicyEngine):
                 return deny(f"policy engine cannot start: {e.message}")
             local.engine, local.digest = engine, bundle.digest
             local.cache = OrderedDict()  # decisions of the previous policy never outlive it
-        key = bundle.reads.key(input) if bundle.reads is not None else None
+        key = bundle.reads.key(input) if bundle.reads is not None and self.cache_entries else None
         cache: OrderedDict[str, Decision] = local.cache
         if key is not None:
             hit = cache.get(key)
@@ -241,7 +243,7 @@ class EmbeddedEngine(PolicyEngine):
             local.engine = None  # never reuse an engine that failed mid-evaluation
         elif key is not None:  # only a completed evaluation is remembered, never a failure
             cache[key] = _copy(decision)
-            if len(cache) > CACHE_ENTRIES:
+            if len(cache) > self.cache_entries:
                 cache.popitem(last=False)
         return decision
 

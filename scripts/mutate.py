@@ -68,7 +68,8 @@ GROUPS: tuple[Group, ...] = (
         "tests/audit/test_verify.py", "tests/audit/test_log.py", "tests/audit/test_keys.py",
     )),
     Group("audit-store", ("gateway/audit/store.py",), (
-        "tests/audit/test_log.py", "tests/audit/test_durability.py", "tests/audit/test_verify.py",
+        "tests/audit/test_store.py", "tests/audit/test_log.py", "tests/audit/test_durability.py",
+        "tests/audit/test_verify.py", "tests/audit/test_audit_cmd.py::test_query_filters",
     )),
     # the on-the-wire tests start a gateway per test (about 7 s a mutant): the unit tests only
     Group("auth", ("gateway/server/auth.py", "gateway/apikeys.py"), tuple(

@@ -1,0 +1,145 @@
+"""The audit store's helpers in-process: the query filters, the sibling chains of a data dir,
+the exported checkpoints and the checkpoint file (real SQLite, real files).
+
+``symbi audit query`` / ``verify`` reach these through the CLI; mutation testing (group
+"audit-store", scripts/mutate.py) found their filters and file handling untested in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import AuditLog, store
+from gateway.audit.record import AuditRecord
+from gateway.audit.store import Anchor
+
+
+@pytest.fixture
+def events(open_log: Callable[..., AuditLog], log_paths: tuple[Path, Path]) -> Iterator[sqlite3.Connection]:
+    """Seven records with known principals, tools, types, decisions and outcomes."""
+    log = open_log()
+    rows = [
+        ("tool.call", {"tool": "fs__read", "decision": {"allow": True}, "outcome": "ok"}, "alice"),
+        ("tool.call", {"tool": "fs__write", "decision": {"allow": False}, "outcome": "denied"}, "bob"),
+        # allowed by the policy, refused by a later step: denied
+        ("tool.call", {"tool": "fs__read", "decision": {"allow": True}, "outcome": "denied"}, "alice"),
+        ("policy.reloaded", {"policy": "p.rego"}, None),
+        ("policy_x", {}, None),  # "policy.*" is a prefix with the dot: not this one
+        ("pin.approve", {"tool": "fs__read"}, "admin"),
+        ("tool.call", {"tool": "fs__read", "decision": {"allow": True}, "outcome": "error"}, "alice"),
+    ]
+    for kind, details, who in rows:
+        log.append(kind, details, principal=who)
+    log.close()
+    conn = store.open_reader(log_paths[0])
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def seqs(records: list[AuditRecord]) -> list[int]:
+    return [r.seq for r in records]
+
+
+def test_query_filters_by_principal_tool_type_and_decision(events: sqlite3.Connection) -> None:
+    q = store.query
+    assert seqs(q(events)) == [1, 2, 3, 4, 5, 6, 7]
+    assert seqs(q(events, principal="alice")) == [1, 3, 7]
+    assert seqs(q(events, tool="fs__read")) == [1, 3, 6, 7]
+    assert seqs(q(events, types=("policy.*",))) == [4]
+    assert seqs(q(events, types=("policy.*", "pin.approve"))) == [4, 6]
+    assert seqs(q(events, types=("policy",))) == []  # without a star: the exact type only
+    assert seqs(q(events, types=("pin.approve",), tool="fs__read", principal="admin")) == [6]
+    assert seqs(q(events, decision="deny")) == [2, 3]
+    assert seqs(q(events, decision="allow")) == [1, 7]
+    assert seqs(q(events, decision="allow", principal="bob")) == []
+    with pytest.raises(ValueError):
+        q(events, decision="maybe")
+
+
+def test_query_time_window_limit_and_order(events: sqlite3.Connection) -> None:
+    q = store.query
+    ts = [r.ts_ns for r in q(events)]
+    assert ts == sorted(ts)
+    assert seqs(q(events, since_ns=ts[2])) == [3, 4, 5, 6, 7]  # since: inclusive
+    assert seqs(q(events, until_ns=ts[2])) == [1, 2]  # until: exclusive
+    assert seqs(q(events, since_ns=ts[1], until_ns=ts[3])) == [2, 3]
+    assert seqs(q(events, limit=2)) == [1, 2]
+    # newest first picks the last ones, returned in sequence order
+    assert seqs(q(events, limit=2, newest_first=True)) == [6, 7]
+    assert seqs(q(events, newest_first=True, principal="alice")) == [1, 3, 7]
+    record = q(events, principal="bob")[0]
+    assert (record.type, record.principal, record.details["tool"]) == ("tool.call", "bob", "fs__write")
+
+
+def test_chain_paths_lists_the_base_then_its_numbered_siblings(tmp_path: Path) -> None:
+    base = tmp_path / "audit.db"
+    assert store.chain_paths(base) == [base]  # nothing yet: the base alone
+    assert store.chain_paths(tmp_path / "missing" / "audit.db") == [tmp_path / "missing" / "audit.db"]
+    for name in ("audit-10.db", "audit-2.db", "audit-x.db", "audit-3.db.bak", "other-4.db", "audit-2.dbx"):
+        (tmp_path / name).write_text("")
+    # siblings only (no base file yet): still base first, then by number (10 after 2)
+    assert store.chain_paths(base) == [base, tmp_path / "audit-2.db", tmp_path / "audit-10.db"]
+    base.write_text("")
+    assert store.chain_paths(base) == [base, tmp_path / "audit-2.db", tmp_path / "audit-10.db"]
+
+
+def anchor(seq: int) -> Anchor:
+    return Anchor(
+        seq=seq, chain_hash=f"{seq:064x}", ts_ns=seq * 1000, key_id="ed25519:k", signature=f"sig{seq}"
+    )
+
+
+def test_exported_checkpoints_are_appended_private_and_read_per_chain(tmp_path: Path) -> None:
+    out = tmp_path / "witness" / "deep" / "checkpoints.jsonl"
+    store.export_checkpoint(out, tmp_path / "audit.db", anchor(5))
+    store.export_checkpoint(out, tmp_path / "audit-2.db", anchor(7))
+    store.export_checkpoint(out, tmp_path / "audit.db", anchor(10))
+    assert out.stat().st_mode & 0o777 == 0o600 and out.parent.stat().st_mode & 0o777 == 0o700
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(d["log"], d["seq"]) for d in lines] == [("audit.db", 5), ("audit-2.db", 7), ("audit.db", 10)]
+    assert store.read_exported(out, "audit.db") == [anchor(5), anchor(10)]
+    assert store.read_exported(out, "audit-2.db") == [anchor(7)]
+    assert store.read_exported(out) == [anchor(5), anchor(7), anchor(10)]  # no name: every chain
+    # a line without a "log" field counts for every chain; blank lines are skipped
+    with out.open("a") as f:
+        f.write("\n" + json.dumps(anchor(11).as_dict()) + "\n\n")
+    assert store.read_exported(out, "audit-2.db") == [anchor(7), anchor(11)]
+
+
+def test_a_single_pretty_printed_checkpoint_reads_as_one_anchor(tmp_path: Path) -> None:
+    one = tmp_path / "checkpoint.json"
+    one.write_text(json.dumps(anchor(3).as_dict(), indent=2))
+    assert store.read_exported(one, "audit.db") == [anchor(3)]
+
+
+@pytest.mark.parametrize("bad", ["{not json", "[1, 2]", '"a string"', '{"seq": 1}'])
+def test_a_malformed_export_line_is_an_error(tmp_path: Path, bad: str) -> None:
+    out = tmp_path / "checkpoints.jsonl"
+    out.write_text(json.dumps({"log": "audit.db", **anchor(1).as_dict()}) + "\n" + bad + "\n")
+    with pytest.raises(ValueError):
+        store.read_exported(out, "audit.db")
+
+
+def test_the_checkpoint_file_is_replaced_whole_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db.checkpoint"
+    assert store.read_checkpoint_file(path) is None
+    old = os.umask(0)
+    try:
+        store.write_checkpoint_file(path, anchor(4))
+        store.write_checkpoint_file(path, anchor(9))
+    finally:
+        os.umask(old)
+    assert store.read_checkpoint_file(path) == anchor(9)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.db.checkpoint"]  # no temp file left
+    path.write_text("{")
+    with pytest.raises(ValueError):
+        store.read_checkpoint_file(path)

@@ -12,6 +12,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from gateway.audit.store import Anchor
 def events(open_log: Callable[..., AuditLog], log_paths: tuple[Path, Path]) -> Iterator[sqlite3.Connection]:
     """Seven records with known principals, tools, types, decisions and outcomes."""
     log = open_log()
-    rows = [
+    rows: list[tuple[str, dict[str, Any], str | None]] = [
         ("tool.call", {"tool": "fs__read", "decision": {"allow": True}, "outcome": "ok"}, "alice"),
         ("tool.call", {"tool": "fs__write", "decision": {"allow": False}, "outcome": "denied"}, "bob"),
         # allowed by the policy, refused by a later step: denied

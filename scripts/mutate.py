@@ -333,11 +333,50 @@ def render(data: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+README = ROOT / "README.md"
+README_BEGIN, README_END = "<!-- mutation-table: scripts/mutate.py --readme -->", "<!-- /mutation-table -->"
+
+
+def readme_table(data: dict[str, dict[str, Any]]) -> str:
+    """The README's per-module table (between its markers), from the same JSON as the report."""
+    reasons: dict[str, dict[str, str]] = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    lines = [
+        "| module | group (minutes) | mutants | killed | survived: equivalent / gap / unexplained "
+        "| no tests | timeout | not checked | score | raw | run on |",
+        "| --- " * 11 + "|",
+    ]
+    for name, g in data.items():
+        for f in sorted({str(m["file"]) for m in g["mutants"]}):
+            ms = [m for m in g["mutants"] if m["file"] == f]
+            c = score(ms)
+            k, s = c.get("killed", 0), c.get("survived", 0) + c.get("suspicious", 0)
+            kinds = [verdict(str(m["name"]), reasons)[0] for m in ms if m["status"] in ("survived", "suspicious")]
+            eq, added, gap = kinds.count("equivalent"), kinds.count("killed_by"), kinds.count("gap")
+            more = f" (+{added} killed by tests added since)" if added else ""
+            raw = f"{100 * k / (k + s):.0f}%" if k + s else "-"
+            adj = f"{100 * (k + added) / (k + s - eq):.0f}%" if k + s - eq else "-"
+            lines.append(
+                f"| {f} | {name} ({int(g['seconds']) // 60}) | {len(ms)} | {k} | {s}: {eq} / {gap} / "
+                f"{kinds.count('unexplained')}{more} | {c.get('no tests', 0)} | {c.get('timeout', 0)} | "
+                f"{c.get('not checked', 0)} | {adj} | {raw} | {g['commit']} |"
+            )
+    missing = [n for n in BY_NAME if n not in data]
+    lines += ["", "Not run yet: " + (", ".join(missing) or "none")]
+    return "\n".join(lines)
+
+
+def update_readme(data: dict[str, dict[str, Any]]) -> None:
+    text = README.read_text()
+    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    README.write_text(text[:start] + "\n" + readme_table(data) + "\n" + text[end:])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("groups", nargs="*", help=f"group names (default: {' '.join(DEFAULT)})")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--render", action="store_true", help="only re-render reports/mutation.md")
+    ap.add_argument("--readme", action="store_true", help="also rewrite the README's per-module table")
     ap.add_argument("--collect", action="store_true", help="re-read the groups' last scratch runs, do not run")
     ap.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (2 cores here)")
     ap.add_argument(
@@ -367,6 +406,8 @@ def main() -> int:
             REPORT_JSON.write_text(json.dumps(data, indent=1) + "\n")
     ordered = {n: data[n] for n in BY_NAME if n in data}
     REPORT_MD.write_text(render(ordered))
+    if args.readme:
+        update_readme(ordered)
     print(f"[mutate] report: {REPORT_MD.relative_to(ROOT)}")
     return 0
 

@@ -182,6 +182,7 @@ def run_group(
     seconds_file = scratch / "seconds"
     if not collect_only:
         prepare(group, scratch)
+        commit = _head()  # the tree the run starts from (HEAD may move while it runs)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # import the mutants
         start = time.monotonic()
         with (scratch / "mutmut.log").open("w") as out:
@@ -203,7 +204,7 @@ def run_group(
                 (scratch / "note").write_text(
                     f"stopped by --timeout after {timeout_s:g} s: the mutants it had not reached are 'not checked'"
                 )
-        seconds_file.write_text(f"{round(time.monotonic() - start)} {code} {_head()}")
+        seconds_file.write_text(f"{round(time.monotonic() - start)} {code} {commit}")
     if seconds_file.exists():
         seconds, exit_code, commit = seconds_file.read_text().split()
     else:  # the run was stopped: what it reached is in the .meta files, the rest is "not checked"

@@ -280,9 +280,12 @@ def test_a_resource_over_the_cap_is_refused_at_the_boundary(tmp_path: Any) -> No
     # exactly the cap: returned whole; one byte under the result: refused, not cut
     assert _through(custom_engine(tmp_path, cap=exact), call, result) is result and call.result_bytes == exact
     call2, _ = _resource_read(100)
-    with pytest.raises(PolicyDenied):
+    with pytest.raises(PolicyDenied) as err:
         _through(custom_engine(tmp_path, cap=exact - 1), call2, result)
     assert call2.result_bytes == exact
+    # the refusal says why, with both sizes (the client has no other way to learn the cap)
+    [reason] = err.value.reasons
+    assert f"{exact} bytes" in reason and f"{exact - 1} bytes" in reason
 
 
 def _through(engine: EmbeddedEngine, call: CallContext, result: Any) -> Any:

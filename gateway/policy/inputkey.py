@@ -166,11 +166,22 @@ class _Walker:
                 node = node["RefDot"]["refr"]
 
 
+# A compiled trie: ALL, or ((key, tag, subplan), ...) in a fixed order.
+Plan = Any
+
+
+def _plan(trie: Trie) -> Plan:
+    if ALL in trie:
+        return ALL
+    return tuple((k, f"s{k}" if isinstance(k, str) else f"i{k}", _plan(sub)) for k, sub in trie.items())
+
+
 class InputReads:
     """The input paths a policy can read; builds cache keys from them."""
 
     def __init__(self, trie: Trie) -> None:
         self.trie = trie
+        self._plan = _plan(trie)
 
     def paths(self) -> list[str]:
         """Readable, for reports and tests: ``["arguments", "tool.name", ...]``."""
@@ -189,8 +200,9 @@ class InputReads:
     def key(self, doc: Mapping[str, Any]) -> str | None:
         """The cache key of ``doc``; None when it cannot or should not be cached."""
         try:
-            tree = _prune(doc, self.trie)
-            key = json.dumps(tree, separators=(",", ":"), allow_nan=False)
+            tree = _prune(doc, self._plan)
+            # sort_keys orders the whole-subtree copies; the pruned levels are lists in plan order
+            key = json.dumps(tree, sort_keys=True, separators=(",", ":"), allow_nan=False)
         except (_NotJSON, TypeError, ValueError, RecursionError):
             return None
         return key if len(key) <= MAX_KEY_CHARS else None
@@ -219,44 +231,39 @@ class _NotJSON(Exception):
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def _plain(value: Any) -> Any:
-    """``value`` if it is plain JSON (string keys only), for a canonical dump; else raise."""
+def _check(value: Any) -> None:
+    """Raise unless ``value`` is plain JSON with string keys (regorus keeps a number key a
+    number, where JSON would make it a string: such an input is evaluated, not keyed)."""
     if isinstance(value, _SCALARS):
-        return value
+        return
     if isinstance(value, Mapping):
-        if not all(isinstance(k, str) for k in value):
-            raise _NotJSON  # regorus keeps a number key as a number; JSON would make it a string
-        return {k: _plain(value[k]) for k in sorted(value)}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    raise _NotJSON
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _NotJSON
+            _check(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check(v)
+    else:
+        raise _NotJSON
 
 
-def _prune(value: Any, trie: Trie) -> Any:
-    """``value`` reduced to what ``trie`` reaches, each node tagged with its JSON type."""
-    if ALL in trie:
-        return ["v", _plain(value)]
+def _prune(value: Any, plan: Plan) -> Any:
+    """``value`` reduced to what ``plan`` reaches, each node tagged with its JSON type."""
+    if plan is ALL:
+        _check(value)
+        return ["v", value]
     if isinstance(value, Mapping):
-        if not all(isinstance(k, str) for k in value):
-            raise _NotJSON
-        return [
-            "o",
-            [
-                [_tag(k), _prune(value[k], t) if isinstance(k, str) and k in value else None]
-                for k, t in trie.items()
-            ],
-        ]
+        for k in value:
+            if type(k) is not str:
+                raise _NotJSON
+        # a number component never names an object member: those stay missing (None)
+        return ["o", [[tag, _prune(value[k], sub) if k in value else None] for k, tag, sub in plan]]
     if isinstance(value, (list, tuple)):
+        n = len(value)
         return [
             "a",
-            [[_tag(k), _prune(value[k], t) if _index_ok(k, value) else None] for k, t in trie.items()],
+            [[tag, _prune(value[k], sub) if type(k) is int and 0 <= k < n else None] for k, tag, sub in plan],
         ]
-    return ["s", _plain(value)]  # a scalar: any deeper reference is undefined
-
-
-def _tag(k: Any) -> str:
-    return f"s{k}" if isinstance(k, str) else f"i{k}"
-
-
-def _index_ok(k: Any, seq: list[Any] | tuple[Any, ...]) -> bool:
-    return isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(seq)
+    _check(value)
+    return ["s", value]  # a scalar: any deeper reference is undefined

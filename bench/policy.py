@@ -401,6 +401,38 @@ def step_overhead(engine: EmbeddedEngine, n: int) -> dict[str, float]:
     }
 
 
+def listing(engine: EmbeddedEngine, evaluated: EmbeddedEngine, rounds: int) -> dict[str, Any]:
+    """``filter_listing`` of 50 upstreams x 40 tools for one principal (``tools/list``), with
+    the counters unchanged between listings: evaluated every time vs the cached engine (the
+    first listing fills the cache)."""
+    from gateway.steps.policy import filter_listing
+
+    names = ["time", "everything", "fs", *(f"up{i}" for i in range(47))]
+    tools = [
+        ToolInfo(name=f"{u}__t{j}", original_name=f"t{j}", upstream=u, definition={}, verification="pinned")
+        for u in names
+        for j in range(40)
+    ]
+    principal = Principal(id="local", roles=("developer",), source="stdio")
+    counters = CallCounters()
+
+    def timed(eng: EmbeddedEngine) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        shown = filter_listing(eng, principal, tools, counters=counters)
+        return (time.perf_counter() - t0) * 1000, len(shown)
+
+    first_ms, shown = timed(engine)
+    cached = sorted(timed(engine)[0] for _ in range(rounds))
+    plain = sorted(timed(evaluated)[0] for _ in range(rounds))
+    return {
+        "tools": len(tools),
+        "listed": shown,
+        "evaluated_ms": round(plain[len(plain) // 2], 1),
+        "cached_first_ms": round(first_ms, 1),
+        "cached_again_ms": round(cached[len(cached) // 2], 1),
+    }
+
+
 def _distinct(engine: EmbeddedEngine) -> Callable[[dict[str, Any]], Any]:
     """``engine.decide`` on the input with a calls_last_hour never seen in the cache's window."""
     n = iter(range(1 << 62))
@@ -470,6 +502,7 @@ def main() -> int:
         "cache": {"hits": engine.cache_hits, "misses": engine.cache_misses},
         "threads": [threaded(evaluated, inputs, int(t), args.seconds) for t in args.threads.split(",")],
     }
+    out["listing"] = listing(engine, evaluated, 2)
     hits, misses = engine.cache_hits, engine.cache_misses
     out["step"] = {
         **step_overhead(engine, args.timed),

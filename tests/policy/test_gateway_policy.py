@@ -112,6 +112,17 @@ async def test_rate_limit_trips_at_the_configured_count(tmp_path: Path) -> None:
     assert len([c for c in recorded(record) if c["tool"] == "echo"]) == 3
 
 
+async def test_identical_calls_meet_the_hourly_cap_despite_the_decision_cache(tmp_path: Path) -> None:
+    """The same call three times: the policy reads calls_last_hour, so the third decision is
+    evaluated on the moved counter and denied, never answered from the cached allow."""
+    path, record = cfg(tmp_path, default_max_calls_per_hour=2)
+    async with stdio_session(path) as s:
+        results = [await s.call_tool("mut__echo", {"message": "same"}) for _ in range(3)]
+    assert [r.is_error for r in results] == [False, False, True]
+    assert results[2].meta["symbi/error"]["code"] == "policy_denied"  # type: ignore[index]
+    assert len([c for c in recorded(record) if c["tool"] == "echo"]) == 2
+
+
 async def test_tools_list_differs_by_principal_and_hidden_tools_are_refused(tmp_path: Path) -> None:
     dev_cfg, _ = cfg(tmp_path, "local")
     reader_cfg, record = cfg(tmp_path, "reader")

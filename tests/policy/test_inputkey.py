@@ -156,3 +156,22 @@ def test_a_caller_editing_a_decision_cannot_edit_the_cache(tmp_path: Path) -> No
         cond["rate_limit"] = 10_000
         cond["redact_result"].clear()
     assert eng.decide({}).conditions == saved and eng.cache_hits == 2
+
+
+def test_a_tool_listed_again_with_the_same_counters_is_answered_from_the_cache(
+    repo_engine: EmbeddedEngine,
+) -> None:
+    from gateway.context import Principal, ToolInfo
+    from gateway.steps.policy import filter_listing
+
+    tools = [
+        ToolInfo(name=f"{u}__t{i}", original_name=f"t{i}", upstream=u, definition={}, verification="pinned")
+        for u in ("time", "fs", "evil")
+        for i in range(5)
+    ]
+    who = Principal(id="local", roles=("developer",), source="stdio")
+    first = filter_listing(repo_engine, who, tools)
+    hits = repo_engine.cache_hits
+    assert filter_listing(repo_engine, who, tools) == first
+    assert repo_engine.cache_hits - hits == len(tools)
+    assert [t.upstream for t in first] == ["time"] * 5  # time__* only: the listing still filters

@@ -507,9 +507,13 @@ deny contains msg if {
 	msg := sprintf("principal %v may not search knowledge base %v", [principal_id, object.get(memory_doc, "base", "")])
 }
 
+# knowledge/ingest: asked by `symbi knowledge add` (the operator, who owns the config and the
+# data dir; no agent asks it) for the patterns to redact from files before they are embedded.
+target_permitted if kind == "knowledge/ingest"
+
 memory_redact_patterns := object.get(memory_cfg, "redact_text", [])
 
 conditions["redact_text"] := memory_redact_patterns if {
-	kind == "context/write"
+	kind in {"context/write", "knowledge/ingest"}
 	count(memory_redact_patterns) > 0
 }

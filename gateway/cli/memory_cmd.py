@@ -1,7 +1,8 @@
 """``symbi knowledge add|list|search|remove`` and ``symbi memory stats|purge``.
 
 Operator commands on the store the gateway uses (``[context]``): they act as the operator,
-not as an agent, so the policy is not asked. The embedded store has one owner at a time: with
+not as an agent, so the policy is asked one thing only: which patterns ``knowledge add``
+redacts from the files before they are embedded (kind ``knowledge/ingest``). The embedded store has one owner at a time: with
 a gateway running on the same data dir they fail with a reason (use a Qdrant server,
 ``vector_db_url``, to share a store between processes).
 """
@@ -14,12 +15,14 @@ import re
 import sys
 from pathlib import Path
 
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from gateway.events import LoggingSink
+from gateway.memory.access import ingest_patterns
 from gateway.memory.build import build_manager
 from gateway.memory.knowledge import KnowledgeBases
 from gateway.memory.manager import ContextManager
 from gateway.memory.rag import RagPipeline
+from gateway.policy import build_engine
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
@@ -94,8 +97,21 @@ def _progress(n: int, total: int, path: str) -> None:
         print(file=sys.stderr)
 
 
+def _redact_patterns(config: Config, base: str) -> list[str]:
+    """The policy's ``redact_text`` for ``knowledge/ingest`` (none when policies are off)."""
+    if not config.policies_enforced:
+        return []
+    engine = build_engine(config)
+    try:
+        return ingest_patterns(engine, base)
+    finally:
+        engine.close()
+
+
 def _add(args: argparse.Namespace) -> int:
-    m = _manager(args)
+    config = load_config(args.config, args.environ)
+    redact = _redact_patterns(config, args.base)
+    m = build_manager(config, LoggingSink())
     try:
         rep = KnowledgeBases(m).add(
             args.base,
@@ -103,6 +119,7 @@ def _add(args: argparse.Namespace) -> int:
             glob=args.glob,
             prune=not args.no_prune,
             progress=None if args.json else _progress,
+            redact=redact,
         )
         if rep.chunks:
             m.store.optimize()  # build the HNSW index now, not on the gateway's request path
@@ -115,6 +132,7 @@ def _add(args: argparse.Namespace) -> int:
         print(
             f"{d['base']}: {d['added']} added, {d['updated']} updated, {d['unchanged']} unchanged, "
             f"{d['removed']} removed; {d['chunks']} chunks embedded in {d['seconds']} s"
+            + (f"; {d['redacted']} secret(s) redacted by the policy" if d["redacted"] else "")
         )
     return 0
 

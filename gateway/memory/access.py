@@ -11,7 +11,8 @@ The input document is the call's (principal, agent, upstream, context) with ``ki
 of these and a ``memory`` object ``{owner, memory_type, namespace, base}``. A deny raises
 ``PolicyDenied`` with the policy's reasons and is recorded as a ``memory.denied`` event (metadata
 only, never memory text). The ``redact_text`` condition of a ``context/write`` decision lists
-regular expressions whose matches are replaced before the text is embedded or stored.
+regular expressions whose matches are replaced before the text is embedded or stored; the
+operator's ``symbi knowledge add`` asks ``knowledge/ingest`` for the same patterns.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from gateway.context import CallContext, Decision
+from gateway.context import CallContext, Decision, Principal
 from gateway.errors import ContextError, PolicyDenied
 from gateway.events import Event, EventSink
 from gateway.policy.engine import PolicyEngine
@@ -105,6 +106,23 @@ class MemoryAccess:
                 f"policy denied {kind} on {namespace or base or owner}", reasons=list(decision.reasons)
             )
         return decision
+
+
+# `symbi knowledge add` asks as the operator: it owns the config and the data dir
+OPERATOR = Principal("operator", kind="admin")
+
+
+def ingest_patterns(engine: PolicyEngine | None, base: str) -> list[str]:
+    """The patterns the policy redacts from a knowledge base's files before they are embedded
+    (kind ``knowledge/ingest``); a deny stops the ingestion with the policy's reasons."""
+    if engine is None:
+        return []
+    doc = build_input(principal=OPERATOR, kind="knowledge/ingest", target=base)
+    doc["memory"] = {"owner": None, "memory_type": None, "namespace": None, "base": base}
+    decision = engine.decide(doc)
+    if not decision.allow:
+        raise PolicyDenied(f"policy denied knowledge/ingest on {base}", reasons=list(decision.reasons))
+    return text_patterns(decision)
 
 
 def text_patterns(decision: Decision) -> list[str]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import ContextError
 from gateway.events import Event
+from gateway.memory.access import redact_text
 from gateway.memory.manager import ContextManager, check_name
 from gateway.memory.store import Point, point_id
 
@@ -41,6 +42,7 @@ class IngestReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     chunks: int = 0
+    redacted: int = 0  # matches of the policy's redact_text patterns replaced before embedding
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -51,6 +53,7 @@ class IngestReport:
             "unchanged": len(self.unchanged),
             "removed": len(self.removed),
             "chunks": self.chunks,
+            "redacted": self.redacted,
             "seconds": round(self.seconds, 3),
         }
 
@@ -121,8 +124,12 @@ class KnowledgeBases:
         glob: str = "**/*",
         prune: bool = True,
         progress: Callable[[int, int, str], None] | None = None,
+        redact: Sequence[str] = (),
     ) -> IngestReport:
-        """Ingest the files under ``path`` matching ``glob``; a file path ingests that file."""
+        """Ingest the files under ``path`` matching ``glob``; a file path ingests that file.
+
+        ``redact``: regular expressions (the policy's ``redact_text``) whose matches are replaced
+        before anything is chunked, embedded or stored."""
         import time
 
         started = time.perf_counter()
@@ -137,13 +144,16 @@ class KnowledgeBases:
             data = f.read_bytes()
             if len(data) > MAX_FILE_BYTES:
                 raise ContextError(f"{f}: {len(data)} bytes, more than {MAX_FILE_BYTES} (split it)")
-            sha = hashlib.sha256(data).hexdigest()
+            # the patterns are part of the version: a new redaction pattern redoes every file
+            sha = hashlib.sha256(data + "\0".join(redact).encode()).hexdigest()
             src = str(f)
             if stored.get(src) == sha:
                 rep.unchanged.append(src)
             else:
                 (rep.updated if src in stored else rep.added).append(src)
-                rep.chunks += self._put(base, src, sha, data.decode("utf-8", errors="replace"))
+                text, n_redacted = redact_text(data.decode("utf-8", errors="replace"), redact)
+                rep.redacted += n_redacted
+                rep.chunks += self._put(base, src, sha, text)
             if progress:
                 progress(n, len(files), src)
         if prune and root.is_dir():

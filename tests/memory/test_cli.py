@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SYMBI, symbi_env, write_config
+from tests.conftest import ROOT, SYMBI, symbi_env, write_config
 from tests.memory.conftest import CORPUS
 
 
@@ -56,3 +56,45 @@ def test_memory_stats_and_purge(cfg: Path) -> None:
     assert json.loads(st.stdout)["backend"] == "qdrant-edge"
     assert json.loads(_symbi(cfg, "memory", "purge", "--older-than", "30d", "--json").stdout) == {"purged": 0}
     assert _symbi(cfg, "memory", "purge", "--older-than", "30 parsecs").returncode == 2
+
+
+SECRET = "sk-live_abcdefghijklmnopqrstuvwx"
+
+
+def _secret_docs(tmp_path: Path) -> Path:
+    docs = tmp_path / "ops"
+    docs.mkdir()
+    (docs / "ops.md").write_text(f"# Ops\n\n## Deploy\nThe token is {SECRET}; password: hunter2.\n")
+    return docs
+
+
+def _files_with(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_knowledge_add_redacts_what_the_default_policy_names(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path,
+        f'[policy]\npath = "{ROOT / "policies.rego"}"\ndata = "{ROOT / "policies/data.json"}"\n'
+        '[context]\nembedder = "hashing"\n',
+    )
+    r = _symbi(cfg, "knowledge", "add", "ops", str(_secret_docs(tmp_path)), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["redacted"] == 2
+    s = json.loads(_symbi(cfg, "knowledge", "search", "ops", "deploy token", "--json").stdout)
+    assert s["items"][0]["text"] == "The token is [REDACTED]; [REDACTED]"
+    data = tmp_path / "data"
+    assert _files_with(data, SECRET.encode()) == [] and _files_with(data, b"hunter2") == []
+
+
+@pytest.mark.slow
+def test_knowledge_add_stops_when_the_policy_denies_ingestion(tmp_path: Path) -> None:
+    rego = tmp_path / "deny.rego"
+    rego.write_text(
+        'package symbi\n\ndecision := {"allow": false, "reasons": ["ingestion is closed"], "conditions": {}}\n'
+    )
+    cfg = write_config(tmp_path, f'[policy]\npath = "{rego}"\n[context]\nembedder = "hashing"\n')
+    r = _symbi(cfg, "knowledge", "add", "ops", str(_secret_docs(tmp_path)), "--json")
+    assert r.returncode == 1 and "ingestion is closed" in r.stderr
+    assert not (tmp_path / "data" / "vectors").exists()  # nothing was embedded or stored

@@ -3,10 +3,12 @@ with the default local model: paraphrase questions must find their passages."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.errors import ContextError
@@ -143,3 +145,26 @@ def test_chunking_keeps_headings_and_bounds() -> None:
     assert chunks[0].heading == "A" and "para one" in chunks[0].text and "para two" in chunks[0].text
     assert all(c.heading == "B" for c in chunks[1:]) and all(len(c.text) <= 300 for c in chunks)
     assert [c.index for c in chunks] == list(range(len(chunks)))
+
+
+SECRET = "sk-live_abcdefghijklmnopqrstuvwx"
+
+
+def test_redaction_happens_before_embedding_and_a_new_pattern_redoes_files(
+    tmp_path: Path, corpus: Path, hashing: HashingEmbedder
+) -> None:
+    (corpus / "ops.md").write_text(f"# Ops\n\n## Deploy\nThe deploy token is {SECRET} on box 7.\n")
+    m = _manager(tmp_path / "v", hashing)
+    kb = KnowledgeBases(m)
+    plain = kb.add("handbook", corpus, glob="*.md")
+    assert plain.redacted == 0
+    rep = kb.add("handbook", corpus, glob="*.md", redact=[r"sk-[A-Za-z0-9_-]{16,}"])
+    assert len(rep.updated) == 6 and rep.redacted == 1  # new patterns: every file is redone
+    pts = m.store.scroll({"kind": "knowledge", "base": "handbook"})
+    assert SECRET not in json.dumps([p.payload for p in pts])
+    ops = next(p for p in pts if p.payload["source"].endswith("ops.md"))
+    assert ops.payload["text"] == "The deploy token is [REDACTED] on box 7."
+    vec = m.store.retrieve([ops.id], with_vectors=True)[0].vector
+    expected = hashing.embed([f"Deploy\n{ops.payload['text']}"])[0]
+    assert float(np.asarray(vec) @ expected) == pytest.approx(1.0, abs=1e-4)  # the redacted text's vector
+    m.close()

@@ -193,7 +193,7 @@ class PurePolicy:
             return {"allow": allow, "reasons": reasons, "conditions": {}}
         if is_tool:
             self._tool_conditions(name, pe, roles, tool_d, cond)
-        if kind == "context/write" and d.get("memory", {}).get("redact_text", []):
+        if kind in ("context/write", "knowledge/ingest") and d.get("memory", {}).get("redact_text", []):
             cond["redact_text"] = d["memory"]["redact_text"]
         return {"allow": allow, "reasons": reasons, "conditions": cond}
 
@@ -255,6 +255,8 @@ class PurePolicy:
             cond["bus_ok"] = True
 
     def _memory(self, inp: dict[str, Any], kind: str, pid: str, roles: set[str], deny: set[str]) -> bool:
+        if kind == "knowledge/ingest":  # symbi knowledge add: conditions only
+            return True
         if kind not in ("context/read", "context/write", "knowledge/search"):
             return False
         mcfg, mem = self.d.get("memory", {}), inp.get("memory", {})

@@ -113,7 +113,7 @@ GROUPS: tuple[Group, ...] = (
     Group("memory", ("gateway/memory/*",), ("tests/memory/",)),
     # the corpus and the verifier's screening tests call it in-process; tests/screen's gateway
     # and real-server tests start processes per test (seconds a mutant): not in the set
-    Group("screen", ("gateway/screen/*",), ("tests/screen/test_corpus.py", *(
+    Group("screen", ("gateway/screen/*",), ("tests/screen/test_corpus.py", "tests/screen/test_screener.py", *(
         f"tests/verify/test_verifier.py::{t}" for t in (
             "test_poisoned_definitions_are_screened_and_announced_once_per_definition",
             "test_screening_on_approval_sees_other_upstreams_tools_only",

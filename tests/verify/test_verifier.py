@@ -306,10 +306,19 @@ def test_manifest_approval_verifies_and_a_changed_upstream_tool_is_drift(tmp_pat
         schemapin.fingerprint(key.public_key()),
         False,
     )
+    # the org-signed manifest entry is a person's approval: recorded as the approved definition
+    rec = v.state.get("up", "echo")
+    assert rec is not None and rec.approved_hash == ok.definition_hash == schemapin.definition_hash(DEF)
     drift = assess(v, CHANGED)["up__echo"]
     assert (drift.verification, drift.blocked) == ("drifted", True)
     assert schemapin.definition_hash(DEF)[:12] in drift.verification_reason  # type: ignore[operator]
     assert drift.key_fingerprint == ok.key_fingerprint
+    rec = v.state.get("up", "echo")  # the drifted definition is recorded, never approved
+    assert (
+        rec is not None
+        and rec.approved_hash == ok.definition_hash
+        and rec.current_hash == drift.definition_hash
+    )
     v.close()
 
 

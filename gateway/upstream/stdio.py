@@ -104,6 +104,10 @@ async def bounded_stdio_client(
                             await read_writer.send(parse_stdio_line(text))
                 finally:
                     buf.clear()
+                    # The session sees the end now: the drain below lasts until the process is
+                    # stopped, which waits for the session to end (an oversized message used to
+                    # leave the call pending until its timeout and a failed ping).
+                    read_writer.close()
                     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                         await drain_stdout(process)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):

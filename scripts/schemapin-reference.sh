@@ -8,6 +8,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-${SCHEMAPIN_REF_VENV:-$here/.venv-schemapin-ref}}"
 py="${PYTHON:-python3}"
+# One maker at a time (pytest-xdist workers may all ask at once): a lock on this script.
+exec 9<"${BASH_SOURCE[0]}"
+flock 9
 # A marker written last, so a half-made venv is never taken for a ready one.
 if [ -f "$venv/.schemapin-ref-ready" ]; then
     echo "reference venv ready: $venv"

@@ -36,21 +36,31 @@ def pytest_configure(config: pytest.Config) -> None:
         config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
 
 
+def _enterable_down_to(folder: Path) -> None:
+    """Every folder of this session's own temp root down to ``folder`` (under pytest-xdist a
+    worker's base temp is one level deeper: <root>/t/popen-gw0)."""
+    for d in (*reversed(folder.parents), folder):
+        if not str(d).startswith(tempfile.gettempdir() + "/symbi-pytest-"):
+            continue  # only this session's own folders
+        os.chmod(d, os.stat(d).st_mode | 0o111)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _upstream_user_can_enter_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Before any module or package fixture makes its folder (e.g. a shared gateway's config
+    folder) under the base temp, which runs first in a pytest-xdist worker."""
+    if os.geteuid() == 0:
+        _enterable_down_to(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture(autouse=True)
-def _upstream_user_can_enter_tmp_path(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> None:
+def _upstream_user_can_enter_tmp_path(request: pytest.FixtureRequest) -> None:
     """Unsandboxed upstreams run as the unprivileged `symbi-upstream` user, in the config's
     folder: let it enter (not list) the test's folder, as it could a real config folder.
     The data dir inside stays 0700 (the gateway makes it so)."""
     if "tmp_path" not in request.fixturenames or os.geteuid() != 0:
         return
-    tmp = request.getfixturevalue("tmp_path")
-    base = tmp_path_factory.getbasetemp()
-    for d in (base.parent, base, *[p for p in tmp.parents if base in p.parents], tmp):
-        if not str(d).startswith(tempfile.gettempdir() + "/symbi-pytest-"):
-            continue  # only this session's own folders
-        os.chmod(d, os.stat(d).st_mode | 0o111)
+    _enterable_down_to(request.getfixturevalue("tmp_path"))
 
 
 def free_port() -> int:

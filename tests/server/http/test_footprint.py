@@ -5,18 +5,24 @@ HTTP, not stdio: one stdio gateway process serves exactly one session, so churni
 over stdio would measure process start-up, not the gateway's state. Each session here is a
 full MCP session (initialize, initialized, one tools/call through policy + audit, DELETE),
 by one of three principals.
+
+The client is the standard library's ``http.client`` on one keep-alive connection: the
+gateway runs in a thread of this process, so the client's CPU is the gateway's too, and
+httpx spent about a fifth of the run.
 """
 
 from __future__ import annotations
 
 import gc
+import http.client
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
@@ -35,73 +41,94 @@ INIT = {
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
-def _payload(r: httpx.Response) -> dict[str, Any]:
-    if r.headers.get("content-type", "").startswith("application/json"):
-        return dict(r.json())
-    data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+class Client:
+    """One keep-alive HTTP/1.1 connection to the gateway (a real socket on 127.0.0.1)."""
+
+    def __init__(self, base: str) -> None:
+        url = urlsplit(base)
+        self.conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None = None
+    ) -> tuple[int, http.client.HTTPResponse, str]:
+        self.conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        r = self.conn.getresponse()
+        return r.status, r, r.read().decode()
+
+
+@contextmanager
+def client_for(base: str) -> Iterator[Client]:
+    c = Client(base)
+    try:
+        yield c
+    finally:
+        c.conn.close()
+
+
+def _payload(r: http.client.HTTPResponse, text: str) -> dict[str, Any]:
+    if (r.getheader("content-type") or "").startswith("application/json"):
+        return dict(json.loads(text))
+    data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:") and line[5:].strip()]
     return dict(json.loads(data[-1]))
 
 
-def one_session(client: httpx.Client, mcp: str, key: str, n: int) -> None:
-    r = client.post(mcp, json=INIT, headers={**HEADERS, **bearer(key)})
-    assert r.status_code == 200, r.text
+def one_session(client: Client, key: str, n: int) -> None:
+    status, r, text = client.request("POST", "/mcp", {**HEADERS, **bearer(key)}, INIT)
+    assert status == 200, text
     h = {
         **HEADERS,
         **bearer(key),
-        "mcp-session-id": r.headers["mcp-session-id"],
+        "mcp-session-id": r.getheader("mcp-session-id") or "",
         "mcp-protocol-version": PROTOCOL,
     }
-    assert (
-        client.post(
-            mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h
-        ).status_code
-        == 202
+    status, _, text = client.request(
+        "POST", "/mcp", h, {"jsonrpc": "2.0", "method": "notifications/initialized"}
     )
+    assert status == 202, text
     call = {
         "jsonrpc": "2.0",
         "id": 2,
         "method": "tools/call",
         "params": {"name": "everything__echo", "arguments": {"message": f"m{n}"}},
     }
-    reply = _payload(client.post(mcp, json=call, headers=h))
+    status, r, text = client.request("POST", "/mcp", h, call)
+    reply = _payload(r, text)
     assert reply["result"]["content"][0]["text"].endswith(f"m{n}"), reply
-    assert client.delete(mcp, headers=h).status_code in (200, 204)
+    assert client.request("DELETE", "/mcp", h)[0] in (200, 204)
 
 
-def state(client: httpx.Client, base: str, admin: str) -> dict[str, Any]:
+def state(client: Client, admin: str) -> dict[str, Any]:
     gc.collect()  # weak sets (downstream connections) let go on collection
-    r = client.get(base + "/api/state", headers=bearer(admin))
-    assert r.status_code == 200, r.text
-    return dict(r.json())
+    status, _, text = client.request("GET", "/api/state", bearer(admin))
+    assert status == 200, text
+    return dict(json.loads(text))
 
 
 def churn(tmp_path: Path, sessions: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     cfg = everything_config(tmp_path)
     keys = make_keys(cfg)
     users = [keys.user, keys.other_user, keys.admin]
-    with run_server(cfg) as run, httpx.Client(timeout=30) as client:
+    with run_server(cfg) as run, client_for(run.base) as client:
         for i, key in enumerate(users):  # warm-up: every principal, label set and cache exists
-            one_session(client, run.mcp, key, i)
-        state(client, run.base, keys.admin)  # (the /api/state request has a metrics label set too)
-        start = settled(client, run.base, keys.admin, lambda s: s["owned"]["downstream_connections"] == 0)
+            one_session(client, key, i)
+        state(client, keys.admin)  # (the /api/state request has a metrics label set too)
+        start = settled(client, keys.admin, lambda s: s["owned"]["downstream_connections"] == 0)
         peak: dict[str, Any] = {}
         for n in range(sessions):
-            one_session(client, run.mcp, users[n % len(users)], n)
+            one_session(client, users[n % len(users)], n)
             if n == sessions // 2:
-                peak = state(client, run.base, keys.admin)
-        end = settled(client, run.base, keys.admin, lambda s: s["owned"] == start["owned"])
+                peak = state(client, keys.admin)
+        end = settled(client, keys.admin, lambda s: s["owned"] == start["owned"])
     return start, peak, end
 
 
-def settled(
-    client: httpx.Client, base: str, admin: str, done: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
+def settled(client: Client, admin: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """The state once ``done`` holds (session tasks finish shortly after DELETE), or at 30 s."""
     deadline = time.monotonic() + 30
-    s = state(client, base, admin)
+    s = state(client, admin)
     while not done(s) and time.monotonic() < deadline:
         time.sleep(0.2)
-        s = state(client, base, admin)
+        s = state(client, admin)
     return s
 
 

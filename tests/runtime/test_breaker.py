@@ -96,7 +96,9 @@ async def test_breaker_opens_half_opens_and_closes_against_a_killed_and_restarte
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow)
             tg.start_soon(slow)
-            await anyio.sleep(1.0)
+            with anyio.fail_after(30):  # both calls reached the upstream (it records each)
+                while _received(record).count("slow") < 2:
+                    await anyio.sleep(0.05)
             os.kill(pid, signal.SIGKILL)  # both calls in flight fail: two consecutive failures
         assert codes == ["upstream_unavailable", "upstream_unavailable"]
 
@@ -118,6 +120,13 @@ async def test_breaker_opens_half_opens_and_closes_against_a_killed_and_restarte
     received = [json.loads(x)["arguments"].get("message") for x in record.read_text().splitlines()]
     assert "while-open" not in received and received[-2:] == ["probe", "closed"]
     assert _breaker_moves(cfg) == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
+
+
+def _received(record: Path) -> list[str]:
+    """The tools the upstream was called with, in order."""
+    if not record.exists():
+        return []
+    return [json.loads(x)["tool"] for x in record.read_text().splitlines() if x.strip()]
 
 
 def _breaker_moves(cfg: Path) -> list[tuple[str, str]]:

@@ -144,3 +144,28 @@ def test_the_checkpoint_file_is_replaced_whole_and_private(tmp_path: Path) -> No
     path.write_text("{")
     with pytest.raises(ValueError):
         store.read_checkpoint_file(path)
+
+
+def test_the_writer_makes_the_logs_folders_and_the_anchor_file_sits_beside_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "deeper" / "audit.db"
+    conn = store.open_writer(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        conn.close()
+    assert path.is_file()
+    # the name existing data dirs already hold: another name would orphan their anchors
+    assert store.checkpoint_path(path) == path.parent / "audit.db.anchor.json"
+
+
+@pytest.mark.parametrize(
+    "wrong", [{"seq": "1"}, {"chain_hash": 1}, {"signature": None}, {"seq": 1.5}, {"ts_ns": None, "seq": "x"}]
+)
+def test_an_anchor_with_a_field_of_the_wrong_type_is_malformed(wrong: dict[str, Any]) -> None:
+    good = anchor(1).as_dict()
+    assert Anchor.from_dict(good) == anchor(1)
+    with pytest.raises(ValueError):
+        Anchor.from_dict({**good, **wrong})
+    with pytest.raises(ValueError):
+        Anchor.from_dict({k: v for k, v in good.items() if k != "key_id"})

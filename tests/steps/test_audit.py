@@ -291,3 +291,22 @@ def test_the_durable_write_latency_is_observed(log: AuditLog) -> None:
     before = time.perf_counter()
     asyncio.run(AuditStep(log, observe=seen.append)(_call(), _allowed))
     assert len(seen) == 1 and 0 <= seen[0] <= time.perf_counter() - before
+
+
+def test_the_record_carries_the_requests_trace_id_and_none_outside_a_trace(log: AuditLog) -> None:
+    """The audit record links to the request's OpenTelemetry trace (its trace id, not the span's).
+    A real SDK tracer provider, in-process (found by mutation testing: nothing ran a traced call)."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")
+
+    async def traced() -> int:
+        with tracer.start_as_current_span("request") as span:
+            await build_chain([AuditStep(log)], _allowed)(_call())
+            return span.get_span_context().trace_id
+
+    trace_id = asyncio.run(traced())
+    asyncio.run(build_chain([AuditStep(log)], _allowed)(_call()))  # no trace around it
+    first, second = _stored(log)[-2:]
+    assert first["details"]["trace_id"] == format(trace_id, "032x")
+    assert second["details"]["trace_id"] is None

@@ -357,7 +357,11 @@ class DockerTier(SandboxTier):
     def _ours(self) -> list[Any]:
         try:
             client = docker_client()
-            return list(client.containers.list(all=True, filters={"label": f"{LABEL}=1"}))
+            # another gateway on this host may remove its container between the list and the
+            # inspect docker-py makes of each: skip those rather than fail the whole sweep
+            return list(
+                client.containers.list(all=True, filters={"label": f"{LABEL}=1"}, ignore_removed=True)
+            )
         except SandboxUnavailable:
             return []
 

@@ -252,7 +252,7 @@ def collect(scratch: Path) -> list[dict[str, object]]:
         source = str(meta.relative_to(scratch / "mutants"))[: -len(".meta")]
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         out += [{"name": n, "file": source, "status": STATUS.get(c, "suspicious")} for n, c in sorted(codes.items())]
-    wanted = [[m["name"], m["file"]] for m in out if m["status"] not in ("killed", "no tests")]
+    wanted = [[m["name"], m["file"]] for m in out if m["status"] not in ("killed", "no tests", "not checked")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     shown = subprocess.run(
         [sys.executable, "-c", _DIFFS], input=json.dumps(wanted), check=True,

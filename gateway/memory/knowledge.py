@@ -1,7 +1,8 @@
 """Knowledge bases: files chunked, embedded and stored; re-ingesting touches changed files only.
 
 A base is a name; its chunks are points with ``kind = "knowledge"``, ``base``, ``source`` (the
-file's resolved path), ``sha`` (of the file's bytes), ``chunk``, ``heading`` and ``text``. What
+file's resolved path), ``sha`` (of the file's bytes), ``chunk``, ``heading``, ``text`` and ``meta``
+(a Markdown file's YAML front matter: what search ``filters`` match). What
 is already stored is the manifest (read back from the store, so a Qdrant server shared by
 several gateways needs no local state): a file whose sha is unchanged is skipped, a changed file
 has its chunks replaced, and a file that disappeared from the folder has its chunks removed.
@@ -13,15 +14,19 @@ import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from gateway.errors import ContextError
 from gateway.events import Event
 from gateway.memory.access import redact_text
-from gateway.memory.manager import ContextManager, check_name
+from gateway.memory.manager import FILTER_KEY, ContextManager, check_name
 from gateway.memory.store import Point, point_id
 
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.S)
 CHUNK_CHARS = 1000  # ~250 tokens: below the model's 256-token window with the heading prefix
 MAX_FILE_BYTES = 5 * 1024 * 1024
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
@@ -56,6 +61,30 @@ class IngestReport:
             "redacted": self.redacted,
             "seconds": round(self.seconds, 3),
         }
+
+
+def front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """A Markdown file's YAML front matter (``---`` lines at the top) as metadata, and the text
+    without it. Its scalar fields (and lists of strings) become every chunk's metadata: what
+    ``knowledge__search`` ``filters`` match. A block that is not a YAML mapping stays text."""
+    m = _FRONT_MATTER.match(text)
+    if not m:
+        return {}, text
+    try:
+        data = yaml.safe_load(m.group(1))
+    except yaml.YAMLError:
+        return {}, text
+    if not isinstance(data, dict):
+        return {}, text
+    meta: dict[str, Any] = {}
+    for k, v in data.items():
+        if not isinstance(k, str) or not FILTER_KEY.match(k):
+            continue
+        if isinstance(v, date):
+            v = v.isoformat()
+        if isinstance(v, str | int | bool) or (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            meta[k] = v
+    return meta, text[m.end() :]
 
 
 def _paragraphs(text: str) -> Iterator[tuple[str, str]]:
@@ -167,6 +196,7 @@ class KnowledgeBases:
         return rep
 
     def _put(self, base: str, src: str, sha: str, text: str) -> int:
+        meta, text = front_matter(text)
         chunks = chunk_text(text)
         flt: dict[str, Any] = {"kind": "knowledge", "base": base, "source": src}
         self.m.store.delete(filter=flt)  # the old version's chunks (there may be more of them)
@@ -187,7 +217,7 @@ class KnowledgeBases:
                         "heading": c.heading,
                         "text": c.text,
                         "ts": now,
-                        "meta": {},
+                        "meta": meta,
                     },
                 )
                 for i, c in enumerate(chunks)

@@ -39,7 +39,7 @@ from gateway.memory.volatile import VolatileMemory
 
 DAY_S = 86_400.0
 MAX_TEXT_CHARS = 32_000
-_FILTER_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+FILTER_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _NAME = re.compile(NAME_RE)
 
 
@@ -70,7 +70,7 @@ def user_filter(filters: Mapping[str, Any] | None, prefix: str = "meta.") -> dic
     """Caller filters on metadata, checked: a key cannot name a system field (agent, namespace...)."""
     out: dict[str, Any] = {}
     for k, v in (filters or {}).items():
-        if not isinstance(k, str) or not _FILTER_KEY.match(k):
+        if not isinstance(k, str) or not FILTER_KEY.match(k):
             raise ContextError(f"filters.{k}: a filter key is letters, digits and '_' only")
         if isinstance(v, list):
             if not all(isinstance(x, str) for x in v):

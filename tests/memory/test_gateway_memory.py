@@ -265,15 +265,19 @@ async def test_filters_cannot_reach_another_agents_memory(tmp_path: Path) -> Non
             gw, BOB, "memory__recall", query="root password safe", types=["long_term", "working"]
         )
         assert got.structured_content["items"] == []  # type: ignore[index]
-        with pytest.raises(PolicyDenied):  # nor through A's working memory resource
+        for uri in ("memory://agent-a/working", "memory://agent-a/long_term"):
+            # A reads first, so an allow for A's own memory is in the decision cache
             await gw.call(
                 CallContext(
-                    principal=BOB,
-                    kind="resources/read",
-                    target="memory://agent-a/working",
-                    upstream=gw.upstream_info("memory"),
+                    principal=ALICE, kind="resources/read", target=uri, upstream=gw.upstream_info("memory")
                 )
             )
+            with pytest.raises(PolicyDenied):  # nor through A's resources
+                await gw.call(
+                    CallContext(
+                        principal=BOB, kind="resources/read", target=uri, upstream=gw.upstream_info("memory")
+                    )
+                )
 
 
 async def test_a_shared_resource_lists_what_that_agent_wrote(tmp_path: Path) -> None:

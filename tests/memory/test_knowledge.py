@@ -168,3 +168,30 @@ def test_redaction_happens_before_embedding_and_a_new_pattern_redoes_files(
     expected = hashing.embed([f"Deploy\n{ops.payload['text']}"])[0]
     assert float(np.asarray(vec) @ expected) == pytest.approx(1.0, abs=1e-4)  # the redacted text's vector
     m.close()
+
+
+def test_front_matter_is_metadata_that_filters_match(
+    tmp_path: Path, corpus: Path, hashing: HashingEmbedder
+) -> None:
+    (corpus / "pay.md").write_text(
+        "---\nteam: payments\ntags: [ops, billing]\nreviewed: 2026-10-01\nnested: {a: 1}\n---\n"
+        "# Payments\n\n## Refunds\nRefunds over 500 euros need a second approver.\n"
+    )
+    (corpus / "bad.md").write_text("---\n: not yaml [\n---\n## Refunds\nRefunds are in the ledger.\n")
+    m = _manager(tmp_path / "v", hashing)
+    KnowledgeBases(m).add("handbook", corpus, glob="*.md")
+    rag = RagPipeline(m)
+
+    def sources(filters: dict[str, object] | None) -> set[str]:
+        items = rag.run("refunds approver", bases=["handbook"], top_k=10, filters=filters).items
+        return {Path(i.source).name for i in items}
+
+    assert sources({"team": "payments"}) == {"pay.md"}
+    assert sources({"tags": "ops"}) == {"pay.md"}  # a list matches any of its items
+    assert sources({"reviewed": "2026-10-01"}) == {"pay.md"}
+    assert sources({"team": "people"}) == set()
+    assert "bad.md" in sources(None)  # not front matter: stays text, no metadata
+    pay = next(p for p in m.store.scroll({"kind": "knowledge"}) if p.payload["source"].endswith("pay.md"))
+    assert pay.payload["meta"] == {"team": "payments", "tags": ["ops", "billing"], "reviewed": "2026-10-01"}
+    assert "team:" not in pay.payload["text"] and pay.payload["heading"] == "Refunds"
+    m.close()

@@ -181,11 +181,15 @@ def _stats(args: argparse.Namespace) -> int:
         st = m.stats(args.agent)
     finally:
         m.close()
+    # short-term and working memory live in the running gateway's process: this one has none
+    for k in ("short_term", "working", "short_term_cache"):
+        st.pop(k, None)
     if args.json:
         print(json.dumps(st))
     else:
         for k, v in st.items():
             print(f"{k}\t{v}")
+        print("(short_term and working memory live in the running gateway; not counted here)")
     return 0
 
 

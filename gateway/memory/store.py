@@ -437,7 +437,7 @@ class EdgeStore:
 
     def optimize(self) -> None:
         """Build the HNSW index over new points. Holds the GIL for its duration (seconds per 10k
-        points), so it runs after bulk ingestion and from the maintenance job, never per call."""
+        points), so it runs after bulk ingestion (`symbi knowledge add`), never in a serving gateway."""
         with self._lock:
             self._shard.optimize()
 

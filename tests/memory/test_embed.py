@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.config.load import build_config
 from gateway.errors import ConfigError, ContextError
+from gateway.events import LoggingSink
+from gateway.memory.build import build_manager
 from gateway.memory.embed import HashingEmbedder, OnnxMiniLM, OpenAIEmbedder, by_length, make_embedder
 from tests.conftest import free_port
 
@@ -138,3 +142,19 @@ def test_openai_endpoint_errors_are_context_errors(
         OpenAIEmbedder(
             api_key="k", base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", dimension=384
         ).embed(["x"])
+
+
+def test_context_keys_and_environment_reach_the_endpoint(
+    embeddings_server: tuple[str, list[dict[str, Any]]], minilm: OnnxMiniLM, tmp_path: Path
+) -> None:
+    """OPENAI_API_KEY / OPENAI_BASE_URL and [context] embedding_model, through the config."""
+    url, seen = embeddings_server
+    cfg = build_config(
+        {"gateway": {"data_dir": str(tmp_path)}, "context": {"embedding_model": "minilm-over-http"}},
+        environ={"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": url},
+    )
+    m = build_manager(cfg, LoggingSink())
+    got = m.embed(TEXTS[:2])
+    assert np.allclose(got, minilm.embed(TEXTS[:2]), atol=1e-4)
+    assert seen[-1]["model"] == "minilm-over-http" and m.embedder.id == "openai:minilm-over-http:384"
+    m.close()

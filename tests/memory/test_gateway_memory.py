@@ -310,3 +310,11 @@ async def test_the_retention_job_purges_old_memories_on_its_interval(tmp_path: P
         assert m.store.count({"kind": "memory"}) == 0
     purged = [r for r in audit_records(cfg, "memory.purged") if r["count"]]
     assert purged and purged[0]["count"] == 1
+
+
+async def test_context_disabled_removes_the_builtins(tmp_path: Path) -> None:
+    async with gateway(_config(tmp_path, "enabled = false")) as gw:
+        assert not [t for t in gw.catalog.tools if t.startswith(("memory__", "knowledge__"))]
+        assert "memory" not in gw.builtins and "knowledge" not in gw.builtins
+        with pytest.raises(UnknownTool):
+            await call(gw, ALICE, "memory__store", text="x")

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.errors import ContextError
 from gateway.memory.embed import HashingEmbedder
+from gateway.memory.knowledge import KnowledgeBases
 from gateway.memory.manager import DAY_S, ContextManager, MemorySettings
 from gateway.memory.store import CollectionSpec, EdgeStore
 from gateway.memory.types import AgentContext, ContextQuery
@@ -141,3 +142,18 @@ def test_long_term_survives_a_reopen(tmp_path: Path, clock: Clock) -> None:
     assert [g.id for g in got] == [item]
     assert np.isfinite(got[0].score)
     m2.close()
+
+
+def test_search_knowledge_is_per_base(cm: ContextManager, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("## Parking\nbikes go to the basement cage\n")
+    (docs / "b.md").write_text("## Parking\nbikes are not allowed in the lobby\n")
+    kb = KnowledgeBases(cm)
+    kb.add("alpha", docs / "a.md")
+    kb.add("beta", docs / "b.md")
+    got = cm.search_knowledge("A", "where do bikes go", bases=["alpha"], top_k=5)
+    assert [(i.base, Path(i.source).name, i.heading) for i in got] == [("alpha", "a.md", "Parking")]
+    assert {i.base for i in cm.search_knowledge("A", "bikes", bases=["alpha", "beta"])} == {"alpha", "beta"}
+    with pytest.raises(ContextError):
+        cm.search_knowledge("A", "bikes", bases=["../beta"])

@@ -11,7 +11,8 @@ so each number sits beside its baseline taken minutes apart on the same noisy ma
   no checks: the floor); ``gateway_off`` (``symbi mcp`` with policy, audit and verification
   off); ``gateway_secure`` (``symbi mcp`` with the repo's ``policies.rego``, the signed audit
   log and ``tofu`` verification: the default path); with ``--baseline-tree DIR`` also
-  ``gateway_secure_baseline``, the same gateway run from another checkout (before a change).
+  ``gateway_secure_baseline`` and ``gateway_off_baseline``, the same gateways run from another
+  checkout (before a change), compared round by round in ``stdio_vs_baseline_tree``.
   Sequential latency (p50/p99) and calls/s with ``--callers`` concurrent callers.
 - ``policy``: ``EmbeddedEngine.decide`` on ``policies/cases.json`` (decisions/s on one core,
   p99) vs the same rules in plain Python (bench/policy.py's baseline, checked to agree).
@@ -99,15 +100,28 @@ def stdio_targets(tmp: Path, baseline: Path | None) -> dict[str, Target]:
             ROOT,
         ),
     }
-    if baseline is not None:  # the same secure gateway, another checkout's code (its own data dir)
+    if baseline is not None:  # the same gateways, another checkout's code (their own data dirs)
         data2 = bench_policy_data(tmp / "baseline", "bench", [])
         cfg2 = write_gateway_config(
             tmp / "baseline", _everything("tofu"), security=True, principal="bench", policy_data=data2
+        )
+        off2 = write_gateway_config(
+            tmp / "baseline_off",
+            _everything("off"),
+            security=False,
+            extra='[mcp]\ntool_verification = "off"\n',
         )
         env = {**gateway_env(), "PYTHONPATH": str(baseline)}
         out["gateway_secure_baseline"] = (
             str(SYMBI),
             ["mcp", "--config", str(cfg2)],
+            env,
+            "everything__echo",
+            baseline,
+        )
+        out["gateway_off_baseline"] = (
+            str(SYMBI),
+            ["mcp", "--config", str(off2)],
             env,
             "everything__echo",
             baseline,
@@ -289,6 +303,25 @@ def _stdio_report(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, A
     return out
 
 
+def _vs_baseline(rounds: list[dict[str, Any]], name: str, base: str) -> dict[str, Any]:
+    """This tree's gateway against the same gateway from ``--baseline-tree``, round by round
+    (medians): p50 and p99 ratios (below 1 is faster) and the calls/s ratio (above 1 is more)."""
+    p50, p99, thr = [], [], []
+    for rnd in rounds:
+        a, b = rnd["stdio"][name], rnd["stdio"][base]
+        al, bl = latency_summary(a["sequential"].latencies), latency_summary(b["sequential"].latencies)
+        p50.append(al["p50_ms"] / bl["p50_ms"])
+        p99.append(al["p99_ms"] / bl["p99_ms"])
+        thr.append(a["concurrent"].calls_per_s / b["concurrent"].calls_per_s)
+    return {
+        "p50_ratio": round(median(p50), 3),
+        "p99_ratio": round(median(p99), 3),
+        "throughput_ratio": round(median(thr), 3),
+        "p50_ratio_per_round": [round(x, 3) for x in p50],
+        "throughput_ratio_per_round": [round(x, 3) for x in thr],
+    }
+
+
 def _med(rounds: list[dict[str, Any]], *path: str) -> float:
     vals = []
     for rnd in rounds:
@@ -350,6 +383,11 @@ def report(
             True,
             note="direct server-everything stands in for mcp-proxy",
         )
+    versus = {
+        name: _vs_baseline(rounds, name, f"{name}_baseline")
+        for name in ("gateway_secure", "gateway_off")
+        if f"{name}_baseline" in names
+    }
     errors = sum(s["misrouted"] + s["errors"] for s in stdio.values())
     errors += sum(h["misrouted_or_failed"] for h in http.values())
     return {
@@ -362,6 +400,7 @@ def report(
             "time": time.strftime("%Y-%m-%d %H:%M"),
         },
         "stdio": stdio,
+        "stdio_vs_baseline_tree": versus,
         "policy": {
             **pol,
             "baseline_agrees_on": f"{policy.agree}/{len(policy.inputs)}",

@@ -219,16 +219,20 @@ def test_log_lines_in_a_request_carry_its_trace_id() -> None:
 
 
 def test_per_step_spans_only_while_some_processor_takes_spans() -> None:
-    """Without an exporter the chain makes no per-step span (the request's span stays current,
-    so its trace id still reaches the audit record); with one, every step has its span."""
+    """Without an exporter the chain makes no per-step span and the request's span is not
+    recorded (it stays current, so its trace id still reaches the audit record); with one,
+    every step has its span."""
     from gateway.chain import build_chain
     from gateway.context import CallContext, Principal
 
     seen: list[str] = []
+    traces: list[tuple[int, int]] = []  # (trace id the step saw, the request span's)
 
     class Look:
         async def __call__(self, call: CallContext, call_next: object) -> str:
-            seen.append(getattr(trace.get_current_span(), "name", ""))
+            current = trace.get_current_span()
+            seen.append(getattr(current, "name", ""))
+            traces.append((current.get_span_context().trace_id, 0))
             return "ok"
 
     async def endpoint(call: CallContext) -> str:
@@ -238,12 +242,15 @@ def test_per_step_spans_only_while_some_processor_takes_spans() -> None:
 
     def one_call() -> None:
         call = CallContext(principal=Principal(id="p"), kind="tools/call", target="t", arguments={})
-        with telemetry.tracer().start_as_current_span("request"):
+        with telemetry.tracer().start_as_current_span("request") as request:
             anyio.run(handler, call)
+        traces[-1] = (traces[-1][0], request.get_span_context().trace_id)
 
     telemetry.install()
     assert not telemetry.exporting()
     one_call()
+    # not exporting: the request span is not recorded (no name), but its trace id is current
+    assert seen == [""] and traces[0][0] == traces[0][1] != 0
     memory = InMemorySpanExporter()
     proc = SimpleSpanProcessor(memory)
     telemetry.install().add(proc)
@@ -252,5 +259,36 @@ def test_per_step_spans_only_while_some_processor_takes_spans() -> None:
         one_call()
     finally:
         telemetry.install().remove(proc)
-    assert seen == ["request", "symbi.step Look"]
+    assert seen == ["", "symbi.step Look"]
     assert [s.name for s in memory.get_finished_spans()] == ["symbi.step Look", "request"]
+
+
+def test_request_spans_are_recorded_only_while_exporting_or_when_the_caller_samples() -> None:
+    """The SDK's request spans cost a recorded span per call; with nothing taking spans they are
+    dropped but keep valid ids (the audit record's trace id). A caller's sampled trace is still
+    recorded (its flag is kept for the upstream), and everything is while a processor listens."""
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    telemetry.install()
+    assert not telemetry.exporting()
+    with telemetry.tracer().start_as_current_span("root") as root:
+        assert not root.is_recording()
+        assert root.get_span_context().is_valid and not root.get_span_context().trace_flags.sampled
+        assert telemetry.current_ids() is not None
+    remote = SpanContext(
+        trace_id=0x1234, span_id=0x99, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+    )
+    with telemetry.tracer().start_as_current_span(
+        "from a sampled caller", context=set_span_in_context(NonRecordingSpan(remote))
+    ) as child:
+        assert child.is_recording() and child.get_span_context().trace_id == 0x1234
+        assert child.get_span_context().trace_flags.sampled
+    memory = InMemorySpanExporter()
+    proc = SimpleSpanProcessor(memory)
+    telemetry.install().add(proc)
+    try:
+        with telemetry.tracer().start_as_current_span("exported") as span:
+            assert span.is_recording() and span.get_span_context().trace_flags.sampled
+    finally:
+        telemetry.install().remove(proc)
+    assert [s.name for s in memory.get_finished_spans()] == ["exported"]

@@ -27,6 +27,7 @@ from gateway.assemble import make_gateway
 from gateway.compat import create_context_streams, stream_reader_head
 from gateway.config.model import Config
 from gateway.server.front import build_server, init_options
+from gateway.upstream.stdio import with_waiting
 
 _ID_RE = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
@@ -35,6 +36,11 @@ def _error(code: int, message: str, rid: Any = None) -> SessionMessage:
     return SessionMessage(
         types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message))
     )
+
+
+def frame(msg: SessionMessage) -> bytes:
+    """One message as one line of the wire."""
+    return msg.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
 
 
 def _peek_id(head: bytes) -> Any:
@@ -75,10 +81,12 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
     writer = asyncio.StreamWriter(wtransport, wprotocol, None, loop)
 
     to_server, from_client = create_context_streams[SessionMessage | Exception](0)
-    to_client, from_server = create_context_streams[SessionMessage](0)
+    # outgoing: a plain memory stream (the writer needs no sender context) so that replies
+    # waiting together leave in one pipe write (``receive_nowait``)
+    to_client, from_server = anyio.create_memory_object_stream[SessionMessage](0)
 
     async def write(msg: SessionMessage) -> None:
-        writer.write(msg.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+        writer.write(frame(msg))
         await writer.drain()
 
     async def read_loop() -> None:
@@ -115,7 +123,8 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
     async def write_loop() -> None:
         async with from_server:
             async for msg in from_server:
-                await write(msg)
+                writer.write(b"".join(map(frame, with_waiting(msg, from_server))))
+                await writer.drain()
 
     try:
         async with anyio.create_task_group() as tg:

@@ -79,6 +79,11 @@ class _Item:
     task: Callable[[WriterContext], Any] | None = None  # maintain: run on the writer thread
 
 
+def _awaited(item: _Item) -> bool:
+    """Someone waits for this item: a ``record``/``append`` event, or any control item."""
+    return item.kind != "event" or item.future is not None or item.waiter is not None
+
+
 @dataclass
 class WriterContext:
     """What a maintenance task (retention) gets on the writer thread, between batches.
@@ -150,6 +155,9 @@ class AuditLog:
         AuditError: the log or key cannot be opened, another process holds the log, or the key
             does not match the one the log's head was signed with.
     """
+
+    # how long fire-and-forget events wait for an awaited one to share its commit (_next_batch)
+    EMIT_LINGER_S = 0.005
 
     def __init__(
         self,
@@ -454,12 +462,7 @@ class AuditLog:
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.batch_max and batch[-1].kind == "event":
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = self._next_batch()
             events = [it for it in batch if it.kind == "event"]
             if events:
                 self._commit_events(events)
@@ -479,6 +482,37 @@ class AuditLog:
                 except Exception as e:  # noqa: BLE001 - reported to the closer
                     _resolve(control.future, exc=AuditError(f"audit checkpoint on close failed: {e}"))
                 return
+
+    def _next_batch(self) -> list[_Item]:
+        """The next group commit: what is queued, up to ``batch_max`` or a control item.
+
+        While the batch holds only fire-and-forget events (``emit``: nobody waits for them),
+        it waits up to ``EMIT_LINGER_S`` for an event someone waits for: a call's lifecycle
+        flips then share the fsync of its ``record`` instead of taking one of their own
+        before it (the call's reply waited for both). Nothing acknowledged is delayed: an
+        awaited event, a flush or a close ends the wait at once.
+        """
+        batch = [self._queue.get()]
+        awaited = _awaited(batch[0])
+        deadline: float | None = None
+        while len(batch) < self.batch_max and batch[-1].kind == "event":
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                if awaited:
+                    break
+                if deadline is None:
+                    deadline = time.monotonic() + self.EMIT_LINGER_S
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            batch.append(item)
+            awaited = awaited or _awaited(item)
+        return batch
 
     def _commit_events(
         self, events: list[_Item], extra_sql: list[tuple[str, tuple[Any, ...]]] | None = None

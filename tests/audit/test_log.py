@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -207,3 +208,50 @@ def test_stalled_store_fails_the_waiting_caller_but_keeps_the_event(
         blocker.close()
     log.flush()
     assert [r["details"] for r in log.recent(5)] == [{"n": 1}]
+
+
+def _signed(db: Path) -> list[tuple[str, bool]]:
+    """(event type, carries a signature) per row: one signature per group commit, on its last row."""
+    conn = sqlite3.connect(db)
+    try:
+        return [(t, bool(sig)) for t, sig in conn.execute("SELECT type, signature FROM events ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def test_emitted_events_share_the_commit_of_the_record_that_follows(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
+    """A call's lifecycle flips (emit) wait for its record instead of taking an fsync of their
+    own before it: one group commit, so one signature, on the record."""
+    log = open_log()
+    log.EMIT_LINGER_S = 30.0  # longer than any scheduling delay here: the record must end the wait
+
+    async def call() -> int | None:
+        log.emit("agent.state", {"to": "Running"}, principal="p")
+        await asyncio.sleep(0.01)  # the upstream call; the writer has long seen the first flip
+        log.emit("agent.state", {"to": "Ready"}, principal="p")
+        return await asyncio.wait_for(log.record("tool.call", {"i": 1}, principal="p"), 20)
+
+    assert asyncio.run(call()) == 3
+    assert _signed(log_paths[0]) == [("agent.state", False), ("agent.state", False), ("tool.call", True)]
+    log.close()
+    assert verify_log(log_paths[0], exported_public_keys(log_paths[1])).check().events == 3
+
+
+def test_emitted_events_alone_are_committed_after_the_linger(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
+    """Nothing awaited follows: the emits are committed on their own once the linger is over
+    (no flush, no close), and a flush never waits for the linger."""
+    log = open_log()
+    log.EMIT_LINGER_S = 0.05
+    log.emit("gateway.event", {"i": 1})
+    deadline = time.monotonic() + 20
+    while not _signed(log_paths[0]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _signed(log_paths[0]) == [("gateway.event", True)]
+    log.EMIT_LINGER_S = 30.0
+    log.emit("gateway.event", {"i": 2})
+    log.flush(timeout=20)  # AuditError if the flush waited for the 30 s linger
+    assert len(_signed(log_paths[0])) == 2

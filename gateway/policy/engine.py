@@ -93,6 +93,10 @@ def _evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> tuple[Dec
     try:
         engine.set_input(dict(input))
         raw = engine.eval_rule(decision)
+        # print() output is gathered (stdout is the stdio protocol) until taken: take it every
+        # time, or a policy that prints grows the engine's memory with every decision
+        for line in engine.take_prints():
+            log.debug("policy print: %s", line)
     except _PASS_THROUGH:
         raise
     except BaseException as e:  # noqa: BLE001 - pyo3 PanicException derives from BaseException

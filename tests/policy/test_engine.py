@@ -324,3 +324,20 @@ def test_a_reload_without_a_data_file_names_no_data_file(tmp_path: Path) -> None
         assert kind == "policy.reloaded" and details["data"] == "" and details["policy"] == str(pol)
     finally:
         eng.close()
+
+
+def test_print_output_is_logged_and_not_kept_by_the_engine(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    eng = engine_for(
+        tmp_path,
+        PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}} if {\n'
+        '  print("seen", input.n)\n}\n',
+    )
+    with caplog.at_level(logging.DEBUG, logger="symbi.policy"):
+        for n in range(3):
+            assert eng.decide({"n": n}).allow is True
+    assert [r.getMessage() for r in caplog.records if "policy print" in r.getMessage()] == [
+        f"policy print: {tmp_path / 'p.rego'}:4: seen {n}" for n in range(3)
+    ]
+    assert eng._local.engine.take_prints() == []  # nothing left to pile up

@@ -7,7 +7,8 @@
    sentence embedding blurs;
 4. retrieval: the candidates' payloads and vectors;
 5. ranking: score fusion (cosine plus a share of normalised BM25), a small recency boost, then maximal
-   marginal relevance so near-duplicate chunks do not crowd the context;
+   marginal relevance so near-duplicate chunks do not crowd the context (a copy of a chosen
+   passage is taken only when nothing else is left);
 6. context assembly: numbered passages with citations, within a token budget.
 Response generation (the seed's last stage) is the caller's model, through MCP sampling.
 """
@@ -32,6 +33,10 @@ from gateway.memory.types import KnowledgeItem
 # a better cosine); a small BM25 share keeps paraphrases and still lifts exact terms.
 BM25_WEIGHT = 0.15
 MMR_LAMBDA = 0.75
+# a passage this close to one already chosen is a copy (the same text in two files): it is
+# chosen only when nothing else is left, so copies never crowd the context (MMR alone lets an
+# exact copy beat a less relevant passage: 0.75 * 1 - 0.25 * 1 = 0.5)
+NEAR_DUPLICATE = 0.98
 RECENCY_HALF_LIFE_S = 30 * 86_400.0
 RECENCY_WEIGHT = 0.02
 MAX_BM25_CHUNKS = 200_000  # above this a base is searched by vector only (memory bound)
@@ -276,7 +281,14 @@ class RagPipeline:
                 )
                 return MMR_LAMBDA * rel - (1 - MMR_LAMBDA) * sim
 
-            pick = max(pool, key=mmr)
+            def copy(c: str) -> bool:
+                v = vectors.get(c)
+                return v is not None and any(
+                    float(v @ vectors[o]) >= NEAR_DUPLICATE for o in chosen if o in vectors
+                )
+
+            fresh = [c for c in pool if not copy(c)]
+            pick = max(fresh or pool, key=mmr)
             pool.remove(pick)
             chosen.append(pick)
         out = []

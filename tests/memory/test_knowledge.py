@@ -195,3 +195,29 @@ def test_front_matter_is_metadata_that_filters_match(
     assert pay.payload["meta"] == {"team": "payments", "tags": ["ops", "billing"], "reviewed": "2026-10-01"}
     assert "team:" not in pay.payload["text"] and pay.payload["heading"] == "Refunds"
     m.close()
+
+
+def test_ranking_prefers_the_newer_copy_and_never_repeats_a_passage(
+    tmp_path: Path, hashing: HashingEmbedder
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    same = "## Soup\nThe cafeteria serves tomato soup every monday at noon.\n"
+    (docs / "old.md").write_text(same)
+    (docs / "new.md").write_text(same)  # the same passage, copied into another file later
+    (docs / "menu.md").write_text("## Lunch\nOn mondays the cafeteria lunch menu has soup and bread.\n")
+    m = _manager(tmp_path / "v", hashing)
+    kb = KnowledgeBases(m)
+    kb.add("h", docs / "old.md")
+    kb.add("h", docs / "menu.md")
+    m.clock.advance(60 * 86_400)  # type: ignore[attr-defined]
+    kb.add("h", docs / "new.md")
+    rag = RagPipeline(m)
+
+    def names(k: int) -> list[str]:
+        return [Path(i.source).name for i in rag.run("cafeteria soup monday", bases=["h"], top_k=k).items]
+
+    assert names(1) == ["new.md"]  # recency breaks the tie between identical passages
+    assert names(2) == ["new.md", "menu.md"]  # diversity: the copy never takes a second slot
+    assert sorted(names(3)) == ["menu.md", "new.md", "old.md"]  # ...unless nothing else is left
+    m.close()

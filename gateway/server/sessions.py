@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import anyio
+import anyio.to_thread
 import h11
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -23,6 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.compat import close_http_session, open_http_sessions
 from gateway.context import Principal
+from gateway.errors import GatewayError
 
 _logger = logging.getLogger("symbi.http.sessions")
 
@@ -93,20 +95,41 @@ async def sweep_revoked(
     on_closed: Callable[[str], None] | None = None,
 ) -> None:
     """Close every session whose API key was revoked (checked every ``interval`` seconds);
-    ``on_closed(sid)`` then ends what hangs on it (the session's agents)."""
+    ``on_closed(sid)`` then ends what hangs on it (the session's agents).
+
+    ``is_live`` may be a PostgreSQL read (keys shared by replicas): it runs in a worker
+    thread, and a key store that cannot be read keeps the session (every request on it is
+    authenticated again, and refused while the store is down) -- it never ends this task,
+    which would take the gateway's lifespan (state probes, audit writer) down with it.
+    """
+    down = False
     while True:
         await anyio.sleep(interval)
         for sid, cid in open_http_sessions(manager):
-            if cid is not None and cid.startswith("apikey:") and not is_live(cid.removeprefix("apikey:")):
-                _logger.info("closing session %s…: its API key was revoked", sid[:8])
-                try:
-                    closing = close_http_session(manager, sid)
-                    if closing is not None:
-                        await closing
-                    if on_closed is not None:
-                        on_closed(sid)
-                except Exception:
-                    _logger.exception("closing a revoked key's session failed")
+            if cid is None or not cid.startswith("apikey:"):
+                continue
+            try:
+                live = await anyio.to_thread.run_sync(is_live, cid.removeprefix("apikey:"))
+            except Exception as e:  # noqa: BLE001 - StateUnavailable, or any failure to read: keep, retry
+                if not down:
+                    why = e.message if isinstance(e, GatewayError) else f"{type(e).__name__}: {e}"
+                    _logger.warning("revoked-key sweep paused, the key store cannot be read: %s", why)
+                down = True
+                break  # the store is down: the next sweep tries again
+            if down:
+                _logger.info("revoked-key sweep resumed: the key store answers again")
+                down = False
+            if live:
+                continue
+            _logger.info("closing session %s…: its API key was revoked", sid[:8])
+            try:
+                closing = close_http_session(manager, sid)
+                if closing is not None:
+                    await closing
+                if on_closed is not None:
+                    on_closed(sid)
+            except Exception:
+                _logger.exception("closing a revoked key's session failed")
 
 
 class BodyDeadline:

@@ -246,20 +246,60 @@ class ToolVerifier:
                     snapshot = await self._resolver.resolve(srv.domain)
             except (SchemaPinError, TimeoutError) as e:
                 snap_error = f"key discovery for {srv.domain} failed: {e}"
+        # The tool state is PostgreSQL with [state] postgres_url: a server that does not answer
+        # holds a worker thread for up to state.timeout_s per query, never the event loop (every
+        # other call, /healthz). Its events are collected there and emitted here, on the loop.
+        pending: list[tuple[Event, dict[str, Any]]] = []
+        try:
+            return await anyio.to_thread.run_sync(
+                lambda: self._assess_with_state(
+                    upstream,
+                    entries,
+                    present,
+                    mode,
+                    srv.domain,
+                    manifest,
+                    manifest_error,
+                    snapshot,
+                    snap_error,
+                    pending,
+                )
+            )
+        finally:
+            for kind, details in pending:
+                self._events.emit(kind, details)
+
+    def _assess_with_state(
+        self,
+        upstream: str,
+        entries: list[ToolInfo],
+        present: set[str] | None,
+        mode: str,
+        domain: str | None,
+        manifest: dict[str, dict[str, Any]],
+        manifest_error: str | None,
+        snapshot: KeySnapshot | None,
+        snap_error: str | None,
+        pending: list[tuple[Event, dict[str, Any]]],
+    ) -> list[ToolInfo]:
+        """The blocking part of ``_assess_upstream`` (in a worker thread): reads and writes the
+        tool state; events go to ``pending``."""
         out = []
         try:
             # once a listing of this upstream was approved, a tool it adds later waits for a person
             established = self.state.has_approved(upstream)
             for tool in entries:
                 info = self._assess_one(
-                    tool, mode, srv.domain, manifest, manifest_error, snapshot, snap_error, established
+                    tool, mode, domain, manifest, manifest_error, snapshot, snap_error, established, pending
                 )
                 out.append(info)
             listed = present if present is not None else {t.original_name for t in entries}
             for gone in self.state.mark_absent(upstream, listed):
-                self._events.emit(
-                    Event.TOOL_VANISHED,
-                    {"tool": gone.namespaced, "upstream": upstream, "hash": gone.current_hash},
+                pending.append(
+                    (
+                        Event.TOOL_VANISHED,
+                        {"tool": gone.namespaced, "upstream": upstream, "hash": gone.current_hash},
+                    )
                 )
         except StateUnavailable as e:
             # approvals shared by replicas cannot be read: no tool of this upstream is admitted
@@ -276,7 +316,8 @@ class ToolVerifier:
         manifest_error: str | None,
         snapshot: KeySnapshot | None,
         snap_error: str | None,
-        established: bool = False,
+        established: bool,
+        pending: list[tuple[Event, dict[str, Any]]],
     ) -> ToolInfo:
         definition, signature = split_carrier(dict(info.definition))
         # The signature covers the definition without _meta (the carrier); the approved hash
@@ -348,31 +389,35 @@ class ToolVerifier:
         if approve_now and after.approved_hash != h:
             self.state.approve(info.upstream, info.original_name, h, approved_form)
         if before is not None and before.current_hash != h:
-            self._events.emit(
-                Event.TOOL_DRIFT,
-                {
-                    "tool": info.name,
-                    "upstream": info.upstream,
-                    "old_hash": before.current_hash,
-                    "new_hash": h,
-                    "status": status,
-                    "mode": mode,
-                },
+            pending.append(
+                (
+                    Event.TOOL_DRIFT,
+                    {
+                        "tool": info.name,
+                        "upstream": info.upstream,
+                        "old_hash": before.current_hash,
+                        "new_hash": h,
+                        "status": status,
+                        "mode": mode,
+                    },
+                )
             )
             _logger.warning("tool %s changed (%s -> %s): now %s", info.name, before.current_hash, h, status)
         if before is None or before.status != status:
-            self._events.emit(
-                Event.TOOL_VERIFICATION,
-                {
-                    "tool": info.name,
-                    "upstream": info.upstream,
-                    "status": status,
-                    "reason": reason,
-                    "key": fp,
-                    "hash": h,
-                    "mode": mode,
-                    "blocked": is_blocked(mode, status),
-                },
+            pending.append(
+                (
+                    Event.TOOL_VERIFICATION,
+                    {
+                        "tool": info.name,
+                        "upstream": info.upstream,
+                        "status": status,
+                        "reason": reason,
+                        "key": fp,
+                        "hash": h,
+                        "mode": mode,
+                        "blocked": is_blocked(mode, status),
+                    },
+                )
             )
         return _with(info, status, reason if status != "verified" else None, fp, h, mode)
 

@@ -8,19 +8,25 @@ another, migrations run once when replicas start together, and an unreachable se
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
-from gateway.config.load import build_config
+from gateway.config.load import build_config, load_config
+from gateway.context import ToolInfo
 from gateway.errors import ConfigError, StateUnavailable
 from gateway.state.postgres import MIGRATIONS, PgApiKeyStore, PgToolStateStore, Postgres
 from gateway.verify.state import ToolStates, ToolStateStore
-from tests.conftest import free_port
+from gateway.verify.verifier import ToolVerifier
+from tests.conftest import free_port, write_config
 from tests.state.engines import Postgres as PgEngine
+from tests.verify.test_verifier import Recorder
 
 DEF = {"name": "echo", "description": "echo", "inputSchema": {"type": "object"}}
 
@@ -223,3 +229,47 @@ def test_api_keys_made_and_revoked_on_one_replica_hold_on_another(postgres_engin
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.anyio
+async def test_an_outage_blocks_the_tools_without_stalling_the_event_loop(
+    postgres_engine: PgEngine, tmp_path: Path
+) -> None:
+    # Each query waits the pool's timeout for a server that is gone; the verifier must wait in a
+    # worker thread, or every other call of the gateway (and /healthz) waits with it.
+    timeout_s = 3.0
+    u = up()
+    cfg = load_config(
+        write_config(tmp_path, f'[servers.{u}]\ncommand = "{sys.executable}"\nverification = "tofu"\n'),
+        environ={},
+    )
+    pg = Postgres(postgres_engine.url, timeout_s=timeout_s).open()
+    events = Recorder()
+    v = ToolVerifier(cfg, events, state=PgToolStateStore(pg))
+    tool = ToolInfo(name=f"{u}__echo", original_name="echo", upstream=u, definition=dict(DEF))
+    try:
+        assert (await v.assess([tool]))[tool.name].verification == "pinned"
+        assert events.of("tool.verification")  # emitted on the loop, after the worker thread
+        stamps: list[float] = []
+
+        async def ticker() -> None:
+            while True:
+                stamps.append(time.monotonic())
+                await anyio.sleep(0.02)
+
+        postgres_engine.stop()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ticker)
+                await anyio.sleep(0.1)
+                infos = await v.assess([tool])
+                stamps.append(time.monotonic())
+                tg.cancel_scope.cancel()
+        finally:
+            postgres_engine.start()
+        assert infos[tool.name].verification == "unavailable"  # fail closed: not admitted
+        # a generous bound, not a timing measurement: the loop was never held for a query's timeout
+        assert max(b - a for a, b in zip(stamps, stamps[1:], strict=False)) < timeout_s
+    finally:
+        v.close()
+        pg.close()

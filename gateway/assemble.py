@@ -60,6 +60,7 @@ from gateway.verify.verifier import ToolVerifier
 _logger = logging.getLogger("symbi.assemble")
 
 AUDIT_SLOTS = 16  # concurrent gateway processes sharing one data dir (one chain each)
+AUDIT_SHIP_INTERVAL_S = 1.0  # how often committed audit records are copied to PostgreSQL ([state])
 
 
 def open_audit(config: Config) -> AuditLog:
@@ -293,6 +294,12 @@ def _assemble(
     )
     if state.shared:
         background.append(state.watch)
+    if state.postgres is not None and audit is not None:
+        # every replica's chain, copied to PostgreSQL (``symbi audit verify --shared``)
+        from gateway.state.audit import AuditShipper
+
+        shipper = AuditShipper(state.postgres, audit.path)
+        background.append(lambda _gw: shipper.run(AUDIT_SHIP_INTERVAL_S))
     background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s))
     background.append(lambda _gw: runtime.run())
     if config.mcp.discovery_enabled:

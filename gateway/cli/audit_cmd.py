@@ -78,6 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="verify signatures only at anchors, key changes and the head (all hashes and links still)",
     )
     v.add_argument("--json", action="store_true", help="print the result as JSON")
+    v.add_argument(
+        "--shared",
+        action="store_true",
+        help="verify every replica's chain as PostgreSQL holds it ([state] postgres_url), each on its own",
+    )
     retention_cmd.add_verify_options(v)
     v.set_defaults(func=_verify)
 
@@ -228,6 +233,10 @@ def _verify(args: argparse.Namespace) -> int:
 
     log, key = _paths(args)
     cfg = _config_or_none(args)
+    if args.shared:
+        from gateway.cli.audit_shared_cmd import verify_shared
+
+        return verify_shared(args, cfg)
     if args.segment:
         return retention_cmd.verify_segments(args, _public_keys(args, key))
     logs = [log] if args.log is not None else [p for p in store.chain_paths(log) if p.exists()] or [log]

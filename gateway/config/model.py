@@ -400,7 +400,8 @@ class StateSection(_Section):
 
     Unset, everything stays in this process and its data dir (one gateway). ``redis_url``:
     the rate-limit log is shared, so N replicas admit exactly the policy's limit together.
-    ``postgres_url``: tool records, approvals and revocations are shared (schema migrated at start).
+    ``postgres_url``: tool records, approvals, revocations and API keys are shared (schema
+    migrated at start), and each replica's audit chain is copied there (``symbi audit verify --shared``).
     """
 
     redis_url: str | None = Field(default=None, repr=False)  # may carry a password

@@ -1,4 +1,5 @@
-"""PostgreSQL for the state replicas share: approvals (the tool state) and API keys.
+"""PostgreSQL for the state replicas share: approvals (the tool state), API keys, and a copy
+of every replica's audit chain (``gateway.state.audit``).
 
 One pool per process (psycopg 3, ``psycopg_pool``); the schema is versioned in
 ``symbi_schema`` and migrated at start under an advisory lock, so replicas starting
@@ -58,6 +59,39 @@ CREATE TABLE symbi_api_keys (
     created DOUBLE PRECISION NOT NULL,
     revoked DOUBLE PRECISION
 );
+""",
+    ),
+    (
+        2,
+        """
+CREATE TABLE symbi_audit_chains (
+    chain TEXT PRIMARY KEY,
+    replica TEXT NOT NULL,
+    start_seq BIGINT NOT NULL,
+    start_hash TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL,
+    anchor_seq BIGINT,
+    anchor_hash TEXT,
+    anchor_ts_ns BIGINT,
+    anchor_key_id TEXT,
+    anchor_signature TEXT
+);
+CREATE TABLE symbi_audit_events (
+    chain TEXT NOT NULL REFERENCES symbi_audit_chains (chain),
+    seq BIGINT NOT NULL,
+    id TEXT NOT NULL,
+    ts_ns BIGINT NOT NULL,
+    principal TEXT,
+    agent TEXT,
+    type TEXT NOT NULL,
+    details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    chain_hash TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    PRIMARY KEY (chain, seq)
+);
+CREATE TABLE symbi_audit_keys (key_id TEXT PRIMARY KEY, public_pem TEXT NOT NULL);
 """,
     ),
 ]

@@ -1,0 +1,234 @@
+"""The audit chains of every replica, shipped to PostgreSQL and verified there.
+
+Each replica writes its own chain to its data dir's SQLite (one writer per hash chain; an
+event is acknowledged once that commit is durable: ``gateway/audit/store.py``). With
+``[state] postgres_url`` a background task copies every committed record, unchanged and
+still signed, into ``symbi_audit_events`` under its chain's id (the chain hash of its first
+record), with the chain's signed head anchor and its public keys. ``symbi audit verify
+--shared`` then checks each chain on its own (links, hashes, signatures, the anchor: a
+changed, removed or inserted row in PostgreSQL is found) and reports all of them together.
+
+The copy never stands in for the local log: a replica killed before its last records were
+shipped ships them when it starts again on the same data dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from gateway.audit import store
+from gateway.audit.record import AuditRecord, key_id_of
+from gateway.audit.verify import VerifyResult, verify_records
+from gateway.errors import AuditError, StateUnavailable
+from gateway.state.postgres import Postgres
+
+_logger = logging.getLogger("symbi.state.audit")
+
+_COLS = "seq, id, ts_ns, principal, agent, type, details, prev_hash, chain_hash, signature, key_id"
+BATCH = 2000  # records per transaction
+
+
+@dataclass(frozen=True)
+class SharedChain:
+    chain: str
+    replica: str
+    start_seq: int
+    start_hash: str
+    anchor: store.Anchor | None
+
+
+class AuditShipper:
+    """Copies one replica's chain (its ``AuditLog`` file) to PostgreSQL, from where it left off."""
+
+    def __init__(self, pg: Postgres, log_path: Path, *, replica: str | None = None) -> None:
+        self._pg = pg
+        self.log_path = log_path
+        self.replica = replica or f"{socket.gethostname()}:{log_path}"
+        self._chain: str | None = None
+        self._shipped = 0  # the last seq known to be in PostgreSQL
+
+    def ship(self) -> int:
+        """Copy the committed records PostgreSQL lacks; returns how many (blocking: a thread)."""
+        try:
+            conn = store.open_reader(self.log_path)
+        except AuditError:
+            return 0  # no event committed yet
+        try:
+            return self._ship(conn)
+        except sqlite3.Error as e:
+            raise AuditError(f"cannot read audit log {self.log_path}: {e}") from None
+        finally:
+            conn.close()
+
+    def _ship(self, conn: sqlite3.Connection) -> int:
+        anchor = store.read_anchor(conn)  # read before the records: it never covers more than them
+        if self._chain is None:
+            first = next(store.iter_records(conn, chunk=1), None)
+            if first is None:
+                return 0
+            self._register(conn, first)
+        assert self._chain is not None
+        sent = 0
+        while True:
+            batch = list(_take(store.iter_records(conn, after_seq=self._shipped, chunk=BATCH), BATCH))
+            if not batch:
+                break
+            with self._pg.cursor(transaction=True) as cur:
+                cur.executemany(
+                    f"INSERT INTO symbi_audit_events (chain, {_COLS}) VALUES"
+                    " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (chain, seq) DO NOTHING",
+                    [(self._chain, *_row(r)) for r in batch],
+                )
+            self._shipped = batch[-1].seq
+            sent += len(batch)
+        if anchor is not None and anchor.seq <= self._shipped:
+            with self._pg.cursor() as cur:
+                cur.execute(
+                    "UPDATE symbi_audit_chains SET anchor_seq=%s, anchor_hash=%s, anchor_ts_ns=%s,"
+                    " anchor_key_id=%s, anchor_signature=%s WHERE chain=%s AND coalesce(anchor_seq, 0) <= %s",
+                    (
+                        anchor.seq,
+                        anchor.chain_hash,
+                        anchor.ts_ns,
+                        anchor.key_id,
+                        anchor.signature,
+                        self._chain,
+                        anchor.seq,
+                    ),
+                )
+        return sent
+
+    def _register(self, conn: sqlite3.Connection, first: AuditRecord) -> None:
+        chain = first.chain_hash
+        keys = conn.execute("SELECT key_id, public_pem FROM keys").fetchall()
+        with self._pg.cursor(transaction=True) as cur:
+            cur.execute(
+                "INSERT INTO symbi_audit_chains (chain, replica, start_seq, start_hash, created)"
+                " VALUES (%s,%s,%s,%s,%s) ON CONFLICT (chain) DO NOTHING",
+                (chain, self.replica, first.seq, first.prev_hash, time.time()),
+            )
+            cur.executemany(
+                "INSERT INTO symbi_audit_keys (key_id, public_pem) VALUES (%s,%s) ON CONFLICT (key_id) DO NOTHING",
+                [(str(k), str(pem)) for k, pem in keys],
+            )
+            cur.execute("SELECT coalesce(max(seq), 0) FROM symbi_audit_events WHERE chain=%s", (chain,))
+            row = cur.fetchone()
+        self._chain, self._shipped = chain, int(row[0]) if row else 0
+
+    async def run(self, interval_s: float) -> None:
+        """Background task: ship every ``interval_s``; PostgreSQL down = retry (the local log
+        keeps every event meanwhile); one last pass at shutdown."""
+        down = False
+        try:
+            while True:
+                try:
+                    await anyio.to_thread.run_sync(self.ship)
+                except (StateUnavailable, AuditError) as e:
+                    if not down:
+                        _logger.warning("audit shipping to PostgreSQL paused: %s", e.message)
+                    down = True
+                else:
+                    if down:
+                        _logger.info("audit shipping to PostgreSQL resumed")
+                    down = False
+                await anyio.sleep(interval_s)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                try:
+                    await anyio.to_thread.run_sync(self.ship)
+                except (StateUnavailable, AuditError) as e:
+                    _logger.warning(
+                        "audit: last records not shipped at shutdown (shipped at next start): %s", e
+                    )
+
+
+def _take(it: Iterator[AuditRecord], n: int) -> Iterator[AuditRecord]:
+    for i, rec in enumerate(it):
+        if i >= n:
+            return
+        yield rec
+
+
+def _row(r: AuditRecord) -> tuple[Any, ...]:
+    return (
+        r.seq,
+        r.id,
+        r.ts_ns,
+        r.principal,
+        r.agent,
+        r.type,
+        r.details_json,
+        r.prev_hash,
+        r.chain_hash,
+        r.signature,
+        r.key_id,
+    )
+
+
+# -- verification (``symbi audit verify --shared``) --------------------------------------------
+
+
+def shared_chains(pg: Postgres) -> list[SharedChain]:
+    with pg.cursor() as cur:
+        cur.execute(
+            "SELECT chain, replica, start_seq, start_hash, anchor_seq, anchor_hash, anchor_ts_ns, anchor_key_id,"
+            " anchor_signature FROM symbi_audit_chains ORDER BY created, chain"
+        )
+        rows = cur.fetchall()
+    out = []
+    for chain, replica, start_seq, start_hash, a_seq, a_hash, a_ts, a_kid, a_sig in rows:
+        anchor = store.Anchor(int(a_seq), a_hash, int(a_ts), a_kid, a_sig) if a_seq is not None else None
+        out.append(SharedChain(chain, replica, int(start_seq), start_hash, anchor))
+    return out
+
+
+def shared_keys(pg: Postgres) -> dict[str, Ed25519PublicKey]:
+    """The public keys the replicas shipped (candidates only, never trusted as such)."""
+    with pg.cursor() as cur:
+        cur.execute("SELECT public_pem FROM symbi_audit_keys")
+        rows = cur.fetchall()
+    out: dict[str, Ed25519PublicKey] = {}
+    for (pem,) in rows:
+        try:
+            key = load_pem_public_key(str(pem).encode("ascii"))
+        except ValueError:
+            continue  # a damaged key row: the chains it signed fail their own verification
+        if isinstance(key, Ed25519PublicKey):
+            out[key_id_of(key)] = key
+    return out
+
+
+def _records(pg: Postgres, chain: str) -> Iterator[AuditRecord]:
+    with pg.cursor() as cur:
+        cur.execute(f"SELECT {_COLS} FROM symbi_audit_events WHERE chain=%s ORDER BY seq", (chain,))
+        while rows := cur.fetchmany(4096):
+            for row in rows:
+                yield store.row_to_record(tuple(row))
+
+
+def verify_shared_chain(
+    pg: Postgres, chain: SharedChain, keys: Mapping[str, Ed25519PublicKey], *, all_signatures: bool = True
+) -> VerifyResult:
+    """One replica's chain as PostgreSQL holds it: every link, hash and signature, from where
+    it was registered to (at least) its last shipped signed anchor."""
+    return verify_records(
+        _records(pg, chain.chain),
+        keys,
+        anchors=[chain.anchor] if chain.anchor is not None else [],
+        require_anchor=chain.anchor is not None,
+        all_signatures=all_signatures,
+        start_seq=chain.start_seq,
+        start_hash=chain.start_hash,
+    )

@@ -1,0 +1,162 @@
+"""Each replica's audit chain copied to a real PostgreSQL, and ``symbi audit verify --shared``.
+
+Two real ``AuditLog`` writers stand for two replicas (their own data dirs and signing keys);
+each ships its committed records with ``AuditShipper``. The verifier must pass both chains,
+and find a changed, a removed and a cut-off row in PostgreSQL, naming the chain and the seq.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import AuditLog
+from gateway.cli import main
+from gateway.errors import StateUnavailable
+from gateway.state.audit import AuditShipper, shared_chains
+from gateway.state.postgres import Postgres
+from tests.conftest import write_config
+from tests.state.engines import Postgres as PgEngine
+
+
+@pytest.fixture
+def pg(postgres_engine: PgEngine) -> Iterator[Postgres]:
+    p = Postgres(postgres_engine.url, timeout_s=2).open()
+    with p.cursor() as cur:  # each test starts from no shipped chain
+        cur.execute(
+            "DELETE FROM symbi_audit_events; DELETE FROM symbi_audit_chains; DELETE FROM symbi_audit_keys"
+        )
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _replica(folder: Path, n: int) -> AuditLog:
+    log = AuditLog(folder / "audit.db", folder / "audit-key.pem", checkpoint_every=5, batch_max=4)
+    for i in range(n):
+        log.emit("tool.call", {"tool": "t__echo", "i": i}, principal=f"p{i % 3}")
+    log.flush()
+    return log
+
+
+def _verify(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict[str, object]]]:
+    capsys.readouterr()
+    code = main(["audit", "verify", "--config", str(config), "--shared", "--json"])  # the CLI, in-process
+    out = capsys.readouterr().out
+    return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def _config(tmp_path: Path, engine: PgEngine, audit: str = "") -> Path:
+    return write_config(
+        tmp_path,
+        f"""
+        [gateway]
+        data_dir = "{tmp_path / "cli-data"}"
+        [audit]
+        {audit}
+        [state]
+        postgres_url = "{engine.url}"
+        """,
+        name="cli.toml",
+    )
+
+
+def test_every_replica_chain_verifies_on_its_own_and_together(
+    tmp_path: Path, pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = _replica(tmp_path / "a", 12), _replica(tmp_path / "b", 7)
+    try:
+        sa, sb = AuditShipper(pg, a.path, replica="a"), AuditShipper(pg, b.path, replica="b")
+        assert sa.ship() == a.last_seq and sb.ship() == b.last_seq
+        assert sa.ship() == 0  # nothing new
+        a.emit("tool.call", {"tool": "t__echo", "i": 99})
+        a.flush()
+        assert AuditShipper(pg, a.path, replica="a").ship() == 1  # a restarted replica resumes
+        code, lines = _verify(_config(tmp_path, postgres_engine), capsys)
+        assert code == 0
+        by = {str(doc["replica"]): doc for doc in lines}
+        assert set(by) == {"a", "b"} and all(doc["ok"] for doc in lines)
+        assert by["a"]["last_seq"] == a.last_seq and by["b"]["last_seq"] == b.last_seq
+        assert by["a"]["anchors_checked"] == 1  # the shipped signed head
+        # anchored: the pinned key ids of both replicas
+        pins = json.dumps([a.key_id, b.key_id])
+        code, lines = _verify(_config(tmp_path, postgres_engine, f"pinned_keys = {pins}"), capsys)
+        assert code == 0 and all(doc["anchored"] and doc["ok"] for doc in lines)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize(
+    ("tamper", "kind", "seq"),
+    [
+        (
+            'UPDATE symbi_audit_events SET details = \'{{"tool":"t__rm"}}\' WHERE chain=%s AND seq=3',
+            "changed",
+            3,
+        ),
+        ("DELETE FROM symbi_audit_events WHERE chain=%s AND seq=4", "removed", 4),
+        ("DELETE FROM symbi_audit_events WHERE chain=%s AND seq>7", "truncated", 8),
+    ],
+)
+def test_a_tampered_row_in_postgres_is_found(
+    tmp_path: Path,
+    pg: Postgres,
+    postgres_engine: PgEngine,
+    tamper: str,
+    kind: str,
+    seq: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    a, b = _replica(tmp_path / "a", 12), _replica(tmp_path / "b", 7)
+    try:
+        AuditShipper(pg, a.path, replica="a").ship()
+        AuditShipper(pg, b.path, replica="b").ship()
+        chain = next(c.chain for c in shared_chains(pg) if c.replica == "a")
+        with pg.cursor() as cur:
+            cur.execute(tamper.replace("{{", "{").replace("}}", "}"), (chain,))
+        code, lines = _verify(_config(tmp_path, postgres_engine), capsys)
+        assert code == 1
+        by = {str(doc["replica"]): doc for doc in lines}
+        assert by["b"]["ok"]  # the other replica's chain is intact
+        problem = by["a"]["problem"]
+        assert isinstance(problem, dict) and problem["kind"] == kind
+        # a cut-off tail is found at its first unsigned record or at the anchor, whichever comes first
+        assert problem["seq"] == seq if kind != "truncated" else 1 < int(str(problem["seq"])) <= seq
+    finally:
+        a.close()
+        b.close()
+
+
+def test_shipping_with_postgres_down_is_state_unavailable_and_resumes(
+    tmp_path: Path, pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = _replica(tmp_path / "a", 3)
+    try:
+        shipper = AuditShipper(pg, a.path, replica="a")
+        shipper.ship()
+        a.emit("tool.call", {"tool": "t__echo", "i": 3})
+        a.flush()
+        postgres_engine.stop()
+        try:
+            with pytest.raises(StateUnavailable):
+                shipper.ship()
+        finally:
+            postgres_engine.start()
+        assert shipper.ship() == 1  # the record the outage held back
+        code, lines = _verify(_config(tmp_path, postgres_engine), capsys)
+        assert code == 0 and lines[0]["last_seq"] == a.last_seq
+    finally:
+        a.close()
+
+
+def test_no_shipped_chain_is_a_failure_and_no_postgres_url_a_config_error(
+    tmp_path: Path, pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _verify(_config(tmp_path, postgres_engine), capsys)[0] == 1
+    plain = write_config(tmp_path, f'[gateway]\ndata_dir = "{tmp_path / "d"}"\n', name="plain.toml")
+    assert _verify(plain, capsys)[0] == 2

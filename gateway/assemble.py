@@ -276,6 +276,7 @@ def _assemble(
         builtins=frozenset(b.name for b in builtins),
         code_builtins=code_builtins,
         state=state.tool_state,
+        pins=state.pins,
     )
     closers.append(verifier.close)
 

@@ -71,7 +71,7 @@ from ._errors import (
     UnsupportedKey,
     UnsupportedValue,
 )
-from ._pins import Pin, PinStatus, PinStore
+from ._pins import Pin, Pins, PinStatus, PinStore
 from ._resolver import KeyResolver, StaticKeyResolver, WellKnownResolver
 from ._skill import SkillVerification, canonicalize_skill, sign_skill, verify_skill
 from ._verify import (
@@ -125,6 +125,7 @@ __all__ = [  # noqa: RUF022 - grouped by topic
     "Pin",
     "PinStatus",
     "PinStore",
+    "Pins",
     # skills
     "SkillVerification",
     "canonicalize_skill",

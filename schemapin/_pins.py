@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from ._crypto import normalize_fingerprint
 from ._domain import normalize_domain
@@ -97,6 +97,14 @@ def _hash(value: str) -> str:
     if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
         raise ValueError(f"not a sha256 hex definition hash: {value!r}")
     return v
+
+
+class Pins(Protocol):
+    """What a verification needs of a pin store (``PinStore``, or a shared one elsewhere)."""
+
+    def check_and_pin(
+        self, domain: str, tool_id: str, key_fingerprint: str, definition_hash: str
+    ) -> tuple[PinStatus, Pin]: ...
 
 
 class PinStore:

@@ -24,7 +24,7 @@ from ._errors import (
     SchemaPinError,
     SignatureMalformed,
 )
-from ._pins import PinStatus, PinStore
+from ._pins import Pins, PinStatus
 
 Mode = Literal["strict", "tofu"]
 
@@ -88,7 +88,7 @@ def verify_tool(
     tool_id: str | None,
     key_source: KeySnapshot,
     mode: Mode = "strict",
-    pin_store: PinStore | None = None,
+    pin_store: Pins | None = None,
     digest_mode: DigestMode = "double",
     require_low_s: bool = False,
     canonicalization: str | None = None,
@@ -213,7 +213,7 @@ def verify_envelope(
     domain: str | None = None,
     tool_id: str | None = None,
     mode: Mode = "strict",
-    pin_store: PinStore | None = None,
+    pin_store: Pins | None = None,
     digest_mode: DigestMode = "double",
     require_low_s: bool = False,
 ) -> VerificationResult:

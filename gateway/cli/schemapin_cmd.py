@@ -12,10 +12,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import schemapin
 from schemapin import KeySnapshot, PinStore, SchemaPinError
+
+if TYPE_CHECKING:
+    from gateway.state.pins import PgPinStore
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -98,7 +101,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ("remove", "delete a pin"),
     ):
         q = ps.add_parser(name, help=hlp)
-        q.add_argument("--pins", type=Path, help="pin store (default: <data_dir>/pins.db from --config)")
+        q.add_argument(
+            "--pins",
+            type=Path,
+            help="pin store (default: from --config: PostgreSQL with [state] postgres_url, else <data_dir>/pins.db)",
+        )
         q.add_argument("--config", type=Path, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
         if name == "list":
             q.add_argument("--domain")
@@ -268,16 +275,23 @@ def _wellknown(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pins_path(args: argparse.Namespace) -> Path:
+def _open_pins(args: argparse.Namespace) -> PinStore | PgPinStore:
+    """--pins FILE; else the config's: PostgreSQL when replicas share pins ([state]), or the data dir's."""
     if args.pins:
-        return Path(args.pins)
+        return PinStore(Path(args.pins))
     from gateway.config import load_config
 
-    return load_config(args.config, args.environ).pins_path
+    cfg = load_config(args.config, args.environ)
+    if cfg.state.postgres_url is not None:
+        from gateway.state.pins import PgPinStore
+        from gateway.state.postgres import Postgres
+
+        return PgPinStore(Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True)
+    return PinStore(cfg.pins_path)
 
 
 def _pins(args: argparse.Namespace) -> int:
-    with PinStore(_pins_path(args)) as store:
+    with _open_pins(args) as store:
         cmd = args.pins_command
         if cmd == "list":
             pins = store.pins(args.domain)

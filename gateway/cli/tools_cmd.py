@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import load_config
 from gateway.config.model import Config
@@ -22,6 +23,9 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.screen.accepted import AcceptedFindings
 from gateway.verify.approve import approve_current, check_screening, drift_diff, screen_record
 from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
+
+if TYPE_CHECKING:
+    from gateway.state.pins import PgPinStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -62,6 +66,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common(rv)
     rv.add_argument("tools", nargs="+", metavar="SERVER__TOOL")
     rv.set_defaults(func=_revoke)
+
+
+def _pins(cfg: Config) -> Path | PgPinStore:
+    """SchemaPin key pins: PostgreSQL when replicas share them ([state]), else the data dir's file."""
+    if cfg.state.postgres_url is not None:
+        from gateway.state.pins import PgPinStore
+        from gateway.state.postgres import Postgres
+
+        return PgPinStore(Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True)
+    return cfg.pins_path
 
 
 def _store(cfg: Config) -> ToolStates:
@@ -149,6 +163,7 @@ def _approve(args: argparse.Namespace) -> int:
         if len(servers) == len(args.tools):
             return 0
     store = _store(cfg)
+    pins = _pins(cfg)
     records = [_lookup(store, n) for n in args.tools if "__" in n]
     flagged = []
     for rec in records:  # screened again before anything is signed or approved
@@ -191,9 +206,7 @@ def _approve(args: argparse.Namespace) -> int:
                 AcceptedFindings(cfg.screening_accepted_path).accept(
                     rec.namespaced, definition_hash(rec.current_definition)
                 )
-            h = approve_current(
-                store, cfg.pins_path, rec, domain=srv.domain, actor=args.by or "symbi tools approve"
-            )
+            h = approve_current(store, pins, rec, domain=srv.domain, actor=args.by or "symbi tools approve")
             print(
                 f"approved {rec.namespaced} ({h[:16]})"
                 + (" with its screening findings accepted" if rec in flagged else "")

@@ -71,7 +71,7 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
             f"{e.message}; only `symbi tools approve --accept-screening` can approve it", 409
         ) from None
     h = await anyio.to_thread.run_sync(
-        lambda: approve_current(_state(gw), gw.config.pins_path, rec, domain=srv.domain, actor=principal.id)
+        lambda: approve_current(_state(gw), gw.verifier.pins, rec, domain=srv.domain, actor=principal.id)
     )
     gw.events.emit(
         Event.TOOL_APPROVED,

@@ -3,7 +3,7 @@ an in-process default and a shared implementation on an existing engine.
 
 - rate limits: ``LocalRateLimiter`` (``CallCounters``) | ``RedisRateLimiter`` (``state.redis_url``)
 - tool records, approvals, revocations: the data dir's SQLite (``ToolStateStore``) |
-  ``PgToolStateStore`` (``state.postgres_url``)
+  ``PgToolStateStore`` (``state.postgres_url``); SchemaPin key pins likewise (``PgPinStore``)
 
 ``build_state`` makes them from the config; ``SharedState.watch`` is the gateway's
 background task that keeps each backend's health current for ``/readyz``.
@@ -23,6 +23,7 @@ from gateway.state.limiter import LocalRateLimiter, RateLimiter, RedisRateLimite
 from gateway.verify.state import ToolStates
 
 if TYPE_CHECKING:
+    from gateway.state.pins import PgPinStore
     from gateway.state.postgres import Postgres
 
 __all__ = [
@@ -43,6 +44,7 @@ class SharedState:
     probes: list[Probe] = field(default_factory=list)
     interval_s: float = 1.0
     postgres: Postgres | None = None  # imported only when configured
+    pins: PgPinStore | None = None  # None: the verifier's SQLite in the data dir
 
     @property
     def shared(self) -> bool:
@@ -87,10 +89,12 @@ def build_state(config: Config, counters: CallCounters) -> SharedState:
         state.limiter = limiter
         state.probes.append(limiter.probe)
     if st.postgres_url is not None:
+        from gateway.state.pins import PgPinStore
         from gateway.state.postgres import PgToolStateStore, Postgres
 
         pg = Postgres(st.postgres_url, timeout_s=st.timeout_s).open()
         state.postgres = pg
         state.tool_state = PgToolStateStore(pg)
+        state.pins = PgPinStore(pg)
         state.probes.append(pg.probe)
     return state

@@ -1,5 +1,6 @@
-"""PostgreSQL for the state replicas share: approvals (the tool state), API keys, and a copy
-of every replica's audit chain (``gateway.state.audit``).
+"""PostgreSQL for the state replicas share: approvals (the tool state), API keys, SchemaPin
+key pins (``gateway.state.pins``) and a copy of every replica's audit chain
+(``gateway.state.audit``).
 
 One pool per process (psycopg 3, ``psycopg_pool``); the schema is versioned in
 ``symbi_schema`` and migrated at start under an advisory lock, so replicas starting
@@ -92,6 +93,35 @@ CREATE TABLE symbi_audit_events (
     PRIMARY KEY (chain, seq)
 );
 CREATE TABLE symbi_audit_keys (key_id TEXT PRIMARY KEY, public_pem TEXT NOT NULL);
+""",
+    ),
+    (
+        3,
+        """
+CREATE TABLE symbi_pins (
+    domain TEXT NOT NULL,
+    tool_id TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    definition_hash TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    pending_fingerprint TEXT,
+    pending_definition_hash TEXT,
+    pending_since TEXT,
+    PRIMARY KEY (domain, tool_id)
+);
+CREATE TABLE symbi_pin_events (
+    id BIGSERIAL PRIMARY KEY,
+    at TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    tool_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    old_fingerprint TEXT,
+    new_fingerprint TEXT,
+    old_definition_hash TEXT,
+    new_definition_hash TEXT,
+    actor TEXT
+);
 """,
     ),
 ]

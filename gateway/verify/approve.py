@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ScreeningFlagged
 from gateway.screen import Screening, screen_definition
 from gateway.verify.state import ToolRecord, ToolStates
+
+if TYPE_CHECKING:
+    from gateway.state.pins import PgPinStore
+    from schemapin import PinStore
 
 
 def screen_record(store: ToolStates, rec: ToolRecord) -> Screening:
@@ -54,10 +59,16 @@ def drift_diff(rec: ToolRecord) -> str:
 
 
 def approve_current(
-    store: ToolStates, pins_path: Path, rec: ToolRecord, *, domain: str | None, actor: str | None
+    store: ToolStates,
+    pins: Path | PinStore | PgPinStore,
+    rec: ToolRecord,
+    *,
+    domain: str | None,
+    actor: str | None,
 ) -> str:
     """Make the current definition the approved one (and accept a pending SchemaPin pin change).
 
+    ``pins``: an open pin store (the data dir's or PostgreSQL's), or the data dir's file.
     Returns the approved definition hash. Signing into a manifest is the caller's job.
     """
     from schemapin import PinStore, PinStoreError, definition_hash
@@ -67,11 +78,12 @@ def approve_current(
     h = definition_hash(rec.current_definition)
     store.approve(rec.upstream, rec.name, h, rec.current_definition)
     if domain:
-        with PinStore(pins_path) as pins:
-            pin = pins.get(domain, rec.name)
+        with contextlib.ExitStack() as stack:
+            opened = stack.enter_context(PinStore(pins)) if isinstance(pins, Path) else pins
+            pin = opened.get(domain, rec.name)
             if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
                 try:
-                    pins.approve(domain, rec.name, actor=actor or "symbi")
+                    opened.approve(domain, rec.name, actor=actor or "symbi")
                 except PinStoreError:
                     pass  # nothing pending any more: the current pin stands
     return h

@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -49,6 +49,9 @@ from schemapin import (
     split_carrier,
     verify_tool,
 )
+
+if TYPE_CHECKING:
+    from gateway.state.pins import PgPinStore
 
 _logger = logging.getLogger("symbi.verify")
 
@@ -77,6 +80,7 @@ class ToolVerifier:
         builtins: frozenset[str] = frozenset(),
         code_builtins: frozenset[str] | None = None,
         state: ToolStates | None = None,
+        pins: PgPinStore | None = None,
     ) -> None:
         self._config = config
         self._events = events
@@ -85,7 +89,8 @@ class ToolVerifier:
         self._code_builtins = builtins if code_builtins is None else code_builtins
         # approvals: the data dir's SQLite, or PostgreSQL shared by replicas ([state])
         self.state: ToolStates = state if state is not None else ToolStateStore(config.tool_state_path)
-        self.pins = PinStore(config.pins_path)
+        # SchemaPin key pins: the data dir's SQLite, or PostgreSQL shared by replicas ([state])
+        self.pins: PinStore | PgPinStore = pins if pins is not None else PinStore(config.pins_path)
         ca = config.mcp.discovery_ca
         self._resolver = resolver or WellKnownResolver(
             timeout=min(10.0, config.mcp.connection_timeout_s),

@@ -1,0 +1,222 @@
+"""SchemaPin's TOFU key pins on PostgreSQL, shared by replicas (``[state] postgres_url``).
+
+With each replica on its own data dir, a pin in its SQLite protects only that replica: a
+replica started later (a new pod, an autoscaled one) would trust on first use again, and
+take whatever key the domain serves then. Here every replica reads and writes one table, so
+the first verified key of a (domain, tool) is the pin for all of them and a changed key is
+``key_changed`` everywhere until a person approves it. Same contract as ``schemapin.PinStore``
+(the TOFU decision, pending changes, explicit approval, an event per change); a pin change
+bumps the approvals version the replicas poll, so each one re-verifies.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import psycopg
+
+from gateway.state.health import safe_url
+from gateway.state.postgres import Postgres
+from schemapin import Pin, PinStatus, PinStoreError
+from schemapin._crypto import normalize_fingerprint
+from schemapin._domain import normalize_domain
+from schemapin._pins import LAST_SEEN_RESOLUTION_S, _age_s, _hash, _now
+
+_PIN_COLS = (
+    "domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen,"
+    " pending_fingerprint, pending_definition_hash, pending_since"
+)
+
+
+class PgPinStore:
+    """``schemapin.PinStore`` on PostgreSQL (``symbi_pins``, ``symbi_pin_events``)."""
+
+    def __init__(self, pg: Postgres, *, owns: bool = False) -> None:
+        self._pg = pg
+        self._owns = owns  # the CLI's own pool; a gateway's belongs to its SharedState
+        self.path = safe_url(pg.url)
+
+    def close(self) -> None:
+        if self._owns:
+            self._pg.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _get(cur: psycopg.Cursor[Any], domain: str, tool_id: str, *, lock: bool = False) -> Pin | None:
+        cur.execute(
+            f"SELECT {_PIN_COLS} FROM symbi_pins WHERE domain=%s AND tool_id=%s"
+            + (" FOR UPDATE" if lock else ""),
+            (domain, tool_id),
+        )
+        row = cur.fetchone()
+        return Pin(*row) if row else None
+
+    @staticmethod
+    def _event(
+        cur: psycopg.Cursor[Any],
+        domain: str,
+        tool_id: str,
+        action: str,
+        old: Pin | None,
+        new_fp: str | None,
+        new_hash: str | None,
+        actor: str | None,
+    ) -> None:
+        cur.execute(
+            "INSERT INTO symbi_pin_events (at, domain, tool_id, action, old_fingerprint, new_fingerprint,"
+            " old_definition_hash, new_definition_hash, actor) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (
+                _now(),
+                domain,
+                tool_id,
+                action,
+                old.key_fingerprint if old else None,
+                new_fp,
+                old.definition_hash if old else None,
+                new_hash,
+                actor,
+            ),
+        )
+
+    @staticmethod
+    def _bump(cur: psycopg.Cursor[Any]) -> None:
+        """A person changed a pin: every replica re-verifies (they poll this version)."""
+        cur.execute(
+            "INSERT INTO symbi_meta (k, v) VALUES ('approvals', %s) ON CONFLICT (k) DO UPDATE SET v=excluded.v",
+            (_now(),),
+        )
+
+    def check_and_pin(
+        self, domain: str, tool_id: str, key_fingerprint: str, definition_hash: str
+    ) -> tuple[PinStatus, Pin]:
+        """As ``PinStore.check_and_pin``: call only after the signature verified."""
+        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        if not tool_id:
+            raise ValueError("tool_id is required")
+        with self._pg.cursor() as cur:  # fast path, no write (last_seen to LAST_SEEN_RESOLUTION_S)
+            pin = self._get(cur, dom, tool_id)
+        if (
+            pin is not None
+            and pin.key_fingerprint == fp
+            and pin.definition_hash == h
+            and _age_s(pin.last_seen) < LAST_SEEN_RESOLUTION_S
+        ):
+            return PinStatus.PINNED, pin
+        with self._pg.cursor(transaction=True) as cur:
+            now = _now()
+            cur.execute(
+                f"INSERT INTO symbi_pins ({_PIN_COLS}) VALUES (%s,%s,%s,%s,%s,%s,NULL,NULL,NULL)"
+                " ON CONFLICT (domain, tool_id) DO NOTHING",
+                (dom, tool_id, fp, h, now, now),
+            )
+            if cur.rowcount == 1:  # first use, by whichever replica got here first
+                self._event(cur, dom, tool_id, "pin_first_use", None, fp, h, "tofu")
+                new = self._get(cur, dom, tool_id)
+                assert new is not None
+                return PinStatus.FIRST_USE, new
+            pin = self._get(cur, dom, tool_id, lock=True)
+            assert pin is not None
+            if pin.key_fingerprint == fp and pin.definition_hash == h:
+                cur.execute(
+                    "UPDATE symbi_pins SET last_seen=%s WHERE domain=%s AND tool_id=%s", (now, dom, tool_id)
+                )
+                new = self._get(cur, dom, tool_id)
+                assert new is not None
+                return PinStatus.PINNED, new
+            status = PinStatus.KEY_CHANGED if pin.key_fingerprint != fp else PinStatus.DEFINITION_CHANGED
+            if (pin.pending_fingerprint, pin.pending_definition_hash) != (fp, h):
+                cur.execute(
+                    "UPDATE symbi_pins SET pending_fingerprint=%s, pending_definition_hash=%s, pending_since=%s"
+                    " WHERE domain=%s AND tool_id=%s",
+                    (fp, h, now, dom, tool_id),
+                )
+                self._event(cur, dom, tool_id, f"pending_{status.value}", pin, fp, h, None)
+            return status, pin
+
+    def get(self, domain: str, tool_id: str) -> Pin | None:
+        with self._pg.cursor() as cur:
+            return self._get(cur, normalize_domain(domain), tool_id)
+
+    def pins(self, domain: str | None = None) -> list[Pin]:
+        sql = f"SELECT {_PIN_COLS} FROM symbi_pins"
+        args: tuple[str, ...] = ()
+        if domain is not None:
+            sql, args = sql + " WHERE domain=%s", (normalize_domain(domain),)
+        with self._pg.cursor() as cur:
+            cur.execute(sql + " ORDER BY domain, tool_id", args)
+            rows = cur.fetchall()
+        return [Pin(*r) for r in rows]
+
+    def approve(
+        self,
+        domain: str,
+        tool_id: str,
+        *,
+        key_fingerprint: str | None = None,
+        definition_hash: str | None = None,
+        actor: str | None = None,
+    ) -> Pin:
+        """As ``PinStore.approve``: the only way a pinned key or definition changes."""
+        dom = normalize_domain(domain)
+        with self._pg.cursor(transaction=True) as cur:
+            pin = self._get(cur, dom, tool_id, lock=True)
+            fp = (
+                normalize_fingerprint(key_fingerprint)
+                if key_fingerprint
+                else (pin.pending_fingerprint if pin else None)
+            )
+            h = _hash(definition_hash) if definition_hash else (pin.pending_definition_hash if pin else None)
+            if pin is not None:
+                fp, h = fp or pin.key_fingerprint, h or pin.definition_hash
+            if fp is None or h is None:
+                raise PinStoreError(
+                    f"nothing to approve for {tool_id}@{dom}: give --fingerprint and --definition-hash"
+                )
+            now = _now()
+            cur.execute(
+                f"INSERT INTO symbi_pins ({_PIN_COLS}) VALUES (%s,%s,%s,%s,%s,%s,NULL,NULL,NULL)"
+                " ON CONFLICT (domain, tool_id) DO UPDATE SET key_fingerprint=excluded.key_fingerprint,"
+                " definition_hash=excluded.definition_hash, last_seen=excluded.last_seen,"
+                " pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL",
+                (dom, tool_id, fp, h, now, now),
+            )
+            self._event(cur, dom, tool_id, "approve", pin, fp, h, actor)
+            self._bump(cur)
+            new = self._get(cur, dom, tool_id)
+            assert new is not None
+            return new
+
+    def remove(self, domain: str, tool_id: str, *, actor: str | None = None) -> bool:
+        dom = normalize_domain(domain)
+        with self._pg.cursor(transaction=True) as cur:
+            pin = self._get(cur, dom, tool_id, lock=True)
+            if pin is None:
+                return False
+            cur.execute("DELETE FROM symbi_pins WHERE domain=%s AND tool_id=%s", (dom, tool_id))
+            self._event(cur, dom, tool_id, "remove", pin, None, None, actor)
+            self._bump(cur)
+            return True
+
+    def history(self, domain: str | None = None, tool_id: str | None = None) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT id, at, domain, tool_id, action, old_fingerprint, new_fingerprint, old_definition_hash,"
+            " new_definition_hash, actor FROM symbi_pin_events"
+        )
+        cond, args = [], []
+        if domain is not None:
+            cond.append("domain=%s")
+            args.append(normalize_domain(domain))
+        if tool_id is not None:
+            cond.append("tool_id=%s")
+            args.append(tool_id)
+        if cond:
+            sql += " WHERE " + " AND ".join(cond)
+        with self._pg.cursor() as cur:
+            cur.execute(sql + " ORDER BY id", args)
+            names = [d.name for d in cur.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -1,0 +1,130 @@
+"""SchemaPin key pins on a real PostgreSQL, against the SQLite ``PinStore`` they replace.
+
+One contract, two stores (the TOFU decision, pending changes, approval, removal, the event
+trail). Then what only replicas have: a replica that starts later, with an empty data dir,
+does not trust on first use again -- a key another replica pinned is the pin, and a
+different key is ``key_changed`` until a person approves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.state.pins import PgPinStore
+from gateway.state.postgres import Postgres
+from schemapin import PinStatus, PinStore, PinStoreError
+from tests.state.engines import Postgres as PgEngine
+
+FP_A = "sha256:" + "a" * 64
+FP_B = "sha256:" + "b" * 64
+
+
+def h(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture
+def pg(postgres_engine: PgEngine) -> Iterator[Postgres]:
+    p = Postgres(postgres_engine.url, timeout_s=2).open()
+    with p.cursor() as cur:  # each test starts with no pin
+        cur.execute("DELETE FROM symbi_pins; DELETE FROM symbi_pin_events")
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def pins(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PinStore | PgPinStore]:
+    store: PinStore | PgPinStore
+    if request.param == "sqlite":
+        store = PinStore(tmp_path / "pins.db")
+    else:
+        store = PgPinStore(request.getfixturevalue("pg"))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def test_first_use_pins_then_a_change_is_pending_until_approved(pins: PinStore | PgPinStore) -> None:
+    status, pin = pins.check_and_pin("Example.COM", "echo", FP_A, h("v1"))
+    assert status is PinStatus.FIRST_USE and pin.domain == "example.com" and pin.definition_hash == h("v1")
+    assert pins.check_and_pin("example.com", "echo", FP_A, h("v1"))[0] is PinStatus.PINNED
+    status, pin = pins.check_and_pin("example.com", "echo", FP_B, h("v1"))  # a swapped key
+    assert status is PinStatus.KEY_CHANGED and pin.key_fingerprint.endswith("a" * 64)  # the old pin stands
+    status, _ = pins.check_and_pin("example.com", "echo", FP_A, h("v2"))  # re-signed new definition
+    assert status is PinStatus.DEFINITION_CHANGED
+    got = pins.get("example.com", "echo")
+    assert got is not None and got.pending_definition_hash == h("v2")
+    approved = pins.approve("example.com", "echo", actor="alice")
+    assert approved.definition_hash == h("v2") and approved.pending_definition_hash is None
+    assert pins.check_and_pin("example.com", "echo", FP_A, h("v2"))[0] is PinStatus.PINNED
+    actions = [e["action"] for e in pins.history("example.com", "echo")]
+    assert actions == ["pin_first_use", "pending_key_changed", "pending_definition_changed", "approve"]
+    assert [p.tool_id for p in pins.pins("example.com")] == ["echo"]
+    assert pins.remove("example.com", "echo", actor="alice") and not pins.remove("example.com", "echo")
+    assert pins.get("example.com", "echo") is None
+
+
+def test_nothing_to_approve_is_an_error(pins: PinStore | PgPinStore) -> None:
+    with pytest.raises(PinStoreError):
+        pins.approve("example.com", "nothing")
+
+
+def test_a_replica_started_later_does_not_trust_on_first_use_again(pg: Postgres, tmp_path: Path) -> None:
+    first = PgPinStore(pg)
+    assert first.check_and_pin("example.com", "echo", FP_A, h("v1"))[0] is PinStatus.FIRST_USE
+    # a new replica: its own data dir (an empty SQLite pin store would say FIRST_USE here)
+    assert PinStore(tmp_path / "fresh.db").check_and_pin("example.com", "echo", FP_B, h("v1"))[0] is (
+        PinStatus.FIRST_USE
+    )
+    other = Postgres(pg.url, timeout_s=2).open()  # its own pool, the shared table
+    try:
+        later = PgPinStore(other)
+        status, pin = later.check_and_pin("example.com", "echo", FP_B, h("v1"))
+        assert status is PinStatus.KEY_CHANGED and pin.key_fingerprint.endswith("a" * 64)
+        first.approve("example.com", "echo", actor="alice")  # a person accepts the new key, once
+        assert later.check_and_pin("example.com", "echo", FP_B, h("v1"))[0] is PinStatus.PINNED
+    finally:
+        other.close()
+
+
+def test_a_pin_change_bumps_the_version_replicas_poll(pg: Postgres) -> None:
+    from gateway.state.postgres import PgToolStateStore
+
+    tools, pins = PgToolStateStore(pg), PgPinStore(pg)
+    pins.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    before = tools.version()
+    pins.check_and_pin("example.com", "echo", FP_B, h("v1"))
+    pins.approve("example.com", "echo", actor="alice")
+    assert tools.version() != before
+
+
+def test_the_pins_cli_reads_and_approves_the_shared_pins(
+    pg: Postgres, postgres_engine: PgEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from gateway.cli import main
+    from tests.conftest import write_config
+
+    shared = PgPinStore(pg)
+    shared.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    shared.check_and_pin("example.com", "echo", FP_B, h("v1"))  # pending: a new key
+    cfg = write_config(
+        tmp_path,
+        f'[gateway]\ndata_dir = "{tmp_path / "d"}"\n[state]\npostgres_url = "{postgres_engine.url}"\n',
+    )
+    capsys.readouterr()
+    assert main(["schemapin", "pins", "list", "--config", str(cfg), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(p["tool_id"], p["pending_fingerprint"]) for p in listed] == [("echo", FP_B)]
+    argv = ["schemapin", "pins", "approve", "--config", str(cfg), "--domain", "example.com", "--tool", "echo"]
+    assert main([*argv, "--actor", "alice"]) == 0
+    pin = shared.get("example.com", "echo")
+    assert pin is not None and pin.key_fingerprint == FP_B and pin.pending_fingerprint is None

@@ -120,7 +120,12 @@ class EventSink(Protocol):
         principal: str | None = None,
         agent: str | None = None,
     ) -> None:
-        """Record one event. Must not block the caller for long; must not drop the event."""
+        """Record one event. Must not block the caller for long; must not drop the event.
+
+        Safe to call from any thread: worker threads (``anyio.to_thread``) emit too. The audit
+        log queues to its writer thread and the metrics tee uses locked counters
+        (``tests/audit/test_log.py`` emits from nine threads at once and checks the chain).
+        """
 
 
 class LoggingSink:

@@ -41,6 +41,47 @@ def test_concurrent_records_share_commits_and_all_land(open_log: Callable[..., A
     assert verify_log(log_paths[0], exported_public_keys(log_paths[1])).ok
 
 
+def test_emits_from_worker_threads_and_the_loop_at_once_all_land_in_one_intact_chain(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
+    # the gateway's sink (metrics tee over the log) is called from the event loop and from the
+    # worker threads that do blocking work (anyio.to_thread): EventSink.emit must be thread-safe
+    import threading
+
+    from gateway.metrics import GatewayMetrics, MetricsSink
+
+    log = open_log(batch_max=16)
+    metrics = GatewayMetrics()
+    sink: EventSink = MetricsSink(log, metrics)
+    start = threading.Barrier(9)
+
+    def worker(w: int) -> None:
+        start.wait()
+        for i in range(150):
+            sink.emit("tool.call", {"w": w, "i": i}, principal=f"t{w}")
+
+    async def loop_side() -> None:
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        start.wait()
+        for i in range(150):
+            sink.emit("tool.call", {"w": "loop", "i": i}, principal="loop")
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        for t in threads:
+            await asyncio.to_thread(t.join)
+
+    asyncio.run(loop_side())
+    log.close()
+    conn = sqlite3.connect(log_paths[0])
+    rows = conn.execute("SELECT principal, details FROM events").fetchall()
+    assert len(rows) == 9 * 150 and len(set(rows)) == 9 * 150  # none lost, none doubled
+    assert verify_log(log_paths[0], exported_public_keys(log_paths[1])).check().events == 9 * 150
+    counted = metrics.registry.get_sample_value("symbi_audit_events_total", {"event_type": "tool.call"})
+    assert counted == 9 * 150
+
+
 def test_verify_a_log_while_it_is_written(open_log: Callable[..., AuditLog], log_paths) -> None:
     log = open_log()
     for i in range(10):

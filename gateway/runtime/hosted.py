@@ -96,6 +96,8 @@ class HostedAgents:
         self._stop: dict[str, Callable[[], None]] = {}
         self._failures: dict[str, deque[float]] = {name: deque() for name in config.agents}
         self.runs: dict[str, int] = {name: 0 for name in config.agents}
+        # run credentials whose revocation failed (the key store was down): retried until done
+        self.unrevoked: set[str] = set()
         runtime.on_terminate.append(self._terminated)
 
     # -- control ------------------------------------------------------------------------------
@@ -196,7 +198,13 @@ class HostedAgents:
                 raise GatewayError(
                     "hosted agents need `symbi serve` (they reach the gateway over its Unix socket)"
                 )
-            key, record = self.keys.create(principal.id, tuple(ac.roles), kind="agent")
+            keys = self.keys
+            if self.unrevoked:  # a past run's key an outage kept alive goes first
+                await anyio.to_thread.run_sync(self.revoke_pending)
+            # off the event loop: with [state] postgres_url the key store is a round trip
+            key, record = await anyio.to_thread.run_sync(
+                lambda: keys.create(principal.id, tuple(ac.roles), kind="agent")
+            )
             rt.agents.bind_credential(record.id, agent)
             # the agent's id is the same every run: the sandbox's name also carries a per-run part
             argv, cleanup = self._command(
@@ -207,13 +215,13 @@ class HostedAgents:
                 rt.terminate(victim, f"displaced from its resource slot by {name} (priority {ac.priority})")
         except GatewayError as e:
             if record is not None:
-                self._revoke(record.id)
+                await self._revoke(record.id)
             self._fail(agent, f"invalid config: {e.message}")
             return "invalid"
         try:
             return await self._execute(agent, ac, tier, argv, cleanup, limits)
         finally:
-            self._revoke(record.id)  # the credential stops working when the run ends
+            await self._revoke(record.id)  # the credential stops working when the run ends
             rt.pool.release(agent.id)
             await anyio.to_thread.run_sync(cleanup.remove)
 
@@ -222,13 +230,24 @@ class HostedAgents:
         reg.transition(agent, AgentState.FAILED, reason)
         reg.transition(agent, AgentState.TERMINATED, "failed")
 
-    def _revoke(self, key_id: str) -> None:
+    async def _revoke(self, key_id: str) -> None:
         self.runtime.agents.unbind_credential(key_id)
-        try:
-            if self.keys is not None:
-                self.keys.revoke(key_id)
-        except OSError:
-            _logger.exception("could not revoke the credential %s", key_id)
+        self.unrevoked.add(key_id)
+        with anyio.CancelScope(shield=True):  # also when the run was cancelled (shutdown)
+            await anyio.to_thread.run_sync(self.revoke_pending)
+
+    def revoke_pending(self) -> None:
+        """Revoke the run credentials not revoked yet (blocking: a worker thread). A key store
+        that cannot be reached (PostgreSQL down) keeps them for the next try -- it never raises
+        out of a run, which would end the supervisor and the gateway's lifespan with it."""
+        for kid in sorted(self.unrevoked):
+            try:
+                if self.keys is not None:
+                    self.keys.revoke(kid)
+            except (OSError, GatewayError) as e:
+                _logger.error("could not revoke the credential %s (retried at the next run): %s", kid, e)
+                return
+            self.unrevoked.discard(kid)
 
     async def _execute(
         self,

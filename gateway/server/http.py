@@ -92,6 +92,8 @@ class HttpState:
     manager: StreamableHTTPSessionManager
     holder: list[Gateway] = field(default_factory=list)
     cookie_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    # why the gateway's lifespan ended while the HTTP server still runs (None: it runs)
+    stopped: str | None = None
 
     @property
     def gateway(self) -> Gateway | None:
@@ -103,6 +105,8 @@ class HttpState:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         gw = self.gateway
+        if self.stopped is not None:
+            return False, {"ready": False, "reason": self.stopped, "config": True}
         if gw is None:
             return False, {"ready": False, "reason": "gateway not started", "config": True}
         doc: dict[str, Any] = {"config": True, "upstreams": {n: u.state for n, u in gw.upstreams.items()}}
@@ -398,6 +402,22 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            async with running():
+                yield
+        except BaseException as e:
+            # uvicorn keeps serving after a lifespan that failed: without the gateway (its
+            # background tasks, audit writer) this process must not look alive -- /healthz
+            # turns 503 so the balancer drops it and the orchestrator restarts it
+            leaf: BaseException = e
+            while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+                leaf = leaf.exceptions[0]
+            state.stopped = f"the gateway stopped: {type(leaf).__name__}"  # public: no message
+            _logger.critical("%s (%s); /healthz now answers 503: restart this process", state.stopped, leaf)
+            raise
+
+    @contextlib.asynccontextmanager
+    async def running() -> AsyncIterator[None]:
         async with manager.run(), anyio.create_task_group() as tg:
             # a revoked API key's sessions are closed (their slots freed, their agents ended)
             # within a second or two
@@ -414,6 +434,8 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
             tg.cancel_scope.cancel()
 
     async def healthz(request: Request) -> Response:
+        if state.stopped is not None:
+            return JSONResponse({"status": "stopped", "reason": state.stopped}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:

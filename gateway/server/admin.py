@@ -227,7 +227,10 @@ def admin_routes(state: HttpState) -> list[Route]:
 
     async def tool_diff_view(request: Request) -> Response:
         try:
-            return JSONResponse(tool_diff(state.gateway, request.path_params["name"]))
+            # off the event loop: with [state] postgres_url the tool state is a round trip
+            return JSONResponse(
+                await anyio.to_thread.run_sync(tool_diff, state.gateway, request.path_params["name"])
+            )
         except ApprovalError as e:
             return _refused(e)
 
@@ -309,7 +312,8 @@ def admin_routes(state: HttpState) -> list[Route]:
 
     async def pins(request: Request) -> Response:
         gw = state.gateway
-        rows = [p.to_dict() for p in gw.verifier.pins.pins()] if gw is not None else []
+        pins = await anyio.to_thread.run_sync(gw.verifier.pins.pins) if gw is not None else []
+        rows = [p.to_dict() for p in pins]
         return JSONResponse({"pins": rows})
 
     async def policy_status_view(request: Request) -> Response:

@@ -50,8 +50,9 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
 
 
 async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> dict[str, Any]:
-    """Approve the current definition of ``name``; the catalogue is re-verified at once."""
-    rec = _record(gw, name)
+    """Approve the current definition of ``name``; the catalogue is re-verified at once.
+    The tool state is read and written in a worker thread (PostgreSQL with [state])."""
+    rec = await anyio.to_thread.run_sync(_record, gw, name)
     assert gw is not None
     srv = gw.config.servers.get(rec.upstream)
     if srv is None:
@@ -65,7 +66,7 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
     if rec.current_definition is None:
         raise ApprovalError(f"{name} has no current definition to approve", 409)
     try:  # screened again before it can be approved
-        check_screening(_state(gw), rec, accept=False)
+        await anyio.to_thread.run_sync(lambda: check_screening(_state(gw), rec, accept=False))
     except ScreeningFlagged as e:
         raise ApprovalError(
             f"{e.message}; only `symbi tools approve --accept-screening` can approve it", 409

@@ -72,7 +72,7 @@ class DashboardSessions:
         csrf = secrets.token_urlsafe(24)
         return self.signer.dumps({"kid": key_id, "csrf": csrf}), csrf
 
-    def current(self, request: Request) -> dict[str, Any] | None:
+    async def current(self, request: Request) -> dict[str, Any] | None:
         """The session payload if the cookie is valid and its key is still a live admin key."""
         raw = request.cookies.get(COOKIE)
         if not raw:
@@ -83,7 +83,8 @@ class DashboardSessions:
             return None
         if not isinstance(data, dict) or not isinstance(data.get("kid"), str):
             return None
-        rec = self.state.auth.keys.get(data["kid"])
+        # off the event loop: with [state] postgres_url the key store is a round trip
+        rec = await anyio.to_thread.run_sync(self.state.auth.keys.get, data["kid"])
         if rec is None or not is_admin(rec.as_principal()):
             return None
         return {"kid": rec.id, "principal": rec.principal, "csrf": str(data.get("csrf", ""))}
@@ -118,7 +119,7 @@ def dashboard_routes(state: HttpState) -> list[Route]:
 
     def guarded(render: Any) -> Any:
         async def page(request: Request) -> Response:
-            sess = sessions.current(request)
+            sess = await sessions.current(request)
             if sess is None:
                 return RedirectResponse("/", status_code=303)
             return _html(await render(request, sess))
@@ -126,7 +127,7 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         return page
 
     async def index(request: Request) -> Response:
-        sess = sessions.current(request)
+        sess = await sessions.current(request)
         if sess is None:
             return _html(login_page(None))
         calls = state.recent.latest()
@@ -145,7 +146,7 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         form = await _form(request)
         key = form.get("api_key", "").strip()
         try:
-            principal = state.auth.from_key(key)
+            principal = await anyio.to_thread.run_sync(state.auth.from_key, key)
         except AuthFailed:
             return _html(login_page("That API key is not valid."), status=401)
         if not is_admin(principal):
@@ -156,7 +157,7 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         return resp
 
     async def logout(request: Request) -> Response:
-        sess = sessions.current(request)
+        sess = await sessions.current(request)
         form = await _form(request)
         if sess is not None and not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
             return _html(login_page("Invalid form token."), status=403)
@@ -169,19 +170,20 @@ def dashboard_routes(state: HttpState) -> list[Route]:
 
     async def tool(request: Request, sess: dict[str, Any]) -> str:
         try:
-            return tool_page(sess, tool_diff(state.gateway, request.path_params["name"]), None)
+            diff = await anyio.to_thread.run_sync(tool_diff, state.gateway, request.path_params["name"])
+            return tool_page(sess, diff, None)
         except ApprovalError as e:
             return tool_page(sess, None, e.message)
 
     async def approve(request: Request) -> Response:
-        sess = sessions.current(request)
+        sess = await sessions.current(request)
         if sess is None:
             return RedirectResponse("/", status_code=303)
         form = await _form(request)
         if not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
             return _html(login_page("Invalid form token."), status=403)
         name = request.path_params["name"]
-        rec = state.auth.keys.get(sess["kid"])
+        rec = await anyio.to_thread.run_sync(state.auth.keys.get, sess["kid"])
         if rec is None:
             return RedirectResponse("/", status_code=303)
         principal = rec.as_principal()
@@ -204,7 +206,7 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         return agents_page(sess, agent_rows(gw.runtime) if gw is not None else [])
 
     async def agent_act(request: Request) -> Response:
-        sess = sessions.current(request)
+        sess = await sessions.current(request)
         if sess is None:
             return RedirectResponse("/", status_code=303)
         form = await _form(request)

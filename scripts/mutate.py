@@ -52,6 +52,7 @@ class Group:
     # mutant-name patterns (fnmatch, as `mutmut run` takes them): only these functions' mutants
     # run and are reported; the group's other functions are out of its scope, not "not checked"
     only: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # set for the group's run (e.g. fail, not skip, a broken tier)
 
 
 GROUPS: tuple[Group, ...] = (
@@ -108,6 +109,10 @@ GROUPS: tuple[Group, ...] = (
     )) + ("tests/sandbox/test_bwrap.py",), only=(
         "gateway.sandbox.docker_tier.*ǁ_host_config__mutmut_*", "gateway.sandbox.docker_tier.*ǁpids_limit__mutmut_*",
         "gateway.sandbox.bwrap.*ǁ_bwrap_argv__mutmut_*", "gateway.sandbox.cgroups.*ǁpids_limit_hit__mutmut_*",
+    ), env=(
+        # a mutant that breaks a tier makes it "unavailable": that must fail the tests, not skip
+        # them (a skip is a pass to mutmut), nor run scripts/setup-sandbox.sh per mutant
+        ("SYMBI_SANDBOX_REQUIRED", "1"), ("SYMBI_SANDBOX_NO_SETUP", "1"),
     )),
     # the runtime core, lifecycle, scheduler, breakers and budgets; the agent and schedule
     # steps' tests drive the runtime in-process too
@@ -190,6 +195,7 @@ def run_group(
         prepare(group, scratch)
         commit = _head()  # the tree the run starts from (HEAD may move while it runs)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # import the mutants
+        env.update(group.env)
         start = time.monotonic()
         with (scratch / "mutmut.log").open("w") as out:
             # its own process group, so a run past --timeout is stopped whole (mutmut forks)

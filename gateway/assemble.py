@@ -277,6 +277,7 @@ def _assemble(
         code_builtins=code_builtins,
         state=state.tool_state,
         pins=state.pins,
+        accepted=state.accepted,
     )
     closers.append(verifier.close)
 

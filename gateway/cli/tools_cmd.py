@@ -25,6 +25,7 @@ from gateway.verify.approve import approve_current, check_screening, drift_diff,
 from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
 
 if TYPE_CHECKING:
+    from gateway.state.accepted import PgAcceptedFindings
     from gateway.state.pins import PgPinStore
 
 
@@ -76,6 +77,18 @@ def _pins(cfg: Config) -> Path | PgPinStore:
 
         return PgPinStore(Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True)
     return cfg.pins_path
+
+
+def _accepted(cfg: Config) -> AcceptedFindings | PgAcceptedFindings:
+    """Accepted screening findings: PostgreSQL when replicas share them ([state]), else the data dir's."""
+    if cfg.state.postgres_url is not None:
+        from gateway.state.accepted import PgAcceptedFindings
+        from gateway.state.postgres import Postgres
+
+        return PgAcceptedFindings(
+            Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True
+        )
+    return AcceptedFindings(cfg.screening_accepted_path)
 
 
 def _store(cfg: Config) -> ToolStates:
@@ -203,9 +216,7 @@ def _approve(args: argparse.Namespace) -> int:
         for rec in recs:
             if rec in flagged:  # the person read the findings and accepts them for this definition
                 assert rec.current_definition is not None
-                AcceptedFindings(cfg.screening_accepted_path).accept(
-                    rec.namespaced, definition_hash(rec.current_definition)
-                )
+                _accepted(cfg).accept(rec.namespaced, definition_hash(rec.current_definition))
             h = approve_current(store, pins, rec, domain=srv.domain, actor=args.by or "symbi tools approve")
             print(
                 f"approved {rec.namespaced} ({h[:16]})"

@@ -3,7 +3,8 @@ an in-process default and a shared implementation on an existing engine.
 
 - rate limits: ``LocalRateLimiter`` (``CallCounters``) | ``RedisRateLimiter`` (``state.redis_url``)
 - tool records, approvals, revocations: the data dir's SQLite (``ToolStateStore``) |
-  ``PgToolStateStore`` (``state.postgres_url``); SchemaPin key pins likewise (``PgPinStore``)
+  ``PgToolStateStore`` (``state.postgres_url``); SchemaPin key pins (``PgPinStore``) and
+  accepted screening findings (``PgAcceptedFindings``) likewise
 
 ``build_state`` makes them from the config; ``SharedState.watch`` is the gateway's
 background task that keeps each backend's health current for ``/readyz``.
@@ -23,6 +24,7 @@ from gateway.state.limiter import LocalRateLimiter, RateLimiter, RedisRateLimite
 from gateway.verify.state import ToolStates
 
 if TYPE_CHECKING:
+    from gateway.state.accepted import PgAcceptedFindings
     from gateway.state.pins import PgPinStore
     from gateway.state.postgres import Postgres
 
@@ -45,6 +47,7 @@ class SharedState:
     interval_s: float = 1.0
     postgres: Postgres | None = None  # imported only when configured
     pins: PgPinStore | None = None  # None: the verifier's SQLite in the data dir
+    accepted: PgAcceptedFindings | None = None  # None: the data dir's screening-accepted.json
 
     @property
     def shared(self) -> bool:
@@ -89,6 +92,7 @@ def build_state(config: Config, counters: CallCounters) -> SharedState:
         state.limiter = limiter
         state.probes.append(limiter.probe)
     if st.postgres_url is not None:
+        from gateway.state.accepted import PgAcceptedFindings
         from gateway.state.pins import PgPinStore
         from gateway.state.postgres import PgToolStateStore, Postgres
 
@@ -96,5 +100,6 @@ def build_state(config: Config, counters: CallCounters) -> SharedState:
         state.postgres = pg
         state.tool_state = PgToolStateStore(pg)
         state.pins = PgPinStore(pg)
+        state.accepted = PgAcceptedFindings(pg)
         state.probes.append(pg.probe)
     return state

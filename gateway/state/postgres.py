@@ -1,6 +1,6 @@
 """PostgreSQL for the state replicas share: approvals (the tool state), API keys, SchemaPin
-key pins (``gateway.state.pins``) and a copy of every replica's audit chain
-(``gateway.state.audit``).
+key pins (``gateway.state.pins``), accepted screening findings (``gateway.state.accepted``)
+and a copy of every replica's audit chain (``gateway.state.audit``).
 
 One pool per process (psycopg 3, ``psycopg_pool``); the schema is versioned in
 ``symbi_schema`` and migrated at start under an advisory lock, so replicas starting
@@ -121,6 +121,16 @@ CREATE TABLE symbi_pin_events (
     old_definition_hash TEXT,
     new_definition_hash TEXT,
     actor TEXT
+);
+""",
+    ),
+    (
+        4,
+        """
+CREATE TABLE symbi_screening_accepted (
+    tool TEXT PRIMARY KEY,
+    definition_hash TEXT NOT NULL,
+    accepted DOUBLE PRECISION NOT NULL
 );
 """,
     ),

@@ -51,6 +51,7 @@ from schemapin import (
 )
 
 if TYPE_CHECKING:
+    from gateway.state.accepted import PgAcceptedFindings
     from gateway.state.pins import PgPinStore
 
 _logger = logging.getLogger("symbi.verify")
@@ -81,6 +82,7 @@ class ToolVerifier:
         code_builtins: frozenset[str] | None = None,
         state: ToolStates | None = None,
         pins: PgPinStore | None = None,
+        accepted: PgAcceptedFindings | None = None,
     ) -> None:
         self._config = config
         self._events = events
@@ -100,7 +102,10 @@ class ToolVerifier:
         )
         self._org_keys = load_org_keys(config)
         self._screener = Screener()
-        self._accepted = AcceptedFindings(config.screening_accepted_path)
+        # accepted screening findings: the data dir's file, or PostgreSQL shared by replicas
+        self._accepted: AcceptedFindings | PgAcceptedFindings = (
+            accepted if accepted is not None else AcceptedFindings(config.screening_accepted_path)
+        )
         self._screened: dict[str, str | None] = {}  # tool -> definition hash whose findings were recorded
         for name in config.servers:
             if config.verification_for(name) == "off":
@@ -186,9 +191,13 @@ class ToolVerifier:
                 continue
             for info in await self._assess_upstream(upstream, entries):
                 infos[info.name] = info
-        return self._screen(infos)
+        try:  # a PostgreSQL read with [state]: off the event loop
+            accepted = await anyio.to_thread.run_sync(self._accepted.load)
+        except StateUnavailable:
+            accepted = {}  # fail closed: no finding counts as accepted while they cannot be read
+        return self._screen(infos, accepted)
 
-    def _screen(self, infos: dict[str, ToolInfo]) -> dict[str, ToolInfo]:
+    def _screen(self, infos: dict[str, ToolInfo], accepted: Mapping[str, str]) -> dict[str, ToolInfo]:
         """Every upstream tool screened for poisoning (cached by definition); new findings
         of medium or high severity are recorded once per definition."""
         names_by_upstream: dict[str, set[str]] = defaultdict(set)
@@ -196,7 +205,6 @@ class ToolVerifier:
             names_by_upstream[t.upstream] |= {t.name, t.original_name}
         every = set().union(*names_by_upstream.values())
         others_of: dict[str, frozenset[str]] = {}
-        accepted = self._accepted.load()
         out: dict[str, ToolInfo] = {}
         for name, info in sorted(infos.items(), key=lambda kv: kv[1].upstream):  # one others-set per upstream
             if info.upstream in self._builtins:

@@ -56,12 +56,18 @@ def build_manager(
             spec, url=c.vector_db_url, data_dir=config.gateway.data_dir, backend=c.embedded_store
         )
 
+    def store_exists() -> bool:
+        if c.vector_db_url:
+            return True
+        folder = "vectors" if c.embedded_store == "edge" else "vectors-local"
+        return (config.gateway.data_dir / folder / COLLECTION).exists()
+
     settings = MemorySettings(
         cache_bytes=c.context_cache_size,
         short_term_ttl_s=c.short_term_ttl_s,
         retention_days=c.knowledge_retention_days,
     )
-    return ContextManager(store, emb, settings, events=events, clock=clock)
+    return ContextManager(store, emb, settings, events=events, clock=clock, store_exists=store_exists)
 
 
 def build_service(config: Config, events: EventSink, policy: PolicyEngine | None) -> MemoryService:

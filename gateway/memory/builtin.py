@@ -378,6 +378,8 @@ def retention_job(manager: ContextManager, interval_s: float) -> Callable[[Any],
     async def run(gw: Any) -> None:
         while True:
             await anyio.sleep(interval_s)
+            if not manager.store_in_use():
+                continue  # memory never used here: nothing to purge, nothing to open
             try:
                 await anyio.to_thread.run_sync(manager.purge)
             except ContextError as e:  # the store is down: try again next round

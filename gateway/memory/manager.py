@@ -92,8 +92,10 @@ class ContextManager:
         *,
         events: EventSink | None = None,
         clock: Callable[[], float] = time.time,
+        store_exists: Callable[[], bool] = lambda: True,
     ) -> None:
         self.settings = settings or MemorySettings()
+        self._store_exists = store_exists  # is there a store to open (without opening it)?
         self.clock = clock
         self.events: EventSink = events or LoggingSink()
         self._store_factory = store
@@ -124,6 +126,13 @@ class ContextManager:
             if self._embedder is None:
                 self._embedder = self._embedder_factory()
             return self._embedder
+
+    def store_in_use(self) -> bool:
+        """The store is open, or exists to be opened: the retention job has something to purge
+        (it must not open a store, load the model and take the embedded store's lock in a
+        gateway whose agents never used memory)."""
+        with self._open_lock:
+            return self._store is not None or self._store_exists()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embedder.embed(texts)

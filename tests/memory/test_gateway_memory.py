@@ -318,3 +318,21 @@ async def test_context_disabled_removes_the_builtins(tmp_path: Path) -> None:
         assert "memory" not in gw.builtins and "knowledge" not in gw.builtins
         with pytest.raises(UnknownTool):
             await call(gw, ALICE, "memory__store", text="x")
+
+
+async def test_the_retention_job_opens_nothing_where_memory_was_never_used(tmp_path: Path) -> None:
+    """Else the job would load the model and take the embedded store's lock in every gateway."""
+    cfg = _config(tmp_path, "purge_interval_s = 0.02")
+    async with gateway(cfg) as gw:
+        m = gw.builtins["memory"].s.m  # type: ignore[attr-defined]
+        rounds: list[bool] = []
+        asked = m.store_in_use
+        m.store_in_use = lambda: rounds.append(asked()) or rounds[-1]  # counts the job's rounds
+        for _ in range(500):  # bounded
+            if len(rounds) >= 3:
+                break
+            await anyio.sleep(0.02)
+        assert rounds[:3] == [False, False, False]
+        assert m._store is None and m._embedder is None
+    assert not (tmp_path / "data" / "vectors").exists()
+    assert audit_records(cfg, "memory.purged") == []

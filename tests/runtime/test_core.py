@@ -1,0 +1,186 @@
+"""AgentRuntime's operator actions, accounting and recent errors in-process, with the events
+they write (what the audit log and the status page show).
+
+Found by mutation testing (group "runtime", scripts/mutate.py): the lifecycle tests check the
+states; these check what each action answers, the reasons the transitions carry, and that
+accounting and denial windows are per agent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from gateway.config.model import Config, RuntimeSection
+from gateway.context import Principal
+from gateway.errors import AgentSuspended, InvalidTransition, PolicyDenied
+from gateway.runtime import AgentState
+from gateway.runtime.core import AgentRuntime
+
+S = AgentState
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any], str | None, str | None]] = []
+
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        self.events.append((event_type, dict(details), principal, agent))
+
+    def reasons(self, agent: str) -> list[tuple[str, str]]:
+        return [(d["to"], d["reason"]) for t, d, _, a in self.events if t == "agent.state" and a == agent]
+
+
+def runtime(**section: Any) -> tuple[Recorder, AgentRuntime]:
+    rec = Recorder()
+    return rec, AgentRuntime(Config(runtime=RuntimeSection(**section)), rec)
+
+
+def state(agent: Any) -> AgentState:
+    return agent.state  # type: ignore[no-any-return]
+
+
+def agent_of(rt: AgentRuntime, who: str = "alice", session: str = "s1") -> Any:
+    return rt.agents.for_session(Principal(id=who), "client", session)
+
+
+def test_accounting_adds_up_over_calls_and_the_end_of_a_task_is_recorded() -> None:
+    rec, rt = runtime()
+    a = agent_of(rt)
+    seen = a.last_seen
+    for elapsed, size in ((0.5, 100), (0.25, None), (1.0, 7)):
+        rt.begin(a, "t")
+        rt.end(a, elapsed, size)
+    u = rt.usage_of(a)
+    assert (u.calls, u.busy_s, u.longest_call_s, u.bytes_out) == (3, 1.75, 1.0, 107)
+    assert a.last_seen >= seen and isinstance(a.last_seen, float)
+    assert rec.reasons(a.id)[-1] == ("Ready", "task complete")
+
+
+def test_an_agent_terminated_while_running_ends_with_the_operators_reason() -> None:
+    rec, rt = runtime()
+    a = agent_of(rt)
+    hooked: list[Any] = []
+    rt.on_terminate.append(hooked.append)
+    rt.begin(a, "t")
+    assert rt.terminate(a, "operator: leaked a key") == "terminating (after its calls in flight)"
+    assert hooked == [a] and state(a) is S.RUNNING
+    rt.end(a, 0.1)
+    assert state(a) is S.TERMINATED and rec.reasons(a.id)[-1] == ("Terminated", "operator: leaked a key")
+    assert rt.terminate(a, "again") == "already terminated"
+
+
+def test_terminate_answers_and_reasons() -> None:
+    rec, rt = runtime()
+    a = agent_of(rt)
+    assert rt.terminate(a, "operator: done") == "terminated"
+    assert rec.reasons(a.id)[-1] == ("Terminated", "operator: done")
+    b = agent_of(rt, "bob")
+    b.state = S.INITIALIZING  # test set-up only
+    with pytest.raises(InvalidTransition):
+        rt.terminate(b, "too early")
+
+
+def test_suspend_answers_and_the_pending_event() -> None:
+    rec, rt = runtime()
+    a = agent_of(rt)
+    assert rt.suspend(a, "operator: look at it") == "pending"
+    (kind, details, principal, agent) = rec.events[-1]
+    assert (kind, details, principal, agent) == (
+        "agent.suspend_pending",
+        {"agent": a.id, "reason": "operator: look at it"},
+        "alice",
+        a.id,
+    )
+    with pytest.raises(AgentSuspended):
+        rt.begin(a, "t")
+    assert rt.suspend(a, "again") == "already suspended"
+    b = agent_of(rt, "bob")
+    rt.begin(b, "t")
+    assert rt.suspend(b, "operator") == "suspended" and state(b) is S.SUSPENDED
+    rt.terminate(b, "gone")
+    with pytest.raises(InvalidTransition):
+        rt.suspend(b, "too late")
+
+
+def test_resume_clears_a_pending_suspension_and_refuses_an_agent_not_suspended() -> None:
+    rec, rt = runtime()
+    a = agent_of(rt)
+    with pytest.raises(InvalidTransition):
+        rt.resume(a, "nothing to resume")
+    rt.suspend(a, "operator")
+    assert rt.resume(a, "operator: false alarm") == "pending suspension cleared"
+    rt.begin(a, "t")  # the next task runs
+    assert state(a) is S.RUNNING
+    rt.end(a, 0.1)
+    rt.begin(a, "t")
+    rt.suspend(a, "operator")
+    assert rt.resume(a, "operator: checked") == "resumed"
+    assert rec.reasons(a.id)[-1] == ("Running", "policy cleared: operator: checked")
+    # still a call in flight: Running until it ends
+    assert state(a) is S.RUNNING
+    rt.end(a, 0.1)
+    assert state(a) is S.READY
+    rt.begin(a, "t")
+    rt.suspend(a, "operator")
+    rt.end(a)
+    assert rt.resume(a, "x") == "resumed" and state(a) is S.READY  # nothing in flight: Ready at once
+    assert rec.reasons(a.id)[-1] == ("Ready", "task complete (nothing in flight)")
+
+
+def test_a_resume_forgets_the_denials_before_it() -> None:
+    rec, rt = runtime(suspend_after_denials=2, denial_window_s=600)
+    a = agent_of(rt)
+    rt.begin(a, "t")
+    rt.note_error(a, PolicyDenied("no"), "t")
+    rt.suspend(a, "operator")
+    rt.resume(a, "operator")
+    rt.note_error(a, PolicyDenied("no"), "t")  # one denial since the resume
+    assert state(a) is S.RUNNING
+
+
+def test_denials_are_counted_per_agent_and_the_suspension_names_the_setting() -> None:
+    rec, rt = runtime(suspend_after_denials=2, denial_window_s=600)
+    a, b = agent_of(rt), agent_of(rt, "bob")
+    rt.begin(a, "t")
+    rt.begin(b, "t")
+    rt.note_error(a, PolicyDenied("no"), "t")
+    rt.note_error(b, PolicyDenied("no"), "t")
+    assert state(a) is S.RUNNING and state(b) is S.RUNNING  # one each: nobody at two
+    rt.note_error(a, PolicyDenied("no"), "t")
+    assert state(a) is S.SUSPENDED and state(b) is S.RUNNING
+    assert "runtime.suspend_after_denials" in rec.reasons(a.id)[-1][1]
+
+
+def test_recent_errors_name_the_code_agent_and_time() -> None:
+    rec, rt = runtime()
+    a = agent_of(rt)
+    before = time.time()
+    rt.note_error(a, RuntimeError("boom"), "up__t")
+    rt.note_error(None, PolicyDenied("no"), "up__u")
+    first, second = rt.recent_errors
+    assert (first["code"], first["agent"], first["type"], first["target"]) == (
+        "internal_error",
+        a.id,
+        "RuntimeError",
+        "up__t",
+    )
+    assert (second["code"], second["agent"]) == ("policy_denied", None)
+    assert before <= first["time"] <= time.time()
+
+
+def test_closing_a_session_ends_its_agents_with_the_reason() -> None:
+    rec, rt = runtime()
+    starting = rt.agents.for_session(Principal(id="carol"), "client", "s1")  # first in the session
+    starting.state = S.INITIALIZING  # test set-up only: not yet Ready, skipped (the others still end)
+    running, ready = agent_of(rt, "alice", "s1"), rt.agents.for_session(Principal(id="alice"), "other", "s1")
+    rt.begin(running, "t")
+    assert rt.close_session("s1", "session closed by the client") == 2
+    assert state(ready) is S.TERMINATED and rec.reasons(ready.id)[-1][1] == "session closed by the client"
+    rt.end(running, 0.1)
+    assert state(running) is S.TERMINATED and rec.reasons(running.id)[-1][1] == "session closed by the client"
+    assert state(starting) is S.INITIALIZING

@@ -106,6 +106,7 @@ GROUPS: tuple[Group, ...] = (
         "test_network_blocked", "test_network_probe_detects_a_bridged_container", "test_host_secrets_not_readable",
         "test_host_filesystem_not_writable", "test_unprivileged_identity", "test_fork_bomb_contained",
         "test_memory_hog_killed", "test_infinite_loop_stopped", "test_output_flood_truncated",
+        "test_the_sandbox_sees_no_network_interface_but_its_own_loopback",
     )) + ("tests/sandbox/test_bwrap.py",), only=(
         "gateway.sandbox.docker_tier.*ǁ_host_config__mutmut_*", "gateway.sandbox.docker_tier.*ǁpids_limit__mutmut_*",
         "gateway.sandbox.bwrap.*ǁ_bwrap_argv__mutmut_*", "gateway.sandbox.cgroups.*ǁpids_limit_hit__mutmut_*",

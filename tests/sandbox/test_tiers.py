@@ -114,6 +114,23 @@ def test_network_blocked(manager: SandboxManager, tier: str, host_listener: List
     assert host_listener.settle() == len(targets)  # nothing from the sandbox arrived
 
 
+IFACES = """
+import json
+with open("/proc/net/dev") as f:
+    print(json.dumps(sorted(line.split(":")[0].strip() for line in f.readlines()[2:])))
+"""
+
+
+def test_the_sandbox_sees_no_network_interface_but_its_own_loopback(
+    manager: SandboxManager, tier: str
+) -> None:
+    """The network namespace on its own, without a socket (bwrap's seccomp filter also refuses
+    INET sockets, which hid a shared namespace from the probes above: found by mutation testing)."""
+    r = run_py(manager, tier, IFACES)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) in ([], ["lo"]), r.stdout
+
+
 def test_network_probe_detects_a_bridged_container(manager: SandboxManager, host_listener: Listener) -> None:
     """The probe above can fail: the same probe in a container on Docker's default bridge
     (what `network_mode = "bridge"` would give the docker tier) reaches the host listener."""

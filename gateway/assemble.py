@@ -44,7 +44,7 @@ from gateway.runtime.core import AgentRuntime
 from gateway.runtime.hosted import AgentHost, HostedAgents
 from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
 from gateway.sandbox.types import Limits
-from gateway.state import SharedState, build_state
+from gateway.state import Changes, SharedState, build_state
 from gateway.steps.agent import AgentStep
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
@@ -302,7 +302,11 @@ def _assemble(
 
         shipper = AuditShipper(state.postgres, audit.path)
         background.append(lambda _gw: shipper.run(AUDIT_SHIP_INTERVAL_S))
-    background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s))
+    if state.postgres is not None and state.changes is not None:
+        # a change made anywhere (a replica, the CLI) wakes the poll at once: NOTIFY
+        pg, changes = state.postgres, state.changes
+        background.append(lambda _gw: pg.listen(changes.set))
+    background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s, state.changes))
     background.append(lambda _gw: runtime.run())
     if config.mcp.discovery_enabled:
         background.append(_discover(config, events))
@@ -419,15 +423,19 @@ def _remove_container(name: str) -> None:
         _logger.debug("container %s not removed: %s", name, e)
 
 
-def _poll_approvals(verifier: ToolVerifier, interval: float) -> Background:
-    """Re-assess the catalogue when the CLI approves/revokes or a manifest changes."""
+def _poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | None = None) -> Background:
+    """Re-assess the catalogue when the CLI approves/revokes or a manifest changes: every
+    ``interval`` seconds, or at once when ``changes`` wakes it (PostgreSQL's NOTIFY)."""
 
     async def run(gw: Gateway) -> None:
         # off the event loop: with [state] postgres_url the fingerprint is a query, which
         # blocks up to state.timeout_s while PostgreSQL is unreachable
         seen = await anyio.to_thread.run_sync(verifier.fingerprint)
         while True:
-            await anyio.sleep(interval)
+            if changes is None:
+                await anyio.sleep(interval)
+            else:
+                await changes.wait(interval)
             now = await anyio.to_thread.run_sync(verifier.fingerprint)
             if now != seen:
                 seen = now

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from gateway.state.postgres import Postgres
 
 __all__ = [
+    "Changes",
     "LocalRateLimiter",
     "Probe",
     "RateLimiter",
@@ -37,6 +38,28 @@ __all__ = [
     "build_state",
     "safe_url",
 ]
+
+
+class Changes:
+    """Wakes the approvals poll early: PostgreSQL's NOTIFY of a change (``Postgres.listen``)."""
+
+    def __init__(self) -> None:
+        self._pending = False
+        self._event: anyio.Event | None = None  # made on the event loop, when one waits
+
+    def set(self) -> None:
+        self._pending = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Return on a change, or after ``timeout`` seconds (the poll's own interval)."""
+        if not self._pending:
+            self._event = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._event.wait()
+            self._event = None
+        self._pending = False
 
 
 @dataclass
@@ -48,6 +71,7 @@ class SharedState:
     postgres: Postgres | None = None  # imported only when configured
     pins: PgPinStore | None = None  # None: the verifier's SQLite in the data dir
     accepted: PgAcceptedFindings | None = None  # None: the data dir's screening-accepted.json
+    changes: Changes | None = None  # PostgreSQL's NOTIFY of an approvals change (None: poll only)
 
     @property
     def shared(self) -> bool:
@@ -101,5 +125,6 @@ def build_state(config: Config, counters: CallCounters) -> SharedState:
         state.tool_state = PgToolStateStore(pg)
         state.pins = PgPinStore(pg)
         state.accepted = PgAcceptedFindings(pg)
+        state.changes = Changes()
         state.probes.append(pg.probe)
     return state

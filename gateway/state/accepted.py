@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.state.postgres import Postgres
+from gateway.state.postgres import Postgres, bump_approvals
 
 
 class PgAcceptedFindings:
@@ -38,7 +38,4 @@ class PgAcceptedFindings:
                 " accepted=excluded.accepted",
                 (tool, definition_hash, time.time()),
             )
-            cur.execute(
-                "INSERT INTO symbi_meta (k, v) VALUES ('approvals', %s) ON CONFLICT (k) DO UPDATE SET v=excluded.v",
-                (str(time.time_ns()),),
-            )
+            bump_approvals(cur)

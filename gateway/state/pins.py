@@ -16,7 +16,7 @@ from typing import Any, Self
 import psycopg
 
 from gateway.state.health import safe_url
-from gateway.state.postgres import Postgres
+from gateway.state.postgres import Postgres, bump_approvals
 from schemapin import Pin, PinStatus, PinStoreError
 from schemapin._crypto import normalize_fingerprint
 from schemapin._domain import normalize_domain
@@ -81,14 +81,6 @@ class PgPinStore:
                 new_hash,
                 actor,
             ),
-        )
-
-    @staticmethod
-    def _bump(cur: psycopg.Cursor[Any]) -> None:
-        """A person changed a pin: every replica re-verifies (they poll this version)."""
-        cur.execute(
-            "INSERT INTO symbi_meta (k, v) VALUES ('approvals', %s) ON CONFLICT (k) DO UPDATE SET v=excluded.v",
-            (_now(),),
         )
 
     def check_and_pin(
@@ -186,7 +178,7 @@ class PgPinStore:
                 (dom, tool_id, fp, h, now, now),
             )
             self._event(cur, dom, tool_id, "approve", pin, fp, h, actor)
-            self._bump(cur)
+            bump_approvals(cur)
             new = self._get(cur, dom, tool_id)
             assert new is not None
             return new
@@ -199,7 +191,7 @@ class PgPinStore:
                 return False
             cur.execute("DELETE FROM symbi_pins WHERE domain=%s AND tool_id=%s", (dom, tool_id))
             self._event(cur, dom, tool_id, "remove", pin, None, None, actor)
-            self._bump(cur)
+            bump_approvals(cur)
             return True
 
     def history(self, domain: str | None = None, tool_id: str | None = None) -> list[dict[str, Any]]:

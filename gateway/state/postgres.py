@@ -14,10 +14,11 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -135,6 +136,7 @@ CREATE TABLE symbi_screening_accepted (
 """,
     ),
 ]
+CHANNEL = "symbi_approvals"  # NOTIFY on every approvals change: replicas act at once
 _LOCK_ID = 0x53594D4249  # "SYMBI": one migrator at a time
 _COLS = (
     "upstream, name, namespaced, current_hash, current_definition, approved_hash, approved_definition, status,"
@@ -215,6 +217,34 @@ class Postgres:
         with self.cursor() as cur:
             cur.execute("SELECT 1")
 
+    async def listen(self, on_change: Callable[[], None]) -> None:
+        """Background task: LISTEN for approval changes made anywhere (a replica, the CLI) and
+        call ``on_change`` on each -- and on every (re)connection or loss of it, since changes
+        may have been missed meanwhile. The approvals poll stays the fallback."""
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=max(1, round(self._pool.timeout))
+                )
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    on_change()
+                    async for _ in conn.notifies():
+                        on_change()
+            except psycopg.Error:
+                on_change()  # gone: the poll re-reads now (and blocks the tools while it is down)
+            await anyio.sleep(1.0)
+
+
+def bump_approvals(cur: psycopg.Cursor[Any]) -> None:
+    """A change every replica must act on (approval, revocation, pin, accepted finding): the
+    version they poll, and a NOTIFY delivered at commit so they act at once (``Postgres.listen``)."""
+    cur.execute(
+        "INSERT INTO symbi_meta (k, v) VALUES ('approvals', %s) ON CONFLICT (k) DO UPDATE SET v=excluded.v",
+        (str(time.time_ns()),),
+    )
+    cur.execute(f"NOTIFY {CHANNEL}")
+
 
 class PgToolStateStore:
     """``ToolStateStore`` on PostgreSQL: an approval or revocation on one replica bumps the
@@ -234,12 +264,6 @@ class PgToolStateStore:
             cur.execute("SELECT v FROM symbi_meta WHERE k='approvals'")
             row = cur.fetchone()
         return str(row[0]) if row else "0"
-
-    def _bump(self, cur: psycopg.Cursor[Any]) -> None:
-        cur.execute(
-            "INSERT INTO symbi_meta (k, v) VALUES ('approvals', %s) ON CONFLICT (k) DO UPDATE SET v=excluded.v",
-            (str(time.time_ns()),),
-        )
 
     def get(self, upstream: str, name: str) -> ToolRecord | None:
         with self._pg.cursor() as cur:
@@ -363,12 +387,12 @@ class PgToolStateStore:
                 " WHERE upstream=%s AND name=%s",
                 (definition_hash, text, upstream, name),
             )
-            self._bump(cur)
+            bump_approvals(cur)
 
     def revoke(self, upstream: str, name: str) -> None:
         with self._pg.cursor(transaction=True) as cur:
             cur.execute("UPDATE symbi_tools SET revoked=true WHERE upstream=%s AND name=%s", (upstream, name))
-            self._bump(cur)
+            bump_approvals(cur)
 
 
 class PgApiKeyStore:

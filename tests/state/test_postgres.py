@@ -273,3 +273,42 @@ async def test_an_outage_blocks_the_tools_without_stalling_the_event_loop(
     finally:
         v.close()
         pg.close()
+
+
+@pytest.mark.anyio
+async def test_a_change_made_anywhere_is_notified_to_every_listener(
+    postgres_engine: PgEngine, pg: Postgres
+) -> None:
+    # what wakes each replica's approvals poll at once: NOTIFY at commit, LISTEN on a replica
+    seen: list[float] = []
+    u = up()
+    other = Postgres(postgres_engine.url, timeout_s=2).open()  # the CLI's (or another replica's) pool
+    try:
+        store = PgToolStateStore(other)
+        store.observe(
+            u,
+            "echo",
+            f"{u}__echo",
+            DEF,
+            "h1",
+            status="pinned",
+            reason=None,
+            key_fingerprint=None,
+            pin_if_new=True,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pg.listen, lambda: seen.append(time.monotonic()))
+            with anyio.fail_after(20):  # bounds of the waits, not timing assertions
+                while not seen:  # the first call: connected (changes may have been missed before)
+                    await anyio.sleep(0.05)
+                connected = len(seen)
+                await anyio.to_thread.run_sync(store.revoke, u, "echo")
+                while len(seen) == connected:
+                    await anyio.sleep(0.05)
+                notified = len(seen)
+                await anyio.to_thread.run_sync(store.version)  # a read: no change, no notification
+                await anyio.sleep(0.5)
+                assert len(seen) == notified
+            tg.cancel_scope.cancel()
+    finally:
+        other.close()

@@ -60,7 +60,7 @@ def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine) -> Path:
         path = "{ROOT / "policies.rego"}"
         data = "{folder / "data.json"}"
         [mcp]
-        recheck_interval_s = 0.3
+        recheck_interval_s = 30  # longer than any wait below: a change reaches the replicas by NOTIFY
         [sandbox]
         code_tools = false
         [context]

@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from mcp import ClientSession
@@ -100,8 +101,14 @@ async def test_a_sandboxed_server_with_network_cannot_reach_this_host(
                 ctl = await s.call_tool("hostprobe__connect", {"host": host, "port": port})
                 assert ctl.content[0].text == "connected", (host, port)  # type: ignore[union-attr]
             reached = {}
-            for host, port in targets:
+
+            async def probe(host: str, port: int) -> None:
                 res = await s.call_tool("probe__connect", {"host": host, "port": port})
                 assert not res.is_error, res
                 reached[(host, port)] = res.content[0].text  # type: ignore[union-attr]
+
+            async with anyio.create_task_group() as tg:  # at once: a dropped probe waits 3 s
+                for host, port in targets:
+                    tg.start_soon(probe, host, port)
+            assert len(reached) == len(set(targets))
     assert "connected" not in reached.values(), reached

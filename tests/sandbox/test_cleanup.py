@@ -54,7 +54,9 @@ def _of_pid(manager: SandboxManager, tier: str, pid: int) -> list[str]:
     if tier == "bwrap":
         return [str(p) for p in _all_cgroups() if p.name.startswith(f"symbi-{pid}-")]
     cs = docker_client().containers.list(
-        all=True, filters={"label": f"symbi.sandbox.owner={os.uname().nodename}:{pid}"}
+        all=True,
+        filters={"label": f"symbi.sandbox.owner={os.uname().nodename}:{pid}"},
+        ignore_removed=True,  # another process's orphan sweep may remove it mid-listing
     )
     return [c.id for c in cs]
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.sandbox, pytest.mark.slow]
 def _owned_by_gateway_of(config: Path) -> list[str]:
     """Running sandbox containers whose owner process is the gateway serving ``config``."""
     out = []
-    for c in docker_client().containers.list(filters={"label": f"{LABEL}=1"}):
+    for c in docker_client().containers.list(filters={"label": f"{LABEL}=1"}, ignore_removed=True):
         _, _, pid = (c.labels or {}).get(LABEL_OWNER, "").partition(":")
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")

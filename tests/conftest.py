@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -63,8 +64,27 @@ def _upstream_user_can_enter_tmp_path(request: pytest.FixtureRequest) -> None:
     _enterable_down_to(request.getfixturevalue("tmp_path"))
 
 
+# Ports below the kernel's ephemeral range (32768-60999 by default): the kernel never hands one
+# of these to an outgoing connection or a bind to port 0, which with bind-to-0 here could take the
+# port between this check and the server's bind (seen with two pytest-xdist workers).
+_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()  # by this process: never twice, though the first may not be bound yet
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A 127.0.0.1 port that is free now, for a server the test starts next."""
+    for _ in range(200):
+        port = _PORTS[secrets.randbelow(len(_PORTS))]
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # (a crowded range: any free port)
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

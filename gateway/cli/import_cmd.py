@@ -90,6 +90,12 @@ def _run(args: argparse.Namespace) -> int:
         )
     else:
         _show_plan(files, plan.servers)
+    if plan.needed:
+        print(
+            f"to set in {env_file} or the environment before the gateway starts (the client "
+            f"asked for them or read them from its environment): {', '.join(plan.needed)}",
+            file=sys.stderr,
+        )
     after = render_toml(config, plan, env_file)
     before = config.read_text(encoding="utf-8") if config.exists() else ""
     _diff(str(config), before, after)
@@ -98,16 +104,19 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.client is None and args.from_file is None:
         raise ConfigError("--apply needs a client name or --from FILE (which configs to rewrite)")
-    for f in files:  # refuse before writing anything
-        if backup_path(f.path).exists():
-            raise ConfigError(f"{f.path}: already rewritten by symbi (run `symbi import --undo` first)")
+    by_path: dict[Path, list[tuple[ClientFile, list[str]]]] = {}
+    for f in files:  # one rewrite per file: ~/.claude.json holds two of Claude Code's tables
+        names = [s.found.name for s in plan.servers if s.found.source == f]
+        by_path.setdefault(f.path, []).append((f, names))
+    for path in by_path:  # refuse before writing anything
+        if backup_path(path).exists():
+            raise ConfigError(f"{path}: already rewritten by symbi (run `symbi import --undo` first)")
     apply_plan(config, plan, env_file)
     symbi = args.symbi or str(Path(sys.executable).with_name("symbi"))
-    for f in files:
-        names = [s.found.name for s in plan.servers if s.found.source == f]
-        old, new = rewrite_client(f, names, symbi, config)
-        _diff(str(f.path), old, new)
-        print(f"{f.path}: now launches symbi (original kept at {backup_path(f.path)})", file=sys.stderr)
+    for path, sections in by_path.items():
+        old, new = rewrite_client(sections, symbi, config)
+        _diff(str(path), old, new)
+        print(f"{path}: now launches symbi (original kept at {backup_path(path)})", file=sys.stderr)
     print(
         f"imported {len(plan.servers)} server(s) into {config}; their tools are pending until approved "
         "(`symbi tools list`, `symbi tools approve`)",

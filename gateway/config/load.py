@@ -160,8 +160,9 @@ def build_config(
         if not isinstance(sect, dict):
             raise ConfigError(f"{where}: [{section}] must be a table")
         sect[key] = parsed
+    # references first: a server's cwd or command may be "${HOME}/..." (resolved after)
+    _expand_references(doc, base, where, environ or {})
     _resolve_paths(doc, base, where)
-    _expand_references(doc, where, environ or {})
     try:
         cfg = Config.model_validate(doc)
     except ValidationError as e:
@@ -232,13 +233,17 @@ def _describe(e: ValidationError, where: str) -> str:
     return "invalid configuration:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ``${NAME}``, or ``${NAME:-default}`` (Claude Code's spelling: the default when NAME is unset)
+_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# where a server's references are expanded (the fields MCP clients expand them in)
+_REF_FIELDS = ("command", "args", "cwd", "url", "env", "headers")
 
 
-def _expand_references(doc: dict[str, Any], where: str, environ: Mapping[str, str]) -> None:
-    """``${NAME}`` in a server's ``env`` and ``headers`` values: from ``gateway.env_file``
-    (a dotenv file readable by its owner only, what ``symbi import`` writes), then the
-    environment. A reference to nothing is an error naming the key: never an empty secret."""
+def _expand_references(doc: dict[str, Any], base: Path, where: str, environ: Mapping[str, str]) -> None:
+    """``${NAME}`` in a server's command, args, cwd, url, env and headers values: from
+    ``gateway.env_file`` (a dotenv file readable by its owner only, what ``symbi import``
+    writes), then the environment. A reference to nothing (without a ``:-default``) is an
+    error naming the key: never an empty secret."""
     servers = doc.get("servers")
     if not isinstance(servers, dict):
         return
@@ -246,28 +251,41 @@ def _expand_references(doc: dict[str, Any], where: str, environ: Mapping[str, st
     env_file = gw.get("env_file") if isinstance(gw, dict) else None
     values: dict[str, str] = {}
     if isinstance(env_file, str):
-        values = _read_env_file(Path(env_file), where)
+        values = _read_env_file(_under(base, env_file), where)
     for name, srv in servers.items():
         if not isinstance(srv, dict):
             continue
-        for field_name in ("env", "headers"):
-            table = srv.get(field_name)
-            if not isinstance(table, dict):
-                continue
-            for key, raw in list(table.items()):
-                if isinstance(raw, str) and "${" in raw:
-                    table[key] = _expand(raw, values, environ, where, f"servers.{name}.{field_name}.{key}")
+        for field_name in _REF_FIELDS:
+            value = srv.get(field_name)
+            key = f"servers.{name}.{field_name}"
+            if isinstance(value, str) and "${" in value:
+                srv[field_name] = _expand(value, values, environ, where, key)
+            elif isinstance(value, list):
+                srv[field_name] = [
+                    _expand(v, values, environ, where, f"{key}[{i}]")
+                    if isinstance(v, str) and "${" in v
+                    else v
+                    for i, v in enumerate(value)
+                ]
+            elif isinstance(value, dict):
+                for k, raw in list(value.items()):
+                    if isinstance(raw, str) and "${" in raw:
+                        value[k] = _expand(raw, values, environ, where, f"{key}.{k}")
 
 
 def _expand(raw: str, values: Mapping[str, str], environ: Mapping[str, str], where: str, key: str) -> str:
-    return _REF.sub(lambda m: _lookup(m.group(1), values, environ, where, key), raw)
+    return _REF.sub(lambda m: _lookup(m.group(1), m.group(2), values, environ, where, key), raw)
 
 
-def _lookup(var: str, values: Mapping[str, str], environ: Mapping[str, str], where: str, key: str) -> str:
+def _lookup(
+    var: str, default: str | None, values: Mapping[str, str], environ: Mapping[str, str], where: str, key: str
+) -> str:
     if var in values:
         return values[var]
     if var in environ:
         return environ[var]
+    if default is not None:
+        return default
     raise ConfigError(f"{where}: {key}: ${{{var}}} is set neither in gateway.env_file nor in the environment")
 
 

@@ -69,24 +69,33 @@ def client_entry(symbi: str, config: Path, source: ClientFile) -> dict[str, Any]
     return entry
 
 
-def rewrite_client(source: ClientFile, imported: Sequence[str], symbi: str, config: Path) -> tuple[str, str]:
-    """The client config launches ``symbi mcp`` in place of the imported servers.
-    Returns (before, after) texts; the original bytes are kept beside it."""
-    backup = backup_path(source.path)
+def rewrite_client(
+    sources: Sequence[tuple[ClientFile, Sequence[str]]], symbi: str, config: Path
+) -> tuple[str, str]:
+    """One client config file launches ``symbi mcp`` in place of the imported servers, in each
+    of its server tables given (``~/.claude.json`` has a user and a project-local one).
+    Returns (before, after) texts; the original bytes are kept beside it, for ``--undo``."""
+    paths = {s.path for s, _ in sources}
+    if len(paths) != 1:
+        raise ValueError(f"rewrite_client: one file at a time, not {sorted(map(str, paths))}")
+    path = paths.pop()
+    backup = backup_path(path)
     if backup.exists():
-        raise ConfigError(f"{source.path}: already rewritten by symbi (run `symbi import --undo` first)")
-    raw = source.path.read_bytes()
+        raise ConfigError(f"{path}: already rewritten by symbi (run `symbi import --undo` first)")
+    raw = path.read_bytes()
     doc = json.loads(raw)
-    node = doc
-    for key in source.section[:-1]:
-        node = node[key]
-    table = node[source.section[-1]]
-    for name in imported:
-        table.pop(name, None)
-    table["symbi"] = client_entry(symbi, config, source)
+    for source, imported in sources:
+        node = doc
+        for key in source.section[:-1]:
+            node = node[key]
+        table = node[source.section[-1]]
+        for name in imported:
+            table.pop(name, None)
+        table["symbi"] = client_entry(symbi, config, source)
     after = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    _atomic_write(backup, raw, mode=os.stat(source.path).st_mode & 0o777)
-    _atomic_write(source.path, after.encode(), mode=os.stat(source.path).st_mode & 0o777)
+    mode = os.stat(path).st_mode & 0o777
+    _atomic_write(backup, raw, mode=mode)  # the original first: never a rewrite without it
+    _atomic_write(path, after.encode(), mode=mode)
     return raw.decode("utf-8", errors="replace"), after
 
 

@@ -105,8 +105,16 @@ def _entry(
         kind = "http"
     if kind not in ("stdio", "http", "sse"):
         raise ConfigError(f"{where}.type: {kind!r} is not stdio, http or sse")
-    env = {str(k): _ref(str(v), inputs) for k, v in (e.get("env") or {}).items()}
-    headers = {str(k): _ref(str(v), inputs) for k, v in (e.get("headers") or {}).items()}
+    known = _predefined(source)
+
+    def ref(v: object) -> str:
+        return _ref(str(v), inputs, known)
+
+    for key in ("env", "headers"):
+        if not isinstance(e.get(key) or {}, dict):
+            raise ConfigError(f"{where}.{key}: must be an object")
+    env = {str(k): ref(v) for k, v in (e.get("env") or {}).items()}
+    headers = {str(k): ref(v) for k, v in (e.get("headers") or {}).items()}
     if kind == "stdio":
         if not isinstance(e.get("command"), str) or not e["command"]:
             raise ConfigError(f"{where}.command: a stdio server needs a command")
@@ -116,20 +124,43 @@ def _entry(
         return FoundServer(
             source,
             name,
-            command=e["command"],
-            args=tuple(str(a) for a in args),
+            command=ref(e["command"]),
+            args=tuple(ref(a) for a in args),
             env=env,
-            cwd=str(e["cwd"]) if e.get("cwd") else None,
+            cwd=ref(e["cwd"]) if e.get("cwd") else None,
             transport="stdio",
         )
     url = e.get("url") or e.get("serverUrl")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.url: a remote server needs an http(s) url")
-    return FoundServer(source, name, url=url, headers=headers, transport="sse" if kind == "sse" else "http")
+    return FoundServer(
+        source, name, url=ref(url), headers=headers, transport="sse" if kind == "sse" else "http"
+    )
 
 
-def _ref(value: str, inputs: Mapping[Any, Any]) -> str:
-    """VS Code's ``${input:id}`` / ``${env:NAME}`` become ``${NAME}`` references (never values)."""
+def _predefined(source: ClientFile) -> dict[str, str]:
+    """VS Code's predefined variables (``${workspaceFolder}``...): known at import time, and no
+    secrets, so they are written out (symbi has no workspace)."""
+    if source.section != ("servers",):
+        return {}
+    folder = source.path.parent
+    if folder.name == ".vscode":
+        folder = folder.parent
+    return {
+        "workspaceFolder": str(folder),
+        "workspaceRoot": str(folder),
+        "workspaceFolderBasename": folder.name,
+        "userHome": str(Path.home()),
+        "pathSeparator": "/",
+        "/": "/",
+    }
+
+
+def _ref(value: str, inputs: Mapping[Any, Any], known: Mapping[str, str] | None = None) -> str:
+    """VS Code's ``${input:id}`` / ``${env:NAME}`` become ``${NAME}`` references (never values);
+    its predefined variables (``known``) are written out."""
+    for var, text in (known or {}).items():
+        value = value.replace("${" + var + "}", text)
     out = value
     for prefix in ("${input:", "${env:"):
         while prefix in out:

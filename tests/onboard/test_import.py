@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -16,7 +17,7 @@ from gateway.errors import ConfigError
 from gateway.onboard import apply_plan, find_client_files, make_plan, read_client_file
 from gateway.onboard.plan import RESERVED
 from tests.conftest import ROOT
-from tests.onboard.conftest import BEARER, SECRET, Machine
+from tests.onboard.conftest import BEARER, SECRET, Machine, write_json
 
 
 def found(m: Machine):  # type: ignore[no-untyped-def]
@@ -140,3 +141,152 @@ def test_cli_dry_run_writes_nothing_and_apply_then_undo_restores_the_bytes(
     undo = symbi("import", "claude-desktop", "--undo", home=machine.home, cwd=machine.project)
     assert undo.returncode == 0, undo.stderr
     assert machine.claude_desktop.read_bytes() == original
+
+
+def plan_of(tmp_path: Path, doc: dict, name: str = "mcp.json"):  # type: ignore[no-untyped-def,type-arg]
+    from gateway.onboard.clients import file_source
+
+    path = write_json(tmp_path / name, doc)
+    return make_plan(read_client_file(file_source(path)))
+
+
+def applied(tmp_path: Path, plan, environ: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    config, env_file = tmp_path / "symbi.toml", tmp_path / "symbi.env"
+    apply_plan(config, plan, env_file)
+    return config.read_text(), load_config(config, environ or {})
+
+
+GH = "ghp_" + "A1b2C3d4E5" * 4  # a GitHub token shape (recognisable by value)
+
+
+def test_secrets_in_args_and_urls_never_land_in_symbi_toml_and_round_trip(tmp_path: Path) -> None:
+    plan = plan_of(
+        tmp_path,
+        {
+            "mcpServers": {
+                "a": {"command": "srv", "args": ["--api-key", SECRET, "--verbose", "/data"]},
+                "b": {"command": "srv", "args": [f"--token={SECRET}", "--port=8080"]},
+                "c": {"command": "docker", "args": ["run", "-e", f"GITHUB_TOKEN={GH}", "img"]},
+                "d": {"command": "srv", "args": [GH]},
+                "e": {"url": f"https://mcp.example.test/mcp?api_key={SECRET}&mode=fast"},
+                "f": {"url": f"https://bob:{SECRET}@mcp.example.test/mcp"},
+            }
+        },
+    )
+    text, cfg = applied(tmp_path, plan)
+    assert SECRET not in text and GH not in text
+    s = cfg.servers
+    assert s["a"].args == ("--api-key", SECRET, "--verbose", "/data")
+    assert "/data" in text and "--verbose" in text  # what is no secret stays readable
+    assert s["b"].args == (f"--token={SECRET}", "--port=8080")
+    assert s["c"].args == ("run", "-e", f"GITHUB_TOKEN={GH}", "img")
+    assert s["d"].args == (GH,)
+    assert s["e"].url == f"https://mcp.example.test/mcp?api_key={SECRET}&mode=fast"
+    assert s["f"].url == f"https://bob:{SECRET}@mcp.example.test/mcp"
+
+
+def test_text_around_references_stays_and_a_secret_beside_one_moves(tmp_path: Path) -> None:
+    plan = plan_of(
+        tmp_path,
+        {
+            "inputs": [{"type": "promptString", "id": "gh-token", "password": True}],
+            "servers": {
+                "gh": {
+                    "type": "http",
+                    "url": "https://api.example.test/mcp/",
+                    "headers": {
+                        "Authorization": "Bearer ${input:gh-token}",
+                        "X-Mixed": f"${{env:USER}}:{SECRET}",
+                    },
+                },
+                "db": {"command": "db-mcp", "env": {"DSN": "postgres://app:${env:DB_PASS}@db:5432/app"}},
+            },
+        },
+    )
+    text, cfg = applied(tmp_path, plan, {"GH_TOKEN": "t0k", "USER": "ann", "DB_PASS": "pw"})
+    assert 'Authorization = "Bearer ${GH_TOKEN}"' in text  # a template, not a moved literal
+    assert SECRET not in text
+    assert cfg.servers["gh"].headers == {"Authorization": "Bearer t0k", "X-Mixed": f"ann:{SECRET}"}
+    assert cfg.servers["db"].env == {"DSN": "postgres://app:pw@db:5432/app"}
+    assert plan.needed == ["DB_PASS", "GH_TOKEN", "USER"]  # told to the user
+
+
+def test_claude_code_and_vscode_variables_resolve_as_the_client_would(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    vs = plan_of(
+        project / ".vscode",
+        {
+            "servers": {
+                "fetch": {
+                    "type": "stdio",
+                    "command": "uvx",
+                    "args": ["${workspaceFolder}/srv"],
+                    "cwd": "${workspaceFolder}",
+                }
+            }
+        },
+    )
+    assert vs.servers[0].table["cwd"] == str(project) and vs.servers[0].table["args"] == [f"{project}/srv"]
+    cc = plan_of(
+        tmp_path,
+        {
+            "mcpServers": {
+                "fs": {
+                    "command": "npx",
+                    "args": ["-y", "server-filesystem", "${HOME}/src"],
+                    "env": {"LOG": "${LOG_LEVEL:-info}"},
+                }
+            }
+        },
+        name="cc.json",
+    )
+    _, cfg = applied(tmp_path, cc, {"HOME": "/home/ann"})
+    assert cfg.servers["fs"].args == ("-y", "server-filesystem", "/home/ann/src")
+    assert cfg.servers["fs"].env == {"LOG": "info"}  # the default, as Claude Code would
+    with pytest.raises(ConfigError):  # ${HOME} set nowhere: refused, never an empty argument
+        load_config(tmp_path / "symbi.toml", {})
+
+
+@pytest.mark.parametrize(
+    ("platform", "environ", "where"),
+    [
+        ("darwin", {}, "Library/Application Support/Claude/claude_desktop_config.json"),
+        ("win32", {"APPDATA": "{home}/Roaming"}, "Roaming/Claude/claude_desktop_config.json"),
+        ("linux", {}, ".config/Claude/claude_desktop_config.json"),
+    ],
+)
+def test_claude_desktop_config_is_found_where_each_os_keeps_it(
+    tmp_path: Path, platform: str, environ: dict[str, str], where: str
+) -> None:
+    env = {k: v.format(home=tmp_path) for k, v in environ.items()}
+    path = write_json(tmp_path / where, {"mcpServers": {"t": {"command": "x"}}})
+    files = find_client_files(tmp_path, tmp_path / "nowhere", env, platform=platform)
+    assert [(f.client, f.path) for f in files] == [("claude-desktop", path)]
+
+
+def test_apply_to_claude_code_rewrites_claude_json_once_for_both_scopes_and_undo_restores(
+    machine: Machine, tmp_path: Path
+) -> None:
+    config = tmp_path / "symbi.toml"
+    claude_json, mcp_json = machine.home / ".claude.json", machine.project / ".mcp.json"
+    originals = {p: p.read_bytes() for p in (claude_json, mcp_json)}
+    applied_ = symbi(
+        "import",
+        "claude-code",
+        "--apply",
+        "--config",
+        str(config),
+        "--symbi",
+        "/opt/symbi",
+        home=machine.home,
+        cwd=machine.project,
+    )
+    assert applied_.returncode == 0, applied_.stderr
+    doc = json.loads(claude_json.read_text())
+    assert set(doc["mcpServers"]) == {"symbi"}  # user scope
+    assert set(doc["projects"][str(machine.project)]["mcpServers"]) == {"symbi"}  # local scope
+    assert doc["numStartups"] == 3  # the rest of Claude Code's file is kept
+    assert {"time", "local-db", "github", "filesystem"} <= set(load_config(config, {}).servers)
+    undo = symbi("import", "claude-code", "--undo", home=machine.home, cwd=machine.project)
+    assert undo.returncode == 0, undo.stderr
+    assert {p: p.read_bytes() for p in originals} == originals

@@ -313,6 +313,7 @@ class Gateway:
                 [t.info for t in Catalog.build(listings).tools.values()], changed=changed, previous=previous
             )
             new = Catalog.build(listings, infos=infos)
+            self.verifier.screen_listings(new)  # resources and prompts: audited, as tools are
             old, self.live.snapshot = self.live.snapshot, new
             for r in new.refusals:
                 if r not in old.refusals:  # on the record once, when it appears

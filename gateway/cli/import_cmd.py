@@ -118,8 +118,11 @@ def _run(args: argparse.Namespace) -> int:
         _diff(str(path), old, new)
         print(f"{path}: now launches symbi (original kept at {backup_path(path)})", file=sys.stderr)
     print(
-        f"imported {len(plan.servers)} server(s) into {config}; their tools are pending until approved "
-        "(`symbi tools list`, `symbi tools approve`)",
+        f"imported {len(plan.servers)} server(s) into {config} with strict verification: their tools are "
+        "pending until an organisation key signs them into servers.NAME.approved:\n"
+        '  symbi schemapin keygen --out keys        # once; then [mcp] org_keys = ["keys/public_key.pem"]\n'
+        f"  symbi scan --config {config}             # read what the tools say first\n"
+        f"  symbi tools approve SERVER__TOOL --key keys/private_key.pem --config {config}",
         file=sys.stderr,
     )
     return 0

@@ -21,7 +21,13 @@ from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.screen.accepted import AcceptedFindings
-from gateway.verify.approve import approve_current, check_screening, drift_diff, screen_record
+from gateway.verify.approve import (
+    approve_current,
+    check_screening,
+    drift_diff,
+    screen_record,
+    unsigned_under_strict,
+)
 from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
 
 if TYPE_CHECKING:
@@ -178,6 +184,11 @@ def _approve(args: argparse.Namespace) -> int:
     store = _store(cfg)
     pins = _pins(cfg)
     records = [_lookup(store, n) for n in args.tools if "__" in n]
+    for rec in records:  # refused before anything is signed or approved
+        srv = cfg.servers.get(rec.upstream)
+        mode = cfg.verification_for(rec.upstream)
+        if srv is not None and (why := unsigned_under_strict(mode, srv.approved is not None, rec)):
+            raise ConfigError(why)
     flagged = []
     for rec in records:  # screened again before anything is signed or approved
         if check_screening(store, rec, accept=args.accept_screening).at_least("high"):

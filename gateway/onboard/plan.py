@@ -126,8 +126,10 @@ def _plan_one(f: FoundServer, name: str) -> PlannedServer:
         table["url"] = _url(str(f.url), move)
         if f.headers:
             table["headers"] = {k: ref(k, v) for k, v in f.headers.items()}
-    # imported servers are pending until a person approves their tools
+    # imported servers are pending until a person approves their tools: under strict that is an
+    # organisation key signing them into this manifest (``symbi tools approve --key``)
     table["verification"] = "strict"
+    table["approved"] = f"approved-{name}.json"
     return PlannedServer(f, name, table, secrets)
 
 

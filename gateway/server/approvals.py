@@ -15,7 +15,13 @@ import anyio
 
 from gateway.errors import ApprovalError, ScreeningFlagged
 from gateway.events import Event
-from gateway.verify.approve import approve_current, check_screening, drift_diff
+from gateway.verify.approve import (
+    approve_current,
+    check_screening,
+    drift_diff,
+    screen_record,
+    unsigned_under_strict,
+)
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -46,6 +52,8 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
         "approved_hash": rec.approved_hash,
         "current_hash": rec.current_hash,
         "diff": diff,
+        # screened again as a person reviews it: what the definition says to the model
+        "screening": [f.as_dict() for f in screen_record(_state(gw), rec).findings],
     }
 
 
@@ -65,6 +73,9 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
         )
     if rec.current_definition is None:
         raise ApprovalError(f"{name} has no current definition to approve", 409)
+    why = unsigned_under_strict(gw.config.verification_for(rec.upstream), False, rec)
+    if why:
+        raise ApprovalError(why, 409)
     try:  # screened again before it can be approved
         await anyio.to_thread.run_sync(lambda: check_screening(_state(gw), rec, accept=False))
     except ScreeningFlagged as e:

@@ -308,7 +308,15 @@ OPENAPI: dict[str, Any] = {
             "ToolDiff": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["tool", "status", "drifted", "approved_hash", "current_hash", "diff"],
+                "required": [
+                    "tool",
+                    "status",
+                    "drifted",
+                    "approved_hash",
+                    "current_hash",
+                    "diff",
+                    "screening",
+                ],
                 "properties": {
                     "tool": {"type": "string"},
                     "status": {"type": "string"},
@@ -316,6 +324,31 @@ OPENAPI: dict[str, Any] = {
                     "approved_hash": _NULLSTR,
                     "current_hash": _NULLSTR,
                     "diff": {"type": "string"},
+                    "screening": {
+                        "type": "array",
+                        "description": "screening findings of the current definition (symbi scan)",
+                        "items": {
+                            "type": "object",
+                            "required": [
+                                "rule",
+                                "category",
+                                "severity",
+                                "field",
+                                "span",
+                                "excerpt",
+                                "summary",
+                            ],
+                            "properties": {
+                                "rule": {"type": "string"},
+                                "category": {"type": "string"},
+                                "severity": {"type": "string", "enum": ["low", "medium", "high"]},
+                                "field": {"type": "string"},
+                                "span": {"type": "array", "items": {"type": "integer"}},
+                                "excerpt": {"type": "string"},
+                                "summary": {"type": "string"},
+                            },
+                        },
+                    },
                 },
             },
             "Approved": {

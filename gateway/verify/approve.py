@@ -26,6 +26,20 @@ def screen_record(store: ToolStates, rec: ToolRecord) -> Screening:
     return screen_definition("tool", rec.current_definition, others=others)
 
 
+def unsigned_under_strict(mode: str, has_manifest: bool, rec: ToolRecord) -> str | None:
+    """Why approving ``rec`` here would change nothing, or None. Under strict a tool passes on a
+    verified signature only: a recorded approval admits an unsigned tool nowhere, so saying
+    "approved" would leave it blocked while the person thinks it is callable."""
+    if mode != "strict" or has_manifest or rec.key_fingerprint is not None:
+        return None
+    return (
+        f"{rec.namespaced}: upstream {rec.upstream!r} is strict and its tools are unsigned: approving "
+        f"means signing with an organisation key; set servers.{rec.upstream}.approved = FILE.json and "
+        "run `symbi tools approve --key ORG_PRIV.pem` (key listed in mcp.org_keys), or choose "
+        f'servers.{rec.upstream}.verification = "tofu"'
+    )
+
+
 def check_screening(store: ToolStates, rec: ToolRecord, *, accept: bool) -> Screening:
     """A definition is screened again before it can be approved: high findings need
     ``accept`` (``--accept-screening``), a person's explicit word."""

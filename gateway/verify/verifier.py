@@ -32,8 +32,8 @@ from gateway.config.model import Config
 from gateway.context import ToolInfo, is_blocked
 from gateway.errors import ConfigError, StateUnavailable
 from gateway.events import Event, EventSink
-from gateway.screen import Screener
 from gateway.screen.accepted import AcceptedFindings
+from gateway.screen.refresh import RefreshScreening
 from gateway.verify.manifest import load_manifest
 from gateway.verify.state import ToolStates, ToolStateStore
 from schemapin import (
@@ -51,6 +51,7 @@ from schemapin import (
 )
 
 if TYPE_CHECKING:
+    from gateway.catalog import Catalog
     from gateway.state.accepted import PgAcceptedFindings
     from gateway.state.pins import PgPinStore
 
@@ -101,12 +102,11 @@ class ToolVerifier:
             verify=str(ca) if ca else True,
         )
         self._org_keys = load_org_keys(config)
-        self._screener = Screener()
         # accepted screening findings: the data dir's file, or PostgreSQL shared by replicas
         self._accepted: AcceptedFindings | PgAcceptedFindings = (
             accepted if accepted is not None else AcceptedFindings(config.screening_accepted_path)
         )
-        self._screened: dict[str, str | None] = {}  # tool -> definition hash whose findings were recorded
+        self._screening = RefreshScreening(events)
         for name in config.servers:
             if config.verification_for(name) == "off":
                 _logger.warning("verification is OFF for upstream %r: its tools are not checked", name)
@@ -195,49 +195,11 @@ class ToolVerifier:
             accepted = await anyio.to_thread.run_sync(self._accepted.load)
         except StateUnavailable:
             accepted = {}  # fail closed: no finding counts as accepted while they cannot be read
-        return self._screen(infos, accepted)
+        return self._screening.tools(infos, self._builtins, accepted)
 
-    def _screen(self, infos: dict[str, ToolInfo], accepted: Mapping[str, str]) -> dict[str, ToolInfo]:
-        """Every upstream tool screened for poisoning (cached by definition); new findings
-        of medium or high severity are recorded once per definition."""
-        names_by_upstream: dict[str, set[str]] = defaultdict(set)
-        for t in infos.values():
-            names_by_upstream[t.upstream] |= {t.name, t.original_name}
-        every = set().union(*names_by_upstream.values())
-        others_of: dict[str, frozenset[str]] = {}
-        out: dict[str, ToolInfo] = {}
-        for name, info in sorted(infos.items(), key=lambda kv: kv[1].upstream):  # one others-set per upstream
-            if info.upstream in self._builtins:
-                out[name] = info
-                continue
-            others = others_of.get(info.upstream)
-            if others is None:
-                others = others_of[info.upstream] = frozenset(every - names_by_upstream[info.upstream])
-            result = self._screener.screen(
-                "tool", info.definition, others, definition_hash=info.definition_hash
-            )
-            if result.findings and accepted.get(name) == info.definition_hash:
-                result = replace(result, accepted=True)
-            out[name] = replace(info, screening=result)
-            flagged = result.at_least("medium")
-            if flagged and self._screened.get(name) != info.definition_hash:
-                self._events.emit(
-                    Event.TOOL_SCREENING,
-                    {
-                        "tool": name,
-                        "upstream": info.upstream,
-                        "highest": result.highest,
-                        "definition_hash": info.definition_hash,
-                        "findings": [
-                            {"rule": f.rule, "severity": f.severity, "field": f.field} for f in flagged
-                        ],
-                    },
-                )
-                _logger.warning(
-                    "tool %s: screening found %s", name, ", ".join(f"{f.rule}({f.severity})" for f in flagged)
-                )
-            self._screened[name] = info.definition_hash if flagged else None
-        return out
+    def screen_listings(self, catalog: Catalog) -> None:
+        """Resources, templates and prompts screened on every refresh (audited as tools are)."""
+        self._screening.listings(catalog, self._builtins)
 
     async def _assess_upstream(
         self, upstream: str, entries: list[ToolInfo], present: set[str] | None = None

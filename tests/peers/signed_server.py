@@ -3,7 +3,8 @@
 ``$TOOLS_FILE`` holds a JSON list of wire tool definitions, e.g. with in-band SchemaPin
 signatures in ``_meta["schemapin/signature"]``. It is re-read on every tools/list, and the
 ``reload`` tool announces a change (list_changed), so a test can swap definitions or
-signatures under a running gateway.
+signatures under a running gateway. ``$PROMPTS_FILE`` (optional) holds prompt definitions and
+``$RESOURCES_FILE`` (optional) resource definitions, served the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +41,40 @@ async def call_tool(ctx: ServerRequestContext, params: types.CallToolRequestPara
     return types.CallToolResult(content=[types.TextContent(type="text", text=f"ok {params.name}")])
 
 
-server = Server("signed-test-server", version="1.0", on_list_tools=list_tools, on_call_tool=call_tool)
+def _extra(var: str) -> list[dict[str, object]]:
+    path = os.environ.get(var)
+    return json.loads(Path(path).read_text()) if path else []  # type: ignore[no-any-return]
+
+
+async def list_prompts(
+    ctx: ServerRequestContext, params: types.PaginatedRequestParams | None
+) -> types.ListPromptsResult:
+    return types.ListPromptsResult(prompts=[types.Prompt.model_validate(p) for p in _extra("PROMPTS_FILE")])
+
+
+async def list_resources(
+    ctx: ServerRequestContext, params: types.PaginatedRequestParams | None
+) -> types.ListResourcesResult:
+    return types.ListResourcesResult(
+        resources=[types.Resource.model_validate(r) for r in _extra("RESOURCES_FILE")]
+    )
+
+
+async def list_templates(
+    ctx: ServerRequestContext, params: types.PaginatedRequestParams | None
+) -> types.ListResourceTemplatesResult:
+    return types.ListResourceTemplatesResult(resource_templates=[])
+
+
+extra: dict[str, object] = {}
+if os.environ.get("PROMPTS_FILE"):
+    extra["on_list_prompts"] = list_prompts
+if os.environ.get("RESOURCES_FILE"):
+    extra["on_list_resources"] = list_resources
+    extra["on_list_resource_templates"] = list_templates
+server = Server(
+    "signed-test-server", version="1.0", on_list_tools=list_tools, on_call_tool=call_tool, **extra
+)  # type: ignore[arg-type]
 
 
 async def main() -> None:

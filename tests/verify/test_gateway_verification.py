@@ -69,6 +69,22 @@ async def test_unsigned_tools_are_hidden_and_refused_in_strict_mode(tmp_path: Pa
         assert any("no signature" in r for r in err["reasons"])
 
 
+async def test_approving_an_unsigned_strict_tool_without_a_manifest_is_refused_not_faked(
+    tmp_path: Path,
+) -> None:
+    """Under strict only a signature admits a tool: `symbi tools approve` without an org-signed
+    manifest used to print "approved" and leave the tool blocked (what `symbi import` set up)."""
+    cfg = mutable_cfg(tmp_path, "strict")
+    async with stdio_session(cfg) as s:
+        await s.list_tools()
+    refused = symbi("tools", "approve", "mut__echo", "--config", str(cfg))
+    assert refused.returncode == 2, refused.stdout  # ConfigError, naming what to do
+    listed = {t["tool"]: t for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)}
+    assert listed["mut__echo"]["approved_hash"] is None  # nothing recorded
+    async with stdio_session(cfg) as s:
+        assert error_of(await s.call_tool("mut__echo", {"message": "x"}))["code"] == "verification_denied"
+
+
 async def test_unsigned_tools_are_listed_and_marked_in_warn_mode(tmp_path: Path) -> None:
     async with stdio_session(mutable_cfg(tmp_path, "warn")) as s:
         tools = {t.name: t for t in (await s.list_tools()).tools}

@@ -102,14 +102,37 @@ def tools_page(sess: dict[str, Any], tools: list[dict[str, Any]], message: str |
             f'<a href="/tools/{quote(t["name"], safe="")}"><code>{e(t["name"])}</code></a>',
             e(t["upstream"]),
             _badge(t["verification"]),
+            _screening(t["screening"]),
             f"<code>{e(t['key_fingerprint'] or '')}</code>",
             e(t["description"][:160]),
         )
         for t in tools
     )
-    table = _table(("Tool", "Upstream", "Verification", "Key", "Description"), rows, "No tools.", "tools")
+    table = _table(
+        ("Tool", "Upstream", "Verification", "Screening", "Key", "Description"), rows, "No tools.", "tools"
+    )
     note = f'<p class="ok" role="status" id="message">{e(message)}</p>' if message else ""
     return _page("Tools", f'<div class="card"><h2>Tool catalogue</h2>{note}{table}</div>', sess, "/tools")
+
+
+def _screening(s: dict[str, Any]) -> str:
+    """The highest severity of a tool's screening findings and their rule ids (low ones aside)."""
+    rules = sorted({f["rule"] for f in s["findings"] if f["severity"] != "low"})
+    if not rules:
+        return '<span class="muted">-</span>'
+    accepted = " (accepted)" if s.get("accepted") else ""
+    return f"{_badge(s['highest'])} <code>{e(', '.join(rules))}</code>{e(accepted)}"
+
+
+def _findings(findings: list[dict[str, Any]]) -> str:
+    if not findings:
+        return '<p id="screening">Screening: no findings.</p>'
+    items = "".join(
+        f"<li>{_badge(f['severity'])} <code>{e(f['rule'])}</code> {e(f['summary'])} "
+        f"in <code>{e(f['field'])}</code>: <code>{e(f['excerpt'])}</code></li>"
+        for f in findings
+    )
+    return f'<h3>Screening findings</h3><ul id="screening">{items}</ul>'
 
 
 def tool_page(sess: dict[str, Any], info: dict[str, Any] | None, error: str | None) -> str:
@@ -126,6 +149,7 @@ def tool_page(sess: dict[str, Any], info: dict[str, Any] | None, error: str | No
             f"current <code>{e(info['current_hash'])}</code></p>"
         ),
     ]
+    parts.append(_findings(info.get("screening", [])))
     if info["drifted"]:
         parts.append(f'<pre id="diff">{e(info["diff"])}</pre>')
         parts.append(

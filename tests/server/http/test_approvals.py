@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import threading
@@ -156,3 +157,50 @@ def test_browser_approves_a_drifted_tool(tmp_path: Path) -> None:
         finally:
             browser.close()
         assert _in_thread(_echo_works, run, keys.admin)
+
+
+@pytest.mark.anyio
+async def test_screening_findings_shown_in_api_and_dashboard_and_flagged_approval_refused(
+    tmp_path: Path,
+) -> None:
+    """A poisoned definition (real stdio upstream): its findings are in /api and on the
+    dashboard, and neither can approve it (only the CLI's --accept-screening can)."""
+    from tests.screen.test_gateway_screening import CLEAN, POISONED, SIGNED
+
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([POISONED, CLEAN]))
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [policy]
+        path = "{ROOT / "policies.rego"}"
+        data = "{policy_data(tmp_path)}"
+        [gateway]
+        data_dir = "{tmp_path / "data"}"
+        [servers.dict]
+        command = "{sys.executable}"
+        args = ["{SIGNED}"]
+        env = {{ TOOLS_FILE = "{tools}" }}
+        verification = "tofu"
+        """,
+    )
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        async with httpx2.AsyncClient(base_url=run.base + "/api", headers=bearer(keys.admin)) as api:
+            listed = {t["name"]: t for t in (await api.get("/tools")).json()["tools"]}
+            assert listed["dict__add"]["screening"]["highest"] == "high"
+            r = await api.get("/tools/dict__add/diff")
+            diff = check(httpx.Response(r.status_code, content=r.content), 200, "ToolDiff")
+            sp001 = next(f for f in diff["screening"] if f["rule"] == "SP001")
+            assert sp001["field"] == "description" and "IMPORTANT" in sp001["excerpt"]
+            assert (await api.post("/tools/dict__add/approve")).status_code == 409
+        async with httpx2.AsyncClient(base_url=run.base) as web:
+            login = await web.post("/login", data={"api_key": keys.admin}, follow_redirects=False)
+            cookies = {COOKIE: login.cookies[COOKIE]}
+            page = (await web.get("/tools", cookies=cookies)).text
+            detail = (await web.get("/tools/dict__add", cookies=cookies)).text
+        row = next(r for r in page.split("<tr") if "dict__add" in r)
+        assert "SP001" in row and "high" in row
+        clean = next(r for r in page.split("<tr") if "dict__sum" in r)
+        assert "SP0" not in clean
+        assert 'id="screening"' in detail and "SP006" in detail

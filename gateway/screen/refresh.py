@@ -1,0 +1,129 @@
+"""Screening on every catalogue refresh: each upstream tool, resource, template and prompt
+screened (cached by definition), the tools' results attached for the policy
+(``input.tool.screening``), and new findings of medium or high severity on the record once per
+definition (``tool.screening``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Collection, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from gateway.context import ToolInfo
+from gateway.events import Event, EventSink
+from gateway.screen.screener import Kind, Screener, Screening
+
+if TYPE_CHECKING:
+    from gateway.catalog import Catalog
+
+_logger = logging.getLogger("symbi.screen")
+
+
+class RefreshScreening:
+    def __init__(self, events: EventSink) -> None:
+        self._events = events
+        self._screener = Screener()
+        self._screened: dict[str, str | None] = {}  # what -> definition hash whose findings were recorded
+
+    def tools(
+        self, infos: dict[str, ToolInfo], builtins: Collection[str], accepted: Mapping[str, str]
+    ) -> dict[str, ToolInfo]:
+        """Every upstream tool screened for poisoning (cached by definition); ``accepted``: the
+        definition hash a person accepted the findings of, per tool. New findings of medium or
+        high severity are recorded once per definition."""
+        names_by_upstream: dict[str, set[str]] = defaultdict(set)
+        for t in infos.values():
+            names_by_upstream[t.upstream] |= {t.name, t.original_name}
+        every = set().union(*names_by_upstream.values())
+        others_of: dict[str, frozenset[str]] = {}
+        out: dict[str, ToolInfo] = {}
+        for name, info in sorted(infos.items(), key=lambda kv: kv[1].upstream):  # one others-set per upstream
+            if info.upstream in builtins:
+                out[name] = info
+                continue
+            others = others_of.get(info.upstream)
+            if others is None:
+                others = others_of[info.upstream] = frozenset(every - names_by_upstream[info.upstream])
+            result = self._screener.screen(
+                "tool", info.definition, others, definition_hash=info.definition_hash
+            )
+            if result.findings and accepted.get(name) == info.definition_hash:
+                result = replace(result, accepted=True)
+            out[name] = replace(info, screening=result)
+            flagged = result.at_least("medium")
+            if flagged and self._screened.get(name) != info.definition_hash:
+                self._events.emit(
+                    Event.TOOL_SCREENING,
+                    {
+                        "tool": name,
+                        "upstream": info.upstream,
+                        "highest": result.highest,
+                        "definition_hash": info.definition_hash,
+                        "findings": [
+                            {"rule": f.rule, "severity": f.severity, "field": f.field} for f in flagged
+                        ],
+                    },
+                )
+                _logger.warning(
+                    "tool %s: screening found %s", name, ", ".join(f"{f.rule}({f.severity})" for f in flagged)
+                )
+            self._screened[name] = info.definition_hash if flagged else None
+        return out
+
+    def listings(self, catalog: Catalog, builtins: Collection[str]) -> dict[str, Screening]:
+        """Resources, resource templates and prompts screened on every refresh, as tools are
+        (cached by definition): findings of medium or high severity are on the record once per
+        definition. Returns the findings by ``kind:name`` (``symbi scan`` shows them too)."""
+        every = {n for t in catalog.tools.values() for n in (t.info.name, t.info.original_name)}
+        entries: list[tuple[Kind, str, str, dict[str, Any]]] = []
+        for uri, (up, res) in catalog.resources.items():
+            entries.append(
+                ("resource", uri, up, res.model_dump(mode="json", by_alias=True, exclude_none=True))
+            )
+        for up, tpl, _ in catalog.templates:
+            d = tpl.model_dump(mode="json", by_alias=True, exclude_none=True)
+            entries.append(("resource", tpl.uri_template, up, d))
+        for name, p in catalog.prompts.items():
+            d = p.prompt.model_dump(mode="json", by_alias=True, exclude_none=True)
+            entries.append(("prompt", name, p.upstream, {**d, "name": p.original_name}))
+        own: dict[str, set[str]] = defaultdict(set)
+        for t in catalog.tools.values():
+            own[t.info.upstream] |= {t.info.name, t.info.original_name}
+        others_of: dict[str, frozenset[str]] = {}
+        out: dict[str, Screening] = {}
+        for kind, name, up, d in entries:
+            if up in builtins:
+                continue
+            others = others_of.get(up)
+            if others is None:
+                others = others_of[up] = frozenset(every - own[up])
+            digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+            result = self._screener.screen(kind, d, others, definition_hash=digest)
+            key = f"{kind}:{name}"
+            out[key] = result
+            flagged = result.at_least("medium")
+            if flagged and self._screened.get(key) != digest:
+                self._events.emit(
+                    Event.TOOL_SCREENING,
+                    {
+                        "kind": kind,
+                        "name": name,
+                        "upstream": up,
+                        "highest": result.highest,
+                        "findings": [
+                            {"rule": f.rule, "severity": f.severity, "field": f.field} for f in flagged
+                        ],
+                    },
+                )
+                _logger.warning(
+                    "%s %s: screening found %s",
+                    kind,
+                    name,
+                    ", ".join(f"{f.rule}({f.severity})" for f in flagged),
+                )
+            self._screened[key] = digest if flagged else None
+        return out

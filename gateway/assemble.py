@@ -480,6 +480,16 @@ def _discover(config: Config, events: EventSink) -> Background:
                 if d.status == "approved" and d.name not in gw.upstreams:
                     try:
                         srv = ServerConfig.model_validate({**d.table, "verification": "tofu"})
+                        gw.events.emit(
+                            Event.SERVER_APPROVED,
+                            {
+                                "server": d.name,
+                                "source": d.source,
+                                "original_name": d.original_name,
+                                "approved_by": d.approved_by,
+                                "verification": "tofu",
+                            },
+                        )
                         await gw.add_server(d.name, srv)
                     except Exception as e:  # noqa: BLE001 - a bad entry must not stop discovery
                         _logger.error("approved server %s cannot start: %s", d.name, e)

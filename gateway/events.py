@@ -57,6 +57,7 @@ class Event(StrEnum):
     # discovered servers (gateway.onboard)
     SERVER_DISCOVERED = "server.discovered"  # discovery found a server (quarantined until approved)
     SERVER_REMOVED = "server.removed"  # a discovered server disappeared from its source
+    SERVER_APPROVED = "server.approved"  # a person approved a discovered server: started (tofu)
     # agents (gateway.runtime)
     AGENT_REGISTERED = "agent.registered"  # a session or hosted agent got its gateway-made id
     AGENT_STATE = "agent.state"  # an agent moved along one lifecycle edge (from, to, reason)

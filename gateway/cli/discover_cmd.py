@@ -20,19 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _list(args: argparse.Namespace) -> int:
-    from gateway.events import LoggingSink
-    from gateway.onboard.discovery import Discovery
+    from gateway.onboard.discovery import discovery_store
 
     cfg = load_config(args.config, args.environ)
-    entries = Discovery(
-        cfg.discovered_path,
-        LoggingSink(),
-        home=Path.home(),
-        cwd=Path.cwd(),
-        environ={},
-        registry_dir=None,
-        configured=frozenset(cfg.servers),
-    ).entries()
+    entries = discovery_store(cfg).entries()
     if args.json:
         print(json.dumps([d.as_dict() for d in entries.values()], indent=2))
         return 0

@@ -141,7 +141,20 @@ def _list(args: argparse.Namespace) -> int:
         )
     if any(not r.present for r in records):
         print("* no longer offered by its upstream")
+    _quarantined(cfg)
     return 0
+
+
+def _quarantined(cfg: Config) -> None:
+    """Discovered servers waiting for a person: pending like tools, but nothing of theirs runs."""
+    from gateway.onboard.discovery import discovery_store
+
+    waiting = [d for d in discovery_store(cfg).entries().values() if d.status == "quarantined"]
+    for d in sorted(waiting, key=lambda d: d.name):
+        print(
+            f"{d.name + '__*':44} {'pending':10} {'-':5} {'-':16} quarantined: discovered in {d.source} "
+            f"(not started; `symbi tools approve {d.name}`)"
+        )
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -161,20 +174,11 @@ def _approve(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
     servers = [n for n in args.tools if "__" not in n]
     if servers:  # discovered servers in quarantine: approving one lets the gateway start it
-        from gateway.events import LoggingSink
-        from gateway.onboard.discovery import Discovery
+        from gateway.onboard.discovery import discovery_store
 
-        discovery = Discovery(
-            cfg.discovered_path,
-            LoggingSink(),
-            home=Path.home(),
-            cwd=Path.cwd(),
-            environ={},
-            registry_dir=None,
-            configured=frozenset(cfg.servers),
-        )
+        discovery = discovery_store(cfg)
         for name in servers:
-            d = discovery.approve(name)
+            d = discovery.approve(name, by=args.by or "symbi tools approve")
             print(
                 f"approved discovered server {d.name} ({d.original_name} from {d.source}): "
                 "a running gateway with discovery on starts it within mcp.recheck_interval_s"

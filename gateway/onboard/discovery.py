@@ -10,12 +10,13 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.config.model import Config
 from gateway.errors import ConfigError
-from gateway.events import Event, EventSink
+from gateway.events import Event, EventSink, LoggingSink
 from gateway.onboard.clients import FoundServer, find_client_files, read_client_file
 from gateway.onboard.plan import RESERVED, unique_name
 
@@ -28,6 +29,7 @@ class Discovered:
     table: Mapping[str, Any]  # the [servers.NAME] table it would run with
     status: str  # "quarantined" | "approved" | "removed"
     first_seen: float
+    approved_by: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +39,22 @@ class Discovered:
             "table": dict(self.table),
             "status": self.status,
             "first_seen": self.first_seen,
+            "approved_by": self.approved_by,
+        }
+
+    def public(self) -> dict[str, Any]:
+        """For the admin API and the dashboard: what it would launch, never its env, headers,
+        args or URL query (a client config keeps secrets there)."""
+        launches = self.table.get("command") or str(self.table.get("url", "")).split("?", 1)[0]
+        return {
+            "name": self.name,
+            "source": self.source,
+            "original_name": self.original_name,
+            "status": self.status,
+            "transport": "stdio" if "command" in self.table else "http",
+            "launches": str(launches),
+            "first_seen": self.first_seen,
+            "approved_by": self.approved_by,
         }
 
 
@@ -156,19 +174,19 @@ class Discovery:
         removed: list[Discovered] = []
         for name, d in list(known.items()):
             if d.status != "removed" and (d.source, d.original_name) not in seen_origins:
-                known[name] = Discovered(d.name, d.source, d.original_name, d.table, "removed", d.first_seen)
+                known[name] = replace(d, status="removed")
                 removed.append(known[name])
                 self._events.emit(Event.SERVER_REMOVED, {"server": name, "source": d.source, "was": d.status})
         if added or removed:
             self._save(known)
         return added, removed
 
-    def approve(self, name: str) -> Discovered:
+    def approve(self, name: str, by: str | None = None) -> Discovered:
         known = self.entries()
         d = known.get(name)
         if d is None or d.status == "removed":
             raise ConfigError(f"no discovered server named {name!r} (see `symbi discover list`)")
-        known[name] = Discovered(d.name, d.source, d.original_name, d.table, "approved", d.first_seen)
+        known[name] = replace(d, status="approved", approved_by=by)
         self._save(known)
         return known[name]
 
@@ -179,3 +197,16 @@ class Discovery:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"servers": {k: v.as_dict() for k, v in entries.items()}}, f, indent=2, sort_keys=True)
         os.replace(tmp, self.state)
+
+
+def discovery_store(config: Config) -> Discovery:
+    """The discovery state of ``config``'s data dir, to read and approve (CLI, admin API)."""
+    return Discovery(
+        config.discovered_path,
+        LoggingSink(),
+        home=Path.home(),
+        cwd=Path.cwd(),
+        environ={},
+        registry_dir=None,
+        configured=frozenset(config.servers),
+    )

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from gateway.errors import ApprovalError, InvalidTransition
 from gateway.events import Event
 from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
-from gateway.server.approvals import approve_tool, tool_diff
+from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
 from gateway.server.footprint import http_footprint
 from gateway.server.openapi import OPENAPI
 
@@ -246,6 +246,18 @@ def admin_routes(state: HttpState) -> list[Route]:
     async def upstreams(request: Request) -> Response:
         return JSONResponse({"upstreams": upstream_rows(state)})
 
+    async def discovered(request: Request) -> Response:
+        return JSONResponse({"servers": discovered_rows(state.gateway)})
+
+    async def discovered_approve(request: Request) -> Response:
+        try:
+            done = await approve_discovered(
+                state.gateway, request.path_params["name"], request.scope["symbi.principal"]
+            )
+        except ApprovalError as e:
+            return _refused(e)
+        return JSONResponse(done)
+
     async def restart(request: Request) -> Response:
         name = request.path_params["name"]
         gw = state.gateway
@@ -406,6 +418,8 @@ def admin_routes(state: HttpState) -> list[Route]:
         Route("/tools/{name}/approve", tool_approve, methods=["POST"]),
         Route("/upstreams", upstreams, methods=["GET"]),
         Route("/upstreams/{name}/restart", restart, methods=["POST"]),
+        Route("/discovered", discovered, methods=["GET"]),
+        Route("/discovered/{name}/approve", discovered_approve, methods=["POST"]),
         Route("/sessions", sessions, methods=["GET"]),
         Route("/state", footprint, methods=["GET"]),
         Route("/pins", pins, methods=["GET"]),

@@ -92,3 +92,29 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
     )
     await gw.refresh()
     return {"tool": rec.namespaced, "approved_hash": h}
+
+
+def discovered_rows(gw: Gateway | None) -> list[dict[str, Any]]:
+    """Servers discovery found (mcp.discovery_enabled), without their env, headers or args."""
+    if gw is None:
+        return []
+    from gateway.onboard.discovery import discovery_store
+
+    return [d.public() for d in sorted(discovery_store(gw.config).entries().values(), key=lambda d: d.name)]
+
+
+async def approve_discovered(gw: Gateway | None, name: str, principal: Principal) -> dict[str, Any]:
+    """A person approves a quarantined server: the discovery loop starts it (tofu) within
+    ``mcp.recheck_interval_s`` and records ``server.approved``."""
+    if gw is None:
+        raise ApprovalError("the gateway is not running yet", 503)
+    if not gw.config.mcp.discovery_enabled:
+        raise ApprovalError("discovery is off in this gateway (mcp.discovery_enabled)", 409)
+    from gateway.errors import ConfigError
+    from gateway.onboard.discovery import discovery_store
+
+    try:
+        d = await anyio.to_thread.run_sync(lambda: discovery_store(gw.config).approve(name, by=principal.id))
+    except ConfigError as e:
+        raise ApprovalError(e.message, 404) from None
+    return d.public()

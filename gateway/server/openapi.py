@@ -96,6 +96,25 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/discovered": {
+            "get": {
+                "summary": "Servers found by discovery (mcp.discovery_enabled) and their quarantine state",
+                "responses": {"200": _ok("DiscoveredList"), **_STD},
+            }
+        },
+        "/discovered/{name}/approve": {
+            "post": {
+                "summary": "Approve a quarantined server: the gateway starts it (tofu) within mcp.recheck_interval_s",
+                "parameters": [_NAME],
+                "responses": {
+                    "200": _ok("Discovered"),
+                    "404": _ERR,
+                    "409": _ERR,
+                    "503": _ok("Unavailable", "not running yet"),
+                    **_STD,
+                },
+            }
+        },
         "/agents": {
             "get": {
                 "summary": "Every agent: id, principal, state, priority, in-flight, limits, usage",
@@ -350,6 +369,27 @@ OPENAPI: dict[str, Any] = {
                         },
                     },
                 },
+            },
+            "Discovered": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "a discovered server; never its env, headers, args or URL query",
+                "required": ["name", "source", "original_name", "status", "transport", "launches"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "source": {"type": "string"},
+                    "original_name": {"type": "string"},
+                    "status": {"type": "string", "enum": ["quarantined", "approved", "removed"]},
+                    "transport": {"type": "string", "enum": ["stdio", "http"]},
+                    "launches": {"type": "string"},
+                    "first_seen": {"type": "number"},
+                    "approved_by": _NULLSTR,
+                },
+            },
+            "DiscoveredList": {
+                "type": "object",
+                "required": ["servers"],
+                "properties": {"servers": {"type": "array", "items": {"$ref": _S + "Discovered"}}},
             },
             "Approved": {
                 "type": "object",

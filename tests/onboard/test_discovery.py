@@ -85,6 +85,8 @@ async def test_edited_client_config_quarantines_then_approval_makes_tools_callab
             ):
                 await anyio.sleep(0.2)
         assert listed[0]["name"] == "mut" and listed[0]["status"] == "quarantined"
+        pending = symbi("tools", "list", "--config", str(cfg), home=home).stdout
+        assert any(line.startswith("mut__*") and "pending" in line for line in pending.splitlines())
         assert not [t for t in (await s.list_tools()).tools if t.name.startswith("mut__")]  # nothing callable
         assert (await s.call_tool("mut__echo", {"message": "x"})).is_error
 

@@ -32,7 +32,7 @@ from gateway.server.admin import (
     tool_rows,
     upstream_rows,
 )
-from gateway.server.approvals import approve_tool, tool_diff
+from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
 from gateway.server.dashboard.render import (
     agents_page,
     audit_page,
@@ -198,8 +198,31 @@ def dashboard_routes(state: HttpState) -> list[Route]:
     async def decisions(request: Request, sess: dict[str, Any]) -> str:
         return decisions_page(sess, [c.as_json() for c in state.recent.latest(200)])
 
+    def _discovered() -> list[dict[str, Any]] | None:
+        gw = state.gateway
+        return discovered_rows(gw) if gw is not None and gw.config.mcp.discovery_enabled else None
+
     async def upstreams(request: Request, sess: dict[str, Any]) -> str:
-        return upstreams_page(sess, upstream_rows(state))
+        return upstreams_page(sess, upstream_rows(state), _discovered())
+
+    async def approve_server(request: Request) -> Response:
+        sess = sessions.current(request)
+        if sess is None:
+            return RedirectResponse("/", status_code=303)
+        form = await _form(request)
+        if not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
+            return _html(login_page("Invalid form token."), status=403)
+        rec = state.auth.keys.get(sess["kid"])
+        if rec is None:
+            return RedirectResponse("/", status_code=303)
+        try:
+            done = await approve_discovered(state.gateway, request.path_params["name"], rec.as_principal())
+        except ApprovalError as e:
+            return _html(
+                upstreams_page(sess, upstream_rows(state), _discovered(), e.message), status=e.status
+            )
+        note = f"Approved {done['name']}: it starts within the recheck interval."
+        return _html(upstreams_page(sess, upstream_rows(state), _discovered(), note))
 
     async def agents(request: Request, sess: dict[str, Any]) -> str:
         gw = state.gateway
@@ -255,6 +278,7 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         Route("/tools/{name}/approve", approve, methods=["POST"]),
         Route("/decisions", guarded(decisions), methods=["GET"]),
         Route("/upstreams", guarded(upstreams), methods=["GET"]),
+        Route("/discovered/{name}/approve", approve_server, methods=["POST"]),
         Route("/agents", guarded(agents), methods=["GET"]),
         Route("/agents/{id}/{action}", agent_act, methods=["POST"]),
         Route("/audit", guarded(audit), methods=["GET"]),

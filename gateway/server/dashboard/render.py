@@ -189,7 +189,12 @@ def decisions_page(sess: dict[str, Any], calls: list[dict[str, Any]]) -> str:
     return _page("Recent decisions", body, sess, "/decisions", refresh=5)
 
 
-def upstreams_page(sess: dict[str, Any], ups: list[dict[str, Any]]) -> str:
+def upstreams_page(
+    sess: dict[str, Any],
+    ups: list[dict[str, Any]],
+    discovered: list[dict[str, Any]] | None = None,
+    message: str | None = None,
+) -> str:
     rows = (
         (
             e(u["name"]),
@@ -207,7 +212,40 @@ def upstreams_page(sess: dict[str, Any], ups: list[dict[str, Any]]) -> str:
         "No upstreams.",
         "upstreams",
     )
-    return _page("Upstreams", f'<div class="card"><h2>Upstream health</h2>{table}</div>', sess, "/upstreams")
+    body = f'<div class="card"><h2>Upstream health</h2>{table}</div>'
+    if discovered is not None:
+        body += _discovered(sess, discovered, message)
+    return _page("Upstreams", body, sess, "/upstreams")
+
+
+def _discovered(sess: dict[str, Any], servers: list[dict[str, Any]], message: str | None) -> str:
+    """Servers discovery found: quarantined ones (not started) have an Approve button."""
+
+    def act(d: dict[str, Any]) -> str:
+        if d["status"] != "quarantined":
+            return e(d.get("approved_by") or "")
+        return (
+            f'<form method="post" action="/discovered/{quote(d["name"], safe="")}/approve">'
+            f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
+            f'<button type="submit" id="approve-{e(d["name"])}">Approve and start</button></form>'
+        )
+
+    rows = (
+        (
+            e(d["name"]),
+            _badge(d["status"]),
+            e(d["original_name"]),
+            e(d["source"]),
+            f"<code>{e(d['launches'])}</code>",
+            act(d),
+        )
+        for d in servers
+    )
+    table = _table(
+        ("Server", "State", "Named", "Found in", "Launches", ""), rows, "Nothing discovered.", "discovered"
+    )
+    note = f'<p class="ok" role="status" id="message">{e(message)}</p>' if message else ""
+    return f'<div class="card"><h2>Discovered servers</h2>{note}{table}</div>'
 
 
 def audit_page(sess: dict[str, Any], status: dict[str, Any] | None, message: str | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -17,7 +18,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.server.dashboard import COOKIE
-from tests.conftest import ROOT, write_config
+from tests.conftest import ROOT, SYMBI, symbi_env, write_config
 from tests.server.http.conftest import Keys, Running, bearer, make_keys, policy_data, run_server
 from tests.server.http.test_admin import check
 from tests.server.http.test_dashboard import CHROMIUM, CHROMIUM_ARGS
@@ -204,3 +205,79 @@ async def test_screening_findings_shown_in_api_and_dashboard_and_flagged_approva
         clean = next(r for r in page.split("<tr") if "dict__sum" in r)
         assert "SP0" not in clean
         assert 'id="screening"' in detail and "SP006" in detail
+
+
+@pytest.mark.anyio
+async def test_discovered_server_approved_from_the_api_and_dashboard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discovery quarantines a server a client config gained; the admin API lists it without
+    its secrets, a non-admin cannot approve it, an admin can (dashboard button too), and then
+    its tools are callable; the approval is on the record with who made it."""
+    from tests.onboard.conftest import SECRET, write_json
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    write_json(
+        home / ".config/Claude/claude_desktop_config.json",
+        {
+            "mcpServers": {
+                "mut": {"command": sys.executable, "args": [str(MUTABLE)], "env": {"TOKEN": SECRET}},
+                "other": {"command": sys.executable, "args": [str(MUTABLE), f"--key={SECRET}"]},
+            }
+        },
+    )
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [policy]
+        path = "{ROOT / "policies.rego"}"
+        data = "{policy_data(tmp_path)}"
+        [gateway]
+        data_dir = "{tmp_path / "data"}"
+        [mcp]
+        discovery_enabled = true
+        recheck_interval_s = 0.2
+        [sandbox]
+        code_tools = false
+        """,
+    )
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        async with httpx2.AsyncClient(base_url=run.base + "/api") as api:
+            with anyio.fail_after(20):
+                while (
+                    len((r := await api.get("/discovered", headers=bearer(keys.admin))).json()["servers"]) < 2
+                ):
+                    await anyio.sleep(0.1)
+            listed = check(httpx.Response(r.status_code, content=r.content), 200, "DiscoveredList")
+            assert {d["status"] for d in listed["servers"]} == {"quarantined"}
+            assert SECRET not in r.text  # env and args stay in the data dir
+            assert (await api.post("/discovered/mut/approve", headers=bearer(keys.user))).status_code == 403
+            assert (await api.post("/discovered/nope/approve", headers=bearer(keys.admin))).status_code == 404
+            r = await api.post("/discovered/mut/approve", headers=bearer(keys.admin))
+            assert (
+                check(httpx.Response(r.status_code, content=r.content), 200, "Discovered")["status"]
+                == "approved"
+            )
+        assert await _echo_works(run, keys.admin)
+        async with httpx2.AsyncClient(base_url=run.base) as web:
+            login = await web.post("/login", data={"api_key": keys.admin}, follow_redirects=False)
+            cookies = {COOKIE: login.cookies[COOKIE]}
+            page = (await web.get("/upstreams", cookies=cookies)).text
+            assert 'id="approve-other"' in page and 'id="approve-mut"' not in page and SECRET not in page
+            csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            done = await web.post("/discovered/other/approve", data={"csrf": csrf}, cookies=cookies)
+            assert done.status_code == 200 and 'id="approve-other"' not in done.text
+            forged = await web.post("/discovered/other/approve", data={"csrf": "x"}, cookies=cookies)
+            assert forged.status_code == 403
+    out = subprocess.run(
+        [str(SYMBI), "audit", "query", "--config", str(cfg), "--type", "server.approved", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=symbi_env(),
+    ).stdout
+    approved = [json.loads(line)["details"] for line in out.splitlines() if line.strip()]
+    assert {d["server"] for d in approved} == {"mut", "other"}
+    assert all(d["approved_by"] for d in approved)  # who approved it

@@ -28,7 +28,7 @@ from gateway.onboard import (
     undo_client,
 )
 from gateway.onboard.apply import backup_path, render_toml
-from gateway.onboard.clients import CLIENTS, ClientFile, file_source
+from gateway.onboard.clients import CLIENTS, ClientFile, file_source, launches_symbi
 from gateway.onboard.plan import PlannedServer
 
 
@@ -69,6 +69,9 @@ def _run(args: argparse.Namespace) -> int:
         print("no MCP client configs found" + (f" for {args.client}" if args.client else ""), file=sys.stderr)
         return 1
     found = [s for f in files for s in read_client_file(f)]
+    for s in [s for s in found if launches_symbi(s)]:
+        print(f"skipped {s.name!r} in {s.source.path}: it launches symbi itself", file=sys.stderr)
+    found = [s for s in found if not launches_symbi(s)]
     plan = make_plan(found, taken=_existing_servers(config))
     if args.json:
         print(

@@ -138,6 +138,14 @@ def _entry(
     )
 
 
+def launches_symbi(s: FoundServer) -> bool:
+    """An entry that starts this gateway (what ``--apply`` writes, or a teammate's): importing
+    it would make the gateway its own upstream, a process starting itself without end."""
+    if s.name == "symbi" or "SYMBI_CONFIG_PATH" in s.env:
+        return True
+    return s.command is not None and Path(s.command).name in ("symbi", "symbi.exe") and "mcp" in s.args
+
+
 def _predefined(source: ClientFile) -> dict[str, str]:
     """VS Code's predefined variables (``${workspaceFolder}``...): known at import time, and no
     secrets, so they are written out (symbi has no workspace)."""

@@ -17,7 +17,7 @@ from typing import Any
 from gateway.config.model import Config
 from gateway.errors import ConfigError
 from gateway.events import Event, EventSink, LoggingSink
-from gateway.onboard.clients import FoundServer, find_client_files, read_client_file
+from gateway.onboard.clients import FoundServer, find_client_files, launches_symbi, read_client_file
 from gateway.onboard.plan import RESERVED, unique_name
 
 
@@ -140,7 +140,7 @@ class Discovery:
                 servers = read_client_file(cf)
             except ConfigError:
                 continue  # a client's file mid-edit: seen again on the next pass
-            found += [(str(cf.path), s.name, _client_table(s)) for s in servers if s.name != "symbi"]
+            found += [(str(cf.path), s.name, _client_table(s)) for s in servers if not launches_symbi(s)]
         if self._registry is not None and self._registry.is_dir():
             found += registry_servers(self._registry)
         return found

@@ -290,3 +290,35 @@ def test_apply_to_claude_code_rewrites_claude_json_once_for_both_scopes_and_undo
     undo = symbi("import", "claude-code", "--undo", home=machine.home, cwd=machine.project)
     assert undo.returncode == 0, undo.stderr
     assert {p: p.read_bytes() for p in originals} == originals
+
+
+def test_an_entry_that_launches_symbi_is_never_imported(machine: Machine, tmp_path: Path) -> None:
+    """A client config that already launches the gateway (ours after --apply, or a teammate's
+    committed .mcp.json): importing it would make the gateway start itself as its upstream."""
+    write_json(
+        machine.project / ".mcp.json",
+        {
+            "mcpServers": {
+                "gateway": {"command": "/usr/local/bin/symbi", "args": ["mcp"]},
+                "team": {
+                    "command": "node",
+                    "args": ["x.js"],
+                    "env": {"SYMBI_CONFIG_PATH": "/etc/symbi.toml"},
+                },
+                "real": {"command": "node", "args": ["real.js"]},
+            }
+        },
+    )
+    config = tmp_path / "symbi.toml"
+    out = symbi(
+        "import",
+        "--from",
+        str(machine.project / ".mcp.json"),
+        "--apply",
+        "--config",
+        str(config),
+        home=machine.home,
+        cwd=machine.project,
+    )
+    assert out.returncode == 0, out.stderr
+    assert set(load_config(config, {}).servers) == {"real"}

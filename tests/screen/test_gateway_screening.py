@@ -145,6 +145,46 @@ async def test_poisoned_prompt_and_resource_are_screened_on_refresh_and_audited(
         assert (await s.list_prompts()).prompts  # the gateway is up with its catalogue
     out = symbi("audit", "query", "--config", str(cfg), "--type", "tool.screening", "--json").stdout
     audit = [json.loads(line) for line in out.splitlines() if line.strip()]
-    seen = {(e["details"]["kind"], e["details"]["name"]): e["details"] for e in audit if "kind" in e["details"]}
+    seen = {
+        (e["details"]["kind"], e["details"]["name"]): e["details"] for e in audit if "kind" in e["details"]
+    }
     assert {f["rule"] for f in seen[("prompt", "dict__summarise")]["findings"]} >= {"SP001", "SP004"}
     assert "SP006" in {f["rule"] for f in seen[("resource", "file:///notes")]["findings"]}
+
+
+async def test_signed_poisoned_tool_is_blocked_in_strict_with_the_finding_named(tmp_path: Path) -> None:
+    """Under strict a signature admits a tool; a signed but poisoned definition is still
+    refused, and the refusal names the screening rules (the signer vouched for the bytes,
+    not for what they tell the model)."""
+    import schemapin
+    from tests.verify.test_gateway_verification import org_key
+
+    org = org_key(tmp_path)
+    tools = tmp_path / "tools.json"
+    tools.write_text(
+        json.dumps(
+            [{**t, "_meta": {"schemapin/signature": schemapin.sign_tool(t, org)}} for t in (POISONED, CLEAN)]
+        )
+    )
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        org_keys = ["{tmp_path / "org.pub.pem"}"]
+        [sandbox]
+        code_tools = false
+        [servers.dict]
+        command = "{sys.executable}"
+        args = ["{SIGNED}"]
+        env = {{ TOOLS_FILE = "{tools}" }}
+        verification = "strict"
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        names = {t.name for t in (await s.list_tools()).tools}
+        assert "dict__sum" in names and "dict__add" not in names  # signed and clean: served
+        err = error_of(await s.call_tool("dict__add", {"a": 1, "b": 2}))
+        assert err["code"] == "policy_denied"
+        assert any("SP001" in r and "SP006" in r for r in err["reasons"]), err
+    listed = {t["tool"]: t for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)}
+    assert listed["dict__add"]["status"] == "verified"  # the signature is fine: screening blocks it

@@ -247,7 +247,7 @@ def admin_routes(state: HttpState) -> list[Route]:
         return JSONResponse({"upstreams": upstream_rows(state)})
 
     async def discovered(request: Request) -> Response:
-        return JSONResponse({"servers": discovered_rows(state.gateway)})
+        return JSONResponse({"servers": await anyio.to_thread.run_sync(discovered_rows, state.gateway)})
 
     async def discovered_approve(request: Request) -> Response:
         try:

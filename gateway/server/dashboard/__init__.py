@@ -198,31 +198,32 @@ def dashboard_routes(state: HttpState) -> list[Route]:
     async def decisions(request: Request, sess: dict[str, Any]) -> str:
         return decisions_page(sess, [c.as_json() for c in state.recent.latest(200)])
 
-    def _discovered() -> list[dict[str, Any]] | None:
+    async def _discovered() -> list[dict[str, Any]] | None:
         gw = state.gateway
-        return discovered_rows(gw) if gw is not None and gw.config.mcp.discovery_enabled else None
+        if gw is None or not gw.config.mcp.discovery_enabled:
+            return None
+        return await anyio.to_thread.run_sync(discovered_rows, gw)
 
     async def upstreams(request: Request, sess: dict[str, Any]) -> str:
-        return upstreams_page(sess, upstream_rows(state), _discovered())
+        return upstreams_page(sess, upstream_rows(state), await _discovered())
 
     async def approve_server(request: Request) -> Response:
-        sess = sessions.current(request)
+        sess = await sessions.current(request)
         if sess is None:
             return RedirectResponse("/", status_code=303)
         form = await _form(request)
         if not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
             return _html(login_page("Invalid form token."), status=403)
-        rec = state.auth.keys.get(sess["kid"])
+        rec = await anyio.to_thread.run_sync(state.auth.keys.get, sess["kid"])
         if rec is None:
             return RedirectResponse("/", status_code=303)
         try:
             done = await approve_discovered(state.gateway, request.path_params["name"], rec.as_principal())
         except ApprovalError as e:
-            return _html(
-                upstreams_page(sess, upstream_rows(state), _discovered(), e.message), status=e.status
-            )
+            page = upstreams_page(sess, upstream_rows(state), await _discovered(), e.message)
+            return _html(page, status=e.status)
         note = f"Approved {done['name']}: it starts within the recheck interval."
-        return _html(upstreams_page(sess, upstream_rows(state), _discovered(), note))
+        return _html(upstreams_page(sess, upstream_rows(state), await _discovered(), note))
 
     async def agents(request: Request, sess: dict[str, Any]) -> str:
         gw = state.gateway

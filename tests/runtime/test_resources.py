@@ -49,3 +49,48 @@ def test_a_full_pool_refuses_with_the_config_keys_named(strategy: str) -> None:
         pool.allocate("b", lim(0.1, 10), 9)
     pool.release("a")
     assert pool.allocate("b", lim(0.1, 10), 0) == (0, [])
+
+
+# -- found by mutation testing (group "runtime") ----------------------------------------
+
+
+def test_memory_counts_as_much_as_cpu_for_room() -> None:
+    pool = ResourcePool(2, 4.0, 256, "first-fit")
+    pool.allocate("a", lim(0.5, 200), 1)
+    assert pool.allocate("b", lim(0.5, 100), 1) == (1, [])  # cpu left in slot 0, memory not
+    assert pool.allocate("c", lim(0.5, 56), 1) == (0, [])  # exactly the memory left
+    assert pool.as_json()[0] == {
+        "cpu": 4.0,
+        "memory_mb": 256,
+        "free_cpu": 3.0,
+        "free_memory_mb": 0,
+        "agents": ["a", "c"],
+    }
+
+
+def test_best_fit_weighs_memory_when_cpu_ties() -> None:
+    pool = ResourcePool(2, 1.0, 1000, "best-fit")
+    pool.allocate("a", lim(0.5, 900), 1)  # slot 0: 0.5 cpu, 100 MB left
+    pool.allocate("b", lim(0.5, 500), 1)  # slot 0 too small in memory: slot 1 (0.5, 500 left)
+    assert pool.allocate("c", lim(0.1, 50), 1) == (0, [])  # same cpu left after; less memory left in 0
+
+
+def test_priority_displaces_the_lowest_first_and_only_as_many_as_needed() -> None:
+    pool = ResourcePool(2, 1.0, 1000, "priority")
+    pool.allocate("p3", lim(0.5, 100), 3)
+    pool.allocate("p1", lim(0.5, 100), 1)
+    pool.allocate("q5", lim(1.0, 100), 5)  # slot 1
+    assert pool.allocate("high", lim(0.5, 100), 9) == (0, ["p1"])  # the lowest, and one is enough
+    assert pool.as_json()[0]["agents"] == ["high", "p3"]
+    # equal priority is not lower: nothing to displace for a 5 in slot 1, nor in slot 0 for 3
+    with pytest.raises(BudgetExceeded):
+        pool.allocate("same", lim(1.0, 100), 5)
+    # slot 0 cannot free a whole core below 9 (p3 is all there is): slot 1's q5 makes way
+    assert pool.allocate("top", lim(1.0, 100), 9) == (1, ["q5"])
+
+
+def test_priority_frees_memory_too_before_placing() -> None:
+    pool = ResourcePool(1, 4.0, 300, "priority")
+    pool.allocate("low", lim(0.1, 200), 1)
+    pool.allocate("low2", lim(0.1, 100), 2)
+    assert pool.allocate("big", lim(0.1, 250), 9) == (0, ["low", "low2"])  # one did not free enough memory

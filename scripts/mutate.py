@@ -107,6 +107,8 @@ GROUPS: tuple[Group, ...] = (
         "test_host_filesystem_not_writable", "test_unprivileged_identity", "test_fork_bomb_contained",
         "test_memory_hog_killed", "test_infinite_loop_stopped", "test_output_flood_truncated",
         "test_the_sandbox_sees_no_network_interface_but_its_own_loopback",
+        "test_no_capability_is_left_even_in_the_bounding_set", "test_the_root_filesystem_is_mounted_read_only",
+        "test_the_docker_host_config_carries_every_limit",
     )) + ("tests/sandbox/test_bwrap.py",), only=(
         "gateway.sandbox.docker_tier.*ǁ_host_config__mutmut_*", "gateway.sandbox.docker_tier.*ǁpids_limit__mutmut_*",
         "gateway.sandbox.bwrap.*ǁ_bwrap_argv__mutmut_*", "gateway.sandbox.cgroups.*ǁpids_limit_hit__mutmut_*",

@@ -87,3 +87,36 @@ def test_payload_is_uid_65534_on_the_host_too(manager: SandboxManager) -> None:
         time.sleep(0.05)
     t.join()
     assert uids == {65534}
+
+
+def test_the_bwrap_command_line_isolates_and_binds_only_what_is_asked() -> None:
+    """The argv the bwrap tier builds (found by mutation testing: the run tests use no binds,
+    masks nor network, and bwrap's seccomp filter hides a shared network namespace)."""
+    from gateway.sandbox.bwrap import BwrapTier
+
+    def pairs(argv: list[str], flag: str) -> list[tuple[str, ...]]:
+        width = {"--ro-bind": 2, "--symlink": 2, "--tmpfs": 1, "--dev": 1, "--size": 1}[flag]
+        return [tuple(argv[i + 1 : i + 1 + width]) for i, a in enumerate(argv) if a == flag]
+
+    argv = BwrapTier._bwrap_argv(
+        network=False,
+        tmpfs_mb=8,
+        ro_binds=[("/host/src", "/work")],
+        chdir="/work",
+        masks=[("/work/.symbi", True), ("/work/key.pem", False)],
+    )
+    assert argv[:2] == ["bwrap", "--unshare-all"] and "--share-net" not in argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert ("usr/sbin", "/sbin") in pairs(argv, "--symlink") and pairs(argv, "--dev") == [("/dev",)]
+    assert pairs(argv, "--size") == [(str(8 * 1024 * 1024),)]
+    assert pairs(argv, "--ro-bind") == [
+        ("/usr", "/usr"),
+        ("/host/src", "/work"),
+        ("/dev/null", "/work/key.pem"),
+    ]
+    assert pairs(argv, "--tmpfs") == [("/tmp",), ("/work/.symbi",)]
+    assert not any(f in argv for f in ("/etc/resolv.conf", "/etc/hosts"))
+    net = BwrapTier._bwrap_argv(network=True, tmpfs_mb=8, ro_binds=[], chdir="/tmp")
+    assert net[:3] == ["bwrap", "--unshare-all", "--share-net"]
+    present = [f for f in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf") if os.path.exists(f)]
+    assert pairs(net, "--ro-bind") == [("/usr", "/usr"), *((f, f) for f in present)]

@@ -315,3 +315,54 @@ def test_no_leftovers_after_many_runs(manager: SandboxManager, tier: str) -> Non
         r = run_py(manager, tier, f"print({i})")
         assert r.stdout == f"{i}\n".encode()
     assert manager.leftovers()[tier] == before == []
+
+
+# -- found by mutation testing (group "sandbox-limits", scripts/mutate.py) -----------------
+
+CAPS_AND_ROOT = """
+import json
+out = {}
+for p in ["/usr/symbi-pwned", "/symbi-pwned"]:
+    try:
+        open(p, "w").close()
+        out[p] = "WROTE"
+    except OSError as e:
+        out[p] = e.errno
+out["caps"] = [ln.split()[1] for ln in open("/proc/self/status") if ln.startswith(("CapEff", "CapPrm", "CapBnd"))]
+print(json.dumps(out))
+"""
+
+
+def test_no_capability_is_left_even_in_the_bounding_set(manager: SandboxManager, tier: str) -> None:
+    """An unprivileged uid has no effective capabilities anyway: the bounding set shows whether
+    they were dropped (docker cap_drop ALL, bwrap --cap-drop ALL)."""
+    r = run_py(manager, tier, CAPS_AND_ROOT)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["caps"] == ["0" * 16] * 3
+
+
+@pytest.mark.parametrize("tier_name", ["docker", "bwrap"])
+def test_the_root_filesystem_is_mounted_read_only(manager: SandboxManager, tier_name: str) -> None:
+    """EROFS, not EACCES: the mount refuses, not only the file modes (gVisor answers EACCES either way)."""
+    import errno
+
+    require_tier(manager, tier_name)
+    r = run_py(manager, tier_name, CAPS_AND_ROOT)
+    assert r.exit_code == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["/usr/symbi-pwned"] == res["/symbi-pwned"] == errno.EROFS, res
+
+
+def test_the_docker_host_config_carries_every_limit(manager: SandboxManager) -> None:
+    """The settings the README promises for the container tiers, as Docker receives them."""
+    require_tier(manager, "docker")
+    limits = Limits(memory_mb=96, cpus=1.5, pids=40, timeout_s=5, tmpfs_mb=8)
+    for name, pids in (("docker", 40), ("gvisor", 512)):
+        hc = manager.tier(name)._host_config(docker_client(), limits, [("/src", "/work")])  # type: ignore[attr-defined]
+        assert hc["NetworkMode"] == "none" and hc["ReadonlyRootfs"] is True
+        assert hc["CapDrop"] == ["ALL"] and hc["SecurityOpt"] == ["no-new-privileges"]
+        assert hc["Memory"] == hc["MemorySwap"] == 96 * 1024 * 1024  # no swap beyond the limit
+        assert hc["NanoCpus"] == 1_500_000_000 and hc["PidsLimit"] == pids
+        assert hc["IpcMode"] == "private" and hc["LogConfig"] == {"Type": "none", "Config": {}}
+        assert hc["Binds"] == ["/usr:/usr:ro", "/src:/work:ro"]
+        assert hc["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=8m,mode=1777"}

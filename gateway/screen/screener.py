@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from confusable_homoglyphs import confusables  # type: ignore[import-untyped]
@@ -82,9 +82,27 @@ def screen_definition(
         findings.extend(_text_findings(field, text))
         findings.extend(_mentions(field, text, others, own))
     findings.extend(_name_findings(str(definition.get("name", "")), others))
+    findings.extend(_identifier_findings("name", str(definition.get("name", ""))))
     for pname, pdesc, where in _parameters(kind, definition):
         findings.extend(_side_channel(pname, pdesc, where))
+        findings.extend(_identifier_findings(where, pname))
     return Screening(tuple(_dedupe(findings)))
+
+
+# What an identifier (a tool or parameter name, words joined by _ - or camelCase) may not say:
+# instructions to the model and concealment. Not the secret or exfiltration rules: names such
+# as send_password_reset are ordinary tools.
+_NAME_RULES = frozenset({"SP001", "SP002", "SP003", "SP004"})
+_HUMPS = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def _identifier_findings(field: str, name: str) -> Iterator[Finding]:
+    if len(name) < 12:  # too short to hold an instruction
+        return
+    words = _HUMPS.sub(" ", name).replace("_", " ").replace("-", " ")
+    for f in _text_findings(field, words):
+        if f.rule in _NAME_RULES:
+            yield replace(f, span=(0, len(name)), excerpt=name)
 
 
 class Screener:

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.screen import screen_definition
 from gateway.screen.rules import TEXT_RULES
-from tests.screen.corpus import CORPUS
+from tests.screen.corpus import CORPUS, P
 
 OTHERS = {"fs__read_file", "read_file", "echo", "everything__echo", "mail__send_email"}
 
@@ -80,6 +80,12 @@ def test_clean_definitions_have_no_findings_above_low() -> None:
             },
         },
         {"name": "get-env", "description": "Returns all environment variables, helpful for debugging."},
+        {"name": "send_password_reset_email", "description": "Sends the user a password reset link."},
+        {
+            "name": "get_current_time",
+            "description": "Get current time in a specific timezone.",
+            "inputSchema": {"type": "object", "properties": {"includeDaylightSavingInformation": P}},
+        },
     ]
     for d in clean:
         assert screen_definition("tool", d, others=OTHERS).at_least("medium") == (), d

@@ -120,7 +120,7 @@ GROUPS: tuple[Group, ...] = (
     # the runtime core, lifecycle, scheduler, breakers and budgets; the agent and schedule
     # steps' tests drive the runtime in-process too
     Group("runtime", ("gateway/runtime/*",), tuple(f"tests/runtime/test_{t}.py" for t in (
-        "core", "breakers", "identity", "lifecycle", "resources", "runtime_keys", "scheduler",
+        "core", "breakers", "identity", "lifecycle", "resources", "runtime_keys", "scheduler", "stable_ids",
     )) + ("tests/steps/test_schedule.py", "tests/steps/test_agent.py")),
     # the agent bus; test_core and test_gateway_bus call it in-process (the others via `symbi`)
     Group("bus", ("gateway/bus/*",), ("tests/bus/test_core.py", "tests/bus/test_gateway_bus.py")),

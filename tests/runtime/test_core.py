@@ -184,3 +184,64 @@ def test_closing_a_session_ends_its_agents_with_the_reason() -> None:
     rt.end(running, 0.1)
     assert state(running) is S.TERMINATED and rec.reasons(running.id)[-1][1] == "session closed by the client"
     assert state(starting) is S.INITIALIZING
+
+
+def test_a_refused_task_carries_the_agents_reason() -> None:
+    from gateway.errors import AgentTerminated
+
+    rec, rt = runtime()
+    a = agent_of(rt)
+    rt.begin(a, "t")
+    rt.suspend(a, "operator: why")
+    with pytest.raises(AgentSuspended) as err:
+        rt.begin(a, "t")
+    assert err.value.reasons == ["operator: why"]
+    a.reason = ""  # test set-up: a state without a recorded reason
+    with pytest.raises(AgentSuspended) as err:
+        rt.begin(a, "t")
+    assert err.value.reasons == ["suspended"]
+    b = agent_of(rt, "bob")
+    rt.terminate(b, "operator: gone")
+    with pytest.raises(AgentTerminated) as err2:
+        rt.begin(b, "t")
+    assert err2.value.reasons == ["operator: gone"]
+    b.reason = ""
+    with pytest.raises(AgentTerminated) as err2:
+        rt.begin(b, "t")
+    assert err2.value.reasons == ["terminated"]
+    c = agent_of(rt, "carol")
+    rt.suspend(c, "operator: later")  # pending: applied at the next task, with its reason
+    with pytest.raises(AgentSuspended) as err:
+        rt.begin(c, "t")
+    assert err.value.reasons == ["operator: later"] and rec.reasons(c.id)[-1] == (
+        "Suspended",
+        "operator: later",
+    )
+    assert c.calls == 1  # the refused task still counts as one asked for
+
+
+def test_calls_are_counted_and_a_removed_agent_leaves_nothing_behind() -> None:
+    from gateway.runtime.resources import ResourceLimits
+
+    rec, rt = runtime(suspend_after_denials=5)
+    a = agent_of(rt)
+    for _ in range(3):
+        rt.begin(a, "t")
+    assert a.calls == 3
+    rt.note_error(a, PolicyDenied("no"), "t")
+    rt.limits[a.id] = ResourceLimits(
+        memory_mb=64,
+        cpu_cores=0.5,
+        disk_io_mbps=1,
+        network_io_mbps=1,
+        execution_timeout_s=1,
+        max_concurrent_calls=1,
+    )
+    rt.pool.allocate(a.id, rt.limits[a.id], 1)
+    rt.terminate(a, "operator")  # Running: ends when its calls do
+    for _ in range(3):
+        rt.end(a, 0.1)
+    assert state(a) is S.TERMINATED and a.id in rt.usage
+    assert rt.sweep() == 1  # removed: everything kept for it goes
+    assert a.id not in rt.usage and a.id not in rt.limits and a.id not in rt._denials
+    assert a.id not in rt._terminating and all(not s["agents"] for s in rt.pool.as_json())

@@ -111,3 +111,54 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
         assert s.in_flight == 0 and order == ["busy"]
 
     asyncio.run(main())
+
+
+# -- found by mutation testing (group "runtime") ----------------------------------------
+
+
+def test_the_stats_count_admissions_waits_and_decisions_per_level() -> None:
+    """The /metrics figures; the clock is the scheduler's own seam (waiting is not slept)."""
+    now = [100.0]
+    s = Scheduler(max_in_flight=1, queue_limit=10, aging_s=1000, clock=lambda: now[0])
+
+    async def waits(agent: str, holder: str, seconds: float) -> float:
+        task = asyncio.create_task(s.acquire(agent, 3, 1))
+        await asyncio.sleep(0)
+        assert s.queue_depth(3) == 1 and s.queue_depth() == 1
+        now[0] += seconds
+        s.release(holder)
+        return await task
+
+    async def main() -> list[float]:
+        assert await s.acquire("a", 3, 1) == 0.0  # admitted at once: no wait
+        s.release("a")
+        assert await s.acquire("c", 3, 1) == 0.0  # twice
+        return [await waits("b", "c", 2.5), await waits("d", "b", 1.0)]
+
+    assert asyncio.run(main()) == [2.5, 1.0]
+    st = s.stats[3]
+    assert (st.admitted, st.wait_s_total, st.wait_s_max) == (4, 3.5, 2.5)
+    assert s.decisions == 4 and s.decision_s_total >= 0 and s.in_flight == 1
+
+
+@pytest.mark.parametrize(("asked", "level"), [(-3, 0), (0, 0), (9, 9), (42, 9)])
+def test_a_priority_out_of_range_is_clamped_to_the_levels(asked: int, level: int) -> None:
+    s = Scheduler()
+    asyncio.run(s.acquire("a", asked, 1))
+    assert [x.admitted for x in s.stats].index(1) == level and sum(x.admitted for x in s.stats) == 1
+
+
+def test_each_release_gives_back_one_of_the_agents_slots() -> None:
+    s = Scheduler(max_in_flight=8)
+
+    async def main() -> None:
+        await s.acquire("a", 1, 3)
+        await s.acquire("a", 1, 3)
+        await s.acquire("b", 1, 3)
+
+    asyncio.run(main())
+    assert (s.agent_in_flight("a"), s.agent_in_flight("b"), s.in_flight) == (2, 1, 3)
+    s.release("a")
+    assert (s.agent_in_flight("a"), s.in_flight) == (1, 2)
+    s.release("a")
+    assert s.agent_in_flight("a") == 0 and "a" not in s._per_agent and s.agent_in_flight("b") == 1

@@ -585,7 +585,9 @@ def test_a_new_key_carries_32_random_bytes_and_refuses_an_empty_principal() -> N
     for key, rec in keys:
         secret = key[len(KEY_PREFIX) :].partition("_")[2]
         assert len(secret) == 43 and len(base64.urlsafe_b64decode(secret + "=")) == 32
-        assert split_key(key) == rec.id and rec.sha256 == hash_key(key) and key not in json.dumps(rec.__dict__)
+        assert (
+            split_key(key) == rec.id and rec.sha256 == hash_key(key) and key not in json.dumps(rec.__dict__)
+        )
         assert (rec.principal, rec.roles, rec.kind) == ("alice", ("dev",), "user")
     assert len({k for k, _ in keys}) == 3
     with pytest.raises(ValueError):

@@ -28,6 +28,8 @@ class RefreshScreening:
         self._events = events
         self._screener = Screener()
         self._screened: dict[str, str | None] = {}  # what -> definition hash whose findings were recorded
+        self._every: frozenset[str] = frozenset()
+        self._others: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # upstream -> (own, others)
 
     def tools(
         self, infos: dict[str, ToolInfo], builtins: Collection[str], accepted: Mapping[str, str]
@@ -38,22 +40,23 @@ class RefreshScreening:
         names_by_upstream: dict[str, set[str]] = defaultdict(set)
         for t in infos.values():
             names_by_upstream[t.upstream] |= {t.name, t.original_name}
-        every = set().union(*names_by_upstream.values())
-        others_of: dict[str, frozenset[str]] = {}
+        others_of = self._others_sets(names_by_upstream)
         out: dict[str, ToolInfo] = {}
-        for name, info in sorted(infos.items(), key=lambda kv: kv[1].upstream):  # one others-set per upstream
+        for name, info in infos.items():
             if info.upstream in builtins:
                 out[name] = info
                 continue
-            others = others_of.get(info.upstream)
-            if others is None:
-                others = others_of[info.upstream] = frozenset(every - names_by_upstream[info.upstream])
+            others = others_of[info.upstream]
             result = self._screener.screen(
                 "tool", info.definition, others, definition_hash=info.definition_hash
             )
-            if result.findings and accepted.get(name) == info.definition_hash:
+            if not result.findings:  # most tools: nothing to attach (a ToolInfo copy costs more)
+                out[name] = info if not info.screening.findings else replace(info, screening=result)
+                self._screened[name] = None
+                continue
+            if accepted.get(name) == info.definition_hash:
                 result = replace(result, accepted=True)
-            out[name] = replace(info, screening=result)
+            out[name] = info if info.screening == result else replace(info, screening=result)
             flagged = result.at_least("medium")
             if flagged and self._screened.get(name) != info.definition_hash:
                 self._events.emit(
@@ -72,6 +75,22 @@ class RefreshScreening:
                     "tool %s: screening found %s", name, ", ".join(f"{f.rule}({f.severity})" for f in flagged)
                 )
             self._screened[name] = info.definition_hash if flagged else None
+        return out
+
+    def _others_sets(self, names_by_upstream: Mapping[str, set[str]]) -> dict[str, frozenset[str]]:
+        """Per upstream, the other upstreams' tool names (shadowing, homoglyphs). Kept between
+        refreshes while every name is the same: the same frozenset objects (their hash cached)
+        key the screener's cache, and 50 upstreams x 2,000 names are not rebuilt each time."""
+        every = frozenset().union(*names_by_upstream.values())
+        if every != self._every:
+            self._every, self._others = every, {}
+        out: dict[str, frozenset[str]] = {}
+        for up, names in names_by_upstream.items():
+            own = frozenset(names)
+            kept = self._others.get(up)
+            if kept is None or kept[0] != own:
+                kept = self._others[up] = (own, every - own)
+            out[up] = kept[1]
         return out
 
     def listings(self, catalog: Catalog, builtins: Collection[str]) -> dict[str, Screening]:

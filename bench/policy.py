@@ -13,8 +13,8 @@ On the repo's ``policies.rego`` + ``policies/data.json`` with the 95 inputs of
   first round every decision is a cache hit (the same principal asking the same question
   with the same counters, e.g. a tool listed again);
 - cached_distinct: the gateway's engine with ``context.calls_last_hour`` (a counter the
-  policy reads) different on every decision, so every decision is a miss: what a cache
-  costs when it cannot help (each tools/call of a principal advances that counter);
+  policy reads) and one argument different on every decision, as consecutive calls are: every
+  decision is a miss, what the cache costs when it cannot help;
 - baseline: a hand-written Python evaluation of the same rules on the same inputs, measured
   in the same run; it is checked first to give the engine's decision on every case and on
   seeded random inputs, so the ratio compares equal work;
@@ -436,15 +436,21 @@ def listing(engine: EmbeddedEngine, evaluated: EmbeddedEngine, rounds: int) -> d
 
 
 def _distinct(engine: EmbeddedEngine) -> Callable[[dict[str, Any]], Any]:
-    """``engine.decide`` on the input with a calls_last_hour never seen in the cache's window."""
+    """``engine.decide`` on the input as the next call would ask it: the hourly counter moved
+    (kept below every cap in the data) and an argument no rule looks at differs, as a real
+    call's arguments do. The policy reads both (all of ``arguments``, since it indexes them
+    with a variable), so no key comes back: every decision is a miss."""
     n = iter(range(1 << 62))
 
     def decide(inp: dict[str, Any]) -> Any:
-        # below every cap in the data; 89 is prime, so in one cycled loop a (case, counter) pair
-        # comes back only after 95 x 89 = 8,455 others, more than the cache holds: misses
-        # (the hits and misses are in the output)
-        ctx = {**inp["context"], "calls_last_hour": next(n) % 89}
-        return engine.decide({**inp, "context": ctx})
+        i = next(n)
+        ctx = {**inp["context"], "calls_last_hour": i % 89}
+        args = (
+            {**inp["arguments"], "request_id": i}
+            if isinstance(inp.get("arguments"), dict)
+            else {"request_id": i}
+        )
+        return engine.decide({**inp, "context": ctx, "arguments": args})
 
     return decide
 

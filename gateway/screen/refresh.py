@@ -97,7 +97,6 @@ class RefreshScreening:
         """Resources, resource templates and prompts screened on every refresh, as tools are
         (cached by definition): findings of medium or high severity are on the record once per
         definition. Returns the findings by ``kind:name`` (``symbi scan`` shows them too)."""
-        every = {n for t in catalog.tools.values() for n in (t.info.name, t.info.original_name)}
         entries: list[tuple[Kind, str, str, dict[str, Any]]] = []
         for uri, (up, res) in catalog.resources.items():
             entries.append(
@@ -112,14 +111,12 @@ class RefreshScreening:
         own: dict[str, set[str]] = defaultdict(set)
         for t in catalog.tools.values():
             own[t.info.upstream] |= {t.info.name, t.info.original_name}
-        others_of: dict[str, frozenset[str]] = {}
+        others_of = self._others_sets(own)  # the sets tools() built, when the names are the same
         out: dict[str, Screening] = {}
         for kind, name, up, d in entries:
             if up in builtins:
                 continue
-            others = others_of.get(up)
-            if others is None:
-                others = others_of[up] = frozenset(every - own[up])
+            others = others_of.get(up, self._every)  # an upstream without tools: every tool is another's
             digest = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
             result = self._screener.screen(kind, d, others, definition_hash=digest)
             key = f"{kind}:{name}"

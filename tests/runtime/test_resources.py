@@ -94,3 +94,21 @@ def test_priority_frees_memory_too_before_placing() -> None:
     pool.allocate("low", lim(0.1, 200), 1)
     pool.allocate("low2", lim(0.1, 100), 2)
     assert pool.allocate("big", lim(0.1, 250), 9) == (0, ["low", "low2"])  # one did not free enough memory
+
+
+@pytest.mark.parametrize(("strategy", "slot"), [("first-fit", 0), ("best-fit", 1)])
+def test_first_fit_and_best_fit_choose_differently(strategy: str, slot: int) -> None:
+    pool = ResourcePool(3, 1.0, 1000, strategy)  # type: ignore[arg-type]
+    pool.allocate("x", lim(0.5, 100), 1)  # slot 0: 0.5 left
+    pool.allocate("y", lim(0.7, 100), 1)  # slot 1: 0.3 left
+    assert pool.allocate("z", lim(0.3, 100), 1) == (slot, [])
+
+
+def test_a_refusal_says_which_settings_are_full_and_an_exact_memory_fit_displaces() -> None:
+    pool = ResourcePool(1, 4.0, 300, "priority")
+    pool.allocate("low", lim(0.1, 200), 1)
+    pool.allocate("low2", lim(0.1, 100), 2)
+    with pytest.raises(BudgetExceeded) as err:
+        pool.allocate("same", lim(0.1, 10), 1)  # nothing below priority 1
+    assert len(err.value.reasons) == 1 and "runtime.pool_slot_cpu" in err.value.reasons[0]
+    assert pool.allocate("exact", lim(0.1, 300), 9) == (0, ["low", "low2"])  # frees exactly 300 MB

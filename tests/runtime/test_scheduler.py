@@ -162,3 +162,27 @@ def test_each_release_gives_back_one_of_the_agents_slots() -> None:
     assert (s.agent_in_flight("a"), s.in_flight) == (1, 2)
     s.release("a")
     assert s.agent_in_flight("a") == 0 and "a" not in s._per_agent and s.agent_in_flight("b") == 1
+
+
+def test_a_full_queue_refuses_equal_or_lower_work_and_preempts_the_lowest_for_higher() -> None:
+    now = [0.0]
+    s = Scheduler(max_in_flight=1, queue_limit=1, aging_s=1000, clock=lambda: now[0])
+
+    async def main() -> None:
+        await s.acquire("runner", 5, 1)
+        queued = asyncio.create_task(s.acquire("queued", 5, 1))
+        await asyncio.sleep(0)
+        for prio in (3, 3, 5):  # lower, and equal: refused at once, the queued call stays
+            with pytest.raises(SchedulerBusy) as busy:
+                await s.acquire(f"p{prio}", prio, 1)
+            assert busy.value.reasons and s.queue_depth(5) == 1
+        high = asyncio.create_task(s.acquire("high", 7, 1))
+        await asyncio.sleep(0)
+        with pytest.raises(Preempted) as out:
+            await queued
+        assert out.value.reasons and s.queue_depth(7) == 1
+        s.release("runner")
+        await high
+
+    asyncio.run(main())
+    assert (s.stats[3].refused, s.stats[5].refused, s.stats[5].preempted, s.stats[7].admitted) == (2, 1, 1, 1)

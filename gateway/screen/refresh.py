@@ -9,16 +9,43 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from mcp import types
 
 from gateway.context import ToolInfo
 from gateway.events import Event, EventSink
 from gateway.screen.screener import Kind, Screener, Screening
 
-if TYPE_CHECKING:
-    from gateway.catalog import Catalog
+
+# What screening reads of a catalogue (``gateway.catalog.Catalog`` has it): structural, so
+# verification and screening need not import the catalogue that is built from their verdicts.
+class _ListedTool(Protocol):
+    @property
+    def info(self) -> ToolInfo: ...
+
+
+class _ListedPrompt(Protocol):
+    @property
+    def upstream(self) -> str: ...
+    @property
+    def original_name(self) -> str: ...
+    @property
+    def prompt(self) -> types.Prompt: ...
+
+
+class Listings(Protocol):
+    @property
+    def tools(self) -> Mapping[str, _ListedTool]: ...
+    @property
+    def resources(self) -> Mapping[str, tuple[str, types.Resource]]: ...
+    @property
+    def templates(self) -> Sequence[tuple[str, types.ResourceTemplate, object]]: ...
+    @property
+    def prompts(self) -> Mapping[str, _ListedPrompt]: ...
+
 
 _logger = logging.getLogger("symbi.screen")
 
@@ -93,7 +120,7 @@ class RefreshScreening:
             out[up] = kept[1]
         return out
 
-    def listings(self, catalog: Catalog, builtins: Collection[str]) -> dict[str, Screening]:
+    def listings(self, catalog: Listings, builtins: Collection[str]) -> dict[str, Screening]:
         """Resources, resource templates and prompts screened on every refresh, as tools are
         (cached by definition): findings of medium or high severity are on the record once per
         definition. Returns the findings by ``kind:name`` (``symbi scan`` shows them too)."""

@@ -33,7 +33,7 @@ from gateway.context import ToolInfo, is_blocked
 from gateway.errors import ConfigError, StateUnavailable
 from gateway.events import Event, EventSink
 from gateway.screen.accepted import AcceptedFindings
-from gateway.screen.refresh import RefreshScreening
+from gateway.screen.refresh import Listings, RefreshScreening
 from gateway.verify.manifest import load_manifest
 from gateway.verify.state import ToolStates, ToolStateStore
 from schemapin import (
@@ -51,7 +51,6 @@ from schemapin import (
 )
 
 if TYPE_CHECKING:
-    from gateway.catalog import Catalog
     from gateway.state.accepted import PgAcceptedFindings
     from gateway.state.pins import PgPinStore
 
@@ -197,7 +196,7 @@ class ToolVerifier:
             accepted = {}  # fail closed: no finding counts as accepted while they cannot be read
         return self._screening.tools(infos, self._builtins, accepted)
 
-    def screen_listings(self, catalog: Catalog) -> None:
+    def screen_listings(self, catalog: Listings) -> None:
         """Resources, templates and prompts screened on every refresh (audited as tools are)."""
         self._screening.listings(catalog, self._builtins)
 

@@ -518,22 +518,7 @@ def archived_connection(folder: Path, log_name: str) -> sqlite3.Connection:
     run the same SQL over it as over the live log)."""
     conn = sqlite3.connect(":memory:")
     conn.executescript(store.SCHEMA)
-    rows = (
-        (
-            r.seq,
-            r.id,
-            r.ts_ns,
-            r.principal,
-            r.agent,
-            r.type,
-            r.details_json,
-            r.prev_hash,
-            r.chain_hash,
-            r.signature,
-            r.key_id,
-        )
-        for r in iter_archived(folder, log_name)
-    )
+    rows = (store.record_to_row(r) for r in iter_archived(folder, log_name))
     conn.executemany(store.INSERT, rows)
     return conn
 

@@ -159,6 +159,23 @@ def row_to_record(row: tuple[Any, ...]) -> AuditRecord:
     )
 
 
+def record_to_row(r: AuditRecord) -> tuple[Any, ...]:
+    """The row of ``r`` in ``COLUMNS`` order (the inverse of ``row_to_record``)."""
+    return (
+        r.seq,
+        r.id,
+        r.ts_ns,
+        r.principal,
+        r.agent,
+        r.type,
+        r.details_json,
+        r.prev_hash,
+        r.chain_hash,
+        r.signature,
+        r.key_id,
+    )
+
+
 def head(conn: sqlite3.Connection) -> AuditRecord | None:
     row = conn.execute(f"SELECT {COLUMNS} FROM events ORDER BY seq DESC LIMIT 1").fetchone()
     return row_to_record(row) if row else None

@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -36,7 +35,6 @@ from gateway.state.postgres import Postgres
 
 _logger = logging.getLogger("symbi.state.audit")
 
-_COLS = "seq, id, ts_ns, principal, agent, type, details, prev_hash, chain_hash, signature, key_id"
 BATCH = 2000  # records per transaction
 
 
@@ -87,9 +85,9 @@ class AuditShipper:
                 break
             with self._pg.cursor(transaction=True) as cur:
                 cur.executemany(
-                    f"INSERT INTO symbi_audit_events (chain, {_COLS}) VALUES"
+                    f"INSERT INTO symbi_audit_events (chain, {store.COLUMNS}) VALUES"
                     " (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (chain, seq) DO NOTHING",
-                    [(self._chain, *_row(r)) for r in batch],
+                    [(self._chain, *store.record_to_row(r)) for r in batch],
                 )
             self._shipped = batch[-1].seq
             sent += len(batch)
@@ -161,22 +159,6 @@ def _take(it: Iterator[AuditRecord], n: int) -> Iterator[AuditRecord]:
         yield rec
 
 
-def _row(r: AuditRecord) -> tuple[Any, ...]:
-    return (
-        r.seq,
-        r.id,
-        r.ts_ns,
-        r.principal,
-        r.agent,
-        r.type,
-        r.details_json,
-        r.prev_hash,
-        r.chain_hash,
-        r.signature,
-        r.key_id,
-    )
-
-
 # -- verification (``symbi audit verify --shared``) --------------------------------------------
 
 
@@ -212,7 +194,7 @@ def shared_keys(pg: Postgres) -> dict[str, Ed25519PublicKey]:
 
 def _records(pg: Postgres, chain: str) -> Iterator[AuditRecord]:
     with pg.cursor() as cur:
-        cur.execute(f"SELECT {_COLS} FROM symbi_audit_events WHERE chain=%s ORDER BY seq", (chain,))
+        cur.execute(f"SELECT {store.COLUMNS} FROM symbi_audit_events WHERE chain=%s ORDER BY seq", (chain,))
         while rows := cur.fetchmany(4096):
             for row in rows:
                 yield store.row_to_record(tuple(row))

@@ -8,7 +8,7 @@ SYMBI := $(VENV)/bin/symbi
 CONFIG ?= examples/symbi.toml
 PYTEST_ARGS ?=
 
-.PHONY: all setup python-deps node-deps upstream-user sandbox state-engines browser run stdio test test-fast bench soak mutate lint typecheck format clean
+.PHONY: all setup python-deps node-deps upstream-user sandbox image state-engines browser run stdio test test-fast bench soak mutate lint typecheck format clean
 
 all: setup
 
@@ -40,6 +40,13 @@ upstream-user: python-deps
 # the base image imported (no registry pull). Idempotent; quick when already done.
 sandbox:
 	bash scripts/setup-sandbox.sh
+
+# The gateway image (deploy/Dockerfile) on the sandbox's local base, no registry pull:
+# scripts/build-image.sh stages Debian's python3.11, the needed shared libraries and a venv
+# with the gateway (pip on the host), then `docker build`s it. IMAGE_TAG=name:tag for another tag.
+IMAGE_TAG ?= symbi-gateway:latest
+image: sandbox
+	bash scripts/build-image.sh $(IMAGE_TAG)
 
 # Debian's redis-server, postgresql and haproxy: the bus and shared-state tests and benchmarks
 # start their own on 127.0.0.1 (random port, own folder); no service is started here.

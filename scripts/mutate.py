@@ -15,6 +15,7 @@ UNEXPLAINED, which is a hole to close.
     python scripts/mutate.py steps auth      # some groups
     python scripts/mutate.py --list          # the groups
     python scripts/mutate.py --render        # re-render the report from the JSON
+    python scripts/mutate.py runtime --recheck survived --recheck "not checked"  # continue a partial run
 """
 
 from __future__ import annotations
@@ -118,9 +119,11 @@ GROUPS: tuple[Group, ...] = (
         ("SYMBI_SANDBOX_REQUIRED", "1"), ("SYMBI_SANDBOX_NO_SETUP", "1"),
     )),
     # the runtime core, lifecycle, scheduler, breakers and budgets; the agent and schedule
-    # steps' tests drive the runtime in-process too
+    # steps' tests drive the runtime in-process too; hosted.py's supervisor is tested in-process
+    # (test_hosted_supervisor), its sandboxed runs only under `symbi serve` (no tests here)
     Group("runtime", ("gateway/runtime/*",), tuple(f"tests/runtime/test_{t}.py" for t in (
         "core", "breakers", "identity", "lifecycle", "resources", "runtime_keys", "scheduler", "stable_ids",
+        "registry", "metrics", "hosted_supervisor",
     )) + ("tests/steps/test_schedule.py", "tests/steps/test_agent.py")),
     # the agent bus; test_core and test_gateway_bus call it in-process (the others via `symbi`)
     Group("bus", ("gateway/bus/*",), ("tests/bus/test_core.py", "tests/bus/test_gateway_bus.py")),
@@ -191,7 +194,13 @@ STOPPED = -9  # mutmut_exit of a run stopped by --timeout
 
 
 def run_group(
-    group: Group, scratch: Path, max_children: int, *, collect_only: bool = False, timeout_s: float | None = None
+    group: Group,
+    scratch: Path,
+    max_children: int,
+    *,
+    collect_only: bool = False,
+    timeout_s: float | None = None,
+    names: list[str] | None = None,
 ) -> dict[str, object]:
     seconds_file = scratch / "seconds"
     if not collect_only:
@@ -200,10 +209,13 @@ def run_group(
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # import the mutants
         env.update(group.env)
         start = time.monotonic()
+        if names is not None:
+            (scratch / "names").write_text("\n".join(names) + "\n")
         with (scratch / "mutmut.log").open("w") as out:
             # its own process group, so a run past --timeout is stopped whole (mutmut forks)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *group.only],
+                [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
+                 *(names if names is not None else group.only)],
                 cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
             try:
@@ -274,6 +286,21 @@ def collect(scratch: Path) -> list[dict[str, object]]:
         if m["name"] in diffs:
             m["diff"] = diffs[m["name"]]
     return out
+
+
+def merge_recheck(old: dict[str, Any], new: dict[str, Any], names: list[str], what: str) -> dict[str, Any]:
+    """The group's earlier result with the named mutants' statuses from a by-name re-check
+    (``--recheck``); a named mutant the re-check did not reach keeps its earlier status."""
+    fresh = {str(m["name"]): m for m in new["mutants"] if m["name"] in set(names) and m["status"] != "not checked"}
+    merged = [fresh.get(str(m["name"]), m) for m in old["mutants"]]
+    before = score([m for m in old["mutants"] if m["name"] in fresh])
+    after = score(list(fresh.values()))
+    note = (
+        f"Re-checked by name at {new['commit']} ({int(new['seconds']) // 60} min, tests: {' '.join(new['tests'])}):"
+        f" {len(fresh)} of the {len(names)} mutants that were {what}, {before} -> {after}."
+    )
+    return {**old, "tests": new["tests"], "seconds": int(old["seconds"]) + int(new["seconds"]), "mutants": merged,
+            "note": " ".join(n for n in (str(old.get("note", "")), note) if n)}
 
 
 def score(mutants: list[dict[str, object]]) -> dict[str, int]:
@@ -398,6 +425,11 @@ def main() -> int:
     ap.add_argument(
         "--timeout", type=float, default=None, help="stop a group's run after this many seconds (partial report)"
     )
+    ap.add_argument(
+        "--recheck", metavar="STATUS", action="append", default=None,
+        help="run only the group's mutants that had this status in the report (e.g. survived, 'not checked'),"
+        " by name, and merge their new statuses into the group's result (repeatable)",
+    )
     ap.add_argument("--scratch", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "symbi-mutate")
     args = ap.parse_args()
     if args.list:
@@ -411,12 +443,23 @@ def main() -> int:
     if not args.render:
         for name in args.groups or list(DEFAULT):
             print(f"[mutate] {name} ...", flush=True)
-            result = run_group(
-                BY_NAME[name], args.scratch / name, args.max_children, collect_only=args.collect, timeout_s=args.timeout
+            names = None
+            if args.recheck:
+                if name not in data:
+                    ap.error(f"--recheck: group {name} has no result in {REPORT_JSON.name} yet")
+                names = [str(m["name"]) for m in data[name]["mutants"] if m["status"] in args.recheck]
+                if not names:
+                    print(f"[mutate] {name}: no mutant is {' or '.join(args.recheck)}", flush=True)
+                    continue
+            result: dict[str, Any] = run_group(
+                BY_NAME[name], args.scratch / name, args.max_children, collect_only=args.collect,
+                timeout_s=args.timeout, names=names,
             )
-            print(f"[mutate] {name}: {score(result['mutants'])} in {result['seconds']} s", flush=True)  # type: ignore[arg-type]
+            print(f"[mutate] {name}: {score(result['mutants'])} in {result['seconds']} s", flush=True)
             # read again: another group's run (another process) may have written its result since
             data = json.loads(REPORT_JSON.read_text()) if REPORT_JSON.exists() else {}
+            if names is not None:
+                result = merge_recheck(data[name], result, names, " or ".join(args.recheck))
             data[name] = result
             REPORT_JSON.parent.mkdir(exist_ok=True)
             REPORT_JSON.write_text(json.dumps(data, indent=1) + "\n")

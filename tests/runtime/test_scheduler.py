@@ -186,3 +186,99 @@ def test_a_full_queue_refuses_equal_or_lower_work_and_preempts_the_lowest_for_hi
 
     asyncio.run(main())
     assert (s.stats[3].refused, s.stats[5].refused, s.stats[5].preempted, s.stats[7].admitted) == (2, 1, 1, 1)
+
+
+def test_a_slot_granted_as_its_waiter_is_cancelled_is_given_back() -> None:
+    """release() grants the waiter's future, then the waiting task is cancelled before it runs:
+    the slot (global and the agent's own) must come back, or the agent is stuck at its limit."""
+
+    async def main() -> None:
+        s = Scheduler(max_in_flight=1)
+        await s.acquire("holder", 5, 1)
+        waiter = asyncio.create_task(s.acquire("w", 5, 1))
+        await asyncio.sleep(0)
+        assert s.queue_depth() == 1
+        s.release("holder")  # grants "w" (its future has a result now) ...
+        waiter.cancel()  # ... and "w" is cancelled before it resumed
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert (s.in_flight, s.agent_in_flight("w"), s.queue_depth()) == (0, 0, 0)
+        assert await s.acquire("w", 5, 1) == 0.0  # at once: nothing of the cancelled call is held
+
+    asyncio.run(main())
+
+
+def test_on_equal_standing_the_longer_waiter_goes_first() -> None:
+    """Aging makes a call queued one aging_s earlier at priority 1 stand equal to a fresh
+    priority 2 call: the one that waited longer runs first (the clock is the scheduler's seam)."""
+    now = [0.0]
+    s = Scheduler(max_in_flight=1, aging_s=1.0, clock=lambda: now[0])
+
+    async def main() -> list[str]:
+        order: list[str] = []
+        await s.acquire("holder", 9, 8)
+
+        async def job(agent: str, prio: int) -> None:
+            await s.acquire(agent, prio, 8)
+            order.append(agent)
+            s.release(agent)
+
+        old = asyncio.create_task(job("old", 1))
+        await asyncio.sleep(0)
+        now[0] = 1.0
+        new = asyncio.create_task(job("new", 2))
+        await asyncio.sleep(0)
+        s.release("holder")  # old: 1 + 1/1 = 2.0, new: 2 + 0 = 2.0
+        await asyncio.gather(old, new)
+        return order
+
+    assert asyncio.run(main()) == ["old", "new"]
+
+
+def test_preemptions_and_refusals_are_counted_per_level_and_say_why() -> None:
+    async def main() -> None:
+        s = Scheduler(max_in_flight=1, queue_limit=1, aging_s=1000)
+        await s.acquire("holder", 9, 1)
+        for _ in range(2):
+            low = asyncio.create_task(s.acquire("low", 2, 1))
+            await asyncio.sleep(0)
+            high = asyncio.create_task(s.acquire("high", 6, 1))
+            await asyncio.sleep(0)
+            with pytest.raises(Preempted) as pre:
+                await low
+            assert pre.value.reasons  # the preempted caller is told why
+            high.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await high
+        assert s.stats[2].preempted == 2 and s.stats[6].preempted == 0
+        low = asyncio.create_task(s.acquire("low", 2, 1))
+        await asyncio.sleep(0)
+        for n in (1, 2):
+            with pytest.raises(SchedulerBusy) as busy:
+                await s.acquire("other", 2, 1)
+            assert busy.value.reasons and s.stats[2].refused == n
+        low.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await low
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_refuses_a_call_even_when_its_own_slot_is_free() -> None:
+    """The documented rule (module docstring): a call arriving at a full queue preempts a lower
+    one or is refused, also when it could run at once (here: "a" waits on its own limit only)."""
+
+    async def main() -> None:
+        s = Scheduler(max_in_flight=8, queue_limit=1)
+        await s.acquire("a", 5, 1)
+        queued = asyncio.create_task(s.acquire("a", 5, 1))  # waits for a's own slot
+        await asyncio.sleep(0)
+        assert s.queue_depth() == 1 and s.in_flight == 1
+        with pytest.raises(SchedulerBusy):
+            await s.acquire("b", 5, 1)
+        s.release("a")
+        await queued
+        assert await s.acquire("b", 5, 1) == 0.0  # an empty queue: a free slot is taken at once
+        assert s.in_flight == 2
+
+    asyncio.run(main())

@@ -1,0 +1,240 @@
+"""The hosted-agent supervisor's decisions in-process: restart policy, backoff, start modes,
+escalation bookkeeping and the run credential's life.
+
+Found by mutation testing (group "runtime", scripts/mutate.py): tests/runtime/test_hosted.py
+runs real hosted agents under a real ``symbi serve`` (a subprocess, which mutmut cannot
+attribute), so every decision in ``HostedAgents._supervise`` survived being broken. Here:
+
+- the supervisor loop runs against a scripted ``_run_once`` (the seam: one real run needs a
+  sandbox tier and a process, which test_hosted.py covers end to end); each outcome is what
+  the real ``_run_once`` returns, and the loop's answers (run again, wait for ``symbi agents
+  run``, back off, stop) are what is checked;
+- ``_run_once`` itself runs for real up to the sandbox: with a real file-backed API key store
+  the run's credential is made, bound, and revoked when the run is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from gateway.config.model import AgentConfig, Config
+from gateway.context import Principal
+from gateway.runtime import AgentState
+from gateway.runtime.agents import hosted_principal
+from gateway.runtime.core import AgentRuntime
+from gateway.runtime.hosted import AgentHost, HostedAgents, interval_s
+from gateway.server.auth import ApiKeyStore
+from tests.runtime.test_core import Recorder
+
+pytestmark = pytest.mark.anyio
+GUARD_S = 60  # a hang guard for a broken loop, never a timing assertion
+
+
+class ScriptDone(Exception):
+    """The script of outcomes ran out: the supervisor asked for one more run."""
+
+
+class Scripted(HostedAgents):
+    """HostedAgents whose runs return scripted outcomes (see the module docstring)."""
+
+    def __init__(self, config: Config, outcomes: list[str]) -> None:
+        self.rec = Recorder()
+        super().__init__(config, AgentRuntime(config, self.rec), self.rec, sandbox=None, host=None)
+        self.outcomes = list(outcomes)
+        self.calls: list[tuple[str, AgentConfig]] = []
+
+    async def _run_once(self, name: str, ac: AgentConfig) -> str:
+        self.calls.append((name, ac))
+        if not self.outcomes:
+            raise ScriptDone
+        return self.outcomes.pop(0)
+
+    def restarts(self) -> list[tuple[Any, ...]]:
+        return [
+            (d["name"], d["after_s"], d["outcome"])
+            for t, d, _, _ in self.rec.events
+            if t == "agent.restart_scheduled"
+        ]
+
+
+def _config(**agent: Any) -> Config:
+    return Config(agents={"a": AgentConfig(command="/bin/true", restart_backoff_s=0.001, **agent)})
+
+
+async def _supervise(h: Scripted) -> None:
+    with anyio.fail_after(GUARD_S):
+        await h._supervise("a", h.config.agents["a"])
+
+
+@pytest.mark.parametrize(
+    ("start", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("1.5s", 1.5),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("on-demand", None),
+        ("with-gateway", None),
+    ],
+)
+def test_interval_of_a_start_setting(start: str, seconds: float | None) -> None:
+    assert interval_s(start) == seconds
+
+
+@pytest.mark.parametrize(
+    ("restart", "outcomes", "runs"),
+    [
+        ("never", ["failed"], 1),
+        ("never", ["ok"], 1),
+        ("on-failure", ["ok"], 1),
+        ("on-failure", ["failed", "failed", "ok"], 3),
+    ],
+)
+async def test_the_restart_policy_decides_whether_a_run_follows(
+    restart: str, outcomes: list[str], runs: int
+) -> None:
+    h = Scripted(_config(restart=restart), outcomes)
+    await _supervise(h)  # returned: no more runs
+    assert len(h.calls) == runs and h.outcomes == []
+    assert all(call == ("a", h.config.agents["a"]) for call in h.calls)
+
+
+async def test_restart_always_runs_again_after_success_and_failure() -> None:
+    h = Scripted(_config(restart="always"), ["ok", "failed", "ok"])
+    with pytest.raises(ScriptDone):
+        await _supervise(h)
+    assert len(h.calls) == 4  # it asked for a fourth run
+
+
+@pytest.mark.parametrize("outcome", ["invalid", "escalated", "stopped"])
+async def test_a_run_that_never_started_or_was_stopped_ends_the_supervisor(outcome: str) -> None:
+    h = Scripted(_config(restart="always"), [outcome])
+    await _supervise(h)
+    assert len(h.calls) == 1 and h.restarts() == []
+
+
+async def test_backoff_doubles_up_to_its_maximum_and_a_success_resets_it() -> None:
+    h = Scripted(
+        _config(restart="always", restart_backoff_max_s=0.004),
+        ["failed", "failed", "failed", "failed", "ok", "failed"],
+    )
+    with pytest.raises(ScriptDone):
+        await _supervise(h)
+    assert h.restarts() == [
+        ("a", 0.001, "failed"),
+        ("a", 0.002, "failed"),
+        ("a", 0.004, "failed"),
+        ("a", 0.004, "failed"),
+        ("a", 0.001, "ok"),
+        ("a", 0.002, "failed"),
+    ]
+
+
+async def test_on_demand_runs_only_when_asked_and_waits_again_after_each_run() -> None:
+    h = Scripted(_config(start="on-demand", restart="never"), ["ok", "invalid", "failed", "stopped"])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_supervise, h)
+        for asked in range(1, 5):
+            await wait_all_tasks_blocked()
+            assert len(h.calls) == asked - 1  # nothing runs before `symbi agents run`
+            assert h.request_start("a") == "starting"
+            await wait_all_tasks_blocked()
+            assert len(h.calls) == asked
+    # "stopped" (an operator ended the run) returned; the others waited for the next request
+    assert h.outcomes == [] and h.restarts() == []
+
+
+async def test_an_interval_runs_again_without_a_restart_policy_and_a_request_runs_it_early() -> None:
+    h = Scripted(_config(start="1ms", restart="never"), ["ok", "failed"])
+    with pytest.raises(ScriptDone):
+        await _supervise(h)  # every 1 ms, whatever the outcome and the restart policy
+    assert len(h.calls) == 3 and h.restarts() == []
+    h = Scripted(_config(start="1h", restart="never"), ["ok", "ok"])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_supervise, h)
+        await wait_all_tasks_blocked()
+        assert len(h.calls) == 1  # the next run is an hour away
+        h.request_start("a")
+        await wait_all_tasks_blocked()
+        assert len(h.calls) == 2
+        tg.cancel_scope.cancel()
+
+
+async def test_run_supervises_only_the_enabled_agents() -> None:
+    config = Config(
+        agents={
+            "on": AgentConfig(command="/bin/true", restart="never"),
+            "off": AgentConfig(command="/bin/true", enabled=False),
+        }
+    )
+    h = Scripted(config, ["ok"])
+    await h.run()
+    assert [name for name, _ in h.calls] == ["on"]
+
+
+def test_request_start_refuses_an_unknown_agent_and_a_live_run() -> None:
+    from gateway.errors import GatewayError
+
+    h = Scripted(_config(), [])
+    with pytest.raises(GatewayError):
+        h.request_start("nosuch")
+    run = h.runtime.agents.add_hosted("a", hosted_principal("a", h.config.agents["a"]), priority=4, run=1)
+    h.runtime.agents.transition(run, AgentState.READY, "test")
+    assert h.request_start("a") == "already running"
+
+
+def test_terminating_a_hosted_run_stops_its_process_and_a_session_agent_stops_nothing() -> None:
+    h = Scripted(_config(), [])
+    stopped: list[str] = []
+    h._stop["a"] = lambda: stopped.append("a")  # what _execute registers for the live process
+    rt = h.runtime
+    session = rt.agents.for_session(Principal(id="a"), "c", "s1")  # a session agent named like nothing hosted
+    rt.terminate(session, "operator")
+    assert stopped == []
+    run = rt.agents.add_hosted("a", hosted_principal("a", h.config.agents["a"]), priority=4, run=1)
+    rt.agents.transition(run, AgentState.READY, "test")
+    rt.terminate(run, "operator")
+    assert stopped == ["a"] and run.state is AgentState.TERMINATED
+
+
+# -- _run_once for real, up to the sandbox --------------------------------------------------
+
+
+async def test_a_refused_run_revokes_the_credential_it_made(tmp_path: Path) -> None:
+    """With a host (socket and key store) but no sandbox manager, the run is refused after its
+    credential was made: that key is revoked, unbound, and the run is Failed then Terminated."""
+    keys = ApiKeyStore(tmp_path / "keys.json")
+    config = Config(agents={"a": AgentConfig(command="/bin/true", roles=("r",))})
+    rec = Recorder()
+    rt = AgentRuntime(config, rec)
+    h = HostedAgents(config, rt, rec, sandbox=None, host=AgentHost(str(tmp_path / "gw.sock"), keys))
+    assert await h._run_once("a", config.agents["a"]) == "invalid"
+    made = keys.records()
+    assert len(made) == 1 and made[0].principal == "agent:a" and made[0].roles == ("r",)
+    assert made[0].revoked and h.unrevoked == set()
+    agent = rt.agents.by_name("a")
+    assert agent is not None and agent.state is AgentState.TERMINATED
+    assert [d["to"] for t, d, _, a in rec.events if t == "agent.state" and a == agent.id] == [
+        "Failed",
+        "Terminated",
+    ]
+    assert (h.runs["a"], agent.session) == (1, "hosted:a:1")
+    assert await h._run_once("a", config.agents["a"]) == "invalid"  # the next run: a new record, a new key
+    again = rt.agents.by_name("a")
+    assert again is not None and again is not agent and again.session == "hosted:a:2" and again.id == agent.id
+    assert len(keys.records()) == 2 and all(r.revoked for r in keys.records())
+
+
+async def test_without_symbi_serve_a_run_is_refused_before_any_credential(tmp_path: Path) -> None:
+    config = Config(agents={"a": AgentConfig(command="/bin/true")})
+    rec = Recorder()
+    h = HostedAgents(config, AgentRuntime(config, rec), rec, sandbox=None, host=None)
+    assert await h._run_once("a", config.agents["a"]) == "invalid"
+    agent = h.runtime.agents.by_name("a")
+    assert agent is not None and agent.state is AgentState.TERMINATED and agent.reason == "failed"

@@ -1,0 +1,75 @@
+"""AgentRegistry in-process: the hosted agents' identity and records, and an operator's
+termination of a session holding (the session gets no new agent).
+
+Found by mutation testing (group "runtime", scripts/mutate.py): the principal and the fields
+a hosted run is registered with, the ended-sessions memory and its bound were not checked.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config.model import AgentConfig, Config
+from gateway.context import AgentInfo, Principal
+from gateway.errors import AgentTerminated
+from gateway.runtime import AgentState, agents
+from gateway.runtime.agents import AgentRegistry, hosted_principal
+from gateway.runtime.core import AgentRuntime
+from tests.runtime.test_core import Recorder
+
+
+def test_a_hosted_agent_runs_as_an_agent_principal_authenticated_by_its_key() -> None:
+    p = hosted_principal("mailer", AgentConfig(command="x", roles=("reader", "sender")))
+    assert p == Principal(id="agent:mailer", kind="agent", roles=("reader", "sender"), source="key")
+    named = hosted_principal("mailer", AgentConfig(command="x", principal="svc-mail"))
+    assert (named.id, named.kind, named.roles, named.source) == ("svc-mail", "agent", (), "key")
+
+
+def test_a_hosted_run_is_registered_with_its_principal_roles_session_and_priority() -> None:
+    reg = AgentRegistry(Recorder())
+    p = Principal(id="agent:a", kind="agent", roles=("r",), source="key")
+    run = reg.add_hosted("a", p, priority=7, run=3)
+    assert (run.name, run.principal, run.principal_kind, run.roles) == ("a", "agent:a", "agent", ("r",))
+    assert (run.client, run.session, run.owner) == ("hosted:a", "hosted:a:3", p.qualified)
+    assert run.hosted is True and run.priority == 7 and run.state is AgentState.INITIALIZING
+    assert reg.info(run.id) == AgentInfo(id=run.id, name="a", state="Initializing", priority=7, hosted=True)
+    assert reg.info("agt-nosuch") is None and reg.info(None) is None
+
+
+def test_hosted_ids_are_stable_per_name_and_distinct_between_names() -> None:
+    reg = AgentRegistry(Recorder(), key=b"k" * 32)
+    assert reg.hosted_id("a", "agent:x") == AgentRegistry(Recorder(), key=b"k" * 32).hosted_id("a", "agent:x")
+    # two hosted agents under one principal are two agents (messages, memory and budgets are per id)
+    assert reg.hosted_id("a", "agent:x") != reg.hosted_id("b", "agent:x")
+    assert reg.hosted_id("a", "agent:x") != reg.hosted_id("a", "agent:y")
+
+
+def test_a_terminated_session_gets_no_new_agent() -> None:
+    rt = AgentRuntime(Config(), Recorder())
+    alice = Principal(id="alice")
+    a = rt.agents.for_session(alice, "c", "s1")
+    assert rt.terminate(a, "operator: compromised") == "terminated"
+    with pytest.raises(AgentTerminated):
+        rt.agents.for_session(alice, "c", "s1")
+    assert rt.agents.for_session(alice, "c", "s2").state is AgentState.READY  # other sessions are not ended
+
+
+def test_ended_sessions_are_bounded_forgetting_the_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agents, "ENDED_SESSIONS", 3)
+    rt = AgentRuntime(Config(), Recorder())
+    alice = Principal(id="alice")
+    for s in ("s1", "s2", "s3", "s4"):
+        rt.terminate(rt.agents.for_session(alice, "c", s), "operator")
+    assert rt.agents.for_session(alice, "c", "s1").state is AgentState.READY  # the oldest is forgotten
+    for s in ("s2", "s3", "s4"):
+        with pytest.raises(AgentTerminated):
+            rt.agents.for_session(alice, "c", s)
+
+
+def test_begin_marks_the_agent_seen_before_its_call_ends() -> None:
+    rt = AgentRuntime(Config(), Recorder())
+    a = rt.agents.for_session(Principal(id="alice"), "c", "s1")
+    a.last_seen = 0.0  # test set-up: seen long ago
+    rt.begin(a, "t")
+    assert isinstance(a.last_seen, float) and a.last_seen > 0.0
+    assert a.state is AgentState.RUNNING

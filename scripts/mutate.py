@@ -299,7 +299,9 @@ def merge_recheck(old: dict[str, Any], new: dict[str, Any], names: list[str], wh
         f"Re-checked by name at {new['commit']} ({int(new['seconds']) // 60} min, tests: {' '.join(new['tests'])}):"
         f" {len(fresh)} of the {len(names)} mutants that were {what}, {before} -> {after}."
     )
+    commit = f"{old['commit']}+{new['commit']}" if new["commit"] not in str(old["commit"]) else old["commit"]
     return {**old, "tests": new["tests"], "seconds": int(old["seconds"]) + int(new["seconds"]), "mutants": merged,
+            "commit": commit,
             "note": " ".join(n for n in (str(old.get("note", "")), note) if n)}
 
 

@@ -22,7 +22,7 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from gateway.config.model import AgentConfig, Config
+from gateway.config.model import AgentConfig, Config, GatewaySection, ResourcesSection
 from gateway.context import Principal
 from gateway.runtime import AgentState
 from gateway.runtime.agents import hosted_principal
@@ -238,3 +238,93 @@ async def test_without_symbi_serve_a_run_is_refused_before_any_credential(tmp_pa
     assert await h._run_once("a", config.agents["a"]) == "invalid"
     agent = h.runtime.agents.by_name("a")
     assert agent is not None and agent.state is AgentState.TERMINATED and agent.reason == "failed"
+
+
+# -- one real run in the bwrap tier, in-process ---------------------------------------------
+
+
+def _bwrap_host(tmp_path: Path, **agents: AgentConfig) -> tuple[HostedAgents, Recorder, ApiKeyStore]:
+    from gateway.sandbox.manager import SandboxManager
+    from tests.sandbox.conftest import require_tier
+
+    config = Config(gateway=GatewaySection(data_dir=tmp_path / "data"), agents=agents)
+    manager = SandboxManager(config, sweep_orphans=False)
+    require_tier(manager, "bwrap")
+    socket = tmp_path / "gateway.sock"  # bound into the sandbox; these agents never dial it
+    socket.touch()
+    keys = ApiKeyStore(tmp_path / "keys.json")
+    rec = Recorder()
+    host = AgentHost(str(socket), keys)
+    return HostedAgents(config, AgentRuntime(config, rec), rec, sandbox=manager, host=host), rec, keys
+
+
+def _states(rec: Recorder, agent_id: str) -> list[str]:
+    return [d["to"] for t, d, _, a in rec.events if t == "agent.state" and a == agent_id]
+
+
+async def test_a_real_run_that_exits_0_is_ready_then_terminated(tmp_path: Path) -> None:
+    h, rec, keys = _bwrap_host(tmp_path, ok=AgentConfig(command="/usr/bin/true", sandbox="bwrap"))
+    assert await h._run_once("ok", h.config.agents["ok"]) == "ok"
+    run = h.runtime.agents.by_name("ok")
+    assert run is not None and _states(rec, run.id) == ["Ready", "Running", "Ready", "Terminated"]
+    exited = [d for t, d, _, _ in rec.events if t == "agent.exited"]
+    assert [(d["name"], d["exit_code"], d["oom"]) for d in exited] == [("ok", 0, False)]
+    assert (run.in_flight, run.hosted_busy) == (0, False)
+    assert [r.revoked is not None for r in keys.records()] == [True] and h.unrevoked == set()
+    assert (
+        h.runtime.pool.as_json() == h.runtime.__class__(h.config, Recorder()).pool.as_json()
+    )  # slot given back
+
+
+async def test_a_real_failing_run_is_suspended_counted_and_then_escalates(tmp_path: Path) -> None:
+    bad = AgentConfig(command="/usr/bin/sh", args=("-c", "exit 3"), sandbox="bwrap", max_failures=1)
+    h, rec, keys = _bwrap_host(tmp_path, bad=bad)
+    assert await h._run_once("bad", bad) == "failed"
+    run = h.runtime.agents.by_name("bad")
+    assert run is not None and _states(rec, run.id) == ["Ready", "Running", "Suspended", "Terminated"]
+    failed = [d for t, d, _, _ in rec.events if t == "agent.failed"]
+    assert [(d["name"], d["exit_code"]) for d in failed] == [("bad", 3)]
+    assert [(e["code"], e["target"], e["type"]) for e in h.runtime.recent_errors] == [
+        ("agent_failed", "bad", "exit")
+    ]
+    # one failure within failure_window_s reaches max_failures = 1: the next run never starts
+    assert await h._run_once("bad", bad) == "escalated"
+    again = h.runtime.agents.by_name("bad")
+    assert again is not None and _states(rec, again.id)[-2:] == ["Failed", "Terminated"]
+    assert [d["failures"] for t, d, _, _ in rec.events if t == "agent.escalated"] == [1]
+    assert len(keys.records()) == 1  # the escalated run made no credential
+
+
+async def test_a_real_run_over_its_execution_budget_is_killed_and_counted_as_a_failure(
+    tmp_path: Path,
+) -> None:
+    slow = AgentConfig(
+        command="/usr/bin/sleep",
+        args=("600",),
+        sandbox="bwrap",
+        resources=ResourcesSection(execution_timeout_s=0.5),
+    )
+    h, rec, _ = _bwrap_host(tmp_path, slow=slow)
+    with anyio.fail_after(GUARD_S):  # the budget, not this guard, ends the run
+        assert await h._run_once("slow", slow) == "failed"
+    run = h.runtime.agents.by_name("slow")
+    assert run is not None and _states(rec, run.id) == ["Ready", "Running", "Suspended", "Terminated"]
+    assert run.reason.startswith("manual override")  # Suspended (the budget breach) -> Terminated
+    assert [d["name"] for t, d, _, _ in rec.events if t == "agent.failed"] == ["slow"]
+
+
+async def test_an_operator_terminating_a_real_run_kills_its_process_and_stops_the_supervisor(
+    tmp_path: Path,
+) -> None:
+    slow = AgentConfig(command="/usr/bin/sleep", args=("600",), sandbox="bwrap", restart="always")
+    h, rec, _ = _bwrap_host(tmp_path, slow=slow)
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(h._supervise, "slow", slow)
+            while (run := h.runtime.agents.by_name("slow")) is None or "slow" not in h._stop:
+                await anyio.sleep(0.01)  # until the process is started
+            assert run is not None
+            assert h.runtime.terminate(run, "operator: enough").startswith("terminating")
+        # the supervisor returned ("stopped"): no restart, whatever restart = "always" says
+    assert run is not None and run.state is AgentState.TERMINATED and h.runs["slow"] == 1
+    assert [t for t, *_ in rec.events if t in ("agent.failed", "agent.restart_scheduled")] == []

@@ -11,7 +11,7 @@ import dataclasses
 
 from prometheus_client import CollectorRegistry
 
-from gateway.config.model import Config, RuntimeSection
+from gateway.config.model import BreakerSection, Config, RuntimeSection
 from gateway.context import Principal
 from gateway.runtime import AgentState
 from gateway.runtime.core import AgentRuntime
@@ -77,7 +77,7 @@ def test_scheduler_series_per_priority_level() -> None:
 
 
 def test_hosted_budget_ratios_and_breaker_states() -> None:
-    rt = AgentRuntime(Config(runtime=RuntimeSection(breaker={"failures": 1})), Recorder())
+    rt = AgentRuntime(Config(runtime=RuntimeSection(breaker=BreakerSection(failures=1))), Recorder())
     run = rt.agents.add_hosted("a", Principal(id="agent:a", kind="agent", source="key"), priority=4, run=1)
     session = rt.agents.for_session(Principal(id="alice"), "c", "s1")
     rt.limits[run.id] = dataclasses.replace(rt.default_limits, memory_mb=200, execution_timeout_s=60.0)

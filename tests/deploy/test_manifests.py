@@ -82,11 +82,17 @@ def test_the_shipped_config_is_valid_and_selects_the_shared_state() -> None:
 def test_compose_runs_three_replicas_behind_haproxy_on_redis_and_postgres() -> None:
     doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     svc = doc["services"]
-    assert {"redis", "postgres", "gateway", "balancer"} <= set(svc)
-    gw = svc["gateway"]
-    assert gw["deploy"]["replicas"] == 3 and gw["read_only"] is True
-    assert set(gw["environment"]) <= set(ENV_OVERRIDES)
-    assert gw["image"] == IMAGE and gw["pull_policy"] == "never"  # the one `make image` builds
+    assert {"redis", "postgres", "balancer"} <= set(svc)
+    gateways = {name: s for name, s in svc.items() if s.get("image") == IMAGE}
+    assert len(gateways) == 3 and set(svc["balancer"]["depends_on"]) == set(gateways)
+    data_volumes = set()
+    for gw in gateways.values():
+        assert gw["read_only"] is True and gw["pull_policy"] == "never"  # the image `make image` builds
+        assert set(gw["environment"]) <= set(ENV_OVERRIDES)
+        assert "gateway" in gw["networks"]["front"]["aliases"]  # the name haproxy.cfg resolves
+        (data,) = [v.split(":")[0] for v in gw["volumes"] if v.split(":")[1] == "/var/lib/symbi"]
+        data_volumes.add(data)
+    assert len(data_volumes) == 3  # one data dir per replica: one writer per audit chain
     mount = svc["balancer"]["volumes"][0].split(":")[0]
     assert (DEPLOY / mount).exists()
     assert doc["networks"]["state"]["internal"] is True  # Redis/PostgreSQL unreachable from outside

@@ -65,15 +65,17 @@ async def _rug_pull(run: Running, key: str) -> None:
         assert res.meta["symbi/error"]["code"] == "verification_denied"  # type: ignore[index]
 
 
-async def _echo_works(run: Running, key: str) -> bool:
+async def _echo_works(run: Running, key: str, server: str = "mut") -> bool:
+    """Wait until ``server``'s echo answers (an approval takes effect within the recheck
+    interval; a generous bound: it is a wait on the condition, not a fixed sleep)."""
     async with (
         httpx2.AsyncClient(headers=bearer(key)) as hc,
         streamable_http_client(run.mcp, http_client=hc) as (r, w),
         ClientSession(r, w) as s,
     ):
         await s.initialize()
-        with anyio.fail_after(15):
-            while (res := await s.call_tool("mut__echo", {"message": "after"})).is_error:
+        with anyio.fail_after(60):
+            while (res := await s.call_tool(f"{server}__echo", {"message": "after"})).is_error:
                 await anyio.sleep(0.05)
         return res.content[0].text == "Echo: after"  # type: ignore[union-attr]
 
@@ -271,6 +273,9 @@ async def test_discovered_server_approved_from_the_api_and_dashboard(
             assert done.status_code == 200 and 'id="approve-other"' not in done.text
             forged = await web.post("/discovered/other/approve", data={"csrf": "x"}, cookies=cookies)
             assert forged.status_code == 403
+        # the discovery loop starts it (and records server.approved) on its next pass: wait for
+        # that before stopping the gateway, or a loaded machine stops it first
+        assert await _echo_works(run, keys.admin, "other")
     out = subprocess.run(
         [str(SYMBI), "audit", "query", "--config", str(cfg), "--type", "server.approved", "--json"],
         capture_output=True,

@@ -64,11 +64,13 @@ run: setup sandbox
 stdio: setup
 	$(SYMBI) mcp --config $(CONFIG)
 
-# pytest-xdist: TEST_WORKERS processes (most tests wait on subprocesses and I/O, so two
-# nearly halve the time on 2 cores); each test file runs whole, in order, on one worker, so a
-# module's fixtures are made once and its tests keep their order. TEST_WORKERS=0: one process.
+# pytest-xdist: TEST_WORKERS processes (a one-process run keeps about one of the two cores
+# busy: much of it waits on subprocesses, sandboxes and I/O). Each test file runs whole, in
+# order, on one worker, so a module's fixtures are made once and its tests keep their order;
+# files start in collection order (--no-loadscope-reorder), which tests/conftest.py puts
+# longest first. TEST_WORKERS=0: one process, no xdist (the command as it was before).
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadfile
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: setup sandbox state-engines browser
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)

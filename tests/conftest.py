@@ -37,6 +37,42 @@ def pytest_configure(config: pytest.Config) -> None:
         config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
 
 
+# Under pytest-xdist (`make test`: --dist loadfile --no-loadscope-reorder) test files are handed
+# to the workers in collection order. The longest files go first, so the run does not end with
+# one worker on a long file while the other idles: these (longest first, from an idle run's
+# durations), then every file with a `slow` or `sandbox` test, then the rest as collected.
+# A file's own tests keep their order. A file missing here only starts later; nothing else.
+LONG_FILES_FIRST = (
+    "tests/server/http/test_footprint.py",  # the 10,000-session churn (issue #19)
+    "tests/verify/test_gateway_verification.py",
+    "tests/runtime/test_hosted.py",
+    "tests/schemapin/test_cli.py",
+    "tests/conformance/test_independent.py",
+    "tests/runtime/test_breaker.py",
+    "tests/upstream/test_hostile.py",
+    "tests/screen/test_gateway_screening.py",
+    "tests/cli/test_audit_retention_cmd.py",
+    "tests/onboard/test_import_e2e.py",
+    "tests/runtime/test_status_cli.py",
+    "tests/memory/test_cli.py",
+    "tests/sandbox/test_tiers.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: the order does not change the wall time
+    rank = {f: i for i, f in enumerate(LONG_FILES_FIRST)}
+    file_key: dict[str, tuple[int, int]] = {}
+    for item in items:
+        f = item.nodeid.split("::", 1)[0]
+        heavy = item.get_closest_marker("slow") is not None or item.get_closest_marker("sandbox") is not None
+        key = (0, rank[f]) if f in rank else (1, 0) if heavy else (2, 0)
+        file_key[f] = min(file_key.get(f, key), key)
+    # the same order in every worker (xdist checks that their collections agree); stable
+    items.sort(key=lambda item: file_key[item.nodeid.split("::", 1)[0]])
+
+
 def _enterable_down_to(folder: Path) -> None:
     """Every folder of this session's own temp root down to ``folder`` (under pytest-xdist a
     worker's base temp is one level deeper: <root>/t/popen-gw0)."""

@@ -9,6 +9,7 @@
 #                                                       (from PyPI on the host; the build
 #                                                       container needs no network)
 #   root/etc/symbi/symbi.toml                           deploy/team.toml
+#   root/etc/ssl/certs/ca-certificates.crt              the host's public CA bundle
 # then `docker build` COPYs the stage. No keys, no data dir, no pip in the image.
 #
 # Usage: scripts/build-image.sh [TAG]   (default symbi-gateway:latest; `make image`)
@@ -141,6 +142,12 @@ EOF
 printf 'root:x:0:\nnogroup:x:65534:\nsymbi:x:10001:\n' >"$R/etc/group"
 printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$R/etc/nsswitch.conf"
 cp "$ROOT/deploy/team.toml" "$R/etc/symbi/symbi.toml"
+# the public CA bundle (Debian ca-certificates; $SSL_CERT_FILE in the Dockerfile): rediss://,
+# PostgreSQL verify-full and HTTPS upstreams verify against it
+CA=/etc/ssl/certs/ca-certificates.crt
+[ -s "$CA" ] || die "$CA is missing: apt-get install ca-certificates"
+mkdir -p "$R/etc/ssl/certs"
+cp -L "$CA" "$R$CA"
 cp "$ROOT/deploy/Dockerfile" "$STAGE/Dockerfile"
 
 # --- 6. the image ------------------------------------------------------------------------

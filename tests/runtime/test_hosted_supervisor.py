@@ -27,7 +27,8 @@ from gateway.context import Principal
 from gateway.runtime import AgentState
 from gateway.runtime.agents import hosted_principal
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.hosted import AgentHost, HostedAgents, interval_s
+from gateway.runtime.hosted import AgentHost, Container, HostedAgents, _root_device, interval_s
+from gateway.runtime.resources import ResourceLimits
 from gateway.server.auth import ApiKeyStore
 from tests.runtime.test_core import Recorder
 
@@ -243,13 +244,15 @@ async def test_without_symbi_serve_a_run_is_refused_before_any_credential(tmp_pa
 # -- one real run in the bwrap tier, in-process ---------------------------------------------
 
 
-def _bwrap_host(tmp_path: Path, **agents: AgentConfig) -> tuple[HostedAgents, Recorder, ApiKeyStore]:
+def _bwrap_host(
+    tmp_path: Path, tier: str = "bwrap", **agents: AgentConfig
+) -> tuple[HostedAgents, Recorder, ApiKeyStore]:
     from gateway.sandbox.manager import SandboxManager
     from tests.sandbox.conftest import require_tier
 
     config = Config(gateway=GatewaySection(data_dir=tmp_path / "data"), agents=agents)
     manager = SandboxManager(config, sweep_orphans=False)
-    require_tier(manager, "bwrap")
+    require_tier(manager, tier)
     socket = tmp_path / "gateway.sock"  # bound into the sandbox; these agents never dial it
     socket.touch()
     keys = ApiKeyStore(tmp_path / "keys.json")
@@ -263,7 +266,13 @@ def _states(rec: Recorder, agent_id: str) -> list[str]:
 
 
 async def test_a_real_run_that_exits_0_is_ready_then_terminated(tmp_path: Path) -> None:
-    h, rec, keys = _bwrap_host(tmp_path, ok=AgentConfig(command="/usr/bin/true", sandbox="bwrap"))
+    # exits 0 only if the run got its name, a credential and the gateway's socket at its place
+    check = (
+        'test "$SYMBI_AGENT_NAME" = ok && test -n "$SYMBI_AGENT_TOKEN"'
+        ' && test "$SYMBI_GATEWAY_SOCKET" = /run/symbi/gateway.sock && test -e "$SYMBI_GATEWAY_SOCKET"'
+    )
+    ok = AgentConfig(command="/usr/bin/sh", args=("-c", check), sandbox="bwrap")
+    h, rec, keys = _bwrap_host(tmp_path, ok=ok)
     assert await h._run_once("ok", h.config.agents["ok"]) == "ok"
     run = h.runtime.agents.by_name("ok")
     assert run is not None and _states(rec, run.id) == ["Ready", "Running", "Ready", "Terminated"]
@@ -328,3 +337,63 @@ async def test_an_operator_terminating_a_real_run_kills_its_process_and_stops_th
         # the supervisor returned ("stopped"): no restart, whatever restart = "always" says
     assert run is not None and run.state is AgentState.TERMINATED and h.runs["slow"] == 1
     assert [t for t, *_ in rec.events if t in ("agent.failed", "agent.restart_scheduled")] == []
+
+
+async def test_the_docker_command_of_a_run_mounts_the_socket_and_read_only_paths_with_io_limits(
+    tmp_path: Path,
+) -> None:
+    """The docker tier's argv (built, not started): the run's container name, the socket as
+    its one way out, the read-only paths, the budgets, and the env with ./ paths resolved
+    against the config file's folder."""
+    conf = tmp_path / "conf"
+    (conf / "lib").mkdir(parents=True)
+    ac = AgentConfig(
+        command="/usr/bin/python3",
+        args=("./agent.py", "plain"),
+        env={"DATA": "./data", "MODE": "x"},
+        read_only_paths=("./lib",),
+        sandbox="docker",
+        resources=ResourcesSection(memory_mb=96, disk_io_mbps=7),
+    )
+    h, _, _ = _bwrap_host(tmp_path, "docker", a=ac)
+    h.config = h.config.model_copy(update={"source": conf / "symbi.toml"})
+    argv, box = h._command("a", ac, "docker", ResourceLimits.from_config(ac.resources), "sk-secret", "tag1")
+    assert isinstance(box, Container) and box.name == "symbi-agent-a-tag1"
+    pairs = list(zip(argv, argv[1:], strict=False))
+    lib = str((conf / "lib").resolve())
+    assert ("--name", "symbi-agent-a-tag1") in pairs
+    assert ("-v", f"{tmp_path / 'gateway.sock'}:/run/symbi/gateway.sock") in pairs
+    assert ("-v", f"{lib}:{lib}:ro") in pairs and ("--memory", "96m") in pairs and "--network=none" in argv
+    env = dict(v.split("=", 1) for k, v in pairs if k == "-e")
+    assert {
+        k: env[k] for k in ("SYMBI_AGENT_TOKEN", "SYMBI_GATEWAY_SOCKET", "SYMBI_AGENT_NAME", "DATA", "MODE")
+    } == {
+        "SYMBI_AGENT_TOKEN": "sk-secret",
+        "SYMBI_GATEWAY_SOCKET": "/run/symbi/gateway.sock",
+        "SYMBI_AGENT_NAME": "a",
+        "DATA": str((conf / "data").resolve()),
+        "MODE": "x",
+    }
+    assert argv[-3:] == ["/usr/bin/python3", str((conf / "agent.py").resolve()), "plain"]
+    dev = _root_device()
+    if dev is not None:  # the root file system's block device (none in some containers)
+        assert ("--device-read-bps", f"{dev}:7mb") in pairs and ("--device-write-bps", f"{dev}:7mb") in pairs
+    # the run's options go before the image's own mounts (docker reads options up to the image)
+    assert argv.index("--name") < argv.index("/usr:/usr:ro")
+
+
+async def test_a_hosted_run_refuses_an_unavailable_tier_and_the_none_tier(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.config.model import SecuritySection
+
+    h, rec, keys = _bwrap_host(tmp_path, a=AgentConfig(command="/usr/bin/true"))
+    h.config = h.config.model_copy(update={"security": SecuritySection(default_sandbox_tier="none")})
+    assert await h._run_once("a", h.config.agents["a"]) == "invalid"  # never unsandboxed
+    assert keys.records() == []  # refused before any credential
+    # a tier that cannot run (the seam: every tier is installed on this machine)
+    assert h.sandbox is not None
+    monkeypatch.setattr(h.sandbox.tiers["bwrap"], "available", lambda **_: (False, "test: not installed"))
+    ac = AgentConfig(command="/usr/bin/true", sandbox="bwrap")
+    assert await h._run_once("a", ac) == "invalid"
+    assert [r.revoked is not None for r in keys.records()] == [True]

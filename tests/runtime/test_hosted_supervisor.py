@@ -15,6 +15,7 @@ attribute), so every decision in ``HostedAgents._supervise`` survived being brok
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -268,21 +269,25 @@ def _states(rec: Recorder, agent_id: str) -> list[str]:
 async def test_a_real_run_that_exits_0_is_ready_then_terminated(tmp_path: Path) -> None:
     # exits 0 only if the run got its name, a credential and the gateway's socket at its place
     check = (
-        'test "$SYMBI_AGENT_NAME" = ok && test -n "$SYMBI_AGENT_TOKEN"'
+        'echo to-stdout; echo to-stderr >&2; test "$SYMBI_AGENT_NAME" = ok && test -n "$SYMBI_AGENT_TOKEN"'
         ' && test "$SYMBI_GATEWAY_SOCKET" = /run/symbi/gateway.sock && test -e "$SYMBI_GATEWAY_SOCKET"'
     )
     ok = AgentConfig(command="/usr/bin/sh", args=("-c", check), sandbox="bwrap")
     h, rec, keys = _bwrap_host(tmp_path, ok=ok)
-    assert await h._run_once("ok", h.config.agents["ok"]) == "ok"
+    for _ in range(2):  # the second run finds its log folder made
+        assert await h._run_once("ok", h.config.agents["ok"]) == "ok"
     run = h.runtime.agents.by_name("ok")
-    assert run is not None and _states(rec, run.id) == ["Ready", "Running", "Ready", "Terminated"]
+    assert run is not None and _states(rec, run.id) == ["Ready", "Running", "Ready", "Terminated"] * 2
+    assert all(d["reason"] for t, d, _, _ in rec.events if t == "agent.state")  # every edge says why
     exited = [d for t, d, _, _ in rec.events if t == "agent.exited"]
-    assert [(d["name"], d["exit_code"], d["oom"]) for d in exited] == [("ok", 0, False)]
-    assert (run.in_flight, run.hosted_busy) == (0, False)
-    assert [r.revoked is not None for r in keys.records()] == [True] and h.unrevoked == set()
-    assert (
-        h.runtime.pool.as_json() == h.runtime.__class__(h.config, Recorder()).pool.as_json()
-    )  # slot given back
+    assert [(d["name"], d["exit_code"], d["oom"]) for d in exited] == [("ok", 0, False)] * 2
+    assert (run.in_flight, run.hosted_busy, h._stop) == (0, False, {})
+    assert [r.revoked is not None for r in keys.records()] == [True, True] and h.unrevoked == set()
+    fresh = AgentRuntime(h.config, Recorder())
+    assert h.runtime.pool.as_json() == fresh.pool.as_json()  # the resource slot was given back
+    # the process's stdout and stderr go to <data_dir>/agents/NAME.log (`symbi agents logs`)
+    log = (h.config.data_dir / "agents" / "ok.log").read_text()
+    assert log.count("to-stdout") == 2 and log.count("to-stderr") == 2
 
 
 async def test_a_real_failing_run_is_suspended_counted_and_then_escalates(tmp_path: Path) -> None:
@@ -333,6 +338,9 @@ async def test_an_operator_terminating_a_real_run_kills_its_process_and_stops_th
             while (run := h.runtime.agents.by_name("slow")) is None or "slow" not in h._stop:
                 await anyio.sleep(0.01)  # until the process is started
             assert run is not None
+            h.runtime.begin(run, "a tool call of its own")  # through its credential
+            h.runtime.end(run, 0.1)
+            assert run.state is AgentState.RUNNING  # its process keeps it Running between calls
             assert h.runtime.terminate(run, "operator: enough").startswith("terminating")
         # the supervisor returned ("stopped"): no restart, whatever restart = "always" says
     assert run is not None and run.state is AgentState.TERMINATED and h.runs["slow"] == 1
@@ -397,3 +405,34 @@ async def test_a_hosted_run_refuses_an_unavailable_tier_and_the_none_tier(
     ac = AgentConfig(command="/usr/bin/true", sandbox="bwrap")
     assert await h._run_once("a", ac) == "invalid"
     assert [r.revoked is not None for r in keys.records()] == [True]
+
+
+async def test_cancelling_a_real_run_kills_its_process_and_revokes_its_credential(tmp_path: Path) -> None:
+    """The gateway shutting down cancels the supervisors: the run's process is killed, its
+    credential revoked and its resource slot given back (nothing of it outlives the gateway)."""
+    marker = f"599.{os.getpid()}{id(tmp_path) % 10000}"  # a sleep this test can find in /proc
+    slow = AgentConfig(command="/usr/bin/sleep", args=(marker,), sandbox="bwrap")
+    h, _, keys = _bwrap_host(tmp_path, slow=slow)
+    with anyio.fail_after(GUARD_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(h._supervise, "slow", slow)
+            while "slow" not in h._stop:
+                await anyio.sleep(0.01)  # until the process is started
+            assert _running(marker)
+            tg.cancel_scope.cancel()
+    assert [r.revoked is not None for r in keys.records()] == [True] and h._stop == {}
+    fresh = AgentRuntime(h.config, Recorder())
+    assert h.runtime.pool.as_json() == fresh.pool.as_json()
+    with anyio.fail_after(GUARD_S):
+        while _running(marker):  # killed: gone once the kernel has reaped it
+            await anyio.sleep(0.05)
+
+
+def _running(marker: str) -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False

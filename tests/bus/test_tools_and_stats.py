@@ -1,0 +1,109 @@
+"""The bus's tool definitions, argument bounds, unsubscribe and the stats `symbi bus stats`
+shows, in-process against both backends (embedded SQLite and a real redis-server).
+
+Found by mutation testing (group "bus", scripts/mutate.py): the tool schemas are built at
+import (mutmut's forked runs never rebuild them), the stats are read by `symbi bus stats` in a
+subprocess, and the bounds of ttl_s / timeout_ms were only tested well inside them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.bus import builtin
+from gateway.bus.builtin import BusBuiltin
+from gateway.bus.core import _ttl_ms
+from gateway.bus.redis_backend import redis_stats
+from gateway.errors import ArgumentsInvalid, BusTimeout
+from gateway.events import Event
+from tests.bus.test_core import A, B, Env, _pair, env  # noqa: F401 - env is the backends' fixture
+
+pytestmark = pytest.mark.anyio
+
+
+def test_a_bus_tool_refuses_unknown_arguments_and_declares_its_hints() -> None:
+    tool = builtin._tool("t", "a tool", {"a": {"type": "string"}}, ["a"])
+    assert (tool.name, tool.description) == ("t", "a tool")
+    assert tool.input_schema == {
+        "type": "object",
+        "properties": {"a": {"type": "string"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    assert tool.annotations is not None
+    hints = tool.annotations.model_dump(exclude_none=True, by_alias=True)
+    assert hints == {
+        "readOnlyHint": False,
+        "destructiveHint": False,
+        "idempotentHint": False,
+        "openWorldHint": False,
+    }
+    assert all(t.input_schema["additionalProperties"] is False for t in builtin.TOOLS)
+
+
+def test_ttl_is_bounded_by_the_bus_max_age_and_at_least_a_millisecond() -> None:
+    assert _ttl_ms(2, 2000) == 2000  # exactly bus.max_age_s is allowed
+    assert _ttl_ms(1.5, 10_000) == 1500
+    assert _ttl_ms(0.0001, 1000) == 1
+    for bad in (2.001, 0, -1, True, "1", None):
+        with pytest.raises(ArgumentsInvalid):
+            _ttl_ms(bad, 2000)
+
+
+async def test_request_timeout_ms_must_be_a_positive_integer(env: Env) -> None:  # noqa: F811
+    bus = await _pair(env)
+    tools = BusBuiltin(bus)
+    for bad in (0, -5, True, 1.5, "10", None):
+        with pytest.raises(ArgumentsInvalid):
+            await tools._request(A, {"to": "agent-b", "body": 1, "timeout_ms": bad})
+    with pytest.raises(BusTimeout):  # 1 ms is valid: nobody answers in it
+        await tools._request(A, {"to": "agent-b", "body": 1, "timeout_ms": 1})
+
+
+async def test_unsubscribe_says_whether_there_was_a_subscription_and_audits_who(env: Env) -> None:  # noqa: F811
+    seen: list[tuple[str, dict[str, Any], str | None]] = []
+    emit = env.events.emit
+
+    def keep(
+        event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        seen.append((event_type, dict(details), principal))
+        emit(event_type, details, principal=principal, agent=agent)
+
+    env.events.emit = keep  # type: ignore[method-assign]
+    bus = await _pair(env)
+    await bus.subscribe(A, "news.*")
+    assert await bus.unsubscribe(A, "news.*") is True
+    assert await bus.unsubscribe(A, "news.*") is False
+    assert await bus.unsubscribe(B, "other.*") is False
+    gone = [(d, p) for t, d, p in seen if t == Event.BUS_UNSUBSCRIBE]
+    assert gone == [
+        ({"topic": "news.*", "removed": True}, A.id),
+        ({"topic": "news.*", "removed": False}, A.id),
+        ({"topic": "other.*", "removed": False}, B.id),
+    ]
+
+
+async def test_stats_count_what_the_bus_did(env: Env) -> None:  # noqa: F811
+    bus = await _pair(env)
+    for i in range(3):
+        await bus.send(A, "agent-b", i)
+    await bus.send(A, "agent-c", "x")
+    assert len(await bus.receive(B, max_items=10)) == 3
+    await bus.subscribe(A, "news.*")
+    await bus.backend.bump("rejected")  # one, by default
+    stats = await bus.backend.stats()
+    want_counters = {"sent": 4, "delivered": 3, "rejected": 1, "expired": 0, "buffer_full": 0}
+    assert stats["counters"] == want_counters
+    pending = stats["pending_by_inbox"]
+    assert isinstance(pending, dict) and {k: n for k, n in pending.items() if n} == {"agent-c": 1}
+    assert (stats["subscriptions"], stats["agents"]) == (1, 3)
+    if env.url is None:
+        assert stats["backend"] == "embedded" and stats["stored"] == {"pending": 1, "delivered": 3}
+        assert pending == {"agent-c": 1}
+    else:
+        assert stats["backend"] == "redis" and stats["stored"] == {"pending": 1}
+        assert pending == {"agent-b": 0, "agent-c": 1}  # a Redis stream stays, emptied
+        assert redis_stats(env.url) == stats  # what `symbi bus stats` reads

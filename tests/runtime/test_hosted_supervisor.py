@@ -16,6 +16,7 @@ attribute), so every decision in ``HostedAgents._supervise`` survived being brok
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,7 @@ async def test_a_refused_run_revokes_the_credential_it_made(tmp_path: Path) -> N
         "Failed",
         "Terminated",
     ]
+    assert all(d["reason"] for t, d, _, _ in rec.events if t == "agent.state")
     assert (h.runs["a"], agent.session) == (1, "hosted:a:1")
     assert await h._run_once("a", config.agents["a"]) == "invalid"  # the next run: a new record, a new key
     again = rt.agents.by_name("a")
@@ -274,13 +276,29 @@ async def test_a_real_run_that_exits_0_is_ready_then_terminated(tmp_path: Path) 
     )
     ok = AgentConfig(command="/usr/bin/sh", args=("-c", check), sandbox="bwrap")
     h, rec, keys = _bwrap_host(tmp_path, ok=ok)
+    started = time.monotonic()
     for _ in range(2):  # the second run finds its log folder made
         assert await h._run_once("ok", h.config.agents["ok"]) == "ok"
     run = h.runtime.agents.by_name("ok")
     assert run is not None and _states(rec, run.id) == ["Ready", "Running", "Ready", "Terminated"] * 2
     assert all(d["reason"] for t, d, _, _ in rec.events if t == "agent.state")  # every edge says why
-    exited = [d for t, d, _, _ in rec.events if t == "agent.exited"]
-    assert [(d["name"], d["exit_code"], d["oom"]) for d in exited] == [("ok", 0, False)] * 2
+    usage = h.runtime.usage_of(run)
+    exited = [(d, p, a) for t, d, p, a in rec.events if t == "agent.exited"]
+    want = {
+        "agent": run.id,
+        "name": "ok",
+        "exit_code": 0,
+        "oom": False,
+        "memory_peak_mb": round(usage.memory_peak_mb, 1),
+    }
+    assert exited[-1] == (want, "agent:ok", run.id)  # the usage holds the last run's peak
+    assert [(d["exit_code"], p, a) for d, p, a in exited] == [(0, "agent:ok", run.id)] * 2
+    assert all(isinstance(d["memory_peak_mb"], float) for d, _, _ in exited)
+    assert 0 < usage.longest_call_s <= time.monotonic() - started  # the run's time, counted
+    # the run's credential no longer maps to it (a key made for it names no agent afterwards)
+    kid = keys.records()[-1].id
+    caller = Principal(id="agent:ok", kind="agent", source="key", claims={"key_id": kid})
+    assert h.runtime.agents.for_session(caller, "c", "s").hosted is False
     assert (run.in_flight, run.hosted_busy, h._stop) == (0, False, {})
     assert [r.revoked is not None for r in keys.records()] == [True, True] and h.unrevoked == set()
     fresh = AgentRuntime(h.config, Recorder())
@@ -296,11 +314,17 @@ async def test_a_real_failing_run_is_suspended_counted_and_then_escalates(tmp_pa
     assert await h._run_once("bad", bad) == "failed"
     run = h.runtime.agents.by_name("bad")
     assert run is not None and _states(rec, run.id) == ["Ready", "Running", "Suspended", "Terminated"]
-    failed = [d for t, d, _, _ in rec.events if t == "agent.failed"]
-    assert [(d["name"], d["exit_code"]) for d in failed] == [("bad", 3)]
-    assert [(e["code"], e["target"], e["type"]) for e in h.runtime.recent_errors] == [
-        ("agent_failed", "bad", "exit")
+    failed = [(d, p, a) for t, d, p, a in rec.events if t == "agent.failed"]
+    suspended = [d["reason"] for t, d, _, _ in rec.events if t == "agent.state" and d["to"] == "Suspended"]
+    assert failed == [({"name": "bad", "reason": suspended[0], "exit_code": 3}, "agent:bad", run.id)]
+    exited = [(d["exit_code"], d["oom"], p, a) for t, d, p, a in rec.events if t == "agent.exited"]
+    assert exited == [(3, False, "agent:bad", run.id)]
+    errors = list(h.runtime.recent_errors)
+    assert [{k: e[k] for k in ("agent", "code", "target", "type")} for e in errors] == [
+        {"agent": run.id, "code": "agent_failed", "target": "bad", "type": "exit"}
     ]
+    assert isinstance(errors[0]["time"], float)
+    assert all(d["reason"] for t, d, _, _ in rec.events if t in ("agent.state", "agent.failed"))
     # one failure within failure_window_s reaches max_failures = 1: the next run never starts
     assert await h._run_once("bad", bad) == "escalated"
     again = h.runtime.agents.by_name("bad")
@@ -325,6 +349,7 @@ async def test_a_real_run_over_its_execution_budget_is_killed_and_counted_as_a_f
     assert run is not None and _states(rec, run.id) == ["Ready", "Running", "Suspended", "Terminated"]
     assert run.reason.startswith("manual override")  # Suspended (the budget breach) -> Terminated
     assert [d["name"] for t, d, _, _ in rec.events if t == "agent.failed"] == ["slow"]
+    assert all(d["reason"] for t, d, _, _ in rec.events if t in ("agent.state", "agent.failed"))
 
 
 async def test_an_operator_terminating_a_real_run_kills_its_process_and_stops_the_supervisor(
@@ -436,3 +461,20 @@ def _running(marker: str) -> bool:
         except OSError:
             continue
     return False
+
+
+async def test_a_real_run_over_its_memory_budget_is_oom_killed_and_reported_as_such(tmp_path: Path) -> None:
+    hog = AgentConfig(
+        command="/usr/bin/python3",
+        args=("-c", "b = bytearray(400 * 1024 * 1024)"),
+        sandbox="bwrap",
+        resources=ResourcesSection(memory_mb=48),
+        restart="never",
+    )
+    h, rec, _ = _bwrap_host(tmp_path, hog=hog)
+    with anyio.fail_after(GUARD_S):
+        assert await h._run_once("hog", hog) == "failed"
+    assert [d["oom"] for t, d, _, _ in rec.events if t == "agent.exited"] == [True]
+    assert [e["type"] for e in h.runtime.recent_errors] == ["oom"]
+    reasons = [d["reason"] for t, d, _, _ in rec.events if t == "agent.failed"]
+    assert len(reasons) == 1 and reasons[0]  # an OOM kill at the budget, said so

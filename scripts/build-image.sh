@@ -28,7 +28,7 @@ CACHE_ROOT="${SYMBI_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/symbi/image-dep
 VENV=/opt/symbi   # the venv's path in the image
 ARCH_LIB=/usr/lib/x86_64-linux-gnu
 
-log() { echo "build-image: $*" >&2; }
+log() { echo "build-image: [${SECONDS}s] $*" >&2; }
 die() { log "$*"; exit 1; }
 
 docker image inspect "$BASE" >/dev/null 2>&1 || die "base image $BASE is missing: run \`make sandbox\` (scripts/setup-sandbox.sh imports it)"
@@ -71,6 +71,7 @@ fi
 touch "$DEPS/.complete" "$DEPS"   # last used: keep the three most recent venvs
 ls -1dt "$CACHE_ROOT"/*/ | tail -n +4 | xargs -r rm -rf
 
+log "staging $TAG"
 # --- 2. the stage: the cached venv (hard links: nothing below rewrites a file in place) ----
 R="$STAGE/root"
 rm -rf "$R" "$STAGE/src" "$STAGE/data"
@@ -113,9 +114,10 @@ mapfile -t objs < <(
   echo "$PY"
   find "$R/usr/lib/python3.11/lib-dynload" "$site" -type f \( -name '*.so' -o -name '*.so.*' \)
 )
-libs=$(for o in "${objs[@]}"; do ldd "$o" 2>/dev/null || true; done \
-  | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u)
-missing=$(for o in "${objs[@]}"; do ldd "$o" 2>/dev/null | grep -F 'not found' | sed "s|^|$o: |" || true; done)
+log "resolving the shared libraries of ${#objs[@]} objects"
+deps=$(for o in "${objs[@]}"; do ldd "$o" 2>/dev/null | sed "s|^|$o: |" || true; done)
+libs=$(awk '$3 == "=>" && $4 ~ /^\// {print $4} $2 ~ /^\// {print $2}' <<<"$deps" | sort -u)
+missing=$(grep -F 'not found' <<<"$deps" || true)
 [ -z "$missing" ] || die "unresolved shared libraries:
 $missing"
 # glibc dlopens libgcc_s for thread cancellation/unwinding: ldd does not list it

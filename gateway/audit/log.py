@@ -24,6 +24,7 @@ import atexit
 import base64
 import concurrent.futures
 import fcntl
+import hashlib
 import logging
 import os
 import queue
@@ -41,13 +42,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.audit import keys as keyfiles
 from gateway.audit import store
 from gateway.audit.record import (
+    CHAIN_PREFIX,
     GENESIS_HASH,
     anchor_message,
+    canonical_bytes,
     canonical_details,
-    chain_hash,
     key_id_of,
     public_pem,
-    record_bytes,
     rotation_message,
     sign_hash,
 )
@@ -64,14 +65,14 @@ _logger = logging.getLogger("symbi.audit")
 ROTATION_EVENT = Event.AUDIT_KEY_ROTATED
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     kind: Literal["event", "flush", "rotate", "close", "maintain"]
     type: str = ""
     details_json: str = "{}"
     principal: str | None = None
     agent: str | None = None
-    id: str = ""
+    id: str = ""  # "": the writer assigns a UUID4 (one urandom call per batch, _new_ids)
     ts_ns: int = 0
     future: concurrent.futures.Future[Any] | None = field(default=None)
     waiter: asyncio.Future[Any] | None = None  # record(): resolved on its loop, once per batch
@@ -137,6 +138,42 @@ def _resolve(
             fut.set_result(value)
     except concurrent.futures.InvalidStateError:  # cancelled by the waiter meanwhile
         pass
+
+
+def _new_ids(n: int) -> list[str]:
+    """``n`` random UUID4 strings from one ``os.urandom`` call (``uuid.uuid4()`` makes one per id)."""
+    h = os.urandom(16 * n).hex()
+    out = []
+    for i in range(0, 32 * n, 32):
+        # version 4 and the RFC 4122 variant (10xx) set as uuid4 sets them
+        out.append(
+            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+            f"{'89ab'[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+        )
+    return out
+
+
+def _chain_rows(events: list[_Item], seq: int, prev: str, key_id: str) -> list[tuple[Any, ...]]:
+    """The rows of a batch after ``seq`` / ``prev``: ids assigned, canonical bytes, chain hashes
+    (unsigned: the caller signs the last). One tight loop; the hash chain is kept as bytes."""
+    ids = iter(_new_ids(sum(1 for it in events if not it.id)))
+    prev_raw = bytes.fromhex(prev)
+    sha256 = hashlib.sha256
+    rows: list[tuple[Any, ...]] = []
+    for it in events:
+        seq += 1
+        if not it.id:
+            it.id = next(ids)
+        canon = canonical_bytes(
+            seq, it.id, it.ts_ns, it.principal, it.agent, it.type, it.details_json, prev, key_id
+        )
+        digest = sha256(CHAIN_PREFIX + prev_raw + canon)
+        h = digest.hexdigest()
+        rows.append(
+            (seq, it.id, it.ts_ns, it.principal, it.agent, it.type, it.details_json, prev, h, "", key_id)
+        )
+        prev, prev_raw = h, digest.digest()
+    return rows
 
 
 class AuditLog:
@@ -421,18 +458,19 @@ class AuditLog:
             details_json = canonical_details(details)
         except (ValueError, TypeError) as e:
             # never lose the event over a bad value; keep the key names only (no raw values)
-            details_json = canonical_details({"unserialisable": str(e), "keys": sorted(map(str, details))})
+            names = sorted(str(k).encode("utf-8", "backslashreplace").decode() for k in details)
+            details_json = canonical_details({"unserialisable": str(e), "keys": names})
         self._put(
             _Item(
                 "event",
-                type=str(event_type),
-                details_json=details_json,
-                principal=principal,
-                agent=agent,
-                id=str(uuid.uuid4()),
-                ts_ns=time.time_ns(),
-                future=fut,
-                waiter=waiter,
+                str(event_type),
+                details_json,
+                None if principal is None else str(principal),
+                None if agent is None else str(agent),
+                "",
+                time.time_ns(),
+                fut,
+                waiter,
             )
         )
 
@@ -518,40 +556,11 @@ class AuditLog:
         self, events: list[_Item], extra_sql: list[tuple[str, tuple[Any, ...]]] | None = None
     ) -> bool:
         seq, prev = self._seq, self._head
-        rows = []
-        last = len(events) - 1
         try:
-            for i, it in enumerate(events):
-                seq += 1
-                canon = record_bytes(
-                    seq=seq,
-                    id=it.id,
-                    ts_ns=it.ts_ns,
-                    principal=it.principal,
-                    agent=it.agent,
-                    type=it.type,
-                    details_json=it.details_json,
-                    prev_hash=prev,
-                    key_id=self._key_id,
-                )
-                h = chain_hash(prev, canon)
-                # one signature per group commit: the batch's last chain hash covers the batch
-                rows.append(
-                    (
-                        seq,
-                        it.id,
-                        it.ts_ns,
-                        it.principal,
-                        it.agent,
-                        it.type,
-                        it.details_json,
-                        prev,
-                        h,
-                        sign_hash(self._key, h) if i == last else "",
-                        self._key_id,
-                    )
-                )
-                prev = h
+            rows = _chain_rows(events, seq, prev, self._key_id)
+            seq, prev = rows[-1][0], rows[-1][8]
+            # one signature per group commit: the batch's last chain hash covers the batch
+            rows[-1] = (*rows[-1][:9], sign_hash(self._key, prev), self._key_id)
             anchor = self._anchor(seq, prev)
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -575,7 +584,8 @@ class AuditLog:
         old = self._seq
         self._seq, self._head = seq, prev
         for row, it in zip(rows, events, strict=True):
-            _resolve(it.future, row[0])
+            if it.future is not None:
+                _resolve(it.future, row[0])
         _wake(events, [row[0] for row in rows], None)
         if seq // self.checkpoint_every > old // self.checkpoint_every:
             try:

@@ -7,7 +7,11 @@ Wire format (version 1), the same in the SQLite log and in a JSONL export::
      "chain_hash": hex, "signature": base64}
 
 * canonical JSON = ``json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)``
-  over the record *without* ``chain_hash`` and ``signature`` (and without ``v``), UTF-8.
+  over the record *without* ``chain_hash`` and ``signature`` (and without ``v``), UTF-8, where
+  ``details`` is spliced in as the text the writer stored (``canonical_details``: orjson with
+  sorted keys; it writes small and large floats without an exponent, ``0.00001`` where
+  ``json.dumps`` writes ``1e-05``, and logs written before orjson carry the ``json.dumps``
+  form: ``AuditRecord.from_dict`` accepts whichever of the two the chain hash covers).
 * ``chain_hash = SHA-256(b"symbi-audit-chain-v1\\0" || bytes(prev_hash) || canonical)``;
   the first record's ``prev_hash`` is 64 zeros.
 * ``signature = Ed25519(b"symbi-audit-sig-v1\\0" || bytes(chain_hash))``, base64 (standard),
@@ -27,10 +31,10 @@ import binascii
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from json.encoder import encode_basestring
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -51,19 +55,66 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
+# orjson writes these as str() like json.dumps(default=str) does (it would serialise them itself)
+_ORJSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
 def canonical_details(details: Mapping[str, Any]) -> str:
     """Serialise event details once, at emit time (so later mutation by the caller is harmless).
 
-    Values JSON cannot carry (bytes, paths, enums...) are written as their ``str()``.
+    orjson with sorted keys (a tenth of ``json.dumps``' time); values JSON cannot carry (bytes,
+    paths, datetimes...) go through ``json.dumps(default=str)`` first and are written as their
+    ``str()``. NaN and infinities become ``null``. The result is what ``from_dict`` rebuilds from
+    the parsed details, so an exported line verifies.
+
+    Raises:
+        ValueError: the details cannot be written as UTF-8 (a lone surrogate) or hold NaN
+            besides a value JSON cannot carry.
     """
-    return json.dumps(
-        dict(details), ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False, default=str
-    )
+    try:
+        return orjson.dumps(details, option=_ORJSON_OPTS).decode()
+    except TypeError:  # orjson.JSONEncodeError too: a non-JSON value, a non-str key, a Mapping
+        pass
+    text = json.dumps(dict(details), ensure_ascii=False, allow_nan=False, default=str)
+    value = json.loads(text)  # not orjson.loads: it reads an integer beyond 64 bits as a float
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTS).decode()
+    except TypeError:  # an integer beyond 64 bits, a lone surrogate
+        pass
+    out = canonical_json(value)
+    out.encode()  # UnicodeEncodeError (a ValueError) now rather than in the writer's batch
+    return out
 
 
-def _j(value: str | None) -> str:
-    # the C string encoder json.dumps(ensure_ascii=False) itself uses; 10x faster per field
-    return "null" if value is None else encode_basestring(str(value))
+def is_json_object(text: str) -> bool:
+    """True when ``text`` parses as one JSON object (orjson, else ``json.loads``: NaN, big ints)."""
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return isinstance(json.loads(text), dict)
+
+
+_esc = encode_basestring  # the C string encoder json.dumps(ensure_ascii=False) itself uses
+
+
+def canonical_bytes(
+    seq: int,
+    id: str,
+    ts_ns: int,
+    principal: str | None,
+    agent: str | None,
+    type: str,
+    details_json: str,
+    prev_hash: str,
+    key_id: str,
+) -> bytes:
+    """``record_bytes`` with positional arguments (the writer's and verifier's loops)."""
+    return (
+        f'{{"agent":{"null" if agent is None else _esc(agent)},"details":{details_json},'
+        f'"id":{_esc(id)},"key_id":{_esc(key_id)},"prev_hash":{_esc(prev_hash)},'
+        f'"principal":{"null" if principal is None else _esc(principal)},"seq":{int(seq)},'
+        f'"ts_ns":{int(ts_ns)},"type":{_esc(type)}}}'
+    ).encode()
 
 
 def record_bytes(
@@ -83,11 +134,7 @@ def record_bytes(
     Equal to ``canonical_json`` of the record dict (a test checks it); built by splicing
     because the writer already holds the details' canonical text.
     """
-    return (
-        f'{{"agent":{_j(agent)},"details":{details_json},"id":{_j(id)},"key_id":{_j(key_id)},'
-        f'"prev_hash":{_j(prev_hash)},"principal":{_j(principal)},"seq":{int(seq)},'
-        f'"ts_ns":{int(ts_ns)},"type":{_j(type)}}}'
-    ).encode()
+    return canonical_bytes(seq, id, ts_ns, principal, agent, type, details_json, prev_hash, key_id)
 
 
 def chain_hash(prev_hash: str, canonical: bytes) -> str:
@@ -126,9 +173,12 @@ def rotation_message(old_key_id: str, new_key_id: str) -> bytes:
     return ROTATE_PREFIX + f"{old_key_id}>{new_key_id}".encode("ascii")
 
 
-@dataclass(frozen=True)
-class AuditRecord:
-    """One stored record (all fields of the wire format)."""
+class AuditRecord(NamedTuple):
+    """One stored record (all fields of the wire format), in ``store.COLUMNS`` order.
+
+    A named tuple, not a dataclass: a verifier builds one per row (``AuditRecord._make(row)``
+    is a C call, a frozen dataclass' ``__init__`` several times that).
+    """
 
     seq: int
     id: str
@@ -154,20 +204,26 @@ class AuditRecord:
         text changes the hash); it must parse as ONE JSON object, which makes the spliced
         record unambiguous: no other split of the same bytes into fields exists.
         """
-        if not isinstance(json.loads(self.details_json), dict):
-            raise ValueError("details is not a JSON object")  # noqa: TRY004 - "cannot be parsed"
-        details = self.details_json
-        return record_bytes(
-            seq=self.seq,
-            id=self.id,
-            ts_ns=self.ts_ns,
-            principal=self.principal,
-            agent=self.agent,
-            type=self.type,
-            details_json=details,
-            prev_hash=self.prev_hash,
-            key_id=self.key_id,
+        if not is_json_object(self.details_json):
+            raise ValueError("details is not a JSON object")
+        return canonical_bytes(
+            self.seq,
+            self.id,
+            self.ts_ns,
+            self.principal,
+            self.agent,
+            self.type,
+            self.details_json,
+            self.prev_hash,
+            self.key_id,
         )
+
+    def hash_matches(self) -> bool:
+        """Its content hashes to its chain hash (False, never an exception, when it cannot)."""
+        try:
+            return chain_hash(self.prev_hash, self.canonical()) == self.chain_hash
+        except (ValueError, TypeError):
+            return False
 
     def as_dict(self) -> dict[str, Any]:
         """The wire form: everything a verifier needs besides the public key."""
@@ -188,17 +244,23 @@ class AuditRecord:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> AuditRecord:
-        """Parse the wire form; raises ``ValueError`` when a field is missing or mistyped."""
+        """Parse the wire form; raises ``ValueError`` when a field is missing or mistyped.
+
+        The details' text is rebuilt as the writer writes it (``canonical_details``); when
+        that does not hash to the record's chain hash but ``json.dumps``' canonical form does
+        (a record written before orjson, with a float in exponent form), that one is kept.
+        """
         try:
-            principal, agent = doc["principal"], doc["agent"]
+            details = doc["details"]
+            text = canonical_details(details) if isinstance(details, dict) else canonical_json(details)
             rec = cls(
                 seq=doc["seq"],
                 id=doc["id"],
                 ts_ns=doc["ts_ns"],
-                principal=principal,
-                agent=agent,
+                principal=doc["principal"],
+                agent=doc["agent"],
                 type=doc["type"],
-                details_json=canonical_json(doc["details"]),
+                details_json=text,
                 prev_hash=doc["prev_hash"],
                 chain_hash=doc["chain_hash"],
                 signature=doc["signature"],
@@ -214,6 +276,13 @@ class AuditRecord:
             raise ValueError("malformed audit record: wrong field types")
         if not all(v is None or isinstance(v, str) for v in (rec.principal, rec.agent)):
             raise ValueError("malformed audit record: principal/agent must be strings or null")
+        if isinstance(details, dict) and not rec.hash_matches():
+            try:
+                legacy = rec._replace(details_json=canonical_json(details))
+            except ValueError:  # NaN: neither form; the verifier reports the hash
+                return rec
+            if legacy.details_json != text and legacy.hash_matches():
+                return legacy
         return rec
 
 
@@ -224,10 +293,7 @@ def verify_record(record: AuditRecord, public_key: Ed25519PublicKey) -> bool:
     on its own; an unsigned one is False here and verifies only with the records after it.
     The links between records are checked by ``gateway.audit.verify``.
     """
-    try:
-        if chain_hash(record.prev_hash, record.canonical()) != record.chain_hash:
-            return False
-    except (ValueError, TypeError):
+    if not record.hash_matches():
         return False
     return key_id_of(public_key) == record.key_id and verify_hash_signature(
         public_key, record.chain_hash, record.signature

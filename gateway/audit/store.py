@@ -144,36 +144,13 @@ def open_reader(path: Path) -> sqlite3.Connection:
 
 
 def row_to_record(row: tuple[Any, ...]) -> AuditRecord:
-    return AuditRecord(
-        seq=row[0],
-        id=row[1],
-        ts_ns=row[2],
-        principal=row[3],
-        agent=row[4],
-        type=row[5],
-        details_json=row[6],
-        prev_hash=row[7],
-        chain_hash=row[8],
-        signature=row[9],
-        key_id=row[10],
-    )
+    """The record of a row in ``COLUMNS`` order (a C call: verification builds one per row)."""
+    return AuditRecord._make(row)
 
 
 def record_to_row(r: AuditRecord) -> tuple[Any, ...]:
     """The row of ``r`` in ``COLUMNS`` order (the inverse of ``row_to_record``)."""
-    return (
-        r.seq,
-        r.id,
-        r.ts_ns,
-        r.principal,
-        r.agent,
-        r.type,
-        r.details_json,
-        r.prev_hash,
-        r.chain_hash,
-        r.signature,
-        r.key_id,
-    )
+    return tuple(r)
 
 
 def head(conn: sqlite3.Connection) -> AuditRecord | None:
@@ -184,12 +161,12 @@ def head(conn: sqlite3.Connection) -> AuditRecord | None:
 def iter_records(conn: sqlite3.Connection, *, after_seq: int = 0, chunk: int = 4096) -> Iterator[AuditRecord]:
     """Every record in sequence order, read in chunks (constant memory)."""
     cur = conn.execute(f"SELECT {COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (after_seq,))
+    make = AuditRecord._make
     while True:
         rows = cur.fetchmany(chunk)
         if not rows:
             return
-        for row in rows:
-            yield row_to_record(row)
+        yield from map(make, rows)
 
 
 def read_anchor(conn: sqlite3.Connection) -> Anchor | None:

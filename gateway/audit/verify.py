@@ -35,6 +35,7 @@ import binascii
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from gateway.audit import store
 from gateway.audit.log import ROTATION_EVENT
 from gateway.audit.record import (
+    CHAIN_PREFIX,
     GENESIS_HASH,
     AuditRecord,
     anchor_message,
@@ -136,8 +138,9 @@ def verify_records(
                 _check_vouched(unsigned_from, last.seq)
                 if not all_signatures:
                     _check_signature(last, trusted, res)
-            _check_position(rec, expected, prev, hash_elsewhere, seq_elsewhere)
-            if chain_hash(rec.prev_hash, rec.canonical()) != rec.chain_hash:
+            if rec.seq != expected or rec.prev_hash != prev:
+                _check_position(rec, expected, prev, hash_elsewhere, seq_elsewhere)
+            if sha256(CHAIN_PREFIX + bytes.fromhex(prev) + rec.canonical()).hexdigest() != rec.chain_hash:
                 raise _Bad(rec.seq, "changed", "content does not match its chain hash")
             if rec.key_id not in trusted or (current is not None and rec.key_id != current):
                 raise _Bad(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit.record import (
@@ -89,3 +90,53 @@ def test_details_are_frozen_at_emit_and_unserialisable_values_become_text() -> N
     text = canonical_details(d)
     d["n"] = 2
     assert json.loads(text) == {"path": "b'raw'", "n": 1}
+
+
+def test_details_are_canonical_whatever_json_writer_sorted_them() -> None:
+    # orjson writes the details; the text must be what from_dict rebuilds from the parsed value
+    d = {"b": [1, 2.5, None, True], "a": {"\u00e9": 'x\n"', "A": ""}, "\U0001f600": 0.1, "c": 10**30}
+    text = canonical_details(d)
+    assert json.loads(text) == d
+    assert canonical_details(json.loads(text)) == text
+    assert list(json.loads(text)) == sorted(d)
+
+
+def test_a_lone_surrogate_in_details_is_refused_at_emit_not_in_the_writer() -> None:
+    with pytest.raises(ValueError):
+        canonical_details({"arg": "\ud800"})
+
+
+def _signed(key: Ed25519PrivateKey, details_json: str) -> AuditRecord:
+    kid = key_id_of(key.public_key())
+    canon = record_bytes(
+        seq=1,
+        id="u-1",
+        ts_ns=5,
+        principal=None,
+        agent=None,
+        type="tool.call",
+        details_json=details_json,
+        prev_hash=GENESIS_HASH,
+        key_id=kid,
+    )
+    h = chain_hash(GENESIS_HASH, canon)
+    return AuditRecord(
+        1, "u-1", 5, None, None, "tool.call", details_json, GENESIS_HASH, h, sign_hash(key, h), kid
+    )
+
+
+def test_an_export_of_a_record_written_with_json_dumps_still_verifies() -> None:
+    # logs written before orjson hold json.dumps' text: 1e-05 where orjson writes 0.00001
+    key = Ed25519PrivateKey.generate()
+    details = {"duration_ms": 1e-05, "big": 1e16, "n": 1}
+    old = _signed(key, canonical_json(details))
+    assert old.details_json != canonical_details(details)
+    line = json.loads(json.dumps(old.as_dict()))
+    again = AuditRecord.from_dict(line)
+    assert again.details_json == old.details_json
+    assert verify_record(again, key.public_key())
+    # the fallback accepts another text of the SAME value only: a changed value still fails
+    line["details"]["duration_ms"] = 2e-05
+    assert not verify_record(AuditRecord.from_dict(line), key.public_key())
+    new = _signed(key, canonical_details(details))
+    assert verify_record(AuditRecord.from_dict(json.loads(json.dumps(new.as_dict()))), key.public_key())

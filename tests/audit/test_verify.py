@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit import (
     AuditIntegrityError,
+    AuditLog,
     AuditRecord,
     exported_public_keys,
     store,
@@ -445,3 +446,20 @@ def test_a_deleted_unsigned_record_is_removed(batched_log) -> None:
     db, keys = batched_log
     _sql(db, ("DELETE FROM events WHERE seq = 3", ()))
     assert _problem(db, keys) == (3, "removed")
+
+
+def test_an_export_with_floats_in_exponent_form_verifies(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "f.db", tmp_path / "fk.pem")
+    for x in (1e-05, 1e16, 0.1, 123.456):
+        log.append("tool.call", {"duration_ms": x, "nested": [x, {"v": x}]})
+    log.append("tool.call", {"arg": "\ud800", "n": 1})  # cannot be UTF-8: kept as key names
+    log.close()
+    keys = exported_public_keys(tmp_path / "fk.pem")
+    assert verify_log(tmp_path / "f.db", keys).check().events == 5
+    conn = store.open_reader(tmp_path / "f.db")
+    last = list(store.iter_records(conn))[-1]
+    conn.close()
+    assert last.details["keys"] == ["arg", "n"] and "unserialisable" in last.details
+    out = tmp_path / "f.jsonl"
+    _export(tmp_path / "f.db", out)
+    assert verify_jsonl(out, keys).check().events == 5

@@ -306,9 +306,10 @@ class AuditLog:
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         try:
             self._submit(event_type, details, principal, agent, None, waiter)
-            # shield: a cancelled caller must not un-write an event already queued
+            # no shield needed: cancelling the waiter (a cancelled caller, the timeout) does not
+            # take the event off the writer's queue, and the writer skips a settled waiter
             try:
-                seq: int = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                seq: int = await (waiter if timeout is None else asyncio.wait_for(waiter, timeout))
             except TimeoutError:  # a stalled disk: fail the caller, the event stays queued
                 raise AuditError(f"audit write not committed within {timeout}s") from None
             return seq
@@ -589,7 +590,7 @@ class AuditLog:
         _wake(events, [row[0] for row in rows], None)
         if seq // self.checkpoint_every > old // self.checkpoint_every:
             try:
-                self._write_checkpoint()
+                self._write_checkpoint(anchor)  # the batch's signed anchor: no second signature
             except OSError as e:  # the in-database anchor still covers this batch
                 _logger.error("audit checkpoint file not written: %s", e)
         return True
@@ -600,8 +601,9 @@ class AuditLog:
             seq=seq, chain_hash=head, ts_ns=time.time_ns(), key_id=self._key_id, signature=sig
         )
 
-    def _write_checkpoint(self) -> None:
-        anchor = self._anchor(self._seq, self._head)
+    def _write_checkpoint(self, anchor: store.Anchor | None = None) -> None:
+        if anchor is None:
+            anchor = self._anchor(self._seq, self._head)
         store.write_checkpoint_file(store.checkpoint_path(self.path), anchor)
         if self.checkpoint_export is not None and anchor.seq > 0:
             store.export_checkpoint(self.checkpoint_export, self.path, anchor)

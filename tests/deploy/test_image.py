@@ -65,10 +65,12 @@ def image() -> Iterator[str]:
 @pytest.fixture
 def container(image: str) -> Iterator[str]:
     name = f"symbi-test-{uuid.uuid4().hex[:12]}"
-    # as compose runs it: read-only root, the data dir a (here tmpfs) volume of the gateway's uid
+    # as compose and Kubernetes run it: read-only root, a volume at /var/lib/symbi; here a
+    # tmpfs owned by root and open to all, as a Kubernetes emptyDir is (the gateway makes
+    # its data dir inside it)
     r = _docker(
         "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
-        "--tmpfs", f"/var/lib/symbi:uid={UID},gid={UID},mode=0700",
+        "--tmpfs", "/var/lib/symbi:mode=0777",
         "-p", "127.0.0.1::8080", "-e", "SYMBI_HTTP_HOST=0.0.0.0",
         "--health-interval", "2s", "--health-start-period", "120s",
         image,

@@ -17,6 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,14 +64,23 @@ def image() -> Iterator[str]:
 
 
 @pytest.fixture
-def container(image: str) -> Iterator[str]:
+def volume(tmp_path: Path) -> Path:
+    """The volume at /var/lib/symbi: root's and open to all, as a Kubernetes emptyDir is (a
+    bind mount: Docker's --tmpfs would take the image folder's mode and owner instead)."""
+    vol = tmp_path / "volume"
+    vol.mkdir()
+    vol.chmod(0o777)
+    return vol
+
+
+@pytest.fixture
+def container(image: str, volume: Path) -> Iterator[str]:
     name = f"symbi-test-{uuid.uuid4().hex[:12]}"
-    # as compose and Kubernetes run it: read-only root, a volume at /var/lib/symbi; here a
-    # tmpfs owned by root and open to all, as a Kubernetes emptyDir is (the gateway makes
-    # its data dir inside it)
+    # as compose and Kubernetes run it: read-only root, a volume at /var/lib/symbi in which
+    # the gateway makes its data dir
     r = _docker(
         "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
-        "--tmpfs", "/var/lib/symbi:mode=0777",
+        "-v", f"{volume}:/var/lib/symbi",
         "-p", "127.0.0.1::8080", "-e", "SYMBI_HTTP_HOST=0.0.0.0",
         "--health-interval", "2s", "--health-start-period", "120s",
         image,
@@ -97,7 +107,7 @@ def _healthz(port: str) -> int | None:
         return None
 
 
-def test_the_image_answers_healthz_as_non_root_and_turns_healthy(container: str) -> None:
+def test_the_image_answers_healthz_as_non_root_and_turns_healthy(container: str, volume: Path) -> None:
     info = _inspect(container)
     assert info["Config"]["User"].split(":")[0] == UID
     assert info["Config"]["Entrypoint"] == ["symbi", "serve"]
@@ -112,6 +122,10 @@ def test_the_image_answers_healthz_as_non_root_and_turns_healthy(container: str)
         if status != 200:
             time.sleep(1)
     assert status == 200, _docker("logs", container).stderr[-4000:]
+    # the data (audit chain, its key) is in the volume, in a folder only the gateway's uid reads
+    data = (volume / "data").stat()
+    assert (data.st_uid, data.st_mode & 0o777) == (int(UID), 0o700)
+    assert (volume / "data" / "audit-key.pem").exists()
 
     # the process itself, not only the image's metadata, runs as the gateway's uid
     r = _docker(

@@ -59,9 +59,15 @@ def sweep_temp_dirs() -> list[str]:
         return removed
     for d in entries:
         m = _TEMP_RE.match(d.name)
-        if m and d.is_dir() and not d.is_symlink() and d.owner() == "root" and not pid_alive(int(m.group(1))):
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(f"temp dir {d.name}")
+        if not m or pid_alive(int(m.group(1))):
+            continue
+        try:
+            if d.is_symlink() or not d.is_dir() or d.owner() != "root":
+                continue
+        except OSError:  # removed since the listing (by its gateway or another's sweep): not ours
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(f"temp dir {d.name}")
     return removed
 
 

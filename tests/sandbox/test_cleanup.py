@@ -16,7 +16,7 @@ import pytest
 from gateway.sandbox import SandboxManager, cgroups
 from gateway.sandbox.docker_tier import docker_client
 
-from .conftest import ROOT, require_tier
+from .conftest import ROOT, own_leftovers, require_tier
 
 pytestmark = pytest.mark.sandbox
 
@@ -49,7 +49,7 @@ def test_orphans_of_a_killed_gateway_are_swept(manager: SandboxManager, tier: st
         proc.wait()
     manager.cleanup_orphans()
     assert _of_pid(manager, tier, proc.pid) == []
-    assert manager.leftovers()[tier] == []
+    assert own_leftovers(manager, tier) == []
 
 
 def _of_pid(manager: SandboxManager, tier: str, pid: int) -> list[str]:
@@ -107,3 +107,33 @@ def test_cgroup_orphan_with_a_live_process_is_killed_and_removed(manager: Sandbo
         pytest.fail("every planted orphan was swept by another process before ours")
     assert sleeper.wait(timeout=10) == -signal.SIGKILL
     assert not any(d.exists() for d in orphan_dirs.values())
+
+
+def test_a_temp_dir_removed_during_the_sweep_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process removes a dead gateway's temp dir between the sweep's listing and its
+    checks (every gateway start sweeps; two pytest-xdist workers hit it): the sweep goes on,
+    so a gateway's start does not fail on it. The removal is timed by a patched Path.owner."""
+    import tempfile
+
+    from gateway.sandbox import base
+
+    if os.geteuid() != 0:
+        pytest.skip("the sweep removes root's temp dirs only")
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a live pid
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    gone = tmp_path / f"symbi-seccomp-{dead}-gone"
+    left = tmp_path / f"symbi-in-{dead}-left"
+    gone.mkdir()
+    left.mkdir()
+    real_owner = Path.owner
+
+    def racing_owner(self: Path) -> str:
+        if self.name == gone.name:
+            self.rmdir()  # the other process's removal lands between is_dir() and owner()
+        return real_owner(self)
+
+    monkeypatch.setattr(Path, "owner", racing_owner)
+    assert base.sweep_temp_dirs() == [f"temp dir {left.name}"]
+    assert not left.exists() and not gone.exists()

@@ -46,3 +46,24 @@ def require_tier(manager: SandboxManager, tier: str) -> None:
 def tier(request: pytest.FixtureRequest, manager: SandboxManager) -> str:
     require_tier(manager, request.param)
     return str(request.param)
+
+
+def own_leftovers(manager: SandboxManager, tier: str) -> list[str]:
+    """``manager.leftovers()[tier]`` without what other dead processes left: under pytest-xdist
+    another worker's killed gateway (tests/sandbox/test_cleanup.py kills some on purpose) has
+    orphans until the next sweep, which are not this test's. Kept: this process's cgroups and
+    containers, and runsc state Docker no longer knows (it names no owner)."""
+    from gateway.sandbox.base import owner_tag
+    from gateway.sandbox.docker_tier import docker_client
+    from gateway.sandbox.types import LABEL_OWNER
+
+    left = manager.leftovers()[tier]
+    if tier == "bwrap":
+        return [x for x in left if f"/symbi-{os.getpid()}-" in x]
+    mine = {
+        c.short_id
+        for c in docker_client().containers.list(
+            all=True, filters={"label": f"{LABEL_OWNER}={owner_tag()}"}, ignore_removed=True
+        )
+    }
+    return [x for x in left if not x.startswith("container ") or x.split()[1] in mine]

@@ -9,7 +9,7 @@ import pytest
 from gateway.config.model import Config
 from gateway.sandbox import SandboxManager, SandboxRequest
 
-from .conftest import require_tier
+from .conftest import own_leftovers, require_tier
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -24,7 +24,7 @@ def pooled(request: pytest.FixtureRequest, manager: SandboxManager) -> Iterator[
     assert pool is not None and pool.wait_ready(request.param, timeout_s=60)
     yield m, str(request.param)
     m.close()
-    assert m.leftovers()[request.param] == []
+    assert own_leftovers(m, request.param) == []
 
 
 def served(m: SandboxManager, tier: str, req: SandboxRequest):  # type: ignore[no-untyped-def]

@@ -13,6 +13,8 @@ import pytest
 from gateway.errors import SandboxUnavailable
 from gateway.sandbox import Limits, SandboxManager, wrap_stdio_command
 
+from .conftest import own_leftovers
+
 pytestmark = pytest.mark.sandbox
 
 ECHO = """
@@ -70,7 +72,7 @@ def test_stdio_server_runs_inside_each_tier(manager: SandboxManager, tier: str, 
     assert lines[1] == "uid:65534 env:t1"
     assert lines[2] != "net:open" and lines[2].startswith("net:")
     assert (
-        manager.leftovers()[tier] == [] or tier == "bwrap"
+        own_leftovers(manager, tier) == [] or tier == "bwrap"
     )  # bwrap: the server's cgroup lives until close()
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.sandbox import Limits, SandboxManager, SandboxRequest
 from gateway.sandbox.docker_tier import docker_client
-from tests.sandbox.conftest import require_tier
+from tests.sandbox.conftest import own_leftovers, require_tier
 
 pytestmark = pytest.mark.sandbox
 
@@ -256,7 +256,7 @@ os._exit(0)
         n, why = r.stdout.split()
         assert why == b"EAGAIN", r  # stopped by the pids limit, not by anything else
         assert int(n) < 64
-    assert manager.leftovers()[tier] == []
+    assert own_leftovers(manager, tier) == []
 
 
 def test_memory_hog_killed(manager: SandboxManager, tier: str) -> None:
@@ -270,7 +270,7 @@ def test_infinite_loop_stopped(manager: SandboxManager, tier: str) -> None:
     r = run_py(manager, tier, "while True:\n    pass\n", Limits(timeout_s=2, pids=64))
     assert r.killed == "timeout"
     assert r.exit_code != 0
-    assert manager.leftovers()[tier] == []
+    assert own_leftovers(manager, tier) == []
 
 
 def test_output_flood_truncated(manager: SandboxManager, tier: str) -> None:
@@ -310,11 +310,11 @@ LEFTOVER_RUNS = {"bwrap": 50, "docker": 10, "gvisor": 10}  # docker tiers cost 0
 
 @pytest.mark.slow
 def test_no_leftovers_after_many_runs(manager: SandboxManager, tier: str) -> None:
-    before = manager.leftovers()[tier]
+    before = own_leftovers(manager, tier)
     for i in range(LEFTOVER_RUNS[tier]):
         r = run_py(manager, tier, f"print({i})")
         assert r.stdout == f"{i}\n".encode()
-    assert manager.leftovers()[tier] == before == []
+    assert own_leftovers(manager, tier) == before == []
 
 
 # -- found by mutation testing (group "sandbox-limits", scripts/mutate.py) -----------------

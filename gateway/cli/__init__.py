@@ -17,38 +17,50 @@ from collections.abc import Sequence
 
 from gateway.errors import ConfigError, GatewayError
 
-# The order of sub-commands in --help.
-COMMANDS = (
-    "gateway.cli.run",  # mcp, serve
-    "gateway.cli.config_cmd",  # config check
-    "gateway.cli.tools_cmd",  # tools list|diff|approve|revoke
-    "gateway.cli.schemapin_cmd",  # schemapin keygen|sign|verify|wellknown|pins
-    "gateway.cli.policy_cmd",  # policy check|eval|test
-    "gateway.cli.audit_cmd",  # audit verify|tail|query|export|report
-    "gateway.cli.sandbox_cmd",  # sandbox run|doctor
-    "gateway.cli.keys_cmd",  # keys create|list|revoke
-    "gateway.cli.import_cmd",  # import [CLIENT] [--from FILE] [--apply|--undo]
-    "gateway.cli.scan_cmd",  # scan [SERVER...]
-    "gateway.cli.discover_cmd",  # discover list
-    "gateway.cli.memory_cmd",  # knowledge add|list|search|remove, memory stats|purge
-    "gateway.cli.bus_cmd",  # bus stats|verify|tail
-    "gateway.cli.agents_cmd",  # agents list|show|suspend|resume|terminate|run, status
-)
+# The sub-command modules, in --help order, with the command names each registers. Only the
+# module of the command being run is imported: importing all of them (mcp, the policy engine,
+# the memory stack...) cost about a second of CPU at every `symbi` start. --help, no command
+# or a name missing here imports them all, so a stale entry costs start-up time, not function.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "gateway.cli.run": ("mcp", "serve"),
+    "gateway.cli.config_cmd": ("config",),  # config check
+    "gateway.cli.tools_cmd": ("tools",),  # tools list|diff|approve|revoke
+    "gateway.cli.schemapin_cmd": ("schemapin",),  # schemapin keygen|sign|verify|wellknown|pins
+    "gateway.cli.policy_cmd": ("policy",),  # policy check|eval|test
+    "gateway.cli.audit_cmd": ("audit",),  # audit verify|tail|query|export|report
+    "gateway.cli.sandbox_cmd": ("sandbox",),  # sandbox run|doctor
+    "gateway.cli.keys_cmd": ("keys",),  # keys create|list|revoke
+    "gateway.cli.import_cmd": ("import",),  # import [CLIENT] [--from FILE] [--apply|--undo]
+    "gateway.cli.scan_cmd": ("scan",),  # scan [SERVER...]
+    "gateway.cli.discover_cmd": ("discover",),  # discover list
+    "gateway.cli.memory_cmd": ("knowledge", "memory"),  # knowledge add|list|search|remove, memory stats|purge
+    "gateway.cli.bus_cmd": ("bus",),  # bus stats|verify|tail
+    "gateway.cli.agents_cmd": ("agents", "status"),  # agents list|show|suspend|resume|terminate|run, status
+}
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command, or of ``command``'s module only."""
     parser = argparse.ArgumentParser(prog="symbi", description="Symbi MCP security gateway")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in COMMANDS:
-        importlib.import_module(mod).register(sub)
+    for mod, names in COMMANDS.items():
+        if command is None or command in names:
+            importlib.import_module(mod).register(sub)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The known sub-command ``argv`` runs (the first word that is not an option), if any."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if any(word in names for names in COMMANDS.values()) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     if args.version:
         from gateway import __version__

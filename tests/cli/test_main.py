@@ -1,0 +1,38 @@
+"""The ``symbi`` entry point imports only the module of the command it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+
+from gateway.cli import COMMANDS, _command
+from tests.conftest import ROOT
+
+
+def test_each_module_registers_exactly_the_commands_listed_for_it() -> None:
+    for mod, names in COMMANDS.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(mod).register(sub)
+        assert tuple(sub.choices) == names, mod
+
+
+def test_the_command_is_the_first_word_and_only_a_known_one() -> None:
+    assert _command(["audit", "verify", "--config", "x"]) == "audit"
+    assert _command(["--version"]) is None and _command([]) is None
+    assert _command(["nosuch", "audit"]) is None  # argparse names the bad choice (full parser)
+
+
+def test_a_command_imports_its_module_and_no_other() -> None:
+    probe = (
+        "import json, sys; from gateway.cli import build_parser; build_parser('audit'); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('gateway.cli.'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    loaded = json.loads(out)
+    assert "gateway.cli.audit_cmd" in loaded
+    assert not set(loaded) & (set(COMMANDS) - {"gateway.cli.audit_cmd"})

@@ -107,3 +107,41 @@ async def test_stats_count_what_the_bus_did(env: Env) -> None:  # noqa: F811
         assert stats["backend"] == "redis" and stats["stored"] == {"pending": 1}
         assert pending == {"agent-b": 0, "agent-c": 1}  # a Redis stream stays, emptied
         assert redis_stats(env.url) == stats  # what `symbi bus stats` reads
+
+
+def test_a_redis_url_in_errors_and_logs_carries_no_password() -> None:
+    from gateway.bus.redis_backend import _safe
+
+    assert _safe("redis://user:s3cret@db.internal:6379/0") == "redis://***@db.internal:6379/0"
+    assert _safe("rediss://:p@ss@db:6380") == "rediss://***@db:6380"  # an @ in the password
+    assert _safe("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+async def test_the_bus_tools_answer_with_their_documented_fields(env: Env) -> None:  # noqa: F811
+    import anyio
+
+    bus = await _pair(env)
+    tools = BusBuiltin(bus)
+    assert await tools._subscribe(B, {"topic": "news.*"}) == {"subscribed": "news.*"}
+    pub = await tools._publish(A, {"topic": "news.x", "body": 1})
+    assert set(pub) == {"id", "delivered_to", "refused"} and pub["refused"] == []
+    answer: dict[str, Any] = {}
+
+    async def ask() -> None:
+        answer.update(await tools._request(A, {"to": "agent-b", "body": "q", "timeout_ms": 60_000}))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            asked: list[dict[str, Any]] = []
+            while not asked:
+                got = (await tools._receive(B, {"max": 10, "wait_ms": 50}))["messages"]
+                asked = [m for m in got if m["kind"] == "request"]
+            req = asked[0]
+            assert set(req) == {"id", "from", "kind", "topic", "reply_to", "timestamp_ms", "body"}
+            assert (req["from"], req["body"], req["reply_to"]) == ("agent-a", "q", None)
+            rep = await tools._reply(B, {"request_id": req["id"], "body": "a"})
+            assert rep == {"id": rep["id"], "to": "agent-a", "reply_to": req["id"]}
+    reply = answer["reply"]
+    assert (reply["from"], reply["reply_to"], reply["body"]) == ("agent-b", req["id"], "a")
+    assert isinstance(reply["timestamp_ms"], int)

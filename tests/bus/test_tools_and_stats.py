@@ -145,3 +145,43 @@ async def test_the_bus_tools_answer_with_their_documented_fields(env: Env) -> No
     reply = answer["reply"]
     assert (reply["from"], reply["reply_to"], reply["body"]) == ("agent-b", req["id"], "a")
     assert isinstance(reply["timestamp_ms"], int)
+
+
+async def test_a_request_is_bounded_by_max_age_decided_on_the_peer_and_its_timeout_audited(
+    env: Env,  # noqa: F811
+) -> None:
+    from gateway.context import Decision
+
+    seen: list[tuple[str, dict[str, Any], str | None]] = []
+    emit = env.events.emit
+
+    def keep(
+        event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        seen.append((event_type, dict(details), principal))
+        emit(event_type, details, principal=principal, agent=agent)
+
+    env.events.emit = keep  # type: ignore[method-assign]
+    asked: list[tuple[str, Any]] = []
+
+    async def authorize(kind: str, principal: Any, recipient: Any, topic: Any) -> Decision:
+        asked.append((kind, recipient))
+        return Decision(True, (), {})
+
+    bus = await _pair(env, authorize=authorize, max_age_s=0.5)
+    for bad in (0, -1, 0.501, 500.0):
+        with pytest.raises(ArgumentsInvalid):
+            await bus.request(A, "agent-b", "q", timeout_s=bad)
+    with pytest.raises(BusTimeout) as timed_out:  # exactly bus.max_age_s is allowed
+        await bus.request(A, "agent-b", "q", timeout_s=0.5)
+    assert timed_out.value.reasons
+    assert asked == [("bus/send", {"agent": "agent-b", "principal": B.id})]
+    sends = [(d["recipient"], p) for t, d, p in seen if t == Event.BUS_SEND]
+    assert sends == [("agent-b", A.id)]
+    timeouts = [(d, p) for t, d, p in seen if t == Event.BUS_REQUEST_TIMEOUT]
+    assert len(timeouts) == 1 and timeouts[0][1] == A.id
+    assert {k: v for k, v in timeouts[0][0].items() if k != "id"} == {
+        "recipient": "agent-b",
+        "timeout_ms": 500,
+    }
+    assert isinstance(timeouts[0][0]["id"], str)

@@ -185,3 +185,25 @@ async def test_a_request_is_bounded_by_max_age_decided_on_the_peer_and_its_timeo
         "timeout_ms": 500,
     }
     assert isinstance(timeouts[0][0]["id"], str)
+
+
+async def test_expiry_counts_the_expired_messages_of_every_inbox(env: Env) -> None:  # noqa: F811
+    import time
+
+    bus = await _pair(env)
+    await bus.send(A, "agent-b", 1, ttl_s=0.001)
+    await bus.send(A, "agent-c", 2, ttl_s=0.001)
+    await bus.send(A, "agent-b", 3)  # bus.max_age_s: not expired
+    later_ms = int(time.time() * 1000) + 60_000  # a sweep a minute later
+    assert await bus.backend.expire(later_ms, 3_600_000) == 2
+    stats = await bus.backend.stats()
+    assert isinstance(stats["counters"], dict) and stats["counters"]["expired"] == 2
+    assert [r.body for r in await bus.receive(B, max_items=10)] == [3]
+
+
+def test_an_unreachable_redis_is_a_bus_error_naming_it_without_its_password() -> None:
+    from gateway.errors import BusUnavailable
+
+    with pytest.raises(BusUnavailable) as err:
+        redis_stats("redis://user:s3cret@127.0.0.1:1/0")  # nothing listens on port 1
+    assert "s3cret" not in str(err.value)

@@ -219,7 +219,7 @@ async def test_a_refused_run_revokes_the_credential_it_made(tmp_path: Path) -> N
     h = HostedAgents(config, rt, rec, sandbox=None, host=AgentHost(str(tmp_path / "gw.sock"), keys))
     assert await h._run_once("a", config.agents["a"]) == "invalid"
     made = keys.records()
-    assert len(made) == 1 and made[0].principal == "agent:a" and made[0].roles == ("r",)
+    assert len(made) == 1 and (made[0].principal, made[0].roles, made[0].kind) == ("agent:a", ("r",), "agent")
     assert made[0].revoked and h.unrevoked == set()
     agent = rt.agents.by_name("a")
     assert agent is not None and agent.state is AgentState.TERMINATED
@@ -282,6 +282,11 @@ async def test_a_real_run_that_exits_0_is_ready_then_terminated(tmp_path: Path) 
     run = h.runtime.agents.by_name("ok")
     assert run is not None and _states(rec, run.id) == ["Ready", "Running", "Ready", "Terminated"] * 2
     assert all(d["reason"] for t, d, _, _ in rec.events if t == "agent.state")  # every edge says why
+    ready = [d["reason"] for t, d, _, _ in rec.events if t == "agent.state" and d["to"] == "Ready"]
+    assert "bwrap" in ready[0]  # the tier it was given (the default tier here is gvisor)
+    assert run.priority == ok.priority and h.runtime.limits_of(run) == ResourceLimits.from_config(
+        ok.resources
+    )
     usage = h.runtime.usage_of(run)
     exited = [(d, p, a) for t, d, p, a in rec.events if t == "agent.exited"]
     want = {
@@ -309,7 +314,7 @@ async def test_a_real_run_that_exits_0_is_ready_then_terminated(tmp_path: Path) 
 
 
 async def test_a_real_failing_run_is_suspended_counted_and_then_escalates(tmp_path: Path) -> None:
-    bad = AgentConfig(command="/usr/bin/sh", args=("-c", "exit 3"), sandbox="bwrap", max_failures=1)
+    bad = AgentConfig(command="/usr/bin/sh", args=("-c", "exit 3"), sandbox="bwrap", max_failures=2)
     h, rec, keys = _bwrap_host(tmp_path, bad=bad)
     assert await h._run_once("bad", bad) == "failed"
     run = h.runtime.agents.by_name("bad")
@@ -325,12 +330,16 @@ async def test_a_real_failing_run_is_suspended_counted_and_then_escalates(tmp_pa
     ]
     assert isinstance(errors[0]["time"], float)
     assert all(d["reason"] for t, d, _, _ in rec.events if t in ("agent.state", "agent.failed"))
-    # one failure within failure_window_s reaches max_failures = 1: the next run never starts
+    assert [d["oom"] for t, d, _, _ in rec.events if t == "agent.exited"] == [False]
+    # a second failure within failure_window_s reaches max_failures = 2: the next run never starts
+    assert await h._run_once("bad", bad) == "failed"
     assert await h._run_once("bad", bad) == "escalated"
     again = h.runtime.agents.by_name("bad")
     assert again is not None and _states(rec, again.id)[-2:] == ["Failed", "Terminated"]
-    assert [d["failures"] for t, d, _, _ in rec.events if t == "agent.escalated"] == [1]
-    assert len(keys.records()) == 1  # the escalated run made no credential
+    escalated = [(d, p, a) for t, d, p, a in rec.events if t == "agent.escalated"]
+    assert escalated == [({"name": "bad", "failures": 2}, "agent:bad", again.id)]
+    assert again.reason and all(d["reason"] for t, d, _, _ in rec.events if t == "agent.state")
+    assert len(keys.records()) == 2  # the escalated run made no credential
 
 
 async def test_a_real_run_over_its_execution_budget_is_killed_and_counted_as_a_failure(
@@ -363,6 +372,9 @@ async def test_an_operator_terminating_a_real_run_kills_its_process_and_stops_th
             while (run := h.runtime.agents.by_name("slow")) is None or "slow" not in h._stop:
                 await anyio.sleep(0.01)  # until the process is started
             assert run is not None
+            (kid,) = h.runtime.agents._bound  # the one credential made, bound to this run
+            caller = Principal(id="agent:slow", kind="agent", source="key", claims={"key_id": kid})
+            assert h.runtime.agents.for_session(caller, "any-client", "any-session") is run  # its credential
             h.runtime.begin(run, "a tool call of its own")  # through its credential
             h.runtime.end(run, 0.1)
             assert run.state is AgentState.RUNNING  # its process keeps it Running between calls
@@ -478,3 +490,26 @@ async def test_a_real_run_over_its_memory_budget_is_oom_killed_and_reported_as_s
     assert [e["type"] for e in h.runtime.recent_errors] == ["oom"]
     reasons = [d["reason"] for t, d, _, _ in rec.events if t == "agent.failed"]
     assert len(reasons) == 1 and reasons[0]  # an OOM kill at the budget, said so
+
+
+async def test_a_credential_the_key_store_could_not_revoke_is_revoked_at_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key store down when a run ends (PostgreSQL here; the seam: a file store that fails
+    once): the run still ends, and its credential is revoked before the next run starts."""
+    h, _, keys = _bwrap_host(tmp_path, a=AgentConfig(command="/usr/bin/true"))
+    h.sandbox = None  # runs are refused after their credential is made: enough to end one
+    real = keys.revoke
+    down = [True]
+
+    def revoke(kid: str) -> bool:
+        if down.pop() if down else False:
+            raise OSError("key store unreachable")
+        return real(kid)
+
+    monkeypatch.setattr(keys, "revoke", revoke)
+    assert await h._run_once("a", h.config.agents["a"]) == "invalid"
+    first = keys.records()[0].id
+    assert h.unrevoked == {first} and keys.get(first) is not None and keys.get(first).revoked is None  # type: ignore[union-attr]
+    assert await h._run_once("a", h.config.agents["a"]) == "invalid"
+    assert h.unrevoked == set() and all(r.revoked is not None for r in keys.records())

@@ -73,3 +73,53 @@ def test_begin_marks_the_agent_seen_before_its_call_ends() -> None:
     rt.begin(a, "t")
     assert isinstance(a.last_seen, float) and a.last_seen > 0.0
     assert a.state is AgentState.RUNNING
+
+
+def test_a_session_agent_carries_its_principal_and_is_seen_again_on_each_lookup() -> None:
+    rt = AgentRuntime(Config(), Recorder())
+    alice = Principal(id="alice", kind="service", roles=("reader",))
+    a = rt.agents.for_session(alice, "c", "s1")
+    assert (a.principal, a.principal_kind, a.roles, a.owner) == (
+        "alice",
+        "service",
+        ("reader",),
+        alice.qualified,
+    )
+    a.last_seen = 0.0  # test set-up: seen long ago
+    assert rt.agents.for_session(alice, "c", "s1") is a and isinstance(a.last_seen, float) and a.last_seen > 0
+    assert all(d["reason"] for t, d, _, _ in rt.events.events if t == "agent.state")  # type: ignore[attr-defined]
+    nobody = rt.agents.for_session(Principal(id=""), None, "s2")
+    assert nobody.name == "anonymous/unknown"  # labels for what was not given
+
+
+def test_agents_remade_after_their_session_closed_get_fresh_distinct_ids() -> None:
+    rt = AgentRuntime(Config(), Recorder())
+    alice, bob = Principal(id="alice"), Principal(id="bob")
+    keys = [(alice, "c", "s"), (alice, "d", "s"), (bob, "c", "s"), (alice, "c", "t")]
+    first = [rt.agents.for_session(*k) for k in keys]
+    assert rt.close_session("s", "closed") == 3 and rt.close_session("t", "closed") == 1
+    again = [rt.agents.for_session(*k) for k in keys]
+    ids = [a.id for a in first + again]
+    assert len(set(ids)) == len(ids) and all(i.startswith("agt-") for i in ids)
+    assert all(a.state is AgentState.READY for a in again)
+
+
+def test_removing_one_agent_of_a_session_keeps_the_others_listed_for_it() -> None:
+    rt = AgentRuntime(Config(), Recorder())
+    alice = Principal(id="alice")
+    a = rt.agents.for_session(alice, "c", "s")
+    b = rt.agents.for_session(alice, "d", "s")
+    rt.terminate(a, "operator")
+    rt.agents.remove(a)
+    rt.agents.remove(a)  # twice: nothing left to remove
+    assert rt.agents.of_session("s") == [b] and rt.agents.get(a.id) is None
+    assert rt.close_session("s", "closed") == 1 and b.state is AgentState.TERMINATED
+
+
+def test_client_labels() -> None:
+    from gateway.runtime.identity import clean_label
+
+    assert clean_label("XclaudeX") == "XclaudeX"
+    assert clean_label("--bob/x--") == "bob-x"
+    assert clean_label(None) == "unknown" and clean_label("", "anonymous") == "anonymous"
+    assert clean_label("a" * 100) == "a" * 64

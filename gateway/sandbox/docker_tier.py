@@ -239,8 +239,6 @@ class DockerTier(SandboxTier):
         killed: KilledReason = stopped[0] if stopped else "none"
         if killed == "none" and code != 0:  # a clean exit needs no post-mortem
             state = client.api.inspect_container(cid)["State"]
-            if code == 137 and self.runtime != "runsc" and not state.get("OOMKilled"):
-                state["OOMKilled"] = _oom_event(cid)
             if state.get("OOMKilled") or (code == 137 and self.runtime == "runsc"):
                 killed = "memory"  # runsc reports the sandbox OOM kill only as 137
             elif code != 0 and self._pids_hit(cid):
@@ -426,27 +424,6 @@ def _runsc_ids() -> list[str]:
         check=False,
     )
     return [line.strip() for line in r.stdout.splitlines() if line.strip()]
-
-
-def _oom_event(cid: str, wait_s: float = 2.0) -> bool:
-    """Whether dockerd logged an ``oom`` event for ``cid``. Its State.OOMKilled comes with the
-    exit event only if containerd saw the OOM first; on a loaded machine the exit can win
-    (Docker 20.10: a memcg OOM kill in dmesg, exit 137, OOMKilled false). The event is
-    logged either way, shortly after."""
-    deadline = time.time() + wait_s
-    while True:
-        now = time.time()
-        try:
-            events = docker_client().api.events(
-                since=now - 600, until=now, filters={"container": cid, "event": "oom"}, decode=True
-            )
-            if any(True for _ in events):
-                return True
-        except Exception:  # noqa: BLE001 - no verdict from the events: not an OOM kill we can show
-            return False
-        if now > deadline:
-            return False
-        time.sleep(0.2)
 
 
 def _docker_knows(cid: str) -> bool:

@@ -239,8 +239,12 @@ class DockerTier(SandboxTier):
         killed: KilledReason = stopped[0] if stopped else "none"
         if killed == "none" and code != 0:  # a clean exit needs no post-mortem
             state = client.api.inspect_container(cid)["State"]
-            if state.get("OOMKilled") or (code == 137 and self.runtime == "runsc"):
-                killed = "memory"  # runsc reports the sandbox OOM kill only as 137
+            # A SIGKILL we did not send (ours are in ``stopped``) is the memory limit's: runsc
+            # reports the sandbox OOM kill only as 137, and Docker 20.10 sets OOMKilled only
+            # when containerd saw the OOM before the exit (on a loaded machine: 137, a memcg
+            # OOM kill in dmesg, OOMKilled false), like the hosted runtime's removed container.
+            if state.get("OOMKilled") or code == 137:
+                killed = "memory"
             elif code != 0 and self._pids_hit(cid):
                 killed = "pids"
         return SandboxResult(

@@ -38,7 +38,7 @@ from gateway.listen import ListenHub
 from gateway.memory.build import build_service
 from gateway.memory.builtin import KnowledgeBuiltin, MemoryBuiltin, MemoryService
 from gateway.metrics import GatewayMetrics, MetricsSink
-from gateway.policy import CallCounters, PolicyEngine, build_engine
+from gateway.policy import CallCounters, EmbeddedEngine, PolicyEngine, build_engine
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.hosted import AgentHost, HostedAgents
@@ -304,8 +304,18 @@ def _assemble(
         background.append(lambda _gw: shipper.run(AUDIT_SHIP_INTERVAL_S))
     if state.postgres is not None and state.changes is not None:
         # a change made anywhere (a replica, the CLI) wakes the poll at once: NOTIFY
-        pg, changes = state.postgres, state.changes
-        background.append(lambda _gw: pg.listen(changes.set))
+        from gateway.state.postgres import CHANNEL, POLICY_CHANNEL
+
+        pg = state.postgres
+        channels = {CHANNEL: state.changes.set}
+        if isinstance(policy, EmbeddedEngine) and config.policy.hot_reload:
+            # policy reloads reach every replica: published, verified, loaded (gateway/state/policies.py)
+            from gateway.state.policies import PgPolicyStore, PolicySync
+
+            sync = PolicySync(policy, PgPolicyStore(pg), events, interval_s=config.state.probe_interval_s)
+            channels[POLICY_CHANNEL] = sync.notified
+            background.append(sync.run)
+        background.append(lambda _gw: pg.listen(channels))
     background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s, state.changes))
     background.append(lambda _gw: runtime.run())
     if config.mcp.discovery_enabled:

@@ -24,7 +24,7 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,13 @@ class EmbeddedEngine(PolicyEngine):
         self._bundle: PolicyBundle | None = None
         self._not_loaded = "no policy is loaded: every request is denied"
         self._local = threading.local()
-        self._reload_lock = threading.Lock()
+        # a reload from the files, and a policy adopted from another replica, one at a time
+        self.reload_lock = threading.RLock()
+        # with replicas sharing state: called (under the lock) with each policy loaded from
+        # this replica's own files, to publish it to the others (gateway.state.policies)
+        self.on_local_load: Callable[[PolicyBundle], None] | None = None
+        self._origin: dict[str, Any] = {"source": "file"}
+        self._refused: dict[str, Any] | None = None  # the last published policy refused here
         self._watcher: FileWatcher | None = None
         self._versions: dict[Path, FileVersion] = {}
         self.cache_hits = 0  # decisions answered from the per-thread cache (see inputkey.py)
@@ -152,6 +158,8 @@ class EmbeddedEngine(PolicyEngine):
             "loaded": bundle is not None,
             "policy": str(self.files.policy),
             "digest": bundle.digest if bundle is not None else None,
+            **self._origin,
+            **({"refused": self._refused} if self._refused is not None else {}),
         }
 
     def load(self) -> bool:
@@ -172,7 +180,7 @@ class EmbeddedEngine(PolicyEngine):
 
     def reload(self) -> bool:
         """Validate the files again; swap the new policy in only if it parses and passes its tests."""
-        with self._reload_lock:
+        with self.reload_lock:
             try:
                 versions = snapshot(self.files.watched())
                 for path in self.files.watched():
@@ -197,6 +205,7 @@ class EmbeddedEngine(PolicyEngine):
             changed = changes(self._versions, versions)
             self._versions = versions
             self._bundle = bundle  # one reference assignment: threads see old or new, never half
+            self._origin, self._refused = {"source": "file"}, None
             log.info("policy reloaded from %s (digest %s)", self.files.policy, bundle.digest[:12])
             self._events.emit(
                 Event.POLICY_RELOADED,
@@ -204,10 +213,46 @@ class EmbeddedEngine(PolicyEngine):
                     "policy": str(self.files.policy),
                     "data": str(self.files.data or ""),
                     "digest": bundle.digest,
+                    "source": "file",
                     "changes": changed,  # per file: owner, sha256 before/after, lines +/-, hunks
                 },
             )
+            if self.on_local_load is not None:
+                self.on_local_load(bundle)
             return True
+
+    # -- policies published by other replicas (gateway.state.policies; callers hold reload_lock) --
+
+    def adopt(self, bundle: PolicyBundle, *, version: int, publisher: str) -> None:
+        """Put a verified policy another replica published in force, on the record."""
+        self._bundle = bundle
+        self._origin = {"source": "broadcast", "version": version, "publisher": publisher}
+        self._refused = None
+        log.info("policy version %d from %s in force (digest %s)", version, publisher, bundle.digest[:12])
+        self._events.emit(
+            Event.POLICY_RELOADED,
+            {"source": "broadcast", "digest": bundle.digest, "version": version, "publisher": publisher},
+        )
+
+    def note_published(self, version: int, publisher: str) -> None:
+        """The policy in force is the one published as ``version`` (by this replica or another)."""
+        self._origin = {**self._origin, "version": version, "publisher": publisher}
+
+    def refuse_broadcast(self, version: int, digest: str, publisher: str, e: PolicyLoadError) -> None:
+        """A published policy failed the checks here: the policy in force keeps deciding."""
+        self._refused = {"version": version, "digest": digest, "publisher": publisher, "error": e.message}
+        log.error("published policy version %d from %s refused: %s", version, publisher, e.message)
+        self._events.emit(
+            Event.POLICY_RELOAD_REFUSED,
+            {
+                "source": "broadcast",
+                "version": version,
+                "digest": digest,
+                "publisher": publisher,
+                "error": e.message,
+                "location": e.location,
+            },
+        )
 
     def start_watching(self, interval_s: float = 1.0) -> None:
         """Poll the policy, data and test files' mtimes; reload on change (daemon thread)."""

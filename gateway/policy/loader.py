@@ -84,6 +84,10 @@ class PolicyBundle:
     digest: str = ""
     # the input paths the policy reads (set by load_checked); None: decisions are not cached
     reads: InputReads | None = None
+    # the sources as read, so a replica can publish exactly this policy to the others
+    # (``gateway.state.policies``): the data file's (name, raw text) and the test modules
+    data_source: tuple[str, str] | None = None
+    tests: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,23 +141,45 @@ def read_bundle(files: PolicyFiles) -> PolicyBundle:
         PolicyLoadError: a file is missing, unreadable or empty, or the data is not a JSON object.
     """
     src = _read_text(files.policy, "policy")
-    if not src.strip():
-        raise PolicyLoadError(f"policy file {files.policy} is empty")
-    data: dict[str, Any] = {}
+    data = (str(files.data), _read_text(files.data, "policy data")) if files.data is not None else None
+    return bundle_from_sources((str(files.policy), src), data)
+
+
+def policy_digest(src: str, data_raw: str | None) -> str:
+    """SHA-256 over the policy text and the data file's raw text: what a load records."""
     h = hashlib.sha256(src.encode())
-    if files.data is not None:
-        raw = _read_text(files.data, "policy data")
-        h.update(b"\0" + raw.encode())
+    if data_raw is not None:
+        h.update(b"\0" + data_raw.encode())
+    return h.hexdigest()
+
+
+def bundle_from_sources(policy: tuple[str, str], data: tuple[str, str] | None = None) -> PolicyBundle:
+    """A bundle from (name, text) of the policy and of its data file (files or a broadcast).
+
+    Raises:
+        PolicyLoadError: the policy is empty, or the data is not a JSON object.
+    """
+    name, src = policy
+    if not src.strip():
+        raise PolicyLoadError(f"policy file {name} is empty")
+    loaded: dict[str, Any] = {}
+    if data is not None:
+        data_name, raw = data
         try:
-            loaded = json.loads(raw)
+            doc = json.loads(raw)
         except json.JSONDecodeError as e:
             raise PolicyLoadError(
-                f"policy data is not JSON: {e.msg}", location=f"{files.data}:{e.lineno}:{e.colno}"
+                f"policy data is not JSON: {e.msg}", location=f"{data_name}:{e.lineno}:{e.colno}"
             ) from None
-        if not isinstance(loaded, dict):
-            raise PolicyLoadError(f"policy data {files.data} must be a JSON object")
-        data = loaded
-    return PolicyBundle(modules=((str(files.policy), src),), data=data, digest=h.hexdigest())
+        if not isinstance(doc, dict):
+            raise PolicyLoadError(f"policy data {data_name} must be a JSON object")
+        loaded = doc
+    return PolicyBundle(
+        modules=((name, src),),
+        data=loaded,
+        digest=policy_digest(src, data[1] if data is not None else None),
+        data_source=data,
+    )
 
 
 def new_engine(bundle: PolicyBundle, extra_modules: Iterable[tuple[str, str]] = ()) -> regorus.Engine:
@@ -233,8 +259,19 @@ def load_checked(files: PolicyFiles, decision: str = "data.symbi.decision") -> P
     Raises:
         PolicyLoadError: naming file:line:column where one is known.
     """
-    bundle = read_bundle(files)
-    outcomes = run_tests(bundle, read_test_modules(files.tests))
+    return check_bundle(read_bundle(files), read_test_modules(files.tests), decision)
+
+
+def check_bundle(
+    bundle: PolicyBundle, tests: Sequence[tuple[str, str]], decision: str = "data.symbi.decision"
+) -> PolicyBundle:
+    """Parse, self-test and canary-evaluate a bundle (read from files or received from another
+    replica); return it, with its tests and the input paths it reads, only if all pass.
+
+    Raises:
+        PolicyLoadError: naming file:line:column where one is known.
+    """
+    outcomes = run_tests(bundle, tests)
     failed = [o for o in outcomes if not o.passed]
     if failed:
         first = failed[0]
@@ -259,4 +296,4 @@ def load_checked(files: PolicyFiles, decision: str = "data.symbi.decision") -> P
         raise PolicyLoadError(
             f"{decision} fails to evaluate: {clean_error(e).splitlines()[-1]}", location=error_location(e)
         ) from None
-    return dataclasses.replace(bundle, reads=input_reads(ast)[0])
+    return dataclasses.replace(bundle, reads=input_reads(ast)[0], tests=tuple(tests))

@@ -46,10 +46,18 @@ def _policy(gw: Gateway) -> dict[str, Any]:
     if eng is None:
         return {"status": DEGRADED, "detail": "policy off (security.unsafe_disable_policies)"}
     try:
-        loaded = bool(eng.status().get("loaded"))
+        doc = eng.status()
     except Exception:  # noqa: BLE001 - fail closed: a status that cannot be read is not loaded
-        loaded = False
-    return {"status": HEALTHY if loaded else UNHEALTHY, "detail": "loaded" if loaded else "no policy loaded"}
+        doc = {}
+    if not doc.get("loaded"):
+        return {"status": UNHEALTHY, "detail": "no policy loaded"}
+    refused = doc.get("refused")
+    if refused:  # another replica's policy failed here: this one still decides with the old one
+        return {
+            "status": DEGRADED,
+            "detail": f"published policy version {refused['version']} refused: {refused['error']}",
+        }
+    return {"status": HEALTHY, "detail": "loaded"}
 
 
 def _audit(gw: Gateway) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -135,8 +135,26 @@ CREATE TABLE symbi_screening_accepted (
 );
 """,
     ),
+    (
+        5,
+        """
+CREATE TABLE symbi_policies (
+    version BIGSERIAL PRIMARY KEY,
+    digest TEXT NOT NULL,
+    policy_name TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    data_name TEXT,
+    data TEXT,
+    tests TEXT NOT NULL,
+    publisher TEXT NOT NULL,
+    published DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX symbi_policies_digest ON symbi_policies (digest);
+""",
+    ),
 ]
 CHANNEL = "symbi_approvals"  # NOTIFY on every approvals change: replicas act at once
+POLICY_CHANNEL = "symbi_policies"  # NOTIFY on every published policy (gateway.state.policies)
 _LOCK_ID = 0x53594D4249  # "SYMBI": one migrator at a time
 _COLS = (
     "upstream, name, namespaced, current_hash, current_definition, approved_hash, approved_definition, status,"
@@ -217,22 +235,28 @@ class Postgres:
         with self.cursor() as cur:
             cur.execute("SELECT 1")
 
-    async def listen(self, on_change: Callable[[], None]) -> None:
-        """Background task: LISTEN for approval changes made anywhere (a replica, the CLI) and
-        call ``on_change`` on each -- and on every (re)connection or loss of it, since changes
-        may have been missed meanwhile. The approvals poll stays the fallback."""
+    async def listen(self, on_change: Mapping[str, Callable[[], None]]) -> None:
+        """Background task: LISTEN on each channel of ``on_change`` (approval changes and
+        published policies, made anywhere: a replica, the CLI) and call its callback on each
+        NOTIFY -- and every callback on each (re)connection or loss of it, since changes may
+        have been missed meanwhile. Each one's poll stays the fallback."""
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
                     self.url, autocommit=True, connect_timeout=max(1, round(self._pool.timeout))
                 )
                 async with conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    on_change()
-                    async for _ in conn.notifies():
-                        on_change()
+                    for channel in on_change:
+                        await conn.execute(f"LISTEN {channel}")
+                    for call in on_change.values():
+                        call()
+                    async for note in conn.notifies():
+                        woken = on_change.get(note.channel)
+                        if woken is not None:
+                            woken()
             except psycopg.Error:
-                on_change()  # gone: the poll re-reads now (and blocks the tools while it is down)
+                for call in on_change.values():
+                    call()  # gone: the polls re-read now (and block the tools while it is down)
             await anyio.sleep(1.0)
 
 

@@ -22,7 +22,7 @@ import pytest
 from gateway.config.load import build_config, load_config
 from gateway.context import ToolInfo
 from gateway.errors import ConfigError, StateUnavailable
-from gateway.state.postgres import MIGRATIONS, PgApiKeyStore, PgToolStateStore, Postgres
+from gateway.state.postgres import CHANNEL, MIGRATIONS, PgApiKeyStore, PgToolStateStore, Postgres
 from gateway.verify.state import ToolStates, ToolStateStore
 from gateway.verify.verifier import ToolVerifier
 from tests.conftest import free_port, write_config
@@ -307,7 +307,7 @@ async def test_a_change_made_anywhere_is_notified_to_every_listener(
             pin_if_new=True,
         )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(pg.listen, lambda: seen.append(time.monotonic()))
+            tg.start_soon(pg.listen, {CHANNEL: lambda: seen.append(time.monotonic())})
             with anyio.fail_after(20):  # bounds of the waits, not timing assertions
                 while not seen:  # the first call: connected (changes may have been missed before)
                     await anyio.sleep(0.05)

@@ -93,6 +93,7 @@ _PATH_KEYS = {
     ("audit", "key_path"),
     ("audit", "checkpoint_export"),
     ("http", "api_keys_path"),
+    ("bus", "secret_path"),
 }
 
 

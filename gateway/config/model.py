@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
@@ -376,8 +376,14 @@ class BusSection(_Section):
     """The agent bus (``bus__*`` tools, ``bus://`` resources); buffers are runtime.message_buffer_size."""
 
     enabled: bool = True  # expose the built-in ``bus`` server
+    # default: "redis" on [state] redis_url when that is set (replicas' agents reach each
+    # other), else "embedded" (this process only); Config._bus_on_state_redis fills it in
     backend: Literal["embedded", "redis"] = "embedded"
     url: str | None = None  # Redis URL when backend = "redis" (redis://, rediss:// or unix://)
+    # the 32-byte secret the key directory's HMACs and topic keys derive from (mode 0600):
+    # every gateway on one Redis bus needs the same one (replicas: a mounted secret). Default:
+    # <data_dir>/bus-secret, made on first use
+    secret_path: PathT | None = None
     max_age_s: float = Field(default=86400.0, gt=0)  # longest a message may live (timestamp window)
     clock_skew_s: float = Field(default=30.0, ge=0)  # how far ahead of this clock a timestamp may be
     max_body_bytes: int = Field(default=256 * 1024, ge=16)
@@ -539,6 +545,19 @@ class Config(_Section):
                 raise ValueError(f"agent name {name!r} must match [A-Za-z0-9][A-Za-z0-9_-]{{0,31}}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bus_on_state_redis(cls, data: Any) -> Any:
+        """With ``[state] redis_url`` and no ``[bus] backend`` given, the bus is on that Redis:
+        agents on different replicas must reach each other, which a per-process bus cannot do."""
+        if not isinstance(data, dict):
+            return data
+        state, bus = data.get("state"), data.get("bus", {})
+        url = state.get("redis_url") if isinstance(state, dict) else None
+        if isinstance(url, str) and isinstance(bus, dict) and "backend" not in bus:
+            return {**data, "bus": {**bus, "backend": "redis", "url": bus.get("url", url)}}
+        return data
+
     @model_validator(mode="after")
     def _production_refuses_unsafe(self) -> Config:
         if self.runtime.mode == "production":
@@ -679,7 +698,7 @@ class Config(_Section):
 
     @property
     def bus_secret_path(self) -> Path:
-        return self.data_dir / "bus-secret"
+        return self.bus.secret_path or self.data_dir / "bus-secret"
 
     @property
     def agent_id_key_path(self) -> Path:

@@ -207,3 +207,17 @@ def test_config_check_refuses_a_missing_or_malformed_jwks_file(tmp_path: Path) -
         check=False,
     )
     assert r.returncode == 2 and "http.jwt.jwks_file" in r.stderr
+
+
+def test_the_bus_goes_on_the_state_redis_unless_told_otherwise(tmp_path: Path) -> None:
+    # replicas on a shared Redis: their agents must reach each other (a per-process bus cannot)
+    url = "redis://127.0.0.1:6399/0"
+    p = write_config(tmp_path, "[bus]\nsecret_path = 'keys/bus-secret'\n")
+    cfg = load_config(p, {"SYMBI_STATE_REDIS_URL": url})
+    assert (cfg.bus.backend, cfg.bus.url) == ("redis", url)
+    assert cfg.bus_secret_path == tmp_path / "keys/bus-secret"  # relative to the config file
+    explicit = write_config(tmp_path, '[bus]\nbackend = "embedded"\n', name="embedded.toml")
+    assert load_config(explicit, {"SYMBI_STATE_REDIS_URL": url}).bus.backend == "embedded"
+    alone = load_config(write_config(tmp_path, "", name="alone.toml"), {})
+    assert (alone.bus.backend, alone.bus.url) == ("embedded", None)
+    assert alone.bus_secret_path == alone.data_dir / "bus-secret"

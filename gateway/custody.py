@@ -62,8 +62,6 @@ def hidden_paths(config: Config) -> list[str]:
         paths.append(config.audit.checkpoint_export)
     if config.gateway.env_file is not None:  # the servers' secrets
         paths.append(Path(config.gateway.env_file))
-    if config.bus.secret_path is not None:  # the replicas' shared bus secret
-        paths.append(config.bus.secret_path)
     return sorted({str(p) for p in paths})
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from gateway.bus.backend import BusBackend
 from gateway.bus.builtin import BusBuiltin
 from gateway.bus.core import Authorizer, Bus
-from gateway.bus.crypto import KeyRing, load_secret
+from gateway.bus.crypto import KeyRing, config_secret
 from gateway.config.model import Config
 from gateway.context import Decision, Principal, UpstreamInfo
 from gateway.events import EventSink
@@ -49,7 +49,7 @@ def policy_authorizer(engine: PolicyEngine, agents: AgentRegistry | None = None)
 def make_bus(
     config: Config, events: EventSink, engine: PolicyEngine | None, agents: AgentRegistry | None = None
 ) -> Bus:
-    ring = KeyRing(load_secret(config.bus_secret_path), config.bus_keys_path)
+    ring = KeyRing(config_secret(config), config.bus_keys_path)
     bus = Bus(
         make_backend(config),
         ring,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import os
 import sqlite3
@@ -20,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -31,6 +33,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from gateway.custody import private_secret
 from gateway.errors import BusError
+
+if TYPE_CHECKING:
+    from gateway.config.model import Config
 
 NONCE_BYTES = 12
 _RAW = (Encoding.Raw, PublicFormat.Raw)
@@ -75,6 +80,14 @@ class AgentKeys:
 def load_secret(path: Path) -> bytes:
     """The bus secret, made on first use (32 random bytes, mode 0600; a looser file is refused)."""
     return private_secret(path, "bus secret")
+
+
+def config_secret(config: Config) -> bytes:
+    """``[bus] secret`` (``SYMBI_BUS_SECRET``, shared by the gateways of one Redis bus) when
+    set, else the data dir's ``bus-secret``."""
+    if config.bus.secret is not None:
+        return base64.b64decode(config.bus.secret)  # validated by the config model
+    return load_secret(config.bus_secret_path)
 
 
 class KeyRing:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gateway.bus.backend import StoredMessage
-from gateway.bus.crypto import PublicKeys, load_secret
+from gateway.bus.crypto import PublicKeys, config_secret
 from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.errors import BusUnavailable
@@ -45,7 +45,7 @@ class _Source:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.secret = load_secret(cfg.bus_secret_path)
+        self.secret = config_secret(cfg)
 
     def stats(self) -> dict[str, object]:
         if self.cfg.bus.backend == "redis":

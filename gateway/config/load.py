@@ -63,6 +63,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     # the address a replica listens on in its pod/container (Kubernetes: the pod IP)
     "SYMBI_HTTP_HOST": ("http", "host"),
     "SYMBI_STATE_POSTGRES_URL": ("state", "postgres_url"),
+    # the bus secret replicas on one Redis bus share (base64 of 32 bytes)
+    "SYMBI_BUS_SECRET": ("bus", "secret"),
 }
 _BOOL_ENV = {"MCP_SERVER_DISCOVERY"}
 _UPPER_ENV = {"SYMBI_LOG_LEVEL"}
@@ -93,7 +95,6 @@ _PATH_KEYS = {
     ("audit", "key_path"),
     ("audit", "checkpoint_export"),
     ("http", "api_keys_path"),
-    ("bus", "secret_path"),
 }
 
 

@@ -12,6 +12,7 @@ load, naming the key; ``development`` (the default) allows them with a warning o
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,10 +381,25 @@ class BusSection(_Section):
     # other), else "embedded" (this process only); Config._bus_on_state_redis fills it in
     backend: Literal["embedded", "redis"] = "embedded"
     url: str | None = None  # Redis URL when backend = "redis" (redis://, rediss:// or unix://)
-    # the 32-byte secret the key directory's HMACs and topic keys derive from (mode 0600):
-    # every gateway on one Redis bus needs the same one (replicas: a mounted secret). Default:
-    # <data_dir>/bus-secret, made on first use
-    secret_path: PathT | None = None
+    # the secret the key directory's HMACs and topic keys derive from, base64 of 32 bytes:
+    # every gateway on one Redis bus needs the same one (replicas: SYMBI_BUS_SECRET from the
+    # deployment's Secret). Unset: <data_dir>/bus-secret, made on first use (one gateway)
+    secret: str | None = Field(default=None, repr=False)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                raw = base64.b64decode(v, validate=True)
+            except ValueError:
+                raise ValueError("must be base64 (head -c 32 /dev/urandom | base64)") from None
+            if len(raw) != 32:
+                raise ValueError(
+                    f"must be 32 bytes in base64, not {len(raw)} (head -c 32 /dev/urandom | base64)"
+                )
+        return v
+
     max_age_s: float = Field(default=86400.0, gt=0)  # longest a message may live (timestamp window)
     clock_skew_s: float = Field(default=30.0, ge=0)  # how far ahead of this clock a timestamp may be
     max_body_bytes: int = Field(default=256 * 1024, ge=16)
@@ -698,7 +714,7 @@ class Config(_Section):
 
     @property
     def bus_secret_path(self) -> Path:
-        return self.bus.secret_path or self.data_dir / "bus-secret"
+        return self.data_dir / "bus-secret"
 
     @property
     def agent_id_key_path(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 
@@ -212,12 +213,19 @@ def test_config_check_refuses_a_missing_or_malformed_jwks_file(tmp_path: Path) -
 def test_the_bus_goes_on_the_state_redis_unless_told_otherwise(tmp_path: Path) -> None:
     # replicas on a shared Redis: their agents must reach each other (a per-process bus cannot)
     url = "redis://127.0.0.1:6399/0"
-    p = write_config(tmp_path, "[bus]\nsecret_path = 'keys/bus-secret'\n")
-    cfg = load_config(p, {"SYMBI_STATE_REDIS_URL": url})
-    assert (cfg.bus.backend, cfg.bus.url) == ("redis", url)
-    assert cfg.bus_secret_path == tmp_path / "keys/bus-secret"  # relative to the config file
+    secret = base64.b64encode(bytes(range(32))).decode()
+    p = write_config(tmp_path, "")
+    cfg = load_config(p, {"SYMBI_STATE_REDIS_URL": url, "SYMBI_BUS_SECRET": secret})
+    assert (cfg.bus.backend, cfg.bus.url, cfg.bus.secret) == ("redis", url, secret)
+    assert secret not in repr(cfg)
     explicit = write_config(tmp_path, '[bus]\nbackend = "embedded"\n', name="embedded.toml")
     assert load_config(explicit, {"SYMBI_STATE_REDIS_URL": url}).bus.backend == "embedded"
     alone = load_config(write_config(tmp_path, "", name="alone.toml"), {})
-    assert (alone.bus.backend, alone.bus.url) == ("embedded", None)
-    assert alone.bus_secret_path == alone.data_dir / "bus-secret"
+    assert (alone.bus.backend, alone.bus.url, alone.bus.secret) == ("embedded", None, None)
+
+
+@pytest.mark.parametrize("bad", ["not base64!", base64.b64encode(b"short").decode()])
+def test_a_bus_secret_that_is_not_32_bytes_of_base64_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        build_config({}, environ={"SYMBI_BUS_SECRET": bad})
+    assert "bus.secret" in str(e.value)

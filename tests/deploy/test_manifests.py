@@ -9,6 +9,8 @@ the build script, compose and the Deployment agree on it.
 
 from __future__ import annotations
 
+import base64
+import os
 import shutil
 import subprocess
 import tomllib
@@ -20,6 +22,7 @@ import pytest
 import yaml
 
 from gateway.config.load import ENV_OVERRIDES, build_config
+from gateway.errors import ConfigError
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -74,9 +77,20 @@ def test_the_shipped_config_is_valid_and_selects_the_shared_state() -> None:
     kinds = {d["kind"]: d for _, d in _docs()}
     text = kinds["ConfigMap"]["data"]["symbi.toml"]
     assert text == (DEPLOY / "team.toml").read_text()  # one config, two places
-    cfg = build_config(tomllib.loads(text), environ=kinds["Secret"]["stringData"])
+    env = kinds["Secret"]["stringData"]
+    with pytest.raises(ConfigError):  # the shipped placeholder: no replica starts until it is replaced
+        build_config(tomllib.loads(text), environ=env)
+    secret = base64.b64encode(os.urandom(32)).decode()
+    cfg = build_config(tomllib.loads(text), environ={**env, "SYMBI_BUS_SECRET": secret})
     assert cfg.state.redis_url and cfg.state.postgres_url
     assert cfg.http.port == 8080
+    # the agent bus is on the state's Redis, under the secret every replica shares
+    assert (cfg.bus.enabled, cfg.bus.backend, cfg.bus.url, cfg.bus.secret) == (
+        True,
+        "redis",
+        cfg.state.redis_url,
+        secret,
+    )
 
 
 def test_compose_runs_three_replicas_behind_haproxy_on_redis_and_postgres() -> None:

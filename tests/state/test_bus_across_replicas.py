@@ -1,12 +1,13 @@
 """The agent bus across replicas: two real ``symbi serve`` replicas with their own data dirs,
 sharing a real Redis and PostgreSQL as a team deployment does (``[state]``, no ``[bus]
-backend``: the bus goes on the state's Redis), and one bus secret (``[bus] secret_path``, a
-mounted secret in a deployment). An agent on each: direct, request/reply and pub/sub messages
+backend``: the bus goes on the state's Redis), and one bus secret (``SYMBI_BUS_SECRET``,
+from the deployment's Secret). An agent on each: direct, request/reply and pub/sub messages
 cross from one replica to the other, both ways.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tests.state.engines import replica
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
-def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine, secret: Path) -> Path:
+def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine, secret: str) -> Path:
     return write_config(
         folder,
         f"""
@@ -33,7 +34,7 @@ def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine, secret: Path
         [context]
         enabled = false
         [bus]
-        secret_path = "{secret}"
+        secret = "{secret}"
         [state]
         redis_url = "{redis.url}"
         postgres_url = "{pg.url}"
@@ -45,9 +46,7 @@ def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine, secret: Path
 async def test_agents_on_two_replicas_exchange_messages(
     tmp_path: Path, redis_engine: RedisEngine, postgres_engine: PgEngine
 ) -> None:
-    secret = tmp_path / "bus-secret"
-    secret.write_bytes(os.urandom(32))
-    secret.chmod(0o600)
+    secret = base64.b64encode(os.urandom(32)).decode()  # (the test writes it in the file)
     configs = [_config(tmp_path, i, redis_engine, postgres_engine, secret) for i in range(2)]
     keys = PgApiKeyStore(Postgres(postgres_engine.url, timeout_s=2).open(), owns=True)
     key_a, _ = keys.create("tester", ("tester",))

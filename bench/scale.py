@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -115,6 +116,7 @@ async def main(n: int) -> dict[str, Any]:
     finally:
         redis.stop()
         pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _config(folder: Path, name: str, state: str) -> Path:
@@ -210,6 +212,7 @@ async def replicas(calls: int, clients: int, counts: tuple[int, ...]) -> dict[st
     finally:
         redis.stop()
         pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

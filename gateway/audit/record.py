@@ -8,10 +8,8 @@ Wire format (version 1), the same in the SQLite log and in a JSONL export::
 
 * canonical JSON = ``json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True)``
   over the record *without* ``chain_hash`` and ``signature`` (and without ``v``), UTF-8, where
-  ``details`` is spliced in as the text the writer stored (``canonical_details``: orjson with
-  sorted keys; it writes small and large floats without an exponent, ``0.00001`` where
-  ``json.dumps`` writes ``1e-05``, and logs written before orjson carry the ``json.dumps``
-  form: ``AuditRecord.from_dict`` accepts whichever of the two the chain hash covers).
+  ``details`` is spliced in as the text the writer stored (``canonical_details``: the same
+  text, written by orjson where orjson writes what ``json.dumps`` writes).
 * ``chain_hash = SHA-256(b"symbi-audit-chain-v1\\0" || bytes(prev_hash) || canonical)``;
   the first record's ``prev_hash`` is 64 zeros.
 * ``signature = Ed25519(b"symbi-audit-sig-v1\\0" || bytes(chain_hash))``, base64 (standard),
@@ -30,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from json.encoder import encode_basestring
 from typing import Any, NamedTuple
@@ -57,33 +56,47 @@ def canonical_json(obj: Any) -> str:
 
 # orjson writes these as str() like json.dumps(default=str) does (it would serialise them itself)
 _ORJSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+# a number in exponent form or below 1e-4 in orjson's compact text (every number follows ':', ','
+# or '['): orjson writes those differently from json.dumps. Checked against 3.3M floats of every
+# magnitude: every other finite float orjson writes as json.dumps does. A string that happens to
+# match (",3e") only takes json's path.
+_ORJSON_DIFFERS = re.compile(rb"[:,\[]-?[0-9][0-9.]*e|[:,\[]-?0\.0000")
 
 
 def canonical_details(details: Mapping[str, Any]) -> str:
     """Serialise event details once, at emit time (so later mutation by the caller is harmless).
 
-    orjson with sorted keys (a tenth of ``json.dumps``' time); values JSON cannot carry (bytes,
-    paths, datetimes...) go through ``json.dumps(default=str)`` first and are written as their
-    ``str()``. NaN and infinities become ``null``. The result is what ``from_dict`` rebuilds from
-    the parsed details, so an exported line verifies.
+    The text of ``json.dumps(sort_keys=True, default=str)`` (values JSON cannot carry, bytes,
+    paths, datetimes..., are written as their ``str()``), written by orjson (a tenth of the time)
+    whenever orjson writes the same: not for a float below 1e-4 or from 1e16 (``0.00001`` where
+    json writes ``1e-05``), which the search below finds in orjson's text, nor for what orjson
+    refuses (an integer beyond 64 bits, a non-str key). NaN and infinities become ``null`` on
+    orjson's path and are refused on json's.
 
     Raises:
-        ValueError: the details cannot be written as UTF-8 (a lone surrogate) or hold NaN
-            besides a value JSON cannot carry.
+        ValueError: NaN on json's path, or details that cannot be written as UTF-8 (a lone surrogate).
+        TypeError: keys that json cannot sort.
     """
     try:
-        return orjson.dumps(details, option=_ORJSON_OPTS).decode()
+        out: bytes | None = orjson.dumps(details, option=_ORJSON_OPTS)
     except TypeError:  # orjson.JSONEncodeError too: a non-JSON value, a non-str key, a Mapping
-        pass
-    text = json.dumps(dict(details), ensure_ascii=False, allow_nan=False, default=str)
-    value = json.loads(text)  # not orjson.loads: it reads an integer beyond 64 bits as a float
+        out = None
+    if out is not None and _ORJSON_DIFFERS.search(out) is None:
+        return out.decode()
+    text = json.dumps(
+        dict(details), ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False, default=str
+    )
+    text.encode()  # UnicodeEncodeError (a ValueError) now rather than in the writer's batch
+    return text
+
+
+def orjson_details(details: Mapping[str, Any]) -> str | None:
+    """orjson's text of ``details`` whatever its floats (what the writer stored for a while on
+    2026-11-30: ``from_dict`` accepts it when the chain hash covers it); None if orjson refuses."""
     try:
-        return orjson.dumps(value, option=_ORJSON_OPTS).decode()
-    except TypeError:  # an integer beyond 64 bits, a lone surrogate
-        pass
-    out = canonical_json(value)
-    out.encode()  # UnicodeEncodeError (a ValueError) now rather than in the writer's batch
-    return out
+        return orjson.dumps(details, option=_ORJSON_OPTS).decode()
+    except TypeError:
+        return None
 
 
 def is_json_object(text: str) -> bool:
@@ -247,8 +260,8 @@ class AuditRecord(NamedTuple):
         """Parse the wire form; raises ``ValueError`` when a field is missing or mistyped.
 
         The details' text is rebuilt as the writer writes it (``canonical_details``); when
-        that does not hash to the record's chain hash but ``json.dumps``' canonical form does
-        (a record written before orjson, with a float in exponent form), that one is kept.
+        that does not hash to the record's chain hash but orjson's own text does (written for
+        a while on 2026-11-30: ``0.00001`` where json writes ``1e-05``), that one is kept.
         """
         try:
             details = doc["details"]
@@ -277,12 +290,11 @@ class AuditRecord(NamedTuple):
         if not all(v is None or isinstance(v, str) for v in (rec.principal, rec.agent)):
             raise ValueError("malformed audit record: principal/agent must be strings or null")
         if isinstance(details, dict) and not rec.hash_matches():
-            try:
-                legacy = rec._replace(details_json=canonical_json(details))
-            except ValueError:  # NaN: neither form; the verifier reports the hash
-                return rec
-            if legacy.details_json != text and legacy.hash_matches():
-                return legacy
+            other = orjson_details(details)
+            if other is not None and other != text:
+                legacy = rec._replace(details_json=other)
+                if legacy.hash_matches():
+                    return legacy
         return rec
 
 

@@ -15,6 +15,7 @@ from gateway.audit.record import (
     canonical_json,
     chain_hash,
     key_id_of,
+    orjson_details,
     record_bytes,
     sign_hash,
     verify_record,
@@ -125,12 +126,21 @@ def _signed(key: Ed25519PrivateKey, details_json: str) -> AuditRecord:
     )
 
 
-def test_an_export_of_a_record_written_with_json_dumps_still_verifies() -> None:
-    # logs written before orjson hold json.dumps' text: 1e-05 where orjson writes 0.00001
+def test_details_text_is_json_dumps_text_whatever_the_floats() -> None:
+    # exports are checked by verifiers that rebuild the text with json.dumps: orjson's other
+    # float forms (0.00001 for 1e-05, 1e16 for 1e+16) must never be stored
+    for x in (1e-05, -2.5e-07, 1e16, -1.5e300, 5e-324, 0.0001, 123.456, 0.0, 1e15):
+        for d in ({"x": x}, {"a": [1, x], "b": {"c": [x]}}, {"s": ",3e4 0.00001", "x": x}):
+            assert canonical_details(d) == canonical_json(d)
+
+
+def test_an_export_of_a_record_stored_in_orjson_float_form_still_verifies() -> None:
+    # records stored while the writer kept orjson's float text (0.00001): their exports verify
     key = Ed25519PrivateKey.generate()
     details = {"duration_ms": 1e-05, "big": 1e16, "n": 1}
-    old = _signed(key, canonical_json(details))
-    assert old.details_json != canonical_details(details)
+    stored = orjson_details(details)
+    assert stored is not None and stored != canonical_json(details)
+    old = _signed(key, stored)
     line = json.loads(json.dumps(old.as_dict()))
     again = AuditRecord.from_dict(line)
     assert again.details_json == old.details_json

@@ -125,8 +125,11 @@ GROUPS: tuple[Group, ...] = (
         "core", "breakers", "identity", "lifecycle", "resources", "runtime_keys", "scheduler", "stable_ids",
         "registry", "metrics", "hosted_supervisor",
     )) + ("tests/steps/test_schedule.py", "tests/steps/test_agent.py")),
-    # the agent bus; test_core and test_gateway_bus call it in-process (the others via `symbi`)
-    Group("bus", ("gateway/bus/*",), ("tests/bus/test_core.py", "tests/bus/test_gateway_bus.py")),
+    # the agent bus; test_core, test_gateway_bus and test_tools_and_stats call it in-process (the
+    # others via `symbi`)
+    Group("bus", ("gateway/bus/*",), (
+        "tests/bus/test_core.py", "tests/bus/test_gateway_bus.py", "tests/bus/test_tools_and_stats.py",
+    )),
     # test_cli and test_sampling run `symbi` / a gateway over stdio (subprocesses: unattributable,
     # and the stdio client needs a real stderr, which mutmut's runs close)
     Group("memory", ("gateway/memory/*",), tuple(f"tests/memory/test_{t}.py" for t in (

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
@@ -269,7 +270,7 @@ class HostedAgents:
         stopped: list[str] = []
         log = await anyio.to_thread.run_sync(lambda: open(log_path, "ab"))
         try:
-            proc = await anyio.open_process(argv, stdin=None, stdout=log, stderr=log)
+            proc = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
             def stop() -> None:
                 stopped.append("terminated by an operator")

@@ -513,3 +513,26 @@ async def test_a_credential_the_key_store_could_not_revoke_is_revoked_at_the_nex
     assert h.unrevoked == {first} and keys.get(first) is not None and keys.get(first).revoked is None  # type: ignore[union-attr]
     assert await h._run_once("a", h.config.agents["a"]) == "invalid"
     assert h.unrevoked == set() and all(r.revoked is not None for r in keys.records())
+
+
+async def test_a_real_run_cannot_read_the_gateways_stdin(tmp_path: Path) -> None:
+    # Under `symbi mcp` the gateway's stdin is the MCP client's JSON-RPC stream: a hosted
+    # agent that inherited it could read (and swallow) the client's requests. The run's stdin
+    # must be empty. The gateway's fd 0 is a pipe holding a secret for the length of the run.
+    secret = "client-request-" + os.urandom(8).hex()
+    grab = AgentConfig(command="/usr/bin/sh", args=("-c", "echo got:$(head -c 200)"), sandbox="bwrap")
+    h, _, _ = _bwrap_host(tmp_path, grab=grab)
+    r, w = os.pipe()
+    os.write(w, (secret + "\n").encode())
+    os.close(w)
+    saved = os.dup(0)
+    os.dup2(r, 0)
+    os.close(r)
+    try:
+        assert await h._run_once("grab", grab) == "ok"
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+    log = (h.config.data_dir / "agents" / "grab.log").read_text()
+    assert "got:" in log  # the command ran and reached the read
+    assert secret not in log

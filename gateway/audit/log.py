@@ -206,6 +206,7 @@ class AuditLog:
         on_failure: Literal["deny", "warn"] = "deny",
         pinned_keys: tuple[str, ...] = (),
         checkpoint_export: Path | None = None,
+        archive_dir: Path | None = None,
     ) -> None:
         self.path = Path(path)
         self.key_path = Path(key_path)
@@ -214,6 +215,8 @@ class AuditLog:
         self.on_failure = on_failure
         self.pinned_keys = tuple(pinned_keys)
         self.checkpoint_export = Path(checkpoint_export) if checkpoint_export else None
+        # where retention's segments are (retention.archive_dir_for): they can prove an exported checkpoint
+        self.archive_dir = Path(archive_dir) if archive_dir else self.path.parent / "audit-archive"
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._closed = False
         self._broken: AuditError | None = None
@@ -241,6 +244,8 @@ class AuditLog:
     @classmethod
     def from_config(cls, config: Config) -> AuditLog:
         """The log as ``symbi.toml`` configures it (``[audit]`` and ``gateway.data_dir``)."""
+        from gateway.audit.retention import archive_dir  # noqa: PLC0415 - retention imports this module
+
         a = config.audit
         return cls(
             config.audit_path,
@@ -250,6 +255,7 @@ class AuditLog:
             on_failure="warn" if config.audit_fails_open else "deny",
             pinned_keys=a.pinned_keys,
             checkpoint_export=a.checkpoint_export,
+            archive_dir=archive_dir(config),
         )
 
     # -- public API ---------------------------------------------------------------------------
@@ -734,12 +740,29 @@ class AuditLog:
             return
         last = max(anchors, key=lambda a: a.seq)
         row = self._conn.execute("SELECT chain_hash FROM events WHERE seq = ?", (last.seq,)).fetchone()
+        if row is None and self._archived(last, anchors):
+            return  # this log's own retention took it out of the live log (proved, signed)
         if row is None or row[0] != last.chain_hash:
             raise AuditError(
                 f"audit log {self.path} does not contain the checkpoint exported to {self.checkpoint_export} "
                 f"(seq {last.seq}): it was emptied, truncated or replaced; keep it for investigation and "
                 "start a new log elsewhere"
             )
+
+    def _archived(self, last: store.Anchor, anchors: list[store.Anchor]) -> bool:
+        """Whether the hand-off or the archive, signed by a key the checkpoints name or the
+        config pins (a key id is a hash of the key), proves ``last`` was archived unchanged."""
+        # imported here: both import (via verify) this module
+        from gateway.audit.retention import proves_checkpoint  # noqa: PLC0415
+        from gateway.audit.trust import keys_in_logs  # noqa: PLC0415
+
+        trusted = set(self.pinned_keys) | {a.key_id for a in anchors}
+        try:
+            candidates = {**keys_in_logs([self.path]), **keyfiles.exported_public_keys(self.key_path)}
+        except AuditError:  # an unreadable public key file: nothing proves the checkpoint
+            return False
+        keys = {k: v for k, v in candidates.items() if k in trusted}
+        return proves_checkpoint(self._conn, last, self.archive_dir, self.path.name, keys)
 
     def _check_pinned(self) -> None:
         """The signing key must be pinned in the config, or handed over by a rotation in this log."""

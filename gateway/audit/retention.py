@@ -529,3 +529,33 @@ def archive_dir_for(log_path: Path, config: Config | None) -> Path:
     if config is not None:
         return archive_dir(config)
     return Path(log_path).parent / "audit-archive"
+
+
+def proves_checkpoint(
+    conn: sqlite3.Connection,
+    anchor: store.Anchor,
+    folder: Path,
+    log_name: str,
+    keys: Mapping[str, Ed25519PublicKey],
+) -> bool:
+    """Whether an exported checkpoint no longer in the live log was archived by this log's own
+    retention: the live chain's signed hand-off is at its seq with its hash, or the archive
+    (every segment verified and joined up to that hand-off) holds its seq with its hash."""
+    try:
+        h = read_handoff(conn)
+    except (ValueError, json.JSONDecodeError):
+        return False
+    if h is None or anchor.seq > h.seq or not _signature_ok(HANDOFF_PREFIX, asdict(h), keys):
+        return False
+    # the hand-off belongs to this chain: its first live record follows it
+    first = conn.execute("SELECT prev_hash FROM events WHERE seq = ?", (h.seq + 1,)).fetchone()
+    if first is None or first[0] != h.chain_hash:
+        return False
+    if h.seq == anchor.seq:
+        return h.chain_hash == anchor.chain_hash
+    if verify_archives(folder, log_name, h, keys).problem is not None:
+        return False
+    for seal, path in segments(folder, log_name):
+        if seal is not None and seal.first_seq <= anchor.seq <= seal.last_seq:
+            return any(r.seq == anchor.seq and r.chain_hash == anchor.chain_hash for r in read_jsonl(path))
+    return False

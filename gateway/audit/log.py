@@ -244,7 +244,7 @@ class AuditLog:
     @classmethod
     def from_config(cls, config: Config) -> AuditLog:
         """The log as ``symbi.toml`` configures it (``[audit]`` and ``gateway.data_dir``)."""
-        from gateway.audit.retention import archive_dir  # noqa: PLC0415 - retention imports this module
+        from gateway.audit.retention import archive_dir  # retention imports this module (via verify)
 
         a = config.audit
         return cls(
@@ -675,6 +675,10 @@ class AuditLog:
             )
             if not self._commit_events([item], extra_sql):
                 raise self._broken or AuditError(f"{event_type} could not be committed")
+            try:  # retention took events out: export a checkpoint the live log holds right away
+                self._write_checkpoint()
+            except OSError as e:  # start-up can still prove the old one from the hand-off/archive
+                _logger.error("audit checkpoint file not written: %s", e)
             return self._seq
 
         ctx = WriterContext(
@@ -753,8 +757,8 @@ class AuditLog:
         """Whether the hand-off or the archive, signed by a key the checkpoints name or the
         config pins (a key id is a hash of the key), proves ``last`` was archived unchanged."""
         # imported here: both import (via verify) this module
-        from gateway.audit.retention import proves_checkpoint  # noqa: PLC0415
-        from gateway.audit.trust import keys_in_logs  # noqa: PLC0415
+        from gateway.audit.retention import proves_checkpoint
+        from gateway.audit.trust import keys_in_logs
 
         trusted = set(self.pinned_keys) | {a.key_id for a in anchors}
         try:

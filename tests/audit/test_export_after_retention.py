@@ -1,9 +1,10 @@
 """A gateway must restart after its own retention run archived past its last exported
-checkpoint (``[audit] checkpoint_export``) and it stopped before writing the next one; a log
-emptied or replaced behind that checkpoint must still be refused.
+checkpoint (``[audit] checkpoint_export``); a log emptied or replaced behind that checkpoint
+must still be refused.
 
-The "stopped before the next checkpoint" is a real process exit without ``close`` (os._exit:
-close would write a checkpoint at the live head and hide the case).
+The stop is a real process exit without ``close`` (os._exit: close would write a checkpoint at
+the live head). A retention run exports a checkpoint at its hand-off event; a crash between its
+commit and that export is simulated by dropping the export line it wrote (``lose_export``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _RUN = textwrap.dedent(
     from pathlib import Path
     from gateway.audit import AuditLog
     from gateway.audit.retention import RetentionPolicy, archive
-    db, key, export, folder, mode = (Path(a) for a in sys.argv[1:6])
+    db, key, export, folder, mode, lose = (Path(a) for a in sys.argv[1:7])
     log = AuditLog(db, key, checkpoint_every=10, checkpoint_export=export)
     for i in range(15):
         log.append("tool.call", {"tool": f"t{i}"}, principal="alice")
@@ -40,26 +41,38 @@ _RUN = textwrap.dedent(
     h = archive(log, RetentionPolicy(0.0, None, str(mode), folder), now_ns=2**62)
     assert h is not None and h.seq == 14, h
     log.flush()
+    if str(lose) == "1":
+        export.write_text(export.read_text().splitlines(keepends=True)[0])
     os._exit(0)
     """
 )
 
 
-def _crash_after_archive(tmp: Path, mode: str = "archive") -> tuple[Path, Path, Path]:
+def _crash_after_archive(
+    tmp: Path, mode: str = "archive", *, lose_export: bool = True
+) -> tuple[Path, Path, Path]:
     db, key, export = tmp / "data" / "audit.db", tmp / "data" / "audit-key.pem", tmp / "witness" / "cp.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [db, key, export, db.parent / "audit-archive", mode]
+    args = [db, key, export, db.parent / "audit-archive", mode, int(lose_export)]
     subprocess.run([sys.executable, "-c", _RUN, *map(str, args)], env=env, check=True, timeout=120)
-    assert [json.loads(line)["seq"] for line in export.read_text().splitlines()] == [10]
+    exported = [json.loads(line)["seq"] for line in export.read_text().splitlines()]
+    assert exported == ([10] if lose_export else [10, 16])  # 16: the run's audit.archived event
     return db, key, export
 
 
 def test_restarts_after_retention_archived_its_last_exported_checkpoint(tmp_path: Path) -> None:
     db, key, export = _crash_after_archive(tmp_path)
     with AuditLog(db, key, checkpoint_every=10, checkpoint_export=export) as log:
-        assert log.last_seq == 16  # 15 events, the audit.archived event, and this one
+        assert log.last_seq == 16  # 15 events and the audit.archived event
         log.append("tool.call", {"tool": "after"}, principal="alice")
     assert log.verify().ok
+
+
+@pytest.mark.parametrize("mode", ["archive", "delete"])
+def test_a_retention_run_exports_a_checkpoint_the_live_log_holds(tmp_path: Path, mode: str) -> None:
+    db, key, export = _crash_after_archive(tmp_path, mode, lose_export=False)
+    with AuditLog(db, key, checkpoint_every=10, checkpoint_export=export) as log:
+        assert log.last_seq == 16
 
 
 def test_a_tampered_archive_does_not_prove_the_checkpoint(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from gateway.events import EventSink
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import build_input
 from gateway.runtime.agents import Agent, AgentRegistry, hosted_principal
+from gateway.runtime.lifecycle import AgentState
 
 BUS_UPSTREAM = UpstreamInfo(name="bus", transport="builtin")
 
@@ -66,11 +67,17 @@ def make_bus(
             p = hosted_principal(name, ac)
             bus.preregister(agents.hosted_id(name, p.id), p.id, name)
 
-        # keys are made when the runtime registers an agent (agents never see them)
+        # keys are made when the runtime registers an agent (agents never see them) and go
+        # when an agent whose id never comes back ends
         def on_register(agent: Agent) -> None:
-            bus.register_soon(agent.id, agent.principal, agent.name)
+            bus.register_soon(agent.id, agent.principal, agent.name, persist=not agent.ephemeral)
+
+        def on_state(agent: Agent, _src: AgentState, to: AgentState) -> None:
+            if to is AgentState.TERMINATED and agent.ephemeral:
+                bus.end_soon(agent.id)
 
         agents.on_register.append(on_register)
+        agents.on_state.append(on_state)
     return bus
 
 

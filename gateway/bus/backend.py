@@ -52,6 +52,13 @@ class BusBackend(Protocol):
     async def lookup_name(self, name: str) -> str | None:
         """The agent id last registered under ``name`` (its entry's HMAC binds the two)."""
 
+    async def forget_agent(self, agent: str, inboxes: tuple[str, ...], name: str = "") -> None:
+        """The agent ended for good: its directory entry (and ``name`` if it still names it),
+        its subscriptions and its inboxes go; what waited there counts as expired."""
+
+    def footprint(self) -> dict[str, int]:
+        """Sizes of what this backend holds in memory per agent or inbox (for ``/api/state``)."""
+
     # inboxes
     async def enqueue(self, inbox: str, msg: SecureMessage, limit: int) -> None:
         """Append durably, or raise ``BusBufferFull`` when ``limit`` entries are pending."""

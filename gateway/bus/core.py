@@ -33,6 +33,7 @@ from gateway.bus.message import (
 )
 from gateway.bus.message import signed_bytes as _signed
 from gateway.bus.receiving import REPLY_SUFFIX, Received, Receiver
+from gateway.bus.retire import Retirements
 from gateway.context import Decision, Principal
 from gateway.errors import ArgumentsInvalid, BusError, BusNoAgent, BusTimeout, PolicyDenied, RateLimited
 from gateway.events import Event, EventSink
@@ -100,6 +101,7 @@ class Bus:
         self._published: set[str] = set()  # agents whose directory entry this process wrote
         self._names: dict[str, str] = {}  # agent id -> the runtime's name for it
         self._configured: dict[str, str] = {}  # configured (hosted) agents' stable ids -> principal
+        self.retirements = Retirements(backend)  # agents that ended for good
 
     # -- agents ----------------------------------------------------------------------------
 
@@ -114,17 +116,20 @@ class Bus:
         await self.backend.publish_keys(entry)
         self._published.add(agent)
 
-    def register_soon(self, agent: str, principal: str, name: str = "") -> None:
+    def register_soon(self, agent: str, principal: str, name: str = "", *, persist: bool = True) -> None:
         """The runtime's on_register hook (synchronous): keys now, the directory entry published
-        on the event loop (a send before that registers the caller itself, lazily)."""
+        on the event loop (a send before that registers the caller itself, lazily). Without
+        ``persist`` (an id that never comes back) the private keys stay in memory only."""
         if not AGENT_RE.match(agent):
             _logger.warning("bus: agent id %r is not usable on the bus", agent)
             return
         self._names[agent] = name
-        _, entry = self.ring.ensure(agent, principal, name)
+        _, entry = self.ring.ensure(agent, principal, name, persist=persist)
         self.receiver.keys.pop(agent, None)
         try:
-            task = asyncio.get_running_loop().create_task(self.backend.publish_keys(entry))
+            task = asyncio.get_running_loop().create_task(
+                self.backend.publish_keys(entry), name=f"bus-publish:{agent}"
+            )
         except RuntimeError:  # no loop (a registry used outside the gateway): published on first use
             return
         self._tasks.add(task)
@@ -137,10 +142,58 @@ class Bus:
                     agent,
                     None if t.cancelled() else t.exception(),
                 )
-            else:
+            elif self.ring.local(agent) is not None:  # not ended meanwhile
                 self._published.add(agent)
 
         task.add_done_callback(done)
+
+    def end_soon(self, agent: str) -> None:
+        """The agent ended for good (its id never comes back): what the bus holds for it goes
+        (``gateway.bus.retire``) and a message to it is refused from now on."""
+        if agent in self._configured:
+            return
+        self.ring.forget(agent)
+        self.receiver.keys.pop(agent, None)
+        self._published.discard(agent)
+        self._pumps.pop(agent, None)
+        channel = f"agent:{agent}"
+        self._last = {k: v for k, v in self._last.items() if k[0] != agent and k[1] != channel}
+        for key in [k for k in self._open if k[0] == agent]:
+            del self._open[key]
+        if not self.retirements.ended(agent, self._names.pop(agent, ""), int(time.time() * 1000)):
+            return  # kept until what it sent expired (the expiry sweep removes it)
+        try:
+            task = asyncio.get_running_loop().create_task(self._retire(agent))
+        except RuntimeError:  # no loop: removed by the next expiry sweep
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _retire(self, agent: str) -> None:
+        publishing = [t for t in self._tasks if t.get_name() == f"bus-publish:{agent}"]
+        if publishing:  # its entry is written before it is removed, never after
+            await asyncio.wait(publishing)
+        if await self.retirements.remove(agent):
+            self._uncache(agent)
+
+    def _uncache(self, agent: str) -> None:
+        # a message it sent, received after it ended, verified (and cached) its entry again
+        self.receiver.keys.pop(agent, None)
+        self.ring.forget(agent)
+
+    def footprint(self) -> dict[str, int]:
+        """What the bus holds per agent, for ``/api/state`` (freed when the agent ends)."""
+        return {
+            **self.ring.footprint(),
+            **self.backend.footprint(),
+            "bus_agent_names": len(self._names),
+            "bus_published": len(self._published),
+            "bus_chains": len(self._last),
+            "bus_reply_pumps": len(self._pumps),
+            "bus_sender_keys": len(self.receiver.keys),
+            "bus_senders_live": len(self.retirements.sent_until),
+            "bus_ended_kept": len(self.retirements.retiring),
+        }
 
     def preregister(self, agent: str, principal: str, name: str) -> None:
         """A configured agent that may not be running (a hosted agent's stable id): its keys now,
@@ -177,6 +230,8 @@ class Bus:
         if not isinstance(to, str) or not to:
             raise ArgumentsInvalid("to must be an agent id or name")
         agent = (self._resolve(to) if self._resolve else None) or to
+        if agent in self.retirements.retiring:
+            raise BusNoAgent(f"agent {to!r} has ended")
         if agent in self._configured and agent not in self._published:
             await self.register(agent, self._configured[agent])
         keys = await self.receiver.sender_keys(agent) if AGENT_RE.match(agent) else "unknown sender"
@@ -296,6 +351,7 @@ class Bus:
                 await _quiet(self.backend.bump("buffer_full"))
             raise
         self._last[(msg.sender, msg.channel)] = msg.id
+        self.retirements.sent(msg.sender, msg.expires_ms)
 
     # -- direct, request/response ----------------------------------------------------------
 
@@ -464,7 +520,10 @@ class Bus:
     # -- housekeeping ----------------------------------------------------------------------
 
     async def expire(self) -> int:
-        n = await self.backend.expire(int(time.time() * 1000), self.max_age_ms)
+        now = int(time.time() * 1000)
+        for agent in await self.retirements.sweep(now):
+            self._uncache(agent)
+        n = await self.backend.expire(now, self.max_age_ms)
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})
         return n

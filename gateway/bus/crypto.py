@@ -71,6 +71,7 @@ class AgentKeys:
     principal: str
     sign: Ed25519PrivateKey
     dh: X25519PrivateKey
+    stored: bool = False  # in bus-keys.db
 
     @classmethod
     def generate(cls, agent: str, principal: str) -> AgentKeys:
@@ -112,6 +113,7 @@ class KeyRing:
                     principal,
                     Ed25519PrivateKey.from_private_bytes(s),
                     X25519PrivateKey.from_private_bytes(d),
+                    stored=True,
                 )
 
     def close(self) -> None:
@@ -124,21 +126,46 @@ class KeyRing:
     def local(self, agent: str) -> AgentKeys | None:
         return self._local.get(agent)
 
-    def ensure(self, agent: str, principal: str, name: str = "") -> tuple[AgentKeys, PublicKeys]:
-        """This agent's keys (made and stored on first registration) and its directory entry."""
+    def ensure(
+        self, agent: str, principal: str, name: str = "", *, persist: bool = True
+    ) -> tuple[AgentKeys, PublicKeys]:
+        """This agent's keys (made on first registration) and its directory entry. Stored in
+        ``bus-keys.db`` only with ``persist``: an id that never comes back (an HTTP session's
+        agent) has no use for its keys after a restart, and skips a commit."""
         with self._lock:
             keys = self._local.get(agent)
             if keys is None or keys.principal != principal:
                 keys = AgentKeys.generate(agent, principal)
                 self._local[agent] = keys
                 self._pair = {k: v for k, v in self._pair.items() if agent not in k}
-                if self._db is not None:
+                if self._db is not None and persist:
+                    keys.stored = True
                     with self._db:
                         self._db.execute(
                             "INSERT OR REPLACE INTO agent_keys(agent, principal, sign, dh) VALUES (?,?,?,?)",
                             (agent, principal, _priv(keys.sign), _priv(keys.dh)),
                         )
         return keys, self.entry_for(keys, name)
+
+    def forget(self, agent: str) -> None:
+        """The agent ended for good: its private keys, its verified entry and its pair keys go."""
+        with self._lock:
+            stored = self._local.pop(agent, None)
+            self._peers.pop(agent, None)
+            self._pair = {k: v for k, v in self._pair.items() if agent not in k}
+            if self._db is not None and stored is not None and stored.stored:
+                with self._db:
+                    self._db.execute("DELETE FROM agent_keys WHERE agent=?", (agent,))
+
+    def footprint(self) -> dict[str, int]:
+        out = {
+            "bus_local_keys": len(self._local),
+            "bus_peer_keys": len(self._peers),
+            "bus_pair_keys": len(self._pair),
+        }
+        if self._db is not None:
+            out["bus_stored_keys"] = int(self._db.execute("SELECT count(*) FROM agent_keys").fetchone()[0])
+        return out
 
     def entry_for(self, keys: AgentKeys, name: str = "") -> PublicKeys:
         e = PublicKeys(

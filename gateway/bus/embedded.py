@@ -96,6 +96,27 @@ class EmbeddedBackend:
     async def lookup_keys(self, agent: str) -> PublicKeys | None:
         return lookup_keys_db(self.db, agent)
 
+    async def forget_agent(self, agent: str, inboxes: tuple[str, ...], name: str = "") -> None:
+        del name  # the row holds it
+        with _tx(self.db):
+            self.db.execute("DELETE FROM keys WHERE agent=?", (agent,))
+            self.db.execute("DELETE FROM subs WHERE agent=?", (agent,))
+            marks = ",".join("?" * len(inboxes))
+            cur = self.db.execute(
+                f"UPDATE messages SET state=3 WHERE state=0 AND inbox IN ({marks})",
+                inboxes,
+            )
+            if cur.rowcount:
+                _bump(self.db, "expired", cur.rowcount)
+        for inbox in inboxes:
+            self._pending.pop(inbox, None)
+            self._wake(inbox)  # a receive still waiting returns (empty)
+
+    def footprint(self) -> dict[str, int]:
+        (keys,) = self.db.execute("SELECT count(*) FROM keys").fetchone()
+        # (the pending counts per inbox are a cache the expiry sweep empties: not counted)
+        return {"bus_directory": int(keys), "bus_wakeups": len(self._arrivals)}
+
     async def lookup_name(self, name: str) -> str | None:
         row = self.db.execute(
             "SELECT agent FROM keys WHERE name=? AND name != '' ORDER BY rowid DESC LIMIT 1", (name,)

@@ -39,6 +39,19 @@ redis.call('HINCRBY', KEYS[2], 'sent', 1)
 return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4], 's', ARGV[5], 'e', ARGV[6])
 """
 
+# an agent that ended for good: its directory entry, its name (if still its), its
+# subscriptions and its inboxes (KEYS: keys, names, subs, inboxes...; ARGV: agent, name)
+_FORGET = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
+local mine = ARGV[1] .. '\\0'
+for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
+  if string.sub(f, 1, #mine) == mine then redis.call('HDEL', KEYS[3], f) end
+end
+for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+return 1
+"""
+
 T = TypeVar("T")
 
 
@@ -50,6 +63,7 @@ class RedisBackend:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._r: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._enqueue = self._r.register_script(_ENQUEUE)
+        self._forget = self._r.register_script(_FORGET)
         self._groups: set[str] = set()
 
     async def _do(self, aw: Awaitable[T] | T) -> T:
@@ -93,6 +107,18 @@ class RedisBackend:
     async def lookup_name(self, name: str) -> str | None:
         agent = await self._do(self._r.hget(PREFIX + "names", name))
         return cast(bytes, agent).decode() if agent is not None else None
+
+    async def forget_agent(self, agent: str, inboxes: tuple[str, ...], name: str = "") -> None:
+        streams = [self._inbox(i) for i in inboxes]
+        await self._do(
+            self._forget(
+                keys=[PREFIX + "keys", PREFIX + "names", PREFIX + "subs", *streams], args=[agent, name]
+            )
+        )
+        self._groups.difference_update(streams)
+
+    def footprint(self) -> dict[str, int]:
+        return {"bus_consumer_groups": len(self._groups)}
 
     # -- inboxes ---------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ _logger = logging.getLogger("symbi.runtime")
 
 AgentHook = Callable[["Agent"], None]
 HOSTED_SESSION = "hosted"  # never a session key of a client (those are stdio, http:, key:, jwt:, anonymous)
+HTTP_SESSION = "http:"  # session keys of HTTP sessions (``http:<mcp-session-id>``): never the same twice
 
 
 def hosted_principal(name: str, ac: AgentConfig) -> Principal:
@@ -65,6 +66,9 @@ class Agent:
     calls: int = 0
     suspend_pending: str | None = None  # a suspension asked for while Ready: applied at its next task
     hosted_busy: bool = False  # a hosted agent's process is working (keeps it Running)
+    # its id never comes back once it ended (an HTTP session's, or one remade after a
+    # termination), so what is kept for it (bus keys, inbox) goes when it ends
+    ephemeral: bool = False
 
     def info(self) -> AgentInfo:
         return AgentInfo(
@@ -188,6 +192,7 @@ class AgentRegistry:
             session=session,
             owner=principal.qualified,
             priority=self.default_priority,
+            ephemeral=session.startswith(HTTP_SESSION) or agent is not None,
         )
         self._by_session[key] = agent
         self._of_session.setdefault(session, {})[agent.id] = agent

@@ -53,6 +53,11 @@ def gateway_footprint(gw: Gateway | None) -> dict[str, int]:
     }
     for k, v in gw.counters.sizes().items():
         out[f"counters_{k}"] = v
+    from gateway.bus.builtin import BusBuiltin
+
+    bus = gw.builtins.get("bus")
+    if isinstance(bus, BusBuiltin):  # bus keys and caches per agent (rows of both key stores too)
+        out.update(bus.bus.footprint())
     return out
 
 

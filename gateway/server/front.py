@@ -31,6 +31,7 @@ from gateway.context import CallContext, CallKind, Principal, is_admin
 from gateway.errors import CatalogError, PolicyDenied
 from gateway.events import Event
 from gateway.listen import ListenHub
+from gateway.runtime.agents import HTTP_SESSION
 from gateway.upstream.session import Upstream
 
 GatewayFactory = Callable[[ListenHub], Gateway]
@@ -72,7 +73,7 @@ def authenticated_principal(ctx: ServerRequestContext[Any], config: Config) -> P
 
 def http_session_key(sid: str) -> str:
     """The agent session key of the HTTP session ``sid`` (also used when it closes)."""
-    return f"http:{sid}"
+    return f"{HTTP_SESSION}{sid}"
 
 
 def agent_session_key(ctx: ServerRequestContext[Any], principal: Principal) -> str:

@@ -138,6 +138,10 @@ def check(start: dict[str, Any], peak: dict[str, Any], end: dict[str, Any]) -> N
         assert size <= end["caps"][name], name
     assert start["owned"]["sessions"] == 0
     assert peak["owned"]["counters_principals"] == 3  # one entry per principal, not per call
+    # every session made an agent with bus keys (both key stores and the in-memory ring):
+    # counted in ``owned`` above, so back where they started
+    for name in ("bus_local_keys", "bus_stored_keys", "bus_directory", "bus_published", "bus_ended_kept"):
+        assert name in end["owned"], name
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,11 +26,11 @@ import pytest
 
 from gateway.policy.loader import policy_digest
 from gateway.state.postgres import POLICY_CHANNEL, PgApiKeyStore, Postgres
-from tests.conftest import ROOT, upstream_writable, write_config
+from tests.conftest import ROOT, write_config
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine
 from tests.state.engines import enterable, replica
-from tests.state.test_replicas import MUTABLE, _code, session
+from tests.state.test_replicas import _code, replica_toml, session
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -50,34 +49,8 @@ def _config(folder: Path, redis: RedisEngine, pg: PgEngine) -> Path:
     folder.mkdir()
     shutil.copy(ROOT / "policies.rego", folder / "policies.rego")
     shutil.copy(ROOT / "tests/assets/policy/test-data.json", folder / "data.json")
-    return write_config(
-        folder,
-        f"""
-        [gateway]
-        data_dir = "{folder / "data"}"
-        [policy]
-        path = "{folder / "policies.rego"}"
-        data = "{folder / "data.json"}"
-        [mcp]
-        recheck_interval_s = 30
-        [sandbox]
-        code_tools = false
-        [context]
-        enabled = false
-        [bus]
-        enabled = false
-        [state]
-        redis_url = "{redis.url}"
-        postgres_url = "{pg.url}"
-        timeout_s = 1
-        probe_interval_s = 0.3
-        [servers.mut]
-        command = "{sys.executable}"
-        args = ["{MUTABLE}"]
-        verification = "tofu"
-        env = {{ RECORD_FILE = "{upstream_writable(folder) / "calls.jsonl"}" }}
-        """,
-    )
+    toml = replica_toml(folder / "data", folder / "policies.rego", folder / "data.json", redis, pg, folder)
+    return write_config(folder, toml)
 
 
 @pytest.fixture(scope="module")

@@ -47,18 +47,16 @@ class Cluster:
     procs: list[subprocess.Popen[bytes]]
 
 
-def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine) -> Path:
-    data = json.loads((ROOT / "tests/assets/policy/test-data.json").read_text())
-    data["symbi_data"]["tool_rate_limits"] = {"mut__echo": LIMIT}
-    (folder / "data.json").write_text(json.dumps(data))
-    return write_config(
-        folder,
-        f"""
+def replica_toml(
+    data_dir: Path, policy: Path, data: Path, redis: RedisEngine, pg: PgEngine, folder: Path
+) -> str:
+    """A replica's config on the shared Redis and PostgreSQL (also the policy-broadcast tests')."""
+    return f"""
         [gateway]
-        data_dir = "{folder / f"data-{i}"}"
+        data_dir = "{data_dir}"
         [policy]
-        path = "{ROOT / "policies.rego"}"
-        data = "{folder / "data.json"}"
+        path = "{policy}"
+        data = "{data}"
         [mcp]
         recheck_interval_s = 30  # longer than any wait below: a change reaches the replicas by NOTIFY
         [sandbox]
@@ -77,9 +75,15 @@ def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine) -> Path:
         args = ["{MUTABLE}"]
         verification = "tofu"
         env = {{ RECORD_FILE = "{upstream_writable(folder) / "calls.jsonl"}" }}
-        """,
-        name=f"replica-{i}.toml",
-    )
+        """
+
+
+def _config(folder: Path, i: int, redis: RedisEngine, pg: PgEngine) -> Path:
+    data = json.loads((ROOT / "tests/assets/policy/test-data.json").read_text())
+    data["symbi_data"]["tool_rate_limits"] = {"mut__echo": LIMIT}
+    (folder / "data.json").write_text(json.dumps(data))
+    toml = replica_toml(folder / f"data-{i}", ROOT / "policies.rego", folder / "data.json", redis, pg, folder)
+    return write_config(folder, toml, name=f"replica-{i}.toml")
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,8 @@ async def test_request_timeout_ms_must_be_a_positive_integer(env: Env) -> None: 
         await tools._request(A, {"to": "agent-b", "body": 1, "timeout_ms": 1})
 
 
-async def test_unsubscribe_says_whether_there_was_a_subscription_and_audits_who(env: Env) -> None:  # noqa: F811
+def _recorded(env: Env) -> list[tuple[str, dict[str, Any], str | None]]:  # noqa: F811
+    """The events emitted from now on (type, details, principal), still emitted as before."""
     seen: list[tuple[str, dict[str, Any], str | None]] = []
     emit = env.events.emit
 
@@ -73,6 +74,11 @@ async def test_unsubscribe_says_whether_there_was_a_subscription_and_audits_who(
         emit(event_type, details, principal=principal, agent=agent)
 
     env.events.emit = keep  # type: ignore[method-assign]
+    return seen
+
+
+async def test_unsubscribe_says_whether_there_was_a_subscription_and_audits_who(env: Env) -> None:  # noqa: F811
+    seen = _recorded(env)
     bus = await _pair(env)
     await bus.subscribe(A, "news.*")
     assert await bus.unsubscribe(A, "news.*") is True
@@ -152,16 +158,7 @@ async def test_a_request_is_bounded_by_max_age_decided_on_the_peer_and_its_timeo
 ) -> None:
     from gateway.context import Decision
 
-    seen: list[tuple[str, dict[str, Any], str | None]] = []
-    emit = env.events.emit
-
-    def keep(
-        event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
-    ) -> None:
-        seen.append((event_type, dict(details), principal))
-        emit(event_type, details, principal=principal, agent=agent)
-
-    env.events.emit = keep  # type: ignore[method-assign]
+    seen = _recorded(env)
     asked: list[tuple[str, Any]] = []
 
     async def authorize(kind: str, principal: Any, recipient: Any, topic: Any) -> Decision:

@@ -65,6 +65,13 @@ async def call(gw: Gateway, who: Principal, tool: str, **args: Any) -> Any:
     return result.structured_content
 
 
+async def _send(gw: Gateway, who: Principal, to: str | None, body: Any) -> Any:
+    """bus__send through the chain, its errors raised (not turned into a result)."""
+    return await gw.call(
+        CallContext(principal=who, kind="tools/call", target="bus__send", arguments={"to": to, "body": body})
+    )
+
+
 def _as(gw: Gateway, client: str, session: str) -> Principal:
     return dataclasses.replace(TESTER, agent=gw.agents.for_session(TESTER, client, session).id)
 
@@ -119,14 +126,7 @@ async def test_session_agents_leave_no_bus_keys_behind(tmp_path: Path) -> None:
         # a message to an ended agent is refused (the bus's error), not accepted into a void
         for agent in (one.agent, ended[0], ended[1]):
             with pytest.raises(BusNoAgent):
-                await gw.call(
-                    CallContext(
-                        principal=reader,
-                        kind="tools/call",
-                        target="bus__send",
-                        arguments={"to": agent, "body": "too late"},
-                    )
-                )
+                await _send(gw, reader, agent, "too late")
 
 
 async def test_what_an_ended_agent_sent_still_verifies(tmp_path: Path) -> None:
@@ -205,11 +205,4 @@ async def test_redis_directory_forgets_ended_session_agents(
         assert stored() == before
         assert bus.footprint() == start
         with pytest.raises(BusNoAgent):
-            await gw.call(
-                CallContext(
-                    principal=reader,
-                    kind="tools/call",
-                    target="bus__send",
-                    arguments={"to": ended[0], "body": 1},
-                )
-            )
+            await _send(gw, reader, ended[0], 1)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up the sandbox tiers on a fresh Debian 12 machine (root, no systemd):
-#   1. Debian packages: bubblewrap, docker.io (+containerd, runc), runsc (gVisor), python3-seccomp
+#   1. Debian packages: bubblewrap, docker.io (+containerd, runc), runsc (gVisor), libseccomp2 (the
+#      bwrap tier's filter, built with pyseccomp)
 #   2. runsc registered as a Docker runtime ("--network=none": this runsc cannot set up
 #      sandbox networking in the root netns on this kernel)
 #   3. dockerd started in the background when not running (`service docker start` fails here)
@@ -14,7 +15,7 @@ IMAGE="${SYMBI_SANDBOX_IMAGE:-symbi-sandbox:latest}"
 DOCKERD_LOG="${SYMBI_DOCKERD_LOG:-/var/log/symbi-dockerd.log}"
 DAEMON_JSON=/etc/docker/daemon.json
 # strace: the audit durability test counts the fsyncs of acknowledged commits with it
-PKGS=(bubblewrap docker.io runsc python3-seccomp strace iptables iproute2 util-linux)  # the last three: the egress-only namespace of sandboxed servers with network
+PKGS=(bubblewrap docker.io runsc libseccomp2 strace iptables iproute2 util-linux)  # the last three: the egress-only namespace of sandboxed servers with network
 
 log() { echo "setup-sandbox: $*" >&2; }
 

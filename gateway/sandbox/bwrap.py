@@ -22,7 +22,7 @@ from pathlib import Path
 
 from gateway.errors import SandboxError, SandboxUnavailable
 
-from . import cgroups
+from . import cgroups, seccomp_bpf
 from .base import (
     INPUT_MOUNT,
     NOBODY,
@@ -37,7 +37,6 @@ from .base import (
 from .output import CappedBuffer, feed_stdin, pump_fd
 from .types import KilledReason, Limits, SandboxRequest, SandboxResult
 
-SYSTEM_PYTHON = "/usr/bin/python3"  # has Debian's python3-seccomp
 SECCOMP_FD = 9
 
 
@@ -52,17 +51,17 @@ class SeccompFilters:
         with self._lock:
             if self._dir is None:
                 d = Path(tempfile.mkdtemp(prefix=f"symbi-seccomp-{os.getpid()}-"))
-                script = Path(__file__).with_name("seccomp_bpf.py")
-                for net in (False, True):
-                    out = d / ("net.bpf" if net else "nonet.bpf")
-                    cmd = [SYSTEM_PYTHON, str(script), str(out)] + (["--allow-network"] if net else [])
-                    r = subprocess.run(cmd, capture_output=True, timeout=30, check=False)
-                    if r.returncode != 0 or not out.exists() or out.stat().st_size == 0:
-                        shutil.rmtree(d, ignore_errors=True)
-                        raise SandboxUnavailable(
-                            "cannot build the seccomp filter (is python3-seccomp installed?): "
-                            + r.stderr.decode(errors="replace").strip()[-300:]
-                        )
+                try:
+                    for net in (False, True):
+                        out = d / ("net.bpf" if net else "nonet.bpf")
+                        seccomp_bpf.build(str(out), net)
+                        if out.stat().st_size == 0:
+                            raise OSError(f"{out.name}: empty BPF program")
+                except OSError as e:
+                    shutil.rmtree(d, ignore_errors=True)
+                    raise SandboxUnavailable(
+                        f"cannot build the seccomp filter (is libseccomp installed?): {e}"
+                    ) from e
                 self._dir = d
                 atexit.register(self.close)  # normal exit without close(); crashes: sweep_temp_dirs
             return self._dir / ("net.bpf" if allow_network else "nonet.bpf")

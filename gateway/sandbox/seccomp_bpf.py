@@ -1,8 +1,8 @@
 """Build the bubblewrap tier's seccomp BPF program.
 
-Run as a script by the *system* Python (``/usr/bin/python3``), which has Debian's
-``python3-seccomp`` (libseccomp bindings); the gateway's own interpreter need not have
-them. Usage: ``/usr/bin/python3 seccomp_bpf.py OUT [--allow-network]``.
+With ``pyseccomp`` (PyPI, ctypes bindings to the system's libseccomp with the API of
+libseccomp's own Python bindings), in the gateway's own process: the program it writes is
+byte for byte the one Debian's ``python3-seccomp`` writes for the same rules.
 
 Default allow (a deny-list keeps ordinary programs working), and refuse what a sandboxed
 program has no business doing: new namespaces, mounts, ptrace, BPF, keyrings, kernel
@@ -13,7 +13,6 @@ socket other than AF_UNIX. This file imports nothing from the gateway on purpose
 from __future__ import annotations
 
 import errno
-import sys
 
 DENY_EPERM = (
     "mount",
@@ -66,13 +65,17 @@ AF_INET, AF_INET6, AF_NETLINK, AF_PACKET = 2, 10, 16, 17
 
 
 def build(out_path: str, allow_network: bool) -> None:
-    import seccomp  # type: ignore[import-not-found,unused-ignore]  # Debian python3-seccomp
+    """Write the BPF program to ``out_path``. Raises ``OSError`` when libseccomp is missing."""
+    try:
+        import pyseccomp as seccomp
+    except RuntimeError as e:  # it looks the library up at import: "Unable to find libseccomp"
+        raise OSError(f"libseccomp: {e}") from e
 
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     for name in DENY_EPERM:
         try:
             f.add_rule(seccomp.ERRNO(errno.EPERM), name)
-        except (RuntimeError, ValueError):
+        except (OSError, RuntimeError, ValueError):
             pass  # syscall unknown to this libseccomp / arch
     # clone with a namespace flag: refused. clone3 hides its flags in a struct -> ENOSYS
     # makes glibc fall back to clone(), which these rules can inspect.
@@ -85,7 +88,3 @@ def build(out_path: str, allow_network: bool) -> None:
             f.add_rule(seccomp.ERRNO(errno.EACCES), "socket", seccomp.Arg(0, seccomp.EQ, family))
     with open(out_path, "wb") as fh:
         f.export_bpf(fh)
-
-
-if __name__ == "__main__":
-    build(sys.argv[1], "--allow-network" in sys.argv[2:])

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sandbox import Limits, SandboxManager, SandboxRequest
+from gateway.errors import SandboxUnavailable
+from gateway.sandbox import Limits, SandboxManager, SandboxRequest, bwrap
 
 from .conftest import require_tier
 
@@ -120,3 +121,29 @@ def test_the_bwrap_command_line_isolates_and_binds_only_what_is_asked() -> None:
     assert net[:3] == ["bwrap", "--unshare-all", "--share-net"]
     present = [f for f in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf") if os.path.exists(f)]
     assert pairs(net, "--ro-bind") == [("/usr", "/usr"), *((f, f) for f in present)]
+
+
+def test_a_filter_that_cannot_be_built_makes_the_tier_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No libseccomp (or a write that fails): the tier refuses to run, it never runs unfiltered."""
+
+    def no_library(out_path: str, allow_network: bool) -> None:
+        raise OSError("libseccomp: Unable to find libseccomp")
+
+    monkeypatch.setattr(bwrap.seccomp_bpf, "build", no_library)
+    with pytest.raises(SandboxUnavailable):
+        bwrap.SeccompFilters().path(allow_network=False)
+
+
+def test_the_filter_is_built_in_process_for_both_network_settings() -> None:
+    filters = bwrap.SeccompFilters()
+    try:
+        nonet, net = filters.path(allow_network=False), filters.path(allow_network=True)
+        # a classic BPF program is a sequence of 8-byte instructions; the one without network
+        # carries the four socket-family rules more than the one with
+        assert nonet.stat().st_size % 8 == 0 and net.stat().st_size % 8 == 0
+        assert nonet.stat().st_size > net.stat().st_size > 0
+    finally:
+        filters.close()
+    assert not nonet.parent.exists()

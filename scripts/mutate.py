@@ -123,7 +123,7 @@ GROUPS: tuple[Group, ...] = (
     # (test_hosted_supervisor), its sandboxed runs only under `symbi serve` (no tests here)
     Group("runtime", ("gateway/runtime/*",), tuple(f"tests/runtime/test_{t}.py" for t in (
         "core", "breakers", "identity", "lifecycle", "resources", "runtime_keys", "scheduler", "stable_ids",
-        "registry", "metrics", "hosted_supervisor",
+        "registry", "metrics", "hosted_supervisor", "hosted_limits",
     )) + ("tests/steps/test_schedule.py", "tests/steps/test_agent.py")),
     # the agent bus; test_core, test_gateway_bus and test_tools_and_stats call it in-process (the
     # others via `symbi`)

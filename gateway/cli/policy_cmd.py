@@ -1,10 +1,12 @@
-"""``symbi policy check|eval|test``: the policy tooling, over ``gateway.policy``.
+"""``symbi policy check|eval|test|push|reload|status``: the policy tooling, over ``gateway.policy``.
 
 - ``check``: parse the policy and data, run the policy's ``*_test.rego`` files (like
   ``opa test``) and a canary evaluation; 0 usable, 1 not (the error names file:line:col).
 - ``eval --input input.json``: print the decision JSON; 0 allow, 1 deny.
 - ``test [--cases cases.json]``: run the ``test_*`` rules and a cases file of input ->
   expected decision; 0 all pass, 1 any fails.
+- ``reload`` / ``status``: a running gateway's policy, through its admin API
+  (``POST /api/policy/reload``, ``GET /api/policy/status``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from gateway.cli import admin_client
 from gateway.config import load_config
 from gateway.config.load import config_path_from_env
 from gateway.config.model import Config
@@ -33,7 +36,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("policy", help="Rego policy tools: check, eval, test")
+    p = sub.add_parser("policy", help="Rego policy tools: check, eval, test, push, reload, status")
     psub = p.add_subparsers(dest="policy_command", metavar="SUBCOMMAND", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -77,6 +80,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common(push)
     push.set_defaults(func=_push)
 
+    reload = psub.add_parser(
+        "reload",
+        help="make a running gateway re-read its policy files now (0 in force, 1 refused: the old one stays)",
+    )
+    admin_client.add_options(reload)
+    reload.set_defaults(func=_reload)
+    status = psub.add_parser("status", help="the policy in force in a running gateway (engine, file, digest)")
+    admin_client.add_options(status)
+    status.set_defaults(func=_status)
+
 
 def _push(args: argparse.Namespace) -> int:
     from gateway.policy.push import push
@@ -99,6 +112,30 @@ def _push(args: argparse.Namespace) -> int:
         )
         return EXIT_FAIL
     return EXIT_OK
+
+
+def _reload(args: argparse.Namespace) -> int:
+    doc = admin_client.request(args, "POST", "/policy/reload", answers=(422,))
+    if doc.get("reloaded") is True:
+        return admin_client.show(
+            args, doc, f"policy in force: {doc.get('policy')} (digest {doc.get('digest')})"
+        )
+    admin_client.show(
+        args,
+        doc,
+        f"reload refused; the previous policy (digest {doc.get('digest')}) stays in force. "
+        "`symbi policy check` shows the error (file:line); the audit log has it as policy.reload_refused",
+    )
+    return EXIT_FAIL
+
+
+def _status(args: argparse.Namespace) -> int:
+    doc = admin_client.request(args, "GET", "/policy/status")
+    text = f"{doc.get('engine')}: {'loaded' if doc.get('loaded') else 'NOT LOADED (every call is denied)'}"
+    if doc.get("digest"):
+        text += f", {doc.get('policy')} (digest {doc['digest']})"
+    admin_client.show(args, doc, text)
+    return EXIT_OK if doc.get("loaded") else EXIT_FAIL
 
 
 def _config(args: argparse.Namespace) -> Config | None:

@@ -83,3 +83,55 @@ def test_real_subprocess_with_a_config_file(tmp_path: Path) -> None:
         check=False,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_reload_and_status_against_a_running_gateway(policy_copy: PolicyFiles, tmp_path: Path) -> None:
+    """``symbi policy reload|status`` drive a real ``symbi serve``: a changed policy is put in
+    force (new digest); a broken one is refused with exit 1 and the previous one keeps deciding;
+    a key without the admin role is refused."""
+    from gateway.config import load_config
+    from gateway.server.auth import ApiKeyStore
+    from tests.conftest import SYMBI, peers_config, symbi_env
+    from tests.server._http import serve
+
+    # hot_reload off: only the command reloads, so what it reports is its own doing
+    (tmp_path / "gw").mkdir()
+    cfg = peers_config(
+        tmp_path / "gw",
+        f'\n[policy]\npath = "{policy_copy.policy}"\ndata = "{policy_copy.data}"\nhot_reload = false\n',
+    )
+    store = ApiKeyStore(load_config(cfg, {}).api_keys_path)
+    admin, _ = store.create("ops", ("admin",))
+    user, _ = store.create("tester", ("tester",))
+
+    def symbi(key: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SYMBI), "policy", *args, "--config", str(cfg), "--url", base, "--json"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=symbi_env(SYMBI_API_KEY=key),
+        )
+
+    with serve(cfg) as base:
+        first = symbi(admin, "status")
+        assert first.returncode == 0, first.stderr
+        before = json.loads(first.stdout)
+        assert before["loaded"] is True and before["digest"]
+
+        policy_copy.policy.write_text(policy_copy.policy.read_text() + "\n# reviewed 2026-12-01\n")
+        done = symbi(admin, "reload")
+        assert done.returncode == 0, done.stderr
+        after = json.loads(done.stdout)
+        assert after["reloaded"] is True and after["digest"] != before["digest"]
+
+        policy_copy.policy.write_text(policy_copy.policy.read_text() + "\nbroken if {\n")
+        refused = symbi(admin, "reload")
+        assert refused.returncode == 1
+        assert json.loads(refused.stdout)["reloaded"] is False
+        still = json.loads(symbi(admin, "status").stdout)
+        assert still["loaded"] is True and still["digest"] == after["digest"]
+
+        forbidden = symbi(user, "reload")
+        assert forbidden.returncode == 1 and "403" in forbidden.stderr

@@ -35,7 +35,7 @@ from gateway.custody import check_trusted_files, hidden_paths, private_secret, s
 from gateway.errors import AuditError, AuditLogBusy, ConfigError
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.listen import ListenHub
-from gateway.memory.build import build_service
+from gateway.memory.build import build_service, end_with_agents
 from gateway.memory.builtin import KnowledgeBuiltin, MemoryBuiltin, MemoryService
 from gateway.metrics import GatewayMetrics, MetricsSink
 from gateway.policy import CallCounters, EmbeddedEngine, PolicyEngine, build_engine
@@ -257,6 +257,8 @@ def _assemble(
     # every session is an agent; ids made here (never by clients) under the data dir's id key
     runtime = AgentRuntime(config, events, key=private_secret(config.agent_id_key_path, "agent id key"))
     agents = runtime.agents
+    if memory is not None:
+        end_with_agents(memory.m, agents)  # short-term memory ends with its agent's session
     builtins = _builtins(
         config,
         manager,

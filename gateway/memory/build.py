@@ -13,6 +13,8 @@ from gateway.memory.embed import Embedder, make_embedder
 from gateway.memory.manager import ContextManager, MemorySettings
 from gateway.memory.store import CollectionSpec, VectorStore, open_store
 from gateway.policy.engine import PolicyEngine
+from gateway.runtime.agents import Agent, AgentRegistry
+from gateway.runtime.lifecycle import AgentState
 
 COLLECTION = "symbi_memory"
 
@@ -77,3 +79,14 @@ def build_service(config: Config, events: EventSink, policy: PolicyEngine | None
         MemoryAccess(policy, events),
         retention_interval_s=config.context.purge_interval_s,
     )
+
+
+def end_with_agents(manager: ContextManager, agents: AgentRegistry) -> None:
+    """Volatile memory goes when its agent ends (the session of an HTTP session's agent closed,
+    an agent swept or terminated), not only at its time-to-live."""
+
+    def on_state(agent: Agent, _src: AgentState, to: AgentState) -> None:
+        if to is AgentState.TERMINATED:
+            manager.end_agent(agent.id, final=agent.ephemeral)
+
+    agents.on_state.append(on_state)

@@ -256,6 +256,13 @@ class ContextManager:
     def end_session(self, agent: str, session: str) -> int:
         return self.short_term.clear(agent, session)
 
+    def end_agent(self, agent: str, *, final: bool) -> int:
+        """The agent ended: its short-term memory (its sessions') goes; with ``final`` (an id that
+        never comes back, an HTTP session's agent) its working memory too, as no one can end
+        its tasks any more."""
+        n = self.short_term.clear(agent)
+        return n + (self.working.clear(agent) if final else 0)
+
     def purge(self, *, older_than_s: float | None = None, agent: str | None = None) -> int:
         """Delete long-term and shared memories older than ``older_than_s`` (default: the retention)."""
         if older_than_s is None:

@@ -336,3 +336,20 @@ async def test_the_retention_job_opens_nothing_where_memory_was_never_used(tmp_p
         assert m._store is None and m._embedder is None
     assert not (tmp_path / "data" / "vectors").exists()
     assert audit_records(cfg, "memory.purged") == []
+
+
+async def test_an_http_session_agents_volatile_memory_goes_with_its_session(tmp_path: Path) -> None:
+    """Short-term (and working) memory of an HTTP session's agent is dropped when the session
+    closes (its id never comes back), the way the HTTP front ends it; a stable agent keeps its own."""
+    async with gateway(_config(tmp_path)) as gw:
+        service = gw.builtins["memory"].s  # type: ignore[attr-defined]
+        agent = gw.agents.for_session(ALICE, "churn", "http:s1")
+        me = Principal("alice", roles=("tester",), agent=agent.id)
+        await call(gw, me, "memory__store", text="the session's scratch note", type="short_term")
+        await call(gw, me, "memory__store", text="half done", type="working", task="t1")
+        await call(gw, BOB, "memory__store", text="bob's own note", type="short_term")
+        assert len(list(service.m.short_term.items(agent.id))) == 1
+        gw.runtime.close_session("http:s1", "shutdown: the client closed its session")
+        assert list(service.m.short_term.items(agent.id)) == []
+        assert list(service.m.working.items(agent.id)) == []
+        assert len(list(service.m.short_term.items(BOB.agent))) == 1

@@ -25,6 +25,7 @@ import fnmatch
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -197,6 +198,13 @@ def _head() -> str:
     ).stdout.strip()
 
 
+def _children_cpu() -> float:
+    """User + system CPU-seconds of this process's reaped descendants (mutmut and its forks).
+    Not counted: containers (run by dockerd, not our children) and forks a stopped run left."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 STOPPED = -9  # mutmut_exit of a run stopped by --timeout
 
 
@@ -216,6 +224,7 @@ def run_group(
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # import the mutants
         env.update(group.env)
         start = time.monotonic()
+        cpu_before = _children_cpu()
         if names is not None:
             (scratch / "names").write_text("\n".join(names) + "\n")
         with (scratch / "mutmut.log").open("w") as out:
@@ -238,9 +247,12 @@ def run_group(
                 (scratch / "note").write_text(
                     f"stopped by --timeout after {timeout_s:g} s: the mutants it had not reached are 'not checked'"
                 )
-        seconds_file.write_text(f"{round(time.monotonic() - start)} {code} {commit}")
+        cpu = round(_children_cpu() - cpu_before)
+        seconds_file.write_text(f"{round(time.monotonic() - start)} {code} {commit} {cpu}")
+    cpu_s: int | None = None
     if seconds_file.exists():
-        seconds, exit_code, commit = seconds_file.read_text().split()
+        seconds, exit_code, commit, *rest = seconds_file.read_text().split()
+        cpu_s = int(rest[0]) if rest else None
     else:  # the run was stopped: what it reached is in the .meta files, the rest is "not checked"
         seconds, exit_code, commit = "0", "-1", _head()
     mutants = collect(scratch)
@@ -250,6 +262,10 @@ def run_group(
         "mutate": list(group.mutate),
         "tests": list(group.tests),
         "seconds": int(seconds),
+        # CPU-seconds (user + system) of mutmut and every test process it forked and reaped: on
+        # a shared machine a better measure of the run's cost than wall time; cpu_s / 2 is the
+        # wall time the run would take on this 2-core machine idle (2 children, CPU-bound)
+        "cpu_s": cpu_s,
         "mutmut_exit": int(exit_code),
         "commit": commit,  # of the tree the group ran on (plus uncommitted changes, if any)
         "mutants": mutants,
@@ -307,7 +323,9 @@ def merge_recheck(old: dict[str, Any], new: dict[str, Any], names: list[str], wh
         f" {len(fresh)} of the {len(names)} mutants that were {what}, {before} -> {after}."
     )
     commit = f"{old['commit']}+{new['commit']}" if new["commit"] not in str(old["commit"]) else old["commit"]
+    cpu = None if old.get("cpu_s") is None or new.get("cpu_s") is None else int(old["cpu_s"]) + int(new["cpu_s"])
     return {**old, "tests": new["tests"], "seconds": int(old["seconds"]) + int(new["seconds"]), "mutants": merged,
+            "cpu_s": cpu,
             "commit": commit,
             "note": " ".join(n for n in (str(old.get("note", "")), note) if n)}
 
@@ -371,6 +389,7 @@ def render(data: dict[str, dict[str, Any]]) -> str:
             ms = [m for m in g["mutants"] if m["file"] == f]
             lines.append(_row(f, ms, reasons, f" {name} | {int(g['seconds']) // 60} | {g['commit']} |"))
     lines += ["", "Not run yet: " + (", ".join(n for n in BY_NAME if n not in data) or "none"), ""]
+    lines += cost_table(data)
     for name, g in data.items():
         surv = [m for m in g["mutants"] if m["status"] in ("survived", "suspicious")]
         lines += [f"## {name}: surviving mutants ({len(surv)})", "", f"Tests: {' '.join(g['tests'])}", ""]
@@ -383,6 +402,42 @@ def render(data: dict[str, dict[str, Any]]) -> str:
             lines += [f"- `{m['name']}` ({m['status']}): {label}", "", "```diff",
                       _changed_lines(str(m.get("diff", ""))), "```", ""]
     return "\n".join(lines) + "\n"
+
+
+def cost_table(data: dict[str, dict[str, Any]]) -> list[str]:
+    """Per group: mutants by status, wall minutes and CPU-seconds of its last run; the default
+    run's total as CPU-seconds / 2 (its wall time on this 2-core machine when idle)."""
+    lines = [
+        "## Cost per group", "",
+        "cpu_s: user + system CPU-seconds of mutmut and the test processes it forked (not the",
+        "containers dockerd runs for the sandbox tiers). idle wall = cpu_s / 2: the run's wall time on",
+        "this 2-core machine with nothing else running (2 mutants at a time, CPU-bound). Wall minutes",
+        "on a shared machine are longer and say little. A group re-checked by name (--recheck) sums",
+        "its runs; a run stopped by --timeout covers only what it reached (see \"not checked\").", "",
+        "| group | in default | mutants | killed | survived | no tests | timeout | not checked "
+        "| wall min | cpu_s | idle wall min (cpu_s/2) |",
+        "| --- " * 11 + "|",
+    ]
+    total, known = 0, True
+    for name, g in data.items():
+        c = score(g["mutants"])
+        cpu = g.get("cpu_s")
+        if name in DEFAULT:
+            if cpu is None:
+                known = False
+            else:
+                total += int(cpu)
+        lines.append(
+            f"| {name} | {'yes' if name in DEFAULT else 'no'} | {len(g['mutants'])} | {c.get('killed', 0)} | "
+            f"{c.get('survived', 0) + c.get('suspicious', 0)} | {c.get('no tests', 0)} | {c.get('timeout', 0)} | "
+            f"{c.get('not checked', 0)} | {int(g['seconds']) // 60} | {cpu if cpu is not None else '-'} | "
+            f"{f'{int(cpu) / 120:.0f}' if cpu is not None else '-'} |"
+        )
+    missing = [n for n in DEFAULT if n not in data]
+    lines += ["", f"Default `make mutate` ({', '.join(DEFAULT)}): "
+              + (f"{total} CPU-s, about {total / 120:.0f} min idle wall on 2 cores" if known and not missing
+                 else "CPU-seconds not measured for every group yet"), ""]
+    return lines
 
 
 README = ROOT / "README.md"
@@ -464,7 +519,10 @@ def main() -> int:
                 BY_NAME[name], args.scratch / name, args.max_children, collect_only=args.collect,
                 timeout_s=args.timeout, names=names,
             )
-            print(f"[mutate] {name}: {score(result['mutants'])} in {result['seconds']} s", flush=True)
+            print(
+                f"[mutate] {name}: {score(result['mutants'])} in {result['seconds']} s"
+                f" ({result['cpu_s']} CPU-s)", flush=True,
+            )
             # read again: another group's run (another process) may have written its result since
             data = json.loads(REPORT_JSON.read_text()) if REPORT_JSON.exists() else {}
             if names is not None:

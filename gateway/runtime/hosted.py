@@ -224,7 +224,9 @@ class HostedAgents:
         finally:
             await self._revoke(record.id)  # the credential stops working when the run ends
             rt.pool.release(agent.id)
-            await anyio.to_thread.run_sync(cleanup.remove)
+            # shielded: a cancelled run (the gateway stopping) still removes its cgroup/container
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(cleanup.remove)
 
     def _fail(self, agent: Agent, reason: str) -> None:
         reg = self.runtime.agents

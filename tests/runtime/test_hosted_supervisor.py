@@ -29,7 +29,15 @@ from gateway.context import Principal
 from gateway.runtime import AgentState
 from gateway.runtime.agents import hosted_principal
 from gateway.runtime.core import AgentRuntime
-from gateway.runtime.hosted import AgentHost, Container, HostedAgents, _root_device, interval_s
+from gateway.runtime.hosted import (
+    AgentHost,
+    Cgroup,
+    Container,
+    HostedAgents,
+    Sandboxed,
+    _root_device,
+    interval_s,
+)
 from gateway.runtime.resources import ResourceLimits
 from gateway.server.auth import ApiKeyStore
 from tests.runtime.test_core import Recorder
@@ -450,6 +458,15 @@ async def test_cancelling_a_real_run_kills_its_process_and_revokes_its_credentia
     marker = f"599.{os.getpid()}{id(tmp_path) % 10000}"  # a sleep this test can find in /proc
     slow = AgentConfig(command="/usr/bin/sleep", args=(marker,), sandbox="bwrap")
     h, _, keys = _bwrap_host(tmp_path, slow=slow)
+    boxes: list[Sandboxed] = []
+    command = h._command
+
+    def spy(*args: Any) -> tuple[list[str], Sandboxed]:  # the real command, its sandbox kept to check
+        argv, box = command(*args)
+        boxes.append(box)
+        return argv, box
+
+    h._command = spy  # type: ignore[method-assign]
     with anyio.fail_after(GUARD_S):
         async with anyio.create_task_group() as tg:
             tg.start_soon(h._supervise, "slow", slow)
@@ -458,6 +475,9 @@ async def test_cancelling_a_real_run_kills_its_process_and_revokes_its_credentia
             assert _running(marker)
             tg.cancel_scope.cancel()
     assert [r.revoked is not None for r in keys.records()] == [True] and h._stop == {}
+    # the run's cgroup is removed although the run was cancelled (the clean-up is shielded)
+    [box] = boxes
+    assert isinstance(box, Cgroup) and box.cg.dirs and not any(d.exists() for d in box.cg.dirs.values())
     fresh = AgentRuntime(h.config, Recorder())
     assert h.runtime.pool.as_json() == fresh.pool.as_json()
     with anyio.fail_after(GUARD_S):

@@ -50,6 +50,7 @@ class SessionQuota:
         self.client_id = client_id
         self.path = path
         self.opening: Counter[str] = Counter()
+        self.answered: set[str] = set()  # ids of sessions whose initialize has been answered
 
     def _opens_session(self, scope: Scope) -> bool:
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
@@ -64,7 +65,11 @@ class SessionQuota:
             await self.app(scope, receive, send)
             return
         who = self.client_id(principal)
-        held = sum(1 for _sid, owner in open_http_sessions(self.manager) if owner == who)
+        sessions = open_http_sessions(self.manager)
+        self.answered.intersection_update(sid for sid, _owner in sessions)  # closed ones drop out
+        # a session whose initialize is still being answered is in the manager already and in
+        # ``opening`` too: held counts only the answered ones, so none is counted twice
+        held = sum(1 for sid, owner in sessions if owner == who and sid in self.answered)
         if held + self.opening[who] >= self.limit:
             _logger.warning(
                 "session quota: %s holds %d sessions (limit %d)", principal.qualified, held, self.limit
@@ -80,12 +85,26 @@ class SessionQuota:
             await JSONResponse(body, status_code=429, headers={"retry-after": "5"})(scope, receive, send)
             return
         self.opening[who] += 1
+        pending = [True]
+
+        def opened(sid: str | None) -> None:
+            if pending[0]:
+                pending[0] = False
+                if sid is not None:
+                    self.answered.add(sid)
+                self.opening[who] -= 1
+                if self.opening[who] <= 0:
+                    del self.opening[who]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                opened(Headers(raw=message.get("headers", [])).get("mcp-session-id"))
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_wrapper)
         finally:
-            self.opening[who] -= 1
-            if self.opening[who] <= 0:
-                del self.opening[who]
+            opened(None)
 
 
 async def sweep_revoked(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,19 @@ def test_one_principal_cannot_take_every_session_slot(tmp_path: Path) -> None:
         assert [r.status_code for r in opened] == [200, 200, 200, 429, 429]
         # another principal still gets in
         assert open_session(run.mcp, keys.other_user).status_code == 200
+
+
+def test_a_burst_of_openings_gets_exactly_the_quota(tmp_path: Path) -> None:
+    """Concurrent initialize requests of one principal: up to the limit all succeed (an opening
+    whose session exists is not counted twice), beyond it the rest are refused."""
+    cfg = everything_config(tmp_path, http_extra="max_sessions = 50\nmax_sessions_per_principal = 6")
+    keys = make_keys(cfg)
+    with run_server(cfg) as run, ThreadPoolExecutor(12) as pool:
+        for burst, want in ((6, 6), (6, 0)):  # the first burst fills the quota, the second finds it full
+            codes = list(pool.map(lambda _: open_session(run.mcp, keys.user).status_code, range(burst)))
+            assert sorted(codes) == [200] * want + [429] * (burst - want)
+        other = list(pool.map(lambda _: open_session(run.mcp, keys.other_user).status_code, range(12)))
+        assert sorted(other) == [200] * 6 + [429] * 6  # 12 at once: no more than 6 get through
 
 
 def test_a_revoked_keys_sessions_free_their_slots(tmp_path: Path) -> None:

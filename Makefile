@@ -8,7 +8,7 @@ SYMBI := $(VENV)/bin/symbi
 CONFIG ?= examples/symbi.toml
 PYTEST_ARGS ?=
 
-.PHONY: all setup python-deps node-deps upstream-user sandbox image state-engines browser run stdio test test-fast bench soak mutate lint typecheck format clean
+.PHONY: all setup python-deps node-deps upstream-user sandbox image state-engines browser run stdio test test-fast bench bench-peers soak mutate lint typecheck format clean
 
 all: setup
 
@@ -100,7 +100,11 @@ format: python-deps
 	$(PY) -m ruff format $(LINTED)
 	$(PY) -m ruff check --fix $(LINTED)
 
-bench: setup sandbox state-engines
+# mcp-proxy (PyPI) in its own venv: the peer of bench/http_load.py (it pins its own MCP SDK)
+bench-peers:
+	bash scripts/mcp-proxy-peer.sh
+
+bench: setup sandbox state-engines bench-peers
 	$(PY) bench/proxy.py
 	$(PY) bench/policy.py
 	$(PY) bench/audit.py
@@ -113,6 +117,7 @@ bench: setup sandbox state-engines
 	$(PY) bench/counters.py
 	$(PY) bench/tracing.py
 	$(PY) bench/http.py
+	$(PY) bench/http_load.py
 	$(PY) bench/scale.py
 	$(PY) bench/speed.py
 

@@ -64,6 +64,9 @@ http.Server.prototype.listen = function (...args) {
 """
 
 
+CLIENTS = 16  # the concurrent run's clients (one session and one API key each)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,17 +121,25 @@ run_http(cfg)
 """
 
 
-def policy_data(tmp: Path) -> Path:
-    """The repository's policy data, plus the bench principal without the per-minute rate limit
+def policy_data(tmp: Path, principals: tuple[str, ...] = ("bench",)) -> Path:
+    """The repository's policy data, plus the bench principals without the per-minute rate limit
     (the policy still decides every call; a rate limit would turn the bench into a limiter test)."""
     doc = json.loads((ROOT / "policies/data.json").read_text())
-    doc["symbi_data"]["principals"]["keys"]["bench"] = {"roles": ["developer"], "rate_limit": 1_000_000}
+    for name in principals:
+        doc["symbi_data"]["principals"]["keys"][name] = {"roles": ["developer"], "rate_limit": 1_000_000}
     path = tmp / "policy-data.json"
     path.write_text(json.dumps(doc))
     return path
 
 
-def gateway_config(tmp: Path, name: str, port: int, upstream_url: str | None, json_response: bool) -> Path:
+def gateway_config(
+    tmp: Path,
+    name: str,
+    port: int,
+    upstream_url: str | None,
+    json_response: bool,
+    principals: tuple[str, ...],
+) -> Path:
     path = tmp / f"{name}.toml"
     if upstream_url:
         upstream_lines = f'url = "{upstream_url}"'
@@ -138,7 +149,7 @@ def gateway_config(tmp: Path, name: str, port: int, upstream_url: str | None, js
         f"""
 [policy]
 path = "{ROOT / "policies.rego"}"
-data = "{policy_data(tmp)}"
+data = "{policy_data(tmp, principals)}"
 [gateway]
 data_dir = "{tmp / "data"}"
 log_level = "WARNING"
@@ -158,8 +169,22 @@ verification = "warn"
 
 
 class Target:
-    def __init__(self, name: str, url: str, tool: str, headers: dict[str, str]) -> None:
+    """``headers`` for every client, or ``per_client`` (client ``c`` uses entry ``c % len``):
+    one API key per client keeps each principal under ``http.max_sessions_per_principal``."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        tool: str,
+        headers: dict[str, str],
+        per_client: list[dict[str, str]] | None = None,
+    ) -> None:
         self.name, self.url, self.tool, self.headers = name, url, tool, headers
+        self.per_client = per_client or [headers]
+
+    def headers_for(self, client: int) -> dict[str, str]:
+        return self.per_client[client % len(self.per_client)]
 
 
 class Barrier:
@@ -177,10 +202,10 @@ class Barrier:
 
 
 async def client_loop(
-    t: Target, n: int, tag: str, lat: list[float], bad: list[str], barrier: Barrier
+    t: Target, n: int, tag: str, lat: list[float], bad: list[str], barrier: Barrier, client: int = 0
 ) -> None:
     async with (
-        httpx2.AsyncClient(headers=t.headers, timeout=httpx2.Timeout(60)) as hc,
+        httpx2.AsyncClient(headers=t.headers_for(client), timeout=httpx2.Timeout(60)) as hc,
         streamable_http_client(t.url, http_client=hc) as (r, w),
         ClientSession(r, w) as s,
     ):
@@ -213,7 +238,7 @@ async def measure(t: Target, clients: int, per_client: int) -> dict[str, Any]:
     ends: list[float] = []
 
     async def one(c: int) -> None:
-        await client_loop(t, per_client, f"{t.name}-c{c}", lat, bad, barrier)
+        await client_loop(t, per_client, f"{t.name}-c{c}", lat, bad, barrier, c)
         ends.append(time.perf_counter())
 
     async with anyio.create_task_group() as tg:
@@ -248,7 +273,10 @@ def main() -> int:
     (tmp / "loopback.cjs").write_text(PRELOAD)
     up_port, sse_port, json_port, stdio_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/mcp"
-    key, _ = ApiKeyStore(tmp / "data" / "api-keys.json").create("bench", ("developer",))
+    # one API key (principal) per client: the default per-principal session quota stays on
+    names = tuple(f"bench-{c:03d}" for c in range(CLIENTS))
+    store = ApiKeyStore(tmp / "data" / "api-keys.json")
+    per_client = [{"Authorization": f"Bearer {store.create(n, ('developer',))[0]}"} for n in names]
     env = {**os.environ, "PORT": str(up_port)}
     py = sys.executable
     with contextlib.ExitStack() as stack:
@@ -266,7 +294,7 @@ def main() -> int:
             ("gw-stdio-up", stdio_port, None, False),  # same gateway, upstream over stdio
         )
         for name, port, up_url, js in gateways:
-            cfg = gateway_config(tmp, name, port, up_url, js)
+            cfg = gateway_config(tmp, name, port, up_url, js, names)
             stack.enter_context(
                 proc(
                     [py, "-c", GATEWAY_MAIN, str(cfg)],
@@ -275,20 +303,24 @@ def main() -> int:
                 )
             )
             wait_http(f"http://127.0.0.1:{port}/readyz", {200})
-        auth = {"Authorization": f"Bearer {key}"}
+        auth = per_client[0]
         targets = [
             Target("direct", upstream, "echo", {}),
-            Target("gateway-sse", f"http://127.0.0.1:{sse_port}/mcp", "everything__echo", auth),
-            Target("gateway-json", f"http://127.0.0.1:{json_port}/mcp", "everything__echo", auth),
+            Target("gateway-sse", f"http://127.0.0.1:{sse_port}/mcp", "everything__echo", auth, per_client),
+            Target("gateway-json", f"http://127.0.0.1:{json_port}/mcp", "everything__echo", auth, per_client),
             Target(
-                "gateway-sse-stdio-upstream", f"http://127.0.0.1:{stdio_port}/mcp", "everything__echo", auth
+                "gateway-sse-stdio-upstream",
+                f"http://127.0.0.1:{stdio_port}/mcp",
+                "everything__echo",
+                auth,
+                per_client,
             ),
         ]
         runs: dict[str, list[dict[str, Any]]] = {}
         for _ in range(args.rounds):
             for t in targets:  # interleaved: each round measures every target once
                 runs.setdefault(f"{t.name}/c1", []).append(anyio.run(measure, t, 1, args.calls))
-                runs.setdefault(f"{t.name}/c16", []).append(anyio.run(measure, t, 16, args.per_client))
+                runs.setdefault(f"{t.name}/c16", []).append(anyio.run(measure, t, CLIENTS, args.per_client))
 
     def med(rows: list[dict[str, Any]], k: str) -> float:
         return round(statistics.median(r[k] for r in rows), 3)

@@ -20,8 +20,8 @@ so each number sits beside its baseline taken minutes apart on the same noisy ma
   verification vs the same rows inserted unsigned into the same SQLite set-up.
 - ``http``: ``--http-clients`` concurrent SDK clients (one session each, one process) against
   server-everything over streamable HTTP directly vs through ``symbi serve`` (API key, policy,
-  audit, tofu; upstream over HTTP). One Python process cannot drive 1,500 calls/s: this is a
-  ratio against direct, not the issue's load test.
+  audit, tofu; upstream over HTTP; one API key per client). One Python process cannot drive
+  1,500 calls/s: this is a ratio against direct; bench/http_load.py is the issue's load test.
 
 Every reply is checked (``misrouted`` and ``errors`` must be 0; the exit code is 1 otherwise).
 Issue 16's targets are evaluated at the end (``targets``) from the medians over rounds.
@@ -180,13 +180,13 @@ def audit_round(events: int) -> dict[str, Any]:
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
-def http_gateway_config(tmp: Path, port: int, upstream_url: str) -> Path:
+def http_gateway_config(tmp: Path, port: int, upstream_url: str, principals: tuple[str, ...]) -> Path:
     path = tmp / "http-gateway.toml"
     path.write_text(
         f"""
 [policy]
 path = "{ROOT / "policies.rego"}"
-data = "{http_bench.policy_data(tmp)}"
+data = "{http_bench.policy_data(tmp, principals)}"
 [gateway]
 data_dir = "{tmp / "data"}"
 log_level = "WARNING"
@@ -205,13 +205,16 @@ verification = "tofu"
 
 
 @contextlib.contextmanager
-def http_targets(tmp: Path) -> Any:
+def http_targets(tmp: Path, clients: int) -> Any:
     from gateway.server.auth import ApiKeyStore
 
     (tmp / "loopback.cjs").write_text(http_bench.PRELOAD)
     up_port, gw_port = http_bench.free_port(), http_bench.free_port()
     upstream = f"http://127.0.0.1:{up_port}/mcp"
-    key, _ = ApiKeyStore(tmp / "data" / "api-keys.json").create("bench", ("developer",))
+    # one API key (principal) per client: the default per-principal session quota stays on
+    names = tuple(f"bench-{c:03d}" for c in range(clients))
+    store = ApiKeyStore(tmp / "data" / "api-keys.json")
+    auth = [{"Authorization": f"Bearer {store.create(n, ('developer',))[0]}"} for n in names]
     with contextlib.ExitStack() as stack:
         stack.enter_context(
             http_bench.proc(
@@ -221,7 +224,7 @@ def http_targets(tmp: Path) -> Any:
             )
         )
         http_bench.wait_http(upstream, {400, 405, 406, 200})
-        cfg = http_gateway_config(tmp, gw_port, upstream)
+        cfg = http_gateway_config(tmp, gw_port, upstream, names)
         stack.enter_context(
             http_bench.proc(
                 [sys.executable, "-c", http_bench.GATEWAY_MAIN, str(cfg)],
@@ -236,7 +239,8 @@ def http_targets(tmp: Path) -> Any:
                 "gateway",
                 f"http://127.0.0.1:{gw_port}/mcp",
                 "everything__echo",
-                {"Authorization": f"Bearer {key}"},
+                auth[0],
+                auth,
             ),
         ]
 
@@ -256,7 +260,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             name: await stack.enter_async_context(stdio_session(cmd, argv, env, tmp / f"{name}.stderr", cwd))
             for name, (cmd, argv, env, _tool, cwd) in targets.items()
         }
-        http = stack.enter_context(http_targets(tmp)) if args.http else []
+        http = stack.enter_context(http_targets(tmp, args.http_clients)) if args.http else []
         names = list(targets)
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]

@@ -1,0 +1,327 @@
+"""Issue 16's HTTP target: tools/call over streamable HTTP under 64 concurrent sessions.
+
+    .venv/bin/python bench/http_load.py [--sessions 64] [--procs 4] [--seconds 8] [--rounds 3]
+                                        [--workers 1] [--json-response] [--no-mcp-proxy]
+
+Targets, interleaved (every round measures each once, the order rotating):
+
+* ``direct``     npm server-everything in streamableHttp mode (loopback), ``echo``
+* ``mcp-proxy``  PyPI mcp-proxy 0.13.0 (its own venv: scripts/mcp-proxy-peer.sh) bridging the same
+                 server over stdio: no auth, no policy, no audit
+* ``gateway``    ``symbi serve``: API key auth (one key per session: the default
+                 ``http.max_sessions_per_principal`` of 16 stays on), the repo's Rego policy,
+                 the signed audit log, ``tofu`` verification, the same server over stdio;
+                 ``--workers N`` runs ``symbi serve --workers N``.
+
+The load: ``--procs`` client processes (bench/_load_client.py: plain httpx, no SDK) holding
+``--sessions`` handshake-era MCP sessions between them, one HTTP connection and one call in
+flight per session, for ``--seconds``; all processes start their measured phase together.
+Every call carries a unique message; a reply must carry the call's own id and echo exactly
+its message (``misrouted`` otherwise, must be 0). Before it, ``c1``: one session, sequential
+calls (the unloaded p50). The exit code is 1 on any misrouted or failed call.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/http.py would shadow the stdlib's http: import from the repo root instead of bench/.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bench._common import EVERYTHING_JS, ROOT, SYMBI, free_port, gateway_env, latency_summary, median
+from bench.http import PRELOAD, proc, wait_http
+
+MCP_PROXY_VENV = Path(os.environ.get("MCP_PROXY_VENV", ROOT / ".venv-mcp-proxy"))
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    tool: str
+    keys: list[str | None]  # one per session (None: no auth)
+    pid: int = 0  # the server's process (py-spy attaches to it with --profile)
+
+
+def policy_data(tmp: Path, principals: list[str]) -> Path:
+    """The repo's policy data with the bench principals as developers without a rate limit
+    (the policy still decides every call; a limit would make this a limiter test)."""
+    doc = json.loads((ROOT / "policies" / "data.json").read_text())
+    keys = doc["symbi_data"]["principals"].setdefault("keys", {})
+    for p in principals:
+        keys[p] = {"roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0}
+    path = tmp / "policy-data.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def gateway_config(tmp: Path, port: int, principals: list[str], json_response: bool) -> Path:
+    path = tmp / "gateway.toml"
+    path.write_text(
+        f"""
+[policy]
+path = "{ROOT / "policies.rego"}"
+data = "{policy_data(tmp, principals)}"
+[gateway]
+data_dir = "{tmp / "data"}"
+log_level = "WARNING"
+[sandbox]
+code_tools = false
+[http]
+port = {port}
+json_response = {str(json_response).lower()}
+access_log = false
+[servers.everything]
+command = "node"
+args = ["{EVERYTHING_JS}", "stdio"]
+verification = "tofu"
+"""
+    )
+    return path
+
+
+@contextlib.contextmanager
+def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
+    from gateway.server.auth import ApiKeyStore
+
+    (tmp / "loopback.cjs").write_text(PRELOAD)
+    up, mp, gw = free_port(), free_port(), free_port()
+    names = [f"bench-{i:03d}" for i in range(args.sessions)]
+    store = ApiKeyStore(tmp / "data" / "api-keys.json")
+    keys: list[str | None] = [store.create(n, ("developer",))[0] for n in names]
+    none: list[str | None] = [None] * args.sessions
+    out: list[Target] = []
+    with contextlib.ExitStack() as stack:
+        p = stack.enter_context(
+            proc(
+                ["node", "-r", str(tmp / "loopback.cjs"), str(EVERYTHING_JS), "streamableHttp"],
+                tmp / "direct.log",
+                {**os.environ, "PORT": str(up)},
+            )
+        )
+        wait_http(f"http://127.0.0.1:{up}/mcp", {400, 405, 406, 200})
+        out.append(Target("direct", f"http://127.0.0.1:{up}/mcp", "echo", none, p.pid))
+        proxy = MCP_PROXY_VENV / "bin" / "mcp-proxy"
+        if args.mcp_proxy:
+            if not proxy.exists():
+                raise SystemExit(f"{proxy} missing: run scripts/mcp-proxy-peer.sh (or --no-mcp-proxy)")
+            cmd = [str(proxy), "--host", "127.0.0.1", "--port", str(mp), "--log-level", "WARNING"]
+            p = stack.enter_context(proc([*cmd, "node", str(EVERYTHING_JS), "stdio"], tmp / "mcp-proxy.log"))
+            wait_http(f"http://127.0.0.1:{mp}/status", {200})
+            out.append(Target("mcp-proxy", f"http://127.0.0.1:{mp}/mcp", "echo", none, p.pid))
+        cfg = gateway_config(tmp, gw, names, args.json_response)
+        serve = [str(SYMBI), "serve", "--config", str(cfg)]
+        if args.workers > 1:
+            serve += ["--workers", str(args.workers)]
+        p = stack.enter_context(proc(serve, tmp / "gateway.log", {**gateway_env(), "PYTHONPATH": str(ROOT)}))
+        wait_http(f"http://127.0.0.1:{gw}/readyz", {200}, timeout=120)
+        out.append(Target("gateway", f"http://127.0.0.1:{gw}/mcp", "everything__echo", keys, p.pid))
+        yield out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and every live descendant (the
+    gateway's and mcp-proxy's upstream node process count: a bridge's cost includes it)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state ppid ... utime(12) stime(13) (0-based, from the state field)
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo += [c for c, (ppid, _) in stats.items() if ppid == p]
+    return total
+
+
+def drive(t: Target, sessions: int, procs: int, seconds: float, run: str) -> dict[str, Any]:
+    """``procs`` client processes, ``sessions`` sessions between them; the merged result."""
+    per = [list(range(i, sessions, procs)) for i in range(procs)]
+    children = []
+    for i, idx in enumerate(per):
+        if not idx:
+            continue
+        p = subprocess.Popen(
+            [sys.executable, "-m", "bench._load_client"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            text=True,
+        )
+        job = {
+            "url": t.url,
+            "tool": t.tool,
+            "keys": [t.keys[j] for j in idx],
+            "seconds": seconds,
+            "run": run,
+            "tag": f"{run}-p{i}",
+            "warmup": 3,
+        }
+        assert p.stdin is not None
+        p.stdin.write(json.dumps(job) + "\n")
+        p.stdin.flush()
+        children.append(p)
+    try:
+        for p in children:  # every session open and warm
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{t.name}: a load client failed to open its sessions")
+        cpu0 = tree_cpu_s(t.pid)
+        for p in children:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        rows = []
+        for p in children:
+            assert p.stdout is not None
+            rows.append(json.loads(p.stdout.readline()))
+        cpu = tree_cpu_s(t.pid) - cpu0  # the server's CPU for the measured phase (and the close)
+        for p in children:
+            p.wait(30)
+    finally:
+        for p in children:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    lat = [x for r in rows for x in r["latencies_ms"]]
+    wall = max(r["end"] for r in rows) - min(r["start"] for r in rows)
+    return {
+        "calls": len(lat),
+        "calls_per_s": round(len(lat) / wall, 1),
+        "server_cpu_ms_per_call": round(1000.0 * cpu / len(lat), 3) if lat else float("nan"),
+        "client_cpu_ms_per_call": round(1000.0 * sum(r["cpu_s"] for r in rows) / len(lat), 3)
+        if lat
+        else float("nan"),
+        **latency_summary([x / 1000.0 for x in lat]),
+        **{k: sum(r[k] for r in rows) for k in ("ok", "misrouted", "errors")},
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "calls_per_s": round(median([r["calls_per_s"] for r in rows]), 1),
+        "calls_per_s_per_round": [r["calls_per_s"] for r in rows],
+        "p50_ms": round(median([r["p50_ms"] for r in rows]), 3),
+        "p99_ms": round(median([r["p99_ms"] for r in rows]), 3),
+        "server_cpu_ms_per_call": round(median([r["server_cpu_ms_per_call"] for r in rows]), 3),
+        "client_cpu_ms_per_call": round(median([r["client_cpu_ms_per_call"] for r in rows]), 3),
+        "calls": sum(r["calls"] for r in rows),
+        **{k: sum(r[k] for r in rows) for k in ("ok", "misrouted", "errors")},
+    }
+
+
+def profile(args: argparse.Namespace, tmp: Path) -> int:
+    """py-spy on the gateway (and its worker processes) while the load runs."""
+    from bench.profile_call import summarise
+
+    args.mcp_proxy = False
+    pyspy = Path(sys.executable).parent / "py-spy"
+    raw = tmp / "profile.txt"
+    with targets(args, tmp) as ts:
+        gw = ts[-1]
+        drive(gw, args.sessions, args.procs, 2.0, "warm")
+        cmd = [str(pyspy), "record", "-r", "200", "-f", "raw", "--nonblocking", "--subprocesses"]
+        cmd += ["-o", str(raw), "-d", str(int(args.seconds) + 2), "--pid", str(gw.pid)]
+        spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        row = drive(gw, args.sessions, args.procs, args.seconds, "profile")
+        spy.wait()
+    print(
+        f"gateway under load: {row['calls_per_s']} calls/s, p50 {row['p50_ms']} ms, "
+        f"misrouted {row['misrouted']}, errors {row['errors']}\n"
+    )
+    print(summarise(raw, 30))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--sessions", type=int, default=64)
+    ap.add_argument("--procs", type=int, default=4, help="load-client processes")
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured phase per target and round")
+    ap.add_argument("--c1-seconds", type=float, default=3.0, help="the one-session sequential phase")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1, help="symbi serve --workers")
+    ap.add_argument("--json-response", action="store_true", help="gateway http.json_response = true")
+    ap.add_argument("--no-mcp-proxy", dest="mcp_proxy", action="store_false")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="only the gateway, one load phase under py-spy: a Markdown profile instead of JSON",
+    )
+    args = ap.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-http-load-"))
+    if args.profile:
+        return profile(args, tmp)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    with targets(args, tmp) as ts:
+        for r in range(args.rounds):
+            order = ts[r % len(ts) :] + ts[: r % len(ts)]
+            for t in order:
+                rows = runs.setdefault(t.name, {"c1": [], "load": []})
+                tag = f"r{r}-{t.name}-{uuid.uuid4().hex[:6]}"
+                rows["c1"].append(drive(t, 1, 1, args.c1_seconds, tag + "-c1"))
+                rows["load"].append(drive(t, args.sessions, args.procs, args.seconds, tag))
+    results = {name: {k: summarize(v) for k, v in rows.items()} for name, rows in runs.items()}
+    gw = results["gateway"]
+    base = "mcp-proxy" if "mcp-proxy" in results else "direct"
+    bad = sum(v[k] for res in results.values() for v in res.values() for k in ("misrouted", "errors"))
+    doc = {
+        "benchmark": "http_load (issue 16, streamable HTTP)",
+        "load": f"{args.procs} client processes (httpx, bench/_load_client.py), {args.sessions} sessions, "
+        f"1 call in flight each, {args.seconds}s per target per round",
+        "gateway": "symbi serve: API key per session, policies.rego, signed audit log, tofu; "
+        f"upstream server-everything over stdio; workers={args.workers}; json_response={args.json_response}",
+        "rounds": args.rounds,
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg": [round(x, 2) for x in os.getloadavg()],
+            "time": time.strftime("%Y-%m-%d %H:%M"),
+        },
+        "results": results,
+        "targets": {
+            "calls_per_s": {"target": 1500, "measured": gw["load"]["calls_per_s"]},
+            "p50_below_peer_under_load": {
+                "peer": base,
+                "peer_ms": results[base]["load"]["p50_ms"],
+                "measured_ms": gw["load"]["p50_ms"],
+                "met": gw["load"]["p50_ms"] < results[base]["load"]["p50_ms"],
+            },
+            "p50_below_peer_one_session": {
+                "peer": base,
+                "peer_ms": results[base]["c1"]["p50_ms"],
+                "measured_ms": gw["c1"]["p50_ms"],
+                "met": gw["c1"]["p50_ms"] < results[base]["c1"]["p50_ms"],
+            },
+            "misrouted_or_failed": bad,
+        },
+    }
+    doc["targets"]["calls_per_s"]["met"] = gw["load"]["calls_per_s"] >= 1500
+    print(json.dumps(doc, indent=2))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -265,6 +265,7 @@ class BusBuiltin:
         try:
             await self.bus.backend.start()
             await self.bus.publish_configured()  # hosted agents are addressable before they run
+            await self.bus.forget_left_behind()  # session agents an earlier run did not end
         except Exception as e:  # noqa: BLE001 - sends will report the backend's error
             _logger.warning("bus backend not reachable at start: %s", e)
         try:

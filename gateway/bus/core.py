@@ -180,6 +180,16 @@ class Bus:
         # a message it sent, received after it ended, verified (and cached) its entry again
         self.receiver.keys.pop(agent, None)
         self.ring.forget(agent)
+        self.ring.unmark(agent)
+
+    async def forget_left_behind(self) -> None:
+        """At start: the agents whose id never comes back that an earlier run did not end (it
+        crashed, or stopped with sessions open) leave the bus: entry, subscriptions, inboxes."""
+        for agent, name in self.ring.left_behind:
+            self.retirements.ended(agent, name, 0)  # refused at once; the sweep retries a failure
+            if await self.retirements.remove(agent):
+                self._uncache(agent)
+        self.ring.left_behind = []
 
     def footprint(self) -> dict[str, int]:
         """What the bus holds per agent, for ``/api/state`` (freed when the agent ends)."""

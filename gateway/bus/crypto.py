@@ -103,8 +103,16 @@ class KeyRing:
         self._topic: dict[str, AESGCM] = {}
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        # agents whose id never comes back, written down until their directory entry is gone:
+        # a run that stopped without ending them (a crash) leaves them to the next one
+        self._marks: sqlite3.Connection | None = None
+        self.left_behind: list[tuple[str, str]] = []  # (agent, name) left by an earlier run
         if keys_path is not None:
             self._db = _open_keys_db(keys_path)
+            self._marks = _open_marks(keys_path)
+            self.left_behind = [
+                (str(a), str(n)) for a, n in self._marks.execute("SELECT agent, name FROM ephemeral")
+            ]
             for agent, principal, s, d in self._db.execute(
                 "SELECT agent, principal, sign, dh FROM agent_keys"
             ):
@@ -120,6 +128,9 @@ class KeyRing:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._marks is not None:
+            self._marks.close()
+            self._marks = None
 
     # -- agents ----------------------------------------------------------------------------
 
@@ -145,6 +156,11 @@ class KeyRing:
                             "INSERT OR REPLACE INTO agent_keys(agent, principal, sign, dh) VALUES (?,?,?,?)",
                             (agent, principal, _priv(keys.sign), _priv(keys.dh)),
                         )
+                elif self._marks is not None and not persist:
+                    with self._marks:
+                        self._marks.execute(
+                            "INSERT OR REPLACE INTO ephemeral(agent, name) VALUES (?,?)", (agent, name)
+                        )
         return keys, self.entry_for(keys, name)
 
     def forget(self, agent: str) -> None:
@@ -157,6 +173,13 @@ class KeyRing:
                 with self._db:
                     self._db.execute("DELETE FROM agent_keys WHERE agent=?", (agent,))
 
+    def unmark(self, agent: str) -> None:
+        """An agent whose id never comes back left the directory: nothing is left to clean."""
+        with self._lock:
+            if self._marks is not None:
+                with self._marks:
+                    self._marks.execute("DELETE FROM ephemeral WHERE agent=?", (agent,))
+
     def footprint(self) -> dict[str, int]:
         out = {
             "bus_local_keys": len(self._local),
@@ -165,6 +188,10 @@ class KeyRing:
         }
         if self._db is not None:
             out["bus_stored_keys"] = int(self._db.execute("SELECT count(*) FROM agent_keys").fetchone()[0])
+        if self._marks is not None:
+            out["bus_ephemeral_marks"] = int(
+                self._marks.execute("SELECT count(*) FROM ephemeral").fetchone()[0]
+            )
         return out
 
     def entry_for(self, keys: AgentKeys, name: str = "") -> PublicKeys:
@@ -242,5 +269,16 @@ def _open_keys_db(path: Path) -> sqlite3.Connection:
         "CREATE TABLE IF NOT EXISTS agent_keys(agent TEXT PRIMARY KEY, principal TEXT NOT NULL, "
         "sign BLOB NOT NULL, dh BLOB NOT NULL)"
     )
+    db.isolation_level = "DEFERRED"
+    return db
+
+
+def _open_marks(path: Path) -> sqlite3.Connection:
+    """A second connection to the key store for the ephemeral agents' marks: synchronous=NORMAL
+    (no fsync per commit; WAL keeps them across a process crash, which is what they are for),
+    so an HTTP session's agent costs no disk flush."""
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE IF NOT EXISTS ephemeral(agent TEXT PRIMARY KEY, name TEXT NOT NULL)")
     db.isolation_level = "DEFERRED"
     return db

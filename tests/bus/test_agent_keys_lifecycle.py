@@ -206,3 +206,37 @@ async def test_redis_directory_forgets_ended_session_agents(
         assert bus.footprint() == start
         with pytest.raises(BusNoAgent):
             await _send(gw, reader, ended[0], 1)
+
+
+async def test_session_agents_left_by_a_stop_without_ending_them_are_cleaned_at_start(tmp_path: Path) -> None:
+    """A gateway that stops (or crashes) with HTTP sessions open never ends their agents: their
+    directory entries, subscriptions and inboxes are removed when the next run starts."""
+    gw = _gateway(tmp_path, BUS)
+    async with gw.running():
+        reader = _as(gw, "reader", "key:k-reader")
+        await call(gw, reader, "send", to=reader.agent, body="warm-up")
+        await call(gw, reader, "receive")
+        start = _rows(gw)
+        left = _as(gw, "churn", "http:open-at-the-stop")
+        await call(gw, left, "subscribe", topic="team.*")
+        await call(gw, left, "send", to=reader.agent, body="hello", ttl_s=60)
+        await call(gw, reader, "send", to=left.agent, body="never read")
+        await call(gw, reader, "receive")
+        assert _rows(gw) != start  # its directory entry
+    # the next run, on the same data dir
+    gw = _gateway(tmp_path, BUS)
+    async with gw.running():
+        with anyio.move_on_after(20):
+            while _rows(gw) != start:
+                await anyio.sleep(0.05)
+        assert _rows(gw) == start
+        db = sqlite3.connect(f"file:{gw.config.bus_path}?mode=ro", uri=True)
+        try:
+            assert db.execute("SELECT count(*) FROM subs").fetchone()[0] == 0
+            waiting = db.execute("SELECT count(*) FROM messages WHERE state=0 AND inbox=?", (left.agent,))
+            assert waiting.fetchone()[0] == 0
+        finally:
+            db.close()
+        with pytest.raises(BusNoAgent):
+            await _send(gw, _as(gw, "reader", "key:k-reader"), left.agent, "too late")
+        assert "bus_ephemeral_marks" in _bus(gw).footprint()

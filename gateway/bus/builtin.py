@@ -21,6 +21,7 @@ import anyio
 from mcp import types
 
 from gateway.bus.core import Bus, validate_topic
+from gateway.bus.crypto import TOPIC_KEYS_CAP
 from gateway.context import CallContext, Principal
 from gateway.errors import ArgumentsInvalid, CatalogError, UnknownTool
 
@@ -235,6 +236,17 @@ class BusBuiltin:
                 self._tg.start_soon(self._watcher, agent)
         else:
             sessions.discard(connection)
+            self._prune(agent)
+
+    def _prune(self, agent: str) -> None:
+        """Drop the watch entries no live connection holds any more (closed sessions)."""
+        watched = self._watch.get(agent)
+        if watched is None:
+            return
+        for uri in [u for u, conns in watched.items() if not len(conns)]:
+            del watched[uri]
+        if not watched and agent not in self._watchers:
+            del self._watch[agent]
 
     async def _watcher(self, agent: str) -> None:
         """Push notifications/resources/updated to the sessions watching this agent's inbox/topics."""
@@ -254,6 +266,20 @@ class BusBuiltin:
                             await conn.outbound.notify("notifications/resources/updated", {"uri": uri})
         finally:
             self._watchers.discard(agent)
+            self._prune(agent)
+
+    def footprint(self) -> dict[str, int]:
+        """What the bus and its notification watches hold per agent (``/api/state`` owned)."""
+        return {
+            **self.bus.footprint(),
+            "bus_watched_agents": len(self._watch),
+            "bus_watched_uris": sum(len(uris) for uris in self._watch.values()),
+            "bus_watchers": len(self._watchers),
+        }
+
+    def bounded(self) -> dict[str, tuple[int, int]]:
+        """Caches with a fixed cap: name -> (size, cap)."""
+        return {"bus_topic_keys": (self.bus.ring.topic_keys, TOPIC_KEYS_CAP)}
 
     # -- background ------------------------------------------------------------------------
 

@@ -91,6 +91,9 @@ def config_secret(config: Config) -> bytes:
     return load_secret(config.bus_secret_path)
 
 
+TOPIC_KEYS_CAP = 1024  # derived topic keys cached (the oldest goes; derived again when needed)
+
+
 class KeyRing:
     """Private keys of this process's agents, and the derived message keys (cached)."""
 
@@ -242,8 +245,14 @@ class KeyRing:
         if cached is None:
             info = b"symbi-bus/v1 topic\0" + topic.encode()
             cached = AESGCM(HKDF(SHA256(), 32, salt=None, info=info).derive(self.secret))
+            if len(self._topic) >= TOPIC_KEYS_CAP:  # topic names are the agents' choice: bounded
+                del self._topic[next(iter(self._topic))]
             self._topic[topic] = cached
         return cached
+
+    @property
+    def topic_keys(self) -> int:
+        return len(self._topic)
 
 
 def verify_signature(pub: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:

@@ -25,6 +25,7 @@ from gateway.compat import http_session_counts
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.bus.builtin import BusBuiltin
     from gateway.server.http import HttpState
 
 
@@ -53,12 +54,23 @@ def gateway_footprint(gw: Gateway | None) -> dict[str, int]:
     }
     for k, v in gw.counters.sizes().items():
         out[f"counters_{k}"] = v
+    bus = _bus(gw)
+    if bus is not None:  # bus keys, caches and watches per agent (rows of both key stores too)
+        out.update(bus.footprint())
+    return out
+
+
+def gateway_bounded(gw: Gateway | None) -> dict[str, tuple[int, int]]:
+    """The gateway's capped caches: name -> (size, cap)."""
+    bus = _bus(gw)
+    return bus.bounded() if bus is not None else {}
+
+
+def _bus(gw: Gateway | None) -> BusBuiltin | None:
     from gateway.bus.builtin import BusBuiltin
 
-    bus = gw.builtins.get("bus")
-    if isinstance(bus, BusBuiltin):  # bus keys and caches per agent (rows of both key stores too)
-        out.update(bus.bus.footprint())
-    return out
+    bus = gw.builtins.get("bus") if gw is not None else None
+    return bus if isinstance(bus, BusBuiltin) else None
 
 
 def http_footprint(state: HttpState) -> dict[str, Any]:
@@ -80,6 +92,8 @@ def http_footprint(state: HttpState) -> dict[str, Any]:
     store = getattr(manager, "event_store", None)
     bounded = {"recent_calls": len(state.recent), "sse_events": len(store) if store is not None else 0}
     caps = {"recent_calls": state.recent.size, "sse_events": getattr(store, "max_events", 0)}
+    for name, (size, cap) in gateway_bounded(state.gateway).items():
+        bounded[name], caps[name] = size, cap
     # label sets over fixed vocabularies (route group x status, event type, decision, tier):
     # bounded by the vocabularies, not by any owner; reported, not compared
     vocabulary = {"metrics_label_sets": metrics_label_sets(state.metrics)}

@@ -11,6 +11,8 @@ redis-server.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.bus.builtin import BusBuiltin
 from gateway.bus.core import Bus
+from gateway.bus.crypto import TOPIC_KEYS_CAP, KeyRing
 from gateway.config.load import load_config
 from gateway.context import CallContext, Principal
 from gateway.errors import BusNoAgent
@@ -240,3 +243,52 @@ async def test_session_agents_left_by_a_stop_without_ending_them_are_cleaned_at_
         with pytest.raises(BusNoAgent):
             await _send(gw, _as(gw, "reader", "key:k-reader"), left.agent, "too late")
         assert "bus_ephemeral_marks" in _bus(gw).footprint()
+
+
+class _Connection:
+    """Stand-in for the SDK's client connection the bus holds weakly for resources/subscribe
+    (the HTTP test in test_http_bus.py uses the real one); notifications are recorded."""
+
+    def __init__(self) -> None:
+        self.outbound = self
+        self.sent: list[dict[str, Any]] = []
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        self.sent.append(params)
+
+
+async def test_watches_are_counted_and_go_with_their_connection(tmp_path: Path) -> None:
+    gw = _gateway(tmp_path, BUS)
+    builtin = gw.builtins["bus"]
+    assert isinstance(builtin, BusBuiltin)
+    async with gw.running():
+        reader = _as(gw, "reader", "key:k-reader")
+        await call(gw, reader, "receive")
+        start = builtin.footprint()
+        me = _as(gw, "churn", "http:watching")
+        conn: _Connection | None = _Connection()
+        await builtin.watch("bus://inbox", me, conn, True)
+        await builtin.watch("bus://topics/team.*", me, conn, True)
+        grown = builtin.footprint()
+        assert (grown["bus_watched_agents"], grown["bus_watched_uris"]) == (1, 2)
+        await builtin.watch("bus://topics/team.*", me, conn, False)
+        assert builtin.footprint()["bus_watched_uris"] == 1
+        conn = None  # the session's connection goes (the SDK drops it when the session closes)
+        gc.collect()
+        gw.runtime.close_session("http:watching", "shutdown: the client closed its session")
+        gw.runtime.sweep()
+        with anyio.move_on_after(20):  # the watcher notices at its next wait (up to 5 s)
+            while builtin.footprint() != start:
+                await anyio.sleep(0.1)
+        assert builtin.footprint() == start
+
+
+def test_derived_topic_keys_are_a_bounded_cache() -> None:
+    ring = KeyRing(os.urandom(32), None)
+    for i in range(TOPIC_KEYS_CAP + 10):  # topic names are the agents' choice
+        ring.topic_cipher(f"t.{i}")
+    assert ring.topic_keys == TOPIC_KEYS_CAP
+    # an evicted topic's key is derived again, the same
+    nonce = bytes(12)
+    sealed = ring.topic_cipher("t.0").encrypt(nonce, b"x", b"")
+    assert KeyRing(ring.secret, None).topic_cipher("t.0").decrypt(nonce, sealed, b"") == b"x"

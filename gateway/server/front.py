@@ -13,13 +13,14 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 import anyio
 from mcp import types
 from mcp.server import NotificationOptions, Server, ServerRequestContext
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway import __version__
@@ -140,6 +141,13 @@ class Front:
         self._running: list[Gateway] = []
 
     def server(self) -> Server[Gateway]:
+        # logging/setLevel stays for the handshake-era (2025) clients that send it; the SDK
+        # would warn at every start that the capability is deprecated since 2026-07-28 (SEP-2577)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The logging capability is deprecated", MCPDeprecationWarning)
+            return self._server()
+
+    def _server(self) -> Server[Gateway]:
         return Server(
             self.config.gateway.name,
             version=__version__,

@@ -61,6 +61,7 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
             access_log=False,
             log_config=None,
             http=http_protocol(cfg.http.header_timeout_s),  # as symbi serve runs it
+            loop="uvloop",
         )
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

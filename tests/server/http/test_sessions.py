@@ -131,6 +131,32 @@ def test_trickled_headers_are_cut_off(tmp_path: Path) -> None:
         assert closed
 
 
+@pytest.mark.slow
+def test_trickled_headers_after_a_kept_alive_request_are_cut_off(tmp_path: Path) -> None:
+    """Attack (slowloris on a kept-alive connection): one honest request, then the next
+    request's headers one byte at a time."""
+    cfg = everything_config(tmp_path, http_extra="header_timeout_s = 1.0")
+    with run_server(cfg) as run:
+        s = _raw(_port(run.base))
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        closed = False
+        for ch in b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 40:
+            try:
+                s.sendall(bytes([ch]))
+                s.settimeout(0.3)
+                if s.recv(4096) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        s.close()
+        assert closed  # within the ~18 s of trickling; uvicorn's keep-alive timer stops at the first byte
+
+
 def test_session_ownership_is_per_source_and_issuer() -> None:
     """Attack: a JWT carrying a ``key_id`` claim was bound as that API key (``apikey:<id>``),
     and JWTs with the same subject from two issuers shared their sessions."""

@@ -11,7 +11,8 @@ calls ``tool`` in a closed loop (one call in flight per session) until ``seconds
 every call with a unique message; the reply must be the JSON-RPC response with the call's own
 id and ``Echo: <its message>``. A reply carrying another call's id or message counts as
 ``misrouted``; anything else that is not the expected reply (HTTP error, JSON-RPC error,
-``isError``, a timeout) as ``errors``. The process prints one JSON line: latencies (ms),
+``isError``, a timeout) as ``errors``. A request on a connection idle for over a second that
+the server had closed (its keep-alive timeout) is sent again once on a new one (``reconnects``). The process prints one JSON line: latencies (ms),
 counts, its own CPU seconds, and the monotonic start and end of its measured phase (one clock for all processes).
 
 Plain httpx (no MCP SDK on the client side): the SDK's client costs more CPU per call than the
@@ -31,6 +32,7 @@ import orjson
 
 PROTOCOL = "2025-11-25"
 ACCEPT = "application/json, text/event-stream"
+IDLE_RECONNECT_S = 1.0  # idle longer than this, a closed connection is the server's keep-alive timeout
 
 
 def parse_reply(resp: httpx.Response) -> list[dict[str, Any]]:
@@ -58,9 +60,23 @@ class Session:
             headers=headers, timeout=60, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
         )
         self.next_id = 0
+        self.last = time.monotonic()
+        self.reconnects = 0
 
     async def post(self, msg: dict[str, Any]) -> httpx.Response:
-        return await self.http.post(self.url, content=orjson.dumps(msg))
+        body = orjson.dumps(msg)
+        idle = time.monotonic() - self.last
+        try:
+            r = await self.http.post(self.url, content=body)
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+            if idle < IDLE_RECONNECT_S:
+                raise
+            # the server closed the kept-alive connection while it idled (its keep-alive timeout,
+            # 5 s in uvicorn and node: a loaded machine takes that long to start every client)
+            self.reconnects += 1
+            r = await self.http.post(self.url, content=body)
+        self.last = time.monotonic()
+        return r
 
     async def open(self) -> None:
         init = {
@@ -127,9 +143,12 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     tag = job["tag"]
     sessions = [Session(job["url"], key, job["run"]) for key in job["keys"]]
     await asyncio.gather(*(s.open() for s in sessions))
-    for s in sessions:
+
+    async def warm(s: Session) -> None:
         for _ in range(job["warmup"]):
             await s.call(job["tool"], f"{tag}-warm")
+
+    await asyncio.gather(*(warm(s) for s in sessions))
     print("ready", flush=True)
     line = await asyncio.to_thread(sys.stdin.readline)
     if line.strip() != "go":
@@ -155,7 +174,8 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*(loop(n, s) for n, s in enumerate(sessions)))
     end, cpu = time.monotonic(), time.process_time() - cpu0
     await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
-    return {"start": start, "end": end, "cpu_s": cpu, "latencies_ms": lat, **counts}
+    reconnects = sum(s.reconnects for s in sessions)
+    return {"start": start, "end": end, "cpu_s": cpu, "reconnects": reconnects, "latencies_ms": lat, **counts}
 
 
 def main() -> int:

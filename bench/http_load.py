@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -123,13 +124,21 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
             p = stack.enter_context(proc([*cmd, "node", str(EVERYTHING_JS), "stdio"], tmp / "mcp-proxy.log"))
             wait_http(f"http://127.0.0.1:{mp}/status", {200})
             out.append(Target("mcp-proxy", f"http://127.0.0.1:{mp}/mcp", "echo", none, p.pid))
-        cfg = gateway_config(tmp, gw, names, args.json_response)
-        serve = [str(SYMBI), "serve", "--config", str(cfg)]
-        if args.workers > 1:
-            serve += ["--workers", str(args.workers)]
-        p = stack.enter_context(proc(serve, tmp / "gateway.log", {**gateway_env(), "PYTHONPATH": str(ROOT)}))
-        wait_http(f"http://127.0.0.1:{gw}/readyz", {200}, timeout=120)
-        out.append(Target("gateway", f"http://127.0.0.1:{gw}/mcp", "everything__echo", keys, p.pid))
+        gateways = [("gateway", ROOT, gw)]
+        if args.baseline_tree is not None:  # the same gateway from another checkout (before a change)
+            gateways.append(("gateway-baseline", args.baseline_tree.resolve(), free_port()))
+        for name, tree, port in gateways:
+            folder = tmp / name
+            (folder / "data").mkdir(parents=True, mode=0o700)  # its own data dir (audit chain), the same keys
+            shutil.copy(tmp / "data" / "api-keys.json", folder / "data" / "api-keys.json")
+            cfg = gateway_config(folder, port, names, args.json_response)
+            serve = [str(SYMBI), "serve", "--config", str(cfg)]
+            if args.workers > 1:
+                serve += ["--workers", str(args.workers)]
+            env = {**gateway_env(), "PYTHONPATH": str(tree)}
+            p = stack.enter_context(proc(serve, folder / "gateway.log", env))
+            wait_http(f"http://127.0.0.1:{port}/readyz", {200}, timeout=120)
+            out.append(Target(name, f"http://127.0.0.1:{port}/mcp", "everything__echo", keys, p.pid))
         yield out
 
 
@@ -214,7 +223,7 @@ def drive(t: Target, sessions: int, procs: int, seconds: float, run: str) -> dic
         if lat
         else float("nan"),
         **latency_summary([x / 1000.0 for x in lat]),
-        **{k: sum(r[k] for r in rows) for k in ("ok", "misrouted", "errors")},
+        **{k: sum(r[k] for r in rows) for k in ("ok", "misrouted", "errors", "reconnects")},
     }
 
 
@@ -227,8 +236,20 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "server_cpu_ms_per_call": round(median([r["server_cpu_ms_per_call"] for r in rows]), 3),
         "client_cpu_ms_per_call": round(median([r["client_cpu_ms_per_call"] for r in rows]), 3),
         "calls": sum(r["calls"] for r in rows),
-        **{k: sum(r[k] for r in rows) for k in ("ok", "misrouted", "errors")},
+        **{k: sum(r[k] for r in rows) for k in ("ok", "misrouted", "errors", "reconnects")},
     }
+
+
+def vs_baseline(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """This tree's gateway against ``--baseline-tree``'s, round by round (medians of ratios)."""
+    out: dict[str, Any] = {}
+    for phase in ("c1", "load"):
+        pairs = list(zip(runs["gateway"][phase], runs["gateway-baseline"][phase], strict=True))
+        out[phase] = {
+            k: round(median([a[k] / b[k] for a, b in pairs]), 3)
+            for k in ("calls_per_s", "p50_ms", "server_cpu_ms_per_call")
+        }
+    return out
 
 
 def profile(args: argparse.Namespace, tmp: Path) -> int:
@@ -266,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-response", action="store_true", help="gateway http.json_response = true")
     ap.add_argument("--no-mcp-proxy", dest="mcp_proxy", action="store_false")
     ap.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="also run the gateway from this checkout (e.g. /work/main: the code before a change)",
+    )
+    ap.add_argument(
         "--profile",
         action="store_true",
         help="only the gateway, one load phase under py-spy: a Markdown profile instead of JSON",
@@ -301,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             "time": time.strftime("%Y-%m-%d %H:%M"),
         },
         "results": results,
+        "vs_baseline_tree": vs_baseline(runs) if "gateway-baseline" in runs else {},
         "targets": {
             "calls_per_s": {"target": 1500, "measured": gw["load"]["calls_per_s"]},
             "p50_below_peer_under_load": {

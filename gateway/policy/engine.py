@@ -5,8 +5,12 @@ missing policy, an undefined or malformed decision, an engine panic, an OPA serv
 not answer -- each is a deny with a reason a person can read.
 
 regorus engines are bound to the thread that made them (``#[pyclass(unsendable)]``: any
-use from another thread panics with a ``BaseException``), so ``EmbeddedEngine`` keeps one
-engine per thread in a ``threading.local`` and rebuilds it lazily after a reload. regorus
+use from another thread panics with a ``BaseException``, and one dropped on another thread is
+an error and leaks), so ``EmbeddedEngine`` keeps one engine per thread and rebuilds it lazily
+after a reload. They live in one module-level ``threading.local`` that is never collected, so
+a thread's engines are only ever freed on that thread: by its next decision once their
+``EmbeddedEngine`` is gone, or when the thread ends. (A ``threading.local`` per
+``EmbeddedEngine`` freed every thread's engine on the thread that collected it.) regorus
 holds the GIL for the 0.1-1 ms of a decision, so the async path calls it inline.
 
 Each thread also remembers its recent decisions, keyed on exactly the parts of the input the
@@ -18,6 +22,7 @@ times the policy reads are in the key, so a changed counter is a new evaluation.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import ssl
 import threading
@@ -25,6 +30,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,30 @@ log = logging.getLogger("symbi.policy")
 # Decisions remembered per thread (least recently used first out). A key is at most
 # inputkey.MAX_KEY_CHARS long, so the cache holds at most ~16 MB per thread.
 CACHE_ENTRIES = 4096
+
+# Per thread: EmbeddedEngine number -> its regorus engine there (see the module docstring).
+_THREAD = threading.local()
+_LIVE: set[int] = set()  # numbers of the EmbeddedEngines not yet collected or closed
+_NUMBERS = itertools.count()
+
+
+@dataclass(slots=True)
+class _Slot:
+    engine: Any  # regorus.Engine, or None after a failed evaluation
+    digest: str
+    cache: OrderedDict[str, Decision]
+
+
+def _thread_slots() -> dict[int, _Slot]:
+    """This thread's engines; those of collected EmbeddedEngines are dropped (on this thread)."""
+    slots: dict[int, _Slot] | None = getattr(_THREAD, "slots", None)
+    if slots is None:
+        slots = _THREAD.slots = {}
+    elif len(slots) > 1 or not slots.keys() <= _LIVE:
+        for n in [n for n in slots if n not in _LIVE]:
+            del slots[n]
+    return slots
+
 
 # Never swallowed: they are how the process and the event loop stop.
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
@@ -133,7 +163,9 @@ class EmbeddedEngine(PolicyEngine):
         self._events = events or LoggingSink()
         self._bundle: PolicyBundle | None = None
         self._not_loaded = "no policy is loaded: every request is denied"
-        self._local = threading.local()
+        self._number = next(_NUMBERS)
+        _LIVE.add(self._number)
+        weakref.finalize(self, _LIVE.discard, self._number)  # its threads drop their engines
         # a reload from the files, and a policy adopted from another replica, one at a time
         self.reload_lock = threading.RLock()
         # with replicas sharing state: called (under the lock) with each policy loaded from
@@ -265,21 +297,27 @@ class EmbeddedEngine(PolicyEngine):
             self._watcher.stop()
             self._watcher = None
 
+    def thread_engine(self) -> Any:
+        """This thread's regorus engine for this policy (None before its first decision here)."""
+        slot = _thread_slots().get(self._number)
+        return slot.engine if slot is not None else None
+
     def decide(self, input: Mapping[str, Any]) -> Decision:
         bundle = self._bundle
         if bundle is None:
             return deny(self._not_loaded)
-        local = self._local
-        engine = getattr(local, "engine", None)
-        if engine is None or local.digest != bundle.digest:
+        slots = _thread_slots()
+        local = slots.get(self._number)
+        if local is None or local.engine is None or local.digest != bundle.digest:
             try:
                 engine = new_engine(bundle)
             except PolicyLoadError as e:  # validated at load, so only a broken environment gets here
                 return deny(f"policy engine cannot start: {e.message}")
-            local.engine, local.digest = engine, bundle.digest
-            local.cache = OrderedDict()  # decisions of the previous policy never outlive it
+            # decisions of the previous policy never outlive it
+            local = slots[self._number] = _Slot(engine, bundle.digest, OrderedDict())
+        engine = local.engine
         key = bundle.reads.key(input) if bundle.reads is not None and self.cache_entries else None
-        cache: OrderedDict[str, Decision] = local.cache
+        cache = local.cache
         if key is not None:
             hit = cache.get(key)
             if hit is not None:

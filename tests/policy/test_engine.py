@@ -340,4 +340,47 @@ def test_print_output_is_logged_and_not_kept_by_the_engine(
     assert [r.getMessage() for r in caplog.records if "policy print" in r.getMessage()] == [
         f"policy print: {tmp_path / 'p.rego'}:4: seen {n}" for n in range(3)
     ]
-    assert eng._local.engine.take_prints() == []  # nothing left to pile up
+    assert eng.thread_engine().take_prints() == []  # nothing left to pile up
+
+
+def test_an_engine_dropped_while_its_threads_live_drops_their_regorus_engines_on_those_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """regorus engines are unsendable: one dropped on another thread is an error (and leaks).
+    An ``EmbeddedEngine`` that a gateway let go is collected on whatever thread runs the GC,
+    while the threads that decided for it (a server thread, worker threads) still live."""
+    import gc
+    import sys
+
+    dropped_elsewhere: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped_elsewhere.append(u.exc_value))
+    eng: EmbeddedEngine | None = engine_for(
+        tmp_path, PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}}\n'
+    )
+    other = engine_for(
+        tmp_path, PKG + 'decision := {"allow": false, "reasons": ["no"], "conditions": {}}\n', "q.rego"
+    )
+    go, decided, again, finished = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def worker() -> None:  # a thread that outlives the engine it decided for
+        assert eng is not None
+        seen.append(eng.decide({}).allow)
+        decided.set()
+        again.wait(10)
+        seen.append(other.decide({}).allow)  # its next decision frees what the dead engine left
+        finished.set()
+        go.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert decided.wait(10)
+    eng = None  # dropped (and collected) here, on the main thread, while the worker lives
+    gc.collect()
+    again.set()
+    assert finished.wait(10)
+    go.set()
+    t.join(10)
+    gc.collect()
+    assert seen == [True, False]
+    assert dropped_elsewhere == []

@@ -131,6 +131,7 @@ GROUPS: tuple[Group, ...] = (
     # others via `symbi`)
     Group("bus", ("gateway/bus/*",), (
         "tests/bus/test_core.py", "tests/bus/test_gateway_bus.py", "tests/bus/test_tools_and_stats.py",
+        "tests/bus/test_core_replies_and_topics.py",
     )),
     # test_cli and test_sampling run `symbi` / a gateway over stdio (subprocesses: unattributable,
     # and the stdio client needs a real stderr, which mutmut's runs close)

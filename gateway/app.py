@@ -163,6 +163,8 @@ class Gateway:
         # (weak: closed ones go away).
         self._downstream: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
         self._rebuild_lock = anyio.Lock()
+        # stdio upstreams start a few at a time (mcp.max_concurrent_starts), restarts included
+        self._start_gate = anyio.Semaphore(config.mcp.starts_at_once)
         self._tg: anyio.abc.TaskGroup | None = None  # set while running: upstreams added later start in it
         # 2025-era upstream calls waiting for a 2026-era client's answers (the era bridge)
         self.pending = PendingQuestions(answer_timeout_s=config.mcp.call_timeout_s)
@@ -229,6 +231,7 @@ class Gateway:
             on_change=self._upstream_changed,
             on_resource_updated=self._resource_updated,
             wrap_command=self._wrap_command,
+            start_gate=self._start_gate,
         )
         up.bind_task_group(self._tg)
         self.upstreams[name] = up
@@ -257,6 +260,7 @@ class Gateway:
             on_change=_ignore_change,
             on_resource_updated=self._resource_updated,
             wrap_command=self._wrap_command,
+            start_gate=self._start_gate,
         )
         rep.bind_task_group(self._tg)
         self._tg.start_soon(rep.run, name=f"upstream-{name}")

@@ -13,6 +13,7 @@ load, naming the key; ``development`` (the default) allows them with a warning o
 from __future__ import annotations
 
 import base64
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,10 @@ class McpSection(_Section):
     discovery_registry_dir: PathT | None = None
     tool_verification: VerificationMode = "strict"
     connection_timeout_s: float = Field(default=30.0, gt=0)
+    # stdio upstreams starting at once (process start + initialize + first listing, the part
+    # under connection_timeout_s); None: the CPU count, at least 2. Fifty servers started
+    # together on two cores each got 1/25 of a core, timed out, and restarted together.
+    max_concurrent_starts: int | None = Field(default=None, ge=1)
     call_timeout_s: float = Field(default=60.0, gt=0)
     max_concurrent_connections: int = Field(default=1024, ge=1)  # MCP requests served at once (HTTP)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -90,6 +95,11 @@ class McpSection(_Section):
     # they verify by default (a signature is never an identity here). Opt in to refuse them.
     require_low_s_signatures: bool = False
     recheck_interval_s: float = Field(default=2.0, gt=0)  # how often approvals/manifests are re-read
+
+    @property
+    def starts_at_once(self) -> int:
+        """``max_concurrent_starts``, or the CPU count (at least 2) when it is not set."""
+        return self.max_concurrent_starts or max(2, os.cpu_count() or 2)
 
 
 class PolicySection(_Section):

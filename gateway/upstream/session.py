@@ -15,7 +15,7 @@ import os
 import random
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -86,6 +86,7 @@ class Upstream:
         on_change: Callable[[Upstream], Awaitable[None]],
         on_resource_updated: Callable[[Upstream, str], Awaitable[None]] | None = None,
         wrap_command: CommandWrapper | None = None,
+        start_gate: anyio.Semaphore | None = None,
     ) -> None:
         self.name = name
         self.server = server
@@ -94,6 +95,8 @@ class Upstream:
         self._on_change = on_change
         self._on_resource_updated = on_resource_updated
         self._wrap_command = wrap_command
+        # shared by the gateway's stdio upstreams: how many start at once (mcp.max_concurrent_starts)
+        self._start_gate = start_gate if self.transport == "stdio" else None
         self.state: State = "starting"
         self.listing = Listing()
         # when the last list_changed from this server arrived (to measure notice-to-client time)
@@ -171,30 +174,19 @@ class Upstream:
             self.restarts += 1
             self.state = "starting"
 
+    @contextlib.asynccontextmanager
+    async def _start_turn(self) -> AsyncIterator[None]:
+        """Wait for a start slot (stdio): the connection timeout runs from here, not while waiting."""
+        if self._start_gate is None:
+            yield
+            return
+        async with self._start_gate:
+            yield
+
     async def _connect_once(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
-            read, write = await stack.enter_async_context(self._transport())
-            read = _WatchedStream(read, self._mark_closed)
-            self._closed = anyio.Event()
-            session = await stack.enter_async_context(
-                ClientSession(
-                    read,
-                    write,
-                    sampling_callback=self.relay.sampling,
-                    elicitation_callback=self.relay.elicitation,
-                    list_roots_callback=self.relay.list_roots,
-                    logging_callback=self.relay.log,
-                    message_handler=self._on_message,
-                    client_info=types.Implementation(name="symbi-gateway", version="0.1.0"),
-                )
-            )
-            with anyio.fail_after(self._config.mcp.connection_timeout_s):
-                if self.server.protocol == "auto":
-                    await negotiate_auto(session)
-                else:
-                    await session.initialize()
-                self._session = session
-                await self._refresh(session)
+            async with self._start_turn():
+                session = await self._start(stack)
             if session.protocol_version in MODERN_PROTOCOL_VERSIONS:
                 _forward_caller_capabilities(session)
             if session.protocol_version in MODERN_PROTOCOL_VERSIONS and self._tasks is not None:
@@ -216,6 +208,33 @@ class Upstream:
             self._up_event.set()
             await self._closed.wait()
             self.last_error = self.last_error or "transport closed"
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> ClientSession:
+        """Spawn or connect, initialize and list, within the connection timeout; the
+        transport and session stay open on ``stack``."""
+        read, write = await stack.enter_async_context(self._transport())
+        read = _WatchedStream(read, self._mark_closed)
+        self._closed = anyio.Event()
+        session = await stack.enter_async_context(
+            ClientSession(
+                read,
+                write,
+                sampling_callback=self.relay.sampling,
+                elicitation_callback=self.relay.elicitation,
+                list_roots_callback=self.relay.list_roots,
+                logging_callback=self.relay.log,
+                message_handler=self._on_message,
+                client_info=types.Implementation(name="symbi-gateway", version="0.1.0"),
+            )
+        )
+        with anyio.fail_after(self._config.mcp.connection_timeout_s):
+            if self.server.protocol == "auto":
+                await negotiate_auto(session)
+            else:
+                await session.initialize()
+            self._session = session
+            await self._refresh(session)
+        return session
 
     def _mark_closed(self) -> None:
         self._closed.set()

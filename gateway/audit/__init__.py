@@ -10,8 +10,8 @@ Record format and hashing: ``gateway.audit.record``; storage choice: ``gateway.a
 """
 
 from gateway.audit.keys import exported_public_keys, load_public_keys
-from gateway.audit.log import ROTATION_EVENT, AuditLog
-from gateway.audit.record import AuditRecord, verify_record
+from gateway.audit.log import AuditLog
+from gateway.audit.record import ROTATION_EVENT, AuditRecord, verify_record
 from gateway.audit.verify import Problem, VerifyResult, verify_jsonl, verify_log
 from gateway.errors import AuditIntegrityError, AuditLogBusy
 

@@ -38,12 +38,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from gateway.events import Event
+
 FORMAT_VERSION = 1
 GENESIS_HASH = "0" * 64
 CHAIN_PREFIX = b"symbi-audit-chain-v1\x00"
 SIG_PREFIX = b"symbi-audit-sig-v1\x00"
 ANCHOR_PREFIX = b"symbi-audit-anchor-v1\x00"
 ROTATE_PREFIX = b"symbi-audit-rotate-v1\x00"
+ROTATION_EVENT = Event.AUDIT_KEY_ROTATED  # always signed: it hands the chain to a new key
 
 # The fields covered by the chain hash, in canonical (sorted) order.
 HASHED_FIELDS = ("agent", "details", "id", "key_id", "prev_hash", "principal", "seq", "ts_ns", "type")

@@ -52,7 +52,8 @@ from gateway.events import Event
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from gateway.audit.log import AuditLog, WriterContext
+    from gateway.audit.batch import WriterContext
+    from gateway.audit.log import AuditLog
     from gateway.config.model import Config
 
 _logger = logging.getLogger("symbi.audit.retention")

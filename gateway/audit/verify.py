@@ -44,10 +44,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.audit import store
-from gateway.audit.log import ROTATION_EVENT
 from gateway.audit.record import (
     CHAIN_PREFIX,
     GENESIS_HASH,
+    ROTATION_EVENT,
     AuditRecord,
     anchor_message,
     chain_hash,

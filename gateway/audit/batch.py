@@ -1,0 +1,130 @@
+"""The audit writer's work: queued items, one batch's chained rows, and waking its waiters.
+
+``AuditLog`` (``gateway.audit.log``) queues ``Item`` objects; its writer thread turns a batch
+of events into rows (``chain_rows``), commits them, then resolves the callers' futures
+(``resolve``) and asyncio waiters (``wake``: one wake-up per loop and batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway.audit.record import CHAIN_PREFIX, canonical_bytes
+
+
+@dataclass(slots=True)
+class Item:
+    kind: Literal["event", "flush", "rotate", "close", "maintain"]
+    type: str = ""
+    details_json: str = "{}"
+    principal: str | None = None
+    agent: str | None = None
+    id: str = ""  # "": the writer assigns a UUID4 (one urandom call per batch, new_ids)
+    ts_ns: int = 0
+    future: concurrent.futures.Future[Any] | None = field(default=None)
+    waiter: asyncio.Future[Any] | None = None  # record(): resolved on its loop, once per batch
+    finish: bool = True  # rotate: make the new key current afterwards
+    task: Callable[[WriterContext], Any] | None = None  # maintain: run on the writer thread
+
+
+def is_awaited(item: Item) -> bool:
+    """Someone waits for this item: a ``record``/``append`` event, or any control item."""
+    return item.kind != "event" or item.future is not None or item.waiter is not None
+
+
+@dataclass
+class WriterContext:
+    """What a maintenance task (retention) gets on the writer thread, between batches.
+
+    ``sign`` is the one signing interface it may use (Ed25519 over ``message``, base64): the
+    task never holds the key, so a signer kept elsewhere can stand behind it. ``commit``
+    appends one event and runs ``extra_sql`` in the same transaction; it returns the seq.
+    """
+
+    conn: sqlite3.Connection
+    key_id: str
+    head_seq: int
+    head_hash: str
+    sign: Callable[[bytes], str]
+    commit: Callable[[str, Mapping[str, Any], list[tuple[str, tuple[Any, ...]]]], int]
+
+
+def _settle_waiters(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    """Runs on the waiters' event loop: one wake-up per batch, not one per event."""
+    for fut, value, exc in results:
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+
+
+def wake(items: list[Item], values: list[Any] | None, exc: BaseException | None) -> None:
+    """Resolve the asyncio waiters of ``items``, grouped by loop (one call_soon_threadsafe each)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+    for i, it in enumerate(items):
+        if it.waiter is not None:
+            value = values[i] if values is not None else None
+            by_loop.setdefault(it.waiter.get_loop(), []).append((it.waiter, value, exc))
+    for loop, results in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_waiters, results)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def resolve(
+    fut: concurrent.futures.Future[Any] | None, value: Any = None, exc: BaseException | None = None
+) -> None:
+    if fut is None or fut.done():
+        return
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+    except concurrent.futures.InvalidStateError:  # cancelled by the waiter meanwhile
+        pass
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` random UUID4 strings from one ``os.urandom`` call (``uuid.uuid4()`` makes one per id)."""
+    h = os.urandom(16 * n).hex()
+    out = []
+    for i in range(0, 32 * n, 32):
+        # version 4 and the RFC 4122 variant (10xx) set as uuid4 sets them
+        out.append(
+            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+            f"{'89ab'[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+        )
+    return out
+
+
+def chain_rows(events: list[Item], seq: int, prev: str, key_id: str) -> list[tuple[Any, ...]]:
+    """The rows of a batch after ``seq`` / ``prev``: ids assigned, canonical bytes, chain hashes
+    (unsigned: the caller signs the last). One tight loop; the hash chain is kept as bytes."""
+    ids = iter(new_ids(sum(1 for it in events if not it.id)))
+    prev_raw = bytes.fromhex(prev)
+    sha256 = hashlib.sha256
+    rows: list[tuple[Any, ...]] = []
+    for it in events:
+        seq += 1
+        if not it.id:
+            it.id = next(ids)
+        canon = canonical_bytes(
+            seq, it.id, it.ts_ns, it.principal, it.agent, it.type, it.details_json, prev, key_id
+        )
+        digest = sha256(CHAIN_PREFIX + prev_raw + canon)
+        h = digest.hexdigest()
+        rows.append(
+            (seq, it.id, it.ts_ns, it.principal, it.agent, it.type, it.details_json, prev, h, "", key_id)
+        )
+        prev, prev_raw = h, digest.digest()
+    return rows

@@ -1,0 +1,259 @@
+"""The audit log's writer thread: group commits, checkpoints, key rotation, maintenance.
+
+``AuditLog`` (``gateway.audit.log``) owns the queue, the lock and the thread; this is what
+runs on the thread and the only code that writes the log's database.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import sqlite3
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.audit import keys as keyfiles
+from gateway.audit import store
+from gateway.audit.batch import Item, WriterContext, chain_rows, is_awaited, resolve, wake
+from gateway.audit.record import (
+    ROTATION_EVENT,
+    anchor_message,
+    canonical_details,
+    key_id_of,
+    public_pem,
+    rotation_message,
+    sign_hash,
+)
+from gateway.errors import AuditError
+
+_logger = logging.getLogger("symbi.audit")
+
+
+@dataclass(eq=False)
+class Writer:
+    """The writer's state: the chain's head, the signing key, and whether it broke."""
+
+    queue: queue.SimpleQueue[Item]
+    conn: sqlite3.Connection
+    path: Path
+    key_path: Path
+    key: Ed25519PrivateKey
+    key_id: str
+    seq: int
+    head: str
+    checkpoint_every: int
+    batch_max: int
+    on_failure: Literal["deny", "warn"]
+    checkpoint_export: Path | None
+    # how long fire-and-forget events wait for an awaited one to share its commit (_next_batch)
+    linger_s: float = 0.005
+    broken: AuditError | None = None
+
+    def drain_after_close(self) -> None:
+        """Commit events that raced past ``_closed`` into the queue behind the close marker."""
+        late: list[Item] = []
+        while True:
+            try:
+                late.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        events = [it for it in late if it.kind == "event"]
+        if events and self.commit_events(events):
+            self.write_checkpoint()
+        for it in late:
+            if it.kind != "event":
+                resolve(it.future, exc=AuditError("audit log is closed"))
+
+    def run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            events = [it for it in batch if it.kind == "event"]
+            if events:
+                self.commit_events(events)
+            control = batch[-1] if batch[-1].kind != "event" else None
+            if control is None:
+                continue
+            if control.kind == "flush":
+                resolve(control.future, None, self.broken)
+            elif control.kind == "rotate":
+                self._rotate(control)
+            elif control.kind == "maintain":
+                self._maintain(control)
+            elif control.kind == "close":
+                try:
+                    self.write_checkpoint()
+                    resolve(control.future)
+                except Exception as e:  # noqa: BLE001 - reported to the closer
+                    resolve(control.future, exc=AuditError(f"audit checkpoint on close failed: {e}"))
+                return
+
+    def _next_batch(self) -> list[Item]:
+        """The next group commit: what is queued, up to ``batch_max`` or a control item.
+
+        While the batch holds only fire-and-forget events (``emit``: nobody waits for them),
+        it waits up to ``linger_s`` (``AuditLog.EMIT_LINGER_S``) for an event someone waits for: a call's lifecycle
+        flips then share the fsync of its ``record`` instead of taking one of their own
+        before it (the call's reply waited for both). Nothing acknowledged is delayed: an
+        awaited event, a flush or a close ends the wait at once.
+        """
+        batch = [self.queue.get()]
+        awaited = is_awaited(batch[0])
+        deadline: float | None = None
+        while len(batch) < self.batch_max and batch[-1].kind == "event":
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                if awaited:
+                    break
+                if deadline is None:
+                    deadline = time.monotonic() + self.linger_s
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self.queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            batch.append(item)
+            awaited = awaited or is_awaited(item)
+        return batch
+
+    def commit_events(
+        self, events: list[Item], extra_sql: list[tuple[str, tuple[Any, ...]]] | None = None
+    ) -> bool:
+        seq, prev = self.seq, self.head
+        try:
+            rows = chain_rows(events, seq, prev, self.key_id)
+            seq, prev = rows[-1][0], rows[-1][8]
+            # one signature per group commit: the batch's last chain hash covers the batch
+            rows[-1] = (*rows[-1][:9], sign_hash(self.key, prev), self.key_id)
+            anchor = self._anchor(seq, prev)
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.executemany(store.INSERT, rows)
+                for sql, params in extra_sql or ():
+                    self.conn.execute(sql, params)
+                store.write_anchor(self.conn, anchor)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        except Exception as e:  # noqa: BLE001 - any failure fails the batch closed
+            err = AuditError(f"audit log {self.path} cannot be written: {e}")
+            _logger.error("%s (%d events in the batch)", err.message, len(events))
+            if any(it.future is None and it.waiter is None for it in events) and self.on_failure == "deny":
+                self.broken = err  # unacknowledged events were lost: refuse everything after
+            for it in events:
+                resolve(it.future, exc=err)
+            wake(events, None, err)
+            return False
+        old = self.seq
+        self.seq, self.head = seq, prev
+        for row, it in zip(rows, events, strict=True):
+            if it.future is not None:
+                resolve(it.future, row[0])
+        wake(events, [row[0] for row in rows], None)
+        if seq // self.checkpoint_every > old // self.checkpoint_every:
+            try:
+                self.write_checkpoint(anchor)  # the batch's signed anchor: no second signature
+            except OSError as e:  # the in-database anchor still covers this batch
+                _logger.error("audit checkpoint file not written: %s", e)
+        return True
+
+    def _anchor(self, seq: int, head: str) -> store.Anchor:
+        sig = base64.b64encode(self.key.sign(anchor_message(seq, head))).decode("ascii")
+        return store.Anchor(seq=seq, chain_hash=head, ts_ns=time.time_ns(), key_id=self.key_id, signature=sig)
+
+    def write_checkpoint(self, anchor: store.Anchor | None = None) -> None:
+        if anchor is None:
+            anchor = self._anchor(self.seq, self.head)
+        store.write_checkpoint_file(store.checkpoint_path(self.path), anchor)
+        if self.checkpoint_export is not None and anchor.seq > 0:
+            store.export_checkpoint(self.checkpoint_export, self.path, anchor)
+
+    def _rotate(self, control: Item) -> None:
+        try:
+            pending = keyfiles.pending_key_path(self.key_path)
+            if pending.exists():  # a rotation of a sibling chain (same key) already made it
+                new_key = keyfiles.load_private_key(pending)
+            else:
+                new_key = Ed25519PrivateKey.generate()
+                keyfiles.write_private_key(pending, new_key)  # on disk before any log names it
+            new_pub = new_key.public_key()
+            new_id = key_id_of(new_pub)
+            if new_id != self.key_id:
+                proof = base64.b64encode(new_key.sign(rotation_message(self.key_id, new_id))).decode("ascii")
+                details = {
+                    "old_key_id": self.key_id,
+                    "new_key_id": new_id,
+                    "new_public_key": public_pem(new_pub),
+                    "proof": proof,
+                }
+                item = Item(
+                    "event",
+                    type=ROTATION_EVENT,
+                    details_json=canonical_details(details),
+                    id=str(uuid.uuid4()),
+                    ts_ns=time.time_ns(),
+                    future=None,
+                )
+                key_row = (
+                    "INSERT OR IGNORE INTO keys (key_id, public_pem, created_ns) VALUES (?,?,?)",
+                    (new_id, public_pem(new_pub), time.time_ns()),
+                )
+                if not self.commit_events([item], [key_row]):
+                    raise self.broken or AuditError("rotation event could not be committed")
+                self.key, self.key_id = new_key, new_id
+            if control.finish:
+                keyfiles.finish_rotation(self.key_path)
+            resolve(control.future, new_id)
+        except Exception as e:  # noqa: BLE001
+            resolve(
+                control.future,
+                exc=e if isinstance(e, AuditError) else AuditError(f"key rotation failed: {e}"),
+            )
+
+    def _maintain(self, control: Item) -> None:
+        assert control.task is not None
+
+        def sign(message: bytes) -> str:
+            return base64.b64encode(self.key.sign(message)).decode("ascii")
+
+        def commit(
+            event_type: str, details: Mapping[str, Any], extra_sql: list[tuple[str, tuple[Any, ...]]]
+        ) -> int:
+            item = Item(
+                "event",
+                type=event_type,
+                details_json=canonical_details(details),
+                id=str(uuid.uuid4()),
+                ts_ns=time.time_ns(),
+                future=None,
+            )
+            if not self.commit_events([item], extra_sql):
+                raise self.broken or AuditError(f"{event_type} could not be committed")
+            try:  # retention took events out: export a checkpoint the live log holds right away
+                self.write_checkpoint()
+            except OSError as e:  # start-up can still prove the old one from the hand-off/archive
+                _logger.error("audit checkpoint file not written: %s", e)
+            return self.seq
+
+        ctx = WriterContext(
+            conn=self.conn,
+            key_id=self.key_id,
+            head_seq=self.seq,
+            head_hash=self.head,
+            sign=sign,
+            commit=commit,
+        )
+        try:
+            resolve(control.future, control.task(ctx))
+        except Exception as e:  # noqa: BLE001 - reported to the caller, the writer carries on
+            resolve(control.future, exc=e)

@@ -41,6 +41,7 @@ from gateway.metrics import GatewayMetrics, MetricsSink
 from gateway.policy import CallCounters, EmbeddedEngine, PolicyEngine, build_engine
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
+from gateway.runtime.ended import EndedSessions
 from gateway.runtime.hosted import AgentHost, HostedAgents
 from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
 from gateway.sandbox.types import Limits
@@ -255,7 +256,12 @@ def _assemble(
         closers.append(memory.close)
         background.append(memory.retention)
     # every session is an agent; ids made here (never by clients) under the data dir's id key
-    runtime = AgentRuntime(config, events, key=private_secret(config.agent_id_key_path, "agent id key"))
+    # sessions an operator terminated that would recur after a restart stay refused (data dir)
+    ended = EndedSessions(config.data_dir / "agents-ended.db")
+    closers.append(ended.close)
+    runtime = AgentRuntime(
+        config, events, key=private_secret(config.agent_id_key_path, "agent id key"), ended=ended
+    )
     agents = runtime.agents
     if memory is not None:
         end_with_agents(memory.m, agents)  # short-term memory ends with its agent's session

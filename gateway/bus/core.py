@@ -184,11 +184,14 @@ class Bus:
 
     async def forget_left_behind(self) -> None:
         """At start: the agents whose id never comes back that an earlier run did not end (it
-        crashed, or stopped with sessions open) leave the bus: entry, subscriptions, inboxes."""
+        crashed, or stopped with sessions open) leave the bus: entry, subscriptions, inboxes
+        (the entry once the messages they sent expired, as for an agent that ends now)."""
+        now = int(time.time() * 1000)
         for agent, name in self.ring.left_behind:
-            self.retirements.ended(agent, name, 0)  # refused at once; the sweep retries a failure
-            if await self.retirements.remove(agent):
-                self._uncache(agent)
+            # refused at once; what it sent before the restart may still wait for up to
+            # bus.max_age_s and is verified with its entry, so the expiry sweep removes that later
+            self.retirements.sent(agent, now + self.max_age_ms)
+            self.retirements.ended(agent, name, now)
         self.ring.left_behind = []
 
     def footprint(self) -> dict[str, int]:

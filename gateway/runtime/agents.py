@@ -25,6 +25,7 @@ from gateway.config.model import AgentConfig
 from gateway.context import AgentInfo, Principal
 from gateway.errors import AgentLimitReached, AgentTerminated
 from gateway.events import Event, EventSink
+from gateway.runtime.ended import EndedSessions
 from gateway.runtime.identity import clean_label, make_agent_id
 from gateway.runtime.lifecycle import AgentState, check_transition
 
@@ -33,6 +34,7 @@ _logger = logging.getLogger("symbi.runtime")
 AgentHook = Callable[["Agent"], None]
 HOSTED_SESSION = "hosted"  # never a session key of a client (those are stdio, http:, key:, jwt:, anonymous)
 HTTP_SESSION = "http:"  # session keys of HTTP sessions (``http:<mcp-session-id>``): never the same twice
+STDIO_SESSION = "stdio"  # the one client of a ``symbi mcp`` process: a new process is a new session
 
 
 def hosted_principal(name: str, ac: AgentConfig) -> Principal:
@@ -103,6 +105,7 @@ class AgentRegistry:
         key: bytes | None = None,
         max_agents: int | None = None,
         default_priority: int = 4,
+        ended: EndedSessions | None = None,
     ) -> None:
         self.events = events
         self.max_agents = max_agents  # runtime.max_concurrent_agents (live, i.e. not Terminated)
@@ -112,6 +115,9 @@ class AgentRegistry:
         self._bound: dict[str, Agent] = {}  # credential key id -> the hosted agent it was made for
         # sessions an operator terminated: they get no new agent (bounded, oldest forgotten)
         self._ended: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._ended_store = ended  # the data dir's copy of those that recur after a restart
+        if ended is not None:
+            self._ended.update(ended.load(ENDED_SESSIONS))
         # the id key: the gateway's data dir holds it (agent-id-key), so ids survive a restart
         self._key = key if key is not None else os.urandom(32)
         self._by_id: dict[str, Agent] = {}
@@ -232,7 +238,11 @@ class AgentRegistry:
         """Refuse the session of ``agent`` from now on (an operator terminated it)."""
         if agent.hosted:
             return
-        self._ended[(agent.owner, agent.client, agent.session)] = reason
+        key = (agent.owner, agent.client, agent.session)
+        if self._ended_store is not None and not agent.session.startswith((HTTP_SESSION, STDIO_SESSION)):
+            self._ended_store.add(key, reason, ENDED_SESSIONS)  # on disk before it is answered
+        self._ended[key] = reason
+        self._ended.move_to_end(key)
         while len(self._ended) > ENDED_SESSIONS:
             self._ended.popitem(last=False)
 

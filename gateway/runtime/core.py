@@ -27,6 +27,7 @@ from gateway.errors import AgentError, AgentSuspended, AgentTerminated, GatewayE
 from gateway.events import Event, EventSink
 from gateway.runtime.agents import Agent, AgentRegistry
 from gateway.runtime.breaker import Breakers
+from gateway.runtime.ended import EndedSessions
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits, ResourcePool, Usage
 from gateway.runtime.scheduler import Scheduler
@@ -37,12 +38,23 @@ RECENT_ERRORS = 50
 
 
 class AgentRuntime:
-    def __init__(self, config: Config, events: EventSink, *, key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        events: EventSink,
+        *,
+        key: bytes | None = None,
+        ended: EndedSessions | None = None,
+    ) -> None:
         rt = config.runtime
         self.config = config
         self.events = events
         self.agents = AgentRegistry(
-            events, key=key, max_agents=rt.max_concurrent_agents, default_priority=rt.default_priority
+            events,
+            key=key,
+            max_agents=rt.max_concurrent_agents,
+            default_priority=rt.default_priority,
+            ended=ended,
         )
         self.scheduler = Scheduler(
             max_in_flight=rt.max_in_flight, queue_limit=rt.queue_limit, aging_s=rt.aging_s

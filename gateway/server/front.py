@@ -32,7 +32,7 @@ from gateway.context import CallContext, CallKind, Principal, is_admin
 from gateway.errors import CatalogError, PolicyDenied
 from gateway.events import Event
 from gateway.listen import ListenHub
-from gateway.runtime.agents import HTTP_SESSION
+from gateway.runtime.agents import HTTP_SESSION, STDIO_SESSION
 from gateway.upstream.session import Upstream
 
 GatewayFactory = Callable[[ListenHub], Gateway]
@@ -87,7 +87,7 @@ def agent_session_key(ctx: ServerRequestContext[Any], principal: Principal) -> s
     """
     request = ctx.request
     if request is None:
-        return "stdio"
+        return STDIO_SESSION
     sid = request.headers.get("mcp-session-id")
     era = request.headers.get("mcp-protocol-version")
     if sid and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS):  # the SDK's session routing

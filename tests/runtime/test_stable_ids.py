@@ -23,6 +23,7 @@ from gateway.boundary import error_result
 from gateway.config.load import load_config
 from gateway.context import CallContext, Principal
 from gateway.events import LoggingSink
+from gateway.errors import AgentTerminated
 from gateway.runtime import AgentRegistry, AgentState
 from gateway.runtime.agents import hosted_principal
 from tests.conftest import write_config
@@ -140,3 +141,27 @@ def test_a_terminated_run_does_not_refuse_the_next_run_of_the_same_id(tmp_path: 
     rt.agents.transition(run2, AgentState.READY, "started")
     rt.begin(run2, "a call")  # not refused as "terminated": that was the previous run
     assert run2.state is AgentState.RUNNING
+
+
+async def test_a_terminated_stateless_agent_stays_terminated_after_a_restart(tmp_path: Path) -> None:
+    """A stateless client's session is its credential, the same after a restart: the operator's
+    termination must outlive the process, or a restart would undo it. Sessions that cannot
+    recur (handshake-era HTTP, stdio) are not written down."""
+    cfg = load_config(_config(tmp_path))
+    gw = make_gateway(cfg)
+    async with gw.running():
+        for principal, session in ((TESTER, "key:k-stolen"), (TESTER, "http:s-1"), (TESTER, "stdio")):
+            agent = gw.agents.for_session(principal, "c", session)
+            assert gw.runtime.terminate(agent, "operator: credential leaked") == "terminated"
+        kept = gw.agents.for_session(TESTER, "c", "key:k-other")
+
+    again = make_gateway(load_config(_config(tmp_path)))  # a restart on the same data dir
+    async with again.running():
+        with pytest.raises(AgentTerminated):
+            again.agents.for_session(TESTER, "c", "key:k-stolen")
+        other = Principal(id="other", roles=("tester",))
+        assert again.agents.for_session(other, "c", "key:k-stolen").state is AgentState.READY  # not another's
+        assert again.agents.for_session(TESTER, "c", "key:k-other").id == kept.id
+        assert again.agents.for_session(TESTER, "c", "stdio").state is AgentState.READY  # a new process
+    db = cfg.data_dir / "agents-ended.db"
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700

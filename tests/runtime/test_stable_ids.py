@@ -22,8 +22,8 @@ from gateway.assemble import make_gateway
 from gateway.boundary import error_result
 from gateway.config.load import load_config
 from gateway.context import CallContext, Principal
-from gateway.events import LoggingSink
 from gateway.errors import AgentTerminated
+from gateway.events import LoggingSink
 from gateway.runtime import AgentRegistry, AgentState
 from gateway.runtime.agents import hosted_principal
 from tests.conftest import write_config

@@ -9,9 +9,7 @@ check before decrypting; a message that fails is rejected, counted, audited, nev
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -21,19 +19,18 @@ from typing import Any
 import anyio
 
 from gateway.bus.backend import BusBackend
-from gateway.bus.crypto import NONCE_BYTES, AgentKeys, KeyRing
+from gateway.bus.crypto import AgentKeys, KeyRing
 from gateway.bus.message import (
     AGENT_RE,
     MessageKind,
     SecureMessage,
-    header_bytes,
     new_id,
     pattern_regex,
     validate_topic,
 )
-from gateway.bus.message import signed_bytes as _signed
 from gateway.bus.receiving import REPLY_SUFFIX, Received, Receiver
 from gateway.bus.retire import Retirements
+from gateway.bus.sealing import Head, Sealer, ttl_ms_of
 from gateway.context import Decision, Principal
 from gateway.errors import ArgumentsInvalid, BusError, BusNoAgent, BusTimeout, PolicyDenied, RateLimited
 from gateway.events import Event, EventSink
@@ -47,17 +44,6 @@ MAX_OPEN_REQUESTS = 10_000
 
 # (kind, principal, recipient, topic) -> decision; None means the policy is off
 Authorizer = Callable[[str, Principal, dict[str, Any] | None, str | None], Awaitable[Decision]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Head:
-    """The header fields shared by every delivery of one message (a topic message has one per subscriber)."""
-
-    id: str
-    now: int
-    expires: int
-    prev: str | None
-    reply_to: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +78,11 @@ class Bus:
         self._authorize = authorize
         self._counters = counters or CallCounters()
         self._resolve = resolve
-        self._last: dict[tuple[str, str], str] = {}  # (sender, channel) -> last id (the chain)
         self._open: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()  # requests to answer
         self._waiting: dict[str, asyncio.Future[Received]] = {}
         self._pumps: dict[str, anyio.Lock] = {}
         self.receiver = Receiver(backend, ring, events, max_age_ms=self.max_age_ms, skew_ms=self.skew_ms)
+        self.sealer = Sealer(ring, self.receiver, max_age_ms=self.max_age_ms, max_body_bytes=max_body_bytes)
         self._tasks: set[asyncio.Task[None]] = set()
         self._published: set[str] = set()  # agents whose directory entry this process wrote
         self._names: dict[str, str] = {}  # agent id -> the runtime's name for it
@@ -157,7 +143,7 @@ class Bus:
         self._published.discard(agent)
         self._pumps.pop(agent, None)
         channel = f"agent:{agent}"
-        self._last = {k: v for k, v in self._last.items() if k[0] != agent and k[1] != channel}
+        self.sealer.last = {k: v for k, v in self.sealer.last.items() if k[0] != agent and k[1] != channel}
         for key in [k for k in self._open if k[0] == agent]:
             del self._open[key]
         if not self.retirements.ended(agent, self._names.pop(agent, ""), int(time.time() * 1000)):
@@ -201,7 +187,7 @@ class Bus:
             **self.backend.footprint(),
             "bus_agent_names": len(self._names),
             "bus_published": len(self._published),
-            "bus_chains": len(self._last),
+            "bus_chains": len(self.sealer.last),
             "bus_reply_pumps": len(self._pumps),
             "bus_sender_keys": len(self.receiver.keys),
             "bus_senders_live": len(self.retirements.sent_until),
@@ -290,16 +276,10 @@ class Bus:
             agent=principal.agent if principal else agent,
         )
 
-    # -- sealing ---------------------------------------------------------------------------
+    # -- sealing (gateway.bus.sealing) ----------------------------------------------------------
 
     def _body(self, body: Any) -> bytes:
-        try:
-            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        except (TypeError, ValueError):
-            raise ArgumentsInvalid("body must be a JSON value") from None
-        if len(data) > self.max_body_bytes:
-            raise ArgumentsInvalid(f"body is {len(data)} bytes; bus.max_body_bytes is {self.max_body_bytes}")
-        return data
+        return self.sealer.body(body)
 
     async def seal(
         self,
@@ -313,45 +293,7 @@ class Bus:
         reply_to: str | None = None,
     ) -> SecureMessage:
         """One message for one recipient (``to``): direct, request, reply, or a topic delivery."""
-        now = int(time.time() * 1000)
-        ttl = min(ttl_ms if ttl_ms is not None else self.max_age_ms, self.max_age_ms)
-        channel = f"topic:{topic}" if topic is not None else f"agent:{to}"
-        head = _Head(new_id(), now, now + ttl, self._last.get((me.agent, channel)), reply_to)
-        return await self._seal_for(me, kind, body, head, to=to, topic=topic)
-
-    async def _seal_for(
-        self, me: AgentKeys, kind: MessageKind, body: bytes, head: _Head, *, to: str | None, topic: str | None
-    ) -> SecureMessage:
-        # the recipient is in the header, so in what is signed and in the AEAD data: a delivery
-        # copied into another inbox fails "wrong recipient", one rebound fails its signature
-        hb = header_bytes(
-            head.id, me.agent, to, topic, kind, head.now, head.expires, head.prev, head.reply_to
-        )
-        if topic is not None:
-            cipher = self.ring.topic_cipher(topic)
-        else:
-            assert to is not None
-            keys = await self.receiver.sender_keys(to)
-            if isinstance(keys, str):
-                raise BusNoAgent(f"no usable key for agent {to!r}: {keys}")
-            cipher = self.ring.pair_cipher(me, to, keys[1])
-        nonce = os.urandom(NONCE_BYTES)
-        ct = cipher.encrypt(nonce, body, hb)
-        sig = me.sign.sign(_signed(hb, nonce, ct))
-        return SecureMessage(
-            head.id,
-            me.agent,
-            to,
-            topic,
-            kind,
-            head.now,
-            head.expires,
-            head.prev,
-            head.reply_to,
-            nonce,
-            ct,
-            sig,
-        )
+        return await self.sealer.seal(me, kind, body, to=to, topic=topic, ttl_ms=ttl_ms, reply_to=reply_to)
 
     async def _deliver(self, principal: Principal, msg: SecureMessage, inbox: str) -> None:
         try:
@@ -363,7 +305,7 @@ class Bus:
             if e.code == "bus_buffer_full":
                 await _quiet(self.backend.bump("buffer_full"))
             raise
-        self._last[(msg.sender, msg.channel)] = msg.id
+        self.sealer.last[(msg.sender, msg.channel)] = msg.id
         self.retirements.sent(msg.sender, msg.expires_ms)
 
     # -- direct, request/response ----------------------------------------------------------
@@ -374,7 +316,7 @@ class Bus:
         me = await self._me(principal)
         agent, peer_principal = await self._peer(to)
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
-        ttl_ms = None if ttl_s is None else _ttl_ms(ttl_s, self.max_age_ms)
+        ttl_ms = None if ttl_s is None else ttl_ms_of(ttl_s, self.max_age_ms)
         msg = await self.seal(me, "direct", self._body(body), to=agent, ttl_ms=ttl_ms)
         await self._deliver(principal, msg, agent)
         self._emit(Event.BUS_SEND, msg.metadata(), principal)
@@ -457,7 +399,9 @@ class Bus:
         data = self._body(body)
         now = int(time.time() * 1000)
         # one message (one id, one place in the chain), sealed and signed for each subscriber
-        head = _Head(new_id(), now, now + self.max_age_ms, self._last.get((me.agent, f"topic:{topic}")), None)
+        head = Head(
+            new_id(), now, now + self.max_age_ms, self.sealer.last.get((me.agent, f"topic:{topic}")), None
+        )
         subs = await self.backend.subscriptions()
         # every subscriber but the publisher itself
         targets = sorted(
@@ -469,7 +413,9 @@ class Bus:
         for agent in targets:
             try:
                 await self._deliver(
-                    principal, await self._seal_for(me, "topic", data, head, to=agent, topic=topic), agent
+                    principal,
+                    await self.sealer.seal_for(me, "topic", data, head, to=agent, topic=topic),
+                    agent,
                 )
             except BusError:
                 refused.append(agent)
@@ -540,14 +486,6 @@ class Bus:
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})
         return n
-
-
-def _ttl_ms(ttl_s: Any, max_age_ms: int) -> int:
-    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or ttl_s <= 0:
-        raise ArgumentsInvalid("ttl_s must be a positive number of seconds")
-    if ttl_s * 1000 > max_age_ms:
-        raise ArgumentsInvalid(f"ttl_s must be at most bus.max_age_s ({max_age_ms / 1000:g} s)")
-    return max(int(ttl_s * 1000), 1)
 
 
 async def _quiet(aw: Awaitable[None]) -> None:

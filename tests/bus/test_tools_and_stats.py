@@ -14,8 +14,8 @@ import pytest
 
 from gateway.bus import builtin
 from gateway.bus.builtin import BusBuiltin
-from gateway.bus.core import _ttl_ms
 from gateway.bus.redis_backend import redis_stats
+from gateway.bus.sealing import ttl_ms_of as _ttl_ms
 from gateway.errors import ArgumentsInvalid, BusTimeout
 from gateway.events import Event
 from tests.bus.test_core import A, B, Env, _pair, env  # noqa: F401 - env is the backends' fixture

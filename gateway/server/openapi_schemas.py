@@ -1,0 +1,337 @@
+"""The response schemas (JSON Schema 2020-12) of the admin REST API's OpenAPI document
+(``gateway.server.openapi``: the paths that refer to them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+REF = "#/components/schemas/"
+_NULLSTR = {"type": ["string", "null"]}
+STATES = ["Initializing", "Ready", "Running", "Suspended", "Failed", "Terminated"]
+HEALTH = {"enum": ["healthy", "degraded", "unhealthy"]}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string"},
+            "reason": {"type": "string"},
+            "error_description": {"type": "string"},
+        },
+    },
+    "Unavailable": {
+        "type": "object",
+        "required": ["error", "component", "reason"],
+        "properties": {
+            "error": {"const": "unavailable"},
+            "component": {"type": "string"},
+            "reason": {"type": "string"},
+        },
+    },
+    "Tool": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "name",
+            "original_name",
+            "upstream",
+            "description",
+            "verification",
+            "key_fingerprint",
+            "definition_hash",
+            "code_tool",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "original_name": {"type": "string"},
+            "upstream": {"type": "string"},
+            "description": {"type": "string"},
+            "verification": {
+                "enum": ["verified", "pinned", "unverified", "drifted", "revoked", "off", "failed"]
+            },
+            "key_fingerprint": _NULLSTR,
+            "definition_hash": _NULLSTR,
+            "code_tool": {"type": "boolean"},
+            "screening": {
+                "type": "object",
+                "description": "poisoning screening of the definition (symbi scan): highest severity "
+                "and the findings' rule ids, severities and fields",
+                "required": ["highest", "findings"],
+                "properties": {
+                    "highest": {"type": ["string", "null"], "enum": ["low", "medium", "high", None]},
+                    "findings": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+        },
+    },
+    "PolicyReload": {
+        "type": "object",
+        "required": ["reloaded", "loaded"],
+        "properties": {"reloaded": {"type": "boolean"}, "loaded": {"type": "boolean"}},
+    },
+    "ToolDiff": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "tool",
+            "status",
+            "drifted",
+            "approved_hash",
+            "current_hash",
+            "diff",
+            "screening",
+        ],
+        "properties": {
+            "tool": {"type": "string"},
+            "status": {"type": "string"},
+            "drifted": {"type": "boolean"},
+            "approved_hash": _NULLSTR,
+            "current_hash": _NULLSTR,
+            "diff": {"type": "string"},
+            "screening": {
+                "type": "array",
+                "description": "screening findings of the current definition (symbi scan)",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "rule",
+                        "category",
+                        "severity",
+                        "field",
+                        "span",
+                        "excerpt",
+                        "summary",
+                    ],
+                    "properties": {
+                        "rule": {"type": "string"},
+                        "category": {"type": "string"},
+                        "severity": {"type": "string", "enum": ["low", "medium", "high"]},
+                        "field": {"type": "string"},
+                        "span": {"type": "array", "items": {"type": "integer"}},
+                        "excerpt": {"type": "string"},
+                        "summary": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "Discovered": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "a discovered server; never its env, headers, args or URL query",
+        "required": ["name", "source", "original_name", "status", "transport", "launches"],
+        "properties": {
+            "name": {"type": "string"},
+            "source": {"type": "string"},
+            "original_name": {"type": "string"},
+            "status": {"type": "string", "enum": ["quarantined", "approved", "removed"]},
+            "transport": {"type": "string", "enum": ["stdio", "http"]},
+            "launches": {"type": "string"},
+            "first_seen": {"type": "number"},
+            "approved_by": _NULLSTR,
+        },
+    },
+    "DiscoveredList": {
+        "type": "object",
+        "required": ["servers"],
+        "properties": {"servers": {"type": "array", "items": {"$ref": REF + "Discovered"}}},
+    },
+    "Approved": {
+        "type": "object",
+        "required": ["tool", "approved_hash"],
+        "properties": {"tool": {"type": "string"}, "approved_hash": {"type": "string"}},
+    },
+    "ToolList": {
+        "type": "object",
+        "required": ["tools"],
+        "properties": {"tools": {"type": "array", "items": {"$ref": REF + "Tool"}}},
+    },
+    "Upstream": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "state", "transport", "restarts", "last_error", "tools"],
+        "properties": {
+            "name": {"type": "string"},
+            "state": {"enum": ["starting", "up", "down"]},
+            "transport": {"enum": ["stdio", "http"]},
+            "restarts": {"type": "integer", "minimum": 0},
+            "last_error": _NULLSTR,
+            "tools": {"type": "integer", "minimum": 0},
+        },
+    },
+    "UpstreamList": {
+        "type": "object",
+        "required": ["upstreams"],
+        "properties": {"upstreams": {"type": "array", "items": {"$ref": REF + "Upstream"}}},
+    },
+    "PinList": {
+        "type": "object",
+        "required": ["pins"],
+        "properties": {
+            "pins": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["domain", "tool_id", "key_fingerprint", "definition_hash"],
+                    "properties": {
+                        "domain": {"type": "string"},
+                        "tool_id": {"type": "string"},
+                        "key_fingerprint": {"type": "string"},
+                        "definition_hash": {"type": "string"},
+                        "first_seen": {"type": "string"},
+                        "last_seen": {"type": "string"},
+                        "pending_fingerprint": {"type": ["string", "null"]},
+                        "pending_definition_hash": {"type": ["string", "null"]},
+                        "pending_since": {"type": ["string", "null"]},
+                    },
+                },
+            }
+        },
+    },
+    "Restarting": {
+        "type": "object",
+        "required": ["upstream", "restarting"],
+        "properties": {"upstream": {"type": "string"}, "restarting": {"const": True}},
+    },
+    "Session": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "owner"],
+        "properties": {
+            "id": {"type": "string", "description": "first 8 characters only"},
+            "owner": _NULLSTR,
+        },
+    },
+    "StateFootprint": {
+        "type": "object",
+        "required": ["owned", "bounded", "caps", "vocabulary", "process"],
+        "properties": {
+            k: {"type": "object", "additionalProperties": {"type": "integer"}}
+            for k in ("owned", "bounded", "caps", "vocabulary", "process")
+        },
+    },
+    "SessionList": {
+        "type": "object",
+        "required": ["max_sessions", "sessions"],
+        "properties": {
+            "max_sessions": {"type": "integer"},
+            "sessions": {"type": "array", "items": {"$ref": REF + "Session"}},
+        },
+    },
+    "Call": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "time",
+            "principal",
+            "kind",
+            "target",
+            "upstream",
+            "outcome",
+            "decision",
+            "reasons",
+            "error_code",
+            "latency_ms",
+        ],
+        "properties": {
+            "time": {"type": "number"},
+            "principal": {"type": "string"},
+            "kind": {"type": "string"},
+            "target": {"type": "string"},
+            "upstream": _NULLSTR,
+            "outcome": {"enum": ["ok", "error", "denied"]},
+            "decision": {"enum": ["allow", "deny", None]},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+            "error_code": _NULLSTR,
+            "latency_ms": {"type": "number", "minimum": 0},
+        },
+    },
+    "CallList": {
+        "type": "object",
+        "required": ["calls"],
+        "properties": {"calls": {"type": "array", "items": {"$ref": REF + "Call"}}},
+    },
+    "AuditEvents": {
+        "type": "object",
+        "required": ["events"],
+        "properties": {"events": {"type": "array", "items": {"type": "object"}}},
+    },
+    "AuditVerify": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
+    "Agent": {
+        "type": "object",
+        "required": [
+            "id",
+            "name",
+            "principal",
+            "client",
+            "hosted",
+            "priority",
+            "state",
+            "reason",
+            "in_flight",
+            "calls",
+            "limits",
+            "usage",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "principal": {"type": "string"},
+            "client": {"type": "string"},
+            "hosted": {"type": "boolean"},
+            "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+            "state": {"enum": STATES},
+            "reason": {"type": "string"},
+            "suspend_pending": _NULLSTR,
+            "in_flight": {"type": "integer", "minimum": 0},
+            "calls": {"type": "integer", "minimum": 0},
+            "limits": {"type": "object"},
+            "usage": {"type": ["object", "null"]},
+        },
+    },
+    "AgentList": {
+        "type": "object",
+        "required": ["agents"],
+        "properties": {"agents": {"type": "array", "items": {"$ref": REF + "Agent"}}},
+    },
+    "AgentAction": {
+        "type": "object",
+        "required": ["agent", "result", "state"],
+        "properties": {
+            "agent": {"type": "string"},
+            "result": {"type": "string"},
+            "state": {"enum": STATES},
+        },
+    },
+    "HealthStatus": {
+        "type": "object",
+        "required": ["overall_status", "component_health", "resource_utilization", "recent_errors"],
+        "properties": {
+            "overall_status": HEALTH,
+            "component_health": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": HEALTH},
+                },
+            },
+            "resource_utilization": {"type": "object", "required": ["agents", "scheduler"]},
+            "recent_errors": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "components"],
+        "properties": {
+            "status": HEALTH,
+            "components": {"type": "object", "additionalProperties": HEALTH},
+        },
+    },
+    "PolicyStatus": {
+        "type": "object",
+        "required": ["loaded"],
+        "properties": {"loaded": {"type": "boolean"}},
+    },
+}

@@ -10,7 +10,11 @@
 #
 # Portable on purpose: it runs unchanged on the embedded engine (regorus) and on a real OPA
 # server. Only builtins both implement: glob.match, regex.match/find_all_string_submatch_n,
-# sprintf %v/%d, split/startswith/contains/lower, sort/min/count, object.get.
+# sprintf %v/%d, split/startswith/contains/lower, sort/min/count, object.get, array.concat.
+#
+# Written for the interpreter's speed (every rule body and builtin call costs ~1 us in
+# regorus): each kind evaluates only its own rules, and the tool patterns of the data are
+# indexed (data_index, below) so a decision globs only the few patterns that can match.
 
 package symbi
 
@@ -39,8 +43,29 @@ reasons := sort(deny) if count(deny) > 0
 else := [] if allow
 else := [sprintf("no rule allows %v on %v (default deny)", [kind, target_name])]
 
-granted_conditions := conditions if allow
+# each kind evaluates only its own rules (conditions are granted to tools, the bus and memory)
+granted_conditions := tool_conditions if {
+	allow
+	is_tool
+} else := other_conditions if allow
 else := {}
+
+deny := kind_deny | volume_deny
+
+kind_deny := tool_deny if is_tool
+else := bus_deny if is_bus
+else := memory_deny if kind in {"context/read", "context/write", "knowledge/search"}
+else := access_deny
+
+target_permitted if {
+	is_tool
+	tool_allowed
+}
+
+target_permitted if {
+	not is_tool
+	other_permitted
+}
 
 # ---------------------------------------------------------------------------------------
 # Who is asking for what
@@ -89,7 +114,8 @@ roles contains r if some r in object.get(principal_entry, "roles", [])
 
 role_entry(r) := object.get(object.get(cfg, "roles", {}), r, {})
 
-# Glob patterns granted to this principal under `field` (tools, deny_tools, resources, prompts).
+# Glob patterns granted to this principal under `field` (resources, prompts, log_levels,
+# bus_peers, topics; tools and deny_tools go through the index below).
 patterns(field) := {p | some p in object.get(principal_entry, field, [])} | {p |
 	some r in roles
 	some p in object.get(role_entry(r), field, [])
@@ -100,68 +126,154 @@ matches_any(pats, name) if {
 	glob.match(p, [], name)
 }
 
-# Evaluated once per decision (rules are cached within an evaluation, functions are not).
-tool_patterns := patterns("tools")
-
-deny_tool_patterns := patterns("deny_tools")
-
-tool_allowed if matches_any(tool_patterns, tool_name)
-
-tool_deny_listed if matches_any(deny_tool_patterns, tool_name)
-
 # ---------------------------------------------------------------------------------------
-# Allow-lists (tools by glob; resources and prompts by glob on their name / uri)
+# The index of the data's tool patterns (a function of the data alone)
 # ---------------------------------------------------------------------------------------
 
-target_permitted if {
-	is_tool
-	tool_allowed
+# A pattern without glob syntax matches one name: itself. A pattern whose text before its
+# first "__" (and that "__") is literal only matches names that start the same way, so the
+# part of the name before its first "__" (tool_key) picks the only patterns worth globbing;
+# the rest ("*", "time*") are tried for every name.
+#
+# The gateway evaluates data_index once per policy load and hands it back as
+# data.precomputed.symbi.data_index (gateway/policy/loader.py); it is used only while it was
+# computed from exactly the data in force (`with data.symbi_data as ...` in a test, or an OPA
+# server, computes it in the evaluation instead). Same rules either way, only the cost differs.
+idx := pre if {
+	pre := data.precomputed.symbi.data_index
+	pre.of == cfg
+} else := data_index
+
+data_index := {
+	"of": cfg,
+	"roles": {r: glob_index([[f, p] |
+		some f in ["tools", "deny_tools"]
+		some p in object.get(e, f, [])
+	]) |
+		some r, e in object.get(cfg, "roles", {})
+	},
+	"conditions": glob_index(array.concat(
+		[["audit_minimal", p] | some p in object.get(cfg, "audit_minimal", [])],
+		[[f, p] |
+			some f in ["tool_rate_limits", "max_result_bytes", "redact_arguments", "redact_result"]
+			some p, _ in object.get(cfg, f, {})
+		],
+	)),
+	"path_keys": {k: true | some k in object.get(cfg, "path_arguments", [])},
+	"url_keys": {k: true | some k in object.get(cfg, "url_arguments", [])},
 }
 
-target_permitted if {
-	kind == "resources/read"
-	matches_any(patterns("resources"), input.target)
+glob_syntax := `[*?\[\]{}\\]`
+
+literal(p) if not regex.match(glob_syntax, p)
+
+pattern_key(p) := parts[0] if {
+	parts := split(p, "__")
+	count(parts) > 1
+	literal(parts[0])
 }
 
-target_permitted if {
-	kind == "prompts/get"
-	matches_any(patterns("prompts"), input.target)
+# entries: [field, pattern] pairs. exact: literal pattern -> its fields; keyed: key -> the
+# pairs with that key and every unkeyed pair; other: the unkeyed pairs.
+glob_index(entries) := {"exact": exact, "keyed": keyed, "other": other} if {
+	exact := {p: [f | some [f, q] in entries; q == p] | some [_, p] in entries; literal(p)}
+	other := [e | some e in entries; not literal(e[1]); not pattern_key(e[1])]
+	keyed := {k: array.concat([e | some e in entries; not literal(e[1]); pattern_key(e[1]) == k], other) |
+		some [_, p] in entries
+		not literal(p)
+		k := pattern_key(p)
+	}
 }
 
-# logging/setLevel changes a shared upstream's log level for every caller (target = the
-# upstream's name): only principals granted that upstream under `log_levels` may.
-target_permitted if {
-	kind == "logging/setLevel"
-	matches_any(patterns("log_levels"), input.target)
+tool_key := split(tool_name, "__")[0]
+
+# the index entries of this principal's roles and of the conditions that match the tool
+role_matches contains f if {
+	some r in roles
+	some f in idx.roles[r].exact[tool_name]
 }
 
-deny contains msg if {
-	kind == "logging/setLevel"
-	not matches_any(patterns("log_levels"), input.target)
-	msg := sprintf("principal %v may not set the log level of upstream %v", [principal_id, input.target])
+role_matches contains f if {
+	some r in roles
+	ix := idx.roles[r]
+	some [f, p] in object.get(ix.keyed, tool_key, ix.other)
+	glob.match(p, [], tool_name)
 }
 
-deny contains msg if {
-	is_tool
+condition_matches contains [f, tool_name] if {
+	some f in idx.conditions.exact[tool_name]
+}
+
+condition_matches contains [f, p] if {
+	ix := idx.conditions
+	some [f, p] in object.get(ix.keyed, tool_key, ix.other)
+	glob.match(p, [], tool_name)
+}
+
+# ---------------------------------------------------------------------------------------
+# Tools: allow-list and deny-list by glob (the principal's own and its roles')
+# ---------------------------------------------------------------------------------------
+
+tool_allowed if "tools" in role_matches
+
+tool_allowed if matches_any(object.get(principal_entry, "tools", []), tool_name)
+
+tool_deny_listed if "deny_tools" in role_matches
+
+tool_deny_listed if matches_any(object.get(principal_entry, "deny_tools", []), tool_name)
+
+tool_deny contains msg if {
 	not tool_allowed
 	msg := sprintf("principal %v may not use tool %v (not in its allow-list)", [principal_id, tool_name])
 }
 
-deny contains msg if {
-	is_tool
+tool_deny contains msg if {
 	tool_deny_listed
 	msg := sprintf("tool %v is on the deny-list of principal %v", [tool_name, principal_id])
 }
 
-deny contains msg if {
+# ---------------------------------------------------------------------------------------
+# Allow-lists for resources and prompts (by glob on their name / uri) and log levels
+# ---------------------------------------------------------------------------------------
+
+resource_ok if matches_any(patterns("resources"), input.target)
+
+prompt_ok if matches_any(patterns("prompts"), input.target)
+
+log_level_ok if matches_any(patterns("log_levels"), input.target)
+
+other_permitted if {
 	kind == "resources/read"
-	not matches_any(patterns("resources"), input.target)
+	resource_ok
+}
+
+other_permitted if {
+	kind == "prompts/get"
+	prompt_ok
+}
+
+# logging/setLevel changes a shared upstream's log level for every caller (target = the
+# upstream's name): only principals granted that upstream under `log_levels` may.
+other_permitted if {
+	kind == "logging/setLevel"
+	log_level_ok
+}
+
+access_deny contains msg if {
+	kind == "logging/setLevel"
+	not log_level_ok
+	msg := sprintf("principal %v may not set the log level of upstream %v", [principal_id, input.target])
+}
+
+access_deny contains msg if {
+	kind == "resources/read"
+	not resource_ok
 	msg := sprintf("principal %v may not read resource %v", [principal_id, input.target])
 }
 
-deny contains msg if {
+access_deny contains msg if {
 	kind == "prompts/get"
-	not matches_any(patterns("prompts"), input.target)
+	not prompt_ok
 	msg := sprintf("principal %v may not get prompt %v", [principal_id, input.target])
 }
 
@@ -179,8 +291,7 @@ verification_ok if {
 	object.get(upstream_entry, "allow_unverified", false) == true
 }
 
-deny contains msg if {
-	is_tool
+tool_deny contains msg if {
 	not verification_ok
 	msg := sprintf("tool %v is %v: only verified or pinned tools may be called", [tool_name, verification])
 }
@@ -194,8 +305,7 @@ screening := object.get(input.tool, "screening", {}) if is_object(input.tool)
 
 screening_mode := object.get(input.tool, "verification_mode", "strict") if is_object(input.tool)
 
-deny contains msg if {
-	is_tool
+tool_deny contains msg if {
 	object.get(screening, "highest", null) == "high"
 	object.get(screening, "accepted", false) != true
 	screening_mode in {"strict", "tofu"}
@@ -207,19 +317,16 @@ deny contains msg if {
 # Argument rules (calls only: a listing has no arguments)
 # ---------------------------------------------------------------------------------------
 
-path_keys := {k | some k in object.get(cfg, "path_arguments", [])}
+path_values := arg_values(idx.path_keys)
 
-url_keys := {k | some k in object.get(cfg, "url_arguments", [])}
-
-path_values := arg_values(path_keys)
-
-url_values := arg_values(url_keys)
+url_values := arg_values(idx.url_keys)
 
 # [key, value] for every value of a path/url argument: a string or each item of an array.
-arg_values(keys) := {[k, v] | some k in keys; v := input.arguments[k]; not is_array(v)} | {[k, v] |
-	some k in keys
-	is_array(input.arguments[k])
-	some v in input.arguments[k]
+arg_values(keys) := {[k, v] | some k, v in input.arguments; keys[k]; not is_array(v)} | {[k, v] |
+	some k, vs in input.arguments
+	keys[k]
+	is_array(vs)
+	some v in vs
 }
 
 # A path is accepted only when it has no "." / ".." segment (so "/allowed/../etc" never passes
@@ -245,8 +352,7 @@ under_root(p, root) if p == root
 
 under_root(p, root) if startswith(p, concat("", [trim_right(root, "/"), "/"]))
 
-deny contains msg if {
-	is_tool
+tool_deny contains msg if {
 	is_call
 	some [k, v] in path_values
 	not path_ok(v)
@@ -269,16 +375,14 @@ url_ok(u) if {
 	glob.match(lower(pat), ["."], host)
 }
 
-deny contains msg if {
-	is_tool
+tool_deny contains msg if {
 	is_call
 	some [k, v] in url_values
 	not url_host(v)
 	msg := sprintf("argument %v is not an http(s) URL", [k])
 }
 
-deny contains msg if {
-	is_tool
+tool_deny contains msg if {
 	is_call
 	some [k, v] in url_values
 	host := url_host(v)
@@ -308,44 +412,43 @@ topic_granted(field) if {
 
 bus_kind_field := {"bus/publish": "publish_topics", "bus/subscribe": "subscribe_topics"}
 
-target_permitted if {
+other_permitted if {
 	kind == "bus/send"
 	bus_peer_ok
 }
 
-target_permitted if topic_granted(bus_kind_field[kind])
+other_permitted if topic_granted(bus_kind_field[kind])
 
 # the caller's agent id: input.agent is the runtime's {id, name, state, ...} (or a bare id)
 has_bus_agent if is_string(input.agent.id)
 
 has_bus_agent if is_string(input.agent)
 
-deny contains msg if {
-	is_bus
+bus_deny contains msg if {
 	not has_bus_agent
 	msg := sprintf("%v needs an agent: the caller %v has no agent id", [kind, principal_id])
 }
 
-deny contains msg if {
+bus_deny contains msg if {
 	kind == "bus/send"
 	not bus_peer_ok
 	msg := sprintf("principal %v may not message agents of principal %v", [principal_id, input.recipient.principal])
 }
 
-deny contains msg if {
+bus_deny contains msg if {
 	field := bus_kind_field[kind]
 	not topic_granted(field)
 	msg := sprintf("principal %v may not %v topic %v", [principal_id, split(kind, "/")[1], input.topic])
 }
 
 # the per-agent message rate (messages per minute; counted per agent by the bus)
-conditions["rate_limit"] := object.get(principal_entry, "bus_rate_limit", object.get(cfg, "default_bus_rate_limit", 600)) if is_bus
+other_conditions["rate_limit"] := object.get(principal_entry, "bus_rate_limit", object.get(cfg, "default_bus_rate_limit", 600)) if is_bus
 
 # ---------------------------------------------------------------------------------------
 # Volume: an hourly cap per principal (the per-minute rate_limit is a condition below).
 # ---------------------------------------------------------------------------------------
 
-deny contains msg if {
+volume_deny contains msg if {
 	is_call
 	cap := object.get(principal_entry, "max_calls_per_hour", object.get(cfg, "default_max_calls_per_hour", 0))
 	cap > 0
@@ -361,55 +464,41 @@ deny contains msg if {
 code_tier := "docker" if "trusted" in roles
 else := "gvisor"
 
-conditions["sandbox_tier"] := code_tier if {
-	is_tool
-	input.tool.code_tool == true
-}
+tool_conditions["sandbox_tier"] := code_tier if input.tool.code_tool == true
 
 base_rate := object.get(principal_entry, "rate_limit", object.get(cfg, "default_rate_limit", 60))
 
-tool_rates := {n | some pat, n in object.get(cfg, "tool_rate_limits", {}); glob.match(pat, [], tool_name)}
+tool_rates := {cfg.tool_rate_limits[p] | some [f, p] in condition_matches; f == "tool_rate_limits"}
 
-conditions["rate_limit"] := min(tool_rates | {base_rate}) if is_tool
+tool_conditions["rate_limit"] := min(tool_rates | {base_rate})
 
-tool_caps := {n | some pat, n in object.get(cfg, "max_result_bytes", {}); glob.match(pat, [], tool_name)}
+tool_caps := {cfg.max_result_bytes[p] | some [f, p] in condition_matches; f == "max_result_bytes"}
 
-conditions["max_result_bytes"] := min(tool_caps) if {
-	is_tool
-	count(tool_caps) > 0
-}
+tool_conditions["max_result_bytes"] := min(tool_caps) if count(tool_caps) > 0
 
 redactions(field) := sort({k |
-	some pat, keys in object.get(cfg, field, {})
-	glob.match(pat, [], tool_name)
-	some k in keys
+	some [f, p] in condition_matches
+	f == field
+	some k in cfg[field][p]
 })
 
 redact_arguments := redactions("redact_arguments")
 
 redact_result := redactions("redact_result")
 
-conditions["redact_arguments"] := redact_arguments if {
-	is_tool
-	count(redact_arguments) > 0
+tool_conditions["redact_arguments"] := redact_arguments if count(redact_arguments) > 0
+
+tool_conditions["redact_result"] := redact_result if count(redact_result) > 0
+
+audit_minimal if {
+	some [f, _] in condition_matches
+	f == "audit_minimal"
 }
 
-conditions["redact_result"] := redact_result if {
-	is_tool
-	count(redact_result) > 0
-}
+audit_level := "minimal" if audit_minimal
+else := "full"
 
-audit_minimal if matches_any(object.get(cfg, "audit_minimal", []), tool_name)
-
-conditions["audit"] := "minimal" if {
-	is_tool
-	audit_minimal
-}
-
-conditions["audit"] := "full" if {
-	is_tool
-	not audit_minimal
-}
+tool_conditions["audit"] := audit_level
 
 # ---------------------------------------------------------------------------------------
 # Agent memory and knowledge (the memory__* / knowledge__* built-ins ask these kinds, with
@@ -461,30 +550,29 @@ knowledge_granted if {
 	r in rs
 }
 
-target_permitted if {
+other_permitted if {
 	is_memory_kind
 	own_memory
 }
 
-target_permitted if {
+other_permitted if {
 	is_memory_kind
 	has_agent
 	namespace_granted
 }
 
-target_permitted if {
+other_permitted if {
 	kind == "knowledge/search"
 	has_agent
 	knowledge_granted
 }
 
-deny contains msg if {
-	kind in {"context/read", "context/write", "knowledge/search"}
+memory_deny contains msg if {
 	not has_agent
 	msg := sprintf("principal %v has no agent identity: memory and knowledge are per agent", [principal_id])
 }
 
-deny contains msg if {
+memory_deny contains msg if {
 	is_memory_kind
 	has_agent
 	memory_type != "shared"
@@ -492,7 +580,7 @@ deny contains msg if {
 	msg := sprintf("agent %v may not %v the %v memory of agent %v", [agent_id, memory_mode, memory_type, memory_owner])
 }
 
-deny contains msg if {
+memory_deny contains msg if {
 	is_memory_kind
 	has_agent
 	memory_type == "shared"
@@ -500,7 +588,7 @@ deny contains msg if {
 	msg := sprintf("principal %v may not %v shared namespace %v", [principal_id, memory_mode, object.get(memory_doc, "namespace", "")])
 }
 
-deny contains msg if {
+memory_deny contains msg if {
 	kind == "knowledge/search"
 	has_agent
 	not knowledge_granted
@@ -509,11 +597,11 @@ deny contains msg if {
 
 # knowledge/ingest: asked by `symbi knowledge add` (the operator, who owns the config and the
 # data dir; no agent asks it) for the patterns to redact from files before they are embedded.
-target_permitted if kind == "knowledge/ingest"
+other_permitted if kind == "knowledge/ingest"
 
 memory_redact_patterns := object.get(memory_cfg, "redact_text", [])
 
-conditions["redact_text"] := memory_redact_patterns if {
+other_conditions["redact_text"] := memory_redact_patterns if {
 	kind in {"context/write", "knowledge/ingest"}
 	count(memory_redact_patterns) > 0
 }

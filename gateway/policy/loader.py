@@ -29,6 +29,8 @@ from gateway.policy.lint import unknown_calls
 # regorus errors are rustc-style: "--> file:line:col"; a backtrace may follow.
 _LOCATION_RE = re.compile(r"-->\s*(\S+?:\d+:\d+)")
 _PACKAGE_RE = re.compile(r"^package\s+([A-Za-z_][A-Za-z0-9_.]*)", re.MULTILINE)
+INDEX_RULE = "data_index"  # see precompute
+_INDEX_RULE_RE = re.compile(r"^data_index\b(?=\s*(?::=|=|if\b|\{))", re.MULTILINE)
 _TEST_RULE_RE = re.compile(r"^(test_[A-Za-z0-9_]*)\b(?=\s*(?:if\b|:=|=|\{|contains\b|$))", re.MULTILINE)
 
 # A minimal, well-formed input used once per load to reach the decision's rule bodies.
@@ -88,6 +90,8 @@ class PolicyBundle:
     # (``gateway.state.policies``): the data file's (name, raw text) and the test modules
     data_source: tuple[str, str] | None = None
     tests: tuple[tuple[str, str], ...] = ()
+    # data documents computed once from the data (see ``precompute``), added to every engine
+    precomputed: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -199,14 +203,60 @@ def new_engine(bundle: PolicyBundle, extra_modules: Iterable[tuple[str, str]] = 
             raise PolicyLoadError(
                 clean_error(e).splitlines()[-1], location=error_location(e) or name
             ) from None
-    if bundle.data:
+    for doc in (bundle.data, bundle.precomputed):
+        if not doc:
+            continue
         try:
-            engine.add_data(bundle.data)
+            engine.add_data(doc)
         except BaseException as e:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             raise PolicyLoadError(f"policy data rejected: {clean_error(e)}") from None
     return engine
+
+
+def _defines_index(src: str, package: str) -> bool:
+    pkg = _PACKAGE_RE.search(src)
+    return pkg is not None and pkg.group(1) == package and _INDEX_RULE_RE.search(src) is not None
+
+
+def precompute(bundle: PolicyBundle, decision: str) -> dict[str, Any] | None:
+    """``{"precomputed": {<package path>: {"data_index": value}}}`` when the decision's
+    package defines a ``data_index`` rule (a function of the data alone), else None.
+
+    The policy reads the value back from ``data.precomputed.<package>.data_index`` instead of
+    evaluating the rule on every decision (the default policy indexes its glob patterns so).
+    The value is evaluated once here, with no input and with the canary input: both must agree.
+
+    Raises:
+        PolicyLoadError: the rule fails to evaluate or reads the input.
+    """
+    package = decision.rsplit(".", 1)[0]  # data.symbi
+    parts = package.split(".")[1:]
+    if not parts or not any(_defines_index(src, ".".join(parts)) for _, src in bundle.modules):
+        return None
+    rule = f"{package}.{INDEX_RULE}"
+    values = []
+    for inp in (None, CANARY_INPUT):
+        engine = new_engine(bundle)
+        try:
+            if inp is not None:
+                engine.set_input(inp)
+            values.append(engine.eval_rule(rule))
+        except BaseException as e:
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            raise PolicyLoadError(
+                f"{rule} fails to evaluate: {clean_error(e).splitlines()[-1]}", location=error_location(e)
+            ) from None
+    if values[0] != values[1]:
+        raise PolicyLoadError(f"{rule} must be a function of the data alone: it reads the input")
+    if values[0] is None:
+        return None
+    doc: dict[str, Any] = {INDEX_RULE: values[0]}
+    for part in reversed(parts):
+        doc = {part: doc}
+    return {"precomputed": doc}
 
 
 def find_test_rules(modules: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -296,4 +346,6 @@ def check_bundle(
         raise PolicyLoadError(
             f"{decision} fails to evaluate: {clean_error(e).splitlines()[-1]}", location=error_location(e)
         ) from None
-    return dataclasses.replace(bundle, reads=input_reads(ast)[0], tests=tuple(tests))
+    return dataclasses.replace(
+        bundle, reads=input_reads(ast)[0], tests=tuple(tests), precomputed=precompute(bundle, decision)
+    )

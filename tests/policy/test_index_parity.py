@@ -1,0 +1,165 @@
+"""The default policy's indexed tool patterns (``data_index``, precomputed per load) decide
+exactly as the plain rules did: the previous ``policies.rego`` (kept as
+``reference/policies_v1.rego``, every pattern globbed on every decision) and the real OPA
+engine (which computes the index inside each evaluation) agree with the embedded engine on
+the cases, on seeded random inputs, and on seeded random data files whose patterns mix
+literals, keyed globs (``fs__read_*``), unkeyed ones (``*``, ``f?__x``, ``{a,b}__*``) and
+glob syntax the index must not take for a literal (``[x]``, ``\\*``)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.errors import PolicyLoadError
+from gateway.policy.cases import load_cases
+from gateway.policy.engine import _evaluate
+from gateway.policy.loader import PolicyBundle, bundle_from_sources, check_bundle, new_engine, precompute
+from tests.policy.conftest import CASES, DATA, POLICY, opa_engine
+from tests.policy.randinput import TOOLS, random_inputs
+
+REFERENCE = Path(__file__).parent / "reference" / "policies_v1.rego"
+DECISION = "data.symbi.decision"
+ERROR = "error"
+
+PATTERNS = [
+    "*",
+    "**",
+    "time__*",
+    "fs__read_*",
+    "fs__read_a.b",
+    "fs__list_*",
+    "fs__move_file",
+    "everything__echo",
+    "everything__get-*",
+    "everything__get-env",
+    "sandbox__run_?ython",
+    "sandbox__*",
+    "f?__*",
+    "*__echo",
+    "{fs,time}__*",
+    "fs__{read,write}_*",
+    "[x]",
+    "[ef]*__*",
+    "evil__x",
+    "bus__*",
+    "memory__recall",
+    "knowledge__*",
+    "a__b__*",
+    "time\\*",
+]
+
+
+def _load(src: str, data: dict[str, Any], name: str = "policies.rego") -> tuple[PolicyBundle, Any]:
+    bundle = check_bundle(bundle_from_sources((name, src), ("data.json", json.dumps(data))), [], DECISION)
+    return bundle, new_engine(bundle)
+
+
+def _decide(engine: Any, inp: dict[str, Any]) -> Any:
+    d, healthy = _evaluate(engine, DECISION, inp)
+    return {"allow": d.allow, "reasons": list(d.reasons), "conditions": dict(d.conditions)} if healthy else ERROR
+
+
+def _opa(opa: Any, inp: dict[str, Any]) -> Any:
+    from opa_bindings import OpaError
+
+    try:
+        return opa.eval_document("symbi.decision", inp)
+    except OpaError:
+        return ERROR
+
+
+def _random_data(r: random.Random, base: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(base)
+    d = data["symbi_data"]
+    for role in d["roles"].values():
+        role["tools"] = r.sample(PATTERNS, r.randint(0, 8))
+        if r.random() < 0.6:
+            role["deny_tools"] = r.sample(PATTERNS, r.randint(0, 3))
+    for key in ("alice", "ci-bot", "auditor"):
+        entry = d["principals"]["keys"][key]
+        entry["tools"] = r.sample(PATTERNS, r.randint(0, 2))
+        entry["deny_tools"] = r.sample(PATTERNS, r.randint(0, 2))
+    d["tool_rate_limits"] = {p: r.randint(1, 99) for p in r.sample(PATTERNS, r.randint(0, 4))}
+    d["max_result_bytes"] = {p: r.randint(100, 10**6) for p in r.sample(PATTERNS, r.randint(0, 4))}
+    d["redact_arguments"] = {p: r.sample(["token", "password", "key"], 2) for p in r.sample(PATTERNS, 3)}
+    d["redact_result"] = {p: ["secret"] for p in r.sample(PATTERNS, r.randint(0, 2))}
+    d["audit_minimal"] = r.sample(PATTERNS, r.randint(0, 4))
+    if r.random() < 0.3:
+        d.pop(r.choice(["audit_minimal", "tool_rate_limits", "redact_result", "path_arguments"]))
+    return data
+
+
+def _inputs(seed: int, n: int) -> list[dict[str, Any]]:
+    """Random inputs, with tool names also drawn from the patterns (literal names that
+    look like globs) and names with several "__" or none."""
+    r = random.Random(seed)
+    out = random_inputs(seed, n)
+    for inp in out:
+        if inp["kind"] == "tools/call" and isinstance(inp.get("tool"), dict) and r.random() < 0.3:
+            name = r.choice([*PATTERNS, *TOOLS, "a__b__c", "time", "fs__read_x.y", "time*"])
+            inp["tool"]["name"] = inp["target"] = name
+    return out
+
+
+def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:
+    data = json.loads(DATA.read_text())
+    bundle, new = _load(POLICY.read_text(), data)
+    assert bundle.precomputed is not None  # the index is computed once, not per decision
+    _, old = _load(REFERENCE.read_text(), data)
+    cases = [c.input for c in load_cases(CASES)]
+    assert len(cases) >= 90
+    inputs = cases + _inputs(61, 600)
+    diffs = [(i, a, b) for i in inputs if (a := _decide(new, i)) != (b := _decide(old, i))]
+    assert diffs == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> None:
+    r = random.Random(1000 + seed)
+    data = _random_data(r, json.loads(DATA.read_text()))
+    _, new = _load(POLICY.read_text(), data)
+    _, old = _load(REFERENCE.read_text(), data)
+    opa = opa_engine(data=data)
+    outcomes = {"allow": 0, "deny": 0}
+    for inp in _inputs(seed, 150):
+        a = _decide(new, inp)
+        assert a == _decide(old, inp), inp
+        assert a == _opa(opa, inp), inp
+        if a != ERROR:
+            outcomes["allow" if a["allow"] else "deny"] += 1
+    assert outcomes["allow"] >= 10 and outcomes["deny"] >= 50, outcomes
+
+
+def test_an_index_of_other_data_is_not_used() -> None:
+    """A precomputed index only counts for the data it was computed from: an engine given
+    another data document (as `with data.symbi_data as ...` in a test does) recomputes it."""
+    data = json.loads(DATA.read_text())
+    bundle, _ = _load(POLICY.read_text(), data)
+    other = copy.deepcopy(data)
+    other["symbi_data"]["roles"]["developer"]["tools"] = ["fs__*"]
+    stale = PolicyBundle(modules=bundle.modules, data=other, precomputed=bundle.precomputed)
+    inp = json.loads(CASES.read_text())["base"]  # local (developer) calls time__get_current_time
+    assert _decide(new_engine(bundle), inp)["allow"] is True
+    denied = _decide(new_engine(stale), inp)
+    assert denied["allow"] is False
+    assert denied["reasons"] == [
+        "principal local may not use tool time__get_current_time (not in its allow-list)"
+    ]
+
+
+def test_a_data_index_that_reads_the_input_is_refused() -> None:
+    src = "package symbi\nimport rego.v1\ndata_index := {\"k\": input.kind}\ndecision := {\"allow\": false}\n"
+    bundle = bundle_from_sources(("p.rego", src))
+    with pytest.raises(PolicyLoadError):
+        precompute(bundle, DECISION)
+
+
+def test_a_policy_without_data_index_gets_nothing_precomputed() -> None:
+    bundle, _ = _load(REFERENCE.read_text(), json.loads(DATA.read_text()))
+    assert bundle.precomputed is None

@@ -62,7 +62,9 @@ def _load(src: str, data: dict[str, Any], name: str = "policies.rego") -> tuple[
 
 def _decide(engine: Any, inp: dict[str, Any]) -> Any:
     d, healthy = _evaluate(engine, DECISION, inp)
-    return {"allow": d.allow, "reasons": list(d.reasons), "conditions": dict(d.conditions)} if healthy else ERROR
+    return (
+        {"allow": d.allow, "reasons": list(d.reasons), "conditions": dict(d.conditions)} if healthy else ERROR
+    )
 
 
 def _opa(opa: Any, inp: dict[str, Any]) -> Any:
@@ -154,7 +156,7 @@ def test_an_index_of_other_data_is_not_used() -> None:
 
 
 def test_a_data_index_that_reads_the_input_is_refused() -> None:
-    src = "package symbi\nimport rego.v1\ndata_index := {\"k\": input.kind}\ndecision := {\"allow\": false}\n"
+    src = 'package symbi\nimport rego.v1\ndata_index := {"k": input.kind}\ndecision := {"allow": false}\n'
     bundle = bundle_from_sources(("p.rego", src))
     with pytest.raises(PolicyLoadError):
         precompute(bundle, DECISION)

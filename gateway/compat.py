@@ -17,7 +17,11 @@ from typing import Any
 # (probe ``server/discover``, adopt a 2026 version, else ``initialize``); the context streams
 # carry contextvars across the stdio transport's tasks as the SDK's own ``stdio_server`` does.
 from mcp.client._probe import negotiate_auto
-from mcp.client.session import ClientSession
+from mcp.client.session import (  # the SDK client's result fix-ups (gateway.upstream.fastcall)
+    ClientSession,
+    _clamp_inbound_ttl,
+    _later_revision_fields,
+)
 from mcp.client.stdio import (  # the SDK's process helpers for stdio servers (gateway.upstream.stdio)
     _create_platform_compatible_process,
     _drain_stdout,
@@ -33,12 +37,14 @@ from gateway.errors import SdkChanged
 
 __all__ = [
     "SdkChanged",
+    "clamp_inbound_ttl",
     "close_http_session",
     "connection_of",
     "create_context_streams",
     "drain_stdout",
     "executable_command",
     "http_session_counts",
+    "later_revision_fields",
     "negotiate_auto",
     "open_http_sessions",
     "parse_stdio_line",
@@ -149,3 +155,9 @@ start_stdio_process = _create_platform_compatible_process
 drain_stdout = _drain_stdout
 parse_stdio_line = _parse_line
 stop_stdio_process = _stop_server_process
+
+# What ``ClientSession.send_request`` does to a raw result before validating it, reused by the
+# fast lane of tools/call so it accepts and refuses exactly what the SDK's path does: floor a
+# negative ``ttlMs``, and the result keys of protocol revisions newer than the negotiated one.
+clamp_inbound_ttl = _clamp_inbound_ttl
+later_revision_fields = _later_revision_fields

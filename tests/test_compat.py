@@ -107,6 +107,19 @@ def test_stdio_process_helpers_exist() -> None:
     assert compat.parse_stdio_line('{"jsonrpc":"2.0","method":"x"}') is not None
 
 
+def test_client_result_fixups_behave_as_the_sdk_client_uses_them() -> None:
+    # the fast lane of tools/call (gateway.upstream.fastcall) runs these on every raw result
+    raw = {"content": [], "ttlMs": -5}
+    compat.clamp_inbound_ttl(raw)
+    assert raw["ttlMs"] == 0
+    kept = {"content": [], "ttlMs": 3}
+    compat.clamp_inbound_ttl(kept)
+    assert kept["ttlMs"] == 3
+    # 2026-07-28's input-required fields are outside a 2025-11-25 tools/call result, not the newest's
+    assert {"resultType", "inputRequests"} <= compat.later_revision_fields("tools/call", "2025-11-25")
+    assert compat.later_revision_fields("tools/call", "2026-07-28") == frozenset()
+
+
 def test_a_missing_attribute_is_named() -> None:
     with pytest.raises(compat.SdkChanged, match=r"StreamReader\._buffer"):
         compat.stream_reader_head(object(), 1)  # type: ignore[arg-type]
@@ -116,7 +129,7 @@ def test_a_missing_attribute_is_named() -> None:
 _PRIVATE = re.compile(
     r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer)\b"
     r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b|\b_discard_session\b"
-    r"|\b_(?:create_platform_compatible_process|drain_stdout|get_executable_command|parse_line|stop_server_process)\b"
+    r"|\b_(?:create_platform_compatible_process|drain_stdout|get_executable_command|parse_line|stop_server_process|clamp_inbound_ttl|later_revision_fields)\b"
     r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock)[\"']"  # getattr(x, "_name")
 )
 

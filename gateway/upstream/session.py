@@ -28,13 +28,16 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry import trace
 from pydantic import TypeAdapter
 
 from gateway.compat import SdkChanged, negotiate_auto, stamp_requests
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
+from gateway.telemetry import exporting
 from gateway.upstream.bounded_http import OVERSIZED_MARK, bounded_responses
+from gateway.upstream.fastcall import FastLane, tool_result
 from gateway.upstream.relay import CallerRelay
 from gateway.upstream.runas import RunAs, check_launchable, resolve_run_as, working_folder
 from gateway.upstream.stdio import bounded_stdio_client
@@ -105,6 +108,9 @@ class Upstream:
         self.last_error: str | None = None
         self.relay = CallerRelay(name, events)
         self._session: ClientSession | None = None
+        # the fast lane of tools/call on a stdio connection, with the session it belongs to
+        self._lane: tuple[ClientSession, FastLane] | None = None
+        self._new_lane: FastLane | None = None
         self._closed = anyio.Event()
         self._refresh_lock = anyio.Lock()
         self._up_event = anyio.Event()
@@ -158,6 +164,7 @@ class Upstream:
             was_up = self.state == "up"
             self.state = "down"
             self._session = None
+            self._lane = None
             self._up_event = anyio.Event()
             self.listing = Listing()
             self._events.emit(Event.UPSTREAM_DOWN, {"upstream": self.name, "error": self.last_error})
@@ -212,7 +219,9 @@ class Upstream:
     async def _start(self, stack: contextlib.AsyncExitStack) -> ClientSession:
         """Spawn or connect, initialize and list, within the connection timeout; the
         transport and session stay open on ``stack``."""
+        self._new_lane = None
         read, write = await stack.enter_async_context(self._transport())
+        lane, self._new_lane = self._new_lane, None
         read = _WatchedStream(read, self._mark_closed)
         self._closed = anyio.Event()
         session = await stack.enter_async_context(
@@ -233,8 +242,23 @@ class Upstream:
             else:
                 await session.initialize()
             self._session = session
+            if lane is not None and session.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+                self._lane = (session, lane)  # 2026 upstreams stamp every request: the SDK's path
             await self._refresh(session)
         return session
+
+    def _got_lane(self, lane: FastLane) -> None:
+        self._new_lane = lane
+
+    def _fast_lane(self, session: ClientSession) -> FastLane | None:
+        """The lane for a call on ``session``, unless its spans would be recorded (the SDK's
+        path makes the CLIENT span an exporter or a sampled caller expects)."""
+        bound = self._lane
+        if bound is None or bound[0] is not session:
+            return None
+        if exporting() or trace.get_current_span().is_recording():
+            return None
+        return bound[1]
 
     def _mark_closed(self) -> None:
         self._closed.set()
@@ -291,6 +315,7 @@ class Upstream:
                         max_message_bytes=self._config.mcp.max_message_bytes,
                         errlog=errlog,
                         on_oversized=self._oversized,
+                        on_lane=self._got_lane,
                     ) as streams:
                         yield streams
             finally:
@@ -411,6 +436,16 @@ class Upstream:
     ) -> types.CallToolResult | types.InputRequiredResult:
         session = self.session
         try:
+            lane = self._fast_lane(session)
+            if lane is not None and input_responses is None and request_state is None:
+                params: dict[str, Any] = {"name": name}
+                if arguments is not None:
+                    params["arguments"] = arguments
+                raw = await lane.request(
+                    "tools/call", params, timeout=self.call_timeout, on_progress=progress
+                )
+                if raw is not None:
+                    return tool_result(raw, session.protocol_version)
             # send_request skips the client-side outputSchema check: the client validates
             # against what the gateway lists, and it saves a validation per call.
             return await session.send_request(

@@ -13,6 +13,7 @@ kill), private SDK functions reached through ``gateway.compat``.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from gateway.compat import (
     start_stdio_process,
     stop_stdio_process,
 )
+from gateway.upstream.fastcall import FastLane
 
 _logger = logging.getLogger("symbi.upstream.stdio")
 _READ_CHUNK = 64 * 1024
@@ -76,6 +78,15 @@ def with_waiting(first: T, stream: MemoryObjectReceiveStream[T]) -> list[T]:
     return out
 
 
+def _framed(m: SessionMessage | bytes, server: StdioServerParameters) -> bytes:
+    """One line of the upstream's stdin: the SDK's message serialised, or a fast-lane line
+    already framed (UTF-8: the lane exists only for UTF-8 servers)."""
+    if isinstance(m, bytes):
+        return m
+    text = m.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+    return text.encode(server.encoding, errors=server.encoding_error_handler)
+
+
 @contextlib.asynccontextmanager
 async def bounded_stdio_client(
     server: StdioServerParameters,
@@ -83,8 +94,13 @@ async def bounded_stdio_client(
     max_message_bytes: int,
     errlog: TextIO,
     on_oversized: Callable[[str], None] | None = None,
+    on_lane: Callable[[FastLane], None] | None = None,
 ) -> AsyncIterator[tuple[Any, Any]]:
-    """Like ``mcp.client.stdio.stdio_client``, with every incoming message bounded."""
+    """Like ``mcp.client.stdio.stdio_client``, with every incoming message bounded.
+
+    With ``on_lane``, it is given this connection's ``FastLane`` (``gateway.upstream.fastcall``):
+    requests sent through it share the stdin writer (pre-framed lines) and its responses are
+    taken off the stdout reader before the SDK's session sees them."""
     command = await executable_command(server.command)
     process = await start_stdio_process(
         command=command,
@@ -94,8 +110,12 @@ async def bounded_stdio_client(
         cwd=server.cwd,
     )
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage | bytes](0)
     writer_done = anyio.Event()
+    lane: FastLane | None = None
+    if on_lane is not None and codecs.lookup(server.encoding).name == "utf-8":  # orjson writes UTF-8
+        lane = FastLane(write_stream.send)
+        on_lane(lane)
 
     async def stdout_reader() -> None:
         assert process.stdout is not None
@@ -117,10 +137,14 @@ async def bounded_stdio_client(
                                 on_oversized(str(e))
                             return  # closing the read stream ends the session; the supervisor restarts it
                         for line in lines:
+                            if lane is not None and await lane.take(line):
+                                continue
                             text = line.decode(server.encoding, errors=server.encoding_error_handler)
                             await read_writer.send(parse_stdio_line(text))
                 finally:
                     buf.clear()
+                    if lane is not None:
+                        lane.close()
                     # The session sees the end now: the drain below lasts until the process is
                     # stopped, which waits for the session to end (an oversized message used to
                     # leave the call pending until its timeout and a failed ping).
@@ -135,12 +159,8 @@ async def bounded_stdio_client(
         try:
             async with write_reader:
                 async for message in write_reader:
-                    data = "".join(
-                        m.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
-                        for m in with_waiting(message, write_reader)
-                    )
                     await process.stdin.send(
-                        data.encode(server.encoding, errors=server.encoding_error_handler)
+                        b"".join(_framed(m, server) for m in with_waiting(message, write_reader))
                     )
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             await read_writer.aclose()

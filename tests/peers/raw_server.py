@@ -1,0 +1,87 @@
+"""A raw JSON-lines MCP server (no SDK) whose answers to ``tools/call`` a test chooses.
+
+The argument ``mode`` of the tool ``t`` picks the answer:
+- ``ok``: the normal result (``text`` = the ``message`` argument);
+- ``stray``: first a response to an id nobody asked (``id + 1``), then the real one;
+- ``twice``: the real response, then a second response to the same id with other content;
+- ``both``: a "response" carrying both ``result`` and ``error`` (malformed JSON-RPC);
+- ``error``: a JSON-RPC error -32602 with data;
+- ``progress``: two progress notifications on the request's token, then the result;
+- ``string_id``: the response's id as a string (``"7"`` for 7);
+- ``silent``: no answer (the caller times out or cancels);
+- ``die``: exits mid-call.
+Every line received is appended to ``$RECORD_FILE``, so a test can see what the gateway sent
+(cancellations included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+RECORD = os.environ.get("RECORD_FILE")
+TOOL = {
+    "name": "t",
+    "description": "Answers as the mode argument says.",
+    "inputSchema": {"type": "object", "properties": {"mode": {"type": "string"}, "message": {}}},
+}
+
+
+def send(msg: dict) -> None:
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+def result(rid: object, text: str) -> dict:
+    return {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": text}]}}
+
+
+def main() -> None:
+    for line in sys.stdin:
+        if RECORD:
+            with open(RECORD, "a", encoding="utf-8") as f:
+                f.write(line if line.endswith("\n") else line + "\n")
+        msg = json.loads(line)
+        rid, method = msg.get("id"), msg.get("method")
+        if method == "initialize":
+            send({"jsonrpc": "2.0", "id": rid, "result": {
+                "protocolVersion": msg["params"]["protocolVersion"],
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "raw", "version": "1"},
+            }})
+        elif method == "tools/list":
+            send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL]}})
+        elif method == "ping":
+            send({"jsonrpc": "2.0", "id": rid, "result": {}})
+        elif method == "tools/call":
+            args = msg["params"].get("arguments") or {}
+            mode, text = args.get("mode", "ok"), json.dumps(args.get("message"))
+            token = (msg["params"].get("_meta") or {}).get("progressToken")
+            if mode == "stray":
+                send(result(rid + 1 if isinstance(rid, int) else "x", "stray"))
+                send(result(rid, text))
+            elif mode == "twice":
+                send(result(rid, text))
+                send(result(rid, "second"))
+            elif mode == "both":
+                send({"jsonrpc": "2.0", "id": rid, "result": {"content": []}, "error": {"code": 1, "message": "x"}})
+            elif mode == "error":
+                send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": "bad", "data": {"k": 1}}})
+            elif mode == "progress":
+                for i in (1, 2):
+                    send({"jsonrpc": "2.0", "method": "notifications/progress",
+                          "params": {"progressToken": token, "progress": i, "total": 2, "message": f"step {i}"}})
+                send(result(rid, text))
+            elif mode == "string_id":
+                send(result(str(rid), text))
+            elif mode == "die":
+                sys.exit(3)
+            elif mode != "silent":
+                send(result(rid, text))
+        elif rid is not None and method is not None:
+            send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "Method not found"}})
+
+
+if __name__ == "__main__":
+    main()

@@ -179,6 +179,22 @@ def bench_verify(d: Path) -> dict[str, float]:
     return out
 
 
+def bench_fsync_floor(d: Path, n: int = 300) -> float:
+    """Median ms of one small append + ``os.fsync`` in ``d``: what any durable acknowledgement
+    costs on this disk, the floor under ``audited_call_median_ms``."""
+    lat = []
+    fd = os.open(d / "fsync-floor", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            os.write(fd, b"x" * 200)
+            os.fsync(fd)
+            lat.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+    return statistics.median(lat)
+
+
 def bench_step(d: Path, calls: int) -> dict[str, float]:
     log = AuditLog(d / "s.db", d / "skey.pem", batch_max=BATCH, checkpoint_every=DEFAULTS.checkpoint_every)
 
@@ -277,6 +293,7 @@ def main() -> None:
         base_jsonl, base_jsonl_cpu = bench_baseline_jsonl(d, args.events)
         verify = bench_verify(d)
         step = bench_step(d, args.calls)
+        step["fsync_floor_median_ms"] = bench_fsync_floor(d)
         crypto = bench_crypto()
     result = {
         "benchmark": "audit",

@@ -101,10 +101,7 @@ def stdio_targets(tmp: Path, baseline: Path | None) -> dict[str, Target]:
         ),
     }
     if baseline is not None:  # the same gateways, another checkout's code (their own data dirs)
-        data2 = bench_policy_data(tmp / "baseline", "bench", [])
-        cfg2 = write_gateway_config(
-            tmp / "baseline", _everything("tofu"), security=True, principal="bench", policy_data=data2
-        )
+        cfg2 = _baseline_secure_config(tmp / "baseline", baseline)
         off2 = write_gateway_config(
             tmp / "baseline_off",
             _everything("off"),
@@ -127,6 +124,29 @@ def stdio_targets(tmp: Path, baseline: Path | None) -> dict[str, Target]:
             baseline,
         )
     return out
+
+
+def _baseline_secure_config(folder: Path, baseline: Path) -> Path:
+    """The secure gateway's config for ``--baseline-tree``: that tree's own ``policies.rego``
+    and ``policies/data.json`` (plus the bench principal), since an older gateway may not give
+    the policy of this tree the input it reads (every call would be denied and measured as a
+    denial). Both layouts of the principals' data are handled (flat, or by source)."""
+    data = json.loads((baseline / "policies" / "data.json").read_text())
+    principals = data["symbi_data"]["principals"]
+    entry = {"roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0}
+    if "stdio" in principals:
+        principals["stdio"]["bench"] = entry
+    else:
+        principals["bench"] = entry
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "policy-data.json"
+    path.write_text(json.dumps(data))
+    cfg = write_gateway_config(
+        folder, _everything("tofu"), security=True, principal="bench", policy_data=path
+    )
+    text = cfg.read_text().replace(f'"{ROOT / "policies.rego"}"', f'"{baseline / "policies.rego"}"')
+    cfg.write_text(text)
+    return cfg
 
 
 # -- policy and audit (in this process) ---------------------------------------------------------
@@ -169,7 +189,13 @@ def audit_round(events: int) -> dict[str, Any]:
         append = audit_bench.bench_append(d, events)
         base, base_cpu = audit_bench.bench_baseline_sqlite(d, events)
         verify = audit_bench.bench_verify(d)
+        # what a sequential call waits for: its own record's group commit (fsync) through
+        # AuditStep, beside a bare append + fsync on the same disk
+        step = audit_bench.bench_step(d, 300)
+        floor = audit_bench.bench_fsync_floor(d)
     return {
+        "sequential_call_audit_wait_ms": round(step["added_median_ms_sequential"], 3),
+        "fsync_floor_median_ms": round(floor, 3),
         **append,
         "baseline_unsigned_sqlite_per_s": base,
         "baseline_unsigned_sqlite_cpu_us_per_event": base_cpu,
@@ -356,7 +382,10 @@ def report(
         side: {k: _med(rounds, "policy", side, k) for k in ("decisions_per_s", "p50_us", "p99_us")}
         for side in ("embedded", "embedded_cached", "pure_python")
     }
-    aud = {k: round(_med(rounds, "audit", k), 2 if "cpu" in k else None) for k in rounds[0]["audit"]}
+    aud = {
+        k: round(_med(rounds, "audit", k), 3 if k.endswith("_ms") else 2 if "cpu" in k else None)
+        for k in rounds[0]["audit"]
+    }
     http: dict[str, Any] = {}
     if args.http:
         http = {

@@ -45,11 +45,17 @@ def main() -> None:
         msg = json.loads(line)
         rid, method = msg.get("id"), msg.get("method")
         if method == "initialize":
-            send({"jsonrpc": "2.0", "id": rid, "result": {
-                "protocolVersion": msg["params"]["protocolVersion"],
-                "capabilities": {"tools": {}},
-                "serverInfo": {"name": "raw", "version": "1"},
-            }})
+            send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": rid,
+                    "result": {
+                        "protocolVersion": msg["params"]["protocolVersion"],
+                        "capabilities": {"tools": {}},
+                        "serverInfo": {"name": "raw", "version": "1"},
+                    },
+                }
+            )
         elif method == "tools/list":
             send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL]}})
         elif method == "ping":
@@ -65,13 +71,36 @@ def main() -> None:
                 send(result(rid, text))
                 send(result(rid, "second"))
             elif mode == "both":
-                send({"jsonrpc": "2.0", "id": rid, "result": {"content": []}, "error": {"code": 1, "message": "x"}})
+                send(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": rid,
+                        "result": {"content": []},
+                        "error": {"code": 1, "message": "x"},
+                    }
+                )
             elif mode == "error":
-                send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": "bad", "data": {"k": 1}}})
+                send(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": rid,
+                        "error": {"code": -32602, "message": "bad", "data": {"k": 1}},
+                    }
+                )
             elif mode == "progress":
                 for i in (1, 2):
-                    send({"jsonrpc": "2.0", "method": "notifications/progress",
-                          "params": {"progressToken": token, "progress": i, "total": 2, "message": f"step {i}"}})
+                    send(
+                        {
+                            "jsonrpc": "2.0",
+                            "method": "notifications/progress",
+                            "params": {
+                                "progressToken": token,
+                                "progress": i,
+                                "total": 2,
+                                "message": f"step {i}",
+                            },
+                        }
+                    )
                 send(result(rid, text))
             elif mode == "string_id":
                 send(result(str(rid), text))

@@ -216,3 +216,35 @@ async def test_arguments_orjson_cannot_write_take_the_sdk_path(tmp_path: Path) -
         assert text(r) == str(2**70)
         [call] = calls(tmp_path)
         assert call["id"] < FIRST_ID  # sent by the SDK's client
+
+
+async def test_through_the_gateway_every_check_still_runs(tmp_path: Path) -> None:
+    """``symbi mcp`` in front of the raw server: a call reaches it on the lane, its progress
+    reaches the client under the client's own token, and a call whose arguments break the
+    tool's schema, or that the policy denies, never reaches the upstream."""
+    from tests.server._clients import stdio_session
+
+    record = upstream_writable(tmp_path) / "record.jsonl"
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{RAW}"]
+        env = {{ RECORD_FILE = "{record}" }}
+        verification = "warn"
+        """,
+    )
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool("mut__t", {"mode": "progress", "message": "hi"}, progress_callback=on_progress)
+        assert not r.is_error and text(r) == '"hi"'
+        assert seen == [(1.0, 2.0, "step 1"), (2.0, 2.0, "step 2")]
+        bad = await s.call_tool("mut__t", {"mode": 5})  # mode must be a string
+        assert bad.is_error and bad.meta["symbi/error"]["code"] == "arguments_invalid"  # type: ignore[index]
+    [call] = calls(tmp_path)  # only the valid call reached the upstream, on the lane
+    assert call["id"] >= FIRST_ID and call["params"]["arguments"] == {"mode": "progress", "message": "hi"}

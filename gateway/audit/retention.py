@@ -13,7 +13,7 @@ oldest events (never the head) leave the live database:
    document, on the chain), the signed **hand-off** row (table ``handoff``: "the live chain
    continues after seq N whose chain hash is H"), and the deletion of events up to N.
 
-Verification then (``verify_live``): the hand-off's signature with a trusted key, and the live
+Verification then (``gateway.audit.archives``: ``verify_live``): the hand-off's signature with a trusted key, and the live
 chain from seq N+1 linked to H (a missing first live record is a gap). A segment verifies on
 its own (``verify_segment``): seal signature, file digest, every record's hash, link and
 signature from the seal's start. ``verify_archives`` checks every segment and that they
@@ -34,7 +34,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit import store
 from gateway.audit.record import AuditRecord, canonical_json
-from gateway.audit.verify import Problem, VerifyResult, read_jsonl, verify_records
+from gateway.audit.verify import read_jsonl
 from gateway.errors import AuditError
 from gateway.events import Event
 
@@ -72,7 +72,7 @@ def _signed_message(prefix: bytes, doc: Mapping[str, Any]) -> bytes:
     return prefix + canonical_json({k: v for k, v in doc.items() if k != "signature"}).encode()
 
 
-def _signature_ok(prefix: bytes, doc: Mapping[str, Any], keys: Mapping[str, Ed25519PublicKey]) -> bool:
+def signature_ok(prefix: bytes, doc: Mapping[str, Any], keys: Mapping[str, Ed25519PublicKey]) -> bool:
     key = keys.get(str(doc.get("key_id")))
     if key is None:
         return False
@@ -179,7 +179,7 @@ def segments(folder: Path, log_name: str) -> list[tuple[Seal | None, Path]]:
             continue
         seal = None
         try:
-            seal = Seal.from_dict(json.loads(_seal_path(p).read_text(encoding="utf-8")))
+            seal = Seal.from_dict(json.loads(seal_path(p).read_text(encoding="utf-8")))
         except (OSError, ValueError, json.JSONDecodeError):
             pass
         out.append((first, seal, p))
@@ -192,7 +192,7 @@ def iter_archived(folder: Path, log_name: str) -> Iterator[AuditRecord]:
         yield from read_jsonl(path)
 
 
-def _seal_path(segment: Path) -> Path:
+def seal_path(segment: Path) -> Path:
     return segment.with_name(segment.name + ".seal.json")
 
 
@@ -274,7 +274,7 @@ def _write_segment(log: AuditLog, policy: RetentionPolicy, records: list[AuditRe
         # behind: those events are still live, and this run archives them again
         if seal is not None and seal.first_seq >= records[0].seq:
             orphan.unlink(missing_ok=True)
-            _seal_path(orphan).unlink(missing_ok=True)
+            seal_path(orphan).unlink(missing_ok=True)
     name = f"{log.path.name}.{records[0].seq:012d}-{records[-1].seq:012d}.jsonl"
     path = folder / name
     digest = hashlib.sha256()
@@ -302,7 +302,7 @@ def _write_segment(log: AuditLog, policy: RetentionPolicy, records: list[AuditRe
     )
     doc = asdict(seal)
     doc["signature"] = log.maintain(lambda ctx: ctx.sign(_signed_message(SEGMENT_PREFIX, doc)))
-    _write_json(_seal_path(path), doc)
+    _write_json(seal_path(path), doc)
     os.replace(tmp, path)  # the segment appears with its seal already beside it
     return name, seal.sha256
 
@@ -390,173 +390,9 @@ def periodic(
     return run
 
 
-# -- verifying ----------------------------------------------------------------------------------
-
-
-def verify_live(
-    conn: sqlite3.Connection,
-    records: Iterable[AuditRecord],
-    keys: Mapping[str, Ed25519PublicKey],
-    **kwargs: Any,
-) -> VerifyResult:
-    """The live chain from its hand-off (or from seq 1 when it has none)."""
-    try:
-        h = read_handoff(conn)
-    except (ValueError, json.JSONDecodeError) as e:
-        return VerifyResult(ok=False, problem=Problem(1, "changed", f"the hand-off record is malformed: {e}"))
-    if h is None:
-        return verify_records(records, keys, **kwargs)
-    if not _signature_ok(HANDOFF_PREFIX, asdict(h), keys):
-        return VerifyResult(
-            ok=False,
-            problem=Problem(
-                h.seq + 1, "changed", "the hand-off record is not validly signed by a trusted key"
-            ),
-        )
-    # anchors the hand-off covers were checked when their events were live; they belong to the archive now
-    kwargs["anchors"] = [a for a in kwargs.get("anchors", ()) if a.seq > h.seq]
-    return verify_records(records, keys, start_seq=h.seq + 1, start_hash=h.chain_hash, **kwargs)
-
-
-def verify_segment(path: Path, keys: Mapping[str, Ed25519PublicKey]) -> VerifyResult:
-    """One archived segment on its own: seal, digest, and every record from the seal's start."""
-    try:
-        doc = json.loads(_seal_path(path).read_text(encoding="utf-8"))
-        seal = Seal.from_dict(doc)
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        return VerifyResult(
-            ok=False, problem=Problem(0, "changed", f"{path.name}: seal missing or malformed: {e}")
-        )
-    if not _signature_ok(SEGMENT_PREFIX, doc, keys):
-        return VerifyResult(
-            ok=False,
-            problem=Problem(
-                seal.first_seq, "changed", f"{path.name}: the seal is not validly signed by a trusted key"
-            ),
-        )
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        return VerifyResult(ok=False, problem=Problem(seal.first_seq, "removed", f"{path.name}: {e}"))
-    records = []
-    for n, line in enumerate(data.splitlines(), 1):
-        try:
-            records.append(AuditRecord.from_dict(json.loads(line)))
-        except (ValueError, json.JSONDecodeError) as e:
-            seq = records[-1].seq + 1 if records else seal.first_seq
-            return VerifyResult(
-                ok=False, problem=Problem(seq, "changed", f"line {n} is not a valid record: {e}")
-            )
-    hashes = {r.chain_hash for r in records}
-    positions = {r.seq for r in records}
-    # the seal (signature checked above) vouches for its last hash: the segment may end unsigned
-    res = verify_records(
-        records,
-        keys,
-        start_seq=seal.first_seq,
-        start_hash=seal.prev_hash,
-        hash_elsewhere=hashes.__contains__,
-        seq_elsewhere=positions.__contains__,
-        vouched_tail=seal.last_hash,
-    )
-    if res.problem is not None:
-        return res
-    if res.last_seq != seal.last_seq or res.head_hash != seal.last_hash or res.events != seal.count:
-        res.ok, res.problem = (
-            False,
-            Problem(
-                res.last_seq + 1,
-                "truncated",
-                f"{path.name}: ends at seq {res.last_seq}; its seal says {seal.last_seq}",
-            ),
-        )
-    elif hashlib.sha256(data).hexdigest() != seal.sha256:
-        # every record verifies, but the bytes are not the sealed ones (re-serialised, lines added...)
-        res.ok, res.problem = (
-            False,
-            Problem(seal.first_seq, "changed", f"{path.name}: digest differs from its seal"),
-        )
-    return res
-
-
-def verify_archives(
-    folder: Path, log_name: str, handoff: Handoff | None, keys: Mapping[str, Ed25519PublicKey]
-) -> VerifyResult:
-    """Every segment of ``log_name``, and that they join up from seq 1 to the hand-off."""
-    total = VerifyResult(ok=True)
-    expected, prev = 1, None
-    for seal, path in segments(folder, log_name):
-        res = verify_segment(path, keys)
-        if res.problem is not None:
-            return res
-        assert seal is not None  # verify_segment read it
-        if seal.first_seq != expected or (prev is not None and seal.prev_hash != prev):
-            return _gap(
-                expected, f"{path.name} starts at seq {seal.first_seq}; seq {expected} was expected next"
-            )
-        total.events += res.events
-        total.signatures_checked += res.signatures_checked
-        expected, prev = seal.last_seq + 1, seal.last_hash
-    total.last_seq, total.head_hash = expected - 1, prev or total.head_hash
-    if (
-        handoff is not None
-        and handoff.mode == "archive"
-        and (handoff.seq != expected - 1 or (prev is not None and handoff.chain_hash != prev))
-    ):
-        return _gap(
-            expected,
-            f"the archive ends at seq {expected - 1}; the live chain's hand-off is at seq {handoff.seq}",
-        )
-    return total
-
-
-def _gap(seq: int, message: str) -> VerifyResult:
-    return VerifyResult(ok=False, problem=Problem(seq, "removed", message))
-
-
-def archived_connection(folder: Path, log_name: str) -> sqlite3.Connection:
-    """An in-memory database of every archived record of ``log_name`` (query/export ``--archived``
-    run the same SQL over it as over the live log)."""
-    conn = sqlite3.connect(":memory:")
-    conn.executescript(store.SCHEMA)
-    rows = (store.record_to_row(r) for r in iter_archived(folder, log_name))
-    conn.executemany(store.INSERT, rows)
-    return conn
-
-
 def archive_dir_for(log_path: Path, config: Config | None) -> Path:
     """Where ``log_path``'s segments are: the config's ``archive_dir`` (segment names carry the
     log's file name, so sibling chains share it), else beside the log."""
     if config is not None:
         return archive_dir(config)
     return Path(log_path).parent / "audit-archive"
-
-
-def proves_checkpoint(
-    conn: sqlite3.Connection,
-    anchor: store.Anchor,
-    folder: Path,
-    log_name: str,
-    keys: Mapping[str, Ed25519PublicKey],
-) -> bool:
-    """Whether an exported checkpoint no longer in the live log was archived by this log's own
-    retention: the live chain's signed hand-off is at its seq with its hash, or the archive
-    (every segment verified and joined up to that hand-off) holds its seq with its hash."""
-    try:
-        h = read_handoff(conn)
-    except (ValueError, json.JSONDecodeError):
-        return False
-    if h is None or anchor.seq > h.seq or not _signature_ok(HANDOFF_PREFIX, asdict(h), keys):
-        return False
-    # the hand-off belongs to this chain: its first live record follows it
-    first = conn.execute("SELECT prev_hash FROM events WHERE seq = ?", (h.seq + 1,)).fetchone()
-    if first is None or first[0] != h.chain_hash:
-        return False
-    if h.seq == anchor.seq:
-        return h.chain_hash == anchor.chain_hash
-    if verify_archives(folder, log_name, h, keys).problem is not None:
-        return False
-    for seal, path in segments(folder, log_name):
-        if seal is not None and seal.first_seq <= anchor.seq <= seal.last_seq:
-            return any(r.seq == anchor.seq and r.chain_hash == anchor.chain_hash for r in read_jsonl(path))
-    return False

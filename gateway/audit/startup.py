@@ -100,7 +100,7 @@ def _archived(
     """Whether the hand-off or the archive, signed by a key the checkpoints name or the
     config pins (a key id is a hash of the key), proves ``last`` was archived unchanged."""
     # imported here: both import (via verify) the log module, which imports this one
-    from gateway.audit.retention import proves_checkpoint
+    from gateway.audit.archives import proves_checkpoint
     from gateway.audit.trust import keys_in_logs
 
     trusted = set(pinned) | {a.key_id for a in anchors}

@@ -277,7 +277,7 @@ def verify_log(
     Raises:
         AuditError: the log cannot be read (a missing log is not "intact").
     """
-    from gateway.audit.retention import verify_live  # (it builds on this module)
+    from gateway.audit.archives import verify_live  # (it builds on this module)
 
     conn = store.open_reader(path)
     try:

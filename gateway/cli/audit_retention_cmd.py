@@ -68,7 +68,7 @@ def archived_conn(args: argparse.Namespace, log: Path) -> sqlite3.Connection | N
     """The archived records as a queryable database, when ``--archived`` was given."""
     if not getattr(args, "archived", False):
         return None
-    from gateway.audit.retention import archived_connection
+    from gateway.audit.archives import archived_connection
 
     return archived_connection(archive_folder(args, log), log.name)
 
@@ -96,7 +96,7 @@ def _archive(args: argparse.Namespace) -> int:
 
 
 def verify_segments(args: argparse.Namespace, keys: Mapping[str, Any]) -> int:
-    from gateway.audit.retention import verify_segment
+    from gateway.audit.archives import verify_segment
 
     failed = False
     for path in args.segment:
@@ -109,7 +109,8 @@ def verify_segments(args: argparse.Namespace, keys: Mapping[str, Any]) -> int:
 def verify_archive_chain(args: argparse.Namespace, log: Path, keys: Mapping[str, Any]) -> bool:
     """``--archives``: every segment of ``log`` and their join with its hand-off; True when intact."""
     from gateway.audit import store
-    from gateway.audit.retention import read_handoff, verify_archives
+    from gateway.audit.archives import verify_archives
+    from gateway.audit.retention import read_handoff
 
     conn = store.open_reader(log)
     try:

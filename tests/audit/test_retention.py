@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit import AuditLog, exported_public_keys, store, verify_log
+from gateway.audit.archives import verify_archives, verify_segment
 from gateway.audit.record import canonical_json, key_id_of
 from gateway.audit.retention import (
     ARCHIVED_EVENT,
@@ -22,8 +23,6 @@ from gateway.audit.retention import (
     iter_archived,
     read_handoff,
     segments,
-    verify_archives,
-    verify_segment,
 )
 
 DAY_NS = 86_400 * 10**9

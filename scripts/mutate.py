@@ -136,7 +136,7 @@ GROUPS: tuple[Group, ...] = (
     # test_cli and test_sampling run `symbi` / a gateway over stdio (subprocesses: unattributable,
     # and the stdio client needs a real stderr, which mutmut's runs close)
     Group("memory", ("gateway/memory/*",), tuple(f"tests/memory/test_{t}.py" for t in (
-        "config", "embed", "gateway_memory", "knowledge", "manager", "store", "filters",
+        "config", "embed", "gateway_memory", "knowledge", "manager", "store", "filters", "rag", "volatile",
     ))),
     # the corpus and the verifier's screening tests call it in-process; tests/screen's gateway
     # and real-server tests start processes per test (seconds a mutant): not in the set

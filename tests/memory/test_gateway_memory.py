@@ -224,7 +224,8 @@ async def test_knowledge_tools_search_context_and_answer_without_sampling(tmp_pa
 
 
 async def test_working_memory_ends_with_its_task(tmp_path: Path) -> None:
-    async with gateway(_config(tmp_path)) as gw:
+    cfg = _config(tmp_path)
+    async with gateway(cfg) as gw:
         await call(
             gw,
             ALICE,
@@ -235,9 +236,14 @@ async def test_working_memory_ends_with_its_task(tmp_path: Path) -> None:
         )
         got = await call(gw, ALICE, "memory__recall", query="draft report", types=["working"], task="report")
         assert len(got.structured_content["items"]) == 1  # type: ignore[index]
-        await call(gw, ALICE, "memory__end_task", task="report")
+        ended = await call(gw, ALICE, "memory__end_task", task="report")
+        assert ended.structured_content == {"task": "report", "cleared": 1}
         got = await call(gw, ALICE, "memory__recall", query="draft report", types=["working"], task="report")
         assert got.structured_content["items"] == []  # type: ignore[index]
+    # audited: which task, how many cleared, whose (metadata only)
+    assert [
+        (r["agent"], r["principal"], r["task"], r["cleared"]) for r in audit_records(cfg, "memory.task_ended")
+    ] == [("agent-a", "alice", "report", 1)]
 
 
 async def test_a_mismatched_embedder_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,104 @@
+"""The keyword (BM25) half of the RAG pipeline: what a base's index holds, when it is rebuilt,
+the size bound, and which chunks a keyword query returns.
+
+Found by mutation testing (group "memory", scripts/mutate.py): nothing checked that a heading is
+searchable by keyword, that a query returns only the chunks that contain its keywords, that a
+base's index holds that base's chunks only, that it is rebuilt when the base grows and reused
+otherwise, that a base without chunks is searched (by vector) without an index, nor the
+MAX_BM25_CHUNKS bound. Embedded with the hashing embedder: the vector side is not the subject.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.memory import rag
+from gateway.memory.embed import HashingEmbedder
+from gateway.memory.knowledge import KnowledgeBases
+from gateway.memory.manager import ContextManager
+from gateway.memory.rag import RagPipeline, _Bm25Index
+from gateway.memory.store import CollectionSpec, EdgeStore
+from tests.memory.conftest import Clock
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[ContextManager]:
+    emb = HashingEmbedder(64)
+    spec = CollectionSpec("kb", emb.dimension, emb.id)
+    m = ContextManager(lambda: EdgeStore(spec, tmp_path / "v"), lambda: emb, clock=Clock())
+    yield m
+    m.close()
+
+
+def _base(root: Path, name: str, files: dict[str, str]) -> Path:
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    for f, text in files.items():
+        (d / f).write_text(text)
+    return d
+
+
+def test_a_keyword_query_returns_the_chunks_with_its_words_and_searches_headings() -> None:
+    idx = _Bm25Index(
+        ["1", "2", "3", "4"],
+        [
+            {"heading": "Zebra crossings", "text": "where people walk over the road"},
+            {"heading": "Parking", "text": "cars wait here for hours"},
+            {"heading": "Bicycles", "text": "a lane of their own"},
+            {"heading": "Buses", "text": "they stop at the shelter"},
+        ],
+    )
+    top = idx.top(["zebra"], 10)  # a word of a heading only
+    assert [i for i, _ in top] == [0] and 0 < top[0][1] <= 1  # a small score is a match too
+    assert [i for i, _ in idx.top(["shelter"], 10)] == [3]
+    assert idx.top(["absent"], 10) == [] and idx.top([], 10) == []
+
+
+def test_a_bases_index_holds_its_chunks_only_is_reused_and_rebuilt_when_it_grows(
+    tmp_path: Path, manager: ContextManager
+) -> None:
+    kb = KnowledgeBases(manager)
+    kb.add("one", _base(tmp_path, "one", {"a.md": "# Alpha\n\nthe alpha document\n"}))
+    kb.add("two", _base(tmp_path, "two", {"b.md": "# Beta\n\nthe beta document\n"}))
+    pipeline = RagPipeline(manager)
+    first = pipeline._index("one")
+    assert first is not None and [p["text"] for p in first.payloads] == ["the alpha document"]
+    assert pipeline._index("one") is first  # unchanged base: the index is reused
+    kb.add("one", _base(tmp_path, "one", {"c.md": "# Gamma\n\nthe gamma document\n"}))
+    grown = pipeline._index("one")
+    assert grown is not None and grown is not first
+    assert sorted(p["text"] for p in grown.payloads) == ["the alpha document", "the gamma document"]
+    two = pipeline._index("two")
+    assert two is not None and [p["text"] for p in two.payloads] == ["the beta document"]
+    items = pipeline.run("gamma", bases=["one"], top_k=5).items
+    assert items and all("/one/" in i.source for i in items)
+
+
+def test_a_base_without_chunks_has_no_index_and_is_searched_without_one(
+    tmp_path: Path, manager: ContextManager
+) -> None:
+    kb = KnowledgeBases(manager)
+    kb.add("full", _base(tmp_path, "full", {"a.md": "# Alpha\n\nthe alpha document\n"}))
+    kb.add("empty", _base(tmp_path, "empty", {}))
+    pipeline = RagPipeline(manager)
+    assert pipeline._index("empty") is None
+    assert pipeline.run("alpha", bases=["empty"], top_k=5).items == []
+    single = pipeline._index("full")  # one chunk is indexed
+    assert single is not None and len(single.ids) == 1
+
+
+def test_a_base_over_the_bm25_bound_is_searched_by_vector_only(
+    tmp_path: Path, manager: ContextManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound itself (200,000 chunks) is lowered to 2 here: the seam is the constant."""
+    monkeypatch.setattr(rag, "MAX_BM25_CHUNKS", 2)
+    kb = KnowledgeBases(manager)
+    kb.add("two", _base(tmp_path, "two", {"a.md": "# A\n\nfirst text\n", "b.md": "# B\n\nsecond text\n"}))
+    kb.add("three", _base(tmp_path, "three", {f"{c}.md": f"# {c}\n\n{c} text\n" for c in "xyz"}))
+    pipeline = RagPipeline(manager)
+    at_bound = pipeline._index("two")
+    assert at_bound is not None and len(at_bound.ids) == 2  # exactly the bound: still indexed
+    assert pipeline._index("three") is None

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import os
 import re
+import select
+import stat
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -72,13 +74,17 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
     os.close(devnull)
     os.dup2(2, 1)
     reader = asyncio.StreamReader(limit=max_bytes + 2)
-    rtransport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(wire_in, "rb", buffering=0)
-    )
-    wtransport, wprotocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(wire_out, "wb", buffering=0)
-    )
-    writer = asyncio.StreamWriter(wtransport, wprotocol, None, loop)
+    rtransport: asyncio.ReadTransport | None = None
+    if pollable(wire_in):
+        rtransport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(wire_in, "rb", buffering=0)
+        )
+    writer: asyncio.StreamWriter | FileWriter = FileWriter(wire_out)
+    if pollable(wire_out):
+        wtransport, wprotocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(wire_out, "wb", buffering=0)
+        )
+        writer = asyncio.StreamWriter(wtransport, wprotocol, None, loop)
 
     to_server, from_client = create_context_streams[SessionMessage | Exception](0)
     # outgoing: a plain memory stream (the writer needs no sender context) so that replies
@@ -128,6 +134,8 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
 
     try:
         async with anyio.create_task_group() as tg:
+            if rtransport is None:  # a file or /dev/null: read in a thread
+                tg.start_soon(feed_from_file, wire_in, reader)
             tg.start_soon(read_loop)
             tg.start_soon(write_loop)
             try:
@@ -137,7 +145,52 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
     finally:
         with contextlib.suppress(Exception):
             writer.close()
-        rtransport.close()
+        if rtransport is not None:
+            rtransport.close()
+        else:
+            os.close(wire_in)
+
+
+def pollable(fd: int) -> bool:
+    """Whether the event loop can watch ``fd``: a pipe, socket or terminal can; a regular file
+    (``symbi mcp < requests.jsonl``) or ``/dev/null`` cannot (epoll refuses them)."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return False
+    with select.epoll() as ep:
+        try:
+            ep.register(fd, select.EPOLLIN | select.EPOLLOUT)
+        except OSError:
+            return False
+    return True
+
+
+async def feed_from_file(fd: int, reader: asyncio.StreamReader) -> None:
+    """Read a stdin the loop cannot watch in a worker thread, into ``reader``, until EOF."""
+    while True:
+        chunk = await anyio.to_thread.run_sync(os.read, fd, 1 << 16, abandon_on_cancel=True)
+        if not chunk:
+            reader.feed_eof()
+            return
+        reader.feed_data(chunk)
+
+
+class FileWriter:
+    """A stdout the loop cannot watch (a file, ``/dev/null``): written directly, which does
+    not block for long on those."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 async def _drain_line(reader: asyncio.StreamReader, consumed: int) -> int:

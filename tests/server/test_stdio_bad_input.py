@@ -102,3 +102,50 @@ def test_malformed_unknown_and_oversized_messages_get_errors(tmp_path: Path) -> 
         assert ok["id"] == 4 and ok["result"]["content"][0]["text"] == "Echo: ok"
     finally:
         r.close()
+
+
+def test_requests_from_a_file_and_replies_to_a_file(tmp_path: Path) -> None:
+    """``symbi mcp < requests.jsonl > replies.jsonl``: the event loop cannot watch a regular file
+    (nor /dev/null); the gateway reads and writes them anyway and exits at the end of its input.
+    (Requests still in flight at the end of the input are dropped with the session, as the SDK's
+    server does when its input closes: only the handshake, answered in line, is checked.)"""
+    cfg = write_config(tmp_path, "")
+    requests = tmp_path / "requests.jsonl"
+    init = {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "script", "version": "1"},
+    }
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init},
+    ]
+    requests.write_text("".join(json.dumps(m) + "\n" for m in lines) + "{not json\n")
+    replies = tmp_path / "replies.jsonl"
+    with requests.open("rb") as fin, replies.open("wb") as fout:
+        done = subprocess.run(
+            [str(SYMBI), "mcp", "--config", str(cfg)],
+            stdin=fin,
+            stdout=fout,
+            stderr=subprocess.DEVNULL,
+            env=symbi_env(),
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0
+    got = {m.get("id"): m for m in map(json.loads, replies.read_text().splitlines())}
+    assert got[1]["result"]["serverInfo"]["name"]
+    assert got[None]["error"]["code"] == -32700
+
+
+def test_an_empty_stdin_ends_the_session(tmp_path: Path) -> None:
+    """stdin from /dev/null (a launcher that gives none): the gateway ends, it does not hang."""
+    done = subprocess.run(
+        [str(SYMBI), "mcp", "--config", str(write_config(tmp_path, ""))],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=symbi_env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0

@@ -49,7 +49,7 @@ from gateway.audit import (
 )
 from gateway.audit.record import canonical_details
 from gateway.chain import build_chain
-from gateway.config.model import AuditSection
+from gateway.config.sections import AuditSection
 from gateway.context import CallContext, Decision, Principal
 from gateway.steps.audit import AuditStep
 

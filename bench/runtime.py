@@ -53,7 +53,8 @@ import httpx
 
 from bench._common import latency_summary, median
 from gateway.config import load_config
-from gateway.config.model import Config, RuntimeSection
+from gateway.config.model import Config
+from gateway.config.sections import RuntimeSection
 from gateway.context import CallContext, Principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.scheduler import LEVELS

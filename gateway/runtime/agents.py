@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from gateway.config.model import AgentConfig
+from gateway.config.sections import AgentConfig
 from gateway.context import AgentInfo, Principal
 from gateway.errors import AgentLimitReached, AgentTerminated
 from gateway.events import Event, EventSink

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from gateway.config.model import AgentConfig, Config
+from gateway.config.model import Config
+from gateway.config.sections import AgentConfig
 from gateway.errors import GatewayError
 from gateway.events import Event, EventSink
 from gateway.runtime.agents import Agent, hosted_principal

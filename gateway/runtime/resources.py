@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.config.model import ResourcesSection
+from gateway.config.sections import ResourcesSection
 from gateway.errors import BudgetExceeded
 
 Strategy = Literal["first-fit", "best-fit", "priority"]

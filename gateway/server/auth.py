@@ -31,7 +31,8 @@ import jwt
 from jwt import PyJWKClient, PyJWKSet
 
 from gateway.apikeys import KEY_PREFIX, ApiKeyRecord, hash_key, new_key, split_key
-from gateway.config.model import Config, JwtSection
+from gateway.config.model import Config
+from gateway.config.sections import JwtSection
 from gateway.context import Principal
 from gateway.errors import AuthFailed, ConfigError, NoCredentials
 

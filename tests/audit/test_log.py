@@ -12,7 +12,8 @@ import pytest
 
 from gateway.audit import AuditLog, exported_public_keys, load_public_keys, verify_log
 from gateway.audit.keys import public_key_path, retired_public_key_path
-from gateway.config.model import AuditSection, Config, GatewaySection
+from gateway.config.model import Config
+from gateway.config.sections import AuditSection, GatewaySection
 from gateway.errors import AuditError
 from gateway.events import EventSink
 

@@ -162,7 +162,8 @@ def test_repo_policy_is_the_default() -> None:
 
 
 def test_build_engine_from_config(tmp_path: Path) -> None:
-    from gateway.config.model import Config, PolicySection
+    from gateway.config.model import Config
+    from gateway.config.sections import PolicySection
     from gateway.policy.engine import RemoteEngine, build_engine
     from tests.policy.conftest import DATA
 
@@ -212,7 +213,8 @@ def test_evaluate_allows_on_a_healthy_engine() -> None:
 
 
 def test_build_engine_uses_the_configured_files_decision_path_and_event_sink(tmp_path: Path) -> None:
-    from gateway.config.model import Config, PolicySection
+    from gateway.config.model import Config
+    from gateway.config.sections import PolicySection
     from gateway.policy.engine import build_engine
 
     class Sink:
@@ -246,7 +248,8 @@ def test_build_engine_uses_the_configured_files_decision_path_and_event_sink(tmp
 
 
 def test_reload_events_name_the_files_and_digest_and_an_unchanged_reload_is_quiet(tmp_path: Path) -> None:
-    from gateway.config.model import Config, PolicySection
+    from gateway.config.model import Config
+    from gateway.config.sections import PolicySection
     from gateway.policy.engine import build_engine
 
     class Sink:
@@ -294,7 +297,8 @@ def test_reload_events_name_the_files_and_digest_and_an_unchanged_reload_is_quie
 
 def test_a_reload_without_a_data_file_names_no_data_file(tmp_path: Path) -> None:
     """The policy.reloaded event's "data" is empty, not a made-up path, when there is none."""
-    from gateway.config.model import Config, PolicySection
+    from gateway.config.model import Config
+    from gateway.config.sections import PolicySection
     from gateway.policy.engine import build_engine
 
     class Sink:

@@ -150,7 +150,8 @@ def test_build_engine_gives_the_configured_remote_engine(
     opa: OpaServer, tls: dict[str, Path], cases: list[Case]
 ) -> None:
     """[policy] engine = "opa": url, decision path, timeout and CA all reach the engine."""
-    from gateway.config.model import Config, PolicySection
+    from gateway.config.model import Config
+    from gateway.config.sections import PolicySection
     from gateway.policy.engine import build_engine
 
     opa.delay_s = 0.0

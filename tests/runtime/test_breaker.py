@@ -142,7 +142,8 @@ def _breaker_moves(cfg: Path) -> list[tuple[str, str]]:
 
 
 def _step_and_call(annotations: dict[str, object]) -> tuple[object, object]:
-    from gateway.config.model import Config, RuntimeSection
+    from gateway.config.model import Config
+    from gateway.config.sections import RuntimeSection
     from gateway.context import CallContext, Principal, ToolInfo
     from gateway.runtime.core import AgentRuntime
     from gateway.steps.schedule import ScheduleStep

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config.model import Config, RuntimeSection
+from gateway.config.model import Config
+from gateway.config.sections import RuntimeSection
 from gateway.context import Principal
 from gateway.errors import AgentSuspended, InvalidTransition, PolicyDenied
 from gateway.runtime import AgentState

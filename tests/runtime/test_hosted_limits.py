@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from gateway.config.model import AgentConfig, ResourcesSection
+from gateway.config.sections import AgentConfig, ResourcesSection
 from tests.runtime.test_hosted_supervisor import GUARD_S, _bwrap_host
 
 pytestmark = pytest.mark.anyio

@@ -24,7 +24,8 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from gateway.config.model import AgentConfig, Config, GatewaySection, ResourcesSection
+from gateway.config.model import Config
+from gateway.config.sections import AgentConfig, GatewaySection, ResourcesSection
 from gateway.context import Principal
 from gateway.runtime import AgentState
 from gateway.runtime.agents import hosted_principal
@@ -438,7 +439,7 @@ async def test_the_docker_command_of_a_run_mounts_the_socket_and_read_only_paths
 async def test_a_hosted_run_refuses_an_unavailable_tier_and_the_none_tier(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway.config.model import SecuritySection
+    from gateway.config.sections import SecuritySection
 
     h, rec, keys = _bwrap_host(tmp_path, a=AgentConfig(command="/usr/bin/true"))
     h.config = h.config.model_copy(update={"security": SecuritySection(default_sandbox_tier="none")})

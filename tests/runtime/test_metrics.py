@@ -11,7 +11,8 @@ import dataclasses
 
 from prometheus_client import CollectorRegistry
 
-from gateway.config.model import BreakerSection, Config, RuntimeSection
+from gateway.config.model import Config
+from gateway.config.sections import BreakerSection, RuntimeSection
 from gateway.context import Principal
 from gateway.runtime import AgentState
 from gateway.runtime.core import AgentRuntime

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config.model import AgentConfig, Config
+from gateway.config.model import Config
+from gateway.config.sections import AgentConfig
 from gateway.context import AgentInfo, Principal
 from gateway.errors import AgentTerminated
 from gateway.runtime import AgentState, agents

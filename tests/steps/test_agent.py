@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from gateway.chain import build_chain
-from gateway.config.model import Config, RuntimeSection
+from gateway.config.model import Config
+from gateway.config.sections import RuntimeSection
 from gateway.context import CallContext, Principal
 from gateway.errors import AgentSuspended, AgentTerminated, PolicyDenied, UpstreamUnavailable
 from gateway.runtime import AgentState

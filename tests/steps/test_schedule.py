@@ -15,7 +15,8 @@ import anyio.lowlevel
 import pytest
 
 from gateway.chain import build_chain
-from gateway.config.model import Config, RuntimeSection
+from gateway.config.model import Config
+from gateway.config.sections import RuntimeSection
 from gateway.context import CallContext, Decision, Principal, ToolInfo, UpstreamInfo
 from gateway.errors import AgentSuspended, BudgetExceeded, UpstreamError, UpstreamUnavailable
 from gateway.runtime import AgentState

@@ -19,7 +19,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway.config.model import JwtSection
+from gateway.config.sections import JwtSection
 from gateway.errors import AuthFailed, NoCredentials
 from gateway.server.auth import ApiKeyStore, Authenticator, JwtVerifier, hash_key
 from tests.server.http.conftest import (

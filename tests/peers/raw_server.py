@@ -8,6 +8,9 @@ The argument ``mode`` of the tool ``t`` picks the answer:
 - ``error``: a JSON-RPC error -32602 with data;
 - ``progress``: two progress notifications on the request's token, then the result;
 - ``string_id``: the response's id as a string (``"7"`` for 7);
+- ``batch``: the response wrapped in a JSON array (a batch; no MCP revision the gateway speaks has them);
+- ``notify``: first a notification carrying the request's id (``notifications/message`` with ``id``
+  in its params and at the top), then the real response;
 - ``silent``: no answer (the caller times out or cancels);
 - ``die``: exits mid-call.
 Every line received is appended to ``$RECORD_FILE``, so a test can see what the gateway sent
@@ -104,6 +107,19 @@ def main() -> None:
                 send(result(rid, text))
             elif mode == "string_id":
                 send(result(str(rid), text))
+            elif mode == "batch":
+                sys.stdout.write(json.dumps([result(rid, text)]) + "\n")
+                sys.stdout.flush()
+            elif mode == "notify":
+                send(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": rid,
+                        "method": "notifications/message",
+                        "params": {"level": "info", "data": "not an answer", "id": rid},
+                    }
+                )
+                send(result(rid, text))
             elif mode == "die":
                 sys.exit(3)
             elif mode != "silent":

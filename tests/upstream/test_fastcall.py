@@ -132,6 +132,23 @@ async def test_stray_and_duplicate_responses_do_not_answer_another_call(tmp_path
         assert text(fast) == text(slow) == '"next"'
 
 
+async def test_a_notification_naming_the_call_does_not_answer_it(tmp_path: Path) -> None:
+    # a message with a method is never a response, whatever id it carries
+    async with running(tmp_path, RAW) as up:
+        fast, slow = await both_ways(up, {"mode": "notify", "message": "real"})
+        assert text(fast) == text(slow) == '"real"'
+
+
+async def test_a_batched_response_is_refused_both_ways(tmp_path: Path) -> None:
+    # an array of responses: neither path takes it as the answer; the call times out alike
+    async with running(tmp_path, RAW, timeout_s=1.0) as up:
+        with pytest.raises(UpstreamTimeout):
+            await up.call_tool("t", {"mode": "batch", "message": 1})
+        async with sdk_path(up):
+            with pytest.raises(UpstreamTimeout):
+                await up.call_tool("t", {"mode": "batch", "message": 1})
+
+
 async def test_an_id_echoed_as_a_string_still_correlates(tmp_path: Path) -> None:
     async with running(tmp_path, RAW) as up:
         fast, slow = await both_ways(up, {"mode": "string_id", "message": 7})

@@ -121,17 +121,18 @@ GROUPS: tuple[Group, ...] = (
         ("SYMBI_SANDBOX_REQUIRED", "1"), ("SYMBI_SANDBOX_NO_SETUP", "1"),
     )),
     # the runtime core, lifecycle, scheduler, breakers and budgets; the agent and schedule
-    # steps' tests drive the runtime in-process too; hosted.py's supervisor is tested in-process
-    # (test_hosted_supervisor), its sandboxed runs only under `symbi serve` (no tests here)
+    # steps' tests drive the runtime in-process too; hosted.py's supervisor and its sandboxed
+    # runs in every tier are tested in-process (test_hosted_*, test_gvisor_agent)
     Group("runtime", ("gateway/runtime/*",), tuple(f"tests/runtime/test_{t}.py" for t in (
         "core", "breakers", "identity", "lifecycle", "resources", "runtime_keys", "scheduler", "stable_ids",
-        "registry", "metrics", "hosted_supervisor", "hosted_limits",
+        "registry", "metrics", "hosted_supervisor", "hosted_limits", "gvisor_agent", "hosted_isolation",
     )) + ("tests/steps/test_schedule.py", "tests/steps/test_agent.py")),
     # the agent bus; test_core, test_gateway_bus and test_tools_and_stats call it in-process (the
     # others via `symbi`)
     Group("bus", ("gateway/bus/*",), (
         "tests/bus/test_core.py", "tests/bus/test_gateway_bus.py", "tests/bus/test_tools_and_stats.py",
         "tests/bus/test_core_replies_and_topics.py",
+        "tests/bus/test_audit_and_retention.py",
     )),
     # test_cli and test_sampling run `symbi` / a gateway over stdio (subprocesses: unattributable,
     # and the stdio client needs a real stderr, which mutmut's runs close)

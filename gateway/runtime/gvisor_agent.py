@@ -3,7 +3,7 @@
 Docker's runsc runtime here is configured without host Unix sockets, and the gateway's
 socket is the agent's only way out; so the runtime builds a minimal bundle itself and runs
 ``runsc --network=none --host-uds=open``: a read-only root with only /usr, the agent's own
-files and the socket bound in, uid 65534, no capabilities, and the budgets as OCI resources
+files and the socket bound in (the gateway's own files inside them covered), uid 65534, no capabilities, and the budgets as OCI resources
 (memory, CPU quota, pids, block I/O) that runsc applies to the sandbox's cgroup.
 """
 
@@ -16,13 +16,13 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gateway.errors import GatewayError
 from gateway.runtime.hosted import Sandboxed
 from gateway.runtime.resources import ResourceLimits
-from gateway.sandbox.base import read_only_binds
+from gateway.sandbox.base import masked_paths, read_only_binds
 
 _logger = logging.getLogger("symbi.runtime.gvisor")
 NOBODY = 65534
@@ -69,6 +69,7 @@ def gvisor_argv(
     ro_paths: list[str],
     socket: tuple[str, str],
     run_tag: str,
+    hidden: Sequence[str] = (),
 ) -> tuple[list[str], RunscRun]:
     if shutil.which("runsc") is None or os.geteuid() != 0:
         raise GatewayError(
@@ -92,6 +93,13 @@ def gvisor_argv(
         },
         {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
         *({"destination": d, "type": "bind", "source": d, "options": ["rbind", "ro"]} for d in binds),
+        # the gateway's own files inside a bound folder: an empty folder or file, never its own
+        *(
+            {"destination": p, "type": "tmpfs", "source": "tmpfs", "options": ["ro", "size=4k", "mode=0555"]}
+            if is_dir
+            else {"destination": p, "type": "bind", "source": "/dev/null", "options": ["bind", "ro"]}
+            for p, is_dir in dict.fromkeys(masked_paths(binds, hidden))
+        ),
         {"destination": socket[1], "type": "bind", "source": socket[0], "options": ["bind"]},
     ]
     dev = os.stat("/").st_dev

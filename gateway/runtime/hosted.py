@@ -365,8 +365,11 @@ class HostedAgents:
             ok, why = self.sandbox.available(tier)
             if not ok:
                 raise GatewayError(f"sandbox tier {tier!r} is unavailable: {why}")
+        from gateway.custody import hidden_paths
+        from gateway.sandbox.base import masked_paths, read_only_binds
         from gateway.sandbox.types import Limits
 
+        hidden = hidden_paths(self.config)  # never visible to the agent, whatever is bound
         base = self.config.source.parent if self.config.source else Path.cwd()
 
         def here(v: str) -> str:  # ./x and ../x are relative to the config file
@@ -397,12 +400,15 @@ class HostedAgents:
                 ro_paths=ro,
                 socket=socket,
                 disk_io_mbps=limits.disk_io_mbps,
+                hidden=hidden,
             )
             return argv, Cgroup(cg)
         if tier == "gvisor":
             from gateway.runtime.gvisor_agent import gvisor_argv
 
-            return gvisor_argv(ac.command, args, env, limits, ro_paths=ro, socket=socket, run_tag=run_tag)
+            return gvisor_argv(
+                ac.command, args, env, limits, ro_paths=ro, socket=socket, run_tag=run_tag, hidden=hidden
+            )
         # docker: a named container, removed when the run ends
         cname = f"symbi-agent-{name}-{run_tag}"
         argv = t.stdio_argv(ac.command, args, env, None, network=False, limits=sb_limits)
@@ -418,6 +424,15 @@ class HostedAgents:
             ]
         for p in ro:
             extra += ["-v", f"{p}:{p}:ro"]
+        # docker orders mounts by depth itself: these covers go over the binds that hold them
+        for path, is_dir in dict.fromkeys(
+            masked_paths([*read_only_binds(ac.command, args, None), *ro], hidden)
+        ):
+            extra += (
+                ["--mount", f"type=tmpfs,destination={path},tmpfs-size=4096,tmpfs-mode=0555"]
+                if is_dir
+                else ["-v", f"/dev/null:{path}:ro"]
+            )
         argv[at:at] = extra
         return argv, Container(cname)
 

@@ -308,16 +308,24 @@ class BwrapTier(SandboxTier):
         ro_paths: list[str],
         socket: tuple[str, str],
         disk_io_mbps: int | None = None,
+        hidden: Sequence[str] = (),
     ) -> tuple[list[str], cgroups.RunCgroup]:
         """argv of a long-running agent process, and its cgroup (the caller removes it).
 
         No network at all (seccomp refuses AF_INET/AF_INET6); the gateway's Unix socket
-        ``socket = (host path, sandbox path)`` is its one way out.
+        ``socket = (host path, sandbox path)`` is its one way out. ``hidden`` (the gateway's
+        own files) stay invisible inside a bound folder, as for stdio servers.
         """
         self.require()
         bpf = self.seccomp.path(False)
-        binds = [(d, d) for d in sorted({*read_only_binds(command, args, None), *ro_paths}, key=len)]
-        bw = self._bwrap_argv(network=False, tmpfs_mb=limits.tmpfs_mb, ro_binds=binds, chdir="/tmp")
+        dirs = sorted({*read_only_binds(command, args, None), *ro_paths}, key=len)
+        bw = self._bwrap_argv(
+            network=False,
+            tmpfs_mb=limits.tmpfs_mb,
+            ro_binds=[(d, d) for d in dirs],
+            chdir="/tmp",
+            masks=masked_paths(dirs, hidden),
+        )
         at = bw.index("--clearenv")
         bw[at:at] = ["--bind", socket[0], socket[1]]
         cg = cgroups.create(limits.memory_mb, limits.pids, limits.cpus)

@@ -455,7 +455,8 @@ async def test_a_hosted_run_refuses_an_unavailable_tier_and_the_none_tier(
 
 async def test_cancelling_a_real_run_kills_its_process_and_revokes_its_credential(tmp_path: Path) -> None:
     """The gateway shutting down cancels the supervisors: the run's process is killed, its
-    credential revoked and its resource slot given back (nothing of it outlives the gateway)."""
+    credential revoked, its resource slot given back and its cgroups removed (nothing of it
+    outlives the gateway)."""
     marker = f"599.{os.getpid()}{id(tmp_path) % 10000}"  # a sleep this test can find in /proc
     slow = AgentConfig(command="/usr/bin/sleep", args=(marker,), sandbox="bwrap")
     h, _, keys = _bwrap_host(tmp_path, slow=slow)
@@ -475,6 +476,7 @@ async def test_cancelling_a_real_run_kills_its_process_and_revokes_its_credentia
                 await anyio.sleep(0.01)  # until the process is started
             assert _running(marker)
             tg.cancel_scope.cancel()
+        # the cancellation ended the supervisor cleanly (no error in place of the cancel)
     assert [r.revoked is not None for r in keys.records()] == [True] and h._stop == {}
     # the run's cgroup is removed although the run was cancelled (the clean-up is shielded)
     [box] = boxes

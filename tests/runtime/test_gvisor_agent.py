@@ -1,0 +1,136 @@
+"""A hosted agent in gVisor, in-process: the runsc command and the OCI spec the runtime builds,
+read back from the bundle it wrote (a real run under runsc that attacks it is in
+test_hosted_isolation.py).
+
+Found by mutation testing (group "runtime": gvisor_agent.py had 374 mutants and "no tests";
+hosted._command's gVisor branch survived): the tier ran only under `symbi serve` (a
+subprocess, tests/runtime/test_hosted.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config.model import AgentConfig, ResourcesSection
+from gateway.runtime.gvisor_agent import NOBODY, RunscRun
+from gateway.runtime.hosted import SOCKET_IN_SANDBOX
+from gateway.runtime.resources import ResourceLimits
+from tests.runtime.test_hosted_isolation import _host
+
+pytestmark = pytest.mark.anyio
+
+
+def _gone(*paths: str) -> bool:
+    return not any(Path(p).exists() for p in paths)
+
+
+def _spec(box: RunscRun) -> dict[str, Any]:
+    return dict(json.loads(Path(box.bundle, "config.json").read_text()))
+
+
+async def test_the_gvisor_command_and_spec_of_a_hosted_run(tmp_path: Path) -> None:
+    ac = AgentConfig(
+        command="/usr/bin/python3",
+        args=("./agent.py", "plain"),
+        env={"DATA": "./lib", "MODE": "x"},
+        read_only_paths=("./lib",),
+        sandbox="gvisor",
+        resources=ResourcesSection(memory_mb=96, cpu_cores=0.5, disk_io_mbps=7),
+    )
+    h = _host(tmp_path, "gvisor", a=ac)
+    conf = tmp_path / "conf"
+    (conf / "agent.py").write_text("print(1)\n")
+    limits = ResourceLimits.from_config(ac.resources)
+    argv, box = h._command("a", ac, "gvisor", limits, "sk-secret", "tag1")
+    try:
+        assert isinstance(box, RunscRun) and box.cid == "symbi-agent-tag1"
+        # runsc straight, without a network stack, its state apart from Docker's
+        assert argv[:3] == ["runsc", "--root", box.state] and argv[-4:] == [
+            "run",
+            "--bundle",
+            box.bundle,
+            box.cid,
+        ]
+        assert "--network=none" in argv and not any(
+            a.startswith("--network=") and a != "--network=none" for a in argv
+        )
+        spec = _spec(box)
+        proc = spec["process"]
+        assert proc["user"] == {"uid": NOBODY, "gid": NOBODY}
+        assert proc["noNewPrivileges"] is True
+        assert proc["capabilities"] == {
+            k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")
+        }
+        agent_py = str((conf / "agent.py").resolve())
+        assert proc["args"] == ["/usr/bin/python3", agent_py, "plain"]
+        env = dict(e.split("=", 1) for e in proc["env"])
+        assert {
+            k: env[k]
+            for k in ("SYMBI_AGENT_TOKEN", "SYMBI_GATEWAY_SOCKET", "SYMBI_AGENT_NAME", "DATA", "MODE")
+        } == {
+            "SYMBI_AGENT_TOKEN": "sk-secret",
+            "SYMBI_GATEWAY_SOCKET": SOCKET_IN_SANDBOX,
+            "SYMBI_AGENT_NAME": "a",
+            "DATA": str((conf / "lib").resolve()),
+            "MODE": "x",
+        }
+        assert spec["root"]["readonly"] is True
+        linux = spec["linux"]
+        assert {n["type"] for n in linux["namespaces"]} >= {"pid", "ipc", "uts", "mount", "network"}
+        res = linux["resources"]
+        assert res["memory"] == {"limit": 96 * 1024 * 1024, "swap": 96 * 1024 * 1024}
+        assert res["cpu"] == {"quota": 50_000, "period": 100_000}
+        assert res["pids"] == {"limit": 512}  # runsc's own threads count here (sandbox notes)
+        dev = os.stat("/").st_dev
+        throttle = [{"major": os.major(dev), "minor": os.minor(dev), "rate": 7 * 1024 * 1024}]
+        assert res["blockIO"] == {"throttleReadBpsDevice": throttle, "throttleWriteBpsDevice": throttle}
+        assert linux["cgroupsPath"] == box.cgroup
+        mounts = {m["destination"]: m for m in spec["mounts"]}
+        # the socket is the one writable bind; every other host folder is read-only
+        assert mounts[SOCKET_IN_SANDBOX] == {
+            "destination": SOCKET_IN_SANDBOX,
+            "type": "bind",
+            "source": str(tmp_path / "gateway.sock"),
+            "options": ["bind"],
+        }
+        binds = [m for m in spec["mounts"] if m["type"] == "bind" and m["destination"] != SOCKET_IN_SANDBOX]
+        assert all("ro" in m["options"] for m in binds)
+        binds = [m for m in binds if m["source"] != "/dev/null"]  # the covers of hidden files
+        assert all(m["source"] == m["destination"] for m in binds)
+        assert {m["source"] for m in binds} == {"/usr", str(conf.resolve()), str((conf / "lib").resolve())}
+        assert mounts["/tmp"]["type"] == "tmpfs" and mounts["/proc"]["type"] == "proc"
+        # the gateway's own files inside the bound config folder are covered, after the bind
+        order = [m["destination"] for m in spec["mounts"]]
+        for hidden in (conf / "symbi.toml", conf / ".symbi"):
+            at = order.index(str(hidden))
+            assert at > order.index(str(conf.resolve()))
+            m = spec["mounts"][at]
+            assert (m["type"], m["source"]) in (("tmpfs", "tmpfs"), ("bind", "/dev/null"))
+    finally:
+        box.remove()
+    assert _gone(box.bundle, box.state)
+
+
+async def test_a_gvisor_run_does_not_need_dockers_runsc_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manager's "gvisor" tier is Docker with its runsc runtime; a hosted run uses runsc
+    straight, so Docker being down does not refuse it (the seam: a tier reported down)."""
+    ac = AgentConfig(command="/usr/bin/true", sandbox="gvisor")
+    h = _host(tmp_path, "gvisor", a=ac)
+    assert h.sandbox is not None
+    monkeypatch.setattr(h.sandbox, "available", lambda name: (False, f"test: {name} down"))
+    argv, box = h._command("a", ac, "gvisor", ResourceLimits.from_config(ac.resources), "k", "t")
+    try:
+        assert isinstance(box, RunscRun) and argv[0] == "runsc"
+    finally:
+        box.remove()
+    from gateway.errors import GatewayError
+
+    with pytest.raises(GatewayError):  # a tier that does go through the manager is refused
+        h._command("a", ac, "bwrap", ResourceLimits.from_config(ac.resources), "k", "t")

@@ -1,0 +1,152 @@
+"""Attack: a hosted agent whose script lives beside the gateway's config (the layout of a
+small deployment: ./symbi.toml, ./.symbi/, ./agent.py, so that folder is bound into the
+sandbox) looks for the gateway's config, data dir and keys, dials every address of the host
+and writes outside its /tmp -- in every tier, in-process.
+
+The gateway's own files were bound in with the folder for hosted agents (only stdio servers
+had them covered): found while closing issue 21's gVisor gap. Now they are an empty folder
+and an empty file, as for stdio servers (tests/sandbox/test_hidden_paths.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import pytest
+
+from gateway.config.model import AgentConfig, Config, GatewaySection
+from gateway.runtime.core import AgentRuntime
+from gateway.runtime.gvisor_agent import NOBODY
+from gateway.runtime.hosted import HostedAgents
+from gateway.server.auth import ApiKeyStore
+from tests.runtime.test_core import Recorder
+from tests.runtime.test_hosted_supervisor import GUARD_S
+
+pytestmark = pytest.mark.anyio
+
+
+def _host(tmp_path: Path, tier: str, **agents: AgentConfig) -> HostedAgents:
+    """A gateway whose config folder holds its data dir and the agent's files (the layout of
+    `symbi init`: ./symbi.toml, ./.symbi/, ./agent.py): bound into the sandbox with the script."""
+    from gateway.runtime.hosted import AgentHost
+    from gateway.sandbox.manager import SandboxManager
+    from tests.sandbox.conftest import require_tier
+
+    if tier == "gvisor" and os.geteuid() != 0:
+        pytest.skip("the gVisor tier of hosted agents runs runsc as root")
+    conf = tmp_path / "conf"
+    (conf / "lib").mkdir(parents=True)
+    for d in (tmp_path, conf, conf / "lib"):
+        d.chmod(0o755)  # the sandbox's uid 65534 may walk to the agent's files
+    source = conf / "symbi.toml"
+    source.write_text("# the gateway's config\n")
+    source.chmod(0o644)  # even a config others may read must not be shown
+    data = conf / ".symbi"
+    data.mkdir(mode=0o755)
+    (data / "api-keys.json").write_text("{}")
+    (data / "api-keys.json").chmod(0o644)
+    config = Config(gateway=GatewaySection(data_dir=data), agents=agents).model_copy(
+        update={"source": source}
+    )
+    manager = SandboxManager(config, sweep_orphans=False)
+    require_tier(manager, "bwrap" if tier == "gvisor" else tier)  # gVisor: runsc straight
+    sock = tmp_path / "gateway.sock"
+    sock.touch()
+    rec = Recorder()
+    keys = ApiKeyStore(tmp_path / "keys.json")
+    return HostedAgents(
+        config, AgentRuntime(config, rec), rec, sandbox=manager, host=AgentHost(str(sock), keys)
+    )
+
+
+# Looks for the gateway's files, dials every host address, writes outside /tmp; prints JSON.
+PROBE = """
+import json, os, socket, sys
+lines = open("/proc/net/dev").read().splitlines()[2:]  # the interfaces of its network namespace
+out = {"uid": os.getuid(), "ifaces": sorted(x.split(":")[0].strip() for x in lines)}
+def attempt(name, f):
+    try:
+        out[name] = ["ok", f()]
+    except OSError as e:
+        out[name] = ["refused", e.errno]
+conf, port, addrs = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+attempt("config", lambda: open(conf + "/symbi.toml").read())
+attempt("data_dir", lambda: sorted(os.listdir(conf + "/.symbi")))
+attempt("keys", lambda: open(conf + "/.symbi/api-keys.json").read())
+for a in addrs:
+    attempt("dial " + a, lambda: socket.create_connection((a, port), timeout=3).close())
+attempt("write /usr", lambda: open("/usr/symbi-probe", "w").close())
+attempt("write conf", lambda: open(conf + "/symbi-probe", "w").close())
+attempt("write /", lambda: open("/symbi-probe", "w").close())
+attempt("write /tmp", lambda: open("/tmp/symbi-probe", "w").close())
+print(json.dumps(out), flush=True)
+"""
+
+
+def _write_probe(script: Path) -> None:
+    script.parent.mkdir(mode=0o755, exist_ok=True)
+    script.write_text(PROBE)
+    script.chmod(0o644)
+
+
+def _written(*paths: Path) -> list[Path]:
+    return [p for p in paths if p.exists()]
+
+
+def _host_addresses() -> list[str]:
+    text = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    return sorted({line.split()[3].split("/")[0] for line in text.splitlines()})
+
+
+@pytest.mark.parametrize("bound", ["script", "read_only_paths", "both"])
+@pytest.mark.parametrize("tier", ["bwrap", "gvisor", "docker"])
+async def test_a_real_run_sees_no_gateway_file_no_network_and_a_read_only_host(
+    tmp_path: Path, tier: Literal["bwrap", "gvisor", "docker"], bound: str
+) -> None:
+    """``bound``: how the config folder gets into the sandbox: the agent's script lives in it,
+    the config lists it in ``read_only_paths``, or both (one folder bound twice)."""
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))  # every host interface, loopback included
+    listener.listen(8)
+    addrs = _host_addresses()
+    assert "127.0.0.1" in addrs and len(addrs) > 1
+    conf = tmp_path / "conf"
+    script = conf / "probe.py" if bound != "read_only_paths" else tmp_path / "agent" / "probe.py"
+    ac = AgentConfig(
+        command="/usr/bin/python3",
+        args=(str(script), str(conf), str(listener.getsockname()[1]), ",".join(addrs)),
+        read_only_paths=(".",) if bound != "script" else (),
+        sandbox=tier,
+        restart="never",
+    )
+    h = _host(tmp_path, tier, probe=ac)
+    _write_probe(script)
+    try:
+        with anyio.fail_after(GUARD_S):
+            outcome = await h._run_once("probe", ac)
+    finally:
+        listener.close()
+    log = (h.config.data_dir / "agents" / "probe.log").read_text()
+    assert outcome == "ok", log
+    [out] = [json.loads(x) for x in log.splitlines() if x.startswith("{")]
+    assert out["uid"] == NOBODY and out["ifaces"] == ["lo"]
+    assert out["write /tmp"][0] == "ok"  # the probe ran its attempts
+    refused = {k: v for k, v in out.items() if isinstance(v, list) and v and v[0] == "refused"}
+    for attack in ("keys", *(f"dial {a}" for a in addrs), "write /usr", "write conf", "write /"):
+        assert attack in refused, (attack, out[attack])
+    # the config and the data dir, if seen at all, are empty stand-ins, never the gateway's own
+    assert out["config"][0] == "refused" or out["config"] == ["ok", ""]
+    assert out["data_dir"][0] == "refused" or out["data_dir"] == ["ok", []]
+    assert not _written(conf / "symbi-probe", Path("/usr/symbi-probe"))
+    assert isinstance(h.events, Recorder)
+    assert [(d["exit_code"], d["oom"]) for t, d, _, _ in h.events.events if t == "agent.exited"] == [
+        (0, False)
+    ]

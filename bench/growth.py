@@ -78,6 +78,7 @@ from bench._common import (
 
 UPSTREAM = ROOT / "bench" / "peers" / "growth_upstream.py"
 CLIENT = "growth-client"
+CONNECT_TIMEOUT_S = 300.0
 EXPONENT_LINEAR = 1.15  # fitted exponents up to this count as linear (noise on a shared machine)
 
 
@@ -198,17 +199,20 @@ async def gateway(
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str, dict[str, str], float]]:
     """``symbi serve`` in front of ``n`` upstreams; yields (process, base URL, keys, seconds to ready)."""
     data = policy_data(folder, principals)
-    cfg = write_gateway_config(folder, servers_toml(n, tools), security=True, policy_data=data)
+    # a loaded machine can take more than the default 30 s to start one SDK server: what is
+    # measured here is the start-up, not that timeout (upstreams start a few at a time anyway)
+    extra = f"[mcp]\nconnection_timeout_s = {CONNECT_TIMEOUT_S}\n"
+    cfg = write_gateway_config(folder, servers_toml(n, tools), security=True, policy_data=data, extra=extra)
     keys = make_keys(folder, principals)
     port = free_port()
     cmd = [str(SYMBI), "serve", "--config", str(cfg), "--port", str(port)]
     started = time.perf_counter()
     with process(cmd, folder / "serve.log", env=gateway_env()) as proc:
-        await anyio.to_thread.run_sync(wait_port, port, proc, 120.0)
+        await anyio.to_thread.run_sync(wait_port, port, proc, 900.0)  # a loaded machine
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(timeout=30) as hc:
             while (await hc.get(base + "/readyz")).status_code != 200:
-                if proc.poll() is not None or time.perf_counter() - started > 300:
+                if proc.poll() is not None or time.perf_counter() - started > 900:
                     raise RuntimeError(f"gateway with {n} upstreams never ready: see {folder / 'serve.log'}")
                 await anyio.sleep(0.05)
         yield proc, base, keys, time.perf_counter() - started

@@ -113,7 +113,8 @@ class Screener:
     """
 
     def __init__(self, max_entries: int = 50_000) -> None:
-        self._cache: dict[tuple[str, int, int], Screening] = {}
+        self._cache: dict[tuple[Any, ...], Screening] = {}
+        self._tokens: dict[tuple[str, str], frozenset[str]] = {}  # namespaced names a definition mentions
         self._max = max_entries
 
     def screen(
@@ -130,7 +131,15 @@ class Screener:
             definition_hash
             or hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
         )
-        key = (digest, len(others), hash(others))  # a frozenset caches its own hash
+        key: tuple[Any, ...]
+        if str(definition.get("name", "")).isascii():
+            # Other upstreams' names count only where this definition mentions them (SP011):
+            # a tool added or removed elsewhere does not screen every definition again (with
+            # 50 upstreams, every rebuild after a list change re-screened all 2,000 tools).
+            mentions = self._mentions_of(kind, digest, definition)
+            key = (digest, frozenset(t for t in mentions if t in others))
+        else:  # a look-alike name is compared with every other name (SP012)
+            key = (digest, len(others), hash(others))  # a frozenset caches its own hash
         hit = self._cache.get(key)
         if hit is None:
             hit = screen_definition(kind, definition, others=others)
@@ -138,6 +147,18 @@ class Screener:
                 self._cache.clear()  # bounded: a full cache starts over rather than grow
             self._cache[key] = hit
         return hit
+
+    def _mentions_of(self, kind: Kind, digest: str, definition: Mapping[str, Any]) -> frozenset[str]:
+        """Every namespaced tool name the definition's texts mention (cached by definition)."""
+        found = self._tokens.get((kind, digest))
+        if found is None:
+            found = frozenset(
+                m.group() for _, text in _texts(kind, definition) for m in _NAMESPACED.finditer(text)
+            )
+            if len(self._tokens) >= self._max:
+                self._tokens.clear()
+            self._tokens[(kind, digest)] = found
+        return found
 
 
 # -- what is read -------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gateway.errors import GatewayError
-from gateway.runtime.hosted import Sandboxed
 from gateway.runtime.resources import ResourceLimits
+from gateway.runtime.sandboxed import Sandboxed
 from gateway.sandbox.base import masked_paths, read_only_binds
 
 _logger = logging.getLogger("symbi.runtime.gvisor")

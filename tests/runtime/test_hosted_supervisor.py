@@ -32,14 +32,11 @@ from gateway.runtime.agents import hosted_principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.hosted import (
     AgentHost,
-    Cgroup,
-    Container,
     HostedAgents,
-    Sandboxed,
-    _root_device,
     interval_s,
 )
 from gateway.runtime.resources import ResourceLimits
+from gateway.runtime.sandboxed import Cgroup, Container, Sandboxed, root_device
 from gateway.server.auth import ApiKeyStore
 from tests.runtime.test_core import Recorder
 
@@ -429,7 +426,7 @@ async def test_the_docker_command_of_a_run_mounts_the_socket_and_read_only_paths
         "MODE": "x",
     }
     assert argv[-3:] == ["/usr/bin/python3", str((conf / "agent.py").resolve()), "plain"]
-    dev = _root_device()
+    dev = root_device()
     if dev is not None:  # the root file system's block device (none in some containers)
         assert ("--device-read-bps", f"{dev}:7mb") in pairs and ("--device-write-bps", f"{dev}:7mb") in pairs
     # the run's options go before the image's own mounts (docker reads options up to the image)

@@ -1,0 +1,94 @@
+"""The handle of a hosted agent's sandbox (a cgroup, or a Docker container) that the
+supervisor (``gateway.runtime.hosted``) kills, measures and removes a run with."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+_logger = logging.getLogger("symbi.runtime.hosted")
+
+
+class Sandboxed:
+    """What a run's sandbox exposes to the supervisor (cgroup or container)."""
+
+    def kill(self) -> None: ...
+
+    def memory_peak_mb(self) -> float:
+        return 0.0
+
+    def oom_killed(self, exit_code: int | None) -> bool:
+        return False
+
+    def remove(self) -> None: ...
+
+
+class Cgroup(Sandboxed):
+    def __init__(self, cg: Any) -> None:
+        self.cg = cg
+
+    def kill(self) -> None:
+        self.cg.kill_all(deadline_s=1.0)
+
+    def memory_peak_mb(self) -> float:
+        from gateway.sandbox import cgroups
+
+        return cgroups.memory_peak_mb(self.cg)
+
+    def oom_killed(self, exit_code: int | None) -> bool:
+        return bool(self.cg.oom_killed())
+
+    def remove(self) -> None:
+        self.cg.remove()
+
+
+class Container(Sandboxed):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._oom: bool | None = None
+
+    def _container(self) -> Any:
+        from gateway.sandbox.docker_tier import docker_client
+
+        return docker_client().containers.get(self.name)
+
+    def kill(self) -> None:
+        try:
+            self._container().kill()
+        except Exception as e:  # noqa: BLE001 - already gone
+            _logger.debug("container %s not killed: %s", self.name, e)
+
+    def oom_killed(self, exit_code: int | None) -> bool:
+        try:
+            return bool(self._container().attrs["State"].get("OOMKilled"))
+        except Exception:  # noqa: BLE001 - removed by --rm already: judge by the exit code
+            return exit_code == 137
+
+    def remove(self) -> None:
+        try:
+            self._container().remove(force=True)
+        except Exception as e:  # noqa: BLE001 - --rm removed it
+            _logger.debug("container %s not removed: %s", self.name, e)
+
+
+def root_device() -> str | None:
+    """/dev/NAME of the root file system's block device (for docker's I/O limits)."""
+    dev = os.stat("/").st_dev
+    try:
+        uevent = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/uevent").read_text()
+    except OSError:
+        return None
+    for line in uevent.splitlines():
+        if line.startswith("DEVNAME="):
+            return "/dev/" + line.split("=", 1)[1]
+    return None
+
+
+def kill_run(proc: Any, box: Sandboxed) -> None:
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
+    box.kill()

@@ -248,6 +248,10 @@ class Config(Section):
 
     def unsafe_options(self) -> list[UnsafeOption]:
         """Every setting in force that turns a protection off (refused in production)."""
+        return [*self._protections_off(), *self._checks_weakened()]
+
+    def _protections_off(self) -> list[UnsafeOption]:
+        """Policy, audit and authentication switched off (each also under its older name)."""
         out: list[UnsafeOption] = []
         sec = self.security
         if sec.unsafe_disable_policies:
@@ -288,6 +292,11 @@ class Config(Section):
                     "http.unsafe_anonymous_principal",
                 )
             )
+        return out
+
+    def _checks_weakened(self) -> list[UnsafeOption]:
+        """Tool verification relaxed, upstreams unsandboxed, key discovery over plain HTTP."""
+        out: list[UnsafeOption] = []
         if self.mcp.tool_verification in ("warn", "off"):
             out.append(
                 UnsafeOption(
@@ -305,7 +314,7 @@ class Config(Section):
                         every_call=False,
                     )
                 )
-        if sec.unsafe_upstreams_as_gateway_user:
+        if self.security.unsafe_upstreams_as_gateway_user:
             out.append(
                 UnsafeOption(
                     "security.unsafe_upstreams_as_gateway_user",

@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -114,7 +115,7 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
                 {**os.environ, "PORT": str(up)},
             )
         )
-        wait_http(f"http://127.0.0.1:{up}/mcp", {400, 405, 406, 200})
+        wait_http(f"http://127.0.0.1:{up}/mcp", {400, 405, 406, 200}, timeout=180)
         out.append(Target("direct", f"http://127.0.0.1:{up}/mcp", "echo", none, p.pid))
         proxy = MCP_PROXY_VENV / "bin" / "mcp-proxy"
         if args.mcp_proxy:
@@ -122,7 +123,7 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
                 raise SystemExit(f"{proxy} missing: run scripts/mcp-proxy-peer.sh (or --no-mcp-proxy)")
             cmd = [str(proxy), "--host", "127.0.0.1", "--port", str(mp), "--log-level", "WARNING"]
             p = stack.enter_context(proc([*cmd, "node", str(EVERYTHING_JS), "stdio"], tmp / "mcp-proxy.log"))
-            wait_http(f"http://127.0.0.1:{mp}/status", {200})
+            wait_http(f"http://127.0.0.1:{mp}/status", {200}, timeout=180)
             out.append(Target("mcp-proxy", f"http://127.0.0.1:{mp}/mcp", "echo", none, p.pid))
         gateways = [("gateway", ROOT, gw)]
         if args.baseline_tree is not None:  # the same gateway from another checkout (before a change)
@@ -137,7 +138,7 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
                 serve += ["--workers", str(args.workers)]
             env = {**gateway_env(), "PYTHONPATH": str(tree)}
             p = stack.enter_context(proc(serve, folder / "gateway.log", env))
-            wait_http(f"http://127.0.0.1:{port}/readyz", {200}, timeout=120)
+            wait_http(f"http://127.0.0.1:{port}/readyz", {200}, timeout=180)
             out.append(Target(name, f"http://127.0.0.1:{port}/mcp", "everything__echo", keys, p.pid))
         yield out
 
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         help="only the gateway, one load phase under py-spy: a Markdown profile instead of JSON",
     )
     args = ap.parse_args(argv)
+    # a plain SIGTERM (timeout, a CI step) must still run the clean-ups: no orphaned servers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-http-load-"))
     if args.profile:
         return profile(args, tmp)

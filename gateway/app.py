@@ -312,11 +312,12 @@ class Gateway:
                 for b in self.builtins.values()
             ]
             # the catalogue uses verification: every tool's verdict is part of the snapshot
-            previous = {n: t.info for n, t in self.catalog.tools.items()}
+            current = self.catalog
+            previous = {n: t.info for n, t in current.tools.items()}
             infos = await self.verifier.assess(
-                [t.info for t in Catalog.build(listings).tools.values()], changed=changed, previous=previous
+                Catalog.fresh_infos(listings, current), changed=changed, previous=previous
             )
-            new = Catalog.build(listings, infos=infos)
+            new = Catalog.build(listings, infos=infos, previous=current)
             self.verifier.screen_listings(new)  # resources and prompts: audited, as tools are
             old, self.live.snapshot = self.live.snapshot, new
             for r in new.refusals:

@@ -49,6 +49,9 @@ class UpstreamListing:
 class CatalogTool:
     info: ToolInfo
     tool: types.Tool  # as listed to clients (namespaced name)
+    # the upstream's own listing entry it was made from: while a rebuild sees that same
+    # object (the upstream did not re-list) with the same verdict, the entry is reused
+    source: types.Tool | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,31 @@ class Catalog:
         return cls({}, {}, [], {}, [])
 
     @classmethod
+    def fresh_infos(
+        cls, listings: Iterable[UpstreamListing], previous: Catalog | None = None
+    ) -> list[ToolInfo]:
+        """Every tool the catalogue would hold, not yet assessed (the verifier's input), in
+        listing order; no client copies are made. ``previous``: reuse the definitions of
+        tools whose upstream did not re-list."""
+        seen: dict[str, str] = {}
+        collided: set[str] = set()
+        refusals: list[Refusal] = []
+        prior = previous.tools if previous is not None else {}
+        named = [(up, t, name) for up in listings for t, name in _named_tools(up, seen, collided, refusals)]
+        return [_fresh_info(up, t, name, prior.get(name)) for up, t, name in named if name not in collided]
+
+    @classmethod
     def build(
-        cls, listings: Iterable[UpstreamListing], infos: Mapping[str, ToolInfo] | None = None
+        cls,
+        listings: Iterable[UpstreamListing],
+        infos: Mapping[str, ToolInfo] | None = None,
+        previous: Catalog | None = None,
     ) -> Catalog:
-        """Build from upstream listings. ``infos`` overrides per-tool verification state."""
+        """Build from upstream listings. ``infos`` overrides per-tool verification state;
+        ``previous``: entries of tools its upstream did not re-list, with the same verdict,
+        are reused (one server's list change costs its own tools, not every server's)."""
         listings = list(listings)
+        prior = previous.tools if previous is not None else {}
         tools: dict[str, CatalogTool] = {}
         refusals: list[Refusal] = []
         seen: dict[str, str] = {}
@@ -141,39 +164,8 @@ class Catalog:
         prompts: dict[str, CatalogPrompt] = {}
         dup_prompts: set[str] = set()
         for up in listings:
-            for t in up.tools:
-                try:
-                    name = namespaced(up.name, t.name, up.pass_through)
-                except CatalogError as e:
-                    refusals.append(Refusal(up.name, "tool", t.name, e.message))
-                    continue
-                if name in seen:
-                    collided.add(name)
-                    refusals.append(
-                        Refusal(
-                            up.name, "tool", t.name, f"name {name!r} collides with a tool of {seen[name]!r}"
-                        )
-                    )
-                    continue
-                seen[name] = up.name
-                definition = t.model_dump(by_alias=True, mode="json", exclude_unset=True)
-                info = (infos or {}).get(name) or ToolInfo(
-                    name=name,
-                    original_name=t.name,
-                    upstream=up.name,
-                    definition=definition,
-                    annotations=definition.get("annotations") or {},
-                )
-                update: dict[str, Any] = {"name": name}
-                if infos and name in infos:
-                    meta = dict(t.meta or {})
-                    meta["symbi/verification"] = {
-                        "status": info.verification,
-                        "key_fingerprint": info.key_fingerprint,
-                        "definition_hash": info.definition_hash,
-                    }
-                    update["meta"] = meta
-                tools[name] = CatalogTool(info=info, tool=t.model_copy(update=update))
+            for t, name in _named_tools(up, seen, collided, refusals):
+                tools[name] = _entry(up, t, name, (infos or {}).get(name), prior.get(name))
             for r in up.resources:
                 if r.uri in resources or r.uri in dup_uris:
                     dup_uris.add(r.uri)
@@ -278,6 +270,67 @@ class LiveCatalog:
             return self._upstreams[name]
         except KeyError:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured") from None
+
+
+def _named_tools(
+    up: UpstreamListing, seen: dict[str, str], collided: set[str], refusals: list[Refusal]
+) -> list[tuple[types.Tool, str]]:
+    """``up``'s tools with their catalogue names; a name that cannot be made valid or that
+    an earlier upstream's tool took is refused (``collided``: both sides are left out)."""
+    out: list[tuple[types.Tool, str]] = []
+    for t in up.tools:
+        try:
+            name = namespaced(up.name, t.name, up.pass_through)
+        except CatalogError as e:
+            refusals.append(Refusal(up.name, "tool", t.name, e.message))
+            continue
+        if name in seen:
+            collided.add(name)
+            refusals.append(
+                Refusal(up.name, "tool", t.name, f"name {name!r} collides with a tool of {seen[name]!r}")
+            )
+            continue
+        seen[name] = up.name
+        out.append((t, name))
+    return out
+
+
+def _unchanged(prev: CatalogTool | None, up: UpstreamListing, t: types.Tool) -> bool:
+    """``prev`` was made from this very listing entry (listed tools are never edited in place)."""
+    return prev is not None and prev.source is t and prev.info.upstream == up.name
+
+
+def _fresh_info(up: UpstreamListing, t: types.Tool, name: str, prev: CatalogTool | None) -> ToolInfo:
+    definition = (
+        prev.info.definition
+        if prev is not None and _unchanged(prev, up, t)
+        else t.model_dump(by_alias=True, mode="json", exclude_unset=True)
+    )
+    return ToolInfo(
+        name=name,
+        original_name=t.name,
+        upstream=up.name,
+        definition=definition,
+        annotations=definition.get("annotations") or {},
+    )
+
+
+def _entry(
+    up: UpstreamListing, t: types.Tool, name: str, given: ToolInfo | None, prev: CatalogTool | None
+) -> CatalogTool:
+    if given is not None and prev is not None and _unchanged(prev, up, t) and prev.info is given:
+        return prev  # the same listing entry with the same verdict: the same client copy
+    info = given or _fresh_info(up, t, name, prev)
+    update: dict[str, Any] = {"name": name}
+    if given is not None:
+        meta = dict(t.meta or {})
+        meta["symbi/verification"] = {
+            "status": info.verification,
+            "key_fingerprint": info.key_fingerprint,
+            "definition_hash": info.definition_hash,
+        }
+        update["meta"] = meta
+    return CatalogTool(info=info, tool=t.model_copy(update=update), source=t)
 
 
 def _matches(tpl: UriTemplate, uri: str) -> bool:

@@ -108,3 +108,59 @@ def test_pass_through_cannot_take_or_knock_out_a_builtin_prefix(prefix: str) -> 
     assert "sandbox__run_python" in cat.tools
     assert cat.tools["sandbox__run_python"].info.upstream == "sandbox"
     assert [r.upstream for r in cat.refusals] == ["ev"]
+
+
+def _assessed(listings: list[UpstreamListing], previous: Catalog | None = None, **verdicts: str) -> Catalog:
+    """A rebuild as the gateway does it: fresh infos, a verdict each, the catalogue."""
+    import dataclasses
+
+    infos = {
+        i.name: dataclasses.replace(i, verification=verdicts.get(i.name, "verified"))  # type: ignore[arg-type]
+        for i in Catalog.fresh_infos(listings, previous)
+    }
+    if previous is not None:  # unchanged verdicts are the previous objects (the verifier keeps them)
+        for name, info in list(infos.items()):
+            old = previous.tools.get(name)
+            if (
+                old is not None
+                and old.info.definition is info.definition
+                and old.info.verification == info.verification
+            ):
+                infos[name] = old.info
+    return Catalog.build(listings, infos=infos, previous=previous)
+
+
+def _wire(cat: Catalog) -> dict[str, object]:
+    return {n: (e.tool.model_dump(by_alias=True, mode="json"), e.info) for n, e in cat.tools.items()}
+
+
+def test_a_rebuild_reuses_what_its_upstream_did_not_relist_and_remakes_the_rest() -> None:
+    a, b = [tool("echo"), tool("sum")], [tool("now")]
+    old = _assessed([UpstreamListing("a", False, a), UpstreamListing("b", False, b)])
+    relisted = [tool("now", "changed"), tool("later")]  # b re-listed: new objects, one new tool
+    new = _assessed([UpstreamListing("a", False, a), UpstreamListing("b", False, relisted)], old)
+    assert new.tools["a__echo"] is old.tools["a__echo"] and new.tools["a__sum"] is old.tools["a__sum"]
+    assert new.tools["b__now"] is not old.tools["b__now"]
+    assert new.tools["b__now"].info.definition["description"] == "changed"
+    assert new.tools["b__now"].tool.description == "changed"
+    # the same catalogue as one built from nothing
+    scratch = _assessed([UpstreamListing("a", False, a), UpstreamListing("b", False, relisted)])
+    assert _wire(new) == _wire(scratch)
+
+
+def test_a_new_verdict_on_an_unchanged_listing_is_not_hidden_by_reuse() -> None:
+    a = [tool("echo")]
+    old = _assessed([UpstreamListing("a", False, a)])
+    revoked = _assessed([UpstreamListing("a", False, a)], old, a__echo="unverified")
+    entry = revoked.tools["a__echo"]
+    assert entry is not old.tools["a__echo"]
+    assert entry.info.verification == "unverified"
+    assert entry.tool.meta is not None and entry.tool.meta["symbi/verification"]["status"] == "unverified"
+
+
+def test_a_rebuild_still_refuses_a_collision_with_a_reused_tool() -> None:
+    a = [tool("x_y")]
+    old = _assessed([UpstreamListing("a", False, a)])
+    # a second listing from the same upstream adds a tool whose name collides with the kept one
+    new = _assessed([UpstreamListing("a", False, [*a, tool("x.y")])], old)
+    assert "a__x_y" not in new.tools and [r.name for r in new.refusals] == ["x.y"]

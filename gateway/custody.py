@@ -20,6 +20,7 @@ import logging
 import os
 import pwd
 import stat
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,27 +152,44 @@ def _tighten(path: Path, mode: int) -> None:
 
 def private_secret(path: Path, what: str) -> bytes:
     """A 32-byte secret at ``path``, made on first use (random, mode 0600, fsynced); an existing
-    file readable by group or others, or of the wrong size, is refused with ``ConfigError``."""
+    file readable by group or others, or of the wrong size, is refused with ``ConfigError``.
+
+    Made in a temporary file and linked into place, so processes starting together on one
+    data dir never read a half-written secret: one link wins and every process reads that one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+        try:
+            os.write(fd, os.urandom(32))
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.link(tmp, path)  # atomic, and fails if another process linked first
+            _fsync_dir(path.parent)
+        except FileExistsError:
+            pass
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            os.unlink(tmp)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path}: the {what} must not be readable by group or others (mode {mode:o}; chmod 600 it)"
+        )
+    data = path.read_bytes()
+    if len(data) != 32:
+        raise ConfigError(f"{path}: the {what} must be 32 bytes")
+    return data
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
-    except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"{path}: the {what} must not be readable by group or others (mode {mode:o}; chmod 600 it)"
-            ) from None
-        data = path.read_bytes()
-        if len(data) != 32:
-            raise ConfigError(f"{path}: the {what} must be 32 bytes") from None
-        return data
-    secret = os.urandom(32)
-    try:
-        os.write(fd, secret)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return secret
 
 
 def create_private(path: Path) -> None:

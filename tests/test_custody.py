@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,38 @@ def test_a_config_with_secrets_readable_by_others_is_warned_about(
     with caplog.at_level("WARNING", logger="symbi.custody"):
         check_trusted_files(load_config(cfg))
     assert not caplog.records
+
+
+def test_processes_starting_together_read_one_whole_secret(tmp_path: Path) -> None:
+    """Two gateways started at once on one fresh data dir (stdio clients each launch one): the
+    second must not read the first's secret half-written (it refused to start: "must be 32
+    bytes"), and both must end up with the same one. The first is made slow between creating
+    the secret and writing it (its ``os.write`` sleeps), which is the window that was hit."""
+    import sys
+
+    code = (
+        "import os, sys, time\nfrom pathlib import Path\nfrom gateway.custody import private_secret\n"
+        "if sys.argv[2] == 'slow':\n"
+        "    w = os.write\n"
+        "    os.write = lambda fd, b: (time.sleep(3), w(fd, b))[1]\n"
+        "    Path(sys.argv[3]).touch()\n"
+        "sys.stdout.write(private_secret(Path(sys.argv[1]), 'test secret').hex())\n"
+    )
+    path, started = tmp_path / "data" / "secret", tmp_path / "started"
+
+    def run(*args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, str(path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    slow = run("slow", str(started))
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the slow one is inside its write now
+    fast = run("fast")
+    outs = [p.communicate(timeout=60) for p in (slow, fast)]
+    assert slow.returncode == 0 and fast.returncode == 0, [e for _, e in outs]
+    assert outs[0][0] == outs[1][0] and path.read_bytes().hex() == outs[0][0].decode()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["secret"]  # no temporary file left

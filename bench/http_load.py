@@ -1,7 +1,7 @@
 """Issue 16's HTTP target: tools/call over streamable HTTP under 64 concurrent sessions.
 
     .venv/bin/python bench/http_load.py [--sessions 64] [--procs 4] [--seconds 8] [--rounds 3]
-                                        [--workers 1] [--json-response] [--no-mcp-proxy]
+                                        [--json-response] [--baseline-tree DIR] [--no-mcp-proxy]
 
 Targets, interleaved (every round measures each once, the order rotating):
 
@@ -10,8 +10,9 @@ Targets, interleaved (every round measures each once, the order rotating):
                  server over stdio: no auth, no policy, no audit
 * ``gateway``    ``symbi serve``: API key auth (one key per session: the default
                  ``http.max_sessions_per_principal`` of 16 stays on), the repo's Rego policy,
-                 the signed audit log, ``tofu`` verification, the same server over stdio;
-                 ``--workers N`` runs ``symbi serve --workers N``.
+                 the signed audit log, ``tofu`` verification, the same server over stdio
+* ``gateway-json``      (``--json-response``) the same with ``http.json_response = true``
+* ``gateway-baseline``  (``--baseline-tree DIR``) the same gateway from another checkout
 
 The load: ``--procs`` client processes (bench/_load_client.py: plain httpx, no SDK) holding
 ``--sessions`` handshake-era MCP sessions between them, one HTTP connection and one call in
@@ -125,17 +126,17 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
             p = stack.enter_context(proc([*cmd, "node", str(EVERYTHING_JS), "stdio"], tmp / "mcp-proxy.log"))
             wait_http(f"http://127.0.0.1:{mp}/status", {200}, timeout=180)
             out.append(Target("mcp-proxy", f"http://127.0.0.1:{mp}/mcp", "echo", none, p.pid))
-        gateways = [("gateway", ROOT, gw)]
+        gateways = [("gateway", ROOT, gw, False)]
+        if args.json_response:  # the same gateway answering POSTs with JSON instead of SSE
+            gateways.append(("gateway-json", ROOT, free_port(), True))
         if args.baseline_tree is not None:  # the same gateway from another checkout (before a change)
-            gateways.append(("gateway-baseline", args.baseline_tree.resolve(), free_port()))
-        for name, tree, port in gateways:
+            gateways.append(("gateway-baseline", args.baseline_tree.resolve(), free_port(), False))
+        for name, tree, port, json_response in gateways:
             folder = tmp / name
             (folder / "data").mkdir(parents=True, mode=0o700)  # its own data dir (audit chain), the same keys
             shutil.copy(tmp / "data" / "api-keys.json", folder / "data" / "api-keys.json")
-            cfg = gateway_config(folder, port, names, args.json_response)
+            cfg = gateway_config(folder, port, names, json_response)
             serve = [str(SYMBI), "serve", "--config", str(cfg)]
-            if args.workers > 1:
-                serve += ["--workers", str(args.workers)]
             env = {**gateway_env(), "PYTHONPATH": str(tree)}
             p = stack.enter_context(proc(serve, folder / "gateway.log", env))
             wait_http(f"http://127.0.0.1:{port}/readyz", {200}, timeout=180)
@@ -284,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=8.0, help="measured phase per target and round")
     ap.add_argument("--c1-seconds", type=float, default=3.0, help="the one-session sequential phase")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=1, help="symbi serve --workers")
-    ap.add_argument("--json-response", action="store_true", help="gateway http.json_response = true")
+    ap.add_argument(
+        "--json-response", action="store_true", help="also the gateway with http.json_response = true"
+    )
     ap.add_argument("--no-mcp-proxy", dest="mcp_proxy", action="store_false")
     ap.add_argument(
         "--baseline-tree",
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "load": f"{args.procs} client processes (httpx, bench/_load_client.py), {args.sessions} sessions, "
         f"1 call in flight each, {args.seconds}s per target per round",
         "gateway": "symbi serve: API key per session, policies.rego, signed audit log, tofu; "
-        f"upstream server-everything over stdio; workers={args.workers}; json_response={args.json_response}",
+        "upstream server-everything over stdio; gateway-json: http.json_response = true",
         "rounds": args.rounds,
         "host": {
             "cpus": os.cpu_count(),

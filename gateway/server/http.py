@@ -138,6 +138,7 @@ class AccessLog:
         self.state = state
         self.enabled = state.config.http.access_log
         self.mcp_path = state.config.http.path
+        self._counters: dict[tuple[str, int], Any] = {}  # (route group, status) -> its counter
 
     def _route(self, path: str) -> str:
         # a small fixed set of label values (never the raw path)
@@ -164,7 +165,11 @@ class AccessLog:
             await self.app(scope, receive, send_wrapper)
         finally:
             ms = (time.perf_counter() - start) * 1000.0
-            self.state.metrics.http_requests.labels(self._route(scope["path"]), str(status[0])).inc()
+            key = (self._route(scope["path"]), status[0])
+            counter = self._counters.get(key)
+            if counter is None:  # a few route groups x statuses: looked up once, not per request
+                counter = self._counters[key] = self.state.metrics.http_requests.labels(key[0], str(key[1]))
+            counter.inc()
             if self.enabled:
                 p = scope.get("symbi.principal")
                 client = scope.get("client")

@@ -49,6 +49,27 @@ def parse_reply(resp: httpx.Response) -> list[dict[str, Any]]:
     return out
 
 
+def verdict(resp: httpx.Response, rid: int, message: str, run_tag: str) -> str:
+    """'ok', 'misrouted' (the reply of another call: its id, or a message of this run that is
+    not this call's) or 'error' (anything else that is not ``Echo: <message>`` under ``rid``)."""
+    if resp.status_code != 200:
+        return "error"
+    replies = [m for m in parse_reply(resp) if "id" in m and ("result" in m or "error" in m)]
+    if len(replies) != 1:
+        return "error"
+    reply = replies[0]
+    if reply["id"] != rid:
+        return "misrouted"
+    result = reply.get("result") or {}
+    content = result.get("content") or [{}]
+    text = content[0].get("text") if isinstance(content[0], dict) else None
+    if not result.get("isError") and text == f"Echo: {message}":
+        return "ok"
+    if isinstance(text, str) and text != f"Echo: {message}" and text.startswith("Echo: ") and run_tag in text:
+        return "misrouted"  # another call's message
+    return "error"
+
+
 class Session:
     def __init__(self, url: str, key: str | None, run_tag: str) -> None:
         headers = {"accept": ACCEPT, "content-type": "application/json"}
@@ -114,22 +135,7 @@ class Session:
             "params": {"name": tool, "arguments": {"message": message}},
         }
         r = await self.post(req)
-        if r.status_code != 200:
-            return "error", rid
-        replies = [m for m in parse_reply(r) if "id" in m and ("result" in m or "error" in m)]
-        if len(replies) != 1:
-            return "error", rid
-        reply = replies[0]
-        if reply["id"] != rid:
-            return "misrouted", rid
-        result = reply.get("result") or {}
-        content = result.get("content") or [{}]
-        text = content[0].get("text") if isinstance(content[0], dict) else None
-        if not result.get("isError") and text == f"Echo: {message}":
-            return "ok", rid
-        if isinstance(text, str) and text.startswith("Echo: ") and self.run_tag in text:
-            return "misrouted", rid  # one of this run's messages, not this call's
-        return "error", rid
+        return verdict(r, rid, message, self.run_tag), rid
 
     async def close(self) -> None:
         try:

@@ -35,19 +35,16 @@ from gateway.events import Event, EventSink
 from gateway.screen.accepted import AcceptedFindings
 from gateway.screen.refresh import Listings, RefreshScreening
 from gateway.verify.manifest import load_manifest
-from gateway.verify.state import ToolStates, ToolStateStore
+from gateway.verify.signatures import check_manifest, check_signature, drift_reason
+from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
 from schemapin import (
     SIGNATURE_META_KEY,
-    DefinitionChanged,
-    KeyPinMismatch,
-    KeyRevoked,
     KeySnapshot,
     PinStore,
     SchemaPinError,
     WellKnownResolver,
     definition_hash,
     split_carrier,
-    verify_tool,
 )
 
 if TYPE_CHECKING:
@@ -312,29 +309,20 @@ class ToolVerifier:
         elif before is not None and before.revoked:
             status, reason = "revoked", "revoked by a security team (symbi tools revoke)"
         elif signature is not None:
-            status, reason, fp = self._check_signature(
-                info, definition, signature, mode, domain, snapshot, snap_error
+            status, reason, fp = self._signed_status(
+                info, definition, signature, mode, domain, snapshot, snap_error, before, approved_form, h
             )
-            approved_meta = (
-                before.approved_definition.get(META_KEY) if before and before.approved_definition else None
-            )
-            if (
-                status == "verified"
-                and before
-                and before.approved_hash
-                and approved_meta != approved_form.get(META_KEY)
-            ):
-                # the signature does not cover _meta: a change there needs a person
-                status, reason = "drifted", _drift_reason(before.approved_hash, h) + " (_meta changed)"
             approve_now = status == "verified"
         elif info.original_name in manifest:
-            status, reason, fp = self._check_manifest(manifest[info.original_name], h, snapshot)
+            status, reason, fp = check_manifest(
+                manifest[info.original_name], h, snapshot, org_keys=self._org_keys, config=self._config
+            )
             approve_now = status == "verified"
         elif manifest_error is not None:
             status, reason = "failed", manifest_error
         elif mode in ("tofu", "warn") and before is not None and before.approved_hash not in (None, h):
             # an approved definition that changed: blocked under tofu, marked (not blocked) under warn
-            status, reason = "drifted", _drift_reason(before.approved_hash, h)
+            status, reason = "drifted", drift_reason(before.approved_hash, h)
         elif mode == "tofu":
             status, reason = "pinned", "definition pinned on first use"
         late = (
@@ -349,6 +337,64 @@ class ToolVerifier:
             reason = (
                 "new tool since the upstream's first approved listing: pending until `symbi tools approve`"
             )
+        self._record(info, mode, before, approved_form, h, status, reason, fp, approve_now, pending)
+        return _with(info, status, reason if status != "verified" else None, fp, h, mode)
+
+    def _signed_status(
+        self,
+        info: ToolInfo,
+        definition: dict[str, Any],
+        signature: str,
+        mode: str,
+        domain: str | None,
+        snapshot: KeySnapshot | None,
+        snap_error: str | None,
+        before: ToolRecord | None,
+        approved_form: dict[str, Any],
+        h: str,
+    ) -> tuple[str, str | None, str | None]:
+        """A signed definition: its signature, then whether ``_meta`` (which the signature does
+        not cover) changed since the approval."""
+        status, reason, fp = check_signature(
+            info,
+            definition,
+            signature,
+            mode,
+            domain,
+            snapshot,
+            snap_error,
+            org_keys=self._org_keys,
+            pins=self.pins,
+            config=self._config,
+        )
+        approved_meta = (
+            before.approved_definition.get(META_KEY) if before and before.approved_definition else None
+        )
+        if (
+            status == "verified"
+            and before
+            and before.approved_hash
+            and approved_meta != approved_form.get(META_KEY)
+        ):
+            # the signature does not cover _meta: a change there needs a person
+            status, reason = "drifted", drift_reason(before.approved_hash, h) + " (_meta changed)"
+        return status, reason, fp
+
+    def _record(
+        self,
+        info: ToolInfo,
+        mode: str,
+        before: ToolRecord | None,
+        approved_form: dict[str, Any],
+        h: str,
+        status: str,
+        reason: str | None,
+        fp: str | None,
+        approve_now: bool,
+        pending: list[tuple[Event, dict[str, Any]]],
+    ) -> None:
+        """The assessment kept in the tool state (pinned or approved when it says so) and the
+        drift and status-change events for the audit log (queued in ``pending``)."""
         _before, after = self.state.observe(
             info.upstream,
             info.original_name,
@@ -393,78 +439,6 @@ class ToolVerifier:
                     },
                 )
             )
-        return _with(info, status, reason if status != "verified" else None, fp, h, mode)
-
-    def _check_signature(
-        self,
-        info: ToolInfo,
-        definition: dict[str, Any],
-        signature: str,
-        mode: str,
-        domain: str | None,
-        snapshot: KeySnapshot | None,
-        snap_error: str | None,
-    ) -> tuple[str, str | None, str | None]:
-        keys: list[tuple[KeySnapshot, bool]] = []
-        if snapshot is not None:
-            keys.append((snapshot, True))
-        keys += [(k, False) for k in self._org_keys]
-        if not keys:
-            return (
-                "failed",
-                snap_error or "signed, but no key to check it: configure the upstream's domain",
-                None,
-            )
-        last: SchemaPinError | None = None
-        for key, pinned in keys:
-            try:
-                res = verify_tool(
-                    definition,
-                    signature,
-                    domain=domain if pinned else None,
-                    tool_id=info.original_name if pinned else None,
-                    key_source=key,
-                    mode="strict" if mode in ("strict", "warn") else "tofu",
-                    pin_store=self.pins if pinned else None,
-                    digest_mode=self._config.servers[info.upstream].signature_digest,
-                    require_low_s=self._config.mcp.require_low_s_signatures,
-                )
-                return "verified", None, res.key_fingerprint
-            except KeyRevoked as e:
-                return "revoked", f"{e.code}: {e}", key.fingerprint
-            except (DefinitionChanged, KeyPinMismatch) as e:
-                return "drifted", f"{e.code}: {e}", key.fingerprint
-            except SchemaPinError as e:
-                last = e
-        assert last is not None
-        return "failed", f"{last.code}: {last}", None
-
-    def _check_manifest(
-        self, envelope: dict[str, Any], h: str, snapshot: KeySnapshot | None
-    ) -> tuple[str, str | None, str | None]:
-        keys = list(self._org_keys) + ([snapshot] if snapshot is not None else [])
-        if not keys:
-            return (
-                "failed",
-                "approved manifest present but no organisation key (mcp.org_keys) to check it",
-                None,
-            )
-        for key in keys:
-            try:
-                res = verify_tool(
-                    envelope["schema"],
-                    envelope["signature"],
-                    domain=None,
-                    tool_id=None,
-                    key_source=key,
-                    require_low_s=self._config.mcp.require_low_s_signatures,
-                )
-            except SchemaPinError:
-                continue
-            if res.definition_hash != h:
-                return "drifted", _drift_reason(res.definition_hash, h), res.key_fingerprint
-            return "verified", None, res.key_fingerprint
-        return "failed", "approved manifest entry is not signed by a trusted key", None
 
 
 def approved_definition(tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -479,13 +453,6 @@ def approved_definition(tool: Mapping[str, Any]) -> dict[str, Any]:
     elif meta is not None:
         out[META_KEY] = meta
     return out
-
-
-def _drift_reason(approved: str, now: str) -> str:
-    return (
-        f"tool definition changed since it was approved (approved {approved[:12]}, now {now[:12]}): "
-        "blocked until `symbi tools approve`"
-    )
 
 
 def _with(

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from gateway.config.model import AgentConfig, ResourcesSection
@@ -134,3 +135,62 @@ async def test_a_gvisor_run_does_not_need_dockers_runsc_runtime(
 
     with pytest.raises(GatewayError):  # a tier that does go through the manager is refused
         h._command("a", ac, "bwrap", ResourceLimits.from_config(ac.resources), "k", "t")
+
+
+def _cgroup_v1() -> bool:
+    return Path("/sys/fs/cgroup/pids").is_dir()
+
+
+def _runsc_limits(cgroup: str) -> dict[str, str]:
+    """The limit files of the cgroup runsc made for the sandbox (v1 per controller)."""
+    root = Path("/sys/fs/cgroup")
+    names = {
+        "memory": "memory.limit_in_bytes",
+        "pids": "pids.max",
+        "cpu": "cpu.cfs_quota_us",
+        "blkio": "blkio.throttle.read_bps_device",
+    }
+    return {
+        n: (root / c / cgroup.lstrip("/") / n).read_text()
+        for c, n in names.items()
+        if (root / c / cgroup.lstrip("/") / n).exists()
+    }
+
+
+async def test_a_running_gvisor_agent_is_held_to_its_budgets_by_the_sandboxs_cgroup(tmp_path: Path) -> None:
+    """What runsc applied, read from the cgroup files while the agent runs (not the spec)."""
+    if not _cgroup_v1():
+        pytest.skip("cgroup v1 hierarchies only here (this machine's); v2 paths are not read")
+    ac = AgentConfig(
+        command="/usr/bin/sleep",
+        args=("600",),
+        sandbox="gvisor",
+        resources=ResourcesSection(memory_mb=112, cpu_cores=0.5, disk_io_mbps=5),
+    )
+    h = _host(tmp_path, "gvisor", a=ac)
+    boxes: list[RunscRun] = []
+    command = h._command
+
+    def keep(*args: Any) -> Any:  # the real command; its sandbox kept to find its cgroup
+        argv, box = command(*args)
+        assert isinstance(box, RunscRun)
+        boxes.append(box)
+        return argv, box
+
+    h._command = keep  # type: ignore[method-assign,assignment]
+    files: dict[str, str] = {}
+    with anyio.fail_after(60):  # a hang guard, not a timing assertion
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(h._run_once, "a", ac)
+            while not boxes or len(files := _runsc_limits(boxes[0].cgroup)) < 4:
+                await anyio.sleep(0.02)  # until runsc has made and filled the sandbox's cgroup
+            tg.cancel_scope.cancel()
+    assert _gone(boxes[0].bundle, boxes[0].state)  # the cancelled run's bundle and runsc state
+    dev = os.stat("/").st_dev
+    assert files["memory.limit_in_bytes"].split() == [str(112 * 1024 * 1024)]
+    assert files["pids.max"].split() == ["512"]
+    assert files["cpu.cfs_quota_us"].split() == ["50000"]
+    assert files["blkio.throttle.read_bps_device"].split() == [
+        f"{os.major(dev)}:{os.minor(dev)}",
+        str(5 * 1024 * 1024),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -12,9 +13,17 @@ from gateway.memory.embed import HashingEmbedder, OnnxMiniLM
 CORPUS = Path(__file__).parent / "corpus"
 
 
+@functools.cache
+def _loaded_minilm() -> OnnxMiniLM:
+    return OnnxMiniLM()
+
+
 @pytest.fixture(scope="session")
 def minilm() -> OnnxMiniLM:
-    return OnnxMiniLM()
+    # loaded once per process, not per session: mutation testing runs a pytest session per
+    # mutant in processes forked from one that already loaded it (single-threaded onnxruntime
+    # sessions keep working in a forked child)
+    return _loaded_minilm()
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,9 @@ class Group:
     # run and are reported; the group's other functions are out of its scope, not "not checked"
     only: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()  # set for the group's run (e.g. fail, not skip, a broken tier)
+    # mutmut's per-mutant time limit is (the tests' time + 1 s) x this (its default 15): lower for
+    # a group whose slow mutants are performance regressions (a defeated cache), detected as timeouts
+    timeout_multiplier: float | None = None
 
 
 GROUPS: tuple[Group, ...] = (
@@ -98,7 +101,9 @@ GROUPS: tuple[Group, ...] = (
         "tests/policy/test_engine.py", "tests/policy/test_inputdoc.py", "tests/policy/test_redact.py",
         # the remote engine against a real OPA, hot reload and its custody checks (all in-process)
         "tests/policy/test_engine_remote.py", "tests/policy/test_watch.py", "tests/policy/test_reload_custody.py",
-    )),
+    # the EmbeddedEngine mutants that defeat its per-thread engine cache build an engine per
+    # decision (minutes a mutant at the default 15x): a performance regression, a timeout at 4x
+    ), timeout_multiplier=4.0),
     # tests/verify's gateway-level tests run `symbi` subprocesses (unattributable): test_verifier is in-process
     Group("verify", ("gateway/verify/*",), ("tests/verify/test_verifier.py",)),
     # the tiers' limit and network settings only, with the attack tests on them (every mutant
@@ -195,6 +200,7 @@ def prepare(group: Group, scratch: Path) -> None:
         f"pytest_add_cli_args_test_selection = {_toml_list(group.tests)}\n"
         f"also_copy = {_toml_list(ALSO_COPY)}\n"
         'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly"]\n'
+        + (f"timeout_multiplier = {group.timeout_multiplier}\n" if group.timeout_multiplier else "")
     )
     pyproject.write_text(text)
 

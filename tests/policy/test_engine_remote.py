@@ -86,7 +86,9 @@ def test_timeout_denies(opa: OpaServer, tls: dict[str, Path], cases: list[Case])
     allowed = find(cases, "time tool for the stdio principal").input
     eng = RemoteEngine(opa.url, timeout_s=0.3, tls_ca=tls["ca"])
     try:
-        assert eng.decide(allowed).allow is True  # control: the same call allowed when OPA answers
+        # control: the same call allowed when OPA answers. The first call also sets up the TLS
+        # connection, which on a loaded machine can take longer than 0.3 s: a few tries
+        assert any(eng.decide(allowed).allow for _ in range(5))
         opa.delay_s = 2.0
         d = eng.decide(allowed)
         assert d.allow is False and d.reasons

@@ -84,7 +84,8 @@ LINTED := gateway schemapin tests bench
 typecheck: python-deps
 	$(PY) -m mypy gateway schemapin
 
-# Mutation testing of the security-critical modules (mutmut, ~1 h on 2 cores; not part of `make test`).
+# Mutation testing of the security-critical modules (mutmut; its cost per group in CPU-seconds is in
+# the report; not part of `make test`).
 # One group: make mutate GROUPS=steps. Report: reports/mutation.md (+ .json).
 # MUTATE_TIMEOUT=seconds stops each group's run there (a partial report: "not checked").
 GROUPS ?=

@@ -143,6 +143,7 @@ GROUPS: tuple[Group, ...] = (
     # and the stdio client needs a real stderr, which mutmut's runs close)
     Group("memory", ("gateway/memory/*",), tuple(f"tests/memory/test_{t}.py" for t in (
         "config", "embed", "gateway_memory", "knowledge", "manager", "store", "filters", "rag", "volatile",
+        "knowledge_bases",
     ))),
     # the corpus and the verifier's screening tests call it in-process; tests/screen's gateway
     # and real-server tests start processes per test (seconds a mutant): not in the set
@@ -506,15 +507,9 @@ def cost_table(data: dict[str, dict[str, Any]]) -> list[str]:
         "| sample: set-up cpu_s | sample: cpu_s per mutant | full run cpu_s | idle wall min |",
         "| --- " * 11 + "|",
     ]
-    total, known = 0, True
     for name, g in data.items():
         cpu, how = group_cpu(g)
         sample = g.get("cost_sample") or {}
-        if name in DEFAULT:
-            if cpu is None:
-                known = False
-            else:
-                total += cpu
         with_tests = sum(1 for m in g["mutants"] if m["status"] != "no tests")
         lines.append(
             f"| {name} | {'yes' if name in DEFAULT else 'no'} | {len(g['mutants'])} | {with_tests} | "
@@ -523,11 +518,23 @@ def cost_table(data: dict[str, dict[str, Any]]) -> list[str]:
             f"{sample.get('cpu_s_per_mutant', '-')} | {f'{cpu} ({how})' if cpu is not None else '-'} | "
             f"{f'{cpu / 120:.0f}' if cpu is not None else '-'} |"
         )
-    missing = [n for n in DEFAULT if n not in data]
-    lines += ["", f"Default `make mutate` ({', '.join(DEFAULT)}): "
-              + (f"{total} CPU-s, about {total / 120:.0f} min idle wall on 2 cores" if known and not missing
-                 else "not measured or estimated for every group yet"), ""]
-    return lines
+    return [*lines, "", default_cost(data), ""]
+
+
+def default_cost(data: dict[str, dict[str, Any]]) -> str:
+    """One line: the default run's CPU-seconds (measured or estimated per group) and idle wall."""
+    parts, total = [], 0
+    for name in DEFAULT:
+        cpu, how = group_cpu(data[name]) if name in data else (None, "")
+        if cpu is None:
+            return f"Default `make mutate` ({', '.join(DEFAULT)}): not measured or estimated for {name} yet."
+        total += cpu
+        parts.append(f"{name} {cpu}{'' if how == 'measured' else ' est.'}")
+    return (
+        f"Default `make mutate`: {total} CPU-seconds ({', '.join(parts)}), about {total / 120:.0f} min of"
+        " wall time on this 2-core machine when idle, plus what the CPU-seconds do not count (the"
+        " sandbox-limits tests' containers, run by dockerd)."
+    )
 
 
 README = ROOT / "README.md"
@@ -558,7 +565,7 @@ def readme_table(data: dict[str, dict[str, Any]]) -> str:
                 f"{c.get('not checked', 0)} | {adj} | {raw} | {g['commit']} |"
             )
     missing = [n for n in BY_NAME if n not in data]
-    lines += ["", "Not run yet: " + (", ".join(missing) or "none")]
+    lines += ["", "Not run yet: " + (", ".join(missing) or "none"), "", default_cost(data)]
     return "\n".join(lines)
 
 

@@ -207,6 +207,10 @@ async def test_knowledge_tools_search_context_and_answer_without_sampling(tmp_pa
         c = await call(gw, ALICE, "knowledge__context", query="where do bikes go", budget_tokens=200)
         assert not c.is_error and c.content[0].text.startswith("[1] (handbook:")  # type: ignore[union-attr]
         assert set(c.meta["symbi/rag_timings_ms"]) >= {"vector_search", "ranking", "context_assembly"}  # type: ignore[index]
+        cited = c.structured_content["citations"]  # type: ignore[index]
+        assert [x["n"] for x in cited] == list(range(1, len(cited) + 1)) and cited[0]["citation"].startswith(
+            "handbook:"
+        )
         a = await call(gw, ALICE, "knowledge__answer", query="where do bikes go")
         assert a.meta["symbi/sampling"] == "unsupported" and "[1]" in a.content[0].text  # type: ignore[index,union-attr]
         with pytest.raises(UnknownTool):  # a principal without knowledge rights: hidden = missing (item 13)

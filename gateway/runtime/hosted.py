@@ -28,7 +28,7 @@ import re
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -265,7 +265,7 @@ class HostedAgents:
         cgroup: Sandboxed,
         limits: ResourceLimits,
     ) -> str:
-        rt, reg = self.runtime, self.runtime.agents
+        reg = self.runtime.agents
         reg.transition(agent, AgentState.READY, f"valid config: {tier} tier, {limits.memory_mb} MB")
         agent.hosted_busy = True
         agent.in_flight += 1  # the process itself is the task that keeps it Running
@@ -299,7 +299,21 @@ class HostedAgents:
         finally:
             self._stop.pop(agent.name, None)
             log.close()
-        code = proc.returncode
+        return self._ended(agent, ac, limits, cgroup, proc.returncode, stopped, started)
+
+    def _ended(
+        self,
+        agent: Agent,
+        ac: AgentConfig,
+        limits: ResourceLimits,
+        cgroup: Sandboxed,
+        code: int | None,
+        stopped: list[str],
+        started: float,
+    ) -> str:
+        """A run's process exited: its usage, its exit on the record, and its state ("ok",
+        "stopped" by an operator, or "failed", which counts towards the restart back-off)."""
+        rt, reg = self.runtime, self.runtime.agents
         usage = rt.usage_of(agent)
         usage.longest_call_s = max(usage.longest_call_s, time.monotonic() - started)
         usage.memory_peak_mb = cgroup.memory_peak_mb()
@@ -338,6 +352,11 @@ class HostedAgents:
             )
         if stopped and stopped[0].startswith("terminated"):
             return "stopped"
+        self._failed_run(agent, why, code, oom)
+        return "failed"
+
+    def _failed_run(self, agent: Agent, why: str, code: int | None, oom: bool) -> None:
+        """A failed run on the record: the restart back-off's count, the audit log, /api/status."""
         self._failures[agent.name].append(time.monotonic())
         self.events.emit(
             Event.AGENT_FAILED,
@@ -345,7 +364,7 @@ class HostedAgents:
             principal=agent.principal,
             agent=agent.id,
         )
-        rt.recent_errors.append(
+        self.runtime.recent_errors.append(
             {
                 "time": time.time(),
                 "agent": agent.id,
@@ -354,7 +373,6 @@ class HostedAgents:
                 "type": "oom" if oom else "exit",
             }
         )
-        return "failed"
 
     # -- the sandboxed command ------------------------------------------------------------------
 
@@ -416,25 +434,42 @@ class HostedAgents:
         cname = f"symbi-agent-{name}-{run_tag}"
         argv = t.stdio_argv(ac.command, args, env, None, network=False, limits=sb_limits)
         at = argv.index("-v")
-        extra = ["--name", cname, "-v", f"{socket[0]}:{socket[1]}"]
-        dev = _root_device()
-        if dev is not None:
-            extra += [
-                "--device-read-bps",
-                f"{dev}:{limits.disk_io_mbps}mb",
-                "--device-write-bps",
-                f"{dev}:{limits.disk_io_mbps}mb",
-            ]
-        for p in ro:
-            extra += ["-v", f"{p}:{p}:ro"]
-        # docker orders mounts by depth itself: these covers go over the binds that hold them
-        for path, is_dir in dict.fromkeys(
-            masked_paths([*read_only_binds(ac.command, args, None), *ro], hidden)
-        ):
-            extra += (
-                ["--mount", f"type=tmpfs,destination={path},tmpfs-size=4096,tmpfs-mode=0555"]
-                if is_dir
-                else ["-v", f"/dev/null:{path}:ro"]
-            )
+        extra = _docker_options(
+            cname,
+            socket,
+            ro,
+            masked_paths([*read_only_binds(ac.command, args, None), *ro], hidden),
+            limits.disk_io_mbps,
+        )
         argv[at:at] = extra
         return argv, Container(cname)
+
+
+def _docker_options(
+    cname: str,
+    socket: tuple[str, str],
+    ro: list[str],
+    masked: Iterable[tuple[str, bool]],
+    disk_io_mbps: int,
+) -> list[str]:
+    """``docker run`` options of a hosted run: its name, the gateway's socket, the root device's
+    I/O limits, the read-only paths, and the covers over what it must not see."""
+    extra = ["--name", cname, "-v", f"{socket[0]}:{socket[1]}"]
+    dev = _root_device()
+    if dev is not None:
+        extra += [
+            "--device-read-bps",
+            f"{dev}:{disk_io_mbps}mb",
+            "--device-write-bps",
+            f"{dev}:{disk_io_mbps}mb",
+        ]
+    for p in ro:
+        extra += ["-v", f"{p}:{p}:ro"]
+    # docker orders mounts by depth itself: these covers go over the binds that hold them
+    for path, is_dir in dict.fromkeys(masked):
+        extra += (
+            ["--mount", f"type=tmpfs,destination={path},tmpfs-size=4096,tmpfs-mode=0555"]
+            if is_dir
+            else ["-v", f"/dev/null:{path}:ro"]
+        )
+    return extra

@@ -28,7 +28,11 @@ cfg := data.symbi_data
 # The decision
 # ---------------------------------------------------------------------------------------
 
-decision := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
+# A well-formed tool call (the hot path) is decided in one rule, with the rules below for
+# its parts; anything else (other kinds, missing or odd fields) by the general rules. Both
+# give the same decision (tests/policy/test_index_parity.py).
+decision := tool_decision if input.kind == "tools/call"
+else := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
 
 # Deny by default: allow needs a positive grant AND no deny reason. A malformed input
 # (missing tool name, unknown kind) leaves target_permitted undefined, so it is denied.
@@ -65,6 +69,59 @@ target_permitted if {
 target_permitted if {
 	not is_tool
 	other_permitted
+}
+
+tool_decision := {"allow": ok, "reasons": why, "conditions": conds} if {
+	tool := input.tool
+	is_object(tool)
+	name := tool.name
+	is_string(name)
+	pid := input.principal.id
+	hour := input.context.calls_last_hour
+	is_object(input.arguments)
+	upstream := input.upstream.name
+	call := object.get(input, "action", "call") == "call"
+	listed := list_matches
+	granted := "tools" in listed
+	ver := object.get(tool, "verification", "unverified")
+	screened := object.get(tool, "screening", {})
+	cap := object.get(principal_entry, "max_calls_per_hour", object.get(cfg, "default_max_calls_per_hour", 0))
+	refusals := (((({sprintf("principal %v may not use tool %v (not in its allow-list)", [pid, name]) | not granted} | {
+		sprintf("tool %v is on the deny-list of principal %v", [name, pid]) | "deny_tools" in listed
+	}) | {
+		sprintf("tool %v is %v: only verified or pinned tools may be called", [name, ver]) |
+			not verification_passes(ver, upstream)
+	}) | screening_refusals(name, tool, screened)) | {msg |
+		call
+		some [c, k, v] in arg_values
+		msg := arg_refused(c, k, v)
+	}) | {sprintf("principal %v reached its limit of %d calls per hour", [pid, cap]) |
+		call
+		cap > 0
+		hour >= cap
+	}
+	ok := count({1 | count(refusals) == 0; granted}) == 1
+	why := sort(refusals) # a refused tool always has a reason (not granted is one)
+	conds := conditions_if(ok)
+}
+
+conditions_if(true) := tool_conditions
+
+conditions_if(false) := {}
+
+verification_passes(ver, _) if ver in {"verified", "pinned"}
+
+verification_passes(ver, upstream) if {
+	ver in {"unverified", "off"}
+	object.get(object.get(object.get(cfg, "upstreams", {}), upstream, {}), "allow_unverified", false) == true
+}
+
+screening_refusals(name, tool, screened) := {msg |
+	object.get(screened, "highest", null) == "high"
+	object.get(screened, "accepted", false) != true
+	object.get(tool, "verification_mode", "strict") in {"strict", "tofu"}
+	rules := sort({f.rule | some f in object.get(screened, "findings", []); f.severity == "high"})
+	msg := sprintf("tool %v is blocked by screening (%v): see `symbi scan`", [name, concat(", ", rules)])
 }
 
 # ---------------------------------------------------------------------------------------
@@ -159,8 +216,12 @@ data_index := {
 			some p, _ in object.get(cfg, f, {})
 		],
 	)),
-	"path_keys": {k: true | some k in object.get(cfg, "path_arguments", [])},
-	"url_keys": {k: true | some k in object.get(cfg, "url_arguments", [])},
+	# argument name -> the checks its values get ("path", "url")
+	"arg_checks": {k: cs |
+		some c, field in {"path": "path_arguments", "url": "url_arguments"}
+		some k in object.get(cfg, field, [])
+		cs := [d | some d, f in {"path": "path_arguments", "url": "url_arguments"}; k in object.get(cfg, f, [])]
+	},
 }
 
 glob_syntax := `[*?\[\]{}\\]`
@@ -187,16 +248,23 @@ glob_index(entries) := {"exact": exact, "keyed": keyed, "other": other} if {
 
 tool_key := split(tool_name, "__")[0]
 
-# the index entries of this principal's roles and of the conditions that match the tool
-role_matches contains f if {
+# the lists ("tools", "deny_tools") of this principal and its roles that match the tool, and
+# the [field, pattern] entries of the conditions that match it
+list_matches contains f if {
 	some r in roles
 	some f in idx.roles[r].exact[tool_name]
 }
 
-role_matches contains f if {
+list_matches contains f if {
 	some r in roles
 	ix := idx.roles[r]
 	some [f, p] in object.get(ix.keyed, tool_key, ix.other)
+	glob.match(p, [], tool_name)
+}
+
+list_matches contains f if {
+	some f in ["tools", "deny_tools"]
+	some p in object.get(principal_entry, f, [])
 	glob.match(p, [], tool_name)
 }
 
@@ -214,13 +282,7 @@ condition_matches contains [f, p] if {
 # Tools: allow-list and deny-list by glob (the principal's own and its roles')
 # ---------------------------------------------------------------------------------------
 
-tool_allowed if "tools" in role_matches
-
-tool_allowed if matches_any(object.get(principal_entry, "tools", []), tool_name)
-
-tool_deny_listed if "deny_tools" in role_matches
-
-tool_deny_listed if matches_any(object.get(principal_entry, "deny_tools", []), tool_name)
+tool_allowed if "tools" in list_matches
 
 tool_deny contains msg if {
 	not tool_allowed
@@ -228,7 +290,7 @@ tool_deny contains msg if {
 }
 
 tool_deny contains msg if {
-	tool_deny_listed
+	"deny_tools" in list_matches
 	msg := sprintf("tool %v is on the deny-list of principal %v", [tool_name, principal_id])
 }
 
@@ -317,16 +379,18 @@ tool_deny contains msg if {
 # Argument rules (calls only: a listing has no arguments)
 # ---------------------------------------------------------------------------------------
 
-path_values := arg_values(idx.path_keys)
-
-url_values := arg_values(idx.url_keys)
-
-# [key, value] for every value of a path/url argument: a string or each item of an array.
-arg_values(keys) := {[k, v] | some k, v in input.arguments; keys[k]; not is_array(v)} | {[k, v] |
+# [check, key, value] for every value of a path / url argument (a string or each array item)
+arg_values := {[c, k, v] | some k, v in input.arguments; some c in idx.arg_checks[k]; not is_array(v)} | {[c, k, v] |
 	some k, vs in input.arguments
-	keys[k]
+	some c in idx.arg_checks[k]
 	is_array(vs)
 	some v in vs
+}
+
+tool_deny contains msg if {
+	is_call
+	some [c, k, v] in arg_values
+	msg := arg_refused(c, k, v)
 }
 
 # A path is accepted only when it has no "." / ".." segment (so "/allowed/../etc" never passes
@@ -352,11 +416,9 @@ under_root(p, root) if p == root
 
 under_root(p, root) if startswith(p, concat("", [trim_right(root, "/"), "/"]))
 
-tool_deny contains msg if {
-	is_call
-	some [k, v] in path_values
+arg_refused(c, k, v) := sprintf("argument %v is not a path under an allowed root", [k]) if {
+	c == "path"
 	not path_ok(v)
-	msg := sprintf("argument %v is not a path under an allowed root", [k])
 }
 
 # host of an http(s) URL: the part after the last userinfo "@", without port; IPv6 in [].
@@ -375,19 +437,15 @@ url_ok(u) if {
 	glob.match(lower(pat), ["."], host)
 }
 
-tool_deny contains msg if {
-	is_call
-	some [k, v] in url_values
+arg_refused(c, k, v) := sprintf("argument %v is not an http(s) URL", [k]) if {
+	c == "url"
 	not url_host(v)
-	msg := sprintf("argument %v is not an http(s) URL", [k])
 }
 
-tool_deny contains msg if {
-	is_call
-	some [k, v] in url_values
+arg_refused(c, k, v) := sprintf("argument %v: host %v is not in the allow-list", [k, host]) if {
+	c == "url"
 	host := url_host(v)
 	not url_ok(v)
-	msg := sprintf("argument %v: host %v is not in the allow-list", [k, host])
 }
 
 # ---------------------------------------------------------------------------------------
@@ -466,39 +524,30 @@ else := "gvisor"
 
 tool_conditions["sandbox_tier"] := code_tier if input.tool.code_tool == true
 
-base_rate := object.get(principal_entry, "rate_limit", object.get(cfg, "default_rate_limit", 60))
-
-tool_rates := {cfg.tool_rate_limits[p] | some [f, p] in condition_matches; f == "tool_rate_limits"}
-
-tool_conditions["rate_limit"] := min(tool_rates | {base_rate})
-
-tool_caps := {cfg.max_result_bytes[p] | some [f, p] in condition_matches; f == "max_result_bytes"}
-
-tool_conditions["max_result_bytes"] := min(tool_caps) if count(tool_caps) > 0
-
-redactions(field) := sort({k |
+tool_conditions["rate_limit"] := min({cfg.tool_rate_limits[p] |
 	some [f, p] in condition_matches
-	f == field
-	some k in cfg[field][p]
-})
+	f == "tool_rate_limits"
+} | {object.get(principal_entry, "rate_limit", object.get(cfg, "default_rate_limit", 60))})
 
-redact_arguments := redactions("redact_arguments")
+tool_conditions["max_result_bytes"] := min(caps) if {
+	caps := {cfg.max_result_bytes[p] | some [f, p] in condition_matches; f == "max_result_bytes"}
+	count(caps) > 0
+}
 
-redact_result := redactions("redact_result")
+tool_conditions[field] := keys if {
+	some field in ["redact_arguments", "redact_result"]
+	keys := sort({k | some [f, p] in condition_matches; f == field; some k in cfg[field][p]})
+	count(keys) > 0
+}
 
-tool_conditions["redact_arguments"] := redact_arguments if count(redact_arguments) > 0
-
-tool_conditions["redact_result"] := redact_result if count(redact_result) > 0
-
-audit_minimal if {
+tool_conditions["audit"] := "minimal" if {
 	some [f, _] in condition_matches
 	f == "audit_minimal"
 }
 
-audit_level := "minimal" if audit_minimal
-else := "full"
-
-tool_conditions["audit"] := audit_level
+tool_conditions["audit"] := "full" if {
+	not "audit_minimal" in {f | some [f, _] in condition_matches}
+}
 
 # ---------------------------------------------------------------------------------------
 # Agent memory and knowledge (the memory__* / knowledge__* built-ins ask these kinds, with

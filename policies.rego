@@ -28,11 +28,7 @@ cfg := data.symbi_data
 # The decision
 # ---------------------------------------------------------------------------------------
 
-# A well-formed tool call (the hot path) is decided in one rule, with the rules below for
-# its parts; anything else (other kinds, missing or odd fields) by the general rules. Both
-# give the same decision (tests/policy/test_index_parity.py).
-decision := tool_decision if input.kind == "tools/call"
-else := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
+decision := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
 
 # Deny by default: allow needs a positive grant AND no deny reason. A malformed input
 # (missing tool name, unknown kind) leaves target_permitted undefined, so it is denied.
@@ -47,14 +43,22 @@ reasons := sort(deny) if count(deny) > 0
 else := [] if allow
 else := [sprintf("no rule allows %v on %v (default deny)", [kind, target_name])]
 
-# each kind evaluates only its own rules (conditions are granted to tools, the bus and memory)
-granted_conditions := tool_conditions if {
-	allow
-	is_tool
-} else := other_conditions if allow
+granted_conditions := conditions if allow
 else := {}
 
-deny := kind_deny | volume_deny
+# each kind evaluates only its own rules (conditions are granted to tools, the bus and memory)
+conditions := tool_conditions if is_tool
+else := other_conditions
+
+# Every reason to refuse. A well-formed tool call (the hot path) has its reasons computed in
+# one rule (tool_refusals, regorus costs ~3 us per rule); anything else (other kinds, missing
+# or odd fields) by the general rules. Both give the same reasons
+# (tests/policy/test_index_parity.py). A rule added here (`deny contains msg if ...`) joins
+# them on every path.
+deny contains msg if some msg in base_deny
+
+base_deny := tool_refusals if is_tool
+else := kind_deny | volume_deny
 
 kind_deny := tool_deny if is_tool
 else := bus_deny if is_bus
@@ -71,7 +75,42 @@ target_permitted if {
 	other_permitted
 }
 
-tool_decision := {"allow": ok, "reasons": why, "conditions": conds} if {
+# the grants of the other kinds (each clause is guarded by its kind)
+other_permitted := true if {
+	kind == "resources/read"
+	resource_ok
+} else := true if {
+	kind == "prompts/get"
+	prompt_ok
+} else := true if {
+	# logging/setLevel changes a shared upstream's log level for every caller (target = the
+	# upstream's name): only principals granted that upstream under `log_levels` may.
+	kind == "logging/setLevel"
+	log_level_ok
+} else := true if {
+	kind == "bus/send"
+	bus_peer_ok
+} else := true if {
+	topic_granted(bus_kind_field[kind])
+} else := true if {
+	is_memory_kind
+	own_memory
+} else := true if {
+	is_memory_kind
+	has_agent
+	namespace_granted
+} else := true if {
+	kind == "knowledge/search"
+	has_agent
+	knowledge_granted
+} else := true if {
+	# knowledge/ingest: asked by `symbi knowledge add` (the operator, who owns the config and
+	# the data dir; no agent asks it) for the patterns to redact from files before they are
+	# embedded.
+	kind == "knowledge/ingest"
+}
+
+tool_refusals := refusals if {
 	tool := input.tool
 	is_object(tool)
 	name := tool.name
@@ -100,14 +139,7 @@ tool_decision := {"allow": ok, "reasons": why, "conditions": conds} if {
 		cap > 0
 		hour >= cap
 	}
-	ok := count({1 | count(refusals) == 0; granted}) == 1
-	why := sort(refusals) # a refused tool always has a reason (not granted is one)
-	conds := conditions_if(ok)
 }
-
-conditions_if(true) := tool_conditions
-
-conditions_if(false) := {}
 
 verification_passes(ver, _) if ver in {"verified", "pinned"}
 
@@ -165,9 +197,7 @@ else := {}
 upstream_entry := object.get(object.get(cfg, "upstreams", {}), input.upstream.name, {})
 
 # Roles come from the authenticated principal (config / API key / JWT) and from the data.
-roles contains r if some r in input.principal.roles
-
-roles contains r if some r in object.get(principal_entry, "roles", [])
+roles := {r | some r in input.principal.roles} | {r | some r in object.get(principal_entry, "roles", [])}
 
 role_entry(r) := object.get(object.get(cfg, "roles", {}), r, {})
 
@@ -250,29 +280,21 @@ tool_key := split(tool_name, "__")[0]
 
 # the lists ("tools", "deny_tools") of this principal and its roles that match the tool, and
 # the [field, pattern] entries of the conditions that match it
-list_matches contains f if {
+list_matches := ({f |
 	some r in roles
 	some f in idx.roles[r].exact[tool_name]
-}
-
-list_matches contains f if {
+} | {f |
 	some r in roles
 	ix := idx.roles[r]
 	some [f, p] in object.get(ix.keyed, tool_key, ix.other)
 	glob.match(p, [], tool_name)
-}
-
-list_matches contains f if {
+}) | {f |
 	some f in ["tools", "deny_tools"]
 	some p in object.get(principal_entry, f, [])
 	glob.match(p, [], tool_name)
 }
 
-condition_matches contains [f, tool_name] if {
-	some f in idx.conditions.exact[tool_name]
-}
-
-condition_matches contains [f, p] if {
+condition_matches := {[f, tool_name] | some f in idx.conditions.exact[tool_name]} | {[f, p] |
 	ix := idx.conditions
 	some [f, p] in object.get(ix.keyed, tool_key, ix.other)
 	glob.match(p, [], tool_name)
@@ -304,23 +326,8 @@ prompt_ok if matches_any(patterns("prompts"), input.target)
 
 log_level_ok if matches_any(patterns("log_levels"), input.target)
 
-other_permitted if {
-	kind == "resources/read"
-	resource_ok
-}
-
-other_permitted if {
-	kind == "prompts/get"
-	prompt_ok
-}
-
 # logging/setLevel changes a shared upstream's log level for every caller (target = the
 # upstream's name): only principals granted that upstream under `log_levels` may.
-other_permitted if {
-	kind == "logging/setLevel"
-	log_level_ok
-}
-
 access_deny contains msg if {
 	kind == "logging/setLevel"
 	not log_level_ok
@@ -470,13 +477,6 @@ topic_granted(field) if {
 
 bus_kind_field := {"bus/publish": "publish_topics", "bus/subscribe": "subscribe_topics"}
 
-other_permitted if {
-	kind == "bus/send"
-	bus_peer_ok
-}
-
-other_permitted if topic_granted(bus_kind_field[kind])
-
 # the caller's agent id: input.agent is the runtime's {id, name, state, ...} (or a bare id)
 has_bus_agent if is_string(input.agent.id)
 
@@ -522,31 +522,20 @@ volume_deny contains msg if {
 code_tier := "docker" if "trusted" in roles
 else := "gvisor"
 
-tool_conditions["sandbox_tier"] := code_tier if input.tool.code_tool == true
-
-tool_conditions["rate_limit"] := min({cfg.tool_rate_limits[p] |
-	some [f, p] in condition_matches
-	f == "tool_rate_limits"
-} | {object.get(principal_entry, "rate_limit", object.get(cfg, "default_rate_limit", 60))})
-
-tool_conditions["max_result_bytes"] := min(caps) if {
-	caps := {cfg.max_result_bytes[p] | some [f, p] in condition_matches; f == "max_result_bytes"}
-	count(caps) > 0
-}
-
-tool_conditions[field] := keys if {
-	some field in ["redact_arguments", "redact_result"]
-	keys := sort({k | some [f, p] in condition_matches; f == field; some k in cfg[field][p]})
-	count(keys) > 0
-}
-
-tool_conditions["audit"] := "minimal" if {
-	some [f, _] in condition_matches
-	f == "audit_minimal"
-}
-
-tool_conditions["audit"] := "full" if {
-	not "audit_minimal" in {f | some [f, _] in condition_matches}
+tool_conditions := object.union_n([
+	{"rate_limit": min(rates | {base_rate}), "audit": ["full", "minimal"][minimal]},
+	{"sandbox_tier": code_tier | input.tool.code_tool == true},
+	{"max_result_bytes": min(caps) | count(caps) > 0},
+	{"redact_arguments": redact_args | count(redact_args) > 0},
+	{"redact_result": redact_result | count(redact_result) > 0},
+]) if {
+	hits := condition_matches
+	rates := {cfg.tool_rate_limits[p] | some [f, p] in hits; f == "tool_rate_limits"}
+	base_rate := object.get(principal_entry, "rate_limit", object.get(cfg, "default_rate_limit", 60))
+	caps := {cfg.max_result_bytes[p] | some [f, p] in hits; f == "max_result_bytes"}
+	redact_args := sort({k | some [f, p] in hits; f == "redact_arguments"; some k in cfg.redact_arguments[p]})
+	redact_result := sort({k | some [f, p] in hits; f == "redact_result"; some k in cfg.redact_result[p]})
+	minimal := count({1 | some [f, _] in hits; f == "audit_minimal"})
 }
 
 # ---------------------------------------------------------------------------------------
@@ -599,23 +588,6 @@ knowledge_granted if {
 	r in rs
 }
 
-other_permitted if {
-	is_memory_kind
-	own_memory
-}
-
-other_permitted if {
-	is_memory_kind
-	has_agent
-	namespace_granted
-}
-
-other_permitted if {
-	kind == "knowledge/search"
-	has_agent
-	knowledge_granted
-}
-
 memory_deny contains msg if {
 	not has_agent
 	msg := sprintf("principal %v has no agent identity: memory and knowledge are per agent", [principal_id])
@@ -646,8 +618,6 @@ memory_deny contains msg if {
 
 # knowledge/ingest: asked by `symbi knowledge add` (the operator, who owns the config and the
 # data dir; no agent asks it) for the patterns to redact from files before they are embedded.
-other_permitted if kind == "knowledge/ingest"
-
 memory_redact_patterns := object.get(memory_cfg, "redact_text", [])
 
 other_conditions["redact_text"] := memory_redact_patterns if {

@@ -20,6 +20,10 @@ On the repo's ``policies.rego`` + ``policies/data.json`` with the 95 inputs of
   seeded random inputs, so the ratio compares equal work;
 - threads: total decisions/s with N threads, one engine per thread (regorus holds the GIL,
   so expect no gain: the way to scale is worker processes);
+- before_after: evaluated decisions of the previous policy (``tests/policy/reference/
+  policies_v1.rego``: every pattern globbed, every rule of every kind evaluated) and of the
+  current one, same data, same inputs, interleaved round by round (``--rounds``): medians and
+  the ratio (the issue-16 target counts evaluated decisions: >= 10,000/s, p99 <= 300 us);
 - step: the whole ``PolicyStep`` (input document + decision + conditions) around a trivial
   endpoint, minus the bare endpoint: the policy's cost inside one proxied call (cache on,
   and the counters advance, as in the gateway).
@@ -52,7 +56,7 @@ from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.policy.cases import decision_dict, load_cases
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.inputdoc import CallCounters
-from gateway.policy.loader import discover_files
+from gateway.policy.loader import PolicyFiles, discover_files
 from gateway.steps.policy import PolicyStep
 
 URL_RE = re.compile(
@@ -468,11 +472,48 @@ def _agreement(engine: EmbeddedEngine, pure: PurePolicy, inputs: list[dict[str, 
     return same, total
 
 
+def before_after(
+    files: PolicyFiles, inputs: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The previous policy vs the current one (both evaluated every time), interleaved."""
+    ref = ROOT / "tests" / "policy" / "reference" / "policies_v1.rego"
+    sides = {
+        "before_v1": EmbeddedEngine(PolicyFiles(policy=ref, data=files.data), cache_entries=0),
+        "after": EmbeddedEngine(files, cache_entries=0),
+    }
+    for eng in sides.values():
+        if not eng.load():
+            raise SystemExit("a policy does not load")
+    same = sum(
+        decision_dict(sides["before_v1"].decide(i)) == decision_dict(sides["after"].decide(i)) for i in inputs
+    )
+    rounds: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
+    for _ in range(args.rounds):
+        for name, eng in sides.items():
+            rounds[name].append(
+                {**latency(eng.decide, inputs, args.timed), **throughput(eng.decide, inputs, args.seconds)}
+            )
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rounds.items()}
+    b, a = med["before_v1"], med["after"]
+    return {
+        "same_decisions": f"{same}/{len(inputs)}",
+        "rounds": args.rounds,
+        **med,
+        "ratio_after_over_before": {
+            "decisions_per_s": round(a["decisions_per_s"] / b["decisions_per_s"], 3),
+            "decisions_per_cpu_s": round(a["decisions_per_cpu_s"] / b["decisions_per_cpu_s"], 3),
+            "p50": round(a["p50_us"] / b["p50_us"], 3),
+            "p99": round(a["p99_us"] / b["p99_us"], 3),
+        },
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--timed", type=int, default=3000)
     ap.add_argument("--threads", default="1,2,4")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of before_after")
     ap.add_argument("--random", type=int, default=500, help="seeded random inputs checked for agreement")
     args = ap.parse_args()
 
@@ -518,6 +559,7 @@ def main() -> int:
         },
         "threads": [threaded(evaluated, inputs, int(t), args.seconds) for t in args.threads.split(",")],
     }
+    out["before_after"] = before_after(files, inputs, args)
     out["listing"] = listing(engine, evaluated, 2)
     hits, misses = engine.cache_hits, engine.cache_misses
     out["step"] = {

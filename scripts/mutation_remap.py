@@ -122,8 +122,8 @@ def main() -> int:
         here = os.getcwd()
         os.chdir(scratch)
         try:
-            old = [(f"{specs[0][0]}.{k}", s) for k, s in mutants(specs[0][1], renames)]  # type: ignore[arg-type]
-            new = [(f"{m}.{k}", s) for m, p in specs[1:] for k, s in mutants(p, renames)]  # type: ignore[arg-type]
+            old = [(f"{specs[0][0]}.{k}", s) for k, s in mutants(specs[0][1], renames)]
+            new = [(f"{m}.{k}", s) for m, p in specs[1:] for k, s in mutants(p, renames)]
         finally:
             os.chdir(here)
     mapping = remap(old, new)

@@ -204,10 +204,15 @@ async def test_knowledge_tools_search_context_and_answer_without_sampling(tmp_pa
         service.kb.add("handbook", CORPUS, glob="*.md")
         s = await call(gw, ALICE, "knowledge__search", base="handbook", query="basement bike cage", top_k=3)
         assert s.structured_content["items"][0]["heading"] == "Bicycles"  # type: ignore[index]
+        for top_k, want in ((1, 1), (None, 5)):  # top_k is passed through; its default is 5
+            extra = {} if top_k is None else {"top_k": top_k}
+            got = await call(gw, ALICE, "knowledge__search", base="handbook", query="bike cage", **extra)
+            assert len(got.structured_content["items"]) == want  # type: ignore[index]
         c = await call(gw, ALICE, "knowledge__context", query="where do bikes go", budget_tokens=200)
         assert not c.is_error and c.content[0].text.startswith("[1] (handbook:")  # type: ignore[union-attr]
         assert set(c.meta["symbi/rag_timings_ms"]) >= {"vector_search", "ranking", "context_assembly"}  # type: ignore[index]
         cited = c.structured_content["citations"]  # type: ignore[index]
+        assert isinstance(c.meta["symbi/rag_tokens"], int)  # type: ignore[index]
         assert [x["n"] for x in cited] == list(range(1, len(cited) + 1)) and cited[0]["citation"].startswith(
             "handbook:"
         )

@@ -194,3 +194,19 @@ async def test_a_running_gvisor_agent_is_held_to_its_budgets_by_the_sandboxs_cgr
         f"{os.major(dev)}:{os.minor(dev)}",
         str(5 * 1024 * 1024),
     ]
+
+
+async def test_a_gvisor_run_without_runsc_is_refused_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runsc missing (the seam: it is installed on this machine, so `which` is made to miss it):
+    the run is Failed as an invalid config, fail closed, and its credential revoked."""
+    import shutil
+
+    ac = AgentConfig(command="/usr/bin/true", sandbox="gvisor")
+    h = _host(tmp_path, "gvisor", a=ac)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert await h._run_once("a", ac) == "invalid"
+    run = h.runtime.agents.by_name("a")
+    assert run is not None and run.reason == "failed"
+    assert h.keys is not None and all(r.revoked is not None for r in h.keys.records())  # type: ignore[attr-defined]

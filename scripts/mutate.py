@@ -633,11 +633,18 @@ def main() -> int:
             # read again: another group's run (another process) may have written its result since
             data = json.loads(REPORT_JSON.read_text()) if REPORT_JSON.exists() else {}
             if args.sample is not None and names is not None:
+                if result.get("setup_cpu_s") is None:  # mutmut never reached the mutants
+                    print(f"[mutate] {name}: sample not run, see {args.scratch / name / 'mutmut.log'}")
+                    continue
                 data[name]["cost_sample"] = sample_cost(data[name], result, names)
                 print(f"[mutate] {name}: {data[name]['cost_sample']}", flush=True)
                 REPORT_JSON.write_text(json.dumps(data, indent=1) + "\n")
                 continue
             if names is not None:
+                if all(m["status"] == "not checked" for m in result["mutants"] if m["name"] in set(names)):
+                    # nothing re-checked (mutmut stopped at its clean run, or at once): keep the result
+                    print(f"[mutate] {name}: nothing re-checked, see {args.scratch / name / 'mutmut.log'}")
+                    continue
                 result = merge_recheck(data[name], result, names, " or ".join(args.recheck))
             data[name] = result
             REPORT_JSON.parent.mkdir(exist_ok=True)

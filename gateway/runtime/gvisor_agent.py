@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,6 +59,17 @@ class RunscRun(Sandboxed):
         self._runsc("delete", "--force", self.cid)
         shutil.rmtree(self.bundle, ignore_errors=True)
         shutil.rmtree(self.state, ignore_errors=True)
+        # the memory cgroup made for the peak (see _memory_cgroup), and those runsc made and
+        # could not remove itself (its `run` process was killed: a cancelled run)
+        for d in Path("/sys/fs/cgroup").glob(f"*/{self.cgroup.lstrip('/')}"):
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)  # the kernel is still releasing the sandbox's processes
 
 
 def gvisor_argv(
@@ -106,6 +118,7 @@ def gvisor_argv(
     bps = limits.disk_io_mbps * 1024 * 1024
     throttle = [{"major": os.major(dev), "minor": os.minor(dev), "rate": bps}]
     cgroup = f"/symbi-agent-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    _memory_cgroup(cgroup, limits.memory_mb * 1024 * 1024)
     spec = {
         "ociVersion": "1.0.2",
         "process": {
@@ -134,3 +147,22 @@ def gvisor_argv(
     cid = f"symbi-agent-{run_tag}"
     argv = ["runsc", "--root", state, "--network=none", "--host-uds=open", "run", "--bundle", bundle, cid]
     return argv, RunscRun(bundle, state, cid, cgroup)
+
+
+def _memory_cgroup(cgroup: str, limit: int) -> None:
+    """runsc removes the cgroups it made when the sandbox exits, before the supervisor reads the
+    run's peak memory: the memory one is made here (and removed by RunscRun.remove). runsc
+    leaves the limits of a cgroup it did not make alone, so the memory budget is set here too."""
+    d = Path(f"/sys/fs/cgroup/memory{cgroup}")
+    try:
+        d.mkdir()
+    except OSError as e:  # no v1 memory hierarchy: runsc makes and limits its own; the peak reads 0
+        _logger.debug("no memory cgroup made for the peak of %s: %s", cgroup, e)
+        return
+    try:
+        for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+            if (d / name).exists():
+                (d / name).write_text(str(limit))
+    except OSError as e:
+        d.rmdir()
+        raise GatewayError(f"cannot set the memory budget of the gVisor sandbox {cgroup}: {e}") from e

@@ -21,6 +21,7 @@ from gateway.config.model import AgentConfig, ResourcesSection
 from gateway.runtime.gvisor_agent import NOBODY, RunscRun
 from gateway.runtime.hosted import SOCKET_IN_SANDBOX
 from gateway.runtime.resources import ResourceLimits
+from tests.runtime.test_core import Recorder
 from tests.runtime.test_hosted_isolation import _host
 
 pytestmark = pytest.mark.anyio
@@ -186,6 +187,7 @@ async def test_a_running_gvisor_agent_is_held_to_its_budgets_by_the_sandboxs_cgr
                 await anyio.sleep(0.02)  # until runsc has made and filled the sandbox's cgroup
             tg.cancel_scope.cancel()
     assert _gone(boxes[0].bundle, boxes[0].state)  # the cancelled run's bundle and runsc state
+    assert _own_runsc_cgroups() == []  # and its cgroups, which runsc's killed `run` left behind
     dev = os.stat("/").st_dev
     assert files["memory.limit_in_bytes"].split() == [str(112 * 1024 * 1024)]
     assert files["pids.max"].split() == ["512"]
@@ -210,3 +212,24 @@ async def test_a_gvisor_run_without_runsc_is_refused_before_it_starts(
     run = h.runtime.agents.by_name("a")
     assert run is not None and run.reason == "failed"
     assert h.keys is not None and all(r.revoked is not None for r in h.keys.records())  # type: ignore[attr-defined]
+
+
+async def test_a_gvisor_runs_peak_memory_is_reported_and_its_cgroup_removed(tmp_path: Path) -> None:
+    """runsc removes the cgroups it made when the sandbox exits: the peak is read from one made
+    beforehand (it read 0 MB for every gVisor run before), which goes with the run."""
+    if not _cgroup_v1():
+        pytest.skip("cgroup v1 hierarchies only here (this machine's); v2 paths are not read")
+    hog = AgentConfig(
+        command="/usr/bin/python3", args=("-c", "b = bytearray(40 * 1024 * 1024)"), sandbox="gvisor"
+    )
+    h = _host(tmp_path, "gvisor", a=hog)
+    with anyio.fail_after(60):  # a hang guard, not a timing assertion
+        assert await h._run_once("a", hog) == "ok"
+    assert isinstance(h.events, Recorder)
+    [exited] = [d for t, d, _, _ in h.events.events if t == "agent.exited"]
+    assert exited["memory_peak_mb"] >= 40 and exited["oom"] is False
+    assert _own_runsc_cgroups() == []
+
+
+def _own_runsc_cgroups() -> list[Path]:
+    return list(Path("/sys/fs/cgroup").glob(f"*/symbi-agent-{os.getpid()}-*"))

@@ -531,9 +531,11 @@ def default_cost(data: dict[str, dict[str, Any]]) -> str:
         total += cpu
         parts.append(f"{name} {cpu}{'' if how == 'measured' else ' est.'}")
     return (
-        f"Default `make mutate`: {total} CPU-seconds ({', '.join(parts)}), about {total / 120:.0f} min of"
-        " wall time on this 2-core machine when idle, plus what the CPU-seconds do not count (the"
-        " sandbox-limits tests' containers, run by dockerd)."
+        f"Default `make mutate`: {total} CPU-seconds ({', '.join(parts)}): {total / 120:.0f} min of wall"
+        " time on this 2-core machine when idle if the runs were CPU-bound. That is a lower bound: the"
+        " tests' waits (request timeouts, sleeps, container starts) and the containers' own CPU (run by"
+        " dockerd, not counted) add to it, most in sandbox-limits, whose last whole run took 18 min on"
+        " the loaded machine. Not timed end to end on an idle machine."
     )
 
 

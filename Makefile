@@ -120,6 +120,7 @@ bench: setup sandbox state-engines bench-peers
 	$(PY) bench/http.py
 	$(PY) bench/http_load.py
 	$(PY) bench/scale.py
+	$(PY) bench/growth.py
 	$(PY) bench/speed.py
 
 # The soak benchmark (bench/soak.py): 1,000,000 calls by default (hours); SOAK_ARGS="--calls 100000" for less.

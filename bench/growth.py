@@ -79,6 +79,7 @@ from bench._common import (
 UPSTREAM = ROOT / "bench" / "peers" / "growth_upstream.py"
 CLIENT = "growth-client"
 CONNECT_TIMEOUT_S = 300.0
+SSE_LIMIT = 16 * 2**20
 EXPONENT_LINEAR = 1.15  # fitted exponents up to this count as linear (noise on a shared machine)
 
 
@@ -239,7 +240,9 @@ async def session(url: str, key: str, listener: Listener | None = None) -> Async
     """A handshake-era (2025-11-25) SDK session over streamable HTTP with ``key``."""
     async with (
         httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=httpx2.Timeout(120)) as hc,
-        streamable_http_client(url, http_client=hc) as (r, w),
+        # 2,000 tools in one tools/list reply pass the SDK client's default 1 MiB SSE event
+        # limit (the gateway does not paginate tools/list): allow 16 MiB
+        streamable_http_client(url, http_client=hc, max_sse_event_size=SSE_LIMIT) as (r, w),
         ClientSession(r, w, message_handler=listener.handler if listener else None) as s,
     ):
         await s.initialize()

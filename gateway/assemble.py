@@ -8,7 +8,7 @@ unless the config turns them off, and turning one off is logged.
 Extension points (where new parts plug in, and nowhere else):
 
 * a new built-in upstream (its tools pass the whole chain like any upstream tool): build it
-  in ``_builtins`` and append it to the list (``Builtin`` protocol in ``gateway.app``);
+  in ``gateway.builtins.make_builtins`` and append it to the list (``Builtin`` protocol in ``gateway.app``);
 * a new step: add it to ``chain_steps`` at its place in the order (the docstring there says
   what each position sees);
 * a component with a lifetime: construct it in ``make_gateway``, add its ``close`` to
@@ -22,30 +22,25 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 
-import anyio
-from mcp import types
-
-from gateway.app import Background, Builtin, Gateway, WrapCommand
+from gateway.app import Background, Gateway, WrapCommand
 from gateway.audit.log import AuditLog
+from gateway.builtins import SandboxBuiltin, make_builtins, upstream_infos
 from gateway.catalog import LiveCatalog
 from gateway.chain import Step
 from gateway.config.model import Config, ServerConfig, UnsafeOption
-from gateway.context import CallContext, UpstreamInfo
 from gateway.custody import check_trusted_files, hidden_paths, private_secret, secure_data_dir
-from gateway.errors import AuditError, AuditLogBusy, ConfigError
+from gateway.errors import AuditError, AuditLogBusy
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.listen import ListenHub
 from gateway.memory.build import build_service, end_with_agents
-from gateway.memory.builtin import KnowledgeBuiltin, MemoryBuiltin, MemoryService
+from gateway.memory.builtin import MemoryService
 from gateway.metrics import GatewayMetrics, MetricsSink
 from gateway.policy import CallCounters, EmbeddedEngine, PolicyEngine, build_engine
-from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.ended import EndedSessions
 from gateway.runtime.hosted import AgentHost, HostedAgents
-from gateway.sandbox import SandboxManager, SandboxTools, wrap_stdio_command
-from gateway.sandbox.types import Limits
-from gateway.state import Changes, SharedState, build_state
+from gateway.sandbox import SandboxManager, wrap_stdio_command
+from gateway.state import SharedState, build_state
 from gateway.steps.agent import AgentStep
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
@@ -55,6 +50,7 @@ from gateway.steps.resolve import ResolveTool
 from gateway.steps.schedule import ScheduleStep
 from gateway.steps.unsafe import WarnUnsafe
 from gateway.steps.verify import VerifyTool
+from gateway.tasks import audit_retention, discover, poll_approvals
 from gateway.telemetry import Telemetry
 from gateway.verify.verifier import ToolVerifier
 
@@ -89,41 +85,6 @@ def open_audit(config: Config) -> AuditLog:
             last = e
     assert last is not None
     raise last
-
-
-class SandboxBuiltin:
-    """The built-in ``sandbox`` server: code tools run in a tier picked by risk and policy."""
-
-    name = "sandbox"
-
-    def __init__(self, tools: SandboxTools) -> None:
-        self._tools = tools
-        self._listing = [types.Tool.model_validate(d) for d in tools.list_tools()]
-
-    def tools(self) -> list[types.Tool]:
-        return self._listing
-
-    async def call(self, call: CallContext) -> types.CallToolResult:
-        assert call.tool is not None
-        limits = None
-        if call.sandbox_budget is not None:  # the agent's budget caps the sandbox's own limits
-            base = self._tools.config.sandbox
-            b = call.sandbox_budget
-            limits = Limits.from_config(
-                base,
-                memory_mb=min(base.memory_mb, int(b["memory_mb"])),
-                cpus=min(base.cpus, b["cpus"]),
-                timeout_s=min(base.timeout_s, b["timeout_s"]),
-            )
-        result, tier = await self._tools.call(
-            call.tool.original_name,
-            call.arguments,
-            min_tier=call.sandbox_tier,
-            limits=limits,
-            principal_kind=call.principal.kind,
-        )
-        call.sandbox_tier = tier
-        return types.CallToolResult.model_validate(result)
 
 
 def chain_steps(
@@ -265,7 +226,7 @@ def _assemble(
     agents = runtime.agents
     if memory is not None:
         end_with_agents(memory.m, agents)  # short-term memory ends with its agent's session
-    builtins = _builtins(
+    builtins = make_builtins(
         config,
         manager,
         memory,
@@ -289,7 +250,7 @@ def _assemble(
     )
     closers.append(verifier.close)
 
-    catalog = LiveCatalog(_upstream_infos(config, builtins))
+    catalog = LiveCatalog(upstream_infos(config, builtins))
     unsafe = [o for o in config.unsafe_options() if o.every_call]
     steps = chain_steps(
         catalog,
@@ -324,17 +285,17 @@ def _assemble(
             channels[POLICY_CHANNEL] = sync.notified
             background.append(sync.run)
         background.append(lambda _gw: pg.listen(channels))
-    background.append(_poll_approvals(verifier, config.mcp.recheck_interval_s, state.changes))
+    background.append(poll_approvals(verifier, config.mcp.recheck_interval_s, state.changes))
     background.append(lambda _gw: runtime.run())
     if config.mcp.discovery_enabled:
-        background.append(_discover(config, events))
+        background.append(discover(config, events))
     hosted: HostedAgents | None = None
     if config.agents:
         # hosted agents: sandboxed processes with credentials of their own; the HTTP front
         # attaches its Unix socket and key store (`symbi serve`), else they fail to start
         hosted = HostedAgents(config, runtime, events, sandbox=manager, host=agent_host)
         background.append(lambda _gw: hosted.run())
-    if audit is not None and (retention := _retention(config, audit)) is not None:
+    if audit is not None and (retention := audit_retention(config, audit)) is not None:
         background.append(retention)
     return Gateway(
         config,
@@ -354,56 +315,6 @@ def _assemble(
         state=state,
         hosted=hosted,
     )
-
-
-def _retention(config: Config, audit: AuditLog) -> Background | None:
-    """Audit retention, applied periodically, when ``[audit] retention_days`` / ``max_bytes`` is set."""
-    from gateway.audit.retention import RetentionPolicy, periodic
-
-    policy = RetentionPolicy.from_config(config)
-    return periodic(audit, policy, config.audit.retention_check_s) if policy.enabled else None
-
-
-def _builtins(
-    config: Config,
-    manager: SandboxManager | None,
-    memory: MemoryService | None,
-    *,
-    events: EventSink,
-    policy: PolicyEngine | None,
-    agents: AgentRegistry,
-    closers: list[Callable[[], object]],
-    background: list[Background],
-) -> list[Builtin]:
-    """The built-in upstreams the config turns on. New capabilities (bus, memory, ...) go here."""
-    builtins: list[Builtin] = []
-    if config.sandbox.code_tools:
-        assert manager is not None
-        builtins.append(SandboxBuiltin(SandboxTools(config, manager)))
-    if memory is not None:
-        builtins += [MemoryBuiltin(memory), KnowledgeBuiltin(memory)]
-    if config.bus.enabled:  # the agent bus (gateway/bus): bus__* tools, bus:// resources
-        from gateway.bus.assemble import make_bus_builtin
-
-        bus_builtin = make_bus_builtin(config, events, policy, agents)
-        closers.append(bus_builtin.close)
-        background.append(bus_builtin.run)
-        builtins.append(bus_builtin)
-    for b in builtins:
-        if b.name in config.servers:
-            raise ConfigError(
-                f"servers.{b.name}: the name {b.name!r} is taken by a built-in upstream (rename the server)"
-            )
-    return builtins
-
-
-def _upstream_infos(config: Config, builtins: list[Builtin]) -> dict[str, UpstreamInfo]:
-    infos = {
-        name: UpstreamInfo(name=name, transport="stdio" if srv.command else "http", domain=srv.domain)
-        for name, srv in config.servers.items()
-    }
-    infos.update({b.name: UpstreamInfo(name=b.name, transport="builtin") for b in builtins})
-    return infos
 
 
 def _sandboxed_command(manager: SandboxManager, hidden: list[str]) -> WrapCommand:
@@ -439,78 +350,3 @@ def _remove_container(name: str) -> None:
         docker_client().containers.get(name).remove(force=True)
     except Exception as e:  # noqa: BLE001 - already gone (--rm) or docker is down; the orphan sweep catches the rest
         _logger.debug("container %s not removed: %s", name, e)
-
-
-def _poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | None = None) -> Background:
-    """Re-assess the catalogue when the CLI approves/revokes or a manifest changes: every
-    ``interval`` seconds, or at once when ``changes`` wakes it (PostgreSQL's NOTIFY)."""
-
-    async def run(gw: Gateway) -> None:
-        # off the event loop: with [state] postgres_url the fingerprint is a query, which
-        # blocks up to state.timeout_s while PostgreSQL is unreachable
-        seen = await anyio.to_thread.run_sync(verifier.fingerprint)
-        while True:
-            if changes is None:
-                await anyio.sleep(interval)
-            else:
-                await changes.wait(interval)
-            now = await anyio.to_thread.run_sync(verifier.fingerprint)
-            if now != seen:
-                seen = now
-                _logger.info("approvals or manifests changed: re-verifying the catalogue")
-                # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
-                gw.events.emit(Event.TOOL_APPROVALS_CHANGED, {"fingerprint": [str(x) for x in now]})
-                await gw.refresh()
-
-    return run
-
-
-def _discover(config: Config, events: EventSink) -> Background:
-    """Discovery: new servers quarantined (not started), approved ones started with tofu
-    verification (a person approved the server: what it offers is pinned on first sight)."""
-    from pathlib import Path
-
-    from gateway.onboard.discovery import Discovery
-
-    discovery = Discovery(
-        config.discovered_path,
-        events,
-        home=Path.home(),
-        cwd=config.source.parent if config.source else Path.cwd(),
-        environ={},
-        registry_dir=config.mcp.discovery_registry_dir,
-        configured=frozenset(config.servers),
-    )
-
-    async def run(gw: Gateway) -> None:
-        while True:
-            added, removed = await anyio.to_thread.run_sync(discovery.poll)
-            for d in added:
-                _logger.warning(
-                    "discovered MCP server %r in %s: quarantined until `symbi tools approve %s`",
-                    d.original_name,
-                    d.source,
-                    d.name,
-                )
-            for d in removed:
-                _logger.warning("discovered MCP server %r is gone from %s", d.original_name, d.source)
-            for d in discovery.entries().values():
-                if d.status == "approved" and d.name not in gw.upstreams:
-                    try:
-                        srv = ServerConfig.model_validate({**d.table, "verification": "tofu"})
-                        gw.events.emit(
-                            Event.SERVER_APPROVED,
-                            {
-                                "server": d.name,
-                                "source": d.source,
-                                "original_name": d.original_name,
-                                "approved_by": d.approved_by,
-                                "verification": "tofu",
-                            },
-                        )
-                        await gw.add_server(d.name, srv)
-                    except Exception as e:  # noqa: BLE001 - a bad entry must not stop discovery
-                        _logger.error("approved server %s cannot start: %s", d.name, e)
-            await anyio.sleep(config.mcp.recheck_interval_s)
-
-    return run

@@ -1,0 +1,100 @@
+"""The gateway's long-running tasks that ``gateway.assemble.make_gateway`` starts: approval
+and manifest changes re-verify the catalogue, discovery of MCP servers, audit retention."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+from gateway.app import Background, Gateway
+from gateway.audit.log import AuditLog
+from gateway.config.model import Config, ServerConfig
+from gateway.events import Event, EventSink
+from gateway.state import Changes
+from gateway.verify.verifier import ToolVerifier
+
+_logger = logging.getLogger("symbi.assemble")
+
+
+def audit_retention(config: Config, audit: AuditLog) -> Background | None:
+    """Audit retention, applied periodically, when ``[audit] retention_days`` / ``max_bytes`` is set."""
+    from gateway.audit.retention import RetentionPolicy, periodic
+
+    policy = RetentionPolicy.from_config(config)
+    return periodic(audit, policy, config.audit.retention_check_s) if policy.enabled else None
+
+
+def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | None = None) -> Background:
+    """Re-assess the catalogue when the CLI approves/revokes or a manifest changes: every
+    ``interval`` seconds, or at once when ``changes`` wakes it (PostgreSQL's NOTIFY)."""
+
+    async def run(gw: Gateway) -> None:
+        # off the event loop: with [state] postgres_url the fingerprint is a query, which
+        # blocks up to state.timeout_s while PostgreSQL is unreachable
+        seen = await anyio.to_thread.run_sync(verifier.fingerprint)
+        while True:
+            if changes is None:
+                await anyio.sleep(interval)
+            else:
+                await changes.wait(interval)
+            now = await anyio.to_thread.run_sync(verifier.fingerprint)
+            if now != seen:
+                seen = now
+                _logger.info("approvals or manifests changed: re-verifying the catalogue")
+                # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
+                gw.events.emit(Event.TOOL_APPROVALS_CHANGED, {"fingerprint": [str(x) for x in now]})
+                await gw.refresh()
+
+    return run
+
+
+def discover(config: Config, events: EventSink) -> Background:
+    """Discovery: new servers quarantined (not started), approved ones started with tofu
+    verification (a person approved the server: what it offers is pinned on first sight)."""
+    from pathlib import Path
+
+    from gateway.onboard.discovery import Discovery
+
+    discovery = Discovery(
+        config.discovered_path,
+        events,
+        home=Path.home(),
+        cwd=config.source.parent if config.source else Path.cwd(),
+        environ={},
+        registry_dir=config.mcp.discovery_registry_dir,
+        configured=frozenset(config.servers),
+    )
+
+    async def run(gw: Gateway) -> None:
+        while True:
+            added, removed = await anyio.to_thread.run_sync(discovery.poll)
+            for d in added:
+                _logger.warning(
+                    "discovered MCP server %r in %s: quarantined until `symbi tools approve %s`",
+                    d.original_name,
+                    d.source,
+                    d.name,
+                )
+            for d in removed:
+                _logger.warning("discovered MCP server %r is gone from %s", d.original_name, d.source)
+            for d in discovery.entries().values():
+                if d.status == "approved" and d.name not in gw.upstreams:
+                    try:
+                        srv = ServerConfig.model_validate({**d.table, "verification": "tofu"})
+                        gw.events.emit(
+                            Event.SERVER_APPROVED,
+                            {
+                                "server": d.name,
+                                "source": d.source,
+                                "original_name": d.original_name,
+                                "approved_by": d.approved_by,
+                                "verification": "tofu",
+                            },
+                        )
+                        await gw.add_server(d.name, srv)
+                    except Exception as e:  # noqa: BLE001 - a bad entry must not stop discovery
+                        _logger.error("approved server %s cannot start: %s", d.name, e)
+            await anyio.sleep(config.mcp.recheck_interval_s)
+
+    return run

@@ -105,7 +105,14 @@ async def test_the_gvisor_command_and_spec_of_a_hosted_run(tmp_path: Path) -> No
         binds = [m for m in binds if m["source"] != "/dev/null"]  # the covers of hidden files
         assert all(m["source"] == m["destination"] for m in binds)
         assert {m["source"] for m in binds} == {"/usr", str(conf.resolve()), str((conf / "lib").resolve())}
-        assert mounts["/tmp"]["type"] == "tmpfs" and mounts["/proc"]["type"] == "proc"
+        assert mounts["/proc"] == {"destination": "/proc", "type": "proc", "source": "proc"}
+        tmp = {
+            "destination": "/tmp",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "size=64m"],
+        }
+        assert mounts["/tmp"] == tmp  # a small /tmp, no set-uid programs or device files in it
         # the gateway's own files inside the bound config folder are covered, after the bind
         order = [m["destination"] for m in spec["mounts"]]
         for hidden in (conf / "symbi.toml", conf / ".symbi"):

@@ -8,24 +8,18 @@ MCP requests into ``CallContext`` objects and hand them to ``Gateway.call``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp import types
 from mcp.server.session import ServerSession
-from mcp.shared.subscriptions import (
-    PromptsListChanged,
-    ResourcesListChanged,
-    ResourceUpdated,
-    ToolsListChanged,
-)
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
+from gateway.announce import Announcer
 from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
 from gateway.compat import connection_of
@@ -40,6 +34,7 @@ from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
 from gateway.steps.policy import afilter_listing
 from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
+from gateway.upstream.builtin import Builtin, PromptBuiltin, ResourceBuiltin, WatchedResourceBuiltin
 from gateway.upstream.isolation import IsolatedReplicas
 from gateway.upstream.relay import caller_owner
 from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
@@ -51,51 +46,6 @@ if TYPE_CHECKING:
     from gateway.verify.verifier import ToolVerifier
 
 _logger = logging.getLogger("symbi.gateway")
-
-
-class Builtin(Protocol):
-    """A tool provider inside the gateway (the sandbox code tools, the bus, memory...).
-
-    Its tools are listed as ``<name>__<tool>`` and pass the same chain (verification,
-    arguments, policy, audit) as any upstream tool. ``gateway.assemble.make_gateway`` is
-    where a new one is added.
-    """
-
-    name: str
-
-    def tools(self) -> list[types.Tool]: ...
-
-    async def call(self, call: CallContext) -> types.CallToolResult: ...
-
-
-@runtime_checkable
-class ResourceBuiltin(Builtin, Protocol):
-    """A built-in that also serves resource templates (``memory://{agent}/{type}``)."""
-
-    def templates(self) -> list[types.ResourceTemplate]: ...
-
-    async def read_resource(self, call: CallContext) -> types.ReadResourceResult: ...
-
-
-@runtime_checkable
-class PromptBuiltin(Builtin, Protocol):
-    """A built-in that also serves prompts (``knowledge__rag``)."""
-
-    def prompts(self) -> list[types.Prompt]: ...
-
-    async def get_prompt(self, call: CallContext) -> types.GetPromptResult: ...
-
-
-@runtime_checkable
-class WatchedResourceBuiltin(ResourceBuiltin, Protocol):
-    """A built-in with listed resources a client may subscribe to (the bus: ``bus://inbox``,
-    ``bus://topics/{name}``): ``resources/subscribe`` pushes ``notifications/resources/updated``."""
-
-    def resources(self) -> list[types.Resource]: ...
-
-    async def watch(self, uri: str, principal: Principal, connection: Any, on: bool) -> None:
-        """resources/subscribe (``on``) or unsubscribe for one client connection (its
-        ``outbound.notify`` pushes notifications/resources/updated)."""
 
 
 # (server name, its config) -> (command, args, cleanup): runs a stdio upstream in a sandbox tier.
@@ -162,6 +112,14 @@ class Gateway:
         # Handshake-era client connections and who opened them, for pushed list_changed
         # (weak: closed ones go away).
         self._downstream: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
+        self._announcer = Announcer(
+            self._downstream,
+            self.listen,
+            self.events,
+            self.live,
+            visible=self._visible,
+            allowed_targets=self.allowed_targets,
+        )
         self._rebuild_lock = anyio.Lock()
         # stdio upstreams start a few at a time (mcp.max_concurrent_starts), restarts included
         self._start_gate = anyio.Semaphore(config.mcp.starts_at_once)
@@ -229,7 +187,7 @@ class Gateway:
             self.config,
             events=self.events,
             on_change=self._upstream_changed,
-            on_resource_updated=self._resource_updated,
+            on_resource_updated=self._announcer.resource_updated,
             wrap_command=self._wrap_command,
             start_gate=self._start_gate,
         )
@@ -258,7 +216,7 @@ class Gateway:
             self.config,
             events=self.events,
             on_change=_ignore_change,
-            on_resource_updated=self._resource_updated,
+            on_resource_updated=self._announcer.resource_updated,
             wrap_command=self._wrap_command,
             start_gate=self._start_gate,
         )
@@ -326,99 +284,13 @@ class Gateway:
                         Event.CATALOG_REFUSED,
                         {"upstream": r.upstream, "kind": r.kind, "name": r.name, "reason": r.reason},
                     )
-        await self._announce(old, new, since)
-
-    async def _announce(self, old: Catalog, new: Catalog, since: float | None = None) -> None:
-        """Tell every open client connection and listen stream about the lists that changed
-        *for its principal* (a change to a tool it cannot see is not its business)."""
-        kinds = _changed_kinds(old, new)
-        if not kinds:
-            return
-        principals = {p.qualified: p for p in self._downstream.values()} | self.listen.principals()
-        if not principals:
-            return  # nobody to tell (and nothing relayed to put on the record)
-        told: dict[str, set[str]] = {}
-        for pid, principal in principals.items():
-            try:
-                told[pid] = await self._changes_seen_by(principal, old, new, kinds)
-            except Exception:
-                _logger.warning(
-                    "list_changed for %s not announced: visibility check failed", pid, exc_info=True
-                )
-        for conn, principal in list(self._downstream.items()):
-            for kind in sorted(told.get(principal.qualified, ())):
-                with contextlib.suppress(Exception):
-                    await conn.outbound.notify(f"notifications/{kind}/list_changed", None)
-        for kind, event in (
-            ("tools", ToolsListChanged()),
-            ("prompts", PromptsListChanged()),
-            ("resources", ResourcesListChanged()),
-        ):
-            if kind in kinds:
-                self.listen.push(event, to=[pid for pid, seen in told.items() if kind in seen])
-        self.events.emit(
-            Event.NOTIFY_LIST_CHANGED,
-            {
-                "kinds": sorted(kinds),
-                "told": sorted(pid for pid, seen in told.items() if seen),
-                "not_told": sorted(pid for pid in principals if not told.get(pid)),
-                # from the upstream's notice to the pushes queued (catalogue refresh included)
-                "after_ms": round((anyio.current_time() - since) * 1000, 1) if since is not None else None,
-            },
-        )
-
-    async def _changes_seen_by(
-        self, principal: Principal, old: Catalog, new: Catalog, kinds: set[str]
-    ) -> set[str]:
-        """Which of ``kinds`` changed in what ``principal`` may see (the policy's listing rule),
-        asking the policy only about the entries that changed."""
-        seen: set[str] = set()
-        if "tools" in kinds:
-            before, after = _tool_sig(old), _tool_sig(new)
-            changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
-            for cat in (old, new):
-                entries = [e for n, e in cat.tools.items() if n in changed and not e.info.blocked]
-                if entries and await self._visible(principal, entries):
-                    seen.add("tools")
-                    break
-        for kind, action in (("prompts", "prompts/get"), ("resources", "resources/read")):
-            if kind not in kinds:
-                continue
-            changed_pairs = _changed_targets(old, new, kind)
-            if changed_pairs and await self.allowed_targets(principal, action, changed_pairs):
-                seen.add(kind)
-        return seen
-
-    async def _resource_updated(self, up: Upstream, uri: str) -> None:
-        """An upstream's resource changed: tell the connections and listen streams whose
-        principal may read it (handshake-era connections only if they subscribed upstream)."""
-        try:
-            owner = self.catalog.subscription_owner(uri)
-        except CatalogError:
-            owner = up.name
-        if owner != up.name:
-            return  # an upstream speaking for a URI another one owns
-        principals = {p.qualified: p for p in self._downstream.values()} | self.listen.principals()
-        may: set[str] = set()
-        for pid, principal in principals.items():
-            with contextlib.suppress(Exception):  # unknown = not told
-                if uri in await self.allowed_targets(principal, "resources/read", [(uri, owner)]):
-                    may.add(pid)
-        for conn, principal in list(self._downstream.items()):
-            if principal.qualified in may:
-                with contextlib.suppress(Exception):
-                    await conn.outbound.notify("notifications/resources/updated", {"uri": uri})
-        self.listen.push(ResourceUpdated(uri=uri), to=may)
-        if may:
-            self.events.emit(
-                Event.NOTIFY_RESOURCE_UPDATED, {"upstream": up.name, "uri": uri, "told": sorted(may)}
-            )
+        await self._announcer.announce(old, new, since)
 
     async def watch_for_stream(
         self, principal: Principal, uris: list[str], outbound: StreamOutbound, on: bool
     ) -> None:
         """A listen stream asked about ``uris``: built-ins that push updates (``bus://inbox``)
-        are told to push to it; upstreams' updates arrive through ``_resource_updated``."""
+        are told to push to it; upstreams' updates arrive through ``Announcer.resource_updated``."""
         for uri in uris:
             try:
                 owner = self.catalog.subscription_owner(uri)
@@ -724,38 +596,3 @@ _PROMPT_RESULT: TypeAdapter[Any] = TypeAdapter(types.GetPromptResult | types.Inp
 def _modern(side: Any) -> bool:
     """Whether a downstream request context or an upstream session speaks 2026-07-28."""
     return getattr(side, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS
-
-
-def _changed_targets(old: Catalog, new: Catalog, kind: str) -> list[tuple[str, str]]:
-    """(name or URI, upstream) of the prompts or resources added, removed or redefined."""
-    before: dict[str, tuple[str, object]]
-    after: dict[str, tuple[str, object]]
-    if kind == "prompts":
-        before = {n: (p.upstream, p.prompt) for n, p in old.prompts.items()}
-        after = {n: (p.upstream, p.prompt) for n, p in new.prompts.items()}
-    else:
-        before = {u: (up, r) for u, (up, r) in old.resources.items()}
-        after = {u: (up, r) for u, (up, r) in new.resources.items()}
-    changed = {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
-    return sorted({(n, side[n][0]) for side in (before, after) for n in changed if n in side})
-
-
-def _changed_kinds(old: Catalog, new: Catalog) -> set[str]:
-    kinds = set()
-    if _tool_sig(old) != _tool_sig(new):
-        kinds.add("tools")
-    if {n: p.prompt for n, p in old.prompts.items()} != {n: p.prompt for n, p in new.prompts.items()}:
-        kinds.add("prompts")
-    if {u: r for u, (_, r) in old.resources.items()} != {u: r for u, (_, r) in new.resources.items()}:
-        kinds.add("resources")
-    return kinds
-
-
-def _tool_sig(c: Catalog) -> dict[str, Any]:
-    return {
-        n: (
-            t.info.definition_hash or json.dumps(t.info.definition, sort_keys=True, default=str),
-            t.info.verification,
-        )
-        for n, t in c.tools.items()
-    }

@@ -8,7 +8,7 @@ unless the config turns them off, and turning one off is logged.
 Extension points (where new parts plug in, and nowhere else):
 
 * a new built-in upstream (its tools pass the whole chain like any upstream tool): build it
-  in ``gateway.builtins.make_builtins`` and append it to the list (``Builtin`` protocol in ``gateway.app``);
+  in ``gateway.builtins.make_builtins`` and append it to the list (``Builtin`` protocol in ``gateway.upstream.builtin``);
 * a new step: add it to ``chain_steps`` at its place in the order (the docstring there says
   what each position sees);
 * a component with a lifetime: construct it in ``make_gateway``, add its ``close`` to

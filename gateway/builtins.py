@@ -1,6 +1,6 @@
 """The built-in upstreams the config turns on, as ``gateway.assemble.make_gateway`` plugs them in.
 
-A built-in (``Builtin`` protocol in ``gateway.app``) serves tools in-process; they pass the
+A built-in (``Builtin`` protocol in ``gateway.upstream.builtin``) serves tools in-process; they pass the
 whole chain (verification, policy, audit) like any upstream tool. A new capability is built
 in ``make_builtins`` and appended to its list.
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from mcp import types
 
-from gateway.app import Background, Builtin
+from gateway.app import Background
 from gateway.config.model import Config
 from gateway.context import CallContext, UpstreamInfo
 from gateway.errors import ConfigError
@@ -21,6 +21,7 @@ from gateway.policy import PolicyEngine
 from gateway.runtime.agents import AgentRegistry
 from gateway.sandbox import SandboxManager, SandboxTools
 from gateway.sandbox.types import Limits
+from gateway.upstream.builtin import Builtin
 
 
 class SandboxBuiltin:

@@ -7,7 +7,7 @@ subscription id, only the kinds the client asked for, a bounded backlog) and kee
 stream's principal, so a publisher pushes to the streams whose principal it chooses.
 
 It is the one way anything in the gateway pushes to a 2026-era client: the catalogue's
-list changes (``Gateway._announce``) and the bus's ``notifications/resources/updated`` for
+list changes (``gateway.announce.Announcer``) and the bus's ``notifications/resources/updated`` for
 ``bus://inbox`` (through ``StreamOutbound``, the same ``outbound.notify`` shape a handshake-era
 connection has, so a ``WatchedResourceBuiltin`` serves both eras alike).
 """

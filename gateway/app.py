@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -25,7 +25,7 @@ from gateway.chain import CallNext, Step, build_chain
 from gateway.compat import connection_of
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Downstream, Principal, UpstreamInfo
-from gateway.errors import CatalogError, ConfigError, UpstreamError, UpstreamUnavailable
+from gateway.errors import CatalogError, ConfigError, UpstreamUnavailable
 from gateway.events import Event, EventSink
 from gateway.listen import ListenHub, StreamOutbound
 from gateway.policy.inputdoc import CallCounters, build_input
@@ -33,11 +33,11 @@ from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
 from gateway.steps.policy import afilter_listing
-from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
+from gateway.upstream.bridge import PendingQuestions
 from gateway.upstream.builtin import Builtin, PromptBuiltin, ResourceBuiltin, WatchedResourceBuiltin
+from gateway.upstream.eras import answered_for_legacy, bridged_for_modern_client, modern, on_behalf_of
 from gateway.upstream.isolation import IsolatedReplicas
-from gateway.upstream.relay import caller_owner
-from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
+from gateway.upstream.session import Upstream
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
@@ -392,7 +392,7 @@ class Gateway:
                     self._owner_of_call(name, call),
                 )
 
-            return await self._answered_for_legacy(call, name, read)
+            return await answered_for_legacy(call, name, read, self.events)
         if call.kind == "prompts/get":
             assert call.upstream is not None
             entry = self.catalog.prompt(call.target)
@@ -417,7 +417,7 @@ class Gateway:
                     self._owner_of_call(owner, call),
                 )
 
-            return await self._answered_for_legacy(call, owner, get)
+            return await answered_for_legacy(call, owner, get, self.events)
         assert call.tool is not None
         builtin = self.builtins.get(call.tool.upstream)
         if builtin is not None:
@@ -444,8 +444,10 @@ class Gateway:
 
         self._busy[up.name] = self._busy.get(up.name, 0) + 1
         try:
-            if _modern(ctx) and not _modern(up.session) and self._tg is not None:
-                return await self._bridged_for_modern_client(call, up, ctx, progress)
+            if modern(ctx) and not modern(up.session) and self._tg is not None:
+                return await bridged_for_modern_client(
+                    call, up, ctx, progress, pending=self.pending, tg=self._tg, events=self.events
+                )
             tool = call.tool
 
             async def call_once(answers: Any, state: str | None) -> Any:
@@ -457,65 +459,10 @@ class Gateway:
                     request_state=state,
                 )
 
-            with _on_behalf_of(up, ctx):
-                return await self._answered_for_legacy(call, up.name, call_once)
+            with on_behalf_of(up, ctx):
+                return await answered_for_legacy(call, up.name, call_once, self.events)
         finally:
             self._busy[up.name] -= 1
-
-    async def _answered_for_legacy(
-        self, call: CallContext, upstream: str, send: Callable[[Any, str | None], Awaitable[Any]]
-    ) -> Any:
-        """Send the request; while a 2026 upstream answers input-required and the client is of
-        the 2025 era (it cannot read one), ask the client and send again with its answers."""
-        ctx = call.downstream
-        result = await send(call.input_responses, call.request_state)
-        rounds = 0
-        while isinstance(result, types.InputRequiredResult) and ctx is not None and not _modern(ctx):
-            rounds += 1
-            if rounds > MAX_ROUNDS:
-                raise UpstreamError(f"upstream {upstream!r} still asked for input after {MAX_ROUNDS} rounds")
-            self._audit_bridged(
-                call,
-                upstream,
-                "2026-upstream-to-2025-client",
-                [r.method for r in (result.input_requests or {}).values()],
-            )
-            answers = await ask_legacy_client(
-                getattr(ctx, "session", None), getattr(ctx, "request_id", None), result
-            )
-            result = await send(answers or None, result.request_state)
-        return result
-
-    async def _bridged_for_modern_client(
-        self, call: CallContext, up: Upstream, ctx: Any, progress: Any
-    ) -> Any:
-        """A 2026 client calling a 2025 upstream: the upstream's requests during the call come
-        back to the client as input-required results (gateway.upstream.bridge)."""
-        assert call.tool is not None and self._tg is not None
-        if self.pending.owns(call.request_state):
-            assert call.request_state is not None
-            return await self.pending.resume(
-                call.principal.qualified, call.target, call.request_state, dict(call.input_responses or {})
-            )
-        tool = call.tool
-
-        async def run(ask: Callable[[Any], Awaitable[Any]]) -> Any:
-            async def audited(request: Any) -> Any:
-                self._audit_bridged(call, up.name, "2025-upstream-to-2026-client", [request.method])
-                return await ask(request)
-
-            with _on_behalf_of(up, ctx, ask=audited):
-                return await up.call_tool(tool.original_name, call.arguments, progress=progress)
-
-        return await self.pending.start(self._tg, call.principal.qualified, call.target, run)
-
-    def _audit_bridged(self, call: CallContext, upstream: str, direction: str, methods: list[str]) -> None:
-        self.events.emit(
-            Event.BRIDGE_INPUT_REQUEST,
-            {"direction": direction, "methods": methods, "target": call.target, "upstream": upstream},
-            principal=call.principal.id,
-            agent=call.principal.agent,
-        )
 
     async def watch_resource(
         self, owner: str, uri: str, principal: Principal, ctx: Downstream | None, on: bool
@@ -558,31 +505,13 @@ class Gateway:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
         isolated = self._isolated.get(name)
         if isolated is None:
-            with _on_behalf_of(up, ctx):
+            with on_behalf_of(up, ctx):
                 return await up.request(fn(up))
         if owner is None:
             owner = isolated.owner_of(ctx)
         async with isolated.use(owner) as own:
-            with _on_behalf_of(own, ctx):
+            with on_behalf_of(own, ctx):
                 return await own.request(fn(own))
-
-
-@contextlib.contextmanager
-def _on_behalf_of(
-    up: Upstream, ctx: Downstream | None, ask: Callable[[Any], Awaitable[Any]] | None = None
-) -> Iterator[None]:
-    """Requests the upstream sends back (sampling, elicitation, roots) go to this caller (or,
-    for a 2026-era caller, to the era bridge's ``ask``), and a 2026-era upstream sees this
-    caller's capabilities."""
-    session = ctx.session if ctx is not None else None
-    token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
-    try:
-        with up.relay.caller(
-            session, ctx.request_id if ctx is not None else None, caller_owner(ctx), ask=ask
-        ):
-            yield
-    finally:
-        DOWNSTREAM_CAPABILITIES.reset(token)
 
 
 async def _ignore_change(up: Upstream) -> None:
@@ -591,8 +520,3 @@ async def _ignore_change(up: Upstream) -> None:
 
 _READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)
 _PROMPT_RESULT: TypeAdapter[Any] = TypeAdapter(types.GetPromptResult | types.InputRequiredResult)
-
-
-def _modern(side: Any) -> bool:
-    """Whether a downstream request context or an upstream session speaks 2026-07-28."""
-    return getattr(side, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS

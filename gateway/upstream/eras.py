@@ -1,0 +1,112 @@
+"""Calls across protocol eras: a 2026-07-28 upstream's input-required results answered by
+a 2025-era client (asked through the SDK's requests), a 2025 upstream's requests turned into
+input-required results for a 2026-era client (``gateway.upstream.bridge``), and the caller
+an upstream's requests go back to. Every bridged request is on the record."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import anyio.abc
+from mcp import types
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+
+from gateway.context import CallContext, Downstream
+from gateway.errors import UpstreamError
+from gateway.events import Event, EventSink
+from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
+from gateway.upstream.relay import caller_owner
+from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
+
+
+def modern(side: Any) -> bool:
+    """Whether a downstream request context or an upstream session speaks 2026-07-28."""
+    return getattr(side, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS
+
+
+@contextlib.contextmanager
+def on_behalf_of(
+    up: Upstream, ctx: Downstream | None, ask: Callable[[Any], Awaitable[Any]] | None = None
+) -> Iterator[None]:
+    """Requests the upstream sends back (sampling, elicitation, roots) go to this caller (or,
+    for a 2026-era caller, to the era bridge's ``ask``), and a 2026-era upstream sees this
+    caller's capabilities."""
+    session = ctx.session if ctx is not None else None
+    token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
+    try:
+        with up.relay.caller(
+            session, ctx.request_id if ctx is not None else None, caller_owner(ctx), ask=ask
+        ):
+            yield
+    finally:
+        DOWNSTREAM_CAPABILITIES.reset(token)
+
+
+async def answered_for_legacy(
+    call: CallContext, upstream: str, send: Callable[[Any, str | None], Awaitable[Any]], events: EventSink
+) -> Any:
+    """Send the request; while a 2026 upstream answers input-required and the client is of
+    the 2025 era (it cannot read one), ask the client and send again with its answers."""
+    ctx = call.downstream
+    result = await send(call.input_responses, call.request_state)
+    rounds = 0
+    while isinstance(result, types.InputRequiredResult) and ctx is not None and not modern(ctx):
+        rounds += 1
+        if rounds > MAX_ROUNDS:
+            raise UpstreamError(f"upstream {upstream!r} still asked for input after {MAX_ROUNDS} rounds")
+        audit_bridged(
+            events,
+            call,
+            upstream,
+            "2026-upstream-to-2025-client",
+            [r.method for r in (result.input_requests or {}).values()],
+        )
+        answers = await ask_legacy_client(
+            getattr(ctx, "session", None), getattr(ctx, "request_id", None), result
+        )
+        result = await send(answers or None, result.request_state)
+    return result
+
+
+async def bridged_for_modern_client(
+    call: CallContext,
+    up: Upstream,
+    ctx: Any,
+    progress: Any,
+    *,
+    pending: PendingQuestions,
+    tg: anyio.abc.TaskGroup | None,
+    events: EventSink,
+) -> Any:
+    """A 2026 client calling a 2025 upstream: the upstream's requests during the call come
+    back to the client as input-required results (gateway.upstream.bridge)."""
+    assert call.tool is not None and tg is not None
+    if pending.owns(call.request_state):
+        assert call.request_state is not None
+        return await pending.resume(
+            call.principal.qualified, call.target, call.request_state, dict(call.input_responses or {})
+        )
+    tool = call.tool
+
+    async def run(ask: Callable[[Any], Awaitable[Any]]) -> Any:
+        async def audited(request: Any) -> Any:
+            audit_bridged(events, call, up.name, "2025-upstream-to-2026-client", [request.method])
+            return await ask(request)
+
+        with on_behalf_of(up, ctx, ask=audited):
+            return await up.call_tool(tool.original_name, call.arguments, progress=progress)
+
+    return await pending.start(tg, call.principal.qualified, call.target, run)
+
+
+def audit_bridged(
+    events: EventSink, call: CallContext, upstream: str, direction: str, methods: list[str]
+) -> None:
+    events.emit(
+        Event.BRIDGE_INPUT_REQUEST,
+        {"direction": direction, "methods": methods, "target": call.target, "upstream": upstream},
+        principal=call.principal.id,
+        agent=call.principal.agent,
+    )

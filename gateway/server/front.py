@@ -10,8 +10,6 @@ verification, arguments, policy) or a policy check, and the decorators of
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import json
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -21,18 +19,16 @@ import anyio
 from mcp import types
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from gateway import __version__
 from gateway.app import Gateway
 from gateway.boundary import as_protocol_error, as_tool_result
-from gateway.compat import connection_of
 from gateway.config.model import Config
 from gateway.context import CallContext, CallKind, Principal, is_admin
 from gateway.errors import CatalogError, PolicyDenied
 from gateway.events import Event
 from gateway.listen import ListenHub
-from gateway.runtime.agents import HTTP_SESSION, STDIO_SESSION
+from gateway.server.principals import principal_for, session_id_of
 from gateway.upstream.session import Upstream
 
 GatewayFactory = Callable[[ListenHub], Gateway]
@@ -52,83 +48,6 @@ STATUS_RESOURCE = types.Resource(
     description="The gateway's HealthStatus: components, agents, scheduler, recent errors (admin principals only).",
     mime_type="application/json",
 )
-
-
-def stdio_principal(config: Config) -> Principal:
-    p = config.gateway.stdio_principal
-    return Principal(id=p.id, kind=p.kind, roles=tuple(p.roles))
-
-
-def authenticated_principal(ctx: ServerRequestContext[Any], config: Config) -> Principal:
-    """Who is calling: the HTTP auth middleware's principal, or the configured stdio one."""
-    request = ctx.request
-    if request is None:
-        return stdio_principal(config)
-    principal = request.scope.get("symbi.principal")
-    if isinstance(principal, Principal):
-        return principal
-    # The HTTP front refuses unauthenticated requests before they get here; this is the
-    # last line: no principal, no access.
-    raise PolicyDenied("no authenticated principal for this request")
-
-
-def http_session_key(sid: str) -> str:
-    """The agent session key of the HTTP session ``sid`` (also used when it closes)."""
-    return f"{HTTP_SESSION}{sid}"
-
-
-def agent_session_key(ctx: ServerRequestContext[Any], principal: Principal) -> str:
-    """The session part of an agent's identity, from what the gateway itself vouches for.
-
-    stdio: one client per process. HTTP with a session: the ``mcp-session-id`` the SDK issued
-    (bound to the credential that opened it). Stateless HTTP (2026-07-28): the credential;
-    there the SDK checks no session id, so a header sent with such a request is the client's
-    choice and names nothing (else every forged id would be a new agent).
-    """
-    request = ctx.request
-    if request is None:
-        return STDIO_SESSION
-    sid = request.headers.get("mcp-session-id")
-    era = request.headers.get("mcp-protocol-version")
-    if sid and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS):  # the SDK's session routing
-        return http_session_key(sid)
-    kid = principal.claims.get("key_id") if principal.source == "key" else None
-    if kid is not None:
-        return f"key:{kid}"
-    return principal.qualified  # jwt:<issuer>#<sub>, anonymous:<id>
-
-
-def client_name_of(ctx: ServerRequestContext[Any]) -> object:
-    """The client's declared ``clientInfo.name`` (handshake or 2026 envelope); a label only."""
-    params = ctx.session.client_params
-    return params.client_info.name if params is not None else None
-
-
-def principal_for(ctx: ServerRequestContext[Any], gw: Gateway) -> Principal:
-    """The caller, bound to the agent the runtime made for its session (``Principal.agent``)."""
-    principal = authenticated_principal(ctx, gw.config)
-    agent = gw.agents.for_session(principal, client_name_of(ctx), agent_session_key(ctx, principal))
-    return dataclasses.replace(principal, agent=agent.id)
-
-
-def session_id_of(ctx: ServerRequestContext[Any]) -> str:
-    """The session id the audit log records: always one the gateway made or checked.
-
-    Handshake-era HTTP: the ``mcp-session-id`` the SDK session manager issued, which it
-    already checked belongs to this credential. 2026-era HTTP has no server session, so the
-    client's header is only a label: it is scoped to the caller (a digest of the qualified
-    principal and the label), so no principal can file its calls under another's session.
-    """
-    request = ctx.request
-    if request is None:
-        return f"session-{id(connection_of(ctx.session))}"
-    label = request.headers.get("mcp-session-id") or ""
-    era = request.headers.get("mcp-protocol-version")
-    if label and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS):
-        return str(label)  # issued by the session manager, bound to the credential that opened it
-    principal = request.scope.get("symbi.principal")
-    who = principal.qualified if isinstance(principal, Principal) else ""
-    return "caller-" + hashlib.sha256(f"{who}\0{label}".encode()).hexdigest()[:32]
 
 
 class Front:

@@ -53,8 +53,9 @@ from gateway.runtime.hosted import AgentHost
 from gateway.runtime.status import components
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
 from gateway.server.auth import Authenticator
-from gateway.server.front import build_server, http_session_key
+from gateway.server.front import build_server
 from gateway.server.limits import ConnectionLimit
+from gateway.server.principals import http_session_key
 from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
 from gateway.server.sessions import BodyDeadline, SessionQuota, http_protocol, sweep_revoked
 

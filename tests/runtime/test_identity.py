@@ -241,7 +241,7 @@ def test_a_2026_session_label_is_not_an_agent_identity() -> None:
 
     from starlette.requests import Request
 
-    from gateway.server.front import agent_session_key, http_session_key
+    from gateway.server.principals import agent_session_key, http_session_key
 
     def ctx(era: str) -> Any:
         headers = [(b"mcp-session-id", b"shared-label"), (b"mcp-protocol-version", era.encode())]

@@ -24,29 +24,22 @@ import secrets
 import shutil
 import socket
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import RequestBodyLimitMiddleware, TransportSecuritySettings
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.compat import open_http_sessions
 from gateway.config.model import Config
-from gateway.context import Principal, is_admin
-from gateway.errors import AuthFailed, NoCredentials, StateUnavailable
 from gateway.listen import ListenHub
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.runtime.hosted import AgentHost
@@ -55,14 +48,21 @@ from gateway.server.admin import admin_routes, audit_log, audit_writable, policy
 from gateway.server.auth import Authenticator
 from gateway.server.front import build_server
 from gateway.server.limits import ConnectionLimit
+from gateway.server.middleware import (
+    PRM_PATH,
+    AccessLog,
+    AuthGate,
+    HostGuard,
+    SessionScope,
+    access_token,
+    base_url,
+)
 from gateway.server.principals import http_session_key
-from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
+from gateway.server.resume import BoundedEventStore
 from gateway.server.sessions import BodyDeadline, SessionQuota, http_protocol, sweep_revoked
 
 _logger = logging.getLogger("symbi.http")
-_access = logging.getLogger("symbi.access")
 
-PRM_PATH = "/.well-known/oauth-protected-resource"
 RECENT_CALLS = 500
 
 
@@ -74,12 +74,6 @@ def security_settings(config: Config) -> TransportSecuritySettings:
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=sorted(hosts), allowed_origins=sorted(origins)
     )
-
-
-def _allowed(value: str, allowed: list[str]) -> bool:
-    if value in allowed:
-        return True
-    return any(a.endswith(":*") and value.startswith(a[:-1]) for a in allowed)
 
 
 @dataclass
@@ -128,240 +122,11 @@ class HttpState:
         return ready, doc
 
 
-# -- middleware --------------------------------------------------------------------------------
-
-
-class AccessLog:
-    """One structured line per request (JSON when ``gateway.log_format = "json"``)."""
-
-    def __init__(self, app: ASGIApp, state: HttpState) -> None:
-        self.app = app
-        self.state = state
-        self.enabled = state.config.http.access_log
-        self.mcp_path = state.config.http.path
-        self._counters: dict[tuple[str, int], Any] = {}  # (route group, status) -> its counter
-
-    def _route(self, path: str) -> str:
-        # a small fixed set of label values (never the raw path)
-        if path == self.mcp_path:
-            return "mcp"
-        for prefix in ("/api/", "/.well-known/", "/static/"):
-            if path.startswith(prefix):
-                return prefix.strip("/.")
-        return path if path in ("/healthz", "/readyz", "/metrics", "/", "/login", "/logout") else "dashboard"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = [0]
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            ms = (time.perf_counter() - start) * 1000.0
-            key = (self._route(scope["path"]), status[0])
-            counter = self._counters.get(key)
-            if counter is None:  # a few route groups x statuses: looked up once, not per request
-                counter = self._counters[key] = self.state.metrics.http_requests.labels(key[0], str(key[1]))
-            counter.inc()
-            if self.enabled:
-                p = scope.get("symbi.principal")
-                client = scope.get("client")
-                _access.info(
-                    "%s %s %d %.1fms",
-                    scope["method"],
-                    scope["path"],
-                    status[0],
-                    ms,
-                    extra={
-                        "fields": {
-                            "event": "http.request",
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "status": status[0],
-                            "ms": round(ms, 3),
-                            "principal": p.id if isinstance(p, Principal) else None,
-                            "client": f"{client[0]}:{client[1]}" if client else None,
-                            "session": Headers(scope=scope).get("mcp-session-id"),
-                        }
-                    },
-                )
-
-
-class SessionScope:
-    """Wraps the MCP endpoint: whose session a request is in, and the end of a session.
-
-    - Every request runs with ``STREAM_OWNER`` set (principal + session id; for the
-      initialize request the id is read off its response), so the event store knows whose
-      events it keeps and replays a stream to its own session only. The session's tasks,
-      started by the initialize request, inherit it.
-    - A session its client closed (DELETE, answered 2xx) ends its agents. The SDK answers
-      404 to a DELETE from anyone but the session's opener, so only the owner can. Sessions
-      that end otherwise (idle timeout, crash) are ended by the runtime's sweep after
-      ``runtime.agent_idle_timeout_s``.
-    """
-
-    def __init__(self, app: ASGIApp, state: HttpState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        principal = scope.get("symbi.principal")
-        sid = Headers(scope=scope).get("mcp-session-id")
-        # the qualified principal: a JWT sub=alice never resumes the API key alice's streams
-        owner = StreamOwner(principal.qualified if isinstance(principal, Principal) else "", sid)
-        status = [0]
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-                if owner.session is None:  # the initialize response names the new session
-                    owner.session = Headers(raw=message.get("headers", [])).get("mcp-session-id")
-            await send(message)
-
-        token = STREAM_OWNER.set(owner)
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            STREAM_OWNER.reset(token)
-        gw = self.state.gateway
-        if scope["method"] == "DELETE" and sid and 200 <= status[0] < 300 and gw is not None:
-            gw.runtime.close_session(http_session_key(sid), "shutdown: the client closed its session")
-
-
-class HostGuard:
-    """DNS-rebinding protection for every route: Host must be ours; so must Origin if sent."""
-
-    def __init__(self, app: ASGIApp, settings: TransportSecuritySettings) -> None:
-        self.app = app
-        self.hosts = list(settings.allowed_hosts)
-        self.origins = list(settings.allowed_origins)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            host = headers.get("host", "")
-            if not _allowed(host, self.hosts):
-                await Response("Invalid Host header", status_code=421)(scope, receive, send)
-                return
-            origin = headers.get("origin")
-            if origin is not None and not _allowed(origin, self.origins):
-                await Response("Invalid Origin header", status_code=403)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class AuthGate:
-    """Authenticates ``/mcp`` and ``/api`` requests; puts the principal in the ASGI scope.
-
-    ``scope["symbi.principal"]`` is what the MCP front and the policy see; ``scope["user"]``
-    binds each MCP session to the credential that opened it (the SDK answers 404 to anyone else).
-    """
-
-    def __init__(self, app: ASGIApp, state: HttpState) -> None:
-        self.app = app
-        self.state = state
-        self.mcp_path = state.config.http.path
-
-    def _protected(self, path: str) -> str | None:
-        if path == self.mcp_path:
-            return "mcp"
-        if path == "/api" or path.startswith("/api/"):
-            return "api"
-        return None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        area = self._protected(scope["path"]) if scope["type"] == "http" else None
-        if area is None:
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        auth = self.state.auth
-        try:
-            if auth.keys_over_network or (
-                auth.jwks_over_network and not headers.get("authorization", "").startswith("Bearer symbi_")
-            ):
-                # a JWKS (re)fetch / a key lookup in PostgreSQL is blocking I/O: never on the event loop
-                principal = await anyio.to_thread.run_sync(auth.authenticate, headers)
-            else:
-                principal = auth.authenticate(headers)
-        except NoCredentials:
-            await self._challenge(scope, receive, send, None)
-            return
-        except AuthFailed as e:
-            await self._challenge(scope, receive, send, e)
-            return
-        except StateUnavailable as e:  # the shared key store is down: refused, and said so
-            await JSONResponse(
-                {"error": "unavailable", "code": e.code, "reasons": e.reasons},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )(scope, receive, send)
-            return
-        except Exception:
-            _logger.exception("authentication failed unexpectedly")
-            await self._challenge(scope, receive, send, AuthFailed("authentication error"))
-            return
-        if area == "api" and not is_admin(principal):
-            await JSONResponse(
-                {"error": "forbidden", "reason": "the admin role is required"}, status_code=403
-            )(scope, receive, send)
-            return
-        scope["symbi.principal"] = principal
-        if principal.kind != "anonymous":
-            scope["user"] = AuthenticatedUser(_access_token(principal))
-        await self.app(scope, receive, send)
-
-    async def _challenge(self, scope: Scope, receive: Receive, send: Send, err: AuthFailed | None) -> None:
-        url = f"{_base_url(scope)}{PRM_PATH}"
-        challenge = f'Bearer resource_metadata="{url}"'
-        body: dict[str, Any] = {"error": "unauthorized", "error_description": "credentials required"}
-        if err is not None:
-            challenge += ', error="invalid_token"'
-            body = {"error": "invalid_token", "error_description": err.message}
-        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})(
-            scope, receive, send
-        )
-
-
 async def _not_found(request: Request, exc: Exception) -> Response:
     # JSON under /api (the admin API's contract), even for paths no route can match
     if request.url.path.startswith("/api"):
         return JSONResponse({"error": "not_found", "reason": "no such admin API endpoint"}, status_code=404)
     return Response("Not Found", status_code=404, media_type="text/plain")
-
-
-def _access_token(p: Principal) -> AccessToken:
-    """The SDK's view of a credential, used only to bind sessions to their opener.
-
-    Keyed by where the principal comes from: only an API key principal's ``key_id`` names a
-    key (a JWT's claims are the issuer's, and a ``key_id`` claim there means nothing), and a
-    JWT is its issuer and subject, so equal subjects of two issuers never share sessions.
-    """
-    kid = p.claims.get("key_id") if p.source == "key" else None
-    if kid is not None:
-        return AccessToken(
-            token=f"apikey:{kid}", client_id=f"apikey:{kid}", scopes=list(p.roles), subject=p.id
-        )
-    return AccessToken(
-        token=p.qualified, client_id=p.qualified, scopes=list(p.roles), subject=p.id, claims={"iss": p.issuer}
-    )
-
-
-def _base_url(scope: Scope) -> str:
-    # The Host header has passed HostGuard by now.
-    host = Headers(scope=scope).get("host", "127.0.0.1")
-    return f"{scope.get('scheme', 'http')}://{host}"
 
 
 # -- the app -----------------------------------------------------------------------------------
@@ -454,7 +219,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def resource_metadata(request: Request) -> Response:
-        base = _base_url(request.scope)
+        base = base_url(request.scope)
         doc = {
             "resource": f"{base}{config.http.path}",
             "authorization_servers": list(config.http.authorization_servers),
@@ -488,7 +253,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         SessionQuota,
         manager=manager,
         limit=config.http.max_sessions_per_principal,
-        client_id=lambda p: _access_token(p).client_id,
+        client_id=lambda p: access_token(p).client_id,
         path=config.http.path,
     )
     app.add_middleware(AuthGate, state=state)

@@ -41,7 +41,7 @@ class StreamOwner:
         return other is not None and other.principal == self.principal and other.session == self.session
 
 
-# set by the HTTP front around every MCP request (gateway.server.http.SessionScope)
+# set by the HTTP front around every MCP request (gateway.server.middleware.SessionScope)
 STREAM_OWNER: ContextVar[StreamOwner | None] = ContextVar("symbi_stream_owner", default=None)
 
 

@@ -161,7 +161,7 @@ def test_session_ownership_is_per_source_and_issuer() -> None:
     """Attack: a JWT carrying a ``key_id`` claim was bound as that API key (``apikey:<id>``),
     and JWTs with the same subject from two issuers shared their sessions."""
     from gateway.context import Principal
-    from gateway.server.http import _access_token
+    from gateway.server.middleware import access_token as _access_token
 
     key = Principal(id="alice", claims={"key_id": "k1"}, source="key")
     forged = Principal(

@@ -5,7 +5,7 @@ JSON response whole, however big. Here a response hook wraps every non-SSE respo
 a counting stream: past the limit the read fails with ``MessageTooLarge`` (an
 ``httpx2.StreamError``, which the SDK turns into an error for that one request), so a
 hostile server cannot make the gateway buffer a 100 MB answer. SSE events get the same
-limit through the SDK's own parameter (see ``Upstream._transport``).
+limit through the SDK's own parameter (see ``gateway.upstream.transport.open_transport``).
 """
 
 from __future__ import annotations

@@ -11,18 +11,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
 import random
-import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import anyio
-import httpx2
-from mcp import ClientSession, StdioServerParameters, types
-from mcp.client.streamable_http import streamable_http_client
+from mcp import ClientSession, types
 from mcp.client.subscriptions import listen as listen_changes
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
@@ -33,14 +29,14 @@ from pydantic import TypeAdapter
 
 from gateway.compat import SdkChanged, negotiate_auto, stamp_requests
 from gateway.config.model import Config, ServerConfig
-from gateway.errors import SandboxUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
 from gateway.telemetry import exporting
-from gateway.upstream.bounded_http import OVERSIZED_MARK, bounded_responses
+from gateway.upstream.bounded_http import OVERSIZED_MARK
 from gateway.upstream.fastcall import FastLane, tool_result
 from gateway.upstream.relay import CallerRelay
-from gateway.upstream.runas import RunAs, check_launchable, resolve_run_as, working_folder
-from gateway.upstream.stdio import bounded_stdio_client
+from gateway.upstream.runas import RunAs, resolve_run_as
+from gateway.upstream.transport import CommandWrapper, WatchedStream, open_transport
 
 _logger = logging.getLogger("symbi.upstream")
 
@@ -62,8 +58,6 @@ def downstream_ref(session: Any) -> Any:
 _CAPS_META_KEY = "io.modelcontextprotocol/clientCapabilities"
 
 State = Literal["starting", "up", "down", "stopped"]
-# (command, args, cleanup): how to launch a sandboxed stdio server, and what to remove after it
-CommandWrapper = Callable[[str, ServerConfig], tuple[str, list[str], Callable[[], None] | None]]
 
 
 @dataclass
@@ -220,9 +214,20 @@ class Upstream:
         """Spawn or connect, initialize and list, within the connection timeout; the
         transport and session stay open on ``stack``."""
         self._new_lane = None
-        read, write = await stack.enter_async_context(self._transport())
+        read, write = await stack.enter_async_context(
+            open_transport(
+                self.name,
+                self.server,
+                self._config,
+                wrap_command=self._wrap_command,
+                run_as=self._run_as,
+                call_timeout=self.call_timeout,
+                on_oversized=self._oversized,
+                on_lane=self._got_lane,
+            )
+        )
         lane, self._new_lane = self._new_lane, None
-        read = _WatchedStream(read, self._mark_closed)
+        read = WatchedStream(read, self._mark_closed)
         self._closed = anyio.Event()
         session = await stack.enter_async_context(
             ClientSession(
@@ -283,58 +288,6 @@ class Upstream:
                     Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error}
                 )
                 self._closed.set()
-
-    @contextlib.asynccontextmanager
-    async def _transport(self) -> Any:
-        if self.server.command is not None:
-            command, args = self.server.command, list(self.server.args)
-            cleanup: Callable[[], None] | None = None
-            if self.server.sandbox not in (None, "none"):
-                if self._wrap_command is None:  # never run an untrusted server unsandboxed
-                    raise SandboxUnavailable(
-                        f"upstream {self.name!r} asks for sandbox {self.server.sandbox!r}: none available"
-                    )
-                command, args, cleanup = self._wrap_command(self.name, self.server)
-            env = dict(self.server.env)
-            cwd = self.server.cwd  # sandboxed: None unless configured (never the config folder)
-            if self.server.sandbox in (None, "none"):
-                cwd = await anyio.to_thread.run_sync(
-                    working_folder, self.server, self._config.config_dir, self._run_as
-                )
-            if self._run_as is not None:
-                await anyio.to_thread.run_sync(check_launchable, self.name, self.server, self._run_as)
-                command, args = self._run_as.argv(command, args)
-                env = self._run_as.env(env)
-            params = StdioServerParameters(
-                command=command, args=args, env=env or None, cwd=str(cwd) if cwd else None
-            )
-            try:
-                with _StderrToLog(self.name) as errlog:
-                    async with bounded_stdio_client(
-                        params,
-                        max_message_bytes=self._config.mcp.max_message_bytes,
-                        errlog=errlog,
-                        on_oversized=self._oversized,
-                        on_lane=self._got_lane,
-                    ) as streams:
-                        yield streams
-            finally:
-                if cleanup is not None:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(cleanup)
-        else:
-            assert self.server.url is not None
-            timeout = httpx2.Timeout(self._config.mcp.connection_timeout_s, read=self.call_timeout + 5)
-            limit = self._config.mcp.max_message_bytes
-            async with httpx2.AsyncClient(
-                headers=dict(self.server.headers),
-                timeout=timeout,
-                event_hooks={"response": [bounded_responses(limit, self._oversized)]},
-            ) as hc:
-                async with streamable_http_client(
-                    self.server.url, http_client=hc, max_sse_event_size=limit
-                ) as streams:
-                    yield streams
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, Exception):
@@ -543,71 +496,3 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, BaseExceptionGroup):
         return "; ".join(_describe(x) for x in e.exceptions)
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-
-
-class _WatchedStream:
-    """A read stream that tells us when the transport ends (the process died, HTTP closed)."""
-
-    def __init__(self, inner: Any, on_close: Callable[[], None]) -> None:
-        self._inner = inner
-        self._on_close = on_close
-        self.last_context = getattr(inner, "last_context", None)
-
-    def __aiter__(self) -> _WatchedStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            item = await self._inner.__anext__()
-        except (StopAsyncIteration, anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._on_close()
-            raise StopAsyncIteration from None
-        if isinstance(item, Exception):
-            _logger.debug("transport exception: %s", item)
-        return item
-
-    async def receive(self) -> Any:
-        return await self.__anext__()
-
-    async def aclose(self) -> None:
-        self._on_close()
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def close(self) -> None:
-        self._on_close()
-        close = getattr(self._inner, "close", None)
-        if close:
-            close()
-
-
-class _StderrToLog:
-    """A pipe whose read end is logged line by line with the server's name."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._log = logging.getLogger(f"symbi.upstream.{name}")
-
-    def __enter__(self) -> Any:
-        r, w = os.pipe()
-        self._reader = os.fdopen(r, "r", encoding="utf-8", errors="replace")
-        self._writer = os.fdopen(w, "w")
-        self._thread = threading.Thread(target=self._pump, name=f"stderr-{self._name}", daemon=True)
-        self._thread.start()
-        return self._writer
-
-    def _pump(self) -> None:
-        with contextlib.suppress(Exception):
-            for line in self._reader:
-                self._log.info("[%s] %s", self._name, line.rstrip())
-        with contextlib.suppress(Exception):
-            self._reader.close()
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.close()

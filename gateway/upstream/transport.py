@@ -1,0 +1,161 @@
+"""The transport to one upstream: its stdio process (sandboxed, run as another user, its
+stderr logged) or streamable HTTP, messages bounded; and a read stream that tells the
+session supervisor when the transport ends."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Self
+
+import anyio
+import httpx2
+from mcp import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+from gateway.config.model import Config, ServerConfig
+from gateway.errors import SandboxUnavailable
+from gateway.upstream.bounded_http import bounded_responses
+from gateway.upstream.fastcall import FastLane
+from gateway.upstream.runas import RunAs, check_launchable, working_folder
+from gateway.upstream.stdio import bounded_stdio_client
+
+_logger = logging.getLogger("symbi.upstream")
+
+# (command, args, cleanup): how to launch a sandboxed stdio server, and what to remove after it
+CommandWrapper = Callable[[str, ServerConfig], tuple[str, list[str], Callable[[], None] | None]]
+
+
+@contextlib.asynccontextmanager
+async def open_transport(
+    name: str,
+    server: ServerConfig,
+    config: Config,
+    *,
+    wrap_command: CommandWrapper | None,
+    run_as: RunAs | None,
+    call_timeout: float,
+    on_oversized: Callable[[str], None],
+    on_lane: Callable[[FastLane], None],
+) -> AsyncIterator[Any]:
+    """The (read, write) streams of one upstream: its stdio process (sandboxed when
+    ``servers.X.sandbox`` says so, run as ``run_as``, stderr logged) or streamable HTTP, both
+    with messages bounded by ``mcp.max_message_bytes``."""
+    if server.command is not None:
+        command, args = server.command, list(server.args)
+        cleanup: Callable[[], None] | None = None
+        if server.sandbox not in (None, "none"):
+            if wrap_command is None:  # never run an untrusted server unsandboxed
+                raise SandboxUnavailable(
+                    f"upstream {name!r} asks for sandbox {server.sandbox!r}: none available"
+                )
+            command, args, cleanup = wrap_command(name, server)
+        env = dict(server.env)
+        cwd = server.cwd  # sandboxed: None unless configured (never the config folder)
+        if server.sandbox in (None, "none"):
+            cwd = await anyio.to_thread.run_sync(working_folder, server, config.config_dir, run_as)
+        if run_as is not None:
+            await anyio.to_thread.run_sync(check_launchable, name, server, run_as)
+            command, args = run_as.argv(command, args)
+            env = run_as.env(env)
+        params = StdioServerParameters(
+            command=command, args=args, env=env or None, cwd=str(cwd) if cwd else None
+        )
+        try:
+            with StderrToLog(name) as errlog:
+                async with bounded_stdio_client(
+                    params,
+                    max_message_bytes=config.mcp.max_message_bytes,
+                    errlog=errlog,
+                    on_oversized=on_oversized,
+                    on_lane=on_lane,
+                ) as streams:
+                    yield streams
+        finally:
+            if cleanup is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(cleanup)
+    else:
+        assert server.url is not None
+        timeout = httpx2.Timeout(config.mcp.connection_timeout_s, read=call_timeout + 5)
+        limit = config.mcp.max_message_bytes
+        async with httpx2.AsyncClient(
+            headers=dict(server.headers),
+            timeout=timeout,
+            event_hooks={"response": [bounded_responses(limit, on_oversized)]},
+        ) as hc:
+            async with streamable_http_client(
+                server.url, http_client=hc, max_sse_event_size=limit
+            ) as streams:
+                yield streams
+
+
+class WatchedStream:
+    """A read stream that tells us when the transport ends (the process died, HTTP closed)."""
+
+    def __init__(self, inner: Any, on_close: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_close = on_close
+        self.last_context = getattr(inner, "last_context", None)
+
+    def __aiter__(self) -> WatchedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            item = await self._inner.__anext__()
+        except (StopAsyncIteration, anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_close()
+            raise StopAsyncIteration from None
+        if isinstance(item, Exception):
+            _logger.debug("transport exception: %s", item)
+        return item
+
+    async def receive(self) -> Any:
+        return await self.__anext__()
+
+    async def aclose(self) -> None:
+        self._on_close()
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def close(self) -> None:
+        self._on_close()
+        close = getattr(self._inner, "close", None)
+        if close:
+            close()
+
+
+class StderrToLog:
+    """A pipe whose read end is logged line by line with the server's name."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._log = logging.getLogger(f"symbi.upstream.{name}")
+
+    def __enter__(self) -> Any:
+        r, w = os.pipe()
+        self._reader = os.fdopen(r, "r", encoding="utf-8", errors="replace")
+        self._writer = os.fdopen(w, "w")
+        self._thread = threading.Thread(target=self._pump, name=f"stderr-{self._name}", daemon=True)
+        self._thread.start()
+        return self._writer
+
+    def _pump(self) -> None:
+        with contextlib.suppress(Exception):
+            for line in self._reader:
+                self._log.info("[%s] %s", self._name, line.rstrip())
+        with contextlib.suppress(Exception):
+            self._reader.close()
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()

@@ -52,6 +52,7 @@ from gateway.steps.unsafe import WarnUnsafe
 from gateway.steps.verify import VerifyTool
 from gateway.tasks import audit_retention, discover, poll_approvals
 from gateway.telemetry import Telemetry
+from gateway.upstream.builtin import Builtin
 from gateway.verify.verifier import ToolVerifier
 
 _logger = logging.getLogger("symbi.assemble")
@@ -171,61 +172,21 @@ def _assemble(
     agent_host: AgentHost | None,
     closers: list[Callable[[], object]],
 ) -> Gateway:
-    audit: AuditLog | None = None
     telemetry = Telemetry(config)  # trace ids always; OTLP export when [telemetry] says where
     closers.append(telemetry.close)
-    events: EventSink
-    if config.audit_on:
-        audit = open_audit(config)
-        events = audit
-        closers.append(audit.close)
-    else:
-        _logger.warning("AUDIT IS OFF (security.unsafe_disable_audit): calls are not recorded")
-        events = LoggingSink()
-    if metrics is not None:
-        events = MetricsSink(events, metrics)
-    events.emit(
-        Event.CONFIG_LOADED,
-        {"source": str(config.source) if config.source else None, "servers": sorted(config.servers)},
-    )
+    audit, events = _audit_and_events(config, metrics, closers)
 
-    manager: SandboxManager | None = None
-    if (
-        config.sandbox.code_tools
-        or config.agents
-        or any(s.sandbox not in (None, "none") for s in config.servers.values())
-    ):
-        manager = SandboxManager(config)
-        closers.append(manager.close)
-        manager.start_warm_pool()  # sandbox.warm_pool ready sandboxes per Docker tier, refilled in the background
+    manager = _sandbox_manager(config, closers)
 
-    policy: PolicyEngine | None = None
     counters = CallCounters()
     state = build_state(config, counters)  # [state]: shared by replicas, or this process only
     closers.append(state.close)
-    if config.policies_enforced:
-        policy = build_engine(config, events)
-        closers.append(policy.close)
-    else:
-        _logger.warning("POLICY IS OFF (security.unsafe_disable_policies): every verified call is allowed")
+    policy = _policy_engine(config, events, closers)
 
     background: list[Background] = []
-    memory: MemoryService | None = None
-    if config.context.enabled:
-        # agent memory and knowledge; the store and the model open on first use
-        memory = build_service(config, events, policy)
-        closers.append(memory.close)
-        background.append(memory.retention)
-    # every session is an agent; ids made here (never by clients) under the data dir's id key
-    # sessions an operator terminated that would recur after a restart stay refused (data dir)
-    ended = EndedSessions(config.data_dir / "agents-ended.db")
-    closers.append(ended.close)
-    runtime = AgentRuntime(
-        config, events, key=private_secret(config.agent_id_key_path, "agent id key"), ended=ended
-    )
+    memory = _memory(config, events, policy, closers, background)
+    runtime = _agent_runtime(config, events, memory, closers)
     agents = runtime.agents
-    if memory is not None:
-        end_with_agents(memory.m, agents)  # short-term memory ends with its agent's session
     builtins = make_builtins(
         config,
         manager,
@@ -237,18 +198,7 @@ def _assemble(
         background=background,
     )
 
-    # built-in tools are verified by construction; only the sandbox's run agent code
-    code_builtins = frozenset(b.name for b in builtins if isinstance(b, SandboxBuiltin))
-    verifier = ToolVerifier(
-        config,
-        events,
-        builtins=frozenset(b.name for b in builtins),
-        code_builtins=code_builtins,
-        state=state.tool_state,
-        pins=state.pins,
-        accepted=state.accepted,
-    )
-    closers.append(verifier.close)
+    verifier = _verifier(config, events, builtins, state, closers)
 
     catalog = LiveCatalog(upstream_infos(config, builtins))
     unsafe = [o for o in config.unsafe_options() if o.every_call]
@@ -263,6 +213,161 @@ def _assemble(
         state=state,
         unsafe=unsafe,
     )
+    _shared_state_tasks(config, state, audit, policy, events, background)
+    background.append(poll_approvals(verifier, config.mcp.recheck_interval_s, state.changes))
+    background.append(lambda _gw: runtime.run())
+    if config.mcp.discovery_enabled:
+        background.append(discover(config, events))
+    hosted = _hosted_agents(config, runtime, events, manager, agent_host, background)
+    if audit is not None and (retention := audit_retention(config, audit)) is not None:
+        background.append(retention)
+    return Gateway(
+        config,
+        steps,
+        audit=audit,
+        policy=policy,
+        verifier=verifier,
+        catalog=catalog,
+        events=events,
+        counters=counters,
+        builtins=builtins,
+        wrap_command=_sandboxed_command(manager, hidden_paths(config)) if manager is not None else None,
+        listen=listen,
+        background=background,
+        closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
+        runtime=runtime,
+        state=state,
+        hosted=hosted,
+    )
+
+
+def _policy_engine(
+    config: Config, events: EventSink, closers: list[Callable[[], object]]
+) -> PolicyEngine | None:
+    """The policy engine; None only when the config turns policies off (unsafe)."""
+    if not config.policies_enforced:
+        _logger.warning("POLICY IS OFF (security.unsafe_disable_policies): every verified call is allowed")
+        return None
+    policy = build_engine(config, events)
+    closers.append(policy.close)
+    return policy
+
+
+def _memory(
+    config: Config,
+    events: EventSink,
+    policy: PolicyEngine | None,
+    closers: list[Callable[[], object]],
+    background: list[Background],
+) -> MemoryService | None:
+    """Agent memory and knowledge (``[context]``); the store and the model open on first use."""
+    if not config.context.enabled:
+        return None
+    memory = build_service(config, events, policy)
+    closers.append(memory.close)
+    background.append(memory.retention)
+    return memory
+
+
+def _agent_runtime(
+    config: Config, events: EventSink, memory: MemoryService | None, closers: list[Callable[[], object]]
+) -> AgentRuntime:
+    """Every session is an agent; ids made here (never by clients) under the data dir's id key."""
+    # sessions an operator terminated that would recur after a restart stay refused (data dir)
+    ended = EndedSessions(config.data_dir / "agents-ended.db")
+    closers.append(ended.close)
+    runtime = AgentRuntime(
+        config, events, key=private_secret(config.agent_id_key_path, "agent id key"), ended=ended
+    )
+    if memory is not None:
+        end_with_agents(memory.m, runtime.agents)  # short-term memory ends with its agent's session
+    return runtime
+
+
+def _verifier(
+    config: Config,
+    events: EventSink,
+    builtins: list[Builtin],
+    state: SharedState,
+    closers: list[Callable[[], object]],
+) -> ToolVerifier:
+    # built-in tools are verified by construction; only the sandbox's run agent code
+    code_builtins = frozenset(b.name for b in builtins if isinstance(b, SandboxBuiltin))
+    verifier = ToolVerifier(
+        config,
+        events,
+        builtins=frozenset(b.name for b in builtins),
+        code_builtins=code_builtins,
+        state=state.tool_state,
+        pins=state.pins,
+        accepted=state.accepted,
+    )
+    closers.append(verifier.close)
+    return verifier
+
+
+def _hosted_agents(
+    config: Config,
+    runtime: AgentRuntime,
+    events: EventSink,
+    manager: SandboxManager | None,
+    agent_host: AgentHost | None,
+    background: list[Background],
+) -> HostedAgents | None:
+    """Hosted agents: sandboxed processes with credentials of their own; the HTTP front
+    attaches its Unix socket and key store (`symbi serve`), else they fail to start."""
+    if not config.agents:
+        return None
+    hosted = HostedAgents(config, runtime, events, sandbox=manager, host=agent_host)
+    background.append(lambda _gw: hosted.run())
+    return hosted
+
+
+def _audit_and_events(
+    config: Config, metrics: GatewayMetrics | None, closers: list[Callable[[], object]]
+) -> tuple[AuditLog | None, EventSink]:
+    """The audit log (None when the config turns it off) and the sink every component records to."""
+    audit: AuditLog | None = None
+    events: EventSink
+    if config.audit_on:
+        audit = open_audit(config)
+        events = audit
+        closers.append(audit.close)
+    else:
+        _logger.warning("AUDIT IS OFF (security.unsafe_disable_audit): calls are not recorded")
+        events = LoggingSink()
+    if metrics is not None:
+        events = MetricsSink(events, metrics)
+    events.emit(
+        Event.CONFIG_LOADED,
+        {"source": str(config.source) if config.source else None, "servers": sorted(config.servers)},
+    )
+    return audit, events
+
+
+def _sandbox_manager(config: Config, closers: list[Callable[[], object]]) -> SandboxManager | None:
+    """The sandbox tiers, when code tools, hosted agents or a sandboxed server need them."""
+    manager: SandboxManager | None = None
+    if (
+        config.sandbox.code_tools
+        or config.agents
+        or any(s.sandbox not in (None, "none") for s in config.servers.values())
+    ):
+        manager = SandboxManager(config)
+        closers.append(manager.close)
+        manager.start_warm_pool()  # sandbox.warm_pool ready sandboxes per Docker tier, refilled in the background
+    return manager
+
+
+def _shared_state_tasks(
+    config: Config,
+    state: SharedState,
+    audit: AuditLog | None,
+    policy: PolicyEngine | None,
+    events: EventSink,
+    background: list[Background],
+) -> None:
+    """[state]'s background tasks: the replicas' watch, audit shipping, PostgreSQL's NOTIFY."""
     if state.shared:
         background.append(state.watch)
     if state.postgres is not None and audit is not None:
@@ -285,36 +390,6 @@ def _assemble(
             channels[POLICY_CHANNEL] = sync.notified
             background.append(sync.run)
         background.append(lambda _gw: pg.listen(channels))
-    background.append(poll_approvals(verifier, config.mcp.recheck_interval_s, state.changes))
-    background.append(lambda _gw: runtime.run())
-    if config.mcp.discovery_enabled:
-        background.append(discover(config, events))
-    hosted: HostedAgents | None = None
-    if config.agents:
-        # hosted agents: sandboxed processes with credentials of their own; the HTTP front
-        # attaches its Unix socket and key store (`symbi serve`), else they fail to start
-        hosted = HostedAgents(config, runtime, events, sandbox=manager, host=agent_host)
-        background.append(lambda _gw: hosted.run())
-    if audit is not None and (retention := audit_retention(config, audit)) is not None:
-        background.append(retention)
-    return Gateway(
-        config,
-        steps,
-        audit=audit,
-        policy=policy,
-        verifier=verifier,
-        catalog=catalog,
-        events=events,
-        counters=counters,
-        builtins=builtins,
-        wrap_command=_sandboxed_command(manager, hidden_paths(config)) if manager is not None else None,
-        listen=listen,
-        background=background,
-        closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
-        runtime=runtime,
-        state=state,
-        hosted=hosted,
-    )
 
 
 def _sandboxed_command(manager: SandboxManager, hidden: list[str]) -> WrapCommand:

@@ -18,6 +18,7 @@ from mcp.shared.subscriptions import (
     ResourceUpdated,
     ToolsListChanged,
 )
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.catalog import Catalog, CatalogTool, LiveCatalog
 from gateway.context import Principal
@@ -32,26 +33,39 @@ _logger = logging.getLogger("symbi.gateway")
 class Announcer:
     """Pushes list_changed and resources/updated to whoever may see the change.
 
-    ``downstream`` is the gateway's map of handshake-era connections to their principal
-    (shared, filled by ``Gateway.remember_downstream``); ``visible`` and ``allowed_targets``
-    are the gateway's policy filters for listings and prompt/resource targets.
+    It keeps the handshake-era client connections and who opened them (``remember``; weak:
+    closed ones go away); ``visible`` and ``allowed_targets`` are the gateway's policy
+    filters for listings and prompt/resource targets.
     """
 
     def __init__(
         self,
-        downstream: weakref.WeakKeyDictionary[Any, Principal],
         listen: ListenHub,
         events: EventSink,
         live: LiveCatalog,
         visible: Callable[[Principal, list[CatalogTool]], Awaitable[list[CatalogTool]]],
         allowed_targets: Callable[[Principal, str, list[tuple[str, str]]], Awaitable[set[str]]],
     ) -> None:
-        self._downstream = downstream
+        self._downstream: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
         self.listen = listen
         self.events = events
         self._live = live
         self._visible = visible
         self._allowed_targets = allowed_targets
+
+    @property
+    def connections(self) -> int:
+        """Handshake-era client connections remembered."""
+        return len(self._downstream)
+
+    def remember(self, conn: Any, who: Callable[[], Principal]) -> None:
+        """Keep a handshake-era connection (and who opened it) for pushed notifications."""
+        if conn in self._downstream:
+            return
+        if conn.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return  # 2026-era clients hear about changes through subscriptions/listen (self.listen)
+        with contextlib.suppress(Exception):  # not authenticated: nothing to tell it
+            self._downstream[conn] = who()
 
     async def announce(self, old: Catalog, new: Catalog, since: float | None = None) -> None:
         """Tell every open client connection and listen stream about the lists that changed

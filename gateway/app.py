@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp import types
 from mcp.server.session import ServerSession
-from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
 from gateway.announce import Announcer
@@ -34,7 +32,13 @@ from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
 from gateway.steps.policy import afilter_listing
 from gateway.upstream.bridge import PendingQuestions
-from gateway.upstream.builtin import Builtin, PromptBuiltin, ResourceBuiltin, WatchedResourceBuiltin
+from gateway.upstream.builtin import (
+    Builtin,
+    PromptBuiltin,
+    ResourceBuiltin,
+    WatchedResourceBuiltin,
+    listing_of,
+)
 from gateway.upstream.eras import answered_for_legacy, bridged_for_modern_client, modern, on_behalf_of
 from gateway.upstream.isolation import IsolatedReplicas
 from gateway.upstream.session import Upstream
@@ -109,11 +113,7 @@ class Gateway:
         self._background = tuple(background)
         self._closers = tuple(closers)  # run in this order when the gateway stops
         self._chain: CallNext = build_chain(self.steps, self._dispatch)
-        # Handshake-era client connections and who opened them, for pushed list_changed
-        # (weak: closed ones go away).
-        self._downstream: weakref.WeakKeyDictionary[Any, Principal] = weakref.WeakKeyDictionary()
         self._announcer = Announcer(
-            self._downstream,
             self.listen,
             self.events,
             self.live,
@@ -179,19 +179,26 @@ class Gateway:
 
     # -- catalogue -------------------------------------------------------------------------
 
-    def _start_upstream(self, name: str, srv: ServerConfig) -> None:
+    def _new_upstream(
+        self, name: str, srv: ServerConfig, on_change: Callable[[Upstream], Awaitable[None]]
+    ) -> Upstream:
         assert self._tg is not None
         up = Upstream(
             name,
             srv,
             self.config,
             events=self.events,
-            on_change=self._upstream_changed,
+            on_change=on_change,
             on_resource_updated=self._announcer.resource_updated,
             wrap_command=self._wrap_command,
             start_gate=self._start_gate,
         )
         up.bind_task_group(self._tg)
+        return up
+
+    def _start_upstream(self, name: str, srv: ServerConfig) -> None:
+        assert self._tg is not None
+        up = self._new_upstream(name, srv, self._upstream_changed)
         self.upstreams[name] = up
         self.replicas[name] = [up]
         self._tg.start_soon(up.run, name=f"upstream-{name}")
@@ -210,17 +217,7 @@ class Gateway:
 
     def _start_replica(self, name: str, srv: ServerConfig) -> Upstream:
         assert self._tg is not None
-        rep = Upstream(
-            name,
-            srv,
-            self.config,
-            events=self.events,
-            on_change=_ignore_change,
-            on_resource_updated=self._announcer.resource_updated,
-            wrap_command=self._wrap_command,
-            start_gate=self._start_gate,
-        )
-        rep.bind_task_group(self._tg)
+        rep = self._new_upstream(name, srv, _ignore_change)
         self._tg.start_soon(rep.run, name=f"upstream-{name}")
         return rep
 
@@ -258,17 +255,7 @@ class Gateway:
                 for u in self.upstreams.values()
                 if u.state == "up"
             ]
-            listings += [
-                UpstreamListing(
-                    name=b.name,
-                    pass_through=False,
-                    tools=b.tools(),
-                    resources=b.resources() if isinstance(b, WatchedResourceBuiltin) else [],
-                    templates=b.templates() if isinstance(b, ResourceBuiltin) else [],
-                    prompts=b.prompts() if isinstance(b, PromptBuiltin) else [],
-                )
-                for b in self.builtins.values()
-            ]
+            listings += [listing_of(b) for b in self.builtins.values()]
             # the catalogue uses verification: every tool's verdict is part of the snapshot
             current = self.catalog
             previous = {n: t.info for n, t in current.tools.items()}
@@ -307,17 +294,11 @@ class Gateway:
     @property
     def downstream_connections(self) -> int:
         """Handshake-era client connections remembered for pushed list_changed (``GET /api/state``)."""
-        return len(self._downstream)
+        return self._announcer.connections
 
     def remember_downstream(self, session: ServerSession, who: Callable[[], Principal]) -> None:
         """Keep a handshake-era connection (and who opened it) for pushed notifications."""
-        conn = connection_of(session)
-        if conn in self._downstream:
-            return
-        if conn.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return  # 2026-era clients hear about changes through subscriptions/listen (self.listen)
-        with contextlib.suppress(Exception):  # not authenticated: nothing to tell it
-            self._downstream[conn] = who()
+        self._announcer.remember(connection_of(session), who)
 
     async def visible_tools(self, principal: Principal, catalog: Catalog | None = None) -> list[CatalogTool]:
         """What ``principal`` may see (of ``catalog``, the current one by default): verified

@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from mcp import types
 
+from gateway.catalog import UpstreamListing
 from gateway.context import CallContext, Principal
 
 
@@ -56,3 +57,15 @@ class WatchedResourceBuiltin(ResourceBuiltin, Protocol):
     async def watch(self, uri: str, principal: Principal, connection: Any, on: bool) -> None:
         """resources/subscribe (``on``) or unsubscribe for one client connection (its
         ``outbound.notify`` pushes notifications/resources/updated)."""
+
+
+def listing_of(b: Builtin) -> UpstreamListing:
+    """What a built-in offers, for the catalogue (resources only when it can be watched)."""
+    return UpstreamListing(
+        name=b.name,
+        pass_through=False,
+        tools=b.tools(),
+        resources=b.resources() if isinstance(b, WatchedResourceBuiltin) else [],
+        templates=b.templates() if isinstance(b, ResourceBuiltin) else [],
+        prompts=b.prompts() if isinstance(b, PromptBuiltin) else [],
+    )

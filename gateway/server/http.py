@@ -24,7 +24,7 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +171,29 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     metrics.track_sessions(lambda: len(state.sessions()))
     metrics.track_runtime(lambda: state.gateway.runtime if state.gateway is not None else None)
 
+    mcp_endpoint = SessionScope(StreamableHTTPASGIApp(manager), state)
+    app = Starlette(
+        routes=[
+            *_operations_routes(state, metrics),
+            Route(config.http.path, endpoint=mcp_endpoint, methods=["GET", "POST", "DELETE"]),
+            Mount("/api", routes=admin_routes(state)),
+            *dashboard_routes(state),
+        ],
+        lifespan=_lifespan(state, manager),
+        exception_handlers={404: _not_found},
+    )
+    app.state.symbi = state
+    app.state.agent_socket = agent_socket
+    _add_middleware(app, state, manager, settings)
+    return app
+
+
+def _lifespan(
+    state: HttpState, manager: StreamableHTTPSessionManager
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the session manager and the revoked keys' sweep; a gateway that
+    fails or stops marks the process stopped (``/healthz`` answers 503)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
@@ -204,6 +227,12 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
             yield
             tg.cancel_scope.cancel()
 
+    return lifespan
+
+
+def _operations_routes(state: HttpState, metrics: GatewayMetrics) -> list[Route]:
+    """``/healthz``, ``/readyz``, ``/metrics`` and the RFC 9728 metadata (public)."""
+
     async def healthz(request: Request) -> Response:
         if state.stopped is not None:
             return JSONResponse({"status": "stopped", "reason": state.stopped}, status_code=503)
@@ -221,30 +250,29 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     async def resource_metadata(request: Request) -> Response:
         base = base_url(request.scope)
         doc = {
-            "resource": f"{base}{config.http.path}",
-            "authorization_servers": list(config.http.authorization_servers),
+            "resource": f"{base}{state.config.http.path}",
+            "authorization_servers": list(state.config.http.authorization_servers),
             "bearer_methods_supported": ["header"],
-            "resource_name": config.gateway.name,
+            "resource_name": state.config.gateway.name,
         }
         return JSONResponse(doc)
 
-    mcp_endpoint = SessionScope(StreamableHTTPASGIApp(manager), state)
-    app = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics_view, methods=["GET"]),
-            Route(PRM_PATH, resource_metadata, methods=["GET"]),
-            Route(PRM_PATH + config.http.path, resource_metadata, methods=["GET"]),
-            Route(config.http.path, endpoint=mcp_endpoint, methods=["GET", "POST", "DELETE"]),
-            Mount("/api", routes=admin_routes(state)),
-            *dashboard_routes(state),
-        ],
-        lifespan=lifespan,
-        exception_handlers={404: _not_found},
-    )
-    app.state.symbi = state
-    app.state.agent_socket = agent_socket
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_view, methods=["GET"]),
+        Route(PRM_PATH, resource_metadata, methods=["GET"]),
+        Route(PRM_PATH + state.config.http.path, resource_metadata, methods=["GET"]),
+    ]
+
+
+def _add_middleware(
+    app: Starlette,
+    state: HttpState,
+    manager: StreamableHTTPSessionManager,
+    settings: TransportSecuritySettings,
+) -> None:
+    config = state.config
     # add_middleware wraps outermost last: this order gives access log → host → body deadline →
     # body limit → auth → per-principal session quota → connection limit (only authenticated
     # MCP connections within their principal's quota take a slot).
@@ -264,7 +292,6 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     )
     app.add_middleware(HostGuard, settings=settings)
     app.add_middleware(AccessLog, state=state)
-    return app
 
 
 def open_agent_socket() -> socket.socket:

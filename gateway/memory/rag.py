@@ -15,6 +15,7 @@ Response generation (the seed's last stage) is the caller's model, through MCP s
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import threading
@@ -153,9 +154,8 @@ class _Bm25Index:
 class RagPipeline:
     def __init__(self, manager: ContextManager) -> None:
         self.m = manager
-        self._bm25: dict[str, tuple[tuple[int, int], _Bm25Index]] = {}
+        self._bm25: dict[str, tuple[tuple[int, str], _Bm25Index]] = {}
         self._lock = threading.Lock()
-        self.version = 0  # bumped by ingestion in this process
 
     def analyse(self, text: str) -> QueryAnalysis:
         norm = " ".join(text.split())
@@ -168,7 +168,11 @@ class RagPipeline:
         n = self.m.store.count({"kind": "knowledge", "base": base})
         if n == 0 or n > MAX_BM25_CHUNKS:
             return None
-        key = (n, self.version)
+        # what is stored, not who stored it: `symbi memory ingest` may re-ingest a changed file
+        # (same chunk count, new text) from another process; each file's first chunk carries its sha
+        firsts = self.m.store.scroll({"kind": "knowledge", "base": base, "chunk": 0}, limit=MAX_BM25_CHUNKS)
+        files = sorted(f"{p.payload.get('source')}\0{p.payload.get('sha')}" for p in firsts)
+        key = (n, hashlib.sha256("\n".join(files).encode()).hexdigest())
         with self._lock:
             cached = self._bm25.get(base)
             if cached and cached[0] == key:

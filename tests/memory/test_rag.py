@@ -102,3 +102,22 @@ def test_a_base_over_the_bm25_bound_is_searched_by_vector_only(
     at_bound = pipeline._index("two")
     assert at_bound is not None and len(at_bound.ids) == 2  # exactly the bound: still indexed
     assert pipeline._index("three") is None
+
+
+def test_a_file_re_ingested_with_new_text_and_as_many_chunks_is_searched_by_its_new_words(
+    tmp_path: Path, manager: ContextManager
+) -> None:
+    """The index was keyed by the chunk count and a counter nothing bumped: a changed file of
+    the same size in chunks (re-ingested by `symbi memory ingest`, another process) left
+    keyword search on the old text."""
+    kb = KnowledgeBases(manager)
+    # BM25 scores a word found in half the documents or more at 0: two without it
+    other = {"b.md": "# Other\n\nnothing about sea animals\n", "c.md": "# More\n\nstill nothing\n"}
+    kb.add("docs", _base(tmp_path, "docs", {"a.md": "# Runbook\n\nrestart the walrus service\n", **other}))
+    pipeline = RagPipeline(manager)
+    old = pipeline._index("docs")
+    assert old is not None and len(old.top(["walrus"], 5)) == 1
+    kb.add("docs", _base(tmp_path, "docs", {"a.md": "# Runbook\n\nrestart the narwhal service\n", **other}))
+    new = pipeline._index("docs")
+    assert new is not None and new is not old
+    assert new.top(["walrus"], 5) == [] and len(new.top(["narwhal"], 5)) == 1

@@ -124,6 +124,8 @@ async def test_a_2026_client_answers_a_2025_upstreams_sampling_request(
         # and the SDK's own driver does the same loop by itself
         res = await c.call_tool("ev__trigger-sampling-request", args)
         assert not res.is_error and "Paris, said the LLM" in json.dumps(res.model_dump(mode="json"))
+    # on the record: the upstream's question was bridged, for Alice's call
+    assert any(e["principal"] == "alice" for e in _bridged(run, "2025-upstream-to-2026-client"))
 
 
 async def test_a_2025_client_answers_a_2026_upstreams_input_required_result(
@@ -152,15 +154,19 @@ async def test_a_2025_client_answers_a_2026_upstreams_input_required_result(
         assert isinstance(prompt, types.GetPromptResult)
         assert prompt.messages[0].content.text == "Use this context: the 1840s"  # type: ignore[union-attr]
     # on the record: the question was bridged, for Alice's call
+    assert any(e["principal"] == "alice" for e in _bridged(run, "2026-upstream-to-2025-client"))
+
+
+def _bridged(run: Running, direction: str) -> list[dict[str, Any]]:
+    """The audit log's bridged questions in ``direction`` (each test checks its own)."""
     gateway = run.state.gateway
     assert gateway is not None and gateway.audit is not None
     gateway.audit.flush(timeout=5)
-    bridged = [e for e in gateway.audit.recent(200) if e["type"] == "bridge.input_request"]
-    assert any(
-        e["principal"] == "alice" and e["details"]["direction"] == "2026-upstream-to-2025-client"
-        for e in bridged
-    )
-    assert any(e["details"]["direction"] == "2025-upstream-to-2026-client" for e in bridged)
+    return [
+        e
+        for e in gateway.audit.recent(200)
+        if e["type"] == "bridge.input_request" and e["details"]["direction"] == direction
+    ]
 
 
 async def test_a_2025_client_that_cannot_answer_gets_an_error_result(

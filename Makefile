@@ -79,7 +79,7 @@ test-fast: setup state-engines
 	$(PY) -m pytest $(XDIST) -m "not sandbox and not slow" $(PYTEST_ARGS)
 
 # The rule set and the strictness live in pyproject.toml ([tool.ruff.lint], [tool.mypy]).
-LINTED := gateway schemapin tests bench
+LINTED := gateway schemapin tests bench scripts examples
 
 typecheck: python-deps
 	$(PY) -m mypy gateway schemapin

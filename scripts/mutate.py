@@ -63,97 +63,211 @@ class Group:
 
 GROUPS: tuple[Group, ...] = (
     # test_verify/test_crypto call _verify in-process; the interop tests run the reference in a subprocess
-    Group("schemapin-verify", ("schemapin/_verify.py",), (
-        "tests/schemapin/test_verify.py", "tests/schemapin/test_crypto.py", "tests/schemapin/test_bundle.py",
-    )),
+    Group(
+        "schemapin-verify",
+        ("schemapin/_verify.py",),
+        (
+            "tests/schemapin/test_verify.py",
+            "tests/schemapin/test_crypto.py",
+            "tests/schemapin/test_bundle.py",
+        ),
+    ),
     Group(
         "steps",
         ("gateway/steps/*", "gateway/policy/decision.py"),
         ("tests/steps/", "tests/policy/test_decision.py"),
     ),
-    Group("audit-verify", ("gateway/audit/verify.py",), (
-        "tests/audit/test_verify.py", "tests/audit/test_log.py", "tests/audit/test_keys.py",
-    )),
-    Group("audit-store", ("gateway/audit/store.py",), (
-        "tests/audit/test_store.py", "tests/audit/test_log.py", "tests/audit/test_durability.py",
-        "tests/audit/test_verify.py", "tests/audit/test_audit_cmd.py::test_query_filters",
-    )),
+    Group(
+        "audit-verify",
+        ("gateway/audit/verify.py",),
+        (
+            "tests/audit/test_verify.py",
+            "tests/audit/test_log.py",
+            "tests/audit/test_keys.py",
+        ),
+    ),
+    Group(
+        "audit-store",
+        ("gateway/audit/store.py",),
+        (
+            "tests/audit/test_store.py",
+            "tests/audit/test_log.py",
+            "tests/audit/test_durability.py",
+            "tests/audit/test_verify.py",
+            "tests/audit/test_audit_cmd.py::test_query_filters",
+        ),
+    ),
     # the on-the-wire tests start a gateway per test (about 7 s a mutant): the unit tests only
-    Group("auth", ("gateway/server/auth.py", "gateway/apikeys.py"), tuple(
-        f"tests/server/http/test_auth.py::{t}" for t in (
-            "test_key_store_keeps_only_a_hash_with_mode_0600",
-            "test_key_store_refuses_tampered_unknown_and_revoked_keys",
-            "test_jwt_good_tokens_give_principal_with_roles", "test_jwt_refused",
-            "test_authenticator_fails_closed_without_jwt_config_and_without_credentials",
-            "test_jwks_url", "test_jwks_url_unreachable_fails_closed", "test_anonymous_only_when_named",
-            "test_jwt_without_roles_is_a_user_with_no_roles", "test_jwt_clock_skew_leeway",
-            "test_an_api_key_gives_its_principal_in_process", "test_key_file_layout_defaults_and_parent_dirs",
-            "test_a_key_with_a_non_hex_id_is_malformed", "test_a_failed_key_file_write_leaves_no_readable_temp_file",
-            "test_the_authenticator_from_config_verifies_jwts_and_keys",
-            "test_a_bad_jwks_file_is_a_config_error_naming_the_key",
-            "test_api_keys_on_an_unreachable_postgres_refuse_at_start", "test_principals_carry_their_namespace",
-            "test_a_new_key_carries_32_random_bytes_and_refuses_an_empty_principal",
-        )
-    )),
-    Group("policy", (
-        "gateway/policy/engine.py", "gateway/policy/inputdoc.py", "gateway/policy/redact.py",
-    ), (
-        "tests/policy/test_engine.py", "tests/policy/test_inputdoc.py", "tests/policy/test_redact.py",
-        # the remote engine against a real OPA, hot reload and its custody checks (all in-process)
-        "tests/policy/test_engine_remote.py", "tests/policy/test_watch.py", "tests/policy/test_reload_custody.py",
-    # the EmbeddedEngine mutants that defeat its per-thread engine cache build an engine per
-    # decision (minutes a mutant at the default 15x): a performance regression, a timeout at 4x
-    ), timeout_multiplier=4.0),
+    Group(
+        "auth",
+        ("gateway/server/auth.py", "gateway/apikeys.py"),
+        tuple(
+            f"tests/server/http/test_auth.py::{t}"
+            for t in (
+                "test_key_store_keeps_only_a_hash_with_mode_0600",
+                "test_key_store_refuses_tampered_unknown_and_revoked_keys",
+                "test_jwt_good_tokens_give_principal_with_roles",
+                "test_jwt_refused",
+                "test_authenticator_fails_closed_without_jwt_config_and_without_credentials",
+                "test_jwks_url",
+                "test_jwks_url_unreachable_fails_closed",
+                "test_anonymous_only_when_named",
+                "test_jwt_without_roles_is_a_user_with_no_roles",
+                "test_jwt_clock_skew_leeway",
+                "test_an_api_key_gives_its_principal_in_process",
+                "test_key_file_layout_defaults_and_parent_dirs",
+                "test_a_key_with_a_non_hex_id_is_malformed",
+                "test_a_failed_key_file_write_leaves_no_readable_temp_file",
+                "test_the_authenticator_from_config_verifies_jwts_and_keys",
+                "test_a_bad_jwks_file_is_a_config_error_naming_the_key",
+                "test_api_keys_on_an_unreachable_postgres_refuse_at_start",
+                "test_principals_carry_their_namespace",
+                "test_a_new_key_carries_32_random_bytes_and_refuses_an_empty_principal",
+            )
+        ),
+    ),
+    Group(
+        "policy",
+        (
+            "gateway/policy/engine.py",
+            "gateway/policy/inputdoc.py",
+            "gateway/policy/redact.py",
+        ),
+        (
+            "tests/policy/test_engine.py",
+            "tests/policy/test_inputdoc.py",
+            "tests/policy/test_redact.py",
+            # the remote engine against a real OPA, hot reload and its custody checks (all in-process)
+            "tests/policy/test_engine_remote.py",
+            "tests/policy/test_watch.py",
+            "tests/policy/test_reload_custody.py",
+            # the EmbeddedEngine mutants that defeat its per-thread engine cache build an engine per
+            # decision (minutes a mutant at the default 15x): a performance regression, a timeout at 4x
+        ),
+        timeout_multiplier=4.0,
+    ),
     # tests/verify's gateway-level tests run `symbi` subprocesses (unattributable): test_verifier is in-process
     Group("verify", ("gateway/verify/*",), ("tests/verify/test_verifier.py",)),
     # the tiers' limit and network settings only, with the attack tests on them (every mutant
     # runs real containers, seconds each; the slow many-runs leftovers test is left out)
-    Group("sandbox-limits", (
-        "gateway/sandbox/docker_tier.py", "gateway/sandbox/bwrap.py", "gateway/sandbox/cgroups.py",
-    ), tuple(f"tests/sandbox/test_tiers.py::{t}" for t in (
-        "test_network_blocked", "test_network_probe_detects_a_bridged_container", "test_host_secrets_not_readable",
-        "test_host_filesystem_not_writable", "test_unprivileged_identity", "test_fork_bomb_contained",
-        "test_memory_hog_killed", "test_infinite_loop_stopped", "test_output_flood_truncated",
-        "test_the_sandbox_sees_no_network_interface_but_its_own_loopback",
-        "test_no_capability_is_left_even_in_the_bounding_set", "test_the_root_filesystem_is_mounted_read_only",
-        "test_the_docker_host_config_carries_every_limit",
-    )) + ("tests/sandbox/test_bwrap.py",), only=(
-        "gateway.sandbox.docker_tier.*ǁ_host_config__mutmut_*", "gateway.sandbox.docker_tier.*ǁpids_limit__mutmut_*",
-        "gateway.sandbox.bwrap.*ǁ_bwrap_argv__mutmut_*", "gateway.sandbox.cgroups.*ǁpids_limit_hit__mutmut_*",
-    ), env=(
-        # a mutant that breaks a tier makes it "unavailable": that must fail the tests, not skip
-        # them (a skip is a pass to mutmut), nor run scripts/setup-sandbox.sh per mutant
-        ("SYMBI_SANDBOX_REQUIRED", "1"), ("SYMBI_SANDBOX_NO_SETUP", "1"),
-    )),
+    Group(
+        "sandbox-limits",
+        (
+            "gateway/sandbox/docker_tier.py",
+            "gateway/sandbox/bwrap.py",
+            "gateway/sandbox/cgroups.py",
+        ),
+        tuple(
+            f"tests/sandbox/test_tiers.py::{t}"
+            for t in (
+                "test_network_blocked",
+                "test_network_probe_detects_a_bridged_container",
+                "test_host_secrets_not_readable",
+                "test_host_filesystem_not_writable",
+                "test_unprivileged_identity",
+                "test_fork_bomb_contained",
+                "test_memory_hog_killed",
+                "test_infinite_loop_stopped",
+                "test_output_flood_truncated",
+                "test_the_sandbox_sees_no_network_interface_but_its_own_loopback",
+                "test_no_capability_is_left_even_in_the_bounding_set",
+                "test_the_root_filesystem_is_mounted_read_only",
+                "test_the_docker_host_config_carries_every_limit",
+            )
+        )
+        + ("tests/sandbox/test_bwrap.py",),
+        only=(
+            "gateway.sandbox.docker_tier.*ǁ_host_config__mutmut_*",
+            "gateway.sandbox.docker_tier.*ǁpids_limit__mutmut_*",
+            "gateway.sandbox.bwrap.*ǁ_bwrap_argv__mutmut_*",
+            "gateway.sandbox.cgroups.*ǁpids_limit_hit__mutmut_*",
+        ),
+        env=(
+            # a mutant that breaks a tier makes it "unavailable": that must fail the tests, not skip
+            # them (a skip is a pass to mutmut), nor run scripts/setup-sandbox.sh per mutant
+            ("SYMBI_SANDBOX_REQUIRED", "1"),
+            ("SYMBI_SANDBOX_NO_SETUP", "1"),
+        ),
+    ),
     # the runtime core, lifecycle, scheduler, breakers and budgets; the agent and schedule
     # steps' tests drive the runtime in-process too; hosted.py's supervisor and its sandboxed
     # runs in every tier are tested in-process (test_hosted_*, test_gvisor_agent)
-    Group("runtime", ("gateway/runtime/*",), tuple(f"tests/runtime/test_{t}.py" for t in (
-        "core", "breakers", "identity", "lifecycle", "resources", "runtime_keys", "scheduler", "stable_ids",
-        "registry", "metrics", "hosted_supervisor", "hosted_limits", "gvisor_agent", "hosted_isolation",
-    )) + ("tests/steps/test_schedule.py", "tests/steps/test_agent.py")),
+    Group(
+        "runtime",
+        ("gateway/runtime/*",),
+        tuple(
+            f"tests/runtime/test_{t}.py"
+            for t in (
+                "core",
+                "breakers",
+                "identity",
+                "lifecycle",
+                "resources",
+                "runtime_keys",
+                "scheduler",
+                "stable_ids",
+                "registry",
+                "metrics",
+                "hosted_supervisor",
+                "hosted_limits",
+                "gvisor_agent",
+                "hosted_isolation",
+            )
+        )
+        + ("tests/steps/test_schedule.py", "tests/steps/test_agent.py"),
+    ),
     # the agent bus; test_core, test_gateway_bus and test_tools_and_stats call it in-process (the
     # others via `symbi`)
-    Group("bus", ("gateway/bus/*",), (
-        "tests/bus/test_core.py", "tests/bus/test_gateway_bus.py", "tests/bus/test_tools_and_stats.py",
-        "tests/bus/test_core_replies_and_topics.py",
-        "tests/bus/test_audit_and_retention.py",
-    )),
+    Group(
+        "bus",
+        ("gateway/bus/*",),
+        (
+            "tests/bus/test_core.py",
+            "tests/bus/test_gateway_bus.py",
+            "tests/bus/test_tools_and_stats.py",
+            "tests/bus/test_core_replies_and_topics.py",
+            "tests/bus/test_audit_and_retention.py",
+        ),
+    ),
     # test_cli and test_sampling run `symbi` / a gateway over stdio (subprocesses: unattributable,
     # and the stdio client needs a real stderr, which mutmut's runs close)
-    Group("memory", ("gateway/memory/*",), tuple(f"tests/memory/test_{t}.py" for t in (
-        "config", "embed", "gateway_memory", "knowledge", "manager", "store", "filters", "rag", "volatile",
-        "knowledge_bases",
-    ))),
+    Group(
+        "memory",
+        ("gateway/memory/*",),
+        tuple(
+            f"tests/memory/test_{t}.py"
+            for t in (
+                "config",
+                "embed",
+                "gateway_memory",
+                "knowledge",
+                "manager",
+                "store",
+                "filters",
+                "rag",
+                "volatile",
+                "knowledge_bases",
+            )
+        ),
+    ),
     # the corpus and the verifier's screening tests call it in-process; tests/screen's gateway
     # and real-server tests start processes per test (seconds a mutant): not in the set
-    Group("screen", ("gateway/screen/*",), ("tests/screen/test_corpus.py", "tests/screen/test_screener.py", *(
-        f"tests/verify/test_verifier.py::{t}" for t in (
-            "test_poisoned_definitions_are_screened_and_announced_once_per_definition",
-            "test_screening_on_approval_sees_other_upstreams_tools_only",
-            "test_screening_in_the_catalogue_mentions_accepted_findings_and_event_fields",
-        )
-    ))),
+    Group(
+        "screen",
+        ("gateway/screen/*",),
+        (
+            "tests/screen/test_corpus.py",
+            "tests/screen/test_screener.py",
+            *(
+                f"tests/verify/test_verifier.py::{t}"
+                for t in (
+                    "test_poisoned_definitions_are_screened_and_announced_once_per_definition",
+                    "test_screening_on_approval_sees_other_upstreams_tools_only",
+                    "test_screening_in_the_catalogue_mentions_accepted_findings_and_event_fields",
+                )
+            ),
+        ),
+    ),
 )
 BY_NAME = {g.name: g for g in GROUPS}
 # `make mutate` with no GROUPS: every module issue 21 names (schemapin/_verify.py, gateway/verify/,
@@ -161,7 +275,14 @@ BY_NAME = {g.name: g for g in GROUPS}
 # tiers' limit and network settings); its CPU-seconds are in the report's cost table. The runtime
 # parts (runtime, bus, memory) and screen run by name.
 DEFAULT = (
-    "schemapin-verify", "steps", "audit-verify", "audit-store", "auth", "policy", "verify", "sandbox-limits",
+    "schemapin-verify",
+    "steps",
+    "audit-verify",
+    "audit-store",
+    "auth",
+    "policy",
+    "verify",
+    "sandbox-limits",
 )
 
 
@@ -174,9 +295,9 @@ def prepare(group: Group, scratch: Path) -> None:
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir(parents=True)
-    files = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
-    ).stdout.split(b"\0")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout.split(
+        b"\0"
+    )
     for rel in (f.decode() for f in files if f):
         src = ROOT / rel
         if src.is_symlink() or not src.is_file():
@@ -275,9 +396,20 @@ def run_group(
         with (scratch / "mutmut.log").open("w") as out:
             # its own process group, so a run past --timeout is stopped whole (mutmut forks)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
-                 *(names if names is not None else group.only)],
-                cwd=scratch, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "mutmut",
+                    "run",
+                    "--max-children",
+                    str(max_children),
+                    *(names if names is not None else group.only),
+                ],
+                cwd=scratch,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             seen, stopped = 0, False
             while proc.poll() is None:
@@ -332,17 +464,31 @@ def run_group(
         "mutants": mutants,
         # a run made otherwise than by this script (e.g. a re-check of named mutants) says so here
         "note": " ".join(
-            n for n in (
+            n
+            for n in (
                 (scratch / "note").read_text().strip() if (scratch / "note").exists() else "",
                 f"Only the mutants of {', '.join(group.only)}." if group.only else "",
-            ) if n
+            )
+            if n
         ),
     }
 
 
-STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests",
-          34: "skipped", 36: "timeout", 37: "caught by type check", None: "not checked",
-          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}
+STATUS = {
+    1: "killed",
+    3: "killed",
+    0: "survived",
+    5: "no tests",
+    33: "no tests",
+    34: "skipped",
+    36: "timeout",
+    37: "caught by type check",
+    None: "not checked",
+    -24: "timeout",
+    24: "timeout",
+    152: "timeout",
+    255: "timeout",
+}
 
 
 _DIFFS = """
@@ -358,12 +504,20 @@ def collect(scratch: Path) -> list[dict[str, object]]:
     for meta in sorted((scratch / "mutants").rglob("*.py.meta")):
         source = str(meta.relative_to(scratch / "mutants"))[: -len(".meta")]
         codes = json.loads(meta.read_text())["exit_code_by_key"]
-        out += [{"name": n, "file": source, "status": STATUS.get(c, "suspicious")} for n, c in sorted(codes.items())]
+        out += [
+            {"name": n, "file": source, "status": STATUS.get(c, "suspicious")}
+            for n, c in sorted(codes.items())
+        ]
     wanted = [[m["name"], m["file"]] for m in out if m["status"] not in ("killed", "no tests", "not checked")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     shown = subprocess.run(
-        [sys.executable, "-c", _DIFFS], input=json.dumps(wanted), check=True,
-        cwd=scratch, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", _DIFFS],
+        input=json.dumps(wanted),
+        check=True,
+        cwd=scratch,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     diffs = json.loads(shown.stdout)
     for m in out:
@@ -375,7 +529,9 @@ def collect(scratch: Path) -> list[dict[str, object]]:
 def merge_recheck(old: dict[str, Any], new: dict[str, Any], names: list[str], what: str) -> dict[str, Any]:
     """The group's earlier result with the named mutants' statuses from a by-name re-check
     (``--recheck``); a named mutant the re-check did not reach keeps its earlier status."""
-    fresh = {str(m["name"]): m for m in new["mutants"] if m["name"] in set(names) and m["status"] != "not checked"}
+    fresh = {
+        str(m["name"]): m for m in new["mutants"] if m["name"] in set(names) and m["status"] != "not checked"
+    }
     merged = [fresh.get(str(m["name"]), m) for m in old["mutants"]]
     before = score([m for m in old["mutants"] if m["name"] in fresh])
     after = score(list(fresh.values()))
@@ -384,23 +540,40 @@ def merge_recheck(old: dict[str, Any], new: dict[str, Any], names: list[str], wh
         f" {len(fresh)} of the {len(names)} mutants that were {what}, {before} -> {after}."
     )
     commit = f"{old['commit']}+{new['commit']}" if new["commit"] not in str(old["commit"]) else old["commit"]
-    cpu = None if old.get("cpu_s") is None or new.get("cpu_s") is None else int(old["cpu_s"]) + int(new["cpu_s"])
-    return {**old, "tests": new["tests"], "seconds": int(old["seconds"]) + int(new["seconds"]), "mutants": merged,
-            "cpu_s": cpu,
-            "commit": commit,
-            "note": " ".join(n for n in (str(old.get("note", "")), note) if n)}
+    cpu = (
+        None
+        if old.get("cpu_s") is None or new.get("cpu_s") is None
+        else int(old["cpu_s"]) + int(new["cpu_s"])
+    )
+    return {
+        **old,
+        "tests": new["tests"],
+        "seconds": int(old["seconds"]) + int(new["seconds"]),
+        "mutants": merged,
+        "cpu_s": cpu,
+        "commit": commit,
+        "note": " ".join(n for n in (str(old.get("note", "")), note) if n),
+    }
 
 
 def sample_cost(old: dict[str, Any], new: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """A full run's CPU-seconds estimated from a run of some of the group's mutants by name:
     set-up (stats + clean tests) + CPU per mutant x the mutants that have tests."""
-    ran = [m for m in new["mutants"] if m["name"] in set(names) and m["status"] not in ("not checked", "no tests")]
+    ran = [
+        m
+        for m in new["mutants"]
+        if m["name"] in set(names) and m["status"] not in ("not checked", "no tests")
+    ]
     cpu, setup = new.get("cpu_s"), new.get("setup_cpu_s")
     tested = sum(1 for m in old["mutants"] if m["status"] != "no tests")
     per = (int(cpu) - int(setup)) / len(ran) if cpu is not None and setup is not None and ran else None
     return {
-        "commit": new["commit"], "mutants_run": len(ran), "seconds": new["seconds"], "cpu_s": cpu,
-        "setup_cpu_s": setup, "cpu_s_per_mutant": None if per is None else round(per, 2),
+        "commit": new["commit"],
+        "mutants_run": len(ran),
+        "seconds": new["seconds"],
+        "cpu_s": cpu,
+        "setup_cpu_s": setup,
+        "cpu_s_per_mutant": None if per is None else round(per, 2),
         "mutants_with_tests": tested,
         "estimate_cpu_s": None if per is None else round(int(setup or 0) + per * tested),
         "statuses": score(ran),
@@ -430,7 +603,9 @@ def verdict(name: str, reasons: dict[str, dict[str, str]]) -> tuple[str, str]:
 def _row(label: str, mutants: list[dict[str, Any]], reasons: dict[str, dict[str, str]], extra: str) -> str:
     c = score(mutants)
     k, s = c.get("killed", 0), c.get("survived", 0) + c.get("suspicious", 0)
-    kinds = [verdict(str(m["name"]), reasons)[0] for m in mutants if m["status"] in ("survived", "suspicious")]
+    kinds = [
+        verdict(str(m["name"]), reasons)[0] for m in mutants if m["status"] in ("survived", "suspicious")
+    ]
     eq, added, gap = kinds.count("equivalent"), kinds.count("killed_by"), kinds.count("gap")
     raw = f"{100 * k / (k + s):.0f}%" if k + s else "-"
     # equivalents are not mutants a test could kill; tests added after the run count as kills
@@ -442,7 +617,9 @@ def _row(label: str, mutants: list[dict[str, Any]], reasons: dict[str, dict[str,
 
 
 def render(data: dict[str, dict[str, Any]]) -> str:
-    reasons: dict[str, dict[str, str]] = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    reasons: dict[str, dict[str, str]] = (
+        tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    )
     head = (
         "| module | mutants | killed | survived | equivalent | killed by a test added since | gap | "
         "unexplained | no tests | timeout | not checked | raw score | score |"
@@ -452,9 +629,9 @@ def render(data: dict[str, dict[str, Any]]) -> str:
         "",
         "Produced by `make mutate` (scripts/mutate.py, mutmut). raw score = killed / (killed + survived);",
         "score = (killed + killed by a test added since the run) / (killed + survived - equivalent).",
-        "Survivors are accounted for in scripts/mutation-equivalents.toml. \"no tests\" = no test of the",
+        'Survivors are accounted for in scripts/mutation-equivalents.toml. "no tests" = no test of the',
         "group's in-process set calls that function (reached only through a `symbi` subprocess, which",
-        "mutmut cannot attribute, or not tested); they are in the JSON, not listed here. \"not checked\"",
+        'mutmut cannot attribute, or not tested); they are in the JSON, not listed here. "not checked"',
         "= the run was stopped before it reached them (a partial run).",
         "",
         head + " group | minutes | commit |",
@@ -474,10 +651,20 @@ def render(data: dict[str, dict[str, Any]]) -> str:
             lines += [f"Note: {g['note']}", ""]
         for m in surv:
             kind, text = verdict(str(m["name"]), reasons)
-            label = {"killed_by": f"killed by {text} (added after this run)", "equivalent": f"equivalent: {text}",
-                     "gap": f"GAP (not closed): {text}", "unexplained": "UNEXPLAINED"}[kind]
-            lines += [f"- `{m['name']}` ({m['status']}): {label}", "", "```diff",
-                      _changed_lines(str(m.get("diff", ""))), "```", ""]
+            label = {
+                "killed_by": f"killed by {text} (added after this run)",
+                "equivalent": f"equivalent: {text}",
+                "gap": f"GAP (not closed): {text}",
+                "unexplained": "UNEXPLAINED",
+            }[kind]
+            lines += [
+                f"- `{m['name']}` ({m['status']}): {label}",
+                "",
+                "```diff",
+                _changed_lines(str(m.get("diff", ""))),
+                "```",
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -485,7 +672,9 @@ def group_cpu(g: dict[str, Any]) -> tuple[int | None, str]:
     """A full run's CPU-seconds for the group: measured (its last run was whole and timed) or
     estimated from a sampled run (--sample); None if neither."""
     c = score(g["mutants"])
-    whole = g.get("cpu_s") is not None and not c.get("not checked") and "Re-checked" not in str(g.get("note", ""))
+    whole = (
+        g.get("cpu_s") is not None and not c.get("not checked") and "Re-checked" not in str(g.get("note", ""))
+    )
     if whole:
         return int(g["cpu_s"]), "measured"
     est = (g.get("cost_sample") or {}).get("estimate_cpu_s")
@@ -496,13 +685,15 @@ def cost_table(data: dict[str, dict[str, Any]]) -> list[str]:
     """Per group: its runs' cost in CPU-seconds, measured or estimated from a sample, and the
     default run's total as CPU-seconds / 2 (its wall time on this 2-core machine when idle)."""
     lines = [
-        "## Cost per group", "",
+        "## Cost per group",
+        "",
         "CPU-seconds (user + system) of mutmut and the test processes it forked, not counting the",
         "containers dockerd runs for the sandbox tiers. A full run's CPU-seconds are measured when the",
         "group's last run was whole, else estimated from `--sample N` (N random mutants by name): set-up",
         "(mutmut's stats and clean-test runs) + CPU per mutant x the mutants that have tests. idle wall =",
         "CPU-seconds / 2: the wall time on this 2-core machine with nothing else running (2 mutants at",
-        "a time, CPU-bound). Wall minutes measured on the shared machine are longer and say little.", "",
+        "a time, CPU-bound). Wall minutes measured on the shared machine are longer and say little.",
+        "",
         "| group | in default | mutants | with tests | last run: wall min | last run: cpu_s | sample: mutants "
         "| sample: set-up cpu_s | sample: cpu_s per mutant | full run cpu_s | idle wall min |",
         "| --- " * 11 + "|",
@@ -545,7 +736,9 @@ README_BEGIN, README_END = "<!-- mutation-table: scripts/mutate.py --readme -->"
 
 def readme_table(data: dict[str, dict[str, Any]]) -> str:
     """The README's per-module table (between its markers), from the same JSON as the report."""
-    reasons: dict[str, dict[str, str]] = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    reasons: dict[str, dict[str, str]] = (
+        tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    )
     lines = [
         "| module | group (minutes) | mutants | killed | survived: equivalent / gap / unexplained "
         "| no tests | timeout | not checked | score | raw | run on |",
@@ -556,7 +749,9 @@ def readme_table(data: dict[str, dict[str, Any]]) -> str:
             ms = [m for m in g["mutants"] if m["file"] == f]
             c = score(ms)
             k, s = c.get("killed", 0), c.get("survived", 0) + c.get("suspicious", 0)
-            kinds = [verdict(str(m["name"]), reasons)[0] for m in ms if m["status"] in ("survived", "suspicious")]
+            kinds = [
+                verdict(str(m["name"]), reasons)[0] for m in ms if m["status"] in ("survived", "suspicious")
+            ]
             eq, added, gap = kinds.count("equivalent"), kinds.count("killed_by"), kinds.count("gap")
             more = f" (+{added} killed by tests added since)" if added else ""
             raw = f"{100 * k / (k + s):.0f}%" if k + s else "-"
@@ -583,18 +778,29 @@ def main() -> int:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--render", action="store_true", help="only re-render reports/mutation.md")
     ap.add_argument("--readme", action="store_true", help="also rewrite the README's per-module table")
-    ap.add_argument("--collect", action="store_true", help="re-read the groups' last scratch runs, do not run")
+    ap.add_argument(
+        "--collect", action="store_true", help="re-read the groups' last scratch runs, do not run"
+    )
     ap.add_argument("--max-children", type=int, default=2, help="parallel mutant runs (2 cores here)")
     ap.add_argument(
-        "--timeout", type=float, default=None, help="stop a group's run after this many seconds (partial report)"
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop a group's run after this many seconds (partial report)",
     )
     ap.add_argument(
-        "--recheck", metavar="STATUS", action="append", default=None,
+        "--recheck",
+        metavar="STATUS",
+        action="append",
+        default=None,
         help="run only the group's mutants that had this status in the report (e.g. survived, 'not checked'),"
         " by name, and merge their new statuses into the group's result (repeatable)",
     )
     ap.add_argument(
-        "--sample", type=int, metavar="N", default=None,
+        "--sample",
+        type=int,
+        metavar="N",
+        default=None,
         help="measure the group's cost only: run N of its mutants (random, seeded) by name and record"
         " CPU-seconds of set-up and per mutant, and the estimate for a full run (statuses untouched)",
     )
@@ -625,12 +831,17 @@ def main() -> int:
                     print(f"[mutate] {name}: no mutant is {' or '.join(args.recheck)}", flush=True)
                     continue
             result: dict[str, Any] = run_group(
-                BY_NAME[name], args.scratch / name, args.max_children, collect_only=args.collect,
-                timeout_s=args.timeout, names=names,
+                BY_NAME[name],
+                args.scratch / name,
+                args.max_children,
+                collect_only=args.collect,
+                timeout_s=args.timeout,
+                names=names,
             )
             print(
                 f"[mutate] {name}: {score(result['mutants'])} in {result['seconds']} s"
-                f" ({result['cpu_s']} CPU-s)", flush=True,
+                f" ({result['cpu_s']} CPU-s)",
+                flush=True,
             )
             # read again: another group's run (another process) may have written its result since
             data = json.loads(REPORT_JSON.read_text()) if REPORT_JSON.exists() else {}

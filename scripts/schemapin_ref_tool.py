@@ -24,13 +24,17 @@ def run(op):
     kind = op["op"]
     if kind == "canon":
         obj = json.loads(op["text"])
-        return {"canonical": SchemaPinCore.canonicalize_schema(obj),
-                "sha256": SchemaPinCore.canonicalize_and_hash(obj).hex()}
+        return {
+            "canonical": SchemaPinCore.canonicalize_schema(obj),
+            "sha256": SchemaPinCore.canonicalize_and_hash(obj).hex(),
+        }
     if kind == "keygen":
         priv, pub = KeyManager.generate_keypair()
-        return {"private_key_pem": KeyManager.export_private_key_pem(priv),
-                "public_key_pem": KeyManager.export_public_key_pem(pub),
-                "fingerprint": KeyManager.calculate_key_fingerprint(pub)}
+        return {
+            "private_key_pem": KeyManager.export_private_key_pem(priv),
+            "public_key_pem": KeyManager.export_public_key_pem(pub),
+            "fingerprint": KeyManager.calculate_key_fingerprint(pub),
+        }
     if kind == "fingerprint":
         return {"fingerprint": KeyManager.calculate_key_fingerprint_from_pem(op["public_key_pem"])}
     if kind == "sign":
@@ -42,8 +46,15 @@ def run(op):
         return {"valid": SignatureManager.verify_schema_signature(h, op["signature"], pub)}
     if kind == "verify_offline":
         rev = RevocationDocument.from_dict(op["revocation"]) if op.get("revocation") else None
-        res = verify_schema_offline(json.loads(op["schema_text"]), op["signature"], op["domain"], op["tool_id"],
-                                    op["discovery"], rev, KeyPinStore())
+        res = verify_schema_offline(
+            json.loads(op["schema_text"]),
+            op["signature"],
+            op["domain"],
+            op["tool_id"],
+            op["discovery"],
+            rev,
+            KeyPinStore(),
+        )
         return res.to_dict()
     if kind == "well_known":
         return create_well_known_response(op["public_key_pem"], op["developer_name"])

@@ -49,8 +49,17 @@ async def main() -> int:
         tools = {t.name for t in (await session.list_tools()).tools}
         now = await session.call_tool("time__get_current_time", {"timezone": "UTC"})
         note = await session.call_tool("everything__echo", {"message": "clock agent was here"})
-        print(json.dumps({"tools": len(tools), "time_error": now.is_error, "echo_error": note.is_error,
-                          "echo": note.content[0].text if note.content else None}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "tools": len(tools),
+                    "time_error": now.is_error,
+                    "echo_error": note.is_error,
+                    "echo": note.content[0].text if note.content else None,
+                }
+            ),
+            flush=True,
+        )
         if mode == "linger":  # tests: stay up a while (and show the test the run's credential)
             print(json.dumps({"token": os.environ["SYMBI_AGENT_TOKEN"]}), flush=True)
             await anyio.sleep(float(os.environ.get("LINGER_S", "30")))

@@ -22,7 +22,6 @@ from gateway.bus.backend import BusBackend
 from gateway.bus.crypto import AgentKeys, KeyRing
 from gateway.bus.message import (
     AGENT_RE,
-    MessageKind,
     SecureMessage,
     new_id,
     pattern_regex,
@@ -276,25 +275,6 @@ class Bus:
             agent=principal.agent if principal else agent,
         )
 
-    # -- sealing (gateway.bus.sealing) ----------------------------------------------------------
-
-    def _body(self, body: Any) -> bytes:
-        return self.sealer.body(body)
-
-    async def seal(
-        self,
-        me: AgentKeys,
-        kind: MessageKind,
-        body: bytes,
-        *,
-        to: str | None = None,
-        topic: str | None = None,
-        ttl_ms: int | None = None,
-        reply_to: str | None = None,
-    ) -> SecureMessage:
-        """One message for one recipient (``to``): direct, request, reply, or a topic delivery."""
-        return await self.sealer.seal(me, kind, body, to=to, topic=topic, ttl_ms=ttl_ms, reply_to=reply_to)
-
     async def _deliver(self, principal: Principal, msg: SecureMessage, inbox: str) -> None:
         try:
             await self.backend.enqueue(inbox, msg, self.buffer_size)
@@ -317,7 +297,7 @@ class Bus:
         agent, peer_principal = await self._peer(to)
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
         ttl_ms = None if ttl_s is None else ttl_ms_of(ttl_s, self.max_age_ms)
-        msg = await self.seal(me, "direct", self._body(body), to=agent, ttl_ms=ttl_ms)
+        msg = await self.sealer.seal(me, "direct", self.sealer.body(body), to=agent, ttl_ms=ttl_ms)
         await self._deliver(principal, msg, agent)
         self._emit(Event.BUS_SEND, msg.metadata(), principal)
         return msg
@@ -331,7 +311,7 @@ class Bus:
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
         # the request expires when the requester stops waiting: never answered too late
         ttl_ms = max(int((timeout_s - (time.monotonic() - started)) * 1000), 1)
-        msg = await self.seal(me, "request", self._body(body), to=agent, ttl_ms=ttl_ms)
+        msg = await self.sealer.seal(me, "request", self.sealer.body(body), to=agent, ttl_ms=ttl_ms)
         fut: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
         self._waiting[msg.id] = fut
         try:
@@ -385,7 +365,9 @@ class Bus:
         agent, peer_principal = await self._peer(requester)
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
         ttl = max(expires_ms - int(time.time() * 1000), 1)
-        msg = await self.seal(me, "reply", self._body(body), to=agent, ttl_ms=ttl, reply_to=request_id)
+        msg = await self.sealer.seal(
+            me, "reply", self.sealer.body(body), to=agent, ttl_ms=ttl, reply_to=request_id
+        )
         await self._deliver(principal, msg, agent + REPLY_SUFFIX)
         self._emit(Event.BUS_SEND, msg.metadata(), principal)
         return msg
@@ -396,7 +378,7 @@ class Bus:
         me = await self._me(principal)
         topic = validate_topic(topic)
         await self._decide("bus/publish", principal, None, topic)
-        data = self._body(body)
+        data = self.sealer.body(body)
         now = int(time.time() * 1000)
         # one message (one id, one place in the chain), sealed and signed for each subscriber
         head = Head(

@@ -68,7 +68,7 @@ async def test_a_rejected_message_is_audited_with_its_metadata_and_the_receiving
     bus = await _pair(env)
     ring = bus.ring
     for n in range(2):  # sealed for agent-c, moved into agent-b's inbox: twice, same reason
-        msg = await bus.seal(ring.local("agent-a"), "direct", b'"for c"', to="agent-c")  # type: ignore[arg-type]
+        msg = await bus.sealer.seal(ring.local("agent-a"), "direct", b'"for c"', to="agent-c")  # type: ignore[arg-type]
         env.inject("agent-b", msg)
         assert await bus.receive(B) == []
         assert rec.with_agent(Event.BUS_REJECTED)[n] == (
@@ -135,7 +135,7 @@ async def test_settled_messages_are_kept_for_the_configured_retention_then_purge
     old = await bus.send(a, "agent-b", "old")
     recent = await bus.send(a, "agent-b", "recent")
     assert [r.body for r in await bus.receive(B, max_items=2)] == ["old", "recent"]
-    wrong = await bus.seal(bus.ring.local("agent-a"), "direct", b'"for c"', to="agent-c")  # type: ignore[arg-type]
+    wrong = await bus.sealer.seal(bus.ring.local("agent-a"), "direct", b'"for c"', to="agent-c")  # type: ignore[arg-type]
     env.inject("agent-b", wrong)
     assert await bus.receive(B) == []  # rejected: settled too
     unread = await bus.send(a, "agent-b", "unread")
@@ -163,7 +163,7 @@ async def test_redis_keeps_no_settled_entry(env: Env) -> None:  # noqa: F811
     bus = await _pair(env)
     a = bus_principal("agent-a")
     await bus.send(a, "agent-b", "read")
-    wrong = await bus.seal(bus.ring.local("agent-a"), "direct", b'"for c"', to="agent-c")  # type: ignore[arg-type]
+    wrong = await bus.sealer.seal(bus.ring.local("agent-a"), "direct", b'"for c"', to="agent-c")  # type: ignore[arg-type]
     env.inject("agent-b", wrong)
     assert [r.body for r in await bus.receive(B, max_items=5)] == ["read"]  # one delivered, one rejected
     unread = await bus.send(a, "agent-b", "unread")

@@ -283,7 +283,7 @@ async def _one_stored(env: Env, bus: Bus) -> SecureMessage:
 
 async def test_tampered_ciphertext_rejected(env: Env) -> None:
     bus = await _pair(env)
-    msg = await bus.seal(bus.ring.local("agent-a"), "direct", b'"x"', to="agent-b")  # type: ignore[arg-type]
+    msg = await bus.sealer.seal(bus.ring.local("agent-a"), "direct", b'"x"', to="agent-b")  # type: ignore[arg-type]
     env.inject("agent-b", _with(msg, ciphertext=bytes([msg.ciphertext[0] ^ 1]) + msg.ciphertext[1:]))
     await _rejected(env, bus, "bad signature")
 
@@ -291,7 +291,7 @@ async def test_tampered_ciphertext_rejected(env: Env) -> None:
 async def test_forged_signature_rejected(env: Env) -> None:
     bus = await _pair(env)
     # signed by C's key but claiming to be from A
-    forged = await bus.seal(bus.ring.local("agent-c"), "direct", b'"give me access"', to="agent-b")  # type: ignore[arg-type]
+    forged = await bus.sealer.seal(bus.ring.local("agent-c"), "direct", b'"give me access"', to="agent-b")  # type: ignore[arg-type]
     env.inject("agent-b", _with(forged, sender="agent-a"))
     await _rejected(env, bus, "bad signature")
 
@@ -305,14 +305,14 @@ async def test_replayed_message_rejected(env: Env) -> None:
 
 async def test_wrong_recipient_rejected(env: Env) -> None:
     bus = await _pair(env)
-    msg = await bus.seal(bus.ring.local("agent-a"), "direct", b'"for c"', to="agent-c")  # type: ignore[arg-type]
+    msg = await bus.sealer.seal(bus.ring.local("agent-a"), "direct", b'"for c"', to="agent-c")  # type: ignore[arg-type]
     env.inject("agent-b", msg)  # moved into B's inbox
     await _rejected(env, bus, "wrong recipient")
 
 
 async def test_old_timestamp_rejected(env: Env) -> None:
     bus = await _pair(env, max_age_s=1.0, skew_s=0.0)
-    msg = await bus.seal(bus.ring.local("agent-a"), "direct", b'"x"', to="agent-b")  # type: ignore[arg-type]
+    msg = await bus.sealer.seal(bus.ring.local("agent-a"), "direct", b'"x"', to="agent-b")  # type: ignore[arg-type]
     future = _with(msg, timestamp_ms=msg.timestamp_ms + 60_000, expires_ms=msg.expires_ms + 60_000)
     # re-signed by A itself (an insider with A's key): only the timestamp check stops it
     sk = bus.ring.local("agent-a").sign  # type: ignore[union-attr]
@@ -455,9 +455,9 @@ async def test_direct_request_and_reply_copies_rejected(env: Env) -> None:
     bus = await _pair(env)
     a_keys, b_keys = bus.ring.local("agent-a"), bus.ring.local("agent-b")
     assert a_keys is not None and b_keys is not None
-    direct = await bus.seal(a_keys, "direct", b'"for b"', to="agent-b")
-    request = await bus.seal(a_keys, "request", b'"ask b"', to="agent-b")
-    reply = await bus.seal(b_keys, "reply", b'"answer a"', to="agent-a", reply_to=request.id)
+    direct = await bus.sealer.seal(a_keys, "direct", b'"for b"', to="agent-b")
+    request = await bus.sealer.seal(a_keys, "request", b'"ask b"', to="agent-b")
+    reply = await bus.sealer.seal(b_keys, "reply", b'"answer a"', to="agent-a", reply_to=request.id)
     cases = [
         ("agent-c", "agent-c", direct, "wrong recipient"),  # B's direct message in C's inbox
         ("agent-c", "agent-c", request, "wrong recipient"),  # B's request in C's inbox

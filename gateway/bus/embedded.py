@@ -9,7 +9,6 @@ last commits). Settled messages stay for the retention window, for ``symbi bus v
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from gateway.bus.backend import COUNTERS, Outcome, Pending, StoredMessage
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
 from gateway.errors import BusBufferFull, BusUnavailable
+from gateway.sqlitetx import write_transaction
 
 POLL_S = 0.25  # how often a waiting receiver looks for messages sent by another process
 STATES = {"pending": 0, "delivered": 1, "rejected": 2, "expired": 3}
@@ -86,7 +86,7 @@ class EmbeddedBackend:
     # -- keys ------------------------------------------------------------------------------
 
     async def publish_keys(self, entry: PublicKeys) -> None:
-        with _tx(self.db):
+        with write_transaction(self.db):
             self.db.execute(
                 "INSERT OR REPLACE INTO keys(agent, principal, sign_pub, dh_pub, mac, name) "
                 "VALUES (?,?,?,?,?,?)",
@@ -98,7 +98,7 @@ class EmbeddedBackend:
 
     async def forget_agent(self, agent: str, inboxes: tuple[str, ...], name: str = "") -> None:
         del name  # the row holds it
-        with _tx(self.db):
+        with write_transaction(self.db):
             self.db.execute("DELETE FROM keys WHERE agent=?", (agent,))
             self.db.execute("DELETE FROM subs WHERE agent=?", (agent,))
             marks = ",".join("?" * len(inboxes))
@@ -198,7 +198,7 @@ class EmbeddedBackend:
     async def settle(self, inbox: str, outcomes: list[tuple[str, Outcome]]) -> None:
         if not outcomes:
             return
-        with _tx(self.db):
+        with write_transaction(self.db):
             before = self.db.total_changes
             self.db.executemany(
                 "UPDATE messages SET state=? WHERE seq=? AND inbox=? AND state=0",
@@ -225,7 +225,7 @@ class EmbeddedBackend:
         fresh: set[str] = set()
         if not items:
             return fresh
-        with _tx(self.db):
+        with write_transaction(self.db):
             for msg_id, until_ms in items:
                 cur = self.db.execute("INSERT OR IGNORE INTO seen VALUES (?,?,?)", (agent, msg_id, until_ms))
                 if cur.rowcount == 1:
@@ -235,11 +235,11 @@ class EmbeddedBackend:
     # -- subscriptions ---------------------------------------------------------------------
 
     async def subscribe(self, agent: str, pattern: str) -> None:
-        with _tx(self.db):
+        with write_transaction(self.db):
             self.db.execute("INSERT OR IGNORE INTO subs VALUES (?,?)", (agent, pattern))
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
-        with _tx(self.db):
+        with write_transaction(self.db):
             cur = self.db.execute("DELETE FROM subs WHERE agent=? AND pattern=?", (agent, pattern))
         return cur.rowcount > 0
 
@@ -252,7 +252,7 @@ class EmbeddedBackend:
     # -- housekeeping ----------------------------------------------------------------------
 
     async def expire(self, now_ms: int, retain_ms: int) -> int:
-        with _tx(self.db):
+        with write_transaction(self.db):
             cur = self.db.execute("UPDATE messages SET state=3 WHERE state=0 AND expires_ms < ?", (now_ms,))
             n = cur.rowcount
             self._pending.clear()  # counted again on next use
@@ -263,7 +263,7 @@ class EmbeddedBackend:
         return n
 
     async def bump(self, counter: str, n: int = 1) -> None:
-        with _tx(self.db):
+        with write_transaction(self.db):
             _bump(self.db, counter, n)
 
     async def stats(self) -> dict[str, object]:
@@ -323,17 +323,6 @@ def _pending(row: tuple[int, bytes, bytes, bytes, bytes]) -> Pending:
         return Pending(str(seq), SecureMessage.from_fields({"h": h, "n": n, "c": c, "s": s}))
     except ValueError as e:
         return Pending(str(seq), None, str(e))
-
-
-@contextlib.contextmanager
-def _tx(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _bump(db: sqlite3.Connection, name: str, n: int) -> None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from gateway.custody import PRIVATE_DIR
+from gateway.sqlitetx import write_transaction
 
 SessionKey = tuple[str, str, str]  # (qualified principal, client label, session key)
 
@@ -42,22 +43,16 @@ class EndedSessions:
         return [((o, c, s), r) for o, c, s, r in reversed(rows)]
 
     def add(self, key: SessionKey, reason: str, limit: int) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO ended (owner, client, session, reason, at) VALUES (?,?,?,?,?)",
-                    (*key, reason, time.time()),
-                )
-                self._db.execute(
-                    "DELETE FROM ended WHERE rowid NOT IN"
-                    " (SELECT rowid FROM ended ORDER BY at DESC, rowid DESC LIMIT ?)",
-                    (limit,),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, write_transaction(self._db):
+            self._db.execute(
+                "INSERT OR REPLACE INTO ended (owner, client, session, reason, at) VALUES (?,?,?,?,?)",
+                (*key, reason, time.time()),
+            )
+            self._db.execute(
+                "DELETE FROM ended WHERE rowid NOT IN"
+                " (SELECT rowid FROM ended ORDER BY at DESC, rowid DESC LIMIT ?)",
+                (limit,),
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -7,16 +7,16 @@ revocations), so the security team works on a running or a stopped gateway alike
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from gateway.sqlitetx import write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tools (
@@ -124,16 +124,6 @@ class ToolStateStore:
     def close(self) -> None:
         self._db.close()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")  # takes the write lock now (waits up to the timeout)
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
     def version(self) -> str:
         """Changes whenever the CLI approves or revokes (the gateway polls it)."""
         row = self._db.execute("SELECT v FROM meta WHERE k='approvals'").fetchone()
@@ -180,7 +170,7 @@ class ToolStateStore:
         text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
         # one write transaction: gateways sharing the data dir (stdio clients each start one)
         # pin first use once; the loser sees the winner's row and compares against it
-        with self._lock, self._transaction():
+        with self._lock, write_transaction(self._db):
             row = self._db.execute(
                 "SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)
             ).fetchone()

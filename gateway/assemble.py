@@ -213,14 +213,8 @@ def _assemble(
         state=state,
         unsafe=unsafe,
     )
-    _shared_state_tasks(config, state, audit, policy, events, background)
-    background.append(poll_approvals(verifier, config.mcp.recheck_interval_s, state.changes))
-    background.append(lambda _gw: runtime.run())
-    if config.mcp.discovery_enabled:
-        background.append(discover(config, events))
+    _periodic_tasks(config, state, audit, policy, events, verifier, runtime, background)
     hosted = _hosted_agents(config, runtime, events, manager, agent_host, background)
-    if audit is not None and (retention := audit_retention(config, audit)) is not None:
-        background.append(retention)
     return Gateway(
         config,
         steps,
@@ -239,6 +233,27 @@ def _assemble(
         state=state,
         hosted=hosted,
     )
+
+
+def _periodic_tasks(
+    config: Config,
+    state: SharedState,
+    audit: AuditLog | None,
+    policy: PolicyEngine | None,
+    events: EventSink,
+    verifier: ToolVerifier,
+    runtime: AgentRuntime,
+    background: list[Background],
+) -> None:
+    """The loops the gateway runs beside its calls: shared state, approvals, the runtime's
+    scheduler, discovery and audit retention."""
+    _shared_state_tasks(config, state, audit, policy, events, background)
+    background.append(poll_approvals(verifier, config.mcp.recheck_interval_s, state.changes))
+    background.append(lambda _gw: runtime.run())
+    if config.mcp.discovery_enabled:
+        background.append(discover(config, events))
+    if audit is not None and (retention := audit_retention(config, audit)) is not None:
+        background.append(retention)
 
 
 def _policy_engine(

@@ -22,7 +22,7 @@ import html
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.audit.record import AuditRecord
@@ -128,6 +128,124 @@ def _is_denied(d: dict[str, Any]) -> bool:
     return d.get("outcome") == "denied" or (isinstance(dec, dict) and dec.get("allow") is False)
 
 
+@dataclass
+class _Tally:
+    """What the period's records say, section by section (one pass over the records)."""
+
+    access: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    denied: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    operations: Counter[str] = field(default_factory=Counter)
+    types: Counter[str] = field(default_factory=Counter)
+    principals: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    unattributed: int = 0
+    redacted: int = 0
+    events: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    first_ts: int | None = None
+    last_ts: int | None = None
+
+    def add(self, r: AuditRecord) -> None:
+        self.events += 1
+        self.first_seq = r.seq if self.first_seq is None else self.first_seq
+        self.first_ts = r.ts_ns if self.first_ts is None else self.first_ts
+        self.last_seq, self.last_ts = r.seq, r.ts_ns
+        self.types[r.type] += 1
+        if r.type in ACCESS_TYPES:
+            self._access(r)
+        elif _is_change(r.type):
+            self.changes.append(
+                {
+                    "seq": r.seq,
+                    "time": _iso(r.ts_ns),
+                    "type": r.type,
+                    "principal": r.principal,
+                    "details": r.details,
+                }
+            )
+        elif r.type.startswith(OPERATION_PREFIXES):
+            self.operations[r.type] += 1
+
+    def _access(self, r: AuditRecord) -> None:
+        d = r.details
+        who = r.principal or "(none)"
+        self.unattributed += r.principal is None
+        self.redacted += d.get("arguments_redacted") in ("policy", "all")
+        target = str(d.get("tool") or d.get("target"))
+        self.principals[who].add(target)
+        row = self.access.setdefault(
+            (who, target),
+            {
+                "principal": who,
+                "target": target,
+                "kind": r.type,
+                "calls": 0,
+                "allowed": 0,
+                "denied": 0,
+                "errors": 0,
+                "first": _iso(r.ts_ns),
+                "last": None,
+            },
+        )
+        row["calls"] += 1
+        row["last"] = _iso(r.ts_ns)
+        if _is_denied(d):
+            row["denied"] += 1
+            raw_dec = d.get("decision")
+            dec: dict[str, Any] = raw_dec if isinstance(raw_dec, dict) else {}
+            self.denied.append(
+                {
+                    "seq": r.seq,
+                    "time": _iso(r.ts_ns),
+                    "principal": who,
+                    "agent": r.agent,
+                    "target": target,
+                    "error_code": d.get("error_code"),
+                    "reasons": list(dec.get("reasons") or d.get("error_reasons") or []),
+                }
+            )
+        elif d.get("outcome") == "error":
+            row["errors"] += 1
+        else:
+            row["allowed"] += 1
+
+    @property
+    def access_calls(self) -> int:
+        return sum(v["calls"] for v in self.access.values())
+
+
+def _requirements(
+    requirements: Iterable[Requirement], tally: _Tally, integrity: VerifyResult, gap: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Each requirement met, or needing attention with the reasons."""
+    reqs = []
+    for req in requirements:
+        notes = []
+        if gap is not None:
+            notes.append(
+                f"events up to seq {gap['until_seq']} ({gap['until']}) are not in this report: {gap['why']}"
+            )
+        if not integrity.ok:
+            notes.append("the audit log failed verification")
+        if "access" in req.evidence and tally.access_calls == 0:
+            notes.append("no access events in the period")
+        if "access" in req.evidence and tally.unattributed:
+            notes.append(f"{tally.unattributed} access events without a principal")
+        if "operations" in req.evidence and not tally.operations:
+            notes.append("no start/stop events in the period")
+        reqs.append(
+            {
+                "ref": req.ref,
+                "title": req.title,
+                "evidence": list(req.evidence),
+                "status": "attention" if notes else "met",
+                "notes": notes,
+            }
+        )
+    return reqs
+
+
 def build_report(
     records: Iterable[AuditRecord],
     framework: str,
@@ -148,108 +266,16 @@ def build_report(
     if framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {framework!r} (hipaa, gdpr, sox)")
     title, requirements = FRAMEWORKS[framework]
-    access: dict[tuple[str, str], dict[str, Any]] = {}
-    denied: list[dict[str, Any]] = []
-    changes: list[dict[str, Any]] = []
-    operations: Counter[str] = Counter()
-    types: Counter[str] = Counter()
-    unattributed = redacted = events = 0
-    first_seq = last_seq = first_ts = last_ts = None
-    principals: dict[str, set[str]] = defaultdict(set)
+    t = _Tally()
     for r in records:
-        events += 1
-        first_seq = r.seq if first_seq is None else first_seq
-        first_ts = r.ts_ns if first_ts is None else first_ts
-        last_seq, last_ts = r.seq, r.ts_ns
-        types[r.type] += 1
-        d = r.details
-        if r.type in ACCESS_TYPES:
-            who = r.principal or "(none)"
-            unattributed += r.principal is None
-            redacted += d.get("arguments_redacted") in ("policy", "all")
-            target = str(d.get("tool") or d.get("target"))
-            principals[who].add(target)
-            row = access.setdefault(
-                (who, target),
-                {
-                    "principal": who,
-                    "target": target,
-                    "kind": r.type,
-                    "calls": 0,
-                    "allowed": 0,
-                    "denied": 0,
-                    "errors": 0,
-                    "first": _iso(r.ts_ns),
-                    "last": None,
-                },
-            )
-            row["calls"] += 1
-            row["last"] = _iso(r.ts_ns)
-            if _is_denied(d):
-                row["denied"] += 1
-                raw_dec = d.get("decision")
-                dec: dict[str, Any] = raw_dec if isinstance(raw_dec, dict) else {}
-                denied.append(
-                    {
-                        "seq": r.seq,
-                        "time": _iso(r.ts_ns),
-                        "principal": who,
-                        "agent": r.agent,
-                        "target": target,
-                        "error_code": d.get("error_code"),
-                        "reasons": list(dec.get("reasons") or d.get("error_reasons") or []),
-                    }
-                )
-            elif d.get("outcome") == "error":
-                row["errors"] += 1
-            else:
-                row["allowed"] += 1
-        elif _is_change(r.type):
-            changes.append(
-                {"seq": r.seq, "time": _iso(r.ts_ns), "type": r.type, "principal": r.principal, "details": d}
-            )
-        elif r.type.startswith(OPERATION_PREFIXES):
-            operations[r.type] += 1
-    access_calls = sum(v["calls"] for v in access.values())
-    evidence = {
-        "access": access_calls > 0,
-        "denied": True,
-        "changes": True,
-        "operations": bool(operations),
-        "integrity": integrity.ok,
-    }
+        t.add(r)
     period: dict[str, Any] = {
         "since": _iso(since_ns),
         "until": _iso(until_ns),
-        "covered_from": _iso(first_ts),
-        "covered_to": _iso(last_ts),
+        "covered_from": _iso(t.first_ts),
+        "covered_to": _iso(t.last_ts),
         "not_covered": _not_covered(handoff, includes_archived, since_ns),
     }
-    reqs = []
-    for req in requirements:
-        notes = []
-        gap = period["not_covered"]
-        if gap is not None:
-            notes.append(
-                f"events up to seq {gap['until_seq']} ({gap['until']}) are not in this report: {gap['why']}"
-            )
-        if not integrity.ok:
-            notes.append("the audit log failed verification")
-        if "access" in req.evidence and access_calls == 0:
-            notes.append("no access events in the period")
-        if "access" in req.evidence and unattributed:
-            notes.append(f"{unattributed} access events without a principal")
-        if "operations" in req.evidence and not operations:
-            notes.append("no start/stop events in the period")
-        reqs.append(
-            {
-                "ref": req.ref,
-                "title": req.title,
-                "evidence": list(req.evidence),
-                "status": "attention" if notes else "met",
-                "notes": notes,
-            }
-        )
     return {
         "framework": framework,
         "title": title,
@@ -257,25 +283,31 @@ def build_report(
         "period": period,
         "log": {
             "path": log_path,
-            "events": events,
-            "first_seq": first_seq,
-            "last_seq": last_seq,
-            "types": dict(sorted(types.items())),
+            "events": t.events,
+            "first_seq": t.first_seq,
+            "last_seq": t.last_seq,
+            "types": dict(sorted(t.types.items())),
         },
         "integrity": integrity.as_dict(),
-        "requirements": reqs,
+        "requirements": _requirements(requirements, t, integrity, period["not_covered"]),
         "summary": {
-            "access_events": access_calls,
-            "principals": len(principals),
-            "denied": len(denied),
-            "changes": len(changes),
-            "arguments_redacted": redacted,
-            "evidence_present": evidence,
+            "access_events": t.access_calls,
+            "principals": len(t.principals),
+            "denied": len(t.denied),
+            "changes": len(t.changes),
+            "arguments_redacted": t.redacted,
+            "evidence_present": {
+                "access": t.access_calls > 0,
+                "denied": True,
+                "changes": True,
+                "operations": bool(t.operations),
+                "integrity": integrity.ok,
+            },
         },
-        "access": sorted(access.values(), key=lambda v: (v["principal"], v["target"])),
-        "denied": denied,
-        "changes": changes,
-        "operations": dict(sorted(operations.items())),
+        "access": sorted(t.access.values(), key=lambda v: (v["principal"], v["target"])),
+        "denied": t.denied,
+        "changes": t.changes,
+        "operations": dict(sorted(t.operations.items())),
     }
 
 

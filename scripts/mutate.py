@@ -147,7 +147,11 @@ GROUPS: tuple[Group, ...] = (
         timeout_multiplier=4.0,
     ),
     # tests/verify's gateway-level tests run `symbi` subprocesses (unattributable): test_verifier is in-process
-    Group("verify", ("gateway/verify/*",), ("tests/verify/test_verifier.py",)),
+    Group(
+        "verify",
+        ("gateway/verify/*",),
+        ("tests/verify/test_verifier.py", "tests/verify/test_verifier_refresh.py"),
+    ),
     # the tiers' limit and network settings only, with the attack tests on them (every mutant
     # runs real containers, seconds each; the slow many-runs leftovers test is left out)
     Group(

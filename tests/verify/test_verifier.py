@@ -807,15 +807,26 @@ def test_the_manifest_temp_file_is_made_beside_the_manifest(
 ) -> None:
     """The atomic rename needs the temp file on the manifest's filesystem: with the process's
     temp dir on another filesystem (tmpfs), writing must still work."""
+    import shutil
     import tempfile
 
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("needs a temp dir on another filesystem (/dev/shm)")
-    monkeypatch.setattr(tempfile, "tempdir", str(shm))
-    path = tmp_path / "approved.json"
-    save_manifest(path, "up", {"x": {"schema": {"name": "x"}, "signature": "s"}})
-    assert list(load_manifest(path)) == ["x"]
+    # /dev/shm, or the disk when tmp_path is on /dev/shm itself (a mutation run's scratch)
+    here = tmp_path.stat().st_dev
+    other = next(
+        (Path(d) for d in ("/dev/shm", "/var/tmp") if Path(d).is_dir() and Path(d).stat().st_dev != here),
+        None,
+    )
+    if other is None:
+        pytest.skip("needs a temp dir on another filesystem (/dev/shm or /var/tmp)")
+    away = Path(tempfile.mkdtemp(dir=other, prefix="symbi-test-"))
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(away))
+        path = tmp_path / "approved.json"
+        save_manifest(path, "up", {"x": {"schema": {"name": "x"}, "signature": "s"}})
+        assert list(load_manifest(path)) == ["x"]
+        assert list(away.iterdir()) == []  # nothing left in the process's temp dir
+    finally:
+        shutil.rmtree(away)
 
 
 # -- second round of mutation survivors: what the state records, re-approval by signature, screening --

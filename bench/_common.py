@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,7 @@ def write_gateway_config(
     principal: str = "local",
     policy_data: Path | None = None,
     extra: str = "",
+    data_dir: Path | None = None,
 ) -> Path:
     """A ``symbi.toml`` in ``folder`` with ``servers`` (TOML text) as its only upstreams.
 
@@ -175,7 +176,7 @@ def write_gateway_config(
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
         "[gateway]",
-        f'data_dir = "{folder / "data"}"',
+        f'data_dir = "{data_dir or folder / "data"}"',
         f'log_level = "{log_level}"',
         "[gateway.stdio_principal]",
         f'id = "{principal}"',
@@ -193,25 +194,61 @@ def write_gateway_config(
     return path
 
 
-def bench_policy_data(folder: Path, principal: str, extra_tools: list[str]) -> Path:
-    """The repo's policy data plus ``principal`` as a developer without rate limits.
+def bench_policy_data(folder: Path, principal: str | Sequence[str], extra_tools: Sequence[str] = ()) -> Path:
+    """The repo's policy data plus ``principal`` (one name or several) as developers without
+    rate limits, over stdio and with an API key.
 
     The default data caps ``local`` at 120 calls a minute; a benchmark makes thousands,
-    and measures the policy's cost, not its limit.
+    and measures the policy's cost, not its limit (the policy still decides every call).
     """
     data = json.loads((ROOT / "policies" / "data.json").read_text())
     cfg = data["symbi_data"]
-    for ns in ("stdio", "keys"):  # the bench principal over stdio or with an API key
-        cfg["principals"].setdefault(ns, {})[principal] = {
-            "roles": ["developer"],
-            "rate_limit": 10**9,
-            "max_calls_per_hour": 0,
-        }
-    cfg["roles"]["developer"]["tools"] += extra_tools
+    names = [principal] if isinstance(principal, str) else list(principal)
+    for name in names:
+        for ns in ("stdio", "keys"):  # the bench principal over stdio or with an API key
+            cfg["principals"].setdefault(ns, {})[name] = {
+                "roles": ["developer"],
+                "rate_limit": 10**9,
+                "max_calls_per_hour": 0,
+            }
+    cfg["roles"]["developer"]["tools"] += list(extra_tools)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "policy-data.json"
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def write_http_gateway_config(
+    folder: Path,
+    port: int,
+    servers: str,
+    principals: Sequence[str],
+    *,
+    json_response: bool = False,
+    max_sessions: int | None = None,
+    max_connections: int | None = None,
+    data_dir: Path | None = None,
+) -> Path:
+    """The ``symbi serve`` config of the HTTP benchmarks (``folder/symbi.toml``): the repo's
+    ``policies.rego`` with ``principals`` (API key names) unthrottled, the signed audit log,
+    ``servers`` (TOML text) as upstreams, no access log. ``data_dir`` defaults to
+    ``folder/data`` (where the API keys file must be)."""
+    http = [f"port = {port}", f"json_response = {str(json_response).lower()}", "access_log = false"]
+    if max_sessions is not None:
+        http.append(f"max_sessions = {max_sessions}")
+    extra = "[http]\n" + "\n".join(http) + "\n"
+    if max_connections is not None:
+        extra += f"[mcp]\nmax_concurrent_connections = {max_connections}\n"
+    data = bench_policy_data(folder, principals)
+    return write_gateway_config(
+        folder, servers, security=True, policy_data=data, extra=extra, data_dir=data_dir
+    )
+
+
+def everything_toml(verification: str, url: str | None = None) -> str:
+    """server-everything as the ``everything`` upstream: over stdio, or at ``url``."""
+    where = f'url = "{url}"' if url else f'command = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]'
+    return f'[servers.everything]\n{where}\nverification = "{verification}"\n'
 
 
 def free_port() -> int:

@@ -26,6 +26,7 @@ import sys
 # standard library's http package (which httpx imports): drop that entry before any import.
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     sys.path.pop(0)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo: bench._common
 
 import argparse
 import contextlib
@@ -46,6 +47,8 @@ import httpx
 import httpx2
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
+
+from bench._common import everything_toml, write_http_gateway_config
 
 ROOT = Path(__file__).resolve().parent.parent
 EVERYTHING_JS = ROOT / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
@@ -119,53 +122,6 @@ cfg = load_config(Path(sys.argv[1]), {})
 setup_logging("WARNING", "text")
 run_http(cfg)
 """
-
-
-def policy_data(tmp: Path, principals: tuple[str, ...] = ("bench",)) -> Path:
-    """The repository's policy data, plus the bench principals without the per-minute rate limit
-    (the policy still decides every call; a rate limit would turn the bench into a limiter test)."""
-    doc = json.loads((ROOT / "policies/data.json").read_text())
-    for name in principals:
-        doc["symbi_data"]["principals"]["keys"][name] = {"roles": ["developer"], "rate_limit": 1_000_000}
-    path = tmp / "policy-data.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def gateway_config(
-    tmp: Path,
-    name: str,
-    port: int,
-    upstream_url: str | None,
-    json_response: bool,
-    principals: tuple[str, ...],
-) -> Path:
-    path = tmp / f"{name}.toml"
-    if upstream_url:
-        upstream_lines = f'url = "{upstream_url}"'
-    else:
-        upstream_lines = f'command = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]'
-    path.write_text(
-        f"""
-[policy]
-path = "{ROOT / "policies.rego"}"
-data = "{policy_data(tmp, principals)}"
-[gateway]
-data_dir = "{tmp / "data"}"
-log_level = "WARNING"
-[http]
-port = {port}
-json_response = {str(json_response).lower()}
-access_log = false
-max_sessions = 1000
-[mcp]
-max_concurrent_connections = 64
-[servers.everything]
-{upstream_lines}
-verification = "warn"
-"""
-    )
-    return path
 
 
 class Target:
@@ -294,7 +250,16 @@ def main() -> int:
             ("gw-stdio-up", stdio_port, None, False),  # same gateway, upstream over stdio
         )
         for name, port, up_url, js in gateways:
-            cfg = gateway_config(tmp, name, port, up_url, js, names)
+            cfg = write_http_gateway_config(
+                tmp / name,
+                port,
+                everything_toml("warn", up_url),
+                names,
+                json_response=js,
+                max_sessions=1000,
+                max_connections=64,
+                data_dir=tmp / "data",
+            )
             stack.enter_context(
                 proc(
                     [py, "-c", GATEWAY_MAIN, str(cfg)],

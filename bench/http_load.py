@@ -45,7 +45,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bench._common import EVERYTHING_JS, ROOT, SYMBI, free_port, gateway_env, latency_summary, median
+from bench._common import (
+    EVERYTHING_JS,
+    ROOT,
+    SYMBI,
+    everything_toml,
+    free_port,
+    gateway_env,
+    latency_summary,
+    median,
+    write_http_gateway_config,
+)
 from bench.http import PRELOAD, proc, wait_http
 
 MCP_PROXY_VENV = Path(os.environ.get("MCP_PROXY_VENV", ROOT / ".venv-mcp-proxy"))
@@ -58,43 +68,6 @@ class Target:
     tool: str
     keys: list[str | None]  # one per session (None: no auth)
     pid: int = 0  # the server's process (py-spy attaches to it with --profile)
-
-
-def policy_data(tmp: Path, principals: list[str]) -> Path:
-    """The repo's policy data with the bench principals as developers without a rate limit
-    (the policy still decides every call; a limit would make this a limiter test)."""
-    doc = json.loads((ROOT / "policies" / "data.json").read_text())
-    keys = doc["symbi_data"]["principals"].setdefault("keys", {})
-    for p in principals:
-        keys[p] = {"roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0}
-    path = tmp / "policy-data.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def gateway_config(tmp: Path, port: int, principals: list[str], json_response: bool) -> Path:
-    path = tmp / "gateway.toml"
-    path.write_text(
-        f"""
-[policy]
-path = "{ROOT / "policies.rego"}"
-data = "{policy_data(tmp, principals)}"
-[gateway]
-data_dir = "{tmp / "data"}"
-log_level = "WARNING"
-[sandbox]
-code_tools = false
-[http]
-port = {port}
-json_response = {str(json_response).lower()}
-access_log = false
-[servers.everything]
-command = "node"
-args = ["{EVERYTHING_JS}", "stdio"]
-verification = "tofu"
-"""
-    )
-    return path
 
 
 @contextlib.contextmanager
@@ -135,7 +108,9 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
             folder = tmp / name
             (folder / "data").mkdir(parents=True, mode=0o700)  # its own data dir (audit chain), the same keys
             shutil.copy(tmp / "data" / "api-keys.json", folder / "data" / "api-keys.json")
-            cfg = gateway_config(folder, port, names, json_response)
+            cfg = write_http_gateway_config(
+                folder, port, everything_toml("tofu"), names, json_response=json_response
+            )
             serve = [str(SYMBI), "serve", "--config", str(cfg)]
             env = {**gateway_env(), "PYTHONPATH": str(tree)}
             p = stack.enter_context(proc(serve, folder / "gateway.log", env))

@@ -56,11 +56,13 @@ from bench._common import (
     SYMBI,
     CallStats,
     bench_policy_data,
+    everything_toml,
     gateway_env,
     latency_summary,
     median,
     stdio_session,
     write_gateway_config,
+    write_http_gateway_config,
 )
 from bench.proxy import _round as stdio_round
 
@@ -206,30 +208,6 @@ def audit_round(events: int) -> dict[str, Any]:
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
-def http_gateway_config(tmp: Path, port: int, upstream_url: str, principals: tuple[str, ...]) -> Path:
-    path = tmp / "http-gateway.toml"
-    path.write_text(
-        f"""
-[policy]
-path = "{ROOT / "policies.rego"}"
-data = "{http_bench.policy_data(tmp, principals)}"
-[gateway]
-data_dir = "{tmp / "data"}"
-log_level = "WARNING"
-[http]
-port = {port}
-access_log = false
-max_sessions = 1000
-[mcp]
-max_concurrent_connections = 64
-[servers.everything]
-url = "{upstream_url}"
-verification = "tofu"
-"""
-    )
-    return path
-
-
 @contextlib.contextmanager
 def http_targets(tmp: Path, clients: int) -> Any:
     from gateway.server.auth import ApiKeyStore
@@ -250,7 +228,15 @@ def http_targets(tmp: Path, clients: int) -> Any:
             )
         )
         http_bench.wait_http(upstream, {400, 405, 406, 200})
-        cfg = http_gateway_config(tmp, gw_port, upstream, names)
+        cfg = write_http_gateway_config(
+            tmp / "http-gateway",
+            gw_port,
+            everything_toml("tofu", upstream),
+            names,
+            max_sessions=1000,
+            max_connections=64,
+            data_dir=tmp / "data",
+        )
         stack.enter_context(
             http_bench.proc(
                 [sys.executable, "-c", http_bench.GATEWAY_MAIN, str(cfg)],

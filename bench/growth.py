@@ -79,7 +79,6 @@ from bench._common import (
 UPSTREAM = ROOT / "bench" / "peers" / "growth_upstream.py"
 CLIENT = "growth-client"
 CONNECT_TIMEOUT_S = 300.0
-SSE_LIMIT = 16 * 2**20
 EXPONENT_LINEAR = 1.15  # fitted exponents up to this count as linear (noise on a shared machine)
 
 
@@ -240,9 +239,9 @@ async def session(url: str, key: str, listener: Listener | None = None) -> Async
     """A handshake-era (2025-11-25) SDK session over streamable HTTP with ``key``."""
     async with (
         httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=httpx2.Timeout(120)) as hc,
-        # 2,000 tools in one tools/list reply pass the SDK client's default 1 MiB SSE event
-        # limit (the gateway does not paginate tools/list): allow 16 MiB
-        streamable_http_client(url, http_client=hc, max_sse_event_size=SSE_LIMIT) as (r, w),
+        # the SDK client's default SSE event limit (1 MiB): tools/list comes in pages
+        # (mcp.list_page_size); 2,000 tools in one reply were over it
+        streamable_http_client(url, http_client=hc) as (r, w),
         ClientSession(r, w, message_handler=listener.handler if listener else None) as s,
     ):
         await s.initialize()
@@ -250,7 +249,15 @@ async def session(url: str, key: str, listener: Listener | None = None) -> Async
 
 
 async def tool_names(s: ClientSession) -> set[str]:
-    return {t.name for t in (await s.list_tools()).tools}
+    """The whole listing, every page (following nextCursor)."""
+    names: set[str] = set()
+    cursor: str | None = None
+    while True:
+        page = await s.list_tools(params=types.PaginatedRequestParams(cursor=cursor))
+        names.update(t.name for t in page.tools)
+        cursor = page.next_cursor
+        if cursor is None:
+            return names
 
 
 # -- part 1: upstreams ----------------------------------------------------------------------

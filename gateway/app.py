@@ -306,6 +306,10 @@ class Gateway:
         catalog = catalog if catalog is not None else self.catalog
         return await self._visible(principal, [e for e in catalog.tools.values() if not e.info.blocked])
 
+    async def visible_among(self, principal: Principal, entries: list[CatalogTool]) -> list[CatalogTool]:
+        """Of ``entries``, those the policy lets ``principal`` see (a page of a listing)."""
+        return await self._visible(principal, entries)
+
     async def _visible(self, principal: Principal, entries: list[CatalogTool]) -> list[CatalogTool]:
         if self.policy is None:
             return entries

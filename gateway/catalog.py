@@ -9,6 +9,8 @@ an update.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import re
 import unicodedata
@@ -258,9 +260,38 @@ class LiveCatalog:
     policy input.
     """
 
+    # snapshots kept by version after they are replaced: a paginated listing that began on one
+    # finishes on it (a cursor names its version), unless this many rebuilds happened since
+    RETAINED = 4
+
     def __init__(self, upstreams: Mapping[str, UpstreamInfo]) -> None:
-        self.snapshot = Catalog.empty()
+        self._snapshot = Catalog.empty()
+        self._versions = itertools.count(1)
+        self._version = 0
+        self._recent: collections.OrderedDict[int, Catalog] = collections.OrderedDict()
         self._upstreams = dict(upstreams)
+
+    @property
+    def snapshot(self) -> Catalog:
+        return self._snapshot
+
+    @snapshot.setter
+    def snapshot(self, new: Catalog) -> None:
+        self._recent[self._version] = self._snapshot
+        while len(self._recent) > self.RETAINED:
+            self._recent.popitem(last=False)
+        self._snapshot, self._version = new, next(self._versions)
+
+    @property
+    def version(self) -> int:
+        """The current snapshot's number (one per process, never reused)."""
+        return self._version
+
+    def at(self, version: int) -> Catalog | None:
+        """The snapshot numbered ``version``: the current one or a recently replaced one."""
+        if version == self._version:
+            return self._snapshot
+        return self._recent.get(version)
 
     def add_upstream(self, info: UpstreamInfo) -> None:
         self._upstreams[info.name] = info

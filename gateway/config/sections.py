@@ -72,6 +72,9 @@ class McpSection(Section):
     call_timeout_s: float = Field(default=60.0, gt=0)
     max_concurrent_connections: int = Field(default=1024, ge=1)  # MCP requests served at once (HTTP)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # tools/list pages (cursor / nextCursor): 2,000 tools in one reply were over the SDK
+    # client's 1 MiB SSE event limit
+    list_page_size: int = Field(default=500, ge=1, le=10_000)
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     org_keys: PathTuple = ()  # organisation public keys that may sign approved manifests

@@ -28,6 +28,7 @@ from gateway.context import CallContext, CallKind, Principal, is_admin
 from gateway.errors import CatalogError, PolicyDenied
 from gateway.events import Event
 from gateway.listen import ListenHub
+from gateway.server.paging import ToolPager
 from gateway.server.principals import principal_for, session_id_of
 from gateway.upstream.session import Upstream
 
@@ -58,6 +59,7 @@ class Front:
         self._make_gateway = make_gateway
         self.hub = ListenHub()  # 2026-era listen streams, shared with the gateway that pushes to them
         self._running: list[Gateway] = []
+        self.pager = ToolPager(config.mcp.list_page_size)  # tools/list pages, cursors of this process
 
     def server(self) -> Server[Gateway]:
         # logging/setLevel stays for the handshake-era (2025) clients that send it; the SDK
@@ -201,8 +203,9 @@ class Front:
         self, ctx: Ctx, params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         gw = self._gateway(ctx)
-        visible = await gw.visible_tools(principal_for(ctx, gw))
-        return types.ListToolsResult(tools=[e.tool for e in visible])
+        cursor = params.cursor if params is not None else None
+        page, next_cursor = await self.pager.page(gw, principal_for(ctx, gw), cursor)
+        return types.ListToolsResult(tools=[e.tool for e in page], next_cursor=next_cursor)
 
     @as_tool_result
     async def call_tool(

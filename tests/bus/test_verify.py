@@ -95,7 +95,9 @@ def test_a_sender_without_an_authentic_key_is_a_problem() -> None:
     a, entry = ring.ensure("ag-a", "t")
     msg = _msg(a, "m1", None, 1)
     # no directory entry at all
-    assert _kinds(verify_messages(_stored(msg), lambda _a: None, SECRET)) == ["no authentic key for the sender"]
+    assert _kinds(verify_messages(_stored(msg), lambda _a: None, SECRET)) == [
+        "no authentic key for the sender"
+    ]
     # an entry whose HMAC was made with another secret (a forged directory entry)
     assert _kinds(verify_messages(_stored(msg), {"ag-a": entry}.get, b"x" * 32)) == [
         "no authentic key for the sender"
@@ -136,12 +138,13 @@ def test_an_unreadable_entry_is_a_problem_without_an_id() -> None:
 def test_a_removed_message_in_the_middle_is_a_gap_naming_the_next_one() -> None:
     ring = _ring()
     a, entry = ring.ensure("ag-a", "t")
-    # m1 pruned (the oldest's dangling link is expected), m3 removed
-    msgs = [_msg(a, "m2", "m1", 2), _msg(a, "m4", "m3", 4), _msg(a, "m5", "m4", 5)]
+    # the oldest (x2) points to a pruned one (expected), b4's predecessor was removed; ids
+    # are not in time order (a chain is ordered by timestamp)
+    msgs = [_msg(a, "x2", "x1", 2), _msg(a, "b4", "b3", 4), _msg(a, "c5", "b4", 5)]
     report = verify_messages(_stored(*msgs), {"ag-a": entry}.get, SECRET)
     assert _kinds(report) == ["gap"]
     (p,) = report.problems
-    assert p["id"] == "m4" and p["sender"] == "ag-a" and p["channel"] == "agent:ag-b"
+    assert p["id"] == "b4" and p["sender"] == "ag-a" and p["channel"] == "agent:ag-b"
     # two removals: two gaps besides the expected dangling oldest link
     msgs = [_msg(a, "m2", "m1", 2), _msg(a, "m4", "m3", 4), _msg(a, "m6", "m5", 6)]
     report = verify_messages(_stored(*msgs), {"ag-a": entry}.get, SECRET)
@@ -151,12 +154,12 @@ def test_a_removed_message_in_the_middle_is_a_gap_naming_the_next_one() -> None:
 def test_two_messages_after_the_same_one_are_a_fork() -> None:
     ring = _ring()
     a, entry = ring.ensure("ag-a", "t")
-    msgs = [_msg(a, "m1", None, 1), _msg(a, "m3", "m1", 3), _msg(a, "m2", "m1", 2)]
+    msgs = [_msg(a, "m1", None, 1), _msg(a, "a3", "m1", 3), _msg(a, "z2", "m1", 2)]
     report = verify_messages(_stored(*msgs), {"ag-a": entry}.get, SECRET)
     assert _kinds(report) == ["fork"]
     (p,) = report.problems
-    # the later one (by timestamp) is named, on the sender's channel
-    assert p["id"] == "m3" and p["sender"] == "ag-a" and p["channel"] == "agent:ag-b"
+    # the later one (by timestamp, not by id) is named, on the sender's channel
+    assert p["id"] == "a3" and p["sender"] == "ag-a" and p["channel"] == "agent:ag-b"
 
 
 def test_chains_are_per_sender_and_channel() -> None:

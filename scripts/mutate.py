@@ -320,6 +320,80 @@ GROUPS: tuple[Group, ...] = (
             )
         ),
     ),
+    # the runtime's security core in-process: agent identity, the lifecycle's edges, breakers,
+    # resource budgets, the scheduler's limits, the registry's per-principal admission and the
+    # runtime's suspend/resume/terminate. Out of scope (the full "runtime" group runs by name):
+    # hosted runs (real bwrap/docker/gVisor per test, seconds a mutant; their sandbox limits are
+    # in "sandbox-limits" and tests/runtime/test_hosted_limits.py), status and metrics (reports)
+    Group(
+        "runtime-security",
+        ("gateway/runtime/*",),
+        tuple(
+            f"tests/runtime/test_{t}.py"
+            for t in (
+                "core",
+                "breaker",
+                "breakers",
+                "identity",
+                "lifecycle",
+                "resources",
+                "scheduler",
+                "stable_ids",
+                "registry",
+            )
+        )
+        + ("tests/steps/test_schedule.py", "tests/steps/test_agent.py"),
+        note="Out of scope: hosted runs (a real sandbox per test), status, metrics, as_json views.",
+        only=(
+            "gateway.runtime.identity.*",
+            "gateway.runtime.lifecycle.*",
+            "gateway.runtime.breaker.*",
+            "gateway.runtime.resources.xǁResourcePoolǁ*",
+            "gateway.runtime.resources.xǁ_Slotǁ*",
+            "gateway.runtime.resources.xǁResourceLimitsǁfrom_config*",
+            "gateway.runtime.scheduler.*",
+            "gateway.runtime.agents.x_hosted_principal*",
+            "gateway.runtime.agents.xǁAgentRegistryǁfor_session*",
+            "gateway.runtime.agents.xǁAgentRegistryǁ_admit*",
+            "gateway.runtime.agents.xǁAgentRegistryǁtransition*",
+            "gateway.runtime.core.xǁAgentRuntimeǁbegin*",
+            "gateway.runtime.core.xǁAgentRuntimeǁend*",
+            "gateway.runtime.core.xǁAgentRuntimeǁsuspend*",
+            "gateway.runtime.core.xǁAgentRuntimeǁresume*",
+            "gateway.runtime.core.xǁAgentRuntimeǁterminate*",
+            "gateway.runtime.core.xǁAgentRuntimeǁnote_error*",
+        ),
+    ),
+    # who may read and write which memory: the access checks, the filters a caller passes (they
+    # cannot name a system field), the store filters that keep agents apart, the collection's
+    # embedder check, and what the memory/knowledge built-ins let a caller read and end.
+    # Out of scope (the full "memory" group runs by name): embedding, chunking, RAG ranking,
+    # the store's plumbing, statistics
+    Group(
+        "memory-security",
+        ("gateway/memory/*",),
+        tuple(
+            f"tests/memory/test_{t}.py"
+            for t in ("gateway_memory", "filters", "store", "volatile", "knowledge_bases", "manager")
+        ),
+        note="Out of scope: embedding, chunking, RAG ranking, store plumbing, statistics.",
+        only=(
+            "gateway.memory.access.*",
+            "gateway.memory.manager.x_namespace_of*",
+            "gateway.memory.manager.x_check_name*",
+            "gateway.memory.manager.x_user_filter*",
+            "gateway.memory.manager.x_knowledge_filter*",
+            "gateway.memory.store.x_check_metadata*",
+            "gateway.memory.store.xǁEdgeStoreǁ_filter*",
+            "gateway.memory.store.xǁQdrantClientStoreǁ_filter*",
+            "gateway.memory.volatile.x__meta_ok*",
+            "gateway.memory.volatile.xǁVolatileMemoryǁsearch*",
+            "gateway.memory.builtin.xǁMemoryBuiltinǁcall*",
+            "gateway.memory.builtin.xǁMemoryBuiltinǁ_end_task*",
+            "gateway.memory.builtin.xǁMemoryBuiltinǁread_resource*",
+            "gateway.memory.builtin.xǁKnowledgeBuiltinǁ_bases*",
+        ),
+    ),
     # the corpus and the verifier's screening tests call it in-process; tests/screen's gateway
     # and real-server tests start processes per test (seconds a mutant): not in the set
     Group(
@@ -538,6 +612,7 @@ def run_group(
             for n in (
                 (scratch / "note").read_text().strip() if (scratch / "note").exists() else "",
                 f"Only the mutants of {', '.join(group.only)}." if group.only else "",
+                group.note,
             )
             if n
         ),

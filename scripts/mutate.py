@@ -374,7 +374,16 @@ GROUPS: tuple[Group, ...] = (
         ("gateway/memory/*",),
         tuple(
             f"tests/memory/test_{t}.py"
-            for t in ("access", "gateway_memory", "filters", "store", "volatile", "knowledge_bases", "manager")
+            for t in (
+                "access",
+                "builtin",
+                "gateway_memory",
+                "filters",
+                "store",
+                "volatile",
+                "knowledge_bases",
+                "manager",
+            )
         ),
         note="Out of scope: embedding, chunking, RAG ranking, store plumbing, statistics.",
         only=(

@@ -322,7 +322,9 @@ GROUPS: tuple[Group, ...] = (
     ),
     # the runtime's security core in-process: agent identity, the lifecycle's edges, breakers,
     # resource budgets, the scheduler's limits, the registry's per-principal admission and the
-    # runtime's suspend/resume/terminate. Out of scope (the full "runtime" group runs by name):
+    # runtime's suspend/resume/terminate, with the unit tests only (the breaker's killed-upstream
+    # test takes 30 s and the identity tests through a gateway 5-9 s a mutant: in the full group).
+    # Out of scope (the full "runtime" group runs by name):
     # hosted runs (real bwrap/docker/gVisor per test, seconds a mutant; their sandbox limits are
     # in "sandbox-limits" and tests/runtime/test_hosted_limits.py), status and metrics (reports)
     Group(
@@ -330,19 +332,28 @@ GROUPS: tuple[Group, ...] = (
         ("gateway/runtime/*",),
         tuple(
             f"tests/runtime/test_{t}.py"
+            for t in ("core", "breakers", "lifecycle", "resources", "scheduler", "registry")
+        )
+        + tuple(
+            f"tests/runtime/test_breaker.py::{t}"
             for t in (
-                "core",
-                "breaker",
-                "breakers",
-                "identity",
-                "lifecycle",
-                "resources",
-                "scheduler",
-                "stable_ids",
-                "registry",
+                "test_breaker_state_machine",
+                "test_only_read_only_or_idempotent_tools_are_retried",
+                "test_retry_with_backoff_only_when_a_repeat_is_harmless",
             )
         )
-        + ("tests/steps/test_schedule.py", "tests/steps/test_agent.py"),
+        + tuple(
+            f"tests/runtime/test_identity.py::{t}"
+            for t in (
+                "test_same_session_same_agent_and_every_part_changes_the_id",
+                "test_ids_are_not_reproducible_without_the_registry_key",
+                "test_declared_client_name_is_only_a_prefixed_label",
+                "test_registering_emits_one_state_event_and_runs_hooks",
+                "test_principals_of_different_sources_never_share_an_agent",
+                "test_a_2026_session_label_is_not_an_agent_identity",
+                "test_session_agents_take_the_configured_default_priority",
+            )
+        ),
         note="Out of scope: hosted runs (a real sandbox per test), status, metrics, as_json views.",
         only=(
             "gateway.runtime.identity.*",
@@ -366,7 +377,8 @@ GROUPS: tuple[Group, ...] = (
     ),
     # who may read and write which memory: the access checks, the filters a caller passes (they
     # cannot name a system field), the store filters that keep agents apart, the collection's
-    # embedder check, and what the memory/knowledge built-ins let a caller read and end.
+    # embedder check, and what the memory/knowledge built-ins let a caller read and end; with the
+    # in-process tests (test_gateway_memory starts a gateway per test, 5-8 s a mutant: in "memory").
     # Out of scope (the full "memory" group runs by name): embedding, chunking, RAG ranking,
     # the store's plumbing, statistics
     Group(
@@ -377,7 +389,6 @@ GROUPS: tuple[Group, ...] = (
             for t in (
                 "access",
                 "builtin",
-                "gateway_memory",
                 "filters",
                 "store",
                 "volatile",

@@ -11,6 +11,7 @@ event records, that redaction counts the matches of every pattern, or that the o
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def test_a_memory_decision_sees_the_calls_target_upstream_session_and_agent(tmp_
     ]
     for v in variants:
         with pytest.raises(PolicyDenied):
-            anyio.run(lambda v=v: access.check(v, "context/read", owner="agent-a", memory_type="long_term"))
+            anyio.run(partial(access.check, v, "context/read", owner="agent-a", memory_type="long_term"))
 
 
 def test_a_deny_raises_policy_denied_and_records_metadata_only(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp import types
 
 from gateway.context import CallContext, Principal, ToolInfo
 from gateway.errors import ContextError, PolicyDenied
@@ -132,7 +133,9 @@ def memory(tmp_path: Path) -> Iterator[tuple[MemoryBuiltin, Recorder]]:
 def _read(b: MemoryBuiltin, who: Principal, uri: str) -> list[str]:
     call = CallContext(principal=who, kind="resources/read", target=uri)
     res = anyio.run(b.read_resource, call)
-    return [i["text"] for i in json.loads(res.contents[0].text)]
+    body = res.contents[0]
+    assert isinstance(body, types.TextResourceContents)
+    return [i["text"] for i in json.loads(body.text)]
 
 
 def _tool(who: Principal, name: str, **args: Any) -> CallContext:

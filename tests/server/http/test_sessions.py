@@ -170,3 +170,33 @@ def test_session_ownership_is_per_source_and_issuer() -> None:
     other = Principal(id="alice", claims={"sub": "alice"}, source="jwt", issuer="https://b.example")
     owners = {_access_token(p).client_id for p in (key, forged, other)}
     assert len(owners) == 3 and _access_token(key).client_id == "apikey:k1"
+
+
+def test_the_revoked_key_sweep_reads_each_key_once_per_sweep(tmp_path: Path) -> None:
+    """Three sessions of one key and one of another: each sweep asks the key store about each
+    key once, in one go (not once per session: 1,000 idle sessions were 1,000 thread hops a
+    second). The gateway's own sweep runs too; this one only reads (every key is live)."""
+    import anyio
+
+    from gateway.server.sessions import sweep_revoked
+
+    cfg = everything_config(tmp_path, http_extra="max_sessions_per_principal = 3")
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        assert [open_session(run.mcp, keys.user).status_code for _ in range(3)] == [200] * 3
+        assert open_session(run.mcp, keys.other_user).status_code == 200
+        asked: list[str] = []
+
+        def is_live(kid: str) -> bool:
+            asked.append(kid)
+            return True
+
+        async def sweep_a_while() -> None:
+            with anyio.move_on_after(1.0):
+                await sweep_revoked(run.state.manager, is_live, 0.05)
+
+        anyio.run(sweep_a_while)
+    kids = sorted(set(asked))
+    assert len(kids) == 2  # bob's key and carol's
+    sweeps = len(asked) // 2
+    assert sweeps >= 2 and asked == kids * sweeps

@@ -1,0 +1,113 @@
+"""The embedded engine's observable state: status() before and after a reload, the reload
+event's source, the publish hook, the per-thread engine, the decision counters and a policy
+that appears after a failed start (mutants of EmbeddedEngine.__init__/reload survived these)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.policy.engine import EmbeddedEngine
+from gateway.policy.loader import PolicyBundle, PolicyFiles
+from tests.policy.conftest import RecordingSink
+
+PKG = "package symbi\nimport rego.v1\n"
+ALLOW = PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}}\n'
+DENY = PKG + 'decision := {"allow": false, "reasons": ["no"], "conditions": {}}\n'
+
+
+def _engine(
+    tmp_path: Path, src: str, name: str = "p.rego", sink: RecordingSink | None = None
+) -> EmbeddedEngine:
+    (tmp_path / name).write_text(src)
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / name), events=sink)
+    assert eng.load()
+    return eng
+
+
+def test_a_fresh_engine_reports_its_policy_from_the_file_and_nothing_refused(tmp_path: Path) -> None:
+    eng = _engine(tmp_path, ALLOW)
+    st = eng.status()
+    assert st["source"] == "file" and st["loaded"] is True
+    assert "refused" not in st and "version" not in st
+
+
+def test_a_reload_from_the_files_is_recorded_as_from_the_file_and_handed_to_the_publisher(
+    tmp_path: Path,
+) -> None:
+    sink = RecordingSink()
+    eng = _engine(tmp_path, ALLOW, sink=sink)
+    published: list[PolicyBundle] = []
+    eng.on_local_load = published.append  # what gateway.state.policies publishes to the replicas
+    (tmp_path / "p.rego").write_text(DENY)
+    assert eng.reload() is True
+    ((kind, details),) = sink.events
+    assert kind == "policy.reloaded" and details["source"] == "file"
+    assert eng.bundle is not None and [b.digest for b in published] == [eng.bundle.digest]
+    assert eng.status()["source"] == "file" and "refused" not in eng.status()
+
+
+def test_a_policy_written_after_a_failed_start_is_loaded_by_the_reload(tmp_path: Path) -> None:
+    """The watcher's reload must take a policy that appears after the engine started denying
+    (the reload compares against the file versions the failed load never recorded)."""
+    sink = RecordingSink()
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"), events=sink)
+    assert eng.load() is False and eng.decide({}).allow is False
+    (tmp_path / "p.rego").write_text(ALLOW)
+    assert eng.reload() is True and eng.decide({}).allow is True
+    ((kind, details),) = sink.events
+    assert kind == "policy.reloaded" and [(c["file"], c["previous_sha256"]) for c in details["changes"]] == [
+        (str(tmp_path / "p.rego"), None)
+    ]
+
+
+def test_a_refused_reload_after_a_failed_start_is_reported_not_raised(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"), events=sink)
+    assert eng.load() is False
+    (tmp_path / "p.rego").write_text(PKG + "decision := {")
+    assert eng.reload() is False
+    assert [k for k, _ in sink.events] == ["policy.reload_refused"]
+
+
+def test_the_thread_engine_is_none_before_this_threads_first_decision(tmp_path: Path) -> None:
+    eng = _engine(tmp_path, ALLOW)
+    assert eng.thread_engine() is None
+    assert eng.decide({}).allow is True
+    assert eng.thread_engine() is not None
+
+
+def test_the_decision_counters_start_at_zero_and_count_each_decision(tmp_path: Path) -> None:
+    eng = _engine(tmp_path, ALLOW)
+    assert (eng.cache_hits, eng.cache_misses) == (0, 0)
+    assert eng.decide({}).allow is True
+    assert (eng.cache_hits, eng.cache_misses) == (0, 1)
+    assert eng.decide({}).allow is True
+    assert (eng.cache_hits, eng.cache_misses) == (1, 1)
+
+
+def test_two_engines_on_one_thread_keep_their_own_engine_and_cache(tmp_path: Path) -> None:
+    a = _engine(tmp_path, ALLOW, "a.rego")
+    b = _engine(tmp_path, DENY, "b.rego")
+    assert a.decide({}).allow is True and b.decide({}).allow is False
+    ea, eb = a.thread_engine(), b.thread_engine()
+    assert ea is not None and eb is not None and ea is not eb
+    # deciding for b did not take a's engine or its cached decisions on this thread
+    assert a.decide({}).allow is True and a.cache_hits == 1 and a.thread_engine() is ea
+    assert b.decide({}).allow is False and b.cache_hits == 1 and b.thread_engine() is eb
+
+
+def test_a_collected_engine_leaves_no_regorus_engine_on_the_threads_it_decided_on(tmp_path: Path) -> None:
+    import gc
+
+    from gateway.policy import engine as engine_mod
+
+    eng: EmbeddedEngine | None = _engine(tmp_path, ALLOW, "a.rego")
+    other = _engine(tmp_path, DENY, "b.rego")
+    assert eng is not None and eng.decide({}).allow is True
+    number = eng._number  # the key of its engine in this thread's slots
+    assert number in engine_mod._thread_slots()
+    eng = None
+    gc.collect()
+    assert other.decide({}).allow is False  # this thread's next decision drops what the dead engine left
+    # the leak is only visible in the slots (a regorus engine holds no weak reference)
+    assert number not in engine_mod._thread_slots() and other._number in engine_mod._thread_slots()

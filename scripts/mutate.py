@@ -82,6 +82,7 @@ GROUPS: tuple[Group, ...] = (
         ("gateway/audit/verify.py",),
         (
             "tests/audit/test_verify.py",
+            "tests/audit/test_verify_paths.py",
             "tests/audit/test_log.py",
             "tests/audit/test_keys.py",
         ),

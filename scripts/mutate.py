@@ -125,7 +125,9 @@ GROUPS: tuple[Group, ...] = (
                 "test_principals_carry_their_namespace",
                 "test_a_new_key_carries_32_random_bytes_and_refuses_an_empty_principal",
             )
-        ),
+        )
+        # the JWKS URL client's cache lifetime (a removed key stops verifying) and fetch timeout
+        + ("tests/server/http/test_auth_jwks.py",),
     ),
     Group(
         "policy",

@@ -162,8 +162,9 @@ class JwtVerifier:
         self._client: PyJWKClient | None = None
         self._keyset: PyJWKSet | None = None
         if cfg.jwks_url is not None:
-            # cached keys; a kid not in the cache triggers one refetch
-            self._client = PyJWKClient(cfg.jwks_url, cache_keys=True, lifespan=300, timeout=5)
+            # the key set is cached for 300 s (a kid not in it triggers one refetch); no per-kid
+            # cache: PyJWKClient's never expires, so a key the IdP removed would verify until restart
+            self._client = PyJWKClient(cfg.jwks_url, cache_keys=False, lifespan=300, timeout=5)
         elif cfg.jwks_file is not None:
             self._keyset = load_jwks_file(Path(cfg.jwks_file))
 

@@ -310,3 +310,24 @@ def test_the_record_carries_the_requests_trace_id_and_none_outside_a_trace(log: 
     first, second = _stored(log)[-2:]
     assert first["details"]["trace_id"] == format(trace_id, "032x")
     assert second["details"]["trace_id"] is None
+
+
+def test_a_call_whose_record_is_not_durable_in_time_fails_closed(log: AuditLog, tmp_path: Path) -> None:
+    """The step passes its timeout to the log: with the store stalled (another connection holds
+    SQLite's write lock, as a stalled disk would) the call is refused with AuditError after
+    timeout_s, rather than held until the store answers; the event is still written after."""
+    step = AuditStep(log, timeout_s=0.3)
+    blocker = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+
+        async def bounded() -> Any:  # a step waiting on the store fails the test instead of hanging it
+            return await asyncio.wait_for(step(_call(), _allowed), 20)
+
+        with pytest.raises(AuditError):
+            asyncio.run(bounded())
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    log.flush()
+    assert [ev["type"] for ev in _stored(log)] == ["tool.call"]

@@ -1,0 +1,92 @@
+"""The JWKS URL client: a key the IdP removed stops verifying once the cached key set expires
+(300 s), and a JWKS endpoint that accepts but never answers fails closed, not hangs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import types
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from gateway.config.sections import JwtSection
+from gateway.errors import AuthFailed
+from gateway.server.auth import JwtVerifier
+from tests.server.http.conftest import AUDIENCE, ISSUER, Idp, make_idp
+
+
+@pytest.fixture
+def idp_server(tmp_path: Path) -> Iterator[tuple[str, Idp, dict[str, bytes], list[str]]]:
+    idp = make_idp(tmp_path)
+    served = {"body": json.dumps(idp.jwks).encode()}
+    hits: list[str] = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            body = served["body"]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/jwks.json", idp, served, hits
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_key_removed_from_the_jwks_stops_verifying_when_the_cached_set_expires(
+    idp_server: tuple[str, Idp, dict[str, bytes], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, idp, served, hits = idp_server
+    v = JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE, algorithms=["RS256", "ES256"], jwks_url=url))
+    assert v.verify(idp.token("erin")).id == "erin"  # RS256, kid rsa1
+    assert v.verify(idp.token("erin")).id == "erin" and len(hits) == 1  # the cached key set
+    # the IdP drops the RSA key (compromised, rotated out): only the EC key is published now
+    served["body"] = json.dumps({"keys": [k for k in idp.jwks["keys"] if k["kid"] == "ec1"]}).encode()
+    # 300 s cannot pass in a test: the key-set cache's clock is moved past its lifespan (the seam)
+    import jwt.jwk_set_cache
+
+    later = types.SimpleNamespace(monotonic=lambda: time.monotonic() + 300.5)
+    monkeypatch.setattr(jwt.jwk_set_cache, "time", later)
+    with pytest.raises(AuthFailed):
+        v.verify(idp.token("erin"))
+    assert v.verify(idp.token("erin", alg="ES256")).id == "erin"
+    assert len(hits) >= 2
+
+
+@pytest.mark.slow
+def test_a_jwks_endpoint_that_never_answers_fails_closed(tmp_path: Path) -> None:
+    """The fetch is bounded (5 s): the request is refused, not left waiting on the endpoint."""
+    idp = make_idp(tmp_path)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # accepts (the kernel completes the handshake) and never answers
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/jwks.json"
+        v = JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE, jwks_url=url))
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                v.verify(idp.token())
+                outcome.append(None)
+            except BaseException as e:  # noqa: BLE001 - recorded for the assertion below
+                outcome.append(e)
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(20)  # generous: not a timing assertion, a bound that tells "fails" from "hangs"
+        assert len(outcome) == 1 and isinstance(outcome[0], AuthFailed)

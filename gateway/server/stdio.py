@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from gateway.assemble import make_gateway
 from gateway.compat import create_context_streams, stream_reader_head
 from gateway.config.model import Config
+from gateway.server.fastlane import StdioLane
 from gateway.server.front import build_server, init_options
 from gateway.upstream.stdio import with_waiting
 
@@ -40,8 +41,10 @@ def _error(code: int, message: str, rid: Any = None) -> SessionMessage:
     )
 
 
-def frame(msg: SessionMessage) -> bytes:
-    """One message as one line of the wire."""
+def frame(msg: SessionMessage | bytes) -> bytes:
+    """One message as one line of the wire (the fast lane's replies come framed)."""
+    if isinstance(msg, bytes):
+        return msg
     return msg.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
 
 
@@ -65,7 +68,7 @@ def _parse(line: bytes) -> tuple[SessionMessage, bool]:
 
 
 @contextlib.asynccontextmanager
-async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
+async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> AsyncIterator[tuple[Any, Any]]:
     loop = asyncio.get_running_loop()
     # Private copies of the wire; fds 0/1 now point elsewhere for the rest of the process.
     wire_in, wire_out = os.dup(0), os.dup(1)
@@ -89,7 +92,8 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
     to_server, from_client = create_context_streams[SessionMessage | Exception](0)
     # outgoing: a plain memory stream (the writer needs no sender context) so that replies
     # waiting together leave in one pipe write (``receive_nowait``)
-    to_client, from_server = anyio.create_memory_object_stream[SessionMessage](0)
+    to_client, from_server = anyio.create_memory_object_stream[SessionMessage | bytes](0)
+    lane_out = to_client.clone()  # the fast lane's replies, in the same writer
 
     async def write(msg: SessionMessage) -> None:
         writer.write(frame(msg))
@@ -103,6 +107,8 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
                 except asyncio.IncompleteReadError as e:
                     if e.partial.strip():
                         await _deliver(e.partial)
+                    if lane is not None:
+                        await lane.shutdown()
                     return
                 except asyncio.LimitOverrunError as e:
                     head = stream_reader_head(reader, 512)
@@ -120,6 +126,8 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
                     await _deliver(line)
 
     async def _deliver(line: bytes) -> None:
+        if lane is not None and lane.offer(line):
+            return
         msg, for_server = _parse(line)
         if for_server:
             await to_server.send(msg)
@@ -138,9 +146,12 @@ async def stdio_transport(max_bytes: int) -> AsyncIterator[tuple[Any, Any]]:
                 tg.start_soon(feed_from_file, wire_in, reader)
             tg.start_soon(read_loop)
             tg.start_soon(write_loop)
+            if lane is not None:
+                lane.attach(tg, lane_out.send)
             try:
                 yield from_client, to_client
             finally:
+                lane_out.close()
                 tg.cancel_scope.cancel()
     finally:
         with contextlib.suppress(Exception):
@@ -210,7 +221,11 @@ async def _drain_line(reader: asyncio.StreamReader, consumed: int) -> int:
 
 async def serve_stdio(config: Config) -> None:
     server = build_server(config, lambda listen: make_gateway(config, listen))
-    async with stdio_transport(config.mcp.max_message_bytes) as (read, write):
+    lane = None
+    if config.mcp.stdio_fast_lane:
+        lane = StdioLane(server)
+        server.middleware.append(lane.capture)
+    async with stdio_transport(config.mcp.max_message_bytes, lane) as (read, write):
         await server.run(read, write, init_options(server))
 
 

@@ -1,0 +1,314 @@
+"""The client-facing fast lane of ``tools/call`` on the stdio front.
+
+The SDK's server path of a call builds and validates pydantic models on every hop (the
+transport's ``JSONRPCMessage``, a context stream, the dispatcher's task, the runner's request
+and params validation, the result's dump and re-validation, the response model and its dump).
+The lane takes a plain ``tools/call`` of an initialized handshake-era session off the wire
+(orjson), runs the SAME handler (``Front.call_tool``: the whole gateway chain, errors made MCP
+results by ``gateway.boundary``) under the SAME server middleware (the SDK's OpenTelemetry
+SERVER span, whose trace id goes on the audit record) with a real ``ServerSession`` (progress,
+and the relay of upstream sampling/elicitation through the SDK's dispatcher, whose replies
+come back through the SDK), and writes the reply line itself.
+
+Everything else goes to the SDK unchanged: initialize, other methods, notifications (a
+``notifications/cancelled`` for a lane call is acted on here and still passed on), responses,
+batches, anything malformed or unusual (unknown keys, a ``_meta`` other than progress and
+trace context, an id already in flight in the lane, a 2026-era envelope), and every call
+before ``initialize`` was answered (the lane learns the connection from the SDK's own
+``initialize`` through a server middleware).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.abc
+import orjson
+from mcp import types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.connection import Connection
+from mcp.server.context import CallNext, HandlerResult
+from mcp.server.session import ServerSession
+from mcp.shared.dispatcher import CallOptions, coerce_request_id
+from mcp.shared.exceptions import MCPError, NoBackChannelError
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params, handler_exception_to_error_data
+from mcp.shared.message import SessionMessage
+from mcp.shared.transport_context import TransportContext
+from mcp_types import methods as _methods
+from pydantic import BaseModel, ValidationError
+
+from gateway.compat import connection_of
+
+_logger = logging.getLogger("symbi.server.fastlane")
+
+Write = Callable[[bytes | SessionMessage], Awaitable[None]]
+_PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
+_META_KEYS = frozenset({"progressToken", "traceparent", "tracestate", "baggage"})
+_TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=True)
+_SHUTDOWN_S = 1.0
+
+
+class LaneDispatch:
+    """The ``DispatchContext`` of one lane request: what the SDK's dispatcher gives a handler
+    (server->client requests and notifications over the connection's channel, progress against
+    the caller's token, the peer's cancel), closed when the handler returns."""
+
+    transport = _TRANSPORT
+    message_metadata = None
+
+    def __init__(self, connection: Connection, request_id: types.RequestId, token: str | int | None) -> None:
+        self._out = connection.outbound
+        self._request_id = request_id
+        self._token = token
+        self._closed = False
+        self.shutdown = False
+        self.cancel_requested = anyio.Event()
+        self.done = anyio.Event()  # answered (or dropped): set last
+
+    @property
+    def request_id(self) -> types.RequestId:
+        return self._request_id
+
+    @property
+    def can_send_request(self) -> bool:
+        return not self._closed
+
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> dict[str, Any]:
+        if self._closed:
+            raise NoBackChannelError(method)
+        return await self._out.send_raw_request(method, params, opts)
+
+    async def notify(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> None:
+        if not self._closed:
+            await self._out.notify(method, params, opts)
+
+    async def progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        if self._token is None:
+            return
+        params: dict[str, Any] = {"progressToken": self._token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await self.notify("notifications/progress", params)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+def plain_call(msg: Any) -> tuple[types.RequestId, dict[str, Any], str | int | None] | None:
+    """(id, params, progress token) of a plain ``tools/call``, else None (the SDK's case)."""
+    if not isinstance(msg, dict) or msg.keys() != {"jsonrpc", "id", "method", "params"}:
+        return None
+    rid, params = msg["id"], msg["params"]
+    if msg["jsonrpc"] != "2.0" or msg["method"] != "tools/call":
+        return None
+    if isinstance(rid, bool) or not isinstance(rid, int | str) or not isinstance(params, dict):
+        return None
+    if not isinstance(params.get("name"), str) or not params.keys() <= _PARAM_KEYS:
+        return None
+    if not isinstance(params.get("arguments", {}), dict):
+        return None
+    token: str | int | None = None
+    if "_meta" in params:
+        meta = params["_meta"]
+        if not isinstance(meta, dict) or not meta.keys() <= _META_KEYS:
+            return None
+        if any(not isinstance(meta[k], str) for k in meta.keys() - {"progressToken"}):
+            return None
+        if "progressToken" in meta:
+            token = meta["progressToken"]
+            if isinstance(token, bool) or not isinstance(token, int | str):
+                return None
+    return rid, params, token
+
+
+class StdioLane:
+    """The lane of one stdio connection. ``capture`` goes into ``Server.middleware``; ``offer``
+    is called by the transport with each line read, before the SDK sees it."""
+
+    def __init__(self, server: Server[Any]) -> None:
+        self._server = server
+        self._connection: Connection | None = None
+        self._state: Any = None
+        self._in_flight: dict[types.RequestId, tuple[anyio.CancelScope, LaneDispatch]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._write: Write | None = None
+        self.taken = 0  # calls served by the lane (tests, bench)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def capture(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        """Server middleware: learn the connection (and the lifespan state) from the SDK's own
+        ``initialize``; the lane stays shut until the SDK has answered one."""
+        result = await call_next(ctx)
+        if ctx.method == "initialize" and self._connection is None:
+            self._state = ctx.lifespan_context
+            self._connection = connection_of(ctx.session)
+        return result
+
+    def attach(self, tg: anyio.abc.TaskGroup, write: Write) -> None:
+        self._tg, self._write = tg, write
+
+    def offer(self, line: bytes) -> bool:
+        """Serve ``line`` in the lane (True), or leave it to the SDK (False)."""
+        conn = self._connection
+        if self._tg is None or conn is None or not conn.initialize_accepted:
+            return False
+        if b"notifications/cancelled" in line:
+            self._cancelled(line)
+            return False
+        if b"tools/call" not in line:
+            return False
+        try:
+            call = plain_call(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            return False
+        if call is None or "tools/call" in self._server.cache_hints:
+            return False
+        rid, params, token = call
+        key = coerce_request_id(rid)
+        if key in self._in_flight:
+            return False  # an id in flight here: the SDK's (overwrite) semantics, not the lane's
+        dctx = LaneDispatch(conn, rid, token)
+        scope = anyio.CancelScope()
+        self._in_flight[key] = (scope, dctx)
+        self._tg.start_soon(self._run, conn, key, scope, dctx, params)
+        self.taken += 1
+        if _logger.isEnabledFor(logging.DEBUG):
+            _logger.debug("tools/call %r in the fast lane", rid)
+        return True
+
+    def _cancelled(self, line: bytes) -> None:
+        try:
+            msg = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(msg, dict) or msg.get("method") != "notifications/cancelled" or "id" in msg:
+            return
+        params = msg.get("params")
+        rid = cancelled_request_id_from_params(params if isinstance(params, dict) else None)
+        entry = self._in_flight.get(coerce_request_id(rid)) if rid is not None else None
+        if entry is not None:
+            entry[1].cancel_requested.set()
+            entry[0].cancel()
+
+    async def shutdown(self) -> None:
+        """End of input: as the SDK's dispatcher does, in-flight calls end with CONNECTION_CLOSED."""
+        ending = list(self._in_flight.values())
+        for scope, dctx in ending:
+            dctx.shutdown = True
+            scope.cancel()
+        with anyio.move_on_after(_SHUTDOWN_S):
+            for _, dctx in ending:
+                await dctx.done.wait()
+
+    async def _run(
+        self,
+        conn: Connection,
+        key: types.RequestId,
+        scope: anyio.CancelScope,
+        dctx: LaneDispatch,
+        params: dict[str, Any],
+    ) -> None:
+        assert self._write is not None
+        reply: bytes | SessionMessage | None = None
+        try:
+            with scope:
+                try:
+                    reply = await self._answer(conn, dctx, params)
+                finally:
+                    dctx.close()
+                    if (entry := self._in_flight.get(key)) is not None and entry[1] is dctx:
+                        del self._in_flight[key]
+            if dctx.shutdown and reply is None and not dctx.cancel_requested.is_set():
+                closed = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
+                reply = _error(dctx.request_id, closed)
+            if reply is not None and not dctx.cancel_requested.is_set():
+                await self._write(reply)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            _logger.debug("reply to %r dropped: the client's stream is closed", dctx.request_id)
+        finally:
+            dctx.done.set()
+
+    async def _answer(
+        self, conn: Connection, dctx: LaneDispatch, params: dict[str, Any]
+    ) -> bytes | SessionMessage:
+        rid = dctx.request_id
+        meta = _request_meta(params)
+        ctx: ServerRequestContext[Any, Any] = ServerRequestContext(
+            session=ServerSession(dctx, conn, request_meta=meta),
+            lifespan_context=self._state,
+            method="tools/call",
+            params=params,
+            request_id=rid,
+            meta=meta,
+            protocol_version=conn.protocol_version,
+        )
+        call: CallNext = self._inner
+        for middleware in reversed(self._server.middleware):  # as the SDK's runner composes them
+            call = partial(_apply, middleware, call)
+        try:
+            result = await call(ctx)
+        except Exception as e:  # the dispatcher's boundary, as the SDK's
+            error = handler_exception_to_error_data(e)
+            if error is None:
+                _logger.exception("handler for 'tools/call' raised")
+                error = types.ErrorData(code=0, message=str(e))  # the SDK's dispatcher pins code 0
+            return _error(rid, error)
+        return orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": result}) + b"\n"
+
+    async def _inner(self, ctx: ServerRequestContext[Any, Any]) -> HandlerResult:
+        """The SDK runner's ``_inner`` for ``tools/call`` on an initialized handshake-era connection."""
+        entry = self._server.get_request_handler("tools/call")
+        if entry is None:
+            raise MCPError(code=types.METHOD_NOT_FOUND, message="Method not found", data="tools/call")
+        typed = entry.params_type.model_validate(ctx.params, by_name=False)
+        result = await entry.handler(ctx, typed)
+        if isinstance(result, types.ErrorData):
+            raise MCPError.from_error_data(result)
+        return _serialize(ctx.protocol_version, result)
+
+
+def _apply(
+    middleware: Any, call_next: CallNext, ctx: ServerRequestContext[Any, Any]
+) -> Awaitable[HandlerResult]:
+    return middleware(ctx, call_next)  # type: ignore[no-any-return]
+
+
+def _request_meta(params: dict[str, Any]) -> types.RequestParamsMeta | None:
+    if "_meta" not in params:
+        return None
+    try:
+        return types.RequestParams.model_validate(params, by_name=False).meta
+    except ValidationError:
+        return None
+
+
+def _serialize(version: str, result: Any) -> dict[str, Any]:
+    """The runner's ``_serialize`` of a handshake-era core result: dump, then the SDK's sieve."""
+    if isinstance(result, BaseModel):
+        dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    elif isinstance(result, dict):
+        dumped = dict(result)
+    else:
+        raise TypeError(f"handler returned {type(result).__name__}; expected BaseModel or dict")
+    try:
+        return _methods.serialize_server_result("tools/call", version, dumped)
+    except ValidationError:
+        _logger.exception("handler for 'tools/call' returned an invalid result")
+        raise MCPError(code=types.INTERNAL_ERROR, message="Handler returned an invalid result") from None
+
+
+def _error(rid: types.RequestId, error: types.ErrorData) -> SessionMessage:
+    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=rid, error=error))

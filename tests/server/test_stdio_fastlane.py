@@ -1,0 +1,375 @@
+"""The client-facing fast lane of ``tools/call`` on ``symbi mcp`` (``gateway.server.fastlane``).
+
+Every case runs against a real ``symbi mcp`` twice, with ``mcp.stdio_fast_lane`` on and off
+(the SDK's server session for every message), and the two must answer alike: the same replies
+on the wire (raw JSON lines, attacks included), the same results, error codes, progress,
+sampling relay, cancellation and audit records through the SDK client. The gateway logs each
+call the lane takes (DEBUG), so each run also proves which path served it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import ClientSession, stdio_client, types
+from mcp.shared.exceptions import MCPError
+
+from gateway.audit import store
+from gateway.config.load import load_config
+from tests.conftest import EVERYTHING_JS, SYMBI, require_peers, symbi_env, upstream_writable, write_config
+from tests.server._clients import gateway_params
+from tests.server.test_stdio_e2e import MUTABLE
+
+pytestmark = pytest.mark.anyio
+LANE_LINE = "in the fast lane"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def lane_config(tmp_path: Path, lane: bool) -> Path:
+    require_peers()
+    tmp_path.mkdir(exist_ok=True)
+    record = upstream_writable(tmp_path) / "calls.jsonl"
+    return write_config(
+        tmp_path,
+        f"""
+        [gateway]
+        data_dir = "{tmp_path / "data"}"
+        log_level = "DEBUG"
+        [mcp]
+        max_message_bytes = 65536
+        stdio_fast_lane = {"true" if lane else "false"}
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "tofu"
+        env = {{ RECORD_FILE = "{record}" }}
+        [servers.everything]
+        command = "node"
+        args = ["{EVERYTHING_JS}", "stdio"]
+        verification = "warn"
+        """,
+    )
+
+
+def lane_calls(log: Path) -> int:
+    return log.read_text(errors="replace").count(LANE_LINE)
+
+
+def audited_calls(cfg: Path) -> list[dict[str, Any]]:
+    conn = store.open_reader(load_config(cfg).audit_path)
+    try:
+        return [r.details for r in store.query(conn, types=("tool.call",))]
+    finally:
+        conn.close()
+
+
+# -- on the wire -------------------------------------------------------------------------------
+
+
+class Wire:
+    """``symbi mcp`` driven with raw JSON lines; every line it writes is kept."""
+
+    def __init__(self, cfg: Path, log: Path) -> None:
+        self._err = log.open("wb")
+        self.p = subprocess.Popen(
+            [str(SYMBI), "mcp", "--config", str(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            env=symbi_env(),
+        )
+        self._buf = b""
+
+    def send(self, obj: Any) -> None:
+        raw = obj if isinstance(obj, bytes) else json.dumps(obj, ensure_ascii=False).encode()
+        assert self.p.stdin is not None
+        self.p.stdin.write(raw + b"\n")
+        self.p.stdin.flush()
+
+    def until(
+        self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 30
+    ) -> list[dict[str, Any]]:
+        assert self.p.stdout is not None
+        fd = self.p.stdout.fileno()
+        got: list[dict[str, Any]] = []
+        end = time.monotonic() + timeout
+        while not done(got):
+            left = end - time.monotonic()
+            assert left > 0, f"no answer in {timeout} s; got {got}"
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 1 << 16)
+                assert chunk, f"the gateway closed its output; got {got}"
+                self._buf += chunk
+                while b"\n" in self._buf:
+                    line, self._buf = self._buf.split(b"\n", 1)
+                    got.append(json.loads(line))
+        return got
+
+    def close(self) -> None:
+        self.p.kill()
+        self.p.wait()
+        self._err.close()
+
+
+def replied(*ids: Any) -> Callable[[list[dict[str, Any]]], bool]:
+    """Done when a reply for each of ``ids`` came (a ``LIST_CHANGED`` among them: that notification)."""
+
+    def done(got: list[dict[str, Any]]) -> bool:
+        seen = [m.get("id") if "method" not in m else m["method"] for m in got]
+        return all(seen.count(i) >= ids.count(i) for i in ids)
+
+    return done
+
+
+def call(rid: Any, name: str, arguments: Any = None, **params: Any) -> dict[str, Any]:
+    p: dict[str, Any] = {"name": name, **params}
+    if arguments is not None:
+        p["arguments"] = arguments
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": p}
+
+
+ECHO = "mut__echo"
+LIST_CHANGED = "notifications/tools/list_changed"
+INIT = {
+    "jsonrpc": "2.0",
+    "id": "init",
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"},
+    },
+}
+
+# (lines to send, the reply ids the step waits for, calls the lane takes when on); then a
+# sentinel call (whatever else came back before its reply is part of the step)
+Step = tuple[list[Any], tuple[Any, ...], int]
+SCRIPT: list[Step] = [
+    # before initialize: the SDK's refusal on both paths
+    ([call("early", ECHO, {"message": "too soon"})], ("early",), 0),
+    ([INIT, {"jsonrpc": "2.0", "method": "notifications/initialized"}], ("init",), 0),
+    # ids: numeric, zero, negative, large, string, unicode
+    ([call(1, ECHO, {"message": "one"})], (1,), 1),
+    ([call(0, ECHO, {"message": "zero"})], (0,), 1),
+    ([call(-7, ECHO, {"message": "negative"})], (-7,), 1),
+    ([call(2**53 + 1, ECHO, {"message": "large"})], (2**53 + 1,), 1),
+    ([call("s-1", ECHO, {"message": "string id"})], ("s-1",), 1),
+    ([call("ïd ✓", ECHO, {"message": 'über ✓ 🚀 \u2028 "q" \\'})], ("ïd ✓",), 1),
+    # ids the lane leaves to the SDK: null, float, bool, object
+    ([call(None, ECHO, {"message": "null id"})], (), 0),
+    (
+        [call(1.5, ECHO, {"message": "float id"}), call("after-float", ECHO, {"message": "x"})],
+        ("after-float",),
+        1,
+    ),
+    (
+        [call(True, ECHO, {"message": "bool id"}), call("after-bool", ECHO, {"message": "x"})],
+        ("after-bool",),
+        1,
+    ),
+    # malformed and unusual frames
+    ([b'{"jsonrpc":"2.0","id":20,"method":"tools/call","params":{"name":"mut__echo"'], (), 0),
+    ([b"\xff\xfe not utf-8", call(21, ECHO, {"message": "after garbage"})], (21,), 1),
+    ([{**call(22, ECHO, {"message": "x"}), "jsonrpc": "1.0"}], (22,), 0),
+    ([{"jsonrpc": "2.0", "id": 23, "method": "tools/call", "params": []}], (23,), 0),
+    ([call(24, ECHO, ["not", "an", "object"])], (24,), 0),
+    ([{"jsonrpc": "2.0", "id": 25, "method": "tools/call", "params": {"name": 7}}], (25,), 0),
+    ([{"jsonrpc": "2.0", "id": 26, "method": "tools/call"}], (26,), 0),
+    ([call(27, ECHO, {"message": "x"}, surprise=True)], (27,), 0),
+    ([{**call(28, ECHO, {"message": "x"}), "extra": 1}], (28,), 0),
+    ([call(29, ECHO, {"message": "x"}, _meta={"custom": 1})], (29,), 0),
+    (
+        [
+            b'{"jsonrpc":"2.0","id":30,"method":"tools/call","params":{"name":"mut__echo","arguments":{"n":1e999}}}'
+        ],
+        (30,),
+        0,  # orjson refuses 1e999: the SDK parses it
+    ),
+    (
+        [
+            b'{"jsonrpc":"2.0","id":31,"method":"tools/call","params":{"name":"mut__echo","arguments":{"message":"\\ud800"}}}'
+        ],
+        (),
+        0,
+    ),
+    (
+        [
+            b'{"jsonrpc":"2.0","id":32,"method":"tools/call","params":{"name":"mut__echo","arguments":{"message":"a"}},"id":33}'
+        ],
+        (33,),
+        1,
+    ),
+    # oversized (mcp.max_message_bytes = 65536)
+    ([call(34, ECHO, {"message": "x" * 70_000})], (34,), 0),
+    # a batch, and a call shaped as a notification (no id: never answered)
+    ([[call(35, ECHO, {"message": "in a batch"}), call(36, ECHO, {"message": "b"})]], (), 0),
+    (
+        [{"jsonrpc": "2.0", "method": "tools/call", "params": {"name": ECHO, "arguments": {"message": "n"}}}]
+        + [call(37, ECHO, {"message": "after the notification"})],
+        (37,),
+        1,
+    ),
+    # the chain's refusals: unknown tool, bad arguments, a denied path, as results
+    ([call(40, "mut__nope", {})], (40,), 1),
+    ([call(41, "nobody__nothing", {})], (41,), 1),
+    ([call(42, ECHO, {"message": 5})], (42,), 1),
+    ([call(43, ECHO, {})], (43,), 1),
+    ([call(44, "mut__read_path", {"path": "/etc/shadow"})], (44,), 1),
+    ([call(45, "mut__read_path", {"path": "/tmp/x", "api_token": "s3cret"})], (45,), 1),
+    # progress (the caller's token), and trace context in _meta
+    ([call(50, "mut__slow", {"seconds": 0.3}, _meta={"progressToken": "p-50"})], (50,), 1),
+    (
+        [call(51, ECHO, {"message": "traced"}, _meta={"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01"})],
+        (51,),
+        1,
+    ),
+    # id collision with a call in flight in the lane: the second goes to the SDK, both answered
+    ([call(60, "mut__slow", {"seconds": 0.5}), call(60, ECHO, {"message": "same id"})], (60, 60), 1),
+    # a cancelled call is never answered; the session goes on
+    (
+        [
+            call(61, "mut__slow", {"seconds": 5}),
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 61}},
+            call(62, ECHO, {"message": "after cancel"}),
+        ],
+        (62,),
+        2,
+    ),
+    # a drifted tool (tofu pin): the rug pull, then the changed echo is refused
+    ([call(70, "mut__rug_pull", {})], (70, LIST_CHANGED), 1),
+    ([call(71, ECHO, {"message": "after the rug pull"})], (71,), 1),
+]
+
+
+def _canonical(msgs: list[dict[str, Any]]) -> list[str]:
+    return sorted(json.dumps(m, sort_keys=True) for m in msgs)
+
+
+def run_script(tmp_path: Path, lane: bool) -> tuple[list[list[str]], int, list[dict[str, Any]]]:
+    cfg = lane_config(tmp_path, lane)
+    log = tmp_path / "gateway.log"
+    w = Wire(cfg, log)
+    out: list[list[str]] = []
+    try:
+        for i, (lines, ids, _) in enumerate(SCRIPT):
+            for line in lines:
+                w.send(line)
+            got = w.until(replied(*ids))
+            w.send(call(f"sentinel-{i}", ECHO, {"message": "sentinel"}))
+            got += w.until(replied(f"sentinel-{i}"))
+            out.append(_canonical(got))
+        time.sleep(0.5)  # nothing late (the cancelled call) may arrive
+        out.append(_canonical(w.until(lambda g: True, timeout=1)))
+        w.send(call(99, ECHO, {"message": "last"}))
+        out.append(_canonical(w.until(replied(99))))
+    finally:
+        w.close()
+    return out, lane_calls(log), audited_calls(cfg)
+
+
+def test_every_wire_case_answers_alike_through_the_lane_and_the_sdk(tmp_path: Path) -> None:
+    on, taken, audit_on = run_script(tmp_path / "on", lane=True)
+    off, not_taken, audit_off = run_script(tmp_path / "off", lane=False)
+    assert not_taken == 0
+    assert taken == sum(n for _, _, n in SCRIPT) + len(SCRIPT) - 1 + 1  # + sentinels after init, the last
+    for i, (a, b) in enumerate(zip(on, off, strict=True)):
+        assert a == b, f"step {i}: {SCRIPT[i][0] if i < len(SCRIPT) else 'end'}"
+    # the cancelled call was not answered on either path, the batch got the SDK's one error
+    assert not any('"id": 61' in m for step in on for m in step)
+    # the audit log has the same calls, and the client's trace id on the traced one
+    assert [(d["tool"], d["outcome"], d["error_code"]) for d in audit_on] == [
+        (d["tool"], d["outcome"], d["error_code"]) for d in audit_off
+    ]
+    for audit in (audit_on, audit_off):
+        assert any(d["trace_id"] == TRACE for d in audit)
+        assert all(isinstance(d["trace_id"], str) and len(d["trace_id"]) == 32 for d in audit)
+
+
+# -- through the SDK client --------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def client(cfg: Path, log: Path, **kw: Any) -> AsyncIterator[ClientSession]:
+    with log.open("w") as err:
+        async with stdio_client(gateway_params(cfg), errlog=err) as (r, w):
+            async with ClientSession(r, w, **kw) as s:
+                await s.initialize()
+                yield s
+
+
+async def sdk_outcomes(tmp_path: Path, lane: bool) -> tuple[list[Any], int]:
+    cfg = lane_config(tmp_path, lane)
+    log = tmp_path / "gateway.log"
+    asked: list[str] = []
+
+    async def model(_context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        asked.append(str(params.messages[0].content))
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="the client's model"), model="m"
+        )
+
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        progress.append((p, total, message))
+
+    def shape(r: types.CallToolResult) -> Any:
+        return r.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    out: list[Any] = []
+    async with client(cfg, log, sampling_callback=model) as s:
+        await s.list_tools()
+        out.append(shape(await s.call_tool(ECHO, {"message": "über ✓"})))
+        out.append(shape(await s.call_tool("everything__get-sum", {"a": 2, "b": 3})))
+        out.append(shape(await s.call_tool("mut__nope", {})))
+        out.append(shape(await s.call_tool("mut__read_path", {"path": "/etc/shadow"})))
+        # a call the upstream answers by asking the client's model (the relay during a call)
+        out.append(shape(await s.call_tool("mut__sample", {"delay": 0})))
+        out.append(list(asked))
+        out.append(shape(await s.call_tool("mut__slow", {"seconds": 0.3}, progress_callback=on_progress)))
+        out.append(list(progress))
+        # a result over the policy's cap (tests/assets/policy: max_result_bytes) is capped
+        out.append(shape(await s.call_tool("mut__huge", {"megabytes": 0})))
+        # the client gives up: it cancels, the gateway cancels upstream, the session goes on
+        with pytest.raises(MCPError) as e:
+            await s.call_tool("mut__slow", {"seconds": 20}, read_timeout_seconds=0.5)
+        out.append(e.value.error.code)
+        record = tmp_path / "upstream-rw" / "calls.jsonl"
+        with anyio.fail_after(10):
+            while "slow_cancelled" not in (record.read_text() if record.exists() else ""):
+                await anyio.sleep(0.05)
+        # concurrent calls on one session
+        results: dict[int, Any] = {}
+
+        async def one(i: int) -> None:
+            results[i] = shape(await s.call_tool(ECHO, {"message": f"n{i}"}))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(one, i)
+        out.append([results[i] for i in range(8)])
+    return out, lane_calls(log)
+
+
+async def test_sdk_client_cases_answer_alike_through_the_lane_and_the_sdk(tmp_path: Path) -> None:
+    on, taken = await sdk_outcomes(tmp_path / "on", lane=True)
+    off, not_taken = await sdk_outcomes(tmp_path / "off", lane=False)
+    assert not_taken == 0
+    assert taken == 16  # every call of the session went through the lane
+    assert on == off
+    assert "über ✓" in on[0]["content"][0]["text"]
+    assert len(on[5]) == 1 and "say who you are" in on[5][0]  # the client's model was asked once
+    assert "the client's model" in json.dumps(on[4])
+    assert [p for p, _, _ in on[7]] == [1, 2]  # 0.3 s in steps of 0.1 s (int(2.99...))

@@ -12,7 +12,9 @@ so each number sits beside its baseline taken minutes apart on the same noisy ma
   off); ``gateway_secure`` (``symbi mcp`` with the repo's ``policies.rego``, the signed audit
   log and ``tofu`` verification: the default path); with ``--baseline-tree DIR`` also
   ``gateway_secure_baseline`` and ``gateway_off_baseline``, the same gateways run from another
-  checkout (before a change), compared round by round in ``stdio_vs_baseline_tree``.
+  checkout (before a change), compared round by round in ``stdio_vs_baseline_tree``; with
+  ``--sdk-front`` also ``gateway_secure_sdk_front`` and ``gateway_off_sdk_front``, the same
+  gateways with ``mcp.stdio_fast_lane = false`` (``stdio_lane_vs_sdk_front``).
   Sequential latency (p50/p99) and calls/s with ``--callers`` concurrent callers.
 - ``policy``: ``EmbeddedEngine.decide`` on ``policies/cases.json`` (decisions/s on one core,
   p99) vs the same rules in plain Python (bench/policy.py's baseline, checked to agree).
@@ -81,7 +83,7 @@ def _everything(verification: str) -> str:
 Target = tuple[str, list[str], dict[str, str] | None, str, Path | None]  # command, args, env, tool, cwd
 
 
-def stdio_targets(tmp: Path, baseline: Path | None) -> dict[str, Target]:
+def stdio_targets(tmp: Path, baseline: Path | None, sdk_front: bool = False) -> dict[str, Target]:
     node = ["node", str(EVERYTHING_JS), "stdio"]
     off = write_gateway_config(
         tmp / "off", _everything("off"), security=False, extra='[mcp]\ntool_verification = "off"\n'
@@ -102,6 +104,23 @@ def stdio_targets(tmp: Path, baseline: Path | None) -> dict[str, Target]:
             ROOT,
         ),
     }
+    if sdk_front:  # the same gateways with the stdio fast lane off (mcp.stdio_fast_lane = false)
+        off3 = write_gateway_config(
+            tmp / "off_sdk",
+            _everything("off"),
+            security=False,
+            extra='[mcp]\ntool_verification = "off"\nstdio_fast_lane = false\n',
+        )
+        secure3 = write_gateway_config(
+            tmp / "secure_sdk",
+            _everything("tofu"),
+            security=True,
+            principal="bench",
+            policy_data=data,
+            extra="[mcp]\nstdio_fast_lane = false\n",
+        )
+        for name, cfg in (("gateway_secure_sdk_front", secure3), ("gateway_off_sdk_front", off3)):
+            out[name] = (str(SYMBI), ["mcp", "--config", str(cfg)], gateway_env(), "everything__echo", ROOT)
     if baseline is not None:  # the same gateways, another checkout's code (their own data dirs)
         cfg2 = _baseline_secure_config(tmp / "baseline", baseline)
         off2 = write_gateway_config(
@@ -264,7 +283,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not EVERYTHING_JS.exists():
         raise SystemExit(f"server-everything missing at {EVERYTHING_JS} (run `make setup`)")
     tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-speed-"))
-    targets = stdio_targets(tmp, args.baseline_tree)
+    targets = stdio_targets(tmp, args.baseline_tree, args.sdk_front)
     policy = PolicyPart()
     rounds: list[dict[str, Any]] = []
     async with AsyncExitStack() as stack:
@@ -424,6 +443,11 @@ def report(
         for name in ("gateway_secure", "gateway_off")
         if f"{name}_baseline" in names
     }
+    lane = {
+        name: _vs_baseline(rounds, name, f"{name}_sdk_front")
+        for name in ("gateway_secure", "gateway_off")
+        if f"{name}_sdk_front" in names
+    }
     errors = sum(s["misrouted"] + s["errors"] for s in stdio.values())
     errors += sum(h["misrouted_or_failed"] for h in http.values())
     return {
@@ -437,6 +461,7 @@ def report(
         },
         "stdio": stdio,
         "stdio_vs_baseline_tree": versus,
+        "stdio_lane_vs_sdk_front": lane,
         "policy": {
             **pol,
             "baseline_agrees_on": f"{policy.agree}/{len(policy.inputs)}",
@@ -471,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="also run gateway_secure from this checkout (e.g. /work/main: the code before a change)",
+    )
+    p.add_argument(
+        "--sdk-front",
+        action="store_true",
+        help="also run both gateways with the stdio fast lane off (every message through the SDK's server session)",
     )
     args = p.parse_args(argv)
     out = anyio.run(run, args)

@@ -261,8 +261,10 @@ class LiveCatalog:
     """
 
     # snapshots kept by version after they are replaced: a paginated listing that began on one
-    # finishes on it (a cursor names its version), unless this many rebuilds happened since
-    RETAINED = 4
+    # finishes on it (a cursor names its version), unless this many rebuilds happened since.
+    # A start-up makes several in a fraction of a second (5 with one upstream and the
+    # built-ins); a snapshot shares its entries with the next, so one kept costs its dicts.
+    RETAINED = 16
 
     def __init__(self, upstreams: Mapping[str, UpstreamInfo]) -> None:
         self._snapshot = Catalog.empty()

@@ -192,3 +192,41 @@ async def test_cancellation_reaches_the_upstream(tmp_path: Path) -> None:
             while "slow_cancelled" not in (record.read_text() if record.exists() else ""):
                 await anyio.sleep(0.05)
         assert not (await s.call_tool("mut__echo", {"message": "after"})).is_error
+
+
+async def test_tools_list_comes_in_pages_over_stdio_too(tmp_path: Path) -> None:
+    """The stdio front pages ``tools/list`` as the HTTP one does (one ``Front``): with
+    ``mcp.list_page_size = 3`` the SDK client follows nextCursor to the whole catalogue,
+    each tool once, and a forged cursor is invalid params."""
+    from mcp.shared.exceptions import MCPError
+
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        list_page_size = 3
+
+        [servers.everything]
+        command = "node"
+        args = ["{ROOT / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"}", "stdio"]
+        verification = "warn"
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        names: list[str] = []
+        sizes: list[int] = []
+        cursor: str | None = None
+        while True:
+            page = await s.list_tools(params=types.PaginatedRequestParams(cursor=cursor))
+            names += [t.name for t in page.tools]
+            sizes.append(len(page.tools))
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert len(names) == len(set(names)) and "everything__echo" in names
+        assert max(sizes) <= 3 and len(sizes) >= len(names) // 3
+        with pytest.raises(MCPError) as info:
+            await s.list_tools(
+                params=types.PaginatedRequestParams(cursor="bm90LW91cnM.AAAAAAAAAAAAAAAAAAAAAA")
+            )
+        assert info.value.code == types.INVALID_PARAMS

@@ -74,3 +74,16 @@ async def test_a_delivered_id_is_remembered_for_the_whole_timestamp_window(env: 
         assert r.pexpiretime(f"{PREFIX}seen:agent-b:{msg.id}") == until
         assert r.get(f"{PREFIX}seen:agent-b:{msg.id}") is not None
     assert until > int(time.time() * 1000) + 100_000
+
+
+async def test_a_sealed_body_that_is_not_json_is_rejected_not_raised(env: Env) -> None:  # noqa: F811
+    """An insider with A's keys seals bytes that are not JSON: signature, recipient and window
+    pass, the decrypted body does not parse; rejected like a failed decryption, and the good
+    message behind it in the same batch is still delivered."""
+    bus = await _pair(env)
+    me = bus.ring.local("agent-a")
+    assert me is not None
+    env.inject("agent-b", await bus.sealer.seal(me, "direct", b"\xff not json", to="agent-b"))
+    good = await bus.send(A, "agent-b", "fine")
+    assert [(r.id, r.body) for r in await bus.receive(B, max_items=10)] == [(good.id, "fine")]
+    assert [d["reason"] for d in env.events.of("bus.rejected")] == ["decryption failed"]

@@ -127,12 +127,18 @@ def test_the_key_is_looked_up_once_per_sender() -> None:
     assert asked == ["ag-a"]
 
 
-def test_an_unreadable_entry_is_a_problem_without_an_id() -> None:
-    report = verify_messages([StoredMessage("ag-b", "pending", None, "malformed")], lambda _a: None, SECRET)
-    assert report.checked == 1 and not report.ok
-    (p,) = report.problems
-    assert p["inbox"] == "ag-b" and p["id"] is None and p["problem"] is not None
-    assert str(p["problem"]).startswith("unreadable entry")
+def test_an_unreadable_entry_is_a_problem_without_an_id_and_the_check_goes_on() -> None:
+    ring = _ring()
+    a, entry = ring.ensure("ag-a", "t")
+    good = _msg(a, "m1", None, 1)
+    bad = dataclasses.replace(_msg(a, "m2", "m1", 2), ciphertext=b"changed")
+    stored = [StoredMessage("ag-b", "pending", None, "malformed"), *_stored(good, bad)]
+    report = verify_messages(stored, {"ag-a": entry}.get, SECRET)
+    assert report.checked == 3 and not report.ok
+    first, second = report.problems
+    assert first["inbox"] == "ag-b" and first["id"] is None and first["problem"] is not None
+    assert str(first["problem"]).startswith("unreadable entry")
+    assert second["id"] == "m2" and second["problem"] == "bad signature"
 
 
 def test_a_removed_message_in_the_middle_is_a_gap_naming_the_next_one() -> None:

@@ -1,0 +1,119 @@
+"""Who may send: every send, publish and subscribe asks the authorizer (the policy with the bus
+kinds; tests/bus/test_gateway_bus.py runs the real policy) with the caller, the recipient's agent
+and principal or the topic; a denial is PolicyDenied carrying the policy's reasons and a
+``bus.denied`` event with what was asked; the rate limit the policy grants is counted per agent
+(RateLimited). In-process, the embedded store, a real CallCounters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.bus.core import Bus
+from gateway.bus.crypto import KeyRing
+from gateway.bus.embedded import EmbeddedBackend
+from gateway.context import Decision, Principal
+from gateway.errors import BusNoAgent, PolicyDenied, RateLimited
+from gateway.policy.inputdoc import CallCounters
+from tests.bus.test_core import Recorder
+
+pytestmark = pytest.mark.anyio
+
+A = Principal(id="team", agent="agent-a")
+B = Principal(id="team", agent="agent-b")
+C = Principal(id="other", agent="agent-c")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _bus(tmp_path: Path, authorize: Any, counters: CallCounters | None = None) -> tuple[Bus, Recorder]:
+    backend = EmbeddedBackend(tmp_path / "bus.db")
+    await backend.start()
+    events = Recorder()
+    bus = Bus(
+        backend,
+        KeyRing(b"k" * 32, None),
+        events=events,
+        buffer_size=100,
+        authorize=authorize,
+        counters=counters,
+    )
+    for p in (A, B, C):
+        assert p.agent is not None
+        await bus.register(p.agent, p.id)
+    return bus, events
+
+
+async def test_the_authorizer_is_asked_with_the_recipient_or_topic_and_its_denial_is_audited(
+    tmp_path: Path,
+) -> None:
+    asked: list[tuple[str, str | None, Any, Any]] = []
+
+    async def authorize(kind: str, p: Principal, recipient: Any, topic: Any) -> Decision:
+        asked.append((kind, p.agent, recipient, topic))
+        return Decision(False, (f"no {kind}",))
+
+    bus, events = await _bus(tmp_path, authorize)
+    with pytest.raises(PolicyDenied) as e:
+        await bus.send(A, "agent-c", "x")
+    assert type(e.value) is PolicyDenied and e.value.reasons == ["no bus/send"]
+    with pytest.raises(PolicyDenied) as e:
+        await bus.publish(A, "news.x", 1)
+    assert e.value.reasons == ["no bus/publish"]
+    with pytest.raises(PolicyDenied):
+        await bus.subscribe(B, "news.*")
+    assert asked == [
+        ("bus/send", "agent-a", {"agent": "agent-c", "principal": "other"}, None),
+        ("bus/publish", "agent-a", None, "news.x"),
+        ("bus/subscribe", "agent-b", None, "news.*"),
+    ]
+    assert events.of("bus.denied") == [
+        {
+            "kind": "bus/send",
+            "recipient": {"agent": "agent-c", "principal": "other"},
+            "topic": None,
+            "reasons": ["no bus/send"],
+        },
+        {"kind": "bus/publish", "recipient": None, "topic": "news.x", "reasons": ["no bus/publish"]},
+        {"kind": "bus/subscribe", "recipient": None, "topic": "news.*", "reasons": ["no bus/subscribe"]},
+    ]
+    # nothing was delivered, nothing subscribed
+    assert await bus.receive(C) == [] and await bus.backend.subscriptions() == {}
+
+
+async def test_the_rate_limit_is_counted_per_agent_and_only_when_granted(tmp_path: Path) -> None:
+    async def authorize(kind: str, p: Principal, recipient: Any, topic: Any) -> Decision:
+        return Decision(True, (), {"rate_limit": 2} if p.agent == "agent-a" else {})
+
+    counters = CallCounters()
+    bus, events = await _bus(tmp_path, authorize, counters)
+    for i in range(2):
+        await bus.send(A, "agent-b", i)
+    with pytest.raises(RateLimited):
+        await bus.send(A, "agent-b", "over")
+    (denied,) = events.of("bus.denied")
+    assert denied["kind"] == "bus/send" and denied["recipient"] == {"agent": "agent-b", "principal": "team"}
+    assert len(denied["reasons"]) == 1
+    # another agent of the same principal has its own count; without a granted limit, no limit
+    for i in range(5):
+        await bus.send(B, "agent-a", i)
+    # the messages are counted under the agent, on the gateway's shared counters
+    assert counters.tool_count("agent:agent-a", "bus") == 2
+    assert counters.tool_count("agent:agent-b", "bus") == 5
+    assert [r.body for r in await bus.receive(B, max_items=10)] == [0, 1]
+
+
+async def test_a_send_needs_an_agent_and_a_known_recipient(tmp_path: Path) -> None:
+    async def authorize(kind: str, p: Principal, recipient: Any, topic: Any) -> Decision:
+        return Decision(True)
+
+    bus, _ = await _bus(tmp_path, authorize)
+    with pytest.raises(BusNoAgent):
+        await bus.send(Principal(id="team"), "agent-b", "x")
+    with pytest.raises(BusNoAgent):
+        await bus.send(A, "agent-nobody", "x")

@@ -248,6 +248,7 @@ GROUPS: tuple[Group, ...] = (
             "tests/bus/test_message.py",
             "tests/bus/test_receive_checks.py",
             "tests/bus/test_authorization.py",
+            "tests/bus/test_quotas.py",
             "tests/bus/test_gateway_bus.py",
             *(
                 f"tests/bus/test_core.py::test_{t}[embedded]"

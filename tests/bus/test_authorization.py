@@ -19,6 +19,21 @@ from gateway.errors import BusNoAgent, PolicyDenied, RateLimited
 from gateway.policy.inputdoc import CallCounters
 from tests.bus.test_core import Recorder
 
+
+class Attributed(Recorder):
+    """The events with who they are attributed to (the audit log's principal and agent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.who: list[tuple[str, str | None, str | None]] = []
+
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        super().emit(event_type, details, principal=principal, agent=agent)
+        self.who.append((event_type, principal, agent))
+
+
 pytestmark = pytest.mark.anyio
 
 A = Principal(id="team", agent="agent-a")
@@ -31,10 +46,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def _bus(tmp_path: Path, authorize: Any, counters: CallCounters | None = None) -> tuple[Bus, Recorder]:
+async def _bus(
+    tmp_path: Path, authorize: Any, counters: CallCounters | None = None
+) -> tuple[Bus, Attributed]:
     backend = EmbeddedBackend(tmp_path / "bus.db")
     await backend.start()
-    events = Recorder()
+    events = Attributed()
     bus = Bus(
         backend,
         KeyRing(b"k" * 32, None),
@@ -82,6 +99,8 @@ async def test_the_authorizer_is_asked_with_the_recipient_or_topic_and_its_denia
         {"kind": "bus/publish", "recipient": None, "topic": "news.x", "reasons": ["no bus/publish"]},
         {"kind": "bus/subscribe", "recipient": None, "topic": "news.*", "reasons": ["no bus/subscribe"]},
     ]
+    denied = [(p, a) for t, p, a in events.who if t == "bus.denied"]
+    assert denied == [("team", "agent-a"), ("team", "agent-a"), ("team", "agent-b")]
     # nothing was delivered, nothing subscribed
     assert await bus.receive(C) == [] and await bus.backend.subscriptions() == {}
 
@@ -94,11 +113,14 @@ async def test_the_rate_limit_is_counted_per_agent_and_only_when_granted(tmp_pat
     bus, events = await _bus(tmp_path, authorize, counters)
     for i in range(2):
         await bus.send(A, "agent-b", i)
-    with pytest.raises(RateLimited):
+    with pytest.raises(RateLimited) as e:
         await bus.send(A, "agent-b", "over")
+    (reason,) = e.value.reasons
+    assert isinstance(reason, str) and reason
     (denied,) = events.of("bus.denied")
     assert denied["kind"] == "bus/send" and denied["recipient"] == {"agent": "agent-b", "principal": "team"}
-    assert len(denied["reasons"]) == 1
+    assert denied["reasons"] == [reason] and denied["topic"] is None
+    assert [(p, a) for t, p, a in events.who if t == "bus.denied"] == [("team", "agent-a")]
     # another agent of the same principal has its own count; without a granted limit, no limit
     for i in range(5):
         await bus.send(B, "agent-a", i)

@@ -12,8 +12,8 @@ from gateway.bus.core import Bus
 from gateway.bus.crypto import KeyRing
 from gateway.bus.embedded import EmbeddedBackend
 from gateway.context import Principal
-from gateway.errors import ArgumentsInvalid
-from tests.bus.test_core import Recorder
+from gateway.errors import ArgumentsInvalid, BusBufferFull
+from tests.bus.test_core import Env, Recorder, _pair, env  # noqa: F401 - the backends' fixture
 
 pytestmark = pytest.mark.anyio
 
@@ -62,3 +62,13 @@ async def test_a_body_that_is_not_json_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ArgumentsInvalid):  # json's ValueError
         await bus.send(A, "agent-b", circular)
     assert await bus.receive(B) == []
+
+
+async def test_a_refused_message_is_counted_once_as_buffer_full(env: Env) -> None:  # noqa: F811
+    """Both backends: one refusal, one count (Redis's enqueue counted it a second time)."""
+    bus = await _pair(env, buffer_size=1)
+    await bus.send(A, "agent-b", 1)
+    with pytest.raises(BusBufferFull):
+        await bus.send(A, "agent-b", 2)
+    counters = (await bus.backend.stats())["counters"]
+    assert isinstance(counters, dict) and (counters["sent"], counters["buffer_full"]) == (1, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.config.sections import ResourcesSection
 from gateway.errors import BudgetExceeded
 from gateway.runtime.resources import ResourceLimits, ResourcePool
 
@@ -112,3 +113,25 @@ def test_a_refusal_says_which_settings_are_full_and_an_exact_memory_fit_displace
         pool.allocate("same", lim(0.1, 10), 1)  # nothing below priority 1
     assert len(err.value.reasons) == 1 and "runtime.pool_slot_cpu" in err.value.reasons[0]
     assert pool.allocate("exact", lim(0.1, 300), 9) == (0, ["low", "low2"])  # frees exactly 300 MB
+
+
+def test_the_limits_are_read_from_every_resources_key() -> None:
+    """Each budget comes from its own [resources] key (every value differs from its default)."""
+    r = ResourcesSection(
+        memory_mb=96,
+        cpu_cores=0.25,
+        disk_io_mbps=7,
+        network_io_mbps=3,
+        network=True,
+        execution_timeout_s=12.5,
+        max_concurrent_calls=2,
+    )
+    assert ResourceLimits.from_config(r) == ResourceLimits(
+        memory_mb=96,
+        cpu_cores=0.25,
+        disk_io_mbps=7,
+        network_io_mbps=3,
+        execution_timeout_s=12.5,
+        max_concurrent_calls=2,
+        network=True,
+    )

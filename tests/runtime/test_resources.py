@@ -135,3 +135,14 @@ def test_the_limits_are_read_from_every_resources_key() -> None:
         max_concurrent_calls=2,
         network=True,
     )
+
+
+def test_release_frees_the_agents_place_in_whichever_slot_holds_it() -> None:
+    pool = ResourcePool(2, 1.0, 1000, "first-fit")
+    assert pool.allocate("a", lim(1.0, 100), 1) == (0, [])
+    assert pool.allocate("b", lim(1.0, 100), 1) == (1, [])
+    pool.release("b")  # held in slot 1 only: slot 0 does not hold it
+    pool.release("nobody")  # an agent without a place: nothing to free
+    assert pool.allocate("c", lim(1.0, 100), 1) == (1, [])
+    with pytest.raises(BudgetExceeded):
+        pool.allocate("d", lim(1.0, 100), 1)

@@ -30,3 +30,35 @@ def test_the_bound_evicts_the_oldest_and_counts_what_is_left() -> None:
         mem.add(f"id{i}", "agent-a", "s", "x" * 100, _vec(), {})
     assert mem.stats() == {"items": 2, "bytes": 2 * each}
     assert [i.id for i in mem.items("agent-a")] == ["id1", "id2"]
+
+
+def _unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_search_keeps_to_the_agent_key_and_metadata_and_ranks_by_score() -> None:
+    """Found by mutation testing (group "memory-security"): volatile search was tested through a
+    gateway only; here each of its filters, its order and the items' fields are checked."""
+    mem = VolatileMemory("working", clock=Clock())
+    mem.add("near", "agent-a", "t1", "near", _unit(1, 0.1, 0, 0), {"project": "x"})
+    mem.add("far", "agent-a", "t1", "far", _unit(0.3, 1, 0, 0), {"project": "x"})
+    mem.add("other-project", "agent-a", "t1", "p", _unit(1, 0, 0, 0), {"project": "y"})
+    mem.add("other-task", "agent-a", "t2", "t", _unit(1, 0, 0, 0), {"project": "x"})
+    mem.add("other-agent", "agent-b", "t1", "b", _unit(1, 0, 0, 0), {"project": "x"})
+    q = _unit(1, 0, 0, 0)
+    got = mem.search("agent-a", "t1", q, limit=5, min_score=-1.0, filters={"project": "x"})
+    assert [(i.id, i.memory_type, i.agent) for i in got] == [
+        ("near", "working", "agent-a"),
+        ("far", "working", "agent-a"),
+    ]
+    assert got[0].score > got[1].score and got[0].metadata == {"project": "x"}
+    top = mem.search("agent-a", "t1", q, limit=1, min_score=-1.0, filters={"project": "x"})
+    assert [i.id for i in top] == ["near"]  # the limit keeps the best, not the worst
+    assert {i.id for i in mem.search("agent-a", None, q, limit=9, min_score=-1.0)} == {
+        "near",
+        "far",
+        "other-project",
+        "other-task",
+    }
+    assert mem.search("agent-c", None, q, limit=9, min_score=-1.0) == []

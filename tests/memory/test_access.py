@@ -145,7 +145,7 @@ def test_the_ingest_question_is_asked_as_the_operator_about_the_base(tmp_path: P
     engine = _engine(
         tmp_path,
         'input.kind == "knowledge/ingest"; input.target == "docs"; input.principal.id == "operator";'
-        ' input.memory.base == "docs"; input.memory.owner == null',
+        ' input.memory == {"owner": null, "memory_type": null, "namespace": null, "base": "docs"}',
     )
     assert ingest_patterns(engine, "docs") == ["pw=\\S+", "k-\\d+"]
     with pytest.raises(PolicyDenied) as e:

@@ -11,7 +11,7 @@ import pytest
 from gateway.errors import ContextError
 from gateway.memory.embed import HashingEmbedder
 from gateway.memory.knowledge import KnowledgeBases
-from gateway.memory.manager import DAY_S, ContextManager, MemorySettings
+from gateway.memory.manager import DAY_S, ContextManager, MemorySettings, knowledge_filter
 from gateway.memory.store import CollectionSpec, EdgeStore
 from gateway.memory.types import AgentContext, ContextQuery
 from tests.memory.conftest import Clock
@@ -157,3 +157,17 @@ def test_search_knowledge_is_per_base(cm: ContextManager, tmp_path: Path) -> Non
     assert {i.base for i in cm.search_knowledge("A", "bikes", bases=["alpha", "beta"])} == {"alpha", "beta"}
     with pytest.raises(ContextError):
         cm.search_knowledge("A", "bikes", bases=["../beta"])
+
+
+def test_knowledge_filters_name_the_source_or_front_matter_keys_only() -> None:
+    """Found by mutation testing (group "memory-security"): ``source`` is the chunk's own path
+    field, every other key a front-matter one under ``meta.``; bad keys are refused."""
+    assert knowledge_filter({"source": "guide/a.md", "team": "ops"}) == {
+        "source": "guide/a.md",
+        "meta.team": "ops",
+    }
+    assert knowledge_filter({"team": ["ops", "dev"]}) == {"meta.team": ["ops", "dev"]}
+    assert knowledge_filter(None) == {}
+    for bad in ({"base.x": "y"}, {"team": {"nested": 1}}, {"team": [1]}):
+        with pytest.raises(ContextError):
+            knowledge_filter(bad)

@@ -53,6 +53,13 @@ def test_search_keeps_to_the_agent_key_and_metadata_and_ranks_by_score() -> None
         ("far", "working", "agent-a"),
     ]
     assert got[0].score > got[1].score and got[0].metadata == {"project": "x"}
+    assert got[0].ts == Clock().now and got[0].text == "near"
+    # min_score is inclusive: a score of exactly 1.0 passes 1.0, "far" (below 0.5) does not pass 0.5
+    exact = mem.search("agent-a", "t2", q, limit=5, min_score=1.0)
+    assert [i.id for i in exact] == ["other-task"]
+    assert [
+        i.id for i in mem.search("agent-a", "t1", q, limit=5, min_score=0.5, filters={"project": "x"})
+    ] == ["near"]
     top = mem.search("agent-a", "t1", q, limit=1, min_score=-1.0, filters={"project": "x"})
     assert [i.id for i in top] == ["near"]  # the limit keeps the best, not the worst
     assert {i.id for i in mem.search("agent-a", None, q, limit=9, min_score=-1.0)} == {

@@ -89,13 +89,13 @@ def test_bases_that_are_not_names_are_refused(builtin: KnowledgeBuiltin) -> None
 
 MEMORY_POLICY = (
     "package symbi\nimport rego.v1\n"
-    # own memory only (the shipped rule); shared namespace "team" only; writes to own working memory
+    # own memory only (the shipped rule); shared namespace "team" only; writes to own memory
     'allow if { input.kind == "context/read"; input.memory.owner == input.agent.id;'
     " input.memory.namespace == null }\n"
     'allow if { input.kind == "context/read"; input.memory.memory_type == "shared";'
     ' input.memory.namespace == "team" }\n'
     'allow if { input.kind == "context/write"; input.memory.owner == input.agent.id;'
-    ' input.memory.memory_type == "working" }\n'
+    " input.memory.namespace == null }\n"
     'decision := {"allow": allow, "reasons": [], "conditions": {}} if allow\n'
     'else := {"allow": false, "reasons": ["no"], "conditions": {}}\n'
 )
@@ -205,3 +205,12 @@ def test_ending_a_task_clears_the_callers_working_memory_only_when_allowed(
         anyio.run(b.call, _tool(Principal("local", roles=("tester",)), "end_task", task="t1"))
     with pytest.raises(ContextError):
         anyio.run(b.call, _tool(A, "forget_everything"))
+
+
+def test_store_and_recall_reach_the_callers_own_memory(memory: tuple[MemoryBuiltin, Recorder]) -> None:
+    b, _ = memory
+    r = anyio.run(b.call, _tool(B, "store", text="bob's note", type="long_term"))
+    assert not r.is_error and r.structured_content is not None and r.structured_content["type"] == "long_term"
+    got = anyio.run(b.call, _tool(B, "recall", query="note", types=["long_term"]))
+    assert got.structured_content is not None
+    assert [i["text"] for i in got.structured_content["items"]] == ["bob's note"]

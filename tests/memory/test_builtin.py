@@ -134,7 +134,7 @@ def _read(b: MemoryBuiltin, who: Principal, uri: str) -> list[str]:
     call = CallContext(principal=who, kind="resources/read", target=uri)
     res = anyio.run(b.read_resource, call)
     body = res.contents[0]
-    assert isinstance(body, types.TextResourceContents)
+    assert isinstance(body, types.TextResourceContents) and body.mime_type == "application/json"
     return [i["text"] for i in json.loads(body.text)]
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.config.model import Config
-from gateway.config.sections import AgentConfig
+from gateway.config.sections import AgentConfig, RuntimeSection
 from gateway.context import AgentInfo, Principal
-from gateway.errors import AgentTerminated
+from gateway.errors import AgentLimitReached, AgentTerminated
 from gateway.runtime import AgentState, agents
 from gateway.runtime.agents import AgentRegistry, hosted_principal
 from gateway.runtime.core import AgentRuntime
@@ -124,3 +124,26 @@ def test_client_labels() -> None:
     assert clean_label("--bob/x--") == "bob-x"
     assert clean_label(None) == "unknown" and clean_label("", "anonymous") == "anonymous"
     assert clean_label("a" * 100) == "a" * 64
+
+
+def test_agents_of_http_sessions_and_remade_agents_are_ephemeral_others_are_not() -> None:
+    """Found by mutation testing (group "runtime-security"): an ephemeral agent's bus identity is
+    not kept (gateway/bus/assemble.py); an stdio session's first agent must keep it."""
+    rt = AgentRuntime(Config(), Recorder())
+    alice = Principal(id="alice")
+    stdio = rt.agents.for_session(alice, "c", "stdio")
+    http = rt.agents.for_session(alice, "c", f"{agents.HTTP_SESSION}abc")
+    assert stdio.ephemeral is False and http.ephemeral is True
+    rt.close_session("stdio", "closed")
+    assert rt.agents.for_session(alice, "c", "stdio").ephemeral is True  # remade: a new identity
+
+
+def test_a_terminated_agent_gives_back_exactly_one_place() -> None:
+    """Three of three places taken, one agent terminated: one more agent fits, the next does not."""
+    rt = AgentRuntime(Config(runtime=RuntimeSection(max_concurrent_agents=3)), Recorder())
+    alice = Principal(id="alice")
+    first = [rt.agents.for_session(alice, "c", s) for s in ("s1", "s2", "s3")]
+    rt.terminate(first[0], "shutdown")
+    rt.agents.for_session(alice, "c", "s4")
+    with pytest.raises(AgentLimitReached):
+        rt.agents.for_session(alice, "c", "s5")

@@ -148,9 +148,10 @@ GROUPS: tuple[Group, ...] = (
             "tests/policy/test_engine_state.py",
             # the EmbeddedEngine mutants that defeat its per-thread engine cache build an engine per
             # decision (minutes a mutant at the default 15x): a performance regression, a timeout at 4x.
-            # Not lower: the limit is CPU seconds ((tests' time + 1 s) x this x 2) of a whole pytest
-            # process, start-up included; at 2x (tried 1 Dec) fast redact/inputdoc mutants, survivors
-            # among them, ran out of it (177 timeouts in the first 577 mutants, against 111 in all at 4x)
+            # Not lower: mutmut's fork server stops a mutant's tests after (their measured time + 1 s)
+            # x this of WALL time (and twice that of CPU); at 2x (tried 1 Dec on the shared machine)
+            # fast redact/inputdoc mutants, survivors among them, ran past it (177 timeouts in the
+            # first 577 mutants, against 111 in all at 4x): hidden survivors, not a faster run
         ),
         timeout_multiplier=4.0,
     ),

@@ -138,10 +138,20 @@ def main() -> int:
     ap.add_argument("--callers", type=int, default=8)
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--raw", type=Path, default=None)
+    ap.add_argument(
+        "--sdk-front", action="store_true", help="the stdio fast lane off (mcp.stdio_fast_lane = false)"
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="symbi-profile-"))
     data = bench_policy_data(tmp, "bench", [])
-    cfg = write_gateway_config(tmp, _everything("tofu"), security=True, principal="bench", policy_data=data)
+    cfg = write_gateway_config(
+        tmp,
+        _everything("tofu"),
+        security=True,
+        principal="bench",
+        policy_data=data,
+        extra="[mcp]\nstdio_fast_lane = false\n" if args.sdk_front else "",
+    )
     raw = args.raw or tmp / "profile.txt"
     t0 = time.monotonic()
     calls = anyio.run(load, cfg, raw, args)

@@ -373,3 +373,33 @@ async def test_sdk_client_cases_answer_alike_through_the_lane_and_the_sdk(tmp_pa
     assert len(on[5]) == 1 and "say who you are" in on[5][0]  # the client's model was asked once
     assert "the client's model" in json.dumps(on[4])
     assert [p for p, _, _ in on[7]] == [1, 2]  # 0.3 s in steps of 0.1 s (int(2.99...))
+
+
+def end_of_input(tmp_path: Path, lane: bool) -> tuple[list[dict[str, Any]], int]:
+    cfg = lane_config(tmp_path, lane)
+    log = tmp_path / "gateway.log"
+    w = Wire(cfg, log)
+    try:
+        w.send(INIT)
+        w.until(replied("init"))
+        w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        w.send(call(1, "mut__slow", {"seconds": 20}))
+        record = tmp_path / "upstream-rw" / "calls.jsonl"
+        deadline = time.monotonic() + 20
+        while '"slow"' not in (record.read_text() if record.exists() else ""):  # the call is in flight
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert w.p.stdin is not None
+        w.p.stdin.close()  # end of input with the call in flight
+        got = w.until(replied(1), timeout=15)
+    finally:
+        w.close()
+    return got, lane_calls(log)
+
+
+def test_end_of_input_ends_a_call_in_flight_alike(tmp_path: Path) -> None:
+    on, taken = end_of_input(tmp_path / "on", lane=True)
+    off, not_taken = end_of_input(tmp_path / "off", lane=False)
+    assert (taken, not_taken) == (1, 0)
+    assert on == off
+    assert on[0]["error"]["code"] == types.CONNECTION_CLOSED

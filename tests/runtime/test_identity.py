@@ -6,6 +6,7 @@ the real server-everything upstream, the real Rego engine, the real audit log).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +264,10 @@ def test_session_agents_take_the_configured_default_priority(tmp_path: Path) -> 
     rt = AgentRuntime(cfg, LoggingSink(), key=b"k" * 32)
     assert rt.agents.for_session(ALICE, "claude-code", "http:s1").priority == 7
     assert AgentRegistry(LoggingSink(), default_priority=2).for_session(ALICE, "x", "stdio").priority == 2
+
+
+def test_an_agent_id_is_the_prefix_and_20_lowercase_base32_characters() -> None:
+    """Found by mutation testing (group "runtime-security"): the id's documented form
+    (``agt-`` + 20 base32 characters, lower case) was checked by its prefix only."""
+    a = AgentRegistry(LoggingSink()).for_session(ALICE, "c", "stdio")
+    assert re.fullmatch(r"agt-[a-z2-7]{20}", a.id)

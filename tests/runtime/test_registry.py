@@ -7,6 +7,8 @@ a hosted run is registered with, the ended-sessions memory and its bound were no
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gateway.config.model import Config
@@ -147,3 +149,51 @@ def test_a_terminated_agent_gives_back_exactly_one_place() -> None:
     rt.agents.for_session(alice, "c", "s4")
     with pytest.raises(AgentLimitReached):
         rt.agents.for_session(alice, "c", "s5")
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, object], str | None, str | None]] = []
+
+    def emit(
+        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
+    ) -> None:
+        self.events.append((event_type, dict(details), principal, agent))
+
+
+def test_a_transition_records_one_full_event_runs_each_hook_and_counts_task_edges() -> None:
+    """Found by mutation testing (group "runtime-security"): the agent.state event's fields and
+    principal, what a state hook is given, and the task-edge counters behind
+    symbi_agent_task_transitions_total; a failing hook does not stop the transition."""
+    rec = _Events()
+    reg = AgentRegistry(rec)
+    hooked: list[tuple[str, AgentState, AgentState]] = []
+
+    def broken(agent: agents.Agent, src: AgentState, dst: AgentState) -> None:
+        raise RuntimeError("a subscriber failed")
+
+    reg.on_state.append(broken)
+    reg.on_state.append(lambda a, src, dst: hooked.append((a.id, src, dst)))
+    a = reg.for_session(Principal(id="alice"), "c", "stdio")
+    for _ in range(2):
+        reg.transition(a, AgentState.RUNNING, "task assigned: t")
+        reg.transition(a, AgentState.READY, "done")
+    assert reg.task_transitions == {"task assigned": 2, "task complete": 2}
+    assert rec.events[-1] == (
+        "agent.state",
+        {
+            "agent": a.id,
+            "name": a.name,
+            "from": "Running",
+            "to": "Ready",
+            "edge": "task complete",
+            "reason": "done",
+        },
+        "alice",
+        a.id,
+    )
+    assert hooked[-2:] == [
+        (a.id, AgentState.READY, AgentState.RUNNING),
+        (a.id, AgentState.RUNNING, AgentState.READY),
+    ]
+    assert len(hooked) == 5 and a.state is AgentState.READY  # the Initializing -> Ready edge included

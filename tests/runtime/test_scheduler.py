@@ -282,3 +282,22 @@ def test_a_full_queue_refuses_a_call_even_when_its_own_slot_is_free() -> None:
         assert s.in_flight == 2
 
     asyncio.run(main())
+
+
+def test_a_slot_granted_from_the_queue_counts_for_its_agent() -> None:
+    """Found by mutation testing (group "runtime-security"): a waiter granted a freed slot must
+    count against its own agent's limit, or that agent could exceed it."""
+
+    async def main() -> None:
+        s = Scheduler(max_in_flight=1)
+        await s.acquire("a", 5, 1)
+        waiter = asyncio.create_task(s.acquire("b", 5, 1))
+        await asyncio.sleep(0.01)
+        assert s.queue_depth() == 1
+        s.release("a")
+        await waiter
+        assert s.agent_in_flight("b") == 1 and s.agent_in_flight("a") == 0 and s.in_flight == 1
+        s.release("b")
+        assert s.agent_in_flight("b") == 0 and s.in_flight == 0
+
+    asyncio.run(main())

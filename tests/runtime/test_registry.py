@@ -197,3 +197,17 @@ def test_a_transition_records_one_full_event_runs_each_hook_and_counts_task_edge
         (a.id, AgentState.RUNNING, AgentState.READY),
     ]
     assert len(hooked) == 5 and a.state is AgentState.READY  # the Initializing -> Ready edge included
+
+
+def test_a_call_through_a_hosted_runs_credential_is_that_run_and_marks_it_seen() -> None:
+    """The gap for_session__mutmut_13 (group "runtime"): a hosted run's last_seen, its idle time
+    on the status page, is refreshed by each call through its credential; a JWT claiming the
+    same key id is not that run."""
+    reg = AgentRegistry(Recorder())
+    p = Principal(id="agent:a", kind="agent", source="key", claims={"key_id": "k1"})
+    run = reg.add_hosted("a", p, priority=5, run=1)
+    reg.bind_credential("k1", run)
+    run.last_seen = 0.0
+    assert reg.for_session(p, "anything", "stdio") is run and run.last_seen > 0.0
+    jwt = Principal(id="agent:a", kind="agent", source="jwt", claims={"key_id": "k1"})
+    assert reg.for_session(jwt, "anything", "stdio") is not run

@@ -82,6 +82,9 @@ async def test_direct_message_and_audit_without_body(gw: Gateway, tmp_path: Path
     assert "bus.send" in types and "tool.call" in types
     details = [json.loads(r[0]) for r in db.execute("SELECT details FROM events WHERE type='tool.call'")]
     assert any(d["tool"] == "bus__send" and d["arguments"]["body"] == "[not recorded]" for d in details)
+    # only the body is held back: who was messaged stays in the log (the policy's redaction)
+    (send,) = [d for d in details if d["tool"] == "bus__send"]
+    assert send["arguments"] == {"to": "ag-b", "body": "[not recorded]"}
 
 
 async def test_no_agent_is_refused(gw: Gateway) -> None:

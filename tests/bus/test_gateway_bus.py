@@ -50,6 +50,9 @@ async def call(gw: Gateway, who: Principal, tool: str, **args: Any) -> Any:
 
 def data(result: Any) -> Any:
     assert not result.is_error, result
+    # a client that reads the text content gets the same answer as one that reads structured content
+    (text,) = result.content
+    assert text.type == "text" and json.loads(text.text) == result.structured_content
     return result.structured_content
 
 

@@ -84,13 +84,17 @@ async def test_a_sealed_body_that_is_not_json_is_rejected_not_raised(env: Env) -
     """An insider with A's keys seals bytes that are not JSON: signature, recipient and window
     pass, the decrypted body does not parse; rejected like a failed decryption, and the good
     message behind it in the same batch is still delivered."""
+    events = _attributed(env)
     bus = await _pair(env)
     me = bus.ring.local("agent-a")
     assert me is not None
     env.inject("agent-b", await bus.sealer.seal(me, "direct", b"\xff not json", to="agent-b"))
     good = await bus.send(A, "agent-b", "fine")
     assert [(r.id, r.body) for r in await bus.receive(B, max_items=10)] == [(good.id, "fine")]
-    assert [d["reason"] for d in env.events.of("bus.rejected")] == ["decryption failed"]
+    (rejected,) = env.events.of("bus.rejected")
+    assert rejected["reason"] == "decryption failed" and rejected["inbox"] == "agent-b"
+    assert rejected["sender"] == "agent-a" and rejected["recipient"] == "agent-b"
+    assert [(p, a) for t, p, a in events.who if t == "bus.rejected"] == [(None, "agent-b")]
 
 
 def _attributed(e: Env) -> Attributed:
@@ -200,3 +204,35 @@ async def test_rejections_are_audited_for_the_receiving_agent_and_its_inbox(env:
         ("timestamp outside the window", "agent-b"),
     ]
     assert [(p, a) for t, p, a in events.who if t == "bus.rejected"] == [(None, "agent-b")] * 3
+
+
+async def test_a_message_for_an_agent_whose_keys_went_while_it_waited_is_rejected(env: Env) -> None:  # noqa: F811
+    """The agent ended (its private keys forgotten) while its receive waited: a message that
+    arrives then passes the checks before decryption but cannot be opened; rejected, not raised."""
+    events = _attributed(env)
+    bus = await _pair(env)
+    a = bus.ring.local("agent-a")
+    assert a is not None
+    msg = await bus.sealer.seal(a, "direct", b'"x"', to="agent-b")
+    got: list[object] = []
+
+    async def waiting() -> None:
+        got.extend(await bus.receive(B, max_items=10, wait_s=10))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiting)
+        await anyio.sleep(0.1)  # the receive is waiting (its agent's keys were checked before)
+        bus.ring.forget("agent-b")
+        env.inject("agent-b", msg)
+        with anyio.fail_after(10):
+            while not events.of("bus.rejected"):
+                await anyio.sleep(0.02)
+        tg.cancel_scope.cancel()
+    assert got == []
+    (rejected,) = events.of("bus.rejected")
+    assert (rejected["reason"], rejected["inbox"], rejected["id"]) == (
+        "no key for this agent",
+        "agent-b",
+        msg.id,
+    )
+    assert [(p, a) for t, p, a in events.who if t == "bus.rejected"] == [(None, "agent-b")]

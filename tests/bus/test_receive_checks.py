@@ -5,20 +5,24 @@ the timestamp window (else a replay after the record expired would be delivered 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import sqlite3
 import time
+from pathlib import Path
 
 import anyio
 import pytest
 import redis
 
-from gateway.bus.crypto import KeyRing, PublicKeys
+from gateway.bus.crypto import KeyRing, PublicKeys, config_secret
 from gateway.bus.redis_backend import PREFIX
+from gateway.config.load import load_config
 from gateway.context import Principal
 from gateway.errors import BusError
 from tests.bus.test_authorization import Attributed
 from tests.bus.test_core import A, B, Env, _pair, env  # noqa: F401 - the backends' fixture
+from tests.conftest import write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -236,3 +240,18 @@ async def test_a_message_for_an_agent_whose_keys_went_while_it_waited_is_rejecte
         msg.id,
     )
     assert [(p, a) for t, p, a in events.who if t == "bus.rejected"] == [(None, "agent-b")]
+
+
+def test_a_configured_bus_secret_is_the_one_entries_are_authenticated_with(tmp_path: Path) -> None:
+    """[bus] secret (SYMBI_BUS_SECRET: the gateways of one Redis bus share it) replaces the data
+    dir's own bus-secret file: an entry made by one gateway is admitted by another."""
+    secret = bytes(range(32))
+    cfg = load_config(write_config(tmp_path, f'[bus]\nsecret = "{base64.b64encode(secret).decode()}"\n'))
+    assert config_secret(cfg) == secret and not cfg.bus_secret_path.exists()
+    _, entry = KeyRing(secret, None).ensure("ag-a", "t")
+    assert KeyRing(config_secret(cfg), None).admit(entry)[2] == "t"
+    # unset: the data dir's own secret, made on first use
+    (tmp_path / "own").mkdir()
+    own = load_config(write_config(tmp_path / "own", ""))
+    mine = config_secret(own)
+    assert len(mine) == 32 and mine != secret and config_secret(own) == mine

@@ -139,3 +139,24 @@ async def test_a_send_needs_an_agent_and_a_known_recipient(tmp_path: Path) -> No
         await bus.send(Principal(id="team"), "agent-b", "x")
     with pytest.raises(BusNoAgent):
         await bus.send(A, "agent-nobody", "x")
+
+
+async def test_an_agent_id_taken_over_by_another_principal_gets_new_keys_and_entry(tmp_path: Path) -> None:
+    """The same agent id under another principal (a session of another credential): its keys
+    and its directory entry are made again for that principal, so peers and the policy see the
+    principal that really sends."""
+
+    async def authorize(kind: str, p: Principal, recipient: Any, topic: Any) -> Decision:
+        return Decision(True)
+
+    bus, _ = await _bus(tmp_path, authorize)
+    before = bus.ring.local("agent-a")
+    assert before is not None and before.principal == "team"
+    taken = Principal(id="other", agent="agent-a")
+    await bus.send(taken, "agent-b", "x")
+    after = bus.ring.local("agent-a")
+    assert after is not None and after.principal == "other" and after.sign is not before.sign
+    entry = await bus.backend.lookup_keys("agent-a")
+    assert entry is not None and entry.principal == "other"
+    (got,) = await bus.receive(B)
+    assert got.sender == "agent-a" and got.body == "x"

@@ -77,9 +77,8 @@ class McpSection(Section):
     list_page_size: int = Field(default=500, ge=1, le=10_000)
     # ``symbi mcp``: a plain tools/call of an initialized session is framed and answered by the
     # gateway (gateway/server/fastlane.py, the same chain and handler); off: every message
-    # goes through the SDK's server session. Off by default: a benchmark under 8 concurrent
-    # callers lost a reply with it on (under investigation)
-    stdio_fast_lane: bool = False
+    # goes through the SDK's server session
+    stdio_fast_lane: bool = True
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     org_keys: PathTuple = ()  # organisation public keys that may sign approved manifests

@@ -99,6 +99,8 @@ async def test_a_sealed_body_that_is_not_json_is_rejected_not_raised(env: Env) -
     assert rejected["reason"] == "decryption failed" and rejected["inbox"] == "agent-b"
     assert rejected["sender"] == "agent-a" and rejected["recipient"] == "agent-b"
     assert [(p, a) for t, p, a in events.who if t == "bus.rejected"] == [(None, "agent-b")]
+    counters = (await bus.backend.stats())["counters"]
+    assert isinstance(counters, dict) and (counters["delivered"], counters["rejected"]) == (1, 1)
 
 
 def _attributed(e: Env) -> Attributed:
@@ -255,3 +257,34 @@ def test_a_configured_bus_secret_is_the_one_entries_are_authenticated_with(tmp_p
     own = load_config(write_config(tmp_path / "own", ""))
     mine = config_secret(own)
     assert len(mine) == 32 and mine != secret and config_secret(own) == mine
+
+
+async def test_one_batch_with_replays_and_an_unsubscribed_topic_settles_every_entry(env: Env) -> None:  # noqa: F811
+    """One receive takes: a replay of a delivered message, the same new message twice, a
+    topic message after its subscription ended, and a good message last. Each replay and the
+    unsubscribed topic message is rejected, the new one and the good one delivered once."""
+    events = _attributed(env)
+    bus = await _pair(env)
+    a = bus.ring.local("agent-a")
+    assert a is not None
+    old = await bus.send(A, "agent-b", "old")
+    ((_, copy),) = env.stored("agent-b")  # the stored copy (Redis removes it once settled)
+    assert [r.id for r in await bus.receive(B)] == [old.id]
+    await bus.subscribe(B, "news")
+    await bus.publish(A, "news", "topic")
+    await bus.unsubscribe(B, "news")
+    twice = await bus.sealer.seal(a, "direct", b'"twice"', to="agent-b")
+    env.inject("agent-b", copy)
+    env.inject("agent-b", twice)
+    env.inject("agent-b", twice)
+    last = await bus.send(A, "agent-b", "last")
+    got = await bus.receive(B, max_items=20)
+    assert [(r.id, r.body) for r in got] == [(twice.id, "twice"), (last.id, "last")]
+    assert sorted(d["reason"] for d in events.of("bus.rejected")) == [
+        "not subscribed to this topic",
+        "replayed id",
+        "replayed id",
+    ]
+    assert await bus.receive(B, max_items=20) == []  # every entry settled
+    counters = (await bus.backend.stats())["counters"]
+    assert isinstance(counters, dict) and (counters["delivered"], counters["rejected"]) == (3, 3)

@@ -288,3 +288,18 @@ async def test_one_batch_with_replays_and_an_unsubscribed_topic_settles_every_en
     assert await bus.receive(B, max_items=20) == []  # every entry settled
     counters = (await bus.backend.stats())["counters"]
     assert isinstance(counters, dict) and (counters["delivered"], counters["rejected"]) == (3, 3)
+
+
+def test_a_registered_agent_keeps_its_private_keys_across_a_restart(tmp_path: Path) -> None:
+    """ensure() stores the keys in bus-keys.db by default (a stable agent's mail stays readable
+    after a restart); persist=False (an id that never comes back) keeps them in memory only."""
+    ring = KeyRing(b"k" * 32, tmp_path / "bus-keys.db")
+    keys, entry = ring.ensure("ag-a", "t")
+    ring.ensure("ag-session", "t", persist=False)
+    ring.close()
+    again = KeyRing(b"k" * 32, tmp_path / "bus-keys.db")
+    kept = again.local("ag-a")
+    assert kept is not None and kept.principal == "t"
+    assert again.entry_for(kept) == entry  # the same public keys, so the same directory entry
+    assert again.local("ag-session") is None
+    again.close()

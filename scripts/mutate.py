@@ -401,6 +401,7 @@ GROUPS: tuple[Group, ...] = (
                 "test_principals_of_different_sources_never_share_an_agent",
                 "test_a_2026_session_label_is_not_an_agent_identity",
                 "test_session_agents_take_the_configured_default_priority",
+                "test_an_agent_id_is_the_prefix_and_20_lowercase_base32_characters",
             )
         ),
         note="Out of scope: hosted runs (a real sandbox per test), status, metrics, as_json views.",

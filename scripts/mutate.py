@@ -765,8 +765,10 @@ def merge_recheck(old: dict[str, Any], new: dict[str, Any], names: list[str], wh
         if old.get("cpu_s") is None or new.get("cpu_s") is None
         else int(old["cpu_s"]) + int(new["cpu_s"])
     )
+    whole_cpu, how = group_cpu(old)
     return {
         **old,
+        "whole_cpu_s": whole_cpu if how == "measured" else None,
         "tests": new["tests"],
         "seconds": int(old["seconds"]) + int(new["seconds"]),
         "mutants": merged,
@@ -897,6 +899,8 @@ def group_cpu(g: dict[str, Any]) -> tuple[int | None, str]:
     )
     if whole:
         return int(g["cpu_s"]), "measured"
+    if g.get("whole_cpu_s") is not None:  # the last whole run's, kept through later re-checks
+        return int(g["whole_cpu_s"]), "measured"
     est = (g.get("cost_sample") or {}).get("estimate_cpu_s")
     return (int(est), "estimated") if est is not None else (None, "")
 

@@ -136,8 +136,10 @@ def test_retrieve_with_vectors_and_scroll(store: VectorStore) -> None:
     assert float(v @ np.asarray(pts[3].vector)) / np.linalg.norm(pts[3].vector) == pytest.approx(
         1.0, abs=1e-3
     )
+    assert (got.id, got.payload["text"]) == (pts[3].id, "t3")
+    assert store.retrieve([pts[4].id])[0].vector == []  # without vectors: none sent back
     assert len(store.scroll({"agent": "a1"})) == 8
-    assert len(store.scroll()) == 25
+    assert {p.id for p in store.scroll()} == {p.id for p in pts}
 
 
 def test_score_threshold_and_exact(store: VectorStore) -> None:

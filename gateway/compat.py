@@ -10,8 +10,12 @@ naming the function when a library upgrade removes what it uses; nothing else in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import math
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+
+import anyio
 
 # Private modules: ``negotiate_auto`` is the SDK's connect-time policy for ``mode="auto"``
 # (probe ``server/discover``, adopt a 2026 version, else ``initialize``); the context streams
@@ -30,8 +34,10 @@ from mcp.client.stdio import (  # the SDK's process helpers for stdio servers (g
     _stop_server_process,
 )
 from mcp.server.session import ServerSession
+from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared._context_streams import create_context_streams
+from starlette.requests import Request
 
 from gateway.errors import SdkChanged
 
@@ -44,6 +50,7 @@ __all__ = [
     "drain_stdout",
     "executable_command",
     "http_session_counts",
+    "http_session_transport",
     "later_revision_fields",
     "negotiate_auto",
     "open_http_sessions",
@@ -53,6 +60,9 @@ __all__ = [
     "start_stdio_process",
     "stop_stdio_process",
     "stream_reader_head",
+    "transport_admits",
+    "transport_busy",
+    "transport_serving",
 ]
 
 RequestStamp = Callable[[dict[str, Any], Any], None]
@@ -115,6 +125,67 @@ def http_session_counts(manager: StreamableHTTPSessionManager) -> tuple[int, int
         return len(manager._server_instances), len(manager._session_owners)
     except AttributeError as e:
         raise SdkChanged(f"StreamableHTTPSessionManager.{e.name}") from None
+
+
+def http_session_transport(
+    manager: StreamableHTTPSessionManager, sid: str, requestor: object
+) -> StreamableHTTPServerTransport | None:
+    """The transport of the open session ``sid`` if ``requestor`` (the SDK's
+    ``authorization_context`` of the request's user) opened it, else None: the manager's own
+    routing test (``_server_instances``, ``_session_owners``), for the HTTP fast lane."""
+    try:
+        transport = manager._server_instances.get(sid)
+        owners = manager._session_owners
+    except AttributeError as e:
+        raise SdkChanged(f"StreamableHTTPSessionManager.{e.name}") from None
+    if transport is None or owners.get(sid) != requestor:
+        return None
+    return transport
+
+
+async def transport_admits(transport: StreamableHTTPServerTransport, request: Request) -> bool:
+    """Whether the transport's own security check (Content-Type, Host, Origin) passes a POST
+    (``_security``): the HTTP fast lane takes only what the SDK's path would let through."""
+    try:
+        security = transport._security
+    except AttributeError:
+        raise SdkChanged("StreamableHTTPServerTransport._security") from None
+    return await security.validate_request(request, is_post=True) is None
+
+
+def transport_serving(transport: StreamableHTTPServerTransport, request_id: str) -> bool:
+    """Whether the SDK's path of the session has a request of this id in flight
+    (``_request_streams``, keyed by ``str(id)``)."""
+    try:
+        return request_id in transport._request_streams
+    except AttributeError:
+        raise SdkChanged("StreamableHTTPServerTransport._request_streams") from None
+
+
+@contextlib.contextmanager
+def transport_busy(transport: StreamableHTTPServerTransport) -> Iterator[bool]:
+    """Hold the session open while a fast-lane request is served, as the transport's
+    ``handle_request`` does (``_requests_in_flight``, ``idle_scope``, ``_idle_timeout``);
+    yields False when the idle period already ran out (the caller leaves the request to the
+    SDK, which answers it as terminated)."""
+    try:
+        scope, timeout = transport.idle_scope, transport._idle_timeout
+        if scope is None or timeout is None:
+            yield True
+            return
+        if scope.cancel_called:
+            yield False
+            return
+        transport._requests_in_flight += 1
+    except AttributeError as e:
+        raise SdkChanged(f"StreamableHTTPServerTransport.{e.name}") from None
+    scope.deadline = math.inf
+    try:
+        yield True
+    finally:
+        transport._requests_in_flight -= 1
+        if not transport._requests_in_flight:
+            scope.deadline = anyio.current_time() + timeout
 
 
 def stream_reader_head(reader: asyncio.StreamReader, n: int) -> bytes:

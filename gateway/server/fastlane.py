@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -244,40 +244,57 @@ class StdioLane:
     async def _answer(
         self, conn: Connection, dctx: LaneDispatch, params: dict[str, Any]
     ) -> bytes | SessionMessage:
-        rid = dctx.request_id
-        meta = _request_meta(params)
-        ctx: ServerRequestContext[Any, Any] = ServerRequestContext(
-            session=ServerSession(dctx, conn, request_meta=meta),
-            lifespan_context=self._state,
-            method="tools/call",
-            params=params,
-            request_id=rid,
-            meta=meta,
-            protocol_version=conn.protocol_version,
-        )
-        call: CallNext = self._inner
-        for middleware in reversed(self._server.middleware):  # as the SDK's runner composes them
-            call = partial(_apply, middleware, call)
-        try:
-            result = await call(ctx)
-        except Exception as e:  # the dispatcher's boundary, as the SDK's
-            error = handler_exception_to_error_data(e)
-            if error is None:
-                _logger.exception("handler for 'tools/call' raised")
-                error = types.ErrorData(code=0, message=str(e))  # the SDK's dispatcher pins code 0
-            return _error(rid, error)
-        return orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": result}) + b"\n"
+        out = await run_call(self._server, self._state, conn, dctx, params)
+        if isinstance(out, types.ErrorData):
+            return _error(dctx.request_id, out)
+        return orjson.dumps({"jsonrpc": "2.0", "id": dctx.request_id, "result": out}) + b"\n"
 
-    async def _inner(self, ctx: ServerRequestContext[Any, Any]) -> HandlerResult:
-        """The SDK runner's ``_inner`` for ``tools/call`` on an initialized handshake-era connection."""
-        entry = self._server.get_request_handler("tools/call")
-        if entry is None:
-            raise MCPError(code=types.METHOD_NOT_FOUND, message="Method not found", data="tools/call")
-        typed = entry.params_type.model_validate(ctx.params, by_name=False)
-        result = await entry.handler(ctx, typed)
-        if isinstance(result, types.ErrorData):
-            raise MCPError.from_error_data(result)
-        return _serialize(ctx.protocol_version, result)
+
+async def run_call(
+    server: Server[Any],
+    state: Any,
+    conn: Connection,
+    dctx: LaneDispatch,
+    params: dict[str, Any],
+    request: Any = None,
+) -> dict[str, Any] | types.ErrorData:
+    """One lane ``tools/call`` through the server middleware and the handler, as the SDK's
+    runner runs it: the wire result, or the error the SDK's dispatcher would answer with.
+    Shared by the stdio and the streamable-HTTP lanes (``request``: the HTTP request)."""
+    meta = _request_meta(params)
+    ctx: ServerRequestContext[Any, Any] = ServerRequestContext(
+        session=ServerSession(dctx, conn, request_meta=meta),
+        lifespan_context=state,
+        method="tools/call",
+        params=params,
+        request_id=dctx.request_id,
+        meta=meta,
+        protocol_version=conn.protocol_version,
+        request=request,
+    )
+    call: CallNext = partial(_inner, server)
+    for middleware in reversed(server.middleware):  # as the SDK's runner composes them
+        call = partial(_apply, middleware, call)
+    try:
+        return cast(dict[str, Any], await call(ctx))  # _inner's _serialize: the wire dict
+    except Exception as e:  # the dispatcher's boundary, as the SDK's
+        error = handler_exception_to_error_data(e)
+        if error is None:
+            _logger.exception("handler for 'tools/call' raised")
+            error = types.ErrorData(code=0, message=str(e))  # the SDK's dispatcher pins code 0
+        return error
+
+
+async def _inner(server: Server[Any], ctx: ServerRequestContext[Any, Any]) -> HandlerResult:
+    """The SDK runner's ``_inner`` for ``tools/call`` on an initialized handshake-era connection."""
+    entry = server.get_request_handler("tools/call")
+    if entry is None:
+        raise MCPError(code=types.METHOD_NOT_FOUND, message="Method not found", data="tools/call")
+    typed = entry.params_type.model_validate(ctx.params, by_name=False)
+    result = await entry.handler(ctx, typed)
+    if isinstance(result, types.ErrorData):
+        raise MCPError.from_error_data(result)
+    return _serialize(ctx.protocol_version, result)
 
 
 def _apply(

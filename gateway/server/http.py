@@ -35,6 +35,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
 from gateway.app import Gateway
 from gateway.assemble import make_gateway
@@ -47,6 +48,7 @@ from gateway.runtime.status import components
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
 from gateway.server.auth import Authenticator
 from gateway.server.front import build_server
+from gateway.server.httplane import HttpLane
 from gateway.server.limits import ConnectionLimit
 from gateway.server.middleware import (
     PRM_PATH,
@@ -171,7 +173,13 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     metrics.track_sessions(lambda: len(state.sessions()))
     metrics.track_runtime(lambda: state.gateway.runtime if state.gateway is not None else None)
 
-    mcp_endpoint = SessionScope(StreamableHTTPASGIApp(manager), state)
+    endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
+    lane: HttpLane | None = None
+    if config.mcp.http_fast_lane:  # plain tools/call answered by the gateway itself (JSON replies)
+        lane = HttpLane(endpoint, server, manager)
+        server.middleware.append(lane.capture)
+        endpoint = lane
+    mcp_endpoint = SessionScope(endpoint, state)
     app = Starlette(
         routes=[
             *_operations_routes(state, metrics),
@@ -184,6 +192,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     )
     app.state.symbi = state
     app.state.agent_socket = agent_socket
+    app.state.http_lane = lane
     _add_middleware(app, state, manager, settings)
     return app
 

@@ -1,0 +1,259 @@
+"""The client-facing fast lane of ``tools/call`` on the streamable-HTTP front (JSON replies).
+
+The stdio lane's HTTP sibling (``gateway.server.fastlane``, whose ``plain_call``, ``run_call``
+and ``LaneDispatch`` it reuses): a POST carrying one plain ``tools/call`` of an established
+handshake-era session is parsed with orjson and answered here, through the SAME handler and
+server middleware (the SDK's SERVER span, whose trace id goes on the audit record) with the
+session's real ``Connection``, the HTTP request on the context (the principal, the session id
+the audit records) and a JSON body with the headers the SDK's transport sends.
+
+It serves only what the SDK's path would serve the same way, in ``http.json_response`` mode,
+where a POST's body carries the response and nothing else: the SDK drops the call's
+notifications (progress, logging) and refuses server->client requests (sampling, elicitation)
+with ``NoBackChannelError``; so does ``JsonLaneDispatch``. The lane takes a request only when
+every check the SDK's path makes passes the same way: the session id is open and was opened by
+this credential (the manager's own owner test), the session answered ``initialize``, the
+protocol-version header is a handshake-era one, Accept/Content-Type/Host/Origin pass the
+transport's checks, and the id is not in flight in the session (lane or SDK). Everything else
+goes to the SDK unchanged, its body replayed: other methods, GET/DELETE, batches,
+notifications, responses, malformed or unusual messages, SSE mode. A
+``notifications/cancelled`` for a lane call of the same session cancels it (and still goes to
+the SDK), answered ``REQUEST_CANCELLED`` as the SDK's 2025-era wire does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import orjson
+from mcp import types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
+from mcp.server.connection import Connection
+from mcp.server.context import CallNext, HandlerResult
+from mcp.server.streamable_http import REQUEST_CANCELLED, check_accept_headers
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.dispatcher import CallOptions, coerce_request_id
+from mcp.shared.exceptions import NoBackChannelError
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
+from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.transport_context import TransportContext
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.compat import (
+    connection_of,
+    http_session_transport,
+    open_http_sessions,
+    transport_admits,
+    transport_busy,
+    transport_serving,
+)
+from gateway.server.fastlane import LaneDispatch, plain_call, run_call
+
+_logger = logging.getLogger("symbi.server.httplane")
+
+_JSON_TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=False)  # what the SDK stamps in JSON mode
+_CONTENT_TYPE_JSON = "application/json"
+
+
+class JsonLaneDispatch(LaneDispatch):
+    """The ``DispatchContext`` of a lane call in JSON-reply mode: as the SDK's, no back channel
+    (a server->client request raises ``NoBackChannelError``) and the call's notifications have
+    no wire (dropped, as the SDK's message router drops them); the HTTP request is the
+    message metadata (``ctx.request``)."""
+
+    transport = _JSON_TRANSPORT
+
+    def __init__(self, connection: Connection, request_id: types.RequestId, request: Request) -> None:
+        super().__init__(connection, request_id, None)
+        self.request = request
+        self.message_metadata = ServerMessageMetadata(request_context=request, can_send_request=False)  # type: ignore[assignment]
+
+    @property
+    def can_send_request(self) -> bool:
+        return False
+
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> None:
+        _logger.debug("dropped %s: a JSON reply carries only the response", method)
+
+
+class HttpLane:
+    """ASGI wrapper of the SDK's MCP endpoint; ``capture`` goes into ``Server.middleware``."""
+
+    def __init__(self, app: ASGIApp, server: Server[Any], manager: StreamableHTTPSessionManager) -> None:
+        self.app = app
+        self._server = server
+        self._manager = manager
+        self._state: Any = None
+        self._connections: dict[str, Connection] = {}
+        self._in_flight: dict[tuple[str, types.RequestId], tuple[anyio.CancelScope, JsonLaneDispatch]] = {}
+        self.taken = 0  # calls served by the lane (tests, bench)
+
+    async def capture(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        """Server middleware: learn each session's connection from the SDK's own ``initialize``."""
+        result = await call_next(ctx)
+        if ctx.method == "initialize":
+            conn = connection_of(ctx.session)
+            if conn.session_id is not None:
+                self._state = ctx.lifespan_context
+                self._prune()
+                self._connections[conn.session_id] = conn
+        return result
+
+    def _prune(self) -> None:
+        # sessions the manager no longer holds (closed, timed out, revoked)
+        open_ids = {sid for sid, _ in open_http_sessions(self._manager)}
+        for sid in [s for s in self._connections if s not in open_ids]:
+            del self._connections[sid]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not self._manager.json_response:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        sid = headers.get("mcp-session-id")
+        conn = self._connections.get(sid) if sid is not None else None
+        pv = headers.get("mcp-protocol-version")
+        if sid is None or conn is None or (pv is not None and pv not in HANDSHAKE_PROTOCOL_VERSIONS):
+            await self.app(scope, receive, send)
+            return
+        body, more = await _read_body(receive)
+        replay = _replaying(body, more, receive)
+        if more is None or not await self._serve(scope, replay, send, sid, conn, body):
+            await self.app(scope, replay, send)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, sid: str, conn: Connection, body: bytes
+    ) -> bool:
+        """Answer the POST in the lane (True), or leave it to the SDK (False)."""
+        user = scope.get("user")
+        requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+        transport = http_session_transport(self._manager, sid, requestor)  # this credential's session
+        if transport is None or transport.is_terminated or not transport.is_json_response_enabled:
+            return False
+        request = Request(scope, receive)
+        if not check_accept_headers(request)[0] or not await transport_admits(transport, request):
+            return False  # the SDK's refusal, from the SDK
+        if b"notifications/cancelled" in body:
+            self._cancelled(sid, body)  # and the SDK gets it too
+            return False
+        if (
+            b"tools/call" not in body
+            or not conn.initialize_accepted
+            or "tools/call" in self._server.cache_hints
+        ):
+            return False
+        try:
+            call = plain_call(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            return False
+        if call is None:
+            return False
+        rid, params, _token = call  # progress has no wire in a JSON reply (the SDK drops it too)
+        key = (sid, coerce_request_id(rid))
+        if key in self._in_flight or transport_serving(transport, str(rid)):
+            return False  # an id in flight in this session: the SDK's semantics, not the lane's
+        with transport_busy(transport) as open_:
+            if not open_:
+                return False
+            self.taken += 1
+            response = await self._run(key, conn, JsonLaneDispatch(conn, rid, request), params, transport)
+        await response(scope, receive, send)
+        return True
+
+    async def _run(
+        self,
+        key: tuple[str, types.RequestId],
+        conn: Connection,
+        dctx: JsonLaneDispatch,
+        params: dict[str, Any],
+        transport: Any,
+    ) -> Response:
+        cancel = anyio.CancelScope()
+        self._in_flight[key] = (cancel, dctx)
+        out: dict[str, Any] | types.ErrorData | None = None
+        try:
+            with cancel:
+                out = await run_call(self._server, self._state, conn, dctx, params, dctx.request)
+        finally:
+            dctx.close()
+            if (entry := self._in_flight.get(key)) is not None and entry[1] is dctx:
+                del self._in_flight[key]
+            dctx.done.set()
+        sid = key[0]
+        if transport.is_terminated:  # the session ended meanwhile: the SDK's answer to its POST
+            error = types.JSONRPCError(
+                jsonrpc="2.0",
+                id=None,
+                error=types.ErrorData(
+                    code=types.INTERNAL_ERROR, message="Session terminated before the request completed"
+                ),
+            )
+            return _json(error.model_dump_json(by_alias=True, exclude_unset=True), sid, 500)
+        if out is None:  # cancelled by the client: the 2025-era wire answers it
+            out = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
+        if isinstance(out, types.ErrorData):
+            reply = types.JSONRPCError(jsonrpc="2.0", id=dctx.request_id, error=out)
+            return _json(reply.model_dump_json(by_alias=True, exclude_unset=True), sid)
+        return _json(orjson.dumps({"jsonrpc": "2.0", "id": dctx.request_id, "result": out}), sid)
+
+    def _cancelled(self, sid: str, body: bytes) -> None:
+        try:
+            msg = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(msg, dict) or msg.get("method") != "notifications/cancelled" or "id" in msg:
+            return
+        params = msg.get("params")
+        rid = cancelled_request_id_from_params(params if isinstance(params, dict) else None)
+        entry = self._in_flight.get((sid, coerce_request_id(rid))) if rid is not None else None
+        if entry is not None:
+            entry[1].cancel_requested.set()
+            entry[0].cancel()
+
+
+def _json(body: str | bytes, sid: str, status: int = 200) -> Response:
+    # the headers the SDK's transport sends with a JSON reply
+    return Response(
+        body, status_code=status, headers={"Content-Type": _CONTENT_TYPE_JSON, "mcp-session-id": sid}
+    )
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool | None]:
+    """The whole body (the body limit and deadline run outside); ``None`` when the client left."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+def _replaying(body: bytes, more: bool | None, receive: Receive) -> Receive:
+    """``receive`` with the body already read handed out again first."""
+    pending: list[Message] = (
+        [{"type": "http.request", "body": body, "more_body": False}] if more is not None else []
+    )
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay

@@ -1,0 +1,402 @@
+"""The HTTP front's fast lane of ``tools/call`` (``gateway.server.httplane``, JSON replies).
+
+Two real gateways (uvicorn, API keys, the repo's policy, server-everything and the test
+upstream ``mut`` over stdio), ``http.json_response = true``, one with ``mcp.http_fast_lane``
+on and one off (every request through the SDK's transport and session). Every case runs
+against both and must answer alike: the SDK client's results, errors, cancellation and audit
+records, and the raw HTTP answers to the attacks (status, headers, body). The lane's counter
+proves which path served each request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import httpx as httpx2
+import pytest
+from mcp import ClientSession, types
+from mcp.client.streamable_http import streamable_http_client
+
+from gateway.audit import store
+from gateway.config.load import load_config
+from gateway.server.httplane import HttpLane
+from tests.conftest import EVERYTHING_JS, POLICY, require_peers, upstream_writable, write_config
+from tests.server.http.conftest import Keys, Running, bearer, make_keys, policy_data, run_server
+from tests.server.test_stdio_e2e import MUTABLE
+
+ECHO = "everything__echo"
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+MAX_BODY = 65536
+
+
+@dataclass
+class Gw:
+    run: Running
+    keys: Keys
+    cfg: Path
+    record: Path
+
+    @property
+    def lane(self) -> HttpLane | None:
+        lane: HttpLane | None = self.run.server.config.app.state.http_lane
+        return lane
+
+    @property
+    def taken(self) -> int:
+        return self.lane.taken if self.lane is not None else 0
+
+
+def _config(tmp: Path, lane: bool) -> tuple[Path, Path]:
+    require_peers()
+    record = upstream_writable(tmp) / "calls.jsonl"
+    cfg = write_config(
+        tmp,
+        f"""
+        [policy]
+        path = "{POLICY}"
+        data = "{policy_data(tmp)}"
+        [gateway]
+        data_dir = "{tmp / "data"}"
+        [mcp]
+        http_fast_lane = {"true" if lane else "false"}
+        [http]
+        json_response = true
+        max_request_bytes = {MAX_BODY}
+        max_sessions_per_principal = 256
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        env = {{ RECORD_FILE = "{record}" }}
+        [servers.everything]
+        command = "node"
+        args = ["{EVERYTHING_JS}", "stdio"]
+        verification = "warn"
+        """,
+    )
+    return cfg, record
+
+
+@pytest.fixture(scope="module")
+def gws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gw, Gw]]:
+    on_dir, off_dir = tmp_path_factory.mktemp("lane-on"), tmp_path_factory.mktemp("lane-off")
+    on_cfg, on_rec = _config(on_dir, True)
+    off_cfg, off_rec = _config(off_dir, False)
+    on_keys, off_keys = make_keys(on_cfg), make_keys(off_cfg)
+    with run_server(on_cfg) as on_run, run_server(off_cfg) as off_run:
+        yield Gw(on_run, on_keys, on_cfg, on_rec), Gw(off_run, off_keys, off_cfg, off_rec)
+
+
+def test_the_switch_wires_the_lane(gws: tuple[Gw, Gw]) -> None:
+    on, off = gws
+    assert isinstance(on.lane, HttpLane) and off.lane is None
+
+
+# -- through the SDK client ------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def sdk_client(gw: Gw, key: str) -> AsyncIterator[ClientSession]:
+    async with (
+        httpx2.AsyncClient(headers=bearer(key), timeout=30) as hc,
+        streamable_http_client(gw.run.mcp, http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
+        await s.initialize()
+        yield s
+
+
+def shape(r: types.CallToolResult) -> Any:
+    return r.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+async def sdk_outcomes(gw: Gw) -> list[Any]:
+    out: list[Any] = []
+    progress: list[float] = []
+
+    async def on_progress(p: float, total: float | None, message: str | None) -> None:
+        progress.append(p)
+
+    async with sdk_client(gw, gw.keys.admin) as s:
+        out.append(shape(await s.call_tool(ECHO, {"message": "über ✓"})))
+        out.append(shape(await s.call_tool("everything__get-sum", {"a": 2, "b": 3})))
+        out.append(shape(await s.call_tool("mut__nope", {})))
+        out.append(shape(await s.call_tool(ECHO, {"message": 5})))  # invalid arguments
+        out.append(shape(await s.call_tool("mut__read_path", {"path": "/etc/shadow"})))
+        # the upstream asks the client's model: a JSON reply has no back channel (both paths)
+        out.append(shape(await s.call_tool("mut__sample", {"delay": 0})))
+        # progress has no wire in a JSON reply (both paths drop it)
+        out.append(shape(await s.call_tool("mut__slow", {"seconds": 0.3}, progress_callback=on_progress)))
+        out.append(list(progress))
+        out.append(shape(await s.call_tool("mut__huge", {"megabytes": 0})))
+        results: dict[int, Any] = {}
+
+        async def one(i: int) -> None:
+            results[i] = shape(await s.call_tool(ECHO, {"message": f"n{i}"}))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(one, i)
+        out.append([results[i] for i in range(8)])
+    # a developer may not call mut's tools (policy deny, not a listing miss)
+    async with sdk_client(gw, gw.keys.user) as s:
+        out.append(shape(await s.call_tool("mut__read_path", {"path": "/tmp"})))
+        out.append(shape(await s.call_tool(ECHO, {"message": "dev"})))
+    return out
+
+
+def audited(cfg: Path) -> list[tuple[Any, ...]]:
+    conn = store.open_reader(load_config(cfg).audit_path)
+    try:
+        rows = [r.details for r in store.query(conn, types=("tool.call",))]
+    finally:
+        conn.close()
+    return [(d.get("tool"), d.get("decision"), d.get("outcome")) for d in rows]
+
+
+@pytest.mark.anyio
+async def test_sdk_client_cases_answer_alike_through_the_lane_and_the_sdk(gws: tuple[Gw, Gw]) -> None:
+    on, off = gws
+    before = on.taken
+    got_on = await sdk_outcomes(on)
+    taken = on.taken - before
+    got_off = await sdk_outcomes(off)
+    assert got_on == got_off
+    assert taken == 18  # every call went through the lane (the 8 concurrent ones included)
+    assert "über ✓" in got_on[0]["content"][0]["text"]
+    assert got_on[2]["isError"] and got_on[4]["isError"]
+    assert got_on[7] == []  # no progress on a JSON reply
+    assert [r["content"][0]["text"] for r in got_on[9]] == [f"Echo: n{i}" for i in range(8)]
+    assert got_on[10]["isError"] and not got_on[11]["isError"]
+    # the same audit records, in the same order (the lane's calls are audited as the SDK's)
+    assert audited(on.cfg) == audited(off.cfg) and audited(on.cfg)
+
+
+# -- on the wire ---------------------------------------------------------------------------------
+
+
+def post(gw: Gw, body: Any, key: str | None, sid: str | None = None, **headers: str) -> httpx.Response:
+    h = {**HEADERS, **headers}
+    if key is not None:
+        h["Authorization"] = f"Bearer {key}"
+    if sid is not None:
+        h["mcp-session-id"] = sid
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(gw.run.mcp, content=content, headers=h, timeout=30)
+
+
+def open_session(gw: Gw, key: str, initialized: bool = True) -> str:
+    r = post(gw, INIT, key)
+    assert r.status_code == 200, r.text
+    sid = r.headers["mcp-session-id"]
+    if initialized:
+        assert post(gw, INITIALIZED, key, sid).status_code == 202
+    return sid
+
+
+def call(rid: Any, name: str = ECHO, arguments: Any = None, **params: Any) -> dict[str, Any]:
+    p = {"name": name, "arguments": arguments if arguments is not None else {"message": "hi"}, **params}
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": p}
+
+
+def answer(r: httpx.Response, sid: str) -> tuple[Any, ...]:
+    """The whole HTTP answer, session ids and the address made neutral (the two gateways
+    issue their own)."""
+    base = str(r.request.url).removesuffix("/mcp")
+
+    def neutral(v: str) -> str:
+        v = v.replace(sid, "SID").replace(base, "BASE")
+        return re.sub(r"\b[0-9a-f]{32}\b", "OTHER-SID", v)
+
+    headers = {k: neutral(v) for k, v in r.headers.items() if k not in ("date", "content-length")}
+    text = neutral(r.text)
+    try:
+        body: Any = json.loads(text)
+    except ValueError:
+        body = text
+    return r.status_code, headers, body
+
+
+def wire_case(gw: Gw, case: str) -> tuple[Any, ...]:
+    k = gw.keys.admin
+    sid = open_session(gw, k)
+    if case == "plain":
+        return answer(post(gw, call(3), k, sid), sid)
+    if case == "string id and meta":
+        return answer(post(gw, call("a", _meta={"progressToken": 9, "traceparent": "00-x"}), k, sid), sid)
+    if case == "missing session id":
+        return answer(post(gw, call(3), k, None), sid)
+    if case == "unknown session id":
+        return answer(post(gw, call(3), k, "0" * 32), sid)
+    if case == "other principal's session":
+        return answer(post(gw, call(3), gw.keys.other_user, sid), sid)
+    if case == "unauthenticated":
+        return answer(post(gw, call(3), None, sid), sid)
+    if case == "bad key":
+        return answer(post(gw, call(3), "sk-nope", sid), sid)
+    if case == "malformed JSON":
+        return answer(post(gw, b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{', k, sid), sid)
+    if case == "batch":
+        return answer(post(gw, [call(3), call(4)], k, sid), sid)
+    if case == "oversized body":
+        return answer(post(gw, call(3, arguments={"message": "x" * MAX_BODY}), k, sid), sid)
+    if case == "unknown key":
+        return answer(post(gw, {**call(3), "extra": 1}, k, sid), sid)
+    if case == "unknown param":
+        return answer(post(gw, call(3, task={"ttl": 1}), k, sid), sid)
+    if case == "no arguments":
+        return answer(
+            post(gw, {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": ECHO}}, k, sid),
+            sid,
+        )
+    if case == "bad id":
+        return answer(post(gw, call(None), k, sid), sid)
+    if case == "notification":
+        return answer(post(gw, {k2: v for k2, v in call(3).items() if k2 != "id"}, k, sid), sid)
+    if case == "modern era header":
+        return answer(post(gw, call(3), k, sid, **{"mcp-protocol-version": "2026-07-28"}), sid)
+    if case == "unknown era header":
+        return answer(post(gw, call(3), k, sid, **{"mcp-protocol-version": "1999-01-01"}), sid)
+    if case == "sse-only accept":
+        return answer(post(gw, call(3), k, sid, Accept="text/event-stream"), sid)
+    if case == "wrong content type":
+        return answer(post(gw, call(3), k, sid, **{"Content-Type": "text/plain"}), sid)
+    if case == "before initialized":
+        sid2 = open_session(gw, k, initialized=False)
+        return answer(post(gw, call(3), k, sid2), sid2)
+    if case == "after delete":
+        h = {**HEADERS, "Authorization": f"Bearer {k}", "mcp-session-id": sid}
+        assert httpx.delete(gw.run.mcp, headers=h, timeout=10).status_code == 200
+        return answer(post(gw, call(3), k, sid), sid)
+    raise AssertionError(case)
+
+
+LANE_CASES = {"plain": 1, "string id and meta": 1, "before initialized": 1, "no arguments": 1}
+WIRE_CASES = [
+    "plain",
+    "string id and meta",
+    "missing session id",
+    "unknown session id",
+    "other principal's session",
+    "unauthenticated",
+    "bad key",
+    "malformed JSON",
+    "batch",
+    "oversized body",
+    "unknown key",
+    "unknown param",
+    "no arguments",
+    "bad id",
+    "notification",
+    "modern era header",
+    "unknown era header",
+    "sse-only accept",
+    "wrong content type",
+    "before initialized",
+    "after delete",
+]
+
+
+@pytest.mark.parametrize("case", WIRE_CASES)
+def test_every_wire_case_answers_alike_through_the_lane_and_the_sdk(gws: tuple[Gw, Gw], case: str) -> None:
+    on, off = gws
+    before = on.taken
+    got_on = wire_case(on, case)
+    taken = on.taken - before
+    got_off = wire_case(off, case)
+    assert got_on == got_off
+    assert taken == LANE_CASES.get(case, 0)  # attacks and the unusual never reach the lane
+    if case in ("plain", "string id and meta", "before initialized"):
+        assert got_on[0] == 200 and got_on[1]["content-type"] == "application/json"
+        assert got_on[1]["mcp-session-id"] == "SID" and "Echo: hi" in json.dumps(got_on[2])
+    if case in ("missing session id", "malformed JSON", "batch"):
+        assert got_on[0] == 400
+    if case in ("unknown session id", "other principal's session", "after delete"):
+        assert got_on[0] == 404
+    if case in ("unauthenticated", "bad key"):
+        assert got_on[0] == 401
+    if case == "oversized body":
+        assert got_on[0] == 413
+
+
+def test_an_id_reused_while_in_flight_gets_its_own_reply(gws: tuple[Gw, Gw]) -> None:
+    """A slow lane call with id 7, then another call with id 7 on the same session: each POST
+    gets the answer to its own request (the second goes to the SDK), none is misrouted."""
+    on, _ = gws
+    k = on.keys.admin
+    sid = open_session(on, k)
+    replies: dict[str, Any] = {}
+
+    async def main() -> None:
+        async def slow() -> None:
+            r = await anyio.to_thread.run_sync(
+                lambda: post(on, call(7, "mut__slow", {"seconds": 1.0}), k, sid)
+            )
+            replies["slow"] = r.json()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            with anyio.fail_after(10):
+                while on.lane is not None and not any(s == sid for s, _ in on.lane._in_flight):
+                    await anyio.sleep(0.01)
+            before = on.taken
+            r = await anyio.to_thread.run_sync(lambda: post(on, call(7, ECHO, {"message": "second"}), k, sid))
+            replies["echo"] = r.json()
+            replies["echo_in_lane"] = on.taken - before
+
+    anyio.run(main)
+    assert replies["echo_in_lane"] == 0  # the id was in flight in the lane: the SDK served it
+    assert replies["echo"]["id"] == 7 and "Echo: second" in json.dumps(replies["echo"])
+    assert replies["slow"]["id"] == 7 and "Echo: second" not in json.dumps(replies["slow"])
+    assert "result" in replies["slow"]
+
+
+def test_a_cancelled_lane_call_is_answered_cancelled_and_cancelled_upstream(gws: tuple[Gw, Gw]) -> None:
+    on, _ = gws
+    k = on.keys.admin
+    sid = open_session(on, k)
+    got: dict[str, Any] = {}
+
+    async def main() -> None:
+        async def slow() -> None:
+            r = await anyio.to_thread.run_sync(
+                lambda: post(on, call(11, "mut__slow", {"seconds": 20}), k, sid)
+            )
+            got["slow"] = r.json()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            with anyio.fail_after(10):
+                while on.lane is not None and (sid, 11) not in on.lane._in_flight:
+                    await anyio.sleep(0.01)
+            # another principal cannot cancel it: its session id is refused before the lane
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 11}}
+            assert post(on, cancel, on.keys.other_user, sid).status_code == 404
+            await anyio.sleep(0.2)
+            assert on.lane is not None and (sid, 11) in on.lane._in_flight
+            r = await anyio.to_thread.run_sync(lambda: post(on, cancel, k, sid))
+            got["cancel_status"] = r.status_code
+
+    anyio.run(main)
+    assert got["cancel_status"] == 202
+    assert got["slow"]["id"] == 11 and got["slow"]["error"]["code"] == -32800  # REQUEST_CANCELLED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import re
 import socket
 from typing import Any
@@ -16,7 +17,10 @@ from typing import Any
 import pytest
 from mcp import Client, types
 from mcp.server import Server, ServerRequestContext
+from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.requests import Request
 
 from gateway import compat
 from tests.conftest import ROOT
@@ -96,6 +100,38 @@ async def test_close_http_session_of_an_unknown_id_is_nothing() -> None:
     assert compat.close_http_session(manager, "no-such-session") is None
 
 
+async def test_http_session_transport_of_an_unknown_id_is_none() -> None:
+    manager = StreamableHTTPSessionManager(app=_server({}))
+    assert compat.http_session_transport(manager, "no-such-session", None) is None
+
+
+def _post(content_type: str) -> Request:
+    headers = [(b"host", b"127.0.0.1:8000"), (b"content-type", content_type.encode())]
+    return Request({"type": "http", "method": "POST", "path": "/mcp", "headers": headers})
+
+
+async def test_the_transport_reach_ins_of_the_http_fast_lane() -> None:
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=["127.0.0.1:*"], allowed_origins=[]
+    )
+    transport = StreamableHTTPServerTransport(
+        "abc", is_json_response_enabled=True, security_settings=security, idle_timeout=5
+    )
+    assert await compat.transport_admits(transport, _post("application/json"))
+    assert not await compat.transport_admits(transport, _post("text/plain"))
+    assert not compat.transport_serving(transport, "1")
+    async with transport.connect():
+        scope = transport.idle_scope
+        assert scope is not None
+        with compat.transport_busy(transport) as open_:
+            assert open_ and scope.deadline == math.inf  # held open while the lane serves
+        assert scope.deadline < math.inf  # the idle countdown restarts
+        scope.cancel()
+        with compat.transport_busy(transport) as open_:
+            assert not open_  # timed out: left to the SDK
+        await transport.terminate()
+
+
 def test_stdio_process_helpers_exist() -> None:
     for fn in (
         compat.executable_command,
@@ -127,7 +163,8 @@ def test_a_missing_attribute_is_named() -> None:
 
 # Private names of the libraries that only gateway/compat.py may use.
 _PRIVATE = re.compile(
-    r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer)\b"
+    r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer"
+    r"|_security|_request_streams|_requests_in_flight|_idle_timeout)\b"
     r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b|\b_discard_session\b"
     r"|\b_(?:create_platform_compatible_process|drain_stdout|get_executable_command|parse_line|stop_server_process|clamp_inbound_ttl|later_revision_fields)\b"
     r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock)[\"']"  # getattr(x, "_name")

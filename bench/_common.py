@@ -228,6 +228,7 @@ def write_http_gateway_config(
     max_sessions: int | None = None,
     max_connections: int | None = None,
     data_dir: Path | None = None,
+    http_fast_lane: bool = True,
 ) -> Path:
     """The ``symbi serve`` config of the HTTP benchmarks (``folder/symbi.toml``): the repo's
     ``policies.rego`` with ``principals`` (API key names) unthrottled, the signed audit log,
@@ -237,8 +238,11 @@ def write_http_gateway_config(
     if max_sessions is not None:
         http.append(f"max_sessions = {max_sessions}")
     extra = "[http]\n" + "\n".join(http) + "\n"
+    mcp = [] if http_fast_lane else ["http_fast_lane = false"]  # unset: the default (on)
     if max_connections is not None:
-        extra += f"[mcp]\nmax_concurrent_connections = {max_connections}\n"
+        mcp.append(f"max_concurrent_connections = {max_connections}")
+    if mcp:
+        extra += "[mcp]\n" + "\n".join(mcp) + "\n"
     data = bench_policy_data(folder, principals)
     return write_gateway_config(
         folder, servers, security=True, policy_data=data, extra=extra, data_dir=data_dir

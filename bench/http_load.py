@@ -11,7 +11,9 @@ Targets, interleaved (every round measures each once, the order rotating):
 * ``gateway``    ``symbi serve``: API key auth (one key per session: the default
                  ``http.max_sessions_per_principal`` of 16 stays on), the repo's Rego policy,
                  the signed audit log, ``tofu`` verification, the same server over stdio
-* ``gateway-json``      (``--json-response``) the same with ``http.json_response = true``
+* ``gateway-json``      (``--json-response``) the same with ``http.json_response = true`` (its
+                        plain ``tools/call`` POSTs served by the HTTP fast lane, ``mcp.http_fast_lane``)
+* ``gateway-json-sdk``  (``--json-response``) the same with the lane off: every request through the SDK
 * ``gateway-baseline``  (``--baseline-tree DIR``) the same gateway from another checkout
 
 The load: ``--procs`` client processes (bench/_load_client.py: plain httpx, no SDK) holding
@@ -99,17 +101,19 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
             p = stack.enter_context(proc([*cmd, "node", str(EVERYTHING_JS), "stdio"], tmp / "mcp-proxy.log"))
             wait_http(f"http://127.0.0.1:{mp}/status", {200}, timeout=180)
             out.append(Target("mcp-proxy", f"http://127.0.0.1:{mp}/mcp", "echo", none, p.pid))
-        gateways = [("gateway", ROOT, gw, False)]
+        gateways = [("gateway", ROOT, gw, False, True)]
         if args.json_response:  # the same gateway answering POSTs with JSON instead of SSE
-            gateways.append(("gateway-json", ROOT, free_port(), True))
+            gateways.append(("gateway-json", ROOT, free_port(), True, True))
+            # and with every request through the SDK (mcp.http_fast_lane = false)
+            gateways.append(("gateway-json-sdk", ROOT, free_port(), True, False))
         if args.baseline_tree is not None:  # the same gateway from another checkout (before a change)
-            gateways.append(("gateway-baseline", args.baseline_tree.resolve(), free_port(), False))
-        for name, tree, port, json_response in gateways:
+            gateways.append(("gateway-baseline", args.baseline_tree.resolve(), free_port(), False, True))
+        for name, tree, port, json_response, lane in gateways:
             folder = tmp / name
             (folder / "data").mkdir(parents=True, mode=0o700)  # its own data dir (audit chain), the same keys
             shutil.copy(tmp / "data" / "api-keys.json", folder / "data" / "api-keys.json")
             cfg = write_http_gateway_config(
-                folder, port, everything_toml("tofu"), names, json_response=json_response
+                folder, port, everything_toml("tofu"), names, json_response=json_response, http_fast_lane=lane
             )
             serve = [str(SYMBI), "serve", "--config", str(cfg)]
             env = {**gateway_env(), "PYTHONPATH": str(tree)}

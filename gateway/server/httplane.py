@@ -123,6 +123,8 @@ class HttpLane:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not self._manager.json_response:
             await self.app(scope, receive, send)
+            if scope["type"] == "http" and scope["method"] == "DELETE":
+                self._ended()
             return
         headers = Headers(scope=scope)
         sid = headers.get("mcp-session-id")
@@ -210,6 +212,14 @@ class HttpLane:
             reply = types.JSONRPCError(jsonrpc="2.0", id=dctx.request_id, error=out)
             return _json(reply.model_dump_json(by_alias=True, exclude_unset=True), sid)
         return _json(orjson.dumps({"jsonrpc": "2.0", "id": dctx.request_id, "result": out}), sid)
+
+    def _ended(self) -> None:
+        """After a DELETE: the lane calls of sessions that are gone are cancelled, as the SDK's
+        session task group cancels its handlers (their POSTs get the SDK's 500)."""
+        self._prune()
+        for (sid, _), (cancel, _) in list(self._in_flight.items()):
+            if sid not in self._connections:
+                cancel.cancel()
 
     def _cancelled(self, sid: str, body: bytes) -> None:
         try:

@@ -11,6 +11,7 @@ proves which path served each request.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,7 @@ import httpx as httpx2
 import pytest
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from gateway.audit import store
 from gateway.config.load import load_config
@@ -68,6 +70,7 @@ class Gw:
 
 def _config(tmp: Path, lane: bool) -> tuple[Path, Path]:
     require_peers()
+    os.chmod(tmp, 0o711)  # a module's folder: the unprivileged upstream user writes its record below
     record = upstream_writable(tmp) / "calls.jsonl"
     cfg = write_config(
         tmp,
@@ -144,7 +147,10 @@ async def sdk_outcomes(gw: Gw) -> list[Any]:
         out.append(shape(await s.call_tool(ECHO, {"message": 5})))  # invalid arguments
         out.append(shape(await s.call_tool("mut__read_path", {"path": "/etc/shadow"})))
         # the upstream asks the client's model: a JSON reply has no back channel (both paths)
-        out.append(shape(await s.call_tool("mut__sample", {"delay": 0})))
+        try:
+            out.append(shape(await s.call_tool("mut__sample", {"delay": 0})))
+        except MCPError as e:
+            out.append(("error", e.error.code))
         # progress has no wire in a JSON reply (both paths drop it)
         out.append(shape(await s.call_tool("mut__slow", {"seconds": 0.3}, progress_callback=on_progress)))
         out.append(list(progress))
@@ -184,7 +190,9 @@ async def test_sdk_client_cases_answer_alike_through_the_lane_and_the_sdk(gws: t
     assert got_on == got_off
     assert taken == 18  # every call went through the lane (the 8 concurrent ones included)
     assert "über ✓" in got_on[0]["content"][0]["text"]
-    assert got_on[2]["isError"] and got_on[4]["isError"]
+    assert got_on[2]["isError"] and got_on[4]["isError"]  # unknown tool; /etc/shadow denied
+    assert got_on[5][0] == "error"  # sampling: no back channel in a JSON reply (either path)
+    assert got_on[6]["content"][0]["text"] == "done"
     assert got_on[7] == []  # no progress on a JSON reply
     assert [r["content"][0]["text"] for r in got_on[9]] == [f"Echo: n{i}" for i in range(8)]
     assert got_on[10]["isError"] and not got_on[11]["isError"]
@@ -400,3 +408,46 @@ def test_a_cancelled_lane_call_is_answered_cancelled_and_cancelled_upstream(gws:
     anyio.run(main)
     assert got["cancel_status"] == 202
     assert got["slow"]["id"] == 11 and got["slow"]["error"]["code"] == -32800  # REQUEST_CANCELLED
+
+
+def _delete_during_a_slow_call(gw: Gw) -> tuple[Any, ...]:
+    k = gw.keys.admin
+    sid = open_session(gw, k)
+    got: dict[str, Any] = {}
+
+    def count(what: str) -> int:
+        return gw.record.read_text().count(what) if gw.record.exists() else 0
+
+    started, cancelled = count('"slow"'), count("slow_cancelled")
+
+    async def main() -> None:
+        async def slow() -> None:
+            r = await anyio.to_thread.run_sync(
+                lambda: post(gw, call(12, "mut__slow", {"seconds": 20}), k, sid)
+            )
+            got["slow"] = answer(r, sid)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            with anyio.fail_after(10):  # the call reached the upstream
+                while count('"slow"') == started:
+                    await anyio.sleep(0.02)
+            h = {**HEADERS, "Authorization": f"Bearer {k}", "mcp-session-id": sid}
+            r = await anyio.to_thread.run_sync(lambda: httpx.delete(gw.run.mcp, headers=h, timeout=10))
+            assert r.status_code == 200
+            with anyio.fail_after(10):  # the gateway cancelled the upstream call
+                while count("slow_cancelled") == cancelled:
+                    await anyio.sleep(0.02)
+
+    anyio.run(main)
+    return tuple(got["slow"])
+
+
+def test_a_session_closed_during_a_lane_call_ends_it_as_the_sdk_does(gws: tuple[Gw, Gw]) -> None:
+    on, off = gws
+    before = on.taken
+    got_on = _delete_during_a_slow_call(on)
+    assert on.taken - before == 1
+    got_off = _delete_during_a_slow_call(off)
+    assert got_on == got_off
+    assert got_on[0] == 500 and got_on[2]["error"]["code"] == types.INTERNAL_ERROR

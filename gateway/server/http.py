@@ -91,6 +91,7 @@ class HttpState:
     cookie_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     # why the gateway's lifespan ended while the HTTP server still runs (None: it runs)
     stopped: str | None = None
+    lane: HttpLane | None = None  # the tools/call fast lane (mcp.http_fast_lane, JSON replies)
 
     @property
     def gateway(self) -> Gateway | None:
@@ -193,6 +194,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     app.state.symbi = state
     app.state.agent_socket = agent_socket
     app.state.http_lane = lane
+    state.lane = lane
     _add_middleware(app, state, manager, settings)
     return app
 
@@ -225,6 +227,8 @@ def _lifespan(
             # a revoked API key's sessions are closed (their slots freed, their agents ended)
             # within a second or two
             def end_agents(sid: str) -> None:
+                if state.lane is not None:  # its lane calls too
+                    state.lane.session_closed(sid)
                 if state.gateway is not None:
                     state.gateway.runtime.close_session(
                         http_session_key(sid), "shutdown: its API key was revoked"

@@ -214,12 +214,17 @@ class HttpLane:
         return _json(orjson.dumps({"jsonrpc": "2.0", "id": dctx.request_id, "result": out}), sid)
 
     def _ended(self) -> None:
-        """After a DELETE: the lane calls of sessions that are gone are cancelled, as the SDK's
-        session task group cancels its handlers (their POSTs get the SDK's 500)."""
+        """After a DELETE (or a revoked key's sessions closed): the lane calls of sessions that
+        are gone are cancelled, as the SDK's session task group cancels its handlers (their
+        POSTs get the SDK's 500)."""
         self._prune()
         for (sid, _), (cancel, _) in list(self._in_flight.items()):
             if sid not in self._connections:
                 cancel.cancel()
+
+    def session_closed(self, sid: str) -> None:
+        """The gateway closed session ``sid`` itself (its API key was revoked)."""
+        self._ended()
 
     def _cancelled(self, sid: str, body: bytes) -> None:
         try:

@@ -410,8 +410,10 @@ def test_a_cancelled_lane_call_is_answered_cancelled_and_cancelled_upstream(gws:
     assert got["slow"]["id"] == 11 and got["slow"]["error"]["code"] == -32800  # REQUEST_CANCELLED
 
 
-def _delete_during_a_slow_call(gw: Gw) -> tuple[Any, ...]:
-    k = gw.keys.admin
+def _close_during_a_slow_call(gw: Gw, how: str) -> tuple[Any, ...]:
+    """A slow call, then its session closed: by the client (DELETE) or by the gateway (its
+    API key revoked: the sweep closes the key's sessions)."""
+    k, rec = gw.keys.store.create(f"dave-{how}", ("admin", "developer"))
     sid = open_session(gw, k)
     got: dict[str, Any] = {}
 
@@ -432,9 +434,12 @@ def _delete_during_a_slow_call(gw: Gw) -> tuple[Any, ...]:
             with anyio.fail_after(10):  # the call reached the upstream
                 while count('"slow"') == started:
                     await anyio.sleep(0.02)
-            h = {**HEADERS, "Authorization": f"Bearer {k}", "mcp-session-id": sid}
-            r = await anyio.to_thread.run_sync(lambda: httpx.delete(gw.run.mcp, headers=h, timeout=10))
-            assert r.status_code == 200
+            if how == "delete":
+                h = {**HEADERS, "Authorization": f"Bearer {k}", "mcp-session-id": sid}
+                r = await anyio.to_thread.run_sync(lambda: httpx.delete(gw.run.mcp, headers=h, timeout=10))
+                assert r.status_code == 200
+            else:
+                assert gw.keys.store.revoke(rec.id)
             with anyio.fail_after(10):  # the gateway cancelled the upstream call
                 while count("slow_cancelled") == cancelled:
                     await anyio.sleep(0.02)
@@ -443,11 +448,12 @@ def _delete_during_a_slow_call(gw: Gw) -> tuple[Any, ...]:
     return tuple(got["slow"])
 
 
-def test_a_session_closed_during_a_lane_call_ends_it_as_the_sdk_does(gws: tuple[Gw, Gw]) -> None:
+@pytest.mark.parametrize("how", ["delete", "revoke"])
+def test_a_session_closed_during_a_lane_call_ends_it_as_the_sdk_does(gws: tuple[Gw, Gw], how: str) -> None:
     on, off = gws
     before = on.taken
-    got_on = _delete_during_a_slow_call(on)
+    got_on = _close_during_a_slow_call(on, how)
     assert on.taken - before == 1
-    got_off = _delete_during_a_slow_call(off)
+    got_off = _close_during_a_slow_call(off, how)
     assert got_on == got_off
     assert got_on[0] == 500 and got_on[2]["error"]["code"] == types.INTERNAL_ERROR

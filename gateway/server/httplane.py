@@ -148,7 +148,11 @@ class HttpLane:
         if transport is None or transport.is_terminated or not transport.is_json_response_enabled:
             return False
         request = Request(scope, receive)
-        if not check_accept_headers(request)[0] or not await transport_admits(transport, request):
+        if (
+            not check_accept_headers(request)[0]
+            or not _json_content(request)
+            or not await transport_admits(transport, request)
+        ):
             return False  # the SDK's refusal, from the SDK
         if b"notifications/cancelled" in body:
             self._cancelled(sid, body)  # and the SDK gets it too
@@ -239,6 +243,12 @@ class HttpLane:
         if entry is not None:
             entry[1].cancel_requested.set()
             entry[0].cancel()
+
+
+def _json_content(request: Request) -> bool:
+    # the transport's own Content-Type test (``_check_content_type``), stricter than its security check
+    content_type = request.headers.get("content-type", "")
+    return _CONTENT_TYPE_JSON in (part.strip() for part in content_type.split(";")[0].split(","))
 
 
 def _json(body: str | bytes, sid: str, status: int = 200) -> Response:

@@ -289,6 +289,8 @@ def wire_case(gw: Gw, case: str) -> tuple[Any, ...]:
         return answer(post(gw, call(3), k, sid, Accept="text/event-stream"), sid)
     if case == "wrong content type":
         return answer(post(gw, call(3), k, sid, **{"Content-Type": "text/plain"}), sid)
+    if case == "json-ish content type":
+        return answer(post(gw, call(3), k, sid, **{"Content-Type": "application/jsonx"}), sid)
     if case == "before initialized":
         sid2 = open_session(gw, k, initialized=False)
         return answer(post(gw, call(3), k, sid2), sid2)
@@ -320,6 +322,7 @@ WIRE_CASES = [
     "unknown era header",
     "sse-only accept",
     "wrong content type",
+    "json-ish content type",
     "before initialized",
     "after delete",
 ]

@@ -176,7 +176,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
 
     endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
     lane: HttpLane | None = None
-    if config.mcp.http_fast_lane:  # plain tools/call answered by the gateway itself (JSON replies)
+    if config.mcp.http_fast_lane and config.http.json_response:  # plain tools/call answered by the gateway
         lane = HttpLane(endpoint, server, manager)
         server.middleware.append(lane.capture)
         endpoint = lane

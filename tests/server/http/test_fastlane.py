@@ -30,6 +30,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.audit import store
 from gateway.config.load import load_config
+from gateway.server.http import build_app
 from gateway.server.httplane import HttpLane
 from tests.conftest import EVERYTHING_JS, POLICY, require_peers, upstream_writable, write_config
 from tests.server.http.conftest import Keys, Running, bearer, make_keys, policy_data, run_server
@@ -113,6 +114,10 @@ def gws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gw, Gw]]:
 def test_the_switch_wires_the_lane(gws: tuple[Gw, Gw]) -> None:
     on, off = gws
     assert isinstance(on.lane, HttpLane) and off.lane is None
+    # SSE replies: every request through the SDK (the lane answers JSON only)
+    cfg = load_config(on.cfg)
+    sse = cfg.model_copy(update={"http": cfg.http.model_copy(update={"json_response": False})})
+    assert build_app(sse).state.http_lane is None
 
 
 # -- through the SDK client ------------------------------------------------------------------

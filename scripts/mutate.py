@@ -252,6 +252,7 @@ GROUPS: tuple[Group, ...] = (
             "tests/bus/test_authorization.py",
             "tests/bus/test_quotas.py",
             "tests/bus/test_gateway_bus.py",
+            "tests/bus/test_bus_policy_input.py",
             *(
                 f"tests/bus/test_core.py::test_{t}[embedded]"
                 for t in (

@@ -254,6 +254,17 @@ GROUPS: tuple[Group, ...] = (
             "tests/bus/test_gateway_bus.py",
             "tests/bus/test_bus_policy_input.py",
             *(
+                f"tests/bus/test_keys_and_wire.py::test_{t}"
+                for t in (
+                    "a_pair_key_is_derived_as_documented_and_bound_to_both_agents",
+                    "a_re_keyed_agent_gets_a_new_pair_key_the_old_keys_cannot_open",
+                    "a_forgotten_agents_stored_keys_are_gone_after_a_restart",
+                    "an_agent_whose_id_never_comes_back_is_marked_not_stored",
+                    "a_stored_message_has_the_documented_header_and_signed_bytes[embedded]",
+                    "a_stored_header_that_is_not_a_version_1_list_is_refused_as_malformed",
+                )
+            ),
+            *(
                 f"tests/bus/test_core.py::test_{t}[embedded]"
                 for t in (
                     "direct_in_order_exactly_once",

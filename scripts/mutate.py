@@ -264,6 +264,8 @@ GROUPS: tuple[Group, ...] = (
                     "a_stored_header_that_is_not_a_version_1_list_is_refused_as_malformed",
                 )
             ),
+            "tests/bus/test_peers_and_rejections.py",  # both backends: 28 tests, about 4 s
+            "tests/bus/test_core.py::test_names_resolve_through_the_directory_and_cannot_be_rebound[redis]",
             *(
                 f"tests/bus/test_core.py::test_{t}[embedded]"
                 for t in (

@@ -52,6 +52,22 @@ _TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=True)
 _SHUTDOWN_S = 1.0
 
 
+def cancelled_id(raw: bytes) -> types.RequestId | None:
+    """The request id a ``notifications/cancelled`` message names (None: not one, or unparsable).
+
+    Both lanes look at every notification for this: the SDK still gets the message, the lane
+    cancels its own call of that id."""
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(msg, dict) or msg.get("method") != "notifications/cancelled" or "id" in msg:
+        return None
+    params = msg.get("params")
+    rid = cancelled_request_id_from_params(params if isinstance(params, dict) else None)
+    return coerce_request_id(rid) if rid is not None else None
+
+
 class LaneDispatch:
     """The ``DispatchContext`` of one lane request: what the SDK's dispatcher gives a handler
     (server->client requests and notifications over the connection's channel, progress against
@@ -190,15 +206,8 @@ class StdioLane:
         return True
 
     def _cancelled(self, line: bytes) -> None:
-        try:
-            msg = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(msg, dict) or msg.get("method") != "notifications/cancelled" or "id" in msg:
-            return
-        params = msg.get("params")
-        rid = cancelled_request_id_from_params(params if isinstance(params, dict) else None)
-        entry = self._in_flight.get(coerce_request_id(rid)) if rid is not None else None
+        rid = cancelled_id(line)
+        entry = self._in_flight.get(rid) if rid is not None else None
         if entry is not None:
             entry[1].cancel_requested.set()
             entry[0].cancel()

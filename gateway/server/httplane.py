@@ -38,7 +38,6 @@ from mcp.server.streamable_http import REQUEST_CANCELLED, check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.dispatcher import CallOptions, coerce_request_id
 from mcp.shared.exceptions import NoBackChannelError
-from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -55,7 +54,7 @@ from gateway.compat import (
     transport_busy,
     transport_serving,
 )
-from gateway.server.fastlane import LaneDispatch, plain_call, run_call
+from gateway.server.fastlane import LaneDispatch, cancelled_id, plain_call, run_call
 
 _logger = logging.getLogger("symbi.server.httplane")
 
@@ -231,15 +230,8 @@ class HttpLane:
         self._ended()
 
     def _cancelled(self, sid: str, body: bytes) -> None:
-        try:
-            msg = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(msg, dict) or msg.get("method") != "notifications/cancelled" or "id" in msg:
-            return
-        params = msg.get("params")
-        rid = cancelled_request_id_from_params(params if isinstance(params, dict) else None)
-        entry = self._in_flight.get((sid, coerce_request_id(rid))) if rid is not None else None
+        rid = cancelled_id(body)
+        entry = self._in_flight.get((sid, rid)) if rid is not None else None
         if entry is not None:
             entry[1].cancel_requested.set()
             entry[0].cancel()

@@ -963,8 +963,9 @@ def default_cost(data: dict[str, dict[str, Any]]) -> str:
         f"Default `make mutate`: {total} CPU-seconds ({', '.join(parts)}): {total / 120:.0f} min of wall"
         " time on this 2-core machine when idle if the runs were CPU-bound. That is a lower bound: the"
         " tests' waits (request timeouts, sleeps, container starts) and the containers' own CPU (run by"
-        " dockerd, not counted) add to it, most in sandbox-limits, whose last whole run took 18 min on"
-        " the loaded machine. Not timed end to end on an idle machine."
+        " dockerd, not counted) add to it: the policy group's cache-defeating mutants wait for their"
+        " timeouts, sandbox-limits for its containers. The README's Mutation score section gives the"
+        " last run of the whole default timed end to end."
     )
 
 

@@ -214,3 +214,29 @@ def test_store_and_recall_reach_the_callers_own_memory(memory: tuple[MemoryBuilt
     got = anyio.run(b.call, _tool(B, "recall", query="note", types=["long_term"]))
     assert got.structured_content is not None
     assert [i["text"] for i in got.structured_content["items"]] == ["bob's note"]
+
+
+def test_ending_a_task_is_asked_as_a_write_to_the_callers_working_memory(tmp_path: Path) -> None:
+    """The access check of end_task names the memory type it clears: a site policy that lets an
+    agent write only its working memory must let it end its task (a survivor of _end_task)."""
+    (tmp_path / "w.rego").write_text(
+        "package symbi\nimport rego.v1\n"
+        'allow if { input.kind == "context/write"; input.memory.owner == input.agent.id;'
+        ' input.memory.memory_type == "working" }\n'
+        'decision := {"allow": allow, "reasons": [], "conditions": {}} if allow\n'
+        'else := {"allow": false, "reasons": ["no"], "conditions": {}}\n'
+    )
+    engine = EmbeddedEngine(PolicyFiles(policy=tmp_path / "w.rego"))
+    assert engine.load()
+    emb = HashingEmbedder(64)
+    spec = CollectionSpec("mem", emb.dimension, emb.id)
+    m = ContextManager(lambda: EdgeStore(spec, tmp_path / "v"), lambda: emb, clock=Clock())
+    try:
+        m.store_context("agent-a", AgentContext("alice's step", "working", task="t1"))
+        b = MemoryBuiltin(MemoryService(m, MemoryAccess(engine, Recorder())))
+        r = anyio.run(b.call, _tool(A, "end_task", task="t1"))
+        assert r.structured_content == {"task": "t1", "cleared": 1}
+        with pytest.raises(PolicyDenied):  # the same policy: nothing but working memory
+            anyio.run(b.call, _tool(A, "store", text="a plan", type="long_term"))
+    finally:
+        m.close()

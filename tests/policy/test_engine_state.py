@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gateway.errors import PolicyLoadError
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyBundle, PolicyFiles
 from tests.policy.conftest import RecordingSink
@@ -111,3 +112,33 @@ def test_a_collected_engine_leaves_no_regorus_engine_on_the_threads_it_decided_o
     assert other.decide({}).allow is False  # this thread's next decision drops what the dead engine left
     # the leak is only visible in the slots (a regorus engine holds no weak reference)
     assert number not in engine_mod._thread_slots() and other._number in engine_mod._thread_slots()
+
+
+def test_status_names_the_engine_the_policy_file_and_the_digest_in_force(tmp_path: Path) -> None:
+    """What `symbi policy status`, /readyz and the admin API show (survivors of status())."""
+    eng = _engine(tmp_path, ALLOW)
+    st = eng.status()
+    assert eng.bundle is not None
+    assert (st["engine"], st["policy"], st["digest"]) == (
+        eng.name,
+        str(tmp_path / "p.rego"),
+        eng.bundle.digest,
+    )
+    assert isinstance(st["digest"], str) and st["digest"]
+
+
+def test_status_after_a_failed_start_has_no_digest(tmp_path: Path) -> None:
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    assert eng.load() is False
+    st = eng.status()
+    assert st["loaded"] is False and st["digest"] is None and st["policy"] == str(tmp_path / "p.rego")
+
+
+def test_status_reports_a_refused_broadcast_while_the_old_policy_stays(tmp_path: Path) -> None:
+    """A policy another replica published that failed the checks here is shown as refused."""
+    eng = _engine(tmp_path, ALLOW)
+    digest = eng.status()["digest"]
+    eng.refuse_broadcast(7, "d" * 64, "replica-2", PolicyLoadError("unsafe builtin", location="p.rego:3:1"))
+    st = eng.status()
+    assert st["refused"]["version"] == 7 and st["refused"]["publisher"] == "replica-2"
+    assert st["digest"] == digest and eng.decide({}).allow is True

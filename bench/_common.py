@@ -156,6 +156,74 @@ def gateway_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
 
 
+# Prints the dotted config keys a checkout's ``gateway.config.model.Config`` accepts (tables
+# too; a dict of tables such as ``servers`` as ``servers.*``), run with that checkout's code.
+_KEYS_SCRIPT = """
+import json, typing
+from pydantic import BaseModel
+from gateway.config.model import Config
+out = []
+def walk(model, prefix):
+    for name, f in model.model_fields.items():
+        key = prefix + name
+        out.append(key)
+        ann = f.annotation
+        args = [a for a in typing.get_args(ann) if isinstance(a, type)]
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            walk(ann, key + ".")
+        elif typing.get_origin(ann) is dict and args and issubclass(args[-1], BaseModel):
+            out.append(key + ".*")
+            walk(args[-1], key + ".*.")
+walk(Config, "")
+print(json.dumps(out))
+"""
+_ACCEPTED: dict[Path, frozenset[str]] = {}
+
+
+def accepted_keys(tree: Path) -> frozenset[str]:
+    """The config keys the gateway in checkout ``tree`` accepts (asked of that tree's code)."""
+    tree = tree.resolve()
+    if tree not in _ACCEPTED:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        out = subprocess.run(
+            [sys.executable, "-c", _KEYS_SCRIPT],
+            env=env,
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        _ACCEPTED[tree] = frozenset(json.loads(out.stdout))
+    return _ACCEPTED[tree]
+
+
+def keep_accepted(text: str, accepted: frozenset[str]) -> tuple[str, list[str]]:
+    """``text`` (TOML of ``[table]`` headers and ``key = value`` lines) without the tables and
+    keys outside ``accepted``; returns the text and the dotted keys it dropped. A table of a dict
+    (``[servers.NAME]``) is checked as ``servers.*``."""
+    kept, dropped, table, skip = [], [], "", False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            table = stripped.strip("[]").strip()
+            parts = table.split(".")
+            generic = ".".join(
+                p if f"{'.'.join(parts[:i])}.*" not in accepted else "*" for i, p in enumerate(parts)
+            )
+            skip = table not in accepted and generic not in accepted
+            table = generic
+            if skip:
+                dropped.append(table)
+        elif "=" in stripped and not stripped.startswith("#") and not skip:
+            key = stripped.split("=", 1)[0].strip()
+            if f"{table}.{key}" not in accepted:
+                dropped.append(f"{table}.{key}")
+                continue
+        if not skip:
+            kept.append(line)
+    return "\n".join(kept) + "\n", dropped
+
+
 def write_gateway_config(
     folder: Path,
     servers: str,
@@ -166,12 +234,15 @@ def write_gateway_config(
     policy_data: Path | None = None,
     extra: str = "",
     data_dir: Path | None = None,
+    tree: Path | None = None,
 ) -> Path:
     """A ``symbi.toml`` in ``folder`` with ``servers`` (TOML text) as its only upstreams.
 
     ``security=False`` turns policy and audit off explicitly, to measure the forwarding core;
     ``security=True`` keeps the defaults (policy from ``policies.rego`` with ``policy_data``
     or the repo's ``policies/data.json``, signed audit log). ``principal`` is the stdio caller.
+    ``tree``: the config is for the gateway of that checkout (``--baseline-tree``): keys its
+    config refuses (newer than it, e.g. ``mcp.stdio_fast_lane``) are left out, and said on stderr.
     """
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -189,6 +260,10 @@ def write_gateway_config(
     else:
         lines += ["[security]", "enforce_policies = false", "audit_enabled = false"]
     text = "\n".join(lines) + "\n" + extra + "\n" + servers + "\n"
+    if tree is not None:
+        text, dropped = keep_accepted(text, accepted_keys(tree))
+        if dropped:
+            print(f"{folder.name}: {tree} does not know {', '.join(dropped)}: left out", file=sys.stderr)
     path = folder / "symbi.toml"
     path.write_text(text)
     return path
@@ -215,6 +290,20 @@ def bench_policy_data(folder: Path, principal: str | Sequence[str], extra_tools:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "policy-data.json"
     path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def baseline_policy_data(folder: Path, tree: Path) -> Path:
+    """Checkout ``tree``'s own ``policies/data.json`` with the bench principal ``bench``
+    unthrottled, for that tree's ``policies.rego`` (an older gateway may not give this tree's
+    policy the input it reads). Both layouts of the principals are handled (flat, or by source)."""
+    data = json.loads((tree / "policies" / "data.json").read_text())
+    principals = data["symbi_data"]["principals"]
+    entry = {"roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0}
+    (principals["stdio"] if "stdio" in principals else principals)["bench"] = entry
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "policy-data.json"
+    path.write_text(json.dumps(data))
     return path
 
 

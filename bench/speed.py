@@ -57,6 +57,7 @@ from bench._common import (
     ROOT,
     SYMBI,
     CallStats,
+    baseline_policy_data,
     bench_policy_data,
     everything_toml,
     gateway_env,
@@ -128,6 +129,7 @@ def stdio_targets(tmp: Path, baseline: Path | None, sdk_front: bool = False) -> 
             _everything("off"),
             security=False,
             extra='[mcp]\ntool_verification = "off"\n',
+            tree=baseline,
         )
         env = {**gateway_env(), "PYTHONPATH": str(baseline)}
         out["gateway_secure_baseline"] = (
@@ -151,19 +153,10 @@ def _baseline_secure_config(folder: Path, baseline: Path) -> Path:
     """The secure gateway's config for ``--baseline-tree``: that tree's own ``policies.rego``
     and ``policies/data.json`` (plus the bench principal), since an older gateway may not give
     the policy of this tree the input it reads (every call would be denied and measured as a
-    denial). Both layouts of the principals' data are handled (flat, or by source)."""
-    data = json.loads((baseline / "policies" / "data.json").read_text())
-    principals = data["symbi_data"]["principals"]
-    entry = {"roles": ["developer"], "rate_limit": 10**9, "max_calls_per_hour": 0}
-    if "stdio" in principals:
-        principals["stdio"]["bench"] = entry
-    else:
-        principals["bench"] = entry
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "policy-data.json"
-    path.write_text(json.dumps(data))
+    denial); keys that tree does not know are left out."""
+    path = baseline_policy_data(folder, baseline)
     cfg = write_gateway_config(
-        folder, _everything("tofu"), security=True, principal="bench", policy_data=path
+        folder, _everything("tofu"), security=True, principal="bench", policy_data=path, tree=baseline
     )
     text = cfg.read_text().replace(f'"{ROOT / "policies.rego"}"', f'"{baseline / "policies.rego"}"')
     cfg.write_text(text)

@@ -11,6 +11,9 @@ gateway process's own CPU (``/proc/PID/stat`` utime + stime, the upstream not in
 the calls it served: ``cpu_us_per_call``, medians over rounds, and each lane's ratio to its
 SDK twin round by round (below 1: the lane costs less). Wall-clock p50 and calls/s are printed
 too; on a loaded machine they measure the scheduler. Every reply is checked.
+``--baseline-tree DIR`` adds ``secure_base`` / ``off_base`` (the same gateways run from another
+checkout, the lane on where that tree has it) and ``lane_vs_baseline_tree`` (this tree's lane
+gateways over them, round by round).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from bench._common import (
     EVERYTHING_JS,
     ROOT,
     SYMBI,
+    baseline_policy_data,
     bench_policy_data,
     concurrent_calls,
     gateway_env,
@@ -55,25 +59,36 @@ def _everything(verification: str) -> str:
     )
 
 
-def configs(tmp: Path) -> dict[str, Path]:
+def configs(tmp: Path, baseline: Path | None = None) -> dict[str, Path]:
+    """Each gateway's config; with ``baseline`` also ``secure_base`` / ``off_base``, the lane
+    as that checkout has it (a tree older than the lane does not know its key: left out)."""
     data = bench_policy_data(tmp / "policy", "bench", [])
     out = {}
-    for lane in (True, False):
+    kinds: list[tuple[str, bool, Path | None]] = [("lane", True, None), ("sdk", False, None)]
+    if baseline is not None:
+        kinds.append(("base", True, baseline))
+    for tag, lane, tree in kinds:
         flag = f"stdio_fast_lane = {'true' if lane else 'false'}\n"
-        tag = "lane" if lane else "sdk"
         out[f"secure_{tag}"] = write_gateway_config(
             tmp / f"secure_{tag}",
             _everything("tofu"),
             security=True,
             principal="bench",
-            policy_data=data,
+            policy_data=baseline_policy_data(tmp / "policy_base", tree) if tree else data,
             extra="[mcp]\n" + flag,
+            tree=tree,
         )
+        if tree is not None:  # that tree's own policy file, which its gateway's input fits
+            cfg = out[f"secure_{tag}"]
+            cfg.write_text(
+                cfg.read_text().replace(f'"{ROOT / "policies.rego"}"', f'"{tree / "policies.rego"}"')
+            )
         out[f"off_{tag}"] = write_gateway_config(
             tmp / f"off_{tag}",
             _everything("off"),
             security=False,
             extra='[mcp]\ntool_verification = "off"\n' + flag,
+            tree=tree,
         )
     return out
 
@@ -106,15 +121,20 @@ def expected(msg: str) -> str:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-stdio-cpu-"))
-    cfgs = configs(tmp)
+    cfgs = configs(tmp, args.baseline_tree)
     names = list(cfgs)
     rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     errors = 0
     async with AsyncExitStack() as stack:
-        sessions, pids, seen = {}, {}, set()
+        sessions: dict[str, Any] = {}
+        pids: dict[str, int] = {}
+        seen: set[int] = set()
         for name, cfg in cfgs.items():
+            env, cwd = gateway_env(), ROOT
+            if name.endswith("_base"):
+                env, cwd = {**env, "PYTHONPATH": str(args.baseline_tree)}, args.baseline_tree
             sessions[name] = await stack.enter_async_context(
-                stdio_session(str(SYMBI), ["mcp", "--config", str(cfg)], gateway_env(), cwd=ROOT)
+                stdio_session(str(SYMBI), ["mcp", "--config", str(cfg)], env, cwd=cwd)
             )
             pids[name] = gateway_pid(seen)
         for r in range(args.rounds):
@@ -162,6 +182,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         for kind in ("secure", "off")
     }
+    if args.baseline_tree is not None:  # this tree's gateways over the baseline tree's, round by round
+        out["lane_vs_baseline_tree"] = {
+            kind: {
+                k: round(
+                    median(
+                        [a[k] / b[k] for a, b in zip(rows[f"{kind}_lane"], rows[f"{kind}_base"], strict=True)]
+                    ),
+                    3,
+                )
+                for k in ("cpu_us_per_call", "p50_ms", "calls_per_s")
+            }
+            for kind in ("secure", "off")
+        }
+        out["baseline_tree"] = str(args.baseline_tree)
     out["errors"] = errors
     return out
 
@@ -172,7 +206,15 @@ def main() -> int:
     p.add_argument("--sequential", type=int, default=200)
     p.add_argument("--callers", type=int, default=8)
     p.add_argument("--per-caller", type=int, default=50)
+    p.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="also secure_base / off_base: the same gateways run from this checkout (before a change)",
+    )
     args = p.parse_args()
+    if args.baseline_tree is not None:
+        args.baseline_tree = args.baseline_tree.resolve()
     out = anyio.run(run, args)
     print(json.dumps(out, indent=2))
     return 1 if out["errors"] else 0

@@ -1,0 +1,57 @@
+"""bench/_common.write_gateway_config for another checkout (``--baseline-tree``): keys that
+tree's config refuses are left out, keys it knows are kept, and the result loads. The older
+tree is this one's key set minus the lane switches (a real older checkout is not in a fresh
+clone); the key set itself is asked of this tree's real config model in a subprocess."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import _common
+from bench._common import ROOT, accepted_keys, keep_accepted, write_gateway_config
+from gateway.config.load import load_config
+from gateway.errors import ConfigError
+
+SERVERS = '[servers.everything]\ncommand = "node"\nargs = ["x.js"]\nverification = "off"\n'
+EXTRA = '[mcp]\ntool_verification = "off"\nstdio_fast_lane = false\n'
+
+
+def test_this_trees_keys_include_tables_keys_and_dict_entries() -> None:
+    keys = accepted_keys(ROOT)
+    assert {
+        "mcp",
+        "mcp.stdio_fast_lane",
+        "gateway.stdio_principal.id",
+        "servers.*",
+        "servers.*.verification",
+    } <= keys
+    assert "mcp.no_such_key" not in keys
+
+
+def test_unknown_keys_and_tables_are_dropped_known_ones_kept() -> None:
+    older = accepted_keys(ROOT) - {"mcp.stdio_fast_lane", "sandbox"}
+    text = "[sandbox]\ncode_tools = false\n" + EXTRA + SERVERS
+    kept, dropped = keep_accepted(text, frozenset(older))
+    assert dropped == ["sandbox", "mcp.stdio_fast_lane"]
+    assert "stdio_fast_lane" not in kept and "code_tools" not in kept
+    assert 'tool_verification = "off"' in kept and 'verification = "off"' in kept
+
+
+def test_config_for_an_older_tree_leaves_out_what_it_refuses_and_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = write_gateway_config(tmp_path / "full", SERVERS, extra=EXTRA)
+    assert "stdio_fast_lane" in full.read_text()
+    older = frozenset(accepted_keys(ROOT) - {"mcp.stdio_fast_lane"})
+    monkeypatch.setitem(_common._ACCEPTED, tmp_path.resolve(), older)  # tmp_path stands for an older tree
+    cfg = write_gateway_config(tmp_path / "old", SERVERS, extra=EXTRA, tree=tmp_path)
+    assert "stdio_fast_lane" not in cfg.read_text()
+    loaded = load_config(cfg, {})
+    assert loaded.mcp.tool_verification == "off" and loaded.servers["everything"].verification == "off"
+    # an unknown key is what an older tree's loader refuses (its model forbids extras)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(full.read_text().replace("stdio_fast_lane = false", "stdio_fast_lane_x = false"))
+    with pytest.raises(ConfigError):
+        load_config(bad, {})

@@ -49,7 +49,7 @@ from gateway.audit.startup import (
     register_key,
     take_lock,
 )
-from gateway.audit.writer import Writer
+from gateway.audit.writer import WAL_CHECKPOINT_PAGES, Writer
 from gateway.custody import create_private
 from gateway.errors import AuditError
 
@@ -71,6 +71,8 @@ class AuditLog:
         batch_max: most events committed in one transaction.
         on_failure: ``"deny"`` raises ``AuditError`` when events cannot be made durable;
             ``"warn"`` logs the failure and carries on.
+        wal_checkpoint_pages: the writer checkpoints the WAL (off the acknowledgement path) once
+            about this many pages were written since the last checkpoint (``Writer``).
 
     Raises:
         AuditError: the log or key cannot be opened, another process holds the log, or the key
@@ -88,6 +90,7 @@ class AuditLog:
         pinned_keys: tuple[str, ...] = (),
         checkpoint_export: Path | None = None,
         archive_dir: Path | None = None,
+        wal_checkpoint_pages: int = WAL_CHECKPOINT_PAGES,
     ) -> None:
         self.path = Path(path)
         self.key_path = Path(key_path)
@@ -134,6 +137,7 @@ class AuditLog:
             self.batch_max,
             on_failure,
             self.checkpoint_export,
+            wal_checkpoint_pages=max(1, int(wal_checkpoint_pages)),
         )
         self._thread = threading.Thread(target=self._writer.run, name="symbi-audit-writer", daemon=True)
         self._thread.start()

@@ -35,6 +35,13 @@ from gateway.errors import AuditError
 
 _logger = logging.getLogger("symbi.audit")
 
+# The writer checkpoints the WAL itself, after the waiters are woken, once about this many pages
+# were written; SQLite's own autocheckpoint would run inside a COMMIT, before the acknowledgement.
+# A small WAL is rewritten in place from its start after each checkpoint: an fdatasync of pages
+# over existing blocks skips the file-size journal commit an append needs (on ext4 here about
+# 0.08 ms less per commit than appending to a growing WAL). 256 pages: 1 MiB.
+WAL_CHECKPOINT_PAGES = 256
+
 
 @dataclass(eq=False)
 class Writer:
@@ -55,6 +62,12 @@ class Writer:
     # how long fire-and-forget events wait for an awaited one to share its commit (_next_batch)
     linger_s: float = 0.005
     broken: AuditError | None = None
+    # WAL pages (estimated) written since the writer last checkpointed the WAL (_checkpoint_wal)
+    wal_pages: int = 0
+    wal_checkpoint_pages: int = WAL_CHECKPOINT_PAGES
+
+    def __post_init__(self) -> None:
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
 
     def drain_after_close(self) -> None:
         """Commit events that raced past ``_closed`` into the queue behind the close marker."""
@@ -75,8 +88,8 @@ class Writer:
         while True:
             batch = self._next_batch()
             events = [it for it in batch if it.kind == "event"]
-            if events:
-                self.commit_events(events)
+            if events and self.commit_events(events):
+                self._checkpoint_wal()
             control = batch[-1] if batch[-1].kind != "event" else None
             if control is None:
                 continue
@@ -156,6 +169,9 @@ class Writer:
             return False
         old = self.seq
         self.seq, self.head = seq, prev
+        # pages this commit wrote to the WAL: the rows' (about 200 bytes of columns besides the
+        # details each), the timestamp index's and the anchor's
+        self.wal_pages += 3 + sum(len(r[6]) + 200 for r in rows) // 4096
         for row, it in zip(rows, events, strict=True):
             if it.future is not None:
                 resolve(it.future, row[0])
@@ -166,6 +182,18 @@ class Writer:
             except OSError as e:  # the in-database anchor still covers this batch
                 _logger.error("audit checkpoint file not written: %s", e)
         return True
+
+    def _checkpoint_wal(self) -> None:
+        """Copy the WAL into the database once it holds ``wal_checkpoint_pages`` (PASSIVE: never
+        waits for a reader; a reader's snapshot only delays the WAL's restart). The events are
+        already durable in the WAL: a failure here loses nothing and is retried later."""
+        if self.wal_pages < self.wal_checkpoint_pages:
+            return
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.wal_pages = 0
+        except sqlite3.Error as e:
+            _logger.warning("audit WAL checkpoint of %s failed (retried later): %s", self.path, e)
 
     def _anchor(self, seq: int, head: str) -> store.Anchor:
         sig = base64.b64encode(self.key.sign(anchor_message(seq, head))).decode("ascii")

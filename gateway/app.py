@@ -317,7 +317,7 @@ class Gateway:
         allowed = {
             t.name
             for t in await afilter_listing(
-                self.policy, principal, infos, counters=self.counters, agent=self.agents.info(principal.agent)
+                self.policy, principal, infos, agent=self.agents.info(principal.agent)
             )
         }
         return [e for e in entries if e.info.name in allowed]

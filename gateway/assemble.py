@@ -122,7 +122,7 @@ def chain_steps(
         steps.append(AuditStep(audit, observe=metrics.observe_audit_write if metrics is not None else None))
     if runtime is not None:
         steps.append(AgentStep(runtime))
-    steps += [ResolveTool(catalog, policy, counters), VerifyTool(), ValidateArguments()]  # hidden = unknown
+    steps += [ResolveTool(catalog, policy), VerifyTool(), ValidateArguments()]  # hidden = unknown
     if policy is not None:
         steps.append(
             PolicyStep(

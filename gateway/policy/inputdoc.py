@@ -2,18 +2,24 @@
 
 The shape is documented (with an example) in ``gateway/policy/README.md``; ``policies.rego``
 and any user policy read exactly these fields.
+
+Volume is about calls: a listing decision (``action = "list"``) carries zero counters, so it
+is a function of who asks about which tool, and the engine's decision cache answers it again
+(a ``tools/list`` repeated, and the visibility check of every ``tools/call``), where a counter
+that moves with every call made each of them a new evaluation.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.policy.counters import CallCounters, RecentCounts
 
-__all__ = ["Action", "CallCounters", "build_input", "input_for_call", "tool_input"]
+__all__ = ["Action", "CallCounters", "build_input", "input_for_call", "listing_inputs", "tool_input"]
 
 Action = Literal["call", "list"]
 
@@ -54,8 +60,11 @@ def build_input(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The input document for one decision (see README for the fields); ``extra`` adds the
-    fields of other kinds (``recipient`` / ``topic`` for the bus)."""
+    fields of other kinds (``recipient`` / ``topic`` for the bus). A listing (``action =
+    "list"``) ignores ``counters``: its counts are zero (volume applies to calls only)."""
     now_ns = now_ns if now_ns is not None else time.time_ns()
+    if action == "list":
+        counters = None
     minute, hour = counters.principal_counts(principal.qualified) if counters is not None else (0, 0)
     tool_minute = counters.tool_count(principal.qualified, tool.name) if counters is not None and tool else 0
     if upstream is not None:
@@ -83,6 +92,42 @@ def build_input(
     if extra:
         doc.update(extra)
     return doc
+
+
+def listing_inputs(
+    principal: Principal,
+    tools: Sequence[ToolInfo],
+    *,
+    upstreams: Mapping[str, UpstreamInfo] | None = None,
+    session_id: str | None = None,
+    agent: AgentInfo | None = None,
+    now_ns: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """``build_input(action="list", kind="tools/call", ...)`` for each of ``tools``, the parts
+    that do not depend on the tool (principal, agent, context) built once and shared by every
+    document: inputs are read, never edited (regorus copies them, the cache key reads them)."""
+    if not tools:
+        return
+    base = build_input(
+        principal=principal,
+        kind="tools/call",
+        target=tools[0].name,
+        action="list",
+        session_id=session_id,
+        now_ns=now_ns,
+        agent=agent,
+    )
+    ups = upstreams or {}
+    for t in tools:
+        up = ups.get(t.upstream)
+        up_doc = up.as_input() if up is not None else {"name": t.upstream, "domain": None, "transport": None}
+        yield {
+            **base,
+            "target": t.name,
+            "upstream": up_doc,
+            "tool": tool_input(t),
+            "arguments": {},
+        }
 
 
 def _agent_input(principal: Principal, agent: AgentInfo | None) -> dict[str, Any] | None:

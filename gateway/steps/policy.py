@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mcp.types import CallToolResult
@@ -24,7 +24,7 @@ from gateway.chain import CallNext
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.errors import PolicyDenied, RateLimited
 from gateway.policy.engine import PolicyEngine
-from gateway.policy.inputdoc import CallCounters, build_input, input_for_call
+from gateway.policy.inputdoc import CallCounters, input_for_call, listing_inputs
 from gateway.policy.redact import cap_result, redact, redact_result, result_size, scrub_values
 from gateway.state.limiter import LocalRateLimiter, RateLimiter
 
@@ -91,28 +91,6 @@ class PolicyStep:
         return result
 
 
-def _listing_inputs(
-    principal: Principal,
-    tools: Sequence[ToolInfo],
-    upstreams: Mapping[str, UpstreamInfo] | None,
-    session_id: str | None,
-    counters: CallCounters | None,
-    agent: AgentInfo | None = None,
-) -> Iterable[dict[str, Any]]:
-    for t in tools:
-        yield build_input(
-            principal=principal,
-            kind="tools/call",
-            target=t.name,
-            action="list",
-            tool=t,
-            upstream=(upstreams or {}).get(t.upstream),
-            session_id=session_id,
-            counters=counters,
-            agent=agent,
-        )
-
-
 def filter_listing(
     engine: PolicyEngine,
     principal: Principal,
@@ -120,15 +98,16 @@ def filter_listing(
     *,
     upstreams: Mapping[str, UpstreamInfo] | None = None,
     session_id: str | None = None,
-    counters: CallCounters | None = None,
+    agent: AgentInfo | None = None,
 ) -> list[ToolInfo]:
     """The tools ``principal`` may see: each one decided with ``action = "list"`` (no arguments).
 
-    The policy's argument and volume rules apply to calls only, so a tool is listed exactly
-    when some call to it could be allowed; a tool that is not listed is refused by name too,
-    because the call decision uses the same allow-list.
+    The policy's argument and volume rules apply to calls only (a listing's counters are zero:
+    ``gateway.policy.inputdoc``), so a tool is listed exactly when some call to it could be
+    allowed; a tool that is not listed is refused by name too, because the call decision uses
+    the same allow-list.
     """
-    inputs = _listing_inputs(principal, tools, upstreams, session_id, counters)
+    inputs = listing_inputs(principal, tools, upstreams=upstreams, session_id=session_id, agent=agent)
     return [t for t, inp in zip(tools, inputs, strict=True) if engine.decide(inp).allow]
 
 
@@ -139,10 +118,15 @@ async def afilter_listing(
     *,
     upstreams: Mapping[str, UpstreamInfo] | None = None,
     session_id: str | None = None,
-    counters: CallCounters | None = None,
     agent: AgentInfo | None = None,
 ) -> list[ToolInfo]:
-    """Async ``filter_listing`` (concurrent decisions: worth it for a remote OPA)."""
-    inputs = list(_listing_inputs(principal, tools, upstreams, session_id, counters, agent))
+    """Async ``filter_listing``: concurrent decisions for an engine that awaits (a remote OPA);
+    an engine that decides inline (regorus holds the GIL) is asked in turn, without a task per
+    tool."""
+    if type(engine).adecide is PolicyEngine.adecide:
+        return filter_listing(
+            engine, principal, tools, upstreams=upstreams, session_id=session_id, agent=agent
+        )
+    inputs = listing_inputs(principal, tools, upstreams=upstreams, session_id=session_id, agent=agent)
     decisions = await asyncio.gather(*(engine.adecide(i) for i in inputs))
     return [t for t, d in zip(tools, decisions, strict=True) if d.allow]

@@ -15,7 +15,6 @@ from gateway.chain import CallNext
 from gateway.context import CallContext, ToolInfo
 from gateway.errors import UnknownTool
 from gateway.policy.engine import PolicyEngine
-from gateway.policy.inputdoc import CallCounters
 from gateway.screen.screener import Screening
 
 
@@ -25,12 +24,9 @@ class ResolveTool:
     With a policy, the tool must also be one the principal may see (the listing decision).
     """
 
-    def __init__(
-        self, catalog: LiveCatalog, policy: PolicyEngine | None = None, counters: CallCounters | None = None
-    ) -> None:
+    def __init__(self, catalog: LiveCatalog, policy: PolicyEngine | None = None) -> None:
         self._catalog = catalog
         self._policy = policy
-        self._counters = counters
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         if call.kind == "tools/call" and call.tool is None:
@@ -49,14 +45,11 @@ class ResolveTool:
         # Visibility is about the principal's grants: the tool is asked about as if it were
         # approved and screened clean, so whoever may see it learns why it is refused
         # (drifted, revoked, unverified, flagged: the verify or policy step), and nobody else
-        # learns that it exists. Asked with what tools/list is asked with (the calling agent).
+        # learns that it exists. Asked with what tools/list is asked with (the calling agent; no
+        # counters: volume applies to calls), so a repeated call finds this decision in the
+        # engine's cache instead of evaluating it again.
         probe = replace(info, verification="verified", screening=Screening())
         seen = await afilter_listing(
-            self._policy,
-            call.principal,
-            [probe],
-            counters=self._counters,
-            agent=call.agent,
-            session_id=call.session_id,
+            self._policy, call.principal, [probe], agent=call.agent, session_id=call.session_id
         )
         return any(t.name == info.name for t in seen)

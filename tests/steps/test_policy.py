@@ -331,7 +331,10 @@ decision := {"allow": true, "reasons": [], "conditions": {}} if {
     input.target == input.tool.name
     input.upstream.transport == "stdio"
     input.context.session_id == "s-1"
-    input.context.calls_last_minute == 1
+    input.arguments == {}
+    input.context.calls_last_minute == 0
+    input.context.calls_last_hour == 0
+    input.context.tool_calls_last_minute == 0
     agent_ok
 }
 
@@ -342,26 +345,72 @@ agent_ok if input.agent.name == "helper"
 
 
 def test_a_listing_decision_sees_the_whole_input(tmp_path: Any) -> None:
-    """A policy may hide tools by upstream, session, volume or agent: each must reach the input."""
+    """A policy may hide tools by upstream, session or agent: each must reach the input; the
+    counters are there and zero (volume applies to calls only)."""
     (tmp_path / "p.rego").write_text(LISTING_REGO)
     eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
     assert eng.load()
-    tools = [tool("up__a"), tool("fs__read_file")]
+    tools = [tool("up__a"), tool("fs__read_file"), tool("up__b")]
     ups = {"up": UpstreamInfo(name="up", transport="stdio"), "fs": UpstreamInfo(name="fs", transport="http")}
-    counters = CallCounters()
-    assert counters.try_acquire(LOCAL.qualified, "up__a", None)  # counters are per qualified principal
-    kw: dict[str, Any] = {"upstreams": ups, "session_id": "s-1", "counters": counters}
-    assert [t.name for t in filter_listing(eng, LOCAL, tools, **kw)] == ["up__a"]
-    for missing in ("upstreams", "session_id", "counters"):
+    kw: dict[str, Any] = {"upstreams": ups, "session_id": "s-1"}
+    assert [t.name for t in filter_listing(eng, LOCAL, tools, **kw)] == ["up__a", "up__b"]
+    for missing in ("upstreams", "session_id"):
         assert filter_listing(eng, LOCAL, tools, **{k: v for k, v in kw.items() if k != missing}) == []
     agent_principal = Principal(id="local", kind="user", roles=("developer",), agent="a1")
     helper = AgentInfo(id="a1", name="helper", state="running")
-    listed = asyncio.run(afilter_listing(eng, agent_principal, tools, agent=helper, **kw))
-    assert [t.name for t in listed] == ["up__a"]
-    assert asyncio.run(afilter_listing(eng, agent_principal, tools, **kw)) == []  # the agent's record is used
-    for missing in ("upstreams", "session_id", "counters"):
-        rest = {k: v for k, v in kw.items() if k != missing}
-        assert asyncio.run(afilter_listing(eng, agent_principal, tools, agent=helper, **rest)) == []
+    other = AgentInfo(id="a1", name="other", state="running")
+    for listing in (filter_listing, afilter_listing):
+
+        def ask(listing: Any = listing, **more: Any) -> list[str]:
+            got = listing(eng, agent_principal, tools, **more)
+            return [t.name for t in (asyncio.run(got) if asyncio.iscoroutine(got) else got)]
+
+        assert ask(agent=helper, **kw) == ["up__a", "up__b"]
+        assert ask(**kw) == ask(agent=other, **kw) == []  # the agent's record is used
+        for missing in ("upstreams", "session_id"):
+            assert ask(agent=helper, **{k: v for k, v in kw.items() if k != missing}) == []
+
+
+def test_a_listing_input_is_build_input_per_tool() -> None:
+    """``listing_inputs`` shares the tool-independent parts; each document is still exactly
+    what ``build_input(action="list")`` makes for that tool, and volume never reaches it."""
+    from gateway.policy.inputdoc import build_input, listing_inputs
+
+    tools = [tool("up__a"), tool("fs__read_file", code=True, verification="pinned"), tool("zz__c")]
+    ups = {
+        "up": UpstreamInfo(name="up", transport="stdio", domain="d"),
+        "fs": UpstreamInfo(name="fs", transport="http"),
+    }
+    who = Principal(id="local", kind="user", roles=("developer",), agent="a1")
+    helper = AgentInfo(id="a1", name="helper", state="Ready")
+    counters = CallCounters()
+    for t in tools:
+        assert counters.try_acquire(who.qualified, t.name, None)
+    docs = list(
+        listing_inputs(
+            who, tools, upstreams=ups, session_id="s-9", agent=helper, now_ns=1_795_687_200_123_000_000
+        )
+    )
+    expected = [
+        build_input(
+            principal=who,
+            kind="tools/call",
+            target=t.name,
+            action="list",
+            tool=t,
+            upstream=ups.get(t.upstream),
+            session_id="s-9",
+            counters=counters,
+            now_ns=1_795_687_200_123_000_000,
+            agent=helper,
+        )
+        for t in tools
+    ]
+    assert docs == expected
+    assert [list(d) for d in docs] == [list(e) for e in expected]  # the same field order too
+    assert all(d["context"]["calls_last_hour"] == d["context"]["calls_last_minute"] == 0 for d in docs)
+    assert docs[0]["arguments"] is not docs[1]["arguments"]
+    assert list(listing_inputs(who, [], upstreams=ups)) == []
 
 
 def test_the_call_decision_sees_the_call_counts(tmp_path: Any) -> None:

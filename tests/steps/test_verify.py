@@ -193,7 +193,6 @@ def test_with_a_policy_a_hidden_tool_answers_like_an_unknown_one(tmp_path: Any) 
     principal and session: alice (session s1) resolves the unverified tool and so learns why
     it is refused later; bob, or alice in another session, gets exactly UnknownTool."""
     from gateway.policy.engine import EmbeddedEngine
-    from gateway.policy.inputdoc import CallCounters
     from gateway.policy.loader import PolicyFiles
 
     rego = tmp_path / "p.rego"
@@ -206,7 +205,7 @@ def test_with_a_policy_a_hidden_tool_answers_like_an_unknown_one(tmp_path: Any) 
     )
     engine = EmbeddedEngine(PolicyFiles(policy=rego))
     assert engine.load()
-    step = ResolveTool(_catalog(), engine, CallCounters())
+    step = ResolveTool(_catalog(), engine)
     ep = Endpoint()
     call = CallContext(principal=Principal(id="alice"), kind="tools/call", target="up__t", session_id="s1")
     run(step, ep, call)
@@ -224,15 +223,15 @@ def test_with_a_policy_a_hidden_tool_answers_like_an_unknown_one(tmp_path: Any) 
     assert len(ep.calls) == 1
 
 
-def test_visibility_is_asked_with_the_calls_counters_and_agent_and_a_clean_screening(tmp_path: Any) -> None:
-    """Found by mutation testing: the listing probe must carry what tools/list carries (the
-    shared call counters, the calling agent) and must not carry the tool's screening findings
-    (a flagged tool stays visible to whoever may see it, so the caller learns why it is refused)."""
+def test_visibility_is_asked_with_zero_counters_the_agent_and_a_clean_screening(tmp_path: Any) -> None:
+    """Found by mutation testing: the listing probe must carry what tools/list carries (zero
+    counters: volume applies to calls; the calling agent) and must not carry the tool's screening
+    findings (a flagged tool stays visible to whoever may see it, so the caller learns why it is
+    refused)."""
     from dataclasses import replace
 
     from gateway.context import AgentInfo
     from gateway.policy.engine import EmbeddedEngine
-    from gateway.policy.inputdoc import CallCounters
     from gateway.policy.loader import PolicyFiles
     from gateway.screen import screen_definition
 
@@ -241,7 +240,8 @@ def test_visibility_is_asked_with_the_calls_counters_and_agent_and_a_clean_scree
         "package symbi\nimport rego.v1\n"
         'default decision := {"allow": false, "reasons": ["hidden"], "conditions": {}}\n'
         'decision := {"allow": true, "reasons": [], "conditions": {}} if {\n'
-        "  input.context.calls_last_minute == 1\n"
+        "  input.context.calls_last_minute == 0\n"
+        "  input.context.calls_last_hour == 0\n"
         '  input.agent.name == "helper"\n'
         "  count(input.tool.screening.findings) == 0\n}\n"
     )
@@ -254,8 +254,6 @@ def test_visibility_is_asked_with_the_calls_counters_and_agent_and_a_clean_scree
     assert flagged.findings  # the tool as the catalogue holds it is flagged
     live.snapshot.tools["up__t"] = replace(entry, info=replace(entry.info, screening=flagged))
     alice = Principal(id="alice", agent="a1")
-    counters = CallCounters()
-    assert counters.try_acquire(alice.qualified, "up__other", None)
     helper = AgentInfo(id="a1", name="helper", state="Running")
 
     def call(agent: AgentInfo | None = helper) -> CallContext:
@@ -263,14 +261,11 @@ def test_visibility_is_asked_with_the_calls_counters_and_agent_and_a_clean_scree
 
     ep = Endpoint()
     seen = call()
-    run(ResolveTool(live, engine, counters), ep, seen)
+    run(ResolveTool(live, engine), ep, seen)
     assert (
         ep.calls == [seen] and seen.tool is not None and seen.tool.screening == flagged
     )  # the real one goes on
-    for step, c in (
-        (ResolveTool(live, engine, CallCounters()), call()),
-        (ResolveTool(live, engine, counters), call(None)),
-    ):
+    for agent in (None, replace(helper, name="other")):
         with pytest.raises(UnknownTool):
-            run(step, ep, c)
+            run(ResolveTool(live, engine), ep, call(agent))
     assert len(ep.calls) == 1

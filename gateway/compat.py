@@ -34,9 +34,15 @@ from mcp.client.stdio import (  # the SDK's process helpers for stdio servers (g
     _stop_server_process,
 )
 from mcp.server.session import ServerSession
-from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http import (
+    REQUEST_STREAM_BUFFER_SIZE,
+    EventMessage,
+    StreamableHTTPServerTransport,
+)
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared._context_streams import create_context_streams
+from mcp.shared.message import SessionMessage
+from mcp_types import JSONRPCMessage, RequestId
 from starlette.requests import Request
 
 from gateway.errors import SdkChanged
@@ -56,13 +62,20 @@ __all__ = [
     "open_http_sessions",
     "parse_stdio_line",
     "raw_socket",
+    "related_notify",
+    "related_request",
     "stamp_requests",
     "start_stdio_process",
     "stop_stdio_process",
     "stream_reader_head",
     "transport_admits",
     "transport_busy",
+    "transport_close_stream",
+    "transport_holds_stream",
+    "transport_open_stream",
+    "transport_priming_event",
     "transport_serving",
+    "transport_write",
 ]
 
 RequestStamp = Callable[[dict[str, Any], Any], None]
@@ -186,6 +199,87 @@ def transport_busy(transport: StreamableHTTPServerTransport) -> Iterator[bool]:
         transport._requests_in_flight -= 1
         if not transport._requests_in_flight:
             scope.deadline = anyio.current_time() + timeout
+
+
+RequestStream = tuple[Any, Any]  # the (send, receive) memory streams of one request's SSE answer
+
+
+def transport_open_stream(transport: StreamableHTTPServerTransport, stream_id: str) -> RequestStream:
+    """Register the stream the session's message router fills for request ``stream_id``
+    (``_request_streams``, as the SDK's POST handler does in SSE mode): the messages related to
+    the request (progress, the relay's server->client requests) and its response, each with the
+    event id the event store gave it."""
+    try:
+        streams = transport._request_streams
+    except AttributeError:
+        raise SdkChanged("StreamableHTTPServerTransport._request_streams") from None
+    pair = anyio.create_memory_object_stream[EventMessage](REQUEST_STREAM_BUFFER_SIZE)
+    streams[stream_id] = pair
+    return pair
+
+
+def transport_close_stream(transport: StreamableHTTPServerTransport, stream_id: str, pair: RequestStream) -> bool:
+    """Close ``pair`` and unregister it if it is still the stream of ``stream_id`` (a request of
+    the same id sent to the SDK meanwhile replaces it: that one is left alone). True when it was."""
+    try:
+        streams = transport._request_streams
+    except AttributeError:
+        raise SdkChanged("StreamableHTTPServerTransport._request_streams") from None
+    pair[0].close()
+    pair[1].close()
+    if streams.get(stream_id) is pair:
+        del streams[stream_id]
+        return True
+    return False
+
+
+def transport_holds_stream(transport: StreamableHTTPServerTransport, stream_id: str, pair: RequestStream) -> bool:
+    """Whether ``pair`` is still the registered stream of ``stream_id``."""
+    try:
+        return transport._request_streams.get(stream_id) is pair
+    except AttributeError:
+        raise SdkChanged("StreamableHTTPServerTransport._request_streams") from None
+
+
+async def transport_priming_event(
+    transport: StreamableHTTPServerTransport, stream_id: str, protocol_version: str
+) -> dict[str, Any] | None:
+    """The SSE priming event of a request stream, stored in the event store first
+    (``_mint_priming_event``: none without a store or before protocol 2025-11-25)."""
+    try:
+        mint = transport._mint_priming_event
+    except AttributeError:
+        raise SdkChanged("StreamableHTTPServerTransport._mint_priming_event") from None
+    return await mint(stream_id, protocol_version)
+
+
+async def transport_write(transport: StreamableHTTPServerTransport, message: JSONRPCMessage) -> None:
+    """Send ``message`` through the session's message router (``_write_stream``), as the
+    dispatcher writes a response: stored in the event store, routed to its request's stream
+    after everything written before it."""
+    try:
+        stream = transport._write_stream
+    except AttributeError:
+        raise SdkChanged("StreamableHTTPServerTransport._write_stream") from None
+    if stream is None:
+        raise anyio.ClosedResourceError
+    await stream.send(SessionMessage(message))
+
+
+async def related_notify(
+    outbound: Any, request_id: RequestId, method: str, params: Any, opts: Any = None
+) -> None:
+    """A notification on request ``request_id``'s own stream, as the SDK's per-request dispatch
+    context sends it (the dispatcher's private ``_related_request_id``)."""
+    await outbound.notify(method, params, opts, _related_request_id=request_id)
+
+
+async def related_request(
+    outbound: Any, request_id: RequestId, method: str, params: Any, opts: Any = None
+) -> dict[str, Any]:
+    """A server->client request on request ``request_id``'s own stream (as ``related_notify``)."""
+    result: dict[str, Any] = await outbound.send_raw_request(method, params, opts, _related_request_id=request_id)
+    return result
 
 
 def stream_reader_head(reader: asyncio.StreamReader, n: int) -> bytes:

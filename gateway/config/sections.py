@@ -79,8 +79,9 @@ class McpSection(Section):
     # gateway (gateway/server/fastlane.py, the same chain and handler); off: every message
     # goes through the SDK's server session
     stdio_fast_lane: bool = True
-    # symbi serve with http.json_response: a plain tools/call of an open session is parsed and
-    # answered by the gateway itself (same chain, middleware, session); false: all through the SDK
+    # symbi serve: a plain tools/call of an open session is parsed and answered by the gateway
+    # itself (same chain, middleware, session; an SSE stream or, with http.json_response, a JSON
+    # body); false: all through the SDK
     http_fast_lane: bool = True
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)

@@ -91,7 +91,7 @@ class HttpState:
     cookie_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     # why the gateway's lifespan ended while the HTTP server still runs (None: it runs)
     stopped: str | None = None
-    lane: HttpLane | None = None  # the tools/call fast lane (mcp.http_fast_lane, JSON replies)
+    lane: HttpLane | None = None  # the tools/call fast lane (mcp.http_fast_lane; SSE and JSON replies)
 
     @property
     def gateway(self) -> Gateway | None:
@@ -176,7 +176,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
 
     endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
     lane: HttpLane | None = None
-    if config.mcp.http_fast_lane and config.http.json_response:  # plain tools/call answered by the gateway
+    if config.mcp.http_fast_lane:  # plain tools/call answered by the gateway
         lane = HttpLane(endpoint, server, manager)
         server.middleware.append(lane.capture)
         endpoint = lane

@@ -1,22 +1,25 @@
-"""The client-facing fast lane of ``tools/call`` on the streamable-HTTP front (JSON replies).
+"""The client-facing fast lane of ``tools/call`` on the streamable-HTTP front.
 
 The stdio lane's HTTP sibling (``gateway.server.fastlane``, whose ``plain_call``, ``run_call``
 and ``LaneDispatch`` it reuses): a POST carrying one plain ``tools/call`` of an established
 handshake-era session is parsed with orjson and answered here, through the SAME handler and
 server middleware (the SDK's SERVER span, whose trace id goes on the audit record) with the
 session's real ``Connection``, the HTTP request on the context (the principal, the session id
-the audit records) and a JSON body with the headers the SDK's transport sends.
+the audit records), answered as the SDK's transport answers it in the session's mode:
 
-It serves only what the SDK's path would serve the same way, in ``http.json_response`` mode,
-where a POST's body carries the response and nothing else: the SDK drops the call's
-notifications (progress, logging) and refuses server->client requests (sampling, elicitation)
-with ``NoBackChannelError``; so does ``JsonLaneDispatch``. The lane takes a request only when
-every check the SDK's path makes passes the same way: the session id is open and was opened by
-this credential (the manager's own owner test), the session answered ``initialize``, the
-protocol-version header is a handshake-era one, Accept/Content-Type/Host/Origin pass the
-transport's checks, and the id is not in flight in the session (lane or SDK). Everything else
-goes to the SDK unchanged, its body replayed: other methods, GET/DELETE, batches,
-notifications, responses, malformed or unusual messages, SSE mode. A
+* SSE (the default): an event stream with the SDK's headers, priming event and event ids
+  (``gateway.server.httpsse``): the call's progress and the relay's sampling/elicitation ride
+  the request's stream through the session's router, as on the SDK's path, and the response
+  is stored in the event store (a client resuming with ``Last-Event-ID`` gets it replayed).
+* ``http.json_response``: a JSON body, where the SDK drops the call's notifications and refuses
+  server->client requests with ``NoBackChannelError``; so does ``JsonLaneDispatch``.
+
+The lane takes a request only when every check the SDK's path makes passes the same way: the
+session id is open and was opened by this credential (the manager's own owner test), the
+session answered ``initialize``, the protocol-version header is a handshake-era one,
+Accept/Content-Type/Host/Origin pass the transport's checks, and the id is not in flight in
+the session (lane or SDK). Everything else goes to the SDK unchanged, its body replayed: other
+methods, GET/DELETE, batches, notifications, responses, malformed or unusual messages. A
 ``notifications/cancelled`` for a lane call of the same session cancels it (and still goes to
 the SDK), answered ``REQUEST_CANCELLED`` as the SDK's 2025-era wire does.
 """
@@ -34,12 +37,13 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult
-from mcp.server.streamable_http import REQUEST_CANCELLED, check_accept_headers
+from mcp.server.streamable_http import REQUEST_CANCELLED, StreamableHTTPServerTransport, check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.dispatcher import CallOptions, coerce_request_id
 from mcp.shared.exceptions import NoBackChannelError
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
+from mcp_types import DEFAULT_NEGOTIATED_VERSION
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -55,6 +59,7 @@ from gateway.compat import (
     transport_serving,
 )
 from gateway.server.fastlane import LaneDispatch, cancelled_id, plain_call, run_call
+from gateway.server.httpsse import SseAnswer, SseLaneDispatch, sse_headers
 
 _logger = logging.getLogger("symbi.server.httplane")
 
@@ -99,7 +104,8 @@ class HttpLane:
         self._manager = manager
         self._state: Any = None
         self._connections: dict[str, Connection] = {}
-        self._in_flight: dict[tuple[str, types.RequestId], tuple[anyio.CancelScope, JsonLaneDispatch]] = {}
+        self._headers: dict[str, list[tuple[bytes, bytes]]] = {}  # each session's SSE answer headers
+        self._in_flight: dict[tuple[str, types.RequestId], tuple[anyio.CancelScope, LaneDispatch]] = {}
         self.taken = 0  # calls served by the lane (tests, bench)
 
     async def capture(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
@@ -118,9 +124,10 @@ class HttpLane:
         open_ids = {sid for sid, _ in open_http_sessions(self._manager)}
         for sid in [s for s in self._connections if s not in open_ids]:
             del self._connections[sid]
+            self._headers.pop(sid, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not self._manager.json_response:
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             if scope["type"] == "http" and scope["method"] == "DELETE":
                 self._ended()
@@ -134,21 +141,23 @@ class HttpLane:
             return
         body, more = await _read_body(receive)
         replay = _replaying(body, more, receive)
-        if more is None or not await self._serve(scope, replay, send, sid, conn, body):
+        if more is None or not await self._serve(scope, replay, receive, send, sid, conn, body):
             await self.app(scope, replay, send)
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, sid: str, conn: Connection, body: bytes
+        self, scope: Scope, replay: Receive, receive: Receive, send: Send, sid: str, conn: Connection, body: bytes
     ) -> bool:
         """Answer the POST in the lane (True), or leave it to the SDK (False)."""
         user = scope.get("user")
         requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
         transport = http_session_transport(self._manager, sid, requestor)  # this credential's session
-        if transport is None or transport.is_terminated or not transport.is_json_response_enabled:
+        if transport is None or transport.is_terminated:
             return False
-        request = Request(scope, receive)
+        request = Request(scope, replay)
+        json_mode = transport.is_json_response_enabled
+        has_json, has_sse = check_accept_headers(request)
         if (
-            not check_accept_headers(request)[0]
+            not (has_json and (json_mode or has_sse))  # the transport's Accept test of its mode
             or not _json_content(request)
             or not await transport_admits(transport, request)
         ):
@@ -168,7 +177,7 @@ class HttpLane:
             return False
         if call is None:
             return False
-        rid, params, _token = call  # progress has no wire in a JSON reply (the SDK drops it too)
+        rid, params, token = call
         key = (sid, coerce_request_id(rid))
         if key in self._in_flight or transport_serving(transport, str(rid)):
             return False  # an id in flight in this session: the SDK's semantics, not the lane's
@@ -176,9 +185,71 @@ class HttpLane:
             if not open_:
                 return False
             self.taken += 1
+            if not json_mode:
+                dctx = SseLaneDispatch(conn, rid, token, request)
+                await self._run_sse(key, conn, dctx, params, transport, receive, send)
+                return True
+            # progress has no wire in a JSON reply (the SDK drops it too)
             response = await self._run(key, conn, JsonLaneDispatch(conn, rid, request), params, transport)
-        await response(scope, receive, send)
+        await response(scope, replay, send)
         return True
+
+    async def _run_sse(
+        self,
+        key: tuple[str, types.RequestId],
+        conn: Connection,
+        dctx: SseLaneDispatch,
+        params: dict[str, Any],
+        transport: StreamableHTTPServerTransport,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """The call answered as an event stream (``SseAnswer``): the stream is opened before the
+        call runs, its routed events written while it runs, its outcome sent last."""
+        sid = key[0]
+        answer = SseAnswer(transport, str(dctx.request_id), send)
+        cancel = anyio.CancelScope()
+        self._in_flight[key] = (cancel, dctx)
+        try:
+            headers = self._headers.get(sid)
+            if headers is None:
+                headers = self._headers[sid] = sse_headers(sid)
+            pv = dctx.request.headers.get("mcp-protocol-version", DEFAULT_NEGOTIATED_VERSION)
+            await answer.open(headers, pv)
+        except BaseException:
+            self._settled(key, dctx)
+            raise
+        watch = anyio.CancelScope()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer.watch, receive, watch)
+            tg.start_soon(self._call_sse, key, conn, dctx, params, answer, cancel)
+            await answer.stream()
+            watch.cancel()
+
+    async def _call_sse(
+        self,
+        key: tuple[str, types.RequestId],
+        conn: Connection,
+        dctx: SseLaneDispatch,
+        params: dict[str, Any],
+        answer: SseAnswer,
+        cancel: anyio.CancelScope,
+    ) -> None:
+        out: dict[str, Any] | types.ErrorData | None = None
+        try:
+            with cancel:
+                out = await run_call(self._server, self._state, conn, dctx, params, dctx.request)
+        finally:
+            self._settled(key, dctx)
+        # a call its client cancelled is not answered with its result (the SDK's dispatcher
+        # writes nothing, the transport's unanswered hook answers REQUEST_CANCELLED)
+        await answer.respond(dctx.request_id, None if dctx.cancel_requested.is_set() else out)
+
+    def _settled(self, key: tuple[str, types.RequestId], dctx: LaneDispatch) -> None:
+        dctx.close()
+        if (entry := self._in_flight.get(key)) is not None and entry[1] is dctx:
+            del self._in_flight[key]
+        dctx.done.set()
 
     async def _run(
         self,
@@ -195,10 +266,7 @@ class HttpLane:
             with cancel:
                 out = await run_call(self._server, self._state, conn, dctx, params, dctx.request)
         finally:
-            dctx.close()
-            if (entry := self._in_flight.get(key)) is not None and entry[1] is dctx:
-                del self._in_flight[key]
-            dctx.done.set()
+            self._settled(key, dctx)
         sid = key[0]
         if transport.is_terminated:  # the session ended meanwhile: the SDK's answer to its POST
             error = types.JSONRPCError(

@@ -1,11 +1,12 @@
-"""The HTTP front's fast lane of ``tools/call`` (``gateway.server.httplane``, JSON replies).
+"""The HTTP front's fast lane of ``tools/call`` (``gateway.server.httplane``), in both answer
+modes: SSE streams (the default) and JSON bodies (``http.json_response = true``).
 
-Two real gateways (uvicorn, API keys, the repo's policy, server-everything and the test
-upstream ``mut`` over stdio), ``http.json_response = true``, one with ``mcp.http_fast_lane``
-on and one off (every request through the SDK's transport and session). Every case runs
-against both and must answer alike: the SDK client's results, errors, cancellation and audit
-records, and the raw HTTP answers to the attacks (status, headers, body). The lane's counter
-proves which path served each request.
+Per mode, two real gateways (uvicorn, API keys, the repo's policy, server-everything and the
+test upstream ``mut`` over stdio), one with ``mcp.http_fast_lane`` on and one off (every
+request through the SDK's transport and session). Every case runs against both and must
+answer alike: the SDK client's results, errors, progress, sampling, cancellation and audit
+records, and the raw HTTP answers to the attacks (status, headers, body; SSE events with
+their event ids made neutral). The lane's counter proves which path served each request.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ class Gw:
     keys: Keys
     cfg: Path
     record: Path
+    mode: str  # "sse" or "json"
 
     @property
     def lane(self) -> HttpLane | None:
@@ -69,7 +71,7 @@ class Gw:
         return self.lane.taken if self.lane is not None else 0
 
 
-def _config(tmp: Path, lane: bool) -> tuple[Path, Path]:
+def _config(tmp: Path, lane: bool, mode: str = "json") -> tuple[Path, Path]:
     require_peers()
     os.chmod(tmp, 0o711)  # a module's folder: the unprivileged upstream user writes its record below
     record = upstream_writable(tmp) / "calls.jsonl"
@@ -84,7 +86,7 @@ def _config(tmp: Path, lane: bool) -> tuple[Path, Path]:
         [mcp]
         http_fast_lane = {"true" if lane else "false"}
         [http]
-        json_response = true
+        json_response = {"true" if mode == "json" else "false"}
         max_request_bytes = {MAX_BODY}
         max_sessions_per_principal = 256
         [servers.mut]
@@ -101,26 +103,41 @@ def _config(tmp: Path, lane: bool) -> tuple[Path, Path]:
     return cfg, record
 
 
-@pytest.fixture(scope="module")
-def gws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gw, Gw]]:
-    on_dir, off_dir = tmp_path_factory.mktemp("lane-on"), tmp_path_factory.mktemp("lane-off")
-    on_cfg, on_rec = _config(on_dir, True)
-    off_cfg, off_rec = _config(off_dir, False)
+@contextmanager
+def gateways(tmp_path_factory: pytest.TempPathFactory, mode: str) -> Iterator[tuple[Gw, Gw]]:
+    """The lane-on and the lane-off gateway of one answer mode."""
+    on_dir, off_dir = tmp_path_factory.mktemp(f"lane-on-{mode}"), tmp_path_factory.mktemp(f"lane-off-{mode}")
+    on_cfg, on_rec = _config(on_dir, True, mode)
+    off_cfg, off_rec = _config(off_dir, False, mode)
     on_keys, off_keys = make_keys(on_cfg), make_keys(off_cfg)
     with run_server(on_cfg) as on_run, run_server(off_cfg) as off_run:
-        yield Gw(on_run, on_keys, on_cfg, on_rec), Gw(off_run, off_keys, off_cfg, off_rec)
+        yield Gw(on_run, on_keys, on_cfg, on_rec, mode), Gw(off_run, off_keys, off_cfg, off_rec, mode)
+
+
+@pytest.fixture(scope="module", params=["sse", "json"])
+def gws(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gw, Gw]]:
+    with gateways(tmp_path_factory, request.param) as pair:
+        yield pair
 
 
 def test_the_switch_wires_the_lane(gws: tuple[Gw, Gw]) -> None:
     on, off = gws
     assert isinstance(on.lane, HttpLane) and off.lane is None
-    # SSE replies: every request through the SDK (the lane answers JSON only)
+    # the other answer mode: the lane too (it answers SSE streams and JSON bodies)
     cfg = load_config(on.cfg)
-    sse = cfg.model_copy(update={"http": cfg.http.model_copy(update={"json_response": False})})
-    assert build_app(sse).state.http_lane is None
+    other = cfg.model_copy(update={"http": cfg.http.model_copy(update={"json_response": on.mode == "sse"})})
+    assert isinstance(build_app(other).state.http_lane, HttpLane)
 
 
 # -- through the SDK client ------------------------------------------------------------------
+
+
+async def model_answer(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    """The client's model, asked by ``mut__sample`` through the gateway's relay (SSE: the call's
+    own stream carries the question, a POST the answer)."""
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text="from the client"), model="m"
+    )
 
 
 @asynccontextmanager
@@ -128,7 +145,7 @@ async def sdk_client(gw: Gw, key: str) -> AsyncIterator[ClientSession]:
     async with (
         httpx2.AsyncClient(headers=bearer(key), timeout=30) as hc,
         streamable_http_client(gw.run.mcp, http_client=hc) as (r, w),
-        ClientSession(r, w) as s,
+        ClientSession(r, w, sampling_callback=model_answer) as s,
     ):
         await s.initialize()
         yield s
@@ -151,12 +168,13 @@ async def sdk_outcomes(gw: Gw) -> list[Any]:
         out.append(shape(await s.call_tool("mut__nope", {})))
         out.append(shape(await s.call_tool(ECHO, {"message": 5})))  # invalid arguments
         out.append(shape(await s.call_tool("mut__read_path", {"path": "/etc/shadow"})))
-        # the upstream asks the client's model: a JSON reply has no back channel (both paths)
+        # the upstream asks the client's model: on the call's SSE stream, the client answers; a
+        # JSON reply has no back channel (both paths)
         try:
             out.append(shape(await s.call_tool("mut__sample", {"delay": 0})))
         except MCPError as e:
             out.append(("error", e.error.code))
-        # progress has no wire in a JSON reply (both paths drop it)
+        # progress rides the call's SSE stream; it has no wire in a JSON reply (both paths drop it)
         out.append(shape(await s.call_tool("mut__slow", {"seconds": 0.3}, progress_callback=on_progress)))
         out.append(list(progress))
         out.append(shape(await s.call_tool("mut__huge", {"megabytes": 0})))
@@ -196,9 +214,14 @@ async def test_sdk_client_cases_answer_alike_through_the_lane_and_the_sdk(gws: t
     assert taken == 18  # every call went through the lane (the 8 concurrent ones included)
     assert "über ✓" in got_on[0]["content"][0]["text"]
     assert got_on[2]["isError"] and got_on[4]["isError"]  # unknown tool; /etc/shadow denied
-    assert got_on[5][0] == "error"  # sampling: no back channel in a JSON reply (either path)
+    if on.mode == "json":
+        assert got_on[5][0] == "error"  # sampling: no back channel in a JSON reply (either path)
+        assert got_on[7] == []  # no progress on a JSON reply
+    else:
+        assert got_on[5]["content"][0]["text"] == "sampled: from the client"
+        # the call's progress, on its own stream (mut__slow reports every 0.1 s)
+        assert got_on[7] and got_on[7] == [float(i + 1) for i in range(len(got_on[7]))]
     assert got_on[6]["content"][0]["text"] == "done"
-    assert got_on[7] == []  # no progress on a JSON reply
     assert [r["content"][0]["text"] for r in got_on[9]] == [f"Echo: n{i}" for i in range(8)]
     assert got_on[10]["isError"] and not got_on[11]["isError"]
     # the same audit records, in the same order (the lane's calls are audited as the SDK's)
@@ -243,11 +266,40 @@ def answer(r: httpx.Response, sid: str) -> tuple[Any, ...]:
 
     headers = {k: neutral(v) for k, v in r.headers.items() if k not in ("date", "content-length")}
     text = neutral(r.text)
-    try:
-        body: Any = json.loads(text)
-    except ValueError:
-        body = text
+    body: Any
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        body = sse_events(text)
+    else:
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = text
     return r.status_code, headers, body
+
+
+def sse_events(text: str, neutral_ids: bool = True) -> list[dict[str, Any]]:
+    """The events of an SSE body, in order (``data`` parsed as JSON; event ids, random per
+    gateway, made ``EID`` unless asked for). Every event must end with a blank line."""
+    assert text == "" or text.endswith("\r\n\r\n"), text
+    events = []
+    for block in text.split("\r\n\r\n")[:-1]:
+        event: dict[str, Any] = {}
+        for line in block.split("\r\n"):
+            field, _, value = line.partition(": ")
+            event[field] = value
+        if "data" in event and event["data"]:
+            event["data"] = json.loads(event["data"])
+        if neutral_ids and "id" in event:
+            event["id"] = "EID"
+        events.append(event)
+    return events
+
+
+def replies(r: httpx.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of a POST's answer, in either mode."""
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        return [e["data"] for e in sse_events(r.text) if isinstance(e.get("data"), dict)]
+    return [r.json()]
 
 
 def wire_case(gw: Gw, case: str) -> tuple[Any, ...]:
@@ -292,6 +344,12 @@ def wire_case(gw: Gw, case: str) -> tuple[Any, ...]:
         return answer(post(gw, call(3), k, sid, **{"mcp-protocol-version": "1999-01-01"}), sid)
     if case == "sse-only accept":
         return answer(post(gw, call(3), k, sid, Accept="text/event-stream"), sid)
+    if case == "json-only accept":
+        return answer(post(gw, call(3), k, sid, Accept="application/json"), sid)
+    if case == "wildcard accept":
+        return answer(post(gw, call(3), k, sid, Accept="*/*"), sid)
+    if case == "resumable era header":  # 2025-11-25: a priming event (an id and a retry hint)
+        return answer(post(gw, call(3), k, sid, **{"mcp-protocol-version": "2025-11-25"}), sid)
     if case == "wrong content type":
         return answer(post(gw, call(3), k, sid, **{"Content-Type": "text/plain"}), sid)
     if case == "json-ish content type":
@@ -306,7 +364,15 @@ def wire_case(gw: Gw, case: str) -> tuple[Any, ...]:
     raise AssertionError(case)
 
 
-LANE_CASES = {"plain": 1, "string id and meta": 1, "before initialized": 1, "no arguments": 1}
+LANE_CASES = {
+    "plain": 1,
+    "string id and meta": 1,
+    "before initialized": 1,
+    "no arguments": 1,
+    "wildcard accept": 1,
+    "resumable era header": 1,
+}
+JSON_ONLY_LANE_CASES = {"json-only accept": 1}  # SSE mode needs both types accepted (406 otherwise)
 WIRE_CASES = [
     "plain",
     "string id and meta",
@@ -326,6 +392,9 @@ WIRE_CASES = [
     "modern era header",
     "unknown era header",
     "sse-only accept",
+    "json-only accept",
+    "wildcard accept",
+    "resumable era header",
     "wrong content type",
     "json-ish content type",
     "before initialized",
@@ -341,10 +410,18 @@ def test_every_wire_case_answers_alike_through_the_lane_and_the_sdk(gws: tuple[G
     taken = on.taken - before
     got_off = wire_case(off, case)
     assert got_on == got_off
-    assert taken == LANE_CASES.get(case, 0)  # attacks and the unusual never reach the lane
-    if case in ("plain", "string id and meta", "before initialized"):
-        assert got_on[0] == 200 and got_on[1]["content-type"] == "application/json"
+    lane_cases = LANE_CASES | (JSON_ONLY_LANE_CASES if on.mode == "json" else {})
+    assert taken == lane_cases.get(case, 0)  # attacks and the unusual never reach the lane
+    if case in ("plain", "string id and meta", "before initialized", "resumable era header"):
+        content_type = "application/json" if on.mode == "json" else "text/event-stream"
+        assert got_on[0] == 200 and got_on[1]["content-type"] == content_type
         assert got_on[1]["mcp-session-id"] == "SID" and "Echo: hi" in json.dumps(got_on[2])
+    if on.mode == "sse" and case == "plain":
+        assert [e["data"]["id"] for e in got_on[2]] == [3] and got_on[2][0]["event"] == "message"
+    if on.mode == "sse" and case == "resumable era header":  # priming event first, then the reply
+        assert got_on[2][0] == {"id": "EID", "data": "", "retry": "1000"} and got_on[2][1]["id"] == "EID"
+    if on.mode == "sse" and case in ("json-only accept", "sse-only accept"):
+        assert got_on[0] == 406
     if case in ("missing session id", "malformed JSON", "batch"):
         assert got_on[0] == 400
     if case in ("unknown session id", "other principal's session", "after delete"):
@@ -356,19 +433,21 @@ def test_every_wire_case_answers_alike_through_the_lane_and_the_sdk(gws: tuple[G
 
 
 def test_an_id_reused_while_in_flight_gets_its_own_reply(gws: tuple[Gw, Gw]) -> None:
-    """A slow lane call with id 7, then another call with id 7 on the same session: each POST
-    gets the answer to its own request (the second goes to the SDK), none is misrouted."""
+    """A slow lane call with id 7, then another call with id 7 on the same session: the second
+    goes to the SDK and gets the answer to its own request; the first never gets the second's
+    (JSON: its own result; SSE: the SDK routes answers by id, the second took the id's stream,
+    so the first's stream ends without an answer instead of hanging)."""
     on, _ = gws
     k = on.keys.admin
     sid = open_session(on, k)
-    replies: dict[str, Any] = {}
+    got: dict[str, Any] = {}
 
     async def main() -> None:
         async def slow() -> None:
             r = await anyio.to_thread.run_sync(
                 lambda: post(on, call(7, "mut__slow", {"seconds": 1.0}), k, sid)
             )
-            replies["slow"] = r.json()
+            got["slow"] = replies(r)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow)
@@ -377,14 +456,16 @@ def test_an_id_reused_while_in_flight_gets_its_own_reply(gws: tuple[Gw, Gw]) -> 
                     await anyio.sleep(0.01)
             before = on.taken
             r = await anyio.to_thread.run_sync(lambda: post(on, call(7, ECHO, {"message": "second"}), k, sid))
-            replies["echo"] = r.json()
-            replies["echo_in_lane"] = on.taken - before
+            got["echo"] = replies(r)
+            got["echo_in_lane"] = on.taken - before
 
     anyio.run(main)
-    assert replies["echo_in_lane"] == 0  # the id was in flight in the lane: the SDK served it
-    assert replies["echo"]["id"] == 7 and "Echo: second" in json.dumps(replies["echo"])
-    assert replies["slow"]["id"] == 7 and "Echo: second" not in json.dumps(replies["slow"])
-    assert "result" in replies["slow"]
+    assert got["echo_in_lane"] == 0  # the id was in flight in the lane: the SDK served it
+    [echo] = got["echo"]
+    assert echo["id"] == 7 and "Echo: second" in json.dumps(echo)
+    assert all(m["id"] == 7 and "Echo: second" not in json.dumps(m) for m in got["slow"])
+    if on.mode == "json":
+        assert [m["result"]["content"][0]["text"] for m in got["slow"]] == ["done"]
 
 
 def test_a_cancelled_lane_call_is_answered_cancelled_and_cancelled_upstream(gws: tuple[Gw, Gw]) -> None:
@@ -398,7 +479,7 @@ def test_a_cancelled_lane_call_is_answered_cancelled_and_cancelled_upstream(gws:
             r = await anyio.to_thread.run_sync(
                 lambda: post(on, call(11, "mut__slow", {"seconds": 20}), k, sid)
             )
-            got["slow"] = r.json()
+            got["slow"] = replies(r)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow)
@@ -415,7 +496,8 @@ def test_a_cancelled_lane_call_is_answered_cancelled_and_cancelled_upstream(gws:
 
     anyio.run(main)
     assert got["cancel_status"] == 202
-    assert got["slow"]["id"] == 11 and got["slow"]["error"]["code"] == -32800  # REQUEST_CANCELLED
+    [reply] = got["slow"]  # SSE: progress events first, none after the answer
+    assert reply["id"] == 11 and reply["error"]["code"] == -32800  # REQUEST_CANCELLED
 
 
 def _close_during_a_slow_call(gw: Gw, how: str) -> tuple[Any, ...]:
@@ -463,5 +545,15 @@ def test_a_session_closed_during_a_lane_call_ends_it_as_the_sdk_does(gws: tuple[
     got_on = _close_during_a_slow_call(on, how)
     assert on.taken - before == 1
     got_off = _close_during_a_slow_call(off, how)
+    if on.mode == "sse":  # the progress events sent before the close: as many as it took
+        got_on, got_off = _no_progress(got_on), _no_progress(got_off)
     assert got_on == got_off
-    assert got_on[0] == 500 and got_on[2]["error"]["code"] == types.INTERNAL_ERROR
+    if on.mode == "json":
+        assert got_on[0] == 500 and got_on[2]["error"]["code"] == types.INTERNAL_ERROR
+    else:  # the session's streams closed: the stream ends, no answer
+        assert got_on[0] == 200 and got_on[2] == []
+
+
+def _no_progress(got: tuple[Any, ...]) -> tuple[Any, ...]:
+    events = [e for e in got[2] if e.get("data", {}).get("method") != "notifications/progress"]
+    return (*got[:2], events)

@@ -1,0 +1,196 @@
+"""The HTTP fast lane's answer in SSE mode (the default, ``http.json_response = false``).
+
+The SDK answers a request POST in SSE mode with an event stream: the headers at once, a
+priming event (its id stored in the event store, when the client speaks 2025-11-25 or later),
+then every message the session's message router routes to the request (progress, the relay's
+server->client requests, each stored in the event store under the request's stream id) and
+last the response, stored the same way. ``SseAnswer`` writes that stream itself (no
+sse-starlette response, no memory stream pair per event, no writer task) but keeps the SDK's
+routing: it registers the request's stream with the transport as the SDK's POST handler
+does, and sends the lane's response through the session's message router, so the event
+store, the order of events (a progress notification before the response) and the replay to a
+client that resumes with ``Last-Event-ID`` are the SDK's own. Like sse-starlette it pings a
+silent stream every 15 seconds and, when the client goes away, lets the stream go (the call
+runs on; a resumed stream gets what follows).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import orjson
+from mcp import types
+from mcp.server.connection import Connection
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, REQUEST_CANCELLED, StreamableHTTPServerTransport
+from mcp.shared.dispatcher import CallOptions
+from mcp.shared.exceptions import NoBackChannelError
+from mcp.shared.message import ServerMessageMetadata
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.event import ensure_bytes
+from starlette.requests import Request
+from starlette.types import Receive, Send
+
+from gateway.compat import (
+    RequestStream,
+    related_notify,
+    related_request,
+    transport_close_stream,
+    transport_holds_stream,
+    transport_open_stream,
+    transport_priming_event,
+    transport_write,
+)
+from gateway.server.fastlane import LaneDispatch
+
+_logger = logging.getLogger("symbi.server.httplane")
+
+SEP = "\r\n"  # sse-starlette's default line separator
+PING_S = EventSourceResponse.DEFAULT_PING_INTERVAL
+
+
+class SseLaneDispatch(LaneDispatch):
+    """The ``DispatchContext`` of a lane call answered as an event stream: as the SDK's, its
+    notifications and server->client requests ride the request's own stream (the dispatcher's
+    related request id), and the HTTP request is the message metadata."""
+
+    def __init__(
+        self, connection: Connection, request_id: types.RequestId, token: str | int | None, request: Request
+    ) -> None:
+        super().__init__(connection, request_id, token)
+        self.request = request
+        self.message_metadata = ServerMessageMetadata(request_context=request)  # type: ignore[assignment]
+
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> dict[str, Any]:
+        if self._closed:
+            raise NoBackChannelError(method)
+        return await related_request(self._out, self._request_id, method, params, opts)
+
+    async def notify(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> None:
+        if not self._closed:
+            await related_notify(self._out, self._request_id, method, params, opts)
+
+
+def sse_headers(sid: str) -> list[tuple[bytes, bytes]]:
+    """The raw headers the SDK's SSE answer carries (its header set through sse-starlette's)."""
+    headers = {
+        "Cache-Control": "no-cache, no-transform",
+        "Connection": "keep-alive",
+        "Content-Type": "text/event-stream",
+        MCP_SESSION_ID_HEADER: sid,
+    }
+    return EventSourceResponse(content=_nothing(), headers=headers).raw_headers
+
+
+async def _nothing() -> Any:  # an SSE response's content, never iterated (headers only)
+    return
+    yield
+
+
+def event_bytes(data: bytes, event_id: str | None) -> bytes:
+    """One ``message`` event as sse-starlette encodes it (id, event, data; one data line: the
+    JSON has no raw line breaks)."""
+    head = b"id: " + event_id.encode() + b"\r\nevent: message\r\n" if event_id else b"event: message\r\n"
+    return head + b"data: " + data + b"\r\n\r\n"
+
+
+class SseAnswer:
+    """One lane call's event stream. ``open`` (before the call runs), then ``stream`` the
+    routed events while the call runs, then ``respond`` with its outcome."""
+
+    def __init__(self, transport: StreamableHTTPServerTransport, stream_id: str, send: Send) -> None:
+        self._transport = transport
+        self._stream_id = stream_id
+        self._send = send
+        self._pair: RequestStream | None = None
+        self._own: Any = None  # the response model the lane sent through the router
+        self._own_bytes = b""
+        self._ended = False  # the body's last chunk went out (no ping after it)
+
+    async def open(self, headers: list[tuple[bytes, bytes]], protocol_version: str) -> None:
+        """The priming event is minted first, as the SDK does (storage order is wire order)."""
+        priming = await transport_priming_event(self._transport, self._stream_id, protocol_version)
+        self._pair = transport_open_stream(self._transport, self._stream_id)
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
+        if priming is not None:
+            await self._body(ensure_bytes(priming, SEP))
+
+    async def _body(self, chunk: bytes, more: bool = True) -> None:
+        if not more:
+            self._ended = True
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    async def stream(self) -> None:
+        """Write the request's routed events until its response (or its stream is closed: the
+        session ended, the client left); then end the body."""
+        assert self._pair is not None
+        try:
+            async for event in self._pair[1]:
+                msg = event.message
+                final = isinstance(msg, types.JSONRPCResponse | types.JSONRPCError)
+                if msg is self._own:
+                    data = self._own_bytes
+                else:
+                    data = msg.model_dump_json(by_alias=True, exclude_unset=True).encode()
+                await self._body(event_bytes(data, event.event_id), more=not final)
+                if final:
+                    return
+        except (anyio.ClosedResourceError, anyio.EndOfStream):
+            _logger.debug("the SSE stream of %s closed before its response", self._stream_id)
+        finally:
+            self.release()
+        if not self._ended:
+            await self._body(b"", more=False)
+
+    def release(self) -> None:
+        """Unregister the request's stream (the client left, or it is answered): later messages
+        of the request are stored only, for a resumed stream to replay."""
+        if self._pair is not None:
+            transport_close_stream(self._transport, self._stream_id, self._pair)
+
+    async def watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        """sse-starlette's two side tasks in one: a ping comment on a silent stream every
+        ``PING_S`` seconds, and the stream let go when the client disconnects."""
+        with scope:
+            while True:
+                with anyio.move_on_after(PING_S) as quiet:
+                    message = await receive()
+                if quiet.cancelled_caught:
+                    if not self._ended:
+                        ping = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=SEP)
+                        await self._body(ensure_bytes(ping, SEP))
+                    continue
+                if message["type"] == "http.disconnect":
+                    self.release()  # the stream reader ends; the call runs on
+                    return
+
+    async def respond(self, rid: types.RequestId, out: dict[str, Any] | types.ErrorData | None) -> None:
+        """Send the call's outcome through the session's router (``None``: cancelled, which the
+        2025-era wire answers ``REQUEST_CANCELLED``, as the transport's unanswered hook does)."""
+        if self._transport.is_terminated:
+            return  # the session ended: its streams are closed, as the SDK's (no answer)
+        if out is None:
+            out = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
+        if isinstance(out, types.ErrorData):
+            msg: Any = types.JSONRPCError(jsonrpc="2.0", id=rid, error=out)
+            self._own_bytes = msg.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        else:  # a validated wire result (run_call's serialize): no second validation
+            msg = types.JSONRPCResponse.model_construct(jsonrpc="2.0", id=rid, result=out)
+            self._own_bytes = orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": out})
+        self._own = msg
+        try:
+            await transport_write(self._transport, msg)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            _logger.debug("the answer to %r dropped: the session is closing", rid)
+        pair = self._pair
+        if pair is not None and not transport_holds_stream(self._transport, self._stream_id, pair):
+            # a request of the same id went to the SDK meanwhile and took the id's stream (the
+            # SDK's routing by id): this stream ends without an answer instead of hanging
+            pair[0].close()

@@ -218,7 +218,9 @@ def transport_open_stream(transport: StreamableHTTPServerTransport, stream_id: s
     return pair
 
 
-def transport_close_stream(transport: StreamableHTTPServerTransport, stream_id: str, pair: RequestStream) -> bool:
+def transport_close_stream(
+    transport: StreamableHTTPServerTransport, stream_id: str, pair: RequestStream
+) -> bool:
     """Close ``pair`` and unregister it if it is still the stream of ``stream_id`` (a request of
     the same id sent to the SDK meanwhile replaces it: that one is left alone). True when it was."""
     try:
@@ -233,7 +235,9 @@ def transport_close_stream(transport: StreamableHTTPServerTransport, stream_id: 
     return False
 
 
-def transport_holds_stream(transport: StreamableHTTPServerTransport, stream_id: str, pair: RequestStream) -> bool:
+def transport_holds_stream(
+    transport: StreamableHTTPServerTransport, stream_id: str, pair: RequestStream
+) -> bool:
     """Whether ``pair`` is still the registered stream of ``stream_id``."""
     try:
         return transport._request_streams.get(stream_id) is pair
@@ -278,7 +282,9 @@ async def related_request(
     outbound: Any, request_id: RequestId, method: str, params: Any, opts: Any = None
 ) -> dict[str, Any]:
     """A server->client request on request ``request_id``'s own stream (as ``related_notify``)."""
-    result: dict[str, Any] = await outbound.send_raw_request(method, params, opts, _related_request_id=request_id)
+    result: dict[str, Any] = await outbound.send_raw_request(
+        method, params, opts, _related_request_id=request_id
+    )
     return result
 
 

@@ -145,7 +145,14 @@ class HttpLane:
             await self.app(scope, replay, send)
 
     async def _serve(
-        self, scope: Scope, replay: Receive, receive: Receive, send: Send, sid: str, conn: Connection, body: bytes
+        self,
+        scope: Scope,
+        replay: Receive,
+        receive: Receive,
+        send: Send,
+        sid: str,
+        conn: Connection,
+        body: bytes,
     ) -> bool:
         """Answer the POST in the lane (True), or leave it to the SDK (False)."""
         user = scope.get("user")

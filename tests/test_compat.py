@@ -181,3 +181,30 @@ def test_no_other_module_reaches_into_library_internals() -> None:
             if _PRIVATE.search(code):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+async def test_the_request_stream_reach_ins_of_the_sse_lane() -> None:
+    """Register a request's stream, mint its priming event, route a response to it through the
+    session's router (stored in the event store first), unregister it."""
+    from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+
+    from gateway.server.resume import BoundedEventStore
+
+    transport = StreamableHTTPServerTransport("abc", event_store=BoundedEventStore(), retry_interval=1000)
+    async with transport.connect():
+        assert await compat.transport_priming_event(transport, "5", "2025-06-18") is None  # too old
+        priming = await compat.transport_priming_event(transport, "5", "2025-11-25")
+        assert priming is not None and priming["retry"] == 1000 and priming["id"]
+        pair = compat.transport_open_stream(transport, "5")
+        assert compat.transport_holds_stream(transport, "5", pair)
+        assert compat.transport_serving(transport, "5")  # an id in flight, for the SDK's path too
+        await compat.transport_write(transport, types.JSONRPCResponse(jsonrpc="2.0", id=5, result={}))
+        event = await pair[1].receive()
+        assert event.message.id == 5 and event.event_id and event.event_id != priming["id"]
+        assert compat.transport_close_stream(transport, "5", pair)
+        assert not compat.transport_holds_stream(transport, "5", pair)
+        assert not compat.transport_close_stream(transport, "5", pair)  # not registered any more
+        await transport.terminate()
+    # the dispatcher's keyword that puts a message on a request's own stream
+    for method in (JSONRPCDispatcher.notify, JSONRPCDispatcher.send_raw_request):
+        assert "_related_request_id" in inspect.signature(method).parameters

@@ -10,7 +10,9 @@ Targets, interleaved (every round measures each once, the order rotating):
                  server over stdio: no auth, no policy, no audit
 * ``gateway``    ``symbi serve``: API key auth (one key per session: the default
                  ``http.max_sessions_per_principal`` of 16 stays on), the repo's Rego policy,
-                 the signed audit log, ``tofu`` verification, the same server over stdio
+                 the signed audit log, ``tofu`` verification, the same server over stdio; SSE
+                 answers (the default), plain ``tools/call`` POSTs served by the HTTP fast lane
+* ``gateway-sdk``       the same with ``mcp.http_fast_lane = false``: every request through the SDK
 * ``gateway-json``      (``--json-response``) the same with ``http.json_response = true`` (its
                         plain ``tools/call`` POSTs served by the HTTP fast lane, ``mcp.http_fast_lane``)
 * ``gateway-json-sdk``  (``--json-response``) the same with the lane off: every request through the SDK
@@ -102,6 +104,8 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
             wait_http(f"http://127.0.0.1:{mp}/status", {200}, timeout=180)
             out.append(Target("mcp-proxy", f"http://127.0.0.1:{mp}/mcp", "echo", none, p.pid))
         gateways = [("gateway", ROOT, gw, False, True)]
+        if args.sdk_target:  # the same gateway with every request through the SDK (lane off)
+            gateways.append(("gateway-sdk", ROOT, free_port(), False, False))
         if args.json_response:  # the same gateway answering POSTs with JSON instead of SSE
             gateways.append(("gateway-json", ROOT, free_port(), True, True))
             # and with every request through the SDK (mcp.http_fast_lane = false)
@@ -221,11 +225,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def vs_baseline(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """This tree's gateway against ``--baseline-tree``'s, round by round (medians of ratios)."""
+def vs_baseline(
+    runs: dict[str, dict[str, list[dict[str, Any]]]], base: str = "gateway-baseline", name: str = "gateway"
+) -> dict[str, Any]:
+    """``name`` against ``base`` (``--baseline-tree``'s gateway, or the lane-off one), round by
+    round (medians of ratios)."""
     out: dict[str, Any] = {}
     for phase in ("c1", "load"):
-        pairs = list(zip(runs["gateway"][phase], runs["gateway-baseline"][phase], strict=True))
+        pairs = list(zip(runs[name][phase], runs[base][phase], strict=True))
         out[phase] = {
             k: round(median([a[k] / b[k] for a, b in pairs]), 3)
             for k in ("calls_per_s", "p50_ms", "server_cpu_ms_per_call")
@@ -241,7 +248,7 @@ def profile(args: argparse.Namespace, tmp: Path) -> int:
     pyspy = Path(sys.executable).parent / "py-spy"
     raw = tmp / "profile.txt"
     with targets(args, tmp) as ts:
-        gw = ts[-1]
+        [gw] = [t for t in ts if t.name == args.profile_target]
         drive(gw, args.sessions, args.procs, 2.0, "warm")
         cmd = [str(pyspy), "record", "-r", "200", "-f", "raw", "--nonblocking", "--subprocesses"]
         cmd += ["-o", str(raw), "-d", str(int(args.seconds) + 2), "--pid", str(gw.pid)]
@@ -269,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-mcp-proxy", dest="mcp_proxy", action="store_false")
     ap.add_argument(
+        "--no-sdk-target", dest="sdk_target", action="store_false", help="leave out gateway-sdk (lane off)"
+    )
+    ap.add_argument(
         "--baseline-tree",
         type=Path,
         default=None,
@@ -279,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the gateway, one load phase under py-spy: a Markdown profile instead of JSON",
     )
+    ap.add_argument("--profile-target", default="gateway", help="the target --profile runs (gateway-sdk...)")
     args = ap.parse_args(argv)
     # a plain SIGTERM (timeout, a CI step) must still run the clean-ups: no orphaned servers
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -303,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         "load": f"{args.procs} client processes (httpx, bench/_load_client.py), {args.sessions} sessions, "
         f"1 call in flight each, {args.seconds}s per target per round",
         "gateway": "symbi serve: API key per session, policies.rego, signed audit log, tofu; "
-        "upstream server-everything over stdio; gateway-json: http.json_response = true",
+        "upstream server-everything over stdio, SSE answers; gateway-sdk: mcp.http_fast_lane = false; "
+        "gateway-json: http.json_response = true",
         "rounds": args.rounds,
         "host": {
             "cpus": os.cpu_count(),
@@ -313,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": results,
         "vs_baseline_tree": vs_baseline(runs) if "gateway-baseline" in runs else {},
+        # the SSE lane against the SDK path, round by round (calls/s, p50, server CPU per call)
+        "lane_vs_sdk": vs_baseline(runs, "gateway-sdk") if "gateway-sdk" in runs else {},
         "targets": {
             "calls_per_s": {"target": 1500, "measured": gw["load"]["calls_per_s"]},
             "p50_below_peer_under_load": {

@@ -28,7 +28,25 @@ cfg := data.symbi_data
 # The decision
 # ---------------------------------------------------------------------------------------
 
-decision := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
+# A well-formed tools/call or tool listing (the hot path) is decided from facts computed in
+# one rule body (tool_facts); anything else (other kinds, missing or odd
+# fields) by the general rules below. Both give the same decision
+# (tests/policy/test_index_parity.py checks them against the previous policies and OPA).
+decision := {"allow": false, "reasons": sort(deny), "conditions": {}} if {
+	facts
+	count(deny) > 0
+} else := {"allow": true, "reasons": [], "conditions": facts.conditions} if {
+	facts.granted
+} else := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
+
+# {"refusals", "granted", "conditions"} of a well-formed request of a frequent kind
+facts := f if {
+	f := tool_facts
+} else := f if {
+	f := bus_facts
+} else := f if {
+	f := memory_facts
+}
 
 # Deny by default: allow needs a positive grant AND no deny reason. A malformed input
 # (missing tool name, unknown kind) leaves target_permitted undefined, so it is denied.
@@ -51,14 +69,15 @@ conditions := tool_conditions if is_tool
 else := other_conditions
 
 # Every reason to refuse. A well-formed tool call (the hot path) has its reasons computed in
-# one rule (tool_refusals, regorus costs ~3 us per rule); anything else (other kinds, missing
-# or odd fields) by the general rules. Both give the same reasons
-# (tests/policy/test_index_parity.py). A rule added here (`deny contains msg if ...`) joins
-# them on every path.
+# one rule (tool_facts: regorus costs ~3 us per rule and ~1 us per builtin or function call);
+# anything else (other kinds, missing or odd fields) by the general rules. Both give the same
+# reasons (tests/policy/test_index_parity.py). A rule added here (`deny contains msg if ...`)
+# joins them on every path.
 deny contains msg if some msg in base_deny
 
-base_deny := tool_refusals if is_tool
-else := kind_deny | volume_deny
+base_deny := f.refusals if {
+	f := facts
+} else := kind_deny | volume_deny
 
 kind_deny := tool_deny if is_tool
 else := bus_deny if is_bus
@@ -110,36 +129,237 @@ other_permitted := true if {
 	kind == "knowledge/ingest"
 }
 
-tool_refusals := refusals if {
+# Everything a well-formed tools/call decision needs, with the principal, its roles and the
+# matches of the tool's name in locals: undefined for any other input (the general rules
+# decide those). The same rules as tool_deny, volume_deny and tool_conditions below.
+tool_facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
+	input.kind == "tools/call"
 	tool := input.tool
 	is_object(tool)
 	name := tool.name
 	is_string(name)
-	pid := input.principal.id
+	principal := input.principal
+	pid := principal.id
 	hour := input.context.calls_last_hour
-	is_object(input.arguments)
+	args := input.arguments
+	is_object(args)
 	upstream := input.upstream.name
 	call := object.get(input, "action", "call") == "call"
-	listed := list_matches
+
+	# only with the index precomputed from exactly this data (else the general rules decide)
+	c := data.symbi_data
+	ix := data.precomputed.symbi.data_index
+	ix.of == c
+
+	# principal_entry, as a path (a principal of another source: the general rules)
+	ns := {
+		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
+		"jwt": ["jwt", object.get(principal, "issuer", "")],
+	}[object.get(principal, "source", "")]
+	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
+	roles := {r | some r in principal.roles} | {r | some r in object.get(entry, "roles", [])}
+	key := split(name, "__")[0]
+	mode := {false: "plain", true: "dotted"}[contains(name, ".")]
+
+	# the lists ("tools", "deny_tools") of this principal and its roles that match the tool
+	buckets := [object.get(rx.keyed, key, rx.other)[mode] | some r in roles; rx := ix.roles[r]]
+	listed := ((({f |
+		some r in roles
+		some f in ix.roles[r].exact[name]
+	} | {f |
+		some b in buckets
+		some [f, _, pre] in b.prefix
+		startswith(name, pre)
+	}) | {f |
+		some b in buckets
+		some [f, p] in b.glob
+		glob.match(p, [], name)
+	})) | {f |
+		some f in ["tools", "deny_tools"]
+		some p in object.get(entry, f, [])
+		glob.match(p, [], name)
+	}
 	granted := "tools" in listed
 	ver := object.get(tool, "verification", "unverified")
 	screened := object.get(tool, "screening", {})
-	cap := object.get(principal_entry, "max_calls_per_hour", object.get(cfg, "default_max_calls_per_hour", 0))
+	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
 	refusals := (((({sprintf("principal %v may not use tool %v (not in its allow-list)", [pid, name]) | not granted} | {
 		sprintf("tool %v is on the deny-list of principal %v", [name, pid]) | "deny_tools" in listed
 	}) | {
 		sprintf("tool %v is %v: only verified or pinned tools may be called", [name, ver]) |
 			not verification_passes(ver, upstream)
-	}) | screening_refusals(name, tool, screened)) | {msg |
+	}) | {msg |
+		object.get(screened, "highest", null) == "high"
+		msg := screening_refusal(name, tool, screened)
+	}) | {msg |
 		call
-		some [c, k, v] in arg_values
-		msg := arg_refused(c, k, v)
+		some k, v in args
+		some check in ix.arg_checks[k]
+		some x in arg_items(v)
+		msg := arg_refused(check, k, x, ix)
 	}) | {sprintf("principal %v reached its limit of %d calls per hour", [pid, cap]) |
 		call
 		cap > 0
 		hour >= cap
 	}
+
+	# the [field, pattern] entries of the conditions that match the tool, and the conditions
+	# (as conditions_of computes them)
+	cx := ix.conditions
+	cb := object.get(cx.keyed, key, cx.other)[mode]
+	hits := ({[f, name] | some f in cx.exact[name]} | {[f, p] |
+		some [f, p, pre] in cb.prefix
+		startswith(name, pre)
+	}) | {[f, p] |
+		some [f, p] in cb.glob
+		glob.match(p, [], name)
+	}
+	rates := {c.tool_rate_limits[p] | some [f, p] in hits; f == "tool_rate_limits"}
+	caps := {c.max_result_bytes[p] | some [f, p] in hits; f == "max_result_bytes"}
+	redact_args := sort({k | some [f, p] in hits; f == "redact_arguments"; some k in c.redact_arguments[p]})
+	redact_result := sort({k | some [f, p] in hits; f == "redact_result"; some k in c.redact_result[p]})
+	conditions := object.union_n([
+		{
+			"rate_limit": min(rates | {object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))}),
+			"audit": ["full", "minimal"][count({1 | some [f, _] in hits; f == "audit_minimal"})],
+		},
+		{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
+		{"max_result_bytes": min(caps) | count(caps) > 0},
+		{"redact_arguments": redact_args | count(redact_args) > 0},
+		{"redact_result": redact_result | count(redact_result) > 0},
+	])
 }
+
+# The agent bus's kinds (the rules of bus_deny, volume_deny, other_permitted and
+# other_conditions), for a caller with a principal id and counters.
+bus_facts := {"refusals": refusals, "granted": granted, "conditions": {"rate_limit": rate}} if {
+	kind := input.kind
+	field := {"bus/send": "bus_peers", "bus/publish": "publish_topics", "bus/subscribe": "subscribe_topics"}[kind]
+	principal := input.principal
+	pid := principal.id
+	hour := input.context.calls_last_hour
+	call := object.get(input, "action", "call") == "call"
+	c := data.symbi_data
+	ns := {
+		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
+		"jwt": ["jwt", object.get(principal, "issuer", "")],
+	}[object.get(principal, "source", "")]
+	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
+	roles := {r | some r in principal.roles} | {r | some r in object.get(entry, "roles", [])}
+	pats := {p | some p in object.get(entry, field, [])} | {p |
+		some r in roles
+		some p in object.get(object.get(object.get(c, "roles", {}), r, {}), field, [])
+	}
+	agent := object.get(input, "agent", null)
+	has_agent := count({1 | is_string(agent.id)} | {1 | is_string(agent)}) > 0
+	granted := count(({1 |
+		kind == "bus/send"
+		input.recipient.principal == pid
+	} | {1 |
+		kind == "bus/send"
+		some p in pats
+		glob.match(p, [], input.recipient.principal)
+	}) | {1 |
+		kind != "bus/send"
+		is_string(input.topic)
+		some p in pats
+		glob.match(p, ["."], input.topic)
+	}) > 0
+	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
+	refusals := (({sprintf("%v needs an agent: the caller %v has no agent id", [kind, pid]) | not has_agent} | {msg |
+		not granted
+		kind == "bus/send"
+		msg := sprintf("principal %v may not message agents of principal %v", [pid, input.recipient.principal])
+	}) | {msg |
+		not granted
+		kind != "bus/send"
+		msg := sprintf("principal %v may not %v topic %v", [pid, split(kind, "/")[1], input.topic])
+	}) | {sprintf("principal %v reached its limit of %d calls per hour", [pid, cap]) |
+		call
+		cap > 0
+		hour >= cap
+	}
+	rate := object.get(entry, "bus_rate_limit", object.get(c, "default_bus_rate_limit", 600))
+}
+
+# Memory and knowledge kinds (the rules of memory_deny, volume_deny, other_permitted and
+# other_conditions), for a caller with an agent object.
+memory_facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
+	kind := input.kind
+	mode := {"context/read": "read", "context/write": "write", "knowledge/search": "write"}[kind]
+	principal := input.principal
+	pid := principal.id
+	hour := input.context.calls_last_hour
+	call := object.get(input, "action", "call") == "call"
+	aid := input.agent.id
+	is_string(aid)
+	aid != ""
+	c := data.symbi_data
+	ns := {
+		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
+		"jwt": ["jwt", object.get(principal, "issuer", "")],
+	}[object.get(principal, "source", "")]
+	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
+	roles := {r | some r in principal.roles} | {r | some r in object.get(entry, "roles", [])}
+	mcfg := object.get(c, "memory", {})
+	mem := object.get(input, "memory", {})
+	mtype := object.get(mem, "memory_type", "")
+	owner := object.get(mem, "owner", "")
+	is_mem := kind != "knowledge/search"
+	space := object.get(mem, "namespace", "")
+	ns_ok := count({1 |
+		mtype == "shared"
+		some r in roles
+		r in object.get(object.get(object.get(mcfg, "namespaces", {}), space, {}), mode, [])
+	}) > 0
+	kb_ok := count({1 |
+		not is_mem
+		some pat, rs in object.get(mcfg, "knowledge", {})
+		glob.match(pat, [], object.get(mem, "base", ""))
+		some r in roles
+		r in rs
+	}) > 0
+	granted := count(({1 |
+		is_mem
+		mtype in {"short_term", "working", "long_term"}
+		owner == aid
+	} | {1 |
+		is_mem
+		ns_ok
+	}) | {1 |
+		not is_mem
+		kb_ok
+	}) > 0
+	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
+	refusals := ((({msg |
+		is_mem
+		mtype != "shared"
+		owner != aid
+		msg := sprintf("agent %v may not %v the %v memory of agent %v", [aid, mode, mtype, owner])
+	} | {msg |
+		is_mem
+		mtype == "shared"
+		not ns_ok
+		msg := sprintf("principal %v may not %v shared namespace %v", [pid, mode, space])
+	}) | {msg |
+		not is_mem
+		not kb_ok
+		msg := sprintf("principal %v may not search knowledge base %v", [pid, object.get(mem, "base", "")])
+	})) | {sprintf("principal %v reached its limit of %d calls per hour", [pid, cap]) |
+		call
+		cap > 0
+		hour >= cap
+	}
+	conditions := {"redact_text": pats |
+		kind == "context/write"
+		pats := object.get(mcfg, "redact_text", [])
+		count(pats) > 0
+	}
+}
+
+# a value of a path / url argument: a string, or each item of an array
+arg_items(v) := v if is_array(v)
+else := [v]
 
 verification_passes(ver, _) if ver in {"verified", "pinned"}
 
@@ -148,8 +368,7 @@ verification_passes(ver, upstream) if {
 	object.get(object.get(object.get(cfg, "upstreams", {}), upstream, {}), "allow_unverified", false) == true
 }
 
-screening_refusals(name, tool, screened) := {msg |
-	object.get(screened, "highest", null) == "high"
+screening_refusal(name, tool, screened) := msg if {
 	object.get(screened, "accepted", false) != true
 	object.get(tool, "verification_mode", "strict") in {"strict", "tofu"}
 	rules := sort({f.rule | some f in object.get(screened, "findings", []); f.severity == "high"})
@@ -186,12 +405,14 @@ principal_source := object.get(input.principal, "source", "")
 
 principals_of(ns) := object.get(object.get(cfg, "principals", {}), ns, {})
 
-principal_entry := object.get(principals_of("stdio"), principal_id, {}) if principal_source == "stdio"
-else := object.get(principals_of("keys"), principal_id, {}) if principal_source == "key"
-else := object.get(object.get(principals_of("jwt"), object.get(input.principal, "issuer", ""), {}), principal_id, {}) if {
-	principal_source == "jwt"
+principal_entry := entry_of(input.principal)
+
+entry_of(p) := e if {
+	ns := {"stdio": "stdio", "key": "keys", "anonymous": "anonymous"}[object.get(p, "source", "")]
+	e := object.get(principals_of(ns), p.id, {})
+} else := object.get(object.get(principals_of("jwt"), object.get(p, "issuer", ""), {}), p.id, {}) if {
+	object.get(p, "source", "") == "jwt"
 }
-else := object.get(principals_of("anonymous"), principal_id, {}) if principal_source == "anonymous"
 else := {}
 
 upstream_entry := object.get(object.get(cfg, "upstreams", {}), input.upstream.name, {})
@@ -246,6 +467,12 @@ data_index := {
 			some p, _ in object.get(cfg, f, {})
 		],
 	)),
+	# fs_roots: exact roots, and the prefixes of the paths under them (see under_root)
+	"roots": {
+		"exact": {r: true | some r in object.get(cfg, "fs_roots", []); is_string(r)},
+		"prefix": [concat("", [trim_right(r, "/"), "/"]) | some r in object.get(cfg, "fs_roots", [])],
+	},
+	"url_hosts": [lower(p) | some p in object.get(cfg, "url_hosts", [])],
 	# argument name -> the checks its values get ("path", "url")
 	"arg_checks": {k: cs |
 		some c, field in {"path": "path_arguments", "url": "url_arguments"}
@@ -264,19 +491,51 @@ pattern_key(p) := parts[0] if {
 	literal(parts[0])
 }
 
-# entries: [field, pattern] pairs. exact: literal pattern -> its fields; keyed: key -> the
-# pairs with that key and every unkeyed pair; other: the unkeyed pairs.
-glob_index(entries) := {"exact": exact, "keyed": keyed, "other": other} if {
+# entries: [field, pattern] pairs. exact: literal pattern -> its fields; keyed: key -> a
+# bucket of the pairs with that key and every unkeyed pair; other: the bucket of the unkeyed
+# pairs.
+glob_index(entries) := {"exact": exact, "keyed": keyed, "other": bucket(other)} if {
 	exact := {p: [f | some [f, q] in entries; q == p] | some [_, p] in entries; literal(p)}
 	other := [e | some e in entries; not literal(e[1]); not pattern_key(e[1])]
-	keyed := {k: array.concat([e | some e in entries; not literal(e[1]); pattern_key(e[1]) == k], other) |
+	keyed := {k: bucket(array.concat([e | some e in entries; not literal(e[1]); pattern_key(e[1]) == k], other)) |
 		some [_, p] in entries
 		not literal(p)
 		k := pattern_key(p)
 	}
 }
 
+# A bucket's patterns for a name without a "." (mode "plain"): those that are a literal
+# prefix and a final "*" match exactly the names that start with the prefix (the "*" matches
+# any run of characters but the delimiter "."), as [field, pattern, prefix]; the others are
+# globbed. For a name with a "." (mode "dotted") every pattern is globbed.
+bucket(entries) := {
+	"plain": {
+		"prefix": [[f, p, pre] | some [f, p] in entries; pre := star_prefix(p)],
+		"glob": [[f, p] | some [f, p] in entries; not star_prefix(p)],
+	},
+	"dotted": {"prefix": [], "glob": entries},
+}
+
+star_prefix(p) := pre if {
+	pre := trim_suffix(p, "*")
+	pre != p
+	literal(pre)
+}
+
+glob_mode := {false: "plain", true: "dotted"}
+
 tool_key := split(tool_name, "__")[0]
+
+tool_mode := glob_mode[contains(tool_name, ".")]
+
+# the [field, pattern] entries of a bucket whose pattern matches the tool's name
+bucket_matches(ix) := {[f, p] |
+	some [f, p, pre] in object.get(ix.keyed, tool_key, ix.other)[tool_mode].prefix
+	startswith(tool_name, pre)
+} | {[f, p] |
+	some [f, p] in object.get(ix.keyed, tool_key, ix.other)[tool_mode].glob
+	glob.match(p, [], tool_name)
+}
 
 # the lists ("tools", "deny_tools") of this principal and its roles that match the tool, and
 # the [field, pattern] entries of the conditions that match it
@@ -285,20 +544,14 @@ list_matches := ({f |
 	some f in idx.roles[r].exact[tool_name]
 } | {f |
 	some r in roles
-	ix := idx.roles[r]
-	some [f, p] in object.get(ix.keyed, tool_key, ix.other)
-	glob.match(p, [], tool_name)
+	some [f, _] in bucket_matches(idx.roles[r])
 }) | {f |
 	some f in ["tools", "deny_tools"]
 	some p in object.get(principal_entry, f, [])
 	glob.match(p, [], tool_name)
 }
 
-condition_matches := {[f, tool_name] | some f in idx.conditions.exact[tool_name]} | {[f, p] |
-	ix := idx.conditions
-	some [f, p] in object.get(ix.keyed, tool_key, ix.other)
-	glob.match(p, [], tool_name)
-}
+condition_matches := {[f, tool_name] | some f in idx.conditions.exact[tool_name]} | bucket_matches(idx.conditions)
 
 # ---------------------------------------------------------------------------------------
 # Tools: allow-list and deny-list by glob (the principal's own and its roles')
@@ -397,7 +650,7 @@ arg_values := {[c, k, v] | some k, v in input.arguments; some c in idx.arg_check
 tool_deny contains msg if {
 	is_call
 	some [c, k, v] in arg_values
-	msg := arg_refused(c, k, v)
+	msg := arg_refused(c, k, v, idx)
 }
 
 # A path is accepted only when it has no "." / ".." segment (so "/allowed/../etc" never passes
@@ -405,13 +658,12 @@ tool_deny contains msg if {
 # relative path passes only under a relative root listed in the data (relative to the
 # filesystem server's own folder). Symlinks inside a root are the filesystem server's
 # business: the policy sees strings.
-path_ok(p) if {
+path_ok(p, roots) if {
 	is_string(p)
 	not contains(p, "\\")
 	not contains(p, "\u0000")
 	not dot_segment(p)
-	some root in object.get(cfg, "fs_roots", [])
-	under_root(p, root)
+	under_root(p, roots)
 }
 
 dot_segment(p) if {
@@ -419,13 +671,18 @@ dot_segment(p) if {
 	s in {".", ".."}
 }
 
-under_root(p, root) if p == root
+# roots: data_index.roots, {"exact": {root: true}, "prefix": [root without its trailing "/"s + "/"]}
+under_root(p, roots) if roots.exact[p]
 
-under_root(p, root) if startswith(p, concat("", [trim_right(root, "/"), "/"]))
+under_root(p, roots) if {
+	some pre in roots.prefix
+	startswith(p, pre)
+}
 
-arg_refused(c, k, v) := sprintf("argument %v is not a path under an allowed root", [k]) if {
+# ix: data_index (fs roots and URL host patterns)
+arg_refused(c, k, v, ix) := sprintf("argument %v is not a path under an allowed root", [k]) if {
 	c == "path"
-	not path_ok(v)
+	not path_ok(v, ix.roots)
 }
 
 # host of an http(s) URL: the part after the last userinfo "@", without port; IPv6 in [].
@@ -438,21 +695,21 @@ url_host(u) := lower(m[0][1]) if {
 	count(m) == 1
 }
 
-url_ok(u) if {
-	host := url_host(u)
-	some pat in object.get(cfg, "url_hosts", [])
-	glob.match(lower(pat), ["."], host)
+arg_refused(c, k, v, ix) := msg if {
+	c == "url"
+	hosts := [h | h := url_host(v)] # the regex runs once
+	msg := url_refused(k, hosts, ix.url_hosts)
 }
 
-arg_refused(c, k, v) := sprintf("argument %v is not an http(s) URL", [k]) if {
-	c == "url"
-	not url_host(v)
+# pats: the url_hosts patterns in lower case (data_index.url_hosts)
+url_refused(k, hosts, pats) := sprintf("argument %v is not an http(s) URL", [k]) if count(hosts) == 0
+else := sprintf("argument %v: host %v is not in the allow-list", [k, hosts[0]]) if {
+	not host_ok(hosts[0], pats)
 }
 
-arg_refused(c, k, v) := sprintf("argument %v: host %v is not in the allow-list", [k, host]) if {
-	c == "url"
-	host := url_host(v)
-	not url_ok(v)
+host_ok(host, pats) if {
+	some pat in pats
+	glob.match(pat, ["."], host)
 }
 
 # ---------------------------------------------------------------------------------------
@@ -519,22 +776,24 @@ volume_deny contains msg if {
 # ---------------------------------------------------------------------------------------
 
 # Code tools run at least in gVisor; a trusted principal may use Docker.
-code_tier := "docker" if "trusted" in roles
+code_tier_of(rs) := "docker" if "trusted" in rs
 else := "gvisor"
 
-tool_conditions := object.union_n([
+tool_conditions := conditions_of(condition_matches, principal_entry, roles, input.tool, cfg)
+
+# the conditions granted to a tool whose name matched the [field, pattern] entries `hits`
+conditions_of(hits, entry, roles, tool, c) := object.union_n([
 	{"rate_limit": min(rates | {base_rate}), "audit": ["full", "minimal"][minimal]},
-	{"sandbox_tier": code_tier | input.tool.code_tool == true},
+	{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
 	{"max_result_bytes": min(caps) | count(caps) > 0},
 	{"redact_arguments": redact_args | count(redact_args) > 0},
 	{"redact_result": redact_result | count(redact_result) > 0},
 ]) if {
-	hits := condition_matches
-	rates := {cfg.tool_rate_limits[p] | some [f, p] in hits; f == "tool_rate_limits"}
-	base_rate := object.get(principal_entry, "rate_limit", object.get(cfg, "default_rate_limit", 60))
-	caps := {cfg.max_result_bytes[p] | some [f, p] in hits; f == "max_result_bytes"}
-	redact_args := sort({k | some [f, p] in hits; f == "redact_arguments"; some k in cfg.redact_arguments[p]})
-	redact_result := sort({k | some [f, p] in hits; f == "redact_result"; some k in cfg.redact_result[p]})
+	rates := {c.tool_rate_limits[p] | some [f, p] in hits; f == "tool_rate_limits"}
+	base_rate := object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))
+	caps := {c.max_result_bytes[p] | some [f, p] in hits; f == "max_result_bytes"}
+	redact_args := sort({k | some [f, p] in hits; f == "redact_arguments"; some k in c.redact_arguments[p]})
+	redact_result := sort({k | some [f, p] in hits; f == "redact_result"; some k in c.redact_result[p]})
 	minimal := count({1 | some [f, _] in hits; f == "audit_minimal"})
 }
 

@@ -12,9 +12,11 @@
 # server. Only builtins both implement: glob.match, regex.match/find_all_string_submatch_n,
 # sprintf %v/%d, split/startswith/contains/lower, sort/min/count, object.get, array.concat.
 #
-# Written for the interpreter's speed (every rule body and builtin call costs ~1 us in
-# regorus): each kind evaluates only its own rules, and the tool patterns of the data are
-# indexed (data_index, below) so a decision globs only the few patterns that can match.
+# Written for the interpreter's speed (regorus costs ~3 us per rule and ~1 us per builtin or
+# function call): a well-formed request of the frequent kinds (tools, bus, memory) is decided
+# from one rule body (facts), the data's patterns, roots and hosts are indexed once per load
+# (data_index, below) so a decision globs only the few patterns that can match, and the other
+# kinds evaluate only their own rules.
 
 package symbi
 
@@ -138,8 +140,7 @@ tool_facts := {"refusals": refusals, "granted": granted, "conditions": condition
 	is_object(tool)
 	name := tool.name
 	is_string(name)
-	principal := input.principal
-	pid := principal.id
+	pid := input.principal.id
 	hour := input.context.calls_last_hour
 	args := input.arguments
 	is_object(args)
@@ -154,10 +155,10 @@ tool_facts := {"refusals": refusals, "granted": granted, "conditions": condition
 	# principal_entry, as a path (a principal of another source: the general rules)
 	ns := {
 		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
-		"jwt": ["jwt", object.get(principal, "issuer", "")],
-	}[object.get(principal, "source", "")]
+		"jwt": ["jwt", object.get(input.principal, "issuer", "")],
+	}[object.get(input.principal, "source", "")]
 	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
-	roles := {r | some r in principal.roles} | {r | some r in object.get(entry, "roles", [])}
+	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
 	key := split(name, "__")[0]
 	mode := {false: "plain", true: "dotted"}[contains(name, ".")]
 
@@ -235,17 +236,16 @@ tool_facts := {"refusals": refusals, "granted": granted, "conditions": condition
 bus_facts := {"refusals": refusals, "granted": granted, "conditions": {"rate_limit": rate}} if {
 	kind := input.kind
 	field := {"bus/send": "bus_peers", "bus/publish": "publish_topics", "bus/subscribe": "subscribe_topics"}[kind]
-	principal := input.principal
-	pid := principal.id
+	pid := input.principal.id
 	hour := input.context.calls_last_hour
 	call := object.get(input, "action", "call") == "call"
 	c := data.symbi_data
 	ns := {
 		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
-		"jwt": ["jwt", object.get(principal, "issuer", "")],
-	}[object.get(principal, "source", "")]
+		"jwt": ["jwt", object.get(input.principal, "issuer", "")],
+	}[object.get(input.principal, "source", "")]
 	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
-	roles := {r | some r in principal.roles} | {r | some r in object.get(entry, "roles", [])}
+	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
 	pats := {p | some p in object.get(entry, field, [])} | {p |
 		some r in roles
 		some p in object.get(object.get(object.get(c, "roles", {}), r, {}), field, [])
@@ -287,8 +287,7 @@ bus_facts := {"refusals": refusals, "granted": granted, "conditions": {"rate_lim
 memory_facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
 	kind := input.kind
 	mode := {"context/read": "read", "context/write": "write", "knowledge/search": "write"}[kind]
-	principal := input.principal
-	pid := principal.id
+	pid := input.principal.id
 	hour := input.context.calls_last_hour
 	call := object.get(input, "action", "call") == "call"
 	aid := input.agent.id
@@ -297,10 +296,10 @@ memory_facts := {"refusals": refusals, "granted": granted, "conditions": conditi
 	c := data.symbi_data
 	ns := {
 		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
-		"jwt": ["jwt", object.get(principal, "issuer", "")],
-	}[object.get(principal, "source", "")]
+		"jwt": ["jwt", object.get(input.principal, "issuer", "")],
+	}[object.get(input.principal, "source", "")]
 	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
-	roles := {r | some r in principal.roles} | {r | some r in object.get(entry, "roles", [])}
+	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
 	mcfg := object.get(c, "memory", {})
 	mem := object.get(input, "memory", {})
 	mtype := object.get(mem, "memory_type", "")
@@ -405,14 +404,12 @@ principal_source := object.get(input.principal, "source", "")
 
 principals_of(ns) := object.get(object.get(cfg, "principals", {}), ns, {})
 
-principal_entry := entry_of(input.principal)
-
-entry_of(p) := e if {
-	ns := {"stdio": "stdio", "key": "keys", "anonymous": "anonymous"}[object.get(p, "source", "")]
-	e := object.get(principals_of(ns), p.id, {})
-} else := object.get(object.get(principals_of("jwt"), object.get(p, "issuer", ""), {}), p.id, {}) if {
-	object.get(p, "source", "") == "jwt"
+principal_entry := object.get(principals_of("stdio"), principal_id, {}) if principal_source == "stdio"
+else := object.get(principals_of("keys"), principal_id, {}) if principal_source == "key"
+else := object.get(object.get(principals_of("jwt"), object.get(input.principal, "issuer", ""), {}), principal_id, {}) if {
+	principal_source == "jwt"
 }
+else := object.get(principals_of("anonymous"), principal_id, {}) if principal_source == "anonymous"
 else := {}
 
 upstream_entry := object.get(object.get(cfg, "upstreams", {}), input.upstream.name, {})

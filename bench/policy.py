@@ -20,10 +20,12 @@ On the repo's ``policies.rego`` + ``policies/data.json`` with the 95 inputs of
   seeded random inputs, so the ratio compares equal work;
 - threads: total decisions/s with N threads, one engine per thread (regorus holds the GIL,
   so expect no gain: the way to scale is worker processes);
-- before_after: evaluated decisions of the previous policy (``tests/policy/reference/
-  policies_v1.rego``: every pattern globbed, every rule of every kind evaluated) and of the
-  current one, same data, same inputs, interleaved round by round (``--rounds``): medians and
-  the ratio (the issue-16 target counts evaluated decisions: >= 10,000/s, p99 <= 300 us);
+- before_after: evaluated decisions of a previous policy (``--before``, by default
+  ``tests/policy/reference/policies_v2.rego``, session 7's: the index precomputed, the deny
+  reasons of a tool call in one rule, everything else rule by rule; ``policies_v1.rego`` globs
+  every pattern and evaluates every rule of every kind) and of the current one, same data,
+  same inputs, interleaved round by round (``--rounds``): medians and the ratio (the issue-16
+  target counts evaluated decisions: >= 10,000/s, p99 <= 300 us);
 - step: the whole ``PolicyStep`` (input document + decision + conditions) around a trivial
   endpoint, minus the bare endpoint: the policy's cost inside one proxied call (cache on,
   and the counters advance, as in the gateway).
@@ -474,17 +476,16 @@ def _agreement(engine: EmbeddedEngine, pure: PurePolicy, inputs: list[dict[str, 
 def before_after(
     files: PolicyFiles, inputs: list[dict[str, Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """The previous policy vs the current one (both evaluated every time), interleaved."""
-    ref = ROOT / "tests" / "policy" / "reference" / "policies_v1.rego"
+    """A previous policy vs the current one (both evaluated every time), interleaved."""
     sides = {
-        "before_v1": EmbeddedEngine(PolicyFiles(policy=ref, data=files.data), cache_entries=0),
+        "before": EmbeddedEngine(PolicyFiles(policy=args.before, data=files.data), cache_entries=0),
         "after": EmbeddedEngine(files, cache_entries=0),
     }
     for eng in sides.values():
         if not eng.load():
             raise SystemExit("a policy does not load")
     same = sum(
-        decision_dict(sides["before_v1"].decide(i)) == decision_dict(sides["after"].decide(i)) for i in inputs
+        decision_dict(sides["before"].decide(i)) == decision_dict(sides["after"].decide(i)) for i in inputs
     )
     rounds: dict[str, list[dict[str, float]]] = {k: [] for k in sides}
     for _ in range(args.rounds):
@@ -493,8 +494,11 @@ def before_after(
                 {**latency(eng.decide, inputs, args.timed), **throughput(eng.decide, inputs, args.seconds)}
             )
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rounds.items()}
-    b, a = med["before_v1"], med["after"]
+    b, a = med["before"], med["after"]
     return {
+        "before_policy": str(
+            args.before.relative_to(ROOT) if args.before.is_relative_to(ROOT) else args.before
+        ),
         "same_decisions": f"{same}/{len(inputs)}",
         "rounds": args.rounds,
         **med,
@@ -514,6 +518,12 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2,4")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of before_after")
     ap.add_argument("--random", type=int, default=500, help="seeded random inputs checked for agreement")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        default=ROOT / "tests" / "policy" / "reference" / "policies_v2.rego",
+        help="the previous policy before_after compares (same data)",
+    )
     args = ap.parse_args()
 
     from tests.policy.randinput import random_inputs

@@ -1,10 +1,12 @@
-"""The default policy's indexed tool patterns (``data_index``, precomputed per load) decide
-exactly as the plain rules did: the previous ``policies.rego`` (kept as
-``reference/policies_v1.rego``, every pattern globbed on every decision) and the real OPA
-engine (which computes the index inside each evaluation) agree with the embedded engine on
-the cases, on seeded random inputs, and on seeded random data files whose patterns mix
-literals, keyed globs (``fs__read_*``), unkeyed ones (``*``, ``f?__x``, ``{a,b}__*``) and
-glob syntax the index must not take for a literal (``[x]``, ``\\*``)."""
+"""The default policy's indexed tool patterns (``data_index``, precomputed per load) and its
+one-rule fast paths (``facts``: well-formed tool, bus and memory requests) decide exactly as
+the plain rules did: the previous policies (``reference/policies_v1.rego``, every pattern
+globbed and every rule evaluated on every decision; ``reference/policies_v2.rego``, session
+7's) and the real OPA engine agree with the embedded engine on the cases, on seeded random
+inputs, and on seeded random data files whose patterns mix literals, keyed globs
+(``fs__read_*``), unkeyed ones (``*``, ``f?__x``, ``{a,b}__*``) and glob syntax the index must
+not take for a literal (``[x]``, ``\\*``). OPA decides both ways: without the precomputed
+index (its general rules) and with it (the fast paths)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from tests.policy.conftest import CASES, DATA, POLICY, opa_engine
 from tests.policy.randinput import TOOLS, random_inputs
 
 REFERENCE = Path(__file__).parent / "reference" / "policies_v1.rego"
+PREVIOUS = Path(__file__).parent / "reference" / "policies_v2.rego"
 DECISION = "data.symbi.decision"
 ERROR = "error"
 
@@ -125,17 +128,59 @@ def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:
 def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> None:
     r = random.Random(1000 + seed)
     data = _random_data(r, json.loads(DATA.read_text()))
-    _, new = _load(POLICY.read_text(), data)
+    bundle, new = _load(POLICY.read_text(), data)
     _, old = _load(REFERENCE.read_text(), data)
+    _, previous = _load(PREVIOUS.read_text(), data)
+    assert bundle.precomputed is not None
     opa = opa_engine(data=data)
+    opa_indexed = opa_engine(data={**data, **bundle.precomputed})  # the fast paths on OPA
     outcomes = {"allow": 0, "deny": 0}
     for inp in _inputs(seed, 150):
         a = _decide(new, inp)
         assert a == _decide(old, inp), inp
+        assert a == _decide(previous, inp), inp
         assert a == _opa(opa, inp), inp
+        assert a == _opa(opa_indexed, inp), inp
         if a != ERROR:
             outcomes["allow" if a["allow"] else "deny"] += 1
     assert outcomes["allow"] >= 10 and outcomes["deny"] >= 50, outcomes
+
+
+def test_the_shipped_data_decides_as_opa_with_the_index() -> None:
+    """OPA given the precomputed index runs the fast paths, as the embedded engine does."""
+    data = json.loads(DATA.read_text())
+    bundle, new = _load(POLICY.read_text(), data)
+    assert bundle.precomputed is not None
+    opa = opa_engine(data={**data, **bundle.precomputed})
+    inputs = [c.input for c in load_cases(CASES)] + _inputs(62, 400)
+    diffs = [(i, a, b) for i in inputs if (a := _decide(new, i)) != (b := _opa(opa, i))]
+    assert diffs == []
+
+
+@pytest.mark.parametrize(
+    "kind", ["tools/call", "bus/send", "bus/publish", "bus/subscribe", "context/read", "knowledge/search"]
+)
+def test_well_formed_requests_of_the_frequent_kinds_take_the_fast_path(kind: str) -> None:
+    """The cases of each frequent kind (a principal of a known source; a tool object, or an
+    agent for memory) are decided by `facts` (one rule body), not by the rule-by-rule
+    general path: the speed of issue 16 depends on it."""
+    bundle, engine = _load(POLICY.read_text(), json.loads(DATA.read_text()))
+    inputs = [
+        c.input
+        for c in load_cases(CASES)
+        if c.input.get("kind") == kind
+        and c.input.get("principal", {}).get("source") in {"stdio", "key", "jwt", "anonymous"}
+        and (kind == "tools/call") == isinstance(c.input.get("tool"), dict)
+        and (not kind.startswith(("context/", "knowledge/")) or isinstance(c.input.get("agent"), dict))
+    ]
+    assert inputs
+    for inp in inputs:
+        engine.set_input(inp)
+        facts = engine.eval_rule("data.symbi.facts")
+        assert isinstance(facts, dict) and set(facts) == {"refusals", "granted", "conditions"}, inp
+    other = {**inputs[0], "kind": "resources/read", "target": "file:///x"}
+    engine.set_input(other)
+    assert engine.eval_rule("data.symbi.facts") is None  # other kinds: the general rules
 
 
 def test_an_index_of_other_data_is_not_used() -> None:

@@ -2,11 +2,14 @@
 
 Callers never touch the database: ``emit`` / ``record`` / ``append`` serialise the details at
 once and put the event on an unbounded queue (never dropped); one writer thread takes up to
-``audit.batch_max`` events at a time, assigns sequence numbers, chains them, signs the LAST
-record of the batch (its chain hash vouches for every record before it, like a signed tree
-head; the others carry an empty signature), inserts them and the signed head anchor in ONE
-transaction and commits (WAL, fsync). Only then are the
-events acknowledged: ``record`` / ``append`` return the sequence number after the commit.
+``audit.batch_max`` events at a time, assigns sequence numbers, chains them, signs the head
+anchor (seq and chain hash of the batch's LAST record: it vouches for every record before it,
+like a signed tree head), inserts the records and the anchor in ONE transaction and commits
+(WAL, fsync). Only then are the events acknowledged: ``record`` / ``append`` return the
+sequence number after the commit. The batch's last record is signed too (the others carry an
+empty signature), after the acknowledgement, and that signature is stored by the next
+transaction (or once the writer is idle, and before a flush or close returns): until then the
+anchor vouches for it (``Writer.commit_events``).
 One fsync per batch is what makes durable appends cheap under load (group commit).
 
 Fail closed: when a batch cannot be committed, waiting callers get ``AuditError``; if events
@@ -49,7 +52,7 @@ from gateway.audit.startup import (
     register_key,
     take_lock,
 )
-from gateway.audit.writer import WAL_CHECKPOINT_PAGES, Writer
+from gateway.audit.writer import SEAL_IDLE_S, WAL_CHECKPOINT_PAGES, Writer
 from gateway.custody import create_private
 from gateway.errors import AuditError
 
@@ -73,6 +76,9 @@ class AuditLog:
             ``"warn"`` logs the failure and carries on.
         wal_checkpoint_pages: the writer checkpoints the WAL (off the acknowledgement path) once
             about this many pages were written since the last checkpoint (``Writer``).
+        seal_idle_s: a batch's last record is signed after its waiters are woken and the
+            signature stored with the next batch; an idle writer stores it after this long
+            (``Writer.seal``). Until then the signed head anchor vouches for it.
 
     Raises:
         AuditError: the log or key cannot be opened, another process holds the log, or the key
@@ -91,6 +97,7 @@ class AuditLog:
         checkpoint_export: Path | None = None,
         archive_dir: Path | None = None,
         wal_checkpoint_pages: int = WAL_CHECKPOINT_PAGES,
+        seal_idle_s: float = SEAL_IDLE_S,
     ) -> None:
         self.path = Path(path)
         self.key_path = Path(key_path)
@@ -138,6 +145,7 @@ class AuditLog:
             on_failure,
             self.checkpoint_export,
             wal_checkpoint_pages=max(1, int(wal_checkpoint_pages)),
+            seal_idle_s=max(0.0, float(seal_idle_s)),
         )
         self._thread = threading.Thread(target=self._writer.run, name="symbi-audit-writer", daemon=True)
         self._thread.start()

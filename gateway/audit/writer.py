@@ -42,6 +42,11 @@ _logger = logging.getLogger("symbi.audit")
 # 0.08 ms less per commit than appending to a growing WAL). 256 pages: 1 MiB.
 WAL_CHECKPOINT_PAGES = 256
 
+# The batch's last record gets its signature in the NEXT transaction (see ``commit_events``).
+SIGN_SQL = "UPDATE events SET signature = ? WHERE seq = ? AND signature = ''"
+# an idle writer stores a deferred head signature after this long without a new event (``seal``)
+SEAL_IDLE_S = 0.05
+
 
 @dataclass(eq=False)
 class Writer:
@@ -65,6 +70,10 @@ class Writer:
     # WAL pages (estimated) written since the writer last checkpointed the WAL (_checkpoint_wal)
     wal_pages: int = 0
     wal_checkpoint_pages: int = WAL_CHECKPOINT_PAGES
+    # (seq, signature) of the last commit's head, signed after its waiters were woken and stored
+    # by the next transaction: until then the in-database anchor vouches for it (commit_events)
+    pending: tuple[int, str] | None = None
+    seal_idle_s: float = SEAL_IDLE_S
 
     def __post_init__(self) -> None:
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -79,6 +88,7 @@ class Writer:
                 break
         events = [it for it in late if it.kind == "event"]
         if events and self.commit_events(events):
+            self.seal()
             self.write_checkpoint()
         for it in late:
             if it.kind != "event":
@@ -93,6 +103,7 @@ class Writer:
             control = batch[-1] if batch[-1].kind != "event" else None
             if control is None:
                 continue
+            self.seal()  # a flush, rotation, retention or close sees every head signed
             if control.kind == "flush":
                 resolve(control.future, None, self.broken)
             elif control.kind == "rotate":
@@ -116,7 +127,7 @@ class Writer:
         before it (the call's reply waited for both). Nothing acknowledged is delayed: an
         awaited event, a flush or a close ends the wait at once.
         """
-        batch = [self.queue.get()]
+        batch = [self._take()]
         awaited = is_awaited(batch[0])
         deadline: float | None = None
         while len(batch) < self.batch_max and batch[-1].kind == "event":
@@ -138,19 +149,41 @@ class Writer:
             awaited = awaited or is_awaited(item)
         return batch
 
+    def _take(self) -> Item:
+        """The next item; an idle writer first stores a deferred head signature (``seal``)."""
+        if self.pending is not None:
+            try:
+                return self.queue.get(timeout=self.seal_idle_s)
+            except queue.Empty:
+                self.seal()
+        return self.queue.get()
+
     def commit_events(
         self, events: list[Item], extra_sql: list[tuple[str, tuple[Any, ...]]] | None = None
     ) -> bool:
+        """Chain, insert and commit ``events`` with the signed head anchor; wake their waiters.
+
+        One signature per group commit on the batch's last record (its chain hash covers the
+        batch), plus the anchor's. Only the anchor's is made before the commit: the record's is
+        made after the waiters are woken (Ed25519 signing releases the GIL, so the event loop
+        runs meanwhile) and stored by the next transaction (or ``seal``). In between, the
+        anchor committed with the batch vouches for it, as the verifier accepts for any
+        anchored record; the anchor moves on only in the transaction that stores the
+        signature. Rotations and maintenance (``extra_sql``) are signed at once.
+        """
         seq, prev = self.seq, self.head
+        defer = not extra_sql
         try:
             rows = chain_rows(events, seq, prev, self.key_id)
             seq, prev = rows[-1][0], rows[-1][8]
-            # one signature per group commit: the batch's last chain hash covers the batch
-            rows[-1] = (*rows[-1][:9], sign_hash(self.key, prev), self.key_id)
+            if not defer:
+                rows[-1] = (*rows[-1][:9], sign_hash(self.key, prev), self.key_id)
             anchor = self._anchor(seq, prev)
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 self.conn.executemany(store.INSERT, rows)
+                if self.pending is not None:
+                    self.conn.execute(SIGN_SQL, self.pending[::-1])
                 for sql, params in extra_sql or ():
                     self.conn.execute(sql, params)
                 store.write_anchor(self.conn, anchor)
@@ -168,7 +201,7 @@ class Writer:
             wake(events, None, err)
             return False
         old = self.seq
-        self.seq, self.head = seq, prev
+        self.seq, self.head, self.pending = seq, prev, None
         # pages this commit wrote to the WAL: the rows' (about 200 bytes of columns besides the
         # details each), the timestamp index's and the anchor's
         self.wal_pages += 3 + sum(len(r[6]) + 200 for r in rows) // 4096
@@ -176,12 +209,32 @@ class Writer:
             if it.future is not None:
                 resolve(it.future, row[0])
         wake(events, [row[0] for row in rows], None)
+        if defer:
+            self.pending = (seq, sign_hash(self.key, prev))
         if seq // self.checkpoint_every > old // self.checkpoint_every:
             try:
                 self.write_checkpoint(anchor)  # the batch's signed anchor: no second signature
             except OSError as e:  # the in-database anchor still covers this batch
                 _logger.error("audit checkpoint file not written: %s", e)
         return True
+
+    def seal(self) -> None:
+        """Store the deferred head signature in a transaction of its own (the writer is idle, or
+        a control item follows). On failure the anchor still vouches for the head; retried later."""
+        if self.pending is None:
+            return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute(SIGN_SQL, self.pending[::-1])
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            _logger.error("audit head signature of %s not stored yet (retried): %s", self.path, e)
+            return
+        self.pending = None
 
     def _checkpoint_wal(self) -> None:
         """Copy the WAL into the database once it holds ``wal_checkpoint_pages`` (PASSIVE: never

@@ -276,6 +276,7 @@ def test_emitted_events_share_the_commit_of_the_record_that_follows(
         return await asyncio.wait_for(log.record("tool.call", {"i": 1}, principal="p"), 20)
 
     assert asyncio.run(call()) == 3
+    log.flush()  # stores the record's signature (made after the acknowledgement)
     assert _signed(log_paths[0]) == [("agent.state", False), ("agent.state", False), ("tool.call", True)]
     log.close()
     assert verify_log(log_paths[0], exported_public_keys(log_paths[1])).check().events == 3
@@ -285,12 +286,12 @@ def test_emitted_events_alone_are_committed_after_the_linger(
     open_log: Callable[..., AuditLog], log_paths
 ) -> None:
     """Nothing awaited follows: the emits are committed on their own once the linger is over
-    (no flush, no close), and a flush never waits for the linger."""
-    log = open_log()
+    (no flush, no close), then signed once the writer is idle, and a flush never waits for the linger."""
+    log = open_log(seal_idle_s=0.05)
     log.EMIT_LINGER_S = 0.05
     log.emit("gateway.event", {"i": 1})
     deadline = time.monotonic() + 20
-    while not _signed(log_paths[0]) and time.monotonic() < deadline:
+    while _signed(log_paths[0]) != [("gateway.event", True)] and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _signed(log_paths[0]) == [("gateway.event", True)]
     log.EMIT_LINGER_S = 30.0

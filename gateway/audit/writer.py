@@ -179,18 +179,7 @@ class Writer:
             if not defer:
                 rows[-1] = (*rows[-1][:9], sign_hash(self.key, prev), self.key_id)
             anchor = self._anchor(seq, prev)
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.executemany(store.INSERT, rows)
-                if self.pending is not None:
-                    self.conn.execute(SIGN_SQL, self.pending[::-1])
-                for sql, params in extra_sql or ():
-                    self.conn.execute(sql, params)
-                store.write_anchor(self.conn, anchor)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+            self._transact(rows, extra_sql or [], anchor)
         except Exception as e:  # noqa: BLE001 - any failure fails the batch closed
             err = AuditError(f"audit log {self.path} cannot be written: {e}")
             _logger.error("%s (%d events in the batch)", err.message, len(events))
@@ -218,19 +207,36 @@ class Writer:
                 _logger.error("audit checkpoint file not written: %s", e)
         return True
 
+    def _transact(
+        self,
+        rows: list[tuple[Any, ...]],
+        extra_sql: list[tuple[str, tuple[Any, ...]]],
+        anchor: store.Anchor | None,
+    ) -> None:
+        """One write transaction, whole or not at all: ``rows``, the deferred head signature
+        (``pending``), ``extra_sql`` and the new ``anchor``."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if rows:
+                self.conn.executemany(store.INSERT, rows)
+            if self.pending is not None:
+                self.conn.execute(SIGN_SQL, self.pending[::-1])
+            for sql, params in extra_sql:
+                self.conn.execute(sql, params)
+            if anchor is not None:
+                store.write_anchor(self.conn, anchor)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
     def seal(self) -> None:
         """Store the deferred head signature in a transaction of its own (the writer is idle, or
         a control item follows). On failure the anchor still vouches for the head; retried later."""
         if self.pending is None:
             return
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.execute(SIGN_SQL, self.pending[::-1])
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+            self._transact([], [], None)
         except sqlite3.Error as e:
             _logger.error("audit head signature of %s not stored yet (retried): %s", self.path, e)
             return

@@ -5,7 +5,8 @@
 The gateway runs as in bench/speed.py's ``gateway_secure`` (the repo's ``policies.rego``, signed
 audit log, ``tofu`` verification, server-everything ``echo`` upstream) and profiled with
 ``py-spy record -f raw --pid`` after 50 warm-up calls (400 Hz, non-blocking, idle samples
-excluded), for ``--seconds`` of load. Callers are SDK clients on one session. Prints a
+excluded), for ``--seconds`` of load (``--checks-off``: as ``gateway_off``, policy, audit and
+verification off). Callers are SDK clients on one session. Prints a
 Markdown summary: samples by thread, the top frames by self time and by inclusive time.
 """
 
@@ -141,16 +142,24 @@ def main() -> int:
     ap.add_argument(
         "--sdk-front", action="store_true", help="the stdio fast lane off (mcp.stdio_fast_lane = false)"
     )
+    ap.add_argument(
+        "--checks-off",
+        action="store_true",
+        help="policy, audit and verification off (bench/speed.py's gateway_off): the forwarding core",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="symbi-profile-"))
     data = bench_policy_data(tmp, "bench", [])
+    mcp = "[mcp]\n" + ("stdio_fast_lane = false\n" if args.sdk_front else "")
+    if args.checks_off:
+        mcp += 'tool_verification = "off"\n'
     cfg = write_gateway_config(
         tmp,
-        _everything("tofu"),
-        security=True,
+        _everything("off" if args.checks_off else "tofu"),
+        security=not args.checks_off,
         principal="bench",
         policy_data=data,
-        extra="[mcp]\nstdio_fast_lane = false\n" if args.sdk_front else "",
+        extra=mcp,
     )
     raw = args.raw or tmp / "profile.txt"
     t0 = time.monotonic()

@@ -13,7 +13,8 @@ SDK twin round by round (below 1: the lane costs less). Wall-clock p50 and calls
 too; on a loaded machine they measure the scheduler. Every reply is checked.
 ``--baseline-tree DIR`` adds ``secure_base`` / ``off_base`` (the same gateways run from another
 checkout, the lane on where that tree has it) and ``lane_vs_baseline_tree`` (this tree's lane
-gateways over them, round by round).
+gateways over them, round by round). ``relay`` (bench/peers/json_relay.py, the floor of
+bench/speed.py) is measured the same way; ``off_lane_vs_relay`` is the checks-off gateway over it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from bench._common import (
 )
 
 TICK = os.sysconf("SC_CLK_TCK")
+RELAY = ROOT / "bench" / "peers" / "json_relay.py"  # the floor: parse, rename, re-serialise
 
 
 def _everything(verification: str) -> str:
@@ -109,7 +111,7 @@ def gateway_pid(seen: set[int]) -> int:
             cmd = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if stat.rsplit(")", 1)[1].split()[1] == me and b"mcp" in cmd:
+        if stat.rsplit(")", 1)[1].split()[1] == me and (b"mcp" in cmd or RELAY.name.encode() in cmd):
             seen.add(int(entry.name))
             return int(entry.name)
     raise RuntimeError("the gateway process was not found")
@@ -122,7 +124,7 @@ def expected(msg: str) -> str:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-stdio-cpu-"))
     cfgs = configs(tmp, args.baseline_tree)
-    names = list(cfgs)
+    names = [*cfgs, "relay"]
     rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     errors = 0
     async with AsyncExitStack() as stack:
@@ -137,6 +139,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 stdio_session(str(SYMBI), ["mcp", "--config", str(cfg)], env, cwd=cwd)
             )
             pids[name] = gateway_pid(seen)
+        node = ["node", str(EVERYTHING_JS), "stdio"]
+        sessions["relay"] = await stack.enter_async_context(
+            stdio_session(sys.executable, [str(RELAY), "everything", "--", *node])
+        )
+        pids["relay"] = gateway_pid(seen)
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
@@ -181,6 +188,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for k in ("cpu_us_per_call", "p50_ms", "calls_per_s")
         }
         for kind in ("secure", "off")
+    }
+    out["off_lane_vs_relay"] = {  # the forwarding core over the floor, round by round
+        k: round(median([a[k] / b[k] for a, b in zip(rows["off_lane"], rows["relay"], strict=True)]), 3)
+        for k in ("cpu_us_per_call", "p50_ms", "calls_per_s")
     }
     if args.baseline_tree is not None:  # this tree's gateways over the baseline tree's, round by round
         out["lane_vs_baseline_tree"] = {

@@ -61,6 +61,7 @@ __all__ = [
     "negotiate_auto",
     "open_http_sessions",
     "parse_stdio_line",
+    "process_stdin_writer",
     "raw_socket",
     "related_notify",
     "related_request",
@@ -299,6 +300,15 @@ def stream_reader_head(reader: asyncio.StreamReader, n: int) -> bytes:
     except AttributeError:
         raise SdkChanged("asyncio.StreamReader._buffer") from None
     return bytes(buffer[:n])
+
+
+def process_stdin_writer(stdin: Any) -> asyncio.StreamWriter | None:
+    """The asyncio ``StreamWriter`` under an anyio process's stdin (``StreamWriterWrapper._stream``),
+    or None when anyio no longer has one there: the upstream fast lane writes a call's line into
+    the pipe with it when the writer task holds nothing (no task hop, no checkpoints), and uses the
+    writer task when None."""
+    writer = getattr(stdin, "_stream", None)
+    return writer if isinstance(writer, asyncio.StreamWriter) else None
 
 
 def raw_socket(sock: Any) -> Any:

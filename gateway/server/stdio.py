@@ -30,7 +30,7 @@ from gateway.compat import create_context_streams, stream_reader_head
 from gateway.config.model import Config
 from gateway.server.fastlane import StdioLane
 from gateway.server.front import build_server, init_options
-from gateway.upstream.stdio import with_waiting
+from gateway.upstream.stdio import with_waiting, writer_idle
 
 _ID_RE = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
@@ -95,9 +95,20 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
     to_client, from_server = anyio.create_memory_object_stream[SessionMessage | bytes](0)
     lane_out = to_client.clone()  # the fast lane's replies, in the same writer
 
-    async def write(msg: SessionMessage) -> None:
+    async def write(msg: SessionMessage | bytes) -> None:
         writer.write(frame(msg))
         await writer.drain()
+
+    async def lane_write(msg: SessionMessage | bytes) -> None:
+        """A fast-lane reply: written now when the write loop holds nothing (everything sent
+        before it is already out, so the order is kept; no task hop), else queued behind."""
+        if writer_idle(from_server) and not writer_closing(writer):
+            try:
+                await write(msg)
+            except (ConnectionResetError, BrokenPipeError) as e:
+                raise anyio.BrokenResourceError from e
+            return
+        await lane_out.send(msg)
 
     async def read_loop() -> None:
         async with to_server:
@@ -147,7 +158,7 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
             tg.start_soon(read_loop)
             tg.start_soon(write_loop)
             if lane is not None:
-                lane.attach(tg, lane_out.send)
+                lane.attach(tg, lane_write)
             try:
                 yield from_client, to_client
             finally:
@@ -183,6 +194,10 @@ async def feed_from_file(fd: int, reader: asyncio.StreamReader) -> None:
             reader.feed_eof()
             return
         reader.feed_data(chunk)
+
+
+def writer_closing(writer: asyncio.StreamWriter | FileWriter) -> bool:
+    return isinstance(writer, asyncio.StreamWriter) and writer.is_closing()
 
 
 class FileWriter:

@@ -28,6 +28,7 @@ from gateway.compat import (
     drain_stdout,
     executable_command,
     parse_stdio_line,
+    process_stdin_writer,
     start_stdio_process,
     stop_stdio_process,
 )
@@ -78,6 +79,14 @@ def with_waiting(first: T, stream: MemoryObjectReceiveStream[T]) -> list[T]:
     return out
 
 
+def writer_idle(reader: MemoryObjectReceiveStream[Any]) -> bool:
+    """Whether the writer task reading ``reader`` (an unbuffered stream) waits for a message with
+    none handed to it: then everything sent through it is in the pipe (or the transport's buffer,
+    which keeps order), and a line written directly now comes after all of it."""
+    stats = reader.statistics()
+    return stats.tasks_waiting_receive > 0 and stats.current_buffer_used == 0 and stats.tasks_waiting_send == 0
+
+
 def _framed(m: SessionMessage | bytes, server: StdioServerParameters) -> bytes:
     """One line of the upstream's stdin: the SDK's message serialised, or a fast-lane line
     already framed (UTF-8: the lane exists only for UTF-8 servers)."""
@@ -113,8 +122,22 @@ async def bounded_stdio_client(
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage | bytes](0)
     writer_done = anyio.Event()
     lane: FastLane | None = None
+    stdin = process_stdin_writer(process.stdin)
+
+    async def send_line(line: bytes) -> None:
+        """A lane line: into the pipe now when the writer task holds nothing (the order of
+        everything sent before it is kept; no task hop), else behind the writer task's messages."""
+        if stdin is None or not writer_idle(write_reader) or stdin.is_closing():
+            await write_stream.send(line)
+            return
+        try:
+            stdin.write(line)
+            await stdin.drain()  # returns at once unless the pipe is full (flow control)
+        except (ConnectionResetError, BrokenPipeError, RuntimeError) as e:
+            raise anyio.BrokenResourceError from e
+
     if on_lane is not None and codecs.lookup(server.encoding).name == "utf-8":  # orjson writes UTF-8
-        lane = FastLane(write_stream.send)
+        lane = FastLane(send_line)
         on_lane(lane)
 
     async def stdout_reader() -> None:

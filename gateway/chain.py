@@ -27,24 +27,36 @@ class Step(Protocol):
 
 
 def build_chain(steps: Sequence[Step], endpoint: CallNext) -> CallNext:
-    """Compose ``steps`` (outermost first) around ``endpoint``."""
-    handler = endpoint
+    """Compose ``steps`` (outermost first) around ``endpoint``.
+
+    Two compositions of the same steps: one makes a span per step (nested like the onion,
+    inside the request's span, gateway/telemetry.py), the other calls each step directly
+    (no wrapper coroutine per step). Each call takes the first while spans are exported."""
+    traced = plain = endpoint
     for step in reversed(steps):
-        handler = _bind(step, handler)
-    return handler
+        traced = _traced(step, traced)
+        plain = _plain(step, plain)
+
+    def run(call: CallContext) -> Awaitable[Any]:
+        return (traced if exporting() else plain)(call)
+
+    return run
 
 
 _tracer = trace.get_tracer("symbi.gateway")
 
 
-def _bind(step: Step, inner: CallNext) -> CallNext:
-    # one span per step, nested like the onion, inside the request's span (gateway/telemetry.py),
-    # while spans are exported
+def _plain(step: Step, inner: CallNext) -> CallNext:
+    def run(call: CallContext) -> Awaitable[Any]:
+        return step(call, inner)
+
+    return run
+
+
+def _traced(step: Step, inner: CallNext) -> CallNext:
     name = f"symbi.step {getattr(step, 'span_name', type(step).__name__)}"
 
     async def run(call: CallContext) -> Any:
-        if not exporting():  # nobody takes spans: skip making one per step per call
-            return await step(call, inner)
         with _tracer.start_as_current_span(name, attributes={"mcp.method.name": call.kind}):
             return await step(call, inner)
 

@@ -84,7 +84,9 @@ def writer_idle(reader: MemoryObjectReceiveStream[Any]) -> bool:
     none handed to it: then everything sent through it is in the pipe (or the transport's buffer,
     which keeps order), and a line written directly now comes after all of it."""
     stats = reader.statistics()
-    return stats.tasks_waiting_receive > 0 and stats.current_buffer_used == 0 and stats.tasks_waiting_send == 0
+    return (
+        stats.tasks_waiting_receive > 0 and stats.current_buffer_used == 0 and stats.tasks_waiting_send == 0
+    )
 
 
 def _framed(m: SessionMessage | bytes, server: StdioServerParameters) -> bytes:

@@ -18,6 +18,7 @@ by ``gateway.upstream.session`` exactly as the SDK checks it (the same SDK funct
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -43,12 +44,26 @@ Send = Callable[[bytes], Awaitable[None]]
 
 
 class _Waiter:
+    """One request's answer. A bare asyncio future, not an ``anyio.Event`` under
+    ``anyio.fail_after``: the lane is this gateway's hot path and runs on asyncio only; anyio's
+    cancellation (a cancelled scope cancels the task) reaches the ``await`` as usual."""
+
     __slots__ = ("done", "on_progress", "outcome")
 
     def __init__(self, on_progress: ProgressFn | None) -> None:
-        self.done = anyio.Event()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.outcome: dict[str, Any] | MCPError | None = None
         self.on_progress = on_progress
+
+    def settle(self, outcome: dict[str, Any] | MCPError) -> None:
+        self.outcome = outcome
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _expire(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
 
 
 class FastLane:
@@ -94,8 +109,17 @@ class FastLane:
                 await self._send(line)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
-            with anyio.fail_after(timeout):  # the clock starts after the write, as the SDK's
-                await waiter.done.wait()
+            # the clock starts after the write, as the SDK's
+            timer = (
+                None
+                if timeout is None
+                else asyncio.get_running_loop().call_later(timeout, _expire, waiter.done)
+            )
+            try:
+                await waiter.done
+            finally:
+                if timer is not None:
+                    timer.cancel()
         except TimeoutError:
             await self._cancel(rid, f"timed out after {timeout}s", shield=False)
             raise MCPError(code=REQUEST_TIMEOUT, message=f"Request {method!r} timed out") from None
@@ -142,8 +166,7 @@ class FastLane:
             outcome = _outcome(msg, line)
             if outcome is None:
                 return False  # not a response the SDK would accept either: it reports it as it would
-            waiter.outcome = outcome
-            waiter.done.set()
+            waiter.settle(outcome)
             return True
         if method == "notifications/progress":
             params = msg.get("params")
@@ -169,8 +192,7 @@ class FastLane:
         self._closed = True
         for waiter in self._pending.values():
             if waiter.outcome is None:
-                waiter.outcome = MCPError(code=CONNECTION_CLOSED, message="Connection closed")
-                waiter.done.set()
+                waiter.settle(MCPError(code=CONNECTION_CLOSED, message="Connection closed"))
 
 
 CALL_TOOL_RESULT: TypeAdapter[types.CallToolResult | types.InputRequiredResult] = TypeAdapter(

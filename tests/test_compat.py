@@ -143,6 +143,21 @@ def test_stdio_process_helpers_exist() -> None:
     assert compat.parse_stdio_line('{"jsonrpc":"2.0","method":"x"}') is not None
 
 
+async def test_process_stdin_writer_of_an_anyio_process() -> None:
+    # the upstream fast lane writes a call's line straight into this writer (gateway.upstream.stdio)
+    import anyio
+
+    async with await anyio.open_process(["cat"]) as proc:
+        writer = compat.process_stdin_writer(proc.stdin)
+        assert isinstance(writer, asyncio.StreamWriter)
+        writer.write(b"line\n")
+        await writer.drain()
+        assert proc.stdout is not None
+        assert await proc.stdout.receive() == b"line\n"
+        await proc.stdin.aclose()  # type: ignore[union-attr]
+    assert compat.process_stdin_writer(object()) is None  # anyio moved it: the lane uses the writer task
+
+
 def test_client_result_fixups_behave_as_the_sdk_client_uses_them() -> None:
     # the fast lane of tools/call (gateway.upstream.fastcall) runs these on every raw result
     raw = {"content": [], "ttlMs": -5}
@@ -164,10 +179,10 @@ def test_a_missing_attribute_is_named() -> None:
 # Private names of the libraries that only gateway/compat.py may use.
 _PRIVATE = re.compile(
     r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer"
-    r"|_security|_request_streams|_requests_in_flight|_idle_timeout)\b"
+    r"|_security|_request_streams|_requests_in_flight|_idle_timeout|_stream)\b"
     r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b|\b_discard_session\b"
     r"|\b_(?:create_platform_compatible_process|drain_stdout|get_executable_command|parse_line|stop_server_process|clamp_inbound_ttl|later_revision_fields)\b"
-    r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock)[\"']"  # getattr(x, "_name")
+    r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock|_stream)[\"']"  # getattr(x, "_name")
 )
 
 

@@ -33,6 +33,7 @@ from mcp.client.stdio import (  # the SDK's process helpers for stdio servers (g
     _parse_line,
     _stop_server_process,
 )
+from mcp.server._otel import OpenTelemetryMiddleware  # the SDK's SERVER span (the fast lanes' light twin)
 from mcp.server.session import ServerSession
 from mcp.server.streamable_http import (
     REQUEST_STREAM_BUFFER_SIZE,
@@ -57,6 +58,7 @@ __all__ = [
     "executable_command",
     "http_session_counts",
     "http_session_transport",
+    "is_sdk_span_middleware",
     "later_revision_fields",
     "negotiate_auto",
     "open_http_sessions",
@@ -300,6 +302,12 @@ def stream_reader_head(reader: asyncio.StreamReader, n: int) -> bytes:
     except AttributeError:
         raise SdkChanged("asyncio.StreamReader._buffer") from None
     return bytes(buffer[:n])
+
+
+def is_sdk_span_middleware(middleware: object) -> bool:
+    """Whether ``middleware`` (of ``Server.middleware``) is the SDK's OpenTelemetry SERVER-span
+    middleware, which the fast lanes run as a lighter twin while no span is recorded."""
+    return isinstance(middleware, OpenTelemetryMiddleware)
 
 
 def process_stdin_writer(stdin: Any) -> asyncio.StreamWriter | None:

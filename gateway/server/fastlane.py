@@ -39,9 +39,13 @@ from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params, hand
 from mcp.shared.message import SessionMessage
 from mcp.shared.transport_context import TransportContext
 from mcp_types import methods as _methods
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel, ValidationError
 
-from gateway.compat import connection_of
+from gateway.compat import connection_of, is_sdk_span_middleware
+from gateway.telemetry import exporting
 
 _logger = logging.getLogger("symbi.server.fastlane")
 
@@ -82,12 +86,43 @@ class LaneDispatch:
         self._token = token
         self._closed = False
         self.shutdown = False
-        self.cancel_requested = anyio.Event()
-        self.done = anyio.Event()  # answered (or dropped): set last
+        # the two events are made when someone waits on them (most calls: never)
+        self.cancelled = False
+        self._cancel_requested: anyio.Event | None = None
+        self.finished = False  # answered (or dropped): set last
+        self._done: anyio.Event | None = None
 
     @property
     def request_id(self) -> types.RequestId:
         return self._request_id
+
+    @property
+    def cancel_requested(self) -> anyio.Event:
+        """Set when the peer cancels this request (``DispatchContext``)."""
+        if self._cancel_requested is None:
+            self._cancel_requested = anyio.Event()
+            if self.cancelled:
+                self._cancel_requested.set()
+        return self._cancel_requested
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._cancel_requested is not None:
+            self._cancel_requested.set()
+
+    @property
+    def done(self) -> anyio.Event:
+        """Set when the call has been answered (or dropped)."""
+        if self._done is None:
+            self._done = anyio.Event()
+            if self.finished:
+                self._done.set()
+        return self._done
+
+    def finish(self) -> None:
+        self.finished = True
+        if self._done is not None:
+            self._done.set()
 
     @property
     def can_send_request(self) -> bool:
@@ -209,7 +244,7 @@ class StdioLane:
         rid = cancelled_id(line)
         entry = self._in_flight.get(rid) if rid is not None else None
         if entry is not None:
-            entry[1].cancel_requested.set()
+            entry[1].cancel()
             entry[0].cancel()
 
     async def shutdown(self) -> None:
@@ -240,15 +275,15 @@ class StdioLane:
                     dctx.close()
                     if (entry := self._in_flight.get(key)) is not None and entry[1] is dctx:
                         del self._in_flight[key]
-            if dctx.shutdown and reply is None and not dctx.cancel_requested.is_set():
+            if dctx.shutdown and reply is None and not dctx.cancelled:
                 closed = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
                 reply = _error(dctx.request_id, closed)
-            if reply is not None and not dctx.cancel_requested.is_set():
+            if reply is not None and not dctx.cancelled:
                 await self._write(reply)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             _logger.debug("reply to %r dropped: the client's stream is closed", dctx.request_id)
         finally:
-            dctx.done.set()
+            dctx.finish()
 
     async def _answer(
         self, conn: Connection, dctx: LaneDispatch, params: dict[str, Any]
@@ -283,6 +318,8 @@ async def run_call(
     )
     call: CallNext = partial(_inner, server)
     for middleware in reversed(server.middleware):  # as the SDK's runner composes them
+        if is_sdk_span_middleware(middleware):
+            middleware = partial(_server_span, middleware)
         call = partial(_apply, middleware, call)
     try:
         return cast(dict[str, Any], await call(ctx))  # _inner's _serialize: the wire dict
@@ -304,6 +341,70 @@ async def _inner(server: Server[Any], ctx: ServerRequestContext[Any, Any]) -> Ha
     if isinstance(result, types.ErrorData):
         raise MCPError.from_error_data(result)
     return _serialize(ctx.protocol_version, result)
+
+
+SpanMiddleware = Callable[[ServerRequestContext[Any, Any], CallNext], Awaitable[HandlerResult]]
+
+
+async def _server_span(
+    sdk: SpanMiddleware, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+) -> HandlerResult:
+    """The SDK's SERVER span middleware (``sdk``) as it behaves when the span is not recorded,
+    without its layers of context managers: the same span from the same tracer (its ids: the
+    trace id the audit record and log lines carry, the caller's ``traceparent`` as parent),
+    current while the call runs. Only under the gateway's own sampler (gateway/telemetry.py),
+    with nothing exporting and the parent not sampled, is it sure not to be recorded; otherwise
+    the SDK's middleware runs."""
+    provider = trace.get_tracer_provider()
+    if (
+        exporting()
+        or not isinstance(provider, TracerProvider)
+        or provider.sampler.get_description() != _SAMPLER
+    ):
+        return await sdk(ctx, call_next)
+    parent = _trace_parent(ctx.meta)
+    if trace.get_current_span(parent).get_span_context().trace_flags.sampled:
+        return await sdk(ctx, call_next)
+    name = ctx.params.get("name") if ctx.params else None
+    span = _sdk_tracer(provider).start_span(
+        f"{ctx.method} {name}" if isinstance(name, str) and name else ctx.method,  # the SDK's name
+        context=parent,
+        kind=trace.SpanKind.SERVER,
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+    if span.is_recording():  # not with this sampler; should it change, the SDK's span it is
+        span.end()
+        return await sdk(ctx, call_next)
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        return await call_next(ctx)
+    finally:
+        otel_context.detach(token)
+
+
+_SAMPLER = "WhileExporting"  # gateway.telemetry's sampler: records only while exporting or sampled
+_TRACERS: dict[int, trace.Tracer] = {}
+
+
+def _sdk_tracer(provider: TracerProvider) -> trace.Tracer:
+    """The tracer the SDK's middleware uses (``mcp-python-sdk``), from ``provider``."""
+    tracer = _TRACERS.get(id(provider))
+    if tracer is None:
+        tracer = _TRACERS[id(provider)] = provider.get_tracer("mcp-python-sdk")
+    return tracer
+
+
+def _trace_parent(meta: Any) -> otel_context.Context | None:
+    """The caller's trace context from ``_meta`` as the SDK reads it: None when absent,
+    malformed or without a valid ``traceparent`` (the ambient context is the parent then)."""
+    if not meta:
+        return None
+    try:
+        ctx = propagate.extract(meta)
+    except (ValueError, TypeError):
+        return None
+    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
 
 
 def _apply(

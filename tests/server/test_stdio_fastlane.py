@@ -34,6 +34,7 @@ from tests.server.test_stdio_e2e import MUTABLE
 pytestmark = pytest.mark.anyio
 LANE_LINE = "in the fast lane"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+UNSAMPLED = "0af7651916cd43dd8448eb211c80319c"  # a caller's trace it does not sample (flags 00)
 
 
 def lane_config(tmp_path: Path, lane: bool) -> Path:
@@ -235,6 +236,19 @@ SCRIPT: list[Step] = [
         (51,),
         1,
     ),
+    # the caller's trace, not sampled: no span is recorded (the lane's light SERVER span), same ids
+    (
+        [
+            call(
+                52,
+                ECHO,
+                {"message": "unsampled"},
+                _meta={"traceparent": f"00-{UNSAMPLED}-00f067aa0ba902b7-00"},
+            )
+        ],
+        (52,),
+        1,
+    ),
     # id collision with a call in flight in the lane: the second goes to the SDK, both answered
     ([call(60, "mut__slow", {"seconds": 0.5}), call(60, ECHO, {"message": "same id"})], (60, 60), 1),
     # a cancelled call is never answered; the session goes on
@@ -294,6 +308,7 @@ def test_every_wire_case_answers_alike_through_the_lane_and_the_sdk(tmp_path: Pa
     ]
     for audit in (audit_on, audit_off):
         assert any(d["trace_id"] == TRACE for d in audit)
+        assert any(d["trace_id"] == UNSAMPLED for d in audit)
         assert all(isinstance(d["trace_id"], str) and len(d["trace_id"]) == 32 for d in audit)
 
 

@@ -30,25 +30,41 @@ cfg := data.symbi_data
 # The decision
 # ---------------------------------------------------------------------------------------
 
-# A well-formed tools/call or tool listing (the hot path) is decided from facts computed in
-# one rule body (tool_facts); anything else (other kinds, missing or odd
-# fields) by the general rules below. Both give the same decision
+# A well-formed request of the frequent kinds (a tools/call or a tool listing, the bus,
+# memory) is decided from facts computed in one rule body (facts, below); anything else
+# (other kinds, missing or odd fields) by the general rules. Both give the same decision
 # (tests/policy/test_index_parity.py checks them against the previous policies and OPA).
 decision := {"allow": false, "reasons": sort(deny), "conditions": {}} if {
 	facts
 	count(deny) > 0
-} else := {"allow": true, "reasons": [], "conditions": facts.conditions} if {
+} else := {"allow": true, "reasons": [], "conditions": facts_conditions} if {
 	facts.granted
 } else := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
 
-# {"refusals", "granted", "conditions"} of a well-formed request of a frequent kind
-facts := f if {
-	f := tool_facts
-} else := f if {
-	f := bus_facts
-} else := f if {
-	f := memory_facts
+# the conditions of an allowed request decided from facts: a tool's are computed only then,
+# from the [field, pattern] entries of the conditions that its name matched (as
+# tool_conditions computes them)
+facts_conditions := c if {
+	c := facts.conditions
+} else := object.union_n([
+	{
+		"rate_limit": min(rates | {t.rate}),
+		"audit": ["full", "minimal"][count({1 | some [f, _] in hits; f == "audit_minimal"})],
+	},
+	{"sandbox_tier": code_tier_of(t.roles) | t.code_tool == true},
+	{"max_result_bytes": min(caps) | count(caps) > 0},
+	{"redact_arguments": redact_args | count(redact_args) > 0},
+	{"redact_result": redact_result | count(redact_result) > 0},
+]) if {
+	t := facts.tool
+	hits := t.hits
+	c := data.symbi_data
+	rates := {c.tool_rate_limits[p] | some [f, p] in hits; f == "tool_rate_limits"}
+	caps := {c.max_result_bytes[p] | some [f, p] in hits; f == "max_result_bytes"}
+	redact_args := sort({k | some [f, p] in hits; f == "redact_arguments"; some k in c.redact_arguments[p]})
+	redact_result := sort({k | some [f, p] in hits; f == "redact_result"; some k in c.redact_result[p]})
 }
+
 
 # Deny by default: allow needs a positive grant AND no deny reason. A malformed input
 # (missing tool name, unknown kind) leaves target_permitted undefined, so it is denied.
@@ -71,7 +87,7 @@ conditions := tool_conditions if is_tool
 else := other_conditions
 
 # Every reason to refuse. A well-formed tool call (the hot path) has its reasons computed in
-# one rule (tool_facts: regorus costs ~3 us per rule and ~1 us per builtin or function call);
+# one rule (facts: regorus costs ~3 us per rule and ~1 us per builtin or function call);
 # anything else (other kinds, missing or odd fields) by the general rules. Both give the same
 # reasons (tests/policy/test_index_parity.py). A rule added here (`deny contains msg if ...`)
 # joins them on every path.
@@ -131,10 +147,12 @@ other_permitted := true if {
 	kind == "knowledge/ingest"
 }
 
-# Everything a well-formed tools/call decision needs, with the principal, its roles and the
-# matches of the tool's name in locals: undefined for any other input (the general rules
-# decide those). The same rules as tool_deny, volume_deny and tool_conditions below.
-tool_facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
+# {"refusals", "granted", "conditions"} of a well-formed request of a frequent kind, with the
+# principal, its roles and the matches in locals: undefined for any other input (the general
+# rules decide those). First a tools/call (the same rules as tool_deny, volume_deny and
+# tool_conditions below), then the bus, memory and knowledge search, and resources, prompts
+# and log levels.
+facts := {"refusals": refusals, "granted": granted, "tool": tool_doc} if {
 	input.kind == "tools/call"
 	tool := input.tool
 	is_object(tool)
@@ -152,18 +170,16 @@ tool_facts := {"refusals": refusals, "granted": granted, "conditions": condition
 	ix := data.precomputed.symbi.data_index
 	ix.of == c
 
-	# principal_entry, as a path (a principal of another source: the general rules)
-	ns := {
-		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
-		"jwt": ["jwt", object.get(input.principal, "issuer", "")],
-	}[object.get(input.principal, "source", "")]
-	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
+	# principal_entry: the index holds the principals by source and issuer ("" but for JWTs)
+	src := object.get(input.principal, "source", "")
+	iss := object.get({"jwt": object.get(input.principal, "issuer", "")}, src, "")
+	entry := object.get(ix.principals, [src, iss, pid], {})
 	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
 	key := split(name, "__")[0]
-	mode := {false: "plain", true: "dotted"}[contains(name, ".")]
+	not contains(name, ".") # the prefix patterns' "*" cannot match a "." (else: general rules)
 
 	# the lists ("tools", "deny_tools") of this principal and its roles that match the tool
-	buckets := [object.get(rx.keyed, key, rx.other)[mode] | some r in roles; rx := ix.roles[r]]
+	buckets := [object.get(rx.keyed, key, rx.other).plain | some r in roles; rx := ix.roles[r]]
 	listed := ((({f |
 		some r in roles
 		some f in ix.roles[r].exact[name]
@@ -204,10 +220,9 @@ tool_facts := {"refusals": refusals, "granted": granted, "conditions": condition
 		hour >= cap
 	}
 
-	# the [field, pattern] entries of the conditions that match the tool, and the conditions
-	# (as conditions_of computes them)
+	# the [field, pattern] entries of the conditions that match the tool (facts_conditions)
 	cx := ix.conditions
-	cb := object.get(cx.keyed, key, cx.other)[mode]
+	cb := object.get(cx.keyed, key, cx.other).plain
 	hits := ({[f, name] | some f in cx.exact[name]} | {[f, p] |
 		some [f, p, pre] in cb.prefix
 		startswith(name, pre)
@@ -215,25 +230,12 @@ tool_facts := {"refusals": refusals, "granted": granted, "conditions": condition
 		some [f, p] in cb.glob
 		glob.match(p, [], name)
 	}
-	rates := {c.tool_rate_limits[p] | some [f, p] in hits; f == "tool_rate_limits"}
-	caps := {c.max_result_bytes[p] | some [f, p] in hits; f == "max_result_bytes"}
-	redact_args := sort({k | some [f, p] in hits; f == "redact_arguments"; some k in c.redact_arguments[p]})
-	redact_result := sort({k | some [f, p] in hits; f == "redact_result"; some k in c.redact_result[p]})
-	conditions := object.union_n([
-		{
-			"rate_limit": min(rates | {object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))}),
-			"audit": ["full", "minimal"][count({1 | some [f, _] in hits; f == "audit_minimal"})],
-		},
-		{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
-		{"max_result_bytes": min(caps) | count(caps) > 0},
-		{"redact_arguments": redact_args | count(redact_args) > 0},
-		{"redact_result": redact_result | count(redact_result) > 0},
-	])
-}
-
-# The agent bus's kinds (the rules of bus_deny, volume_deny, other_permitted and
-# other_conditions), for a caller with a principal id and counters.
-bus_facts := {"refusals": refusals, "granted": granted, "conditions": {"rate_limit": rate}} if {
+	code_tool := object.get(tool, "code_tool", false) == true
+	rate := object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))
+	tool_doc := {"hits": hits, "roles": roles, "code_tool": code_tool, "rate": rate}
+} else := {"refusals": refusals, "granted": granted, "conditions": {"rate_limit": rate}} if {
+	# the agent bus's kinds (the rules of bus_deny, volume_deny, other_permitted and
+	# other_conditions), for a caller with a principal id and counters
 	kind := input.kind
 	field := {"bus/send": "bus_peers", "bus/publish": "publish_topics", "bus/subscribe": "subscribe_topics"}[kind]
 	pid := input.principal.id
@@ -280,11 +282,9 @@ bus_facts := {"refusals": refusals, "granted": granted, "conditions": {"rate_lim
 		hour >= cap
 	}
 	rate := object.get(entry, "bus_rate_limit", object.get(c, "default_bus_rate_limit", 600))
-}
-
-# Memory and knowledge kinds (the rules of memory_deny, volume_deny, other_permitted and
-# other_conditions), for a caller with an agent object.
-memory_facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
+} else := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
+	# memory and knowledge kinds (the rules of memory_deny, volume_deny, other_permitted and
+	# other_conditions), for a caller with an agent object
 	kind := input.kind
 	mode := {"context/read": "read", "context/write": "write", "knowledge/search": "write"}[kind]
 	pid := input.principal.id
@@ -353,6 +353,44 @@ memory_facts := {"refusals": refusals, "granted": granted, "conditions": conditi
 		kind == "context/write"
 		pats := object.get(mcfg, "redact_text", [])
 		count(pats) > 0
+	}
+} else := {"refusals": refusals, "granted": granted, "conditions": {}} if {
+	# resources, prompts and log levels by glob on the target (the rules of access_deny,
+	# volume_deny and other_permitted)
+	kind := input.kind
+	field := {"resources/read": "resources", "prompts/get": "prompts", "logging/setLevel": "log_levels"}[kind]
+	pid := input.principal.id
+	hour := input.context.calls_last_hour
+	call := object.get(input, "action", "call") == "call"
+	target := input.target
+	is_string(target)
+	c := data.symbi_data
+	ns := {
+		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
+		"jwt": ["jwt", object.get(input.principal, "issuer", "")],
+	}[object.get(input.principal, "source", "")]
+	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
+	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
+	granted := count({1 |
+		pats := {p | some p in object.get(entry, field, [])} | {p |
+			some r in roles
+			some p in object.get(object.get(object.get(c, "roles", {}), r, {}), field, [])
+		}
+		some p in pats
+		glob.match(p, [], target)
+	}) > 0
+	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
+	refusals := {sprintf(what, [pid, target]) |
+		not granted
+		what := {
+			"resources/read": "principal %v may not read resource %v",
+			"prompts/get": "principal %v may not get prompt %v",
+			"logging/setLevel": "principal %v may not set the log level of upstream %v",
+		}[kind]
+	} | {sprintf("principal %v reached its limit of %d calls per hour", [pid, cap]) |
+		call
+		cap > 0
+		hour >= cap
 	}
 }
 
@@ -464,12 +502,23 @@ data_index := {
 			some p, _ in object.get(cfg, f, {})
 		],
 	)),
+	# principals by source, then issuer ("" for every source but jwt), then id
+	"principals": {
+		"stdio": {"": principals_of("stdio")},
+		"key": {"": principals_of("keys")},
+		"anonymous": {"": principals_of("anonymous")},
+		"jwt": principals_of("jwt"),
+	},
 	# fs_roots: exact roots, and the prefixes of the paths under them (see under_root)
 	"roots": {
 		"exact": {r: true | some r in object.get(cfg, "fs_roots", []); is_string(r)},
 		"prefix": [concat("", [trim_right(r, "/"), "/"]) | some r in object.get(cfg, "fs_roots", [])],
 	},
-	"url_hosts": [lower(p) | some p in object.get(cfg, "url_hosts", [])],
+	# url_hosts in lower case: the literal ones match only themselves, the others are globbed
+	"url_hosts": {
+		"exact": {h: true | some p in object.get(cfg, "url_hosts", []); h := lower(p); literal(h)},
+		"glob": [h | some p in object.get(cfg, "url_hosts", []); h := lower(p); not literal(h)],
+	},
 	# argument name -> the checks its values get ("path", "url")
 	"arg_checks": {k: cs |
 		some c, field in {"path": "path_arguments", "url": "url_arguments"}
@@ -698,14 +747,16 @@ arg_refused(c, k, v, ix) := msg if {
 	msg := url_refused(k, hosts, ix.url_hosts)
 }
 
-# pats: the url_hosts patterns in lower case (data_index.url_hosts)
+# pats: data_index.url_hosts
 url_refused(k, hosts, pats) := sprintf("argument %v is not an http(s) URL", [k]) if count(hosts) == 0
 else := sprintf("argument %v: host %v is not in the allow-list", [k, hosts[0]]) if {
 	not host_ok(hosts[0], pats)
 }
 
+host_ok(host, pats) if pats.exact[host]
+
 host_ok(host, pats) if {
-	some pat in pats
+	some pat in pats.glob
 	glob.match(pat, ["."], host)
 }
 

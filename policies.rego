@@ -37,34 +37,9 @@ cfg := data.symbi_data
 decision := {"allow": false, "reasons": sort(deny), "conditions": {}} if {
 	facts
 	count(deny) > 0
-} else := {"allow": true, "reasons": [], "conditions": facts_conditions} if {
+} else := {"allow": true, "reasons": [], "conditions": facts.conditions} if {
 	facts.granted
 } else := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
-
-# the conditions of an allowed request decided from facts: a tool's are computed only then,
-# from the [field, pattern] entries of the conditions that its name matched (as
-# tool_conditions computes them)
-facts_conditions := c if {
-	c := facts.conditions
-} else := object.union_n([
-	{
-		"rate_limit": min(rates | {t.rate}),
-		"audit": ["full", "minimal"][count({1 | some [f, _] in hits; f == "audit_minimal"})],
-	},
-	{"sandbox_tier": code_tier_of(t.roles) | t.code_tool == true},
-	{"max_result_bytes": min(caps) | count(caps) > 0},
-	{"redact_arguments": redact_args | count(redact_args) > 0},
-	{"redact_result": redact_result | count(redact_result) > 0},
-]) if {
-	t := facts.tool
-	hits := t.hits
-	c := data.symbi_data
-	rates := {c.tool_rate_limits[p] | some [f, p] in hits; f == "tool_rate_limits"}
-	caps := {c.max_result_bytes[p] | some [f, p] in hits; f == "max_result_bytes"}
-	redact_args := sort({k | some [f, p] in hits; f == "redact_arguments"; some k in c.redact_arguments[p]})
-	redact_result := sort({k | some [f, p] in hits; f == "redact_result"; some k in c.redact_result[p]})
-}
-
 
 # Deny by default: allow needs a positive grant AND no deny reason. A malformed input
 # (missing tool name, unknown kind) leaves target_permitted undefined, so it is denied.
@@ -152,7 +127,7 @@ other_permitted := true if {
 # rules decide those). First a tools/call (the same rules as tool_deny, volume_deny and
 # tool_conditions below), then the bus, memory and knowledge search, and resources, prompts
 # and log levels.
-facts := {"refusals": refusals, "granted": granted, "tool": tool_doc} if {
+facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
 	input.kind == "tools/call"
 	tool := input.tool
 	is_object(tool)
@@ -220,7 +195,8 @@ facts := {"refusals": refusals, "granted": granted, "tool": tool_doc} if {
 		hour >= cap
 	}
 
-	# the [field, pattern] entries of the conditions that match the tool (facts_conditions)
+	# the [field, pattern] entries of the conditions that match the tool, and the conditions
+	# (as tool_conditions computes them), only for a call that is granted and not refused
 	cx := ix.conditions
 	cb := object.get(cx.keyed, key, cx.other).plain
 	hits := ({[f, name] | some f in cx.exact[name]} | {[f, p] |
@@ -230,9 +206,26 @@ facts := {"refusals": refusals, "granted": granted, "tool": tool_doc} if {
 		some [f, p] in cb.glob
 		glob.match(p, [], name)
 	}
-	code_tool := object.get(tool, "code_tool", false) == true
-	rate := object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))
-	tool_doc := {"hits": hits, "roles": roles, "code_tool": code_tool, "rate": rate}
+	allowed := [o |
+		granted
+		count(refusals) == 0
+		rates := {c.tool_rate_limits[p] | some [f, p] in hits; f == "tool_rate_limits"}
+		caps := {c.max_result_bytes[p] | some [f, p] in hits; f == "max_result_bytes"}
+		redact_args := sort({k | some [f, p] in hits; f == "redact_arguments"; some k in c.redact_arguments[p]})
+		redact_result := sort({k | some [f, p] in hits; f == "redact_result"; some k in c.redact_result[p]})
+		base_rate := object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))
+		o := object.union_n([
+			{
+				"rate_limit": min(rates | {base_rate}),
+				"audit": ["full", "minimal"][count({1 | some [f, _] in hits; f == "audit_minimal"})],
+			},
+			{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
+			{"max_result_bytes": min(caps) | count(caps) > 0},
+			{"redact_arguments": redact_args | count(redact_args) > 0},
+			{"redact_result": redact_result | count(redact_result) > 0},
+		])
+	]
+	conditions := array.concat(allowed, [{}])[0]
 } else := {"refusals": refusals, "granted": granted, "conditions": {"rate_limit": rate}} if {
 	# the agent bus's kinds (the rules of bus_deny, volume_deny, other_permitted and
 	# other_conditions), for a caller with a principal id and counters

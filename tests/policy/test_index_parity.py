@@ -188,9 +188,7 @@ def test_well_formed_requests_of_the_frequent_kinds_take_the_fast_path(kind: str
     ]
     assert inputs
     for inp in inputs:
-        # a tool's conditions are computed from its matches only when it is allowed
-        rest = {"tool"} if kind == "tools/call" else {"conditions"}
-        assert _facts_fields(engine, inp) == {"refusals", "granted", *rest}, inp
+        assert _facts_fields(engine, inp) == {"refusals", "granted", "conditions"}, inp
     for odd in ({"kind": "knowledge/ingest"}, {"kind": "weird/kind"}, {"principal": {"roles": []}}):
         assert _facts_fields(engine, {**inputs[0], **odd}) is None  # the general rules decide
 

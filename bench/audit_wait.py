@@ -1,0 +1,140 @@
+"""What a sequential audited call waits for: this tree's audit log against another revision's, interleaved.
+
+Each round runs, for the baseline revision and for this tree (each in a fresh process, in turn):
+one ``AuditLog.record`` at a time on a fresh log (the first ``--calls``, what ``bench/speed.py``'s
+``sequential_call_audit_wait_ms`` sees: a log just opened) and then, after ``--warm`` more, the
+same number again (a log that has been running: its WAL rewritten in place), beside the bare
+append + fsync floor on the same disk, measured in the same process. It prints JSON: per tree
+the medians over rounds, and round by round this tree's median over the baseline's.
+
+    python bench/audit_wait.py --baseline-rev cec1ea3 --rounds 5
+
+The baseline's ``gateway`` package is taken with ``git archive`` into a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKER = r"""
+import asyncio, json, os, statistics, sys, tempfile, time
+from pathlib import Path
+from gateway.audit import AuditLog
+
+calls, warm = int(sys.argv[1]), int(sys.argv[2])
+
+def floor(d):
+    fd = os.open(d / "floor", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    lat = []
+    for _ in range(calls):
+        t = time.perf_counter(); os.write(fd, b"x" * 200); os.fsync(fd); lat.append(time.perf_counter() - t)
+    os.close(fd)
+    return statistics.median(lat) * 1000
+
+async def run(log, n, timed):
+    lat = []
+    for i in range(n):
+        t = time.perf_counter()
+        await log.record("tool.call", {"tool": "fs__read", "arguments": {"path": "[REDACTED]"}, "i": i}, principal="alice")
+        lat.append(time.perf_counter() - t)
+    lat.sort()
+    return {"median_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000} if timed else None
+
+with tempfile.TemporaryDirectory(dir=sys.argv[3] or None) as tmp:
+    d = Path(tmp)
+    log = AuditLog(d / "a.db", d / "k.pem")
+    fresh = asyncio.run(run(log, calls, True))
+    asyncio.run(run(log, warm, False))
+    running = asyncio.run(run(log, calls, True))
+    log.close()
+    print(json.dumps({"fresh": fresh, "running": running, "fsync_floor_median_ms": floor(d)}))
+"""
+
+
+def baseline_tree(rev: str, into: Path) -> Path:
+    blob = subprocess.run(
+        ["git", "archive", rev, "gateway"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=BytesIO(blob)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def one(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER, str(args.calls), str(args.warm), str(args.dir or "")],
+        env=env,
+        cwd=tempfile.gettempdir(),  # not a worktree: PYTHONPATH alone decides which gateway runs
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline-rev", required=True, help="git revision whose gateway/audit is the baseline")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=300, help="timed records per phase (speed.py times 300)")
+    ap.add_argument("--warm", type=int, default=1200, help="records between the fresh and the running phase")
+    ap.add_argument("--dir", type=Path, default=None, help="where the logs go (default: the temp dir)")
+    args = ap.parse_args()
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"baseline": baseline_tree(args.baseline_rev, Path(tmp)), "this": ROOT}
+        for _ in range(args.rounds):
+            for name, tree in trees.items():
+                runs[name].append(one(tree, args))
+
+    def med(name: str, phase: str, field: str) -> float:
+        return round(statistics.median(r[phase][field] for r in runs[name]), 3)
+
+    result: dict[str, Any] = {
+        "benchmark": "audit_wait",
+        "baseline_rev": args.baseline_rev,
+        "rounds": args.rounds,
+    }
+    for name in runs:
+        result[name] = {
+            f"{phase}_{field}": med(name, phase, field)
+            for phase in ("fresh", "running")
+            for field in ("median_ms", "p99_ms")
+        } | {
+            "fsync_floor_median_ms": round(
+                statistics.median(r["fsync_floor_median_ms"] for r in runs[name]), 3
+            ),
+            # what the log adds over a bare append + fsync, each round against its own floor
+            **{
+                f"{phase}_over_floor_ms": round(
+                    statistics.median(r[phase]["median_ms"] - r["fsync_floor_median_ms"] for r in runs[name]),
+                    3,
+                )
+                for phase in ("fresh", "running")
+            },
+        }
+    for phase in ("fresh", "running"):
+        result[f"this_vs_baseline_{phase}_median_by_round"] = [
+            round(t[phase]["median_ms"] / b[phase]["median_ms"], 3)
+            for t, b in zip(runs["this"], runs["baseline"], strict=True)
+        ]
+    result["loadavg_1m"] = os.getloadavg()[0]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

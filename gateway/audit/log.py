@@ -63,6 +63,11 @@ if TYPE_CHECKING:
 _logger = logging.getLogger("symbi.audit")
 
 
+def _expire(waiter: asyncio.Future[Any], timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(AuditError(f"audit write not committed within {timeout}s"))
+
+
 class AuditLog:
     """The audit log. Implements ``gateway.events.EventSink``.
 
@@ -227,19 +232,25 @@ class AuditLog:
         Raises:
             AuditError: the event could not be made durable (``on_failure = "deny"``).
         """
-        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[int] = loop.create_future()
+        timer: asyncio.TimerHandle | None = None
         try:
             self._submit(event_type, details, principal, agent, None, waiter)
-            # no shield needed: cancelling the waiter (a cancelled caller, the timeout) does not
-            # take the event off the writer's queue, and the writer skips a settled waiter
-            try:
-                seq: int = await (waiter if timeout is None else asyncio.wait_for(waiter, timeout))
-            except TimeoutError:  # a stalled disk: fail the caller, the event stays queued
-                raise AuditError(f"audit write not committed within {timeout}s") from None
+            # a stalled disk fails the caller, the event stays queued. A timer on the waiter itself,
+            # not wait_for: wait_for's own future would take one more loop pass per record.
+            # No shield needed: cancelling the waiter (a cancelled caller) does not take the event
+            # off the writer's queue, and the writer skips a settled waiter.
+            if timeout is not None:
+                timer = loop.call_later(timeout, _expire, waiter, timeout)
+            seq: int = await waiter
             return seq
         except AuditError as e:
             self._failed(e)
             return None
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def append(
         self,

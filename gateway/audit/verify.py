@@ -281,6 +281,10 @@ def verify_log(
 
     conn = store.open_reader(path)
     try:
+        # one snapshot for the anchor and the records: the writer stores a head's signature with
+        # the next commit, which also moves the anchor past it (a later snapshot's records with
+        # this one's anchor could end on an unsigned head no anchor covers)
+        conn.execute("BEGIN")
         anchors = _anchors(conn, checkpoint or store.checkpoint_path(path), extra_anchors)
 
         def hash_elsewhere(h: str) -> bool:

@@ -71,7 +71,10 @@ class AuditShipper:
             conn.close()
 
     def _ship(self, conn: sqlite3.Connection) -> int:
-        anchor = store.read_anchor(conn)  # read before the records: it never covers more than them
+        # the anchor and the records from one snapshot: the head the anchor names is in it (the
+        # writer stores a head's signature one commit later; until then the anchor vouches for it)
+        conn.execute("BEGIN")
+        anchor = store.read_anchor(conn)
         if self._chain is None:
             first = next(store.iter_records(conn, chunk=1), None)
             if first is None:

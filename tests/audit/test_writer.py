@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import AuditLog, exported_public_keys, verify_log
+from gateway.audit import AuditLog, exported_public_keys, store, verify_log
 from gateway.audit.record import verify_hash_signature
 from gateway.audit.store import checkpoint_path
 
@@ -143,3 +143,27 @@ def test_an_unsigned_head_given_a_foreign_signature_is_changed(unsigned_head, tm
         5,
         "changed",
     )
+
+
+def test_a_verification_racing_a_commit_reads_the_anchor_and_records_of_one_snapshot(
+    open_log: Callable[..., AuditLog], log_paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit lands between the verifier's reading of the anchor and of the records: it stores
+    the old head's signature and moves the anchor to a new, unsigned head. Records of the later
+    state under the earlier anchor would end on an unsigned record nothing vouches for."""
+    db, key = log_paths
+    log = open_log(seal_idle_s=30.0)
+    log.append("tool.call", {"n": 1}, principal="p")
+    real = store.read_anchor
+
+    def read_anchor_then_commit(conn: sqlite3.Connection) -> store.Anchor | None:
+        anchor = real(conn)
+        if anchor is not None and anchor.seq == 1:
+            assert log.append("tool.call", {"n": 2}, principal="p") == 2
+        return anchor
+
+    monkeypatch.setattr(store, "read_anchor", read_anchor_then_commit)
+    res = verify_log(db, exported_public_keys(key)).check()
+    assert res.last_seq == 1  # the snapshot of the anchor it read
+    monkeypatch.undo()
+    assert verify_log(db, exported_public_keys(key)).check().last_seq == 2

@@ -8,6 +8,7 @@ and find a changed, a removed and a cut-off row in PostgreSQL, naming the chain 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +161,35 @@ def test_no_shipped_chain_is_a_failure_and_no_postgres_url_a_config_error(
     assert _verify(_config(tmp_path, postgres_engine), capsys)[0] == 1
     plain = write_config(tmp_path, f'[gateway]\ndata_dir = "{tmp_path / "d"}"\n', name="plain.toml")
     assert _verify(plain, capsys)[0] == 2
+
+
+def test_a_ship_racing_a_commit_copies_the_anchor_and_records_of_one_snapshot(
+    tmp_path: Path,
+    pg: Postgres,
+    postgres_engine: PgEngine,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit lands between the shipper's reading of the anchor and of the records: it moves the
+    anchor to a new head whose signature the writer stores one commit later. Shipped from two
+    states, PostgreSQL would hold that unsigned head under the older anchor: a cut-off chain."""
+    from gateway.audit import store
+
+    log = AuditLog(tmp_path / "a" / "audit.db", tmp_path / "a" / "audit-key.pem", seal_idle_s=30.0)
+    try:
+        log.append("tool.call", {"i": 1})
+        real = store.read_anchor
+
+        def read_anchor_then_commit(conn: sqlite3.Connection) -> store.Anchor | None:
+            anchor = real(conn)
+            if anchor is not None and anchor.seq == 1:
+                assert log.append("tool.call", {"i": 2}) == 2
+            return anchor
+
+        monkeypatch.setattr(store, "read_anchor", read_anchor_then_commit)
+        assert AuditShipper(pg, log.path, replica="a").ship() == 1  # the snapshot of its anchor
+        monkeypatch.undo()
+        code, lines = _verify(_config(tmp_path, postgres_engine), capsys)
+        assert code == 0, lines
+    finally:
+        log.close()

@@ -7,9 +7,11 @@ allow would be served), and every way a policy can reach the input without a con
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import regorus  # type: ignore[import-untyped]
 
 from gateway.policy.engine import EmbeddedEngine
@@ -104,6 +106,27 @@ def test_input_that_is_not_plain_json_is_not_keyed() -> None:
     assert reads.key({"args": {1: "x"}}) is None
     assert reads.key({"args": {"s": {1, 2}}}) is None
     assert reads.key({"args": {"big": "x" * 10_000}}) is None  # over MAX_KEY_CHARS: evaluated, not kept
+
+
+@pytest.mark.parametrize("odd", [math.nan, math.inf, -math.inf, 2**64, -(2**63) - 1])
+def test_numbers_without_a_json_form_are_not_keyed(odd: float) -> None:
+    """NaN and infinities have no JSON text (a serializer writing them as null would give a
+    NaN the cached decision of a null), and integers beyond 64 bits no fixed-width form:
+    such inputs are evaluated every time, wherever the number sits."""
+    reads, _ = reads_of(PKG + "a := input.args\nb := input.n\n")
+    assert reads is not None
+    assert reads.key({"args": {"x": None}, "n": 1}) is not None
+    assert reads.key({"args": {"x": odd}, "n": 1}) is None
+    assert reads.key({"args": {"x": [1, {"y": odd}]}, "n": 1}) is None
+    assert reads.key({"args": {}, "n": odd}) is None
+
+
+def test_key_order_inside_a_value_read_whole_does_not_matter() -> None:
+    reads, _ = reads_of(PKG + "a := input.args\n")
+    assert reads is not None
+    a = reads.key({"args": {"b": 1, "a": {"d": 2, "c": 3}}})
+    assert a is not None
+    assert reads.key({"args": {"a": {"c": 3, "d": 2}, "b": 1}}) == a
 
 
 def engine_for(tmp_path: Path, src: str) -> EmbeddedEngine:

@@ -197,18 +197,18 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 
 	# the [field, pattern] entries of the conditions that match the tool, and the conditions
 	# (as tool_conditions computes them), only for a call that is granted and not refused
-	cx := ix.conditions
-	cb := object.get(cx.keyed, key, cx.other).plain
-	hits := ({[f, name] | some f in cx.exact[name]} | {[f, p] |
-		some [f, p, pre] in cb.prefix
-		startswith(name, pre)
-	}) | {[f, p] |
-		some [f, p] in cb.glob
-		glob.match(p, [], name)
-	}
 	allowed := [o |
 		granted
 		count(refusals) == 0
+		cx := ix.conditions
+		cb := object.get(cx.keyed, key, cx.other).plain
+		hits := ({[f, name] | some f in cx.exact[name]} | {[f, p] |
+			some [f, p, pre] in cb.prefix
+			startswith(name, pre)
+		}) | {[f, p] |
+			some [f, p] in cb.glob
+			glob.match(p, [], name)
+		}
 		rates := {c.tool_rate_limits[p] | some [f, p] in hits; f == "tool_rate_limits"}
 		caps := {c.max_result_bytes[p] | some [f, p] in hits; f == "max_result_bytes"}
 		redact_args := sort({k | some [f, p] in hits; f == "redact_arguments"; some k in c.redact_arguments[p]})

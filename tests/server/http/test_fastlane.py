@@ -350,6 +350,10 @@ def wire_case(gw: Gw, case: str) -> tuple[Any, ...]:
         return answer(post(gw, call(3), k, sid, Accept="*/*"), sid)
     if case == "resumable era header":  # 2025-11-25: a priming event (an id and a retry hint)
         return answer(post(gw, call(3), k, sid, **{"mcp-protocol-version": "2025-11-25"}), sid)
+    if case == "foreign origin":  # DNS rebinding: a page elsewhere drives the browser
+        return answer(post(gw, call(3), k, sid, Origin="http://evil.example"), sid)
+    if case == "foreign host":
+        return answer(post(gw, call(3), k, sid, Host="evil.example"), sid)
     if case == "wrong content type":
         return answer(post(gw, call(3), k, sid, **{"Content-Type": "text/plain"}), sid)
     if case == "json-ish content type":
@@ -395,6 +399,8 @@ WIRE_CASES = [
     "json-only accept",
     "wildcard accept",
     "resumable era header",
+    "foreign origin",
+    "foreign host",
     "wrong content type",
     "json-ish content type",
     "before initialized",
@@ -430,6 +436,8 @@ def test_every_wire_case_answers_alike_through_the_lane_and_the_sdk(gws: tuple[G
         assert got_on[0] == 401
     if case == "oversized body":
         assert got_on[0] == 413
+    if case in ("foreign origin", "foreign host"):
+        assert got_on[0] in (403, 421)
 
 
 def test_an_id_reused_while_in_flight_gets_its_own_reply(gws: tuple[Gw, Gw]) -> None:

@@ -32,7 +32,7 @@ from mcp.shared.message import ServerMessageMetadata
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.event import ensure_bytes
 from starlette.requests import Request
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
 from gateway.compat import (
     RequestStream,
@@ -50,6 +50,10 @@ _logger = logging.getLogger("symbi.server.httplane")
 
 SEP = "\r\n"  # sse-starlette's default line separator
 PING_S = EventSourceResponse.DEFAULT_PING_INTERVAL
+# The headers and the priming event wait this long for the call's first event, to leave in
+# one write with it (most calls answer sooner: one write instead of three, one read for the
+# client); a slower call gets them then, as the SDK sends them, so it can resume its stream.
+HOLD_S = 0.05
 
 
 class SseLaneDispatch(LaneDispatch):
@@ -112,19 +116,25 @@ class SseAnswer:
         self._pair: RequestStream | None = None
         self._own: Any = None  # the response model the lane sent through the router
         self._own_bytes = b""
+        self._head: list[tuple[bytes, bytes]] | None = None  # the headers, until sent
+        self._priming = b""
         self._ended = False  # the body's last chunk went out (no ping after it)
 
     async def open(self, headers: list[tuple[bytes, bytes]], protocol_version: str) -> None:
-        """The priming event is minted first, as the SDK does (storage order is wire order)."""
+        """The priming event is minted first, as the SDK does (storage order is wire order);
+        it goes out with the headers (``HOLD_S``)."""
         priming = await transport_priming_event(self._transport, self._stream_id, protocol_version)
         self._pair = transport_open_stream(self._transport, self._stream_id)
-        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
-        if priming is not None:
-            await self._body(ensure_bytes(priming, SEP))
+        self._head = headers
+        self._priming = ensure_bytes(priming, SEP) if priming is not None else b""
 
     async def _body(self, chunk: bytes, more: bool = True) -> None:
         if not more:
             self._ended = True
+        if self._head is not None:  # the headers first, the priming event before the chunk
+            head, self._head = self._head, None
+            chunk = self._priming + chunk
+            await self._send({"type": "http.response.start", "status": 200, "headers": head})
         await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
 
     async def stream(self) -> None:
@@ -157,19 +167,26 @@ class SseAnswer:
 
     async def watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
         """sse-starlette's two side tasks in one: a ping comment on a silent stream every
-        ``PING_S`` seconds, and the stream let go when the client disconnects."""
+        ``PING_S`` seconds, and the stream let go when the client disconnects; first, the
+        headers and the priming event of a call that did not answer within ``HOLD_S``."""
+        message: Message | None
         with scope:
-            while True:
+            with anyio.move_on_after(HOLD_S) as held:
+                message = await receive()
+            if held.cancelled_caught:
+                if self._head is not None and not self._ended:
+                    await self._body(b"")  # the headers and the priming event, now
+                message = None
+            while message is None or message["type"] != "http.disconnect":
                 with anyio.move_on_after(PING_S) as quiet:
                     message = await receive()
                 if quiet.cancelled_caught:
                     if not self._ended:
                         ping = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=SEP)
                         await self._body(ensure_bytes(ping, SEP))
+                    message = None
                     continue
-                if message["type"] == "http.disconnect":
-                    self.release()  # the stream reader ends; the call runs on
-                    return
+            self.release()  # the client left: the stream reader ends; the call runs on
 
     async def respond(self, rid: types.RequestId, out: dict[str, Any] | types.ErrorData | None) -> None:
         """Send the call's outcome through the session's router (``None``: cancelled, which the

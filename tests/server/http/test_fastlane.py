@@ -140,12 +140,17 @@ async def model_answer(context: Any, params: types.CreateMessageRequestParams) -
     )
 
 
+async def user_answer(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+    """The client's user, asked by server-everything's elicitation tool through the relay."""
+    return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+
 @asynccontextmanager
 async def sdk_client(gw: Gw, key: str) -> AsyncIterator[ClientSession]:
     async with (
         httpx2.AsyncClient(headers=bearer(key), timeout=30) as hc,
         streamable_http_client(gw.run.mcp, http_client=hc) as (r, w),
-        ClientSession(r, w, sampling_callback=model_answer) as s,
+        ClientSession(r, w, sampling_callback=model_answer, elicitation_callback=user_answer) as s,
     ):
         await s.initialize()
         yield s
@@ -187,6 +192,11 @@ async def sdk_outcomes(gw: Gw) -> list[Any]:
             for i in range(8):
                 tg.start_soon(one, i)
         out.append([results[i] for i in range(8)])
+        # the upstream asks the client's user (elicitation): as sampling
+        try:
+            out.append(shape(await s.call_tool("everything__trigger-elicitation-request", {})))
+        except MCPError as e:
+            out.append(("error", e.error.code))
     # a developer may not call mut's tools (policy deny, not a listing miss)
     async with sdk_client(gw, gw.keys.user) as s:
         out.append(shape(await s.call_tool("mut__read_path", {"path": "/tmp"})))
@@ -211,7 +221,7 @@ async def test_sdk_client_cases_answer_alike_through_the_lane_and_the_sdk(gws: t
     taken = on.taken - before
     got_off = await sdk_outcomes(off)
     assert got_on == got_off
-    assert taken == 18  # every call went through the lane (the 8 concurrent ones included)
+    assert taken == 19  # every call went through the lane (the 8 concurrent ones included)
     assert "über ✓" in got_on[0]["content"][0]["text"]
     assert got_on[2]["isError"] and got_on[4]["isError"]  # unknown tool; /etc/shadow denied
     if on.mode == "json":
@@ -223,7 +233,9 @@ async def test_sdk_client_cases_answer_alike_through_the_lane_and_the_sdk(gws: t
         assert got_on[7] and got_on[7] == [float(i + 1) for i in range(len(got_on[7]))]
     assert got_on[6]["content"][0]["text"] == "done"
     assert [r["content"][0]["text"] for r in got_on[9]] == [f"Echo: n{i}" for i in range(8)]
-    assert got_on[10]["isError"] and not got_on[11]["isError"]
+    if on.mode == "sse":
+        assert "- Name: Ada" in json.dumps(got_on[10])  # the user's answer reached the upstream
+    assert got_on[11]["isError"] and not got_on[12]["isError"]
     # the same audit records, in the same order (the lane's calls are audited as the SDK's)
     assert audited(on.cfg) == audited(off.cfg) and audited(on.cfg)
 

@@ -20,6 +20,7 @@ before ``initialize`` was answered (the lane learns the connection from the SDK'
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -192,6 +193,7 @@ class StdioLane:
         self._state: Any = None
         self._in_flight: dict[types.RequestId, tuple[anyio.CancelScope, LaneDispatch]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._write: Write | None = None
         self.taken = 0  # calls served by the lane (tests, bench)
 
@@ -210,6 +212,26 @@ class StdioLane:
 
     def attach(self, tg: anyio.abc.TaskGroup, write: Write) -> None:
         self._tg, self._write = tg, write
+        tg.start_soon(self._hold)
+
+    async def _hold(self) -> None:
+        """Lives as long as the transport's task group. Each lane call runs as a plain asyncio
+        task (anyio's ``start_soon`` costs several times a task's creation, once per call); when
+        the group is cancelled (the transport closing), the calls still running are cancelled
+        and awaited (bounded) here, as the group's own children would be."""
+        try:
+            await anyio.sleep_forever()
+        finally:
+            for scope, _ in list(self._in_flight.values()):
+                scope.cancel()
+            if self._tasks:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_SHUTDOWN_S):
+                    await asyncio.wait(list(self._tasks))
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            _logger.error("a fast-lane call failed outside its handler", exc_info=error)
 
     def offer(self, line: bytes) -> bool:
         """Serve ``line`` in the lane (True), or leave it to the SDK (False)."""
@@ -234,7 +256,9 @@ class StdioLane:
         dctx = LaneDispatch(conn, rid, token)
         scope = anyio.CancelScope()
         self._in_flight[key] = (scope, dctx)
-        self._tg.start_soon(self._run, conn, key, scope, dctx, params)
+        task = asyncio.get_running_loop().create_task(self._run(conn, key, scope, dctx, params))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
         self.taken += 1
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug("tools/call %r in the fast lane", rid)

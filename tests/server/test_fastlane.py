@@ -1,4 +1,6 @@
-"""The fast lanes' SERVER span (gateway.server.fastlane._server_span): while nothing records
+"""gateway.server.fastlane in process: the lanes' SERVER span and the stdio lane's tasks.
+
+The SERVER span (``_server_span``): while nothing records
 spans it is the SDK's span without its context-manager layers (same tracer, same ids, the
 caller's unsampled trace kept); a sampled caller or an exporter gets the SDK middleware's own
 recorded span. The request context is a stand-in with the fields the middleware reads (a real
@@ -9,7 +11,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
+import orjson
 import pytest
+from mcp import Client, types
 from mcp.server import Server
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -17,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway import telemetry
 from gateway.compat import is_sdk_span_middleware
-from gateway.server.fastlane import _server_span
+from gateway.server.fastlane import StdioLane, _server_span
 
 pytestmark = pytest.mark.anyio
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -75,3 +80,39 @@ async def test_sampled_caller_and_exporter_get_the_sdk_span() -> None:
     (done,) = memory.get_finished_spans()
     assert done.name == "tools/call up__echo" and done.kind is trace.SpanKind.SERVER
     assert done.attributes is not None and done.attributes["gen_ai.tool.name"] == "up__echo"
+
+
+async def test_lane_calls_end_with_the_transport_task_group() -> None:
+    """Lane calls run as plain asyncio tasks: when the transport's task group is cancelled, a
+    call still in flight is cancelled (its handler sees it) and awaited, nothing is written.
+    A real SDK server and in-memory client: the lane learns the connection from initialize."""
+    entered = anyio.Event()
+    cancelled: list[bool] = []
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        entered.set()
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(True)
+            raise
+        return types.CallToolResult(content=[])
+
+    server: Server[Any] = Server("t", on_call_tool=call_tool)
+    lane = StdioLane(server)
+    server.middleware.append(lane.capture)
+    written: list[Any] = []
+
+    async def write(msg: Any) -> None:
+        written.append(msg)
+
+    async with Client(server, mode="legacy"):
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                lane.attach(tg, write)
+                call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "slow"}}
+                assert lane.offer(orjson.dumps(call))
+                await entered.wait()
+                assert lane.in_flight == 1
+                tg.cancel_scope.cancel()
+    assert cancelled == [True] and lane.in_flight == 0 and written == []

@@ -11,8 +11,9 @@ gateway process's own CPU (``/proc/PID/stat`` utime + stime, the upstream not in
 the calls it served: ``cpu_us_per_call``, medians over rounds, and each lane's ratio to its
 SDK twin round by round (below 1: the lane costs less). Wall-clock p50 and calls/s are printed
 too; on a loaded machine they measure the scheduler. Every reply is checked.
-``--baseline-tree DIR`` adds ``secure_base`` / ``off_base`` (the same gateways run from another
-checkout, the lane on where that tree has it) and ``lane_vs_baseline_tree`` (this tree's lane
+``--only off`` (or ``secure``) runs only those gateways (and the relay): fewer targets per
+round, less drift between a gateway and its twin. ``--baseline-tree DIR`` adds ``secure_base`` /
+``off_base`` (the same gateways run from another checkout, the lane on where that tree has it) and ``lane_vs_baseline_tree`` (this tree's lane
 gateways over them, round by round). ``relay`` (bench/peers/json_relay.py, the floor of
 bench/speed.py) is measured the same way; ``off_lane_vs_relay`` is the checks-off gateway over it.
 """
@@ -123,7 +124,7 @@ def expected(msg: str) -> str:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-stdio-cpu-"))
-    cfgs = configs(tmp, args.baseline_tree)
+    cfgs = {n: c for n, c in configs(tmp, args.baseline_tree).items() if n.split("_")[0] in args.kinds}
     names = [*cfgs, "relay"]
     rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     errors = 0
@@ -187,12 +188,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             for k in ("cpu_us_per_call", "p50_ms", "calls_per_s")
         }
-        for kind in ("secure", "off")
+        for kind in args.kinds
     }
-    out["off_lane_vs_relay"] = {  # the forwarding core over the floor, round by round
-        k: round(median([a[k] / b[k] for a, b in zip(rows["off_lane"], rows["relay"], strict=True)]), 3)
-        for k in ("cpu_us_per_call", "p50_ms", "calls_per_s")
-    }
+    if "off" in args.kinds:  # the forwarding core over the floor, round by round
+        out["off_lane_vs_relay"] = {
+            k: round(median([a[k] / b[k] for a, b in zip(rows["off_lane"], rows["relay"], strict=True)]), 3)
+            for k in ("cpu_us_per_call", "p50_ms", "calls_per_s")
+        }
     if args.baseline_tree is not None:  # this tree's gateways over the baseline tree's, round by round
         out["lane_vs_baseline_tree"] = {
             kind: {
@@ -204,7 +206,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 for k in ("cpu_us_per_call", "p50_ms", "calls_per_s")
             }
-            for kind in ("secure", "off")
+            for kind in args.kinds
         }
         out["baseline_tree"] = str(args.baseline_tree)
     out["errors"] = errors
@@ -218,12 +220,20 @@ def main() -> int:
     p.add_argument("--callers", type=int, default=8)
     p.add_argument("--per-caller", type=int, default=50)
     p.add_argument(
+        "--only",
+        dest="kinds",
+        choices=("secure", "off"),
+        action="append",
+        help="only these gateways (repeatable; default both): fewer targets per round, less drift",
+    )
+    p.add_argument(
         "--baseline-tree",
         type=Path,
         default=None,
         help="also secure_base / off_base: the same gateways run from this checkout (before a change)",
     )
     args = p.parse_args()
+    args.kinds = tuple(args.kinds or ("secure", "off"))
     if args.baseline_tree is not None:
         args.baseline_tree = args.baseline_tree.resolve()
     out = anyio.run(run, args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.policy.engine import EmbeddedEngine
@@ -193,3 +194,49 @@ def test_counters_are_per_namespace() -> None:
     counters.try_acquire(key.qualified, "t", None)
     assert counters.principal_counts(token.qualified) == (0, 0)
     assert counters.principal_counts(key.qualified) == (1, 1)
+
+
+def test_a_listing_input_is_build_input_per_tool() -> None:
+    """``listing_inputs`` shares the tool-independent parts; each document is still exactly
+    what ``build_input(action="list")`` makes for that tool, and volume never reaches it."""
+    from gateway.policy.inputdoc import build_input, listing_inputs
+
+    def tool(name: str, **kw: Any) -> ToolInfo:
+        up, orig = name.split("__", 1)
+        return ToolInfo(name=name, original_name=orig, upstream=up, definition={}, **kw)
+
+    tools = [tool("up__a"), tool("fs__read_file", code_tool=True, verification="pinned"), tool("zz__c")]
+    ups = {
+        "up": UpstreamInfo(name="up", transport="stdio", domain="d"),
+        "fs": UpstreamInfo(name="fs", transport="http"),
+    }
+    who = Principal(id="local", kind="user", roles=("developer",), agent="a1")
+    helper = AgentInfo(id="a1", name="helper", state="Ready")
+    counters = CallCounters()
+    for t in tools:
+        assert counters.try_acquire(who.qualified, t.name, None)
+    docs = list(
+        listing_inputs(
+            who, tools, upstreams=ups, session_id="s-9", agent=helper, now_ns=1_795_687_200_123_000_000
+        )
+    )
+    expected = [
+        build_input(
+            principal=who,
+            kind="tools/call",
+            target=t.name,
+            action="list",
+            tool=t,
+            upstream=ups.get(t.upstream),
+            session_id="s-9",
+            counters=counters,
+            now_ns=1_795_687_200_123_000_000,
+            agent=helper,
+        )
+        for t in tools
+    ]
+    assert docs == expected
+    assert [list(d) for d in docs] == [list(e) for e in expected]  # the same field order too
+    assert all(d["context"]["calls_last_hour"] == d["context"]["calls_last_minute"] == 0 for d in docs)
+    assert docs[0]["arguments"] is not docs[1]["arguments"]
+    assert list(listing_inputs(who, [], upstreams=ups)) == []

@@ -371,48 +371,6 @@ def test_a_listing_decision_sees_the_whole_input(tmp_path: Any) -> None:
             assert ask(agent=helper, **{k: v for k, v in kw.items() if k != missing}) == []
 
 
-def test_a_listing_input_is_build_input_per_tool() -> None:
-    """``listing_inputs`` shares the tool-independent parts; each document is still exactly
-    what ``build_input(action="list")`` makes for that tool, and volume never reaches it."""
-    from gateway.policy.inputdoc import build_input, listing_inputs
-
-    tools = [tool("up__a"), tool("fs__read_file", code=True, verification="pinned"), tool("zz__c")]
-    ups = {
-        "up": UpstreamInfo(name="up", transport="stdio", domain="d"),
-        "fs": UpstreamInfo(name="fs", transport="http"),
-    }
-    who = Principal(id="local", kind="user", roles=("developer",), agent="a1")
-    helper = AgentInfo(id="a1", name="helper", state="Ready")
-    counters = CallCounters()
-    for t in tools:
-        assert counters.try_acquire(who.qualified, t.name, None)
-    docs = list(
-        listing_inputs(
-            who, tools, upstreams=ups, session_id="s-9", agent=helper, now_ns=1_795_687_200_123_000_000
-        )
-    )
-    expected = [
-        build_input(
-            principal=who,
-            kind="tools/call",
-            target=t.name,
-            action="list",
-            tool=t,
-            upstream=ups.get(t.upstream),
-            session_id="s-9",
-            counters=counters,
-            now_ns=1_795_687_200_123_000_000,
-            agent=helper,
-        )
-        for t in tools
-    ]
-    assert docs == expected
-    assert [list(d) for d in docs] == [list(e) for e in expected]  # the same field order too
-    assert all(d["context"]["calls_last_hour"] == d["context"]["calls_last_minute"] == 0 for d in docs)
-    assert docs[0]["arguments"] is not docs[1]["arguments"]
-    assert list(listing_inputs(who, [], upstreams=ups)) == []
-
-
 def test_the_call_decision_sees_the_call_counts(tmp_path: Any) -> None:
     """A volume rule (input.context.calls_last_minute) needs the step's counters in the input."""
     (tmp_path / "p.rego").write_text(

@@ -371,6 +371,35 @@ def test_a_listing_decision_sees_the_whole_input(tmp_path: Any) -> None:
             assert ask(agent=helper, **{k: v for k, v in kw.items() if k != missing}) == []
 
 
+def test_a_remote_engine_is_asked_every_tool_with_the_same_input(tmp_path: Any) -> None:
+    """A remote OPA's listing decisions are awaited concurrently (one request per tool); they
+    must be asked the same documents as the embedded engine's: a real OPA engine
+    (opa-golib-python-bindings) behind the Data API stands in for the `opa` binary."""
+    from gateway.policy.engine import RemoteEngine
+    from tests.policy.conftest import opa_engine
+    from tests.policy.opa_server import OpaServer
+
+    tools = [tool("up__a"), tool("fs__read_file"), tool("up__b")]
+    ups = {"up": UpstreamInfo(name="up", transport="stdio"), "fs": UpstreamInfo(name="fs", transport="http")}
+    kw: dict[str, Any] = {"upstreams": ups, "session_id": "s-1"}
+    who = Principal(id="local", kind="user", roles=("developer",), agent="a1")
+    helper = AgentInfo(id="a1", name="helper", state="running")
+    with OpaServer(opa_engine(LISTING_REGO, {})) as opa:
+        remote = RemoteEngine(opa.url, timeout_s=5.0)
+        try:
+
+            def ask(**more: Any) -> list[str]:
+                return [t.name for t in asyncio.run(afilter_listing(remote, who, tools, **more))]
+
+            assert ask(agent=helper, **kw) == ["up__a", "up__b"]
+            assert opa.requests == 3
+            assert ask(**kw) == []  # no agent record
+            for missing in ("upstreams", "session_id"):
+                assert ask(agent=helper, **{k: v for k, v in kw.items() if k != missing}) == []
+        finally:
+            remote.close()
+
+
 def test_the_call_decision_sees_the_call_counts(tmp_path: Any) -> None:
     """A volume rule (input.context.calls_last_minute) needs the step's counters in the input."""
     (tmp_path / "p.rego").write_text(

@@ -227,8 +227,13 @@ class HttpLane:
             self._settled(key, dctx)
             raise
         watch = anyio.CancelScope()
+
+        def stop() -> None:  # the server is stopping: the call ends as the session's shutdown ends it
+            dctx.shutdown = True
+            cancel.cancel()
+
         async with anyio.create_task_group() as tg:
-            tg.start_soon(answer.watch, receive, watch)
+            tg.start_soon(answer.watch, receive, watch, stop)
             tg.start_soon(self._call_sse, key, conn, dctx, params, answer, cancel)
             await answer.stream()
             watch.cancel()
@@ -248,6 +253,8 @@ class HttpLane:
                 out = await run_call(self._server, self._state, conn, dctx, params, dctx.request)
         finally:
             self._settled(key, dctx)
+        if dctx.shutdown and out is None:  # the server stops: the SDK's dispatcher answers so
+            out = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
         # a call its client cancelled is not answered with its result (the SDK's dispatcher
         # writes nothing, the transport's unanswered hook answers REQUEST_CANCELLED)
         await answer.respond(dctx.request_id, None if dctx.cancel_requested.is_set() else out)

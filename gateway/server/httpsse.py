@@ -10,14 +10,15 @@ routing: it registers the request's stream with the transport as the SDK's POST 
 does, and sends the lane's response through the session's message router, so the event
 store, the order of events (a progress notification before the response) and the replay to a
 client that resumes with ``Last-Event-ID`` are the SDK's own. Like sse-starlette it pings a
-silent stream every 15 seconds and, when the client goes away, lets the stream go (the call
-runs on; a resumed stream gets what follows).
+silent stream every 15 seconds, lets the stream go when the client goes away (the call runs
+on; a resumed stream gets what follows) and ends it when the server stops (the call is
+stopped too, as the session's shutdown stops it on the SDK's path).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,7 @@ from mcp.shared.exceptions import NoBackChannelError
 from mcp.shared.message import ServerMessageMetadata
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.event import ensure_bytes
+from sse_starlette.sse import AppStatus
 from starlette.requests import Request
 from starlette.types import Message, Receive, Send
 
@@ -54,6 +56,7 @@ PING_S = EventSourceResponse.DEFAULT_PING_INTERVAL
 # one write with it (most calls answer sooner: one write instead of three, one read for the
 # client); a slower call gets them then, as the SDK sends them, so it can resume its stream.
 HOLD_S = 0.05
+EXIT_POLL_S = 0.5  # how often a stream looks for the server's exit (sse-starlette's own poll)
 
 
 class SseLaneDispatch(LaneDispatch):
@@ -165,10 +168,13 @@ class SseAnswer:
         if self._pair is not None:
             transport_close_stream(self._transport, self._stream_id, self._pair)
 
-    async def watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
-        """sse-starlette's two side tasks in one: a ping comment on a silent stream every
-        ``PING_S`` seconds, and the stream let go when the client disconnects; first, the
-        headers and the priming event of a call that did not answer within ``HOLD_S``."""
+    async def watch(self, receive: Receive, scope: anyio.CancelScope, stop: Callable[[], None]) -> None:
+        """sse-starlette's side tasks in one: the stream let go when the client disconnects, a
+        ping comment on a silent stream every ``PING_S`` seconds, and, when the server is
+        stopping (uvicorn's exit, which sse-starlette flags on ``AppStatus``), the stream ended
+        and the call stopped (``stop``: on the SDK's path the session's shutdown cancels it);
+        first, the headers and the priming event of a call that did not answer within
+        ``HOLD_S``."""
         message: Message | None
         with scope:
             with anyio.move_on_after(HOLD_S) as held:
@@ -177,16 +183,21 @@ class SseAnswer:
                 if self._head is not None and not self._ended:
                     await self._body(b"")  # the headers and the priming event, now
                 message = None
+            ping_at = anyio.current_time() + PING_S
             while message is None or message["type"] != "http.disconnect":
-                with anyio.move_on_after(PING_S) as quiet:
+                with anyio.move_on_after(EXIT_POLL_S) as quiet:
                     message = await receive()
-                if quiet.cancelled_caught:
-                    if not self._ended:
-                        ping = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=SEP)
-                        await self._body(ensure_bytes(ping, SEP))
-                    message = None
+                if not quiet.cancelled_caught:
                     continue
-            self.release()  # the client left: the stream reader ends; the call runs on
+                message = None
+                if AppStatus.should_exit:
+                    stop()
+                    break
+                if anyio.current_time() >= ping_at and not self._ended:
+                    ping_at = anyio.current_time() + PING_S
+                    ping = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=SEP)
+                    await self._body(ensure_bytes(ping, SEP))
+            self.release()  # the client left (or the server stops): the stream reader ends
 
     async def respond(self, rid: types.RequestId, out: dict[str, Any] | types.ErrorData | None) -> None:
         """Send the call's outcome through the session's router (``None``: cancelled, which the

@@ -10,19 +10,27 @@ first stream carried); and many sessions calling at once each get their own answ
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+from tests.conftest import SYMBI, free_port, symbi_env
+from tests.server.http.conftest import make_keys
 from tests.server.http.test_fastlane import (
     ECHO,
     HEADERS,
     INIT,
     INITIALIZED,
     Gw,
+    _config,
     call,
     gateways,
     replies,
@@ -166,3 +174,64 @@ def test_concurrent_sessions_each_get_their_own_answers(sse: tuple[Gw, Gw]) -> N
     for n, i, msgs in seen:
         [reply] = msgs
         assert reply["id"] == i and reply["result"]["content"][0]["text"] == f"Echo: s{n}-c{i}"
+
+
+@pytest.mark.parametrize("lane", [True, False])
+def test_the_server_stops_with_a_slow_call_in_flight(tmp_path: Path, lane: bool) -> None:
+    """SIGTERM while a 60 s call streams: the server ends the call's stream and exits, as
+    sse-starlette ends the SDK's streams, instead of waiting for the call (lane on and off)."""
+    cfg, record = _config(tmp_path, lane, "sse")
+    key = make_keys(cfg).admin
+    port = free_port()
+    mcp = f"http://127.0.0.1:{port}/mcp"
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(SYMBI), "serve", "--config", str(cfg), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=symbi_env(),
+        )
+    got: dict[str, Any] = {}
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+        with httpx.Client(timeout=90) as client:
+            r = client.post(mcp, content=json.dumps(INIT), headers=_headers(key))
+            sid = r.headers["mcp-session-id"]
+            client.post(mcp, content=json.dumps(INITIALIZED), headers=_headers(key, sid))
+            body = json.dumps(call(31, "mut__slow", {"seconds": 60}))
+
+            def slow() -> None:
+                try:
+                    got["replies"] = replies(client.post(mcp, content=body, headers=_headers(key, sid)))
+                except httpx.RemoteProtocolError:  # the SDK's path: the stream cut mid-body
+                    got["replies"] = []
+
+            caller = threading.Thread(target=slow)
+            caller.start()
+            deadline = time.monotonic() + 30
+            while not (record.exists() and '"slow"' in record.read_text()):  # it reached the upstream
+                assert time.monotonic() < deadline, "the call never reached the upstream"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)  # raises if the server waits out the 60 s call
+            caller.join(30)
+        assert not caller.is_alive()
+        # the stream ended (or was cut) with no answer, progress only: the call never finished
+        assert all(m.get("method") == "notifications/progress" for m in got["replies"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, "symbi serve exited"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "symbi serve not ready"
+        time.sleep(0.1)

@@ -94,6 +94,9 @@ class Bus:
         """Make (or load) the agent's keys and publish its public keys (and its name)."""
         if not AGENT_RE.match(agent):
             raise BusError(f"agent id {agent!r} is not usable on the bus")
+        retiring = [t for t in self._tasks if t.get_name() == f"bus-retire:{agent}"]
+        if retiring:  # an id used again right after it ended: its old entry goes first, never after
+            await asyncio.wait(retiring)
         if name is not None:
             self._names[agent] = name
         _, entry = self.ring.ensure(agent, principal, self._names.get(agent, ""))
@@ -148,7 +151,7 @@ class Bus:
         if not self.retirements.ended(agent, self._names.pop(agent, ""), int(time.time() * 1000)):
             return  # kept until what it sent expired (the expiry sweep removes it)
         try:
-            task = asyncio.get_running_loop().create_task(self._retire(agent))
+            task = asyncio.get_running_loop().create_task(self._retire(agent), name=f"bus-retire:{agent}")
         except RuntimeError:  # no loop: removed by the next expiry sweep
             return
         self._tasks.add(task)

@@ -121,7 +121,8 @@ missing=$(grep -F 'not found' <<<"$deps" || true)
 [ -z "$missing" ] || die "unresolved shared libraries:
 $missing"
 # glibc dlopens libgcc_s for thread cancellation/unwinding: ldd does not list it
-libs+=$'\n'$(ldconfig -p | awk '$1 == "libgcc_s.so.1" && /x86-64/ {print $NF; exit}')
+# (awk reads to the end: an early exit SIGPIPEs ldconfig, and pipefail + set -e end the script)
+libs+=$'\n'$(ldconfig -p | awk '$1 == "libgcc_s.so.1" && /x86-64/ && !found {print $NF; found = 1}')
 while read -r lib; do
   [ -n "$lib" ] || continue
   case "$lib" in "$R"/* | "$DEPS"/*) continue ;; esac   # bundled in a wheel (its .libs)

@@ -4,9 +4,13 @@ that appears after a failed start (mutants of EmbeddedEngine.__init__/reload sur
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
+
 from gateway.errors import PolicyLoadError
+from gateway.events import Event
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyBundle, PolicyFiles
 from tests.policy.conftest import RecordingSink
@@ -134,11 +138,33 @@ def test_status_after_a_failed_start_has_no_digest(tmp_path: Path) -> None:
     assert st["loaded"] is False and st["digest"] is None and st["policy"] == str(tmp_path / "p.rego")
 
 
-def test_status_reports_a_refused_broadcast_while_the_old_policy_stays(tmp_path: Path) -> None:
-    """A policy another replica published that failed the checks here is shown as refused."""
-    eng = _engine(tmp_path, ALLOW)
+def test_status_reports_a_refused_broadcast_while_the_old_policy_stays(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A policy another replica published that failed the checks here is shown as refused, in
+    the status, in one audit event naming what was refused and why, and in the log."""
+    sink = RecordingSink()
+    eng = _engine(tmp_path, ALLOW, sink=sink)
     digest = eng.status()["digest"]
-    eng.refuse_broadcast(7, "d" * 64, "replica-2", PolicyLoadError("unsafe builtin", location="p.rego:3:1"))
+    err = PolicyLoadError("unsafe builtin", location="p.rego:3:1")
+    with caplog.at_level(logging.ERROR, logger="symbi.policy"):
+        eng.refuse_broadcast(7, "d" * 64, "replica-2", err)
     st = eng.status()
-    assert st["refused"]["version"] == 7 and st["refused"]["publisher"] == "replica-2"
+    assert st["refused"] == {"version": 7, "digest": "d" * 64, "publisher": "replica-2", "error": err.message}
     assert st["digest"] == digest and eng.decide({}).allow is True
+    assert sink.events == [
+        (
+            Event.POLICY_RELOAD_REFUSED,
+            {
+                "source": "broadcast",
+                "version": 7,
+                "digest": "d" * 64,
+                "publisher": "replica-2",
+                "error": err.message,
+                "location": "p.rego:3:1",
+            },
+        )
+    ]
+    (rec,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert rec.args == (7, "replica-2", err.message)
+    assert rec.msg.count("%") == len(rec.args)  # the arguments land in the message

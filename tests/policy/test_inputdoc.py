@@ -240,3 +240,10 @@ def test_a_listing_input_is_build_input_per_tool() -> None:
     assert all(d["context"]["calls_last_hour"] == d["context"]["calls_last_minute"] == 0 for d in docs)
     assert docs[0]["arguments"] is not docs[1]["arguments"]
     assert list(listing_inputs(who, [], upstreams=ups)) == []
+    # one tool (the visibility check of a tools/call asks about exactly one)
+    one = list(
+        listing_inputs(
+            who, tools[1:2], upstreams=ups, session_id="s-9", agent=helper, now_ns=1_795_687_200_123_000_000
+        )
+    )
+    assert one == expected[1:2]

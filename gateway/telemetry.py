@@ -133,6 +133,12 @@ def install(service_name: str = "symbi-gateway") -> _Fanout:
         return _fanout
 
 
+def samples_while_exporting(provider: object) -> bool:
+    """Whether ``provider`` is the gateway's (``_WhileExporting``: a span is recorded only while
+    spans are exported or the caller's trace is sampled)."""
+    return isinstance(provider, TracerProvider) and isinstance(provider.sampler, _WhileExporting)
+
+
 def exporting() -> bool:
     """True when spans go somewhere. When not, the chain makes no per-step spans (the
     request's SDK span still gives the trace id the audit record and log lines carry)."""

@@ -292,3 +292,14 @@ def test_request_spans_are_recorded_only_while_exporting_or_when_the_caller_samp
     finally:
         telemetry.install().remove(proc)
     assert [s.name for s in memory.get_finished_spans()] == ["exported"]
+
+
+def test_only_the_gateways_provider_counts_as_sampling_while_exporting() -> None:
+    """The fast lanes' light SERVER span is used only under the gateway's own sampler: an
+    embedder's SDK provider (which may record every span) or a non-SDK one gets the SDK's span."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    telemetry.install()
+    assert telemetry.samples_while_exporting(trace.get_tracer_provider())
+    assert not telemetry.samples_while_exporting(TracerProvider())
+    assert not telemetry.samples_while_exporting(trace.NoOpTracerProvider())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, cast
@@ -46,7 +47,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel, ValidationError
 
 from gateway.compat import connection_of, is_sdk_span_middleware
-from gateway.telemetry import exporting
+from gateway.telemetry import exporting, samples_while_exporting
 
 _logger = logging.getLogger("symbi.server.fastlane")
 
@@ -380,12 +381,9 @@ async def _server_span(
     with nothing exporting and the parent not sampled, is it sure not to be recorded; otherwise
     the SDK's middleware runs."""
     provider = trace.get_tracer_provider()
-    if (
-        exporting()
-        or not isinstance(provider, TracerProvider)
-        or provider.sampler.get_description() != _SAMPLER
-    ):
+    if exporting() or not samples_while_exporting(provider):
         return await sdk(ctx, call_next)
+    assert isinstance(provider, TracerProvider)
     parent = _trace_parent(ctx.meta)
     if trace.get_current_span(parent).get_span_context().trace_flags.sampled:
         return await sdk(ctx, call_next)
@@ -407,15 +405,15 @@ async def _server_span(
         otel_context.detach(token)
 
 
-_SAMPLER = "WhileExporting"  # gateway.telemetry's sampler: records only while exporting or sampled
-_TRACERS: dict[int, trace.Tracer] = {}
+# weak: a provider that is gone (tests install several) takes its tracer with it
+_TRACERS: weakref.WeakKeyDictionary[TracerProvider, trace.Tracer] = weakref.WeakKeyDictionary()
 
 
 def _sdk_tracer(provider: TracerProvider) -> trace.Tracer:
     """The tracer the SDK's middleware uses (``mcp-python-sdk``), from ``provider``."""
-    tracer = _TRACERS.get(id(provider))
+    tracer = _TRACERS.get(provider)
     if tracer is None:
-        tracer = _TRACERS[id(provider)] = provider.get_tracer("mcp-python-sdk")
+        tracer = _TRACERS[provider] = provider.get_tracer("mcp-python-sdk")
     return tracer
 
 

@@ -257,13 +257,13 @@ class HttpLane:
             out = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
         # a call its client cancelled is not answered with its result (the SDK's dispatcher
         # writes nothing, the transport's unanswered hook answers REQUEST_CANCELLED)
-        await answer.respond(dctx.request_id, None if dctx.cancel_requested.is_set() else out)
+        await answer.respond(dctx.request_id, None if dctx.cancelled else out)
 
     def _settled(self, key: tuple[str, types.RequestId], dctx: LaneDispatch) -> None:
         dctx.close()
         if (entry := self._in_flight.get(key)) is not None and entry[1] is dctx:
             del self._in_flight[key]
-        dctx.done.set()
+        dctx.finish()
 
     async def _run(
         self,
@@ -315,7 +315,7 @@ class HttpLane:
         rid = cancelled_id(body)
         entry = self._in_flight.get((sid, rid)) if rid is not None else None
         if entry is not None:
-            entry[1].cancel_requested.set()
+            entry[1].cancel()
             entry[0].cancel()
 
 

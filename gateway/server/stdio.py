@@ -30,7 +30,7 @@ from gateway.compat import create_context_streams, stream_reader_head
 from gateway.config.model import Config
 from gateway.server.fastlane import StdioLane
 from gateway.server.front import build_server, init_options
-from gateway.upstream.stdio import with_waiting, writer_idle
+from gateway.upstream.stdio import with_waiting, write_or_queue
 
 _ID_RE = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
@@ -100,15 +100,8 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
         await writer.drain()
 
     async def lane_write(msg: SessionMessage | bytes) -> None:
-        """A fast-lane reply: written now when the write loop holds nothing (everything sent
-        before it is already out, so the order is kept; no task hop), else queued behind."""
-        if writer_idle(from_server) and not writer_closing(writer):
-            try:
-                await write(msg)
-            except (ConnectionResetError, BrokenPipeError) as e:
-                raise anyio.BrokenResourceError from e
-            return
-        await lane_out.send(msg)
+        """A fast-lane reply: written now when the write loop holds nothing, else queued behind."""
+        await write_or_queue(frame(msg), writer, from_server, lane_out.send)
 
     async def read_loop() -> None:
         async with to_server:
@@ -194,10 +187,6 @@ async def feed_from_file(fd: int, reader: asyncio.StreamReader) -> None:
             reader.feed_eof()
             return
         reader.feed_data(chunk)
-
-
-def writer_closing(writer: asyncio.StreamWriter | FileWriter) -> bool:
-    return isinstance(writer, asyncio.StreamWriter) and writer.is_closing()
 
 
 class FileWriter:

@@ -13,11 +13,12 @@ kill), private SDK functions reached through ``gateway.compat``.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TextIO, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TextIO, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -89,6 +90,31 @@ def writer_idle(reader: MemoryObjectReceiveStream[Any]) -> bool:
     )
 
 
+class _Pipe(Protocol):
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+
+
+async def write_or_queue(
+    line: bytes,
+    pipe: _Pipe | None,
+    reader: MemoryObjectReceiveStream[Any],
+    queue: Callable[[bytes], Awaitable[None]],
+) -> None:
+    """A fast-lane line (both stdio lanes: to an upstream's stdin, to the client's stdout):
+    into ``pipe`` now when the writer task reading ``reader`` holds nothing (``writer_idle``:
+    the order of everything sent before it is kept, no task hop), else ``queue``d behind it."""
+    closing = isinstance(pipe, asyncio.StreamWriter) and pipe.is_closing()
+    if pipe is None or closing or not writer_idle(reader):
+        await queue(line)
+        return
+    try:
+        pipe.write(line)
+        await pipe.drain()  # returns at once unless the pipe is full (flow control)
+    except (ConnectionResetError, BrokenPipeError, RuntimeError) as e:
+        raise anyio.BrokenResourceError from e
+
+
 def _framed(m: SessionMessage | bytes, server: StdioServerParameters) -> bytes:
     """One line of the upstream's stdin: the SDK's message serialised, or a fast-lane line
     already framed (UTF-8: the lane exists only for UTF-8 servers)."""
@@ -127,16 +153,7 @@ async def bounded_stdio_client(
     stdin = process_stdin_writer(process.stdin)
 
     async def send_line(line: bytes) -> None:
-        """A lane line: into the pipe now when the writer task holds nothing (the order of
-        everything sent before it is kept; no task hop), else behind the writer task's messages."""
-        if stdin is None or not writer_idle(write_reader) or stdin.is_closing():
-            await write_stream.send(line)
-            return
-        try:
-            stdin.write(line)
-            await stdin.drain()  # returns at once unless the pipe is full (flow control)
-        except (ConnectionResetError, BrokenPipeError, RuntimeError) as e:
-            raise anyio.BrokenResourceError from e
+        await write_or_queue(line, stdin, write_reader, write_stream.send)
 
     if on_lane is not None and codecs.lookup(server.encoding).name == "utf-8":  # orjson writes UTF-8
         lane = FastLane(send_line)

@@ -6,10 +6,11 @@ once and put the event on an unbounded queue (never dropped); one writer thread 
 anchor (seq and chain hash of the batch's LAST record: it vouches for every record before it,
 like a signed tree head), inserts the records and the anchor in ONE transaction and commits
 (WAL, fsync). Only then are the events acknowledged: ``record`` / ``append`` return the
-sequence number after the commit. The batch's last record is signed too (the others carry an
-empty signature), after the acknowledgement, and that signature is stored by the next
-transaction (or once the writer is idle, and before a flush or close returns): until then the
-anchor vouches for it (``Writer.commit_events``).
+sequence number after the commit: the anchor's is the one signature before it. Records carry a
+signature of their own on the head record the writer leaves when it goes idle, before a flush,
+rotation or close returns, and once per ``checkpoint_every`` events (made after the
+acknowledgement, stored by the next transaction); the others carry an empty signature and are
+vouched for by the next signed record or the anchor (``Writer.commit_events``).
 One fsync per batch is what makes durable appends cheap under load (group commit).
 
 Fail closed: when a batch cannot be committed, waiting callers get ``AuditError``; if events
@@ -81,9 +82,9 @@ class AuditLog:
             ``"warn"`` logs the failure and carries on.
         wal_checkpoint_pages: the writer checkpoints the WAL (off the acknowledgement path) once
             about this many pages were written since the last checkpoint (``Writer``).
-        seal_idle_s: a batch's last record is signed after its waiters are woken and the
-            signature stored with the next batch; an idle writer stores it after this long
-            (``Writer.seal``). Until then the signed head anchor vouches for it.
+        seal_idle_s: an idle writer signs its head record and stores the signature after
+            this long without a new event (``Writer.seal``). Until then the signed head anchor
+            vouches for it.
 
     Raises:
         AuditError: the log or key cannot be opened, another process holds the log, or the key

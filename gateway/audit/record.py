@@ -13,9 +13,11 @@ Wire format (version 1), the same in the SQLite log and in a JSONL export::
 * ``chain_hash = SHA-256(b"symbi-audit-chain-v1\\0" || bytes(prev_hash) || canonical)``;
   the first record's ``prev_hash`` is 64 zeros.
 * ``signature = Ed25519(b"symbi-audit-sig-v1\\0" || bytes(chain_hash))``, base64 (standard),
-  on the last record of each group commit (and every ``audit.key_rotated`` event); the other
-  records carry ``""``: the next signed chain hash vouches for them (second-preimage
-  resistance of SHA-256), so a line without a signature verifies only with the records after it.
+  on a head record (the last of a group commit) whenever the writer goes idle, is flushed or
+  closed, and at least once per ``audit.checkpoint_every`` events (and on every
+  ``audit.key_rotated`` event); the other records carry ``""``: the next signed chain hash, or
+  the signed head anchor, vouches for them (second-preimage resistance of SHA-256), so a line
+  without a signature verifies only with the records after it.
 * ``key_id = "ed25519:" + hex(SHA-256(raw 32-byte public key))[:32]``.
 
 The domain prefixes keep a chain hash from ever being mistaken for another kind of message

@@ -14,7 +14,8 @@ Why SQLite in WAL mode rather than an append-only JSONL file:
   ``json_extract`` instead of scanning a file; readers in other processes (``tail -f``, the
   admin API) see committed data only, concurrently with the writer.
 * It ships with Python (no new dependency). ``symbi audit export --format jsonl`` gives the
-  line-per-event form for SIEMs, each line independently verifiable.
+  line-per-event form for SIEMs, each signed line verifiable on its own (the others with
+  the signed lines after them).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ The functions RETURN a ``VerifyResult``; ``result.check()`` raises ``AuditIntegr
 Trust starts from the public keys the verifier passes in; an ``audit.key_rotated`` event,
 signed by the current key and carrying a proof signed by the new key, hands trust on.
 
-The writer signs the last record of each group commit (a signed head per batch, as
-Certificate Transparency signs tree heads); the records before it carry an empty signature
-and are vouched for by that next signature: every unsigned record must be followed, within
+The writer commits every group commit under a signed anchor of its head (as Certificate
+Transparency signs tree heads) and signs a head record itself when idle, flushed or closed and
+once per ``checkpoint_every`` events; the other records carry an empty signature and are
+vouched for by the next signature or anchor: every unsigned record must be followed, within
 its key's run, by a signed record, an anchor at or after it, or (``vouched_tail``) a head hash
 another checked signature covers; a log that ends on unsigned records is ``truncated``.
 

@@ -42,9 +42,10 @@ _logger = logging.getLogger("symbi.audit")
 # 0.08 ms less per commit than appending to a growing WAL). 256 pages: 1 MiB.
 WAL_CHECKPOINT_PAGES = 256
 
-# The batch's last record gets its signature in the NEXT transaction (see ``commit_events``).
+# A head record's signature, made after its waiters were woken, is stored by a LATER transaction
+# (see ``commit_events``).
 SIGN_SQL = "UPDATE events SET signature = ? WHERE seq = ? AND signature = ''"
-# an idle writer stores a deferred head signature after this long without a new event (``seal``)
+# an idle writer signs and stores its unsigned head after this long without a new event (``seal``)
 SEAL_IDLE_S = 0.05
 
 
@@ -70,9 +71,11 @@ class Writer:
     # WAL pages (estimated) written since the writer last checkpointed the WAL (_checkpoint_wal)
     wal_pages: int = 0
     wal_checkpoint_pages: int = WAL_CHECKPOINT_PAGES
-    # (seq, signature) of the last commit's head, signed after its waiters were woken and stored
-    # by the next transaction: until then the in-database anchor vouches for it (commit_events)
+    # (seq, signature) of a head record, signed after its waiters were woken and stored by the
+    # next transaction: until then the in-database anchor vouches for it (commit_events)
     pending: tuple[int, str] | None = None
+    # the head record, committed by this writer, carries no stored signature yet (``seal``)
+    unsigned_head: bool = False
     seal_idle_s: float = SEAL_IDLE_S
 
     def __post_init__(self) -> None:
@@ -150,8 +153,8 @@ class Writer:
         return batch
 
     def _take(self) -> Item:
-        """The next item; an idle writer first stores a deferred head signature (``seal``)."""
-        if self.pending is not None:
+        """The next item; an idle writer first signs and stores its head's signature (``seal``)."""
+        if self.pending is not None or self.unsigned_head:
             try:
                 return self.queue.get(timeout=self.seal_idle_s)
             except queue.Empty:
@@ -163,13 +166,18 @@ class Writer:
     ) -> bool:
         """Chain, insert and commit ``events`` with the signed head anchor; wake their waiters.
 
-        One signature per group commit on the batch's last record (its chain hash covers the
-        batch), plus the anchor's. Only the anchor's is made before the commit: the record's is
-        made after the waiters are woken (Ed25519 signing releases the GIL, so the event loop
-        runs meanwhile) and stored by the next transaction (or ``seal``). In between, the
-        anchor committed with the batch vouches for it, as the verifier accepts for any
-        anchored record; the anchor moves on only in the transaction that stores the
-        signature. Rotations and maintenance (``extra_sql``) are signed at once.
+        ONE signature before the acknowledgement: the anchor's (seq and chain hash of the batch's
+        last record; by SHA-256's second-preimage resistance it vouches for every record before
+        it, as a signed tree head does). A record's own signature is not needed for that: the
+        verifier accepts unsigned records followed by an anchor at or after them. Records are
+        still signed, on the head, whenever the writer goes idle, before a flush, rotation,
+        retention or close (``seal``), and once per ``checkpoint_every`` events under
+        continuous load: then the signature is made after the waiters are woken (Ed25519
+        signing releases the GIL, so the event loop runs meanwhile) and stored by the next
+        transaction. Any record an anchor has moved past stays vouched for by the next signed
+        record, which the verifier requires within the key's run. So a sequential caller pays
+        one signature per call, not two. Rotations and maintenance (``extra_sql``) are signed
+        at once.
         """
         seq, prev = self.seq, self.head
         defer = not extra_sql
@@ -190,7 +198,7 @@ class Writer:
             wake(events, None, err)
             return False
         old = self.seq
-        self.seq, self.head, self.pending = seq, prev, None
+        self.seq, self.head, self.pending, self.unsigned_head = seq, prev, None, defer
         # pages this commit wrote to the WAL: the rows' (about 200 bytes of columns besides the
         # details each), the timestamp index's and the anchor's
         self.wal_pages += 3 + sum(len(r[6]) + 200 for r in rows) // 4096
@@ -198,9 +206,10 @@ class Writer:
             if it.future is not None:
                 resolve(it.future, row[0])
         wake(events, [row[0] for row in rows], None)
-        if defer:
+        checkpoint = seq // self.checkpoint_every > old // self.checkpoint_every
+        if defer and checkpoint:  # a signed record at least every checkpoint_every events
             self.pending = (seq, sign_hash(self.key, prev))
-        if seq // self.checkpoint_every > old // self.checkpoint_every:
+        if checkpoint:
             try:
                 self.write_checkpoint(anchor)  # the batch's signed anchor: no second signature
             except OSError as e:  # the in-database anchor still covers this batch
@@ -231,8 +240,11 @@ class Writer:
             raise
 
     def seal(self) -> None:
-        """Store the deferred head signature in a transaction of its own (the writer is idle, or
-        a control item follows). On failure the anchor still vouches for the head; retried later."""
+        """Sign the head record (if this writer committed it unsigned) and store its signature in
+        a transaction of its own (the writer is idle, or a control item follows). On failure the
+        anchor still vouches for the head; retried later."""
+        if self.pending is None and self.unsigned_head:
+            self.pending = (self.seq, sign_hash(self.key, self.head))
         if self.pending is None:
             return
         try:
@@ -240,6 +252,8 @@ class Writer:
         except sqlite3.Error as e:
             _logger.error("audit head signature of %s not stored yet (retried): %s", self.path, e)
             return
+        if self.pending[0] == self.seq:
+            self.unsigned_head = False
         self.pending = None
 
     def _checkpoint_wal(self) -> None:

@@ -31,9 +31,13 @@ def open_log(log_paths: tuple[Path, Path]) -> Iterator[Callable[..., AuditLog]]:
 
 @pytest.fixture
 def written_log(open_log: Callable[..., AuditLog], log_paths: tuple[Path, Path]) -> tuple[Path, dict]:
-    """A closed log of 20 events (seq 1..20) and the public keys exported beside its key."""
+    """A closed log of 20 events (seq 1..20), each signed, and the public keys exported beside
+    its key. Each append is followed by a flush: the writer signs a head record when it is idle
+    or flushed (or once per ``checkpoint_every`` events), and back-to-back appends leave most
+    records unsigned (vouched for by the next signed one; ``test_writer.py`` covers those)."""
     log = open_log(checkpoint_every=5)
     for i in range(1, 21):
         log.append("tool.call", {"tool": f"t{i}", "n": i}, principal="alice", agent="a1")
+        log.flush()
     log.close()
     return log_paths[0], exported_public_keys(log_paths[1])

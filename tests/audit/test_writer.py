@@ -1,11 +1,14 @@
-"""The writer's deferred head signature: a batch is acknowledged once it and its signed head
-anchor are committed; the batch's last record is signed after that and its signature stored by
-the next transaction (or when the writer is idle). Meanwhile the anchor vouches for it, and
-every tampering with such a head is still caught."""
+"""The writer's head signatures: a batch is acknowledged once it and its signed head anchor are
+committed (the one signature before the acknowledgement). A head record is signed when the
+writer goes idle, is flushed or closed, and once per ``checkpoint_every`` events, after the
+acknowledgement, the signature stored by a later transaction. Meanwhile the anchor vouches for
+the unsigned records, a crash leaves a log that verifies, and every tampering with such records
+is still caught."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +37,7 @@ def _anchor_seq(db: Path) -> int:
         conn.close()
 
 
-def test_a_record_is_acknowledged_under_its_anchor_and_signed_by_the_next_commit(
+def test_a_record_is_acknowledged_under_its_anchor_and_its_head_signed_when_flushed(
     open_log: Callable[..., AuditLog], log_paths
 ) -> None:
     db, _ = log_paths
@@ -47,14 +50,34 @@ def test_a_record_is_acknowledged_under_its_anchor_and_signed_by_the_next_commit
 
     assert log.append("tool.call", {"n": 2}, principal="p") == 2
     (_, _, sig1), (_, h2, sig2) = _rows(db)
-    assert verify_hash_signature(pub, h1, sig1)  # stored in the second batch's transaction
-    assert sig2 == "" and _anchor_seq(db) == 2
+    # one signature per call, the anchor's: the anchor on 2 vouches for 1 and 2
+    assert (sig1, sig2) == ("", "") and _anchor_seq(db) == 2
+    assert log.verify().check().last_seq == 2
 
-    log.flush()  # a flush returns with every head signed
-    assert verify_hash_signature(pub, h2, _rows(db)[1][2])
+    log.flush()  # a flush returns with the head signed
+    (_, _, sig1), (_, _, sig2) = _rows(db)
+    assert sig1 == "" and verify_hash_signature(pub, h2, sig2)
     log.close()
     res = verify_log(db, exported_public_keys(log_paths[1])).check()
-    assert (res.events, res.signatures_checked) == (2, 2)
+    assert (res.events, res.signatures_checked) == (2, 1)
+
+
+def test_back_to_back_records_get_a_signed_head_every_checkpoint_every_events(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
+    """The writer never idles: the head is signed once per ``checkpoint_every`` events, after
+    that commit's acknowledgement, and the signature stored by the next commit."""
+    db, key = log_paths
+    log = open_log(seal_idle_s=30.0, checkpoint_every=10)
+    for i in range(1, 26):
+        assert log.append("tool.call", {"n": i}, principal="p") == i
+    signed = [seq for seq, _, sig in _rows(db) if sig]
+    assert signed == [10, 20]
+    assert log.verify().check().last_seq == 25  # 21..25: the anchor on 25 vouches for them
+    log.close()
+    assert [seq for seq, _, sig in _rows(db) if sig] == [10, 20, 25]  # close signs the head
+    res = verify_log(db, exported_public_keys(key)).check()
+    assert (res.events, res.signatures_checked) == (25, 3)
 
 
 def test_an_idle_writer_signs_the_head_on_its_own(open_log: Callable[..., AuditLog], log_paths) -> None:
@@ -82,6 +105,7 @@ def unsigned_head(open_log: Callable[..., AuditLog], log_paths) -> tuple[Path, d
     log = open_log(checkpoint_every=1000)
     for i in range(1, 6):
         log.append("tool.call", {"n": i}, principal="p")
+        log.flush()  # 1..4 signed: the head is the only unsigned record
     log.close()
     conn = sqlite3.connect(db)
     with conn:
@@ -167,3 +191,104 @@ def test_a_verification_racing_a_commit_reads_the_anchor_and_records_of_one_snap
     assert res.last_seq == 1  # the snapshot of the anchor it read
     monkeypatch.undo()
     assert verify_log(db, exported_public_keys(key)).check().last_seq == 2
+
+
+# --- a crash after back-to-back records: a run of unsigned records under the anchor alone
+
+
+@pytest.fixture
+def unsigned_run(open_log: Callable[..., AuditLog], log_paths, tmp_path: Path) -> tuple[Path, dict]:
+    """What a crash leaves after 8 back-to-back appends: every record committed and unsigned, the
+    in-database anchor on the head (no checkpoint file yet). A copy of the live log made with
+    SQLite's backup API: exactly what is committed, as a crash at that moment would leave it."""
+    db, key = log_paths
+    log = open_log(seal_idle_s=30.0, checkpoint_every=1000)
+    for i in range(1, 9):
+        assert log.append("tool.call", {"n": i}, principal="p") == i
+    crashed = tmp_path / "crashed" / "audit.db"
+    crashed.parent.mkdir()
+    src, dst = sqlite3.connect(f"file:{db}?mode=ro", uri=True), sqlite3.connect(crashed)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    assert [sig for _, _, sig in _rows(crashed)] == [""] * 8 and _anchor_seq(crashed) == 8
+    return crashed, exported_public_keys(key)
+
+
+def test_a_crash_after_back_to_back_records_leaves_a_log_that_verifies_and_continues(
+    unsigned_run, log_paths
+) -> None:
+    db, keys = unsigned_run
+    assert _problem(db, keys) is None
+    log = AuditLog(db, log_paths[1])  # a new writer (same key) continues the chain
+    try:
+        assert log.append("gateway.start", {"after": "crash"}) == 9
+    finally:
+        log.close()
+    res = verify_log(db, keys).check()
+    assert (res.events, res.signatures_checked) == (9, 1)
+
+
+def _swap(a: int, b: int) -> list[str]:
+    """Records ``a`` and ``b`` trade places (each keeps its content, hashes and signature)."""
+    return [
+        f"UPDATE events SET seq = -1 WHERE seq = {a}",
+        f"UPDATE events SET seq = {a} WHERE seq = {b}",
+        f"UPDATE events SET seq = {b} WHERE seq = -1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("attack", "expected"),
+    [
+        (["""UPDATE events SET details = '{"n":0}' WHERE seq = 4"""], (4, "changed")),
+        (["""UPDATE events SET principal = 'q' WHERE seq = 8"""], (8, "changed")),
+        (["DELETE FROM events WHERE seq = 4"], (4, "removed")),
+        (_swap(3, 4), (3, "reordered")),
+        (["DELETE FROM events WHERE seq > 6"], (1, "truncated")),
+        (["DELETE FROM events WHERE seq > 6", "DELETE FROM anchor"], (1, "truncated")),
+        (["DELETE FROM anchor"], (1, "truncated")),
+    ],
+    ids=["edit", "edit-head", "delete", "reorder", "truncate", "truncate-and-anchor", "anchor-deleted"],
+)
+def test_every_tampering_with_an_unsigned_run_is_caught(
+    unsigned_run, attack: list[str], expected: tuple[int, str]
+) -> None:
+    assert _problem(*unsigned_run, *attack) == expected
+
+
+def test_a_record_inserted_into_an_unsigned_run_is_caught(unsigned_run) -> None:
+    """A forger without the key inserts a record at 5 and re-chains 5..9 (he cannot re-sign the
+    anchor): the anchor's head hash is no longer in the log."""
+    from gateway.audit.record import AuditRecord, canonical_details, chain_hash
+
+    db, keys = unsigned_run
+    conn = sqlite3.connect(db)
+    rows = [list(r) for r in conn.execute(f"SELECT {store.COLUMNS} FROM events ORDER BY seq")]
+    kid = rows[0][10]
+    forged = [5, "forged", 1, "p", None, "tool.call", canonical_details({"n": "forged"}), "", "", "", kid]
+    rows = rows[:4] + [forged] + rows[4:]
+    prev = rows[3][8]
+    for seq, r in enumerate(rows[4:], start=5):
+        r[0], r[7] = seq, prev
+        r[8] = chain_hash(prev, AuditRecord(*r).canonical())
+        prev = r[8]
+    with conn:
+        conn.execute("DELETE FROM events WHERE seq >= 5")
+        conn.executemany(f"INSERT INTO events ({store.COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows[4:])
+    conn.close()
+    # 9 is past the anchor and unsigned: nothing vouches for it (and the anchor's hash is gone)
+    assert _problem(db, keys) == (9, "truncated")
+
+
+def test_an_anchor_re_signed_by_another_key_over_an_unsigned_run_is_caught(unsigned_run) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gateway.audit.record import anchor_message
+
+    db, keys = unsigned_run
+    conn = sqlite3.connect(db)
+    seq, head = conn.execute("SELECT seq, chain_hash FROM anchor").fetchone()
+    conn.close()
+    forged = base64.b64encode(Ed25519PrivateKey.generate().sign(anchor_message(seq, head))).decode()
+    assert _problem(*unsigned_run, f"UPDATE anchor SET signature = '{forged}'") == (8, "anchor")

@@ -13,7 +13,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,8 +29,8 @@ from gateway.audit.record import (
     key_id_of,
     public_pem,
     rotation_message,
-    sign_hash,
 )
+from gateway.audit.signer import HeadSigner
 from gateway.errors import AuditError
 
 _logger = logging.getLogger("symbi.audit")
@@ -77,9 +77,12 @@ class Writer:
     # the head record, committed by this writer, carries no stored signature yet (``seal``)
     unsigned_head: bool = False
     seal_idle_s: float = SEAL_IDLE_S
+    # ``key`` through libsodium: the anchors and head signatures (``gateway.audit.signer``)
+    signer: HeadSigner = field(init=False)
 
     def __post_init__(self) -> None:
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self.signer = HeadSigner(self.key)
 
     def drain_after_close(self) -> None:
         """Commit events that raced past ``_closed`` into the queue behind the close marker."""
@@ -185,7 +188,7 @@ class Writer:
             rows = chain_rows(events, seq, prev, self.key_id)
             seq, prev = rows[-1][0], rows[-1][8]
             if not defer:
-                rows[-1] = (*rows[-1][:9], sign_hash(self.key, prev), self.key_id)
+                rows[-1] = (*rows[-1][:9], self.signer.sign_hash(prev), self.key_id)
             anchor = self._anchor(seq, prev)
             self._transact(rows, extra_sql or [], anchor)
         except Exception as e:  # noqa: BLE001 - any failure fails the batch closed
@@ -208,7 +211,7 @@ class Writer:
         wake(events, [row[0] for row in rows], None)
         checkpoint = seq // self.checkpoint_every > old // self.checkpoint_every
         if defer and checkpoint:  # a signed record at least every checkpoint_every events
-            self.pending = (seq, sign_hash(self.key, prev))
+            self.pending = (seq, self.signer.sign_hash(prev))
         if checkpoint:
             try:
                 self.write_checkpoint(anchor)  # the batch's signed anchor: no second signature
@@ -244,7 +247,7 @@ class Writer:
         a transaction of its own (the writer is idle, or a control item follows). On failure the
         anchor still vouches for the head; retried later."""
         if self.pending is None and self.unsigned_head:
-            self.pending = (self.seq, sign_hash(self.key, self.head))
+            self.pending = (self.seq, self.signer.sign_hash(self.head))
         if self.pending is None:
             return
         try:
@@ -269,7 +272,7 @@ class Writer:
             _logger.warning("audit WAL checkpoint of %s failed (retried later): %s", self.path, e)
 
     def _anchor(self, seq: int, head: str) -> store.Anchor:
-        sig = base64.b64encode(self.key.sign(anchor_message(seq, head))).decode("ascii")
+        sig = base64.b64encode(self.signer.sign(anchor_message(seq, head))).decode("ascii")
         return store.Anchor(seq=seq, chain_hash=head, ts_ns=time.time_ns(), key_id=self.key_id, signature=sig)
 
     def write_checkpoint(self, anchor: store.Anchor | None = None) -> None:
@@ -311,7 +314,7 @@ class Writer:
                 )
                 if not self.commit_events([item], [key_row]):
                     raise self.broken or AuditError("rotation event could not be committed")
-                self.key, self.key_id = new_key, new_id
+                self.key, self.key_id, self.signer = new_key, new_id, HeadSigner(new_key)
             if control.finish:
                 keyfiles.finish_rotation(self.key_path)
             resolve(control.future, new_id)

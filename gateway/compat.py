@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -64,6 +65,7 @@ __all__ = [
     "open_http_sessions",
     "parse_stdio_line",
     "process_stdin_writer",
+    "process_stdout_reader",
     "raw_socket",
     "related_notify",
     "related_request",
@@ -71,6 +73,7 @@ __all__ = [
     "start_stdio_process",
     "stop_stdio_process",
     "stream_reader_head",
+    "tap_lines",
     "transport_admits",
     "transport_busy",
     "transport_close_stream",
@@ -80,6 +83,8 @@ __all__ = [
     "transport_serving",
     "transport_write",
 ]
+
+_logger = logging.getLogger("symbi.compat")
 
 RequestStamp = Callable[[dict[str, Any], Any], None]
 
@@ -304,6 +309,59 @@ def stream_reader_head(reader: asyncio.StreamReader, n: int) -> bytes:
     return bytes(buffer[:n])
 
 
+def tap_lines(
+    reader: asyncio.StreamReader,
+    take: Callable[[bytes], bool],
+    *,
+    max_line: int,
+    idle: Callable[[], bool] | None = None,
+) -> bool:
+    """Hand whole lines to ``take`` as they arrive, in the protocol's ``data_received``, while
+    ``reader``'s consumer waits for data with nothing unread (``StreamReader._waiter``,
+    ``_buffer``; ``idle``: the consumer holds no unfinished line of its own either).
+
+    A stdio fast lane uses it to act on a line in the callback that receives it instead of
+    one event-loop turn later in the reading task. Lines (with their ``\\n``, found at most
+    ``max_line`` bytes in, as ``readuntil``'s limit) go to ``take`` in order until it declines
+    one: that line and everything after it are fed as usual, so the consumer still sees all it
+    is not spared, in order.
+    False (nothing installed) when asyncio's reader no longer looks as expected."""
+    feed = reader.feed_data
+    if not all(hasattr(reader, a) for a in ("_waiter", "_buffer", "_eof")):
+        return False
+
+    def feed_data(data: bytes) -> None:
+        waiter = reader._waiter  # type: ignore[attr-defined]
+        if (
+            data
+            and waiter is not None
+            and not waiter.done()
+            and not reader._buffer  # type: ignore[attr-defined]
+            and not reader._eof  # type: ignore[attr-defined]
+            and (idle is None or idle())
+        ):
+            start = 0
+            end = data.find(b"\n")
+            while end != -1 and end - start <= max_line:
+                try:
+                    taken = take(data[start : end + 1])
+                except Exception:  # never into the transport's callback: the consumer gets it
+                    _logger.exception("a line tap failed; the line goes to its reader")
+                    taken = False
+                if not taken:
+                    break
+                start = end + 1
+                end = data.find(b"\n", start)
+            if start:
+                data = data[start:]
+                if not data:
+                    return  # all taken: the consumer is not woken
+        feed(data)
+
+    reader.feed_data = feed_data  # type: ignore[method-assign,assignment]
+    return True
+
+
 def is_sdk_span_middleware(middleware: object) -> bool:
     """Whether ``middleware`` (of ``Server.middleware``) is the SDK's OpenTelemetry SERVER-span
     middleware, which the fast lanes run as a lighter twin while no span is recorded."""
@@ -317,6 +375,14 @@ def process_stdin_writer(stdin: Any) -> asyncio.StreamWriter | None:
     writer task when None."""
     writer = getattr(stdin, "_stream", None)
     return writer if isinstance(writer, asyncio.StreamWriter) else None
+
+
+def process_stdout_reader(stdout: Any) -> asyncio.StreamReader | None:
+    """The asyncio ``StreamReader`` under an anyio process's stdout (``StreamReaderWrapper._stream``),
+    or None when anyio no longer has one there: the upstream fast lane taps its responses off it
+    (``tap_lines``) and reads them in the reader task when None."""
+    reader = getattr(stdout, "_stream", None)
+    return reader if isinstance(reader, asyncio.StreamReader) else None
 
 
 def raw_socket(sock: Any) -> Any:

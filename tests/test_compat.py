@@ -158,6 +158,87 @@ async def test_process_stdin_writer_of_an_anyio_process() -> None:
     assert compat.process_stdin_writer(object()) is None  # anyio moved it: the lane uses the writer task
 
 
+async def test_process_stdout_reader_of_an_anyio_process() -> None:
+    # the upstream fast lane taps responses off this reader (gateway.upstream.stdio)
+    import anyio
+
+    async with await anyio.open_process(["cat"]) as proc:
+        reader = compat.process_stdout_reader(proc.stdout)
+        assert isinstance(reader, asyncio.StreamReader)
+        await proc.stdin.aclose()  # type: ignore[union-attr]
+    assert compat.process_stdout_reader(object()) is None  # anyio moved it: the reader task reads it all
+
+
+async def _waiting(reader: asyncio.StreamReader) -> asyncio.Task[bytes]:
+    task = asyncio.get_running_loop().create_task(reader.readuntil(b"\n"))
+    await asyncio.sleep(0)  # the consumer now waits for data (its waiter is set)
+    return task
+
+
+async def test_tap_lines_takes_whole_lines_until_one_is_declined() -> None:
+    reader = asyncio.StreamReader(limit=64)
+    taken: list[bytes] = []
+
+    def take(line: bytes) -> bool:
+        if line.startswith(b"lane"):
+            taken.append(line)
+            return True
+        return False
+
+    assert compat.tap_lines(reader, take, max_line=64)
+    task = await _waiting(reader)
+    reader.feed_data(b"lane 1\nlane 2\n")
+    await asyncio.sleep(0)
+    assert taken == [b"lane 1\n", b"lane 2\n"] and not task.done()  # all taken: not woken
+    # a declined line and everything after it (even a lane line) reach the consumer, in order
+    reader.feed_data(b"sdk\nlane 3\npart")
+    assert await task == b"sdk\n"
+    assert await reader.readuntil(b"\n") == b"lane 3\n"
+    assert taken == [b"lane 1\n", b"lane 2\n"]
+    # with an unfinished line buffered, nothing is tapped (the consumer's search offset holds)
+    task = await _waiting(reader)
+    reader.feed_data(b"ial\nlane 4\n")
+    assert await task == b"partial\n"
+    assert await reader.readuntil(b"\n") == b"lane 4\n"
+    assert taken == [b"lane 1\n", b"lane 2\n"]
+
+
+async def test_tap_lines_leaves_oversized_lines_and_failures_to_the_consumer() -> None:
+    reader = asyncio.StreamReader(limit=8)
+    calls: list[bytes] = []
+
+    def take(line: bytes) -> bool:
+        calls.append(line)
+        raise RuntimeError("boom")
+
+    compat.tap_lines(reader, take, max_line=8)
+    task = await _waiting(reader)
+    reader.feed_data(b"0123456789\n")  # the newline past the limit: never offered
+    with pytest.raises(asyncio.LimitOverrunError):
+        await task
+    assert calls == []
+    await reader.readexactly(11)
+    task = await _waiting(reader)
+    reader.feed_data(b"short\n")  # take raises: the line is the consumer's
+    assert await task == b"short\n"
+    assert calls == [b"short\n"]
+
+
+async def test_tap_lines_asks_the_consumer_whether_it_is_idle() -> None:
+    reader = asyncio.StreamReader()
+    busy = [True]
+    taken: list[bytes] = []
+    compat.tap_lines(reader, lambda line: taken.append(line) is None, max_line=100, idle=lambda: not busy[0])
+    task = await _waiting(reader)
+    reader.feed_data(b"a\n")  # the consumer holds an unfinished line of its own: not tapped
+    assert await task == b"a\n" and taken == []
+    busy[0] = False
+    task = await _waiting(reader)
+    reader.feed_data(b"b\n")
+    assert taken == [b"b\n"] and not task.done()
+    task.cancel()
+
+
 def test_client_result_fixups_behave_as_the_sdk_client_uses_them() -> None:
     # the fast lane of tools/call (gateway.upstream.fastcall) runs these on every raw result
     raw = {"content": [], "ttlMs": -5}
@@ -179,7 +260,7 @@ def test_a_missing_attribute_is_named() -> None:
 # Private names of the libraries that only gateway/compat.py may use.
 _PRIVATE = re.compile(
     r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer"
-    r"|_security|_request_streams|_requests_in_flight|_idle_timeout|_stream)\b"
+    r"|_security|_request_streams|_requests_in_flight|_idle_timeout|_stream|_waiter)\b"
     r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b|\b_discard_session\b"
     r"|\b_(?:create_platform_compatible_process|drain_stdout|get_executable_command|parse_line|stop_server_process|clamp_inbound_ttl|later_revision_fields)\b"
     r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock|_stream)[\"']"  # getattr(x, "_name")

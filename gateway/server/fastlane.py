@@ -229,10 +229,13 @@ class StdioLane:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_SHUTDOWN_S):
                     await asyncio.wait(list(self._tasks))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            _logger.error("a fast-lane call failed outside its handler", exc_info=error)
+    def offer_now(self, line: bytes) -> bool:
+        """``offer`` from the transport's read callback (``gateway.compat.tap_lines``), a turn of
+        the event loop before the reading task would: a cancellation is declined here, so the
+        reading task acts on it (and passes it on) in order."""
+        if b"notifications/cancelled" in line:
+            return False
+        return self.offer(line)
 
     def offer(self, line: bytes) -> bool:
         """Serve ``line`` in the lane (True), or leave it to the SDK (False)."""
@@ -257,9 +260,8 @@ class StdioLane:
         dctx = LaneDispatch(conn, rid, token)
         scope = anyio.CancelScope()
         self._in_flight[key] = (scope, dctx)
-        task = asyncio.get_running_loop().create_task(self._run(conn, key, scope, dctx, params))
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        # no done-callback (a turn of the loop per call): the task takes itself out of _tasks
+        self._tasks.add(asyncio.get_running_loop().create_task(self._run(conn, key, scope, dctx, params)))
         self.taken += 1
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug("tools/call %r in the fast lane", rid)
@@ -283,6 +285,21 @@ class StdioLane:
                 await dctx.done.wait()
 
     async def _run(
+        self,
+        conn: Connection,
+        key: types.RequestId,
+        scope: anyio.CancelScope,
+        dctx: LaneDispatch,
+        params: dict[str, Any],
+    ) -> None:
+        try:
+            await self._serve(conn, key, scope, dctx, params)
+        except Exception:
+            _logger.exception("a fast-lane call failed outside its handler")
+        finally:
+            self._tasks.discard(asyncio.current_task())
+
+    async def _serve(
         self,
         conn: Connection,
         key: types.RequestId,

@@ -26,7 +26,7 @@ from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from gateway.assemble import make_gateway
-from gateway.compat import create_context_streams, stream_reader_head
+from gateway.compat import create_context_streams, stream_reader_head, tap_lines
 from gateway.config.model import Config
 from gateway.server.fastlane import StdioLane
 from gateway.server.front import build_server, init_options
@@ -77,6 +77,9 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
     os.close(devnull)
     os.dup2(2, 1)
     reader = asyncio.StreamReader(limit=max_bytes + 2)
+    if lane is not None:
+        # a lane call starts in the callback that reads its line, not a loop turn later in read_loop
+        tap_lines(reader, lane.offer_now, max_line=max_bytes + 2)
     rtransport: asyncio.ReadTransport | None = None
     if pollable(wire_in):
         rtransport, _ = await loop.connect_read_pipe(

@@ -160,14 +160,7 @@ class FastLane:
             return False
         method = msg.get("method")
         if method is None:
-            waiter = self._pending.get(_key(msg.get("id")))
-            if waiter is None or waiter.outcome is not None:
-                return False
-            outcome = _outcome(msg, line)
-            if outcome is None:
-                return False  # not a response the SDK would accept either: it reports it as it would
-            waiter.settle(outcome)
-            return True
+            return self._settle(msg, line)
         if method == "notifications/progress":
             params = msg.get("params")
             if not isinstance(params, dict):
@@ -186,6 +179,31 @@ class FastLane:
                     _logger.debug("progress callback failed", exc_info=True)
             return True
         return False
+
+    def take_now(self, line: bytes) -> bool:
+        """``take`` of a response, from the stdout pipe's read callback (``gateway.compat.tap_lines``:
+        ``line`` ends with its newline): the caller wakes a loop turn before the reader task would
+        have. Anything else (progress, whose callback is awaited, requests, notifications) is
+        declined and left, with what follows it, to the reader task."""
+        if not self._pending:
+            return False
+        try:
+            msg = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or "method" in msg:
+            return False
+        return self._settle(msg, line[:-1])
+
+    def _settle(self, msg: dict[str, Any], line: bytes) -> bool:
+        waiter = self._pending.get(_key(msg.get("id")))
+        if waiter is None or waiter.outcome is not None:
+            return False
+        outcome = _outcome(msg, line)
+        if outcome is None:
+            return False  # not a response the SDK would accept either: it reports it as it would
+        waiter.settle(outcome)
+        return True
 
     def close(self) -> None:
         """The connection ended: every waiter fails with ``CONNECTION_CLOSED``."""

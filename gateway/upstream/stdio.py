@@ -30,8 +30,10 @@ from gateway.compat import (
     executable_command,
     parse_stdio_line,
     process_stdin_writer,
+    process_stdout_reader,
     start_stdio_process,
     stop_stdio_process,
+    tap_lines,
 )
 from gateway.upstream.fastcall import FastLane
 
@@ -151,6 +153,7 @@ async def bounded_stdio_client(
     writer_done = anyio.Event()
     lane: FastLane | None = None
     stdin = process_stdin_writer(process.stdin)
+    buf = bytearray()  # stdout_reader's unfinished line
 
     async def send_line(line: bytes) -> None:
         await write_or_queue(line, stdin, write_reader, write_stream.send)
@@ -158,10 +161,12 @@ async def bounded_stdio_client(
     if on_lane is not None and codecs.lookup(server.encoding).name == "utf-8":  # orjson writes UTF-8
         lane = FastLane(send_line)
         on_lane(lane)
+        pipe = process_stdout_reader(process.stdout)
+        if pipe is not None:  # responses settle their call in the pipe's read callback
+            tap_lines(pipe, lane.take_now, max_line=max_message_bytes, idle=lambda: not buf)
 
     async def stdout_reader() -> None:
         assert process.stdout is not None
-        buf = bytearray()
         scan_from = 0
         try:
             async with read_writer:

@@ -239,6 +239,30 @@ async def test_tap_lines_asks_the_consumer_whether_it_is_idle() -> None:
     task.cancel()
 
 
+async def test_tap_process_stdout_takes_lines_in_the_pipe_callback() -> None:
+    # the upstream fast lane settles a call where the response is read (gateway.upstream.stdio)
+    import anyio
+
+    taken: list[bytes] = []
+    async with await anyio.open_process(["cat"]) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        take = lambda line: line.startswith(b"lane") and taken.append(line) is None  # noqa: E731
+        assert compat.tap_process_stdout(proc, take, max_line=100)
+        got = asyncio.get_running_loop().create_task(proc.stdout.receive())
+        await proc.stdin.send(b"lane 1\n")
+        with anyio.fail_after(5):
+            while not taken:
+                await anyio.sleep(0.01)
+        assert taken == [b"lane 1\n"] and not got.done()  # taken before the stream saw it
+        await proc.stdin.send(b"other\nlane 2\n")  # declined: it and what follows reach the stream
+        data = await got
+        while not data.endswith(b"lane 2\n"):
+            data += await proc.stdout.receive()
+        assert data == b"other\nlane 2\n" and taken == [b"lane 1\n"]
+        await proc.stdin.aclose()
+    assert not compat.tap_process_stdout(object(), take, max_line=100)  # nothing to tap: the reader task reads
+
+
 def test_client_result_fixups_behave_as_the_sdk_client_uses_them() -> None:
     # the fast lane of tools/call (gateway.upstream.fastcall) runs these on every raw result
     raw = {"content": [], "ttlMs": -5}

@@ -30,10 +30,9 @@ from gateway.compat import (
     executable_command,
     parse_stdio_line,
     process_stdin_writer,
-    process_stdout_reader,
     start_stdio_process,
     stop_stdio_process,
-    tap_lines,
+    tap_process_stdout,
 )
 from gateway.upstream.fastcall import FastLane
 
@@ -161,9 +160,8 @@ async def bounded_stdio_client(
     if on_lane is not None and codecs.lookup(server.encoding).name == "utf-8":  # orjson writes UTF-8
         lane = FastLane(send_line)
         on_lane(lane)
-        pipe = process_stdout_reader(process.stdout)
-        if pipe is not None:  # responses settle their call in the pipe's read callback
-            tap_lines(pipe, lane.take_now, max_line=max_message_bytes, idle=lambda: not buf)
+        # responses settle their call in the stdout pipe's read callback
+        tap_process_stdout(process, lane.take_now, max_line=max_message_bytes, idle=lambda: not buf)
 
     async def stdout_reader() -> None:
         assert process.stdout is not None

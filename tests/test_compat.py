@@ -260,7 +260,8 @@ async def test_tap_process_stdout_takes_lines_in_the_pipe_callback() -> None:
             data += await proc.stdout.receive()
         assert data == b"other\nlane 2\n" and taken == [b"lane 1\n"]
         await proc.stdin.aclose()
-    assert not compat.tap_process_stdout(object(), take, max_line=100)  # nothing to tap: the reader task reads
+    # nothing to tap: the reader task reads it all
+    assert not compat.tap_process_stdout(object(), take, max_line=100)
 
 
 def test_client_result_fixups_behave_as_the_sdk_client_uses_them() -> None:

@@ -212,7 +212,8 @@ class Front:
         self, ctx: Ctx, params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
         call = self._call(ctx, "tools/call", params.name, params, arguments=dict(params.arguments or {}))
-        result: types.CallToolResult | types.InputRequiredResult = await self._gateway(ctx).call(call)
+        gw: Gateway = ctx.lifespan_context  # remembered by _call
+        result: types.CallToolResult | types.InputRequiredResult = await gw.call(call)
         return result
 
     # -- resources ---------------------------------------------------------------------------

@@ -20,8 +20,17 @@ from gateway.runtime.agents import HTTP_SESSION, STDIO_SESSION
 
 
 def stdio_principal(config: Config) -> Principal:
-    p = config.gateway.stdio_principal
-    return Principal(id=p.id, kind=p.kind, roles=tuple(p.roles))
+    """The configured stdio principal (made once per config: it is asked for on every call)."""
+    made = _STDIO.get(id(config))
+    if made is None or made[0] is not config:
+        p = config.gateway.stdio_principal
+        made = _STDIO[id(config)] = (config, Principal(id=p.id, kind=p.kind, roles=tuple(p.roles)))
+        if len(_STDIO) > 16:  # configs of finished gateways (tests make many)
+            del _STDIO[next(iter(_STDIO))]
+    return made[1]
+
+
+_STDIO: dict[int, tuple[Config, Principal]] = {}
 
 
 def authenticated_principal(ctx: ServerRequestContext[Any], config: Config) -> Principal:
@@ -73,7 +82,16 @@ def principal_for(ctx: ServerRequestContext[Any], gw: Gateway) -> Principal:
     """The caller, bound to the agent the runtime made for its session (``Principal.agent``)."""
     principal = authenticated_principal(ctx, gw.config)
     agent = gw.agents.for_session(principal, client_name_of(ctx), agent_session_key(ctx, principal))
-    return dataclasses.replace(principal, agent=agent.id)
+    last = _BOUND[0]
+    if last is not None and last[0] is principal and last[1] == agent.id:
+        return last[2]  # the same principal object bound to the same agent (stdio: every call)
+    bound = dataclasses.replace(principal, agent=agent.id)
+    _BOUND[0] = (principal, agent.id, bound)
+    return bound
+
+
+# the last binding made (principals are frozen: the same object and agent give an equal result)
+_BOUND: list[tuple[Principal, str, Principal] | None] = [None]
 
 
 def session_id_of(ctx: ServerRequestContext[Any]) -> str:

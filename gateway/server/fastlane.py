@@ -260,7 +260,6 @@ class StdioLane:
         dctx = LaneDispatch(conn, rid, token)
         scope = anyio.CancelScope()
         self._in_flight[key] = (scope, dctx)
-        # no done-callback (a turn of the loop per call): the task takes itself out of _tasks
         self._tasks.add(asyncio.get_running_loop().create_task(self._run(conn, key, scope, dctx, params)))
         self.taken += 1
         if _logger.isEnabledFor(logging.DEBUG):
@@ -292,21 +291,6 @@ class StdioLane:
         dctx: LaneDispatch,
         params: dict[str, Any],
     ) -> None:
-        try:
-            await self._serve(conn, key, scope, dctx, params)
-        except Exception:
-            _logger.exception("a fast-lane call failed outside its handler")
-        finally:
-            self._tasks.discard(asyncio.current_task())
-
-    async def _serve(
-        self,
-        conn: Connection,
-        key: types.RequestId,
-        scope: anyio.CancelScope,
-        dctx: LaneDispatch,
-        params: dict[str, Any],
-    ) -> None:
         assert self._write is not None
         reply: bytes | SessionMessage | None = None
         try:
@@ -324,8 +308,12 @@ class StdioLane:
                 await self._write(reply)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             _logger.debug("reply to %r dropped: the client's stream is closed", dctx.request_id)
+        except Exception:
+            _logger.exception("a fast-lane call failed outside its handler")
         finally:
             dctx.finish()
+            # no done-callback (a loop turn per call): the task takes itself out of _tasks
+            self._tasks.discard(asyncio.current_task())
 
     async def _answer(
         self, conn: Connection, dctx: LaneDispatch, params: dict[str, Any]

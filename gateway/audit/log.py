@@ -237,13 +237,15 @@ class AuditLog:
         waiter: asyncio.Future[int] = loop.create_future()
         timer: asyncio.TimerHandle | None = None
         try:
-            self._submit(event_type, details, principal, agent, None, waiter)
             # a stalled disk fails the caller, the event stays queued. A timer on the waiter itself,
             # not wait_for: wait_for's own future would take one more loop pass per record.
             # No shield needed: cancelling the waiter (a cancelled caller) does not take the event
-            # off the writer's queue, and the writer skips a settled waiter.
+            # off the writer's queue, and the writer skips a settled waiter. Armed before the event
+            # is queued: the writer wakes at the put, and what this thread still runs until it
+            # awaits holds the GIL the writer needs.
             if timeout is not None:
                 timer = loop.call_later(timeout, _expire, waiter, timeout)
+            self._submit(event_type, details, principal, agent, None, waiter)
             seq: int = await waiter
             return seq
         except AuditError as e:

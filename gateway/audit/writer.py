@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.audit import keys as keyfiles
 from gateway.audit import store
 from gateway.audit.batch import Item, WriterContext, chain_rows, is_awaited, resolve, wake
+from gateway.audit.checkpoints import CheckpointFiles
 from gateway.audit.record import (
     ROTATION_EVENT,
     anchor_message,
@@ -79,10 +80,13 @@ class Writer:
     seal_idle_s: float = SEAL_IDLE_S
     # ``key`` through libsodium: the anchors and head signatures (``gateway.audit.signer``)
     signer: HeadSigner = field(init=False)
+    # the checkpoint file and export, written off this thread (``gateway.audit.checkpoints``)
+    checkpoints: CheckpointFiles = field(init=False)
 
     def __post_init__(self) -> None:
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
         self.signer = HeadSigner(self.key)
+        self.checkpoints = CheckpointFiles(self.path, self.checkpoint_export)
 
     def drain_after_close(self) -> None:
         """Commit events that raced past ``_closed`` into the queue behind the close marker."""
@@ -111,6 +115,7 @@ class Writer:
                 continue
             self.seal()  # a flush, rotation, retention or close sees every head signed
             if control.kind == "flush":
+                self.checkpoints.drain()  # and the checkpoint file holds the newest anchor
                 resolve(control.future, None, self.broken)
             elif control.kind == "rotate":
                 self._rotate(control)
@@ -122,6 +127,8 @@ class Writer:
                     resolve(control.future)
                 except Exception as e:  # noqa: BLE001 - reported to the closer
                     resolve(control.future, exc=AuditError(f"audit checkpoint on close failed: {e}"))
+                finally:
+                    self.checkpoints.stop()
                 return
 
     def _next_batch(self) -> list[Item]:
@@ -212,11 +219,8 @@ class Writer:
         checkpoint = seq // self.checkpoint_every > old // self.checkpoint_every
         if defer and checkpoint:  # a signed record at least every checkpoint_every events
             self.pending = (seq, self.signer.sign_hash(prev))
-        if checkpoint:
-            try:
-                self.write_checkpoint(anchor)  # the batch's signed anchor: no second signature
-            except OSError as e:  # the in-database anchor still covers this batch
-                _logger.error("audit checkpoint file not written: %s", e)
+        if checkpoint:  # the batch's signed anchor (no second signature), written off this thread
+            self.checkpoints.submit(anchor)
         return True
 
     def _transact(
@@ -275,12 +279,9 @@ class Writer:
         sig = base64.b64encode(self.signer.sign(anchor_message(seq, head))).decode("ascii")
         return store.Anchor(seq=seq, chain_hash=head, ts_ns=time.time_ns(), key_id=self.key_id, signature=sig)
 
-    def write_checkpoint(self, anchor: store.Anchor | None = None) -> None:
-        if anchor is None:
-            anchor = self._anchor(self.seq, self.head)
-        store.write_checkpoint_file(store.checkpoint_path(self.path), anchor)
-        if self.checkpoint_export is not None and anchor.seq > 0:
-            store.export_checkpoint(self.checkpoint_export, self.path, anchor)
+    def write_checkpoint(self) -> None:
+        """Write the head's checkpoint now, after any handed over (close, retention). Raises ``OSError``."""
+        self.checkpoints.write(self._anchor(self.seq, self.head))
 
     def _rotate(self, control: Item) -> None:
         try:

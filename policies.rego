@@ -16,7 +16,10 @@
 # function call): a well-formed request of the frequent kinds (tools, bus, memory) is decided
 # from one rule body (facts), the data's patterns, roots and hosts are indexed once per load
 # (data_index, below) so a decision globs only the few patterns that can match, and the other
-# kinds evaluate only their own rules.
+# kinds evaluate only their own rules. A tool call finds its lists and conditions by the part
+# of its name before "__" (calls_index), with the conditions every name of that part gets
+# merged at load. The index holds no principals: checking that it is the one of the data in
+# force costs the same with 5 principals or 5,000.
 
 package symbi
 
@@ -143,24 +146,30 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	# only with the index precomputed from exactly this data (else the general rules decide)
 	c := data.symbi_data
 	ix := data.precomputed.symbi.data_index
-	ix.of == c
+	ix.of == object.remove(c, ["principals"])
+	cx := ix.calls
 
-	# principal_entry: the index holds the principals by source and issuer ("" but for JWTs)
-	src := object.get(input.principal, "source", "")
-	iss := object.get({"jwt": object.get(input.principal, "issuer", "")}, src, "")
-	entry := object.get(ix.principals, [src, iss, pid], {})
+	# principal_entry (none for a principal of another source) and roles
+	ns := object.get({
+		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
+		"jwt": ["jwt", object.get(input.principal, "issuer", "")],
+	}, object.get(input.principal, "source", ""), [null])
+	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
 	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
-	key := split(name, "__")[0]
 	not contains(name, ".") # the prefix patterns' "*" cannot match a "." (else: general rules)
 
-	# the lists ("tools", "deny_tools") of this principal and its roles that match the tool
-	buckets := [object.get(rx.keyed, key, rx.other).plain | some r in roles; rx := ix.roles[r]]
-	listed := ((({f |
-		some r in roles
-		some f in ix.roles[r].exact[name]
-	} | {f |
+	# the lists ("tools", "deny_tools") of the principal's roles and its own that match the
+	# tool's name (see calls_index). A name without "__" looks up no keyed bucket (its
+	# patterns need "key__").
+	key := split(name, "__")[0]
+	lk := {false: null, true: key}[key != name]
+	buckets := [object.get(rx.keyed, lk, rx.other) | some r in roles; rx := cx.roles[r]]
+	listed := (((({f | some r in roles; some f in cx.roles[r].exact[name]} | {f |
 		some b in buckets
-		some [f, _, pre] in b.prefix
+		some f in b.always
+	}) | {f |
+		some b in buckets
+		some [f, pre] in b.prefix
 		startswith(name, pre)
 	}) | {f |
 		some b in buckets
@@ -195,35 +204,13 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		hour >= cap
 	}
 
-	# the [field, pattern] entries of the conditions that match the tool, and the conditions
-	# (as tool_conditions computes them), only for a call that is granted and not refused
+	# the conditions (as tool_conditions computes them), only for a call that is granted and
+	# not refused: those of the patterns that match every name of the bucket are precomputed
 	allowed := [o |
 		granted
 		count(refusals) == 0
-		cx := ix.conditions
-		cb := object.get(cx.keyed, key, cx.other).plain
-		hits := ({[f, name] | some f in cx.exact[name]} | {[f, p] |
-			some [f, p, pre] in cb.prefix
-			startswith(name, pre)
-		}) | {[f, p] |
-			some [f, p] in cb.glob
-			glob.match(p, [], name)
-		}
-		rates := {c.tool_rate_limits[p] | some [f, p] in hits; f == "tool_rate_limits"}
-		caps := {c.max_result_bytes[p] | some [f, p] in hits; f == "max_result_bytes"}
-		redact_args := sort({k | some [f, p] in hits; f == "redact_arguments"; some k in c.redact_arguments[p]})
-		redact_result := sort({k | some [f, p] in hits; f == "redact_result"; some k in c.redact_result[p]})
-		base_rate := object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))
-		o := object.union_n([
-			{
-				"rate_limit": min(rates | {base_rate}),
-				"audit": ["full", "minimal"][count({1 | some [f, _] in hits; f == "audit_minimal"})],
-			},
-			{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
-			{"max_result_bytes": min(caps) | count(caps) > 0},
-			{"redact_arguments": redact_args | count(redact_args) > 0},
-			{"redact_result": redact_result | count(redact_result) > 0},
-		])
+		cs := cx.conditions
+		o := call_conditions(name, object.get(cs.keyed, lk, cs.other), cs.exact, entry, roles, tool, c)
 	]
 	conditions := array.concat(allowed, [{}])[0]
 } else := {"refusals": refusals, "granted": granted, "conditions": {"rate_limit": rate}} if {
@@ -477,11 +464,13 @@ matches_any(pats, name) if {
 # server, computes it in the evaluation instead). Same rules either way, only the cost differs.
 idx := pre if {
 	pre := data.precomputed.symbi.data_index
-	pre.of == cfg
+	pre.of == object.remove(cfg, ["principals"])
 } else := data_index
 
 data_index := {
-	"of": cfg,
+	# what it was computed from: the data but its principals (which it does not read, and
+	# which can be many: a decision compares this with the data in force)
+	"of": object.remove(cfg, ["principals"]),
 	"roles": {r: glob_index([[f, p] |
 		some f in ["tools", "deny_tools"]
 		some p in object.get(e, f, [])
@@ -495,13 +484,8 @@ data_index := {
 			some p, _ in object.get(cfg, f, {})
 		],
 	)),
-	# principals by source, then issuer ("" for every source but jwt), then id
-	"principals": {
-		"stdio": {"": principals_of("stdio")},
-		"key": {"": principals_of("keys")},
-		"anonymous": {"": principals_of("anonymous")},
-		"jwt": principals_of("jwt"),
-	},
+	# the tool lists and conditions for facts (see calls_index)
+	"calls": calls_index,
 	# fs_roots: exact roots, and the prefixes of the paths under them (see under_root)
 	"roots": {
 		"exact": {r: true | some r in object.get(cfg, "fs_roots", []); is_string(r)},
@@ -518,6 +502,89 @@ data_index := {
 		some k in object.get(cfg, field, [])
 		cs := [d | some d, f in {"path": "path_arguments", "url": "url_arguments"}; k in object.get(cfg, f, [])]
 	},
+}
+
+# The tools/call fast path's index (facts): the patterns of each role's tool lists and of the
+# conditions, each with the hit it gives when it matches the tool's name ("tools",
+# "deny_tools", "audit_minimal", ["tool_rate_limits", 10], ["redact_arguments", ["token"]],
+# ...), so one pass over the patterns that can match a name gives its lists and conditions.
+calls_index := {
+	"roles": {r: call_index(list_entries(e)) | some r, e in object.get(cfg, "roles", {})},
+	"conditions": call_index(array.concat(
+		[["audit_minimal", p] | some p in object.get(cfg, "audit_minimal", [])],
+		[[[f, v], p] |
+			some f in ["tool_rate_limits", "max_result_bytes", "redact_arguments", "redact_result"]
+			some p, v in object.get(cfg, f, {})
+		],
+	)),
+}
+
+# [field, pattern] of the tool lists of a role
+list_entries(e) := [[f, p] |
+	some f in ["tools", "deny_tools"]
+	some p in object.get(e, f, [])
+]
+
+# entries: [hit, pattern] pairs, for names without a ".". exact: literal pattern -> its hits;
+# keyed: key -> the bucket of the pairs with that key and every unkeyed pair, for a name
+# "key__..."; other: the bucket of the unkeyed pairs (for names without "__" or an unknown key).
+call_index(entries) := {"exact": exact, "keyed": keyed, "other": call_bucket(other, "")} if {
+	exact := {p: [h | some [h, q] in entries; q == p] | some [_, p] in entries; literal(p)}
+	other := [e | some e in entries; not literal(e[1]); not pattern_key(e[1])]
+	keyed := {k: call_bucket(array.concat([e | some e in entries; not literal(e[1]); pattern_key(e[1]) == k], other), concat("", [k, "__"])) |
+		some [_, p] in entries
+		not literal(p)
+		k := pattern_key(p)
+	}
+}
+
+# A bucket's hits for a name that starts with `start` ("key__", or "" for any name): always,
+# those whose pattern matches every such name ("*" and start + "*": a "*" matches any run of
+# characters but "."), with the conditions they grant (fixed, and their rate limits); prefix,
+# [hit, prefix] of the other patterns that are a literal prefix and a final "*"; glob, [hit,
+# pattern] of the rest.
+call_bucket(entries, start) := {
+	"always": always,
+	"rates": [v | some [f, v] in always; f == "tool_rate_limits"],
+	"fixed": object.union_n([
+		{"audit": {false: "full", true: "minimal"}["audit_minimal" in always]},
+		{"max_result_bytes": min(caps) | caps := {v | some [f, v] in always; f == "max_result_bytes"}; count(caps) > 0},
+		{"redact_arguments": ks | ks := sort({k | some [f, v] in always; f == "redact_arguments"; some k in v}); count(ks) > 0},
+		{"redact_result": ks | ks := sort({k | some [f, v] in always; f == "redact_result"; some k in v}); count(ks) > 0},
+	]),
+	"prefix": [[h, pre] | some [h, p] in entries; pre := star_prefix(p); not pre in {"", start}],
+	"glob": [[h, p] | some [h, p] in entries; not literal(p); not star_prefix(p)],
+} if {
+	always := [h | some [h, p] in entries; star_prefix(p) in {"", start}]
+}
+
+# The conditions of a granted tool call (as tool_conditions computes them), from the
+# conditions' bucket for its name and their literal patterns: the bucket's precomputed ones
+# when only its `always` patterns can match.
+call_conditions(name, bucket, exact, entry, roles, tool, c) := object.union_n([
+	bucket.fixed,
+	{"rate_limit": min(array.concat(bucket.rates, [object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))]))},
+	{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
+]) if {
+	count(bucket.prefix) + count(bucket.glob) == 0
+	not exact[name]
+} else := object.union_n([
+	{
+		"rate_limit": min({v | some [f, v] in hits; f == "tool_rate_limits"} | {object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))}),
+		"audit": {false: "full", true: "minimal"}["audit_minimal" in hits],
+	},
+	{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
+	{"max_result_bytes": min(caps) | caps := {v | some [f, v] in hits; f == "max_result_bytes"}; count(caps) > 0},
+	{"redact_arguments": ks | ks := sort({k | some [f, v] in hits; f == "redact_arguments"; some k in v}); count(ks) > 0},
+	{"redact_result": ks | ks := sort({k | some [f, v] in hits; f == "redact_result"; some k in v}); count(ks) > 0},
+]) if {
+	hits := (({h | some h in object.get(exact, name, [])} | {h | some h in bucket.always}) | {h |
+		some [h, pre] in bucket.prefix
+		startswith(name, pre)
+	}) | {h |
+		some [h, p] in bucket.glob
+		glob.match(p, [], name)
+	}
 }
 
 glob_syntax := `[*?\[\]{}\\]`

@@ -2,7 +2,7 @@
 one-rule fast paths (``facts``: well-formed tool, bus and memory requests) decide exactly as
 the plain rules did: the previous policies (``reference/policies_v1.rego``, every pattern
 globbed and every rule evaluated on every decision; ``reference/policies_v2.rego``, session
-7's) and the real OPA engine agree with the embedded engine on the cases, on seeded random
+7's; ``reference/policies_v3.rego``, session 8's) and the real OPA engine agree with the embedded engine on the cases, on seeded random
 inputs, and on seeded random data files whose patterns mix literals, keyed globs
 (``fs__read_*``), unkeyed ones (``*``, ``f?__x``, ``{a,b}__*``) and glob syntax the index must
 not take for a literal (``[x]``, ``\\*``). OPA decides both ways: without the precomputed
@@ -26,7 +26,8 @@ from tests.policy.conftest import CASES, DATA, POLICY, opa_engine
 from tests.policy.randinput import KINDS, TOOLS, random_inputs
 
 REFERENCE = Path(__file__).parent / "reference" / "policies_v1.rego"
-PREVIOUS = Path(__file__).parent / "reference" / "policies_v2.rego"
+PREVIOUS = Path(__file__).parent / "reference" / "policies_v3.rego"
+SESSION7 = Path(__file__).parent / "reference" / "policies_v2.rego"
 DECISION = "data.symbi.decision"
 ERROR = "error"
 
@@ -131,6 +132,7 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
     bundle, new = _load(POLICY.read_text(), data)
     _, old = _load(REFERENCE.read_text(), data)
     _, previous = _load(PREVIOUS.read_text(), data)
+    _, session7 = _load(SESSION7.read_text(), data)
     assert bundle.precomputed is not None
     opa = opa_engine(data=data)
     opa_indexed = opa_engine(data={**data, **bundle.precomputed})  # the fast paths on OPA
@@ -139,6 +141,7 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
         a = _decide(new, inp)
         assert a == _decide(old, inp), inp
         assert a == _decide(previous, inp), inp
+        assert a == _decide(session7, inp), inp
         assert a == _opa(opa, inp), inp
         assert a == _opa(opa_indexed, inp), inp
         if a != ERROR:
@@ -200,6 +203,44 @@ def test_an_index_of_other_data_is_not_used() -> None:
     assert denied["allow"] is False
     assert denied["reasons"] == [
         "principal local may not use tool time__get_current_time (not in its allow-list)"
+    ]
+
+
+def test_the_index_holds_no_principals() -> None:
+    """The index is a function of the data but its principals, so a decision's check that it
+    is the one of the data in force does not grow with the number of API keys."""
+    data = json.loads(DATA.read_text())
+    many = copy.deepcopy(data)
+    for i in range(300):
+        many["symbi_data"]["principals"]["keys"][f"k{i}"] = {"roles": ["developer"], "tools": ["fs__*"]}
+    bundle, _ = _load(POLICY.read_text(), data)
+    bundle_many, _ = _load(POLICY.read_text(), many)
+    assert bundle.precomputed == bundle_many.precomputed
+    assert "principals" not in json.dumps(bundle.precomputed)
+
+
+def test_principals_are_read_from_the_data_in_force() -> None:
+    """An index computed before a principal's entry changed (here: another role, its own
+    deny-list, another rate limit) decides with the entry in force."""
+    data = json.loads(DATA.read_text())
+    bundle, _ = _load(POLICY.read_text(), data)
+    inp = json.loads(CASES.read_text())["base"]  # local (developer) calls time__get_current_time
+    assert _decide(new_engine(bundle), inp)["conditions"]["rate_limit"] == 120
+    other = copy.deepcopy(data)
+    local = other["symbi_data"]["principals"]["stdio"]["local"]
+    local["rate_limit"] = 7
+    changed = PolicyBundle(modules=bundle.modules, data=other, precomputed=bundle.precomputed)
+    assert _decide(new_engine(changed), inp)["conditions"]["rate_limit"] == 7
+    local["deny_tools"] = ["time__*"]
+    assert _decide(new_engine(changed), inp)["reasons"] == [
+        "tool time__get_current_time is on the deny-list of principal local"
+    ]
+    local.pop("deny_tools")
+    local["roles"] = ["readonly"]
+    inp = {**inp, "principal": {**inp["principal"], "roles": []}, "target": "fs__write_file"}
+    inp["tool"] = {**inp["tool"], "name": "fs__write_file"}
+    assert _decide(new_engine(changed), inp)["reasons"] == [
+        "principal local may not use tool fs__write_file (not in its allow-list)"
     ]
 
 

@@ -90,6 +90,7 @@ class PolicyEngine(ABC):
     """Answers one question per request: may this principal do this, and on what conditions."""
 
     name: str = "policy"
+    decides_inline: bool = False  # True: adecide is decide, answered on the loop (no task per input)
 
     @abstractmethod
     def decide(self, input: Mapping[str, Any]) -> Decision:
@@ -148,6 +149,7 @@ class EmbeddedEngine(PolicyEngine):
 
     name = "embedded"
     reloadable = True
+    decides_inline = True
 
     def __init__(
         self,

@@ -123,10 +123,24 @@ async def afilter_listing(
     """Async ``filter_listing``: concurrent decisions for an engine that awaits (a remote OPA);
     an engine that decides inline (regorus holds the GIL) is asked in turn, without a task per
     tool."""
-    if type(engine).adecide is PolicyEngine.adecide:
+    if engine.decides_inline:
         return filter_listing(
             engine, principal, tools, upstreams=upstreams, session_id=session_id, agent=agent
         )
     inputs = listing_inputs(principal, tools, upstreams=upstreams, session_id=session_id, agent=agent)
     decisions = await asyncio.gather(*(engine.adecide(i) for i in inputs))
     return [t for t, d in zip(tools, decisions, strict=True) if d.allow]
+
+
+async def listed(
+    engine: PolicyEngine,
+    principal: Principal,
+    tool: ToolInfo,
+    *,
+    session_id: str | None = None,
+    agent: AgentInfo | None = None,
+) -> bool:
+    """Whether ``afilter_listing`` would list ``tool``: the same listing decision, one tool."""
+    (doc,) = listing_inputs(principal, (tool,), session_id=session_id, agent=agent)
+    decision = engine.decide(doc) if engine.decides_inline else await engine.adecide(doc)
+    return decision.allow

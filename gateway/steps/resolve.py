@@ -16,6 +16,7 @@ from gateway.context import CallContext, ToolInfo
 from gateway.errors import UnknownTool
 from gateway.policy.engine import PolicyEngine
 from gateway.screen.screener import Screening
+from gateway.steps.policy import listed
 
 
 class ResolveTool:
@@ -27,6 +28,9 @@ class ResolveTool:
     def __init__(self, catalog: LiveCatalog, policy: PolicyEngine | None = None) -> None:
         self._catalog = catalog
         self._policy = policy
+        # catalogue entry -> the same tool as asked about for visibility (see _sees); by
+        # identity: a rebuilt or drifted entry is a new ToolInfo, so it gets its own probe
+        self._probes: dict[int, tuple[ToolInfo, ToolInfo]] = {}
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         if call.kind == "tools/call" and call.tool is None:
@@ -40,16 +44,22 @@ class ResolveTool:
     async def _sees(self, call: CallContext, info: ToolInfo) -> bool:
         if self._policy is None:
             return True
-        from gateway.steps.policy import afilter_listing
-
         # Visibility is about the principal's grants: the tool is asked about as if it were
         # approved and screened clean, so whoever may see it learns why it is refused
         # (drifted, revoked, unverified, flagged: the verify or policy step), and nobody else
         # learns that it exists. Asked with what tools/list is asked with (the calling agent; no
         # counters: volume applies to calls), so a repeated call finds this decision in the
         # engine's cache instead of evaluating it again.
-        probe = replace(info, verification="verified", screening=Screening())
-        seen = await afilter_listing(
-            self._policy, call.principal, [probe], agent=call.agent, session_id=call.session_id
+        return await listed(
+            self._policy, call.principal, self._probe(info), agent=call.agent, session_id=call.session_id
         )
-        return any(t.name == info.name for t in seen)
+
+    def _probe(self, info: ToolInfo) -> ToolInfo:
+        hit = self._probes.get(id(info))
+        if hit is not None and hit[0] is info:  # the entry holds ``info``: its id is not reused
+            return hit[1]
+        probe = replace(info, verification="verified", screening=Screening())
+        if len(self._probes) >= 4096:  # catalogue rebuilds leave old entries behind: bounded
+            self._probes.clear()
+        self._probes[id(info)] = (info, probe)
+        return probe

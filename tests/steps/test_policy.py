@@ -18,7 +18,7 @@ from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.inputdoc import CallCounters
 from gateway.policy.loader import PolicyFiles, discover_files
 from gateway.policy.redact import REDACTED, result_size
-from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing
+from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing, listed
 from tests.state.conftest import redis_engine  # noqa: F401 - fixture (a real redis-server)
 
 LOCAL = Principal(id="local", kind="user", roles=("developer",))
@@ -466,3 +466,45 @@ def test_replicas_decide_on_the_shared_counts_of_this_principal_and_tool(
                 await lim.aclose()
 
     asyncio.run(go())
+
+
+class Asked(EmbeddedEngine):
+    """The real embedded engine, counting which of its two entry points each listing uses."""
+
+    def __init__(self, files: PolicyFiles, *, inline: bool) -> None:
+        super().__init__(files)
+        self.decides_inline = inline
+        self.inline_calls = 0
+        self.awaited_calls = 0
+
+    def decide(self, input: Any) -> Any:
+        self.inline_calls += 1
+        return super().decide(input)
+
+    async def adecide(self, input: Any) -> Any:
+        self.awaited_calls += 1
+        await asyncio.sleep(0)  # as an engine that awaits I/O (a remote OPA) would
+        return super().decide(input)
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_listed_is_the_listings_decision_for_one_tool_asked_as_the_engine_says(inline: bool) -> None:
+    eng = Asked(discover_files(), inline=inline)
+    assert eng.load()
+    tools = [tool("time__get_current_time", verification="pinned"), tool("fs__read_file"), tool("up__x")]
+    seen: list[set[str]] = []
+    for who in (LOCAL, ADMIN, Principal(id="nobody")):
+        shown = {t.name for t in asyncio.run(afilter_listing(eng, who, tools, session_id="s1"))}
+        assert {t.name for t in tools if asyncio.run(listed(eng, who, t, session_id="s1"))} == shown
+        seen.append(shown)
+    assert seen[1] and seen[2] == set()  # the admin sees tools, a stranger none
+    # an engine that decides inline is never awaited; one that awaits is never asked inline
+    asked = 2 * 3 * len(tools)
+    assert (eng.inline_calls, eng.awaited_calls) == ((asked, 0) if inline else (0, asked))
+
+
+def test_only_the_embedded_engine_decides_inline() -> None:
+    from gateway.policy.engine import PolicyEngine, RemoteEngine
+
+    assert EmbeddedEngine.decides_inline is True
+    assert PolicyEngine.decides_inline is False and RemoteEngine.decides_inline is False

@@ -234,6 +234,32 @@ def test_a_budget_breach_without_an_agent_is_refused_without_suspending_anyone()
     assert other.state is S.RUNNING
 
 
+def test_the_calls_own_timeout_error_is_not_a_budget_breach() -> None:
+    # a TimeoutError raised inside the call (not the budget's deadline) passes on unchanged
+    rt = runtime(resources={"execution_timeout_s": 30})
+    agent, p = session(rt)
+    ep = Endpoint(rt, error=TimeoutError("upstream's own"), fail=1)
+    with pytest.raises(TimeoutError) as err:
+        run(ScheduleStep(rt), ep, CallContext(principal=p, kind="tools/call", target="up__t", tool=tool()))
+    assert not isinstance(err.value, BudgetExceeded) and str(err.value) == "upstream's own"
+    assert agent.state is S.RUNNING and rt.scheduler.in_flight == 0
+
+
+def test_an_outer_cancellation_is_not_a_budget_breach_and_gives_the_slot_back() -> None:
+    rt = runtime(resources={"execution_timeout_s": 30})
+    agent, p = session(rt)
+    ep = Endpoint(rt, hang=True)
+
+    async def go() -> None:
+        chain = build_chain([ScheduleStep(rt)], ep)
+        with anyio.move_on_after(0.05) as scope:  # the caller gives up (client cancel, shutdown)
+            await chain(CallContext(principal=p, kind="tools/call", target="up__t", tool=tool()))
+        assert scope.cancelled_caught
+
+    anyio.run(go)
+    assert ep.calls == 1 and agent.state is S.RUNNING and rt.scheduler.in_flight == 0
+
+
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     asked: list[float] = []

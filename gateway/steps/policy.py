@@ -48,8 +48,11 @@ class PolicyStep:
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         started = time.perf_counter()
         name = call.tool.name if call.tool else call.target
-        counts = await self.limiter.counts(call.principal.qualified, name)  # shared by replicas on Redis
-        decision = await self.engine.adecide(input_for_call(call, counts))
+        who = call.principal.qualified
+        counts = await self.limiter.counts(who, name)  # shared by replicas on Redis
+        doc = input_for_call(call, counts)
+        engine = self.engine
+        decision = engine.decide(doc) if engine.decides_inline else await engine.adecide(doc)
         if self._observe is not None:
             self._observe(time.perf_counter() - started)
         call.decision = decision
@@ -59,7 +62,7 @@ class PolicyStep:
         cond = decision.conditions
 
         limit = cond.get("rate_limit")
-        if not await self.limiter.acquire(call.principal.qualified, name, limit):
+        if not await self.limiter.acquire(who, name, limit):
             reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
             call.reasons = [reason]
             raise RateLimited(reason)

@@ -87,3 +87,18 @@ def test_only_tool_calls_with_a_resolved_tool_are_validated() -> None:
     assert run(ValidateArguments(), unresolved) == [unresolved]
     unresolved_prompt = CallContext(principal=LOCAL, kind="prompts/get", target="p", arguments={"n": "x"})
     assert run(ValidateArguments(), unresolved_prompt) == [unresolved_prompt]
+
+
+def test_a_drifted_definition_is_never_checked_with_the_validator_of_the_one_it_replaced() -> None:
+    # the validators are kept per schema object; the catalogue makes a new definition when the
+    # upstream changes a tool (gateway.catalog._fresh_info), under the same tool name
+    step = ValidateArguments()
+    loose = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    strict = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 5}}, "required": ["n"]}
+    assert run(step, call_of({"n": 9}, schema=loose))
+    for args in ({"n": 9}, {}):  # the tightened definition: enforced at once
+        with pytest.raises(ArgumentsInvalid):
+            run(step, call_of(args, schema=strict))
+    assert run(step, call_of({"n": 9}, schema=dict(loose)))  # an equal copy: the same answer as before
+    with pytest.raises(ArgumentsInvalid):
+        run(step, call_of({"n": 9}, schema=strict))  # and the strict one's is still its own

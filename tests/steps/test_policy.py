@@ -503,6 +503,23 @@ def test_listed_is_the_listings_decision_for_one_tool_asked_as_the_engine_says(i
     assert (eng.inline_calls, eng.awaited_calls) == ((asked, 0) if inline else (0, asked))
 
 
+@pytest.mark.parametrize("inline", [True, False])
+def test_the_call_decision_is_asked_as_the_engine_says(inline: bool) -> None:
+    eng = Asked(discover_files(), inline=inline)
+    assert eng.load()
+    inner = Recorder()
+    step = PolicyStep(eng, CallCounters())
+    for who in (LOCAL, Principal(id="nobody")):  # one allowed, one denied: both decided
+        try:
+            asyncio.run(
+                build_chain([step], inner)(call_of("everything__echo", {"message": "m"}, principal=who))
+            )
+        except PolicyDenied:
+            assert who.id == "nobody"
+    assert len(inner.seen) == 1
+    assert (eng.inline_calls, eng.awaited_calls) == ((2, 0) if inline else (0, 2))
+
+
 def test_only_the_embedded_engine_decides_inline() -> None:
     from gateway.policy.engine import PolicyEngine, RemoteEngine
 

@@ -12,7 +12,10 @@ caller's agent), after 30 warm-up calls. Every Python and C function call on the
 thread is counted by ``sys.setprofile`` over ``--calls`` sequential calls (the audit writer's
 thread and the upstream process are not counted) and given to the innermost chain step on its
 stack (``gateway/steps/*.__call__``), to the endpoint (``Gateway._dispatch``) or to ``other``
-(the event loop, the upstream reader task). Also the event-loop iterations (``_run_once``).
+(the event loop, the upstream reader task). Also the event-loop iterations (``_run_once``),
+and, before counting, the event loop thread's CPU time per call over another ``--calls``
+calls (``loop_thread_cpu_us``: noisy on a shared machine; the counts are not). Logging is set
+up as ``symbi`` sets it up (the checks-off path's warnings go to stderr).
 
 JSON on stdout: per call ``function_calls``, ``loop_iterations``, ``by_step`` and each step's
 ``top`` functions. Run it with ``PYTHONPATH=<another checkout>`` to count that checkout's code.
@@ -41,6 +44,7 @@ from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.config.load import load_config
 from gateway.context import CallContext, Principal
+from gateway.logs import configure
 
 PRINCIPAL = "bench"
 
@@ -146,6 +150,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     cfg = write_gateway_config(
         tmp, servers, security=not args.checks_off, principal=PRINCIPAL, policy_data=data, log_level="WARNING"
     )
+    configure("WARNING")  # as the CLI does (gateway.cli.setup_logging): warnings go to stderr
     gw = make_gateway(load_config(cfg))
     async with gw.running():
         for _ in range(600):  # the upstream's tools arrive once it has started

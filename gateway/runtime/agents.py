@@ -74,7 +74,7 @@ class Agent:
 
     def info(self) -> AgentInfo:
         return AgentInfo(
-            id=self.id, name=self.name, state=self.state.value, priority=self.priority, hosted=self.hosted
+            id=self.id, name=self.name, state=str(self.state), priority=self.priority, hosted=self.hosted
         )
 
     def as_json(self) -> dict[str, object]:
@@ -341,8 +341,8 @@ class AgentRegistry:
             {
                 "agent": agent.id,
                 "name": agent.name,
-                "from": src.value,
-                "to": to.value,
+                "from": str(src),  # a StrEnum's str is its value (``.value`` costs two calls)
+                "to": str(to),
                 "edge": edge,
                 "reason": reason,
             },

@@ -103,7 +103,7 @@ class AgentRuntime:
         agent.in_flight += 1
         agent.calls += 1
         if agent.state is AgentState.READY:
-            # per call: counted, not a signed event (the call has its own tool.call record)
+            # per call: an agent.state audit event (issue 13: one per transition), also counted
             self.agents.transition(agent, AgentState.RUNNING, f"task assigned: {what}")
         if agent.suspend_pending is not None:
             reason, agent.suspend_pending = agent.suspend_pending, None

@@ -4,10 +4,14 @@ Each round runs, for the baseline revision and for this tree (each in a fresh pr
 one ``AuditLog.record`` at a time on a fresh log (the first ``--calls``, what ``bench/speed.py``'s
 ``sequential_call_audit_wait_ms`` sees: a log just opened) and then, after ``--warm`` more, the
 same number again (a log that has been running: its WAL rewritten in place), beside the bare
-append + fsync floor on the same disk, measured in the same process. It prints JSON: per tree
-the medians over rounds, and round by round this tree's median over the baseline's.
+append + fsync floor on the same disk, measured in the same process; then ``--spaced`` records
+``--gap-ms`` apart (calls that are not back to back: the writer idles between them). Each phase
+also reports the process CPU time per record (every thread: the caller's and the writer's, the
+head signatures the writer adds when idle or flushed included). It prints JSON: per tree the
+medians over rounds, and round by round this tree's median over the baseline's.
 
     python bench/audit_wait.py --baseline-rev cec1ea3 --rounds 5
+    python bench/audit_wait.py --baseline-rev cec1ea3 --rounds 5 --dir /dev/shm/x  # no disk: the log's own overhead
 
 The baseline's ``gateway`` package is taken with ``git archive`` into a temp dir.
 """
@@ -33,7 +37,7 @@ import asyncio, json, os, statistics, sys, tempfile, time
 from pathlib import Path
 from gateway.audit import AuditLog
 
-calls, warm = int(sys.argv[1]), int(sys.argv[2])
+calls, warm, spaced, gap = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4]), float(sys.argv[5]) / 1000
 
 def floor(d):
     fd = os.open(d / "floor", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -43,13 +47,15 @@ def floor(d):
     os.close(fd)
     return statistics.median(lat) * 1000
 
-async def run(log, n, timed):
+async def run(log, n, timed, pause=0.0):
     lat = []
     cpu = time.process_time()  # every thread of the process: the caller's and the writer's
     for i in range(n):
         t = time.perf_counter()
         await log.record("tool.call", {"tool": "fs__read", "arguments": {"path": "[REDACTED]"}, "i": i}, principal="alice")
         lat.append(time.perf_counter() - t)
+        if pause:
+            await asyncio.sleep(pause)  # calls this far apart: the writer idles between them
     log.flush()  # the head's signature, if one is still to come, counts for this phase
     cpu = time.process_time() - cpu
     lat.sort()
@@ -65,8 +71,11 @@ with tempfile.TemporaryDirectory(dir=sys.argv[3] or None) as tmp:
     fresh = asyncio.run(run(log, calls, True))
     asyncio.run(run(log, warm, False))
     running = asyncio.run(run(log, calls, True))
+    out = {"fresh": fresh, "running": running}
+    if spaced:
+        out["spaced"] = asyncio.run(run(log, spaced, True, gap))
     log.close()
-    print(json.dumps({"fresh": fresh, "running": running, "fsync_floor_median_ms": floor(d)}))
+    print(json.dumps(out | {"fsync_floor_median_ms": floor(d)}))
 """
 
 
@@ -82,7 +91,16 @@ def baseline_tree(rev: str, into: Path) -> Path:
 def one(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(
-        [sys.executable, "-c", WORKER, str(args.calls), str(args.warm), str(args.dir or "")],
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            str(args.calls),
+            str(args.warm),
+            str(args.dir or ""),
+            str(args.spaced),
+            str(args.gap_ms),
+        ],
         env=env,
         cwd=tempfile.gettempdir(),  # not a worktree: PYTHONPATH alone decides which gateway runs
         check=True,
@@ -100,6 +118,13 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300, help="timed records per phase (speed.py times 300)")
     ap.add_argument("--warm", type=int, default=1200, help="records between the fresh and the running phase")
     ap.add_argument("--dir", type=Path, default=None, help="where the logs go (default: the temp dir)")
+    ap.add_argument(
+        "--spaced",
+        type=int,
+        default=60,
+        help="then this many records --gap-ms apart (the CPU a record costs when calls are not back to back)",
+    )
+    ap.add_argument("--gap-ms", type=float, default=100.0)
     args = ap.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,10 +141,11 @@ def main() -> None:
         "baseline_rev": args.baseline_rev,
         "rounds": args.rounds,
     }
+    phases = ("fresh", "running", "spaced") if args.spaced else ("fresh", "running")
     for name in runs:
         result[name] = {
             f"{phase}_{field}": med(name, phase, field)
-            for phase in ("fresh", "running")
+            for phase in phases
             for field in ("median_ms", "p99_ms", "cpu_us_per_record")
         } | {
             "fsync_floor_median_ms": round(

@@ -26,6 +26,7 @@ the SDK), answered ``REQUEST_CANCELLED`` as the SDK's 2025-era wire does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -59,7 +60,7 @@ from gateway.compat import (
     transport_serving,
 )
 from gateway.server.fastlane import LaneDispatch, cancelled_id, plain_call, run_call
-from gateway.server.httpsse import SseAnswer, SseLaneDispatch, sse_headers
+from gateway.server.httpsse import HOLD_S, SseAnswer, SseLaneDispatch, sse_headers
 
 _logger = logging.getLogger("symbi.server.httplane")
 
@@ -233,10 +234,18 @@ class HttpLane:
             cancel.cancel()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(answer.watch, receive, watch, stop)
             tg.start_soon(self._call_sse, key, conn, dctx, params, answer, cancel)
-            await answer.stream()
-            watch.cancel()
+            # The client is watched (its leaving, pings, the server's exit; the headers sent
+            # ahead) only once the call has run ``HOLD_S``: a quicker call is answered before a
+            # watch would have done anything (most calls: no watch task, no timers).
+            hold = asyncio.get_running_loop().call_later(
+                HOLD_S, lambda: tg.start_soon(answer.watch, receive, watch, stop)
+            )
+            try:
+                await answer.stream()
+            finally:
+                hold.cancel()
+                watch.cancel()
 
     async def _call_sse(
         self,

@@ -169,20 +169,16 @@ class SseAnswer:
             transport_close_stream(self._transport, self._stream_id, self._pair)
 
     async def watch(self, receive: Receive, scope: anyio.CancelScope, stop: Callable[[], None]) -> None:
-        """sse-starlette's side tasks in one: the stream let go when the client disconnects, a
-        ping comment on a silent stream every ``PING_S`` seconds, and, when the server is
-        stopping (uvicorn's exit, which sse-starlette flags on ``AppStatus``), the stream ended
-        and the call stopped (``stop``: on the SDK's path the session's shutdown cancels it);
-        first, the headers and the priming event of a call that did not answer within
-        ``HOLD_S``."""
-        message: Message | None
+        """sse-starlette's side tasks in one, for a call still running after ``HOLD_S``: first
+        its headers and priming event (so the client can resume its stream), then the stream
+        let go when the client disconnects, a ping comment on a silent stream every ``PING_S``
+        seconds, and, when the server is stopping (uvicorn's exit, which sse-starlette flags on
+        ``AppStatus``), the stream ended and the call stopped (``stop``: on the SDK's path the
+        session's shutdown cancels it)."""
+        message: Message | None = None
         with scope:
-            with anyio.move_on_after(HOLD_S) as held:
-                message = await receive()
-            if held.cancelled_caught:
-                if self._head is not None and not self._ended:
-                    await self._body(b"")  # the headers and the priming event, now
-                message = None
+            if self._head is not None and not self._ended:
+                await self._body(b"")  # the headers and the priming event, now
             ping_at = anyio.current_time() + PING_S
             while message is None or message["type"] != "http.disconnect":
                 with anyio.move_on_after(EXIT_POLL_S) as quiet:

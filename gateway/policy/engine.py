@@ -16,7 +16,9 @@ holds the GIL for the 0.1-1 ms of a decision, so the async path calls it inline.
 Each thread also remembers its recent decisions, keyed on exactly the parts of the input the
 policy can read (``gateway.policy.inputkey``): a repeated question (the same tool listed
 again, the same call with the same counters) is answered without evaluating. Counters and
-times the policy reads are in the key, so a changed counter is a new evaluation.
+times the policy reads are in the key, so a changed counter is a new evaluation. A call's
+decision is kept from the second time its question is asked (most calls are asked once: the
+default policy reads the hourly count), so one-off calls do not push the listings' out.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +56,16 @@ from gateway.policy.watch import FileWatcher
 
 log = logging.getLogger("symbi.policy")
 
-# Decisions remembered per thread (least recently used first out). A key is at most
-# inputkey.MAX_KEY_CHARS long, so the cache holds at most ~16 MB per thread.
-CACHE_ENTRIES = 4096
+# Decisions remembered per thread (least recently used first out), up to this many and this
+# many characters of keys (~1 KB each for a tool call or a listed tool, at most
+# inputkey.MAX_KEY_CHARS): room for the listings of several sessions of 2,000 tools (the
+# agent is in the key) without one evicting the other's.
+CACHE_ENTRIES = 16_384
+CACHE_CHARS = 24 * 1024 * 1024
+# A call's decision is kept only when the same question came among this many calls before it
+# (the hashes of their keys are remembered): most calls never repeat (the default policy reads
+# the hourly count, which moves with every call) and would push the listings' decisions out.
+SEEN_CALLS = 4096
 
 # Per thread: EmbeddedEngine number -> its regorus engine there (see the module docstring).
 _THREAD = threading.local()
@@ -69,6 +78,20 @@ class _Slot:
     engine: Any  # regorus.Engine, or None after a failed evaluation
     digest: str
     cache: OrderedDict[str, Decision]
+    chars: int = 0  # the characters of the cache's keys
+    seen: dict[int, None] = field(default_factory=dict)  # hashes of recent calls' keys, oldest first
+
+    def keep(self, key: str, input: Mapping[str, Any]) -> bool:
+        """Whether to cache the decision of ``input``: any but a call, and a call asked before."""
+        if input.get("action", "call") != "call":
+            return True
+        h = hash(key)
+        if h in self.seen:
+            return True
+        self.seen[h] = None
+        if len(self.seen) > SEEN_CALLS:
+            del self.seen[next(iter(self.seen))]
+        return False
 
 
 def _thread_slots() -> dict[int, _Slot]:
@@ -158,9 +181,11 @@ class EmbeddedEngine(PolicyEngine):
         decision: str = "data.symbi.decision",
         events: EventSink | None = None,
         cache_entries: int = CACHE_ENTRIES,
+        cache_chars: int = CACHE_CHARS,
     ) -> None:
         self.files = files
         self.cache_entries = cache_entries  # 0: evaluate every decision (benchmarks compare)
+        self.cache_chars = cache_chars
         self.decision_path = decision
         self._events = events or LoggingSink()
         self._bundle: PolicyBundle | None = None
@@ -330,10 +355,12 @@ class EmbeddedEngine(PolicyEngine):
         decision, healthy = _evaluate(engine, self.decision_path, input)
         if not healthy:
             local.engine = None  # never reuse an engine that failed mid-evaluation
-        elif key is not None:  # only a completed evaluation is remembered, never a failure
+        elif key is not None and local.keep(key, input):  # never a failed evaluation
             cache[key] = _copy(decision)
-            if len(cache) > self.cache_entries:
-                cache.popitem(last=False)
+            local.chars += len(key)
+            while len(cache) > self.cache_entries or local.chars > self.cache_chars:
+                old, _ = cache.popitem(last=False)
+                local.chars -= len(old)
         return decision
 
 

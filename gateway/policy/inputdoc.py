@@ -19,7 +19,15 @@ from typing import Any, Literal
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.policy.counters import CallCounters, RecentCounts
 
-__all__ = ["Action", "CallCounters", "build_input", "input_for_call", "listing_inputs", "tool_input"]
+__all__ = [
+    "Action",
+    "CallCounters",
+    "build_input",
+    "input_for_call",
+    "listing_inputs",
+    "tool_input",
+    "upstream_input",
+]
 
 Action = Literal["call", "list"]
 
@@ -42,6 +50,14 @@ def tool_input(tool: ToolInfo) -> dict[str, Any]:
         "verification_mode": tool.verification_mode,
         "screening": tool.screening.as_input(),
     }
+
+
+def upstream_input(upstream: UpstreamInfo | None, name: str | None) -> dict[str, Any]:
+    """The upstream's document; when the gateway does not know it (a tool of a built-in, a
+    test's bare ToolInfo), its ``name`` (the tool's upstream) and nothing else."""
+    if upstream is not None:
+        return upstream.as_input()
+    return {"name": name, "domain": None, "transport": None}
 
 
 def build_input(
@@ -67,17 +83,13 @@ def build_input(
         counters = None
     minute, hour = counters.principal_counts(principal.qualified) if counters is not None else (0, 0)
     tool_minute = counters.tool_count(principal.qualified, tool.name) if counters is not None and tool else 0
-    if upstream is not None:
-        up: dict[str, Any] = upstream.as_input()
-    else:
-        up = {"name": tool.upstream if tool else None, "domain": None, "transport": None}
     doc = {
         "action": action,
         "kind": kind,
         "target": target,
         "principal": principal.as_input(),
         "agent": _agent_input(principal, agent),
-        "upstream": up,
+        "upstream": upstream_input(upstream, tool.upstream if tool else None),
         "tool": tool_input(tool) if tool else None,
         "arguments": dict(arguments or {}),
         "context": {
@@ -119,12 +131,10 @@ def listing_inputs(
     )
     ups = upstreams or {}
     for t in tools:
-        up = ups.get(t.upstream)
-        up_doc = up.as_input() if up is not None else {"name": t.upstream, "domain": None, "transport": None}
         yield {
             **base,
             "target": t.name,
-            "upstream": up_doc,
+            "upstream": upstream_input(ups.get(t.upstream), t.upstream),
             "tool": tool_input(t),
             "arguments": {},
         }

@@ -18,6 +18,7 @@ from tests.policy.conftest import RecordingSink
 PKG = "package symbi\nimport rego.v1\n"
 ALLOW = PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}}\n'
 DENY = PKG + 'decision := {"allow": false, "reasons": ["no"], "conditions": {}}\n'
+LIST = {"action": "list"}  # a listing's decision is cached the first time (a call's the second)
 
 
 def _engine(
@@ -84,21 +85,21 @@ def test_the_thread_engine_is_none_before_this_threads_first_decision(tmp_path: 
 def test_the_decision_counters_start_at_zero_and_count_each_decision(tmp_path: Path) -> None:
     eng = _engine(tmp_path, ALLOW)
     assert (eng.cache_hits, eng.cache_misses) == (0, 0)
-    assert eng.decide({}).allow is True
+    assert eng.decide(LIST).allow is True
     assert (eng.cache_hits, eng.cache_misses) == (0, 1)
-    assert eng.decide({}).allow is True
+    assert eng.decide(LIST).allow is True
     assert (eng.cache_hits, eng.cache_misses) == (1, 1)
 
 
 def test_two_engines_on_one_thread_keep_their_own_engine_and_cache(tmp_path: Path) -> None:
     a = _engine(tmp_path, ALLOW, "a.rego")
     b = _engine(tmp_path, DENY, "b.rego")
-    assert a.decide({}).allow is True and b.decide({}).allow is False
+    assert a.decide(LIST).allow is True and b.decide(LIST).allow is False
     ea, eb = a.thread_engine(), b.thread_engine()
     assert ea is not None and eb is not None and ea is not eb
     # deciding for b did not take a's engine or its cached decisions on this thread
-    assert a.decide({}).allow is True and a.cache_hits == 1 and a.thread_engine() is ea
-    assert b.decide({}).allow is False and b.cache_hits == 1 and b.thread_engine() is eb
+    assert a.decide(LIST).allow is True and a.cache_hits == 1 and a.thread_engine() is ea
+    assert b.decide(LIST).allow is False and b.cache_hits == 1 and b.thread_engine() is eb
 
 
 def test_a_collected_engine_leaves_no_regorus_engine_on_the_threads_it_decided_on(tmp_path: Path) -> None:
@@ -168,3 +169,89 @@ def test_status_reports_a_refused_broadcast_while_the_old_policy_stays(
     (rec,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert rec.args == (7, "replica-2", err.message)
     assert rec.msg.count("%") == len(rec.args)  # the arguments land in the message
+
+
+KEYED = PKG + 'decision := {"allow": input.n >= 0, "reasons": [], "conditions": {}}\n'
+
+
+def _keyed(tmp_path: Path, **kw: int) -> EmbeddedEngine:
+    (tmp_path / "p.rego").write_text(KEYED)
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"), **kw)
+    assert eng.load()
+    return eng
+
+
+def test_the_cache_keeps_its_most_recent_entries_up_to_its_count(tmp_path: Path) -> None:
+    eng = _keyed(tmp_path, cache_entries=3)
+    for n in range(4):  # the fourth pushes the first (least recently used) out
+        eng.decide({"n": n, "action": "list"})
+    assert eng.cache_misses == 4
+    for n in (1, 2, 3):
+        eng.decide({"n": n, "action": "list"})
+    assert (eng.cache_hits, eng.cache_misses) == (3, 4)  # exactly 3 kept: at the limit, not below
+    eng.decide({"n": 0, "action": "list"})
+    assert eng.cache_misses == 5
+
+
+def test_the_cache_keeps_its_keys_within_its_character_budget(tmp_path: Path) -> None:
+    eng = _keyed(tmp_path)
+    eng.decide({"n": 0, "action": "list"})
+    assert eng.bundle is not None and eng.bundle.reads is not None
+    key = eng.bundle.reads.key({"n": 0})
+    assert key is not None
+    eng.cache_chars = 2 * len(key)  # room for two keys of this length, not three
+    for n in (1, 2):  # 0 is pushed out by 2: three keys would exceed the budget
+        eng.decide({"n": n, "action": "list"})
+    hits = eng.cache_hits
+    eng.decide({"n": 1, "action": "list"})
+    eng.decide({"n": 2, "action": "list"})
+    assert eng.cache_hits == hits + 2
+    eng.decide({"n": 0, "action": "list"})
+    assert eng.cache_hits == hits + 2 and eng.cache_misses == 4
+    # after the evictions the count of characters kept is still exact: two keys fit again
+    eng.decide({"n": 2, "action": "list"})
+    assert eng.cache_hits == hits + 3
+
+
+def test_calls_asked_once_do_not_push_the_listings_out(tmp_path: Path) -> None:
+    eng = _keyed(tmp_path, cache_entries=2)
+    for n in (0, 1):
+        eng.decide({"n": n, "action": "list"})
+    for n in range(2, 50):  # one-off calls (the hourly count moves with each); no action is a call
+        eng.decide({"n": n, "action": "call"} if n % 2 else {"n": n})
+    misses = eng.cache_misses
+    for n in (0, 1):
+        eng.decide({"n": n, "action": "list"})
+    assert eng.cache_misses == misses and eng.cache_hits == 2
+
+
+def test_a_call_asked_again_is_kept_from_its_second_asking(tmp_path: Path) -> None:
+    eng = _keyed(tmp_path)
+    for _ in range(2):
+        eng.decide({"n": 7, "action": "call"})
+    assert (eng.cache_hits, eng.cache_misses) == (0, 2)
+    eng.decide({"n": 7, "action": "call"})
+    assert (eng.cache_hits, eng.cache_misses) == (1, 2)
+
+
+def test_the_calls_remembered_are_the_last_seen_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.policy.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "SEEN_CALLS", 2)
+    eng = _keyed(tmp_path)
+    for n in (1, 2, 1):  # 1 is still among the last 2 calls: its decision is kept now
+        eng.decide({"n": n})
+    eng.decide({"n": 1})
+    assert eng.cache_hits == 1
+    for n in (3, 4, 2):  # 2 was pushed out of the last 2 by 3 and 4: evaluated, not kept
+        eng.decide({"n": n})
+    eng.decide({"n": 2})
+    assert eng.cache_hits == 1 and eng.cache_misses == 7
+
+
+def test_the_default_cache_holds_two_listings_of_2000_tools() -> None:
+    from gateway.policy.engine import CACHE_CHARS, CACHE_ENTRIES
+
+    assert CACHE_ENTRIES >= 2 * 2000 * 2 and CACHE_CHARS >= CACHE_ENTRIES * 1024

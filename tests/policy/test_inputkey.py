@@ -144,11 +144,12 @@ CAPPED = PKG + (
 
 def test_a_counter_the_policy_reads_is_never_served_stale(tmp_path: Path) -> None:
     eng = engine_for(tmp_path, CAPPED)
-    inp: dict[str, Any] = {"context": {"calls_last_hour": 99, "time": "t1"}}
+    # listings: a call's decision is cached only from its second asking (test_engine_state.py)
+    inp: dict[str, Any] = {"action": "list", "context": {"calls_last_hour": 99, "time": "t1"}}
     assert eng.decide(inp).allow is True
-    assert eng.decide({"context": {"calls_last_hour": 99, "time": "t2"}}).allow is True
+    assert eng.decide({"action": "list", "context": {"calls_last_hour": 99, "time": "t2"}}).allow is True
     assert eng.cache_hits == 1  # the time is not read: the second answer came from the cache
-    assert eng.decide({"context": {"calls_last_hour": 100, "time": "t3"}}).allow is False
+    assert eng.decide({"action": "list", "context": {"calls_last_hour": 100, "time": "t3"}}).allow is False
 
 
 def test_reload_drops_the_cached_decisions(tmp_path: Path) -> None:
@@ -174,11 +175,11 @@ def test_a_caller_editing_a_decision_cannot_edit_the_cache(tmp_path: Path) -> No
     eng = engine_for(tmp_path, src)
     saved: Any = None
     for _ in range(2):  # the answer of the evaluation, then the cached one
-        cond: Any = eng.decide({}).conditions
+        cond: Any = eng.decide({"action": "list"}).conditions
         saved = saved or copy.deepcopy(cond)
         cond["rate_limit"] = 10_000
         cond["redact_result"].clear()
-    assert eng.decide({}).conditions == saved and eng.cache_hits == 2
+    assert eng.decide({"action": "list"}).conditions == saved and eng.cache_hits == 2
 
 
 def test_a_tool_listed_again_with_the_same_counters_is_answered_from_the_cache(

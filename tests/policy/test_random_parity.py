@@ -56,8 +56,9 @@ def test_cached_answers_equal_fresh_evaluations() -> None:
     assert engine.load()
     opa = opa_engine()
     inputs = random_inputs(SEED + 1, N // 4)
-    for inp in inputs:
-        ours(engine, inp)
+    for _ in range(2):  # a call's decision is kept from its second asking
+        for inp in inputs:
+            ours(engine, inp)
     misses = engine.cache_misses
     for inp in inputs:
         again = copy.deepcopy(inp)

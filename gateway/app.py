@@ -469,6 +469,8 @@ class Gateway:
         reps = self.replicas.get(name)
         if not reps:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
+        if len(reps) == 1:  # no replicas (the usual case): the one there is, up or not
+            return reps[0]
         live = [u for u in reps if u.state == "up"] or reps[:1]
         return min(live, key=lambda u: self._busy.get(u.name, 0))
 

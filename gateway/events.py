@@ -141,4 +141,7 @@ class LoggingSink:
         principal: str | None = None,
         agent: str | None = None,
     ) -> None:
-        _logger.info("event %s %s", event_type, dict(details), extra={"fields": {"event": str(event_type)}})
+        if _logger.isEnabledFor(logging.INFO):  # no copies made for a line nobody writes (audit off)
+            _logger.info(
+                "event %s %s", event_type, dict(details), extra={"fields": {"event": str(event_type)}}
+            )

@@ -93,3 +93,21 @@ async def test_a_running_gateway_emits_only_catalogued_types(tmp_path: Path) -> 
     }
     assert {Event.CONFIG_LOADED, Event.GATEWAY_START, Event.UPSTREAM_UP, Event.GATEWAY_STOP} <= seen
     assert seen <= EVENT_TYPES
+
+
+def test_the_logging_sink_writes_each_event_at_info_and_nothing_below(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.events import LoggingSink
+
+    sink = LoggingSink()
+    details = {"agent": "a1", "to": "Running"}
+    with caplog.at_level("WARNING", logger="symbi.events"):
+        sink.emit(Event.AGENT_STATE, details)
+    assert caplog.records == []
+    with caplog.at_level("INFO", logger="symbi.events"):
+        sink.emit(Event.AGENT_STATE, details)
+        details["to"] = "Ready"  # the line holds a copy taken when it was emitted
+    (record,) = caplog.records
+    assert record.args == (Event.AGENT_STATE, {"agent": "a1", "to": "Running"})
+    assert record.fields == {"event": "agent.state"}  # type: ignore[attr-defined]

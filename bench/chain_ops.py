@@ -18,7 +18,9 @@ calls (``loop_thread_cpu_us``: noisy on a shared machine; the counts are not). L
 up as ``symbi`` sets it up (the checks-off path's warnings go to stderr).
 
 JSON on stdout: per call ``function_calls``, ``loop_iterations``, ``by_step`` and each step's
-``top`` functions. Run it with ``PYTHONPATH=<another checkout>`` to count that checkout's code.
+``top`` functions, and ``by_area`` (each call given to the innermost gateway
+module on the stack: ``gateway/policy``, ``gateway/audit``, ``gateway/steps/resolve.py``...).
+Run it with ``PYTHONPATH=<another checkout>`` to count that checkout's code.
 """
 
 from __future__ import annotations
@@ -49,23 +51,35 @@ from gateway.logs import configure
 PRINCIPAL = "bench"
 
 
-def _owner(frame: FrameType | None, inclusive: collections.Counter[str]) -> str:
+def _owner(
+    frame: FrameType | None, inclusive: collections.Counter[str], areas: collections.Counter[str]
+) -> str:
     """The innermost chain step (or the endpoint) on ``frame``'s stack; every gateway function
-    on the stack (once each) is counted in ``inclusive``."""
+    on the stack (once each) is counted in ``inclusive``, the innermost one's part of the
+    gateway (``gateway/policy``, ``gateway/steps/audit.py``...) in ``areas``."""
     owner = None
+    area = None
     seen: set[Any] = set()
     while frame is not None:
         code = frame.f_code
         if "/gateway/" in code.co_filename and code not in seen:
             seen.add(code)
             inclusive[f"{code.co_qualname} ({_short(code.co_filename)})"] += 1
+            if area is None:
+                area = _area(_short(code.co_filename))
         if owner is None:
             if code.co_name == "__call__" and "/gateway/steps/" in code.co_filename:
                 owner = type(frame.f_locals.get("self")).__name__
             elif code.co_name == "_dispatch" and code.co_filename.endswith("/gateway/app.py"):
                 owner = "endpoint (Gateway._dispatch)"
         frame = frame.f_back
+    areas[area or "outside the gateway (event loop)"] += 1
     return owner or "other (event loop, reader tasks)"
+
+
+def _area(path: str) -> str:
+    parts = path.split("/")
+    return "/".join(parts[:3]) if len(parts) > 2 and parts[1] == "steps" else "/".join(parts[:2])
 
 
 class Counter:
@@ -74,6 +88,7 @@ class Counter:
         self.top: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.loops = 0
         self.inclusive: collections.Counter[str] = collections.Counter()
+        self.areas: collections.Counter[str] = collections.Counter()
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
         if event == "call":
@@ -85,7 +100,7 @@ class Counter:
             where = f"{getattr(arg, '__qualname__', repr(arg))} (C)"
         else:
             return
-        owner = _owner(frame if event == "c_call" else frame.f_back, self.inclusive)
+        owner = _owner(frame if event == "c_call" else frame.f_back, self.inclusive, self.areas)
         self.by_step[owner] += 1
         self.top[owner][where] += 1
 
@@ -139,6 +154,7 @@ async def measure(gw: Gateway, calls: int, top: int, count: bool = True) -> dict
             k: {f: round(n / calls, 2) for f, n in counter.top[k].most_common(top)}
             for k, _ in counter.by_step.most_common()
         },
+        "by_area": {k: round(v / calls, 1) for k, v in counter.areas.most_common()},
         "gateway_inclusive": {f: round(n / calls, 1) for f, n in counter.inclusive.most_common(4 * top)},
     }
 

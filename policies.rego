@@ -210,7 +210,12 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		granted
 		count(refusals) == 0
 		cs := cx.conditions
-		o := call_conditions(name, object.get(cs.keyed, lk, cs.other), cs.exact, entry, roles, tool, c)
+		b := object.get(cs.keyed, lk, cs.other)
+		base_rate := object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))
+		o := object.union_n([
+			call_conditions(name, b, cs.exact, base_rate),
+			{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
+		])
 	]
 	conditions := array.concat(allowed, [{}])[0]
 } else := {"refusals": refusals, "granted": granted, "conditions": {"rate_limit": rate}} if {
@@ -545,6 +550,7 @@ call_index(entries) := {"exact": exact, "keyed": keyed, "other": call_bucket(oth
 # pattern] of the rest.
 call_bucket(entries, start) := {
 	"always": always,
+	"simple": count(prefix) + count(glob) == 0,
 	"rates": [v | some [f, v] in always; f == "tool_rate_limits"],
 	"fixed": object.union_n([
 		{"audit": {false: "full", true: "minimal"}["audit_minimal" in always]},
@@ -552,28 +558,28 @@ call_bucket(entries, start) := {
 		{"redact_arguments": ks | ks := sort({k | some [f, v] in always; f == "redact_arguments"; some k in v}); count(ks) > 0},
 		{"redact_result": ks | ks := sort({k | some [f, v] in always; f == "redact_result"; some k in v}); count(ks) > 0},
 	]),
-	"prefix": [[h, pre] | some [h, p] in entries; pre := star_prefix(p); not pre in {"", start}],
-	"glob": [[h, p] | some [h, p] in entries; not literal(p); not star_prefix(p)],
+	"prefix": prefix,
+	"glob": glob,
 } if {
 	always := [h | some [h, p] in entries; star_prefix(p) in {"", start}]
+	prefix := [[h, pre] | some [h, p] in entries; pre := star_prefix(p); not pre in {"", start}]
+	glob := [[h, p] | some [h, p] in entries; not literal(p); not star_prefix(p)]
 }
 
-# The conditions of a granted tool call (as tool_conditions computes them), from the
-# conditions' bucket for its name and their literal patterns: the bucket's precomputed ones
-# when only its `always` patterns can match.
-call_conditions(name, bucket, exact, entry, roles, tool, c) := object.union_n([
+# The conditions of a granted tool call but its sandbox tier (as tool_conditions computes
+# them), from the conditions' bucket for its name and their literal patterns: the bucket's
+# precomputed ones when only its `always` patterns can match.
+call_conditions(name, bucket, exact, base_rate) := object.union_n([
 	bucket.fixed,
-	{"rate_limit": min(array.concat(bucket.rates, [object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))]))},
-	{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
+	{"rate_limit": min(array.concat(bucket.rates, [base_rate]))},
 ]) if {
-	count(bucket.prefix) + count(bucket.glob) == 0
+	bucket.simple
 	not exact[name]
 } else := object.union_n([
 	{
-		"rate_limit": min({v | some [f, v] in hits; f == "tool_rate_limits"} | {object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))}),
+		"rate_limit": min({v | some [f, v] in hits; f == "tool_rate_limits"} | {base_rate}),
 		"audit": {false: "full", true: "minimal"}["audit_minimal" in hits],
 	},
-	{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
 	{"max_result_bytes": min(caps) | caps := {v | some [f, v] in hits; f == "max_result_bytes"}; count(caps) > 0},
 	{"redact_arguments": ks | ks := sort({k | some [f, v] in hits; f == "redact_arguments"; some k in v}); count(ks) > 0},
 	{"redact_result": ks | ks := sort({k | some [f, v] in hits; f == "redact_result"; some k in v}); count(ks) > 0},

@@ -11,7 +11,14 @@ evaluated) and ``cache_hits`` (answered from its decision cache) are read around
 
 - ``first_call`` and ``repeated_call`` (per call, over ``--calls`` calls of ``everything__echo``);
 - ``first_list``, ``list_again`` and ``list_after_calls`` (a listing after more calls: the
-  principal's counters moved), per listing of every tool the caller may see.
+  principal's counters moved), per listing of every tool the caller may see;
+- ``in_gateway`` (``--timed N``, 0: off): the policy's cost inside the gateway per
+  ``tools/call`` (every ``engine.decide`` of the call: the visibility check and the call
+  decision, with the cache key, the input and the evaluation), wall and thread-CPU time per
+  call, p50/p90, on the real, sparse call path (an upstream round trip between decisions), for
+  the policy in force (``after``) and a previous one (``--before``, by default session 8's
+  ``tests/policy/reference/policies_v3.rego``) put in force in the same gateway, alternated
+  ``--rounds`` times. Times are the machine's: compare the two sides, not runs.
 
 JSON on stdout. Run it with ``PYTHONPATH=<another checkout>`` to count that checkout's code.
 """
@@ -26,7 +33,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse
 import dataclasses
 import json
+import statistics
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -37,8 +47,10 @@ from gateway.assemble import make_gateway
 from gateway.config.load import load_config
 from gateway.context import CallContext, Principal
 from gateway.policy.engine import EmbeddedEngine
+from gateway.policy.loader import PolicyBundle, PolicyFiles, load_checked
 
 PRINCIPAL = "bench"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def counts(engine: EmbeddedEngine) -> tuple[int, int]:
@@ -50,7 +62,90 @@ def delta(engine: EmbeddedEngine, before: tuple[int, int], per: int = 1) -> dict
     return {"evaluations": (misses - before[1]) / per, "cache_hits": (hits - before[0]) / per}
 
 
-async def measure(gw: Gateway, calls: int, lists: int) -> dict[str, Any]:
+class DecideClock:
+    """Wall and thread-CPU nanoseconds spent in ``engine.decide`` (the gateway's only way to a
+    decision with the embedded engine), summed until ``take``."""
+
+    def __init__(self, engine: EmbeddedEngine) -> None:
+        self.wall = self.cpu = 0
+        decide = engine.decide
+
+        def timed(inp: Any) -> Any:
+            w, c = time.perf_counter_ns(), time.thread_time_ns()
+            try:
+                return decide(inp)
+            finally:
+                self.wall += time.perf_counter_ns() - w
+                self.cpu += time.thread_time_ns() - c
+
+        engine.decide = timed  # type: ignore[method-assign,assignment]
+
+    def take(self) -> tuple[int, int]:
+        out = (self.wall, self.cpu)
+        self.wall = self.cpu = 0
+        return out
+
+
+def _pcts(ns: list[int]) -> dict[str, float]:
+    ns = sorted(ns)
+    return {
+        "p50_us": round(ns[len(ns) // 2] / 1000, 1),
+        "p90_us": round(ns[int(len(ns) * 0.9)] / 1000, 1),
+        "mean_us": round(statistics.fmean(ns) / 1000, 1),
+    }
+
+
+async def in_gateway(
+    engine: EmbeddedEngine,
+    call: Callable[[int], Awaitable[None]],
+    before: PolicyBundle,
+    timed: int,
+    rounds: int,
+) -> dict[str, Any]:
+    """The policy's time per call with the policy in force and with ``before``, alternated."""
+    after = engine.bundle
+    assert after is not None
+    clock = DecideClock(engine)
+    sides: dict[str, tuple[PolicyBundle, list[int], list[int], list[int]]] = {
+        "after": (after, [], [], []),
+        "before": (before, [], [], []),
+    }
+    n = 10_000
+    for _ in range(rounds):
+        for bundle, wall, cpu, evals in sides.values():
+            with engine.reload_lock:
+                engine.adopt(bundle, version=0, publisher="bench/decisions.py")
+            for _ in range(5):  # this thread's engine for the policy, the listing's decision cached
+                n += 1
+                await call(n)
+            clock.take()
+            for _ in range(timed):
+                n += 1
+                misses = engine.cache_misses
+                await call(n)
+                w, c = clock.take()
+                wall.append(w)
+                cpu.append(c)
+                evals.append(engine.cache_misses - misses)
+    with engine.reload_lock:
+        engine.adopt(after, version=0, publisher="bench/decisions.py")
+    out: dict[str, Any] = {"calls_per_side": timed * rounds, "rounds": rounds}
+    for name, (_, wall, cpu, evals) in sides.items():
+        out[name] = {"wall": _pcts(wall), "cpu": _pcts(cpu), "evaluations_per_call": statistics.fmean(evals)}
+    out["ratio_after_over_before"] = {
+        f"{k}_p50": round(out["after"][k]["p50_us"] / out["before"][k]["p50_us"], 3) for k in ("wall", "cpu")
+    }
+    return out
+
+
+async def measure(
+    gw: Gateway,
+    calls: int,
+    lists: int,
+    before_policy: PolicyBundle | None = None,
+    timed: int = 0,
+    rounds: int = 1,
+) -> dict[str, Any]:
     engine = gw.policy
     assert isinstance(engine, EmbeddedEngine), "the default config's engine is the embedded one"
     base = Principal(id=PRINCIPAL, roles=("developer",), source="stdio")
@@ -94,6 +189,8 @@ async def measure(gw: Gateway, calls: int, lists: int) -> dict[str, Any]:
     out["list_after_calls"] = {
         k: v - out["repeated_call"][k] for k, v in delta(engine, before, lists).items()
     }  # per listing, less the call made before it
+    if timed and before_policy is not None:
+        out["in_gateway"] = await in_gateway(engine, call, before_policy, timed, rounds)
     return out
 
 
@@ -107,10 +204,20 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if "everything__echo" in gw.catalog.tools:
                 break
             await anyio.sleep(0.05)
-        result = await measure(gw, args.calls, args.lists)
+        before = None
+        if args.timed:
+            files = PolicyFiles(policy=args.before, data=data)
+            before = load_checked(files)
+        result = await measure(gw, args.calls, args.lists, before, args.timed, args.rounds)
     return {
         "benchmark": "decisions",
-        "settings": {"calls": args.calls, "lists": args.lists},
+        "settings": {
+            "calls": args.calls,
+            "lists": args.lists,
+            "timed": args.timed,
+            "rounds": args.rounds,
+            "before": str(args.before),
+        },
         **result,
     }
 
@@ -119,6 +226,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--lists", type=int, default=5)
+    ap.add_argument(
+        "--timed", type=int, default=200, help="timed calls per side and round (0: no in_gateway)"
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="in_gateway rounds, the two policies alternated")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        default=ROOT / "tests" / "policy" / "reference" / "policies_v3.rego",
+        help="the previous policy in_gateway compares (same data)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="symbi-decisions-") as d:
         out = anyio.run(run, args, Path(d))

@@ -236,10 +236,34 @@ class _NotJSON(Exception):
 _SCALARS = (str, int, float, bool, type(None))
 
 
+_LEAVES = frozenset({str, int, bool, type(None)})  # exactly these types: nothing to check
+
+
 def _check(value: Any) -> None:
     """Raise unless ``value`` is plain JSON with string keys (regorus keeps a number key a
     number, where JSON would make it a string: such an input is evaluated, not keyed) and
-    finite numbers (NaN and infinities have no JSON form)."""
+    finite numbers (NaN and infinities have no JSON form). Integers beyond 64 bits make
+    orjson raise, later. The input documents' own types (dict, list, str, ...) take the first
+    branches; anything else (a subclass, another mapping) the general ones below."""
+    t = type(value)
+    if t in _LEAVES:
+        return
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _NotJSON
+            if type(v) not in _LEAVES:
+                _check(v)
+        return
+    if t is list:
+        for v in value:
+            if type(v) not in _LEAVES:
+                _check(v)
+        return
+    _check_other(value)
+
+
+def _check_other(value: Any) -> None:
     if isinstance(value, _SCALARS):
         if isinstance(value, float) and not math.isfinite(value):
             raise _NotJSON
@@ -261,7 +285,7 @@ def _prune(value: Any, plan: Plan) -> Any:
     if plan is ALL:
         _check(value)
         return ["v", value]
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         for k in value:
             if type(k) is not str:
                 raise _NotJSON

@@ -34,8 +34,12 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def opa(tls: dict[str, Path]) -> Iterator[OpaServer]:
-    with OpaServer(opa_engine(), certfile=str(tls["cert"]), keyfile=str(tls["key"])) as server:
+def opa(tls: dict[str, Path], cases: list[Case]) -> Iterator[OpaServer]:
+    engine = opa_engine()
+    # OPA compiles the policy at its first evaluation (seconds on a loaded machine, under
+    # mutation testing's nice 19): done here, not inside the first test's 2 s timeout
+    engine.eval_document("symbi.decision", cases[0].input)
+    with OpaServer(engine, certfile=str(tls["cert"]), keyfile=str(tls["key"])) as server:
         yield server
 
 

@@ -121,6 +121,29 @@ def test_numbers_without_a_json_form_are_not_keyed(odd: float) -> None:
     assert reads.key({"args": {}, "n": odd}) is None
 
 
+def test_numbers_without_a_json_form_are_found_in_any_container() -> None:
+    """The check's fast branches take the input documents' own types (dict, list); dict and
+    list subclasses and tuples, which orjson writes as objects and arrays, are checked too."""
+    from collections import OrderedDict, UserList
+
+    class Dict(dict):  # type: ignore[type-arg]
+        pass
+
+    reads, _ = reads_of(PKG + "a := input.args\n")
+    assert reads is not None
+    for box in (
+        lambda v: OrderedDict(x=v),
+        lambda v: Dict(x=v),
+        lambda v: (1, v),
+        lambda v: [(v,)],
+        lambda v: {"x": OrderedDict(y=[v])},
+    ):
+        assert reads.key({"args": box(1.5)}) is not None
+        assert reads.key({"args": box(math.nan)}) is None
+    assert reads.key({"args": OrderedDict({1: "x"})}) is None
+    assert reads.key({"args": UserList([1])}) is None  # not JSON to orjson: evaluated, not keyed
+
+
 def test_key_order_inside_a_value_read_whole_does_not_matter() -> None:
     reads, _ = reads_of(PKG + "a := input.args\n")
     assert reads is not None

@@ -254,3 +254,34 @@ def test_a_data_index_that_reads_the_input_is_refused() -> None:
 def test_a_policy_without_data_index_gets_nothing_precomputed() -> None:
     bundle, _ = _load(REFERENCE.read_text(), json.loads(DATA.read_text()))
     assert bundle.precomputed is None
+
+
+def test_a_name_without_its_keys_separator_gets_nothing_of_that_key() -> None:
+    """`time__*` is merged at load into what every name of key `time` gets (the bucket's
+    `always`); the name `time` itself (no "__") has that key too but must not match it."""
+    data = json.loads(DATA.read_text())
+    d = data["symbi_data"]
+    d["roles"]["developer"]["tools"] = ["time__*", "fs__read_*"]
+    d["tool_rate_limits"] = {"time__*": 5, "fs__read_*": 7, "fs__read_secret": 3}
+    d["audit_minimal"] = ["time__*"]
+    _, new = _load(POLICY.read_text(), data)
+    _, old = _load(REFERENCE.read_text(), data)
+    base = json.loads(CASES.read_text())["base"]  # local (developer), time__get_current_time
+
+    def ask(name: str) -> Any:
+        inp = {**base, "target": name, "tool": {**base["tool"], "name": name}}
+        got = _decide(new, inp)
+        assert got == _decide(old, inp), name
+        return got
+
+    assert ask("time__x")["conditions"] == {
+        "rate_limit": 5,
+        "audit": "minimal",
+        "max_result_bytes": 1048576,
+        "redact_arguments": ["api_key", "password", "token"],
+    }
+    assert ask("time")["allow"] is False
+    assert ask("time*")["allow"] is False
+    assert ask("fs__read_x")["conditions"]["rate_limit"] == 7  # a prefix pattern, not merged
+    assert ask("fs__read_secret")["conditions"]["rate_limit"] == 3  # and a literal one
+    assert ask("fs__readme")["allow"] is False

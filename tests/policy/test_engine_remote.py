@@ -46,7 +46,9 @@ def opa(tls: dict[str, Path], cases: list[Case]) -> Iterator[OpaServer]:
 @pytest.fixture
 def remote(opa: OpaServer, tls: dict[str, Path]) -> Iterator[RemoteEngine]:
     opa.delay_s = 0.0
-    eng = RemoteEngine(opa.url, timeout_s=2.0, tls_ca=tls["ca"])
+    # the tests of answers: a timeout long enough for a starved OPA server (the mutation
+    # runs' nice 19 on a loaded machine took over 2 s); test_timeout_denies tests the timeout
+    eng = RemoteEngine(opa.url, timeout_s=30.0, tls_ca=tls["ca"])
     yield eng
     eng.close()
 

@@ -10,8 +10,9 @@ On the repo's ``policies.rego`` + ``policies/data.json`` with the 95 inputs of
 - evaluated: ``EmbeddedEngine.decide`` with its decision cache off: every decision is a
   regorus evaluation;
 - cached_repeats: the gateway's engine (cache on) on the same cycled inputs: after the
-  first round every decision is a cache hit (the same principal asking the same question
-  with the same counters, e.g. a tool listed again);
+  second round every decision is a cache hit (the same principal asking the same question
+  with the same counters, e.g. a tool listed again; a call's decision is kept from its second
+  asking);
 - cached_distinct: the gateway's engine with ``context.calls_last_hour`` (a counter the
   policy reads) and one argument different on every decision, as consecutive calls are: every
   decision is a miss, what the cache costs when it cannot help;

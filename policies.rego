@@ -37,11 +37,13 @@ cfg := data.symbi_data
 # memory) is decided from facts computed in one rule body (facts, below); anything else
 # (other kinds, missing or odd fields) by the general rules. Both give the same decision
 # (tests/policy/test_index_parity.py checks them against the previous policies and OPA).
-decision := {"allow": false, "reasons": sort(deny), "conditions": {}} if {
+decision := {"allow": true, "reasons": [], "conditions": f.conditions} if {
+	f := facts
+	f.granted
+	count(deny) == 0
+} else := {"allow": false, "reasons": sort(deny), "conditions": {}} if {
 	facts
 	count(deny) > 0
-} else := {"allow": true, "reasons": [], "conditions": facts.conditions} if {
-	facts.granted
 } else := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
 
 # Deny by default: allow needs a positive grant AND no deny reason. A malformed input

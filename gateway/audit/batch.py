@@ -32,11 +32,13 @@ class Item:
     waiter: asyncio.Future[Any] | None = None  # record(): resolved on its loop, once per batch
     finish: bool = True  # rotate: make the new key current afterwards
     task: Callable[[WriterContext], Any] | None = None  # maintain: run on the writer thread
+    urgent: bool = False  # an emit held for the linger already (gateway.audit.held): commit it now
 
 
 def is_awaited(item: Item) -> bool:
-    """Someone waits for this item: a ``record``/``append`` event, or any control item."""
-    return item.kind != "event" or item.future is not None or item.waiter is not None
+    """Someone waits for this item (a ``record``/``append`` event, or any control item), or it
+    waited for one long enough (``urgent``): the batch is not held back for more."""
+    return item.kind != "event" or item.future is not None or item.waiter is not None or item.urgent
 
 
 @dataclass

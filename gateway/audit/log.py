@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.audit import keys as keyfiles
 from gateway.audit import store
 from gateway.audit.batch import Item, WriterContext
+from gateway.audit.held import HeldEmits
 from gateway.audit.record import (
     GENESIS_HASH,
     canonical_details,
@@ -155,6 +156,8 @@ class AuditLog:
         )
         self._thread = threading.Thread(target=self._writer.run, name="symbi-audit-writer", daemon=True)
         self._thread.start()
+        # emits on an event loop's thread wait there for that thread's next record (gateway.audit.held)
+        self._held = HeldEmits(lambda: self._writer.linger_s, self._queue_all)
         atexit.register(self.close)  # queued events are committed even if the owner forgets close()
 
     @classmethod
@@ -205,13 +208,24 @@ class AuditLog:
         principal: str | None = None,
         agent: str | None = None,
     ) -> None:
-        """Queue one event and return at once (``EventSink``). It is committed within one batch.
+        """Queue one event and return at once (``EventSink``). It is committed within one batch:
+        on an event loop's thread, with the next event awaited on that thread, or after
+        ``EMIT_LINGER_S`` (``gateway.audit.held``).
 
         Raises:
             AuditError: the log is closed or broken (only when ``on_failure = "deny"``).
         """
         try:
-            self._submit(event_type, details, principal, agent, None)
+            item = self._event(event_type, details, principal, agent, None)
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self._check()
+                if self._held.hold(loop, item):
+                    return
+            self._put(item)
         except AuditError as e:
             self._failed(e)
 
@@ -351,6 +365,7 @@ class AuditLog:
             self._release_lock()
             return
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._held.close()  # held emits go before the close marker
         self._queue.put(Item("close", future=fut))
         try:
             self._wait(fut, timeout)
@@ -378,34 +393,51 @@ class AuditLog:
         fut: concurrent.futures.Future[Any] | None,
         waiter: asyncio.Future[Any] | None = None,
     ) -> None:
+        self._put(self._event(event_type, details, principal, agent, fut, waiter))
+
+    @staticmethod
+    def _event(
+        event_type: str,
+        details: Mapping[str, Any],
+        principal: str | None,
+        agent: str | None,
+        fut: concurrent.futures.Future[Any] | None,
+        waiter: asyncio.Future[Any] | None = None,
+    ) -> Item:
         try:
             details_json = canonical_details(details)
         except (ValueError, TypeError) as e:
             # never lose the event over a bad value; keep the key names only (no raw values)
             names = sorted(str(k).encode("utf-8", "backslashreplace").decode() for k in details)
             details_json = canonical_details({"unserialisable": str(e), "keys": names})
-        self._put(
-            Item(
-                "event",
-                str(event_type),
-                details_json,
-                None if principal is None else str(principal),
-                None if agent is None else str(agent),
-                "",
-                time.time_ns(),
-                fut,
-                waiter,
-            )
+        return Item(
+            "event",
+            str(event_type),
+            details_json,
+            None if principal is None else str(principal),
+            None if agent is None else str(agent),
+            "",
+            time.time_ns(),
+            fut,
+            waiter,
         )
 
-    def _put(self, item: Item) -> None:
+    def _check(self) -> None:
         if self._closed:
             raise AuditError("audit log is closed")
         if self._writer.broken is not None:
             raise self._writer.broken
         if not self._thread.is_alive():
             raise AuditError("audit writer thread is not running")
+
+    def _put(self, item: Item) -> None:
+        self._check()
+        self._held.release_here()  # this thread's held emits first: they came before ``item``
         self._queue.put(item)
+
+    def _queue_all(self, items: list[Item]) -> None:
+        for it in items:
+            self._queue.put(it)
 
     @staticmethod
     def _wait(fut: concurrent.futures.Future[Any], timeout: float | None) -> Any:

@@ -1,0 +1,130 @@
+"""Emits on an event loop's thread are held there until that thread's next awaited event (one
+writer wake-up per call instead of one per event), the linger's end, a flush or close: none is
+lost, their order is kept, and a closed log refuses them."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import AuditLog
+from gateway.errors import AuditError
+
+
+def _types(db: Path) -> list[str]:
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db)
+    try:
+        return [t for (t,) in conn.execute("SELECT type FROM events ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def test_a_calls_flips_go_with_its_record_in_order(open_log: Callable[..., AuditLog], log_paths) -> None:
+    db, _ = log_paths
+    log = open_log()
+    log.EMIT_LINGER_S = 30.0
+
+    async def call() -> int | None:
+        log.emit("agent.state", {"to": "Running"}, principal="p")
+        await asyncio.sleep(0.05)  # the upstream call
+        assert _types(db) == []  # held on this thread, not committed on their own
+        log.emit("agent.state", {"to": "Ready"}, principal="p")
+        return await log.record("tool.call", {"i": 1}, principal="p")
+
+    assert asyncio.run(call()) == 3
+    assert _types(db) == ["agent.state", "agent.state", "tool.call"]
+
+
+def test_held_emits_alone_are_committed_when_the_linger_ends(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
+    db, _ = log_paths
+    log = open_log()
+    log.EMIT_LINGER_S = 0.05
+
+    async def emit_and_wait() -> list[str]:
+        log.emit("gateway.event", {"i": 1})
+        for _ in range(1000):  # bounded: 20 s
+            if _types(db):
+                break
+            await asyncio.sleep(0.02)
+        return _types(db)
+
+    assert asyncio.run(emit_and_wait()) == ["gateway.event"]
+
+
+def test_a_flush_on_the_loop_thread_commits_what_it_holds(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
+    db, _ = log_paths
+    log = open_log()
+    log.EMIT_LINGER_S = 30.0
+
+    async def emit_then_flush() -> None:
+        log.emit("gateway.event", {"i": 1})
+        log.flush(timeout=20)  # AuditError if it waited for the 30 s linger
+
+    asyncio.run(emit_then_flush())
+    assert _types(db) == ["gateway.event"]
+
+
+def test_emits_held_by_a_loop_that_ended_are_committed_by_the_next_flush(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
+    db, _ = log_paths
+    log = open_log()
+    log.EMIT_LINGER_S = 30.0
+
+    async def emit() -> None:
+        log.emit("gateway.event", {"i": 1})
+
+    asyncio.run(emit())  # its loop is gone, the 30 s timer with it
+    log.flush(timeout=20)
+    assert _types(db) == ["gateway.event"]
+
+
+def test_close_takes_what_a_loop_in_another_thread_holds_and_refuses_later_emits(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
+    db, _ = log_paths
+    log = open_log()
+    log.EMIT_LINGER_S = 30.0
+    held, closed = threading.Event(), threading.Event()
+    refused: list[BaseException] = []
+
+    async def other_thread() -> None:
+        log.emit("gateway.event", {"i": 1})
+        held.set()
+        while not closed.is_set():  # the loop keeps running (its timer 30 s away) while the log closes
+            await asyncio.sleep(0.01)
+        try:
+            log.emit("gateway.event", {"i": 2})
+        except AuditError as e:
+            refused.append(e)
+
+    t = threading.Thread(target=asyncio.run, args=(other_thread(),))
+    t.start()
+    assert held.wait(20)
+    log.close()
+    closed.set()
+    t.join(20)
+    assert _types(db) == ["gateway.event"]
+    assert len(refused) == 1 and isinstance(refused[0], AuditError)
+
+
+def test_an_emit_on_a_loop_after_close_is_refused(open_log: Callable[..., AuditLog]) -> None:
+    log = open_log()
+    log.close()
+
+    async def emit() -> None:
+        log.emit("gateway.event", {"i": 1})
+
+    with pytest.raises(AuditError):
+        asyncio.run(emit())

@@ -4,10 +4,12 @@ Each round runs, for the baseline revision and for this tree (each in a fresh pr
 one ``AuditLog.record`` at a time on a fresh log (the first ``--calls``, what ``bench/speed.py``'s
 ``sequential_call_audit_wait_ms`` sees: a log just opened) and then, after ``--warm`` more, the
 same number again (a log that has been running: its WAL rewritten in place), beside the bare
-append + fsync floor on the same disk, measured in the same process; then ``--spaced`` records
+append + fsync floor on the same disk, measured in the same process; then the same number as
+the gateway audits a call (``flips``: an ``agent.state`` emit, 0.3 ms of upstream wait, another
+emit, the awaited record); then ``--spaced`` records
 ``--gap-ms`` apart (calls that are not back to back: the writer idles between them). Each phase
-also reports the process CPU time per record (every thread: the caller's and the writer's, the
-head signatures the writer adds when idle or flushed included). It prints JSON: per tree the
+also reports the process CPU time and context switches per record (every thread: the caller's
+and the writer's, the head signatures the writer adds when idle or flushed included). It prints JSON: per tree the
 medians over rounds, and round by round this tree's median over the baseline's.
 
     python bench/audit_wait.py --baseline-rev cec1ea3 --rounds 5
@@ -33,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = r"""
-import asyncio, json, os, statistics, sys, tempfile, time
+import asyncio, json, os, resource, statistics, sys, tempfile, time
 from pathlib import Path
 from gateway.audit import AuditLog
 
@@ -47,22 +49,31 @@ def floor(d):
     os.close(fd)
     return statistics.median(lat) * 1000
 
-async def run(log, n, timed, pause=0.0):
+def switches():
+    ru = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
+    return ru.ru_nvcsw + ru.ru_nivcsw
+
+async def run(log, n, timed, pause=0.0, flips=False):
     lat = []
-    cpu = time.process_time()  # every thread of the process: the caller's and the writer's
+    cpu, cs = time.process_time(), switches()  # every thread of the process: the caller's and the writer's
     for i in range(n):
+        if flips:  # a call as the gateway audits it: agent-state flips around the upstream call
+            log.emit("agent.state", {"agent": "alice", "from": "Ready", "to": "Running"}, principal="alice")
+            await asyncio.sleep(0.0003)
+            log.emit("agent.state", {"agent": "alice", "from": "Running", "to": "Ready"}, principal="alice")
         t = time.perf_counter()
         await log.record("tool.call", {"tool": "fs__read", "arguments": {"path": "[REDACTED]"}, "i": i}, principal="alice")
         lat.append(time.perf_counter() - t)
         if pause:
             await asyncio.sleep(pause)  # calls this far apart: the writer idles between them
     log.flush()  # the head's signature, if one is still to come, counts for this phase
-    cpu = time.process_time() - cpu
+    cpu, cs = time.process_time() - cpu, switches() - cs
     lat.sort()
     return {
         "median_ms": lat[len(lat) // 2] * 1000,
         "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
         "cpu_us_per_record": cpu / n * 1e6,
+        "context_switches_per_record": cs / n,
     } if timed else None
 
 with tempfile.TemporaryDirectory(dir=sys.argv[3] or None) as tmp:
@@ -72,6 +83,7 @@ with tempfile.TemporaryDirectory(dir=sys.argv[3] or None) as tmp:
     asyncio.run(run(log, warm, False))
     running = asyncio.run(run(log, calls, True))
     out = {"fresh": fresh, "running": running}
+    out["flips"] = asyncio.run(run(log, calls, True, flips=True))
     if spaced:
         out["spaced"] = asyncio.run(run(log, spaced, True, gap))
     log.close()
@@ -141,12 +153,12 @@ def main() -> None:
         "baseline_rev": args.baseline_rev,
         "rounds": args.rounds,
     }
-    phases = ("fresh", "running", "spaced") if args.spaced else ("fresh", "running")
+    phases = ("fresh", "running", "flips", "spaced") if args.spaced else ("fresh", "running", "flips")
     for name in runs:
         result[name] = {
             f"{phase}_{field}": med(name, phase, field)
             for phase in phases
-            for field in ("median_ms", "p99_ms", "cpu_us_per_record")
+            for field in ("median_ms", "p99_ms", "cpu_us_per_record", "context_switches_per_record")
         } | {
             "fsync_floor_median_ms": round(
                 statistics.median(r["fsync_floor_median_ms"] for r in runs[name]), 3

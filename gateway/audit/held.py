@@ -27,6 +27,8 @@ class HeldEmits:
         self._release = release  # puts the events on the writer's queue, in order
         self._lock = threading.Lock()
         self._held: dict[asyncio.AbstractEventLoop, list[Item]] = {}
+        # each loop's linger timer, cancelled when its thread releases early (no wake-up for nothing)
+        self._timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
         self.closed = False
 
     def hold(self, loop: asyncio.AbstractEventLoop, item: Item) -> bool:
@@ -39,7 +41,7 @@ class HeldEmits:
                 held.append(item)
                 return True
             self._held[loop] = [item]
-        loop.call_later(self._linger_s(), self._timed_out, loop)
+        self._timers[loop] = loop.call_later(self._linger_s(), self._timed_out, loop)
         return True
 
     def release_here(self) -> None:
@@ -54,6 +56,10 @@ class HeldEmits:
         with self._lock:
             loops = [lp for lp in self._held if lp is here or not lp.is_running()]
             taken = [self._held.pop(lp) for lp in loops]
+        for lp in loops:  # on its own thread, or a loop that no longer runs
+            timer = self._timers.pop(lp, None)
+            if timer is not None:
+                timer.cancel()
         for held in taken:
             self._release(held)
 
@@ -66,6 +72,7 @@ class HeldEmits:
             self._release(held)
 
     def _timed_out(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timers.pop(loop, None)
         with self._lock:
             held = self._held.pop(loop, None)
         if held:

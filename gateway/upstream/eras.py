@@ -5,8 +5,7 @@ an upstream's requests go back to. Every bridged request is on the record."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.abc
@@ -26,22 +25,34 @@ def modern(side: Any) -> bool:
     return getattr(side, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS
 
 
-@contextlib.contextmanager
-def on_behalf_of(
-    up: Upstream, ctx: Downstream | None, ask: Callable[[Any], Awaitable[Any]] | None = None
-) -> Iterator[None]:
+class on_behalf_of:  # lower case: the context manager function it replaced, same call sites
     """Requests the upstream sends back (sampling, elicitation, roots) go to this caller (or,
     for a 2026-era caller, to the era bridge's ``ask``), and a 2026-era upstream sees this
-    caller's capabilities."""
-    session = ctx.session if ctx is not None else None
-    token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
-    try:
-        with up.relay.caller(
-            session, ctx.request_id if ctx is not None else None, caller_owner(ctx), ask=ask
-        ):
-            yield
-    finally:
-        DOWNSTREAM_CAPABILITIES.reset(token)
+    caller's capabilities. A class, not a generator: it is on every upstream call's path."""
+
+    __slots__ = ("_ask", "_ctx", "_key", "_token", "_up")
+
+    def __init__(
+        self, up: Upstream, ctx: Downstream | None, ask: Callable[[Any], Awaitable[Any]] | None = None
+    ) -> None:
+        self._up, self._ctx, self._ask = up, ctx, ask
+
+    def __enter__(self) -> None:
+        ctx = self._ctx
+        session = ctx.session if ctx is not None else None
+        self._token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
+        try:
+            request_id = ctx.request_id if ctx is not None else None
+            self._key = self._up.relay.enter(session, request_id, caller_owner(ctx), ask=self._ask)
+        except BaseException:
+            DOWNSTREAM_CAPABILITIES.reset(self._token)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._up.relay.leave(self._key)
+        finally:
+            DOWNSTREAM_CAPABILITIES.reset(self._token)
 
 
 async def answered_for_legacy(

@@ -73,14 +73,28 @@ class CallerRelay:
         owner: str = "unknown",
         ask: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> Iterator[None]:
-        if session is None:
-            yield
-            return
-        key = next(self._ids)
-        self._inflight[key] = _Caller(session, request_id, owner, ask)
+        key = self.enter(session, request_id, owner, ask)
         try:
             yield
         finally:
+            self.leave(key)
+
+    def enter(
+        self,
+        session: ServerSession | None,
+        request_id: Any = None,
+        owner: str = "unknown",
+        ask: Callable[[Any], Awaitable[Any]] | None = None,
+    ) -> int | None:
+        """``caller`` without the generator (the call path's cost): the key for ``leave``."""
+        if session is None:
+            return None
+        key = next(self._ids)
+        self._inflight[key] = _Caller(session, request_id, owner, ask)
+        return key
+
+    def leave(self, key: int | None) -> None:
+        if key is not None:
             self._inflight.pop(key, None)
 
     def _target(self, what: str) -> tuple[_Caller | None, str | None]:

@@ -190,6 +190,7 @@ class StdioLane:
 
     def __init__(self, server: Server[Any]) -> None:
         self._server = server
+        self._chain = MiddlewareChain(server)
         self._connection: Connection | None = None
         self._state: Any = None
         self._in_flight: dict[types.RequestId, tuple[anyio.CancelScope, LaneDispatch]] = {}
@@ -318,7 +319,7 @@ class StdioLane:
     async def _answer(
         self, conn: Connection, dctx: LaneDispatch, params: dict[str, Any]
     ) -> bytes | SessionMessage:
-        out = await run_call(self._server, self._state, conn, dctx, params)
+        out = await run_call(self._server, self._state, conn, dctx, params, chain=self._chain)
         if isinstance(out, types.ErrorData):
             return _error(dctx.request_id, out)
         return orjson.dumps({"jsonrpc": "2.0", "id": dctx.request_id, "result": out}) + b"\n"
@@ -331,10 +332,12 @@ async def run_call(
     dctx: LaneDispatch,
     params: dict[str, Any],
     request: Any = None,
+    chain: MiddlewareChain | None = None,
 ) -> dict[str, Any] | types.ErrorData:
     """One lane ``tools/call`` through the server middleware and the handler, as the SDK's
     runner runs it: the wire result, or the error the SDK's dispatcher would answer with.
-    Shared by the stdio and the streamable-HTTP lanes (``request``: the HTTP request)."""
+    Shared by the stdio and the streamable-HTTP lanes (``request``: the HTTP request; ``chain``:
+    the lane's composed middleware)."""
     meta = _request_meta(params)
     ctx: ServerRequestContext[Any, Any] = ServerRequestContext(
         session=ServerSession(dctx, conn, request_meta=meta),
@@ -346,12 +349,8 @@ async def run_call(
         protocol_version=conn.protocol_version,
         request=request,
     )
-    call: CallNext = partial(_inner, server)
-    for middleware in reversed(server.middleware):  # as the SDK's runner composes them
-        if is_sdk_span_middleware(middleware):
-            middleware = partial(_server_span, middleware)
-        call = partial(_apply, middleware, call)
     try:
+        call = (chain or MiddlewareChain(server)).get()
         return cast(dict[str, Any], await call(ctx))  # _inner's _serialize: the wire dict
     except Exception as e:  # the dispatcher's boundary, as the SDK's
         error = handler_exception_to_error_data(e)
@@ -359,6 +358,28 @@ async def run_call(
             _logger.exception("handler for 'tools/call' raised")
             error = types.ErrorData(code=0, message=str(e))  # the SDK's dispatcher pins code 0
         return error
+
+
+class MiddlewareChain:
+    """A server's middleware around ``_inner``, composed as the SDK's runner composes them (the
+    SDK's span middleware as its lighter twin): once per lane, again if the list changes."""
+
+    __slots__ = ("_call", "_key", "_server")
+
+    def __init__(self, server: Server[Any]) -> None:
+        self._server = server
+        self._key: tuple[Any, ...] | None = None
+        self._call: CallNext | None = None
+
+    def get(self) -> CallNext:
+        middleware = tuple(self._server.middleware)
+        if self._call is not None and self._key == middleware:
+            return self._call
+        call: CallNext = partial(_inner, self._server)
+        for m in reversed(middleware):
+            call = partial(_apply, partial(_server_span, m) if is_sdk_span_middleware(m) else m, call)
+        self._key, self._call = middleware, call
+        return call
 
 
 async def _inner(server: Server[Any], ctx: ServerRequestContext[Any, Any]) -> HandlerResult:

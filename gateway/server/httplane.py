@@ -59,7 +59,7 @@ from gateway.compat import (
     transport_busy,
     transport_serving,
 )
-from gateway.server.fastlane import LaneDispatch, cancelled_id, plain_call, run_call
+from gateway.server.fastlane import LaneDispatch, MiddlewareChain, cancelled_id, plain_call, run_call
 from gateway.server.httpsse import HOLD_S, SseAnswer, SseLaneDispatch, sse_headers
 
 _logger = logging.getLogger("symbi.server.httplane")
@@ -102,6 +102,7 @@ class HttpLane:
     def __init__(self, app: ASGIApp, server: Server[Any], manager: StreamableHTTPSessionManager) -> None:
         self.app = app
         self._server = server
+        self._chain = MiddlewareChain(server)
         self._manager = manager
         self._state: Any = None
         self._connections: dict[str, Connection] = {}
@@ -259,7 +260,7 @@ class HttpLane:
         out: dict[str, Any] | types.ErrorData | None = None
         try:
             with cancel:
-                out = await run_call(self._server, self._state, conn, dctx, params, dctx.request)
+                out = await run_call(self._server, self._state, conn, dctx, params, dctx.request, self._chain)
         finally:
             self._settled(key, dctx)
         if dctx.shutdown and out is None:  # the server stops: the SDK's dispatcher answers so
@@ -287,7 +288,7 @@ class HttpLane:
         out: dict[str, Any] | types.ErrorData | None = None
         try:
             with cancel:
-                out = await run_call(self._server, self._state, conn, dctx, params, dctx.request)
+                out = await run_call(self._server, self._state, conn, dctx, params, dctx.request, self._chain)
         finally:
             self._settled(key, dctx)
         sid = key[0]

@@ -67,6 +67,7 @@ __all__ = [
     "process_stdin_writer",
     "process_stdout_reader",
     "raw_socket",
+    "receiver_waits_idle",
     "related_notify",
     "related_request",
     "stamp_requests",
@@ -436,6 +437,23 @@ def process_stdout_reader(stdout: Any) -> asyncio.StreamReader | None:
     (``tap_lines``) and reads them in the reader task when None."""
     reader = getattr(stdout, "_stream", None)
     return reader if isinstance(reader, asyncio.StreamReader) else None
+
+
+def receiver_waits_idle(reader: Any) -> bool:
+    """Whether a task waits on ``reader`` (an anyio memory object receive stream) with nothing
+    buffered or handed to it: ``statistics()`` without building the statistics object (its
+    ``_state``; the stdio lanes ask on every line they write). The statistics when anyio
+    has moved it."""
+    state: Any = getattr(reader, "_state", None)
+    try:
+        return bool(state.waiting_receivers) and not state.buffer and not state.waiting_senders
+    except AttributeError:
+        stats = reader.statistics()
+        return bool(
+            stats.tasks_waiting_receive > 0
+            and stats.current_buffer_used == 0
+            and stats.tasks_waiting_send == 0
+        )
 
 
 def raw_socket(sock: Any) -> Any:

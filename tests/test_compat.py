@@ -264,6 +264,31 @@ async def test_tap_process_stdout_takes_lines_in_the_pipe_callback() -> None:
     assert not compat.tap_process_stdout(object(), take, max_line=100)
 
 
+async def test_receiver_waits_idle_agrees_with_the_statistics() -> None:
+    import anyio
+
+    send, receive = anyio.create_memory_object_stream[int](1)
+
+    def by_statistics() -> bool:
+        st = receive.statistics()
+        return st.tasks_waiting_receive > 0 and st.current_buffer_used == 0 and st.tasks_waiting_send == 0
+
+    assert compat.receiver_waits_idle(receive) is by_statistics() is False  # nobody waits
+    got: list[int] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: _take(receive, got))
+        await anyio.wait_all_tasks_blocked()
+        assert compat.receiver_waits_idle(receive) is by_statistics() is True  # waits, nothing held
+        send.send_nowait(1)  # handed to the waiting task, not yet taken
+        assert compat.receiver_waits_idle(receive) is by_statistics()
+    send.send_nowait(2)  # buffered, nobody waits
+    assert compat.receiver_waits_idle(receive) is by_statistics() is False
+
+
+async def _take(receive: Any, got: list[int]) -> None:
+    got.append(await receive.receive())
+
+
 def test_client_result_fixups_behave_as_the_sdk_client_uses_them() -> None:
     # the fast lane of tools/call (gateway.upstream.fastcall) runs these on every raw result
     raw = {"content": [], "ttlMs": -5}
@@ -285,7 +310,7 @@ def test_a_missing_attribute_is_named() -> None:
 # Private names of the libraries that only gateway/compat.py may use.
 _PRIVATE = re.compile(
     r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer"
-    r"|_security|_request_streams|_requests_in_flight|_idle_timeout|_stream|_waiter)\b"
+    r"|_security|_request_streams|_requests_in_flight|_idle_timeout|_stream|_waiter|_state)\b"
     r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b|\b_discard_session\b"
     r"|\b_(?:create_platform_compatible_process|drain_stdout|get_executable_command|parse_line|stop_server_process|clamp_inbound_ttl|later_revision_fields)\b"
     r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock|_stream)[\"']"  # getattr(x, "_name")

@@ -30,6 +30,7 @@ from gateway.compat import (
     executable_command,
     parse_stdio_line,
     process_stdin_writer,
+    receiver_waits_idle,
     start_stdio_process,
     stop_stdio_process,
     tap_process_stdout,
@@ -85,10 +86,7 @@ def writer_idle(reader: MemoryObjectReceiveStream[Any]) -> bool:
     """Whether the writer task reading ``reader`` (an unbuffered stream) waits for a message with
     none handed to it: then everything sent through it is in the pipe (or the transport's buffer,
     which keeps order), and a line written directly now comes after all of it."""
-    stats = reader.statistics()
-    return (
-        stats.tasks_waiting_receive > 0 and stats.current_buffer_used == 0 and stats.tasks_waiting_send == 0
-    )
+    return receiver_waits_idle(reader)
 
 
 class _Pipe(Protocol):

@@ -211,6 +211,22 @@ def test_the_cache_keeps_its_keys_within_its_character_budget(tmp_path: Path) ->
     # after the evictions the count of characters kept is still exact: two keys fit again
     eng.decide({"n": 2, "action": "list"})
     assert eng.cache_hits == hits + 3
+    eng.decide({"n": 3, "action": "list"})  # a third key: the least recently used (0) goes
+    eng.decide({"n": 0, "action": "list"})
+    assert eng.cache_hits == hits + 3 and eng.cache_misses == 6
+
+
+def test_a_policy_whose_answers_change_is_evaluated_every_time(tmp_path: Path) -> None:
+    """A policy calling time.now_ns has no cache key (inputkey.py): each decision is an
+    evaluation, and none fails for want of one."""
+    (tmp_path / "p.rego").write_text(
+        PKG + 'decision := {"allow": time.now_ns() > 0, "reasons": [], "conditions": {}}\n'
+    )
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    assert eng.load() and eng.bundle is not None and eng.bundle.reads is None
+    for _ in range(3):
+        assert eng.decide(LIST).allow is True
+    assert (eng.cache_hits, eng.cache_misses) == (0, 3)
 
 
 def test_calls_asked_once_do_not_push_the_listings_out(tmp_path: Path) -> None:

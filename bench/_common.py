@@ -344,6 +344,33 @@ def everything_toml(verification: str, url: str | None = None) -> str:
     return f'[servers.everything]\n{where}\nverification = "{verification}"\n'
 
 
+def echo_caller(gw: Any, principal: str) -> tuple[Any, Callable[[int], Awaitable[None]]]:
+    """``principal`` as the stdio front makes a caller (a developer, its agent for session
+    ``s1``) and its ``tools/call`` of ``everything__echo`` number i through ``gw``, in this process:
+    the in-process benches' unit of work. Imports this tree's gateway only when called."""
+    import dataclasses
+
+    from gateway.context import CallContext, Principal
+
+    base = Principal(id=principal, roles=("developer",), source="stdio")
+    agent = gw.agents.for_session(base, "bench-client", "s1")
+    who = dataclasses.replace(base, agent=agent.id)
+
+    async def call(i: int) -> None:
+        ctx = CallContext(
+            principal=who,
+            agent=gw.agents.info(who.agent),
+            kind="tools/call",
+            target="everything__echo",
+            arguments={"message": f"m{i}"},
+            session_id="s1",
+        )
+        result = await gw.call(ctx)
+        assert not result.is_error, result
+
+    return who, call
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

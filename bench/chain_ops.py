@@ -32,7 +32,6 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import collections
-import dataclasses
 import json
 import tempfile
 import time
@@ -41,11 +40,10 @@ from typing import Any
 
 import anyio
 
-from bench._common import EVERYTHING_JS, bench_policy_data, write_gateway_config
+from bench._common import EVERYTHING_JS, bench_policy_data, echo_caller, write_gateway_config
 from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.config.load import load_config
-from gateway.context import CallContext, Principal
 from gateway.logs import configure
 
 PRINCIPAL = "bench"
@@ -113,21 +111,7 @@ def _short(path: str) -> str:
 
 
 async def measure(gw: Gateway, calls: int, top: int, count: bool = True) -> dict[str, Any]:
-    base = Principal(id=PRINCIPAL, roles=("developer",), source="stdio")
-    agent = gw.agents.for_session(base, "bench-client", "s1")
-    who = dataclasses.replace(base, agent=agent.id)
-
-    async def call(i: int) -> None:
-        ctx = CallContext(
-            principal=who,
-            agent=gw.agents.info(who.agent),
-            kind="tools/call",
-            target="everything__echo",
-            arguments={"message": f"m{i}"},
-            session_id="s1",
-        )
-        result = await gw.call(ctx)
-        assert not result.is_error, result
+    _, call = echo_caller(gw, PRINCIPAL)
 
     for i in range(30):
         await call(i)

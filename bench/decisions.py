@@ -31,7 +31,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -41,11 +40,10 @@ from typing import Any
 
 import anyio
 
-from bench._common import EVERYTHING_JS, bench_policy_data, write_gateway_config
+from bench._common import EVERYTHING_JS, bench_policy_data, echo_caller, write_gateway_config
 from gateway.app import Gateway
 from gateway.assemble import make_gateway
 from gateway.config.load import load_config
-from gateway.context import CallContext, Principal
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyBundle, PolicyFiles, load_checked
 
@@ -148,21 +146,7 @@ async def measure(
 ) -> dict[str, Any]:
     engine = gw.policy
     assert isinstance(engine, EmbeddedEngine), "the default config's engine is the embedded one"
-    base = Principal(id=PRINCIPAL, roles=("developer",), source="stdio")
-    agent = gw.agents.for_session(base, "bench-client", "s1")
-    who = dataclasses.replace(base, agent=agent.id)
-
-    async def call(i: int) -> None:
-        ctx = CallContext(
-            principal=who,
-            agent=gw.agents.info(who.agent),
-            kind="tools/call",
-            target="everything__echo",
-            arguments={"message": f"m{i}"},
-            session_id="s1",
-        )
-        result = await gw.call(ctx)
-        assert not result.is_error, result
+    who, call = echo_caller(gw, PRINCIPAL)
 
     async def listing() -> int:
         return len(await gw.visible_tools(who))

@@ -150,13 +150,8 @@ class FastLane:
     async def take(self, line: bytes) -> bool:
         """Whether ``line`` (one message from the upstream) was the lane's: a response to one
         of its requests or progress on one. Anything else is left for the SDK's path."""
-        if not self._pending:
-            return False
-        try:
-            msg = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return False
-        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
+        msg = self._message(line)
+        if msg is None:
             return False
         method = msg.get("method")
         if method is None:
@@ -185,15 +180,20 @@ class FastLane:
         ``line`` ends with its newline): the caller wakes a loop turn before the reader task would
         have. Anything else (progress, whose callback is awaited, requests, notifications) is
         declined and left, with what follows it, to the reader task."""
-        if not self._pending:
+        msg = self._message(line)
+        if msg is None or "method" in msg:
             return False
+        return self._settle(msg, line[:-1])
+
+    def _message(self, line: bytes) -> dict[str, Any] | None:
+        """``line`` as a JSON-RPC message while the lane waits for any, else None (not the lane's)."""
+        if not self._pending:
+            return None
         try:
             msg = orjson.loads(line)
         except orjson.JSONDecodeError:
-            return False
-        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0" or "method" in msg:
-            return False
-        return self._settle(msg, line[:-1])
+            return None
+        return msg if isinstance(msg, dict) and msg.get("jsonrpc") == "2.0" else None
 
     def _settle(self, msg: dict[str, Any], line: bytes) -> bool:
         waiter = self._pending.get(_key(msg.get("id")))

@@ -344,6 +344,28 @@ def everything_toml(verification: str, url: str | None = None) -> str:
     return f'[servers.everything]\n{where}\nverification = "{verification}"\n'
 
 
+@contextlib.asynccontextmanager
+async def echo_gateway(
+    tmp: Path, principal: str, *, security: bool = True, policy_data: Path | None = None
+) -> AsyncIterator[Any]:
+    """The gateway as ``make_gateway`` assembles it, in this process, in front of server-everything
+    over stdio (``tofu``; ``off`` and no policy or audit without ``security``), once its echo tool
+    is listed: the in-process benches' gateway. Imports this tree's gateway only when entered."""
+    from gateway.assemble import make_gateway
+    from gateway.config.load import load_config
+
+    mode = "tofu" if security else "off"
+    servers = f'[servers.everything]\ncommand = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]\nverification = "{mode}"\n'
+    cfg = write_gateway_config(tmp, servers, security=security, principal=principal, policy_data=policy_data)
+    gw = make_gateway(load_config(cfg))
+    async with gw.running():
+        for _ in range(600):  # the upstream's tools arrive once it has started
+            if "everything__echo" in gw.catalog.tools:
+                break
+            await anyio.sleep(0.05)
+        yield gw
+
+
 def echo_caller(gw: Any, principal: str) -> tuple[Any, Callable[[int], Awaitable[None]]]:
     """``principal`` as the stdio front makes a caller (a developer, its agent for session
     ``s1``) and its ``tools/call`` of ``everything__echo`` number i through ``gw``, in this process:

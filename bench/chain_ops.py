@@ -40,10 +40,8 @@ from typing import Any
 
 import anyio
 
-from bench._common import EVERYTHING_JS, bench_policy_data, echo_caller, write_gateway_config
+from bench._common import bench_policy_data, echo_caller, echo_gateway
 from gateway.app import Gateway
-from gateway.assemble import make_gateway
-from gateway.config.load import load_config
 from gateway.logs import configure
 
 PRINCIPAL = "bench"
@@ -144,19 +142,9 @@ async def measure(gw: Gateway, calls: int, top: int, count: bool = True) -> dict
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    mode = "off" if args.checks_off else "tofu"
-    servers = f'[servers.everything]\ncommand = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]\nverification = "{mode}"\n'
     data = None if args.checks_off else bench_policy_data(tmp, PRINCIPAL)
-    cfg = write_gateway_config(
-        tmp, servers, security=not args.checks_off, principal=PRINCIPAL, policy_data=data, log_level="WARNING"
-    )
     configure("WARNING")  # as the CLI does (gateway.cli.setup_logging): warnings go to stderr
-    gw = make_gateway(load_config(cfg))
-    async with gw.running():
-        for _ in range(600):  # the upstream's tools arrive once it has started
-            if "everything__echo" in gw.catalog.tools:
-                break
-            await anyio.sleep(0.05)
+    async with echo_gateway(tmp, PRINCIPAL, security=not args.checks_off, policy_data=data) as gw:
         result = await measure(gw, args.calls, args.top, not args.no_count)
     return {
         "benchmark": "chain_ops",

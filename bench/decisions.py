@@ -40,10 +40,8 @@ from typing import Any
 
 import anyio
 
-from bench._common import EVERYTHING_JS, bench_policy_data, echo_caller, write_gateway_config
+from bench._common import bench_policy_data, echo_caller, echo_gateway
 from gateway.app import Gateway
-from gateway.assemble import make_gateway
-from gateway.config.load import load_config
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyBundle, PolicyFiles, load_checked
 
@@ -180,14 +178,7 @@ async def measure(
 
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     data = bench_policy_data(tmp, PRINCIPAL)
-    servers = f'[servers.everything]\ncommand = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]\nverification = "tofu"\n'
-    cfg = write_gateway_config(tmp, servers, security=True, principal=PRINCIPAL, policy_data=data)
-    gw = make_gateway(load_config(cfg))
-    async with gw.running():
-        for _ in range(600):  # the upstream's tools arrive once it has started
-            if "everything__echo" in gw.catalog.tools:
-                break
-            await anyio.sleep(0.05)
+    async with echo_gateway(tmp, PRINCIPAL, policy_data=data) as gw:
         before = None
         if args.timed:
             files = PolicyFiles(policy=args.before, data=data)

@@ -259,7 +259,7 @@ class AuditLog:
             # awaits holds the GIL the writer needs.
             if timeout is not None:
                 timer = loop.call_later(timeout, _expire, waiter, timeout)
-            self._submit(event_type, details, principal, agent, None, waiter)
+            self._put(self._event(event_type, details, principal, agent, None, waiter))
             seq: int = await waiter
             return seq
         except AuditError as e:
@@ -281,7 +281,7 @@ class AuditLog:
         """Blocking ``record`` for threads and scripts: returns the seq once committed."""
         fut: concurrent.futures.Future[int] = concurrent.futures.Future()
         try:
-            self._submit(event_type, details, principal, agent, fut)
+            self._put(self._event(event_type, details, principal, agent, fut))
             return int(self._wait(fut, timeout))
         except AuditError as e:
             self._failed(e)
@@ -383,17 +383,6 @@ class AuditLog:
         self.close()
 
     # -- caller side --------------------------------------------------------------------------
-
-    def _submit(
-        self,
-        event_type: str,
-        details: Mapping[str, Any],
-        principal: str | None,
-        agent: str | None,
-        fut: concurrent.futures.Future[Any] | None,
-        waiter: asyncio.Future[Any] | None = None,
-    ) -> None:
-        self._put(self._event(event_type, details, principal, agent, fut, waiter))
 
     @staticmethod
     def _event(

@@ -27,6 +27,7 @@ from gateway.server.openapi import OPENAPI
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
+    from gateway.runtime.agents import Agent
     from gateway.server.http import HttpState
 
 
@@ -221,162 +222,215 @@ async def _reason(request: Request) -> str | None:
 
 def admin_routes(state: HttpState) -> list[Route]:
     """The ``/api`` routes (mounted behind the admin check)."""
+    return AdminApi(state).routes()
 
-    async def tools(request: Request) -> Response:
-        return JSONResponse({"tools": tool_rows(state)})
 
-    async def tool_diff_view(request: Request) -> Response:
+_NO_AUDIT = "the audit log is not enabled in this gateway"
+_NO_POLICY = "the policy engine is not enabled in this gateway"
+_BAD_LIMIT = "limit must be an integer from 1 to 1000"
+
+
+class AdminApi:
+    """One method per ``/api`` endpoint, over the HTTP front's state; ``routes`` is the table."""
+
+    def __init__(self, state: HttpState) -> None:
+        self.state = state
+
+    def routes(self) -> list[Route]:
+        get, post = ["GET"], ["POST"]
+        return [
+            Route("/tools", self.tools, methods=get),
+            Route("/tools/{name}/diff", self.tool_diff, methods=get),
+            Route("/tools/{name}/approve", self.tool_approve, methods=post),
+            Route("/upstreams", self.upstreams, methods=get),
+            Route("/upstreams/{name}/restart", self.restart, methods=post),
+            Route("/discovered", self.discovered, methods=get),
+            Route("/discovered/{name}/approve", self.discovered_approve, methods=post),
+            Route("/sessions", self.sessions, methods=get),
+            Route("/state", self.footprint, methods=get),
+            Route("/pins", self.pins, methods=get),
+            Route("/calls/recent", self.calls, methods=get),
+            Route("/audit/recent", self.audit_recent, methods=get),
+            Route("/audit/query", self.audit_query, methods=get),
+            Route("/audit/export", self.audit_export, methods=get),
+            Route("/audit/verify", self.audit_verify, methods=get),
+            Route("/policy/status", self.policy_status, methods=get),
+            Route("/policy/reload", self.policy_reload, methods=post),
+            Route("/agents", self.agents, methods=get),
+            Route("/agents/{id}", self.agent_view, methods=get),
+            *(
+                Route(f"/agents/{{id}}/{a}", _bind_action(self.agent_act, a), methods=post)
+                for a in AGENT_ACTIONS
+            ),
+            Route("/agents/{id}/run", self.agent_run, methods=post),
+            Route("/status", self.status, methods=get),
+            Route("/health", self.health, methods=get),
+            Route("/openapi.json", self.openapi, methods=get),
+            Route("/{rest:path}", self.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        ]
+
+    # -- tools, upstreams, sessions ---------------------------------------------------------
+
+    async def tools(self, request: Request) -> Response:
+        return JSONResponse({"tools": tool_rows(self.state)})
+
+    async def tool_diff(self, request: Request) -> Response:
         try:
             # off the event loop: with [state] postgres_url the tool state is a round trip
-            return JSONResponse(
-                await anyio.to_thread.run_sync(tool_diff, state.gateway, request.path_params["name"])
-            )
+            diff = await anyio.to_thread.run_sync(tool_diff, self.state.gateway, request.path_params["name"])
         except ApprovalError as e:
             return _refused(e)
+        return JSONResponse(diff)
 
-    async def tool_approve(request: Request) -> Response:
+    async def tool_approve(self, request: Request) -> Response:
         try:
             done = await approve_tool(
-                state.gateway, request.path_params["name"], request.scope["symbi.principal"]
+                self.state.gateway, request.path_params["name"], request.scope["symbi.principal"]
             )
         except ApprovalError as e:
             return _refused(e)
         return JSONResponse(done)
 
-    async def upstreams(request: Request) -> Response:
-        return JSONResponse({"upstreams": upstream_rows(state)})
+    async def upstreams(self, request: Request) -> Response:
+        return JSONResponse({"upstreams": upstream_rows(self.state)})
 
-    async def discovered(request: Request) -> Response:
-        return JSONResponse({"servers": await anyio.to_thread.run_sync(discovered_rows, state.gateway)})
+    async def discovered(self, request: Request) -> Response:
+        return JSONResponse({"servers": await anyio.to_thread.run_sync(discovered_rows, self.state.gateway)})
 
-    async def discovered_approve(request: Request) -> Response:
+    async def discovered_approve(self, request: Request) -> Response:
         try:
             done = await approve_discovered(
-                state.gateway, request.path_params["name"], request.scope["symbi.principal"]
+                self.state.gateway, request.path_params["name"], request.scope["symbi.principal"]
             )
         except ApprovalError as e:
             return _refused(e)
         return JSONResponse(done)
 
-    async def restart(request: Request) -> Response:
+    async def restart(self, request: Request) -> Response:
         name = request.path_params["name"]
-        gw = state.gateway
+        gw = self.state.gateway
         up = gw.upstreams.get(name) if gw is not None else None
-        if up is None:
+        if gw is None or up is None:
             return _err(404, "not_found", f"no upstream named {name!r}")
         await up.restart()
-        state.gateway.events.emit(Event.UPSTREAM_RESTART_REQUESTED, {"upstream": name})  # type: ignore[union-attr]
+        gw.events.emit(Event.UPSTREAM_RESTART_REQUESTED, {"upstream": name})
         return JSONResponse({"upstream": name, "restarting": True}, status_code=202)
 
-    async def sessions(request: Request) -> Response:
+    async def sessions(self, request: Request) -> Response:
+        state = self.state
         return JSONResponse({"max_sessions": state.config.http.max_sessions, "sessions": state.sessions()})
 
-    async def footprint(request: Request) -> Response:
-        return JSONResponse(http_footprint(state))
+    async def footprint(self, request: Request) -> Response:
+        return JSONResponse(http_footprint(self.state))
 
-    async def calls(request: Request) -> Response:
+    async def pins(self, request: Request) -> Response:
+        gw = self.state.gateway
+        pins = await anyio.to_thread.run_sync(gw.verifier.pins.pins) if gw is not None else []
+        return JSONResponse({"pins": [p.to_dict() for p in pins]})
+
+    async def calls(self, request: Request) -> Response:
         n = _limit(request)
         if n is None:
-            return _err(400, "bad_request", "limit must be an integer from 1 to 1000")
-        return JSONResponse({"calls": [c.as_json() for c in state.recent.latest(n)]})
+            return _err(400, "bad_request", _BAD_LIMIT)
+        return JSONResponse({"calls": [c.as_json() for c in self.state.recent.latest(n)]})
 
-    async def audit_recent(request: Request) -> Response:
-        log = audit_log(state)
+    # -- audit ----------------------------------------------------------------------------------
+
+    async def audit_recent(self, request: Request) -> Response:
+        log = audit_log(self.state)
         if log is None:
-            return _unavailable("audit", "the audit log is not enabled in this gateway")
+            return _unavailable("audit", _NO_AUDIT)
         n = _limit(request)
         if n is None:
-            return _err(400, "bad_request", "limit must be an integer from 1 to 1000")
-        events = await anyio.to_thread.run_sync(log.recent, n)
-        return JSONResponse({"events": events})
+            return _err(400, "bad_request", _BAD_LIMIT)
+        return JSONResponse({"events": await anyio.to_thread.run_sync(log.recent, n)})
 
-    async def audit_query_view(request: Request) -> Response:
-        log = audit_log(state)
+    async def _queried(self, request: Request, default_limit: int | None) -> list[dict[str, Any]] | Response:
+        """The audit events the query parameters select, or the error response."""
+        log = audit_log(self.state)
         if log is None:
-            return _unavailable("audit", "the audit log is not enabled in this gateway")
+            return _unavailable("audit", _NO_AUDIT)
         try:
-            filters = audit_filters(request.query_params, default_limit=1000)
+            filters = audit_filters(request.query_params, default_limit=default_limit)
         except ValueError as e:
             return _err(400, "bad_request", str(e))
-        return JSONResponse({"events": await anyio.to_thread.run_sync(audit_query, log, filters)})
+        return await anyio.to_thread.run_sync(audit_query, log, filters)
 
-    async def audit_export(request: Request) -> Response:
-        log = audit_log(state)
-        if log is None:
-            return _unavailable("audit", "the audit log is not enabled in this gateway")
-        try:
-            filters = audit_filters(request.query_params, default_limit=None)
-        except ValueError as e:
-            return _err(400, "bad_request", str(e))
-        rows = await anyio.to_thread.run_sync(audit_query, log, filters)
+    async def audit_query(self, request: Request) -> Response:
+        rows = await self._queried(request, default_limit=1000)
+        return rows if isinstance(rows, Response) else JSONResponse({"events": rows})
+
+    async def audit_export(self, request: Request) -> Response:
+        rows = await self._queried(request, default_limit=None)
+        if isinstance(rows, Response):
+            return rows
         body = "".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n" for r in rows)
         return Response(body, media_type="application/x-ndjson")
 
-    async def audit_verify_view(request: Request) -> Response:
-        log = audit_log(state)
+    async def audit_verify(self, request: Request) -> Response:
+        log = audit_log(self.state)
         if log is None:
-            return _unavailable("audit", "the audit log is not enabled in this gateway")
+            return _unavailable("audit", _NO_AUDIT)
         try:
             result = await anyio.to_thread.run_sync(audit_verify, log)
         except Exception as e:  # noqa: BLE001 - an unreadable log is "not verified", said plainly
             return _unavailable("audit", f"verification could not run: {type(e).__name__}: {e}")
         return JSONResponse(result)
 
-    async def pins(request: Request) -> Response:
-        gw = state.gateway
-        pins = await anyio.to_thread.run_sync(gw.verifier.pins.pins) if gw is not None else []
-        rows = [p.to_dict() for p in pins]
-        return JSONResponse({"pins": rows})
+    # -- policy ---------------------------------------------------------------------------------
 
-    async def policy_status_view(request: Request) -> Response:
-        doc = policy_status(state)
+    async def policy_status(self, request: Request) -> Response:
+        doc = policy_status(self.state)
         if doc is None:
-            return _unavailable("policy", "the policy engine is not enabled in this gateway")
+            return _unavailable("policy", _NO_POLICY)
         return JSONResponse(doc)
 
-    async def policy_reload(request: Request) -> Response:
-        eng = state.gateway.policy if state.gateway is not None else None
+    async def policy_reload(self, request: Request) -> Response:
+        eng = self.state.gateway.policy if self.state.gateway is not None else None
         if eng is None:
-            return _unavailable("policy", "the policy engine is not enabled in this gateway")
+            return _unavailable("policy", _NO_POLICY)
         if not eng.reloadable:
             return _err(409, "conflict", "this policy engine is not reloaded by the gateway (remote OPA)")
         # a policy that does not parse or fails its tests is refused; the old one stays in force
         ok = await anyio.to_thread.run_sync(eng.reload)
-        return JSONResponse({"reloaded": ok, **(policy_status(state) or {})}, status_code=200 if ok else 422)
+        return JSONResponse(
+            {"reloaded": ok, **(policy_status(self.state) or {})}, status_code=200 if ok else 422
+        )
 
     # -- agents and status (gateway.runtime) ----------------------------------------------------
 
-    def _agent(request: Request) -> Any:
-        gw = state.gateway
+    def _agent(self, request: Request) -> Agent | None:
+        gw = self.state.gateway
         return gw.runtime.agents.resolve(request.path_params["id"]) if gw is not None else None
 
-    async def agents(request: Request) -> Response:
-        gw = state.gateway
+    async def agents(self, request: Request) -> Response:
+        gw = self.state.gateway
         if gw is None:
             return _unavailable("agents", "gateway not started")
         return JSONResponse({"agents": agent_rows(gw.runtime)})
 
-    async def agent_view(request: Request) -> Response:
-        agent = _agent(request)
-        if agent is None:
+    async def agent_view(self, request: Request) -> Response:
+        agent = self._agent(request)
+        gw = self.state.gateway
+        if gw is None or agent is None:
             return _err(404, "not_found", f"no agent {request.path_params['id']!r}")
-        return JSONResponse(agent_row(state.gateway.runtime, agent))  # type: ignore[union-attr]
+        return JSONResponse(agent_row(gw.runtime, agent))
 
-    async def agent_act(request: Request, action: str) -> Response:
-        if _agent(request) is None:
+    async def agent_act(self, request: Request, action: str) -> Response:
+        if self._agent(request) is None:
             return _err(404, "not_found", f"no agent {request.path_params['id']!r}")
         reason = await _reason(request)
         if reason is None:
             return _err(400, "bad_request", 'body must be JSON {"reason": "..."} (or empty)')
         status, body = agent_action(
-            state, request.path_params["id"], action, request.scope["symbi.principal"].id, reason
+            self.state, request.path_params["id"], action, request.scope["symbi.principal"].id, reason
         )
         return JSONResponse(body, status_code=status)
 
-    async def agent_run(request: Request) -> Response:
-        gw = state.gateway
+    async def agent_run(self, request: Request) -> Response:
+        gw = self.state.gateway
         name = request.path_params["id"]
-        if gw is None or gw.hosted is None or name not in state.config.agents:
+        if gw is None or gw.hosted is None or name not in self.state.config.agents:
             return _err(404, "not_found", f"no hosted agent {name!r} ([agents.{name}])")
         result = gw.hosted.request_start(name)
         who = request.scope["symbi.principal"].id
@@ -390,14 +444,14 @@ def admin_routes(state: HttpState) -> list[Route]:
             }
         )
 
-    async def status_view(request: Request) -> Response:
-        gw = state.gateway
+    async def status(self, request: Request) -> Response:
+        gw = self.state.gateway
         if gw is None:
             return _unavailable("status", "gateway not started")
         return JSONResponse(get_system_status(gw))
 
-    async def health_view(request: Request) -> Response:
-        gw = state.gateway
+    async def health(self, request: Request) -> Response:
+        gw = self.state.gateway
         if gw is None:
             return _unavailable("health", "gateway not started")
         comps = components(gw)
@@ -405,37 +459,9 @@ def admin_routes(state: HttpState) -> list[Route]:
             {"status": overall(comps), "components": {n: c["status"] for n, c in comps.items()}}
         )
 
-    async def openapi(request: Request) -> Response:
+    async def openapi(self, request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
-    async def not_found(request: Request) -> Response:
+    async def not_found(self, request: Request) -> Response:
         # JSON for every /api miss (odd path parameters included), never Starlette's text 404
         return _err(404, "not_found", "no such admin API endpoint")
-
-    return [
-        Route("/tools", tools, methods=["GET"]),
-        Route("/tools/{name}/diff", tool_diff_view, methods=["GET"]),
-        Route("/tools/{name}/approve", tool_approve, methods=["POST"]),
-        Route("/upstreams", upstreams, methods=["GET"]),
-        Route("/upstreams/{name}/restart", restart, methods=["POST"]),
-        Route("/discovered", discovered, methods=["GET"]),
-        Route("/discovered/{name}/approve", discovered_approve, methods=["POST"]),
-        Route("/sessions", sessions, methods=["GET"]),
-        Route("/state", footprint, methods=["GET"]),
-        Route("/pins", pins, methods=["GET"]),
-        Route("/calls/recent", calls, methods=["GET"]),
-        Route("/audit/recent", audit_recent, methods=["GET"]),
-        Route("/audit/query", audit_query_view, methods=["GET"]),
-        Route("/audit/export", audit_export, methods=["GET"]),
-        Route("/audit/verify", audit_verify_view, methods=["GET"]),
-        Route("/policy/status", policy_status_view, methods=["GET"]),
-        Route("/policy/reload", policy_reload, methods=["POST"]),
-        Route("/agents", agents, methods=["GET"]),
-        Route("/agents/{id}", agent_view, methods=["GET"]),
-        *(Route(f"/agents/{{id}}/{a}", _bind_action(agent_act, a), methods=["POST"]) for a in AGENT_ACTIONS),
-        Route("/agents/{id}/run", agent_run, methods=["POST"]),
-        Route("/status", status_view, methods=["GET"]),
-        Route("/health", health_view, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/{rest:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
-    ]

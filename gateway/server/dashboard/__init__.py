@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -45,6 +46,7 @@ from gateway.server.dashboard.render import (
 )
 
 if TYPE_CHECKING:
+    from gateway.context import Principal
     from gateway.server.http import HttpState
 
 COOKIE = "symbi_session"
@@ -115,21 +117,76 @@ async def _form(request: Request) -> dict[str, str]:
 def dashboard_routes(state: HttpState) -> list[Route]:
     """Routes at ``/``, ``/login``, ``/logout``, ``/tools``, ``/decisions``, ``/upstreams``, ``/agents``,
     ``/audit``."""
-    sessions = DashboardSessions(state)
+    return Dashboard(state).routes()
 
-    def guarded(render: Any) -> Any:
+
+Page = Callable[[Request, dict[str, Any]], Awaitable[str]]
+
+
+class Dashboard:
+    """One method per dashboard page or form; ``routes`` is the table. Pages need a live
+    session (else a redirect to the login page); forms need the session's CSRF token too."""
+
+    def __init__(self, state: HttpState) -> None:
+        self.state = state
+        self.sessions = DashboardSessions(state)
+
+    def routes(self) -> list[Route]:
+        get, post, page = ["GET"], ["POST"], self._page
+        return [
+            Route("/", self.index, methods=get),
+            Route("/login", self.login, methods=post),
+            Route("/logout", self.logout, methods=post),
+            Route("/tools", page(self.tools), methods=get),
+            Route("/tools/{name}", page(self.tool), methods=get),
+            Route("/tools/{name}/approve", self.approve, methods=post),
+            Route("/decisions", page(self.decisions), methods=get),
+            Route("/upstreams", page(self.upstreams), methods=get),
+            Route("/discovered/{name}/approve", self.approve_server, methods=post),
+            Route("/agents", page(self.agents), methods=get),
+            Route("/agents/{id}/{action}", self.agent_act, methods=post),
+            Route("/audit", page(self.audit), methods=get),
+            Route("/static/{name}", self.static, methods=get),
+        ]
+
+    def _page(self, render: Page) -> Callable[[Request], Awaitable[Response]]:
         async def page(request: Request) -> Response:
-            sess = await sessions.current(request)
+            sess = await self.sessions.current(request)
             if sess is None:
                 return RedirectResponse("/", status_code=303)
             return _html(await render(request, sess))
 
         return page
 
-    async def index(request: Request) -> Response:
-        sess = await sessions.current(request)
+    async def _posted(self, request: Request) -> tuple[dict[str, Any], dict[str, str]] | Response:
+        """A form POST's session and fields, or the response that refuses it (no session: to the
+        login page; a wrong CSRF token: 403)."""
+        sess = await self.sessions.current(request)
+        if sess is None:
+            return RedirectResponse("/", status_code=303)
+        form = await _form(request)
+        if not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
+            return _html(login_page("Invalid form token."), status=403)
+        return sess, form
+
+    async def _principal(self, sess: dict[str, Any]) -> Principal | None:
+        """The session's admin as a principal, from its key as it is now (None: the key is gone)."""
+        rec = await anyio.to_thread.run_sync(self.state.auth.keys.get, sess["kid"])
+        return None if rec is None else rec.as_principal()
+
+    async def _discovered(self) -> list[dict[str, Any]] | None:
+        gw = self.state.gateway
+        if gw is None or not gw.config.mcp.discovery_enabled:
+            return None
+        return await anyio.to_thread.run_sync(discovered_rows, gw)
+
+    # -- login -----------------------------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        sess = await self.sessions.current(request)
         if sess is None:
             return _html(login_page(None))
+        state = self.state
         calls = state.recent.latest()
         return _html(
             overview_page(
@@ -142,22 +199,22 @@ def dashboard_routes(state: HttpState) -> list[Route]:
             )
         )
 
-    async def login(request: Request) -> Response:
+    async def login(self, request: Request) -> Response:
         form = await _form(request)
         key = form.get("api_key", "").strip()
         try:
-            principal = await anyio.to_thread.run_sync(state.auth.from_key, key)
+            principal = await anyio.to_thread.run_sync(self.state.auth.from_key, key)
         except AuthFailed:
             return _html(login_page("That API key is not valid."), status=401)
         if not is_admin(principal):
             return _html(login_page("That API key does not have the admin role."), status=403)
-        value, _ = sessions.issue(str(principal.claims["key_id"]))
+        value, _ = self.sessions.issue(str(principal.claims["key_id"]))
         resp = RedirectResponse("/", status_code=303)
         _cookie(resp, request, value, MAX_AGE_S)
         return resp
 
-    async def logout(request: Request) -> Response:
-        sess = await sessions.current(request)
+    async def logout(self, request: Request) -> Response:
+        sess = await self.sessions.current(request)
         form = await _form(request)
         if sess is not None and not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
             return _html(login_page("Invalid form token."), status=403)
@@ -165,93 +222,81 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return resp
 
-    async def tools(request: Request, sess: dict[str, Any]) -> str:
-        return tools_page(sess, tool_rows(state))
+    # -- tools and upstreams ---------------------------------------------------------------------
 
-    async def tool(request: Request, sess: dict[str, Any]) -> str:
+    async def tools(self, request: Request, sess: dict[str, Any]) -> str:
+        return tools_page(sess, tool_rows(self.state))
+
+    async def tool(self, request: Request, sess: dict[str, Any]) -> str:
         try:
-            diff = await anyio.to_thread.run_sync(tool_diff, state.gateway, request.path_params["name"])
-            return tool_page(sess, diff, None)
+            diff = await anyio.to_thread.run_sync(tool_diff, self.state.gateway, request.path_params["name"])
         except ApprovalError as e:
             return tool_page(sess, None, e.message)
+        return tool_page(sess, diff, None)
 
-    async def approve(request: Request) -> Response:
-        sess = await sessions.current(request)
-        if sess is None:
+    async def approve(self, request: Request) -> Response:
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        sess, _ = posted
+        principal = await self._principal(sess)
+        if principal is None:
             return RedirectResponse("/", status_code=303)
-        form = await _form(request)
-        if not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
-            return _html(login_page("Invalid form token."), status=403)
-        name = request.path_params["name"]
-        rec = await anyio.to_thread.run_sync(state.auth.keys.get, sess["kid"])
-        if rec is None:
-            return RedirectResponse("/", status_code=303)
-        principal = rec.as_principal()
         try:
-            done = await approve_tool(state.gateway, name, principal)
+            done = await approve_tool(self.state.gateway, request.path_params["name"], principal)
         except ApprovalError as e:
             return _html(tool_page(sess, None, e.message), status=e.status)
-        return _html(
-            tools_page(sess, tool_rows(state), f"Approved {done['tool']} ({done['approved_hash'][:12]}).")
-        )
+        note = f"Approved {done['tool']} ({done['approved_hash'][:12]})."
+        return _html(tools_page(sess, tool_rows(self.state), note))
 
-    async def decisions(request: Request, sess: dict[str, Any]) -> str:
-        return decisions_page(sess, [c.as_json() for c in state.recent.latest(200)])
+    async def decisions(self, request: Request, sess: dict[str, Any]) -> str:
+        return decisions_page(sess, [c.as_json() for c in self.state.recent.latest(200)])
 
-    async def _discovered() -> list[dict[str, Any]] | None:
-        gw = state.gateway
-        if gw is None or not gw.config.mcp.discovery_enabled:
-            return None
-        return await anyio.to_thread.run_sync(discovered_rows, gw)
+    async def upstreams(self, request: Request, sess: dict[str, Any]) -> str:
+        return upstreams_page(sess, upstream_rows(self.state), await self._discovered())
 
-    async def upstreams(request: Request, sess: dict[str, Any]) -> str:
-        return upstreams_page(sess, upstream_rows(state), await _discovered())
-
-    async def approve_server(request: Request) -> Response:
-        sess = await sessions.current(request)
-        if sess is None:
-            return RedirectResponse("/", status_code=303)
-        form = await _form(request)
-        if not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
-            return _html(login_page("Invalid form token."), status=403)
-        rec = await anyio.to_thread.run_sync(state.auth.keys.get, sess["kid"])
-        if rec is None:
+    async def approve_server(self, request: Request) -> Response:
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        sess, _ = posted
+        principal = await self._principal(sess)
+        if principal is None:
             return RedirectResponse("/", status_code=303)
         try:
-            done = await approve_discovered(state.gateway, request.path_params["name"], rec.as_principal())
+            done = await approve_discovered(self.state.gateway, request.path_params["name"], principal)
         except ApprovalError as e:
-            page = upstreams_page(sess, upstream_rows(state), await _discovered(), e.message)
+            page = upstreams_page(sess, upstream_rows(self.state), await self._discovered(), e.message)
             return _html(page, status=e.status)
         note = f"Approved {done['name']}: it starts within the recheck interval."
-        return _html(upstreams_page(sess, upstream_rows(state), await _discovered(), note))
+        return _html(upstreams_page(sess, upstream_rows(self.state), await self._discovered(), note))
 
-    async def agents(request: Request, sess: dict[str, Any]) -> str:
-        gw = state.gateway
-        return agents_page(sess, agent_rows(gw.runtime) if gw is not None else [])
+    # -- agents and audit --------------------------------------------------------------------------
 
-    async def agent_act(request: Request) -> Response:
-        sess = await sessions.current(request)
-        if sess is None:
-            return RedirectResponse("/", status_code=303)
-        form = await _form(request)
-        if not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
-            return _html(login_page("Invalid form token."), status=403)
+    def _agent_rows(self) -> list[dict[str, Any]]:
+        gw = self.state.gateway
+        return agent_rows(gw.runtime) if gw is not None else []
+
+    async def agents(self, request: Request, sess: dict[str, Any]) -> str:
+        return agents_page(sess, self._agent_rows())
+
+    async def agent_act(self, request: Request) -> Response:
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        sess, form = posted
         action = request.path_params["action"]
         if action not in AGENT_ACTIONS:
             return _html(login_page("Unknown action."), status=404)
-        status, body = agent_action(
-            state, request.path_params["id"], action, sess["principal"], form.get("reason", "").strip()[:500]
-        )
-        gw = state.gateway
-        rows = agent_rows(gw.runtime) if gw is not None else []
+        reason = form.get("reason", "").strip()[:500]
+        status, body = agent_action(self.state, request.path_params["id"], action, sess["principal"], reason)
         if status != 200:
-            return _html(agents_page(sess, rows, body["reason"], error=True), status=status)
-        return _html(
-            agents_page(sess, rows, f"{action}: {body['result']} ({body['agent']} is {body['state']})")
-        )
+            return _html(agents_page(sess, self._agent_rows(), body["reason"], error=True), status=status)
+        note = f"{action}: {body['result']} ({body['agent']} is {body['state']})"
+        return _html(agents_page(sess, self._agent_rows(), note))
 
-    async def audit(request: Request, sess: dict[str, Any]) -> str:
-        log = audit_log(state)
+    async def audit(self, request: Request, sess: dict[str, Any]) -> str:
+        log = audit_log(self.state)
         if log is None:
             return audit_page(sess, None, "The audit log is not enabled in this gateway.")
         try:
@@ -261,7 +306,7 @@ def dashboard_routes(state: HttpState) -> list[Route]:
             return audit_page(sess, None, f"Verification could not run: {type(e).__name__}: {e}")
         return audit_page(sess, {"verify": result, "events": events}, None)
 
-    async def static(request: Request) -> Response:
+    async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         media = _STATIC_FILES.get(name)
         if media is None:
@@ -269,19 +314,3 @@ def dashboard_routes(state: HttpState) -> list[Route]:
         return Response(
             (_STATIC / name).read_bytes(), media_type=media, headers={"Cache-Control": "max-age=300"}
         )
-
-    return [
-        Route("/", index, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
-        Route("/tools", guarded(tools), methods=["GET"]),
-        Route("/tools/{name}", guarded(tool), methods=["GET"]),
-        Route("/tools/{name}/approve", approve, methods=["POST"]),
-        Route("/decisions", guarded(decisions), methods=["GET"]),
-        Route("/upstreams", guarded(upstreams), methods=["GET"]),
-        Route("/discovered/{name}/approve", approve_server, methods=["POST"]),
-        Route("/agents", guarded(agents), methods=["GET"]),
-        Route("/agents/{id}/{action}", agent_act, methods=["POST"]),
-        Route("/audit", guarded(audit), methods=["GET"]),
-        Route("/static/{name}", static, methods=["GET"]),
-    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -292,3 +293,55 @@ def test_an_anchor_re_signed_by_another_key_over_an_unsigned_run_is_caught(unsig
     conn.close()
     forged = base64.b64encode(Ed25519PrivateKey.generate().sign(anchor_message(seq, head))).decode()
     assert _problem(*unsigned_run, f"UPDATE anchor SET signature = '{forged}'") == (8, "anchor")
+
+
+def _outside_write_lock(db: Path) -> bool:
+    """True when an outside connection gets the log's write lock at once (no busy wait)."""
+    conn = sqlite3.connect(db, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:  # database is locked
+        return False
+    finally:
+        conn.close()
+
+
+def _eventually(check: Callable[[], bool], deadline_s: float = 10.0) -> bool:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_the_next_commit_is_opened_ahead_and_its_events_commit_in_it(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
+    """While the writer waits for the next event (up to ``seal_idle_s``) its write transaction is
+    already open: the write lock is the writer's, and the next events commit in that transaction."""
+    db, _ = log_paths
+    log = open_log(seal_idle_s=30.0)
+    assert log.append("tool.call", {"n": 1}) == 1
+    assert _eventually(lambda: not _outside_write_lock(db))  # opened ahead after the commit
+    assert [log.append("tool.call", {"n": n}) for n in (2, 3)] == [2, 3]
+    assert [r[0] for r in _rows(db)] == [1, 2, 3] and _anchor_seq(db) == 3
+    assert log.rotate_key() != ""  # a control item runs with no transaction left open
+    assert log.append("tool.call", {"n": 5}) == 5
+    log.close()
+    assert _outside_write_lock(db)
+    assert verify_log(db, exported_public_keys(log_paths[1])).check().last_seq == 5
+
+
+def test_an_idle_writer_holds_no_lock(open_log: Callable[..., AuditLog], log_paths) -> None:
+    """After ``seal_idle_s`` without an event the transaction opened ahead is rolled back: an
+    idle log holds no write lock (only the writer writes it, but nothing is held for nothing)."""
+    db, _ = log_paths
+    log = open_log(seal_idle_s=0.05)
+    assert log.append("tool.call", {"n": 1}) == 1
+    log.flush()  # the head signed now: the idle writer has nothing to seal, only a lock to let go
+    assert _eventually(lambda: _outside_write_lock(db))
+    assert log.append("tool.call", {"n": 2}) == 2  # and the next event begins its own
+    assert [r[0] for r in _rows(db)] == [1, 2]

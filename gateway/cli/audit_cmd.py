@@ -41,29 +41,37 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("audit", help="the signed audit log: verify, tail, query, export, report, rotate-key")
     asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    for add in (_add_verify, _add_tail, _add_query, _add_export, _add_report, _add_checkpoint, _add_init):
+        add(asub)
+    retention_cmd.add_archive_command(asub, _common)
+    _add_rotate(asub)
 
-    def common(sp: argparse.ArgumentParser, keys: bool = False) -> None:
-        sp.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
-        sp.add_argument("--log", type=Path, default=None, help="audit log (default: [audit] path)")
-        if keys:
-            sp.add_argument(
-                "--public-key",
-                type=Path,
-                action="append",
-                default=[],
-                help="trusted public key PEM (repeatable; default: keys exported beside the signing key)",
-            )
 
-    def period(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--since", help="ISO 8601 time, epoch seconds, or an age like 15m, 24h, 7d")
-        sp.add_argument("--until", help="same forms as --since (exclusive)")
+def _common(sp: argparse.ArgumentParser, keys: bool = False) -> None:
+    sp.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+    sp.add_argument("--log", type=Path, default=None, help="audit log (default: [audit] path)")
+    if keys:
+        sp.add_argument(
+            "--public-key",
+            type=Path,
+            action="append",
+            default=[],
+            help="trusted public key PEM (repeatable; default: keys exported beside the signing key)",
+        )
 
+
+def _period(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--since", help="ISO 8601 time, epoch seconds, or an age like 15m, 24h, 7d")
+    sp.add_argument("--until", help="same forms as --since (exclusive)")
+
+
+def _add_verify(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v = asub.add_parser(
         "verify",
         help="check every signature, link and anchor (0 intact, 1 names the first bad seq); "
         "without --log, every chain of the data dir (audit.db, audit-2.db, ...)",
     )
-    common(v, keys=True)
+    _common(v, keys=True)
     v.add_argument(
         "--anchor",
         type=Path,
@@ -86,16 +94,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     retention_cmd.add_verify_options(v)
     v.set_defaults(func=_verify)
 
+
+def _add_tail(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = asub.add_parser("tail", help="print the last events; -f follows new ones")
-    common(t)
+    _common(t)
     t.add_argument("-n", type=int, default=10, help="how many (default 10)")
     t.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     t.add_argument("--json", action="store_true", help="one JSON record per line")
     t.set_defaults(func=_tail)
 
+
+def _add_query(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q = asub.add_parser("query", help="events matching filters")
-    common(q)
-    period(q)
+    _common(q)
+    _period(q)
     q.add_argument("--principal")
     q.add_argument("--tool", help="details.tool (namespaced tool name)")
     q.add_argument(
@@ -107,16 +119,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     retention_cmd.add_archived_option(q)
     q.set_defaults(func=_query)
 
+
+def _add_export(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     e = asub.add_parser("export", help="write every record, one independently verifiable JSON line each")
-    common(e)
+    _common(e)
     e.add_argument("--format", choices=("jsonl",), default="jsonl")
     e.add_argument("--out", type=Path, default=None, help="output file (default stdout)")
     retention_cmd.add_archived_option(e)
     e.set_defaults(func=_export)
 
+
+def _add_report(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r = asub.add_parser("report", help="compliance report: HIPAA, GDPR or SOX (HTML or JSON)")
-    common(r, keys=True)
-    period(r)
+    _common(r, keys=True)
+    _period(r)
     r.add_argument("--framework", choices=("hipaa", "gdpr", "sox"), required=True)
     r.add_argument(
         "--out", type=Path, default=None, help="report.html or report.json (default: JSON on stdout)"
@@ -125,26 +141,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     retention_cmd.add_archived_option(r)
     r.set_defaults(func=_report)
 
+
+def _add_checkpoint(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c = asub.add_parser(
         "checkpoint",
         help="print (or append to --out) the log's current signed head, for a copy "
         "kept outside the data dir (verify it with --anchor FILE)",
     )
-    common(c)
+    _common(c)
     c.add_argument("--out", type=Path, default=None, help="append to this file (JSON lines, mode 0600)")
     c.set_defaults(func=_checkpoint)
 
+
+def _add_init(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     i = asub.add_parser(
         "init", help="create the data dir and signing key; print the key id to pin in the config"
     )
     i.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
     i.set_defaults(func=_init)
-    retention_cmd.add_archive_command(asub, common)
 
+
+def _add_rotate(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     k = asub.add_parser(
         "rotate-key", help="replace the signing key (signed rotation event); gateway must be stopped"
     )
-    common(k)
+    _common(k)
     k.add_argument("--key", type=Path, default=None, help="signing key (default: [audit] key_path)")
     k.set_defaults(func=_rotate)
 

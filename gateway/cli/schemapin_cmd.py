@@ -30,13 +30,19 @@ class _Usage(Exception):
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("schemapin", help="SchemaPin: sign and verify tool definitions, manage pins")
     ss = p.add_subparsers(dest="schemapin_command", metavar="SUBCOMMAND", required=True)
+    for add in (_add_keygen, _add_sign, _add_verify, _add_wellknown, _add_pins, _add_skill):
+        add(ss)
 
+
+def _add_keygen(ss: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     k = ss.add_parser("keygen", help="make an ECDSA P-256 key pair (private_key.pem 0600, public_key.pem)")
     k.add_argument("--out", type=Path, required=True, help="directory to write the keys to")
     k.add_argument("--force", action="store_true", help="overwrite existing key files")
     _common(k)
     k.set_defaults(func=_run(_keygen))
 
+
+def _add_sign(ss: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s = ss.add_parser(
         "sign", help="sign a tool definition: writes the envelope {schema, signature, signed_at}"
     )
@@ -49,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(s)
     s.set_defaults(func=_run(_sign))
 
+
+def _add_verify(ss: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v = ss.add_parser("verify", help="verify an envelope against a key or a domain's discovery document")
     v.add_argument("envelope", type=Path, help="envelope JSON {schema, signature, ...}")
     src = v.add_mutually_exclusive_group(required=True)
@@ -80,6 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(v)
     v.set_defaults(func=_run(_verify))
 
+
+def _add_wellknown(ss: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     w = ss.add_parser("wellknown", help="print a .well-known/schemapin.json document")
     w.add_argument("--public-key", type=Path, required=True)
     w.add_argument("--developer", required=True, help="developer name")
@@ -92,6 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(w)
     w.set_defaults(func=_run(_wellknown))
 
+
+def _add_pins(ss: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pins = ss.add_parser("pins", help="list, show, approve or remove TOFU pins")
     ps = pins.add_subparsers(dest="pins_command", metavar="ACTION", required=True)
     for name, hlp in (
@@ -120,6 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         _common(q)
         q.set_defaults(func=_run(_pins))
 
+
+def _add_skill(ss: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sk = ss.add_parser("skill", help="sign or verify a skill folder (.schemapin.sig)")
     sks = sk.add_subparsers(dest="skill_command", metavar="ACTION", required=True)
     a = sks.add_parser("sign", help="sign a skill folder")

@@ -31,6 +31,8 @@ from gateway.verify.approve import (
 from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     from gateway.state.accepted import PgAcceptedFindings
     from gateway.state.pins import PgPinStore
 
@@ -168,21 +170,12 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from gateway.verify.manifest import load_manifest, save_manifest
-    from schemapin import definition_hash, fingerprint, load_private_key_pem, sign_envelope
+    from schemapin import definition_hash
 
     cfg = load_config(args.config, args.environ)
     servers = [n for n in args.tools if "__" not in n]
     if servers:  # discovered servers in quarantine: approving one lets the gateway start it
-        from gateway.onboard.discovery import discovery_store
-
-        discovery = discovery_store(cfg)
-        for name in servers:
-            d = discovery.approve(name, by=args.by or "symbi tools approve")
-            print(
-                f"approved discovered server {d.name} ({d.original_name} from {d.source}): "
-                "a running gateway with discovery on starts it within mcp.recheck_interval_s"
-            )
+        _approve_discovered(cfg, servers, args.by)
         if len(servers) == len(args.tools):
             return 0
     store = _store(cfg)
@@ -197,12 +190,7 @@ def _approve(args: argparse.Namespace) -> int:
     for rec in records:  # screened again before anything is signed or approved
         if check_screening(store, rec, accept=args.accept_screening).at_least("high"):
             flagged.append(rec)
-    key = None
-    if args.key is not None:
-        try:
-            key = load_private_key_pem(args.key.read_bytes())
-        except Exception as e:  # noqa: BLE001 - any unreadable key is a usage error naming the file
-            raise ConfigError(f"--key {args.key}: not a P-256 private key: {e}") from None
+    key = _signing_key(args.key)
     by_upstream: dict[str, list[ToolRecord]] = {}
     for rec in records:
         by_upstream.setdefault(rec.upstream, []).append(rec)
@@ -211,23 +199,7 @@ def _approve(args: argparse.Namespace) -> int:
         if srv is None:
             raise ConfigError(f"tool of upstream {upstream!r}, which is not in the config")
         if srv.approved is not None:
-            if key is None:
-                raise ConfigError(
-                    f"servers.{upstream}.approved is a signed manifest: give --key ORG_PRIV.pem"
-                )
-            manifest = load_manifest(srv.approved)
-            for rec in recs:
-                assert rec.current_definition is not None
-                manifest[rec.name] = sign_envelope(
-                    rec.current_definition,
-                    key,
-                    metadata={
-                        "key_fingerprint": fingerprint(key.public_key()),
-                        "approved_by": args.by,
-                        "upstream": upstream,
-                    },
-                )
-            save_manifest(srv.approved, upstream, manifest)
+            _sign_into_manifest(srv.approved, upstream, recs, key, args.by)
         for rec in recs:
             if rec in flagged:  # the person read the findings and accepts them for this definition
                 assert rec.current_definition is not None
@@ -238,6 +210,58 @@ def _approve(args: argparse.Namespace) -> int:
                 + (" with its screening findings accepted" if rec in flagged else "")
             )
     return 0
+
+
+def _approve_discovered(cfg: Config, names: list[str], by: str | None) -> None:
+    from gateway.onboard.discovery import discovery_store
+
+    discovery = discovery_store(cfg)
+    for name in names:
+        d = discovery.approve(name, by=by or "symbi tools approve")
+        print(
+            f"approved discovered server {d.name} ({d.original_name} from {d.source}): "
+            "a running gateway with discovery on starts it within mcp.recheck_interval_s"
+        )
+
+
+def _signing_key(path: Path | None) -> ec.EllipticCurvePrivateKey | None:
+    """The organisation's manifest key from ``--key`` (None without it)."""
+    from schemapin import load_private_key_pem
+
+    if path is None:
+        return None
+    try:
+        return load_private_key_pem(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - any unreadable key is a usage error naming the file
+        raise ConfigError(f"--key {path}: not a P-256 private key: {e}") from None
+
+
+def _sign_into_manifest(
+    manifest_path: Path,
+    upstream: str,
+    recs: list[ToolRecord],
+    key: ec.EllipticCurvePrivateKey | None,
+    by: str | None,
+) -> None:
+    """Sign each record's current definition into the upstream's approved manifest."""
+    from gateway.verify.manifest import load_manifest, save_manifest
+    from schemapin import fingerprint, sign_envelope
+
+    if key is None:
+        raise ConfigError(f"servers.{upstream}.approved is a signed manifest: give --key ORG_PRIV.pem")
+    manifest = load_manifest(manifest_path)
+    for rec in recs:
+        assert rec.current_definition is not None
+        manifest[rec.name] = sign_envelope(
+            rec.current_definition,
+            key,
+            metadata={
+                "key_fingerprint": fingerprint(key.public_key()),
+                "approved_by": by,
+                "upstream": upstream,
+            },
+        )
+    save_manifest(manifest_path, upstream, manifest)
 
 
 def _revoke(args: argparse.Namespace) -> int:

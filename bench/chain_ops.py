@@ -21,6 +21,13 @@ JSON on stdout: per call ``function_calls``, ``loop_iterations``, ``by_step`` an
 ``top`` functions, and ``by_area`` (each call given to the innermost gateway
 module on the stack: ``gateway/policy``, ``gateway/audit``, ``gateway/steps/resolve.py``...).
 Run it with ``PYTHONPATH=<another checkout>`` to count that checkout's code.
+
+``--front``: the whole stdio path instead, as a client sees it: ``symbi mcp`` (secure, or
+``--checks-off``) in its own process, an SDK client over stdio, every call on the gateway's
+event-loop thread counted (the front, the fast lanes, the SERVER span, the chain, the upstream
+hop, the transports and the loop) and given to the innermost gateway function on the stack
+(``by_function``) and its module (``by_area``). Counting starts and stops on SIGUSR1 / SIGUSR2
+after the warm-up, so start-up is not in it.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse
 import collections
 import json
+import os
 import tempfile
 import time
 from types import FrameType
@@ -45,6 +53,7 @@ from gateway.app import Gateway
 from gateway.logs import configure
 
 PRINCIPAL = "bench"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _owner(
@@ -154,13 +163,157 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
 
 
+# the gateway's frames under every event-loop callback (the process's main function)
+_OUTER = frozenset({"run_stdio", "serve_stdio", "_mcp", "main", "serve_counted"})
+
+
+class FrontCounter:
+    """Every call on the ``symbi mcp`` process's event-loop thread, by the innermost gateway
+    module on its stack (else the package of the outermost caller that is not asyncio's)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.loops = 0
+        self.areas: collections.Counter[str] = collections.Counter()
+        self.top: collections.Counter[str] = collections.Counter()
+        self.inclusive: collections.Counter[str] = collections.Counter()
+        self.functions: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call":
+            where = f"{frame.f_code.co_qualname} ({_short(frame.f_code.co_filename)})"
+            if frame.f_code.co_name == "_run_once":
+                self.loops += 1
+            frame = frame.f_back  # type: ignore[assignment]
+        elif event == "c_call":
+            where = f"{getattr(arg, '__qualname__', repr(arg))} (C)"
+        else:
+            return
+        self.total += 1
+        self.top[where] += 1
+        area = None
+        seen: set[Any] = set()
+        while frame is not None:
+            code = frame.f_code
+            if "/gateway/" in code.co_filename and code not in seen and code.co_name not in _OUTER:
+                seen.add(code)
+                self.inclusive[f"{code.co_qualname} ({_short(code.co_filename)})"] += 1
+                if area is None:
+                    area = _short(code.co_filename)
+                    self.functions[f"{code.co_qualname} ({area})"] += 1
+            frame = frame.f_back  # type: ignore[assignment]
+        self.areas[area or "outside the gateway (event loop, SDK tasks)"] += 1
+
+    def report(self, calls: int, top: int) -> dict[str, Any]:
+        return {
+            "function_calls": round(self.total / calls, 1),
+            "loop_iterations": round(self.loops / calls, 2),
+            "by_area": {k: round(v / calls, 1) for k, v in self.areas.most_common()},
+            "top": {k: round(v / calls, 2) for k, v in self.top.most_common(4 * top)},
+            "gateway_inclusive": {k: round(v / calls, 1) for k, v in self.inclusive.most_common(4 * top)},
+            "by_function": {k: round(v / calls, 1) for k, v in self.functions.most_common(4 * top)},
+        }
+
+
+def serve_counted(out: str, argv: list[str]) -> None:
+    """``symbi`` with ``argv`` in this process; SIGUSR1 starts counting the event-loop thread's
+    calls, SIGUSR2 stops and writes the counts to ``out`` (raw; ``--front`` divides)."""
+    import signal
+
+    from gateway.cli import main as symbi
+
+    counter = FrontCounter()
+
+    def start(signum: int, frame: object) -> None:
+        sys.setprofile(counter)
+
+    def stop(signum: int, frame: object) -> None:
+        sys.setprofile(None)
+        Path(out).write_text(json.dumps(counter.report(1, 40)))
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+    sys.exit(symbi(argv))
+
+
+def _read(path: Path) -> str:
+    """A small file's text ("" while it does not exist): read between calls, not during them."""
+    return path.read_text() if path.exists() else ""
+
+
+async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The whole stdio path, as ``symbi mcp`` serves an SDK client: counted in the gateway's
+    own process over ``--calls`` sequential calls after 30 warm-up calls."""
+    import signal
+
+    from bench._common import everything_toml, gateway_env, stdio_session, text_of, write_gateway_config
+
+    servers = everything_toml("off" if args.checks_off else "tofu")
+    extra = '[mcp]\ntool_verification = "off"\n' if args.checks_off else ""
+    data = None if args.checks_off else bench_policy_data(tmp, PRINCIPAL)
+    cfg = write_gateway_config(
+        tmp / "gw", servers, security=not args.checks_off, principal=PRINCIPAL, policy_data=data, extra=extra
+    )
+    out = tmp / "counts.json"
+    pid_file = tmp / "pid"
+    # this file by its path: the gateway code is whichever PYTHONPATH names (another checkout's)
+    code = (
+        "import os, sys, importlib.util as u; "
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+        f"s = u.spec_from_file_location('chain_ops', {__file__!r}); m = u.module_from_spec(s); "
+        f"s.loader.exec_module(m); m.serve_counted({str(out)!r}, sys.argv[1:])"
+    )
+    env = {
+        **gateway_env(),
+        "PYTHONPATH": os.environ.get("PYTHONPATH") or str(REPO),
+    }
+    async with stdio_session(sys.executable, ["-c", code, "mcp", "--config", str(cfg)], env) as s:
+        pid = int(pid_file.read_text())
+        for i in range(30):
+            await s.call_tool("everything__echo", {"message": f"w{i}"})
+        os.kill(pid, signal.SIGUSR1)
+        for i in range(args.calls):
+            r = await s.call_tool("everything__echo", {"message": f"m{i}"})
+            if text_of(r) != f"Echo: m{i}":
+                raise RuntimeError(f"unexpected reply {r}")
+        os.kill(pid, signal.SIGUSR2)
+        for _ in range(100):
+            if _read(out):
+                break
+            await anyio.sleep(0.05)
+    raw = json.loads(_read(out))
+    n = args.calls
+    scale = {
+        k: (
+            {f: round(v / n, 2) for f, v in raw[k].items()}
+            if isinstance(raw[k], dict)
+            else round(raw[k] / n, 2)
+        )
+        for k in raw
+    }
+    return {
+        "benchmark": "chain_ops --front",
+        "settings": {"calls": n, "checks_off": args.checks_off},
+        **scale,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--checks-off", action="store_true", help="no policy, no audit, verification off")
     ap.add_argument("--no-count", action="store_true", help="only the CPU time (e.g. under py-spy)")
+    ap.add_argument(
+        "--front", action="store_true", help="the whole `symbi mcp` process, SDK client over stdio"
+    )
     args = ap.parse_args()
+    if args.front:
+        with tempfile.TemporaryDirectory(prefix="symbi-chain-ops-") as d:
+            out = anyio.run(front, args, Path(d))
+        out["gateway_code"] = os.environ.get("PYTHONPATH") or str(REPO)
+        print(json.dumps(out, indent=2))
+        return
     with tempfile.TemporaryDirectory(prefix="symbi-chain-ops-") as d:
         out = anyio.run(run, args, Path(d))
     out["gateway_code"] = str(Path(sys.modules["gateway"].__file__ or "").resolve().parent.parent)

@@ -27,8 +27,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
@@ -37,6 +39,7 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 
+from gateway.compat import w3c_default_propagators
 from gateway.config.model import Config
 
 _logger = logging.getLogger("symbi.telemetry")
@@ -185,9 +188,47 @@ class Telemetry:
         self._procs.clear()
 
 
+# the ids of the span context asked about last, in hex: a call's log lines, its audit record and
+# its upstream request's ``traceparent`` all ask for the same span's (held: compared by identity)
+_last_ids: tuple[trace.SpanContext | None, tuple[str, str]] = (None, ("", ""))
+
+
+def _hex_ids(ctx: trace.SpanContext) -> tuple[str, str]:
+    global _last_ids
+    if _last_ids[0] is not ctx:
+        _last_ids = (ctx, (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")))
+    return _last_ids[1]
+
+
 def current_ids() -> tuple[str, str] | None:
     """(trace id, span id) in hex of the current span, or None outside a trace."""
     ctx = trace.get_current_span().get_span_context()
     if not ctx.is_valid:
         return None
-    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+    return _hex_ids(ctx)
+
+
+# the global propagator checked last, and whether it is OpenTelemetry's default W3C pair
+_textmap: tuple[object, bool] = (None, False)
+
+
+def inject_trace(carrier: dict[str, Any]) -> None:
+    """``opentelemetry.propagate.inject(carrier)`` into a dict: the current context as the
+    global propagator writes it. With the default propagators (W3C trace context, then W3C
+    baggage) and no baggage, the ``traceparent`` / ``tracestate`` they would set are written
+    here without their layers; any other propagator, or baggage, goes through ``inject``."""
+    global _textmap
+    textmap = propagate.get_global_textmap()
+    if _textmap[0] is not textmap:
+        _textmap = (textmap, w3c_default_propagators(textmap))
+    current = otel_context.get_current()
+    if not _textmap[1] or baggage.get_all(current):
+        propagate.inject(carrier)
+        return
+    ctx = trace.get_current_span(current).get_span_context()
+    if ctx == trace.INVALID_SPAN_CONTEXT:  # as TraceContextTextMapPropagator
+        return
+    trace_hex, span_hex = _hex_ids(ctx)
+    carrier["traceparent"] = f"00-{trace_hex}-{span_hex}-{ctx.trace_flags:02x}"
+    if ctx.trace_state:
+        carrier["tracestate"] = ctx.trace_state.to_header()

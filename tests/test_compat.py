@@ -354,3 +354,50 @@ async def test_the_request_stream_reach_ins_of_the_sse_lane() -> None:
     # the dispatcher's keyword that puts a message on a request's own stream
     for method in (JSONRPCDispatcher.notify, JSONRPCDispatcher.send_raw_request):
         assert "_related_request_id" in inspect.signature(method).parameters
+
+
+def test_unsampled_span_is_the_span_start_span_drops() -> None:
+    """``unsampled_span`` makes what an SDK tracer whose sampler drops the span makes: the
+    parent's trace id, trace state and random-trace-id flag (or a fresh valid trace), a new
+    span id, not sampled, not recording; None for a tracer that would do more."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    tracer = TracerProvider(sampler=ALWAYS_OFF, shutdown_on_exit=False).get_tracer("t")
+    remote = SpanContext(
+        0xABC, 0x99, is_remote=True, trace_flags=TraceFlags(0x02), trace_state=TraceState([("k", "v")])
+    )
+    for parent in (remote, SpanContext(0, 0, is_remote=False)):
+        ours = compat.unsampled_span(tracer, parent)
+        theirs = tracer.start_span("x", context=trace.set_span_in_context(NonRecordingSpan(parent)))
+        assert type(ours) is type(theirs) and not ours.is_recording()
+        a, b = ours.get_span_context(), theirs.get_span_context()
+        assert a.is_valid and not a.is_remote and a.span_id != b.span_id
+        assert (a.trace_flags, a.trace_state, a.is_remote) == (b.trace_flags, b.trace_state, b.is_remote)
+        assert (a.trace_id == b.trace_id) is parent.is_valid
+    assert compat.unsampled_span(trace.NoOpTracer(), remote) is None
+
+
+def test_unsampled_span_steps_aside_for_a_tracer_that_counts_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import SpanContext
+
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    counting = TracerProvider(shutdown_on_exit=False).get_tracer("t")
+    assert compat.unsampled_span(counting, SpanContext(0, 0, is_remote=False)) is None
+
+
+def test_w3c_default_propagators_is_only_the_default_pair() -> None:
+    from opentelemetry import propagate
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    assert compat.w3c_default_propagators(propagate.get_global_textmap())
+    tc, bg = TraceContextTextMapPropagator(), W3CBaggagePropagator()
+    assert compat.w3c_default_propagators(CompositePropagator([tc, bg]))
+    assert not compat.w3c_default_propagators(CompositePropagator([bg, tc]))
+    assert not compat.w3c_default_propagators(CompositePropagator([tc]))
+    assert not compat.w3c_default_propagators(tc)

@@ -303,3 +303,47 @@ def test_only_the_gateways_provider_counts_as_sampling_while_exporting() -> None
     assert telemetry.samples_while_exporting(trace.get_tracer_provider())
     assert not telemetry.samples_while_exporting(TracerProvider())
     assert not telemetry.samples_while_exporting(trace.NoOpTracerProvider())
+
+
+def test_inject_trace_writes_what_the_global_propagator_writes() -> None:
+    """``inject_trace`` (the upstream request's ``_meta``) is ``propagate.inject``: with and
+    without a trace state, with baggage, outside any span, and under another propagator."""
+    from opentelemetry import baggage, context, propagate
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    def both() -> tuple[dict[str, str], dict[str, str]]:
+        ours: dict[str, str] = {"progressToken": "kept"}
+        theirs: dict[str, str] = {"progressToken": "kept"}
+        telemetry.inject_trace(ours)
+        propagate.inject(theirs)
+        return ours, theirs
+
+    spans = [
+        SpanContext(0xABC, 0x99, is_remote=False, trace_flags=TraceFlags(0x01)),
+        SpanContext(0xABC, 0x98, is_remote=False, trace_state=TraceState([("k", "v"), ("x", "y")])),
+    ]
+    ours, theirs = both()
+    assert ours == theirs == {"progressToken": "kept"}  # no span: nothing written
+    for sc in spans:
+        token = context.attach(trace.set_span_in_context(NonRecordingSpan(sc)))
+        try:
+            ours, theirs = both()
+            assert ours == theirs and ours["traceparent"].endswith(f"-{sc.trace_flags:02x}")
+            with_baggage = context.attach(baggage.set_baggage("who", "me"))
+            try:
+                ours, theirs = both()
+                assert ours == theirs and "baggage" in ours
+            finally:
+                context.detach(with_baggage)
+            default = propagate.get_global_textmap()
+            propagate.set_global_textmap(CompositePropagator([TraceContextTextMapPropagator()]))
+            try:
+                ours, theirs = both()
+                assert ours == theirs and "traceparent" in ours
+            finally:
+                propagate.set_global_textmap(default)
+        finally:
+            context.detach(token)
+    assert "tracestate" in ours

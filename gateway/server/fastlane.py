@@ -46,7 +46,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel, ValidationError
 
-from gateway.compat import connection_of, is_sdk_span_middleware
+from gateway.compat import connection_of, is_sdk_span_middleware, unsampled_span
 from gateway.telemetry import exporting, samples_while_exporting
 
 _logger = logging.getLogger("symbi.server.fastlane")
@@ -411,19 +411,24 @@ async def _server_span(
         return await sdk(ctx, call_next)
     assert isinstance(provider, TracerProvider)
     parent = _trace_parent(ctx.meta)
-    if trace.get_current_span(parent).get_span_context().trace_flags.sampled:
+    parent_span = trace.get_current_span(parent).get_span_context()
+    if parent_span.trace_flags.sampled:
         return await sdk(ctx, call_next)
-    name = ctx.params.get("name") if ctx.params else None
-    span = _sdk_tracer(provider).start_span(
-        f"{ctx.method} {name}" if isinstance(name, str) and name else ctx.method,  # the SDK's name
-        context=parent,
-        kind=trace.SpanKind.SERVER,
-        record_exception=False,
-        set_status_on_exception=False,
-    )
-    if span.is_recording():  # not with this sampler; should it change, the SDK's span it is
-        span.end()
-        return await sdk(ctx, call_next)
+    tracer = _sdk_tracer(provider)
+    # the dropped span start_span would make, made directly (gateway.compat: when it can be)
+    span = unsampled_span(tracer, parent_span)
+    if span is None:
+        name = ctx.params.get("name") if ctx.params else None
+        span = tracer.start_span(
+            f"{ctx.method} {name}" if isinstance(name, str) and name else ctx.method,  # the SDK's name
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        if span.is_recording():  # not with this sampler; should it change, the SDK's span it is
+            span.end()
+            return await sdk(ctx, call_next)
     token = otel_context.attach(trace.set_span_in_context(span))
     try:
         return await call_next(ctx)

@@ -19,8 +19,10 @@ by ``gateway.upstream.session`` exactly as the SDK checks it (the same SDK funct
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,11 +32,12 @@ from mcp import types
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp.types import CONNECTION_CLOSED, REQUEST_TIMEOUT
-from mcp_types.methods import validate_server_result
-from opentelemetry.propagate import inject
+from mcp_types.methods import SERVER_RESULTS
+from mcp_types.version import KNOWN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
 from gateway.compat import clamp_inbound_ttl, later_revision_fields, parse_stdio_line
+from gateway.telemetry import inject_trace
 
 _logger = logging.getLogger("symbi.upstream.fastcall")
 
@@ -48,12 +51,13 @@ class _Waiter:
     ``anyio.fail_after``: the lane is this gateway's hot path and runs on asyncio only; anyio's
     cancellation (a cancelled scope cancels the task) reaches the ``await`` as usual."""
 
-    __slots__ = ("done", "on_progress", "outcome")
+    __slots__ = ("deadline", "done", "on_progress", "outcome")
 
     def __init__(self, on_progress: ProgressFn | None) -> None:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.outcome: dict[str, Any] | MCPError | None = None
         self.on_progress = on_progress
+        self.deadline = math.inf  # loop time; set once the request is written
 
     def settle(self, outcome: dict[str, Any] | MCPError) -> None:
         self.outcome = outcome
@@ -66,6 +70,50 @@ def _expire(done: asyncio.Future[None]) -> None:
         done.set_exception(TimeoutError())
 
 
+class _Deadlines:
+    """The response-wait clocks of one lane's waiters on ONE loop timer, armed at the earliest
+    deadline, instead of a timer made and cancelled per call (and the loop's heap work for
+    each). When it fires, every waiter whose deadline has come fails with ``TimeoutError``
+    (as ``call_later(timeout, _expire)`` would), and it is armed again for the next one."""
+
+    __slots__ = ("_at", "_pending", "_timer")
+
+    def __init__(self, pending: dict[int, _Waiter]) -> None:
+        self._pending = pending
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def start(self, waiter: _Waiter, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        waiter.deadline = deadline = loop.time() + timeout
+        if deadline < self._at:
+            self._arm(loop, deadline)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = at
+        self._timer = loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        # the loop runs a timer up to its clock resolution early: what it was armed for is due
+        due = max(self._at, asyncio.get_running_loop().time())
+        self._timer, self._at = None, math.inf
+        following = math.inf
+        for waiter in list(self._pending.values()):
+            if waiter.deadline <= due:
+                _expire(waiter.done)
+            elif waiter.deadline < following:
+                following = waiter.deadline
+        if following < math.inf:
+            self._arm(asyncio.get_running_loop(), following)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._at = None, math.inf
+
+
 class FastLane:
     """Requests of one stdio connection sent and answered outside the SDK's session."""
 
@@ -73,6 +121,7 @@ class FastLane:
         self._send = send
         self._ids = itertools.count(FIRST_ID)
         self._pending: dict[int, _Waiter] = {}
+        self._deadlines = _Deadlines(self._pending)
         self._closed = False
 
     @property
@@ -91,7 +140,7 @@ class FastLane:
         meta: dict[str, Any] = dict(params.get("_meta") or {})
         if on_progress is not None:
             meta["progressToken"] = rid  # as the SDK does: the request id is the progress token
-        inject(meta)  # W3C trace context, as the SDK's client does
+        inject_trace(meta)  # W3C trace context, as the SDK's client does
         out = dict(params)
         if meta:
             out["_meta"] = meta
@@ -109,17 +158,9 @@ class FastLane:
                 await self._send(line)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise MCPError(code=CONNECTION_CLOSED, message="Connection closed") from None
-            # the clock starts after the write, as the SDK's
-            timer = (
-                None
-                if timeout is None
-                else asyncio.get_running_loop().call_later(timeout, _expire, waiter.done)
-            )
-            try:
-                await waiter.done
-            finally:
-                if timer is not None:
-                    timer.cancel()
+            if timeout is not None:  # the clock starts after the write, as the SDK's
+                self._deadlines.start(waiter, timeout)
+            await waiter.done
         except TimeoutError:
             await self._cancel(rid, f"timed out after {timeout}s", shield=False)
             raise MCPError(code=REQUEST_TIMEOUT, message=f"Request {method!r} timed out") from None
@@ -208,6 +249,7 @@ class FastLane:
     def close(self) -> None:
         """The connection ended: every waiter fails with ``CONNECTION_CLOSED``."""
         self._closed = True
+        self._deadlines.close()
         for waiter in self._pending.values():
             if waiter.outcome is None:
                 waiter.settle(MCPError(code=CONNECTION_CLOSED, message="Connection closed"))
@@ -218,16 +260,30 @@ CALL_TOOL_RESULT: TypeAdapter[types.CallToolResult | types.InputRequiredResult] 
 )
 
 
+@functools.cache
+def _result_surface(version: str) -> TypeAdapter[Any] | None:
+    """The ``tools/call`` result model of ``version``'s surface (``SERVER_RESULTS``, what
+    ``validate_server_result`` validates against); None when that version has none (its
+    ``KeyError``); an unknown version raises its ``ValueError``."""
+    if version not in KNOWN_PROTOCOL_VERSIONS:
+        raise ValueError(f"version must be a known protocol version, got {version!r}")
+    target = SERVER_RESULTS.get(("tools/call", version))
+    return None if target is None else TypeAdapter[Any](target)  # type: ignore[arg-type]
+
+
 def tool_result(raw: dict[str, Any], version: str | None) -> types.CallToolResult | types.InputRequiredResult:
     """A raw ``tools/call`` result checked as ``ClientSession.send_request`` checks it, in its
     order: ``ttlMs`` floored, the negotiated version's result surface, later revisions' keys
-    dropped, then the typed result (a refusal raises the same ``ValidationError``)."""
+    dropped, then the typed result (a refusal raises the same ``ValidationError``).
+
+    The surface check is ``validate_server_result``'s validation without its dump, whose
+    output that function discards: ``raw`` is parsed JSON, which the validated model dumps
+    back without error, so only the validation can refuse it."""
     version = version or "2025-11-25"  # the SDK's fallback before a handshake
     clamp_inbound_ttl(raw)
-    try:
-        validate_server_result("tools/call", version, raw)
-    except KeyError:
-        pass
+    surface = _result_surface(version)
+    if surface is not None:
+        surface.validate_python(raw, by_name=False)
     foreign = later_revision_fields("tools/call", version)
     if not foreign.isdisjoint(raw):
         raw = {key: value for key, value in raw.items() if key not in foreign}

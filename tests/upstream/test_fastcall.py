@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from mcp import types
 
@@ -265,3 +266,69 @@ async def test_through_the_gateway_every_check_still_runs(tmp_path: Path) -> Non
         assert bad.is_error and bad.meta["symbi/error"]["code"] == "arguments_invalid"  # type: ignore[index]
     [call] = calls(tmp_path)  # only the valid call reached the upstream, on the lane
     assert call["id"] >= FIRST_ID and call["params"]["arguments"] == {"mode": "progress", "message": "hi"}
+
+
+async def test_waits_time_out_on_one_timer_each_at_its_own_deadline() -> None:
+    """The lane's waiters share one loop timer: a later call with a shorter timeout still times
+    out first, a settled call never does, and the rest time out at their own deadlines."""
+    lane = FastLane(lambda line: anyio.lowlevel.checkpoint())
+    order: list[str] = []
+
+    async def call(name: str, timeout: float) -> None:
+        try:
+            await lane.request("tools/call", {"name": name}, timeout=timeout, on_progress=None)
+            order.append(f"{name} answered")
+        except Exception as e:  # noqa: BLE001 - the error type is what is recorded
+            order.append(f"{name} {type(e).__name__}")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "long", 0.6)
+        await anyio.sleep(0.05)
+        tg.start_soon(call, "short", 0.1)
+        tg.start_soon(call, "answered", 0.2)
+        await anyio.sleep(0.05)
+        answered = max(lane._pending)  # the third request's id
+        assert lane.take_now(json.dumps({"jsonrpc": "2.0", "id": answered, "result": {}}).encode() + b"\n")
+    assert order == ["answered answered", "short MCPError", "long MCPError"]
+    assert lane.in_flight == 0
+
+
+def test_a_result_is_refused_exactly_when_the_sdk_refuses_it() -> None:
+    """``tool_result``'s surface check is ``validate_server_result`` without its discarded
+    dump: the same inputs pass and the same are refused (``ValidationError``), and a result the
+    surface refuses is refused by ``tool_result``; an unknown version is a ``ValueError``."""
+    from mcp_types.methods import validate_server_result
+    from pydantic import ValidationError
+
+    from gateway.upstream.fastcall import _result_surface, tool_result
+
+    cases: list[Any] = [
+        {"content": [{"type": "text", "text": "ok"}]},
+        {"content": [{"type": "text", "text": "ok"}], "isError": True, "structuredContent": {"a": 1}},
+        {"content": [{"type": "image", "data": "aGk=", "mimeType": "image/png"}]},
+        {"content": [{"type": "text", "text": "ok"}], "resultType": "complete"},
+        {"content": [{"type": "text"}]},
+        {"content": "not a list"},
+        {"content": [{"type": "nope", "text": "x"}]},
+        {"isError": "maybe", "content": []},
+        {"content": [], "_meta": "not an object"},
+        {},
+    ]
+    refused = 0
+    for version in ("2025-06-18", "2025-11-25"):
+        surface = _result_surface(version)
+        assert surface is not None
+        for raw in cases:
+            try:
+                validate_server_result("tools/call", version, dict(raw))
+            except ValidationError:
+                refused += 1
+                with pytest.raises(ValidationError):
+                    surface.validate_python(dict(raw), by_name=False)
+                with pytest.raises(ValidationError):
+                    tool_result(dict(raw), version)
+            else:
+                surface.validate_python(dict(raw), by_name=False)
+    assert refused >= 10  # the bad cases are refused under both versions
+    with pytest.raises(ValueError):
+        tool_result({"content": []}, "1999-01-01")

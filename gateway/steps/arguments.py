@@ -10,6 +10,7 @@ from jsonschema.exceptions import SchemaError
 from gateway.chain import CallNext
 from gateway.context import CallContext
 from gateway.errors import ArgumentsInvalid
+from gateway.steps.argcheck import DRAFTS, Check, compile_check
 
 
 class ValidateArguments:
@@ -18,28 +19,33 @@ class ValidateArguments:
     def __init__(self) -> None:
         self._cache: dict[int, Any] = {}
 
-    def _validator(self, schema: Any) -> Any:
+    def _validator(self, schema: Any) -> tuple[Any, Check | None]:
+        """The schema's validator and, for the plainest schemas, its quick check
+        (``gateway.steps.argcheck``), made once per schema object."""
         key = id(schema)
         hit = self._cache.get(key)
         if hit is not None and hit[0] is schema:
-            return hit[1]
+            return hit[1], hit[2]
         cls = validators.validator_for(schema, default=Draft202012Validator)
         cls.check_schema(schema)
         v = cls(schema)
+        quick = compile_check(schema) if cls in DRAFTS else None
         if len(self._cache) > 4096:
             self._cache.clear()
-        self._cache[key] = (schema, v)
-        return v
+        self._cache[key] = (schema, v, quick)
+        return v, quick
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         if call.kind == "tools/call" and call.tool is not None:
             schema = call.tool.input_schema
             try:
-                validator = self._validator(schema)
+                validator, quick = self._validator(schema)
             except SchemaError as e:
                 raise ArgumentsInvalid(
                     f"tool {call.target!r} has an invalid inputSchema: {e.message}"
                 ) from None
+            if quick is not None and quick(call.arguments):  # surely valid: jsonschema would agree
+                return await call_next(call)
             errors = sorted(validator.iter_errors(call.arguments), key=lambda e: list(e.absolute_path))
             if errors:
                 reasons = [f"arguments{_path(e.absolute_path)}: {e.message}" for e in errors[:10]]

@@ -6,6 +6,8 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit.record import (
     CHAIN_PREFIX,
@@ -150,3 +152,24 @@ def test_an_export_of_a_record_stored_in_orjson_float_form_still_verifies() -> N
     assert not verify_record(AuditRecord.from_dict(line), key.public_key())
     new = _signed(key, canonical_details(details))
     assert verify_record(AuditRecord.from_dict(json.loads(json.dumps(new.as_dict()))), key.public_key())
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([1e-05, 0.0001, 1e16, 9999999999999998.0, -0.0, 5e-324, 1.5e300])
+    | st.text()
+    | st.sampled_from([",3e4", ":1e-05", "[0.00001", '\u2028\x7f\x1f"\\/', "0.0000"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _json_values, max_size=6))
+def test_details_text_is_json_dumps_text_for_any_json_value(details: dict) -> None:
+    # orjson's text is kept without searching it when the values are plain (gateway.audit.record._plain):
+    # it must then be json.dumps's, byte for byte, as it is when the search sends it to json
+    assert canonical_details(details) == canonical_json(details)

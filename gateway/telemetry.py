@@ -188,24 +188,38 @@ class Telemetry:
         self._procs.clear()
 
 
-# the ids of the span context asked about last, in hex: a call's log lines, its audit record and
-# its upstream request's ``traceparent`` all ask for the same span's (held: compared by identity)
-_last_ids: tuple[trace.SpanContext | None, tuple[str, str]] = (None, ("", ""))
+class _Current:
+    """What a context says about tracing: its span's context, that span's ids in hex (None:
+    no valid span), whether it carries baggage. A call's log lines, its audit record and its
+    upstream request's ``traceparent`` all ask about the same context (contexts are immutable:
+    a new one is attached for a new span), so the last one asked about is kept (held, so
+    compared by identity)."""
+
+    __slots__ = ("baggage", "context", "ids", "span")
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.span = trace.get_current_span(context).get_span_context()
+        valid = self.span.is_valid
+        self.ids = (format(self.span.trace_id, "032x"), format(self.span.span_id, "016x")) if valid else None
+        self.baggage = bool(baggage.get_all(context))
 
 
-def _hex_ids(ctx: trace.SpanContext) -> tuple[str, str]:
-    global _last_ids
-    if _last_ids[0] is not ctx:
-        _last_ids = (ctx, (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")))
-    return _last_ids[1]
+_last: _Current | None = None
+
+
+def _current() -> _Current:
+    global _last
+    context = otel_context.get_current()
+    last = _last
+    if last is None or last.context is not context:
+        last = _last = _Current(context)
+    return last
 
 
 def current_ids() -> tuple[str, str] | None:
     """(trace id, span id) in hex of the current span, or None outside a trace."""
-    ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
-        return None
-    return _hex_ids(ctx)
+    return _current().ids
 
 
 # the global propagator checked last, and whether it is OpenTelemetry's default W3C pair
@@ -221,14 +235,14 @@ def inject_trace(carrier: dict[str, Any]) -> None:
     textmap = propagate.get_global_textmap()
     if _textmap[0] is not textmap:
         _textmap = (textmap, w3c_default_propagators(textmap))
-    current = otel_context.get_current()
-    if not _textmap[1] or baggage.get_all(current):
+    current = _current()
+    if not _textmap[1] or current.baggage:
         propagate.inject(carrier)
         return
-    ctx = trace.get_current_span(current).get_span_context()
+    ctx = current.span
     if ctx == trace.INVALID_SPAN_CONTEXT:  # as TraceContextTextMapPropagator
         return
-    trace_hex, span_hex = _hex_ids(ctx)
+    trace_hex, span_hex = current.ids or (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
     carrier["traceparent"] = f"00-{trace_hex}-{span_hex}-{ctx.trace_flags:02x}"
     if ctx.trace_state:
         carrier["tracestate"] = ctx.trace_state.to_header()

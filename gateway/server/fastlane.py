@@ -436,16 +436,17 @@ async def _server_span(
         otel_context.detach(token)
 
 
-# weak: a provider that is gone (tests install several) takes its tracer with it
-_TRACERS: weakref.WeakKeyDictionary[TracerProvider, trace.Tracer] = weakref.WeakKeyDictionary()
+# the provider asked about last and its tracer (held weakly: tests install several providers)
+_last_tracer: tuple[weakref.ref[TracerProvider], trace.Tracer] | None = None
 
 
 def _sdk_tracer(provider: TracerProvider) -> trace.Tracer:
     """The tracer the SDK's middleware uses (``mcp-python-sdk``), from ``provider``."""
-    tracer = _TRACERS.get(provider)
-    if tracer is None:
-        tracer = _TRACERS[provider] = provider.get_tracer("mcp-python-sdk")
-    return tracer
+    global _last_tracer
+    last = _last_tracer
+    if last is None or last[0]() is not provider:
+        last = _last_tracer = (weakref.ref(provider), provider.get_tracer("mcp-python-sdk"))
+    return last[1]
 
 
 def _trace_parent(meta: Any) -> otel_context.Context | None:

@@ -178,6 +178,7 @@ class FrontCounter:
         self.top: collections.Counter[str] = collections.Counter()
         self.inclusive: collections.Counter[str] = collections.Counter()
         self.functions: collections.Counter[str] = collections.Counter()
+        self.inside: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
         if event == "call":
@@ -200,7 +201,9 @@ class FrontCounter:
                 self.inclusive[f"{code.co_qualname} ({_short(code.co_filename)})"] += 1
                 if area is None:
                     area = _short(code.co_filename)
-                    self.functions[f"{code.co_qualname} ({area})"] += 1
+                    function = f"{code.co_qualname} ({area})"
+                    self.functions[function] += 1
+                    self.inside[function][where] += 1
             frame = frame.f_back  # type: ignore[assignment]
         self.areas[area or "outside the gateway (event loop, SDK tasks)"] += 1
 
@@ -212,6 +215,10 @@ class FrontCounter:
             "top": {k: round(v / calls, 2) for k, v in self.top.most_common(4 * top)},
             "gateway_inclusive": {k: round(v / calls, 1) for k, v in self.inclusive.most_common(4 * top)},
             "by_function": {k: round(v / calls, 1) for k, v in self.functions.most_common(4 * top)},
+            "by_function_top": {
+                k: {f: round(n / calls, 2) for f, n in self.inside[k].most_common(top)}
+                for k, _ in self.functions.most_common(top)
+            },
         }
 
 
@@ -234,6 +241,12 @@ def serve_counted(out: str, argv: list[str]) -> None:
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
     sys.exit(symbi(argv))
+
+
+def _per_call(value: Any, n: int) -> Any:
+    if isinstance(value, dict):
+        return {k: _per_call(v, n) for k, v in value.items()}
+    return round(value / n, 2)
 
 
 def _read(path: Path) -> str:
@@ -283,14 +296,7 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             await anyio.sleep(0.05)
     raw = json.loads(_read(out))
     n = args.calls
-    scale = {
-        k: (
-            {f: round(v / n, 2) for f, v in raw[k].items()}
-            if isinstance(raw[k], dict)
-            else round(raw[k] / n, 2)
-        )
-        for k in raw
-    }
+    scale = {k: _per_call(v, n) for k, v in raw.items()}
     return {
         "benchmark": "chain_ops --front",
         "settings": {"calls": n, "checks_off": args.checks_off},

@@ -190,16 +190,19 @@ class Telemetry:
 
 class _Current:
     """What a context says about tracing: its span's context, that span's ids in hex (None:
-    no valid span), whether it carries baggage. A call's log lines, its audit record and its
-    upstream request's ``traceparent`` all ask about the same context (contexts are immutable:
-    a new one is attached for a new span), so the last one asked about is kept (held, so
-    compared by identity)."""
+    no valid span), whether it carries baggage, whether its span was being recorded. A call's
+    log lines, its audit record, its upstream hop and that request's ``traceparent`` all ask
+    about the same context (contexts are immutable: a new one is attached for a new span), so
+    the last one asked about is kept (held, so compared by identity). ``recording`` can only
+    be stale one way: a recorded span that has ended since (an unrecorded one never starts)."""
 
-    __slots__ = ("baggage", "context", "ids", "span")
+    __slots__ = ("baggage", "context", "ids", "recording", "span")
 
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.span = trace.get_current_span(context).get_span_context()
+        span = trace.get_current_span(context)
+        self.recording = span.is_recording()
+        self.span = span.get_span_context()
         valid = self.span.is_valid
         self.ids = (format(self.span.trace_id, "032x"), format(self.span.span_id, "016x")) if valid else None
         self.baggage = bool(baggage.get_all(context))
@@ -220,6 +223,11 @@ def _current() -> _Current:
 def current_ids() -> tuple[str, str] | None:
     """(trace id, span id) in hex of the current span, or None outside a trace."""
     return _current().ids
+
+
+def current_span_recorded() -> bool:
+    """Whether the current span is being recorded (or was, when it was last asked about)."""
+    return _current().recording
 
 
 # the global propagator checked last, and whether it is OpenTelemetry's default W3C pair

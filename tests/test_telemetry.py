@@ -347,3 +347,33 @@ def test_inject_trace_writes_what_the_global_propagator_writes() -> None:
         finally:
             context.detach(token)
     assert "tracestate" in ours
+
+
+def test_the_current_span_is_read_once_per_context() -> None:
+    """``current_ids`` / ``current_span_recorded`` follow the current context: a new span (a
+    new context) is seen at once, and leaving it gives the outer one's answers back."""
+    telemetry.install()
+    assert telemetry.current_ids() is None and not telemetry.current_span_recorded()
+    memory = InMemorySpanExporter()
+    proc = SimpleSpanProcessor(memory)
+    with telemetry.tracer().start_as_current_span("quiet") as quiet:
+        assert not telemetry.current_span_recorded()
+        assert telemetry.current_ids() == (
+            format(quiet.get_span_context().trace_id, "032x"),
+            format(quiet.get_span_context().span_id, "016x"),
+        )
+        telemetry.install().add(proc)
+        try:
+            with telemetry.tracer().start_as_current_span("recorded") as loud:
+                assert telemetry.current_span_recorded()
+                assert telemetry.current_ids() == (
+                    format(loud.get_span_context().trace_id, "032x"),
+                    format(loud.get_span_context().span_id, "016x"),
+                )
+        finally:
+            telemetry.install().remove(proc)
+        assert not telemetry.current_span_recorded()
+        assert telemetry.current_ids() is not None and telemetry.current_ids()[1] == format(
+            quiet.get_span_context().span_id, "016x"
+        )
+    assert telemetry.current_ids() is None

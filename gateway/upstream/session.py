@@ -24,14 +24,13 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
-from opentelemetry import trace
 from pydantic import TypeAdapter
 
 from gateway.compat import SdkChanged, negotiate_auto, stamp_requests
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
-from gateway.telemetry import exporting
+from gateway.telemetry import current_span_recorded, exporting
 from gateway.upstream.bounded_http import OVERSIZED_MARK
 from gateway.upstream.fastcall import FastLane, tool_result
 from gateway.upstream.relay import CallerRelay
@@ -261,7 +260,7 @@ class Upstream:
         bound = self._lane
         if bound is None or bound[0] is not session:
             return None
-        if exporting() or trace.get_current_span().is_recording():
+        if exporting() or current_span_recorded():
             return None
         return bound[1]
 

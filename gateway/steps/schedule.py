@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import anyio
@@ -23,10 +24,90 @@ from gateway.runtime.breaker import retryable
 from gateway.runtime.core import AgentRuntime
 
 
+class Budget:
+    """One call's execution-time budget (``Budgets.start``): its task, deadline (loop time),
+    the task's pending cancellations when it started, and whether the deadline cancelled it."""
+
+    __slots__ = ("cancelling", "deadline", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.cancelling = task.cancelling()
+        self.expired = False
+
+    def breached(self, error: BaseException | None) -> bool:
+        """On the call's way out, as ``asyncio.Timeout.__aexit__``: the deadline's own
+        cancellation is taken back, and a ``CancelledError`` that is only the deadline's is
+        the breach (a caller's cancellation, or any other outcome, passes on)."""
+        if not self.expired:
+            return False
+        return self.task.uncancel() <= self.cancelling and isinstance(error, asyncio.CancelledError)
+
+
+class Budgets:
+    """The execution-time budgets of the calls in flight on ONE loop timer, armed at the
+    earliest deadline, instead of an ``asyncio.timeout`` (a timer made and cancelled, ~20
+    function calls and the loop's heap work) per call. When the timer fires, every call whose
+    deadline has come is cancelled (as ``asyncio.Timeout`` cancels its task) and the timer is
+    armed for the next. Bound to one event loop; None from ``start`` on any other (the call
+    then takes ``asyncio.timeout``)."""
+
+    def __init__(self) -> None:
+        self._live: set[Budget] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def start(self, seconds: float) -> Budget | None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if task is None or not self._bound(loop):
+            return None
+        budget = Budget(task, loop.time() + seconds)
+        self._live.add(budget)
+        if budget.deadline < self._at:
+            self._arm(loop, budget.deadline)
+        return budget
+
+    def stop(self, budget: Budget) -> None:
+        self._live.discard(budget)
+
+    def _bound(self, loop: asyncio.AbstractEventLoop) -> bool:
+        if self._loop is loop:
+            return True
+        if self._loop is not None and not self._loop.is_closed():
+            return False
+        self._loop, self._live, self._timer, self._at = loop, set(), None, math.inf
+        return True
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._at = at
+        self._timer = loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        assert self._loop is not None
+        due = max(self._at, self._loop.time())  # a timer may run up to the clock's resolution early
+        self._timer, self._at = None, math.inf
+        following = math.inf
+        for budget in list(self._live):
+            if budget.deadline <= due:
+                self._live.discard(budget)
+                budget.expired = True
+                budget.task.cancel()
+            elif budget.deadline < following:
+                following = budget.deadline
+        if following < math.inf:
+            self._arm(self._loop, following)
+
+
 class ScheduleStep:
     def __init__(self, runtime: AgentRuntime, builtins: frozenset[str] = frozenset()) -> None:
         self.runtime = runtime
         self.builtins = builtins  # built-in providers have no breaker (they are this process)
+        self.budgets = Budgets()
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         rt = self.runtime
@@ -45,23 +126,44 @@ class ScheduleStep:
             "cpus": limits.cpu_cores,
             "timeout_s": limits.execution_timeout_s,
         }
-        # the scheduler's slot and the budget's timer held directly (Scheduler.slot's context
-        # manager and an anyio cancel scope cost ~50 function calls per call): the same slot,
-        # released on every exit, and the same deadline, which cancels the call in flight
+        # the scheduler's slot and the budget held directly (Scheduler.slot's context manager
+        # and an anyio cancel scope cost ~50 function calls per call): the same slot, released
+        # on every exit, and the same deadline, which cancels the call in flight
         scheduler = rt.scheduler
         await scheduler.acquire(key, priority, limits.max_concurrent_calls)
         try:
-            async with asyncio.timeout(limits.execution_timeout_s) as budget:
-                return await self._dispatch(call, call_next)
-        except TimeoutError:
-            if not budget.expired():
-                raise  # the call's own TimeoutError, not the budget's
+            breached, result = await self._budgeted(call, call_next, limits.execution_timeout_s)
         finally:
             scheduler.release(key)
+        if not breached:
+            return result
         reason = f"execution time budget of {limits.execution_timeout_s:g} s exceeded on {call.target}"
         if agent is not None:
             rt.suspend(agent, f"budget breach: {reason}")
         raise BudgetExceeded(reason, reasons=[reason, "resources.execution_timeout_s"])
+
+    async def _budgeted(self, call: CallContext, call_next: CallNext, seconds: float) -> tuple[bool, Any]:
+        """(False, the call's result), or (True, None) when its execution budget ran out first
+        (the call cancelled); any other outcome of the call passes on."""
+        budget = self.budgets.start(seconds)
+        if budget is None:  # a call on another event loop than the budgets': asyncio's own timer
+            try:
+                async with asyncio.timeout(seconds) as timer:
+                    return False, await self._dispatch(call, call_next)
+            except TimeoutError:
+                if not timer.expired():
+                    raise  # the call's own TimeoutError, not the budget's
+                return True, None
+        try:
+            result = await self._dispatch(call, call_next)
+        except BaseException as e:
+            self.budgets.stop(budget)
+            if budget.breached(e):
+                return True, None
+            raise
+        self.budgets.stop(budget)
+        budget.breached(None)  # a deadline that came as the call returned: its cancellation taken back
+        return False, result
 
     async def _dispatch(self, call: CallContext, call_next: CallNext) -> Any:
         upstream = (

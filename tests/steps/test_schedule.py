@@ -387,3 +387,77 @@ def test_a_call_without_a_tool_is_tried_once(sleeps: list[float]) -> None:
     with pytest.raises(UpstreamUnavailable):
         run(ScheduleStep(rt), ep, call)
     assert ep.calls == 1 and sleeps == []
+
+
+def test_budgets_share_one_timer_and_each_call_keeps_its_own_deadline() -> None:
+    """A later call with a shorter budget is still cut first; a call that ends in time is never
+    cancelled afterwards (its task goes on past the deadline it had)."""
+    import asyncio
+
+    from gateway.steps.schedule import Budgets
+
+    budgets = Budgets()
+    seen: list[str] = []
+
+    async def call(name: str, seconds: float, work: float) -> None:
+        budget = budgets.start(seconds)
+        assert budget is not None
+        try:
+            await anyio.sleep(work)
+        except asyncio.CancelledError as e:
+            budgets.stop(budget)
+            assert budget.breached(e)
+            seen.append(f"{name} breached")
+            return
+        budgets.stop(budget)
+        assert not budget.breached(None)
+        seen.append(f"{name} done")
+        await anyio.sleep(0.4)  # past the deadline it had: nothing cancels the task now
+        seen.append(f"{name} after")
+
+    async def go() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "long", 0.3, 10)
+            await anyio.sleep(0.02)
+            tg.start_soon(call, "short", 0.05, 10)
+            tg.start_soon(call, "quick", 0.2, 0.01)
+
+    anyio.run(go)
+    assert seen == ["quick done", "short breached", "long breached", "quick after"]
+
+
+def test_a_step_used_again_on_a_new_loop_still_enforces_the_budget() -> None:
+    rt = runtime(resources={"execution_timeout_s": 0.05})
+    agent, p = session(rt)
+    step = ScheduleStep(rt)
+    call = CallContext(principal=p, kind="tools/call", target="up__t", tool=tool())
+    assert run(step, Endpoint(rt), call) == "result"  # binds the budgets to that loop
+    with pytest.raises(BudgetExceeded):  # a new loop once that one is closed
+        run(step, Endpoint(rt, hang=True), call)
+    assert agent.state is S.SUSPENDED
+
+
+def test_a_call_on_another_live_loop_gets_asyncios_timer() -> None:
+    import asyncio
+
+    rt = runtime(resources={"execution_timeout_s": 0.05})
+    _, p = session(rt)
+    step = ScheduleStep(rt)
+    other = asyncio.new_event_loop()
+    try:
+
+        async def bind() -> None:
+            budget = step.budgets.start(60)
+            assert budget is not None
+            step.budgets.stop(budget)
+
+        other.run_until_complete(bind())  # the budgets now belong to a loop that is still open
+        call = CallContext(principal=p, kind="tools/call", target="up__t", tool=tool())
+        with pytest.raises(BudgetExceeded):
+            run(step, Endpoint(rt, hang=True), call)
+        ep = Endpoint(rt, error=TimeoutError("its own"), fail=1)
+        with pytest.raises(TimeoutError) as err:
+            run(step, ep, call)
+        assert not isinstance(err.value, BudgetExceeded)
+    finally:
+        other.close()

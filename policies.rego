@@ -10,7 +10,8 @@
 #
 # Portable on purpose: it runs unchanged on the embedded engine (regorus) and on a real OPA
 # server. Only builtins both implement: glob.match, regex.match/find_all_string_submatch_n,
-# sprintf %v/%d, split/startswith/contains/lower, sort/min/count, object.get, array.concat.
+# sprintf %v/%d, split/startswith/contains/lower/concat, strings.any_prefix_match,
+# sort/min/count, object.get, array.concat.
 #
 # Written for the interpreter's speed (regorus costs ~3 us per rule and ~1 us per builtin or
 # function call): a well-formed request of the frequent kinds (tools, bus, memory) is decided
@@ -70,12 +71,14 @@ else := other_conditions
 # one rule (facts: regorus costs ~3 us per rule and ~1 us per builtin or function call);
 # anything else (other kinds, missing or odd fields) by the general rules. Both give the same
 # reasons (tests/policy/test_index_parity.py). A rule added here (`deny contains msg if ...`)
-# joins them on every path.
-deny contains msg if some msg in base_deny
+# joins them on every path. (The two rules read facts directly: a rule in between, chosen by
+# an else, cost every decision an evaluation of its own.)
+deny contains msg if some msg in facts.refusals
 
-base_deny := f.refusals if {
-	f := facts
-} else := kind_deny | volume_deny
+deny contains msg if {
+	not facts
+	some msg in kind_deny | volume_deny
+}
 
 kind_deny := tool_deny if is_tool
 else := bus_deny if is_bus
@@ -493,11 +496,12 @@ data_index := {
 	)),
 	# the tool lists and conditions for facts (see calls_index)
 	"calls": calls_index,
-	# fs_roots: exact roots, and the prefixes of the paths under them (see under_root)
-	"roots": {
-		"exact": {r: true | some r in object.get(cfg, "fs_roots", []); is_string(r)},
-		"prefix": [concat("", [trim_right(r, "/"), "/"]) | some r in object.get(cfg, "fs_roots", [])],
-	},
+	# fs_roots as prefixes of a path followed by a NUL (see path_ok): a root and a NUL (the
+	# root itself), and the root without its trailing "/"s and a "/" (the paths under it)
+	"roots": array.concat(
+		[concat("", [r, "\u0000"]) | some r in object.get(cfg, "fs_roots", []); is_string(r)],
+		[concat("", [trim_right(r, "/"), "/"]) | some r in object.get(cfg, "fs_roots", [])],
+	),
 	# url_hosts in lower case: the literal ones match only themselves, the others are globbed
 	"url_hosts": {
 		"exact": {h: true | some p in object.get(cfg, "url_hosts", []); h := lower(p); literal(h)},
@@ -772,25 +776,19 @@ tool_deny contains msg if {
 # relative path passes only under a relative root listed in the data (relative to the
 # filesystem server's own folder). Symlinks inside a root are the filesystem server's
 # business: the policy sees strings.
+#
+# One rule body, a builtin per test (regorus costs ~1 us a builtin and more a rule or a
+# function definition): "/" + p + "/" holds "/./" or "/../" exactly when a segment of p is
+# "." or ".."; p + NUL starts with root + NUL exactly when p is the root (p holds no NUL).
+# roots: data_index.roots
 path_ok(p, roots) if {
 	is_string(p)
 	not contains(p, "\\")
 	not contains(p, "\u0000")
-	not dot_segment(p)
-	under_root(p, roots)
-}
-
-dot_segment(p) if {
-	some s in split(p, "/")
-	s in {".", ".."}
-}
-
-# roots: data_index.roots, {"exact": {root: true}, "prefix": [root without its trailing "/"s + "/"]}
-under_root(p, roots) if roots.exact[p]
-
-under_root(p, roots) if {
-	some pre in roots.prefix
-	startswith(p, pre)
+	q := concat("", ["/", p, "/"])
+	not contains(q, "/./")
+	not contains(q, "/../")
+	strings.any_prefix_match(concat("", [p, "\u0000"]), roots)
 }
 
 # ix: data_index (fs roots and URL host patterns)

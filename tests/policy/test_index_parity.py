@@ -2,7 +2,8 @@
 one-rule fast paths (``facts``: well-formed tool, bus and memory requests) decide exactly as
 the plain rules did: the previous policies (``reference/policies_v1.rego``, every pattern
 globbed and every rule evaluated on every decision; ``reference/policies_v2.rego``, session
-7's; ``reference/policies_v3.rego``, session 8's) and the real OPA engine agree with the embedded engine on the cases, on seeded random
+7's; ``reference/policies_v3.rego``, session 8's; ``reference/policies_v4.rego``, session 9's)
+and the real OPA engine agree with the embedded engine on the cases, on seeded random
 inputs, and on seeded random data files whose patterns mix literals, keyed globs
 (``fs__read_*``), unkeyed ones (``*``, ``f?__x``, ``{a,b}__*``) and glob syntax the index must
 not take for a literal (``[x]``, ``\\*``). OPA decides both ways: without the precomputed
@@ -26,7 +27,8 @@ from tests.policy.conftest import CASES, DATA, POLICY, opa_engine
 from tests.policy.randinput import KINDS, TOOLS, random_inputs
 
 REFERENCE = Path(__file__).parent / "reference" / "policies_v1.rego"
-PREVIOUS = Path(__file__).parent / "reference" / "policies_v3.rego"
+PREVIOUS = Path(__file__).parent / "reference" / "policies_v4.rego"
+SESSION8 = Path(__file__).parent / "reference" / "policies_v3.rego"
 SESSION7 = Path(__file__).parent / "reference" / "policies_v2.rego"
 DECISION = "data.symbi.decision"
 ERROR = "error"
@@ -132,6 +134,7 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
     bundle, new = _load(POLICY.read_text(), data)
     _, old = _load(REFERENCE.read_text(), data)
     _, previous = _load(PREVIOUS.read_text(), data)
+    _, session8 = _load(SESSION8.read_text(), data)
     _, session7 = _load(SESSION7.read_text(), data)
     assert bundle.precomputed is not None
     opa = opa_engine(data=data)
@@ -141,12 +144,82 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
         a = _decide(new, inp)
         assert a == _decide(old, inp), inp
         assert a == _decide(previous, inp), inp
+        assert a == _decide(session8, inp), inp
         assert a == _decide(session7, inp), inp
         assert a == _opa(opa, inp), inp
         assert a == _opa(opa_indexed, inp), inp
         if a != ERROR:
             outcomes["allow" if a["allow"] else "deny"] += 1
     assert outcomes["allow"] >= 10 and outcomes["deny"] >= 50, outcomes
+
+
+ROOTS = ["/srv/symbi", "/srv/symbi/", "/srv//", "/", "", "data", "data/", "./data", "/tmp/a.b", "/x\\y"]
+PATH_PARTS = [
+    "",
+    "/",
+    "//",
+    ".",
+    "..",
+    "...",
+    ".x",
+    "x.",
+    "srv",
+    "symbi",
+    "symbi2",
+    "data",
+    "a.b",
+    "\\",
+    "\u0000",
+    "x",
+]
+
+
+def _random_path(r: random.Random, roots: list[str]) -> Any:
+    """Paths built from segments the check must get right: the roots themselves (as listed
+    and without their trailing "/"s), "." / ".." / "..." segments, backslashes, NULs, near-miss names."""
+    if r.random() < 0.05:
+        return r.choice([None, 7, ["/srv/symbi/x"], {"p": "/srv/symbi"}])
+    if r.random() < 0.6:
+        root = r.choice(roots)
+        return r.choice([root, root.rstrip("/")]) + r.choice(
+            ["", "/", "/x", "x", "/.", "/..", "/../x", "\u0000"]
+        )
+    return "".join(r.choice(PATH_PARTS) + r.choice(["/", "", "/"]) for _ in range(r.randint(0, 5)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_path_arguments_are_checked_as_the_previous_policy_and_opa_check_them(seed: int) -> None:
+    """The path check (one rule body: a NUL-terminated prefix match) against session 9's
+    (a segment split and a root lookup) and OPA, on random roots and paths."""
+    r = random.Random(2000 + seed)
+    data = json.loads(DATA.read_text())
+    roots = r.sample(ROOTS, r.randint(1, 4))
+    if not any(x.endswith("/") for x in roots):  # a root listed with its "/": not the same name
+        roots.append(r.choice([x for x in ROOTS if x.endswith("/")]))
+    data["symbi_data"]["fs_roots"] = roots
+    bundle, new = _load(POLICY.read_text(), data)
+    _, previous = _load(PREVIOUS.read_text(), data)
+    opa_indexed = opa_engine(data={**data, **bundle.precomputed})
+    base = load_cases(CASES)[0].input
+    outcomes = {"allow": 0, "deny": 0}
+    for _ in range(150):
+        inp = copy.deepcopy(base)
+        inp["tool"]["name"] = inp["target"] = "fs__read_text_file"
+        inp["upstream"]["name"] = "fs"
+        key = r.choice(["path", "paths", "source"])
+        inp["arguments"] = {
+            key: (
+                [_random_path(r, roots) for _ in range(r.randint(0, 3))]
+                if key == "paths"
+                else _random_path(r, roots)
+            )
+        }
+        a = _decide(new, inp)
+        assert a == _decide(previous, inp), inp
+        assert a == _opa(opa_indexed, inp), inp
+        if a != ERROR:
+            outcomes["allow" if a["allow"] else "deny"] += 1
+    assert outcomes["allow"] >= 15 and outcomes["deny"] >= 30, outcomes
 
 
 def test_the_shipped_data_decides_as_opa_with_the_index() -> None:

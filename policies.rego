@@ -138,15 +138,14 @@ other_permitted := true if {
 facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
 	input.kind == "tools/call"
 	tool := input.tool
-	is_object(tool)
-	name := tool.name
+	name := tool.name # undefined unless tool is an object
 	is_string(name)
 	pid := input.principal.id
 	hour := input.context.calls_last_hour
 	args := input.arguments
 	is_object(args)
 	upstream := input.upstream.name
-	call := object.get(input, "action", "call") == "call"
+	call := input.action == "call" # (an input without an action: the general rules)
 
 	# only with the index precomputed from exactly this data (else the general rules decide)
 	c := data.symbi_data
@@ -154,12 +153,13 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	ix.of == object.remove(c, ["principals"])
 	cx := ix.calls
 
-	# principal_entry (none for a principal of another source) and roles
+	# principal_entry (none for a principal of another source) and roles; an input without a
+	# principal source or issuer, or data without principals, is decided by the general rules
 	ns := object.get({
 		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
-		"jwt": ["jwt", object.get(input.principal, "issuer", "")],
-	}, object.get(input.principal, "source", ""), [null])
-	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
+		"jwt": ["jwt", input.principal.issuer],
+	}, input.principal.source, [null])
+	entry := object.get(c.principals, array.concat(ns, [pid]), {})
 	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
 	not contains(name, ".") # the prefix patterns' "*" cannot match a "." (else: general rules)
 
@@ -186,13 +186,14 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		glob.match(p, [], name)
 	}
 	granted := "tools" in listed
-	ver := object.get(tool, "verification", "unverified")
+	ver := tool.verification # (a tool without one: the general rules)
 	screened := object.get(tool, "screening", {})
 	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
 	refusals := (((({sprintf("principal %v may not use tool %v (not in its allow-list)", [pid, name]) | not granted} | {
 		sprintf("tool %v is on the deny-list of principal %v", [name, pid]) | "deny_tools" in listed
 	}) | {
 		sprintf("tool %v is %v: only verified or pinned tools may be called", [name, ver]) |
+			not ver in {"verified", "pinned"} # (the frequent answer, without a function call)
 			not verification_passes(ver, upstream)
 	}) | {msg |
 		object.get(screened, "highest", null) == "high"
@@ -217,12 +218,12 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		cs := cx.conditions
 		b := object.get(cs.keyed, lk, cs.other)
 		base_rate := object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))
-		o := object.union_n([
+		some o in [
 			call_conditions(name, b, cs.exact, base_rate),
 			{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
-		])
+		]
 	]
-	conditions := array.concat(allowed, [{}])[0]
+	conditions := object.union_n(allowed)
 } else := {"refusals": refusals, "granted": granted, "conditions": {"rate_limit": rate}} if {
 	# the agent bus's kinds (the rules of bus_deny, volume_deny, other_permitted and
 	# other_conditions), for a caller with a principal id and counters
@@ -819,9 +820,9 @@ else := sprintf("argument %v: host %v is not in the allow-list", [k, hosts[0]]) 
 	not host_ok(hosts[0], pats)
 }
 
+# (an else: a listed host is not globbed too)
 host_ok(host, pats) if pats.exact[host]
-
-host_ok(host, pats) if {
+else if {
 	some pat in pats.glob
 	glob.match(pat, ["."], host)
 }

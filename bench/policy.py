@@ -22,12 +22,14 @@ On the repo's ``policies.rego`` + ``policies/data.json`` with the 95 inputs of
 - threads: total decisions/s with N threads, one engine per thread (regorus holds the GIL,
   so expect no gain: the way to scale is worker processes);
 - before_after: evaluated decisions of a previous policy (``--before``, by default
-  ``tests/policy/reference/policies_v3.rego``, session 8's: one-rule fast paths (facts) over
-  an index that holds the principals; ``policies_v2.rego``, session 7's: the deny reasons of a
-  tool call in one rule, everything else rule by rule; ``policies_v1.rego`` globs every
-  pattern and evaluates every rule of every kind) and of the current one, same data,
-  same inputs, interleaved round by round (``--rounds``): medians and the ratio (the issue-16
-  target counts evaluated decisions: >= 10,000/s, p99 <= 300 us);
+  ``tests/policy/reference/policies_v4.rego``, session 9's: a tool call's lists and conditions
+  from one index keyed by the name's part before ``__``; ``policies_v3.rego``, session 8's:
+  one-rule fast paths (facts) over an index that holds the principals; ``policies_v2.rego``,
+  session 7's: the deny reasons of a tool call in one rule, everything else rule by rule;
+  ``policies_v1.rego`` globs every pattern and evaluates every rule of every kind) and of
+  the current one, same data, same inputs, interleaved round by round (``--rounds``):
+  medians and the ratio (the issue-16 target counts evaluated decisions: >= 10,000/s,
+  p99 <= 300 us);
 - step: the whole ``PolicyStep`` (input document + decision + conditions) around a trivial
   endpoint, minus the bare endpoint: the policy's cost inside one proxied call (cache on,
   and the counters advance, as in the gateway).
@@ -523,7 +525,7 @@ def main() -> int:
     ap.add_argument(
         "--before",
         type=Path,
-        default=ROOT / "tests" / "policy" / "reference" / "policies_v3.rego",
+        default=ROOT / "tests" / "policy" / "reference" / "policies_v4.rego",
         help="the previous policy before_after compares (same data)",
     )
     args = ap.parse_args()

@@ -242,13 +242,14 @@ class Writer:
             return False
         old = self.seq
         self.seq, self.head, self.pending, self.unsigned_head = seq, prev, None, defer
-        # pages this commit wrote to the WAL: the rows' (about 200 bytes of columns besides the
-        # details each), the timestamp index's and the anchor's
-        self.wal_pages += 3 + sum(len(r[6]) + 200 for r in rows) // 4096
+        # the audited calls' waiters first (their loops wake while this thread goes on)
+        wake(events, [row[0] for row in rows], None)
         for row, it in zip(rows, events, strict=True):
             if it.future is not None:
                 resolve(it.future, row[0])
-        wake(events, [row[0] for row in rows], None)
+        # pages this commit wrote to the WAL: the rows' (about 200 bytes of columns besides the
+        # details each), the timestamp index's and the anchor's
+        self.wal_pages += 3 + sum(len(r[6]) + 200 for r in rows) // 4096
         checkpoint = seq // self.checkpoint_every > old // self.checkpoint_every
         if defer and checkpoint:  # a signed record at least every checkpoint_every events
             self.pending = (seq, self.signer.sign_hash(prev))

@@ -7,7 +7,8 @@ same number again (a log that has been running: its WAL rewritten in place), bes
 append + fsync floor on the same disk, measured in the same process; then the same number as
 the gateway audits a call (``flips``: an ``agent.state`` emit, 0.3 ms of upstream wait, another
 emit, the awaited record); then ``--spaced`` records
-``--gap-ms`` apart (calls that are not back to back: the writer idles between them). Each phase
+``--gap-ms`` apart (calls that are not back to back: the writer idles between them); then
+``--slow`` calls as in ``flips`` with ``--slow-ms`` of upstream wait (longer than the emit linger). Each phase
 also reports the process CPU time and context switches per record (every thread: the caller's
 and the writer's, the head signatures the writer adds when idle or flushed included). It prints JSON: per tree the
 medians over rounds, and round by round this tree's median over the baseline's.
@@ -40,6 +41,7 @@ from pathlib import Path
 from gateway.audit import AuditLog
 
 calls, warm, spaced, gap = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4]), float(sys.argv[5]) / 1000
+slow, slow_s = int(sys.argv[6]), float(sys.argv[7]) / 1000
 
 def floor(d):
     fd = os.open(d / "floor", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -53,13 +55,13 @@ def switches():
     ru = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
     return ru.ru_nvcsw + ru.ru_nivcsw
 
-async def run(log, n, timed, pause=0.0, flips=False):
+async def run(log, n, timed, pause=0.0, flips=False, upstream_s=0.0003):
     lat = []
     cpu, cs = time.process_time(), switches()  # every thread of the process: the caller's and the writer's
     for i in range(n):
         if flips:  # a call as the gateway audits it: agent-state flips around the upstream call
             log.emit("agent.state", {"agent": "alice", "from": "Ready", "to": "Running"}, principal="alice")
-            await asyncio.sleep(0.0003)
+            await asyncio.sleep(upstream_s)
             log.emit("agent.state", {"agent": "alice", "from": "Running", "to": "Ready"}, principal="alice")
         t = time.perf_counter()
         await log.record("tool.call", {"tool": "fs__read", "arguments": {"path": "[REDACTED]"}, "i": i}, principal="alice")
@@ -86,6 +88,8 @@ with tempfile.TemporaryDirectory(dir=sys.argv[3] or None) as tmp:
     out["flips"] = asyncio.run(run(log, calls, True, flips=True))
     if spaced:
         out["spaced"] = asyncio.run(run(log, spaced, True, gap))
+    if slow:
+        out["slow"] = asyncio.run(run(log, slow, True, flips=True, upstream_s=slow_s))
     log.close()
     print(json.dumps(out | {"fsync_floor_median_ms": floor(d)}))
 """
@@ -112,6 +116,8 @@ def one(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
             str(args.dir or ""),
             str(args.spaced),
             str(args.gap_ms),
+            str(args.slow),
+            str(args.slow_ms),
         ],
         env=env,
         cwd=tempfile.gettempdir(),  # not a worktree: PYTHONPATH alone decides which gateway runs
@@ -137,6 +143,13 @@ def main() -> None:
         help="then this many records --gap-ms apart (the CPU a record costs when calls are not back to back)",
     )
     ap.add_argument("--gap-ms", type=float, default=100.0)
+    ap.add_argument(
+        "--slow",
+        type=int,
+        default=100,
+        help="then this many calls as in flips with --slow-ms of upstream wait (longer than the emit linger)",
+    )
+    ap.add_argument("--slow-ms", type=float, default=10.0)
     args = ap.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +166,11 @@ def main() -> None:
         "baseline_rev": args.baseline_rev,
         "rounds": args.rounds,
     }
-    phases = ("fresh", "running", "flips", "spaced") if args.spaced else ("fresh", "running", "flips")
+    phases = (
+        ("fresh", "running", "flips")
+        + (("spaced",) if args.spaced else ())
+        + (("slow",) if args.slow else ())
+    )
     for name in runs:
         result[name] = {
             f"{phase}_{field}": med(name, phase, field)

@@ -155,7 +155,9 @@ async def test_isolation_per_session_is_bounded_and_idle_processes_stop(tmp_path
     ``isolation_max = 1`` a second session is refused while the first one's call runs, and
     a process idle for ``isolation_idle_s`` is stopped."""
     cfg = _config(tmp_path)
-    cfg.write_text(cfg.read_text() + 'isolation = "session"\nisolation_max = 1\nisolation_idle_s = 0.5\n')
+    # idle_s long enough that the sweep cannot stop the second session's process between its
+    # call's reply and the check of the process list below on a loaded machine (it did at 0.5 s)
+    cfg.write_text(cfg.read_text() + 'isolation = "session"\nisolation_max = 1\nisolation_idle_s = 3\n')
     store = ApiKeyStore(load_config(cfg, {}).api_keys_path)
     key, _ = store.create("alice", ("tester",))
     results: dict[str, Any] = {}

@@ -188,7 +188,7 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	granted := "tools" in listed
 	ver := tool.verification # (a tool without one: the general rules)
 	screened := object.get(tool, "screening", {})
-	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
+	cap := object.get(entry, "max_calls_per_hour", cx.defaults.max_calls_per_hour)
 	refusals := (((({sprintf("principal %v may not use tool %v (not in its allow-list)", [pid, name]) | not granted} | {
 		sprintf("tool %v is on the deny-list of principal %v", [name, pid]) | "deny_tools" in listed
 	}) | {
@@ -217,7 +217,7 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		count(refusals) == 0
 		cs := cx.conditions
 		b := object.get(cs.keyed, lk, cs.other)
-		base_rate := object.get(entry, "rate_limit", object.get(c, "default_rate_limit", 60))
+		base_rate := object.get(entry, "rate_limit", cx.defaults.rate_limit)
 		some o in [
 			call_conditions(name, b, cs.exact, base_rate),
 			{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
@@ -529,6 +529,11 @@ calls_index := {
 			some p, v in object.get(cfg, f, {})
 		],
 	)),
+	# the data's defaults for a principal without its own cap or rate
+	"defaults": {
+		"max_calls_per_hour": object.get(cfg, "default_max_calls_per_hour", 0),
+		"rate_limit": object.get(cfg, "default_rate_limit", 60),
+	},
 }
 
 # [field, pattern] of the tool lists of a role

@@ -18,7 +18,9 @@ policy can read (``gateway.policy.inputkey``): a repeated question (the same too
 again, the same call with the same counters) is answered without evaluating. Counters and
 times the policy reads are in the key, so a changed counter is a new evaluation. A call's
 decision is kept from the second time its question is asked (most calls are asked once: the
-default policy reads the hourly count), so one-off calls do not push the listings' out.
+default policy reads the hourly count), so one-off calls do not push the listings' out; and a
+call whose target and counters are new among the recent calls' is evaluated without making its
+key (``InputReads.fingerprint``: the key holds them, so it cannot have been asked).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from gateway.custody import FileVersion, changes, snapshot, writable_by_others
 from gateway.errors import PolicyLoadError
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.policy.decision import deny, validate_decision
+from gateway.policy.inputkey import InputReads
 from gateway.policy.loader import (
     PolicyBundle,
     PolicyFiles,
@@ -80,6 +83,20 @@ class _Slot:
     cache: OrderedDict[str, Decision]
     chars: int = 0  # the characters of the cache's keys
     seen: dict[int, None] = field(default_factory=dict)  # hashes of recent calls' keys, oldest first
+    fingerprints: dict[int, None] = field(default_factory=dict)  # of recent calls, oldest first
+
+    def worth_keying(self, input: Mapping[str, Any], reads: InputReads) -> bool:
+        """Whether to make ``input``'s cache key: not for a call whose fingerprint (target and
+        counters) is new, whose key cannot have been asked (most calls: the hourly count moves)."""
+        if input.get("action", "call") != "call":
+            return True
+        fp = reads.fingerprint(input)
+        if fp is None or fp in self.fingerprints:
+            return True
+        self.fingerprints[fp] = None
+        if len(self.fingerprints) > SEEN_CALLS:
+            del self.fingerprints[next(iter(self.fingerprints))]
+        return False
 
     def keep(self, key: str, input: Mapping[str, Any]) -> bool:
         """Whether to cache the decision of ``input``: any but a call, and a call asked before."""
@@ -343,7 +360,12 @@ class EmbeddedEngine(PolicyEngine):
             # decisions of the previous policy never outlive it
             local = slots[self._number] = _Slot(engine, bundle.digest, OrderedDict())
         engine = local.engine
-        key = bundle.reads.key(input) if bundle.reads is not None and self.cache_entries else None
+        reads = bundle.reads
+        key = (
+            reads.key(input)
+            if reads is not None and self.cache_entries and local.worth_keying(input, reads)
+            else None
+        )
         cache = local.cache
         if key is not None:
             hit = cache.get(key)

@@ -179,12 +179,41 @@ def _plan(trie: Trie) -> Plan:
     return tuple((k, f"s{k}" if isinstance(k, str) else f"i{k}", _plan(sub)) for k, sub in trie.items())
 
 
+# The per-principal and per-tool call counts of an input's context (gateway.policy.inputdoc).
+COUNTERS: Final = ("calls_last_minute", "calls_last_hour", "tool_calls_last_minute")
+
+
+def _counters_read(trie: Trie) -> tuple[str, ...]:
+    """The context counters a policy with these reads can read."""
+    if ALL in trie:
+        return COUNTERS
+    ctx = trie.get("context")
+    if ctx is None:
+        return ()
+    return COUNTERS if ALL in ctx else tuple(c for c in COUNTERS if c in ctx)
+
+
 class InputReads:
     """The input paths a policy can read; builds cache keys from them."""
 
     def __init__(self, trie: Trie) -> None:
         self.trie = trie
         self._plan = _plan(trie)
+        self.counters = _counters_read(trie)
+        self._target = ALL in trie or "target" in trie
+
+    def fingerprint(self, doc: Mapping[str, Any]) -> int | None:
+        """A hash of the target and the counters the policy reads, for a policy that reads a
+        counter (else None): two inputs with the same cache key have the same fingerprint, so
+        a call whose fingerprint is new has a key never asked before (engine.py)."""
+        ctx = doc.get("context")
+        if not self.counters or not isinstance(ctx, Mapping):
+            return None
+        target = doc.get("target") if self._target else None
+        try:
+            return hash((target, *(ctx.get(c) for c in self.counters)))
+        except TypeError:  # an unhashable value: no fingerprint, the key decides
+            return None
 
     def paths(self) -> list[str]:
         """Readable, for reports and tests: ``["arguments", "tool.name", ...]``."""

@@ -271,3 +271,28 @@ def test_the_default_cache_holds_two_listings_of_2000_tools() -> None:
     from gateway.policy.engine import CACHE_CHARS, CACHE_ENTRIES
 
     assert CACHE_ENTRIES >= 2 * 2000 * 2 and CACHE_CHARS >= CACHE_ENTRIES * 1024
+
+
+COUNTED = PKG + (
+    'ok if {\n  input.target == "t"\n  input.context.calls_last_hour < 3\n  input.arguments.ok == true\n}\n'
+    'decision := {"allow": true, "reasons": [], "conditions": {}} if ok\n'
+    'else := {"allow": false, "reasons": ["no"], "conditions": {}}\n'
+)
+
+
+def test_a_call_with_new_target_and_counters_is_not_keyed_and_a_kept_call_still_flips(tmp_path: Path) -> None:
+    """A policy reading a counter: a call whose target and counters are new is evaluated
+    without a key (its key cannot have been asked), so a repeated call is kept from its third
+    asking; a kept decision is never given to a call whose arguments, hourly count or target
+    differ."""
+    eng = _engine(tmp_path, COUNTED)
+    call = {"action": "call", "target": "t", "arguments": {"ok": True}, "context": {"calls_last_hour": 0}}
+    for _ in range(3):  # new fingerprint (no key); key made, first seen; seen again: kept
+        assert eng.decide(call).allow is True
+    assert (eng.cache_hits, eng.cache_misses) == (0, 3)
+    assert eng.decide(call).allow is True and eng.cache_hits == 1
+    assert eng.decide({**call, "arguments": {"ok": False}}).allow is False  # same fingerprint
+    assert eng.decide({**call, "context": {"calls_last_hour": 3}}).allow is False  # over the cap
+    assert eng.decide({**call, "target": "u"}).allow is False
+    assert eng.decide({**call, "arguments": {"ok": False}}).allow is False
+    assert (eng.cache_hits, eng.cache_misses) == (1, 7)

@@ -222,3 +222,29 @@ def test_a_tool_listed_again_with_the_same_counters_is_answered_from_the_cache(
     assert filter_listing(repo_engine, who, tools) == first
     assert repo_engine.cache_hits - hits == len(tools)
     assert [t.upstream for t in first] == ["time"] * 5  # time__* only: the listing still filters
+
+
+def test_a_fingerprint_only_for_a_policy_reading_a_counter_and_over_what_it_reads() -> None:
+    hour = reads_of(PKG + "r if input.context.calls_last_hour > input.target\n")[0]
+    whole = reads_of(PKG + "r if input.context.x\n")[0]  # reads context.x only: no counter
+    ctx = reads_of(PKG + "r if input.context\n")[0]  # all of the context: every counter
+    assert hour is not None and whole is not None and ctx is not None
+    assert (hour.counters, whole.counters, ctx.counters) == (
+        ("calls_last_hour",),
+        (),
+        ("calls_last_minute", "calls_last_hour", "tool_calls_last_minute"),
+    )
+    doc = {"target": "t", "context": {"calls_last_hour": 3, "calls_last_minute": 1}}
+    assert whole.fingerprint(doc) is None
+    assert hour.fingerprint(doc) == hour.fingerprint({**doc, "arguments": {"a": 1}})
+    assert hour.fingerprint(doc) != hour.fingerprint({**doc, "context": {"calls_last_hour": 4}})
+    assert hour.fingerprint(doc) != hour.fingerprint({**doc, "target": "u"})
+    # a counter it does not read does not split the fingerprint; one it reads does
+    assert hour.fingerprint(doc) == hour.fingerprint({**doc, "context": {"calls_last_hour": 3}})
+    assert ctx.fingerprint(doc) != ctx.fingerprint({**doc, "context": {"calls_last_hour": 3}})
+    assert hour.fingerprint({"target": ["x"], "context": {}}) is None  # unhashable: the key decides
+    assert hour.fingerprint({"target": "t", "context": 5}) is None
+    # a policy that does not read the target: two calls with the same key, the same fingerprint
+    counter_only = reads_of(PKG + "r if input.context.calls_last_hour > 0\n")[0]
+    assert counter_only is not None
+    assert counter_only.fingerprint(doc) == counter_only.fingerprint({**doc, "target": "u"})

@@ -296,3 +296,24 @@ def test_a_call_with_new_target_and_counters_is_not_keyed_and_a_kept_call_still_
     assert eng.decide({**call, "target": "u"}).allow is False
     assert eng.decide({**call, "arguments": {"ok": False}}).allow is False
     assert (eng.cache_hits, eng.cache_misses) == (1, 7)
+
+
+def test_the_fingerprints_remembered_are_the_last_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.policy.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "SEEN_CALLS", 2)
+    eng = _engine(tmp_path, COUNTED)
+    call = {"action": "call", "target": "t", "arguments": {"ok": True}, "context": {"calls_last_hour": 0}}
+    for _ in range(3):  # kept from the third asking
+        eng.decide(call)
+    eng.decide({**call, "target": "u"})
+    eng.decide(call)  # t is among the last 2 calls' fingerprints: answered from the cache
+    assert (eng.cache_hits, eng.cache_misses) == (1, 4)
+    for target in ("v", "w"):  # push t's fingerprint out
+        eng.decide({**call, "target": target})
+    eng.decide(call)  # t is new again: evaluated without a key (its decision is still kept)
+    assert (eng.cache_hits, eng.cache_misses) == (1, 7)
+    eng.decide(call)
+    assert eng.cache_hits == 2

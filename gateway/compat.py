@@ -84,6 +84,7 @@ __all__ = [
     "transport_open_stream",
     "transport_priming_event",
     "transport_serving",
+    "transport_store_event",
     "transport_write",
 ]
 
@@ -540,3 +541,19 @@ def _otel_sdk() -> tuple[Any, ...]:
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
     return Tracer, NoOpTracerMetrics, NonRecordingSpan, SpanContext, TraceFlags
+
+
+async def transport_store_event(
+    transport: StreamableHTTPServerTransport, stream_id: str, message: JSONRPCMessage
+) -> str | None:
+    """Store ``message`` in the session's event store under ``stream_id``, as the message router
+    stores what it routes (``_event_store``); its event id, or None without a store. The SSE
+    lane answers a call nothing else was routed to without the router's round trip."""
+    try:
+        store = transport._event_store
+    except AttributeError:
+        raise SdkChanged("StreamableHTTPServerTransport._event_store") from None
+    if not store:
+        return None
+    event_id: str = await store.store_event(stream_id, message)
+    return event_id

@@ -310,7 +310,7 @@ def test_a_missing_attribute_is_named() -> None:
 # Private names of the libraries that only gateway/compat.py may use.
 _PRIVATE = re.compile(
     r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer"
-    r"|_security|_request_streams|_requests_in_flight|_idle_timeout|_stream|_waiter|_state)\b"
+    r"|_security|_request_streams|_requests_in_flight|_idle_timeout|_stream|_waiter|_state|_event_store)\b"
     r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b|\b_discard_session\b"
     r"|\b_(?:create_platform_compatible_process|drain_stdout|get_executable_command|parse_line|stop_server_process|clamp_inbound_ttl|later_revision_fields)\b"
     r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock|_stream)[\"']"  # getattr(x, "_name")
@@ -334,7 +334,7 @@ async def test_the_request_stream_reach_ins_of_the_sse_lane() -> None:
     session's router (stored in the event store first), unregister it."""
     from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 
-    from gateway.server.resume import BoundedEventStore
+    from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
 
     transport = StreamableHTTPServerTransport("abc", event_store=BoundedEventStore(), retry_interval=1000)
     async with transport.connect():
@@ -351,6 +351,27 @@ async def test_the_request_stream_reach_ins_of_the_sse_lane() -> None:
         assert not compat.transport_holds_stream(transport, "5", pair)
         assert not compat.transport_close_stream(transport, "5", pair)  # not registered any more
         await transport.terminate()
+    # stored under the request's stream as the router stores it: replayed after the priming event
+    store = BoundedEventStore()
+    stored = StreamableHTTPServerTransport("def", event_store=store, retry_interval=1000)
+    response = types.JSONRPCResponse(jsonrpc="2.0", id=6, result={"content": []})
+    token = STREAM_OWNER.set(StreamOwner("key:alice", "def"))
+    try:
+        primed = await compat.transport_priming_event(stored, "6", "2025-11-25")
+        assert primed is not None
+        eid = await compat.transport_store_event(stored, "6", response)
+        assert eid is not None and eid != primed["id"]
+        replayed: list[Any] = []
+
+        async def collect(event: Any) -> None:
+            replayed.append(event)
+
+        assert await store.replay_events_after(primed["id"], collect) == "6"
+        assert [(e.event_id, e.message) for e in replayed] == [(eid, response)]
+    finally:
+        STREAM_OWNER.reset(token)
+    # no event store: nothing stored, no event id (the SDK's router sends such events without one)
+    assert await compat.transport_store_event(StreamableHTTPServerTransport("ghi"), "6", response) is None
     # the dispatcher's keyword that puts a message on a request's own stream
     for method in (JSONRPCDispatcher.notify, JSONRPCDispatcher.send_raw_request):
         assert "_related_request_id" in inspect.signature(method).parameters

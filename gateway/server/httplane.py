@@ -38,7 +38,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult
-from mcp.server.streamable_http import REQUEST_CANCELLED, StreamableHTTPServerTransport, check_accept_headers
+from mcp.server.streamable_http import REQUEST_CANCELLED, check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.dispatcher import CallOptions, coerce_request_id
 from mcp.shared.exceptions import NoBackChannelError
@@ -195,8 +195,9 @@ class HttpLane:
                 return False
             self.taken += 1
             if not json_mode:
-                dctx = SseLaneDispatch(conn, rid, token, request)
-                await self._run_sse(key, conn, dctx, params, transport, receive, send)
+                answer = SseAnswer(transport, str(rid), send)
+                dctx = SseLaneDispatch(conn, rid, token, request, answer)
+                await self._run_sse(key, conn, dctx, params, receive)
                 return True
             # progress has no wire in a JSON reply (the SDK drops it too)
             response = await self._run(key, conn, JsonLaneDispatch(conn, rid, request), params, transport)
@@ -209,14 +210,13 @@ class HttpLane:
         conn: Connection,
         dctx: SseLaneDispatch,
         params: dict[str, Any],
-        transport: StreamableHTTPServerTransport,
         receive: Receive,
-        send: Send,
     ) -> None:
-        """The call answered as an event stream (``SseAnswer``): the stream is opened before the
-        call runs, its routed events written while it runs, its outcome sent last."""
+        """The call answered as an event stream (``SseAnswer``): opened before the call runs,
+        the call run in this task, its outcome written last (after whatever it routed to its
+        stream, which a pump task in this task group writes meanwhile)."""
         sid = key[0]
-        answer = SseAnswer(transport, str(dctx.request_id), send)
+        answer = dctx.answer
         cancel = anyio.CancelScope()
         self._in_flight[key] = (cancel, dctx)
         try:
@@ -235,7 +235,7 @@ class HttpLane:
             cancel.cancel()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._call_sse, key, conn, dctx, params, answer, cancel)
+            answer.spawn = tg.start_soon
             # The client is watched (its leaving, pings, the server's exit; the headers sent
             # ahead) only once the call has run ``HOLD_S``: a quicker call is answered before a
             # watch would have done anything (most calls: no watch task, no timers).
@@ -243,7 +243,7 @@ class HttpLane:
                 HOLD_S, lambda: tg.start_soon(answer.watch, receive, watch, stop)
             )
             try:
-                await answer.stream()
+                await self._call_sse(key, conn, dctx, params, cancel)
             finally:
                 hold.cancel()
                 watch.cancel()
@@ -254,7 +254,6 @@ class HttpLane:
         conn: Connection,
         dctx: SseLaneDispatch,
         params: dict[str, Any],
-        answer: SseAnswer,
         cancel: anyio.CancelScope,
     ) -> None:
         out: dict[str, Any] | types.ErrorData | None = None
@@ -267,7 +266,7 @@ class HttpLane:
             out = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
         # a call its client cancelled is not answered with its result (the SDK's dispatcher
         # writes nothing, the transport's unanswered hook answers REQUEST_CANCELLED)
-        await answer.respond(dctx.request_id, None if dctx.cancelled else out)
+        await dctx.answer.respond(dctx.request_id, None if dctx.cancelled else out)
 
     def _settled(self, key: tuple[str, types.RequestId], dctx: LaneDispatch) -> None:
         dctx.close()

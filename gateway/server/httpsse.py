@@ -5,11 +5,16 @@ priming event (its id stored in the event store, when the client speaks 2025-11-
 then every message the session's message router routes to the request (progress, the relay's
 server->client requests, each stored in the event store under the request's stream id) and
 last the response, stored the same way. ``SseAnswer`` writes that stream itself (no
-sse-starlette response, no memory stream pair per event, no writer task) but keeps the SDK's
-routing: it registers the request's stream with the transport as the SDK's POST handler
-does, and sends the lane's response through the session's message router, so the event
-store, the order of events (a progress notification before the response) and the replay to a
-client that resumes with ``Last-Event-ID`` are the SDK's own. Like sse-starlette it pings a
+sse-starlette response, no memory stream pair per event, no writer task) and keeps what a
+client sees of the SDK's: the priming event is minted by the transport's own method; a call
+that sends something on its request's stream (progress, a relayed sampling request) has it
+routed as the SDK routes it: the first such message registers the request's stream with the
+transport, as the SDK's POST handler does, and the response then goes through the session's
+message router too (stored, ordered after the call's notifications). A call that sends
+nothing on its stream (most calls) has nothing to order its response after: its response is
+stored in the session's event store under the request's stream id (the id the router would
+have given it, so ``Last-Event-ID`` replays it the same way) and written here, without the
+router's round trip, the request's stream or a pump task. Like sse-starlette it pings a
 silent stream every 15 seconds, lets the stream go when the client goes away (the call runs
 on; a resumed stream gets what follows) and ends it when the server stops (the call is
 stopped too, as the session's shutdown stops it on the SDK's path).
@@ -18,7 +23,7 @@ stopped too, as the session's shutdown stops it on the SDK's path).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +49,8 @@ from gateway.compat import (
     transport_holds_stream,
     transport_open_stream,
     transport_priming_event,
+    transport_serving,
+    transport_store_event,
     transport_write,
 )
 from gateway.server.fastlane import LaneDispatch
@@ -60,15 +67,22 @@ EXIT_POLL_S = 0.5  # how often a stream looks for the server's exit (sse-starlet
 
 
 class SseLaneDispatch(LaneDispatch):
-    """The ``DispatchContext`` of a lane call answered as an event stream: as the SDK's, its
-    notifications and server->client requests ride the request's own stream (the dispatcher's
-    related request id), and the HTTP request is the message metadata."""
+    """The ``DispatchContext`` of a lane call answered as an event stream (``answer``): as the
+    SDK's, its notifications and server->client requests ride the request's own stream (the
+    dispatcher's related request id; the first one opens the stream, ``SseAnswer.route``), and
+    the HTTP request is the message metadata."""
 
     def __init__(
-        self, connection: Connection, request_id: types.RequestId, token: str | int | None, request: Request
+        self,
+        connection: Connection,
+        request_id: types.RequestId,
+        token: str | int | None,
+        request: Request,
+        answer: SseAnswer,
     ) -> None:
         super().__init__(connection, request_id, token)
         self.request = request
+        self.answer = answer
         self.message_metadata = ServerMessageMetadata(request_context=request)  # type: ignore[assignment]
 
     async def send_raw_request(
@@ -76,12 +90,14 @@ class SseLaneDispatch(LaneDispatch):
     ) -> dict[str, Any]:
         if self._closed:
             raise NoBackChannelError(method)
+        self.answer.route()
         return await related_request(self._out, self._request_id, method, params, opts)
 
     async def notify(
         self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
     ) -> None:
         if not self._closed:
+            self.answer.route()
             await related_notify(self._out, self._request_id, method, params, opts)
 
 
@@ -109,27 +125,46 @@ def event_bytes(data: bytes, event_id: str | None) -> bytes:
 
 
 class SseAnswer:
-    """One lane call's event stream. ``open`` (before the call runs), then ``stream`` the
-    routed events while the call runs, then ``respond`` with its outcome."""
+    """One lane call's event stream. ``open`` (before the call runs; ``spawn`` starts the
+    stream's pump in the request's task group should the call route something to it), then
+    ``respond`` with the call's outcome."""
 
     def __init__(self, transport: StreamableHTTPServerTransport, stream_id: str, send: Send) -> None:
         self._transport = transport
         self._stream_id = stream_id
         self._send = send
-        self._pair: RequestStream | None = None
+        self.spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], object] | None = None
+        self._pair: RequestStream | None = None  # the request's routed stream, once opened
+        self._pumped: anyio.Event | None = None  # set when the pump has written its last event
         self._own: Any = None  # the response model the lane sent through the router
         self._own_bytes = b""
         self._head: list[tuple[bytes, bytes]] | None = None  # the headers, until sent
         self._priming = b""
         self._ended = False  # the body's last chunk went out (no ping after it)
+        self._released = False  # the client left, or the server stops: nothing more is written
+        self._routed = False  # the call sent something on its stream: its response follows it
 
     async def open(self, headers: list[tuple[bytes, bytes]], protocol_version: str) -> None:
         """The priming event is minted first, as the SDK does (storage order is wire order);
         it goes out with the headers (``HOLD_S``)."""
         priming = await transport_priming_event(self._transport, self._stream_id, protocol_version)
-        self._pair = transport_open_stream(self._transport, self._stream_id)
         self._head = headers
         self._priming = ensure_bytes(priming, SEP) if priming is not None else b""
+
+    def route(self) -> None:
+        """Before the call sends a message on its request's stream: its response will follow
+        the same way (through the router, after it). The first time, the request's stream is
+        registered with the transport (the router delivers to it from now on) and a pump task
+        writes what it delivers; not after the stream was let go (the router stores the message
+        only, for a resumed stream), nor when another stream holds the request's id (a resumed
+        one: the router delivers there)."""
+        self._routed = True
+        if self._pair is not None or self._released or transport_serving(self._transport, self._stream_id):
+            return
+        assert self.spawn is not None, "the answer's task group is open while the call runs"
+        self._pair = transport_open_stream(self._transport, self._stream_id)
+        self._pumped = anyio.Event()
+        self.spawn(self.stream)
 
     async def _body(self, chunk: bytes, more: bool = True) -> None:
         if not more:
@@ -140,10 +175,14 @@ class SseAnswer:
             await self._send({"type": "http.response.start", "status": 200, "headers": head})
         await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
 
+    async def _end(self) -> None:
+        if not self._ended:
+            await self._body(b"", more=False)
+
     async def stream(self) -> None:
-        """Write the request's routed events until its response (or its stream is closed: the
-        session ended, the client left); then end the body."""
-        assert self._pair is not None
+        """The pump: write the request's routed events until its response (or its stream is
+        closed: the session ended, the client left); then end the body."""
+        assert self._pair is not None and self._pumped is not None
         try:
             async for event in self._pair[1]:
                 msg = event.message
@@ -159,12 +198,15 @@ class SseAnswer:
             _logger.debug("the SSE stream of %s closed before its response", self._stream_id)
         finally:
             self.release()
-        if not self._ended:
-            await self._body(b"", more=False)
+            try:
+                await self._end()
+            finally:
+                self._pumped.set()
 
     def release(self) -> None:
-        """Unregister the request's stream (the client left, or it is answered): later messages
-        of the request are stored only, for a resumed stream to replay."""
+        """Let the stream go (the client left, the server stops, or it is answered): later
+        messages of the request are stored only, for a resumed stream to replay."""
+        self._released = True
         if self._pair is not None:
             transport_close_stream(self._transport, self._stream_id, self._pair)
 
@@ -196,10 +238,21 @@ class SseAnswer:
             self.release()  # the client left (or the server stops): the stream reader ends
 
     async def respond(self, rid: types.RequestId, out: dict[str, Any] | types.ErrorData | None) -> None:
-        """Send the call's outcome through the session's router (``None``: cancelled, which the
-        2025-era wire answers ``REQUEST_CANCELLED``, as the transport's unanswered hook does)."""
+        """The call's outcome (``None``: cancelled, which the 2025-era wire answers
+        ``REQUEST_CANCELLED``, as the transport's unanswered hook does): through the session's
+        router after what the call routed, else stored and written here. Returns when the
+        response (or the end of the stream) has been written."""
         if self._transport.is_terminated:
-            return  # the session ended: its streams are closed, as the SDK's (no answer)
+            # the session ended: its streams are closed, as the SDK's (no answer)
+            await (self._pumped.wait() if self._pumped is not None else self._end())
+            return
+        msg = self._message(rid, out)
+        if self._routed or transport_serving(self._transport, self._stream_id):
+            await self._route_own(msg)
+        else:
+            await self._write_own(msg)
+
+    def _message(self, rid: types.RequestId, out: dict[str, Any] | types.ErrorData | None) -> Any:
         if out is None:
             out = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
         if isinstance(out, types.ErrorData):
@@ -209,12 +262,29 @@ class SseAnswer:
             msg = types.JSONRPCResponse.model_construct(jsonrpc="2.0", id=rid, result=out)
             self._own_bytes = orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": out})
         self._own = msg
+        return msg
+
+    async def _write_own(self, msg: Any) -> None:
+        """Nothing was routed to this request's id: the response is the stream's next event.
+        Stored as the router stores it (even when the client has left: a resumed stream replays
+        it), then written, the body's last chunk."""
+        event_id = await transport_store_event(self._transport, self._stream_id, msg)
+        if self._released:
+            await self._end()
+        elif not self._ended:
+            await self._body(event_bytes(self._own_bytes, event_id), more=False)
+
+    async def _route_own(self, msg: Any) -> None:
+        """Through the session's router: to this request's stream after what the call routed to
+        it (the pump writes it), or to the stream that holds the request's id now (a resumed
+        one; this one ends without it, as the SDK's)."""
         try:
             await transport_write(self._transport, msg)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            _logger.debug("the answer to %r dropped: the session is closing", rid)
+            _logger.debug("the answer to %r dropped: the session is closing", msg.id)
         pair = self._pair
         if pair is not None and not transport_holds_stream(self._transport, self._stream_id, pair):
             # a request of the same id went to the SDK meanwhile and took the id's stream (the
             # SDK's routing by id): this stream ends without an answer instead of hanging
             pair[0].close()
+        await (self._pumped.wait() if self._pumped is not None else self._end())

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-import anyio
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.types import JSONRPCMessage
 
@@ -56,7 +55,8 @@ class BoundedEventStore(EventStore):
         self._events: OrderedDict[str, tuple[StreamOwner | None, StreamId, JSONRPCMessage | None, float]] = (
             OrderedDict()
         )
-        self._lock = anyio.Lock()
+        # No lock: neither method awaits while it reads or changes ``_events`` (one event
+        # loop), and an anyio lock cost every stored event a trip round the loop.
 
     @property
     def max_events(self) -> int:
@@ -78,32 +78,30 @@ class BoundedEventStore(EventStore):
             events.popitem(last=False)
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
-        owner = STREAM_OWNER.get()
-        async with self._lock:
-            eid = secrets.token_urlsafe(12)
-            self._events[eid] = (owner, stream_id, message, self._clock())
-            self._expire()
-            return eid
+        eid = secrets.token_urlsafe(12)
+        self._events[eid] = (STREAM_OWNER.get(), stream_id, message, self._clock())
+        self._expire()
+        return eid
 
     async def replay_events_after(
         self, last_event_id: EventId, send_callback: EventCallback
     ) -> StreamId | None:
         asker = STREAM_OWNER.get()
-        async with self._lock:
-            self._expire()
-            hit = self._events.get(last_event_id)
-            if hit is None or hit[0] is None or not hit[0].may_resume(asker):
-                return None  # unknown, expired, or not the asker's: as if the store had none
-            owner, stream = hit[0], hit[1]
-            ids = iter(self._events.items())
-            for eid, _ in ids:  # insertion order: skip up to and including the last one seen
-                if eid == last_event_id:
-                    break
-            later = [
-                (eid, msg)
-                for eid, (o, sid, msg, _) in ids
-                if sid == stream and o is not None and owner.may_resume(o)
-            ]
+        self._expire()
+        hit = self._events.get(last_event_id)
+        if hit is None or hit[0] is None or not hit[0].may_resume(asker):
+            return None  # unknown, expired, or not the asker's: as if the store had none
+        owner, stream = hit[0], hit[1]
+        ids = iter(self._events.items())
+        for eid, _ in ids:  # insertion order: skip up to and including the last one seen
+            if eid == last_event_id:
+                break
+        # taken whole before the first send (which may wait): later stores do not change it
+        later = [
+            (eid, msg)
+            for eid, (o, sid, msg, _) in ids
+            if sid == stream and o is not None and owner.may_resume(o)
+        ]
         for eid, msg in later:
             if msg is not None:
                 await send_callback(EventMessage(msg, eid))

@@ -75,16 +75,25 @@ def _read_events(r: httpx.Response) -> Iterator[dict[str, Any]]:
 
 
 def _resume_until_answer(
-    client: httpx.Client, gw: Gw, key: str, sid: str, last: str, rid: int
+    client: httpx.Client,
+    gw: Gw,
+    key: str,
+    sid: str,
+    last: str,
+    rid: int,
+    seen: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """GET with ``Last-Event-ID`` until the answer to ``rid`` arrives, as the SDK client
     resumes: a resumed stream that ends first is resumed again from its last event. A resumed
-    stream stays open after its replay: one silent for 10 s fails the test (no answer came)."""
+    stream stays open after its replay: one silent for 10 s fails the test (no answer came).
+    ``seen`` collects every event the resumed streams carried, in order."""
     for _ in range(5):
         h = _headers(key, sid, **{"Last-Event-ID": last, "Accept": "text/event-stream"})
         with client.stream("GET", gw.run.mcp, headers=h, timeout=10) as r:
             assert r.status_code == 200
             for event in _read_events(r):
+                if seen is not None:
+                    seen.append(event)
                 last = event.get("id", last)
                 data = event.get("data")
                 if isinstance(data, dict) and data.get("id") == rid:
@@ -92,20 +101,24 @@ def _resume_until_answer(
     raise AssertionError("no answer on the resumed streams")
 
 
-def _lost_stream_then_resumed(gw: Gw, seconds: float) -> tuple[dict[str, Any], str]:
+def _lost_stream_then_resumed(
+    gw: Gw, seconds: float, progress: bool = False, seen: list[dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], str]:
     """A slow call whose POST stream the client drops after the priming event; the answer
-    comes on a resumed stream. Returns it and the priming event's id."""
+    comes on a resumed stream. Returns it and the priming event's id. ``progress``: the call
+    reports progress (every 0.1 s) on its stream meanwhile."""
     k = gw.keys.admin
     with httpx.Client(timeout=30) as client:
         sid = _session(client, gw, k)
-        body = json.dumps(call(21, "mut__slow", {"seconds": seconds}))
+        meta = {"_meta": {"progressToken": 7}} if progress else {}
+        body = json.dumps(call(21, "mut__slow", {"seconds": seconds}, **meta))
         with client.stream("POST", gw.run.mcp, content=body, headers=_headers(k, sid)) as r:
             assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
             priming = next(_read_events(r))
             if seconds and gw.lane is not None:  # a slow call gets its priming event before its answer
                 assert any(key == (sid, 21) for key in gw.lane._in_flight)
         assert priming["data"] == "" and priming["retry"] == "1000"
-        return _resume_until_answer(client, gw, k, sid, priming["id"], 21), priming["id"]
+        return _resume_until_answer(client, gw, k, sid, priming["id"], 21, seen), priming["id"]
 
 
 @pytest.mark.parametrize("seconds", [2.0, 0.0])
@@ -123,6 +136,42 @@ def test_a_lost_stream_is_resumed_with_its_answer(sse: tuple[Gw, Gw], seconds: f
     assert {k: v for k, v in got_on.items() if k != "event_id"} == {
         k: v for k, v in got_off.items() if k != "event_id"
     }
+
+
+def test_a_lost_stream_with_progress_is_resumed_with_its_progress_then_its_answer(sse: tuple[Gw, Gw]) -> None:
+    """A call that reports progress has its events routed as the SDK routes them (the lane's
+    answer follows them through the router): the client drops the stream, resumes it, and gets
+    the rest of the progress and then the answer, none after it (lane on and off alike)."""
+    on, off = sse
+    before = on.taken
+    for gw in (on, off):
+        seen: list[dict[str, Any]] = []
+        got, _ = _lost_stream_then_resumed(gw, 1.0, progress=True, seen=seen)
+        assert got["id"] == 21 and got["result"]["content"][0]["text"] == "done"
+        messages = [e["data"] for e in seen if isinstance(e.get("data"), dict)]
+        assert messages[-1]["id"] == 21
+        assert messages[:-1] and all(m.get("method") == "notifications/progress" for m in messages[:-1])
+    assert on.taken - before == 1
+
+
+def test_a_replayed_stream_with_progress_keeps_its_order_and_event_ids(sse: tuple[Gw, Gw]) -> None:
+    """Progress, then the answer, each with its event id; resumed from the priming event after
+    the answer, the stream replays the same events with the same ids in the same order."""
+    on, off = sse
+    for gw in (on, off):
+        k = gw.keys.admin
+        with httpx.Client(timeout=30) as client:
+            sid = _session(client, gw, k)
+            before = gw.taken
+            body = json.dumps(call(6, "mut__slow", {"seconds": 0.3}, _meta={"progressToken": "p"}))
+            r = client.post(gw.run.mcp, content=body, headers=_headers(k, sid))
+            assert gw.taken - before == (1 if gw is on else 0)
+            priming, *events = sse_events(r.text, neutral_ids=False)
+            assert events[-1]["data"]["id"] == 6 and len(events) > 1
+            assert all(e["data"]["method"] == "notifications/progress" for e in events[:-1])
+            replayed: list[dict[str, Any]] = []
+            _resume_until_answer(client, gw, k, sid, priming["id"], 6, replayed)
+            assert [(e["id"], e["data"]) for e in replayed] == [(e["id"], e["data"]) for e in events]
 
 
 def test_a_replayed_answer_carries_the_event_id_it_was_sent_with(sse: tuple[Gw, Gw]) -> None:

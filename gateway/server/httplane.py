@@ -195,9 +195,9 @@ class HttpLane:
                 return False
             self.taken += 1
             if not json_mode:
-                answer = SseAnswer(transport, str(rid), send)
+                answer = SseAnswer(transport, str(rid), send, receive)
                 dctx = SseLaneDispatch(conn, rid, token, request, answer)
-                await self._run_sse(key, conn, dctx, params, receive)
+                await self._run_sse(key, conn, dctx, params)
                 return True
             # progress has no wire in a JSON reply (the SDK drops it too)
             response = await self._run(key, conn, JsonLaneDispatch(conn, rid, request), params, transport)
@@ -210,11 +210,10 @@ class HttpLane:
         conn: Connection,
         dctx: SseLaneDispatch,
         params: dict[str, Any],
-        receive: Receive,
     ) -> None:
         """The call answered as an event stream (``SseAnswer``): opened before the call runs,
         the call run in this task, its outcome written last (after whatever it routed to its
-        stream, which a pump task in this task group writes meanwhile)."""
+        stream, which the answer's pump writes meanwhile)."""
         sid = key[0]
         answer = dctx.answer
         cancel = anyio.CancelScope()
@@ -228,25 +227,21 @@ class HttpLane:
         except BaseException:
             self._settled(key, dctx)
             raise
-        watch = anyio.CancelScope()
 
         def stop() -> None:  # the server is stopping: the call ends as the session's shutdown ends it
             dctx.shutdown = True
             cancel.cancel()
 
-        async with anyio.create_task_group() as tg:
-            answer.spawn = tg.start_soon
-            # The client is watched (its leaving, pings, the server's exit; the headers sent
-            # ahead) only once the call has run ``HOLD_S``: a quicker call is answered before a
-            # watch would have done anything (most calls: no watch task, no timers).
-            hold = asyncio.get_running_loop().call_later(
-                HOLD_S, lambda: tg.start_soon(answer.watch, receive, watch, stop)
-            )
-            try:
-                await self._call_sse(key, conn, dctx, params, cancel)
-            finally:
-                hold.cancel()
-                watch.cancel()
+        answer.stop = stop
+        # The call is watched (pings, the server's exit; the headers sent ahead) only once it
+        # has run ``HOLD_S`` (or routes something to its stream): a quicker call is answered
+        # before a watch would have done anything (most calls: no watch, no task but this one).
+        hold = asyncio.get_running_loop().call_later(HOLD_S, answer.hold_over)
+        try:
+            await self._call_sse(key, conn, dctx, params, cancel)
+        finally:
+            hold.cancel()
+            answer.close()
 
     async def _call_sse(
         self,

@@ -15,13 +15,16 @@ nothing on its stream (most calls) has nothing to order its response after: its 
 stored in the session's event store under the request's stream id (the id the router would
 have given it, so ``Last-Event-ID`` replays it the same way) and written here, without the
 router's round trip, the request's stream or a pump task. Like sse-starlette it pings a
-silent stream every 15 seconds, lets the stream go when the client goes away (the call runs
-on; a resumed stream gets what follows) and ends it when the server stops (the call is
-stopped too, as the session's shutdown stops it on the SDK's path).
+silent stream every 15 seconds and ends it when the server stops (the call is stopped too,
+as the session's shutdown stops it on the SDK's path); a routed stream is let go as soon as
+its client goes away (the call runs on; a resumed stream takes the request's id and gets
+what follows). A call answered within ``HOLD_S`` costs no task or write beyond its answer
+(one timer, cancelled); a slower one gets a watch task then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
@@ -125,17 +128,26 @@ def event_bytes(data: bytes, event_id: str | None) -> bytes:
 
 
 class SseAnswer:
-    """One lane call's event stream. ``open`` (before the call runs; ``spawn`` starts the
-    stream's pump in the request's task group should the call route something to it), then
-    ``respond`` with the call's outcome."""
+    """One lane call's event stream: ``open`` (before the call runs), ``hold_over`` (the call
+    has run ``HOLD_S``), ``respond`` with the call's outcome, ``close`` (always, last).
 
-    def __init__(self, transport: StreamableHTTPServerTransport, stream_id: str, send: Send) -> None:
+    Its side tasks are plain asyncio tasks, made only when needed and ended by ``close`` (an
+    anyio task group per call cost more than the quick call's whole answer): a watch once the
+    call has run ``HOLD_S``, and a pump once the call routes something to its stream."""
+
+    def __init__(
+        self, transport: StreamableHTTPServerTransport, stream_id: str, send: Send, receive: Receive
+    ) -> None:
         self._transport = transport
         self._stream_id = stream_id
         self._send = send
-        self.spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], object] | None = None
+        self._receive = receive
+        self.stop: Callable[[], None] | None = None  # stops the call (the server is stopping)
         self._pair: RequestStream | None = None  # the request's routed stream, once opened
         self._pumped: anyio.Event | None = None  # set when the pump has written its last event
+        self._tasks: list[asyncio.Task[None]] = []  # the watch(es) and the pump, once started
+        self._watching = False  # a watch was started
+        self._watching_client = False  # a watch reads the request (the client's leaving)
         self._own: Any = None  # the response model the lane sent through the router
         self._own_bytes = b""
         self._head: list[tuple[bytes, bytes]] | None = None  # the headers, until sent
@@ -151,20 +163,39 @@ class SseAnswer:
         self._head = headers
         self._priming = ensure_bytes(priming, SEP) if priming is not None else b""
 
+    def hold_over(self) -> None:
+        """The call is still running after ``HOLD_S``: its headers and priming event go out (so
+        the client can resume its stream) and it is watched, if it was not already."""
+        if self._ended:
+            return
+        if not self._watching:
+            self._watching = True
+            self._watching_client = self._routed
+            self._spawn(self._watch_client(True) if self._routed else self._watch_timers())
+        elif self._head is not None:
+            self._spawn(self._send_head())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(work))
+
     def route(self) -> None:
         """Before the call sends a message on its request's stream: its response will follow
         the same way (through the router, after it). The first time, the request's stream is
-        registered with the transport (the router delivers to it from now on) and a pump task
-        writes what it delivers; not after the stream was let go (the router stores the message
-        only, for a resumed stream), nor when another stream holds the request's id (a resumed
-        one: the router delivers there)."""
-        self._routed = True
+        registered with the transport (the router delivers to it from now on), a pump task
+        writes what it delivers and the client is watched (a client that leaves lets the stream
+        go at once, so a resumed stream can take the request's id, as on the SDK's path); not
+        after the stream was let go (the router stores the message only, for a resumed stream),
+        nor when another stream holds the request's id (a resumed one: the router delivers
+        there)."""
+        self._routed = True  # a watch of timers only ends at its next tick
         if self._pair is not None or self._released or transport_serving(self._transport, self._stream_id):
             return
-        assert self.spawn is not None, "the answer's task group is open while the call runs"
         self._pair = transport_open_stream(self._transport, self._stream_id)
         self._pumped = anyio.Event()
-        self.spawn(self.stream)
+        self._spawn(self._stream())
+        if not self._watching_client:
+            self._watching = self._watching_client = True
+            self._spawn(self._watch_client(False))  # the pump sends the headers with its first event
 
     async def _body(self, chunk: bytes, more: bool = True) -> None:
         if not more:
@@ -179,7 +210,7 @@ class SseAnswer:
         if not self._ended:
             await self._body(b"", more=False)
 
-    async def stream(self) -> None:
+    async def _stream(self) -> None:
         """The pump: write the request's routed events until its response (or its stream is
         closed: the session ended, the client left); then end the body."""
         assert self._pair is not None and self._pumped is not None
@@ -210,32 +241,73 @@ class SseAnswer:
         if self._pair is not None:
             transport_close_stream(self._transport, self._stream_id, self._pair)
 
-    async def watch(self, receive: Receive, scope: anyio.CancelScope, stop: Callable[[], None]) -> None:
-        """sse-starlette's side tasks in one, for a call still running after ``HOLD_S``: first
-        its headers and priming event (so the client can resume its stream), then the stream
-        let go when the client disconnects, a ping comment on a silent stream every ``PING_S``
-        seconds, and, when the server is stopping (uvicorn's exit, which sse-starlette flags on
-        ``AppStatus``), the stream ended and the call stopped (``stop``: on the SDK's path the
-        session's shutdown cancels it)."""
+    async def _send_head(self) -> None:
+        if self._head is not None and not self._ended:
+            await self._body(b"")  # the headers and the priming event, now (it can resume)
+
+    async def _ping(self) -> None:
+        ping = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=SEP)
+        await self._body(ensure_bytes(ping, SEP))
+
+    def _exit(self) -> None:
+        """The server is stopping (uvicorn's exit, which sse-starlette flags on ``AppStatus``):
+        the stream is let go and the call stopped."""
+        self.release()
+        if self.stop is not None:
+            self.stop()
+
+    async def _watch_timers(self) -> None:
+        """The watch of a call that routed nothing: its headers and priming event, a ping
+        comment on the silent stream every ``PING_S`` seconds, the server's exit (polled every
+        ``EXIT_POLL_S``, as sse-starlette polls it). Ends when the call routes something (the
+        client's watch takes over)."""
+        await self._send_head()
+        ping_at = anyio.current_time() + PING_S
+        while True:
+            await asyncio.sleep(EXIT_POLL_S)
+            if self._routed:
+                return
+            if AppStatus.should_exit:
+                self._exit()
+                return
+            if anyio.current_time() >= ping_at and not self._ended:
+                ping_at = anyio.current_time() + PING_S
+                await self._ping()
+
+    async def _watch_client(self, head: bool) -> None:
+        """sse-starlette's side tasks in one, for a routed stream: its headers and priming
+        event (``head``), then the stream let go when the client disconnects (a resumed stream
+        can take the request's id), a ping comment on a silent stream every ``PING_S`` seconds,
+        and the server's exit."""
+        if head:
+            await self._send_head()
         message: Message | None = None
-        with scope:
-            if self._head is not None and not self._ended:
-                await self._body(b"")  # the headers and the priming event, now
-            ping_at = anyio.current_time() + PING_S
-            while message is None or message["type"] != "http.disconnect":
-                with anyio.move_on_after(EXIT_POLL_S) as quiet:
-                    message = await receive()
-                if not quiet.cancelled_caught:
-                    continue
-                message = None
-                if AppStatus.should_exit:
-                    stop()
-                    break
-                if anyio.current_time() >= ping_at and not self._ended:
-                    ping_at = anyio.current_time() + PING_S
-                    ping = ServerSentEvent(comment=f"ping - {datetime.now(UTC)}", sep=SEP)
-                    await self._body(ensure_bytes(ping, SEP))
-            self.release()  # the client left (or the server stops): the stream reader ends
+        ping_at = anyio.current_time() + PING_S
+        while message is None or message["type"] != "http.disconnect":
+            with anyio.move_on_after(EXIT_POLL_S) as quiet:
+                message = await self._receive()
+            if not quiet.cancelled_caught:
+                continue
+            message = None
+            if AppStatus.should_exit:
+                self._exit()
+                return
+            if anyio.current_time() >= ping_at and not self._ended:
+                ping_at = anyio.current_time() + PING_S
+                await self._ping()
+        self.release()  # the client left: the pump ends, a resumed stream takes the id
+
+    def close(self) -> None:
+        """The request is done (answered, or its task is ending): the side tasks end too, as a
+        task group's would; a failure of one is raised here."""
+        failed: BaseException | None = None
+        for task in self._tasks:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and failed is None:
+                failed = task.exception()
+        if failed is not None:
+            raise failed
 
     async def respond(self, rid: types.RequestId, out: dict[str, Any] | types.ErrorData | None) -> None:
         """The call's outcome (``None``: cancelled, which the 2025-era wire answers

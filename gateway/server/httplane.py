@@ -46,7 +46,6 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
 from mcp_types import DEFAULT_NEGOTIATED_VERSION
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -61,6 +60,7 @@ from gateway.compat import (
 )
 from gateway.server.fastlane import LaneDispatch, MiddlewareChain, cancelled_id, plain_call, run_call
 from gateway.server.httpsse import HOLD_S, SseAnswer, SseLaneDispatch, sse_headers
+from gateway.server.middleware import scope_headers
 
 _logger = logging.getLogger("symbi.server.httplane")
 
@@ -134,7 +134,7 @@ class HttpLane:
             if scope["type"] == "http" and scope["method"] == "DELETE":
                 self._ended()
             return
-        headers = Headers(scope=scope)
+        headers = scope_headers(scope)
         sid = headers.get("mcp-session-id")
         conn = self._connections.get(sid) if sid is not None else None
         pv = headers.get("mcp-protocol-version")
@@ -167,7 +167,7 @@ class HttpLane:
         has_json, has_sse = check_accept_headers(request)
         if (
             not (has_json and (json_mode or has_sse))  # the transport's Accept test of its mode
-            or not _json_content(request)
+            or not _json_content(scope_headers(scope))
             or not await transport_admits(transport, request)
         ):
             return False  # the SDK's refusal, from the SDK
@@ -222,7 +222,7 @@ class HttpLane:
             headers = self._headers.get(sid)
             if headers is None:
                 headers = self._headers[sid] = sse_headers(sid)
-            pv = dctx.request.headers.get("mcp-protocol-version", DEFAULT_NEGOTIATED_VERSION)
+            pv = scope_headers(dctx.request.scope).get("mcp-protocol-version", DEFAULT_NEGOTIATED_VERSION)
             await answer.open(headers, pv)
         except BaseException:
             self._settled(key, dctx)
@@ -323,9 +323,9 @@ class HttpLane:
             entry[0].cancel()
 
 
-def _json_content(request: Request) -> bool:
+def _json_content(headers: Mapping[str, str]) -> bool:
     # the transport's own Content-Type test (``_check_content_type``), stricter than its security check
-    content_type = request.headers.get("content-type", "")
+    content_type = headers.get("content-type", "")
     return _CONTENT_TYPE_JSON in (part.strip() for part in content_type.split(";")[0].split(","))
 
 

@@ -28,6 +28,21 @@ _logger = logging.getLogger("symbi.http")
 _access = logging.getLogger("symbi.access")
 
 PRM_PATH = "/.well-known/oauth-protected-resource"
+_HEADERS = "symbi.headers"  # the scope key of the parsed headers (scope_headers)
+
+
+def scope_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers, parsed once per request into the scope for every layer that
+    reads them (each built its own Starlette ``Headers`` and scanned the raw list per lookup).
+    Read as ``Headers.get`` reads them, so each layer sees the value the SDK's own checks see:
+    names as the server gives them (lower case, as ASGI has it), of a repeated header the first."""
+    raw = scope["headers"]
+    cached = scope.get(_HEADERS)
+    if cached is not None and cached[0] is raw:
+        return cached[1]  # type: ignore[no-any-return]
+    parsed = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
+    scope[_HEADERS] = (raw, parsed)
+    return parsed
 
 
 def _allowed(value: str, allowed: list[str]) -> bool:
@@ -94,7 +109,7 @@ class AccessLog:
                             "ms": round(ms, 3),
                             "principal": p.id if isinstance(p, Principal) else None,
                             "client": f"{client[0]}:{client[1]}" if client else None,
-                            "session": Headers(scope=scope).get("mcp-session-id"),
+                            "session": scope_headers(scope).get("mcp-session-id"),
                         }
                     },
                 )
@@ -122,7 +137,7 @@ class SessionScope:
             await self.app(scope, receive, send)
             return
         principal = scope.get("symbi.principal")
-        sid = Headers(scope=scope).get("mcp-session-id")
+        sid = scope_headers(scope).get("mcp-session-id")
         # the qualified principal: a JWT sub=alice never resumes the API key alice's streams
         owner = StreamOwner(principal.qualified if isinstance(principal, Principal) else "", sid)
         status = [0]
@@ -134,9 +149,11 @@ class SessionScope:
                     owner.session = Headers(raw=message.get("headers", [])).get("mcp-session-id")
             await send(message)
 
+        # only a DELETE's status and an initialize's session id are read off the response
+        watched = send_wrapper if sid is None or scope["method"] == "DELETE" else send
         token = STREAM_OWNER.set(owner)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, watched)
         finally:
             STREAM_OWNER.reset(token)
         gw = self.state.gateway
@@ -154,7 +171,7 @@ class HostGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = Headers(scope=scope)
+            headers = scope_headers(scope)
             host = headers.get("host", "")
             if not _allowed(host, self.hosts):
                 await Response("Invalid Host header", status_code=421)(scope, receive, send)
@@ -190,7 +207,7 @@ class AuthGate:
         if area is None:
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
+        headers = scope_headers(scope)
         auth = self.state.auth
         try:
             if auth.keys_over_network or (
@@ -258,5 +275,5 @@ def access_token(p: Principal) -> AccessToken:
 
 def base_url(scope: Scope) -> str:
     # The Host header has passed HostGuard by now.
-    host = Headers(scope=scope).get("host", "127.0.0.1")
+    host = scope_headers(scope).get("host", "127.0.0.1")
     return f"{scope.get('scheme', 'http')}://{host}"

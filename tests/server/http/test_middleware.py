@@ -1,0 +1,98 @@
+"""The HTTP front's headers, parsed once per request (``gateway.server.middleware.scope_headers``):
+every layer (Host guard, authentication, session quota, session scope, the fast lane) reads the
+value the SDK's own checks read, also when a header is repeated to play one layer against
+another."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import httpx
+from starlette.datastructures import Headers
+
+from gateway.server.middleware import scope_headers
+from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+from tests.server.http.test_auth import INIT, MCP_HEADERS
+
+RAW = [
+    (b"host", b"127.0.0.1:8080"),
+    (b"mcp-session-id", b"first"),
+    (b"Content-Type", b"application/json"),
+    (b"mcp-session-id", b"second"),
+    (b"x-latin", "caf\xe9".encode("latin-1")),
+]
+
+
+def test_a_repeated_header_reads_as_starlette_reads_it() -> None:
+    scope = {"type": "http", "headers": RAW}
+    parsed = scope_headers(scope)
+    starlette = Headers(scope=scope)
+    for name in ("host", "mcp-session-id", "content-type", "x-latin", "authorization"):
+        assert parsed.get(name) == starlette.get(name)
+    assert parsed["mcp-session-id"] == "first"  # the first of a repeated header, as the SDK reads it
+    assert "content-type" not in parsed  # a name the server did not lower-case: not read, by either
+
+
+def test_the_parse_is_kept_per_request_and_redone_for_new_headers() -> None:
+    scope = {"type": "http", "headers": RAW}
+    assert scope_headers(scope) is scope_headers(scope)
+    scope["headers"] = [(b"mcp-session-id", b"other")]  # a layer that replaces the headers
+    assert scope_headers(scope) == {"mcp-session-id": "other"}
+
+
+def _call(rid: int) -> bytes:
+    msg = {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "tools/call",
+        "params": {"name": "everything__echo", "arguments": {"message": "hi"}},
+    }
+    return json.dumps(msg).encode()
+
+
+def test_repeated_headers_cannot_reach_another_principals_session(tmp_path: Path) -> None:
+    """Attack: carol repeats ``mcp-session-id`` (bob's first) or ``Authorization`` (her key
+    first, bob's second) or ``Host`` (a foreign one first) on a tools/call: each layer and the
+    SDK read the first value, so none of it reaches bob's session; her own session still works."""
+    cfg = everything_config(tmp_path)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run, httpx.Client(timeout=30) as client:
+        sessions = {}
+        for who, key in (("bob", keys.user), ("carol", keys.other_user)):
+            r = client.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(key)})
+            assert r.status_code == 200
+            sessions[who] = r.headers["mcp-session-id"]
+            h = {**MCP_HEADERS, **bearer(key), "mcp-session-id": sessions[who]}
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert client.post(run.mcp, json=initialized, headers=h).status_code == 202
+        lane = run.state.lane
+        assert lane is not None
+        base = [(k, v) for k, v in MCP_HEADERS.items()] + [("mcp-protocol-version", "2025-11-25")]
+        carol = ("authorization", f"Bearer {keys.other_user}")
+        bob = ("authorization", f"Bearer {keys.user}")
+        taken = lane.taken
+        for headers in (
+            [*base, carol, ("mcp-session-id", sessions["bob"]), ("mcp-session-id", sessions["carol"])],
+            [*base, carol, bob, ("mcp-session-id", sessions["bob"])],
+        ):
+            assert client.post(run.mcp, content=_call(7), headers=headers).status_code == 404
+        assert lane.taken == taken  # refused by the SDK, never served by the lane
+        # a foreign Host first (httpx refuses to send two: a raw request)
+        with socket.create_connection(("127.0.0.1", int(run.base.rsplit(":", 1)[1])), timeout=10) as raw:
+            body = _call(8)
+            raw.sendall(
+                b"POST /mcp HTTP/1.1\r\nHost: evil.example\r\nHost: 127.0.0.1\r\n"
+                + f"Authorization: Bearer {keys.user}\r\nmcp-session-id: {sessions['bob']}\r\n".encode()
+                + b"Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            assert raw.recv(4096).startswith(b"HTTP/1.1 421 ")
+        # carol's own session, her session id first: served (by the lane), in her session
+        own = [*base, carol, ("mcp-session-id", sessions["carol"]), ("mcp-session-id", sessions["bob"])]
+        r = client.post(run.mcp, content=_call(9), headers=own)
+        assert r.status_code == 200 and r.headers["mcp-session-id"] == sessions["carol"]
+        assert '"id":9' in r.text and "Echo: hi" in r.text
+        assert lane.taken == taken + 1

@@ -180,11 +180,17 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
         lane = HttpLane(endpoint, server, manager)
         server.middleware.append(lane.capture)
         endpoint = lane
-    mcp_endpoint = SessionScope(endpoint, state)
+    mcp_route = Route(
+        config.http.path, endpoint=SessionScope(endpoint, state), methods=["GET", "POST", "DELETE"]
+    )
+    operations = _operations_routes(state, metrics)
+    # the router tries routes in order and nearly every request is an MCP one: its route first,
+    # unless the MCP path is an operations route's (which kept it before, and keeps it)
+    shadowed = any(r.path == config.http.path for r in operations)
+    front = [*operations, mcp_route] if shadowed else [mcp_route, *operations]
     app = Starlette(
         routes=[
-            *_operations_routes(state, metrics),
-            Route(config.http.path, endpoint=mcp_endpoint, methods=["GET", "POST", "DELETE"]),
+            *front,
             Mount("/api", routes=admin_routes(state)),
             *dashboard_routes(state),
         ],

@@ -33,12 +33,14 @@ _HEADERS = "symbi.headers"  # the scope key of the parsed headers (scope_headers
 
 def scope_headers(scope: Scope) -> dict[str, str]:
     """The request's headers, parsed once per request into the scope for every layer that
-    reads them (each built its own Starlette ``Headers`` and scanned the raw list per lookup).
+    reads them (each built its own Starlette ``Headers`` and scanned the raw list per lookup);
+    parsed again only if a layer changes them.
     Read as ``Headers.get`` reads them, so each layer sees the value the SDK's own checks see:
     names as the server gives them (lower case, as ASGI has it), of a repeated header the first."""
     raw = scope["headers"]
     cached = scope.get(_HEADERS)
-    if cached is not None and cached[0] is raw:
+    # equal, not the same list: Starlette's Headers(scope=...) puts a copy of it in the scope
+    if cached is not None and cached[0] == raw:
         return cached[1]  # type: ignore[no-any-return]
     parsed = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
     scope[_HEADERS] = (raw, parsed)

@@ -37,8 +37,10 @@ def test_a_repeated_header_reads_as_starlette_reads_it() -> None:
 
 def test_the_parse_is_kept_per_request_and_redone_for_new_headers() -> None:
     scope = {"type": "http", "headers": RAW}
-    assert scope_headers(scope) is scope_headers(scope)
-    scope["headers"] = [(b"mcp-session-id", b"other")]  # a layer that replaces the headers
+    parsed = scope_headers(scope)
+    Headers(scope=scope)  # Starlette puts a copy of the list in the scope: the same headers
+    assert scope["headers"] is not RAW and scope_headers(scope) is parsed
+    scope["headers"] = [(b"mcp-session-id", b"other")]  # a layer that changes the headers
     assert scope_headers(scope) == {"mcp-session-id": "other"}
 
 

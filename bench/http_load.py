@@ -17,6 +17,7 @@ Targets, interleaved (every round measures each once, the order rotating):
                         plain ``tools/call`` POSTs served by the HTTP fast lane, ``mcp.http_fast_lane``)
 * ``gateway-json-sdk``  (``--json-response``) the same with the lane off: every request through the SDK
 * ``gateway-baseline``  (``--baseline-tree DIR``) the same gateway from another checkout
+* ``gateway-json-baseline``  (``--baseline-tree DIR --json-response``) its JSON lane
 
 The load: ``--procs`` client processes (bench/_load_client.py: plain httpx, no SDK) holding
 ``--sessions`` handshake-era MCP sessions between them, one HTTP connection and one call in
@@ -112,6 +113,10 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
             gateways.append(("gateway-json-sdk", ROOT, free_port(), True, False))
         if args.baseline_tree is not None:  # the same gateway from another checkout (before a change)
             gateways.append(("gateway-baseline", args.baseline_tree.resolve(), free_port(), False, True))
+            if args.json_response:  # and that checkout's JSON lane
+                gateways.append(
+                    ("gateway-json-baseline", args.baseline_tree.resolve(), free_port(), True, True)
+                )
         for name, tree, port, json_response, lane in gateways:
             folder = tmp / name
             (folder / "data").mkdir(parents=True, mode=0o700)  # its own data dir (audit chain), the same keys
@@ -325,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": results,
         "vs_baseline_tree": vs_baseline(runs) if "gateway-baseline" in runs else {},
+        "json_vs_baseline_tree": vs_baseline(runs, "gateway-json-baseline", "gateway-json")
+        if "gateway-json-baseline" in runs
+        else {},
         # the SSE lane against the SDK path, round by round (calls/s, p50, server CPU per call)
         "lane_vs_sdk": vs_baseline(runs, "gateway-sdk") if "gateway-sdk" in runs else {},
         "targets": {

@@ -47,7 +47,6 @@ from mcp.shared.transport_context import TransportContext
 from mcp_types import DEFAULT_NEGOTIATED_VERSION
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.compat import (
@@ -200,8 +199,8 @@ class HttpLane:
                 await self._run_sse(key, conn, dctx, params)
                 return True
             # progress has no wire in a JSON reply (the SDK drops it too)
-            response = await self._run(key, conn, JsonLaneDispatch(conn, rid, request), params, transport)
-        await response(scope, replay, send)
+            reply = await self._run(key, conn, JsonLaneDispatch(conn, rid, request), params, transport)
+        await _send_json(send, *reply)
         return True
 
     async def _run_sse(
@@ -276,7 +275,7 @@ class HttpLane:
         dctx: JsonLaneDispatch,
         params: dict[str, Any],
         transport: Any,
-    ) -> Response:
+    ) -> tuple[bytes, str, int]:
         cancel = anyio.CancelScope()
         self._in_flight[key] = (cancel, dctx)
         out: dict[str, Any] | types.ErrorData | None = None
@@ -294,13 +293,13 @@ class HttpLane:
                     code=types.INTERNAL_ERROR, message="Session terminated before the request completed"
                 ),
             )
-            return _json(error.model_dump_json(by_alias=True, exclude_unset=True), sid, 500)
+            return error.model_dump_json(by_alias=True, exclude_unset=True).encode(), sid, 500
         if out is None:  # cancelled by the client: the 2025-era wire answers it
             out = types.ErrorData(code=REQUEST_CANCELLED, message="Request cancelled")
         if isinstance(out, types.ErrorData):
             reply = types.JSONRPCError(jsonrpc="2.0", id=dctx.request_id, error=out)
-            return _json(reply.model_dump_json(by_alias=True, exclude_unset=True), sid)
-        return _json(orjson.dumps({"jsonrpc": "2.0", "id": dctx.request_id, "result": out}), sid)
+            return reply.model_dump_json(by_alias=True, exclude_unset=True).encode(), sid, 200
+        return orjson.dumps({"jsonrpc": "2.0", "id": dctx.request_id, "result": out}), sid, 200
 
     def _ended(self) -> None:
         """After a DELETE (or a revoked key's sessions closed): the lane calls of sessions that
@@ -329,11 +328,17 @@ def _json_content(headers: Mapping[str, str]) -> bool:
     return _CONTENT_TYPE_JSON in (part.strip() for part in content_type.split(";")[0].split(","))
 
 
-def _json(body: str | bytes, sid: str, status: int = 200) -> Response:
-    # the headers the SDK's transport sends with a JSON reply
-    return Response(
-        body, status_code=status, headers={"Content-Type": _CONTENT_TYPE_JSON, "mcp-session-id": sid}
-    )
+async def _send_json(send: Send, body: bytes, sid: str, status: int) -> None:
+    """A JSON reply with the headers the SDK's transport sends with one, written as Starlette's
+    ``Response`` writes them (its lower-cased headers, then the content length) without making
+    one per reply."""
+    headers = [
+        (b"content-type", _CONTENT_TYPE_JSON.encode()),
+        (b"mcp-session-id", sid.encode("latin-1")),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool | None]:

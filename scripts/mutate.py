@@ -74,8 +74,8 @@ GROUPS: tuple[Group, ...] = (
     ),
     Group(
         "steps",
-        ("gateway/steps/*", "gateway/policy/decision.py"),
-        ("tests/steps/", "tests/policy/test_decision.py"),
+        ("gateway/steps/*", "gateway/policy/decision.py", "gateway/deadlines.py"),
+        ("tests/steps/", "tests/policy/test_decision.py", "tests/test_deadlines.py"),
     ),
     Group(
         "audit-verify",

@@ -19,6 +19,7 @@ import anyio
 
 from gateway.chain import CallNext
 from gateway.context import CallContext
+from gateway.deadlines import EarliestTimer
 from gateway.errors import AgentSuspended, BudgetExceeded, UpstreamError
 from gateway.runtime.breaker import retryable
 from gateway.runtime.core import AgentRuntime
@@ -46,18 +47,15 @@ class Budget:
 
 
 class Budgets:
-    """The execution-time budgets of the calls in flight on ONE loop timer, armed at the
-    earliest deadline, instead of an ``asyncio.timeout`` (a timer made and cancelled, ~20
-    function calls and the loop's heap work) per call. When the timer fires, every call whose
-    deadline has come is cancelled (as ``asyncio.Timeout`` cancels its task) and the timer is
-    armed for the next. Bound to one event loop; None from ``start`` on any other (the call
-    then takes ``asyncio.timeout``)."""
+    """The execution-time budgets of the calls in flight on ONE loop timer
+    (``gateway.deadlines.EarliestTimer``) instead of an ``asyncio.timeout`` per call: every
+    call whose deadline has come is cancelled, as ``asyncio.Timeout`` cancels its task. Bound
+    to one event loop; None from ``start`` on any other (the call then takes ``asyncio.timeout``)."""
 
     def __init__(self) -> None:
         self._live: set[Budget] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._at = math.inf
+        self._timer = EarliestTimer(self._expire)
 
     def start(self, seconds: float) -> Budget | None:
         loop = asyncio.get_running_loop()
@@ -66,8 +64,7 @@ class Budgets:
             return None
         budget = Budget(task, loop.time() + seconds)
         self._live.add(budget)
-        if budget.deadline < self._at:
-            self._arm(loop, budget.deadline)
+        self._timer.include(loop, budget.deadline)
         return budget
 
     def stop(self, budget: Budget) -> None:
@@ -78,19 +75,10 @@ class Budgets:
             return True
         if self._loop is not None and not self._loop.is_closed():
             return False
-        self._loop, self._live, self._timer, self._at = loop, set(), None, math.inf
+        self._loop, self._live, self._timer = loop, set(), EarliestTimer(self._expire)
         return True
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._at = at
-        self._timer = loop.call_at(at, self._fire)
-
-    def _fire(self) -> None:
-        assert self._loop is not None
-        due = max(self._at, self._loop.time())  # a timer may run up to the clock's resolution early
-        self._timer, self._at = None, math.inf
+    def _expire(self, due: float) -> float:
         following = math.inf
         for budget in list(self._live):
             if budget.deadline <= due:
@@ -99,8 +87,7 @@ class Budgets:
                 budget.task.cancel()
             elif budget.deadline < following:
                 following = budget.deadline
-        if following < math.inf:
-            self._arm(self._loop, following)
+        return following
 
 
 class ScheduleStep:

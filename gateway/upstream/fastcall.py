@@ -37,6 +37,7 @@ from mcp_types.version import KNOWN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
 from gateway.compat import clamp_inbound_ttl, later_revision_fields, parse_stdio_line
+from gateway.deadlines import EarliestTimer
 from gateway.telemetry import inject_trace
 
 _logger = logging.getLogger("symbi.upstream.fastcall")
@@ -71,47 +72,32 @@ def _expire(done: asyncio.Future[None]) -> None:
 
 
 class _Deadlines:
-    """The response-wait clocks of one lane's waiters on ONE loop timer, armed at the earliest
-    deadline, instead of a timer made and cancelled per call (and the loop's heap work for
-    each). When it fires, every waiter whose deadline has come fails with ``TimeoutError``
-    (as ``call_later(timeout, _expire)`` would), and it is armed again for the next one."""
+    """The response-wait clocks of one lane's waiters on ONE loop timer
+    (``gateway.deadlines.EarliestTimer``): every waiter whose deadline has come fails with
+    ``TimeoutError``, as ``call_later(timeout, _expire)`` would fail it."""
 
-    __slots__ = ("_at", "_pending", "_timer")
+    __slots__ = ("_pending", "_timer")
 
     def __init__(self, pending: dict[int, _Waiter]) -> None:
         self._pending = pending
-        self._timer: asyncio.TimerHandle | None = None
-        self._at = math.inf
+        self._timer = EarliestTimer(self._expire)
 
     def start(self, waiter: _Waiter, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         waiter.deadline = deadline = loop.time() + timeout
-        if deadline < self._at:
-            self._arm(loop, deadline)
+        self._timer.include(loop, deadline)
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._at = at
-        self._timer = loop.call_at(at, self._fire)
-
-    def _fire(self) -> None:
-        # the loop runs a timer up to its clock resolution early: what it was armed for is due
-        due = max(self._at, asyncio.get_running_loop().time())
-        self._timer, self._at = None, math.inf
+    def _expire(self, due: float) -> float:
         following = math.inf
         for waiter in list(self._pending.values()):
             if waiter.deadline <= due:
                 _expire(waiter.done)
             elif waiter.deadline < following:
                 following = waiter.deadline
-        if following < math.inf:
-            self._arm(asyncio.get_running_loop(), following)
+        return following
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer, self._at = None, math.inf
+        self._timer.cancel()
 
 
 class FastLane:

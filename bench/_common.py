@@ -438,3 +438,47 @@ def text_of(result: Any) -> str | None:
         if text is not None:
             return str(text)
     return None
+
+
+def run_load_clients(
+    jobs: Sequence[dict[str, Any]], label: str, on_go: Callable[[], None], on_done: Callable[[], None]
+) -> list[dict[str, Any]]:
+    """One ``bench/_load_client.py`` process per job: each opens its sessions and says "ready";
+    then ``on_go()``, all start their measured phase together, each answers one JSON row, and
+    ``on_done()``. The rows, in the jobs' order; every client is gone on return."""
+    children = []
+    try:
+        for job in jobs:
+            p = subprocess.Popen(
+                [sys.executable, "-m", "bench._load_client"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                cwd=ROOT,
+                text=True,
+            )
+            children.append(p)
+            assert p.stdin is not None
+            p.stdin.write(json.dumps(job) + "\n")
+            p.stdin.flush()
+        for p in children:  # every session open and warm
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{label}: a load client failed to open its sessions")
+        on_go()
+        for p in children:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        rows = []
+        for p in children:
+            assert p.stdout is not None
+            rows.append(json.loads(p.stdout.readline()))
+        on_done()
+        for p in children:
+            p.wait(30)
+        return rows
+    finally:
+        for p in children:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

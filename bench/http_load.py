@@ -59,6 +59,7 @@ from bench._common import (
     gateway_env,
     latency_summary,
     median,
+    run_load_clients,
     write_http_gateway_config,
 )
 from bench.http import PRELOAD, proc, wait_http
@@ -157,18 +158,8 @@ def tree_cpu_s(pid: int) -> float:
 def drive(t: Target, sessions: int, procs: int, seconds: float, run: str) -> dict[str, Any]:
     """``procs`` client processes, ``sessions`` sessions between them; the merged result."""
     per = [list(range(i, sessions, procs)) for i in range(procs)]
-    children = []
-    for i, idx in enumerate(per):
-        if not idx:
-            continue
-        p = subprocess.Popen(
-            [sys.executable, "-m", "bench._load_client"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-            text=True,
-        )
-        job = {
+    jobs = [
+        {
             "url": t.url,
             "tool": t.tool,
             "keys": [t.keys[j] for j in idx],
@@ -177,32 +168,20 @@ def drive(t: Target, sessions: int, procs: int, seconds: float, run: str) -> dic
             "tag": f"{run}-p{i}",
             "warmup": 3,
         }
-        assert p.stdin is not None
-        p.stdin.write(json.dumps(job) + "\n")
-        p.stdin.flush()
-        children.append(p)
-    try:
-        for p in children:  # every session open and warm
-            assert p.stdout is not None
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"{t.name}: a load client failed to open its sessions")
+        for i, idx in enumerate(per)
+        if idx
+    ]
+    cpu0 = cpu = 0.0  # the server's CPU for the measured phase (and the close)
+
+    def started() -> None:
+        nonlocal cpu0
         cpu0 = tree_cpu_s(t.pid)
-        for p in children:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        rows = []
-        for p in children:
-            assert p.stdout is not None
-            rows.append(json.loads(p.stdout.readline()))
-        cpu = tree_cpu_s(t.pid) - cpu0  # the server's CPU for the measured phase (and the close)
-        for p in children:
-            p.wait(30)
-    finally:
-        for p in children:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+
+    def ended() -> None:
+        nonlocal cpu
+        cpu = tree_cpu_s(t.pid) - cpu0
+
+    rows = run_load_clients(jobs, t.name, on_go=started, on_done=ended)
     lat = [x for r in rows for x in r["latencies_ms"]]
     wall = max(r["end"] for r in rows) - min(r["start"] for r in rows)
     return {

@@ -23,15 +23,20 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse
-import json
 import pstats
 import signal
 import subprocess
 import tempfile
 import time
-from typing import Any
 
-from bench._common import ROOT, everything_toml, free_port, gateway_env, write_http_gateway_config
+from bench._common import (
+    ROOT,
+    everything_toml,
+    free_port,
+    gateway_env,
+    run_load_clients,
+    write_http_gateway_config,
+)
 from bench.http import wait_http
 
 
@@ -59,40 +64,17 @@ def load(
     url: str, keys: list[str | None], procs: int, seconds: float, gateway: subprocess.Popen[bytes]
 ) -> int:
     """The load clients' measured phase with the profiler on; successful calls."""
-    children = []
-    for i in range(procs):
-        p = subprocess.Popen(
-            [sys.executable, "-m", "bench._load_client"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-            text=True,
-        )
-        job = {"url": url, "tool": "everything__echo", "keys": keys[i::procs], "seconds": seconds}
-        job |= {"run": "ops", "tag": f"ops-p{i}", "warmup": 20}
-        assert p.stdin is not None
-        p.stdin.write(json.dumps(job) + "\n")
-        p.stdin.flush()
-        children.append(p)
-    try:
-        for p in children:
-            assert p.stdout is not None
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("a load client failed to open its sessions")
-        gateway.send_signal(signal.SIGUSR1)
-        for p in children:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        rows: list[dict[str, Any]] = []
-        for p in children:
-            assert p.stdout is not None
-            rows.append(json.loads(p.stdout.readline()))
-        gateway.send_signal(signal.SIGUSR2)
-    finally:
-        for p in children:
-            if p.poll() is None:
-                p.wait(30)
+    jobs = [
+        {"url": url, "tool": "everything__echo", "keys": keys[i::procs], "seconds": seconds}
+        | {"run": "ops", "tag": f"ops-p{i}", "warmup": 20}
+        for i in range(procs)
+    ]
+    rows = run_load_clients(
+        jobs,
+        "ops",
+        on_go=lambda: gateway.send_signal(signal.SIGUSR1),
+        on_done=lambda: gateway.send_signal(signal.SIGUSR2),
+    )
     if any(r["misrouted"] or r["errors"] for r in rows):
         raise SystemExit("misrouted or failed calls")
     return sum(int(r["ok"]) for r in rows)

@@ -267,12 +267,21 @@ class SseAnswer:
             await asyncio.sleep(EXIT_POLL_S)
             if self._routed:
                 return
-            if AppStatus.should_exit:
-                self._exit()
+            next_ping = await self._quiet_tick(ping_at)
+            if next_ping is None:
                 return
-            if anyio.current_time() >= ping_at and not self._ended:
-                ping_at = anyio.current_time() + PING_S
-                await self._ping()
+            ping_at = next_ping
+
+    async def _quiet_tick(self, ping_at: float) -> float | None:
+        """A quiet stream's poll: None when the server exits (the stream ended), else the next
+        ping's time, after a ping comment if ``ping_at`` has come."""
+        if AppStatus.should_exit:
+            self._exit()
+            return None
+        if anyio.current_time() >= ping_at and not self._ended:
+            ping_at = anyio.current_time() + PING_S
+            await self._ping()
+        return ping_at
 
     async def _watch_client(self, head: bool) -> None:
         """sse-starlette's side tasks in one, for a routed stream: its headers and priming
@@ -289,12 +298,10 @@ class SseAnswer:
             if not quiet.cancelled_caught:
                 continue
             message = None
-            if AppStatus.should_exit:
-                self._exit()
+            next_ping = await self._quiet_tick(ping_at)
+            if next_ping is None:
                 return
-            if anyio.current_time() >= ping_at and not self._ended:
-                ping_at = anyio.current_time() + PING_S
-                await self._ping()
+            ping_at = next_ping
         self.release()  # the client left: the pump ends, a resumed stream takes the id
 
     def close(self) -> None:

@@ -169,10 +169,17 @@ class Dashboard:
             return _html(login_page("Invalid form token."), status=403)
         return sess, form
 
-    async def _principal(self, sess: dict[str, Any]) -> Principal | None:
-        """The session's admin as a principal, from its key as it is now (None: the key is gone)."""
+    async def _approval(self, request: Request) -> tuple[dict[str, Any], Principal] | Response:
+        """An approval form's session and the admin approving, as a principal from its key as
+        it is now; or the response that refuses it (``_posted``'s, or the key is gone)."""
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        sess, _ = posted
         rec = await anyio.to_thread.run_sync(self.state.auth.keys.get, sess["kid"])
-        return None if rec is None else rec.as_principal()
+        if rec is None:
+            return RedirectResponse("/", status_code=303)
+        return sess, rec.as_principal()
 
     async def _discovered(self) -> list[dict[str, Any]] | None:
         gw = self.state.gateway
@@ -235,13 +242,10 @@ class Dashboard:
         return tool_page(sess, diff, None)
 
     async def approve(self, request: Request) -> Response:
-        posted = await self._posted(request)
+        posted = await self._approval(request)
         if isinstance(posted, Response):
             return posted
-        sess, _ = posted
-        principal = await self._principal(sess)
-        if principal is None:
-            return RedirectResponse("/", status_code=303)
+        sess, principal = posted
         try:
             done = await approve_tool(self.state.gateway, request.path_params["name"], principal)
         except ApprovalError as e:
@@ -256,13 +260,10 @@ class Dashboard:
         return upstreams_page(sess, upstream_rows(self.state), await self._discovered())
 
     async def approve_server(self, request: Request) -> Response:
-        posted = await self._posted(request)
+        posted = await self._approval(request)
         if isinstance(posted, Response):
             return posted
-        sess, _ = posted
-        principal = await self._principal(sess)
-        if principal is None:
-            return RedirectResponse("/", status_code=303)
+        sess, principal = posted
         try:
             done = await approve_discovered(self.state.gateway, request.path_params["name"], principal)
         except ApprovalError as e:

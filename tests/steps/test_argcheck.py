@@ -153,3 +153,25 @@ def test_a_refused_call_keeps_jsonschemas_reasons() -> None:
         run(step, call_of({"n": 1.5, "m": 1}, schema=schema))
     assert e.value.reasons == ["arguments.n: 1.5 is not of type 'integer'"]
     assert run(step, call_of({"n": 2.0}, schema=schema))  # the check is stricter; jsonschema passes it
+
+
+def test_items_are_checked_on_arrays_only_and_each_item_itself() -> None:
+    """Mutation run of session 10: ``items`` read on a non-array value (an exception instead of
+    jsonschema's verdict) and the items check given something else than the item (a schema of
+    ``null`` items then passes any array) both survived."""
+    either = compile_check({"type": ["array", "integer"], "items": {"type": "string"}})
+    assert either is not None
+    assert either(5) and either(["a"]) and not either([1])
+    nulls = compile_check({"type": "array", "items": {"type": "null"}})
+    assert nulls is not None
+    assert nulls([None]) and not nulls([1]) and not nulls([None, "x"])
+
+
+def test_a_schema_without_a_type_still_checks_the_arguments() -> None:
+    """Its quick check passes anything that is not an object (``type`` unset): it must be asked
+    about the call's arguments, not about something else (session 10's mutation run)."""
+    schema = {"properties": {"n": {"type": "integer"}}}
+    step = ValidateArguments()
+    assert run(step, call_of({"n": 3}, schema=schema))
+    with pytest.raises(ArgumentsInvalid):
+        run(step, call_of({"n": "three"}, schema=schema))

@@ -452,7 +452,13 @@ def test_a_call_on_another_live_loop_gets_asyncios_timer() -> None:
             step.budgets.stop(budget)
 
         other.run_until_complete(bind())  # the budgets now belong to a loop that is still open
+
+        async def second() -> None:  # another loop's budgets are not this one's, nor taken over
+            assert step.budgets.start(60) is None
+
+        asyncio.run(second())
         call = CallContext(principal=p, kind="tools/call", target="up__t", tool=tool())
+        assert run(step, Endpoint(rt), call) == "result"  # a call in time is answered there too
         with pytest.raises(BudgetExceeded):
             run(step, Endpoint(rt, hang=True), call)
         ep = Endpoint(rt, error=TimeoutError("its own"), fail=1)
@@ -461,3 +467,54 @@ def test_a_call_on_another_live_loop_gets_asyncios_timer() -> None:
         assert not isinstance(err.value, BudgetExceeded)
     finally:
         other.close()
+
+
+def test_a_budget_ends_with_its_call() -> None:
+    """A call that answers (or fails) before its deadline leaves nothing behind that cancels the
+    task running it later (session 10's mutation run: the budget kept after the call survived)."""
+    import asyncio
+
+    rt = runtime(resources={"execution_timeout_s": 0.05})
+    _, p = session(rt)
+    step = ScheduleStep(rt)
+    call = CallContext(principal=p, kind="tools/call", target="up__t", tool=tool())
+
+    async def go(ep: Endpoint) -> str:
+        try:
+            await build_chain([step], ep)(call)
+        except TimeoutError:
+            pass
+        try:
+            await anyio.sleep(0.2)  # past the deadline the call had
+        except asyncio.CancelledError:
+            return "cancelled later"
+        return "left alone"
+
+    assert anyio.run(go, Endpoint(rt)) == "left alone"
+    assert anyio.run(go, Endpoint(rt, error=TimeoutError("its own"), fail=1)) == "left alone"
+
+
+def test_a_call_failing_its_own_way_after_its_deadline_is_not_a_breach() -> None:
+    """As ``asyncio.timeout``: only a ``CancelledError`` that is the deadline's is the breach; an
+    error the call raises while being cancelled passes on (session 10's mutation run)."""
+    import asyncio
+
+    from gateway.steps.schedule import Budgets
+
+    budgets = Budgets()
+    out: dict[str, Any] = {}
+
+    async def call() -> None:
+        budget = budgets.start(0.05)
+        assert budget is not None
+        try:
+            try:
+                await anyio.sleep(10)
+            except asyncio.CancelledError:
+                raise RuntimeError("its own clean-up failed") from None
+        except BaseException as e:  # noqa: BLE001 - what the step sees
+            budgets.stop(budget)
+            out["breached"], out["error"] = budget.breached(e), e
+
+    anyio.run(call)
+    assert out["breached"] is False and isinstance(out["error"], RuntimeError)

@@ -5,11 +5,11 @@ A call's agent-state flips (``AuditLog.emit``, two per call) are fire-and-forget
 thread (a futex wake, a context switch, a turn at the GIL the call's own thread holds), three
 times per call. Held here instead, they go to the queue right before the record, the append, the
 flush... made on the same thread (in order, the writer woken once), or when the loop's timer ends
-the linger (``AuditLog.EMIT_LINGER_S``), or at close. Events from a thread without a running loop
-are queued at once, as before.
+the linger (``AuditLog.EMIT_LINGER_S``), or at a flush (from any thread) or close. Events from a
+thread without a running loop are queued at once, as before.
 
-The lists are keyed by loop and guarded by a lock, so a close on another thread takes every
-held event (and an emit after it sees the log closed) and none is stranded.
+The lists are keyed by loop and guarded by a lock, so a flush or close on another thread takes
+every held event (and an emit after a close sees the log closed) and none is stranded.
 """
 
 from __future__ import annotations
@@ -62,6 +62,15 @@ class HeldEmits:
                 timer.cancel()
         for held in taken:
             self._release(held)
+
+    def release_all(self) -> None:
+        """Queue what every loop holds (before a flush: it promises every event emitted before it,
+        on any thread). Queued under the lock, so a loop's next held list cannot go ahead of this
+        one; its timer, left running, finds nothing or ends the next list's linger early."""
+        with self._lock:
+            taken, self._held = list(self._held.values()), {}
+            for held in taken:
+                self._release(held)
 
     def close(self) -> None:
         """Queue every held event (before the close marker); later holds are refused."""

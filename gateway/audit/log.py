@@ -290,6 +290,7 @@ class AuditLog:
     def flush(self, timeout: float | None = None) -> None:
         """Return once every event queued before this call is committed."""
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._held.release_all()  # events held on other threads' loops came before this call too
         self._put(Item("flush", future=fut))
         self._wait(fut, timeout)
 

@@ -128,3 +128,39 @@ def test_an_emit_on_a_loop_after_close_is_refused(open_log: Callable[..., AuditL
 
     with pytest.raises(AuditError):
         asyncio.run(emit())
+
+
+def test_a_flush_on_another_thread_commits_what_a_running_loop_holds(
+    open_log: Callable[..., AuditLog], log_paths
+) -> None:
+    """``flush`` promises every event emitted before it is committed, whichever thread emitted it:
+    an admin action emitted on the server's loop, then a flush from a script or test thread."""
+    db, _ = log_paths
+    log = open_log()
+    log.EMIT_LINGER_S = 30.0
+    held, flushed = threading.Event(), threading.Event()
+
+    async def other_thread() -> None:
+        log.emit("agent.suspend_requested", {"i": 1})
+        log.emit("agent.terminate_requested", {"i": 2})
+        held.set()
+        while not flushed.is_set():  # the loop keeps running (its timer 30 s away) during the flush
+            await asyncio.sleep(0.01)
+        log.emit("gateway.event", {"i": 3})  # after the flush: held again, as before, not lost
+        await log.record("tool.call", {"i": 4})
+
+    t = threading.Thread(target=asyncio.run, args=(other_thread(),))
+    t.start()
+    try:
+        assert held.wait(20)
+        log.flush(timeout=10)
+        assert _types(db) == ["agent.suspend_requested", "agent.terminate_requested"]
+    finally:
+        flushed.set()
+        t.join(20)
+    assert _types(db) == [
+        "agent.suspend_requested",
+        "agent.terminate_requested",
+        "gateway.event",
+        "tool.call",
+    ]

@@ -29,13 +29,14 @@ import concurrent.futures
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.audit import keys as keyfiles
 from gateway.audit import store
@@ -43,6 +44,7 @@ from gateway.audit.batch import Item, WriterContext
 from gateway.audit.held import HeldEmits
 from gateway.audit.record import (
     GENESIS_HASH,
+    AuditRecord,
     canonical_details,
     key_id_of,
 )
@@ -120,21 +122,7 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = take_lock(self.path)
         try:
-            create_private(self.path)  # 0600 before SQLite opens it: its -wal/-shm inherit the mode
-            conn = store.open_writer(self.path)
-            last = store.head(conn)
-            check_export(
-                conn,
-                self.path,
-                self.checkpoint_export,
-                archive_dir=self.archive_dir,
-                key_path=self.key_path,
-                pinned=self.pinned_keys,
-            )
-            key = load_key(self.key_path, self.path, expected_key_id(last))
-            key_id = key_id_of(key.public_key())
-            check_pinned(conn, self.path, self.key_path, key_id, self.pinned_keys)
-            register_key(conn, self.path, key.public_key())
+            conn, last, key, key_id = self._open()
         except BaseException:
             self._release_lock()
             raise
@@ -159,6 +147,26 @@ class AuditLog:
         # emits on an event loop's thread wait there for that thread's next record (gateway.audit.held)
         self._held = HeldEmits(lambda: self._writer.linger_s, self._queue_all)
         atexit.register(self.close)  # queued events are committed even if the owner forgets close()
+
+    def _open(self) -> tuple[sqlite3.Connection, AuditRecord | None, Ed25519PrivateKey, str]:
+        """Open the log for writing and check it against its key, pins and exported checkpoint:
+        the connection, the head record, the signing key and its id. Raises ``AuditError``."""
+        create_private(self.path)  # 0600 before SQLite opens it: its -wal/-shm inherit the mode
+        conn = store.open_writer(self.path)
+        last = store.head(conn)
+        check_export(
+            conn,
+            self.path,
+            self.checkpoint_export,
+            archive_dir=self.archive_dir,
+            key_path=self.key_path,
+            pinned=self.pinned_keys,
+        )
+        key = load_key(self.key_path, self.path, expected_key_id(last))
+        key_id = key_id_of(key.public_key())
+        check_pinned(conn, self.path, self.key_path, key_id, self.pinned_keys)
+        register_key(conn, self.path, key.public_key())
+        return conn, last, key, key_id
 
     @classmethod
     def from_config(cls, config: Config) -> AuditLog:

@@ -290,24 +290,29 @@ def build_report(
         },
         "integrity": integrity.as_dict(),
         "requirements": _requirements(requirements, t, integrity, period["not_covered"]),
-        "summary": {
-            "access_events": t.access_calls,
-            "principals": len(t.principals),
-            "denied": len(t.denied),
-            "changes": len(t.changes),
-            "arguments_redacted": t.redacted,
-            "evidence_present": {
-                "access": t.access_calls > 0,
-                "denied": True,
-                "changes": True,
-                "operations": bool(t.operations),
-                "integrity": integrity.ok,
-            },
-        },
+        "summary": _summary(t, integrity),
         "access": sorted(t.access.values(), key=lambda v: (v["principal"], v["target"])),
         "denied": t.denied,
         "changes": t.changes,
         "operations": dict(sorted(t.operations.items())),
+    }
+
+
+def _summary(t: _Tally, integrity: VerifyResult) -> dict[str, Any]:
+    """The report's counts, and which kinds of evidence the period holds."""
+    return {
+        "access_events": t.access_calls,
+        "principals": len(t.principals),
+        "denied": len(t.denied),
+        "changes": len(t.changes),
+        "arguments_redacted": t.redacted,
+        "evidence_present": {
+            "access": t.access_calls > 0,
+            "denied": True,
+            "changes": True,
+            "operations": bool(t.operations),
+            "integrity": integrity.ok,
+        },
     }
 
 

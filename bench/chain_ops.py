@@ -29,7 +29,8 @@ hop, the transports and the loop) and given to the innermost gateway function on
 (``by_function``) and its module (``by_area``). Counting starts and stops on SIGUSR1 / SIGUSR2
 after the warm-up, so start-up is not in it. ``function_calls_per_call_work`` leaves out the
 loops that wake on a timer (``background_loops``: the runtime's sweep, the approvals poll),
-whose share per call moves with the machine's load.
+whose share per call moves with the machine's load. ``--front --cprofile``: cProfile over the
+same calls instead, its top functions per call by own time and by number of calls.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import collections
+import cProfile
 import json
 import os
+import pstats
 import tempfile
 import time
 from types import FrameType
@@ -230,25 +233,54 @@ class FrontCounter:
         }
 
 
-def serve_counted(out: str, argv: list[str]) -> None:
+def serve_counted(out: str, argv: list[str], cprofile: bool = False) -> None:
     """``symbi`` with ``argv`` in this process; SIGUSR1 starts counting the event-loop thread's
-    calls, SIGUSR2 stops and writes the counts to ``out`` (raw; ``--front`` divides)."""
+    calls, SIGUSR2 stops and writes the counts to ``out`` (raw; ``--front`` divides).
+    ``cprofile``: cProfile's statistics instead (``out`` + ``.pstats``), and its tables."""
     import signal
 
     from gateway.cli import main as symbi
 
     counter = FrontCounter()
+    # the thread's CPU time, not the wall clock: a pipe write that wakes the peer is not ours
+    profile = cProfile.Profile(time.thread_time_ns, 1e-9) if cprofile else None
 
     def start(signum: int, frame: object) -> None:
-        sys.setprofile(counter)
+        if profile is not None:
+            profile.enable()
+        else:
+            sys.setprofile(counter)
 
     def stop(signum: int, frame: object) -> None:
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(out + ".pstats")
+            Path(out).write_text(json.dumps({"profiled": True}))
+            return
         sys.setprofile(None)
         Path(out).write_text(json.dumps(counter.report(1, 40)))
 
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
     sys.exit(symbi(argv))
+
+
+def profile_tables(path: str, calls: int, top: int) -> dict[str, Any]:
+    """cProfile's top functions per call, by own CPU time (µs of the thread's CPU, inflated by
+    the profiler: compare within one run) and by number of calls."""
+    stats = pstats.Stats(path)
+    rows = []
+    for (file, line, name), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append(
+            (f"{name} ({_short(file)}:{line})", ncalls / calls, tottime * 1e6 / calls, cumtime * 1e6 / calls)
+        )
+    by_time = sorted(rows, key=lambda r: -r[2])[: 2 * top]
+    by_calls = sorted(rows, key=lambda r: -r[1])[: 2 * top]
+    return {
+        "profiled_us_per_call": round(sum(r[2] for r in rows), 1),
+        "by_tottime_us": {r[0]: [round(r[2], 2), round(r[1], 2)] for r in by_time},
+        "by_ncalls": {r[0]: [round(r[1], 2), round(r[2], 2)] for r in by_calls},
+    }
 
 
 def _per_call(value: Any, n: int) -> Any:
@@ -282,7 +314,7 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "import os, sys, importlib.util as u; "
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
         f"s = u.spec_from_file_location('chain_ops', {__file__!r}); m = u.module_from_spec(s); "
-        f"s.loader.exec_module(m); m.serve_counted({str(out)!r}, sys.argv[1:])"
+        f"s.loader.exec_module(m); m.serve_counted({str(out)!r}, sys.argv[1:], {args.cprofile!r})"
     )
     env = {
         **gateway_env(),
@@ -304,6 +336,12 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             await anyio.sleep(0.05)
     raw = json.loads(_read(out))
     n = args.calls
+    if args.cprofile:
+        return {
+            "benchmark": "chain_ops --front --cprofile",
+            "settings": {"calls": n, "checks_off": args.checks_off},
+            **profile_tables(str(out) + ".pstats", n, args.top),
+        }
     scale = {k: _per_call(v, n) for k, v in raw.items()}
     background = sum(scale["gateway_inclusive"].get(k, 0) for k in BACKGROUND)
     scale["background_loops"] = round(background, 1)  # in function_calls; not the call's own work
@@ -323,6 +361,11 @@ def main() -> None:
     ap.add_argument("--no-count", action="store_true", help="only the CPU time (e.g. under py-spy)")
     ap.add_argument(
         "--front", action="store_true", help="the whole `symbi mcp` process, SDK client over stdio"
+    )
+    ap.add_argument(
+        "--cprofile",
+        action="store_true",
+        help="with --front: cProfile's top functions (own time, calls) instead of the counts",
     )
     args = ap.parse_args()
     if args.front:

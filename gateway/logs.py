@@ -9,33 +9,78 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 
 class TraceIds(logging.Filter):
     """Stamp each record with the current span's trace / span id (empty outside a trace)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from gateway.telemetry import current_ids
-
-        ids = current_ids()
-        trace_id, span_id = ids if ids is not None else ("", "")
-        record.trace_id = trace_id  # LogRecord takes extra attributes
-        record.span_id = span_id
+        _stamp(record)
         return True
 
 
+def _stamp(record: logging.LogRecord) -> None:
+    from gateway.telemetry import current_ids
+
+    ids = current_ids()
+    trace_id, span_id = ids if ids is not None else ("", "")
+    record.trace_id = trace_id  # LogRecord takes extra attributes
+    record.span_id = span_id
+
+
+LINE = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the text format ``configure`` sets
+
+
+class _PerSecond:
+    """A formatted time's text up to the second, kept for the second (and converter) it is for:
+    the warnings an unsafe option writes on every call come many to a second."""
+
+    __slots__ = ("_format", "_last")
+
+    def __init__(self, fmt: str) -> None:
+        self._format = fmt
+        self._last: tuple[int, object, str] = (-1, None, "")
+
+    def text(self, created: float, convert: Callable[[float], time.struct_time]) -> str:
+        second = int(created)  # localtime / gmtime take the whole second too
+        last = self._last
+        if last[0] != second or last[1] is not convert:
+            last = self._last = (second, convert, time.strftime(self._format, convert(created)))
+        return last[2]
+
+
 class _TextFormatter(logging.Formatter):
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+        # the format configure sets, written directly (same text as the %-style template)
+        self._line = fmt == LINE and datefmt is None
+        self._second = _PerSecond(self.default_time_format)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """``Formatter.formatTime``, its ``strftime`` once a second."""
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        text = self._second.text(record.created, self.converter)
+        return self.default_msec_format % (text, record.msecs) if self.default_msec_format else text
+
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        if self._line and not (record.exc_info or record.exc_text or record.stack_info):
+            record.message = record.getMessage()
+            record.asctime = self.formatTime(record)
+            line = f"{record.asctime} {record.levelname} {record.name}: {record.message}"
+        else:
+            line = super().format(record)
         trace_id = getattr(record, "trace_id", "")
         return f"{line} trace={trace_id}" if trace_id else line
 
 
 class _JsonFormatter(logging.Formatter):
+    _second = _PerSecond("%Y-%m-%dT%H:%M:%S")
+
     def format(self, record: logging.LogRecord) -> str:
         doc = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._second.text(record.created, time.gmtime) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -52,6 +97,28 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The stderr handler ``configure`` sets: each record stamped with the trace ids
+    (``TraceIds``), formatted outside the lock, written and flushed under one hold of it
+    (``Handler.handle`` + ``StreamHandler.emit`` take it twice and walk an empty filter list).
+    Filters added to it still apply; errors go to ``handleError`` as in ``emit``."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        _stamp(record)
+        if self.filters and not self.filter(record):
+            return False
+        try:
+            line = self.format(record) + self.terminator
+            with self.lock:  # type: ignore[union-attr]
+                self.stream.write(line)
+                self.stream.flush()
+        except RecursionError:  # as StreamHandler.emit (issue 36272)
+            raise
+        except Exception:  # noqa: BLE001 - logging's own error path, as StreamHandler.emit
+            self.handleError(record)
+        return True
+
+
 def cheap_records() -> None:
     """Records without the fields no formatter here prints: the caller's file, line and function
     (a walk up the stack per line), the thread and the process. An unsafe option warns on every
@@ -66,12 +133,11 @@ def cheap_records() -> None:
 
 def configure(level: str, fmt: str = "text") -> None:
     cheap_records()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(TraceIds())
+    handler = _LineHandler(sys.stderr)  # stamps the trace ids itself (TraceIds)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_TextFormatter(LINE))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

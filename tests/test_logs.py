@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,3 +46,64 @@ def test_every_warning_is_written_without_looking_up_its_caller(
     # no stack walk, no thread or process lookup per line
     fields: set[tuple[Any, ...]] = {(r.funcName, r.lineno, r.thread, r.process) for r in seen}
     assert len(seen) == 3 and fields == {("(unknown function)", 0, None, None)}
+
+
+def _record(
+    created: float, msg: str = "UNSAFE: %s", args: Any = ("x",), exc: Any = None
+) -> logging.LogRecord:
+    record = logging.LogRecord("symbi.unsafe", logging.WARNING, "(unknown file)", 0, msg, args, exc)
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+    return record
+
+
+def test_text_lines_are_the_templates_own_across_seconds_and_with_a_traceback() -> None:
+    from gateway.logs import LINE, _TextFormatter
+
+    ours, plain = _TextFormatter(LINE), logging.Formatter(LINE)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        exc = sys.exc_info()
+    # the same second twice (the kept text), the next second, a second earlier, a traceback
+    for created, e in [
+        (1e9 + 0.25, None),
+        (1e9 + 0.75, None),
+        (1e9 + 1.5, None),
+        (1e9 - 0.5, None),
+        (1e9, exc),
+    ]:
+        assert ours.format(_record(created, exc=e)) == plain.format(_record(created, exc=e))
+    # another converter (logging's documented switch) is honoured, not the kept text
+    ours.converter = plain.converter = time.gmtime  # type: ignore[method-assign,assignment]
+    assert ours.format(_record(1e9 + 0.25)) == plain.format(_record(1e9 + 0.25))
+    assert _TextFormatter(LINE, "%H").format(_record(1e9)) == logging.Formatter(LINE, "%H").format(
+        _record(1e9)
+    )
+
+
+def test_json_lines_carry_each_records_own_time() -> None:
+    from gateway.logs import _JsonFormatter
+
+    fmt = _JsonFormatter()
+    for created in (1e9 + 0.25, 1e9 + 0.75, 1e9 + 1.5):
+        doc = json.loads(fmt.format(_record(created)))
+        want = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int((created % 1) * 1000):03d}Z"
+        assert doc["ts"] == want and doc["msg"] == "UNSAFE: x"
+
+
+def test_the_handler_keeps_filters_and_logging_error_path(
+    restore: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure("WARNING")
+    handler = logging.getLogger().handlers[0]
+    handler.addFilter(lambda r: r.msg != "drop")
+    log = logging.getLogger("symbi.unsafe")
+    log.warning("keep")
+    log.warning("drop")
+    assert [line.split(": ", 1)[1] for line in capsys.readouterr().err.splitlines()] == ["keep"]
+    failed: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", failed.append)
+    log.warning("bad %d", "not a number")  # formatting fails: handleError, never the caller
+    assert len(failed) == 1

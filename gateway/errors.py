@@ -193,7 +193,7 @@ class SdkChanged(GatewayError):
     code = "sdk_changed"
 
     def __init__(self, what: str) -> None:
-        super().__init__(f"gateway.compat: {what} is gone (library upgraded?): update gateway/compat.py")
+        super().__init__(f"gateway.compat: {what} is gone (library upgraded?): update gateway/compat/")
 
 
 class SandboxError(GatewayError):

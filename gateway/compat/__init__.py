@@ -1,0 +1,99 @@
+"""Every use of a private attribute of the MCP SDK, asyncio, anyio, OpenTelemetry or docker, in
+one package.
+
+The gateway needs a few things the libraries do not (yet) offer publicly. Each reach-in is
+one function here, with a test in ``tests/test_compat.py`` that fails with a clear message
+naming the function when a library upgrade removes what it uses; nothing else in
+``gateway/`` touches a private name of a library. Written against mcp 2.x (see
+``reference/`` for the measured API). By library part: ``sdk`` (sessions, middleware,
+dispatcher, the stdio client's helpers), ``http`` (the streamable-HTTP manager and transport),
+``streams`` (asyncio / anyio streams and pipes), ``otel`` (OpenTelemetry); every name is
+imported from here.
+"""
+
+from __future__ import annotations
+
+from gateway.compat.http import (
+    RequestStream,
+    close_http_session,
+    http_session_counts,
+    http_session_transport,
+    open_http_sessions,
+    transport_admits,
+    transport_busy,
+    transport_close_stream,
+    transport_holds_stream,
+    transport_open_stream,
+    transport_priming_event,
+    transport_serving,
+    transport_store_event,
+    transport_write,
+)
+from gateway.compat.otel import unsampled_span, w3c_default_propagators
+from gateway.compat.sdk import (
+    clamp_inbound_ttl,
+    connection_of,
+    create_context_streams,
+    drain_stdout,
+    executable_command,
+    is_sdk_span_middleware,
+    later_revision_fields,
+    negotiate_auto,
+    parse_stdio_line,
+    related_notify,
+    related_request,
+    stamp_requests,
+    start_stdio_process,
+    stop_stdio_process,
+)
+from gateway.compat.streams import (
+    process_stdin_writer,
+    process_stdout_reader,
+    raw_socket,
+    receiver_waits_idle,
+    stream_reader_head,
+    tap_lines,
+    tap_process_stdout,
+)
+from gateway.errors import SdkChanged
+
+__all__ = [
+    "RequestStream",
+    "SdkChanged",
+    "clamp_inbound_ttl",
+    "close_http_session",
+    "connection_of",
+    "create_context_streams",
+    "drain_stdout",
+    "executable_command",
+    "http_session_counts",
+    "http_session_transport",
+    "is_sdk_span_middleware",
+    "later_revision_fields",
+    "negotiate_auto",
+    "open_http_sessions",
+    "parse_stdio_line",
+    "process_stdin_writer",
+    "process_stdout_reader",
+    "raw_socket",
+    "receiver_waits_idle",
+    "related_notify",
+    "related_request",
+    "stamp_requests",
+    "start_stdio_process",
+    "stop_stdio_process",
+    "stream_reader_head",
+    "tap_lines",
+    "tap_process_stdout",
+    "transport_admits",
+    "transport_busy",
+    "transport_close_stream",
+    "transport_holds_stream",
+    "transport_open_stream",
+    "transport_priming_event",
+    "transport_serving",
+    "transport_store_event",
+    "transport_write",
+    "unsampled_span",
+    "w3c_default_propagators",
+]

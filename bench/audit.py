@@ -1,6 +1,9 @@
 """Audit log benchmark: appends/s (signed, chained, durable), verifies/s, and the audit step's cost.
 
 Run: ``/work/main/.venv/bin/python bench/audit.py [--events 20000]``; prints one JSON document.
+``--baseline-tree DIR --rounds N`` runs DIR's ``bench/audit.py`` (its own gateway) and this one in
+turn, N times each in fresh processes (base, this, base, this...), and prints both trees' key
+numbers round by round with their medians.
 
 Every rate sits beside a baseline measured in the same run, because on a shared machine a
 ratio survives the noise and an absolute number does not:
@@ -31,6 +34,7 @@ import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -280,12 +284,54 @@ def targets(append: dict[str, float], verify: dict[str, float]) -> dict[str, Any
     }
 
 
+# what --baseline-tree compares, as (section, key)
+COMPARED = (
+    ("append", "signed_emit_per_s"),
+    ("append", "signed_emit_cpu_us_per_event"),
+    ("append", "signed_record_64_concurrent_per_s"),
+    ("append", "signed_record_64_concurrent_cpu_us_per_event"),
+    ("append", "baseline_unsigned_sqlite_per_s"),
+    ("verify", "verify_all_signatures_per_s"),
+    ("verify", "verify_all_signatures_cpu_us_per_event"),
+    ("step", "added_median_ms_sequential"),
+    ("step", "fsync_floor_median_ms"),
+)
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Both trees' runs alternated in fresh processes, each with its own gateway package."""
+    here = Path(__file__).resolve().parents[1]
+    trees = {"baseline": Path(args.baseline_tree).resolve(), "this": here}
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
+    for _ in range(args.rounds):
+        for name, tree in trees.items():
+            cmd = [sys.executable, str(tree / "bench" / "audit.py"), "--events", str(args.events)]
+            cmd += ["--calls", str(args.calls)] + (["--dir", str(args.dir)] if args.dir else [])
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            out = subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
+            runs[name].append(json.loads(out))
+    result: dict[str, Any] = {"benchmark": "audit-compare", "baseline_tree": str(trees["baseline"])}
+    result["rounds"] = args.rounds
+    result["loadavg_1m"] = os.getloadavg()[0]
+    for section, key in COMPARED:
+        for name in trees:
+            values = [r[section][key] for r in runs[name]]
+            result[f"{name}_{key}"] = {"median": statistics.median(values), "rounds": values}
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--calls", type=int, default=1024)
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
+    ap.add_argument("--baseline-tree", type=Path, default=None, help="a checkout to compare against")
+    ap.add_argument("--rounds", type=int, default=3, help="alternations with --baseline-tree")
     args = ap.parse_args()
+    if args.baseline_tree is not None:
+        res = compare(args)
+        print(json.dumps(res, indent=2, default=lambda x: round(x, 3) if isinstance(x, float) else str(x)))
+        return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         d = Path(tmp)
         append = bench_append(d, args.events)

@@ -14,9 +14,10 @@ import os
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any, Literal
 
-from gateway.audit.record import CHAIN_PREFIX, canonical_bytes
+from gateway.audit.record import CHAIN_PREFIX
 
 
 @dataclass(slots=True)
@@ -98,35 +99,48 @@ def resolve(
 
 def new_ids(n: int) -> list[str]:
     """``n`` random UUID4 strings from one ``os.urandom`` call (``uuid.uuid4()`` makes one per id)."""
-    h = os.urandom(16 * n).hex()
-    out = []
-    for i in range(0, 32 * n, 32):
-        # version 4 and the RFC 4122 variant (10xx) set as uuid4 sets them
-        out.append(
-            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
-            f"{'89ab'[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
-        )
-    return out
+    raw = bytearray(os.urandom(16 * n))
+    # version 4 and the RFC 4122 variant (10xx), set on every id's bytes at once as uuid4 sets them
+    raw[6::16] = bytes(b & 0x0F | 0x40 for b in raw[6::16])
+    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])
+    h = raw.hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
 
 
 def chain_rows(events: list[Item], seq: int, prev: str, key_id: str) -> list[tuple[Any, ...]]:
     """The rows of a batch after ``seq`` / ``prev``: ids assigned, canonical bytes, chain hashes
-    (unsigned: the caller signs the last). One tight loop; the hash chain is kept as bytes."""
+    (unsigned: the caller signs the last). One tight loop; the hash chain is kept as bytes.
+
+    The canonical bytes are ``record.canonical_bytes``' (a test compares them), spliced here with
+    what repeats in a batch escaped once: the key id, and the principals, agents and types (a
+    small cache); a chain hash made here is hex, written quoted as it is. The hash state after
+    the domain prefix is copied, not rebuilt, for each record."""
     ids = iter(new_ids(sum(1 for it in events if not it.id)))
+    prefixed = hashlib.sha256(CHAIN_PREFIX)
     prev_raw = bytes.fromhex(prev)
-    sha256 = hashlib.sha256
+    esc = encode_basestring  # json.dumps' own C string encoder, as record.canonical_bytes uses
+    key_j, prev_j = esc(key_id), esc(prev)
+    escaped: dict[str | None, str] = {None: "null"}  # a miss is never None: str() for the types
     rows: list[tuple[Any, ...]] = []
     for it in events:
         seq += 1
         if not it.id:
             it.id = next(ids)
-        canon = canonical_bytes(
-            seq, it.id, it.ts_ns, it.principal, it.agent, it.type, it.details_json, prev, key_id
+        p, a, t, details = it.principal, it.agent, it.type, it.details_json
+        pj = escaped.get(p) or escaped.setdefault(p, esc(str(p)))
+        aj = escaped.get(a) or escaped.setdefault(a, esc(str(a)))
+        tj = escaped.get(t) or escaped.setdefault(t, esc(str(t)))
+        digest = prefixed.copy()
+        digest.update(prev_raw)
+        digest.update(
+            f'{{"agent":{aj},"details":{details},"id":{esc(it.id)},"key_id":{key_j},"prev_hash":{prev_j},'
+            f'"principal":{pj},"seq":{seq},"ts_ns":{int(it.ts_ns)},"type":{tj}}}'.encode()
         )
-        digest = sha256(CHAIN_PREFIX + prev_raw + canon)
-        h = digest.hexdigest()
-        rows.append(
-            (seq, it.id, it.ts_ns, it.principal, it.agent, it.type, it.details_json, prev, h, "", key_id)
-        )
-        prev, prev_raw = h, digest.digest()
+        prev_raw = digest.digest()
+        h = prev_raw.hex()
+        rows.append((seq, it.id, it.ts_ns, p, a, t, details, prev, h, "", key_id))
+        prev, prev_j = h, f'"{h}"'
     return rows

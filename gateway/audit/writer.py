@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +52,32 @@ SIGN_SQL = "UPDATE events SET signature = ? WHERE seq = ? AND signature = ''"
 # meanwhile. At 50 ms (until session 9) calls 0.05-1 s apart paid two of each per call; at 1 s a
 # second signature and commit per call remain only for calls more than a second apart.
 SEAL_IDLE_S = 1.0
+
+# Rows per INSERT statement (``insert_rows``): a batch's rows go in multi-row statements, whole
+# chunks of this many, then one statement per power of two of the rest (at most 7 statement
+# texts, each prepared once by the connection's cache). ``executemany`` stepped once per row, and
+# the sqlite3 module releases and retakes the GIL around every step: while a busy caller thread
+# holds the GIL each retake can wait its switch interval (5 ms), so a 256-row batch was starved
+# by the thread producing it. 64 x 11 parameters stay below SQLite's oldest limit (999).
+INSERT_CHUNK = 64
+_INSERTS: dict[int, str] = {}
+
+
+def _insert_sql(n: int) -> str:
+    sql = _INSERTS.get(n)
+    if sql is None:
+        row = "(" + ",".join("?" * len(store.COLUMNS.split(","))) + ")"
+        sql = _INSERTS[n] = f"INSERT INTO events ({store.COLUMNS}) VALUES " + ",".join([row] * n)
+    return sql
+
+
+def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` (``store.COLUMNS`` order) with one step per ``INSERT_CHUNK`` rows, in order."""
+    i, n = 0, len(rows)
+    while i < n:
+        k = min(INSERT_CHUNK, 1 << ((n - i).bit_length() - 1))
+        conn.execute(_insert_sql(k), list(chain.from_iterable(rows[i : i + k])))
+        i += k
 
 
 @dataclass(eq=False)
@@ -274,8 +301,7 @@ class Writer:
         if not self.conn.in_transaction:
             self.conn.execute("BEGIN IMMEDIATE")
         try:
-            if rows:
-                self.conn.executemany(store.INSERT, rows)
+            insert_rows(self.conn, rows)
             if self.pending is not None:
                 self.conn.execute(SIGN_SQL, self.pending[::-1])
             for sql, params in extra_sql:

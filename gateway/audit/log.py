@@ -225,10 +225,8 @@ class AuditLog:
         """
         try:
             item = self._event(event_type, details, principal, agent, None)
-            try:
-                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
+            # None off an event loop (worker threads, scripts): no RuntimeError raised per event
+            loop = asyncio.events._get_running_loop()
             if loop is not None:
                 self._check()
                 if self._held.hold(loop, item):
@@ -425,7 +423,7 @@ class AuditLog:
             raise AuditError("audit log is closed")
         if self._writer.broken is not None:
             raise self._writer.broken
-        if not self._thread.is_alive():
+        if not self._writer.running:
             raise AuditError("audit writer thread is not running")
 
     def _put(self, item: Item) -> None:

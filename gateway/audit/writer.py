@@ -104,6 +104,9 @@ class Writer:
     # awaited event, a flush or a close ends the wait at once.
     linger_s: float = 0.05
     broken: AuditError | None = None
+    # False once ``run`` has returned or raised: read by every event's ``AuditLog._check``
+    # (``Thread.is_alive`` takes a lock and two calls)
+    running: bool = True
     # WAL pages (estimated) written since the writer last checkpointed the WAL (_checkpoint_wal)
     wal_pages: int = 0
     wal_checkpoint_pages: int = WAL_CHECKPOINT_PAGES
@@ -140,6 +143,12 @@ class Writer:
                 resolve(it.future, exc=AuditError("audit log is closed"))
 
     def run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self.running = False
+
+    def _serve(self) -> None:
         while True:
             batch = self._next_batch()
             events = [it for it in batch if it.kind == "event"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import AuditLog, exported_public_keys, load_public_keys, verify_log
+from gateway.audit.batch import Item
 from gateway.audit.keys import public_key_path, retired_public_key_path
 from gateway.config.model import Config
 from gateway.config.sections import AuditSection, GatewaySection
@@ -135,6 +137,21 @@ def test_on_failure_warn_logs_instead(open_log: Callable[..., AuditLog], log_pat
     assert log.append("lost", {}) is None
     assert asyncio.run(log.record("lost", {})) is None
     assert any("not recorded" in r.getMessage() for r in caplog.records)
+
+
+def test_a_log_whose_writer_stopped_refuses_events(open_log: Callable[..., AuditLog]) -> None:
+    log = open_log()
+    log.append("ok", {})
+    stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+    log._queue.put(Item("close", future=stopped))  # the writer returns without the log being closed
+    stopped.result(10)
+    log._thread.join(10)
+    with pytest.raises(AuditError):
+        log.emit("unwritten", {})
+    with pytest.raises(AuditError):
+        log.append("unwritten", {})
+    with pytest.raises(AuditError):
+        log.ensure_writable()
 
 
 def test_closed_log_refuses(open_log: Callable[..., AuditLog]) -> None:

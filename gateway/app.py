@@ -26,11 +26,10 @@ from gateway.context import CallContext, Downstream, Principal, UpstreamInfo
 from gateway.errors import CatalogError, ConfigError, UpstreamUnavailable
 from gateway.events import Event, EventSink
 from gateway.listen import ListenHub, StreamOutbound
-from gateway.policy.inputdoc import CallCounters, build_input
+from gateway.policy.inputdoc import CallCounters
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
-from gateway.steps.policy import afilter_listing
 from gateway.upstream.bridge import PendingQuestions
 from gateway.upstream.builtin import (
     Builtin,
@@ -42,6 +41,7 @@ from gateway.upstream.builtin import (
 from gateway.upstream.eras import answered_for_legacy, bridged_for_modern_client, modern, on_behalf_of
 from gateway.upstream.isolation import IsolatedReplicas
 from gateway.upstream.session import Upstream
+from gateway.visibility import Visibility
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
@@ -113,12 +113,13 @@ class Gateway:
         self._background = tuple(background)
         self._closers = tuple(closers)  # run in this order when the gateway stops
         self._chain: CallNext = build_chain(self.steps, self._dispatch)
+        self.visibility = Visibility(policy, self.agents, self.live.upstream_info)
         self._announcer = Announcer(
             self.listen,
             self.events,
             self.live,
-            visible=self._visible,
-            allowed_targets=self.allowed_targets,
+            visible=self.visibility.among,
+            allowed_targets=self.visibility.targets,
         )
         self._rebuild_lock = anyio.Lock()
         # stdio upstreams start a few at a time (mcp.max_concurrent_starts), restarts included
@@ -301,50 +302,19 @@ class Gateway:
         self._announcer.remember(connection_of(session), who)
 
     async def visible_tools(self, principal: Principal, catalog: Catalog | None = None) -> list[CatalogTool]:
-        """What ``principal`` may see (of ``catalog``, the current one by default): verified
-        (or warn-mode) tools the policy lets it call."""
-        catalog = catalog if catalog is not None else self.catalog
-        return await self._visible(principal, [e for e in catalog.tools.values() if not e.info.blocked])
+        """Of ``catalog`` (default: the current one), the unblocked tools the policy lets ``principal`` see."""
+        tools = (catalog if catalog is not None else self.catalog).tools.values()
+        return await self.visibility.among(principal, [e for e in tools if not e.info.blocked])
 
     async def visible_among(self, principal: Principal, entries: list[CatalogTool]) -> list[CatalogTool]:
         """Of ``entries``, those the policy lets ``principal`` see (a page of a listing)."""
-        return await self._visible(principal, entries)
-
-    async def _visible(self, principal: Principal, entries: list[CatalogTool]) -> list[CatalogTool]:
-        if self.policy is None:
-            return entries
-        infos = [e.info for e in entries]
-        allowed = {
-            t.name
-            for t in await afilter_listing(
-                self.policy, principal, infos, agent=self.agents.info(principal.agent)
-            )
-        }
-        return [e for e in entries if e.info.name in allowed]
+        return await self.visibility.among(principal, entries)
 
     async def allowed_targets(
         self, principal: Principal, kind: str, pairs: list[tuple[str, str]]
     ) -> set[str]:
-        """Of (target, upstream) pairs for resources/read or prompts/get, those ``principal`` may use.
-
-        Listings show a caller only what the policy would let it read or get (the same rule,
-        with ``action = "list"``); with the policy off, everything.
-        """
-        if self.policy is None:
-            return {t for t, _ in pairs}
-        allowed: set[str] = set()
-        for target, upstream in pairs:
-            inp = build_input(
-                principal=principal,
-                kind=kind,
-                target=target,
-                action="list",
-                upstream=self.upstream_info(upstream),
-                agent=self.agents.info(principal.agent),
-            )
-            if (await self.policy.adecide(inp)).allow:
-                allowed.add(target)
-        return allowed
+        """Of (target, upstream) pairs, those ``principal`` may read or get (``Visibility.targets``)."""
+        return await self.visibility.targets(principal, kind, pairs)
 
     def upstream_info(self, name: str) -> UpstreamInfo:
         return self.live.upstream_info(name)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import types
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
@@ -69,28 +70,13 @@ def _parse(line: bytes) -> tuple[SessionMessage, bool]:
 
 @contextlib.asynccontextmanager
 async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> AsyncIterator[tuple[Any, Any]]:
-    loop = asyncio.get_running_loop()
-    # Private copies of the wire; fds 0/1 now point elsewhere for the rest of the process.
-    wire_in, wire_out = os.dup(0), os.dup(1)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    os.dup2(2, 1)
+    """The client's stdin and stdout as the server's (read, write) streams, fds 0/1 taken over."""
+    wire_in, wire_out = _take_wire()
     reader = asyncio.StreamReader(limit=max_bytes + 2)
     if lane is not None:
         # a lane call starts in the callback that reads its line, not a loop turn later in read_loop
         tap_lines(reader, lane.offer_now, max_line=max_bytes + 2)
-    rtransport: asyncio.ReadTransport | None = None
-    if pollable(wire_in):
-        rtransport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(wire_in, "rb", buffering=0)
-        )
-    writer: asyncio.StreamWriter | FileWriter = FileWriter(wire_out)
-    if pollable(wire_out):
-        wtransport, wprotocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, os.fdopen(wire_out, "wb", buffering=0)
-        )
-        writer = asyncio.StreamWriter(wtransport, wprotocol, None, loop)
+    rtransport, writer = await _connect_wire(wire_in, wire_out, reader)
 
     to_server, from_client = create_context_streams[SessionMessage | Exception](0)
     # outgoing: a plain memory stream (the writer needs no sender context) so that replies
@@ -98,61 +84,16 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
     to_client, from_server = anyio.create_memory_object_stream[SessionMessage | bytes](0)
     lane_out = to_client.clone()  # the fast lane's replies, in the same writer
 
-    async def write(msg: SessionMessage | bytes) -> None:
-        writer.write(frame(msg))
-        await writer.drain()
-
     async def lane_write(msg: SessionMessage | bytes) -> None:
         """A fast-lane reply: written now when the write loop holds nothing, else queued behind."""
         await write_or_queue(frame(msg), writer, from_server, lane_out.send)
-
-    async def read_loop() -> None:
-        async with to_server:
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError as e:
-                    if e.partial.strip():
-                        await _deliver(e.partial)
-                    if lane is not None:
-                        await lane.shutdown()
-                    return
-                except asyncio.LimitOverrunError as e:
-                    head = stream_reader_head(reader, 512)
-                    total = await _drain_line(reader, e.consumed)
-                    await write(
-                        _error(
-                            types.INVALID_REQUEST,
-                            f"message of {total} bytes exceeds the gateway's limit of {max_bytes} bytes "
-                            "(mcp.max_message_bytes)",
-                            _peek_id(head),
-                        )
-                    )
-                    continue
-                if line.strip():
-                    await _deliver(line)
-
-    async def _deliver(line: bytes) -> None:
-        if lane is not None and lane.offer(line):
-            return
-        msg, for_server = _parse(line)
-        if for_server:
-            await to_server.send(msg)
-        else:
-            await write(msg)
-
-    async def write_loop() -> None:
-        async with from_server:
-            async for msg in from_server:
-                writer.write(b"".join(map(frame, with_waiting(msg, from_server))))
-                await writer.drain()
 
     try:
         async with anyio.create_task_group() as tg:
             if rtransport is None:  # a file or /dev/null: read in a thread
                 tg.start_soon(feed_from_file, wire_in, reader)
-            tg.start_soon(read_loop)
-            tg.start_soon(write_loop)
+            tg.start_soon(_read_loop, reader, to_server, writer, lane, max_bytes)
+            tg.start_soon(_write_loop, writer, from_server)
             if lane is not None:
                 lane.attach(tg, lane_write)
             try:
@@ -167,6 +108,96 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
             rtransport.close()
         else:
             os.close(wire_in)
+
+
+def _take_wire() -> tuple[int, int]:
+    """Private copies of fds 0 and 1 (the wire); fds 0/1 then point elsewhere (0 reads
+    /dev/null, 1 goes to stderr) for the rest of the process, so nothing else can corrupt it."""
+    wire_in, wire_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return wire_in, wire_out
+
+
+async def _connect_wire(
+    wire_in: int, wire_out: int, reader: asyncio.StreamReader
+) -> tuple[asyncio.ReadTransport | None, asyncio.StreamWriter | FileWriter]:
+    """The wire on the event loop's pipe support where the loop can watch it (``pollable``);
+    a read transport of None means ``feed_from_file`` must feed ``reader`` from a thread."""
+    loop = asyncio.get_running_loop()
+    rtransport: asyncio.ReadTransport | None = None
+    if pollable(wire_in):
+        rtransport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(wire_in, "rb", buffering=0)
+        )
+    writer: asyncio.StreamWriter | FileWriter = FileWriter(wire_out)
+    if pollable(wire_out):
+        wtransport, wprotocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(wire_out, "wb", buffering=0)
+        )
+        writer = asyncio.StreamWriter(wtransport, wprotocol, None, loop)
+    return rtransport, writer
+
+
+async def _read_loop(
+    reader: asyncio.StreamReader,
+    to_server: Any,  # compat.create_context_streams' sender (its type is SDK-private)
+    writer: asyncio.StreamWriter | FileWriter,
+    lane: StdioLane | None,
+    max_bytes: int,
+) -> None:
+    """Client lines to the server (or the fast lane); bad input answered on the wire, not dropped.
+    A task of its own, all state in locals: no per-message lookups beyond the closure's."""
+
+    async def write(msg: SessionMessage | bytes) -> None:
+        writer.write(frame(msg))
+        await writer.drain()
+
+    async def _deliver(line: bytes) -> None:
+        if lane is not None and lane.offer(line):
+            return
+        msg, for_server = _parse(line)
+        if for_server:
+            await to_server.send(msg)
+        else:
+            await write(msg)
+
+    async with to_server:
+        while True:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError as e:
+                if e.partial.strip():
+                    await _deliver(e.partial)
+                if lane is not None:
+                    await lane.shutdown()
+                return
+            except asyncio.LimitOverrunError as e:
+                head = stream_reader_head(reader, 512)
+                total = await _drain_line(reader, e.consumed)
+                await write(
+                    _error(
+                        types.INVALID_REQUEST,
+                        f"message of {total} bytes exceeds the gateway's limit of {max_bytes} bytes "
+                        "(mcp.max_message_bytes)",
+                        _peek_id(head),
+                    )
+                )
+                continue
+            if line.strip():
+                await _deliver(line)
+
+
+async def _write_loop(
+    writer: asyncio.StreamWriter | FileWriter, from_server: MemoryObjectReceiveStream[Any]
+) -> None:
+    """Server messages (and queued fast-lane replies) to the client, those already waiting in one write."""
+    async with from_server:
+        async for msg in from_server:
+            writer.write(b"".join(map(frame, with_waiting(msg, from_server))))
+            await writer.drain()
 
 
 def pollable(fd: int) -> bool:

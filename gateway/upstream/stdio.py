@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TextIO, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.shared.message import SessionMessage
 
@@ -161,58 +161,9 @@ async def bounded_stdio_client(
         # responses settle their call in the stdout pipe's read callback
         tap_process_stdout(process, lane.take_now, max_line=max_message_bytes, idle=lambda: not buf)
 
-    async def stdout_reader() -> None:
-        assert process.stdout is not None
-        scan_from = 0
-        try:
-            async with read_writer:
-                try:
-                    while True:
-                        try:
-                            chunk = await process.stdout.receive(_READ_CHUNK)
-                        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                            return
-                        try:
-                            lines, scan_from = split_lines(buf, chunk, scan_from, max_message_bytes)
-                        except MessageTooLarge as e:
-                            _logger.error("upstream %s sent %s: closing the connection", server.command, e)
-                            if on_oversized is not None:
-                                on_oversized(str(e))
-                            return  # closing the read stream ends the session; the supervisor restarts it
-                        for line in lines:
-                            if lane is not None and await lane.take(line):
-                                continue
-                            text = line.decode(server.encoding, errors=server.encoding_error_handler)
-                            await read_writer.send(parse_stdio_line(text))
-                finally:
-                    buf.clear()
-                    if lane is not None:
-                        lane.close()
-                    # The session sees the end now: the drain below lasts until the process is
-                    # stopped, which waits for the session to end (an oversized message used to
-                    # leave the call pending until its timeout and a failed ping).
-                    read_writer.close()
-                    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                        await drain_stdout(process)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):
-            pass
-
-    async def stdin_writer() -> None:
-        assert process.stdin is not None
-        try:
-            async with write_reader:
-                async for message in write_reader:
-                    await process.stdin.send(
-                        b"".join(_framed(m, server) for m in with_waiting(message, write_reader))
-                    )
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            await read_writer.aclose()
-        finally:
-            writer_done.set()
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(stdout_reader)
-        tg.start_soon(stdin_writer)
+        tg.start_soon(_read_stdout, process, server, buf, lane, read_writer, max_message_bytes, on_oversized)
+        tg.start_soon(_write_stdin, process, server, write_reader, read_writer, writer_done)
         try:
             yield read_stream, write_stream
         finally:
@@ -226,3 +177,74 @@ async def bounded_stdio_client(
                     with contextlib.suppress(Exception):
                         await s.aclose()
             tg.cancel_scope.cancel()
+
+
+async def _read_stdout(
+    process: Any,
+    server: StdioServerParameters,
+    buf: bytearray,
+    lane: FastLane | None,
+    read_writer: MemoryObjectSendStream[SessionMessage | Exception],
+    max_message_bytes: int,
+    on_oversized: Callable[[str], None] | None,
+) -> None:
+    """The upstream's stdout to the session: bounded lines (``split_lines``), fast-lane
+    responses taken off first. Its own task so the connection's setup stays readable; the loop
+    keeps everything in locals (no per-message attribute or call overhead)."""
+    assert process.stdout is not None
+    scan_from = 0
+    try:
+        async with read_writer:
+            try:
+                while True:
+                    try:
+                        chunk = await process.stdout.receive(_READ_CHUNK)
+                    except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                        return
+                    try:
+                        lines, scan_from = split_lines(buf, chunk, scan_from, max_message_bytes)
+                    except MessageTooLarge as e:
+                        _logger.error("upstream %s sent %s: closing the connection", server.command, e)
+                        if on_oversized is not None:
+                            on_oversized(str(e))
+                        return  # closing the read stream ends the session; the supervisor restarts it
+                    for line in lines:
+                        if lane is not None and await lane.take(line):
+                            continue
+                        text = line.decode(server.encoding, errors=server.encoding_error_handler)
+                        await read_writer.send(parse_stdio_line(text))
+            finally:
+                buf.clear()
+                if lane is not None:
+                    lane.close()
+                # The session sees the end now: the drain below lasts until the process is
+                # stopped, which waits for the session to end (an oversized message used to
+                # leave the call pending until its timeout and a failed ping).
+                read_writer.close()
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await drain_stdout(process)
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):
+        pass
+
+
+async def _write_stdin(
+    process: Any,
+    server: StdioServerParameters,
+    write_reader: MemoryObjectReceiveStream[SessionMessage | bytes],
+    read_writer: MemoryObjectSendStream[SessionMessage | Exception],
+    writer_done: anyio.Event,
+) -> None:
+    """The session's messages (and fast-lane lines) to the upstream's stdin, those already
+    waiting coalesced into one pipe write (``with_waiting``). A broken pipe ends the read side
+    too, so the session sees the end; ``writer_done`` lets the close wait for the last flush."""
+    assert process.stdin is not None
+    try:
+        async with write_reader:
+            async for message in write_reader:
+                await process.stdin.send(
+                    b"".join(_framed(m, server) for m in with_waiting(message, write_reader))
+                )
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+        await read_writer.aclose()
+    finally:
+        writer_done.set()

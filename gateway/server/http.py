@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from mcp.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import RequestBodyLimitMiddleware, TransportSecuritySettings
 from starlette.applications import Starlette
@@ -153,16 +154,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
 
     server = build_server(config, factory)
     settings = security_settings(config)
-    manager = StreamableHTTPSessionManager(
-        app=server,
-        event_store=BoundedEventStore(),  # resumable SSE streams (priming event id, replay)
-        retry_interval=1000,
-        json_response=config.http.json_response,
-        security_settings=settings,
-        session_idle_timeout=config.http.session_idle_timeout_s,
-        max_request_body_size=config.http.max_request_bytes,
-        max_sessions=config.http.max_sessions,
-    )
+    manager = _session_manager(config, server, settings)
     state = HttpState(
         config=config,
         auth=auth,
@@ -174,23 +166,10 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     metrics.track_sessions(lambda: len(state.sessions()))
     metrics.track_runtime(lambda: state.gateway.runtime if state.gateway is not None else None)
 
-    endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
-    lane: HttpLane | None = None
-    if config.mcp.http_fast_lane:  # plain tools/call answered by the gateway
-        lane = HttpLane(endpoint, server, manager)
-        server.middleware.append(lane.capture)
-        endpoint = lane
-    mcp_route = Route(
-        config.http.path, endpoint=SessionScope(endpoint, state), methods=["GET", "POST", "DELETE"]
-    )
-    operations = _operations_routes(state, metrics)
-    # the router tries routes in order and nearly every request is an MCP one: its route first,
-    # unless the MCP path is an operations route's (which kept it before, and keeps it)
-    shadowed = any(r.path == config.http.path for r in operations)
-    front = [*operations, mcp_route] if shadowed else [mcp_route, *operations]
+    mcp_route, lane = _mcp_route(config, server, manager, state)
     app = Starlette(
         routes=[
-            *front,
+            *_front_routes(config.http.path, mcp_route, _operations_routes(state, metrics)),
             Mount("/api", routes=admin_routes(state)),
             *dashboard_routes(state),
         ],
@@ -203,6 +182,44 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     state.lane = lane
     _add_middleware(app, state, manager, settings)
     return app
+
+
+def _session_manager(
+    config: Config, server: Server[Gateway], settings: TransportSecuritySettings
+) -> StreamableHTTPSessionManager:
+    """The SDK's session manager with the [http] limits: body size, sessions, idle timeout."""
+    return StreamableHTTPSessionManager(
+        app=server,
+        event_store=BoundedEventStore(),  # resumable SSE streams (priming event id, replay)
+        retry_interval=1000,
+        json_response=config.http.json_response,
+        security_settings=settings,
+        session_idle_timeout=config.http.session_idle_timeout_s,
+        max_request_body_size=config.http.max_request_bytes,
+        max_sessions=config.http.max_sessions,
+    )
+
+
+def _mcp_route(
+    config: Config, server: Server[Gateway], manager: StreamableHTTPSessionManager, state: HttpState
+) -> tuple[Route, HttpLane | None]:
+    """The MCP endpoint's route, behind the HTTP fast lane when ``mcp.http_fast_lane`` is on
+    (plain tools/call answered by the gateway; the rest goes on to the SDK's endpoint)."""
+    endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
+    lane: HttpLane | None = None
+    if config.mcp.http_fast_lane:
+        lane = HttpLane(endpoint, server, manager)
+        server.middleware.append(lane.capture)
+        endpoint = lane
+    route = Route(config.http.path, endpoint=SessionScope(endpoint, state), methods=["GET", "POST", "DELETE"])
+    return route, lane
+
+
+def _front_routes(path: str, mcp_route: Route, operations: list[Route]) -> list[Route]:
+    """The router tries routes in order and nearly every request is an MCP one: its route
+    first, unless the MCP path is an operations route's (which kept it before, and keeps it)."""
+    shadowed = any(r.path == path for r in operations)
+    return [*operations, mcp_route] if shadowed else [mcp_route, *operations]
 
 
 def _lifespan(

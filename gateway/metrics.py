@@ -61,6 +61,13 @@ class GatewayMetrics:
         # the dashboard's "recent decisions" (a bounded ring buffer, fed with the counters)
         self.recent = RecentCalls(recent_calls)
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._add_call_metrics(r)
+        self._add_component_metrics(r)
+        self._add_business_metrics(r)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+
+    def _add_call_metrics(self, r: CollectorRegistry) -> None:
+        """Per call (fed by ``MetricsStep`` and the policy engine): outcomes and latencies."""
         self.tool_calls = Counter(
             "symbi_tool_calls",
             "Tool calls by tool, upstream and outcome",
@@ -80,6 +87,10 @@ class GatewayMetrics:
         self.policy_latency = Histogram(
             "symbi_policy_decision_seconds", "Policy evaluation latency", buckets=_LATENCY_BUCKETS, registry=r
         )
+
+    def _add_component_metrics(self, r: CollectorRegistry) -> None:
+        """The components' health (fed by ``MetricsSink`` from events): verification, upstreams,
+        sandbox runs, audit, HTTP sessions and requests."""
         self.verification_failures = Counter(
             "symbi_verification_failures", "Tool verification failures", ["upstream", "status"], registry=r
         )
@@ -104,8 +115,10 @@ class GatewayMetrics:
         self.http_requests = Counter(
             "symbi_http_requests", "HTTP requests by route group and status", ["route", "status"], registry=r
         )
-        # The seed's business metrics (监控 / 业务指标): task completion, errors by type,
-        # resource efficiency (with the process collector's CPU and memory), compliance results.
+
+    def _add_business_metrics(self, r: CollectorRegistry) -> None:
+        """The seed's business metrics (监控 / 业务指标): task completion, errors by type, resource
+        efficiency (with the process collector's CPU and memory), compliance results."""
         self.tasks = Counter(
             "symbi_tasks",
             "Requests (tool calls, resource reads, prompt gets) by kind and outcome",
@@ -135,7 +148,6 @@ class GatewayMetrics:
             buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216),
             registry=r,
         )
-        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
     def track_runtime(self, runtime: Callable[[], Any]) -> None:
         """Agents, scheduler queues, budgets and breakers, read from the runtime at scrape time."""

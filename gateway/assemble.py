@@ -184,19 +184,7 @@ def _assemble(
     policy = _policy_engine(config, events, closers)
 
     background: list[Background] = []
-    memory = _memory(config, events, policy, closers, background)
-    runtime = _agent_runtime(config, events, memory, closers)
-    agents = runtime.agents
-    builtins = make_builtins(
-        config,
-        manager,
-        memory,
-        events=events,
-        policy=policy,
-        agents=agents,
-        closers=closers,
-        background=background,
-    )
+    runtime, builtins = _runtime_and_builtins(config, events, policy, manager, closers, background)
 
     verifier = _verifier(config, events, builtins, state, closers)
 
@@ -266,6 +254,31 @@ def _policy_engine(
     policy = build_engine(config, events)
     closers.append(policy.close)
     return policy
+
+
+def _runtime_and_builtins(
+    config: Config,
+    events: EventSink,
+    policy: PolicyEngine | None,
+    manager: SandboxManager | None,
+    closers: list[Callable[[], object]],
+    background: list[Background],
+) -> tuple[AgentRuntime, list[Builtin]]:
+    """The agent runtime and what the gateway serves itself (memory, bus, code tools, ...):
+    built together because memory ends with its agent's session and the built-ins see the agents."""
+    memory = _memory(config, events, policy, closers, background)
+    runtime = _agent_runtime(config, events, memory, closers)
+    builtins = make_builtins(
+        config,
+        manager,
+        memory,
+        events=events,
+        policy=policy,
+        agents=runtime.agents,
+        closers=closers,
+        background=background,
+    )
+    return runtime, builtins
 
 
 def _memory(

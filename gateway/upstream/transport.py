@@ -45,25 +45,7 @@ async def open_transport(
     ``servers.X.sandbox`` says so, run as ``run_as``, stderr logged) or streamable HTTP, both
     with messages bounded by ``mcp.max_message_bytes``."""
     if server.command is not None:
-        command, args = server.command, list(server.args)
-        cleanup: Callable[[], None] | None = None
-        if server.sandbox not in (None, "none"):
-            if wrap_command is None:  # never run an untrusted server unsandboxed
-                raise SandboxUnavailable(
-                    f"upstream {name!r} asks for sandbox {server.sandbox!r}: none available"
-                )
-            command, args, cleanup = wrap_command(name, server)
-        env = dict(server.env)
-        cwd = server.cwd  # sandboxed: None unless configured (never the config folder)
-        if server.sandbox in (None, "none"):
-            cwd = await anyio.to_thread.run_sync(working_folder, server, config.config_dir, run_as)
-        if run_as is not None:
-            await anyio.to_thread.run_sync(check_launchable, name, server, run_as)
-            command, args = run_as.argv(command, args)
-            env = run_as.env(env)
-        params = StdioServerParameters(
-            command=command, args=args, env=env or None, cwd=str(cwd) if cwd else None
-        )
+        params, cleanup = await _stdio_launch(name, server, config, wrap_command, run_as)
         try:
             with StderrToLog(name) as errlog:
                 async with bounded_stdio_client(
@@ -91,6 +73,34 @@ async def open_transport(
                 server.url, http_client=hc, max_sse_event_size=limit
             ) as streams:
                 yield streams
+
+
+async def _stdio_launch(
+    name: str,
+    server: ServerConfig,
+    config: Config,
+    wrap_command: CommandWrapper | None,
+    run_as: RunAs | None,
+) -> tuple[StdioServerParameters, Callable[[], None] | None]:
+    """What to start for a stdio upstream, and the sandbox's cleanup: the command wrapped in its
+    sandbox tier (refused when none is available), its working folder, the run-as user."""
+    assert server.command is not None
+    command, args = server.command, list(server.args)
+    cleanup: Callable[[], None] | None = None
+    if server.sandbox not in (None, "none"):
+        if wrap_command is None:  # never run an untrusted server unsandboxed
+            raise SandboxUnavailable(f"upstream {name!r} asks for sandbox {server.sandbox!r}: none available")
+        command, args, cleanup = wrap_command(name, server)
+    env = dict(server.env)
+    cwd = server.cwd  # sandboxed: None unless configured (never the config folder)
+    if server.sandbox in (None, "none"):
+        cwd = await anyio.to_thread.run_sync(working_folder, server, config.config_dir, run_as)
+    if run_as is not None:
+        await anyio.to_thread.run_sync(check_launchable, name, server, run_as)
+        command, args = run_as.argv(command, args)
+        env = run_as.env(env)
+    params = StdioServerParameters(command=command, args=args, env=env or None, cwd=str(cwd) if cwd else None)
+    return params, cleanup
 
 
 class WatchedStream:

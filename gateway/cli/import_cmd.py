@@ -29,7 +29,7 @@ from gateway.onboard import (
 )
 from gateway.onboard.apply import backup_path, render_toml
 from gateway.onboard.clients import CLIENTS, ClientFile, file_source, launches_symbi
-from gateway.onboard.plan import PlannedServer
+from gateway.onboard.plan import ImportPlan, PlannedServer
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -74,23 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     found = [s for s in found if not launches_symbi(s)]
     plan = make_plan(found, taken=_existing_servers(config))
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "client": s.found.source.client,
-                        "file": str(s.found.source.path),
-                        "scope": s.found.source.scope,
-                        "name": s.found.name,
-                        "as": s.name,
-                        "transport": s.found.transport,
-                        "secrets": sorted(s.secrets),
-                    }
-                    for s in plan.servers
-                ],
-                indent=2,
-            )
-        )
+        print(_plan_json(plan.servers))
     else:
         _show_plan(files, plan.servers)
     if plan.needed:
@@ -107,6 +91,34 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.client is None and args.from_file is None:
         raise ConfigError("--apply needs a client name or --from FILE (which configs to rewrite)")
+    _apply(args, files, plan, config, env_file)
+    return 0
+
+
+def _plan_json(servers: tuple[PlannedServer, ...]) -> str:
+    """The plan for ``--json``: each server found, where, the name it gets, its secrets' names."""
+    return json.dumps(
+        [
+            {
+                "client": s.found.source.client,
+                "file": str(s.found.source.path),
+                "scope": s.found.source.scope,
+                "name": s.found.name,
+                "as": s.name,
+                "transport": s.found.transport,
+                "secrets": sorted(s.secrets),
+            }
+            for s in servers
+        ],
+        indent=2,
+    )
+
+
+def _apply(
+    args: argparse.Namespace, files: list[ClientFile], plan: ImportPlan, config: Path, env_file: Path
+) -> None:
+    """``--apply``: symbi.toml and the env file written, then each client file rewritten once
+    (its original kept). A file rewritten before is refused before anything is written."""
     by_path: dict[Path, list[tuple[ClientFile, list[str]]]] = {}
     for f in files:  # one rewrite per file: ~/.claude.json holds two of Claude Code's tables
         names = [s.found.name for s in plan.servers if s.found.source == f]
@@ -128,7 +140,6 @@ def _run(args: argparse.Namespace) -> int:
         f"  symbi tools approve SERVER__TOOL --key keys/private_key.pem --config {config}",
         file=sys.stderr,
     )
-    return 0
 
 
 def _undo(files: list[ClientFile]) -> int:

@@ -321,67 +321,19 @@ class PgToolStateStore:
         pin_if_new: bool,
     ) -> tuple[ToolRecord | None, ToolRecord]:
         """Record what this replica sees now (row-locked: replicas observe the same tool at once)."""
-        now = time.time()
         text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
         key = (upstream, name)
+        seen = (namespaced, definition_hash, text, status, reason, key_fingerprint, time.time())
         with self._pg.cursor(transaction=True) as cur:
-            approved = (definition_hash, text) if pin_if_new else (None, None)
-            cur.execute(
-                "INSERT INTO symbi_tools (upstream, name, namespaced, current_hash, current_definition, approved_hash,"
-                " approved_definition, status, reason, key_fingerprint, first_seen, last_seen)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (upstream, name) DO NOTHING",
-                (
-                    upstream,
-                    name,
-                    namespaced,
-                    definition_hash,
-                    text,
-                    *approved,
-                    status,
-                    reason,
-                    key_fingerprint,
-                    now,
-                    now,
-                ),
-            )
-            if cur.rowcount == 1:
-                cur.execute(f"SELECT {_COLS} FROM symbi_tools WHERE upstream=%s AND name=%s", key)
-                row = cur.fetchone()
-                assert row is not None
-                return None, record_from_row(row)
+            first = _insert_first(cur, key, seen, pin_if_new)
+            if first is not None:
+                return None, first
             cur.execute(f"SELECT {_COLS} FROM symbi_tools WHERE upstream=%s AND name=%s FOR UPDATE", key)
             row = cur.fetchone()
             assert row is not None
             before = record_from_row(row)
-            changed = before.current_hash != definition_hash
-            pin = before.approved_hash is None and pin_if_new
-            cur.execute(
-                "UPDATE symbi_tools SET namespaced=%s, current_hash=%s, current_definition=%s,"
-                " approved_hash=CASE WHEN %s THEN %s ELSE approved_hash END,"
-                " approved_definition=CASE WHEN %s THEN %s ELSE approved_definition END,"
-                " status=%s, reason=%s, key_fingerprint=%s, present=true, last_seen=%s,"
-                " changed_at=CASE WHEN %s THEN %s ELSE changed_at END WHERE upstream=%s AND name=%s"
-                f" RETURNING {_COLS}",
-                (
-                    namespaced,
-                    definition_hash,
-                    text,
-                    pin,
-                    definition_hash,
-                    pin,
-                    text,
-                    status,
-                    reason,
-                    key_fingerprint,
-                    now,
-                    changed,
-                    now,
-                    *key,
-                ),
-            )
-            after = cur.fetchone()
-            assert after is not None
-        return before, record_from_row(after)
+            after = _update_seen(cur, key, seen, before, pin_if_new)
+        return before, after
 
     def has_approved(self, upstream: str) -> bool:
         """Whether any tool of ``upstream`` was ever approved (pinned, signed or by a person)."""
@@ -417,6 +369,54 @@ class PgToolStateStore:
         with self._pg.cursor(transaction=True) as cur:
             cur.execute("UPDATE symbi_tools SET revoked=true WHERE upstream=%s AND name=%s", (upstream, name))
             bump_approvals(cur)
+
+
+# What a replica saw of a tool: (namespaced name, hash, definition JSON, status, reason,
+# signing key fingerprint, when).
+_Seen = tuple[str, str, str, str, str | None, str | None, float]
+
+
+def _insert_first(
+    cur: psycopg.Cursor[Any], key: tuple[str, str], seen: _Seen, pin: bool
+) -> ToolRecord | None:
+    """The tool's new row when this is its first sighting (approved at once when ``pin``), else
+    None: ``ON CONFLICT DO NOTHING`` lets replicas race to insert it."""
+    namespaced, digest, text, status, reason, fp, now = seen
+    approved = (digest, text) if pin else (None, None)
+    cur.execute(
+        "INSERT INTO symbi_tools (upstream, name, namespaced, current_hash, current_definition, approved_hash,"
+        " approved_definition, status, reason, key_fingerprint, first_seen, last_seen)"
+        " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (upstream, name) DO NOTHING",
+        (*key, namespaced, digest, text, *approved, status, reason, fp, now, now),
+    )
+    if cur.rowcount != 1:
+        return None
+    cur.execute(f"SELECT {_COLS} FROM symbi_tools WHERE upstream=%s AND name=%s", key)
+    row = cur.fetchone()
+    assert row is not None
+    return record_from_row(row)
+
+
+def _update_seen(
+    cur: psycopg.Cursor[Any], key: tuple[str, str], seen: _Seen, before: ToolRecord, pin_if_new: bool
+) -> ToolRecord:
+    """The row (locked by the caller) updated to what is seen now: ``changed_at`` moves only when
+    the definition changed, and it is approved only when ``pin_if_new`` and nothing ever was."""
+    namespaced, digest, text, status, reason, fp, now = seen
+    pin = before.approved_hash is None and pin_if_new
+    changed = before.current_hash != digest
+    cur.execute(
+        "UPDATE symbi_tools SET namespaced=%s, current_hash=%s, current_definition=%s,"
+        " approved_hash=CASE WHEN %s THEN %s ELSE approved_hash END,"
+        " approved_definition=CASE WHEN %s THEN %s ELSE approved_definition END,"
+        " status=%s, reason=%s, key_fingerprint=%s, present=true, last_seen=%s,"
+        " changed_at=CASE WHEN %s THEN %s ELSE changed_at END WHERE upstream=%s AND name=%s"
+        f" RETURNING {_COLS}",
+        (namespaced, digest, text, pin, digest, pin, text, status, reason, fp, now, changed, now, *key),
+    )
+    after = cur.fetchone()
+    assert after is not None
+    return record_from_row(after)
 
 
 class PgApiKeyStore:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import audit_retention_cmd as retention_cmd
+from gateway.cli.audit_keys import config_or_none, log_and_key, public_keys, trusted_keys
 from gateway.config import load_config
 from gateway.errors import ConfigError
 
@@ -173,31 +174,6 @@ def _add_rotate(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(log path, signing key path) from --log / --key / --config / the environment."""
-    cfg = None
-    if args.config is not None or args.log is None:
-        cfg = load_config(args.config, args.environ)
-    log = args.log if args.log is not None else cfg.audit_path  # type: ignore[union-attr]
-    key = getattr(args, "key", None)
-    if key is None:
-        key = cfg.audit_key_path if cfg is not None else log.with_name("audit-key.pem")
-    return Path(log), Path(key)
-
-
-def _public_keys(args: argparse.Namespace, key_path: Path) -> dict[str, Any]:
-    from gateway.audit import exported_public_keys, load_public_keys
-
-    keys: dict[str, Any] = {}
-    for p in args.public_key:
-        keys.update(load_public_keys(p))
-    if not args.public_key:
-        keys = exported_public_keys(key_path)
-    if not keys:
-        raise ConfigError(f"no audit public key found beside {key_path}; pass --public-key PEM")
-    return keys
-
-
 def parse_time(raw: str | None, now_ns: int | None = None) -> int | None:
     """ISO 8601 (naive = UTC), epoch seconds, or an age (``15m``, ``24h``, ``7d``) -> ns."""
     if raw is None:
@@ -252,16 +228,16 @@ def _verify(args: argparse.Namespace) -> int:
     from gateway.audit import store, verify_jsonl
     from gateway.audit.trust import read_anchor_files, verify_anchored
 
-    log, key = _paths(args)
-    cfg = _config_or_none(args)
+    log, key = log_and_key(args)
+    cfg = config_or_none(args)
     if args.shared:
         from gateway.cli.audit_shared_cmd import verify_shared
 
         return verify_shared(args, cfg)
     if args.segment:
-        return retention_cmd.verify_segments(args, _public_keys(args, key))
+        return retention_cmd.verify_segments(args, public_keys(args, key))
     logs = [log] if args.log is not None else [p for p in store.chain_paths(log) if p.exists()] or [log]
-    keys, anchored = _trusted_keys(args, key, cfg, logs)
+    keys, anchored = trusted_keys(args, key, cfg, logs)
     export = cfg.audit.checkpoint_export if cfg is not None else None
     if not anchored:
         print(
@@ -304,37 +280,10 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_FAIL if failed else EXIT_OK
 
 
-def _config_or_none(args: argparse.Namespace) -> Any:
-    if args.config is None and args.log is not None and "SYMBI_CONFIG_PATH" not in args.environ:
-        return None
-    return load_config(args.config, args.environ)
-
-
-def _trusted_keys(
-    args: argparse.Namespace, key: Path, cfg: Any, logs: list[Path]
-) -> tuple[dict[str, Any], bool]:
-    """(trusted keys, anchored): pinned ids from the config filter every candidate key;
-    --public-key files are the admin's own copies (anchored too); else the keys beside the log."""
-    from gateway.audit import exported_public_keys, load_public_keys
-    from gateway.audit.trust import keys_in_logs, pinned_keys
-
-    pinned = tuple(cfg.audit.pinned_keys) if cfg is not None else ()
-    if pinned:
-        candidates: dict[str, Any] = {}
-        for p in args.public_key:
-            candidates.update(load_public_keys(p))
-        candidates.update(exported_public_keys(key))
-        candidates.update(keys_in_logs(logs))
-        return pinned_keys(pinned, candidates), True
-    if args.public_key:
-        return _public_keys(args, key), True
-    return _public_keys(args, key), False
-
-
 def _checkpoint(args: argparse.Namespace) -> int:
     from gateway.audit import store
 
-    log, _ = _paths(args)
+    log, _ = log_and_key(args)
     conn = store.open_reader(log)
     try:
         anchor = store.read_anchor(conn)
@@ -372,7 +321,7 @@ def _init(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     from gateway.audit import store
 
-    log, _ = _paths(args)
+    log, _ = log_and_key(args)
     conn = store.open_reader(log)
     try:
         recs = store.query(conn, limit=max(0, args.n), newest_first=True)
@@ -394,7 +343,7 @@ def _tail(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     from gateway.audit import store
 
-    log, _ = _paths(args)
+    log, _ = log_and_key(args)
     conns = [c for c in (retention_cmd.archived_conn(args, log), store.open_reader(log)) if c is not None]
     recs: list[Any] = []
     try:
@@ -420,7 +369,7 @@ def _query(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from gateway.audit import store
 
-    log, _ = _paths(args)
+    log, _ = log_and_key(args)
     conns = [c for c in (retention_cmd.archived_conn(args, log), store.open_reader(log)) if c is not None]
     try:
         with contextlib.ExitStack() as stack:
@@ -443,8 +392,8 @@ def _report(args: argparse.Namespace) -> int:
     from gateway.audit import store, verify_log
     from gateway.audit.report import build_report, render_html
 
-    log, key = _paths(args)
-    keys = _public_keys(args, key)
+    log, key = log_and_key(args)
+    keys = public_keys(args, key)
     integrity = verify_log(log, keys)
     since, until = parse_time(args.since), parse_time(args.until)
     from gateway.audit.retention import read_handoff
@@ -485,7 +434,7 @@ def _rotate(args: argparse.Namespace) -> int:
     from gateway.audit import AuditLog, store
     from gateway.audit.keys import finish_rotation, public_key_path
 
-    log_path, key = _paths(args)
+    log_path, key = log_and_key(args)
     # every chain signed with this key moves to the new key together, or none does
     paths = [log_path] if args.log is not None else store.chain_paths(log_path)
     logs: list[AuditLog] = []

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from contextvars import Token
 from typing import Any
 
 from opentelemetry import baggage, propagate, trace
@@ -39,7 +40,7 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, TraceState
 from opentelemetry.util.types import Attributes
 
-from gateway.compat import w3c_default_propagators
+from gateway.compat import context_var, w3c_default_propagators
 from gateway.config.model import Config
 
 _logger = logging.getLogger("symbi.telemetry")
@@ -199,25 +200,73 @@ class _Current:
     __slots__ = ("baggage", "context", "ids", "recording", "span")
 
     def __init__(self, context: Context) -> None:
-        self.context = context
         span = trace.get_current_span(context)
-        self.recording = span.is_recording()
-        self.span = span.get_span_context()
-        valid = self.span.is_valid
-        self.ids = (format(self.span.trace_id, "032x"), format(self.span.span_id, "016x")) if valid else None
-        self.baggage = bool(baggage.get_all(context))
+        self._set(context, span.get_span_context(), span.is_recording(), bool(baggage.get_all(context)))
+
+    def _set(self, context: Context, span: trace.SpanContext, recording: bool, has_baggage: bool) -> None:
+        self.context = context
+        self.recording = recording
+        self.span = span
+        self.ids = (format(span.trace_id, "032x"), format(span.span_id, "016x")) if span.is_valid else None
+        self.baggage = has_baggage
+
+    @classmethod
+    def known(cls, context: Context, span: trace.SpanContext, has_baggage: bool) -> _Current:
+        """What ``__init__`` would find in ``context``, told by whoever made it (an unrecorded span)."""
+        self = cls.__new__(cls)
+        self._set(context, span, False, has_baggage)
+        return self
 
 
 _last: _Current | None = None
+# OpenTelemetry's current context is this variable's (None: another runtime context, use the API)
+_var = context_var()
 
 
 def _current() -> _Current:
     global _last
-    context = otel_context.get_current()
+    context = _var.get() if _var is not None else otel_context.get_current()
     last = _last
     if last is None or last.context is not context:
         last = _last = _Current(context)
     return last
+
+
+def current_span_context() -> trace.SpanContext:
+    """The current span's context (``trace.get_current_span().get_span_context()``)."""
+    return _current().span
+
+
+Entered = tuple[Token[Context], _Current]
+
+
+def enter_unrecorded(span: trace.Span) -> Entered:
+    """``otel_context.attach(trace.set_span_in_context(span))`` for a span that is not being
+    recorded (the fast lanes' SERVER span), and what the new context says about tracing noted
+    as ``_Current`` would find it: only the span differs from the context it was made from.
+    End with ``leave``."""
+    global _last
+    ambient = _current()
+    context = trace.set_span_in_context(span, ambient.context)
+    token = _var.set(context) if _var is not None else otel_context.attach(context)
+    _last = _Current.known(context, span.get_span_context(), ambient.baggage)
+    return token, ambient
+
+
+def leave(entered: Entered) -> None:
+    """``otel_context.detach`` of what ``enter_unrecorded`` attached (a failure logged, not
+    raised, as there); the context it was made from is current again, and known."""
+    global _last
+    token, ambient = entered
+    try:
+        if _var is None:
+            otel_context.detach(token)
+        else:
+            _var.reset(token)
+    except Exception:  # as opentelemetry.context.detach: logged, not raised
+        _logger.exception("Failed to detach context")
+        return
+    _last = ambient
 
 
 def current_ids() -> tuple[str, str] | None:

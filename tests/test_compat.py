@@ -422,3 +422,40 @@ def test_w3c_default_propagators_is_only_the_default_pair() -> None:
     assert not compat.w3c_default_propagators(CompositePropagator([bg, tc]))
     assert not compat.w3c_default_propagators(CompositePropagator([tc]))
     assert not compat.w3c_default_propagators(tc)
+
+
+def test_context_var_is_the_api_current_context() -> None:
+    """What ``context_var`` sets, the OpenTelemetry API reads as current, and back."""
+    from opentelemetry import context
+
+    var = compat.context_var()
+    assert var is not None
+    mine = context.set_value("k", "v")
+    token = var.set(mine)
+    try:
+        assert context.get_current() is mine
+    finally:
+        var.reset(token)
+    attached = context.attach(mine)
+    try:
+        assert var.get() is mine
+    finally:
+        context.detach(attached)
+    assert var.get() is context.get_current()
+
+
+def test_unsampled_spans_asks_the_configurator_on_every_span() -> None:
+    """A tracer the configurator disables after the maker was made gets no span from it (the
+    SDK's start_span would make an invalid one); enabled again, it does."""
+    from opentelemetry.sdk.trace import TracerProvider, _TracerConfig
+    from opentelemetry.trace import SpanContext
+
+    provider = TracerProvider(shutdown_on_exit=False)
+    tracer = provider.get_tracer("t")
+    make = compat.unsampled_spans(tracer)
+    root = SpanContext(0, 0, is_remote=False)
+    assert make is not None and make(root).get_span_context().is_valid
+    provider._set_tracer_configurator(tracer_configurator=lambda scope: _TracerConfig(is_enabled=False))
+    assert make(root) is None and compat.unsampled_span(tracer, root) is None
+    provider._set_tracer_configurator(tracer_configurator=lambda scope: _TracerConfig(is_enabled=True))
+    assert make(root) is not None

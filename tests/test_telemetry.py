@@ -377,3 +377,56 @@ def test_the_current_span_is_read_once_per_context() -> None:
             quiet.get_span_context().span_id, "016x"
         )
     assert telemetry.current_ids() is None
+
+
+@pytest.mark.parametrize("with_baggage", [False, True])
+def test_a_span_entered_unrecorded_is_known_as_a_fresh_look_finds_it(with_baggage: bool) -> None:
+    """``enter_unrecorded`` notes what the new context says (ids, baggage, not recording) for
+    the log lines, the audit record and the traceparent: the same as looking afresh; ``leave``
+    gives the ambient context back (its span and baggage)."""
+    from opentelemetry import baggage, context
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    telemetry.install()
+    outer = context.attach(baggage.set_baggage("k", "v")) if with_baggage else None
+    try:
+        ambient = context.get_current()
+        span = NonRecordingSpan(SpanContext(0xABC, 0x99, is_remote=False, trace_flags=TraceFlags(0)))
+        entered = telemetry.enter_unrecorded(span)
+        try:
+            current = context.get_current()
+            assert trace.get_current_span() is span and baggage.get_all() == baggage.get_all(ambient)
+            noted, fresh = telemetry._current(), telemetry._Current(current)
+            assert noted.context is current
+            assert (noted.ids, noted.baggage, noted.recording, noted.span) == (
+                fresh.ids,
+                fresh.baggage,
+                fresh.recording,
+                fresh.span,
+            )
+            assert (
+                noted.ids == (format(0xABC, "032x"), format(0x99, "016x")) and noted.baggage is with_baggage
+            )
+        finally:
+            telemetry.leave(entered)
+        assert (
+            context.get_current() is ambient
+            and telemetry.current_span_context() == trace.INVALID_SPAN_CONTEXT
+        )
+    finally:
+        if outer is not None:
+            context.detach(outer)
+
+
+def test_leave_logs_a_token_of_another_context_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    """As ``opentelemetry.context.detach``: a token that cannot be reset here is logged, not raised."""
+    import contextvars
+
+    from opentelemetry.trace import NonRecordingSpan, SpanContext
+
+    entered = contextvars.copy_context().run(
+        telemetry.enter_unrecorded, NonRecordingSpan(SpanContext(1, 1, is_remote=False))
+    )
+    with caplog.at_level(logging.ERROR, logger="symbi.telemetry"):
+        telemetry.leave(entered)
+    assert any(r.exc_info for r in caplog.records)

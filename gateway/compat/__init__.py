@@ -29,7 +29,13 @@ from gateway.compat.http import (
     transport_store_event,
     transport_write,
 )
-from gateway.compat.otel import unsampled_span, w3c_default_propagators
+from gateway.compat.otel import (
+    UnsampledSpans,
+    context_var,
+    unsampled_span,
+    unsampled_spans,
+    w3c_default_propagators,
+)
 from gateway.compat.sdk import (
     clamp_inbound_ttl,
     connection_of,
@@ -60,9 +66,11 @@ from gateway.errors import SdkChanged
 __all__ = [
     "RequestStream",
     "SdkChanged",
+    "UnsampledSpans",
     "clamp_inbound_ttl",
     "close_http_session",
     "connection_of",
+    "context_var",
     "create_context_streams",
     "drain_stdout",
     "executable_command",
@@ -95,5 +103,6 @@ __all__ = [
     "transport_store_event",
     "transport_write",
     "unsampled_span",
+    "unsampled_spans",
     "w3c_default_propagators",
 ]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, cast
@@ -41,13 +40,10 @@ from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params, hand
 from mcp.shared.message import SessionMessage
 from mcp.shared.transport_context import TransportContext
 from mcp_types import methods as _methods
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel, ValidationError
 
-from gateway.compat import connection_of, is_sdk_span_middleware, unsampled_span
-from gateway.telemetry import exporting, samples_while_exporting
+from gateway.compat import connection_of, is_sdk_span_middleware
+from gateway.server.lanespan import server_span
 
 _logger = logging.getLogger("symbi.server.fastlane")
 
@@ -377,7 +373,7 @@ class MiddlewareChain:
             return self._call
         call: CallNext = partial(_inner, self._server)
         for m in reversed(middleware):
-            call = partial(_apply, partial(_server_span, m) if is_sdk_span_middleware(m) else m, call)
+            call = partial(_apply, partial(server_span, m) if is_sdk_span_middleware(m) else m, call)
         self._key, self._call = middleware, call
         return call
 
@@ -392,73 +388,6 @@ async def _inner(server: Server[Any], ctx: ServerRequestContext[Any, Any]) -> Ha
     if isinstance(result, types.ErrorData):
         raise MCPError.from_error_data(result)
     return _serialize(ctx.protocol_version, result)
-
-
-SpanMiddleware = Callable[[ServerRequestContext[Any, Any], CallNext], Awaitable[HandlerResult]]
-
-
-async def _server_span(
-    sdk: SpanMiddleware, ctx: ServerRequestContext[Any, Any], call_next: CallNext
-) -> HandlerResult:
-    """The SDK's SERVER span middleware (``sdk``) as it behaves when the span is not recorded,
-    without its layers of context managers: the same span from the same tracer (its ids: the
-    trace id the audit record and log lines carry, the caller's ``traceparent`` as parent),
-    current while the call runs. Only under the gateway's own sampler (gateway/telemetry.py),
-    with nothing exporting and the parent not sampled, is it sure not to be recorded; otherwise
-    the SDK's middleware runs."""
-    provider = trace.get_tracer_provider()
-    if exporting() or not samples_while_exporting(provider):
-        return await sdk(ctx, call_next)
-    assert isinstance(provider, TracerProvider)
-    parent = _trace_parent(ctx.meta)
-    parent_span = trace.get_current_span(parent).get_span_context()
-    if parent_span.trace_flags.sampled:
-        return await sdk(ctx, call_next)
-    tracer = _sdk_tracer(provider)
-    # the dropped span start_span would make, made directly (gateway.compat: when it can be)
-    span = unsampled_span(tracer, parent_span)
-    if span is None:
-        name = ctx.params.get("name") if ctx.params else None
-        span = tracer.start_span(
-            f"{ctx.method} {name}" if isinstance(name, str) and name else ctx.method,  # the SDK's name
-            context=parent,
-            kind=trace.SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
-        if span.is_recording():  # not with this sampler; should it change, the SDK's span it is
-            span.end()
-            return await sdk(ctx, call_next)
-    token = otel_context.attach(trace.set_span_in_context(span))
-    try:
-        return await call_next(ctx)
-    finally:
-        otel_context.detach(token)
-
-
-# the provider asked about last and its tracer (held weakly: tests install several providers)
-_last_tracer: tuple[weakref.ref[TracerProvider], trace.Tracer] | None = None
-
-
-def _sdk_tracer(provider: TracerProvider) -> trace.Tracer:
-    """The tracer the SDK's middleware uses (``mcp-python-sdk``), from ``provider``."""
-    global _last_tracer
-    last = _last_tracer
-    if last is None or last[0]() is not provider:
-        last = _last_tracer = (weakref.ref(provider), provider.get_tracer("mcp-python-sdk"))
-    return last[1]
-
-
-def _trace_parent(meta: Any) -> otel_context.Context | None:
-    """The caller's trace context from ``_meta`` as the SDK reads it: None when absent,
-    malformed or without a valid ``traceparent`` (the ambient context is the parent then)."""
-    if not meta:
-        return None
-    try:
-        ctx = propagate.extract(meta)
-    except (ValueError, TypeError):
-        return None
-    return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
 
 
 def _apply(

@@ -1,6 +1,6 @@
 """gateway.server.fastlane in process: the lanes' SERVER span and the stdio lane's tasks.
 
-The SERVER span (``_server_span``): while nothing records
+The SERVER span (``gateway.server.lanespan.server_span``): while nothing records
 spans it is the SDK's span without its context-manager layers (same tracer, same ids, the
 caller's unsampled trace kept); a sampled caller or an exporter gets the SDK middleware's own
 recorded span. The request context is a stand-in with the fields the middleware reads (a real
@@ -22,7 +22,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway import telemetry
 from gateway.compat import is_sdk_span_middleware
-from gateway.server.fastlane import StdioLane, _server_span
+from gateway.server.fastlane import StdioLane
+from gateway.server.lanespan import server_span
 
 pytestmark = pytest.mark.anyio
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -49,7 +50,7 @@ async def _seen(meta: dict[str, Any] | None = None) -> tuple[trace.SpanContext, 
         recording.append(seen[0].is_recording())
         return {"content": []}
 
-    assert await _server_span(sdk, _ctx(meta), inner) == {"content": []}
+    assert await server_span(sdk, _ctx(meta), inner) == {"content": []}
     assert trace.get_current_span() is not seen[0]  # no longer current after the call
     return seen[0].get_span_context(), recording[0]
 

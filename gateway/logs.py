@@ -146,7 +146,14 @@ class _Record(logging.LogRecord):
         **kwargs: Any,
     ) -> None:
         template = _Record._template
-        if template is None or (pathname, lineno, func) != _NO_CALLER or not _lean():
+        if (
+            template is None
+            or (pathname, lineno, func) != _NO_CALLER
+            or logging.logThreads
+            or logging.logProcesses
+            or logging.logMultiprocessing
+            or getattr(logging, "logAsyncioTasks", False)  # Python 3.12's switch
+        ):
             super().__init__(name, level, pathname, lineno, msg, args, exc_info, func, sinfo, **kwargs)
             return
         ct = time.time()

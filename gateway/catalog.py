@@ -10,7 +10,7 @@ an update.
 from __future__ import annotations
 
 import collections
-import itertools
+import hashlib
 import logging
 import re
 import unicodedata
@@ -252,6 +252,12 @@ class Catalog:
             raise CatalogError(f"unknown prompt {name!r}") from None
 
 
+def order_digest(names: Iterable[str]) -> str:
+    """The name of an order of tool names (SHA-256, 128 bits, hex). Catalogue names never hold
+    NUL (``namespaced`` refuses control characters), so joining on it is unambiguous."""
+    return hashlib.sha256(b"symbi catalogue order/v1\0" + "\0".join(names).encode()).hexdigest()[:32]
+
+
 class LiveCatalog:
     """The catalogue being served: one snapshot, replaced whole on every rebuild.
 
@@ -260,17 +266,17 @@ class LiveCatalog:
     policy input.
     """
 
-    # snapshots kept by version after they are replaced: a paginated listing that began on one
-    # finishes on it (a cursor names its version), unless this many rebuilds happened since.
-    # A start-up makes several in a fraction of a second (5 with one upstream and the
-    # built-ins); a snapshot shares its entries with the next, so one kept costs its dicts.
+    # tool orders kept by digest after their snapshot is replaced: a paginated listing that
+    # began on one finishes on it (a cursor names its digest), unless this many other orders
+    # were served since. A start-up makes several snapshots in a fraction of a second (5 with
+    # one upstream and the built-ins); one kept costs a tuple of its names.
     RETAINED = 16
 
     def __init__(self, upstreams: Mapping[str, UpstreamInfo]) -> None:
         self._snapshot = Catalog.empty()
-        self._versions = itertools.count(1)
-        self._version = 0
-        self._recent: collections.OrderedDict[int, Catalog] = collections.OrderedDict()
+        self._names: tuple[str, ...] = ()
+        self._digest = order_digest(self._names)
+        self._recent: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()
         self._upstreams = dict(upstreams)
 
     @property
@@ -279,21 +285,29 @@ class LiveCatalog:
 
     @snapshot.setter
     def snapshot(self, new: Catalog) -> None:
-        self._recent[self._version] = self._snapshot
+        names = tuple(new.tools)
+        digest = order_digest(names)
+        self._recent[self._digest] = self._names
+        self._recent.move_to_end(self._digest)
+        # the current order is found as the current one (a rebuild that kept the order, or an
+        # order served again): retained, it would push out another
+        self._recent.pop(digest, None)
         while len(self._recent) > self.RETAINED:
             self._recent.popitem(last=False)
-        self._snapshot, self._version = new, next(self._versions)
+        self._snapshot, self._names, self._digest = new, names, digest
 
     @property
-    def version(self) -> int:
-        """The current snapshot's number (one per process, never reused)."""
-        return self._version
+    def digest(self) -> str:
+        """The current snapshot's name: the digest of its ordered tool names, the same in every
+        process that serves the same catalogue (replicas of one config)."""
+        return self._digest
 
-    def at(self, version: int) -> Catalog | None:
-        """The snapshot numbered ``version``: the current one or a recently replaced one."""
-        if version == self._version:
-            return self._snapshot
-        return self._recent.get(version)
+    def order(self, digest: str) -> tuple[str, ...] | None:
+        """The tool names, in order, of the snapshot named ``digest``: the current one or a
+        recently replaced one (None: not known here)."""
+        if digest == self._digest:
+            return self._names
+        return self._recent.get(digest)
 
     def add_upstream(self, info: UpstreamInfo) -> None:
         self._upstreams[info.name] = info

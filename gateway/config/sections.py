@@ -391,7 +391,8 @@ class BusSection(Section):
     url: str | None = None  # Redis URL when backend = "redis" (redis://, rediss:// or unix://)
     # the secret the key directory's HMACs and topic keys derive from, base64 of 32 bytes:
     # every gateway on one Redis bus needs the same one (replicas: SYMBI_BUS_SECRET from the
-    # deployment's Secret). Unset: <data_dir>/bus-secret, made on first use (one gateway)
+    # deployment's Secret). Unset: <data_dir>/bus-secret, made on first use (one gateway).
+    # The tools/list cursor key is derived from it too (gateway/server/paging.py)
     secret: str | None = Field(default=None, repr=False)
 
     @field_validator("secret")

@@ -28,7 +28,7 @@ from gateway.context import CallContext, CallKind, Principal, is_admin
 from gateway.errors import CatalogError, PolicyDenied
 from gateway.events import Event
 from gateway.listen import ListenHub
-from gateway.server.paging import ToolPager
+from gateway.server.paging import ToolPager, config_cursor_key
 from gateway.server.principals import principal_for, session_id_of
 from gateway.upstream.session import Upstream
 
@@ -59,7 +59,7 @@ class Front:
         self._make_gateway = make_gateway
         self.hub = ListenHub()  # 2026-era listen streams, shared with the gateway that pushes to them
         self._running: list[Gateway] = []
-        self.pager = ToolPager(config.mcp.list_page_size)  # tools/list pages, cursors of this process
+        self._pager: ToolPager | None = None  # tools/list pages: keyed once the data dir is secured
 
     def server(self) -> Server[Gateway]:
         # logging/setLevel stays for the handshake-era (2025) clients that send it; the SDK
@@ -95,6 +95,8 @@ class Front:
     async def lifespan(self, _server: Server[Gateway]) -> AsyncIterator[Gateway]:
         gw = self._make_gateway(self.hub)
         async with gw.running():
+            if self._pager is None:  # the cursor key derives from the replicas' shared secret
+                self._pager = ToolPager(self.config.mcp.list_page_size, config_cursor_key(self.config))
             self._running.append(gw)
             try:
                 yield gw
@@ -204,7 +206,10 @@ class Front:
     ) -> types.ListToolsResult:
         gw = self._gateway(ctx)
         cursor = params.cursor if params is not None else None
-        page, next_cursor = await self.pager.page(gw, principal_for(ctx, gw), cursor)
+        pager = self._pager
+        if pager is None:  # no lifespan, no gateway: unreachable, and never an unkeyed cursor
+            raise CatalogError("tools/list before the gateway started")
+        page, next_cursor = await pager.page(gw, principal_for(ctx, gw), cursor)
         return types.ListToolsResult(tools=[e.tool for e in page], next_cursor=next_cursor)
 
     @as_tool_result

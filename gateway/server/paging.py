@@ -5,13 +5,18 @@ client accepts by default. The front serves it in pages of ``mcp.list_page_size`
 entries instead.
 
 The cursor is opaque to the client and checked here: it names the catalogue snapshot the
-listing began on (``LiveCatalog.version``) and the position in that snapshot's order, and is
-MAC'd (HMAC-SHA256 with a key of this process, over the caller's qualified id too). A cursor
-that was altered, made up, or issued to another principal is an invalid-params error; so is
-one whose snapshot was replaced more than ``LiveCatalog.RETAINED`` times since. While the
-catalogue changes, a listing keeps walking the order of the snapshot it began on (no tool
-listed twice, none skipped), showing for each name what the current catalogue serves: a tool
-removed or blocked since is left out, and the client hears ``list_changed`` and lists anew.
+listing began on by the digest of its ordered tool names (``LiveCatalog.digest``: the same on
+every replica that serves the same catalogue) and the position in that order, and is MAC'd
+(HMAC-SHA256 over the caller's qualified id too) under a key derived from the secret the
+replicas share (``[bus] secret`` / ``SYMBI_BUS_SECRET``, else the data dir's ``bus-secret``:
+one gateway, across its restarts). So a stateless client's next page may go to any replica,
+and a cursor outlives a restart. A cursor that was altered, made up, issued to another
+principal or under another secret is an invalid-params error; so is one whose order is no
+longer known here (replaced by ``LiveCatalog.RETAINED`` other orders since, or never seen:
+the client lists from the start). While the catalogue changes, a listing keeps walking the
+order of the snapshot it began on (no tool listed twice, none skipped), showing for each name
+what the current catalogue serves: a tool removed or blocked since is left out, and the
+client hears ``list_changed`` and lists anew.
 """
 
 from __future__ import annotations
@@ -20,16 +25,22 @@ import base64
 import binascii
 import hashlib
 import hmac
-import secrets
 
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from mcp import types
 from mcp.shared.exceptions import MCPError
 
 from gateway.app import Gateway
+from gateway.bus.crypto import config_secret
 from gateway.catalog import CatalogTool
+from gateway.config.model import Config
 from gateway.context import Principal
 
 _MAC_BYTES = 16
+# the HKDF label of the cursor key: never the shared secret itself (the bus MACs its key
+# directory with it), and a new format gets a new label (old cursors are then refused)
+CURSOR_KEY_INFO = b"symbi tools/list cursor/v1"
 
 
 def _b64(raw: bytes) -> str:
@@ -40,27 +51,40 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def cursor_key(secret: bytes) -> bytes:
+    """The cursors' MAC key, derived from a shared 32-byte secret."""
+    return HKDF(SHA256(), 32, salt=None, info=CURSOR_KEY_INFO).derive(secret)
+
+
+def config_cursor_key(config: Config) -> bytes:
+    """The cursor key of ``config``'s gateway: from ``[bus] secret`` when set (the replicas'
+    shared one), else from ``<data_dir>/bus-secret`` (made on first use). Read once the data
+    dir is the gateway's (``make_gateway`` secured it): a loose secret file is refused."""
+    return cursor_key(config_secret(config))
+
+
 def invalid_cursor(why: str) -> MCPError:
     return MCPError(code=types.INVALID_PARAMS, message=f"invalid cursor: {why}", data={"param": "cursor"})
 
 
 class ToolPager:
-    """Pages of the tools a principal may see; cursors made and checked with one key."""
+    """Pages of the tools a principal may see; cursors made and checked with one key
+    (``cursor_key``: every pager keyed from the same secret accepts the others' cursors)."""
 
-    def __init__(self, page_size: int, key: bytes | None = None) -> None:
+    def __init__(self, page_size: int, key: bytes) -> None:
         self.page_size = page_size
-        self._key = key if key is not None else secrets.token_bytes(32)
+        self._key = key
 
     def _mac(self, principal: Principal, body: bytes) -> bytes:
         msg = principal.qualified.encode() + b"\0" + body
         return hmac.new(self._key, msg, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def encode(self, principal: Principal, version: int, offset: int) -> str:
-        body = f"{version}:{offset}".encode()
+    def encode(self, principal: Principal, digest: str, offset: int) -> str:
+        body = f"{digest}:{offset}".encode()
         return f"{_b64(body)}.{_b64(self._mac(principal, body))}"
 
-    def decode(self, principal: Principal, cursor: str) -> tuple[int, int]:
-        """(catalogue version, offset) of a cursor this process gave ``principal``."""
+    def decode(self, principal: Principal, cursor: str) -> tuple[str, int]:
+        """(catalogue order digest, offset) of a cursor a gateway with this key gave ``principal``."""
         try:
             body_text, mac_text = cursor.split(".")
             body, mac = _unb64(body_text), _unb64(mac_text)
@@ -68,8 +92,14 @@ class ToolPager:
             raise invalid_cursor("not a cursor this gateway issued") from None
         if not hmac.compare_digest(mac, self._mac(principal, body)):
             raise invalid_cursor("not a cursor this gateway issued to this caller")
-        version, offset = (int(x) for x in body.decode().split(":"))  # ours: well formed
-        return version, offset
+        try:  # ours, so well formed; a key shared with another format must not crash here
+            digest, offset_text = body.decode("ascii").split(":")
+            offset = int(offset_text)
+        except ValueError:
+            raise invalid_cursor("not a cursor of this gateway's format") from None
+        if offset < 0:
+            raise invalid_cursor("not a cursor of this gateway's format")
+        return digest, offset
 
     async def page(
         self, gw: Gateway, principal: Principal, cursor: str | None
@@ -77,13 +107,12 @@ class ToolPager:
         """The tools of one page and the cursor of the next (None: this was the last)."""
         live = gw.live
         if cursor is None:
-            version, start = live.version, 0
+            digest, start = live.digest, 0
         else:
-            version, start = self.decode(principal, cursor)
-        snapshot = live.at(version)
-        if snapshot is None:
+            digest, start = self.decode(principal, cursor)
+        names = live.order(digest)
+        if names is None:
             raise invalid_cursor("the tool catalogue changed since this listing began: list from the start")
-        names = list(snapshot.tools)
         current = gw.catalog.tools
         out: list[CatalogTool] = []
         at = start
@@ -92,4 +121,4 @@ class ToolPager:
             at += len(chunk)
             served = [e for n in chunk if (e := current.get(n)) is not None and not e.info.blocked]
             out = await gw.visible_among(principal, served)
-        return out, (self.encode(principal, version, at) if at < len(names) else None)
+        return out, (self.encode(principal, digest, at) if at < len(names) else None)

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import ApprovalError, InvalidTransition
+from gateway.errors import ApprovalError, AuditError, InvalidTransition
 from gateway.events import Event
 from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
@@ -47,6 +47,7 @@ _OPERATOR_EVENTS = {
     "terminate": Event.AGENT_TERMINATE_REQUESTED,
 }
 _QUERY_KEYS = {"principal", "tool", "type", "decision", "since_ns", "until_ns", "limit"}
+_QUERY_FLUSH_S = 5.0  # a query waits this long at most for what was emitted before it
 
 
 def audit_filters(params: Mapping[str, str], default_limit: int | None) -> dict[str, Any]:
@@ -73,10 +74,16 @@ def audit_filters(params: Mapping[str, str], default_limit: int | None) -> dict[
     return out
 
 
-def audit_query(log: Any, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Matching events in sequence order (blocking: run it in a thread)."""
+def audit_query(log: AuditLog, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Matching events in sequence order, those emitted before the query included (an operator's
+    action, then a query for its event: its fire-and-forget event may still be held for the
+    linger). Blocking: run it in a thread."""
     from gateway.audit import store
 
+    try:
+        log.flush(timeout=_QUERY_FLUSH_S)
+    except AuditError:
+        pass  # a writer that cannot commit: what is on disk is still the answer (/readyz says why)
     conn = store.open_reader(log.path)
     try:
         return [r.as_dict() for r in store.query(conn, **filters)]

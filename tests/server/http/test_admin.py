@@ -340,3 +340,47 @@ def test_closing_a_session_ends_its_agent_and_only_its_owner_can(env: Env) -> No
     assert len(mine()) == 1
     assert httpx.delete(env.run.mcp, headers={**h, **bearer(owner)}).status_code in (200, 204)
     assert mine() == []
+
+
+def test_an_audit_query_shows_what_was_emitted_before_it(env: Env) -> None:
+    """Read your own writes: an operator's action, then a query for its event. The action's event
+    is fire-and-forget (held on the server's loop until the next record or the linger's end);
+    the query commits what was emitted before it, from its worker thread. The linger is made
+    long here so that only that flush can show the event."""
+    gw = env.run.state.gateway
+    assert gw is not None and gw.audit is not None
+    key, _ = env.keys.store.create("query-own-writes", ("developer",))
+    r = httpx.post(env.run.mcp, json=INIT_BODY, headers={**MCP, **bearer(key)})
+    h = {
+        **MCP,
+        **bearer(key),
+        "mcp-session-id": r.headers["mcp-session-id"],
+        "mcp-protocol-version": "2025-11-25",
+    }
+    httpx.post(env.run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "everything__echo", "arguments": {"message": "hi"}},
+    }
+    assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
+    mine = next(
+        a
+        for a in check(get(env, "/agents"), 200, "AgentList")["agents"]
+        if a["principal"] == "query-own-writes"
+    )
+    linger = gw.audit.EMIT_LINGER_S
+    gw.audit.EMIT_LINGER_S = 60.0
+    try:
+        acted = httpx.post(
+            f"{env.run.base}/api/agents/{mine['id']}/terminate",
+            json={"reason": "done"},
+            headers=bearer(env.keys.admin),
+            timeout=10,
+        )
+        assert acted.status_code == 200
+        events = check(get(env, "/audit/query?type=agent.terminate_requested"), 200, "AuditEvents")["events"]
+    finally:
+        gw.audit.EMIT_LINGER_S = linger
+    assert [e["agent"] for e in events if e["agent"] == mine["id"]] == [mine["id"]]

@@ -258,9 +258,10 @@ def test_every_api_miss_is_json(env: Env) -> None:
     assert httpx.get(env.run.base + "/api/nope").status_code == 401  # still authenticated first
 
 
-def test_agents_status_and_health(env: Env) -> None:
-    # an MCP session of its own, so there is an agent to look at and act on
-    key, _ = env.keys.store.create("agent-user", ("developer",))
+def _agent_session(env: Env, principal: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """A handshake-era MCP session of a new developer key, after one echo call (so it has an
+    agent): the key, its request headers and that call's body."""
+    key, _ = env.keys.store.create(principal, ("developer",))
     r = httpx.post(env.run.mcp, json=INIT_BODY, headers={**MCP, **bearer(key)})
     h = {
         **MCP,
@@ -276,6 +277,12 @@ def test_agents_status_and_health(env: Env) -> None:
         "params": {"name": "everything__echo", "arguments": {"message": "hi"}},
     }
     assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
+    return key, h, call
+
+
+def test_agents_status_and_health(env: Env) -> None:
+    # an MCP session of its own, so there is an agent to look at and act on
+    key, h, call = _agent_session(env, "agent-user")
     agents = check(get(env, "/agents"), 200, "AgentList")["agents"]
     mine = next(a for a in agents if a["principal"] == "agent-user")
     assert mine["state"] == "Ready" and mine["calls"] == 1 and mine["usage"]["calls"] == 1
@@ -349,22 +356,7 @@ def test_an_audit_query_shows_what_was_emitted_before_it(env: Env) -> None:
     long here so that only that flush can show the event."""
     gw = env.run.state.gateway
     assert gw is not None and gw.audit is not None
-    key, _ = env.keys.store.create("query-own-writes", ("developer",))
-    r = httpx.post(env.run.mcp, json=INIT_BODY, headers={**MCP, **bearer(key)})
-    h = {
-        **MCP,
-        **bearer(key),
-        "mcp-session-id": r.headers["mcp-session-id"],
-        "mcp-protocol-version": "2025-11-25",
-    }
-    httpx.post(env.run.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)
-    call = {
-        "jsonrpc": "2.0",
-        "id": 2,
-        "method": "tools/call",
-        "params": {"name": "everything__echo", "arguments": {"message": "hi"}},
-    }
-    assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
+    _agent_session(env, "query-own-writes")
     mine = next(
         a
         for a in check(get(env, "/agents"), 200, "AgentList")["agents"]

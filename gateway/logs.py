@@ -9,8 +9,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 
 class TraceIds(logging.Filter):
@@ -120,70 +119,6 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return True
 
 
-_NO_CALLER = ("(unknown file)", 0, "(unknown function)")  # Logger._log's caller when not looked up
-
-
-class _Record(logging.LogRecord):
-    """A record of a caller that was not looked up (``cheap_records``) made from a template: a
-    record made once by ``LogRecord.__init__`` with that caller, so every attribute it sets is
-    there (the file name and module of "(unknown file)", no thread or process), and the
-    fields of this line set over it as ``__init__`` sets them. Any other caller, or a switch
-    ``cheap_records`` turned off turned back on: ``LogRecord.__init__`` itself."""
-
-    _template: dict[str, Any] | None = None
-
-    def __init__(
-        self,
-        name: str,
-        level: int,
-        pathname: str,
-        lineno: int,
-        msg: object,
-        args: Any,
-        exc_info: Any,
-        func: str | None = None,
-        sinfo: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        template = _Record._template
-        if (
-            template is None
-            or (pathname, lineno, func) != _NO_CALLER
-            or logging.logThreads
-            or logging.logProcesses
-            or logging.logMultiprocessing
-            or getattr(logging, "logAsyncioTasks", False)  # Python 3.12's switch
-        ):
-            super().__init__(name, level, pathname, lineno, msg, args, exc_info, func, sinfo, **kwargs)
-            return
-        ct = time.time()
-        self.__dict__.update(template)
-        self.name, self.msg = name, msg
-        if args and len(args) == 1 and isinstance(args[0], Mapping) and args[0]:  # as LogRecord
-            args = args[0]
-        self.args = args
-        self.levelname, self.levelno = logging.getLevelName(level), level
-        self.exc_info, self.stack_info = exc_info, sinfo
-        self.created = ct
-        self.msecs = int((ct - int(ct)) * 1000) + 0.0  # as LogRecord (gh-89047)
-        self.relativeCreated = (ct - logging._startTime) * 1000  # type: ignore[attr-defined]
-
-    @classmethod
-    def install(cls) -> None:
-        """The template (while the switches are off), then this class as the record factory."""
-        if _lean():
-            cls._template = dict(
-                logging.LogRecord("", logging.WARNING, *_NO_CALLER[:2], "", (), None, _NO_CALLER[2]).__dict__
-            )
-        logging.setLogRecordFactory(cls)
-
-
-def _lean() -> bool:
-    return not (logging.logThreads or logging.logProcesses or logging.logMultiprocessing) and not getattr(
-        logging, "logAsyncioTasks", False
-    )
-
-
 def cheap_records() -> None:
     """Records without the fields no formatter here prints: the caller's file, line and function
     (a walk up the stack per line), the thread and the process. An unsafe option warns on every
@@ -194,7 +129,6 @@ def cheap_records() -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    _Record.install()
 
 
 def configure(level: str, fmt: str = "text") -> None:

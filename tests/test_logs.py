@@ -109,37 +109,3 @@ def test_the_handler_keeps_filters_and_logging_error_path(
     monkeypatch.setattr(handler, "handleError", failed.append)
     log.warning("bad %d", "not a number")  # formatting fails: handleError, never the caller
     assert len(failed) == 1
-
-
-_TIMES = ("created", "msecs", "relativeCreated")
-
-
-@pytest.mark.parametrize(
-    "msg, args, exc",
-    [
-        ("UNSAFE: %s %d", ("x", 3), None),
-        ("a %(k)s", ({"k": "v"},), None),
-        ("plain", (), True),
-        ("e %s", ({},), None),
-    ],
-)
-def test_a_record_without_its_caller_is_logging_own(restore: None, msg: str, args: Any, exc: Any) -> None:
-    """The records made from the template have every attribute ``LogRecord.__init__`` gives,
-    with the same values (the time aside, checked as LogRecord derives it); a caller that was
-    looked up, or the thread switch turned back on, gets ``LogRecord.__init__`` itself."""
-    from gateway.logs import _Record
-
-    configure("WARNING")
-    assert logging.getLogRecordFactory() is _Record
-    exc_info = (ValueError, ValueError("x"), None) if exc else None
-    caller = ("(unknown file)", 0, msg, args, exc_info, "(unknown function)")
-    ours = _Record("symbi.unsafe", logging.WARNING, *caller)
-    theirs = logging.LogRecord("symbi.unsafe", logging.WARNING, *caller)
-    strip = lambda r: {k: v for k, v in r.__dict__.items() if k not in _TIMES}  # noqa: E731
-    assert strip(ours) == strip(theirs) and ours.getMessage() == theirs.getMessage()
-    assert ours.msecs == int((ours.created - int(ours.created)) * 1000)
-    assert abs(ours.relativeCreated - theirs.relativeCreated) < 1000
-    looked_up = _Record("symbi.unsafe", logging.WARNING, __file__, 7, msg, args, None, "f")
-    assert (looked_up.filename, looked_up.module, looked_up.lineno) == ("test_logs.py", "test_logs", 7)
-    logging.logThreads = True
-    assert _Record("symbi.unsafe", logging.WARNING, *caller).thread is not None

@@ -8,7 +8,7 @@ SYMBI := $(VENV)/bin/symbi
 CONFIG ?= examples/symbi.toml
 PYTEST_ARGS ?=
 
-.PHONY: all setup python-deps node-deps upstream-user sandbox image state-engines browser run stdio test test-fast bench bench-peers soak mutate lint typecheck format clean
+.PHONY: all setup python-deps node-deps upstream-user sandbox image state-engines browser wrk run stdio test test-fast bench bench-peers soak mutate lint typecheck format clean
 
 all: setup
 
@@ -57,6 +57,11 @@ state-engines:
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Debian's wrk: bench/http_load.py's load (C, a few % of the CPU a Python client needs per call)
+# and tests/bench/test_wrk.py, which checks its reply check.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
 run: setup sandbox
 	@bash scripts/run-banner.sh $(CONFIG)
 	$(SYMBI) serve --config $(CONFIG)
@@ -72,7 +77,7 @@ stdio: setup
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
-test: setup sandbox state-engines browser
+test: setup sandbox state-engines browser wrk
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup state-engines
@@ -102,7 +107,7 @@ format: python-deps
 	$(PY) -m ruff check --fix $(LINTED)
 
 # mcp-proxy (PyPI) in its own venv: the peer of bench/http_load.py (it pins its own MCP SDK)
-bench-peers:
+bench-peers: wrk
 	bash scripts/mcp-proxy-peer.sh
 
 bench: setup sandbox state-engines bench-peers

@@ -1,7 +1,7 @@
 """Issue 16's HTTP target: tools/call over streamable HTTP under 64 concurrent sessions.
 
-    .venv/bin/python bench/http_load.py [--sessions 64] [--procs 4] [--seconds 8] [--rounds 3]
-                                        [--json-response] [--baseline-tree DIR] [--no-mcp-proxy]
+    .venv/bin/python bench/http_load.py [--sessions 64] [--driver wrk|clients] [--procs 4] [--seconds 8]
+                                        [--rounds 3] [--json-response] [--baseline-tree DIR] [--no-mcp-proxy]
 
 Targets, interleaved (every round measures each once, the order rotating):
 
@@ -19,11 +19,14 @@ Targets, interleaved (every round measures each once, the order rotating):
 * ``gateway-baseline``  (``--baseline-tree DIR``) the same gateway from another checkout
 * ``gateway-json-baseline``  (``--baseline-tree DIR --json-response``) its JSON lane
 
-The load: ``--procs`` client processes (bench/_load_client.py: plain httpx, no SDK) holding
-``--sessions`` handshake-era MCP sessions between them, one HTTP connection and one call in
-flight per session, for ``--seconds``; all processes start their measured phase together.
-Every call carries a unique message; a reply must carry the call's own id and echo exactly
-its message (``misrouted`` otherwise, must be 0). Before it, ``c1``: one session, sequential
+The load: ``--sessions`` handshake-era MCP sessions, one HTTP connection and one call in flight
+per session, for ``--seconds``. ``--driver wrk`` (the default; Debian's wrk, bench/_wrk.py): one
+wrk thread per session, about a tenth of a Python client's CPU per call, so the two cores go
+to the server under test. ``--driver clients``: ``--procs`` client processes
+(bench/_load_client.py: plain httpx, no SDK) holding the sessions between them, all starting
+their measured phase together (sessions 7-11's numbers). Either way every call carries a
+unique message; a reply must carry the call's own id and echo exactly its message
+(``misrouted`` otherwise, must be 0). Before it, ``c1``: one session, sequential
 calls (the unloaded p50). The exit code is 1 on any misrouted or failed call.
 """
 
@@ -62,6 +65,7 @@ from bench._common import (
     run_load_clients,
     write_http_gateway_config,
 )
+from bench._wrk import drive_wrk, wrk_path
 from bench.http import PRELOAD, proc, wait_http
 
 MCP_PROXY_VENV = Path(os.environ.get("MCP_PROXY_VENV", ROOT / ".venv-mcp-proxy"))
@@ -155,23 +159,12 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def drive(t: Target, sessions: int, procs: int, seconds: float, run: str) -> dict[str, Any]:
-    """``procs`` client processes, ``sessions`` sessions between them; the merged result."""
-    per = [list(range(i, sessions, procs)) for i in range(procs)]
-    jobs = [
-        {
-            "url": t.url,
-            "tool": t.tool,
-            "keys": [t.keys[j] for j in idx],
-            "seconds": seconds,
-            "run": run,
-            "tag": f"{run}-p{i}",
-            "warmup": 3,
-        }
-        for i, idx in enumerate(per)
-        if idx
-    ]
-    cpu0 = cpu = 0.0  # the server's CPU for the measured phase (and the close)
+def drive(
+    t: Target, sessions: int, procs: int, seconds: float, run: str, driver: str, tmp: Path
+) -> dict[str, Any]:
+    """``sessions`` sessions loaded by wrk (one thread each) or by ``procs`` client processes
+    between them; the merged result, with the server's CPU for the measured phase."""
+    cpu0 = cpu = 0.0
 
     def started() -> None:
         nonlocal cpu0
@@ -181,7 +174,13 @@ def drive(t: Target, sessions: int, procs: int, seconds: float, run: str) -> dic
         nonlocal cpu
         cpu = tree_cpu_s(t.pid) - cpu0
 
-    rows = run_load_clients(jobs, t.name, on_go=started, on_done=ended)
+    if driver == "wrk":
+        row = drive_wrk(t.url, t.tool, t.keys[:sessions], seconds, run, tmp, started, ended)
+        calls = row["calls"]
+        return {**row, "server_cpu_ms_per_call": round(1000.0 * cpu / calls, 3) if calls else float("nan")}
+    rows = run_load_clients(
+        client_jobs(t, sessions, procs, seconds, run), t.name, on_go=started, on_done=ended
+    )
     lat = [x for r in rows for x in r["latencies_ms"]]
     wall = max(r["end"] for r in rows) - min(r["start"] for r in rows)
     return {
@@ -194,6 +193,24 @@ def drive(t: Target, sessions: int, procs: int, seconds: float, run: str) -> dic
         **latency_summary([x / 1000.0 for x in lat]),
         **{k: sum(r[k] for r in rows) for k in ("ok", "misrouted", "errors", "reconnects")},
     }
+
+
+def client_jobs(t: Target, sessions: int, procs: int, seconds: float, run: str) -> list[dict[str, Any]]:
+    """The jobs of bench/_load_client.py's processes: ``sessions`` split between ``procs``."""
+    per = [list(range(i, sessions, procs)) for i in range(procs)]
+    return [
+        {
+            "url": t.url,
+            "tool": t.tool,
+            "keys": [t.keys[j] for j in idx],
+            "seconds": seconds,
+            "run": run,
+            "tag": f"{run}-p{i}",
+            "warmup": 3,
+        }
+        for i, idx in enumerate(per)
+        if idx
+    ]
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -233,12 +250,12 @@ def profile(args: argparse.Namespace, tmp: Path) -> int:
     raw = tmp / "profile.txt"
     with targets(args, tmp) as ts:
         [gw] = [t for t in ts if t.name == args.profile_target]
-        drive(gw, args.sessions, args.procs, 2.0, "warm")
+        drive(gw, args.sessions, args.procs, 2.0, "warm", args.driver, tmp)
         cmd = [str(pyspy), "record", "-r", "200", "-f", "raw", "--nonblocking", "--subprocesses"]
         cmd += ["-o", str(raw), "-d", str(int(args.seconds) + 2), "--pid", str(gw.pid)]
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
-        row = drive(gw, args.sessions, args.procs, args.seconds, "profile")
+        row = drive(gw, args.sessions, args.procs, args.seconds, "profile", args.driver, tmp)
         spy.wait()
     print(
         f"gateway under load: {row['calls_per_s']} calls/s, p50 {row['p50_ms']} ms, "
@@ -251,7 +268,13 @@ def profile(args: argparse.Namespace, tmp: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--sessions", type=int, default=64)
-    ap.add_argument("--procs", type=int, default=4, help="load-client processes")
+    ap.add_argument(
+        "--driver",
+        choices=("wrk", "clients"),
+        default="wrk",
+        help="the load: wrk, one thread and connection per session (default), or --procs Python client processes",
+    )
+    ap.add_argument("--procs", type=int, default=4, help="load-client processes (--driver clients)")
     ap.add_argument("--seconds", type=float, default=8.0, help="measured phase per target and round")
     ap.add_argument("--c1-seconds", type=float, default=3.0, help="the one-session sequential phase")
     ap.add_argument("--rounds", type=int, default=3)
@@ -275,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--profile-target", default="gateway", help="the target --profile runs (gateway-sdk...)")
     args = ap.parse_args(argv)
+    if args.driver == "wrk":
+        wrk_path()  # missing: say so before any server starts
     # a plain SIGTERM (timeout, a CI step) must still run the clean-ups: no orphaned servers
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-http-load-"))
@@ -287,16 +312,20 @@ def main(argv: list[str] | None = None) -> int:
             for t in order:
                 rows = runs.setdefault(t.name, {"c1": [], "load": []})
                 tag = f"r{r}-{t.name}-{uuid.uuid4().hex[:6]}"
-                rows["c1"].append(drive(t, 1, 1, args.c1_seconds, tag + "-c1"))
-                rows["load"].append(drive(t, args.sessions, args.procs, args.seconds, tag))
+                rows["c1"].append(drive(t, 1, 1, args.c1_seconds, tag + "-c1", args.driver, tmp))
+                rows["load"].append(drive(t, args.sessions, args.procs, args.seconds, tag, args.driver, tmp))
     results = {name: {k: summarize(v) for k, v in rows.items()} for name, rows in runs.items()}
     gw = results["gateway"]
     base = "mcp-proxy" if "mcp-proxy" in results else "direct"
     bad = sum(v[k] for res in results.values() for v in res.values() for k in ("misrouted", "errors"))
     doc = {
         "benchmark": "http_load (issue 16, streamable HTTP)",
-        "load": f"{args.procs} client processes (httpx, bench/_load_client.py), {args.sessions} sessions, "
-        f"1 call in flight each, {args.seconds}s per target per round",
+        "load": (
+            f"wrk (bench/_wrk.py), one thread and connection per session, {args.sessions} sessions"
+            if args.driver == "wrk"
+            else f"{args.procs} client processes (httpx, bench/_load_client.py), {args.sessions} sessions"
+        )
+        + f", 1 call in flight each, {args.seconds}s per target per round",
         "gateway": "symbi serve: API key per session, policies.rego, signed audit log, tofu; "
         "upstream server-everything over stdio, SSE answers; gateway-sdk: mcp.http_fast_lane = false; "
         "gateway-json: http.json_response = true",

@@ -21,7 +21,7 @@ Targets, interleaved (every round measures each once, the order rotating):
 
 The load: ``--sessions`` handshake-era MCP sessions, one HTTP connection and one call in flight
 per session, for ``--seconds``. ``--driver wrk`` (the default; Debian's wrk, bench/_wrk.py): one
-wrk thread per session, about a tenth of a Python client's CPU per call, so the two cores go
+wrk thread per session, a quarter or less of a Python client's CPU per call, so the cores go
 to the server under test. ``--driver clients``: ``--procs`` client processes
 (bench/_load_client.py: plain httpx, no SDK) holding the sessions between them, all starting
 their measured phase together (sessions 7-11's numbers). Either way every call carries a

@@ -165,45 +165,16 @@ class Catalog:
         templates: list[tuple[str, types.ResourceTemplate, UriTemplate | None]] = []
         prompts: dict[str, CatalogPrompt] = {}
         dup_prompts: set[str] = set()
-        for up in listings:
+        for up in listings:  # per upstream, in order: its refusals are listed in listing order
             for t, name in _named_tools(up, seen, collided, refusals):
                 tools[name] = _entry(up, t, name, (infos or {}).get(name), prior.get(name))
-            for r in up.resources:
-                if r.uri in resources or r.uri in dup_uris:
-                    dup_uris.add(r.uri)
-                    resources.pop(r.uri, None)
-                    refusals.append(Refusal(up.name, "resource", r.uri, "URI listed by two upstreams"))
-                    continue
-                resources[r.uri] = (up.name, r)
-            for tpl in up.templates:
-                try:
-                    parsed: UriTemplate | None = UriTemplate.parse(tpl.uri_template)
-                except (InvalidUriTemplate, ValueError):
-                    parsed = None
-                templates.append((up.name, tpl, parsed))
-            for p in up.prompts:
-                try:
-                    pname = namespaced(up.name, p.name, up.pass_through)
-                except CatalogError as e:
-                    refusals.append(Refusal(up.name, "prompt", p.name, e.message))
-                    continue
-                if pname in prompts or pname in dup_prompts:
-                    dup_prompts.add(pname)
-                    prompts.pop(pname, None)
-                    refusals.append(Refusal(up.name, "prompt", p.name, f"name {pname!r} collides"))
-                    continue
-                prompts[pname] = CatalogPrompt(pname, p.name, up.name, p.model_copy(update={"name": pname}))
+            _add_resources(up, resources, dup_uris, refusals)
+            templates += _parsed_templates(up)
+            _add_prompts(up, prompts, dup_prompts, refusals)
         for name in collided:
             # fail closed: neither side of a collision is reachable
             tools.pop(name, None)
-        for refusal in refusals:
-            _logger.error(
-                "catalogue refused %s %r of upstream %r: %s",
-                refusal.kind,
-                refusal.name,
-                refusal.upstream,
-                refusal.reason,
-            )
+        _log_refusals(refusals)
         pass_through = next((up.name for up in listings if up.pass_through), None)
         return cls(tools, resources, templates, prompts, refusals, pass_through)
 
@@ -250,6 +221,66 @@ class Catalog:
             return self.prompts[name]
         except KeyError:
             raise CatalogError(f"unknown prompt {name!r}") from None
+
+
+def _add_resources(
+    up: UpstreamListing,
+    resources: dict[str, tuple[str, types.Resource]],
+    dup_uris: set[str],
+    refusals: list[Refusal],
+) -> None:
+    """``up``'s resources by URI; a URI two upstreams list is refused for both (fail closed)."""
+    for r in up.resources:
+        if r.uri in resources or r.uri in dup_uris:
+            dup_uris.add(r.uri)
+            resources.pop(r.uri, None)
+            refusals.append(Refusal(up.name, "resource", r.uri, "URI listed by two upstreams"))
+            continue
+        resources[r.uri] = (up.name, r)
+
+
+def _parsed_templates(up: UpstreamListing) -> list[tuple[str, types.ResourceTemplate, UriTemplate | None]]:
+    """``up``'s resource templates, each with its parsed form (None: it matches no URI)."""
+    out: list[tuple[str, types.ResourceTemplate, UriTemplate | None]] = []
+    for tpl in up.templates:
+        try:
+            parsed: UriTemplate | None = UriTemplate.parse(tpl.uri_template)
+        except (InvalidUriTemplate, ValueError):
+            parsed = None
+        out.append((up.name, tpl, parsed))
+    return out
+
+
+def _add_prompts(
+    up: UpstreamListing,
+    prompts: dict[str, CatalogPrompt],
+    dup_prompts: set[str],
+    refusals: list[Refusal],
+) -> None:
+    """``up``'s prompts under their namespaced names; a name two upstreams give is refused for both."""
+    for p in up.prompts:
+        try:
+            pname = namespaced(up.name, p.name, up.pass_through)
+        except CatalogError as e:
+            refusals.append(Refusal(up.name, "prompt", p.name, e.message))
+            continue
+        if pname in prompts or pname in dup_prompts:
+            dup_prompts.add(pname)
+            prompts.pop(pname, None)
+            refusals.append(Refusal(up.name, "prompt", p.name, f"name {pname!r} collides"))
+            continue
+        prompts[pname] = CatalogPrompt(pname, p.name, up.name, p.model_copy(update={"name": pname}))
+
+
+def _log_refusals(refusals: list[Refusal]) -> None:
+    for refusal in refusals:
+        _logger.error(
+            "catalogue refused %s %r of upstream %r: %s",
+            refusal.kind,
+            refusal.name,
+            refusal.upstream,
+            refusal.reason,
+        )
 
 
 def order_digest(names: Iterable[str]) -> str:

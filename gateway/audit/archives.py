@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,12 @@ from gateway.audit.verify import Problem, VerifyResult, read_jsonl, verify_recor
 
 def verify_live(
     conn: sqlite3.Connection,
-    records: Iterable[AuditRecord],
+    records: Iterable[Sequence[Any]],
     keys: Mapping[str, Ed25519PublicKey],
     **kwargs: Any,
 ) -> VerifyResult:
-    """The live chain from its hand-off (or from seq 1 when it has none)."""
+    """The live chain from its hand-off (or from seq 1 when it has none); ``records`` are
+    ``AuditRecord``s or rows in ``store.COLUMNS`` order."""
     try:
         h = read_handoff(conn)
     except (ValueError, json.JSONDecodeError) as e:

@@ -155,12 +155,38 @@ def canonical_bytes(
     prev_hash: str,
     key_id: str,
 ) -> bytes:
-    """``record_bytes`` with positional arguments (the writer's and verifier's loops)."""
+    """``record_bytes`` with positional arguments."""
+    return spliced_bytes(
+        "null" if agent is None else _esc(agent),
+        details_json,
+        _esc(id),
+        _esc(key_id),
+        _esc(prev_hash),
+        "null" if principal is None else _esc(principal),
+        seq,
+        ts_ns,
+        _esc(type),
+    )
+
+
+def spliced_bytes(
+    agent_j: str,
+    details_json: str,
+    id_j: str,
+    key_id_j: str,
+    prev_hash_j: str,
+    principal_j: str,
+    seq: int,
+    ts_ns: int,
+    type_j: str,
+) -> bytes:
+    """The canonical bytes from the text fields already written as JSON (``_esc`` or ``null``):
+    the one splice ``canonical_bytes`` and the verifier's loop (which escapes what repeats,
+    key id, principal, agent and type, once) share."""
     return (
-        f'{{"agent":{"null" if agent is None else _esc(agent)},"details":{details_json},'
-        f'"id":{_esc(id)},"key_id":{_esc(key_id)},"prev_hash":{_esc(prev_hash)},'
-        f'"principal":{"null" if principal is None else _esc(principal)},"seq":{int(seq)},'
-        f'"ts_ns":{int(ts_ns)},"type":{_esc(type)}}}'
+        f'{{"agent":{agent_j},"details":{details_json},"id":{id_j},"key_id":{key_id_j},'
+        f'"prev_hash":{prev_hash_j},"principal":{principal_j},"seq":{int(seq)},"ts_ns":{int(ts_ns)},'
+        f'"type":{type_j}}}'
     ).encode()
 
 

@@ -34,9 +34,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +54,10 @@ from gateway.audit.record import (
     AuditRecord,
     anchor_message,
     chain_hash,
+    is_json_object,
     key_id_of,
     rotation_message,
+    spliced_bytes,
     verify_hash_signature,
 )
 from gateway.errors import AuditIntegrityError
@@ -106,7 +110,7 @@ class _Bad(Exception):
 
 
 def verify_records(
-    records: Iterable[AuditRecord],
+    records: Iterable[Sequence[Any]],
     public_keys: Mapping[str, Ed25519PublicKey],
     *,
     anchors: Sequence[store.Anchor] = (),
@@ -118,70 +122,139 @@ def verify_records(
     start_hash: str = GENESIS_HASH,
     vouched_tail: str | None = None,
 ) -> VerifyResult:
-    """Verify records in stored order. The two callbacks tell a reordering from a removal.
+    """Verify records (``AuditRecord``s, or rows in ``store.COLUMNS`` order) in stored order.
+    The two callbacks tell a reordering from a removal.
 
     ``start_seq`` / ``start_hash``: where the records must begin (a chain after a retention
     hand-off, or an archived segment, starts after seq 1). ``vouched_tail``: a chain hash an
     already-checked signature covers (an archive seal's last hash): unsigned records ending
     there are vouched for (the caller still checks the records end at that hash).
     """
-    trusted = dict(public_keys)
+    elsewhere = (hash_elsewhere, seq_elsewhere)
+    walk = _Walk(
+        dict(public_keys), {a.seq for a in anchors}, all_signatures, (start_seq, start_hash), elsewhere
+    )
     res = VerifyResult(ok=False)
-    anchor_seqs = {a.seq for a in anchors}
-    hash_at: dict[int, str] = {}
-    current: str | None = None  # the key that must sign the next record
-    expected, prev = start_seq, start_hash
-    last: AuditRecord | None = None
-    unsigned_from: int | None = None  # first of the unsigned records no signature vouches for yet
     try:
-        for rec in records:
-            if last is not None and rec.key_id != last.key_id:  # end of a key's run: its last record signed
-                _check_vouched(unsigned_from, last.seq)
-                if not all_signatures:
-                    _check_signature(last, trusted, res)
-            if rec.seq != expected or rec.prev_hash != prev:
-                _check_position(rec, expected, prev, hash_elsewhere, seq_elsewhere)
-            if sha256(CHAIN_PREFIX + bytes.fromhex(prev) + rec.canonical()).hexdigest() != rec.chain_hash:
-                raise _Bad(rec.seq, "changed", "content does not match its chain hash")
-            if rec.key_id not in trusted or (current is not None and rec.key_id != current):
-                raise _Bad(
-                    rec.seq, "inserted", f"signed by key {rec.key_id}, which is not the trusted current key"
-                )
-            anchored = rec.seq in anchor_seqs  # the anchor's signature vouches (checked below)
-            if rec.signature or rec.type == ROTATION_EVENT:  # a rotation is always signed
-                if all_signatures or rec.type == ROTATION_EVENT or anchored:
-                    _check_signature(rec, trusted, res)
-                unsigned_from = None
-            elif anchored:
-                unsigned_from = None
-            elif unsigned_from is None:
-                unsigned_from = rec.seq
-            current = _learn_rotation(rec, trusted) if rec.type == ROTATION_EVENT else rec.key_id
-            if anchored:
-                hash_at[rec.seq] = rec.chain_hash
-            res.events += 1
-            expected, prev, last = rec.seq + 1, rec.chain_hash, rec
-        tail_vouched = last is not None and (last.seq in anchor_seqs or last.chain_hash == vouched_tail)
-        if last is not None and not tail_vouched:
-            _check_vouched(unsigned_from, last.seq, end=True)
-            if not all_signatures and last.type != ROTATION_EVENT:
-                _check_signature(last, trusted, res)
-        res.last_seq, res.head_hash = expected - 1, prev
-        if require_anchor and last is not None and not anchors:
-            raise _Bad(expected, "truncated", "the log's signed head anchor is missing")
+        walk.records(records, res)
+        walk.end(res, vouched_tail)
+        res.last_seq, res.head_hash = walk.expected - 1, walk.prev
+        if require_anchor and walk.last is not None and not anchors:
+            raise _Bad(walk.expected, "truncated", "the log's signed head anchor is missing")
         for a in anchors:
-            _check_anchor(a, trusted, res.last_seq, hash_at)
+            _check_anchor(a, walk.trusted, res.last_seq, walk.hash_at)
             res.anchors_checked += 1
     except _Bad as bad:
         res.problem = bad.problem
-        res.last_seq, res.head_hash = expected - 1, prev
-        return res
     except (ValueError, TypeError) as e:  # unparseable details, bad hex...
-        res.problem = Problem(expected, "changed", f"record cannot be parsed: {e}")
+        res.problem = Problem(walk.expected, "changed", f"record cannot be parsed: {e}")
+    res.events = walk.events
+    if res.problem is not None:
+        res.last_seq, res.head_hash = walk.expected - 1, walk.prev
         return res
-    res.key_ids = sorted(trusted)
+    res.key_ids = sorted(walk.trusted)
     res.ok = True
     return res
+
+
+# distinct principals, agents, types and key ids whose JSON text the walk keeps
+_ESCAPES_KEPT = 4096
+
+
+def _escaped(cache: dict[str, str], value: str) -> str:
+    """A miss in the walk's cache: ``value`` as a JSON string (TypeError when not a str)."""
+    if len(cache) >= _ESCAPES_KEPT:
+        cache.clear()
+    text = cache[value] = encode_basestring(value)
+    return text
+
+
+class _Walk:
+    """The chain walked so far, kept for the end checks and for a problem's report."""
+
+    def __init__(
+        self,
+        trusted: dict[str, Ed25519PublicKey],
+        anchor_seqs: set[int],
+        full: bool,
+        start: tuple[int, str],
+        elsewhere: tuple[Callable[[str], bool], Callable[[int], bool]],
+    ) -> None:
+        self.trusted, self.anchor_seqs, self.all_signatures = trusted, anchor_seqs, full
+        self.expected, self.prev = start
+        self.hash_elsewhere, self.seq_elsewhere = elsewhere  # tell a reordering from a removal
+        self.hash_at: dict[int, str] = {}  # chain hash at each anchored seq
+        self.last: Sequence[Any] | None = None  # the last record that passed
+        self.unsigned_from: int | None = None  # first of the unsigned records no signature vouches for yet
+        self.events = 0
+
+    def records(self, records: Iterable[Sequence[Any]], res: VerifyResult) -> None:
+        """Every record's position, content hash, key and signature, in one loop over plain
+        tuples: what repeats (key id, principal, agent, type) is escaped once, the hash state
+        after the domain prefix is copied, and an ``AuditRecord`` is built only to report."""
+        trusted, full = self.trusted, self.all_signatures
+        anchor_seqs, hash_at = self.anchor_seqs, self.hash_at
+        expected, prev = self.expected, self.prev
+        current: str | None = None  # the key that must sign the next record
+        unsigned_from = last = last_key = None
+        prefixed, esc, cache = sha256(CHAIN_PREFIX), encode_basestring, dict[str, str]()
+        prev_raw, prev_j, n = b"", "", 0  # the first record's are made from ``prev`` when it is hashed
+        try:
+            for row in records:
+                seq, id_, ts_ns, principal, agent, type_, details, prev_hash, chain, signature, key_id = row
+                if key_id != last_key and last is not None:  # end of a key's run: its last record signed
+                    self._run_end(last, unsigned_from, res)
+                if seq != expected or prev_hash != prev:
+                    _check_position(
+                        AuditRecord._make(row), expected, prev, self.hash_elsewhere, self.seq_elsewhere
+                    )
+                if not is_json_object(details):
+                    raise ValueError("details is not a JSON object")
+                h = prefixed.copy()
+                h.update(prev_raw or bytes.fromhex(prev))
+                aj = "null" if agent is None else cache.get(agent) or _escaped(cache, agent)
+                pj = "null" if principal is None else cache.get(principal) or _escaped(cache, principal)
+                kj = cache.get(key_id) or _escaped(cache, key_id)
+                tj = cache.get(type_) or _escaped(cache, type_)
+                h.update(spliced_bytes(aj, details, esc(id_), kj, prev_j or esc(prev), pj, seq, ts_ns, tj))
+                raw = h.digest()
+                if raw.hex() != chain:
+                    raise _Bad(seq, "changed", "content does not match its chain hash")
+                if key_id != current and (current is not None or key_id not in trusted):
+                    raise _Bad(seq, "inserted", f"signed by key {key_id}, not the trusted current key")
+                anchored = seq in anchor_seqs  # the anchor's signature vouches (checked at the end)
+                rotation = type_ == ROTATION_EVENT  # a rotation is always signed
+                if (signature or rotation) and (full or anchored or rotation):
+                    _check_signature(AuditRecord._make(row), trusted, res)
+                if signature or rotation or anchored:
+                    unsigned_from = None
+                elif unsigned_from is None:
+                    unsigned_from = seq
+                current = _learn_rotation(AuditRecord._make(row), trusted) if rotation else key_id
+                if anchored:
+                    hash_at[seq] = chain
+                n += 1
+                expected, prev, prev_raw, prev_j = seq + 1, chain, raw, f'"{chain}"'
+                last, last_key = row, key_id
+        finally:  # where the walk stopped: the end checks and a problem's report start there
+            self.expected, self.prev, self.unsigned_from, self.last = expected, prev, unsigned_from, last
+            self.events += n
+
+    def _run_end(self, last: Sequence[Any], unsigned_from: int | None, res: VerifyResult) -> None:
+        """A key's run ended at ``last``: its unsigned records were vouched for, and in fast
+        mode its last record's signature (where trust passes on) is checked."""
+        _check_vouched(unsigned_from, last[0])
+        if not self.all_signatures:
+            _check_signature(AuditRecord._make(last), self.trusted, res)
+
+    def end(self, res: VerifyResult, vouched_tail: str | None) -> None:
+        """The records ended: the tail is signed, anchored or vouched for by the caller."""
+        last = self.last
+        if last is None or last[0] in self.anchor_seqs or last[8] == vouched_tail:
+            return
+        _check_vouched(self.unsigned_from, last[0], end=True)
+        if not self.all_signatures and last[5] != ROTATION_EVENT:
+            _check_signature(AuditRecord._make(last), self.trusted, res)
 
 
 def _check_position(
@@ -297,7 +370,7 @@ def verify_log(
             # from the retention hand-off when old events were archived, else from seq 1
             return verify_live(
                 conn,
-                store.iter_records(conn),
+                _rows(conn),
                 public_keys,
                 anchors=anchors,
                 require_anchor=True,
@@ -309,6 +382,12 @@ def verify_log(
         return run(True) if res.problem is not None and not all_signatures else res
     finally:
         conn.close()
+
+
+def _rows(conn: sqlite3.Connection) -> Iterable[tuple[Any, ...]]:
+    """Every row of the log as a plain tuple (``store.COLUMNS``), in seq order: all of them, so a
+    row added at seq 0 or below (outside the chain, where ``audit query`` still shows it) fails."""
+    return conn.execute(f"SELECT {store.COLUMNS} FROM events ORDER BY seq")
 
 
 def _anchors(conn: Any, checkpoint: Path, extra: Sequence[store.Anchor]) -> list[store.Anchor]:

@@ -18,8 +18,10 @@ so each number sits beside its baseline taken minutes apart on the same noisy ma
   Sequential latency (p50/p99) and calls/s with ``--callers`` concurrent callers.
 - ``policy``: ``EmbeddedEngine.decide`` on ``policies/cases.json`` (decisions/s on one core,
   p99) vs the same rules in plain Python (bench/policy.py's baseline, checked to agree).
-- ``audit``: ``AuditLog.emit`` + ``flush`` (signed, chained, fsync'd group commit) and full
-  verification vs the same rows inserted unsigned into the same SQLite set-up.
+- ``audit``: ``AuditLog.emit`` + ``flush`` (signed, chained, fsync'd group commit) vs the same
+  rows inserted unsigned into the same SQLite set-up, and verification (``verify_all_signatures``
+  is the target's full verification; ``verify_fast`` checks Ed25519 signatures only where trust
+  is decided), each timed 5 times per round (bench/audit.py's ``bench_verify``: medians).
 - ``http``: ``--http-clients`` concurrent SDK clients (one session each, one process) against
   server-everything over streamable HTTP directly vs through ``symbi serve`` (API key, policy,
   audit, tofu; upstream over HTTP; one API key per client). One Python process cannot drive

@@ -157,6 +157,7 @@ def archived_connection(folder: Path, log_name: str) -> sqlite3.Connection:
     run the same SQL over it as over the live log)."""
     conn = sqlite3.connect(":memory:")
     conn.executescript(store.SCHEMA)
+    conn.execute(store.TS_INDEX)  # archived records may come from a log whose clock stepped back
     rows = (store.record_to_row(r) for r in iter_archived(folder, log_name))
     conn.executemany(store.INSERT, rows)
     return conn

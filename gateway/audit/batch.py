@@ -110,9 +110,17 @@ def new_ids(n: int) -> list[str]:
     ]
 
 
-def chain_rows(events: list[Item], seq: int, prev: str, key_id: str) -> list[tuple[Any, ...]]:
+def chain_rows(
+    events: list[Item], seq: int, prev: str, key_id: str, ts_floor: int = 0
+) -> list[tuple[Any, ...]]:
     """The rows of a batch after ``seq`` / ``prev``: ids assigned, canonical bytes, chain hashes
     (unsigned: the caller signs the last). One tight loop; the hash chain is kept as bytes.
+
+    A record's ``ts_ns`` is its event's, but never before the record's before it (``ts_floor``:
+    the head's): events queued from several threads, or a wall clock that steps back, would
+    otherwise put timestamps out of seq order, and queries find a time window as a seq range
+    (``store.seq_from``). A record stamped at the step keeps the head's time until the clock
+    passes it again.
 
     The canonical bytes are ``record.canonical_bytes``' (a test compares them), spliced here with
     what repeats in a batch escaped once: the key id, and the principals, agents and types (a
@@ -129,7 +137,10 @@ def chain_rows(events: list[Item], seq: int, prev: str, key_id: str) -> list[tup
         seq += 1
         if not it.id:
             it.id = next(ids)
-        p, a, t, details = it.principal, it.agent, it.type, it.details_json
+        p, a, t, details, ts = it.principal, it.agent, it.type, it.details_json, int(it.ts_ns)
+        if ts < ts_floor:
+            ts = ts_floor
+        ts_floor = ts
         pj = escaped.get(p) or escaped.setdefault(p, esc(str(p)))
         aj = escaped.get(a) or escaped.setdefault(a, esc(str(a)))
         tj = escaped.get(t) or escaped.setdefault(t, esc(str(t)))
@@ -137,10 +148,10 @@ def chain_rows(events: list[Item], seq: int, prev: str, key_id: str) -> list[tup
         digest.update(prev_raw)
         digest.update(
             f'{{"agent":{aj},"details":{details},"id":{esc(it.id)},"key_id":{key_j},"prev_hash":{prev_j},'
-            f'"principal":{pj},"seq":{seq},"ts_ns":{int(it.ts_ns)},"type":{tj}}}'.encode()
+            f'"principal":{pj},"seq":{seq},"ts_ns":{ts},"type":{tj}}}'.encode()
         )
         prev_raw = digest.digest()
         h = prev_raw.hex()
-        rows.append((seq, it.id, it.ts_ns, p, a, t, details, prev, h, "", key_id))
+        rows.append((seq, it.id, ts, p, a, t, details, prev, h, "", key_id))
         prev, prev_j = h, f'"{h}"'
     return rows

@@ -141,6 +141,7 @@ class AuditLog:
             self.checkpoint_export,
             wal_checkpoint_pages=max(1, int(wal_checkpoint_pages)),
             seal_idle_s=max(0.0, float(seal_idle_s)),
+            ts_floor=last.ts_ns if last else 0,
         )
         self._thread = threading.Thread(target=self._writer.run, name="symbi-audit-writer", daemon=True)
         self._thread.start()

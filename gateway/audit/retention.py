@@ -204,8 +204,7 @@ def plan_cut(conn: sqlite3.Connection, policy: RetentionPolicy, *, after: int, h
     cut = after
     if policy.retention_days is not None:
         horizon = now_ns - int(policy.retention_days * 86_400 * 1e9)
-        row = conn.execute("SELECT max(seq) FROM events WHERE ts_ns < ?", (horizon,)).fetchone()
-        cut = max(cut, int(row[0] or 0))
+        cut = max(cut, _last_before(conn, horizon))
     if policy.max_bytes is not None:
         pages, free, size = (
             conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size")
@@ -214,6 +213,18 @@ def plan_cut(conn: sqlite3.Connection, policy: RetentionPolicy, *, after: int, h
         if used > policy.max_bytes:
             cut = max(cut, _cut_for_bytes(conn, after, used - int(policy.max_bytes * _TARGET)))
     return min(cut, head - 1)
+
+
+def _last_before(conn: sqlite3.Connection, horizon: int) -> int:
+    """The last seq of a record older than ``horizon`` (0 if none): the rows before the first
+    seq at or after it in a log ordered by time (``store.seq_from``), else through the index."""
+    if store.has_ts_index(conn):
+        row = conn.execute("SELECT max(seq) FROM events WHERE ts_ns < ?", (horizon,)).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT max(seq) FROM events WHERE seq < ?", (store.seq_from(conn, horizon),)
+        ).fetchone()
+    return int(row[0] or 0)
 
 
 def _cut_for_bytes(conn: sqlite3.Connection, after: int, to_free: int) -> int:

@@ -103,6 +103,8 @@ class Writer:
     # flip: an fsync, a writer wake-up, ~0.3 ms of CPU). Nobody waits for these events; an
     # awaited event, a flush or a close ends the wait at once.
     linger_s: float = 0.05
+    # the head record's ts_ns: no record is stamped before it (``chain_rows``)
+    ts_floor: int = 0
     broken: AuditError | None = None
     # False once ``run`` has returned or raised: read by every event's ``AuditLog._check``
     # (``Thread.is_alive`` takes a lock and two calls)
@@ -266,7 +268,7 @@ class Writer:
         seq, prev = self.seq, self.head
         defer = not extra_sql
         try:
-            rows = chain_rows(events, seq, prev, self.key_id)
+            rows = chain_rows(events, seq, prev, self.key_id, self.ts_floor)
             seq, prev = rows[-1][0], rows[-1][8]
             if not defer:
                 rows[-1] = (*rows[-1][:9], self.signer.sign_hash(prev), self.key_id)
@@ -283,13 +285,14 @@ class Writer:
             return False
         old = self.seq
         self.seq, self.head, self.pending, self.unsigned_head = seq, prev, None, defer
+        self.ts_floor = rows[-1][2]
         # the audited calls' waiters first (their loops wake while this thread goes on)
         wake(events, [row[0] for row in rows], None)
         for row, it in zip(rows, events, strict=True):
             if it.future is not None:
                 resolve(it.future, row[0])
         # pages this commit wrote to the WAL: the rows' (about 200 bytes of columns besides the
-        # details each), the timestamp index's and the anchor's
+        # details each), the B-tree's inner page and the anchor's
         self.wal_pages += 3 + sum(len(r[6]) + 200 for r in rows) // 4096
         checkpoint = seq // self.checkpoint_every > old // self.checkpoint_every
         if defer and checkpoint:  # a signed record at least every checkpoint_every events

@@ -89,3 +89,34 @@ def test_rows_are_inserted_whole_and_in_order_whatever_their_number(tmp_path: Pa
     stored = [tuple(r) for r in store.iter_records(conn)]
     conn.close()
     assert stored == rows
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=2**62), min_size=1, max_size=16),
+    st.integers(min_value=0, max_value=2**62),
+)
+def test_a_clock_that_steps_back_never_stamps_a_record_before_the_one_before(
+    stamps: list[int], floor: int
+) -> None:
+    """Queries read a time window as a seq range (store.seq_from): the rows' ts_ns never decrease,
+    from the head's (floor) on, and the chain hash covers the time stamped, not the event's."""
+    items = [Item("event", "tool.call", "{}", None, None, "", ts) for ts in stamps]
+    rows = chain_rows(items, 0, GENESIS_HASH, "ed25519:0123", floor)
+    prev, expected = GENESIS_HASH, floor
+    for seq, (row, ts) in enumerate(zip(rows, stamps, strict=True), 1):
+        expected = max(expected, ts)
+        assert row[2] == expected
+        canon = record_bytes(
+            seq=seq,
+            id=row[1],
+            ts_ns=expected,
+            principal=None,
+            agent=None,
+            type="tool.call",
+            details_json="{}",
+            prev_hash=prev,
+            key_id="ed25519:0123",
+        )
+        assert row[8] == chain_hash(prev, canon)
+        prev = row[8]

@@ -21,6 +21,7 @@ from gateway.audit.retention import (
     RetentionPolicy,
     archive,
     iter_archived,
+    plan_cut,
     read_handoff,
     segments,
 )
@@ -247,3 +248,27 @@ def test_a_segment_left_by_a_run_that_did_not_commit_is_replaced(
         (11, 18),
     ]
     assert verify_archives(policy.archive_dir, log.path.name, _handoff(log.path), keys).ok
+
+
+@pytest.mark.parametrize(
+    ("stamps", "ts_index"),
+    [
+        ([10, 20, 20, 30, 40, 50], False),  # the writer's order: never decreasing along seq
+        ([10, 40, 20, 50, 30, 15], True),  # an older log with the ts index: any order
+    ],
+)
+@pytest.mark.parametrize("horizon", [5, 10, 11, 20, 21, 35, 50, 51, 99])
+def test_the_cut_for_age_is_the_last_record_older_than_the_horizon(
+    tmp_path: Path, stamps: list[int], ts_index: bool, horizon: int
+) -> None:
+    conn = store.open_writer(tmp_path / "a.db")
+    if ts_index:
+        conn.execute(store.TS_INDEX)
+    rows = [(seq, f"id{seq}", ts, None, None, "t", "{}", "", "", "", "k") for seq, ts in enumerate(stamps, 3)]
+    conn.executemany(store.INSERT, rows)  # seq 3.. (1 and 2 taken out before)
+    head = rows[-1][0]
+    policy = _policy(tmp_path, days=1.0)
+    cut = plan_cut(conn, policy, after=2, head=head, now_ns=horizon + DAY_NS)
+    conn.close()
+    older = [seq for seq, ts in enumerate(stamps, 3) if ts < horizon]
+    assert cut == min(max(older, default=2), head - 1)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit import AuditLog, store
 from gateway.audit.record import AuditRecord
@@ -78,6 +80,82 @@ def test_query_time_window_limit_and_order(events: sqlite3.Connection) -> None:
     assert seqs(q(events, newest_first=True, principal="alice")) == [1, 3, 7]
     record = q(events, principal="bob")[0]
     assert (record.type, record.principal, record.details["tool"]) == ("tool.call", "bob", "fs__write")
+
+
+def _log_of(
+    path: Path, stamps: list[int], *, first_seq: int = 1, ts_index: bool = False
+) -> sqlite3.Connection:
+    """A log holding one row per stamp from ``first_seq`` on (the rows before it taken out, as
+    retention does); with the old timestamp index when ``ts_index``. Unchained: queries read
+    what is stored, the verifier is not involved."""
+    conn = store.open_writer(path)
+    if ts_index:
+        conn.execute(store.TS_INDEX)
+    rows = [
+        (first_seq + i, f"id{i}", ts, "p", None, "t", "{}", "", "", "", "k") for i, ts in enumerate(stamps)
+    ]
+    conn.executemany(store.INSERT, rows)
+    return conn
+
+
+def _window(stamps: list[int], first_seq: int, since: int | None, until: int | None) -> list[int]:
+    return [
+        first_seq + i
+        for i, ts in enumerate(stamps)
+        if (since is None or ts >= since) and (until is None or ts < until)
+    ]
+
+
+_stamps = st.lists(st.integers(min_value=0, max_value=60), max_size=40)
+_bound = st.one_of(st.none(), st.integers(min_value=-1, max_value=62))
+
+
+@settings(max_examples=150, deadline=None)
+@given(_stamps, st.integers(min_value=1, max_value=5), _bound, _bound)
+def test_a_time_window_of_a_log_in_time_order_is_a_seq_range(
+    tmp_path_factory: pytest.TempPathFactory,
+    stamps: list[int],
+    first_seq: int,
+    since: int | None,
+    until: int | None,
+) -> None:
+    """A log the writer wrote (no ts index: timestamps never decrease along seq, equal ones
+    included) is searched by seq; every window holds exactly the records stamped inside it."""
+    stamps = sorted(stamps)
+    conn = _log_of(tmp_path_factory.mktemp("ordered") / "a.db", stamps, first_seq=first_seq)
+    assert not store.has_ts_index(conn)
+    assert seqs(store.query(conn, since_ns=since, until_ns=until)) == _window(stamps, first_seq, since, until)
+    if since is not None and stamps:  # (an empty log: 1, any window is empty)
+        inside = _window(stamps, first_seq, since, None)
+        assert store.seq_from(conn, since) == (inside[0] if inside else first_seq + len(stamps))
+    conn.close()
+
+
+@settings(max_examples=100, deadline=None)
+@given(_stamps, _bound, _bound)
+def test_a_log_with_the_ts_index_is_searched_by_time_whatever_its_order(
+    tmp_path_factory: pytest.TempPathFactory, stamps: list[int], since: int | None, until: int | None
+) -> None:
+    """An older log (the index present) may hold timestamps out of seq order (a clock stepped
+    back before the writer clamped it): its windows do not rely on the order."""
+    conn = _log_of(tmp_path_factory.mktemp("unordered") / "a.db", stamps, ts_index=True)
+    assert store.has_ts_index(conn)
+    assert seqs(store.query(conn, since_ns=since, until_ns=until)) == _window(stamps, 1, since, until)
+    conn.close()
+
+
+def test_new_logs_have_no_ts_index_and_older_logs_keep_theirs(tmp_path: Path) -> None:
+    conn = _log_of(tmp_path / "a.db", [5, 1, 9], ts_index=True)  # out of order, as an old log may be
+    conn.close()
+    conn = store.open_writer(tmp_path / "a.db")  # a new gateway continues it
+    assert store.has_ts_index(conn)
+    assert seqs(store.query(conn, since_ns=2, until_ns=6)) == [1]
+    conn.close()
+    fresh = store.open_writer(tmp_path / "b.db")
+    assert not store.has_ts_index(fresh)
+    assert store.seq_from(fresh, 0) == 1  # empty: any window is empty
+    assert store.query(fresh, since_ns=0) == []
+    fresh.close()
 
 
 def test_chain_paths_lists_the_base_then_its_numbered_siblings(tmp_path: Path) -> None:

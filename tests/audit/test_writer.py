@@ -345,3 +345,46 @@ def test_an_idle_writer_holds_no_lock(open_log: Callable[..., AuditLog], log_pat
     assert _eventually(lambda: _outside_write_lock(db))
     assert log.append("tool.call", {"n": 2}) == 2  # and the next event begins its own
     assert [r[0] for r in _rows(db)] == [1, 2]
+
+
+def test_a_wall_clock_that_steps_back_leaves_times_in_seq_order_and_windows_exact(
+    open_log: Callable[..., AuditLog], log_paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wall clock steps back (NTP, a VM restored) during a run and again after a restart:
+    no record is stamped before the one before it, so a query's time window (a seq range in a
+    log without the ts index) holds exactly the records stamped inside it, and the log verifies."""
+    import types
+
+    import gateway.audit.log as log_module
+
+    clock = iter([1_000, 2_000, 3_000, 1_500, 2_500, 2_000, 4_000, 3_500, 5_000, 6_000])
+    monkeypatch.setattr(log_module, "time", types.SimpleNamespace(time_ns=lambda: next(clock)))
+    log = open_log()
+    for i in range(5):
+        log.append("tool.call", {"i": i})
+    log.close()
+    log = open_log()  # a new writer starts from the head's time
+    for i in range(5, 10):
+        log.append("tool.call", {"i": i})
+    log.close()
+    conn = store.open_reader(log_paths[0])
+    stamps = [r.ts_ns for r in store.iter_records(conn)]
+    assert stamps == [1_000, 2_000, 3_000, 3_000, 3_000, 3_000, 4_000, 4_000, 5_000, 6_000]
+    assert not store.has_ts_index(conn)
+    for since, until in [
+        (None, 3_000),
+        (3_000, None),
+        (3_000, 4_001),
+        (2_500, 5_000),
+        (5_000, 5_001),
+        (7_000, None),
+        (3_000, 3_001),
+    ]:
+        got = [r.seq for r in store.query(conn, since_ns=since, until_ns=until)]
+        assert got == [
+            s
+            for s, ts in enumerate(stamps, 1)
+            if (since is None or ts >= since) and (until is None or ts < until)
+        ]
+    conn.close()
+    assert verify_log(log_paths[0], exported_public_keys(log_paths[1])).ok

@@ -12,7 +12,7 @@ import concurrent.futures
 import hashlib
 import os
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any, Literal
@@ -69,7 +69,7 @@ def _settle_waiters(results: list[tuple[asyncio.Future[Any], Any, BaseException 
                 fut.set_result(value)
 
 
-def wake(items: list[Item], values: list[Any] | None, exc: BaseException | None) -> None:
+def wake(items: list[Item], values: Sequence[Any] | None, exc: BaseException | None) -> None:
     """Resolve the asyncio waiters of ``items``, grouped by loop (one call_soon_threadsafe each)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
     for i, it in enumerate(items):
@@ -97,17 +97,32 @@ def resolve(
         pass
 
 
+# version 4 and the RFC 4122 variant (10xx), as uuid4 sets them: byte tables for bytes.translate
+_VERSION_4 = bytes(b & 0x0F | 0x40 for b in range(256))
+_VARIANT = bytes(b & 0x3F | 0x80 for b in range(256))
+# where each of an id's 32 hex digits goes among its 36 characters (8-4-4-4-12)
+_HEX_AT = [i + (i >= 8) + (i >= 12) + (i >= 16) + (i >= 20) for i in range(32)]
+# from this many ids on, a batch's are laid out by 32 strided copies (fixed cost ~20 us, then a
+# fraction of a microsecond per id) instead of five slices and a format per id
+_STRIDED_IDS = 16
+
+
 def new_ids(n: int) -> list[str]:
     """``n`` random UUID4 strings from one ``os.urandom`` call (``uuid.uuid4()`` makes one per id)."""
     raw = bytearray(os.urandom(16 * n))
-    # version 4 and the RFC 4122 variant (10xx), set on every id's bytes at once as uuid4 sets them
-    raw[6::16] = bytes(b & 0x0F | 0x40 for b in raw[6::16])
-    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_VARIANT)
     h = raw.hex()
-    return [
-        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
-        for i in range(0, 32 * n, 32)
-    ]
+    if n < _STRIDED_IDS:
+        return [
+            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+            for i in range(0, 32 * n, 32)
+        ]
+    hexed, out = h.encode(), bytearray(b"-" * (36 * n))
+    for src, dst in enumerate(_HEX_AT):
+        out[dst::36] = hexed[src::32]
+    text = out.decode()
+    return [text[i : i + 36] for i in range(0, 36 * n, 36)]
 
 
 def chain_rows(

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -187,12 +188,13 @@ class Writer:
         before it (the call's reply waited for both). Nothing acknowledged is delayed: an
         awaited event, a flush or a close ends the wait at once.
         """
-        batch = [self._take()]
-        awaited = is_awaited(batch[0])
+        item = self._take()
+        batch, get_nowait, room = [item], self.queue.get_nowait, self.batch_max - 1
+        awaited = is_awaited(item)
         deadline: float | None = None
-        while len(batch) < self.batch_max and batch[-1].kind == "event":
+        while room > 0 and item.kind == "event":
             try:
-                item = self.queue.get_nowait()
+                item = get_nowait()
             except queue.Empty:
                 if awaited:
                     break
@@ -206,6 +208,7 @@ class Writer:
                 except queue.Empty:
                     break
             batch.append(item)
+            room -= 1
             awaited = awaited or is_awaited(item)
         return batch
 
@@ -287,13 +290,14 @@ class Writer:
         self.seq, self.head, self.pending, self.unsigned_head = seq, prev, None, defer
         self.ts_floor = rows[-1][2]
         # the audited calls' waiters first (their loops wake while this thread goes on)
-        wake(events, [row[0] for row in rows], None)
-        for row, it in zip(rows, events, strict=True):
+        seqs = range(old + 1, seq + 1)  # the rows' seqs, without a list
+        wake(events, seqs, None)
+        for s, it in zip(seqs, events, strict=True):
             if it.future is not None:
-                resolve(it.future, row[0])
+                resolve(it.future, s)
         # pages this commit wrote to the WAL: the rows' (about 200 bytes of columns besides the
         # details each), the B-tree's inner page and the anchor's
-        self.wal_pages += 3 + sum(len(r[6]) + 200 for r in rows) // 4096
+        self.wal_pages += 3 + (sum(map(len, map(itemgetter(6), rows))) + 200 * len(rows)) // 4096
         checkpoint = seq // self.checkpoint_every > old // self.checkpoint_every
         if defer and checkpoint:  # a signed record at least every checkpoint_every events
             self.pending = (seq, self.signer.sign_hash(prev))

@@ -68,9 +68,10 @@ def test_every_row_hashes_its_record_bytes_and_links_the_one_before(
         prev = row[8]
 
 
-def test_ids_are_distinct_uuid4_strings() -> None:
-    ids = new_ids(500)
-    assert len(set(ids)) == 500
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 256, 500])  # formatted one by one, and strided
+def test_ids_are_distinct_uuid4_strings(n: int) -> None:
+    ids = new_ids(n)
+    assert len(set(ids)) == n
     for i in ids:
         u = uuid.UUID(i)
         assert str(u) == i and u.version == 4 and u.variant == uuid.RFC_4122

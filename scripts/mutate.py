@@ -83,6 +83,7 @@ GROUPS: tuple[Group, ...] = (
         (
             "tests/audit/test_verify.py",
             "tests/audit/test_verify_paths.py",
+            "tests/audit/test_verify_walk.py",
             "tests/audit/test_log.py",
             "tests/audit/test_keys.py",
         ),

@@ -31,6 +31,11 @@ after the warm-up, so start-up is not in it. ``function_calls_per_call_work`` le
 loops that wake on a timer (``background_loops``: the runtime's sweep, the approvals poll),
 whose share per call moves with the machine's load. ``--front --cprofile``: cProfile over the
 same calls instead, its top functions per call by own time and by number of calls.
+``--front --gc``: the garbage collector's runs over the same calls instead (no profiler):
+collections per generation, their pauses in CPU time, what survived by type, the cyclic
+garbage left (by type; a function by its name), the cost of one full collection, the
+thresholds and what is frozen. ``--front --strace``: the gateway process's system calls per
+call (``strace -c -f`` attached after the warm-up: every thread of it, not the upstream's).
 """
 
 from __future__ import annotations
@@ -43,17 +48,20 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import argparse
 import collections
 import cProfile
+import gc
 import json
 import os
 import pstats
+import signal
+import subprocess
 import tempfile
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
 import anyio
 
-from bench._common import bench_policy_data, echo_caller, echo_gateway
+from bench._common import bench_policy_data, echo_caller, echo_gateway, text_of
 from gateway.app import Gateway
 from gateway.logs import configure
 
@@ -233,25 +241,97 @@ class FrontCounter:
         }
 
 
-def serve_counted(out: str, argv: list[str], cprofile: bool = False) -> None:
+class GcWatch:
+    """The garbage collector's runs while counting (``gc.callbacks``, every thread): how many
+    per generation, their pauses (CPU time of the thread that collects: the wall clock of a
+    shared machine would add its queue), what they freed; no profiler runs beside it."""
+
+    def __init__(self) -> None:
+        self.runs: dict[int, list[float]] = collections.defaultdict(list)
+        self.collected = 0
+        self._began = 0.0
+        self.before: collections.Counter[str] = collections.Counter()
+        self.stats_before: list[dict[str, int]] = []
+
+    @staticmethod
+    def kinds(objects: list[Any]) -> collections.Counter[str]:
+        return collections.Counter(type(o).__qualname__ for o in objects)
+
+    def begin(self) -> None:
+        # no collection here: it would reset the count that decides the next full one
+        self.before = self.kinds(gc.get_objects())
+        self.stats_before = gc.get_stats()
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.thread_time()
+        else:
+            self.runs[info["generation"]].append(time.thread_time() - self._began)
+            self.collected += info["collected"]
+
+    def report(self, top: int = 12) -> dict[str, Any]:
+        """What ran, then what the calls left: objects kept (by type, against ``begin``'s
+        count) and the cyclic garbage a full collection finds now (by type)."""
+        gc.callbacks.remove(self)
+        pauses = sorted(p for runs in self.runs.values() for p in runs)
+        stats = gc.get_stats()
+        grown = self.kinds(gc.get_objects())
+        grown.subtract(self.before)
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        full = time.thread_time()
+        gc.collect()
+        full = time.thread_time() - full
+        # a function in a cycle by its name: the closure that makes the cycle
+        garbage = collections.Counter(
+            f"function {o.__qualname__} ({_short(o.__code__.co_filename)})"
+            if callable(o) and hasattr(o, "__code__")
+            else type(o).__qualname__
+            for o in gc.garbage
+        )
+        gc.set_debug(0)
+        gc.garbage.clear()
+        return {
+            "full_collection_cpu_ms": round(full * 1e3, 2),
+            "kept_by_type": dict(grown.most_common(top)),
+            "cyclic_garbage_by_type": dict(garbage.most_common(top)),
+            "collections": {str(g): len(self.runs[g]) for g in (0, 1, 2)},
+            "pause_cpu_ms_total": {str(g): round(sum(self.runs[g]) * 1e3, 3) for g in (0, 1, 2)},
+            "pause_cpu_ms_max": {str(g): round(max(self.runs[g], default=0.0) * 1e3, 3) for g in (0, 1, 2)},
+            "pauses_over_1ms": sum(p > 1e-3 for p in pauses),
+            "collected": self.collected,
+            "threshold": list(gc.get_threshold()),
+            "freeze_count": gc.get_freeze_count(),
+            "collections_before_counting": [s["collections"] for s in self.stats_before],
+            "collections_at_the_end": [s["collections"] for s in stats],
+            "tracked_objects": len(gc.get_objects()),
+        }
+
+
+def serve_counted(out: str, argv: list[str], cprofile: bool = False, gc_only: bool = False) -> None:
     """``symbi`` with ``argv`` in this process; SIGUSR1 starts counting the event-loop thread's
     calls, SIGUSR2 stops and writes the counts to ``out`` (raw; ``--front`` divides).
-    ``cprofile``: cProfile's statistics instead (``out`` + ``.pstats``), and its tables."""
-    import signal
-
+    ``cprofile``: cProfile's statistics instead (``out`` + ``.pstats``), and its tables.
+    ``gc_only``: the garbage collector's runs instead (``GcWatch``)."""
     from gateway.cli import main as symbi
 
     counter = FrontCounter()
     # the thread's CPU time, not the wall clock: a pipe write that wakes the peer is not ours
     profile = cProfile.Profile(time.thread_time_ns, 1e-9) if cprofile else None
+    watch = GcWatch()
 
     def start(signum: int, frame: object) -> None:
-        if profile is not None:
+        if gc_only:
+            watch.begin()
+        elif profile is not None:
             profile.enable()
         else:
             sys.setprofile(counter)
 
     def stop(signum: int, frame: object) -> None:
+        if gc_only:
+            Path(out).write_text(json.dumps({"gc": watch.report()}))
+            return
         if profile is not None:
             profile.disable()
             profile.dump_stats(out + ".pstats")
@@ -294,12 +374,55 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
+async def _echo_calls(session: Any, calls: int) -> None:
+    for i in range(calls):
+        r = await session.call_tool("everything__echo", {"message": f"m{i}"})
+        if text_of(r) != f"Echo: m{i}":
+            raise RuntimeError(f"unexpected reply {r}")
+
+
+class Strace:
+    """``strace -c -f`` attached to the gateway process (all its threads, not the upstream's
+    process, started before) while the block runs: system calls by name."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid = pid
+        self.out = out
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        self.proc = subprocess.Popen(["strace", "-c", "-f", "-p", str(self.pid), "-o", str(self.out)])
+        for _ in range(200):  # attached: the main thread says who traces it
+            status = Path(f"/proc/{self.pid}/status").read_text()
+            if "TracerPid:\t0\n" not in status:
+                break
+            time.sleep(0.01)
+        time.sleep(0.2)  # the other threads
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=30)
+
+    def per_call(self, calls: int) -> dict[str, float]:
+        """``strace -c``'s table: calls (and errors) per tool call, by system call."""
+        counts: dict[str, float] = {}
+        for line in self.out.read_text().splitlines():
+            cols = line.split()
+            if len(cols) >= 5 and cols[0][0].isdigit() and cols[3].isdigit() and cols[-1] != "total":
+                name = cols[-1]
+                counts[name] = round(int(cols[3]) / calls, 2)
+                if len(cols) == 6:
+                    counts[f"{name} (errors)"] = round(int(cols[4]) / calls, 2)
+        counts["total"] = round(sum(v for k, v in counts.items() if "(" not in k), 2)
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """The whole stdio path, as ``symbi mcp`` serves an SDK client: counted in the gateway's
     own process over ``--calls`` sequential calls after 30 warm-up calls."""
-    import signal
-
-    from bench._common import everything_toml, gateway_env, stdio_session, text_of, write_gateway_config
+    from bench._common import everything_toml, gateway_env, stdio_session, write_gateway_config
 
     servers = everything_toml("off" if args.checks_off else "tofu")
     extra = '[mcp]\ntool_verification = "off"\n' if args.checks_off else ""
@@ -314,7 +437,7 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "import os, sys, importlib.util as u; "
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
         f"s = u.spec_from_file_location('chain_ops', {__file__!r}); m = u.module_from_spec(s); "
-        f"s.loader.exec_module(m); m.serve_counted({str(out)!r}, sys.argv[1:], {args.cprofile!r})"
+        f"s.loader.exec_module(m); m.serve_counted({str(out)!r}, sys.argv[1:], {args.cprofile!r}, {args.gc!r})"
     )
     env = {
         **gateway_env(),
@@ -324,11 +447,16 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         pid = int(pid_file.read_text())
         for i in range(30):
             await s.call_tool("everything__echo", {"message": f"w{i}"})
+        if args.strace:
+            with Strace(pid, tmp / "strace.txt") as traced:
+                await _echo_calls(s, args.calls)
+            return {
+                "benchmark": "chain_ops --front --strace",
+                "settings": {"calls": args.calls, "checks_off": args.checks_off},
+                "syscalls_per_call": traced.per_call(args.calls),
+            }
         os.kill(pid, signal.SIGUSR1)
-        for i in range(args.calls):
-            r = await s.call_tool("everything__echo", {"message": f"m{i}"})
-            if text_of(r) != f"Echo: m{i}":
-                raise RuntimeError(f"unexpected reply {r}")
+        await _echo_calls(s, args.calls)
         os.kill(pid, signal.SIGUSR2)
         for _ in range(100):
             if _read(out):
@@ -336,6 +464,12 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             await anyio.sleep(0.05)
     raw = json.loads(_read(out))
     n = args.calls
+    if args.gc:
+        return {
+            "benchmark": "chain_ops --front --gc",
+            "settings": {"calls": n, "checks_off": args.checks_off},
+            **raw,
+        }
     if args.cprofile:
         return {
             "benchmark": "chain_ops --front --cprofile",
@@ -366,6 +500,16 @@ def main() -> None:
         "--cprofile",
         action="store_true",
         help="with --front: cProfile's top functions (own time, calls) instead of the counts",
+    )
+    ap.add_argument(
+        "--strace",
+        action="store_true",
+        help="with --front: the gateway process's system calls per call (strace -c -f)",
+    )
+    ap.add_argument(
+        "--gc",
+        action="store_true",
+        help="with --front: the garbage collector's runs and pauses over the calls (no profiler)",
     )
     args = ap.parse_args()
     if args.front:

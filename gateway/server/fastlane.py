@@ -190,8 +190,10 @@ class StdioLane:
         self._connection: Connection | None = None
         self._state: Any = None
         self._in_flight: dict[types.RequestId, tuple[anyio.CancelScope, LaneDispatch]] = {}
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        # the calls' tasks, by call: a task takes itself out by its call (asyncio.current_task
+        # is a loop lookup, a getpid system call each on Python 3.11)
+        self._tasks: dict[LaneDispatch, asyncio.Task[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the transport's, from attach
         self._write: Write | None = None
         self.taken = 0  # calls served by the lane (tests, bench)
 
@@ -209,7 +211,8 @@ class StdioLane:
         return result
 
     def attach(self, tg: anyio.abc.TaskGroup, write: Write) -> None:
-        self._tg, self._write = tg, write
+        self._write = write
+        self._loop = asyncio.get_running_loop()  # the lane is open from here on
         tg.start_soon(self._hold)
 
     async def _hold(self) -> None:
@@ -224,7 +227,7 @@ class StdioLane:
                 scope.cancel()
             if self._tasks:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_SHUTDOWN_S):
-                    await asyncio.wait(list(self._tasks))
+                    await asyncio.wait(list(self._tasks.values()))
 
     def offer_now(self, line: bytes) -> bool:
         """``offer`` from the transport's read callback (``gateway.compat.tap_lines``), a turn of
@@ -236,8 +239,8 @@ class StdioLane:
 
     def offer(self, line: bytes) -> bool:
         """Serve ``line`` in the lane (True), or leave it to the SDK (False)."""
-        conn = self._connection
-        if self._tg is None or conn is None or not conn.initialize_accepted:
+        conn, loop = self._connection, self._loop
+        if loop is None or conn is None or not conn.initialize_accepted:
             return False
         if b"notifications/cancelled" in line:
             self._cancelled(line)
@@ -257,7 +260,7 @@ class StdioLane:
         dctx = LaneDispatch(conn, rid, token)
         scope = anyio.CancelScope()
         self._in_flight[key] = (scope, dctx)
-        self._tasks.add(asyncio.get_running_loop().create_task(self._run(conn, key, scope, dctx, params)))
+        self._tasks[dctx] = loop.create_task(self._run(conn, key, scope, dctx, params))
         self.taken += 1
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug("tools/call %r in the fast lane", rid)
@@ -310,7 +313,7 @@ class StdioLane:
         finally:
             dctx.finish()
             # no done-callback (a loop turn per call): the task takes itself out of _tasks
-            self._tasks.discard(asyncio.current_task())
+            self._tasks.pop(dctx, None)
 
     async def _answer(
         self, conn: Connection, dctx: LaneDispatch, params: dict[str, Any]

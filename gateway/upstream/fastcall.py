@@ -54,8 +54,8 @@ class _Waiter:
 
     __slots__ = ("deadline", "done", "on_progress", "outcome")
 
-    def __init__(self, on_progress: ProgressFn | None) -> None:
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_progress: ProgressFn | None) -> None:
+        self.done: asyncio.Future[None] = loop.create_future()
         self.outcome: dict[str, Any] | MCPError | None = None
         self.on_progress = on_progress
         self.deadline = math.inf  # loop time; set once the request is written
@@ -76,14 +76,15 @@ class _Deadlines:
     (``gateway.deadlines.EarliestTimer``): every waiter whose deadline has come fails with
     ``TimeoutError``, as ``call_later(timeout, _expire)`` would fail it."""
 
-    __slots__ = ("_pending", "_timer")
+    __slots__ = ("_loop", "_pending", "_timer")
 
-    def __init__(self, pending: dict[int, _Waiter]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pending: dict[int, _Waiter]) -> None:
+        self._loop = loop
         self._pending = pending
         self._timer = EarliestTimer(self._expire)
 
     def start(self, waiter: _Waiter, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter.deadline = deadline = loop.time() + timeout
         self._timer.include(loop, deadline)
 
@@ -107,7 +108,10 @@ class FastLane:
         self._send = send
         self._ids = itertools.count(FIRST_ID)
         self._pending: dict[int, _Waiter] = {}
-        self._deadlines = _Deadlines(self._pending)
+        # the connection's loop, for its whole life (its pipes are bound to it): looked up once,
+        # not per call (asyncio.get_running_loop is a getpid system call on Python 3.11)
+        self._loop = asyncio.get_running_loop()
+        self._deadlines = _Deadlines(self._loop, self._pending)
         self._closed = False
 
     @property
@@ -134,7 +138,7 @@ class FastLane:
             line = orjson.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": out}) + b"\n"
         except orjson.JSONEncodeError:
             return None
-        waiter = _Waiter(on_progress)
+        waiter = _Waiter(self._loop, on_progress)
         self._pending[rid] = waiter
         written = False
         try:

@@ -132,3 +132,54 @@ def test_rows_and_records_verify_alike(varied_log, full: bool, edit: tuple | Non
     if edit is not None:
         assert plain.problem is not None and plain.problem.seq == 17
         assert (plain.last_seq, plain.events) == (16, 16)
+
+
+def test_the_result_as_json_names_every_field(varied_log) -> None:
+    """``symbi audit verify --json`` prints ``as_dict``: every field under its own name."""
+    db, keys = varied_log
+    res = verify_log(db, keys)
+    assert res.as_dict() == {
+        "ok": True,
+        "events": 40,
+        "last_seq": 40,
+        "head_hash": _rows(db)[-1][8],
+        "signatures_checked": res.signatures_checked,
+        "key_ids": sorted(keys),
+        "anchors_checked": res.anchors_checked,
+        "anchored": False,
+        "problem": None,
+    }
+    assert res.signatures_checked > 0 and res.anchors_checked > 0
+    _set(db, 17, "details", '{"n":16}')
+    bad = verify_log(db, keys)
+    assert bad.problem is not None
+    assert bad.as_dict() == {
+        "ok": False,
+        "events": 16,
+        "last_seq": 16,
+        "head_hash": _rows(db)[15][8],
+        "signatures_checked": bad.signatures_checked,
+        "key_ids": [],
+        "anchors_checked": 0,
+        "anchored": False,
+        "problem": {"seq": 17, "kind": "changed", "message": bad.problem.message},
+    }
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_records_ending_unsigned_at_a_vouched_hash_verify_and_elsewhere_are_truncated(
+    varied_log, full: bool
+) -> None:
+    """An archive segment may end on unsigned records: its seal's signature vouches for its last
+    hash (``vouched_tail``); any other hash there leaves them unvouched."""
+    db, keys = varied_log
+    rows = _rows(db)
+    end = max(r[0] for r in rows if not r[9])  # the log's last unsigned record (the head is signed)
+    head = rows[:end]
+    first_unvouched = 1 + max((r[0] for r in head if r[9]), default=0)
+    ok = verify_records(head, keys, all_signatures=full, vouched_tail=head[-1][8])
+    assert ok.ok and (ok.events, ok.last_seq, ok.head_hash) == (end, end, head[-1][8])
+    for tail in (None, head[-2][8], head[-1][9]):
+        res = verify_records(head, keys, all_signatures=full, vouched_tail=tail)
+        assert res.problem is not None
+        assert (res.problem.seq, res.problem.kind) == (first_unvouched, "truncated")

@@ -220,3 +220,34 @@ def test_an_export_with_a_record_moved_and_renumbered_is_reordered(written_log, 
     lines[3]["seq"], lines[4]["seq"] = 4, 5  # renumbered to hide the move
     _write(out, lines)
     assert _problem(verify_jsonl(out, keys)) == (4, "reordered")
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_a_trusted_key_taking_over_without_a_rotation_is_inserted(full: bool) -> None:
+    """Both keys are trusted, but only a rotation event makes B the key that signs next."""
+    a, b = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    recs = _chain([(a, True), (a, True), (b, True)])
+    assert _problem(verify_records(recs, _keys(a, b), all_signatures=full)) == (3, "inserted")
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_an_unsigned_first_record_of_an_untrusted_key_is_inserted_at_once(full: bool) -> None:
+    a, c = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    recs = _chain([(c, False), (c, True)])
+    assert _problem(verify_records(recs, _keys(a), all_signatures=full)) == (1, "inserted")
+
+
+def test_a_log_ending_on_its_rotation_checks_that_signature_once_in_fast_mode() -> None:
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    first = _rec(1, GENESIS_HASH, old)
+    details = {
+        "old_key_id": _kid(old),
+        "new_key_id": _kid(new),
+        "new_public_key": public_pem(new.public_key()),
+        "proof": base64.b64encode(new.sign(rotation_message(_kid(old), _kid(new)))).decode("ascii"),
+    }
+    rot = _rec(2, first.chain_hash, old, type=ROTATION_EVENT, details=details)
+    fast = verify_records([first, rot], _keys(old), all_signatures=False).check()
+    full = verify_records([first, rot], _keys(old)).check()
+    assert (fast.signatures_checked, full.signatures_checked) == (1, 2)
+    assert fast.key_ids == full.key_ids == sorted(_keys(old, new))

@@ -14,6 +14,7 @@ the gVisor tier never uses a pids limit below 512 and relies on the memory limit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -62,6 +63,40 @@ def docker_client() -> Any:
                 raise SandboxUnavailable(f"Docker daemon not reachable: {e}") from e
             _client = c
         return _client
+
+
+class _Stopper:
+    """Kills one container once, from any thread; ``reasons`` holds why (the first stop)."""
+
+    def __init__(self, client: Any, cid: str) -> None:
+        self.client, self.cid = client, cid
+        self.reasons: list[KilledReason] = []
+
+    def __call__(self, reason: KilledReason) -> None:
+        # Called from the attach pump on an output flood: kill on another thread so
+        # the pump keeps draining (runsc's kill can wait on a blocked stdout pipe).
+        if not self.reasons:
+            self.reasons.append(reason)
+            threading.Thread(target=self._kill, name="sandbox-kill", daemon=True).start()
+
+    def _kill(self) -> None:
+        with contextlib.suppress(Exception):  # it already exited: nothing to stop
+            self.client.api.kill(self.cid)
+
+
+def _stdio_mounts(dirs: list[str], hidden: Sequence[str]) -> list[str]:
+    """Read-only binds of the server's own directories, with the gateway's files masked."""
+    argv: list[str] = []
+    for d in dirs:
+        argv += ["-v", f"{d}:{d}:ro"]
+    for path, is_dir in masked_paths(dirs, hidden):  # the gateway's own files: never visible
+        # --mount (not --tmpfs) so it is ordered after the bind that holds it
+        argv += (
+            ["--mount", f"type=tmpfs,destination={path},tmpfs-size=4096,tmpfs-mode=0555"]
+            if is_dir
+            else ["-v", f"/dev/null:{path}:ro"]
+        )
+    return argv
 
 
 class DockerTier(SandboxTier):
@@ -187,21 +222,7 @@ class DockerTier(SandboxTier):
         ``trailer``: a warm-pool runner reports the exit code at the end of stderr, so a
         clean exit is known at EOF without waiting for Docker's exit event.
         """
-        stopped: list[KilledReason] = []
-
-        def kill() -> None:
-            try:
-                client.api.kill(cid)
-            except Exception:  # noqa: BLE001, S110 - it already exited: nothing to stop
-                pass
-
-        def stop(reason: KilledReason) -> None:
-            # Called from the attach pump on an output flood: kill on another thread so
-            # the pump keeps draining (runsc's kill can wait on a blocked stdout pipe).
-            if not stopped:
-                stopped.append(reason)
-                threading.Thread(target=kill, name="sandbox-kill", daemon=True).start()
-
+        stop = _Stopper(client, cid)
         kind = TrailerBuffer if trailer else CappedBuffer
         out, err = (
             kind(limits.output_bytes, lambda: stop("output")),
@@ -213,6 +234,22 @@ class DockerTier(SandboxTier):
                 client.api.start(cid)
             except Exception as e:
                 raise SandboxError(f"cannot start the {self.name} container: {e}") from e
+        code = self._wait_for_exit(stop, pump, out, err, limits)
+        return SandboxResult(
+            exit_code=code,
+            stdout=out.value(),
+            stderr=err.value(),
+            stdout_truncated=out.truncated,
+            stderr_truncated=err.truncated,
+            killed=self._killed_reason(stop, code),
+            tier=self.name,
+            duration_s=time.monotonic() - start,
+        )
+
+    def _wait_for_exit(
+        self, stop: _Stopper, pump: threading.Thread, out: CappedBuffer, err: CappedBuffer, limits: Limits
+    ) -> int:
+        """The exit code, stopped at the time limit; a warm runner's clean exit is its trailer's."""
         timer = threading.Timer(limits.timeout_s, lambda: stop("timeout"))
         timer.daemon = True
         timer.start()
@@ -224,8 +261,8 @@ class DockerTier(SandboxTier):
         try:
             status = (
                 {"StatusCode": fast}
-                if fast == 0 and not stopped
-                else client.api.wait(cid, timeout=limits.timeout_s + 30)
+                if fast == 0 and not stop.reasons
+                else stop.client.api.wait(stop.cid, timeout=limits.timeout_s + 30)
             )
         except Exception as e:
             stop("timeout")
@@ -234,29 +271,24 @@ class DockerTier(SandboxTier):
             timer.cancel()
         pump.join(timeout=2.0)
         code = int(status.get("StatusCode", -1))
-        if fast is not None and not stopped:
+        if fast is not None and not stop.reasons:
             code = fast  # the payload's code (the runner exits with it too)
-        killed: KilledReason = stopped[0] if stopped else "none"
+        return code
+
+    def _killed_reason(self, stop: _Stopper, code: int) -> KilledReason:
+        """Why the run ended: our own stop first, else the memory or pids limit's kill."""
+        killed: KilledReason = stop.reasons[0] if stop.reasons else "none"
         if killed == "none" and code != 0:  # a clean exit needs no post-mortem
-            state = client.api.inspect_container(cid)["State"]
-            # A SIGKILL we did not send (ours are in ``stopped``) is the memory limit's: runsc
+            state = stop.client.api.inspect_container(stop.cid)["State"]
+            # A SIGKILL we did not send (ours are in ``stop.reasons``) is the memory limit's: runsc
             # reports the sandbox OOM kill only as 137, and Docker 20.10 sets OOMKilled only
             # when containerd saw the OOM before the exit (on a loaded machine: 137, a memcg
             # OOM kill in dmesg, OOMKilled false), like the hosted runtime's removed container.
             if state.get("OOMKilled") or code == 137:
                 killed = "memory"
-            elif code != 0 and self._pids_hit(cid):
+            elif code != 0 and self._pids_hit(stop.cid):
                 killed = "pids"
-        return SandboxResult(
-            exit_code=code,
-            stdout=out.value(),
-            stderr=err.value(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            killed=killed,
-            tier=self.name,
-            duration_s=time.monotonic() - start,
-        )
+        return killed
 
     @staticmethod
     def _pids_hit(cid: str) -> bool:
@@ -308,12 +340,17 @@ class DockerTier(SandboxTier):
         cli = shutil.which("docker")
         if cli is None:
             raise SandboxUnavailable("the docker CLI is not installed")
+        argv = [cli, "run", "-i", "--rm", *self._locked_down_flags(limits)]
+        argv += _stdio_mounts(read_only_binds(command, args, cwd), hidden)
+        for k, v in {**SANDBOX_ENV, **env}.items():
+            argv += ["-e", f"{k}={v}"]
+        argv += ["-w", str(Path(cwd).resolve()) if cwd else "/tmp", self.image, command, *args]
+        return argv
+
+    def _locked_down_flags(self, limits: Limits) -> list[str]:
+        """``docker run`` flags for the same lock-down and limits as ``_host_config``."""
         mem = f"{limits.memory_mb}m"
-        argv = [
-            cli,
-            "run",
-            "-i",
-            "--rm",
+        return [
             f"--runtime={self.runtime}",
             "--network=none",
             "--read-only",
@@ -342,20 +379,6 @@ class DockerTier(SandboxTier):
             "-v",
             "/usr:/usr:ro",
         ]
-        dirs = read_only_binds(command, args, cwd)
-        for d in dirs:
-            argv += ["-v", f"{d}:{d}:ro"]
-        for path, is_dir in masked_paths(dirs, hidden):  # the gateway's own files: never visible
-            # --mount (not --tmpfs) so it is ordered after the bind that holds it
-            argv += (
-                ["--mount", f"type=tmpfs,destination={path},tmpfs-size=4096,tmpfs-mode=0555"]
-                if is_dir
-                else ["-v", f"/dev/null:{path}:ro"]
-            )
-        for k, v in {**SANDBOX_ENV, **env}.items():
-            argv += ["-e", f"{k}={v}"]
-        argv += ["-w", str(Path(cwd).resolve()) if cwd else "/tmp", self.image, command, *args]
-        return argv
 
     # -- housekeeping -------------------------------------------------------------------
     def _ours(self) -> list[Any]:

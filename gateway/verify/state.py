@@ -79,6 +79,21 @@ class ToolRecord:
         }
 
 
+@dataclass(frozen=True)
+class _Sighting:
+    """One tool as ``ToolStateStore.observe`` writes it (``text``: its definition's JSON)."""
+
+    upstream: str
+    name: str
+    namespaced: str
+    definition_hash: str
+    text: str
+    status: str
+    reason: str | None
+    key_fingerprint: str | None
+    now: float
+
+
 class ToolStates(Protocol):
     """Where tool records, approvals and revocations live: ``ToolStateStore`` (SQLite, one
     gateway) or ``gateway.state.postgres.PgToolStateStore`` (shared by replicas)."""
@@ -137,9 +152,7 @@ class ToolStateStore:
 
     def get(self, upstream: str, name: str) -> ToolRecord | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)
-            ).fetchone()
+            row = self._select(upstream, name)
         return record_from_row(row) if row else None
 
     def find(self, namespaced: str) -> ToolRecord | None:
@@ -166,71 +179,79 @@ class ToolStateStore:
         pin_if_new: bool,
     ) -> tuple[ToolRecord | None, ToolRecord]:
         """Record what the gateway sees now; returns (before, after)."""
-        now = time.time()
         text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
+        seen = _Sighting(
+            upstream, name, namespaced, definition_hash, text, status, reason, key_fingerprint, time.time()
+        )
         # one write transaction: gateways sharing the data dir (stdio clients each start one)
         # pin first use once; the loser sees the winner's row and compares against it
         with self._lock, write_transaction(self._db):
-            row = self._db.execute(
-                "SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)
-            ).fetchone()
+            row = self._select(upstream, name)
             before = record_from_row(row) if row else None
             if before is None:
-                approved = (definition_hash, text) if pin_if_new else (None, None)
-                self._db.execute(
-                    "INSERT INTO tools (upstream, name, namespaced, current_hash, current_definition, approved_hash,"
-                    " approved_definition, status, reason, key_fingerprint, first_seen, last_seen, changed_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
-                    (
-                        upstream,
-                        name,
-                        namespaced,
-                        definition_hash,
-                        text,
-                        *approved,
-                        status,
-                        reason,
-                        key_fingerprint,
-                        now,
-                        now,
-                    ),
-                )
+                self._insert_first(seen, pin_if_new)
             else:
-                changed = before.current_hash != definition_hash
-                approved_hash = before.approved_hash
-                approved_def = (
-                    json.dumps(before.approved_definition, sort_keys=True)
-                    if before.approved_definition
-                    else None
-                )
-                if approved_hash is None and pin_if_new:
-                    approved_hash, approved_def = definition_hash, text
-                self._db.execute(
-                    "UPDATE tools SET namespaced=?, current_hash=?, current_definition=?, approved_hash=?,"
-                    " approved_definition=?, status=?, reason=?, key_fingerprint=?, present=1, last_seen=?,"
-                    " changed_at=CASE WHEN ? THEN ? ELSE changed_at END WHERE upstream=? AND name=?",
-                    (
-                        namespaced,
-                        definition_hash,
-                        text,
-                        approved_hash,
-                        approved_def,
-                        status,
-                        reason,
-                        key_fingerprint,
-                        now,
-                        changed,
-                        now,
-                        upstream,
-                        name,
-                    ),
-                )
-            after = record_from_row(
-                self._db.execute(
-                    "SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)
-                ).fetchone()
-            )
+                self._update_seen(seen, before, pin_if_new)
+            after = record_from_row(self._select(upstream, name))
         return before, after
+
+    def _select(self, upstream: str, name: str) -> Any:
+        """The tool's row, or None (the caller holds the lock)."""
+        return self._db.execute(
+            "SELECT * FROM tools WHERE upstream=? AND name=?", (upstream, name)
+        ).fetchone()
+
+    def _insert_first(self, seen: _Sighting, pin_if_new: bool) -> None:
+        """A tool seen for the first time; its definition is the approved one if pinned now."""
+        approved = (seen.definition_hash, seen.text) if pin_if_new else (None, None)
+        self._db.execute(
+            "INSERT INTO tools (upstream, name, namespaced, current_hash, current_definition, approved_hash,"
+            " approved_definition, status, reason, key_fingerprint, first_seen, last_seen, changed_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
+            (
+                seen.upstream,
+                seen.name,
+                seen.namespaced,
+                seen.definition_hash,
+                seen.text,
+                *approved,
+                seen.status,
+                seen.reason,
+                seen.key_fingerprint,
+                seen.now,
+                seen.now,
+            ),
+        )
+
+    def _update_seen(self, seen: _Sighting, before: ToolRecord, pin_if_new: bool) -> None:
+        """A known tool seen again: an approval it has is kept, a missing one pinned if asked."""
+        changed = before.current_hash != seen.definition_hash
+        approved_hash = before.approved_hash
+        approved_def = (
+            json.dumps(before.approved_definition, sort_keys=True) if before.approved_definition else None
+        )
+        if approved_hash is None and pin_if_new:
+            approved_hash, approved_def = seen.definition_hash, seen.text
+        self._db.execute(
+            "UPDATE tools SET namespaced=?, current_hash=?, current_definition=?, approved_hash=?,"
+            " approved_definition=?, status=?, reason=?, key_fingerprint=?, present=1, last_seen=?,"
+            " changed_at=CASE WHEN ? THEN ? ELSE changed_at END WHERE upstream=? AND name=?",
+            (
+                seen.namespaced,
+                seen.definition_hash,
+                seen.text,
+                approved_hash,
+                approved_def,
+                seen.status,
+                seen.reason,
+                seen.key_fingerprint,
+                seen.now,
+                changed,
+                seen.now,
+                seen.upstream,
+                seen.name,
+            ),
+        )
 
     def has_approved(self, upstream: str) -> bool:
         """Whether any tool of ``upstream`` was ever approved (pinned, signed or by a person)."""

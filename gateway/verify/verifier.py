@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,19 @@ if TYPE_CHECKING:
 _logger = logging.getLogger("symbi.verify")
 
 META_KEY = "_meta"
+
+
+@dataclass(frozen=True)
+class _UpstreamTrust:
+    """What one upstream's tools are checked against: its verification mode, its approved
+    manifest and its discovered keys (or why either could not be had)."""
+
+    mode: str
+    domain: str | None
+    manifest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    manifest_error: str | None = None
+    snapshot: KeySnapshot | None = None
+    snap_error: str | None = None
 
 
 def load_org_keys(config: Config) -> list[KeySnapshot]:
@@ -217,24 +230,14 @@ class ToolVerifier:
                     snapshot = await self._resolver.resolve(srv.domain)
             except (SchemaPinError, TimeoutError) as e:
                 snap_error = f"key discovery for {srv.domain} failed: {e}"
+        trust = _UpstreamTrust(mode, srv.domain, manifest, manifest_error, snapshot, snap_error)
         # The tool state is PostgreSQL with [state] postgres_url: a server that does not answer
         # holds a worker thread for up to state.timeout_s per query, never the event loop (every
         # other call, /healthz). Its events are collected there and emitted here, on the loop.
         pending: list[tuple[Event, dict[str, Any]]] = []
         try:
             return await anyio.to_thread.run_sync(
-                lambda: self._assess_with_state(
-                    upstream,
-                    entries,
-                    present,
-                    mode,
-                    srv.domain,
-                    manifest,
-                    manifest_error,
-                    snapshot,
-                    snap_error,
-                    pending,
-                )
+                lambda: self._assess_with_state(upstream, entries, present, trust, pending)
             )
         finally:
             for kind, details in pending:
@@ -245,12 +248,7 @@ class ToolVerifier:
         upstream: str,
         entries: list[ToolInfo],
         present: set[str] | None,
-        mode: str,
-        domain: str | None,
-        manifest: dict[str, dict[str, Any]],
-        manifest_error: str | None,
-        snapshot: KeySnapshot | None,
-        snap_error: str | None,
+        trust: _UpstreamTrust,
         pending: list[tuple[Event, dict[str, Any]]],
     ) -> list[ToolInfo]:
         """The blocking part of ``_assess_upstream`` (in a worker thread): reads and writes the
@@ -260,10 +258,7 @@ class ToolVerifier:
             # once a listing of this upstream was approved, a tool it adds later waits for a person
             established = self.state.has_approved(upstream)
             for tool in entries:
-                info = self._assess_one(
-                    tool, mode, domain, manifest, manifest_error, snapshot, snap_error, established, pending
-                )
-                out.append(info)
+                out.append(self._assess_one(tool, trust, established, pending))
             listed = present if present is not None else {t.original_name for t in entries}
             for gone in self.state.mark_absent(upstream, listed):
                 pending.append(
@@ -275,18 +270,13 @@ class ToolVerifier:
         except StateUnavailable as e:
             # approvals shared by replicas cannot be read: no tool of this upstream is admitted
             _logger.error("upstream %s: %s", upstream, e.message)
-            return [_with(t, "unavailable", e.message, None, None, mode) for t in entries]
+            return [_with(t, "unavailable", e.message, None, None, trust.mode) for t in entries]
         return out
 
     def _assess_one(
         self,
         info: ToolInfo,
-        mode: str,
-        domain: str | None,
-        manifest: dict[str, dict[str, Any]],
-        manifest_error: str | None,
-        snapshot: KeySnapshot | None,
-        snap_error: str | None,
+        trust: _UpstreamTrust,
         established: bool,
         pending: list[tuple[Event, dict[str, Any]]],
     ) -> ToolInfo:
@@ -294,11 +284,43 @@ class ToolVerifier:
         # The signature covers the definition without _meta (the carrier); the approved hash
         # covers everything a client is shown: _meta too, less exactly the signature key.
         approved_form = approved_definition(info.definition)
+        mode = trust.mode
         try:
             h = definition_hash(approved_form)
         except SchemaPinError as e:
             return _with(info, "failed", f"definition cannot be canonicalised: {e}", None, None, mode)
         before = self.state.get(info.upstream, info.original_name)
+        status, reason, fp, approve_now = self._verdict(
+            info, trust, definition, signature, before, approved_form, h
+        )
+        late = (
+            established
+            and (before is None or before.approved_hash is None)
+            and status in ("pinned", "verified")
+        )
+        if late and not (info.original_name in trust.manifest and signature is None):
+            # added after the upstream's first approved listing: pending (an org-signed manifest
+            # entry is a person's approval already)
+            status, approve_now = "unverified", False
+            reason = (
+                "new tool since the upstream's first approved listing: pending until `symbi tools approve`"
+            )
+        self._record(info, mode, before, approved_form, h, status, reason, fp, approve_now, pending)
+        return _with(info, status, reason if status != "verified" else None, fp, h, mode)
+
+    def _verdict(
+        self,
+        info: ToolInfo,
+        trust: _UpstreamTrust,
+        definition: dict[str, Any],
+        signature: str | None,
+        before: ToolRecord | None,
+        approved_form: dict[str, Any],
+        h: str,
+    ) -> tuple[str, str | None, str | None, bool]:
+        """(status, reason, key fingerprint, approve now) of one definition under its
+        upstream's mode, before the hold on tools added to an approved listing."""
+        mode = trust.mode
         status: str
         reason: str | None
         fp: str | None
@@ -310,35 +332,35 @@ class ToolVerifier:
             status, reason = "revoked", "revoked by a security team (symbi tools revoke)"
         elif signature is not None:
             status, reason, fp = self._signed_status(
-                info, definition, signature, mode, domain, snapshot, snap_error, before, approved_form, h
+                info,
+                definition,
+                signature,
+                mode,
+                trust.domain,
+                trust.snapshot,
+                trust.snap_error,
+                before,
+                approved_form,
+                h,
             )
             approve_now = status == "verified"
-        elif info.original_name in manifest:
+        elif info.original_name in trust.manifest:
             status, reason, fp = check_manifest(
-                manifest[info.original_name], h, snapshot, org_keys=self._org_keys, config=self._config
+                trust.manifest[info.original_name],
+                h,
+                trust.snapshot,
+                org_keys=self._org_keys,
+                config=self._config,
             )
             approve_now = status == "verified"
-        elif manifest_error is not None:
-            status, reason = "failed", manifest_error
+        elif trust.manifest_error is not None:
+            status, reason = "failed", trust.manifest_error
         elif mode in ("tofu", "warn") and before is not None and before.approved_hash not in (None, h):
             # an approved definition that changed: blocked under tofu, marked (not blocked) under warn
             status, reason = "drifted", drift_reason(before.approved_hash, h)
         elif mode == "tofu":
             status, reason = "pinned", "definition pinned on first use"
-        late = (
-            established
-            and (before is None or before.approved_hash is None)
-            and status in ("pinned", "verified")
-        )
-        if late and not (info.original_name in manifest and signature is None):
-            # added after the upstream's first approved listing: pending (an org-signed manifest
-            # entry is a person's approval already)
-            status, approve_now = "unverified", False
-            reason = (
-                "new tool since the upstream's first approved listing: pending until `symbi tools approve`"
-            )
-        self._record(info, mode, before, approved_form, h, status, reason, fp, approve_now, pending)
-        return _with(info, status, reason if status != "verified" else None, fp, h, mode)
+        return status, reason, fp, approve_now
 
     def _signed_status(
         self,

@@ -151,6 +151,27 @@ class _Bm25Index:
         return [(int(i), float(scores[i])) for i in order if scores[i] > 0]
 
 
+def _merge_hits(
+    vec_hits: Sequence[KnowledgeItem], kw_hits: Sequence[KnowledgeItem], phrases: Sequence[str]
+) -> tuple[dict[str, KnowledgeItem], dict[str, dict[str, int]]]:
+    """The candidates by id, each with the scores of both searches, and each one's rank in
+    either list; a candidate without every quoted phrase is dropped."""
+    cands: dict[str, KnowledgeItem] = {}
+    ranks: dict[str, dict[str, int]] = {}
+    for name, hits in (("vector", vec_hits), ("bm25", sorted(kw_hits, key=lambda h: -h.scores["bm25"]))):
+        for r, h in enumerate(hits):
+            ranks.setdefault(h.id, {})[name] = r
+            prev = cands.get(h.id)
+            cands[h.id] = (
+                h
+                if prev is None
+                else KnowledgeItem(**{**prev.__dict__, "scores": {**prev.scores, **h.scores}})
+            )
+    if phrases:  # quoted phrases must appear
+        cands = {k: v for k, v in cands.items() if all(p in v.text.lower() for p in phrases)}
+    return cands, ranks
+
+
 class RagPipeline:
     def __init__(self, manager: ContextManager) -> None:
         self.m = manager
@@ -211,33 +232,12 @@ class RagPipeline:
         t["vector_search"] = clock() - s
 
         s = clock()
-        kw_hits: list[KnowledgeItem] = []
-        if (
-            hybrid and q.wants_keywords and not filters
-        ):  # BM25 indexes whole bases; filtered queries stay vector-only
-            for b in bases:
-                idx = self._index(b)
-                if idx is None:
-                    continue
-                for i, score in idx.top(q.keywords, n_cand):
-                    item = knowledge_item(idx.ids[i], idx.payloads[i], 0.0)
-                    kw_hits.append(KnowledgeItem(**{**item.__dict__, "scores": {"bm25": score}}))
+        # BM25 indexes whole bases: filtered queries stay vector-only
+        kw_hits = self._keyword_hits(q, bases, n_cand) if hybrid and q.wants_keywords and not filters else []
         t["keyword_search"] = clock() - s
 
         s = clock()
-        cands: dict[str, KnowledgeItem] = {}
-        ranks: dict[str, dict[str, int]] = {}
-        for name, hits in (("vector", vec_hits), ("bm25", sorted(kw_hits, key=lambda h: -h.scores["bm25"]))):
-            for r, h in enumerate(hits):
-                ranks.setdefault(h.id, {})[name] = r
-                prev = cands.get(h.id)
-                cands[h.id] = (
-                    h
-                    if prev is None
-                    else KnowledgeItem(**{**prev.__dict__, "scores": {**prev.scores, **h.scores}})
-                )
-        if q.phrases:  # quoted phrases must appear
-            cands = {k: v for k, v in cands.items() if all(p in v.text.lower() for p in q.phrases)}
+        cands, ranks = _merge_hits(vec_hits, kw_hits, q.phrases)
         vectors = {
             p.id: np.asarray(p.vector, dtype=np.float32)
             for p in self.m.store.retrieve(list(cands), with_vectors=True)
@@ -253,6 +253,18 @@ class RagPipeline:
         context, citations, used = self.assemble(ranked, budget_tokens)
         t["context_assembly"] = clock() - s
         return RagResult(q, ranked, context, citations, {k: round(v * 1000, 3) for k, v in t.items()}, used)
+
+    def _keyword_hits(self, q: QueryAnalysis, bases: Sequence[str], n: int) -> list[KnowledgeItem]:
+        """The best ``n`` BM25 matches of the query's keywords in each base (unranked across bases)."""
+        hits: list[KnowledgeItem] = []
+        for b in bases:
+            idx = self._index(b)
+            if idx is None:
+                continue
+            for i, score in idx.top(q.keywords, n):
+                item = knowledge_item(idx.ids[i], idx.payloads[i], 0.0)
+                hits.append(KnowledgeItem(**{**item.__dict__, "scores": {"bm25": score}}))
+        return hits
 
     def _rank(
         self,

@@ -70,6 +70,71 @@ def sign_bundle(
     return out
 
 
+def _parse_bundle(bundle: str | bytes | dict[str, Any]) -> dict[str, Any]:
+    """The bundle as an object (wire text parsed strictly, an object copied), with a version."""
+    if isinstance(bundle, (str, bytes)):
+        try:
+            doc = parse_json(bundle, max_bytes=MAX_BUNDLE_BYTES)
+        except SchemaPinError as e:
+            raise BundleInvalid(f"bundle is not strict JSON: {e.message}", cause=e.code) from None
+    else:
+        doc = copy.deepcopy(bundle)
+    if not isinstance(doc, dict):
+        raise BundleInvalid("bundle is not a JSON object")
+    if not isinstance(doc.get("schemapin_bundle_version"), str):
+        raise BundleInvalid("bundle has no schemapin_bundle_version")
+    return doc
+
+
+def _verify_authority(doc: dict[str, Any], allowed: set[str]) -> str:
+    """The fingerprint of the bundle's authority, which must be allow-listed and must have
+    signed the bundle (over its canonical form with an empty signature)."""
+    authority = doc.get("bundle_authority")
+    signature = doc.get("signature")
+    if not isinstance(authority, dict) or not isinstance(signature, str) or not signature:
+        raise BundleUntrusted("bundle is unsigned (no bundle_authority/signature)")
+    pem = authority.get("public_key_pem")
+    if not isinstance(pem, str):
+        raise BundleUntrusted("bundle_authority has no public_key_pem")
+    key = load_public_key_pem(pem)
+    fp = fingerprint(key)
+    if fp not in allowed:
+        raise BundleUntrusted(f"bundle authority {fp} is not on the allow-list", authority_fingerprint=fp)
+    unsigned = dict(doc)
+    unsigned["signature"] = ""
+    try:
+        verify_bytes(canonicalize(unsigned), signature, key)
+    except SchemaPinError as e:
+        raise BundleUntrusted(f"bundle signature is invalid: {e.message}", cause=e.code) from None
+    return fp
+
+
+def _discovery_documents(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The discovery documents by normalised domain (without their ``domain`` key); one each."""
+    docs: dict[str, dict[str, Any]] = {}
+    for entry in doc.get("documents") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("domain"), str):
+            raise BundleInvalid("bundle document without a domain")
+        dom = normalize_domain(entry["domain"])
+        if dom in docs:
+            raise BundleInvalid(f"bundle has two discovery documents for {dom}")
+        docs[dom] = {k: v for k, v in entry.items() if k != "domain"}
+    return docs
+
+
+def _revocation_documents(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The revocation documents by normalised domain; one each."""
+    revs: dict[str, dict[str, Any]] = {}
+    for rev in doc.get("revocations") or []:
+        if not isinstance(rev, dict) or not isinstance(rev.get("domain"), str):
+            raise BundleInvalid("bundle revocation document without a domain")
+        dom = normalize_domain(rev["domain"])
+        if dom in revs:
+            raise BundleInvalid(f"bundle has two revocation documents for {dom}")
+        revs[dom] = rev
+    return revs
+
+
 @dataclass(frozen=True)
 class TrustBundle:
     """A verified trust bundle: discovery and revocation documents per domain."""
@@ -101,57 +166,18 @@ class TrustBundle:
             allowed = {normalize_fingerprint(fp) for fp in trusted_authorities}
         except ValueError as e:
             raise BundleUntrusted(f"bad authority fingerprint in allow-list: {e}") from None
-        if isinstance(bundle, (str, bytes)):
-            try:
-                doc = parse_json(bundle, max_bytes=MAX_BUNDLE_BYTES)
-            except SchemaPinError as e:
-                raise BundleInvalid(f"bundle is not strict JSON: {e.message}", cause=e.code) from None
-        else:
-            doc = copy.deepcopy(bundle)
-        if not isinstance(doc, dict):
-            raise BundleInvalid("bundle is not a JSON object")
-        if not isinstance(doc.get("schemapin_bundle_version"), str):
-            raise BundleInvalid("bundle has no schemapin_bundle_version")
-        authority = doc.get("bundle_authority")
-        signature = doc.get("signature")
-        if not isinstance(authority, dict) or not isinstance(signature, str) or not signature:
-            raise BundleUntrusted("bundle is unsigned (no bundle_authority/signature)")
-        pem = authority.get("public_key_pem")
-        if not isinstance(pem, str):
-            raise BundleUntrusted("bundle_authority has no public_key_pem")
-        key = load_public_key_pem(pem)
-        fp = fingerprint(key)
-        if fp not in allowed:
-            raise BundleUntrusted(f"bundle authority {fp} is not on the allow-list", authority_fingerprint=fp)
-        unsigned = dict(doc)
-        unsigned["signature"] = ""
-        try:
-            verify_bytes(canonicalize(unsigned), signature, key)
-        except SchemaPinError as e:
-            raise BundleUntrusted(f"bundle signature is invalid: {e.message}", cause=e.code) from None
+        doc = _parse_bundle(bundle)
+        fp = _verify_authority(doc, allowed)
         _parse_time(doc.get("signed_at"), "signed_at")
         if doc.get("expires_at") is not None:
             expires = _parse_time(doc["expires_at"], "expires_at")
             if expires <= (now or datetime.now(UTC)):
                 raise BundleExpired(f"bundle expired at {doc['expires_at']}", expires_at=doc["expires_at"])
-        docs: dict[str, dict[str, Any]] = {}
-        for entry in doc.get("documents") or []:
-            if not isinstance(entry, dict) or not isinstance(entry.get("domain"), str):
-                raise BundleInvalid("bundle document without a domain")
-            dom = normalize_domain(entry["domain"])
-            if dom in docs:
-                raise BundleInvalid(f"bundle has two discovery documents for {dom}")
-            docs[dom] = {k: v for k, v in entry.items() if k != "domain"}
-        revs: dict[str, dict[str, Any]] = {}
-        for rev in doc.get("revocations") or []:
-            if not isinstance(rev, dict) or not isinstance(rev.get("domain"), str):
-                raise BundleInvalid("bundle revocation document without a domain")
-            dom = normalize_domain(rev["domain"])
-            if dom in revs:
-                raise BundleInvalid(f"bundle has two revocation documents for {dom}")
-            revs[dom] = rev
         return cls(
-            authority_fingerprint=fp, documents=docs, revocations=revs, created_at=str(doc.get("created_at"))
+            authority_fingerprint=fp,
+            documents=_discovery_documents(doc),
+            revocations=_revocation_documents(doc),
+            created_at=str(doc.get("created_at")),
         )
 
     def snapshot(self, domain: str) -> KeySnapshot:

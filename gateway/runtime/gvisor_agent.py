@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import GatewayError
 from gateway.runtime.resources import ResourceLimits
@@ -89,13 +90,30 @@ def gvisor_argv(
         )
     bundle = tempfile.mkdtemp(prefix="symbi-agent-gv-")
     state = tempfile.mkdtemp(prefix="symbi-runsc-")
+    root = _rootfs(bundle)
+    binds = sorted({*read_only_binds(command, args, None), *ro_paths}, key=len)
+    cgroup = f"/symbi-agent-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    _memory_cgroup(cgroup, limits.memory_mb * 1024 * 1024)
+    spec = _oci_spec([command, *args], env, limits, root, _mounts(binds, hidden, socket), cgroup)
+    Path(bundle, "config.json").write_text(json.dumps(spec))
+    cid = f"symbi-agent-{run_tag}"
+    argv = ["runsc", "--root", state, "--network=none", "--host-uds=open", "run", "--bundle", bundle, cid]
+    return argv, RunscRun(bundle, state, cid, cgroup)
+
+
+def _rootfs(bundle: str) -> Path:
+    """The bundle's empty root: mount points, and /bin, /lib... as links into the bound /usr."""
     root = Path(bundle, "rootfs")
     for d in ("usr", "tmp", "proc", "dev", "run/symbi"):
         (root / d).mkdir(parents=True, exist_ok=True)
     for d in ("bin", "lib", "lib64", "sbin"):
         (root / d).symlink_to(f"usr/{d}")
-    binds = sorted({*read_only_binds(command, args, None), *ro_paths}, key=len)
-    mounts = [
+    return root
+
+
+def _mounts(binds: list[str], hidden: Sequence[str], socket: tuple[str, str]) -> list[dict[str, Any]]:
+    """/proc, a small /tmp, /usr and the agent's folders read-only, the gateway's socket."""
+    return [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {
             "destination": "/tmp",
@@ -114,16 +132,26 @@ def gvisor_argv(
         ),
         {"destination": socket[1], "type": "bind", "source": socket[0], "options": ["bind"]},
     ]
+
+
+def _oci_spec(
+    argv: list[str],
+    env: Mapping[str, str],
+    limits: ResourceLimits,
+    root: Path,
+    mounts: list[dict[str, Any]],
+    cgroup: str,
+) -> dict[str, Any]:
+    """The OCI config: uid 65534 with no capabilities on a read-only root, its own namespaces
+    (no network), and the budgets as the cgroup's resources."""
     dev = os.stat("/").st_dev
     bps = limits.disk_io_mbps * 1024 * 1024
     throttle = [{"major": os.major(dev), "minor": os.minor(dev), "rate": bps}]
-    cgroup = f"/symbi-agent-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    _memory_cgroup(cgroup, limits.memory_mb * 1024 * 1024)
-    spec = {
+    return {
         "ociVersion": "1.0.2",
         "process": {
             "user": {"uid": NOBODY, "gid": NOBODY},
-            "args": [command, *args],
+            "args": argv,
             "env": ["PATH=/usr/bin:/bin", "HOME=/tmp", *(f"{k}={v}" for k, v in env.items())],
             "cwd": "/tmp",
             "noNewPrivileges": True,
@@ -143,10 +171,6 @@ def gvisor_argv(
             "cgroupsPath": cgroup,
         },
     }
-    Path(bundle, "config.json").write_text(json.dumps(spec))
-    cid = f"symbi-agent-{run_tag}"
-    argv = ["runsc", "--root", state, "--network=none", "--host-uds=open", "run", "--bundle", bundle, cid]
-    return argv, RunscRun(bundle, state, cid, cgroup)
 
 
 def _memory_cgroup(cgroup: str, limit: int) -> None:

@@ -121,3 +121,43 @@ def test_a_file_re_ingested_with_new_text_and_as_many_chunks_is_searched_by_its_
     new = pipeline._index("docs")
     assert new is not None and new is not old
     assert new.top(["walrus"], 5) == [] and len(new.top(["narwhal"], 5)) == 1
+
+
+def test_a_query_with_no_base_to_search_answers_empty_with_its_analysis(manager: ContextManager) -> None:
+    """No base exists or the policy allows none: nothing is searched, and the answer says so."""
+    pipeline = RagPipeline(manager)
+    r = pipeline.run('where is "the walrus"?', bases=[])
+    assert r.query == pipeline.analyse('where is "the walrus"?')
+    assert (r.items, r.context, r.citations, r.tokens) == ([], "", [], 0)
+    assert list(r.timings_ms) == ["query_analysis"]  # the one stage that ran
+
+
+def test_a_quoted_phrase_keeps_only_the_chunks_that_contain_it(
+    tmp_path: Path, manager: ContextManager
+) -> None:
+    kb = KnowledgeBases(manager)
+    files = {
+        "a.md": "# Runbook\n\nrestart the walrus service\n",
+        "b.md": "# Notes\n\nthe walrus is not a service we restart\n",
+        "c.md": "# More\n\nrestart the narwhal service\n",
+    }
+    kb.add("docs", _base(tmp_path, "docs", files))
+    pipeline = RagPipeline(manager)
+    assert len(pipeline.run("restart the walrus service", bases=["docs"]).items) == 3  # unquoted: all
+    r = pipeline.run('"Walrus Service" restart', bases=["docs"])
+    assert [i.text for i in r.items] == ["restart the walrus service"]
+    assert r.tokens == rag.approx_tokens(r.context) > 0  # the one passage's cost
+
+
+def test_keyword_hits_come_from_each_base_after_one_without_an_index(
+    tmp_path: Path, manager: ContextManager
+) -> None:
+    kb = KnowledgeBases(manager)
+    kb.add("empty", _base(tmp_path, "empty", {}))
+    other = {f"{c}.md": f"# {c}\n\nnothing about sea animals in {c}\n" for c in "bcdefg"}
+    kb.add("docs", _base(tmp_path, "docs", {"a.md": "# Runbook\n\nrestart walrus-42 now\n", **other}))
+    pipeline = RagPipeline(manager)
+    items = pipeline.run("walrus-42", bases=["empty", "docs"]).items  # an identifier: keywords too
+    assert len(items) == 5  # the default top_k, of 7 chunks
+    hit = next(i for i in items if i.text == "restart walrus-42 now")
+    assert hit.scores.get("bm25", 0.0) > 0

@@ -8,8 +8,6 @@ MCP requests into ``CallContext`` objects and hand them to ``Gateway.call``.
 from __future__ import annotations
 
 import contextlib
-import functools
-import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,6 +25,7 @@ from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Downstream, Principal, UpstreamInfo
 from gateway.errors import CatalogError, ConfigError, UpstreamUnavailable
 from gateway.events import Event, EventSink
+from gateway.heap import settle_heap
 from gateway.listen import ListenHub, StreamOutbound
 from gateway.policy.inputdoc import CallCounters
 from gateway.runtime.agents import AgentRegistry
@@ -472,25 +471,6 @@ class Gateway:
         async with isolated.use(owner) as own:
             with on_behalf_of(own, ctx):
                 return await own.request(fn(own))
-
-
-# A young collection after this many more tracked objects made than freed (CPython 3.11's
-# default is 700; 3.13 chose 2,000). At 700 a secure stdio call triggers one every ~95 calls
-# (the audit batch and the replies in flight), ~0.3 ms each: 1 % of the calls, the p99 itself.
-YOUNG_COLLECTION_AFTER = 5_000
-
-
-@functools.cache  # once per process: what its first gateway's start-up made lives with it
-def settle_heap() -> None:
-    """The collector's set-up for serving, after start-up: what start-up made (modules, the
-    catalogue, the compiled policy: ~140k tracked objects) is frozen out of the collector's
-    generations, so that a full collection no longer walks it (~80 ms of CPU -> ~1 ms), and
-    young collections are rarer (``YOUNG_COLLECTION_AFTER``). Cyclic garbage made while
-    serving is still collected; reference counting still frees what start-up made, only a
-    cycle among start-up's objects dropped later would stay (once: start-up is once)."""
-    gc.freeze()
-    young, older, oldest = gc.get_threshold()
-    gc.set_threshold(max(young, YOUNG_COLLECTION_AFTER), older, oldest)
 
 
 async def _ignore_change(up: Upstream) -> None:

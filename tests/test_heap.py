@@ -1,4 +1,4 @@
-"""The gateway object's process-wide set-up: the garbage collector after start-up."""
+"""The collector's set-up after a gateway's start-up (gateway/heap.py), in a started gateway."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.app import YOUNG_COLLECTION_AFTER
+from gateway.heap import YOUNG_COLLECTION_AFTER
 from tests.conftest import ROOT, write_config
 
 # A fresh interpreter: this test process's collector has been set up by earlier tests' gateways.

@@ -269,7 +269,11 @@ def seq_from(conn: sqlite3.Connection, ts_ns: int) -> int:
     timestamps never decrease along seq (no ``events_ts`` index). A binary search over seq:
     about 2 log2(n) reads of one row, each through the rowid B-tree; gaps in seq (retention)
     are skipped by reading the next record at or after each probe."""
-    lo, hi = conn.execute("SELECT min(seq), max(seq) + 1 FROM events").fetchone()
+    # min and max each in a subquery of its own: SQLite reads them off the B-tree's ends only then
+    # (one SELECT of both scans every row)
+    lo, hi = conn.execute(
+        "SELECT (SELECT min(seq) FROM events), (SELECT max(seq) FROM events) + 1"
+    ).fetchone()
     if lo is None:
         return 1
     while lo < hi:  # invariant: the answer is in [lo, hi]; hi = head + 1 stands for "none"

@@ -28,7 +28,7 @@ from bench._load_client import Session
 # one Lua state per wrk thread: ``n`` (set by setup) picks the thread's session
 _LUA = r"""
 local sessions = %(sessions)s
-local run, tool = "%(run)s", "%(tool)s"
+local run, tool, first_id = "%(run)s", "%(tool)s", %(first_id)d
 local threads, created = {}, 0
 
 function setup(thread)
@@ -42,7 +42,7 @@ function init(args)
   headers = {["Content-Type"] = "application/json", ["Accept"] = "application/json, text/event-stream",
              ["Mcp-Session-Id"] = s[1], ["Mcp-Protocol-Version"] = s[2]}
   if s[3] ~= "" then headers["Authorization"] = "Bearer " .. s[3] end
-  i, ok, misrouted, errors, expect = 0, 0, 0, 0, ""
+  i, ok, misrouted, errors, expect = first_id, 0, 0, 0, ""
 end
 
 function request()
@@ -125,9 +125,12 @@ async def _close(url: str, opened: list[tuple[str, str, str]]) -> None:
             await http.delete(url, headers=headers)
 
 
-def _script(path: Path, opened: list[tuple[str, str, str]], run: str, tool: str) -> Path:
+def _script(path: Path, opened: list[tuple[str, str, str]], run: str, tool: str, first_id: int = 0) -> Path:
+    """The Lua script of one wrk run; its request ids start after ``first_id``: a session never
+    reuses an id (MCP forbids it), and the warm-up run's last calls may still be in flight
+    when the measured run starts on the same sessions."""
     rows = ", ".join("{" + ", ".join(_lua_string(v) for v in s) + "}" for s in opened)
-    path.write_text(_LUA % {"sessions": "{" + rows + "}", "run": run, "tool": tool})
+    path.write_text(_LUA % {"sessions": "{" + rows + "}", "run": run, "tool": tool, "first_id": first_id})
     return path
 
 
@@ -159,7 +162,7 @@ def drive_wrk(
     opened = asyncio.run(_open(url, keys, run))
     try:
         _wrk(url, _script(tmp / f"{run}-warm.lua", opened, f"{run}-warm", tool), len(opened), 1)
-        script = _script(tmp / f"{run}.lua", opened, run, tool)
+        script = _script(tmp / f"{run}.lua", opened, run, tool, first_id=1_000_000_000)
         on_go()
         row, cpu = _wrk(url, script, len(opened), seconds)
         on_done()

@@ -72,6 +72,18 @@ def _problem(res: VerifyResult) -> tuple[object, str]:
     return res.problem.seq, res.problem.kind
 
 
+def _rotation_details(
+    old: Ed25519PrivateKey, new: Ed25519PrivateKey, *, new_key_id: str | None = None, proof: bool = True
+) -> dict[str, str]:
+    """A rotation event's details from ``old`` to ``new`` (announcing ``new_key_id``, by default
+    ``new``'s), with ``new``'s proof over the two ids unless ``proof`` is False."""
+    new_id = _kid(new) if new_key_id is None else new_key_id
+    details = {"old_key_id": _kid(old), "new_key_id": new_id, "new_public_key": public_pem(new.public_key())}
+    if proof:
+        details["proof"] = base64.b64encode(new.sign(rotation_message(_kid(old), new_id))).decode("ascii")
+    return details
+
+
 def test_a_signed_anchor_at_seq_1_with_another_head_hash_is_an_anchor_problem() -> None:
     k = Ed25519PrivateKey.generate()
     recs = _chain([(k, True)])
@@ -99,12 +111,7 @@ def test_a_rotation_to_a_key_its_id_does_not_name_is_changed() -> None:
     old, new, named = (Ed25519PrivateKey.generate() for _ in range(3))
     first = _rec(1, GENESIS_HASH, old)
     bad_id = _kid(named)
-    details = {
-        "old_key_id": _kid(old),
-        "new_key_id": bad_id,
-        "new_public_key": public_pem(new.public_key()),
-        "proof": base64.b64encode(new.sign(rotation_message(_kid(old), bad_id))).decode("ascii"),
-    }
+    details = _rotation_details(old, new, new_key_id=bad_id)
     rot = _rec(2, first.chain_hash, old, type=ROTATION_EVENT, details=details)
     res = verify_records([first, rot], _keys(old))
     assert _problem(res) == (2, "changed")
@@ -114,11 +121,7 @@ def test_a_rotation_to_a_key_its_id_does_not_name_is_changed() -> None:
 def test_a_rotation_missing_its_proof_is_changed() -> None:
     old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     first = _rec(1, GENESIS_HASH, old)
-    details = {
-        "old_key_id": _kid(old),
-        "new_key_id": _kid(new),
-        "new_public_key": public_pem(new.public_key()),
-    }
+    details = _rotation_details(old, new, proof=False)
     rot = _rec(2, first.chain_hash, old, type=ROTATION_EVENT, details=details)
     assert _problem(verify_records([first, rot], _keys(old))) == (2, "changed")
 
@@ -240,12 +243,7 @@ def test_an_unsigned_first_record_of_an_untrusted_key_is_inserted_at_once(full: 
 def test_a_log_ending_on_its_rotation_checks_that_signature_once_in_fast_mode() -> None:
     old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     first = _rec(1, GENESIS_HASH, old)
-    details = {
-        "old_key_id": _kid(old),
-        "new_key_id": _kid(new),
-        "new_public_key": public_pem(new.public_key()),
-        "proof": base64.b64encode(new.sign(rotation_message(_kid(old), _kid(new)))).decode("ascii"),
-    }
+    details = _rotation_details(old, new)
     rot = _rec(2, first.chain_hash, old, type=ROTATION_EVENT, details=details)
     fast = verify_records([first, rot], _keys(old), all_signatures=False).check()
     full = verify_records([first, rot], _keys(old)).check()

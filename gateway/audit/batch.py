@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any, Literal
 
-from gateway.audit.record import CHAIN_PREFIX
+from gateway.audit.record import CHAIN_PREFIX, spliced_bytes
 
 
 @dataclass(slots=True)
@@ -137,9 +137,9 @@ def chain_rows(
     (``store.seq_from``). A record stamped at the step keeps the head's time until the clock
     passes it again.
 
-    The canonical bytes are ``record.canonical_bytes``' (a test compares them), spliced here with
-    what repeats in a batch escaped once: the key id, and the principals, agents and types (a
-    small cache); a chain hash made here is hex, written quoted as it is. The hash state after
+    The canonical bytes are ``record.spliced_bytes``' (the layout ``canonical_bytes`` and the
+    verifier use too), from what repeats in a batch escaped once: the key id, and the principals,
+    agents and types (a small cache); a chain hash made here is hex, written quoted as it is. The hash state after
     the domain prefix is copied, not rebuilt, for each record."""
     ids = iter(new_ids(sum(1 for it in events if not it.id)))
     prefixed = hashlib.sha256(CHAIN_PREFIX)
@@ -161,10 +161,7 @@ def chain_rows(
         tj = escaped.get(t) or escaped.setdefault(t, esc(str(t)))
         digest = prefixed.copy()
         digest.update(prev_raw)
-        digest.update(
-            f'{{"agent":{aj},"details":{details},"id":{esc(it.id)},"key_id":{key_j},"prev_hash":{prev_j},'
-            f'"principal":{pj},"seq":{seq},"ts_ns":{ts},"type":{tj}}}'.encode()
-        )
+        digest.update(spliced_bytes(aj, details, esc(it.id), key_j, prev_j, pj, seq, ts, tj))
         prev_raw = digest.digest()
         h = prev_raw.hex()
         rows.append((seq, it.id, ts, p, a, t, details, prev, h, "", key_id))

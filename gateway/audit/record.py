@@ -181,8 +181,8 @@ def spliced_bytes(
     type_j: str,
 ) -> bytes:
     """The canonical bytes from the text fields already written as JSON (``_esc`` or ``null``):
-    the one splice ``canonical_bytes`` and the verifier's loop (which escapes what repeats,
-    key id, principal, agent and type, once) share."""
+    the one splice ``canonical_bytes``, the writer's ``batch.chain_rows`` and the verifier's loop
+    (both escape what repeats, key id, principal, agent and type, once) share."""
     return (
         f'{{"agent":{agent_j},"details":{details_json},"id":{id_j},"key_id":{key_id_j},'
         f'"prev_hash":{prev_hash_j},"principal":{principal_j},"seq":{int(seq)},"ts_ns":{int(ts_ns)},'

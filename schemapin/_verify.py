@@ -123,16 +123,28 @@ def verify_tool(
         raise ValueError(f"mode must be 'strict' or 'tofu', not {mode!r}")
     require_canonicalization(canonicalization)
     dom = normalize_domain(domain) if domain else None
-    canonical = canonicalize(tool_definition)
-    digest = hashlib.sha256(canonical).digest()
+    digest = hashlib.sha256(canonicalize(tool_definition)).digest()
     def_hash = digest.hex()
     snap = key_source
-    ctx: dict[str, Any] = {
-        "domain": dom,
-        "tool_id": tool_id,
-        "key_fingerprint": snap.fingerprint,
-        "definition_hash": def_hash,
-    }
+    ctx = dict(domain=dom, tool_id=tool_id, key_fingerprint=snap.fingerprint, definition_hash=def_hash)
+    warnings = _check_key(snap, dom, mode, ctx)
+    warnings += _check_signature(digest, signature_b64, snap, digest_mode, require_low_s, ctx)
+    status = _pin_status(pin_store, dom, tool_id, snap, def_hash, ctx)
+    return VerificationResult(
+        status=status,
+        domain=dom,
+        tool_id=tool_id,
+        key_fingerprint=snap.fingerprint,
+        definition_hash=def_hash,
+        developer_name=snap.developer_name,
+        revocation=snap.revocation,
+        warnings=tuple(warnings),
+    )
+
+
+def _check_key(snap: KeySnapshot, dom: str | None, mode: Mode, ctx: dict[str, Any]) -> list[str]:
+    """The key material is for ``dom``, not revoked, and its revocation state is known
+    (``strict``) or warned about (``tofu``); returns the warnings so far."""
     if snap.domain is not None and dom is not None and snap.domain != dom:
         raise DomainMismatch(f"key material is for {snap.domain}, not {dom}", key_domain=snap.domain, **ctx)
     if snap.is_revoked():
@@ -146,6 +158,19 @@ def verify_tool(
                 f"revocation state of {dom} is unknown: {snap.revocation_error}", **ctx
             )
         warnings.append("revocation_unavailable")
+    return warnings
+
+
+def _check_signature(
+    digest: bytes,
+    signature_b64: str,
+    snap: KeySnapshot,
+    digest_mode: DigestMode,
+    require_low_s: bool,
+    ctx: dict[str, Any],
+) -> list[str]:
+    """The signature verifies over ``digest`` (its error carries the verification's details);
+    returns its warning, if any."""
     if not isinstance(signature_b64, str):
         raise SignatureMalformed("signature is not a string", **ctx)
     try:
@@ -153,43 +178,44 @@ def verify_tool(
     except SchemaPinError as e:
         e.details.update(ctx)
         raise
-    if digest_mode == "single":
-        warnings.append("single_hash_signature")
+    return ["single_hash_signature"] if digest_mode == "single" else []
 
-    status = "unpinned"
-    if pin_store is not None:
-        if dom is None or not tool_id:
-            raise ValueError("pinning needs a domain and a tool_id")
-        pin_status, pin = pin_store.check_and_pin(dom, tool_id, snap.fingerprint, def_hash)
-        if pin_status is PinStatus.KEY_CHANGED:
-            raise KeyPinMismatch(
-                f"{tool_id}@{dom} is pinned to key {pin.key_fingerprint}, now signed by {snap.fingerprint}; "
-                "approve the new key with `symbi schemapin pins approve`",
-                status="key_changed",
-                pinned_fingerprint=pin.key_fingerprint,
-                pinned_definition_hash=pin.definition_hash,
-                **ctx,
-            )
-        if pin_status is PinStatus.DEFINITION_CHANGED:
-            raise DefinitionChanged(
-                f"{tool_id}@{dom} changed since it was pinned (definition {pin.definition_hash[:16]}... "
-                f"-> {def_hash[:16]}...); approve it with `symbi schemapin pins approve`",
-                status="definition_changed",
-                pinned_fingerprint=pin.key_fingerprint,
-                pinned_definition_hash=pin.definition_hash,
-                **ctx,
-            )
-        status = pin_status.value
-    return VerificationResult(
-        status=status,
-        domain=dom,
-        tool_id=tool_id,
-        key_fingerprint=snap.fingerprint,
-        definition_hash=def_hash,
-        developer_name=snap.developer_name,
-        revocation=snap.revocation,
-        warnings=tuple(warnings),
-    )
+
+def _pin_status(
+    pin_store: Pins | None,
+    dom: str | None,
+    tool_id: str | None,
+    snap: KeySnapshot,
+    def_hash: str,
+    ctx: dict[str, Any],
+) -> str:
+    """Consult the pin store (pinning on first use), only after the signature verified:
+    the pin status (``unpinned`` without a store), or raises when the key or the definition
+    changed."""
+    if pin_store is None:
+        return "unpinned"
+    if dom is None or not tool_id:
+        raise ValueError("pinning needs a domain and a tool_id")
+    pin_status, pin = pin_store.check_and_pin(dom, tool_id, snap.fingerprint, def_hash)
+    if pin_status is PinStatus.KEY_CHANGED:
+        raise KeyPinMismatch(
+            f"{tool_id}@{dom} is pinned to key {pin.key_fingerprint}, now signed by {snap.fingerprint}; "
+            "approve the new key with `symbi schemapin pins approve`",
+            status="key_changed",
+            pinned_fingerprint=pin.key_fingerprint,
+            pinned_definition_hash=pin.definition_hash,
+            **ctx,
+        )
+    if pin_status is PinStatus.DEFINITION_CHANGED:
+        raise DefinitionChanged(
+            f"{tool_id}@{dom} changed since it was pinned (definition {pin.definition_hash[:16]}... "
+            f"-> {def_hash[:16]}...); approve it with `symbi schemapin pins approve`",
+            status="definition_changed",
+            pinned_fingerprint=pin.key_fingerprint,
+            pinned_definition_hash=pin.definition_hash,
+            **ctx,
+        )
+    return str(pin_status.value)
 
 
 def sign_envelope(

@@ -36,9 +36,10 @@ from json.encoder import encode_basestring
 from typing import Any, NamedTuple
 
 import orjson
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nacl.bindings import crypto_sign_BYTES, crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from gateway.events import Event
 
@@ -229,12 +230,19 @@ def sign_hash(key: Ed25519PrivateKey, chain_hash_hex: str) -> str:
 
 
 def verify_hash_signature(public_key: Ed25519PublicKey, chain_hash_hex: str, signature_b64: str) -> bool:
-    """True when ``signature_b64`` is a valid signature of ``chain_hash_hex``; never raises."""
+    """True when ``signature_b64`` is a valid signature of ``chain_hash_hex``; never raises.
+
+    Checked by libsodium (about half OpenSSL's CPU time here: 70 vs 135-150 us, and a full
+    verification checks every stored signature). libsodium accepts no signature OpenSSL
+    refuses: the same cofactorless equation over canonical encodings, and it also refuses
+    small-order points and non-canonical keys, which no honest signer produces."""
     try:
         sig = base64.b64decode(signature_b64, validate=True)
-        public_key.verify(sig, SIG_PREFIX + bytes.fromhex(chain_hash_hex))
+        if len(sig) != crypto_sign_BYTES:  # crypto_sign_open would read the message's first bytes
+            return False
+        crypto_sign_open(sig + SIG_PREFIX + bytes.fromhex(chain_hash_hex), public_key.public_bytes_raw())
         return True
-    except (InvalidSignature, binascii.Error, ValueError, TypeError):
+    except (BadSignatureError, binascii.Error, ValueError, TypeError):
         return False
 
 

@@ -1,8 +1,9 @@
 """The writer's Ed25519 signer: libsodium (PyNaCl) over the log's key.
 
 Ed25519 signatures are deterministic (RFC 8032): libsodium's are byte for byte the ones
-``cryptography`` (OpenSSL) makes for the same key and message, and every verifier keeps using
-``cryptography``. libsodium signs in about 0.6x OpenSSL's CPU time on this machine (19 vs 32 us
+``cryptography`` (OpenSSL) makes for the same key and message. Records' signatures are checked
+through libsodium too (``record.verify_hash_signature``); anchors, rotation proofs and seals
+through ``cryptography``. libsodium signs in about 0.6x OpenSSL's CPU time on this machine (19 vs 32 us
 a signature, ``reports/profile-16.md``), and the writer signs the head anchor of every commit
 before its acknowledgement, so that time is on every audited call's path. cffi releases the
 GIL while it signs. Key files, rotation proofs and retention seals keep using ``cryptography``.

@@ -7,9 +7,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit import AuditRecord, exported_public_keys, store, verify_log
 from gateway.audit import verify as verify_mod
+from gateway.audit.record import GENESIS_HASH, canonical_bytes, chain_hash, key_id_of, sign_hash
 from gateway.audit.verify import verify_records
 
 # names the writer escapes: quotes, backslashes, control characters, non-ASCII, empty, null
@@ -183,3 +185,36 @@ def test_records_ending_unsigned_at_a_vouched_hash_verify_and_elsewhere_are_trun
         res = verify_records(head, keys, all_signatures=full, vouched_tail=tail)
         assert res.problem is not None
         assert (res.problem.seq, res.problem.kind) == (first_unvouched, "truncated")
+
+
+def _signed_chain(details_texts: list[str]) -> tuple[list[tuple], dict]:
+    """Rows of a chain whose details are the given texts, as stored, each record signed."""
+    key = Ed25519PrivateKey.generate()
+    kid = key_id_of(key.public_key())
+    rows, prev = [], GENESIS_HASH
+    for seq, text in enumerate(details_texts, 1):
+        fields = (seq, f"r{seq}", seq, "alice", None, "tool.call", text, prev)
+        h = chain_hash(prev, canonical_bytes(*fields, kid))
+        rows.append((*fields, h, sign_hash(key, h), kid))
+        prev = h
+    return rows, {kid: key.public_key()}
+
+
+# texts orjson refuses that json.loads reads as one object (a lone surrogate escape, NaN)
+ORJSON_REFUSES = ['{"s":"\\ud800"}', '{"x":NaN,"y":-Infinity}']
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_details_only_json_reads_as_an_object_verify(full: bool) -> None:
+    rows, keys = _signed_chain(['{"n":1}', *ORJSON_REFUSES, '{"n":4}'])
+    res = verify_records(rows, keys, all_signatures=full)
+    assert res.ok and res.events == 4
+
+
+@pytest.mark.parametrize("text", ["[1]", '"text"', "NaN", '{"a":1},{"b":2}', '{"a":', '{"s":"\\ud800"'])
+def test_details_that_are_not_one_object_are_changed_even_when_hashed(text: str) -> None:
+    """The chain hash matches (the attacker re-hashed it), but details must be ONE JSON object."""
+    rows, keys = _signed_chain(['{"n":1}', text, '{"n":3}'])
+    res = verify_records(rows, keys)
+    assert res.problem is not None
+    assert (res.problem.seq, res.problem.kind, res.events) == (2, "changed", 1)

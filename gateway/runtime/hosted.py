@@ -379,6 +379,7 @@ class HostedAgents:
     def _command(
         self, name: str, ac: AgentConfig, tier: str, limits: ResourceLimits, key: str, run_tag: str
     ) -> tuple[list[str], Sandboxed]:
+        """The run's argv in its tier, and what removes its cgroup or container afterwards."""
         assert self.socket_path is not None
         if self.sandbox is None:
             raise GatewayError("no sandbox manager: hosted agents need a sandbox tier")
@@ -391,19 +392,7 @@ class HostedAgents:
         from gateway.sandbox.types import Limits
 
         hidden = hidden_paths(self.config)  # never visible to the agent, whatever is bound
-        base = self.config.source.parent if self.config.source else Path.cwd()
-
-        def here(v: str) -> str:  # ./x and ../x are relative to the config file
-            return str((base / v).resolve()) if v.startswith(("./", "../")) else v
-
-        env = {
-            **{k: here(v) for k, v in ac.env.items()},
-            "SYMBI_GATEWAY_SOCKET": SOCKET_IN_SANDBOX,
-            "SYMBI_AGENT_TOKEN": key,
-            "SYMBI_AGENT_NAME": name,
-        }
-        args = [here(a) for a in ac.args]
-        ro = [str((base / p).resolve()) for p in ac.read_only_paths]
+        args, env, ro = self._process_inputs(name, ac, key)
         sb_limits = Limits(
             memory_mb=limits.memory_mb, cpus=limits.cpu_cores, pids=256, timeout_s=limits.execution_timeout_s
         )
@@ -443,6 +432,26 @@ class HostedAgents:
         )
         argv[at:at] = extra
         return argv, Container(cname)
+
+    def _process_inputs(
+        self, name: str, ac: AgentConfig, key: str
+    ) -> tuple[list[str], dict[str, str], list[str]]:
+        """The process's arguments, its environment (the gateway's socket and its credential
+        included) and its read-only paths, with ``./`` and ``../`` paths made absolute."""
+        base = self.config.source.parent if self.config.source else Path.cwd()
+
+        def here(v: str) -> str:  # ./x and ../x are relative to the config file
+            return str((base / v).resolve()) if v.startswith(("./", "../")) else v
+
+        env = {
+            **{k: here(v) for k, v in ac.env.items()},
+            "SYMBI_GATEWAY_SOCKET": SOCKET_IN_SANDBOX,
+            "SYMBI_AGENT_TOKEN": key,
+            "SYMBI_AGENT_NAME": name,
+        }
+        args = [here(a) for a in ac.args]
+        ro = [str((base / p).resolve()) for p in ac.read_only_paths]
+        return args, env, ro
 
 
 def _docker_options(

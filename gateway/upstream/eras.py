@@ -16,8 +16,9 @@ from gateway.context import CallContext, Downstream
 from gateway.errors import UpstreamError
 from gateway.events import Event, EventSink
 from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
+from gateway.upstream.caller_caps import DOWNSTREAM_CAPABILITIES, downstream_ref
 from gateway.upstream.relay import caller_owner
-from gateway.upstream.session import DOWNSTREAM_CAPABILITIES, Upstream, downstream_ref
+from gateway.upstream.session import Upstream
 
 
 def modern(side: Any) -> bool:

@@ -9,10 +9,8 @@ leave the catalogue and calls get ``UpstreamUnavailable``.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import random
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,35 +24,19 @@ from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, T
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
-from gateway.compat import SdkChanged, negotiate_auto, stamp_requests
+from gateway.compat import negotiate_auto
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
 from gateway.telemetry import current_span_recorded, exporting
 from gateway.upstream.bounded_http import OVERSIZED_MARK
+from gateway.upstream.caller_caps import forward_caller_capabilities
 from gateway.upstream.fastcall import FastLane, tool_result
 from gateway.upstream.relay import CallerRelay
 from gateway.upstream.runas import RunAs, resolve_run_as
 from gateway.upstream.transport import CommandWrapper, WatchedStream, open_transport
 
 _logger = logging.getLogger("symbi.upstream")
-
-# The capabilities of the downstream client a request is made for. On a 2026-07-28 upstream
-# they travel in every request's _meta, so the upstream sees the real caller's capabilities
-# (and refuses what that caller cannot do) rather than the gateway's.
-DOWNSTREAM_CAPABILITIES: contextvars.ContextVar[Any] = contextvars.ContextVar(
-    "symbi_downstream_session", default=None
-)  # holds a weak reference to the caller's ServerSession; serialised only when a 2026-era upstream
-# stamps a request. Weak: asyncio keeps cancelled timers (and the context they captured) until
-# their deadline, which would otherwise keep every recently closed session alive.
-
-
-def downstream_ref(session: Any) -> Any:
-    """The value to put in ``DOWNSTREAM_CAPABILITIES`` for ``session`` (None for none)."""
-    return weakref.ref(session) if session is not None else None
-
-
-_CAPS_META_KEY = "io.modelcontextprotocol/clientCapabilities"
 
 State = Literal["starting", "up", "down", "stopped"]
 
@@ -188,7 +170,7 @@ class Upstream:
             async with self._start_turn():
                 session = await self._start(stack)
             if session.protocol_version in MODERN_PROTOCOL_VERSIONS:
-                _forward_caller_capabilities(session)
+                forward_caller_capabilities(session)
             if session.protocol_version in MODERN_PROTOCOL_VERSIONS and self._tasks is not None:
                 # 2026-07-28 servers push nothing: list changes arrive on a listen stream.
                 self._tasks.start_soon(self._listen_for_changes, session)
@@ -474,21 +456,6 @@ async def _all_pages(method: Callable[..., Awaitable[Any]], attr: str, max_pages
         if not cursor:
             break
     return items
-
-
-def _forward_caller_capabilities(session: ClientSession) -> None:
-    def with_caller(data: dict[str, Any]) -> None:
-        ref = DOWNSTREAM_CAPABILITIES.get()
-        caller = ref() if ref is not None else None
-        caps = caller.client_capabilities if caller is not None else None
-        if caps is not None:
-            meta = data.setdefault("params", {}).setdefault("_meta", {})
-            meta[_CAPS_META_KEY] = caps.model_dump(by_alias=True, mode="json", exclude_none=True)
-
-    try:
-        stamp_requests(session, with_caller)
-    except SdkChanged as e:  # keep the gateway's own capabilities; tests/test_compat.py names the change
-        _logger.warning("cannot forward client capabilities upstream: %s", e)
 
 
 def _describe(e: BaseException) -> str:

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from gateway.upstream.caller_caps import DOWNSTREAM_CAPABILITIES
 from gateway.upstream.eras import on_behalf_of
 from gateway.upstream.relay import CallerRelay
-from gateway.upstream.session import DOWNSTREAM_CAPABILITIES
 
 
 class _Session:  # a weakref-able stand-in for the caller's ServerSession

@@ -13,7 +13,6 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +35,7 @@ from gateway import telemetry
 from gateway.config import build_config
 from gateway.errors import ConfigError
 from tests.conftest import ROOT, SYMBI, symbi_env, write_config
+from tests.local_http import serving
 from tests.server._clients import stdio_session
 
 MUTABLE = ROOT / "tests/peers/mutable_server.py"
@@ -70,14 +70,13 @@ class Collector:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
 def collector() -> Iterator[Collector]:
     c = Collector()
-    yield c
-    c.server.shutdown()
+    with serving(c.server):
+        yield c
 
 
 def _mutable_cfg(tmp_path: Path, extra: str = "") -> Path:

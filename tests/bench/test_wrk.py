@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bench._wrk import _lua_string, _script, _wrk
+from tests.local_http import serving
 
 SESSIONS = [("sid-1", "2025-11-25", "key-a"), ("sid-2", "2025-11-25", "key-b")]
 
@@ -63,14 +64,8 @@ class _Server(ThreadingHTTPServer):
 
 @pytest.fixture
 def server() -> Iterator[_Server]:
-    srv = _Server(("127.0.0.1", 0), _Echo)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_Server(("127.0.0.1", 0), _Echo)) as srv:
         yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def _run(server: _Server, tmp_path: Path, mode: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +18,7 @@ import trustme
 from cryptography.hazmat.primitives.asymmetric import ec
 
 import schemapin
+from tests.local_http import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "tests" / "assets" / "schemapin"
@@ -173,15 +173,10 @@ def https_server(tmp_path: Path) -> Iterator[HttpsServer]:
     hits: list[str] = []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes, hits))
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
     ca_path = tmp_path / "test-ca.pem"
     ca.cert_pem.write_to_path(str(ca_path))
-    try:
+    with serving(httpd):
         yield HttpsServer(f"127.0.0.1:{httpd.server_address[1]}", ca, ca_path, routes, hits)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 MakeSnapshot = Callable[..., schemapin.KeySnapshot]

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 import schemapin
 from schemapin import WellKnownResolver
+from tests.local_http import serving
 
 from .conftest import HttpsServer, Route, load_tool
 
@@ -194,7 +195,6 @@ def test_plain_http_only_with_logged_flag(
     key: ec.EllipticCurvePrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Plain HTTP on loopback (stand-in for a remote host), allowed only by the explicit flag."""
-    import threading
     from http.server import ThreadingHTTPServer
 
     from .conftest import _handler
@@ -203,19 +203,14 @@ def test_plain_http_only_with_logged_flag(
     routes[WK] = Route(
         body=json.dumps(schemapin.build_well_known(schemapin.public_key_pem(key), "A")).encode()
     )
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes, []))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    domain = f"127.0.0.1:{httpd.server_address[1]}"
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes, []))) as httpd:
+        domain = f"127.0.0.1:{httpd.server_address[1]}"
         with pytest.raises(schemapin.DiscoveryFailed):  # default: https:// against a plain server
             resolve(WellKnownResolver(timeout=5.0), domain)
         with caplog.at_level("WARNING", logger="schemapin"):
             r = WellKnownResolver(timeout=5.0, allow_insecure_http=True)
         assert any(rec.name == "schemapin" and rec.levelname == "WARNING" for rec in caplog.records)
         assert resolve(r, domain).fingerprint == schemapin.fingerprint(key)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_oversized_body_without_content_length(

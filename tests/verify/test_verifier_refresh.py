@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import threading
 from collections.abc import Iterator, Mapping
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -29,6 +28,7 @@ from gateway.state.accepted import PgAcceptedFindings
 from gateway.state.postgres import PgToolStateStore, Postgres
 from gateway.verify.verifier import ToolVerifier, approved_definition
 from tests.conftest import write_config
+from tests.local_http import serving
 from tests.schemapin.conftest import HttpsServer, _handler, https_server  # noqa: F401 - fixture
 from tests.verify.test_verifier import DEF, POISONED, Recorder, assess, manifest_of, org_key, signed, tool
 
@@ -275,14 +275,8 @@ def test_discovery_without_a_ca_trusts_only_the_system_store(
 def http_server() -> Iterator[tuple[str, dict[str, Any]]]:
     """A plain-HTTP .well-known server on 127.0.0.1 (mcp.insecure_discovery_http, tests only)."""
     routes: dict[str, Any] = {}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes, []))
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _handler(routes, []))) as httpd:
         yield f"127.0.0.1:{httpd.server_address[1]}", routes
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def test_insecure_discovery_http_fetches_the_key_over_http(

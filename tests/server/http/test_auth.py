@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ from mcp.client.streamable_http import streamable_http_client
 from gateway.config.sections import JwtSection
 from gateway.errors import AuthFailed, NoCredentials
 from gateway.server.auth import ApiKeyStore, Authenticator, JwtVerifier, hash_key
+from tests.local_http import serving
 from tests.server.http.conftest import (
     AUDIENCE,
     ISSUER,
@@ -333,14 +333,8 @@ def jwks_server(tmp_path: Path) -> Iterator[tuple[str, object]]:
         def log_message(self, *a: object) -> None:
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), H)) as srv:
         yield f"http://127.0.0.1:{srv.server_address[1]}/jwks.json", (idp, hits)
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_jwks_url(tmp_path: Path, jwks_server) -> None:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ import pytest
 from gateway.config.sections import JwtSection
 from gateway.errors import AuthFailed
 from gateway.server.auth import JwtVerifier
+from tests.local_http import serving
 from tests.server.http.conftest import AUDIENCE, ISSUER, Idp, make_idp
 
 
@@ -39,13 +40,8 @@ def idp_server(tmp_path: Path) -> Iterator[tuple[str, Idp, dict[str, bytes], lis
         def log_message(self, *a: object) -> None:
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), H)) as srv:
         yield f"http://127.0.0.1:{srv.server_address[1]}/jwks.json", idp, served, hits
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_a_key_removed_from_the_jwks_stops_verifying_when_the_cached_set_expires(

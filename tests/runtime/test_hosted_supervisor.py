@@ -394,14 +394,14 @@ async def test_the_docker_command_of_a_run_mounts_the_socket_and_read_only_paths
     tmp_path: Path,
 ) -> None:
     """The docker tier's argv (built, not started): the run's container name, the socket as
-    its one way out, the read-only paths, the budgets, and the env with ./ paths resolved
-    against the config file's folder."""
+    its one way out, the read-only paths, the budgets, and the env with ./ and ../ paths
+    resolved against the config file's folder."""
     conf = tmp_path / "conf"
     (conf / "lib").mkdir(parents=True)
     ac = AgentConfig(
         command="/usr/bin/python3",
         args=("./agent.py", "plain"),
-        env={"DATA": "./data", "MODE": "x"},
+        env={"DATA": "./data", "UP": "../shared", "MODE": "x"},
         read_only_paths=("./lib",),
         sandbox="docker",
         resources=ResourcesSection(memory_mb=96, disk_io_mbps=7),
@@ -417,12 +417,14 @@ async def test_the_docker_command_of_a_run_mounts_the_socket_and_read_only_paths
     assert ("-v", f"{lib}:{lib}:ro") in pairs and ("--memory", "96m") in pairs and "--network=none" in argv
     env = dict(v.split("=", 1) for k, v in pairs if k == "-e")
     assert {
-        k: env[k] for k in ("SYMBI_AGENT_TOKEN", "SYMBI_GATEWAY_SOCKET", "SYMBI_AGENT_NAME", "DATA", "MODE")
+        k: env[k]
+        for k in ("SYMBI_AGENT_TOKEN", "SYMBI_GATEWAY_SOCKET", "SYMBI_AGENT_NAME", "DATA", "UP", "MODE")
     } == {
         "SYMBI_AGENT_TOKEN": "sk-secret",
         "SYMBI_GATEWAY_SOCKET": "/run/symbi/gateway.sock",
         "SYMBI_AGENT_NAME": "a",
         "DATA": str((conf / "data").resolve()),
+        "UP": str((tmp_path / "shared").resolve()),
         "MODE": "x",
     }
     assert argv[-3:] == ["/usr/bin/python3", str((conf / "agent.py").resolve()), "plain"]

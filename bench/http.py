@@ -227,79 +227,18 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-http-"))
     (tmp / "loopback.cjs").write_text(PRELOAD)
-    up_port, sse_port, json_port, stdio_port = free_port(), free_port(), free_port(), free_port()
-    upstream = f"http://127.0.0.1:{up_port}/mcp"
     # one API key (principal) per client: the default per-principal session quota stays on
     names = tuple(f"bench-{c:03d}" for c in range(CLIENTS))
     store = ApiKeyStore(tmp / "data" / "api-keys.json")
     per_client = [{"Authorization": f"Bearer {store.create(n, ('developer',))[0]}"} for n in names]
-    env = {**os.environ, "PORT": str(up_port)}
-    py = sys.executable
     with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            proc(
-                ["node", "-r", str(tmp / "loopback.cjs"), str(EVERYTHING_JS), "streamableHttp"],
-                tmp / "upstream.log",
-                env,
-            )
-        )
-        wait_http(upstream, {400, 405, 406, 200})
-        gateways = (
-            ("gw-sse", sse_port, upstream, False),
-            ("gw-json", json_port, upstream, True),
-            ("gw-stdio-up", stdio_port, None, False),  # same gateway, upstream over stdio
-        )
-        for name, port, up_url, js in gateways:
-            cfg = write_http_gateway_config(
-                tmp / name,
-                port,
-                everything_toml("warn", up_url),
-                names,
-                json_response=js,
-                max_sessions=1000,
-                max_connections=64,
-                data_dir=tmp / "data",
-            )
-            stack.enter_context(
-                proc(
-                    [py, "-c", GATEWAY_MAIN, str(cfg)],
-                    tmp / f"{name}.log",
-                    {**os.environ, "PYTHONPATH": str(ROOT)},
-                )
-            )
-            wait_http(f"http://127.0.0.1:{port}/readyz", {200})
-        auth = per_client[0]
-        targets = [
-            Target("direct", upstream, "echo", {}),
-            Target("gateway-sse", f"http://127.0.0.1:{sse_port}/mcp", "everything__echo", auth, per_client),
-            Target("gateway-json", f"http://127.0.0.1:{json_port}/mcp", "everything__echo", auth, per_client),
-            Target(
-                "gateway-sse-stdio-upstream",
-                f"http://127.0.0.1:{stdio_port}/mcp",
-                "everything__echo",
-                auth,
-                per_client,
-            ),
-        ]
+        targets = _start_targets(stack, tmp, names, per_client)
         runs: dict[str, list[dict[str, Any]]] = {}
         for _ in range(args.rounds):
             for t in targets:  # interleaved: each round measures every target once
                 runs.setdefault(f"{t.name}/c1", []).append(anyio.run(measure, t, 1, args.calls))
                 runs.setdefault(f"{t.name}/c16", []).append(anyio.run(measure, t, CLIENTS, args.per_client))
-
-    def med(rows: list[dict[str, Any]], k: str) -> float:
-        return round(statistics.median(r[k] for r in rows), 3)
-
-    results = {
-        name: {
-            "p50_ms": med(rows, "p50_ms"),
-            "p99_ms": med(rows, "p99_ms"),
-            "calls_per_s": med(rows, "calls_per_s"),
-            "calls": sum(r["calls"] for r in rows),
-            "misrouted_or_failed": sum(r["misrouted_or_failed"] for r in rows),
-        }
-        for name, rows in runs.items()
-    }
+    results = _medians(runs)
     ratios = {}
     for mode in ("gateway-sse", "gateway-json", "gateway-sse-stdio-upstream"):
         for c in ("c1", "c16"):
@@ -323,6 +262,80 @@ def main() -> int:
         )
     )
     return 0
+
+
+def _start_targets(
+    stack: contextlib.ExitStack, tmp: Path, names: tuple[str, ...], per_client: list[dict[str, str]]
+) -> list[Target]:
+    """Start the upstream and the three gateways (stopped when ``stack`` closes), each ready,
+    and return the four targets."""
+    up_port, sse_port, json_port, stdio_port = free_port(), free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}/mcp"
+    env = {**os.environ, "PORT": str(up_port)}
+    py = sys.executable
+    stack.enter_context(
+        proc(
+            ["node", "-r", str(tmp / "loopback.cjs"), str(EVERYTHING_JS), "streamableHttp"],
+            tmp / "upstream.log",
+            env,
+        )
+    )
+    wait_http(upstream, {400, 405, 406, 200})
+    gateways = (
+        ("gw-sse", sse_port, upstream, False),
+        ("gw-json", json_port, upstream, True),
+        ("gw-stdio-up", stdio_port, None, False),  # same gateway, upstream over stdio
+    )
+    for name, port, up_url, js in gateways:
+        cfg = write_http_gateway_config(
+            tmp / name,
+            port,
+            everything_toml("warn", up_url),
+            names,
+            json_response=js,
+            max_sessions=1000,
+            max_connections=64,
+            data_dir=tmp / "data",
+        )
+        stack.enter_context(
+            proc(
+                [py, "-c", GATEWAY_MAIN, str(cfg)],
+                tmp / f"{name}.log",
+                {**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+        )
+        wait_http(f"http://127.0.0.1:{port}/readyz", {200})
+    auth = per_client[0]
+    return [
+        Target("direct", upstream, "echo", {}),
+        Target("gateway-sse", f"http://127.0.0.1:{sse_port}/mcp", "everything__echo", auth, per_client),
+        Target("gateway-json", f"http://127.0.0.1:{json_port}/mcp", "everything__echo", auth, per_client),
+        Target(
+            "gateway-sse-stdio-upstream",
+            f"http://127.0.0.1:{stdio_port}/mcp",
+            "everything__echo",
+            auth,
+            per_client,
+        ),
+    ]
+
+
+def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per target and client count: the rounds' median latencies and throughput, summed counts."""
+
+    def med(rows: list[dict[str, Any]], k: str) -> float:
+        return round(statistics.median(r[k] for r in rows), 3)
+
+    return {
+        name: {
+            "p50_ms": med(rows, "p50_ms"),
+            "p99_ms": med(rows, "p99_ms"),
+            "calls_per_s": med(rows, "calls_per_s"),
+            "calls": sum(r["calls"] for r in rows),
+            "misrouted_or_failed": sum(r["misrouted_or_failed"] for r in rows),
+        }
+        for name, rows in runs.items()
+    }
 
 
 if __name__ == "__main__":

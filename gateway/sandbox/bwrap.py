@@ -34,7 +34,7 @@ from .base import (
     read_only_binds,
     shell_join,
 )
-from .output import CappedBuffer, feed_stdin, pump_fd
+from .output import CappedBuffer, captured, feed_stdin, pump_fd
 from .types import KilledReason, Limits, SandboxRequest, SandboxResult
 
 SECCOMP_FD = 9
@@ -258,16 +258,7 @@ class BwrapTier(SandboxTier):
         elif killed == "none" and proc.returncode != 0 and cg.pids_limit_hit():
             killed = "pids"
         code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-        return SandboxResult(
-            exit_code=code,
-            stdout=out.value(),
-            stderr=err.value(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            killed=killed,
-            tier="bwrap",
-            duration_s=time.monotonic() - start,
-        )
+        return captured(out, err, exit_code=code, killed=killed, tier="bwrap", start=start)
 
     # -- stdio servers ------------------------------------------------------------------
     def stdio_argv(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -39,30 +38,12 @@ from .base import (
     prologue_argv,
     read_only_binds,
 )
-from .output import CappedBuffer, TrailerBuffer, pump_docker_socket
+from .docker_api import docker_client as docker_client  # the gateway and tests import it from here
+from .docker_api import docker_knows, remove_container, runsc_delete, runsc_ids, runsc_orphans
+from .output import CappedBuffer, TrailerBuffer, captured, pump_docker_socket
 from .types import LABEL, LABEL_OWNER, KilledReason, Limits, SandboxRequest, SandboxResult
 
 RUNSC_MIN_PIDS = 512
-RUNSC_STATE_ROOT = "/var/run/docker/runtime-runc/moby"  # where dockerd's runsc keeps state
-CONTAINERD_SOCK = "/var/run/docker/containerd/containerd.sock"
-_client_lock = threading.Lock()
-_client: Any = None
-
-
-def docker_client() -> Any:
-    """One shared Docker SDK client (thread-safe for our use); SandboxUnavailable if no daemon."""
-    global _client
-    with _client_lock:
-        if _client is None:
-            try:
-                import docker  # type: ignore[import-untyped,unused-ignore]
-
-                c = docker.from_env(timeout=30)
-                c.ping()
-            except Exception as e:
-                raise SandboxUnavailable(f"Docker daemon not reachable: {e}") from e
-            _client = c
-        return _client
 
 
 class _Stopper:
@@ -235,15 +216,8 @@ class DockerTier(SandboxTier):
             except Exception as e:
                 raise SandboxError(f"cannot start the {self.name} container: {e}") from e
         code = self._wait_for_exit(stop, pump, out, err, limits)
-        return SandboxResult(
-            exit_code=code,
-            stdout=out.value(),
-            stderr=err.value(),
-            stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated,
-            killed=self._killed_reason(stop, code),
-            tier=self.name,
-            duration_s=time.monotonic() - start,
+        return captured(
+            out, err, exit_code=code, killed=self._killed_reason(stop, code), tier=self.name, start=start
         )
 
     def _wait_for_exit(
@@ -305,14 +279,13 @@ class DockerTier(SandboxTier):
                 continue
         return False
 
-    def remove(self, cid: str) -> None:
-        """Force-remove a container (and runsc state Docker lost); never raises."""
-        try:
-            docker_client().api.remove_container(cid, force=True)
-        except Exception:  # noqa: BLE001, S110 - already gone; the orphan sweep catches the rest
-            pass
+    def remove(self, cid: str) -> bool:
+        """Force-remove a container (and runsc state Docker lost): True once it is gone; never
+        raises (a real failure is logged with its id, see ``remove_container``)."""
+        gone = remove_container(cid)
         if self.runtime == "runsc":
-            _runsc_delete(cid)
+            runsc_delete(cid)
+        return gone
 
     # -- stdio servers ------------------------------------------------------------------
     def stdio_argv(
@@ -405,7 +378,7 @@ class DockerTier(SandboxTier):
             self.remove(c.id)
             removed.append(f"container {c.short_id}")
         if self.runtime == "runsc":
-            removed += [f"runsc state {i[:12]}" for i in _runsc_orphans()]
+            removed += [f"runsc state {i[:12]}" for i in runsc_orphans()]
         return removed
 
     def _owned_by_live_other(self, c: Any) -> bool:
@@ -426,7 +399,7 @@ class DockerTier(SandboxTier):
             and not self._owned_by_live_other(c)
         ]
         if self.runtime == "runsc":
-            out += [f"runsc state {i[:12]}" for i in _runsc_ids() if not _docker_knows(i)]
+            out += [f"runsc state {i[:12]}" for i in runsc_ids() if not docker_knows(i)]
         return out
 
 
@@ -438,57 +411,3 @@ class GvisorTier(DockerTier):
 
     def pids_limit(self, limits: Limits) -> int:
         return max(limits.pids, RUNSC_MIN_PIDS)
-
-
-def _runsc_ids() -> list[str]:
-    if shutil.which("runsc") is None or not Path(RUNSC_STATE_ROOT).exists():
-        return []
-    r = subprocess.run(
-        ["runsc", f"--root={RUNSC_STATE_ROOT}", "list", "-quiet"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return [line.strip() for line in r.stdout.splitlines() if line.strip()]
-
-
-def _docker_knows(cid: str) -> bool:
-    try:
-        docker_client().api.inspect_container(cid)
-        return True
-    except SandboxUnavailable:
-        return True  # cannot tell: leave it
-    except Exception:  # noqa: BLE001 - docker.errors.NotFound and kin: Docker does not know it
-        return False
-
-
-def _runsc_delete(cid: str) -> None:
-    """Force-delete runsc state of a container Docker no longer tracks (failed starts leak)."""
-    try:  # cheap check first: runsc keeps one state file per container, named by id
-        if not any(cid in n for n in os.listdir(RUNSC_STATE_ROOT)):
-            return
-    except OSError:
-        return
-    if cid in _runsc_ids() and not _docker_knows(cid):
-        subprocess.run(
-            ["runsc", f"--root={RUNSC_STATE_ROOT}", "delete", "--force", cid],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        if shutil.which("ctr"):
-            for sub in (["tasks", "delete", "--force", cid], ["containers", "delete", cid]):
-                subprocess.run(
-                    ["ctr", "--address", CONTAINERD_SOCK, "-n", "moby", *sub],
-                    capture_output=True,
-                    timeout=30,
-                    check=False,
-                )
-
-
-def _runsc_orphans() -> list[str]:
-    gone = [i for i in _runsc_ids() if not _docker_knows(i)]
-    for cid in gone:
-        _runsc_delete(cid)
-    return gone

@@ -11,7 +11,10 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
+
+from .types import KilledReason, SandboxResult, Tier
 
 
 class CappedBuffer:
@@ -66,6 +69,22 @@ class TrailerBuffer(CappedBuffer):
         if len(body) > self._user_cap:
             self.truncated = True
         return body[: self._user_cap]
+
+
+def captured(
+    out: CappedBuffer, err: CappedBuffer, *, exit_code: int, killed: KilledReason, tier: Tier, start: float
+) -> SandboxResult:
+    """A run's result from its two capped buffers (``start``: its ``time.monotonic()``)."""
+    return SandboxResult(
+        exit_code=exit_code,
+        stdout=out.value(),
+        stderr=err.value(),
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+        killed=killed,
+        tier=tier,
+        duration_s=time.monotonic() - start,
+    )
 
 
 def pump_fd(fd: int, buf: CappedBuffer) -> threading.Thread:

@@ -11,7 +11,7 @@ import pytest
 from mcp.client import stdio as sdk_stdio
 
 from gateway.sandbox import cgroups
-from gateway.sandbox.docker_tier import RUNSC_STATE_ROOT, docker_client
+from gateway.sandbox.docker_api import RUNSC_STATE_ROOT, docker_client
 from gateway.sandbox.types import LABEL_OWNER
 from tests.conftest import EVERYTHING_JS, ROOT, require_peers, write_config
 from tests.server._clients import stdio_session

@@ -1,0 +1,133 @@
+"""The shared Docker client, and removal of sandbox containers that holds on a loaded host.
+
+A removal is retried while Docker's refusal is transient (another removal of the same
+container in progress, a 5xx while the daemon kills it, a dropped or timed-out connection)
+and counts as done once Docker answers 404; any other error is a real failure, logged with
+the container id (the next start's orphan sweep removes it). runsc state that Docker lost
+(a failed start leaks it) is deleted with runsc itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from typing import Any
+
+from gateway.errors import SandboxUnavailable
+
+log = logging.getLogger("symbi.sandbox")
+
+RUNSC_STATE_ROOT = "/var/run/docker/runtime-runc/moby"  # where dockerd's runsc keeps state
+CONTAINERD_SOCK = "/var/run/docker/containerd/containerd.sock"
+REMOVE_DEADLINE_S = 120.0  # a runsc kill on a loaded host takes seconds, not minutes
+_client_lock = threading.Lock()
+_client: Any = None
+
+
+def docker_client() -> Any:
+    """One shared Docker SDK client (thread-safe for our use); SandboxUnavailable if no daemon."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            try:
+                import docker  # type: ignore[import-untyped,unused-ignore]
+
+                c = docker.from_env(timeout=30)
+                # requests reads proxy settings from os.environ on every call, iterating it: a
+                # thread that sets or unsets a variable meanwhile (pytest does, per test phase)
+                # makes that call raise KeyError. The daemon is local: no proxy applies.
+                c.api.trust_env = False
+                c.ping()
+            except Exception as e:
+                raise SandboxUnavailable(f"Docker daemon not reachable: {e}") from e
+            _client = c
+        return _client
+
+
+def _transient(e: Exception) -> bool:
+    """A refusal worth retrying: 409 (a removal in progress), 5xx, or a connection error."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+    if isinstance(e, docker.errors.APIError):
+        code = e.status_code
+        return code == 409 or (code is not None and code >= 500)
+    return isinstance(e, OSError)  # requests' ConnectionError and Timeout are OSErrors
+
+
+def remove_container(cid: str, *, client: Any = None, deadline_s: float = REMOVE_DEADLINE_S) -> bool:
+    """Force-remove ``cid``: True once Docker no longer has it; never raises."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+    end = time.monotonic() + deadline_s
+    delay = 0.1
+    while True:
+        try:
+            (client or docker_client()).api.remove_container(cid, force=True)
+            return True
+        except docker.errors.NotFound:
+            return True  # already gone (or another removal just finished it)
+        except Exception as e:  # noqa: BLE001 - classified below; a clean-up must not raise
+            if not _transient(e) or time.monotonic() + delay > end:
+                log.warning("cannot remove sandbox container %s: %s", cid[:12], e)
+                return False
+            log.debug("removal of sandbox container %s refused (%s); retrying", cid[:12], e)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def runsc_ids() -> list[str]:
+    if shutil.which("runsc") is None or not os.path.exists(RUNSC_STATE_ROOT):
+        return []
+    r = subprocess.run(
+        ["runsc", f"--root={RUNSC_STATE_ROOT}", "list", "-quiet"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return [line.strip() for line in r.stdout.splitlines() if line.strip()]
+
+
+def docker_knows(cid: str) -> bool:
+    try:
+        docker_client().api.inspect_container(cid)
+        return True
+    except SandboxUnavailable:
+        return True  # cannot tell: leave it
+    except Exception:  # noqa: BLE001 - docker.errors.NotFound and kin: Docker does not know it
+        return False
+
+
+def runsc_delete(cid: str) -> None:
+    """Force-delete runsc state of a container Docker no longer tracks (failed starts leak)."""
+    try:  # cheap check first: runsc keeps one state file per container, named by id
+        if not any(cid in n for n in os.listdir(RUNSC_STATE_ROOT)):
+            return
+    except OSError:
+        return
+    if cid in runsc_ids() and not docker_knows(cid):
+        subprocess.run(
+            ["runsc", f"--root={RUNSC_STATE_ROOT}", "delete", "--force", cid],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if shutil.which("ctr"):
+            for sub in (["tasks", "delete", "--force", cid], ["containers", "delete", cid]):
+                subprocess.run(
+                    ["ctr", "--address", CONTAINERD_SOCK, "-n", "moby", *sub],
+                    capture_output=True,
+                    timeout=30,
+                    check=False,
+                )
+
+
+def runsc_orphans() -> list[str]:
+    gone = [i for i in runsc_ids() if not docker_knows(i)]
+    for cid in gone:
+        runsc_delete(cid)
+    return gone

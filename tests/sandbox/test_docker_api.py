@@ -1,0 +1,120 @@
+"""Docker API calls and container removal hold on a busy host: real daemon, real containers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.sandbox import SandboxManager
+from gateway.sandbox.docker_api import remove_container
+from gateway.sandbox.docker_tier import DockerTier, docker_client
+
+from .conftest import require_tier
+
+pytestmark = pytest.mark.sandbox
+
+
+@pytest.fixture
+def churned_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Another thread sets and unsets a variable without pause, as pytest's main thread does with
+    PYTEST_CURRENT_TEST at every test phase while a warm pool's reaper calls Docker. A few
+    thousand variables make each read of the environment long enough for the race to show."""
+    for i in range(3000):
+        monkeypatch.setenv(f"SYMBI_TEST_PAD_{i}", "x")
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            os.environ["SYMBI_TEST_CHURN"] = "1"
+            del os.environ["SYMBI_TEST_CHURN"]
+
+    t = threading.Thread(target=churn, daemon=True)
+    t.start()
+    yield
+    stop.set()
+    t.join()
+
+
+def test_docker_calls_hold_while_another_thread_changes_the_environment(
+    manager: SandboxManager, churned_environ: None
+) -> None:
+    require_tier(manager, "docker")
+    api = docker_client().api
+    for _ in range(100):
+        api.ping()  # the SDK's HTTP layer read proxies from os.environ here: KeyError mid-read
+
+
+def _removing(api: Any, cid: str) -> bool:
+    try:
+        return bool(api.inspect_container(cid)["State"]["Status"] == "removing")
+    except Exception:  # noqa: BLE001 - gone already
+        return False
+
+
+def _raw_remove(api: Any, cid: str) -> None:
+    with contextlib.suppress(Exception):  # this one may lose the race: only the other is checked
+        api.remove_container(cid, force=True)
+
+
+@pytest.mark.parametrize("tier_name", ["docker", "gvisor"])
+def test_a_removal_refused_while_another_is_in_progress_returns_once_the_container_is_gone(
+    manager: SandboxManager, tier_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Docker answers 409 to a removal while another is in progress (a reaper and a pool close
+    can meet so): the second one must not return while the container is still there."""
+    import docker.errors
+
+    require_tier(manager, tier_name)
+    tier, client = manager.tiers[tier_name], docker_client()
+    assert isinstance(tier, DockerTier)
+    for _ in range(10):  # until the other removal is caught in progress (it takes a moment)
+        cid = tier.create(client, ["/bin/sleep", "60"], {}, stdin_open=False, limits=manager.limits())
+        client.api.start(cid)
+        other = threading.Thread(target=_raw_remove, args=(client.api, cid))
+        other.start()
+        end = time.monotonic() + 10
+        while not _removing(client.api, cid) and other.is_alive() and time.monotonic() < end:
+            time.sleep(0.001)
+        if _removing(client.api, cid):
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="symbi.sandbox"):
+                tier.remove(cid)
+            with pytest.raises(docker.errors.NotFound):
+                client.api.inspect_container(cid)
+            other.join()
+            if any(r.levelno == logging.DEBUG and cid[:12] in r.getMessage() for r in caplog.records):
+                return  # it was refused (409) at least once, retried, and returned once gone
+        other.join()
+    pytest.fail("no removal was refused as in progress: the race was not attacked")
+
+
+def test_a_removal_that_keeps_failing_is_retried_then_logged_with_the_container_id(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    import docker
+
+    # a real client with nothing listening on its socket: every attempt is refused
+    client = docker.DockerClient(base_url=f"unix://{tmp_path}/no-daemon.sock", version="1.41")
+    cid = "ab12" * 16
+    with caplog.at_level(logging.DEBUG, logger="symbi.sandbox"):
+        assert remove_container(cid, client=client, deadline_s=1.0) is False
+    retries = [r for r in caplog.records if r.levelno == logging.DEBUG and cid[:12] in r.getMessage()]
+    failed = [r for r in caplog.records if r.levelno == logging.WARNING and cid[:12] in r.getMessage()]
+    assert len(retries) >= 2 and len(failed) == 1
+
+
+def test_a_container_already_gone_counts_as_removed(
+    manager: SandboxManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_tier(manager, "docker")
+    with caplog.at_level(logging.WARNING, logger="symbi.sandbox"):
+        assert remove_container("0" * 64) is True
+    assert caplog.records == []

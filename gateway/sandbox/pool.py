@@ -24,13 +24,18 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import SandboxError
 
 from .base import SANDBOX_ENV
-from .docker_tier import DockerTier, docker_client
+from .docker_api import REMOVE_DEADLINE_S, docker_client
+from .docker_tier import DockerTier
 from .types import SANDBOX_PYTHON, WORKDIR, Limits, SandboxRequest, SandboxResult
 
 if TYPE_CHECKING:
     from .manager import SandboxManager
 
 log = logging.getLogger("symbi.sandbox.pool")
+
+# create (30 s client timeout), start (30 s) and the runner's greeting (60 s) each have a
+# bound; a close waits this long for a refill in flight before it removes what is left
+SPAWN_BOUND_S = 180.0
 
 # The runner is pid 1 of its container: it forks the payload and waits, then appends the
 # exit code to stderr (see TrailerBuffer) and exits with it, which ends the container
@@ -115,7 +120,11 @@ class _Warm:
 
 
 class WarmPool:
-    """``size`` ready containers per available Docker tier, refilled in the background."""
+    """``size`` ready containers per available Docker tier, refilled in the background.
+
+    Every container the pool creates is in ``_live`` until its removal has returned, so
+    ``close`` can remove whatever is left: idle ones, a call's in flight, a reaper's.
+    """
 
     def __init__(self, manager: SandboxManager, size: int) -> None:
         self.size = size
@@ -125,6 +134,8 @@ class WarmPool:
         }
         self._ready: dict[str, deque[_Warm]] = {n: deque() for n in self.tiers}
         self._last: dict[str, bool] = {n: False for n in self.tiers}
+        self._live: dict[str, str] = {}  # container id -> tier name
+        self._serving = 0  # calls in flight
         self._cond = threading.Condition()
         self._closed = False
         self._reapers: list[threading.Thread] = []
@@ -136,22 +147,31 @@ class WarmPool:
             t.start()
 
     # -- filling ------------------------------------------------------------------------
-    def _spawn(self, tier: DockerTier) -> _Warm:
-        client = docker_client()
+    def _spawn(self, name: str) -> _Warm:
+        tier, client = self.tiers[name], docker_client()
         cid = tier.create(
             client, [SANDBOX_PYTHON, "-I", "-c", RUNNER], {}, stdin_open=True, limits=self.limits
         )
+        with self._cond:
+            self._live[cid] = name
         try:
             raw = tier.attach(client, cid, with_stdin=True)
             client.api.start(cid)
             _await_ready(raw)
         except BaseException:
-            tier.remove(cid)
+            self._remove(cid)
             raise
         return _Warm(cid, raw)
 
+    def _remove(self, cid: str) -> None:
+        with self._cond:
+            name = self._live.get(cid)
+        if name is not None:
+            self.tiers[name].remove(cid)
+            with self._cond:
+                self._live.pop(cid, None)
+
     def _refill(self, name: str) -> None:
-        tier = self.tiers[name]
         failures = 0
         while True:
             with self._cond:
@@ -160,19 +180,22 @@ class WarmPool:
                 if self._closed:
                     return
             try:
-                warm = self._spawn(tier)
+                warm = self._spawn(name)
                 failures = 0
             except Exception as e:  # noqa: BLE001 - keep serving cold; retry with backoff
                 failures += 1
                 log.warning("warm pool: cannot start a %s sandbox: %s", name, e)
-                time.sleep(min(0.5 * 2**failures, 30.0))
+                with self._cond:  # a close wakes the back-off
+                    if not self._closed:
+                        self._cond.wait(min(0.5 * 2**failures, 30.0))
                 continue
             with self._cond:
-                if self._closed:
-                    tier.remove(warm.cid)
-                    return
-                self._ready[name].append(warm)
-                self._cond.notify_all()
+                if not self._closed:
+                    self._ready[name].append(warm)
+                    self._cond.notify_all()
+                    continue
+            self._remove(warm.cid)  # closed while it started
+            return
 
     def wait_ready(self, tier: str, timeout_s: float = 30.0) -> bool:
         """Block until ``tier`` has a full pool (benchmarks, tests); False on timeout."""
@@ -208,8 +231,19 @@ class WarmPool:
                 self._last[tier] = False
                 return None
             warm = self._ready[tier].popleft()
+            self._serving += 1
             self._cond.notify_all()  # wake the refill thread
         self._last[tier] = True
+        try:
+            return self._serve(self.tiers[tier], warm, request, limits)
+        finally:
+            self._reap(warm.cid)
+            with self._cond:
+                self._serving -= 1
+                self._cond.notify_all()
+
+    @staticmethod
+    def _serve(t: DockerTier, warm: _Warm, request: SandboxRequest, limits: Limits) -> SandboxResult:
         job = json.dumps(
             {
                 "argv": request.argv(),
@@ -219,27 +253,37 @@ class WarmPool:
                 "env": {**SANDBOX_ENV, **request.env},
             }
         ).encode()
-        t = self.tiers[tier]
-        try:
-            return t.execute(
-                docker_client(), warm.cid, warm.raw, job, limits, time.monotonic(), started=True, trailer=True
-            )
-        finally:
-            # removal is off the caller's path; the orphan sweep covers a crash meanwhile
-            reaper = threading.Thread(target=t.remove, args=(warm.cid,), name="sandbox-reap", daemon=True)
+        return t.execute(
+            docker_client(), warm.cid, warm.raw, job, limits, time.monotonic(), started=True, trailer=True
+        )
+
+    def _reap(self, cid: str) -> None:
+        """Remove a served container off the caller's path; registered before it starts, so a
+        ``close`` that comes next waits for it (the orphan sweep covers a crash meanwhile)."""
+        reaper = threading.Thread(target=self._remove, args=(cid,), name="sandbox-reap", daemon=True)
+        with self._cond:
+            self._reapers = [r for r in self._reapers if r.is_alive()] + [reaper]
             reaper.start()
-            with self._cond:
-                self._reapers = [r for r in self._reapers if r.is_alive()] + [reaper]
 
     def close(self) -> None:
-        """Stop refilling and remove every idle container."""
+        """Stop taking calls and refilling, wait for the refills and calls in flight (each has
+        its own bound), then remove every container left and wait for the removals."""
         with self._cond:
             self._closed = True
-            idle = [(n, w) for n, q in self._ready.items() for w in q]
             for q in self._ready.values():
                 q.clear()
             self._cond.notify_all()
-        for t in [*self._threads, *self._reapers]:
-            t.join(timeout=60)
-        for name, w in idle:
-            self.tiers[name].remove(w.cid)
+        for t in self._threads:
+            t.join(timeout=SPAWN_BOUND_S)
+            if t.is_alive():  # its own timeouts bound it: it removes what it made when it ends
+                log.warning("warm pool: %s still starting a sandbox after %.0f s", t.name, SPAWN_BOUND_S)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._serving == 0, self.limits.timeout_s + 60):
+                log.warning(
+                    "warm pool: closing with %d call(s) still running: they are cut short", self._serving
+                )
+            left, reapers = list(self._live), list(self._reapers)
+        for cid in left:
+            self._remove(cid)
+        for r in reapers:
+            r.join(timeout=REMOVE_DEADLINE_S)

@@ -1,0 +1,76 @@
+"""Warm pool close: whatever is in flight when it comes (a refill starting, a call running),
+nothing of the pool is left once it returns. Real pools and containers; the only stand-in is a
+wrapper around the real ``create`` that tells the test when the refill's container exists."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.config.model import Config
+from gateway.sandbox import SandboxManager, SandboxRequest, SandboxResult
+
+from .conftest import own_leftovers, require_tier
+from .test_pool import served
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+Pool = tuple[SandboxManager, str, set[str]]
+
+
+@pytest.fixture(params=["docker", "gvisor"])
+def fresh_pool(request: pytest.FixtureRequest, manager: SandboxManager) -> Iterator[Pool]:
+    """A pool of its own per test (closed by the test at a chosen moment), with what this
+    process had left in the tier before it (another module's pool may still be up)."""
+    require_tier(manager, request.param)
+    before = set(own_leftovers(manager, request.param))
+    m = SandboxManager(Config.model_validate({"sandbox": {"timeout_s": 20.0}}), sweep_orphans=False)
+    m.start_warm_pool(1)
+    yield m, str(request.param), before
+    m.close()
+
+
+def test_a_close_while_a_refill_is_starting_leaves_no_container(
+    fresh_pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m, tier, before = fresh_pool
+    created = threading.Event()
+    real_create = m.tiers[tier].create
+
+    def create(*args: Any, **kwargs: Any) -> str:  # the real create; only tells the test it ran
+        cid = real_create(*args, **kwargs)
+        created.set()
+        return cid
+
+    monkeypatch.setattr(m.tiers[tier], "create", create)
+    served(m, tier, SandboxRequest(command=("/bin/true",)))  # the refill thread starts another
+    assert created.wait(60)  # the replacement exists and is starting: close now
+    m.close()
+    assert set(own_leftovers(m, tier)) - before == set()
+
+
+def test_a_close_during_a_call_waits_for_it_and_leaves_no_container(
+    fresh_pool: Pool,
+) -> None:
+    m, tier, before = fresh_pool
+    pool = m.warm_pool
+    assert pool is not None and pool.wait_ready(tier, timeout_s=60)
+    outcome: list[SandboxResult] = []
+    caller = threading.Thread(
+        target=lambda: outcome.append(
+            m.run(tier, SandboxRequest(command=("/bin/sh", "-c", "sleep 3; echo done")))
+        ),
+    )
+    caller.start()
+    end = time.monotonic() + 60
+    while not pool.last_served_from_pool(tier) and time.monotonic() < end:
+        time.sleep(0.01)
+    assert pool.last_served_from_pool(tier), "the call did not come from the pool"
+    m.close()  # the call is in flight: its container is removed only after it ends
+    assert set(own_leftovers(m, tier)) - before == set()
+    caller.join(60)
+    assert [(r.exit_code, r.stdout) for r in outcome] == [(0, b"done\n")]

@@ -13,9 +13,10 @@ come back through the SDK), and writes the reply line itself.
 Everything else goes to the SDK unchanged: initialize, other methods, notifications (a
 ``notifications/cancelled`` for a lane call is acted on here and still passed on), responses,
 batches, anything malformed or unusual (unknown keys, a ``_meta`` other than progress and
-trace context, an id already in flight in the lane, a 2026-era envelope), and every call
+trace context, a 2026-era envelope), and every call
 before ``initialize`` was answered (the lane learns the connection from the SDK's own
-``initialize`` through a server middleware).
+``initialize`` through a server middleware). A call whose id is in flight in the session (in
+the lane or the SDK) is declined too: the transport refuses it (``stdio.OpenRequests``).
 """
 
 from __future__ import annotations
@@ -195,11 +196,16 @@ class StdioLane:
         self._tasks: dict[LaneDispatch, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # the transport's, from attach
         self._write: Write | None = None
+        self._sdk_open: set[types.RequestId] | frozenset[types.RequestId] = frozenset()
         self.taken = 0  # calls served by the lane (tests, bench)
 
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    def serving(self, key: types.RequestId) -> bool:
+        """Whether the lane has a call of this (coerced) id in flight."""
+        return key in self._in_flight
 
     async def capture(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """Server middleware: learn the connection (and the lifespan state) from the SDK's own
@@ -210,8 +216,16 @@ class StdioLane:
             self._connection = connection_of(ctx.session)
         return result
 
-    def attach(self, tg: anyio.abc.TaskGroup, write: Write) -> None:
+    def attach(
+        self,
+        tg: anyio.abc.TaskGroup,
+        write: Write,
+        sdk_open: set[types.RequestId] | frozenset[types.RequestId] = frozenset(),
+    ) -> None:
+        """Open the lane on the transport's loop; ``sdk_open``: the ids of the requests the SDK
+        serves on this connection (a call reusing one is declined, for the transport to refuse)."""
         self._write = write
+        self._sdk_open = sdk_open
         self._loop = asyncio.get_running_loop()  # the lane is open from here on
         tg.start_soon(self._hold)
 
@@ -255,8 +269,8 @@ class StdioLane:
             return False
         rid, params, token = call
         key = coerce_request_id(rid)
-        if key in self._in_flight:
-            return False  # an id in flight here: the SDK's (overwrite) semantics, not the lane's
+        if key in self._in_flight or key in self._sdk_open:
+            return False  # an id in flight in the session: the transport refuses it
         dctx = LaneDispatch(conn, rid, token)
         scope = anyio.CancelScope()
         self._in_flight[key] = (scope, dctx)

@@ -6,7 +6,8 @@ the gateway's hot path). Like the SDK's, it moves the protocol off fds 0 and 1 w
 (fd 0 reads /dev/null, fd 1 goes to stderr), so nothing else in the process or its children
 can corrupt the stream. And it answers bad input instead of dropping it: a line that is not
 JSON gets -32700, JSON that is not JSON-RPC -32600, a message over ``mcp.max_message_bytes``
--32600 naming the limit (with the request's id when it can be read). The session goes on.
+-32600 naming the limit (with the request's id when it can be read), a request whose id is
+still in flight in the session -32600 with that id (``OpenRequests``). The session goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import types
+from mcp.shared.dispatcher import coerce_request_id
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
@@ -68,6 +71,46 @@ def _parse(line: bytes) -> tuple[SessionMessage, bool]:
         return _error(types.INVALID_REQUEST, "invalid JSON-RPC message", _peek_id(line[:512])), False
 
 
+class OpenRequests:
+    """The ids of the client's requests in flight on one connection, whichever path serves
+    them. MCP forbids a requestor to reuse an id within a session; a reused id still in flight
+    would let one reply answer the other request (the SDK's dispatcher overwrites its entry for
+    the id and answers both, under one id). So a request whose id is in flight is refused with
+    Invalid Request (its id echoed) and the first goes on undisturbed. The lane's calls are its
+    own (``StdioLane.serving``); a request for the SDK is held here from the line that carries
+    it to the SDK's reply (``answered``), or to the client's cancel of it (after which the SDK
+    writes none)."""
+
+    def __init__(self, lane: StdioLane | None) -> None:
+        self.sdk: set[types.RequestId] = set()
+        self._lane = lane
+
+    def admit(self, message: Any) -> SessionMessage | None:
+        """None: ``message`` goes to the SDK (a request's id now held); else the refusal to write."""
+        if isinstance(message, types.JSONRPCRequest):
+            key = coerce_request_id(message.id)
+            if key in self.sdk or (self._lane is not None and self._lane.serving(key)):
+                return _error(
+                    types.INVALID_REQUEST,
+                    f"request id {message.id!r} is already in flight in this session "
+                    "(a request id must not be reused)",
+                    message.id,
+                )
+            self.sdk.add(key)
+        elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+            rid = cancelled_request_id_from_params(message.params)
+            if rid is not None:
+                self.sdk.discard(coerce_request_id(rid))
+        return None
+
+    def answered(self, msg: SessionMessage | bytes) -> None:
+        """The SDK's reply to a client request is on its way out: that id is free again."""
+        if isinstance(msg, SessionMessage):
+            message = msg.message
+            if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
+                self.sdk.discard(coerce_request_id(message.id))
+
+
 @contextlib.asynccontextmanager
 async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> AsyncIterator[tuple[Any, Any]]:
     """The client's stdin and stdout as the server's (read, write) streams, fds 0/1 taken over."""
@@ -83,6 +126,7 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
     # waiting together leave in one pipe write (``receive_nowait``)
     to_client, from_server = anyio.create_memory_object_stream[SessionMessage | bytes](0)
     lane_out = to_client.clone()  # the fast lane's replies, in the same writer
+    requests = OpenRequests(lane)
 
     async def lane_write(msg: SessionMessage | bytes) -> None:
         """A fast-lane reply: written now when the write loop holds nothing, else queued behind."""
@@ -92,10 +136,10 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
         async with anyio.create_task_group() as tg:
             if rtransport is None:  # a file or /dev/null: read in a thread
                 tg.start_soon(feed_from_file, wire_in, reader)
-            tg.start_soon(_read_loop, reader, to_server, writer, lane, max_bytes)
-            tg.start_soon(_write_loop, writer, from_server)
+            tg.start_soon(_read_loop, reader, to_server, writer, lane, max_bytes, requests)
+            tg.start_soon(_write_loop, writer, from_server, requests)
             if lane is not None:
-                lane.attach(tg, lane_write)
+                lane.attach(tg, lane_write, requests.sdk)
             try:
                 yield from_client, to_client
             finally:
@@ -147,9 +191,11 @@ async def _read_loop(
     writer: asyncio.StreamWriter | FileWriter,
     lane: StdioLane | None,
     max_bytes: int,
+    requests: OpenRequests,
 ) -> None:
-    """Client lines to the server (or the fast lane); bad input answered on the wire, not dropped.
-    A task of its own, all state in locals: no per-message lookups beyond the closure's."""
+    """Client lines to the server (or the fast lane); bad input answered on the wire, not dropped
+    (a reused id in flight too: ``requests``). A task of its own, all state in locals: no
+    per-message lookups beyond the closure's."""
 
     async def write(msg: SessionMessage | bytes) -> None:
         writer.write(frame(msg))
@@ -160,9 +206,12 @@ async def _read_loop(
             return
         msg, for_server = _parse(line)
         if for_server:
-            await to_server.send(msg)
-        else:
-            await write(msg)
+            refused = requests.admit(msg.message)
+            if refused is None:
+                await to_server.send(msg)
+                return
+            msg = refused
+        await write(msg)
 
     async with to_server:
         while True:
@@ -191,12 +240,18 @@ async def _read_loop(
 
 
 async def _write_loop(
-    writer: asyncio.StreamWriter | FileWriter, from_server: MemoryObjectReceiveStream[Any]
+    writer: asyncio.StreamWriter | FileWriter,
+    from_server: MemoryObjectReceiveStream[Any],
+    requests: OpenRequests,
 ) -> None:
-    """Server messages (and queued fast-lane replies) to the client, those already waiting in one write."""
+    """Server messages (and queued fast-lane replies) to the client, those already waiting in one
+    write; each reply frees its request's id (``requests``) before it leaves."""
     async with from_server:
         async for msg in from_server:
-            writer.write(b"".join(map(frame, with_waiting(msg, from_server))))
+            out = list(with_waiting(msg, from_server))
+            for m in out:
+                requests.answered(m)
+            writer.write(b"".join(map(frame, out)))
             await writer.drain()
 
 

@@ -249,7 +249,7 @@ SCRIPT: list[Step] = [
         (52,),
         1,
     ),
-    # id collision with a call in flight in the lane: the second goes to the SDK, both answered
+    # id collision with a call in flight: the second refused (Invalid Request), the first answered
     ([call(60, "mut__slow", {"seconds": 0.5}), call(60, ECHO, {"message": "same id"})], (60, 60), 1),
     # a cancelled call is never answered; the session goes on
     (
@@ -418,3 +418,70 @@ def test_end_of_input_ends_a_call_in_flight_alike(tmp_path: Path) -> None:
     assert (taken, not_taken) == (1, 0)
     assert on == off
     assert on[0]["error"]["code"] == types.CONNECTION_CLOSED
+
+
+# -- a request id reused while it is in flight -------------------------------------------------
+
+SLOW_S = 1.0
+# (first, second): the first a slow call, the second reusing its id while it runs; the
+# comments say which path serves the first when the lane is on (off: the SDK, every one)
+REUSED: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    # the lane's call, then another plain call of its id
+    (call(80, "mut__slow", {"seconds": SLOW_S}), call(80, ECHO, {"message": "second"})),
+    # the SDK's call (a _meta key the lane leaves to the SDK), then a plain call of its id
+    (
+        call(81, "mut__slow", {"seconds": SLOW_S}, _meta={"x-note": "sdk"}),
+        call(81, ECHO, {"message": "second"}),
+    ),
+    # the lane's call, then another method (the SDK's) of its id
+    (call(82, "mut__slow", {"seconds": SLOW_S}), {"jsonrpc": "2.0", "id": 82, "method": "tools/list"}),
+    # "83" is 83 to the SDK's correlation of ids (coerce_request_id)
+    (call(83, "mut__slow", {"seconds": SLOW_S}), call("83", ECHO, {"message": "second"})),
+    # string ids
+    (call("s-84", "mut__slow", {"seconds": SLOW_S}), call("s-84", ECHO, {"message": "second"})),
+]
+
+
+def _key(rid: Any) -> Any:
+    return int(rid) if isinstance(rid, str) and rid.isdigit() else rid
+
+
+def _reused_replies(w: Wire, first: dict[str, Any], second: dict[str, Any]) -> list[dict[str, Any]]:
+    """Both sent at once; every reply of their id (coerced) until two came and the id is free."""
+    w.send(first)
+    w.send(second)
+    key = _key(first["id"])
+    got = w.until(lambda g: sum(_key(m.get("id")) == key for m in g if "method" not in m) >= 2)
+    # the id is free again once answered: a third call of it is served
+    w.send(call(first["id"], ECHO, {"message": "third"}))
+    got += w.until(lambda g: any(_key(m.get("id")) == key for m in g if "method" not in m))
+    w.send(call("sentinel", ECHO, {"message": "sentinel"}))
+    got += w.until(replied("sentinel"))
+    return [m for m in got if "method" not in m and _key(m.get("id")) == key]
+
+
+@pytest.mark.parametrize("lane", [True, False])
+def test_a_request_reusing_an_id_in_flight_is_refused_and_the_first_answered(
+    tmp_path: Path, lane: bool
+) -> None:
+    """MCP: a requestor MUST NOT reuse an id within a session. Without a refusal the SDK answers
+    both under the one id (the second's reply comes first and answers the client's first
+    request). Refused: the second gets Invalid Request with its id, the first its own result."""
+    cfg = lane_config(tmp_path, lane)
+    w = Wire(cfg, tmp_path / "gateway.log")
+    try:
+        w.send(INIT)
+        w.until(replied("init"))
+        w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        for first, second in REUSED:
+            got = _reused_replies(w, first, second)
+            text = json.dumps(got)
+            assert "Echo: second" not in text and '"tools"' not in text, (first, got)
+            [refusal] = [m for m in got if "error" in m]
+            assert refusal["id"] == second["id"] and type(refusal["id"]) is type(second["id"])
+            assert refusal["error"]["code"] == types.INVALID_REQUEST
+            results = [m["result"]["content"][0]["text"] for m in got if "result" in m]
+            assert results == ["done", "Echo: third"], (first, got)  # the first's own, then the third's
+            assert [m["id"] for m in got if "result" in m] == [first["id"], first["id"]]
+    finally:
+        w.close()

@@ -36,7 +36,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp
 
 from gateway.app import Gateway
 from gateway.assemble import make_gateway
@@ -92,7 +91,9 @@ class HttpState:
     cookie_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     # why the gateway's lifespan ended while the HTTP server still runs (None: it runs)
     stopped: str | None = None
-    lane: HttpLane | None = None  # the tools/call fast lane (mcp.http_fast_lane; SSE and JSON replies)
+    # the tools/call fast lane (mcp.http_fast_lane; SSE and JSON replies), or with it off the
+    # wrapper that refuses a request whose id is in flight in its session
+    lane: HttpLane | None = None
 
     @property
     def gateway(self) -> Gateway | None:
@@ -178,7 +179,7 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     )
     app.state.symbi = state
     app.state.agent_socket = agent_socket
-    app.state.http_lane = lane
+    app.state.http_lane = lane if config.mcp.http_fast_lane else None  # the lane that serves calls
     state.lane = lane
     _add_middleware(app, state, manager, settings)
     return app
@@ -203,15 +204,12 @@ def _session_manager(
 def _mcp_route(
     config: Config, server: Server[Gateway], manager: StreamableHTTPSessionManager, state: HttpState
 ) -> tuple[Route, HttpLane | None]:
-    """The MCP endpoint's route, behind the HTTP fast lane when ``mcp.http_fast_lane`` is on
-    (plain tools/call answered by the gateway; the rest goes on to the SDK's endpoint)."""
-    endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
-    lane: HttpLane | None = None
-    if config.mcp.http_fast_lane:
-        lane = HttpLane(endpoint, server, manager)
-        server.middleware.append(lane.capture)
-        endpoint = lane
-    route = Route(config.http.path, endpoint=SessionScope(endpoint, state), methods=["GET", "POST", "DELETE"])
+    """The MCP endpoint's route, behind the HTTP fast lane (plain tools/call answered by the
+    gateway when ``mcp.http_fast_lane`` is on; the rest goes on to the SDK's endpoint). With the
+    lane off the wrapper stays, for its refusal of a request whose id is in flight."""
+    lane = HttpLane(StreamableHTTPASGIApp(manager), server, manager, serve_calls=config.mcp.http_fast_lane)
+    server.middleware.append(lane.capture)
+    route = Route(config.http.path, endpoint=SessionScope(lane, state), methods=["GET", "POST", "DELETE"])
     return route, lane
 
 

@@ -17,9 +17,14 @@ the audit records), answered as the SDK's transport answers it in the session's 
 The lane takes a request only when every check the SDK's path makes passes the same way: the
 session id is open and was opened by this credential (the manager's own owner test), the
 session answered ``initialize``, the protocol-version header is a handshake-era one,
-Accept/Content-Type/Host/Origin pass the transport's checks, and the id is not in flight in
-the session (lane or SDK). Everything else goes to the SDK unchanged, its body replayed: other
-methods, GET/DELETE, batches, notifications, responses, malformed or unusual messages. A
+Accept/Content-Type/Host/Origin pass the transport's checks. Everything else goes to the SDK
+unchanged, its body replayed: other methods, GET/DELETE, batches, notifications, responses,
+malformed or unusual messages. A request (any method, either path) whose id is in flight in its
+session is refused with Invalid Request, its id echoed (HTTP 400): MCP forbids a requestor to
+reuse an id within a session, and the SDK's transport routes answers by id (a second request
+of the id takes the first's stream: one answer lost, or given to the wrong request). With
+``mcp.http_fast_lane`` off the wrapper still stands in front of the SDK for that refusal alone
+(``serve_calls=False``). A
 ``notifications/cancelled`` for a lane call of the same session cancels it (and still goes to
 the SDK), answered ``REQUEST_CANCELLED`` as the SDK's 2025-era wire does.
 """
@@ -98,8 +103,15 @@ class JsonLaneDispatch(LaneDispatch):
 class HttpLane:
     """ASGI wrapper of the SDK's MCP endpoint; ``capture`` goes into ``Server.middleware``."""
 
-    def __init__(self, app: ASGIApp, server: Server[Any], manager: StreamableHTTPSessionManager) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        server: Server[Any],
+        manager: StreamableHTTPSessionManager,
+        serve_calls: bool = True,
+    ) -> None:
         self.app = app
+        self._serve_calls = serve_calls  # False: only the refusal of ids in flight (the lane off)
         self._server = server
         self._chain = MiddlewareChain(server)
         self._manager = manager
@@ -107,6 +119,8 @@ class HttpLane:
         self._connections: dict[str, Connection] = {}
         self._headers: dict[str, list[tuple[bytes, bytes]]] = {}  # each session's SSE answer headers
         self._in_flight: dict[tuple[str, types.RequestId], tuple[anyio.CancelScope, LaneDispatch]] = {}
+        # the requests of known sessions the SDK serves, while their POST runs
+        self._sdk_posts: set[tuple[str, types.RequestId]] = set()
         self.taken = 0  # calls served by the lane (tests, bench)
 
     async def capture(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
@@ -142,8 +156,16 @@ class HttpLane:
             return
         body, more = await _read_body(receive)
         replay = _replaying(body, more, receive)
-        if more is None or not await self._serve(scope, replay, receive, send, sid, conn, body):
+        held = None if more is None else await self._serve(scope, replay, receive, send, sid, conn, body)
+        if held is True:
+            return
+        if held is None or held is False:
             await self.app(scope, replay, send)
+            return
+        try:  # the SDK serves a request: its id is in flight while its POST runs
+            await self.app(scope, replay, send)
+        finally:
+            self._sdk_posts.discard(held)
 
     async def _serve(
         self,
@@ -154,8 +176,9 @@ class HttpLane:
         sid: str,
         conn: Connection,
         body: bytes,
-    ) -> bool:
-        """Answer the POST in the lane (True), or leave it to the SDK (False)."""
+    ) -> bool | tuple[str, types.RequestId] | None:
+        """Answer the POST here (True: in the lane, or refused), or leave it to the SDK (False
+        or None; a key: the SDK's request of this id, held in ``_sdk_posts`` until its POST ends)."""
         user = scope.get("user")
         requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
         transport = http_session_transport(self._manager, sid, requestor)  # this credential's session
@@ -173,22 +196,44 @@ class HttpLane:
         if b"notifications/cancelled" in body:
             self._cancelled(sid, body)  # and the SDK gets it too
             return False
-        if (
-            b"tools/call" not in body
-            or not conn.initialize_accepted
-            or "tools/call" in self._server.cache_hints
-        ):
-            return False
         try:
-            call = plain_call(orjson.loads(body))
+            msg = orjson.loads(body)
         except orjson.JSONDecodeError:
             return False
-        if call is None:
-            return False
-        rid, params, token = call
+        rid = _request_id(msg)
+        if rid is None:
+            return False  # not one request: notifications, responses, batches, the malformed
         key = (sid, coerce_request_id(rid))
-        if key in self._in_flight or transport_serving(transport, str(rid)):
-            return False  # an id in flight in this session: the SDK's semantics, not the lane's
+        if key in self._in_flight or key in self._sdk_posts or transport_serving(transport, str(rid)):
+            await _send_json(send, _reused(rid), sid, 400)
+            return True
+        call = self._lane_call(conn, msg)
+        if call is None:
+            self._sdk_posts.add(key)
+            return key
+        return await self._take(key, call, transport, request, conn, json_mode, send, receive)
+
+    def _lane_call(
+        self, conn: Connection, msg: Any
+    ) -> tuple[types.RequestId, dict[str, Any], str | int | None] | None:
+        """The call the lane serves (``plain_call``), or None: the SDK's."""
+        if not self._serve_calls or not conn.initialize_accepted or "tools/call" in self._server.cache_hints:
+            return None
+        return plain_call(msg)
+
+    async def _take(
+        self,
+        key: tuple[str, types.RequestId],
+        call: tuple[types.RequestId, dict[str, Any], str | int | None],
+        transport: Any,
+        request: Request,
+        conn: Connection,
+        json_mode: bool,
+        send: Send,
+        receive: Receive,
+    ) -> bool:
+        """A lane call answered (True), or left to the SDK (False: the session's idle period ran out)."""
+        rid, params, token = call
         with transport_busy(transport) as open_:
             if not open_:
                 return False
@@ -320,6 +365,25 @@ class HttpLane:
         if entry is not None:
             entry[1].cancel()
             entry[0].cancel()
+
+
+def _request_id(msg: Any) -> types.RequestId | None:
+    """The id of a single JSON-RPC request (a method and an id), else None."""
+    if not isinstance(msg, dict) or "method" not in msg:
+        return None
+    rid = msg.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, int | str):
+        return None
+    return rid
+
+
+def _reused(rid: types.RequestId) -> bytes:
+    """The refusal of a request whose id is in flight in its session."""
+    error = types.ErrorData(
+        code=types.INVALID_REQUEST,
+        message=f"request id {rid!r} is already in flight in this session (a request id must not be reused)",
+    )
+    return types.JSONRPCError(jsonrpc="2.0", id=rid, error=error).model_dump_json(by_alias=True).encode()
 
 
 def _json_content(headers: Mapping[str, str]) -> bool:

@@ -452,40 +452,62 @@ def test_every_wire_case_answers_alike_through_the_lane_and_the_sdk(gws: tuple[G
         assert got_on[0] in (403, 421)
 
 
-def test_an_id_reused_while_in_flight_gets_its_own_reply(gws: tuple[Gw, Gw]) -> None:
-    """A slow lane call with id 7, then another call with id 7 on the same session: the second
-    goes to the SDK and gets the answer to its own request; the first never gets the second's
-    (JSON: its own result; SSE: the SDK routes answers by id, the second took the id's stream,
-    so the first's stream ends without an answer instead of hanging)."""
-    on, _ = gws
-    k = on.keys.admin
-    sid = open_session(on, k)
+# (first, second): a slow call, then a request reusing its id while it runs (on the lane-on
+# gateway the first is the lane's unless said; on the lane-off one every request is the SDK's)
+REUSED: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    (call(7, "mut__slow", {"seconds": 1.0}), call(7, ECHO, {"message": "second"})),
+    # the SDK's call (a _meta key the lane leaves to it), then a plain call of its id
+    (call(8, "mut__slow", {"seconds": 1.0}, _meta={"x-note": "sdk"}), call(8, ECHO, {"message": "second"})),
+    # another method (the SDK's), and "9" for 9 (the SDK's correlation of ids)
+    (call(9, "mut__slow", {"seconds": 1.0}), {"jsonrpc": "2.0", "id": "9", "method": "tools/list"}),
+]
+
+
+def _reused(gw: Gw, first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """The first posted, the second posted once the first is at the upstream, then a third
+    call of the id once the first was answered."""
+    k = gw.keys.admin
+    sid = open_session(gw, k)
     got: dict[str, Any] = {}
+
+    def slow_calls() -> int:
+        return gw.record.read_text().count('"slow"') if gw.record.exists() else 0
 
     async def main() -> None:
         async def slow() -> None:
-            r = await anyio.to_thread.run_sync(
-                lambda: post(on, call(7, "mut__slow", {"seconds": 1.0}), k, sid)
-            )
-            got["slow"] = replies(r)
+            got["first"] = replies(await anyio.to_thread.run_sync(lambda: post(gw, first, k, sid)))
 
+        before = slow_calls()
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow)
             with anyio.fail_after(10):
-                while on.lane is not None and not any(s == sid for s, _ in on.lane._in_flight):
+                while slow_calls() == before:  # the first is in flight
                     await anyio.sleep(0.01)
-            before = on.taken
-            r = await anyio.to_thread.run_sync(lambda: post(on, call(7, ECHO, {"message": "second"}), k, sid))
-            got["echo"] = replies(r)
-            got["echo_in_lane"] = on.taken - before
+            r = await anyio.to_thread.run_sync(lambda: post(gw, second, k, sid))
+            got["second"] = (r.status_code, replies(r))
 
     anyio.run(main)
-    assert got["echo_in_lane"] == 0  # the id was in flight in the lane: the SDK served it
-    [echo] = got["echo"]
-    assert echo["id"] == 7 and "Echo: second" in json.dumps(echo)
-    assert all(m["id"] == 7 and "Echo: second" not in json.dumps(m) for m in got["slow"])
-    if on.mode == "json":
-        assert [m["result"]["content"][0]["text"] for m in got["slow"]] == ["done"]
+    r = post(gw, call(first["id"], ECHO, {"message": "third"}), k, sid)
+    got["third"] = replies(r)
+    return got
+
+
+def test_a_request_reusing_an_id_in_flight_is_refused_and_the_first_answered(gws: tuple[Gw, Gw]) -> None:
+    """MCP: a requestor MUST NOT reuse an id within a session. Without a refusal the second
+    took the id: the SDK's transport routes answers by id, so the first's stream ended without
+    its answer (SSE), or the second was served beside it under the same id. Refused: the second
+    gets Invalid Request (HTTP 400) with its id, the first its own result; once answered the
+    id is free again. Through the lane and the SDK alike."""
+    for gw in gws:
+        for first, second in REUSED:
+            got = _reused(gw, first, second)
+            status, [refusal] = got["second"]
+            assert status == 400, (gw.mode, first, got)
+            assert refusal["id"] == second["id"] and type(refusal["id"]) is type(second["id"])
+            assert refusal["error"]["code"] == types.INVALID_REQUEST
+            answers = [m for m in got["first"] if "id" in m]
+            assert [(m["id"], m["result"]["content"][0]["text"]) for m in answers] == [(first["id"], "done")]
+            assert [m["result"]["content"][0]["text"] for m in got["third"] if "id" in m] == ["Echo: third"]
 
 
 def test_a_cancelled_lane_call_is_answered_cancelled_and_cancelled_upstream(gws: tuple[Gw, Gw]) -> None:

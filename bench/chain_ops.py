@@ -308,11 +308,15 @@ class GcWatch:
         }
 
 
-def serve_counted(out: str, argv: list[str], cprofile: bool = False, gc_only: bool = False) -> None:
+def serve_counted(
+    out: str, argv: list[str], cprofile: bool = False, gc_only: bool = False, marks: bool = False
+) -> None:
     """``symbi`` with ``argv`` in this process; SIGUSR1 starts counting the event-loop thread's
     calls, SIGUSR2 stops and writes the counts to ``out`` (raw; ``--front`` divides).
     ``cprofile``: cProfile's statistics instead (``out`` + ``.pstats``), and its tables.
-    ``gc_only``: the garbage collector's runs instead (``GcWatch``)."""
+    ``gc_only``: the garbage collector's runs instead (``GcWatch``). ``marks``: each signal
+    only calls ``getppid`` (callgrind, run with ``--dump-before=getppid``, dumps its counters
+    there: the window between the two dumps is the calls)."""
     from gateway.cli import main as symbi
 
     counter = FrontCounter()
@@ -321,7 +325,9 @@ def serve_counted(out: str, argv: list[str], cprofile: bool = False, gc_only: bo
     watch = GcWatch()
 
     def start(signum: int, frame: object) -> None:
-        if gc_only:
+        if marks:
+            os.getppid()
+        elif gc_only:
             watch.begin()
         elif profile is not None:
             profile.enable()
@@ -329,6 +335,10 @@ def serve_counted(out: str, argv: list[str], cprofile: bool = False, gc_only: bo
             sys.setprofile(counter)
 
     def stop(signum: int, frame: object) -> None:
+        if marks:
+            os.getppid()
+            Path(out).write_text(json.dumps({"marked": True}))
+            return
         if gc_only:
             Path(out).write_text(json.dumps({"gc": watch.report()}))
             return
@@ -419,6 +429,36 @@ class Strace:
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def callgrind_argv(out: Path) -> list[str]:
+    """valgrind's callgrind with its cache simulation, dumping its counters (and zeroing them)
+    each time ``getppid`` is entered: ``serve_counted(marks=True)`` calls it on each signal."""
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--cache-sim=yes",
+        "--dump-before=getppid",
+        f"--callgrind-out-file={out}",
+        "--trace-children=no",
+    ]
+
+
+def callgrind_window(out: Path, calls: int) -> dict[str, float]:
+    """The counters of the window between the two marks (dump 2: dump 1 is start-up and the
+    warm-up), per call: instructions (Ir), data reads / writes, first-level and last-level
+    cache misses (simulated: the same on a busy machine and an idle one)."""
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: int(p.suffix[1:]))
+    if len(dumps) < 2:
+        raise RuntimeError(f"callgrind dumped {len(dumps)} times; two marks expected")
+    events: list[str] = []
+    totals: list[int] = []
+    for line in dumps[1].read_text().splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith(("summary:", "totals:")):
+            totals = [int(v) for v in line.split()[1:]]
+    return {e: round(v / calls, 1) for e, v in zip(events, totals, strict=False)} | {"dumps": len(dumps)}
+
+
 async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """The whole stdio path, as ``symbi mcp`` serves an SDK client: counted in the gateway's
     own process over ``--calls`` sequential calls after 30 warm-up calls."""
@@ -437,13 +477,17 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "import os, sys, importlib.util as u; "
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
         f"s = u.spec_from_file_location('chain_ops', {__file__!r}); m = u.module_from_spec(s); "
-        f"s.loader.exec_module(m); m.serve_counted({str(out)!r}, sys.argv[1:], {args.cprofile!r}, {args.gc!r})"
+        f"s.loader.exec_module(m); m.serve_counted({str(out)!r}, sys.argv[1:], {args.cprofile!r}, {args.gc!r}, "
+        f"{args.callgrind!r})"
     )
+    command = [sys.executable, "-c", code, "mcp", "--config", str(cfg)]
+    if args.callgrind:
+        command = [*callgrind_argv(tmp / "callgrind.out"), *command]
     env = {
         **gateway_env(),
         "PYTHONPATH": os.environ.get("PYTHONPATH") or str(REPO),
     }
-    async with stdio_session(sys.executable, ["-c", code, "mcp", "--config", str(cfg)], env) as s:
+    async with stdio_session(command[0], command[1:], env) as s:
         pid = int(pid_file.read_text())
         for i in range(30):
             await s.call_tool("everything__echo", {"message": f"w{i}"})
@@ -469,6 +513,12 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "benchmark": "chain_ops --front --gc",
             "settings": {"calls": n, "checks_off": args.checks_off},
             **raw,
+        }
+    if args.callgrind:
+        return {
+            "benchmark": "chain_ops --front --callgrind",
+            "settings": {"calls": n, "checks_off": args.checks_off},
+            "per_call": callgrind_window(tmp / "callgrind.out", n),
         }
     if args.cprofile:
         return {
@@ -510,6 +560,12 @@ def main() -> None:
         "--gc",
         action="store_true",
         help="with --front: the garbage collector's runs and pauses over the calls (no profiler)",
+    )
+    ap.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="with --front: the gateway under valgrind's callgrind: instructions and simulated "
+        "cache misses per call (slow: start-up takes minutes)",
     )
     args = ap.parse_args()
     if args.front:

@@ -1,12 +1,14 @@
-"""bench/chain_ops.py's readers: ``strace -c``'s table as calls per tool call, and the
-collector's runs as ``GcWatch`` records them."""
+"""bench/chain_ops.py's readers: ``strace -c``'s table as calls per tool call, the
+collector's runs as ``GcWatch`` records them, and callgrind's window between its two marks."""
 
 from __future__ import annotations
 
 import gc
 from pathlib import Path
 
-from bench.chain_ops import GcWatch, Strace
+import pytest
+
+from bench.chain_ops import GcWatch, Strace, callgrind_window
 
 # strace 6's -c table: a row with errors has six columns, the total row is not a system call
 TABLE = """\
@@ -46,3 +48,22 @@ def test_gc_watch_counts_a_collection_and_finds_new_cyclic_garbage() -> None:
     assert report["collections"]["0"] >= 1
     assert report["cyclic_garbage_by_type"].get("list", 0) >= 1
     assert watch not in gc.callbacks
+
+
+def _dump(path: Path, ir: int, d1mr: int) -> None:
+    path.write_text(
+        f"version: 1\ncmd: python\nevents: Ir D1mr\nfn=main\n0 {ir} {d1mr}\nsummary: {ir} {d1mr}\n"
+    )
+
+
+def test_callgrind_window_is_the_second_dump_per_call(tmp_path: Path) -> None:
+    out = tmp_path / "callgrind.out"
+    out.write_text("")  # the file callgrind opens at the start stays empty
+    _dump(tmp_path / "callgrind.out.1", 9_000_000, 90_000)  # start-up and the warm-up
+    _dump(tmp_path / "callgrind.out.2", 2_000_000, 4_000)  # the counted calls
+    _dump(tmp_path / "callgrind.out.10", 1, 1)  # ordered by number, not by name
+    assert callgrind_window(out, 200) == {"Ir": 10_000.0, "D1mr": 20.0, "dumps": 3}
+    (tmp_path / "callgrind.out.2").unlink()
+    (tmp_path / "callgrind.out.10").unlink()
+    with pytest.raises(RuntimeError):
+        callgrind_window(out, 200)

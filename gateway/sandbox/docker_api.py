@@ -92,14 +92,17 @@ def runsc_ids() -> list[str]:
     return [line.strip() for line in r.stdout.splitlines() if line.strip()]
 
 
-def docker_knows(cid: str) -> bool:
+def docker_knows(cid: str, *, client: Any = None) -> bool:
+    """False only when Docker answers 404: its runsc state is then an orphan to delete."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
     try:
-        docker_client().api.inspect_container(cid)
+        (client or docker_client()).api.inspect_container(cid)
         return True
-    except SandboxUnavailable:
-        return True  # cannot tell: leave it
-    except Exception:  # noqa: BLE001 - docker.errors.NotFound and kin: Docker does not know it
+    except docker.errors.NotFound:
         return False
+    except Exception:  # noqa: BLE001 - no daemon, a timeout, ...: cannot tell, so leave it
+        return True
 
 
 def runsc_delete(cid: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.sandbox import SandboxManager
-from gateway.sandbox.docker_api import remove_container
+from gateway.sandbox.docker_api import docker_knows, remove_container
 from gateway.sandbox.docker_tier import DockerTier, docker_client
 
 from .conftest import require_tier
@@ -118,3 +118,14 @@ def test_a_container_already_gone_counts_as_removed(
     with caplog.at_level(logging.WARNING, logger="symbi.sandbox"):
         assert remove_container("0" * 64) is True
     assert caplog.records == []
+
+
+def test_only_a_404_says_docker_does_not_know_a_container(manager: SandboxManager, tmp_path: Path) -> None:
+    """The orphan sweep force-deletes the runsc state of containers Docker does not know: an
+    error that is not a 404 (no daemon, a timeout) must not count as "unknown" (a live one's)."""
+    import docker
+
+    require_tier(manager, "docker")
+    assert docker_knows("0" * 64) is False
+    dead = docker.DockerClient(base_url=f"unix://{tmp_path}/no-daemon.sock", version="1.41")
+    assert docker_knows("0" * 64, client=dead) is True

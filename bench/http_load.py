@@ -266,6 +266,30 @@ def profile(args: argparse.Namespace, tmp: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.driver == "wrk":
+        wrk_path()  # missing: say so before any server starts
+    # a plain SIGTERM (timeout, a CI step) must still run the clean-ups: no orphaned servers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-http-load-"))
+    if args.profile:
+        return profile(args, tmp)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    with targets(args, tmp) as ts:
+        for r in range(args.rounds):
+            order = ts[r % len(ts) :] + ts[: r % len(ts)]
+            for t in order:
+                rows = runs.setdefault(t.name, {"c1": [], "load": []})
+                tag = f"r{r}-{t.name}-{uuid.uuid4().hex[:6]}"
+                rows["c1"].append(drive(t, 1, 1, args.c1_seconds, tag + "-c1", args.driver, tmp))
+                rows["load"].append(drive(t, args.sessions, args.procs, args.seconds, tag, args.driver, tmp))
+    results = {name: {k: summarize(v) for k, v in rows.items()} for name, rows in runs.items()}
+    doc = _document(args, runs, results)
+    print(json.dumps(doc, indent=2))
+    return 1 if doc["targets"]["misrouted_or_failed"] else 0
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--sessions", type=int, default=64)
     ap.add_argument(
@@ -297,24 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         help="only the gateway, one load phase under py-spy: a Markdown profile instead of JSON",
     )
     ap.add_argument("--profile-target", default="gateway", help="the target --profile runs (gateway-sdk...)")
-    args = ap.parse_args(argv)
-    if args.driver == "wrk":
-        wrk_path()  # missing: say so before any server starts
-    # a plain SIGTERM (timeout, a CI step) must still run the clean-ups: no orphaned servers
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-http-load-"))
-    if args.profile:
-        return profile(args, tmp)
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    with targets(args, tmp) as ts:
-        for r in range(args.rounds):
-            order = ts[r % len(ts) :] + ts[: r % len(ts)]
-            for t in order:
-                rows = runs.setdefault(t.name, {"c1": [], "load": []})
-                tag = f"r{r}-{t.name}-{uuid.uuid4().hex[:6]}"
-                rows["c1"].append(drive(t, 1, 1, args.c1_seconds, tag + "-c1", args.driver, tmp))
-                rows["load"].append(drive(t, args.sessions, args.procs, args.seconds, tag, args.driver, tmp))
-    results = {name: {k: summarize(v) for k, v in rows.items()} for name, rows in runs.items()}
+    return ap
+
+
+def _document(
+    args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, Any]]]], results: dict[str, Any]
+) -> dict[str, Any]:
+    """The printed JSON document: the summaries, the comparisons, and issue 16's targets."""
     gw = results["gateway"]
     base = "mcp-proxy" if "mcp-proxy" in results else "direct"
     bad = sum(v[k] for res in results.values() for v in res.values() for k in ("misrouted", "errors"))
@@ -361,8 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     doc["targets"]["calls_per_s"]["met"] = gw["load"]["calls_per_s"] >= 1500
-    print(json.dumps(doc, indent=2))
-    return 1 if bad else 0
+    return doc
 
 
 if __name__ == "__main__":

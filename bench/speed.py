@@ -105,47 +105,60 @@ def stdio_targets(tmp: Path, baseline: Path | None, sdk_front: bool = False) -> 
         ),
     }
     if sdk_front:  # the same gateways with the stdio fast lane off (mcp.stdio_fast_lane = false)
-        off3 = write_gateway_config(
-            tmp / "off_sdk",
-            _everything("off"),
-            security=False,
-            extra='[mcp]\ntool_verification = "off"\nstdio_fast_lane = false\n',
-        )
-        secure3 = write_gateway_config(
-            tmp / "secure_sdk",
-            _everything("tofu"),
-            security=True,
-            principal="bench",
-            policy_data=data,
-            extra="[mcp]\nstdio_fast_lane = false\n",
-        )
-        for name, cfg in (("gateway_secure_sdk_front", secure3), ("gateway_off_sdk_front", off3)):
-            out[name] = (str(SYMBI), ["mcp", "--config", str(cfg)], gateway_env(), "everything__echo", ROOT)
+        out |= _sdk_front_targets(tmp, data)
     if baseline is not None:  # the same gateways, another checkout's code (their own data dirs)
-        cfg2 = _baseline_secure_config(tmp / "baseline", baseline)
-        off2 = write_gateway_config(
-            tmp / "baseline_off",
-            _everything("off"),
-            security=False,
-            extra='[mcp]\ntool_verification = "off"\n',
-            tree=baseline,
-        )
-        env = {**gateway_env(), "PYTHONPATH": str(baseline)}
-        out["gateway_secure_baseline"] = (
-            str(SYMBI),
-            ["mcp", "--config", str(cfg2)],
-            env,
-            "everything__echo",
-            baseline,
-        )
-        out["gateway_off_baseline"] = (
-            str(SYMBI),
-            ["mcp", "--config", str(off2)],
-            env,
-            "everything__echo",
-            baseline,
-        )
+        out |= _baseline_targets(tmp, baseline)
     return out
+
+
+def _sdk_front_targets(tmp: Path, data: Path) -> dict[str, Target]:
+    """The two gateways with the stdio fast lane off: every message through the SDK's server session."""
+    out: dict[str, Target] = {}
+    off3 = write_gateway_config(
+        tmp / "off_sdk",
+        _everything("off"),
+        security=False,
+        extra='[mcp]\ntool_verification = "off"\nstdio_fast_lane = false\n',
+    )
+    secure3 = write_gateway_config(
+        tmp / "secure_sdk",
+        _everything("tofu"),
+        security=True,
+        principal="bench",
+        policy_data=data,
+        extra="[mcp]\nstdio_fast_lane = false\n",
+    )
+    for name, cfg in (("gateway_secure_sdk_front", secure3), ("gateway_off_sdk_front", off3)):
+        out[name] = (str(SYMBI), ["mcp", "--config", str(cfg)], gateway_env(), "everything__echo", ROOT)
+    return out
+
+
+def _baseline_targets(tmp: Path, baseline: Path) -> dict[str, Target]:
+    """The two gateways run from another checkout (``--baseline-tree``), with their own data dirs."""
+    cfg2 = _baseline_secure_config(tmp / "baseline", baseline)
+    off2 = write_gateway_config(
+        tmp / "baseline_off",
+        _everything("off"),
+        security=False,
+        extra='[mcp]\ntool_verification = "off"\n',
+        tree=baseline,
+    )
+    env = {**gateway_env(), "PYTHONPATH": str(baseline)}
+    secure_baseline: Target = (
+        str(SYMBI),
+        ["mcp", "--config", str(cfg2)],
+        env,
+        "everything__echo",
+        baseline,
+    )
+    off_baseline: Target = (
+        str(SYMBI),
+        ["mcp", "--config", str(off2)],
+        env,
+        "everything__echo",
+        baseline,
+    )
+    return {"gateway_secure_baseline": secure_baseline, "gateway_off_baseline": off_baseline}
 
 
 def _baseline_secure_config(folder: Path, baseline: Path) -> Path:

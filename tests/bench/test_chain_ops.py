@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.chain_ops import GcWatch, Strace, callgrind_window
+from bench._common import write_gateway_config
+from bench.chain_ops import QUIET_TIMERS, GcWatch, Strace, callgrind_window
+from gateway.config.load import load_config
 
 # strace 6's -c table: a row with errors has six columns, the total row is not a system call
 TABLE = """\
@@ -67,3 +69,10 @@ def test_callgrind_window_is_the_second_dump_per_call(tmp_path: Path) -> None:
     (tmp_path / "callgrind.out.10").unlink()
     with pytest.raises(RuntimeError):
         callgrind_window(out, 200)
+
+
+def test_quiet_timers_are_keys_the_gateway_takes(tmp_path: Path) -> None:
+    cfg = write_gateway_config(tmp_path, "", extra='[mcp]\ntool_verification = "off"\n' + QUIET_TIMERS)
+    config = load_config(cfg)
+    assert config.mcp.recheck_interval_s == 3600.0 and config.mcp.tool_verification == "off"
+    assert config.runtime.gc_interval_ms == 3_600_000 and config.bus.expire_interval_s == 3600.0

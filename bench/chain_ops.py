@@ -468,10 +468,10 @@ def callgrind_window(out: Path, calls: int) -> dict[str, float]:
     return {e: round(v / calls, 1) for e, v in zip(events, totals, strict=False)} | {"dumps": len(dumps)}
 
 
-async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    """The whole stdio path, as ``symbi mcp`` serves an SDK client: counted in the gateway's
-    own process over ``--calls`` sequential calls after 30 warm-up calls."""
-    from bench._common import everything_toml, gateway_env, stdio_session, write_gateway_config
+def _front_command(args: argparse.Namespace, tmp: Path) -> tuple[list[str], Path, Path]:
+    """The counted ``symbi mcp`` command (under callgrind with ``--callgrind``), the file its
+    counts go to and the file its pid goes to."""
+    from bench._common import everything_toml, write_gateway_config
 
     servers = everything_toml("off" if args.checks_off else "tofu")
     extra = '[mcp]\ntool_verification = "off"\n' if args.checks_off else ""
@@ -494,6 +494,15 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     command = [sys.executable, "-c", code, "mcp", "--config", str(cfg)]
     if args.callgrind:
         command = [*callgrind_argv(tmp / "callgrind.out"), *command]
+    return command, out, pid_file
+
+
+async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The whole stdio path, as ``symbi mcp`` serves an SDK client: counted in the gateway's
+    own process over ``--calls`` sequential calls after 30 warm-up calls."""
+    from bench._common import gateway_env, stdio_session
+
+    command, out, pid_file = _front_command(args, tmp)
     env = {
         **gateway_env(),
         "PYTHONPATH": os.environ.get("PYTHONPATH") or str(REPO),
@@ -517,35 +526,32 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if _read(out):
                 break
             await anyio.sleep(0.05)
-    raw = json.loads(_read(out))
+    return _front_result(args, tmp, json.loads(_read(out)))
+
+
+def _front_result(args: argparse.Namespace, tmp: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """``front``'s JSON from what the counted process wrote (``raw``), per call."""
     n = args.calls
+    settings = {"calls": n, "checks_off": args.checks_off}
     if args.gc:
-        return {
-            "benchmark": "chain_ops --front --gc",
-            "settings": {"calls": n, "checks_off": args.checks_off},
-            **raw,
-        }
+        return {"benchmark": "chain_ops --front --gc", "settings": settings, **raw}
     if args.callgrind:
         return {
             "benchmark": "chain_ops --front --callgrind",
-            "settings": {"calls": n, "checks_off": args.checks_off},
+            "settings": settings,
             "per_call": callgrind_window(tmp / "callgrind.out", n),
         }
     if args.cprofile:
         return {
             "benchmark": "chain_ops --front --cprofile",
-            "settings": {"calls": n, "checks_off": args.checks_off},
-            **profile_tables(str(out) + ".pstats", n, args.top),
+            "settings": settings,
+            **profile_tables(str(tmp / "counts.json") + ".pstats", n, args.top),
         }
     scale = {k: _per_call(v, n) for k, v in raw.items()}
     background = sum(scale["gateway_inclusive"].get(k, 0) for k in BACKGROUND)
     scale["background_loops"] = round(background, 1)  # in function_calls; not the call's own work
     scale["function_calls_per_call_work"] = round(scale["function_calls"] - background, 1)
-    return {
-        "benchmark": "chain_ops --front",
-        "settings": {"calls": n, "checks_off": args.checks_off},
-        **scale,
-    }
+    return {"benchmark": "chain_ops --front", "settings": settings, **scale}
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import socket
 import statistics
 import subprocess
@@ -482,3 +483,13 @@ def run_load_clients(
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def host() -> dict[str, object]:
+    """The machine a result was measured on, as the JSON documents record it."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "time": time.strftime("%Y-%m-%d %H:%M"),
+    }

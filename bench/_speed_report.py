@@ -4,12 +4,9 @@ direct and against the baseline tree, and issue 16's targets."""
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import time
 from typing import TYPE_CHECKING, Any
 
-from bench._common import CallStats, latency_summary, median
+from bench._common import CallStats, host, latency_summary, median
 
 if TYPE_CHECKING:
     from bench.speed import PolicyPart
@@ -119,12 +116,7 @@ def report(
     return {
         "benchmark": "speed (issue 16)",
         "rounds": args.rounds,
-        "host": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg": [round(x, 2) for x in os.getloadavg()],
-            "time": time.strftime("%Y-%m-%d %H:%M"),
-        },
+        "host": host(),
         "stdio": stdio,
         "stdio_vs_baseline_tree": versus,
         "stdio_lane_vs_sdk_front": lane,

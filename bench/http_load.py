@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -60,6 +59,7 @@ from bench._common import (
     everything_toml,
     free_port,
     gateway_env,
+    host,
     latency_summary,
     median,
     run_load_clients,
@@ -343,12 +343,7 @@ def _document(
         "upstream server-everything over stdio, SSE answers; gateway-sdk: mcp.http_fast_lane = false; "
         "gateway-json: http.json_response = true",
         "rounds": args.rounds,
-        "host": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg": [round(x, 2) for x in os.getloadavg()],
-            "time": time.strftime("%Y-%m-%d %H:%M"),
-        },
+        "host": host(),
         "results": results,
         "vs_baseline_tree": vs_baseline(runs) if "gateway-baseline" in runs else {},
         "json_vs_baseline_tree": vs_baseline(runs, "gateway-json-baseline", "gateway-json")

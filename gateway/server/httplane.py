@@ -156,10 +156,10 @@ class HttpLane:
             return
         body, more = await _read_body(receive)
         replay = _replaying(body, more, receive)
-        held = None if more is None else await self._serve(scope, replay, receive, send, sid, conn, body)
+        held = more is not None and await self._serve(scope, replay, receive, send, sid, conn, body)
         if held is True:
             return
-        if held is None or held is False:
+        if held is False:
             await self.app(scope, replay, send)
             return
         try:  # the SDK serves a request: its id is in flight while its POST runs
@@ -176,9 +176,9 @@ class HttpLane:
         sid: str,
         conn: Connection,
         body: bytes,
-    ) -> bool | tuple[str, types.RequestId] | None:
-        """Answer the POST here (True: in the lane, or refused), or leave it to the SDK (False
-        or None; a key: the SDK's request of this id, held in ``_sdk_posts`` until its POST ends)."""
+    ) -> bool | tuple[str, types.RequestId]:
+        """Answer the POST here (True: in the lane, or refused), or leave it to the SDK (False;
+        a key: the SDK's request of this id, held in ``_sdk_posts`` until its POST ends)."""
         user = scope.get("user")
         requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
         transport = http_session_transport(self._manager, sid, requestor)  # this credential's session

@@ -122,51 +122,61 @@ def expected(msg: str) -> str:
     return f"Echo: {msg}"
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-stdio-cpu-"))
-    cfgs = {n: c for n, c in configs(tmp, args.baseline_tree).items() if n.split("_")[0] in args.kinds}
-    names = [*cfgs, "relay"]
-    rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
-    errors = 0
-    async with AsyncExitStack() as stack:
-        sessions: dict[str, Any] = {}
-        pids: dict[str, int] = {}
-        seen: set[int] = set()
-        for name, cfg in cfgs.items():
-            env, cwd = gateway_env(), ROOT
-            if name.endswith("_base"):
-                env, cwd = {**env, "PYTHONPATH": str(args.baseline_tree)}, args.baseline_tree
-            sessions[name] = await stack.enter_async_context(
-                stdio_session(str(SYMBI), ["mcp", "--config", str(cfg)], env, cwd=cwd)
-            )
-            pids[name] = gateway_pid(seen)
-        node = ["node", str(EVERYTHING_JS), "stdio"]
-        sessions["relay"] = await stack.enter_async_context(
-            stdio_session(sys.executable, [str(RELAY), "everything", "--", *node])
+RATIOS = ("cpu_us_per_call", "p50_ms", "calls_per_s")
+
+
+async def open_sessions(
+    stack: AsyncExitStack, cfgs: dict[str, Path], baseline_tree: Path | None
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """One SDK session per gateway (``*_base`` run from ``baseline_tree``) and one to the relay,
+    kept open on ``stack``, and each one's process id."""
+    sessions: dict[str, Any] = {}
+    pids: dict[str, int] = {}
+    seen: set[int] = set()
+    for name, cfg in cfgs.items():
+        env, cwd = gateway_env(), ROOT
+        if name.endswith("_base"):
+            assert baseline_tree is not None
+            env, cwd = {**env, "PYTHONPATH": str(baseline_tree)}, baseline_tree
+        sessions[name] = await stack.enter_async_context(
+            stdio_session(str(SYMBI), ["mcp", "--config", str(cfg)], env, cwd=cwd)
         )
-        pids["relay"] = gateway_pid(seen)
-        for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                session = sessions[name]
+        pids[name] = gateway_pid(seen)
+    node = ["node", str(EVERYTHING_JS), "stdio"]
+    sessions["relay"] = await stack.enter_async_context(
+        stdio_session(sys.executable, [str(RELAY), "everything", "--", *node])
+    )
+    pids["relay"] = gateway_pid(seen)
+    return sessions, pids
 
-                async def call(msg: str, s: Any = session) -> str | None:
-                    return text_of(await s.call_tool("everything__echo", {"message": msg}))
 
-                await sequential_calls(call, 20, f"{name}-{r}-warm", expected)
-                c0 = cpu_s(pids[name])
-                seq = await sequential_calls(call, args.sequential, f"{name}-{r}-seq", expected)
-                conc = await concurrent_calls(call, args.callers, args.per_caller, f"{name}-{r}-c", expected)
-                used = cpu_s(pids[name]) - c0
-                n = args.sequential + args.callers * args.per_caller
-                errors += seq.errors + seq.misrouted + conc.errors + conc.misrouted
-                rows[name].append(
-                    {
-                        "cpu_us_per_call": 1e6 * used / n,
-                        "p50_ms": latency_summary(seq.latencies)["p50_ms"],
-                        "calls_per_s": conc.calls_per_s,
-                    }
-                )
+async def measure(session: Any, pid: int, tag: str, args: argparse.Namespace) -> tuple[dict[str, float], int]:
+    """One gateway's turn in a round: warm-up, sequential then concurrent calls; its row (the
+    process's CPU per call over both, p50, calls/s) and the wrong or failed replies."""
+
+    async def call(msg: str) -> str | None:
+        return text_of(await session.call_tool("everything__echo", {"message": msg}))
+
+    await sequential_calls(call, 20, f"{tag}-warm", expected)
+    c0 = cpu_s(pid)
+    seq = await sequential_calls(call, args.sequential, f"{tag}-seq", expected)
+    conc = await concurrent_calls(call, args.callers, args.per_caller, f"{tag}-c", expected)
+    used = cpu_s(pid) - c0
+    n = args.sequential + args.callers * args.per_caller
+    row = {
+        "cpu_us_per_call": 1e6 * used / n,
+        "p50_ms": latency_summary(seq.latencies)["p50_ms"],
+        "calls_per_s": conc.calls_per_s,
+    }
+    return row, seq.errors + seq.misrouted + conc.errors + conc.misrouted
+
+
+def ratios(over: list[dict[str, float]], under: list[dict[str, float]]) -> dict[str, float]:
+    """``over``'s rows over ``under``'s, round by round, the median of each number's ratios."""
+    return {k: round(median([a[k] / b[k] for a, b in zip(over, under, strict=True)]), 3) for k in RATIOS}
+
+
+def report(args: argparse.Namespace, rows: dict[str, list[dict[str, float]]], errors: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "benchmark": "stdio gateway CPU per call, fast lane on/off",
         "rounds": args.rounds,
@@ -176,41 +186,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_avg": [round(x, 2) for x in os.getloadavg()],
             "time": time.strftime("%Y-%m-%d %H:%M"),
         },
-        "gateways": {
-            n: {k: round(median([row[k] for row in rows[n]]), 3) for k in rows[n][0]} for n in names
-        },
+        "gateways": {n: {k: round(median([row[k] for row in r]), 3) for k in r[0]} for n, r in rows.items()},
     }
-    out["lane_vs_sdk"] = {
-        kind: {
-            k: round(
-                median([a[k] / b[k] for a, b in zip(rows[f"{kind}_lane"], rows[f"{kind}_sdk"], strict=True)]),
-                3,
-            )
-            for k in ("cpu_us_per_call", "p50_ms", "calls_per_s")
-        }
-        for kind in args.kinds
-    }
+    out["lane_vs_sdk"] = {kind: ratios(rows[f"{kind}_lane"], rows[f"{kind}_sdk"]) for kind in args.kinds}
     if "off" in args.kinds:  # the forwarding core over the floor, round by round
-        out["off_lane_vs_relay"] = {
-            k: round(median([a[k] / b[k] for a, b in zip(rows["off_lane"], rows["relay"], strict=True)]), 3)
-            for k in ("cpu_us_per_call", "p50_ms", "calls_per_s")
-        }
+        out["off_lane_vs_relay"] = ratios(rows["off_lane"], rows["relay"])
     if args.baseline_tree is not None:  # this tree's gateways over the baseline tree's, round by round
         out["lane_vs_baseline_tree"] = {
-            kind: {
-                k: round(
-                    median(
-                        [a[k] / b[k] for a, b in zip(rows[f"{kind}_lane"], rows[f"{kind}_base"], strict=True)]
-                    ),
-                    3,
-                )
-                for k in ("cpu_us_per_call", "p50_ms", "calls_per_s")
-            }
-            for kind in args.kinds
+            kind: ratios(rows[f"{kind}_lane"], rows[f"{kind}_base"]) for kind in args.kinds
         }
         out["baseline_tree"] = str(args.baseline_tree)
     out["errors"] = errors
     return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-stdio-cpu-"))
+    cfgs = {n: c for n, c in configs(tmp, args.baseline_tree).items() if n.split("_")[0] in args.kinds}
+    names = [*cfgs, "relay"]
+    rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    errors = 0
+    async with AsyncExitStack() as stack:
+        sessions, pids = await open_sessions(stack, cfgs, args.baseline_tree)
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                row, wrong = await measure(sessions[name], pids[name], f"{name}-{r}", args)
+                rows[name].append(row)
+                errors += wrong
+    return report(args, rows, errors)
 
 
 def main() -> int:

@@ -110,6 +110,61 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return _report(per_round, list(targets), args)
 
 
+def _target(per_round: list[dict[str, dict[str, CallStats]]], name: str) -> dict[str, Any]:
+    """One target over all rounds: latencies of every call, calls/s the median of the rounds'."""
+    seq_all, conc_all = CallStats(), CallStats()
+    seq_rate, conc_rate, seq_p50, seq_p99 = [], [], [], []
+    for rnd in per_round:
+        s, c = rnd[name]["sequential"], rnd[name]["concurrent"]
+        seq_all.merge(s)
+        conc_all.merge(c)
+        seq_rate.append(s.calls_per_s)
+        conc_rate.append(c.calls_per_s)
+        seq_p50.append(latency_summary(s.latencies)["p50_ms"])
+        seq_p99.append(latency_summary(s.latencies)["p99_ms"])
+    return {
+        "sequential": {
+            **latency_summary(seq_all.latencies),
+            "p50_ms_per_round": seq_p50,
+            "p99_ms_per_round": seq_p99,
+            "calls_per_s": round(median(seq_rate), 1),
+        },
+        "concurrent": {
+            **latency_summary(conc_all.latencies),
+            "calls_per_s": round(median(conc_rate), 1),
+            "calls_per_s_per_round": [round(x, 1) for x in conc_rate],
+        },
+        "calls": seq_all.calls + conc_all.calls,
+        "ok": seq_all.ok + conc_all.ok,
+        "misrouted": seq_all.misrouted + conc_all.misrouted,
+        "errors": seq_all.errors + conc_all.errors,
+    }
+
+
+def _vs_direct(
+    per_round: list[dict[str, dict[str, CallStats]]], name: str, targets: dict[str, Any]
+) -> dict[str, Any]:
+    """``name`` against ``direct`` of the same round, then the median over rounds."""
+    added, p99_added, thr, seq_thr = [], [], [], []
+    for rnd in per_round:
+        d, g = rnd["direct"], rnd[name]
+        dl, gl = latency_summary(d["sequential"].latencies), latency_summary(g["sequential"].latencies)
+        added.append(gl["p50_ms"] - dl["p50_ms"])
+        p99_added.append(gl["p99_ms"] - dl["p99_ms"])
+        thr.append(g["concurrent"].calls_per_s / d["concurrent"].calls_per_s)
+        seq_thr.append(g["sequential"].calls_per_s / d["sequential"].calls_per_s)
+    t, base = targets[name], targets["direct"]
+    return {
+        "added_p50_ms": round(median(added), 3),
+        "added_p50_ms_per_round": [round(x, 3) for x in added],
+        "added_p99_ms": round(median(p99_added), 3),
+        "p50_ratio": round(t["sequential"]["p50_ms"] / base["sequential"]["p50_ms"], 2),
+        "throughput_ratio_concurrent": round(median(thr), 3),
+        "throughput_ratio_concurrent_per_round": [round(x, 3) for x in thr],
+        "throughput_ratio_sequential": round(median(seq_thr), 3),
+    }
+
+
 def _report(
     per_round: list[dict[str, dict[str, CallStats]]], names: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -126,53 +181,9 @@ def _report(
         "ratios_vs_direct": {},
     }
     for name in names:
-        seq_all, conc_all = CallStats(), CallStats()
-        seq_rate, conc_rate, seq_p50, seq_p99 = [], [], [], []
-        for rnd in per_round:
-            s, c = rnd[name]["sequential"], rnd[name]["concurrent"]
-            seq_all.merge(s)
-            conc_all.merge(c)
-            seq_rate.append(s.calls_per_s)
-            conc_rate.append(c.calls_per_s)
-            seq_p50.append(latency_summary(s.latencies)["p50_ms"])
-            seq_p99.append(latency_summary(s.latencies)["p99_ms"])
-        out["targets"][name] = {
-            "sequential": {
-                **latency_summary(seq_all.latencies),
-                "p50_ms_per_round": seq_p50,
-                "p99_ms_per_round": seq_p99,
-                "calls_per_s": round(median(seq_rate), 1),
-            },
-            "concurrent": {
-                **latency_summary(conc_all.latencies),
-                "calls_per_s": round(median(conc_rate), 1),
-                "calls_per_s_per_round": [round(x, 1) for x in conc_rate],
-            },
-            "calls": seq_all.calls + conc_all.calls,
-            "ok": seq_all.ok + conc_all.ok,
-            "misrouted": seq_all.misrouted + conc_all.misrouted,
-            "errors": seq_all.errors + conc_all.errors,
-        }
-    base = out["targets"]["direct"]
+        out["targets"][name] = _target(per_round, name)
     for name in names[1:]:
-        added, p99_added, thr, seq_thr = [], [], [], []
-        for rnd in per_round:
-            d, g = rnd["direct"], rnd[name]
-            dl, gl = latency_summary(d["sequential"].latencies), latency_summary(g["sequential"].latencies)
-            added.append(gl["p50_ms"] - dl["p50_ms"])
-            p99_added.append(gl["p99_ms"] - dl["p99_ms"])
-            thr.append(g["concurrent"].calls_per_s / d["concurrent"].calls_per_s)
-            seq_thr.append(g["sequential"].calls_per_s / d["sequential"].calls_per_s)
-        t = out["targets"][name]
-        out["ratios_vs_direct"][name] = {
-            "added_p50_ms": round(median(added), 3),
-            "added_p50_ms_per_round": [round(x, 3) for x in added],
-            "added_p99_ms": round(median(p99_added), 3),
-            "p50_ratio": round(t["sequential"]["p50_ms"] / base["sequential"]["p50_ms"], 2),
-            "throughput_ratio_concurrent": round(median(thr), 3),
-            "throughput_ratio_concurrent_per_round": [round(x, 3) for x in thr],
-            "throughput_ratio_sequential": round(median(seq_thr), 3),
-        }
+        out["ratios_vs_direct"][name] = _vs_direct(per_round, name, out["targets"])
     out["misrouted_total"] = sum(t["misrouted"] for t in out["targets"].values())
     out["errors_total"] = sum(t["errors"] for t in out["targets"].values())
     return out

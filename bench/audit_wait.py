@@ -129,7 +129,10 @@ def one(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def main() -> None:
+FIELDS = ("median_ms", "p99_ms", "cpu_us_per_record", "context_switches_per_record")
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline-rev", required=True, help="git revision whose gateway/audit is the baseline")
     ap.add_argument("--rounds", type=int, default=3)
@@ -150,17 +153,36 @@ def main() -> None:
         help="then this many calls as in flips with --slow-ms of upstream wait (longer than the emit linger)",
     )
     ap.add_argument("--slow-ms", type=float, default=10.0)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def tree_summary(rounds: list[dict[str, Any]], phases: tuple[str, ...]) -> dict[str, float]:
+    """One tree's rounds: each phase's numbers, the floor, and what the log adds over the floor
+    (each round against its own floor), medians over rounds."""
+
+    def med(phase: str, field: str) -> float:
+        return round(float(statistics.median(r[phase][field] for r in rounds)), 3)
+
+    return {f"{phase}_{field}": med(phase, field) for phase in phases for field in FIELDS} | {
+        "fsync_floor_median_ms": round(statistics.median(r["fsync_floor_median_ms"] for r in rounds), 3),
+        **{
+            f"{phase}_over_floor_ms": round(
+                statistics.median(r[phase]["median_ms"] - r["fsync_floor_median_ms"] for r in rounds),
+                3,
+            )
+            for phase in ("fresh", "running")
+        },
+    }
+
+
+def main() -> None:
+    args = parse_args()
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"baseline": baseline_tree(args.baseline_rev, Path(tmp)), "this": ROOT}
         for _ in range(args.rounds):
             for name, tree in trees.items():
                 runs[name].append(one(tree, args))
-
-    def med(name: str, phase: str, field: str) -> float:
-        return round(statistics.median(r[phase][field] for r in runs[name]), 3)
-
     result: dict[str, Any] = {
         "benchmark": "audit_wait",
         "baseline_rev": args.baseline_rev,
@@ -172,23 +194,7 @@ def main() -> None:
         + (("slow",) if args.slow else ())
     )
     for name in runs:
-        result[name] = {
-            f"{phase}_{field}": med(name, phase, field)
-            for phase in phases
-            for field in ("median_ms", "p99_ms", "cpu_us_per_record", "context_switches_per_record")
-        } | {
-            "fsync_floor_median_ms": round(
-                statistics.median(r["fsync_floor_median_ms"] for r in runs[name]), 3
-            ),
-            # what the log adds over a bare append + fsync, each round against its own floor
-            **{
-                f"{phase}_over_floor_ms": round(
-                    statistics.median(r[phase]["median_ms"] - r["fsync_floor_median_ms"] for r in runs[name]),
-                    3,
-                )
-                for phase in ("fresh", "running")
-            },
-        }
+        result[name] = tree_summary(runs[name], phases)
     for phase in ("fresh", "running"):
         result[f"this_vs_baseline_{phase}_median_by_round"] = [
             round(t[phase]["median_ms"] / b[phase]["median_ms"], 3)

@@ -18,11 +18,12 @@ What is real and what is simulated (also in the JSON, under ``setup``):
 - scheduler CPU with 10k idle agents: the runtime's only periodic work is the gc sweep
   (``gc_interval_ms = 100``, ``gc_batch = 256``); process CPU over wall time while it runs,
   against the same loop with no agents (baseline, same run);
-- hosted agent start per tier: a real ``symbi serve`` starts examples/agents/clock_agent.py
-  in the tier; from the audit log: registered -> Ready (config checked, credential made,
-  sandbox command built) and registered -> its first tool call reaching the gateway
-  (process started in the sandbox, SDK loaded, connected over the Unix socket). Baseline:
-  the same interpreter importing the same SDK on the host, no sandbox, in the same run;
+- hosted agent start per tier (bench/_runtime_hosted.py): a real ``symbi serve`` starts
+  examples/agents/clock_agent.py in the tier; from the audit log: registered -> Ready (config
+  checked, credential made, sandbox command built) and registered -> its first tool call
+  reaching the gateway (process started in the sandbox, SDK loaded, connected over the Unix
+  socket). Baseline: the same interpreter importing the same SDK on the host, no sandbox, in
+  the same run;
 - added cost on a tools/call: one gateway in this process (server-everything upstream, policy
   and audit off), the same calls through the chain with and without the runtime's two steps
   (agent + schedule), interleaved, N calls per round.
@@ -42,16 +43,16 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import httpx
 
 from bench._common import latency_summary, median
+from bench._runtime_hosted import host_baseline, hosted_start
 from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.config.sections import RuntimeSection
@@ -174,12 +175,8 @@ async def idle_cpu(rt: AgentRuntime, seconds: float) -> dict[str, Any]:
 # -- 4. added cost on a tools/call ---------------------------------------------------------------
 
 
-async def call_overhead(calls: int, rounds: int, folder: Path) -> dict[str, Any]:
-    from gateway.assemble import make_gateway
-    from gateway.chain import build_chain
-    from gateway.steps.agent import AgentStep
-    from gateway.steps.schedule import ScheduleStep
-
+def _overhead_config(folder: Path) -> Path:
+    """The gateway ``call_overhead`` measures: server-everything, policy and audit off."""
     cfg_path = folder / "overhead.toml"
     cfg_path.write_text(f"""
 [gateway]
@@ -195,9 +192,51 @@ command = "node"
 args = ["{EVERYTHING}", "stdio"]
 verification = "warn"
 """)
-    gw = make_gateway(load_config(cfg_path, {}))
+    return cfg_path
+
+
+async def _timed_echo(chain: Any, principal: Principal, agent: Any, i: int) -> float:
+    """One ``everything__echo`` through ``chain`` as the session agent ``agent``, its reply
+    checked: the seconds it took."""
+    call = CallContext(
+        principal=principal,
+        agent=agent.info(),
+        kind="tools/call",
+        target="everything__echo",
+        arguments={"message": f"m{i}"},
+    )
+    t = time.perf_counter()
+    r = await chain(call)
+    dt = time.perf_counter() - t
+    assert not r.is_error and r.content[0].text == f"Echo: m{i}", r
+    return dt
+
+
+async def _interleaved(
+    chains: dict[str, Any], one: Callable[[Any, int], Awaitable[float]], calls: int, rounds: int
+) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+    """``calls`` calls through each chain in turn (the order reversed every other round): every
+    chain's latencies, and round by round what the runtime's steps add to the p50."""
     out: dict[str, list[float]] = {"with_runtime": [], "without_runtime": []}
     per_round: list[dict[str, float]] = []
+    for rnd in range(rounds):
+        order = list(chains) if rnd % 2 == 0 else list(reversed(chains))
+        p50s = {}
+        for name in order:
+            lat = [await one(chains[name], i) for i in range(calls)]
+            out[name] += lat
+            p50s[name] = sorted(lat)[len(lat) // 2] * 1000
+        per_round.append({"added_p50_ms": round(p50s["with_runtime"] - p50s["without_runtime"], 4)})
+    return out, per_round
+
+
+async def call_overhead(calls: int, rounds: int, folder: Path) -> dict[str, Any]:
+    from gateway.assemble import make_gateway
+    from gateway.chain import build_chain
+    from gateway.steps.agent import AgentStep
+    from gateway.steps.schedule import ScheduleStep
+
+    gw = make_gateway(load_config(_overhead_config(folder), {}))
     async with gw.running():
         without = [s for s in gw.steps if not isinstance(s, AgentStep | ScheduleStep)]
         chains = {
@@ -208,30 +247,12 @@ verification = "warn"
         principal = Principal(id="bench", agent=agent.id)
 
         async def one(chain: Any, i: int) -> float:
-            call = CallContext(
-                principal=principal,
-                agent=agent.info(),
-                kind="tools/call",
-                target="everything__echo",
-                arguments={"message": f"m{i}"},
-            )
-            t = time.perf_counter()
-            r = await chain(call)
-            dt = time.perf_counter() - t
-            assert not r.is_error and r.content[0].text == f"Echo: m{i}", r
-            return dt
+            return await _timed_echo(chain, principal, agent, i)
 
         for chain in chains.values():  # warm-up
             for i in range(30):
                 await one(chain, i)
-        for rnd in range(rounds):
-            order = list(chains) if rnd % 2 == 0 else list(reversed(chains))
-            p50s = {}
-            for name in order:
-                lat = [await one(chains[name], i) for i in range(calls)]
-                out[name] += lat
-                p50s[name] = sorted(lat)[len(lat) // 2] * 1000
-            per_round.append({"added_p50_ms": round(p50s["with_runtime"] - p50s["without_runtime"], 4)})
+        out, per_round = await _interleaved(chains, one, calls, rounds)
     return {
         "calls_per_round": calls,
         "rounds": rounds,
@@ -286,140 +307,6 @@ async def steps_only(calls: int, rounds: int) -> dict[str, Any]:
         "added_p50_ms_median": median(per_round),
         "events_per_call": 2,
     }
-
-
-# -- 5. hosted agent start per tier ---------------------------------------------------------------
-
-
-def hosted_start(tier: str, runs: int, folder: Path) -> dict[str, Any]:
-    from gateway.server.auth import ApiKeyStore
-
-    site = Path(sys.prefix) / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
-    d = folder / f"hosted-{tier}"
-    d.mkdir()
-    cfg = d / "symbi.toml"
-    time_bin = Path(sys.executable).parent / "mcp-server-time"
-    cfg.write_text(f"""
-[gateway]
-data_dir = "{d / "data"}"
-log_level = "WARNING"
-[policy]
-path = "{ROOT / "policies.rego"}"
-data = "{ROOT / "tests/assets/policy/test-data.json"}"
-[servers.everything]
-command = "node"
-args = ["{EVERYTHING}", "stdio"]
-verification = "warn"
-[servers.time]
-command = "{time_bin}"
-args = ["--local-timezone", "UTC"]
-verification = "warn"
-[agents.clock]
-command = "/usr/bin/python3"
-args = ["{ROOT / "examples/agents/clock_agent.py"}"]
-env = {{ PYTHONPATH = "{site}" }}
-read_only_paths = ["{site}"]
-roles = ["tester"]
-sandbox = "{tier}"
-restart = "never"
-start = "on-demand"
-""")
-    admin, _ = ApiKeyStore(load_config(cfg, {}).api_keys_path).create("ops", ("admin",))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
-    log = open(d / "serve.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "symbi"), "serve", "--config", str(cfg), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    hdr = {"Authorization": f"Bearer {admin}"}
-    try:
-        _wait(lambda: httpx.get(base + "/readyz", timeout=2).status_code == 200, 90)
-        for _ in range(runs):
-            r = httpx.post(base + "/api/agents/clock/run", headers=hdr, timeout=10)
-            assert r.status_code == 200, r.text
-            _wait(lambda: _hosted_state(base, hdr) == "Terminated", 120)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-    q = subprocess.run(
-        [str(Path(sys.executable).parent / "symbi"), "audit", "query", "--config", str(cfg), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-        timeout=60,
-    )
-    events = [json.loads(x) for x in q.stdout.splitlines()]
-    to_ready, to_call = [], []
-    for ev in events:
-        if ev["type"] == "agent.registered" and ev["details"].get("hosted"):
-            aid, t0 = ev["agent"], ev["ts_ns"]
-            ready = next(
-                e["ts_ns"]
-                for e in events
-                if e["type"] == "agent.state" and e["agent"] == aid and e["details"]["to"] == "Ready"
-            )
-            first = min(
-                e["details"]["started_ns"] for e in events if e["type"] == "tool.call" and e["agent"] == aid
-            )
-            to_ready.append((ready - t0) / 1e6)
-            to_call.append((first - t0) / 1e6)
-    return {
-        "runs": len(to_ready),
-        "registered_to_ready_ms": _ms(to_ready),
-        "registered_to_first_tool_call_ms": _ms(to_call),
-    }
-
-
-def host_baseline(runs: int) -> dict[str, Any]:
-    """The same interpreter importing the same SDK on the host (no sandbox, no connection)."""
-    site = Path(sys.prefix) / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(
-            ["/usr/bin/python3", "-c", "import anyio, httpx2, mcp.client.streamable_http"],
-            env={"PYTHONPATH": str(site)},
-            check=True,
-        )
-        times.append((time.perf_counter() - t) * 1000)
-    return {"runs": runs, "start_and_import_sdk_ms": _ms(times)}
-
-
-def _ms(v: list[float]) -> dict[str, float]:
-    return {"median": round(median(v), 1), "min": round(min(v), 1), "max": round(max(v), 1)} if v else {}
-
-
-def _hosted_state(base: str, hdr: dict[str, str]) -> str | None:
-    agents = httpx.get(base + "/api/agents", headers=hdr, timeout=5).json()["agents"]
-    hosted = [a for a in agents if a["hosted"]]
-    return hosted[-1]["state"] if hosted else None
-
-
-def _wait(cond: Any, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            if cond():
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > end:
-            raise TimeoutError("benchmark step timed out")
-        time.sleep(0.05)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:

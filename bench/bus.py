@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,17 @@ def _redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
+def _vs_echo(echo: list[float], bus_lat: list[float]) -> dict[str, Any]:
+    """Both latencies, and a bus round's p50 over the echo's (a round is two tool calls)."""
+    e, s = latency_summary(echo), latency_summary(bus_lat)
+    return {
+        "echo_tools_call": e,
+        "bus_send_plus_receive": s,
+        "ratio_p50_vs_echo": round(s["p50_ms"] / e["p50_ms"], 2),
+        "ratio_p50_per_tool_call_vs_echo": round(s["p50_ms"] / 2 / e["p50_ms"], 2),
+    }
+
+
 async def mcp_ratio(folder: Path, n: int) -> dict[str, Any]:
     """bus__send + bus__receive vs everything__echo, both through the gateway's call chain."""
     from bench._common import EVERYTHING_JS
@@ -265,13 +277,7 @@ async def mcp_ratio(folder: Path, n: int) -> dict[str, Any]:
                 await call(b, "bus__receive", {"max": 1})
                 bus_lat.append(time.perf_counter() - t)
         gw.audit.flush(timeout=30)
-    e, s = latency_summary(echo), latency_summary(bus_lat)
-    return {
-        "echo_tools_call": e,
-        "bus_send_plus_receive": s,
-        "ratio_p50_vs_echo": round(s["p50_ms"] / e["p50_ms"], 2),
-        "ratio_p50_per_tool_call_vs_echo": round(s["p50_ms"] / 2 / e["p50_ms"], 2),
-    }
+    return _vs_echo(echo, bus_lat)
 
 
 def _serve(cfg: Path, folder: Path) -> tuple[subprocess.Popen[bytes], Any, str]:
@@ -299,71 +305,77 @@ def _serve(cfg: Path, folder: Path) -> tuple[subprocess.Popen[bytes], Any, str]:
     raise RuntimeError("symbi serve did not become ready")
 
 
-async def mcp_http_ratio(folder: Path, n: int) -> dict[str, Any]:
-    """Over real MCP: one ``symbi serve``, two HTTP sessions (two agents, the SDK client).
-    ``bus__send`` (agent A) + ``bus__receive`` (agent B) vs ``everything__echo`` (agent A)."""
-    import contextlib
+def _serve_config(folder: Path) -> Path:
+    """``mcp_http_ratio``'s server: the repo's policy, server-everything, no access log."""
+    from bench._common import EVERYTHING_JS
 
+    cfg = folder / "serve.toml"
+    cfg.write_text(
+        f'[gateway]\ndata_dir = "{folder / "serve"}"\nlog_level = "WARNING"\n[policy]\n'
+        f'path = "{ROOT / "policies.rego"}"\ndata = "{ROOT / "tests/assets/policy/test-data.json"}"\n'
+        f"[http]\naccess_log = false\n[sandbox]\ncode_tools = false\n[servers.everything]\n"
+        f'command = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]\nverification = "warn"\n'
+    )
+    return cfg
+
+
+@contextlib.asynccontextmanager
+async def _http_session(base: str, key: str) -> AsyncIterator[Any]:
+    """An initialised SDK client session to ``base``'s /mcp with the API key ``key``."""
     import httpx
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
-    from bench._common import EVERYTHING_JS
+    async with (
+        httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as hc,
+        streamable_http_client(base + "/mcp", http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
+        await s.initialize()
+        yield s
+
+
+async def _echo_then_bus(a: Any, b: Any, n: int) -> tuple[list[float], list[float]]:
+    """``n`` times: ``everything__echo`` (agent A), then ``bus__send`` (A to B) + ``bus__receive``
+    (B), every reply checked: the echo's latencies and the bus rounds'."""
+    inbox = await b.read_resource("bus://inbox")
+    b_id = json.loads(inbox.contents[0].text)["agent"]
+    echo, bus_lat = [], []
+    for i in range(n):
+        t = time.perf_counter()
+        r = await a.call_tool("everything__echo", {"message": f"m{i}"})
+        echo.append(time.perf_counter() - t)
+        assert not r.is_error, r
+        t = time.perf_counter()
+        r1 = await a.call_tool("bus__send", {"to": b_id, "body": BODY})
+        r2 = await b.call_tool("bus__receive", {"max": 1, "wait_ms": 5000})
+        bus_lat.append(time.perf_counter() - t)
+        assert not r1.is_error and not r2.is_error, (r1, r2)
+        assert len(r2.structured_content["messages"]) == 1
+    return echo, bus_lat
+
+
+async def mcp_http_ratio(folder: Path, n: int) -> dict[str, Any]:
+    """Over real MCP: one ``symbi serve``, two HTTP sessions (two agents, the SDK client).
+    ``bus__send`` (agent A) + ``bus__receive`` (agent B) vs ``everything__echo`` (agent A)."""
     from gateway import context as gw_context
     from gateway.config.load import load_config
     from gateway.server.auth import ApiKeyStore
 
     if not hasattr(gw_context, "AgentInfo"):
         return {"skipped": "needs the runtime's agent identity (every session an agent)"}
-    root = ROOT
-    cfg = folder / "serve.toml"
-    cfg.write_text(
-        f'[gateway]\ndata_dir = "{folder / "serve"}"\nlog_level = "WARNING"\n[policy]\n'
-        f'path = "{root / "policies.rego"}"\ndata = "{root / "tests/assets/policy/test-data.json"}"\n'
-        f"[http]\naccess_log = false\n[sandbox]\ncode_tools = false\n[servers.everything]\n"
-        f'command = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]\nverification = "warn"\n'
-    )
+    cfg = _serve_config(folder)
     store = ApiKeyStore(load_config(cfg, {}).api_keys_path)
     key_a, key_b = store.create("tester", ("tester",))[0], store.create("tester", ("tester",))[0]
     proc, log, base = await asyncio.to_thread(_serve, cfg, folder)
     try:
-
-        @contextlib.asynccontextmanager
-        async def session(key: str) -> Any:
-            async with (
-                httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as hc,
-                streamable_http_client(base + "/mcp", http_client=hc) as (r, w),
-                ClientSession(r, w) as s,
-            ):
-                await s.initialize()
-                yield s
-
-        async with session(key_a) as a, session(key_b) as b:
-            inbox = await b.read_resource("bus://inbox")
-            b_id = json.loads(inbox.contents[0].text)["agent"]  # type: ignore[union-attr]
-            echo, bus_lat = [], []
-            for i in range(n):
-                t = time.perf_counter()
-                r = await a.call_tool("everything__echo", {"message": f"m{i}"})
-                echo.append(time.perf_counter() - t)
-                assert not r.is_error, r
-                t = time.perf_counter()
-                r1 = await a.call_tool("bus__send", {"to": b_id, "body": BODY})
-                r2 = await b.call_tool("bus__receive", {"max": 1, "wait_ms": 5000})
-                bus_lat.append(time.perf_counter() - t)
-                assert not r1.is_error and not r2.is_error, (r1, r2)
-                assert len(r2.structured_content["messages"]) == 1  # type: ignore[index]
+        async with _http_session(base, key_a) as a, _http_session(base, key_b) as b:
+            echo, bus_lat = await _echo_then_bus(a, b, n)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
-    e, s = latency_summary(echo), latency_summary(bus_lat)
-    return {
-        "echo_tools_call": e,
-        "bus_send_plus_receive": s,
-        "ratio_p50_vs_echo": round(s["p50_ms"] / e["p50_ms"], 2),
-        "ratio_p50_per_tool_call_vs_echo": round(s["p50_ms"] / 2 / e["p50_ms"], 2),
-    }
+    return _vs_echo(echo, bus_lat)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

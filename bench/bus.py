@@ -119,7 +119,7 @@ async def plain(bus: Bus, n: int, lat_n: int) -> dict[str, Any]:
     me = bus.ring.local("agent-a")
     assert me is not None
     body = json.dumps(BODY).encode()
-    msgs = [await bus.seal(me, "direct", body, to="agent-b") for _ in range(n + lat_n)]
+    msgs = [await bus.sealer.seal(me, "direct", body, to="agent-b") for _ in range(n + lat_n)]
     be = bus.backend
     start = time.perf_counter()
     for m in msgs[:n]:

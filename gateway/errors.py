@@ -24,7 +24,8 @@ JSON-RPC error.
      │    └── RateLimited       [D]  the policy's rate_limit condition tripped
      ├── SdkChanged                  a library lost a private attribute gateway.compat uses
      ├── SandboxError                a sandbox tier failed or is unavailable
-     │    └── SandboxUnavailable     the chosen tier cannot run here (never downgraded)
+     │    ├── SandboxUnavailable     the chosen tier cannot run here (never downgraded)
+     │    └── SandboxInterrupted     a run cut short (the warm pool closed, its container removed): no result
      ├── AgentError                  the runtime refused the calling agent
      │    ├── AgentSuspended         suspended (policy condition, denials, budget, operator)
      │    ├── AgentTerminated        the agent has ended (or is ending)
@@ -202,6 +203,13 @@ class SandboxError(GatewayError):
 
 class SandboxUnavailable(SandboxError):
     code = "sandbox_unavailable"
+
+
+class SandboxInterrupted(SandboxError):
+    """A run was cut short from outside (the gateway's warm pool closed while it ran, or its
+    container was removed under it): there is no result, and none is made up."""
+
+    code = "sandbox_interrupted"
 
 
 class AgentError(GatewayError):

@@ -5,6 +5,8 @@ container in progress, a 5xx while the daemon kills it, a dropped or timed-out c
 and counts as done once Docker answers 404; any other error is a real failure, logged with
 the container id (the next start's orphan sweep removes it). runsc state that Docker lost
 (a failed start leaks it) is deleted with runsc itself.
+
+A Docker failure during a call becomes the gateway's SandboxError family (``docker_errors``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from gateway.errors import SandboxUnavailable
+from gateway.errors import GatewayError, SandboxError, SandboxInterrupted, SandboxUnavailable
 
 log = logging.getLogger("symbi.sandbox")
 
@@ -58,13 +62,21 @@ def _transient(e: Exception) -> bool:
     return isinstance(e, OSError)  # requests' ConnectionError and Timeout are OSErrors
 
 
-def remove_container(cid: str, *, client: Any = None, deadline_s: float = REMOVE_DEADLINE_S) -> bool:
-    """Force-remove ``cid``: True once Docker no longer has it; never raises."""
-    import docker.errors  # type: ignore[import-untyped,unused-ignore]
-
-    end = time.monotonic() + deadline_s
+def backoff() -> Iterator[float]:
+    """The pauses between retries: 0.1 s, doubling, at most 5 s each."""
     delay = 0.1
     while True:
+        yield delay
+        delay = min(delay * 2, 5.0)
+
+
+def remove_container(cid: str, *, client: Any = None, deadline_s: float = REMOVE_DEADLINE_S) -> bool:
+    """Force-remove ``cid`` (an id or a name): True once Docker no longer has it; never raises."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+    end, delays = time.monotonic() + deadline_s, backoff()
+    while True:
+        delay = next(delays)
         try:
             (client or docker_client()).api.remove_container(cid, force=True)
             return True
@@ -76,7 +88,29 @@ def remove_container(cid: str, *, client: Any = None, deadline_s: float = REMOVE
                 return False
             log.debug("removal of sandbox container %s refused (%s); retrying", cid[:12], e)
         time.sleep(delay)
-        delay = min(delay * 2, 5.0)
+
+
+def sandbox_failure(what: str, e: Exception) -> SandboxError:
+    """A Docker failure during ``what`` as the gateway's error: a container removed under the
+    call is SandboxInterrupted, anything else (an API error, a lost connection) SandboxError."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+    if isinstance(e, docker.errors.NotFound):
+        return SandboxInterrupted(f"{what}: its container was removed while the call ran (no result)")
+    return SandboxError(f"{what}: Docker failed ({e})")
+
+
+@contextmanager
+def docker_errors(what: str) -> Iterator[None]:
+    """Raise a Docker SDK or connection failure inside as the gateway's SandboxError family."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+    try:
+        yield
+    except GatewayError:
+        raise
+    except (docker.errors.DockerException, OSError) as e:
+        raise sandbox_failure(what, e) from e
 
 
 def runsc_ids() -> list[str]:

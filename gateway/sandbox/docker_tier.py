@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.compat import raw_socket
-from gateway.errors import SandboxError, SandboxUnavailable
+from gateway.errors import SandboxError, SandboxInterrupted, SandboxUnavailable
 
 from .base import (
     INPUT_MOUNT,
@@ -39,7 +39,15 @@ from .base import (
     read_only_binds,
 )
 from .docker_api import docker_client as docker_client  # the gateway and tests import it from here
-from .docker_api import docker_knows, remove_container, runsc_delete, runsc_ids, runsc_orphans
+from .docker_api import (
+    docker_errors,
+    docker_knows,
+    remove_container,
+    runsc_delete,
+    runsc_ids,
+    runsc_orphans,
+    sandbox_failure,
+)
 from .output import CappedBuffer, TrailerBuffer, captured, pump_docker_socket
 from .types import LABEL, LABEL_OWNER, KilledReason, Limits, SandboxRequest, SandboxResult
 
@@ -181,8 +189,9 @@ class DockerTier(SandboxTier):
                 client, argv, request.env, stdin_open=request.stdin is not None, limits=limits, binds=binds
             )
             try:
-                raw = self.attach(client, cid, with_stdin=request.stdin is not None)
-                return self.execute(client, cid, raw, request.stdin, limits, start, started=False)
+                with docker_errors(f"the {self.name} sandbox call"):
+                    raw = self.attach(client, cid, with_stdin=request.stdin is not None)
+                    return self.execute(client, cid, raw, request.stdin, limits, start, started=False)
             finally:
                 self.remove(cid)
 
@@ -215,10 +224,10 @@ class DockerTier(SandboxTier):
                 client.api.start(cid)
             except Exception as e:
                 raise SandboxError(f"cannot start the {self.name} container: {e}") from e
-        code = self._wait_for_exit(stop, pump, out, err, limits)
-        return captured(
-            out, err, exit_code=code, killed=self._killed_reason(stop, code), tier=self.name, start=start
-        )
+        with docker_errors(f"the {self.name} sandbox call"):
+            code = self._wait_for_exit(stop, pump, out, err, limits)
+            killed = self._killed_reason(stop, code)
+        return captured(out, err, exit_code=code, killed=killed, tier=self.name, start=start)
 
     def _wait_for_exit(
         self, stop: _Stopper, pump: threading.Thread, out: CappedBuffer, err: CappedBuffer, limits: Limits
@@ -240,7 +249,7 @@ class DockerTier(SandboxTier):
             )
         except Exception as e:
             stop("timeout")
-            raise SandboxError(f"{self.name} container did not stop: {e}") from e
+            raise sandbox_failure(f"waiting for the {self.name} container to stop", e) from e
         finally:
             timer.cancel()
         pump.join(timeout=2.0)
@@ -254,6 +263,8 @@ class DockerTier(SandboxTier):
         killed: KilledReason = stop.reasons[0] if stop.reasons else "none"
         if killed == "none" and code != 0:  # a clean exit needs no post-mortem
             state = stop.client.api.inspect_container(stop.cid)["State"]
+            if state.get("Status") == "removing":  # killed by a removal that is not ours
+                raise SandboxInterrupted(f"the {self.name} container was removed while the call ran")
             # A SIGKILL we did not send (ours are in ``stop.reasons``) is the memory limit's: runsc
             # reports the sandbox OOM kill only as 137, and Docker 20.10 sets OOMKilled only
             # when containerd saw the OOM before the exit (on a loaded machine: 137, a memcg

@@ -21,10 +21,10 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import SandboxError
+from gateway.errors import SandboxError, SandboxInterrupted
 
 from .base import SANDBOX_ENV
-from .docker_api import REMOVE_DEADLINE_S, docker_client
+from .docker_api import REMOVE_DEADLINE_S, docker_client, docker_errors
 from .docker_tier import DockerTier
 from .types import SANDBOX_PYTHON, WORKDIR, Limits, SandboxRequest, SandboxResult
 
@@ -123,7 +123,8 @@ class WarmPool:
     """``size`` ready containers per available Docker tier, refilled in the background.
 
     Every container the pool creates is in ``_live`` until its removal has returned, so
-    ``close`` can remove whatever is left: idle ones, a call's in flight, a reaper's.
+    ``close`` can remove whatever is left: idle ones, a call's in flight, a reaper's. A call
+    whose container ``close`` removed (``_cut``) fails with SandboxInterrupted, never a result.
     """
 
     def __init__(self, manager: SandboxManager, size: int) -> None:
@@ -135,7 +136,8 @@ class WarmPool:
         self._ready: dict[str, deque[_Warm]] = {n: deque() for n in self.tiers}
         self._last: dict[str, bool] = {n: False for n in self.tiers}
         self._live: dict[str, str] = {}  # container id -> tier name
-        self._serving = 0  # calls in flight
+        self._calls: set[str] = set()  # containers serving a call now
+        self._cut: set[str] = set()  # of those, the ones close removed under their call
         self._cond = threading.Condition()
         self._closed = False
         self._reapers: list[threading.Thread] = []
@@ -231,16 +233,39 @@ class WarmPool:
                 self._last[tier] = False
                 return None
             warm = self._ready[tier].popleft()
-            self._serving += 1
+            self._calls.add(warm.cid)
             self._cond.notify_all()  # wake the refill thread
         self._last[tier] = True
+        error: SandboxError | None = None
         try:
-            return self._serve(self.tiers[tier], warm, request, limits)
+            with docker_errors(f"the {tier} sandbox call"):
+                result = self._serve(self.tiers[tier], warm, request, limits)
+        except SandboxError as e:
+            error = e
         finally:
-            self._reap(warm.cid)
-            with self._cond:
-                self._serving -= 1
-                self._cond.notify_all()
+            self._end_call(warm.cid)
+        if self._was_cut(warm.cid):  # what it got before its container went is no result
+            raise self._interrupted(tier) from error
+        if error is not None:
+            raise error
+        return result
+
+    def _end_call(self, cid: str) -> None:
+        self._reap(cid)
+        with self._cond:
+            self._calls.discard(cid)
+            self._cond.notify_all()
+
+    def _was_cut(self, cid: str) -> bool:
+        with self._cond:
+            return cid in self._cut
+
+    @staticmethod
+    def _interrupted(tier: str) -> SandboxInterrupted:
+        return SandboxInterrupted(
+            f"the {tier} sandbox call was cut short: the gateway's warm pool closed (shutting down) "
+            "while it ran; no result"
+        )
 
     @staticmethod
     def _serve(t: DockerTier, warm: _Warm, request: SandboxRequest, limits: Limits) -> SandboxResult:
@@ -265,9 +290,10 @@ class WarmPool:
             self._reapers = [r for r in self._reapers if r.is_alive()] + [reaper]
             reaper.start()
 
-    def close(self) -> None:
-        """Stop taking calls and refilling, wait for the refills and calls in flight (each has
-        its own bound), then remove every container left and wait for the removals."""
+    def close(self, grace_s: float | None = None) -> None:
+        """Stop taking calls and refilling, wait for the refills and for the calls in flight
+        (``grace_s``, default their time limit + 60 s), then remove every container left (a call
+        still running is cut short: SandboxInterrupted) and wait for the removals."""
         with self._cond:
             self._closed = True
             for q in self._ready.values():
@@ -278,10 +304,12 @@ class WarmPool:
             if t.is_alive():  # its own timeouts bound it: it removes what it made when it ends
                 log.warning("warm pool: %s still starting a sandbox after %.0f s", t.name, SPAWN_BOUND_S)
         with self._cond:
-            if not self._cond.wait_for(lambda: self._serving == 0, self.limits.timeout_s + 60):
+            grace = self.limits.timeout_s + 60 if grace_s is None else grace_s
+            if not self._cond.wait_for(lambda: not self._calls, grace):
                 log.warning(
-                    "warm pool: closing with %d call(s) still running: they are cut short", self._serving
+                    "warm pool: closing with %d call(s) still running: they are cut short", len(self._calls)
                 )
+            self._cut |= self._calls  # marked before their containers go: they fail, not return
             left, reapers = list(self._live), list(self._reapers)
         for cid in left:
             self._remove(cid)

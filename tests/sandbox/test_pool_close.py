@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.config.model import Config
+from gateway.errors import SandboxInterrupted
 from gateway.sandbox import SandboxManager, SandboxRequest, SandboxResult
 
 from .conftest import own_leftovers, require_tier
@@ -74,3 +75,29 @@ def test_a_close_during_a_call_waits_for_it_and_leaves_no_container(
     assert set(own_leftovers(m, tier)) - before == set()
     caller.join(60)
     assert [(r.exit_code, r.stdout) for r in outcome] == [(0, b"done\n")]
+
+
+def test_a_call_cut_short_by_close_is_interrupted_and_leaves_no_container(fresh_pool: Pool) -> None:
+    """A call still running when close's grace ends loses its container: it fails with
+    SandboxInterrupted (a reason a client can read), never a raw Docker error nor a result."""
+    m, tier, before = fresh_pool
+    pool = m.warm_pool
+    assert pool is not None and pool.wait_ready(tier, timeout_s=60)
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(m.run(tier, SandboxRequest(command=("/bin/sleep", "15"))))
+        except Exception as e:  # noqa: BLE001 - the outcome under test
+            outcome.append(e)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    end = time.monotonic() + 60
+    while not pool.last_served_from_pool(tier) and time.monotonic() < end:
+        time.sleep(0.01)
+    assert pool.last_served_from_pool(tier), "the call did not come from the pool"
+    pool.close(grace_s=0.5)  # the call sleeps 15 s: it is cut short
+    caller.join(60)
+    assert [type(x) for x in outcome] == [SandboxInterrupted]
+    assert set(own_leftovers(m, tier)) - before == set()

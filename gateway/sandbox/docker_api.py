@@ -6,7 +6,9 @@ and counts as done once Docker answers 404; any other error is a real failure, l
 the container id (the next start's orphan sweep removes it). runsc state that Docker lost
 (a failed start leaks it) is deleted with runsc itself.
 
-A Docker failure during a call becomes the gateway's SandboxError family (``docker_errors``).
+Every container gets a unique name at its create, so a create whose answer was lost (the
+client timed out, the daemon went on) is found and removed by that name at once. A Docker
+failure during a call becomes the gateway's SandboxError family (``docker_errors``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +31,8 @@ log = logging.getLogger("symbi.sandbox")
 RUNSC_STATE_ROOT = "/var/run/docker/runtime-runc/moby"  # where dockerd's runsc keeps state
 CONTAINERD_SOCK = "/var/run/docker/containerd/containerd.sock"
 REMOVE_DEADLINE_S = 120.0  # a runsc kill on a loaded host takes seconds, not minutes
+# how long a create the client gave up on is looked for (the daemon may still be making it)
+RECLAIM_DEADLINE_S = 15.0
 _client_lock = threading.Lock()
 _client: Any = None
 
@@ -87,6 +92,48 @@ def remove_container(cid: str, *, client: Any = None, deadline_s: float = REMOVE
                 log.warning("cannot remove sandbox container %s: %s", cid[:12], e)
                 return False
             log.debug("removal of sandbox container %s refused (%s); retrying", cid[:12], e)
+        time.sleep(delay)
+
+
+def container_name() -> str:
+    """A unique name for a container about to be created (found by it if the answer is lost)."""
+    return f"symbi-sandbox-{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def answer_lost(e: Exception) -> bool:
+    """Whether a failed create may still have made its container: Docker did not answer
+    (a timeout, a dropped connection) or answered 5xx; a 4xx is a refusal, nothing was made."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+    if isinstance(e, docker.errors.APIError):
+        return e.status_code is None or e.status_code >= 500
+    return isinstance(e, OSError)
+
+
+def reclaim(name: str, *, deadline_s: float = RECLAIM_DEADLINE_S) -> bool:
+    """After a create whose answer was lost: remove the container ``name`` if the daemon made
+    it, looking until ``deadline_s`` (it may still be making it). True if one was removed;
+    never raises (a container it cannot remove is logged; the orphan sweep is the backstop)."""
+    import docker.errors  # type: ignore[import-untyped,unused-ignore]
+
+    end, delays = time.monotonic() + deadline_s, backoff()
+    while True:
+        delay = next(delays)
+        try:
+            cid = str(docker_client().api.inspect_container(name)["Id"])
+        except docker.errors.NotFound:
+            cid = ""
+        except Exception as e:  # noqa: BLE001 - cannot tell: keep looking until the deadline
+            log.debug("looking for sandbox container %s: %s", name, e)
+            cid = ""
+        if cid:
+            return remove_container(cid)  # logs a failure itself, with the id
+        if time.monotonic() + delay > end:
+            log.warning(
+                "a create of sandbox container %s got no answer and it may still appear: the next start's sweep removes it",
+                name,
+            )
+            return False
         time.sleep(delay)
 
 

@@ -38,16 +38,19 @@ from .base import (
     prologue_argv,
     read_only_binds,
 )
-from .docker_api import docker_client as docker_client  # the gateway and tests import it from here
 from .docker_api import (
+    answer_lost,
+    container_name,
     docker_errors,
     docker_knows,
+    reclaim,
     remove_container,
     runsc_delete,
     runsc_ids,
     runsc_orphans,
     sandbox_failure,
 )
+from .docker_api import docker_client as docker_client  # the gateway and tests import it from here
 from .output import CappedBuffer, TrailerBuffer, captured, pump_docker_socket
 from .types import LABEL, LABEL_OWNER, KilledReason, Limits, SandboxRequest, SandboxResult
 
@@ -154,12 +157,15 @@ class DockerTier(SandboxTier):
         limits: Limits,
         binds: list[tuple[str, str]] | None = None,
     ) -> str:
-        """Create (not start) one locked-down container; returns its id."""
+        """Create (not start) one locked-down container; returns its id. If Docker's answer is
+        lost, the container it may have made anyway is found by its unique name and removed."""
+        name = container_name()
         try:
             return str(
                 client.api.create_container(
                     self.image,
                     argv,
+                    name=name,
                     environment={**SANDBOX_ENV, **env},
                     working_dir="/tmp",
                     user=f"{NOBODY}:{NOBODY}",
@@ -170,6 +176,8 @@ class DockerTier(SandboxTier):
                 )["Id"]
             )
         except Exception as e:
+            if answer_lost(e):
+                reclaim(name)
             raise SandboxError(f"cannot create the {self.name} container: {e}") from e
 
     @staticmethod

@@ -202,3 +202,32 @@ def test_a_call_whose_container_is_removed_under_it_is_interrupted(
     docker_client().api.remove_container(_own_container(marker), force=True)
     caller.join(90)
     assert [type(x) for x in outcome] == [SandboxInterrupted]
+
+
+def test_a_create_whose_answer_is_lost_leaves_no_container(manager: SandboxManager) -> None:
+    """The client gives up on a create that the daemon completes: the tier finds the container
+    by its name and removes it at once, not at the next start's sweep. The client's timeout is
+    the one stand-in: 1 ms, so the answer is lost for certain (a real one is 30 s on a daemon too
+    loaded to answer, which a test cannot make on purpose); the daemon and the create are real.
+    Docker's own events show the container was made (the attack happened) and destroyed."""
+    import docker
+
+    require_tier(manager, "docker")
+    tier = manager.tiers["docker"]
+    assert isinstance(tier, DockerTier)
+    impatient = docker.DockerClient(**docker.utils.kwargs_from_env(), version="1.41", timeout=0.001)
+    impatient.api.trust_env = False
+    since = f"{time.time():.6f}"  # Docker takes fractional seconds (the SDK's datetime: whole ones)
+    with pytest.raises(SandboxError):
+        tier.create(impatient, ["/bin/true"], {}, stdin_open=False, limits=manager.limits())
+    events = docker_client().api.events(
+        since=since,
+        until=f"{time.time():.6f}",
+        filters={"type": "container", "label": f"{LABEL_OWNER}={owner_tag()}"},
+        decode=True,
+    )
+    seen: dict[str, set[str]] = {}
+    for e in events:
+        seen.setdefault(str(e.get("Action")), set()).add(str(e["Actor"]["ID"]))
+    assert len(seen.get("create", set())) == 1
+    assert seen["create"] <= seen.get("destroy", set())

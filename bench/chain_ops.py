@@ -47,17 +47,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import collections
-import cProfile
-import gc
+import importlib.util
 import json
 import os
-import pstats
 import signal
-import subprocess
 import tempfile
 import time
-from types import FrameType
-from typing import Any, Self
+from types import FrameType, ModuleType
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -67,6 +64,22 @@ from gateway.logs import configure
 
 PRINCIPAL = "bench"
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _sibling(name: str) -> ModuleType:
+    """The module ``name`` next to this file, loaded by its path: ``bench.*`` is imported from
+    the checkout ``PYTHONPATH`` names, whose bench/ may not have it."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:
+    import bench._chain_ops_front as front_modes
+else:
+    front_modes = _sibling("_chain_ops_front")
 
 
 def _owner(
@@ -82,9 +95,9 @@ def _owner(
         code = frame.f_code
         if "/gateway/" in code.co_filename and code not in seen:
             seen.add(code)
-            inclusive[f"{code.co_qualname} ({_short(code.co_filename)})"] += 1
+            inclusive[f"{code.co_qualname} ({front_modes.short(code.co_filename)})"] += 1
             if area is None:
-                area = _area(_short(code.co_filename))
+                area = _area(front_modes.short(code.co_filename))
         if owner is None:
             if code.co_name == "__call__" and "/gateway/steps/" in code.co_filename:
                 owner = type(frame.f_locals.get("self")).__name__
@@ -111,7 +124,7 @@ class Counter:
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
         if event == "call":
             name = frame.f_code.co_name
-            where = f"{name} ({_short(frame.f_code.co_filename)})"
+            where = f"{name} ({front_modes.short(frame.f_code.co_filename)})"
             if name == "_run_once":
                 self.loops += 1
         elif event == "c_call":
@@ -121,13 +134,6 @@ class Counter:
         owner = _owner(frame if event == "c_call" else frame.f_back, self.inclusive, self.areas)
         self.by_step[owner] += 1
         self.top[owner][where] += 1
-
-
-def _short(path: str) -> str:
-    for marker in ("site-packages/", "/gateway/", "python3.11/", "python3.12/"):
-        if marker in path:
-            return ("gateway/" if marker == "/gateway/" else "") + path.split(marker, 1)[1]
-    return path
 
 
 async def measure(gw: Gateway, calls: int, top: int, count: bool = True) -> dict[str, Any]:
@@ -182,195 +188,6 @@ BACKGROUND = (
     "poll_approvals.<locals>.run (gateway/tasks.py)",
     "BusBuiltin.run (gateway/bus/builtin.py)",
 )
-# the gateway's frames under every event-loop callback (the process's main function)
-_OUTER = frozenset({"run_stdio", "serve_stdio", "_mcp", "main", "serve_counted"})
-
-
-class FrontCounter:
-    """Every call on the ``symbi mcp`` process's event-loop thread, by the innermost gateway
-    module on its stack (else the package of the outermost caller that is not asyncio's)."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.loops = 0
-        self.areas: collections.Counter[str] = collections.Counter()
-        self.top: collections.Counter[str] = collections.Counter()
-        self.inclusive: collections.Counter[str] = collections.Counter()
-        self.functions: collections.Counter[str] = collections.Counter()
-        self.inside: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-
-    def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
-        if event == "call":
-            where = f"{frame.f_code.co_qualname} ({_short(frame.f_code.co_filename)})"
-            if frame.f_code.co_name == "_run_once":
-                self.loops += 1
-            frame = frame.f_back  # type: ignore[assignment]
-        elif event == "c_call":
-            where = f"{getattr(arg, '__qualname__', repr(arg))} (C)"
-        else:
-            return
-        self.total += 1
-        self.top[where] += 1
-        area = None
-        seen: set[Any] = set()
-        while frame is not None:
-            code = frame.f_code
-            if "/gateway/" in code.co_filename and code not in seen and code.co_name not in _OUTER:
-                seen.add(code)
-                self.inclusive[f"{code.co_qualname} ({_short(code.co_filename)})"] += 1
-                if area is None:
-                    area = _short(code.co_filename)
-                    function = f"{code.co_qualname} ({area})"
-                    self.functions[function] += 1
-                    self.inside[function][where] += 1
-            frame = frame.f_back  # type: ignore[assignment]
-        self.areas[area or "outside the gateway (event loop, SDK tasks)"] += 1
-
-    def report(self, calls: int, top: int) -> dict[str, Any]:
-        return {
-            "function_calls": round(self.total / calls, 1),
-            "loop_iterations": round(self.loops / calls, 2),
-            "by_area": {k: round(v / calls, 1) for k, v in self.areas.most_common()},
-            "top": {k: round(v / calls, 2) for k, v in self.top.most_common(4 * top)},
-            "gateway_inclusive": {k: round(v / calls, 1) for k, v in self.inclusive.most_common(4 * top)},
-            "by_function": {k: round(v / calls, 1) for k, v in self.functions.most_common(4 * top)},
-            "by_function_top": {
-                k: {f: round(n / calls, 2) for f, n in self.inside[k].most_common(top)}
-                for k, _ in self.functions.most_common(top)
-            },
-        }
-
-
-class GcWatch:
-    """The garbage collector's runs while counting (``gc.callbacks``, every thread): how many
-    per generation, their pauses (CPU time of the thread that collects: the wall clock of a
-    shared machine would add its queue), what they freed; no profiler runs beside it."""
-
-    def __init__(self) -> None:
-        self.runs: dict[int, list[float]] = collections.defaultdict(list)
-        self.collected = 0
-        self._began = 0.0
-        self.before: collections.Counter[str] = collections.Counter()
-        self.stats_before: list[dict[str, int]] = []
-
-    @staticmethod
-    def kinds(objects: list[Any]) -> collections.Counter[str]:
-        return collections.Counter(type(o).__qualname__ for o in objects)
-
-    def begin(self) -> None:
-        # no collection here: it would reset the count that decides the next full one
-        self.before = self.kinds(gc.get_objects())
-        self.stats_before = gc.get_stats()
-        gc.callbacks.append(self)
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._began = time.thread_time()
-        else:
-            self.runs[info["generation"]].append(time.thread_time() - self._began)
-            self.collected += info["collected"]
-
-    def report(self, top: int = 12) -> dict[str, Any]:
-        """What ran, then what the calls left: objects kept (by type, against ``begin``'s
-        count) and the cyclic garbage a full collection finds now (by type)."""
-        gc.callbacks.remove(self)
-        pauses = sorted(p for runs in self.runs.values() for p in runs)
-        stats = gc.get_stats()
-        grown = self.kinds(gc.get_objects())
-        grown.subtract(self.before)
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        full = time.thread_time()
-        gc.collect()
-        full = time.thread_time() - full
-        # a function in a cycle by its name: the closure that makes the cycle
-        garbage = collections.Counter(
-            f"function {o.__qualname__} ({_short(o.__code__.co_filename)})"
-            if callable(o) and hasattr(o, "__code__")
-            else type(o).__qualname__
-            for o in gc.garbage
-        )
-        gc.set_debug(0)
-        gc.garbage.clear()
-        return {
-            "full_collection_cpu_ms": round(full * 1e3, 2),
-            "kept_by_type": dict(grown.most_common(top)),
-            "cyclic_garbage_by_type": dict(garbage.most_common(top)),
-            "collections": {str(g): len(self.runs[g]) for g in (0, 1, 2)},
-            "pause_cpu_ms_total": {str(g): round(sum(self.runs[g]) * 1e3, 3) for g in (0, 1, 2)},
-            "pause_cpu_ms_max": {str(g): round(max(self.runs[g], default=0.0) * 1e3, 3) for g in (0, 1, 2)},
-            "pauses_over_1ms": sum(p > 1e-3 for p in pauses),
-            "collected": self.collected,
-            "threshold": list(gc.get_threshold()),
-            "freeze_count": gc.get_freeze_count(),
-            "collections_before_counting": [s["collections"] for s in self.stats_before],
-            "collections_at_the_end": [s["collections"] for s in stats],
-            "tracked_objects": len(gc.get_objects()),
-        }
-
-
-def serve_counted(
-    out: str, argv: list[str], cprofile: bool = False, gc_only: bool = False, marks: bool = False
-) -> None:
-    """``symbi`` with ``argv`` in this process; SIGUSR1 starts counting the event-loop thread's
-    calls, SIGUSR2 stops and writes the counts to ``out`` (raw; ``--front`` divides).
-    ``cprofile``: cProfile's statistics instead (``out`` + ``.pstats``), and its tables.
-    ``gc_only``: the garbage collector's runs instead (``GcWatch``). ``marks``: each signal
-    only calls ``getppid`` (callgrind, run with ``--dump-before=getppid``, dumps its counters
-    there: the window between the two dumps is the calls)."""
-    from gateway.cli import main as symbi
-
-    counter = FrontCounter()
-    # the thread's CPU time, not the wall clock: a pipe write that wakes the peer is not ours
-    profile = cProfile.Profile(time.thread_time_ns, 1e-9) if cprofile else None
-    watch = GcWatch()
-
-    def start(signum: int, frame: object) -> None:
-        if marks:
-            os.getppid()
-        elif gc_only:
-            watch.begin()
-        elif profile is not None:
-            profile.enable()
-        else:
-            sys.setprofile(counter)
-
-    def stop(signum: int, frame: object) -> None:
-        if marks:
-            os.getppid()
-            Path(out).write_text(json.dumps({"marked": True}))
-            return
-        if gc_only:
-            Path(out).write_text(json.dumps({"gc": watch.report()}))
-            return
-        if profile is not None:
-            profile.disable()
-            profile.dump_stats(out + ".pstats")
-            Path(out).write_text(json.dumps({"profiled": True}))
-            return
-        sys.setprofile(None)
-        Path(out).write_text(json.dumps(counter.report(1, 40)))
-
-    signal.signal(signal.SIGUSR1, start)
-    signal.signal(signal.SIGUSR2, stop)
-    sys.exit(symbi(argv))
-
-
-def profile_tables(path: str, calls: int, top: int) -> dict[str, Any]:
-    """cProfile's top functions per call, by own CPU time (µs of the thread's CPU, inflated by
-    the profiler: compare within one run) and by number of calls."""
-    stats = pstats.Stats(path)
-    rows = []
-    for (file, line, name), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append(
-            (f"{name} ({_short(file)}:{line})", ncalls / calls, tottime * 1e6 / calls, cumtime * 1e6 / calls)
-        )
-    by_time = sorted(rows, key=lambda r: -r[2])[: 2 * top]
-    by_calls = sorted(rows, key=lambda r: -r[1])[: 2 * top]
-    return {
-        "profiled_us_per_call": round(sum(r[2] for r in rows), 1),
-        "by_tottime_us": {r[0]: [round(r[2], 2), round(r[1], 2)] for r in by_time},
-        "by_ncalls": {r[0]: [round(r[1], 2), round(r[2], 2)] for r in by_calls},
-    }
 
 
 def _per_call(value: Any, n: int) -> Any:
@@ -391,83 +208,6 @@ async def _echo_calls(session: Any, calls: int) -> None:
             raise RuntimeError(f"unexpected reply {r}")
 
 
-class Strace:
-    """``strace -c -f`` attached to the gateway process (all its threads, not the upstream's
-    process, started before) while the block runs: system calls by name."""
-
-    def __init__(self, pid: int, out: Path) -> None:
-        self.pid = pid
-        self.out = out
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Self:
-        self.proc = subprocess.Popen(["strace", "-c", "-f", "-p", str(self.pid), "-o", str(self.out)])
-        for _ in range(200):  # attached: the main thread says who traces it
-            status = Path(f"/proc/{self.pid}/status").read_text()
-            if "TracerPid:\t0\n" not in status:
-                break
-            time.sleep(0.01)
-        time.sleep(0.2)  # the other threads
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=30)
-
-    def per_call(self, calls: int) -> dict[str, float]:
-        """``strace -c``'s table: calls (and errors) per tool call, by system call."""
-        counts: dict[str, float] = {}
-        for line in self.out.read_text().splitlines():
-            cols = line.split()
-            if len(cols) >= 5 and cols[0][0].isdigit() and cols[3].isdigit() and cols[-1] != "total":
-                name = cols[-1]
-                counts[name] = round(int(cols[3]) / calls, 2)
-                if len(cols) == 6:
-                    counts[f"{name} (errors)"] = round(int(cols[4]) / calls, 2)
-        counts["total"] = round(sum(v for k, v in counts.items() if "(" not in k), 2)
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-# With --callgrind: the loops that wake on a timer (the runtime's sweep every 100 ms, the
-# approvals poll every 2 s, the bus's expiry every 5 s) wake once an hour. Under callgrind a call
-# takes ~100x its time, so their wake-ups per call would be a large share of its count, and vary
-# with the machine's load.
-QUIET_TIMERS = (
-    "recheck_interval_s = 3600.0\n[runtime]\ngc_interval_ms = 3600000\n[bus]\nexpire_interval_s = 3600.0\n"
-)
-
-
-def callgrind_argv(out: Path) -> list[str]:
-    """valgrind's callgrind with its cache simulation, dumping its counters (and zeroing them)
-    each time ``getppid`` is entered: ``serve_counted(marks=True)`` calls it on each signal."""
-    return [
-        "valgrind",
-        "--tool=callgrind",
-        "--cache-sim=yes",
-        "--dump-before=getppid",
-        f"--callgrind-out-file={out}",
-        "--trace-children=no",
-    ]
-
-
-def callgrind_window(out: Path, calls: int) -> dict[str, float]:
-    """The counters of the window between the two marks (dump 2: dump 1 is start-up and the
-    warm-up), per call: instructions (Ir), data reads / writes, first-level and last-level
-    cache misses (simulated: the same on a busy machine and an idle one)."""
-    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: int(p.suffix[1:]))
-    if len(dumps) < 2:
-        raise RuntimeError(f"callgrind dumped {len(dumps)} times; two marks expected")
-    events: list[str] = []
-    totals: list[int] = []
-    for line in dumps[1].read_text().splitlines():
-        if line.startswith("events:"):
-            events = line.split()[1:]
-        elif line.startswith(("summary:", "totals:")):
-            totals = [int(v) for v in line.split()[1:]]
-    return {e: round(v / calls, 1) for e, v in zip(events, totals, strict=False)} | {"dumps": len(dumps)}
-
-
 def _front_command(args: argparse.Namespace, tmp: Path) -> tuple[list[str], Path, Path]:
     """The counted ``symbi mcp`` command (under callgrind with ``--callgrind``), the file its
     counts go to and the file its pid goes to."""
@@ -476,24 +216,25 @@ def _front_command(args: argparse.Namespace, tmp: Path) -> tuple[list[str], Path
     servers = everything_toml("off" if args.checks_off else "tofu")
     extra = '[mcp]\ntool_verification = "off"\n' if args.checks_off else ""
     if args.callgrind:  # counters are per process: the timer loops' wake-ups (per wall second) left out
-        extra = (extra or "[mcp]\n") + QUIET_TIMERS
+        extra = (extra or "[mcp]\n") + front_modes.QUIET_TIMERS
     data = None if args.checks_off else bench_policy_data(tmp, PRINCIPAL)
     cfg = write_gateway_config(
         tmp / "gw", servers, security=not args.checks_off, principal=PRINCIPAL, policy_data=data, extra=extra
     )
     out = tmp / "counts.json"
     pid_file = tmp / "pid"
-    # this file by its path: the gateway code is whichever PYTHONPATH names (another checkout's)
+    # this file by its path (it loads its front modes by theirs): the gateway code is whichever
+    # PYTHONPATH names (another checkout's)
     code = (
         "import os, sys, importlib.util as u; "
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
         f"s = u.spec_from_file_location('chain_ops', {__file__!r}); m = u.module_from_spec(s); "
-        f"s.loader.exec_module(m); m.serve_counted({str(out)!r}, sys.argv[1:], {args.cprofile!r}, {args.gc!r}, "
-        f"{args.callgrind!r})"
+        f"s.loader.exec_module(m); m.front_modes.serve_counted({str(out)!r}, sys.argv[1:], "
+        f"{args.cprofile!r}, {args.gc!r}, {args.callgrind!r})"
     )
     command = [sys.executable, "-c", code, "mcp", "--config", str(cfg)]
     if args.callgrind:
-        command = [*callgrind_argv(tmp / "callgrind.out"), *command]
+        command = [*front_modes.callgrind_argv(tmp / "callgrind.out"), *command]
     return command, out, pid_file
 
 
@@ -512,7 +253,7 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         for i in range(30):
             await s.call_tool("everything__echo", {"message": f"w{i}"})
         if args.strace:
-            with Strace(pid, tmp / "strace.txt") as traced:
+            with front_modes.Strace(pid, tmp / "strace.txt") as traced:
                 await _echo_calls(s, args.calls)
             return {
                 "benchmark": "chain_ops --front --strace",
@@ -539,13 +280,13 @@ def _front_result(args: argparse.Namespace, tmp: Path, raw: dict[str, Any]) -> d
         return {
             "benchmark": "chain_ops --front --callgrind",
             "settings": settings,
-            "per_call": callgrind_window(tmp / "callgrind.out", n),
+            "per_call": front_modes.callgrind_window(tmp / "callgrind.out", n),
         }
     if args.cprofile:
         return {
             "benchmark": "chain_ops --front --cprofile",
             "settings": settings,
-            **profile_tables(str(tmp / "counts.json") + ".pstats", n, args.top),
+            **front_modes.profile_tables(str(tmp / "counts.json") + ".pstats", n, args.top),
         }
     scale = {k: _per_call(v, n) for k, v in raw.items()}
     background = sum(scale["gateway_inclusive"].get(k, 0) for k in BACKGROUND)

@@ -1,5 +1,6 @@
-"""bench/chain_ops.py's readers: ``strace -c``'s table as calls per tool call, the
-collector's runs as ``GcWatch`` records them, and callgrind's window between its two marks."""
+"""bench/_chain_ops_front.py (bench/chain_ops.py's ``--front`` modes): ``strace -c``'s table as
+calls per tool call, the collector's runs as ``GcWatch`` records them, callgrind's window between
+its two marks, and chain_ops.py loading the file by its path."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import chain_ops
+from bench._chain_ops_front import QUIET_TIMERS, GcWatch, Strace, callgrind_window
 from bench._common import write_gateway_config
-from bench.chain_ops import QUIET_TIMERS, GcWatch, Strace, callgrind_window
 from gateway.config.load import load_config
 
 # strace 6's -c table: a row with errors has six columns, the total row is not a system call
@@ -76,3 +78,10 @@ def test_quiet_timers_are_keys_the_gateway_takes(tmp_path: Path) -> None:
     config = load_config(cfg)
     assert config.mcp.recheck_interval_s == 3600.0 and config.mcp.tool_verification == "off"
     assert config.runtime.gc_interval_ms == 3_600_000 and config.bus.expire_interval_s == 3600.0
+
+
+def test_chain_ops_loads_its_front_modes_from_its_own_folder() -> None:
+    # by path, not by import: PYTHONPATH may name another checkout, whose bench/ lacks the file
+    loaded = Path(chain_ops.front_modes.__file__ or "")
+    assert loaded == Path(chain_ops.__file__).resolve().with_name("_chain_ops_front.py")
+    assert chain_ops.front_modes.__name__ == "_chain_ops_front"

@@ -114,23 +114,18 @@ def reclaim(name: str, *, deadline_s: float = RECLAIM_DEADLINE_S) -> bool:
     """After a create whose answer was lost: remove the container ``name`` if the daemon made
     it, looking until ``deadline_s`` (it may still be making it). True if one was removed;
     never raises (a container it cannot remove is logged; the orphan sweep is the backstop)."""
-    import docker.errors  # type: ignore[import-untyped,unused-ignore]
-
     end, delays = time.monotonic() + deadline_s, backoff()
     while True:
         delay = next(delays)
         try:
             cid = str(docker_client().api.inspect_container(name)["Id"])
-        except docker.errors.NotFound:
-            cid = ""
-        except Exception as e:  # noqa: BLE001 - cannot tell: keep looking until the deadline
-            log.debug("looking for sandbox container %s: %s", name, e)
-            cid = ""
-        if cid:
+        except Exception as e:  # noqa: BLE001 - a 404 (not made, or not yet) or cannot tell: look again
+            log.debug("no sandbox container %s (yet): %s", name, e)
+        else:
             return remove_container(cid)  # logs a failure itself, with the id
         if time.monotonic() + delay > end:
             log.warning(
-                "a create of sandbox container %s got no answer and it may still appear: the next start's sweep removes it",
+                "sandbox container %s, whose create got no answer, may appear later: the sweep removes it",
                 name,
             )
             return False

@@ -17,7 +17,15 @@ import pytest
 from gateway.errors import SandboxError, SandboxInterrupted
 from gateway.sandbox import SandboxManager, SandboxRequest
 from gateway.sandbox.base import owner_tag
-from gateway.sandbox.docker_api import backoff, docker_errors, docker_knows, remove_container
+from gateway.sandbox.docker_api import (
+    _transient,
+    answer_lost,
+    backoff,
+    docker_errors,
+    docker_knows,
+    reclaim,
+    remove_container,
+)
 from gateway.sandbox.docker_tier import DockerTier, docker_client
 from gateway.sandbox.types import LABEL_OWNER
 
@@ -231,3 +239,64 @@ def test_a_create_whose_answer_is_lost_leaves_no_container(manager: SandboxManag
         seen.setdefault(str(e.get("Action")), set()).add(str(e["Actor"]["ID"]))
     assert len(seen.get("create", set())) == 1
     assert seen["create"] <= seen.get("destroy", set())
+
+
+def test_a_lost_create_that_made_nothing_is_looked_for_until_the_deadline_then_logged(
+    manager: SandboxManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_tier(manager, "docker")
+    name = f"symbi-sandbox-never-made-{time.monotonic_ns()}"
+    with caplog.at_level(logging.DEBUG, logger="symbi.sandbox"):
+        assert reclaim(name, deadline_s=1.0) is False
+    looks = [r for r in caplog.records if r.levelno == logging.DEBUG and name in r.getMessage()]
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and name in r.getMessage()]
+    # looks at 0, 0.1, 0.3, 0.7 s fit in the deadline, the next pause (0.8 s) does not
+    assert 2 <= len(looks) <= 4 and len(warned) == 1
+
+
+def test_a_create_docker_refuses_is_not_looked_for(
+    manager: SandboxManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 4xx (here: no such image) is Docker's answer: nothing was made, nothing to look for."""
+    require_tier(manager, "docker")
+    tier = DockerTier("symbi-no-such-image:none")
+    with caplog.at_level(logging.DEBUG, logger="symbi.sandbox"), pytest.raises(SandboxError):
+        tier.create(docker_client(), ["/bin/true"], {}, stdin_open=False, limits=manager.limits())
+    assert [r for r in caplog.records if "symbi-sandbox-" in r.getMessage()] == []
+
+
+def _api_error(status: int | None) -> Exception:
+    """docker-py's own APIError as it raises it for an HTTP answer of ``status``."""
+    import docker.errors
+    import requests
+
+    response = None
+    if status is not None:
+        response = requests.Response()
+        response.status_code = status
+    return docker.errors.APIError("refused", response=response)
+
+
+@pytest.mark.parametrize(
+    ("status", "lost", "retried"),
+    [
+        (None, True, False),
+        (400, False, False),
+        (404, False, False),
+        (409, False, True),
+        (499, False, False),
+        (500, True, True),
+        (503, True, True),
+    ],
+)
+def test_which_answers_count_as_lost_or_worth_a_retry(status: int | None, lost: bool, retried: bool) -> None:
+    e = _api_error(status)
+    assert (answer_lost(e), _transient(e)) == (lost, retried)
+
+
+def test_no_answer_at_all_is_lost_and_worth_a_retry() -> None:
+    import requests
+
+    for e in (requests.exceptions.ReadTimeout("timed out"), requests.exceptions.ConnectionError("reset")):
+        assert (answer_lost(e), _transient(e)) == (True, True)
+    assert (answer_lost(KeyError("x")), _transient(KeyError("x"))) == (False, False)

@@ -101,3 +101,34 @@ def test_a_call_cut_short_by_close_is_interrupted_and_leaves_no_container(fresh_
     caller.join(60)
     assert [type(x) for x in outcome] == [SandboxInterrupted]
     assert set(own_leftovers(m, tier)) - before == set()
+
+
+def test_a_pooled_call_whose_container_another_party_removes_is_interrupted(fresh_pool: Pool) -> None:
+    """Not the pool's close: someone else (an operator, a sweep) removes the container under a
+    pooled call. The call fails with SandboxInterrupted, not a raw Docker error nor a result."""
+    from gateway.sandbox.docker_tier import docker_client
+
+    m, tier, before = fresh_pool
+    pool = m.warm_pool
+    assert pool is not None and pool.wait_ready(tier, timeout_s=60)
+    cid = pool._ready[tier][0].cid  # the one ready container: the call below takes it
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(m.run(tier, SandboxRequest(command=("/bin/sleep", "15"))))
+        except Exception as e:  # noqa: BLE001 - the outcome under test
+            outcome.append(e)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    end = time.monotonic() + 60
+    while not pool.last_served_from_pool(tier) and time.monotonic() < end:
+        time.sleep(0.01)
+    assert pool.last_served_from_pool(tier), "the call did not come from the pool"
+    time.sleep(0.5)  # let the job reach the runner (either way the outcome must be the same)
+    docker_client().api.remove_container(cid, force=True)
+    caller.join(60)
+    assert [type(x) for x in outcome] == [SandboxInterrupted]
+    m.close()
+    assert set(own_leftovers(m, tier)) - before == set()

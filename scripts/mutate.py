@@ -203,6 +203,40 @@ GROUPS: tuple[Group, ...] = (
             ("SYMBI_SANDBOX_NO_SETUP", "1"),
         ),
     ),
+    # the clean-up of sandbox containers: removal's retries and bounds, a create whose answer was
+    # lost, Docker failures as the error family, the warm pool's close and the calls it cuts short
+    # (real containers; the pool-close tests on the docker tier only: gvisor doubles the time)
+    Group(
+        "sandbox-cleanup",
+        ("gateway/sandbox/docker_api.py", "gateway/sandbox/pool.py"),
+        ("tests/sandbox/test_docker_api.py",)
+        + tuple(
+            f"tests/sandbox/test_pool_close.py::{t}[docker]"
+            for t in (
+                "test_a_close_while_a_refill_is_starting_leaves_no_container",
+                "test_a_close_during_a_call_waits_for_it_and_leaves_no_container",
+                "test_a_call_cut_short_by_close_is_interrupted_and_leaves_no_container",
+            )
+        ),
+        note="Out of scope: the pool's filling and serving protocol (tests/sandbox/test_pool.py), runsc state.",
+        only=tuple(
+            f"gateway.sandbox.{f}__mutmut_*"
+            for f in (
+                "docker_api.x__transient",
+                "docker_api.x_backoff",
+                "docker_api.x_remove_container",
+                "docker_api.x_answer_lost",
+                "docker_api.x_reclaim",
+                "docker_api.x_sandbox_failure",
+                "docker_api.x_docker_errors",
+                "pool.xǁWarmPoolǁclose",
+                "pool.xǁWarmPoolǁtry_run",
+                "pool.xǁWarmPoolǁ_end_call",
+                "pool.xǁWarmPoolǁ_was_cut",
+            )
+        ),
+        env=(("SYMBI_SANDBOX_REQUIRED", "1"), ("SYMBI_SANDBOX_NO_SETUP", "1")),
+    ),
     # the runtime core, lifecycle, scheduler, breakers and budgets; the agent and schedule
     # steps' tests drive the runtime in-process too; hosted.py's supervisor and its sandboxed
     # runs in every tier are tested in-process (test_hosted_*, test_gvisor_agent)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from functools import partial
 from typing import Any, cast
 
@@ -48,7 +48,8 @@ from gateway.server.lanespan import server_span
 
 _logger = logging.getLogger("symbi.server.fastlane")
 
-Write = Callable[[bytes | SessionMessage], Awaitable[None]]
+# a reply and its call (the transport drops a reply still queued when its call is cancelled)
+Write = Callable[[bytes | SessionMessage, "LaneDispatch"], Awaitable[None]]
 _PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
 _META_KEYS = frozenset({"progressToken", "traceparent", "tracestate", "baggage"})
 _TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=True)
@@ -196,7 +197,7 @@ class StdioLane:
         self._tasks: dict[LaneDispatch, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # the transport's, from attach
         self._write: Write | None = None
-        self._sdk_open: set[types.RequestId] | frozenset[types.RequestId] = frozenset()
+        self._sdk_open: Container[types.RequestId] = frozenset()
         self.taken = 0  # calls served by the lane (tests, bench)
 
     @property
@@ -220,7 +221,7 @@ class StdioLane:
         self,
         tg: anyio.abc.TaskGroup,
         write: Write,
-        sdk_open: set[types.RequestId] | frozenset[types.RequestId] = frozenset(),
+        sdk_open: Container[types.RequestId] = frozenset(),
     ) -> None:
         """Open the lane on the transport's loop; ``sdk_open``: the ids of the requests the SDK
         serves on this connection (a call reusing one is declined, for the transport to refuse)."""
@@ -305,6 +306,9 @@ class StdioLane:
         dctx: LaneDispatch,
         params: dict[str, Any],
     ) -> None:
+        """The call, then its reply. Its id stays in flight until the reply is written or dropped:
+        a reply still queued behind the writer when the client cancels the call is dropped
+        there (``dctx.cancelled``), so it can never answer a reuse of the id."""
         assert self._write is not None
         reply: bytes | SessionMessage | None = None
         try:
@@ -313,18 +317,18 @@ class StdioLane:
                     reply = await self._answer(conn, dctx, params)
                 finally:
                     dctx.close()
-                    if (entry := self._in_flight.get(key)) is not None and entry[1] is dctx:
-                        del self._in_flight[key]
             if dctx.shutdown and reply is None and not dctx.cancelled:
                 closed = types.ErrorData(code=types.CONNECTION_CLOSED, message="Connection closed")
                 reply = _error(dctx.request_id, closed)
             if reply is not None and not dctx.cancelled:
-                await self._write(reply)
+                await self._write(reply, dctx)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             _logger.debug("reply to %r dropped: the client's stream is closed", dctx.request_id)
         except Exception:
             _logger.exception("a fast-lane call failed outside its handler")
         finally:
+            if (entry := self._in_flight.get(key)) is not None and entry[1] is dctx:
+                del self._in_flight[key]
             dctx.finish()
             # no done-callback (a loop turn per call): the task takes itself out of _tasks
             self._tasks.pop(dctx, None)

@@ -18,21 +18,22 @@ import os
 import re
 import select
 import stat
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any, NamedTuple
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import types
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
-from mcp.shared.message import SessionMessage
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from pydantic import ValidationError
 
 from gateway.assemble import make_gateway
 from gateway.compat import create_context_streams, stream_reader_head, tap_lines
 from gateway.config.model import Config
-from gateway.server.fastlane import StdioLane
+from gateway.server.fastlane import LaneDispatch, StdioLane
 from gateway.server.front import build_server, init_options
 from gateway.upstream.stdio import with_waiting, write_or_queue
 
@@ -45,10 +46,20 @@ def _error(code: int, message: str, rid: Any = None) -> SessionMessage:
     )
 
 
-def frame(msg: SessionMessage | bytes) -> bytes:
+class Queued(NamedTuple):
+    """A fast-lane reply waiting behind the write loop, with its call: dropped there if the
+    client cancels the call meanwhile (``OpenRequests.answered``)."""
+
+    line: bytes
+    call: LaneDispatch
+
+
+def frame(msg: SessionMessage | Queued | bytes) -> bytes:
     """One message as one line of the wire (the fast lane's replies come framed)."""
     if isinstance(msg, bytes):
         return msg
+    if isinstance(msg, Queued):
+        return msg.line
     return msg.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
 
 
@@ -77,16 +88,20 @@ class OpenRequests:
     would let one reply answer the other request (the SDK's dispatcher overwrites its entry for
     the id and answers both, under one id). So a request whose id is in flight is refused with
     Invalid Request (its id echoed) and the first goes on undisturbed. The lane's calls are its
-    own (``StdioLane.serving``); a request for the SDK is held here from the line that carries
-    it to the SDK's reply (``answered``), or to the client's cancel of it (after which the SDK
-    writes none)."""
+    own (``StdioLane.serving``); a request for the SDK is held here (``sdk``: id -> cancelled)
+    from the line that carries it until it has settled: its reply is on its way out
+    (``answered``) or the SDK's dispatcher says it ended with none (the message's
+    ``on_request_unanswered``). A cancel does not free the id: a reply the SDK made before it
+    saw the cancel may still be on its way, and would answer a reuse of the id. That reply is
+    dropped instead (MCP: no response to a cancelled request), and the id freed then."""
 
     def __init__(self, lane: StdioLane | None) -> None:
-        self.sdk: set[types.RequestId] = set()
+        self.sdk: dict[types.RequestId, bool] = {}
         self._lane = lane
 
-    def admit(self, message: Any) -> SessionMessage | None:
-        """None: ``message`` goes to the SDK (a request's id now held); else the refusal to write."""
+    def admit(self, msg: SessionMessage) -> tuple[SessionMessage, bool]:
+        """(the message for the SDK, True), a request's id now held; or (the refusal, False)."""
+        message = msg.message
         if isinstance(message, types.JSONRPCRequest):
             key = coerce_request_id(message.id)
             if key in self.sdk or (self._lane is not None and self._lane.serving(key)):
@@ -95,20 +110,30 @@ class OpenRequests:
                     f"request id {message.id!r} is already in flight in this session "
                     "(a request id must not be reused)",
                     message.id,
-                )
-            self.sdk.add(key)
-        elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+                ), False
+            self.sdk[key] = False
+            settled = ServerMessageMetadata(on_request_unanswered=partial(self._unanswered, key))
+            return SessionMessage(message, metadata=settled), True
+        if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
             rid = cancelled_request_id_from_params(message.params)
-            if rid is not None:
-                self.sdk.discard(coerce_request_id(rid))
-        return None
+            if rid is not None and (key := coerce_request_id(rid)) in self.sdk:
+                self.sdk[key] = True  # held until settled; a reply not yet written is dropped
+        return msg, True
 
-    def answered(self, msg: SessionMessage | bytes) -> None:
-        """The SDK's reply to a client request is on its way out: that id is free again."""
-        if isinstance(msg, SessionMessage):
-            message = msg.message
-            if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
-                self.sdk.discard(coerce_request_id(message.id))
+    async def _unanswered(self, key: types.RequestId) -> None:
+        # the SDK's dispatcher: the request ended with no reply (cancelled), none will follow
+        self.sdk.pop(key, None)
+
+    def answered(self, msg: SessionMessage | Queued) -> bool:
+        """A reply is on its way out: an SDK request's id is free again (a lane call's, when
+        its task sees the write done). False: the client cancelled that request before its
+        reply left, drop it."""
+        if isinstance(msg, Queued):
+            return not msg.call.cancelled
+        message = msg.message
+        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
+            return not self.sdk.pop(coerce_request_id(message.id), False)
+        return True
 
 
 @contextlib.asynccontextmanager
@@ -124,13 +149,20 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
     to_server, from_client = create_context_streams[SessionMessage | Exception](0)
     # outgoing: a plain memory stream (the writer needs no sender context) so that replies
     # waiting together leave in one pipe write (``receive_nowait``)
-    to_client, from_server = anyio.create_memory_object_stream[SessionMessage | bytes](0)
+    to_client, from_server = anyio.create_memory_object_stream[SessionMessage | Queued](0)
     lane_out = to_client.clone()  # the fast lane's replies, in the same writer
     requests = OpenRequests(lane)
 
-    async def lane_write(msg: SessionMessage | bytes) -> None:
-        """A fast-lane reply: written now when the write loop holds nothing, else queued behind."""
-        await write_or_queue(frame(msg), writer, from_server, lane_out.send)
+    backed_up = _backlog_test(writer)
+
+    async def lane_write(msg: SessionMessage | bytes, call: LaneDispatch) -> None:
+        """A fast-lane reply: written now when the write loop holds nothing and the client keeps
+        up, else queued behind (where a cancel of its call read meanwhile still drops it)."""
+        line = frame(msg)
+        if backed_up():
+            await lane_out.send(Queued(line, call))
+            return
+        await write_or_queue(line, writer, from_server, lambda line: lane_out.send(Queued(line, call)))
 
     try:
         async with anyio.create_task_group() as tg:
@@ -152,6 +184,17 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
             rtransport.close()
         else:
             os.close(wire_in)
+
+
+def _backlog_test(writer: asyncio.StreamWriter | FileWriter) -> Callable[[], bool]:
+    """Whether the pipe's buffer holds its high-water mark already (the client reads slower
+    than we write). A lane reply then waits behind the write loop like the SDK's replies, not
+    in the buffer, where a cancel could no longer take it back: the buffer stays bounded."""
+    if not isinstance(writer, asyncio.StreamWriter):
+        return lambda: False  # a file: never backed up
+    transport = writer.transport
+    high = transport.get_write_buffer_limits()[1]
+    return lambda: transport.get_write_buffer_size() >= high
 
 
 def _take_wire() -> tuple[int, int]:
@@ -206,11 +249,10 @@ async def _read_loop(
             return
         msg, for_server = _parse(line)
         if for_server:
-            refused = requests.admit(msg.message)
-            if refused is None:
-                await to_server.send(msg)
-                return
-            msg = refused
+            msg, for_server = requests.admit(msg)
+        if for_server:
+            await to_server.send(msg)
+            return
         await write(msg)
 
     async with to_server:
@@ -245,14 +287,14 @@ async def _write_loop(
     requests: OpenRequests,
 ) -> None:
     """Server messages (and queued fast-lane replies) to the client, those already waiting in one
-    write; each reply frees its request's id (``requests``) before it leaves."""
+    write; each reply frees its request's id (``requests``) before it leaves, or is dropped when
+    the client cancelled its request before."""
     async with from_server:
         async for msg in from_server:
-            out = list(with_waiting(msg, from_server))
-            for m in out:
-                requests.answered(m)
-            writer.write(b"".join(map(frame, out)))
-            await writer.drain()
+            out = [m for m in with_waiting(msg, from_server) if requests.answered(m)]
+            if out:
+                writer.write(b"".join(map(frame, out)))
+                await writer.drain()
 
 
 def pollable(fd: int) -> bool:

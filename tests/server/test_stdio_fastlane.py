@@ -485,3 +485,104 @@ def test_a_request_reusing_an_id_in_flight_is_refused_and_the_first_answered(
             assert [m["id"] for m in got if "result" in m] == [first["id"], first["id"]]
     finally:
         w.close()
+
+
+def cancel(rid: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}}
+
+
+FILL = 8  # unread replies of ~50 KB (the upstream echoes 25 KB twice): more than the pipe and the writer's buffer hold
+
+
+def _wait_recorded(record: Path, text: str) -> None:
+    end = time.monotonic() + 30
+    while not (record.exists() and text in record.read_text()):
+        assert time.monotonic() < end, f"{text!r} never reached the upstream"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(("lane", "meta"), [(True, None), (True, {"x-note": "sdk"}), (False, None)])
+def test_a_cancelled_call_answered_late_never_answers_a_reuse_of_its_id(
+    tmp_path: Path, lane: bool, meta: dict[str, Any] | None
+) -> None:
+    """A call's reply waits behind a full pipe (the client reads nothing yet) when the client
+    cancels it and at once reuses its id. Without a guard the late reply ("Echo: first") went
+    out after the cancel, under the id the client now uses for its new request. Now a reply
+    not yet written when the cancel is read is dropped (MCP: no response for a cancelled
+    request), and the id stays in flight until the cancelled call has settled: the reuse is
+    refused (Invalid Request) or, once settled, served with its own answer. A reuse after both
+    replies is served. ``meta``: a ``_meta`` key the lane leaves to the SDK."""
+    cfg = lane_config(tmp_path, lane)
+    record = upstream_writable(tmp_path) / "calls.jsonl"
+    w = Wire(cfg, tmp_path / "gateway.log")
+    fills = [f"fill-{i}" for i in range(FILL)]
+    try:
+        w.send(INIT)
+        w.until(replied("init"))
+        w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        for rid in fills:
+            w.send(call(rid, ECHO, {"message": "x" * 25_000}))
+        w.send(call(90, ECHO, {"message": "first"}, **({"_meta": meta} if meta else {})))
+        _wait_recorded(record, '"first"')
+        time.sleep(1.0)  # the chain's steps after the upstream's answer: the reply then waits
+        w.send(cancel(90))
+        w.send(call(90, ECHO, {"message": "second"}))
+        w.send(call("sentinel", ECHO, {"message": "sentinel"}))
+        got = w.until(replied(*fills, "sentinel", 90), timeout=60)
+        assert "Echo: first" not in json.dumps(got)
+        for m in (m for m in got if m.get("id") == 90):  # refused, or the second's own answer
+            ok = (
+                m["error"]["code"] == types.INVALID_REQUEST
+                if "error" in m
+                else m["result"]["content"][0]["text"]
+            )
+            assert ok in (True, "Echo: second"), m
+        w.send(call(90, ECHO, {"message": "third"}))
+        third = [m for m in w.until(replied(90)) if m.get("id") == 90]
+        assert [m["result"]["content"][0]["text"] for m in third] == ["Echo: third"]
+    finally:
+        w.close()
+
+
+def _served_once_settled(w: Wire, rid: Any) -> list[dict[str, Any]]:
+    """A call of ``rid`` sent until it is served (each refusal waited for first): the id of a
+    cancelled call is free again once the call has settled. Every reply of ``rid`` it got."""
+    got: list[dict[str, Any]] = []
+    end = time.monotonic() + 30
+    while not any("result" in m for m in got):
+        assert time.monotonic() < end, f"{rid!r} was never free again: {len(got)} refusals"
+        w.send(call(rid, ECHO, {"message": "third"}))
+        got += [m for m in w.until(replied(rid)) if m.get("id") == rid]
+        time.sleep(0.05)  # the pace of the retries, not a wait for the outcome
+    return got
+
+
+@pytest.mark.parametrize(("lane", "meta"), [(True, None), (True, {"x-note": "sdk"}), (False, None)])
+def test_a_cancelled_call_still_running_frees_its_id_once_settled_and_never_answers(
+    tmp_path: Path, lane: bool, meta: dict[str, Any] | None
+) -> None:
+    """A slow call cancelled while it runs, its id reused at once: the reuse is refused (Invalid
+    Request) while the cancelled call has not settled, or served with its own answer; the
+    cancelled call is never answered. Once it has settled (the SDK's dispatcher tells the
+    transport, ``on_request_unanswered``) the id is free: a client reusing it then is served."""
+    cfg = lane_config(tmp_path, lane)
+    record = upstream_writable(tmp_path) / "calls.jsonl"
+    w = Wire(cfg, tmp_path / "gateway.log")
+    try:
+        w.send(INIT)
+        w.until(replied("init"))
+        w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        w.send(call(91, "mut__slow", {"seconds": 5}, **({"_meta": meta} if meta else {})))
+        _wait_recorded(record, '"slow"')
+        w.send(cancel(91))
+        w.send(call(91, ECHO, {"message": "second"}))
+        got = w.until(replied(91))
+        _wait_recorded(record, "slow_cancelled")  # the upstream saw the cancel: the call is over
+        got += _served_once_settled(w, 91)
+        w.send(call("sentinel", ECHO, {"message": "sentinel"}))
+        got += [m for m in w.until(replied("sentinel")) if m.get("id") == 91]
+        texts = [m["result"]["content"][0]["text"] for m in got if "result" in m]
+        assert texts in (["Echo: second", "Echo: third"], ["Echo: third"]), got  # never "done"
+        assert all(m["error"]["code"] == types.INVALID_REQUEST for m in got if "error" in m), got
+    finally:
+        w.close()

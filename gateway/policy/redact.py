@@ -148,18 +148,111 @@ def _redact_keys(doc: Any, keys: tuple[tuple[str, ...], ...]) -> int:
     return n
 
 
-def redact(doc: Any, rules: Sequence[str]) -> tuple[Any, int]:
-    """(a redacted deep copy of ``doc``, how many values were replaced)."""
-    out = copy.deepcopy(doc)
+def _redact_rules(out: Any, rules: Sequence[str]) -> int:
+    """Replace, in place, what the key and path rules name; how many values were replaced."""
     keys = tuple(w for w in (_words(r) for r in rules if not r.startswith("/")) if w)
     n = _redact_keys(out, keys) if keys else 0
     for rule in rules:
         if rule.startswith("/") and len(rule) > 1:
             n += _redact_pointer(out, _pointer(rule))
+    return n
+
+
+def redact(doc: Any, rules: Sequence[str]) -> tuple[Any, int]:
+    """(a redacted deep copy of ``doc``, how many values were replaced)."""
+    out = copy.deepcopy(doc)
+    n = _redact_rules(out, rules)
     if rules:
         out, m = _scrub_values(out)
         n += m
     return out, n
+
+
+class _Irregular(Exception):
+    """Not a tree of plain JSON values (another type, a container met twice): the general
+    path (``copy.deepcopy`` and the in-place scrub) decides."""
+
+
+_ATOMS = frozenset((int, float, bool, type(None)))  # what ``copy.deepcopy`` returns as is
+
+
+def _scrubbed_copy(doc: Any, seen: set[int]) -> Any:
+    """``scrub_values(doc)`` for a tree of plain JSON values, built as it is walked (no
+    ``deepcopy``); raises ``_Irregular`` for anything else."""
+    t = type(doc)
+    if t is str:
+        return scrub_secrets(doc)[0]
+    if t in _ATOMS:
+        return doc
+    if t is not dict and t is not list:
+        raise _Irregular
+    if id(doc) in seen:  # shared or cyclic: deepcopy keeps the sharing, and the scrub sees it twice
+        raise _Irregular
+    seen.add(id(doc))
+    if t is dict:
+        return {_key(k): _scrubbed_copy(v, seen) for k, v in doc.items()}
+    return [_scrubbed_copy(v, seen) for v in doc]
+
+
+def _key(k: Any) -> Any:
+    """A key ``copy.deepcopy`` copies as itself (a string or a number)."""
+    if type(k) is str or type(k) in _ATOMS:
+        return k
+    raise _Irregular
+
+
+def _scrub_pair(doc: Any, seen: set[int]) -> tuple[Any, Any, int]:
+    """(``doc`` scrubbed in place as ``_scrub_values`` does, a copy of that scrubbed again as
+    ``scrub_values`` does, replacements of the first scrub), for a tree of plain JSON values.
+    A string the first scrub left as it was is left so by the second (the same function of the
+    same text), so only a string it changed is scrubbed again."""
+    t = type(doc)
+    if t is str:
+        text, n = scrub_secrets(doc)
+        return text, (scrub_secrets(text)[0] if n else text), n
+    if t in _ATOMS:
+        return doc, doc, 0
+    if (t is not dict and t is not list) or id(doc) in seen:
+        raise _Irregular
+    seen.add(id(doc))
+    n = 0
+    if t is dict:
+        audit: dict[Any, Any] = {}
+        for k in list(doc):
+            doc[k], audit[_key(k)], m = _scrub_pair(doc[k], seen)
+            n += m
+        return doc, audit, n
+    copied: list[Any] = []
+    for i, item in enumerate(doc):
+        doc[i], a, m = _scrub_pair(item, seen)
+        copied.append(a)
+        n += m
+    return doc, copied, n
+
+
+def audit_copy(doc: Any) -> Any:
+    """``scrub_values(doc)`` (what the audit keeps of arguments no rule redacted), without a
+    ``deepcopy`` when ``doc`` is a tree of plain JSON values (the arguments of a request)."""
+    try:
+        return _scrubbed_copy(doc, set())
+    except (_Irregular, RecursionError):
+        return scrub_values(doc)
+
+
+def redact_with_audit(doc: Any, rules: Sequence[str]) -> tuple[Any, Any]:
+    """(``redact(doc, rules)[0]``, ``scrub_values`` of that): the arguments the upstream gets and
+    those the audit keeps, with one copy and one walk when ``doc`` is a tree of plain JSON
+    values; exactly the two calls otherwise."""
+    if not rules:
+        return doc, audit_copy(doc)
+    try:
+        out = copy.deepcopy(doc)
+        _redact_rules(out, rules)
+        out, audit, _ = _scrub_pair(out, set())
+    except (_Irregular, RecursionError):
+        out, _ = redact(doc, rules)
+        return out, scrub_values(out)
+    return out, audit
 
 
 def redact_result(result: CallToolResult, rules: Sequence[str]) -> CallToolResult:
@@ -203,7 +296,7 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[: max(max_bytes, 0)].decode("utf-8", errors="ignore")
 
 
-def cap_result(result: CallToolResult, max_bytes: int) -> CallToolResult:
+def cap_result(result: CallToolResult, max_bytes: int, size: int | None = None) -> CallToolResult:
     """Fit a tool result under ``max_bytes``.
 
     - within the cap: unchanged;
@@ -212,8 +305,11 @@ def cap_result(result: CallToolResult, max_bytes: int) -> CallToolResult:
       is dropped (a cut JSON document would be wrong, not just short);
     - any non-text content (image, audio, resource): replaced by an ``isError`` result that
       says the result was too large, since half an image is no use.
+
+    ``size``: ``result_size(result)``, when the caller has it already (else it is measured).
     """
-    size = result_size(result)
+    if size is None:
+        size = result_size(result)
     if size <= max_bytes:
         return result
     if not all(isinstance(c, TextContent) for c in result.content):

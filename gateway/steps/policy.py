@@ -25,7 +25,7 @@ from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, Upstrea
 from gateway.errors import PolicyDenied, RateLimited
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import CallCounters, input_for_call, listing_inputs
-from gateway.policy.redact import cap_result, redact, redact_result, result_size, scrub_values
+from gateway.policy.redact import cap_result, redact_result, redact_with_audit, result_size
 from gateway.state.limiter import LocalRateLimiter, RateLimiter
 
 
@@ -68,20 +68,23 @@ class PolicyStep:
             raise RateLimited(reason)
 
         rules: Sequence[str] = cond.get("redact_arguments", ())
-        if rules:
-            call.arguments, _ = redact(call.arguments, rules)  # what the upstream receives
-        call.audit_arguments = scrub_values(call.arguments)  # the log never keeps a recognisable secret
+        # what the upstream receives (redacted by the rules), and what the log keeps (that, with
+        # no recognisable secret left): one copy and one scrub of each value for both
+        call.arguments, call.audit_arguments = redact_with_audit(call.arguments, rules)
         if "sandbox_tier" in cond:
             call.sandbox_tier = cond["sandbox_tier"]
 
         result = await call_next(call)
 
         if isinstance(result, CallToolResult):
+            produced = result
             call.result_bytes = result_size(result)
             if cond.get("redact_result"):
                 result = redact_result(result, cond["redact_result"])
             if "max_result_bytes" in cond:
-                result = cap_result(result, cond["max_result_bytes"])
+                # the size measured above is the capped result's unless the redaction made another
+                size = call.result_bytes if result is produced else None
+                result = cap_result(result, cond["max_result_bytes"], size)
         elif hasattr(result, "model_dump_json"):
             call.result_bytes = result_size(result)
             cap = cond.get("max_result_bytes")

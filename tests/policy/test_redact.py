@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from typing import Any
 
+import pytest
 from mcp.types import CallToolResult, EmbeddedResource, ImageContent, TextContent, TextResourceContents
 
-from gateway.policy.redact import REDACTED, cap_result, redact, redact_result, result_size
+from gateway.audit.record import canonical_details
+from gateway.policy.redact import (
+    REDACTED,
+    cap_result,
+    redact,
+    redact_result,
+    redact_with_audit,
+    result_size,
+    scrub_values,
+)
 
 
 def test_key_names_at_any_depth_case_insensitive() -> None:
@@ -233,3 +245,117 @@ def test_text_after_a_non_text_item_is_redacted_and_kept() -> None:
 def test_a_key_without_words_matches_no_rule() -> None:
     out, n = redact({"": "a", "--": "b", "password": "c"}, ["password"])
     assert n == 1 and out == {"": "a", "--": "b", "password": REDACTED}
+
+
+# --- the upstream's and the audit's copies of a call's arguments in one pass (redact_with_audit)
+
+# a later pattern's replacement leaves an earlier pattern's match: scrubbing is not idempotent,
+# so the audit's copy (scrub_values of the redacted arguments) differs from the upstream's
+_TWICE = "AIza" + "F" * 35 + "ghp_" + "E" * 36
+
+
+def _two_calls(doc: Any, rules: list[str]) -> tuple[Any, Any]:
+    """What the policy step did before: ``redact`` (when there are rules), then ``scrub_values``."""
+    out = redact(doc, rules)[0] if rules else doc
+    return out, scrub_values(out)
+
+
+DOCS: list[Any] = [
+    {},
+    {"message": "hi", "n": 3, "f": 0.5, "ok": True, "none": None},
+    {"message": _TWICE, "token": "t", "headers": {"Authorization": "Bearer " + "a" * 20, "accept": "x"}},
+    {"list": [_TWICE, {"password": "pw", "inner": [1, "sk-" + "B" * 24]}, [], [[_TWICE]]]},
+    {"prose": "key sk-" + "C" * 30 + " and AKIA" + "D" * 16 + " end", "deep": {"a": {"b": {"c": _TWICE}}}},
+    [_TWICE, "plain"],
+    _TWICE,
+]
+RULES: list[list[str]] = [
+    [],
+    ["token", "password"],
+    ["/headers/authorization", "/list/1/inner/1"],
+    ["nothing"],
+]
+
+
+@pytest.mark.parametrize("rules", RULES)
+def test_the_upstream_and_audit_copies_are_those_of_redact_then_scrub_values(rules: list[str]) -> None:
+    for doc in DOCS:
+        before = copy.deepcopy(doc)
+        upstream, audit = redact_with_audit(doc, rules)
+        assert (upstream, audit) == _two_calls(before, rules)
+        assert canonical_details({"a": audit}) == canonical_details({"a": _two_calls(before, rules)[1]})
+        assert doc == before  # the caller's arguments are never edited
+        if rules and isinstance(doc, dict | list):
+            assert upstream is not doc
+    assert redact_with_audit({"m": _TWICE}, ["x"]) == (
+        {"m": REDACTED + "ghp_" + "E" * 36},
+        {"m": REDACTED * 2},
+    )
+
+
+def test_the_audit_copy_shares_no_container_with_the_upstreams() -> None:
+    doc = {"a": {"b": ["x"]}, "c": [{"d": 1}]}
+    for rules in ([], ["zzz"]):
+        upstream, audit = redact_with_audit(doc, rules)
+        audit["a"]["b"].append("y")
+        audit["c"][0]["d"] = 2
+        assert upstream == {"a": {"b": ["x"]}, "c": [{"d": 1}]} == doc
+
+
+class _Dict(dict[str, Any]):
+    pass
+
+
+def _irregular() -> list[Any]:
+    shared = [_TWICE]
+    return [
+        {"a": shared, "b": shared},  # shared: deepcopy keeps the sharing, the scrub sees it twice
+        {"t": (_TWICE, 1)},  # a tuple (no JSON parser makes one)
+        {"d": _Dict(token="x", m=_TWICE)},
+        {1: _TWICE, "b": b"bytes"},
+        {"s": type("S", (str,), {})(_TWICE)},
+    ]
+
+
+@pytest.mark.parametrize("rules", RULES)
+def test_what_is_not_a_tree_of_json_values_takes_the_two_calls(rules: list[str]) -> None:
+    for doc, again in zip(_irregular(), _irregular(), strict=True):
+        upstream, audit = redact_with_audit(doc, rules)
+        expected = _two_calls(again, rules)
+        assert (upstream, audit) == expected
+        assert [type(v) for v in _leaves(audit)] == [type(v) for v in _leaves(expected[1])]
+    # with the sharing kept, a shared string is scrubbed twice in both copies
+    shared = [_TWICE]
+    for rules in RULES:
+        upstream, audit = redact_with_audit({"a": shared, "b": shared}, rules)
+        assert audit["a"] is audit["b"] and (upstream["a"] is upstream["b"])  # as deepcopy keeps them
+    assert redact_with_audit({"a": shared, "b": shared}, ["x"])[0] == {
+        "a": [REDACTED * 2],
+        "b": [REDACTED * 2],
+    }
+
+
+def _leaves(doc: Any) -> list[Any]:
+    if isinstance(doc, dict):
+        return [doc, *(x for v in doc.values() for x in _leaves(v))]
+    if isinstance(doc, list | tuple):
+        return [doc, *(x for v in doc for x in _leaves(v))]
+    return [doc]
+
+
+def test_a_cycle_fails_as_the_two_calls_do() -> None:
+    doc: dict[str, Any] = {"m": "x"}
+    doc["self"] = doc
+    for rules in ([], ["x"]):
+        with pytest.raises(RecursionError):
+            _two_calls(doc, rules)
+        with pytest.raises(RecursionError):
+            redact_with_audit(doc, rules)
+
+
+def test_a_measured_size_caps_as_a_measured_one() -> None:
+    r = CallToolResult(content=[TextContent(type="text", text="a" * 300)], structured_content={"k": "v" * 50})
+    size = result_size(r)
+    for cap in (size, size - 1, 100, 0):
+        assert cap_result(r, cap, size) == cap_result(r, cap)
+    assert cap_result(r, size, size) is r

@@ -525,3 +525,27 @@ def test_only_the_embedded_engine_decides_inline() -> None:
 
     assert EmbeddedEngine.decides_inline is True
     assert PolicyEngine.decides_inline is False and RemoteEngine.decides_inline is False
+
+
+REDACT_THEN_CAP_REGO = """package symbi
+
+import rego.v1
+
+decision := {"allow": true, "reasons": [], "conditions": {
+    "redact_result": ["secret"], "max_result_bytes": data.symbi_data.cap,
+}}
+"""
+
+
+def test_a_redacted_result_is_capped_by_its_own_size_not_the_upstreams(tmp_path: Any) -> None:
+    (tmp_path / "p.rego").write_text(REDACT_THEN_CAP_REGO)
+    produced = CallToolResult(content=[TextContent(type="text", text=json.dumps({"secret": "s" * 500}))])
+    redacted = CallToolResult(content=[TextContent(type="text", text=json.dumps({"secret": REDACTED}))])
+    for cap, cut in ((result_size(redacted), False), (result_size(redacted) - 1, True)):
+        (tmp_path / "data.json").write_text(json.dumps({"symbi_data": {"cap": cap}}))
+        eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego", data=tmp_path / "data.json"))
+        assert eng.load()
+        call = call_of("up__x", {})
+        out = _through(eng, call, produced)
+        assert call.result_bytes == result_size(produced)  # the size the upstream produced
+        assert (out != redacted) is cut and REDACTED in out.content[0].text

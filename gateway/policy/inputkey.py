@@ -312,14 +312,24 @@ def _check_other(value: Any) -> None:
 def _prune(value: Any, plan: Plan) -> Any:
     """``value`` reduced to what ``plan`` reaches, each node tagged with its JSON type."""
     if plan is ALL:
-        _check(value)
+        if type(value) not in _LEAVES:
+            _check(value)
         return ["v", value]
     if type(value) is dict or isinstance(value, Mapping):
-        for k in value:
-            if type(k) is not str:
-                raise _NotJSON
-        # a number component never names an object member: those stay missing (None)
-        return ["o", [[tag, _prune(value[k], sub) if k in value else None] for k, tag, sub in plan]]
+        if not _STR.issuperset(map(type, value)):
+            raise _NotJSON
+        # a number component never names an object member: those stay missing (None); a
+        # string, number, bool or null read whole (most of what a policy reads: a name, an id,
+        # a counter) is tagged here, without a call more
+        return [
+            "o",
+            [
+                [tag, (["v", v] if type(v := value[k]) in _LEAVES and sub is ALL else _prune(v, sub))]
+                if k in value
+                else [tag, None]
+                for k, tag, sub in plan
+            ],
+        ]
     if isinstance(value, (list, tuple)):
         n = len(value)
         return [
@@ -328,3 +338,6 @@ def _prune(value: Any, plan: Plan) -> Any:
         ]
     _check(value)
     return ["s", value]  # a scalar: any deeper reference is undefined
+
+
+_STR: Final = frozenset((str,))

@@ -23,7 +23,26 @@ def _is_int(v: Any) -> bool:
 
 
 def _str_list(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+    """A list of non-empty strings (a loop, not ``all`` over a generator: asked per decision)."""
+    if not isinstance(v, list):
+        return False
+    for x in v:
+        if not isinstance(x, str) or not x:
+            return False
+    return True
+
+
+def _strings(v: Any) -> bool:
+    """A list of strings."""
+    if not isinstance(v, list):
+        return False
+    for x in v:
+        if not isinstance(x, str):
+            return False
+    return True
+
+
+FIELDS = frozenset({"allow", "reasons", "conditions"})
 
 
 def _regex_list(v: Any) -> bool:
@@ -67,14 +86,14 @@ def validate_decision(raw: Any, *, source: str = "policy") -> Decision:
         return deny(f"{source}: the decision is undefined (deny by default)")
     if not isinstance(raw, Mapping):
         return deny(f"{source}: malformed decision: expected an object, got {type(raw).__name__}")
-    unknown_keys = sorted(set(raw) - {"allow", "reasons", "conditions"})
-    if unknown_keys:
+    if not FIELDS.issuperset(raw):
+        unknown_keys = sorted(set(raw) - FIELDS)
         return deny(f"{source}: malformed decision: unknown field(s) {', '.join(map(str, unknown_keys))}")
     allow = raw.get("allow")
     if not isinstance(allow, bool):
         return deny(f"{source}: malformed decision: 'allow' must be true or false")
     reasons = raw.get("reasons", [])
-    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+    if not _strings(reasons):
         return deny(f"{source}: malformed decision: 'reasons' must be a list of strings")
     conditions = raw.get("conditions", {})
     if not isinstance(conditions, Mapping):

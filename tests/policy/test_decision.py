@@ -47,6 +47,8 @@ def test_valid_allow_with_every_known_condition() -> None:
         {"allow": True, "reasons": [], "conditions": {"rate_limit": 1.5}},
         {"allow": True, "reasons": [], "conditions": {"redact_arguments": "token"}},
         {"allow": True, "reasons": [], "conditions": {"redact_result": [1]}},
+        {"allow": True, "reasons": [], "conditions": {"redact_arguments": ["token", ""]}},  # an empty rule
+        {"allow": True, "reasons": ["ok", 2], "conditions": {}},
         {"allow": True, "reasons": [], "conditions": {"audit": "none"}},
     ],
 )

@@ -162,7 +162,7 @@ def evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> Decision:
 def _evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> tuple[Decision, bool]:
     """(decision, engine still healthy)."""
     try:
-        engine.set_input(dict(input))
+        engine.set_input(input)  # regorus converts any Mapping itself (tested): no copy first
         raw = engine.eval_rule(decision)
         # print() output is gathered (stdout is the stdio protocol) until taken: take it every
         # time, or a policy that prints grows the engine's memory with every decision

@@ -190,44 +190,60 @@ def _scrubbed_copy(doc: Any, seen: set[int]) -> Any:
         raise _Irregular
     seen.add(id(doc))
     if t is dict:
-        return {_key(k): _scrubbed_copy(v, seen) for k, v in doc.items()}
+        _string_keys(doc)
+        return {k: _scrubbed_copy(v, seen) for k, v in doc.items()}
     return [_scrubbed_copy(v, seen) for v in doc]
 
 
-def _key(k: Any) -> Any:
-    """A key ``copy.deepcopy`` copies as itself (a string or a number)."""
-    if type(k) is str or type(k) in _ATOMS:
-        return k
-    raise _Irregular
+_STR = frozenset((str,))
 
 
-def _scrub_pair(doc: Any, seen: set[int]) -> tuple[Any, Any, int]:
+def _string_keys(doc: dict[Any, Any]) -> None:
+    """Raise ``_Irregular`` unless every key is a string (what ``copy.deepcopy`` keeps as is)."""
+    if not _STR.issuperset(map(type, doc)):
+        raise _Irregular
+
+
+def _plain_copy(doc: Any, seen: set[int]) -> Any:
+    """``copy.deepcopy(doc)`` for a tree of plain JSON values (new dicts and lists, the same
+    strings and numbers); raises ``_Irregular`` for anything else, sharing and cycles too."""
+    t = type(doc)
+    if t is str or t in _ATOMS:
+        return doc
+    if (t is not dict and t is not list) or id(doc) in seen:
+        raise _Irregular
+    seen.add(id(doc))
+    if t is dict:
+        _string_keys(doc)
+        return {k: v if type(v) is str or type(v) in _ATOMS else _plain_copy(v, seen) for k, v in doc.items()}
+    return [v if type(v) is str or type(v) in _ATOMS else _plain_copy(v, seen) for v in doc]
+
+
+def _scrub_pair(doc: Any) -> tuple[Any, Any, int]:
     """(``doc`` scrubbed in place as ``_scrub_values`` does, a copy of that scrubbed again as
-    ``scrub_values`` does, replacements of the first scrub), for a tree of plain JSON values.
-    A string the first scrub left as it was is left so by the second (the same function of the
-    same text), so only a string it changed is scrubbed again."""
+    ``scrub_values`` does, replacements of the first scrub), for ``_plain_copy``'s tree (plain
+    JSON values, string keys, nothing shared). A string the first scrub left as it was is left
+    so by the second (the same function of the same text): only a string it changed is
+    scrubbed again."""
     t = type(doc)
     if t is str:
         text, n = scrub_secrets(doc)
         return text, (scrub_secrets(text)[0] if n else text), n
-    if t in _ATOMS:
-        return doc, doc, 0
-    if (t is not dict and t is not list) or id(doc) in seen:
-        raise _Irregular
-    seen.add(id(doc))
     n = 0
     if t is dict:
-        audit: dict[Any, Any] = {}
+        audit: dict[str, Any] = {}
         for k in list(doc):
-            doc[k], audit[_key(k)], m = _scrub_pair(doc[k], seen)
+            doc[k], audit[k], m = _scrub_pair(doc[k])
             n += m
         return doc, audit, n
-    copied: list[Any] = []
-    for i, item in enumerate(doc):
-        doc[i], a, m = _scrub_pair(item, seen)
-        copied.append(a)
-        n += m
-    return doc, copied, n
+    if t is list:
+        copied: list[Any] = []
+        for i, item in enumerate(doc):
+            doc[i], a, m = _scrub_pair(item)
+            copied.append(a)
+            n += m
+        return doc, copied, n
+    return doc, doc, 0  # a number, a bool or null
 
 
 def audit_copy(doc: Any) -> Any:
@@ -241,14 +257,14 @@ def audit_copy(doc: Any) -> Any:
 
 def redact_with_audit(doc: Any, rules: Sequence[str]) -> tuple[Any, Any]:
     """(``redact(doc, rules)[0]``, ``scrub_values`` of that): the arguments the upstream gets and
-    those the audit keeps, with one copy and one walk when ``doc`` is a tree of plain JSON
-    values; exactly the two calls otherwise."""
+    those the audit keeps, with no ``deepcopy`` and one scrub of each string when ``doc`` is a
+    tree of plain JSON values (a request's arguments); exactly the two calls otherwise."""
     if not rules:
         return doc, audit_copy(doc)
     try:
-        out = copy.deepcopy(doc)
+        out = _plain_copy(doc, set())
         _redact_rules(out, rules)
-        out, audit, _ = _scrub_pair(out, set())
+        out, audit, _ = _scrub_pair(out)
     except (_Irregular, RecursionError):
         out, _ = redact(doc, rules)
         return out, scrub_values(out)

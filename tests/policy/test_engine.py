@@ -388,3 +388,15 @@ def test_an_engine_dropped_while_its_threads_live_drops_their_regorus_engines_on
     gc.collect()
     assert seen == [True, False]
     assert dropped_elsewhere == []
+
+
+def test_an_input_mapping_that_is_not_a_dict_is_decided_as_its_dict(tmp_path: Path) -> None:
+    from types import MappingProxyType
+
+    eng = engine_for(
+        tmp_path, PKG + 'decision := {"allow": input.x == 1, "reasons": ["r"], "conditions": {}}\n'
+    )
+    eng.cache_entries = 0  # every decision evaluated
+    for doc in ({"x": 1}, {"x": 2}):
+        assert eng.decide(MappingProxyType(doc)) == eng.decide(doc)
+    assert eng.decide(MappingProxyType({"x": 1})).allow

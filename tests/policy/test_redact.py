@@ -335,6 +335,18 @@ def test_what_is_not_a_tree_of_json_values_takes_the_two_calls(rules: list[str])
     }
 
 
+class _Key:
+    """A key ``copy.deepcopy`` copies (a new object: equal to no other)."""
+
+
+def test_a_key_that_is_not_a_string_is_copied_as_deepcopy_copies_it() -> None:
+    key = _Key()
+    for rules in RULES:
+        upstream, audit = redact_with_audit({"d": {key: "x"}}, rules)
+        assert (key in upstream["d"]) is (not rules)  # deepcopy made another key when it copied
+        assert key not in audit["d"] and len(audit["d"]) == 1
+
+
 def _leaves(doc: Any) -> list[Any]:
     if isinstance(doc, dict):
         return [doc, *(x for v in doc.values() for x in _leaves(v))]

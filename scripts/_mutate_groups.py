@@ -163,6 +163,8 @@ GROUPS: tuple[Group, ...] = (
                 "test_a_close_while_a_refill_is_starting_leaves_no_container",
                 "test_a_close_during_a_call_waits_for_it_and_leaves_no_container",
                 "test_a_call_cut_short_by_close_is_interrupted_and_leaves_no_container",
+                "test_a_pooled_call_whose_container_another_party_removes_is_interrupted",
+                "test_a_call_the_pool_cannot_serve_runs_cold_and_says_so",
             )
         ),
         note="Out of scope: the pool's filling and serving protocol (tests/sandbox/test_pool.py), runsc state.",

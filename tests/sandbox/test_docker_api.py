@@ -166,12 +166,14 @@ def test_docker_failures_become_the_sandbox_error_family(manager: SandboxManager
     import docker
 
     require_tier(manager, "docker")
-    with pytest.raises(SandboxInterrupted), docker_errors("a call"):
+    with pytest.raises(SandboxInterrupted) as gone, docker_errors("a call"):
         docker_client().api.inspect_container("0" * 64)
+    assert all(isinstance(r, str) and r for r in gone.value.reasons)
     dead = docker.DockerClient(base_url=f"unix://{tmp_path}/no-daemon.sock", version="1.41")
     with pytest.raises(SandboxError) as caught, docker_errors("a call"):
         dead.api.inspect_container("0" * 64)
     assert type(caught.value) is SandboxError
+    assert all(isinstance(r, str) and r for r in caught.value.reasons)  # a reason to show a user
     with pytest.raises(SandboxInterrupted) as passed, docker_errors("a call"):
         raise SandboxInterrupted("ours")
     assert passed.value.message == "ours"

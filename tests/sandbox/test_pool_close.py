@@ -132,3 +132,33 @@ def test_a_pooled_call_whose_container_another_party_removes_is_interrupted(fres
     assert [type(x) for x in outcome] == [SandboxInterrupted]
     m.close()
     assert set(own_leftovers(m, tier)) - before == set()
+
+
+def test_a_call_the_pool_cannot_serve_runs_cold_and_says_so(
+    fresh_pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Limits other than the pool's, or no ready container: the call runs cold (a container made
+    with its own limits), never in a pooled one, and ``last_served_from_pool`` says so. The
+    stand-in: the refill's next create waits (the real one) so the pool stays empty."""
+    m, tier, _ = fresh_pool
+    pool = m.warm_pool
+    assert pool is not None and pool.wait_ready(tier, timeout_s=60)
+    release = threading.Event()
+    real_create = m.tiers[tier].create
+
+    def create(*args: Any, **kwargs: Any) -> str:
+        if threading.current_thread().name.startswith("sandbox-pool-"):
+            release.wait(120)
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(m.tiers[tier], "create", create)
+    try:
+        other = m.limits(memory_mb=pool.limits.memory_mb + 64)
+        assert m.run(tier, SandboxRequest(command=("/bin/true",)), other).exit_code == 0
+        assert pool.last_served_from_pool(tier) is False
+        assert len(pool._ready[tier]) == 1  # the ready one was not taken
+        served(m, tier, SandboxRequest(command=("/bin/true",)))  # takes it; the refill now waits
+        assert m.run(tier, SandboxRequest(command=("/bin/true",)), m.limits()).exit_code == 0
+        assert pool.last_served_from_pool(tier) is False
+    finally:
+        release.set()

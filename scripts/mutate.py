@@ -28,7 +28,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# the groups, running one, the report: siblings of this file (its directory is sys.path[0])
+# the groups, running one, the report: siblings of this file, found next to it also when a
+# driver loads it by its path (run as a script, its directory is sys.path[0] already)
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from _mutate_base import REPORT_JSON, REPORT_MD, ROOT
 from _mutate_groups import BY_NAME, DEFAULT, GROUPS
 from _mutate_render import group_cpu, render, score, update_readme

@@ -31,6 +31,21 @@ def test_the_entry_point_lists_every_group_from_another_directory(tmp_path: Path
     assert [line.split(":")[0] for line in out.splitlines()] == [g.name for g in GROUPS]
 
 
+def test_a_driver_loading_the_entry_point_by_its_path_gets_its_run_and_groups(tmp_path: Path) -> None:
+    driver = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('mutate', {str(SCRIPTS / 'mutate.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['mutate'] = m\n"
+        "spec.loader.exec_module(m)\n"
+        "print(callable(m.run_group), len(m.GROUPS))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", driver], cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout
+    assert out.split() == ["True", str(len(GROUPS))]
+
+
 def test_an_unknown_group_is_refused() -> None:
     done = subprocess.run(
         [sys.executable, str(SCRIPTS / "mutate.py"), "no-such-group"], capture_output=True, text=True

@@ -599,3 +599,69 @@ def test_a_session_closed_during_a_lane_call_ends_it_as_the_sdk_does(gws: tuple[
 def _no_progress(got: tuple[Any, ...]) -> tuple[Any, ...]:
     events = [e for e in got[2] if e.get("data", {}).get("method") != "notifications/progress"]
     return (*got[:2], events)
+
+
+CANCEL_REUSED = [
+    call(12, "mut__slow", {"seconds": 5}),
+    call(13, "mut__slow", {"seconds": 5}, _meta={"x-note": "sdk"}),
+]
+
+
+def _cancelled_then_reused(gw: Gw, first: dict[str, Any]) -> dict[str, Any]:
+    """A slow call cancelled while it runs and its id reused at once (cancel and reuse posted
+    back to back), then reused again once the first POST has ended (its request settled)."""
+    k = gw.keys.admin
+    sid = open_session(gw, k)
+    rid = first["id"]
+    got: dict[str, Any] = {}
+
+    def slow_calls() -> int:
+        return gw.record.read_text().count('"slow"') if gw.record.exists() else 0
+
+    async def main() -> None:
+        async def slow() -> None:
+            got["first"] = replies(await anyio.to_thread.run_sync(lambda: post(gw, first, k, sid)))
+
+        before = slow_calls()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            with anyio.fail_after(10):
+                while slow_calls() == before:  # the first is at the upstream
+                    await anyio.sleep(0.01)
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}}
+
+            def cancel_and_reuse() -> tuple[int, httpx.Response]:
+                status = post(gw, cancel, k, sid).status_code
+                return status, post(gw, call(rid, ECHO, {"message": "second"}), k, sid)
+
+            got["cancel"], r = await anyio.to_thread.run_sync(cancel_and_reuse)
+            got["second"] = (r.status_code, replies(r))
+
+    anyio.run(main)
+    got["third"] = replies(post(gw, call(rid, ECHO, {"message": "third"}), k, sid))
+    return got
+
+
+def test_a_cancelled_call_never_answers_a_reuse_of_its_id(gws: tuple[Gw, Gw]) -> None:
+    """MCP: the receiver of a cancel should not answer the cancelled request (the 2025-era wire
+    ends its POST with REQUEST_CANCELLED), and a requestor must not reuse an id. A cancel then
+    a reuse of its id at once: the reuse is refused (Invalid Request, HTTP 400) while the
+    cancelled call has not settled, or served with its own answer; the cancelled POST never
+    carries the reuse's answer, nor the reuse's the cancelled call's. Once the cancelled POST
+    has ended the id is free. Through the lane and the SDK alike, SSE and JSON."""
+    for gw in gws:
+        for first in CANCEL_REUSED:
+            got = _cancelled_then_reused(gw, first)
+            assert got["cancel"] == 202
+            firsts = [m for m in got["first"] if "id" in m]
+            assert [(m["id"], m["error"]["code"]) for m in firsts] == [(first["id"], -32800)], (
+                got
+            )  # REQUEST_CANCELLED
+            status, seconds = got["second"]
+            [second] = seconds
+            assert second["id"] == first["id"], got
+            if status == 400:
+                assert second["error"]["code"] == types.INVALID_REQUEST, got
+            else:
+                assert (status, second["result"]["content"][0]["text"]) == (200, "Echo: second"), got
+            assert [m["result"]["content"][0]["text"] for m in got["third"] if "id" in m] == ["Echo: third"]

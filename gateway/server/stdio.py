@@ -5,7 +5,8 @@ read and write (the SDK's ``stdio_server`` hops threads three times per message;
 the gateway's hot path). Like the SDK's, it moves the protocol off fds 0 and 1 while serving
 (fd 0 reads /dev/null, fd 1 goes to stderr), so nothing else in the process or its children
 can corrupt the stream. And it answers bad input instead of dropping it: a line that is not
-JSON gets -32700, JSON that is not JSON-RPC -32600, a message over ``mcp.max_message_bytes``
+JSON gets -32700, JSON that is not JSON-RPC -32600 (a batch too: one message per line, and its
+refusal has no id), a message over ``mcp.max_message_bytes``
 -32600 naming the limit (with the request's id when it can be read), a request whose id is
 still in flight in the session -32600 with that id (``OpenRequests``). The session goes on.
 """
@@ -64,6 +65,11 @@ def frame(msg: SessionMessage | Queued | bytes) -> bytes:
 
 
 def _peek_id(head: bytes) -> Any:
+    """The id of the request a refused line carries, when it can be read. None for a batch:
+    its refusal is the whole batch's, not its first element's (whose id may be a request in
+    flight, which the refusal would then seem to answer)."""
+    if head.lstrip()[:1] == b"[":
+        return None
     m = _ID_RE.search(head)
     if not m:
         return None
@@ -79,6 +85,10 @@ def _parse(line: bytes) -> tuple[SessionMessage, bool]:
         errs = e.errors()
         if errs and errs[0].get("type") == "json_invalid":
             return _error(types.PARSE_ERROR, f"parse error: {errs[0].get('msg')}"), False
+        if line.lstrip()[:1] == b"[":  # the SDK serves one message at a time
+            return _error(
+                types.INVALID_REQUEST, "JSON-RPC batches are not supported: one message per line"
+            ), False
         return _error(types.INVALID_REQUEST, "invalid JSON-RPC message", _peek_id(line[:512])), False
 
 

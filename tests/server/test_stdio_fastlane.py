@@ -586,3 +586,39 @@ def test_a_cancelled_call_still_running_frees_its_id_once_settled_and_never_answ
         assert all(m["error"]["code"] == types.INVALID_REQUEST for m in got if "error" in m), got
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("lane", [True, False])
+def test_a_batch_is_refused_whole_duplicate_and_in_flight_ids_included(tmp_path: Path, lane: bool) -> None:
+    """JSON-RPC batches (arrays; MCP allowed them before 2025-06-18) are not served on stdio:
+    the transport (and the lane before it) takes one message per line, and an array is
+    answered with one Invalid Request without an id; no element runs. So two requests of one
+    id in a batch, or one reusing an id in flight, never get answers the client cannot tell
+    apart; the refusal carries no id (it is no element's answer: before, it took the first
+    element's, here the id of the call in flight, whose answer it then seemed to be). In a
+    2025-03-26 session (batches were still MCP then), beside a call in flight."""
+    cfg = lane_config(tmp_path, lane)
+    record = upstream_writable(tmp_path) / "calls.jsonl"
+    w = Wire(cfg, tmp_path / "gateway.log")
+    try:
+        w.send({**INIT, "params": {**INIT["params"], "protocolVersion": "2025-03-26"}})
+        [init] = w.until(replied("init"))
+        assert init["result"]["protocolVersion"] == "2025-03-26"
+        w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        w.send(call(92, "mut__slow", {"seconds": 3.0}))
+        _wait_recorded(record, '"slow"')
+        batch = [
+            call(92, ECHO, {"message": "b1"}),
+            call(93, ECHO, {"message": "b2"}),
+            call(93, ECHO, {"message": "b3"}),
+        ]
+        w.send(batch)
+        w.send([call(92, ECHO, {"message": "x" * 70_000})])  # over mcp.max_message_bytes too
+        got = w.until(replied(None, None, 92))
+        refusals = [m for m in got if m.get("id") is None]
+        assert [m["error"]["code"] for m in refusals] == [types.INVALID_REQUEST] * 2
+        assert [m["result"]["content"][0]["text"] for m in got if m.get("id") == 92] == ["done"]
+        assert not any(m.get("id") == 93 for m in got)
+        assert not any(f'"b{i}"' in record.read_text() for i in (1, 2, 3))
+    finally:
+        w.close()

@@ -665,3 +665,55 @@ def test_a_cancelled_call_never_answers_a_reuse_of_its_id(gws: tuple[Gw, Gw]) ->
             else:
                 assert (status, second["result"]["content"][0]["text"]) == (200, "Echo: second"), got
             assert [m["result"]["content"][0]["text"] for m in got["third"] if "id" in m] == ["Echo: third"]
+
+
+OLD_ERA = {"mcp-protocol-version": "2025-03-26"}  # batches were still MCP then
+
+
+def _batch_beside_a_call_in_flight(gw: Gw) -> tuple[list[dict[str, Any]], httpx.Response]:
+    """A 2025-03-26 session: a slow call of id 20, and while it runs a batch of a call of 20
+    and two of 21. The slow call's replies and the batch's answer."""
+    k = gw.keys.admin
+    r = post(gw, {**INIT, "params": {**INIT["params"], "protocolVersion": "2025-03-26"}}, k)
+    assert r.status_code == 200, r.text
+    sid = r.headers["mcp-session-id"]
+    assert post(gw, INITIALIZED, k, sid, **OLD_ERA).status_code == 202
+    batch = [call(20, "mut__echo", {"message": f"b{i}"}) for i in (1, 2, 3)]
+    batch[1]["id"] = batch[2]["id"] = 21
+    got: dict[str, Any] = {}
+
+    def slow_calls() -> int:
+        return gw.record.read_text().count('"slow"') if gw.record.exists() else 0
+
+    async def main() -> None:
+        async def slow() -> None:
+            slow_call = call(20, "mut__slow", {"seconds": 1.0})
+            got["slow"] = replies(
+                await anyio.to_thread.run_sync(lambda: post(gw, slow_call, k, sid, **OLD_ERA))
+            )
+
+        before = slow_calls()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow)
+            with anyio.fail_after(10):
+                while slow_calls() == before:
+                    await anyio.sleep(0.01)
+            got["batch"] = await anyio.to_thread.run_sync(lambda: post(gw, batch, k, sid, **OLD_ERA))
+
+    anyio.run(main)
+    return got["slow"], got["batch"]
+
+
+def test_a_batch_is_refused_whole_duplicate_and_in_flight_ids_included(gws: tuple[Gw, Gw]) -> None:
+    """JSON-RPC batches (arrays; MCP allowed them before 2025-06-18) are not served by the SDK's
+    streamable-HTTP transport: the whole POST is refused (HTTP 400, a JSON-RPC error without an
+    id; the SDK's code, Invalid Params) and no element runs, so two requests of one id, or one
+    reusing an id in flight, never get answers the client cannot tell apart. Checked in a
+    2025-03-26 session, on the lane and the SDK, while a call of one of the ids is in flight."""
+    for gw in gws:
+        slow, r = _batch_beside_a_call_in_flight(gw)
+        assert r.status_code == 400, (gw.mode, r.text)
+        [error] = replies(r)
+        assert error.get("id") is None and error["error"]["code"] == types.INVALID_PARAMS, error
+        assert [m["result"]["content"][0]["text"] for m in slow if "id" in m] == ["done"]
+        assert not any(f'"b{i}"' in gw.record.read_text() for i in (1, 2, 3))

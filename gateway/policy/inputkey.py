@@ -211,7 +211,7 @@ class InputReads:
             return None
         target = doc.get("target") if self._target else None
         try:
-            return hash((target, *(ctx.get(c) for c in self.counters)))
+            return hash((target, *map(ctx.get, self.counters)))
         except TypeError:  # an unhashable value: no fingerprint, the key decides
             return None
 

@@ -12,6 +12,7 @@ from mcp.types import CallToolResult, EmbeddedResource, ImageContent, TextConten
 from gateway.audit.record import canonical_details
 from gateway.policy.redact import (
     REDACTED,
+    audit_copy,
     cap_result,
     redact,
     redact_result,
@@ -371,3 +372,18 @@ def test_a_measured_size_caps_as_a_measured_one() -> None:
     for cap in (size, size - 1, 100, 0):
         assert cap_result(r, cap, size) == cap_result(r, cap)
     assert cap_result(r, size, size) is r
+
+
+def test_a_tree_of_json_values_is_copied_without_deepcopy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of redact_with_audit and audit_copy: a request's arguments take the one-walk
+    path (what they return is the two calls' either way: the tests above)."""
+    pairs = {tuple(rules): [_two_calls(doc, rules) for doc in DOCS] for rules in RULES}
+    audits = [scrub_values(doc) for doc in DOCS]
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise AssertionError("deepcopy called for a tree of JSON values")
+
+    monkeypatch.setattr(copy, "deepcopy", refuse)
+    for rules, expected in pairs.items():
+        assert [redact_with_audit(doc, list(rules)) for doc in DOCS] == expected
+    assert [audit_copy(doc) for doc in DOCS] == audits

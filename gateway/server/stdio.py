@@ -19,7 +19,7 @@ import os
 import re
 import select
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -163,13 +163,13 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
     lane_out = to_client.clone()  # the fast lane's replies, in the same writer
     requests = OpenRequests(lane)
 
-    backed_up = _backlog_test(writer)
+    pipe, high = _write_limit(writer)
 
     async def lane_write(msg: SessionMessage | bytes, call: LaneDispatch) -> None:
         """A fast-lane reply: written now when the write loop holds nothing and the client keeps
         up, else queued behind (where a cancel of its call read meanwhile still drops it)."""
         line = frame(msg)
-        if backed_up():
+        if pipe is not None and pipe.get_write_buffer_size() >= high:  # the client is behind
             await lane_out.send(Queued(line, call))
             return
         await write_or_queue(line, writer, from_server, lambda line: lane_out.send(Queued(line, call)))
@@ -196,15 +196,15 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
             os.close(wire_in)
 
 
-def _backlog_test(writer: asyncio.StreamWriter | FileWriter) -> Callable[[], bool]:
-    """Whether the pipe's buffer holds its high-water mark already (the client reads slower
-    than we write). A lane reply then waits behind the write loop like the SDK's replies, not
-    in the buffer, where a cancel could no longer take it back: the buffer stays bounded."""
+def _write_limit(writer: asyncio.StreamWriter | FileWriter) -> tuple[asyncio.WriteTransport | None, int]:
+    """The pipe's transport and its buffer's high-water mark (None: a file, never behind). Once
+    the buffer holds that much (the client reads slower than we write), a lane reply waits
+    behind the write loop like the SDK's replies, not in the buffer, where a cancel could no
+    longer take it back: the buffer stays bounded."""
     if not isinstance(writer, asyncio.StreamWriter):
-        return lambda: False  # a file: never backed up
+        return None, 0
     transport = writer.transport
-    high = transport.get_write_buffer_limits()[1]
-    return lambda: transport.get_write_buffer_size() >= high
+    return transport, transport.get_write_buffer_limits()[1]
 
 
 def _take_wire() -> tuple[int, int]:

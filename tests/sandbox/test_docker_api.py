@@ -108,6 +108,26 @@ def test_a_removal_refused_while_another_is_in_progress_returns_once_the_contain
     pytest.fail("no removal was refused as in progress: the race was not attacked")
 
 
+@pytest.mark.parametrize("tier_name", ["docker", "gvisor"])
+def test_a_running_container_is_removed_in_one_call(
+    manager: SandboxManager, tier_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The removal is forced: a running container goes at once (without force Docker refuses
+    it with 409 until it stops, which the retries would wait out)."""
+    import docker.errors
+
+    require_tier(manager, tier_name)
+    tier, client = manager.tiers[tier_name], docker_client()
+    assert isinstance(tier, DockerTier)
+    cid = tier.create(client, ["/bin/sleep", "60"], {}, stdin_open=False, limits=manager.limits())
+    client.api.start(cid)
+    with caplog.at_level(logging.DEBUG, logger="symbi.sandbox"):
+        assert tier.remove(cid) is True
+    with pytest.raises(docker.errors.NotFound):
+        client.api.inspect_container(cid)
+    assert [r for r in caplog.records if cid[:12] in r.getMessage()] == []  # no refusal, no retry
+
+
 def test_a_removal_that_keeps_failing_is_retried_then_logged_with_the_container_id(
     caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:

@@ -491,6 +491,7 @@ def cancel(rid: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}}
 
 
+STARTUP_S = 120  # the gateway answers initialize once its upstreams are up: ~30 s at load 11
 FILL = 8  # unread replies of ~50 KB (the upstream echoes 25 KB twice): more than the pipe and the writer's buffer hold
 
 
@@ -518,7 +519,7 @@ def test_a_cancelled_call_answered_late_never_answers_a_reuse_of_its_id(
     fills = [f"fill-{i}" for i in range(FILL)]
     try:
         w.send(INIT)
-        w.until(replied("init"))
+        w.until(replied("init"), timeout=STARTUP_S)
         w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         for rid in fills:
             w.send(call(rid, ECHO, {"message": "x" * 25_000}))
@@ -570,7 +571,7 @@ def test_a_cancelled_call_still_running_frees_its_id_once_settled_and_never_answ
     w = Wire(cfg, tmp_path / "gateway.log")
     try:
         w.send(INIT)
-        w.until(replied("init"))
+        w.until(replied("init"), timeout=STARTUP_S)
         w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         w.send(call(91, "mut__slow", {"seconds": 5}, **({"_meta": meta} if meta else {})))
         _wait_recorded(record, '"slow"')
@@ -602,7 +603,7 @@ def test_a_batch_is_refused_whole_duplicate_and_in_flight_ids_included(tmp_path:
     w = Wire(cfg, tmp_path / "gateway.log")
     try:
         w.send({**INIT, "params": {**INIT["params"], "protocolVersion": "2025-03-26"}})
-        [init] = w.until(replied("init"))
+        [init] = w.until(replied("init"), timeout=STARTUP_S)
         assert init["result"]["protocolVersion"] == "2025-03-26"
         w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         w.send(call(92, "mut__slow", {"seconds": 3.0}))

@@ -77,12 +77,11 @@ def test_a_close_during_a_call_waits_for_it_and_leaves_no_container(
     assert [(r.exit_code, r.stdout) for r in outcome] == [(0, b"done\n")]
 
 
-def test_a_call_cut_short_by_close_is_interrupted_and_leaves_no_container(fresh_pool: Pool) -> None:
-    """A call still running when close's grace ends loses its container: it fails with
-    SandboxInterrupted (a reason a client can read), never a raw Docker error nor a result."""
-    m, tier, before = fresh_pool
+def _pooled_sleep(m: SandboxManager, tier: str) -> tuple[threading.Thread, list[object]]:
+    """A 15 s call started in a thread and served from the pool; its result or exception lands
+    in the list."""
     pool = m.warm_pool
-    assert pool is not None and pool.wait_ready(tier, timeout_s=60)
+    assert pool is not None
     outcome: list[object] = []
 
     def call() -> None:
@@ -97,6 +96,16 @@ def test_a_call_cut_short_by_close_is_interrupted_and_leaves_no_container(fresh_
     while not pool.last_served_from_pool(tier) and time.monotonic() < end:
         time.sleep(0.01)
     assert pool.last_served_from_pool(tier), "the call did not come from the pool"
+    return caller, outcome
+
+
+def test_a_call_cut_short_by_close_is_interrupted_and_leaves_no_container(fresh_pool: Pool) -> None:
+    """A call still running when close's grace ends loses its container: it fails with
+    SandboxInterrupted (a reason a client can read), never a raw Docker error nor a result."""
+    m, tier, before = fresh_pool
+    pool = m.warm_pool
+    assert pool is not None and pool.wait_ready(tier, timeout_s=60)
+    caller, outcome = _pooled_sleep(m, tier)
     pool.close(grace_s=0.5)  # the call sleeps 15 s: it is cut short
     caller.join(60)
     assert [type(x) for x in outcome] == [SandboxInterrupted]
@@ -112,20 +121,7 @@ def test_a_pooled_call_whose_container_another_party_removes_is_interrupted(fres
     pool = m.warm_pool
     assert pool is not None and pool.wait_ready(tier, timeout_s=60)
     cid = pool._ready[tier][0].cid  # the one ready container: the call below takes it
-    outcome: list[object] = []
-
-    def call() -> None:
-        try:
-            outcome.append(m.run(tier, SandboxRequest(command=("/bin/sleep", "15"))))
-        except Exception as e:  # noqa: BLE001 - the outcome under test
-            outcome.append(e)
-
-    caller = threading.Thread(target=call)
-    caller.start()
-    end = time.monotonic() + 60
-    while not pool.last_served_from_pool(tier) and time.monotonic() < end:
-        time.sleep(0.01)
-    assert pool.last_served_from_pool(tier), "the call did not come from the pool"
+    caller, outcome = _pooled_sleep(m, tier)
     time.sleep(0.5)  # let the job reach the runner (either way the outcome must be the same)
     docker_client().api.remove_container(cid, force=True)
     caller.join(60)

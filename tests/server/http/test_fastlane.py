@@ -15,11 +15,11 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -463,12 +463,16 @@ REUSED: list[tuple[dict[str, Any], dict[str, Any]]] = [
 ]
 
 
-def _reused(gw: Gw, first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """The first posted, the second posted once the first is at the upstream, then a third
-    call of the id once the first was answered."""
-    k = gw.keys.admin
-    sid = open_session(gw, k)
+T = TypeVar("T")
+
+
+def _while_first_at_upstream(
+    gw: Gw, first: dict[str, Any], k: str, sid: str, then: Callable[[], T]
+) -> tuple[dict[str, Any], T]:
+    """``first`` (a slow call) posted, and ``then`` run once it is at the upstream; the first's
+    replies (under "first") once its POST has ended, and what ``then`` returned."""
     got: dict[str, Any] = {}
+    out: list[T] = []
 
     def slow_calls() -> int:
         return gw.record.read_text().count('"slow"') if gw.record.exists() else 0
@@ -481,12 +485,25 @@ def _reused(gw: Gw, first: dict[str, Any], second: dict[str, Any]) -> dict[str, 
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow)
             with anyio.fail_after(10):
-                while slow_calls() == before:  # the first is in flight
+                while slow_calls() == before:  # the first is at the upstream
                     await anyio.sleep(0.01)
-            r = await anyio.to_thread.run_sync(lambda: post(gw, second, k, sid))
-            got["second"] = (r.status_code, replies(r))
+            out.append(await anyio.to_thread.run_sync(then))
 
     anyio.run(main)
+    return got, out[0]
+
+
+def _reused(gw: Gw, first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """The first posted, the second posted once the first is at the upstream, then a third
+    call of the id once the first was answered."""
+    k = gw.keys.admin
+    sid = open_session(gw, k)
+
+    def then() -> httpx.Response:
+        return post(gw, second, k, sid)
+
+    got, r = _while_first_at_upstream(gw, first, k, sid, then)
+    got["second"] = (r.status_code, replies(r))
     r = post(gw, call(first["id"], ECHO, {"message": "third"}), k, sid)
     got["third"] = replies(r)
     return got
@@ -613,31 +630,15 @@ def _cancelled_then_reused(gw: Gw, first: dict[str, Any]) -> dict[str, Any]:
     k = gw.keys.admin
     sid = open_session(gw, k)
     rid = first["id"]
-    got: dict[str, Any] = {}
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}}
 
-    def slow_calls() -> int:
-        return gw.record.read_text().count('"slow"') if gw.record.exists() else 0
+    def cancel_and_reuse() -> tuple[int, httpx.Response]:
+        status = post(gw, cancel, k, sid).status_code
+        return status, post(gw, call(rid, ECHO, {"message": "second"}), k, sid)
 
-    async def main() -> None:
-        async def slow() -> None:
-            got["first"] = replies(await anyio.to_thread.run_sync(lambda: post(gw, first, k, sid)))
-
-        before = slow_calls()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(slow)
-            with anyio.fail_after(10):
-                while slow_calls() == before:  # the first is at the upstream
-                    await anyio.sleep(0.01)
-            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}}
-
-            def cancel_and_reuse() -> tuple[int, httpx.Response]:
-                status = post(gw, cancel, k, sid).status_code
-                return status, post(gw, call(rid, ECHO, {"message": "second"}), k, sid)
-
-            got["cancel"], r = await anyio.to_thread.run_sync(cancel_and_reuse)
-            got["second"] = (r.status_code, replies(r))
-
-    anyio.run(main)
+    got, (status, r) = _while_first_at_upstream(gw, first, k, sid, cancel_and_reuse)
+    got["cancel"] = status
+    got["second"] = (r.status_code, replies(r))
     got["third"] = replies(post(gw, call(rid, ECHO, {"message": "third"}), k, sid))
     return got
 

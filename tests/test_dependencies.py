@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Installed outside pip's view by a named step: the real OPA engine (Makefile,
 # --ignore-requires-python).
 NOT_FROM_PYPROJECT = {"opa_bindings"}
-FIRST_PARTY = {"gateway", "schemapin", "tests", "bench"}
+# scripts/ modules import their siblings by name (the script's folder is sys.path[0])
+FIRST_PARTY = {"gateway", "schemapin", "tests", "bench"} | {p.stem for p in (ROOT / "scripts").glob("*.py")}
 
 
 def _norm(name: str) -> str:

@@ -522,7 +522,12 @@ def test_a_cancelled_call_answered_late_never_answers_a_reuse_of_its_id(
         w.until(replied("init"), timeout=STARTUP_S)
         w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         for rid in fills:
-            w.send(call(rid, ECHO, {"message": "x" * 25_000}))
+            w.send(call(rid, ECHO, {"message": f"{rid}:" + "x" * 25_000}))
+        # the fills' replies are made (and stuck in the full pipe) before the first's: the calls
+        # run concurrently, so a first sent at once could be answered, and written, among them
+        for rid in fills:
+            _wait_recorded(record, f'"{rid}:')
+        time.sleep(1.0)
         w.send(call(90, ECHO, {"message": "first"}, **({"_meta": meta} if meta else {})))
         _wait_recorded(record, '"first"')
         time.sleep(1.0)  # the chain's steps after the upstream's answer: the reply then waits

@@ -132,6 +132,49 @@ def reclaim(name: str, *, deadline_s: float = RECLAIM_DEADLINE_S) -> bool:
         time.sleep(delay)
 
 
+class Reclaims:
+    """The reclaims of a tier's lost creates, run off the failing call's path (the call fails at
+    once with its error) and awaited at ``close``, bounded: a container the daemon makes later
+    still carries its owner's label, so the next start's orphan sweep removes it."""
+
+    def __init__(self, deadline_s: float = RECLAIM_DEADLINE_S) -> None:
+        self.deadline_s = deadline_s
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, name: str) -> None:
+        """Look for and remove the container ``name`` in the background."""
+        t = threading.Thread(
+            target=reclaim,
+            args=(name,),
+            kwargs={"deadline_s": self.deadline_s},
+            name="sandbox-reclaim",
+            daemon=True,
+        )
+        with self._lock:
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+            t.start()
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(t.is_alive() for t in self._threads)
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Wait for the reclaims started so far (default: their own bound, the look's deadline
+        and a removal's); True if all ended, else logged and left to the orphan sweep."""
+        with self._lock:
+            threads = list(self._threads)
+        end = time.monotonic() + (self.deadline_s + REMOVE_DEADLINE_S if timeout_s is None else timeout_s)
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        left = sum(t.is_alive() for t in threads)
+        if left:
+            log.warning(
+                "closing with %d sandbox container reclaim(s) still running: the sweep removes theirs", left
+            )
+        return not left
+
+
 def sandbox_failure(what: str, e: Exception) -> SandboxError:
     """A Docker failure during ``what`` as the gateway's error: a container removed under the
     call is SandboxInterrupted, anything else (an API error, a lost connection) SandboxError."""

@@ -39,11 +39,11 @@ from .base import (
     read_only_binds,
 )
 from .docker_api import (
+    Reclaims,
     answer_lost,
     container_name,
     docker_errors,
     docker_knows,
-    reclaim,
     remove_container,
     runsc_delete,
     runsc_ids,
@@ -100,6 +100,7 @@ class DockerTier(SandboxTier):
     def __init__(self, image: str) -> None:
         super().__init__()
         self.image = image
+        self.reclaims = Reclaims()  # lost creates' containers, looked for off the call's path
 
     # -- availability -------------------------------------------------------------------
     def _probe(self, deep: bool) -> tuple[bool, str]:
@@ -177,7 +178,7 @@ class DockerTier(SandboxTier):
             )
         except Exception as e:
             if answer_lost(e):
-                reclaim(name)
+                self.reclaims.start(name)  # the call fails now; close awaits the look
             raise SandboxError(f"cannot create the {self.name} container: {e}") from e
 
     @staticmethod

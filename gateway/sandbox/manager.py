@@ -165,6 +165,9 @@ class SandboxManager:
         bw = self.tiers["bwrap"]
         if isinstance(bw, BwrapTier):
             bw.close()
+        for t in self.tiers.values():  # after the pool's close: its refills' lost creates too
+            if isinstance(t, DockerTier):
+                t.reclaims.close()
 
 
 def wrap_stdio_command(

@@ -6,6 +6,8 @@ import contextlib
 import itertools
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from gateway.errors import SandboxError, SandboxInterrupted
 from gateway.sandbox import SandboxManager, SandboxRequest
 from gateway.sandbox.base import owner_tag
 from gateway.sandbox.docker_api import (
+    Reclaims,
     _transient,
     answer_lost,
     backoff,
@@ -234,32 +237,133 @@ def test_a_call_whose_container_is_removed_under_it_is_interrupted(
     assert [type(x) for x in outcome] == [SandboxInterrupted]
 
 
-def test_a_create_whose_answer_is_lost_leaves_no_container(manager: SandboxManager) -> None:
-    """The client gives up on a create that the daemon completes: the tier finds the container
-    by its name and removes it at once, not at the next start's sweep. The client's timeout is
-    the one stand-in: 1 ms, so the answer is lost for certain (a real one is 30 s on a daemon too
-    loaded to answer, which a test cannot make on purpose); the daemon and the create are real.
-    Docker's own events show the container was made (the attack happened) and destroyed."""
+def _impatient_client() -> Any:
+    """A real client of the real daemon that gives up after 1 ms: a create's answer is lost for
+    certain (a real loss is a 30 s timeout on a daemon too loaded to answer, which a test cannot
+    make on purpose); the daemon still makes the container. The one stand-in of these tests."""
     import docker
 
-    require_tier(manager, "docker")
-    tier = manager.tiers["docker"]
-    assert isinstance(tier, DockerTier)
     impatient = docker.DockerClient(**docker.utils.kwargs_from_env(), version="1.41", timeout=0.001)
     impatient.api.trust_env = False
-    since = f"{time.time():.6f}"  # Docker takes fractional seconds (the SDK's datetime: whole ones)
-    with pytest.raises(SandboxError):
-        tier.create(impatient, ["/bin/true"], {}, stdin_open=False, limits=manager.limits())
+    return impatient
+
+
+def _container_events(since: str, owner: str) -> dict[str, set[str]]:
+    """Docker's own record: the ids of ``owner``'s containers per action (create, destroy)."""
     events = docker_client().api.events(
         since=since,
         until=f"{time.time():.6f}",
-        filters={"type": "container", "label": f"{LABEL_OWNER}={owner_tag()}"},
+        filters={"type": "container", "label": f"{LABEL_OWNER}={owner}"},
         decode=True,
     )
     seen: dict[str, set[str]] = {}
     for e in events:
         seen.setdefault(str(e.get("Action")), set()).add(str(e["Actor"]["ID"]))
+    return seen
+
+
+def test_a_create_whose_answer_is_lost_leaves_no_container(manager: SandboxManager) -> None:
+    """The client gives up on a create that the daemon completes: the tier finds the container
+    by its name and removes it (off the call's path; its close awaits that), not at the next
+    start's sweep. Docker's events show the container was made (the attack happened) and
+    destroyed."""
+    require_tier(manager, "docker")
+    tier = manager.tiers["docker"]
+    assert isinstance(tier, DockerTier)
+    since = f"{time.time():.6f}"  # Docker takes fractional seconds (the SDK's datetime: whole ones)
+    with pytest.raises(SandboxError):
+        tier.create(_impatient_client(), ["/bin/true"], {}, stdin_open=False, limits=manager.limits())
+    assert tier.reclaims.close() is True
+    seen = _container_events(since, owner_tag())
     assert len(seen.get("create", set())) == 1
+    assert seen["create"] <= seen.get("destroy", set())
+
+
+def test_a_lost_create_fails_at_once_and_its_reclaim_is_awaited_at_close(
+    manager: SandboxManager, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The failing call does not wait out the reclaim's look (up to 15 s on a daemon that never
+    made the container): it fails with its SandboxError while the look goes on in the
+    background; the tier's close awaits it. Here the create's connection is refused (nothing is
+    made), so the look runs to its deadline for certain."""
+    import docker
+
+    require_tier(manager, "docker")
+    tier = DockerTier(manager.config.sandbox.image)
+    tier.reclaims = Reclaims(deadline_s=1.0)
+    dead = docker.DockerClient(base_url=f"unix://{tmp_path}/no-daemon.sock", version="1.41")
+    with caplog.at_level(logging.DEBUG, logger="symbi.sandbox"):
+        with pytest.raises(SandboxError) as failed:
+            tier.create(dead, ["/bin/true"], {}, stdin_open=False, limits=manager.limits())
+        assert tier.reclaims.pending() == 1  # still looking when the call already failed
+        assert all(isinstance(r, str) and r for r in failed.value.reasons)  # a reason to show
+        assert tier.reclaims.close(timeout_s=0.0) is False  # a bounded wait that ends first says so
+        assert tier.reclaims.close() is True
+    assert tier.reclaims.pending() == 0
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("symbi-sandbox-" in r.getMessage() for r in warned) == 1  # the look's deadline
+    assert sum("reclaim" in r.getMessage() for r in warned) == 1  # the first close's
+
+
+def test_the_managers_close_awaits_its_tiers_reclaims(manager: SandboxManager, tmp_path: Path) -> None:
+    """A reclaim still looking when the gateway closes is waited for, not left running."""
+    import docker
+
+    require_tier(manager, "docker")
+    closing = SandboxManager(manager.config, sweep_orphans=False)
+    tier = closing.tiers["docker"]
+    assert isinstance(tier, DockerTier)
+    tier.reclaims = Reclaims(deadline_s=1.0)
+    dead = docker.DockerClient(base_url=f"unix://{tmp_path}/no-daemon.sock", version="1.41")
+    with pytest.raises(SandboxError):
+        tier.create(dead, ["/bin/true"], {}, stdin_open=False, limits=closing.limits())
+    closing.close()
+    assert tier.reclaims.pending() == 0
+
+
+def test_a_container_made_after_its_owner_closed_is_removed_by_the_next_sweep(
+    manager: SandboxManager,
+) -> None:
+    """A lost create the daemon completes after the gateway closed (its reclaim gave up) and
+    exited: the container carries its dead owner's label, so the next start's sweep removes it."""
+    require_tier(manager, "docker")
+    child = (
+        "import os, sys\n"
+        "from gateway.config.model import Config\n"
+        "from gateway.sandbox.docker_api import Reclaims\n"
+        "from gateway.sandbox.docker_tier import DockerTier\n"
+        "from gateway.sandbox.types import Limits\n"
+        "from tests.sandbox.test_docker_api import _impatient_client\n"
+        "from gateway.sandbox.base import owner_tag\n"
+        "print(owner_tag(), flush=True)\n"
+        "tier = DockerTier(sys.argv[1])\n"
+        "tier.reclaims = Reclaims(deadline_s=0.0)  # one look, at once: the container comes later\n"
+        "try:\n"
+        "    tier.create(_impatient_client(), ['/bin/true'], {}, stdin_open=False,\n"
+        "                limits=Limits.from_config(Config().sandbox))\n"
+        "except Exception:\n"
+        "    pass\n"
+        "tier.reclaims.close()\n"
+        "os._exit(0)\n"
+    )
+    since = f"{time.time():.6f}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run(
+        [sys.executable, "-c", child, manager.config.sandbox.image],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=True,
+    )
+    owner = out.stdout.split()[0]
+    end, seen = time.monotonic() + 60, {}
+    while not seen.get("create") and time.monotonic() < end:  # the daemon may still be making it
+        time.sleep(0.1)
+        seen = _container_events(since, owner)
+    assert len(seen.get("create", set())) == 1
+    manager.tiers["docker"].cleanup_orphans()
+    seen = _container_events(since, owner)
     assert seen["create"] <= seen.get("destroy", set())
 
 

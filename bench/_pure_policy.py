@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
+
+# a principal's patterns of one field ("tools", "bus_peers", ...) from its entry and its roles
+Patterns = Callable[[str], set[str]]
 
 URL_RE = re.compile(
     r"^(?i:https?)://(?:[^/?#\\@\s]*@)?(\[[0-9a-fA-F:.]+\]|[^/?#:@\\\s\[\]]+)(?::[0-9]{1,5})?(?:[/?#][^\\\s]*)?$"
@@ -23,7 +27,7 @@ class PurePolicy:
         self.d = data.get("symbi_data", {})
         self._globs: dict[tuple[str, str], re.Pattern[str]] = {}
 
-    def _glob(self, pattern: str, name: Any, delims: str = ".") -> bool:
+    def _glob(self, pattern: str, name: object, delims: str = ".") -> bool:
         if not isinstance(name, str):
             return False
         rx = self._globs.get((pattern, delims))
@@ -41,7 +45,7 @@ class PurePolicy:
             rx = self._globs[(pattern, delims)] = re.compile("".join(out) + r"\Z", re.DOTALL)
         return rx.match(name) is not None
 
-    def _any(self, pats: Any, name: Any, delims: str = ".") -> bool:
+    def _any(self, pats: Iterable[str], name: object, delims: str = ".") -> bool:
         return any(self._glob(p, name, delims) for p in pats)
 
     def _entry(self, principal: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +83,7 @@ class PurePolicy:
         return out
 
     def decide(self, inp: dict[str, Any]) -> dict[str, Any]:
-        d, deny = self.d, set()
+        d, deny = self.d, set[str]()
         action, kind = inp.get("action", "call"), inp.get("kind", "")
         principal = inp["principal"]
         pid = principal["id"]
@@ -90,7 +94,10 @@ class PurePolicy:
         is_tool, is_call = kind == "tools/call", action == "call"
         name = tool_d.get("name")
         target = inp.get("target")
-        pats = lambda f: self._patterns(pe, roles, f)  # noqa: E731
+
+        def pats(field: str) -> set[str]:
+            return self._patterns(pe, roles, field)
+
         permitted = False
         if is_tool and is_call:
             self._arguments(inp.get("arguments", {}), deny)
@@ -131,7 +138,13 @@ class PurePolicy:
         return {"allow": allow, "reasons": reasons, "conditions": cond}
 
     def _tool_rules(
-        self, inp: dict[str, Any], tool_d: dict[str, Any], name: Any, pid: str, pats: Any, deny: set[str]
+        self,
+        inp: dict[str, Any],
+        tool_d: dict[str, Any],
+        name: object,
+        pid: str,
+        pats: Patterns,
+        deny: set[str],
     ) -> bool:
         """A tool's rules: its allow- and deny-lists, its verification and its screening;
         whether the allow-list permits it."""
@@ -170,7 +183,7 @@ class PurePolicy:
                 deny.add(f"argument {k}: host {host} is not in the allow-list")
 
     def _tool_conditions(
-        self, name: str, pe: dict[str, Any], roles: set[str], tool: dict[str, Any], cond: dict[str, Any]
+        self, name: object, pe: dict[str, Any], roles: set[str], tool: dict[str, Any], cond: dict[str, Any]
     ) -> None:
         d = self.d
         if tool.get("code_tool") is True:
@@ -187,7 +200,7 @@ class PurePolicy:
         cond["audit"] = "minimal" if self._any(d.get("audit_minimal", []), name) else "full"
 
     def _bus(
-        self, inp: dict[str, Any], kind: str, pid: str, pats: Any, deny: set[str], cond: dict[str, Any]
+        self, inp: dict[str, Any], kind: str, pid: str, pats: Patterns, deny: set[str], cond: dict[str, Any]
     ) -> None:
         if kind not in ("bus/send", "bus/publish", "bus/subscribe"):
             return

@@ -258,6 +258,9 @@ async def mcp_ratio(folder: Path, n: int) -> dict[str, Any]:
     a = Principal(id="tester", roles=("tester",), agent="agent-a")
     b = Principal(id="tester", roles=("tester",), agent="agent-b")
     gw = make_gateway(load_config(cfg))
+    audit = gw.audit
+    if audit is None:  # on unless the config turns it off, and this one does not
+        raise RuntimeError("the gateway has no audit log")
     async with gw.running():
 
         async def call(p: Principal, tool: str, args: dict[str, Any]) -> Any:
@@ -276,7 +279,7 @@ async def mcp_ratio(folder: Path, n: int) -> dict[str, Any]:
                 await call(a, "bus__send", {"to": "agent-b", "body": BODY})
                 await call(b, "bus__receive", {"max": 1})
                 bus_lat.append(time.perf_counter() - t)
-        gw.audit.flush(timeout=30)
+        audit.flush(timeout=30)
     return _vs_echo(echo, bus_lat)
 
 
@@ -322,12 +325,12 @@ def _serve_config(folder: Path) -> Path:
 @contextlib.asynccontextmanager
 async def _http_session(base: str, key: str) -> AsyncIterator[Any]:
     """An initialised SDK client session to ``base``'s /mcp with the API key ``key``."""
-    import httpx
+    import httpx2  # the SDK's HTTP client library (not httpx)
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
     async with (
-        httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as hc,
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=httpx2.Timeout(60)) as hc,
         streamable_http_client(base + "/mcp", http_client=hc) as (r, w),
         ClientSession(r, w) as s,
     ):

@@ -324,7 +324,7 @@ def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]
     """Per target and client count: the rounds' median latencies and throughput, summed counts."""
 
     def med(rows: list[dict[str, Any]], k: str) -> float:
-        return round(statistics.median(r[k] for r in rows), 3)
+        return round(statistics.median(float(r[k]) for r in rows), 3)
 
     return {
         name: {

@@ -67,6 +67,9 @@ from bench._common import (
 from bench._pure_policy import PurePolicy
 from bench._speed_report import report
 from bench.proxy import _round as stdio_round
+from gateway.policy.cases import decision_dict, load_cases
+from gateway.policy.engine import EmbeddedEngine
+from gateway.policy.loader import discover_files
 
 RELAY = ROOT / "bench" / "peers" / "json_relay.py"
 
@@ -180,18 +183,16 @@ def _baseline_secure_config(folder: Path, baseline: Path) -> Path:
 
 class PolicyPart:
     def __init__(self) -> None:
-        files = policy_bench.discover_files()
+        files = discover_files()
         # the target is about decisions the engine must make: evaluated every time (no cache);
         # the cached engine answers the same questions again, as a listing asked twice is
-        self.engine = policy_bench.EmbeddedEngine(files, cache_entries=0)
-        self.cached = policy_bench.EmbeddedEngine(files)
+        self.engine = EmbeddedEngine(files, cache_entries=0)
+        self.cached = EmbeddedEngine(files)
         if not (self.engine.load() and self.cached.load()):
             raise SystemExit("policies.rego does not load")
-        self.inputs = [c.input for c in policy_bench.load_cases(ROOT / "policies" / "cases.json")]
+        self.inputs = [c.input for c in load_cases(ROOT / "policies" / "cases.json")]
         self.pure = PurePolicy(json.loads(files.data.read_text()) if files.data else {})
-        self.agree = sum(
-            policy_bench.decision_dict(self.engine.decide(i)) == self.pure.decide(i) for i in self.inputs
-        )
+        self.agree = sum(decision_dict(self.engine.decide(i)) == self.pure.decide(i) for i in self.inputs)
 
     def round(self, seconds: float, timed: int) -> dict[str, Any]:
         emb = {

@@ -10,6 +10,7 @@ reference's own CLI does.
 
 import json
 import sys
+from typing import Any
 
 from schemapin.bundle import SchemaPinTrustBundle
 from schemapin.core import SchemaPinCore
@@ -20,7 +21,8 @@ from schemapin.utils import SchemaSigningWorkflow, create_well_known_response
 from schemapin.verification import KeyPinStore, verify_schema_offline
 
 
-def run(op):
+def run(op: dict[str, Any]) -> object:
+    """One operation's result: a JSON value (the reference is untyped)."""
     kind = op["op"]
     if kind == "canon":
         obj = json.loads(op["text"])
@@ -68,7 +70,7 @@ def run(op):
     raise ValueError(f"unknown op {kind!r}")
 
 
-def main():
+def main() -> None:
     ops = json.load(sys.stdin)
     out = []
     for op in ops:

@@ -11,48 +11,48 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench._common import EVERYTHING_JS, ROOT, median
+from bench._common import ROOT, SYMBI, VENV_BIN, everything_toml, free_port, median
 from gateway.config import load_config
+
+# the hosted agent imports the SDK from this venv's packages (read-only in the sandbox)
+SITE = Path(sys.prefix) / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
 
 
 def _hosted_config(tier: str, folder: Path) -> Path:
     """``symbi serve``'s config for ``hosted_start``: examples/agents/clock_agent.py hosted in
     ``tier``, started on demand, never restarted."""
-    site = Path(sys.prefix) / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
     d = folder / f"hosted-{tier}"
     d.mkdir()
     cfg = d / "symbi.toml"
-    time_bin = Path(sys.executable).parent / "mcp-server-time"
-    cfg.write_text(f"""
+    cfg.write_text(
+        f"""
 [gateway]
 data_dir = "{d / "data"}"
 log_level = "WARNING"
 [policy]
 path = "{ROOT / "policies.rego"}"
 data = "{ROOT / "tests/assets/policy/test-data.json"}"
-[servers.everything]
-command = "node"
-args = ["{EVERYTHING_JS}", "stdio"]
-verification = "warn"
-[servers.time]
-command = "{time_bin}"
+{everything_toml("warn")}[servers.time]
+command = "{VENV_BIN / "mcp-server-time"}"
 args = ["--local-timezone", "UTC"]
 verification = "warn"
 [agents.clock]
 command = "/usr/bin/python3"
 args = ["{ROOT / "examples/agents/clock_agent.py"}"]
-env = {{ PYTHONPATH = "{site}" }}
-read_only_paths = ["{site}"]
+env = {{ PYTHONPATH = "{SITE}" }}
+read_only_paths = ["{SITE}"]
 roles = ["tester"]
 sandbox = "{tier}"
 restart = "never"
 start = "on-demand"
-""")
+"""
+    )
     return cfg
 
 
@@ -62,10 +62,10 @@ def _run_hosted(cfg: Path, runs: int, env: dict[str, str]) -> None:
     from gateway.server.auth import ApiKeyStore
 
     admin, _ = ApiKeyStore(load_config(cfg, {}).api_keys_path).create("ops", ("admin",))
-    port = _free_port()
+    port = free_port()
     log = open(cfg.parent / "serve.log", "w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "symbi"), "serve", "--config", str(cfg), "--port", str(port)],
+        [str(SYMBI), "serve", "--config", str(cfg), "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -109,7 +109,7 @@ def hosted_start(tier: str, runs: int, folder: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
     _run_hosted(cfg, runs, env)
     q = subprocess.run(
-        [str(Path(sys.executable).parent / "symbi"), "audit", "query", "--config", str(cfg), "--json"],
+        [str(SYMBI), "audit", "query", "--config", str(cfg), "--json"],
         capture_output=True,
         text=True,
         check=True,
@@ -126,13 +126,12 @@ def hosted_start(tier: str, runs: int, folder: Path) -> dict[str, Any]:
 
 def host_baseline(runs: int) -> dict[str, Any]:
     """The same interpreter importing the same SDK on the host (no sandbox, no connection)."""
-    site = Path(sys.prefix) / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
     times = []
     for _ in range(runs):
         t = time.perf_counter()
         subprocess.run(
             ["/usr/bin/python3", "-c", "import anyio, httpx2, mcp.client.streamable_http"],
-            env={"PYTHONPATH": str(site)},
+            env={"PYTHONPATH": str(SITE)},
             check=True,
         )
         times.append((time.perf_counter() - t) * 1000)
@@ -149,7 +148,7 @@ def _hosted_state(base: str, hdr: dict[str, str]) -> str | None:
     return hosted[-1]["state"] if hosted else None
 
 
-def _wait(cond: Any, timeout: float) -> None:
+def _wait(cond: Callable[[], bool], timeout: float) -> None:
     end = time.monotonic() + timeout
     while True:
         try:
@@ -160,11 +159,3 @@ def _wait(cond: Any, timeout: float) -> None:
         if time.monotonic() > end:
             raise TimeoutError("benchmark step timed out")
         time.sleep(0.05)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

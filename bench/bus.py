@@ -43,7 +43,7 @@ from typing import Any
 # the repo root instead of bench/ (whose modules, e.g. bench/http.py, would shadow the stdlib)
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench._common import latency_summary
+from bench._common import free_port, latency_summary
 from gateway.bus.backend import BusBackend
 from gateway.bus.core import Bus
 from gateway.bus.crypto import AgentKeys, KeyRing, load_secret
@@ -200,9 +200,7 @@ async def _latency(
 
 
 def _redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [
             "redis-server",
@@ -287,9 +285,7 @@ def _serve(cfg: Path, folder: Path) -> tuple[subprocess.Popen[bytes], Any, str]:
     """``python -m gateway serve`` on a free port, once /readyz answers."""
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = open(folder / "serve.log", "w")  # closed by the caller
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(port)],

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -48,10 +47,8 @@ import httpx2
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 
-from bench._common import everything_toml, write_http_gateway_config
+from bench._common import EVERYTHING_JS, ROOT, everything_toml, free_port, write_http_gateway_config
 
-ROOT = Path(__file__).resolve().parent.parent
-EVERYTHING_JS = ROOT / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 PRELOAD = """// force every listen() onto loopback (server-everything binds all interfaces)
 const http = require("http");
 const orig = http.Server.prototype.listen;
@@ -68,12 +65,6 @@ http.Server.prototype.listen = function (...args) {
 
 
 CLIENTS = 16  # the concurrent run's clients (one session and one API key each)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(xs: list[float], q: float) -> float:

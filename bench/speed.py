@@ -59,6 +59,7 @@ from bench._common import (
     baseline_policy_data,
     bench_policy_data,
     everything_toml,
+    free_port,
     gateway_env,
     stdio_session,
     write_gateway_config,
@@ -238,7 +239,7 @@ def http_targets(tmp: Path, clients: int) -> Any:
     from gateway.server.auth import ApiKeyStore
 
     (tmp / "loopback.cjs").write_text(http_bench.PRELOAD)
-    up_port, gw_port = http_bench.free_port(), http_bench.free_port()
+    up_port, gw_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/mcp"
     # one API key (principal) per client: the default per-principal session quota stays on
     names = tuple(f"bench-{c:03d}" for c in range(clients))

@@ -356,8 +356,9 @@ async def echo_gateway(
     from gateway.config.load import load_config
 
     mode = "tofu" if security else "off"
-    servers = f'[servers.everything]\ncommand = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]\nverification = "{mode}"\n'
-    cfg = write_gateway_config(tmp, servers, security=security, principal=principal, policy_data=policy_data)
+    cfg = write_gateway_config(
+        tmp, everything_toml(mode), security=security, principal=principal, policy_data=policy_data
+    )
     gw = make_gateway(load_config(cfg))
     async with gw.running():
         for _ in range(600):  # the upstream's tools arrive once it has started

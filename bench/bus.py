@@ -43,7 +43,7 @@ from typing import Any
 # the repo root instead of bench/ (whose modules, e.g. bench/http.py, would shadow the stdlib)
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench._common import free_port, latency_summary
+from bench._common import everything_toml, free_port, latency_summary
 from gateway.bus.backend import BusBackend
 from gateway.bus.core import Bus
 from gateway.bus.crypto import AgentKeys, KeyRing, load_secret
@@ -240,7 +240,6 @@ def _vs_echo(echo: list[float], bus_lat: list[float]) -> dict[str, Any]:
 
 async def mcp_ratio(folder: Path, n: int) -> dict[str, Any]:
     """bus__send + bus__receive vs everything__echo, both through the gateway's call chain."""
-    from bench._common import EVERYTHING_JS
     from gateway.assemble import make_gateway
     from gateway.config.load import load_config
     from gateway.context import CallContext
@@ -250,8 +249,7 @@ async def mcp_ratio(folder: Path, n: int) -> dict[str, Any]:
     cfg = folder / "symbi.toml"
     cfg.write_text(
         f'[gateway]\ndata_dir = "{folder / "gw"}"\n[policy]\npath = "{policy}"\ndata = "{data}"\n'
-        f'[sandbox]\ncode_tools = false\n[servers.everything]\ncommand = "node"\n'
-        f'args = ["{EVERYTHING_JS}", "stdio"]\nverification = "warn"\n'
+        f"[sandbox]\ncode_tools = false\n{everything_toml('warn')}"
     )
     a = Principal(id="tester", roles=("tester",), agent="agent-a")
     b = Principal(id="tester", roles=("tester",), agent="agent-b")
@@ -306,14 +304,11 @@ def _serve(cfg: Path, folder: Path) -> tuple[subprocess.Popen[bytes], Any, str]:
 
 def _serve_config(folder: Path) -> Path:
     """``mcp_http_ratio``'s server: the repo's policy, server-everything, no access log."""
-    from bench._common import EVERYTHING_JS
-
     cfg = folder / "serve.toml"
     cfg.write_text(
         f'[gateway]\ndata_dir = "{folder / "serve"}"\nlog_level = "WARNING"\n[policy]\n'
         f'path = "{ROOT / "policies.rego"}"\ndata = "{ROOT / "tests/assets/policy/test-data.json"}"\n'
-        f"[http]\naccess_log = false\n[sandbox]\ncode_tools = false\n[servers.everything]\n"
-        f'command = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]\nverification = "warn"\n'
+        f"[http]\naccess_log = false\n[sandbox]\ncode_tools = false\n{everything_toml('warn')}"
     )
     return cfg
 

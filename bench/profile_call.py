@@ -28,8 +28,15 @@ import time
 
 import anyio
 
-from bench._common import SYMBI, bench_policy_data, gateway_env, stdio_session, text_of, write_gateway_config
-from bench.speed import _everything
+from bench._common import (
+    SYMBI,
+    bench_policy_data,
+    everything_toml,
+    gateway_env,
+    stdio_session,
+    text_of,
+    write_gateway_config,
+)
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 
@@ -155,7 +162,7 @@ def main() -> int:
         mcp += 'tool_verification = "off"\n'
     cfg = write_gateway_config(
         tmp,
-        _everything("off" if args.checks_off else "tofu"),
+        everything_toml("off" if args.checks_off else "tofu"),
         security=not args.checks_off,
         principal="bench",
         policy_data=data,

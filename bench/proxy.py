@@ -43,6 +43,7 @@ from bench._common import (
     CallStats,
     bench_policy_data,
     concurrent_calls,
+    everything_toml,
     gateway_env,
     latency_summary,
     median,
@@ -58,13 +59,7 @@ def expected(msg: str) -> str:
 
 
 def _everything(pass_through: bool) -> str:
-    return (
-        "[servers.everything]\n"
-        'command = "node"\n'
-        f'args = ["{EVERYTHING_JS}", "stdio"]\n'
-        'verification = "warn"\n'
-        f"pass_through = {'true' if pass_through else 'false'}\n"
-    )
+    return everything_toml("warn") + f"pass_through = {'true' if pass_through else 'false'}\n"
 
 
 async def _round(session: Any, tool: str, tag: str, args: argparse.Namespace) -> dict[str, CallStats]:

@@ -51,7 +51,7 @@ from typing import Any
 
 import anyio
 
-from bench._common import latency_summary, median
+from bench._common import everything_toml, latency_summary, median
 from bench._runtime_hosted import host_baseline, hosted_start
 from gateway.config import load_config
 from gateway.config.model import Config
@@ -61,7 +61,6 @@ from gateway.runtime.core import AgentRuntime
 from gateway.runtime.scheduler import LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent
-EVERYTHING = ROOT / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 
 
 class NullSink:
@@ -187,11 +186,7 @@ enforce_policies = false
 audit_enabled = false
 [sandbox]
 code_tools = false
-[servers.everything]
-command = "node"
-args = ["{EVERYTHING}", "stdio"]
-verification = "warn"
-""")
+{everything_toml("warn")}""")
     return cfg_path
 
 

@@ -75,26 +75,17 @@ from gateway.policy.loader import discover_files
 RELAY = ROOT / "bench" / "peers" / "json_relay.py"
 
 
-def _everything(verification: str) -> str:
-    return (
-        "[servers.everything]\n"
-        'command = "node"\n'
-        f'args = ["{EVERYTHING_JS}", "stdio"]\n'
-        f'verification = "{verification}"\n'
-    )
-
-
 Target = tuple[str, list[str], dict[str, str] | None, str, Path | None]  # command, args, env, tool, cwd
 
 
 def stdio_targets(tmp: Path, baseline: Path | None, sdk_front: bool = False) -> dict[str, Target]:
     node = ["node", str(EVERYTHING_JS), "stdio"]
     off = write_gateway_config(
-        tmp / "off", _everything("off"), security=False, extra='[mcp]\ntool_verification = "off"\n'
+        tmp / "off", everything_toml("off"), security=False, extra='[mcp]\ntool_verification = "off"\n'
     )
     data = bench_policy_data(tmp / "secure", "bench", [])
     secure = write_gateway_config(
-        tmp / "secure", _everything("tofu"), security=True, principal="bench", policy_data=data
+        tmp / "secure", everything_toml("tofu"), security=True, principal="bench", policy_data=data
     )
     out: dict[str, Target] = {
         "direct": (node[0], node[1:], None, "echo", None),
@@ -120,13 +111,13 @@ def _sdk_front_targets(tmp: Path, data: Path) -> dict[str, Target]:
     out: dict[str, Target] = {}
     off3 = write_gateway_config(
         tmp / "off_sdk",
-        _everything("off"),
+        everything_toml("off"),
         security=False,
         extra='[mcp]\ntool_verification = "off"\nstdio_fast_lane = false\n',
     )
     secure3 = write_gateway_config(
         tmp / "secure_sdk",
-        _everything("tofu"),
+        everything_toml("tofu"),
         security=True,
         principal="bench",
         policy_data=data,
@@ -142,7 +133,7 @@ def _baseline_targets(tmp: Path, baseline: Path) -> dict[str, Target]:
     cfg2 = _baseline_secure_config(tmp / "baseline", baseline)
     off2 = write_gateway_config(
         tmp / "baseline_off",
-        _everything("off"),
+        everything_toml("off"),
         security=False,
         extra='[mcp]\ntool_verification = "off"\n',
         tree=baseline,
@@ -172,7 +163,7 @@ def _baseline_secure_config(folder: Path, baseline: Path) -> Path:
     denial); keys that tree does not know are left out."""
     path = baseline_policy_data(folder, baseline)
     cfg = write_gateway_config(
-        folder, _everything("tofu"), security=True, principal="bench", policy_data=path, tree=baseline
+        folder, everything_toml("tofu"), security=True, principal="bench", policy_data=path, tree=baseline
     )
     text = cfg.read_text().replace(f'"{ROOT / "policies.rego"}"', f'"{baseline / "policies.rego"}"')
     cfg.write_text(text)

@@ -42,6 +42,7 @@ from bench._common import (
     baseline_policy_data,
     bench_policy_data,
     concurrent_calls,
+    everything_toml,
     gateway_env,
     latency_summary,
     median,
@@ -53,13 +54,6 @@ from bench._common import (
 
 TICK = os.sysconf("SC_CLK_TCK")
 RELAY = ROOT / "bench" / "peers" / "json_relay.py"  # the floor: parse, rename, re-serialise
-
-
-def _everything(verification: str) -> str:
-    return (
-        f'[servers.everything]\ncommand = "node"\nargs = ["{EVERYTHING_JS}", "stdio"]\n'
-        f'verification = "{verification}"\n'
-    )
 
 
 def configs(tmp: Path, baseline: Path | None = None) -> dict[str, Path]:
@@ -74,7 +68,7 @@ def configs(tmp: Path, baseline: Path | None = None) -> dict[str, Path]:
         flag = f"stdio_fast_lane = {'true' if lane else 'false'}\n"
         out[f"secure_{tag}"] = write_gateway_config(
             tmp / f"secure_{tag}",
-            _everything("tofu"),
+            everything_toml("tofu"),
             security=True,
             principal="bench",
             policy_data=baseline_policy_data(tmp / "policy_base", tree) if tree else data,
@@ -88,7 +82,7 @@ def configs(tmp: Path, baseline: Path | None = None) -> dict[str, Path]:
             )
         out[f"off_{tag}"] = write_gateway_config(
             tmp / f"off_{tag}",
-            _everything("off"),
+            everything_toml("off"),
             security=False,
             extra='[mcp]\ntool_verification = "off"\n' + flag,
             tree=tree,

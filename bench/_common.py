@@ -395,6 +395,12 @@ def echo_caller(gw: Any, principal: str) -> tuple[Any, Callable[[int], Awaitable
     return who, call
 
 
+def loaded_gateway_tree() -> str:
+    """The checkout whose ``gateway`` package this process imported (a baseline tree's or this
+    one): a result says which code it measured."""
+    return str(Path(sys.modules["gateway"].__file__ or "").resolve().parent.parent)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

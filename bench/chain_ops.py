@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from bench._common import bench_policy_data, echo_caller, echo_gateway, text_of
+from bench._common import bench_policy_data, echo_caller, echo_gateway, loaded_gateway_tree, text_of
 from gateway.app import Gateway
 from gateway.logs import configure
 
@@ -334,7 +334,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="symbi-chain-ops-") as d:
         out = anyio.run(run, args, Path(d))
-    out["gateway_code"] = str(Path(sys.modules["gateway"].__file__ or "").resolve().parent.parent)
+    out["gateway_code"] = loaded_gateway_tree()
     print(json.dumps(out, indent=2))
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import anyio
 
-from bench._common import bench_policy_data, echo_caller, echo_gateway
+from bench._common import bench_policy_data, echo_caller, echo_gateway, loaded_gateway_tree
 from gateway.app import Gateway
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyBundle, PolicyFiles, load_checked
@@ -214,7 +214,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="symbi-decisions-") as d:
         out = anyio.run(run, args, Path(d))
-    out["gateway_code"] = str(Path(sys.modules["gateway"].__file__ or "").resolve().parent.parent)
+    out["gateway_code"] = loaded_gateway_tree()
     print(json.dumps(out, indent=2))
 
 

@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,9 @@ def _pair(shared: list[float], local: list[float]) -> dict[str, Any]:
     return {"shared": s, "default": b, "added_p50_ms": round(s["p50_ms"] - b["p50_ms"], 3)}
 
 
-async def main(n: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def _engines() -> Iterator[tuple[Path, RedisEngine, PgEngine]]:
+    """A private Redis and PostgreSQL in a fresh temp folder, stopped and removed afterwards."""
     folder = Path(tempfile.mkdtemp(prefix="symbi-bench-scale-"))
     os.chmod(folder, 0o755)
     redis, pg = RedisEngine(folder / "r"), PgEngine(folder / "pg")
@@ -76,6 +78,15 @@ async def main(n: int) -> dict[str, Any]:
     redis.start()
     pg.start()
     try:
+        yield folder, redis, pg
+    finally:
+        redis.stop()
+        pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def main(n: int) -> dict[str, Any]:
+    with _engines() as (folder, redis, pg):
         out: dict[str, Any] = {"bench": "scale", "n": n, "python": platform.python_version()}
         shared_rl = RedisRateLimiter(redis.url, CallCounters(), timeout_s=2)
         local_rl = LocalRateLimiter(CallCounters())
@@ -113,10 +124,6 @@ async def main(n: int) -> dict[str, Any]:
         lite.close()
         pool.close()
         return out
-    finally:
-        redis.stop()
-        pg.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _config(folder: Path, name: str, state: str) -> Path:
@@ -176,15 +183,8 @@ async def _drive(base: str, key: str, calls: int, clients: int) -> dict[str, Any
 
 
 async def replicas(calls: int, clients: int, counts: tuple[int, ...]) -> dict[str, Any]:
-    folder = Path(tempfile.mkdtemp(prefix="symbi-bench-scale-"))
-    os.chmod(folder, 0o755)
-    redis, pg = RedisEngine(folder / "r"), PgEngine(folder / "pg")
-    (folder / "r").mkdir()
-    (folder / "pg").mkdir()
-    redis.start()
-    pg.start()
-    out: dict[str, Any] = {"calls": calls, "clients": clients}
-    try:
+    with _engines() as (folder, redis, pg):
+        out: dict[str, Any] = {"calls": calls, "clients": clients}
         base_cfg = _config(folder, "embedded", "")
         key, _ = ApiKeyStore(folder / "embedded" / "api-keys.json").create("tester", ("tester",))
         with replica(base_cfg) as (b, _p):
@@ -209,10 +209,6 @@ async def replicas(calls: int, clients: int, counts: tuple[int, ...]) -> dict[st
             got["ratio_to_embedded_1"] = round(got["calls_per_s"] / out["embedded_1"]["calls_per_s"], 3)
             out[f"shared_{n}"] = got
         return out
-    finally:
-        redis.stop()
-        pg.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

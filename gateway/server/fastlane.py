@@ -97,6 +97,10 @@ class LaneDispatch:
         return self._request_id
 
     @property
+    def progress_token(self) -> str | int | None:
+        return self._token
+
+    @property
     def cancel_requested(self) -> anyio.Event:
         """Set when the peer cancels this request (``DispatchContext``)."""
         if self._cancel_requested is None:
@@ -198,6 +202,7 @@ class StdioLane:
         self._loop: asyncio.AbstractEventLoop | None = None  # the transport's, from attach
         self._write: Write | None = None
         self._sdk_open: Container[types.RequestId] = frozenset()
+        self._silenced: dict[Any, None] | None = None
         self.taken = 0  # calls served by the lane (tests, bench)
 
     @property
@@ -207,6 +212,11 @@ class StdioLane:
     def serving(self, key: types.RequestId) -> bool:
         """Whether the lane has a call of this (coerced) id in flight."""
         return key in self._in_flight
+
+    def progress_token(self, key: types.RequestId) -> str | int | None:
+        """The progress token of the lane's call of this (coerced) id in flight, if it has one."""
+        entry = self._in_flight.get(key)
+        return entry[1].progress_token if entry is not None else None
 
     async def capture(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """Server middleware: learn the connection (and the lifespan state) from the SDK's own
@@ -222,11 +232,15 @@ class StdioLane:
         tg: anyio.abc.TaskGroup,
         write: Write,
         sdk_open: Container[types.RequestId] = frozenset(),
+        silenced: dict[Any, None] | None = None,
     ) -> None:
         """Open the lane on the transport's loop; ``sdk_open``: the ids of the requests the SDK
-        serves on this connection (a call reusing one is declined, for the transport to refuse)."""
+        serves on this connection (a call reusing one is declined, for the transport to refuse);
+        ``silenced``: the progress tokens of cancelled requests, whose progress the transport
+        drops (a call of one of them makes it live again)."""
         self._write = write
         self._sdk_open = sdk_open
+        self._silenced = silenced
         self._loop = asyncio.get_running_loop()  # the lane is open from here on
         tg.start_soon(self._hold)
 
@@ -272,6 +286,8 @@ class StdioLane:
         key = coerce_request_id(rid)
         if key in self._in_flight or key in self._sdk_open:
             return False  # an id in flight in the session: the transport refuses it
+        if token is not None and self._silenced:
+            self._silenced.pop(token, None)
         dctx = LaneDispatch(conn, rid, token)
         scope = anyio.CancelScope()
         self._in_flight[key] = (scope, dctx)

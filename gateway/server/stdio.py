@@ -27,8 +27,9 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import types
 from mcp.shared.dispatcher import coerce_request_id
-from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params, progress_token_from_params
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from mcp.types import ProgressToken
 from pydantic import ValidationError
 
 from gateway.assemble import make_gateway
@@ -45,6 +46,9 @@ def _error(code: int, message: str, rid: Any = None) -> SessionMessage:
     return SessionMessage(
         types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message))
     )
+
+
+SILENCED_MAX = 1024  # cancelled requests' progress tokens kept (a progress of an older one may pass)
 
 
 class Queued(NamedTuple):
@@ -103,10 +107,16 @@ class OpenRequests:
     (``answered``) or the SDK's dispatcher says it ended with none (the message's
     ``on_request_unanswered``). A cancel does not free the id: a reply the SDK made before it
     saw the cancel may still be on its way, and would answer a reuse of the id. That reply is
-    dropped instead (MCP: no response to a cancelled request), and the id freed then."""
+    dropped instead (MCP: no response to a cancelled request), and the id freed then.
+
+    Its progress too: a cancelled request's progress token is ``silenced`` (a notification of
+    it still waiting for the writer is dropped: MCP's progress references only operations in
+    progress), until a new request of that token comes (the lane's calls: ``StdioLane``)."""
 
     def __init__(self, lane: StdioLane | None) -> None:
         self.sdk: dict[types.RequestId, bool] = {}
+        self._tokens: dict[types.RequestId, ProgressToken] = {}  # of SDK requests that have one
+        self.silenced: dict[ProgressToken, None] = {}  # an ordered set, the newest SILENCED_MAX
         self._lane = lane
 
     def admit(self, msg: SessionMessage) -> tuple[SessionMessage, bool]:
@@ -122,17 +132,30 @@ class OpenRequests:
                     message.id,
                 ), False
             self.sdk[key] = False
+            if (token := progress_token_from_params(message.params)) is not None:
+                self._tokens[key] = token
+                self.silenced.pop(token, None)  # a new operation of that token: its progress goes
             settled = ServerMessageMetadata(on_request_unanswered=partial(self._unanswered, key))
             return SessionMessage(message, metadata=settled), True
         if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
             rid = cancelled_request_id_from_params(message.params)
             if rid is not None and (key := coerce_request_id(rid)) in self.sdk:
                 self.sdk[key] = True  # held until settled; a reply not yet written is dropped
+                self._silence(self._tokens.get(key))
+            elif rid is not None and self._lane is not None:
+                self._silence(self._lane.progress_token(coerce_request_id(rid)))
         return msg, True
+
+    def _silence(self, token: ProgressToken | None) -> None:
+        if token is not None:
+            self.silenced[token] = None
+            if len(self.silenced) > SILENCED_MAX:
+                del self.silenced[next(iter(self.silenced))]
 
     async def _unanswered(self, key: types.RequestId) -> None:
         # the SDK's dispatcher: the request ended with no reply (cancelled), none will follow
         self.sdk.pop(key, None)
+        self._tokens.pop(key, None)
 
     def answered(self, msg: SessionMessage | Queued) -> bool:
         """A reply is on its way out: an SDK request's id is free again (a lane call's, when
@@ -142,7 +165,14 @@ class OpenRequests:
             return not msg.call.cancelled
         message = msg.message
         if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
-            return not self.sdk.pop(coerce_request_id(message.id), False)
+            key = coerce_request_id(message.id)
+            self._tokens.pop(key, None)
+            return not self.sdk.pop(key, False)
+        if self.silenced and isinstance(message, types.JSONRPCNotification):
+            return not (
+                message.method == "notifications/progress"
+                and (message.params or {}).get("progressToken") in self.silenced
+            )
         return True
 
 
@@ -181,7 +211,7 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
             tg.start_soon(_read_loop, reader, to_server, writer, lane, max_bytes, requests)
             tg.start_soon(_write_loop, writer, from_server, requests)
             if lane is not None:
-                lane.attach(tg, lane_write, requests.sdk)
+                lane.attach(tg, lane_write, requests.sdk, requests.silenced)
             try:
                 yield from_client, to_client
             finally:

@@ -7,18 +7,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-${MCP_PROXY_VENV:-$here/.venv-mcp-proxy}}"
-py="${PYTHON:-python3}"
+# shellcheck source=scripts/_side_venv.sh
+. "$here/scripts/_side_venv.sh"
 exec 9<"${BASH_SOURCE[0]}"
 flock 9
-# A marker written last, so a half-made venv is never taken for a ready one.
-if [ -f "$venv/.mcp-proxy-ready" ]; then
-    echo "mcp-proxy venv ready: $venv"
-    exit 0
-fi
-rm -rf "$venv"
-"$py" -m venv "$venv"
-"$venv/bin/pip" install --disable-pip-version-check -q 'mcp-proxy==0.13.0'
-"$venv/bin/mcp-proxy" --help >/dev/null
-printf "*\n" > "$venv/.gitignore"
-touch "$venv/.mcp-proxy-ready"
-echo "mcp-proxy venv ready: $venv"
+side_venv "$venv" .mcp-proxy-ready mcp-proxy 'mcp-proxy==0.13.0' "$venv/bin/mcp-proxy" --help

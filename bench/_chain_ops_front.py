@@ -54,17 +54,18 @@ class FrontCounter:
             where = f"{frame.f_code.co_qualname} ({short(frame.f_code.co_filename)})"
             if frame.f_code.co_name == "_run_once":
                 self.loops += 1
-            frame = frame.f_back  # type: ignore[assignment]
+            up: FrameType | None = frame.f_back  # a call's frame is the callee's: start at its caller
         elif event == "c_call":
             where = f"{getattr(arg, '__qualname__', repr(arg))} (C)"
+            up = frame
         else:
             return
         self.total += 1
         self.top[where] += 1
         area = None
         seen: set[Any] = set()
-        while frame is not None:
-            code = frame.f_code
+        while up is not None:
+            code = up.f_code
             if "/gateway/" in code.co_filename and code not in seen and code.co_name not in _OUTER:
                 seen.add(code)
                 self.inclusive[f"{code.co_qualname} ({short(code.co_filename)})"] += 1
@@ -73,7 +74,7 @@ class FrontCounter:
                     function = f"{code.co_qualname} ({area})"
                     self.functions[function] += 1
                     self.inside[function][where] += 1
-            frame = frame.f_back  # type: ignore[assignment]
+            up = up.f_back
         self.areas[area or "outside the gateway (event loop, SDK tasks)"] += 1
 
     def report(self, calls: int, top: int) -> dict[str, Any]:
@@ -210,6 +211,7 @@ def profile_tables(path: str, calls: int, top: int) -> dict[str, Any]:
     the profiler: compare within one run) and by number of calls."""
     stats = pstats.Stats(path)
     rows = []
+    # typeshed does not declare Stats.stats, cProfile's raw table
     for (file, line, name), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
         rows.append(
             (f"{name} ({short(file)}:{line})", ncalls / calls, tottime * 1e6 / calls, cumtime * 1e6 / calls)

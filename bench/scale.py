@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench._common import ROOT, latency_summary
+from bench._common import ROOT, latency_summary, text_of
 from gateway.policy.counters import CallCounters
 from gateway.server.auth import ApiKeyStore
 from gateway.state.limiter import LocalRateLimiter, RedisRateLimiter
@@ -173,7 +173,7 @@ async def _drive(base: str, key: str, calls: int, clients: int) -> dict[str, Any
             for i in range(calls // clients):
                 path = f"/tmp/b-{c}-{i}"
                 res = await s.call_tool("mut__read_path", {"path": path})
-                if res.is_error or res.content[0].text != f"read {path}":  # type: ignore[union-attr]
+                if text_of(res) != f"read {path}":  # None for an error or no text
                     wrong += 1
 
     t = time.perf_counter()

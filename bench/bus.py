@@ -38,7 +38,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 # the repo root instead of bench/ (whose modules, e.g. bench/http.py, would shadow the stdlib)
 sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -50,6 +50,9 @@ from gateway.bus.crypto import AgentKeys, KeyRing, load_secret
 from gateway.bus.embedded import EmbeddedBackend
 from gateway.bus.redis_backend import RedisBackend
 from gateway.context import Principal
+
+if TYPE_CHECKING:  # the SDK client is imported only by the MCP parts that use it
+    from mcp import ClientSession
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = {"task": "resize", "image": "s3://bucket/object-0001.png", "width": 640, "height": 480}
@@ -279,7 +282,7 @@ async def mcp_ratio(folder: Path, n: int) -> dict[str, Any]:
     return _vs_echo(echo, bus_lat)
 
 
-def _serve(cfg: Path, folder: Path) -> tuple[subprocess.Popen[bytes], Any, str]:
+def _serve(cfg: Path, folder: Path) -> tuple[subprocess.Popen[bytes], TextIO, str]:
     """``python -m gateway serve`` on a free port, once /readyz answers."""
     import httpx
 
@@ -314,7 +317,7 @@ def _serve_config(folder: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def _http_session(base: str, key: str) -> AsyncIterator[Any]:
+async def _http_session(base: str, key: str) -> AsyncIterator[ClientSession]:
     """An initialised SDK client session to ``base``'s /mcp with the API key ``key``."""
     import httpx2  # the SDK's HTTP client library (not httpx)
     from mcp import ClientSession
@@ -329,11 +332,14 @@ async def _http_session(base: str, key: str) -> AsyncIterator[Any]:
         yield s
 
 
-async def _echo_then_bus(a: Any, b: Any, n: int) -> tuple[list[float], list[float]]:
+async def _echo_then_bus(a: ClientSession, b: ClientSession, n: int) -> tuple[list[float], list[float]]:
     """``n`` times: ``everything__echo`` (agent A), then ``bus__send`` (A to B) + ``bus__receive``
     (B), every reply checked: the echo's latencies and the bus rounds'."""
-    inbox = await b.read_resource("bus://inbox")
-    b_id = json.loads(inbox.contents[0].text)["agent"]
+    from mcp.types import TextResourceContents
+
+    inbox = (await b.read_resource("bus://inbox")).contents[0]
+    assert isinstance(inbox, TextResourceContents), inbox  # the inbox is a JSON text
+    b_id = json.loads(inbox.text)["agent"]
     echo, bus_lat = [], []
     for i in range(n):
         t = time.perf_counter()

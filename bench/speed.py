@@ -44,6 +44,7 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -226,7 +227,7 @@ def audit_round(events: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def http_targets(tmp: Path, clients: int) -> Any:
+def http_targets(tmp: Path, clients: int) -> Iterator[list[http_bench.Target]]:
     from gateway.server.auth import ApiKeyStore
 
     (tmp / "loopback.cjs").write_text(http_bench.PRELOAD)

@@ -26,11 +26,12 @@ GROUPS: tuple[Group, ...] = (
     ),
     Group(
         "audit-verify",
-        ("gateway/audit/verify.py",),
+        ("gateway/audit/verify.py", "gateway/audit/verify_split.py"),
         (
             "tests/audit/test_verify.py",
             "tests/audit/test_verify_paths.py",
             "tests/audit/test_verify_walk.py",
+            "tests/audit/test_verify_split.py",
             "tests/audit/test_log.py",
             "tests/audit/test_keys.py",
         ),

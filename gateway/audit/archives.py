@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,16 +34,18 @@ def verify_live(
     conn: sqlite3.Connection,
     records: Iterable[Sequence[Any]],
     keys: Mapping[str, Ed25519PublicKey],
+    verifier: Callable[..., VerifyResult] = verify_records,
     **kwargs: Any,
 ) -> VerifyResult:
     """The live chain from its hand-off (or from seq 1 when it has none); ``records`` are
-    ``AuditRecord``s or rows in ``store.COLUMNS`` order."""
+    ``AuditRecord``s or rows in ``store.COLUMNS`` order; ``verifier``: ``verify_records`` or
+    one with its arguments (``verify_split.verify_split``)."""
     try:
         h = read_handoff(conn)
     except (ValueError, json.JSONDecodeError) as e:
         return VerifyResult(ok=False, problem=Problem(1, "changed", f"the hand-off record is malformed: {e}"))
     if h is None:
-        return verify_records(records, keys, **kwargs)
+        return verifier(records, keys, **kwargs)
     if not signature_ok(HANDOFF_PREFIX, asdict(h), keys):
         return VerifyResult(
             ok=False,
@@ -53,7 +55,7 @@ def verify_live(
         )
     # anchors the hand-off covers were checked when their events were live; they belong to the archive now
     kwargs["anchors"] = [a for a in kwargs.get("anchors", ()) if a.seq > h.seq]
-    return verify_records(records, keys, start_seq=h.seq + 1, start_hash=h.chain_hash, **kwargs)
+    return verifier(records, keys, start_seq=h.seq + 1, start_hash=h.chain_hash, **kwargs)
 
 
 def verify_segment(path: Path, keys: Mapping[str, Ed25519PublicKey]) -> VerifyResult:

@@ -96,10 +96,12 @@ def verify_anchored(
     export: Path | None = None,
     anchors: Sequence[store.Anchor] = (),
     all_signatures: bool = True,
+    jobs: int | None = None,
 ) -> VerifyResult:
     """Verify one SQLite chain: ``keys`` filtered by ``pinned`` (the log's own ``keys`` table
     adds candidates), checked against ``anchors`` and the exported checkpoints in ``export``;
     with pins, an empty log fails. ``anchored`` says whether trust came from outside the data dir.
+    ``jobs``: ``verify_log``'s processes.
 
     Raises:
         ConfigError: pins are set but no candidate key matches, or a checkpoint file is malformed.
@@ -112,7 +114,7 @@ def verify_anchored(
     extra = list(anchors)
     if export is not None and export.exists():
         extra += read_anchor_files([export], path.name)
-    res = verify_log(path, trusted, extra_anchors=extra, all_signatures=all_signatures)
+    res = verify_log(path, trusted, extra_anchors=extra, all_signatures=all_signatures, jobs=jobs)
     if pinned:
         res = require_events(res, "the signing key is pinned (every gateway start records an event)")
     res.anchored = bool(pinned)

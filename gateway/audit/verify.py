@@ -37,6 +37,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from hashlib import sha256
 from json.encoder import encode_basestring
 from pathlib import Path
@@ -84,6 +85,7 @@ class VerifyResult:
     anchors_checked: int = 0
     problem: Problem | None = None
     anchored: bool = False  # trust came from a pinned key or the verifier's own key copy
+    worker_pids: tuple[int, ...] = ()  # the processes that verified ranges of the log (jobs > 1)
 
     def check(self) -> VerifyResult:
         """Return self when intact; raise ``AuditIntegrityError`` otherwise."""
@@ -102,6 +104,7 @@ class VerifyResult:
             "anchors_checked": self.anchors_checked,
             "anchored": self.anchored,
             "problem": None if self.problem is None else vars(self.problem),
+            "worker_pids": list(self.worker_pids),
         }
 
 
@@ -135,9 +138,20 @@ def verify_records(
     walk = _Walk(
         dict(public_keys), {a.seq for a in anchors}, all_signatures, (start_seq, start_hash), elsewhere
     )
+    return _finish(walk, lambda res: walk.records(records, res), anchors, require_anchor, vouched_tail)
+
+
+def _finish(
+    walk: _Walk,
+    body: Callable[[VerifyResult], None],
+    anchors: Sequence[store.Anchor],
+    require_anchor: bool,
+    vouched_tail: str | None,
+) -> VerifyResult:
+    """Walk the records (``body``), then the tail, the anchors and the head: the result."""
     res = VerifyResult(ok=False)
     try:
-        walk.records(records, res)
+        body(res)
         walk.end(res, vouched_tail)
         res.last_seq, res.head_hash = walk.expected - 1, walk.prev
         if require_anchor and walk.last is not None and not anchors:
@@ -347,17 +361,24 @@ def verify_log(
     checkpoint: Path | None = None,
     extra_anchors: Sequence[store.Anchor] = (),
     all_signatures: bool = True,
+    jobs: int | None = None,
 ) -> VerifyResult:
     """Verify the SQLite log at ``path`` with its in-database anchor and checkpoint file.
 
     ``checkpoint`` defaults to ``<log>.anchor.json`` when present; ``extra_anchors`` are ones
     kept elsewhere (e.g. shipped off the host), which is what defeats a full rollback.
+    ``jobs``: processes to verify in (``gateway.audit.verify_split``); 1 is the serial walk,
+    N > 1 splits the log over N processes whatever its size, None (the default) uses this
+    machine's cores once the log has ``verify_split.PARALLEL_MIN_EVENTS`` events.
 
     Raises:
         AuditError: the log cannot be read (a missing log is not "intact").
+        ConfigError: ``jobs`` is not a whole number of at least 1.
     """
-    from gateway.audit.archives import verify_live  # (it builds on this module)
+    from gateway.audit import verify_split as split  # (both build on this module)
+    from gateway.audit.archives import verify_live
 
+    n = split.job_count(jobs)
     conn = store.open_reader(path)
     try:
         # one snapshot for the anchor and the records: the writer stores a head's signature with
@@ -371,7 +392,7 @@ def verify_log(
                 conn.execute("SELECT 1 FROM events WHERE chain_hash = ? LIMIT 1", (h,)).fetchone() is not None
             )
 
-        def run(full: bool) -> VerifyResult:
+        def run(full: bool, verifier: Callable[..., VerifyResult]) -> VerifyResult:
             # from the retention hand-off when old events were archived, else from seq 1
             return verify_live(
                 conn,
@@ -381,10 +402,18 @@ def verify_log(
                 require_anchor=True,
                 all_signatures=full,
                 hash_elsewhere=hash_elsewhere,
+                verifier=verifier,
             )
 
-        res = run(all_signatures)
-        return run(True) if res.problem is not None and not all_signatures else res
+        first = verify_records
+        if n > 1:
+            first = partial(split.verify_split, conn=conn, path=path, jobs=n, forced=jobs is not None)
+        res = run(all_signatures, first)
+        if res.problem is None or all_signatures:
+            return res
+        again = run(True, verify_records)  # fast mode's problem, named in full
+        again.worker_pids = res.worker_pids
+        return again
     finally:
         conn.close()
 

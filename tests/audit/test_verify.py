@@ -39,8 +39,11 @@ def _row(db: Path, seq: int) -> tuple:
 
 
 def _problem(db: Path, keys: dict, *, full: bool = True) -> tuple[int, str]:
-    res = verify_log(db, keys, all_signatures=full)
-    assert not res.ok and res.problem is not None
+    """The first problem, the same from one process and from two (``verify_split``)."""
+    res = verify_log(db, keys, all_signatures=full, jobs=1)
+    assert not res.ok and res.problem is not None and res.worker_pids == ()
+    split = verify_log(db, keys, all_signatures=full, jobs=2)
+    assert not split.ok and split.problem == res.problem and len(set(split.worker_pids)) == 2
     with pytest.raises(AuditIntegrityError) as ei:
         res.check()
     assert ei.value.problem == res.problem and ei.value.code == "audit_integrity"

@@ -150,6 +150,7 @@ def test_the_result_as_json_names_every_field(varied_log) -> None:
         "anchors_checked": res.anchors_checked,
         "anchored": False,
         "problem": None,
+        "worker_pids": [],
     }
     assert res.signatures_checked > 0 and res.anchors_checked > 0
     _set(db, 17, "details", '{"n":16}')
@@ -165,6 +166,7 @@ def test_the_result_as_json_names_every_field(varied_log) -> None:
         "anchors_checked": 0,
         "anchored": False,
         "problem": {"seq": 17, "kind": "changed", "message": bad.problem.message},
+        "worker_pids": [],
     }
 
 

@@ -86,6 +86,14 @@ def _add_verify(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         action="store_true",
         help="verify signatures only at anchors, key changes and the head (all hashes and links still)",
     )
+    v.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=None,
+        metavar="N",
+        help="processes to verify a SQLite log in (1: one process; default: this machine's cores "
+        "once a log is large enough to gain from them); exports and --shared/--segment use one",
+    )
     v.add_argument("--json", action="store_true", help="print the result as JSON")
     v.add_argument(
         "--shared",
@@ -94,6 +102,16 @@ def _add_verify(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     retention_cmd.add_verify_options(v)
     v.set_defaults(func=_verify)
+
+
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return n
 
 
 def _add_tail(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -230,6 +248,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     log, key = log_and_key(args)
     cfg = config_or_none(args)
+    if args.jobs not in (None, 1) and (args.shared or args.segment):
+        raise ConfigError("audit verify --jobs: --shared and --segment are verified in one process")
     if args.shared:
         from gateway.cli.audit_shared_cmd import verify_shared
 
@@ -237,6 +257,8 @@ def _verify(args: argparse.Namespace) -> int:
     if args.segment:
         return retention_cmd.verify_segments(args, public_keys(args, key))
     logs = [log] if args.log is not None else [p for p in store.chain_paths(log) if p.exists()] or [log]
+    if args.jobs not in (None, 1) and any(p.suffix == ".jsonl" for p in logs):
+        raise ConfigError("audit verify --jobs: a JSONL export is verified in one process")
     keys, anchored = trusted_keys(args, key, cfg, logs)
     export = cfg.audit.checkpoint_export if cfg is not None else None
     if not anchored:
@@ -261,6 +283,7 @@ def _verify(args: argparse.Namespace) -> int:
                 export=export,
                 anchors=read_anchor_files(args.anchor, path.name),
                 all_signatures=not args.fast,
+                jobs=args.jobs,
             )
         res.anchored = anchored
         failed = failed or not res.ok

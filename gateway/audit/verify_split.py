@@ -2,9 +2,10 @@
 
 What each record needs on its own (its position and link inside a range of seqs, the details'
 object check, the content hash against its chain hash, the Ed25519 signature against the one
-candidate key of its key id) runs in N processes over N ranges of seqs (``seq_ranges``): this
-process takes the first range, N-1 workers of a ``forkserver`` pool the others (not ``fork``:
-``symbi serve`` verifies with threads running). Each range returns its first ``prev_hash``, its
+candidate key of its key id, ``candidate_keys``) runs in N processes over N ranges of seqs
+(``seq_ranges``): this process takes the first range, a pool of N-1 workers the others, forked
+(``start_method``: from a ``forkserver`` while threads run, as in ``symbi serve``, where a plain
+fork could copy a lock another thread holds). Each range returns its first ``prev_hash``, its
 last chain hash, its count and the few rows the trust walk needs (``_walk_range``: each key's
 run start and end inside the range, every signed, rotation or anchored record and the record
 after one, the range's first and last); one sequential pass then stitches the ranges' links and
@@ -26,7 +27,6 @@ sending them to workers costs about what verifying them does.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import sqlite3
@@ -67,9 +67,11 @@ from gateway.audit.verify import (
 )
 from gateway.errors import AuditError, ConfigError
 
-# below this many events (``jobs=None``) one process: a forkserver worker costs ~0.1-0.3 s to
-# start on this machine, about what 15,000-30,000 events of the walk take
-PARALLEL_MIN_EVENTS = 50_000
+# below this many events (``jobs=None``) one process. Measured (session 15, 2 cores, load 10):
+# a forked pool adds ~35 ms of CPU (fork, pool threads, the kept rows pickled back), what ~3,000
+# events of the walk take; a forkserver's first use ~0.55 s (a fresh interpreter importing
+# gateway.audit), ~50,000 events' worth: beside threads splitting waits for a larger log
+PARALLEL_MIN_EVENTS = 10_000
 FORKSERVER_MIN_EVENTS = 200_000
 
 
@@ -238,23 +240,23 @@ def _trust_walk(walk: _Walk, kept: Iterable[Row], res: VerifyResult) -> None:
 
 
 def candidate_keys(
-    conn: sqlite3.Connection, public_keys: Mapping[str, Ed25519PublicKey], head: int
+    conn: sqlite3.Connection, public_keys: Mapping[str, Ed25519PublicKey]
 ) -> dict[str, bytes] | None:
-    """Raw public key per key id a signature may be checked against: the given keys and those
-    rotation events up to ``head`` name (candidates only: the trust walk decides when each is
-    trusted). None when one key id has two keys (the serial walk decides which one counts)."""
+    """Raw public key per key id a signature may be checked against: the given keys and the
+    log's ``keys`` table (the writer adds a rotation's new key with its event), by the id each
+    key hashes to. Candidates only: the trust walk decides when each is trusted, and a key
+    missing here fails its range (the serial walk then decides). None when one key id has two
+    keys (a mapping whose id is not its key's: the serial walk decides which one counts)."""
     out = {k: v.public_bytes_raw() for k, v in public_keys.items()}
-    rows = conn.execute("SELECT details FROM events WHERE type = ? AND seq <= ?", (ROTATION_EVENT, head))
-    for (details,) in rows:
+    for (pem,) in conn.execute("SELECT public_pem FROM keys"):
         try:
-            d = json.loads(details)
-            key = load_pem_public_key(str(d["new_public_key"]).encode("ascii"))
-            if not isinstance(key, Ed25519PublicKey) or key_id_of(key) != d["new_key_id"]:
-                continue
-        except (KeyError, ValueError, TypeError):  # the trust walk finds it invalid
+            key = load_pem_public_key(str(pem).encode("ascii"))
+        except (ValueError, TypeError):
+            continue
+        if not isinstance(key, Ed25519PublicKey):
             continue
         raw = key.public_bytes_raw()
-        if out.setdefault(d["new_key_id"], raw) != raw:
+        if out.setdefault(key_id_of(key), raw) != raw:
             return None
     return out
 
@@ -303,11 +305,11 @@ def verify_split(
     ``records`` (rows of ``conn``'s snapshot) go through the serial walk when the log is
     smaller, or when the parallel pass finds anything wrong (it names the first problem)."""
     start_seq, start_hash = kwargs.get("start_seq", 1), kwargs.get("start_hash", GENESIS_HASH)
-    head, count = conn.execute("SELECT max(seq), count(*) FROM events").fetchone()
+    (head,) = conn.execute("SELECT max(seq) FROM events").fetchone()  # (count(*) reads every row)
+    seqs = (head or 0) - start_seq + 1
     least = PARALLEL_MIN_EVENTS if start_method() == "fork" else FORKSERVER_MIN_EVENTS
-    n = jobs if forced or count >= least else 1
-    n = min(n, (head or 0) - start_seq + 1)  # every range at least one seq
-    keys = candidate_keys(conn, public_keys, head) if n > 1 else None
+    n = min(jobs if forced or seqs >= least else 1, seqs)  # every range at least one seq
+    keys = candidate_keys(conn, public_keys) if n > 1 else None
     if keys is None:
         return verify_records(records, public_keys, **kwargs)
     anchors = kwargs.get("anchors", ())

@@ -280,3 +280,24 @@ def test_seq_ranges_cover_every_seq_once_in_order(first: int, head: int, n: int)
     assert all(b[0] == a[1] + 1 for a, b in zip(ranges, ranges[1:], strict=False))
     sizes = [hi - lo + 1 for lo, hi in ranges]
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_a_key_missing_from_the_keys_table_falls_back_to_one_process(log_copy) -> None:
+    """The rotated-to key is a candidate through the log's keys table; without it, the range
+    that needs it fails and the serial walk (trusting it through the rotation) says intact."""
+    db, keys, _ = log_copy
+    (old,) = keys
+    _sql(db, ("DELETE FROM keys WHERE key_id != ?", (old,)))
+    res = verify_log(db, keys, jobs=2).check()
+    assert len(set(res.worker_pids)) == 2 and res.as_dict() == {
+        **verify_log(db, keys, jobs=1).as_dict(),
+        "worker_pids": list(res.worker_pids),
+    }
+
+
+def test_a_key_id_given_with_another_key_is_left_to_one_process(log_copy) -> None:
+    db, keys, _ = log_copy
+    (old,) = keys.values()
+    new_id = next(k for k in exported_public_keys(db.parent / "key.pem") if k not in keys)
+    res = verify_log(db, {**keys, new_id: old}, jobs=2)
+    assert res.worker_pids == () and res.problem == verify_log(db, {**keys, new_id: old}, jobs=1).problem

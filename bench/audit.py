@@ -15,7 +15,10 @@ ratio survives the noise and an absolute number does not:
   fsync per batch.
 * ``verify``: ``verify_log`` with every signature checked and in fast mode (every hash and
   link, signatures at anchors / key changes / head); baseline: reading the same rows. Each is
-  timed whole ``VERIFY_REPEATS`` times in turn: medians (``bench_verify``).
+  timed whole ``VERIFY_REPEATS`` times in turn: medians (``bench_verify``). The same full
+  verification in ``verify_parallel_jobs`` processes (``verify_log(jobs=cores)``, session 15):
+  ``verify_all_signatures_parallel_*``, its CPU that of this process and its workers together
+  (``bench_verify_parallel``); a tree without ``jobs`` runs it in one process (jobs 1).
 * ``crypto_ceiling``: bare Ed25519 sign and verify rates now (one signature per group commit,
   so no longer the bound of either number above).
 * ``cpu_us_per_event``: process CPU time (every thread: the caller's and the writer's) per
@@ -30,9 +33,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import platform
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -179,6 +184,43 @@ def _read_rows(path: Path) -> int:
         conn.close()
 
 
+def _jobs() -> int:
+    """Processes for the parallel verification: this machine's cores; 1 when the measured
+    tree's ``verify_log`` has no ``jobs`` (a baseline from before session 15)."""
+    if "jobs" not in inspect.signature(verify_log).parameters:
+        return 1
+    return len(os.sched_getaffinity(0))
+
+
+def _cpu_all() -> float:
+    """CPU seconds of this process (every thread) and of its waited-for children (the workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bench_verify_parallel(d: Path, repeats: int = VERIFY_REPEATS) -> dict[str, float]:
+    """``verify_log(jobs=cores)`` with every signature, timed whole ``repeats`` times: the median
+    wall-clock rate and CPU per event of this process and its workers together (the workers
+    are waited for by the pool's shutdown inside the call, so their CPU is counted)."""
+    jobs = _jobs()
+    keys = exported_public_keys(d / "key.pem")
+    kw = {"jobs": jobs} if jobs > 1 else {}
+    timed = []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), _cpu_all()
+        res = verify_log(d / "a.db", keys, all_signatures=True, **kw).check()
+        timed.append((res.events, time.perf_counter() - t, _cpu_all() - c, len(set(res.worker_pids)) or 1))
+    cpu = [c / n * 1e6 for n, _, c, _ in timed]
+    return {
+        "verify_parallel_jobs": jobs,
+        "verify_parallel_processes": min(p for *_, p in timed),
+        "verify_all_signatures_parallel_per_s": statistics.median(n / w for n, w, _, _ in timed),
+        "verify_all_signatures_parallel_cpu_us_per_event": statistics.median(cpu),
+        "verify_all_signatures_parallel_cpu_us_per_event_min": min(cpu),
+        "verify_all_signatures_parallel_cpu_share": statistics.median(c / w for _, w, c, _ in timed),
+    }
+
+
 def bench_verify(d: Path, repeats: int = VERIFY_REPEATS) -> dict[str, float]:
     """``verify_log`` with every signature, in fast mode, and reading the rows alone, each timed
     whole ``repeats`` times in turn (full, fast, read, full...) in this process: medians.
@@ -311,6 +353,8 @@ def targets(append: dict[str, float], verify: dict[str, float]) -> dict[str, Any
         "verify_all_signatures_per_cpu_s": per_cpu_s["verify_all_signatures"],
         "append_met_per_cpu_s": per_cpu_s["append"] >= 50000,
         "verify_all_signatures_met_per_cpu_s": per_cpu_s["verify_all_signatures"] >= 100000,
+        "verify_parallel_jobs": verify["verify_parallel_jobs"],
+        "verify_all_signatures_parallel_met": verify["verify_all_signatures_parallel_per_s"] >= 100000,
     }
 
 
@@ -326,6 +370,10 @@ COMPARED = (
     ("verify", "verify_all_signatures_cpu_us_per_event_min"),
     ("verify", "verify_all_signatures_cpu_share"),
     ("verify", "baseline_read_rows_cpu_us_per_event"),
+    ("verify", "verify_parallel_jobs"),
+    ("verify", "verify_all_signatures_parallel_per_s"),
+    ("verify", "verify_all_signatures_parallel_cpu_us_per_event"),
+    ("verify", "verify_all_signatures_parallel_cpu_share"),
     ("step", "added_median_ms_sequential"),
     ("step", "fsync_floor_median_ms"),
 )
@@ -371,7 +419,7 @@ def main() -> None:
         append = bench_append(d, args.events)
         base_sqlite, base_sqlite_cpu = bench_baseline_sqlite(d, args.events)
         base_jsonl, base_jsonl_cpu = bench_baseline_jsonl(d, args.events)
-        verify = bench_verify(d)
+        verify = {**bench_verify(d), **bench_verify_parallel(d)}
         step = bench_step(d, args.calls)
         step["fsync_floor_median_ms"] = bench_fsync_floor(d)
         crypto = bench_crypto()

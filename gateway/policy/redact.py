@@ -21,7 +21,7 @@ import copy
 import json
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -104,11 +104,11 @@ def scrub_values(doc: Any) -> Any:
     return _scrub_values(copy.deepcopy(doc))[0]
 
 
-def _pointer(path: str) -> list[str]:
-    return [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
+def _pointer(path: str) -> tuple[str, ...]:
+    return tuple(p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:])
 
 
-def _redact_pointer(doc: Any, parts: list[str]) -> int:
+def _redact_pointer(doc: Any, parts: tuple[str, ...]) -> int:
     node = doc
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -133,28 +133,65 @@ def _redact_pointer(doc: Any, parts: list[str]) -> int:
     return 0
 
 
-def _redact_keys(doc: Any, keys: tuple[tuple[str, ...], ...]) -> int:
+# A compiled rule list remembers whether each key it met matches (a request's keys repeat from
+# call to call): up to this many keys, of at most this many characters each (memory bounded).
+HITS_KEYS = 1024
+HITS_KEY_CHARS = 128
+
+
+class Rules:
+    """A rule list compiled once (``compile_rules``): the key rules' words, the pointer rules
+    parsed, in the list's order, and which keys met so far match a key rule."""
+
+    __slots__ = ("hits", "keys", "pointers")
+
+    def __init__(self, rules: tuple[str, ...]) -> None:
+        self.keys = tuple(w for w in (_words(r) for r in rules if not r.startswith("/")) if w)
+        self.pointers = tuple(_pointer(r) for r in rules if r.startswith("/") and len(r) > 1)
+        self.hits: dict[str, bool] = {}  # key -> whether a key rule names it (see key_hit)
+
+    def key_hit(self, key: str) -> bool:
+        """Whether a key rule names ``key`` (``key_matches``), remembered for short keys."""
+        hit = any(key_matches(key, rule) for rule in self.keys)
+        if len(key) <= HITS_KEY_CHARS:
+            if len(self.hits) >= HITS_KEYS:
+                self.hits.clear()
+            self.hits[key] = hit
+        return hit
+
+
+@lru_cache(maxsize=256)
+def compile_rules(rules: tuple[str, ...]) -> Rules:
+    """The compiled form of a rule list: the same decision's rules are compiled once."""
+    return Rules(rules)
+
+
+def _redact_keys(doc: Any, rules: Rules) -> int:
     n = 0
     if isinstance(doc, dict):
+        hits = rules.hits
         for k in list(doc):
-            if isinstance(k, str) and any(key_matches(k, rule) for rule in keys):
-                doc[k] = REDACTED
-                n += 1
-            else:
-                n += _redact_keys(doc[k], keys)
+            if isinstance(k, str):
+                hit = hits.get(k)
+                if hit is None:
+                    hit = rules.key_hit(k)
+                if hit:
+                    doc[k] = REDACTED
+                    n += 1
+                    continue
+            n += _redact_keys(doc[k], rules)
     elif isinstance(doc, list):
         for item in doc:
-            n += _redact_keys(item, keys)
+            n += _redact_keys(item, rules)
     return n
 
 
 def _redact_rules(out: Any, rules: Sequence[str]) -> int:
     """Replace, in place, what the key and path rules name; how many values were replaced."""
-    keys = tuple(w for w in (_words(r) for r in rules if not r.startswith("/")) if w)
-    n = _redact_keys(out, keys) if keys else 0
-    for rule in rules:
-        if rule.startswith("/") and len(rule) > 1:
-            n += _redact_pointer(out, _pointer(rule))
+    compiled = compile_rules(tuple(rules))
+    n = _redact_keys(out, compiled) if compiled.keys else 0
+    for parts in compiled.pointers:
+        n += _redact_pointer(out, parts)
     return n
 
 
@@ -176,25 +213,6 @@ class _Irregular(Exception):
 _ATOMS = frozenset((int, float, bool, type(None)))  # what ``copy.deepcopy`` returns as is
 
 
-def _scrubbed_copy(doc: Any, seen: set[int]) -> Any:
-    """``scrub_values(doc)`` for a tree of plain JSON values, built as it is walked (no
-    ``deepcopy``); raises ``_Irregular`` for anything else."""
-    t = type(doc)
-    if t is str:
-        return scrub_secrets(doc)[0]
-    if t in _ATOMS:
-        return doc
-    if t is not dict and t is not list:
-        raise _Irregular
-    if id(doc) in seen:  # shared or cyclic: deepcopy keeps the sharing, and the scrub sees it twice
-        raise _Irregular
-    seen.add(id(doc))
-    if t is dict:
-        _string_keys(doc)
-        return {k: _scrubbed_copy(v, seen) for k, v in doc.items()}
-    return [_scrubbed_copy(v, seen) for v in doc]
-
-
 _STR = frozenset((str,))
 
 
@@ -204,24 +222,37 @@ def _string_keys(doc: dict[Any, Any]) -> None:
         raise _Irregular
 
 
-def _plain_copy(doc: Any, seen: set[int]) -> Any:
-    """``copy.deepcopy(doc)`` for a tree of plain JSON values (new dicts and lists, the same
-    strings and numbers); raises ``_Irregular`` for anything else, sharing and cycles too."""
+def _scrubbed(text: str) -> str:
+    return scrub_secrets(text)[0]
+
+
+def _json_copy(doc: Any, seen: set[int], leaf: Callable[[str], str]) -> Any:
+    """A copy of a tree of plain JSON values with each string through ``leaf`` (new dicts and
+    lists, the same numbers): ``copy.deepcopy(doc)`` with ``leaf=str`` (``str`` of a ``str`` is
+    that very string), ``scrub_values(doc)`` with ``leaf=_scrubbed``. Raises ``_Irregular`` for
+    anything else: another type, a non-string key, a container met twice (shared or cyclic:
+    ``deepcopy`` keeps the sharing, and the in-place scrub sees it twice)."""
     t = type(doc)
-    if t is str or t in _ATOMS:
+    if t is str:
+        return leaf(doc)
+    if t in _ATOMS:
         return doc
     if (t is not dict and t is not list) or id(doc) in seen:
         raise _Irregular
     seen.add(id(doc))
+    # a leaf is copied here, without a call of this function for it (most values are leaves)
     if t is dict:
         _string_keys(doc)
-        return {k: v if type(v) is str or type(v) in _ATOMS else _plain_copy(v, seen) for k, v in doc.items()}
-    return [v if type(v) is str or type(v) in _ATOMS else _plain_copy(v, seen) for v in doc]
+        return {
+            k: leaf(v) if type(v) is str else v if type(v) in _ATOMS else _json_copy(v, seen, leaf)
+            for k, v in doc.items()
+        }
+    return [leaf(v) if type(v) is str else v if type(v) in _ATOMS else _json_copy(v, seen, leaf) for v in doc]
 
 
 def _scrub_pair(doc: Any) -> tuple[Any, Any, int]:
     """(``doc`` scrubbed in place as ``_scrub_values`` does, a copy of that scrubbed again as
-    ``scrub_values`` does, replacements of the first scrub), for ``_plain_copy``'s tree (plain
+    ``scrub_values`` does, replacements of the first scrub), for ``_json_copy``'s tree (plain
     JSON values, string keys, nothing shared). A string the first scrub left as it was is left
     so by the second (the same function of the same text): only a string it changed is
     scrubbed again."""
@@ -250,7 +281,7 @@ def audit_copy(doc: Any) -> Any:
     """``scrub_values(doc)`` (what the audit keeps of arguments no rule redacted), without a
     ``deepcopy`` when ``doc`` is a tree of plain JSON values (the arguments of a request)."""
     try:
-        return _scrubbed_copy(doc, set())
+        return _json_copy(doc, set(), _scrubbed)
     except (_Irregular, RecursionError):
         return scrub_values(doc)
 
@@ -262,7 +293,7 @@ def redact_with_audit(doc: Any, rules: Sequence[str]) -> tuple[Any, Any]:
     if not rules:
         return doc, audit_copy(doc)
     try:
-        out = _plain_copy(doc, set())
+        out = _json_copy(doc, set(), str)
         _redact_rules(out, rules)
         out, audit, _ = _scrub_pair(out)
     except (_Irregular, RecursionError):

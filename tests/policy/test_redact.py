@@ -11,9 +11,12 @@ from mcp.types import CallToolResult, EmbeddedResource, ImageContent, TextConten
 
 from gateway.audit.record import canonical_details
 from gateway.policy.redact import (
+    HITS_KEY_CHARS,
+    HITS_KEYS,
     REDACTED,
     audit_copy,
     cap_result,
+    compile_rules,
     redact,
     redact_result,
     redact_with_audit,
@@ -387,3 +390,41 @@ def test_a_tree_of_json_values_is_copied_without_deepcopy(monkeypatch: pytest.Mo
     for rules, expected in pairs.items():
         assert [redact_with_audit(doc, list(rules)) for doc in DOCS] == expected
     assert [audit_copy(doc) for doc in DOCS] == audits
+
+
+# --- rule lists compiled once (compile_rules), and the keys each one has met
+
+
+def test_a_rule_list_is_compiled_once_in_its_order() -> None:
+    rules = ("/b/0", "Api-Key", "/a~1b", "--", "/", "token")
+    compiled = compile_rules(rules)
+    assert compile_rules(tuple(rules)) is compiled
+    assert compiled.keys == (("api", "key"), ("token",))  # a rule without words names no key
+    assert compiled.pointers == (("b", "0"), ("a/b",))  # the bare "/" is not a rule
+
+
+def test_a_remembered_key_gives_the_same_answer_and_only_for_its_own_rules() -> None:
+    """Attack: a key remembered as matching one rule list was redacted under another (or a key
+    remembered as clean went through in clear when met again)."""
+    doc = {"token": "t", "password": "p", "note": "n"}
+    for _ in range(2):  # the second time every key is remembered
+        assert redact(doc, ["token"]) == ({**doc, "token": REDACTED}, 1)
+        assert redact(doc, ["password"]) == ({**doc, "password": REDACTED}, 1)
+        assert redact({"a": [{"token": "x"}]}, ["token"])[0] == {"a": [{"token": REDACTED}]}
+    compiled = compile_rules(("token",))
+    assert compiled.hits["token"] is True and compiled.hits["password"] is False
+
+
+def test_the_keys_remembered_are_bounded_in_number_and_length() -> None:
+    compiled = compile_rules(("secret_bound",))
+    compiled.hits.clear()
+    long_key = "k" * HITS_KEY_CHARS
+    redact({long_key: 1, long_key + "x": 2, "x" * HITS_KEY_CHARS + "_secret_bound": 3}, ["secret_bound"])
+    assert set(compiled.hits) == {long_key}  # the longer ones are matched every time, not kept
+    assert redact({"y" * HITS_KEY_CHARS + "_secret_bound": 3}, ["secret_bound"])[1] == 1
+    compiled.hits.clear()
+    for i in range(HITS_KEYS):
+        redact({f"k{i}": 1}, ["secret_bound"])
+    assert len(compiled.hits) == HITS_KEYS
+    redact({"one_more": 1, "secret_bound": 2}, ["secret_bound"])
+    assert compiled.hits == {"one_more": False, "secret_bound": True}  # full: forgotten, then kept

@@ -17,6 +17,7 @@ from gateway.errors import UnknownTool
 from gateway.policy.engine import PolicyEngine
 from gateway.screen.screener import Screening
 from gateway.steps.policy import listed
+from gateway.visibility import SeenTools
 
 
 class ResolveTool:
@@ -31,6 +32,7 @@ class ResolveTool:
         # catalogue entry -> the same tool as asked about for visibility (see _sees); by
         # identity: a rebuilt or drifted entry is a new ToolInfo, so it gets its own probe
         self._probes: dict[int, tuple[ToolInfo, ToolInfo]] = {}
+        self._seen = SeenTools(policy)  # who was let see which entry, under which policy
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         if call.kind == "tools/call" and call.tool is None:
@@ -50,9 +52,17 @@ class ResolveTool:
         # learns that it exists. Asked with what tools/list is asked with (the calling agent; no
         # counters: volume applies to calls), so a repeated call finds this decision in the
         # engine's cache instead of evaluating it again.
-        return await listed(
+        # A caller asking again about the same entry under the same policy gets the answer it
+        # got (SeenTools: its key covers the whole listing input).
+        seen, token = self._seen.recall(call, info)
+        if seen:
+            return True
+        allowed = await listed(
             self._policy, call.principal, self._probe(info), agent=call.agent, session_id=call.session_id
         )
+        if allowed and token is not None:
+            self._seen.keep(token)
+        return allowed
 
     def _probe(self, info: ToolInfo) -> ToolInfo:
         hit = self._probes.get(id(info))

@@ -14,6 +14,7 @@ from gateway.policy.redact import (
     HITS_KEY_CHARS,
     HITS_KEYS,
     REDACTED,
+    _words,
     audit_copy,
     cap_result,
     compile_rules,
@@ -23,6 +24,14 @@ from gateway.policy.redact import (
     result_size,
     scrub_values,
 )
+
+
+@pytest.fixture(autouse=True)
+def _compiled_afresh() -> None:
+    """Each test compiles its rule lists and splits its keys anew: what an earlier test left in
+    the caches (compiled lists, keys remembered, words) must not answer for this one."""
+    compile_rules.cache_clear()
+    _words.cache_clear()
 
 
 def test_key_names_at_any_depth_case_insensitive() -> None:

@@ -10,7 +10,9 @@ Routes:
 Middleware, outermost first: access log → Host/Origin guard (DNS rebinding, for every
 route) → body deadline (slow bodies get 408) → request body limit → authentication (for
 ``/mcp`` and ``/api``) → per-principal session quota → connection limit
-(``mcp.max_concurrent_connections`` open requests to ``/mcp``; ``gateway.server.limits``).
+(``mcp.max_concurrent_connections`` open requests to ``/mcp``; ``gateway.server.limits``),
+built as one layer (``gateway.server.httpfront``: a POST to ``/mcp`` naming its session runs
+the same checks in one frame).
 Slow headers are cut off by the uvicorn protocol (``gateway.server.sessions.http_protocol``).
 """
 
@@ -31,7 +33,7 @@ from typing import Any
 import anyio
 from mcp.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.transport_security import RequestBodyLimitMiddleware, TransportSecuritySettings
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -48,20 +50,12 @@ from gateway.runtime.status import components
 from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
 from gateway.server.auth import Authenticator
 from gateway.server.front import build_server
+from gateway.server.httpfront import HttpFront, McpEndpoint
 from gateway.server.httplane import HttpLane
-from gateway.server.limits import ConnectionLimit
-from gateway.server.middleware import (
-    PRM_PATH,
-    AccessLog,
-    AuthGate,
-    HostGuard,
-    SessionScope,
-    access_token,
-    base_url,
-)
+from gateway.server.middleware import PRM_PATH, SessionScope, base_url
 from gateway.server.principals import http_session_key
 from gateway.server.resume import BoundedEventStore
-from gateway.server.sessions import BodyDeadline, SessionQuota, http_protocol, sweep_revoked
+from gateway.server.sessions import http_protocol, sweep_revoked
 
 _logger = logging.getLogger("symbi.http")
 
@@ -168,9 +162,10 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     metrics.track_runtime(lambda: state.gateway.runtime if state.gateway is not None else None)
 
     mcp_route, lane = _mcp_route(config, server, manager, state)
+    operations = _operations_routes(state, metrics)
     app = Starlette(
         routes=[
-            *_front_routes(config.http.path, mcp_route, _operations_routes(state, metrics)),
+            *_front_routes(config.http.path, mcp_route, operations),
             Mount("/api", routes=admin_routes(state)),
             *dashboard_routes(state),
         ],
@@ -181,7 +176,11 @@ def build_app(config: Config, *, gateway_holder: list[Gateway] | None = None) ->
     app.state.agent_socket = agent_socket
     app.state.http_lane = lane if config.mcp.http_fast_lane else None  # the lane that serves calls
     state.lane = lane
-    _add_middleware(app, state, manager, settings)
+    # the MCP route's POSTs of a session skip the chain's wrappers, not its checks (httpfront);
+    # an operations route that has the MCP path keeps it, and every request takes the chain
+    shadowed = any(r.path == config.http.path for r in operations)
+    mcp = None if shadowed else McpEndpoint(mcp_route, lane, app.router)
+    app.add_middleware(HttpFront, state=state, manager=manager, settings=settings, mcp=mcp)
     return app
 
 
@@ -203,7 +202,7 @@ def _session_manager(
 
 def _mcp_route(
     config: Config, server: Server[Gateway], manager: StreamableHTTPSessionManager, state: HttpState
-) -> tuple[Route, HttpLane | None]:
+) -> tuple[Route, HttpLane]:
     """The MCP endpoint's route, behind the HTTP fast lane (plain tools/call answered by the
     gateway when ``mcp.http_fast_lane`` is on; the rest goes on to the SDK's endpoint). With the
     lane off the wrapper stays, for its refusal of a request whose id is in flight."""
@@ -298,34 +297,6 @@ def _operations_routes(state: HttpState, metrics: GatewayMetrics) -> list[Route]
         Route(PRM_PATH, resource_metadata, methods=["GET"]),
         Route(PRM_PATH + state.config.http.path, resource_metadata, methods=["GET"]),
     ]
-
-
-def _add_middleware(
-    app: Starlette,
-    state: HttpState,
-    manager: StreamableHTTPSessionManager,
-    settings: TransportSecuritySettings,
-) -> None:
-    config = state.config
-    # add_middleware wraps outermost last: this order gives access log → host → body deadline →
-    # body limit → auth → per-principal session quota → connection limit (only authenticated
-    # MCP connections within their principal's quota take a slot).
-    app.add_middleware(ConnectionLimit, path=config.http.path, limit=config.mcp.max_concurrent_connections)
-    app.add_middleware(
-        SessionQuota,
-        manager=manager,
-        limit=config.http.max_sessions_per_principal,
-        client_id=lambda p: access_token(p).client_id,
-        path=config.http.path,
-    )
-    app.add_middleware(AuthGate, state=state)
-    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=config.http.max_request_bytes)
-    # outside the limit (which buffers the body itself): the deadline covers the whole read
-    app.add_middleware(
-        BodyDeadline, timeout=config.http.body_timeout_s, max_bytes=config.http.max_request_bytes
-    )
-    app.add_middleware(HostGuard, settings=settings)
-    app.add_middleware(AccessLog, state=state)
 
 
 def open_agent_socket() -> socket.socket:

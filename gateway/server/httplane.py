@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import anyio
@@ -147,14 +147,43 @@ class HttpLane:
             if scope["type"] == "http" and scope["method"] == "DELETE":
                 self._ended()
             return
+        session = self._established(scope)
+        if session is None:
+            await self.app(scope, receive, send)
+            return
+        body, more = await _read_body(receive)
+        await self._post(scope, body, more, receive, send, *session)
+
+    def post(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> Awaitable[None]:
+        """A POST whose whole body the caller has read already (``gateway.server.httpfront``);
+        a plain function: no frame of its own that every resumption of the call passes."""
+        session = self._established(scope)
+        if session is None:
+            return self.app(scope, _replaying(body, False, receive), send)
+        return self._post(scope, body, False, receive, send, *session)
+
+    def _established(self, scope: Scope) -> tuple[str, Connection] | None:
+        """The session of a POST the lane may take: one whose ``initialize`` it saw, in a
+        handshake-era protocol version; None: the SDK's request."""
         headers = scope_headers(scope)
         sid = headers.get("mcp-session-id")
         conn = self._connections.get(sid) if sid is not None else None
         pv = headers.get("mcp-protocol-version")
         if sid is None or conn is None or (pv is not None and pv not in HANDSHAKE_PROTOCOL_VERSIONS):
-            await self.app(scope, receive, send)
-            return
-        body, more = await _read_body(receive)
+            return None
+        return sid, conn
+
+    async def _post(
+        self,
+        scope: Scope,
+        body: bytes,
+        more: bool | None,
+        receive: Receive,
+        send: Send,
+        sid: str,
+        conn: Connection,
+    ) -> None:
+        """A POST of an established session: served here, or by the SDK with its body replayed."""
         replay = _replaying(body, more, receive)
         held = more is not None and await self._serve(scope, replay, receive, send, sid, conn, body)
         if held is True:

@@ -39,20 +39,24 @@ class ConnectionLimit:
             await self.app(scope, receive, send)
             return
         if self.open >= self.limit:
-            err = TooManyConnections(
-                f"too many concurrent MCP connections: {self.limit} open "
-                f"(mcp.max_concurrent_connections = {self.limit}); retry shortly"
-            )
-            _logger.warning("%s", err.message)
-            body = {
-                "jsonrpc": "2.0",
-                "id": None,
-                "error": {"code": -32000, "message": err.message, "data": {"code": err.code}},
-            }
-            await JSONResponse(body, status_code=503, headers={"Retry-After": "1"})(scope, receive, send)
+            await self.refuse(scope, receive, send)
             return
         self.open += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.open -= 1
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The answer beyond the limit: 503, ``Retry-After`` and a typed JSON-RPC error."""
+        err = TooManyConnections(
+            f"too many concurrent MCP connections: {self.limit} open "
+            f"(mcp.max_concurrent_connections = {self.limit}); retry shortly"
+        )
+        _logger.warning("%s", err.message)
+        body = {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {"code": -32000, "message": err.message, "data": {"code": err.code}},
+        }
+        await JSONResponse(body, status_code=503, headers={"Retry-After": "1"})(scope, receive, send)

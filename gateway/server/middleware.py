@@ -87,34 +87,38 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            ms = (time.perf_counter() - start) * 1000.0
-            key = (self._route(scope["path"]), status[0])
-            counter = self._counters.get(key)
-            if counter is None:  # a few route groups x statuses: looked up once, not per request
-                counter = self._counters[key] = self.state.metrics.http_requests.labels(key[0], str(key[1]))
-            counter.inc()
-            if self.enabled:
-                p = scope.get("symbi.principal")
-                client = scope.get("client")
-                _access.info(
-                    "%s %s %d %.1fms",
-                    scope["method"],
-                    scope["path"],
-                    status[0],
-                    ms,
-                    extra={
-                        "fields": {
-                            "event": "http.request",
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "status": status[0],
-                            "ms": round(ms, 3),
-                            "principal": p.id if isinstance(p, Principal) else None,
-                            "client": f"{client[0]}:{client[1]}" if client else None,
-                            "session": scope_headers(scope).get("mcp-session-id"),
-                        }
-                    },
-                )
+            self.record(scope, status[0], start)
+
+    def record(self, scope: Scope, status: int, start: float) -> None:
+        """Count the request (and log it, when the access log is on): its route group and status."""
+        ms = (time.perf_counter() - start) * 1000.0
+        key = (self._route(scope["path"]), status)
+        counter = self._counters.get(key)
+        if counter is None:  # a few route groups x statuses: looked up once, not per request
+            counter = self._counters[key] = self.state.metrics.http_requests.labels(key[0], str(key[1]))
+        counter.inc()
+        if self.enabled:
+            p = scope.get("symbi.principal")
+            client = scope.get("client")
+            _access.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                ms,
+                extra={
+                    "fields": {
+                        "event": "http.request",
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "ms": round(ms, 3),
+                        "principal": p.id if isinstance(p, Principal) else None,
+                        "client": f"{client[0]}:{client[1]}" if client else None,
+                        "session": scope_headers(scope).get("mcp-session-id"),
+                    }
+                },
+            )
 
 
 class SessionScope:
@@ -138,10 +142,8 @@ class SessionScope:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        principal = scope.get("symbi.principal")
         sid = scope_headers(scope).get("mcp-session-id")
-        # the qualified principal: a JWT sub=alice never resumes the API key alice's streams
-        owner = StreamOwner(principal.qualified if isinstance(principal, Principal) else "", sid)
+        owner = stream_owner(scope, sid)
         status = [0]
 
         async def send_wrapper(message: Message) -> None:
@@ -163,6 +165,13 @@ class SessionScope:
             gw.runtime.close_session(http_session_key(sid), "shutdown: the client closed its session")
 
 
+def stream_owner(scope: Scope, sid: str | None) -> StreamOwner:
+    """Whose stream a request of session ``sid`` is (``STREAM_OWNER``), by its principal: the
+    qualified one, so a JWT sub=alice never resumes the API key alice's streams."""
+    principal = scope.get("symbi.principal")
+    return StreamOwner(principal.qualified if isinstance(principal, Principal) else "", sid)
+
+
 class HostGuard:
     """DNS-rebinding protection for every route: Host must be ours; so must Origin if sent."""
 
@@ -173,16 +182,20 @@ class HostGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = scope_headers(scope)
-            host = headers.get("host", "")
-            if not _allowed(host, self.hosts):
-                await Response("Invalid Host header", status_code=421)(scope, receive, send)
-                return
-            origin = headers.get("origin")
-            if origin is not None and not _allowed(origin, self.origins):
-                await Response("Invalid Origin header", status_code=403)(scope, receive, send)
+            refusal = self.refusal(scope_headers(scope))
+            if refusal is not None:
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def refusal(self, headers: dict[str, str]) -> Response | None:
+        """The answer to a request whose Host (or Origin, if sent) is not ours; None: it passes."""
+        if not _allowed(headers.get("host", ""), self.hosts):
+            return Response("Invalid Host header", status_code=421)
+        origin = headers.get("origin")
+        if origin is not None and not _allowed(origin, self.origins):
+            return Response("Invalid Origin header", status_code=403)
+        return None
 
 
 class AuthGate:
@@ -209,6 +222,12 @@ class AuthGate:
         if area is None:
             await self.app(scope, receive, send)
             return
+        if await self.admit(scope, receive, send, area):
+            await self.app(scope, receive, send)
+
+    async def admit(self, scope: Scope, receive: Receive, send: Send, area: str) -> bool:
+        """Authenticate a request of ``area`` ("mcp" or "api"): True with its principal in the
+        scope, or False with the refusal sent (401, 403, 503)."""
         headers = scope_headers(scope)
         auth = self.state.auth
         try:
@@ -221,30 +240,30 @@ class AuthGate:
                 principal = auth.authenticate(headers)
         except NoCredentials:
             await self._challenge(scope, receive, send, None)
-            return
+            return False
         except AuthFailed as e:
             await self._challenge(scope, receive, send, e)
-            return
+            return False
         except StateUnavailable as e:  # the shared key store is down: refused, and said so
             await JSONResponse(
                 {"error": "unavailable", "code": e.code, "reasons": e.reasons},
                 status_code=503,
                 headers={"Retry-After": "1"},
             )(scope, receive, send)
-            return
+            return False
         except Exception:
             _logger.exception("authentication failed unexpectedly")
             await self._challenge(scope, receive, send, AuthFailed("authentication error"))
-            return
+            return False
         if area == "api" and not is_admin(principal):
             await JSONResponse(
                 {"error": "forbidden", "reason": "the admin role is required"}, status_code=403
             )(scope, receive, send)
-            return
+            return False
         scope["symbi.principal"] = principal
         if principal.kind != "anonymous":
             scope["user"] = AuthenticatedUser(access_token(principal))
-        await self.app(scope, receive, send)
+        return True
 
     async def _challenge(self, scope: Scope, receive: Receive, send: Send, err: AuthFailed | None) -> None:
         url = f"{base_url(scope)}{PRM_PATH}"

@@ -184,6 +184,23 @@ class BodyDeadline:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
+        body = await self.read(scope, receive, send)
+        if body is None:
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None: the client left (nothing sent), or it was too large (413)
+        or too slow (408), answered here."""
         chunks: list[bytes] = []
         size = 0
         try:
@@ -193,14 +210,14 @@ class BodyDeadline:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        return
+                        return None
                     body = message.get("body", b"")
                     size += len(body)
                     if size > self.max_bytes:
                         await Response(
                             "request body too large", status_code=413, headers={"connection": "close"}
                         )(scope, receive, send)
-                        return
+                        return None
                     chunks.append(body)
                     if not message.get("more_body", False):
                         break
@@ -209,17 +226,8 @@ class BodyDeadline:
             await Response(
                 "request body not received in time", status_code=408, headers={"connection": "close"}
             )(scope, receive, send)
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+            return None
+        return b"".join(chunks)
 
 
 class HeaderDeadlineHttpTools(HttpToolsProtocol):

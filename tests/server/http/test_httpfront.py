@@ -127,7 +127,9 @@ def test_a_session_post_beyond_the_connection_limit_is_refused(tmp_path: Path) -
         }
         held: list[int] = []
         thread = threading.Thread(
-            target=lambda: held.append(httpx.post(run.mcp, json=long_call, headers=bob, timeout=60).status_code)
+            target=lambda: held.append(
+                httpx.post(run.mcp, json=long_call, headers=bob, timeout=60).status_code
+            )
         )
         thread.start()
         try:

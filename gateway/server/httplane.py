@@ -70,6 +70,8 @@ _logger = logging.getLogger("symbi.server.httplane")
 
 _JSON_TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=False)  # what the SDK stamps in JSON mode
 _CONTENT_TYPE_JSON = "application/json"
+_ADMIT_HEADERS = ("accept", "content-type", "host", "origin")  # all the transport's POST tests read
+_ADMITS_KEPT = 256  # distinct passing combinations remembered (clients send the same few)
 
 
 class JsonLaneDispatch(LaneDispatch):
@@ -121,6 +123,7 @@ class HttpLane:
         self._in_flight: dict[tuple[str, types.RequestId], tuple[anyio.CancelScope, LaneDispatch]] = {}
         # the requests of known sessions the SDK serves, while their POST runs
         self._sdk_posts: set[tuple[str, types.RequestId]] = set()
+        self._admits: set[tuple[bool | str | None, ...]] = set()  # header values that passed (_admitted)
         self.taken = 0  # calls served by the lane (tests, bench)
 
     async def capture(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
@@ -215,12 +218,7 @@ class HttpLane:
             return False
         request = Request(scope, replay)
         json_mode = transport.is_json_response_enabled
-        has_json, has_sse = check_accept_headers(request)
-        if (
-            not (has_json and (json_mode or has_sse))  # the transport's Accept test of its mode
-            or not _json_content(scope_headers(scope))
-            or not await transport_admits(transport, request)
-        ):
+        if not await self._admitted(transport, json_mode, request):
             return False  # the SDK's refusal, from the SDK
         if b"notifications/cancelled" in body:
             self._cancelled(sid, body)  # and the SDK gets it too
@@ -241,6 +239,28 @@ class HttpLane:
             self._sdk_posts.add(key)
             return key
         return await self._take(key, call, transport, request, conn, json_mode, send, receive)
+
+    async def _admitted(self, transport: Any, json_mode: bool, request: Request) -> bool:
+        """The transport's own tests of a POST: Accept for its reply mode, Content-Type, Host,
+        Origin. They read only those four headers, with the same settings in every session of
+        the manager (it makes each transport with its ``security_settings`` and reply mode), so
+        a combination that passed once passes again without the SDK's parse; remembered only
+        when it passed (a refusal runs the SDK's checks every time, which log it), a bounded set."""
+        headers = scope_headers(request.scope)
+        key = (json_mode, *(headers.get(h) for h in _ADMIT_HEADERS))
+        if key in self._admits:
+            return True
+        has_json, has_sse = check_accept_headers(request)
+        if (
+            not (has_json and (json_mode or has_sse))  # the transport's Accept test of its mode
+            or not _json_content(headers)
+            or not await transport_admits(transport, request)
+        ):
+            return False
+        if len(self._admits) >= _ADMITS_KEPT:
+            self._admits.clear()
+        self._admits.add(key)
+        return True
 
     def _lane_call(
         self, conn: Connection, msg: Any

@@ -29,6 +29,7 @@ _access = logging.getLogger("symbi.access")
 
 PRM_PATH = "/.well-known/oauth-protected-resource"
 _HEADERS = "symbi.headers"  # the scope key of the parsed headers (scope_headers)
+_USERS_KEPT = 1024  # principals whose SDK user is kept (AuthGate._user)
 
 
 def scope_headers(scope: Scope) -> dict[str, str]:
@@ -209,6 +210,7 @@ class AuthGate:
         self.app = app
         self.state = state
         self.mcp_path = state.config.http.path
+        self._users: dict[tuple[Any, ...], AuthenticatedUser] = {}
 
     def _protected(self, path: str) -> str | None:
         if path == self.mcp_path:
@@ -262,8 +264,19 @@ class AuthGate:
             return False
         scope["symbi.principal"] = principal
         if principal.kind != "anonymous":
-            scope["user"] = AuthenticatedUser(access_token(principal))
+            scope["user"] = self._user(principal)
         return True
+
+    def _user(self, p: Principal) -> AuthenticatedUser:
+        """The SDK's user of this principal: made from exactly the fields ``access_token``
+        reads, so one made for equal fields is the same (the SDK only reads it); a bounded map."""
+        key = (p.source, p.claims.get("key_id") if p.source == "key" else None, p.id, p.roles, p.issuer)
+        user = self._users.get(key)
+        if user is None:
+            if len(self._users) >= _USERS_KEPT:
+                self._users.clear()
+            user = self._users[key] = AuthenticatedUser(access_token(p))
+        return user
 
     async def _challenge(self, scope: Scope, receive: Receive, send: Send, err: AuthFailed | None) -> None:
         url = f"{base_url(scope)}{PRM_PATH}"

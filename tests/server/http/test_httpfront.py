@@ -105,6 +105,16 @@ def test_every_check_refuses_a_session_post_as_the_chain_does(tmp_path: Path) ->
         r = client.post(run.mcp, json=_call(6), headers=bob)
         assert r.status_code == 200 and "Echo: hi" in r.text and '"id":6' in r.text
         assert front.taken == taken + 1 and lane.taken == served + 1
+        # the lane remembers header values that passed the SDK's own tests: other values of
+        # those headers, in the same session, still get the SDK's refusal, never the lane
+        for name, value, status in (
+            ("Accept", "application/json", 406),  # an SSE session needs both types accepted
+            ("Accept", "text/html", 406),
+            ("Content-Type", "text/plain", 400),
+            ("Content-Type", "application/jsonx", 415),
+        ):
+            r = client.post(run.mcp, content=call, headers={**bob, name: value})
+            assert r.status_code == status and lane.taken == served + 1, (name, value, r.text)
 
 
 def test_a_session_post_beyond_the_connection_limit_is_refused(tmp_path: Path) -> None:
@@ -122,7 +132,7 @@ def test_a_session_post_beyond_the_connection_limit_is_refused(tmp_path: Path) -
             "method": "tools/call",
             "params": {
                 "name": "everything__trigger-long-running-operation",
-                "arguments": {"duration": 4, "steps": 2},
+                "arguments": {"duration": 10, "steps": 2},
             },
         }
         held: list[int] = []

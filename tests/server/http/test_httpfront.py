@@ -124,7 +124,7 @@ def test_a_session_post_beyond_the_connection_limit_is_refused(tmp_path: Path) -
     keys = make_keys(cfg)
     with run_server(cfg) as run, httpx.Client(timeout=60) as client:
         front = _front(run)
-        bob = _session(client, run, keys.user)
+        alice = _session(client, run, keys.admin)  # the admin may call the long operation
         carol = _session(client, run, keys.other_user)
         long_call = {
             "jsonrpc": "2.0",
@@ -138,7 +138,7 @@ def test_a_session_post_beyond_the_connection_limit_is_refused(tmp_path: Path) -
         held: list[int] = []
         thread = threading.Thread(
             target=lambda: held.append(
-                httpx.post(run.mcp, json=long_call, headers=bob, timeout=60).status_code
+                httpx.post(run.mcp, json=long_call, headers=alice, timeout=60).status_code
             )
         )
         thread.start()

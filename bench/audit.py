@@ -211,7 +211,8 @@ def bench_verify_parallel(d: Path, repeats: int = VERIFY_REPEATS) -> dict[str, f
             res = verify_log(d / "a.db", keys, all_signatures=True, jobs=jobs).check()
         else:  # no jobs argument: a baseline tree older than it still runs this
             res = verify_log(d / "a.db", keys, all_signatures=True).check()
-        timed.append((res.events, time.perf_counter() - t, _cpu_all() - c, len(set(res.worker_pids)) or 1))
+        pids = getattr(res, "worker_pids", ())  # a baseline tree's result has none: one process
+        timed.append((res.events, time.perf_counter() - t, _cpu_all() - c, len(set(pids)) or 1))
     cpu = [c / n * 1e6 for n, _, c, _ in timed]
     return {
         "verify_parallel_jobs": jobs,

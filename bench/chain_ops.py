@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from bench._common import bench_policy_data, echo_caller, echo_gateway, loaded_gateway_tree, text_of
+from bench._common import bench_policy_data, echo_caller, echo_gateway, text_of
 from gateway.app import Gateway
 from gateway.logs import configure
 
@@ -72,6 +72,7 @@ def _sibling(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name(f"{name}.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -334,7 +335,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="symbi-chain-ops-") as d:
         out = anyio.run(run, args, Path(d))
-    out["gateway_code"] = loaded_gateway_tree()
+    # this checkout's helper: an older checkout's bench._common may not have it
+    out["gateway_code"] = _sibling("_common").loaded_gateway_tree()
     print(json.dumps(out, indent=2))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,3 +42,13 @@ def written_log(open_log: Callable[..., AuditLog], log_paths: tuple[Path, Path])
         log.flush()
     log.close()
     return log_paths[0], exported_public_keys(log_paths[1])
+
+
+def execute_sql(db: Path, *statements: tuple[str, tuple]) -> None:
+    """Change a log behind the gateway's back (the tamper tests): each (sql, params) in one
+    transaction."""
+    conn = sqlite3.connect(db)
+    with conn:
+        for sql, params in statements:
+            conn.execute(sql, params)
+    conn.close()

@@ -19,16 +19,9 @@ from gateway.audit import (
     verify_log,
 )
 from gateway.audit.record import canonical_details, chain_hash, key_id_of, record_bytes, sign_hash
+from tests.audit.conftest import execute_sql
 
 COLS = store.COLUMNS
-
-
-def _sql(db: Path, *statements: tuple[str, tuple]) -> None:
-    conn = sqlite3.connect(db)
-    with conn:
-        for sql, params in statements:
-            conn.execute(sql, params)
-    conn.close()
 
 
 def _row(db: Path, seq: int) -> tuple:
@@ -61,7 +54,7 @@ def test_intact_log_verifies(written_log, full: bool) -> None:
 @pytest.mark.parametrize("full", [True, False])
 def test_edited_detail_is_changed(written_log, full: bool) -> None:
     db, keys = written_log
-    _sql(db, ("UPDATE events SET details = ? WHERE seq = 5", ('{"n":5,"tool":"innocent"}',)))
+    execute_sql(db, ("UPDATE events SET details = ? WHERE seq = 5", ('{"n":5,"tool":"innocent"}',)))
     assert _problem(db, keys, full=full) == (5, "changed")
 
 
@@ -69,7 +62,7 @@ def test_edited_detail_is_changed(written_log, full: bool) -> None:
 def test_details_must_be_the_exact_signed_object_text(written_log, text: str) -> None:
     db, keys = written_log
     assert json.loads(_row(db, 5)[6]) == {"n": 5, "tool": "t5"}
-    _sql(db, ("UPDATE events SET details = ? WHERE seq = 5", (text,)))
+    execute_sql(db, ("UPDATE events SET details = ? WHERE seq = 5", (text,)))
     assert _problem(db, keys) == (5, "changed")
 
 
@@ -96,13 +89,13 @@ def test_edit_with_recomputed_hashes_still_fails_on_signature(written_log) -> No
 
 def test_deleted_event_is_removed(written_log) -> None:
     db, keys = written_log
-    _sql(db, ("DELETE FROM events WHERE seq = 5", ()))
+    execute_sql(db, ("DELETE FROM events WHERE seq = 5", ()))
     assert _problem(db, keys) == (5, "removed")
 
 
 def test_deleted_and_renumbered_is_removed(written_log) -> None:
     db, keys = written_log
-    _sql(
+    execute_sql(
         db,
         ("DELETE FROM events WHERE seq = 5", ()),
         ("UPDATE events SET seq = -(seq - 1) WHERE seq > 5", ()),
@@ -130,7 +123,7 @@ def test_inserted_forgery_signed_with_another_key(written_log) -> None:
         key_id=kid,
     )
     h = chain_hash(prev, canon)
-    _sql(
+    execute_sql(
         db,
         ("UPDATE events SET seq = -(seq + 1) WHERE seq >= 5", ()),
         ("UPDATE events SET seq = -seq WHERE seq < 0", ()),
@@ -148,7 +141,7 @@ def test_forgery_claiming_the_real_key_id(written_log) -> None:
     real_kid = _row(db, 3)[10]
     r = list(_row(db, 3))
     r[9] = sign_hash(forger, r[8])
-    _sql(db, ("UPDATE events SET signature = ? WHERE seq = 3", (r[9],)))
+    execute_sql(db, ("UPDATE events SET signature = ? WHERE seq = 3", (r[9],)))
     assert _problem(db, keys) == (3, "changed")
     assert real_kid in keys
 
@@ -160,20 +153,20 @@ def test_swapped_events_are_reordered(written_log) -> None:
         "UPDATE events SET id=?, ts_ns=?, principal=?, agent=?, type=?, details=?, prev_hash=?, chain_hash=?, "
         "signature=?, key_id=? WHERE seq=?"
     )
-    _sql(db, (upd, (*b[1:], 5)), (upd, (*a[1:], 6)))
+    execute_sql(db, (upd, (*b[1:], 5)), (upd, (*a[1:], 6)))
     assert _problem(db, keys) == (5, "reordered")
 
 
 def test_truncated_tail(written_log) -> None:
     db, keys = written_log
-    _sql(db, ("DELETE FROM events WHERE seq > 15", ()))
+    execute_sql(db, ("DELETE FROM events WHERE seq > 15", ()))
     assert _problem(db, keys) == (16, "truncated")
 
 
 def test_truncated_tail_with_anchor_row_deleted(written_log) -> None:
     db, keys = written_log
     store.checkpoint_path(db).unlink()
-    _sql(db, ("DELETE FROM events WHERE seq > 15", ()), ("DELETE FROM anchor", ()))
+    execute_sql(db, ("DELETE FROM events WHERE seq > 15", ()), ("DELETE FROM anchor", ()))
     assert _problem(db, keys) == (16, "truncated")
 
 
@@ -190,7 +183,7 @@ def test_truncation_with_a_replayed_old_anchor_is_caught_by_the_checkpoint_file(
     log.close()  # writes the checkpoint file for seq 20
     keys = exported_public_keys(key_path)
     # the attacker cuts the tail and puts back the genuine anchor they saved at seq 10
-    _sql(
+    execute_sql(
         db,
         ("DELETE FROM events WHERE seq > 10", ()),
         ("UPDATE anchor SET seq=?, chain_hash=?, ts_ns=?, key_id=?, signature=?", old_anchor),
@@ -213,7 +206,7 @@ def test_forged_anchor_is_rejected(written_log) -> None:
 
     head = _row(db, 20)[8]
     sig = base64.b64encode(forger.sign(anchor_message(25, head))).decode()
-    _sql(db, ("UPDATE anchor SET seq = 25, signature = ?", (sig,)))
+    execute_sql(db, ("UPDATE anchor SET seq = 25, signature = ?", (sig,)))
     assert _problem(db, keys) == (21, "anchor")  # first seq not covered by a valid anchor
 
 
@@ -368,7 +361,7 @@ def test_a_group_commit_signs_its_last_record_only(batched_log) -> None:
 def test_an_unsigned_record_edited_is_changed(batched_log, full: bool) -> None:
     db, keys = batched_log
     seq = next(s for s in range(1, 41) if not _row(db, s)[9])
-    _sql(db, ("UPDATE events SET details = ? WHERE seq = ?", ('{"n":0,"tool":"innocent"}', seq)))
+    execute_sql(db, ("UPDATE events SET details = ? WHERE seq = ?", ('{"n":0,"tool":"innocent"}', seq)))
     assert _problem(db, keys, full=full) == (seq, "changed")
 
 
@@ -441,13 +434,13 @@ def test_swapped_unsigned_records_are_reordered(batched_log, full: bool) -> None
         "UPDATE events SET id=?, ts_ns=?, principal=?, agent=?, type=?, details=?, prev_hash=?, chain_hash=?, "
         "signature=?, key_id=? WHERE seq=?"
     )
-    _sql(db, (upd, (*b[1:], 3)), (upd, (*a[1:], 4)))
+    execute_sql(db, (upd, (*b[1:], 3)), (upd, (*a[1:], 4)))
     assert _problem(db, keys, full=full) == (3, "reordered")
 
 
 def test_a_deleted_unsigned_record_is_removed(batched_log) -> None:
     db, keys = batched_log
-    _sql(db, ("DELETE FROM events WHERE seq = 3", ()))
+    execute_sql(db, ("DELETE FROM events WHERE seq = 3", ()))
     assert _problem(db, keys) == (3, "removed")
 
 

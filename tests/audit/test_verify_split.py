@@ -21,6 +21,7 @@ from gateway.audit.verify_split import (
     start_method,
 )
 from gateway.errors import ConfigError
+from tests.audit.conftest import execute_sql
 
 UPD = (
     "UPDATE events SET id=?, ts_ns=?, principal=?, agent=?, type=?, details=?, prev_hash=?, chain_hash=?, "
@@ -33,14 +34,6 @@ def _rows(db: Path) -> list[tuple]:
     rows = conn.execute(f"SELECT {store.COLUMNS} FROM events ORDER BY seq").fetchall()
     conn.close()
     return rows
-
-
-def _sql(db: Path, *statements: tuple[str, tuple]) -> None:
-    conn = sqlite3.connect(db)
-    with conn:
-        for sql, params in statements:
-            conn.execute(sql, params)
-    conn.close()
 
 
 def _emit(log: AuditLog, n: int) -> None:
@@ -111,17 +104,17 @@ def _edges(db: Path, jobs: int) -> list[int]:
 
 
 def _edit(db: Path, seq: int) -> None:
-    _sql(db, ("UPDATE events SET details = ? WHERE seq = ?", ('{"n":0,"tool":"innocent"}', seq)))
+    execute_sql(db, ("UPDATE events SET details = ? WHERE seq = ?", ('{"n":0,"tool":"innocent"}', seq)))
 
 
 def _delete(db: Path, seq: int) -> None:
-    _sql(db, ("DELETE FROM events WHERE seq = ?", (seq,)))
+    execute_sql(db, ("DELETE FROM events WHERE seq = ?", (seq,)))
 
 
 def _swap_with_next(db: Path, seq: int) -> None:
     rows = {r[0]: r for r in _rows(db)}
     if seq + 1 in rows:
-        _sql(db, (UPD, (*rows[seq + 1][1:], seq)), (UPD, (*rows[seq][1:], seq + 1)))
+        execute_sql(db, (UPD, (*rows[seq + 1][1:], seq)), (UPD, (*rows[seq][1:], seq + 1)))
 
 
 def _foreign_signature(db: Path, seq: int) -> None:
@@ -129,21 +122,21 @@ def _foreign_signature(db: Path, seq: int) -> None:
     rows = _rows(db)
     mine = rows[seq - 1]
     other = next(r for r in rows if r[9] and r[0] != seq and r[10] == mine[10])
-    _sql(db, ("UPDATE events SET signature = ? WHERE seq = ?", (other[9], seq)))
+    execute_sql(db, ("UPDATE events SET signature = ? WHERE seq = ?", (other[9], seq)))
 
 
 def _strip_signature(db: Path, seq: int) -> None:
-    _sql(db, ("UPDATE events SET signature = '' WHERE seq = ?", (seq,)))
+    execute_sql(db, ("UPDATE events SET signature = '' WHERE seq = ?", (seq,)))
 
 
 def _truncate_from(db: Path, seq: int) -> None:
-    _sql(db, ("DELETE FROM events WHERE seq >= ?", (seq,)))
+    execute_sql(db, ("DELETE FROM events WHERE seq >= ?", (seq,)))
 
 
 def _move_before_chain(db: Path, seq: int) -> None:
     """A genuine record copied to seq 0 (the first range also reads below itself)."""
     row = _rows(db)[seq - 1]
-    _sql(db, (f"INSERT INTO events ({store.COLUMNS}) VALUES ({','.join('?' * 11)})", (0, *row[1:])))
+    execute_sql(db, (f"INSERT INTO events ({store.COLUMNS}) VALUES ({','.join('?' * 11)})", (0, *row[1:])))
 
 
 TAMPERS: dict[str, Callable[[Path, int], None]] = {
@@ -185,7 +178,7 @@ def test_the_rotation_on_a_range_edge_hands_trust_to_the_next_range(log_copy) ->
     assert _same(db, keys, 2) is None
     # the record after the rotation signed on by the old key: not the trusted current key
     old = rows[rot - 1]
-    _sql(db, ("UPDATE events SET key_id = ? WHERE seq = ?", (old[10], rot + 1)))
+    execute_sql(db, ("UPDATE events SET key_id = ? WHERE seq = ?", (old[10], rot + 1)))
     assert _same(db, keys, 2) == (rot + 1, "changed")
 
 
@@ -208,7 +201,7 @@ def test_an_anchor_problem_is_the_same(log_copy) -> None:
     conn = sqlite3.connect(db)
     (seq,) = conn.execute("SELECT seq FROM anchor").fetchone()
     conn.close()
-    _sql(db, ("UPDATE anchor SET signature = ?", ("AAAA",)))
+    execute_sql(db, ("UPDATE anchor SET signature = ?", ("AAAA",)))
     assert _same(db, keys, 2) == (seq, "anchor")
 
 
@@ -287,7 +280,7 @@ def test_a_key_missing_from_the_keys_table_falls_back_to_one_process(log_copy) -
     that needs it fails and the serial walk (trusting it through the rotation) says intact."""
     db, keys, _ = log_copy
     (old,) = keys
-    _sql(db, ("DELETE FROM keys WHERE key_id != ?", (old,)))
+    execute_sql(db, ("DELETE FROM keys WHERE key_id != ?", (old,)))
     res = verify_log(db, keys, jobs=2).check()
     assert len(set(res.worker_pids)) == 2 and res.as_dict() == {
         **verify_log(db, keys, jobs=1).as_dict(),

@@ -4,7 +4,6 @@ as real subprocesses, and retention applied by a running gateway (``symbi mcp``)
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,21 +12,11 @@ import anyio
 import pytest
 
 from gateway.audit import AuditLog
+from tests.cli._audit import symbi
 from tests.conftest import ROOT, write_config
 from tests.server._clients import stdio_session
 
 MUTABLE = ROOT / "tests/peers/mutable_server.py"
-
-
-def symbi(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ scope watches only a DELETE's or an initialize's response (``SessionScope``).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import RequestBodyLimitMiddleware, TransportSecuritySettings
 from starlette.responses import Response
 from starlette.routing import Route, Router
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.server.httplane import HttpLane
 from gateway.server.limits import ConnectionLimit
@@ -112,29 +111,22 @@ class HttpFront:
         """The access log's part (the status read off the response, the request counted)
         around the checks."""
         self.taken += 1
-        start = time.perf_counter()
-        status = [0]
+        await self.log.logged(scope, send, lambda watched: self._serve(mcp, scope, receive, watched))
 
-        async def send_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
-
+    async def _serve(self, mcp: McpEndpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self._checked(scope, receive, send)
+        if body is None:
+            return
+        limit = self.limit  # the connection limit's slot, held while the endpoint runs
+        limit.open += 1
         try:
-            body = await self._checked(scope, receive, send_status)
-            if body is not None:
-                limit = self.limit  # the connection limit's slot, held while the endpoint runs
-                limit.open += 1
-                try:
-                    token = STREAM_OWNER.set(_routed(scope, mcp))
-                    try:
-                        await mcp.lane.post(scope, body, receive, send_status)
-                    finally:
-                        STREAM_OWNER.reset(token)
-                finally:
-                    limit.open -= 1
+            token = STREAM_OWNER.set(_routed(scope, mcp))
+            try:
+                await mcp.lane.post(scope, body, receive, send)
+            finally:
+                STREAM_OWNER.reset(token)
         finally:
-            self.log.record(scope, status[0], start)
+            limit.open -= 1
 
     async def _checked(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The chain's checks, in its order: the body (read once) when they pass and a slot is

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -77,6 +78,11 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.logged(scope, send, lambda watched: self.app(scope, receive, watched))
+
+    async def logged(self, scope: Scope, send: Send, run: Callable[[Send], Awaitable[None]]) -> None:
+        """Run ``run`` with a ``send`` that reads the response's status, then ``record`` it
+        (also ``gateway.server.httpfront``'s session POST, which runs the checks itself)."""
         start = time.perf_counter()
         status = [0]
 
@@ -86,7 +92,7 @@ class AccessLog:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await run(send_wrapper)
         finally:
             self.record(scope, status[0], start)
 

@@ -47,12 +47,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import collections
-import importlib.util
 import json
 import os
+import runpy
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -66,21 +67,14 @@ PRINCIPAL = "bench"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _sibling(name: str) -> ModuleType:
-    """The module ``name`` next to this file, loaded by its path: ``bench.*`` is imported from
-    the checkout ``PYTHONPATH`` names, whose bench/ may not have it."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+# this checkout's bench/_sibling.py by its path: an older checkout named by PYTHONPATH has none
+sibling: Callable[[str], ModuleType] = runpy.run_path(str(REPO / "bench" / "_sibling.py"))["sibling"]
 
 
 if TYPE_CHECKING:
     import bench._chain_ops_front as front_modes
 else:
-    front_modes = _sibling("_chain_ops_front")
+    front_modes = sibling("_chain_ops_front")
 
 
 def _owner(
@@ -336,7 +330,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="symbi-chain-ops-") as d:
         out = anyio.run(run, args, Path(d))
     # this checkout's helper: an older checkout's bench._common may not have it
-    out["gateway_code"] = _sibling("_common").loaded_gateway_tree()
+    out["gateway_code"] = sibling("_common").loaded_gateway_tree()
     print(json.dumps(out, indent=2))
 
 

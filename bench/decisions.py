@@ -32,15 +32,17 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import argparse
 import json
+import runpy
 import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from types import ModuleType
 from typing import Any
 
 import anyio
 
-from bench._common import bench_policy_data, echo_caller, echo_gateway, loaded_gateway_tree
+from bench._common import bench_policy_data, echo_caller, echo_gateway
 from gateway.app import Gateway
 from gateway.context import Decision
 from gateway.policy.engine import EmbeddedEngine
@@ -48,6 +50,8 @@ from gateway.policy.loader import PolicyBundle, PolicyFiles, load_checked
 
 PRINCIPAL = "bench"
 ROOT = Path(__file__).resolve().parent.parent
+# this checkout's bench/_sibling.py by its path: an older checkout named by PYTHONPATH has none
+sibling: Callable[[str], ModuleType] = runpy.run_path(str(ROOT / "bench" / "_sibling.py"))["sibling"]
 
 
 def counts(engine: EmbeddedEngine) -> tuple[int, int]:
@@ -216,7 +220,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="symbi-decisions-") as d:
         out = anyio.run(run, args, Path(d))
-    out["gateway_code"] = loaded_gateway_tree()
+    # this checkout's helper: an older checkout's bench._common may not have it
+    out["gateway_code"] = sibling("_common").loaded_gateway_tree()
     print(json.dumps(out, indent=2))
 
 

@@ -26,7 +26,12 @@ ratio survives the noise and an absolute number does not:
   per event far less: ``1e6 / cpu_us_per_event`` is what one idle core would do, which is how
   ``targets`` judges 50,000 appends/s (20 us per event) and 100,000 verified/s (10 us).
 * ``step``: a call through ``AuditStep`` around a trivial endpoint vs the endpoint alone,
-  sequential (one fsync per call) and with 64 calls in flight (group commit).
+  sequential (one fsync per call) and with 64 calls in flight (group commit; at least one
+  call each, so ``--calls`` under 64 still makes 64).
+
+Any size of 1 or more runs (``--events 10 --calls 1``): every rate counts at least one event or
+call over a wall time; a ratio over a CPU time per event (``*_per_cpu_s``,
+``cpu_signed_vs_unsigned_sqlite``) is ``null`` if that CPU time measured 0 over a tiny run.
 """
 
 from __future__ import annotations
@@ -84,6 +89,26 @@ def _details(i: int) -> dict[str, Any]:
 
 def _cpu_us(cpu0: float, n: int) -> float:
     return (time.process_time() - cpu0) / max(1, n) * 1e6
+
+
+def _ratio(num: float, den: float) -> float | None:
+    """``num / den``; ``None`` (null in the JSON) when the CPU time ``den`` measured 0: a tiny
+    run can be shorter than a CPU clock's step (rusage's, a VM's), and a missing ratio says so
+    where a made-up one would not."""
+    return num / den if den else None
+
+
+def _at_least(value: float | None, target: float) -> bool | None:
+    """Whether a rate meets its target; ``None`` when the rate could not be measured."""
+    return None if value is None else value >= target
+
+
+def _positive(text: str) -> int:
+    """An argparse count of 1 or more: nothing measured has no rate."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1")
+    return n
 
 
 def bench_append(d: Path, n: int) -> dict[str, float]:
@@ -299,13 +324,15 @@ def bench_step(d: Path, calls: int) -> dict[str, float]:
         return lat
 
     async def concurrent(handler: Any, width: int = 64) -> float:
+        each = max(1, calls // width)  # every caller in flight at least once
+
         async def worker() -> None:
-            for _ in range(calls // width):
+            for _ in range(each):
                 await handler(ctx())
 
         t = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(width)))
-        return (calls // width) * width / (time.perf_counter() - t)
+        return each * width / (time.perf_counter() - t)
 
     with_step = build_chain([AuditStep(log)], endpoint)
     bare = build_chain([], endpoint)
@@ -344,8 +371,8 @@ def bench_crypto(n: int = 5000) -> dict[str, float]:
 def targets(append: dict[str, float], verify: dict[str, float]) -> dict[str, Any]:
     """Issue 16's audit targets, on the wall clock now and per CPU-second (one idle core)."""
     per_cpu_s = {
-        "append": 1e6 / append["signed_emit_cpu_us_per_event"],
-        "verify_all_signatures": 1e6 / verify["verify_all_signatures_cpu_us_per_event"],
+        "append": _ratio(1e6, append["signed_emit_cpu_us_per_event"]),
+        "verify_all_signatures": _ratio(1e6, verify["verify_all_signatures_cpu_us_per_event"]),
     }
     return {
         "append_per_s": 50000,
@@ -354,8 +381,8 @@ def targets(append: dict[str, float], verify: dict[str, float]) -> dict[str, Any
         "verify_all_signatures_met": verify["verify_all_signatures_per_s"] >= 100000,
         "append_per_cpu_s": per_cpu_s["append"],
         "verify_all_signatures_per_cpu_s": per_cpu_s["verify_all_signatures"],
-        "append_met_per_cpu_s": per_cpu_s["append"] >= 50000,
-        "verify_all_signatures_met_per_cpu_s": per_cpu_s["verify_all_signatures"] >= 100000,
+        "append_met_per_cpu_s": _at_least(per_cpu_s["append"], 50000),
+        "verify_all_signatures_met_per_cpu_s": _at_least(per_cpu_s["verify_all_signatures"], 100000),
         "verify_parallel_jobs": verify["verify_parallel_jobs"],
         "verify_all_signatures_parallel_met": verify["verify_all_signatures_parallel_per_s"] >= 100000,
     }
@@ -407,11 +434,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=20000)
-    ap.add_argument("--calls", type=int, default=1024)
+    ap.add_argument("--events", type=_positive, default=20000)
+    ap.add_argument("--calls", type=_positive, default=1024)
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
     ap.add_argument("--baseline-tree", type=Path, default=None, help="a checkout to compare against")
-    ap.add_argument("--rounds", type=int, default=3, help="alternations with --baseline-tree")
+    ap.add_argument("--rounds", type=_positive, default=3, help="alternations with --baseline-tree")
     args = ap.parse_args()
     if args.baseline_tree is not None:
         res = compare(args)
@@ -444,7 +471,7 @@ def main() -> None:
             "baseline_unsigned_jsonl_cpu_us_per_event": base_jsonl_cpu,
             "signed_vs_unsigned_sqlite": append["signed_emit_per_s"] / base_sqlite,
             "signed_vs_unsigned_jsonl": append["signed_emit_per_s"] / base_jsonl,
-            "cpu_signed_vs_unsigned_sqlite": append["signed_emit_cpu_us_per_event"] / base_sqlite_cpu,
+            "cpu_signed_vs_unsigned_sqlite": _ratio(append["signed_emit_cpu_us_per_event"], base_sqlite_cpu),
         },
         "verify": {
             **verify,

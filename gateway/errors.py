@@ -236,6 +236,13 @@ class InvalidTransition(AgentError):
     code = "invalid_transition"
 
 
+class WorkerExited(GatewayError):
+    """``symbi serve --workers``: a worker or the front exited (or never got ready); the
+    supervisor stopped every other child."""
+
+    code = "worker_exited"
+
+
 class SchedulerBusy(GatewayError):
     code = "scheduler_busy"
 

@@ -19,7 +19,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
     s.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="port (default from config: 8080; 0 = any free)")
+    s.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="N gateway processes behind HAProxy on --host/--port (default 1: this process serves). "
+        "N > 1 needs [state] redis_url and postgres_url and [bus] secret (shared rate limits, keys, "
+        "pins, bus) and haproxy; each worker keeps its audit chain in <data_dir>/worker-<i>",
+    )
     s.set_defaults(func=_serve)
+
+
+def _workers(raw: str) -> int:
+    try:
+        n = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} workers: at least 1")
+    return n
 
 
 def _graceful_sigterm() -> None:
@@ -52,6 +71,13 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
     check_trusted_files(cfg)
     setup_logging(cfg.gateway.log_level, cfg.gateway.log_format)
+    if args.workers > 1:
+        from gateway.server.workers import run_workers
+
+        run_workers(
+            cfg, args.workers, config_path=args.config, environ=args.environ, host=args.host, port=args.port
+        )
+        return 0
     report(cfg)
     run_http(cfg, host=args.host, port=args.port)
     return 0

@@ -1,0 +1,317 @@
+"""``symbi serve --workers 2``: real worker processes behind a real HAProxy (the supervisor's
+child), on a real Redis and PostgreSQL.
+
+What N workers must keep from one process: a session made through the front stays on the
+worker that made it and every reply answers its own call, one rate limit holds across the
+workers together, every worker's audit chain verifies (``symbi audit verify --shared``), a
+config whose state would split is refused (exit 2), and stopping -- SIGTERM to the
+supervisor, or a worker that dies -- leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.server.workers import check_shared_state, haproxy_config, worker_data_dir
+from gateway.state.postgres import PgApiKeyStore, Postgres
+from tests.conftest import ROOT, SYMBI, free_port, symbi_env, upstream_writable, write_config
+from tests.state.conftest import postgres_engine, redis_engine  # noqa: F401 - the engines' fixtures
+from tests.state.engines import Postgres as PgEngine
+from tests.state.engines import Redis as RedisEngine
+from tests.state.engines import enterable
+from tests.state.test_replicas import _code, replica_toml, session
+
+pytestmark = [pytest.mark.anyio]
+LIMIT = 4
+SECRET = base64.b64encode(bytes(range(32))).decode()
+
+
+@dataclass
+class Front:
+    base: str  # HAProxy, the one address clients use
+    key: str  # an API key (principal "tester"), stored once in PostgreSQL
+    config: Path
+    proc: subprocess.Popen[bytes]  # the supervisor
+    record: Path  # the test upstream's calls, each with its process id
+
+
+def _config(folder: Path, redis: RedisEngine, pg: PgEngine) -> Path:
+    """A replica's config (tests/state/test_replicas.py) with the bus secret the workers share."""
+    data = json.loads((ROOT / "tests/assets/policy/test-data.json").read_text())
+    data["symbi_data"]["tool_rate_limits"] = {"mut__echo": LIMIT}
+    (folder / "data.json").write_text(json.dumps(data))
+    toml = replica_toml(folder / "data", ROOT / "policies.rego", folder / "data.json", redis, pg, folder)
+    path = write_config(folder, toml)
+    # replica_toml has its own [bus] table (enabled = false): the secret goes in it
+    path.write_text(path.read_text().replace("[bus]\n", f'[bus]\nsecret = "{SECRET}"\n', 1))
+    return path
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc: children of children too)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parents.items() if pp == p}
+        todo += list(kids - found)
+        found |= kids
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for p in pids:
+        with contextlib.suppress(OSError):
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                alive.add(p)
+    return alive
+
+
+def _worker_ports(config: Path) -> list[int]:
+    cfg = (load_config(config, {}).data_dir / "haproxy.cfg").read_text()
+    return [int(line.rsplit(":", 1)[1].split()[0]) for line in cfg.splitlines() if "server worker-" in line]
+
+
+@contextlib.contextmanager
+def supervisor(config: Path, n: int = 2) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    with open(config.parent / f"workers-{port}.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(SYMBI), "serve", "--config", str(config), "--port", str(port), "--workers", str(n)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=symbi_env(),
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180  # the bound of the wait, not an assertion on time
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"supervisor exited {proc.returncode}: {Path(log.name).read_text()[-3000:]}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"workers not ready: {Path(log.name).read_text()[-3000:]}")
+                time.sleep(0.2)
+            yield base, proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _api_key(pg: PgEngine) -> str:
+    keys = PgApiKeyStore(Postgres(pg.url, timeout_s=2).open(), owns=True)
+    key, _ = keys.create("tester", ("tester",))
+    keys.close()
+    return key
+
+
+@pytest.fixture(scope="module")
+def front(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_engine: RedisEngine,  # noqa: F811 - the imported fixture
+    postgres_engine: PgEngine,  # noqa: F811
+) -> Iterator[Front]:
+    folder = tmp_path_factory.mktemp("workers")
+    enterable(folder)  # the upstream runs as the unprivileged upstream user in the config's folder
+    config = _config(folder, redis_engine, postgres_engine)
+    key = _api_key(postgres_engine)
+    with supervisor(config) as (base, proc):
+        yield Front(base, key, config, proc, upstream_writable(folder) / "calls.jsonl")
+
+
+# -- refusals: before anything starts -------------------------------------------------------
+
+
+def _plain(tmp_path: Path, body: str) -> Path:
+    return write_config(tmp_path, f"[sandbox]\ncode_tools = false\n[context]\nenabled = false\n{body}")
+
+
+STATE = '[state]\nredis_url = "redis://127.0.0.1:1/0"\npostgres_url = "postgresql://x@127.0.0.1:1/x"\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("", "redis_url"),
+        ('[state]\nredis_url = "redis://127.0.0.1:1/0"\n', "postgres_url"),
+        (STATE, r"\[bus\] secret"),
+        (STATE + f'[bus]\nsecret = "{SECRET}"\n[audit]\npath = "/tmp/one-chain.db"\n', "audit.path"),
+        (STATE + f'[bus]\nsecret = "{SECRET}"\n[audit]\nkey_path = "/tmp/one-key.pem"\n', "audit.key_path"),
+    ],
+)
+def test_state_that_would_split_is_refused(tmp_path: Path, body: str, key: str) -> None:
+    config = _plain(tmp_path, body)
+    with pytest.raises(ConfigError, match=key):
+        check_shared_state(load_config(config, {}))
+    assert main(["serve", "--config", str(config), "--workers", "2", "--port", str(free_port())]) == 2
+    assert not worker_data_dir(tmp_path / "data", 0).exists()  # nothing started
+
+
+def test_shared_state_is_accepted(tmp_path: Path) -> None:
+    check_shared_state(load_config(_plain(tmp_path, STATE + f'[bus]\nsecret = "{SECRET}"\n'), {}))
+
+
+def test_no_haproxy_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no haproxy on it
+    config = _plain(tmp_path, STATE + f'[bus]\nsecret = "{SECRET}"\n')
+    assert main(["serve", "--config", str(config), "--workers", "2", "--port", str(free_port())]) == 2
+    assert not worker_data_dir(tmp_path / "data", 0).exists()
+
+
+@pytest.mark.parametrize("n", ["0", "-1", "two", "1.5"])
+def test_a_worker_count_below_one_or_not_whole_is_a_usage_error(n: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--workers", n])
+    assert exit_.value.code == 2
+
+
+def test_the_front_keeps_a_session_on_the_worker_that_made_it() -> None:
+    cfg = haproxy_config("127.0.0.1", 8080, [4001, 4002], drop_to=None)
+    assert "stick match req.hdr(mcp-session-id)" in cfg
+    assert "stick store-response res.hdr(mcp-session-id)" in cfg
+    assert "bind 127.0.0.1:8080" in cfg and "127.0.0.1:4001" in cfg and "127.0.0.1:4002" in cfg
+    assert "bind ipv6@::1:8080" in haproxy_config("::1", 8080, [1], drop_to=None)
+
+
+# -- two workers behind the front -----------------------------------------------------------
+
+
+def _calls(record: Path) -> dict[str, int]:
+    """path -> the process id of the upstream (one per worker) that served that call."""
+    out = {}
+    for line in record.read_text().splitlines():
+        doc = json.loads(line)
+        if doc["tool"] == "read_path":
+            out[doc["arguments"]["path"]] = doc["pid"]
+    return out
+
+
+@pytest.mark.slow
+async def test_sessions_stay_on_their_worker_and_every_reply_matches_its_call(front: Front) -> None:
+    wrong: list[tuple[str, str | None]] = []
+    paths: dict[int, list[str]] = {}
+
+    async def client(s_no: int) -> None:
+        async with session(front.base, front.key) as s:
+            for i in range(6):
+                path = f"/tmp/w-{s_no}-{i}"
+                paths.setdefault(s_no, []).append(path)
+                r = await s.call_tool("mut__read_path", {"path": path})
+                text = r.content[0].text if r.content else None  # type: ignore[union-attr]
+                if r.is_error or text != f"read {path}":
+                    wrong.append((path, text))
+
+    async with anyio.create_task_group() as tg:
+        for s_no in range(6):
+            tg.start_soon(client, s_no)
+    assert wrong == []
+    served = _calls(front.record)
+    per_session = [{served[p] for p in ps} for ps in paths.values()]
+    assert all(len(pids) == 1 for pids in per_session)  # each session on one worker's upstream
+    assert len(set().union(*per_session)) == 2  # and the sessions over both workers
+
+
+@pytest.mark.slow
+async def test_one_rate_limit_across_the_workers(front: Front) -> None:
+    outcomes = []
+    for i in range(3 * LIMIT):  # a fresh session each time: round robin over the workers
+        async with session(front.base, front.key) as s:
+            outcomes.append(_code(await s.call_tool("mut__echo", {"message": f"m{i}"})))
+    assert outcomes.count(None) == LIMIT
+    assert outcomes[LIMIT:] == ["rate_limited"] * (2 * LIMIT)
+    served = {json.loads(line)["pid"] for line in front.record.read_text().splitlines() if '"echo"' in line}
+    assert len(served) == 2  # both workers admitted some of the LIMIT
+
+
+@pytest.mark.slow
+def test_every_workers_audit_chain_verifies_shared(front: Front) -> None:
+    deadline = time.monotonic() + 30  # the bound of the wait (shipping), not a timing assertion
+    while True:
+        r = subprocess.run(
+            [str(SYMBI), "audit", "verify", "--config", str(front.config), "--shared", "--json"],
+            env=symbi_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        chains = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+        if (r.returncode == 0 and len(chains) == 2) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len({c["replica"] for c in chains}) == 2 and all(c["ok"] and c["events"] > 0 for c in chains)
+    data = load_config(front.config, {}).data_dir
+    for i in range(2):  # each worker's own chain, in its own private folder
+        assert (worker_data_dir(data, i) / "audit.db").exists()
+        assert os.stat(worker_data_dir(data, i)).st_mode & 0o077 == 0
+    assert os.stat(data).st_mode & 0o077 == 0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_everything(front: Front) -> None:
+    # last in the module: it ends the front
+    everyone = _descendants(front.proc.pid)
+    ports = _worker_ports(front.config)
+    worker = next(
+        p
+        for p in everyone
+        if f"--port\0{ports[1]}\0".encode() in Path(f"/proc/{p}/cmdline").read_bytes()
+        and b"gateway\0serve" in Path(f"/proc/{p}/cmdline").read_bytes()
+    )
+    os.kill(worker, signal.SIGKILL)
+    assert front.proc.wait(60) != 0
+    deadline = time.monotonic() + 30  # the bound of the wait for the kernel to reap, not timing
+    while _alive(everyone) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(everyone) == set()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_supervisor_leaves_no_process(
+    tmp_path: Path,
+    redis_engine: RedisEngine,  # noqa: F811
+    postgres_engine: PgEngine,  # noqa: F811
+) -> None:
+    enterable(tmp_path)
+    config = _config(tmp_path, redis_engine, postgres_engine)
+    with supervisor(config) as (_, proc):
+        everyone = _descendants(proc.pid)
+        assert len(everyone) >= 3  # two workers and HAProxy (and the workers' upstreams)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    deadline = time.monotonic() + 30  # the bound of the wait for the kernel to reap, not timing
+    while _alive(everyone) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(everyone) == set()

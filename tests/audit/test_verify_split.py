@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit import AuditLog, exported_public_keys, store, verify_log
 from gateway.audit.record import ROTATION_EVENT
@@ -231,6 +232,43 @@ def test_a_log_being_written_is_read_up_to_the_head_taken_at_the_start(tmp_path:
     for res in seen:
         assert res.ok and len(set(res.worker_pids)) == 2 and res.events == res.last_seq >= 200
     assert verify_log(tmp_path / "w.db", keys, jobs=2).check().last_seq >= seen[-1].last_seq
+
+
+def _forkservers() -> set[int]:
+    """This process's children that run multiprocessing's fork server."""
+    out = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and b"multiprocessing.forkserver" in (proc / "cmdline").read_bytes():
+                out.add(int(proc.name))
+        except (OSError, ValueError, IndexError):  # not a process, or it ended meanwhile
+            continue
+    return out
+
+
+def test_verifications_in_one_process_share_its_forkserver(
+    log_copy: tuple[Path, dict[str, Ed25519PublicKey], int],
+) -> None:
+    """``symbi serve`` verifies on each ``/api/audit/verify`` with threads running: every
+    verification's ranges go to workers forked from the one fork server the process starts
+    at its first (its ~0.5 s start-up paid once), each result the serial walk's."""
+    db, keys, _ = log_copy
+    serial = verify_log(db, keys, jobs=1).as_dict()
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert start_method() == "forkserver"
+        first = verify_log(db, keys, jobs=2)
+        servers = _forkservers()
+        second = verify_log(db, keys, jobs=2)
+        assert len(servers) == 1 and _forkservers() == servers
+    finally:
+        stop.set()
+        t.join()
+    for res in (first, second):
+        assert len(set(res.worker_pids)) == 2 and {**res.as_dict(), "worker_pids": []} == serial
 
 
 def test_one_thread_forks(tmp_path: Path) -> None:

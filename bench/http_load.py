@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/http_load.py [--sessions 64] [--driver wrk|clients] [--procs 4] [--seconds 8]
                                         [--rounds 3] [--json-response] [--baseline-tree DIR] [--no-mcp-proxy]
+                                        [--workers N]
 
 Targets, interleaved (every round measures each once, the order rotating):
 
@@ -18,6 +19,9 @@ Targets, interleaved (every round measures each once, the order rotating):
 * ``gateway-json-sdk``  (``--json-response``) the same with the lane off: every request through the SDK
 * ``gateway-baseline``  (``--baseline-tree DIR``) the same gateway from another checkout
 * ``gateway-json-baseline``  (``--baseline-tree DIR --json-response``) its JSON lane
+* ``gateway-1w``, ``gateway-<N>w``  (``--workers N``) ``symbi serve`` and ``symbi serve --workers N``
+                 (N processes behind HAProxy, issue 16) with the same config on shared state (a
+                 private Redis and PostgreSQL): ``workers_vs_one`` compares them round by round
 
 The load: ``--sessions`` handshake-era MCP sessions, one HTTP connection and one call in flight
 per session, for ``--seconds``. ``--driver wrk`` (the default; Debian's wrk, bench/_wrk.py): one
@@ -39,6 +43,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -133,6 +138,35 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
             env = {**gateway_env(), "PYTHONPATH": str(tree)}
             p = stack.enter_context(proc(serve, folder / "gateway.log", env))
             wait_http(f"http://127.0.0.1:{port}/readyz", {200}, timeout=180)
+            out.append(Target(name, f"http://127.0.0.1:{port}/mcp", "everything__echo", keys, p.pid))
+        if args.workers > 1:
+            out += stack.enter_context(worker_targets(args.workers, tmp, names))
+        yield out
+
+
+@contextlib.contextmanager
+def worker_targets(workers: int, tmp: Path, names: list[str]) -> Iterator[list[Target]]:
+    """``gateway-1w`` (one ``symbi serve``) and ``gateway-<N>w`` (``symbi serve --workers N``:
+    N processes behind HAProxy), the same config on one private Redis and PostgreSQL (the keys
+    in PostgreSQL, the bus secret shared); the server's CPU counts every worker and HAProxy."""
+    from bench.scale import _engines
+    from gateway.state.postgres import PgApiKeyStore, Postgres
+
+    with _engines() as (_, redis, pg), contextlib.ExitStack() as stack:
+        pool = Postgres(pg.url, timeout_s=5).open()
+        keys: list[str | None] = [PgApiKeyStore(pool).create(n, ("developer",))[0] for n in names]
+        pool.close()
+        secret = base64.b64encode(os.urandom(32)).decode()
+        state = f'[state]\nredis_url = "{redis.url}"\npostgres_url = "{pg.url}"\n[bus]\nsecret = "{secret}"\n'
+        out: list[Target] = []
+        for name, n in (("gateway-1w", 1), (f"gateway-{workers}w", workers)):
+            port = free_port()
+            cfg = write_http_gateway_config(tmp / name, port, everything_toml("tofu") + state, names)
+            serve = [str(SYMBI), "serve", "--config", str(cfg), "--workers", str(n)]
+            p = stack.enter_context(
+                proc(serve, tmp / name / "gateway.log", {**gateway_env(), "PYTHONPATH": str(ROOT)})
+            )
+            wait_http(f"http://127.0.0.1:{port}/readyz", {200}, timeout=300)
             out.append(Target(name, f"http://127.0.0.1:{port}/mcp", "everything__echo", keys, p.pid))
         yield out
 
@@ -321,6 +355,14 @@ def _parser() -> argparse.ArgumentParser:
         help="only the gateway, one load phase under py-spy: a Markdown profile instead of JSON",
     )
     ap.add_argument("--profile-target", default="gateway", help="the target --profile runs (gateway-sdk...)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also gateway-1w and gateway-<N>w: symbi serve and symbi serve --workers N on one "
+        "private Redis and PostgreSQL (bench/scale.py's), compared round by round",
+    )
     return ap
 
 
@@ -351,6 +393,14 @@ def _document(
         else {},
         # the SSE lane against the SDK path, round by round (calls/s, p50, server CPU per call)
         "lane_vs_sdk": vs_baseline(runs, "gateway-sdk") if "gateway-sdk" in runs else {},
+        # --workers N: N worker processes behind HAProxy against one process, the same shared state
+        "workers_vs_one": vs_baseline(runs, "gateway-1w", f"gateway-{args.workers}w")
+        if "gateway-1w" in runs
+        else {},
+        # and against the one process without shared state (what --workers 1 needs no Redis for)
+        "workers_vs_plain": vs_baseline(runs, "gateway", f"gateway-{args.workers}w")
+        if "gateway-1w" in runs
+        else {},
         "targets": {
             "calls_per_s": {"target": 1500, "measured": gw["load"]["calls_per_s"]},
             "p50_below_peer_under_load": {

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from tests.state.test_replicas import _code, replica_toml, session
 
 pytestmark = [pytest.mark.anyio]
 LIMIT = 4
+THIEF = ROOT / "tests/peers/thief_server.py"
 SECRET = base64.b64encode(bytes(range(32))).decode()
 
 
@@ -57,9 +59,18 @@ def _config(folder: Path, redis: RedisEngine, pg: PgEngine) -> Path:
     data["symbi_data"]["tool_rate_limits"] = {"mut__echo": LIMIT}
     (folder / "data.json").write_text(json.dumps(data))
     toml = replica_toml(folder / "data", ROOT / "policies.rego", folder / "data.json", redis, pg, folder)
+    # and an upstream that goes after worker 1's keys and log (whichever worker launched it)
+    toml += f"""
+        [servers.thief]
+        command = "{sys.executable}"
+        args = ["{THIEF}"]
+        verification = "warn"
+        env = {{ SYMBI_TEST_DATA_DIR = "{worker_data_dir(folder / "data", 1)}", SYMBI_TEST_CONFIG = "{folder / "symbi.toml"}", PYTHONPATH = "{ROOT}" }}
+        """
     path = write_config(folder, toml)
     # replica_toml has its own [bus] table (enabled = false): the secret goes in it
     path.write_text(path.read_text().replace("[bus]\n", f'[bus]\nsecret = "{SECRET}"\n', 1))
+    path.chmod(0o600)  # it names servers' env: kept private, as the README says
     return path
 
 
@@ -277,6 +288,20 @@ def test_every_workers_audit_chain_verifies_shared(front: Front) -> None:
         assert (worker_data_dir(data, i) / "audit.db").exists()
         assert os.stat(worker_data_dir(data, i)).st_mode & 0o077 == 0
     assert os.stat(data).st_mode & 0o077 == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs a root gateway")
+async def test_an_upstream_of_either_worker_cannot_reach_a_workers_keys_or_log(front: Front) -> None:
+    for _ in range(4):  # fresh sessions: round robin puts them on both workers
+        async with session(front.base, front.key) as s:
+            r = await s.call_tool("thief__steal", {})
+        assert not r.is_error, r
+        report = json.loads(r.content[0].text)  # type: ignore[union-attr]
+        assert report["uid"] != 0 and report["euid"] != 0
+        assert not [k for k in report["env"] if k.startswith("SYMBI_") and not k.startswith("SYMBI_TEST_")]
+        stolen = {k: v for k, v in report.items() if isinstance(v, str) and not v.startswith("denied: ")}
+        assert stolen == {}, stolen
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -80,14 +81,14 @@ def check_shared_state(cfg: Config) -> None:
             )
 
 
-def haproxy_config(host: str, port: int, backends: Sequence[int], *, drop_to: str | None) -> str:
+def haproxy_config(host: str, port: int, backends: Sequence[int], *, drop_to: tuple[int, int] | None) -> str:
     """HAProxy's config: round robin over the workers, a session stuck to the worker that made
     it (learned from the response's ``Mcp-Session-Id``), as ``deploy/haproxy.cfg``.
 
     The health check is ``/healthz`` (the worker's gateway itself): a worker whose shared state
     is down still answers, so the client hears its ``state_unavailable``, not HAProxy's 503."""
     bind = f"ipv6@{host}:{port}" if ":" in host else f"{host}:{port}"
-    user = f"    user {drop_to}\n" if drop_to else ""
+    user = f"    uid {drop_to[0]}\n    gid {drop_to[1]}\n" if drop_to else ""  # once bound
     servers = "\n".join(f"    server worker-{i} 127.0.0.1:{p} check inter 1s" for i, p in enumerate(backends))
     return f"""global
     maxconn 4096
@@ -110,6 +111,15 @@ backend workers
     stick store-response res.hdr(mcp-session-id)
 {servers}
 """
+
+
+def _nobody() -> tuple[int, int]:
+    """uid and gid of ``nobody`` (what HAProxy runs as once bound, started by root)."""
+    try:
+        pw = pwd.getpwnam("nobody")
+    except KeyError:
+        return (65534, 65534)
+    return (pw.pw_uid, pw.pw_gid)
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -209,7 +219,7 @@ class Supervisor:
     def _spawn_haproxy(self) -> Child:
         plan = self.plan
         port = plan.port or _free_port(plan.host)
-        drop_to = "nobody" if os.geteuid() == 0 else None  # it needs no file once bound
+        drop_to = _nobody() if os.geteuid() == 0 else None  # it needs no file once bound
         cfg = haproxy_config(plan.host, port, [c.port for c in self.children], drop_to=drop_to)
         path = Path(plan.cfg.data_dir) / "haproxy.cfg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -101,6 +101,11 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
 def _worker_ports(config: Path) -> list[int]:
     cfg = (load_config(config, {}).data_dir / "haproxy.cfg").read_text()
     return [int(line.rsplit(":", 1)[1].split()[0]) for line in cfg.splitlines() if "server worker-" in line]
@@ -214,6 +219,9 @@ def test_the_front_keeps_a_session_on_the_worker_that_made_it() -> None:
     assert "stick store-response res.hdr(mcp-session-id)" in cfg
     assert "bind 127.0.0.1:8080" in cfg and "127.0.0.1:4001" in cfg and "127.0.0.1:4002" in cfg
     assert "bind ipv6@::1:8080" in haproxy_config("::1", 8080, [1], drop_to=None)
+    assert "uid" not in cfg and "    uid 65534\n    gid 65534\n" in haproxy_config(
+        "127.0.0.1", 1, [2], drop_to=(65534, 65534)
+    )
 
 
 # -- two workers behind the front -----------------------------------------------------------
@@ -334,6 +342,10 @@ def test_sigterm_to_the_supervisor_leaves_no_process(
     with supervisor(config) as (_, proc):
         everyone = _descendants(proc.pid)
         assert len(everyone) >= 3  # two workers and HAProxy (and the workers' upstreams)
+        [front] = [p for p in everyone if Path(f"/proc/{p}/comm").read_text().strip() == "haproxy"]
+        if os.geteuid() == 0:  # HAProxy needs no privilege once it has bound the port
+            ids = {k: v.split() for k, v in _status(front).items() if k in ("Uid", "Gid")}
+            assert "0" not in ids["Uid"] + ids["Gid"], ids
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
     deadline = time.monotonic() + 30  # the bound of the wait for the kernel to reap, not timing

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,7 +20,7 @@ from gateway.cli import main
 ROOT = Path(__file__).parents[2]
 
 
-def symbi(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def symbi(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", "audit", *map(str, args)],
         cwd=ROOT,
@@ -105,11 +106,11 @@ def test_config_file_locates_log_and_keys(log_file: Path, tmp_path: Path) -> Non
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def _json_lines(out: str) -> list[dict]:
+def _json_lines(out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def _query(capsys: pytest.CaptureFixture[str], *args: str) -> list[int]:
+def _query(capsys: pytest.CaptureFixture[str], *args: str | Path) -> list[int]:
     # in-process through the real CLI entry point (a subprocess per filter would cost seconds)
     assert main(["audit", "query", "--json", *map(str, args)]) == 0
     return [r["seq"] for r in _json_lines(capsys.readouterr().out)]

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import AuditLog, checkpoints, exported_public_keys, store, verify_log
+from tests.audit.conftest import LogPaths
 
 
 def test_a_flush_returns_with_the_newest_anchor_in_the_file_and_the_export(
-    open_log: Callable[..., AuditLog], log_paths, tmp_path: Path
+    open_log: Callable[..., AuditLog], log_paths: LogPaths, tmp_path: Path
 ) -> None:
     db, key = log_paths
     export = tmp_path / "witness" / "checkpoints.jsonl"
@@ -35,7 +36,7 @@ def test_a_flush_returns_with_the_newest_anchor_in_the_file_and_the_export(
 
 
 def test_a_commit_does_not_wait_for_the_checkpoint_file(
-    open_log: Callable[..., AuditLog], log_paths, monkeypatch: pytest.MonkeyPatch
+    open_log: Callable[..., AuditLog], log_paths: LogPaths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The file's write is held until the test lets it go: commits are acknowledged meanwhile."""
     db, _ = log_paths
@@ -62,7 +63,7 @@ def test_a_commit_does_not_wait_for_the_checkpoint_file(
 
 
 def test_a_failed_checkpoint_write_is_logged_and_the_log_goes_on(
-    open_log: Callable[..., AuditLog], log_paths, caplog: pytest.LogCaptureFixture
+    open_log: Callable[..., AuditLog], log_paths: LogPaths, caplog: pytest.LogCaptureFixture
 ) -> None:
     db, key = log_paths
     log = open_log(checkpoint_every=2)

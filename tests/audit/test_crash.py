@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import AuditLog, exported_public_keys, verify_log
+from tests.audit.conftest import LogPaths
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 
 
 @pytest.mark.slow
-def test_sigkill_under_load_keeps_every_acknowledged_event(log_paths) -> None:
+def test_sigkill_under_load_keeps_every_acknowledged_event(log_paths: LogPaths) -> None:
     db, key = log_paths
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.audit import AuditLog
 from gateway.errors import AuditError
+from tests.audit.conftest import LogPaths
 
 
 def _types(db: Path) -> list[str]:
@@ -26,7 +27,9 @@ def _types(db: Path) -> list[str]:
         conn.close()
 
 
-def test_a_calls_flips_go_with_its_record_in_order(open_log: Callable[..., AuditLog], log_paths) -> None:
+def test_a_calls_flips_go_with_its_record_in_order(
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
+) -> None:
     db, _ = log_paths
     log = open_log()
     log.EMIT_LINGER_S = 30.0
@@ -43,7 +46,7 @@ def test_a_calls_flips_go_with_its_record_in_order(open_log: Callable[..., Audit
 
 
 def test_held_emits_alone_are_committed_when_the_linger_ends(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     db, _ = log_paths
     log = open_log()
@@ -61,7 +64,7 @@ def test_held_emits_alone_are_committed_when_the_linger_ends(
 
 
 def test_a_flush_on_the_loop_thread_commits_what_it_holds(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     db, _ = log_paths
     log = open_log()
@@ -76,7 +79,7 @@ def test_a_flush_on_the_loop_thread_commits_what_it_holds(
 
 
 def test_emits_held_by_a_loop_that_ended_are_committed_by_the_next_flush(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     db, _ = log_paths
     log = open_log()
@@ -91,7 +94,7 @@ def test_emits_held_by_a_loop_that_ended_are_committed_by_the_next_flush(
 
 
 def test_close_takes_what_a_loop_in_another_thread_holds_and_refuses_later_emits(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     db, _ = log_paths
     log = open_log()
@@ -131,7 +134,7 @@ def test_an_emit_on_a_loop_after_close_is_refused(open_log: Callable[..., AuditL
 
 
 def test_a_flush_on_another_thread_commits_what_a_running_loop_holds(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     """``flush`` promises every event emitted before it is committed, whichever thread emitted it:
     an admin action emitted on the server's loop, then a flush from a script or test thread."""

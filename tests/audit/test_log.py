@@ -17,20 +17,25 @@ from gateway.audit.keys import public_key_path, retired_public_key_path
 from gateway.config.model import Config
 from gateway.config.sections import AuditSection, GatewaySection
 from gateway.errors import AuditError
-from gateway.events import EventSink
+from gateway.events import Event, EventSink
+from tests.audit.conftest import LogPaths
 
 
-def test_is_an_event_sink_and_acknowledges_in_order(open_log: Callable[..., AuditLog], log_paths) -> None:
+def test_is_an_event_sink_and_acknowledges_in_order(
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
+) -> None:
     log = open_log()
     sink: EventSink = log
-    sink.emit("gateway.start", {"version": "0.1"}, principal="system")
+    sink.emit(Event.GATEWAY_START, {"version": "0.1"}, principal="system")
     assert log.append("config.load", {"path": "x"}) == 2
     log.close()
     res = verify_log(log_paths[0], exported_public_keys(log_paths[1]))
     assert res.check().events == 2 and res.last_seq == 2
 
 
-def test_concurrent_records_share_commits_and_all_land(open_log: Callable[..., AuditLog], log_paths) -> None:
+def test_concurrent_records_share_commits_and_all_land(
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
+) -> None:
     log = open_log(batch_max=64)
 
     async def many() -> list[int | None]:
@@ -45,7 +50,7 @@ def test_concurrent_records_share_commits_and_all_land(open_log: Callable[..., A
 
 
 def test_emits_from_worker_threads_and_the_loop_at_once_all_land_in_one_intact_chain(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     # the gateway's sink (metrics tee over the log) is called from the event loop and from the
     # worker threads that do blocking work (anyio.to_thread): EventSink.emit must be thread-safe
@@ -61,7 +66,7 @@ def test_emits_from_worker_threads_and_the_loop_at_once_all_land_in_one_intact_c
     def worker(w: int) -> None:
         start.wait()
         for i in range(150):
-            sink.emit("tool.call", {"w": w, "i": i}, principal=f"t{w}")
+            sink.emit(Event.TOOL_CALL, {"w": w, "i": i}, principal=f"t{w}")
 
     async def loop_side() -> None:
         threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
@@ -69,7 +74,7 @@ def test_emits_from_worker_threads_and_the_loop_at_once_all_land_in_one_intact_c
             t.start()
         start.wait()
         for i in range(150):
-            sink.emit("tool.call", {"w": "loop", "i": i}, principal="loop")
+            sink.emit(Event.TOOL_CALL, {"w": "loop", "i": i}, principal="loop")
             if i % 10 == 0:
                 await asyncio.sleep(0)
         for t in threads:
@@ -85,7 +90,7 @@ def test_emits_from_worker_threads_and_the_loop_at_once_all_land_in_one_intact_c
     assert counted == 9 * 150
 
 
-def test_verify_a_log_while_it_is_written(open_log: Callable[..., AuditLog], log_paths) -> None:
+def test_verify_a_log_while_it_is_written(open_log: Callable[..., AuditLog], log_paths: LogPaths) -> None:
     log = open_log()
     for i in range(10):
         log.append("e", {"i": i})
@@ -98,7 +103,7 @@ def test_verify_a_log_while_it_is_written(open_log: Callable[..., AuditLog], log
     assert res.problem is not None and (res.problem.seq, res.problem.kind) == (4, "changed")
 
 
-def test_reopening_continues_the_chain(open_log: Callable[..., AuditLog], log_paths) -> None:
+def test_reopening_continues_the_chain(open_log: Callable[..., AuditLog], log_paths: LogPaths) -> None:
     log = open_log()
     log.append("a", {})
     log.close()
@@ -116,7 +121,7 @@ def _break_inserts(db: Path) -> None:
     conn.close()
 
 
-def test_unwritable_log_fails_closed(open_log: Callable[..., AuditLog], log_paths) -> None:
+def test_unwritable_log_fails_closed(open_log: Callable[..., AuditLog], log_paths: LogPaths) -> None:
     log = open_log()
     log.append("ok", {})
     _break_inserts(log_paths[0])
@@ -131,7 +136,9 @@ def test_unwritable_log_fails_closed(open_log: Callable[..., AuditLog], log_path
         log.ensure_writable()
 
 
-def test_on_failure_warn_logs_instead(open_log: Callable[..., AuditLog], log_paths, caplog) -> None:
+def test_on_failure_warn_logs_instead(
+    open_log: Callable[..., AuditLog], log_paths: LogPaths, caplog: pytest.LogCaptureFixture
+) -> None:
     log = open_log(on_failure="warn")
     _break_inserts(log_paths[0])
     assert log.append("lost", {}) is None
@@ -161,7 +168,7 @@ def test_closed_log_refuses(open_log: Callable[..., AuditLog]) -> None:
         log.emit("x", {})
 
 
-def test_rotation_hands_trust_to_the_new_key(open_log: Callable[..., AuditLog], log_paths) -> None:
+def test_rotation_hands_trust_to_the_new_key(open_log: Callable[..., AuditLog], log_paths: LogPaths) -> None:
     db, key_path = log_paths
     log = open_log()
     log.append("before", {})
@@ -205,7 +212,7 @@ def test_from_config_uses_config_paths(tmp_path: Path) -> None:
         log.close()
 
 
-def test_events_emitted_before_exit_without_close_are_committed(log_paths) -> None:
+def test_events_emitted_before_exit_without_close_are_committed(log_paths: LogPaths) -> None:
     import os
     import subprocess
     import sys
@@ -254,7 +261,7 @@ def test_interrupted_rotation_of_chains_sharing_a_key_recovers(tmp_path: Path) -
 
 
 def test_stalled_store_fails_the_waiting_caller_but_keeps_the_event(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     log = open_log()
     blocker = sqlite3.connect(log_paths[0], isolation_level=None)
@@ -279,7 +286,7 @@ def _signed(db: Path) -> list[tuple[str, bool]]:
 
 
 def test_emitted_events_share_the_commit_of_the_record_that_follows(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     """A call's lifecycle flips (emit) wait for its record instead of taking an fsync of their
     own before it: one group commit, so one signature, on the record."""
@@ -300,7 +307,7 @@ def test_emitted_events_share_the_commit_of_the_record_that_follows(
 
 
 def test_emitted_events_alone_are_committed_after_the_linger(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     """Nothing awaited follows: the emits are committed on their own once the linger is over
     (no flush, no close), then signed once the writer is idle, and a flush never waits for the linger."""

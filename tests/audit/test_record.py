@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,7 +25,7 @@ from gateway.audit.record import (
 )
 
 
-def _record(key: Ed25519PrivateKey, details: dict, prev: str = GENESIS_HASH) -> AuditRecord:
+def _record(key: Ed25519PrivateKey, details: dict[str, Any], prev: str = GENESIS_HASH) -> AuditRecord:
     kid = key_id_of(key.public_key())
     dj = canonical_details(details)
     canon = record_bytes(
@@ -169,7 +170,7 @@ _json_values = st.recursive(
 
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), _json_values, max_size=6))
-def test_details_text_is_json_dumps_text_for_any_json_value(details: dict) -> None:
+def test_details_text_is_json_dumps_text_for_any_json_value(details: dict[str, Any]) -> None:
     # orjson's text is kept without searching it when the values are plain (gateway.audit.record._plain):
     # it must then be json.dumps's, byte for byte, as it is when the search sends it to json
     assert canonical_details(details) == canonical_json(details)

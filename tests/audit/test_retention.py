@@ -9,6 +9,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,15 +19,20 @@ from gateway.audit.archives import verify_archives, verify_segment
 from gateway.audit.record import canonical_json, key_id_of
 from gateway.audit.retention import (
     ARCHIVED_EVENT,
+    Handoff,
     RetentionPolicy,
+    Seal,
     archive,
     iter_archived,
     plan_cut,
     read_handoff,
     segments,
 )
+from tests.audit.conftest import Keys, LogPaths
 
 DAY_NS = 86_400 * 10**9
+# a closed log with two archived runs: its database, its public keys, the retention policy
+Archived = tuple[Path, Keys, RetentionPolicy]
 
 
 def _ts(db: Path, seq: int) -> int:
@@ -37,13 +43,13 @@ def _ts(db: Path, seq: int) -> int:
         conn.close()
 
 
-def _policy(tmp: Path, mode: str = "archive", **kw: object) -> RetentionPolicy:
-    return RetentionPolicy(
-        retention_days=kw.get("days", 1.0),
-        max_bytes=kw.get("max_bytes"),  # type: ignore[arg-type]
-        mode=mode,
-        archive_dir=tmp / "archive",
-    )  # type: ignore[arg-type]
+def _policy(
+    tmp: Path,
+    mode: Literal["archive", "delete"] = "archive",
+    days: float | None = 1.0,
+    max_bytes: int | None = None,
+) -> RetentionPolicy:
+    return RetentionPolicy(retention_days=days, max_bytes=max_bytes, mode=mode, archive_dir=tmp / "archive")
 
 
 def _fill(log: AuditLog, n: int, start: int = 1) -> None:
@@ -58,7 +64,7 @@ def _archive_upto(log: AuditLog, policy: RetentionPolicy, seq: int) -> None:
 
 
 @pytest.fixture
-def archived(open_log: Callable[..., AuditLog], log_paths: tuple[Path, Path], tmp_path: Path):  # type: ignore[no-untyped-def]
+def archived(open_log: Callable[..., AuditLog], log_paths: tuple[Path, Path], tmp_path: Path) -> Archived:
     """A log of 30 events, 1..10 and 11..20 archived in two runs, closed; (db, keys, policy)."""
     log = open_log()
     policy = _policy(tmp_path)
@@ -70,7 +76,16 @@ def archived(open_log: Callable[..., AuditLog], log_paths: tuple[Path, Path], tm
     return log_paths[0], exported_public_keys(log_paths[1]), policy
 
 
-def _handoff(db: Path):  # type: ignore[no-untyped-def]
+def _ranges(segs: list[tuple[Seal | None, Path]]) -> list[tuple[int, int]]:
+    """Each segment's (first, last) seq, from its seal (every segment has one)."""
+    out = []
+    for seal, _ in segs:
+        assert seal is not None
+        out.append((seal.first_seq, seal.last_seq))
+    return out
+
+
+def _handoff(db: Path) -> Handoff | None:
     conn = store.open_reader(db)
     try:
         return read_handoff(conn)
@@ -78,10 +93,12 @@ def _handoff(db: Path):  # type: ignore[no-untyped-def]
         conn.close()
 
 
-def test_archived_segments_verify_on_their_own_and_the_live_chain_from_its_handoff(archived) -> None:  # type: ignore[no-untyped-def]
+def test_archived_segments_verify_on_their_own_and_the_live_chain_from_its_handoff(
+    archived: Archived,
+) -> None:
     db, keys, policy = archived
     segs = segments(policy.archive_dir, db.name)
-    assert [(s.first_seq, s.last_seq) for s, _ in segs] == [(1, 10), (11, 20)]
+    assert _ranges(segs) == [(1, 10), (11, 20)]
     for _, path in segs:
         res = verify_segment(path, keys)
         assert res.ok, res.problem
@@ -98,7 +115,7 @@ def test_archived_segments_verify_on_their_own_and_the_live_chain_from_its_hando
     assert [r.seq for r in iter_archived(policy.archive_dir, db.name)] == list(range(1, 21))
 
 
-def _rewrite_line(path: Path, index: int, edit: Callable[[dict], None]) -> None:
+def _rewrite_line(path: Path, index: int, edit: Callable[[dict[str, Any]], None]) -> None:
     lines = path.read_text().splitlines()
     doc = json.loads(lines[index])
     edit(doc)
@@ -106,19 +123,19 @@ def _rewrite_line(path: Path, index: int, edit: Callable[[dict], None]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_a_tampered_segment_is_found(archived) -> None:  # type: ignore[no-untyped-def]
+def test_a_tampered_segment_is_found(archived: Archived) -> None:
     db, keys, policy = archived
     (_, first), (_, second) = segments(policy.archive_dir, db.name)
     _rewrite_line(first, 3, lambda d: d["details"].update(tool="innocent"))
     res = verify_segment(first, keys)
-    assert not res.ok and (res.problem.seq, res.problem.kind) == (4, "changed")
+    assert not res.ok and res.problem is not None and (res.problem.seq, res.problem.kind) == (4, "changed")
     lines = second.read_text().splitlines()
     second.write_text("\n".join(lines[:5] + lines[6:]) + "\n")  # seq 16 dropped
     res = verify_segment(second, keys)
-    assert not res.ok and (res.problem.seq, res.problem.kind) == (16, "removed")
+    assert not res.ok and res.problem is not None and (res.problem.seq, res.problem.kind) == (16, "removed")
 
 
-def test_a_forged_or_edited_seal_is_found(archived) -> None:  # type: ignore[no-untyped-def]
+def test_a_forged_or_edited_seal_is_found(archived: Archived) -> None:
     db, keys, policy = archived
     (_, path), _ = segments(policy.archive_dir, db.name)
     seal_path = path.with_name(path.name + ".seal.json")
@@ -130,44 +147,44 @@ def test_a_forged_or_edited_seal_is_found(archived) -> None:  # type: ignore[no-
     seal.update(last_seq=7, count=7, key_id=key_id_of(other.public_key()))
     seal_path.write_text(json.dumps(seal))
     res = verify_segment(path, keys)
-    assert not res.ok and res.problem.kind == "changed"
+    assert not res.ok and res.problem is not None and res.problem.kind == "changed"
     # the true seal over the cut file: the cut is found
     seal_path.write_text(json.dumps({**seal, "last_seq": 10, "count": 10, "key_id": next(iter(keys))}))
     assert not verify_segment(path, keys).ok
 
 
-def test_a_segment_whose_bytes_differ_from_the_seal_is_found(archived) -> None:  # type: ignore[no-untyped-def]
+def test_a_segment_whose_bytes_differ_from_the_seal_is_found(archived: Archived) -> None:
     db, keys, policy = archived
     (_, path), _ = segments(policy.archive_dir, db.name)
     path.write_text(path.read_text().replace('"n": 2', '"n":  2'))  # same records, other bytes
     res = verify_segment(path, keys)
-    assert not res.ok and res.problem.kind == "changed"
+    assert not res.ok and res.problem is not None and res.problem.kind == "changed"
 
 
-def test_a_gap_between_segments_and_the_handoff_is_found(archived) -> None:  # type: ignore[no-untyped-def]
+def test_a_gap_between_segments_and_the_handoff_is_found(archived: Archived) -> None:
     db, keys, policy = archived
     h = _handoff(db)
     (_, first), (_, second) = segments(policy.archive_dir, db.name)
     second.rename(second.with_name("moved-away.jsonl"))  # the segment next to the hand-off is gone
     res = verify_archives(policy.archive_dir, db.name, h, keys)
-    assert not res.ok and (res.problem.seq, res.problem.kind) == (11, "removed")
+    assert not res.ok and res.problem is not None and (res.problem.seq, res.problem.kind) == (11, "removed")
     second.with_name("moved-away.jsonl").rename(second)
     first.unlink()  # now the oldest one
     res = verify_archives(policy.archive_dir, db.name, h, keys)
-    assert not res.ok and (res.problem.seq, res.problem.kind) == (1, "removed")
+    assert not res.ok and res.problem is not None and (res.problem.seq, res.problem.kind) == (1, "removed")
 
 
-def test_the_live_chain_must_start_at_its_handoff(archived) -> None:  # type: ignore[no-untyped-def]
+def test_the_live_chain_must_start_at_its_handoff(archived: Archived) -> None:
     db, keys, _ = archived
     conn = sqlite3.connect(db)
     with conn:
         conn.execute("DELETE FROM events WHERE seq = 21")  # the first live event after the hand-off
     conn.close()
     res = verify_log(db, keys)
-    assert not res.ok and (res.problem.seq, res.problem.kind) == (21, "removed")
+    assert not res.ok and res.problem is not None and (res.problem.seq, res.problem.kind) == (21, "removed")
 
 
-def test_an_edited_or_removed_handoff_is_found(archived) -> None:  # type: ignore[no-untyped-def]
+def test_an_edited_or_removed_handoff_is_found(archived: Archived) -> None:
     db, keys, _ = archived
     conn = sqlite3.connect(db)
     doc = json.loads(conn.execute("SELECT doc FROM handoff").fetchone()[0])
@@ -178,12 +195,12 @@ def test_an_edited_or_removed_handoff_is_found(archived) -> None:  # type: ignor
         conn.execute("DELETE FROM handoff")
     conn.close()
     res = verify_log(db, keys)
-    assert not res.ok and (res.problem.seq, res.problem.kind) == (1, "removed")
+    assert not res.ok and res.problem is not None and (res.problem.seq, res.problem.kind) == (1, "removed")
 
 
 def test_delete_mode_keeps_the_live_chain_verifiable(
-    open_log: Callable[..., AuditLog], log_paths, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    open_log: Callable[..., AuditLog], log_paths: LogPaths, tmp_path: Path
+) -> None:
     log = open_log()
     policy = _policy(tmp_path, mode="delete")
     _fill(log, 12)
@@ -196,8 +213,8 @@ def test_delete_mode_keeps_the_live_chain_verifiable(
 
 
 def test_max_bytes_takes_the_oldest_events_out(
-    open_log: Callable[..., AuditLog], log_paths, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    open_log: Callable[..., AuditLog], log_paths: LogPaths, tmp_path: Path
+) -> None:
     log = open_log()
     for i in range(400):
         log.append("tool.call", {"tool": "t", "blob": "x" * 400, "n": i}, principal="alice")
@@ -212,7 +229,7 @@ def test_max_bytes_takes_the_oldest_events_out(
     assert verify_archives(policy.archive_dir, log.path.name, h, keys).ok
 
 
-def test_the_head_is_never_archived(open_log: Callable[..., AuditLog], tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_head_is_never_archived(open_log: Callable[..., AuditLog], tmp_path: Path) -> None:
     log = open_log()
     _fill(log, 5)
     h = archive(log, _policy(tmp_path), now_ns=_ts(log.path, 5) + 10 * DAY_NS)
@@ -228,8 +245,8 @@ def test_the_head_is_never_archived(open_log: Callable[..., AuditLog], tmp_path)
 
 
 def test_a_segment_left_by_a_run_that_did_not_commit_is_replaced(
-    open_log: Callable[..., AuditLog], log_paths, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    open_log: Callable[..., AuditLog], log_paths: LogPaths, tmp_path: Path
+) -> None:
     log = open_log()
     policy = _policy(tmp_path)
     _fill(log, 20)
@@ -243,7 +260,7 @@ def test_a_segment_left_by_a_run_that_did_not_commit_is_replaced(
     )
     _archive_upto(log, policy, 18)
     keys = exported_public_keys(log_paths[1])
-    assert [(s.first_seq, s.last_seq) for s, _ in segments(policy.archive_dir, log.path.name)] == [
+    assert _ranges(segments(policy.archive_dir, log.path.name)) == [
         (1, 10),
         (11, 18),
     ]

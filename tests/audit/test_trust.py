@@ -12,6 +12,7 @@ import re
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ def pinned_setup(tmp_path: Path, events: int = 20) -> tuple[Path, Path]:
     return cfg, witness
 
 
-def verify(cfg: Path, *extra: str | Path) -> tuple[int, dict]:
+def verify(cfg: Path, *extra: str | Path) -> tuple[int, dict[str, Any]]:
     r = cli("verify", "--config", cfg, "--json", *extra)
     lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     return r.returncode, (lines[0] if lines else {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,19 +20,19 @@ from gateway.audit import (
     verify_log,
 )
 from gateway.audit.record import canonical_details, chain_hash, key_id_of, record_bytes, sign_hash
-from tests.audit.conftest import execute_sql
+from tests.audit.conftest import Keys, LogKeys, LogPaths, OpenLog, execute_sql
 
 COLS = store.COLUMNS
 
 
-def _row(db: Path, seq: int) -> tuple:
+def _row(db: Path, seq: int) -> tuple[Any, ...]:
     conn = sqlite3.connect(db)
-    row = conn.execute(f"SELECT {COLS} FROM events WHERE seq = ?", (seq,)).fetchone()
+    row: tuple[Any, ...] = conn.execute(f"SELECT {COLS} FROM events WHERE seq = ?", (seq,)).fetchone()
     conn.close()
     return row
 
 
-def _problem(db: Path, keys: dict, *, full: bool = True) -> tuple[int, str]:
+def _problem(db: Path, keys: Keys, *, full: bool = True) -> tuple[int, str]:
     """The first problem, the same from one process and from two (``verify_split``)."""
     res = verify_log(db, keys, all_signatures=full, jobs=1)
     assert not res.ok and res.problem is not None and res.worker_pids == ()
@@ -44,7 +45,7 @@ def _problem(db: Path, keys: dict, *, full: bool = True) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("full", [True, False])
-def test_intact_log_verifies(written_log, full: bool) -> None:
+def test_intact_log_verifies(written_log: LogKeys, full: bool) -> None:
     db, keys = written_log
     res = verify_log(db, keys, all_signatures=full).check()
     assert (res.events, res.last_seq, res.anchors_checked) == (20, 20, 2)
@@ -52,21 +53,21 @@ def test_intact_log_verifies(written_log, full: bool) -> None:
 
 
 @pytest.mark.parametrize("full", [True, False])
-def test_edited_detail_is_changed(written_log, full: bool) -> None:
+def test_edited_detail_is_changed(written_log: LogKeys, full: bool) -> None:
     db, keys = written_log
     execute_sql(db, ("UPDATE events SET details = ? WHERE seq = 5", ('{"n":5,"tool":"innocent"}',)))
     assert _problem(db, keys, full=full) == (5, "changed")
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", '{"n": 5, "tool": "t5"}', '{"n":5,"tool":"t5"} '])
-def test_details_must_be_the_exact_signed_object_text(written_log, text: str) -> None:
+def test_details_must_be_the_exact_signed_object_text(written_log: LogKeys, text: str) -> None:
     db, keys = written_log
     assert json.loads(_row(db, 5)[6]) == {"n": 5, "tool": "t5"}
     execute_sql(db, ("UPDATE events SET details = ? WHERE seq = 5", (text,)))
     assert _problem(db, keys) == (5, "changed")
 
 
-def test_edit_with_recomputed_hashes_still_fails_on_signature(written_log) -> None:
+def test_edit_with_recomputed_hashes_still_fails_on_signature(written_log: LogKeys) -> None:
     db, keys = written_log
     # the attacker rewrites seq 7 and re-chains 7..20 but cannot sign with the audit key
     conn = sqlite3.connect(db)
@@ -75,7 +76,7 @@ def test_edit_with_recomputed_hashes_still_fails_on_signature(written_log) -> No
         r = list(_row(db, seq))
         if seq == 7:
             r[6] = canonical_details({"tool": "nothing-to-see"})
-        canon = AuditRecord(*(r[:7]), prev, "", "", r[10]).canonical()
+        canon = AuditRecord._make([*r[:7], prev, "", "", r[10]]).canonical()
         h = chain_hash(prev, canon)
         conn.execute(
             "UPDATE events SET details=?, prev_hash=?, chain_hash=? WHERE seq=?", (r[6], prev, h, seq)
@@ -87,13 +88,13 @@ def test_edit_with_recomputed_hashes_still_fails_on_signature(written_log) -> No
     assert _problem(db, keys, full=False) == (7, "changed")  # fast mode re-checks in full
 
 
-def test_deleted_event_is_removed(written_log) -> None:
+def test_deleted_event_is_removed(written_log: LogKeys) -> None:
     db, keys = written_log
     execute_sql(db, ("DELETE FROM events WHERE seq = 5", ()))
     assert _problem(db, keys) == (5, "removed")
 
 
-def test_deleted_and_renumbered_is_removed(written_log) -> None:
+def test_deleted_and_renumbered_is_removed(written_log: LogKeys) -> None:
     db, keys = written_log
     execute_sql(
         db,
@@ -105,7 +106,7 @@ def test_deleted_and_renumbered_is_removed(written_log) -> None:
     assert _problem(db, keys) == (5, "changed")
 
 
-def test_inserted_forgery_signed_with_another_key(written_log) -> None:
+def test_inserted_forgery_signed_with_another_key(written_log: LogKeys) -> None:
     db, keys = written_log
     forger = Ed25519PrivateKey.generate()
     kid = key_id_of(forger.public_key())
@@ -135,7 +136,7 @@ def test_inserted_forgery_signed_with_another_key(written_log) -> None:
     assert _problem(db, keys) == (5, "inserted")
 
 
-def test_forgery_claiming_the_real_key_id(written_log) -> None:
+def test_forgery_claiming_the_real_key_id(written_log: LogKeys) -> None:
     db, keys = written_log
     forger = Ed25519PrivateKey.generate()
     real_kid = _row(db, 3)[10]
@@ -146,7 +147,7 @@ def test_forgery_claiming_the_real_key_id(written_log) -> None:
     assert real_kid in keys
 
 
-def test_swapped_events_are_reordered(written_log) -> None:
+def test_swapped_events_are_reordered(written_log: LogKeys) -> None:
     db, keys = written_log
     a, b = _row(db, 5), _row(db, 6)
     upd = (
@@ -157,20 +158,22 @@ def test_swapped_events_are_reordered(written_log) -> None:
     assert _problem(db, keys) == (5, "reordered")
 
 
-def test_truncated_tail(written_log) -> None:
+def test_truncated_tail(written_log: LogKeys) -> None:
     db, keys = written_log
     execute_sql(db, ("DELETE FROM events WHERE seq > 15", ()))
     assert _problem(db, keys) == (16, "truncated")
 
 
-def test_truncated_tail_with_anchor_row_deleted(written_log) -> None:
+def test_truncated_tail_with_anchor_row_deleted(written_log: LogKeys) -> None:
     db, keys = written_log
     store.checkpoint_path(db).unlink()
     execute_sql(db, ("DELETE FROM events WHERE seq > 15", ()), ("DELETE FROM anchor", ()))
     assert _problem(db, keys) == (16, "truncated")
 
 
-def test_truncation_with_a_replayed_old_anchor_is_caught_by_the_checkpoint_file(open_log, log_paths) -> None:
+def test_truncation_with_a_replayed_old_anchor_is_caught_by_the_checkpoint_file(
+    open_log: OpenLog, log_paths: LogPaths
+) -> None:
     db, key_path = log_paths
     log = open_log(checkpoint_every=1000)
     for i in range(10):
@@ -197,7 +200,7 @@ def test_truncation_with_a_replayed_old_anchor_is_caught_by_the_checkpoint_file(
     assert res.problem is not None and (res.problem.seq, res.problem.kind) == (11, "truncated")
 
 
-def test_forged_anchor_is_rejected(written_log) -> None:
+def test_forged_anchor_is_rejected(written_log: LogKeys) -> None:
     db, keys = written_log
     forger = Ed25519PrivateKey.generate()
     import base64
@@ -210,13 +213,13 @@ def test_forged_anchor_is_rejected(written_log) -> None:
     assert _problem(db, keys) == (21, "anchor")  # first seq not covered by a valid anchor
 
 
-def test_wrong_public_key_fails_at_seq_1(written_log) -> None:
+def test_wrong_public_key_fails_at_seq_1(written_log: LogKeys) -> None:
     db, _ = written_log
     other = Ed25519PrivateKey.generate().public_key()
     assert _problem(db, {key_id_of(other): other}) == (1, "inserted")
 
 
-def _export(db: Path, out: Path) -> list[dict]:
+def _export(db: Path, out: Path) -> list[dict[str, Any]]:
     conn = store.open_reader(db)
     lines = [r.as_dict() for r in store.iter_records(conn)]
     conn.close()
@@ -224,7 +227,7 @@ def _export(db: Path, out: Path) -> list[dict]:
     return lines
 
 
-def test_jsonl_export_verifies_and_detects_swaps_and_gaps(written_log, tmp_path: Path) -> None:
+def test_jsonl_export_verifies_and_detects_swaps_and_gaps(written_log: LogKeys, tmp_path: Path) -> None:
     db, keys = written_log
     out = tmp_path / "export.jsonl"
     lines = _export(db, out)
@@ -246,14 +249,14 @@ def test_jsonl_export_verifies_and_detects_swaps_and_gaps(written_log, tmp_path:
 
 
 @pytest.mark.parametrize("full", [True, False])
-def test_an_intact_log_says_ok_and_names_its_keys(written_log, full: bool) -> None:
+def test_an_intact_log_says_ok_and_names_its_keys(written_log: LogKeys, full: bool) -> None:
     db, keys = written_log
     res = verify_log(db, keys, all_signatures=full)
     assert res.ok is True and res.problem is None
     assert res.key_ids == sorted(keys)
 
 
-def test_a_broken_export_is_not_ok(written_log, tmp_path: Path) -> None:
+def test_a_broken_export_is_not_ok(written_log: LogKeys, tmp_path: Path) -> None:
     db, keys = written_log
     out = tmp_path / "export.jsonl"
     lines = _export(db, out)
@@ -264,7 +267,7 @@ def test_a_broken_export_is_not_ok(written_log, tmp_path: Path) -> None:
     )
 
 
-def test_blank_lines_in_an_export_are_skipped_not_the_end(written_log, tmp_path: Path) -> None:
+def test_blank_lines_in_an_export_are_skipped_not_the_end(written_log: LogKeys, tmp_path: Path) -> None:
     db, keys = written_log
     out = tmp_path / "export.jsonl"
     lines = _export(db, out)
@@ -273,7 +276,9 @@ def test_blank_lines_in_an_export_are_skipped_not_the_end(written_log, tmp_path:
     assert (res.ok, res.events, res.last_seq) == (True, 20, 20)
 
 
-def test_an_export_cut_short_is_caught_by_an_anchor_given_with_it(written_log, tmp_path: Path) -> None:
+def test_an_export_cut_short_is_caught_by_an_anchor_given_with_it(
+    written_log: LogKeys, tmp_path: Path
+) -> None:
     db, keys = written_log
     out = tmp_path / "export.jsonl"
     lines = _export(db, out)
@@ -291,14 +296,14 @@ def test_an_export_cut_short_is_caught_by_an_anchor_given_with_it(written_log, t
     )
 
 
-def test_a_corrupt_checkpoint_file_fails_verification(written_log) -> None:
+def test_a_corrupt_checkpoint_file_fails_verification(written_log: LogKeys) -> None:
     db, keys = written_log
     store.checkpoint_path(db).write_text("{corrupt")
     assert _problem(db, keys)[1] == "anchor"  # an unreadable checkpoint counts as a forged one
 
 
 def test_a_log_rebuilt_with_the_stolen_key_is_caught_by_an_anchor_kept_elsewhere(
-    written_log, tmp_path: Path
+    written_log: LogKeys, tmp_path: Path
 ) -> None:
     """The attacker holds the signing key and rewrites the whole log (valid chain, valid
     signatures, fresh in-database anchor and checkpoint); an anchor shipped off the host earlier
@@ -326,7 +331,7 @@ def test_a_log_rebuilt_with_the_stolen_key_is_caught_by_an_anchor_kept_elsewhere
         res.check()
 
 
-def test_every_signature_is_checked_by_default(written_log, tmp_path: Path) -> None:
+def test_every_signature_is_checked_by_default(written_log: LogKeys, tmp_path: Path) -> None:
     db, keys = written_log
     assert verify_log(db, keys).signatures_checked == 20
     out = tmp_path / "export.jsonl"
@@ -338,7 +343,7 @@ def test_every_signature_is_checked_by_default(written_log, tmp_path: Path) -> N
 
 
 @pytest.fixture
-def batched_log(open_log, log_paths) -> tuple[Path, dict]:
+def batched_log(open_log: OpenLog, log_paths: LogPaths) -> LogKeys:
     """A closed 40-event log written in two group commits of 20 (emit, then flush)."""
     log = open_log(batch_max=20, checkpoint_every=1000)
     for i in range(1, 41):
@@ -348,7 +353,7 @@ def batched_log(open_log, log_paths) -> tuple[Path, dict]:
     return log_paths[0], exported_public_keys(log_paths[1])
 
 
-def test_a_group_commit_signs_its_last_record_only(batched_log) -> None:
+def test_a_group_commit_signs_its_last_record_only(batched_log: LogKeys) -> None:
     db, keys = batched_log
     signed = [seq for seq in range(1, 41) if _row(db, seq)[9]]
     assert signed and signed[-1] == 40 and len(signed) < 40  # batches of up to 20: few signatures
@@ -358,14 +363,16 @@ def test_a_group_commit_signs_its_last_record_only(batched_log) -> None:
 
 
 @pytest.mark.parametrize("full", [True, False])
-def test_an_unsigned_record_edited_is_changed(batched_log, full: bool) -> None:
+def test_an_unsigned_record_edited_is_changed(batched_log: LogKeys, full: bool) -> None:
     db, keys = batched_log
     seq = next(s for s in range(1, 41) if not _row(db, s)[9])
     execute_sql(db, ("UPDATE events SET details = ? WHERE seq = ?", ('{"n":0,"tool":"innocent"}', seq)))
     assert _problem(db, keys, full=full) == (seq, "changed")
 
 
-def test_unsigned_records_rewritten_and_rechained_fail_at_the_signature_that_vouched(batched_log) -> None:
+def test_unsigned_records_rewritten_and_rechained_fail_at_the_signature_that_vouched(
+    batched_log: LogKeys,
+) -> None:
     db, keys = batched_log
     # the attacker rewrites an unsigned record and re-chains everything after it (no key to sign)
     first = next(s for s in range(1, 41) if not _row(db, s)[9])
@@ -376,7 +383,7 @@ def test_unsigned_records_rewritten_and_rechained_fail_at_the_signature_that_vou
         r = list(_row(db, seq))
         if seq == first:
             r[6] = canonical_details({"tool": "nothing-to-see"})
-        h = chain_hash(prev, AuditRecord(*(r[:7]), prev, "", "", r[10]).canonical())
+        h = chain_hash(prev, AuditRecord._make([*r[:7], prev, "", "", r[10]]).canonical())
         conn.execute(
             "UPDATE events SET details=?, prev_hash=?, chain_hash=? WHERE seq=?", (r[6], prev, h, seq)
         )
@@ -387,7 +394,7 @@ def test_unsigned_records_rewritten_and_rechained_fail_at_the_signature_that_vou
     assert _problem(db, keys, full=False) == (vouching, "changed")
 
 
-def test_an_export_ending_on_unsigned_records_is_truncated(batched_log, tmp_path: Path) -> None:
+def test_an_export_ending_on_unsigned_records_is_truncated(batched_log: LogKeys, tmp_path: Path) -> None:
     db, keys = batched_log
     out = tmp_path / "export.jsonl"
     lines = _export(db, out)
@@ -398,7 +405,7 @@ def test_an_export_ending_on_unsigned_records_is_truncated(batched_log, tmp_path
     assert verify_jsonl(out, keys, all_signatures=False).ok is False
 
 
-def test_a_stripped_head_signature_is_caught(batched_log, tmp_path: Path) -> None:
+def test_a_stripped_head_signature_is_caught(batched_log: LogKeys, tmp_path: Path) -> None:
     db, keys = batched_log
     out = tmp_path / "export.jsonl"
     lines = _export(db, out)
@@ -408,7 +415,9 @@ def test_a_stripped_head_signature_is_caught(batched_log, tmp_path: Path) -> Non
     assert res.problem is not None and res.problem.kind == "truncated"
 
 
-def test_a_rotation_event_without_its_signature_is_changed(open_log, log_paths, tmp_path: Path) -> None:
+def test_a_rotation_event_without_its_signature_is_changed(
+    open_log: OpenLog, log_paths: LogPaths, tmp_path: Path
+) -> None:
     log = open_log()
     log.append("tool.call", {"n": 1})
     log.rotate_key()
@@ -426,7 +435,7 @@ def test_a_rotation_event_without_its_signature_is_changed(open_log, log_paths, 
 
 
 @pytest.mark.parametrize("full", [True, False])
-def test_swapped_unsigned_records_are_reordered(batched_log, full: bool) -> None:
+def test_swapped_unsigned_records_are_reordered(batched_log: LogKeys, full: bool) -> None:
     db, keys = batched_log
     a, b = _row(db, 3), _row(db, 4)
     assert not a[9] and not b[9]
@@ -438,7 +447,7 @@ def test_swapped_unsigned_records_are_reordered(batched_log, full: bool) -> None
     assert _problem(db, keys, full=full) == (3, "reordered")
 
 
-def test_a_deleted_unsigned_record_is_removed(batched_log) -> None:
+def test_a_deleted_unsigned_record_is_removed(batched_log: LogKeys) -> None:
     db, keys = batched_log
     execute_sql(db, ("DELETE FROM events WHERE seq = 3", ()))
     assert _problem(db, keys) == (3, "removed")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -25,6 +26,7 @@ from gateway.audit.record import (
     sign_hash,
 )
 from gateway.audit.verify import VerifyResult, verify_records
+from tests.audit.conftest import LogKeys, LogPaths, OpenLog
 
 
 def _kid(k: Ed25519PrivateKey) -> str:
@@ -32,11 +34,17 @@ def _kid(k: Ed25519PrivateKey) -> str:
 
 
 def _rec(
-    seq: int, prev: str, key: Ed25519PrivateKey, *, signed: bool = True, type: str = "tool.call", details=None
+    seq: int,
+    prev: str,
+    key: Ed25519PrivateKey,
+    *,
+    signed: bool = True,
+    type: str = "tool.call",
+    details: dict[str, Any] | None = None,
 ) -> AuditRecord:
     dj = canonical_details(details if details is not None else {"n": seq})
     kid = _kid(key)
-    fields = dict(
+    fields: dict[str, Any] = dict(
         seq=seq,
         id=f"r{seq}",
         ts_ns=seq,
@@ -171,7 +179,7 @@ def test_a_changed_record_reports_the_last_good_seq_and_head() -> None:
 # --- fast mode on real exports
 
 
-def _export(db: Path, out: Path) -> list[dict]:
+def _export(db: Path, out: Path) -> list[dict[str, Any]]:
     conn = store.open_reader(db)
     lines = [r.as_dict() for r in store.iter_records(conn)]
     conn.close()
@@ -179,11 +187,11 @@ def _export(db: Path, out: Path) -> list[dict]:
     return lines
 
 
-def _write(out: Path, lines: list[dict]) -> None:
+def _write(out: Path, lines: list[dict[str, Any]]) -> None:
     out.write_text("".join(json.dumps(d) + "\n" for d in lines))
 
 
-def test_fast_mode_on_an_export_checks_the_head_signature_only(written_log, tmp_path: Path) -> None:
+def test_fast_mode_on_an_export_checks_the_head_signature_only(written_log: LogKeys, tmp_path: Path) -> None:
     db, keys = written_log
     out = tmp_path / "export.jsonl"
     lines = _export(db, out)
@@ -198,7 +206,9 @@ def test_fast_mode_on_an_export_checks_the_head_signature_only(written_log, tmp_
     assert _problem(res) == (20, "changed")
 
 
-def test_fast_and_full_mode_across_a_key_rotation(open_log, log_paths, tmp_path: Path) -> None:
+def test_fast_and_full_mode_across_a_key_rotation(
+    open_log: OpenLog, log_paths: LogPaths, tmp_path: Path
+) -> None:
     log = open_log()
     log.append("tool.call", {"n": 1})
     log.rotate_key()
@@ -215,7 +225,9 @@ def test_fast_and_full_mode_across_a_key_rotation(open_log, log_paths, tmp_path:
     assert fast.events == len(lines) and len(fast.key_ids) == 2
 
 
-def test_an_export_with_a_record_moved_and_renumbered_is_reordered(written_log, tmp_path: Path) -> None:
+def test_an_export_with_a_record_moved_and_renumbered_is_reordered(
+    written_log: LogKeys, tmp_path: Path
+) -> None:
     db, keys = written_log
     out = tmp_path / "export.jsonl"
     lines = _export(db, out)

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -22,7 +23,7 @@ from gateway.audit.verify_split import (
     start_method,
 )
 from gateway.errors import ConfigError
-from tests.audit.conftest import execute_sql
+from tests.audit.conftest import Keys, execute_sql
 
 UPD = (
     "UPDATE events SET id=?, ts_ns=?, principal=?, agent=?, type=?, details=?, prev_hash=?, chain_hash=?, "
@@ -30,7 +31,7 @@ UPD = (
 )
 
 
-def _rows(db: Path) -> list[tuple]:
+def _rows(db: Path) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(db)
     rows = conn.execute(f"SELECT {store.COLUMNS} FROM events ORDER BY seq").fetchall()
     conn.close()
@@ -43,7 +44,7 @@ def _emit(log: AuditLog, n: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, int]:
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Keys, int]:
     """A closed log of group commits (unsigned runs, signed heads, anchors) with a key rotation
     that is the last record of the first of 2 ranges; the keys passed are the first key only
     (the second is trusted through the rotation). Returns the data dir, keys, the rotation seq."""
@@ -67,13 +68,13 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, int]
 
 
 @pytest.fixture
-def log_copy(pristine: tuple[Path, dict, int], tmp_path: Path) -> tuple[Path, dict, int]:
+def log_copy(pristine: tuple[Path, Keys, int], tmp_path: Path) -> tuple[Path, Keys, int]:
     d, keys, rot = pristine
     shutil.copytree(d, tmp_path / "d")
     return tmp_path / "d" / "audit.db", keys, rot
 
 
-def _same(db: Path, keys: dict, jobs: int, full: bool = True) -> tuple[int, str] | None:
+def _same(db: Path, keys: Keys, jobs: int, full: bool = True) -> tuple[int, str] | None:
     """Verify in one process and in ``jobs``: the same result; the first problem, if any."""
     one = verify_log(db, keys, all_signatures=full, jobs=1)
     split = verify_log(db, keys, all_signatures=full, jobs=jobs)
@@ -89,7 +90,9 @@ def _same(db: Path, keys: dict, jobs: int, full: bool = True) -> tuple[int, str]
 
 @pytest.mark.parametrize("full", [True, False])
 @pytest.mark.parametrize("jobs", [2, 3, 5])
-def test_an_intact_log_gives_the_same_result_in_several_processes(log_copy, jobs: int, full: bool) -> None:
+def test_an_intact_log_gives_the_same_result_in_several_processes(
+    log_copy: tuple[Path, Keys, int], jobs: int, full: bool
+) -> None:
     db, keys, rot = log_copy
     assert _same(db, keys, jobs, full) is None
     res = verify_log(db, keys, all_signatures=full, jobs=jobs)
@@ -154,7 +157,7 @@ TAMPERS: dict[str, Callable[[Path, int], None]] = {
 @pytest.mark.parametrize("tamper", sorted(TAMPERS))
 @pytest.mark.parametrize("jobs", [2, 3])
 def test_a_tamper_on_a_range_edge_is_the_same_first_problem(
-    pristine, tmp_path: Path, tamper: str, jobs: int
+    pristine: tuple[Path, Keys, int], tmp_path: Path, tamper: str, jobs: int
 ) -> None:
     d, keys, _ = pristine
     for seq in _edges(d / "audit.db", jobs):
@@ -172,7 +175,7 @@ def test_a_tamper_on_a_range_edge_is_the_same_first_problem(
         _same(copy / "audit.db", keys, jobs, full=False)
 
 
-def test_the_rotation_on_a_range_edge_hands_trust_to_the_next_range(log_copy) -> None:
+def test_the_rotation_on_a_range_edge_hands_trust_to_the_next_range(log_copy: tuple[Path, Keys, int]) -> None:
     db, keys, rot = log_copy
     rows = _rows(db)
     assert rows[rot - 1][10] != rows[rot][10]  # range 2 starts with the new key's first record
@@ -183,13 +186,13 @@ def test_the_rotation_on_a_range_edge_hands_trust_to_the_next_range(log_copy) ->
     assert _same(db, keys, 2) == (rot + 1, "changed")
 
 
-def test_a_rotation_edited_in_the_second_range_is_changed(log_copy) -> None:
+def test_a_rotation_edited_in_the_second_range_is_changed(log_copy: tuple[Path, Keys, int]) -> None:
     db, keys, rot = log_copy
     _edit(db, rot)
     assert _same(db, keys, 3) == (rot, "changed")
 
 
-def test_only_the_new_key_without_the_rotation_is_inserted(log_copy) -> None:
+def test_only_the_new_key_without_the_rotation_is_inserted(log_copy: tuple[Path, Keys, int]) -> None:
     db, keys, rot = log_copy
     new = exported_public_keys(db.parent / "key.pem")
     only_new = {k: v for k, v in new.items() if k not in keys}
@@ -197,7 +200,7 @@ def test_only_the_new_key_without_the_rotation_is_inserted(log_copy) -> None:
     assert _same(db, only_new, 2) == (1, "inserted")
 
 
-def test_an_anchor_problem_is_the_same(log_copy) -> None:
+def test_an_anchor_problem_is_the_same(log_copy: tuple[Path, Keys, int]) -> None:
     db, keys, _ = log_copy
     conn = sqlite3.connect(db)
     (seq,) = conn.execute("SELECT seq FROM anchor").fetchone()
@@ -275,14 +278,14 @@ def test_one_thread_forks(tmp_path: Path) -> None:
     assert threading.active_count() > 1 or start_method() == "fork"
 
 
-def test_a_small_log_stays_in_one_process_unless_jobs_are_given(log_copy) -> None:
+def test_a_small_log_stays_in_one_process_unless_jobs_are_given(log_copy: tuple[Path, Keys, int]) -> None:
     db, keys, _ = log_copy
     assert len(_rows(db)) < PARALLEL_MIN_EVENTS
     assert verify_log(db, keys).check().worker_pids == ()
     assert len(set(verify_log(db, keys, jobs=2).check().worker_pids)) == 2
 
 
-def test_more_jobs_than_records_use_one_process_per_record(log_copy) -> None:
+def test_more_jobs_than_records_use_one_process_per_record(log_copy: tuple[Path, Keys, int]) -> None:
     db, keys, _ = log_copy
     _truncate_from(db, 3)
     res = verify_log(db, keys, jobs=8)
@@ -291,7 +294,7 @@ def test_more_jobs_than_records_use_one_process_per_record(log_copy) -> None:
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
-def test_bad_jobs_are_a_config_error(log_copy, bad: object) -> None:
+def test_bad_jobs_are_a_config_error(log_copy: tuple[Path, Keys, int], bad: object) -> None:
     db, keys, _ = log_copy
     with pytest.raises(ConfigError):
         verify_log(db, keys, jobs=bad)  # type: ignore[arg-type]
@@ -313,7 +316,9 @@ def test_seq_ranges_cover_every_seq_once_in_order(first: int, head: int, n: int)
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 
 
-def test_a_key_missing_from_the_keys_table_falls_back_to_one_process(log_copy) -> None:
+def test_a_key_missing_from_the_keys_table_falls_back_to_one_process(
+    log_copy: tuple[Path, Keys, int],
+) -> None:
     """The rotated-to key is a candidate through the log's keys table; without it, the range
     that needs it fails and the serial walk (trusting it through the rotation) says intact."""
     db, keys, _ = log_copy
@@ -326,7 +331,7 @@ def test_a_key_missing_from_the_keys_table_falls_back_to_one_process(log_copy) -
     }
 
 
-def test_a_key_id_given_with_another_key_is_left_to_one_process(log_copy) -> None:
+def test_a_key_id_given_with_another_key_is_left_to_one_process(log_copy: tuple[Path, Keys, int]) -> None:
     db, keys, _ = log_copy
     (old,) = keys.values()
     new_id = next(k for k in exported_public_keys(db.parent / "key.pem") if k not in keys)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -13,6 +14,7 @@ from gateway.audit import AuditRecord, exported_public_keys, store, verify_log
 from gateway.audit import verify as verify_mod
 from gateway.audit.record import GENESIS_HASH, canonical_bytes, chain_hash, key_id_of, sign_hash
 from gateway.audit.verify import verify_records
+from tests.audit.conftest import Keys, LogKeys, LogPaths, OpenLog
 
 # names the writer escapes: quotes, backslashes, control characters, non-ASCII, empty, null
 NAMES = [None, "alice", 'qu"ote', "back\\slash", "new\nline", "ctl\x01\x1f", "ünï ☃", "\u2028", ""]
@@ -20,7 +22,7 @@ TYPES = ["tool.call", 'odd "type"\\', "agent.state"]
 
 
 @pytest.fixture
-def varied_log(open_log, log_paths) -> tuple[Path, dict]:
+def varied_log(open_log: OpenLog, log_paths: LogPaths) -> LogKeys:
     """A closed log of 40 events whose principals, agents and types repeat and need escaping."""
     log = open_log(checkpoint_every=7)
     for i in range(40):
@@ -35,7 +37,7 @@ def varied_log(open_log, log_paths) -> tuple[Path, dict]:
     return log_paths[0], exported_public_keys(log_paths[1])
 
 
-def _rows(db: Path) -> list[tuple]:
+def _rows(db: Path) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(db)
     rows = conn.execute(f"SELECT {store.COLUMNS} FROM events ORDER BY seq").fetchall()
     conn.close()
@@ -58,14 +60,16 @@ def _set(db: Path, seq: int, column: str, value: object) -> None:
 
 
 @pytest.fixture(params=["kept", "two"])
-def escapes_kept(request, monkeypatch) -> None:
+def escapes_kept(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The walk's escape cache as shipped, and cleared on every other new name."""
     if request.param == "two":
         monkeypatch.setattr(verify_mod, "_ESCAPES_KEPT", 2)
 
 
 @pytest.mark.parametrize("full", [True, False])
-def test_a_log_of_names_that_need_escaping_verifies(varied_log, escapes_kept, full: bool) -> None:
+def test_a_log_of_names_that_need_escaping_verifies(
+    varied_log: LogKeys, escapes_kept: None, full: bool
+) -> None:
     db, keys = varied_log
     res = verify_log(db, keys, all_signatures=full).check()
     assert (res.events, res.last_seq) == (40, 40)
@@ -74,7 +78,7 @@ def test_a_log_of_names_that_need_escaping_verifies(varied_log, escapes_kept, fu
 @pytest.mark.parametrize("column", ["principal", "agent", "type"])
 @pytest.mark.parametrize("seq", [1, 23, 40])
 def test_a_name_swapped_for_one_seen_elsewhere_in_the_log_is_changed(
-    varied_log, escapes_kept, column: str, seq: int
+    varied_log: LogKeys, escapes_kept: None, column: str, seq: int
 ) -> None:
     db, keys = varied_log
     index = store.COLUMNS.split(", ").index(column)
@@ -91,7 +95,7 @@ def test_a_name_swapped_for_one_seen_elsewhere_in_the_log_is_changed(
 
 
 @pytest.mark.parametrize("column", ["principal", "agent", "type", "key_id", "id"])
-def test_a_name_of_another_sqlite_type_is_changed(varied_log, column: str) -> None:
+def test_a_name_of_another_sqlite_type_is_changed(varied_log: LogKeys, column: str) -> None:
     db, keys = varied_log
     _set(db, 9, column, 9)
     res = verify_log(db, keys)
@@ -103,7 +107,7 @@ def test_a_name_of_another_sqlite_type_is_changed(varied_log, column: str) -> No
 
 
 @pytest.mark.parametrize("seq", [0, -3])
-def test_a_row_added_outside_the_chain_fails(varied_log, seq: int) -> None:
+def test_a_row_added_outside_the_chain_fails(varied_log: LogKeys, seq: int) -> None:
     """A copy of a genuine row at seq 0 or below is in no chain, yet ``audit query`` lists it."""
     db, keys = varied_log
     row = list(_rows(db)[4])
@@ -119,7 +123,9 @@ def test_a_row_added_outside_the_chain_fails(varied_log, seq: int) -> None:
 
 @pytest.mark.parametrize("full", [True, False])
 @pytest.mark.parametrize("edit", [None, (17, 6, '{"n":16,"name":"alice"}'), (17, 7, "0" * 64)])
-def test_rows_and_records_verify_alike(varied_log, full: bool, edit: tuple | None) -> None:
+def test_rows_and_records_verify_alike(
+    varied_log: LogKeys, full: bool, edit: tuple[int, int, str] | None
+) -> None:
     """``verify_records`` takes plain rows (``verify_log``) and ``AuditRecord``s (an export)."""
     db, keys = varied_log
     rows = _rows(db)
@@ -136,7 +142,7 @@ def test_rows_and_records_verify_alike(varied_log, full: bool, edit: tuple | Non
         assert (plain.last_seq, plain.events) == (16, 16)
 
 
-def test_the_result_as_json_names_every_field(varied_log) -> None:
+def test_the_result_as_json_names_every_field(varied_log: LogKeys) -> None:
     """``symbi audit verify --json`` prints ``as_dict``: every field under its own name."""
     db, keys = varied_log
     res = verify_log(db, keys)
@@ -172,7 +178,7 @@ def test_the_result_as_json_names_every_field(varied_log) -> None:
 
 @pytest.mark.parametrize("full", [True, False])
 def test_records_ending_unsigned_at_a_vouched_hash_verify_and_elsewhere_are_truncated(
-    varied_log, full: bool
+    varied_log: LogKeys, full: bool
 ) -> None:
     """An archive segment may end on unsigned records: its seal's signature vouches for its last
     hash (``vouched_tail``); any other hash there leaves them unvouched."""
@@ -189,7 +195,7 @@ def test_records_ending_unsigned_at_a_vouched_hash_verify_and_elsewhere_are_trun
         assert (res.problem.seq, res.problem.kind) == (first_unvouched, "truncated")
 
 
-def _signed_chain(details_texts: list[str]) -> tuple[list[tuple], dict]:
+def _signed_chain(details_texts: list[str]) -> tuple[list[tuple[Any, ...]], Keys]:
     """Rows of a chain whose details are the given texts, as stored, each record signed."""
     key = Ed25519PrivateKey.generate()
     kid = key_id_of(key.public_key())

@@ -19,6 +19,7 @@ import pytest
 from gateway.audit import AuditLog, exported_public_keys, store, verify_log
 from gateway.audit.record import verify_hash_signature
 from gateway.audit.store import checkpoint_path
+from tests.audit.conftest import Keys, LogKeys, LogPaths
 
 
 def _rows(db: Path) -> list[tuple[int, str, str]]:
@@ -39,7 +40,7 @@ def _anchor_seq(db: Path) -> int:
 
 
 def test_a_record_is_acknowledged_under_its_anchor_and_its_head_signed_when_flushed(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     db, _ = log_paths
     log = open_log(seal_idle_s=30.0)  # no idle signing during the test
@@ -64,7 +65,7 @@ def test_a_record_is_acknowledged_under_its_anchor_and_its_head_signed_when_flus
 
 
 def test_back_to_back_records_get_a_signed_head_every_checkpoint_every_events(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     """The writer never idles: the head is signed once per ``checkpoint_every`` events, after
     that commit's acknowledgement, and the signature stored by the next commit."""
@@ -81,7 +82,9 @@ def test_back_to_back_records_get_a_signed_head_every_checkpoint_every_events(
     assert (res.events, res.signatures_checked) == (25, 3)
 
 
-def test_an_idle_writer_signs_the_head_on_its_own(open_log: Callable[..., AuditLog], log_paths) -> None:
+def test_an_idle_writer_signs_the_head_on_its_own(
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
+) -> None:
     db, _ = log_paths
     log = open_log(seal_idle_s=0.0)  # idle at once: no later event comes
     assert log.append("tool.call", {"n": 1}, principal="p") == 1
@@ -99,7 +102,7 @@ async def _wait_signed(db: Path) -> bool:
 
 
 @pytest.fixture
-def unsigned_head(open_log: Callable[..., AuditLog], log_paths) -> tuple[Path, dict]:
+def unsigned_head(open_log: Callable[..., AuditLog], log_paths: LogPaths) -> LogKeys:
     """A closed 5-event log left as a crash between two commits leaves it: the head's signature
     not stored yet, the in-database anchor and the checkpoint file on the head."""
     db, key = log_paths
@@ -116,7 +119,7 @@ def unsigned_head(open_log: Callable[..., AuditLog], log_paths) -> tuple[Path, d
     return db, exported_public_keys(key)
 
 
-def _problem(db: Path, keys: dict, *sql: str) -> tuple[int, str] | None:
+def _problem(db: Path, keys: Keys, *sql: str) -> tuple[int, str] | None:
     conn = sqlite3.connect(db)
     with conn:
         for s in sql:
@@ -131,15 +134,15 @@ def _problem(db: Path, keys: dict, *sql: str) -> tuple[int, str] | None:
     return first
 
 
-def test_an_unsigned_head_under_its_anchor_verifies(unsigned_head) -> None:
+def test_an_unsigned_head_under_its_anchor_verifies(unsigned_head: LogKeys) -> None:
     assert _problem(*unsigned_head) is None
 
 
-def test_an_unsigned_head_removed_is_truncated(unsigned_head) -> None:
+def test_an_unsigned_head_removed_is_truncated(unsigned_head: LogKeys) -> None:
     assert _problem(*unsigned_head, "DELETE FROM events WHERE seq = 5") == (5, "truncated")
 
 
-def test_an_unsigned_head_removed_with_its_anchor_is_truncated(unsigned_head) -> None:
+def test_an_unsigned_head_removed_with_its_anchor_is_truncated(unsigned_head: LogKeys) -> None:
     db, _ = unsigned_head
     assert _problem(*unsigned_head, "DELETE FROM events WHERE seq = 5", "DELETE FROM anchor") == (
         5,
@@ -149,14 +152,16 @@ def test_an_unsigned_head_removed_with_its_anchor_is_truncated(unsigned_head) ->
     assert _problem(*unsigned_head)[1] == "truncated"  # type: ignore[index]
 
 
-def test_an_unsigned_head_edited_is_changed(unsigned_head) -> None:
+def test_an_unsigned_head_edited_is_changed(unsigned_head: LogKeys) -> None:
     assert _problem(*unsigned_head, """UPDATE events SET details = '{"n":0}' WHERE seq = 5""") == (
         5,
         "changed",
     )
 
 
-def test_an_unsigned_head_given_a_foreign_signature_is_changed(unsigned_head, tmp_path: Path) -> None:
+def test_an_unsigned_head_given_a_foreign_signature_is_changed(
+    unsigned_head: LogKeys, tmp_path: Path
+) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from gateway.audit.record import sign_hash
@@ -171,7 +176,7 @@ def test_an_unsigned_head_given_a_foreign_signature_is_changed(unsigned_head, tm
 
 
 def test_a_verification_racing_a_commit_reads_the_anchor_and_records_of_one_snapshot(
-    open_log: Callable[..., AuditLog], log_paths, monkeypatch: pytest.MonkeyPatch
+    open_log: Callable[..., AuditLog], log_paths: LogPaths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A commit lands between the verifier's reading of the anchor and of the records: it stores
     the old head's signature and moves the anchor to a new, unsigned head. Records of the later
@@ -198,7 +203,7 @@ def test_a_verification_racing_a_commit_reads_the_anchor_and_records_of_one_snap
 
 
 @pytest.fixture
-def unsigned_run(open_log: Callable[..., AuditLog], log_paths, tmp_path: Path) -> tuple[Path, dict]:
+def unsigned_run(open_log: Callable[..., AuditLog], log_paths: LogPaths, tmp_path: Path) -> LogKeys:
     """What a crash leaves after 8 back-to-back appends: every record committed and unsigned, the
     in-database anchor on the head (no checkpoint file yet). A copy of the live log made with
     SQLite's backup API: exactly what is committed, as a crash at that moment would leave it."""
@@ -217,7 +222,7 @@ def unsigned_run(open_log: Callable[..., AuditLog], log_paths, tmp_path: Path) -
 
 
 def test_a_crash_after_back_to_back_records_leaves_a_log_that_verifies_and_continues(
-    unsigned_run, log_paths
+    unsigned_run: LogKeys, log_paths: LogPaths
 ) -> None:
     db, keys = unsigned_run
     assert _problem(db, keys) is None
@@ -253,12 +258,12 @@ def _swap(a: int, b: int) -> list[str]:
     ids=["edit", "edit-head", "delete", "reorder", "truncate", "truncate-and-anchor", "anchor-deleted"],
 )
 def test_every_tampering_with_an_unsigned_run_is_caught(
-    unsigned_run, attack: list[str], expected: tuple[int, str]
+    unsigned_run: LogKeys, attack: list[str], expected: tuple[int, str]
 ) -> None:
     assert _problem(*unsigned_run, *attack) == expected
 
 
-def test_a_record_inserted_into_an_unsigned_run_is_caught(unsigned_run) -> None:
+def test_a_record_inserted_into_an_unsigned_run_is_caught(unsigned_run: LogKeys) -> None:
     """A forger without the key inserts a record at 5 and re-chains 5..9 (he cannot re-sign the
     anchor): the anchor's head hash is no longer in the log."""
     from gateway.audit.record import AuditRecord, canonical_details, chain_hash
@@ -282,7 +287,7 @@ def test_a_record_inserted_into_an_unsigned_run_is_caught(unsigned_run) -> None:
     assert _problem(db, keys) == (9, "truncated")
 
 
-def test_an_anchor_re_signed_by_another_key_over_an_unsigned_run_is_caught(unsigned_run) -> None:
+def test_an_anchor_re_signed_by_another_key_over_an_unsigned_run_is_caught(unsigned_run: LogKeys) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from gateway.audit.record import anchor_message
@@ -318,7 +323,7 @@ def _eventually(check: Callable[[], bool], deadline_s: float = 10.0) -> bool:
 
 
 def test_the_next_commit_is_opened_ahead_and_its_events_commit_in_it(
-    open_log: Callable[..., AuditLog], log_paths
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
 ) -> None:
     """While the writer waits for the next event (up to ``seal_idle_s``) its write transaction is
     already open: the write lock is the writer's, and the next events commit in that transaction."""
@@ -335,7 +340,7 @@ def test_the_next_commit_is_opened_ahead_and_its_events_commit_in_it(
     assert verify_log(db, exported_public_keys(log_paths[1])).check().last_seq == 5
 
 
-def test_an_idle_writer_holds_no_lock(open_log: Callable[..., AuditLog], log_paths) -> None:
+def test_an_idle_writer_holds_no_lock(open_log: Callable[..., AuditLog], log_paths: LogPaths) -> None:
     """After ``seal_idle_s`` without an event the transaction opened ahead is rolled back: an
     idle log holds no write lock (only the writer writes it, but nothing is held for nothing)."""
     db, _ = log_paths
@@ -348,7 +353,7 @@ def test_an_idle_writer_holds_no_lock(open_log: Callable[..., AuditLog], log_pat
 
 
 def test_a_wall_clock_that_steps_back_leaves_times_in_seq_order_and_windows_exact(
-    open_log: Callable[..., AuditLog], log_paths, monkeypatch: pytest.MonkeyPatch
+    open_log: Callable[..., AuditLog], log_paths: LogPaths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The wall clock steps back (NTP, a VM restored) during a run and again after a restart:
     no record is stamped before the one before it, so a query's time window (a seq range in a

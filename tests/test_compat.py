@@ -228,7 +228,12 @@ async def test_tap_lines_asks_the_consumer_whether_it_is_idle() -> None:
     reader = asyncio.StreamReader()
     busy = [True]
     taken: list[bytes] = []
-    compat.tap_lines(reader, lambda line: taken.append(line) is None, max_line=100, idle=lambda: not busy[0])
+
+    def take(line: bytes) -> bool:
+        taken.append(line)
+        return True
+
+    compat.tap_lines(reader, take, max_line=100, idle=lambda: not busy[0])
     task = await _waiting(reader)
     reader.feed_data(b"a\n")  # the consumer holds an unfinished line of its own: not tapped
     assert await task == b"a\n" and taken == []
@@ -246,7 +251,13 @@ async def test_tap_process_stdout_takes_lines_in_the_pipe_callback() -> None:
     taken: list[bytes] = []
     async with await anyio.open_process(["cat"]) as proc:
         assert proc.stdin is not None and proc.stdout is not None
-        take = lambda line: line.startswith(b"lane") and taken.append(line) is None  # noqa: E731
+
+        def take(line: bytes) -> bool:
+            if not line.startswith(b"lane"):
+                return False
+            taken.append(line)
+            return True
+
         assert compat.tap_process_stdout(proc, take, max_line=100)
         got = asyncio.get_running_loop().create_task(proc.stdout.receive())
         await proc.stdin.send(b"lane 1\n")

@@ -8,6 +8,7 @@ import importlib.util
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from importlib.metadata import distribution, packages_distributions
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def _imports(*folders: str) -> dict[str, str]:
     }
 
 
-def _owners(module: str, dists: dict[str, list[str]]) -> set[str]:
+def _owners(module: str, dists: Mapping[str, list[str]]) -> set[str]:
     """The distributions that provide ``module``. A namespace package (``opentelemetry``) is
     shared by many distributions: there the one whose files hold the module itself counts."""
     candidates = {_norm(d) for d in dists.get(module.split(".")[0], [])}

@@ -78,7 +78,7 @@ def test_text_lines_are_the_templates_own_across_seconds_and_with_a_traceback() 
     ]:
         assert ours.format(_record(created, exc=e)) == plain.format(_record(created, exc=e))
     # another converter (logging's documented switch) is honoured, not the kept text
-    ours.converter = plain.converter = time.gmtime  # type: ignore[method-assign,assignment]
+    ours.converter = plain.converter = time.gmtime
     assert ours.format(_record(1e9 + 0.25)) == plain.format(_record(1e9 + 0.25))
     assert _TextFormatter(LINE, "%H").format(_record(1e9)) == logging.Formatter(LINE, "%H").format(
         _record(1e9)

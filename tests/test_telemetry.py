@@ -372,9 +372,8 @@ def test_the_current_span_is_read_once_per_context() -> None:
         finally:
             telemetry.install().remove(proc)
         assert not telemetry.current_span_recorded()
-        assert telemetry.current_ids() is not None and telemetry.current_ids()[1] == format(
-            quiet.get_span_context().span_id, "016x"
-        )
+        ids = telemetry.current_ids()
+        assert ids is not None and ids[1] == format(quiet.get_span_context().span_id, "016x")
     assert telemetry.current_ids() is None
 
 

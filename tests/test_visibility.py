@@ -16,7 +16,7 @@ from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, Upstrea
 from gateway.errors import UnknownTool
 from gateway.policy.engine import EmbeddedEngine, RemoteEngine
 from gateway.policy.inputdoc import listing_inputs
-from gateway.policy.inputkey import ALL, InputReads
+from gateway.policy.inputkey import ALL, InputReads, Trie
 from gateway.policy.loader import PolicyFiles, load_checked
 from gateway.runtime.agents import AgentRegistry
 from gateway.steps.resolve import ResolveTool
@@ -115,7 +115,7 @@ def _seeing(tmp_path: Path, rego: str = _SEEING) -> EmbeddedEngine:
 def _live(read_only: bool = True) -> LiveCatalog:
     live = LiveCatalog({"up": UpstreamInfo(name="up", transport="stdio")})
     tool = types.Tool(
-        name="t", input_schema={"type": "object"}, annotations=types.ToolAnnotations(readOnlyHint=read_only)
+        name="t", input_schema={"type": "object"}, annotations=types.ToolAnnotations(read_only_hint=read_only)
     )
     live.snapshot = Catalog.build([UpstreamListing(name="up", pass_through=False, tools=[tool])])
     return live
@@ -257,12 +257,13 @@ def test_what_a_policy_reads_decides_whether_its_answers_are_remembered(tmp_path
     engine = _seeing(tmp_path)
     assert engine.bundle is not None and rememberable(engine.bundle.reads)
     assert rememberable(InputReads({"context": {"session_id": {ALL: {}}}, "tool": {ALL: {}}}))
-    for trie in (
+    volatile: list[Trie] = [
         {ALL: {}},
         {"context": {ALL: {}}},
         {"context": {"time": {ALL: {}}}},
         {"context": {"unix": {}}},
-    ):
+    ]
+    for trie in volatile:
         assert not rememberable(InputReads(trie)), trie
     assert not rememberable(None)
 

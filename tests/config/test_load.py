@@ -25,7 +25,7 @@ def test_defaults_are_safe() -> None:
 def test_config_is_frozen() -> None:
     cfg = build_config({})
     with pytest.raises(ValidationError):
-        cfg.http.port = 1  # type: ignore[misc]
+        cfg.http.port = 1
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:

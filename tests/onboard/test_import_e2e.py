@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomlkit
@@ -28,8 +29,8 @@ def run(*cmd: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=120, cwd=home)
 
 
-def inspector(entry: dict[str, object], home: Path, *args: str) -> dict:  # type: ignore[type-arg]
-    env = [f"{k}={v}" for k, v in entry["env"].items()]  # type: ignore[attr-defined]
+def inspector(entry: dict[str, Any], home: Path, *args: str) -> dict[str, Any]:
+    env = [f"{k}={v}" for k, v in entry["env"].items()]
     p = run(
         str(INSPECTOR),
         "--cli",
@@ -38,9 +39,10 @@ def inspector(entry: dict[str, object], home: Path, *args: str) -> dict:  # type
         *map(str, entry["args"]),
         *args,
         home=home,
-    )  # type: ignore[call-overload]
+    )
     assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(p.stdout)  # type: ignore[no-any-return]
+    doc: dict[str, Any] = json.loads(p.stdout)
+    return doc
 
 
 def test_claude_desktop_import_launches_through_the_gateway(tmp_path: Path) -> None:
@@ -94,7 +96,7 @@ def test_claude_desktop_import_launches_through_the_gateway(tmp_path: Path) -> N
 
     # a security team approves echo through a signed manifest
     doc = tomlkit.parse(config.read_text())
-    doc["servers"]["everything"]["approved"] = str(tmp_path / "approved-everything.json")  # type: ignore[index]
+    doc["servers"]["everything"]["approved"] = str(tmp_path / "approved-everything.json")
     config.write_text(tomlkit.dumps(doc))
     ok = run(
         str(SYMBI),

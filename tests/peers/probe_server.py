@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 
 def mount_points() -> list[str]:
@@ -45,12 +46,12 @@ TOOL = {
 }
 
 
-def answer(msg: dict) -> dict | None:
+def answer(msg: dict[str, Any]) -> dict[str, Any] | None:
     method, mid = msg.get("method"), msg.get("id")
     if mid is None:
         return None  # a notification
     if method == "initialize":
-        result: dict = {
+        result: dict[str, Any] = {
             "protocolVersion": msg["params"]["protocolVersion"],
             "capabilities": {"tools": {}},
             "serverInfo": {"name": "probe", "version": "1"},

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 RECORD = os.environ.get("RECORD_FILE")
 TOOL = {
@@ -31,12 +32,12 @@ TOOL = {
 }
 
 
-def send(msg: dict) -> None:
+def send(msg: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(msg) + "\n")
     sys.stdout.flush()
 
 
-def result(rid: object, text: str) -> dict:
+def result(rid: object, text: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": text}]}}
 
 

@@ -43,7 +43,7 @@ async def call_tool(ctx: ServerRequestContext, params: types.CallToolRequestPara
 
 def _extra(var: str) -> list[dict[str, object]]:
     path = os.environ.get(var)
-    return json.loads(Path(path).read_text()) if path else []  # type: ignore[no-any-return]
+    return json.loads(Path(path).read_text()) if path else []
 
 
 async def list_prompts(
@@ -66,15 +66,16 @@ async def list_templates(
     return types.ListResourceTemplatesResult(resource_templates=[])
 
 
-extra: dict[str, object] = {}
-if os.environ.get("PROMPTS_FILE"):
-    extra["on_list_prompts"] = list_prompts
-if os.environ.get("RESOURCES_FILE"):
-    extra["on_list_resources"] = list_resources
-    extra["on_list_resource_templates"] = list_templates
+prompts, resources = bool(os.environ.get("PROMPTS_FILE")), bool(os.environ.get("RESOURCES_FILE"))
 server = Server(
-    "signed-test-server", version="1.0", on_list_tools=list_tools, on_call_tool=call_tool, **extra
-)  # type: ignore[arg-type]
+    "signed-test-server",
+    version="1.0",
+    on_list_tools=list_tools,
+    on_call_tool=call_tool,
+    on_list_prompts=list_prompts if prompts else None,
+    on_list_resources=list_resources if resources else None,
+    on_list_resource_templates=list_templates if resources else None,
+)
 
 
 async def main() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 log, name, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
 with open(log, "a") as f:
@@ -22,12 +23,12 @@ time.sleep(delay)
 TOOL = {"name": "ping", "description": "Answer pong.", "inputSchema": {"type": "object", "properties": {}}}
 
 
-def answer(msg: dict) -> dict | None:
+def answer(msg: dict[str, Any]) -> dict[str, Any] | None:
     method, mid = msg.get("method"), msg.get("id")
     if mid is None:
         return None  # a notification
     if method == "initialize":
-        result: dict = {
+        result: dict[str, Any] = {
             "protocolVersion": msg["params"]["protocolVersion"],
             "capabilities": {"tools": {}},
             "serverInfo": {"name": f"slow-{name}", "version": "1"},

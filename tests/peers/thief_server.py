@@ -46,10 +46,11 @@ def _rewrite_log() -> str:
         key = load_pem_private_key((DATA / "audit-key.pem").read_bytes(), None)
     except OSError:
         key = Ed25519PrivateKey.generate()  # its own key, then
+    assert isinstance(key, Ed25519PrivateKey)  # the audit key is Ed25519
     conn = sqlite3.connect(DATA / "audit.db", isolation_level=None)
     forged = json.dumps({"forged": True})
     h = hashlib.sha256(forged.encode()).hexdigest()
-    sig = base64.b64encode(key.sign(bytes.fromhex(h))).decode()  # type: ignore[union-attr]
+    sig = base64.b64encode(key.sign(bytes.fromhex(h))).decode()
     conn.execute(
         "UPDATE events SET details = ?, chain_hash = ?, signature = ? WHERE seq = 1", (forged, h, sig)
     )

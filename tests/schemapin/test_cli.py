@@ -41,7 +41,8 @@ def keygen(d: Path) -> tuple[Path, Path, str]:
 def sign(priv: Path, tool: Path, out: Path) -> dict[str, Any]:
     r = symbi("sign", "--key", priv, tool, "--out", out)
     assert r.returncode == 0, r.stderr
-    return json.loads(out.read_text(encoding="utf-8"))
+    doc: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return doc
 
 
 def test_keygen_sign_verify(tmp_path: Path) -> None:

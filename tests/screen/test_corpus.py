@@ -53,7 +53,7 @@ def test_homoglyph_names_the_tool_it_imitates() -> None:
 
 
 def test_clean_definitions_have_no_findings_above_low() -> None:
-    clean = [
+    clean: list[dict[str, Any]] = [
         {
             "name": "add",
             "description": "Adds two numbers and returns the sum.",

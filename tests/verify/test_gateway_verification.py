@@ -248,7 +248,7 @@ async def test_manifest_approved_tool_changed_by_its_upstream_is_refused_naming_
 # --- in-band signatures from the reference implementation, keys from .well-known ------------
 
 
-TOOL = {
+TOOL: dict[str, Any] = {
     "name": "lookup",
     "description": "Look a word up in the dictionary.",
     "inputSchema": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]},

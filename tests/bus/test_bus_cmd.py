@@ -7,10 +7,12 @@ import json
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import anyio
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from gateway.bus.core import Bus
 from gateway.bus.crypto import KeyRing, load_secret
@@ -121,7 +123,8 @@ def test_on_redis(tmp_path: Path, redis_server: RedisServer) -> None:
     assert len(tail.stdout.splitlines()) == 3 and BODY not in tail.stdout
     assert symbi(cfg, "verify").returncode == 0
     r = redis.Redis.from_url(redis_server.url)
-    (key,) = r.keys("symbi:bus:inbox:*")
-    _, fields = r.xrange(key, count=1)[0]
-    r.xadd(key, {**fields, b"c": bytes([fields[b"c"][0] ^ 1]) + fields[b"c"][1:]})  # a forged copy
+    (key,) = cast(list[bytes], r.keys("symbi:bus:inbox:*"))
+    _, fields = cast(list[tuple[bytes, dict[bytes, bytes]]], r.xrange(key, count=1))[0]
+    forged = {**fields, b"c": bytes([fields[b"c"][0] ^ 1]) + fields[b"c"][1:]}
+    r.xadd(key, cast("dict[FieldT, EncodableT]", forged))  # a forged copy
     assert symbi(cfg, "verify").returncode == 1

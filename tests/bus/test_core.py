@@ -10,11 +10,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from gateway.bus.core import Bus
 from gateway.bus.crypto import KeyRing, load_secret
@@ -83,7 +84,7 @@ class Env:
         r = redis.Redis.from_url(self.url)
         return [
             (i.decode(), SecureMessage.from_fields({k: v for k, v in f.items() if k != b"e"}))
-            for i, f in r.xrange(f"{PREFIX}inbox:{inbox}")
+            for i, f in cast(list[tuple[bytes, dict[bytes, bytes]]], r.xrange(f"{PREFIX}inbox:{inbox}"))
         ]
 
     def inject(self, inbox: str, msg: SecureMessage) -> None:
@@ -98,7 +99,9 @@ class Env:
             db.close()
         else:
             r = redis.Redis.from_url(self.url)
-            r.xadd(f"{PREFIX}inbox:{inbox}", {**f, "e": str(msg.expires_ms)})
+            r.xadd(
+                f"{PREFIX}inbox:{inbox}", cast("dict[FieldT, EncodableT]", {**f, "e": str(msg.expires_ms)})
+            )
 
 
 @pytest.fixture(params=["embedded", "redis"])
@@ -232,7 +235,7 @@ async def test_ttl_expiry_removes_and_counts(env: Env) -> None:
     assert stats["counters"]["expired"] == 1  # type: ignore[index]
     for bad in (0, -1, True, "10", 86400 * 2):
         with pytest.raises(ArgumentsInvalid):
-            await bus.send(A, "agent-b", "x", ttl_s=bad)
+            await bus.send(A, "agent-b", "x", ttl_s=bad)  # type: ignore[arg-type]  # wrong types: the point
 
 
 async def test_policy_denies_and_audits(env: Env) -> None:
@@ -370,6 +373,7 @@ async def test_redis_losing_its_data_recovers(env: Env) -> None:
     bus = await _pair(env)
     await bus.send(A, "agent-b", "before")
     assert [r.body for r in await bus.receive(B)] == ["before"]
+    assert env.url is not None
     redis.Redis.from_url(env.url).flushall()  # a restart without persistence
     for p in (A, B):
         await bus.register(p.agent, p.id)  # type: ignore[arg-type]

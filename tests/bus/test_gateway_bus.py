@@ -77,6 +77,7 @@ async def test_direct_message_and_audit_without_body(gw: Gateway, tmp_path: Path
     sent = data(await call(gw, A, "send", to="ag-b", body={"text": SECRET}))
     got = data(await call(gw, B, "receive", max=10))["messages"]
     assert [(m["id"], m["from"], m["body"]) for m in got] == [(sent["id"], "ag-a", {"text": SECRET})]
+    assert gw.audit is not None
     gw.audit.flush(timeout=5)
     for f in (tmp_path / "data").glob("audit*.db*"):
         assert SECRET.encode() not in f.read_bytes()
@@ -105,6 +106,7 @@ async def test_other_principal_and_denied_topic_refused_and_audited(gw: Gateway)
     assert r.is_error and r.meta["symbi/error"]["code"] == PolicyDenied.code
     r = await call(gw, B, "subscribe", topic="*")
     assert r.is_error and r.meta["symbi/error"]["code"] == PolicyDenied.code
+    assert gw.audit is not None
     gw.audit.flush(timeout=5)
     denied = [e for e in gw.audit.recent(100) if e["type"] == "bus.denied"]
     assert {d["details"]["kind"] for d in denied} == {"bus/publish", "bus/subscribe"}
@@ -151,6 +153,7 @@ async def test_per_agent_message_rate_from_the_policy(tmp_path: Path) -> None:
         assert r.is_error and r.meta["symbi/error"]["code"] == "rate_limited"
         # per agent: B still may send
         data(await call(gateway, B, "send", to="ag-a", body="from b"))
+        assert gateway.audit is not None
         gateway.audit.flush(timeout=5)
         denied = [e["details"] for e in gateway.audit.recent(100) if e["type"] == "bus.denied"]
         assert [d["kind"] for d in denied] == ["bus/send"]

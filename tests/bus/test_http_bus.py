@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import httpx
+import httpx2
 import pytest
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
@@ -93,13 +94,13 @@ class Agent:
 async def agent(url: str, key: str) -> AsyncIterator[Agent]:
     updates: list[str] = []
 
-    async def on_message(m: Any) -> None:
-        root = getattr(m, "root", m)
+    async def on_message(message: Any) -> None:
+        root = getattr(message, "root", message)
         if isinstance(root, types.ResourceUpdatedNotification):
             updates.append(str(root.params.uri))
 
     async with (
-        httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as hc,
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as hc,
         streamable_http_client(url, http_client=hc) as (r, w),
         ClientSession(r, w, message_handler=on_message) as s,
     ):
@@ -282,7 +283,7 @@ async def test_agents_get_keys_at_registration_and_are_addressed_by_name(tmp_pat
         assert gw is not None
         async with (
             agent(srv.mcp, keys["a"]) as a,
-            httpx.AsyncClient(headers={"Authorization": f"Bearer {keys['b']}"}, timeout=60) as hc,
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {keys['b']}"}, timeout=60) as hc,
             streamable_http_client(srv.mcp, http_client=hc) as (r, w),
             ClientSession(r, w) as quiet,
         ):
@@ -293,6 +294,6 @@ async def test_agents_get_keys_at_registration_and_are_addressed_by_name(tmp_pat
             sent = await a.ok("send", to=c.name, body="to a name")
             r2 = await quiet.call_tool("bus__receive", {})
             assert not r2.is_error, r2
-            got = r2.structured_content["messages"]  # type: ignore[index]
+            got = r2.structured_content["messages"]
             assert [(m["id"], m["body"]) for m in got] == [(sent["id"], "to a name")]
             assert sent["to"] == c.id

@@ -10,10 +10,12 @@ import dataclasses
 import sqlite3
 import time
 from pathlib import Path
+from typing import cast
 
 import anyio
 import pytest
 import redis
+from redis.typing import EncodableT, FieldT
 
 from gateway.bus.crypto import KeyRing, PublicKeys, config_secret
 from gateway.bus.redis_backend import PREFIX
@@ -124,7 +126,9 @@ async def test_an_unreadable_stored_entry_is_rejected_for_its_agent_and_settled(
             )
         db.close()
     else:
-        redis.Redis.from_url(env.url).xadd(f"{PREFIX}inbox:agent-b", {**fields, "e": str(good.expires_ms)})
+        redis.Redis.from_url(env.url).xadd(
+            f"{PREFIX}inbox:agent-b", cast("dict[FieldT, EncodableT]", {**fields, "e": str(good.expires_ms)})
+        )
     assert [r.id for r in await bus.receive(B, max_items=10)] == [good.id]
     (rejected,) = events.of("bus.rejected")
     assert rejected["inbox"] == "agent-b" and isinstance(rejected["reason"], str) and rejected["reason"]

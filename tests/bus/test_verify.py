@@ -10,6 +10,7 @@ import hmac
 import sqlite3
 from hashlib import sha256
 from pathlib import Path
+from typing import Literal
 
 import anyio
 
@@ -39,7 +40,7 @@ def _msg(
     topic: str | None = None,
     ct: bytes = b"ciphertext",
 ) -> SecureMessage:
-    kind = "topic" if topic is not None else "direct"
+    kind: Literal["topic", "direct"] = "topic" if topic is not None else "direct"
     hb = header_bytes(mid, keys.agent, to, topic, kind, ts, ts + 1000, prev, None)
     nonce = b"n" * 12
     sig = keys.sign.sign(signed_bytes(hb, nonce, ct))

@@ -34,7 +34,7 @@ def hashing() -> HashingEmbedder:
 @pytest.fixture(scope="session")
 def questions() -> list[tuple[str, str, str]]:
     """(paraphrase question, file, heading of the passage that answers it)."""
-    return [tuple(q) for q in json.loads((CORPUS / "questions.json").read_text())]  # type: ignore[misc]
+    return [tuple(q) for q in json.loads((CORPUS / "questions.json").read_text())]
 
 
 class Clock:

@@ -59,15 +59,10 @@ async def gateway(cfg: Path) -> AsyncIterator[Gateway]:
 
 
 async def call(gw: Gateway, who: Principal, tool: str, **args: Any) -> types.CallToolResult:
-    return await gw.call(
-        CallContext(
-            principal=who,
-            kind="tools/call",
-            target=tool,
-            arguments=args,  # type: ignore[no-any-return]
-            session_id=f"s-{who.id}",
-        )
+    result: types.CallToolResult = await gw.call(
+        CallContext(principal=who, kind="tools/call", target=tool, arguments=args, session_id=f"s-{who.id}")
     )
+    return result
 
 
 def audit_records(cfg: Path, *kinds: str) -> list[dict[str, Any]]:
@@ -94,10 +89,10 @@ async def test_store_and_recall_are_per_agent(tmp_path: Path) -> None:
             "knowledge__answer",
         } <= names
         r = await call(gw, ALICE, "memory__store", text="alice's build server is ci-7", type="long_term")
-        assert not r.is_error and r.structured_content["type"] == "long_term"  # type: ignore[index]
+        assert not r.is_error and r.structured_content["type"] == "long_term"
         await call(gw, BOB, "memory__store", text="bob's build server is ci-9")
         a = await call(gw, ALICE, "memory__recall", query="build server")
-        texts = [i["text"] for i in a.structured_content["items"]]  # type: ignore[index]
+        texts = [i["text"] for i in a.structured_content["items"]]
         assert texts == ["alice's build server is ci-7"]
 
 
@@ -145,7 +140,7 @@ async def test_shared_namespaces_follow_the_policy(tmp_path: Path) -> None:
         )
         assert not w.is_error
         got = await call(gw, BOB, "memory__recall", query="standup", types=["shared"], namespaces=["team"])
-        assert [i["text"] for i in got.structured_content["items"]] == ["standup moved to 10:30"]  # type: ignore[index]
+        assert [i["text"] for i in got.structured_content["items"]] == ["standup moved to 10:30"]
         with pytest.raises(PolicyDenied):  # tester may read announcements, only admin writes
             await call(gw, BOB, "memory__store", text="x", type="shared", namespace="announcements")
         with pytest.raises(PolicyDenied):
@@ -166,7 +161,7 @@ async def test_redacted_secrets_are_never_embedded_or_stored(tmp_path: Path) -> 
             text=f"the billing key is {secret} keep it safe {password}",
             metadata={"api_token": "tok-123", "project": "billing"},
         )
-        assert r.structured_content["redacted"] == 1  # type: ignore[index]
+        assert r.structured_content["redacted"] == 1
         service = gw.builtins["memory"].s  # type: ignore[attr-defined]
         pts = service.m.store.scroll({"kind": "memory"})
         assert len(pts) == 1
@@ -193,7 +188,7 @@ async def test_long_term_memory_persists_across_a_restart(tmp_path: Path) -> Non
         got = await call(
             gw, ALICE, "memory__recall", query="staging database", types=["long_term", "short_term"]
         )
-        texts = [i["text"] for i in got.structured_content["items"]]  # type: ignore[index]
+        texts = [i["text"] for i in got.structured_content["items"]]
         assert texts[0] == "the staging database is db-stg-3" and "short lived" not in texts
 
 
@@ -203,15 +198,15 @@ async def test_knowledge_tools_search_context_and_answer_without_sampling(tmp_pa
         service = gw.builtins["knowledge"].s  # type: ignore[attr-defined]
         service.kb.add("handbook", CORPUS, glob="*.md")
         s = await call(gw, ALICE, "knowledge__search", base="handbook", query="basement bike cage", top_k=3)
-        assert s.structured_content["items"][0]["heading"] == "Bicycles"  # type: ignore[index]
+        assert s.structured_content["items"][0]["heading"] == "Bicycles"
         for top_k, want in ((1, 1), (None, 5)):  # top_k is passed through; its default is 5
             extra = {} if top_k is None else {"top_k": top_k}
             got = await call(gw, ALICE, "knowledge__search", base="handbook", query="bike cage", **extra)
-            assert len(got.structured_content["items"]) == want  # type: ignore[index]
+            assert len(got.structured_content["items"]) == want
         c = await call(gw, ALICE, "knowledge__context", query="where do bikes go", budget_tokens=200)
         assert not c.is_error and c.content[0].text.startswith("[1] (handbook:")  # type: ignore[union-attr]
         assert set(c.meta["symbi/rag_timings_ms"]) >= {"vector_search", "ranking", "context_assembly"}  # type: ignore[index]
-        cited = c.structured_content["citations"]  # type: ignore[index]
+        cited = c.structured_content["citations"]
         assert isinstance(c.meta["symbi/rag_tokens"], int)  # type: ignore[index]
         assert [x["n"] for x in cited] == list(range(1, len(cited) + 1)) and cited[0]["citation"].startswith(
             "handbook:"
@@ -244,11 +239,11 @@ async def test_working_memory_ends_with_its_task(tmp_path: Path) -> None:
             task="report",
         )
         got = await call(gw, ALICE, "memory__recall", query="draft report", types=["working"], task="report")
-        assert len(got.structured_content["items"]) == 1  # type: ignore[index]
+        assert len(got.structured_content["items"]) == 1
         ended = await call(gw, ALICE, "memory__end_task", task="report")
         assert ended.structured_content == {"task": "report", "cleared": 1}
         got = await call(gw, ALICE, "memory__recall", query="draft report", types=["working"], task="report")
-        assert got.structured_content["items"] == []  # type: ignore[index]
+        assert got.structured_content["items"] == []
     # audited: which task, how many cleared, whose (metadata only)
     assert [
         (r["agent"], r["principal"], r["task"], r["cleared"]) for r in audit_records(cfg, "memory.task_ended")
@@ -275,11 +270,11 @@ async def test_filters_cannot_reach_another_agents_memory(tmp_path: Path) -> Non
         await call(gw, ALICE, "memory__store", text="alice keeps the root password in the blue safe")
         for filters in ({"agent": "agent-a"}, {"namespace": "agent:agent-a"}, {"kind": "memory"}):
             got = await call(gw, BOB, "memory__recall", query="root password safe", filters=filters)
-            assert got.structured_content["items"] == [], filters  # type: ignore[index]
+            assert got.structured_content["items"] == [], filters
         got = await call(
             gw, BOB, "memory__recall", query="root password safe", types=["long_term", "working"]
         )
-        assert got.structured_content["items"] == []  # type: ignore[index]
+        assert got.structured_content["items"] == []
         for uri in ("memory://agent-a/working", "memory://agent-a/long_term"):
             # A reads first, so an allow for A's own memory is in the decision cache
             await gw.call(
@@ -342,7 +337,12 @@ async def test_the_retention_job_opens_nothing_where_memory_was_never_used(tmp_p
         m = gw.builtins["memory"].s.m  # type: ignore[attr-defined]
         rounds: list[bool] = []
         asked = m.store_in_use
-        m.store_in_use = lambda: rounds.append(asked()) or rounds[-1]  # counts the job's rounds
+
+        def counted() -> bool:  # counts the job's rounds
+            rounds.append(asked())
+            return rounds[-1]
+
+        m.store_in_use = counted
         for _ in range(500):  # bounded
             if len(rounds) >= 3:
                 break

@@ -125,8 +125,8 @@ def test_bad_input_is_refused(cm: ContextManager) -> None:
         AgentContext("x" * 40_000),
         AgentContext("x", "shared"),
         AgentContext("x", "shared", namespace="../etc"),
-        AgentContext("x", "episodic"),
-    ):  # type: ignore[arg-type]
+        AgentContext("x", "episodic"),  # type: ignore[arg-type]  # an unknown memory type: the point
+    ):
         with pytest.raises(ContextError):
             cm.store_context("A", bad)
     with pytest.raises(ContextError):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import SandboxUnavailable
-from gateway.sandbox import Limits, SandboxManager, SandboxRequest, bwrap
+from gateway.sandbox import Limits, SandboxManager, SandboxRequest, bwrap, seccomp_bpf
 
 from .conftest import require_tier
 
@@ -131,7 +131,7 @@ def test_a_filter_that_cannot_be_built_makes_the_tier_unavailable(
     def no_library(out_path: str, allow_network: bool) -> None:
         raise OSError("libseccomp: Unable to find libseccomp")
 
-    monkeypatch.setattr(bwrap.seccomp_bpf, "build", no_library)
+    monkeypatch.setattr(seccomp_bpf, "build", no_library)  # the module bwrap calls
     with pytest.raises(SandboxUnavailable):
         bwrap.SeccompFilters().path(allow_network=False)
 

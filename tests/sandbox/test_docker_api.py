@@ -379,6 +379,7 @@ def test_a_container_made_after_its_owner_closed_is_removed_by_the_next_sweep(
         check=True,
     )
     owner = out.stdout.split()[0]
+    seen: dict[str, Any]
     end, seen = time.monotonic() + 60, {}
     while not seen.get("create") and time.monotonic() < end:  # the daemon may still be making it
         time.sleep(0.1)
@@ -422,7 +423,8 @@ def _api_error(status: int | None) -> Exception:
     if status is not None:
         response = requests.Response()
         response.status_code = status
-    return docker.errors.APIError("refused", response=response)
+    err: Exception = docker.errors.APIError("refused", response=response)  # the SDK is untyped
+    return err
 
 
 @pytest.mark.parametrize(

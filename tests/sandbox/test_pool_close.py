@@ -14,6 +14,7 @@ import pytest
 from gateway.config.model import Config
 from gateway.errors import SandboxInterrupted
 from gateway.sandbox import SandboxManager, SandboxRequest, SandboxResult
+from gateway.sandbox.docker_tier import DockerTier
 
 from .conftest import own_leftovers, require_tier
 from .test_pool import served
@@ -40,7 +41,9 @@ def test_a_close_while_a_refill_is_starting_leaves_no_container(
 ) -> None:
     m, tier, before = fresh_pool
     created = threading.Event()
-    real_create = m.tiers[tier].create
+    docker_tier = m.tiers[tier]
+    assert isinstance(docker_tier, DockerTier)
+    real_create = docker_tier.create
 
     def create(*args: Any, **kwargs: Any) -> str:  # the real create; only tells the test it ran
         cid = real_create(*args, **kwargs)
@@ -140,7 +143,9 @@ def test_a_call_the_pool_cannot_serve_runs_cold_and_says_so(
     pool = m.warm_pool
     assert pool is not None and pool.wait_ready(tier, timeout_s=60)
     release = threading.Event()
-    real_create = m.tiers[tier].create
+    docker_tier = m.tiers[tier]
+    assert isinstance(docker_tier, DockerTier)
+    real_create = docker_tier.create
 
     def create(*args: Any, **kwargs: Any) -> str:
         if threading.current_thread().name.startswith("sandbox-pool-"):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gateway.errors import SandboxUnavailable
 from gateway.sandbox import ToolNeeds, assess_tier, risk_score
+from gateway.sandbox.types import Tier
 
 
 def all_up(tier: str) -> tuple[bool, str]:
@@ -19,8 +22,8 @@ def only(*tiers: str):  # type: ignore[no-untyped-def]
     return available
 
 
-def pick(needs: ToolNeeds | None = None, **kw):  # type: ignore[no-untyped-def]
-    args = {
+def pick(needs: ToolNeeds | None = None, **kw: Any) -> Tier:
+    args: dict[str, Any] = {
         "code_trust": "trusted",
         "data_sensitivity": "public",
         "policy_min_tier": None,

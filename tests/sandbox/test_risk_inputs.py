@@ -103,9 +103,9 @@ async def test_default_sandbox_tier_changes_where_a_call_runs(
     async with stdio_session(_cfg(tmp_path, default_tier)) as s:
         r = await s.call_tool("sandbox__run_python", {"code": "print(6 * 7)"})
         assert not r.is_error, r
-        assert r.structured_content["tier"] == plain  # type: ignore[index]
+        assert r.structured_content["tier"] == plain
         r = await s.call_tool(
             "sandbox__run_python",
             {"code": "import socket\nprint(open('/etc/hostname').read())"},
         )
-        assert r.structured_content["tier"] == asking  # type: ignore[index]
+        assert r.structured_content["tier"] == asking

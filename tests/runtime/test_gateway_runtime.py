@@ -142,4 +142,4 @@ async def test_an_agents_memory_budget_caps_its_sandbox_runs(tmp_path: Path) -> 
     )
     async with stdio_session(roomy) as s:
         ok = await s.call_tool("sandbox__run_python", {"code": hog})
-    assert not ok.is_error and "allocated" in ok.structured_content["stdout"]  # type: ignore[index]
+    assert not ok.is_error and "allocated" in ok.structured_content["stdout"]

@@ -467,7 +467,7 @@ async def test_cancelling_a_real_run_kills_its_process_and_revokes_its_credentia
         boxes.append(box)
         return argv, box
 
-    h._command = spy  # type: ignore[method-assign]
+    h._command = spy  # type: ignore[method-assign, assignment]  # a spy over the real method
     with anyio.fail_after(GUARD_S):
         async with anyio.create_task_group() as tg:
             tg.start_soon(h._supervise, "slow", slow)

@@ -15,7 +15,7 @@ import httpx2
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import Implementation
+from mcp.types import Implementation, RequestParamsMeta
 
 from gateway.context import Principal
 from gateway.events import LoggingSink
@@ -127,7 +127,7 @@ def _config(tmp_path: Path) -> Path:
 
 
 async def _session_call(
-    mcp: str, headers: dict[str, str], client: str, meta: dict[str, Any] | None = None
+    mcp: str, headers: dict[str, str], client: str, meta: RequestParamsMeta | None = None
 ) -> Any:
     async with (
         httpx2.AsyncClient(headers=headers) as hc,
@@ -170,7 +170,7 @@ async def test_policy_sees_the_agent_and_a_client_cannot_claim_another_agents_id
 
         # bob: declares alice's client name, sends her agent id in a header and in _meta
         spoof = {**bearer(keys.user), "X-Symbi-Agent": alice_agent, "X-Agent-Id": alice_agent}
-        meta = {"symbi/agent": alice_agent, "agent": alice_agent}
+        meta: RequestParamsMeta = {"symbi/agent": alice_agent, "agent": alice_agent}
         denied = await _session_call(run.mcp, spoof, "alice/trusted-client", meta=meta)
         assert (
             denied.is_error and denied.meta["symbi/error"]["code"] == "unknown_tool"

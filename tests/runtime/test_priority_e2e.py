@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -101,8 +101,8 @@ async def test_a_high_priority_call_overtakes_queued_low_priority_calls(tmp_path
         sched = gw.runtime.scheduler
         results: dict[str, Any] = {}
         async with (
-            httpx.AsyncClient(headers={"Authorization": f"Bearer {low_key}"}, timeout=60) as lc,
-            httpx.AsyncClient(headers={"Authorization": f"Bearer {vip_key}"}, timeout=60) as vc,
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {low_key}"}, timeout=60) as lc,
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {vip_key}"}, timeout=60) as vc,
             streamable_http_client(srv.mcp, http_client=lc) as (lr, lw),
             streamable_http_client(srv.mcp, http_client=vc) as (vr, vw),
             ClientSession(lr, lw) as low,

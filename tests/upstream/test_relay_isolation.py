@@ -94,7 +94,9 @@ async def test_sampling_never_reaches_another_principals_model(tmp_path: Path) -
             assert not alone.is_error and "I am bob's model" in alone.content[0].text  # type: ignore[union-attr]
             assert asked == ["bob"]
 
-        log = run.state.gateway.audit  # type: ignore[union-attr]
+        assert run.state.gateway is not None
+        log = run.state.gateway.audit
+        assert log is not None
         log.flush()
         events = [e for e in log.recent(200) if e["type"] == "upstream.client_request"]
         outcomes = [(e["details"]["method"], e["details"]["outcome"], e["principal"]) for e in events]
@@ -139,7 +141,8 @@ async def test_isolation_per_principal_serves_both_callers_with_their_own_model(
                 assert f"I am {who}'s model" in text and other not in text
             assert sorted(asked) == ["alice", "bob"]  # each model asked once: by its own caller's call
 
-        gw = run.state.gateway  # type: ignore[union-attr]
+        gw = run.state.gateway
+        assert gw is not None and gw.audit is not None
         procs = {u.name for u in gw.replicas["mut"]}
         assert len(procs) == 3  # the primary (catalogue) and one process per principal
         gw.audit.flush()
@@ -162,7 +165,8 @@ async def test_isolation_per_session_is_bounded_and_idle_processes_stop(tmp_path
     key, _ = store.create("alice", ("tester",))
     results: dict[str, Any] = {}
     with run_server(cfg) as run:
-        gw = run.state.gateway  # type: ignore[union-attr]
+        gw = run.state.gateway
+        assert gw is not None
         async with (
             httpx2.AsyncClient(headers=bearer(key)) as h1,
             streamable_http_client(run.mcp, http_client=h1) as (r1, w1),

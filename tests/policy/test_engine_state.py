@@ -11,7 +11,7 @@ import pytest
 
 from gateway.errors import PolicyLoadError
 from gateway.events import Event
-from gateway.policy.engine import EmbeddedEngine
+from gateway.policy.engine import CACHE_ENTRIES, EmbeddedEngine
 from gateway.policy.loader import PolicyBundle, PolicyFiles
 from tests.policy.conftest import RecordingSink
 
@@ -174,9 +174,9 @@ def test_status_reports_a_refused_broadcast_while_the_old_policy_stays(
 KEYED = PKG + 'decision := {"allow": input.n >= 0, "reasons": [], "conditions": {}}\n'
 
 
-def _keyed(tmp_path: Path, **kw: int) -> EmbeddedEngine:
+def _keyed(tmp_path: Path, cache_entries: int = CACHE_ENTRIES) -> EmbeddedEngine:
     (tmp_path / "p.rego").write_text(KEYED)
-    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"), **kw)
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"), cache_entries=cache_entries)
     assert eng.load()
     return eng
 

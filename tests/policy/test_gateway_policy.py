@@ -150,7 +150,7 @@ async def test_a_hidden_tool_answers_like_a_missing_one_before_its_arguments_are
     """Attack: probe a hidden tool with bad arguments to learn its schema (arguments_invalid)."""
     reader_cfg, record = cfg(tmp_path, "reader")
     async with stdio_session(reader_cfg) as s:
-        probes = [
+        probes: list[tuple[str, dict[str, Any]]] = [
             ("mut__read_path", {}),  # hidden, required argument missing
             ("mut__read_path", {"path": 42}),  # hidden, wrong type
             ("mut__read_path", {"path": "/srv/allowed/x"}),  # hidden, valid arguments

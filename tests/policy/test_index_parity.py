@@ -138,6 +138,7 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
     _, session7 = _load(SESSION7.read_text(), data)
     assert bundle.precomputed is not None
     opa = opa_engine(data=data)
+    assert bundle.precomputed is not None
     opa_indexed = opa_engine(data={**data, **bundle.precomputed})  # the fast paths on OPA
     outcomes = {"allow": 0, "deny": 0}
     for inp in _inputs(seed, 150):
@@ -199,6 +200,7 @@ def test_path_arguments_are_checked_as_the_previous_policy_and_opa_check_them(se
     data["symbi_data"]["fs_roots"] = roots
     bundle, new = _load(POLICY.read_text(), data)
     _, previous = _load(PREVIOUS.read_text(), data)
+    assert bundle.precomputed is not None
     opa_indexed = opa_engine(data={**data, **bundle.precomputed})
     base = load_cases(CASES)[0].input
     outcomes = {"allow": 0, "deny": 0}
@@ -251,6 +253,7 @@ def test_well_formed_requests_of_the_frequent_kinds_take_the_fast_path(kind: str
     assert inputs
     for inp in inputs:
         assert _facts_fields(engine, inp) == {"refusals", "granted", "conditions"}, inp
+    odd: dict[str, Any]
     for odd in ({"kind": "knowledge/ingest"}, {"kind": "weird/kind"}, {"principal": {"roles": []}}):
         assert _facts_fields(engine, {**inputs[0], **odd}) is None  # the general rules decide
 

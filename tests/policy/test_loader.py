@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, PolicyLoadError
 from gateway.policy.loader import (
     PolicyFiles,
-    PolicyLoadError,
     find_test_rules,
     load_checked,
     read_bundle,

@@ -7,7 +7,14 @@ import json
 from typing import Any
 
 import pytest
-from mcp.types import CallToolResult, EmbeddedResource, ImageContent, TextContent, TextResourceContents
+from mcp.types import (
+    CallToolResult,
+    ContentBlock,
+    EmbeddedResource,
+    ImageContent,
+    TextContent,
+    TextResourceContents,
+)
 
 from gateway.audit.record import canonical_details
 from gateway.policy.redact import (
@@ -60,6 +67,11 @@ def test_pointer_matches_header_case_and_array_index_and_escapes() -> None:
     assert out["a/b"]["~c"] == REDACTED
 
 
+def _text(block: ContentBlock) -> str:
+    assert isinstance(block, TextContent)
+    return block.text
+
+
 def test_result_redaction_covers_json_text_and_structured_content() -> None:
     r = CallToolResult(
         content=[
@@ -70,7 +82,7 @@ def test_result_redaction_covers_json_text_and_structured_content() -> None:
     )
     out = redact_result(r, ["secret"])
     assert "s1" not in out.model_dump_json() and "s2" not in out.model_dump_json()
-    assert out.content[1].text == "secret: prose"  # prose has no keys: documented as unchanged
+    assert _text(out.content[1]) == "secret: prose"  # prose has no keys: documented as unchanged
 
 
 def test_cap_keeps_small_results_and_cuts_text_at_utf8_boundaries() -> None:
@@ -80,10 +92,10 @@ def test_cap_keeps_small_results_and_cuts_text_at_utf8_boundaries() -> None:
         content=[TextContent(type="text", text="a" * 10), TextContent(type="text", text="€" * 100)]
     )
     out = cap_result(r, 50)
-    assert out.content[0].text == "a" * 10
-    cut = out.content[1].text.split("\n[truncated")[0]
+    assert _text(out.content[0]) == "a" * 10
+    cut = _text(out.content[1]).split("\n[truncated")[0]
     assert cut == "€" * 13  # 40 bytes left: 13 whole 3-byte characters, never half of one
-    assert "[truncated" in out.content[1].text
+    assert "[truncated" in _text(out.content[1])
 
 
 def test_cap_drops_structured_content_and_errors_on_non_text() -> None:
@@ -138,7 +150,7 @@ def test_result_redaction_edges() -> None:
                 type="resource", resource=TextResourceContents(uri="file:///x", text='{"token":"t"}')
             ),
         ],
-        structuredContent={"token": "t", "ok": 1},
+        structured_content={"token": "t", "ok": 1},
     )
     out = redact_result(result, ["token"])
     texts = [c.text for c in out.content[:3]]  # type: ignore[union-attr]
@@ -164,7 +176,7 @@ def test_cap_edges_exact_fit_zero_budget_and_structured_only() -> None:
     assert _texts(one) == [
         "abcd" + TRUNCATION_MARK.format(cap=4)
     ]  # the cut item carries the mark; no extra item
-    big = CallToolResult(content=[TextContent(type="text", text="ok")], structuredContent={"x": "y" * 500})
+    big = CallToolResult(content=[TextContent(type="text", text="ok")], structured_content={"x": "y" * 500})
     out = cap_result(big, 100)
     assert _texts(out) == ["ok", TRUNCATION_MARK.format(cap=100).strip()]
     assert out.content[-1].type == "text" and out.structured_content is None
@@ -252,7 +264,7 @@ def test_text_after_a_non_text_item_is_redacted_and_kept() -> None:
     r = CallToolResult(content=[image, TextContent(type="text", text='{"token": "t"}'), image])
     out = redact_result(r, ["token"])
     assert len(out.content) == 3 and out.content[0] is image and out.content[2] is image
-    assert json.loads(out.content[1].text) == {"token": REDACTED}  # type: ignore[union-attr]
+    assert json.loads(_text(out.content[1])) == {"token": REDACTED}
 
 
 def test_a_key_without_words_matches_no_rule() -> None:

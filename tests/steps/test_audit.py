@@ -18,6 +18,7 @@ from gateway.context import CallContext, Decision, Principal, ToolInfo, Upstream
 from gateway.errors import AuditError, PolicyDenied, VerificationDenied
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
+from tests.steps._chain import run_chain
 
 SECRET = "hunter2-SECRET-VALUE"
 TOOL = ToolInfo(
@@ -140,7 +141,7 @@ def test_invalid_arguments_through_a_real_chain_do_not_leak_values(log: AuditLog
     from gateway.errors import ArgumentsInvalid
 
     with pytest.raises(ArgumentsInvalid):
-        asyncio.run(chain(_call(limit=SECRET)))  # jsonschema quotes the bad value in its message
+        run_chain(chain, _call(limit=SECRET))  # jsonschema quotes the bad value in its message
     d = _stored(log)[0]["details"]
     assert d["error_code"] == "arguments_invalid" and d["error_reasons"] == []
     log.close()
@@ -306,7 +307,7 @@ def test_the_record_carries_the_requests_trace_id_and_none_outside_a_trace(log: 
             return span.get_span_context().trace_id
 
     trace_id = asyncio.run(traced())
-    asyncio.run(build_chain([AuditStep(log)], _allowed)(_call()))  # no trace around it
+    run_chain(build_chain([AuditStep(log)], _allowed), _call())  # no trace around it
     first, second = _stored(log)[-2:]
     assert first["details"]["trace_id"] == format(trace_id, "032x")
     assert second["details"]["trace_id"] is None

@@ -23,7 +23,7 @@ from mcp.types import CallToolResult, TextContent, Tool
 from gateway.assemble import chain_steps
 from gateway.catalog import Catalog, LiveCatalog, UpstreamListing
 from gateway.chain import build_chain
-from gateway.context import CallContext, Principal, UpstreamInfo
+from gateway.context import CallContext, Principal, UpstreamInfo, VerificationStatus
 from gateway.errors import PolicyDenied, UnknownTool, VerificationDenied
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.inputdoc import CallCounters
@@ -32,6 +32,7 @@ from gateway.steps.arguments import ValidateArguments
 from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing
 from gateway.steps.resolve import ResolveTool
 from gateway.steps.verify import VerifyTool
+from tests.steps._chain import run_chain
 
 ROOT = Path(__file__).resolve().parents[2]
 UP = UpstreamInfo(name="up", transport="stdio")
@@ -58,7 +59,7 @@ def engine(tmp_path: Path) -> EmbeddedEngine:
     return eng
 
 
-def catalog(**verification: str) -> LiveCatalog:
+def catalog(**verification: VerificationStatus) -> LiveCatalog:
     """up__t and up__u, pinned unless ``verification`` says otherwise."""
     live = LiveCatalog({"up": UP})
     tools = [Tool(name=n, input_schema={"type": "object"}) for n in ("t", "u")]
@@ -93,7 +94,7 @@ class Gate:
 
     def call(self, who: Principal, target: str = "up__t") -> Any:
         ctx = CallContext(principal=who, kind="tools/call", target=target, session_id="s1")
-        return asyncio.run(self.chain(ctx))
+        return run_chain(self.chain, ctx)
 
     def ops(self, who: Principal, target: str = "up__t") -> tuple[int, int]:
         """(cache hits, evaluations) one successful call costs."""

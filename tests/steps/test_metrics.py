@@ -3,10 +3,12 @@ resource efficiency inputs, compliance results."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.context import CallContext, Decision, Principal, ToolInfo
+from gateway.context import CallContext, CallKind, Decision, Principal, ToolInfo
 from gateway.errors import AuditError, PolicyDenied, UnknownTool
 from gateway.metrics import GatewayMetrics, RecentCalls
 from gateway.steps.metrics import MetricsStep
@@ -22,10 +24,10 @@ def value(m: GatewayMetrics, name: str, **labels: str) -> float:
     return 0.0
 
 
-def _call(tool: ToolInfo | None, kind: str = "tools/call", **kw: object) -> CallContext:
+def _call(tool: ToolInfo | None, kind: CallKind = "tools/call", **kw: Any) -> CallContext:
     return CallContext(
         principal=Principal("p"), kind=kind, target=tool.name if tool else "x", tool=tool, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 VERIFIED = ToolInfo(name="up__t", original_name="t", upstream="up", definition={}, verification="verified")
@@ -220,7 +222,7 @@ async def test_unknown_tools_and_bad_codes_do_not_become_label_values() -> None:
     await step(_call(None), weird)
     await step(_call(blocked), odd_error)
     await step(_call(None, kind="prompts/get"), odd_error)
-    await step(_call(None, kind="tools/list"), weird)  # not a task: no business metrics
+    await step(_call(None, kind="tools/list"), weird)  # type: ignore[arg-type]  # not a task (nor a CallKind): no business metrics
     assert value(m, "symbi_tool_calls_total", tool="unknown", upstream="unknown", outcome="denied") == 1
     assert value(m, "symbi_errors_total", error_type="denied") == 1
     assert value(m, "symbi_errors_total", error_type="tool_error") == 2

@@ -12,7 +12,7 @@ import pytest
 from mcp.types import CallToolResult, ImageContent, ReadResourceResult, TextContent, TextResourceContents
 
 from gateway.chain import build_chain
-from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo, VerificationStatus
 from gateway.errors import PolicyDenied, RateLimited
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.inputdoc import CallCounters
@@ -20,6 +20,7 @@ from gateway.policy.loader import PolicyFiles, discover_files
 from gateway.policy.redact import REDACTED, result_size
 from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing, listed
 from tests.state.conftest import redis_engine  # noqa: F401 - fixture (a real redis-server)
+from tests.steps._chain import run_chain
 
 LOCAL = Principal(id="local", kind="user", roles=("developer",))
 ADMIN = Principal(id="admin", kind="user", roles=("admin",))
@@ -29,7 +30,7 @@ UPSTREAMS = {
 }
 
 
-def tool(name: str, *, code: bool = False, verification: str = "unverified") -> ToolInfo:
+def tool(name: str, *, code: bool = False, verification: VerificationStatus = "unverified") -> ToolInfo:
     up, orig = name.split("__", 1)
     return ToolInfo(
         name=name,
@@ -38,7 +39,7 @@ def tool(name: str, *, code: bool = False, verification: str = "unverified") -> 
         definition={"name": orig, "inputSchema": {"type": "object"}},
         verification=verification,
         code_tool=code,
-    )  # type: ignore[arg-type]
+    )
 
 
 def call_of(name: str, args: dict[str, Any], principal: Principal = LOCAL, **kw: Any) -> CallContext:
@@ -76,7 +77,7 @@ def engine() -> EmbeddedEngine:
 
 
 def run(step: PolicyStep, endpoint: Recorder, call: CallContext) -> Any:
-    return asyncio.run(build_chain([step], endpoint)(call))
+    return run_chain(build_chain([step], endpoint), call)
 
 
 def test_allowed_call_reaches_the_endpoint(engine: EmbeddedEngine) -> None:
@@ -511,8 +512,8 @@ def test_the_call_decision_is_asked_as_the_engine_says(inline: bool) -> None:
     step = PolicyStep(eng, CallCounters())
     for who in (LOCAL, Principal(id="nobody")):  # one allowed, one denied: both decided
         try:
-            asyncio.run(
-                build_chain([step], inner)(call_of("everything__echo", {"message": "m"}, principal=who))
+            run_chain(
+                build_chain([step], inner), call_of("everything__echo", {"message": "m"}, principal=who)
             )
         except PolicyDenied:
             assert who.id == "nobody"

@@ -17,7 +17,7 @@ import pytest
 from mcp.types import Tool, ToolAnnotations
 
 from gateway.catalog import Catalog, LiveCatalog, UpstreamListing
-from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.context import CallContext, Principal, ToolInfo, UpstreamInfo, VerificationStatus
 from gateway.errors import UnknownTool
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyFiles
@@ -53,9 +53,9 @@ def engine(tmp_path: Path) -> EmbeddedEngine:
     return eng
 
 
-def listing(read_only: bool, verification: str = "drifted") -> Catalog:
+def listing(read_only: bool, verification: VerificationStatus = "drifted") -> Catalog:
     tool = Tool(
-        name="t", input_schema={"type": "object"}, annotations=ToolAnnotations(readOnlyHint=read_only)
+        name="t", input_schema={"type": "object"}, annotations=ToolAnnotations(read_only_hint=read_only)
     )
     snap = Catalog.build([UpstreamListing(name="up", pass_through=False, tools=[tool])])
     for name, entry in list(snap.tools.items()):
@@ -72,7 +72,10 @@ async def resolve(step: ResolveTool) -> ToolInfo:
     async def inner(call: CallContext) -> Any:
         return call.tool
 
-    return await step(CallContext(principal=WHO, kind="tools/call", target="up__t", session_id="s1"), inner)
+    info: ToolInfo = await step(
+        CallContext(principal=WHO, kind="tools/call", target="up__t", session_id="s1"), inner
+    )
+    return info
 
 
 def test_a_rebuilt_entry_is_asked_about_as_itself(engine: EmbeddedEngine) -> None:

@@ -16,13 +16,14 @@ import orjson
 import pytest
 from mcp import Client, types
 from mcp.server import Server
+from mcp.shared.message import SessionMessage
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway import telemetry
 from gateway.compat import is_sdk_span_middleware
-from gateway.server.fastlane import StdioLane
+from gateway.server.fastlane import LaneDispatch, StdioLane
 from gateway.server.lanespan import server_span
 
 pytestmark = pytest.mark.anyio
@@ -104,7 +105,7 @@ async def test_lane_calls_end_with_the_transport_task_group() -> None:
     server.middleware.append(lane.capture)
     written: list[Any] = []
 
-    async def write(msg: Any) -> None:
+    async def write(msg: bytes | SessionMessage, dctx: LaneDispatch) -> None:
         written.append(msg)
 
     async with Client(server, mode="legacy"):

@@ -43,8 +43,8 @@ async def test_http_relays_progress(tmp_path: Path) -> None:
     cfg = peers_config(tmp_path, extra=ANON)
     seen: list[float] = []
 
-    async def on_progress(p: float, total: float | None, message: str | None) -> None:
-        seen.append(p)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
 
     with serve(cfg) as base:
         async with Client(base + "/mcp", mode="legacy") as c:

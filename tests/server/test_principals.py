@@ -34,7 +34,7 @@ def test_principal_for_binds_each_caller_to_its_own_agent(tmp_path: Path) -> Non
     seen = []
     for gw in [gws[0], gws[1], gws[0], gws[0], gws[1]]:  # alternating callers: no stale binding
         p = principal_for(ctx, gw)  # type: ignore[arg-type]
-        assert p.agent == agents.for_session(stdio_principal(gw.config), None, "stdio").id  # type: ignore[arg-type]
+        assert p.agent == agents.for_session(stdio_principal(gw.config), None, "stdio").id
         seen.append(p)
     assert [p.id for p in seen] == ["alice", "bob", "alice", "alice", "bob"]
     assert seen[0].agent != seen[1].agent

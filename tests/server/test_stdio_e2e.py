@@ -105,8 +105,8 @@ async def test_progress_is_relayed(tmp_path: Path) -> None:
     cfg = peers_config(tmp_path)
     seen: list[tuple[float, float | None]] = []
 
-    async def on_progress(p: float, total: float | None, message: str | None) -> None:
-        seen.append((p, total))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total))
 
     async with stdio_session(cfg) as s:
         r = await s.call_tool(

@@ -143,7 +143,7 @@ def call(rid: Any, name: str, arguments: Any = None, **params: Any) -> dict[str,
 
 ECHO = "mut__echo"
 LIST_CHANGED = "notifications/tools/list_changed"
-INIT = {
+INIT: dict[str, Any] = {
     "jsonrpc": "2.0",
     "id": "init",
     "method": "initialize",
@@ -335,10 +335,10 @@ async def sdk_outcomes(tmp_path: Path, lane: bool) -> tuple[list[Any], int]:
             role="assistant", content=types.TextContent(type="text", text="the client's model"), model="m"
         )
 
-    progress: list[tuple[float, float | None, str | None]] = []
+    notified: list[tuple[float, float | None, str | None]] = []
 
-    async def on_progress(p: float, total: float | None, message: str | None) -> None:
-        progress.append((p, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        notified.append((progress, total, message))
 
     def shape(r: types.CallToolResult) -> Any:
         return r.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -354,7 +354,7 @@ async def sdk_outcomes(tmp_path: Path, lane: bool) -> tuple[list[Any], int]:
         out.append(shape(await s.call_tool("mut__sample", {"delay": 0})))
         out.append(list(asked))
         out.append(shape(await s.call_tool("mut__slow", {"seconds": 0.3}, progress_callback=on_progress)))
-        out.append(list(progress))
+        out.append(list(notified))
         # a result over the policy's cap (tests/assets/policy: max_result_bytes) is capped
         out.append(shape(await s.call_tool("mut__huge", {"megabytes": 0})))
         # the client gives up: it cancels, the gateway cancels upstream, the session goes on

@@ -18,9 +18,10 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from gateway.apikeys import hash_key
 from gateway.config.sections import JwtSection
 from gateway.errors import AuthFailed, NoCredentials
-from gateway.server.auth import ApiKeyStore, Authenticator, JwtVerifier, hash_key
+from gateway.server.auth import ApiKeyStore, Authenticator, JwtVerifier
 from tests.local_http import serving
 from tests.server.http.conftest import (
     AUDIENCE,
@@ -463,7 +464,7 @@ def test_key_file_layout_defaults_and_parent_dirs(tmp_path: Path) -> None:
 
 
 def test_a_key_with_a_non_hex_id_is_malformed(tmp_path: Path) -> None:
-    from gateway.server.auth import split_key
+    from gateway.apikeys import split_key
 
     assert split_key("symbi_0123456789ab_secret") == "0123456789ab"
     for bad in (
@@ -481,7 +482,7 @@ def test_a_key_with_a_non_hex_id_is_malformed(tmp_path: Path) -> None:
 def test_a_failed_key_file_write_leaves_no_readable_temp_file(tmp_path: Path) -> None:
     """The temp file is created 0600, not chmod-ed afterwards only: a write that dies half-way
     (here: a record that cannot be serialised) must not leave hashes readable by others."""
-    from gateway.server.auth import ApiKeyRecord
+    from gateway.apikeys import ApiKeyRecord
 
     store = ApiKeyStore(tmp_path / "keys.json")
     bad = ApiKeyRecord(id="0" * 12, principal="x", roles=(), kind="user", sha256="h", created=object())  # type: ignore[arg-type]

@@ -48,7 +48,7 @@ def test_a_key_removed_from_the_jwks_stops_verifying_when_the_cached_set_expires
     idp_server: tuple[str, Idp, dict[str, bytes], list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, idp, served, hits = idp_server
-    v = JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE, algorithms=["RS256", "ES256"], jwks_url=url))
+    v = JwtVerifier(JwtSection(issuer=ISSUER, audience=AUDIENCE, algorithms=("RS256", "ES256"), jwks_url=url))
     assert v.verify(idp.token("erin")).id == "erin"  # RS256, kid rsa1
     assert v.verify(idp.token("erin")).id == "erin" and len(hits) == 1  # the cached key set
     # the IdP drops the RSA key (compromised, rotated out): only the EC key is published now

@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 
 import anyio
 import httpx
-import httpx as httpx2
+import httpx2
 import pytest
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from starlette.applications import Starlette
 
 from gateway.audit import store
 from gateway.config.load import load_config
@@ -39,7 +40,7 @@ from tests.server.test_stdio_e2e import MUTABLE
 
 ECHO = "everything__echo"
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
+INIT: dict[str, Any] = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "initialize",
@@ -63,7 +64,9 @@ class Gw:
 
     @property
     def lane(self) -> HttpLane | None:
-        lane: HttpLane | None = self.run.server.config.app.state.http_lane
+        app = self.run.server.config.app
+        assert isinstance(app, Starlette)
+        lane: HttpLane | None = app.state.http_lane
         return lane
 
     @property
@@ -162,10 +165,10 @@ def shape(r: types.CallToolResult) -> Any:
 
 async def sdk_outcomes(gw: Gw) -> list[Any]:
     out: list[Any] = []
-    progress: list[float] = []
+    notified: list[float] = []
 
-    async def on_progress(p: float, total: float | None, message: str | None) -> None:
-        progress.append(p)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        notified.append(progress)
 
     async with sdk_client(gw, gw.keys.admin) as s:
         out.append(shape(await s.call_tool(ECHO, {"message": "über ✓"})))
@@ -181,7 +184,7 @@ async def sdk_outcomes(gw: Gw) -> list[Any]:
             out.append(("error", e.error.code))
         # progress rides the call's SSE stream; it has no wire in a JSON reply (both paths drop it)
         out.append(shape(await s.call_tool("mut__slow", {"seconds": 0.3}, progress_callback=on_progress)))
-        out.append(list(progress))
+        out.append(list(notified))
         out.append(shape(await s.call_tool("mut__huge", {"megabytes": 0})))
         results: dict[int, Any] = {}
 

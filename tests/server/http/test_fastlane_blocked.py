@@ -60,7 +60,8 @@ def _unread_post(gw: Gw, body: dict[str, object], key: str, sid: str) -> socket.
 
 
 def _unread(s: socket.socket) -> int:
-    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    n: int = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    return n
 
 
 def _peek(s: socket.socket) -> bytes:

@@ -289,7 +289,9 @@ async def test_modern_era_session_ids_are_the_gateways_not_the_clients(env: Env)
         ):
             res = await c.call_tool("everything__echo", {"message": f"session-probe-{who}"})
             assert not res.is_error
-        log = env.run.state.gateway.audit  # type: ignore[union-attr]
+        assert env.run.state.gateway is not None
+        log = env.run.state.gateway.audit
+        assert log is not None
         log.flush()
         calls = [e for e in log.recent(50) if f"session-probe-{who}" in json.dumps(e)]
         assert calls, who

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.server.auth import ApiKeyStore, hash_key
+from gateway.apikeys import hash_key
+from gateway.server.auth import ApiKeyStore
 from tests.conftest import symbi_env, write_config
 
 

@@ -122,7 +122,7 @@ async def _legacy(run: Running, key: str, stack: Any) -> tuple[ClientSession, Le
 
 async def _modern(run: Running, key: str, stack: Any) -> Client:
     hc = await stack.enter_async_context(httpx2.AsyncClient(headers=bearer(key), timeout=30))
-    c = await stack.enter_async_context(
+    c: Client = await stack.enter_async_context(
         Client(streamable_http_client(run.mcp, http_client=hc), mode="2026-07-28")
     )
     assert c.protocol_version == "2026-07-28"

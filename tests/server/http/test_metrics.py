@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import CallContext, Decision, Principal, ToolInfo
 from gateway.errors import PolicyDenied
-from gateway.events import LoggingSink
+from gateway.events import Event, LoggingSink
 from gateway.metrics import GatewayMetrics, MetricsSink, RecentCalls
 from gateway.steps.metrics import MetricsStep
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
@@ -159,14 +159,16 @@ def test_metrics_sink_counts_events_and_passes_them_on() -> None:
 
     m = GatewayMetrics()
     sink = MetricsSink(Inner(), m)
-    sink.emit("upstream.up", {"upstream": "a", "restarts": 0})
-    sink.emit("upstream.down", {"upstream": "a"})
-    sink.emit("upstream.up", {"upstream": "a", "restarts": 1})
-    sink.emit("tool.drift", {"upstream": "a"})
-    sink.emit("tool.verification", {"upstream": "a", "status": "failed", "blocked": True})
-    sink.emit("tool.verification", {"upstream": "a", "status": "pinned", "blocked": False})  # not a failure
+    sink.emit(Event.UPSTREAM_UP, {"upstream": "a", "restarts": 0})
+    sink.emit(Event.UPSTREAM_DOWN, {"upstream": "a"})
+    sink.emit(Event.UPSTREAM_UP, {"upstream": "a", "restarts": 1})
+    sink.emit(Event.TOOL_DRIFT, {"upstream": "a"})
+    sink.emit(Event.TOOL_VERIFICATION, {"upstream": "a", "status": "failed", "blocked": True})
+    sink.emit(
+        Event.TOOL_VERIFICATION, {"upstream": "a", "status": "pinned", "blocked": False}
+    )  # not a failure
     # warn mode lets an unsigned tool through: not blocked, so not a failure either
-    sink.emit("tool.verification", {"upstream": "b", "status": "failed", "blocked": False})
+    sink.emit(Event.TOOL_VERIFICATION, {"upstream": "b", "status": "failed", "blocked": False})
     text = m.render().decode()
     assert seen == [
         "upstream.up",

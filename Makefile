@@ -87,7 +87,7 @@ test-fast: setup state-engines
 LINTED := gateway schemapin tests bench scripts examples
 
 typecheck: python-deps
-	$(PY) -m mypy gateway schemapin bench scripts
+	$(PY) -m mypy gateway schemapin bench scripts tests
 
 # Mutation testing of the security-critical modules (mutmut; its cost per group in CPU-seconds is in
 # the report; not part of `make test`).

@@ -164,9 +164,8 @@ def test_metrics_sink_counts_events_and_passes_them_on() -> None:
     sink.emit(Event.UPSTREAM_UP, {"upstream": "a", "restarts": 1})
     sink.emit(Event.TOOL_DRIFT, {"upstream": "a"})
     sink.emit(Event.TOOL_VERIFICATION, {"upstream": "a", "status": "failed", "blocked": True})
-    sink.emit(
-        Event.TOOL_VERIFICATION, {"upstream": "a", "status": "pinned", "blocked": False}
-    )  # not a failure
+    # not a failure:
+    sink.emit(Event.TOOL_VERIFICATION, {"upstream": "a", "status": "pinned", "blocked": False})
     # warn mode lets an unsigned tool through: not blocked, so not a failure either
     sink.emit(Event.TOOL_VERIFICATION, {"upstream": "b", "status": "failed", "blocked": False})
     text = m.render().decode()

@@ -91,7 +91,7 @@ def test_a_call_makes_the_agent_running_and_the_last_call_ready_again() -> None:
     rt.end(a, 0.01)
     assert a.state is S.RUNNING
     rt.end(a, 0.02)
-    assert a.state is S.READY  # type: ignore[comparison-overlap]  # the call changed it; mypy keeps the narrowing
+    assert a.state is S.READY  # type: ignore[comparison-overlap]  # the call above changed it
     # every transition is one event, the per-call flips included (and they are counted)
     assert rec.states() == [("Initializing", "Ready"), ("Ready", "Running"), ("Running", "Ready")]
     assert rt.agents.task_transitions == {"task assigned": 1, "task complete": 1}
@@ -118,7 +118,7 @@ def test_denials_within_the_window_suspend_and_suspended_calls_are_refused() -> 
     rt.note_error(a, UpstreamUnavailable("down"), "t")
     assert a.state is S.RUNNING
     rt.note_error(a, PolicyDenied("no"), "t")  # the third denial
-    assert a.state is S.SUSPENDED  # type: ignore[comparison-overlap]  # the call changed it; mypy keeps the narrowing
+    assert a.state is S.SUSPENDED  # type: ignore[comparison-overlap]  # the call above changed it
     rt.end(a)
     assert a.state is S.SUSPENDED  # the end of a call does not clear a suspension
     with pytest.raises(AgentSuspended):
@@ -135,7 +135,7 @@ def test_suspending_a_ready_agent_takes_effect_at_its_next_task() -> None:
     assert rt.suspend(a, "operator") == "pending" and a.state is S.READY
     with pytest.raises(AgentSuspended):
         rt.begin(a, "t")
-    assert a.state is S.SUSPENDED and a.in_flight == 0  # type: ignore[comparison-overlap]  # the call changed it; mypy keeps the narrowing
+    assert a.state is S.SUSPENDED and a.in_flight == 0  # type: ignore[comparison-overlap]  # the call above changed it
     assert rec.states()[-2:] == [("Ready", "Running"), ("Running", "Suspended")]
     assert rt.agents.task_transitions["task assigned"] == 1
 
@@ -185,7 +185,7 @@ def test_a_closed_session_ends_its_agents_and_frees_their_places() -> None:
     with pytest.raises(AgentTerminated):
         rt.begin(busy, "u")
     rt.end(busy)
-    assert busy.state is S.TERMINATED and keep.state is S.READY  # type: ignore[comparison-overlap]  # the call changed it; mypy keeps the narrowing
+    assert busy.state is S.TERMINATED and keep.state is S.READY  # type: ignore[comparison-overlap]  # the call above changed it
     rt.sweep()
     assert rt.agents.of_session("http:s1") == [] and rt.agents.get(idle.id) is None
     assert rt.agents.for_session(ALICE, "c", "http:s3").state is S.READY  # the places are free again

@@ -81,12 +81,18 @@ def check_shared_state(cfg: Config) -> None:
             )
 
 
-def haproxy_config(host: str, port: int, backends: Sequence[int], *, drop_to: tuple[int, int] | None) -> str:
+def haproxy_config(
+    host: str, port: int, backends: Sequence[int], *, header_timeout_s: float, drop_to: tuple[int, int] | None
+) -> str:
     """HAProxy's config: round robin over the workers, a session stuck to the worker that made
     it (learned from the response's ``Mcp-Session-Id``), as ``deploy/haproxy.cfg``.
 
     The health check is ``/healthz`` (the worker's gateway itself): a worker whose shared state
-    is down still answers, so the client hears its ``state_unavailable``, not HAProxy's 503."""
+    is down still answers, so the client hears its ``state_unavailable``, not HAProxy's 503.
+    HAProxy reads a request's headers before a worker sees any of them, so the front cuts off
+    slow headers itself (``http.header_timeout_s``: ``timeout http-request``, which also bounds
+    the wait for the next request on a kept-alive connection); a slow body still reaches the
+    worker as it comes, and the worker's ``body_timeout_s`` cuts it off."""
     bind = f"ipv6@{host}:{port}" if ":" in host else f"{host}:{port}"
     user = f"    uid {drop_to[0]}\n    gid {drop_to[1]}\n" if drop_to else ""  # once bound
     servers = "\n".join(f"    server worker-{i} 127.0.0.1:{p} check inter 1s" for i, p in enumerate(backends))
@@ -95,6 +101,7 @@ def haproxy_config(host: str, port: int, backends: Sequence[int], *, drop_to: tu
 {user}defaults
     mode http
     timeout connect 5s
+    timeout http-request {round(header_timeout_s * 1000)}ms
     timeout client 300s
     timeout server 300s
 frontend mcp
@@ -220,7 +227,10 @@ class Supervisor:
         plan = self.plan
         port = plan.port or _free_port(plan.host)
         drop_to = _nobody() if os.geteuid() == 0 else None  # it needs no file once bound
-        cfg = haproxy_config(plan.host, port, [c.port for c in self.children], drop_to=drop_to)
+        backends = [c.port for c in self.children]
+        cfg = haproxy_config(
+            plan.host, port, backends, header_timeout_s=plan.cfg.http.header_timeout_s, drop_to=drop_to
+        )
         path = Path(plan.cfg.data_dir) / "haproxy.cfg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -67,6 +68,7 @@ def _config(folder: Path, redis: RedisEngine, pg: PgEngine) -> Path:
         verification = "warn"
         env = {{ SYMBI_TEST_DATA_DIR = "{worker_data_dir(folder / "data", 1)}", SYMBI_TEST_CONFIG = "{folder / "symbi.toml"}", PYTHONPATH = "{ROOT}" }}
         """
+    toml += "\n[http]\nheader_timeout_s = 1.0\n"  # the slowloris test through the front
     path = write_config(folder, toml)
     # replica_toml has its own [bus] table (enabled = false): the secret goes in it
     path.write_text(path.read_text().replace("[bus]\n", f'[bus]\nsecret = "{SECRET}"\n', 1))
@@ -214,13 +216,13 @@ def test_a_worker_count_below_one_or_not_whole_is_a_usage_error(n: str) -> None:
 
 
 def test_the_front_keeps_a_session_on_the_worker_that_made_it() -> None:
-    cfg = haproxy_config("127.0.0.1", 8080, [4001, 4002], drop_to=None)
+    cfg = haproxy_config("127.0.0.1", 8080, [4001, 4002], header_timeout_s=10, drop_to=None)
     assert "stick match req.hdr(mcp-session-id)" in cfg
     assert "stick store-response res.hdr(mcp-session-id)" in cfg
     assert "bind 127.0.0.1:8080" in cfg and "127.0.0.1:4001" in cfg and "127.0.0.1:4002" in cfg
-    assert "bind ipv6@::1:8080" in haproxy_config("::1", 8080, [1], drop_to=None)
+    assert "bind ipv6@::1:8080" in haproxy_config("::1", 8080, [1], header_timeout_s=10, drop_to=None)
     assert "uid" not in cfg and "    uid 65534\n    gid 65534\n" in haproxy_config(
-        "127.0.0.1", 1, [2], drop_to=(65534, 65534)
+        "127.0.0.1", 1, [2], header_timeout_s=10, drop_to=(65534, 65534)
     )
 
 
@@ -296,6 +298,29 @@ def test_every_workers_audit_chain_verifies_shared(front: Front) -> None:
         assert (worker_data_dir(data, i) / "audit.db").exists()
         assert os.stat(worker_data_dir(data, i)).st_mode & 0o077 == 0
     assert os.stat(data).st_mode & 0o077 == 0
+
+
+@pytest.mark.slow
+def test_headers_trickled_to_the_front_are_cut_off(front: Front) -> None:
+    """Attack (slowloris) on HAProxy, which holds a request until its headers are complete: the
+    front applies the workers' http.header_timeout_s (1 s here), not its client timeout."""
+    s = socket.create_connection(("127.0.0.1", int(front.base.rsplit(":", 1)[1])), timeout=5)
+    closed = False
+    for ch in b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 40:
+        try:
+            s.sendall(bytes([ch]))
+            s.settimeout(0.3)
+            answer = s.recv(4096)
+            if answer == b"" or answer.startswith(b"HTTP/1.1 408"):
+                closed = True
+                break
+        except TimeoutError:
+            continue
+        except OSError:
+            closed = True
+            break
+    s.close()
+    assert closed  # within the ~18 s of trickling, not the front's 300 s client timeout
 
 
 @pytest.mark.slow

@@ -73,6 +73,9 @@ def check_shared_state(cfg: Config) -> None:
         ("audit.path", cfg.audit.path),
         ("audit.key_path", cfg.audit.key_path),
         ("audit.archive_dir", cfg.audit.archive_dir),
+        # its lines name a chain by the log's file name, audit.db in every worker: one worker's
+        # checkpoints would look like the other's, and its next start would be refused
+        ("audit.checkpoint_export", cfg.audit.checkpoint_export),
     ):
         if value is not None:  # one file for N chain writers would fork the chain
             raise ConfigError(

@@ -187,6 +187,10 @@ STATE = '[state]\nredis_url = "redis://127.0.0.1:1/0"\npostgres_url = "postgresq
         (STATE, r"\[bus\] secret"),
         (STATE + f'[bus]\nsecret = "{SECRET}"\n[audit]\npath = "/tmp/one-chain.db"\n', "audit.path"),
         (STATE + f'[bus]\nsecret = "{SECRET}"\n[audit]\nkey_path = "/tmp/one-key.pem"\n', "audit.key_path"),
+        (
+            STATE + f'[bus]\nsecret = "{SECRET}"\n[audit]\ncheckpoint_export = "/tmp/one-export.jsonl"\n',
+            "audit.checkpoint_export",
+        ),
     ],
 )
 def test_state_that_would_split_is_refused(tmp_path: Path, body: str, key: str) -> None:

@@ -11,6 +11,7 @@ that moves with every call made each of them a new evaluation.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ __all__ = [
     "Action",
     "CallCounters",
     "build_input",
+    "entry_input",
     "input_for_call",
     "listing_inputs",
     "tool_input",
@@ -32,9 +34,29 @@ __all__ = [
 Action = Literal["call", "list"]
 
 
+# The last second written by ``_rfc3339`` and its text up to the seconds (one tuple: a thread
+# reads a pair that belongs together).
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def _rfc3339(ns: int) -> str:
-    dt = datetime.fromtimestamp(ns / 1e9, tz=UTC)
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")`` with
+    ``Z`` for ``+00:00``, exactly: the microseconds rounded from the same float as
+    ``fromtimestamp`` rounds them (half to even, a carry into the next second), the date and
+    time of day formatted once per second (calls of one second share them)."""
+    global _last_second
+    frac, whole = math.modf(ns / 1e9)
+    us = round(frac * 1e6)
+    sec = int(whole)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    elif us < 0:
+        sec, us = sec - 1, us + 1_000_000
+    last = _last_second
+    if last[0] != sec:
+        text = datetime.fromtimestamp(sec, tz=UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+        last = _last_second = (sec, text)
+    return f"{last[1]}.{us // 1000:03d}Z"
 
 
 def tool_input(tool: ToolInfo) -> dict[str, Any]:
@@ -60,6 +82,30 @@ def upstream_input(upstream: UpstreamInfo | None, name: str | None) -> dict[str,
     return {"name": name, "domain": None, "transport": None}
 
 
+# The documents of a catalogue entry (its upstream's and its tool's), built once per entry
+# rather than per call: ToolInfo and UpstreamInfo are frozen and never edited in place (a
+# rebuilt, drifted or re-screened tool is a new ToolInfo), so a new entry is a new key. Kept by
+# the tool's id with the tool and the upstream object they were built with (held, so no other
+# live object has that id; another upstream object builds them again). The documents are
+# shared by every input built from the entry: inputs are read, never edited (regorus copies
+# them, the cache key reads them). Emptied when it holds ENTRY_DOCS entries.
+ENTRY_DOCS = 4096
+_EntryDocs = tuple[ToolInfo, UpstreamInfo | None, dict[str, Any], dict[str, Any]]
+_entry_docs: dict[int, _EntryDocs] = {}
+
+
+def entry_input(tool: ToolInfo, upstream: UpstreamInfo | None) -> _EntryDocs:
+    """``(tool, upstream, upstream_input(upstream, tool.upstream), tool_input(tool))``,
+    remembered per entry."""
+    hit = _entry_docs.get(id(tool))
+    if hit is not None and hit[1] is upstream:
+        return hit
+    if len(_entry_docs) >= ENTRY_DOCS:
+        _entry_docs.clear()
+    hit = _entry_docs[id(tool)] = (tool, upstream, upstream_input(upstream, tool.upstream), tool_input(tool))
+    return hit
+
+
 def build_input(
     *,
     principal: Principal,
@@ -83,14 +129,18 @@ def build_input(
         counters = None
     minute, hour = counters.principal_counts(principal.qualified) if counters is not None else (0, 0)
     tool_minute = counters.tool_count(principal.qualified, tool.name) if counters is not None and tool else 0
+    if tool:
+        _, _, up_doc, tool_doc = entry_input(tool, upstream)
+    else:
+        up_doc, tool_doc = upstream_input(upstream, None), None
     doc = {
         "action": action,
         "kind": kind,
         "target": target,
         "principal": principal.as_input(),
         "agent": _agent_input(principal, agent),
-        "upstream": upstream_input(upstream, tool.upstream if tool else None),
-        "tool": tool_input(tool) if tool else None,
+        "upstream": up_doc,
+        "tool": tool_doc,
         "arguments": dict(arguments or {}),
         "context": {
             "time": _rfc3339(now_ns),
@@ -131,13 +181,8 @@ def listing_inputs(
     )
     ups = upstreams or {}
     for t in tools:
-        yield {
-            **base,
-            "target": t.name,
-            "upstream": upstream_input(ups.get(t.upstream), t.upstream),
-            "tool": tool_input(t),
-            "arguments": {},
-        }
+        _, _, up_doc, tool_doc = entry_input(t, ups.get(t.upstream))
+        yield {**base, "target": t.name, "upstream": up_doc, "tool": tool_doc, "arguments": {}}
 
 
 def _agent_input(principal: Principal, agent: AgentInfo | None) -> dict[str, Any] | None:

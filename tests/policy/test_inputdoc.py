@@ -247,3 +247,77 @@ def test_a_listing_input_is_build_input_per_tool() -> None:
         )
     )
     assert one == expected[1:2]
+
+
+def _iso_ms(ns: int) -> str:
+    """The time field as it was written before it was remembered per second."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_the_time_is_fromtimestamps_to_the_millisecond() -> None:
+    """The same text as ``datetime.fromtimestamp(ns / 1e9)`` for every kind of instant: the
+    float's microseconds rounded half to even with a carry into the next second (x.9999995 s),
+    negative times, and a second asked again after another (the remembered second is checked)."""
+    import random
+
+    from gateway.policy.inputdoc import _rfc3339
+
+    rng = random.Random(16)
+    low = (0, 1, 499_999, 500_000, 500_001, 1_500, 2_500)
+    fracs = (*low, 999_499_999, 999_999_499, 999_999_500, 999_999_999)
+    seconds = [0, -1, 1, 1_796_000_000, 4_102_444_799, -2_208_988_800]
+    seconds += [rng.randrange(-(10**10), 10**10) for _ in range(300)]
+    instants = [s * 10**9 + f for s in seconds for f in (*fracs, rng.randrange(10**9))]
+    for ns in instants + instants[::-1]:  # each second after another one
+        assert _rfc3339(ns) == _iso_ms(ns), ns
+    assert _rfc3339(1_796_000_000_999_999_999) == "2026-11-30T00:53:21.000Z"  # rounded into the next second
+
+
+def _tool(**kw: Any) -> ToolInfo:
+    base: dict[str, Any] = {"name": "fs__w", "original_name": "w", "upstream": "fs", "definition": {}}
+    return ToolInfo(**{**base, **kw})
+
+
+def test_an_entrys_documents_are_built_once_and_follow_a_new_entry() -> None:
+    """The tool's and upstream's documents are remembered per catalogue entry (the objects);
+    a drifted, re-verified or re-screened tool and another upstream document are new entries,
+    seen by the very next input (a memo by name, or by the tool alone, fails here)."""
+    from dataclasses import replace
+
+    from gateway.policy.inputdoc import build_input, tool_input, upstream_input
+    from gateway.screen.screener import Finding, Screening
+
+    who = Principal(id="bob")
+    up = UpstreamInfo(name="fs", transport="stdio", domain="a.example")
+    tool = _tool(annotations={"readOnlyHint": True}, verification="pinned", definition_hash="sha256:1")
+
+    def doc(t: ToolInfo, u: UpstreamInfo | None) -> dict[str, Any]:
+        return build_input(principal=who, kind="tools/call", target=t.name, tool=t, upstream=u)
+
+    first, again = doc(tool, up), doc(tool, up)
+    assert first["tool"] == tool_input(tool) and first["upstream"] == upstream_input(up, "fs")
+    assert again["tool"] is first["tool"] and again["upstream"] is first["upstream"]  # remembered
+    drifted = replace(tool, verification="drifted", definition_hash="sha256:2")
+    assert doc(drifted, up)["tool"] == tool_input(drifted)
+    assert doc(drifted, up)["tool"]["verification"] == "drifted"
+    finding = Finding("hidden-text", "poisoning", "high", "description", (0, 1), "x", "hidden text")
+    flagged = replace(tool, screening=Screening(findings=(finding,)))
+    assert doc(flagged, up)["tool"]["screening"]["highest"] == "high"
+    moved = UpstreamInfo(name="fs", transport="http", domain="b.example")
+    assert doc(tool, moved)["upstream"] == {"name": "fs", "transport": "http", "domain": "b.example"}
+    assert doc(tool, None)["upstream"] == {"name": "fs", "domain": None, "transport": None}
+    assert doc(tool, up)["tool"]["verification"] == "pinned"  # the first entry's are still its own
+
+
+def test_the_entry_memo_is_bounded(monkeypatch: Any) -> None:
+    from gateway.policy import inputdoc
+
+    monkeypatch.setattr(inputdoc, "ENTRY_DOCS", 2)
+    monkeypatch.setattr(inputdoc, "_entry_docs", {})
+    tools = [_tool(name=f"fs__t{i}") for i in range(5)]
+    for t in tools:
+        assert inputdoc.entry_input(t, None)[3]["name"] == t.name
+        assert len(inputdoc._entry_docs) <= 2
+    assert inputdoc.entry_input(tools[0], None)[3] == inputdoc.tool_input(tools[0])

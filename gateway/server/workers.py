@@ -239,7 +239,10 @@ class Supervisor:
         with os.fdopen(fd, "w") as f:
             f.write(cfg)
         env = {"PATH": plan.environ.get("PATH", os.defpath)}
-        return self._spawn("haproxy", [plan.haproxy, "-db", "-f", str(path)], port, env)
+        # -W, master-worker: the process that serves (HAProxy's worker) drops to nobody, which
+        # clears its PR_SET_PDEATHSIG; the master keeps root and the signal, and its worker
+        # exits with it, so a killed supervisor still leaves no HAProxy behind
+        return self._spawn("haproxy", [plan.haproxy, "-W", "-db", "-f", str(path)], port, env)
 
     def _check_children(self) -> None:
         for c in self.children:

@@ -361,6 +361,25 @@ def test_a_killed_worker_stops_everything(front: Front) -> None:
 
 
 @pytest.mark.slow
+def test_a_supervisor_killed_by_sigkill_leaves_no_process(
+    tmp_path: Path,
+    redis_engine: RedisEngine,  # noqa: F811
+    postgres_engine: PgEngine,  # noqa: F811
+) -> None:
+    # it cannot stop anything itself: each child was started to get SIGTERM when it dies
+    enterable(tmp_path)
+    config = _config(tmp_path, redis_engine, postgres_engine)
+    with supervisor(config) as (_, proc):
+        everyone = _descendants(proc.pid)
+        proc.kill()
+        proc.wait(60)
+    deadline = time.monotonic() + 60  # the bound of the workers' graceful stop, not timing
+    while _alive(everyone) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(everyone) == set()
+
+
+@pytest.mark.slow
 def test_sigterm_to_the_supervisor_leaves_no_process(
     tmp_path: Path,
     redis_engine: RedisEngine,  # noqa: F811
@@ -371,7 +390,8 @@ def test_sigterm_to_the_supervisor_leaves_no_process(
     with supervisor(config) as (_, proc):
         everyone = _descendants(proc.pid)
         assert len(everyone) >= 3  # two workers and HAProxy (and the workers' upstreams)
-        [front] = [p for p in everyone if Path(f"/proc/{p}/comm").read_text().strip() == "haproxy"]
+        haproxy = {p for p in everyone if Path(f"/proc/{p}/comm").read_text().strip() == "haproxy"}
+        [front] = [p for p in haproxy if int(_status(p)["PPid"]) in haproxy]  # the one serving
         if os.geteuid() == 0:  # HAProxy needs no privilege once it has bound the port
             ids = {k: v.split() for k, v in _status(front).items() if k in ("Uid", "Gid")}
             assert "0" not in ids["Uid"] + ids["Gid"], ids

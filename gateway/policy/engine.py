@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from gateway.config.model import Config
 from gateway.context import Decision
@@ -69,6 +70,9 @@ CACHE_CHARS = 24 * 1024 * 1024
 # (the hashes of their keys are remembered): most calls never repeat (the default policy reads
 # the hourly count, which moves with every call) and would push the listings' decisions out.
 SEEN_CALLS = 4096
+# Validated answers remembered per thread and policy (emptied when full): a policy gives few
+# distinct answers (allow with the caller's conditions, a few denials), each validated once.
+ANSWERS = 256
 
 # Per thread: EmbeddedEngine number -> its regorus engine there (see the module docstring).
 _THREAD = threading.local()
@@ -84,6 +88,7 @@ class _Slot:
     chars: int = 0  # the characters of the cache's keys
     seen: dict[int, None] = field(default_factory=dict)  # hashes of recent calls' keys, oldest first
     fingerprints: dict[int, None] = field(default_factory=dict)  # of recent calls, oldest first
+    answers: dict[bytes, Decision] = field(default_factory=dict)  # by the answer's JSON text
 
     def worth_keying(self, input: Mapping[str, Any], reads: InputReads) -> bool:
         """Whether to make ``input``'s cache key: not for a call whose fingerprint (target and
@@ -159,8 +164,10 @@ def evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> Decision:
     return _evaluate(engine, decision, input)[0]
 
 
-def _evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> tuple[Decision, bool]:
-    """(decision, engine still healthy)."""
+def _evaluate(
+    engine: Any, decision: str, input: Mapping[str, Any], answers: dict[bytes, Decision] | None = None
+) -> tuple[Decision, bool]:
+    """(decision, engine still healthy); ``answers``: validated answers to reuse (``_validated``)."""
     try:
         engine.set_input(input)  # regorus converts any Mapping itself (tested): no copy first
         raw = engine.eval_rule(decision)
@@ -174,7 +181,30 @@ def _evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> tuple[Dec
         reason = clean_error(e).strip().splitlines()
         log.error("policy evaluation failed (%s): %s", type(e).__name__, " ".join(reason))
         return deny(f"policy evaluation failed: {reason[-1] if reason else type(e).__name__}"), False
-    return validate_decision(raw, source="policy"), True
+    if answers is None:
+        return validate_decision(raw, source="policy"), True
+    return _validated(raw, answers), True
+
+
+def _validated(raw: Any, answers: dict[bytes, Decision]) -> Decision:
+    """``validate_decision(raw)``, remembered by ``raw``'s JSON text (orjson's, keys in their
+    order): a pure function of ``raw``, and the text tells apart whatever it tells apart (1,
+    1.0 and true; key order; each float and string). Each use gets its own copy. Never
+    remembered: what orjson cannot write (a set, a non-string key, a 65-bit integer), and a
+    text with ``null`` in it (orjson writes NaN and the infinities as null too)."""
+    try:
+        text = orjson.dumps(raw)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return validate_decision(raw, source="policy")
+    hit = answers.get(text)
+    if hit is not None:
+        return _copy(hit)
+    decision = validate_decision(raw, source="policy")
+    if b"null" not in text:
+        if len(answers) >= ANSWERS:
+            answers.clear()
+        answers[text] = _copy(decision)
+    return decision
 
 
 def _copy(d: Decision) -> Decision:
@@ -374,7 +404,7 @@ class EmbeddedEngine(PolicyEngine):
                 self.cache_hits += 1
                 return _copy(hit)
         self.cache_misses += 1
-        decision, healthy = _evaluate(engine, self.decision_path, input)
+        decision, healthy = _evaluate(engine, self.decision_path, input, local.answers)
         if not healthy:
             local.engine = None  # never reuse an engine that failed mid-evaluation
         elif key is not None and local.keep(key, input):  # never a failed evaluation

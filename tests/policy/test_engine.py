@@ -400,3 +400,85 @@ def test_an_input_mapping_that_is_not_a_dict_is_decided_as_its_dict(tmp_path: Pa
     for doc in ({"x": 1}, {"x": 2}):
         assert eng.decide(MappingProxyType(doc)) == eng.decide(doc)
     assert eng.decide(MappingProxyType({"x": 1})).allow
+
+
+def _answers() -> list[Any]:
+    """Answers validate_decision tells apart though they are equal in Python (1, 1.0, True),
+    differ only in key order, or would write the same text as another (NaN and None)."""
+    import math
+
+    allow: dict[str, Any] = {"allow": True, "reasons": []}
+    out: list[Any] = [{**allow, "conditions": {"rate_limit": v}} for v in (1, 1.0, True, -1, 0, 2**63)]
+    out += [{**allow, "conditions": {"priority": v}} for v in (9, 9.0, 10, False)]
+    out += [{**allow, "conditions": {"max_result_bytes": v}} for v in (math.nan, None, math.inf, 5)]
+    out += [{**allow, "conditions": {"zz": 1, "aa": 2}}, {**allow, "conditions": {"aa": 2, "zz": 1}}]
+    out += [{"reasons": ["r"], "allow": False}, {"allow": False, "reasons": ["r"]}, {"allow": False}]
+    out += [{**allow, "conditions": {"redact_arguments": ["token", "/a/b"], "sandbox_tier": "bwrap"}}]
+    out += [{**allow, "conditions": {"audit": "full", "suspend_agent": " "}}, None, [], "allow"]
+    out += [{**allow, "conditions": {"redact_text": ["("]}}, {**allow, "conditions": {"redact_text": ["a+"]}}]
+    out += [{**allow, "conditions": {"sandbox_tier": {"bwrap"}}}, {1: True}, {**allow, "x": 2**70}]
+    return out
+
+
+def test_a_remembered_answer_is_validated_as_if_it_were_new() -> None:
+    """``_validated`` gives validate_decision's decision for every answer, asked once, again,
+    and after each of the others (so 1 is never answered as 1.0 or True, NaN never as None, one
+    key order never as another), and each time a copy of its own."""
+    from gateway.policy.decision import validate_decision
+    from gateway.policy.engine import _validated
+
+    answers: dict[bytes, Any] = {}
+    raws = _answers()
+    for raw in raws + raws[::-1] + raws:
+        got = _validated(raw, answers)
+        assert repr(got) == repr(validate_decision(raw, source="policy")), raw
+    remembered = [orjson_text for orjson_text in answers]
+    assert all(b"null" not in t for t in remembered) and len(remembered) == len(set(remembered))
+    for _ in range(3):  # the first use (validated), then remembered ones: each edited by its caller
+        mine = _validated({"allow": True, "reasons": [], "conditions": {"redact_arguments": ["k"]}}, answers)
+        cond = mine.conditions
+        assert isinstance(cond, dict) and cond == {"redact_arguments": ["k"]}
+        cond["redact_arguments"].append("edited")
+        cond["rate_limit"] = 1
+
+
+def test_the_remembered_answers_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.policy import engine
+
+    monkeypatch.setattr(engine, "ANSWERS", 2)
+    answers: dict[bytes, Any] = {}
+    for n in range(5):
+        decision = engine._validated({"allow": True, "conditions": {"rate_limit": n}}, answers)
+        assert decision.conditions == {"rate_limit": n} and len(answers) <= 2
+
+
+def test_an_engine_validates_each_distinct_answer_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through regorus: the same answer to different inputs is validated once; an answer that
+    differs only in a type (1, true) or is new is validated, and decided, as itself."""
+    from gateway.policy import engine as engine_module
+    from gateway.policy.decision import validate_decision
+
+    eng = engine_for(
+        tmp_path,
+        PKG
+        + 'decision := {"allow": true, "reasons": [], "conditions": {"rate_limit": input.limit}}\n'
+        + 'decision := {"allow": true, "reasons": [], "conditions": {}} if not input.limit\n',
+    )
+    eng.cache_entries = 0  # every decision evaluated
+    validated: list[Any] = []
+    real = validate_decision
+
+    def counted(raw: Any, *, source: str) -> Any:
+        validated.append(raw)
+        return real(raw, source=source)
+
+    monkeypatch.setattr(engine_module, "validate_decision", counted)
+    for n in range(3):
+        assert eng.decide({"limit": 1, "n": n}) == real({"allow": True, "conditions": {"rate_limit": 1}})
+    assert len(validated) == 1
+    refused = eng.decide({"limit": True})
+    assert refused.allow is False and "rate_limit" in refused.reasons[0] and len(validated) == 2
+    assert eng.decide({"limit": 2}).conditions == {"rate_limit": 2} and len(validated) == 3
+    assert eng.decide({"limit": 1}).allow is True and len(validated) == 3

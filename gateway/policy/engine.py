@@ -73,6 +73,8 @@ SEEN_CALLS = 4096
 # Validated answers remembered per thread and policy (emptied when full): a policy gives few
 # distinct answers (allow with the caller's conditions, a few denials), each validated once.
 ANSWERS = 256
+# A validated answer kept (its own copy) and the names of its conditions that hold lists.
+Answer = tuple[Decision, tuple[str, ...]]
 
 # Per thread: EmbeddedEngine number -> its regorus engine there (see the module docstring).
 _THREAD = threading.local()
@@ -88,7 +90,7 @@ class _Slot:
     chars: int = 0  # the characters of the cache's keys
     seen: dict[int, None] = field(default_factory=dict)  # hashes of recent calls' keys, oldest first
     fingerprints: dict[int, None] = field(default_factory=dict)  # of recent calls, oldest first
-    answers: dict[bytes, Decision] = field(default_factory=dict)  # by the answer's JSON text
+    answers: dict[bytes, Answer] = field(default_factory=dict)  # by the answer's JSON text
 
     def worth_keying(self, input: Mapping[str, Any], reads: InputReads) -> bool:
         """Whether to make ``input``'s cache key: not for a call whose fingerprint (target and
@@ -165,7 +167,7 @@ def evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> Decision:
 
 
 def _evaluate(
-    engine: Any, decision: str, input: Mapping[str, Any], answers: dict[bytes, Decision] | None = None
+    engine: Any, decision: str, input: Mapping[str, Any], answers: dict[bytes, Answer] | None = None
 ) -> tuple[Decision, bool]:
     """(decision, engine still healthy); ``answers``: validated answers to reuse (``_validated``)."""
     try:
@@ -186,24 +188,30 @@ def _evaluate(
     return _validated(raw, answers), True
 
 
-def _validated(raw: Any, answers: dict[bytes, Decision]) -> Decision:
+def _validated(raw: Any, answers: dict[bytes, Answer]) -> Decision:
     """``validate_decision(raw)``, remembered by ``raw``'s JSON text (orjson's, keys in their
     order): a pure function of ``raw``, and the text tells apart whatever it tells apart (1,
-    1.0 and true; key order; each float and string). Each use gets its own copy. Never
-    remembered: what orjson cannot write (a set, a non-string key, a 65-bit integer), and a
-    text with ``null`` in it (orjson writes NaN and the infinities as null too)."""
+    1.0 and true; key order; each float and string). Each use gets its own copy (its lists
+    copied, as ``_copy`` copies them). Never remembered: what orjson cannot write (a set, a
+    non-string key, a 65-bit integer), and a text with ``null`` in it (orjson writes NaN and
+    the infinities as null too)."""
     try:
         text = orjson.dumps(raw)
     except TypeError:  # orjson.JSONEncodeError is one
         return validate_decision(raw, source="policy")
     hit = answers.get(text)
     if hit is not None:
-        return _copy(hit)
+        kept, lists = hit
+        cond = dict(kept.conditions)
+        for name in lists:
+            cond[name] = cond[name][:]
+        return Decision(kept.allow, kept.reasons, cond)
     decision = validate_decision(raw, source="policy")
     if b"null" not in text:
         if len(answers) >= ANSWERS:
             answers.clear()
-        answers[text] = _copy(decision)
+        kept = _copy(decision)
+        answers[text] = (kept, tuple(k for k, v in kept.conditions.items() if isinstance(v, list)))
     return decision
 
 

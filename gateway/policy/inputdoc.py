@@ -127,8 +127,11 @@ def build_input(
     now_ns = now_ns if now_ns is not None else time.time_ns()
     if action == "list":
         counters = None
-    minute, hour = counters.principal_counts(principal.qualified) if counters is not None else (0, 0)
-    tool_minute = counters.tool_count(principal.qualified, tool.name) if counters is not None and tool else 0
+    minute = hour = tool_minute = 0
+    if counters is not None:
+        who = principal.qualified
+        minute, hour = counters.principal_counts(who)
+        tool_minute = counters.tool_count(who, tool.name) if tool else 0
     if tool:
         _, _, up_doc, tool_doc = entry_input(tool, upstream)
     else:

@@ -56,6 +56,7 @@ from gateway.policy.loader import (
     load_checked,
     new_engine,
 )
+from gateway.policy.textcheck import not_utf8_at
 from gateway.policy.watch import FileWatcher
 
 log = logging.getLogger("symbi.policy")
@@ -163,7 +164,14 @@ class PolicyEngine(ABC):
 
 def evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> Decision:
     """Evaluate ``decision`` on a regorus engine; any failure (including a panic) is a deny."""
-    return _evaluate(engine, decision, input)[0]
+    bad = not_utf8_at(input)
+    return _not_utf8(bad) if bad is not None else _evaluate(engine, decision, input)[0]
+
+
+def _not_utf8(where: str) -> Decision:
+    """The deny for an input regorus must not see: it would kill the process (textcheck.py)."""
+    log.error("policy input refused: the text at %s is not valid UTF-8", where)
+    return deny(f"policy input refused: the text at {where} is not valid UTF-8")
 
 
 def _evaluate(
@@ -412,6 +420,9 @@ class EmbeddedEngine(PolicyEngine):
                 self.cache_hits += 1
                 return _copy(hit)
         self.cache_misses += 1
+        bad = not_utf8_at(input)
+        if bad is not None:  # never kept: another input with the same read parts may be fine
+            return _not_utf8(bad)
         decision, healthy = _evaluate(engine, self.decision_path, input, local.answers)
         if not healthy:
             local.engine = None  # never reuse an engine that failed mid-evaluation

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 
 from gateway.cli import main
@@ -32,11 +31,11 @@ from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.server.workers import check_shared_state, haproxy_config, worker_data_dir
 from gateway.state.postgres import PgApiKeyStore, Postgres
-from tests.conftest import ROOT, SYMBI, free_port, symbi_env, upstream_writable, write_config
+from tests.conftest import ROOT, free_port, upstream_writable, write_config
 from tests.state.conftest import postgres_engine, redis_engine  # noqa: F401 - the engines' fixtures
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine
-from tests.state.engines import enterable
+from tests.state.engines import enterable, serve_process, shared_chains
 from tests.state.test_replicas import _code, replica_toml, session
 
 pytestmark = [pytest.mark.anyio]
@@ -115,37 +114,8 @@ def _worker_ports(config: Path) -> list[int]:
 
 @contextlib.contextmanager
 def supervisor(config: Path, n: int = 2) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    with open(config.parent / f"workers-{port}.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(SYMBI), "serve", "--config", str(config), "--port", str(port), "--workers", str(n)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=symbi_env(),
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180  # the bound of the wait, not an assertion on time
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"supervisor exited {proc.returncode}: {Path(log.name).read_text()[-3000:]}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"workers not ready: {Path(log.name).read_text()[-3000:]}")
-                time.sleep(0.2)
-            yield base, proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    with serve_process(config, "--workers", str(n), log_name="workers", ready_s=180, stop_s=60) as served:
+        yield served
 
 
 def _api_key(pg: PgEngine) -> str:
@@ -282,19 +252,7 @@ async def test_one_rate_limit_across_the_workers(front: Front) -> None:
 
 @pytest.mark.slow
 def test_every_workers_audit_chain_verifies_shared(front: Front) -> None:
-    deadline = time.monotonic() + 30  # the bound of the wait (shipping), not a timing assertion
-    while True:
-        r = subprocess.run(
-            [str(SYMBI), "audit", "verify", "--config", str(front.config), "--shared", "--json"],
-            env=symbi_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        chains = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-        if (r.returncode == 0 and len(chains) == 2) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    r, chains = shared_chains(front.config)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len({c["replica"] for c in chains}) == 2 and all(c["ok"] and c["events"] > 0 for c in chains)
     data = load_config(front.config, {}).data_dir

@@ -8,6 +8,7 @@ run as root, so its binaries run as the ``postgres`` user the package creates.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -193,33 +195,66 @@ backend gateways
 @contextlib.contextmanager
 def replica(config: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``symbi serve`` (as tests/server/_http.serve) with its process, for the kill -9 test."""
+    with serve_process(config) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_process(
+    config: Path, *extra: str, log_name: str = "serve", ready_s: float = 90, stop_s: float = 10
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``symbi serve --config config --port <free> *extra``, ready (``/readyz`` 200), with its
+    process; terminated (then killed after ``stop_s``) on exit. Its output goes to
+    ``<config's folder>/<log_name>-<port>.log``, quoted when it exits or is not ready in time."""
     port = free_port()
-    with open(config.parent / f"serve-{port}.log", "w") as log:
+    with open(config.parent / f"{log_name}-{port}.log", "w") as log:
         proc = subprocess.Popen(
-            [str(SYMBI), "serve", "--config", str(config), "--port", str(port)],
+            [str(SYMBI), "serve", "--config", str(config), "--port", str(port), *extra],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=symbi_env(),
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + ready_s  # the bound of the wait, not a timing assertion
             while True:
                 if proc.poll() is not None:
                     raise RuntimeError(
-                        f"symbi serve exited {proc.returncode}: {Path(log.name).read_text()[-2000:]}"
+                        f"symbi serve exited {proc.returncode}: {Path(log.name).read_text()[-3000:]}"
                     )
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(base + "/readyz", timeout=2).status_code == 200:
                         break
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"symbi serve not ready: {Path(log.name).read_text()[-2000:]}")
+                    raise TimeoutError(f"symbi serve not ready: {Path(log.name).read_text()[-3000:]}")
                 time.sleep(0.1)
             yield base, proc
         finally:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
             try:
-                proc.wait(10)
+                proc.wait(stop_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def shared_chains(
+    config: Path, replicas: int = 2
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """``symbi audit verify --config config --shared --json`` once it reports ``replicas``
+    chains and exits 0 (each replica copies its chain to PostgreSQL within a second or so),
+    or its last answer after 30 s: the run and the chains it reported."""
+    deadline = time.monotonic() + 30  # the bound of the wait (shipping), not a timing assertion
+    while True:
+        r = subprocess.run(
+            [str(SYMBI), "audit", "verify", "--config", str(config), "--shared", "--json"],
+            env=symbi_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        chains = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+        if (r.returncode == 0 and len(chains) == replicas) or time.monotonic() > deadline:
+            return r, chains
+        time.sleep(0.5)

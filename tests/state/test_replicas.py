@@ -28,7 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.state.postgres import PgApiKeyStore, Postgres
 from tests.conftest import ROOT, SYMBI, symbi_env, upstream_writable, write_config
-from tests.state.engines import HAProxy, enterable, replica
+from tests.state.engines import HAProxy, enterable, replica, shared_chains
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine
 
@@ -188,19 +188,7 @@ async def test_a_revocation_and_an_approval_reach_every_replica(cluster: Cluster
 def test_every_replica_ships_its_audit_chain_to_postgres(cluster: Cluster) -> None:
     # the calls of the tests above are on record in both replicas' chains; each is copied to
     # PostgreSQL within a second or so, and `symbi audit verify --shared` checks each on its own
-    deadline = time.monotonic() + 30  # the bound of the wait, not a timing assertion
-    while True:
-        r = subprocess.run(
-            [str(SYMBI), "audit", "verify", "--config", str(cluster.config), "--shared", "--json"],
-            env=symbi_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        chains = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-        if (r.returncode == 0 and len(chains) == 2) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    r, chains = shared_chains(cluster.config)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len({c["replica"] for c in chains}) == 2 and all(c["ok"] and c["events"] > 0 for c in chains)
 

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.config.sections import HttpSection
+from gateway.server.workers import haproxy_config
 from tests.conftest import SYMBI, free_port, symbi_env
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -152,32 +154,17 @@ class HAProxy:
         _require("haproxy", "haproxy")
         self.port = self.port or free_port()
         cfg = self.folder / "haproxy.cfg"
-        servers = "\n".join(
-            f"    server g{i} 127.0.0.1:{p} check inter 500ms" for i, p in enumerate(self.backends)
+        # the front `symbi serve --workers` runs (round robin, a handshake-era session kept on
+        # the replica that made it by Mcp-Session-Id), as the shipped deploy/haproxy.cfg
+        cfg.write_text(
+            haproxy_config(
+                "127.0.0.1",
+                self.port,
+                self.backends,
+                header_timeout_s=HttpSection().header_timeout_s,
+                drop_to=None,
+            )
         )
-        # The shipped deploy/haproxy.cfg has the same frontend/backend: round robin, and a
-        # handshake-era session (Mcp-Session-Id) stays on the replica that made it.
-        cfg.write_text(f"""global
-    maxconn 256
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 60s
-    timeout server 60s
-frontend mcp
-    bind 127.0.0.1:{self.port}
-    default_backend gateways
-backend gateways
-    balance roundrobin
-    option redispatch
-    retries 2
-    option httpchk
-    http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host 127.0.0.1
-    stick-table type string len 64 size 100k expire 30m
-    stick match req.hdr(mcp-session-id)
-    stick store-response res.hdr(mcp-session-id)
-{servers}
-""")
         pidfile = self.folder / "haproxy.pid"
         subprocess.run(["haproxy", "-f", str(cfg), "-D", "-p", str(pidfile)], check=True, timeout=30)
         self.pid = int(pidfile.read_text().split()[0])

@@ -94,16 +94,19 @@ _EntryDocs = tuple[ToolInfo, UpstreamInfo | None, dict[str, Any], dict[str, Any]
 _entry_docs: dict[int, _EntryDocs] = {}
 
 
-def entry_input(tool: ToolInfo, upstream: UpstreamInfo | None) -> _EntryDocs:
-    """``(tool, upstream, upstream_input(upstream, tool.upstream), tool_input(tool))``,
-    remembered per entry."""
+def entry_input(tool: ToolInfo, upstream: UpstreamInfo | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(upstream_input(upstream, tool.upstream), tool_input(tool))``, remembered per entry."""
     hit = _entry_docs.get(id(tool))
-    if hit is not None and hit[1] is upstream:
-        return hit
-    if len(_entry_docs) >= ENTRY_DOCS:
-        _entry_docs.clear()
-    hit = _entry_docs[id(tool)] = (tool, upstream, upstream_input(upstream, tool.upstream), tool_input(tool))
-    return hit
+    if hit is None or hit[1] is not upstream:
+        if len(_entry_docs) >= ENTRY_DOCS:
+            _entry_docs.clear()
+        hit = _entry_docs[id(tool)] = (
+            tool,
+            upstream,
+            upstream_input(upstream, tool.upstream),
+            tool_input(tool),
+        )
+    return hit[2], hit[3]
 
 
 def build_input(
@@ -133,7 +136,7 @@ def build_input(
         minute, hour = counters.principal_counts(who)
         tool_minute = counters.tool_count(who, tool.name) if tool else 0
     if tool:
-        _, _, up_doc, tool_doc = entry_input(tool, upstream)
+        up_doc, tool_doc = entry_input(tool, upstream)
     else:
         up_doc, tool_doc = upstream_input(upstream, None), None
     doc = {
@@ -184,7 +187,7 @@ def listing_inputs(
     )
     ups = upstreams or {}
     for t in tools:
-        _, _, up_doc, tool_doc = entry_input(t, ups.get(t.upstream))
+        up_doc, tool_doc = entry_input(t, ups.get(t.upstream))
         yield {**base, "target": t.name, "upstream": up_doc, "tool": tool_doc, "arguments": {}}
 
 

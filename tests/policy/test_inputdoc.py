@@ -318,6 +318,6 @@ def test_the_entry_memo_is_bounded(monkeypatch: Any) -> None:
     monkeypatch.setattr(inputdoc, "_entry_docs", {})
     tools = [_tool(name=f"fs__t{i}") for i in range(5)]
     for t in tools:
-        assert inputdoc.entry_input(t, None)[3]["name"] == t.name
+        assert inputdoc.entry_input(t, None)[1]["name"] == t.name
         assert len(inputdoc._entry_docs) <= 2
-    assert inputdoc.entry_input(tools[0], None)[3] == inputdoc.tool_input(tools[0])
+    assert inputdoc.entry_input(tools[0], None)[1] == inputdoc.tool_input(tools[0])

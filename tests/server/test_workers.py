@@ -102,6 +102,15 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
+def _left_alive(pids: set[int], *, bound_s: float) -> set[int]:
+    """Which of ``pids`` still run once they all stopped or ``bound_s`` passed (the bound of the
+    wait for the children's graceful stop and the kernel's reaping, not a timing assertion)."""
+    deadline = time.monotonic() + bound_s
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _alive(pids)
+
+
 def _status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
@@ -312,10 +321,7 @@ def test_a_killed_worker_stops_everything(front: Front) -> None:
     )
     os.kill(worker, signal.SIGKILL)
     assert front.proc.wait(60) != 0
-    deadline = time.monotonic() + 30  # the bound of the wait for the kernel to reap, not timing
-    while _alive(everyone) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _alive(everyone) == set()
+    assert _left_alive(everyone, bound_s=30) == set()
 
 
 @pytest.mark.slow
@@ -331,10 +337,7 @@ def test_a_supervisor_killed_by_sigkill_leaves_no_process(
         everyone = _descendants(proc.pid)
         proc.kill()
         proc.wait(60)
-    deadline = time.monotonic() + 60  # the bound of the workers' graceful stop, not timing
-    while _alive(everyone) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _alive(everyone) == set()
+    assert _left_alive(everyone, bound_s=60) == set()
 
 
 @pytest.mark.slow
@@ -355,7 +358,4 @@ def test_sigterm_to_the_supervisor_leaves_no_process(
             assert "0" not in ids["Uid"] + ids["Gid"], ids
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    deadline = time.monotonic() + 30  # the bound of the wait for the kernel to reap, not timing
-    while _alive(everyone) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _alive(everyone) == set()
+    assert _left_alive(everyone, bound_s=30) == set()

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway.config.sections import HttpSection
 from gateway.server.workers import haproxy_config
 from tests.conftest import SYMBI, free_port, symbi_env
+from tests.server._http import serve_process
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -184,46 +184,6 @@ def replica(config: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``symbi serve`` (as tests/server/_http.serve) with its process, for the kill -9 test."""
     with serve_process(config) as served:
         yield served
-
-
-@contextlib.contextmanager
-def serve_process(
-    config: Path, *extra: str, log_name: str = "serve", ready_s: float = 90, stop_s: float = 10
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``symbi serve --config config --port <free> *extra``, ready (``/readyz`` 200), with its
-    process; terminated (then killed after ``stop_s``) on exit. Its output goes to
-    ``<config's folder>/<log_name>-<port>.log``, quoted when it exits or is not ready in time."""
-    port = free_port()
-    with open(config.parent / f"{log_name}-{port}.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(SYMBI), "serve", "--config", str(config), "--port", str(port), *extra],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=symbi_env(),
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + ready_s  # the bound of the wait, not a timing assertion
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"symbi serve exited {proc.returncode}: {Path(log.name).read_text()[-3000:]}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"symbi serve not ready: {Path(log.name).read_text()[-3000:]}")
-                time.sleep(0.1)
-            yield base, proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(stop_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def shared_chains(

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -25,6 +26,15 @@ from tests.server._clients import stdio_session
 pytestmark = pytest.mark.anyio
 THIEF = ROOT / "tests/peers/thief_server.py"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs a root gateway")
+
+
+def assert_the_thief_got_nothing(report: dict[str, Any]) -> None:
+    """tests/peers/thief_server.py's report: it ran as no root, saw no SYMBI_ variable (but the
+    tests' own), and every secret it tried was denied."""
+    assert report["uid"] != 0 and report["euid"] != 0
+    assert not [k for k in report["env"] if k.startswith("SYMBI_") and not k.startswith("SYMBI_TEST_")]
+    stolen = {k: v for k, v in report.items() if isinstance(v, str) and not v.startswith("denied: ")}
+    assert stolen == {}, stolen
 
 
 def thief_config(tmp_path: Path, extra: str = "") -> Path:
@@ -67,10 +77,7 @@ async def test_a_malicious_upstream_cannot_reach_keys_data_or_the_log(tmp_path: 
         assert not r.is_error, r
         report = json.loads(r.content[0].text)  # type: ignore[union-attr]
 
-    assert report["uid"] != 0 and report["euid"] != 0
-    assert not [k for k in report["env"] if k.startswith("SYMBI_") and not k.startswith("SYMBI_TEST_")]
-    stolen = {k: v for k, v in report.items() if isinstance(v, str) and not v.startswith("denied: ")}
-    assert stolen == {}, stolen
+    assert_the_thief_got_nothing(report)
     assert report["audit_key"] == "denied: PermissionError"
 
     # item 3: the data dir and everything in it are private now

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.server._http import trickle_until_closed
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
 
@@ -140,19 +141,7 @@ def test_trickled_headers_after_a_kept_alive_request_are_cut_off(tmp_path: Path)
         s = _raw(_port(run.base))
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
-        closed = False
-        for ch in b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 40:
-            try:
-                s.sendall(bytes([ch]))
-                s.settimeout(0.3)
-                if s.recv(4096) == b"":
-                    closed = True
-                    break
-            except TimeoutError:
-                continue
-            except OSError:
-                closed = True
-                break
+        closed = trickle_until_closed(s)
         s.close()
         assert closed  # within the ~18 s of trickling; uvicorn's keep-alive timer stops at the first byte
 

@@ -56,8 +56,8 @@ from gateway.policy.loader import (
     load_checked,
     new_engine,
 )
-from gateway.policy.textcheck import not_utf8_at
 from gateway.policy.watch import FileWatcher
+from gateway.textcheck import not_utf8_at
 
 log = logging.getLogger("symbi.policy")
 
@@ -169,7 +169,7 @@ def evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> Decision:
 
 
 def _not_utf8(where: str) -> Decision:
-    """The deny for an input regorus must not see: it would kill the process (textcheck.py)."""
+    """The deny for an input regorus must not see: it would kill the process (gateway/textcheck.py)."""
     log.error("policy input refused: the text at %s is not valid UTF-8", where)
     return deny(f"policy input refused: the text at {where} is not valid UTF-8")
 

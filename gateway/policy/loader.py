@@ -25,7 +25,7 @@ import regorus  # type: ignore[import-untyped]  # no stubs or py.typed in the wh
 from gateway.errors import PolicyLoadError
 from gateway.policy.inputkey import InputReads, input_reads
 from gateway.policy.lint import unknown_calls
-from gateway.policy.textcheck import not_utf8_at
+from gateway.textcheck import not_utf8_at
 
 # regorus errors are rustc-style: "--> file:line:col"; a backtrace may follow.
 _LOCATION_RE = re.compile(r"-->\s*(\S+?:\d+:\d+)")
@@ -179,7 +179,7 @@ def bundle_from_sources(policy: tuple[str, str], data: tuple[str, str] | None = 
         if not isinstance(doc, dict):
             raise PolicyLoadError(f"policy data {data_name} must be a JSON object")
         bad = not_utf8_at(doc)
-        if bad is not None:  # regorus would crash the process on it (textcheck.py)
+        if bad is not None:  # regorus would crash the process on it (gateway/textcheck.py)
             raise PolicyLoadError(f"policy data {data_name}: the text at {bad} is not valid UTF-8")
         loaded = doc
     return PolicyBundle(

@@ -35,6 +35,7 @@ from gateway.config.model import Config
 from gateway.config.sections import JwtSection
 from gateway.context import Principal
 from gateway.errors import AuthFailed, ConfigError, NoCredentials
+from gateway.textcheck import not_utf8_at
 
 # -- API keys -------------------------------------------------------------------------------
 
@@ -249,7 +250,20 @@ class Authenticator:
         return rec.as_principal()
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
-        """The principal for these headers. An API key in ``X-API-Key`` or a bearer token."""
+        """The principal for these headers. An API key in ``X-API-Key`` or a bearer token.
+
+        Its text must be valid UTF-8 (gateway/textcheck.py): PyJWT reads claims and the key
+        file is read with ``json.loads``, which makes a lone surrogate of the escape
+        ``\\ud800``; the name would fail every write of it (audit, logs, agent id)."""
+        principal = self._principal(headers)
+        bad = not_utf8_at(
+            {"id": principal.id, "kind": principal.kind, "roles": principal.roles, "claims": principal.claims}
+        )
+        if bad is not None:
+            raise AuthFailed(f"credentials refused: the text at {bad} is not valid UTF-8")
+        return principal
+
+    def _principal(self, headers: Mapping[str, str]) -> Principal:
         api_key = headers.get("x-api-key")
         auth = headers.get("authorization")
         if api_key is not None:

@@ -1,12 +1,18 @@
-"""Only valid UTF-8 reaches regorus: it crashes the process on anything else.
+"""Text that is not valid UTF-8 (a lone surrogate) is refused where it enters.
 
 regorus (the embedded engine) takes Python ``str`` values and converts them to UTF-8 itself; a
 string holding a lone surrogate (``"\\ud800"``) is not valid UTF-8, and regorus does not raise
 then: the whole gateway process dies with SIGSEGV (``set_input`` and ``add_data`` alike,
-keys and values alike). The MCP parsers (orjson, pydantic) refuse such text, but other
-sources make it: ``json.loads`` turns the escape ``"\\ud800"`` into one (a JWT's claims, a
-policy data file, a broadcast policy), and ``os.fsdecode`` an undecodable byte. So every
-document is checked before it is handed over, and one that fails is refused (fail closed).
+keys and values alike). Most other parts raise instead (``str.encode``, orjson, pydantic's
+JSON dump, sqlite3, psycopg, redis, protobuf, prometheus): an identity that holds such text
+fails the call with an internal error and no audit record. The MCP parsers (orjson, pydantic)
+refuse it, but other sources make it: ``json.loads`` turns the escape ``"\\ud800"`` into one
+(a JWT's claims, an API key file, a policy data file, a broadcast policy), and Python decodes
+argv, the environment and file names with ``surrogateescape``. So each such boundary checks
+its text here and refuses it (fail closed): the JWT claims and API key records
+(gateway/server/auth.py), the configuration (gateway/config/load.py), the CLI's arguments
+(gateway/cli), an upstream's answers (gateway/upstream/stdio.py), and every policy input and
+data document before regorus sees it (gateway/policy).
 """
 
 from __future__ import annotations

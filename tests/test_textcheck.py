@@ -10,7 +10,7 @@ import pytest
 from gateway.errors import PolicyLoadError
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyFiles, bundle_from_sources
-from gateway.policy.textcheck import not_utf8_at
+from gateway.textcheck import not_utf8_at
 
 ALLOW_ALL = 'package symbi\nimport rego.v1\ndecision := {"allow": true, "reasons": [], "conditions": {}}\n'
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.errors import ConfigError, GatewayError
+from gateway.textcheck import not_utf8_at
 
 # The sub-command modules, in --help order, with the command names each registers. Only the
 # module of the command being run is imported: importing all of them (mcp, the policy engine,
@@ -60,6 +61,10 @@ def _command(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    bad = not_utf8_at(argv)
+    if bad is not None:  # Python decodes argv with surrogateescape: a name no record can hold
+        print(f"symbi: argument {int(bad[1:]) + 1} is not valid UTF-8 text", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     if args.version:

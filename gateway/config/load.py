@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from gateway.config.model import Config
 from gateway.errors import ConfigError
+from gateway.textcheck import not_utf8_at
 
 _logger = logging.getLogger("symbi.config")
 
@@ -126,6 +127,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
             text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"{where}: cannot read config file: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:  # TOML is UTF-8 (tomllib itself refuses "\ud800")
+            raise ConfigError(f"{where}: not valid TOML: byte {e.start} is not valid UTF-8") from None
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -165,6 +168,9 @@ def build_config(
     # references first: a server's cwd or command may be "${HOME}/..." (resolved after)
     _expand_references(doc, base, where, environ or {})
     _resolve_paths(doc, base, where)
+    bad = not_utf8_at(doc)
+    if bad is not None:  # from the environment (surrogateescape): no log or record could hold it
+        raise ConfigError(f"{where}: the text at {bad} is not valid UTF-8")
     try:
         cfg = Config.model_validate(doc)
     except ValidationError as e:

@@ -26,7 +26,7 @@ def _check(cfg: Path, **env: bytes) -> subprocess.CompletedProcess[bytes]:
         capture_output=True,
         timeout=120,
         check=False,
-        env=environ,  # type: ignore[arg-type]  # POSIX takes bytes values (os.fsencode)
+        env=environ,  # POSIX takes bytes values (os.fsencode)
     )
 
 

@@ -20,6 +20,7 @@ scope watches only a DELETE's or an initialize's response (``SessionScope``).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,14 +32,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.server.httplane import HttpLane
 from gateway.server.limits import ConnectionLimit
-from gateway.server.middleware import (
-    AccessLog,
-    AuthGate,
-    HostGuard,
-    access_token,
-    scope_headers,
-    stream_owner,
-)
+from gateway.server.middleware import AccessLog, AuthGate, HostGuard, access_token, stream_owner
+from gateway.server.principals import scope_headers
 from gateway.server.resume import STREAM_OWNER, StreamOwner
 from gateway.server.sessions import BodyDeadline, SessionQuota
 
@@ -93,7 +88,9 @@ class HttpFront:
         self.mcp = mcp
         self.taken = 0  # requests that took the session POST path (tests)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """A plain function (so is ``_session_post``): no frame of their own that every
+        resumption of the request's task passes through."""
         mcp = self.mcp
         if (
             mcp is not None
@@ -101,26 +98,31 @@ class HttpFront:
             and scope["method"] == "POST"
             and scope["path"] == self.path
             and not scope.get("root_path")  # the router would match the path without it
-            and "mcp-session-id" in scope_headers(scope)
+            and "mcp-session-id" in (headers := scope_headers(scope))
         ):
-            await self._session_post(mcp, scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return self._session_post(mcp, scope, headers, receive, send)
+        return self.app(scope, receive, send)
 
-    async def _session_post(self, mcp: McpEndpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    def _session_post(
+        self, mcp: McpEndpoint, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
+    ) -> Awaitable[None]:
         """The access log's part (the status read off the response, the request counted)
         around the checks."""
         self.taken += 1
-        await self.log.logged(scope, send, lambda watched: self._serve(mcp, scope, receive, watched))
+        return self.log.logged(
+            scope, send, lambda watched: self._serve(mcp, scope, headers, receive, watched)
+        )
 
-    async def _serve(self, mcp: McpEndpoint, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await self._checked(scope, receive, send)
+    async def _serve(
+        self, mcp: McpEndpoint, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
+        body = await self._checked(scope, headers, receive, send)
         if body is None:
             return
         limit = self.limit  # the connection limit's slot, held while the endpoint runs
         limit.open += 1
         try:
-            token = STREAM_OWNER.set(_routed(scope, mcp))
+            token = STREAM_OWNER.set(_routed(scope, headers, mcp))
             try:
                 await mcp.lane.post(scope, body, receive, send)
             finally:
@@ -128,17 +130,19 @@ class HttpFront:
         finally:
             limit.open -= 1
 
-    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+    async def _checked(
+        self, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
+    ) -> bytes | None:
         """The chain's checks, in its order: the body (read once) when they pass and a slot is
         free, else None (the refusal sent, or the client gone)."""
-        refusal = self.host.refusal(scope_headers(scope))
+        refusal = self.host.refusal(headers)
         if refusal is not None:
             await refusal(scope, receive, send)
             return None
         body = await self.deadline.read(scope, receive, send)
         if body is None:
             return None
-        if _declared_too_large(scope_headers(scope), self.max_bytes):
+        if _declared_too_large(headers, self.max_bytes):
             await Response("Request body too large", status_code=413)(scope, receive, send)
             return None
         if not await self.auth.admit(scope, receive, send, "mcp"):
@@ -150,7 +154,7 @@ class HttpFront:
         return body
 
 
-def _routed(scope: Scope, mcp: McpEndpoint) -> StreamOwner:
+def _routed(scope: Scope, headers: dict[str, str], mcp: McpEndpoint) -> StreamOwner:
     """The scope as the router leaves it (its keys), and whose stream the request is
     (``SessionScope``'s ``STREAM_OWNER``)."""
     if "router" not in scope:
@@ -158,7 +162,7 @@ def _routed(scope: Scope, mcp: McpEndpoint) -> StreamOwner:
     scope["route"] = mcp.route
     scope["endpoint"] = mcp.route.endpoint
     scope["path_params"] = dict(scope.get("path_params", {}))
-    return stream_owner(scope, scope_headers(scope).get("mcp-session-id"))
+    return stream_owner(scope, headers.get("mcp-session-id"))
 
 
 def _declared_too_large(headers: dict[str, str], max_bytes: int) -> bool:

@@ -40,7 +40,11 @@ import anyio
 import orjson
 from mcp import types
 from mcp.server import Server, ServerRequestContext
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
+from mcp.server.auth.middleware.bearer_auth import (
+    AuthenticatedUser,
+    AuthorizationContext,
+    authorization_context,
+)
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.streamable_http import REQUEST_CANCELLED, check_accept_headers
@@ -64,14 +68,15 @@ from gateway.compat import (
 )
 from gateway.server.fastlane import LaneDispatch, MiddlewareChain, cancelled_id, plain_call, run_call
 from gateway.server.httpsse import HOLD_S, SseAnswer, SseLaneDispatch, sse_headers
-from gateway.server.middleware import scope_headers
+from gateway.server.principals import scope_headers
+from gateway.server.resume import BoundedEventStore
 
 _logger = logging.getLogger("symbi.server.httplane")
 
 _JSON_TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=False)  # what the SDK stamps in JSON mode
 _CONTENT_TYPE_JSON = "application/json"
-_ADMIT_HEADERS = ("accept", "content-type", "host", "origin")  # all the transport's POST tests read
 _ADMITS_KEPT = 256  # distinct passing combinations remembered (clients send the same few)
+_REQUESTORS_KEPT = 1024  # SDK users whose authorization context is kept (HttpLane._requestor)
 
 
 class JsonLaneDispatch(LaneDispatch):
@@ -117,6 +122,9 @@ class HttpLane:
         self._server = server
         self._chain = MiddlewareChain(server)
         self._manager = manager
+        # the sessions' event store when it is ours: a lane answer is stored as a LaneResult
+        store = manager.event_store
+        self._store = store if isinstance(store, BoundedEventStore) else None
         self._state: Any = None
         self._connections: dict[str, Connection] = {}
         self._headers: dict[str, list[tuple[bytes, bytes]]] = {}  # each session's SSE answer headers
@@ -124,6 +132,7 @@ class HttpLane:
         # the requests of known sessions the SDK serves, while their POST runs
         self._sdk_posts: set[tuple[str, types.RequestId]] = set()
         self._admits: set[tuple[bool | str | None, ...]] = set()  # header values that passed (_admitted)
+        self._requestors: dict[AuthenticatedUser, AuthorizationContext] = {}
         self.taken = 0  # calls served by the lane (tests, bench)
 
     async def capture(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
@@ -212,7 +221,7 @@ class HttpLane:
         """Answer the POST here (True: in the lane, or refused), or leave it to the SDK (False;
         a key: the SDK's request of this id, held in ``_sdk_posts`` until its POST ends)."""
         user = scope.get("user")
-        requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+        requestor = self._requestor(user) if isinstance(user, AuthenticatedUser) else None
         transport = http_session_transport(self._manager, sid, requestor)  # this credential's session
         if transport is None or transport.is_terminated:
             return False
@@ -240,6 +249,17 @@ class HttpLane:
             return key
         return await self._take(key, call, transport, request, conn, json_mode, send, receive)
 
+    def _requestor(self, user: AuthenticatedUser) -> AuthorizationContext:
+        """The SDK's ``authorization_context`` of ``user``, kept per user object: the auth gate
+        hands every request of a credential the same one (``AuthGate._user``), which the SDK
+        only reads; held here, so an id is never another user's. A bounded map."""
+        requestor = self._requestors.get(user)
+        if requestor is None:
+            if len(self._requestors) >= _REQUESTORS_KEPT:
+                self._requestors.clear()
+            requestor = self._requestors[user] = authorization_context(user)
+        return requestor
+
     async def _admitted(self, transport: Any, json_mode: bool, request: Request) -> bool:
         """The transport's own tests of a POST: Accept for its reply mode, Content-Type, Host,
         Origin. They read only those four headers, with the same settings in every session of
@@ -247,7 +267,9 @@ class HttpLane:
         a combination that passed once passes again without the SDK's parse; remembered only
         when it passed (a refusal runs the SDK's checks every time, which log it), a bounded set."""
         headers = scope_headers(request.scope)
-        key = (json_mode, *(headers.get(h) for h in _ADMIT_HEADERS))
+        # all the transport's POST tests read (a tuple display: a generator was 5 calls a POST)
+        get = headers.get
+        key = (json_mode, get("accept"), get("content-type"), get("host"), get("origin"))
         if key in self._admits:
             return True
         has_json, has_sse = check_accept_headers(request)
@@ -288,7 +310,7 @@ class HttpLane:
                 return False
             self.taken += 1
             if not json_mode:
-                answer = SseAnswer(transport, str(rid), send, receive)
+                answer = SseAnswer(transport, str(rid), send, receive, self._store)
                 dctx = SseLaneDispatch(conn, rid, token, request, answer)
                 await self._run_sse(key, conn, dctx, params)
                 return True

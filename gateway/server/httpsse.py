@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +57,7 @@ from gateway.compat import (
     transport_write,
 )
 from gateway.server.fastlane import LaneDispatch
+from gateway.server.resume import BoundedEventStore, LaneResult
 
 _logger = logging.getLogger("symbi.server.httplane")
 
@@ -136,9 +137,15 @@ class SseAnswer:
     call has run ``HOLD_S``, and a pump once the call routes something to its stream."""
 
     def __init__(
-        self, transport: StreamableHTTPServerTransport, stream_id: str, send: Send, receive: Receive
+        self,
+        transport: StreamableHTTPServerTransport,
+        stream_id: str,
+        send: Send,
+        receive: Receive,
+        store: BoundedEventStore | None = None,
     ) -> None:
         self._transport = transport
+        self._store = store  # the transport's event store when it is ours (it keeps a LaneResult)
         self._stream_id = stream_id
         self._send = send
         self._receive = receive
@@ -325,11 +332,16 @@ class SseAnswer:
             # the session ended: its streams are closed, as the SDK's (no answer)
             await (self._pumped.wait() if self._pumped is not None else self._end())
             return
-        msg = self._message(rid, out)
         if self._routed or transport_serving(self._transport, self._stream_id):
-            await self._route_own(msg)
+            await self._route_own(self._message(rid, out))
+        elif self._store is not None and isinstance(out, dict):
+            # stored as our store keeps a result (its model made only if a replay needs it)
+            self._own_bytes = orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": out})
+            await self._write_own(self._store.store_event(self._stream_id, LaneResult(rid, out)))
         else:
-            await self._write_own(msg)
+            await self._write_own(
+                transport_store_event(self._transport, self._stream_id, self._message(rid, out))
+            )
 
     def _message(self, rid: types.RequestId, out: dict[str, Any] | types.ErrorData | None) -> Any:
         if out is None:
@@ -343,11 +355,11 @@ class SseAnswer:
         self._own = msg
         return msg
 
-    async def _write_own(self, msg: Any) -> None:
+    async def _write_own(self, stored: Awaitable[str | None]) -> None:
         """Nothing was routed to this request's id: the response is the stream's next event.
-        Stored as the router stores it (even when the client has left: a resumed stream replays
-        it), then written, the body's last chunk."""
-        event_id = await transport_store_event(self._transport, self._stream_id, msg)
+        Stored as the router stores it (``stored``; even when the client has left: a resumed
+        stream replays it), then written, the body's last chunk."""
+        event_id = await stored
         if self._released:
             await self._end()
         elif not self._ended:

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.context import Principal, is_admin
 from gateway.errors import AuthFailed, NoCredentials, StateUnavailable
-from gateway.server.principals import http_session_key
+from gateway.server.principals import http_session_key, scope_headers
 from gateway.server.resume import STREAM_OWNER, StreamOwner
 
 if TYPE_CHECKING:
@@ -29,24 +29,8 @@ _logger = logging.getLogger("symbi.http")
 _access = logging.getLogger("symbi.access")
 
 PRM_PATH = "/.well-known/oauth-protected-resource"
-_HEADERS = "symbi.headers"  # the scope key of the parsed headers (scope_headers)
 _USERS_KEPT = 1024  # principals whose SDK user is kept (AuthGate._user)
-
-
-def scope_headers(scope: Scope) -> dict[str, str]:
-    """The request's headers, parsed once per request into the scope for every layer that
-    reads them (each built its own Starlette ``Headers`` and scanned the raw list per lookup);
-    parsed again only if a layer changes them.
-    Read as ``Headers.get`` reads them, so each layer sees the value the SDK's own checks see:
-    names as the server gives them (lower case, as ASGI has it), of a repeated header the first."""
-    raw = scope["headers"]
-    cached = scope.get(_HEADERS)
-    # equal, not the same list: Starlette's Headers(scope=...) puts a copy of it in the scope
-    if cached is not None and cached[0] == raw:
-        return cached[1]  # type: ignore[no-any-return]
-    parsed = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
-    scope[_HEADERS] = (raw, parsed)
-    return parsed
+_PASSED_KEPT = 256  # Host/Origin pairs that passed (HostGuard.refusal)
 
 
 def _allowed(value: str, allowed: list[str]) -> bool:
@@ -186,6 +170,9 @@ class HostGuard:
         self.app = app
         self.hosts = list(settings.allowed_hosts)
         self.origins = list(settings.allowed_origins)
+        # (Host, Origin) values that passed: the lists above never change, clients send few
+        # values; only a pass is kept (a refusal is decided anew), a bounded set
+        self._passed: set[tuple[str | None, str | None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -197,11 +184,17 @@ class HostGuard:
 
     def refusal(self, headers: dict[str, str]) -> Response | None:
         """The answer to a request whose Host (or Origin, if sent) is not ours; None: it passes."""
-        if not _allowed(headers.get("host", ""), self.hosts):
-            return Response("Invalid Host header", status_code=421)
+        host = headers.get("host")
         origin = headers.get("origin")
+        if (host, origin) in self._passed:
+            return None
+        if not _allowed(host or "", self.hosts):
+            return Response("Invalid Host header", status_code=421)
         if origin is not None and not _allowed(origin, self.origins):
             return Response("Invalid Origin header", status_code=403)
+        if len(self._passed) >= _PASSED_KEPT:
+            self._passed.clear()
+        self._passed.add((host, origin))
         return None
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from mcp.server import ServerRequestContext
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.types import Scope
 
 from gateway.app import Gateway
 from gateway.compat import connection_of
@@ -17,6 +18,25 @@ from gateway.config.model import Config
 from gateway.context import Principal
 from gateway.errors import PolicyDenied
 from gateway.runtime.agents import HTTP_SESSION, STDIO_SESSION
+
+_HEADERS = "symbi.headers"  # the scope key of the parsed headers (scope_headers)
+_BOUND_KEPT = 1024  # principal/agent bindings kept (principal_for)
+
+
+def scope_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers, parsed once per request into the scope for every layer that
+    reads them (each built its own Starlette ``Headers`` and scanned the raw list per lookup);
+    parsed again only if a layer changes them.
+    Read as ``Headers.get`` reads them, so each layer sees the value the SDK's own checks see:
+    names as the server gives them (lower case, as ASGI has it), of a repeated header the first."""
+    raw = scope["headers"]
+    cached = scope.get(_HEADERS)
+    # equal, not the same list: Starlette's Headers(scope=...) puts a copy of it in the scope
+    if cached is not None and cached[0] == raw:
+        return cached[1]  # type: ignore[no-any-return]
+    parsed = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
+    scope[_HEADERS] = (raw, parsed)
+    return parsed
 
 
 def stdio_principal(config: Config) -> Principal:
@@ -62,8 +82,9 @@ def agent_session_key(ctx: ServerRequestContext[Any], principal: Principal) -> s
     request = ctx.request
     if request is None:
         return STDIO_SESSION
-    sid = request.headers.get("mcp-session-id")
-    era = request.headers.get("mcp-protocol-version")
+    headers = scope_headers(request.scope)  # the front's parse (Starlette's Headers: a scan per get)
+    sid = headers.get("mcp-session-id")
+    era = headers.get("mcp-protocol-version")
     if sid and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS):  # the SDK's session routing
         return http_session_key(sid)
     kid = principal.claims.get("key_id") if principal.source == "key" else None
@@ -82,16 +103,27 @@ def principal_for(ctx: ServerRequestContext[Any], gw: Gateway) -> Principal:
     """The caller, bound to the agent the runtime made for its session (``Principal.agent``)."""
     principal = authenticated_principal(ctx, gw.config)
     agent = gw.agents.for_session(principal, client_name_of(ctx), agent_session_key(ctx, principal))
-    last = _BOUND[0]
-    if last is not None and last[0] is principal and last[1] == agent.id:
-        return last[2]  # the same principal object bound to the same agent (stdio: every call)
-    bound = dataclasses.replace(principal, agent=agent.id)
-    _BOUND[0] = (principal, agent.id, bound)
+    # HTTP authenticates every request anew (a new, equal principal each time): the binding is
+    # kept by the principal's fields, claims as their repr (tells 1, 1.0 and True apart)
+    key = (*bound_fields(principal), agent.id)
+    try:
+        bound = _BOUND.get(key)
+    except TypeError:  # a field that is not hashable (roles as a list): not kept
+        return dataclasses.replace(principal, agent=agent.id)
+    if bound is None:
+        if len(_BOUND) >= _BOUND_KEPT:
+            _BOUND.clear()
+        bound = _BOUND[key] = dataclasses.replace(principal, agent=agent.id)
     return bound
 
 
-# the last binding made (principals are frozen: the same object and agent give an equal result)
-_BOUND: list[tuple[Principal, str, Principal] | None] = [None]
+def bound_fields(p: Principal) -> tuple[Any, ...]:
+    """Every field of ``p`` but ``agent`` (the binding's): equal tuples, equal principals."""
+    return (p.id, p.kind, p.roles, repr(p.claims), p.source, p.issuer)
+
+
+# principal fields + agent id -> the bound principal (frozen: shared by the calls that equal it)
+_BOUND: dict[tuple[Any, ...], Principal] = {}
 
 
 def session_id_of(ctx: ServerRequestContext[Any]) -> str:
@@ -105,8 +137,9 @@ def session_id_of(ctx: ServerRequestContext[Any]) -> str:
     request = ctx.request
     if request is None:
         return f"session-{id(connection_of(ctx.session))}"
-    label = request.headers.get("mcp-session-id") or ""
-    era = request.headers.get("mcp-protocol-version")
+    headers = scope_headers(request.scope)
+    label = headers.get("mcp-session-id") or ""
+    era = headers.get("mcp-protocol-version")
     if label and (era is None or era in HANDSHAKE_PROTOCOL_VERSIONS):
         return str(label)  # issued by the session manager, bound to the credential that opened it
     principal = request.scope.get("symbi.principal")

@@ -24,7 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.compat import close_http_session, open_http_sessions
 from gateway.context import Principal
 from gateway.errors import GatewayError
-from gateway.server.middleware import scope_headers
+from gateway.server.principals import scope_headers
 
 _logger = logging.getLogger("symbi.http.sessions")
 

@@ -94,3 +94,44 @@ def test_an_event_stored_without_an_owner_is_never_replayed_and_ids_are_not_a_co
         assert await store.replay_events_after("not-an-id", _never) is None
 
     anyio.run(main)
+
+
+def test_a_lane_result_replays_as_the_response_the_lane_sent() -> None:
+    """``LaneResult``: the SSE lane's answer is kept without its model; a replay gets the same
+    response (the JSON the SDK's router would have stored and replayed), and only its owner."""
+    from mcp.types import JSONRPCResponse
+
+    from gateway.server.resume import LaneResult
+
+    result = {"content": [{"type": "text", "text": "hi"}], "isError": False}
+
+    async def main() -> None:
+        store = BoundedEventStore()
+        STREAM_OWNER.set(BOB)
+        priming = await store.store_event("7", None)
+        await store.store_event("7", LaneResult(7, result))
+        got: list[EventMessage] = []
+
+        async def send(ev: EventMessage) -> None:
+            got.append(ev)
+
+        assert await store.replay_events_after(priming, send) == "7"
+        expected = JSONRPCResponse(jsonrpc="2.0", id=7, result=result)
+        assert [e.message.model_dump_json(by_alias=True, exclude_unset=True) for e in got] == [
+            expected.model_dump_json(by_alias=True, exclude_unset=True)
+        ]
+        STREAM_OWNER.set(StreamOwner("mallory", "session-1"))  # another principal: nothing
+        assert await store.replay_events_after(priming, _never) is None
+
+    anyio.run(main)
+
+
+def test_event_ids_are_random_url_safe_and_token_urlsafe_sized() -> None:
+    import re
+
+    from gateway.server.resume import event_id
+
+    ids = {event_id() for _ in range(2_000)}
+    assert len(ids) == 2_000  # 96 random bits each: no repeats
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", i) for i in ids)
+    assert any("-" in i or "_" in i for i in ids)  # the URL-safe alphabet, not base64's + and /

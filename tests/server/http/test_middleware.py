@@ -1,4 +1,4 @@
-"""The HTTP front's headers, parsed once per request (``gateway.server.middleware.scope_headers``):
+"""The HTTP front's headers, parsed once per request (``gateway.server.principals.scope_headers``):
 every layer (Host guard, authentication, session quota, session scope, the fast lane) reads the
 value the SDK's own checks read, also when a header is repeated to play one layer against
 another."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from starlette.datastructures import Headers
 
-from gateway.server.middleware import scope_headers
+from gateway.server.principals import scope_headers
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
 
@@ -98,3 +98,27 @@ def test_repeated_headers_cannot_reach_another_principals_session(tmp_path: Path
         assert r.status_code == 200 and r.headers["mcp-session-id"] == sessions["carol"]
         assert '"id":9' in r.text and "Echo: hi" in r.text
         assert lane.taken == taken + 1
+
+
+def test_the_host_guard_remembers_only_what_passed() -> None:
+    """``HostGuard.refusal`` keeps the Host/Origin pairs that passed: a foreign Host or Origin
+    after an allowed one (same other value) is still refused, every time."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from gateway.server.middleware import HostGuard
+
+    settings = TransportSecuritySettings(
+        allowed_hosts=["127.0.0.1:*"], allowed_origins=["http://127.0.0.1:*"]
+    )
+    guard = HostGuard(lambda *_: None, settings)  # type: ignore[arg-type]
+    ok = {"host": "127.0.0.1:8080", "origin": "http://127.0.0.1:8080"}
+    for _ in range(2):
+        assert guard.refusal(ok) is None
+        assert guard.refusal({"host": "127.0.0.1:8080"}) is None
+        for bad, status in (
+            ({"host": "evil.example:8080", "origin": ok["origin"]}, 421),
+            ({"host": ok["host"], "origin": "http://evil.example"}, 403),
+            ({"origin": ok["origin"]}, 421),  # no Host at all
+        ):
+            refusal = guard.refusal(bad)
+            assert refusal is not None and refusal.status_code == status

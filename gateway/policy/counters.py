@@ -45,24 +45,25 @@ class SlidingCounter:
     whole ones before it), so the count is never below the exact one.
     """
 
-    __slots__ = ("_counts", "_current", "_resolution", "ops", "total")
+    __slots__ = ("_counts", "_current", "_n", "_resolution", "ops", "total")
 
     def __init__(self, buckets: int, resolution: float) -> None:
         self._resolution = resolution
-        self._counts = [0] * (buckets + 1)
+        self._n = buckets + 1
+        self._counts = [0] * self._n
         self._current: int | None = None  # absolute index of the newest bucket
         self.total = 0
         self.ops = 0
 
-    def _advance(self, now: float) -> None:
-        idx = math.floor(now / self._resolution)
+    def _advance(self, idx: int) -> int:
+        """Move the ring to bucket ``idx`` (absolute); the newest bucket's index after it."""
         if self._current is None:
             self._current = idx
-            return
+            return idx
         steps = idx - self._current
         if steps <= 0:
-            return  # same bucket (or a clock that did not move forward)
-        n = len(self._counts)
+            return self._current  # same bucket (or a clock that did not move forward)
+        n = self._n
         if steps >= n:
             self.ops += 1
             self._counts = [0] * n
@@ -74,16 +75,23 @@ class SlidingCounter:
                 self.total -= self._counts[slot]
                 self._counts[slot] = 0
         self._current = idx
+        return idx
 
+    # add and count ask _advance only when the call is not in the newest bucket (most calls
+    # are: many share a second), the same comparison it starts with
     def add(self, now: float) -> None:
-        self._advance(now)
-        assert self._current is not None
-        self._counts[self._current % len(self._counts)] += 1
+        idx = math.floor(now / self._resolution)
+        current = self._current
+        if idx != current or current is None:
+            current = self._advance(idx)
+        self._counts[current % self._n] += 1
         self.total += 1
         self.ops += 1
 
     def count(self, now: float) -> int:
-        self._advance(now)
+        idx = math.floor(now / self._resolution)
+        if idx != self._current:
+            self._advance(idx)
         return self.total
 
     def empty(self, now: float) -> bool:
@@ -116,7 +124,9 @@ class _ToolWindows:
             self.pops += 1
 
     def admits(self, now: float, limit: int | None) -> bool:
-        self.prune(now)
+        log = self.log
+        if log and log[0] <= now - 60.0:  # prune's first test, without the call when nothing is due
+            self.prune(now)
         if limit is None:
             return True
         if limit <= EXACT_LIMIT_MAX:
@@ -168,16 +178,17 @@ class CallCounters:
         now = self._clock()
         with self._lock:
             self._sweep(now)
-            tw = self._by_tool.get((principal, tool))
+            key = (principal, tool)
+            tw = self._by_tool.get(key)
             if tw is None:
-                tw = self._by_tool[(principal, tool)] = _ToolWindows()
+                tw = self._by_tool[key] = _ToolWindows()
                 tw.last = now
             if not tw.admits(now, limit_per_minute):
                 return False
             tw.log.append(now)
             tw.minute.add(now)
             tw.last = now
-            self._by_tool.move_to_end((principal, tool))
+            self._by_tool.move_to_end(key)
             pw = self._by_principal.get(principal)
             if pw is None:
                 pw = self._by_principal[principal] = _PrincipalWindows()
@@ -189,23 +200,25 @@ class CallCounters:
 
     def _sweep(self, now: float) -> None:
         # An entry whose newest call is older than its longest window (+ one bucket) counts 0
-        # everywhere: dropping it changes no answer.
-        for _ in range(_SWEEP_PER_CALL):
-            if not self._by_tool:
+        # everywhere: dropping it changes no answer. The stale entries, if any, are at the
+        # front (least recently used first): up to _SWEEP_PER_CALL of them are counted by
+        # walking the front, then popped from it.
+        stale = 0
+        for tw in self._by_tool.values():
+            if stale == _SWEEP_PER_CALL or now - tw.last <= 60.0 + MINUTE_RESOLUTION_S:
                 break
-            key, tw = next(iter(self._by_tool.items()))
-            if now - tw.last <= 60.0 + MINUTE_RESOLUTION_S:
+            stale += 1
+        for _ in range(stale):
+            self._by_tool.popitem(last=False)
+        self._sweep_ops += stale
+        stale = 0
+        for pw in self._by_principal.values():
+            if stale == _SWEEP_PER_CALL or now - pw.last <= 3600.0 + HOUR_RESOLUTION_S:
                 break
-            del self._by_tool[key]
-            self._sweep_ops += 1
-        for _ in range(_SWEEP_PER_CALL):
-            if not self._by_principal:
-                break
-            p, pw = next(iter(self._by_principal.items()))
-            if now - pw.last <= 3600.0 + HOUR_RESOLUTION_S:
-                break
-            del self._by_principal[p]
-            self._sweep_ops += 1
+            stale += 1
+        for _ in range(stale):
+            self._by_principal.popitem(last=False)
+        self._sweep_ops += stale
 
     def sizes(self) -> dict[str, int]:
         """How many entries are held (the bounded-state tests count these)."""

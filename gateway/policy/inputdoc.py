@@ -139,12 +139,15 @@ def build_input(
         up_doc, tool_doc = entry_input(tool, upstream)
     else:
         up_doc, tool_doc = upstream_input(upstream, None), None
+    parties = _last_parties  # the same caller as the last input's (stdio: every call)
+    if parties is None or parties[0] is not principal or parties[1] is not agent or principal.claims:
+        parties = _party_docs(principal, agent)
     doc = {
         "action": action,
         "kind": kind,
         "target": target,
-        "principal": principal.as_input(),
-        "agent": _agent_input(principal, agent),
+        "principal": parties[2],
+        "agent": parties[3],
         "upstream": up_doc,
         "tool": tool_doc,
         "arguments": dict(arguments or {}),
@@ -189,6 +192,39 @@ def listing_inputs(
     for t in tools:
         up_doc, tool_doc = entry_input(t, ups.get(t.upstream))
         yield {**base, "target": t.name, "upstream": up_doc, "tool": tool_doc, "arguments": {}}
+
+
+# The principal's and the agent's documents of the calls of one session, built once: kept by
+# the Principal and the AgentInfo objects (held, so no other live object has their ids). Both
+# are frozen, and the runtime hands out a new AgentInfo whenever a field of its agent changes
+# (``Agent.info``: its state around each call, a suspension), so a kept pair is never stale.
+# Only for a principal without claims: ``Principal.claims`` is a mapping that can be edited in
+# place, so a principal with claims gets its documents built per input as before; an empty one
+# is checked empty on every use. Emptied when it holds PARTY_DOCS entries. The last pair
+# used is also kept on its own (read whole, as ``_last_second``), asked first.
+PARTY_DOCS = 4096
+_Parties = tuple[Principal, AgentInfo | None, dict[str, Any], dict[str, Any] | None]
+_parties: dict[tuple[int, int], _Parties] = {}
+_last_parties: _Parties | None = None
+
+
+def _party_docs(principal: Principal, agent: AgentInfo | None) -> _Parties:
+    """``(principal, agent, principal.as_input(), _agent_input(principal, agent))``, kept for
+    the next input when it may be (``_parties``)."""
+    global _last_parties
+    keep = not principal.claims
+    if keep:
+        hit = _parties.get((id(principal), id(agent)))
+        if hit is not None and hit[0] is principal and hit[1] is agent:
+            _last_parties = hit
+            return hit
+    parties = (principal, agent, principal.as_input(), _agent_input(principal, agent))
+    # a tuple of roles cannot change under the kept document (a list could)
+    if keep and type(principal.roles) is tuple:
+        if len(_parties) >= PARTY_DOCS:
+            _parties.clear()
+        _parties[(id(principal), id(agent))] = _last_parties = parties
+    return parties
 
 
 def _agent_input(principal: Principal, agent: AgentInfo | None) -> dict[str, Any] | None:

@@ -71,11 +71,31 @@ class Agent:
     # its id never comes back once it ended (an HTTP session's, or one remade after a
     # termination), so what is kept for it (bus keys, inbox) goes when it ends
     ephemeral: bool = False
+    # the AgentInfo last made and the fields it was made from (see ``info``)
+    _info: tuple[str, str, AgentState, int, bool, AgentInfo] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def info(self) -> AgentInfo:
-        return AgentInfo(
+        """The agent as the policy sees it. The same AgentInfo object while every field it was
+        made from is the same object (compared by identity: an edit, even to an equal value,
+        makes a new one), so the documents kept with it (``gateway.policy.inputdoc``) follow
+        each state change: a suspended agent's next call carries ``Suspended``."""
+        held = self._info
+        if (
+            held is not None
+            and held[2] is self.state
+            and held[3] is self.priority
+            and held[0] is self.id
+            and held[1] is self.name
+            and held[4] is self.hosted
+        ):
+            return held[5]
+        info = AgentInfo(
             id=self.id, name=self.name, state=str(self.state), priority=self.priority, hosted=self.hosted
         )
+        self._info = (self.id, self.name, self.state, self.priority, self.hosted, info)
+        return info
 
     def as_json(self) -> dict[str, object]:
         return {

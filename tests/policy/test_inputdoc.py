@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
@@ -321,3 +322,84 @@ def test_the_entry_memo_is_bounded(monkeypatch: Any) -> None:
         assert inputdoc.entry_input(t, None)[1]["name"] == t.name
         assert len(inputdoc._entry_docs) <= 2
     assert inputdoc.entry_input(tools[0], None)[1] == inputdoc.tool_input(tools[0])
+
+
+def test_the_callers_documents_are_kept_and_follow_every_agent_change(tmp_path: Path) -> None:
+    """The principal's and agent's documents are built once for the calls of a session and
+    follow each change of the agent the runtime reports: a suspended agent is denied on its
+    very next decision (a memo by principal alone, or an ``Agent.info`` that hands out its
+    first AgentInfo, allows it here)."""
+    from gateway.policy.inputdoc import build_input
+    from gateway.runtime import AgentState
+    from gateway.runtime.agents import AgentRegistry
+    from tests.policy.test_engine import PKG, engine_for
+    from tests.runtime.test_core import Recorder
+
+    engine = engine_for(
+        tmp_path,
+        PKG
+        + 'decision := {"allow": input.agent.state in {"Ready", "Running"}, "reasons": [], "conditions": {}}\n',
+    )
+    registry = AgentRegistry(Recorder())
+    alice = Principal(id="alice", roles=("developer",))
+    agent = registry.for_session(alice, "client", "stdio")
+    who = Principal(id="alice", roles=("developer",), agent=agent.id)
+
+    def doc() -> dict[str, Any]:
+        return build_input(principal=who, kind="tools/call", target="fs__read", agent=registry.info(agent.id))
+
+    first, again = doc(), doc()
+    assert again["principal"] is first["principal"] and again["agent"] is first["agent"]  # kept
+    assert first["agent"] == {
+        "id": agent.id,
+        "name": agent.name,
+        "state": "Ready",
+        "priority": 4,
+        "hosted": False,
+    }
+    assert engine.decide(first).allow
+    registry.transition(agent, AgentState.RUNNING, "task assigned")
+    assert doc()["agent"]["state"] == "Running" and engine.decide(doc()).allow
+    registry.transition(agent, AgentState.SUSPENDED, "policy violation")
+    assert doc()["agent"]["state"] == "Suspended"
+    assert not engine.decide(doc()).allow
+    agent.priority = 9  # any field: a new document
+    assert doc()["agent"]["priority"] == 9
+    assert doc()["principal"] == first["principal"]
+
+
+def test_a_principals_claims_edited_in_place_reach_the_next_input() -> None:
+    """Claims are a mapping that can be edited under a frozen Principal: an empty one is
+    checked on every use, a principal with claims (or roles in a list) built per input."""
+    from gateway.policy.inputdoc import build_input
+
+    claims: dict[str, Any] = {}
+    p = Principal(id="bob", claims=claims)
+    listed = Principal(id="carol", roles=["reader"])  # type: ignore[arg-type]
+
+    def doc(who: Principal) -> dict[str, Any]:
+        return build_input(principal=who, kind="tools/call", target="fs__read")
+
+    assert doc(p)["principal"]["claims"] == {}
+    claims["team"] = "red"
+    assert doc(p)["principal"]["claims"] == {"team": "red"}
+    claims["team"] = "blue"
+    assert doc(p)["principal"]["claims"] == {"team": "blue"}
+    del claims["team"]
+    assert doc(p)["principal"]["claims"] == {}
+    assert doc(listed)["principal"]["roles"] == ["reader"]
+    listed.roles.append("admin")  # type: ignore[attr-defined]
+    assert doc(listed)["principal"]["roles"] == ["reader", "admin"]
+
+
+def test_the_party_memo_is_bounded(monkeypatch: Any) -> None:
+    from gateway.policy import inputdoc
+
+    monkeypatch.setattr(inputdoc, "PARTY_DOCS", 2)
+    monkeypatch.setattr(inputdoc, "_parties", {})
+    monkeypatch.setattr(inputdoc, "_last_parties", None)
+    people = [Principal(id=f"p{i}") for i in range(5)]
+    for p in people:
+        assert inputdoc.build_input(principal=p, kind="tools/call", target="t")["principal"]["id"] == p.id
+        assert len(inputdoc._parties) <= 2
+    assert inputdoc.build_input(principal=people[0], kind="tools/call", target="t")["principal"]["id"] == "p0"

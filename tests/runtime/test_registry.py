@@ -211,3 +211,28 @@ def test_a_call_through_a_hosted_runs_credential_is_that_run_and_marks_it_seen()
     assert reg.for_session(p, "anything", "stdio") is run and run.last_seen > 0.0
     jwt = Principal(id="agent:a", kind="agent", source="jwt", claims={"key_id": "k1"})
     assert reg.for_session(jwt, "anything", "stdio") is not run
+
+
+def test_an_agents_info_is_the_same_object_until_one_of_its_fields_changes() -> None:
+    """``Agent.info`` hands out its last AgentInfo while nothing it holds changed (the policy
+    input keeps its document with it), and a new one, equal to a fresh one, after any edit."""
+    reg = AgentRegistry(Recorder())
+    agent = reg.for_session(Principal(id="alice"), "client", "stdio")
+
+    def fresh() -> AgentInfo:
+        return AgentInfo(
+            id=agent.id, name=agent.name, state=str(agent.state), priority=agent.priority, hosted=agent.hosted
+        )
+
+    first = reg.info(agent.id)
+    assert first == fresh() and reg.info(agent.id) is first
+    reg.transition(agent, AgentState.RUNNING, "task assigned")
+    assert reg.info(agent.id) == fresh() and agent.info().state == "Running"
+    reg.transition(agent, AgentState.SUSPENDED, "policy violation")
+    assert reg.info(agent.id) == fresh() and agent.info().state == "Suspended"
+    for field, value in (("priority", 9), ("name", "renamed"), ("hosted", True), ("id", "agt-other")):
+        before = agent.info()
+        setattr(agent, field, value)
+        assert (
+            agent.info() == fresh() and agent.info() is not before and getattr(agent.info(), field) == value
+        )

@@ -207,7 +207,8 @@ class InputReads:
         counter (else None): two inputs with the same cache key have the same fingerprint, so
         a call whose fingerprint is new has a key never asked before (engine.py)."""
         ctx = doc.get("context")
-        if not self.counters or not isinstance(ctx, Mapping):
+        # a dict (what build_input makes) first: the ABC check costs three calls
+        if not self.counters or not (type(ctx) is dict or isinstance(ctx, Mapping)):
             return None
         target = doc.get("target") if self._target else None
         try:

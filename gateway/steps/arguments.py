@@ -8,7 +8,7 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError
 
 from gateway.chain import CallNext
-from gateway.context import CallContext
+from gateway.context import CallContext, ToolInfo
 from gateway.errors import ArgumentsInvalid
 from gateway.steps.argcheck import DRAFTS, Check, compile_check
 
@@ -19,27 +19,31 @@ class ValidateArguments:
     def __init__(self) -> None:
         self._cache: dict[int, Any] = {}
 
-    def _validator(self, schema: Any) -> tuple[Any, Check | None]:
-        """The schema's validator and, for the plainest schemas, its quick check
-        (``gateway.steps.argcheck``), made once per schema object."""
-        key = id(schema)
+    def _validator(self, tool: ToolInfo) -> tuple[Any, Check | None]:
+        """The tool's validator and, for the plainest schemas, its quick check
+        (``gateway.steps.argcheck``), made once per schema object. Looked up by the
+        definition's ``inputSchema`` object itself (held, so its id is no other's while kept):
+        ``input_schema`` is a function of it (itself if a mapping, else a new
+        ``{"type": "object"}`` per ask, which kept nothing), and its ABC check costs calls."""
+        raw = tool.definition.get("inputSchema")
+        key = id(raw)
         hit = self._cache.get(key)
-        if hit is not None and hit[0] is schema:
+        if hit is not None and hit[0] is raw:
             return hit[1], hit[2]
+        schema: Any = tool.input_schema
         cls = validators.validator_for(schema, default=Draft202012Validator)
         cls.check_schema(schema)
         v = cls(schema)
         quick = compile_check(schema) if cls in DRAFTS else None
         if len(self._cache) > 4096:
             self._cache.clear()
-        self._cache[key] = (schema, v, quick)
+        self._cache[key] = (raw, v, quick)
         return v, quick
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         if call.kind == "tools/call" and call.tool is not None:
-            schema = call.tool.input_schema
             try:
-                validator, quick = self._validator(schema)
+                validator, quick = self._validator(call.tool)
             except SchemaError as e:
                 raise ArgumentsInvalid(
                     f"tool {call.target!r} has an invalid inputSchema: {e.message}"

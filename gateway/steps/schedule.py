@@ -59,7 +59,7 @@ class Budgets:
 
     def start(self, seconds: float) -> Budget | None:
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)
         if task is None or not self._bound(loop):
             return None
         budget = Budget(task, loop.time() + seconds)

@@ -102,3 +102,28 @@ def test_a_drifted_definition_is_never_checked_with_the_validator_of_the_one_it_
     assert run(step, call_of({"n": 9}, schema=dict(loose)))  # an equal copy: the same answer as before
     with pytest.raises(ArgumentsInvalid):
         run(step, call_of({"n": 9}, schema=strict))  # and the strict one's is still its own
+
+
+def test_a_tool_without_a_schema_mapping_takes_an_object_schema_built_once(monkeypatch: Any) -> None:
+    """No ``inputSchema`` (or not a mapping): the arguments must still be an object, and the
+    validator is made once for that definition, not again on every call."""
+    from jsonschema import validators
+
+    made: list[Any] = []
+    real = validators.validator_for
+
+    def counted(schema: Any, default: Any) -> Any:
+        made.append(schema)
+        return real(schema, default=default)
+
+    monkeypatch.setattr(validators, "validator_for", counted)
+    step = ValidateArguments()
+    for schema in (None, "not a schema"):
+        for _ in range(3):
+            assert run(step, call_of({"anything": 1}, schema=schema))
+    # (check_schema asks it about the meta-schema too)
+    assert [s for s in made if s == {"type": "object"}] == [{"type": "object"}] * 2
+    bare = ToolInfo(name="up__t", original_name="t", upstream="up", definition={"name": "t"})
+    not_an_object = CallContext(principal=LOCAL, kind="tools/call", target="up__t", arguments=[1], tool=bare)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentsInvalid):
+        run(step, not_an_object)

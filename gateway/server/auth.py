@@ -47,19 +47,23 @@ class ApiKeys(Protocol):
     def records(self) -> list[ApiKeyRecord]: ...
     def lookup(self, key: str) -> ApiKeyRecord | None: ...
     def get(self, kid: str) -> ApiKeyRecord | None: ...
+    def cached(self, kid: str) -> ApiKeyRecord | None: ...
     def create(
         self, principal: str, roles: tuple[str, ...], kind: str = "user"
     ) -> tuple[str, ApiKeyRecord]: ...
     def revoke(self, kid: str) -> bool: ...
 
 
-def open_api_keys(config: Config) -> ApiKeys:
-    """The key store the config names (PostgreSQL is connected and migrated here)."""
+def open_api_keys(config: Config, *, cache: bool = False) -> ApiKeys:
+    """The key store the config names (PostgreSQL is connected and migrated here; ``cache``:
+    a serving gateway's, which keeps the live keys kept exact by NOTIFY, ``gateway.state.keycache``)."""
     if config.state.postgres_url is not None:
         from gateway.state.postgres import PgApiKeyStore, Postgres
 
         return PgApiKeyStore(
-            Postgres(config.state.postgres_url, timeout_s=config.state.timeout_s).open(), owns=True
+            Postgres(config.state.postgres_url, timeout_s=config.state.timeout_s).open(),
+            owns=True,
+            cache=cache,
         )
     return ApiKeyStore(config.api_keys_path)
 
@@ -106,6 +110,9 @@ class ApiKeyStore:
     def get(self, kid: str) -> ApiKeyRecord | None:
         rec = self._load().get(kid)
         return rec if rec is not None and rec.revoked is None else None
+
+    def cached(self, kid: str) -> ApiKeyRecord | None:
+        return self.get(kid)  # a local file: always at hand
 
     # writing --------------------------------------------------------------------------------
 
@@ -228,7 +235,7 @@ class Authenticator:
     @classmethod
     def from_config(cls, config: Config) -> Authenticator:
         return cls(
-            keys=open_api_keys(config),
+            keys=open_api_keys(config, cache=True),
             jwt=JwtVerifier(config.http.jwt) if config.http.jwt is not None else None,
             anonymous=config.anonymous_principal,
         )
@@ -247,6 +254,21 @@ class Authenticator:
         rec = self.keys.lookup(key)
         if rec is None:
             raise AuthFailed("unknown or revoked API key")
+        return rec.as_principal()
+
+    def authenticate_now(self, headers: Mapping[str, str]) -> Principal | None:
+        """``authenticate`` when it needs no blocking I/O, else None: call that in a thread (a
+        JWKS over the network; a key in PostgreSQL that this process's cache does not hold --
+        then a refusal too is decided there, from PostgreSQL)."""
+        if self.jwks_over_network and not headers.get("authorization", "").startswith("Bearer symbi_"):
+            return None
+        if not self.keys_over_network:
+            return self.authenticate(headers)
+        key = _presented_key(headers)
+        kid = split_key(key) if key is not None else None
+        rec = self.keys.cached(kid) if kid is not None else None
+        if key is None or rec is None or not hmac.compare_digest(rec.sha256, hash_key(key)):
+            return None
         return rec.as_principal()
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -281,3 +303,13 @@ class Authenticator:
         if self.anonymous is not None:
             return Principal(id=self.anonymous, kind="anonymous", source="anonymous")
         raise NoCredentials("credentials required")
+
+
+def _presented_key(headers: Mapping[str, str]) -> str | None:
+    """The API key ``authenticate`` would look up for these headers, or None (none, or a JWT)."""
+    api_key = headers.get("x-api-key")
+    if api_key is not None:
+        return api_key.strip()
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token.startswith(KEY_PREFIX) else None

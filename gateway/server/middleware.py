@@ -232,13 +232,10 @@ class AuthGate:
         headers = scope_headers(scope)
         auth = self.state.auth
         try:
-            if auth.keys_over_network or (
-                auth.jwks_over_network and not headers.get("authorization", "").startswith("Bearer symbi_")
-            ):
+            principal = auth.authenticate_now(headers)  # None: it needs blocking I/O
+            if principal is None:
                 # a JWKS (re)fetch / a key lookup in PostgreSQL is blocking I/O: never on the event loop
                 principal = await anyio.to_thread.run_sync(auth.authenticate, headers)
-            else:
-                principal = auth.authenticate(headers)
         except NoCredentials:
             await self._challenge(scope, receive, send, None)
             return False

@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from gateway.apikeys import ApiKeyRecord, hash_key, new_key, split_key
 from gateway.errors import StateUnavailable
 from gateway.state.health import Probe, safe_url
+from gateway.state.keycache import KEYS_CHANNEL, KeyCache, KeyListener
 from gateway.verify.state import ToolRecord, record_from_row
 
 # (version, statements): append only; a released migration never changes
@@ -167,6 +168,7 @@ class Postgres:
 
     def __init__(self, url: str, *, timeout_s: float) -> None:
         self.url = url
+        self.timeout_s = timeout_s
         self.probe = Probe("postgres", f"approvals and API keys (PostgreSQL at {safe_url(url)})", self._aping)
         self._pool = ConnectionPool(
             url,
@@ -421,14 +423,24 @@ def _update_seen(
 
 class PgApiKeyStore:
     """``ApiKeyStore`` on PostgreSQL: a key made or revoked on one replica is accepted or
-    refused by every replica on its next request (no cache: the lookup is one indexed read)."""
+    refused by every replica on its next request. With ``cache`` (a serving gateway; not the
+    CLI) the live records are kept in this process and dropped by the NOTIFY that ``create``
+    and ``revoke`` send at commit (``gateway.state.keycache``: used only while its listen
+    connection is up and answering, else every lookup is one indexed read, as without it)."""
 
-    def __init__(self, pg: Postgres, *, owns: bool = False) -> None:
+    def __init__(self, pg: Postgres, *, owns: bool = False, cache: bool = False) -> None:
         self._pg = pg
         self._owns = owns
         self.path = safe_url(pg.url)
+        self.cache: KeyCache | None = None
+        self._listener: KeyListener | None = None
+        if cache:
+            self.cache = KeyCache()
+            self._listener = KeyListener(pg.url, self.cache, timeout_s=pg.timeout_s).start()
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
         if self._owns:
             self._pg.close()
 
@@ -440,7 +452,15 @@ class PgApiKeyStore:
             rows = cur.fetchall()
         return [_key_record(r) for r in rows]
 
+    def cached(self, kid: str) -> ApiKeyRecord | None:
+        """The live record of ``kid`` when the cache holds it (no I/O), else None: ask ``get``."""
+        return self.cache.get(kid) if self.cache is not None else None
+
     def get(self, kid: str) -> ApiKeyRecord | None:
+        rec = self.cached(kid)
+        if rec is not None:
+            return rec
+        ticket = self.cache.ticket() if self.cache is not None else None  # before the read
         with self._pg.cursor() as cur:
             cur.execute(
                 "SELECT id, principal, roles, kind, sha256, created, revoked FROM symbi_api_keys"
@@ -448,7 +468,12 @@ class PgApiKeyStore:
                 (kid,),
             )
             row = cur.fetchone()
-        return _key_record(row) if row else None
+        if row is None:
+            return None  # unknown or revoked: never cached
+        rec = _key_record(row)
+        if self.cache is not None:
+            self.cache.put(ticket, rec)
+        return rec
 
     def lookup(self, key: str) -> ApiKeyRecord | None:
         kid = split_key(key)
@@ -457,19 +482,23 @@ class PgApiKeyStore:
 
     def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, ApiKeyRecord]:
         key, rec = new_key(principal, roles, kind)
-        with self._pg.cursor() as cur:
+        with self._pg.cursor(transaction=True) as cur:
             cur.execute(
                 "INSERT INTO symbi_api_keys VALUES (%s,%s,%s,%s,%s,%s,NULL)",
                 (rec.id, rec.principal, json.dumps(list(rec.roles)), rec.kind, rec.sha256, rec.created),
             )
+            cur.execute("SELECT pg_notify(%s, %s)", (KEYS_CHANNEL, rec.id))
         return key, rec
 
     def revoke(self, kid: str) -> bool:
-        with self._pg.cursor() as cur:
+        with self._pg.cursor(transaction=True) as cur:
             cur.execute(
                 "UPDATE symbi_api_keys SET revoked=%s WHERE id=%s AND revoked IS NULL", (time.time(), kid)
             )
-            return cur.rowcount == 1
+            done = cur.rowcount == 1
+            # at commit, every process's cache drops it (gateway.state.keycache)
+            cur.execute("SELECT pg_notify(%s, %s)", (KEYS_CHANNEL, kid))
+        return done
 
 
 def _key_record(row: Any) -> ApiKeyRecord:

@@ -1,0 +1,169 @@
+"""The API key cache of a serving gateway on PostgreSQL (``gateway.state.keycache``), on a
+real server: a revocation made through another process's store is refused once its NOTIFY
+arrives; with the listen connection killed nothing stale is served, before or after it
+reconnects; unknown ids are refused and never cached; the cache stays bounded.
+
+Each waits with a bound ("within N s"), never a timing assertion.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.apikeys import ApiKeyRecord, new_key
+from gateway.errors import AuthFailed
+from gateway.server.auth import ApiKeyStore, Authenticator
+from gateway.state.keycache import APPLICATION, KeyCache
+from gateway.state.postgres import PgApiKeyStore, Postgres
+from tests.state.engines import Postgres as PgEngine
+
+WAIT_S = 20.0  # the bound of every wait below (a loaded machine), not a timing assertion
+
+
+def eventually(what: str, ok: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not ok():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {WAIT_S} s: {what}")
+        time.sleep(0.02)
+
+
+def served_from_cache(store: PgApiKeyStore, key: str, rec: ApiKeyRecord) -> None:
+    """``key`` accepted, then held by the cache (a read that overlapped the NOTIFY of the key's
+    own creation is not stored: the next one is)."""
+    eventually("the key cached", lambda: store.lookup(key) == rec and store.cached(rec.id) == rec)
+
+
+@pytest.fixture
+def cli(postgres_engine: PgEngine) -> Iterator[PgApiKeyStore]:
+    """Another process's store (the CLI's ``symbi keys``, or another replica): no cache."""
+    s = PgApiKeyStore(Postgres(postgres_engine.url, timeout_s=2).open(), owns=True)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def served(postgres_engine: PgEngine) -> Iterator[PgApiKeyStore]:
+    """A serving gateway's store: the cache on, once its listen connection is subscribed."""
+    s = PgApiKeyStore(Postgres(postgres_engine.url, timeout_s=2).open(), owns=True, cache=True)
+    try:
+        assert s.cache is not None
+        cache = s.cache
+        eventually("the listen connection subscribed", lambda: cache.ticket() is not None)
+        yield s
+    finally:
+        s.close()
+
+
+def kill_listener(cli: PgApiKeyStore) -> None:
+    with cli._pg.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name=%s", (APPLICATION,)
+        )
+        assert cur.fetchall(), "no listen connection to kill"
+
+
+def test_a_key_revoked_elsewhere_is_refused_once_notified(cli: PgApiKeyStore, served: PgApiKeyStore) -> None:
+    key, rec = cli.create("alice", ("dev",))
+    served_from_cache(served, key, rec)  # the next request needs no PostgreSQL
+    assert served.lookup(key[:-4] + "AAAA") is None  # cached id, wrong secret: still refused
+    assert cli.revoke(rec.id)
+    eventually("the revocation refused", lambda: served.lookup(key) is None)
+    assert served.cached(rec.id) is None and served.get(rec.id) is None
+
+
+def test_a_revocation_while_the_listener_is_down_is_never_served_stale(
+    cli: PgApiKeyStore, served: PgApiKeyStore
+) -> None:
+    assert served.cache is not None
+    cache = served.cache
+    key, rec = cli.create("bob", ("dev",))
+    served_from_cache(served, key, rec)
+    kill_listener(cli)
+    eventually("the loss noticed", lambda: cache.ticket() is None)
+    assert cli.revoke(rec.id)  # its NOTIFY reaches no listener of this process
+    assert served.lookup(key) is None  # read from PostgreSQL meanwhile
+    eventually("the listen connection back", lambda: cache.ticket() is not None)
+    assert served.lookup(key) is None  # and not from a cache kept over the loss
+
+
+def test_unknown_ids_are_refused_and_never_cached(served: PgApiKeyStore) -> None:
+    assert served.cache is not None
+    for _ in range(200):  # an attacker spraying well-formed ids
+        assert served.lookup(f"symbi_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}") is None
+    assert len(served.cache) == 0
+
+
+def test_the_cache_is_bounded_and_evicted_keys_still_work(cli: PgApiKeyStore, served: PgApiKeyStore) -> None:
+    assert served.cache is not None
+    served.cache.max_entries = 2
+    made = [cli.create(f"p{i}", ()) for i in range(3)]
+    for key, rec in made:
+        served_from_cache(served, key, rec)
+    assert len(served.cache) == 2 and served.cached(made[0][1].id) is None  # least recently used out
+    assert served.lookup(made[0][0]) == made[0][1]  # read again from PostgreSQL
+
+
+def test_a_read_older_than_an_invalidation_is_not_stored() -> None:
+    # a request read the record just before its revocation committed, and the NOTIFY was
+    # handled before the request stored it: storing it would keep the revoked key for ever
+    cache = KeyCache()
+    cache.live()
+    _, rec = new_key("carol", (), "user")
+    ticket = cache.ticket()
+    cache.invalidate(rec.id)
+    cache.put(ticket, rec)
+    assert cache.get(rec.id) is None
+    cache.put(cache.ticket(), rec)
+    assert cache.get(rec.id) == rec
+    cache.lost()
+    assert cache.get(rec.id) is None and cache.ticket() is None  # not used while down
+    cache.live()
+    assert cache.get(rec.id) is None  # nor kept over the loss
+
+
+def test_the_cli_store_keeps_no_cache(cli: PgApiKeyStore) -> None:
+    key, rec = cli.create("dave", ())
+    assert cli.lookup(key) == rec and cli.cache is None and cli.cached(rec.id) is None
+
+
+def test_the_front_authenticates_a_cached_key_without_io_and_the_rest_in_a_thread(
+    cli: PgApiKeyStore, served: PgApiKeyStore
+) -> None:
+    # ``authenticate_now`` runs on the event loop: it answers only from the cache, and leaves
+    # everything else (a refusal included) to ``authenticate`` in a thread, from PostgreSQL
+    auth = Authenticator(keys=served)
+    key, rec = cli.create("erin", ("dev",))
+    served_from_cache(served, key, rec)
+    for headers in ({"x-api-key": f" {key} "}, {"authorization": f"Bearer {key}"}):
+        got = auth.authenticate_now(headers)
+        assert got is not None and got.id == "erin" and got.claims == {"key_id": rec.id}
+    wrong = {"x-api-key": key[:-4] + "AAAA"}
+    assert auth.authenticate_now(wrong) is None
+    with pytest.raises(AuthFailed):
+        auth.authenticate(wrong)
+    # X-API-Key wins over Authorization, as in ``authenticate``
+    assert (
+        auth.authenticate_now({"x-api-key": "symbi_000000000000_x", "authorization": f"Bearer {key}"}) is None
+    )
+    assert auth.authenticate_now({}) is None  # no credentials: decided by ``authenticate``
+    assert cli.revoke(rec.id)
+    eventually("the revocation seen by the front", lambda: auth.authenticate_now({"x-api-key": key}) is None)
+    with pytest.raises(AuthFailed):
+        auth.authenticate({"x-api-key": key})
+
+
+def test_the_file_store_front_authenticates_at_once(tmp_path: Path) -> None:
+    store = ApiKeyStore(tmp_path / "api-keys.json")
+    key, _ = store.create("frank", ())
+    got = Authenticator(keys=store).authenticate_now({"x-api-key": key})
+    assert got is not None and got.id == "frank"
+    with pytest.raises(AuthFailed):
+        Authenticator(keys=store).authenticate_now({"x-api-key": key[:-4] + "AAAA"})

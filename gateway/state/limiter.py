@@ -14,6 +14,7 @@ A Redis that cannot be reached is ``StateUnavailable``: the call is refused (fai
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -120,6 +121,13 @@ def _key(*parts: str) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:40]
 
 
+@functools.lru_cache(maxsize=4096)  # bounded; every call needs them twice (counts, acquire)
+def _keys_of(principal: str, tool: str) -> tuple[str, str, str, str]:
+    """The Redis keys of ``principal`` calling ``tool``: its limit log, then its counts' buckets."""
+    p, pt = _key(principal), _key(principal, tool)
+    return f"{PREFIX}{pt}", f"{COUNTS}{p}:s", f"{COUNTS}{p}:m", f"{COUNTS}{pt}:s"
+
+
 class RedisRateLimiter:
     """Replicas: the log lives in Redis; ``counters`` still feeds this replica's policy input."""
 
@@ -135,8 +143,7 @@ class RedisRateLimiter:
 
     @staticmethod
     def _keys(principal: str, tool: str) -> list[str]:
-        p, pt = _key(principal), _key(principal, tool)
-        return [f"{PREFIX}{pt}", f"{COUNTS}{p}:s", f"{COUNTS}{p}:m", f"{COUNTS}{pt}:s"]
+        return list(_keys_of(principal, tool))
 
     def _unavailable(self, e: BaseException, what: str) -> StateUnavailable:
         self.probe.failed(e)

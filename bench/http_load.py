@@ -22,6 +22,8 @@ Targets, interleaved (every round measures each once, the order rotating):
 * ``gateway-1w``, ``gateway-<N>w``  (``--workers N``) ``symbi serve`` and ``symbi serve --workers N``
                  (N processes behind HAProxy, issue 16) with the same config on shared state (a
                  private Redis and PostgreSQL): ``workers_vs_one`` compares them round by round
+* ``gateway-1w-baseline``  (``--workers N --baseline-tree DIR``) ``gateway-1w`` from that checkout:
+                 ``one_worker_vs_baseline_tree``
 
 The load: ``--sessions`` handshake-era MCP sessions, one HTTP connection and one call in flight
 per session, for ``--seconds``. ``--driver wrk`` (the default; Debian's wrk, bench/_wrk.py): one
@@ -140,15 +142,18 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
             wait_http(f"http://127.0.0.1:{port}/readyz", {200}, timeout=180)
             out.append(Target(name, f"http://127.0.0.1:{port}/mcp", "everything__echo", keys, p.pid))
         if args.workers > 1:
-            out += stack.enter_context(worker_targets(args.workers, tmp, names))
+            out += stack.enter_context(worker_targets(args.workers, tmp, names, args.baseline_tree))
         yield out
 
 
 @contextlib.contextmanager
-def worker_targets(workers: int, tmp: Path, names: list[str]) -> Iterator[list[Target]]:
+def worker_targets(
+    workers: int, tmp: Path, names: list[str], baseline_tree: Path | None = None
+) -> Iterator[list[Target]]:
     """``gateway-1w`` (one ``symbi serve``) and ``gateway-<N>w`` (``symbi serve --workers N``:
     N processes behind HAProxy), the same config on one private Redis and PostgreSQL (the keys
-    in PostgreSQL, the bus secret shared); the server's CPU counts every worker and HAProxy."""
+    in PostgreSQL, the bus secret shared); the server's CPU counts every worker and HAProxy.
+    With ``baseline_tree``, also ``gateway-1w-baseline``: one ``symbi serve`` of that checkout."""
     from bench.scale import _engines
     from gateway.state.postgres import PgApiKeyStore, Postgres
 
@@ -159,12 +164,15 @@ def worker_targets(workers: int, tmp: Path, names: list[str]) -> Iterator[list[T
         secret = base64.b64encode(os.urandom(32)).decode()
         state = f'[state]\nredis_url = "{redis.url}"\npostgres_url = "{pg.url}"\n[bus]\nsecret = "{secret}"\n'
         out: list[Target] = []
-        for name, n in (("gateway-1w", 1), (f"gateway-{workers}w", workers)):
+        runs = [("gateway-1w", 1, ROOT), (f"gateway-{workers}w", workers, ROOT)]
+        if baseline_tree is not None:
+            runs.append(("gateway-1w-baseline", 1, baseline_tree.resolve()))
+        for name, n, tree in runs:
             port = free_port()
             cfg = write_http_gateway_config(tmp / name, port, everything_toml("tofu") + state, names)
             serve = [str(SYMBI), "serve", "--config", str(cfg), "--workers", str(n)]
             p = stack.enter_context(
-                proc(serve, tmp / name / "gateway.log", {**gateway_env(), "PYTHONPATH": str(ROOT)})
+                proc(serve, tmp / name / "gateway.log", {**gateway_env(), "PYTHONPATH": str(tree)})
             )
             wait_http(f"http://127.0.0.1:{port}/readyz", {200}, timeout=300)
             out.append(Target(name, f"http://127.0.0.1:{port}/mcp", "everything__echo", keys, p.pid))
@@ -396,6 +404,10 @@ def _document(
         # --workers N: N worker processes behind HAProxy against one process, the same shared state
         "workers_vs_one": vs_baseline(runs, "gateway-1w", f"gateway-{args.workers}w")
         if "gateway-1w" in runs
+        else {},
+        # one process on shared state against --baseline-tree's (before a change)
+        "one_worker_vs_baseline_tree": vs_baseline(runs, "gateway-1w-baseline", "gateway-1w")
+        if "gateway-1w-baseline" in runs
         else {},
         # and against the one process without shared state (what --workers 1 needs no Redis for)
         "workers_vs_plain": vs_baseline(runs, "gateway", f"gateway-{args.workers}w")

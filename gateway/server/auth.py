@@ -269,7 +269,7 @@ class Authenticator:
         rec = self.keys.cached(kid) if kid is not None else None
         if key is None or rec is None or not hmac.compare_digest(rec.sha256, hash_key(key)):
             return None
-        return rec.as_principal()
+        return _checked(rec.as_principal())
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
         """The principal for these headers. An API key in ``X-API-Key`` or a bearer token.
@@ -277,13 +277,7 @@ class Authenticator:
         Its text must be valid UTF-8 (gateway/textcheck.py): PyJWT reads claims and the key
         file is read with ``json.loads``, which makes a lone surrogate of the escape
         ``\\ud800``; the name would fail every write of it (audit, logs, agent id)."""
-        principal = self._principal(headers)
-        bad = not_utf8_at(
-            {"id": principal.id, "kind": principal.kind, "roles": principal.roles, "claims": principal.claims}
-        )
-        if bad is not None:
-            raise AuthFailed(f"credentials refused: the text at {bad} is not valid UTF-8")
-        return principal
+        return _checked(self._principal(headers))
 
     def _principal(self, headers: Mapping[str, str]) -> Principal:
         api_key = headers.get("x-api-key")
@@ -303,6 +297,16 @@ class Authenticator:
         if self.anonymous is not None:
             return Principal(id=self.anonymous, kind="anonymous", source="anonymous")
         raise NoCredentials("credentials required")
+
+
+def _checked(principal: Principal) -> Principal:
+    """``principal`` if its text is valid UTF-8, else ``AuthFailed`` (``authenticate``)."""
+    bad = not_utf8_at(
+        {"id": principal.id, "kind": principal.kind, "roles": principal.roles, "claims": principal.claims}
+    )
+    if bad is not None:
+        raise AuthFailed(f"credentials refused: the text at {bad} is not valid UTF-8")
+    return principal
 
 
 def _presented_key(headers: Mapping[str, str]) -> str | None:

@@ -160,6 +160,19 @@ def test_the_front_authenticates_a_cached_key_without_io_and_the_rest_in_a_threa
         auth.authenticate({"x-api-key": key})
 
 
+def test_a_cached_key_whose_text_is_not_utf8_is_refused_on_the_loop_too(
+    cli: PgApiKeyStore, served: PgApiKeyStore
+) -> None:
+    # the roles are stored as JSON: the escape \ud800 comes back as a lone surrogate, which
+    # ``authenticate`` refuses (gateway/textcheck.py); the cached path must refuse it as well
+    key, rec = cli.create("grace", ("\ud800",))
+    served_from_cache(served, key, rec)
+    with pytest.raises(AuthFailed):
+        Authenticator(keys=served).authenticate_now({"x-api-key": key})
+    with pytest.raises(AuthFailed):
+        Authenticator(keys=served).authenticate({"x-api-key": key})
+
+
 def test_the_file_store_front_authenticates_at_once(tmp_path: Path) -> None:
     store = ApiKeyStore(tmp_path / "api-keys.json")
     key, _ = store.create("frank", ())

@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TextIO, TypeVar
 
 import anyio
+import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.shared.message import SessionMessage
+from mcp.types import INTERNAL_ERROR
 
 from gateway.compat import (
     drain_stdout,
@@ -35,6 +38,7 @@ from gateway.compat import (
     stop_stdio_process,
     tap_process_stdout,
 )
+from gateway.textcheck import not_utf8_at
 from gateway.upstream.fastcall import FastLane
 
 _logger = logging.getLogger("symbi.upstream.stdio")
@@ -112,6 +116,26 @@ async def write_or_queue(
         await pipe.drain()  # returns at once unless the pipe is full (flow control)
     except (ConnectionResetError, BrokenPipeError, RuntimeError) as e:
         raise anyio.BrokenResourceError from e
+
+
+def refused_answer(text: str) -> bytes | None:
+    """For an answer the SDK could not parse because its text is not valid UTF-8 (the JSON
+    escape ``"\\ud800"``: ``json.loads`` takes it, pydantic and orjson refuse it), an error
+    answer to the same id naming where; else None. Without it the call waited for its timeout
+    (the SDK drops the line), and only the log said why."""
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(msg, dict) or "method" in msg or not isinstance(msg.get("id"), (int, str)):
+        return None
+    bad = not_utf8_at(msg)
+    if bad is None:
+        return None
+    reason = f"upstream answer refused: the text at {bad} is not valid UTF-8"
+    _logger.warning("%s", reason)
+    error = {"code": INTERNAL_ERROR, "message": reason}
+    return orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error})
 
 
 def _framed(m: SessionMessage | bytes, server: StdioServerParameters) -> bytes:
@@ -212,7 +236,12 @@ async def _read_stdout(
                         if lane is not None and await lane.take(line):
                             continue
                         text = line.decode(server.encoding, errors=server.encoding_error_handler)
-                        await read_writer.send(parse_stdio_line(text))
+                        msg = parse_stdio_line(text)
+                        if isinstance(msg, Exception) and (refused := refused_answer(text)) is not None:
+                            if lane is not None and await lane.take(refused):
+                                continue
+                            msg = parse_stdio_line(refused.decode())
+                        await read_writer.send(msg)
             finally:
                 buf.clear()
                 if lane is not None:

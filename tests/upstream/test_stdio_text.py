@@ -1,0 +1,136 @@
+"""An upstream answer whose text is not valid UTF-8 fails its call at once, naming where.
+
+A stdio server can write the JSON escape ``"\\ud800"`` (a lone surrogate once parsed). The
+SDK's parser refuses the line and drops it, so the call used to wait for its timeout (two
+minutes) and only the log said why. gateway.upstream.stdio.refused_answer turns such an
+answer into a JSON-RPC error for the same id (fast lane and SDK path alike). A real ``symbi
+mcp`` runs a real upstream (tests/peers/surrogate_server.py); the audit log stays verifiable.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.upstream.stdio import refused_answer
+from tests.conftest import ROOT, symbi_env, write_config
+from tests.server.test_stdio_bad_input import Raw
+
+PEER = ROOT / "tests/peers/surrogate_server.py"
+INTERNAL_ERROR = -32603
+
+
+def _config(tmp_path: Path, where: str) -> Path:
+    return write_config(
+        tmp_path,
+        f"""
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{PEER}"]
+        env = {{ SURROGATE_IN = "{where}" }}
+        verification = "warn"
+        """,
+    )
+
+
+def _session(cfg: Path) -> tuple[Raw, list[str]]:
+    r = Raw(cfg)
+    r.send(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+    )
+    assert "result" in r.recv()
+    r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    r.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+    return r, [t["name"] for t in r.recv()["result"]["tools"]]
+
+
+def _call(r: Raw, rid: int) -> dict[str, Any]:
+    r.send(
+        {
+            "jsonrpc": "2.0",
+            "id": rid,
+            "method": "tools/call",
+            "params": {"name": "mut__t", "arguments": {"message": "hi"}},
+        }
+    )
+    return r.recv()
+
+
+def _audit_verifies(cfg: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "verify", "--config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=symbi_env(),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("where", ["result", "error"])
+def test_an_answer_that_is_not_utf8_fails_the_call_and_the_next_call_still_runs(
+    tmp_path: Path, where: str
+) -> None:
+    cfg = _config(tmp_path, where)
+    r, names = _session(cfg)
+    try:
+        assert "mut__t" in names
+        for rid in (3, 4):
+            answer = _call(r, rid)
+            assert answer["id"] == rid and answer["error"]["code"] == INTERNAL_ERROR
+    finally:
+        r.close()
+    _audit_verifies(cfg)
+
+
+@pytest.mark.parametrize("where", ["name", "description"])
+def test_a_tool_list_that_is_not_utf8_is_refused_whole(tmp_path: Path, where: str) -> None:
+    cfg = _config(tmp_path, where)
+    r, names = _session(cfg)
+    try:
+        assert not [n for n in names if n.startswith("mut__")]  # none of that upstream's tools
+        assert "memory__store" in names  # the gateway serves the rest
+    finally:
+        r.close()
+    _audit_verifies(cfg)
+
+
+def test_a_notification_that_is_not_utf8_is_dropped_and_the_call_answers(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "notification")
+    r, _ = _session(cfg)
+    try:
+        answer = _call(r, 3)
+        assert answer["result"]["content"][0]["text"] == "hi"
+    finally:
+        r.close()
+    _audit_verifies(cfg)
+
+
+def test_only_an_answer_with_bad_text_is_rewritten() -> None:
+    bad = json.dumps({"jsonrpc": "2.0", "id": 9, "result": {"k\ud800": 1}})
+    refused = json.loads(refused_answer(bad) or b"null")
+    assert refused["id"] == 9 and refused["error"]["code"] == INTERNAL_ERROR
+    assert refused_answer(json.dumps({"jsonrpc": "2.0", "id": 9, "result": {"k": 1}})) is None
+    assert refused_answer(json.dumps({"jsonrpc": "2.0", "method": "x", "params": {"a": "\ud800"}})) is None
+    assert (
+        refused_answer(json.dumps({"jsonrpc": "2.0", "id": 9, "method": "x", "params": {"a": "\ud800"}}))
+        is None
+    )
+    assert refused_answer(json.dumps({"jsonrpc": "2.0", "id": None, "result": "\ud800"})) is None
+    assert refused_answer("{not json") is None and refused_answer("[1]") is None

@@ -21,6 +21,7 @@ UNEXPLAINED, which is a hole to close.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import random
@@ -43,9 +44,15 @@ def merge_recheck(old: dict[str, Any], new: dict[str, Any], names: list[str], wh
     """The group's earlier result with the named mutants' statuses from a by-name re-check
     (``--recheck``); a named mutant the re-check did not reach keeps its earlier status."""
     fresh = {
-        str(m["name"]): m for m in new["mutants"] if m["name"] in set(names) and m["status"] != "not checked"
+        str(m["name"]): m
+        for m in new["mutants"]
+        if _named(str(m["name"]), names) and m["status"] != "not checked"
     }
-    merged = [fresh.get(str(m["name"]), m) for m in old["mutants"]]
+    known = {str(m["name"]) for m in old["mutants"]}
+    # a --module run names a module's mutants by pattern: those new to the report are added
+    merged = [fresh.get(str(m["name"]), m) for m in old["mutants"]] + [
+        m for n, m in fresh.items() if n not in known
+    ]
     before = score([m for m in old["mutants"] if m["name"] in fresh])
     after = score(list(fresh.values()))
     note = (
@@ -69,6 +76,11 @@ def merge_recheck(old: dict[str, Any], new: dict[str, Any], names: list[str], wh
         "commit": commit,
         "note": " ".join(n for n in (str(old.get("note", "")), note) if n),
     }
+
+
+def _named(mutant: str, names: list[str]) -> bool:
+    """Whether ``mutant`` is one of ``names`` (mutant names, or a module's ``pkg.mod.*``)."""
+    return mutant in names or any(fnmatch.fnmatch(mutant, n) for n in names if n.endswith(".*"))
 
 
 def sample_cost(old: dict[str, Any], new: dict[str, Any], names: list[str]) -> dict[str, Any]:
@@ -127,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
         help="measure the group's cost only: run N of its mutants (random, seeded) by name and record"
         " CPU-seconds of set-up and per mutant, and the estimate for a full run (statuses untouched)",
     )
+    ap.add_argument(
+        "--module",
+        metavar="PATH",
+        action="append",
+        default=None,
+        help="run only the mutants of this file of the group (e.g. one just added to it), by name,"
+        " and merge them into the group's result (repeatable)",
+    )
     ap.add_argument("--scratch", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "symbi-mutate")
     return ap
 
@@ -150,6 +170,10 @@ def _names(
             ap.error(f"--sample: group {name} has no result in {REPORT_JSON.name} yet")
         tested = sorted(str(m["name"]) for m in data[name]["mutants"] if m["status"] != "no tests")
         return random.Random(0).sample(tested, min(args.sample, len(tested))), False
+    if args.module:
+        if name not in data:
+            ap.error(f"--module: group {name} has no result in {REPORT_JSON.name} yet")
+        return [_module_pattern(ap, BY_NAME[name].mutate, m) for m in args.module], False
     if args.recheck:
         if name not in data:
             ap.error(f"--recheck: group {name} has no result in {REPORT_JSON.name} yet")
@@ -158,6 +182,13 @@ def _names(
             print(f"[mutate] {name}: no mutant is {' or '.join(args.recheck)}", flush=True)
         return names, not names
     return None, False
+
+
+def _module_pattern(ap: argparse.ArgumentParser, paths: tuple[str, ...], module: str) -> str:
+    """``gateway/textcheck.py`` -> ``gateway.textcheck.*`` (its mutants' names), if in the group."""
+    if not any(fnmatch.fnmatch(module, p) for p in paths):
+        ap.error(f"--module: {module} is not one of the group's files ({' '.join(paths)})")
+    return module.removesuffix(".py").replace("/", ".") + ".*"
 
 
 def _record(
@@ -180,7 +211,8 @@ def _record(
             # nothing re-checked (mutmut stopped at its clean run, or at once): keep the result
             print(f"[mutate] {name}: nothing re-checked, see {args.scratch / name / 'mutmut.log'}")
             return data
-        result = merge_recheck(data[name], result, names, " or ".join(args.recheck))
+        what = " or ".join(args.recheck) if args.recheck else f"of {' '.join(args.module)}"
+        result = merge_recheck(data[name], result, names, what)
     data[name] = result
     _save(data)
     return data

@@ -93,3 +93,27 @@ def test_a_survivor_not_accounted_for_is_unexplained() -> None:
     assert verdict("b", reasons) == ("killed_by", "tests/x.py::t")
     assert verdict("c", reasons) == ("gap", "open")
     assert verdict("d", reasons) == ("unexplained", "")
+
+
+def test_a_module_run_adds_its_new_mutants_and_replaces_only_its_own() -> None:
+    from mutate import merge_recheck
+
+    def m(name: str, status: str) -> dict[str, str]:
+        return {"name": name, "status": status}
+
+    run = {"commit": "c1", "seconds": 60, "tests": [], "cpu_s": 10}
+    old = {**run, "mutants": [m("gateway.policy.engine.x_f__mutmut_1", "survived")]}
+    new = {
+        **run,
+        "commit": "c2",
+        "mutants": [
+            m("gateway.policy.engine.x_f__mutmut_1", "killed"),  # not the module's: kept as it was
+            m("gateway.textcheck.x_not_utf8_at__mutmut_1", "killed"),
+            m("gateway.textcheck.x_walk__mutmut_2", "not checked"),  # not reached: not added
+        ],
+    }
+    merged = merge_recheck(old, new, ["gateway.textcheck.*"], "of gateway/textcheck.py")
+    assert {x["name"]: x["status"] for x in merged["mutants"]} == {
+        "gateway.policy.engine.x_f__mutmut_1": "survived",
+        "gateway.textcheck.x_not_utf8_at__mutmut_1": "killed",
+    }

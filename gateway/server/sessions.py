@@ -168,6 +168,11 @@ async def _close_revoked(
         _logger.exception("closing a revoked key's session failed")
 
 
+# set in a request's scope by the protocol (HeaderDeadlineHttpTools) once its whole body has
+# arrived: then ``receive`` cannot wait, and BodyDeadline reads it without arming a timeout
+BODY_RECEIVED = "symbi.body_received"
+
+
 class BodyDeadline:
     """Reads a request body whole within ``timeout`` seconds, then hands it to the app.
 
@@ -201,33 +206,38 @@ class BodyDeadline:
     async def read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None: the client left (nothing sent), or it was too large (413)
         or too slow (408), answered here."""
-        chunks: list[bytes] = []
-        size = 0
+        if scope.get(BODY_RECEIVED):  # the server holds the whole body: no read can wait
+            return await self._drain(scope, receive, send)
         try:
             # asyncio's own timeout (this runs in the server's request task, under no anyio
             # scope): an anyio deadline scope cost every POST about 30 more calls
             async with asyncio.timeout(self.timeout):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return None
-                    body = message.get("body", b"")
-                    size += len(body)
-                    if size > self.max_bytes:
-                        await Response(
-                            "request body too large", status_code=413, headers={"connection": "close"}
-                        )(scope, receive, send)
-                        return None
-                    chunks.append(body)
-                    if not message.get("more_body", False):
-                        break
+                return await self._drain(scope, receive, send)
         except TimeoutError:
             _logger.warning("request body not received within %.0f s: closing", self.timeout)
             await Response(
                 "request body not received in time", status_code=408, headers={"connection": "close"}
             )(scope, receive, send)
             return None
-        return b"".join(chunks)
+
+    async def _drain(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """``read``'s loop: the body, or None (the client left, or 413 sent)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await Response("request body too large", status_code=413, headers={"connection": "close"})(
+                    scope, receive, send
+                )
+                return None
+            chunks.append(body)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
 
 class HeaderDeadlineHttpTools(HttpToolsProtocol):
@@ -250,6 +260,11 @@ class HeaderDeadlineHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if not self.cycle.more_body:  # the request's whole body is in the server's hands
+            self.scope[BODY_RECEIVED] = True  # type: ignore[literal-required]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

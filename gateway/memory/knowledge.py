@@ -11,6 +11,7 @@ has its chunks replaced, and a file that disappeared from the folder has its chu
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from gateway.events import Event
 from gateway.memory.access import redact_text
 from gateway.memory.manager import FILTER_KEY, ContextManager, check_name
 from gateway.memory.store import Point, point_id
+from gateway.textcheck import not_utf8_at
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.S)
 CHUNK_CHARS = 1000  # ~250 tokens: below the model's 256-token window with the heading prefix
@@ -167,6 +169,7 @@ class KnowledgeBases:
         if not root.exists():
             raise ContextError(f"{path}: no such file or folder")
         files = [root] if root.is_file() else sorted(p for p in root.glob(glob) if p.is_file())
+        _names_are_utf8(files)
         rep = IngestReport(base)
         stored = self._manifest(base)
         for n, f in enumerate(files, 1):
@@ -259,3 +262,13 @@ class KnowledgeBases:
             n += self.m.store.count(flt)
             self.m.store.delete(filter=flt)
         return n
+
+
+def _names_are_utf8(files: Sequence[Path]) -> None:
+    """File names are decoded with ``surrogateescape``: one that is not UTF-8 would become a
+    source no store, filter or record can hold (gateway/textcheck.py). Refused before the
+    store is touched, naming the file (its bad bytes as escapes)."""
+    bad = not_utf8_at([str(f) for f in files])
+    if bad is not None:
+        name = os.fsencode(files[int(bad[1:])]).decode("utf-8", "backslashreplace")
+        raise ContextError(f"{name}: the file name is not valid UTF-8 (rename it)")

@@ -207,7 +207,7 @@ def _record(
         REPORT_JSON.write_text(json.dumps(data, indent=1) + "\n")
         return data
     if names is not None:
-        if all(m["status"] == "not checked" for m in result["mutants"] if m["name"] in set(names)):
+        if all(m["status"] == "not checked" for m in result["mutants"] if _named(str(m["name"]), names)):
             # nothing re-checked (mutmut stopped at its clean run, or at once): keep the result
             print(f"[mutate] {name}: nothing re-checked, see {args.scratch / name / 'mutmut.log'}")
             return data

@@ -92,6 +92,8 @@ async def test_an_api_key_whose_principal_is_not_utf8_is_refused(env: Env) -> No
     assert _status(env, key) == 401
     key, _ = env.keys.store.create("erin", ("developer", "\ud800"))
     assert _status(env, key) == 401
+    key, _ = env.keys.store.create("erin", ("developer",), kind="agent\udcff")
+    assert _status(env, key) == 401
     assert await _call(env, env.keys.user) == "Echo: claims-probe"
     verified = _audit_verifies(env)
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -131,6 +131,40 @@ async def test_one_rate_limit_across_replicas(cluster: Cluster) -> None:
     assert outcomes[LIMIT:] == ["rate_limited"] * (2 * LIMIT)
 
 
+def test_a_key_revoked_with_the_cli_is_refused_by_every_replica(
+    cluster: Cluster, postgres_engine: PgEngine
+) -> None:
+    # each replica keeps the keys it has seen (gateway/state/keycache.py); `symbi keys revoke`
+    # NOTIFYs them at commit, so the key is refused everywhere without a restart or a poll
+    store = PgApiKeyStore(Postgres(postgres_engine.url, timeout_s=2).open(), owns=True)
+    try:
+        key, rec = store.create("revoked-soon", ("tester",))
+    finally:
+        store.close()
+    headers = {"x-api-key": key, "accept": "application/json, text/event-stream"}
+
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+
+    def status(base: str) -> int:
+        return httpx.post(base + "/mcp", json=init, headers=headers, timeout=30).status_code
+
+    assert [status(b) for b in cluster.replicas * 2] == [200, 200, 200, 200]  # read, then cached
+    _cli("keys", "revoke", "--config", str(cluster.config), rec.id)
+    deadline = time.monotonic() + 20  # the bound of the wait, not an assertion on time
+    while any(status(b) != 401 for b in cluster.replicas):
+        assert time.monotonic() < deadline, "a revoked key still accepted"
+        time.sleep(0.05)
+
+
 async def test_a_session_through_the_balancer_stays_usable(cluster: Cluster) -> None:
     async with session(cluster.balancer, cluster.key) as s:
         for _ in range(4):  # round robin would send every other request to the other replica

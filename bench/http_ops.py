@@ -165,6 +165,38 @@ def _profiled(
     return calls
 
 
+def revocation_delay(n: int) -> str:
+    """How long a revocation takes to reach another process's key cache (gateway.state.keycache):
+    from the start of ``revoke`` (its commit included) until the cached record is dropped."""
+    import statistics
+
+    from bench.scale import _engines
+    from gateway.state.postgres import PgApiKeyStore, Postgres
+
+    with _engines() as (_, _redis, pg):
+        cli = PgApiKeyStore(Postgres(pg.url, timeout_s=2).open(), owns=True)
+        served = PgApiKeyStore(Postgres(pg.url, timeout_s=2).open(), owns=True, cache=True)
+        delays = []
+        try:
+            for i in range(n):
+                key, rec = cli.create(f"p{i}", ())
+                while not (served.lookup(key) == rec and served.cached(rec.id) == rec):
+                    time.sleep(0.001)  # the cache subscribed and the creation's NOTIFY handled
+                started = time.monotonic()
+                cli.revoke(rec.id)
+                while served.cached(rec.id) is not None:
+                    time.sleep(0.0002)
+                delays.append((time.monotonic() - started) * 1000)
+                assert served.lookup(key) is None
+        finally:
+            served.close()
+            cli.close()
+    return (
+        f"{n} revocations, revoke() start to the other cache dropping the key: median "
+        f"{statistics.median(delays):.2f} ms, max {max(delays):.2f} ms, min {min(delays):.2f} ms"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose gateway runs")
@@ -179,10 +211,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="on a private Redis and PostgreSQL ([state], the API keys in PostgreSQL)",
     )
+    ap.add_argument(
+        "--revocation-delay",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N keys revoked through one PostgreSQL store, the ms until another's cache drops each",
+    )
     ap.add_argument("--serve", nargs=3, type=Path, metavar=("CONFIG", "OUT", "TREE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
         serve(*args.serve)
+        return 0
+    if args.revocation_delay:
+        print(revocation_delay(args.revocation_delay))
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="symbi-bench-http-ops-"))
     (tmp / "data").mkdir(mode=0o700)

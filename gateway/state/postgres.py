@@ -422,11 +422,12 @@ def _update_seen(
 
 
 class PgApiKeyStore:
-    """``ApiKeyStore`` on PostgreSQL: a key made or revoked on one replica is accepted or
-    refused by every replica on its next request. With ``cache`` (a serving gateway; not the
-    CLI) the live records are kept in this process and dropped by the NOTIFY that ``create``
-    and ``revoke`` send at commit (``gateway.state.keycache``: used only while its listen
-    connection is up and answering, else every lookup is one indexed read, as without it)."""
+    """``ApiKeyStore`` on PostgreSQL, shared by replicas. Without ``cache`` (the CLI) every
+    lookup is one indexed read. With ``cache`` (a serving gateway) the live records are kept
+    in this process and dropped by the NOTIFY that ``create`` and ``revoke`` send at commit
+    (``gateway.state.keycache``): a revoked key is refused once that NOTIFY arrives (a few ms),
+    not on the very next request; the cache is used only while its listen connection is up and
+    answering (else every lookup reads PostgreSQL, as without it)."""
 
     def __init__(self, pg: Postgres, *, owns: bool = False, cache: bool = False) -> None:
         self._pg = pg

@@ -50,7 +50,8 @@ GROUPS: tuple[Group, ...] = (
     # the on-the-wire tests start a gateway per test (about 7 s a mutant): the unit tests only
     Group(
         "auth",
-        ("gateway/server/auth.py", "gateway/apikeys.py"),
+        # the key cache decides whether a key is read from PostgreSQL or admitted from memory
+        ("gateway/server/auth.py", "gateway/apikeys.py", "gateway/state/keycache.py"),
         tuple(
             f"tests/server/http/test_auth.py::{t}"
             for t in (
@@ -76,7 +77,9 @@ GROUPS: tuple[Group, ...] = (
             )
         )
         # the JWKS URL client's cache lifetime (a removed key stops verifying) and fetch timeout
-        + ("tests/server/http/test_auth_jwks.py",),
+        + ("tests/server/http/test_auth_jwks.py",)
+        # the cache's invalidation, fail-closed loss and the cached path's checks (real PostgreSQL)
+        + ("tests/state/test_key_cache.py",),
     ),
     Group(
         "policy",

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,6 +134,20 @@ def require_peers() -> None:
 
 POLICY = ROOT / "policies.rego"
 TEST_POLICY_DATA = ROOT / "tests/assets/policy/test-data.json"
+
+
+def initialize_request(protocol: str = "2025-06-18", rid: int = 1) -> dict[str, Any]:
+    """A client's raw JSON-RPC ``initialize`` (for tests that speak the wire themselves)."""
+    return {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": protocol,
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
 
 
 def write_config(tmp_path: Path, body: str, name: str = "symbi.toml") -> Path:

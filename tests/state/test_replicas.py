@@ -27,7 +27,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.state.postgres import PgApiKeyStore, Postgres
-from tests.conftest import ROOT, SYMBI, symbi_env, upstream_writable, write_config
+from tests.conftest import ROOT, SYMBI, initialize_request, symbi_env, upstream_writable, write_config
 from tests.state.engines import HAProxy, enterable, replica, shared_chains
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine
@@ -143,16 +143,7 @@ def test_a_key_revoked_with_the_cli_is_refused_by_every_replica(
         store.close()
     headers = {"x-api-key": key, "accept": "application/json, text/event-stream"}
 
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
+    init = initialize_request()
 
     def status(base: str) -> int:
         return httpx.post(base + "/mcp", json=init, headers=headers, timeout=30).status_code
@@ -174,16 +165,7 @@ async def test_a_session_through_the_balancer_stays_usable(cluster: Cluster) -> 
 
 def test_a_session_sent_to_another_replica_gets_a_clear_404(cluster: Cluster) -> None:
     headers = {"x-api-key": cluster.key, "accept": "application/json, text/event-stream"}
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
+    init = initialize_request()
     r = httpx.post(cluster.replicas[0] + "/mcp", json=init, headers=headers, timeout=30)
     sid = r.headers["mcp-session-id"]
     other = httpx.post(

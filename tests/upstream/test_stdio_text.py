@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from gateway.upstream.stdio import refused_answer
-from tests.conftest import ROOT, symbi_env, write_config
+from tests.conftest import ROOT, initialize_request, symbi_env, write_config
 from tests.server.test_stdio_bad_input import Raw
 
 PEER = ROOT / "tests/peers/surrogate_server.py"
@@ -40,18 +40,7 @@ def _config(tmp_path: Path, where: str) -> Path:
 
 def _session(cfg: Path) -> tuple[Raw, list[str]]:
     r = Raw(cfg)
-    r.send(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        }
-    )
+    r.send(initialize_request())
     assert "result" in r.recv()
     r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
     r.send({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})

@@ -17,7 +17,7 @@ import pytest
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, initialize_request
 from tests.server.http.conftest import Env, bearer
 
 
@@ -37,16 +37,7 @@ async def _call(env: Env, token: str) -> str:
 
 
 def _status(env: Env, token: str) -> int:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
+    init = initialize_request()
     headers = {**bearer(token), "Accept": "application/json, text/event-stream"}
     return httpx2.post(env.run.mcp, json=init, headers=headers, timeout=30).status_code
 

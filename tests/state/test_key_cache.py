@@ -129,6 +129,26 @@ def test_a_read_older_than_an_invalidation_is_not_stored() -> None:
     assert cache.get(rec.id) is None  # nor kept over the loss
 
 
+@pytest.mark.parametrize("event", ["invalidate", "lost"])
+def test_a_read_older_than_an_event_stays_refused_after_the_cache_is_live_again(event: str) -> None:
+    # every invalidation moves the generation forward, never back: a counter that went back
+    # (or restarted) would meet an old read's ticket again after the next (re)subscription,
+    # and that read, which may predate a revocation, would be stored (found by mutation)
+    cache = KeyCache()
+    cache.live()
+    cache.invalidate("another")
+    _, rec = new_key("erin", (), "user")
+    ticket = cache.ticket()
+    assert ticket is not None
+    if event == "invalidate":
+        cache.invalidate(rec.id)
+    else:
+        cache.lost()
+    cache.live()
+    cache.put(ticket, rec)
+    assert cache.get(rec.id) is None
+
+
 def test_the_cli_store_keeps_no_cache(cli: PgApiKeyStore) -> None:
     key, rec = cli.create("dave", ())
     assert cli.lookup(key) == rec and cli.cache is None and cli.cached(rec.id) is None

@@ -174,6 +174,12 @@ def test_the_front_authenticates_a_cached_key_without_io_and_the_rest_in_a_threa
         auth.authenticate_now({"x-api-key": "symbi_000000000000_x", "authorization": f"Bearer {key}"}) is None
     )
     assert auth.authenticate_now({}) is None  # no credentials: decided by ``authenticate``
+    # a cached key under another scheme is refused as ``authenticate`` refuses it
+    for scheme in ("Basic", "Token"):
+        other = {"authorization": f"{scheme} {key}"}
+        assert auth.authenticate_now(other) is None
+        with pytest.raises(AuthFailed):
+            auth.authenticate(other)
     assert cli.revoke(rec.id)
     eventually("the revocation seen by the front", lambda: auth.authenticate_now({"x-api-key": key}) is None)
     with pytest.raises(AuthFailed):

@@ -82,7 +82,7 @@ class SlidingCounter:
     def add(self, now: float) -> None:
         idx = math.floor(now / self._resolution)
         current = self._current
-        if idx != current or current is None:
+        if idx != current:  # also when None: an int is never None
             current = self._advance(idx)
         self._counts[current % self._n] += 1
         self.total += 1

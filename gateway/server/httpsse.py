@@ -57,7 +57,7 @@ from gateway.compat import (
     transport_write,
 )
 from gateway.server.fastlane import LaneDispatch
-from gateway.server.resume import BoundedEventStore, LaneResult
+from gateway.server.resume import BoundedEventStore, LaneResult, result_message
 
 _logger = logging.getLogger("symbi.server.httplane")
 
@@ -336,7 +336,7 @@ class SseAnswer:
             await self._route_own(self._message(rid, out))
         elif self._store is not None and isinstance(out, dict):
             # stored as our store keeps a result (its model made only if a replay needs it)
-            self._own_bytes = orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": out})
+            self._own_bytes = _result_bytes(rid, out)
             await self._write_own(self._store.store_event(self._stream_id, LaneResult(rid, out)))
         else:
             await self._write_own(
@@ -350,8 +350,8 @@ class SseAnswer:
             msg: Any = types.JSONRPCError(jsonrpc="2.0", id=rid, error=out)
             self._own_bytes = msg.model_dump_json(by_alias=True, exclude_unset=True).encode()
         else:  # a validated wire result (run_call's serialize): no second validation
-            msg = types.JSONRPCResponse.model_construct(jsonrpc="2.0", id=rid, result=out)
-            self._own_bytes = orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": out})
+            msg = result_message(rid, out)
+            self._own_bytes = _result_bytes(rid, out)
         self._own = msg
         return msg
 
@@ -379,3 +379,8 @@ class SseAnswer:
             # SDK's routing by id): this stream ends without an answer instead of hanging
             pair[0].close()
         await (self._pumped.wait() if self._pumped is not None else self._end())
+
+
+def _result_bytes(rid: types.RequestId, result: dict[str, Any]) -> bytes:
+    """The wire bytes of the response to ``rid`` carrying ``result`` (the lane's own answer)."""
+    return orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": result})

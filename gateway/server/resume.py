@@ -63,8 +63,12 @@ class LaneResult:
         self.result = result
 
     def message(self) -> JSONRPCResponse:
-        """The response as the lane answered it (a validated result: no second validation)."""
-        return JSONRPCResponse.model_construct(jsonrpc="2.0", id=self.rid, result=self.result)
+        return result_message(self.rid, self.result)
+
+
+def result_message(rid: str | int, result: dict[str, Any]) -> JSONRPCResponse:
+    """The response to ``rid`` with a lane call's validated wire result (no second validation)."""
+    return JSONRPCResponse.model_construct(jsonrpc="2.0", id=rid, result=result)
 
 
 # set by the HTTP front around every MCP request (gateway.server.middleware.SessionScope)

@@ -1,9 +1,11 @@
 """A process's cache of the API key records in PostgreSQL, kept exact by LISTEN/NOTIFY.
 
 Without it every HTTP request reads its key from PostgreSQL (a round trip, in a thread).
-``PgApiKeyStore.create`` and ``revoke`` NOTIFY ``KEYS_CHANNEL`` with the key id in the same
-transaction, so the notification is delivered at commit or never. ``KeyListener`` (a daemon
-thread with a connection of its own) LISTENs and drops the notified id from the cache.
+A trigger on ``symbi_api_keys`` (``gateway.state.postgres``, migration 6) NOTIFYs
+``KEYS_CHANNEL`` with the key id of every row inserted, updated or deleted, by the store or by
+anyone's own SQL, and ``ALL`` for a TRUNCATE, in the same transaction, so the notification is
+delivered at commit or never. ``KeyListener`` (a daemon thread with a connection of its own)
+LISTENs and drops the notified id (or everything) from the cache.
 
 Fail closed: the cache answers only while it is *fresh*, i.e. the listen connection is up,
 subscribed, and answered a heartbeat within ``STALE_S``; otherwise every lookup reads
@@ -25,7 +27,8 @@ import psycopg
 
 from gateway.apikeys import ApiKeyRecord
 
-KEYS_CHANNEL = "symbi_api_keys"  # NOTIFY <key id> on every key made or revoked
+KEYS_CHANNEL = "symbi_api_keys"  # NOTIFY <key id> on every change to a key's row
+ALL = "*"  # the payload of a TRUNCATE: drop every key (key ids are hex)
 HEARTBEAT_S = 1.0  # the listener's `SELECT 1` on its connection, when no notification came
 STALE_S = 3.0  # no answer on the listen connection for this long: the cache is not used
 MAX_ENTRIES = 4096
@@ -77,7 +80,10 @@ class KeyCache:
     def invalidate(self, kid: str) -> None:
         with self._lock:
             self._generation += 1
-            self._records.pop(kid, None)
+            if kid == ALL:
+                self._records.clear()
+            else:
+                self._records.pop(kid, None)
 
     def live(self) -> None:
         """The listen connection is subscribed: start empty (changes may have been missed)."""

@@ -25,7 +25,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from gateway.apikeys import ApiKeyRecord, hash_key, new_key, split_key
 from gateway.errors import StateUnavailable
 from gateway.state.health import Probe, safe_url
-from gateway.state.keycache import KEYS_CHANNEL, KeyCache, KeyListener
+from gateway.state.keycache import KeyCache, KeyListener
 from gateway.verify.state import ToolRecord, record_from_row
 
 # (version, statements): append only; a released migration never changes
@@ -151,6 +151,33 @@ CREATE TABLE symbi_policies (
     published DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX symbi_policies_digest ON symbi_policies (digest);
+""",
+    ),
+    (
+        6,
+        # Every change to a key row NOTIFYs its id, whoever makes it (the store, or an operator's
+        # own SQL: an UPDATE, a DELETE); a TRUNCATE NOTIFYs '*'. Replicas' key caches
+        # (gateway.state.keycache) drop what was notified when the transaction commits.
+        """
+CREATE FUNCTION symbi_api_keys_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_LEVEL = 'STATEMENT' THEN
+        PERFORM pg_notify('symbi_api_keys', '*');
+    ELSIF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify('symbi_api_keys', NEW.id);
+    ELSE
+        PERFORM pg_notify('symbi_api_keys', OLD.id);
+        IF TG_OP = 'UPDATE' AND NEW.id <> OLD.id THEN
+            PERFORM pg_notify('symbi_api_keys', NEW.id);
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER symbi_api_keys_changed AFTER INSERT OR UPDATE OR DELETE ON symbi_api_keys
+    FOR EACH ROW EXECUTE FUNCTION symbi_api_keys_notify();
+CREATE TRIGGER symbi_api_keys_truncated AFTER TRUNCATE ON symbi_api_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION symbi_api_keys_notify();
 """,
     ),
 ]
@@ -488,7 +515,6 @@ class PgApiKeyStore:
                 "INSERT INTO symbi_api_keys VALUES (%s,%s,%s,%s,%s,%s,NULL)",
                 (rec.id, rec.principal, json.dumps(list(rec.roles)), rec.kind, rec.sha256, rec.created),
             )
-            cur.execute("SELECT pg_notify(%s, %s)", (KEYS_CHANNEL, rec.id))
         return key, rec
 
     def revoke(self, kid: str) -> bool:
@@ -496,10 +522,8 @@ class PgApiKeyStore:
             cur.execute(
                 "UPDATE symbi_api_keys SET revoked=%s WHERE id=%s AND revoked IS NULL", (time.time(), kid)
             )
-            done = cur.rowcount == 1
-            # at commit, every process's cache drops it (gateway.state.keycache)
-            cur.execute("SELECT pg_notify(%s, %s)", (KEYS_CHANNEL, kid))
-        return done
+            # the row's trigger NOTIFYs: at commit every process's cache drops it
+            return cur.rowcount == 1
 
 
 def _key_record(row: Any) -> ApiKeyRecord:

@@ -1,7 +1,8 @@
 """The API key cache of a serving gateway on PostgreSQL (``gateway.state.keycache``), on a
 real server: a revocation made through another process's store is refused once its NOTIFY
 arrives; with the listen connection killed nothing stale is served, before or after it
-reconnects; unknown ids are refused and never cached; the cache stays bounded.
+reconnects; a key revoked, removed or changed by an operator's own SQL is dropped too (the
+table's trigger); unknown ids are refused and never cached; the cache stays bounded.
 
 Each waits with a bound ("within N s"), never a timing assertion.
 """
@@ -12,13 +13,15 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from gateway.apikeys import ApiKeyRecord, new_key
 from gateway.errors import AuthFailed
 from gateway.server.auth import ApiKeyStore, Authenticator
-from gateway.state.keycache import APPLICATION, KeyCache
+from gateway.state.keycache import ALL, APPLICATION, KeyCache
 from gateway.state.postgres import PgApiKeyStore, Postgres
 from tests.state.engines import Postgres as PgEngine
 
@@ -206,3 +209,54 @@ def test_the_file_store_front_authenticates_at_once(tmp_path: Path) -> None:
     assert got is not None and got.id == "frank"
     with pytest.raises(AuthFailed):
         Authenticator(keys=store).authenticate_now({"x-api-key": key[:-4] + "AAAA"})
+
+
+@pytest.fixture
+def operator(postgres_engine: PgEngine) -> Iterator[psycopg.Connection[Any]]:
+    """An operator's own SQL session (psql), beside the gateway's code."""
+    with psycopg.connect(postgres_engine.url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE symbi_api_keys SET revoked = extract(epoch from now()) WHERE id = %(id)s",
+        "DELETE FROM symbi_api_keys WHERE id = %(id)s",
+        "TRUNCATE symbi_api_keys",
+    ],
+    ids=["update-revoked", "delete", "truncate"],
+)
+def test_a_key_revoked_or_removed_by_hand_in_sql_is_refused_once_notified(
+    cli: PgApiKeyStore, served: PgApiKeyStore, operator: psycopg.Connection[Any], sql: str
+) -> None:
+    # the table's trigger NOTIFYs whoever changes a row: without it the cache would keep
+    # serving a key an operator revoked in SQL until it was evicted
+    key, rec = cli.create("heidi", ("dev",))
+    served_from_cache(served, key, rec)
+    operator.execute(sql, {"id": rec.id})
+    eventually("the change refused", lambda: served.lookup(key) is None)
+    assert served.cached(rec.id) is None
+
+
+def test_roles_changed_by_hand_in_sql_take_effect_once_notified(
+    cli: PgApiKeyStore, served: PgApiKeyStore, operator: psycopg.Connection[Any]
+) -> None:
+    # a key's roles lowered in SQL: the cached record with the old roles must go
+    key, rec = cli.create("ivan", ("admin",))
+    served_from_cache(served, key, rec)
+    operator.execute("UPDATE symbi_api_keys SET roles = %s WHERE id = %s", ('["dev"]', rec.id))
+    eventually(
+        "the new roles served", lambda: (got := served.lookup(key)) is not None and got.roles == ("dev",)
+    )
+
+
+def test_a_truncate_notification_empties_the_cache() -> None:
+    cache = KeyCache()
+    cache.live()
+    made = [new_key(f"p{i}", (), "user")[1] for i in range(3)]
+    for rec in made:
+        cache.put(cache.ticket(), rec)
+    assert len(cache) == 3
+    cache.invalidate(ALL)
+    assert len(cache) == 0 and all(cache.get(rec.id) is None for rec in made)

@@ -60,7 +60,12 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def shown(text: str) -> str:
+    """``text`` with any character that is not valid UTF-8 written as its escape (``\\udcff``):
+    for a log line or a reason (a logging handler writing UTF-8 loses a record holding one)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _segment(key: Any) -> str:
     """A JSON pointer segment (RFC 6901 escapes) with any bad character as its escape."""
-    text = str(key).replace("~", "~0").replace("/", "~1")
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return shown(str(key).replace("~", "~0").replace("/", "~1"))

@@ -313,6 +313,34 @@ def test_client_result_fixups_behave_as_the_sdk_client_uses_them() -> None:
     assert compat.later_revision_fields("tools/call", "2026-07-28") == frozenset()
 
 
+def test_the_screened_http_transport_overrides_what_the_sdk_parses_in() -> None:
+    """``ScreenedTransport`` overrides the two methods of the SDK's client transport that parse
+    an upstream's message, and ``screened_http_client`` starts its tasks as
+    ``streamable_http_client`` does (its behaviour: tests/upstream/test_upstream_text.py)."""
+    from mcp.client.streamable_http import StreamableHTTPTransport
+
+    from gateway.compat.httpclient import ScreenedTransport
+
+    for name in ("_handle_sse_event", "_handle_json_response"):
+        sdk = inspect.signature(getattr(StreamableHTTPTransport, name))
+        assert list(inspect.signature(getattr(ScreenedTransport, name)).parameters) == list(sdk.parameters)
+    started = {
+        "post_writer": [
+            "self",
+            "client",
+            "write_stream_reader",
+            "read_stream_writer",
+            "write_stream",
+            "start_get_stream",
+            "tg",
+        ],
+        "handle_get_stream": ["self", "client", "read_stream_writer"],
+        "terminate_session": ["self", "client"],
+    }
+    for name, params in started.items():
+        assert list(inspect.signature(getattr(StreamableHTTPTransport, name)).parameters) == params
+
+
 def test_a_missing_attribute_is_named() -> None:
     with pytest.raises(compat.SdkChanged, match=r"StreamReader\._buffer"):
         compat.stream_reader_head(object(), 1)  # type: ignore[arg-type]
@@ -322,7 +350,7 @@ def test_a_missing_attribute_is_named() -> None:
 _PRIVATE = re.compile(
     r"(?<!self)\.(?:_connection|_stamp|_server_instances|_session_owners|_buffer"
     r"|_security|_request_streams|_requests_in_flight|_idle_timeout|_stream|_waiter|_state|_event_store)\b"
-    r"|mcp\.shared\._context_streams|mcp\.client\._probe|\b_sock\b|\bup\._session\b|\b_discard_session\b"
+    r"|mcp\.shared\._context_streams|mcp\.shared\._compat|mcp\.client\._probe|\b_handle_(?:sse_event|json_response)\b|\b_sock\b|\bup\._session\b|\b_discard_session\b"
     r"|\b_(?:create_platform_compatible_process|drain_stdout|get_executable_command|parse_line|stop_server_process|clamp_inbound_ttl|later_revision_fields)\b"
     r"|[\"'](?:_connection|_stamp|_server_instances|_session_owners|_buffer|_sock|_stream)[\"']"  # getattr(x, "_name")
 )

@@ -7,7 +7,8 @@ naming the function when a library upgrade removes what it uses; nothing else in
 ``gateway/`` touches a private name of a library. Written against mcp 2.x (see
 ``reference/`` for the measured API). By library part: ``sdk`` (sessions, middleware,
 dispatcher, the stdio client's helpers), ``http`` (the streamable-HTTP manager and transport),
-``streams`` (asyncio / anyio streams and pipes), ``otel`` (OpenTelemetry); every name is
+``httpclient`` (the streamable-HTTP client transport's parsing), ``streams`` (asyncio / anyio
+streams and pipes), ``otel`` (OpenTelemetry); every name is
 imported from here.
 """
 
@@ -29,6 +30,7 @@ from gateway.compat.http import (
     transport_store_event,
     transport_write,
 )
+from gateway.compat.httpclient import screened_http_client
 from gateway.compat.otel import (
     UnsampledSpans,
     context_var,
@@ -87,6 +89,7 @@ __all__ = [
     "receiver_waits_idle",
     "related_notify",
     "related_request",
+    "screened_http_client",
     "stamp_requests",
     "start_stdio_process",
     "stop_stdio_process",

@@ -116,6 +116,11 @@ class CallerRelay:
         except Exception:
             _logger.exception("recording a relayed request failed")
 
+    def refused(self, method: str, reason: str) -> None:
+        """A request of the upstream's refused before it could be relayed (its text is not
+        valid UTF-8: gateway.upstream.unreadable answered it)."""
+        self._record(method, "refused", None, reason)
+
     async def _relay(
         self, method: str, send: Callable[[_Caller], Awaitable[Any]], refused: Any = None
     ) -> Any:

@@ -35,6 +35,7 @@ from gateway.upstream.fastcall import FastLane, tool_result
 from gateway.upstream.relay import CallerRelay
 from gateway.upstream.runas import RunAs, resolve_run_as
 from gateway.upstream.transport import CommandWrapper, WatchedStream, open_transport
+from gateway.upstream.unreadable import Unreadable
 
 _logger = logging.getLogger("symbi.upstream")
 
@@ -205,6 +206,7 @@ class Upstream:
                 call_timeout=self.call_timeout,
                 on_oversized=self._oversized,
                 on_lane=self._got_lane,
+                on_unreadable=self._unreadable,
             )
         )
         lane, self._new_lane = self._new_lane, None
@@ -252,6 +254,14 @@ class Upstream:
     def _oversized(self, what: str) -> None:
         self.last_error = f"sent {what} (mcp.max_message_bytes): refused"
         self._events.emit(Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error})
+
+    def _unreadable(self, found: Unreadable) -> None:
+        """A message refused for its text (answered or dropped by the transport): logged (the
+        reason is valid UTF-8, so the line is written); a refused request of the upstream's is
+        an audit event, as the relay's refusals are."""
+        _logger.warning("upstream %s: %s", self.name, found.reason)
+        if found.kind == "request":
+            self.relay.refused(found.method or "request", found.reason)
 
     async def _check_alive(self, session: ClientSession) -> None:
         """After a timed-out request: a server that no longer answers a ping is wedged, and

@@ -16,17 +16,15 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TextIO, TypeVar
+from typing import Any, NamedTuple, Protocol, TextIO, TypeVar
 
 import anyio
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client.stdio import StdioServerParameters, get_default_environment
 from mcp.shared.message import SessionMessage
-from mcp.types import INTERNAL_ERROR
 
 from gateway.compat import (
     drain_stdout,
@@ -38,8 +36,8 @@ from gateway.compat import (
     stop_stdio_process,
     tap_process_stdout,
 )
-from gateway.textcheck import not_utf8_at
 from gateway.upstream.fastcall import FastLane
+from gateway.upstream.unreadable import Unreadable, unreadable
 
 _logger = logging.getLogger("symbi.upstream.stdio")
 _READ_CHUNK = 64 * 1024
@@ -118,26 +116,6 @@ async def write_or_queue(
         raise anyio.BrokenResourceError from e
 
 
-def refused_answer(text: str) -> bytes | None:
-    """For an answer the SDK could not parse because its text is not valid UTF-8 (the JSON
-    escape ``"\\ud800"``: ``json.loads`` takes it, pydantic and orjson refuse it), an error
-    answer to the same id naming where; else None. Without it the call waited for its timeout
-    (the SDK drops the line), and only the log said why."""
-    try:
-        msg = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(msg, dict) or "method" in msg or not isinstance(msg.get("id"), (int, str)):
-        return None
-    bad = not_utf8_at(msg)
-    if bad is None:
-        return None
-    reason = f"upstream answer refused: the text at {bad} is not valid UTF-8"
-    _logger.warning("%s", reason)
-    error = {"code": INTERNAL_ERROR, "message": reason}
-    return orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "error": error})
-
-
 def _framed(m: SessionMessage | bytes, server: StdioServerParameters) -> bytes:
     """One line of the upstream's stdin: the SDK's message serialised, or a fast-lane line
     already framed (UTF-8: the lane exists only for UTF-8 servers)."""
@@ -155,6 +133,7 @@ async def bounded_stdio_client(
     errlog: TextIO,
     on_oversized: Callable[[str], None] | None = None,
     on_lane: Callable[[FastLane], None] | None = None,
+    on_unreadable: Callable[[Unreadable], None] | None = None,
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Like ``mcp.client.stdio.stdio_client``, with every incoming message bounded.
 
@@ -186,7 +165,8 @@ async def bounded_stdio_client(
         tap_process_stdout(process, lane.take_now, max_line=max_message_bytes, idle=lambda: not buf)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_read_stdout, process, server, buf, lane, read_writer, max_message_bytes, on_oversized)
+        limits = _Limits(max_message_bytes, on_oversized, on_unreadable)
+        tg.start_soon(_read_stdout, process, server, buf, lane, read_writer, send_line, limits)
         tg.start_soon(_write_stdin, process, server, write_reader, read_writer, writer_done)
         try:
             yield read_stream, write_stream
@@ -203,17 +183,26 @@ async def bounded_stdio_client(
             tg.cancel_scope.cancel()
 
 
+class _Limits(NamedTuple):
+    """What the stdout reader refuses, and whom it tells."""
+
+    max_message_bytes: int
+    on_oversized: Callable[[str], None] | None
+    on_unreadable: Callable[[Unreadable], None] | None
+
+
 async def _read_stdout(
     process: Any,
     server: StdioServerParameters,
     buf: bytearray,
     lane: FastLane | None,
     read_writer: MemoryObjectSendStream[SessionMessage | Exception],
-    max_message_bytes: int,
-    on_oversized: Callable[[str], None] | None,
+    send_line: Callable[[bytes], Awaitable[None]],
+    limits: _Limits,
 ) -> None:
     """The upstream's stdout to the session: bounded lines (``split_lines``), fast-lane
-    responses taken off first. Its own task so the connection's setup stays readable; the loop
+    responses taken off first, a message the SDK cannot parse for its text answered at once
+    (``_unreadable``). Its own task so the connection's setup stays readable; the loop
     keeps everything in locals (no per-message attribute or call overhead)."""
     assert process.stdout is not None
     scan_from = 0
@@ -226,22 +215,21 @@ async def _read_stdout(
                     except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
                         return
                     try:
-                        lines, scan_from = split_lines(buf, chunk, scan_from, max_message_bytes)
+                        lines, scan_from = split_lines(buf, chunk, scan_from, limits.max_message_bytes)
                     except MessageTooLarge as e:
                         _logger.error("upstream %s sent %s: closing the connection", server.command, e)
-                        if on_oversized is not None:
-                            on_oversized(str(e))
+                        if limits.on_oversized is not None:
+                            limits.on_oversized(str(e))
                         return  # closing the read stream ends the session; the supervisor restarts it
                     for line in lines:
                         if lane is not None and await lane.take(line):
                             continue
                         text = line.decode(server.encoding, errors=server.encoding_error_handler)
-                        msg = parse_stdio_line(text)
-                        if isinstance(msg, Exception) and (refused := refused_answer(text)) is not None:
-                            if lane is not None and await lane.take(refused):
-                                continue
-                            msg = parse_stdio_line(refused.decode())
-                        await read_writer.send(msg)
+                        msg: SessionMessage | Exception | None = parse_stdio_line(text)
+                        if isinstance(msg, Exception):
+                            msg = await _unreadable(text, msg, lane, send_line, limits.on_unreadable)
+                        if msg is not None:
+                            await read_writer.send(msg)
             finally:
                 buf.clear()
                 if lane is not None:
@@ -254,6 +242,33 @@ async def _read_stdout(
                     await drain_stdout(process)
     except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError):
         pass
+
+
+async def _unreadable(
+    text: str,
+    failed: Exception,
+    lane: FastLane | None,
+    send_line: Callable[[bytes], Awaitable[None]],
+    on_unreadable: Callable[[Unreadable], None] | None,
+) -> SessionMessage | Exception | None:
+    """A line the SDK could not parse: when its text is not valid UTF-8, an answer becomes an
+    error answer for its call (through the fast lane, or to the session), a request of the
+    upstream's gets an error answer on its stdin, a notification is dropped; else the SDK's
+    parse failure goes to the session as before. What the session gets, None for nothing."""
+    found = unreadable(text)
+    if found is None:
+        return failed
+    if on_unreadable is not None:
+        on_unreadable(found)
+    if found.reply is None:
+        return None
+    line = orjson.dumps(found.reply)
+    if found.kind == "request":
+        await send_line(line + b"\n")
+        return None
+    if lane is not None and await lane.take(line):
+        return None
+    return parse_stdio_line(line.decode())
 
 
 async def _write_stdin(

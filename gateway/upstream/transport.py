@@ -14,14 +14,15 @@ from typing import Any, Self
 import anyio
 import httpx2
 from mcp import StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
 
+from gateway.compat import screened_http_client
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable
 from gateway.upstream.bounded_http import bounded_responses
 from gateway.upstream.fastcall import FastLane
 from gateway.upstream.runas import RunAs, check_launchable, working_folder
 from gateway.upstream.stdio import bounded_stdio_client
+from gateway.upstream.unreadable import Unreadable
 
 _logger = logging.getLogger("symbi.upstream")
 
@@ -40,10 +41,12 @@ async def open_transport(
     call_timeout: float,
     on_oversized: Callable[[str], None],
     on_lane: Callable[[FastLane], None],
+    on_unreadable: Callable[[Unreadable], None],
 ) -> AsyncIterator[Any]:
     """The (read, write) streams of one upstream: its stdio process (sandboxed when
     ``servers.X.sandbox`` says so, run as ``run_as``, stderr logged) or streamable HTTP, both
-    with messages bounded by ``mcp.max_message_bytes``."""
+    with messages bounded by ``mcp.max_message_bytes`` and a message whose text is not valid
+    UTF-8 answered at once (``gateway.upstream.unreadable``, told to ``on_unreadable``)."""
     if server.command is not None:
         params, cleanup = await _stdio_launch(name, server, config, wrap_command, run_as)
         try:
@@ -54,6 +57,7 @@ async def open_transport(
                     errlog=errlog,
                     on_oversized=on_oversized,
                     on_lane=on_lane,
+                    on_unreadable=on_unreadable,
                 ) as streams:
                     yield streams
         finally:
@@ -69,8 +73,8 @@ async def open_transport(
             timeout=timeout,
             event_hooks={"response": [bounded_responses(limit, on_oversized)]},
         ) as hc:
-            async with streamable_http_client(
-                server.url, http_client=hc, max_sse_event_size=limit
+            async with screened_http_client(
+                server.url, http_client=hc, max_sse_event_size=limit, seen=on_unreadable
             ) as streams:
                 yield streams
 

@@ -1,72 +1,224 @@
-"""A raw JSON-lines MCP server (no SDK) that writes the JSON escape ``\\ud800`` (a lone
-surrogate once parsed: text that is not valid UTF-8) where ``$SURROGATE_IN`` says:
+"""A raw MCP server (no SDK) that writes the JSON escape ``\\ud800`` (a lone surrogate once
+parsed: text that is not valid UTF-8) where ``$SURROGATE_IN`` says:
 - ``result``: in the text of every ``tools/call`` result;
 - ``name``: in the name of a second tool (the tool ``t`` stays clean);
 - ``description``: in the description of a second tool;
 - ``error``: in the message of a JSON-RPC error answering ``tools/call``;
-- ``notification``: in a log notification sent before each ``tools/call`` result.
-The tool ``t`` otherwise echoes its ``message`` argument.
+- ``notification``: in a log notification sent before each ``tools/call`` result;
+- ``progress``: in a progress notification's message sent before each ``tools/call`` result;
+- ``sampling`` / ``elicitation`` / ``roots``: in a request of the server's own
+  (``sampling/createMessage``, ``elicitation/create``, ``roots/list``) sent during each
+  ``tools/call``; the call's result is then the answer the server got to it, as JSON text
+  (``{"none": ...}`` when none came within ``$SURROGATE_WAIT_S``, default 10 s).
+The tool ``t`` otherwise echoes its ``message`` argument; its arguments ``where`` (one of the
+call-time modes above) and ``sse`` (HTTP) override the environment for that call. The tool
+``ok`` always echoes.
+
+Over stdio (JSON lines) by default; ``--http PORT`` serves streamable HTTP on 127.0.0.1
+instead (no session id, no GET stream): answers as JSON, or as an SSE stream when
+``$SURROGATE_SSE`` is set and for every mode that sends something before the result.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 WHERE = os.environ.get("SURROGATE_IN", "")
+SSE = bool(os.environ.get("SURROGATE_SSE"))
+WAIT_S = float(os.environ.get("SURROGATE_WAIT_S", "10"))
 BAD = "x\ud800"  # json.dumps writes it as the escape "x\\ud800" (ASCII)
 TOOL = {"name": "t", "description": "echo", "inputSchema": {"type": "object"}}
+OK = {**TOOL, "name": "ok"}
+STREAMED = ("notification", "progress", "sampling", "elicitation", "roots")  # sent before the result
+ASKED = "up-1"  # the id of the server's own request
+REQUESTS: dict[str, dict[str, Any]] = {
+    "sampling": {
+        "method": "sampling/createMessage",
+        "params": {"messages": [{"role": "user", "content": {"type": "text", "text": BAD}}], "maxTokens": 5},
+    },
+    "elicitation": {
+        "method": "elicitation/create",
+        "params": {"message": BAD, "requestedSchema": {"type": "object", "properties": {}}},
+    },
+    "roots": {"method": "roots/list", "params": {"_meta": {"note": BAD}}},
+}
 
-
-def send(msg: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(msg) + "\n")
-    sys.stdout.flush()
+Send = Callable[[dict[str, Any]], None]
+Wait = Callable[[], "dict[str, Any] | None"]
 
 
 def tools() -> list[dict[str, Any]]:
     if WHERE == "name":
-        return [TOOL, {**TOOL, "name": BAD}]
+        return [TOOL, OK, {**TOOL, "name": BAD}]
     if WHERE == "description":
-        return [TOOL, {**TOOL, "name": "d", "description": BAD}]
-    return [TOOL]
+        return [TOOL, OK, {**TOOL, "name": "d", "description": BAD}]
+    return [TOOL, OK]
 
 
-def answer(rid: object, method: str, params: dict[str, Any]) -> dict[str, Any]:
+def where(params: dict[str, Any]) -> str:
+    """The mode of one ``tools/call``."""
+    if params.get("name") == "ok":
+        return ""
+    return str((params.get("arguments") or {}).get("where", WHERE))
+
+
+def before_result(params: dict[str, Any], send: Send, wait: Wait) -> str | None:
+    """What the server sends during a ``tools/call`` before its result; the result's text
+    when the mode decides it (the answer to the server's own request)."""
+    mode = where(params)
+    if mode == "notification":
+        send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": BAD}})
+    elif mode == "progress":
+        token = (params.get("_meta") or {}).get("progressToken", 1)
+        progress = {"progressToken": token, "progress": 1, "total": 2, "message": BAD}
+        send({"jsonrpc": "2.0", "method": "notifications/progress", "params": progress})
+    elif mode in REQUESTS:
+        send({"jsonrpc": "2.0", "id": ASKED, **REQUESTS[mode]})
+        got = wait()
+        return json.dumps(got if got is not None else {"none": f"no answer in {WAIT_S:g} s"})
+    return None
+
+
+def answer(method: str, params: dict[str, Any], send: Send, wait: Wait) -> dict[str, Any]:
+    """The whole answer (result or error, without the id) to one request."""
     if method == "initialize":
-        return {
+        result: dict[str, Any] = {
             "protocolVersion": params["protocolVersion"],
             "capabilities": {"tools": {}, "logging": {}},
             "serverInfo": {"name": "surrogate", "version": "1"},
         }
-    if method == "tools/list":
-        return {"tools": tools()}
-    if method == "tools/call":
-        if WHERE == "notification":
-            send(
-                {
-                    "jsonrpc": "2.0",
-                    "method": "notifications/message",
-                    "params": {"level": "info", "data": BAD},
-                }
-            )
-        text = BAD if WHERE == "result" else str((params.get("arguments") or {}).get("message"))
-        return {"content": [{"type": "text", "text": text}]}
-    return {}
+    elif method == "tools/list":
+        result = {"tools": tools()}
+    elif method == "tools/call":
+        if where(params) == "error":
+            return {"error": {"code": -32000, "message": BAD}}
+        text = before_result(params, send, wait)
+        if text is None:
+            text = BAD if where(params) == "result" else str((params.get("arguments") or {}).get("message"))
+        result = {"content": [{"type": "text", "text": text}]}
+    elif method == "ping":
+        result = {}
+    else:
+        return {"error": {"code": -32601, "message": "Method not found"}}
+    return {"result": result}
 
 
-def main() -> None:
-    for line in sys.stdin:
-        msg = json.loads(line)
+# -- stdio -------------------------------------------------------------------------------------
+
+
+def serve_stdio() -> None:
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    later: list[dict[str, Any]] = []  # what arrived while waiting for an answer
+
+    def send(msg: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
+    def wait() -> dict[str, Any] | None:
+        while True:
+            try:
+                line = lines.get(timeout=WAIT_S)
+            except queue.Empty:
+                return None
+            if line is None:
+                return None
+            msg = json.loads(line)
+            if msg.get("id") == ASKED and "method" not in msg:
+                return msg  # type: ignore[no-any-return]
+            later.append(msg)
+
+    while True:
+        if later:
+            msg = later.pop(0)
+        else:
+            line = lines.get()
+            if line is None:
+                return
+            msg = json.loads(line)
         rid, method = msg.get("id"), msg.get("method")
-        if rid is None or method is None:
-            continue
-        if method == "tools/call" and WHERE == "error":
-            send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32000, "message": BAD}})
-            continue
-        send({"jsonrpc": "2.0", "id": rid, "result": answer(rid, method, msg.get("params") or {})})
+        if rid is not None and method is not None:
+            send({"jsonrpc": "2.0", "id": rid, **answer(method, msg.get("params") or {}, send, wait)})
+
+
+# -- streamable HTTP -----------------------------------------------------------------------------
+
+_answers: dict[str, dict[str, Any]] = {}
+_answered = threading.Condition()
+
+
+def _wait_http() -> dict[str, Any] | None:
+    with _answered:
+        _answered.wait_for(lambda: ASKED in _answers, timeout=WAIT_S)
+        return _answers.pop(ASKED, None)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _plain(self, status: int, body: bytes = b"", kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._plain(405)
+
+    def do_DELETE(self) -> None:
+        self._plain(200)
+
+    def do_POST(self) -> None:
+        msg = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        rid, method = msg.get("id"), msg.get("method")
+        if method is None or rid is None:  # a notification, or an answer to the server's request
+            if rid is not None:
+                with _answered:
+                    _answers[str(rid)] = msg
+                    _answered.notify_all()
+            self._plain(202)
+            return
+        params = msg.get("params") or {}
+        streamed = method == "tools/call" and (
+            where(params) in STREAMED or (params.get("arguments") or {}).get("sse", SSE)
+        )
+        if not streamed:
+            reply = {"jsonrpc": "2.0", "id": rid, **answer(method, params, lambda m: None, lambda: None)}
+            self._plain(200, json.dumps(reply).encode())
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()  # HTTP/1.0: the stream ends when the connection closes
+
+        def event(m: dict[str, Any]) -> None:
+            self.wfile.write(b"event: message\ndata: " + json.dumps(m).encode() + b"\n\n")
+            self.wfile.flush()
+
+        event({"jsonrpc": "2.0", "id": rid, **answer(method, params, event, _wait_http)})
+
+
+def serve_http(port: int) -> None:
+    ThreadingHTTPServer(("127.0.0.1", port), _Handler).serve_forever()
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--http"]:
+        serve_http(int(sys.argv[2]))
+    else:
+        serve_stdio()

@@ -24,6 +24,7 @@ from gateway.runtime.status import agent_row, agent_rows, components, get_system
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
 from gateway.server.footprint import http_footprint
 from gateway.server.openapi import OPENAPI
+from gateway.textcheck import not_utf8_at
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
@@ -213,17 +214,21 @@ def _bind_action(handler: Any, action: str) -> Any:
     return run
 
 
-async def _reason(request: Request) -> str | None:
-    """The optional ``reason`` of an agent action ("" when no body); None when malformed."""
+async def _reason(request: Request) -> str | JSONResponse:
+    """The optional ``reason`` of an agent action ("" when no body), or the 400 refusing the body.
+    ``json.loads`` turns the escape ``"\\ud800"`` into text that is not valid UTF-8, which the
+    agent's state, every later listing of it and the audit record could not write: refused."""
     body = await request.body()
     if not body.strip():
         return ""
     try:
         doc = json.loads(body)
     except ValueError:
-        return None
+        doc = None
     if not isinstance(doc, dict) or not isinstance(doc.get("reason", ""), str):
-        return None
+        return _err(400, "bad_request", 'body must be JSON {"reason": "..."} (or empty)')
+    if (bad := not_utf8_at(doc)) is not None:
+        return _err(400, "bad_request", f"the text at {bad} is not valid UTF-8")
     return str(doc.get("reason", ""))[:500]
 
 
@@ -427,8 +432,8 @@ class AdminApi:
         if self._agent(request) is None:
             return _err(404, "not_found", f"no agent {request.path_params['id']!r}")
         reason = await _reason(request)
-        if reason is None:
-            return _err(400, "bad_request", 'body must be JSON {"reason": "..."} (or empty)')
+        if isinstance(reason, JSONResponse):
+            return reason
         status, body = agent_action(
             self.state, request.path_params["id"], action, request.scope["symbi.principal"].id, reason
         )

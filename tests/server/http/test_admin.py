@@ -316,6 +316,23 @@ def test_agents_status_and_health(env: Env) -> None:
     assert get(env, "/status", key).status_code == 403  # admin only
 
 
+def test_an_action_reason_that_is_not_utf8_is_refused(env: Env) -> None:
+    """Attack: the reason's JSON holds the escape \\ud800 (``json.loads`` makes a lone surrogate
+    of it). It was accepted (200) and kept as the agent's state reason: every later view and
+    listing of the agents answered 500, the agent's next call 500, and the audit record of the
+    state change lost its details. Now 400 naming where; the agent stays as it was."""
+    _key, h, call = _agent_session(env, "reason-user")
+    agents = check(get(env, "/agents"), 200, "AgentList")["agents"]
+    mine = next(a for a in agents if a["principal"] == "reason-user")
+    headers = {**bearer(env.keys.admin), "Content-Type": "application/json"}
+    for body in (b'{"reason": "x\\ud800"}', b'{"reason": "ok", "n\\udcff": 1}'):
+        refused = httpx.post(f"{env.run.base}/api/agents/{mine['id']}/suspend", content=body, headers=headers)
+        assert refused.status_code == 400 and refused.json()["error"] == "bad_request"
+    assert check(get(env, f"/agents/{mine['id']}"), 200, "Agent")["state"] == "Ready"
+    check(get(env, "/agents"), 200, "AgentList")
+    assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
+
+
 def test_closing_a_session_ends_its_agent_and_only_its_owner_can(env: Env) -> None:
     owner, _ = env.keys.store.create("closing-user", ("developer",))
     r = httpx.post(env.run.mcp, json=INIT_BODY, headers={**MCP, **bearer(owner)})

@@ -27,6 +27,9 @@ from typing import Any
 
 from mcp.types import CallToolResult, TextContent
 
+from gateway.errors import PolicyDenied
+from gateway.textcheck import not_utf8_at
+
 REDACTED = "[REDACTED]"
 TRUNCATION_MARK = "\n[truncated by symbi: the result exceeded the policy's max_result_bytes of {cap} bytes]"
 
@@ -306,6 +309,10 @@ def redact_result(result: CallToolResult, rules: Sequence[str]) -> CallToolResul
     """Redact ``structured_content`` and every text item that is a JSON object or array.
 
     Plain prose text has no keys to match and passes unchanged (say so in the policy docs).
+    A redacted JSON text is written again: when its JSON holds the escape ``"\\ud800"``
+    (``json.loads`` makes a lone surrogate of it) that text would not be valid UTF-8 and the
+    call failed with an internal error; the result is refused instead, naming where
+    (``PolicyDenied``: a result the policy's redaction cannot pass on is not passed on).
     """
     if not rules:
         return result
@@ -313,7 +320,7 @@ def redact_result(result: CallToolResult, rules: Sequence[str]) -> CallToolResul
     if structured is not None:
         structured, _ = redact(structured, rules)
     content: list[Any] = []
-    for item in result.content:
+    for i, item in enumerate(result.content):
         if not isinstance(item, TextContent):
             content.append(item)
             continue
@@ -325,6 +332,11 @@ def redact_result(result: CallToolResult, rules: Sequence[str]) -> CallToolResul
                 parsed = None
         if isinstance(parsed, dict | list):
             red, n = redact(parsed, rules)
+            if n and (bad := not_utf8_at(red)) is not None:
+                reason = (
+                    f"the JSON of the result's /content/{i}/text holds text that is not valid UTF-8 at {bad}"
+                )
+                raise PolicyDenied("result refused: it cannot be redacted", reasons=[reason])
             content.append(
                 item.model_copy(update={"text": json.dumps(red, ensure_ascii=False)}) if n else item
             )

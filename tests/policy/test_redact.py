@@ -17,6 +17,7 @@ from mcp.types import (
 )
 
 from gateway.audit.record import canonical_details
+from gateway.errors import PolicyDenied
 from gateway.policy.redact import (
     HITS_KEY_CHARS,
     HITS_KEYS,
@@ -449,3 +450,16 @@ def test_the_keys_remembered_are_bounded_in_number_and_length() -> None:
     assert len(compiled.hits) == HITS_KEYS
     redact({"one_more": 1, "secret_bound": 2}, ["secret_bound"])
     assert compiled.hits == {"one_more": False, "secret_bound": True}  # full: forgotten, then kept
+
+
+def test_a_redacted_json_text_that_would_not_be_utf8_refuses_the_result() -> None:
+    """Attack: a result's text is JSON holding the escape \\ud800 (valid UTF-8 text on the wire;
+    ``json.loads`` makes a lone surrogate of it). Redacted and written again it is not valid
+    UTF-8: the call failed with an internal error. Now refused, naming where."""
+    bad = '{"api_token": "s", "x": ["ok", "\\ud800"]}'
+    r = CallToolResult(content=[TextContent(type="text", text="fine"), TextContent(type="text", text=bad)])
+    with pytest.raises(PolicyDenied) as refused:
+        redact_result(r, ["api_token"])
+    assert "/content/1/text" in refused.value.reasons[0] and "/x/1" in refused.value.reasons[0]
+    # nothing to redact: the text passes unchanged (it is valid UTF-8 as it is)
+    assert redact_result(r, ["password"]).content[1] is r.content[1]

@@ -9,6 +9,7 @@ mcp`` runs a real upstream (tests/peers/surrogate_server.py); the audit log stay
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, initialize_request, symbi_env, write_config
+from tests.conftest import POLICY, ROOT, TEST_POLICY_DATA, initialize_request, symbi_env, write_config
 from tests.server.test_stdio_bad_input import Raw
 
 PEER = ROOT / "tests/peers/surrogate_server.py"
@@ -104,6 +105,49 @@ def test_a_notification_that_is_not_utf8_is_dropped_and_the_call_answers(tmp_pat
     try:
         answer = _call(r, 3)
         assert answer["result"]["content"][0]["text"] == "hi"
+    finally:
+        r.close()
+    _audit_verifies(cfg)
+
+
+def test_a_result_whose_json_text_cannot_be_redacted_is_refused(tmp_path: Path) -> None:
+    """Attack: with a ``redact_result`` rule in force, a tool answers JSON text holding the escape
+    \\ud800 (valid UTF-8 on the wire: here the peer echoes what the caller sent). Redacted and
+    written again it was not valid UTF-8: "internal gateway error". Now a policy refusal naming
+    where; the next call runs and the audit log verifies."""
+    doc = json.loads(TEST_POLICY_DATA.read_text())
+    doc["symbi_data"]["redact_result"] = {"*": ["api_token"]}
+    (tmp_path / "data.json").write_text(json.dumps(doc))
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [policy]
+        path = "{POLICY}"
+        data = "{tmp_path / "data.json"}"
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{PEER}"]
+        verification = "warn"
+        """,
+    )
+    r, names = _session(cfg)
+    try:
+        assert "mut__ok" in names
+        for rid, message in ((3, '{"api_token": "s", "x": "\\ud800"}'), (4, '{"api_token": "s", "x": "ok"}')):
+            r.send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": rid,
+                    "method": "tools/call",
+                    "params": {"name": "mut__ok", "arguments": {"message": message}},
+                }
+            )
+            answer = r.recv()["result"]
+            if rid == 3:
+                assert answer["isError"] and answer["_meta"]["symbi/error"]["code"] == "policy_denied"
+                assert "/x" in answer["_meta"]["symbi/error"]["reasons"][0]
+            else:
+                assert json.loads(answer["content"][0]["text"]) == {"api_token": "[REDACTED]", "x": "ok"}
     finally:
         r.close()
     _audit_verifies(cfg)

@@ -36,6 +36,11 @@ collections per generation, their pauses in CPU time, what survived by type, the
 garbage left (by type; a function by its name), the cost of one full collection, the
 thresholds and what is frozen. ``--front --strace``: the gateway process's system calls per
 call (``strace -c -f`` attached after the warm-up: every thread of it, not the upstream's).
+``--front --tail``: the calls' latencies (client side) against a timeline of what ran beside
+them in the gateway (collections, event-loop callbacks from ``--tail-slow-us`` long with their
+CPU time and the policy's and pipe writes' share of it, the audit writer's commits, WAL
+checkpoints, head seals and checkpoint files): per kind, how often and how long, and the share
+of all calls and of the slowest 1 % it overlapped; the slowest calls with what overlapped each.
 """
 
 from __future__ import annotations
@@ -196,11 +201,16 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-async def _echo_calls(session: Any, calls: int) -> None:
+async def _echo_calls(session: Any, calls: int) -> list[tuple[int, int]]:
+    """``calls`` sequential echo calls; each one's start and end (``time.monotonic_ns``)."""
+    times = []
     for i in range(calls):
+        began = time.monotonic_ns()
         r = await session.call_tool("everything__echo", {"message": f"m{i}"})
+        times.append((began, time.monotonic_ns()))
         if text_of(r) != f"Echo: m{i}":
             raise RuntimeError(f"unexpected reply {r}")
+    return times
 
 
 def _front_command(args: argparse.Namespace, tmp: Path) -> tuple[list[str], Path, Path]:
@@ -225,7 +235,7 @@ def _front_command(args: argparse.Namespace, tmp: Path) -> tuple[list[str], Path
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
         f"s = u.spec_from_file_location('chain_ops', {__file__!r}); m = u.module_from_spec(s); "
         f"s.loader.exec_module(m); m.front_modes.serve_counted({str(out)!r}, sys.argv[1:], "
-        f"{args.cprofile!r}, {args.gc!r}, {args.callgrind!r})"
+        f"{args.cprofile!r}, {args.gc!r}, {args.callgrind!r}, {args.tail!r}, {args.tail_slow_us!r})"
     )
     command = [sys.executable, "-c", code, "mcp", "--config", str(cfg)]
     if args.callgrind:
@@ -256,13 +266,23 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "syscalls_per_call": traced.per_call(args.calls),
             }
         os.kill(pid, signal.SIGUSR1)
-        await _echo_calls(s, args.calls)
+        times = await _echo_calls(s, args.calls)
         os.kill(pid, signal.SIGUSR2)
         for _ in range(100):
             if _read(out):
                 break
             await anyio.sleep(0.05)
-    return _front_result(args, tmp, json.loads(_read(out)))
+    raw = json.loads(_read(out))
+    if args.tail and args.tail_raw:  # the timeline and the calls' times, for a reading of one's own
+        args.tail_raw.write_text(json.dumps({"calls": times, **raw}))
+    if args.tail:
+        return {
+            "benchmark": "chain_ops --front --tail",
+            "settings": {"calls": args.calls, "checks_off": args.checks_off},
+            **front_modes.tail_tables(times, raw["events"], args.top),
+            "long_callback_stacks": raw.get("long_callback_stacks", {}),
+        }
+    return _front_result(args, tmp, raw)
 
 
 def _front_result(args: argparse.Namespace, tmp: Path, raw: dict[str, Any]) -> dict[str, Any]:
@@ -313,6 +333,21 @@ def main() -> None:
         "--gc",
         action="store_true",
         help="with --front: the garbage collector's runs and pauses over the calls (no profiler)",
+    )
+    ap.add_argument(
+        "--tail",
+        action="store_true",
+        help="with --front: the calls' latencies against a timeline of what ran beside them "
+        "(collections, slow event-loop callbacks, the audit writer's commits and checkpoints)",
+    )
+    ap.add_argument(
+        "--tail-slow-us",
+        type=int,
+        default=500,
+        help="with --tail: event-loop callbacks from this long (0: all)",
+    )
+    ap.add_argument(
+        "--tail-raw", type=Path, default=None, help="with --tail: also write the raw timeline here"
     )
     ap.add_argument(
         "--callgrind",

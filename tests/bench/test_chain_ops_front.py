@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import chain_ops
-from bench._chain_ops_front import QUIET_TIMERS, GcWatch, Strace, callgrind_window
+from bench._chain_ops_front import QUIET_TIMERS, GcWatch, Strace, TailWatch, callgrind_window, tail_tables
 from bench._common import write_gateway_config
 from gateway.config.load import load_config
 
@@ -87,3 +87,57 @@ def test_chain_ops_loads_its_front_modes_from_its_own_folder() -> None:
     loaded = Path(front_modes.__file__ or "")
     assert loaded == Path(chain_ops.__file__).resolve().with_name("_chain_ops_front.py")
     assert front_modes.__name__ == "_chain_ops_front"
+
+
+def test_tail_tables_give_a_kind_its_share_of_the_slowest_calls() -> None:
+    """100 calls of 1 ms, one of 9 ms; a checkpoint overlaps the slow call and one fast one, a
+    collection overlaps nothing: the checkpoint is on 2 % of the calls and on the slowest one."""
+    ms = 1_000_000
+    calls = [(i * 20 * ms, i * 20 * ms + ms) for i in range(100)] + [(2100 * ms, 2109 * ms)]
+    events = [
+        ["audit:wal_checkpoint", 2102 * ms, 2106 * ms, ""],
+        ["audit:wal_checkpoint", 40 * ms, 40 * ms + ms // 2, ""],
+        ["gc:gen0", 5 * ms, 6 * ms, "0"],
+        ["loop:slow_callback", 2101 * ms, 2102 * ms, "task StdioLane._run (cpu 0.90 ms, policy 0.50)"],
+    ]
+    out = tail_tables(calls, events, slowest=2)
+    assert out["calls"] == 101 and out["latency_ms"]["max"] == 9.0
+    wal = out["by_kind"]["audit:wal_checkpoint"]
+    assert wal["per_1000_calls"] == round(2000 / 101, 2)
+    assert wal["share_of_calls_overlapped"] == round(2 / 101, 3)
+    assert wal["share_of_slowest_1pct_overlapped"] == 1.0
+    assert out["by_kind"]["gc:gen0"]["share_of_calls_overlapped"] == 0.0
+    assert out["slowest"][0]["ms"] == 9.0 and len(out["slowest"][0]["overlapped"]) == 2
+    assert out["most_cpu_callbacks"][0].startswith("task StdioLane._run (cpu 0.90 ms")
+
+
+def test_tail_watch_records_a_slow_callback_and_a_collection() -> None:
+    """A callback past the threshold is kept with its CPU time; a collection with its generation."""
+    import asyncio
+    import time
+
+    watch = TailWatch(slow_ns=2_000_000)
+
+    async def main() -> None:
+        watch.begin()
+        try:
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+
+            def busy() -> None:
+                end = time.thread_time() + 0.004
+                while time.thread_time() < end:
+                    pass
+                done.set_result(None)
+
+            loop.call_soon(busy)
+            await done
+            gc.collect(0)
+        finally:
+            report = watch.report()
+        kinds = {e[0] for e in report["events"]}
+        assert {"loop:slow_callback", "gc:gen0"} <= kinds
+        slow = [e for e in report["events"] if e[0] == "loop:slow_callback"]
+        assert any("busy (cpu" in e[3] for e in slow)
+
+    asyncio.run(main())

@@ -42,8 +42,13 @@ _logger = logging.getLogger("symbi.audit")
 # were written; SQLite's own autocheckpoint would run inside a COMMIT, before the acknowledgement.
 # A small WAL is rewritten in place from its start after each checkpoint: an fdatasync of pages
 # over existing blocks skips the file-size journal commit an append needs (on ext4 here about
-# 0.08 ms less per commit than appending to a growing WAL). 256 pages: 1 MiB.
-WAL_CHECKPOINT_PAGES = 256
+# 0.08 ms less per commit than appending to a growing WAL). 1,024 pages: 4 MiB. The checkpoint
+# (the pages copied into the database, its fsync) holds the writer, so the next commit waits
+# for it: at 256 pages that was 11.5 checkpoints per 1,000 sequential secure calls, each making
+# the call behind it ~3 ms slower (2 % of the calls: the p99 of a sequential caller); at 1,024,
+# 2.75 per 1,000 calls and a third of the time in all (a page rewritten by many commits, the
+# anchor's and the B-tree's, is copied once per checkpoint). bench/chain_ops.py --front --tail.
+WAL_CHECKPOINT_PAGES = 1024
 
 # A head record's signature, made after its waiters were woken, is stored by a LATER transaction
 # (see ``commit_events``).

@@ -23,6 +23,7 @@ import pytest
 from gateway.audit import AuditLog, exported_public_keys
 from gateway.audit.store import open_writer
 from gateway.audit.verify import verify_log
+from gateway.audit.writer import WAL_CHECKPOINT_PAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,6 +109,22 @@ def test_the_writer_checkpoints_the_wal_and_rewrites_it_from_its_start(tmp_path:
     finally:
         log.close()
     assert verify_log(db, exported_public_keys(tmp_path / "key.pem")).check().events == 80
+
+
+def test_with_the_default_threshold_the_wal_stays_bounded(tmp_path: Path) -> None:
+    """The shipped threshold (``WAL_CHECKPOINT_PAGES``, counted from the rows' size, which
+    underestimates the frames): ~5,000 pages of events in group commits leave a WAL of at most
+    twice the threshold, not everything written since the start (5,000+ frames)."""
+    db = tmp_path / "audit.db"
+    log = AuditLog(db, tmp_path / "key.pem")
+    text = "x" * 3000  # about one page per event
+    try:
+        for i in range(5000):
+            log.emit("tool.call", {"n": i, "text": text}, principal="p")
+        log.flush(timeout=60)
+        assert os.path.getsize(f"{db}-wal") <= 2 * WAL_CHECKPOINT_PAGES * FRAME + 32
+    finally:
+        log.close()
 
 
 def test_a_reader_holding_a_snapshot_never_blocks_a_commit(tmp_path: Path) -> None:

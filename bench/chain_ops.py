@@ -237,7 +237,9 @@ def _front_command(args: argparse.Namespace, tmp: Path) -> tuple[list[str], Path
         f"s.loader.exec_module(m); m.front_modes.serve_counted({str(out)!r}, sys.argv[1:], "
         f"{args.cprofile!r}, {args.gc!r}, {args.callgrind!r}, {args.tail!r}, {args.tail_slow_us!r})"
     )
-    command = [sys.executable, "-c", code, "mcp", "--config", str(cfg)]
+    # -P: without it ``-c`` puts the working directory first on sys.path, and a run from one
+    # checkout with PYTHONPATH naming another counted the working directory's gateway
+    command = [sys.executable, "-P", "-c", code, "mcp", "--config", str(cfg)]
     if args.callgrind:
         command = [*front_modes.callgrind_argv(tmp / "callgrind.out"), *command]
     return command, out, pid_file

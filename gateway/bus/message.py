@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.errors import ArgumentsInvalid
+from gateway.textcheck import not_utf8_at
 
 MessageKind = Literal["direct", "request", "reply", "topic"]
 KINDS: tuple[str, ...] = ("direct", "request", "reply", "topic")
@@ -118,6 +119,10 @@ class SecureMessage:
             raise ValueError(f"malformed stored message: {e}") from None
         if not isinstance(head, list) or len(head) != 10 or head[0] != 1:
             raise ValueError("malformed stored message header")
+        # its canonical form is ASCII, so the escape "\\ud800" survives the check below; the
+        # directory lookup, the inbox and the audit record cannot take such a sender or topic
+        if (bad := not_utf8_at(head)) is not None:
+            raise ValueError(f"malformed stored message header: the text at {bad} is not valid UTF-8")
         _, mid, sender, recipient, topic, kind, ts, exp, prev, reply_to = head
         if kind not in KINDS or not isinstance(ts, int) or not isinstance(exp, int):
             raise ValueError("malformed stored message header")

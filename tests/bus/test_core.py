@@ -473,3 +473,19 @@ async def test_direct_request_and_reply_copies_rejected(env: Env) -> None:
         env.inject(inbox, msg)
         assert await bus.receiver.take(agent, inbox, 10, 0.0) == []
     assert [d["reason"] for d in env.events.of("bus.rejected")] == [c[3] for c in cases]
+
+
+@pytest.mark.parametrize("field", ["sender", "topic", "reply_to"])
+async def test_a_stored_message_whose_header_is_not_utf8_is_rejected(env: Env, field: str) -> None:
+    """Attack: whoever can write the bus store (Redis, shared by replicas) adds a message whose
+    header holds the escape \\ud800 (its canonical header is ASCII, so it parses): the receive
+    looked the sender up in the key directory with it (Redis and SQLite cannot encode it) and
+    failed, every time, so the inbox was stuck. Now it is refused as malformed, naming where,
+    and the messages behind it are delivered."""
+    bus = await _pair(env)
+    msg = await bus.sealer.seal(bus.ring.local("agent-a"), "direct", b'"x"', to="agent-b")  # type: ignore[arg-type]
+    env.inject("agent-b", _with(msg, **{field: (getattr(msg, field) or "t") + "\ud800"}))
+    await bus.send(A, "agent-b", "after")
+    assert [r.body for r in await bus.receive(B, max_items=10)] == ["after"]
+    [reason] = [d["reason"] for d in env.events.of("bus.rejected")]
+    assert "not valid UTF-8" in reason

@@ -25,7 +25,7 @@ import regorus  # type: ignore[import-untyped]  # no stubs or py.typed in the wh
 from gateway.errors import PolicyLoadError
 from gateway.policy.inputkey import InputReads, input_reads
 from gateway.policy.lint import unknown_calls
-from gateway.textcheck import not_utf8_at
+from gateway.textcheck import not_utf8_at, shown
 
 # regorus errors are rustc-style: "--> file:line:col"; a backtrace may follow.
 _LOCATION_RE = re.compile(r"-->\s*(\S+?:\d+:\d+)")
@@ -133,6 +133,10 @@ def error_location(exc: BaseException) -> str | None:
 
 
 def _read_text(path: Path, what: str) -> str:
+    if (
+        not_utf8_at(str(path)) is not None
+    ):  # a found *_test.rego (surrogateescape): regorus takes no such name
+        raise PolicyLoadError(f"cannot read {what} {shown(str(path))}: its name is not valid UTF-8")
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,18 @@ def test_reload_and_status_against_a_running_gateway(policy_copy: PolicyFiles, t
 
         forbidden = symbi(user, "reload")
         assert forbidden.returncode == 1 and "403" in forbidden.stderr
+
+
+@pytest.mark.parametrize("command", ["test", "check"])
+def test_a_policy_test_file_whose_name_is_not_utf8_is_refused_by_name(
+    policy_copy: PolicyFiles, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``*_test.rego`` found beside the policy is named by the file system (``surrogateescape``):
+    regorus cannot take such a name. Refused (exit 1) with a reason that is valid UTF-8 text
+    naming the file (it goes into the log line and a reload's audit record), not the codec's."""
+    bad = policy_copy.policy.parent / "policies" / os.fsdecode(b"b\xff_test.rego")
+    bad.write_text("package symbi_test\n\ntest_other if { true }\n")
+    assert cli("policy", command, "--policy", str(policy_copy.policy)) == 1
+    err = capsys.readouterr().err
+    assert "b\\udcff_test.rego" in err and "not valid UTF-8" in err
+    err.encode("utf-8")  # the reason itself is valid UTF-8

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.errors import ConfigError
+from gateway.textcheck import not_utf8_at
 
 ClientName = Literal["claude-desktop", "claude-code", "vscode", "cursor", "file"]
 CLIENTS: tuple[ClientName, ...] = ("claude-desktop", "claude-code", "vscode", "cursor")
@@ -198,6 +199,10 @@ def _load(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the top level must be an object")
+    # json.loads makes a lone surrogate of the escape "\\ud800": symbi.toml, symbi.env and the
+    # client's rewritten file could not be written with it (a traceback, half an import)
+    if (bad := not_utf8_at(doc)) is not None:
+        raise ConfigError(f"{path}: the text at {bad} is not valid UTF-8")
     return doc
 
 

@@ -322,3 +322,40 @@ def test_an_entry_that_launches_symbi_is_never_imported(machine: Machine, tmp_pa
     )
     assert out.returncode == 0, out.stderr
     assert set(load_config(config, {}).servers) == {"real"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "where"),
+    [
+        ({"fs": {"command": "npx", "args": ["-y", "x\ud800"]}}, "/mcpServers/fs/args/1"),
+        ({"fs": {"command": "npx", "env": {"TOKEN": "se\udcffcret"}}}, "/mcpServers/fs/env/TOKEN"),
+        ({"f\ud800s": {"command": "npx"}}, "/mcpServers/f\\ud800s"),
+    ],
+    ids=["arg", "env", "name"],
+)
+@pytest.mark.parametrize("mode", ["--dry-run", "--apply"])
+def test_a_client_config_that_is_not_utf8_is_refused_naming_where(
+    tmp_path: Path, entry: dict[str, object], where: str, mode: str
+) -> None:
+    """Attack: the client's JSON holds the escape \\ud800 (``json.loads`` makes a lone surrogate of
+    it). In an argument: a UnicodeEncodeError traceback; in an env value, --apply wrote symbi.env
+    and then died; in a name it was renamed silently. Now a usage error naming where, nothing
+    written, the client's file unchanged."""
+    client = tmp_path / "claude.json"
+    client.write_text(json.dumps({"mcpServers": entry}))
+    before = client.read_bytes()
+    config = tmp_path / "symbi.toml"
+    out = symbi(
+        "import",
+        "claude-desktop",
+        "--from",
+        str(client),
+        "--config",
+        str(config),
+        mode,
+        home=tmp_path,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2, out.stderr
+    assert where in out.stderr and "Traceback" not in out.stderr
+    assert not config.exists() and not (tmp_path / "symbi.env").exists() and client.read_bytes() == before

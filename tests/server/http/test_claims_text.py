@@ -88,3 +88,15 @@ async def test_an_api_key_whose_principal_is_not_utf8_is_refused(env: Env) -> No
     assert await _call(env, env.keys.user) == "Echo: claims-probe"
     verified = _audit_verifies(env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.anyio
+async def test_a_token_whose_kid_is_not_utf8_is_refused(env: Env) -> None:
+    """The token's header is JSON too (``json.loads``): a ``kid`` holding the escape matches no
+    key (401, as any unknown kid; probed in session 18, no change needed) and the gateway goes on.
+    (Another header field holding it, ``typ`` say, is accepted: the header is read for the key
+    and the algorithm only, and nothing keeps it.)"""
+    assert _status(env, env.idp.token("dana", kid="rsa1\ud800")) == 401
+    assert await _call(env, env.idp.token("dana")) == "Echo: claims-probe"
+    verified = _audit_verifies(env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -7,6 +7,7 @@ discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600)."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -19,6 +20,9 @@ from gateway.errors import ConfigError
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.onboard.clients import FoundServer, find_client_files, launches_symbi, read_client_file
 from gateway.onboard.plan import RESERVED, unique_name
+from gateway.textcheck import not_utf8_at, shown
+
+_logger = logging.getLogger("symbi.discovery")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,10 @@ def registry_servers(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:
         except (OSError, json.JSONDecodeError):
             continue  # a half-written file is read on the next pass
         if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+            continue
+        if (bad := not_utf8_at(doc)) is not None:  # json.loads made a lone surrogate of "\\ud800"
+            # its name would go into the audit record and the config, which cannot hold it
+            _logger.warning("discovery: %s skipped: the text at %s is not valid UTF-8", shown(str(path)), bad)
             continue
         table = _registry_table(doc)
         if table is not None:

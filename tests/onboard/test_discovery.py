@@ -53,6 +53,14 @@ def test_registry_server_json_maps_to_a_server_table(tmp_path: Path) -> None:
         },
     )
     (tmp_path / "broken.json").write_text("{not json")
+    # the escape \ud800 (a lone surrogate once parsed): its name would go into the audit record
+    # of the discovery and the config, which cannot hold it; skipped with a log line
+    write_json(
+        tmp_path / "bad-name.json", {"name": "com.example/x\ud800", "remotes": [{"url": "https://a.test/"}]}
+    )
+    write_json(
+        tmp_path / "bad-url.json", {"name": "com.example/y", "remotes": [{"url": "https://a.test/\udcff"}]}
+    )
     got = {name: table for _, name, table in registry_servers(tmp_path)}
     assert got == {
         "weather": {"command": "npx", "args": ["-y", "@example/weather-mcp@1.2.0"]},

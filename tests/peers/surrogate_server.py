@@ -15,8 +15,11 @@ call-time modes above) and ``sse`` (HTTP) override the environment for that call
 ``ok`` always echoes.
 
 Over stdio (JSON lines) by default; ``--http PORT`` serves streamable HTTP on 127.0.0.1
-instead (no session id, no GET stream): answers as JSON, or as an SSE stream when
-``$SURROGATE_SSE`` is set and for every mode that sends something before the result.
+instead: answers as JSON, or as an SSE stream when ``$SURROGATE_SSE`` is set and for every mode
+that sends something before the result. No session id and no GET stream, unless
+``$SURROGATE_GET`` names a mode (``notification``, ``sampling``, ...): then the session gets an
+id and its GET stream carries that message once, outside any call; the call-time mode
+``answered`` returns the answer the server got to its own request (as above).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 WHERE = os.environ.get("SURROGATE_IN", "")
 SSE = bool(os.environ.get("SURROGATE_SSE"))
+ON_GET = os.environ.get("SURROGATE_GET", "")
 WAIT_S = float(os.environ.get("SURROGATE_WAIT_S", "10"))
 BAD = "x\ud800"  # json.dumps writes it as the escape "x\\ud800" (ASCII)
 TOOL = {"name": "t", "description": "echo", "inputSchema": {"type": "object"}}
@@ -81,9 +86,18 @@ def before_result(params: dict[str, Any], send: Send, wait: Wait) -> str | None:
         send({"jsonrpc": "2.0", "method": "notifications/progress", "params": progress})
     elif mode in REQUESTS:
         send({"jsonrpc": "2.0", "id": ASKED, **REQUESTS[mode]})
+    if mode in REQUESTS or mode == "answered":
         got = wait()
         return json.dumps(got if got is not None else {"none": f"no answer in {WAIT_S:g} s"})
     return None
+
+
+def unprompted(send: Send) -> None:
+    """The message the GET stream carries (``$SURROGATE_GET``)."""
+    if ON_GET in REQUESTS:
+        send({"jsonrpc": "2.0", "id": ASKED, **REQUESTS[ON_GET]})
+    elif ON_GET == "notification":
+        send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": BAD}})
 
 
 def answer(method: str, params: dict[str, Any], send: Send, wait: Wait) -> dict[str, Any]:
@@ -158,6 +172,7 @@ def serve_stdio() -> None:
 
 _answers: dict[str, dict[str, Any]] = {}
 _answered = threading.Condition()
+_got_get = False  # the GET stream carries its message once
 
 
 def _wait_http() -> dict[str, Any] | None:
@@ -178,7 +193,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        self._plain(405)
+        global _got_get
+        with _answered:
+            first, _got_get = not _got_get, True
+        if not (ON_GET and first and self.headers.get("mcp-session-id")):
+            self._plain(405)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        unprompted(lambda m: self._event(m))
+        while True:  # kept open: a closed GET stream is opened again, and would send it again
+            time.sleep(3600)
+
+    def _event(self, m: dict[str, Any]) -> None:
+        self.wfile.write(b"event: message\ndata: " + json.dumps(m).encode() + b"\n\n")
+        self.wfile.flush()
 
     def do_DELETE(self) -> None:
         self._plain(200)
@@ -198,19 +228,22 @@ class _Handler(BaseHTTPRequestHandler):
             where(params) in STREAMED or (params.get("arguments") or {}).get("sse", SSE)
         )
         if not streamed:
-            reply = {"jsonrpc": "2.0", "id": rid, **answer(method, params, lambda m: None, lambda: None)}
-            self._plain(200, json.dumps(reply).encode())
+            reply = {"jsonrpc": "2.0", "id": rid, **answer(method, params, lambda m: None, _wait_http)}
+            body = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if method == "initialize" and ON_GET:
+                self.send_header("Mcp-Session-Id", "s1")
+            self.end_headers()
+            self.wfile.write(body)
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()  # HTTP/1.0: the stream ends when the connection closes
 
-        def event(m: dict[str, Any]) -> None:
-            self.wfile.write(b"event: message\ndata: " + json.dumps(m).encode() + b"\n\n")
-            self.wfile.flush()
-
-        event({"jsonrpc": "2.0", "id": rid, **answer(method, params, event, _wait_http)})
+        self._event({"jsonrpc": "2.0", "id": rid, **answer(method, params, self._event, _wait_http)})
 
 
 def serve_http(port: int) -> None:

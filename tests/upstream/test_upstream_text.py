@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp import ClientSession, MCPError
@@ -53,8 +54,14 @@ NOTIFICATIONS = {"notification": "/params/data", "progress": "/params/message"}
 @pytest.fixture(scope="module")
 def http_peer() -> Iterator[str]:
     """The peer over streamable HTTP on a loopback port (its modes picked per call)."""
+    with _http_peer() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _http_peer(**env: str) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "SURROGATE_WAIT_S": PEER_WAIT_S}
+    env = {**os.environ, "SURROGATE_WAIT_S": PEER_WAIT_S, **env}
     proc = subprocess.Popen([sys.executable, str(PEER), "--http", str(port)], env=env)
     try:
         deadline = time.monotonic() + 30  # the bound of the wait, not a timing assertion
@@ -258,3 +265,33 @@ async def test_an_upstream_request_that_is_not_utf8_is_answered_at_once(
     refused = [json.loads(line)["details"] for line in query.stdout.splitlines() if line.strip()]
     assert any(d["upstream"] == upstream and REQUESTS[where] in (d.get("reason") or "") for d in refused)
     _audit_verifies(front.config)
+
+
+@pytest.mark.parametrize("what", ["sampling", "notification"])
+@pytest.mark.anyio
+async def test_what_an_http_upstreams_get_stream_carries_is_answered_or_dropped(
+    tmp_path: Path, what: str
+) -> None:
+    """The same, outside any call: on the session's GET stream (server-initiated messages). The
+    SDK handed the parse failure to the session as an exception (logged at debug): the request
+    was never answered, the notification left no line. Now the request gets its error at once
+    (POSTed back) and the notification a warning naming where."""
+    with _http_peer(SURROGATE_GET=what) as url:
+        cfg = write_config(tmp_path, f'[servers.mut]\nurl = "{url}"\nverification = "warn"\n')
+        client = StdioFront(cfg)
+        try:
+            if what == "sampling":
+                out = await client.call("mut__t", {"where": "answered"})
+                assert out.text is not None, out
+                got = json.loads(out.text)
+                assert "none" not in got, "the upstream's request on its GET stream got no answer"
+                assert got["error"]["code"] == INVALID_PARAMS and REQUESTS[what] in got["error"]["message"]
+            else:
+                assert (await client.call("mut__ok", {"message": "m"})).text == "m"
+                deadline = time.monotonic() + 30  # the bound of the wait, not a timing assertion
+                while NOTIFICATIONS[what] not in client.log.read_text(errors="replace"):
+                    assert time.monotonic() < deadline, "no log line for the dropped notification"
+                    await anyio.sleep(0.2)
+        finally:
+            client.close()
+    _audit_verifies(cfg)

@@ -10,7 +10,7 @@ import pytest
 from gateway.errors import PolicyLoadError
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyFiles, bundle_from_sources
-from gateway.textcheck import not_utf8_at
+from gateway.textcheck import not_utf8_at, shown
 
 ALLOW_ALL = 'package symbi\nimport rego.v1\ndecision := {"allow": true, "reasons": [], "conditions": {}}\n'
 
@@ -55,3 +55,8 @@ def test_policy_data_with_such_text_is_refused_at_load() -> None:
     assert bundle_from_sources(("p.rego", ALLOW_ALL), ("data.json", json.dumps({"roles": {}}))).data == {
         "roles": {}
     }
+
+
+def test_shown_writes_only_bad_characters_as_escapes() -> None:
+    assert shown("a\udcffb\ud800") == "a\\udcffb\\ud800"
+    assert shown("é ✓ \U0001f600") == "é ✓ \U0001f600"  # valid text is unchanged, not escaped

@@ -78,7 +78,8 @@ GROUPS: tuple[Group, ...] = (
         )
         # the JWKS URL client's cache lifetime (a removed key stops verifying) and fetch timeout
         + ("tests/server/http/test_auth_jwks.py",)
-        # the cache's invalidation, fail-closed loss and the cached path's checks (real PostgreSQL)
+        # the cache's invalidation, fail-closed loss (killed, silent, dropped), the listener's
+        # heartbeat and stop, the cached path's checks and routing (real PostgreSQL)
         + ("tests/state/test_key_cache.py",),
     ),
     Group(

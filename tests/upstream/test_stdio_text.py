@@ -24,10 +24,12 @@ PEER = ROOT / "tests/peers/surrogate_server.py"
 INTERNAL_ERROR = -32603
 
 
-def _config(tmp_path: Path, where: str) -> Path:
+def _config(tmp_path: Path, where: str, mcp: str = "") -> Path:
     return write_config(
         tmp_path,
         f"""
+        [mcp]
+        {mcp}
         [servers.mut]
         command = "{sys.executable}"
         args = ["{PEER}"]
@@ -89,7 +91,9 @@ def test_an_answer_that_is_not_utf8_fails_the_call_and_the_next_call_still_runs(
 
 @pytest.mark.parametrize("where", ["name", "description"])
 def test_a_tool_list_that_is_not_utf8_is_refused_whole(tmp_path: Path, where: str) -> None:
-    cfg = _config(tmp_path, where)
+    # the refused list keeps that upstream down, so the gateway's start waits out
+    # connection_timeout_s for it (30 s by default) before it serves the rest
+    cfg = _config(tmp_path, where, "connection_timeout_s = 3")
     r, names = _session(cfg)
     try:
         assert not [n for n in names if n.startswith("mut__")]  # none of that upstream's tools

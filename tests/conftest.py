@@ -40,23 +40,42 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Under pytest-xdist (`make test`: --dist loadfile --no-loadscope-reorder) test files are handed
 # to the workers in collection order. The longest files go first, so the run does not end with
-# one worker on a long file while the other idles: these (longest first, from an idle run's
-# durations), then every file with a `slow` or `sandbox` test, then the rest as collected.
-# A file's own tests keep their order. A file missing here only starts later; nothing else.
+# one worker on a long file while the other idles: these (longest first, from the summed
+# --durations of a whole run, session 18, load 4-6), then every file with a `slow` or `sandbox`
+# test, then the rest as collected. A file's own tests keep their order. A file missing here
+# only starts later; nothing else.
 LONG_FILES_FIRST = (
+    "tests/deploy/test_image.py",  # the image build (niced: it fills what the other worker leaves)
     "tests/server/http/test_footprint.py",  # the 10,000-session churn (issue #19)
-    "tests/verify/test_gateway_verification.py",
     "tests/runtime/test_hosted.py",
-    "tests/schemapin/test_cli.py",
-    "tests/conformance/test_independent.py",
-    "tests/runtime/test_breaker.py",
-    "tests/upstream/test_hostile.py",
+    "tests/verify/test_gateway_verification.py",
+    "tests/server/test_stdio_fastlane.py",
+    "tests/server/test_stdio_e2e.py",
     "tests/screen/test_gateway_screening.py",
-    "tests/cli/test_audit_retention_cmd.py",
-    "tests/onboard/test_import_e2e.py",
-    "tests/runtime/test_status_cli.py",
+    "tests/policy/test_gateway_policy.py",
+    "tests/server/test_stdio_cancel_progress.py",
+    "tests/sandbox/test_gateway_sandboxed_upstream.py",
+    "tests/server/test_workers.py",
+    "tests/upstream/test_hostile.py",
     "tests/memory/test_cli.py",
+    "tests/state/test_limiter.py",
+    "tests/server/test_concurrency.py",
+    "tests/conformance/test_independent.py",
+    "tests/conformance/test_conformance.py",
+    "tests/server/http/test_tools_paging.py",
+    "tests/server/test_http_e2e.py",
+    "tests/server/http/test_cancel_progress.py",
+    "tests/runtime/test_breaker.py",
+    "tests/server/test_inspector.py",
+    "tests/bus/test_http_bus.py",
     "tests/sandbox/test_tiers.py",
+    "tests/server/http/test_keys_cmd.py",
+    "tests/server/test_front_audit.py",
+    "tests/policy/test_policy_cmd.py",
+    "tests/onboard/test_import_e2e.py",
+    "tests/cli/test_audit_retention_cmd.py",
+    "tests/schemapin/test_cli.py",
+    "tests/runtime/test_status_cli.py",
 )
 
 

@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -232,3 +233,21 @@ def symbi_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
     env.update(extra)
     return env
+
+
+def symbi_audit(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``symbi audit ARGS --config cfg`` in a subprocess, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", *args, "--config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=symbi_env(),
+    )
+
+
+def audit_verifies(cfg: Path) -> None:
+    out = symbi_audit(cfg, "verify")
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -10,14 +10,20 @@ mcp`` runs a real upstream (tests/peers/surrogate_server.py); the audit log stay
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import POLICY, ROOT, TEST_POLICY_DATA, initialize_request, symbi_env, write_config
+from tests.conftest import (
+    POLICY,
+    ROOT,
+    TEST_POLICY_DATA,
+    audit_verifies,
+    initialize_request,
+    write_config,
+)
 from tests.server.test_stdio_bad_input import Raw
 
 PEER = ROOT / "tests/peers/surrogate_server.py"
@@ -60,19 +66,6 @@ def _call(r: Raw, rid: int) -> dict[str, Any]:
     return r.recv()
 
 
-def _audit_verifies(cfg: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "verify", "--config", str(cfg)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=symbi_env(),
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
 @pytest.mark.parametrize("where", ["result", "error"])
 def test_an_answer_that_is_not_utf8_fails_the_call_and_the_next_call_still_runs(
     tmp_path: Path, where: str
@@ -86,7 +79,7 @@ def test_an_answer_that_is_not_utf8_fails_the_call_and_the_next_call_still_runs(
             assert answer["id"] == rid and answer["error"]["code"] == INTERNAL_ERROR
     finally:
         r.close()
-    _audit_verifies(cfg)
+    audit_verifies(cfg)
 
 
 @pytest.mark.parametrize("where", ["name", "description"])
@@ -100,7 +93,7 @@ def test_a_tool_list_that_is_not_utf8_is_refused_whole(tmp_path: Path, where: st
         assert "memory__store" in names  # the gateway serves the rest
     finally:
         r.close()
-    _audit_verifies(cfg)
+    audit_verifies(cfg)
 
 
 def test_a_notification_that_is_not_utf8_is_dropped_and_the_call_answers(tmp_path: Path) -> None:
@@ -111,7 +104,7 @@ def test_a_notification_that_is_not_utf8_is_dropped_and_the_call_answers(tmp_pat
         assert answer["result"]["content"][0]["text"] == "hi"
     finally:
         r.close()
-    _audit_verifies(cfg)
+    audit_verifies(cfg)
 
 
 def test_a_result_whose_json_text_cannot_be_redacted_is_refused(tmp_path: Path) -> None:
@@ -154,4 +147,4 @@ def test_a_result_whose_json_text_cannot_be_redacted_is_refused(tmp_path: Path) 
                 assert json.loads(answer["content"][0]["text"]) == {"api_token": "[REDACTED]", "x": "ok"}
     finally:
         r.close()
-    _audit_verifies(cfg)
+    audit_verifies(cfg)

@@ -37,7 +37,16 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import load_config
 from gateway.server.auth import ApiKeyStore
-from tests.conftest import ROOT, SYMBI, free_port, initialize_request, symbi_env, write_config
+from tests.conftest import (
+    ROOT,
+    SYMBI,
+    audit_verifies,
+    free_port,
+    initialize_request,
+    symbi_audit,
+    symbi_env,
+    write_config,
+)
 from tests.server._http import serve_process
 
 PEER = ROOT / "tests/peers/surrogate_server.py"
@@ -203,23 +212,6 @@ def front(
         yield Front("http", cfg, HttpFront(base, key), log)
 
 
-def _audit(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", *args, "--config", str(cfg)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=symbi_env(),
-    )
-
-
-def _audit_verifies(cfg: Path) -> None:
-    out = _audit(cfg, "verify")
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
 @pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
 @pytest.mark.parametrize(
     ("where", "pointer"), [("result", "/result/content/0/text"), ("error", "/error/message")]
@@ -232,7 +224,7 @@ async def test_an_http_upstream_answer_that_is_not_utf8_fails_the_call_naming_wh
     assert out.error is not None and out.error["code"] == INTERNAL_ERROR, out
     assert pointer in out.error["message"]
     assert (await front.client.call("mut__ok", {"message": "next"})).text == "next"
-    _audit_verifies(front.config)
+    audit_verifies(front.config)
 
 
 @pytest.mark.parametrize("upstream", ["mut", "probe"])
@@ -245,7 +237,7 @@ async def test_a_notification_that_is_not_utf8_is_dropped_with_a_log_line(
     assert out.text == "hi", out
     logged = front.log.read_text(errors="replace")
     assert f"upstream {upstream}: " in logged and NOTIFICATIONS[where] in logged
-    _audit_verifies(front.config)
+    audit_verifies(front.config)
 
 
 @pytest.mark.parametrize("upstream", ["mut", "probe"])
@@ -260,11 +252,11 @@ async def test_an_upstream_request_that_is_not_utf8_is_answered_at_once(
     assert "none" not in got, f"the upstream's {where} request got no answer"
     assert got["error"]["code"] == INVALID_PARAMS and REQUESTS[where] in got["error"]["message"]
     assert (await front.client.call(f"{upstream}__ok", {"message": "next"})).text == "next"
-    query = _audit(front.config, "query", "--type", "upstream.client_request", "--json")
+    query = symbi_audit(front.config, "query", "--type", "upstream.client_request", "--json")
     assert query.returncode == 0, query.stderr
     refused = [json.loads(line)["details"] for line in query.stdout.splitlines() if line.strip()]
     assert any(d["upstream"] == upstream and REQUESTS[where] in (d.get("reason") or "") for d in refused)
-    _audit_verifies(front.config)
+    audit_verifies(front.config)
 
 
 @pytest.mark.parametrize("what", ["sampling", "notification"])
@@ -294,4 +286,4 @@ async def test_what_an_http_upstreams_get_stream_carries_is_answered_or_dropped(
                     await anyio.sleep(0.2)
         finally:
             client.close()
-    _audit_verifies(cfg)
+    audit_verifies(cfg)

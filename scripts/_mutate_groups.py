@@ -80,7 +80,7 @@ GROUPS: tuple[Group, ...] = (
         + ("tests/server/http/test_auth_jwks.py",)
         # the cache's invalidation, fail-closed loss (killed, silent, dropped), the listener's
         # heartbeat and stop, the cached path's checks and routing (real PostgreSQL)
-        + ("tests/state/test_key_cache.py",),
+        + ("tests/state/test_key_cache.py", "tests/state/test_key_listener.py"),
     ),
     Group(
         "policy",

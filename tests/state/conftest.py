@@ -6,7 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway.state.postgres import PgApiKeyStore
+from gateway.state.postgres import Postgres as PgPool
 from tests.state.engines import Postgres, Redis
+from tests.state.keystores import eventually
 
 
 @pytest.fixture(scope="module")
@@ -27,3 +30,26 @@ def postgres_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         yield pg
     finally:
         pg.stop()
+
+
+@pytest.fixture
+def cli(postgres_engine: Postgres) -> Iterator[PgApiKeyStore]:
+    """Another process's store (the CLI's ``symbi keys``, or another replica): no cache."""
+    s = PgApiKeyStore(PgPool(postgres_engine.url, timeout_s=2).open(), owns=True)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def served(postgres_engine: Postgres) -> Iterator[PgApiKeyStore]:
+    """A serving gateway's store: the cache on, once its listen connection is subscribed."""
+    s = PgApiKeyStore(PgPool(postgres_engine.url, timeout_s=2).open(), owns=True, cache=True)
+    try:
+        assert s.cache is not None
+        cache = s.cache
+        eventually("the listen connection subscribed", lambda: cache.ticket() is not None)
+        yield s
+    finally:
+        s.close()

@@ -6,12 +6,9 @@ answering is detected by a ping after a timed-out call, and both are restarted.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import anyio
 import pytest
 
 from gateway.upstream.stdio import MessageTooLarge, split_lines
-from tests.conftest import ROOT, free_port, write_config
+from tests.conftest import ROOT, free_port, wait_listening, write_config
 from tests.server._clients import stdio_session
 from tests.upstream.test_restart import pids_running
 
@@ -101,12 +98,7 @@ def http_upstream() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, "the HTTP test server did not start"
-            time.sleep(0.1)
+        wait_listening(proc, port, "the HTTP test server")
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         proc.terminate()

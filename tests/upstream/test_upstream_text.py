@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from tests.conftest import (
     initialize_request,
     symbi_audit,
     symbi_env,
+    wait_listening,
     write_config,
 )
 from tests.server._http import serve_process
@@ -73,12 +73,7 @@ def _http_peer(**env: str) -> Iterator[str]:
     env = {**os.environ, "SURROGATE_WAIT_S": PEER_WAIT_S, **env}
     proc = subprocess.Popen([sys.executable, str(PEER), "--http", str(port)], env=env)
     try:
-        deadline = time.monotonic() + 30  # the bound of the wait, not a timing assertion
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, "the HTTP peer did not start"
-            time.sleep(0.1)
+        wait_listening(proc, port, "the HTTP peer")
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         proc.kill()

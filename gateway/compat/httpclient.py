@@ -27,7 +27,7 @@ from mcp.shared.message import SessionMessage
 from mcp_types import PARSE_ERROR, JSONRPCError, RequestId
 
 from gateway.errors import SdkChanged
-from gateway.upstream.unreadable import Unreadable, refused_answer, unreadable
+from gateway.upstream.unreadable import Unreadable, error_message, refused_answer, unreadable
 
 Seen = Callable[[Unreadable], None]
 _Writer = ContextSendStream[SessionMessage | Exception]
@@ -103,9 +103,9 @@ class ScreenedTransport(StreamableHTTPTransport):
             return
         self._seen(found)
         if found.kind == "request" and found.reply is not None:
-            await self._reply.send(_error(found.reply))
+            await self._reply.send(error_message(found.reply))
         # a JSON body answers the request it came with, whatever it holds: that request fails
-        await read_stream_writer.send(_error(refused_answer(request_id, found.where)))
+        await read_stream_writer.send(error_message(refused_answer(request_id, found.where)))
 
     async def _refused(self, found: Unreadable, writer: _Writer, request_id: RequestId | None) -> bool:
         """Act on ``found`` (an SSE event on the stream of ``request_id``, if any): whether it
@@ -114,17 +114,15 @@ class ScreenedTransport(StreamableHTTPTransport):
         if found.reply is None:  # a notification: dropped
             return False
         if found.kind == "request":
-            await self._reply.send(_error(found.reply))
+            await self._reply.send(error_message(found.reply))
             return False
         # an answer on a request's stream is that request's (as the SDK reads it)
         await writer.send(
-            _error(refused_answer(request_id if request_id is not None else found.reply["id"], found.where))
+            error_message(
+                refused_answer(request_id if request_id is not None else found.reply["id"], found.where)
+            )
         )
         return request_id is not None
-
-
-def _error(answer: dict[str, Any]) -> SessionMessage:
-    return SessionMessage(JSONRPCError.model_validate(answer))
 
 
 @contextlib.asynccontextmanager

@@ -37,7 +37,7 @@ from gateway.compat import (
     tap_process_stdout,
 )
 from gateway.upstream.fastcall import FastLane
-from gateway.upstream.unreadable import Unreadable, unreadable
+from gateway.upstream.unreadable import Unreadable, error_message, unreadable
 
 _logger = logging.getLogger("symbi.upstream.stdio")
 _READ_CHUNK = 64 * 1024
@@ -268,7 +268,7 @@ async def _unreadable(
         return None
     if lane is not None and await lane.take(line):
         return None
-    return parse_stdio_line(line.decode())
+    return error_message(found.reply)
 
 
 async def _write_stdin(

@@ -25,7 +25,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 
+from mcp.shared.message import SessionMessage
 from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
+from mcp_types import JSONRPCError
 
 from gateway.textcheck import not_utf8_at, shown
 
@@ -80,6 +82,11 @@ def _reason(kind: Kind, method: str | None, where: str) -> str:
 def refused_answer(rid: int | str, where: str) -> dict[str, Any]:
     """The error answer standing for an answer (to the request ``rid``) refused for its text."""
     return refusal(rid, INTERNAL_ERROR, _reason("answer", None, where))
+
+
+def error_message(answer: dict[str, Any]) -> SessionMessage:
+    """An error answer (``refusal``) as the session's message, for either transport."""
+    return SessionMessage(JSONRPCError.model_validate(answer))
 
 
 def refusal(rid: int | str, code: int, message: str) -> dict[str, Any]:

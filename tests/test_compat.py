@@ -140,7 +140,33 @@ def test_stdio_process_helpers_exist() -> None:
         compat.drain_stdout,
     ):
         assert inspect.iscoroutinefunction(fn)
-    assert compat.parse_stdio_line('{"jsonrpc":"2.0","method":"x"}') is not None
+
+
+def test_the_stdio_line_parse_is_the_sdks_without_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    # gateway.upstream.stdio parses with compat.parse_stdio_line where the SDK's client uses
+    # its private _parse_line: both must accept and refuse the same lines
+    from mcp.client.stdio import _parse_line
+    from mcp.shared.message import SessionMessage
+
+    lines = [
+        '{"jsonrpc":"2.0","method":"x"}',
+        '{"jsonrpc":"2.0","id":1,"result":{}}',
+        '{"jsonrpc":"2.0","id":"a","error":{"code":-1,"message":"m"}}',
+        '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}}',
+        "a banner line",
+        "{not json",
+        '{"jsonrpc":"1.0","method":"x"}',
+        "[1, 2]",
+        "",
+    ]
+    for line in lines:
+        ours, sdks = compat.parse_stdio_line(line), _parse_line(line)
+        assert type(ours) is type(sdks), line
+        if isinstance(ours, SessionMessage) and isinstance(sdks, SessionMessage):
+            assert ours.message == sdks.message
+    caplog.clear()
+    assert isinstance(compat.parse_stdio_line("a banner line"), ValueError)
+    assert not caplog.records  # the SDK's logs a traceback per line; ours leaves it to the caller
 
 
 async def test_process_stdin_writer_of_an_anyio_process() -> None:

@@ -18,12 +18,13 @@ from mcp.client.stdio import (  # the SDK's process helpers for stdio servers (g
     _create_platform_compatible_process,
     _drain_stdout,
     _get_executable_command,
-    _parse_line,
     _stop_server_process,
 )
 from mcp.server._otel import OpenTelemetryMiddleware  # the SDK's SERVER span (the fast lanes' light twin)
 from mcp.server.session import ServerSession
 from mcp.shared._context_streams import create_context_streams
+from mcp.shared.message import SessionMessage
+from mcp.types import jsonrpc_message_adapter
 from mcp_types import RequestId
 
 from gateway.errors import SdkChanged
@@ -93,8 +94,20 @@ def is_sdk_span_middleware(middleware: object) -> bool:
 executable_command = _get_executable_command
 start_stdio_process = _create_platform_compatible_process
 drain_stdout = _drain_stdout
-parse_stdio_line = _parse_line
 stop_stdio_process = _stop_server_process
+
+
+def parse_stdio_line(line: str) -> SessionMessage | Exception:
+    """One stdout line as the SDK's ``mcp.client.stdio._parse_line`` parses it (the same
+    adapter and options; tests/test_compat.py holds them equal), a parse failure returned as a
+    value, without the traceback ``_parse_line`` logs for every such line: a server that prints
+    its banner or debug output to stdout would fill the log. gateway.upstream.stdio logs one
+    line naming the upstream instead."""
+    try:
+        return SessionMessage(jsonrpc_message_adapter.validate_json(line, by_name=False))
+    except ValueError as exc:
+        return exc
+
 
 # What ``ClientSession.send_request`` does to a raw result before validating it, reused by the
 # fast lane of tools/call so it accepts and refuses exactly what the SDK's path does: floor a

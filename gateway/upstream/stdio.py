@@ -134,12 +134,14 @@ async def bounded_stdio_client(
     on_oversized: Callable[[str], None] | None = None,
     on_lane: Callable[[FastLane], None] | None = None,
     on_unreadable: Callable[[Unreadable], None] | None = None,
+    name: str | None = None,
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Like ``mcp.client.stdio.stdio_client``, with every incoming message bounded.
 
     With ``on_lane``, it is given this connection's ``FastLane`` (``gateway.upstream.fastcall``):
     requests sent through it share the stdin writer (pre-framed lines) and its responses are
-    taken off the stdout reader before the SDK's session sees them."""
+    taken off the stdout reader before the SDK's session sees them. ``name`` (the upstream's,
+    default its command) is what the log lines call it."""
     command = await executable_command(server.command)
     process = await start_stdio_process(
         command=command,
@@ -165,7 +167,7 @@ async def bounded_stdio_client(
         tap_process_stdout(process, lane.take_now, max_line=max_message_bytes, idle=lambda: not buf)
 
     async with anyio.create_task_group() as tg:
-        limits = _Limits(max_message_bytes, on_oversized, on_unreadable)
+        limits = _Limits(name or server.command, max_message_bytes, on_oversized, on_unreadable)
         tg.start_soon(_read_stdout, process, server, buf, lane, read_writer, send_line, limits)
         tg.start_soon(_write_stdin, process, server, write_reader, read_writer, writer_done)
         try:
@@ -186,6 +188,7 @@ async def bounded_stdio_client(
 class _Limits(NamedTuple):
     """What the stdout reader refuses, and whom it tells."""
 
+    name: str  # the upstream's, for the log
     max_message_bytes: int
     on_oversized: Callable[[str], None] | None
     on_unreadable: Callable[[Unreadable], None] | None
@@ -217,7 +220,7 @@ async def _read_stdout(
                     try:
                         lines, scan_from = split_lines(buf, chunk, scan_from, limits.max_message_bytes)
                     except MessageTooLarge as e:
-                        _logger.error("upstream %s sent %s: closing the connection", server.command, e)
+                        _logger.error("upstream %s sent %s: closing the connection", limits.name, e)
                         if limits.on_oversized is not None:
                             limits.on_oversized(str(e))
                         return  # closing the read stream ends the session; the supervisor restarts it
@@ -227,7 +230,7 @@ async def _read_stdout(
                         text = line.decode(server.encoding, errors=server.encoding_error_handler)
                         msg: SessionMessage | Exception | None = parse_stdio_line(text)
                         if isinstance(msg, Exception):
-                            msg = await _unreadable(text, msg, lane, send_line, limits.on_unreadable)
+                            msg = await _unreadable(text, msg, lane, send_line, limits)
                         if msg is not None:
                             await read_writer.send(msg)
             finally:
@@ -249,17 +252,19 @@ async def _unreadable(
     failed: Exception,
     lane: FastLane | None,
     send_line: Callable[[bytes], Awaitable[None]],
-    on_unreadable: Callable[[Unreadable], None] | None,
+    limits: _Limits,
 ) -> SessionMessage | Exception | None:
     """A line the SDK could not parse: when its text is not valid UTF-8, an answer becomes an
     error answer for its call (through the fast lane, or to the session), a request of the
     upstream's gets an error answer on its stdin, a notification is dropped; else the SDK's
-    parse failure goes to the session as before. What the session gets, None for nothing."""
+    parse failure goes to the session as before, with one log line (not the SDK's traceback).
+    What the session gets, None for nothing."""
     found = unreadable(text)
-    if found is None:
+    if found is None:  # valid text, not a JSON-RPC message: a banner or debug output, say
+        _logger.warning("upstream %s wrote a line that is not a JSON-RPC message: %.120r", limits.name, text)
         return failed
-    if on_unreadable is not None:
-        on_unreadable(found)
+    if limits.on_unreadable is not None:
+        limits.on_unreadable(found)
     if found.reply is None:
         return None
     line = orjson.dumps(found.reply)

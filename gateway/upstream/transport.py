@@ -58,6 +58,7 @@ async def open_transport(
                     on_oversized=on_oversized,
                     on_lane=on_lane,
                     on_unreadable=on_unreadable,
+                    name=name,
                 ) as streams:
                     yield streams
         finally:

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from mcp.client.session import ClientSession
+from mcp.client.stdio import stdio_client
 
 from gateway.upstream.stdio import MessageTooLarge, split_lines
 from tests.conftest import ROOT, free_port, wait_listening, write_config
-from tests.server._clients import stdio_session
+from tests.server._clients import gateway_params, stdio_session
 from tests.upstream.test_restart import pids_running
 
 
@@ -86,6 +88,32 @@ async def test_a_wedged_upstream_is_detected_and_restarted(tmp_path: Path) -> No
         assert r.is_error and r.meta["symbi/error"]["code"] == "upstream_error"  # type: ignore[index]
         await _until_up(s)  # without the liveness probe every later call would time out too
         assert before not in pids_running(script)
+
+
+@pytest.mark.anyio
+async def test_stdout_noise_is_one_log_line_naming_the_upstream(tmp_path: Path) -> None:
+    """Attack (on the operator's log): an upstream that prints a banner and debug lines to
+    stdout, as many real servers do. Each line was logged by the SDK's line parser as an error
+    with a whole traceback, naming no upstream; now one warning line each, naming it, and the
+    upstream still serves."""
+    script = tmp_path / "noisy.py"
+    script.write_text(
+        "import os, sys\n"
+        "for i in range(3):\n"
+        "    print(f'noisy banner line {i}', flush=True)\n"
+        f"os.execv(sys.executable, [sys.executable, {str(ROOT / 'tests/peers/mutable_server.py')!r}])\n"
+    )
+    log = tmp_path / "gateway.log"
+    with log.open("w") as errlog:
+        async with stdio_client(gateway_params(config(tmp_path, script)), errlog=errlog) as (r, w):
+            async with ClientSession(r, w) as s:
+                await s.initialize()
+                ok = await s.call_tool("mut__echo", {"message": "still served"})
+    assert not ok.is_error
+    text = log.read_text()
+    noted = [line for line in text.splitlines() if "noisy banner line" in line]
+    assert len(noted) == 3 and all("WARNING" in line and "mut" in line for line in noted)
+    assert "Traceback" not in text
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+from sse_starlette.sse import EventSourceResponse
 
 from gateway.config.model import Config
 from gateway.custody import secure_data_dir
@@ -84,8 +85,46 @@ def check_shared_state(cfg: Config) -> None:
             )
 
 
+# every SSE stream's keepalive comment: the SDK's (sse-starlette) and the fast lane's (httpsse)
+PING_S = EventSourceResponse.DEFAULT_PING_INTERVAL
+# Around a call's own bound: verification, the policy, a slot in the scheduler's queue and the
+# answer's write. More than SSE's keepalive interval (PING_S), so a streamed answer's pings
+# always come within the front's inactivity timeout.
+FRONT_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class FrontLimits:
+    """HAProxy's limits, derived from the workers' config in one place (``front_limits``)."""
+
+    header_timeout_s: float  # ``timeout http-request``: http.header_timeout_s
+    silence_s: float  # ``timeout client``/``server``: the longest a worker's answer may be silent
+    stick_s: float  # the stick entry's life: as long as a worker may keep the session
+
+
+def longest_call_s(cfg: Config) -> float:
+    """The longest a ``tools/call`` may run in a worker before the gateway itself ends it."""
+    bounds = [cfg.mcp.call_timeout_s, cfg.runtime.resources.execution_timeout_s]
+    bounds += [s.timeout_s for s in cfg.servers.values() if s.timeout_s is not None]
+    return max(bounds)
+
+
+def front_limits(cfg: Config) -> FrontLimits:
+    """The front never cuts what a worker allows. An SSE answer pings every ``PING_S`` s; a
+    JSON answer (``http.json_response``) is silent until the call ends, so the inactivity
+    timeouts cover the longest call. HAProxy refreshes a session's stick entry when a request
+    starts, the worker starts the session's idle count (``http.session_idle_timeout_s``) when
+    its last request ends: the entry lives for both."""
+    silence = max(longest_call_s(cfg) + FRONT_MARGIN_S, 2.0 * PING_S)
+    return FrontLimits(cfg.http.header_timeout_s, silence, cfg.http.session_idle_timeout_s + silence)
+
+
+def _ms(seconds: float) -> str:
+    return f"{round(seconds * 1000)}ms"
+
+
 def haproxy_config(
-    host: str, port: int, backends: Sequence[int], *, header_timeout_s: float, drop_to: tuple[int, int] | None
+    host: str, port: int, backends: Sequence[int], *, limits: FrontLimits, drop_to: tuple[int, int] | None
 ) -> str:
     """HAProxy's config: round robin over the workers, a session stuck to the worker that made
     it (learned from the response's ``Mcp-Session-Id``), as ``deploy/haproxy.cfg``.
@@ -95,7 +134,8 @@ def haproxy_config(
     HAProxy reads a request's headers before a worker sees any of them, so the front cuts off
     slow headers itself (``http.header_timeout_s``: ``timeout http-request``, which also bounds
     the wait for the next request on a kept-alive connection); a slow body still reaches the
-    worker as it comes, and the worker's ``body_timeout_s`` cuts it off."""
+    worker as it comes, and the worker's ``body_timeout_s`` cuts it off. The other limits are
+    ``front_limits``'."""
     bind = f"ipv6@{host}:{port}" if ":" in host else f"{host}:{port}"
     user = f"    uid {drop_to[0]}\n    gid {drop_to[1]}\n" if drop_to else ""  # once bound
     servers = "\n".join(f"    server worker-{i} 127.0.0.1:{p} check inter 1s" for i, p in enumerate(backends))
@@ -104,9 +144,9 @@ def haproxy_config(
 {user}defaults
     mode http
     timeout connect 5s
-    timeout http-request {round(header_timeout_s * 1000)}ms
-    timeout client 300s
-    timeout server 300s
+    timeout http-request {_ms(limits.header_timeout_s)}
+    timeout client {_ms(limits.silence_s)}
+    timeout server {_ms(limits.silence_s)}
 frontend mcp
     bind {bind}
     default_backend workers
@@ -116,7 +156,7 @@ backend workers
     retries 2
     option httpchk
     http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host 127.0.0.1
-    stick-table type string len 64 size 1m expire 30m
+    stick-table type string len 64 size 1m expire {_ms(limits.stick_s)}
     stick match req.hdr(mcp-session-id)
     stick store-response res.hdr(mcp-session-id)
 {servers}
@@ -231,9 +271,7 @@ class Supervisor:
         port = plan.port or _free_port(plan.host)
         drop_to = _nobody() if os.geteuid() == 0 else None  # it needs no file once bound
         backends = [c.port for c in self.children]
-        cfg = haproxy_config(
-            plan.host, port, backends, header_timeout_s=plan.cfg.http.header_timeout_s, drop_to=drop_to
-        )
+        cfg = haproxy_config(plan.host, port, backends, limits=front_limits(plan.cfg), drop_to=drop_to)
         path = Path(plan.cfg.data_dir) / "haproxy.cfg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

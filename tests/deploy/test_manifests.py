@@ -21,9 +21,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.config.load import ENV_OVERRIDES, build_config
+from gateway.config.load import ENV_OVERRIDES, build_config, load_config
 from gateway.errors import ConfigError
+from gateway.server.workers import front_limits, haproxy_config
 from tests.conftest import ROOT
+from tests.state.engines import haproxy_limits
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -119,6 +121,15 @@ def test_haproxy_config_is_accepted_by_haproxy(tmp_path: Path) -> None:
         ["haproxy", "-c", "-f", str(DEPLOY / "haproxy.cfg")], capture_output=True, text=True, timeout=30
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_haproxy_limits_are_the_ones_the_team_config_needs() -> None:
+    """The shipped balancer cuts nothing the replicas allow: its timeouts and stick expiry are
+    what ``symbi serve --workers`` derives from deploy/team.toml (they were 300 s and 30 min
+    whatever the config said)."""
+    cfg = load_config(DEPLOY / "team.toml", {})
+    made = haproxy_config("127.0.0.1", 8080, [1], limits=front_limits(cfg), drop_to=None)
+    assert haproxy_limits((DEPLOY / "haproxy.cfg").read_text()) == haproxy_limits(made)
 
 
 def test_dockerfile_builds_on_the_local_base_as_non_root_with_a_health_check() -> None:

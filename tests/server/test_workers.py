@@ -24,19 +24,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from gateway.cli import main
 from gateway.config import load_config
+from gateway.config.model import Config
 from gateway.errors import ConfigError
-from gateway.server.workers import check_shared_state, haproxy_config, worker_data_dir
+from gateway.server.workers import (
+    FRONT_MARGIN_S,
+    PING_S,
+    check_shared_state,
+    front_limits,
+    haproxy_config,
+    longest_call_s,
+    worker_data_dir,
+)
 from gateway.state.postgres import PgApiKeyStore, Postgres
 from tests.conftest import ROOT, free_port, upstream_writable, write_config
 from tests.server._http import serve_process, trickle_until_closed
 from tests.state.conftest import postgres_engine, redis_engine  # noqa: F401 - the engines' fixtures
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine
-from tests.state.engines import enterable, shared_chains
+from tests.state.engines import enterable, haproxy_limits, shared_chains
 from tests.state.test_replicas import _code, replica_toml, session
 from tests.upstream.test_runas import assert_the_thief_got_nothing
 
@@ -55,8 +65,11 @@ class Front:
     record: Path  # the test upstream's calls, each with its process id
 
 
-def _config(folder: Path, redis: RedisEngine, pg: PgEngine) -> Path:
-    """A replica's config (tests/state/test_replicas.py) with the bus secret the workers share."""
+def _config(
+    folder: Path, redis: RedisEngine, pg: PgEngine, *, http: str = "", mcp: str = "", more: str = ""
+) -> Path:
+    """A replica's config (tests/state/test_replicas.py) with the bus secret the workers share
+    (``http`` and ``mcp``: more lines for those tables; ``more``: more tables)."""
     data = json.loads((ROOT / "tests/assets/policy/test-data.json").read_text())
     data["symbi_data"]["tool_rate_limits"] = {"mut__echo": LIMIT}
     (folder / "data.json").write_text(json.dumps(data))
@@ -69,8 +82,8 @@ def _config(folder: Path, redis: RedisEngine, pg: PgEngine) -> Path:
         verification = "warn"
         env = {{ SYMBI_TEST_DATA_DIR = "{worker_data_dir(folder / "data", 1)}", SYMBI_TEST_CONFIG = "{folder / "symbi.toml"}", PYTHONPATH = "{ROOT}" }}
         """
-    toml += "\n[http]\nheader_timeout_s = 1.0\n"  # the slowloris test through the front
-    path = write_config(folder, toml)
+    toml += "\n[http]\nheader_timeout_s = 1.0\n" + http + more  # 1 s: the slowloris test through the front
+    path = write_config(folder, toml.replace("[mcp]\n", "[mcp]\n" + mcp, 1))
     # replica_toml has its own [bus] table (enabled = false): the secret goes in it
     path.write_text(path.read_text().replace("[bus]\n", f'[bus]\nsecret = "{SECRET}"\n', 1))
     path.chmod(0o600)  # it names servers' env: kept private, as the README says
@@ -201,14 +214,127 @@ def test_a_worker_count_below_one_or_not_whole_is_a_usage_error(n: str) -> None:
 
 
 def test_the_front_keeps_a_session_on_the_worker_that_made_it() -> None:
-    cfg = haproxy_config("127.0.0.1", 8080, [4001, 4002], header_timeout_s=10, drop_to=None)
+    limits = front_limits(Config())
+    cfg = haproxy_config("127.0.0.1", 8080, [4001, 4002], limits=limits, drop_to=None)
     assert "stick match req.hdr(mcp-session-id)" in cfg
     assert "stick store-response res.hdr(mcp-session-id)" in cfg
     assert "bind 127.0.0.1:8080" in cfg and "127.0.0.1:4001" in cfg and "127.0.0.1:4002" in cfg
-    assert "bind ipv6@::1:8080" in haproxy_config("::1", 8080, [1], header_timeout_s=10, drop_to=None)
+    assert "bind ipv6@::1:8080" in haproxy_config("::1", 8080, [1], limits=limits, drop_to=None)
     assert "uid" not in cfg and "    uid 65534\n    gid 65534\n" in haproxy_config(
-        "127.0.0.1", 1, [2], header_timeout_s=10, drop_to=(65534, 65534)
+        "127.0.0.1", 1, [2], limits=limits, drop_to=(65534, 65534)
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "longest"),
+    [
+        ("", 300.0),  # resources.execution_timeout_s bounds every call by default
+        ("[mcp]\ncall_timeout_s = 900\n", 900.0),
+        ('[servers.s]\ncommand = "x"\ntimeout_s = 1200\n', 1200.0),
+        ("[runtime.resources]\nexecution_timeout_s = 2000\n", 2000.0),
+    ],
+)
+def test_the_fronts_limits_cover_the_longest_call_and_an_idle_session(
+    tmp_path: Path, body: str, longest: float
+) -> None:
+    cfg = load_config(_plain(tmp_path, body + "[http]\nsession_idle_timeout_s = 7200\n"), {})
+    assert longest_call_s(cfg) == longest
+    limits = front_limits(cfg)
+    assert limits.silence_s == longest + FRONT_MARGIN_S >= 2 * PING_S  # a pinged stream is never cut
+    assert limits.stick_s == 7200 + limits.silence_s
+
+
+def _front_limits(config: Path) -> dict[str, float]:
+    """The front's timeouts and stick expiry in seconds, from the haproxy.cfg HAProxy runs."""
+    return haproxy_limits((load_config(config, {}).data_dir / "haproxy.cfg").read_text())
+
+
+@pytest.mark.slow
+def test_the_fronts_limits_follow_the_gateways(
+    tmp_path: Path,
+    redis_engine: RedisEngine,  # noqa: F811
+    postgres_engine: PgEngine,  # noqa: F811
+) -> None:
+    """The front must not cut what the workers allow: with JSON answers a call is silent until
+    it ends (up to 900 s here), and a session the workers keep (idle up to 2 h here, counted from
+    the end of its last request) must stay stuck to its worker. HAProxy's inactivity timeouts
+    and stick expiry were fixed at 300 s and 30 min whatever the config said (a 300 s wait is no
+    test: the numbers HAProxy runs with are read back instead; the short-limit test below shows
+    what they do)."""
+    enterable(tmp_path)
+    config = _config(
+        tmp_path,
+        redis_engine,
+        postgres_engine,
+        http="json_response = true\nsession_idle_timeout_s = 7200\n",
+        mcp="call_timeout_s = 900\n",
+        more="[runtime.resources]\nexecution_timeout_s = 900\n",
+    )
+    with supervisor(config):
+        limits = _front_limits(config)
+    assert limits["server"] > 900 and limits["client"] > 900
+    assert limits["expire"] >= 7200 + limits["server"]  # the idle count starts when a call ends
+    assert limits["http-request"] == 1.0  # http.header_timeout_s, as before
+
+
+@pytest.mark.slow
+async def test_a_session_after_a_long_call_and_a_pause_still_reaches_its_worker(
+    tmp_path: Path,
+    redis_engine: RedisEngine,  # noqa: F811
+    postgres_engine: PgEngine,  # noqa: F811
+) -> None:
+    """With short limits (sessions idle 2 s, calls 3 s): HAProxy refreshes a session's stick entry
+    when a request starts, the gateway starts its idle count when the request ends. A call of
+    2.5 s then 1.5 s of quiet is a session the worker keeps, 4 s after the entry's refresh: an
+    expiry of just the idle timeout would send the next call round robin. Sent to the other
+    worker (directly here), the session is unknown there: 404, which the SDK client reports as
+    "Session terminated" and the client must initialize again."""
+    enterable(tmp_path)
+    config = _config(
+        tmp_path,
+        redis_engine,
+        postgres_engine,
+        http="session_idle_timeout_s = 2\n",
+        mcp="call_timeout_s = 3\n",
+        more="[runtime.resources]\nexecution_timeout_s = 3\n",
+    )
+    key = _api_key(postgres_engine)
+    record = upstream_writable(tmp_path) / "calls.jsonl"
+    with supervisor(config) as (base, _):
+        for n in range(4):  # fresh sessions: round robin puts them on both workers
+            async with session(base, key) as s:
+                r = await s.call_tool("mut__slow", {"seconds": 2.5})
+                assert not r.is_error, r
+                await anyio.sleep(1.5)
+                r = await s.call_tool("mut__read_path", {"path": f"/tmp/after-{n}"})
+                assert not r.is_error, r
+        slow = [json.loads(line)["pid"] for line in record.read_text().splitlines() if '"slow"' in line]
+        after = _calls(record)
+        assert [after[f"/tmp/after-{n}"] for n in range(4)] == slow  # each on its session's worker
+        assert len(set(slow)) == 2
+        assert sorted(_elsewhere(base, key, _worker_ports(config))) == [200, 404]
+
+
+def _elsewhere(base: str, key: str, workers: list[int]) -> list[int]:
+    """A session made through the front, then a request of it sent to each worker directly:
+    the status each answers (the one that made it 200, the other 404: it never heard of it)."""
+    headers = {"x-api-key": key, "accept": "application/json, text/event-stream"}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    with httpx.Client(timeout=10) as c:
+        r = c.post(base + "/mcp", json=init, headers=headers)
+        sid = r.headers["mcp-session-id"]
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        headers |= {"mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+        return [c.post(f"http://127.0.0.1:{p}/mcp", json=ping, headers=headers).status_code for p in workers]
 
 
 # -- two workers behind the front -----------------------------------------------------------

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config.sections import HttpSection
-from gateway.server.workers import haproxy_config
+from gateway.config.model import Config
+from gateway.server.workers import front_limits, haproxy_config
 from tests.conftest import SYMBI, free_port, symbi_env
 from tests.server._http import serve_process
 
@@ -161,7 +161,7 @@ class HAProxy:
                 "127.0.0.1",
                 self.port,
                 self.backends,
-                header_timeout_s=HttpSection().header_timeout_s,
+                limits=front_limits(Config()),
                 drop_to=None,
             )
         )
@@ -177,6 +177,23 @@ class HAProxy:
             except ProcessLookupError:
                 pass
             self.pid = None
+
+
+def haproxy_limits(text: str) -> dict[str, float]:
+    """An HAProxy config's timeouts (by name) and its stick table's ``expire``, in seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+    def seconds(v: str) -> float:
+        num = v.rstrip("dhms")
+        return float(num) * units[v[len(num) :] or "ms"]  # HAProxy's unit is ms when none is given
+
+    out = {}
+    for words in (line.split() for line in text.splitlines()):
+        if words[:1] == ["timeout"]:
+            out[words[1]] = seconds(words[2])
+        elif words[:1] == ["stick-table"]:
+            out["expire"] = seconds(words[words.index("expire") + 1])
+    return out
 
 
 @contextlib.contextmanager

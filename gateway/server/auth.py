@@ -259,12 +259,13 @@ class Authenticator:
     def authenticate_now(self, headers: Mapping[str, str]) -> Principal | None:
         """``authenticate`` when it needs no blocking I/O, else None: call that in a thread (a
         JWKS over the network; a key in PostgreSQL that this process's cache does not hold --
-        then a refusal too is decided there, from PostgreSQL)."""
-        if self.jwks_over_network and not headers.get("authorization", "").startswith("Bearer symbi_"):
-            return None
+        then a refusal too is decided there, from PostgreSQL). An API key, in either header,
+        needs no JWKS: only what ``authenticate`` would read decides."""
+        key = _presented_key(headers)
+        if key is None and self.jwks_over_network:
+            return None  # a JWT (or no key at all): its verification may fetch the JWKS
         if not self.keys_over_network:
             return self.authenticate(headers)
-        key = _presented_key(headers)
         kid = split_key(key) if key is not None else None
         rec = self.keys.cached(kid) if kid is not None else None
         if key is None or rec is None or not hmac.compare_digest(rec.sha256, hash_key(key)):

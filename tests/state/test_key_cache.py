@@ -21,7 +21,7 @@ import pytest
 
 from gateway.apikeys import new_key
 from gateway.config.sections import JwtSection
-from gateway.errors import AuthFailed
+from gateway.errors import AuthFailed, NoCredentials
 from gateway.server.auth import ApiKeyStore, Authenticator, JwtVerifier
 from gateway.state.keycache import ALL, KeyCache
 from gateway.state.postgres import PgApiKeyStore
@@ -180,6 +180,8 @@ def test_the_file_store_front_authenticates_at_once(tmp_path: Path) -> None:
     assert got is not None and got.id == "frank"
     with pytest.raises(AuthFailed):
         Authenticator(keys=store).authenticate_now({"x-api-key": key[:-4] + "AAAA"})
+    with pytest.raises(NoCredentials):  # no key and no JWKS to fetch: refused at once too
+        Authenticator(keys=store).authenticate_now({})
 
 
 @pytest.fixture
@@ -236,19 +238,44 @@ def test_a_truncate_notification_empties_the_cache() -> None:
 def test_with_a_jwks_url_a_cached_key_is_still_admitted_on_the_loop(
     cli: PgApiKeyStore, served: PgApiKeyStore
 ) -> None:
-    # a JWKS URL sends bearer JWTs to a thread (the fetch blocks); an API key in the Bearer
-    # header is not a JWT and is still answered from the cache (found by mutation: the test of
-    # the header's prefix could be broken to send every request to the thread unseen)
+    # a JWKS URL sends bearer JWTs to a thread (the fetch blocks); an API key is not a JWT and is
+    # still answered from the cache, in whichever header ``authenticate`` reads it from (found by
+    # mutation: the test of the header's prefix could be broken to send every request to the
+    # thread unseen; and an X-API-Key was sent to the thread, as only Authorization was looked at)
     jwks = JwtSection(issuer="https://idp.example", audience="symbi", jwks_url="http://127.0.0.1:9/jwks")
     auth = Authenticator(keys=served, jwt=JwtVerifier(jwks))
     key, rec = cli.create("heidi", ("dev",))
     served_from_cache(served, key, rec)
-    got = auth.authenticate_now({"authorization": f"Bearer {key}"})
-    assert got is not None and got.id == "heidi"
-    # everything else goes to the thread (None), never raises here: a JWT, no credentials, X-API-Key
-    for headers in ({"authorization": "Bearer eyJhbGciOi.x.y"}, {}, {"x-api-key": key}):
+    for headers in (
+        {"authorization": f"Bearer {key}"},
+        {"x-api-key": key},
+        {"x-api-key": f" {key} ", "authorization": "Bearer eyJhbGciOi.x.y"},  # X-API-Key wins
+        {"authorization": f"bearer  {key}"},  # the scheme's case and spaces, as ``authenticate``
+    ):
+        got = auth.authenticate_now(headers)
+        assert got is not None and got.id == "heidi", headers
+        assert auth.authenticate(headers).id == "heidi"
+    # everything else goes to the thread (None), never raises here: a JWT, no credentials, a key
+    # the cache does not hold (refused there, from PostgreSQL)
+    unknown = {"x-api-key": key[:-4] + "AAAA"}
+    for headers in ({"authorization": "Bearer eyJhbGciOi.x.y"}, {}, unknown):
         assert auth.authenticate_now(headers) is None
-    assert auth.authenticate({"x-api-key": key}).id == "heidi"
+    with pytest.raises(AuthFailed):
+        auth.authenticate(unknown)
+
+
+def test_with_a_jwks_url_a_key_file_decides_an_api_key_at_once(tmp_path: Path) -> None:
+    # keys in a file need no I/O to speak of, and an API key needs no JWKS: admitted or refused
+    # on the loop, with the refusal ``authenticate`` makes; a JWT still goes to the thread
+    store = ApiKeyStore(tmp_path / "api-keys.json")
+    key, _ = store.create("judy", ())
+    jwks = JwtSection(issuer="https://idp.example", audience="symbi", jwks_url="http://127.0.0.1:9/jwks")
+    auth = Authenticator(keys=store, jwt=JwtVerifier(jwks))
+    got = auth.authenticate_now({"x-api-key": key})
+    assert got is not None and got.id == "judy"
+    with pytest.raises(AuthFailed):
+        auth.authenticate_now({"x-api-key": key[:-4] + "AAAA"})
+    assert auth.authenticate_now({"authorization": "Bearer eyJhbGciOi.x.y"}) is None
 
 
 def test_a_cached_key_after_extra_spaces_is_admitted_on_the_loop_as_authenticate_admits_it(

@@ -303,13 +303,14 @@ class EmbeddedEngine(PolicyEngine):
     def reload(self) -> bool:
         """Validate the files again; swap the new policy in only if it parses and passes its tests."""
         with self.reload_lock:
+            files = self.files.current()  # with the policy tests beside it now
             try:
-                versions = snapshot(self.files.watched())
-                for path in self.files.watched():
+                versions = snapshot(files.watched())
+                for path in files.watched():
                     why = writable_by_others(path)
                     if why is not None:
                         raise PolicyLoadError(f"refusing to trust {path}: {why}")
-                bundle = load_checked(self.files, self.decision_path)
+                bundle = load_checked(files, self.decision_path)
             except PolicyLoadError as e:
                 log.error("policy reload refused, the previous policy stays in force: %s", e.message)
                 self._events.emit(
@@ -322,6 +323,7 @@ class EmbeddedEngine(PolicyEngine):
                     },
                 )
                 return False
+            self.files = files
             if self._bundle is not None and bundle.digest == self._bundle.digest:
                 return True
             changed = changes(self._versions, versions)
@@ -379,7 +381,9 @@ class EmbeddedEngine(PolicyEngine):
     def start_watching(self, interval_s: float = 1.0) -> None:
         """Poll the policy, data and test files' mtimes; reload on change (daemon thread)."""
         if self._watcher is None:
-            self._watcher = FileWatcher(self.files.watched(), self.reload, interval_s=interval_s)
+            self._watcher = FileWatcher(
+                lambda: self.files.current().watched(), self.reload, interval_s=interval_s
+            )
             self._watcher.start()
 
     def close(self) -> None:

@@ -73,9 +73,19 @@ class PolicyFiles:
     policy: Path
     data: Path | None = None
     tests: tuple[Path, ...] = ()
+    # the tests are the ``*_test.rego`` files found beside the policy (``discover_files``):
+    # looked up again for each reload, so one added while serving is run (and one removed is
+    # not), as a restart would
+    discovered_tests: bool = False
 
     def watched(self) -> tuple[Path, ...]:
         return (self.policy, *([self.data] if self.data else []), *self.tests)
+
+    def current(self) -> PolicyFiles:
+        """These files with the test files found beside the policy now (if they were found so)."""
+        if not self.discovered_tests:
+            return self
+        return dataclasses.replace(self, tests=_find_tests(self.policy))
 
 
 @dataclass(frozen=True)
@@ -114,9 +124,14 @@ def discover_files(policy: Path | None = None, data: Path | None = None) -> Poli
     side = policy.parent / "policies"
     if data is None and (side / "data.json").is_file():
         data = side / "data.json"
+    return PolicyFiles(policy=policy, data=data, tests=_find_tests(policy), discovered_tests=True)
+
+
+def _find_tests(policy: Path) -> tuple[Path, ...]:
+    """``<policy dir>/policies/*_test.rego`` and ``<policy dir>/<policy stem>_test.rego``."""
+    side = policy.parent / "policies"
     tests = tuple(sorted(side.glob("*_test.rego"))) if side.is_dir() else ()
-    tests += tuple(sorted(p for p in policy.parent.glob(f"{policy.stem}_test.rego") if p not in tests))
-    return PolicyFiles(policy=policy, data=data, tests=tests)
+    return tests + tuple(sorted(p for p in policy.parent.glob(f"{policy.stem}_test.rego") if p not in tests))
 
 
 def clean_error(exc: BaseException) -> str:

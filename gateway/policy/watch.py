@@ -29,14 +29,27 @@ class FileWatcher:
     """
 
     def __init__(
-        self, paths: Sequence[Path], on_change: Callable[[], object], *, interval_s: float = 1.0
+        self,
+        paths: Sequence[Path] | Callable[[], Sequence[Path]],
+        on_change: Callable[[], object],
+        *,
+        interval_s: float = 1.0,
     ) -> None:
-        self.paths = tuple(paths)
+        # a callable: the set itself is looked up at every poll, so a file added to it (a new
+        # policy test) or removed from it is a change too
+        if callable(paths):
+            self._paths = paths
+        else:
+            fixed = tuple(paths)
+            self._paths = lambda: fixed
         self.interval_s = interval_s
         self._on_change = on_change
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="symbi-policy-watch", daemon=True)
-        self._stamps = {p: _stamp(p) for p in self.paths}
+        self._stamps = self._poll()
+
+    def _poll(self) -> dict[Path, _Stamp]:
+        return {p: _stamp(p) for p in self._paths()}
 
     def start(self) -> None:
         self._thread.start()
@@ -48,13 +61,12 @@ class FileWatcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            now = {p: _stamp(p) for p in self.paths}
-            if now == self._stamps:
+            if self._poll() == self._stamps:
                 continue
             # an editor may still be writing: wait until two polls agree
             if self._stop.wait(min(0.2, self.interval_s)):
                 return
-            settled = {p: _stamp(p) for p in self.paths}
+            settled = self._poll()
             self._stamps = settled
             try:
                 self._on_change()

@@ -10,11 +10,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
+from gateway.config import load_config
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyFiles
+from gateway.server.auth import ApiKeyStore
+from tests.conftest import symbi_audit, write_config
 from tests.policy.conftest import RecordingSink
+from tests.server._http import serve
 
 CI_BOT_ECHO: dict[str, Any] = {
     "action": "call",
@@ -150,3 +155,75 @@ def test_deleted_policy_file_keeps_the_old_policy(watched: Any) -> None:
         "principal": {"id": "local", "roles": ["developer"], "kind": "user", "claims": {}, "source": "stdio"},
     }
     assert eng.decide(local).allow is True
+
+
+def added_failing_test(files: PolicyFiles) -> os.PathLike[str]:
+    """A policy test file put beside the policy, with a test that fails whatever the policy."""
+    bad = files.policy.parent / "policies" / "added_test.rego"
+    bad.write_text("package symbi_added_test\n\ntest_added_fails if {\n\tfalse\n}\n")
+    return bad
+
+
+def test_a_failing_test_file_added_beside_the_policy_gates_every_reload(watched: Any) -> None:
+    """The policy's tests are the ``*_test.rego`` files beside it now, as at a restart: one
+    added while serving is a change, and a reload that fails it keeps the policy in force, good
+    edits to the policy included, until the tests pass. Before, the set was fixed at start: the
+    file was not watched, not run on a reload, and only the next restart ran it (and, failing,
+    denied every request)."""
+    eng, sink, files = watched
+    before = eng.bundle
+    bad = added_failing_test(files)
+    assert eventually(lambda: "policy.reload_refused" in sink.types())
+    refused = next(d for t, d in sink.events if t == "policy.reload_refused")
+    assert refused["location"].startswith(f"{bad}:")
+    assert str(bad) in [c["file"] for c in refused["changes"]]
+    grant_echo_to_ci_bot(files)  # a good change, with the failing test still there
+    assert eventually(lambda: sink.types().count("policy.reload_refused") == 2)
+    assert eng.bundle is before and eng.decide(CI_BOT_ECHO).allow is False
+    os.unlink(bad)
+    assert eventually(lambda: eng.decide(CI_BOT_ECHO).allow)  # the good change, tested, in force
+    assert sink.types()[-1] == "policy.reloaded"
+
+
+def test_a_running_gateway_refuses_a_reload_its_new_test_file_fails(policy_copy: PolicyFiles) -> None:
+    """The same on ``symbi serve``: the policy in force (``/api/policy/status``'s digest) stays
+    while a failing test file sits beside it, the refusal is in the audit log naming the file,
+    and once the file is gone the edit made meanwhile is put in force."""
+    files = policy_copy
+    folder = files.policy.parent
+    cfg = write_config(
+        folder,
+        f'[policy]\npath = "{files.policy}"\ndata = "{files.data}"\n'
+        "[sandbox]\ncode_tools = false\n[context]\nenabled = false\n",
+    )
+    admin, _ = ApiKeyStore(load_config(cfg, {}).api_keys_path).create("alice", ("admin",))
+
+    def digest(base: str) -> str:
+        r = httpx.get(base + "/api/policy/status", headers={"x-api-key": admin}, timeout=10)
+        return str(r.json()["digest"])
+
+    def refusals() -> list[dict[str, Any]]:
+        out = symbi_audit(cfg, "query", "--type", "policy.reload_refused", "--json")
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line)["details"] for line in out.stdout.splitlines()]
+
+    with serve(cfg) as base:
+        first = digest(base)
+        bad = added_failing_test(files)
+        assert eventually(lambda: bool(refusals()), timeout=30)
+        assert refusals()[0]["location"].startswith(f"{bad}:")
+        grant_echo_to_ci_bot(files)
+        assert eventually(lambda: len(refusals()) == 2, timeout=30)
+        assert digest(base) == first
+        os.unlink(bad)
+        assert eventually(lambda: digest(base) != first, timeout=30)
+
+
+def test_a_test_file_removed_while_serving_no_longer_blocks_reloads(watched: Any) -> None:
+    """Before, the removed file stayed in the fixed set: every later reload was refused
+    ("cannot read policy test") until a restart, which would have loaded the edit."""
+    eng, sink, files = watched
+    os.unlink(files.tests[0])
+    grant_echo_to_ci_bot(files)
+    assert eventually(lambda: eng.decide(CI_BOT_ECHO).allow)
+    assert "policy.reload_refused" not in sink.types()

@@ -286,9 +286,9 @@ async def test_a_session_after_a_long_call_and_a_pause_still_reaches_its_worker(
     """With short limits (sessions idle 2 s, calls 3 s): HAProxy refreshes a session's stick entry
     when a request starts, the gateway starts its idle count when the request ends. A call of
     2.5 s then 1.5 s of quiet is a session the worker keeps, 4 s after the entry's refresh: an
-    expiry of just the idle timeout would send the next call round robin. Sent to the other
-    worker (directly here), the session is unknown there: 404, which the SDK client reports as
-    "Session terminated" and the client must initialize again."""
+    expiry of just the idle timeout would send the next call round robin (tried: the SDK client
+    raised MCPError "Session not found"). Sent to the other worker (directly here), the session
+    is unknown there: 404, and the client must initialize again."""
     enterable(tmp_path)
     config = _config(
         tmp_path,

@@ -41,6 +41,7 @@ def test_what_cannot_be_answered_is_dropped() -> None:
         json.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "\ud800"}})
     )
     assert note is not None and note.kind == "notification" and note.reply is None
+    assert note.method == "notifications/message"  # named in the log line
     for rid in ("\ud800", None, True, 1.5):  # an id no answer can carry (a bad string, none, not an id)
         found = unreadable(json.dumps({"jsonrpc": "2.0", "id": rid, "result": "\ud800"}))
         assert found is not None and found.kind == "notification" and found.reply is None

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jsonschema
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.server.admin import _limit, _reason, audit_filters
+from gateway.server.openapi import OPENAPI
 
 TOP = 2**63 - 1  # SQLite's largest INTEGER
 
@@ -127,4 +129,6 @@ async def test_an_action_reason_is_taken_from_an_empty_or_json_body(body: bytes,
 async def test_a_bad_reason_body_is_a_400_bad_request(body: bytes) -> None:
     refused = await _reason_of(body)
     assert isinstance(refused, JSONResponse) and refused.status_code == 400
-    assert json.loads(bytes(refused.body))["error"] == "bad_request"
+    doc = json.loads(bytes(refused.body))
+    jsonschema.validate(doc, OPENAPI["components"]["schemas"]["Error"])  # the documented error body
+    assert doc["error"] == "bad_request" and doc["reason"]

@@ -111,6 +111,28 @@ GROUPS: tuple[Group, ...] = (
         ),
         timeout_multiplier=4.0,
     ),
+    # an upstream's message whose text is not valid UTF-8 (the SDK's parsers refuse it): what it
+    # was and the answer it is due, and the HTTP transport that reads the SDK's parse failures
+    # again; tests/upstream/test_upstream_text.py attacks the same through gateways (subprocesses:
+    # unattributable), test_httpclient runs the transport in-process against the same real peer
+    Group(
+        "upstream-text",
+        ("gateway/upstream/unreadable.py", "gateway/compat/httpclient.py"),
+        ("tests/upstream/test_unreadable.py", "tests/compat/test_httpclient.py"),
+    ),
+    # the admin API's request validation: the audit query's filters (into SQL), the recent lists'
+    # limit, an agent action's reason (into the agent's state and the audit record); the handlers
+    # are thin and tests/server/http/test_admin.py checks them on a running gateway (one per module,
+    # with a stdio upstream: seconds a mutant), so only these functions, with their unit tests
+    Group(
+        "admin-input",
+        ("gateway/server/admin.py",),
+        ("tests/server/test_admin_input.py",),
+        note="Out of scope: the handlers and row builders (tests/server/http/test_admin.py, a gateway per module).",
+        only=tuple(
+            f"gateway.server.admin.{f}__mutmut_*" for f in ("x_audit_filters", "x__limit", "x__reason")
+        ),
+    ),
     # tests/verify's gateway-level tests run `symbi` subprocesses (unattributable): test_verifier is in-process
     Group(
         "verify",
@@ -198,6 +220,7 @@ DEFAULT = (
     "steps",
     "audit-verify",
     "audit-store",
+    "upstream-text",
     "auth",
     "policy",
     "verify",

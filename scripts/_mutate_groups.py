@@ -112,13 +112,25 @@ GROUPS: tuple[Group, ...] = (
         timeout_multiplier=4.0,
     ),
     # an upstream's message whose text is not valid UTF-8 (the SDK's parsers refuse it): what it
-    # was and the answer it is due, and the HTTP transport that reads the SDK's parse failures
-    # again; tests/upstream/test_upstream_text.py attacks the same through gateways (subprocesses:
-    # unattributable), test_httpclient runs the transport in-process against the same real peer
+    # was and the answer it is due, the HTTP transport that reads the SDK's parse failures again
+    # and the stdio reader's answer to them (_unreadable; the rest of stdio.py is out of scope);
+    # tests/upstream/test_upstream_text.py and test_stdio_text.py attack the same through gateways
+    # (subprocesses: unattributable), test_httpclient and test_stdio_unreadable run the transports
+    # in-process against the same real peer
     Group(
         "upstream-text",
-        ("gateway/upstream/unreadable.py", "gateway/compat/httpclient.py"),
-        ("tests/upstream/test_unreadable.py", "tests/compat/test_httpclient.py"),
+        ("gateway/upstream/unreadable.py", "gateway/compat/httpclient.py", "gateway/upstream/stdio.py"),
+        (
+            "tests/upstream/test_unreadable.py",
+            "tests/compat/test_httpclient.py",
+            "tests/upstream/test_stdio_unreadable.py",
+        ),
+        note="Of gateway/upstream/stdio.py only _unreadable (the reader's answer to a line the SDK could not parse).",
+        only=(
+            "gateway.upstream.unreadable.*",
+            "gateway.compat.httpclient.*",
+            "gateway.upstream.stdio.x__unreadable__mutmut_*",
+        ),
     ),
     # the admin API's request validation: the audit query's filters (into SQL), the recent lists'
     # limit, an agent action's reason (into the agent's state and the audit record); the handlers

@@ -23,7 +23,7 @@ from mcp import types
 
 from gateway.config.load import load_config
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from gateway.events import LoggingSink
+from gateway.events import EventSink, LoggingSink
 from gateway.upstream.fastcall import FIRST_ID, FastLane
 from gateway.upstream.session import Upstream
 from tests.conftest import ROOT, upstream_writable, write_config
@@ -38,7 +38,9 @@ async def _nothing(_up: Upstream) -> None:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, script: Path, timeout_s: float = 10.0) -> AsyncIterator[Upstream]:
+async def running(
+    tmp_path: Path, script: Path, timeout_s: float = 10.0, events: EventSink | None = None
+) -> AsyncIterator[Upstream]:
     record = upstream_writable(tmp_path) / "record.jsonl"  # the upstream runs as its own user
     path = write_config(
         tmp_path,
@@ -52,7 +54,7 @@ async def running(tmp_path: Path, script: Path, timeout_s: float = 10.0) -> Asyn
         """,
     )
     config = load_config(path, {})
-    up = Upstream("up", config.servers["up"], config, events=LoggingSink(), on_change=_nothing)
+    up = Upstream("up", config.servers["up"], config, events=events or LoggingSink(), on_change=_nothing)
     async with anyio.create_task_group() as tg:
         up.bind_task_group(tg)
         tg.start_soon(up.run)

@@ -1,0 +1,103 @@
+"""The stdio reader's answer to a line the SDK could not parse (``gateway.upstream.stdio``'s
+``_unreadable``), in-process: a real ``Upstream`` over the real surrogate peer
+(tests/peers/surrogate_server.py over stdio), each case through the fast lane and through the
+SDK's client path (``tests/upstream/test_fastcall.py``'s ``running`` and ``sdk_path``).
+
+tests/upstream/test_stdio_text.py and test_upstream_text.py attack the same through whole
+gateways (subprocesses); here the reader runs in the test's process, so mutation testing can
+see it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import MCPError, types
+
+from gateway.errors import UpstreamError
+from gateway.events import Event, LoggingSink
+from gateway.upstream.session import Upstream
+from tests.conftest import ROOT
+from tests.upstream.test_fastcall import running, sdk_path
+
+pytestmark = pytest.mark.anyio
+PEER = ROOT / "tests/peers/surrogate_server.py"
+INTERNAL_ERROR, INVALID_PARAMS = -32603, -32602
+REQUESTS = {
+    "sampling": "/params/messages/0/content/text",
+    "elicitation": "/params/message",
+    "roots": "/params/_meta/note",
+}
+WAYS = ["lane", "sdk"]
+
+
+class Recorded(LoggingSink):
+    """The events sink, also keeping what it was given."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Event, dict[str, Any]]] = []
+
+    def emit(
+        self,
+        event_type: Event,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+    ) -> None:
+        self.events.append((event_type, dict(details)))
+        super().emit(event_type, details, principal=principal, agent=agent)
+
+
+def _way(up: Upstream, way: str) -> AbstractAsyncContextManager[Any]:
+    return sdk_path(up) if way == "sdk" else nullcontext()
+
+
+def _text(r: Any) -> str:
+    assert isinstance(r, types.CallToolResult)
+    return "".join(getattr(c, "text", "") for c in r.content)
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize(
+    ("where", "pointer"), [("result", "/result/content/0/text"), ("error", "/error/message")]
+)
+async def test_an_answer_that_is_not_utf8_fails_its_call_naming_where(
+    tmp_path: Path, way: str, where: str, pointer: str
+) -> None:
+    async with running(tmp_path, PEER, timeout_s=15.0) as up, _way(up, way):
+        with pytest.raises(UpstreamError) as e:
+            await up.call_tool("t", {"where": where})
+        error = e.value.mcp_error  # the upstream's answer, as the session got it
+        assert isinstance(error, MCPError) and error.error.code == INTERNAL_ERROR
+        assert pointer in error.error.message
+        assert _text(await up.call_tool("ok", {"message": "next"})) == "next"  # the session goes on
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("where", ["notification", "progress"])
+async def test_a_notification_that_is_not_utf8_is_dropped(tmp_path: Path, way: str, where: str) -> None:
+    async with running(tmp_path, PEER, timeout_s=15.0) as up, _way(up, way):
+        assert _text(await up.call_tool("t", {"where": where, "message": "hi"})) == "hi"
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("where", sorted(REQUESTS))
+async def test_an_upstream_request_that_is_not_utf8_is_answered_on_its_stdin(
+    tmp_path: Path, way: str, where: str
+) -> None:
+    """The error answer goes to the upstream at once (its wait, 10 s, would say "none"), and
+    the refusal is an event naming where."""
+    events = Recorded()
+    async with running(tmp_path, PEER, timeout_s=15.0, events=events) as up, _way(up, way):
+        got = json.loads(_text(await up.call_tool("t", {"where": where})))
+    assert "none" not in got, f"the upstream's {where} request got no answer"
+    assert got["id"] == "up-1" and got["error"]["code"] == INVALID_PARAMS
+    assert REQUESTS[where] in got["error"]["message"]
+    refused = [d for t, d in events.events if t == Event.UPSTREAM_CLIENT_REQUEST]
+    assert [(d["outcome"], REQUESTS[where] in d["reason"]) for d in refused] == [("refused", True)]

@@ -55,9 +55,15 @@ def merge_recheck(old: dict[str, Any], new: dict[str, Any], names: list[str], wh
     ]
     before = score([m for m in old["mutants"] if m["name"] in fresh])
     after = score(list(fresh.values()))
+    # a --module run names its modules by pattern: count the mutants, not the patterns
+    counted = (
+        f"the {len(fresh)} mutants {what}"
+        if all(n.endswith(".*") for n in names)
+        else f"{len(fresh)} of the {len(names)} mutants that were {what}"
+    )
     note = (
         f"Re-checked by name at {new['commit']} ({int(new['seconds']) // 60} min, tests: {' '.join(new['tests'])}):"
-        f" {len(fresh)} of the {len(names)} mutants that were {what}, {before} -> {after}."
+        f" {counted}, {before} -> {after}."
     )
     commit = f"{old['commit']}+{new['commit']}" if new["commit"] not in str(old["commit"]) else old["commit"]
     cpu = (

@@ -117,3 +117,4 @@ def test_a_module_run_adds_its_new_mutants_and_replaces_only_its_own() -> None:
         "gateway.policy.engine.x_f__mutmut_1": "survived",
         "gateway.textcheck.x_not_utf8_at__mutmut_1": "killed",
     }
+    assert "the 1 mutants of gateway/textcheck.py" in merged["note"]  # counts mutants, not patterns

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -240,11 +241,59 @@ class BodyDeadline:
                 return b"".join(chunks)
 
 
+class HeldHead:
+    """A request's transport as its response cycle sees it: the response's head (uvicorn's
+    first write: status line and headers) is held until the body's first write, so the two
+    leave in one system call (one segment, one wake-up and one read for the client) instead of
+    two; or until this step of the event loop ends (``call_soon``), so a response whose body
+    waits (an event stream) still shows its head at once. ``close`` sends a held head first.
+    The bytes and their order are the same; the only write after a held head is the cycle's.
+    """
+
+    __slots__ = ("_transport", "_loop", "_held", "_fresh")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._fresh = True  # no write yet: the next one is the response's head
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif self._fresh:
+            self._fresh = False
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():  # the client left meanwhile: nothing to send to
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the transport, as it is
+        return getattr(self._transport, name)
+
+
 class HeaderDeadlineHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol (the C parser: a fraction of h11's CPU per request),
     closing a connection whose request headers are not complete within ``header_timeout``
     seconds of the connection or of the request's first byte (a kept-alive connection
-    between requests is uvicorn's keep-alive timeout's)."""
+    between requests is uvicorn's keep-alive timeout's). Each response cycle writes through
+    a ``HeldHead``: its head and body leave in one write."""
 
     header_timeout: float = 10.0
 
@@ -259,7 +308,11 @@ class HeaderDeadlineHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not before:  # a new request's cycle (its task has not run yet)
+            cycle.transport = HeldHead(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -3,10 +3,13 @@ slow headers and slow bodies are cut off (attacks from issue 11)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -232,3 +235,137 @@ def test_the_protocol_marks_a_body_received_only_once_it_is_whole() -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# -- a response's head and body in one write (HeldHead) ----------------------------------------
+
+
+class _Writes:
+    """The connection's transport with its writes recorded: the seam where the protocol hands
+    bytes to the kernel (uvloop's transport itself cannot be watched)."""
+
+    def __init__(self, transport: Any, log: list[bytes]) -> None:
+        self._transport = transport
+        self._log = log
+
+    def write(self, data: bytes) -> None:
+        self._log.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+@contextlib.contextmanager
+def _served(app: Any) -> Iterator[tuple[int, list[bytes]]]:
+    """``app`` on real uvicorn with the gateway's protocol (uvloop, as ``symbi serve`` runs it);
+    the port and every write the protocol made."""
+    import threading
+
+    import uvicorn
+
+    from gateway.server.sessions import http_protocol
+    from tests.conftest import free_port
+
+    writes: list[bytes] = []
+    base = http_protocol(10.0)
+
+    class Watched(base):  # type: ignore[valid-type,misc]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(_Writes(transport, writes))
+
+    port = free_port()
+    config = uvicorn.Config(app, port=port, log_level="critical", http=Watched, lifespan="off", loop="uvloop")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        yield port, writes
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _read_until(s: socket.socket, end: bytes) -> bytes:
+    got = b""
+    while not got.endswith(end):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+REQUEST = b"GET /%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def test_a_response_head_and_body_leave_in_one_write() -> None:
+    """Two pipelined requests: each response is one write (head and body together, in order)
+    and the client reads exactly what uvicorn wrote before (status line, headers, body)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = scope["path"].encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": body})
+
+    with _served(app) as (port, writes), _raw(port) as s:
+        s.sendall(REQUEST % 1 + REQUEST % 2)
+        got = _read_until(s, b"/2")
+    head = b"HTTP/1.1 200 OK\r\ndate: "
+    assert len(writes) == 2 and all(w.startswith(head) for w in writes)
+    assert writes[0].endswith(b"content-length: 2\r\n\r\n/1") and writes[1].endswith(b"\r\n\r\n/2")
+    assert got == b"".join(writes)
+
+
+def test_a_held_head_leaves_while_the_body_waits() -> None:
+    """An event stream's head reaches the client at once although its first event comes much
+    later (held only until the loop's step ends), then the event on its own."""
+    import asyncio
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        head = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await asyncio.sleep(3)
+        await send({"type": "http.response.body", "body": b"data: x\r\n\r\n"})
+
+    with _served(app) as (port, writes), _raw(port) as s:
+        s.sendall(REQUEST % 1)
+        s.settimeout(1.5)  # well before the event
+        head = _read_until(s, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"transfer-encoding: chunked" in head
+        s.settimeout(10)
+        assert _read_until(s, b"0\r\n\r\n") == b"b\r\ndata: x\r\n\r\n\r\n0\r\n\r\n"
+    assert len(writes) == 2
+
+
+def test_a_held_head_is_sent_before_its_connection_closes() -> None:
+    """An app that fails after starting its response: uvicorn closes the connection, and the
+    head it held still goes out before the end of the stream."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        raise RuntimeError("after the head")
+
+    with _served(app) as (port, _), _raw(port) as s:
+        s.sendall(REQUEST % 1)
+        got = _read_until(s, b"never")  # to the end of the stream
+    assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"content-length: 5\r\n\r\n")
+
+
+def test_expect_100_continue_still_gets_its_interim_answer() -> None:
+    """``Expect: 100-continue``: the interim answer is the cycle's first write (held only to the
+    step's end), the client sends its body after it, the final answer follows."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    with _served(app) as (port, _), _raw(port) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        assert _read_until(s, b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"abcd")
+        got = _read_until(s, b"abcd")
+    assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"\r\n\r\nabcd")

@@ -11,6 +11,7 @@ import the front.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from gateway.context import Principal
 __all__ = ["KEY_PREFIX", "ApiKeyRecord", "hash_key", "new_key", "split_key"]
 
 KEY_PREFIX = "symbi_"
+_KEY_ID = re.compile("[0-9a-f]{12}")  # a key id: 12 lower-case hex digits (ASCII only)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ def split_key(key: str) -> str | None:
         return None
     rest = key[len(KEY_PREFIX) :]
     kid, sep, secret = rest.partition("_")
-    if not sep or len(kid) != 12 or not secret or any(c not in "0123456789abcdef" for c in kid):
+    # one C call (the character test per digit was 13 calls on every authenticated request)
+    if not sep or not secret or _KEY_ID.fullmatch(kid) is None:
         return None
     return kid
 

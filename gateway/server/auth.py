@@ -73,6 +73,7 @@ class ApiKeyStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._file = os.fspath(self.path)  # stat-ed on every lookup: no Path frames per request
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._records: dict[str, ApiKeyRecord] = {}
@@ -83,7 +84,7 @@ class ApiKeyStore:
         """Current records, re-read when the file changed (mtime/size)."""
         with self._lock:
             try:
-                st = self.path.stat()
+                st = os.stat(self._file)
             except FileNotFoundError:
                 self._stamp, self._records = None, {}
                 return {}

@@ -475,6 +475,9 @@ def test_a_key_with_a_non_hex_id_is_malformed(tmp_path: Path) -> None:
         "symbi_0123456789ab",
         "symb_0123456789ab_s",
         "symbi_0123456789abc_s",
+        "symbi_0123456789AB_secret",
+        "symbi_\u0660123456789ab_secret",  # a digit, but not an ASCII one
+        "symbi_0123456789ab\n_secret",
     ):
         assert split_key(bad) is None, bad
 

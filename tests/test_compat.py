@@ -110,6 +110,14 @@ def _post(content_type: str) -> Request:
     return Request({"type": "http", "method": "POST", "path": "/mcp", "headers": headers})
 
 
+async def test_a_transport_without_an_idle_timeout_has_nothing_to_hold() -> None:
+    transport = StreamableHTTPServerTransport("abc", is_json_response_enabled=True)
+    async with transport.connect():
+        assert transport.idle_scope is None
+        assert compat.transport_hold(transport) == compat.HOLD_FREE
+        await transport.terminate()
+
+
 async def test_the_transport_reach_ins_of_the_http_fast_lane() -> None:
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=["127.0.0.1:*"], allowed_origins=[]
@@ -123,12 +131,15 @@ async def test_the_transport_reach_ins_of_the_http_fast_lane() -> None:
     async with transport.connect():
         scope = transport.idle_scope
         assert scope is not None
-        with compat.transport_busy(transport) as open_:
-            assert open_ and scope.deadline == math.inf  # held open while the lane serves
+        assert compat.transport_hold(transport) == compat.HOLD_HELD
+        assert compat.transport_hold(transport) == compat.HOLD_HELD  # two requests in flight
+        assert scope.deadline == math.inf  # held open while the lane serves
+        compat.transport_release(transport)
+        assert scope.deadline == math.inf  # one is still in flight
+        compat.transport_release(transport)
         assert scope.deadline < math.inf  # the idle countdown restarts
         scope.cancel()
-        with compat.transport_busy(transport) as open_:
-            assert not open_  # timed out: left to the SDK
+        assert compat.transport_hold(transport) == compat.HOLD_REFUSED  # timed out: left to the SDK
         await transport.terminate()
 
 

@@ -15,17 +15,21 @@ imported from here.
 from __future__ import annotations
 
 from gateway.compat.http import (
+    HOLD_FREE,
+    HOLD_HELD,
+    HOLD_REFUSED,
     RequestStream,
     close_http_session,
     http_session_counts,
     http_session_transport,
     open_http_sessions,
     transport_admits,
-    transport_busy,
     transport_close_stream,
+    transport_hold,
     transport_holds_stream,
     transport_open_stream,
     transport_priming_event,
+    transport_release,
     transport_serving,
     transport_store_event,
     transport_write,
@@ -66,6 +70,9 @@ from gateway.compat.streams import (
 from gateway.errors import SdkChanged
 
 __all__ = [
+    "HOLD_FREE",
+    "HOLD_HELD",
+    "HOLD_REFUSED",
     "RequestStream",
     "SdkChanged",
     "UnsampledSpans",
@@ -97,11 +104,12 @@ __all__ = [
     "tap_lines",
     "tap_process_stdout",
     "transport_admits",
-    "transport_busy",
     "transport_close_stream",
+    "transport_hold",
     "transport_holds_stream",
     "transport_open_stream",
     "transport_priming_event",
+    "transport_release",
     "transport_serving",
     "transport_store_event",
     "transport_write",

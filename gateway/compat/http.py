@@ -3,9 +3,8 @@ HTTP fast lanes, session listing and revocation)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -85,29 +84,37 @@ def transport_serving(transport: StreamableHTTPServerTransport, request_id: str)
         raise SdkChanged("StreamableHTTPServerTransport._request_streams") from None
 
 
-@contextlib.contextmanager
-def transport_busy(transport: StreamableHTTPServerTransport) -> Iterator[bool]:
+# transport_hold's answers
+HOLD_REFUSED = 0  # the idle period already ran out: the SDK answers the request (as terminated)
+HOLD_FREE = 1  # the session has no idle timeout: nothing to release
+HOLD_HELD = 2  # held open: call transport_release when the request is done
+
+
+def transport_hold(transport: StreamableHTTPServerTransport) -> int:
     """Hold the session open while a fast-lane request is served, as the transport's
-    ``handle_request`` does (``_requests_in_flight``, ``idle_scope``, ``_idle_timeout``);
-    yields False when the idle period already ran out (the caller leaves the request to the
-    SDK, which answers it as terminated)."""
+    ``handle_request`` does (``_requests_in_flight``, ``idle_scope``, ``_idle_timeout``).
+    Two plain functions, not a context manager: the generator and its enter and exit were
+    seven calls on every lane call."""
     try:
-        scope, timeout = transport.idle_scope, transport._idle_timeout
-        if scope is None or timeout is None:
-            yield True
-            return
+        scope = transport.idle_scope
+        if scope is None or transport._idle_timeout is None:
+            return HOLD_FREE
         if scope.cancel_called:
-            yield False
-            return
+            return HOLD_REFUSED
         transport._requests_in_flight += 1
     except AttributeError as e:
         raise SdkChanged(f"StreamableHTTPServerTransport.{e.name}") from None
     scope.deadline = math.inf
-    try:
-        yield True
-    finally:
-        transport._requests_in_flight -= 1
-        if not transport._requests_in_flight:
+    return HOLD_HELD
+
+
+def transport_release(transport: StreamableHTTPServerTransport) -> None:
+    """The end of a request ``transport_hold`` held: the idle countdown restarts when it was
+    the session's last one in flight."""
+    transport._requests_in_flight -= 1
+    if not transport._requests_in_flight:
+        scope, timeout = transport.idle_scope, transport._idle_timeout
+        if scope is not None and timeout is not None:
             scope.deadline = anyio.current_time() + timeout
 
 

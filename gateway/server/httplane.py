@@ -59,11 +59,14 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.compat import (
+    HOLD_HELD,
+    HOLD_REFUSED,
     connection_of,
     http_session_transport,
     open_http_sessions,
     transport_admits,
-    transport_busy,
+    transport_hold,
+    transport_release,
     transport_serving,
 )
 from gateway.server.fastlane import LaneDispatch, MiddlewareChain, cancelled_id, plain_call, run_call
@@ -305,9 +308,10 @@ class HttpLane:
     ) -> bool:
         """A lane call answered (True), or left to the SDK (False: the session's idle period ran out)."""
         rid, params, token = call
-        with transport_busy(transport) as open_:
-            if not open_:
-                return False
+        hold = transport_hold(transport)
+        if hold == HOLD_REFUSED:
+            return False
+        try:
             self.taken += 1
             if not json_mode:
                 answer = SseAnswer(transport, str(rid), send, receive, self._store)
@@ -316,6 +320,9 @@ class HttpLane:
                 return True
             # progress has no wire in a JSON reply (the SDK drops it too)
             reply = await self._run(key, conn, JsonLaneDispatch(conn, rid, request), params, transport)
+        finally:
+            if hold == HOLD_HELD:
+                transport_release(transport)
         await _send_json(send, *reply)
         return True
 

@@ -11,6 +11,7 @@ see it.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
@@ -101,3 +102,26 @@ async def test_an_upstream_request_that_is_not_utf8_is_answered_on_its_stdin(
     assert REQUESTS[where] in got["error"]["message"]
     refused = [d for t, d in events.events if t == Event.UPSTREAM_CLIENT_REQUEST]
     assert [(d["outcome"], REQUESTS[where] in d["reason"]) for d in refused] == [("refused", True)]
+
+
+@pytest.mark.parametrize("way", WAYS)
+async def test_a_line_that_is_not_a_message_is_one_warning_naming_the_upstream(
+    tmp_path: Path, way: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A banner on stdout (valid text, not JSON-RPC): the SDK's parse failure stands (no
+    refusal), with one warning per line naming the upstream (``up``), and the upstream serves."""
+    noisy = tmp_path / "noisy.py"
+    noisy.write_text(
+        "import runpy, sys\n"
+        "for i in range(2):\n"
+        "    print(f'noisy banner line {i}', flush=True)\n"
+        f"sys.argv = [{str(PEER)!r}]\n"
+        f"runpy.run_path({str(PEER)!r}, run_name='__main__')\n"
+    )
+    events = Recorded()
+    with caplog.at_level(logging.WARNING, logger="symbi.upstream.stdio"):
+        async with running(tmp_path, noisy, timeout_s=15.0, events=events) as up, _way(up, way):
+            assert _text(await up.call_tool("ok", {"message": "served"})) == "served"
+    lines = [r for r in caplog.records if r.name == "symbi.upstream.stdio" and r.levelno == logging.WARNING]
+    assert [r.args[0] for r in lines if isinstance(r.args, tuple)] == ["up", "up"]
+    assert [t for t, _ in events.events if t == Event.UPSTREAM_CLIENT_REQUEST] == []

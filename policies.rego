@@ -41,10 +41,10 @@ cfg := data.symbi_data
 decision := {"allow": true, "reasons": [], "conditions": f.conditions} if {
 	f := facts
 	f.granted
-	count(deny) == 0
+	deny == set()
 } else := {"allow": false, "reasons": sort(deny), "conditions": {}} if {
 	facts
-	count(deny) > 0
+	deny != set()
 } else := {"allow": allow, "reasons": reasons, "conditions": granted_conditions}
 
 # Deny by default: allow needs a positive grant AND no deny reason. A malformed input
@@ -155,12 +155,11 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 
 	# principal_entry (none for a principal of another source) and roles; an input without a
 	# principal source or issuer, or data without principals, is decided by the general rules
-	ns := object.get({
-		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
-		"jwt": ["jwt", input.principal.issuer],
-	}, input.principal.source, [null])
-	entry := object.get(c.principals, array.concat(ns, [pid]), {})
-	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
+	entry := object.get(c.principals, object.get({
+		"stdio": ["stdio", pid], "key": ["keys", pid], "anonymous": ["anonymous", pid],
+		"jwt": ["jwt", input.principal.issuer, pid],
+	}, input.principal.source, [null]), {})
+	roles := {r | some r in input.principal.roles} | {r | some r in entry.roles}
 	not contains(name, ".") # the prefix patterns' "*" cannot match a "." (else: general rules)
 
 	# the lists ("tools", "deny_tools") of the principal's roles and its own that match the
@@ -182,28 +181,34 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		glob.match(p, [], name)
 	})) | {f |
 		some f in ["tools", "deny_tools"]
-		some p in object.get(entry, f, [])
+		some p in entry[f]
 		glob.match(p, [], name)
 	}
 	granted := "tools" in listed
 	ver := tool.verification # (a tool without one: the general rules)
-	screened := object.get(tool, "screening", {})
 	cap := object.get(entry, "max_calls_per_hour", cx.defaults.max_calls_per_hour)
-	refusals := (((({sprintf("principal %v may not use tool %v (not in its allow-list)", [pid, name]) | not granted} | {
+	refusals := ((((({sprintf("principal %v may not use tool %v (not in its allow-list)", [pid, name]) | not granted} | {
 		sprintf("tool %v is on the deny-list of principal %v", [name, pid]) | "deny_tools" in listed
 	}) | {
 		sprintf("tool %v is %v: only verified or pinned tools may be called", [name, ver]) |
 			not ver in {"verified", "pinned"} # (the frequent answer, without a function call)
 			not verification_passes(ver, upstream)
 	}) | {msg |
-		object.get(screened, "highest", null) == "high"
-		msg := screening_refusal(name, tool, screened)
+		tool.screening.highest == "high"
+		msg := screening_refusal(name, tool, tool.screening)
+	}) | {sprintf("argument %v is not a path under an allowed root", [k]) |
+		call
+		some k, v in args
+		ix.path_args[k]
+		some x in {false: [v], true: v}[is_array(v)] # (a string, or each item of an array)
+		not path_ok(x, ix.roots)
 	}) | {msg |
 		call
 		some k, v in args
-		some check in ix.arg_checks[k]
-		some x in arg_items(v)
-		msg := arg_refused(check, k, x, ix)
+		ix.url_args[k]
+		some x in {false: [v], true: v}[is_array(v)]
+		hosts := [h | h := url_host(x)] # the regex runs once
+		msg := url_refused(k, hosts, ix.url_hosts)
 	}) | {sprintf("principal %v reached its limit of %d calls per hour", [pid, cap]) |
 		call
 		cap > 0
@@ -212,18 +217,15 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 
 	# the conditions (as tool_conditions computes them), only for a call that is granted and
 	# not refused: those of the patterns that match every name of the bucket are precomputed
-	allowed := [o |
+	conditions := object.union_n([o |
 		granted
-		count(refusals) == 0
+		refusals == set()
 		cs := cx.conditions
-		b := object.get(cs.keyed, lk, cs.other)
-		base_rate := object.get(entry, "rate_limit", cx.defaults.rate_limit)
 		some o in [
-			call_conditions(name, b, cs.exact, base_rate),
+			call_conditions(name, object.get(cs.keyed, lk, cs.other), cs.exact, object.get(entry, "rate_limit", cx.defaults.rate_limit)),
 			{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
 		]
-	]
-	conditions := object.union_n(allowed)
+	])
 } else := {"refusals": refusals, "granted": granted, "conditions": {"rate_limit": rate}} if {
 	# the agent bus's kinds (the rules of bus_deny, volume_deny, other_permitted and
 	# other_conditions), for a caller with a principal id and counters
@@ -231,17 +233,16 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	field := {"bus/send": "bus_peers", "bus/publish": "publish_topics", "bus/subscribe": "subscribe_topics"}[kind]
 	pid := input.principal.id
 	hour := input.context.calls_last_hour
-	call := object.get(input, "action", "call") == "call"
+	call := input.action == "call"
 	c := data.symbi_data
-	ns := {
-		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
-		"jwt": ["jwt", object.get(input.principal, "issuer", "")],
-	}[object.get(input.principal, "source", "")]
-	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
-	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
-	pats := {p | some p in object.get(entry, field, [])} | {p |
+	entry := object.get(c.principals, {
+		"stdio": ["stdio", pid], "key": ["keys", pid], "anonymous": ["anonymous", pid],
+		"jwt": ["jwt", input.principal.issuer, pid],
+	}[input.principal.source], {})
+	roles := {r | some r in input.principal.roles} | {r | some r in entry.roles}
+	pats := {p | some p in entry[field]} | {p |
 		some r in roles
-		some p in object.get(object.get(object.get(c, "roles", {}), r, {}), field, [])
+		some p in c.roles[r][field]
 	}
 	agent := object.get(input, "agent", null)
 	has_agent := count({1 | is_string(agent.id)} | {1 | is_string(agent)}) > 0
@@ -280,17 +281,16 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	mode := {"context/read": "read", "context/write": "write", "knowledge/search": "write"}[kind]
 	pid := input.principal.id
 	hour := input.context.calls_last_hour
-	call := object.get(input, "action", "call") == "call"
+	call := input.action == "call"
 	aid := input.agent.id
 	is_string(aid)
 	aid != ""
 	c := data.symbi_data
-	ns := {
-		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
-		"jwt": ["jwt", object.get(input.principal, "issuer", "")],
-	}[object.get(input.principal, "source", "")]
-	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
-	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
+	entry := object.get(c.principals, {
+		"stdio": ["stdio", pid], "key": ["keys", pid], "anonymous": ["anonymous", pid],
+		"jwt": ["jwt", input.principal.issuer, pid],
+	}[input.principal.source], {})
+	roles := {r | some r in input.principal.roles} | {r | some r in entry.roles}
 	mcfg := object.get(c, "memory", {})
 	mem := object.get(input, "memory", {})
 	mtype := object.get(mem, "memory_type", "")
@@ -300,7 +300,7 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	ns_ok := count({1 |
 		mtype == "shared"
 		some r in roles
-		r in object.get(object.get(object.get(mcfg, "namespaces", {}), space, {}), mode, [])
+		r in mcfg.namespaces[space][mode]
 	}) > 0
 	kb_ok := count({1 |
 		not is_mem
@@ -352,20 +352,19 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	field := {"resources/read": "resources", "prompts/get": "prompts", "logging/setLevel": "log_levels"}[kind]
 	pid := input.principal.id
 	hour := input.context.calls_last_hour
-	call := object.get(input, "action", "call") == "call"
+	call := input.action == "call"
 	target := input.target
 	is_string(target)
 	c := data.symbi_data
-	ns := {
-		"stdio": ["stdio"], "key": ["keys"], "anonymous": ["anonymous"],
-		"jwt": ["jwt", object.get(input.principal, "issuer", "")],
-	}[object.get(input.principal, "source", "")]
-	entry := object.get(object.get(c, "principals", {}), array.concat(ns, [pid]), {})
-	roles := {r | some r in input.principal.roles} | {r | some r in object.get(entry, "roles", [])}
+	entry := object.get(c.principals, {
+		"stdio": ["stdio", pid], "key": ["keys", pid], "anonymous": ["anonymous", pid],
+		"jwt": ["jwt", input.principal.issuer, pid],
+	}[input.principal.source], {})
+	roles := {r | some r in input.principal.roles} | {r | some r in entry.roles}
 	granted := count({1 |
-		pats := {p | some p in object.get(entry, field, [])} | {p |
+		pats := {p | some p in entry[field]} | {p |
 			some r in roles
-			some p in object.get(object.get(object.get(c, "roles", {}), r, {}), field, [])
+			some p in c.roles[r][field]
 		}
 		some p in pats
 		glob.match(p, [], target)
@@ -508,6 +507,9 @@ data_index := {
 		"exact": {h: true | some p in object.get(cfg, "url_hosts", []); h := lower(p); literal(h)},
 		"glob": [h | some p in object.get(cfg, "url_hosts", []); h := lower(p); not literal(h)],
 	},
+	# the arguments whose values are checked as paths, as URLs (a lookup each: facts)
+	"path_args": {k: true | some k in object.get(cfg, "path_arguments", [])},
+	"url_args": {k: true | some k in object.get(cfg, "url_arguments", [])},
 	# argument name -> the checks its values get ("path", "url")
 	"arg_checks": {k: cs |
 		some c, field in {"path": "path_arguments", "url": "url_arguments"}
@@ -581,10 +583,10 @@ call_bucket(entries, start) := {
 # The conditions of a granted tool call but its sandbox tier (as tool_conditions computes
 # them), from the conditions' bucket for its name and their literal patterns: the bucket's
 # precomputed ones when only its `always` patterns can match.
-call_conditions(name, bucket, exact, base_rate) := object.union_n([
+call_conditions(name, bucket, exact, base_rate) := object.union(
 	bucket.fixed,
 	{"rate_limit": min(array.concat(bucket.rates, [base_rate]))},
-]) if {
+) if {
 	bucket.simple
 	not exact[name]
 } else := object.union_n([
@@ -783,17 +785,17 @@ tool_deny contains msg if {
 # filesystem server's own folder). Symlinks inside a root are the filesystem server's
 # business: the policy sees strings.
 #
-# One rule body, a builtin per test (regorus costs ~1 us a builtin and more a rule or a
-# function definition): "/" + p + "/" holds "/./" or "/../" exactly when a segment of p is
-# "." or ".."; p + NUL starts with root + NUL exactly when p is the root (p holds no NUL).
+# One rule body, as few builtins as the tests allow (regorus costs ~1 us a builtin, a
+# membership test much less): removing every backslash and NUL leaves p unchanged exactly
+# when it has none; the segments are p split at "/"; p + NUL starts with root + NUL exactly
+# when p is the root (p holds no NUL).
 # roots: data_index.roots
 path_ok(p, roots) if {
 	is_string(p)
-	not contains(p, "\\")
-	not contains(p, "\u0000")
-	q := concat("", ["/", p, "/"])
-	not contains(q, "/./")
-	not contains(q, "/../")
+	strings.replace_n({"\\": "", "\u0000": ""}, p) == p
+	parts := split(p, "/")
+	not "." in parts
+	not ".." in parts
 	strings.any_prefix_match(concat("", [p, "\u0000"]), roots)
 }
 

@@ -2,7 +2,7 @@
 one-rule fast paths (``facts``: well-formed tool, bus and memory requests) decide exactly as
 the plain rules did: the previous policies (``reference/policies_v1.rego``, every pattern
 globbed and every rule evaluated on every decision; ``reference/policies_v2.rego``, session
-7's; ``reference/policies_v3.rego``, session 8's; ``reference/policies_v4.rego``, session 9's)
+7's; ``reference/policies_v3.rego``, session 8's; ``reference/policies_v4.rego``, session 9's; ``reference/policies_v5.rego``, sessions 10-18's)
 and the real OPA engine agree with the embedded engine on the cases, on seeded random
 inputs, and on seeded random data files whose patterns mix literals, keyed globs
 (``fs__read_*``), unkeyed ones (``*``, ``f?__x``, ``{a,b}__*``) and glob syntax the index must
@@ -30,6 +30,7 @@ REFERENCE = Path(__file__).parent / "reference" / "policies_v1.rego"
 PREVIOUS = Path(__file__).parent / "reference" / "policies_v4.rego"
 SESSION8 = Path(__file__).parent / "reference" / "policies_v3.rego"
 SESSION7 = Path(__file__).parent / "reference" / "policies_v2.rego"
+SESSION18 = Path(__file__).parent / "reference" / "policies_v5.rego"
 DECISION = "data.symbi.decision"
 ERROR = "error"
 
@@ -136,6 +137,7 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
     _, previous = _load(PREVIOUS.read_text(), data)
     _, session8 = _load(SESSION8.read_text(), data)
     _, session7 = _load(SESSION7.read_text(), data)
+    _, session18 = _load(SESSION18.read_text(), data)
     assert bundle.precomputed is not None
     opa = opa_engine(data=data)
     assert bundle.precomputed is not None
@@ -147,6 +149,7 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
         assert a == _decide(previous, inp), inp
         assert a == _decide(session8, inp), inp
         assert a == _decide(session7, inp), inp
+        assert a == _decide(session18, inp), inp
         assert a == _opa(opa, inp), inp
         assert a == _opa(opa_indexed, inp), inp
         if a != ERROR:

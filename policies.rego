@@ -811,7 +811,9 @@ arg_refused(c, k, v, ix) := sprintf("argument %v is not a path under an allowed 
 
 # host of an http(s) URL: the part after the last userinfo "@", without port; IPv6 in [].
 # Anything that does not parse this way (other schemes, backslashes, whitespace) is refused.
-url_re := `^(?i)https?://(?:[^/?#\\@\s]*@)?(\[[0-9a-fA-F:.]+\]|[^/?#:@\\\s\[\]]+)(?::[0-9]{1,5})?(?:[/?#][^\\\s]*)?$`
+# Whitespace is Unicode's White_Space, listed: `\s` is ASCII in OPA's regex dialect (Go) and
+# Unicode in regorus' (Rust), and the two engines must decide alike.
+url_re := `^(?i)https?://(?:[^/?#\\@\t\n\v\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*@)?(\[[0-9a-fA-F:.]+\]|[^/?#:@\\\t\n\v\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}\[\]]+)(?::[0-9]{1,5})?(?:[/?#][^\\\t\n\v\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*)?$`
 
 url_host(u) := lower(m[0][1]) if {
 	is_string(u)

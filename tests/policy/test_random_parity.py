@@ -9,10 +9,10 @@ import copy
 from collections import Counter
 from typing import Any
 
-from gateway.policy.cases import decision_dict
+from gateway.policy.cases import decision_dict, load_cases
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import discover_files
-from tests.policy.conftest import opa_engine
+from tests.policy.conftest import CASES, opa_engine
 from tests.policy.randinput import random_inputs
 
 SEED, N = 16, 400
@@ -68,3 +68,37 @@ def test_cached_answers_equal_fresh_evaluations() -> None:
         assert ours(engine, again) == theirs(opa, again)
     assert engine.cache_hits >= len(inputs) * 9 // 10  # (errors are never cached)
     assert engine.cache_misses - misses <= len(inputs) // 10
+
+
+# Unicode White_Space (what the embedded engine's regex, Rust's, took `\s` to mean; Go's `\s`,
+# OPA's, is ASCII only) and characters that are not whitespace in either.
+WHITE_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+)
+NOT_SPACE = "\x1c\u180e\u200b\ufeff"
+
+
+def test_urls_holding_whitespace_get_the_decision_real_opa_gives() -> None:
+    """Whitespace anywhere in a URL argument refuses it on both engines (the URL pattern
+    lists the whitespace it means instead of `\\s`, which the two regex dialects read
+    differently: OPA let "https://example.com/a<NBSP>b" through, the embedded engine did not)."""
+    engine = EmbeddedEngine(discover_files())
+    assert engine.load()
+    opa = opa_engine()
+    base = next(c.input for c in load_cases(CASES) if c.name == "URL on an allowed host")
+    assert "url" in base["arguments"]
+    refused = 0
+    for ch in WHITE_SPACE + NOT_SPACE:
+        for url in (
+            f"https://a{ch}b@example.com/",
+            f"https://exa{ch}mple.com/",
+            f"https://example.com/a{ch}b",
+        ):
+            inp = copy.deepcopy(base)
+            inp["arguments"]["url"] = url
+            a = ours(engine, inp)
+            assert a == theirs(opa, inp), (url, a)
+            if ch in WHITE_SPACE:
+                assert a != ERROR and not a["allow"], (url, a)
+                refused += 1
+    assert refused == 3 * len(WHITE_SPACE) == 75

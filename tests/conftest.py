@@ -12,6 +12,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,23 @@ def wait_listening(proc: subprocess.Popen[Any], port: int, what: str) -> None:
             return
         assert proc.poll() is None and time.monotonic() < deadline, f"{what} did not start"
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def surrogate_http(wait_s: str, **env: str) -> Iterator[str]:
+    """The surrogate peer (tests/peers/surrogate_server.py) over streamable HTTP on a free
+    loopback port, waiting ``wait_s`` seconds for the answer to its own requests (more
+    ``SURROGATE_*`` settings in ``env``); yields its URL, kills it after."""
+    port = free_port()
+    env = {**os.environ, "SURROGATE_WAIT_S": wait_s, **env}
+    peer = ROOT / "tests/peers/surrogate_server.py"
+    proc = subprocess.Popen([sys.executable, str(peer), "--http", str(port)], env=env)
+    try:
+        wait_listening(proc, port, "the HTTP peer")
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def symbi_audit(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:

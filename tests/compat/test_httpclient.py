@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -28,9 +25,8 @@ from mcp_types import PARSE_ERROR
 from gateway.compat import SdkChanged, screened_http_client
 from gateway.upstream.bounded_http import bounded_responses
 from gateway.upstream.unreadable import Unreadable
-from tests.conftest import ROOT, free_port, wait_listening
+from tests.conftest import surrogate_http
 
-PEER = ROOT / "tests/peers/surrogate_server.py"
 INTERNAL_ERROR, INVALID_PARAMS = -32603, -32602
 READ_TIMEOUT_S = 15  # a call the transport loses fails the test here instead of hanging it
 REQUESTS = {
@@ -43,18 +39,9 @@ NOTIFICATIONS = {"notification": "/params/data", "progress": "/params/message"}
 pytestmark = pytest.mark.anyio
 
 
-@contextlib.contextmanager
-def _peer(**env: str) -> Iterator[str]:
-    port = free_port()
+def _peer(**env: str) -> contextlib.AbstractContextManager[str]:
     # the peer's wait for the answer to its own request, shorter than READ_TIMEOUT_S
-    env = {**os.environ, "SURROGATE_WAIT_S": "5", **env}
-    proc = subprocess.Popen([sys.executable, str(PEER), "--http", str(port)], env=env)
-    try:
-        wait_listening(proc, port, "the HTTP peer")
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.kill()
-        proc.wait(10)
+    return surrogate_http("5", **env)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -40,11 +39,10 @@ from tests.conftest import (
     ROOT,
     SYMBI,
     audit_verifies,
-    free_port,
     initialize_request,
+    surrogate_http,
     symbi_audit,
     symbi_env,
-    wait_listening,
     write_config,
 )
 from tests.server._http import serve_process
@@ -67,17 +65,8 @@ def http_peer() -> Iterator[str]:
         yield url
 
 
-@contextlib.contextmanager
-def _http_peer(**env: str) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "SURROGATE_WAIT_S": PEER_WAIT_S, **env}
-    proc = subprocess.Popen([sys.executable, str(PEER), "--http", str(port)], env=env)
-    try:
-        wait_listening(proc, port, "the HTTP peer")
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.kill()
-        proc.wait(10)
+def _http_peer(**env: str) -> contextlib.AbstractContextManager[str]:
+    return surrogate_http(PEER_WAIT_S, **env)
 
 
 def _config(folder: Path, http_peer: str) -> Path:

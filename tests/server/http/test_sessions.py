@@ -198,12 +198,8 @@ def test_the_protocol_marks_a_body_received_only_once_it_is_whole() -> None:
     """``BODY_RECEIVED`` (BodyDeadline then reads without a timer) is in a request's scope only
     when its whole body has arrived: not while the body is still coming, so a trickled body
     still meets the deadline (the 408 tests above)."""
-    import threading
 
-    import uvicorn
-
-    from gateway.server.sessions import BODY_RECEIVED, http_protocol
-    from tests.conftest import free_port
+    from gateway.server.sessions import BODY_RECEIVED
 
     seen: list[tuple[bool, bool]] = []
 
@@ -218,23 +214,12 @@ def test_the_protocol_marks_a_body_received_only_once_it_is_whole() -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
 
-    port = free_port()
-    config = uvicorn.Config(app, port=port, log_level="warning", http=http_protocol(10.0), lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.02)
-        with _raw(port) as s:
-            s.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\nab")
-            time.sleep(0.3)  # the app has started with half the body
-            s.sendall(b"cd")
-            assert s.recv(4096).startswith(b"HTTP/1.1 204")
-        assert seen == [(False, True)]
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with _served(app) as (port, _), _raw(port) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\nab")
+        time.sleep(0.3)  # the app has started with half the body
+        s.sendall(b"cd")
+        assert s.recv(4096).startswith(b"HTTP/1.1 204")
+    assert seen == [(False, True)]
 
 
 # -- a response's head and body in one write (HeldHead) ----------------------------------------

@@ -329,23 +329,30 @@ class PinStore:
 
     def history(self, domain: str | None = None, tool_id: str | None = None) -> list[dict[str, Any]]:
         """The audit trail of pin changes, oldest first."""
-        sql = (
-            "SELECT id, at, domain, tool_id, action, old_fingerprint, new_fingerprint, old_definition_hash, "
-            "new_definition_hash, actor FROM pin_events"
-        )
-        cond, args = [], []
-        if domain is not None:
-            cond.append("domain=?")
-            args.append(normalize_domain(domain))
-        if tool_id is not None:
-            cond.append("tool_id=?")
-            args.append(tool_id)
-        if cond:
-            sql += " WHERE " + " AND ".join(cond)
+        sql, args = history_query("pin_events", "?", domain, tool_id)
         with self._lock:
-            cur = self._db.execute(sql + " ORDER BY id", args)
+            cur = self._db.execute(sql, args)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def history_query(table: str, mark: str, domain: str | None, tool_id: str | None) -> tuple[str, list[str]]:
+    """The pin-events query of both stores (SQLite here, PostgreSQL in the gateway): ``table``
+    and the driver's parameter ``mark`` differ, the columns and filters do not."""
+    sql = (
+        "SELECT id, at, domain, tool_id, action, old_fingerprint, new_fingerprint, old_definition_hash, "
+        f"new_definition_hash, actor FROM {table}"
+    )
+    cond, args = [], []
+    if domain is not None:
+        cond.append(f"domain={mark}")
+        args.append(normalize_domain(domain))
+    if tool_id is not None:
+        cond.append(f"tool_id={mark}")
+        args.append(tool_id)
+    if cond:
+        sql += " WHERE " + " AND ".join(cond)
+    return sql + " ORDER BY id", args
 
 
 class _Tx:

@@ -94,6 +94,22 @@ def check_metadata(spec: CollectionSpec, found: Mapping[str, Any] | None, where:
         )
 
 
+def qdrant_filter(flt: Filter | None, ns: Any, range_type: Any) -> Any:
+    """A ``Filter`` as both backends take it: qdrant-client's models and qdrant-edge name the
+    conditions alike and differ only in the range's type (``Range`` / ``RangeFloat``)."""
+    if not flt:
+        return None
+    must: list[Any] = []
+    for key, v in flt.items():
+        if isinstance(v, Range):
+            must.append(ns.FieldCondition(key=key, range=range_type(gte=v.gte, lte=v.lte)))
+        elif isinstance(v, list | tuple):
+            must.append(ns.FieldCondition(key=key, match=ns.MatchAny(any=list(v))))
+        else:
+            must.append(ns.FieldCondition(key=key, match=ns.MatchValue(value=v)))
+    return ns.Filter(must=must)
+
+
 class VectorStore(Protocol):
     """The adapter: everything the context manager needs from a vector database."""
 
@@ -189,18 +205,7 @@ class QdrantClientStore:
             self._c.create_payload_index(self.spec.name, f, m.PayloadSchemaType.FLOAT)
 
     def _filter(self, flt: Filter | None) -> Any:
-        if not flt:
-            return None
-        m = self._m
-        must: list[Any] = []
-        for key, v in flt.items():
-            if isinstance(v, Range):
-                must.append(m.FieldCondition(key=key, range=m.Range(gte=v.gte, lte=v.lte)))
-            elif isinstance(v, list | tuple):
-                must.append(m.FieldCondition(key=key, match=m.MatchAny(any=list(v))))
-            else:
-                must.append(m.FieldCondition(key=key, match=m.MatchValue(value=v)))
-        return m.Filter(must=must)
+        return qdrant_filter(flt, self._m, self._m.Range)
 
     def upsert(self, points: Sequence[Point]) -> None:
         if not points:
@@ -349,18 +354,7 @@ class EdgeStore:
         )
 
     def _filter(self, flt: Filter | None) -> Any:
-        if not flt:
-            return None
-        qe = self._qe
-        must: list[Any] = []
-        for key, v in flt.items():
-            if isinstance(v, Range):
-                must.append(qe.FieldCondition(key=key, range=qe.RangeFloat(gte=v.gte, lte=v.lte)))
-            elif isinstance(v, list | tuple):
-                must.append(qe.FieldCondition(key=key, match=qe.MatchAny(any=list(v))))
-            else:
-                must.append(qe.FieldCondition(key=key, match=qe.MatchValue(value=v)))
-        return qe.Filter(must=must)
+        return qdrant_filter(flt, self._qe, self._qe.RangeFloat)
 
     def upsert(self, points: Sequence[Point]) -> None:
         if not points:

@@ -20,7 +20,7 @@ from gateway.state.postgres import Postgres, bump_approvals
 from schemapin import Pin, PinStatus, PinStoreError
 from schemapin._crypto import normalize_fingerprint
 from schemapin._domain import normalize_domain
-from schemapin._pins import LAST_SEEN_RESOLUTION_S, _age_s, _hash, _now
+from schemapin._pins import LAST_SEEN_RESOLUTION_S, _age_s, _hash, _now, history_query
 
 _PIN_COLS = (
     "domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen,"
@@ -195,20 +195,8 @@ class PgPinStore:
             return True
 
     def history(self, domain: str | None = None, tool_id: str | None = None) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT id, at, domain, tool_id, action, old_fingerprint, new_fingerprint, old_definition_hash,"
-            " new_definition_hash, actor FROM symbi_pin_events"
-        )
-        cond, args = [], []
-        if domain is not None:
-            cond.append("domain=%s")
-            args.append(normalize_domain(domain))
-        if tool_id is not None:
-            cond.append("tool_id=%s")
-            args.append(tool_id)
-        if cond:
-            sql += " WHERE " + " AND ".join(cond)
+        sql, args = history_query("symbi_pin_events", "%s", domain, tool_id)
         with self._pg.cursor() as cur:
-            cur.execute(sql + " ORDER BY id", args)
+            cur.execute(sql, args)
             names = [d.name for d in cur.description or ()]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -769,9 +769,23 @@ tool_deny contains msg if {
 # Argument rules (calls only: a listing has no arguments)
 # ---------------------------------------------------------------------------------------
 
+# The argument document of a call, when present, is an object (the gateway always sends one:
+# `{}` for none). Any other value (a string, number, bool, null or array) is refused: the
+# argument checks read an object's keys, and a value they cannot read is not let through
+# unchecked. (`some k, v in` a scalar is an error on the embedded engine and undefined on OPA:
+# the checks below only ever see an object, so both engines decide alike.)
+tool_deny contains msg if {
+	is_call
+	args := input.arguments # (an input without arguments has none to check)
+	not is_object(args)
+	msg := sprintf("arguments of tool %v are not an object", [target_name])
+}
+
 # [check, key, value] for every value of a path / url argument (a string or each array item)
-arg_values := {[c, k, v] | some k, v in input.arguments; some c in idx.arg_checks[k]; not is_array(v)} | {[c, k, v] |
-	some k, vs in input.arguments
+arg_values := {[c, k, v] | args := input.arguments; is_object(args); some k, v in args; some c in idx.arg_checks[k]; not is_array(v)} | {[c, k, v] |
+	args := input.arguments
+	is_object(args)
+	some k, vs in args
 	some c in idx.arg_checks[k]
 	is_array(vs)
 	some v in vs

@@ -187,6 +187,15 @@ test_path_under_root_allowed if {
 	d.allow == true
 }
 
+# an argument document that is not an object is refused, not let past the argument checks
+test_arguments_not_an_object_denied if {
+	d := data.symbi.decision with input as fs_call("fs__read_text_file", [{"path": "/etc/passwd"}]) with data.symbi_data as fixture
+	d.allow == false
+	d.reasons == ["arguments of tool fs__read_text_file are not an object"]
+	s := data.symbi.decision with input as object.union(base, {"arguments": "/etc/passwd"}) with data.symbi_data as fixture
+	s.reasons == ["arguments of tool time__get_current_time are not an object"]
+}
+
 test_url_userinfo_trick_denied if {
 	d := data.symbi.decision with input as fs_call("fs__fetch_url", {"url": "https://example.com@evil.example.net/"}) with data.symbi_data as fixture
 	d.allow == false

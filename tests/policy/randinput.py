@@ -84,6 +84,21 @@ URLS: list[Any] = [
     ["https://example.com", "http://evil.com"],
 ]
 TOPICS: list[Any] = ["team.a", "team.a.b", "events.x", "events.x.y", "other", "team", 5]
+# an argument document that is not an object (the gateway always sends one; a case file or
+# `symbi policy test` input may not): each engine must still decide, and alike
+NOT_OBJECTS: list[Any] = [
+    "",
+    "/etc/passwd",
+    0,
+    7,
+    1.5,
+    True,
+    False,
+    None,
+    [],
+    ["/etc/shadow"],
+    [{"path": "/etc/passwd"}],
+]
 
 
 def _maybe(r: random.Random, p: float = 0.85) -> bool:
@@ -129,9 +144,10 @@ def _arguments(r: random.Random) -> dict[str, Any]:
     return args
 
 
-def random_input(r: random.Random) -> dict[str, Any]:
+def random_input(r: random.Random, not_object: float = 0.0) -> dict[str, Any]:
     """One input document, shaped like gateway.policy.inputdoc.build_input's (fields may be
-    missing or of the wrong type on purpose)."""
+    missing or of the wrong type on purpose); with probability ``not_object`` its arguments
+    are not an object (0: the stream of inputs the earlier sessions' seeds made)."""
     kind = r.choice(KINDS)
     pid = r.choice(PRINCIPALS)
     principal: dict[str, Any] = {
@@ -169,6 +185,8 @@ def random_input(r: random.Random) -> dict[str, Any]:
         doc["tool"] = None
         doc["target"] = r.choice(["file:///srv/a", "mem://x", "greeting", "time", "everything", "fs"])
     doc["arguments"] = _arguments(r)
+    if not_object and r.random() < not_object:
+        doc["arguments"] = r.choice(NOT_OBJECTS)
     doc["context"] = {
         "time": "2026-11-30T10:00:00.000Z",
         "unix": 1796032800,
@@ -191,6 +209,6 @@ def random_input(r: random.Random) -> dict[str, Any]:
     return doc
 
 
-def random_inputs(seed: int, n: int) -> list[dict[str, Any]]:
+def random_inputs(seed: int, n: int, not_object: float = 0.0) -> list[dict[str, Any]]:
     r = random.Random(seed)
-    return [random_input(r) for _ in range(n)]
+    return [random_input(r, not_object) for _ in range(n)]

@@ -13,9 +13,10 @@ from gateway.policy.cases import decision_dict, load_cases
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import discover_files
 from tests.policy.conftest import CASES, opa_engine
-from tests.policy.randinput import random_inputs
+from tests.policy.randinput import NOT_OBJECTS, random_inputs
 
 SEED, N = 16, 400
+NOT_OBJECT = 0.1  # the share of inputs whose arguments are not an object
 ERROR = "error"
 
 
@@ -37,7 +38,8 @@ def test_random_inputs_get_the_decisions_real_opa_gives() -> None:
     engine = EmbeddedEngine(discover_files())
     assert engine.load()
     opa = opa_engine()
-    inputs = random_inputs(SEED, N)
+    inputs = random_inputs(SEED, N, NOT_OBJECT)
+    assert sum(not isinstance(i["arguments"], dict) for i in inputs) >= N // 20
     diffs, outcomes = [], Counter[str]()
     for inp in inputs:
         a, b = ours(engine, inp), theirs(opa, inp)
@@ -102,3 +104,30 @@ def test_urls_holding_whitespace_get_the_decision_real_opa_gives() -> None:
                 assert a != ERROR and not a["allow"], (url, a)
                 refused += 1
     assert refused == 3 * len(WHITE_SPACE) == 75
+
+
+def test_arguments_that_are_not_an_object_are_refused_by_both_engines() -> None:
+    """A tools/call whose `arguments` is a string, number, bool, null or array is refused on
+    both engines with a reason naming the tool (the embedded engine failed the evaluation,
+    OPA skipped the argument checks and allowed: an array holding {"path": "/etc/passwd"}
+    passed them on both). A listing has no arguments: its decision does not change."""
+    engine = EmbeddedEngine(discover_files())
+    assert engine.load()
+    opa = opa_engine()
+    calls = [
+        c.input
+        for c in load_cases(CASES)
+        if c.input.get("kind") == "tools/call" and c.input.get("action", "call") == "call"
+    ]
+    allowed = [i for i in calls if (d := ours(engine, i)) != ERROR and d["allow"]]
+    assert len(allowed) >= 10
+    for inp in allowed:
+        for value in NOT_OBJECTS:
+            odd = {**copy.deepcopy(inp), "arguments": copy.deepcopy(value)}
+            a = ours(engine, odd)
+            assert a == theirs(opa, odd), (odd, a)
+            assert a != ERROR and not a["allow"], (odd, a)
+            name = inp["tool"]["name"]
+            assert f"arguments of tool {name} are not an object" in a["reasons"], a
+            listing = {**odd, "action": "list"}
+            assert ours(engine, listing) == ours(engine, {**inp, "action": "list"}) == theirs(opa, listing)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from gateway.config import load_config
 from gateway.server.auth import ApiKeyStore
 from gateway.server.http import HttpState, build_app
 from gateway.server.sessions import http_protocol
-from tests.conftest import EVERYTHING_JS, POLICY, TEST_POLICY_DATA, free_port, write_config
+from tests.conftest import EVERYTHING_JS, POLICY, TEST_POLICY_DATA, write_config
 
 ISSUER = "https://idp.test.invalid"
 AUDIENCE = "symbi-test"
@@ -49,7 +50,11 @@ class Running:
 def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 60.0) -> Iterator[Running]:
     """Start ``build_app`` under uvicorn in a thread; stop it on exit."""
     cfg = load_config(config_path, {})
-    port = free_port()
+    # The port is held from here to the server's close: a port only checked free here would stay
+    # unbound through build_app and the upstreams' start (seconds), for another process to take.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
     cfg = cfg.model_copy(update={"http": cfg.http.model_copy(update={"port": port})})
     app = build_app(cfg)
     server = uvicorn.Server(
@@ -64,7 +69,7 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
             loop="uvloop",
         )
     )
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, args=([sock],), name=f"uvicorn-{port}", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -87,6 +92,7 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
     finally:
         server.should_exit = True
         thread.join(30)
+        sock.close()
 
 
 DEVELOPER_TOOLS = ["everything__echo", "everything__get-sum"]

@@ -34,5 +34,13 @@ def fit(xs: list[float], ys: list[float]) -> dict[str, Any]:
         "intercept": round(intercept, 3),
         "exponent": round(exponent, 3),
         "marginal_per_unit": marginal,
-        "verdict": "linear or better" if exponent <= EXPONENT_LINEAR else "worse than linear",
+        "verdict": _verdict(exponent),
     }
+
+
+def _verdict(exponent: float) -> str:
+    # A measurement at or below zero (RSS over a baseline that noise put above it) has no
+    # logarithm: the exponent says nothing, and nan compares false with everything.
+    if math.isnan(exponent):
+        return "no exponent (fewer than two positive points)"
+    return "linear or better" if exponent <= EXPONENT_LINEAR else "worse than linear"

@@ -10,18 +10,22 @@ first stream carried); and many sessions calling at once each get their own answ
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from sse_starlette import EventSourceResponse
 
+from gateway.server import httpsse
 from tests.conftest import SYMBI, free_port, symbi_env
 from tests.server.http.conftest import make_keys
 from tests.server.http.test_fastlane import (
@@ -225,10 +229,74 @@ def test_concurrent_sessions_each_get_their_own_answers(sse: tuple[Gw, Gw]) -> N
         assert reply["id"] == i and reply["result"]["content"][0]["text"] == f"Echo: s{n}-c{i}"
 
 
+PING_TEST_S = 0.8  # the keepalive interval in the ping tests (15 s in production)
+PING = re.compile(r": ping - (\S+ \S+)")
+
+
+@pytest.fixture
+def quick_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seam: the keepalive interval is a module constant (sse-starlette's 15 s, the lane's
+    ``httpsse.PING_S``); the in-process gateways get a shorter one for these tests, on both
+    paths, instead of a 15 s wait per case."""
+    assert httpsse.PING_S == EventSourceResponse.DEFAULT_PING_INTERVAL == 15
+    monkeypatch.setattr(httpsse, "PING_S", PING_TEST_S)
+    monkeypatch.setattr(EventSourceResponse, "DEFAULT_PING_INTERVAL", PING_TEST_S)
+
+
+def _raw_blocks(r: httpx.Response) -> list[str]:
+    """The raw SSE blocks of a whole answer, comments kept, in order."""
+    body = b"".join(r.iter_raw()).decode()
+    assert body.endswith("\r\n\r\n"), body
+    return body.split("\r\n\r\n")[:-1]
+
+
+@pytest.mark.usefixtures("quick_pings")
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_slow_call_stream_is_pinged_every_interval(sse: tuple[Gw, Gw], progress: bool) -> None:
+    """A 3 s call's stream carries a ping comment every keepalive interval, never sooner (the
+    first an interval after the request at the earliest, by the ping's own time), and the
+    answer last; silent (no progress: the lane's timer watch) or not (progress routed: the
+    lane's client watch), lane on and off alike."""
+    on, off = sse
+    for gw in (on, off):
+        k = gw.keys.admin
+        with httpx.Client(timeout=30) as client:
+            sid = _session(client, gw, k)
+            meta = {"_meta": {"progressToken": 3}} if progress else {}
+            body = json.dumps(call(41, "mut__slow", {"seconds": 3.0}, **meta))
+            before, started = gw.taken, datetime.now(UTC)
+            with client.stream("POST", gw.run.mcp, content=body, headers=_headers(k, sid)) as r:
+                blocks = _raw_blocks(r)
+            assert gw.taken - before == (1 if gw is on else 0)
+        pings = [datetime.fromisoformat(m[1]) for b in blocks if (m := PING.fullmatch(b))]
+        assert len(pings) >= 2, blocks
+        gaps = [(b - a).total_seconds() for a, b in zip([started, *pings], pings, strict=False)]
+        assert min(gaps) >= PING_TEST_S - 0.05, gaps  # none early (the ping's clock, not the read's)
+        events = [e for b in blocks if not PING.fullmatch(b) for e in sse_events(b + "\r\n\r\n")]
+        assert events[-1]["data"]["id"] == 41 and events[-1]["data"]["result"]["content"][0]["text"] == "done"
+        assert not PING.fullmatch(blocks[-1])
+        notes = [e for e in events[1:-1] if e["data"].get("method") == "notifications/progress"]
+        assert len(notes) == len(events) - 2 and bool(notes) is progress
+
+
+@pytest.mark.usefixtures("quick_pings")
+def test_a_quick_call_stream_has_no_ping(sse: tuple[Gw, Gw]) -> None:
+    on, off = sse
+    for gw in (on, off):
+        with httpx.Client(timeout=30) as client:
+            sid = _session(client, gw, gw.keys.admin)
+            body = json.dumps(call(42, "mut__slow", {"seconds": 0.3}))
+            with client.stream("POST", gw.run.mcp, content=body, headers=_headers(gw.keys.admin, sid)) as r:
+                blocks = _raw_blocks(r)
+        assert not any(PING.fullmatch(b) for b in blocks), blocks
+
+
+@pytest.mark.parametrize("progress", [False, True])
 @pytest.mark.parametrize("lane", [True, False])
-def test_the_server_stops_with_a_slow_call_in_flight(tmp_path: Path, lane: bool) -> None:
+def test_the_server_stops_with_a_slow_call_in_flight(tmp_path: Path, lane: bool, progress: bool) -> None:
     """SIGTERM while a 60 s call streams: the server ends the call's stream and exits, as
-    sse-starlette ends the SDK's streams, instead of waiting for the call (lane on and off)."""
+    sse-starlette ends the SDK's streams, instead of waiting for the call (lane on and off; a
+    silent stream and one carrying progress: the lane's timer watch and its client watch)."""
     cfg, record = _config(tmp_path, lane, "sse")
     key = make_keys(cfg).admin
     port = free_port()
@@ -247,7 +315,8 @@ def test_the_server_stops_with_a_slow_call_in_flight(tmp_path: Path, lane: bool)
             r = client.post(mcp, content=json.dumps(INIT), headers=_headers(key))
             sid = r.headers["mcp-session-id"]
             client.post(mcp, content=json.dumps(INITIALIZED), headers=_headers(key, sid))
-            body = json.dumps(call(31, "mut__slow", {"seconds": 60}))
+            meta = {"_meta": {"progressToken": 31}} if progress else {}
+            body = json.dumps(call(31, "mut__slow", {"seconds": 60}, **meta))
 
             def slow() -> None:
                 try:

@@ -12,11 +12,14 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from gateway.events import EventSink
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -25,6 +28,30 @@ EVERYTHING_JS = NODE_MODULES / "@modelcontextprotocol/server-everything/dist/ind
 FILESYSTEM_JS = NODE_MODULES / "@modelcontextprotocol/server-filesystem/dist/index.js"
 TIME_BIN = VENV_BIN / "mcp-server-time"
 SYMBI = VENV_BIN / "symbi"
+
+
+class RecordingSink:
+    """A real EventSink that keeps what it was given (the audit log is the production sink),
+    passing each event on to ``inner`` when there is one (the log, as a gateway does)."""
+
+    def __init__(self, inner: EventSink | None = None) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.inner = inner
+
+    def emit(
+        self,
+        event_type: str,
+        details: Mapping[str, Any],
+        *,
+        principal: str | None = None,
+        agent: str | None = None,
+    ) -> None:
+        self.events.append((event_type, dict(details)))
+        if self.inner is not None:
+            self.inner.emit(event_type, details, principal=principal, agent=agent)  # type: ignore[arg-type]
+
+    def types(self) -> list[str]:
+        return [t for t, _ in self.events]
 
 
 @pytest.fixture

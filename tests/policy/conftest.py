@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +18,6 @@ POLICY = REPO / "policies.rego"
 DATA = REPO / "policies" / "data.json"
 TESTS = REPO / "policies" / "policies_test.rego"
 CASES = REPO / "policies" / "cases.json"
-
-
-class RecordingSink:
-    """A real EventSink that keeps what it was given (the audit log is the production sink)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def emit(
-        self,
-        event_type: str,
-        details: Mapping[str, Any],
-        *,
-        principal: str | None = None,
-        agent: str | None = None,
-    ) -> None:
-        self.events.append((event_type, dict(details)))
-
-    def types(self) -> list[str]:
-        return [t for t, _ in self.events]
 
 
 def opa_engine(policy_src: str | None = None, data: dict[str, Any] | None = None) -> Any:

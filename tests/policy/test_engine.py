@@ -12,6 +12,7 @@ import pytest
 
 from gateway.policy.engine import EmbeddedEngine, evaluate
 from gateway.policy.loader import PolicyBundle, PolicyFiles, new_engine
+from tests.conftest import RecordingSink
 from tests.policy.conftest import POLICY
 
 PKG = "package symbi\nimport rego.v1\n"
@@ -217,21 +218,12 @@ def test_build_engine_uses_the_configured_files_decision_path_and_event_sink(tmp
     from gateway.config.sections import PolicySection
     from gateway.policy.engine import build_engine
 
-    class Sink:
-        def __init__(self) -> None:
-            self.types: list[str] = []
-
-        def emit(
-            self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
-        ) -> None:
-            self.types.append(event_type)
-
     pol, data = tmp_path / "mine.rego", tmp_path / "d.json"
     pol.write_text(
         'package mine\nimport rego.v1\nverdict := {"allow": data.flag, "reasons": [], "conditions": {}}\n'
     )
     data.write_text('{"flag": true}')
-    sink = Sink()
+    sink = RecordingSink()
     eng = build_engine(
         Config(policy=PolicySection(path=pol, data=data, decision="data.mine.verdict", hot_reload=False)),
         events=sink,
@@ -240,7 +232,7 @@ def test_build_engine_uses_the_configured_files_decision_path_and_event_sink(tmp
         assert isinstance(eng, EmbeddedEngine) and eng.files.policy == pol and eng.files.data == data
         assert eng.decision_path == "data.mine.verdict" and eng.decide({}).allow is True
         pol.write_text("package mine\nverdict := {")  # a broken edit: refused, and the sink is told
-        assert eng.reload() is False and sink.types == ["policy.reload_refused"]
+        assert eng.reload() is False and sink.types() == ["policy.reload_refused"]
         assert eng.decide({}).allow is True
     finally:
         eng.close()
@@ -252,21 +244,12 @@ def test_reload_events_name_the_files_and_digest_and_an_unchanged_reload_is_quie
     from gateway.config.sections import PolicySection
     from gateway.policy.engine import build_engine
 
-    class Sink:
-        def __init__(self) -> None:
-            self.events: list[tuple[str, dict[str, Any]]] = []
-
-        def emit(
-            self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
-        ) -> None:
-            self.events.append((event_type, dict(details)))
-
     pol, data = tmp_path / "mine.rego", tmp_path / "d.json"
     pol.write_text(
         'package mine\nimport rego.v1\nverdict := {"allow": data.flag, "reasons": [], "conditions": {}}\n'
     )
     data.write_text('{"flag": false}')
-    sink = Sink()
+    sink = RecordingSink()
     eng = build_engine(
         Config(policy=PolicySection(path=pol, data=data, decision="data.mine.verdict", hot_reload=False)),
         events=sink,
@@ -301,20 +284,11 @@ def test_a_reload_without_a_data_file_names_no_data_file(tmp_path: Path) -> None
     from gateway.config.sections import PolicySection
     from gateway.policy.engine import build_engine
 
-    class Sink:
-        def __init__(self) -> None:
-            self.events: list[tuple[str, dict[str, Any]]] = []
-
-        def emit(
-            self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
-        ) -> None:
-            self.events.append((event_type, dict(details)))
-
     pol = tmp_path / "mine.rego"
     pol.write_text(
         'package mine\nimport rego.v1\nverdict := {"allow": true, "reasons": [], "conditions": {}}\n'
     )
-    sink = Sink()
+    sink = RecordingSink()
     eng = build_engine(
         Config(policy=PolicySection(path=pol, decision="data.mine.verdict", hot_reload=False)), events=sink
     )

@@ -13,7 +13,7 @@ from gateway.errors import PolicyLoadError
 from gateway.events import Event
 from gateway.policy.engine import CACHE_ENTRIES, EmbeddedEngine
 from gateway.policy.loader import PolicyBundle, PolicyFiles
-from tests.policy.conftest import RecordingSink
+from tests.conftest import RecordingSink
 
 PKG = "package symbi\nimport rego.v1\n"
 ALLOW = PKG + 'decision := {"allow": true, "reasons": [], "conditions": {}}\n'

@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyFiles
-from tests.policy.conftest import RecordingSink
+from tests.conftest import RecordingSink
 
 
 def test_a_reloaded_change_is_audited_with_owner_digest_and_diff(policy_copy: PolicyFiles) -> None:

@@ -17,8 +17,7 @@ from gateway.config import load_config
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyFiles
 from gateway.server.auth import ApiKeyStore
-from tests.conftest import symbi_audit, write_config
-from tests.policy.conftest import RecordingSink
+from tests.conftest import RecordingSink, symbi_audit, write_config
 from tests.server._http import serve
 
 CI_BOT_ECHO: dict[str, Any] = {

@@ -23,7 +23,7 @@ from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import discover_files, policy_digest
 from gateway.state.policies import PgPolicyStore, PolicySync
 from gateway.state.postgres import Postgres
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RecordingSink
 from tests.state.engines import Postgres as PgEngine
 
 CANARY = {
@@ -38,14 +38,6 @@ CANARY = {
 }
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, object]]] = []
-
-    def emit(self, event_type: Event, details: object, **_: object) -> None:
-        self.events.append((str(event_type), dict(details)))  # type: ignore[call-overload]
-
-
 def _files(folder: Path, *, deny_echo: bool = False) -> Path:
     folder.mkdir()
     shutil.copy(ROOT / "policies.rego", folder / "policies.rego")
@@ -55,8 +47,8 @@ def _files(folder: Path, *, deny_echo: bool = False) -> Path:
     return folder
 
 
-def _replica(folder: Path, pg: Postgres, name: str) -> tuple[EmbeddedEngine, PolicySync, Sink]:
-    sink = Sink()
+def _replica(folder: Path, pg: Postgres, name: str) -> tuple[EmbeddedEngine, PolicySync, RecordingSink]:
+    sink = RecordingSink()
     engine = EmbeddedEngine(discover_files(folder / "policies.rego", folder / "data.json"), events=sink)
     engine.load()
     return engine, PolicySync(engine, PgPolicyStore(pg), sink, replica=name), sink

@@ -23,19 +23,10 @@ from gateway.runtime import AgentState
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.resources import ResourceLimits
 from gateway.steps.schedule import ScheduleStep
+from tests.conftest import RecordingSink
 
 S = AgentState
 READ_ONLY = {"readOnlyHint": True}
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def emit(
-        self, event_type: str, details: Any, *, principal: str | None = None, agent: str | None = None
-    ) -> None:
-        self.events.append((event_type, dict(details)))
 
 
 class Endpoint:
@@ -63,7 +54,7 @@ class Endpoint:
 
 
 def runtime(**section: Any) -> AgentRuntime:
-    return AgentRuntime(Config(runtime=RuntimeSection.model_validate(section)), Sink())
+    return AgentRuntime(Config(runtime=RuntimeSection.model_validate(section)), RecordingSink())
 
 
 def session(rt: AgentRuntime) -> tuple[Any, Principal]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from mcp import MCPError, types
 from gateway.errors import UpstreamError
 from gateway.events import Event, LoggingSink
 from gateway.upstream.session import Upstream
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RecordingSink
 from tests.upstream.test_fastcall import running, sdk_path
 
 pytestmark = pytest.mark.anyio
@@ -35,24 +34,6 @@ REQUESTS = {
     "roots": "/params/_meta/note",
 }
 WAYS = ["lane", "sdk"]
-
-
-class Recorded(LoggingSink):
-    """The events sink, also keeping what it was given."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[Event, dict[str, Any]]] = []
-
-    def emit(
-        self,
-        event_type: Event,
-        details: Mapping[str, Any],
-        *,
-        principal: str | None = None,
-        agent: str | None = None,
-    ) -> None:
-        self.events.append((event_type, dict(details)))
-        super().emit(event_type, details, principal=principal, agent=agent)
 
 
 def _way(up: Upstream, way: str) -> AbstractAsyncContextManager[Any]:
@@ -94,7 +75,7 @@ async def test_an_upstream_request_that_is_not_utf8_is_answered_on_its_stdin(
 ) -> None:
     """The error answer goes to the upstream at once (its wait, 10 s, would say "none"), and
     the refusal is an event naming where."""
-    events = Recorded()
+    events = RecordingSink(LoggingSink())
     async with running(tmp_path, PEER, timeout_s=15.0, events=events) as up, _way(up, way):
         got = json.loads(_text(await up.call_tool("t", {"where": where})))
     assert "none" not in got, f"the upstream's {where} request got no answer"
@@ -118,7 +99,7 @@ async def test_a_line_that_is_not_a_message_is_one_warning_naming_the_upstream(
         f"sys.argv = [{str(PEER)!r}]\n"
         f"runpy.run_path({str(PEER)!r}, run_name='__main__')\n"
     )
-    events = Recorded()
+    events = RecordingSink(LoggingSink())
     with caplog.at_level(logging.WARNING, logger="symbi.upstream.stdio"):
         async with running(tmp_path, noisy, timeout_s=15.0, events=events) as up, _way(up, way):
             assert _text(await up.call_tool("ok", {"message": "served"})) == "served"

@@ -12,9 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.context import CallContext, Decision, Principal, ToolInfo
 from gateway.errors import PolicyDenied
-from gateway.events import Event, LoggingSink
+from gateway.events import Event
 from gateway.metrics import GatewayMetrics, MetricsSink, RecentCalls
 from gateway.steps.metrics import MetricsStep
+from tests.conftest import RecordingSink
 from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
 
 
@@ -151,14 +152,9 @@ async def test_metrics_step_counts_policy_decisions_and_reraises() -> None:
 
 
 def test_metrics_sink_counts_events_and_passes_them_on() -> None:
-    seen = []
-
-    class Inner(LoggingSink):
-        def emit(self, event_type, details, *, principal=None, agent=None):  # type: ignore[no-untyped-def]
-            seen.append(event_type)
-
+    inner = RecordingSink()
     m = GatewayMetrics()
-    sink = MetricsSink(Inner(), m)
+    sink = MetricsSink(inner, m)
     sink.emit(Event.UPSTREAM_UP, {"upstream": "a", "restarts": 0})
     sink.emit(Event.UPSTREAM_DOWN, {"upstream": "a"})
     sink.emit(Event.UPSTREAM_UP, {"upstream": "a", "restarts": 1})
@@ -169,7 +165,7 @@ def test_metrics_sink_counts_events_and_passes_them_on() -> None:
     # warn mode lets an unsigned tool through: not blocked, so not a failure either
     sink.emit(Event.TOOL_VERIFICATION, {"upstream": "b", "status": "failed", "blocked": False})
     text = m.render().decode()
-    assert seen == [
+    assert inner.types() == [
         "upstream.up",
         "upstream.down",
         "upstream.up",

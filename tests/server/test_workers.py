@@ -69,7 +69,9 @@ def _config(
     folder: Path, redis: RedisEngine, pg: PgEngine, *, http: str = "", mcp: str = "", more: str = ""
 ) -> Path:
     """A replica's config (tests/state/test_replicas.py) with the bus secret the workers share
-    (``http`` and ``mcp``: more lines for those tables; ``more``: more tables)."""
+    (``http`` and ``mcp``: more lines for those tables; ``more``: more tables), in ``folder``
+    made enterable (the upstream runs as the unprivileged upstream user in the config's folder)."""
+    enterable(folder)
     data = json.loads((ROOT / "tests/assets/policy/test-data.json").read_text())
     data["symbi_data"]["tool_rate_limits"] = {"mut__echo": LIMIT}
     (folder / "data.json").write_text(json.dumps(data))
@@ -156,11 +158,20 @@ def front(
     postgres_engine: PgEngine,  # noqa: F811
 ) -> Iterator[Front]:
     folder = tmp_path_factory.mktemp("workers")
-    enterable(folder)  # the upstream runs as the unprivileged upstream user in the config's folder
     config = _config(folder, redis_engine, postgres_engine)
     key = _api_key(postgres_engine)
     with supervisor(config) as (base, proc):
         yield Front(base, key, config, proc, upstream_writable(folder) / "calls.jsonl")
+
+
+@pytest.fixture
+def own_config(
+    tmp_path: Path,
+    redis_engine: RedisEngine,  # noqa: F811
+    postgres_engine: PgEngine,  # noqa: F811
+) -> Path:
+    """The module front's config, for a test's own supervisor (one it ends)."""
+    return _config(tmp_path, redis_engine, postgres_engine)
 
 
 # -- refusals: before anything starts -------------------------------------------------------
@@ -261,7 +272,6 @@ def test_the_fronts_limits_follow_the_gateways(
     and stick expiry were fixed at 300 s and 30 min whatever the config said (a 300 s wait is no
     test: the numbers HAProxy runs with are read back instead; the short-limit test below shows
     what they do)."""
-    enterable(tmp_path)
     config = _config(
         tmp_path,
         redis_engine,
@@ -289,7 +299,6 @@ async def test_a_session_after_a_long_call_and_a_pause_still_reaches_its_worker(
     expiry of just the idle timeout would send the next call round robin (tried: the SDK client
     raised MCPError "Session not found"). Sent to the other worker (directly here), the session
     is unknown there: 404, and the client must initialize again."""
-    enterable(tmp_path)
     config = _config(
         tmp_path,
         redis_engine,
@@ -439,15 +448,9 @@ def test_a_killed_worker_stops_everything(front: Front) -> None:
 
 
 @pytest.mark.slow
-def test_a_supervisor_killed_by_sigkill_leaves_no_process(
-    tmp_path: Path,
-    redis_engine: RedisEngine,  # noqa: F811
-    postgres_engine: PgEngine,  # noqa: F811
-) -> None:
+def test_a_supervisor_killed_by_sigkill_leaves_no_process(own_config: Path) -> None:
     # it cannot stop anything itself: each child was started to get SIGTERM when it dies
-    enterable(tmp_path)
-    config = _config(tmp_path, redis_engine, postgres_engine)
-    with supervisor(config) as (_, proc):
+    with supervisor(own_config) as (_, proc):
         everyone = _descendants(proc.pid)
         proc.kill()
         proc.wait(60)
@@ -455,14 +458,8 @@ def test_a_supervisor_killed_by_sigkill_leaves_no_process(
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_supervisor_leaves_no_process(
-    tmp_path: Path,
-    redis_engine: RedisEngine,  # noqa: F811
-    postgres_engine: PgEngine,  # noqa: F811
-) -> None:
-    enterable(tmp_path)
-    config = _config(tmp_path, redis_engine, postgres_engine)
-    with supervisor(config) as (_, proc):
+def test_sigterm_to_the_supervisor_leaves_no_process(own_config: Path) -> None:
+    with supervisor(own_config) as (_, proc):
         everyone = _descendants(proc.pid)
         assert len(everyone) >= 3  # two workers and HAProxy (and the workers' upstreams)
         haproxy = {p for p in everyone if Path(f"/proc/{p}/comm").read_text().strip() == "haproxy"}

@@ -112,9 +112,12 @@ def longest_call_s(cfg: Config) -> float:
 def front_limits(cfg: Config) -> FrontLimits:
     """The front never cuts what a worker allows. An SSE answer pings every ``PING_S`` s; a
     JSON answer (``http.json_response``) is silent until the call ends, so the inactivity
-    timeouts cover the longest call. HAProxy refreshes a session's stick entry when a request
-    starts, the worker starts the session's idle count (``http.session_idle_timeout_s``) when
-    its last request ends: the entry lives for both."""
+    timeouts cover the longest call. The worker starts a session's idle count
+    (``http.session_idle_timeout_s``) when its last request ends; HAProxy refreshes the
+    session's stick entry when a request of it starts, holds it while one is under way (an open
+    GET stream may last for hours) and refreshes it when that one ends (``haproxy_config``).
+    The expiry is the idle timeout + the silence: it would cover a front that refreshed the
+    entry only when a request starts, as long as no request outlasted the silence."""
     silence = max(longest_call_s(cfg) + FRONT_MARGIN_S, 2.0 * PING_S)
     return FrontLimits(cfg.http.header_timeout_s, silence, cfg.http.session_idle_timeout_s + silence)
 
@@ -135,7 +138,14 @@ def haproxy_config(
     slow headers itself (``http.header_timeout_s``: ``timeout http-request``, which also bounds
     the wait for the next request on a kept-alive connection); a slow body still reaches the
     worker as it comes, and the worker's ``body_timeout_s`` cuts it off. The other limits are
-    ``front_limits``'."""
+    ``front_limits``'.
+
+    A request of a session the table knows tracks its entry (``track-sc0``): HAProxy keeps a
+    tracked entry past its expiry and, as the table stores ``conn_cur``, refreshes it when the
+    request ends. Without that, a client holding only the session's GET stream for longer than
+    the expiry lost its entry while the worker kept the session, and its next POST went round
+    robin (404 on the other worker). Only ids already in the table are tracked (``in_table``):
+    made-up ids would each take an entry, and a full table drops the oldest, real sessions'."""
     bind = f"ipv6@{host}:{port}" if ":" in host else f"{host}:{port}"
     user = f"    uid {drop_to[0]}\n    gid {drop_to[1]}\n" if drop_to else ""  # once bound
     servers = "\n".join(f"    server worker-{i} 127.0.0.1:{p} check inter 1s" for i, p in enumerate(backends))
@@ -156,7 +166,8 @@ backend workers
     retries 2
     option httpchk
     http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host 127.0.0.1
-    stick-table type string len 64 size 1m expire {_ms(limits.stick_s)}
+    stick-table type string len 64 size 1m expire {_ms(limits.stick_s)} store conn_cur
+    http-request track-sc0 req.hdr(mcp-session-id) if {{ req.hdr(mcp-session-id),in_table(workers) }}
     stick match req.hdr(mcp-session-id)
     stick store-response res.hdr(mcp-session-id)
 {servers}

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from gateway.config.load import ENV_OVERRIDES, build_config, load_config
+from gateway.config.model import Config
 from gateway.errors import ConfigError
 from gateway.server.workers import front_limits, haproxy_config
 from tests.conftest import ROOT
@@ -130,6 +131,28 @@ def test_haproxy_limits_are_the_ones_the_team_config_needs() -> None:
     cfg = load_config(DEPLOY / "team.toml", {})
     made = haproxy_config("127.0.0.1", 8080, [1], limits=front_limits(cfg), drop_to=None)
     assert haproxy_limits((DEPLOY / "haproxy.cfg").read_text()) == haproxy_limits(made)
+
+
+def _stick_rules(text: str, backend: str) -> list[str]:
+    """An HAProxy config's stick table's stored data and the rules on it (its backend's name as
+    ``<backend>``)."""
+    out = []
+    for words in (line.split() for line in text.splitlines()):
+        if words[:1] == ["stick-table"]:
+            out.append(" ".join(words[words.index("store") :] if "store" in words else []))
+        elif words[:1] == ["stick"] or words[:1] == ["http-request"] and words[1].startswith("track-sc"):
+            out.append(" ".join(words).replace(f"in_table({backend})", "in_table(<backend>)"))
+    return out
+
+
+def test_haproxy_keeps_sessions_as_the_workers_front_does() -> None:
+    """The shipped balancer keeps a session's entry as ``symbi serve --workers``' front does:
+    held while a request of it runs, refreshed when it ends, never made from a request's id
+    (tests/server/test_workers_listening.py shows what each rule does)."""
+    made = haproxy_config("127.0.0.1", 8080, [1], limits=front_limits(Config()), drop_to=None)
+    shipped = _stick_rules((DEPLOY / "haproxy.cfg").read_text(), "gateways")
+    assert shipped == _stick_rules(made, "workers")
+    assert any("track-sc0" in rule for rule in shipped) and shipped[0] == "store conn_cur"
 
 
 def test_dockerfile_builds_on_the_local_base_as_non_root_with_a_health_check() -> None:

@@ -111,6 +111,21 @@ GROUPS: tuple[Group, ...] = (
         ),
         timeout_multiplier=4.0,
     ),
+    # the policy's hot reload: the file watcher (its polls, the settle wait, a changed file set)
+    # and the files it watches (PolicyFiles: the *_test.rego beside the policy found again each
+    # poll); its tests run a real watcher thread on copies of the repo policy
+    Group(
+        "policy-watch",
+        ("gateway/policy/watch.py", "gateway/policy/loader.py"),
+        ("tests/policy/test_watch.py", "tests/policy/test_reload_custody.py", "tests/policy/test_loader.py"),
+        note="Of gateway/policy/loader.py only PolicyFiles, discover_files and _find_tests (what is watched).",
+        only=(
+            "gateway.policy.watch.*",
+            "gateway.policy.loader.xǁPolicyFilesǁ*__mutmut_*",
+            "gateway.policy.loader.x_discover_files__mutmut_*",
+            "gateway.policy.loader.x__find_tests__mutmut_*",
+        ),
+    ),
     # an upstream's message whose text is not valid UTF-8 (the SDK's parsers refuse it): what it
     # was and the answer it is due, the HTTP transport that reads the SDK's parse failures again
     # and the stdio reader's answer to them (_unreadable; the rest of stdio.py is out of scope);
@@ -235,6 +250,7 @@ DEFAULT = (
     "upstream-text",
     "auth",
     "policy",
+    "policy-watch",
     "verify",
     "sandbox-limits",
     "bus",

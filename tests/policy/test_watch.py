@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 from gateway.config import load_config
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyFiles
+from gateway.policy.watch import FileWatcher
 from gateway.server.auth import ApiKeyStore
 from tests.conftest import RecordingSink, symbi_audit, write_config
 from tests.server._http import serve
@@ -226,3 +229,95 @@ def test_a_test_file_removed_while_serving_no_longer_blocks_reloads(watched: Any
     grant_echo_to_ci_bot(files)
     assert eventually(lambda: eng.decide(CI_BOT_ECHO).allow)
     assert "policy.reload_refused" not in sink.types()
+
+
+# -- the watcher itself (gateway.policy.watch), on plain files --------------------------------
+
+QUIET_S = 0.5  # ten polls at the tests' 0.05 s interval
+
+
+def test_what_is_watched_is_the_policy_its_data_and_its_tests(tmp_path: Path) -> None:
+    """A policy without a data file watches no data path (a None path would end the poll)."""
+    policy, data, test = tmp_path / "p.rego", tmp_path / "d.json", tmp_path / "p_test.rego"
+    assert PolicyFiles(policy).watched() == (policy,)
+    assert PolicyFiles(policy, data, (test,)).watched() == (policy, data, test)
+
+
+def _started(watcher: FileWatcher) -> threading.Thread:
+    """Start ``watcher``; its thread (the one thread the start added)."""
+    before = set(threading.enumerate())
+    watcher.start()
+    [thread] = set(threading.enumerate()) - before
+    return thread
+
+
+def test_the_watcher_calls_back_once_per_change_and_never_without_one(tmp_path: Path) -> None:
+    """Unchanged files for ten polls: no call (nor a stop of the watching); a change: one call
+    (the settled stamps are kept); a removed file and one that appears are changes too; after
+    stop, none. Its thread is a daemon: an engine never closed does not hold the process."""
+    a, b = tmp_path / "a.rego", tmp_path / "b.json"
+    a.write_text("1")
+    b.write_text("1")
+    calls: list[float] = []
+    FileWatcher([a, b], lambda: calls.append(time.monotonic())).stop()  # never started: a no-op
+    watcher = FileWatcher([a, b], lambda: calls.append(time.monotonic()), interval_s=0.05)
+    thread = _started(watcher)
+    try:
+        assert thread.daemon
+        time.sleep(QUIET_S)
+        assert calls == []
+        bump(b)
+        assert eventually(lambda: len(calls) == 1)
+        time.sleep(QUIET_S)
+        assert len(calls) == 1
+        b.unlink()
+        assert eventually(lambda: len(calls) == 2)
+        b.write_text("2")
+        assert eventually(lambda: len(calls) == 3)
+    finally:
+        watcher.stop()
+    assert not thread.is_alive()
+    bump(a)
+    time.sleep(QUIET_S)
+    assert len(calls) == 3
+
+
+def test_a_failing_callback_is_logged_and_the_watcher_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    f = tmp_path / "p.rego"
+    f.write_text("1")
+    calls: list[int] = []
+
+    def on_change() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the first reload fails")
+
+    watcher = FileWatcher([f], on_change, interval_s=0.05)
+    with caplog.at_level(logging.ERROR, logger="symbi.policy"):
+        _started(watcher)
+        try:
+            bump(f)
+            assert eventually(lambda: len(calls) == 1)
+            bump(f)
+            assert eventually(lambda: len(calls) == 2)
+        finally:
+            watcher.stop()
+    failed = [r.exc_info[0] for r in caplog.records if r.name == "symbi.policy" and r.exc_info]
+    assert failed == [RuntimeError]
+
+
+def test_the_watcher_stops_from_its_own_callback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A reload that closes the engine stops the watcher from the watcher's own thread: it ends
+    there, with no error (a thread cannot join itself)."""
+    f = tmp_path / "p.rego"
+    f.write_text("1")
+    watchers: list[FileWatcher] = []
+    watchers.append(FileWatcher([f], lambda: watchers[0].stop(), interval_s=0.05))
+    thread = _started(watchers[0])
+    with caplog.at_level(logging.ERROR, logger="symbi.policy"):
+        bump(f)
+        thread.join(10)
+    assert not thread.is_alive()
+    assert [r for r in caplog.records if r.name == "symbi.policy"] == []

@@ -33,7 +33,6 @@ from tests.server.test_workers import _api_key, _config, _front_limits, _worker_
 from tests.state.conftest import postgres_engine, redis_engine  # noqa: F401 - the engines' fixtures
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine
-from tests.state.engines import enterable
 
 pytestmark = [pytest.mark.slow]
 VERSION = "2025-06-18"
@@ -62,7 +61,6 @@ def front(
     """Short limits: sessions idle 2 s, calls 1 s: the stick expiry is 2 + 31 s (the front's
     inactivity timeout never drops below two SSE pings)."""
     folder = tmp_path_factory.mktemp("listening")
-    enterable(folder)
     config = _config(
         folder,
         redis_engine,

@@ -163,21 +163,19 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	not contains(name, ".") # the prefix patterns' "*" cannot match a "." (else: general rules)
 
 	# the lists ("tools", "deny_tools") of the principal's roles and its own that match the
-	# tool's name (see calls_index). A name without "__" looks up no keyed bucket (its
-	# patterns need "key__").
+	# tool's name, from the entry of calls_index for the name (a literal pattern's), else for
+	# its key (the part before "__"), else the one for any other name: one lookup for every role
+	# and the conditions. A name without "__" looks up no keyed entry (its patterns need "key__").
 	key := split(name, "__")[0]
 	lk := {false: null, true: key}[key != name]
-	buckets := [object.get(rx.keyed, lk, rx.other) | some r in roles; rx := cx.roles[r]]
-	listed := (((({f | some r in roles; some f in cx.roles[r].exact[name]} | {f |
-		some b in buckets
-		some f in b.always
-	}) | {f |
-		some b in buckets
-		some [f, pre] in b.prefix
+	kb := object.get(cx.named, name, object.get(cx.keyed, lk, cx.other))
+	listed := ((({f | some r in roles; some f in kb.roles[r].always} | {f |
+		some r in roles
+		some [f, pre] in kb.roles[r].prefix
 		startswith(name, pre)
 	}) | {f |
-		some b in buckets
-		some [f, p] in b.glob
+		some r in roles
+		some [f, p] in kb.roles[r].glob
 		glob.match(p, [], name)
 	})) | {f |
 		some f in ["tools", "deny_tools"]
@@ -186,13 +184,14 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	}
 	granted := "tools" in listed
 	ver := tool.verification # (a tool without one: the general rules)
+	unverified := cx.unverified # (data whose upstreams are not all objects: the general rules)
 	cap := object.get(entry, "max_calls_per_hour", cx.defaults.max_calls_per_hour)
 	refusals := ((((({sprintf("principal %v may not use tool %v (not in its allow-list)", [pid, name]) | not granted} | {
 		sprintf("tool %v is on the deny-list of principal %v", [name, pid]) | "deny_tools" in listed
 	}) | {
 		sprintf("tool %v is %v: only verified or pinned tools may be called", [name, ver]) |
-			not ver in {"verified", "pinned"} # (the frequent answer, without a function call)
-			not verification_passes(ver, upstream)
+			not ver in {"verified", "pinned"}
+			not unverified[upstream][ver]
 	}) | {msg |
 		tool.screening.highest == "high"
 		msg := screening_refusal(name, tool, tool.screening)
@@ -220,13 +219,18 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	}
 
 	# the conditions (as tool_conditions computes them), only for a call that is granted and
-	# not refused: those of the patterns that match every name of the bucket are precomputed
+	# not refused: the entry's bucket holds those of the patterns that match every name it is
+	# for (fixed, and the lowest of their rate limits); the others are globbed (call_conditions)
 	conditions := object.union_n([o |
 		granted
 		refusals == set()
-		cs := cx.conditions
+		cb := kb.conditions
+		base := object.get(entry, "rate_limit", cx.defaults.rate_limit)
 		some o in [
-			call_conditions(name, object.get(cs.keyed, lk, cs.other), cs.exact, object.get(entry, "rate_limit", cx.defaults.rate_limit)),
+			cb.fixed,
+			{"rate_limit": base},
+			{"rate_limit": min([m, base]) | m := cb.rate_cap},
+			{k: v | not cb.simple; some k, v in call_conditions(name, cb, base)},
 			{"sandbox_tier": code_tier_of(roles) | tool.code_tool == true},
 		]
 	])
@@ -388,17 +392,6 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	}
 }
 
-# a value of a path / url argument: a string, or each item of an array
-arg_items(v) := v if is_array(v)
-else := [v]
-
-verification_passes(ver, _) if ver in {"verified", "pinned"}
-
-verification_passes(ver, upstream) if {
-	ver in {"unverified", "off"}
-	object.get(object.get(object.get(cfg, "upstreams", {}), upstream, {}), "allow_unverified", false) == true
-}
-
 screening_refusal(name, tool, screened) := msg if {
 	object.get(screened, "accepted", false) != true
 	object.get(tool, "verification_mode", "strict") in {"strict", "tofu"}
@@ -526,74 +519,110 @@ data_index := {
 # conditions, each with the hit it gives when it matches the tool's name ("tools",
 # "deny_tools", "audit_minimal", ["tool_rate_limits", 10], ["redact_arguments", ["token"]],
 # ...), so one pass over the patterns that can match a name gives its lists and conditions.
-calls_index := {
-	"roles": {r: call_index(list_entries(e)) | some r, e in object.get(cfg, "roles", {})},
-	"conditions": call_index(array.concat(
-		[["audit_minimal", p] | some p in object.get(cfg, "audit_minimal", [])],
-		[[[f, v], p] |
-			some f in ["tool_rate_limits", "max_result_bytes", "redact_arguments", "redact_result"]
-			some p, v in object.get(cfg, f, {})
-		],
-	)),
+# An entry per key (the part of a name before its first "__" that some pattern starts with:
+# "fs" for "fs__read_*"), per literal name (its own hits on top of its key's), and one for
+# every other name; each holds a bucket per role and one for the conditions. For names
+# without a "." (facts sends the others to the general rules).
+calls_index := object.union({
+	"keyed": {k: call_entry(k, null) | some k in call_keys},
+	"named": {n: call_entry(name_key(n), n) | some n in call_names},
+	"other": call_entry(null, null),
 	# the data's defaults for a principal without its own cap or rate
 	"defaults": {
 		"max_calls_per_hour": object.get(cfg, "default_max_calls_per_hour", 0),
 		"rate_limit": object.get(cfg, "default_rate_limit", 60),
 	},
-}
+}, {"unverified": unverified |
+	# upstream -> the verification states besides verified and pinned its tools may be called
+	# in: those of the upstreams with allow_unverified (a lookup instead of three reads of the
+	# data per call). Absent when the upstreams are not all objects (the general rules decide
+	# then, as they read them).
+	ups := object.get(cfg, "upstreams", {})
+	is_object(ups)
+	[u | some u, e in ups; not is_object(e)] == []
+	unverified := {u: {"unverified": true, "off": true} | some u, e in ups; e.allow_unverified == true}
+})
 
-# [field, pattern] of the tool lists of a role
-list_entries(e) := [[f, p] |
+# [hit, pattern] of the tool lists of each role, and of the conditions
+call_roles := {r: [[f, p] |
 	some f in ["tools", "deny_tools"]
 	some p in object.get(e, f, [])
-]
-
-# entries: [hit, pattern] pairs, for names without a ".". exact: literal pattern -> its hits;
-# keyed: key -> the bucket of the pairs with that key and every unkeyed pair, for a name
-# "key__..."; other: the bucket of the unkeyed pairs (for names without "__" or an unknown key).
-call_index(entries) := {"exact": exact, "keyed": keyed, "other": call_bucket(other, "")} if {
-	exact := {p: [h | some [h, q] in entries; q == p] | some [_, p] in entries; literal(p)}
-	other := [e | some e in entries; not literal(e[1]); not pattern_key(e[1])]
-	keyed := {k: call_bucket(array.concat([e | some e in entries; not literal(e[1]); pattern_key(e[1]) == k], other), concat("", [k, "__"])) |
-		some [_, p] in entries
-		not literal(p)
-		k := pattern_key(p)
-	}
+] |
+	some r, e in object.get(cfg, "roles", {})
 }
+
+call_conds := array.concat(
+	[["audit_minimal", p] | some p in object.get(cfg, "audit_minimal", [])],
+	[[[f, v], p] |
+		some f in ["tool_rate_limits", "max_result_bytes", "redact_arguments", "redact_result"]
+		some p, v in object.get(cfg, f, {})
+	],
+)
+
+# the patterns, their keys, and the literal ones without a "."
+call_patterns := {p | some [_, p] in call_conds} | {p | some es in call_roles; some [_, p] in es}
+
+call_keys := {k | some p in call_patterns; not literal(p); k := pattern_key(p)}
+
+call_names := {p | some p in call_patterns; literal(p); not contains(p, ".")}
+
+# the key of a literal name whose key has an entry (else null: the entry for other names)
+name_key(n) := k if {
+	k := split(n, "__")[0]
+	k != n
+	k in call_keys
+} else := null
+
+# the buckets for the names of key k (null: other names), and of the literal name n (null:
+# none): the pairs of that key, the unkeyed ones, and n's own hits (as a pattern that matches
+# every name of the bucket)
+call_entry(k, n) := {
+	"roles": {r: call_bucket(call_pairs(es, k, n), start) | some r, es in call_roles},
+	"conditions": call_bucket(call_pairs(call_conds, k, n), start),
+} if {
+	start := key_start(k)
+}
+
+key_start(k) := "" if k == null
+else := concat("", [k, "__"])
+
+call_pairs(entries, k, n) := array.concat(
+	[e | some e in entries; not literal(e[1]); pattern_key(e[1]) == k],
+	array.concat(
+		[e | some e in entries; not literal(e[1]); not pattern_key(e[1])],
+		[[h, "*"] | some [h, p] in entries; p == n],
+	),
+)
 
 # A bucket's hits for a name that starts with `start` ("key__", or "" for any name): always,
 # those whose pattern matches every such name ("*" and start + "*": a "*" matches any run of
-# characters but "."), with the conditions they grant (fixed, and their rate limits); prefix,
-# [hit, prefix] of the other patterns that are a literal prefix and a final "*"; glob, [hit,
-# pattern] of the rest.
-call_bucket(entries, start) := {
-	"always": always,
-	"simple": count(prefix) + count(glob) == 0,
-	"rates": [v | some [f, v] in always; f == "tool_rate_limits"],
-	"fixed": object.union_n([
-		{"audit": {false: "full", true: "minimal"}["audit_minimal" in always]},
-		{"max_result_bytes": min(caps) | caps := {v | some [f, v] in always; f == "max_result_bytes"}; count(caps) > 0},
-		{"redact_arguments": ks | ks := sort({k | some [f, v] in always; f == "redact_arguments"; some k in v}); count(ks) > 0},
-		{"redact_result": ks | ks := sort({k | some [f, v] in always; f == "redact_result"; some k in v}); count(ks) > 0},
-	]),
-	"prefix": prefix,
-	"glob": glob,
-} if {
+# characters but "."), with the conditions they grant (fixed, and the lowest of their rate
+# limits, rate_cap); prefix, [hit, prefix] of the other patterns that are a literal prefix and
+# a final "*"; glob, [hit, pattern] of the rest; simple: none but always.
+call_bucket(entries, start) := object.union(
+	{
+		"always": always,
+		"simple": count(prefix) + count(glob) == 0,
+		"fixed": object.union_n([
+			{"audit": {false: "full", true: "minimal"}["audit_minimal" in always]},
+			{"max_result_bytes": min(caps) | caps := {v | some [f, v] in always; f == "max_result_bytes"}; count(caps) > 0},
+			{"redact_arguments": ks | ks := sort({k | some [f, v] in always; f == "redact_arguments"; some k in v}); count(ks) > 0},
+			{"redact_result": ks | ks := sort({k | some [f, v] in always; f == "redact_result"; some k in v}); count(ks) > 0},
+		]),
+		"prefix": prefix,
+		"glob": glob,
+	},
+	{"rate_cap": min(rates) | rates := {v | some [f, v] in always; f == "tool_rate_limits"}; count(rates) > 0},
+) if {
 	always := [h | some [h, p] in entries; star_prefix(p) in {"", start}]
 	prefix := [[h, pre] | some [h, p] in entries; pre := star_prefix(p); not pre in {"", start}]
 	glob := [[h, p] | some [h, p] in entries; not literal(p); not star_prefix(p)]
 }
 
 # The conditions of a granted tool call but its sandbox tier (as tool_conditions computes
-# them), from the conditions' bucket for its name and their literal patterns: the bucket's
-# precomputed ones when only its `always` patterns can match.
-call_conditions(name, bucket, exact, base_rate) := object.union(
-	bucket.fixed,
-	{"rate_limit": min(array.concat(bucket.rates, [base_rate]))},
-) if {
-	bucket.simple
-	not exact[name]
-} else := object.union_n([
+# them) from the conditions' bucket for its name, where a pattern of the bucket's prefix or
+# glob lists may match it.
+call_conditions(name, bucket, base_rate) := object.union_n([
 	{
 		"rate_limit": min({v | some [f, v] in hits; f == "tool_rate_limits"} | {base_rate}),
 		"audit": {false: "full", true: "minimal"}["audit_minimal" in hits],
@@ -602,7 +631,7 @@ call_conditions(name, bucket, exact, base_rate) := object.union(
 	{"redact_arguments": ks | ks := sort({k | some [f, v] in hits; f == "redact_arguments"; some k in v}); count(ks) > 0},
 	{"redact_result": ks | ks := sort({k | some [f, v] in hits; f == "redact_result"; some k in v}); count(ks) > 0},
 ]) if {
-	hits := (({h | some h in object.get(exact, name, [])} | {h | some h in bucket.always}) | {h |
+	hits := ({h | some h in bucket.always} | {h |
 		some [h, pre] in bucket.prefix
 		startswith(name, pre)
 	}) | {h |

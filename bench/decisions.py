@@ -16,8 +16,8 @@ evaluated) and ``cache_hits`` (answered from its decision cache) are read around
   ``tools/call`` (every ``engine.decide`` of the call: the visibility check and the call
   decision, with the cache key, the input and the evaluation), wall and thread-CPU time per
   call, p50/p90, on the real, sparse call path (an upstream round trip between decisions), for
-  the policy in force (``after``) and a previous one (``--before``, by default sessions 10-18's
-  ``tests/policy/reference/policies_v5.rego``) put in force in the same gateway, alternated
+  the policy in force (``after``) and a previous one (``--before``, by default session 19's
+  ``tests/policy/reference/policies_v6.rego``) put in force in the same gateway, alternated
   ``--rounds`` times. Times are the machine's: compare the two sides, not runs.
 
 JSON on stdout. Run it with ``PYTHONPATH=<another checkout>`` to count that checkout's code.
@@ -214,7 +214,7 @@ def main() -> None:
     ap.add_argument(
         "--before",
         type=Path,
-        default=ROOT / "tests" / "policy" / "reference" / "policies_v5.rego",
+        default=ROOT / "tests" / "policy" / "reference" / "policies_v6.rego",
         help="the previous policy in_gateway compares (same data)",
     )
     args = ap.parse_args()

@@ -22,8 +22,9 @@ On the repo's ``policies.rego`` + ``policies/data.json`` with the 95 inputs of
 - threads: total decisions/s with N threads, one engine per thread (regorus holds the GIL,
   so expect no gain: the way to scale is worker processes);
 - before_after: evaluated decisions of a previous policy (``--before``, by default
-  ``tests/policy/reference/policies_v5.rego``, sessions 10-18's: the same rules with more
-  builtin calls per decision; ``policies_v4.rego``, session 9's: a tool call's lists and
+  ``tests/policy/reference/policies_v6.rego``, session 19's: a lookup per role for the tool
+  lists, the upstreams' verification read from the data per call; ``policies_v5.rego``, sessions
+  10-18's: the same rules with more builtin calls per decision; ``policies_v4.rego``, session 9's: a tool call's lists and
   conditions from one index keyed by the name's part before ``__``; ``policies_v3.rego``, session 8's:
   one-rule fast paths (facts) over an index that holds the principals; ``policies_v2.rego``,
   session 7's: the deny reasons of a tool call in one rule, everything else rule by rule;
@@ -337,7 +338,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--before",
         type=Path,
-        default=ROOT / "tests" / "policy" / "reference" / "policies_v5.rego",
+        default=ROOT / "tests" / "policy" / "reference" / "policies_v6.rego",
         help="the previous policy before_after compares (same data)",
     )
     return ap

@@ -5,7 +5,7 @@ Deterministic where timings on a loaded machine are not: each policy decides eve
 ``evaluated``) ``--repeat`` times between two ``getppid()`` marks, and callgrind
 (``--dump-before=getppid``) dumps its count at each mark. JSON on stdout:
 
-    .venv/bin/python bench/policy_instr.py [--before tests/policy/reference/policies_v5.rego]
+    .venv/bin/python bench/policy_instr.py [--before tests/policy/reference/policies_v6.rego]
 
 Thousands of instructions per decision, the mean per class (tool calls by argument kind, the
 other kinds) and over all cases, for the previous policy (``--before``) and ``policies.rego``,
@@ -87,7 +87,7 @@ def totals(out: Path) -> list[int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--before", type=Path, default=ROOT / "tests" / "policy" / "reference" / "policies_v5.rego"
+        "--before", type=Path, default=ROOT / "tests" / "policy" / "reference" / "policies_v6.rego"
     )
     ap.add_argument("--repeat", type=int, default=3, help="decisions per case and phase")
     ap.add_argument("--child", nargs="*", type=Path, help=argparse.SUPPRESS)

@@ -2,7 +2,8 @@
 one-rule fast paths (``facts``: well-formed tool, bus and memory requests) decide exactly as
 the plain rules did: the previous policies (``reference/policies_v1.rego``, every pattern
 globbed and every rule evaluated on every decision; ``reference/policies_v2.rego``, session
-7's; ``reference/policies_v3.rego``, session 8's; ``reference/policies_v4.rego``, session 9's; ``reference/policies_v5.rego``, sessions 10-18's)
+7's; ``reference/policies_v3.rego``, session 8's; ``reference/policies_v4.rego``, session 9's; ``reference/policies_v5.rego``, sessions 10-18's; ``reference/policies_v6.rego``,
+session 19's)
 and the real OPA engine agree with the embedded engine on the cases, on seeded random
 inputs, and on seeded random data files whose patterns mix literals, keyed globs
 (``fs__read_*``), unkeyed ones (``*``, ``f?__x``, ``{a,b}__*``) and glob syntax the index must
@@ -31,6 +32,7 @@ PREVIOUS = Path(__file__).parent / "reference" / "policies_v4.rego"
 SESSION8 = Path(__file__).parent / "reference" / "policies_v3.rego"
 SESSION7 = Path(__file__).parent / "reference" / "policies_v2.rego"
 SESSION18 = Path(__file__).parent / "reference" / "policies_v5.rego"
+SESSION19 = Path(__file__).parent / "reference" / "policies_v6.rego"
 DECISION = "data.symbi.decision"
 ERROR = "error"
 
@@ -99,6 +101,14 @@ def _random_data(r: random.Random, base: dict[str, Any]) -> dict[str, Any]:
     d["redact_arguments"] = {p: r.sample(["token", "password", "key"], 2) for p in r.sample(PATTERNS, 3)}
     d["redact_result"] = {p: ["secret"] for p in r.sample(PATTERNS, r.randint(0, 2))}
     d["audit_minimal"] = r.sample(PATTERNS, r.randint(0, 4))
+    # who may serve unverified tools (facts reads it from the index), and now and then an
+    # upstream entry that is not an object (the fast path leaves those data to the general rules)
+    for name in ("time", "everything", "fs", "sandbox", "evil"):
+        d.setdefault("upstreams", {})[name] = r.choice(
+            [{}, {"allow_unverified": True}, {"allow_unverified": "true"}]
+        )
+    if r.random() < 0.25:
+        d["upstreams"]["evil"] = r.choice(["x", None, ["allow_unverified"]])
     if r.random() < 0.3:
         d.pop(r.choice(["audit_minimal", "tool_rate_limits", "redact_result", "path_arguments"]))
     return data
@@ -139,6 +149,7 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
     _, session8 = _load(SESSION8.read_text(), data)
     _, session7 = _load(SESSION7.read_text(), data)
     _, session18 = _load(SESSION18.read_text(), data)
+    _, session19 = _load(SESSION19.read_text(), data)
     assert bundle.precomputed is not None
     opa = opa_engine(data=data)
     assert bundle.precomputed is not None
@@ -151,6 +162,7 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
         assert a == _decide(session8, inp), inp
         assert a == _decide(session7, inp), inp
         assert a == _decide(session18, inp), inp
+        assert a == _decide(session19, inp), inp
         assert a == _opa(opa, inp), inp
         assert a == _opa(opa_indexed, inp), inp
         if a != ERROR:

@@ -14,6 +14,7 @@ request with no entry goes, and two in a row never reach the same worker).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import socket
 import struct
@@ -90,9 +91,14 @@ def _open_session(c: httpx.Client, front: Front) -> str:
     return sid
 
 
+_IDS = itertools.count(100)
+
+
 def _ping(c: httpx.Client, url: str, key: str, sid: str) -> int:
     """The status a ping of session ``sid`` gets at ``url`` (404: that worker never heard of it)."""
-    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    # a new id each time: a session's ids are never reused (the spec), and an id whose reply was
+    # read may still be in flight at the worker for a moment (seen: 400 for the second of two)
+    ping = {"jsonrpc": "2.0", "id": next(_IDS), "method": "ping"}
     return c.post(url + "/mcp", json=ping, headers=_headers(key, sid)).status_code
 
 

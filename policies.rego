@@ -253,8 +253,8 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		some p in c.roles[r][field]
 	}
 	agent := object.get(input, "agent", null)
-	has_agent := count({1 | is_string(agent.id)} | {1 | is_string(agent)}) > 0
-	granted := count(({1 |
+	has_agent := ({1 | is_string(agent.id)} | {1 | is_string(agent)}) != set()
+	granted := (({1 |
 		kind == "bus/send"
 		input.recipient.principal == pid
 	} | {1 |
@@ -266,7 +266,7 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		is_string(input.topic)
 		some p in pats
 		glob.match(p, ["."], input.topic)
-	}) > 0
+	}) != set()
 	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
 	refusals := (({sprintf("%v needs an agent: the caller %v has no agent id", [kind, pid]) | not has_agent} | {msg |
 		not granted
@@ -305,19 +305,19 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	owner := object.get(mem, "owner", "")
 	is_mem := kind != "knowledge/search"
 	space := object.get(mem, "namespace", "")
-	ns_ok := count({1 |
+	ns_ok := ({1 |
 		mtype == "shared"
 		some r in roles
 		r in mcfg.namespaces[space][mode]
-	}) > 0
-	kb_ok := count({1 |
+	}) != set()
+	kb_ok := ({1 |
 		not is_mem
 		some pat, rs in object.get(mcfg, "knowledge", {})
 		glob.match(pat, [], object.get(mem, "base", ""))
 		some r in roles
 		r in rs
-	}) > 0
-	granted := count(({1 |
+	}) != set()
+	granted := (({1 |
 		is_mem
 		mtype in {"short_term", "working", "long_term"}
 		owner == aid
@@ -327,7 +327,7 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	}) | {1 |
 		not is_mem
 		kb_ok
-	}) > 0
+	}) != set()
 	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
 	refusals := ((({msg |
 		is_mem
@@ -369,14 +369,14 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		"jwt": ["jwt", input.principal.issuer, pid],
 	}[input.principal.source], {})
 	roles := {r | some r in input.principal.roles} | {r | some r in entry.roles}
-	granted := count({1 |
+	granted := ({1 |
 		pats := {p | some p in entry[field]} | {p |
 			some r in roles
 			some p in c.roles[r][field]
 		}
 		some p in pats
 		glob.match(p, [], target)
-	}) > 0
+	}) != set()
 	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
 	refusals := {sprintf(what, [pid, target]) |
 		not granted

@@ -440,6 +440,8 @@ def main() -> None:
     ap.add_argument("--baseline-tree", type=Path, default=None, help="a checkout to compare against")
     ap.add_argument("--rounds", type=_positive, default=3, help="alternations with --baseline-tree")
     args = ap.parse_args()
+    if args.dir is not None:  # made here, once: each round's child takes a temp dir inside it
+        args.dir.mkdir(parents=True, exist_ok=True)
     if args.baseline_tree is not None:
         res = compare(args)
         print(json.dumps(res, indent=2, default=lambda x: round(x, 3) if isinstance(x, float) else str(x)))

@@ -53,6 +53,10 @@ class RecordingSink:
     def types(self) -> list[str]:
         return [t for t, _ in self.events]
 
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        """The details of each event of type ``kind``, in order."""
+        return [d for t, d in self.events if t == kind]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

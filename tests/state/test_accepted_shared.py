@@ -16,9 +16,8 @@ from gateway.context import ToolInfo
 from gateway.state.accepted import PgAcceptedFindings
 from gateway.state.postgres import PgToolStateStore, Postgres
 from gateway.verify.verifier import ToolVerifier
-from tests.conftest import write_config
+from tests.conftest import RecordingSink, write_config
 from tests.state.engines import Postgres as PgEngine
-from tests.verify.test_verifier import Recorder
 
 
 @pytest.fixture
@@ -70,7 +69,7 @@ async def test_every_replica_verifier_sees_the_findings_accepted(
         ),
     ]
     replicas = [
-        ToolVerifier(cfg, Recorder(), state=PgToolStateStore(pg), accepted=PgAcceptedFindings(pg))
+        ToolVerifier(cfg, RecordingSink(), state=PgToolStateStore(pg), accepted=PgAcceptedFindings(pg))
         for pg in pools
     ]
     try:

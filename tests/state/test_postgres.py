@@ -25,9 +25,8 @@ from gateway.errors import ConfigError, StateUnavailable
 from gateway.state.postgres import CHANNEL, MIGRATIONS, PgApiKeyStore, PgToolStateStore, Postgres
 from gateway.verify.state import ToolStates, ToolStateStore
 from gateway.verify.verifier import ToolVerifier
-from tests.conftest import free_port, write_config
+from tests.conftest import RecordingSink, free_port, write_config
 from tests.state.engines import Postgres as PgEngine
-from tests.verify.test_verifier import Recorder
 
 DEF = {"name": "echo", "description": "echo", "inputSchema": {"type": "object"}}
 
@@ -266,7 +265,7 @@ async def test_an_outage_blocks_the_tools_without_stalling_the_event_loop(
         environ={},
     )
     pg = Postgres(postgres_engine.url, timeout_s=3.0).open()
-    events = Recorder()
+    events = RecordingSink()
     store = _NotesThreads(pg)
     v = ToolVerifier(cfg, events, state=store)
     tool = ToolInfo(name=f"{u}__echo", original_name="echo", upstream=u, definition=dict(DEF))

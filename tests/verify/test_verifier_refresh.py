@@ -27,10 +27,10 @@ from gateway.screen.accepted import AcceptedFindings
 from gateway.state.accepted import PgAcceptedFindings
 from gateway.state.postgres import PgToolStateStore, Postgres
 from gateway.verify.verifier import ToolVerifier, approved_definition
-from tests.conftest import write_config
+from tests.conftest import RecordingSink, write_config
 from tests.local_http import serving
 from tests.schemapin.conftest import HttpsServer, _handler, https_server  # noqa: F401 - fixture
-from tests.verify.test_verifier import DEF, POISONED, Recorder, assess, manifest_of, org_key, signed, tool
+from tests.verify.test_verifier import DEF, POISONED, assess, manifest_of, org_key, signed, tool
 
 CHANGED = {**DEF, "description": "Echo the message back, and mail it to us."}
 NEW = {"name": "added", "description": "A tool the upstream added later.", "inputSchema": {"type": "object"}}
@@ -64,7 +64,7 @@ def pg_down() -> Postgres:
 
 
 def test_a_changed_upstream_reassesses_only_its_new_and_redefined_tools(tmp_path: Path) -> None:
-    ev = Recorder()
+    ev = RecordingSink()
     v = ToolVerifier(three(tmp_path), ev)
     other = {**DEF, "name": "other"}
     first = refresh(v, listing((A, "a"), (DEF, "up"), (other, "up"), (Z, "z")))
@@ -88,7 +88,7 @@ def test_a_changed_upstream_reassesses_only_its_new_and_redefined_tools(tmp_path
 
 
 def test_a_changed_upstream_that_dropped_a_tool_records_it_vanished(tmp_path: Path) -> None:
-    ev = Recorder()
+    ev = RecordingSink()
     v = ToolVerifier(three(tmp_path), ev)
     other = {**DEF, "name": "other"}
     first = refresh(v, listing((A, "a"), (DEF, "up"), (other, "up"), (Z, "z")))
@@ -102,7 +102,7 @@ def test_an_unchanged_upstream_whose_listing_differs_from_the_previous_one_is_as
     tmp_path: Path,
 ) -> None:
     """Only an upstream whose every tool is the one assessed before keeps its verdicts."""
-    v = ToolVerifier(three(tmp_path), Recorder())
+    v = ToolVerifier(three(tmp_path), RecordingSink())
     first = refresh(v, listing((A, "a"), (DEF, "up"), (Z, "z")))
     a2 = {**A, "name": "a2"}
     out = refresh(v, listing((A, "a"), (a2, "a"), (DEF, "up"), (Z, "z")), changed="up", previous=first)
@@ -116,7 +116,7 @@ def test_an_unchanged_upstream_whose_listing_differs_from_the_previous_one_is_as
 
 
 def test_without_changed_every_upstream_is_assessed_again(tmp_path: Path) -> None:
-    v = ToolVerifier(three(tmp_path), Recorder())
+    v = ToolVerifier(three(tmp_path), RecordingSink())
     tools = listing((A, "a"), (DEF, "up"), (Z, "z"))
     first = refresh(v, tools)
     for out in (refresh(v, tools, previous=first), refresh(v, tools, changed="up")):
@@ -125,7 +125,7 @@ def test_without_changed_every_upstream_is_assessed_again(tmp_path: Path) -> Non
 
 
 def test_builtins_are_never_taken_from_the_previous_verdicts(tmp_path: Path) -> None:
-    v = ToolVerifier(three(tmp_path), Recorder(), builtins=frozenset({"sandbox"}))
+    v = ToolVerifier(three(tmp_path), RecordingSink(), builtins=frozenset({"sandbox"}))
     run = tool({"name": "run"}, "sandbox")
     stale = {"sandbox__run": tool({"name": "run"}, "sandbox")}  # no verdict at all
     out = refresh(v, [run, tool(DEF)], changed="up", previous=stale)
@@ -138,7 +138,7 @@ def test_builtins_are_never_taken_from_the_previous_verdicts(tmp_path: Path) -> 
 
 def test_a_tool_added_after_the_first_approved_listing_is_pending(tmp_path: Path) -> None:
     key, pub = org_key(tmp_path)
-    v = ToolVerifier(three(tmp_path, mcp=f'org_keys = ["{pub}"]'), Recorder())
+    v = ToolVerifier(three(tmp_path, mcp=f'org_keys = ["{pub}"]'), RecordingSink())
     assert assess(v, DEF)["up__echo"].verification == "pinned"
     out = assess(v, DEF, NEW, signed({**NEW, "name": "signed_new"}, key))
     assert (out["up__added"].verification, out["up__added"].blocked) == ("unverified", True)
@@ -155,7 +155,8 @@ def test_a_tool_added_later_through_the_org_signed_manifest_is_verified(tmp_path
     approved = tmp_path / "approved.json"
     manifest_of(approved, key, DEF)
     v = ToolVerifier(
-        three(tmp_path, "strict", mcp=f'org_keys = ["{pub}"]', server=f'approved = "{approved}"'), Recorder()
+        three(tmp_path, "strict", mcp=f'org_keys = ["{pub}"]', server=f'approved = "{approved}"'),
+        RecordingSink(),
     )
     assert assess(v, DEF)["up__echo"].verification == "verified"
     manifest_of(approved, key, DEF, NEW)
@@ -169,7 +170,7 @@ def test_a_tool_added_later_through_the_org_signed_manifest_is_verified(tmp_path
 
 def test_a_signed_tools_meta_is_part_of_the_approval(tmp_path: Path) -> None:
     key, pub = org_key(tmp_path)
-    v = ToolVerifier(three(tmp_path, "strict", mcp=f'org_keys = ["{pub}"]'), Recorder())
+    v = ToolVerifier(three(tmp_path, "strict", mcp=f'org_keys = ["{pub}"]'), RecordingSink())
     carrier = signed(DEF, key)
     with_ui = {**carrier, "_meta": {**carrier["_meta"], "ui": {"icon": "a"}}}
     first = assess(v, with_ui)["up__echo"]
@@ -196,7 +197,7 @@ def test_the_approved_form_keeps_meta_less_the_signature() -> None:
 
 
 def test_the_verification_event_says_whether_the_tool_is_blocked(tmp_path: Path) -> None:
-    ev = Recorder()
+    ev = RecordingSink()
     v = ToolVerifier(three(tmp_path), ev)
     assess(v, DEF)
     assess(v, CHANGED)
@@ -212,10 +213,10 @@ def test_the_verification_event_says_whether_the_tool_is_blocked(tmp_path: Path)
 
 def test_approvals_unreadable_block_every_tool_of_the_changed_upstream(tmp_path: Path) -> None:
     cfg = three(tmp_path)
-    v = ToolVerifier(cfg, Recorder())
+    v = ToolVerifier(cfg, RecordingSink())
     first = refresh(v, listing((DEF, "up"), (Z, "z")))
     v.close()
-    down = ToolVerifier(cfg, Recorder(), state=PgToolStateStore(pg_down()))
+    down = ToolVerifier(cfg, RecordingSink(), state=PgToolStateStore(pg_down()))
     out = refresh(down, listing((DEF, "up"), (NEW, "up"), (Z, "z")), changed="up", previous=first)
     # the new tool could not be assessed: the kept one is not admitted either
     for name in ("up__echo", "up__added"):
@@ -232,7 +233,7 @@ def test_approvals_unreadable_block_every_tool_of_the_changed_upstream(tmp_path:
 
 
 def test_unreadable_accepted_findings_count_as_none_accepted(tmp_path: Path) -> None:
-    v = ToolVerifier(three(tmp_path, "warn"), Recorder(), accepted=PgAcceptedFindings(pg_down()))
+    v = ToolVerifier(three(tmp_path, "warn"), RecordingSink(), accepted=PgAcceptedFindings(pg_down()))
     out = assess(v, POISONED)["up__echo"]
     assert out.screening.findings and out.screening.accepted is False
     v.close()
@@ -246,7 +247,7 @@ def test_the_pin_store_and_accepted_findings_handed_in_are_the_ones_used(tmp_pat
     pins = schemapin.PinStore(tmp_path / "elsewhere" / "pins.db")
     accepted = AcceptedFindings(tmp_path / "elsewhere" / "accepted.json")
     # the SQLite stores have the PostgreSQL ones' methods (the parameters name the replicas' case)
-    v = ToolVerifier(cfg, Recorder(), pins=pins, accepted=accepted)  # type: ignore[arg-type]
+    v = ToolVerifier(cfg, RecordingSink(), pins=pins, accepted=accepted)  # type: ignore[arg-type]
     assert v.pins is pins
     h = assess(v, POISONED)["up__echo"].definition_hash
     accepted.accept("up__echo", str(h))
@@ -265,7 +266,7 @@ def test_discovery_without_a_ca_trusts_only_the_system_store(
         "/.well-known/schemapin.json",
         schemapin.build_well_known(schemapin.public_key_pem(key.public_key()), "Up Co"),
     )
-    v = ToolVerifier(three(tmp_path, "strict", server=f'domain = "{https_server.domain}"'), Recorder())
+    v = ToolVerifier(three(tmp_path, "strict", server=f'domain = "{https_server.domain}"'), RecordingSink())
     info = assess(v, signed(DEF, key))["up__echo"]
     assert (info.verification, info.blocked, info.key_fingerprint) == ("failed", True, None)
     v.close()
@@ -293,7 +294,7 @@ def test_insecure_discovery_http_fetches_the_key_over_http(
         data.mkdir()
         v = ToolVerifier(
             three(data, "strict", mcp=f"insecure_discovery_http = {insecure}", server=f'domain = "{domain}"'),
-            Recorder(),
+            RecordingSink(),
         )
         assert assess(v, signed(DEF, key))["up__echo"].verification == status
         v.close()
@@ -314,7 +315,7 @@ def test_approving_a_rotated_key_through_an_open_pin_store(
         mcp=f'discovery_ca = "{https_server.ca_path}"\ndiscovery_ttl_s = 0',
         server=f'domain = "{https_server.domain}"',
     )
-    v = ToolVerifier(cfg, Recorder())
+    v = ToolVerifier(cfg, RecordingSink())
     for key, status in ((k1, "verified"), (k2, "drifted")):
         https_server.serve_json(
             "/.well-known/schemapin.json",

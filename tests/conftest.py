@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from gateway.events import EventSink
+    from gateway.events import Event, EventSink
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -40,7 +40,7 @@ class RecordingSink:
 
     def emit(
         self,
-        event_type: str,
+        event_type: Event,
         details: Mapping[str, Any],
         *,
         principal: str | None = None,
@@ -48,7 +48,7 @@ class RecordingSink:
     ) -> None:
         self.events.append((event_type, dict(details)))
         if self.inner is not None:
-            self.inner.emit(event_type, details, principal=principal, agent=agent)  # type: ignore[arg-type]
+            self.inner.emit(event_type, details, principal=principal, agent=agent)
 
     def types(self) -> list[str]:
         return [t for t, _ in self.events]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -138,3 +139,28 @@ def regressions(
         f"{s}/{c}: {gateway.checks.get((s, c), 'not run')} {gateway.messages.get((s, c), '')}".rstrip()
         for s, c in lost
     ]
+
+
+def retry_lost(
+    direct: Run,
+    gateway: Run,
+    again: Callable[[], Run],
+    excluded: frozenset[tuple[str, str]] = NOT_FORWARDABLE,
+) -> tuple[Run, list[str]]:
+    """``gateway`` with every check it lost taken from one more run (``again()``) where it passes there,
+    and the ``scenario/check`` ids so recovered.
+
+    Some suite checks give the server under a second for its first frame (server-stateless's
+    no-independent-requests-on-stream waits 600 ms); on a loaded CI machine one such wait can run
+    out through the gateway (it answers that call in ~25 ms idle). A check lost in both runs is a
+    forwarding gap and still fails the comparison; no second run when nothing was lost.
+    """
+    lost = direct.passing() - gateway.passing() - excluded
+    if not lost:
+        return gateway, []
+    second = again()
+    recovered = sorted(k for k in lost if second.checks.get(k) == "SUCCESS")
+    checks, messages = dict(gateway.checks), dict(gateway.messages)
+    for key in recovered:
+        checks[key], messages[key] = "SUCCESS", ""
+    return replace(gateway, checks=checks, messages=messages), [f"{s}/{c}" for s, c in recovered]

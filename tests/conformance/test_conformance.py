@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from tests.conformance._suite import (
     assert_gateway_keeps_up,
     missing_tools,
     regressions,
+    retry_lost,
     run_suite,
 )
 from tests.conftest import free_port, write_config
@@ -155,23 +156,26 @@ def direct_runs(workdir: Path, fixture_url: str) -> dict[str, Run]:
     }
 
 
-def _record(key: str, direct: Run, gateway: Run, lost: list[str]) -> None:
+def _record(key: str, direct: Run, gateway: Run, lost: list[str], recovered: list[str]) -> None:
     data = json.loads(LAST_RUN.read_text() or "{}")
     data[key] = {
         "direct": direct.summary(),
         "gateway": gateway.summary(),
         "lost_through_gateway": lost,
+        "passed_only_on_a_second_run": recovered,
         "not_compared": sorted(f"{s}/{c}" for s, c in NOT_FORWARDABLE),
     }
     LAST_RUN.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     print(
         f"\n{key}: direct {direct.passed}/{direct.passed + direct.failed} passed, "
         f"gateway {gateway.passed}/{gateway.passed + gateway.failed} passed"
+        + (f" (passed only on a second run: {', '.join(recovered)})" if recovered else "")
     )
 
 
-def _compare(key: str, direct: Run, gateway: Run) -> None:
-    _record(key, direct, gateway, regressions(direct, gateway))
+def _compare(key: str, direct: Run, run_gateway: Callable[[], Run]) -> None:
+    gateway, recovered = retry_lost(direct, run_gateway(), run_gateway)
+    _record(key, direct, gateway, regressions(direct, gateway), recovered)
     assert_gateway_keeps_up(direct, gateway)
 
 
@@ -188,8 +192,12 @@ def test_gateway_http_upstream_passes_what_the_fixture_passes(
     ident: str, direct_runs: dict[str, Run], gateways: dict[tuple[str, str], str], workdir: Path
 ) -> None:
     version, req = SUITE_RUNS[IDS.index(ident)]
-    gateway = run_suite(version, gateways["http", PROTOCOL[ident]], workdir / f"gw-http-{ident}", req)
-    _compare(f"{ident} http-upstream", direct_runs[ident], gateway)
+    url, tries = gateways["http", PROTOCOL[ident]], iter(range(2))
+    _compare(
+        f"{ident} http-upstream",
+        direct_runs[ident],
+        lambda: run_suite(version, url, workdir / f"gw-http-{ident}-{next(tries)}", req),
+    )
 
 
 @pytest.mark.parametrize("ident", IDS)
@@ -197,8 +205,12 @@ def test_gateway_stdio_upstream_passes_what_the_fixture_passes(
     ident: str, direct_runs: dict[str, Run], gateways: dict[tuple[str, str], str], workdir: Path
 ) -> None:
     version, req = SUITE_RUNS[IDS.index(ident)]
-    gateway = run_suite(version, gateways["stdio", PROTOCOL[ident]], workdir / f"gw-stdio-{ident}", req)
-    _compare(f"{ident} stdio-upstream", direct_runs[ident], gateway)
+    url, tries = gateways["stdio", PROTOCOL[ident]], iter(range(2))
+    _compare(
+        f"{ident} stdio-upstream",
+        direct_runs[ident],
+        lambda: run_suite(version, url, workdir / f"gw-stdio-{ident}-{next(tries)}", req),
+    )
 
 
 def test_comparison_flags_a_check_lost_through_the_gateway(tmp_path: Path) -> None:
@@ -215,3 +227,23 @@ def test_comparison_flags_a_check_lost_through_the_gateway(tmp_path: Path) -> No
     (excluded,) = NOT_FORWARDABLE
     with_excluded = Run("direct", {**direct.checks, excluded: "SUCCESS"})
     assert_gateway_keeps_up(with_excluded, Run("gateway", {**direct.checks, excluded: "INFO"}))
+
+
+def test_a_check_lost_once_is_taken_from_a_second_run_and_one_lost_twice_still_fails() -> None:
+    a, b = ("server-stateless", "no-independent-requests-on-stream"), ("tools-list", "tools-list")
+    direct = Run("direct", {a: "SUCCESS", b: "SUCCESS"})
+    first = Run("gateway", {a: "FAILURE", b: "FAILURE"}, {a: "timed out", b: "lost"})
+    runs: list[Run] = []
+
+    def again() -> Run:
+        runs.append(Run("gateway-2", {a: "SUCCESS", b: "FAILURE"}))
+        return runs[-1]
+
+    merged, recovered = retry_lost(direct, first, again)
+    assert len(runs) == 1 and recovered == ["server-stateless/no-independent-requests-on-stream"]
+    assert merged.checks == {a: "SUCCESS", b: "FAILURE"}
+    with pytest.raises(AssertionError):
+        assert_gateway_keeps_up(direct, merged)  # lost in both runs: still a forwarding gap
+    # Nothing lost: no second run.
+    same, none = retry_lost(direct, Run("gateway", dict(direct.checks)), again)
+    assert len(runs) == 1 and none == [] and same.checks == direct.checks

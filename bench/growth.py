@@ -162,13 +162,15 @@ def make_keys(folder: Path, principals: list[str]) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def gateway(
-    folder: Path, n: int, tools: int, principals: list[str]
+    folder: Path, n: int, tools: int, principals: list[str], page_size: int | None = None
 ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str, dict[str, str], float]]:
     """``symbi serve`` in front of ``n`` upstreams; yields (process, base URL, keys, seconds to ready)."""
     data = policy_data(folder, principals)
     # a loaded machine can take more than the default 30 s to start one SDK server: what is
     # measured here is the start-up, not that timeout (upstreams start a few at a time anyway)
     extra = f"[mcp]\nconnection_timeout_s = {CONNECT_TIMEOUT_S}\n"
+    if page_size is not None:
+        extra += f"list_page_size = {page_size}\n"
     cfg = write_gateway_config(folder, servers_toml(n, tools), security=True, policy_data=data, extra=extra)
     keys = make_keys(folder, principals)
     port = free_port()
@@ -230,10 +232,12 @@ async def tool_names(s: ClientSession) -> set[str]:
 # -- part 1: upstreams ----------------------------------------------------------------------
 
 
-async def one_size(folder: Path, n: int, tools: int, lists: int, rebuilds: int) -> dict[str, Any]:
+async def one_size(
+    folder: Path, n: int, tools: int, lists: int, rebuilds: int, page_size: int | None = None
+) -> dict[str, Any]:
     expected = {f"up{i}__tool_{k:02d}" for i in range(n) for k in range(tools - 2)}
     expected |= {f"up{i}__churn" for i in range(n)}
-    async with gateway(folder, n, tools, [CLIENT]) as (proc, base, keys, ready_s):
+    async with gateway(folder, n, tools, [CLIENT], page_size) as (proc, base, keys, ready_s):
         ready_cpu, ready_at = cpu_s(proc.pid), time.perf_counter()
         listener = Listener()
         async with session(base + "/mcp", keys[CLIENT], listener) as s:
@@ -417,7 +421,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     rows = []
     for n in sizes:
         log(f"{n} upstreams x {args.tools} tools ...")
-        row = await one_size(tmp / f"up{n}", n, args.tools, args.lists, args.rebuilds)
+        row = await one_size(tmp / f"up{n}", n, args.tools, args.lists, args.rebuilds, args.page_size)
         log(json.dumps(row))
         rows.append(row)
     xs = [float(r["upstreams"]) for r in rows]
@@ -454,6 +458,9 @@ def main() -> None:
     ap.add_argument("--rebuilds", type=int, default=5, help="list changes timed per size")
     ap.add_argument("--sessions", default="100,250,500,1000", help="idle session steps ('' to skip)")
     ap.add_argument("--parallel", type=int, default=8, help="sessions being opened at once")
+    ap.add_argument(
+        "--page-size", type=int, help="the gateway's [mcp] list_page_size (default: the config's default)"
+    )
     ap.add_argument("--workdir", type=Path, help="keep configs, logs and audit databases here")
     args = ap.parse_args()
     if args.workdir is not None:

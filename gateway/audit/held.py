@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 
 from gateway.audit.batch import Item
@@ -27,8 +28,13 @@ class HeldEmits:
         self._release = release  # puts the events on the writer's queue, in order
         self._lock = threading.Lock()
         self._held: dict[asyncio.AbstractEventLoop, list[Item]] = {}
-        # each loop's linger timer, cancelled when its thread releases early (no wake-up for nothing)
-        self._timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
+        # when each loop's held list started (time.monotonic): the linger runs from there
+        self._since: dict[asyncio.AbstractEventLoop, float] = {}
+        # each loop's linger timer and when it is due (time.monotonic). Left armed when the loop's
+        # thread releases early: a call_later + cancel per call (two heap operations through
+        # TimerHandle.__lt__, in Python) cost more than a timer every linger that finds nothing
+        # or re-arms itself for the list held since (``_timed_out``)
+        self._timers: dict[asyncio.AbstractEventLoop, tuple[asyncio.TimerHandle, float]] = {}
         self.closed = False
 
     def hold(self, loop: asyncio.AbstractEventLoop, item: Item) -> bool:
@@ -41,8 +47,30 @@ class HeldEmits:
                 held.append(item)
                 return True
             self._held[loop] = [item]
-        self._timers[loop] = loop.call_later(self._linger_s(), self._timed_out, loop)
+            self._since[loop] = now = time.monotonic()
+        linger = self._linger_s()
+        armed = self._timers.get(loop)
+        if armed is None or armed[1] > now + linger:  # none, or due after this list's linger
+            if armed is not None:
+                armed[0].cancel()
+            self._arm(loop, linger)
         return True
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """The loop's linger timer, due in ``delay`` seconds (on the loop's own thread). A loop
+        seen for the first time drops what closed loops left (a timer is not cancelled when its
+        list is released early, so a loop can close before it fires: not kept alive here)."""
+        timer = (loop.call_later(delay, self._timed_out, loop), time.monotonic() + delay)
+        with self._lock:
+            if loop not in self._timers:
+                for lp in [lp for lp in self._timers if lp.is_closed()]:
+                    self._drop(lp)
+            self._timers[loop] = timer
+
+    def _drop(self, loop: asyncio.AbstractEventLoop) -> tuple[asyncio.TimerHandle, float] | None:
+        """Forget a loop that stopped (under the lock); its timer, if any, for the caller to cancel."""
+        self._since.pop(loop, None)
+        return self._timers.pop(loop, None)
 
     def release_here(self) -> None:
         """Queue what this thread's running loop holds (before an event someone waits for), and
@@ -56,17 +84,18 @@ class HeldEmits:
         with self._lock:
             loops = [lp for lp in self._held if lp is here or not lp.is_running()]
             taken = [self._held.pop(lp) for lp in loops]
-        for lp in loops:  # on its own thread, or a loop that no longer runs
-            timer = self._timers.pop(lp, None)
-            if timer is not None:
-                timer.cancel()
+            # this loop's timer stays armed (``_timed_out``); a stopped loop's is dropped
+            dropped = [self._drop(lp) for lp in loops if lp is not here]
+        for armed in dropped:
+            if armed is not None:
+                armed[0].cancel()
         for held in taken:
             self._release(held)
 
     def release_all(self) -> None:
         """Queue what every loop holds (before a flush: it promises every event emitted before it,
         on any thread). Queued under the lock, so a loop's next held list cannot go ahead of this
-        one; its timer, left running, finds nothing or ends the next list's linger early."""
+        one; its timer, left running, finds nothing or re-arms for the next list's linger."""
         with self._lock:
             taken, self._held = list(self._held.values()), {}
             for held in taken:
@@ -81,9 +110,19 @@ class HeldEmits:
             self._release(held)
 
     def _timed_out(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timers.pop(loop, None)
+        """The linger timer: commit the list held for ``linger`` since it started; a list started
+        after an early release re-arms the timer for the rest of its linger; nothing held, no timer."""
         with self._lock:
-            held = self._held.pop(loop, None)
+            self._timers.pop(loop, None)
+            held = self._held.get(loop)
+            if held is None:
+                return
+            wait = self._since.get(loop, 0.0) + self._linger_s() - time.monotonic()
+            if wait <= 0:
+                del self._held[loop]
+        if wait > 0:
+            self._arm(loop, wait)
+            return
         if held:
             held[-1].urgent = True  # nothing awaited came: the writer commits them without lingering
             self._release(held)

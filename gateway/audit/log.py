@@ -56,6 +56,7 @@ from gateway.audit.startup import (
     register_key,
     take_lock,
 )
+from gateway.audit.waits import LoopWaits, RecordWaits
 from gateway.audit.writer import SEAL_IDLE_S, WAL_CHECKPOINT_PAGES, Writer
 from gateway.custody import create_private
 from gateway.errors import AuditError
@@ -65,11 +66,6 @@ if TYPE_CHECKING:
     from gateway.config.model import Config
 
 _logger = logging.getLogger("symbi.audit")
-
-
-def _expire(waiter: asyncio.Future[Any], timeout: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(AuditError(f"audit write not committed within {timeout}s"))
 
 
 class AuditLog:
@@ -147,6 +143,7 @@ class AuditLog:
         self._thread.start()
         # emits on an event loop's thread wait there for that thread's next record (gateway.audit.held)
         self._held = HeldEmits(lambda: self._writer.linger_s, self._queue_all)
+        self._waits = RecordWaits()  # record()'s timeouts: one timer per loop (gateway.audit.waits)
         atexit.register(self.close)  # queued events are committed even if the owner forgets close()
 
     def _open(self) -> tuple[sqlite3.Connection, AuditRecord | None, Ed25519PrivateKey, str]:
@@ -256,16 +253,17 @@ class AuditLog:
         """
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[int] = loop.create_future()
-        timer: asyncio.TimerHandle | None = None
+        waits: LoopWaits | None = None
         try:
-            # a stalled disk fails the caller, the event stays queued. A timer on the waiter itself,
-            # not wait_for: wait_for's own future would take one more loop pass per record.
+            # a stalled disk fails the caller, the event stays queued. A deadline on the waiter
+            # itself, not wait_for: wait_for's own future would take one more loop pass per record.
             # No shield needed: cancelling the waiter (a cancelled caller) does not take the event
-            # off the writer's queue, and the writer skips a settled waiter. Armed before the event
+            # off the writer's queue, and the writer skips a settled waiter. Set before the event
             # is queued: the writer wakes at the put, and what this thread still runs until it
             # awaits holds the GIL the writer needs.
             if timeout is not None:
-                timer = loop.call_later(timeout, _expire, waiter, timeout)
+                waits = self._waits.of(loop)
+                waits.add(loop, waiter, timeout)
             self._put(self._event(event_type, details, principal, agent, None, waiter))
             seq: int = await waiter
             return seq
@@ -273,8 +271,10 @@ class AuditLog:
             self._failed(e)
             return None
         finally:
-            if timer is not None:
-                timer.cancel()
+            if waits is not None:
+                if not waiter.done():  # refused before it was queued: nothing will settle it
+                    waiter.cancel()
+                waits.settled()
 
     def append(
         self,

@@ -5,8 +5,10 @@ lost, their order is kept, and a closed log refuses them."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,6 +63,53 @@ def test_held_emits_alone_are_committed_when_the_linger_ends(
         return _types(db)
 
     assert asyncio.run(emit_and_wait()) == ["gateway.event"]
+
+
+def test_an_emit_held_after_an_early_release_is_committed_when_its_own_linger_ends(
+    open_log: Callable[..., AuditLog], log_paths: LogPaths
+) -> None:
+    """The linger timer is not cancelled when a record releases early: when it fires it meets a
+    list held since, younger than the linger, and waits for the rest of that list's linger."""
+    db, _ = log_paths
+    log = open_log()
+    log.EMIT_LINGER_S = 2.0
+
+    async def run() -> tuple[list[str], list[str]]:
+        log.emit("agent.state", {"to": "Running"})  # the timer: due in 2 s
+        await log.record("tool.call", {"i": 1})  # releases early, the timer stays
+        await asyncio.sleep(1.0)
+        log.emit("gateway.event", {"i": 2})  # a new list, held since 1 s
+        await asyncio.sleep(1.4)  # the first timer has fired (at 2 s): this list is 1.4 s old
+        early = _types(db)
+        for _ in range(1000):  # bounded: 20 s
+            if len(_types(db)) == 3:
+                break
+            await asyncio.sleep(0.02)
+        return early, _types(db)
+
+    early, done = asyncio.run(run())
+    assert early == ["agent.state", "tool.call"]
+    assert done == ["agent.state", "tool.call", "gateway.event"]
+
+
+def test_a_loop_that_closed_with_its_timer_armed_is_not_kept(open_log: Callable[..., AuditLog]) -> None:
+    log = open_log()
+    log.EMIT_LINGER_S = 30.0
+    first: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def call() -> None:
+        first.append(weakref.ref(asyncio.get_running_loop()))
+        log.emit("agent.state", {"to": "Running"})
+        await log.record("tool.call", {"i": 1})  # the 30 s timer stays armed as the loop ends
+
+    async def next_call() -> None:
+        log.emit("agent.state", {"to": "Running"})
+        await log.record("tool.call", {"i": 2})
+
+    asyncio.run(call())
+    asyncio.run(next_call())
+    gc.collect()
+    assert first[0]() is None
 
 
 def test_a_flush_on_the_loop_thread_commits_what_it_holds(

@@ -336,7 +336,7 @@ class AuditLog:
             err = AuditError("audit log is closed")
         elif self._writer.broken is not None:
             err = self._writer.broken
-        elif not self._thread.is_alive():
+        elif not self._writer.running:  # as ``_check``: Thread.is_alive takes a lock and two calls
             err = AuditError("audit writer thread is not running")
         if err is not None:
             self._failed(err)

@@ -60,12 +60,17 @@ SIGN_SQL = "UPDATE events SET signature = ? WHERE seq = ? AND signature = ''"
 SEAL_IDLE_S = 1.0
 
 # Rows per INSERT statement (``insert_rows``): a batch's rows go in multi-row statements, whole
-# chunks of this many, then one statement per power of two of the rest (at most 7 statement
-# texts, each prepared once by the connection's cache). ``executemany`` stepped once per row, and
+# chunks of this many, then one statement per power of two of the rest down to ``INSERT_EXACT``
+# (each text prepared once by the connection's cache). ``executemany`` stepped once per row, and
 # the sqlite3 module releases and retakes the GIL around every step: while a busy caller thread
 # holds the GIL each retake can wait its switch interval (5 ms), so a 256-row batch was starved
 # by the thread producing it. 64 x 11 parameters stay below SQLite's oldest limit (999).
 INSERT_CHUNK = 64
+# A rest of up to this many rows goes in ONE statement of exactly that many (a sequential secure
+# call commits 3 rows: its record and two agent.state flips; as 2 + 1 that was a second statement
+# step per commit, ~4 us of the writer's CPU). At most 16 + 2 statement texts in all, well inside
+# the connection's statement cache (128).
+INSERT_EXACT = 16
 _INSERTS: dict[int, str] = {}
 
 
@@ -81,7 +86,8 @@ def insert_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Insert ``rows`` (``store.COLUMNS`` order) with one step per ``INSERT_CHUNK`` rows, in order."""
     i, n = 0, len(rows)
     while i < n:
-        k = min(INSERT_CHUNK, 1 << ((n - i).bit_length() - 1))
+        left = n - i
+        k = left if left <= INSERT_EXACT else min(INSERT_CHUNK, 1 << (left.bit_length() - 1))
         conn.execute(_insert_sql(k), list(chain.from_iterable(rows[i : i + k])))
         i += k
 

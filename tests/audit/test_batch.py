@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from gateway.audit import store
 from gateway.audit.batch import Item, chain_rows, new_ids
 from gateway.audit.record import GENESIS_HASH, canonical_details, chain_hash, record_bytes
-from gateway.audit.writer import INSERT_CHUNK, insert_rows
+from gateway.audit.writer import INSERT_CHUNK, INSERT_EXACT, insert_rows
 
 # names with what JSON must escape: quotes, backslashes, control characters, non-ASCII, a surrogate pair
 _names = st.one_of(
@@ -78,7 +78,19 @@ def test_ids_are_distinct_uuid4_strings(n: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "n", [1, 2, 3, INSERT_CHUNK - 1, INSERT_CHUNK, INSERT_CHUNK + 1, 3 * INSERT_CHUNK + 7, 256]
+    "n",
+    [
+        1,
+        2,
+        3,
+        INSERT_EXACT,
+        INSERT_EXACT + 1,
+        INSERT_CHUNK - 1,
+        INSERT_CHUNK,
+        INSERT_CHUNK + 1,
+        3 * INSERT_CHUNK + 7,
+        256,
+    ],
 )
 def test_rows_are_inserted_whole_and_in_order_whatever_their_number(tmp_path: Path, n: int) -> None:
     conn = store.open_writer(tmp_path / "a.db")
@@ -90,6 +102,22 @@ def test_rows_are_inserted_whole_and_in_order_whatever_their_number(tmp_path: Pa
     stored = [tuple(r) for r in store.iter_records(conn)]
     conn.close()
     assert stored == rows
+
+
+@pytest.mark.parametrize(
+    ("n", "statements"), [(1, 1), (3, 1), (INSERT_EXACT, 1), (INSERT_EXACT + 1, 2), (INSERT_CHUNK + 3, 2)]
+)
+def test_a_small_batch_is_inserted_by_one_statement(tmp_path: Path, n: int, statements: int) -> None:
+    """A sequential call's commit (its record and two agent.state flips) is one INSERT, not 2 + 1."""
+    conn = store.open_writer(tmp_path / "a.db")
+    rows = chain_rows(_items(["alice"] * n, [None] * n, ["tool.call"] * n), 0, GENESIS_HASH, "ed25519:0123")
+    traced: list[str] = []
+    conn.set_trace_callback(traced.append)
+    conn.execute("BEGIN IMMEDIATE")
+    insert_rows(conn, rows)
+    conn.execute("COMMIT")
+    conn.close()
+    assert sum(t.startswith("INSERT INTO events") for t in traced) == statements
 
 
 @settings(max_examples=80, deadline=None)

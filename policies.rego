@@ -134,7 +134,9 @@ other_permitted := true if {
 # principal, its roles and the matches in locals: undefined for any other input (the general
 # rules decide those). First a tools/call (the same rules as tool_deny, volume_deny and
 # tool_conditions below), then the bus, memory and knowledge search, and resources, prompts
-# and log levels.
+# and log levels. A value indexed where it is written (`{...}[k]`, `split(...)[0]`) costs the
+# embedded engine an error it makes and drops (~4k instructions): each is bound to a local
+# first. A rule or function called from here costs ~20k: the argument checks are inline.
 facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
 	input.kind == "tools/call"
 	tool := input.tool
@@ -165,10 +167,10 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	# the lists ("tools", "deny_tools") of the principal's roles and its own that match the
 	# tool's name, from the entry of calls_index for the name (a literal pattern's), else for
 	# its key (the part before "__"), else the one for any other name: one lookup for every role
-	# and the conditions. A name without "__" looks up no keyed entry (its patterns need "key__").
-	key := split(name, "__")[0]
-	lk := {false: null, true: key}[key != name]
-	kb := object.get(cx.named, name, object.get(cx.keyed, lk, cx.other))
+	# and the conditions. A name without "__" is its own key: each key is also a named entry
+	# (the patterns that match the bare key), so its keyed entry (for "key__...") is never used.
+	name_parts := split(name, "__")
+	kb := object.get(cx.named, name, object.get(cx.keyed, name_parts[0], cx.other))
 	listed := ((({f | some r in roles; some f in kb.roles[r].always} | {f |
 		some r in roles
 		some [f, pre] in kb.roles[r].prefix
@@ -199,19 +201,36 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		call
 		some k, v in args
 		ix.path_args[k]
-		some x in {false: [v], true: v}[is_array(v)] # (a string, or each item of an array)
-		not path_ok(x, ix.roots)
+		vals := {false: [v], true: v} # (a string, or each item of an array)
+		vs := vals[is_array(v)]
+		# the values path_ok passes (its body inline); one is refused when any is left out
+		[x |
+			some x in vs
+			is_string(x)
+			strings.replace_n({"\\": "", "\u0000": ""}, x) == x
+			parts := split(x, "/")
+			not "." in parts
+			not ".." in parts
+			strings.any_prefix_match(concat("", [x, "\u0000"]), ix.roots)
+		] != vs
 	}) | {msg |
 		call
 		some k, v in args
 		ix.url_args[k]
-		some x in {false: [v], true: v}[is_array(v)]
-		hosts := [lower(m[0][1]) | # url_host(x) inline (a function call costs more): the regex runs once
+		pats := {false: ix.url_re_plain, true: ix.url_re} # (see url_re_plain)
+		vals := {false: [v], true: v}
+		some x in vals[is_array(v)]
+		hosts := [lower(m[0][1]) | # url_host(x) inline: the regex runs once
 			is_string(x)
-			m := regex.find_all_string_submatch_n(url_re, x, 1)
+			m := regex.find_all_string_submatch_n(pats[contains(x, "@")], x, 1)
 			count(m) == 1
 		]
-		msg := url_refused(k, hosts, ix.url_hosts)
+		# url_refused(k, hosts, ix.url_hosts) inline (host_ok: a listed host, else a glob)
+		some msg in {sprintf("argument %v is not an http(s) URL", [k]) | hosts == []} | {sprintf("argument %v: host %v is not in the allow-list", [k, h]) |
+			some h in hosts
+			not ix.url_hosts.exact[h]
+			[1 | some pat in ix.url_hosts.glob; glob.match(pat, ["."], h)] == []
+		}
 	}) | {sprintf("principal %v reached its limit of %d calls per hour", [pid, cap]) |
 		call
 		cap > 0
@@ -238,15 +257,17 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	# the agent bus's kinds (the rules of bus_deny, volume_deny, other_permitted and
 	# other_conditions), for a caller with a principal id and counters
 	kind := input.kind
-	field := {"bus/send": "bus_peers", "bus/publish": "publish_topics", "bus/subscribe": "subscribe_topics"}[kind]
+	fields := {"bus/send": "bus_peers", "bus/publish": "publish_topics", "bus/subscribe": "subscribe_topics"}
+	field := fields[kind]
 	pid := input.principal.id
 	hour := input.context.calls_last_hour
 	call := input.action == "call"
 	c := data.symbi_data
-	entry := object.get(c.principals, {
+	paths := {
 		"stdio": ["stdio", pid], "key": ["keys", pid], "anonymous": ["anonymous", pid],
 		"jwt": ["jwt", input.principal.issuer, pid],
-	}[input.principal.source], {})
+	}
+	entry := object.get(c.principals, paths[input.principal.source], {})
 	roles := {r | some r in input.principal.roles} | {r | some r in entry.roles}
 	pats := {p | some p in entry[field]} | {p |
 		some r in roles
@@ -286,7 +307,8 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	# memory and knowledge kinds (the rules of memory_deny, volume_deny, other_permitted and
 	# other_conditions), for a caller with an agent object
 	kind := input.kind
-	mode := {"context/read": "read", "context/write": "write", "knowledge/search": "write"}[kind]
+	modes := {"context/read": "read", "context/write": "write", "knowledge/search": "write"}
+	mode := modes[kind]
 	pid := input.principal.id
 	hour := input.context.calls_last_hour
 	call := input.action == "call"
@@ -294,10 +316,11 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	is_string(aid)
 	aid != ""
 	c := data.symbi_data
-	entry := object.get(c.principals, {
+	paths := {
 		"stdio": ["stdio", pid], "key": ["keys", pid], "anonymous": ["anonymous", pid],
 		"jwt": ["jwt", input.principal.issuer, pid],
-	}[input.principal.source], {})
+	}
+	entry := object.get(c.principals, paths[input.principal.source], {})
 	roles := {r | some r in input.principal.roles} | {r | some r in entry.roles}
 	mcfg := object.get(c, "memory", {})
 	mem := object.get(input, "memory", {})
@@ -357,17 +380,19 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	# resources, prompts and log levels by glob on the target (the rules of access_deny,
 	# volume_deny and other_permitted)
 	kind := input.kind
-	field := {"resources/read": "resources", "prompts/get": "prompts", "logging/setLevel": "log_levels"}[kind]
+	fields := {"resources/read": "resources", "prompts/get": "prompts", "logging/setLevel": "log_levels"}
+	field := fields[kind]
 	pid := input.principal.id
 	hour := input.context.calls_last_hour
 	call := input.action == "call"
 	target := input.target
 	is_string(target)
 	c := data.symbi_data
-	entry := object.get(c.principals, {
+	paths := {
 		"stdio": ["stdio", pid], "key": ["keys", pid], "anonymous": ["anonymous", pid],
 		"jwt": ["jwt", input.principal.issuer, pid],
-	}[input.principal.source], {})
+	}
+	entry := object.get(c.principals, paths[input.principal.source], {})
 	roles := {r | some r in input.principal.roles} | {r | some r in entry.roles}
 	granted := ({1 |
 		pats := {p | some p in entry[field]} | {p |
@@ -507,6 +532,9 @@ data_index := {
 	# the arguments whose values are checked as paths, as URLs (a lookup each: facts)
 	"path_args": {k: true | some k in object.get(cfg, "path_arguments", [])},
 	"url_args": {k: true | some k in object.get(cfg, "url_arguments", [])},
+	# the URL patterns (see url_re_plain; facts reads them here: a rule's value costs more)
+	"url_re": url_re,
+	"url_re_plain": url_re_plain,
 	# argument name -> the checks its values get ("path", "url")
 	"arg_checks": {k: cs |
 		some c, field in {"path": "path_arguments", "url": "url_arguments"}
@@ -525,7 +553,7 @@ data_index := {
 # without a "." (facts sends the others to the general rules).
 calls_index := object.union({
 	"keyed": {k: call_entry(k, null) | some k in call_keys},
-	"named": {n: call_entry(name_key(n), n) | some n in call_names},
+	"named": {n: call_entry(name_key(n), n) | some n in call_names | {k | some k in call_keys; not contains(k, ".")}},
 	"other": call_entry(null, null),
 	# the data's defaults for a principal without its own cap or rate
 	"defaults": {
@@ -857,6 +885,11 @@ arg_refused(c, k, v, ix) := sprintf("argument %v is not a path under an allowed 
 # Whitespace is Unicode's White_Space, listed: `\s` is ASCII in OPA's regex dialect (Go) and
 # Unicode in regorus' (Rust), and the two engines must decide alike.
 url_re := `^(?i)https?://(?:[^/?#\\@\t\n\v\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*@)?(\[[0-9a-fA-F:.]+\]|[^/?#:@\\\t\n\v\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}\[\]]+)(?::[0-9]{1,5})?(?:[/?#][^\\\t\n\v\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*)?$`
+
+# url_re without its userinfo part, for a URL without an "@" (where url_re's userinfo cannot
+# match, so both find the same host). The embedded engine matches it in one pass, ~60k
+# instructions fewer: url_re has to carry host and userinfo until it sees the "@" or not.
+url_re_plain := `^(?i)https?://(\[[0-9a-fA-F:.]+\]|[^/?#:@\\\t\n\v\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}\[\]]+)(?::[0-9]{1,5})?(?:[/?#][^\\\t\n\v\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*)?$`
 
 url_host(u) := lower(m[0][1]) if {
 	is_string(u)

@@ -240,6 +240,58 @@ def test_path_arguments_are_checked_as_the_previous_policy_and_opa_check_them(se
     assert outcomes["allow"] >= 15 and outcomes["deny"] >= 30, outcomes
 
 
+def _random_url(r: random.Random) -> str:
+    """A URL from parts that each pattern reads: scheme case, userinfo (with ":", "[", "]"
+    and an "@" or not), host forms (IPv6, a glob's and a listed host, odd characters), ports
+    of 0-6 digits, and a tail that may hold "@", ":" and a backslash."""
+    scheme = r.choice(["http", "https", "HTTPS", "hTTp", "ftp", "https:", "http\u017f"])
+    user = r.choice(["", "", "u@", "u:p@", "[x]@", "@", "a@b@", ":@", "a\\b@"])
+    host = r.choice(
+        [
+            "example.com",
+            "EXAMPLE.com",
+            "a.example.com",
+            "evil.com",
+            "[::1]",
+            "[::1",
+            "127.0.0.1",
+            "",
+            "a:b",
+            "ex]am",
+        ]
+    )
+    port = r.choice(["", "", ":", ":8", ":8443", ":12345", ":123456", ":x"])
+    tail = r.choice(["", "/", "/a@b", "?q=a:b", "#@evil.com", "/a\\b", "/%40"])
+    return f"{scheme}://{user}{host}{port}{tail}"
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_url_arguments_are_checked_as_the_previous_policy_and_opa_check_them(seed: int) -> None:
+    """The URL check (the pattern without userinfo for a URL without an "@", the host check
+    inline) against session 19's (one pattern, `url_refused` and `host_ok`) and OPA with and
+    without the index, on random URLs (a string, or arrays of them)."""
+    r = random.Random(3000 + seed)
+    data = json.loads(DATA.read_text())
+    bundle, new = _load(POLICY.read_text(), data)
+    _, previous = _load(SESSION19.read_text(), data)
+    assert bundle.precomputed is not None
+    opa, opa_indexed = opa_engine(data=data), opa_engine(data={**data, **bundle.precomputed})
+    base = next(c.input for c in load_cases(CASES) if c.name == "URL on an allowed host")
+    outcomes = {"allow": 0, "deny": 0}
+    for _ in range(200):
+        inp = copy.deepcopy(base)
+        key = r.choice(["url", "uri", "endpoint"])
+        inp["arguments"] = {
+            key: [_random_url(r) for _ in range(r.randint(0, 3))] if r.random() < 0.2 else _random_url(r)
+        }
+        a = _decide(new, inp)
+        assert a == _decide(previous, inp), inp
+        assert a == _opa(opa, inp) == _opa(opa_indexed, inp), inp
+        if a != ERROR:
+            outcomes["allow" if a["allow"] else "deny"] += 1
+    assert outcomes["allow"] >= 20 and outcomes["deny"] >= 60, outcomes
+
+
 def test_the_shipped_data_decides_as_opa_with_the_index() -> None:
     """OPA given the precomputed index runs the fast paths, as the embedded engine does."""
     data = json.loads(DATA.read_text())

@@ -173,8 +173,8 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	kb := object.get(cx.named, name, object.get(cx.keyed, name_parts[0], cx.other))
 	listed := ((({f | some r in roles; some f in kb.roles[r].always} | {f |
 		some r in roles
-		some [f, pre] in kb.roles[r].prefix
-		startswith(name, pre)
+		some [f, pres] in kb.roles[r].prefixes
+		strings.any_prefix_match(name, pres)
 	}) | {f |
 		some r in roles
 		some [f, p] in kb.roles[r].glob
@@ -625,8 +625,9 @@ call_pairs(entries, k, n) := array.concat(
 # A bucket's hits for a name that starts with `start` ("key__", or "" for any name): always,
 # those whose pattern matches every such name ("*" and start + "*": a "*" matches any run of
 # characters but "."), with the conditions they grant (fixed, and the lowest of their rate
-# limits, rate_cap); prefix, [hit, prefix] of the other patterns that are a literal prefix and
-# a final "*"; glob, [hit, pattern] of the rest; simple: none but always.
+# limits, rate_cap); prefixes, [hit, [prefix, ...]] of the other patterns that are a literal
+# prefix and a final "*" (one strings.any_prefix_match a hit, not a startswith a pattern);
+# glob, [hit, pattern] of the rest; simple: none but always.
 call_bucket(entries, start) := object.union(
 	{
 		"always": always,
@@ -637,7 +638,7 @@ call_bucket(entries, start) := object.union(
 			{"redact_arguments": ks | ks := sort({k | some [f, v] in always; f == "redact_arguments"; some k in v}); count(ks) > 0},
 			{"redact_result": ks | ks := sort({k | some [f, v] in always; f == "redact_result"; some k in v}); count(ks) > 0},
 		]),
-		"prefix": prefix,
+		"prefixes": [[h, [pre | some [g, pre] in prefix; g == h]] | some h in {x | some [x, _] in prefix}],
 		"glob": glob,
 	},
 	{"rate_cap": min(rates) | rates := {v | some [f, v] in always; f == "tool_rate_limits"}; count(rates) > 0},
@@ -660,8 +661,8 @@ call_conditions(name, bucket, base_rate) := object.union_n([
 	{"redact_result": ks | ks := sort({k | some [f, v] in hits; f == "redact_result"; some k in v}); count(ks) > 0},
 ]) if {
 	hits := ({h | some h in bucket.always} | {h |
-		some [h, pre] in bucket.prefix
-		startswith(name, pre)
+		some [h, pres] in bucket.prefixes
+		strings.any_prefix_match(name, pres)
 	}) | {h |
 		some [h, p] in bucket.glob
 		glob.match(p, [], name)

@@ -292,6 +292,52 @@ def test_url_arguments_are_checked_as_the_previous_policy_and_opa_check_them(see
     assert outcomes["allow"] >= 20 and outcomes["deny"] >= 60, outcomes
 
 
+def test_prefix_patterns_that_give_the_same_hit_each_give_it() -> None:
+    """The index keeps a bucket's prefix patterns per hit (one strings.any_prefix_match for
+    all the prefixes of "tools", of an audit_minimal, of a rate limit...): a name under any
+    of them gets the hit, as session 19's policy and OPA (with the index) decide."""
+    data = json.loads(DATA.read_text())
+    d = data["symbi_data"]
+    pats = ["fs__read_*", "fs__list_*", "fs__get_*"]
+    d["roles"]["developer"]["tools"] = pats
+    d["roles"]["developer"]["deny_tools"] = ["fs__get_x*", "fs__list_x*"]
+    d["audit_minimal"] = pats
+    d["tool_rate_limits"] = dict.fromkeys(pats, 7)
+    d["max_result_bytes"] = dict.fromkeys(pats, 999)
+    d["redact_arguments"] = {p: ["token"] for p in pats}
+    d["redact_result"] = {p: ["secret"] for p in pats}
+    bundle, new = _load(POLICY.read_text(), data)
+    _, previous = _load(SESSION19.read_text(), data)
+    assert bundle.precomputed is not None
+    opa_indexed = opa_engine(data={**data, **bundle.precomputed})
+    base = load_cases(CASES)[0].input
+    granted = 0
+    for name in [
+        "fs__read_a",
+        "fs__list_b",
+        "fs__get_c",
+        "fs__get_xy",
+        "fs__list_x",
+        "fs__write_d",
+        "fs__readx",
+    ]:
+        inp = copy.deepcopy(base)
+        inp["tool"]["name"] = inp["target"] = name
+        inp["upstream"]["name"] = inp["tool"]["upstream"] = "fs"
+        a = _decide(new, inp)
+        assert a == _decide(previous, inp) == _opa(opa_indexed, inp), name
+        if a != ERROR and a["allow"]:
+            assert a["conditions"] == {
+                "rate_limit": 7,
+                "audit": "minimal",
+                "max_result_bytes": 999,
+                "redact_arguments": ["token"],
+                "redact_result": ["secret"],
+            }, name
+            granted += 1
+    assert granted == 3
+
+
 def test_the_shipped_data_decides_as_opa_with_the_index() -> None:
     """OPA given the precomputed index runs the fast paths, as the embedded engine does."""
     data = json.loads(DATA.read_text())

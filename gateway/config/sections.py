@@ -83,6 +83,9 @@ class McpSection(Section):
     # itself (same chain, middleware, session; an SSE stream or, with http.json_response, a JSON
     # body); false: all through the SDK
     http_fast_lane: bool = True
+    # tools/list pages answered in wire form, each tool shaped once per protocol version
+    # (gateway/server/listwire.py: the same pager and policy); false: shaped by the SDK each time
+    list_fast_path: bool = True
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     org_keys: PathTuple = ()  # organisation public keys that may sign approved manifests

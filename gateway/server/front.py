@@ -23,11 +23,13 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from gateway import __version__
 from gateway.app import Gateway
 from gateway.boundary import as_protocol_error, as_tool_result
+from gateway.catalog import CatalogTool
 from gateway.config.model import Config
 from gateway.context import CallContext, CallKind, Principal, is_admin
 from gateway.errors import CatalogError, PolicyDenied
 from gateway.events import Event
 from gateway.listen import ListenHub
+from gateway.server.listwire import ToolListWire
 from gateway.server.paging import ToolPager, config_cursor_key
 from gateway.server.principals import principal_for, session_id_of
 from gateway.upstream.session import Upstream
@@ -69,6 +71,12 @@ class Front:
             return self._server()
 
     def _server(self) -> Server[Gateway]:
+        server = self._sdk_server()
+        if self.config.mcp.list_fast_path:  # innermost so far: the SDK's SERVER span wraps it
+            server.middleware.append(ToolListWire(server, self.tool_page, self._catalogue_size))
+        return server
+
+    def _sdk_server(self) -> Server[Gateway]:
         return Server(
             self.config.gateway.name,
             version=__version__,
@@ -201,16 +209,26 @@ class Front:
     # -- tools -------------------------------------------------------------------------------
 
     @as_protocol_error
-    async def list_tools(
+    async def tool_page(
         self, ctx: Ctx, params: types.PaginatedRequestParams | None
-    ) -> types.ListToolsResult:
+    ) -> tuple[list[CatalogTool], str | None]:
+        """The tools of one ``tools/list`` page the caller may see, and the next page's cursor
+        (the SDK's handler below, and ``ToolListWire``'s answer in wire form)."""
         gw = self._gateway(ctx)
         cursor = params.cursor if params is not None else None
         pager = self._pager
         if pager is None:  # no lifespan, no gateway: unreachable, and never an unkeyed cursor
             raise CatalogError("tools/list before the gateway started")
-        page, next_cursor = await pager.page(gw, principal_for(ctx, gw), cursor)
+        return await pager.page(gw, principal_for(ctx, gw), cursor)
+
+    async def list_tools(
+        self, ctx: Ctx, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        page, next_cursor = await self.tool_page(ctx, params)
         return types.ListToolsResult(tools=[e.tool for e in page], next_cursor=next_cursor)
+
+    def _catalogue_size(self) -> int:
+        return max((len(gw.catalog.tools) for gw in self._running), default=0)
 
     @as_tool_result
     async def call_tool(

@@ -158,7 +158,23 @@ def _upstream_user_can_enter_tmp_path(request: pytest.FixtureRequest) -> None:
 # Ports below the kernel's ephemeral range (32768-60999 by default): the kernel never hands one
 # of these to an outgoing connection or a bind to port 0, which with bind-to-0 here could take the
 # port between this check and the server's bind (seen with two pytest-xdist workers).
-_PORTS = range(20000, 32768)
+_ALL_PORTS = range(20000, 32768)
+
+
+def worker_ports(worker: str, count: int) -> range:
+    """This pytest-xdist worker's own slice of the range (``worker`` is its id, "gw0"...; "" when
+    not under xdist): two workers never pick the same port, so neither can take the other's
+    between its check and its server's bind."""
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    count = max(count, index + 1)
+    size = len(_ALL_PORTS) // count
+    start = _ALL_PORTS.start + index * size
+    return range(start, start + size)
+
+
+_PORTS = worker_ports(
+    os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+)
 _handed_out: set[int] = set()  # by this process: never twice, though the first may not be bound yet
 
 

@@ -98,6 +98,16 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
 DEVELOPER_TOOLS = ["everything__echo", "everything__get-sum"]
 
 
+def assert_pages_list_the_roles_tools(pages: list[dict[str, Any]], role: str) -> None:
+    """An admin's listing holds the developer's tools among more pages; a developer's only those
+    (the tools the policy hides are on no page)."""
+    names = [t["name"] for p in pages for t in p["result"]["tools"]]
+    if role == "admin":
+        assert len(pages) > 2 and set(DEVELOPER_TOOLS) < set(names)
+    else:
+        assert sorted(names) == sorted(DEVELOPER_TOOLS)
+
+
 def roles_policy_data(folder: Path, roles: dict[str, Any], unverified: tuple[str, ...] = ()) -> Path:
     """The shared test policy data with only ``roles`` (no named principals: API key users get
     their roles from the key) and ``unverified`` upstreams allowed unverified; ``folder/data.json``."""

@@ -24,7 +24,7 @@ import logging
 import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -33,7 +33,9 @@ from gateway.events import Event, EventSink
 
 _logger = logging.getLogger("symbi.metrics")
 
-__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "MetricsSink", "RecentCall", "RecentCalls"]
+__all__ = ["CONTENT_TYPE_LATEST", "Children", "GatewayMetrics", "MetricsSink", "RecentCall", "RecentCalls"]
+
+MetricT = TypeVar("MetricT", Counter, Gauge, Histogram)
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -54,8 +56,33 @@ _LATENCY_BUCKETS = (
 )
 
 
+class Children(Generic[MetricT]):
+    """The children of one labelled metric by their label values, each looked up once.
+
+    The library's ``labels`` converts and checks every value and takes the metric's lock on
+    every call (about ten function calls); every tool call counts a few fixed label sets. The
+    child is the one ``labels`` gives (the same object, the same series). A label set the
+    metric drops must be forgotten here too (``forget``), or its child would count unseen."""
+
+    __slots__ = ("_made", "_metric")
+
+    def __init__(self, metric: MetricT) -> None:
+        self._metric: MetricT = metric
+        self._made: dict[tuple[str, ...], MetricT] = {}
+
+    def __call__(self, *values: str) -> MetricT:
+        child = self._made.get(values)
+        if child is None:
+            child = self._made[values] = self._metric.labels(*values)
+        return child
+
+    def forget(self, values: tuple[str, ...]) -> None:
+        self._made.pop(values, None)
+
+
 class GatewayMetrics:
-    """All gateway metrics, in one registry."""
+    """All gateway metrics, in one registry. The per-call feeders take the labelled children
+    through the ``*_of`` lookups (``Children``)."""
 
     def __init__(self, recent_calls: int = 500) -> None:
         # the dashboard's "recent decisions" (a bounded ring buffer, fed with the counters)
@@ -65,6 +92,20 @@ class GatewayMetrics:
         self._add_component_metrics(r)
         self._add_business_metrics(r)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        self._add_lookups()
+
+    def _add_lookups(self) -> None:
+        """The children of the metrics every call (or event) counts, each looked up once."""
+        self.tool_calls_of = Children(self.tool_calls)
+        self.call_latency_of = Children(self.call_latency)
+        self.policy_decisions_of = Children(self.policy_decisions)
+        self.sandbox_runs_of = Children(self.sandbox_runs)
+        self.audit_events_of = Children(self.audit_events)
+        self.tasks_of = Children(self.tasks)
+        self.errors_of = Children(self.errors)
+        self.compliance_of = Children(self.compliance)
+        self.sandbox_seconds_of = Children(self.sandbox_seconds)
+        self.result_bytes_of = Children(self.result_bytes)
 
     def _add_call_metrics(self, r: CollectorRegistry) -> None:
         """Per call (fed by ``MetricsStep`` and the policy engine): outcomes and latencies."""
@@ -169,6 +210,7 @@ class GatewayMetrics:
         for labels in held:
             if labels[0] != "unknown" and labels[0] not in current:
                 self.tool_calls.remove(*labels)
+                self.tool_calls_of.forget(labels)  # a later call starts a new series, as labels() would
 
     def track_sessions(self, count: Callable[[], int]) -> None:
         """Read the open-session count at scrape time."""
@@ -179,7 +221,7 @@ class GatewayMetrics:
 
     def observe_audit_write(self, seconds: float) -> None:
         self.audit_write_latency.observe(seconds)
-        self.compliance.labels("audit", "pass").inc()
+        self.compliance_of("audit", "pass").inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
@@ -213,7 +255,7 @@ class MetricsSink:
 
     def _count(self, event_type: Event, details: Mapping[str, Any]) -> None:
         m = self.metrics
-        m.audit_events.labels(event_type).inc()
+        m.audit_events_of(event_type).inc()
         upstream = str(details.get("upstream", "unknown"))
         if event_type == Event.UPSTREAM_UP:
             m.upstream_up.labels(upstream).set(1)

@@ -56,16 +56,16 @@ class MetricsStep:
         if call.decision is not None:
             decision = "allow" if call.decision.allow else "deny"
             reasons = reasons or tuple(call.decision.reasons)
-            self.metrics.policy_decisions.labels(decision).inc()
+            self.metrics.policy_decisions_of(decision).inc()
         # Only catalogue names become label values: a client cannot blow up cardinality.
         upstream = call.tool.upstream if call.tool is not None else None
         if call.sandbox_tier is not None and call.tool is not None and call.tool.code_tool:
-            self.metrics.sandbox_runs.labels(call.sandbox_tier, outcome).inc()
+            self.metrics.sandbox_runs_of(call.sandbox_tier, outcome).inc()
         self._business(call, outcome, code, error, elapsed)
         if call.kind == "tools/call":
             tool = call.tool.name if call.tool is not None else "unknown"
-            self.metrics.tool_calls.labels(tool, upstream or "unknown", outcome).inc()
-            self.metrics.call_latency.labels(upstream or "unknown").observe(elapsed / 1000.0)
+            self.metrics.tool_calls_of(tool, upstream or "unknown", outcome).inc()
+            self.metrics.call_latency_of(upstream or "unknown").observe(elapsed / 1000.0)
         self.recent.add(
             RecentCall(
                 time=time.time(),
@@ -93,15 +93,15 @@ class MetricsStep:
         m = self.metrics
         if call.kind not in _TASK_KINDS:
             return
-        m.tasks.labels(call.kind, outcome).inc()
+        m.tasks_of(call.kind, outcome).inc()
         if outcome != "ok":
             error_type = (
                 code if code and _CODE.match(code) else ("tool_error" if outcome == "error" else "denied")
             )
-            m.errors.labels(error_type).inc()
+            m.errors_of(error_type).inc()
         if call.tool is not None:
             status = call.tool.verification
-            m.compliance.labels(
+            m.compliance_of(
                 "verification",
                 "pass"
                 if status in APPROVED
@@ -110,10 +110,10 @@ class MetricsStep:
                 else "unverified",
             ).inc()
         if call.decision is not None:
-            m.compliance.labels("policy", "pass" if call.decision.allow else "fail").inc()
+            m.compliance_of("policy", "pass" if call.decision.allow else "fail").inc()
         if isinstance(error, AuditError):
-            m.compliance.labels("audit", "fail").inc()
+            m.compliance_of("audit", "fail").inc()
         if call.result_bytes is not None:
-            m.result_bytes.labels(call.kind).observe(call.result_bytes)
+            m.result_bytes_of(call.kind).observe(call.result_bytes)
         if call.sandbox_tier is not None and call.tool is not None and call.tool.code_tool:
-            m.sandbox_seconds.labels(call.sandbox_tier).observe(elapsed_ms / 1000.0)
+            m.sandbox_seconds_of(call.sandbox_tier).observe(elapsed_ms / 1000.0)

@@ -128,6 +128,25 @@ def event_bytes(data: bytes, event_id: str | None) -> bytes:
     return head + b"data: " + data + b"\r\n\r\n"
 
 
+def priming_bytes(event: Mapping[str, Any]) -> bytes:
+    """The SDK's priming event (an id, empty data, a retry interval) as sse-starlette encodes
+    it (``ensure_bytes``), without its encoder object, text buffer and expressions (every SSE
+    call has one); any other shape is sse-starlette's to encode."""
+    eid = event.get("id")
+    retry = event.get("retry")
+    if (
+        len(event) == (2 if retry is None else 3)
+        and event.get("data") == ""
+        and type(eid) is str
+        and "\r" not in eid
+        and "\n" not in eid
+        and (retry is None or type(retry) is int)
+    ):
+        tail = b"retry: " + str(retry).encode() + b"\r\n\r\n" if retry is not None else b"\r\n"
+        return b"id: " + eid.encode() + b"\r\ndata: \r\n" + tail
+    return ensure_bytes(event, SEP)
+
+
 class SseAnswer:
     """One lane call's event stream: ``open`` (before the call runs), ``hold_over`` (the call
     has run ``HOLD_S``), ``respond`` with the call's outcome, ``close`` (always, last).
@@ -168,7 +187,7 @@ class SseAnswer:
         it goes out with the headers (``HOLD_S``)."""
         priming = await transport_priming_event(self._transport, self._stream_id, protocol_version)
         self._head = headers
-        self._priming = ensure_bytes(priming, SEP) if priming is not None else b""
+        self._priming = priming_bytes(priming) if priming is not None else b""
 
     def hold_over(self) -> None:
         """The call is still running after ``HOLD_S``: its headers and priming event go out (so

@@ -31,8 +31,9 @@ def scope_headers(scope: Scope) -> dict[str, str]:
     names as the server gives them (lower case, as ASGI has it), of a repeated header the first."""
     raw = scope["headers"]
     cached = scope.get(_HEADERS)
-    # equal, not the same list: Starlette's Headers(scope=...) puts a copy of it in the scope
-    if cached is not None and cached[0] == raw:
+    # the same list (every read but the first: no compare of its items), or an equal one:
+    # Starlette's Headers(scope=...) puts a copy of it in the scope
+    if cached is not None and (cached[0] is raw or cached[0] == raw):
         return cached[1]  # type: ignore[no-any-return]
     parsed = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
     scope[_HEADERS] = (raw, parsed)

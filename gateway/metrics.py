@@ -228,6 +228,12 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
+# the events whose upstream is counted too (MetricsSink._count)
+_UPSTREAM_EVENTS = frozenset(
+    {Event.UPSTREAM_UP, Event.UPSTREAM_DOWN, Event.TOOL_VERIFICATION, Event.TOOL_DRIFT}
+)
+
+
 class MetricsSink:
     """An ``EventSink`` tee: counts the event, then passes it on unchanged."""
 
@@ -256,6 +262,8 @@ class MetricsSink:
     def _count(self, event_type: Event, details: Mapping[str, Any]) -> None:
         m = self.metrics
         m.audit_events_of(event_type).inc()
+        if event_type not in _UPSTREAM_EVENTS:  # a call's events: counted by type only
+            return
         upstream = str(details.get("upstream", "unknown"))
         if event_type == Event.UPSTREAM_UP:
             m.upstream_up.labels(upstream).set(1)

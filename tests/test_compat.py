@@ -535,3 +535,23 @@ def test_unsampled_spans_asks_the_configurator_on_every_span() -> None:
     assert make(root) is None and compat.unsampled_span(tracer, root) is None
     provider._set_tracer_configurator(tracer_configurator=lambda scope: _TracerConfig(is_enabled=True))
     assert make(root) is not None
+
+
+async def test_the_asyncio_cancel_scope_is_the_one_anyio_makes_there() -> None:
+    """``asyncio_cancel_scope`` makes the object ``anyio.CancelScope()`` makes on asyncio (the
+    same class), which cancels its body; ``asyncio_time`` is the clock its deadline reads."""
+    import anyio
+
+    made = compat.asyncio_cancel_scope()
+    assert type(made) is type(anyio.CancelScope())
+    with made:
+        made.cancel()
+        await anyio.sleep(5)
+    assert made.cancelled_caught
+    before = anyio.current_time()
+    now = compat.asyncio_time()
+    assert before <= now <= anyio.current_time()
+    with compat.asyncio_cancel_scope() as timed:
+        timed.deadline = compat.asyncio_time() + 0.02
+        await anyio.sleep(5)
+    assert timed.cancelled_caught

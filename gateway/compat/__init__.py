@@ -59,6 +59,8 @@ from gateway.compat.sdk import (
     stop_stdio_process,
 )
 from gateway.compat.streams import (
+    asyncio_cancel_scope,
+    asyncio_time,
     process_stdin_writer,
     process_stdout_reader,
     raw_socket,
@@ -76,6 +78,8 @@ __all__ = [
     "RequestStream",
     "SdkChanged",
     "UnsampledSpans",
+    "asyncio_cancel_scope",
+    "asyncio_time",
     "clamp_inbound_ttl",
     "close_http_session",
     "connection_of",

@@ -18,6 +18,7 @@ from mcp.shared.message import SessionMessage
 from mcp_types import JSONRPCMessage
 from starlette.requests import Request
 
+from gateway.compat.streams import asyncio_time
 from gateway.errors import SdkChanged
 
 
@@ -115,7 +116,7 @@ def transport_release(transport: StreamableHTTPServerTransport) -> None:
     if not transport._requests_in_flight:
         scope, timeout = transport.idle_scope, transport._idle_timeout
         if scope is not None and timeout is not None:
-            scope.deadline = anyio.current_time() + timeout
+            scope.deadline = asyncio_time() + timeout  # anyio.current_time(), its lookup spared
 
 
 RequestStream = tuple[Any, Any]  # the (send, receive) memory streams of one request's SSE answer

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+
 from gateway.errors import SdkChanged
 
 _logger = logging.getLogger("symbi.compat")
@@ -167,3 +169,24 @@ def receiver_waits_idle(reader: Any) -> bool:
 def raw_socket(sock: Any) -> Any:
     """The socket under docker's ``attach_socket`` result (a ``SocketIO`` wrapping ``_sock``)."""
     return getattr(sock, "_sock", sock)
+
+
+def asyncio_cancel_scope() -> anyio.CancelScope:
+    """``anyio.CancelScope()`` where the running backend is asyncio (the HTTP front's, under
+    uvicorn), made by that backend's own class: ``anyio.CancelScope()`` looks the backend up
+    first (sniffio, the running loop) and then makes this very object."""
+    if _AsyncioCancelScope is None:
+        raise SdkChanged("anyio._backends._asyncio.CancelScope")
+    return _AsyncioCancelScope()
+
+
+try:
+    from anyio._backends._asyncio import CancelScope as _AsyncioCancelScope
+except ImportError:  # pragma: no cover - an anyio without it: asyncio_cancel_scope says so
+    _AsyncioCancelScope = None  # type: ignore[assignment,misc]
+
+
+def asyncio_time() -> float:
+    """``anyio.current_time()`` on asyncio: the running loop's clock, which the asyncio
+    backend's ``current_time`` and its cancel scopes' deadlines read, without the lookup."""
+    return asyncio.get_running_loop().time()

@@ -61,6 +61,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.compat import (
     HOLD_HELD,
     HOLD_REFUSED,
+    asyncio_cancel_scope,
     connection_of,
     http_session_transport,
     open_http_sessions,
@@ -338,7 +339,7 @@ class HttpLane:
         stream, which the answer's pump writes meanwhile)."""
         sid = key[0]
         answer = dctx.answer
-        cancel = anyio.CancelScope()
+        cancel = asyncio_cancel_scope()
         self._in_flight[key] = (cancel, dctx)
         try:
             headers = self._headers.get(sid)
@@ -399,7 +400,7 @@ class HttpLane:
         params: dict[str, Any],
         transport: Any,
     ) -> tuple[bytes, str, int]:
-        cancel = anyio.CancelScope()
+        cancel = asyncio_cancel_scope()
         self._in_flight[key] = (cancel, dctx)
         out: dict[str, Any] | types.ErrorData | None = None
         try:

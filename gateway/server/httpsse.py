@@ -46,6 +46,7 @@ from starlette.types import Message, Receive, Send
 
 from gateway.compat import (
     RequestStream,
+    asyncio_time,
     related_notify,
     related_request,
     transport_close_stream,
@@ -288,7 +289,7 @@ class SseAnswer:
         ``EXIT_POLL_S``, as sse-starlette polls it). Ends when the call routes something (the
         client's watch takes over)."""
         await self._send_head()
-        ping_at = anyio.current_time() + PING_S
+        ping_at = asyncio_time() + PING_S
         while True:
             await asyncio.sleep(EXIT_POLL_S)
             if self._routed:
@@ -304,8 +305,8 @@ class SseAnswer:
         if AppStatus.should_exit:
             self._exit()
             return None
-        if anyio.current_time() >= ping_at and not self._ended:
-            ping_at = anyio.current_time() + PING_S
+        if asyncio_time() >= ping_at and not self._ended:
+            ping_at = asyncio_time() + PING_S
             await self._ping()
         return ping_at
 
@@ -317,7 +318,7 @@ class SseAnswer:
         if head:
             await self._send_head()
         message: Message | None = None
-        ping_at = anyio.current_time() + PING_S
+        ping_at = asyncio_time() + PING_S
         while message is None or message["type"] != "http.disconnect":
             with anyio.move_on_after(EXIT_POLL_S) as quiet:
                 message = await self._receive()

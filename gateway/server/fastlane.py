@@ -43,7 +43,7 @@ from mcp.shared.transport_context import TransportContext
 from mcp_types import methods as _methods
 from pydantic import BaseModel, ValidationError
 
-from gateway.compat import connection_of, is_sdk_span_middleware
+from gateway.compat import asyncio_cancel_scope, connection_of, is_sdk_span_middleware
 from gateway.server.lanespan import server_span
 
 _logger = logging.getLogger("symbi.server.fastlane")
@@ -289,7 +289,7 @@ class StdioLane:
         if token is not None and self._silenced:
             self._silenced.pop(token, None)
         dctx = LaneDispatch(conn, rid, token)
-        scope = anyio.CancelScope()
+        scope = asyncio_cancel_scope()  # on the lane's asyncio loop: no backend lookup per call
         self._in_flight[key] = (scope, dctx)
         self._tasks[dctx] = loop.create_task(self._run(conn, key, scope, dctx, params))
         self.taken += 1

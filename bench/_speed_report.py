@@ -29,6 +29,11 @@ def stdio_report(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, An
             "p50_ms": round(median(p50), 3),
             "p99_ms": round(median(p99), 3),
             "p50_ms_per_round": p50,
+            "p99_ms_per_round": p99,
+            # every round's sequential calls in one sample: a round's p99 of --sequential 300 is
+            # its third-slowest call, so one stall moves it; pooled, the target reads this one
+            "p99_ms_pooled": latency_summary(seq.latencies)["p99_ms"],
+            "sequential_calls_pooled": len(seq.latencies),
             "calls_per_s_concurrent": round(median(rate), 1),
             "calls_per_s_per_round": [round(x, 1) for x in rate],
             "ok": seq.ok + conc.ok,
@@ -47,6 +52,8 @@ def stdio_report(rounds: list[dict[str, Any]], names: list[str]) -> dict[str, An
             "added_p50_ms": round(median(added), 3),
             "added_p50_ms_per_round": [round(x, 3) for x in added],
             "p99_ratio": round(median(p99r), 2),
+            "p99_ratio_per_round": [round(x, 2) for x in p99r],
+            "p99_ratio_pooled": round(out[name]["p99_ms_pooled"] / out["direct"]["p99_ms_pooled"], 2),
             "throughput_ratio": round(median(thr), 3),
         }
     return out
@@ -159,7 +166,12 @@ def _targets(
     sec, off, relay = stdio["gateway_secure"], stdio["gateway_off"], stdio["relay"]
     targets: dict[str, Any] = {
         "stdio_secure_added_p50_ms": _goal(0.5, sec["vs_direct"]["added_p50_ms"], True),
-        "stdio_secure_p99_vs_direct": _goal(2.0, sec["vs_direct"]["p99_ratio"], True),
+        "stdio_secure_p99_vs_direct": _goal(
+            2.0,
+            sec["vs_direct"]["p99_ratio_pooled"],
+            True,
+            note=f"p99 of every round's sequential calls ({sec['sequential_calls_pooled']} each side)",
+        ),
         "stdio_secure_throughput_vs_direct": _goal(0.6, sec["vs_direct"]["throughput_ratio"], False),
         "stdio_off_p50_over_relay_ms": _goal(0.1, round(off["p50_ms"] - relay["p50_ms"], 3), True),
         "policy_decisions_per_s": _goal(10000, pol["embedded"]["decisions_per_s"], False),

@@ -124,6 +124,8 @@ def report(
         "benchmark": "speed (issue 16)",
         "rounds": args.rounds,
         "host": host(),
+        # each round's machine_speed at its start (bench/_common.machine_speed: the VM's level)
+        "machine_speed_per_round": [rnd["machine"] for rnd in rounds if "machine" in rnd],
         "stdio": stdio,
         "stdio_vs_baseline_tree": versus,
         "stdio_lane_vs_sdk_front": lane,

@@ -64,6 +64,7 @@ from bench._common import (
     everything_toml,
     free_port,
     gateway_env,
+    machine_speed,
     stdio_session,
     write_gateway_config,
     write_http_gateway_config,
@@ -296,9 +297,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         names = list(targets)
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
+            machine = machine_speed()
             stdio = {n: await stdio_round(sessions[n], targets[n][3], f"{n}-r{r}", args) for n in order}
             # the audit part runs its own asyncio loop: in a worker thread (the stdio sessions idle)
             row: dict[str, Any] = {
+                "machine": machine,
                 "stdio": stdio,
                 "policy": policy.round(args.policy_seconds, args.policy_timed),  # regorus: this thread only
                 "audit": await anyio.to_thread.run_sync(audit_round, args.audit_events),

@@ -55,3 +55,10 @@ def test_config_for_an_older_tree_leaves_out_what_it_refuses_and_loads(
     bad.write_text(full.read_text().replace("stdio_fast_lane = false", "stdio_fast_lane_x = false"))
     with pytest.raises(ConfigError):
         load_config(bad, {})
+
+
+def test_machine_speed_is_an_ordered_positive_reading() -> None:
+    speed = _common.machine_speed(samples=3, n=20_000)
+    assert set(speed) == {"loop_mops_min", "loop_mops_median", "loop_mops_max"}
+    assert 0 < speed["loop_mops_min"] <= speed["loop_mops_median"] <= speed["loop_mops_max"]
+    assert "machine_speed" in _common.host()

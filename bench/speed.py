@@ -15,7 +15,9 @@ so each number sits beside its baseline taken minutes apart on the same noisy ma
   checkout (before a change), compared round by round in ``stdio_vs_baseline_tree``; with
   ``--sdk-front`` also ``gateway_secure_sdk_front`` and ``gateway_off_sdk_front``, the same
   gateways with ``mcp.stdio_fast_lane = false`` (``stdio_lane_vs_sdk_front``).
-  Sequential latency (p50/p99) and calls/s with ``--callers`` concurrent callers. The p99
+  Sequential latency (p50/p99), the targets taking turns in slices of 100 calls (this machine's
+  speed flips within seconds: every target sees it alike; ``--sequential-blocks``: one block
+  per target, as sessions 1-23 measured), and calls/s with ``--callers`` concurrent callers. The p99
   target reads the p99 of every round's sequential calls pooled (``p99_ms_pooled``: 3,000 a side
   at the defaults); a round's own p99 (``p99_ms_per_round``) is one of its few slowest calls.
 - ``policy``: ``EmbeddedEngine.decide`` on ``policies/cases.json`` (decisions/s on one core,
@@ -46,11 +48,12 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+from mcp import ClientSession
 
 from bench import audit as audit_bench
 from bench import http as http_bench
@@ -59,19 +62,26 @@ from bench._common import (
     EVERYTHING_JS,
     ROOT,
     SYMBI,
+    Call,
+    CallStats,
     baseline_policy_data,
     bench_policy_data,
+    concurrent_calls,
     everything_toml,
     free_port,
     gateway_env,
+    interleaved_sequential_calls,
     machine_speed,
+    sequential_calls,
     stdio_session,
+    text_of,
     write_gateway_config,
     write_http_gateway_config,
 )
 from bench._pure_policy import PurePolicy
 from bench._speed_report import report
 from bench.proxy import _round as stdio_round
+from bench.proxy import expected as proxy_expected
 from gateway.policy.cases import decision_dict, load_cases
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import discover_files
@@ -281,6 +291,40 @@ def http_targets(tmp: Path, clients: int) -> Iterator[list[http_bench.Target]]:
 # -- the run ------------------------------------------------------------------------------------
 
 
+async def _interleaved_round(
+    sessions: Mapping[str, ClientSession],
+    targets: Mapping[str, Target],
+    order: list[str],
+    tag: str,
+    args: argparse.Namespace,
+) -> dict[str, dict[str, CallStats]]:
+    """One round's stdio part: each target warmed, the sequential calls in slices taking turns
+    across the targets (``interleaved_sequential_calls``), then each target's concurrent callers
+    in turn (a calls/s figure needs a block of its own)."""
+
+    def caller(name: str) -> Call:
+        session, tool = sessions[name], targets[name][3]
+
+        async def call(msg: str) -> str | None:
+            return text_of(await session.call_tool(tool, {"message": msg}))
+
+        return call
+
+    calls = {name: caller(name) for name in order}
+    for name, call in calls.items():
+        await sequential_calls(call, 20, f"{name}-{tag}-warm", proxy_expected)
+    seq = await interleaved_sequential_calls(calls, args.sequential, f"{tag}-seq", proxy_expected)
+    return {
+        name: {
+            "sequential": seq[name],
+            "concurrent": await concurrent_calls(
+                call, args.callers, args.per_caller, f"{name}-{tag}-conc", proxy_expected
+            ),
+        }
+        for name, call in calls.items()
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not EVERYTHING_JS.exists():
         raise SystemExit(f"server-everything missing at {EVERYTHING_JS} (run `make setup`)")
@@ -298,7 +342,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             machine = machine_speed()
-            stdio = {n: await stdio_round(sessions[n], targets[n][3], f"{n}-r{r}", args) for n in order}
+            if args.sequential_blocks:  # each target's sequential calls in one block (before session 24)
+                stdio = {n: await stdio_round(sessions[n], targets[n][3], f"{n}-r{r}", args) for n in order}
+            else:
+                stdio = await _interleaved_round(sessions, targets, order, f"r{r}", args)
             # the audit part runs its own asyncio loop: in a worker thread (the stdio sessions idle)
             row: dict[str, Any] = {
                 "machine": machine,
@@ -318,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--sequential", type=int, default=1000)
+    p.add_argument(
+        "--sequential-blocks",
+        action="store_true",
+        help="time each target's sequential calls in one block (sessions 1-23) instead of call by call",
+    )
     p.add_argument("--callers", type=int, default=8)
     p.add_argument("--per-caller", type=int, default=50)
     p.add_argument("--policy-seconds", type=float, default=1.0)

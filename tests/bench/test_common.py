@@ -5,8 +5,10 @@ clone); the key set itself is asked of this tree's real config model in a subpro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import pytest
 
 from bench import _common
@@ -62,3 +64,25 @@ def test_machine_speed_is_an_ordered_positive_reading() -> None:
     assert set(speed) == {"loop_mops_min", "loop_mops_median", "loop_mops_max"}
     assert 0 < speed["loop_mops_min"] <= speed["loop_mops_median"] <= speed["loop_mops_max"]
     assert "machine_speed" in _common.host()
+
+
+def test_interleaved_sequential_calls_alternate_the_targets_and_check_every_reply() -> None:
+    seen: list[str] = []
+
+    def target(name: str, reply: Callable[[str], str]) -> _common.Call:
+        async def call(msg: str) -> str | None:
+            seen.append(name)
+            return reply(msg)
+
+        return call
+
+    def echo(msg: str) -> str:
+        return f"Echo: {msg}"
+
+    calls = {"a": target("a", echo), "b": target("b", lambda msg: "Echo: someone else's")}
+    out = anyio.run(_common.interleaved_sequential_calls, calls, 5, "t", echo, 2)
+    # slices of 2 timed calls, each opened by one untimed call, the targets taking turns
+    assert seen == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2
+    assert out["a"].calls == 5 and out["a"].ok == 5 and out["a"].errors == 0
+    assert out["b"].ok == 0 and out["b"].errors == 8  # every reply checked, the openers' too
+    assert out["a"].wall_s > 0

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,11 +204,12 @@ def replica(config: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 
 def shared_chains(
-    config: Path, replicas: int = 2
+    config: Path, replicas: int = 2, mine: Callable[[dict[str, Any]], bool] = lambda chain: True
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
     """``symbi audit verify --config config --shared --json`` once it reports ``replicas``
-    chains and exits 0 (each replica copies its chain to PostgreSQL within a second or so),
-    or its last answer after 30 s: the run and the chains it reported."""
+    chains that are ``mine`` and exits 0 (each replica copies its chain to PostgreSQL within a
+    second or so; other tests' replicas may share the database), or its last answer after 30 s:
+    the run and the chains it reported."""
     deadline = time.monotonic() + 30  # the bound of the wait (shipping), not a timing assertion
     while True:
         r = subprocess.run(
@@ -219,6 +220,6 @@ def shared_chains(
             timeout=60,
         )
         chains = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
-        if (r.returncode == 0 and len(chains) == replicas) or time.monotonic() > deadline:
+        if (r.returncode == 0 and sum(map(mine, chains)) == replicas) or time.monotonic() > deadline:
             return r, chains
         time.sleep(0.5)

@@ -4,6 +4,7 @@ and manifest changes re-verify the catalogue, discovery of MCP servers, audit re
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -13,6 +14,9 @@ from gateway.config.model import Config, ServerConfig
 from gateway.events import Event, EventSink
 from gateway.state import Changes
 from gateway.verify.verifier import ToolVerifier
+
+if TYPE_CHECKING:  # imported when discovery runs (gateway.tasks.discover)
+    from gateway.onboard.discovery import Discovered
 
 _logger = logging.getLogger("symbi.assemble")
 
@@ -67,34 +71,56 @@ def discover(config: Config, events: EventSink) -> Background:
     )
 
     async def run(gw: Gateway) -> None:
+        failed = ""  # the last pass's failure, logged once until it changes or a pass succeeds
         while True:
-            added, removed = await anyio.to_thread.run_sync(discovery.poll)
-            for d in added:
-                _logger.warning(
-                    "discovered MCP server %r in %s: quarantined until `symbi tools approve %s`",
-                    d.original_name,
-                    d.source,
-                    d.name,
-                )
-            for d in removed:
-                _logger.warning("discovered MCP server %r is gone from %s", d.original_name, d.source)
-            for d in discovery.entries().values():
-                if d.status == "approved" and d.name not in gw.upstreams:
-                    try:
-                        srv = ServerConfig.model_validate({**d.table, "verification": "tofu"})
-                        gw.events.emit(
-                            Event.SERVER_APPROVED,
-                            {
-                                "server": d.name,
-                                "source": d.source,
-                                "original_name": d.original_name,
-                                "approved_by": d.approved_by,
-                                "verification": "tofu",
-                            },
-                        )
-                        await gw.add_server(d.name, srv)
-                    except Exception as e:  # noqa: BLE001 - a bad entry must not stop discovery
-                        _logger.error("approved server %s cannot start: %s", d.name, e)
+            try:
+                added, removed = await anyio.to_thread.run_sync(discovery.poll)
+                approved = [d for d in discovery.entries().values() if d.status == "approved"]
+            except Exception as e:  # noqa: BLE001 - a failed pass must not stop the gateway
+                # fail closed: nothing is quarantined, removed or started from this pass
+                if str(e) != failed:
+                    failed = str(e)
+                    _logger.error(
+                        "discovery pass failed (retried every %gs): %s", config.mcp.recheck_interval_s, e
+                    )
+                await anyio.sleep(config.mcp.recheck_interval_s)
+                continue
+            failed = ""
+            _log_discovered(added, removed)
+            for d in approved:
+                if d.name not in gw.upstreams:
+                    await _start_approved(gw, d)
             await anyio.sleep(config.mcp.recheck_interval_s)
 
     return run
+
+
+def _log_discovered(added: list[Discovered], removed: list[Discovered]) -> None:
+    for d in added:
+        _logger.warning(
+            "discovered MCP server %r in %s: quarantined until `symbi tools approve %s`",
+            d.original_name,
+            d.source,
+            d.name,
+        )
+    for d in removed:
+        _logger.warning("discovered MCP server %r is gone from %s", d.original_name, d.source)
+
+
+async def _start_approved(gw: Gateway, d: Discovered) -> None:
+    """A discovered server a person approved, started with tofu verification."""
+    try:
+        srv = ServerConfig.model_validate({**d.table, "verification": "tofu"})
+        gw.events.emit(
+            Event.SERVER_APPROVED,
+            {
+                "server": d.name,
+                "source": d.source,
+                "original_name": d.original_name,
+                "approved_by": d.approved_by,
+                "verification": "tofu",
+            },
+        )
+        await gw.add_server(d.name, srv)
+    except Exception as e:  # noqa: BLE001 - a bad entry must not stop discovery
+        _logger.error("approved server %s cannot start: %s", d.name, e)

@@ -54,10 +54,11 @@ class FoundServer:
     transport: Literal["stdio", "http", "sse"] = "stdio"
 
 
-def find_client_files(
+def client_file_candidates(
     home: Path, cwd: Path, environ: Mapping[str, str], platform: str = sys.platform
 ) -> list[ClientFile]:
-    """Every known client config file that exists for this user and project folder."""
+    """Every known client config file that exists for this user and project folder, read or not
+    (``has_servers`` tells which hold a servers table)."""
     candidates = [
         ClientFile("claude-desktop", _claude_desktop_path(home, environ, platform), "user"),
         ClientFile("claude-code", cwd / ".mcp.json", "project"),
@@ -67,11 +68,21 @@ def find_client_files(
         ClientFile("cursor", home / ".cursor" / "mcp.json", "user"),
         ClientFile("cursor", cwd / ".cursor" / "mcp.json", "project"),
     ]
-    found = []
-    for c in candidates:
-        if c.path.is_file() and _section(_load(c.path), c.section) is not None:
-            found.append(c)
-    return found
+    return [c for c in candidates if c.path.is_file()]
+
+
+def has_servers(source: ClientFile) -> bool:
+    """Whether the file holds the client's servers table. Raises ``ConfigError`` when it cannot
+    be read or is not JSON (a file being written, or a broken one)."""
+    return _section(_load(source.path), source.section) is not None
+
+
+def find_client_files(
+    home: Path, cwd: Path, environ: Mapping[str, str], platform: str = sys.platform
+) -> list[ClientFile]:
+    """Every known client config file of this user and project folder that holds servers; a
+    file that cannot be read raises ``ConfigError`` naming it (``symbi import``)."""
+    return [c for c in client_file_candidates(home, cwd, environ, platform) if has_servers(c)]
 
 
 def file_source(path: Path) -> ClientFile:

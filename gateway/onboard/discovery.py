@@ -18,7 +18,13 @@ from typing import Any
 from gateway.config.model import Config
 from gateway.errors import ConfigError
 from gateway.events import Event, EventSink, LoggingSink
-from gateway.onboard.clients import FoundServer, find_client_files, launches_symbi, read_client_file
+from gateway.onboard.clients import (
+    FoundServer,
+    client_file_candidates,
+    has_servers,
+    launches_symbi,
+    read_client_file,
+)
 from gateway.onboard.plan import RESERVED, unique_name
 from gateway.textcheck import not_utf8_at, shown
 
@@ -141,23 +147,32 @@ class Discovery:
             raise ConfigError(f"{self.state}: unreadable discovery state: {e}") from None
         return {k: Discovered(**v) for k, v in doc.get("servers", {}).items()}
 
-    def seen_now(self) -> list[tuple[str, str, dict[str, Any]]]:
+    def seen_now(self) -> tuple[list[tuple[str, str, dict[str, Any]]], set[str]]:
+        """(source, name, table) of every server the client files and the registry folder hold
+        now, and the client files that could not be read this pass (a file being written, a
+        broken one: what they held is unknown, not gone)."""
         found: list[tuple[str, str, dict[str, Any]]] = []
-        for cf in find_client_files(self._home, self._cwd, self._environ):
+        unread: set[str] = set()
+        for cf in client_file_candidates(self._home, self._cwd, self._environ):
             try:
+                if not has_servers(cf):
+                    continue
                 servers = read_client_file(cf)
-            except ConfigError:
-                continue  # a client's file mid-edit: seen again on the next pass
+            except ConfigError as e:
+                unread.add(str(cf.path))
+                _logger.debug("client file %s not read this pass: %s", cf.path, e.message)
+                continue
             found += [(str(cf.path), s.name, _client_table(s)) for s in servers if not launches_symbi(s)]
         if self._registry is not None and self._registry.is_dir():
             found += registry_servers(self._registry)
-        return found
+        return found, unread
 
     def poll(self) -> tuple[list[Discovered], list[Discovered]]:
-        """One pass: returns (newly quarantined, newly removed); both are audited."""
+        """One pass: returns (newly quarantined, newly removed); both are audited. A server of
+        a client file that cannot be read this pass keeps its status (the next pass decides)."""
         known = self.entries()
         by_origin = {(d.source, d.original_name): d for d in known.values()}
-        now = self.seen_now()
+        now, unread = self.seen_now()
         seen_origins = {(src, name) for src, name, _ in now}
         added: list[Discovered] = []
         used = set(known) | set(self._configured) | RESERVED
@@ -181,7 +196,11 @@ class Discovery:
             )
         removed: list[Discovered] = []
         for name, d in list(known.items()):
-            if d.status != "removed" and (d.source, d.original_name) not in seen_origins:
+            if (
+                d.status != "removed"
+                and d.source not in unread
+                and (d.source, d.original_name) not in seen_origins
+            ):
                 known[name] = replace(d, status="removed")
                 removed.append(known[name])
                 self._events.emit(Event.SERVER_REMOVED, {"server": name, "source": d.source, "was": d.status})

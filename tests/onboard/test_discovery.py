@@ -14,7 +14,8 @@ import anyio
 import pytest
 from mcp import ClientSession, stdio_client
 
-from gateway.onboard.discovery import registry_servers
+from gateway.events import LoggingSink
+from gateway.onboard.discovery import Discovery, registry_servers
 from tests.conftest import ROOT, SYMBI, write_config
 from tests.onboard.conftest import write_json
 from tests.server._clients import gateway_params
@@ -116,3 +117,78 @@ async def test_edited_client_config_quarantines_then_approval_makes_tools_callab
                 await anyio.sleep(0.2)
     events = symbi("audit", "query", "--config", str(cfg), "--type", "server.*", "--json", home=home).stdout
     assert "server.discovered" in events and "server.removed" in events
+
+
+def test_a_client_file_mid_edit_keeps_its_servers_status(tmp_path: Path) -> None:
+    """Attack (on availability and the record): a client's config caught half-written by an
+    editor (empty, or cut off mid-JSON). Its servers were marked removed for good (the pass
+    read none) and the pass raised out of the gateway's discovery task. Now a file that cannot
+    be read keeps its servers as they were; the next pass that reads it decides."""
+    home = tmp_path / "home"
+    desktop = write_json(
+        home / ".config/Claude/claude_desktop_config.json",
+        {"mcpServers": {"mut": {"command": sys.executable, "args": [str(MUTABLE)]}}},
+    )
+    d = Discovery(
+        tmp_path / "discovered.json",
+        LoggingSink(),
+        home=home,
+        cwd=tmp_path,
+        environ={},
+        registry_dir=None,
+        configured=frozenset(),
+    )
+    added, removed = d.poll()
+    assert [x.name for x in added] == ["mut"] and not removed
+    for half_written in ("", '{"mcpServers": {"mut": {"comm'):
+        desktop.write_text(half_written)
+        assert d.poll() == ([], [])
+        assert d.entries()["mut"].status == "quarantined"
+    write_json(desktop, {"mcpServers": {}})  # read again, without it: now it is gone
+    added, removed = d.poll()
+    assert not added and [x.name for x in removed] == ["mut"]
+    assert d.entries()["mut"].status == "removed"
+
+
+async def test_the_gateway_keeps_serving_when_a_discovery_pass_fails(tmp_path: Path) -> None:
+    """Attack (on availability): a discovery pass that raises (a client file mid-edit, before
+    the fix above; a discovery state file someone broke) ended the gateway's task group: the
+    whole gateway exited. Now the pass is logged once and retried; calls go on."""
+    home = tmp_path / "home"
+    desktop = write_json(home / ".config/Claude/claude_desktop_config.json", {"mcpServers": {}})
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        discovery_enabled = true
+        recheck_interval_s = 0.2
+        [sandbox]
+        code_tools = false
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        """,
+    )
+    state = tmp_path / "data" / "discovered.json"
+    log = tmp_path / "gateway.log"
+    with log.open("w") as errlog:
+        async with stdio_client(gateway_params(cfg, HOME=str(home)), errlog=errlog) as (r, w):
+            async with ClientSession(r, w) as s:
+                await s.initialize()
+                desktop.write_text('{"mcpServers": {"half')  # an editor mid-save
+                state.parent.mkdir(parents=True, exist_ok=True)
+                state.write_text("not json")  # and a broken discovery state
+                await anyio.sleep(1.0)  # five passes
+                r1 = await s.call_tool("mut__echo", {"message": "still here"})
+                assert not r1.is_error, r1
+                state.unlink()  # repaired: the passes go on
+                write_json(
+                    desktop, {"mcpServers": {"later": {"command": sys.executable, "args": [str(MUTABLE)]}}}
+                )
+                with anyio.fail_after(20):
+                    while not state.exists() or "later" not in json.loads(state.read_text())["servers"]:
+                        await anyio.sleep(0.2)
+                assert not (await s.call_tool("mut__echo", {"message": "x"})).is_error
+    failures = [line for line in log.read_text().splitlines() if "discovery pass failed" in line]
+    assert len(failures) == 1  # logged once, not every pass

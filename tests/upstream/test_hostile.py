@@ -35,7 +35,8 @@ def test_lines_are_split_incrementally_and_bounded() -> None:
         split_lines(bytearray(), b"y" * 150 + b"\n", 0, 100)  # complete but too long
 
 
-def config(tmp_path: Path, script: Path, extra: str = "") -> Path:
+def config(tmp_path: Path, script: Path, extra: str = "", tables: str = "") -> Path:
+    """``extra``: more of [mcp]; ``tables``: more tables, after the server's."""
     return write_config(
         tmp_path,
         f"""
@@ -48,6 +49,7 @@ def config(tmp_path: Path, script: Path, extra: str = "") -> Path:
         command = "{sys.executable}"
         args = ["{script}"]
         verification = "warn"
+        {tables}
         """,
     )
 
@@ -78,11 +80,13 @@ async def test_an_oversized_message_is_refused_and_the_upstream_restarted(tmp_pa
 @pytest.mark.anyio
 @pytest.mark.slow
 async def test_a_wedged_upstream_is_detected_and_restarted(tmp_path: Path) -> None:
+    """The wedge's call and the calls until the restart are consecutive failures: they open the
+    breaker (5 by default), and its reset (10 s by default, half the test's time) is not what is
+    tested here: 1 s. Without the ping after a timed-out call, every call still times out."""
     script = tmp_path / "wedge_copy.py"
     shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
-    async with stdio_session(
-        config(tmp_path, script, "call_timeout_s = 2.0\nconnection_timeout_s = 10.0")
-    ) as s:
+    extra = "call_timeout_s = 2.0\nconnection_timeout_s = 10.0"
+    async with stdio_session(config(tmp_path, script, extra, "[runtime.breaker]\nreset_s = 1.0\n")) as s:
         [before] = pids_running(script)
         r = await s.call_tool("mut__wedge", {})
         assert r.is_error and r.meta["symbi/error"]["code"] == "upstream_error"  # type: ignore[index]

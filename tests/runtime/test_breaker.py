@@ -76,7 +76,7 @@ async def test_breaker_opens_half_opens_and_closes_against_a_killed_and_restarte
 
         [runtime.breaker]
         failures = 2
-        reset_s = 20
+        reset_s = 8  # past the restart and re-listing (1.2 s at load 2), so the open breaker is seen
 
         [servers.mut]
         command = "{sys.executable}"

@@ -237,6 +237,18 @@ def write_config(tmp_path: Path, body: str, name: str = "symbi.toml") -> Path:
     return path
 
 
+def mutable_config(tmp_path: Path, before: str = "") -> Path:
+    """A config whose one upstream is ``mut`` (tests/peers/mutable_server.py, verification
+    ``warn``), code tools off; ``before``: more of the config ahead of it (dedented)."""
+    mutable = ROOT / "tests" / "peers" / "mutable_server.py"
+    return write_config(
+        tmp_path,
+        textwrap.dedent(before)
+        + f'[sandbox]\ncode_tools = false\n[servers.mut]\ncommand = "{sys.executable}"\n'
+        + f'args = ["{mutable}"]\nverification = "warn"\n',
+    )
+
+
 def peers_config(tmp_path: Path, extra: str = "", verification: str = "warn") -> Path:
     require_peers()
     data = tmp_path / "files"

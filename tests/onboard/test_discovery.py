@@ -16,7 +16,7 @@ from mcp import ClientSession, stdio_client
 
 from gateway.events import LoggingSink
 from gateway.onboard.discovery import Discovery, registry_servers
-from tests.conftest import ROOT, SYMBI, write_config
+from tests.conftest import ROOT, SYMBI, mutable_config, write_config
 from tests.onboard.conftest import write_json
 from tests.server._clients import gateway_params
 
@@ -156,20 +156,7 @@ async def test_the_gateway_keeps_serving_when_a_discovery_pass_fails(tmp_path: P
     whole gateway exited. Now the pass is logged once and retried; calls go on."""
     home = tmp_path / "home"
     desktop = write_json(home / ".config/Claude/claude_desktop_config.json", {"mcpServers": {}})
-    cfg = write_config(
-        tmp_path,
-        f"""
-        [mcp]
-        discovery_enabled = true
-        recheck_interval_s = 0.2
-        [sandbox]
-        code_tools = false
-        [servers.mut]
-        command = "{sys.executable}"
-        args = ["{MUTABLE}"]
-        verification = "warn"
-        """,
-    )
+    cfg = mutable_config(tmp_path, "[mcp]\ndiscovery_enabled = true\nrecheck_interval_s = 0.2\n")
     state = tmp_path / "data" / "discovered.json"
     log = tmp_path / "gateway.log"
     with log.open("w") as errlog:

@@ -8,7 +8,6 @@ recorded; with one principal in flight it is relayed to that principal's client.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +19,14 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.config import load_config
 from gateway.server.auth import ApiKeyStore
-from tests.conftest import ROOT, write_config
+from tests.conftest import ROOT, mutable_config
 from tests.server.http.conftest import bearer, run_server
 
 MUTABLE = ROOT / "tests/peers/mutable_server.py"
 
 
 def _config(tmp_path: Path) -> Path:
-    return write_config(
-        tmp_path,
-        f"""
-        [sandbox]
-        code_tools = false
-        [servers.mut]
-        command = "{sys.executable}"
-        args = ["{MUTABLE}"]
-        verification = "warn"
-        """,
-    )
+    return mutable_config(tmp_path)
 
 
 def _model(name: str, asked: list[str]) -> Any:

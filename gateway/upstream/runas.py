@@ -48,7 +48,9 @@ class RunAs:
     home: str
 
     def argv(self, command: str, args: list[str]) -> tuple[str, list[str]]:
-        """``setpriv`` in front of the server's command: uid/gid switched, no caps, no_new_privs."""
+        """``setpriv`` in front of the server's command: uid/gid switched, no caps, no_new_privs,
+        and killed when the gateway dies (``--pdeathsig``: a gateway killed outright left a
+        server that ignores its closed stdin running, as a user the gateway no longer watches)."""
         setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
         if "/" not in command:  # found on the gateway's PATH, as before the switch
             command = shutil.which(command) or command
@@ -59,6 +61,7 @@ class RunAs:
             "--inh-caps=-all",
             "--bounding-set=-all",
             "--no-new-privs",
+            "--pdeathsig=KILL",
             "--",
             command,
             *args,

@@ -7,8 +7,11 @@ out of its reach, and the audit log still verifies against the pinned key afterw
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +25,7 @@ from gateway.errors import ConfigError, UpstreamUnavailable
 from gateway.upstream.runas import RunAs, check_launchable, resolve_run_as
 from tests.conftest import ROOT, SYMBI, symbi_env, write_config
 from tests.server._clients import stdio_session
+from tests.upstream.test_restart import pids_running
 
 pytestmark = pytest.mark.anyio
 THIEF = ROOT / "tests/peers/thief_server.py"
@@ -131,6 +135,7 @@ def test_setpriv_argv_and_clean_env() -> None:
     r = RunAs(name="u", uid=1234, gid=1234, home="/var/lib/u")
     cmd, args = r.argv("node", ["x.js"])
     assert cmd.endswith("setpriv") and "--no-new-privs" in args and "--bounding-set=-all" in args
+    assert args.index("--pdeathsig=KILL") < args.index("--")  # dies with the gateway
     assert args[args.index("--") + 1].endswith("/node")
     env = r.env({"TOKEN": "t"})
     assert env["HOME"] == "/var/lib/u" and env["TOKEN"] == "t"
@@ -151,3 +156,45 @@ def test_working_folder_is_the_config_folder_only_when_the_upstream_user_may_ent
     assert working_folder(cfg.servers["x"], cfg.config_dir, run_as) == Path(run_as.home)
     explicit = load_config(write_config(folder, f'[servers.x]\ncommand = "/bin/true"\ncwd = "{tmp_path}"\n'))
     assert working_folder(explicit.servers["x"], explicit.config_dir, run_as) == tmp_path
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@needs_root
+async def test_an_upstream_dies_with_a_gateway_killed_outright(tmp_path: Path) -> None:
+    """Attack (on containment): a stdio server that stops reading its stdin (here: its event
+    loop blocked by ``wedge``) outlived a gateway killed with SIGKILL: no EOF reached it and
+    nobody was left to stop it, still running as the upstream user. Started through setpriv
+    ``--pdeathsig=KILL``, it is killed with the gateway."""
+    script = tmp_path / "orphan_copy.py"  # a unique path: this test's process only
+    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        call_timeout_s = 60
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{script}"]
+        verification = "warn"
+        """,
+    )
+    upstream = 0
+    with contextlib.suppress(Exception):  # the client's side ends with its gateway
+        async with stdio_session(cfg) as s, anyio.create_task_group() as tg:
+            [upstream] = pids_running(script)
+            tg.start_soon(s.call_tool, "mut__wedge", {})
+            await anyio.sleep(1.0)  # the server's loop is blocked: it reads nothing now
+            os.kill(_parent_of(upstream), signal.SIGKILL)  # the gateway (setpriv exec'd the server)
+            await anyio.sleep(30)  # the session ends with the gateway before this does
+    assert upstream
+    for _ in range(100):  # the bound of the wait (10 s), not a timing assertion
+        if not pids_running(script):
+            break
+        await anyio.sleep(0.1)
+    left = pids_running(script)
+    for pid in left:  # a failing run leaves no orphan behind it
+        os.kill(pid, signal.SIGKILL)
+    assert not left

@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sequential-blocks",
         action="store_true",
-        help="time each target's sequential calls in one block (sessions 1-23) instead of call by call",
+        help="time each target's sequential calls in one block (sessions 1-23) instead of in slices taking turns",
     )
     p.add_argument("--callers", type=int, default=8)
     p.add_argument("--per-caller", type=int, default=50)

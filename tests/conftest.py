@@ -237,10 +237,14 @@ def write_config(tmp_path: Path, body: str, name: str = "symbi.toml") -> Path:
     return path
 
 
-def mutable_config(tmp_path: Path, before: str = "") -> Path:
+def mutable_config(tmp_path: Path, before: str = "", copy_as: str | None = None) -> Path:
     """A config whose one upstream is ``mut`` (tests/peers/mutable_server.py, verification
-    ``warn``), code tools off; ``before``: more of the config ahead of it (dedented)."""
+    ``warn``), code tools off; ``before``: more of the config ahead of it (dedented);
+    ``copy_as``: run a copy of the server under this name in ``tmp_path`` (a path only this
+    test's process has, to find or kill it)."""
     mutable = ROOT / "tests" / "peers" / "mutable_server.py"
+    if copy_as is not None:
+        mutable = Path(shutil.copy(mutable, tmp_path / copy_as))
     return write_config(
         tmp_path,
         textwrap.dedent(before)

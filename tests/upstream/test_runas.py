@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 from gateway.config import build_config, load_config
 from gateway.errors import ConfigError, UpstreamUnavailable
 from gateway.upstream.runas import RunAs, check_launchable, resolve_run_as
-from tests.conftest import ROOT, SYMBI, symbi_env, write_config
+from tests.conftest import ROOT, SYMBI, mutable_config, symbi_env, write_config
 from tests.server._clients import stdio_session
 from tests.upstream.test_restart import pids_running
 
@@ -168,19 +167,8 @@ async def test_an_upstream_dies_with_a_gateway_killed_outright(tmp_path: Path) -
     loop blocked by ``wedge``) outlived a gateway killed with SIGKILL: no EOF reached it and
     nobody was left to stop it, still running as the upstream user. Started through setpriv
     ``--pdeathsig=KILL``, it is killed with the gateway."""
+    cfg = mutable_config(tmp_path, "[mcp]\ncall_timeout_s = 60\n", copy_as="orphan_copy.py")
     script = tmp_path / "orphan_copy.py"  # a unique path: this test's process only
-    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
-    cfg = write_config(
-        tmp_path,
-        f"""
-        [mcp]
-        call_timeout_s = 60
-        [servers.mut]
-        command = "{sys.executable}"
-        args = ["{script}"]
-        verification = "warn"
-        """,
-    )
     upstream = 0
     with contextlib.suppress(Exception):  # the client's side ends with its gateway
         async with stdio_session(cfg) as s, anyio.create_task_group() as tg:

@@ -343,7 +343,12 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         http=http_protocol(cfg.http.header_timeout_s),  # slow headers are cut off
         loop="uvloop",  # libuv: less CPU per socket read and write than asyncio's selector loop
     )
-    sockets = [uv.bind_socket()]
+    # uvicorn marks its socket inheritable (for its own worker processes, which this does not
+    # use): every upstream started later held the listening socket and could accept() the
+    # gateway's clients, API keys in their headers
+    listener = uv.bind_socket()
+    listener.set_inheritable(False)
+    sockets = [listener]
     if app.state.agent_socket is not None:  # hosted agents: the same app on their Unix socket
         sockets.append(app.state.agent_socket)
     uvicorn.Server(uv).run(sockets=sockets)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +17,8 @@ import pytest
 from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mutable_config
+from tests.server._http import serve_process
 from tests.server.http.conftest import Env, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
 
@@ -298,3 +301,48 @@ async def test_modern_era_session_ids_are_the_gateways_not_the_clients(env: Env)
         sessions[who] = {e["details"]["session_id"] for e in calls}
     assert sessions["victim"].isdisjoint(sessions["attacker"])
     assert victim_label not in sessions["victim"] | sessions["attacker"]
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on 127.0.0.1:``port`` (/proc/net/tcp, state 0A)."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and int(f[1].split(":")[1], 16) == port:
+            out.add(f[9])
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(d.name))
+            except OSError:
+                continue
+    return kids
+
+
+def _sockets_of(pid: int) -> set[str]:
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                out.add(link[8:-1])
+    return out
+
+
+def test_no_upstream_holds_the_gateways_listening_socket(tmp_path: Path) -> None:
+    """Attack (on the clients' credentials): uvicorn's listening socket is inheritable, and every
+    stdio upstream `symbi serve` started held it (fd 4): an upstream could accept() the
+    gateway's connections and read their API keys. Found with `make run` (ss -ltnp)."""
+    with serve_process(mutable_config(tmp_path)) as (base, proc):
+        listening = _listening_inodes(int(base.rsplit(":", 1)[1]))
+        assert listening & _sockets_of(proc.pid)  # the gateway's own: what is looked for exists
+        kids = _children(proc.pid)
+        assert kids  # the upstream runs
+        for kid in kids:
+            assert not listening & _sockets_of(kid), kid

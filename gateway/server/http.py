@@ -343,12 +343,26 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         http=http_protocol(cfg.http.header_timeout_s),  # slow headers are cut off
         loop="uvloop",  # libuv: less CPU per socket read and write than asyncio's selector loop
     )
-    # uvicorn marks its socket inheritable (for its own worker processes, which this does not
-    # use): every upstream started later held the listening socket and could accept() the
-    # gateway's clients, API keys in their headers
     listener = uv.bind_socket()
-    listener.set_inheritable(False)
     sockets = [listener]
     if app.state.agent_socket is not None:  # hosted agents: the same app on their Unix socket
         sockets.append(app.state.agent_socket)
+    keep_fds_from_children()
     uvicorn.Server(uv).run(sockets=sockets)
+
+
+def keep_fds_from_children() -> None:
+    """Mark every descriptor above stderr close-on-exec: nothing this process holds reaches
+    the upstreams, hosted agents and sandboxes it starts.
+
+    libuv's spawn (uvloop: every child of ``symbi serve``) closes only close-on-exec
+    descriptors, whatever ``close_fds`` says. Two were inheritable: uvicorn's listening socket
+    (marked so for its own workers, unused here: an upstream could accept() the gateway's
+    clients, API keys in their headers) and whatever the gateway's own parent left open
+    (a supervisor's pipe or socket). Python's own descriptors are close-on-exec from birth
+    (PEP 446), so once at start, after the listener is bound, is enough."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, gone by now
+                os.set_inheritable(fd, False)

@@ -29,10 +29,12 @@ def serve_process(
     ready_path: str = "/readyz",
     ready_s: float = 90,
     stop_s: float = 10,
+    pass_fds: tuple[int, ...] = (),
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``symbi serve --config config --port <free> *extra``, ready (``ready_path`` answers 200), with its
     process; terminated (then killed after ``stop_s``) on exit. Its output goes to
-    ``<config's folder>/<log_name>-<port>.log``, quoted when it exits or is not ready in time."""
+    ``<config's folder>/<log_name>-<port>.log``, quoted when it exits or is not ready in time.
+    ``pass_fds``: descriptors the gateway inherits (as from a supervisor)."""
     port = free_port()
     with open(config.parent / f"{log_name}-{port}.log", "w") as log:
         proc = subprocess.Popen(
@@ -40,6 +42,7 @@ def serve_process(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=symbi_env(),
+            pass_fds=pass_fds,
         )
         base = f"http://127.0.0.1:{port}"
         try:

@@ -346,3 +346,31 @@ def test_no_upstream_holds_the_gateways_listening_socket(tmp_path: Path) -> None
         assert kids  # the upstream runs
         for kid in kids:
             assert not listening & _sockets_of(kid), kid
+
+
+def _targets_of(pid: int) -> set[str]:
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            out.add(os.readlink(fd))
+    return out
+
+
+def test_no_upstream_inherits_what_the_gateways_parent_left_open(tmp_path: Path) -> None:
+    """Attack (least privilege): libuv's spawn closes only close-on-exec descriptors, so a
+    descriptor `symbi serve` inherited from its supervisor (here an open secrets file) reached
+    every stdio upstream, running as symbi-upstream, which could read it. Found with `make
+    run` (/proc/<upstream>/fd held the bash tool's pipe)."""
+    secret = tmp_path / "supervisor-secret"
+    secret.write_text("not for upstreams")
+    fd = os.open(secret, os.O_RDONLY)
+    try:
+        os.set_inheritable(fd, True)
+        with serve_process(mutable_config(tmp_path), pass_fds=(fd,)) as (_, proc):
+            assert str(secret) in _targets_of(proc.pid)  # the gateway holds it: what is looked for exists
+            kids = _children(proc.pid)
+            assert kids  # the upstream runs
+            for kid in kids:
+                assert str(secret) not in _targets_of(kid), kid
+    finally:
+        os.close(fd)

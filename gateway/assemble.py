@@ -28,7 +28,7 @@ from gateway.builtins import SandboxBuiltin, make_builtins, upstream_infos
 from gateway.catalog import LiveCatalog
 from gateway.chain import Step
 from gateway.config.model import Config, ServerConfig, UnsafeOption
-from gateway.custody import check_trusted_files, hidden_paths, private_secret, secure_data_dir
+from gateway.custody import check_trusted_files, hidden_paths, private_config, private_secret, secure_data_dir
 from gateway.errors import AuditError, AuditLogBusy
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.listen import ListenHub
@@ -152,6 +152,7 @@ def make_gateway(
     """
     check_trusted_files(config)  # another user could change who may do what: refuse to start
     secure_data_dir(config)
+    private_config(config)  # upstreams run as another user in its folder
     closers: list[Callable[[], object]] = []
     try:
         return _assemble(config, listen, metrics, agent_host, closers)

@@ -7,7 +7,7 @@
   our entries there) or owned by someone else.
 * The data dir (audit log, keys, API keys, pins) is made 0700 and its files 0600 at start:
   the audit log holds every principal's arguments, and nothing the gateway launches (upstream
-  servers run as another uid) may read it.
+  servers run as another uid) may read it; the config file loses others' access (o-rwx).
 * ``file_facts`` describes a hot-reloaded file for the audit record: owner, digest, and a
   diff summary against the version that was in force.
 """
@@ -103,21 +103,47 @@ def check_trusted_files(config: Config) -> None:
         why = writable_by_others(path)
         if why is not None:
             raise ConfigError(f"{what}: refusing to trust {path}: {why}; chmod go-w it (and its folders)")
-    src = config.source
-    secrets = [n for n, s in config.servers.items() if s.env or s.headers]
-    if src is not None and secrets and _readable_by_others(Path(src)):
-        _logger.warning(
-            "config %s is readable by other users, upstream servers included, and holds env/headers of %s: "
-            "chmod 600 it",
-            src,
-            ", ".join(sorted(secrets)),
-        )
     env_file = config.gateway.env_file
     if env_file is not None and _readable_by_others(Path(env_file)):
         _logger.warning(
             "gateway.env_file %s is readable by other users, upstream servers included: chmod 600 it",
             env_file,
         )
+
+
+def readable_config(config: Config) -> Path | None:
+    """The config file when other users (not its owner, not its group) can read it, else None."""
+    src = config.source
+    return Path(src) if src is not None and _readable_by_others(Path(src)) else None
+
+
+def private_config(config: Config) -> None:
+    """Take other users' access to the config file at start (mode o-rwx).
+
+    An unsandboxed upstream runs as another user (``security.upstream_user``) in the config's
+    folder, and a checkout or an editor leaves the file 0644: the upstream could read which
+    servers run, their arguments, the paths of the policy and the data dir. The file's owner
+    (the gateway's user or root: anyone else is refused by ``check_trusted_files``) and its
+    group keep their access. A file this process cannot change (read-only mount) is warned
+    about, and the start goes on: nothing in it is a secret (those are in the env file, which
+    must already be private)."""
+    path = readable_config(config)
+    if path is None:
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        os.chmod(path, mode & ~0o007)
+    except OSError as e:
+        _logger.warning(
+            "config %s is readable by other users, upstream servers included, and cannot be made private (%s): "
+            "chmod o-rwx it",
+            path,
+            e.strerror or e,
+        )
+        return
+    _logger.warning(
+        "config %s was readable by other users, upstream servers included: made mode %o", path, mode & ~0o007
+    )
 
 
 def _readable_by_others(path: Path) -> bool:

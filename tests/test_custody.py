@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.custody import check_trusted_files, writable_by_others
+from gateway.custody import check_trusted_files, private_config, readable_config, writable_by_others
 from gateway.errors import ConfigError
 from tests.conftest import POLICY, SYMBI, symbi_env, write_config
 
@@ -84,21 +84,36 @@ def test_a_file_owned_by_another_user_is_not_trusted(tmp_path: Path) -> None:
         check_trusted_files(load_config(cfg))
 
 
-def test_a_config_with_secrets_readable_by_others_is_warned_about(
+def test_a_config_others_can_read_is_made_private_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cfg = write_config(
-        private_folder(tmp_path), '[servers.a]\ncommand = "/bin/true"\nenv = { TOKEN = "t" }\n'
-    )
+    """Upstreams run as another user in the config's folder: a 0644 config (a checkout's) loses
+    others' access at start, its owner and group keep theirs, and the change is said once."""
+    cfg = write_config(private_folder(tmp_path), '[servers.a]\ncommand = "/bin/true"\n')
     cfg.chmod(0o644)
+    config = load_config(cfg)
+    assert readable_config(config) == cfg
     with caplog.at_level("WARNING", logger="symbi.custody"):
-        check_trusted_files(load_config(cfg))
-    assert any(str(cfg) in r.getMessage() for r in caplog.records)
+        private_config(config)
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o640
+    assert readable_config(config) is None
+    assert [r for r in caplog.records if str(cfg) in r.getMessage()]
     caplog.clear()
-    cfg.chmod(0o600)
     with caplog.at_level("WARNING", logger="symbi.custody"):
-        check_trusted_files(load_config(cfg))
+        private_config(config)  # already private: nothing to say
     assert not caplog.records
+    # `symbi config check` changes nothing and says what the start will do
+    cfg.chmod(0o644)
+    r = subprocess.run(
+        [str(SYMBI), "config", "check", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=symbi_env(),
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0 and str(cfg) in r.stdout, r.stdout + r.stderr
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o644
 
 
 def test_processes_starting_together_read_one_whole_secret(tmp_path: Path) -> None:

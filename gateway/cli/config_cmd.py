@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _check(args: argparse.Namespace) -> int:
-    from gateway.custody import check_trusted_files
+    from gateway.custody import check_trusted_files, readable_config
     from gateway.server.auth import load_jwks_file
 
     cfg = load_config(args.config, args.environ)
@@ -34,4 +34,6 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{where}: OK ({len(cfg.servers)} server(s): {', '.join(cfg.servers) or 'none'})")
         for n in notices(cfg):
             print(f"  note: {n.text}")
+        if (readable := readable_config(cfg)) is not None:
+            print(f"  note: {readable} is readable by other users: serve and mcp make it o-rwx at start")
     return 0

@@ -53,7 +53,7 @@ def thief_config(tmp_path: Path, extra: str = "") -> Path:
         """
         + extra,
     )
-    cfg.chmod(0o600)  # it names servers' secrets: kept private, as the README says
+    cfg.chmod(0o644)  # as a checkout leaves it: the gateway takes others' access at start
     return cfg
 
 
@@ -82,6 +82,7 @@ async def test_a_malicious_upstream_cannot_reach_keys_data_or_the_log(tmp_path: 
 
     assert_the_thief_got_nothing(report)
     assert report["audit_key"] == "denied: PermissionError"
+    assert report["config"] == "denied: PermissionError"  # made o-rwx at start
 
     # item 3: the data dir and everything in it are private now
     assert data.stat().st_mode & 0o777 == 0o700

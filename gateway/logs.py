@@ -1,12 +1,18 @@
 """Logging set-up: stderr only (stdout is the protocol on stdio), text or JSON lines.
 
 A line logged inside a request carries its OpenTelemetry trace and span ids (``trace_id``,
-``span_id`` in JSON; `` trace=...`` in text), the same trace id as its audit record."""
+``span_id`` in JSON; `` trace=...`` in text), the same trace id as its audit record.
+
+One record is one line: in the text format a message's control characters are written as
+escapes (``\\x1b``), as JSON writes them, since messages quote text the gateway does not
+choose (an upstream's stderr, a tool's error): a line break would forge a record, an escape
+sequence rewrite the operator's terminal. A traceback keeps its lines."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +36,16 @@ def _stamp(record: logging.LogRecord) -> None:
 
 
 LINE = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the text format ``configure`` sets
+
+# C0 controls but the tab, DEL, C1 controls, and the Unicode line and paragraph separators
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with each control character written as its escape (``\\x0a``, ``\\u2028``)."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 class _PerSecond:
@@ -66,13 +82,17 @@ class _TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         if self._line and not (record.exc_info or record.exc_text or record.stack_info):
-            record.message = record.getMessage()
+            record.message = one_line(record.getMessage())
             record.asctime = self.formatTime(record)
             line = f"{record.asctime} {record.levelname} {record.name}: {record.message}"
         else:
             line = super().format(record)
         trace_id = getattr(record, "trace_id", "")
         return f"{line} trace={trace_id}" if trace_id else line
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)  # the slow path's (a traceback follows it)
+        return super().formatMessage(record)
 
 
 class _JsonFormatter(logging.Formatter):

@@ -85,6 +85,31 @@ def test_text_lines_are_the_templates_own_across_seconds_and_with_a_traceback() 
     )
 
 
+def test_a_message_is_one_line_whatever_text_it_quotes() -> None:
+    """Attack: text the gateway does not choose (an upstream's stderr, a tool's error) with a
+    line break, a carriage return, an escape sequence or a line separator forges a record or
+    rewrites the operator's terminal: each is written as its escape, fast path and traceback
+    path alike; the traceback keeps its own lines."""
+    from gateway.logs import LINE, _TextFormatter, one_line
+
+    hostile = "ok\n2026-01-01 00:00:00,000 CRITICAL symbi.audit: FORGED\r\x1b[2K\u2028\x00\x9b end\ttab"
+    assert one_line(hostile) == (
+        "ok\\n2026-01-01 00:00:00,000 CRITICAL symbi.audit: FORGED\\r\\x1b[2K\\u2028\\x00\\x9b end\ttab"
+    )
+    assert one_line("plain text, é") == "plain text, é"
+    fmt = _TextFormatter(LINE)
+    assert fmt.format(_record(1e9, msg="upstream said %s", args=(hostile,))).count("\n") == 0
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        exc = sys.exc_info()
+    with_tb = fmt.format(_record(1e9, msg="upstream said %s", args=(hostile,), exc=exc))
+    first, *rest = with_tb.splitlines()
+    assert "FORGED\\r\\x1b[2K" in first and rest[0].startswith("Traceback") and "\x1b" not in with_tb
+
+
 def test_json_lines_carry_each_records_own_time() -> None:
     from gateway.logs import _JsonFormatter
 

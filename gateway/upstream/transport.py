@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Self
 
@@ -21,6 +19,7 @@ from gateway.errors import SandboxUnavailable
 from gateway.upstream.bounded_http import bounded_responses
 from gateway.upstream.fastcall import FastLane
 from gateway.upstream.runas import RunAs, check_launchable, working_folder
+from gateway.upstream.stderr import StderrToLog
 from gateway.upstream.stdio import bounded_stdio_client
 from gateway.upstream.unreadable import Unreadable
 
@@ -147,30 +146,3 @@ class WatchedStream:
         close = getattr(self._inner, "close", None)
         if close:
             close()
-
-
-class StderrToLog:
-    """A pipe whose read end is logged line by line with the server's name."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._log = logging.getLogger(f"symbi.upstream.{name}")
-
-    def __enter__(self) -> Any:
-        r, w = os.pipe()
-        self._reader = os.fdopen(r, "r", encoding="utf-8", errors="replace")
-        self._writer = os.fdopen(w, "w")
-        self._thread = threading.Thread(target=self._pump, name=f"stderr-{self._name}", daemon=True)
-        self._thread.start()
-        return self._writer
-
-    def _pump(self) -> None:
-        with contextlib.suppress(Exception):
-            for line in self._reader:
-                self._log.info("[%s] %s", self._name, line.rstrip())
-        with contextlib.suppress(Exception):
-            self._reader.close()
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.close()

@@ -39,6 +39,7 @@ from gateway.config.model import Config
 from gateway.config.sections import AgentConfig
 from gateway.errors import GatewayError
 from gateway.events import Event, EventSink
+from gateway.runtime.agentlog import AgentLog
 from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.lifecycle import AgentState
@@ -270,13 +271,17 @@ class HostedAgents:
         agent.hosted_busy = True
         agent.in_flight += 1  # the process itself is the task that keeps it Running
         reg.transition(agent, AgentState.RUNNING, "task assigned: process started")
-        log_path = self.config.data_dir / "agents" / f"{agent.name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = AgentLog(self.config.data_dir / "agents" / f"{agent.name}.log")  # bounded (agentlog.py)
         started = time.monotonic()
         stopped: list[str] = []
-        log = await anyio.to_thread.run_sync(lambda: open(log_path, "ab"))
+        write_end = await anyio.to_thread.run_sync(out.start)
         try:
-            proc = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            try:
+                proc = await anyio.open_process(
+                    argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end
+                )
+            finally:
+                os.close(write_end)  # the process has its copy: the pipe ends with its writers
 
             def stop() -> None:
                 stopped.append("terminated by an operator")
@@ -298,7 +303,8 @@ class HostedAgents:
                 raise
         finally:
             self._stop.pop(agent.name, None)
-            log.close()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(out.finish)
         return self._ended(agent, ac, limits, cgroup, proc.returncode, stopped, started)
 
     def _ended(

@@ -40,7 +40,7 @@ from gateway.runtime.core import AgentRuntime
 from gateway.runtime.ended import EndedSessions
 from gateway.runtime.hosted import AgentHost, HostedAgents
 from gateway.sandbox import SandboxManager, wrap_stdio_command
-from gateway.state import SharedState, build_state
+from gateway.state import SharedState, build_state, warn_open_backends
 from gateway.steps.agent import AgentStep
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.audit import AuditStep
@@ -182,6 +182,7 @@ def _assemble(
     counters = CallCounters()
     state = build_state(config, counters)  # [state]: shared by replicas, or this process only
     closers.append(state.close)
+    warn_open_backends(config)  # reachable by upstreams without a password: said at every start
     policy = _policy_engine(config, events, closers)
 
     background: list[Background] = []

@@ -12,6 +12,7 @@ background task that keeps each backend's health current for ``/readyz``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,9 +20,11 @@ import anyio
 
 from gateway.config.model import Config
 from gateway.policy.counters import CallCounters
-from gateway.state.health import Probe, safe_url
+from gateway.state.health import Probe, lets_anyone_in, safe_url
 from gateway.state.limiter import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from gateway.verify.state import ToolStates
+
+_logger = logging.getLogger("symbi.state")
 
 if TYPE_CHECKING:
     from gateway.state.accepted import PgAcceptedFindings
@@ -128,3 +131,23 @@ def build_state(config: Config, counters: CallCounters) -> SharedState:
         state.changes = Changes()
         state.probes.append(pg.probe)
     return state
+
+
+def warn_open_backends(config: Config) -> list[str]:
+    """Warn, at every start, of each shared-state or bus server that lets in a client giving no
+    password (``health.lets_anyone_in``); the URLs (passwords hidden) it warned of."""
+    urls = [config.state.redis_url, config.state.postgres_url]
+    if config.bus.backend == "redis":
+        urls.append(config.bus.url)
+    warned = []
+    for url in dict.fromkeys(u for u in urls if u is not None):
+        if lets_anyone_in(url, config.state.timeout_s):
+            warned.append(safe_url(url))
+            _logger.warning(
+                "%s lets in clients that give no password: any process that reaches it, upstream servers "
+                "included, can change what the gateway keeps there (rate limits, call counts, bus messages, "
+                "pins, API keys, the policy); require one (Redis: requirepass; PostgreSQL: scram-sha-256 in "
+                "pg_hba.conf) and put it in the URL",
+                safe_url(url),
+            )
+    return warned

@@ -7,6 +7,7 @@ and turns ready again when it returns, without a restart and without blocking on
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -44,3 +45,38 @@ class Probe:
         if self.error is not None and not self.up:
             doc["error"] = self.error
         return doc
+
+
+def lets_anyone_in(url: str, timeout_s: float) -> bool:
+    """Whether the Redis or PostgreSQL server at ``url`` admits a client that gives no password.
+
+    Checked once at start (``gateway.assemble``): an unsandboxed upstream runs as another user
+    with the network its uid has, so a Redis without ``requirepass`` (its default, and how
+    the shipped compose file ran it) or a PostgreSQL with ``trust`` for the gateway's user
+    let it change the shared rate limits and call counts, drop bus messages, or rewrite pins,
+    API keys and the policy. A server that is down or asks for a password says False here (a
+    down one is the probes' and the first operation's to report)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":  # a socket file: its mode decides who may connect
+        try:
+            return bool(os.stat(parts.path).st_mode & 0o002)
+        except OSError:
+            return False
+    if parts.scheme.startswith("postgres"):
+        import psycopg
+
+        try:  # the URL's user, no password from anywhere (the URL, PGPASSWORD, a passfile)
+            with psycopg.connect(
+                url, password="", passfile=os.devnull, connect_timeout=max(1, round(timeout_s))
+            ):
+                return True
+        except psycopg.Error:
+            return False
+    import redis
+
+    bare = urlunsplit(parts._replace(netloc=f"{parts.hostname}" + (f":{parts.port}" if parts.port else "")))
+    try:
+        with redis.Redis.from_url(bare, socket_connect_timeout=timeout_s, socket_timeout=timeout_s) as r:
+            return bool(r.ping())
+    except redis.RedisError:
+        return False

@@ -113,6 +113,12 @@ def test_compose_runs_three_replicas_behind_haproxy_on_redis_and_postgres() -> N
     mount = svc["balancer"]["volumes"][0].split(":")[0]
     assert (DEPLOY / mount).exists()
     assert doc["networks"]["state"]["internal"] is True  # Redis/PostgreSQL unreachable from outside
+    # ... but reachable by the gateways' own upstream servers: Redis asks for a password, and
+    # every gateway gives it (gateway/state/health.py warns of an open one)
+    redis = svc["redis"]["command"]
+    assert redis[redis.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    for gw in gateways.values():
+        assert gw["environment"]["SYMBI_STATE_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD}@redis:")
 
 
 def test_haproxy_config_is_accepted_by_haproxy(tmp_path: Path) -> None:

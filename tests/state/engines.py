@@ -64,10 +64,12 @@ class Redis:
     folder: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    password: str | None = None  # requirepass: clients must give it
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         _require("redis-server", "redis-server")
@@ -85,6 +87,7 @@ class Redis:
                 "no",
                 "--dir",
                 str(self.folder),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -1,0 +1,75 @@
+"""Who can reach the shared state (gateway/state/health.py ``lets_anyone_in``, gateway/state
+``warn_open_backends``): a server that admits a client giving no password is warned of at
+every start; one that asks for a password is not, and the gateway authenticates to it.
+
+Attack: an unsandboxed upstream runs as symbi-upstream with the network its uid has. Against
+a Redis without ``requirepass`` (Redis's default, and how deploy/compose.yaml ran it) it can
+empty the gateway's rate-limit windows; against one with a password it cannot."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.config.load import build_config
+from gateway.policy.counters import CallCounters
+from gateway.state import RedisRateLimiter, warn_open_backends
+from gateway.state.health import lets_anyone_in, safe_url
+from tests.conftest import free_port
+from tests.state.engines import Postgres, Redis
+
+pytestmark = pytest.mark.anyio
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="running as the upstream user needs root")
+
+
+def _as_upstream_user(*argv: str) -> str:
+    """``argv`` run as the upstream user (as an unsandboxed upstream would), its output."""
+    r = subprocess.run(
+        ["setpriv", "--reuid=symbi-upstream", "--regid=symbi-upstream", "--clear-groups", "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return r.stdout + r.stderr
+
+
+def test_open_servers_are_warned_of_by_url_with_the_password_hidden(
+    redis_engine: Redis, postgres_engine: Postgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = build_config({"state": {"redis_url": redis_engine.url, "postgres_url": postgres_engine.url}})
+    assert lets_anyone_in(redis_engine.url, 2.0) and lets_anyone_in(postgres_engine.url, 2.0)  # trust auth
+    with caplog.at_level("WARNING", logger="symbi.state"):
+        warned = warn_open_backends(config)
+    # the bus defaults to the state's Redis: one server, one warning
+    assert warned == [safe_url(redis_engine.url), safe_url(postgres_engine.url)]
+    assert len(caplog.records) == 2
+    assert not lets_anyone_in(f"redis://127.0.0.1:{free_port()}/0", 0.5)  # down: the probes say so
+
+
+@needs_root
+async def test_a_redis_with_a_password_is_not_warned_of_and_keeps_the_upstream_user_out(
+    redis_engine: Redis, tmp_path: Path
+) -> None:
+    if shutil.which("redis-cli") is None:
+        pytest.fail("redis-cli is not installed (make state-engines)")
+    # the open one: the upstream user empties it
+    assert "OK" in _as_upstream_user("redis-cli", "-p", str(redis_engine.port), "FLUSHALL")
+    locked = Redis(tmp_path, password=secrets.token_urlsafe(16))
+    locked.start()
+    limiter = RedisRateLimiter(locked.url, CallCounters(), timeout_s=2.0)
+    try:
+        assert not lets_anyone_in(locked.url, 2.0)
+        assert warn_open_backends(build_config({"state": {"redis_url": locked.url}})) == []
+        assert await limiter.acquire("alice", "t__x", 1)  # the gateway gives the URL's password
+        assert not await limiter.acquire("alice", "t__x", 1)  # and the window is kept there
+        assert "NOAUTH" in _as_upstream_user("redis-cli", "-p", str(locked.port), "FLUSHALL")
+        assert not await limiter.acquire("alice", "t__x", 1)  # nothing was emptied
+    finally:
+        await limiter.aclose()
+        locked.stop()

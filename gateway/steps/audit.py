@@ -138,8 +138,20 @@ def event_details(call: CallContext, error: BaseException | None) -> dict[str, A
     return details
 
 
+# An upstream's error text is its own, up to mcp.max_message_bytes, and quotes what it likes
+# (the call's arguments among them): the record keeps the start of each reason, and so many.
+REASON_CHARS = 1000
+REASONS_KEPT = 16
+
+
 def _reasons(error: BaseException | None) -> list[str]:
     # validation messages and arbitrary exceptions may quote argument values: keep none
     if isinstance(error, GatewayError) and not isinstance(error, ArgumentsInvalid):
-        return [str(r) for r in error.reasons]
+        return [_cut(str(r)) for r in error.reasons[:REASONS_KEPT]]
     return []
+
+
+def _cut(text: str) -> str:
+    if len(text) <= REASON_CHARS:
+        return text
+    return f"{text[:REASON_CHARS]}... [{len(text) - REASON_CHARS} more characters not recorded]"

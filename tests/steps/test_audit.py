@@ -332,3 +332,37 @@ def test_a_call_whose_record_is_not_durable_in_time_fails_closed(log: AuditLog, 
         blocker.close()
     log.flush()
     assert [ev["type"] for ev in _stored(log)] == ["tool.call"]
+
+
+@pytest.mark.anyio
+async def test_an_upstreams_long_error_text_is_recorded_cut(tmp_path: Path) -> None:
+    """Attack (on the audit log's size): a real stdio upstream answers every call with a 1 MB
+    JSON-RPC error message; each record kept all of it (a megabyte of audit log per call, by
+    the upstream's choice). Now the start of each reason, and how much more there was."""
+    import json
+    import sys
+
+    from mcp import MCPError
+
+    from gateway.steps.audit import REASON_CHARS
+    from tests.conftest import ROOT, write_config
+    from tests.server._clients import stdio_session
+
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [servers.probe]  # a name the test policy data lets call unverified
+        command = "{sys.executable}"
+        args = ["{ROOT / "tests/peers/raw_server.py"}"]
+        verification = "warn"
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        with pytest.raises(MCPError):  # the upstream's own error reaches its caller as it is
+            await s.call_tool("probe__t", {"mode": "big_error", "message": "hello"})
+    with sqlite3.connect(tmp_path / "data" / "audit.db") as db:
+        rows = [json.loads(d) for (d,) in db.execute("SELECT details FROM events") if '"probe__t"' in d]
+    [call] = [d for d in rows if d.get("error_reasons")]
+    [reason] = call["error_reasons"]
+    assert "cannot use hello" in reason and len(reason) < REASON_CHARS + 100
+    assert "more characters not recorded" in reason

@@ -295,6 +295,19 @@ def upstream_writable(tmp_path: Path) -> Path:
     return d
 
 
+def run_symbi(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``symbi ARGS`` as a real subprocess of this checkout (stdin closed), its output as text."""
+    return subprocess.run(
+        [str(SYMBI), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=symbi_env(),
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
 def symbi_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
     env.update(extra)

@@ -15,7 +15,7 @@ import pytest
 from gateway.config import load_config
 from gateway.custody import check_trusted_files, private_config, readable_config, writable_by_others
 from gateway.errors import ConfigError
-from tests.conftest import POLICY, SYMBI, symbi_env, write_config
+from tests.conftest import POLICY, run_symbi, write_config
 
 
 def private_folder(tmp_path: Path) -> Path:
@@ -32,15 +32,7 @@ def test_a_config_others_can_write_refuses_to_start(tmp_path: Path) -> None:
     assert str(cfg) in e.value.message
     # the CLI: exit 2, the path named, nothing started
     for argv in (["mcp", "--config", str(cfg)], ["config", "check", "--config", str(cfg)]):
-        r = subprocess.run(
-            [str(SYMBI), *argv],
-            capture_output=True,
-            text=True,
-            env=symbi_env(),
-            timeout=60,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        r = run_symbi(*argv)
         assert r.returncode == 2 and str(cfg) in r.stderr, (argv, r.stderr)
 
 
@@ -104,14 +96,7 @@ def test_a_config_others_can_read_is_made_private_at_start(
     assert not caplog.records
     # `symbi config check` changes nothing and says what the start will do
     cfg.chmod(0o644)
-    r = subprocess.run(
-        [str(SYMBI), "config", "check", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        env=symbi_env(),
-        timeout=60,
-        check=False,
-    )
+    r = run_symbi("config", "check", "--config", str(cfg))
     assert r.returncode == 0 and str(cfg) in r.stdout, r.stdout + r.stderr
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o644
 

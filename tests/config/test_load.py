@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from pydantic import ValidationError
 
 from gateway.config import build_config, load_config
 from gateway.errors import ConfigError
-from tests.conftest import SYMBI, symbi_env, write_config
+from tests.conftest import run_symbi, write_config
 
 
 def test_defaults_are_safe() -> None:
@@ -102,39 +101,21 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path, label: str, body: 
     p.write_text(body)
     with pytest.raises(ConfigError):
         load_config(p, {})
-    proc = subprocess.run(
-        [str(SYMBI), "config", "check", "--config", str(p)],
-        capture_output=True,
-        text=True,
-        env=symbi_env(),
-        timeout=60,
-    )
+    proc = run_symbi("config", "check", "--config", str(p))
     assert proc.returncode == 2
     assert key in proc.stderr
     assert str(p) in proc.stderr
 
 
 def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [str(SYMBI), "config", "check", "--config", str(tmp_path / "absent.toml")],
-        capture_output=True,
-        text=True,
-        env=symbi_env(),
-        timeout=60,
-    )
+    proc = run_symbi("config", "check", "--config", str(tmp_path / "absent.toml"))
     assert proc.returncode == 2
     assert "absent.toml" in proc.stderr
 
 
 def test_example_config_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [str(SYMBI), "config", "check", "--config", str(root / "examples/symbi.toml")],
-        capture_output=True,
-        text=True,
-        env=symbi_env(),
-        timeout=60,
-    )
+    proc = run_symbi("config", "check", "--config", str(root / "examples/symbi.toml"))
     assert proc.returncode == 0, proc.stderr
 
 
@@ -189,24 +170,10 @@ def test_a_relative_jwks_file_is_resolved_against_the_config_file(
 
 def test_config_check_refuses_a_missing_or_malformed_jwks_file(tmp_path: Path) -> None:
     p = write_config(tmp_path, '[http.jwt]\nissuer = "i"\naudience = "a"\njwks_file = "nope.json"\n')
-    r = subprocess.run(
-        [str(SYMBI), "config", "check", "--config", str(p)],
-        capture_output=True,
-        text=True,
-        env=symbi_env(),
-        timeout=60,
-        check=False,
-    )
+    r = run_symbi("config", "check", "--config", str(p))
     assert r.returncode == 2 and "http.jwt.jwks_file" in r.stderr and str(tmp_path / "nope.json") in r.stderr
     (tmp_path / "nope.json").write_text("not json")
-    r = subprocess.run(
-        [str(SYMBI), "config", "check", "--config", str(p)],
-        capture_output=True,
-        text=True,
-        env=symbi_env(),
-        timeout=60,
-        check=False,
-    )
+    r = run_symbi("config", "check", "--config", str(p))
     assert r.returncode == 2 and "http.jwt.jwks_file" in r.stderr
 
 

@@ -10,43 +10,16 @@ vary with the machine's load more than the delay the tests reason about.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from typing import Any
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: run as a script
+from tests.peers.stdlib_mcp import serve
 
 log, name, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
 with open(log, "a") as f:
     f.write(f"{name} start {time.time()}\n")
 time.sleep(delay)
 
-TOOL = {"name": "ping", "description": "Answer pong.", "inputSchema": {"type": "object", "properties": {}}}
-
-
-def answer(msg: dict[str, Any]) -> dict[str, Any] | None:
-    method, mid = msg.get("method"), msg.get("id")
-    if mid is None:
-        return None  # a notification
-    if method == "initialize":
-        result: dict[str, Any] = {
-            "protocolVersion": msg["params"]["protocolVersion"],
-            "capabilities": {"tools": {}},
-            "serverInfo": {"name": f"slow-{name}", "version": "1"},
-        }
-    elif method == "tools/list":
-        result = {"tools": [TOOL]}
-    elif method == "tools/call":
-        result = {"content": [{"type": "text", "text": "pong"}], "isError": False}
-    elif method == "ping":
-        result = {}
-    else:
-        return {"jsonrpc": "2.0", "id": mid, "error": {"code": -32601, "message": f"no method {method}"}}
-    return {"jsonrpc": "2.0", "id": mid, "result": result}
-
-
-for line in sys.stdin:
-    if line.strip():
-        reply = answer(json.loads(line))
-        if reply is not None:
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
+serve(f"slow-{name}")

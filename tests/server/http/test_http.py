@@ -17,7 +17,7 @@ import pytest
 from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import ROOT, mutable_config
+from tests.conftest import ROOT, mutable_config, write_config
 from tests.server._http import serve_process
 from tests.server.http.conftest import Env, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
@@ -374,3 +374,36 @@ def test_no_upstream_inherits_what_the_gateways_parent_left_open(tmp_path: Path)
                 assert str(secret) not in _targets_of(kid), kid
     finally:
         os.close(fd)
+
+
+@pytest.mark.slow
+def test_no_hosted_agent_inherits_what_the_gateways_parent_left_open(tmp_path: Path) -> None:
+    """The same attack on a hosted agent: its sandbox (bwrap) is started by `symbi serve`
+    through libuv, and bwrap passes every descriptor it inherits into the sandbox."""
+    secret = tmp_path / "supervisor-secret"
+    secret.write_text("not for agents")
+    cfg = write_config(
+        tmp_path,
+        """
+        [agents.fds]
+        command = "/usr/bin/python3"
+        args = ["-c", "import os\\nfor f in os.listdir('/proc/self/fd'):\\n    try: print('fd', f, '->', os.readlink('/proc/self/fd/' + f))\\n    except OSError: pass\\nprint('fds-listed')"]
+        sandbox = "bwrap"
+        start = "with-gateway"
+        restart = "never"
+        """,
+    )
+    log = tmp_path / "data" / "agents" / "fds.log"
+    fd = os.open(secret, os.O_RDONLY)
+    try:
+        os.set_inheritable(fd, True)
+        with serve_process(cfg, pass_fds=(fd,)) as (_, proc):
+            assert str(secret) in _targets_of(proc.pid)  # the gateway holds it: what is looked for exists
+            deadline = time.monotonic() + 60  # the bound of the wait, not a timing assertion
+            while not (log.exists() and "fds-listed" in log.read_text()):
+                assert time.monotonic() < deadline, log.read_text() if log.exists() else "no agent log"
+                time.sleep(0.2)
+    finally:
+        os.close(fd)
+    listed = log.read_text()
+    assert "fd 0 ->" in listed and str(secret) not in listed, listed

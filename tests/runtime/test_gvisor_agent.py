@@ -165,6 +165,10 @@ def _runsc_limits(cgroup: str) -> dict[str, str]:
     }
 
 
+def _filled(files: dict[str, str]) -> dict[str, str]:
+    return {name: text for name, text in files.items() if text.strip()}
+
+
 async def test_a_running_gvisor_agent_is_held_to_its_budgets_by_the_sandboxs_cgroup(tmp_path: Path) -> None:
     """What runsc applied, read from the cgroup files while the agent runs (not the spec)."""
     if not _cgroup_v1():
@@ -190,8 +194,10 @@ async def test_a_running_gvisor_agent_is_held_to_its_budgets_by_the_sandboxs_cgr
     with anyio.fail_after(60):  # a hang guard, not a timing assertion
         async with anyio.create_task_group() as tg:
             tg.start_soon(h._run_once, "a", ac)
-            while not boxes or len(files := _runsc_limits(boxes[0].cgroup)) < 4:
-                await anyio.sleep(0.02)  # until runsc has made and filled the sandbox's cgroup
+            # until runsc has made the sandbox's cgroup and written every limit into it (a file
+            # exists before its limit is written: read in between under load, it was empty)
+            while not boxes or len(files := _filled(_runsc_limits(boxes[0].cgroup))) < 4:
+                await anyio.sleep(0.02)
             tg.cancel_scope.cancel()
     assert _gone(boxes[0].bundle, boxes[0].state)  # the cancelled run's bundle and runsc state
     assert _own_runsc_cgroups() == []  # and its cgroups, which runsc's killed `run` left behind

@@ -23,6 +23,7 @@ from gateway.chain import CallNext
 from gateway.context import CallContext
 from gateway.errors import ArgumentsInvalid, AuditError, GatewayError, is_denial
 from gateway.events import Event
+from gateway.policy.redact import scrub_secrets
 from gateway.telemetry import current_ids
 
 EVENT_TYPES: dict[str, Event] = {
@@ -139,7 +140,9 @@ def event_details(call: CallContext, error: BaseException | None) -> dict[str, A
 
 
 # An upstream's error text is its own, up to mcp.max_message_bytes, and quotes what it likes
-# (the call's arguments among them): the record keeps the start of each reason, and so many.
+# (the call's arguments among them): the record keeps the start of each reason, and so many,
+# with recognisable secrets replaced there too (cut first: 11 patterns over a megabyte of
+# text on every failing call would be the upstream's lever on the loop's CPU).
 REASON_CHARS = 1000
 REASONS_KEPT = 16
 
@@ -152,6 +155,7 @@ def _reasons(error: BaseException | None) -> list[str]:
 
 
 def _cut(text: str) -> str:
+    kept = scrub_secrets(text[:REASON_CHARS])[0]
     if len(text) <= REASON_CHARS:
-        return text
-    return f"{text[:REASON_CHARS]}... [{len(text) - REASON_CHARS} more characters not recorded]"
+        return kept
+    return f"{kept}... [{len(text) - REASON_CHARS} more characters not recorded]"

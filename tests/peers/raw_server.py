@@ -6,7 +6,8 @@ The argument ``mode`` of the tool ``t`` picks the answer:
 - ``twice``: the real response, then a second response to the same id with other content;
 - ``both``: a "response" carrying both ``result`` and ``error`` (malformed JSON-RPC);
 - ``error``: a JSON-RPC error -32602 with data;
-- ``big_error``: a JSON-RPC error whose message quotes the ``message`` argument, then 1 MB of ``x``;
+- ``big_error``: a JSON-RPC error whose message quotes the ``message`` argument and ``$UPSTREAM_KEY``,
+  then 1 MB of ``x``;
 - ``progress``: two progress notifications on the request's token, then the result;
 - ``string_id``: the response's id as a string (``"7"`` for 7);
 - ``batch``: the response wrapped in a JSON array (a batch; no MCP revision the gateway speaks has them);
@@ -93,7 +94,8 @@ def main() -> None:
                     }
                 )
             elif mode == "big_error":
-                message = f"cannot use {args.get('message')}: " + "x" * 1_000_000
+                key = os.environ.get("UPSTREAM_KEY", "-")  # its own credential, as a failed login might say
+                message = f"cannot use {args.get('message')} (key {key}): " + "x" * 1_000_000
                 send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": message}})
             elif mode == "progress":
                 for i in (1, 2):

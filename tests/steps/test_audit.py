@@ -338,7 +338,9 @@ def test_a_call_whose_record_is_not_durable_in_time_fails_closed(log: AuditLog, 
 async def test_an_upstreams_long_error_text_is_recorded_cut(tmp_path: Path) -> None:
     """Attack (on the audit log's size): a real stdio upstream answers every call with a 1 MB
     JSON-RPC error message; each record kept all of it (a megabyte of audit log per call, by
-    the upstream's choice). Now the start of each reason, and how much more there was."""
+    the upstream's choice), and the credential it quoted (its own here). Now the start of
+    each reason, secrets replaced, and how much more there was."""
+    TOKEN = "sk-ant-api03-" + "Q" * 40  # a provider key the policy's patterns recognise
     import json
     import sys
 
@@ -354,6 +356,7 @@ async def test_an_upstreams_long_error_text_is_recorded_cut(tmp_path: Path) -> N
         [servers.probe]  # a name the test policy data lets call unverified
         command = "{sys.executable}"
         args = ["{ROOT / "tests/peers/raw_server.py"}"]
+        env = {{ UPSTREAM_KEY = "{TOKEN}" }}
         verification = "warn"
         """,
     )
@@ -364,5 +367,6 @@ async def test_an_upstreams_long_error_text_is_recorded_cut(tmp_path: Path) -> N
         rows = [json.loads(d) for (d,) in db.execute("SELECT details FROM events") if '"probe__t"' in d]
     [call] = [d for d in rows if d.get("error_reasons")]
     [reason] = call["error_reasons"]
-    assert "cannot use hello" in reason and len(reason) < REASON_CHARS + 100
+    assert "cannot use hello (key [REDACTED])" in reason and len(reason) < REASON_CHARS + 100
     assert "more characters not recorded" in reason
+    assert TOKEN not in json.dumps(rows)

@@ -84,6 +84,21 @@ def scrub_secrets(text: str) -> tuple[str, int]:
     return text, n
 
 
+# How much of a text someone else wrote (an upstream's error) a record or a log line quotes.
+EXCERPT_CHARS = 1000
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """The start of ``text`` that someone else wrote (an upstream's error, up to
+    ``mcp.max_message_bytes`` and saying what it likes): at most ``limit`` characters,
+    recognisable secrets replaced, and how many more characters there were. Cut first: the
+    patterns over a megabyte of text on every failure would be its writer's lever on our CPU."""
+    kept = scrub_secrets(text[:limit])[0]
+    if len(text) <= limit:
+        return kept
+    return f"{kept}... [{len(text) - limit} more characters not recorded]"
+
+
 def _scrub_values(doc: Any) -> tuple[Any, int]:
     if isinstance(doc, str):
         return scrub_secrets(doc)

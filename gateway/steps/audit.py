@@ -23,7 +23,7 @@ from gateway.chain import CallNext
 from gateway.context import CallContext
 from gateway.errors import ArgumentsInvalid, AuditError, GatewayError, is_denial
 from gateway.events import Event
-from gateway.policy.redact import scrub_secrets
+from gateway.policy.redact import excerpt
 from gateway.telemetry import current_ids
 
 EVENT_TYPES: dict[str, Event] = {
@@ -139,23 +139,13 @@ def event_details(call: CallContext, error: BaseException | None) -> dict[str, A
     return details
 
 
-# An upstream's error text is its own, up to mcp.max_message_bytes, and quotes what it likes
-# (the call's arguments among them): the record keeps the start of each reason, and so many,
-# with recognisable secrets replaced there too (cut first: 11 patterns over a megabyte of
-# text on every failing call would be the upstream's lever on the loop's CPU).
-REASON_CHARS = 1000
+# An upstream's error text is its own: a record keeps an excerpt of each reason (the start,
+# secrets replaced: ``redact.excerpt``), and at most this many reasons.
 REASONS_KEPT = 16
 
 
 def _reasons(error: BaseException | None) -> list[str]:
     # validation messages and arbitrary exceptions may quote argument values: keep none
     if isinstance(error, GatewayError) and not isinstance(error, ArgumentsInvalid):
-        return [_cut(str(r)) for r in error.reasons[:REASONS_KEPT]]
+        return [excerpt(str(r)) for r in error.reasons[:REASONS_KEPT]]
     return []
-
-
-def _cut(text: str) -> str:
-    kept = scrub_secrets(text[:REASON_CHARS])[0]
-    if len(text) <= REASON_CHARS:
-        return kept
-    return f"{kept}... [{len(text) - REASON_CHARS} more characters not recorded]"

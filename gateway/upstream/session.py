@@ -28,6 +28,7 @@ from gateway.compat import negotiate_auto
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
+from gateway.policy.redact import excerpt
 from gateway.telemetry import current_span_recorded, exporting
 from gateway.upstream.bounded_http import OVERSIZED_MARK
 from gateway.upstream.caller_caps import forward_caller_capabilities
@@ -469,6 +470,9 @@ async def _all_pages(method: Callable[..., Awaitable[Any]], attr: str, max_pages
 
 
 def _describe(e: BaseException) -> str:
+    """For ``last_error``: the upstream.down / misbehaved events, the log, /readyz. An error's
+    text may be the upstream's own (an initialize refused with a megabyte of message, again at
+    every restart): an excerpt of it."""
     if isinstance(e, BaseExceptionGroup):
         return "; ".join(_describe(x) for x in e.exceptions)
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return excerpt(f"{type(e).__name__}: {e}") if str(e) else type(e).__name__

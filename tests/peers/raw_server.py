@@ -15,7 +15,8 @@ The argument ``mode`` of the tool ``t`` picks the answer:
   in its params and at the top), then the real response;
 - ``silent``: no answer (the caller times out or cancels);
 - ``die``: exits mid-call.
-Every line received is appended to ``$RECORD_FILE``, so a test can see what the gateway sent
+With ``$RAW_INIT_ERROR_BYTES`` set it refuses ``initialize`` with an error that long (after
+quoting ``$UPSTREAM_KEY``). Every line received is appended to ``$RECORD_FILE``, so a test can see what the gateway sent
 (cancellations included).
 """
 
@@ -50,7 +51,11 @@ def main() -> None:
                 f.write(line if line.endswith("\n") else line + "\n")
         msg = json.loads(line)
         rid, method = msg.get("id"), msg.get("method")
-        if method == "initialize":
+        if method == "initialize" and os.environ.get("RAW_INIT_ERROR_BYTES"):
+            key = os.environ.get("UPSTREAM_KEY", "-")
+            message = f"no (key {key}): " + "x" * int(os.environ["RAW_INIT_ERROR_BYTES"])
+            send({"jsonrpc": "2.0", "id": rid, "error": {"code": -32603, "message": message}})
+        elif method == "initialize":
             send(
                 {
                     "jsonrpc": "2.0",

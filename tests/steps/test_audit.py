@@ -346,7 +346,7 @@ async def test_an_upstreams_long_error_text_is_recorded_cut(tmp_path: Path) -> N
 
     from mcp import MCPError
 
-    from gateway.steps.audit import REASON_CHARS
+    from gateway.policy.redact import EXCERPT_CHARS as REASON_CHARS
     from tests.conftest import ROOT, write_config
     from tests.server._clients import stdio_session
 

@@ -157,3 +157,44 @@ async def test_an_oversized_http_response_is_refused(tmp_path: Path, http_upstre
         assert r.meta["symbi/error"]["code"] == "upstream_error"  # type: ignore[index]
         ok = await s.call_tool("mut__echo", {"message": "still here"})
         assert not ok.is_error
+
+
+@pytest.mark.anyio
+async def test_an_upstreams_long_refusal_is_quoted_in_part_at_every_restart(tmp_path: Path) -> None:
+    """Attack (on the audit log and the log): an upstream refuses ``initialize`` with a 1 MB
+    message quoting its own credential, again at every restart; each upstream.down record and
+    log line held all of it. Now an excerpt, secrets replaced (``redact.excerpt``)."""
+    import json
+    import sqlite3
+
+    from gateway.policy.redact import EXCERPT_CHARS
+
+    token = "sk-ant-api03-" + "Q" * 40
+    cfg = config(
+        tmp_path,
+        ROOT / "tests/peers/raw_server.py",
+        extra="connection_timeout_s = 2.0",  # the session's start waits no longer for it
+        tables=f'env = {{ RAW_INIT_ERROR_BYTES = "1000000", UPSTREAM_KEY = "{token}" }}',
+    )
+    async with stdio_session(cfg) as s:
+        with anyio.fail_after(30):  # a hang guard: the down records of a few restarts
+            while len(_downs(tmp_path)) < 2:
+                await s.send_ping()
+                await anyio.sleep(0.3)
+    downs = _downs(tmp_path)
+    assert all(len(d["error"]) < EXCERPT_CHARS + 200 and "more characters" in d["error"] for d in downs), (
+        downs
+    )
+    assert token not in json.dumps(downs) and "[REDACTED]" in downs[0]["error"]
+    with sqlite3.connect(tmp_path / "data" / "audit.db") as db:
+        assert max(len(d) for (d,) in db.execute("SELECT details FROM events")) < 10 * EXCERPT_CHARS
+
+
+def _downs(tmp_path: Path) -> list[dict[str, str]]:
+    import json
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "data" / "audit.db") as db:
+        return [
+            json.loads(d) for (d,) in db.execute("SELECT details FROM events WHERE type = 'upstream.down'")
+        ]

@@ -56,6 +56,9 @@ class SecuritySection(Section):
     # who unsandboxed stdio upstreams run as: a user name or "uid[:gid]"; never the gateway's
     # own user (the default user is created on first use; see gateway/upstream/runas.py)
     upstream_user: str = "symbi-upstream"
+    # processes and threads the upstreams run as that user may hold together (its RLIMIT_NPROC,
+    # set by prlimit): a server that forks without end stops there, not at the machine's limit
+    upstream_max_tasks: int = Field(default=4096, ge=16)
     unsafe_upstreams_as_gateway_user: bool = False  # they could read the keys and the audit log
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import resource
 import shutil
 import stat
 import subprocess
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.config.model import Config, ServerConfig
@@ -46,11 +47,20 @@ class RunAs:
     uid: int
     gid: int
     home: str
+    max_tasks: int = 4096  # security.upstream_max_tasks
 
     def argv(self, command: str, args: list[str]) -> tuple[str, list[str]]:
-        """``setpriv`` in front of the server's command: uid/gid switched, no caps, no_new_privs,
-        and killed when the gateway dies (``--pdeathsig``: a gateway killed outright left a
-        server that ignores its closed stdin running, as a user the gateway no longer watches)."""
+        """``prlimit`` in front of ``switch`` (it execs it, so the server is the gateway's child):
+        at most ``max_tasks`` processes and threads for the user, whose upstreams share them (a
+        server forking without end stops there, not at the machine's limit)."""
+        prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
+        setpriv, switched = self.switch(command, args)
+        return prlimit, [f"--nproc={self.max_tasks}:{self.max_tasks}", "--", setpriv, *switched]
+
+    def switch(self, command: str, args: list[str]) -> tuple[str, list[str]]:
+        """``setpriv`` in front of the command: uid/gid switched, no caps, no_new_privs, and killed
+        when the gateway dies (``--pdeathsig``: a gateway killed outright left a server that
+        ignores its closed stdin running, as a user the gateway no longer watches)."""
         setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
         if "/" not in command:  # found on the gateway's PATH, as before the switch
             command = shutil.which(command) or command
@@ -95,18 +105,25 @@ def resolve_run_as(config: Config) -> RunAs | None:
             "as the gateway's own user and can read its keys, API keys and audit log"
         )
         return None
-    if shutil.which("setpriv") is None:
-        raise ConfigError(
-            "security.upstream_user: setpriv (util-linux) is not installed: cannot drop privileges "
-            "for unsandboxed upstream servers"
-        )
+    for tool in ("setpriv", "prlimit"):
+        if shutil.which(tool) is None:
+            raise ConfigError(
+                f"security.upstream_user: {tool} (util-linux) is not installed: cannot drop privileges "
+                "and limit unsandboxed upstream servers"
+            )
     if os.geteuid() != 0:
         raise ConfigError(
             "security.upstream_user: the gateway is not root, so it cannot start an unsandboxed stdio "
             "upstream under another uid; give the server a sandbox tier (servers.NAME.sandbox) or set "
             "security.unsafe_upstreams_as_gateway_user = true"
         )
-    return _account(sec.upstream_user)
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    if hard != resource.RLIM_INFINITY and sec.upstream_max_tasks > hard:
+        raise ConfigError(
+            f"security.upstream_max_tasks: {sec.upstream_max_tasks} is over the gateway's own limit of "
+            f"{hard} processes (ulimit -Hu): no upstream could start with it"
+        )
+    return replace(_account(sec.upstream_user), max_tasks=sec.upstream_max_tasks)
 
 
 def _account(spec: str) -> RunAs:
@@ -170,7 +187,8 @@ def unreachable(paths: list[tuple[Path, str]], run_as: RunAs) -> Path | None:
         'i=0; for t in "$@"; do f=${t#?}; case $t in x*) test -x "$f";; *) test -r "$f";; esac '
         "|| { echo $i; exit 0; }; i=$((i+1)); done"
     )
-    cmd, args = run_as.argv("/bin/sh", ["-c", script, "probe", *(f"{m}{p}" for p, m in paths)])
+    # not under the task limit: a user at its limit must not read as a missing path
+    cmd, args = run_as.switch("/bin/sh", ["-c", script, "probe", *(f"{m}{p}" for p, m in paths)])
     r = subprocess.run(
         [cmd, *args],
         capture_output=True,

@@ -132,9 +132,11 @@ def test_the_unsafe_switch_runs_as_the_gateway(tmp_path: Path) -> None:
 
 
 def test_setpriv_argv_and_clean_env() -> None:
-    r = RunAs(name="u", uid=1234, gid=1234, home="/var/lib/u")
+    r = RunAs(name="u", uid=1234, gid=1234, home="/var/lib/u", max_tasks=99)
     cmd, args = r.argv("node", ["x.js"])
-    assert cmd.endswith("setpriv") and "--no-new-privs" in args and "--bounding-set=-all" in args
+    assert cmd.endswith("prlimit") and args[:2] == ["--nproc=99:99", "--"] and args[2].endswith("setpriv")
+    args = args[3:]  # setpriv's own
+    assert "--no-new-privs" in args and "--bounding-set=-all" in args
     assert args.index("--pdeathsig=KILL") < args.index("--")  # dies with the gateway
     assert args[args.index("--") + 1].endswith("/node")
     env = r.env({"TOKEN": "t"})
@@ -187,3 +189,47 @@ async def test_an_upstream_dies_with_a_gateway_killed_outright(tmp_path: Path) -
     for pid in left:  # a failing run leaves no orphan behind it
         os.kill(pid, signal.SIGKILL)
     assert not left
+
+
+FORKER = ROOT / "tests/peers/forker_server.py"
+
+
+@needs_root
+async def test_an_upstream_that_forks_without_end_stops_at_its_task_limit(tmp_path: Path) -> None:
+    """Attack (on the machine the gateway runs on): an unsandboxed upstream starts tasks
+    without end (threads here, which count as processes do). Its user's tasks stop at
+    security.upstream_max_tasks (prlimit's RLIMIT_NPROC), not at the machine's limit.
+
+    The limit is per user, so this test's upstream runs as a uid of its own (other tests'
+    upstreams, as symbi-upstream, would count too) with Debian's python3 (the venv's may sit
+    in a folder only symbi-upstream may enter)."""
+    uid = 30000 + os.getpid() % 20000
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [security]
+        upstream_user = "{uid}:{uid}"
+        upstream_max_tasks = 200
+        [servers.mut]
+        command = "/usr/bin/python3"
+        args = ["{FORKER}"]
+        verification = "warn"
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool("mut__spawn", {"n": 1000})
+        assert not r.is_error, r
+        made = int(r.content[0].text)  # type: ignore[union-attr]
+    assert 150 < made < 200  # its own threads (the server's main one...) count too
+
+
+@needs_root
+def test_a_task_limit_over_the_gateways_own_is_refused_naming_the_key() -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard process limit here to go over")
+    with pytest.raises(ConfigError) as e:
+        resolve_run_as(build_config({"security": {"upstream_max_tasks": hard + 1}}))
+    assert "security.upstream_max_tasks" in e.value.message

@@ -39,6 +39,10 @@ _BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _create_lock = threading.Lock()
 
 
+# oom_score_adj of every unsandboxed upstream: the most killable a process can be
+OOM_FIRST = 1000
+
+
 @dataclass(frozen=True)
 class RunAs:
     """The unprivileged account upstream servers run as."""
@@ -50,12 +54,24 @@ class RunAs:
     max_tasks: int = 4096  # security.upstream_max_tasks
 
     def argv(self, command: str, args: list[str]) -> tuple[str, list[str]]:
-        """``prlimit`` in front of ``switch`` (it execs it, so the server is the gateway's child):
-        at most ``max_tasks`` processes and threads for the user, whose upstreams share them (a
-        server forking without end stops there, not at the machine's limit)."""
+        """``prlimit`` and ``choom`` in front of ``switch`` (each execs the next, so the server is
+        the gateway's child): at most ``max_tasks`` processes and threads for the user, whose
+        upstreams share them (a server forking without end stops there, not at the machine's
+        limit), and the kernel's first choice when memory runs out (``oom_score_adj`` 1000: a
+        server that takes the memory is killed, not the gateway)."""
         prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
+        choom = shutil.which("choom") or "/usr/bin/choom"
         setpriv, switched = self.switch(command, args)
-        return prlimit, [f"--nproc={self.max_tasks}:{self.max_tasks}", "--", setpriv, *switched]
+        return prlimit, [
+            f"--nproc={self.max_tasks}:{self.max_tasks}",
+            "--",
+            choom,
+            "-n",
+            str(OOM_FIRST),
+            "--",
+            setpriv,
+            *switched,
+        ]
 
     def switch(self, command: str, args: list[str]) -> tuple[str, list[str]]:
         """``setpriv`` in front of the command: uid/gid switched, no caps, no_new_privs, and killed
@@ -105,7 +121,7 @@ def resolve_run_as(config: Config) -> RunAs | None:
             "as the gateway's own user and can read its keys, API keys and audit log"
         )
         return None
-    for tool in ("setpriv", "prlimit"):
+    for tool in ("setpriv", "prlimit", "choom"):
         if shutil.which(tool) is None:
             raise ConfigError(
                 f"security.upstream_user: {tool} (util-linux) is not installed: cannot drop privileges "

@@ -134,8 +134,9 @@ def test_the_unsafe_switch_runs_as_the_gateway(tmp_path: Path) -> None:
 def test_setpriv_argv_and_clean_env() -> None:
     r = RunAs(name="u", uid=1234, gid=1234, home="/var/lib/u", max_tasks=99)
     cmd, args = r.argv("node", ["x.js"])
-    assert cmd.endswith("prlimit") and args[:2] == ["--nproc=99:99", "--"] and args[2].endswith("setpriv")
-    args = args[3:]  # setpriv's own
+    assert cmd.endswith("prlimit") and args[:2] == ["--nproc=99:99", "--"]
+    assert args[2].endswith("choom") and args[3:6] == ["-n", "1000", "--"] and args[6].endswith("setpriv")
+    args = args[7:]  # setpriv's own
     assert "--no-new-privs" in args and "--bounding-set=-all" in args
     assert args.index("--pdeathsig=KILL") < args.index("--")  # dies with the gateway
     assert args[args.index("--") + 1].endswith("/node")
@@ -221,6 +222,20 @@ async def test_an_upstream_that_forks_without_end_stops_at_its_task_limit(tmp_pa
         assert not r.is_error, r
         made = int(r.content[0].text)  # type: ignore[union-attr]
     assert 150 < made < 200  # its own threads (the server's main one...) count too
+
+
+@needs_root
+async def test_the_kernel_kills_an_upstream_before_the_gateway(tmp_path: Path) -> None:
+    """Attack (on the gateway's memory): an unsandboxed upstream that takes the machine's memory
+    must be what the OOM killer picks, not the gateway (oom_score_adj 1000, through choom)."""
+    async with stdio_session(mutable_config(tmp_path, copy_as="oom_probe_server.py")) as s:
+        await s.list_tools()
+        [upstream] = pids_running(tmp_path / "oom_probe_server.py")
+        assert _oom_adj(upstream) == 1000 and _oom_adj(_parent_of(upstream)) < 1000  # the gateway's
+
+
+def _oom_adj(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
 
 
 @needs_root

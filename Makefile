@@ -72,7 +72,7 @@ stdio: setup
 # pytest-xdist: TEST_WORKERS processes (a one-process run keeps about one of the two cores
 # busy: much of it waits on subprocesses, sandboxes and I/O; two workers still left the
 # machine at about one core on average over a whole run: 23 CPU-min in 23 min). Four on these
-# two cores: pytest 15 min 40 s against 20 min 24 s with two (session 25, same load). Each
+# two cores: pytest 13-16 min against 20 min 24 s with two (session 25's fresh clones). Each
 # test file runs whole, in order, on one worker, so a module's fixtures are made once and its
 # tests keep their order; files start in collection order (--no-loadscope-reorder), which
 # tests/conftest.py puts longest first. TEST_WORKERS=0: one process, no xdist.

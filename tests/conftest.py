@@ -295,6 +295,22 @@ def upstream_writable(tmp_path: Path) -> Path:
     return d
 
 
+def parent_of(pid: int) -> int:
+    """The parent process of ``pid`` (/proc/PID/stat; the command name may hold spaces)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` now."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                if parent_of(int(d.name)) == pid:
+                    kids.append(int(d.name))
+    return kids
+
+
 def run_symbi(*args: object, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``symbi ARGS`` as a real subprocess of this checkout (stdin closed), its output as text."""
     return subprocess.run(

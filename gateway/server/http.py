@@ -343,8 +343,7 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         http=http_protocol(cfg.http.header_timeout_s),  # slow headers are cut off
         loop="uvloop",  # libuv: less CPU per socket read and write than asyncio's selector loop
     )
-    listener = uv.bind_socket()
-    sockets = [listener]
+    sockets = [uv.bind_socket()]
     if app.state.agent_socket is not None:  # hosted agents: the same app on their Unix socket
         sockets.append(app.state.agent_socket)
     keep_fds_from_children()

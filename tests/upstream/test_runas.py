@@ -22,7 +22,7 @@ import pytest
 from gateway.config import build_config, load_config
 from gateway.errors import ConfigError, UpstreamUnavailable
 from gateway.upstream.runas import RunAs, check_launchable, resolve_run_as
-from tests.conftest import ROOT, SYMBI, mutable_config, symbi_env, write_config
+from tests.conftest import ROOT, SYMBI, mutable_config, parent_of, symbi_env, write_config
 from tests.server._clients import stdio_session
 from tests.upstream.test_restart import pids_running
 
@@ -161,10 +161,6 @@ def test_working_folder_is_the_config_folder_only_when_the_upstream_user_may_ent
     assert working_folder(explicit.servers["x"], explicit.config_dir, run_as) == tmp_path
 
 
-def _parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 @needs_root
 async def test_an_upstream_dies_with_a_gateway_killed_outright(tmp_path: Path) -> None:
     """Attack (on containment): a stdio server that stops reading its stdin (here: its event
@@ -179,7 +175,7 @@ async def test_an_upstream_dies_with_a_gateway_killed_outright(tmp_path: Path) -
             [upstream] = pids_running(script)
             tg.start_soon(s.call_tool, "mut__wedge", {})
             await anyio.sleep(1.0)  # the server's loop is blocked: it reads nothing now
-            os.kill(_parent_of(upstream), signal.SIGKILL)  # the gateway (setpriv exec'd the server)
+            os.kill(parent_of(upstream), signal.SIGKILL)  # the gateway (setpriv exec'd the server)
             await anyio.sleep(30)  # the session ends with the gateway before this does
     assert upstream
     for _ in range(100):  # the bound of the wait (10 s), not a timing assertion
@@ -231,7 +227,7 @@ async def test_the_kernel_kills_an_upstream_before_the_gateway(tmp_path: Path) -
     async with stdio_session(mutable_config(tmp_path, copy_as="oom_probe_server.py")) as s:
         await s.list_tools()
         [upstream] = pids_running(tmp_path / "oom_probe_server.py")
-        assert _oom_adj(upstream) == 1000 and _oom_adj(_parent_of(upstream)) < 1000  # the gateway's
+        assert _oom_adj(upstream) == 1000 and _oom_adj(parent_of(upstream)) < 1000  # the gateway's
 
 
 def _oom_adj(pid: int) -> int:

@@ -70,4 +70,6 @@ def test_a_flooding_upstream_cannot_grow_the_gateway_fill_the_log_or_forge_a_rec
     assert [int(n) for n in cut] == [BIG_MB * (1 << 20) - LINE_BYTES]
     logged = len(re.findall(r"\[noisy\] noisy line \d+$", text.decode(), re.M))
     dropped = [int(n) for n in re.findall(r"\[noisy\] (\d+) stderr lines not logged", text.decode())]
-    assert logged <= BURST + 100 and sum(dropped) == SHORT - logged, (logged, dropped)
+    # the burst passes whole (less the two lines before it); the pace's exact arithmetic is the
+    # unit test's (a clock of its own): here, lines were dropped and every one was counted
+    assert BURST - 2 <= logged < SHORT and sum(dropped) == SHORT - logged, (logged, dropped)

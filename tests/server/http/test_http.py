@@ -17,7 +17,7 @@ import pytest
 from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import ROOT, mutable_config, write_config
+from tests.conftest import ROOT, children_of, mutable_config, write_config
 from tests.server._http import serve_process
 from tests.server.http.conftest import Env, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
@@ -313,26 +313,17 @@ def _listening_inodes(port: int) -> set[str]:
     return out
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    kids.append(int(d.name))
-            except OSError:
-                continue
-    return kids
-
-
-def _sockets_of(pid: int) -> set[str]:
+def _targets_of(pid: int) -> set[str]:
+    """What each descriptor of ``pid`` points at (a path, ``socket:[inode]``, ``pipe:[...]``)."""
     out = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with contextlib.suppress(OSError):
-            link = os.readlink(fd)
-            if link.startswith("socket:["):
-                out.add(link[8:-1])
+            out.add(os.readlink(fd))
     return out
+
+
+def _sockets_of(pid: int) -> set[str]:
+    return {t[8:-1] for t in _targets_of(pid) if t.startswith("socket:[")}
 
 
 def test_no_upstream_holds_the_gateways_listening_socket(tmp_path: Path) -> None:
@@ -342,18 +333,10 @@ def test_no_upstream_holds_the_gateways_listening_socket(tmp_path: Path) -> None
     with serve_process(mutable_config(tmp_path)) as (base, proc):
         listening = _listening_inodes(int(base.rsplit(":", 1)[1]))
         assert listening & _sockets_of(proc.pid)  # the gateway's own: what is looked for exists
-        kids = _children(proc.pid)
+        kids = children_of(proc.pid)
         assert kids  # the upstream runs
         for kid in kids:
             assert not listening & _sockets_of(kid), kid
-
-
-def _targets_of(pid: int) -> set[str]:
-    out = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            out.add(os.readlink(fd))
-    return out
 
 
 def test_no_upstream_inherits_what_the_gateways_parent_left_open(tmp_path: Path) -> None:
@@ -368,7 +351,7 @@ def test_no_upstream_inherits_what_the_gateways_parent_left_open(tmp_path: Path)
         os.set_inheritable(fd, True)
         with serve_process(mutable_config(tmp_path), pass_fds=(fd,)) as (_, proc):
             assert str(secret) in _targets_of(proc.pid)  # the gateway holds it: what is looked for exists
-            kids = _children(proc.pid)
+            kids = children_of(proc.pid)
             assert kids  # the upstream runs
             for kid in kids:
                 assert str(secret) not in _targets_of(kid), kid

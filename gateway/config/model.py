@@ -321,6 +321,13 @@ class Config(Section):
                     "unsandboxed stdio upstreams run as the gateway's user",
                 )
             )
+        if self.security.unsafe_upstreams_unconfined:
+            out.append(
+                UnsafeOption(
+                    "security.unsafe_upstreams_unconfined",
+                    "unsandboxed stdio upstreams share a user with nothing between them",
+                )
+            )
         if self.mcp.insecure_discovery_http:
             out.append(UnsafeOption("mcp.insecure_discovery_http", "key discovery over plain HTTP"))
         return out

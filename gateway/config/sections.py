@@ -60,6 +60,9 @@ class SecuritySection(Section):
     # set by prlimit): a server that forks without end stops there, not at the machine's limit
     upstream_max_tasks: int = Field(default=4096, ge=16)
     unsafe_upstreams_as_gateway_user: bool = False  # they could read the keys and the audit log
+    # no Landlock domain per unsandboxed upstream (a kernel without Landlock): sharing a uid, each
+    # could read the others' environment and files, ptrace and signal them
+    unsafe_upstreams_unconfined: bool = False
 
 
 class McpSection(Section):

@@ -6,7 +6,9 @@ log. So a server without a sandbox tier runs as ``security.upstream_user`` (defa
 ``symbi-upstream``, a system user created on first use): ``setpriv`` switches real and effective
 uid/gid, clears supplementary groups, drops every capability (bounding set included) and sets
 no_new_privs before the server's own command runs. Its environment is rebuilt from scratch (no
-gateway variables): PATH, HOME (the user's home), USER/LOGNAME, LANG, plus ``servers.X.env``.
+gateway variables): PATH, HOME and TMPDIR (the server's own home, ``servers/NAME`` in the user's),
+USER/LOGNAME, LANG, plus ``servers.X.env``. Each server runs in a Landlock domain of its own
+(``gateway.upstream.confine``): the servers share a uid, not a reach into each other.
 
 The server can read only what any unprivileged user can: the data dir is 0700 (see
 ``gateway.custody``). A gateway that is not root cannot switch uid: it refuses such a server
@@ -23,6 +25,7 @@ import resource
 import shutil
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import ConfigError, UpstreamUnavailable
+from gateway.upstream.confine import landlock_abi
 
 _logger = logging.getLogger("symbi.upstream")
 
@@ -37,6 +41,7 @@ DEFAULT_UPSTREAM_USER = "symbi-upstream"
 _HOME_ROOT = Path("/var/lib")
 _BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _create_lock = threading.Lock()
+_CONFINE = Path(__file__).with_name("confine.py")  # run as a script: see its docstring
 
 
 # oom_score_adj of every unsandboxed upstream: the most killable a process can be
@@ -52,16 +57,23 @@ class RunAs:
     gid: int
     home: str
     max_tasks: int = 4096  # security.upstream_max_tasks
+    confine: bool = True  # a Landlock domain per server (off: security.unsafe_upstreams_unconfined)
 
-    def argv(self, command: str, args: list[str]) -> tuple[str, list[str]]:
-        """``prlimit`` and ``choom`` in front of ``switch`` (each execs the next, so the server is
-        the gateway's child): at most ``max_tasks`` processes and threads for the user, whose
-        upstreams share them (a server forking without end stops there, not at the machine's
-        limit), and the kernel's first choice when memory runs out (``oom_score_adj`` 1000: a
-        server that takes the memory is killed, not the gateway)."""
+    def argv(self, name: str, command: str, args: list[str]) -> tuple[str, list[str]]:
+        """``prlimit``, ``choom`` and the Landlock launcher in front of ``switch`` (each execs the
+        next, so server ``name`` is the gateway's child): at most ``max_tasks`` processes and
+        threads for the user, whose upstreams share them (a server forking without end stops
+        there, not at the machine's limit); the kernel's first choice when memory runs out
+        (``oom_score_adj`` 1000: a server that takes the memory is killed, not the gateway); and
+        a domain of its own (``gateway.upstream.confine``: no reach into the other upstreams
+        running as the same user, nor into their homes)."""
         prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
         choom = shutil.which("choom") or "/usr/bin/choom"
         setpriv, switched = self.switch(command, args)
+        confine: list[str] = []
+        if self.confine:
+            hidden, home = self.homes_hidden(), str(self.server_home(name))
+            confine = [sys.executable, "-I", "-S", str(_CONFINE), hidden, home, "--"]
         return prlimit, [
             f"--nproc={self.max_tasks}:{self.max_tasks}",
             "--",
@@ -69,9 +81,44 @@ class RunAs:
             "-n",
             str(OOM_FIRST),
             "--",
+            *confine,
             setpriv,
             *switched,
         ]
+
+    def homes_root(self) -> Path:
+        """Where each server's own home is: ``servers/`` in the user's home, or a folder of the
+        uid's own when the account has none."""
+        home = Path(self.home)
+        return (
+            home / "servers"
+            if home.is_absolute() and home.is_dir()
+            else Path(f"/var/lib/symbi-upstream-uid{self.uid}")
+        )
+
+    def homes_hidden(self) -> str:
+        """What the servers' domains close (but for each one's own home): the user's home, with
+        the shared dotfiles and caches every server used before, or the homes' folder."""
+        root = self.homes_root()
+        return str(root.parent if root.name == "servers" else root)
+
+    def server_home(self, name: str) -> Path:
+        """Server ``name``'s own home (and TMPDIR beneath it): private to it (0700, its domain)."""
+        return self.homes_root() / name
+
+    def make_home(self, name: str) -> Path:
+        """Create server ``name``'s home and its ``tmp`` if missing (as root: the user's own,
+        0700), so its domain has it to open."""
+        home = self.server_home(name)
+        root = home.parent
+        if not root.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            os.chmod(root, 0o755)  # root's: no server can add or remove another's home
+        for folder in (home, home / "tmp"):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.chown(folder, self.uid, self.gid)
+            os.chmod(folder, 0o700)
+        return home
 
     def switch(self, command: str, args: list[str]) -> tuple[str, list[str]]:
         """``setpriv`` in front of the command: uid/gid switched, no caps, no_new_privs, and killed
@@ -93,11 +140,14 @@ class RunAs:
             *args,
         ]
 
-    def env(self, server_env: Mapping[str, str]) -> dict[str, str]:
-        """A clean environment: nothing of the gateway's own, then the server's configured env."""
+    def env(self, name: str, server_env: Mapping[str, str]) -> dict[str, str]:
+        """A clean environment: nothing of the gateway's own, HOME and TMPDIR the server's own,
+        then the server's configured env."""
+        home = str(self.server_home(name))
         base = {
             "PATH": _BASE_PATH,
-            "HOME": self.home,
+            "HOME": home,
+            "TMPDIR": f"{home}/tmp",
             "USER": self.name,
             "LOGNAME": self.name,
             "LANG": "C.UTF-8",
@@ -139,7 +189,22 @@ def resolve_run_as(config: Config) -> RunAs | None:
             f"security.upstream_max_tasks: {sec.upstream_max_tasks} is over the gateway's own limit of "
             f"{hard} processes (ulimit -Hu): no upstream could start with it"
         )
-    return replace(_account(sec.upstream_user), max_tasks=sec.upstream_max_tasks)
+    confine = True
+    if sec.unsafe_upstreams_unconfined:
+        _logger.warning(
+            "UNSAFE: security.unsafe_upstreams_unconfined = true: unsandboxed upstream servers share one "
+            "user with nothing between them: each can read the others' environment (their tokens), "
+            "ptrace and signal them, and read and rewrite their files"
+        )
+        confine = False
+    elif landlock_abi() < 1:
+        raise ConfigError(
+            "security.upstream_user: this kernel has no Landlock (Linux 5.13+, enabled), which keeps each "
+            "unsandboxed upstream out of the others running as the same user (their environment, "
+            "memory and files); give the servers a sandbox tier (servers.NAME.sandbox) or set "
+            "security.unsafe_upstreams_unconfined = true"
+        )
+    return replace(_account(sec.upstream_user), max_tasks=sec.upstream_max_tasks, confine=confine)
 
 
 def _account(spec: str) -> RunAs:
@@ -220,17 +285,19 @@ def unreachable(paths: list[tuple[Path, str]], run_as: RunAs) -> Path | None:
     return paths[int(out)][0] if out.isdigit() and int(out) < len(paths) else None
 
 
-def working_folder(server: ServerConfig, config_dir: Path | None, run_as: RunAs | None) -> Path | None:
+def working_folder(
+    name: str, server: ServerConfig, config_dir: Path | None, run_as: RunAs | None
+) -> Path | None:
     """Where an unsandboxed server runs: its ``cwd``; else the config's folder (so relative
-    arguments keep their meaning) when the upstream user may enter it; else that user's home."""
+    arguments keep their meaning) when the upstream user may enter it; else its own home."""
     if server.cwd is not None:
         return Path(server.cwd)
     if run_as is None or config_dir is None:
         return config_dir
     if unreachable([(config_dir, "x")], run_as) is None:
         return config_dir
-    home = Path(run_as.home) if Path(run_as.home).is_dir() else Path("/")
-    _logger.info("the config folder %s is private: upstream servers start in %s", config_dir, home)
+    home = run_as.make_home(name)
+    _logger.info("the config folder %s is private: upstream %s starts in %s", config_dir, name, home)
     return home
 
 

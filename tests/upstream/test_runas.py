@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -132,17 +134,23 @@ def test_the_unsafe_switch_runs_as_the_gateway(tmp_path: Path) -> None:
 
 
 def test_setpriv_argv_and_clean_env() -> None:
-    r = RunAs(name="u", uid=1234, gid=1234, home="/var/lib/u", max_tasks=99)
-    cmd, args = r.argv("node", ["x.js"])
+    r = RunAs(name="u", uid=1234, gid=1234, home="/", max_tasks=99)
+    cmd, args = r.argv("srv", "node", ["x.js"])
     assert cmd.endswith("prlimit") and args[:2] == ["--nproc=99:99", "--"]
-    assert args[2].endswith("choom") and args[3:6] == ["-n", "1000", "--"] and args[6].endswith("setpriv")
-    args = args[7:]  # setpriv's own
+    assert args[2].endswith("choom") and args[3:6] == ["-n", "1000", "--"]
+    # the Landlock launcher (as root, nothing of the gateway's site imported), then setpriv
+    home = "/servers/srv"
+    assert args[6:12] == [sys.executable, "-I", "-S", str(ROOT / "gateway/upstream/confine.py"), "/", home]
+    assert args[12] == "--" and args[13].endswith("setpriv")
+    args = args[14:]  # setpriv's own
     assert "--no-new-privs" in args and "--bounding-set=-all" in args
     assert args.index("--pdeathsig=KILL") < args.index("--")  # dies with the gateway
     assert args[args.index("--") + 1].endswith("/node")
-    env = r.env({"TOKEN": "t"})
-    assert env["HOME"] == "/var/lib/u" and env["TOKEN"] == "t"
+    env = r.env("srv", {"TOKEN": "t"})
+    assert env["HOME"] == home and env["TMPDIR"] == f"{home}/tmp" and env["TOKEN"] == "t"
     assert not {k for k in env if k.startswith("SYMBI_")}
+    unconfined = replace(r, confine=False)
+    assert unconfined.argv("srv", "node", [])[1][6].endswith("setpriv")
 
 
 @needs_root
@@ -154,11 +162,12 @@ def test_working_folder_is_the_config_folder_only_when_the_upstream_user_may_ent
     cfg = load_config(write_config(folder, '[servers.x]\ncommand = "/bin/true"\n'))
     run_as = resolve_run_as(cfg)
     assert run_as is not None
-    assert working_folder(cfg.servers["x"], cfg.config_dir, run_as) == folder
+    assert working_folder("x", cfg.servers["x"], cfg.config_dir, run_as) == folder
     folder.chmod(0o700)  # a private config folder (a 0700 home): the server starts in its own home
-    assert working_folder(cfg.servers["x"], cfg.config_dir, run_as) == Path(run_as.home)
+    home = working_folder("x", cfg.servers["x"], cfg.config_dir, run_as)
+    assert home == Path(run_as.home) / "servers/x" and home.stat().st_uid == run_as.uid
     explicit = load_config(write_config(folder, f'[servers.x]\ncommand = "/bin/true"\ncwd = "{tmp_path}"\n'))
-    assert working_folder(explicit.servers["x"], explicit.config_dir, run_as) == tmp_path
+    assert working_folder("x", explicit.servers["x"], explicit.config_dir, run_as) == tmp_path
 
 
 @needs_root
@@ -213,10 +222,13 @@ async def test_an_upstream_that_forks_without_end_stops_at_its_task_limit(tmp_pa
         verification = "warn"
         """,
     )
-    async with stdio_session(cfg) as s:
-        r = await s.call_tool("mut__spawn", {"n": 1000})
-        assert not r.is_error, r
-        made = int(r.content[0].text)  # type: ignore[union-attr]
+    try:
+        async with stdio_session(cfg) as s:
+            r = await s.call_tool("mut__spawn", {"n": 1000})
+            assert not r.is_error, r
+            made = int(r.content[0].text)  # type: ignore[union-attr]
+    finally:  # the servers' homes of this test's uid (RunAs.homes_root)
+        shutil.rmtree(f"/var/lib/symbi-upstream-uid{uid}", ignore_errors=True)
     assert 150 < made < 200  # its own threads (the server's main one...) count too
 
 

@@ -1,0 +1,159 @@
+"""Each unsandboxed upstream in a Landlock domain of its own: no reach into its neighbours.
+
+Every unsandboxed stdio upstream runs as the same unprivileged user (``gateway.upstream.runas``),
+so, by uid alone, one could read another's environment (its API tokens) through
+``/proc/PID/environ``, ptrace it (and answer the gateway in its name), signal it, connect to its
+abstract sockets, and read or rewrite the files in their shared home (an npm cache: code the
+other runs at its next start). The gateway runs this file as the launcher in front of
+``setpriv`` (``python -I -S confine.py HOME -- setpriv ...``, as root, before the uid switch): it
+puts the process in a new Landlock domain, which the server and its children keep for life, and
+execs the rest of the command line.
+
+- A process in a domain cannot ptrace (nor read the ``environ`` or ``mem`` of) a process outside
+  it: each upstream is in its own, so none can reach another (the kernel's rule since ABI 1).
+- Signals and abstract UNIX sockets are scoped to the domain (ABI 6 and later).
+- Files: every right everywhere, except beneath the upstream user's home, where only the
+  server's own home (``HOME``) is open; its ancestors may be listed, not written.
+
+Run with the standard library only (``-I -S``: nothing from the gateway's environment or
+site-packages is imported as root). Exit 126 with the reason on stderr when the kernel has no
+Landlock: the gateway checks for it at start (``landlock_abi``) and refuses to run such servers
+without it unless told it is unsafe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+import struct
+import sys
+
+_SYS_CREATE_RULESET = 444
+_SYS_ADD_RULE = 445
+_SYS_RESTRICT_SELF = 446
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+
+# access rights by the ABI that brought them (include/uapi/linux/landlock.h)
+_FS_V1 = (1 << 13) - 1  # execute, write/read file, read dir, remove, make char/dir/reg/sock/fifo/block/sym
+_REFER, _TRUNCATE, _IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+_READ_DIR = 1 << 3
+_FILE_RIGHTS = 1 | 2 | 4 | _TRUNCATE | _IOCTL_DEV  # the rights a rule on a file may carry
+_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1, 2
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when it has none (or it is disabled)."""
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    version = libc.syscall(
+        _SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION)
+    )
+    return max(int(version), 0)
+
+
+def handled_rights(abi: int) -> int:
+    """Every filesystem right this ABI knows (the domain handles all of them)."""
+    rights = _FS_V1
+    if abi >= 2:
+        rights |= _REFER
+    if abi >= 3:
+        rights |= _TRUNCATE
+    if abi >= 5:
+        rights |= _IOCTL_DEV
+    return rights
+
+
+def rules(hidden: str, home: str, rights: int) -> list[tuple[str, int]]:
+    """(path, rights) beneath which the domain allows access: everything but ``hidden``, whose
+    ancestors may only be listed, and ``home`` inside it, which is open.
+
+    Each level from ``/`` down to ``hidden`` grants its other entries every right (a file only
+    a file's rights); symbolic links get no rule of their own (access goes by their target)."""
+    out: list[tuple[str, int]] = []
+    parts = [p for p in hidden.split("/") if p]
+    here = "/"
+    for part in parts:
+        out.append((here, _READ_DIR))
+        for entry in sorted(os.listdir(here)):
+            if entry == part:
+                continue
+            path = os.path.join(here, entry)
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                continue
+            if stat.S_ISDIR(mode):
+                out.append((path, rights))
+            elif not stat.S_ISLNK(mode):
+                out.append((path, rights & _FILE_RIGHTS))
+        here = os.path.join(here, part)
+    out.append((home, rights))
+    return out
+
+
+def restrict(hidden: str, home: str) -> None:
+    """Put this process in a new domain (see the module docstring).
+
+    Raises:
+        OSError: the kernel refused (no Landlock, or a rule it cannot take).
+    """
+    abi = landlock_abi()
+    if abi < 1:
+        raise OSError(
+            ctypes.get_errno() or 38, "the kernel has no Landlock (needs Linux 5.13+ with it enabled)"
+        )
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    rights = handled_rights(abi)
+    scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if abi >= 6 else 0
+    attr = struct.pack("=QQQ", rights, 0, scoped)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    ruleset = libc.syscall(_SYS_CREATE_RULESET, attr, ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if ruleset < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"landlock_create_ruleset: {os.strerror(errno)}")
+    try:
+        for path, allowed in rules(hidden, home, rights):
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                rule = struct.pack("=Qi", allowed, fd)
+                if (
+                    libc.syscall(
+                        _SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH), rule, 0
+                    )
+                    < 0
+                ):
+                    errno = ctypes.get_errno()
+                    raise OSError(errno, f"landlock_add_rule {path}: {os.strerror(errno)}")
+            finally:
+                os.close(fd)
+        if libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0)) < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"landlock_restrict_self: {os.strerror(errno)}")
+    finally:
+        os.close(ruleset)
+
+
+def main(argv: list[str]) -> int:
+    """``confine.py HIDDEN HOME -- COMMAND ARGS...``: confine, then exec the command."""
+    if len(argv) < 4 or argv[2] != "--":
+        print("usage: confine.py HIDDEN HOME -- COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    hidden, home, command = argv[0], argv[1], argv[3:]
+    try:
+        restrict(hidden, home)
+    except OSError as e:
+        print(f"symbi: cannot confine the upstream server: {e.strerror or e}", file=sys.stderr)
+        return 126
+    os.execv(command[0], command)
+    return 127  # not reached: execv replaces this process or raises
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

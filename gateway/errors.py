@@ -37,6 +37,7 @@ JSON-RPC error.
      │    ├── AuditLogBusy           another process writes this chain
      │    └── AuditIntegrityError    verification found a changed/missing/reordered event
      ├── ContextError                agent memory / knowledge failed (bad input, store down)
+     │    ├── MemoryQuotaExceeded [D]  the principal holds all the memory [context] allows it
      │    ├── EmbedderMismatch       a collection's vectors come from another embedder / dimension
      │    └── VectorStoreUnavailable the vector store cannot be opened or reached
      ├── TooManyConnections          beyond mcp.max_concurrent_connections (HTTP 503, retry)
@@ -271,6 +272,13 @@ class AuditIntegrityError(AuditError):
 
 class ContextError(GatewayError):
     code = "context_error"
+
+
+class MemoryQuotaExceeded(ContextError):
+    """A principal holds as much memory as ``[context]`` allows it (nothing it stored is dropped)."""
+
+    code = "memory_quota_exceeded"
+    denial = True
 
 
 class EmbedderMismatch(ContextError):

@@ -343,8 +343,13 @@ class ContextSection(Section):
     short_term_ttl_s: float = Field(default=3600.0, gt=0)
     knowledge_retention_days: int = Field(default=365, ge=0)  # long-term memory kept this long; 0 = forever
     purge_interval_s: float = Field(default=3600.0, gt=0)  # how often the retention job runs
+    # per principal, past which a new memory is refused (nothing held is dropped): the working
+    # memory its agents hold in this process (bytes, "16MB" accepted), and the long-term and
+    # shared memories it keeps in the store (each at most 32,000 characters)
+    working_memory_per_principal: int = Field(default=16 * 1024 * 1024, ge=1)
+    max_memories_per_principal: int = Field(default=10_000, ge=1)
 
-    @field_validator("context_cache_size", mode="before")
+    @field_validator("context_cache_size", "working_memory_per_principal", mode="before")
     @classmethod
     def _size(cls, v: object) -> int:
         return parse_size(v)

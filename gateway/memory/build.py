@@ -68,6 +68,8 @@ def build_manager(
         cache_bytes=c.context_cache_size,
         short_term_ttl_s=c.short_term_ttl_s,
         retention_days=c.knowledge_retention_days,
+        working_bytes_per_principal=c.working_memory_per_principal,
+        memories_per_principal=c.max_memories_per_principal,
     )
     return ContextManager(store, emb, settings, events=events, clock=clock, store_exists=store_exists)
 

@@ -122,7 +122,8 @@ class MemoryBuiltin:
             session=call.session_id,
             task=a.get("task"),
         )
-        item_id = await self.s.run(lambda: self.s.m.store_context(agent, ctx))
+        who = call.principal.qualified
+        item_id = await self.s.run(lambda: self.s.m.store_context(agent, ctx, who))
         self.s.audit(
             Event.MEMORY_STORED,
             call,

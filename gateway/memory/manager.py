@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import ContextError
+from gateway.errors import ContextError, MemoryQuotaExceeded
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.memory.embed import Embedder
 from gateway.memory.store import Filter, Point, Range, VectorStore
@@ -50,6 +50,10 @@ class MemorySettings:
     cache_bytes: int = 64 * 1024 * 1024
     short_term_ttl_s: float = 3600.0
     retention_days: int = 365  # 0: keep forever
+    # per principal (``Principal.qualified``): its agents' working memory in bytes, and the
+    # long-term and shared memories it keeps in the store (each at most MAX_TEXT_CHARS)
+    working_bytes_per_principal: int = 16 * 1024 * 1024
+    memories_per_principal: int = 10_000
 
 
 def namespace_of(agent: str, memory_type: str, namespace: str | None) -> str:
@@ -109,7 +113,13 @@ class ContextManager:
             ttl_s=self.settings.short_term_ttl_s,
             clock=clock,
         )
-        self.working = VolatileMemory("working", clock=clock)
+        self.working = VolatileMemory(
+            "working",
+            clock=clock,
+            owner_max_bytes=self.settings.working_bytes_per_principal,
+            owner_limit_key="context.working_memory_per_principal",
+        )
+        self._quota_lock = threading.Lock()  # one principal's count and write, not two at once
 
     # -- lazily opened parts --------------------------------------------------------------
 
@@ -145,8 +155,15 @@ class ContextManager:
 
     # -- the seed's three operations ------------------------------------------------------
 
-    def store_context(self, agent: str, context: AgentContext) -> str:
-        """Store one memory; returns its id. Text must already be redacted by the caller."""
+    def store_context(self, agent: str, context: AgentContext, principal: str = "") -> str:
+        """Store one memory for ``agent`` of ``principal`` (``Principal.qualified``, whose
+        quota it counts against); returns its id. Text must already be redacted by the caller.
+
+        Raises:
+            MemoryQuotaExceeded: the principal holds all the working memory or all the
+                long-term and shared memories it may (nothing it holds is dropped).
+            ContextError: bad input, or the store cannot be used.
+        """
         if not agent:
             raise ContextError("storing memory needs an agent")
         text = context.text.strip()
@@ -163,7 +180,7 @@ class ContextManager:
         if context.memory_type == "short_term":
             self.short_term.add(item_id, agent, context.session or "-", text, vec, meta)
         elif context.memory_type == "working":
-            self.working.add(item_id, agent, check_name(context.task, "task"), text, vec, meta)
+            self.working.add(item_id, agent, check_name(context.task, "task"), text, vec, meta, principal)
         else:
             ns = None
             if context.memory_type == "shared":
@@ -172,13 +189,29 @@ class ContextManager:
                 "kind": "memory",
                 "memory_type": context.memory_type,
                 "agent": agent,
+                "principal": principal,
                 "namespace": namespace_of(agent, context.memory_type, ns),
                 "text": text,
                 "ts": self.clock(),
                 "meta": meta,
             }
-            self.store.upsert([Point(item_id, vec.tolist(), payload)])
+            with self._quota_lock:
+                self._within_quota(principal)
+                self.store.upsert([Point(item_id, vec.tolist(), payload)])
         return item_id
+
+    def _within_quota(self, principal: str) -> None:
+        """Refuse a principal's next stored memory once it holds ``memories_per_principal``
+        (counted in the store: replicas on one Qdrant server count the same items)."""
+        limit = self.settings.memories_per_principal
+        held = self.store.count({"kind": "memory", "principal": principal})
+        if held >= limit:
+            raise MemoryQuotaExceeded(
+                f"context.max_memories_per_principal: principal {principal!r} keeps {held} long-term and "
+                f"shared memories, its limit is {limit}: nothing more is stored until some expire "
+                "(context.knowledge_retention_days) or are purged (symbi memory purge)",
+                reasons=[f"memory quota of {principal} reached ({limit} memories)"],
+            )
 
     def retrieve_context(self, agent: str, query: ContextQuery) -> list[ContextItem]:
         """The agent's memories closest to ``query.text`` over the asked memory types."""

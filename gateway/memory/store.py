@@ -28,7 +28,17 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCT = 200
 OVERSAMPLING = 2.0
 SEARCH_EF = 128  # recall 0.97-0.99 at 1M in the reference note; bench/context.py re-measures
-KEYWORD_FIELDS = ("agent", "namespace", "kind", "memory_type", "base", "session", "task", "source")
+KEYWORD_FIELDS = (
+    "agent",
+    "namespace",
+    "kind",
+    "memory_type",
+    "base",
+    "session",
+    "task",
+    "source",
+    "principal",
+)
 FLOAT_FIELDS = ("ts",)
 
 

@@ -2,8 +2,10 @@
 
 Short-term memory is bounded by ``[context] context_cache_size`` (bytes of text + vector over
 all sessions; the oldest item goes first) and expires after ``short_term_ttl_s``. Working
-memory lives until its task ends (``end_task``). Neither survives a restart, by design:
-long-term and shared memory are the ones kept in the vector store.
+memory lives until its task ends (``end_task``), at most ``working_memory_per_principal`` bytes
+of it per principal: past that a new item is refused (``MemoryQuotaExceeded``), none is dropped.
+Neither survives a restart, by design: long-term and shared memory are the ones kept in the
+vector store.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.errors import MemoryQuotaExceeded
 from gateway.memory.types import ContextItem, MemoryType
 
 
@@ -28,6 +31,7 @@ class _Entry:
     vector: np.ndarray
     ts: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    owner: str = ""  # the principal whose quota it counts against
 
     @property
     def size(self) -> int:
@@ -44,9 +48,15 @@ class VolatileMemory:
         max_bytes: int | None = None,
         ttl_s: float | None = None,
         clock: Callable[[], float],
+        owner_max_bytes: int | None = None,
+        owner_limit_key: str = "",
     ) -> None:
         self.memory_type = memory_type
         self._max = max_bytes
+        # per owner: refused past it (the owner's own items are never dropped to make room)
+        self._owner_max = owner_max_bytes
+        self._owner_limit_key = owner_limit_key
+        self._owner_bytes: dict[str, int] = {}
         self._ttl = ttl_s
         self._clock = clock
         self._items: OrderedDict[str, _Entry] = OrderedDict()  # insertion order = age
@@ -56,6 +66,11 @@ class VolatileMemory:
     def _drop(self, item_id: str) -> None:
         e = self._items.pop(item_id)
         self._bytes -= e.size
+        left = self._owner_bytes.get(e.owner, 0) - e.size
+        if left > 0:
+            self._owner_bytes[e.owner] = left
+        else:
+            self._owner_bytes.pop(e.owner, None)
 
     def _expire(self) -> None:
         if self._ttl is None:
@@ -68,13 +83,34 @@ class VolatileMemory:
             self._drop(first.id)
 
     def add(
-        self, item_id: str, agent: str, key: str, text: str, vector: np.ndarray, metadata: dict[str, Any]
+        self,
+        item_id: str,
+        agent: str,
+        key: str,
+        text: str,
+        vector: np.ndarray,
+        metadata: dict[str, Any],
+        owner: str = "",
     ) -> None:
-        entry = _Entry(item_id, agent, key, text, vector, self._clock(), metadata)
+        """Keep one item.
+
+        Raises:
+            MemoryQuotaExceeded: ``owner`` would hold more than its bytes (nothing is kept).
+        """
+        entry = _Entry(item_id, agent, key, text, vector, self._clock(), metadata, owner)
         with self._lock:
             self._expire()
+            held = self._owner_bytes.get(owner, 0)
+            if self._owner_max is not None and held + entry.size > self._owner_max:
+                raise MemoryQuotaExceeded(
+                    f"{self._owner_limit_key}: principal {owner!r} holds {held} bytes of {self.memory_type} "
+                    f"memory; {entry.size} more would pass its limit of {self._owner_max}: end a task "
+                    "(memory__end_task) or raise the limit",
+                    reasons=[f"{self.memory_type} memory quota of {owner} reached"],
+                )
             self._items[item_id] = entry
             self._bytes += entry.size
+            self._owner_bytes[owner] = held + entry.size
             while self._max is not None and self._bytes > self._max and self._items:
                 self._drop(next(iter(self._items)))
 

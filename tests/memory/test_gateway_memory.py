@@ -25,7 +25,7 @@ from gateway.assemble import make_gateway
 from gateway.audit import store as audit_store
 from gateway.config.load import load_config
 from gateway.context import CallContext, Principal
-from gateway.errors import ContextError, EmbedderMismatch, PolicyDenied, UnknownTool
+from gateway.errors import ContextError, EmbedderMismatch, MemoryQuotaExceeded, PolicyDenied, UnknownTool
 from gateway.memory.embed import HashingEmbedder
 from tests.conftest import write_config
 from tests.memory.conftest import CORPUS
@@ -368,3 +368,39 @@ async def test_an_http_session_agents_volatile_memory_goes_with_its_session(tmp_
         assert list(service.m.short_term.items(agent.id)) == []
         assert list(service.m.working.items(agent.id)) == []
         assert len(list(service.m.short_term.items(BOB.agent))) == 1
+
+
+async def test_a_principal_cannot_fill_the_store_or_the_gateways_memory(tmp_path: Path) -> None:
+    """Attack: one principal stores memories without end (at its rate limit: 60 a minute of
+    32,000 characters each by default), filling the data dir's disk, where the audit log lives
+    (a full disk refuses every audited call), or the gateway's own memory with working memory
+    it never ends. A new session (a new agent) does not reset the count: it is per principal."""
+    cfg = _config(tmp_path, "max_memories_per_principal = 3\nworking_memory_per_principal = 8000")
+    alice_again = Principal("alice", roles=("tester",), agent="agent-a2")  # her second session
+    async with gateway(cfg) as gw:
+        for who, kind in ((ALICE, "long_term"), (alice_again, "long_term"), (ALICE, "shared")):
+            ns = {"namespace": "team"} if kind == "shared" else {}
+            r = await call(gw, who, "memory__store", text=f"{who.agent} fact", type=kind, **ns)
+            assert not r.is_error, r
+        for who in (ALICE, alice_again):
+            with pytest.raises(MemoryQuotaExceeded):
+                await call(gw, who, "memory__store", text="one too many", type="long_term")
+        r = await call(gw, BOB, "memory__store", text="bob has his own quota", type="long_term")
+        assert not r.is_error
+        # working memory: 8,000 bytes a principal (text + vector + 128 each)
+        kept = 0
+        with pytest.raises(MemoryQuotaExceeded):
+            for i in range(100):
+                await call(
+                    gw, ALICE, "memory__store", text=f"step {i} " + "x" * 2000, type="working", task="t1"
+                )
+                kept += 1
+        assert 0 < kept < 10
+        service = gw.builtins["memory"].s  # type: ignore[attr-defined]
+        assert len(list(service.m.working.items("agent-a"))) == kept  # nothing held was dropped
+        assert service.m.store.count({"kind": "memory", "principal": "stdio:alice"}) == 3
+        await call(gw, ALICE, "memory__end_task", task="t1")  # ending the task frees her quota
+        r = await call(gw, alice_again, "memory__store", text="next task", type="working", task="t2")
+        assert not r.is_error
+    outcomes = [r.get("outcome") for r in audit_records(cfg, "tool.call") if r.get("tool") == "memory__store"]
+    assert outcomes.count("denied") == 3, outcomes

@@ -10,11 +10,13 @@ from jsonschema.exceptions import SchemaError
 from gateway.chain import CallNext
 from gateway.context import CallContext, ToolInfo
 from gateway.errors import ArgumentsInvalid
+from gateway.jsondepth import MAX_DEPTH, too_deep
 from gateway.steps.argcheck import DRAFTS, Check, compile_check
 
 
 class ValidateArguments:
-    """Refuses a call whose arguments do not match the tool's inputSchema; names the path."""
+    """Refuses a call whose arguments do not match the tool's inputSchema, or are nested deeper
+    than ``MAX_DEPTH``; names the path."""
 
     def __init__(self) -> None:
         self._cache: dict[int, Any] = {}
@@ -42,6 +44,12 @@ class ValidateArguments:
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         if call.kind == "tools/call" and call.tool is not None:
+            deep = too_deep(call.arguments)
+            if deep is not None:
+                raise ArgumentsInvalid(
+                    f"invalid arguments for {call.target!r}: arguments{deep} is nested deeper "
+                    f"than {MAX_DEPTH} levels"
+                )
             try:
                 validator, quick = self._validator(call.tool)
             except SchemaError as e:

@@ -28,6 +28,7 @@ from gateway.compat import negotiate_auto
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
+from gateway.jsondepth import MAX_DEPTH, too_deep
 from gateway.policy.redact import excerpt
 from gateway.telemetry import current_span_recorded, exporting
 from gateway.upstream.bounded_http import OVERSIZED_MARK
@@ -390,10 +391,11 @@ class Upstream:
                     "tools/call", params, timeout=self.call_timeout, on_progress=progress
                 )
                 if raw is not None:
+                    self._not_too_deep(raw.get("structuredContent"), raw.get("_meta"))
                     return tool_result(raw, session.protocol_version)
             # send_request skips the client-side outputSchema check: the client validates
             # against what the gateway lists, and it saves a validation per call.
-            return await session.send_request(
+            result = await session.send_request(
                 types.CallToolRequest(
                     params=types.CallToolRequestParams(
                         name=name,
@@ -406,11 +408,24 @@ class Upstream:
                 request_read_timeout_seconds=self.call_timeout,
                 progress_callback=progress,
             )
+            if isinstance(result, types.CallToolResult):
+                self._not_too_deep(result.structured_content, result.meta)
+            return result
         except MCPError as e:
             err = _upstream_error(self.name, e)
             if isinstance(err, UpstreamTimeout):
                 self._probe_soon(session)
             raise err from None
+
+    def _not_too_deep(self, structured: Any, meta: Any) -> None:
+        """Refuse a result the steps could not walk (``gateway.jsondepth``)."""
+        for name, part in (("structuredContent", structured), ("_meta", meta)):
+            deep = too_deep(part) if isinstance(part, dict | list) else None
+            if deep is not None:
+                raise UpstreamError(
+                    f"upstream {self.name!r} answered tools/call with result.{name}{deep} nested "
+                    f"deeper than {MAX_DEPTH} levels"
+                )
 
     def _probe_soon(self, session: ClientSession) -> None:
         if self._tasks is not None:

@@ -14,6 +14,7 @@ The argument ``mode`` of the tool ``t`` picks the answer:
 - ``notify``: first a notification carrying the request's id (``notifications/message`` with ``id``
   in its params and at the top), then the real response;
 - ``silent``: no answer (the caller times out or cancels);
+- ``deep``: a result whose ``structuredContent`` nests lists ``message`` levels deep (valid JSON);
 - ``die``: exits mid-call.
 With ``$RAW_INIT_ERROR_BYTES`` set it refuses ``initialize`` with an error that long (after
 quoting ``$UPSTREAM_KEY``). Every line received is appended to ``$RECORD_FILE``, so a test can see what the gateway sent
@@ -132,6 +133,13 @@ def main() -> None:
                     }
                 )
                 send(result(rid, text))
+            elif mode == "deep":
+                n = int(args.get("message") or 900)
+                body = '{"content": [], "structuredContent": {"x": ' + "[" * n + "]" * n + "}}"
+                sys.stdout.write(
+                    '{"jsonrpc": "2.0", "id": ' + json.dumps(rid) + ', "result": ' + body + "}\n"
+                )
+                sys.stdout.flush()
             elif mode == "die":
                 sys.exit(3)
             elif mode != "silent":

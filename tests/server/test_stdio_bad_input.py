@@ -100,6 +100,16 @@ def test_malformed_unknown_and_oversized_messages_get_errors(tmp_path: Path) -> 
         )
         ok = r.recv()
         assert ok["id"] == 4 and ok["result"]["content"][0]["text"] == "Echo: ok"
+
+        # valid JSON 900 deep (the parser takes 1,024): refused by name before any step walks
+        # it (it was a RecursionError in the policy step: an internal error, a huge traceback)
+        deep = "[" * 900 + "]" * 900
+        line = '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "mut__echo", '
+        r.send(f'{line}"arguments": {{"message": "hi", "x": {deep}}}}}}}'.encode())
+        refused = r.recv()
+        assert refused["id"] == 5 and refused["result"]["isError"]
+        error = refused["result"]["_meta"]["symbi/error"]
+        assert error["code"] == "arguments_invalid" and "arguments.x[0][0]" in error["reasons"][0]
     finally:
         r.close()
 

@@ -198,3 +198,18 @@ def _downs(tmp_path: Path) -> list[dict[str, str]]:
         return [
             json.loads(d) for (d,) in db.execute("SELECT details FROM events WHERE type = 'upstream.down'")
         ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("depth", [150, 900])
+async def test_a_deeply_nested_result_is_refused_by_name(tmp_path: Path, depth: int) -> None:
+    """Attack (on the gateway's steps and its log): an upstream answers with valid JSON nested
+    900 deep (inside the parser's limit of 1,024); the steps that walk a result recurse, so
+    each such answer was an internal error and thousands of traceback lines in the log. Now
+    refused as the upstream's fault, naming the path, and the next call is served."""
+    cfg = config(tmp_path, ROOT / "tests/peers/raw_server.py")
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool("mut__t", {"mode": "deep", "message": depth})
+        assert r.is_error and r.meta["symbi/error"]["code"] == "upstream_error", r  # type: ignore[index]
+        ok = await s.call_tool("mut__t", {"mode": "ok", "message": "after"})
+        assert not ok.is_error

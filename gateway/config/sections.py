@@ -348,11 +348,19 @@ class ContextSection(Section):
     # shared memories it keeps in the store (each at most 32,000 characters)
     working_memory_per_principal: int = Field(default=16 * 1024 * 1024, ge=1)
     max_memories_per_principal: int = Field(default=10_000, ge=1)
+    # a principal's share of context_cache_size (default a quarter): past it its own oldest
+    # short-term memories go first, so one storing without end cannot evict the others'
+    short_term_per_principal: int | None = Field(default=None, ge=1)
 
     @field_validator("context_cache_size", "working_memory_per_principal", mode="before")
     @classmethod
     def _size(cls, v: object) -> int:
         return parse_size(v)
+
+    @field_validator("short_term_per_principal", mode="before")
+    @classmethod
+    def _share(cls, v: object) -> int | None:
+        return None if v is None else parse_size(v)
 
     @model_validator(mode="after")
     def _embedder_fits_dimension(self) -> ContextSection:

@@ -69,6 +69,7 @@ def build_manager(
         short_term_ttl_s=c.short_term_ttl_s,
         retention_days=c.knowledge_retention_days,
         working_bytes_per_principal=c.working_memory_per_principal,
+        short_term_bytes_per_principal=c.short_term_per_principal or max(1, c.context_cache_size // 4),
         memories_per_principal=c.max_memories_per_principal,
     )
     return ContextManager(store, emb, settings, events=events, clock=clock, store_exists=store_exists)

@@ -53,6 +53,7 @@ class MemorySettings:
     # per principal (``Principal.qualified``): its agents' working memory in bytes, and the
     # long-term and shared memories it keeps in the store (each at most MAX_TEXT_CHARS)
     working_bytes_per_principal: int = 16 * 1024 * 1024
+    short_term_bytes_per_principal: int = 16 * 1024 * 1024  # past it, its own oldest go first
     memories_per_principal: int = 10_000
 
 
@@ -112,6 +113,9 @@ class ContextManager:
             max_bytes=self.settings.cache_bytes,
             ttl_s=self.settings.short_term_ttl_s,
             clock=clock,
+            owner_max_bytes=self.settings.short_term_bytes_per_principal,
+            owner_limit_key="context.short_term_per_principal",
+            owner_full="evict",
         )
         self.working = VolatileMemory(
             "working",
@@ -178,7 +182,7 @@ class ContextManager:
         vec = self.embed([text])[0]
         item_id = str(uuid.uuid4())
         if context.memory_type == "short_term":
-            self.short_term.add(item_id, agent, context.session or "-", text, vec, meta)
+            self.short_term.add(item_id, agent, context.session or "-", text, vec, meta, principal)
         elif context.memory_type == "working":
             self.working.add(item_id, agent, check_name(context.task, "task"), text, vec, meta, principal)
         else:

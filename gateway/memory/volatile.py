@@ -1,7 +1,9 @@
 """Memories kept in the gateway process: short-term (per session) and working (per task).
 
 Short-term memory is bounded by ``[context] context_cache_size`` (bytes of text + vector over
-all sessions; the oldest item goes first) and expires after ``short_term_ttl_s``. Working
+all sessions; the oldest item goes first), a principal's own by ``short_term_per_principal``
+(its oldest go first: one principal storing without end evicts only its own), and expires
+after ``short_term_ttl_s``. Working
 memory lives until its task ends (``end_task``), at most ``working_memory_per_principal`` bytes
 of it per principal: past that a new item is refused (``MemoryQuotaExceeded``), none is dropped.
 Neither survives a restart, by design: long-term and shared memory are the ones kept in the
@@ -14,7 +16,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -50,13 +52,16 @@ class VolatileMemory:
         clock: Callable[[], float],
         owner_max_bytes: int | None = None,
         owner_limit_key: str = "",
+        owner_full: Literal["refuse", "evict"] = "refuse",
     ) -> None:
         self.memory_type = memory_type
         self._max = max_bytes
-        # per owner: refused past it (the owner's own items are never dropped to make room)
+        # per owner: past it a new item is refused, or the owner's own oldest are dropped
         self._owner_max = owner_max_bytes
         self._owner_limit_key = owner_limit_key
+        self._owner_full = owner_full
         self._owner_bytes: dict[str, int] = {}
+        self._owned: dict[str, OrderedDict[str, None]] = {}  # owner -> its item ids, oldest first
         self._ttl = ttl_s
         self._clock = clock
         self._items: OrderedDict[str, _Entry] = OrderedDict()  # insertion order = age
@@ -67,10 +72,12 @@ class VolatileMemory:
         e = self._items.pop(item_id)
         self._bytes -= e.size
         left = self._owner_bytes.get(e.owner, 0) - e.size
-        if left > 0:
+        owned = self._owned[e.owner]
+        del owned[item_id]
+        if owned:
             self._owner_bytes[e.owner] = left
         else:
-            self._owner_bytes.pop(e.owner, None)
+            del self._owner_bytes[e.owner], self._owned[e.owner]
 
     def _expire(self) -> None:
         if self._ttl is None:
@@ -95,20 +102,28 @@ class VolatileMemory:
         """Keep one item.
 
         Raises:
-            MemoryQuotaExceeded: ``owner`` would hold more than its bytes (nothing is kept).
+            MemoryQuotaExceeded: ``owner`` would hold more than its bytes (``owner_full =
+                "refuse"``), or the item alone is more than that (nothing is kept).
         """
         entry = _Entry(item_id, agent, key, text, vector, self._clock(), metadata, owner)
         with self._lock:
             self._expire()
+            limit = self._owner_max
+            if limit is not None and self._owner_full == "evict":
+                owned = self._owned.get(owner)
+                while owned and self._owner_bytes[owner] + entry.size > limit:
+                    self._drop(next(iter(owned)))  # its own oldest, never another's
+                    owned = self._owned.get(owner)
             held = self._owner_bytes.get(owner, 0)
-            if self._owner_max is not None and held + entry.size > self._owner_max:
+            if limit is not None and held + entry.size > limit:
                 raise MemoryQuotaExceeded(
                     f"{self._owner_limit_key}: principal {owner!r} holds {held} bytes of {self.memory_type} "
-                    f"memory; {entry.size} more would pass its limit of {self._owner_max}: end a task "
-                    "(memory__end_task) or raise the limit",
+                    f"memory; {entry.size} more would pass its limit of {limit}"
+                    + (": end a task (memory__end_task) or raise the limit" if held else ""),
                     reasons=[f"{self.memory_type} memory quota of {owner} reached"],
                 )
             self._items[item_id] = entry
+            self._owned.setdefault(owner, OrderedDict())[item_id] = None
             self._bytes += entry.size
             self._owner_bytes[owner] = held + entry.size
             while self._max is not None and self._bytes > self._max and self._items:

@@ -404,3 +404,26 @@ async def test_a_principal_cannot_fill_the_store_or_the_gateways_memory(tmp_path
         assert not r.is_error
     outcomes = [r.get("outcome") for r in audit_records(cfg, "tool.call") if r.get("tool") == "memory__store"]
     assert outcomes.count("denied") == 3, outcomes
+
+
+async def test_one_principal_flooding_short_term_memory_evicts_only_its_own(tmp_path: Path) -> None:
+    """Attack (on other agents' context): short-term memory is a cache shared by every session
+    (context_cache_size, oldest first), so one principal storing without end pushed every
+    other principal's memories out. Past its share (short_term_per_principal) its own oldest go."""
+    cfg = _config(tmp_path, "context_cache_size = 40000\nshort_term_per_principal = 8000")
+    async with gateway(cfg) as gw:
+        for i in range(2):
+            r = await call(gw, BOB, "memory__store", text=f"bob's note {i}", type="short_term")
+            assert not r.is_error
+        for i in range(60):
+            r = await call(
+                gw, ALICE, "memory__store", text=f"alice flood {i} " + "y" * 300, type="short_term"
+            )
+            assert not r.is_error
+        service = gw.builtins["memory"].s  # type: ignore[attr-defined]
+        bobs = [i.text for i in service.m.short_term.items("agent-b")]
+        alices = [i.text for i in service.m.short_term.items("agent-a")]
+        assert bobs == ["bob's note 0", "bob's note 1"]  # untouched
+        assert 0 < len(alices) < 10 and alices[-1].startswith("alice flood 59")  # her newest kept
+        with pytest.raises(MemoryQuotaExceeded):  # one item over the whole share: refused
+            await call(gw, ALICE, "memory__store", text="z" * 9000, type="short_term")

@@ -43,9 +43,11 @@ from gateway.audit import store
 from gateway.audit.batch import Item, WriterContext
 from gateway.audit.held import HeldEmits
 from gateway.audit.record import (
+    DETAILS_CHARS,
     GENESIS_HASH,
     AuditRecord,
     canonical_details,
+    cut,
     key_id_of,
 )
 from gateway.audit.startup import (
@@ -403,6 +405,8 @@ class AuditLog:
     ) -> Item:
         try:
             details_json = canonical_details(details)
+            if len(details_json) > DETAILS_CHARS:  # a caller's megabytes are not the log's
+                details_json = canonical_details(cut(details))
         except (ValueError, TypeError) as e:
             # never lose the event over a bad value; keep the key names only (no raw values)
             names = sorted(str(k).encode("utf-8", "backslashreplace").decode() for k in details)

@@ -98,6 +98,58 @@ def _plain(values: Iterable[Any]) -> bool:
     return True
 
 
+# An event's details longer than this (canonical JSON characters) are cut (``cut``) before they
+# are stored: a caller's 3 MB argument, tool name or resource URI was 3-6 MB of log per event
+# (the tool.call record, the agent.state flip naming its task, request.refused), on the disk
+# whose filling refuses every call.
+DETAILS_CHARS = 16_384
+VALUE_CHARS = 1000  # a cut string keeps this many characters, how many more, and its SHA-256
+MEMBERS_KEPT = 256  # a cut object or array keeps this many members and the count of the rest
+CUT_CHARS = 65_536  # the strings a cut document keeps in all; members past it are counted
+_CUT_DEPTH = 100
+
+
+def cut(details: Mapping[str, Any]) -> dict[str, Any]:
+    """``details`` cut to what a record keeps: each string to ``VALUE_CHARS`` characters with
+    the SHA-256 of the whole value (what was sent can still be matched), each object or array
+    to ``MEMBERS_KEPT`` members, ``CUT_CHARS`` of strings in all; what is left out is counted."""
+    left = CUT_CHARS
+
+    def walk(v: Any, depth: int) -> Any:
+        nonlocal left
+        if isinstance(v, str):
+            left -= min(len(v), VALUE_CHARS)
+            if len(v) <= VALUE_CHARS:
+                return v
+            digest = hashlib.sha256(v.encode("utf-8", "surrogatepass")).hexdigest()
+            return (
+                f"{v[:VALUE_CHARS]}... [{len(v) - VALUE_CHARS} more characters not recorded, sha256 {digest}]"
+            )
+        if not isinstance(v, Mapping | list | tuple):
+            return v
+        if depth > _CUT_DEPTH:
+            return "[nested too deep: not recorded]"
+        pairs = list(v.items()) if isinstance(v, Mapping) else list(enumerate(v))
+        kept: list[tuple[Any, Any]] = []
+        for k, x in pairs:
+            if len(kept) >= MEMBERS_KEPT or left <= 0:
+                break
+            kept.append((k, walk(x, depth + 1)))
+        rest = len(pairs) - len(kept)
+        if isinstance(v, Mapping):
+            out = {str(k): x for k, x in kept}
+            if rest:
+                out["[not recorded]"] = f"{rest} more members"
+            return out
+        items = [x for _, x in kept]
+        if rest:
+            items.append(f"[{rest} more items not recorded]")
+        return items
+
+    result: dict[str, Any] = walk(details, 0)
+    return result
+
+
 def canonical_details(details: Mapping[str, Any]) -> str:
     """Serialise event details once, at emit time (so later mutation by the caller is harmless).
 

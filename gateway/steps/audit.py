@@ -12,8 +12,6 @@ unexpected exceptions can quote argument values, so only their code and type are
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -95,7 +93,7 @@ def event_details(call: CallContext, error: BaseException | None) -> dict[str, A
     tool, upstream = call.tool, call.upstream
     minimal = call.decision is not None and call.decision.conditions.get("audit") == "minimal"
     if call.audit_arguments is not None and not minimal:
-        arguments: dict[str, Any] = recorded(call.audit_arguments)
+        arguments: dict[str, Any] = dict(call.audit_arguments)
         arguments_redacted = "policy"
     elif minimal:  # the policy's `audit: "minimal"` condition: argument names only
         arguments = {k: "[not recorded]" for k in sorted(map(str, call.arguments))}
@@ -151,34 +149,3 @@ def _reasons(error: BaseException | None) -> list[str]:
     if isinstance(error, GatewayError) and not isinstance(error, ArgumentsInvalid):
         return [excerpt(str(r)) for r in error.reasons[:REASONS_KEPT]]
     return []
-
-
-# A record keeps arguments as the policy redacted them, each string to its first VALUE_CHARS
-# characters and each object or array to its first MEMBERS_KEPT members, with how much more there
-# was and a digest of every cut string (what was sent can still be matched): a caller's 4 MB
-# argument was 4 MB of audit log a call, on the disk whose filling refuses every call.
-VALUE_CHARS = 1000
-MEMBERS_KEPT = 256
-
-
-def recorded(doc: Any) -> Any:
-    """``doc`` (policy-redacted arguments, at most ``jsondepth.MAX_DEPTH`` deep) cut to what a
-    record keeps; the document itself when nothing needs cutting."""
-    if isinstance(doc, str):
-        if len(doc) <= VALUE_CHARS:
-            return doc
-        digest = hashlib.sha256(doc.encode("utf-8", "surrogatepass")).hexdigest()
-        return (
-            f"{doc[:VALUE_CHARS]}... [{len(doc) - VALUE_CHARS} more characters not recorded, sha256 {digest}]"
-        )
-    if isinstance(doc, dict):
-        out = {k: recorded(v) for k, v in itertools.islice(doc.items(), MEMBERS_KEPT)}
-        if len(doc) > MEMBERS_KEPT:
-            out["[symbi: not recorded]"] = f"{len(doc) - MEMBERS_KEPT} more members"
-        return out
-    if isinstance(doc, list):
-        out_list = [recorded(v) for v in doc[:MEMBERS_KEPT]]
-        if len(doc) > MEMBERS_KEPT:
-            out_list.append(f"[symbi: {len(doc) - MEMBERS_KEPT} more items not recorded]")
-        return out_list
-    return doc

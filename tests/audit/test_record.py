@@ -174,3 +174,28 @@ def test_details_text_is_json_dumps_text_for_any_json_value(details: dict[str, A
     # orjson's text is kept without searching it when the values are plain (gateway.audit.record._plain):
     # it must then be json.dumps's, byte for byte, as it is when the search sends it to json
     assert canonical_details(details) == canonical_json(details)
+
+
+def test_cut_keeps_the_start_a_digest_and_the_count_of_what_it_leaves_out() -> None:
+    import hashlib
+
+    from gateway.audit.record import CUT_CHARS, MEMBERS_KEPT, VALUE_CHARS, cut
+
+    big = "a" * (VALUE_CHARS + 5)
+    out = cut(
+        {
+            "s": big,
+            "short": "ok",
+            "n": 7,
+            "list": list(range(MEMBERS_KEPT + 3)),
+            "map": {str(i): i for i in range(MEMBERS_KEPT + 1)},
+        }
+    )
+    assert out["s"].startswith("a" * VALUE_CHARS) and "5 more characters" in out["s"]
+    assert hashlib.sha256(big.encode()).hexdigest() in out["s"]
+    assert (out["short"], out["n"]) == ("ok", 7)
+    assert out["list"][:MEMBERS_KEPT] == list(range(MEMBERS_KEPT)) and "3 more items" in out["list"][-1]
+    assert len(out["map"]) == MEMBERS_KEPT + 1 and out["map"]["[not recorded]"] == "1 more members"
+    # the strings kept in all are bounded, however the document nests
+    wide = cut({"a": [["x" * VALUE_CHARS] * MEMBERS_KEPT] * MEMBERS_KEPT})
+    assert len(json.dumps(wide)) < 2 * CUT_CHARS + 100 * MEMBERS_KEPT

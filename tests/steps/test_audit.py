@@ -382,7 +382,7 @@ async def test_a_callers_huge_arguments_are_recorded_cut_with_a_digest(tmp_path:
     import json
     import sys
 
-    from gateway.steps.audit import MEMBERS_KEPT, VALUE_CHARS
+    from gateway.audit.record import MEMBERS_KEPT, VALUE_CHARS
     from tests.conftest import ROOT, write_config
     from tests.server._clients import stdio_session
 
@@ -407,3 +407,45 @@ async def test_a_callers_huge_arguments_are_recorded_cut_with_a_digest(tmp_path:
     text, items = (json.loads(d)["arguments"]["message"] for d in rows)
     assert text.startswith(big[:VALUE_CHARS]) and hashlib.sha256(big.encode()).hexdigest() in text
     assert items[:MEMBERS_KEPT] == many[:MEMBERS_KEPT] and f"{20_000 - MEMBERS_KEPT} more" in items[-1]
+
+
+def test_a_callers_huge_names_are_recorded_cut(tmp_path: Path) -> None:
+    """Attack (on the audit log's disk): a 3 MB tool name, resource URI or prompt name made a
+    3-6 MB record each (the call's record, the agent's Running flip naming its task, the
+    refusal). Every event's details over 16 KiB are cut as arguments are (AuditLog._event)."""
+    from tests.conftest import audit_verifies, write_config
+    from tests.server.test_stdio_bad_input import Raw
+
+    cfg = write_config(tmp_path, "")
+    r = Raw(cfg)
+    try:
+        r.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "1"},
+                },
+            }
+        )
+        assert "result" in r.recv()
+        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        huge = "x" * 3_000_000
+        asks = [
+            ("tools/call", {"name": huge, "arguments": {}}),
+            ("resources/read", {"uri": f"file:///{huge}"}),
+            ("prompts/get", {"name": huge}),
+        ]
+        for rid, (method, params) in enumerate(asks, 2):
+            r.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+            assert r.recv()["id"] == rid  # each refused, and answered
+    finally:
+        r.close()
+    with sqlite3.connect(tmp_path / "data" / "audit.db") as db:
+        sizes = dict(db.execute("SELECT type, max(length(details)) FROM events GROUP BY type"))
+    assert {"tool.call", "agent.state", "request.refused"} <= set(sizes)
+    assert max(sizes.values()) < 20_000, sizes
+    audit_verifies(cfg)

@@ -34,7 +34,7 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind, TraceState
@@ -45,6 +45,13 @@ from gateway.config.model import Config
 
 _logger = logging.getLogger("symbi.telemetry")
 TRACER_NAME = "symbi.gateway"
+
+
+# A caller's text in span names and attributes (a tool name, a resource URI: up to
+# mcp.max_message_bytes) is cut to this before any exporter sees it: a 3 MB tool name was a
+# 3 MB span name and attribute in every export. (OpenTelemetry's default is no limit.)
+SPAN_NAME_CHARS = 256
+SPAN_ATTRIBUTE_CHARS = 1024
 
 
 class _Fanout(SpanProcessor):
@@ -68,6 +75,8 @@ class _Fanout(SpanProcessor):
         return bool(self._procs)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if len(span.name) > SPAN_NAME_CHARS:  # the SDK names a request's span after the caller's text
+            span.update_name(f"{span.name[:SPAN_NAME_CHARS]}...")
         for p in self._procs:
             p.on_start(span, parent_context=parent_context)
 
@@ -121,7 +130,9 @@ def install(service_name: str = "symbi-gateway") -> _Fanout:
         if _fanout is None:
             fan = _Fanout()
             provider = TracerProvider(
-                resource=Resource.create({"service.name": service_name}), sampler=_WhileExporting(fan)
+                resource=Resource.create({"service.name": service_name}),
+                sampler=_WhileExporting(fan),
+                span_limits=SpanLimits(max_attribute_length=SPAN_ATTRIBUTE_CHARS),
             )
             provider.add_span_processor(fan)
             trace.set_tracer_provider(provider)  # refused (logged by the API) if one is set already

@@ -428,3 +428,24 @@ def test_leave_logs_a_token_of_another_context_and_goes_on(caplog: pytest.LogCap
     with caplog.at_level(logging.ERROR, logger="symbi.telemetry"):
         telemetry.leave(entered)
     assert any(r.exc_info for r in caplog.records)
+
+
+def test_a_callers_long_text_is_cut_in_span_names_and_attributes() -> None:
+    """Attack (on the trace pipeline): the SDK names a request's span after the tool name the
+    caller sent (up to mcp.max_message_bytes) and puts it in an attribute; a 3 MB name went
+    whole to every exporter. Names are cut to SPAN_NAME_CHARS, attributes to SPAN_ATTRIBUTE_CHARS."""
+    memory = InMemorySpanExporter()
+    proc = SimpleSpanProcessor(memory)
+    telemetry.install().add(proc)
+    try:
+        provider = trace.get_tracer_provider()
+        assert telemetry.samples_while_exporting(provider)  # the gateway's own provider
+        long = "x" * 100_000
+        with provider.get_tracer("test").start_as_current_span(f"tools/call {long}") as span:
+            span.set_attribute("gen_ai.tool.name", long)
+    finally:
+        telemetry.install().remove(proc)
+    [done] = [s for s in memory.get_finished_spans() if s.name.startswith("tools/call x")]
+    assert len(done.name) == telemetry.SPAN_NAME_CHARS + 3
+    assert done.attributes is not None
+    assert len(str(done.attributes["gen_ai.tool.name"])) == telemetry.SPAN_ATTRIBUTE_CHARS

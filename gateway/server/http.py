@@ -340,7 +340,7 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         log_level=cfg.gateway.log_level.lower(),
         access_log=False,  # ours is structured (AccessLog)
         log_config=None,  # keep the gateway's logging set-up
-        http=http_protocol(cfg.http.header_timeout_s),  # slow headers are cut off
+        http=http_protocol(cfg.http.header_timeout_s, cfg.http.max_header_bytes),  # slow headers are cut off
         loop="uvloop",  # libuv: less CPU per socket read and write than asyncio's selector loop
     )
     sockets = [uv.bind_socket()]

@@ -65,7 +65,9 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
             log_level="warning",
             access_log=False,
             log_config=None,
-            http=http_protocol(cfg.http.header_timeout_s),  # as symbi serve runs it
+            http=http_protocol(
+                cfg.http.header_timeout_s, cfg.http.max_header_bytes
+            ),  # as symbi serve runs it
             loop="uvloop",
         )
     )

@@ -354,3 +354,51 @@ def test_expect_100_continue_still_gets_its_interim_answer() -> None:
         s.sendall(b"abcd")
         got = _read_until(s, b"abcd")
     assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"\r\n\r\nabcd")
+
+
+def test_headers_past_their_size_are_refused_431(tmp_path: Path) -> None:
+    """httptools sets no limit on a request's headers: http.max_header_bytes does (431, closed)."""
+    cfg = everything_config(tmp_path, http_extra="max_header_bytes = 32768")
+    with run_server(cfg) as run:
+        for size, refused in ((20_000, False), (100_000, True)):
+            s = _raw(_port(run.base))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * size + b"\r\n\r\n")
+            answer = s.recv(4096)
+            s.close()
+            assert answer.startswith(b"HTTP/1.1 431") is refused, answer[:80]
+            assert refused or answer.startswith(b"HTTP/1.1 200")
+
+
+def test_unfinished_huge_headers_cannot_take_the_gateways_memory(tmp_path: Path) -> None:
+    """Attack (unauthenticated, on memory): 200 connections each send 3 MB of a header they
+    never finish, inside the header deadline. The parser kept every byte: 300 such connections
+    took a gateway from 148 to 919 MB. Each is refused once past http.max_header_bytes."""
+    from tests.server._http import serve_process
+
+    cfg = everything_config(tmp_path)
+    with serve_process(cfg) as (base, proc):
+        before = _rss_kb(proc.pid)
+        socks, closed = [], 0
+        chunk = b"a" * 65536
+        for _ in range(200):
+            s = _raw(_port(base))
+            s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+            try:
+                for _ in range(48):  # 3 MB
+                    s.sendall(chunk)
+            except OSError:  # refused and closed on the way: what should happen
+                closed += 1
+            socks.append(s)
+        grown = _rss_kb(proc.pid) - before
+        answers = []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                answers.append(s.recv(64))
+            s.close()
+    assert grown < 100 * 1024, f"{grown} kB more"  # 200 x 3 MB held would be 600 MB
+    assert sum(a.startswith(b"HTTP/1.1 431") for a in answers) + closed >= 190
+
+
+def _rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0])

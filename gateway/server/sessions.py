@@ -174,6 +174,9 @@ async def _close_revoked(
 BODY_RECEIVED = "symbi.body_received"
 
 
+SMALL_BODY_BYTES = 65536  # a body outside the MCP path and the admin API (BodyDeadline)
+
+
 class BodyDeadline:
     """Reads a request body whole within ``timeout`` seconds, then hands it to the app.
 
@@ -181,10 +184,21 @@ class BodyDeadline:
     is closed, instead of holding a worker and a session slot for as long as it likes.
     """
 
-    def __init__(self, app: ASGIApp, timeout: float, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        timeout: float,
+        max_bytes: int,
+        *,
+        large_paths: Callable[[str], bool] | None = None,
+    ) -> None:
         self.app = app
         self.timeout = timeout
         self.max_bytes = max_bytes
+        # only these paths take bodies up to max_bytes (the MCP path, the admin API, which
+        # authenticate before any body is read); the rest (the dashboard's forms, 404s) at most
+        # SMALL_BODY_BYTES: a body is buffered before its route is known
+        self.large_paths = large_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -225,13 +239,16 @@ class BodyDeadline:
         """``read``'s loop: the body, or None (the client left, or 413 sent)."""
         chunks: list[bytes] = []
         size = 0
+        limit = self.max_bytes
+        if self.large_paths is not None and not self.large_paths(scope["path"]):
+            limit = min(limit, SMALL_BODY_BYTES)
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return None
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
+            if size > limit:
                 await Response("request body too large", status_code=413, headers={"connection": "close"})(
                     scope, receive, send
                 )

@@ -402,3 +402,34 @@ def test_unfinished_huge_headers_cannot_take_the_gateways_memory(tmp_path: Path)
 def _rss_kb(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("VmRSS:")[1].split()[0])
+
+
+def test_unauthenticated_bodies_are_not_read(tmp_path: Path) -> None:
+    """Attack (unauthenticated, on memory): 200 connections POST nearly 4 MB each to /mcp with
+    no credentials. The body was read whole (buffered for the body deadline) before the
+    credentials were looked at: +300 MB, answered 408 only at the deadline. Now 401 off the
+    headers, and a body outside /mcp and /api (the dashboard's forms) is refused past 64 KiB."""
+    from gateway.server.sessions import SMALL_BODY_BYTES
+    from tests.server._http import serve_process
+
+    cfg = everything_config(tmp_path)
+    with serve_process(cfg) as (base, proc):
+        before = _rss_kb(proc.pid)
+        socks, chunk = [], b"a" * 65536
+        for _ in range(200):
+            s = _raw(_port(base))
+            s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000000\r\n\r\n")
+            with contextlib.suppress(OSError):  # answered and closed on the way: what should happen
+                for _ in range(60):
+                    s.sendall(chunk)
+            socks.append(s)
+        grown = _rss_kb(proc.pid) - before
+        answers = []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                answers.append(s.recv(64))
+            s.close()
+        big = httpx.post(f"{base}/login", content=b"k=" + b"a" * SMALL_BODY_BYTES, timeout=30)
+    assert grown < 100 * 1024, f"{grown} kB more"
+    assert sum(a.startswith(b"HTTP/1.1 401") for a in answers) >= 190, answers[:3]
+    assert big.status_code == 413

@@ -107,17 +107,39 @@ class RunAs:
         return self.homes_root() / name
 
     def make_home(self, name: str) -> Path:
-        """Create server ``name``'s home and its ``tmp`` if missing (as root: the user's own,
-        0700), so its domain has it to open."""
+        """Create server ``name``'s home and its ``tmp`` if missing (the user's own, 0700), so
+        its domain has it to open; the folder holding the homes is root's (0755: no server adds,
+        removes or replaces another's home).
+
+        As root, in folders a server writes to (its home is its own): each step is opened
+        without following a symbolic link, and changed through its descriptor, so a server
+        that left a link in place of its ``tmp`` (to ``/etc``) gets no chown of the target.
+
+        Raises:
+            UpstreamUnavailable: a link or something else where a folder should be.
+        """
         home = self.server_home(name)
-        root = home.parent
-        if not root.is_dir():
-            root.mkdir(parents=True, exist_ok=True)
-            os.chmod(root, 0o755)  # root's: no server can add or remove another's home
-        for folder in (home, home / "tmp"):
-            folder.mkdir(mode=0o700, exist_ok=True)
-            os.chown(folder, self.uid, self.gid)
-            os.chmod(folder, 0o700)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        steps = [(home.parent, 0, 0o755), (home, self.uid, 0o700), (home / "tmp", self.uid, 0o700)]
+        parent = os.open(home.parent.parent, flags)
+        try:
+            for path, uid, mode in steps:
+                try:
+                    os.mkdir(path.name, mode, dir_fd=parent)
+                except FileExistsError:
+                    pass
+                try:
+                    fd = os.open(path.name, flags, dir_fd=parent)
+                except OSError as e:
+                    raise UpstreamUnavailable(
+                        f"upstream {name!r}: {path} is not a folder ({e.strerror})"
+                    ) from None
+                os.close(parent)
+                parent = fd
+                os.fchown(fd, uid, self.gid if uid else 0)
+                os.fchmod(fd, mode)
+        finally:
+            os.close(parent)
         return home
 
     def switch(self, command: str, args: list[str]) -> tuple[str, list[str]]:

@@ -256,3 +256,23 @@ def test_a_task_limit_over_the_gateways_own_is_refused_naming_the_key() -> None:
     with pytest.raises(ConfigError) as e:
         resolve_run_as(build_config({"security": {"upstream_max_tasks": hard + 1}}))
     assert "security.upstream_max_tasks" in e.value.message
+
+
+@needs_root
+def test_a_link_left_in_a_servers_home_gets_no_chown_of_its_target(tmp_path: Path) -> None:
+    """Attack (on root, through the home it owns): a server replaces its home's ``tmp`` with a
+    link to a folder of root's; at its next start the gateway, as root, made ``tmp`` the
+    server's own (chown) through the link. Each step is opened without following a link."""
+    user_home = tmp_path / "user"
+    user_home.mkdir()
+    target = tmp_path / "roots"
+    target.mkdir(mode=0o755)
+    r = RunAs(name="u", uid=54321, gid=54321, home=str(user_home))
+    home = r.make_home("srv")
+    assert home == user_home / "servers/srv" and home.stat().st_uid == 54321
+    assert (user_home / "servers").stat().st_uid == 0 and (home / "tmp").stat().st_mode & 0o777 == 0o700
+    (home / "tmp").rmdir()
+    (home / "tmp").symlink_to(target)  # what the server can do in its own home
+    with pytest.raises(UpstreamUnavailable):
+        r.make_home("srv")
+    assert target.stat().st_uid == 0 and target.stat().st_mode & 0o777 == 0o755

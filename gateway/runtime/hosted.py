@@ -225,9 +225,9 @@ class HostedAgents:
             self._fail(agent, f"invalid config: {e.message}")
             return "invalid"
         try:
-            return await self._execute(agent, ac, tier, argv, cleanup, limits)
+            return await self._execute(agent, ac, tier, argv, cleanup, limits, record.id)
         finally:
-            await self._revoke(record.id)  # the credential stops working when the run ends
+            await self._revoke(record.id)  # (again, if _execute failed before its own revocation)
             rt.pool.release(agent.id)
             # shielded: a cancelled run (the gateway stopping) still removes its cgroup/container
             with anyio.CancelScope(shield=True):
@@ -265,6 +265,7 @@ class HostedAgents:
         argv: list[str],
         cgroup: Sandboxed,
         limits: ResourceLimits,
+        key_id: str,
     ) -> str:
         reg = self.runtime.agents
         reg.transition(agent, AgentState.READY, f"valid config: {tier} tier, {limits.memory_mb} MB")
@@ -305,6 +306,9 @@ class HostedAgents:
             self._stop.pop(agent.name, None)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(out.finish)
+        # the credential dies with the process, before the run is reported ended: an agent seen
+        # Terminated whose key still answered 200 was a window for whoever held the key
+        await self._revoke(key_id)
         return self._ended(agent, ac, limits, cgroup, proc.returncode, stopped, started)
 
     def _ended(

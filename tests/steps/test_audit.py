@@ -413,24 +413,13 @@ def test_a_callers_huge_names_are_recorded_cut(tmp_path: Path) -> None:
     """Attack (on the audit log's disk): a 3 MB tool name, resource URI or prompt name made a
     3-6 MB record each (the call's record, the agent's Running flip naming its task, the
     refusal). Every event's details over 16 KiB are cut as arguments are (AuditLog._event)."""
-    from tests.conftest import audit_verifies, write_config
+    from tests.conftest import audit_verifies, initialize_request, write_config
     from tests.server.test_stdio_bad_input import Raw
 
     cfg = write_config(tmp_path, "")
     r = Raw(cfg)
     try:
-        r.send(
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "raw", "version": "1"},
-                },
-            }
-        )
+        r.send(initialize_request())
         assert "result" in r.recv()
         r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         huge = "x" * 3_000_000

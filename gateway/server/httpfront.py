@@ -32,7 +32,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.server.httplane import HttpLane
 from gateway.server.limits import ConnectionLimit
-from gateway.server.middleware import AccessLog, AuthGate, HostGuard, access_token, stream_owner
+from gateway.server.middleware import (
+    AccessLog,
+    AuthGate,
+    HostGuard,
+    access_token,
+    protected_area,
+    stream_owner,
+)
 from gateway.server.principals import scope_headers
 from gateway.server.resume import STREAM_OWNER, StreamOwner
 from gateway.server.sessions import BodyDeadline, SessionQuota
@@ -83,7 +90,7 @@ class HttpFront:
             body_limit,
             timeout=config.http.body_timeout_s,
             max_bytes=self.max_bytes,
-            large_paths=lambda path: path == self.path or path == "/api" or path.startswith("/api/"),
+            large_paths=lambda path: protected_area(path, config.http.path) is not None,
         )
         # before any body is read: an unauthenticated request is refused off its headers (its
         # body buffered first, 200 connections sending 4 MB each took the gateway to +300 MB)

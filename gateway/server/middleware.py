@@ -198,6 +198,16 @@ class HostGuard:
         return None
 
 
+def protected_area(path: str, mcp_path: str) -> str | None:
+    """What credentials guard at ``path``: "mcp" (the MCP endpoint), "api" (the admin API), or
+    None (health, metrics, the dashboard, whose login takes its own key)."""
+    if path == mcp_path:
+        return "mcp"
+    if path == "/api" or path.startswith("/api/"):
+        return "api"
+    return None
+
+
 class AuthGate:
     """Authenticates ``/mcp`` and ``/api`` requests; puts the principal in the ASGI scope.
 
@@ -212,11 +222,7 @@ class AuthGate:
         self._users: dict[tuple[Any, ...], AuthenticatedUser] = {}
 
     def _protected(self, path: str) -> str | None:
-        if path == self.mcp_path:
-            return "mcp"
-        if path == "/api" or path.startswith("/api/"):
-            return "api"
-        return None
+        return protected_area(path, self.mcp_path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         area = self._protected(scope["path"]) if scope["type"] == "http" else None

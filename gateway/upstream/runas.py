@@ -311,14 +311,15 @@ def working_folder(
     name: str, server: ServerConfig, config_dir: Path | None, run_as: RunAs | None
 ) -> Path | None:
     """Where an unsandboxed server runs: its ``cwd``; else the config's folder (so relative
-    arguments keep their meaning) when the upstream user may enter it; else its own home."""
+    arguments keep their meaning) when the upstream user may enter it; else its own home
+    (made by ``RunAs.make_home`` before the start)."""
     if server.cwd is not None:
         return Path(server.cwd)
     if run_as is None or config_dir is None:
         return config_dir
     if unreachable([(config_dir, "x")], run_as) is None:
         return config_dir
-    home = run_as.make_home(name)
+    home = run_as.server_home(name)
     _logger.info("the config folder %s is private: upstream %s starts in %s", config_dir, name, home)
     return home
 

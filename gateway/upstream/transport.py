@@ -97,11 +97,12 @@ async def _stdio_launch(
         command, args, cleanup = wrap_command(name, server)
     env = dict(server.env)
     cwd = server.cwd  # sandboxed: None unless configured (never the config folder)
+    if run_as is not None:  # its home first: HOME, TMPDIR and perhaps its working folder
+        await anyio.to_thread.run_sync(run_as.make_home, name)
     if server.sandbox in (None, "none"):
         cwd = await anyio.to_thread.run_sync(working_folder, name, server, config.config_dir, run_as)
     if run_as is not None:
         await anyio.to_thread.run_sync(check_launchable, name, server, run_as)
-        await anyio.to_thread.run_sync(run_as.make_home, name)
         command, args = run_as.argv(name, command, args)
         env = run_as.env(name, env)
     params = StdioServerParameters(command=command, args=args, env=env or None, cwd=str(cwd) if cwd else None)

@@ -164,6 +164,7 @@ def test_working_folder_is_the_config_folder_only_when_the_upstream_user_may_ent
     assert run_as is not None
     assert working_folder("x", cfg.servers["x"], cfg.config_dir, run_as) == folder
     folder.chmod(0o700)  # a private config folder (a 0700 home): the server starts in its own home
+    run_as.make_home("x")  # as the launch does, before it asks
     home = working_folder("x", cfg.servers["x"], cfg.config_dir, run_as)
     assert home == Path(run_as.home) / "servers/x" and home.stat().st_uid == run_as.uid
     explicit = load_config(write_config(folder, f'[servers.x]\ncommand = "/bin/true"\ncwd = "{tmp_path}"\n'))

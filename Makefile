@@ -129,6 +129,7 @@ bench: setup sandbox state-engines bench-peers
 	$(PY) bench/scale.py
 	$(PY) bench/growth.py
 	$(PY) bench/speed.py
+	$(PY) bench/large_input.py
 
 # The soak benchmark (bench/soak.py): 1,000,000 calls by default (hours); SOAK_ARGS="--calls 100000" for less.
 SOAK_ARGS ?=

@@ -99,6 +99,7 @@ def chain_steps(
     builtins: frozenset[str] = frozenset(),
     state: SharedState | None = None,
     unsafe: Sequence[UnsafeOption] = (),
+    max_argument_members: int | None = None,
 ) -> list[Step]:
     """The call chain, outermost first. This list is the only place the order is decided.
 
@@ -122,7 +123,11 @@ def chain_steps(
         steps.append(AuditStep(audit, observe=metrics.observe_audit_write if metrics is not None else None))
     if runtime is not None:
         steps.append(AgentStep(runtime))
-    steps += [ResolveTool(catalog, policy), VerifyTool(), ValidateArguments()]  # hidden = unknown
+    steps += [
+        ResolveTool(catalog, policy),
+        VerifyTool(),
+        ValidateArguments(max_argument_members),
+    ]  # hidden = unknown
     if policy is not None:
         steps.append(
             PolicyStep(
@@ -202,6 +207,7 @@ def _assemble(
         builtins=frozenset(b.name for b in builtins),
         state=state,
         unsafe=unsafe,
+        max_argument_members=config.mcp.max_argument_members,
     )
     _periodic_tasks(config, state, audit, policy, events, verifier, runtime, background)
     hosted = _hosted_agents(config, runtime, events, manager, agent_host, background)

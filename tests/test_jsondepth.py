@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.jsondepth import MAX_DEPTH, too_deep
+from gateway.jsondepth import MAX_DEPTH, TooLarge, too_deep, too_large
 
 
 def nested(n: int) -> Any:
@@ -23,3 +23,20 @@ def test_a_document_at_the_limit_passes_and_one_level_more_is_named() -> None:
 
 def test_any_depth_is_measured_and_the_path_is_bounded() -> None:
     assert len(too_deep(nested(100_000)) or "") == 200  # no RecursionError, a short path
+
+
+def test_members_are_counted_across_the_whole_document() -> None:
+    doc = {"a": [1, 2, 3], "b": {"c": [4, 5]}}  # 2 + 3 + 1 + 2 members
+    assert too_large(doc, max_members=8) is None
+    found = too_large(doc, max_members=7)
+    assert found is not None and found.problem == "more than 7 members"
+    assert too_large({f"k{i}": i for i in range(10)}, max_members=9) == TooLarge("", "more than 9 members")
+    assert too_large(doc) is None  # no member limit unless asked
+
+
+def test_depth_and_members_in_one_walk() -> None:
+    found = too_large(nested(MAX_DEPTH + 1), max_members=10**6)
+    assert found is not None and found.problem == f"nested deeper than {MAX_DEPTH} levels"
+    assert too_large(nested(50), max_members=48) == TooLarge(
+        "[0]" * 48, "more than 48 members"
+    )  # the 49th list holds the 49th

@@ -78,6 +78,9 @@ class McpSection(Section):
     call_timeout_s: float = Field(default=60.0, gt=0)
     max_concurrent_connections: int = Field(default=1024, ge=1)  # MCP requests served at once (HTTP)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # keys and items of a call's arguments in all: each is redaction-matched and handed to the
+    # policy on the event loop (~5 us a key), and 300,000 short keys held every caller for seconds
+    max_argument_members: int = Field(default=10_000, ge=1)
     # tools/list pages (cursor / nextCursor): 2,000 tools in one reply were over the SDK
     # client's 1 MiB SSE event limit
     list_page_size: int = Field(default=500, ge=1, le=10_000)

@@ -10,16 +10,18 @@ from jsonschema.exceptions import SchemaError
 from gateway.chain import CallNext
 from gateway.context import CallContext, ToolInfo
 from gateway.errors import ArgumentsInvalid
-from gateway.jsondepth import MAX_DEPTH, too_deep
+from gateway.jsondepth import too_large
 from gateway.steps.argcheck import DRAFTS, Check, compile_check
 
 
 class ValidateArguments:
-    """Refuses a call whose arguments do not match the tool's inputSchema, or are nested deeper
-    than ``MAX_DEPTH``; names the path."""
+    """Refuses a call whose arguments do not match the tool's inputSchema, are nested deeper
+    than ``MAX_DEPTH`` or hold more than ``max_members`` keys and items in all (the config's
+    ``mcp.max_argument_members``); names the path."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_members: int | None = None) -> None:
         self._cache: dict[int, Any] = {}
+        self._max_members = max_members
 
     def _validator(self, tool: ToolInfo) -> tuple[Any, Check | None]:
         """The tool's validator and, for the plainest schemas, its quick check
@@ -44,11 +46,11 @@ class ValidateArguments:
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         if call.kind == "tools/call" and call.tool is not None:
-            deep = too_deep(call.arguments)
-            if deep is not None:
+            large = too_large(call.arguments, max_members=self._max_members)
+            if large is not None:
+                limit = " (mcp.max_argument_members)" if large.problem.startswith("more") else ""
                 raise ArgumentsInvalid(
-                    f"invalid arguments for {call.target!r}: arguments{deep} is nested deeper "
-                    f"than {MAX_DEPTH} levels"
+                    f"invalid arguments for {call.target!r}: arguments{large.path} is {large.problem}{limit}"
                 )
             try:
                 validator, quick = self._validator(call.tool)

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import SYMBI, symbi_env, write_config
+from tests.conftest import SYMBI, initialize_request, symbi_env, write_config
 from tests.server.test_stdio_e2e import MUTABLE
 
 
@@ -110,6 +110,50 @@ def test_malformed_unknown_and_oversized_messages_get_errors(tmp_path: Path) -> 
         assert refused["id"] == 5 and refused["result"]["isError"]
         error = refused["result"]["_meta"]["symbi/error"]
         assert error["code"] == "arguments_invalid" and "arguments.x[0][0]" in error["reasons"][0]
+    finally:
+        r.close()
+
+
+def test_arguments_with_too_many_members_are_refused_by_default(tmp_path: Path) -> None:
+    """150,000 short keys in one call held the event loop ~2 s (each key matched against the
+    default policy's redaction rules, then handed to the policy): every other caller waited.
+    Past ``mcp.max_argument_members`` (10,000 by default) the call is refused before any of
+    that, naming the key; at the limit it passes, and the session goes on."""
+    import sys
+
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        """,
+    )
+    r = Raw(cfg)
+    try:
+        r.send(initialize_request("2025-11-25"))
+        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
+        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+        def call(rid: int, keys: int) -> dict[str, Any]:
+            args: dict[str, Any] = {"message": "hi", **{f"k{i}": i for i in range(keys)}}
+            r.send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": rid,
+                    "method": "tools/call",
+                    "params": {"name": "mut__echo", "arguments": args},
+                }
+            )
+            return r.recv()
+
+        refused = call(1, 10_000)  # 10,001 members
+        assert refused["id"] == 1 and refused["result"]["isError"]
+        error = refused["result"]["_meta"]["symbi/error"]
+        assert error["code"] == "arguments_invalid" and "mcp.max_argument_members" in error["reasons"][0]
+        passed = call(2, 9_999)  # 10,000 members: the limit itself
+        assert passed["id"] == 2 and passed["result"]["content"][0]["text"] == "Echo: hi"
     finally:
         r.close()
 

@@ -127,3 +127,15 @@ def test_a_tool_without_a_schema_mapping_takes_an_object_schema_built_once(monke
     not_an_object = CallContext(principal=LOCAL, kind="tools/call", target="up__t", arguments=[1], tool=bare)  # type: ignore[arg-type]
     with pytest.raises(ArgumentsInvalid):
         run(step, not_an_object)
+
+
+def test_arguments_past_the_member_limit_are_refused_before_the_schema_is_asked() -> None:
+    wide = {"n": 1, "items": [str(i) for i in range(99)]}  # 2 keys + 99 items
+    assert run(ValidateArguments(max_members=101), call_of(wide))
+    with pytest.raises(ArgumentsInvalid) as err:
+        run(ValidateArguments(max_members=100), call_of(wide))
+    assert "mcp.max_argument_members" in err.value.reasons[0]  # names the key that raises it
+    # counted before the schema: an extra key, which the schema refuses, is refused by the count
+    with pytest.raises(ArgumentsInvalid) as err:
+        run(ValidateArguments(max_members=3), call_of({f"k{i}": i for i in range(4)}))
+    assert "max_argument_members" in err.value.reasons[0]

@@ -374,7 +374,7 @@ async def test_an_upstreams_long_error_text_is_recorded_cut(tmp_path: Path) -> N
 
 @pytest.mark.anyio
 async def test_a_callers_huge_arguments_are_recorded_cut_with_a_digest(tmp_path: Path) -> None:
-    """Attack (on the audit log's disk): a caller sends a 3 MB argument, or 20,000 small ones;
+    """Attack (on the audit log's disk): a caller sends a 3 MB argument, or 9,000 small ones (under mcp.max_argument_members);
     each record kept all of it (3 MB of audit log a call at the caller's choice, on the disk
     whose filling refuses every call). Now each string's start and the SHA-256 of the whole
     value, and each object's or array's first members, with how many more there were."""
@@ -396,7 +396,7 @@ async def test_a_callers_huge_arguments_are_recorded_cut_with_a_digest(tmp_path:
         """,
     )
     big = "word " * 600_000  # 3,000,000 characters
-    many = [f"item {i}" for i in range(20_000)]
+    many = [f"item {i}" for i in range(9_000)]
     async with stdio_session(cfg) as s:
         for args in ({"mode": "ok", "message": big}, {"mode": "ok", "message": many}):
             r = await s.call_tool("probe__t", args)
@@ -406,7 +406,7 @@ async def test_a_callers_huge_arguments_are_recorded_cut_with_a_digest(tmp_path:
     assert len(rows) == 2 and max(map(len, rows)) < 20 * VALUE_CHARS
     text, items = (json.loads(d)["arguments"]["message"] for d in rows)
     assert text.startswith(big[:VALUE_CHARS]) and hashlib.sha256(big.encode()).hexdigest() in text
-    assert items[:MEMBERS_KEPT] == many[:MEMBERS_KEPT] and f"{20_000 - MEMBERS_KEPT} more" in items[-1]
+    assert items[:MEMBERS_KEPT] == many[:MEMBERS_KEPT] and f"{9_000 - MEMBERS_KEPT} more" in items[-1]
 
 
 def test_a_callers_huge_names_are_recorded_cut(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@
 large call and, while it is in flight, small ``echo`` calls back to back on the same session
 (the gateway serves both on one event loop): the longest a small call waited is the time the
 large one held the loop. Cases: a 3 MB string of JSON-like text, 3 MB of prose, 10,000 keys,
-150,000 keys (past ``mcp.max_argument_members``: refused where the arguments enter). With
+150,000 keys (past ``mcp.max_argument_members``: refused where the arguments enter), one key
+of 3 MB (past ``gateway.jsondepth.MAX_KEY_CHARS``: refused there too). With
 ``--baseline-tree`` the same gateway from that checkout runs in the same rounds, case by case.
 
     PYTHONPATH=$PWD .venv/bin/python bench/large_input.py --rounds 3 --baseline-tree /tmp/base
@@ -50,6 +51,7 @@ def cases() -> dict[str, dict[str, Any]]:
         "string_3mb_prose": {"message": (PROSE * 35_000)[:3_000_000]},
         "keys_10k": {"message": "m", **{f"k{i}": i for i in range(9_999)}},
         "keys_150k": {"message": "m", **{f"k{i}": i for i in range(149_999)}},
+        "one_key_3mb": {"message": "m", "k" * 3_000_000: 1},
     }
 
 

@@ -7,9 +7,11 @@ places: a 900-deep list raised RecursionError, an internal error and a traceback
 of lines in the log per call. So arguments (``gateway.steps.arguments``) and upstream results
 (``gateway.upstream.session``) deeper than ``MAX_DEPTH`` are refused, naming the path.
 
-Arguments are also bounded in members (``mcp.max_argument_members``): every key is matched
-against the redaction rules and handed to the policy, a few microseconds each on the event
-loop, and 4 MB of short keys (~300,000) held every other caller of the gateway for seconds.
+Both are refused with keys longer than ``MAX_KEY_CHARS``, and arguments past
+``mcp.max_argument_members`` keys and items in all: every key is matched against the redaction
+rules and handed to the policy on the event loop, a few microseconds each (and more a
+character), and 4 MB of short keys (~300,000), or one 3 MB key, held every other caller of
+the gateway for 0.6 s to seconds.
 """
 
 from __future__ import annotations
@@ -17,25 +19,37 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 MAX_DEPTH = 100  # containers inside the arguments object or a result's structuredContent
+# Longer keys are refused: each key's words are found character by character (NFKC, Unicode
+# categories) for the redaction rules: one 3 MB key held the event loop ~0.6 s. 4 KiB holds a path.
+MAX_KEY_CHARS = 4096
 
 
 class TooLarge(NamedTuple):
     """Where a document passed a limit (``.key[0]...``, at most 200 characters) and which."""
 
     path: str
-    problem: str  # "nested deeper than 100 levels", "more than 10000 members"
+    problem: str  # "nested deeper than 100 levels", "more than 10000 members (mcp.max_argument_members)"
 
 
-def too_large(doc: Any, *, max_depth: int = MAX_DEPTH, max_members: int | None = None) -> TooLarge | None:
+def too_large(
+    doc: Any,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_members: int | None = None,
+    max_key_chars: int = MAX_KEY_CHARS,
+) -> TooLarge | None:
     """The first place ``doc`` passes a limit, or None: a container nested deeper than
-    ``max_depth`` (``doc`` itself is level 1), or, with ``max_members``, more keys and items
-    in all than that (the path names the container whose members passed it). Iterative: any
-    depth can be measured; one walk for both."""
+    ``max_depth`` (``doc`` itself is level 1), a key longer than ``max_key_chars``, or, with
+    ``max_members``, more keys and items in all than that (the path names the container whose
+    members passed it). Iterative: any depth can be measured; one walk for all three."""
     stack: list[tuple[Any, int, str]] = [(doc, 1, "")]
     members = 0
     while stack:
         node, depth, path = stack.pop()
         if isinstance(node, dict):
+            key = _long_key(node, max_key_chars)
+            if key is not None:
+                return TooLarge(f"{path}.{key}"[:200], f"a key of more than {max_key_chars} characters")
             items: Any = node.items()
         elif isinstance(node, list):
             items = enumerate(node)
@@ -43,17 +57,22 @@ def too_large(doc: Any, *, max_depth: int = MAX_DEPTH, max_members: int | None =
             continue
         members += len(node)
         if max_members is not None and members > max_members:
-            return TooLarge(path[:200], f"more than {max_members} members")
+            return TooLarge(path, f"more than {max_members} members (mcp.max_argument_members)")
         for k, v in items:
             if isinstance(v, dict | list):
-                where = f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}"
+                where = (f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")[:200]
                 if depth + 1 > max_depth:
-                    return TooLarge(where[:200], f"nested deeper than {max_depth} levels")
+                    return TooLarge(where, f"nested deeper than {max_depth} levels")
                 stack.append((v, depth + 1, where))
     return None
 
 
-def too_deep(doc: Any, limit: int = MAX_DEPTH) -> str | None:
-    """The path of the first container nested deeper than ``limit`` in ``doc``, or None."""
-    found = too_large(doc, max_depth=limit)
-    return None if found is None else found.path
+def _long_key(node: dict[Any, Any], limit: int) -> str | None:
+    """A string key of ``node`` longer than ``limit``, or None (measured in C when every key
+    is a string, as in parsed JSON)."""
+    try:
+        if not node or max(map(len, node)) <= limit:
+            return None
+    except TypeError:  # a key that is not a string (arguments built in code)
+        pass
+    return next((k for k in node if isinstance(k, str) and len(k) > limit), None)

@@ -15,9 +15,10 @@ from gateway.steps.argcheck import DRAFTS, Check, compile_check
 
 
 class ValidateArguments:
-    """Refuses a call whose arguments do not match the tool's inputSchema, are nested deeper
-    than ``MAX_DEPTH`` or hold more than ``max_members`` keys and items in all (the config's
-    ``mcp.max_argument_members``); names the path."""
+    """Refuses a call whose arguments (a tool's, a prompt's) are nested deeper than
+    ``MAX_DEPTH``, have a key longer than ``MAX_KEY_CHARS`` or hold more than ``max_members``
+    keys and items in all (the config's ``mcp.max_argument_members``), or a tool call's that do
+    not match the tool's inputSchema; names the path."""
 
     def __init__(self, max_members: int | None = None) -> None:
         self._cache: dict[int, Any] = {}
@@ -45,13 +46,13 @@ class ValidateArguments:
         return v, quick
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
+        # every kind's arguments (a prompt's too) are redacted and handed to the policy
+        large = too_large(call.arguments, max_members=self._max_members) if call.arguments else None
+        if large is not None:
+            raise ArgumentsInvalid(
+                f"invalid arguments for {call.target!r}: arguments{large.path}: {large.problem}"
+            )
         if call.kind == "tools/call" and call.tool is not None:
-            large = too_large(call.arguments, max_members=self._max_members)
-            if large is not None:
-                limit = " (mcp.max_argument_members)" if large.problem.startswith("more") else ""
-                raise ArgumentsInvalid(
-                    f"invalid arguments for {call.target!r}: arguments{large.path} is {large.problem}{limit}"
-                )
             try:
                 validator, quick = self._validator(call.tool)
             except SchemaError as e:

@@ -28,7 +28,7 @@ from gateway.compat import negotiate_auto
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
-from gateway.jsondepth import MAX_DEPTH, too_deep
+from gateway.jsondepth import too_large
 from gateway.policy.redact import excerpt
 from gateway.telemetry import current_span_recorded, exporting
 from gateway.upstream.bounded_http import OVERSIZED_MARK
@@ -418,13 +418,14 @@ class Upstream:
             raise err from None
 
     def _not_too_deep(self, structured: Any, meta: Any) -> None:
-        """Refuse a result the steps could not walk (``gateway.jsondepth``)."""
+        """Refuse a result the steps could not walk, or not in reasonable time
+        (``gateway.jsondepth``: too deep, a key too long)."""
         for name, part in (("structuredContent", structured), ("_meta", meta)):
-            deep = too_deep(part) if isinstance(part, dict | list) else None
-            if deep is not None:
+            large = too_large(part) if isinstance(part, dict | list) else None
+            if large is not None:
                 raise UpstreamError(
-                    f"upstream {self.name!r} answered tools/call with result.{name}{deep} nested "
-                    f"deeper than {MAX_DEPTH} levels"
+                    f"upstream {self.name!r} answered tools/call with result.{name}{large.path}: "
+                    f"{large.problem}"
                 )
 
     def _probe_soon(self, session: ClientSession) -> None:

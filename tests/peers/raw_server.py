@@ -140,6 +140,9 @@ def main() -> None:
                     '{"jsonrpc": "2.0", "id": ' + json.dumps(rid) + ', "result": ' + body + "}\n"
                 )
                 sys.stdout.flush()
+            elif mode == "long_key":  # structuredContent with one key of N characters
+                long = {"k" * int(args.get("message") or 3_000_000): 1}
+                send({"jsonrpc": "2.0", "id": rid, "result": {"content": [], "structuredContent": long}})
             elif mode == "die":
                 sys.exit(3)
             elif mode != "silent":

@@ -118,7 +118,8 @@ def test_arguments_with_too_many_members_are_refused_by_default(tmp_path: Path) 
     """150,000 short keys in one call held the event loop ~2 s (each key matched against the
     default policy's redaction rules, then handed to the policy): every other caller waited.
     Past ``mcp.max_argument_members`` (10,000 by default) the call is refused before any of
-    that, naming the key; at the limit it passes, and the session goes on."""
+    that, naming the key; at the limit it passes, and the session goes on. So is one key
+    longer than ``MAX_KEY_CHARS``."""
     import sys
 
     cfg = write_config(
@@ -154,6 +155,19 @@ def test_arguments_with_too_many_members_are_refused_by_default(tmp_path: Path) 
         assert error["code"] == "arguments_invalid" and "mcp.max_argument_members" in error["reasons"][0]
         passed = call(2, 9_999)  # 10,000 members: the limit itself
         assert passed["id"] == 2 and passed["result"]["content"][0]["text"] == "Echo: hi"
+
+        # one key of 3 MB: its words for the redaction rules took ~0.6 s of the loop
+        huge = {"message": "hi", "k" * 3_000_000: 1}
+        r.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "tools/call",
+                "params": {"name": "mut__echo", "arguments": huge},
+            }
+        )
+        refused = r.recv()
+        assert refused["id"] == 3 and refused["result"]["_meta"]["symbi/error"]["code"] == "arguments_invalid"
     finally:
         r.close()
 

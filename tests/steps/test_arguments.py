@@ -139,3 +139,13 @@ def test_arguments_past_the_member_limit_are_refused_before_the_schema_is_asked(
     with pytest.raises(ArgumentsInvalid) as err:
         run(ValidateArguments(max_members=3), call_of({f"k{i}": i for i in range(4)}))
     assert "max_argument_members" in err.value.reasons[0]
+
+
+def test_a_prompts_arguments_are_bounded_too() -> None:
+    """A prompt's arguments reach the policy's input and the redaction as a tool's do."""
+    prompt = CallContext(
+        principal=LOCAL, kind="prompts/get", target="p", arguments={f"k{i}": "v" for i in range(5)}
+    )
+    assert run(ValidateArguments(max_members=5), prompt) == [prompt]
+    with pytest.raises(ArgumentsInvalid):
+        run(ValidateArguments(max_members=4), prompt)

@@ -201,6 +201,22 @@ def _downs(tmp_path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.anyio
+async def test_a_result_with_a_huge_key_is_refused_by_name(tmp_path: Path) -> None:
+    """Attack (on every other caller): an upstream answers with one huge key in its
+    structuredContent (1 MB here; the redaction rules find a key's words character by
+    character: a 3 MB key held the event loop ~0.6 s). Keys over ``MAX_KEY_CHARS`` are
+    refused as the upstream's fault; a key at the limit passes."""
+    from gateway.jsondepth import MAX_KEY_CHARS
+
+    cfg = config(tmp_path, ROOT / "tests/peers/raw_server.py")
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool("mut__t", {"mode": "long_key", "message": 1_000_000})
+        assert r.is_error and r.meta["symbi/error"]["code"] == "upstream_error", r  # type: ignore[index]
+        ok = await s.call_tool("mut__t", {"mode": "long_key", "message": MAX_KEY_CHARS})
+        assert not ok.is_error and ok.structured_content == {"k" * MAX_KEY_CHARS: 1}
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("depth", [150, 900])
 async def test_a_deeply_nested_result_is_refused_by_name(tmp_path: Path, depth: int) -> None:
     """Attack (on the gateway's steps and its log): an upstream answers with valid JSON nested

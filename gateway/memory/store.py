@@ -189,9 +189,24 @@ class QdrantClientStore:
         except Exception as e:
             raise VectorStoreUnavailable(f"vector store {where} cannot be opened: {e}") from e
         if exists:
-            check_metadata(spec, self._c.get_collection(spec.name).config.metadata, where)
+            info = self._c.get_collection(spec.name)
+            check_metadata(spec, info.config.metadata, where)
+            self._index_fields(set(info.payload_schema or ()))
         else:
             self._create()
+
+    def _index_fields(self, indexed: set[str]) -> None:
+        """Payload indexes on the fields filters use that ``indexed`` lacks: a collection made by
+        an older version gains the fields added since (``principal``: the memory quota's count)."""
+        if self.backend == "qdrant-local":
+            return  # local mode ignores payload indexes (and warns): it filters in Python
+        m = self._m
+        for f in KEYWORD_FIELDS:
+            if f not in indexed:
+                self._c.create_payload_index(self.spec.name, f, m.PayloadSchemaType.KEYWORD)
+        for f in FLOAT_FIELDS:
+            if f not in indexed:
+                self._c.create_payload_index(self.spec.name, f, m.PayloadSchemaType.FLOAT)
 
     def _create(self) -> None:
         m = self._m
@@ -207,12 +222,7 @@ class QdrantClientStore:
             quantization_config=quant,
             metadata=self.spec.metadata(),
         )
-        if self.backend == "qdrant-local":
-            return  # local mode ignores payload indexes (and warns): it filters in Python
-        for f in KEYWORD_FIELDS:
-            self._c.create_payload_index(self.spec.name, f, m.PayloadSchemaType.KEYWORD)
-        for f in FLOAT_FIELDS:
-            self._c.create_payload_index(self.spec.name, f, m.PayloadSchemaType.FLOAT)
+        self._index_fields(set())
 
     def _filter(self, flt: Filter | None) -> Any:
         return qdrant_filter(flt, self._m, self._m.Range)
@@ -338,11 +348,13 @@ class EdgeStore:
                     check_metadata(spec, None, str(path))
                 path.mkdir(parents=True, exist_ok=True)
                 self._shard = qe.EdgeShard.create(str(shard_dir), self._config())
-                for f in KEYWORD_FIELDS:
-                    self._shard.update(qe.UpdateOperation.create_field_index(f, qe.PayloadSchemaType.Keyword))
-                for f in FLOAT_FIELDS:
-                    self._shard.update(qe.UpdateOperation.create_field_index(f, qe.PayloadSchemaType.Float))
                 meta_path.write_text(json.dumps({**spec.metadata(), "name": spec.name}), encoding="utf-8")
+            # a shard made by an older version gains the indexes of the fields added since
+            indexed = set(self._shard.info().payload_schema)
+            for f in (*KEYWORD_FIELDS, *FLOAT_FIELDS):
+                if f not in indexed:
+                    kind = qe.PayloadSchemaType.Float if f in FLOAT_FIELDS else qe.PayloadSchemaType.Keyword
+                    self._shard.update(qe.UpdateOperation.create_field_index(f, kind))
         except ContextError:
             raise
         except Exception as e:

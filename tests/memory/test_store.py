@@ -18,6 +18,8 @@ import pytest
 
 from gateway.errors import EmbedderMismatch, VectorStoreUnavailable
 from gateway.memory.store import (
+    FLOAT_FIELDS,
+    KEYWORD_FIELDS,
     CollectionSpec,
     EdgeStore,
     Point,
@@ -204,3 +206,23 @@ def test_edge_hnsw_index_is_built_and_searched(tmp_path: Path, spec: CollectionS
     assert total == 2000
     assert s.search(pts[1234].vector, limit=1)[0].id == pts[1234].id
     s.close()
+
+
+def test_a_shard_from_an_older_version_gains_the_indexes_added_since(
+    tmp_path: Path, spec: CollectionSpec
+) -> None:
+    """A store made before the memory quota counted memories by ``principal`` had no index on
+    it: each count scanned every point. Opening it adds the index of every field filters use."""
+    import qdrant_edge as qe
+
+    store = EdgeStore(spec, tmp_path / "edge")
+    store._shard.update(qe.UpdateOperation.delete_field_index("principal"))  # as an older version made it
+    assert "principal" not in store._shard.info().payload_schema
+    store.upsert(_points(5))
+    store.close()
+    again = EdgeStore(spec, tmp_path / "edge")
+    try:
+        assert set(again._shard.info().payload_schema) >= {*KEYWORD_FIELDS, *FLOAT_FIELDS}
+        assert again.count() == 5
+    finally:
+        again.close()

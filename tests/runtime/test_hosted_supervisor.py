@@ -270,6 +270,29 @@ def _bwrap_host(
     return HostedAgents(config, AgentRuntime(config, rec), rec, sandbox=manager, host=host), rec, keys
 
 
+class CountingKeys(ApiKeyStore):
+    """The real key store, counting revocations."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.revokes: list[str] = []
+
+    def revoke(self, kid: str) -> bool:
+        self.revokes.append(kid)
+        return super().revoke(kid)
+
+
+async def test_a_runs_credential_is_revoked_once_at_its_end(tmp_path: Path) -> None:
+    """It was revoked twice on a normal end (the run's end, then the supervisor's finally):
+    a second key-store write, a PostgreSQL round trip in a team deployment."""
+    h, _, _ = _bwrap_host(tmp_path, ok=AgentConfig(command="/usr/bin/true", sandbox="bwrap"))
+    keys = h.keys = CountingKeys(tmp_path / "counted-keys.json")
+    assert await h._run_once("ok", h.config.agents["ok"]) == "ok"
+    made = keys.records()
+    assert len(made) == 1 and made[0].revoked and keys.revokes == [made[0].id]
+    assert h.unrevoked == set()
+
+
 def _states(rec: Recorder, agent_id: str) -> list[str]:
     return [d["to"] for t, d, _, a in rec.events if t == "agent.state" and a == agent_id]
 

@@ -84,10 +84,10 @@ def key_matches(key: str, rule_words: tuple[str, ...]) -> bool:
     return "".join(words) == "".join(rule_words)
 
 
-def scrub_secrets(text: str) -> tuple[str, int]:
-    """``text`` with every recognisable secret value replaced, and how many were."""
+def scrub_secrets(text: str, patterns: Sequence[re.Pattern[str]] = SECRET_PATTERNS) -> tuple[str, int]:
+    """``text`` with every recognisable secret value (``patterns``) replaced, and how many were."""
     n = 0
-    for pattern in SECRET_PATTERNS:
+    for pattern in patterns:
         text, k = pattern.subn(REDACTED, text)
         n += k
     return text, n

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import SYMBI, initialize_request, symbi_env, write_config
-from tests.server.test_stdio_e2e import MUTABLE
+from tests.server.test_stdio_e2e import MUTABLE, mutable_config
 
 
 class Raw:
@@ -120,18 +120,7 @@ def test_arguments_with_too_many_members_are_refused_by_default(tmp_path: Path) 
     Past ``mcp.max_argument_members`` (10,000 by default) the call is refused before any of
     that, naming the key; at the limit it passes, and the session goes on. So is one key
     longer than ``MAX_KEY_CHARS``."""
-    import sys
-
-    cfg = write_config(
-        tmp_path,
-        f"""
-        [servers.mut]
-        command = "{sys.executable}"
-        args = ["{MUTABLE}"]
-        verification = "warn"
-        """,
-    )
-    r = Raw(cfg)
+    r = Raw(mutable_config(tmp_path))
     try:
         r.send(initialize_request("2025-11-25"))
         assert r.recv()["result"]["serverInfo"]["name"] == "symbi"

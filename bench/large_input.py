@@ -6,7 +6,7 @@ large call and, while it is in flight, small ``echo`` calls back to back on the 
 (the gateway serves both on one event loop): the longest a small call waited is the time the
 large one held the loop. Cases: a 3 MB string of JSON-like text, 3 MB of prose, 10,000 keys,
 150,000 keys (past ``mcp.max_argument_members``: refused where the arguments enter), one key
-of 3 MB (past ``gateway.jsondepth.MAX_KEY_CHARS``: refused there too). With
+of 3 MB (past ``gateway.jsonlimits.MAX_KEY_CHARS``: refused there too). With
 ``--baseline-tree`` the same gateway from that checkout runs in the same rounds, case by case.
 
     PYTHONPATH=$PWD .venv/bin/python bench/large_input.py --rounds 3 --baseline-tree /tmp/base

@@ -179,6 +179,8 @@ class ContextManager:
             raise ContextError(f"type {context.memory_type!r}: expected one of {', '.join(MEMORY_TYPES)}")
         meta = dict(context.metadata)
         user_filter(meta)  # metadata keys follow the filter key rules, so they can be filtered on
+        if context.memory_type in ("long_term", "shared"):
+            self._within_quota(principal)  # before the model runs: a try at the quota costs no embedding
         vec = self.embed([text])[0]
         item_id = str(uuid.uuid4())
         if context.memory_type == "short_term":
@@ -199,7 +201,7 @@ class ContextManager:
                 "ts": self.clock(),
                 "meta": meta,
             }
-            with self._quota_lock:
+            with self._quota_lock:  # again, with the write: two stores at once hold one slot
                 self._within_quota(principal)
                 self.store.upsert([Point(item_id, vec.tolist(), payload)])
         return item_id

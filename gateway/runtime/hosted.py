@@ -104,8 +104,6 @@ class HostedAgents:
         self.runs: dict[str, int] = {name: 0 for name in config.agents}
         # run credentials whose revocation failed (the key store was down): retried until done
         self.unrevoked: set[str] = set()
-        # live runs' credentials already revoked: the run's end revokes once, not again
-        self._revoked: set[str] = set()
         runtime.on_terminate.append(self._terminated)
 
     # -- control ------------------------------------------------------------------------------
@@ -230,7 +228,6 @@ class HostedAgents:
             return await self._execute(agent, ac, tier, argv, cleanup, limits, record.id)
         finally:
             await self._revoke(record.id)  # if _execute failed before its own revocation
-            self._revoked.discard(record.id)
             rt.pool.release(agent.id)
             # shielded: a cancelled run (the gateway stopping) still removes its cgroup/container
             with anyio.CancelScope(shield=True):
@@ -242,14 +239,13 @@ class HostedAgents:
         reg.transition(agent, AgentState.TERMINATED, "failed")
 
     async def _revoke(self, key_id: str) -> None:
-        if key_id in self._revoked:
+        # revoked already: unbound here only, and not waiting for a key store that was down
+        if not self.runtime.agents.credential_bound(key_id) and key_id not in self.unrevoked:
             return
         self.runtime.agents.unbind_credential(key_id)
         self.unrevoked.add(key_id)
         with anyio.CancelScope(shield=True):  # also when the run was cancelled (shutdown)
             await anyio.to_thread.run_sync(self.revoke_pending)
-        if key_id not in self.unrevoked:  # done (a key store that was down: tried again)
-            self._revoked.add(key_id)
 
     def revoke_pending(self) -> None:
         """Revoke the run credentials not revoked yet (blocking: a worker thread). A key store

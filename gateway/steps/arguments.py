@@ -10,7 +10,7 @@ from jsonschema.exceptions import SchemaError
 from gateway.chain import CallNext
 from gateway.context import CallContext, ToolInfo
 from gateway.errors import ArgumentsInvalid
-from gateway.jsondepth import too_large
+from gateway.jsonlimits import too_large
 from gateway.steps.argcheck import DRAFTS, Check, compile_check
 
 

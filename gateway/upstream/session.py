@@ -28,7 +28,7 @@ from gateway.compat import negotiate_auto
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
-from gateway.jsondepth import too_large
+from gateway.jsonlimits import too_large
 from gateway.policy.redact import excerpt
 from gateway.telemetry import current_span_recorded, exporting
 from gateway.upstream.bounded_http import OVERSIZED_MARK
@@ -391,7 +391,7 @@ class Upstream:
                     "tools/call", params, timeout=self.call_timeout, on_progress=progress
                 )
                 if raw is not None:
-                    self._not_too_deep(raw.get("structuredContent"), raw.get("_meta"))
+                    self._walkable(raw.get("structuredContent"), raw.get("_meta"))
                     return tool_result(raw, session.protocol_version)
             # send_request skips the client-side outputSchema check: the client validates
             # against what the gateway lists, and it saves a validation per call.
@@ -409,7 +409,7 @@ class Upstream:
                 progress_callback=progress,
             )
             if isinstance(result, types.CallToolResult):
-                self._not_too_deep(result.structured_content, result.meta)
+                self._walkable(result.structured_content, result.meta)
             return result
         except MCPError as e:
             err = _upstream_error(self.name, e)
@@ -417,9 +417,9 @@ class Upstream:
                 self._probe_soon(session)
             raise err from None
 
-    def _not_too_deep(self, structured: Any, meta: Any) -> None:
+    def _walkable(self, structured: Any, meta: Any) -> None:
         """Refuse a result the steps could not walk, or not in reasonable time
-        (``gateway.jsondepth``: too deep, a key too long)."""
+        (``gateway.jsonlimits``: too deep, a key too long)."""
         for name, part in (("structuredContent", structured), ("_meta", meta)):
             large = too_large(part) if isinstance(part, dict | list) else None
             if large is not None:

@@ -370,7 +370,9 @@ async def test_an_http_session_agents_volatile_memory_goes_with_its_session(tmp_
         assert len(list(service.m.short_term.items(BOB.agent))) == 1
 
 
-async def test_a_principal_cannot_fill_the_store_or_the_gateways_memory(tmp_path: Path) -> None:
+async def test_a_principal_cannot_fill_the_store_or_the_gateways_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Attack: one principal stores memories without end (at its rate limit: 60 a minute of
     32,000 characters each by default), filling the data dir's disk, where the audit log lives
     (a full disk refuses every audited call), or the gateway's own memory with working memory
@@ -382,9 +384,20 @@ async def test_a_principal_cannot_fill_the_store_or_the_gateways_memory(tmp_path
             ns = {"namespace": "team"} if kind == "shared" else {}
             r = await call(gw, who, "memory__store", text=f"{who.agent} fact", type=kind, **ns)
             assert not r.is_error, r
+        service = gw.builtins["memory"].s  # type: ignore[attr-defined]
+        embedded: list[int] = []
+        real_embed = service.m.embed
+
+        def counted(texts: list[str]) -> Any:
+            embedded.append(len(texts))
+            return real_embed(texts)
+
+        monkeypatch.setattr(service.m, "embed", counted)
         for who in (ALICE, alice_again):
             with pytest.raises(MemoryQuotaExceeded):
                 await call(gw, who, "memory__store", text="one too many", type="long_term")
+        assert embedded == []  # refused before the model ran: a try at the quota costs no embedding
+        monkeypatch.undo()
         r = await call(gw, BOB, "memory__store", text="bob has his own quota", type="long_term")
         assert not r.is_error
         # working memory: 8,000 bytes a principal (text + vector + 128 each)
@@ -396,7 +409,6 @@ async def test_a_principal_cannot_fill_the_store_or_the_gateways_memory(tmp_path
                 )
                 kept += 1
         assert 0 < kept < 10
-        service = gw.builtins["memory"].s  # type: ignore[attr-defined]
         assert len(list(service.m.working.items("agent-a"))) == kept  # nothing held was dropped
         assert service.m.store.count({"kind": "memory", "principal": "stdio:alice"}) == 3
         await call(gw, ALICE, "memory__end_task", task="t1")  # ending the task frees her quota

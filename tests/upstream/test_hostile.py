@@ -206,7 +206,7 @@ async def test_a_result_with_a_huge_key_is_refused_by_name(tmp_path: Path) -> No
     structuredContent (1 MB here; the redaction rules find a key's words character by
     character: a 3 MB key held the event loop ~0.6 s). Keys over ``MAX_KEY_CHARS`` are
     refused as the upstream's fault; a key at the limit passes."""
-    from gateway.jsondepth import MAX_KEY_CHARS
+    from gateway.jsonlimits import MAX_KEY_CHARS
 
     cfg = config(tmp_path, ROOT / "tests/peers/raw_server.py")
     async with stdio_session(cfg) as s:

@@ -1,4 +1,4 @@
-"""JSON nested deeper than the gateway's steps can walk is refused where it enters.
+"""JSON the gateway's steps cannot walk, or not in reasonable time, is refused where it enters.
 
 The MCP parsers take deep documents: orjson (the fast lanes, both ways) up to 1,024 levels,
 pydantic's parser about 200. The steps that walk arguments and results (redaction, the policy

@@ -1,10 +1,10 @@
-"""gateway.jsondepth: the depth, members and key lengths of a JSON document, measured without recursion."""
+"""gateway.jsonlimits: the depth, members and key lengths of a JSON document, measured without recursion."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.jsondepth import MAX_DEPTH, MAX_KEY_CHARS, TooLarge, too_large
+from gateway.jsonlimits import MAX_DEPTH, MAX_KEY_CHARS, TooLarge, too_large
 
 
 def nested(n: int) -> Any:

@@ -273,9 +273,6 @@ class AgentRegistry:
     def unbind_credential(self, key_id: str) -> None:
         self._bound.pop(key_id, None)
 
-    def credential_bound(self, key_id: str) -> bool:
-        return key_id in self._bound
-
     def _admit(self, principal: str) -> None:
         if self.max_agents is not None and self._live >= self.max_agents:
             raise AgentLimitReached(

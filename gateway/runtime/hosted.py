@@ -225,9 +225,11 @@ class HostedAgents:
             self._fail(agent, f"invalid config: {e.message}")
             return "invalid"
         try:
-            return await self._execute(agent, ac, tier, argv, cleanup, limits, record.id)
+            return await self._execute(agent, ac, tier, argv, cleanup, limits, record.id)  # revokes it
+        except BaseException:
+            await self._revoke(record.id)  # _execute failed, perhaps before its own revocation
+            raise
         finally:
-            await self._revoke(record.id)  # if _execute failed before its own revocation
             rt.pool.release(agent.id)
             # shielded: a cancelled run (the gateway stopping) still removes its cgroup/container
             with anyio.CancelScope(shield=True):
@@ -239,9 +241,6 @@ class HostedAgents:
         reg.transition(agent, AgentState.TERMINATED, "failed")
 
     async def _revoke(self, key_id: str) -> None:
-        # revoked already: unbound here only, and not waiting for a key store that was down
-        if not self.runtime.agents.credential_bound(key_id) and key_id not in self.unrevoked:
-            return
         self.runtime.agents.unbind_credential(key_id)
         self.unrevoked.add(key_id)
         with anyio.CancelScope(shield=True):  # also when the run was cancelled (shutdown)

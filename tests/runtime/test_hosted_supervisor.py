@@ -293,6 +293,24 @@ async def test_a_runs_credential_is_revoked_once_at_its_end(tmp_path: Path) -> N
     assert h.unrevoked == set()
 
 
+async def test_a_run_that_fails_before_its_end_still_has_its_credential_revoked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's end revokes its key; a run that raised before it got there (a crash in the
+    supervisor, a cancellation) has it revoked by the supervisor, or the key would live on."""
+    h, _, _ = _bwrap_host(tmp_path, ok=AgentConfig(command="/usr/bin/true", sandbox="bwrap"))
+    keys = h.keys = CountingKeys(tmp_path / "counted-keys.json")
+
+    async def crashing(*args: Any) -> str:
+        raise RuntimeError("the supervisor failed mid-run")
+
+    monkeypatch.setattr(h, "_execute", crashing)
+    with pytest.raises(RuntimeError):
+        await h._run_once("ok", h.config.agents["ok"])
+    made = keys.records()
+    assert len(made) == 1 and made[0].revoked and keys.revokes == [made[0].id]
+
+
 def _states(rec: Recorder, agent_id: str) -> list[str]:
     return [d["to"] for t, d, _, a in rec.events if t == "agent.state" and a == agent_id]
 

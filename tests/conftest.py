@@ -63,12 +63,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+# Where a root session's temp folders go: not beneath /tmp, since what an unsandboxed upstream
+# writes there is its own (gateway/upstream/confine.py), and tests read what their upstreams
+# write in the test's folder (record files).
+TEST_ROOT = Path("/var/lib/symbi-tests")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     """A temp root of this session's own: pytest's shared /tmp/pytest-of-root is reset to 0700
     by every other session, and the upstream user (below) must be able to enter ours."""
     if config.option.basetemp is None and os.geteuid() == 0:
-        base = Path(tempfile.mkdtemp(prefix="symbi-pytest-"))
+        TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
+        base = Path(tempfile.mkdtemp(prefix="symbi-pytest-", dir=TEST_ROOT))
         config.option.basetemp = str(base / "t")
         config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
 
@@ -132,7 +139,7 @@ def _enterable_down_to(folder: Path) -> None:
     """Every folder of this session's own temp root down to ``folder`` (under pytest-xdist a
     worker's base temp is one level deeper: <root>/t/popen-gw0)."""
     for d in (*reversed(folder.parents), folder):
-        if not str(d).startswith(tempfile.gettempdir() + "/symbi-pytest-"):
+        if not str(d).startswith(f"{TEST_ROOT}/symbi-pytest-"):
             continue  # only this session's own folders
         os.chmod(d, os.stat(d).st_mode | 0o111)
 

@@ -59,6 +59,9 @@ class SecuritySection(Section):
     # processes and threads the upstreams run as that user may hold together (its RLIMIT_NPROC,
     # set by prlimit): a server that forks without end stops there, not at the machine's limit
     upstream_max_tasks: int = Field(default=4096, ge=16)
+    # each such server's own /tmp, /var/tmp, /dev/shm and /run/lock: one tmpfs of this many MiB
+    # (memory, taken as written), gone when the server ends
+    upstream_scratch_mb: int = Field(default=64, ge=1, le=65536)
     unsafe_upstreams_as_gateway_user: bool = False  # they could read the keys and the audit log
     # no Landlock domain per unsandboxed upstream (a kernel without Landlock): sharing a uid, each
     # could read the others' environment and files, ptrace and signal them

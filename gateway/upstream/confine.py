@@ -14,6 +14,13 @@ execs the rest of the command line.
 - Signals and abstract UNIX sockets are scoped to the domain (ABI 6 and later).
 - Files: every right everywhere, except beneath the upstream user's home, where only the
   server's own home (``HOME``) is open; its ancestors may be listed, not written.
+- Scratch: what a server writes in the folders every user may write (``/tmp``, ``/var/tmp``,
+  ``/dev/shm``, ``/run/lock``) is its own, in a mount namespace of its own: each folder is an
+  overlay of the host's (read as before) and one tmpfs of at most ``SCRATCH_MB`` MiB, gone with
+  the server. Shared, a server could read what another left there (by uid alone: they share
+  one) and fill the disk or, through ``/dev/shm``, memory no process holds, which the OOM
+  killer cannot free. System V shared memory, semaphores and message queues are its own too
+  (an IPC namespace), for the same two reasons.
 
 Run with the standard library only (``-I -S``: nothing from the gateway's environment or
 site-packages is imported as root). Exit 126 with the reason on stderr when the kernel has no
@@ -41,6 +48,13 @@ _REFER, _TRUNCATE, _IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 _READ_DIR = 1 << 3
 _FILE_RIGHTS = 1 | 2 | 4 | _TRUNCATE | _IOCTL_DEV  # the rights a rule on a file may carry
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1, 2
+
+# unshare(2) and mount(2) (include/uapi/linux/sched.h, mount.h)
+_CLONE_NEWNS, _CLONE_NEWIPC = 0x00020000, 0x08000000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+# the folders any user may write, made private (the first holds the tmpfs of their upper layers)
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+INODES_PER_MB = 256  # files a scratch tmpfs may hold per MiB (empty files cost kernel memory too)
 
 
 def _libc() -> ctypes.CDLL:
@@ -97,6 +111,50 @@ def rules(hidden: str, home: str, rights: int) -> list[tuple[str, int]]:
     return out
 
 
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    libc = _libc()
+    args = [None if v is None else v.encode() for v in (source, target, fstype)]
+    if libc.mount(*args, ctypes.c_ulong(flags), None if data is None else data.encode()) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mount {target}: {os.strerror(errno)}")
+
+
+def private_scratch(size_mb: int) -> None:
+    """Give this process (and what it execs) scratch folders of its own (see the module
+    docstring): new mount and IPC namespaces, and on each of ``SCRATCH`` that exists (symbolic
+    links are left: they lead to one that is covered) an overlay whose lower layer is the
+    host's folder, read as before (a server's files there stay in reach), and whose upper
+    layer, where every write goes, is on one tmpfs of ``size_mb`` MiB.
+
+    Raises:
+        OSError: the kernel refused (no CAP_SYS_ADMIN: not root, or a container without it).
+    """
+    if _libc().unshare(ctypes.c_int(_CLONE_NEWNS | _CLONE_NEWIPC)) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"unshare: {os.strerror(errno)}")
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE, None)  # nothing mounted here reaches the host
+    targets = [t for t in SCRATCH if os.path.isdir(t) and not os.path.islink(t)]
+    lowers = [os.open(t, os.O_PATH | os.O_DIRECTORY) for t in targets]  # before anything covers them
+    try:
+        stage = targets[0]  # the tmpfs goes here first; its own overlay covers it last
+        options = f"size={size_mb}m,nr_inodes={size_mb * INODES_PER_MB},mode=700"
+        _mount("symbi-scratch", stage, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+        order = [*range(1, len(targets)), 0]
+        for i in order:
+            lower = os.fstat(lowers[i])
+            os.mkdir(f"{stage}/u{i}")
+            os.chmod(f"{stage}/u{i}", lower.st_mode & 0o7777)  # the merged root looks as before
+            os.chown(f"{stage}/u{i}", lower.st_uid, lower.st_gid)
+            os.mkdir(f"{stage}/w{i}", 0o700)
+        for i in order:
+            layers = f"lowerdir=/proc/self/fd/{lowers[i]},upperdir={stage}/u{i},workdir={stage}/w{i}"
+            _mount("symbi-scratch", targets[i], "overlay", _MS_NOSUID | _MS_NODEV, layers)
+    finally:
+        for fd in lowers:
+            os.close(fd)
+    os.chdir(os.getcwd())  # a working folder beneath one of them: through its overlay now
+
+
 def restrict(hidden: str, home: str) -> None:
     """Put this process in a new domain (see the module docstring).
 
@@ -141,12 +199,13 @@ def restrict(hidden: str, home: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``confine.py HIDDEN HOME -- COMMAND ARGS...``: confine, then exec the command."""
-    if len(argv) < 4 or argv[2] != "--":
-        print("usage: confine.py HIDDEN HOME -- COMMAND [ARGS...]", file=sys.stderr)
+    """``confine.py HIDDEN HOME SCRATCH_MB -- COMMAND ARGS...``: confine, then exec the command."""
+    if len(argv) < 5 or argv[3] != "--" or not argv[2].isdigit() or int(argv[2]) < 1:
+        print("usage: confine.py HIDDEN HOME SCRATCH_MB -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
-    hidden, home, command = argv[0], argv[1], argv[3:]
+    hidden, home, scratch_mb, command = argv[0], argv[1], int(argv[2]), argv[4:]
     try:
+        private_scratch(scratch_mb)  # before the domain: it forbids mounting
         restrict(hidden, home)
     except OSError as e:
         print(f"symbi: cannot confine the upstream server: {e.strerror or e}", file=sys.stderr)

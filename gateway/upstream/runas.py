@@ -8,7 +8,8 @@ uid/gid, clears supplementary groups, drops every capability (bounding set inclu
 no_new_privs before the server's own command runs. Its environment is rebuilt from scratch (no
 gateway variables): PATH, HOME and TMPDIR (the server's own home, ``servers/NAME`` in the user's),
 USER/LOGNAME, LANG, plus ``servers.X.env``. Each server runs in a Landlock domain of its own
-(``gateway.upstream.confine``): the servers share a uid, not a reach into each other.
+with private scratch folders (``gateway.upstream.confine``): the servers share a uid, not a
+reach into each other.
 
 The server can read only what any unprivileged user can: the data dir is 0700 (see
 ``gateway.custody``). A gateway that is not root cannot switch uid: it refuses such a server
@@ -57,6 +58,7 @@ class RunAs:
     gid: int
     home: str
     max_tasks: int = 4096  # security.upstream_max_tasks
+    scratch_mb: int = 64  # security.upstream_scratch_mb: each server's private /tmp, /dev/shm...
     confine: bool = True  # a Landlock domain per server (off: security.unsafe_upstreams_unconfined)
 
     def argv(self, name: str, command: str, args: list[str]) -> tuple[str, list[str]]:
@@ -66,14 +68,15 @@ class RunAs:
         there, not at the machine's limit); the kernel's first choice when memory runs out
         (``oom_score_adj`` 1000: a server that takes the memory is killed, not the gateway); and
         a domain of its own (``gateway.upstream.confine``: no reach into the other upstreams
-        running as the same user, nor into their homes)."""
+        running as the same user, nor into their homes) with scratch folders of its own
+        (``/tmp``, ``/dev/shm``...: at most ``scratch_mb`` MiB, gone with it)."""
         prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
         choom = shutil.which("choom") or "/usr/bin/choom"
         setpriv, switched = self.switch(command, args)
         confine: list[str] = []
         if self.confine:
             hidden, home = self.homes_hidden(), str(self.server_home(name))
-            confine = [sys.executable, "-I", "-S", str(_CONFINE), hidden, home, "--"]
+            confine = [sys.executable, "-I", "-S", str(_CONFINE), hidden, home, str(self.scratch_mb), "--"]
         return prlimit, [
             f"--nproc={self.max_tasks}:{self.max_tasks}",
             "--",
@@ -226,7 +229,12 @@ def resolve_run_as(config: Config) -> RunAs | None:
             "memory and files); give the servers a sandbox tier (servers.NAME.sandbox) or set "
             "security.unsafe_upstreams_unconfined = true"
         )
-    return replace(_account(sec.upstream_user), max_tasks=sec.upstream_max_tasks, confine=confine)
+    return replace(
+        _account(sec.upstream_user),
+        max_tasks=sec.upstream_max_tasks,
+        scratch_mb=sec.upstream_scratch_mb,
+        confine=confine,
+    )
 
 
 def _account(spec: str) -> RunAs:

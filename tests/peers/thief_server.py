@@ -10,8 +10,12 @@ launched it, and reports each attempt as ``"ok: ..."`` or ``"denied: <exception 
 
 ``steal_neighbour()`` goes after another upstream running as the same user instead (the one
 whose command line holds ``$SYMBI_TEST_NEIGHBOUR``): its environment (tokens), its memory,
-ptrace, a signal, and the files in its home (``$SYMBI_TEST_NEIGHBOUR_HOME``). Started with
-``$SYMBI_TEST_PLANT``, the server writes that text to ``$HOME/secret.txt`` first (the victim).
+ptrace, a signal, the files in its home (``$SYMBI_TEST_NEIGHBOUR_HOME``), and what it left in
+the folders every user may write (``/tmp``, ``/var/tmp``, ``/dev/shm``) and in System V shared
+memory. Started with ``$SYMBI_TEST_PLANT``, the server writes that text to ``$HOME/secret.txt``,
+to ``<marker>.txt`` in each of those folders (0600) and to a System V segment first (the victim).
+
+``fill(folder, mb)`` writes up to ``mb`` MiB into ``folder`` and reports how much it could.
 
 ``$SYMBI_TEST_DATA_DIR`` and ``$SYMBI_TEST_CONFIG`` tell it where to look (the worst case:
 the attacker knows every path).
@@ -24,8 +28,11 @@ import hashlib
 import json
 import os
 import sqlite3
+import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
@@ -99,6 +106,45 @@ def _ptrace_attach(pid: int) -> str:
     return "attached"
 
 
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+SHM_KEY = 0x53594D42  # the victim's System V segment
+
+
+def _libc() -> object:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _plant_shm(text: bytes) -> None:
+    import ctypes
+
+    libc: Any = _libc()
+    libc.shmat.restype = ctypes.c_void_p
+    shmid = libc.shmget(SHM_KEY, 4096, 0o1600)  # IPC_CREAT | 0600
+    if shmid < 0:
+        raise OSError(ctypes.get_errno(), "shmget")
+    addr = libc.shmat(shmid, None, 0)
+    ctypes.memmove(addr, text, len(text))
+    libc.shmdt(ctypes.c_void_p(addr))
+
+
+def _read_shm() -> bytes:
+    import ctypes
+
+    libc: Any = _libc()
+    libc.shmat.restype = ctypes.c_void_p
+    shmid = libc.shmget(SHM_KEY, 0, 0)
+    if shmid < 0:
+        raise FileNotFoundError(ctypes.get_errno(), "shmget")
+    addr = libc.shmat(shmid, None, 0o10000)  # SHM_RDONLY
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise PermissionError(ctypes.get_errno(), "shmat")
+    data = ctypes.string_at(addr, 32).rstrip(b"\0")
+    libc.shmdt(ctypes.c_void_p(addr))
+    return data
+
+
 def _neighbour() -> int:
     marker = os.environ["SYMBI_TEST_NEIGHBOUR"].encode()
     for entry in os.listdir("/proc"):
@@ -127,11 +173,44 @@ def steal_neighbour() -> str:
         "signal": _try(lambda: os.kill(pid, 0)),
         "home_read": _try(lambda: (home / "secret.txt").read_text()),
         "home_write": _try(lambda: (home / "planted.txt").write_text("x")),
+        "sysv_shm": _try(_read_shm),
     }
+    marker = os.environ["SYMBI_TEST_NEIGHBOUR"]
+    for folder in SCRATCH:
+        report[f"read {folder}"] = _try(partial(Path(folder, f"{marker}.txt").read_text))
     return json.dumps(report)
+
+
+@mcp.tool()
+def fill(folder: str, mb: int) -> str:
+    """Write up to ``mb`` MiB into ``folder``; report the MiB written and what stopped it."""
+    path = Path(folder, f"fill-{os.getpid()}")
+    written, stopped = 0, "none"
+    try:
+        with open(path, "wb") as f:
+            for _ in range(mb):
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+                written += 1
+    except OSError as e:
+        stopped = f"{type(e).__name__}: errno {e.errno}"
+    return json.dumps({"path": str(path), "mb": written, "stopped": stopped})
+
+
+@mcp.tool()
+def scratch_files(prefix: str) -> str:
+    """The names in each shared scratch folder that start with ``prefix``."""
+    return json.dumps({f: sorted(n for n in os.listdir(f) if n.startswith(prefix)) for f in SCRATCH})
 
 
 if __name__ == "__main__":
     if os.environ.get("SYMBI_TEST_PLANT"):
-        (Path.home() / "secret.txt").write_text(os.environ["SYMBI_TEST_PLANT"])
+        plant = os.environ["SYMBI_TEST_PLANT"]
+        (Path.home() / "secret.txt").write_text(plant)
+        marker = sys.argv[1] if len(sys.argv) > 1 else "victim"
+        for folder in SCRATCH:
+            fd = os.open(Path(folder, f"{marker}.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, plant.encode())
+            os.close(fd)
+        _plant_shm(plant.encode())
     mcp.run("stdio")

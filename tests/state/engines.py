@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import pytest
 
 from gateway.config.model import Config
 from gateway.server.workers import front_limits, haproxy_config
-from tests.conftest import SYMBI, free_port, symbi_env
+from tests.conftest import SYMBI, TEST_ROOT, free_port, symbi_env
 from tests.server._http import serve_process
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -46,7 +45,7 @@ def enterable(folder: Path) -> None:
     temp folders down to ``folder`` (pytest makes them 0700)."""
     if os.geteuid() != 0:
         return
-    root = Path(tempfile.gettempdir())
+    root = TEST_ROOT
     for d in (*reversed(folder.parents), folder):
         if d.parent == root and not d.name.startswith("symbi-pytest-"):
             return  # not this session's own

@@ -134,15 +134,23 @@ def test_the_unsafe_switch_runs_as_the_gateway(tmp_path: Path) -> None:
 
 
 def test_setpriv_argv_and_clean_env() -> None:
-    r = RunAs(name="u", uid=1234, gid=1234, home="/", max_tasks=99)
+    r = RunAs(name="u", uid=1234, gid=1234, home="/", max_tasks=99, scratch_mb=7)
     cmd, args = r.argv("srv", "node", ["x.js"])
     assert cmd.endswith("prlimit") and args[:2] == ["--nproc=99:99", "--"]
     assert args[2].endswith("choom") and args[3:6] == ["-n", "1000", "--"]
     # the Landlock launcher (as root, nothing of the gateway's site imported), then setpriv
     home = "/servers/srv"
-    assert args[6:12] == [sys.executable, "-I", "-S", str(ROOT / "gateway/upstream/confine.py"), "/", home]
-    assert args[12] == "--" and args[13].endswith("setpriv")
-    args = args[14:]  # setpriv's own
+    assert args[6:13] == [
+        sys.executable,
+        "-I",
+        "-S",
+        str(ROOT / "gateway/upstream/confine.py"),
+        "/",
+        home,
+        "7",
+    ]
+    assert args[13] == "--" and args[14].endswith("setpriv")
+    args = args[15:]  # setpriv's own
     assert "--no-new-privs" in args and "--bounding-set=-all" in args
     assert args.index("--pdeathsig=KILL") < args.index("--")  # dies with the gateway
     assert args[args.index("--") + 1].endswith("/node")

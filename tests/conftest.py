@@ -75,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     by every other session, and the upstream user (below) must be able to enter ours."""
     if config.option.basetemp is None and os.geteuid() == 0:
         TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
-        base = Path(tempfile.mkdtemp(prefix="symbi-pytest-", dir=TEST_ROOT))
+        base = Path(tempfile.mkdtemp(prefix="", dir=TEST_ROOT))  # short: HAProxy's sockets take 97
         config.option.basetemp = str(base / "t")
         config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
 
@@ -139,7 +139,7 @@ def _enterable_down_to(folder: Path) -> None:
     """Every folder of this session's own temp root down to ``folder`` (under pytest-xdist a
     worker's base temp is one level deeper: <root>/t/popen-gw0)."""
     for d in (*reversed(folder.parents), folder):
-        if not str(d).startswith(f"{TEST_ROOT}/symbi-pytest-"):
+        if TEST_ROOT not in d.parents:
             continue  # only this session's own folders
         os.chmod(d, os.stat(d).st_mode | 0o111)
 

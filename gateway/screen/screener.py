@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -173,40 +174,30 @@ def _texts(kind: Kind, d: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     if isinstance(meta, Mapping):
         yield from _strings("_meta", {k: v for k, v in meta.items() if k != SIGNATURE_KEY})
     for schema_key in ("inputSchema", "outputSchema"):
-        yield from _schema_texts(schema_key, d.get(schema_key))
+        # every string of a schema, its keys included: a client hands the whole schema to the
+        # model, so an `x-` key, `$comment`, `if`, `prefixItems` or a `required` entry reads as
+        # well as a description does
+        yield from _strings(schema_key, d.get(schema_key), keys=True)
     if kind == "prompt":
         for i, arg in enumerate(d.get("arguments") or []):
             if isinstance(arg, Mapping):
                 yield from _strings(f"arguments[{i}]", {k: arg.get(k) for k in ("description", "title")})
 
 
-def _strings(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
+def _strings(prefix: str, value: Any, *, keys: bool = False) -> Iterator[tuple[str, str]]:
     if isinstance(value, str):
         yield prefix, value
     elif isinstance(value, Mapping):
         for k, v in value.items():
-            yield from _strings(f"{prefix}.{k}", v)
+            if keys and isinstance(k, str) and len(k) >= _KEY_TEXT:
+                yield f"{prefix}.{k}", k  # a key long enough to say something
+            yield from _strings(f"{prefix}.{k}", v, keys=keys)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            yield from _strings(f"{prefix}[{i}]", v)
+            yield from _strings(f"{prefix}[{i}]", v, keys=keys)
 
 
-def _schema_texts(prefix: str, schema: Any) -> Iterator[tuple[str, str]]:
-    if not isinstance(schema, Mapping):
-        return
-    for key in ("title", "description", "default", "examples", "enum", "const"):
-        if key in schema:
-            yield from _strings(f"{prefix}.{key}", schema[key])
-    for key in ("properties", "patternProperties", "$defs", "definitions"):
-        sub = schema.get(key)
-        if isinstance(sub, Mapping):
-            for name, s in sub.items():
-                yield from _schema_texts(f"{prefix}.{key}.{name}", s)
-    for key in ("items", "additionalProperties", "not"):
-        yield from _schema_texts(f"{prefix}.{key}", schema.get(key))
-    for key in ("anyOf", "oneOf", "allOf"):
-        for i, s in enumerate(schema.get(key) or []):
-            yield from _schema_texts(f"{prefix}.{key}[{i}]", s)
+_KEY_TEXT = 12  # keys shorter than this ("properties", "additionalProperties"...) hold no sentence
 
 
 def _parameters(kind: Kind, d: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
@@ -226,6 +217,36 @@ def _parameters(kind: Kind, d: Mapping[str, Any]) -> Iterator[tuple[str, str, st
 
 
 def _text_findings(field: str, text: str) -> Iterator[Finding]:
+    hit: set[str] = set()
+    for f in _rule_findings(field, text):
+        hit.add(f.rule)
+        yield f
+    folded = _fold(text)
+    if folded != text:  # fullwidth letters, a phrase broken over lines: read as the model reads it
+        yield from (f for f in _rule_findings(f"{field} (folded)", folded) if f.rule not in hit)
+    inv = INVISIBLE.search(text)
+    if inv:
+        yield Finding(
+            "SP014",
+            "invisible-unicode",
+            "high",
+            field,
+            inv.span(),
+            repr(inv.group()),
+            f"an invisible or bidirectional character (U+{ord(inv.group()):04X})",
+        )
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def _fold(text: str) -> str:
+    """``text`` in compatibility form (NFKC: fullwidth and styled letters become plain ones)
+    with each run of white space, line breaks included, one space."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text))
+
+
+def _rule_findings(field: str, text: str) -> Iterator[Finding]:
     low = text.lower()
     for rule in TEXT_RULES:
         if rule.triggers and not any(t in low for t in rule.triggers):
@@ -241,17 +262,6 @@ def _text_findings(field: str, text: str) -> Iterator[Finding]:
                 _excerpt(text, hit.span()),
                 rule.summary,
             )
-    inv = INVISIBLE.search(text)
-    if inv:
-        yield Finding(
-            "SP014",
-            "invisible-unicode",
-            "high",
-            field,
-            inv.span(),
-            repr(inv.group()),
-            f"an invisible or bidirectional character (U+{ord(inv.group()):04X})",
-        )
 
 
 def _mentions(field: str, text: str, others: Collection[str], own: set[str]) -> Iterator[Finding]:

@@ -209,7 +209,7 @@ _INJECTION = (
 )
 
 
-def _echo(prop: dict[str, object] | None = None, **schema: object) -> dict[str, object]:
+def _echo(prop: dict[str, object] | None = None, /, **schema: object) -> dict[str, object]:
     return {
         "name": "echo",
         "description": "Echoes the message back.",

@@ -2,9 +2,15 @@
 
 With it the HTTP front sends a priming event id and a ``retry`` hint on every SSE stream and
 replays what a client missed after ``Last-Event-ID``. Memory is bounded: at most
-``max_events`` events in all, the oldest dropped first, and none older than ``ttl_s`` (a
-client that comes back later than that gets no replay, as if the store had none). The SDK
-tells the store stream ids only, not sessions, so a closed session's events go by age.
+``max_events`` events in all, and none older than ``ttl_s`` (a client that comes back later
+than that gets no replay, as if the store had none). When the store is full the event that
+goes is the oldest of the principal holding the most: one principal's flood of calls pushes
+out its own events, not everyone's. The SDK tells the store stream ids only, not sessions, so
+a closed session's events go by age.
+
+A replay that reaches its request's answer says the stream is done (no stream id back): the
+SDK would otherwise register a resumed stream for a request that already ended and hold the
+connection open for events that never come, one connection per resumption, past every limit.
 
 The SDK shares one store among all sessions and names streams by request id (``"2"``) or
 ``_GET_stream``, names every session reuses. So each event is stored with its owner (a
@@ -20,14 +26,14 @@ from __future__ import annotations
 import binascii
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
-from mcp.types import JSONRPCMessage, JSONRPCResponse
+from mcp.types import JSONRPCError, JSONRPCMessage, JSONRPCResponse
 
 
 @dataclass
@@ -86,6 +92,8 @@ class BoundedEventStore(EventStore):
         self._events: OrderedDict[
             str, tuple[StreamOwner | None, StreamId, JSONRPCMessage | LaneResult | None, float]
         ] = OrderedDict()
+        # principal ("" for no owner) -> its events' ids, oldest first: who gives way when full
+        self._held: dict[str, deque[str]] = {}
         # No lock: neither method awaits while it reads or changes ``_events`` (one event
         # loop), and an anyio lock cost every stored event a trip round the loop.
 
@@ -105,14 +113,36 @@ class BoundedEventStore(EventStore):
     def _expire(self) -> None:
         horizon = self._clock() - self._ttl
         events = self._events
-        while events and (len(events) > self._max or next(iter(events.values()))[3] < horizon):
-            events.popitem(last=False)
+        while len(events) > self._max:
+            self._drop_from_largest()
+        while events and next(iter(events.values()))[3] < horizon:
+            eid, (owner, *_) = events.popitem(last=False)
+            self._forget(owner.principal if owner is not None else "", eid)
+
+    def _drop_from_largest(self) -> None:
+        who = max(self._held, key=lambda p: len(self._held[p]))
+        eid = self._held[who][0]
+        del self._events[eid]
+        self._forget(who, eid)
+
+    def _forget(self, who: str, eid: str) -> None:
+        """``eid``, ``who``'s oldest event, is gone (both orders are insertion order)."""
+        held = self._held[who]
+        held.popleft()
+        if not held:
+            del self._held[who]
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | LaneResult | None) -> EventId:
         eid = event_id()
         now = self._clock()
         events = self._events
-        events[eid] = (STREAM_OWNER.get(), stream_id, message, now)
+        owner = STREAM_OWNER.get()
+        events[eid] = (owner, stream_id, message, now)
+        who = owner.principal if owner is not None else ""
+        held = self._held.get(who)
+        if held is None:
+            held = self._held[who] = deque()
+        held.append(eid)
         # the expiry's own first test, here: most stores find nothing to drop
         if len(events) > self._max or next(iter(events.values()))[3] < now - self._ttl:
             self._expire()
@@ -137,9 +167,15 @@ class BoundedEventStore(EventStore):
             for eid, (o, sid, msg, _) in ids
             if sid == stream and o is not None and owner.may_resume(o)
         ]
+        answered = False
         for eid, msg in later:
             if isinstance(msg, LaneResult):
                 msg = msg.message()
             if msg is not None:
                 await send_callback(EventMessage(msg, eid))
-        return stream
+                answered = answered or isinstance(msg, _ANSWERS)
+        return None if answered else stream  # an answered request's stream has nothing more
+
+
+# what ends a request's stream: its response or its error
+_ANSWERS = (JSONRPCResponse, JSONRPCError)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import anyio
 from mcp.server.streamable_http import EventMessage
-from mcp.types import JSONRPCNotification
+from mcp.types import ErrorData, JSONRPCError, JSONRPCNotification, JSONRPCResponse
 
-from gateway.server.resume import STREAM_OWNER, BoundedEventStore, StreamOwner
+from gateway.server.resume import STREAM_OWNER, BoundedEventStore, LaneResult, StreamOwner
 
 BOB = StreamOwner("bob", "session-1")
 
@@ -99,10 +99,6 @@ def test_an_event_stored_without_an_owner_is_never_replayed_and_ids_are_not_a_co
 def test_a_lane_result_replays_as_the_response_the_lane_sent() -> None:
     """``LaneResult``: the SSE lane's answer is kept without its model; a replay gets the same
     response (the JSON the SDK's router would have stored and replayed), and only its owner."""
-    from mcp.types import JSONRPCResponse
-
-    from gateway.server.resume import LaneResult
-
     result = {"content": [{"type": "text", "text": "hi"}], "isError": False}
 
     async def main() -> None:
@@ -115,7 +111,7 @@ def test_a_lane_result_replays_as_the_response_the_lane_sent() -> None:
         async def send(ev: EventMessage) -> None:
             got.append(ev)
 
-        assert await store.replay_events_after(priming, send) == "7"
+        assert await store.replay_events_after(priming, send) is None  # answered: nothing more
         expected = JSONRPCResponse(jsonrpc="2.0", id=7, result=result)
         assert [e.message.model_dump_json(by_alias=True, exclude_unset=True) for e in got] == [
             expected.model_dump_json(by_alias=True, exclude_unset=True)
@@ -135,3 +131,55 @@ def test_event_ids_are_random_url_safe_and_token_urlsafe_sized() -> None:
     assert len(ids) == 2_000  # 96 random bits each: no repeats
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{16}", i) for i in ids)
     assert any("-" in i or "_" in i for i in ids)  # the URL-safe alphabet, not base64's + and /
+
+
+def test_a_replay_that_reaches_the_answer_ends_the_stream() -> None:
+    # Attack: resuming a finished call's stream made the SDK register it again and hold the
+    # connection open for events that never come; one connection per resumption.
+    async def main() -> None:
+        STREAM_OWNER.set(BOB)
+        store = BoundedEventStore()
+        priming = await store.store_event("7", None)
+        await store.store_event("7", _msg(0))  # a progress notification: not the end
+        assert await store.replay_events_after(priming, _ignore) == "7"  # still running
+        await store.store_event("7", LaneResult(7, {"content": []}))
+        assert await store.replay_events_after(priming, _ignore) is None
+        error = await store.store_event("8", None)
+        await store.store_event("8", JSONRPCError(jsonrpc="2.0", id=8, error=ErrorData(code=-1, message="x")))
+        assert await store.replay_events_after(error, _ignore) is None
+
+    anyio.run(main)
+
+
+def test_a_full_store_drops_the_events_of_who_holds_the_most() -> None:
+    # Attack: a flood of pings in one principal's session pushed every other principal's
+    # stored answers out of the one shared store.
+    async def main() -> None:
+        store = BoundedEventStore(max_events=10)
+        STREAM_OWNER.set(BOB)
+        kept = await store.store_event("2", None)
+        await store.store_event("2", LaneResult(2, {"content": []}))
+        STREAM_OWNER.set(StreamOwner("carol", "session-2"))
+        for n in range(100):
+            await store.store_event(str(n), _msg(n))
+        assert len(store) == 10
+        STREAM_OWNER.set(BOB)
+        got: list[EventMessage] = []
+
+        async def send(ev: EventMessage) -> None:
+            got.append(ev)
+
+        assert await store.replay_events_after(kept, send) is None
+        assert [type(e.message) for e in got] == [JSONRPCResponse]  # bob's answer is still there
+        now = [0.0]  # and by age, each principal's oldest goes first, as before
+        aged = BoundedEventStore(ttl_s=5.0, clock=lambda: now[0])
+        first = await aged.store_event("s", _msg(0))
+        now[0] = 10.0
+        await aged.store_event("s", _msg(1))
+        assert len(aged) == 1 and await aged.replay_events_after(first, _never) is None
+
+    anyio.run(main)
+
+
+async def _ignore(ev: EventMessage) -> None:
+    return None

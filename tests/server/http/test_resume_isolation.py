@@ -105,3 +105,28 @@ def test_a_session_cannot_resume_another_sessions_stream(tmp_path: Path) -> None
         _, mine = _resume(run.mcp, b, _event_ids(r.text)[0])
         assert "secret-of-bob" not in mine and "carol" in mine
         json.dumps(mine)
+
+
+def test_resuming_finished_calls_holds_no_connection_open(tmp_path: Path) -> None:
+    # Attack: one session resumed each of its finished calls' streams; every GET stayed open
+    # (the SDK registered a stream for a request that had ended), past every connection limit.
+    cfg = everything_config(tmp_path)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run, httpx.Client(timeout=30) as client:
+        h = _open(client, run.mcp, keys.user)
+        primes = []
+        for n in range(20):
+            call = {
+                "jsonrpc": "2.0",
+                "id": 100 + n,
+                "method": "tools/call",
+                "params": {"name": "everything__echo", "arguments": {"message": f"m{n}"}},
+            }
+            primes.append(_event_ids(client.post(run.mcp, json=call, headers=h).text)[0])
+        for n, eid in enumerate(primes):
+            r = client.get(
+                run.mcp,
+                headers={**h, "Accept": "text/event-stream", "Last-Event-ID": eid},
+                timeout=httpx.Timeout(10.0),  # an open stream would end in ReadTimeout
+            )
+            assert r.status_code == 200 and f"m{n}" in r.text  # replayed, then closed

@@ -34,9 +34,16 @@ _PASSED_KEPT = 256  # Host/Origin pairs that passed (HostGuard.refusal)
 
 
 def _allowed(value: str, allowed: list[str]) -> bool:
+    """``value`` is one of ``allowed``, or matches an ``HOST:*`` entry with a port: digits only
+    (a plain prefix took ``http://localhost:1@evil.example`` and ``Host: localhost:evil``)."""
     if value in allowed:
         return True
-    return any(a.endswith(":*") and value.startswith(a[:-1]) for a in allowed)
+    for a in allowed:
+        if a.endswith(":*") and value.startswith(a[:-1]):
+            port = value[len(a) - 1 :]
+            if port.isascii() and port.isdigit() and len(port) <= 5:
+                return True
+    return False
 
 
 class AccessLog:

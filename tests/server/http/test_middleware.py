@@ -119,6 +119,10 @@ def test_the_host_guard_remembers_only_what_passed() -> None:
             ({"host": "evil.example:8080", "origin": ok["origin"]}, 421),
             ({"host": ok["host"], "origin": "http://evil.example"}, 403),
             ({"origin": ok["origin"]}, 421),  # no Host at all
+            # a wildcard port is a port: not any text after the host's prefix
+            ({"host": ok["host"], "origin": "http://127.0.0.1:1@evil.example"}, 403),
+            ({"host": "127.0.0.1:evil.example", "origin": ok["origin"]}, 421),
+            ({"host": "127.0.0.1:８０", "origin": ok["origin"]}, 421),
         ):
             refusal = guard.refusal(bad)
             assert refusal is not None and refusal.status_code == status

@@ -126,7 +126,9 @@ class AgentRuntime:
             self._terminate_now(agent, self._terminating[agent.id])
 
     def note_error(self, agent: Agent | None, error: BaseException, target: str) -> None:
-        """A failed or denied call: counted toward suspension when it is a policy denial."""
+        """A failed or denied call: counted toward suspension when it is a policy denial of this
+        agent's own doing. Not a rate limit: its count is the principal's, which every agent of
+        that principal shares, so one agent's calls got a sibling suspended."""
         code = error.code if isinstance(error, GatewayError) else "internal_error"
         self.recent_errors.append(
             {
@@ -137,9 +139,13 @@ class AgentRuntime:
                 "type": type(error).__name__,
             }
         )
-        from gateway.errors import PolicyDenied, PolicyError
+        from gateway.errors import PolicyDenied, PolicyError, RateLimited
 
-        if agent is None or not isinstance(error, PolicyDenied) or isinstance(error, PolicyError):
+        if (
+            agent is None
+            or not isinstance(error, PolicyDenied)
+            or isinstance(error, PolicyError | RateLimited)
+        ):
             return
         rt = self.config.runtime
         now = time.monotonic()

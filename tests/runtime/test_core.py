@@ -16,7 +16,7 @@ import pytest
 from gateway.config.model import Config
 from gateway.config.sections import RuntimeSection
 from gateway.context import Principal
-from gateway.errors import AgentSuspended, InvalidTransition, PolicyDenied
+from gateway.errors import AgentSuspended, InvalidTransition, PolicyDenied, RateLimited
 from gateway.runtime import AgentState
 from gateway.runtime.core import AgentRuntime
 
@@ -155,6 +155,18 @@ def test_denials_are_counted_per_agent_and_the_suspension_names_the_setting() ->
     rt.note_error(a, PolicyDenied("no"), "t")
     assert state(a) is S.SUSPENDED and state(b) is S.RUNNING
     assert "runtime.suspend_after_denials" in rec.reasons(a.id)[-1][1]
+
+
+def test_a_rate_limit_is_no_denial_of_the_agent_that_met_it() -> None:
+    # Attack: one agent spent its principal's shared rate limit; a sibling agent of the same
+    # principal met it ten times and was suspended for "policy violations" it never made.
+    rec, rt = runtime(suspend_after_denials=2, denial_window_s=600)
+    a = agent_of(rt)
+    rt.begin(a, "t")
+    for _ in range(5):
+        rt.note_error(a, RateLimited("rate limit of 60 per minute reached"), "t")
+    assert state(a) is S.RUNNING
+    assert [e["code"] for e in rt.recent_errors] == ["rate_limited"] * 5  # still reported
 
 
 def test_recent_errors_name_the_code_agent_and_time() -> None:

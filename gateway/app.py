@@ -29,6 +29,7 @@ from gateway.events import Event, EventSink
 from gateway.heap import settle_heap
 from gateway.listen import ListenHub, StreamOutbound
 from gateway.policy.inputdoc import CallCounters
+from gateway.policy.results import progress_message
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
@@ -396,6 +397,9 @@ class Gateway:
             session = ctx.session
 
             async def report(progress: float, total: float | None, message: str | None) -> None:
+                if message is not None and call.decision is not None:
+                    # the upstream's words reach the client: under the call's result conditions
+                    message = progress_message(message, call.decision.conditions)
                 with contextlib.suppress(Exception):
                     await session.report_progress(progress, total, message)
 

@@ -80,7 +80,8 @@ def protocol_error(err: BaseException) -> MCPError:
 def as_tool_result(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | types.CallToolResult]]:
     """``tools/call``: every failure becomes ``CallToolResult(isError=True)``.
 
-    An upstream's own JSON-RPC error is passed on as is (the client sees what the server said).
+    An upstream's own JSON-RPC error is passed on as a JSON-RPC error (the client sees what
+    the server said, as the policy's result conditions let it: ``gateway.policy.results``).
     """
 
     @functools.wraps(fn)

@@ -20,7 +20,8 @@ The argument ``mode`` of the tool ``t`` picks the answer:
 - ``progress_given``: one progress notification whose message is the ``message`` argument, then
   the result.
 With ``$RAW_EXTRAS`` set it also offers the resource ``raw://r`` and the prompt ``p``, whose
-results are ``$RAW_READ_RESULT`` / ``$RAW_PROMPT_RESULT`` (JSON).
+results are ``$RAW_READ_RESULT`` / ``$RAW_PROMPT_RESULT`` (JSON), and answers ``completion/complete``
+with ``$RAW_COMPLETE_RESULT``.
 With ``$RAW_INIT_ERROR_BYTES`` set it refuses ``initialize`` with an error that long (after
 quoting ``$UPSTREAM_KEY``). Every line received is appended to ``$RECORD_FILE``, so a test can see what the gateway sent
 (cancellations included).
@@ -42,13 +43,20 @@ TOOL = {
 
 
 EXTRAS = bool(os.environ.get("RAW_EXTRAS"))
-CAPABILITIES: dict[str, Any] = {"tools": {}, **({"resources": {}, "prompts": {}} if EXTRAS else {})}
+CAPABILITIES: dict[str, Any] = {
+    "tools": {},
+    **({"resources": {}, "prompts": {}, "completions": {}} if EXTRAS else {}),
+}
 LISTS: dict[str, dict[str, Any]] = {
     "resources/list": {"resources": [{"uri": "raw://r", "name": "r"}]},
     "resources/templates/list": {"resourceTemplates": []},
     "prompts/list": {"prompts": [{"name": "p", "description": "A prompt."}]},
 }
-EXTRA_RESULTS = {"resources/read": "RAW_READ_RESULT", "prompts/get": "RAW_PROMPT_RESULT"}
+EXTRA_RESULTS = {
+    "resources/read": "RAW_READ_RESULT",
+    "prompts/get": "RAW_PROMPT_RESULT",
+    "completion/complete": "RAW_COMPLETE_RESULT",
+}
 
 
 def send(msg: dict[str, Any]) -> None:

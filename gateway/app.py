@@ -18,6 +18,7 @@ from mcp.server.session import ServerSession
 from pydantic import TypeAdapter
 
 from gateway.announce import Announcer
+from gateway.boundary import without_gateway_meta
 from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.chain import CallNext, Step, build_chain
 from gateway.compat import connection_of
@@ -28,6 +29,7 @@ from gateway.events import Event, EventSink
 from gateway.heap import settle_heap
 from gateway.listen import ListenHub, StreamOutbound
 from gateway.policy.inputdoc import CallCounters
+from gateway.policy.results import progress_message
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
@@ -328,7 +330,8 @@ class Gateway:
         return await self._chain(call)
 
     async def _dispatch(self, call: CallContext) -> Any:
-        """The innermost step: send the call to its upstream (or built-in provider)."""
+        """The innermost step: send the call to its upstream (or built-in provider). An
+        upstream's result loses the ``_meta`` keys only the gateway sets (``symbi/...``)."""
         if call.kind == "resources/read":
             assert call.upstream is not None
             served = self.builtins.get(call.upstream.name)
@@ -349,7 +352,7 @@ class Gateway:
                     self._owner_of_call(name, call),
                 )
 
-            return await answered_for_legacy(call, name, read, self.events)
+            return without_gateway_meta(await answered_for_legacy(call, name, read, self.events))
         if call.kind == "prompts/get":
             assert call.upstream is not None
             entry = self.catalog.prompt(call.target)
@@ -374,7 +377,7 @@ class Gateway:
                     self._owner_of_call(owner, call),
                 )
 
-            return await answered_for_legacy(call, owner, get, self.events)
+            return without_gateway_meta(await answered_for_legacy(call, owner, get, self.events))
         assert call.tool is not None
         builtin = self.builtins.get(call.tool.upstream)
         if builtin is not None:
@@ -383,8 +386,8 @@ class Gateway:
         if isolated is not None:
             owner = isolated.owner_of_call(call)
             async with isolated.use(owner) as own:
-                return await self._call_tool(own, call)
-        return await self._call_tool(self._least_busy(call.tool.upstream), call)
+                return without_gateway_meta(await self._call_tool(own, call))
+        return without_gateway_meta(await self._call_tool(self._least_busy(call.tool.upstream), call))
 
     async def _call_tool(self, up: Upstream, call: CallContext) -> Any:
         assert call.tool is not None
@@ -394,6 +397,9 @@ class Gateway:
             session = ctx.session
 
             async def report(progress: float, total: float | None, message: str | None) -> None:
+                if message is not None and call.decision is not None:
+                    # the upstream's words reach the client: under the call's result conditions
+                    message = progress_message(message, call.decision.conditions)
                 with contextlib.suppress(Exception):
                     await session.report_progress(progress, total, message)
 

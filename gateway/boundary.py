@@ -4,6 +4,8 @@
   sandbox failure...) becomes ``CallToolResult(isError=True)`` with a readable text and
   ``_meta["symbi/error"] = {"code", "reasons"}`` so the model sees why; an upstream's
   own JSON-RPC error is passed on the same way. The connection never breaks.
+- ``_meta["symbi/..."]`` keys are the gateway's alone: ``without_gateway_meta`` drops the ones
+  an upstream put in its result (a forged ``symbi/error`` denial or ``symbi/verification``).
 - ``resources/read``, ``prompts/get``, ``completion/complete``: a ``GatewayError`` becomes a
   JSON-RPC error (``MCPError``): -32602 for unknown names and denials, -32603 otherwise.
 - Anything else (a bug) is logged with its traceback and reported as an internal error:
@@ -26,6 +28,25 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _logger = logging.getLogger("symbi.boundary")
+
+
+# the prefix of the gateway's own _meta keys (symbi/error, symbi/verification, ...)
+GATEWAY_META_PREFIX = "symbi/"
+
+
+def _gateway_key(key: object) -> bool:
+    return isinstance(key, str) and key[: len(GATEWAY_META_PREFIX)].lower() == GATEWAY_META_PREFIX
+
+
+def without_gateway_meta(result: R) -> R:
+    """``result`` (an upstream's) without the ``_meta`` keys only the gateway may set, in any
+    case: a client must be able to trust ``symbi/error`` and ``symbi/verification``. Only
+    the result's own ``_meta`` is looked at (where the gateway puts its keys): no walk."""
+    meta = getattr(result, "meta", None)
+    if not meta or not any(map(_gateway_key, meta)):
+        return result
+    kept = {k: v for k, v in meta.items() if not _gateway_key(k)}
+    return result.model_copy(update={"meta": kept or None})  # type: ignore[attr-defined, no-any-return]
 
 
 def error_result(err: BaseException) -> types.CallToolResult:
@@ -59,7 +80,8 @@ def protocol_error(err: BaseException) -> MCPError:
 def as_tool_result(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | types.CallToolResult]]:
     """``tools/call``: every failure becomes ``CallToolResult(isError=True)``.
 
-    An upstream's own JSON-RPC error is passed on as is (the client sees what the server said).
+    An upstream's own JSON-RPC error is passed on as a JSON-RPC error (the client sees what
+    the server said, as the policy's result conditions let it: ``gateway.policy.results``).
     """
 
     @functools.wraps(fn)

@@ -6,7 +6,7 @@ import pytest
 from mcp import types
 from mcp.shared.exceptions import MCPError
 
-from gateway.boundary import as_protocol_error, as_tool_result
+from gateway.boundary import as_protocol_error, as_tool_result, without_gateway_meta
 from gateway.errors import PolicyDenied, UnknownTool, UpstreamError
 
 pytestmark = pytest.mark.anyio
@@ -50,3 +50,14 @@ async def test_other_requests_get_json_rpc_errors() -> None:
     with pytest.raises(MCPError) as passed:
         await as_protocol_error(_raising(mine))()
     assert passed.value is mine
+
+
+def test_only_the_gateways_own_meta_keys_are_dropped() -> None:
+    forged = {"symbi/error": {"code": "policy_denied"}, "Symbi/Verification": {}, "symbiosis": 1}
+    r = types.CallToolResult(content=[], _meta=forged)
+    assert without_gateway_meta(r).meta == {"symbiosis": 1}
+    only = types.ReadResourceResult(contents=[], _meta={"symbi/error": {}})
+    assert without_gateway_meta(only).meta is None  # nothing left: no empty _meta
+    clean = types.GetPromptResult(messages=[], _meta={"vendor/x": 1})
+    assert without_gateway_meta(clean) is clean  # nothing to drop: the very result, no copy
+    assert without_gateway_meta(types.CallToolResult(content=[])).meta is None

@@ -1,4 +1,5 @@
-"""Apply the redaction and size-cap conditions to arguments and tool results.
+"""Redaction: the rules of ``redact_arguments`` / ``redact_result`` and the secret patterns
+(what is done with results: ``gateway.policy.results``).
 
 Redaction rules are strings:
 - ``"/headers/authorization"``: a JSON-pointer-like path (RFC 6901 escapes ``~0`` ``~1``;
@@ -18,20 +19,13 @@ a deep copy is returned.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from mcp.types import CallToolResult, TextContent
-
-from gateway.errors import PolicyDenied
-from gateway.textcheck import not_utf8_at
-
 REDACTED = "[REDACTED]"
-TRUNCATION_MARK = "\n[truncated by symbi: the result exceeded the policy's max_result_bytes of {cap} bytes]"
 
 # Secrets recognisable by their value alone (replaced wherever they occur in a string). Each
 # pattern starts with literal text (or one of a few letters) and checks the word boundary
@@ -327,99 +321,3 @@ def redact_with_audit(doc: Any, rules: Sequence[str]) -> tuple[Any, Any]:
         out, _ = redact(doc, rules)
         return out, scrub_values(out)
     return out, audit
-
-
-def redact_result(result: CallToolResult, rules: Sequence[str]) -> CallToolResult:
-    """Redact ``structured_content`` and every text item that is a JSON object or array.
-
-    Plain prose text has no keys to match and passes unchanged (say so in the policy docs).
-    A redacted JSON text is written again: when its JSON holds the escape ``"\\ud800"``
-    (``json.loads`` makes a lone surrogate of it) that text would not be valid UTF-8 and the
-    call failed with an internal error; the result is refused instead, naming where
-    (``PolicyDenied``: a result the policy's redaction cannot pass on is not passed on).
-    """
-    if not rules:
-        return result
-    structured = result.structured_content
-    if structured is not None:
-        structured, _ = redact(structured, rules)
-    content: list[Any] = []
-    for i, item in enumerate(result.content):
-        if not isinstance(item, TextContent):
-            content.append(item)
-            continue
-        parsed: Any = None
-        if item.text.lstrip()[:1] in ("{", "["):
-            try:
-                parsed = json.loads(item.text)
-            except ValueError:
-                parsed = None
-        if isinstance(parsed, dict | list):
-            red, n = redact(parsed, rules)
-            if n and (bad := not_utf8_at(red)) is not None:
-                reason = (
-                    f"the JSON of the result's /content/{i}/text holds text that is not valid UTF-8 at {bad}"
-                )
-                raise PolicyDenied("result refused: it cannot be redacted", reasons=[reason])
-            content.append(
-                item.model_copy(update={"text": json.dumps(red, ensure_ascii=False)}) if n else item
-            )
-            continue
-        text, n = scrub_secrets(item.text)  # prose has no keys, but secrets are known by their look
-        content.append(item.model_copy(update={"text": text}) if n else item)
-    return result.model_copy(update={"content": content, "structured_content": structured})
-
-
-def result_size(result: Any) -> int:
-    """Bytes of the result as JSON (what travels to the client)."""
-    return len(result.model_dump_json(by_alias=True, exclude_none=True).encode("utf-8"))
-
-
-def _truncate_utf8(text: str, max_bytes: int) -> str:
-    return text.encode("utf-8")[: max(max_bytes, 0)].decode("utf-8", errors="ignore")
-
-
-def cap_result(result: CallToolResult, max_bytes: int, size: int | None = None) -> CallToolResult:
-    """Fit a tool result under ``max_bytes``.
-
-    - within the cap: unchanged;
-    - only text content: texts are kept in order up to ``max_bytes`` of text, the last one is
-      cut at a UTF-8 boundary and ends with a visible truncation mark; ``structured_content``
-      is dropped (a cut JSON document would be wrong, not just short);
-    - any non-text content (image, audio, resource): replaced by an ``isError`` result that
-      says the result was too large, since half an image is no use.
-
-    ``size``: ``result_size(result)``, when the caller has it already (else it is measured).
-    """
-    if size is None:
-        size = result_size(result)
-    if size <= max_bytes:
-        return result
-    if not all(isinstance(c, TextContent) for c in result.content):
-        return CallToolResult(
-            content=[
-                TextContent(
-                    type="text", text=f"result of {size} bytes exceeds the policy's cap of {max_bytes} bytes"
-                )
-            ],
-            is_error=True,
-        )
-    budget = max_bytes
-    kept: list[TextContent] = []
-    for item in result.content:
-        assert isinstance(item, TextContent)
-        n = len(item.text.encode("utf-8"))
-        if n <= budget:
-            kept.append(item)
-            budget -= n
-            continue
-        kept.append(
-            item.model_copy(
-                update={"text": _truncate_utf8(item.text, budget) + TRUNCATION_MARK.format(cap=max_bytes)}
-            )
-        )
-        break
-    if len(kept) == len(result.content) and kept[-1] is result.content[-1]:
-        # text fits but structured_content made it too big: drop that and mark it
-        kept.append(TextContent(type="text", text=TRUNCATION_MARK.format(cap=max_bytes).strip()))
-    return result.model_copy(update={"content": kept, "structured_content": None})

@@ -22,7 +22,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
 from gateway import __version__
 from gateway.app import Gateway
-from gateway.boundary import as_protocol_error, as_tool_result
+from gateway.boundary import as_protocol_error, as_tool_result, without_gateway_meta
 from gateway.catalog import CatalogTool
 from gateway.config.model import Config
 from gateway.context import CallContext, CallKind, Principal, is_admin
@@ -415,7 +415,7 @@ class Front:
             lambda up: up.session.complete(ref, params.argument.model_dump(), context_arguments=context_args),
             ctx,
         )
-        return result
+        return without_gateway_meta(result)
 
     @as_protocol_error
     async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:

@@ -7,7 +7,9 @@ Order of work for one call:
    in this process or shared by the replicas on Redis (``gateway.state``; unreachable: refused);
 4. ``redact_arguments`` -> the upstream and the audit log get a redacted copy;
 5. ``sandbox_tier`` -> ``call.sandbox_tier`` (the dispatcher runs code tools in it);
-6. after the call: ``redact_result`` then ``max_result_bytes`` on the ``CallToolResult``;
+6. after the call: ``redact_result`` then ``max_result_bytes`` on the result, wherever its
+   text reaches the client (``gateway.policy.results``: content, ``_meta``, an upstream's
+   JSON-RPC error; the progress messages are the dispatcher's, ``Gateway._call_tool``);
    ``call.result_bytes`` is the size the upstream produced, before any cap.
 """
 
@@ -22,10 +24,11 @@ from mcp.types import CallToolResult
 
 from gateway.chain import CallNext
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
-from gateway.errors import PolicyDenied, RateLimited
+from gateway.errors import PolicyDenied, RateLimited, UpstreamError
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import CallCounters, input_for_call, listing_inputs
-from gateway.policy.redact import cap_result, redact_result, redact_with_audit, result_size
+from gateway.policy.redact import redact_with_audit
+from gateway.policy.results import cap_result, error_under, redact_other, redact_result, result_size
 from gateway.state.limiter import LocalRateLimiter, RateLimiter
 
 
@@ -74,7 +77,12 @@ class PolicyStep:
         if "sandbox_tier" in cond:
             call.sandbox_tier = cond["sandbox_tier"]
 
-        result = await call_next(call)
+        try:
+            result = await call_next(call)
+        except UpstreamError as e:  # the upstream's own error reaches the client: as a result would
+            if e.mcp_error is None or not cond:
+                raise
+            raise error_under(e, cond, _upstream_of(call)) from None
 
         if isinstance(result, CallToolResult):
             produced = result
@@ -86,15 +94,24 @@ class PolicyStep:
                 size = call.result_bytes if result is produced else None
                 result = cap_result(result, cond["max_result_bytes"], size)
         elif hasattr(result, "model_dump_json"):
-            call.result_bytes = result_size(result)
+            call.result_bytes = size = result_size(result)
+            if cond.get("redact_result"):
+                result = redact_other(result, cond["redact_result"])
+                size = result_size(result) if "max_result_bytes" in cond else size
             cap = cond.get("max_result_bytes")
-            if cap is not None and call.result_bytes > cap:
+            if cap is not None and size > cap:
                 # resources / prompts have no isError form: refuse rather than cut them
                 raise PolicyDenied(
                     "result too large",
-                    reasons=[f"result of {call.result_bytes} bytes exceeds the cap of {cap} bytes"],
+                    reasons=[f"result of {size} bytes exceeds the cap of {cap} bytes"],
                 )
         return result
+
+
+def _upstream_of(call: CallContext) -> str:
+    if call.tool is not None:
+        return call.tool.upstream
+    return call.upstream.name if call.upstream is not None else "?"
 
 
 def filter_listing(

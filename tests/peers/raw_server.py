@@ -15,7 +15,13 @@ The argument ``mode`` of the tool ``t`` picks the answer:
   in its params and at the top), then the real response;
 - ``silent``: no answer (the caller times out or cancels);
 - ``deep``: a result whose ``structuredContent`` nests lists ``message`` levels deep (valid JSON);
-- ``die``: exits mid-call.
+- ``die``: exits mid-call;
+- ``given``: the ``message`` argument is the whole result; ``given_error``: the whole JSON-RPC error;
+- ``progress_given``: one progress notification whose message is the ``message`` argument, then
+  the result.
+With ``$RAW_EXTRAS`` set it also offers the resource ``raw://r`` and the prompt ``p``, whose
+results are ``$RAW_READ_RESULT`` / ``$RAW_PROMPT_RESULT`` (JSON), and answers ``completion/complete``
+with ``$RAW_COMPLETE_RESULT``.
 With ``$RAW_INIT_ERROR_BYTES`` set it refuses ``initialize`` with an error that long (after
 quoting ``$UPSTREAM_KEY``). Every line received is appended to ``$RECORD_FILE``, so a test can see what the gateway sent
 (cancellations included).
@@ -33,6 +39,23 @@ TOOL = {
     "name": "t",
     "description": "Answers as the mode argument says.",
     "inputSchema": {"type": "object", "properties": {"mode": {"type": "string"}, "message": {}}},
+}
+
+
+EXTRAS = bool(os.environ.get("RAW_EXTRAS"))
+CAPABILITIES: dict[str, Any] = {
+    "tools": {},
+    **({"resources": {}, "prompts": {}, "completions": {}} if EXTRAS else {}),
+}
+LISTS: dict[str, dict[str, Any]] = {
+    "resources/list": {"resources": [{"uri": "raw://r", "name": "r"}]},
+    "resources/templates/list": {"resourceTemplates": []},
+    "prompts/list": {"prompts": [{"name": "p", "description": "A prompt."}]},
+}
+EXTRA_RESULTS = {
+    "resources/read": "RAW_READ_RESULT",
+    "prompts/get": "RAW_PROMPT_RESULT",
+    "completion/complete": "RAW_COMPLETE_RESULT",
 }
 
 
@@ -63,7 +86,7 @@ def main() -> None:
                     "id": rid,
                     "result": {
                         "protocolVersion": msg["params"]["protocolVersion"],
-                        "capabilities": {"tools": {}},
+                        "capabilities": CAPABILITIES,
                         "serverInfo": {"name": "raw", "version": "1"},
                     },
                 }
@@ -72,6 +95,10 @@ def main() -> None:
             send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL]}})
         elif method == "ping":
             send({"jsonrpc": "2.0", "id": rid, "result": {}})
+        elif EXTRAS and method in LISTS:
+            send({"jsonrpc": "2.0", "id": rid, "result": LISTS[method]})
+        elif EXTRAS and method in EXTRA_RESULTS:
+            send({"jsonrpc": "2.0", "id": rid, "result": json.loads(os.environ[EXTRA_RESULTS[method]])})
         elif method == "tools/call":
             args = msg["params"].get("arguments") or {}
             mode, text = args.get("mode", "ok"), json.dumps(args.get("message"))
@@ -145,6 +172,14 @@ def main() -> None:
                 send({"jsonrpc": "2.0", "id": rid, "result": {"content": [], "structuredContent": long}})
             elif mode == "die":
                 sys.exit(3)
+            elif mode == "given":
+                send({"jsonrpc": "2.0", "id": rid, "result": args.get("message")})
+            elif mode == "given_error":
+                send({"jsonrpc": "2.0", "id": rid, "error": args.get("message")})
+            elif mode == "progress_given":
+                note = {"progressToken": token, "progress": 1, "message": args.get("message")}
+                send({"jsonrpc": "2.0", "method": "notifications/progress", "params": note})
+                send(result(rid, "done"))
             elif mode != "silent":
                 send(result(rid, text))
         elif rid is not None and method is not None:

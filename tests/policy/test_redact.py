@@ -24,14 +24,12 @@ from gateway.policy.redact import (
     REDACTED,
     _words,
     audit_copy,
-    cap_result,
     compile_rules,
     redact,
-    redact_result,
     redact_with_audit,
-    result_size,
     scrub_values,
 )
+from gateway.policy.results import cap_result, redact_result, result_size
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +154,8 @@ def test_result_redaction_edges() -> None:
     out = redact_result(result, ["token"])
     texts = [c.text for c in out.content[:3]]  # type: ignore[union-attr]
     assert texts == ['{"not json', '[{"token": "[REDACTED]", "name": "é"}]', '{"clean":1}']
-    assert out.content[2] is result.content[2] and out.content[3] is result.content[3]
+    assert out.content[2] is result.content[2]  # nothing to redact: the very item
+    assert json.loads(out.content[3].resource.text) == {"token": REDACTED}  # type: ignore[union-attr]
     assert out.structured_content == {"token": REDACTED, "ok": 1}
     assert result.structured_content == {"token": "t", "ok": 1}
 
@@ -166,7 +165,7 @@ def _texts(r: CallToolResult) -> list[str]:
 
 
 def test_cap_edges_exact_fit_zero_budget_and_structured_only() -> None:
-    from gateway.policy.redact import TRUNCATION_MARK
+    from gateway.policy.results import TRUNCATION_MARK
 
     r = CallToolResult(content=[TextContent(type="text", text="abc"), TextContent(type="text", text="def")])
     assert cap_result(r, result_size(r)) is r  # exactly at the cap: unchanged

@@ -9,15 +9,17 @@ import time
 from typing import Any
 
 import pytest
+from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, ImageContent, ReadResourceResult, TextContent, TextResourceContents
 
 from gateway.chain import build_chain
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo, VerificationStatus
-from gateway.errors import PolicyDenied, RateLimited
+from gateway.errors import PolicyDenied, RateLimited, UpstreamError
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.inputdoc import CallCounters
 from gateway.policy.loader import PolicyFiles, discover_files
-from gateway.policy.redact import REDACTED, result_size
+from gateway.policy.redact import REDACTED
+from gateway.policy.results import result_size
 from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing, listed
 from tests.state.conftest import redis_engine  # noqa: F401 - fixture (a real redis-server)
 from tests.steps._chain import run_chain
@@ -550,3 +552,41 @@ def test_a_redacted_result_is_capped_by_its_own_size_not_the_upstreams(tmp_path:
         out = _through(eng, call, produced)
         assert call.result_bytes == result_size(produced)  # the size the upstream produced
         assert (out != redacted) is cut and REDACTED in out.content[0].text
+
+
+def _redact_then_cap(tmp_path: Any, cap: int) -> EmbeddedEngine:
+    (tmp_path / "p.rego").write_text(REDACT_THEN_CAP_REGO)
+    (tmp_path / "data.json").write_text(json.dumps({"symbi_data": {"cap": cap}}))
+    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego", data=tmp_path / "data.json"))
+    assert eng.load()
+    return eng
+
+
+def test_a_resource_result_is_redacted_then_capped_by_its_own_size(tmp_path: Any) -> None:
+    """Attack: ``redact_result`` in a decision for ``resources/read`` was ignored (only tool
+    results were redacted): the secret reached the client."""
+    produced = ReadResourceResult(contents=[TextResourceContents(uri="file:///x", text='{"secret": "s3"}')])
+    call = CallContext(principal=LOCAL, kind="resources/read", target="file:///x")
+    out = _through(_redact_then_cap(tmp_path, cap=10_000), call, produced)
+    assert json.loads(out.contents[0].text) == {"secret": REDACTED}
+    assert call.result_bytes == result_size(produced)  # the size the upstream produced
+
+
+def test_an_upstream_error_passes_the_result_conditions(tmp_path: Any) -> None:
+    """Attack (rt-call 4 c): the upstream's JSON-RPC error went around the policy step's result
+    conditions: its data reached the client unredacted and over the cap."""
+
+    async def failing(c: CallContext) -> Any:
+        raise UpstreamError(
+            "upstream 'up' returned an error", mcp_error=MCPError(-32005, "no", {"secret": "s3"})
+        )
+
+    async def go(cap: int) -> UpstreamError:
+        with pytest.raises(UpstreamError) as raised:
+            await build_chain([PolicyStep(_redact_then_cap(tmp_path, cap))], failing)(call_of("up__x", {}))
+        return raised.value
+
+    redacted = asyncio.run(go(10_000)).mcp_error
+    assert isinstance(redacted, MCPError) and redacted.error.data == {"secret": REDACTED}
+    capped = asyncio.run(go(10)).mcp_error
+    assert isinstance(capped, MCPError) and capped.error.data is None and capped.code == -32005

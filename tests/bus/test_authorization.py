@@ -160,3 +160,25 @@ async def test_an_agent_id_taken_over_by_another_principal_gets_new_keys_and_ent
     assert entry is not None and entry.principal == "other"
     (got,) = await bus.receive(B)
     assert got.sender == "agent-a" and got.body == "x"
+
+
+async def test_a_subscription_whose_grant_is_taken_away_receives_nothing_more(tmp_path: Path) -> None:
+    # Attack: the subscribe decision was made once; after the operator took the grant away (a
+    # policy reload), a new subscribe was refused but the old subscription kept receiving.
+    granted = {"payroll.*"}
+
+    async def authorize(kind: str, p: Principal, recipient: Any, topic: Any) -> Decision:
+        if kind == "bus/subscribe" and p.agent == "agent-c":
+            ok = any(topic.startswith(g[:-1]) for g in granted)
+            return Decision(ok, () if ok else (f"may not subscribe {topic}",))
+        return Decision(True)
+
+    bus, events = await _bus(tmp_path, authorize)
+    await bus.subscribe(C, "payroll.*")
+    await bus.publish(A, "payroll.march", {"salary": 1})
+    assert [r.body for r in await bus.receive(C)] == [{"salary": 1}]  # while granted
+    granted.clear()  # the grant goes
+    await bus.publish(A, "payroll.april", {"salary": 2})
+    assert await bus.receive(C) == []
+    (denied,) = [d for d in events.of("bus.denied") if d["topic"] == "payroll.april"]
+    assert denied["kind"] == "bus/subscribe" and "may not subscribe payroll.april" in denied["reasons"]

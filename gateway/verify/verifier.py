@@ -219,7 +219,7 @@ class ToolVerifier:
         manifest_error: str | None = None
         if srv.approved is not None:
             try:
-                manifest = load_manifest(srv.approved)
+                manifest = load_manifest(srv.approved, upstream=upstream)
             except ConfigError as e:
                 manifest_error = e.message
         snapshot: KeySnapshot | None = None
@@ -298,7 +298,7 @@ class ToolVerifier:
             and (before is None or before.approved_hash is None)
             and status in ("pinned", "verified")
         )
-        if late and not (info.original_name in trust.manifest and signature is None):
+        if late and not _by_manifest(info, trust, signature):
             # added after the upstream's first approved listing: pending (an org-signed manifest
             # entry is a person's approval already)
             status, approve_now = "unverified", False
@@ -330,7 +330,7 @@ class ToolVerifier:
             status, reason = "off", "verification is off for this upstream"
         elif before is not None and before.revoked:
             status, reason = "revoked", "revoked by a security team (symbi tools revoke)"
-        elif signature is not None:
+        elif signature is not None and not _by_manifest(info, trust, signature):
             status, reason, fp = self._signed_status(
                 info,
                 definition,
@@ -385,7 +385,6 @@ class ToolVerifier:
             domain,
             snapshot,
             snap_error,
-            org_keys=self._org_keys,
             pins=self.pins,
             config=self._config,
         )
@@ -461,6 +460,13 @@ class ToolVerifier:
                     },
                 )
             )
+
+
+def _by_manifest(info: ToolInfo, trust: _UpstreamTrust, signature: str | None) -> bool:
+    """Whether the upstream's approved manifest decides this tool: it has an entry, and no
+    in-band signature can be checked instead (none, or no domain key for it: an organisation
+    key never counts in-band, see gateway.verify.signatures)."""
+    return info.original_name in trust.manifest and (signature is None or trust.domain is None)
 
 
 def approved_definition(tool: Mapping[str, Any]) -> dict[str, Any]:

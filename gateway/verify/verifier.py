@@ -34,6 +34,7 @@ from gateway.errors import ConfigError, StateUnavailable
 from gateway.events import Event, EventSink
 from gateway.screen.accepted import AcceptedFindings
 from gateway.screen.refresh import Listings, RefreshScreening
+from gateway.verify.keys import UpstreamKeys
 from gateway.verify.manifest import load_manifest
 from gateway.verify.signatures import check_manifest, check_signature, drift_reason
 from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
@@ -111,6 +112,8 @@ class ToolVerifier:
             verify=str(ca) if ca else True,
         )
         self._org_keys = load_org_keys(config)
+        # discovered keys, and the ones the verdicts were made with (a revocation re-assesses)
+        self.keys = UpstreamKeys(config, self._resolver)
         # accepted screening findings: the data dir's file, or PostgreSQL shared by replicas
         self._accepted: AcceptedFindings | PgAcceptedFindings = (
             accepted if accepted is not None else AcceptedFindings(config.screening_accepted_path)
@@ -123,6 +126,7 @@ class ToolVerifier:
     def reconfigure(self, config: Config) -> None:
         """A server was added at run time (discovery): its settings come from ``config``."""
         self._config = config
+        self.keys.config = config
 
     def close(self) -> None:
         self.state.close()
@@ -185,8 +189,9 @@ class ToolVerifier:
                     fresh = [t for t in entries if t.name not in kept]
                     present = {t.original_name for t in entries}
                     assessed = await self._assess_upstream(upstream, fresh, present=present)
-                    if any(i.verification == "unavailable" for i in assessed):
-                        # shared approvals unreadable: none of this upstream's tools, old or new
+                    if any(i.verification == "unavailable" for i in assessed) or self.keys.moved(upstream):
+                        # shared approvals unreadable: none of this upstream's tools, old or new;
+                        # its key was rotated or revoked: the kept verdicts were made with the old
                         assessed = await self._assess_upstream(upstream, entries)
                     else:
                         infos.update(kept)
@@ -222,14 +227,7 @@ class ToolVerifier:
                 manifest = load_manifest(srv.approved, upstream=upstream)
             except ConfigError as e:
                 manifest_error = e.message
-        snapshot: KeySnapshot | None = None
-        snap_error: str | None = None
-        if srv.domain and mode != "off":
-            try:
-                with anyio.fail_after(self._config.mcp.connection_timeout_s):
-                    snapshot = await self._resolver.resolve(srv.domain)
-            except (SchemaPinError, TimeoutError) as e:
-                snap_error = f"key discovery for {srv.domain} failed: {e}"
+        snapshot, snap_error = await self.keys.resolve(upstream, complete=present is None)
         trust = _UpstreamTrust(mode, srv.domain, manifest, manifest_error, snapshot, snap_error)
         # The tool state is PostgreSQL with [state] postgres_url: a server that does not answer
         # holds a worker thread for up to state.timeout_s per query, never the event loop (every

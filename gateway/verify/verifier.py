@@ -44,6 +44,7 @@ from schemapin import (
     PinStore,
     SchemaPinError,
     WellKnownResolver,
+    canonicalize,
     definition_hash,
     split_carrier,
 )
@@ -179,7 +180,7 @@ class ToolVerifier:
                     for t in entries
                     if (k := previous.get(t.name)) is not None
                     and k.upstream == t.upstream
-                    and k.definition == t.definition
+                    and same_json(k.definition, t.definition)
                 }
                 if upstream != changed and len(kept) == len(entries):
                     infos.update(kept)
@@ -393,7 +394,7 @@ class ToolVerifier:
             status == "verified"
             and before
             and before.approved_hash
-            and approved_meta != approved_form.get(META_KEY)
+            and not same_json(approved_meta, approved_form.get(META_KEY))
         ):
             # the signature does not cover _meta: a change there needs a person
             status, reason = "drifted", drift_reason(before.approved_hash, h) + " (_meta changed)"
@@ -458,6 +459,20 @@ class ToolVerifier:
                     },
                 )
             )
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two definitions are the same JSON, byte for byte in canonical form. Python's ``==``
+    calls 1, 1.0 and true equal, and 0 and false: different schemas (``maximum``, ``enum``,
+    ``additionalProperties``), so a change between them would go unnoticed, and the catalogue
+    would serve the new listing entry under the old verdict and hash. A verdict is kept only for
+    the same bytes, so the entry served is, byte for byte, the definition assessed."""
+    if a is b:
+        return True
+    try:
+        return canonicalize(a) == canonicalize(b)
+    except SchemaPinError:
+        return False  # cannot be compared: assessed again, and refused there
 
 
 def _by_manifest(info: ToolInfo, trust: _UpstreamTrust, signature: str | None) -> bool:

@@ -50,7 +50,7 @@ from gateway.steps.resolve import ResolveTool
 from gateway.steps.schedule import ScheduleStep
 from gateway.steps.unsafe import WarnUnsafe
 from gateway.steps.verify import VerifyTool
-from gateway.tasks import audit_retention, discover, poll_approvals
+from gateway.tasks import audit_retention, discover, poll_approvals, watch_keys
 from gateway.telemetry import Telemetry
 from gateway.upstream.builtin import Builtin
 from gateway.verify.verifier import ToolVerifier
@@ -245,6 +245,9 @@ def _periodic_tasks(
     scheduler, discovery and audit retention."""
     _shared_state_tasks(config, state, audit, policy, events, background)
     background.append(poll_approvals(verifier, config.mcp.recheck_interval_s, state.changes))
+    # keys are fetched afresh once their cache expires (not more often than approvals are polled)
+    keys_every = max(config.mcp.discovery_ttl_s, config.mcp.recheck_interval_s)
+    background.append(watch_keys(verifier, keys_every))
     background.append(lambda _gw: runtime.run())
     if config.mcp.discovery_enabled:
         background.append(discover(config, events))

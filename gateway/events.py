@@ -50,6 +50,7 @@ class Event(StrEnum):
     TOOL_VANISHED = "tool.vanished"  # an upstream no longer lists a tool
     TOOL_APPROVED = "tool.approved"  # an admin approved a tool's current definition
     TOOL_APPROVALS_CHANGED = "tool.approvals_changed"  # approvals/manifests changed outside
+    TOOL_KEYS_CHANGED = "tool.keys_changed"  # an upstream's discovered key rotated, revoked, unreachable
     TOOL_SCREENING = "tool.screening"  # a tool\'s screening findings changed (poisoning rules)
     # policy
     POLICY_RELOADED = "policy.reloaded"  # a new policy is in force

@@ -1,5 +1,6 @@
 """The gateway's long-running tasks that ``gateway.assemble.make_gateway`` starts: approval
-and manifest changes re-verify the catalogue, discovery of MCP servers, audit retention."""
+and manifest changes, and changed discovered keys, re-verify the catalogue; discovery of MCP
+servers; audit retention."""
 
 from __future__ import annotations
 
@@ -48,6 +49,23 @@ def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | N
                 _logger.info("approvals or manifests changed: re-verifying the catalogue")
                 # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
                 gw.events.emit(Event.TOOL_APPROVALS_CHANGED, {"fingerprint": [str(x) for x in now]})
+                await gw.refresh()
+
+    return run
+
+
+def watch_keys(verifier: ToolVerifier, interval: float) -> Background:
+    """Re-resolve every upstream's domain each ``interval`` seconds and re-assess the catalogue
+    when a key's fingerprint, revocation or reachability differs from what the verdicts were
+    made with (a developer revoking a compromised key, on a running gateway)."""
+
+    async def run(gw: Gateway) -> None:
+        while True:
+            await anyio.sleep(interval)
+            moved = await verifier.keys.changed()
+            if moved:
+                _logger.warning("discovered keys changed for %s: re-verifying the catalogue", moved)
+                gw.events.emit(Event.TOOL_KEYS_CHANGED, {"upstreams": moved})
                 await gw.refresh()
 
     return run

@@ -249,7 +249,7 @@ def _sign_into_manifest(
 
     if key is None:
         raise ConfigError(f"servers.{upstream}.approved is a signed manifest: give --key ORG_PRIV.pem")
-    manifest = load_manifest(manifest_path)
+    manifest = load_manifest(manifest_path, upstream=upstream)
     for rec in recs:
         assert rec.current_definition is not None
         manifest[rec.name] = sign_envelope(

@@ -23,14 +23,20 @@ from gateway.errors import ConfigError
 from schemapin import SchemaPinError, parse_json
 
 
-def load_manifest(path: Path) -> dict[str, dict[str, Any]]:
-    """Envelopes by tool name. A missing file is an empty manifest; a broken one an error."""
+def load_manifest(path: Path, *, upstream: str) -> dict[str, dict[str, Any]]:
+    """Envelopes by tool name. A missing file is an empty manifest; a broken one an error, and
+    so is one whose ``upstream`` names another server (one manifest file configured for two
+    upstreams would let either serve the other's approved tools)."""
     if not path.exists():
         return {}
     try:
         doc = parse_json(path.read_bytes())
     except SchemaPinError as e:
         raise ConfigError(f"{path}: approved manifest is not valid JSON: {e}") from None
+    if isinstance(doc, dict) and doc.get("upstream", upstream) != upstream:
+        raise ConfigError(
+            f"{path}: approved manifest is for upstream {doc.get('upstream')!r}, not {upstream!r}"
+        )
     tools = doc.get("tools") if isinstance(doc, dict) else doc
     if not isinstance(tools, list):
         raise ConfigError(f"{path}: approved manifest must hold a list of envelopes under 'tools'")

@@ -1,5 +1,9 @@
-"""Checking a tool definition's signature: in-band (``_meta``, against the upstream's pinned key
-or the organisation's keys) or an entry of the approved manifest (organisation-signed)."""
+"""Checking a tool definition's signature: in-band (``_meta``, against the upstream's own pinned
+key) or an entry of the upstream's approved manifest (organisation-signed).
+
+An organisation key counts only through the manifest configured for the upstream: the signed
+object never names an upstream, so an in-band signature by an organisation key would make any
+upstream that copies it (manifests are plain files) serve that tool as verified."""
 
 from __future__ import annotations
 
@@ -30,45 +34,40 @@ def check_signature(
     snapshot: KeySnapshot | None,
     snap_error: str | None,
     *,
-    org_keys: list[KeySnapshot],
     pins: PinStore | PgPinStore,
     config: Config,
 ) -> tuple[str, str | None, str | None]:
-    """A tool's in-band signature against the upstream's key (pinned) and the organisation's:
+    """A tool's in-band signature against the upstream's own (pinned) key:
     (status, reason, key fingerprint)."""
-    keys: list[tuple[KeySnapshot, bool]] = []
-    if snapshot is not None:
-        keys.append((snapshot, True))
-    keys += [(k, False) for k in org_keys]
-    if not keys:
+    if snapshot is None:
         return (
             "failed",
-            snap_error or "signed, but no key to check it: configure the upstream's domain",
+            snap_error
+            or (
+                f"signed in-band, but no key to check it: configure servers.{info.upstream}.domain "
+                f"(organisation keys sign only through servers.{info.upstream}.approved)"
+            ),
             None,
         )
-    last: SchemaPinError | None = None
-    for key, pinned in keys:
-        try:
-            res = verify_tool(
-                definition,
-                signature,
-                domain=domain if pinned else None,
-                tool_id=info.original_name if pinned else None,
-                key_source=key,
-                mode="strict" if mode in ("strict", "warn") else "tofu",
-                pin_store=pins if pinned else None,
-                digest_mode=config.servers[info.upstream].signature_digest,
-                require_low_s=config.mcp.require_low_s_signatures,
-            )
-            return "verified", None, res.key_fingerprint
-        except KeyRevoked as e:
-            return "revoked", f"{e.code}: {e}", key.fingerprint
-        except (DefinitionChanged, KeyPinMismatch) as e:
-            return "drifted", f"{e.code}: {e}", key.fingerprint
-        except SchemaPinError as e:
-            last = e
-    assert last is not None
-    return "failed", f"{last.code}: {last}", None
+    try:
+        res = verify_tool(
+            definition,
+            signature,
+            domain=domain,
+            tool_id=info.original_name,
+            key_source=snapshot,
+            mode="strict" if mode in ("strict", "warn") else "tofu",
+            pin_store=pins,
+            digest_mode=config.servers[info.upstream].signature_digest,
+            require_low_s=config.mcp.require_low_s_signatures,
+        )
+    except KeyRevoked as e:
+        return "revoked", f"{e.code}: {e}", snapshot.fingerprint
+    except (DefinitionChanged, KeyPinMismatch) as e:
+        return "drifted", f"{e.code}: {e}", snapshot.fingerprint
+    except SchemaPinError as e:
+        return "failed", f"{e.code}: {e}", None
+    return "verified", None, res.key_fingerprint
 
 
 def check_manifest(

@@ -34,6 +34,7 @@ from gateway.errors import ConfigError, StateUnavailable
 from gateway.events import Event, EventSink
 from gateway.screen.accepted import AcceptedFindings
 from gateway.screen.refresh import Listings, RefreshScreening
+from gateway.verify.keys import UpstreamKeys
 from gateway.verify.manifest import load_manifest
 from gateway.verify.signatures import check_manifest, check_signature, drift_reason
 from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
@@ -43,6 +44,7 @@ from schemapin import (
     PinStore,
     SchemaPinError,
     WellKnownResolver,
+    canonicalize,
     definition_hash,
     split_carrier,
 )
@@ -111,6 +113,8 @@ class ToolVerifier:
             verify=str(ca) if ca else True,
         )
         self._org_keys = load_org_keys(config)
+        # discovered keys, and the ones the verdicts were made with (a revocation re-assesses)
+        self.keys = UpstreamKeys(config, self._resolver)
         # accepted screening findings: the data dir's file, or PostgreSQL shared by replicas
         self._accepted: AcceptedFindings | PgAcceptedFindings = (
             accepted if accepted is not None else AcceptedFindings(config.screening_accepted_path)
@@ -123,6 +127,7 @@ class ToolVerifier:
     def reconfigure(self, config: Config) -> None:
         """A server was added at run time (discovery): its settings come from ``config``."""
         self._config = config
+        self.keys.config = config
 
     def close(self) -> None:
         self.state.close()
@@ -175,7 +180,7 @@ class ToolVerifier:
                     for t in entries
                     if (k := previous.get(t.name)) is not None
                     and k.upstream == t.upstream
-                    and k.definition == t.definition
+                    and same_json(k.definition, t.definition)
                 }
                 if upstream != changed and len(kept) == len(entries):
                     infos.update(kept)
@@ -185,8 +190,9 @@ class ToolVerifier:
                     fresh = [t for t in entries if t.name not in kept]
                     present = {t.original_name for t in entries}
                     assessed = await self._assess_upstream(upstream, fresh, present=present)
-                    if any(i.verification == "unavailable" for i in assessed):
-                        # shared approvals unreadable: none of this upstream's tools, old or new
+                    if any(i.verification == "unavailable" for i in assessed) or self.keys.moved(upstream):
+                        # shared approvals unreadable: none of this upstream's tools, old or new;
+                        # its key was rotated or revoked: the kept verdicts were made with the old
                         assessed = await self._assess_upstream(upstream, entries)
                     else:
                         infos.update(kept)
@@ -219,17 +225,10 @@ class ToolVerifier:
         manifest_error: str | None = None
         if srv.approved is not None:
             try:
-                manifest = load_manifest(srv.approved)
+                manifest = load_manifest(srv.approved, upstream=upstream)
             except ConfigError as e:
                 manifest_error = e.message
-        snapshot: KeySnapshot | None = None
-        snap_error: str | None = None
-        if srv.domain and mode != "off":
-            try:
-                with anyio.fail_after(self._config.mcp.connection_timeout_s):
-                    snapshot = await self._resolver.resolve(srv.domain)
-            except (SchemaPinError, TimeoutError) as e:
-                snap_error = f"key discovery for {srv.domain} failed: {e}"
+        snapshot, snap_error = await self.keys.resolve(upstream, complete=present is None)
         trust = _UpstreamTrust(mode, srv.domain, manifest, manifest_error, snapshot, snap_error)
         # The tool state is PostgreSQL with [state] postgres_url: a server that does not answer
         # holds a worker thread for up to state.timeout_s per query, never the event loop (every
@@ -298,7 +297,7 @@ class ToolVerifier:
             and (before is None or before.approved_hash is None)
             and status in ("pinned", "verified")
         )
-        if late and not (info.original_name in trust.manifest and signature is None):
+        if late and not _by_manifest(info, trust, signature):
             # added after the upstream's first approved listing: pending (an org-signed manifest
             # entry is a person's approval already)
             status, approve_now = "unverified", False
@@ -330,7 +329,7 @@ class ToolVerifier:
             status, reason = "off", "verification is off for this upstream"
         elif before is not None and before.revoked:
             status, reason = "revoked", "revoked by a security team (symbi tools revoke)"
-        elif signature is not None:
+        elif signature is not None and not _by_manifest(info, trust, signature):
             status, reason, fp = self._signed_status(
                 info,
                 definition,
@@ -385,7 +384,6 @@ class ToolVerifier:
             domain,
             snapshot,
             snap_error,
-            org_keys=self._org_keys,
             pins=self.pins,
             config=self._config,
         )
@@ -396,7 +394,7 @@ class ToolVerifier:
             status == "verified"
             and before
             and before.approved_hash
-            and approved_meta != approved_form.get(META_KEY)
+            and not same_json(approved_meta, approved_form.get(META_KEY))
         ):
             # the signature does not cover _meta: a change there needs a person
             status, reason = "drifted", drift_reason(before.approved_hash, h) + " (_meta changed)"
@@ -461,6 +459,27 @@ class ToolVerifier:
                     },
                 )
             )
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two definitions are the same JSON, byte for byte in canonical form. Python's ``==``
+    calls 1, 1.0 and true equal, and 0 and false: different schemas (``maximum``, ``enum``,
+    ``additionalProperties``), so a change between them would go unnoticed, and the catalogue
+    would serve the new listing entry under the old verdict and hash. A verdict is kept only for
+    the same bytes, so the entry served is, byte for byte, the definition assessed."""
+    if a is b:
+        return True
+    try:
+        return canonicalize(a) == canonicalize(b)
+    except SchemaPinError:
+        return False  # cannot be compared: assessed again, and refused there
+
+
+def _by_manifest(info: ToolInfo, trust: _UpstreamTrust, signature: str | None) -> bool:
+    """Whether the upstream's approved manifest decides this tool: it has an entry, and no
+    in-band signature can be checked instead (none, or no domain key for it: an organisation
+    key never counts in-band, see gateway.verify.signatures)."""
+    return info.original_name in trust.manifest and (signature is None or trust.domain is None)
 
 
 def approved_definition(tool: Mapping[str, Any]) -> dict[str, Any]:

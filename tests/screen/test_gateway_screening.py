@@ -155,11 +155,19 @@ async def test_poisoned_prompt_and_resource_are_screened_on_refresh_and_audited(
 async def test_signed_poisoned_tool_is_blocked_in_strict_with_the_finding_named(tmp_path: Path) -> None:
     """Under strict a signature admits a tool; a signed but poisoned definition is still
     refused, and the refusal names the screening rules (the signer vouched for the bytes,
-    not for what they tell the model)."""
+    not for what they tell the model). The org key signs through dict's approved manifest
+    (it never counts in-band); the in-band copies, which no domain key can check, are ignored."""
     import schemapin
+    from gateway.verify.manifest import save_manifest
     from tests.verify.test_gateway_verification import org_key
 
     org = org_key(tmp_path)
+    approved = tmp_path / "approved-dict.json"
+    save_manifest(
+        approved,
+        "dict",
+        {str(t["name"]): {"schema": t, "signature": schemapin.sign_tool(t, org)} for t in (POISONED, CLEAN)},
+    )
     tools = tmp_path / "tools.json"
     tools.write_text(
         json.dumps(
@@ -178,6 +186,7 @@ async def test_signed_poisoned_tool_is_blocked_in_strict_with_the_finding_named(
         args = ["{SIGNED}"]
         env = {{ TOOLS_FILE = "{tools}" }}
         verification = "strict"
+        approved = "{approved}"
         """,
     )
     async with stdio_session(cfg) as s:

@@ -18,6 +18,7 @@ import anyio
 import mcp.types as types
 import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from mcp import ClientSession
 
 import schemapin
 from schemapin._crypto import P256_ORDER
@@ -383,6 +384,45 @@ async def test_key_rotation_is_refused_until_approved_and_revoked_keys_are_refus
         err = error_of(await s.call_tool("dict__lookup", {"word": "d"}))
         assert err["code"] == "verification_denied"
         assert any("revoked" in r for r in err["reasons"])
+
+
+async def test_a_key_revoked_while_the_gateway_runs_is_refused_and_an_unreachable_key_server_too(
+    tmp_path: Path,
+    ref: Reference,  # noqa: F811
+    https_server: HttpsServer,  # noqa: F811
+) -> None:
+    """The attack: a compromised upstream's tools carry valid signatures by the developer key;
+    the developer revokes it in .well-known. The running gateway kept its verdicts (nothing
+    re-resolved keys) and the tool stayed callable. Now discovery is re-resolved every
+    max(discovery_ttl_s, recheck_interval_s) and a changed key re-assesses: revoked, it is
+    refused; restored, callable; key server unreachable (strict), refused as at start."""
+    key = ref.one({"op": "keygen"})
+    tools_file = tmp_path / "tools.json"
+    cfg = signed_cfg(
+        tmp_path, https_server, tools_file, extra_mcp="discovery_ttl_s = 0.3\nrecheck_interval_s = 0.3"
+    )
+    publish(ref, https_server, key, tools_file, TOOL)
+
+    async def until(s: ClientSession, refused: bool) -> types.CallToolResult:
+        with anyio.fail_after(15):
+            while (r := await s.call_tool("dict__lookup", {"word": "w"})).is_error != refused:
+                await anyio.sleep(0.1)
+        return r
+
+    async with stdio_session(cfg) as s:
+        await until(s, refused=False)
+        await anyio.sleep(1)  # settled: start-up's own re-assessments are over
+        publish(ref, https_server, key, tools_file, TOOL, revoked=[key["fingerprint"]])
+        err = error_of(await until(s, refused=True))
+        assert err["code"] == "verification_denied"
+        assert any("key_revoked" in r for r in err["reasons"]), err
+        assert "dict__lookup" not in {t.name for t in (await s.list_tools()).tools}
+        publish(ref, https_server, key, tools_file, TOOL)  # a mistaken revocation, withdrawn
+        await until(s, refused=False)
+        https_server.routes.pop("/.well-known/schemapin.json")  # the key server answers 404
+        err = error_of(await until(s, refused=True))
+        assert err["code"] == "verification_denied"
+        assert any("key discovery" in r for r in err["reasons"]), err
 
 
 @pytest.mark.parametrize("mode,listed", [(None, False), ("strict", False), ("warn", True)])

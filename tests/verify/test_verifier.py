@@ -27,6 +27,7 @@ from gateway.verify.approve import approve_current, check_screening, drift_diff
 from gateway.verify.manifest import load_manifest, save_manifest
 from gateway.verify.state import ToolStateStore
 from gateway.verify.verifier import ToolVerifier, load_org_keys
+from schemapin import StaticKeyResolver
 from tests.conftest import RecordingSink, write_config
 from tests.schemapin.conftest import HttpsServer, https_server  # noqa: F401 - fixture
 
@@ -75,6 +76,18 @@ def org_key(tmp_path: Path) -> tuple[Any, Path]:
     pub = tmp_path / "org.pub.pem"
     pub.write_text(schemapin.public_key_pem(key.public_key()))
     return key, pub
+
+
+def dev_key(
+    tmp_path: Path, mode: str, *, mcp: str = "", server: str = "", cfg: Config | None = None
+) -> tuple[Any, ToolVerifier]:
+    """A developer key and a verifier whose upstream has a domain that key is discovered for
+    (in-band signatures are checked against the upstream's own key; schemapin's static resolver
+    stands in for .well-known, which the domain-key tests below serve over real HTTPS)."""
+    key = schemapin.generate_private_key()
+    cfg = cfg or config(tmp_path, mode, mcp=mcp, server=f'domain = "up.example"\n{server}')
+    snap = schemapin.KeySnapshot.from_public_key(key.public_key())
+    return key, ToolVerifier(cfg, RecordingSink(), resolver=StaticKeyResolver(snap))
 
 
 def manifest_of(path: Path, key: Any, *defs: Mapping[str, Any]) -> None:
@@ -176,8 +189,7 @@ def test_off_checks_nothing_and_says_so(tmp_path: Path, caplog: pytest.LogCaptur
 
 
 def test_a_revoked_tool_stays_revoked_even_when_signed(tmp_path: Path) -> None:
-    key, pub = org_key(tmp_path)
-    v = ToolVerifier(config(tmp_path, "strict", mcp=f'org_keys = ["{pub}"]'), RecordingSink())
+    key, v = dev_key(tmp_path, "strict")
     assert assess(v, signed(DEF, key))["up__echo"].verification == "verified"
     before = v.fingerprint()
     v.state.revoke("up", "echo")
@@ -191,9 +203,8 @@ def test_a_revoked_tool_stays_revoked_even_when_signed(tmp_path: Path) -> None:
 # -- in-band signatures --------------------------------------------------------------------
 
 
-def test_in_band_signature_by_an_org_key_verifies_and_a_tampered_one_fails(tmp_path: Path) -> None:
-    key, pub = org_key(tmp_path)
-    v = ToolVerifier(config(tmp_path, "strict", mcp=f'org_keys = ["{pub}"]'), RecordingSink())
+def test_in_band_signature_by_the_upstreams_key_verifies_and_a_tampered_one_fails(tmp_path: Path) -> None:
+    key, v = dev_key(tmp_path, "strict")
     ok = assess(v, signed(DEF, key))["up__echo"]
     fp = schemapin.fingerprint(key.public_key())
     assert (ok.verification, ok.verification_reason, ok.key_fingerprint) == ("verified", None, fp)
@@ -203,6 +214,42 @@ def test_in_band_signature_by_an_org_key_verifies_and_a_tampered_one_fails(tmp_p
     bad = assess(v, tampered)["up__echo"]
     assert (bad.verification, bad.blocked, bad.key_fingerprint) == ("failed", True, None)
     assert bad.verification_reason and bad.verification_reason.startswith("signature_")
+    v.close()
+
+
+def test_an_org_key_signature_in_band_is_refused_it_only_counts_through_the_manifest(
+    tmp_path: Path,
+) -> None:
+    """The attack: the security team signed dict's `lookup` into dict's manifest with the org
+    key; another upstream copies that signature into its own tool's _meta. The signed object
+    names no upstream, so in-band the org key would admit it anywhere: it counts only through
+    the manifest configured for the upstream it was made for."""
+    key, pub = org_key(tmp_path)
+    approved = tmp_path / "approved.json"
+    manifest_of(approved, key, DEF)
+    stolen = {
+        **DEF,
+        "_meta": {schemapin.SIGNATURE_META_KEY: load_manifest(approved, upstream="up")["echo"]["signature"]},
+    }
+    for mode in ("strict", "tofu"):
+        d = tmp_path / mode
+        d.mkdir()
+        v = ToolVerifier(config(d, mode, mcp=f'org_keys = ["{pub}"]'), RecordingSink())
+        info = assess(v, stolen, upstream="up")["up__echo"]
+        assert (info.verification, info.blocked, info.key_fingerprint) == ("failed", True, None), mode
+        assert "approved" in (info.verification_reason or "")  # names where org keys count
+        rec = v.state.get("up", "echo")
+        assert rec is not None and rec.approved_hash is None  # nothing pinned or approved
+        v.close()
+    # the same signature through the upstream's own manifest: verified (no domain to check it
+    # in-band, so the manifest decides)
+    d = tmp_path / "manifest"
+    d.mkdir()
+    v = ToolVerifier(
+        config(d, "strict", mcp=f'org_keys = ["{pub}"]', server=f'approved = "{approved}"'), RecordingSink()
+    )
+    info = assess(v, stolen)["up__echo"]
+    assert (info.verification, info.key_fingerprint) == ("verified", schemapin.fingerprint(key.public_key()))
     v.close()
 
 
@@ -334,7 +381,7 @@ def test_a_broken_manifest_fails_its_tools_naming_the_file(tmp_path: Path) -> No
 
 def test_manifest_files_round_trip_and_bad_shapes_are_named(tmp_path: Path) -> None:
     path = tmp_path / "m" / "approved.json"
-    assert load_manifest(path) == {}
+    assert load_manifest(path, upstream="up") == {}
     envs = {
         "b": {"schema": {"name": "b"}, "signature": "s2"},
         "a": {"schema": {"name": "a"}, "signature": "s1"},
@@ -346,10 +393,14 @@ def test_manifest_files_round_trip_and_bad_shapes_are_named(tmp_path: Path) -> N
         "up",
         ["a", "b"],
     )
-    assert load_manifest(path) == envs
+    assert load_manifest(path, upstream="up") == envs
     assert [p.name for p in path.parent.iterdir()] == ["approved.json"]  # no temp file left
     path.write_text(json.dumps([{"schema": {"name": "a"}, "signature": "s"}]))  # a bare list is accepted
-    assert list(load_manifest(path)) == ["a"]
+    assert list(load_manifest(path, upstream="up")) == ["a"]
+    save_manifest(path, "other", envs)  # one file configured for two upstreams: refused
+    with pytest.raises(ConfigError) as other:
+        load_manifest(path, upstream="up")
+    assert str(path) in other.value.message
     bads: list[Any] = [
         {"tools": {}},
         {"tools": [{"schema": {"name": "a"}}]},
@@ -360,7 +411,7 @@ def test_manifest_files_round_trip_and_bad_shapes_are_named(tmp_path: Path) -> N
     for bad in bads:
         path.write_text(json.dumps(bad))
         with pytest.raises(ConfigError) as err:
-            load_manifest(path)
+            load_manifest(path, upstream="up")
         assert str(path) in err.value.message
 
 
@@ -697,7 +748,8 @@ def test_unknown_revocation_state_fails_strict_and_warn_but_not_tofu(
 def test_in_band_signature_digest_mode_and_low_s_come_from_config(tmp_path: Path) -> None:
     from tests.verify.test_gateway_verification import _as_high_s
 
-    key, pub = org_key(tmp_path)
+    key = schemapin.generate_private_key()
+    snap = schemapin.KeySnapshot.from_public_key(key.public_key())
     single = {
         **DEF,
         "_meta": {schemapin.SIGNATURE_META_KEY: schemapin.sign_tool(dict(DEF), key, mode="single")},
@@ -711,14 +763,14 @@ def test_in_band_signature_digest_mode_and_low_s_come_from_config(tmp_path: Path
     for i, (server, definition, want) in enumerate(cases):
         d = tmp_path / str(i)
         d.mkdir()
-        v = ToolVerifier(config(d, "strict", mcp=f'org_keys = ["{pub}"]', server=server), RecordingSink())
+        cfg = config(d, "strict", server=f'domain = "up.example"\n{server}')
+        v = ToolVerifier(cfg, RecordingSink(), resolver=StaticKeyResolver(snap))
         assert assess(v, definition)["up__echo"].verification == want, (server, want)
         v.close()
     d = tmp_path / "low-s"
     d.mkdir()
-    v = ToolVerifier(
-        config(d, "strict", mcp=f'org_keys = ["{pub}"]\nrequire_low_s_signatures = true'), RecordingSink()
-    )
+    cfg = config(d, "strict", mcp="require_low_s_signatures = true", server='domain = "up.example"')
+    v = ToolVerifier(cfg, RecordingSink(), resolver=StaticKeyResolver(snap))
     info = assess(v, high_s)["up__echo"]
     assert info.verification == "failed" and "high_s" in info.verification_reason  # type: ignore[operator]
     v.close()
@@ -782,7 +834,9 @@ def test_every_approval_changes_the_polled_version(tmp_path: Path) -> None:
 def test_a_manifest_is_written_into_a_new_nested_folder(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "approved.json"
     save_manifest(path, "up", {"x": {"schema": {"name": "x"}, "signature": "s"}})
-    assert list(load_manifest(path)) == ["x"] and [p.name for p in path.parent.iterdir()] == ["approved.json"]
+    assert list(load_manifest(path, upstream="up")) == ["x"] and [p.name for p in path.parent.iterdir()] == [
+        "approved.json"
+    ]
 
 
 def test_the_manifest_temp_file_is_made_beside_the_manifest(
@@ -806,7 +860,7 @@ def test_the_manifest_temp_file_is_made_beside_the_manifest(
         monkeypatch.setattr(tempfile, "tempdir", str(away))
         path = tmp_path / "approved.json"
         save_manifest(path, "up", {"x": {"schema": {"name": "x"}, "signature": "s"}})
-        assert list(load_manifest(path)) == ["x"]
+        assert list(load_manifest(path, upstream="up")) == ["x"]
         assert list(away.iterdir()) == []  # nothing left in the process's temp dir
     finally:
         shutil.rmtree(away)
@@ -816,8 +870,7 @@ def test_the_manifest_temp_file_is_made_beside_the_manifest(
 
 
 def test_the_state_records_the_verdicts_reason_and_key(tmp_path: Path) -> None:
-    key, pub = org_key(tmp_path)
-    v = ToolVerifier(config(tmp_path, "strict", mcp=f'org_keys = ["{pub}"]'), RecordingSink())
+    key, v = dev_key(tmp_path, "strict")
     info = assess(v, DEF)["up__echo"]
     rec = v.state.get("up", "echo")
     assert rec is not None and rec.reason == info.verification_reason and rec.status == "unverified"
@@ -832,8 +885,7 @@ def test_the_state_records_the_verdicts_reason_and_key(tmp_path: Path) -> None:
 
 
 def test_tofu_never_pins_a_definition_whose_signature_failed(tmp_path: Path) -> None:
-    key, pub = org_key(tmp_path)
-    v = ToolVerifier(config(tmp_path, "tofu", mcp=f'org_keys = ["{pub}"]'), RecordingSink())
+    key, v = dev_key(tmp_path, "tofu")
     tampered = {**signed(DEF, key), "description": "changed after signing"}
     assert assess(v, tampered)["up__echo"].verification == "failed"
     rec = v.state.get("up", "echo")
@@ -844,8 +896,7 @@ def test_tofu_never_pins_a_definition_whose_signature_failed(tmp_path: Path) -> 
 def test_a_valid_signature_on_a_new_definition_becomes_the_approved_one(tmp_path: Path) -> None:
     """tofu pinned the unsigned DEF; the upstream then ships CHANGED signed by a trusted key:
     that is an approval by signature, so CHANGED is the approved definition from now on."""
-    key, pub = org_key(tmp_path)
-    v = ToolVerifier(config(tmp_path, "tofu", mcp=f'org_keys = ["{pub}"]'), RecordingSink())
+    key, v = dev_key(tmp_path, "tofu")
     assert assess(v, DEF)["up__echo"].verification == "pinned"
     assert assess(v, signed(CHANGED, key))["up__echo"].verification == "verified"
     rec = v.state.get("up", "echo")

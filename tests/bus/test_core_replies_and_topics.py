@@ -184,3 +184,18 @@ async def test_an_unanswered_request_does_not_hold_up_another_agents_reply(env: 
             answer = await bus.request(C, "agent-b", "answered", timeout_s=10)
             tg.cancel_scope.cancel()
     assert answer.body == "for c"
+
+
+async def test_publications_leave_half_the_inbox_to_direct_messages(env: Env) -> None:  # noqa: F811
+    # Attack: a publisher of a topic the victim follows filled the victim's one inbox, and the
+    # victim's own peers then got bus_buffer_full on every send and request.
+    bus = await _pair(env, buffer_size=4)
+    await bus.subscribe(B, "news.*")
+    results = [await bus.publish(A, "news.x", n) for n in range(4)]
+    assert [r.refused for r in results] == [(), (), ("agent-b",), ("agent-b",)]  # two of four
+    for n in range(2):
+        await bus.send(C, "agent-b", f"direct {n}")  # room kept for these
+    with pytest.raises(BusBufferFull):
+        await bus.send(C, "agent-b", "over")  # the whole buffer still bounds the inbox
+    got = await bus.receive(B, max_items=10)
+    assert [r.body for r in got] == [0, 1, "direct 0", "direct 1"]

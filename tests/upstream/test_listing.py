@@ -23,9 +23,9 @@ LIMIT = 50
 
 
 def config(
-    tmp_path: Path, offers: dict[str, dict[str, Any]], limit: int = LIMIT
+    tmp_path: Path, offers: dict[str, dict[str, Any]], limit: int = LIMIT, verification: str = "tofu"
 ) -> tuple[Path, dict[str, Path]]:
-    """A gateway with one listing server per entry of ``offers`` (tofu), lists bounded by ``limit``."""
+    """A gateway with one listing server per entry of ``offers``, lists bounded by ``limit``."""
     files: dict[str, Path] = {}
     tables = ""
     for name, offer in offers.items():
@@ -33,7 +33,7 @@ def config(
         files[name].write_text(json.dumps(offer))
         tables += (
             f'[servers.{name}]\ncommand = "{sys.executable}"\n'
-            f'args = ["{ROOT / "tests/peers/listing_server.py"}"]\nverification = "tofu"\n'
+            f'args = ["{ROOT / "tests/peers/listing_server.py"}"]\nverification = "{verification}"\n'
             f'env = {{ LISTING = "{files[name]}", NAME = "{name}" }}\n'
         )
     body = f"[mcp]\nmax_listed_per_upstream = {limit}\n[sandbox]\ncode_tools = false\n" + tables

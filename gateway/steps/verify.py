@@ -36,7 +36,8 @@ class VerifyTool:
                 f"tool {tool.name!r} is not an approved tool ({tool.verification})",
                 reasons=[tool.verification_reason or f"verification status: {tool.verification}"],
             )
-        if self._revocations is not None and self._revocations.revoked(tool):
+        revocations = self._revocations  # the hot path: no method call while nothing is revoked
+        if revocations is not None and revocations.tools and revocations.revoked(tool):
             raise VerificationDenied(
                 f"tool {tool.name!r} is not an approved tool (revoked)",
                 reasons=[REVOKED_REASON],

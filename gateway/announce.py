@@ -22,7 +22,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.catalog import Catalog, CatalogTool, LiveCatalog
 from gateway.context import Principal
-from gateway.errors import CatalogError
+from gateway.errors import CatalogError, ResourceAmbiguous
 from gateway.events import Event, EventSink
 from gateway.listen import ListenHub
 from gateway.upstream.session import Upstream
@@ -133,6 +133,8 @@ class Announcer:
         principal may read it (handshake-era connections only if they subscribed upstream)."""
         try:
             owner = self._live.snapshot.subscription_owner(uri)
+        except ResourceAmbiguous:
+            return  # claimed by several upstreams: refused, so no one's updates are passed on
         except CatalogError:
             owner = up.name
         if owner != up.name:

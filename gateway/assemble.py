@@ -53,6 +53,7 @@ from gateway.steps.verify import VerifyTool
 from gateway.tasks import audit_retention, discover, poll_approvals, watch_keys
 from gateway.telemetry import Telemetry
 from gateway.upstream.builtin import Builtin
+from gateway.verify.revocations import Revocations
 from gateway.verify.verifier import ToolVerifier
 
 _logger = logging.getLogger("symbi.assemble")
@@ -100,6 +101,7 @@ def chain_steps(
     state: SharedState | None = None,
     unsafe: Sequence[UnsafeOption] = (),
     max_argument_members: int | None = None,
+    revocations: Revocations | None = None,
 ) -> list[Step]:
     """The call chain, outermost first. This list is the only place the order is decided.
 
@@ -108,7 +110,7 @@ def chain_steps(
     2. audit: one durable record per call, whatever happened inside (fails closed);
     3. agent: a suspended/terminated agent stops here; Ready <-> Running around the call;
     4. resolve: the client's name -> catalogue entry (unknown or hidden -> refused);
-    5. verify: the tool is the approved one (SchemaPin, pins, drift);
+    5. verify: the tool is the approved one (SchemaPin, pins, drift) and not revoked since;
     6. arguments: valid against the tool's inputSchema;
     7. policy: the Rego decision, then its conditions around the dispatch;
     8. schedule: the runtime's priority queue, execution budget, circuit breaker and retry.
@@ -125,7 +127,7 @@ def chain_steps(
         steps.append(AgentStep(runtime))
     steps += [
         ResolveTool(catalog, policy),
-        VerifyTool(),
+        VerifyTool(revocations),
         ValidateArguments(max_argument_members),
     ]  # hidden = unknown
     if policy is not None:
@@ -208,6 +210,7 @@ def _assemble(
         state=state,
         unsafe=unsafe,
         max_argument_members=config.mcp.max_argument_members,
+        revocations=verifier.revocations,
     )
     _periodic_tasks(config, state, audit, policy, events, verifier, runtime, background)
     hosted = _hosted_agents(config, runtime, events, manager, agent_host, background)

@@ -23,7 +23,7 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from gateway.config.model import RESERVED_SERVER_NAMES
 from gateway.context import ToolInfo, UpstreamInfo
-from gateway.errors import CatalogError, UnknownTool, UpstreamUnavailable
+from gateway.errors import CatalogError, ResourceAmbiguous, UnknownTool, UpstreamUnavailable
 
 _logger = logging.getLogger("symbi.catalog")
 
@@ -122,6 +122,8 @@ class Catalog:
         # the one upstream in pass-through mode (config allows no other), if any
         self.pass_through = pass_through
         self.resources = resources
+        # URIs refused (listed by two upstreams): refused at lookup too, never left to a template
+        self.refused_uris = frozenset(r.name for r in refusals if r.kind == "resource")
         self.templates = templates
         self.prompts = prompts
         self.refusals = refusals
@@ -185,15 +187,21 @@ class Catalog:
             raise UnknownTool(f"unknown tool {name!r}") from None
 
     def resource_owner(self, uri: str) -> str:
-        """Which upstream serves ``uri``: a listed resource, else a matching template."""
+        """Which upstream serves ``uri``: the one that lists it, else the one whose templates
+        match it. A URI two upstreams list, or that templates of two match, is refused: a
+        template never takes a URI another upstream lists, nor one refused as listed twice."""
         hit = self.resources.get(uri)
         if hit is not None:
             return hit[0]
+        if uri in self.refused_uris:
+            raise ResourceAmbiguous(f"resource {uri!r} is listed by several upstreams: refused for all")
         owners = {up for up, _tpl, parsed in self.templates if parsed is not None and _matches(parsed, uri)}
         if len(owners) == 1:
             return owners.pop()
         if len(owners) > 1:
-            raise CatalogError(f"resource {uri!r} matches templates of several upstreams: {sorted(owners)}")
+            raise ResourceAmbiguous(
+                f"resource {uri!r} matches templates of several upstreams: {sorted(owners)}"
+            )
         raise CatalogError(f"unknown resource {uri!r}")
 
     def subscription_owner(self, uri: str) -> str:
@@ -205,6 +213,8 @@ class Catalog:
         """
         try:
             return self.resource_owner(uri)
+        except ResourceAmbiguous:
+            raise  # claimed by several: not the pass-through upstream's to take either
         except CatalogError:
             if self.pass_through is None:
                 raise

@@ -10,7 +10,8 @@ JSON-RPC error.
      │    ├── NoCredentials          no credentials at all (challenge with resource metadata)
      │    └── AuthFailed             credentials given but not valid (invalid_token)
      ├── CatalogError           [D]  a tool/resource/prompt that cannot be listed or routed
-     │    └── UnknownTool       [D]  no such tool (or hidden from this principal)
+     │    ├── UnknownTool       [D]  no such tool (or hidden from this principal)
+     │    └── ResourceAmbiguous [D]  a URI two upstreams claim (listed by both, or matched by both's templates)
      ├── UpstreamError               an upstream failed, timed out or is down
      │    └── UpstreamUnavailable    the upstream is not connected right now
      ├── ArgumentsInvalid       [D]  arguments do not validate against inputSchema
@@ -115,6 +116,12 @@ class CatalogError(GatewayError):
 
 class UnknownTool(CatalogError):
     code = "unknown_tool"
+
+
+class ResourceAmbiguous(CatalogError):
+    """A URI more than one upstream claims: refused for all of them, never guessed."""
+
+    code = "resource_ambiguous"
 
 
 class UpstreamError(GatewayError):

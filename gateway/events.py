@@ -35,7 +35,8 @@ class Event(StrEnum):
     UPSTREAM_DOWN = "upstream.down"  # the connection ended or failed (details: error)
     UPSTREAM_RESTART_REQUESTED = "upstream.restart_requested"  # an admin asked for a restart
     UPSTREAM_BREAKER = "upstream.breaker"  # an upstream's circuit breaker changed state
-    UPSTREAM_MISBEHAVED = "upstream.misbehaved"  # an oversized message, or wedged (no answer to a ping)
+    # an oversized message, wedged (no answer to a ping), or a list over mcp.max_listed_per_upstream
+    UPSTREAM_MISBEHAVED = "upstream.misbehaved"
     UPSTREAM_CLIENT_REQUEST = "upstream.client_request"  # sampling/elicitation/roots relayed or refused
     # the MCP front (gateway.server.front)
     REQUEST_ALLOWED = "request.allowed"  # a non-call request (list, subscribe...) was let through

@@ -4,10 +4,12 @@ servers; audit retention."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from gateway.app import Background, Gateway
 from gateway.audit.log import AuditLog
@@ -32,24 +34,34 @@ def audit_retention(config: Config, audit: AuditLog) -> Background | None:
 
 def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | None = None) -> Background:
     """Re-assess the catalogue when the CLI approves/revokes or a manifest changes: every
-    ``interval`` seconds, or at once when ``changes`` wakes it (PostgreSQL's NOTIFY)."""
+    ``interval`` seconds, or at once when ``changes`` wakes it (PostgreSQL's NOTIFY).
+
+    The revoked tools are read first and refused at call time from then on: the rebuild may
+    wait behind another (an upstream's long listing), and so may the next one, without
+    holding up this loop (one rebuild is kept due while one runs)."""
 
     async def run(gw: Gateway) -> None:
         # off the event loop: with [state] postgres_url the fingerprint is a query, which
         # blocks up to state.timeout_s while PostgreSQL is unreachable
         seen = await anyio.to_thread.run_sync(verifier.fingerprint)
-        while True:
-            if changes is None:
-                await anyio.sleep(interval)
-            else:
-                await changes.wait(interval)
-            now = await anyio.to_thread.run_sync(verifier.fingerprint)
-            if now != seen:
-                seen = now
-                _logger.info("approvals or manifests changed: re-verifying the catalogue")
-                # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
-                gw.events.emit(Event.TOOL_APPROVALS_CHANGED, {"fingerprint": [str(x) for x in now]})
-                await gw.refresh()
+        await anyio.to_thread.run_sync(verifier.revocations.reload)
+        due, wake = anyio.create_memory_object_stream[None](1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_refresh_when_due, gw, wake)
+            while True:
+                if changes is None:
+                    await anyio.sleep(interval)
+                else:
+                    await changes.wait(interval)
+                now = await anyio.to_thread.run_sync(verifier.fingerprint)
+                if now != seen:
+                    seen = now
+                    await anyio.to_thread.run_sync(verifier.revocations.reload)
+                    _logger.info("approvals or manifests changed: re-verifying the catalogue")
+                    # made outside this process (symbi tools approve/revoke, a manifest edit): on the record
+                    gw.events.emit(Event.TOOL_APPROVALS_CHANGED, {"fingerprint": [str(x) for x in now]})
+                    with contextlib.suppress(anyio.WouldBlock):  # one is due already: it sees this too
+                        due.send_nowait(None)
 
     return run
 
@@ -69,6 +81,11 @@ def watch_keys(verifier: ToolVerifier, interval: float) -> Background:
                 await gw.refresh()
 
     return run
+
+
+async def _refresh_when_due(gw: Gateway, wake: MemoryObjectReceiveStream[None]) -> None:
+    async for _ in wake:
+        await gw.refresh()
 
 
 def discover(config: Config, events: EventSink) -> Background:

@@ -87,6 +87,10 @@ class McpSection(Section):
     # tools/list pages (cursor / nextCursor): 2,000 tools in one reply were over the SDK
     # client's 1 MiB SSE event limit
     list_page_size: int = Field(default=500, ge=1, le=10_000)
+    # the most tools (and, each counted apart, resources, resource templates, prompts) one upstream
+    # may list; a longer list is refused whole. Each new tool is assessed while the catalogue's
+    # rebuild holds every other change: 20,000 held a revocation of another server's tool 101 s
+    max_listed_per_upstream: int = Field(default=2_000, ge=1)
     # ``symbi mcp``: a plain tools/call of an initialized session is framed and answered by the
     # gateway (gateway/server/fastlane.py, the same chain and handler); off: every message
     # goes through the SDK's server session

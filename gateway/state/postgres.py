@@ -399,6 +399,12 @@ class PgToolStateStore:
             cur.execute("UPDATE symbi_tools SET revoked=true WHERE upstream=%s AND name=%s", (upstream, name))
             bump_approvals(cur)
 
+    def revoked(self) -> set[tuple[str, str]]:
+        with self._pg.cursor() as cur:
+            cur.execute("SELECT upstream, name FROM symbi_tools WHERE revoked")
+            rows = cur.fetchall()
+        return {(up, name) for up, name in rows}
+
 
 # What a replica saw of a tool: (namespaced name, hash, definition JSON, status, reason,
 # signing key fingerprint, when).

@@ -10,6 +10,7 @@ from mcp import types
 from gateway.chain import CallNext
 from gateway.context import APPROVED, CallContext
 from gateway.errors import VerificationDenied
+from gateway.verify.revocations import REVOKED_REASON, Revocations
 
 _logger = logging.getLogger("symbi.verify")
 
@@ -19,8 +20,12 @@ class VerifyTool:
 
     strict/tofu: anything but verified/pinned is refused with the reason (drift, revoked key,
     bad signature, no signature). warn: the call goes on, and the result's ``_meta`` and the
-    audit record say the tool is unverified. off: a warning on every call.
+    audit record say the tool is unverified. off: a warning on every call. In every mode a
+    tool in ``revocations`` is refused, before a rebuild marks it revoked in the catalogue.
     """
+
+    def __init__(self, revocations: Revocations | None = None) -> None:
+        self._revocations = revocations
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         tool = call.tool
@@ -30,6 +35,12 @@ class VerifyTool:
             raise VerificationDenied(
                 f"tool {tool.name!r} is not an approved tool ({tool.verification})",
                 reasons=[tool.verification_reason or f"verification status: {tool.verification}"],
+            )
+        revocations = self._revocations  # the hot path: no method call while nothing is revoked
+        if revocations is not None and revocations.tools and revocations.revoked(tool):
+            raise VerificationDenied(
+                f"tool {tool.name!r} is not an approved tool (revoked)",
+                reasons=[REVOKED_REASON],
             )
         unverified = tool.verification not in APPROVED
         if unverified:  # only warn/off upstreams let an unapproved tool this far: an unsafe option

@@ -34,6 +34,7 @@ from gateway.telemetry import current_span_recorded, exporting
 from gateway.upstream.bounded_http import OVERSIZED_MARK
 from gateway.upstream.caller_caps import forward_caller_capabilities
 from gateway.upstream.fastcall import FastLane, tool_result
+from gateway.upstream.listing import BoundedLists
 from gateway.upstream.relay import CallerRelay
 from gateway.upstream.runas import RunAs, resolve_run_as
 from gateway.upstream.transport import CommandWrapper, WatchedStream, open_transport
@@ -80,6 +81,8 @@ class Upstream:
         self._start_gate = start_gate if self.transport == "stdio" else None
         self.state: State = "starting"
         self.listing = Listing()
+        # each list bounded by mcp.max_listed_per_upstream (refused whole beyond it)
+        self._lists = BoundedLists(name, config.mcp.max_listed_per_upstream, events)
         # when the last list_changed from this server arrived (to measure notice-to-client time)
         self.changed_at: float | None = None
         self.restarts = 0
@@ -342,12 +345,14 @@ class Upstream:
                 Listing() if kinds is None else Listing(old.tools, old.resources, old.templates, old.prompts)
             )
             if (kinds is None or "tools" in kinds) and (caps is None or caps.tools is not None):
-                listing.tools = await _all_pages(session.list_tools, "tools")
+                listing.tools = await self._lists.fetch(session.list_tools, "tools")
             if (kinds is None or "resources" in kinds) and caps is not None and caps.resources is not None:
-                listing.resources = await _all_pages(session.list_resources, "resources")
-                listing.templates = await _all_pages(session.list_resource_templates, "resource_templates")
+                listing.resources = await self._lists.fetch(session.list_resources, "resources")
+                listing.templates = await self._lists.fetch(
+                    session.list_resource_templates, "resource_templates"
+                )
             if (kinds is None or "prompts" in kinds) and caps is not None and caps.prompts is not None:
-                listing.prompts = await _all_pages(session.list_prompts, "prompts")
+                listing.prompts = await self._lists.fetch(session.list_prompts, "prompts")
             self.listing = listing
 
     async def _notify_change(self) -> None:
@@ -470,19 +475,6 @@ def _upstream_error(name: str, e: MCPError) -> UpstreamError:
         # our own refusal of an oversized HTTP body (bounded_http), not the upstream's answer
         return UpstreamError(f"upstream {name!r} sent a message over mcp.max_message_bytes: refused")
     return UpstreamError(f"upstream {name!r} returned an error: {e}", mcp_error=e)
-
-
-async def _all_pages(method: Callable[..., Awaitable[Any]], attr: str, max_pages: int = 100) -> list[Any]:
-    items: list[Any] = []
-    cursor: str | None = None
-    for _ in range(max_pages):
-        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        page = await method(params=params)
-        items.extend(getattr(page, attr))
-        cursor = page.next_cursor
-        if not cursor:
-            break
-    return items
 
 
 def _describe(e: BaseException) -> str:

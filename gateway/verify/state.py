@@ -122,6 +122,7 @@ class ToolStates(Protocol):
     def mark_absent(self, upstream: str, present_names: set[str]) -> list[ToolRecord]: ...
     def approve(self, upstream: str, name: str, definition_hash: str, definition: dict[str, Any]) -> None: ...
     def revoke(self, upstream: str, name: str) -> None: ...
+    def revoked(self) -> set[tuple[str, str]]: ...
 
 
 class ToolStateStore:
@@ -291,6 +292,12 @@ class ToolStateStore:
         with self._lock:
             self._db.execute("UPDATE tools SET revoked=1 WHERE upstream=? AND name=?", (upstream, name))
             self._bump()
+
+    def revoked(self) -> set[tuple[str, str]]:
+        """(upstream, name) of every revoked tool (``Revocations``: checked at every call)."""
+        with self._lock:
+            rows = self._db.execute("SELECT upstream, name FROM tools WHERE revoked=1").fetchall()
+        return {(up, name) for up, name in rows}
 
 
 def record_from_row(row: Any) -> ToolRecord:

@@ -36,6 +36,7 @@ from gateway.screen.accepted import AcceptedFindings
 from gateway.screen.refresh import Listings, RefreshScreening
 from gateway.verify.keys import UpstreamKeys
 from gateway.verify.manifest import load_manifest
+from gateway.verify.revocations import REVOKED_REASON, Revocations
 from gateway.verify.signatures import check_manifest, check_signature, drift_reason
 from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
 from schemapin import (
@@ -105,6 +106,8 @@ class ToolVerifier:
         self.state: ToolStates = state if state is not None else ToolStateStore(config.tool_state_path)
         # SchemaPin key pins: the data dir's SQLite, or PostgreSQL shared by replicas ([state])
         self.pins: PinStore | PgPinStore = pins if pins is not None else PinStore(config.pins_path)
+        # revoked tools, refused at call time before the catalogue says so (poll_approvals)
+        self.revocations = Revocations(self.state)
         ca = config.mcp.discovery_ca
         self._resolver = resolver or WellKnownResolver(
             timeout=min(10.0, config.mcp.connection_timeout_s),
@@ -328,7 +331,7 @@ class ToolVerifier:
         if mode == "off":
             status, reason = "off", "verification is off for this upstream"
         elif before is not None and before.revoked:
-            status, reason = "revoked", "revoked by a security team (symbi tools revoke)"
+            status, reason = "revoked", REVOKED_REASON
         elif signature is not None and not _by_manifest(info, trust, signature):
             status, reason, fp = self._signed_status(
                 info,

@@ -106,10 +106,13 @@ def test_approve_and_revoke_change_the_version(store: ToolStates) -> None:
     store.approve(u, "echo", "h1", DEF)
     v1 = store.version()
     assert v1 != v0 and store.get(u, "echo").approved_hash == "h1"  # type: ignore[union-attr]
+    assert (u, "echo") not in store.revoked()
     store.revoke(u, "echo")
     assert store.version() != v1 and store.get(u, "echo").revoked  # type: ignore[union-attr]
+    assert (u, "echo") in store.revoked()  # what the verification step refuses at once
     store.approve(u, "echo", "h1", DEF)  # approving again lifts the revocation
     assert not store.get(u, "echo").revoked  # type: ignore[union-attr]
+    assert (u, "echo") not in store.revoked()
 
 
 def test_mark_absent_returns_the_vanished_tools(store: ToolStates) -> None:

@@ -1,0 +1,74 @@
+"""An upstream's lists (tools, resources, templates, prompts), page by page and bounded.
+
+Each list may hold at most ``mcp.max_listed_per_upstream`` items. Every item listed is assessed
+(a state write and an audit event for each new tool) while the catalogue's rebuild holds every
+other upstream's change, and a revocation, waiting: one hostile server listing 20,000 tools
+(1.6 MB, within one page's size limit) held a revocation of another server's tool for 101 s. A
+list over the limit is refused whole (fail closed: none of it is served, not the first N) and
+reported once, naming the key, until the upstream lists no more than the limit again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mcp import types
+
+from gateway.events import Event, EventSink
+
+_logger = logging.getLogger("symbi.upstream")
+
+# cursor requests per list: an endless cursor stops here (its repeated names collide)
+MAX_PAGES = 100
+
+
+async def all_pages(
+    method: Callable[..., Awaitable[Any]], attr: str, limit: int, max_pages: int = MAX_PAGES
+) -> list[Any] | None:
+    """Every item of a paginated list; None once it holds more than ``limit`` (the pages
+    after are not asked for)."""
+    items: list[Any] = []
+    cursor: str | None = None
+    for _ in range(max_pages):
+        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        page = await method(params=params)
+        items.extend(getattr(page, attr))
+        if len(items) > limit:
+            return None
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return items
+
+
+class BoundedLists:
+    """One upstream's lists, each refused whole when it is over ``mcp.max_listed_per_upstream``."""
+
+    def __init__(self, upstream: str, limit: int, events: EventSink) -> None:
+        self._upstream = upstream
+        self._limit = limit
+        self._events = events
+        self._oversized: set[str] = set()  # lists refused at their last fetch (reported once)
+
+    async def fetch(self, method: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
+        """All of the list ``attr`` (``tools``, ``resources``...), or nothing of it when too long."""
+        items = await all_pages(method, attr, self._limit)
+        if items is not None:
+            if attr in self._oversized:
+                self._oversized.discard(attr)
+                _logger.warning("upstream %s: its %s are within the limit again", self._upstream, attr)
+            return items
+        if attr not in self._oversized:
+            self._oversized.add(attr)
+            reason = (
+                f"listed more than mcp.max_listed_per_upstream ({self._limit}) {attr}: "
+                f"none of its {attr} is served"
+            )
+            _logger.error("upstream %s %s", self._upstream, reason)
+            self._events.emit(
+                Event.UPSTREAM_MISBEHAVED,
+                {"upstream": self._upstream, "reason": reason, "list": attr, "limit": self._limit},
+            )
+        return []

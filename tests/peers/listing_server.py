@@ -1,0 +1,76 @@
+"""A raw JSON-lines MCP server (handshake era, no SDK) that lists what a JSON file says.
+
+``$LISTING`` is a file ``{"tools": [...], "resources": [...], "templates": [...], "texts":
+{uri: text}, "many_tools": N}`` (wire objects), read again at every list request, so a test
+changes what the server offers by rewriting it. ``many_tools``: N more tools ``n0``...``n{N-1}``.
+The tool ``announce`` sends every list_changed (after the test rewrote the file); any other
+listed tool answers ``<tool> ran``. ``resources/read`` answers ``texts[uri]``, else
+``<$NAME> read <uri>``. Standard library only: it starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+NAME = os.environ.get("NAME", "listing")
+ANNOUNCE = {"name": "announce", "description": "Send list_changed.", "inputSchema": {"type": "object"}}
+
+
+def send(msg: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+def listing() -> dict[str, Any]:
+    with open(os.environ["LISTING"], encoding="utf-8") as f:
+        doc: dict[str, Any] = json.load(f)
+    many = [
+        {"name": f"n{i}", "description": "x", "inputSchema": {"type": "object"}}
+        for i in range(int(doc.get("many_tools", 0)))
+    ]
+    doc["tools"] = [ANNOUNCE, *doc.get("tools", []), *many]
+    return doc
+
+
+def answer(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    if method == "initialize":
+        changing = {"listChanged": True}
+        return {
+            "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+            "capabilities": {"tools": changing, "resources": changing},
+            "serverInfo": {"name": NAME, "version": "1"},
+        }
+    if method == "tools/list":
+        return {"tools": listing()["tools"]}
+    if method == "resources/list":
+        return {"resources": listing().get("resources", [])}
+    if method == "resources/templates/list":
+        return {"resourceTemplates": listing().get("templates", [])}
+    if method == "resources/read":
+        uri = params["uri"]
+        text = listing().get("texts", {}).get(uri, f"{NAME} read {uri}")
+        return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}
+    if method == "tools/call":
+        return {"content": [{"type": "text", "text": f"{params['name']} ran"}]}
+    return {}  # ping
+
+
+def main() -> None:
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        msg = json.loads(line)
+        if msg.get("id") is None:
+            continue  # a notification
+        method, params = msg.get("method", ""), msg.get("params") or {}
+        send({"jsonrpc": "2.0", "id": msg["id"], "result": answer(method, params)})
+        if method == "tools/call" and params.get("name") == "announce":
+            for kind in ("tools", "resources"):
+                send({"jsonrpc": "2.0", "method": f"notifications/{kind}/list_changed"})
+
+
+if __name__ == "__main__":
+    main()

@@ -222,6 +222,8 @@ class Catalog:
         """
         try:
             return self.resource_owner(uri)
+        except HeldForApproval:
+            raise  # held: not subscribed to, at the pass-through upstream either
         except CatalogError:
             if self.pass_through is None:
                 raise

@@ -208,3 +208,13 @@ def test_prompts_resources_and_templates_without_an_admitting_verdict_are_held()
     # under warn a drifted or unverified one is served (marked, as tools are)
     warned = {n: _verdict(i, "drifted", "warn") for n, i in infos.items()}
     assert set(Catalog.build(listings, listed=warned).prompts) == {"ev__kept", "ev__redefined"}
+
+
+def test_a_held_resource_is_not_subscribed_at_the_pass_through_upstream() -> None:
+    res = types.Resource(uri="test://late", name="late")
+    listing = UpstreamListing("ev", True, [], resources=[res])
+    (info,) = listed_infos([listing])
+    cat = Catalog.build([listing], listed={info.name: _verdict(info, "unverified")})
+    assert cat.subscription_owner("test://unlisted") == "ev"
+    with pytest.raises(HeldForApproval):
+        cat.subscription_owner("test://late")

@@ -44,6 +44,7 @@ from gateway.upstream.builtin import (
 from gateway.upstream.eras import answered_for_legacy, bridged_for_modern_client, modern, on_behalf_of
 from gateway.upstream.isolation import IsolatedReplicas
 from gateway.upstream.session import Upstream
+from gateway.verify.listed import is_listed, listed_infos
 from gateway.visibility import Visibility
 
 if TYPE_CHECKING:
@@ -263,11 +264,12 @@ class Gateway:
             listings += [listing_of(b) for b in self.builtins.values()]
             # the catalogue uses verification: every tool's verdict is part of the snapshot
             current = self.catalog
-            previous = {n: t.info for n, t in current.tools.items()}
-            infos = await self.verifier.assess(
-                Catalog.fresh_infos(listings, current), changed=changed, previous=previous
-            )
-            new = Catalog.build(listings, infos=infos, previous=current)
+            previous = {**{n: t.info for n, t in current.tools.items()}, **current.listed}
+            fresh = Catalog.fresh_infos(listings, current) + listed_infos(listings)
+            infos = await self.verifier.assess(fresh, changed=changed, previous=previous)
+            # prompts, resources and templates are pinned as tools are (gateway.verify.listed)
+            listed = {n: i for n, i in infos.items() if is_listed(n)}
+            new = Catalog.build(listings, infos=infos, previous=current, listed=listed)
             self.verifier.screen_listings(new)  # resources and prompts: audited, as tools are
             old, self.live.snapshot = self.live.snapshot, new
             for r in new.refusals:

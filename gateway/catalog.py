@@ -10,6 +10,7 @@ an update.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import logging
 import re
@@ -23,7 +24,14 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from gateway.config.model import RESERVED_SERVER_NAMES
 from gateway.context import ToolInfo, UpstreamInfo
-from gateway.errors import CatalogError, ResourceAmbiguous, UnknownTool, UpstreamUnavailable
+from gateway.errors import (
+    CatalogError,
+    HeldForApproval,
+    ResourceAmbiguous,
+    UnknownTool,
+    UpstreamUnavailable,
+)
+from gateway.verify.listed import hold_reason
 
 _logger = logging.getLogger("symbi.catalog")
 
@@ -117,8 +125,14 @@ class Catalog:
         prompts: dict[str, CatalogPrompt],
         refusals: list[Refusal],
         pass_through: str | None = None,
+        listed: Mapping[str, ToolInfo] | None = None,
+        held: Mapping[str, str] | None = None,
     ) -> None:
         self.tools = tools
+        # verdicts on prompts, resources and templates (gateway.verify.listed), and why each
+        # one not served is held, by "prompt:NAME" / "resource:URI" / "template:URI_TEMPLATE"
+        self.listed = dict(listed or {})
+        self.held = dict(held or {})
         # the one upstream in pass-through mode (config allows no other), if any
         self.pass_through = pass_through
         self.resources = resources
@@ -152,11 +166,17 @@ class Catalog:
         listings: Iterable[UpstreamListing],
         infos: Mapping[str, ToolInfo] | None = None,
         previous: Catalog | None = None,
+        listed: Mapping[str, ToolInfo] | None = None,
     ) -> Catalog:
         """Build from upstream listings. ``infos`` overrides per-tool verification state;
         ``previous``: entries of tools its upstream did not re-list, with the same verdict,
-        are reused (one server's list change costs its own tools, not every server's)."""
+        are reused (one server's list change costs its own tools, not every server's).
+        ``listed``: verdicts on prompts, resources and templates; one without an admitting
+        verdict is held, not served (None: not verified, all served)."""
         listings = list(listings)
+        held: dict[str, str] = {}
+        if listed is not None:
+            listings = [_admitted(up, listed, held) for up in listings]
         prior = previous.tools if previous is not None else {}
         tools: dict[str, CatalogTool] = {}
         refusals: list[Refusal] = []
@@ -178,7 +198,7 @@ class Catalog:
             tools.pop(name, None)
         _log_refusals(refusals)
         pass_through = next((up.name for up in listings if up.pass_through), None)
-        return cls(tools, resources, templates, prompts, refusals, pass_through)
+        return cls(tools, resources, templates, prompts, refusals, pass_through, listed, held)
 
     def tool(self, name: str) -> CatalogTool:
         try:
@@ -189,7 +209,10 @@ class Catalog:
     def resource_owner(self, uri: str) -> str:
         """Which upstream serves ``uri``: the one that lists it, else the one whose templates
         match it. A URI two upstreams list, or that templates of two match, is refused: a
-        template never takes a URI another upstream lists, nor one refused as listed twice."""
+        template never takes a URI another upstream lists, nor one refused as listed twice.
+        A held one is refused too, and no template of anyone else's stands in for it."""
+        if (why := self.held.get(f"resource:{uri}")) is not None:
+            raise HeldForApproval(f"resource {uri!r} is held until approved: {why}")
         hit = self.resources.get(uri)
         if hit is not None:
             return hit[0]
@@ -213,8 +236,8 @@ class Catalog:
         """
         try:
             return self.resource_owner(uri)
-        except ResourceAmbiguous:
-            raise  # claimed by several: not the pass-through upstream's to take either
+        except (ResourceAmbiguous, HeldForApproval):
+            raise  # claimed by several, or held: not the pass-through upstream's to take either
         except CatalogError:
             if self.pass_through is None:
                 raise
@@ -222,6 +245,8 @@ class Catalog:
 
     def template_owner(self, uri_template: str) -> str:
         owners = {up for up, tpl, _ in self.templates if tpl.uri_template == uri_template}
+        if not owners and (why := self.held.get(f"template:{uri_template}")) is not None:
+            raise HeldForApproval(f"resource template {uri_template!r} is held until approved: {why}")
         if len(owners) != 1:
             raise CatalogError(f"unknown resource template {uri_template!r}")
         return owners.pop()
@@ -230,6 +255,8 @@ class Catalog:
         try:
             return self.prompts[name]
         except KeyError:
+            if (why := self.held.get(f"prompt:{name}")) is not None:
+                raise HeldForApproval(f"prompt {name!r} is held until approved: {why}") from None
             raise CatalogError(f"unknown prompt {name!r}") from None
 
 
@@ -280,6 +307,31 @@ def _add_prompts(
             refusals.append(Refusal(up.name, "prompt", p.name, f"name {pname!r} collides"))
             continue
         prompts[pname] = CatalogPrompt(pname, p.name, up.name, p.model_copy(update={"name": pname}))
+
+
+def _admitted(up: UpstreamListing, listed: Mapping[str, ToolInfo], held: dict[str, str]) -> UpstreamListing:
+    """``up`` with only the prompts, resources and templates its verdicts admit; why each of
+    the others is held goes to ``held`` (by the name or URI a client asks for)."""
+    prompts, resources, templates = [], [], []
+    for p in up.prompts:
+        if (why := hold_reason(listed, "prompt", up.name, p.name)) is None:
+            prompts.append(p)
+            continue
+        try:
+            held[f"prompt:{namespaced(up.name, p.name, up.pass_through)}"] = why
+        except CatalogError:
+            pass  # a name the catalogue refuses anyway
+    for r in up.resources:
+        if (why := hold_reason(listed, "resource", up.name, str(r.uri))) is None:
+            resources.append(r)
+        else:
+            held[f"resource:{r.uri}"] = why
+    for t in up.templates:
+        if (why := hold_reason(listed, "template", up.name, t.uri_template)) is None:
+            templates.append(t)
+        else:
+            held[f"template:{t.uri_template}"] = why
+    return dataclasses.replace(up, prompts=prompts, resources=resources, templates=templates)
 
 
 def _log_refusals(refusals: list[Refusal]) -> None:

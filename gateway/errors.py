@@ -114,6 +114,13 @@ class CatalogError(GatewayError):
     denial = True
 
 
+class HeldForApproval(CatalogError):
+    """A prompt, resource or template whose listed definition is not approved (drifted, or
+    new since its upstream's first approved listing): not served until a person approves it."""
+
+    code = "held_for_approval"
+
+
 class UnknownTool(CatalogError):
     code = "unknown_tool"
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import mcp.types as types
 import pytest
 
 from gateway.catalog import Catalog, UpstreamListing, namespaced
-from gateway.errors import CatalogError, UnknownTool
+from gateway.context import ToolInfo
+from gateway.errors import CatalogError, HeldForApproval, UnknownTool
+from gateway.verify.listed import listed_infos
 
 
 def tool(name: str, desc: str = "d") -> types.Tool:
@@ -164,3 +168,53 @@ def test_a_rebuild_still_refuses_a_collision_with_a_reused_tool() -> None:
     # a second listing from the same upstream adds a tool whose name collides with the kept one
     new = _assessed([UpstreamListing("a", False, [*a, tool("x.y")])], old)
     assert "a__x_y" not in new.tools and [r.name for r in new.refusals] == ["x.y"]
+
+
+def _verdict(info: ToolInfo, status: str, mode: str = "tofu") -> ToolInfo:
+    return dataclasses.replace(info, verification=status, verification_mode=mode)  # type: ignore[arg-type]
+
+
+def test_prompts_resources_and_templates_without_an_admitting_verdict_are_held() -> None:
+    """A held item is not served, its lookup says why (held_for_approval), and a held URI is not
+    handed to another upstream's template that matches it; no verdict at all is no admission."""
+    kept = types.Prompt(name="kept")
+    redefined = types.Prompt(name="redefined", description="now with an injection")
+    late = types.Resource(uri="docs://late", name="late")
+    tpl = types.ResourceTemplate(uri_template="files://{path}", name="files")
+    catch_all = types.ResourceTemplate(uri_template="docs://{name}", name="docs")
+    listings = [
+        UpstreamListing("ev", False, [], prompts=[kept, redefined], resources=[late], templates=[tpl]),
+        UpstreamListing("other", False, [], templates=[catch_all]),
+    ]
+    infos = {i.name: i for i in listed_infos(listings)}
+    verdicts = {
+        "prompt:ev__kept": _verdict(infos["prompt:ev__kept"], "pinned"),
+        "prompt:ev__redefined": _verdict(infos["prompt:ev__redefined"], "drifted"),
+        "template:ev__files://{path}": _verdict(infos["template:ev__files://{path}"], "unverified"),
+        "template:other__docs://{name}": _verdict(infos["template:other__docs://{name}"], "pinned"),
+        # resource:ev__docs://late: no verdict
+    }
+    cat = Catalog.build(listings, listed=verdicts)
+    assert set(cat.prompts) == {"ev__kept"}
+    assert cat.resources == {}
+    assert [t.uri_template for _, t, _ in cat.templates] == ["docs://{name}"]
+    with pytest.raises(HeldForApproval):
+        cat.prompt("ev__redefined")
+    with pytest.raises(HeldForApproval):
+        cat.resource_owner("docs://late")  # not served by other's docs://{name} either
+    with pytest.raises(HeldForApproval):
+        cat.template_owner("files://{path}")
+    assert cat.resource_owner("docs://readme") == "other"
+    # under warn a drifted or unverified one is served (marked, as tools are)
+    warned = {n: _verdict(i, "drifted", "warn") for n, i in infos.items()}
+    assert set(Catalog.build(listings, listed=warned).prompts) == {"ev__kept", "ev__redefined"}
+
+
+def test_a_held_resource_is_not_subscribed_at_the_pass_through_upstream() -> None:
+    res = types.Resource(uri="test://late", name="late")
+    listing = UpstreamListing("ev", True, [], resources=[res])
+    (info,) = listed_infos([listing])
+    cat = Catalog.build([listing], listed={info.name: _verdict(info, "unverified")})
+    assert cat.subscription_owner("test://unlisted") == "ev"
+    with pytest.raises(HeldForApproval):
+        cat.subscription_owner("test://late")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ScreeningFlagged
 from gateway.screen import Screening, screen_definition
+from gateway.verify.listed import is_listed, kind_of
 from gateway.verify.state import ToolRecord, ToolStates
 
 if TYPE_CHECKING:
@@ -23,15 +24,18 @@ def screen_record(store: ToolStates, rec: ToolRecord) -> Screening:
         return Screening()
     others = {r.namespaced for r in store.all() if r.upstream != rec.upstream}
     others |= {r.name for r in store.all() if r.upstream != rec.upstream}
-    return screen_definition("tool", rec.current_definition, others=others)
+    kind = kind_of(rec.namespaced) or "tool"
+    return screen_definition(
+        "resource" if kind == "template" else kind, rec.current_definition, others=others
+    )
 
 
 def unsigned_under_strict(mode: str, has_manifest: bool, rec: ToolRecord) -> str | None:
     """Why approving ``rec`` here would change nothing, or None. Under strict a tool passes on a
     verified signature only: a recorded approval admits an unsigned tool nowhere, so saying
     "approved" would leave it blocked while the person thinks it is callable."""
-    if mode != "strict" or has_manifest or rec.key_fingerprint is not None:
-        return None
+    if mode != "strict" or has_manifest or rec.key_fingerprint is not None or is_listed(rec.namespaced):
+        return None  # prompts, resources and templates: strict pins them as tofu does
     return (
         f"{rec.namespaced}: upstream {rec.upstream!r} is strict and its tools are unsigned: approving "
         f"means signing with an organisation key; set servers.{rec.upstream}.approved = FILE.json and "

@@ -35,6 +35,7 @@ from gateway.events import Event, EventSink
 from gateway.screen.accepted import AcceptedFindings
 from gateway.screen.refresh import Listings, RefreshScreening
 from gateway.verify.keys import UpstreamKeys
+from gateway.verify.listed import is_listed, kind_of, listed_mode
 from gateway.verify.manifest import load_manifest
 from gateway.verify.revocations import REVOKED_REASON, Revocations
 from gateway.verify.signatures import check_manifest, check_signature, drift_reason
@@ -213,7 +214,10 @@ class ToolVerifier:
             accepted = await anyio.to_thread.run_sync(self._accepted.load)
         except StateUnavailable:
             accepted = {}  # fail closed: no finding counts as accepted while they cannot be read
-        return self._screening.tools(infos, self._builtins, accepted)
+        # prompts, resources and templates are screened with the catalogue (screen_listings)
+        listed = {n: i for n, i in infos.items() if is_listed(n)}
+        proper = {n: i for n, i in infos.items() if n not in listed}
+        return {**self._screening.tools(proper, self._builtins, accepted), **listed}
 
     def screen_listings(self, catalog: Listings) -> None:
         """Resources, templates and prompts screened on every refresh (audited as tools are)."""
@@ -259,8 +263,11 @@ class ToolVerifier:
         try:
             # once a listing of this upstream was approved, a tool it adds later waits for a person
             established = self.state.has_approved(upstream)
+            # prompts, resources and templates: nothing signs them, strict pins them as tofu does
+            as_listed = replace(trust, mode=listed_mode(trust.mode))
             for tool in entries:
-                out.append(self._assess_one(tool, trust, established, pending))
+                rules = as_listed if is_listed(tool.name) else trust
+                out.append(self._assess_one(tool, rules, established, pending))
             listed = present if present is not None else {t.original_name for t in entries}
             for gone in self.state.mark_absent(upstream, listed):
                 pending.append(
@@ -304,8 +311,9 @@ class ToolVerifier:
             # added after the upstream's first approved listing: pending (an org-signed manifest
             # entry is a person's approval already)
             status, approve_now = "unverified", False
+            what = kind_of(info.name) or "tool"
             reason = (
-                "new tool since the upstream's first approved listing: pending until `symbi tools approve`"
+                f"new {what} since the upstream's first approved listing: pending until `symbi tools approve`"
             )
         self._record(info, mode, before, approved_form, h, status, reason, fp, approve_now, pending)
         return _with(info, status, reason if status != "verified" else None, fp, h, mode)

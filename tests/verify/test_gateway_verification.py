@@ -154,7 +154,8 @@ async def test_security_team_approves_an_unsigned_npm_server_through_the_cli(tmp
         assert not [t for t in (await s.list_tools()).tools if t.name.startswith("everything__")]
         listed = json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)
         assert {"everything__echo", "everything__get-sum"} <= {t["tool"] for t in listed}
-        assert all(t["status"] == "unverified" for t in listed)
+        # its tools (prompt:, resource: and template: rows are pinned as tofu pins them)
+        assert all(t["status"] == "unverified" for t in listed if ":" not in t["tool"])
 
         no_key = symbi("tools", "approve", "everything__echo", "--config", str(cfg))
         assert no_key.returncode == 2  # a signed manifest needs the organisation key

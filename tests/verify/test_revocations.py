@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 TOOLS = ("danger", "danger2")
 
-MANY = 2_000  # about the default limit, assessed one by one: seconds of rebuild
+MANY = 2_000  # about the default limit, assessed one by one
 
 
 async def test_a_revocation_does_not_wait_for_another_upstreams_rebuild(tmp_path: Path) -> None:
@@ -45,9 +45,9 @@ async def test_a_revocation_does_not_wait_for_another_upstreams_rebuild(tmp_path
                     await anyio.sleep(0.05)
             waited = time.monotonic() - t0
             assert r.meta["symbi/error"]["code"] == "verification_denied"  # type: ignore[index]
-            # refused while the thief's rebuild still ran: its tools are not listed yet
-            assert "thief__n0" not in await names(s), f"{tool} refused only after the rebuild ({waited:.1f}s)"
-            assert waited < 5
+            # refused within seconds, whether the thief's rebuild still runs or not (how long it
+            # runs moves with the machine: when it outlasts this, the refusal came during it)
+            assert waited < 5, f"{tool} refused only after {waited:.1f} s"
         with anyio.fail_after(180):  # and the rebuilds, when done, agree (refused all along)
             while {"victim__danger", "victim__danger2"} & await names(s):
                 assert (await s.call_tool("victim__danger", {})).is_error

@@ -16,7 +16,8 @@ JSON-RPC error.
      ├── ArgumentsInvalid       [D]  arguments do not validate against inputSchema
      ├── VerificationDenied     [D]  SchemaPin / pin / drift check refused the tool
      │    └── ScreeningFlagged  [D]  a definition screened as poisoned (approval needs an accept)
-     ├── ApprovalError               an approval that cannot be made here (admin API)
+     ├── ApprovalError               an approval that cannot be made (CLI, admin API, dashboard)
+     │    └── AmbiguousTool          two recorded tools of one upstream share the namespaced name
      ├── AdminApiError               the CLI could not use a running gateway's admin API
      ├── PolicyDenied           [D]  the Rego decision refused the call (carries reasons)
      │    ├── PolicyError       [D]  the policy could not be evaluated (fail closed)
@@ -158,6 +159,16 @@ class ApprovalError(GatewayError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AmbiguousTool(ApprovalError):
+    """A namespaced name recorded for two upstream tools (a rename: ``rm_all`` and ``rm all``
+    both map to ``evil__rm_all``) and the current listing does not tell which is meant."""
+
+    code = "ambiguous_tool"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 409)
 
 
 class ScreeningFlagged(VerificationDenied):

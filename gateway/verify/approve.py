@@ -141,19 +141,23 @@ def approve_current(
     ``pins``: an open pin store (the data dir's or PostgreSQL's), or the data dir's file.
     Returns the approved definition hash. Signing into a manifest is the caller's job.
     """
-    from schemapin import PinStore, PinStoreError
+    from schemapin import PinStore, PinStoreError, definition_hash, split_carrier
 
     h = check_reviewed(rec, reviewed)
     assert rec.current_definition is not None  # check_reviewed refuses a record without one
     # the definition of ``rec`` as read, whose hash was checked; never the row as it is now
     store.approve(rec.upstream, rec.name, h, rec.current_definition)
     if domain:
+        # the pin moves to the reviewed definition (the signed part: without _meta), not to
+        # whatever is pending by now: the verifier records a change in the pins before the
+        # tool state, so a switch can be pending there while the state still shows the bait
+        signed = definition_hash(split_carrier(rec.current_definition)[0])
         with contextlib.ExitStack() as stack:
             opened = stack.enter_context(PinStore(pins)) if isinstance(pins, Path) else pins
             pin = opened.get(domain, rec.name)
             if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
                 try:
-                    opened.approve(domain, rec.name, actor=actor or "symbi")
+                    opened.approve(domain, rec.name, definition_hash=signed, actor=actor or "symbi")
                 except PinStoreError:
                     pass  # nothing pending any more: the current pin stands
     return h

@@ -143,7 +143,7 @@ async def serve(s: ClientSession, state: ToolStates, tools_file: Path, *tools: d
 
     await anyio.Path(tools_file).write_text(json.dumps(list(tools)))
     assert not (await s.call_tool("dict__reload", {})).is_error
-    with anyio.fail_after(20):
+    with anyio.fail_after(30):
         while any(
             (r := state.get("dict", str(t["name"]))) is None or r.current_hash != definition_hash(t)
             for t in tools
@@ -181,7 +181,7 @@ async def test_an_approval_approves_the_definition_reviewed_not_one_swapped_in_s
             ok = symbi("tools", "approve", "dict__send_mail", *bait, "--config", str(cfg))
             assert ok.returncode == 0, ok.stderr
             assert state.get("dict", "send_mail").approved_definition == BAIT  # type: ignore[union-attr]
-        with anyio.fail_after(10):
+        with anyio.fail_after(30):
             while (await s.call_tool("dict__send_mail", {"to": "a"})).is_error:
                 await anyio.sleep(0.05)
 
@@ -205,6 +205,6 @@ async def test_a_renamed_tool_is_reviewed_and_approved_by_its_listed_name(tmp_pa
             approve = symbi("tools", "approve", "dict__rm_all", *h, "--config", str(cfg))
             assert approve.returncode == 0, approve.stderr
             assert state.get("dict", "rm all").approved_definition == new  # type: ignore[union-attr]
-        with anyio.fail_after(10):
+        with anyio.fail_after(30):
             while (await s.call_tool("dict__rm_all", {})).is_error:
                 await anyio.sleep(0.05)

@@ -17,7 +17,10 @@ JSON-RPC error.
      ├── ArgumentsInvalid       [D]  arguments do not validate against inputSchema
      ├── VerificationDenied     [D]  SchemaPin / pin / drift check refused the tool
      │    └── ScreeningFlagged  [D]  a definition screened as poisoned (approval needs an accept)
-     ├── ApprovalError               an approval that cannot be made here (admin API)
+     ├── ApprovalError               an approval that cannot be made (CLI, admin API, dashboard)
+     │    ├── ReviewedHashRequired   no (or a malformed) hash of the definition the person reviewed
+     │    ├── DefinitionChanged      the definition is no longer the one the person reviewed
+     │    └── AmbiguousTool          two recorded tools of one upstream share the namespaced name
      ├── AdminApiError               the CLI could not use a running gateway's admin API
      ├── PolicyDenied           [D]  the Rego decision refused the call (carries reasons)
      │    ├── PolicyError       [D]  the policy could not be evaluated (fail closed)
@@ -172,6 +175,36 @@ class ApprovalError(GatewayError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ReviewedHashRequired(ApprovalError):
+    """An approval names the definition hash the person reviewed (``--hash``, ``{"hash"}``):
+    none was given, or it is not one (too short to resist a chosen collision, not hex)."""
+
+    code = "reviewed_hash_required"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 400)
+
+
+class DefinitionChanged(ApprovalError):
+    """The tool's current definition is not the one the person reviewed (the upstream changed
+    it since): nothing approved, review it again."""
+
+    code = "definition_changed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 409)
+
+
+class AmbiguousTool(ApprovalError):
+    """A namespaced name recorded for two upstream tools (a rename: ``rm_all`` and ``rm all``
+    both map to ``evil__rm_all``) and the current listing does not tell which is meant."""
+
+    code = "ambiguous_tool"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 409)
 
 
 class ScreeningFlagged(VerificationDenied):

@@ -1,9 +1,10 @@
 """``symbi tools``: the security team's view of upstream tools, on a running or stopped gateway.
 
 - ``list``: every upstream tool with its verification state, key fingerprint, definition hash.
-- ``diff SERVER__TOOL``: the approved definition against the current one.
-- ``approve SERVER__TOOL... [--key ORG_PRIV.pem]``: sign the current definitions into the
-  upstream's approved manifest (``approved = ...``) and move the pins to them.
+- ``diff SERVER__TOOL``: the approved definition against the current one, and its hash.
+- ``approve SERVER__TOOL... --hash H... [--key ORG_PRIV.pem]``: approve the definitions reviewed
+  (``H``: the hash ``diff`` printed, one per tool; refused if the current one differs), sign
+  them into the upstream's approved manifest (``approved = ...``) and move the pins to them.
 - ``revoke SERVER__TOOL...``: block a tool in every mode until approved again.
 
 A running gateway notices the change within ``mcp.recheck_interval_s``.
@@ -22,7 +23,9 @@ from gateway.config.model import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.screen.accepted import AcceptedFindings
 from gateway.verify.approve import (
+    MIN_HASH_HEX,
     approve_current,
+    check_reviewed,
     check_screening,
     drift_diff,
     screen_record,
@@ -54,13 +57,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     df.add_argument("tool", help="SERVER__TOOL")
     df.set_defaults(func=_diff)
 
-    ap = tsub.add_parser("approve", help="approve the current definitions (signs them into the manifest)")
+    ap = tsub.add_parser(
+        "approve", help="approve the definitions reviewed with diff (--hash; signs them into the manifest)"
+    )
     common(ap)
     ap.add_argument(
         "tools",
         nargs="+",
         metavar="SERVER__TOOL | SERVER",
         help="tools, or discovered servers in quarantine (symbi discover list)",
+    )
+    ap.add_argument(
+        "--hash",
+        dest="hashes",
+        action="append",
+        default=[],
+        metavar="HASH",
+        help="the definition hash `symbi tools diff` printed (at least "
+        f"{MIN_HASH_HEX} hex digits), once per SERVER__TOOL in order; refused if the definition changed",
     )
     ap.add_argument("--key", type=Path, default=None, help="organisation private key (PEM) to sign with")
     ap.add_argument("--by", default=None, help="who approves (recorded in the manifest and the pin history)")
@@ -139,7 +153,7 @@ def _list(args: argparse.Namespace) -> int:
         screen = f"{s.highest}:{','.join(sorted({f.rule for f in flagged}))}" if flagged else "-"
         print(
             f"{r.namespaced:44} {r.status + ('' if r.present else '*'):10} {'yes' if r.drifted else '-':5} "
-            f"{screen[:16]:16} {(r.key_fingerprint or '-')[:20]:20} {(r.current_hash or '-')[:16]}"
+            f"{screen[:16]:16} {(r.key_fingerprint or '-')[:20]:20} {r.current_hash or '-'}"
         )
     if any(not r.present for r in records):
         print("* no longer offered by its upstream")
@@ -162,10 +176,14 @@ def _quarantined(cfg: Config) -> None:
 def _diff(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
     rec = _lookup(_store(cfg), args.tool)
-    if not rec.drifted:
-        print(f"{rec.namespaced}: no drift (status {rec.status})")
+    diff = drift_diff(rec)
+    if not diff:
+        print(f"{rec.namespaced}: no drift (status {rec.status}, definition {rec.current_hash})")
         return 0
-    sys.stdout.write(drift_diff(rec))
+    print(f"{rec.namespaced}: tool {rec.name!r} of upstream {rec.upstream}, status {rec.status}")
+    sys.stdout.write(diff)
+    # the full hash: approving names this definition and no other the upstream swaps in later
+    print(f"approve this definition: symbi tools approve {rec.namespaced} --hash {rec.current_hash}")
     return 1
 
 
@@ -174,42 +192,59 @@ def _approve(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.environ)
     servers = [n for n in args.tools if "__" not in n]
+    tools = [n for n in args.tools if "__" in n]
+    if args.hashes and len(args.hashes) != len(tools):  # before anything is approved
+        raise ConfigError(
+            f"one --hash per SERVER__TOOL, in the same order: {len(tools)} tool(s), {len(args.hashes)} hash(es)"
+        )
     if servers:  # discovered servers in quarantine: approving one lets the gateway start it
         _approve_discovered(cfg, servers, args.by)
-        if len(servers) == len(args.tools):
+        if not tools:
             return 0
     store = _store(cfg)
     pins = _pins(cfg)
-    records = [_lookup(store, n) for n in args.tools if "__" in n]
-    for rec in records:  # refused before anything is signed or approved
-        srv = cfg.servers.get(rec.upstream)
-        mode = cfg.verification_for(rec.upstream)
-        if srv is not None and (why := unsigned_under_strict(mode, srv.approved is not None, rec)):
-            raise ConfigError(why)
+    records = _reviewed_records(cfg, store, tools, args.hashes)
     flagged = []
-    for rec in records:  # screened again before anything is signed or approved
+    for rec, _ in records:  # screened again before anything is signed or approved
         if check_screening(store, rec, accept=args.accept_screening).at_least("high"):
             flagged.append(rec)
     key = _signing_key(args.key)
-    by_upstream: dict[str, list[ToolRecord]] = {}
-    for rec in records:
-        by_upstream.setdefault(rec.upstream, []).append(rec)
+    by_upstream: dict[str, list[tuple[ToolRecord, str]]] = {}
+    for rec, h in records:
+        by_upstream.setdefault(rec.upstream, []).append((rec, h))
     for upstream, recs in by_upstream.items():
         srv = cfg.servers.get(upstream)
         if srv is None:
             raise ConfigError(f"tool of upstream {upstream!r}, which is not in the config")
         if srv.approved is not None:
-            _sign_into_manifest(srv.approved, upstream, recs, key, args.by)
-        for rec in recs:
+            _sign_into_manifest(srv.approved, upstream, [r for r, _ in recs], key, args.by)
+        for rec, h in recs:
             if rec in flagged:  # the person read the findings and accepts them for this definition
                 assert rec.current_definition is not None
                 _accepted(cfg).accept(rec.namespaced, definition_hash(rec.current_definition))
-            h = approve_current(store, pins, rec, domain=srv.domain, actor=args.by or "symbi tools approve")
+            approve_current(
+                store, pins, rec, reviewed=h, domain=srv.domain, actor=args.by or "symbi tools approve"
+            )
             print(
                 f"approved {rec.namespaced} ({h[:16]})"
                 + (" with its screening findings accepted" if rec in flagged else "")
             )
     return 0
+
+
+def _reviewed_records(
+    cfg: Config, store: ToolStates, names: list[str], hashes: list[str]
+) -> list[tuple[ToolRecord, str]]:
+    """Each tool's record as read now and the hash of its definition, refused (before anything
+    is signed or approved) unless that is the definition reviewed (``hashes``, in order) and
+    approving it here would admit it."""
+    records = [_lookup(store, n) for n in names]
+    for rec in records:  # first: no hash makes such an approval do anything
+        srv = cfg.servers.get(rec.upstream)
+        mode = cfg.verification_for(rec.upstream)
+        if srv is not None and (why := unsigned_under_strict(mode, srv.approved is not None, rec)):
+            raise ConfigError(why)
+    return [(rec, check_reviewed(rec, hashes[i] if hashes else None)) for i, rec in enumerate(records)]
 
 
 def _approve_discovered(cfg: Config, names: list[str], by: str | None) -> None:

@@ -123,7 +123,8 @@ def _err(status: int, error: str, reason: str) -> JSONResponse:
 def _refused(e: ApprovalError) -> JSONResponse:
     if e.status == 503:
         return _unavailable("verification", e.message)
-    return _err(e.status, "not_found" if e.status == 404 else "conflict", e.message)
+    error = {404: "not_found", 400: "bad_request"}.get(e.status, "conflict")
+    return JSONResponse({"error": error, "code": e.code, "reason": e.message}, status_code=e.status)
 
 
 def tool_rows(state: HttpState) -> list[dict[str, Any]]:
@@ -214,6 +215,21 @@ def _bind_action(handler: Any, action: str) -> Any:
     return run
 
 
+async def _reviewed(request: Request) -> str | None | JSONResponse:
+    """The ``hash`` of a tool approval's body: the definition the admin reviewed (None when
+    absent, which ``approve_tool`` refuses by name), or the 400 refusing the body."""
+    body = await request.body()
+    if not body.strip():
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("hash", ""), str):
+        return _err(400, "bad_request", 'body must be JSON {"hash": "<current_hash from the diff>"}')
+    return doc.get("hash") or None
+
+
 async def _reason(request: Request) -> str | JSONResponse:
     """The optional ``reason`` of an agent action ("" when no body), or the 400 refusing the body.
     ``json.loads`` turns the escape ``"\\ud800"`` into text that is not valid UTF-8, which the
@@ -295,9 +311,12 @@ class AdminApi:
         return JSONResponse(diff)
 
     async def tool_approve(self, request: Request) -> Response:
+        reviewed = await _reviewed(request)
+        if isinstance(reviewed, JSONResponse):
+            return reviewed
         try:
             done = await approve_tool(
-                self.state.gateway, request.path_params["name"], request.scope["symbi.principal"]
+                self.state.gateway, request.path_params["name"], request.scope["symbi.principal"], reviewed
             )
         except ApprovalError as e:
             return _refused(e)

@@ -1,8 +1,9 @@
 """Drift review and approval from the admin API and the dashboard.
 
 Reads the verifier's tool state (``gw.verifier.state``, a ``ToolStateStore``) and approves
-the *current* definition of a tool, as ``symbi tools approve`` does for an upstream without
-a signed manifest. An upstream with a signed manifest (``servers.X.approved``) is refused:
+the definition of a tool the person reviewed (the diff's ``current_hash``, sent back as
+``hash``; refused when the current one differs), as ``symbi tools approve --hash`` does for an
+upstream without a signed manifest. An upstream with a signed manifest (``servers.X.approved``) is refused:
 approving there means signing with the organisation key, which never lives on the server,
 so it stays a CLI step.
 """
@@ -17,6 +18,7 @@ from gateway.errors import ApprovalError, ScreeningFlagged
 from gateway.events import Event
 from gateway.verify.approve import (
     approve_current,
+    check_reviewed,
     check_screening,
     drift_diff,
     screen_record,
@@ -57,9 +59,12 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
     }
 
 
-async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> dict[str, Any]:
-    """Approve the current definition of ``name``; the catalogue is re-verified at once.
-    The tool state is read and written in a worker thread (PostgreSQL with [state])."""
+async def approve_tool(
+    gw: Gateway | None, name: str, principal: Principal, reviewed: str | None
+) -> dict[str, Any]:
+    """Approve the definition of ``name`` the person reviewed (``reviewed``: its hash) if it is
+    still the current one; the catalogue is re-verified at once. The tool state is read and
+    written in a worker thread (PostgreSQL with [state])."""
     rec = await anyio.to_thread.run_sync(_record, gw, name)
     assert gw is not None
     srv = gw.config.servers.get(rec.upstream)
@@ -71,11 +76,10 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
             "`symbi tools approve --key ORG_PRIV.pem` (the organisation key is not on this server)",
             409,
         )
-    if rec.current_definition is None:
-        raise ApprovalError(f"{name} has no current definition to approve", 409)
     why = unsigned_under_strict(gw.config.verification_for(rec.upstream), False, rec)
     if why:
         raise ApprovalError(why, 409)
+    check_reviewed(rec, reviewed)  # before screening: a changed definition is to be reviewed again
     try:  # screened again before it can be approved
         await anyio.to_thread.run_sync(lambda: check_screening(_state(gw), rec, accept=False))
     except ScreeningFlagged as e:
@@ -83,7 +87,9 @@ async def approve_tool(gw: Gateway | None, name: str, principal: Principal) -> d
             f"{e.message}; only `symbi tools approve --accept-screening` can approve it", 409
         ) from None
     h = await anyio.to_thread.run_sync(
-        lambda: approve_current(_state(gw), gw.verifier.pins, rec, domain=srv.domain, actor=principal.id)
+        lambda: approve_current(
+            _state(gw), gw.verifier.pins, rec, reviewed=reviewed, domain=srv.domain, actor=principal.id
+        )
     )
     gw.events.emit(
         Event.TOOL_APPROVED,

@@ -62,10 +62,26 @@ OPENAPI: dict[str, Any] = {
         },
         "/tools/{name}/approve": {
             "post": {
-                "summary": "Approve the current definition of a tool (not for signed-manifest upstreams)",
+                "summary": "Approve the reviewed definition of a tool (not for signed-manifest upstreams)",
+                "description": "hash: the current_hash of the diff the admin reviewed; 400 "
+                "(reviewed_hash_required) without it, 409 (definition_changed) when the current "
+                "definition is another one",
                 "parameters": [_NAME],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["hash"],
+                                "properties": {"hash": {"type": "string", "pattern": "^[0-9a-fA-F]{32,64}$"}},
+                            }
+                        }
+                    },
+                },
                 "responses": {
                     "200": _ok("Approved"),
+                    "400": _ERR,
                     "404": _ERR,
                     "409": _ERR,
                     "503": _ok("Unavailable", "no verifier"),

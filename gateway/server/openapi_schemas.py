@@ -16,6 +16,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["error"],
         "properties": {
             "error": {"type": "string"},
+            "code": {"type": "string", "description": "the gateway's error code (gateway/errors.py)"},
             "reason": {"type": "string"},
             "error_description": {"type": "string"},
         },

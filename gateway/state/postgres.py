@@ -26,7 +26,7 @@ from gateway.apikeys import ApiKeyRecord, hash_key, new_key, split_key
 from gateway.errors import StateUnavailable
 from gateway.state.health import Probe, safe_url
 from gateway.state.keycache import KeyCache, KeyListener
-from gateway.verify.state import ToolRecord, record_from_row
+from gateway.verify.state import ToolRecord, one_named, record_from_row
 
 # (version, statements): append only; a released migration never changes
 MIGRATIONS: list[tuple[int, str]] = [
@@ -325,10 +325,11 @@ class PgToolStateStore:
         return record_from_row(row) if row else None
 
     def find(self, namespaced: str) -> ToolRecord | None:
+        """The tool ``namespaced`` names now (``one_named``); None if never seen."""
         with self._pg.cursor() as cur:
-            cur.execute(f"SELECT {_COLS} FROM symbi_tools WHERE namespaced=%s LIMIT 1", (namespaced,))
-            row = cur.fetchone()
-        return record_from_row(row) if row else None
+            cur.execute(f"SELECT {_COLS} FROM symbi_tools WHERE namespaced=%s ORDER BY name", (namespaced,))
+            rows = cur.fetchall()
+        return one_named(namespaced, [record_from_row(r) for r in rows])
 
     def all(self) -> list[ToolRecord]:
         with self._pg.cursor() as cur:

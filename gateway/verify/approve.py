@@ -1,4 +1,9 @@
-"""Approving a tool's current definition: shared by ``symbi tools`` and the admin API."""
+"""Approving a tool's current definition: shared by ``symbi tools`` and the admin API.
+
+An approval names the hash of the definition the person reviewed (``symbi tools diff``, the
+API's diff, the dashboard's tool page) and is refused when the current one differs: the
+upstream can change its definition between the review and the approval (bait and switch).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import ScreeningFlagged
+from gateway.errors import DefinitionChanged, ReviewedHashRequired, ScreeningFlagged
 from gateway.screen import Screening, screen_definition
 from gateway.verify.listed import is_listed, kind_of
 from gateway.verify.state import ToolRecord, ToolStates
@@ -58,19 +63,68 @@ def check_screening(store: ToolStates, rec: ToolRecord, *, accept: bool) -> Scre
     return result
 
 
+# 128 bits. The upstream writes both the bait and the switch, so it needs only a collision of
+# the prefix, not a preimage: 12 hex digits (48 bits) fall to about 2**24 tries of each.
+MIN_HASH_HEX = 32
+_HEX = frozenset("0123456789abcdef")
+
+
+def _where(namespaced: str) -> str:
+    return f"`symbi tools diff {namespaced}` (or GET /api/tools/{namespaced}/diff, current_hash)"
+
+
+def reviewed_hash(given: str | None, namespaced: str) -> str:
+    """``given`` normalised (lower case), or ``ReviewedHashRequired`` naming what is wrong.
+    The messages never print the current hash: copying it from a refusal approves unseen."""
+    if not given:
+        raise ReviewedHashRequired(
+            f"{namespaced}: an approval names the definition you reviewed: review it with "
+            f'{_where(namespaced)} and pass its hash (--hash, or the body\'s "hash")'
+        )
+    h = given.strip().lower()
+    if not set(h) <= _HEX or not MIN_HASH_HEX <= len(h) <= 64:
+        raise ReviewedHashRequired(
+            f"{namespaced}: the hash given ({given[:80]!r}) is not a definition hash: "
+            f"{MIN_HASH_HEX} to 64 hex digits from {_where(namespaced)}"
+        )
+    return h
+
+
+def check_reviewed(rec: ToolRecord, given: str | None) -> str:
+    """The hash of ``rec``'s current definition when it is the one reviewed (``given``, a
+    prefix of it); else ``DefinitionChanged``: the upstream changed it since the review."""
+    from schemapin import definition_hash
+
+    want = reviewed_hash(given, rec.namespaced)
+    if rec.current_definition is None:
+        raise DefinitionChanged(f"{rec.namespaced} has no current definition to approve")
+    h = definition_hash(rec.current_definition)
+    if not h.startswith(want):
+        raise DefinitionChanged(
+            f"{rec.namespaced}: its current definition is not the one you reviewed ({want[:16]}...): "
+            f"the upstream changed it since; nothing approved, review it again with {_where(rec.namespaced)}"
+        )
+    return h
+
+
 def _pretty(d: Any) -> list[str]:
     return json.dumps(d, indent=2, sort_keys=True, ensure_ascii=False).splitlines(keepends=True)
 
 
 def drift_diff(rec: ToolRecord) -> str:
-    """Unified diff of the approved against the current definition ("" when not drifted)."""
-    if not rec.drifted:
+    """Unified diff of the approved against the current definition; a tool never approved
+    (pending) is all new lines. "" when nothing differs from the approved definition."""
+    if rec.current_definition is None or not (rec.drifted or rec.approved_hash is None):
         return ""
+    if rec.approved_hash is None:
+        approved, since = [], "nothing approved"
+    else:
+        approved, since = _pretty(rec.approved_definition), f"approved {rec.approved_hash[:12]}"
     return "".join(
         difflib.unified_diff(
-            _pretty(rec.approved_definition),
+            approved,
             _pretty(rec.current_definition),
-            fromfile=f"{rec.namespaced} (approved {str(rec.approved_hash)[:12]})",
+            fromfile=f"{rec.namespaced} ({since})",
             tofile=f"{rec.namespaced} (current {str(rec.current_hash)[:12]})",
         )
     )
@@ -81,27 +135,33 @@ def approve_current(
     pins: Path | PinStore | PgPinStore,
     rec: ToolRecord,
     *,
+    reviewed: str | None,
     domain: str | None,
     actor: str | None,
 ) -> str:
-    """Make the current definition the approved one (and accept a pending SchemaPin pin change).
+    """Make the current definition the approved one (and accept a pending SchemaPin pin change),
+    if it is the one reviewed (``reviewed``: its hash or a prefix, ``check_reviewed``).
 
     ``pins``: an open pin store (the data dir's or PostgreSQL's), or the data dir's file.
     Returns the approved definition hash. Signing into a manifest is the caller's job.
     """
-    from schemapin import PinStore, PinStoreError, definition_hash
+    from schemapin import PinStore, PinStoreError, definition_hash, split_carrier
 
-    if rec.current_definition is None:
-        raise ValueError(f"{rec.namespaced} has no current definition to approve")
-    h = definition_hash(rec.current_definition)
+    h = check_reviewed(rec, reviewed)
+    assert rec.current_definition is not None  # check_reviewed refuses a record without one
+    # the definition of ``rec`` as read, whose hash was checked; never the row as it is now
     store.approve(rec.upstream, rec.name, h, rec.current_definition)
     if domain:
+        # the pin moves to the reviewed definition (the signed part: without _meta), not to
+        # whatever is pending by now: the verifier records a change in the pins before the
+        # tool state, so a switch can be pending there while the state still shows the bait
+        signed = definition_hash(split_carrier(rec.current_definition)[0])
         with contextlib.ExitStack() as stack:
             opened = stack.enter_context(PinStore(pins)) if isinstance(pins, Path) else pins
             pin = opened.get(domain, rec.name)
             if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
                 try:
-                    opened.approve(domain, rec.name, actor=actor or "symbi")
+                    opened.approve(domain, rec.name, definition_hash=signed, actor=actor or "symbi")
                 except PinStoreError:
                     pass  # nothing pending any more: the current pin stands
     return h

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.errors import AmbiguousTool
 from gateway.sqlitetx import write_transaction
 
 _SCHEMA = """
@@ -157,9 +158,12 @@ class ToolStateStore:
         return record_from_row(row) if row else None
 
     def find(self, namespaced: str) -> ToolRecord | None:
+        """The tool ``namespaced`` names now (``one_named``); None if never seen."""
         with self._lock:
-            row = self._db.execute("SELECT * FROM tools WHERE namespaced=?", (namespaced,)).fetchone()
-        return record_from_row(row) if row else None
+            rows = self._db.execute(
+                "SELECT * FROM tools WHERE namespaced=? ORDER BY name", (namespaced,)
+            ).fetchall()
+        return one_named(namespaced, [record_from_row(r) for r in rows])
 
     def all(self) -> list[ToolRecord]:
         with self._lock:
@@ -298,6 +302,23 @@ class ToolStateStore:
         with self._lock:
             rows = self._db.execute("SELECT upstream, name FROM tools WHERE revoked=1").fetchall()
         return {(up, name) for up, name in rows}
+
+
+def one_named(namespaced: str, recs: list[ToolRecord]) -> ToolRecord | None:
+    """The record a namespaced name means now. An upstream that renames a tool onto the same
+    namespaced name (``rm_all`` to ``rm all``: both ``evil__rm_all``) leaves two rows; the one
+    its current listing offers is meant, never the old one by row order. Two offered, or several
+    none offered, cannot be told apart: refused, naming them."""
+    if len(recs) <= 1:
+        return recs[0] if recs else None
+    present = [r for r in recs if r.present]
+    if len(present) == 1:
+        return present[0]
+    names = ", ".join(repr(r.name) for r in recs)
+    raise AmbiguousTool(
+        f"{namespaced} names {len(recs)} tools of upstream {recs[0].upstream!r} ({names}), "
+        f"{len(present)} of them in its current listing: not acting on a guess"
+    )
 
 
 def record_from_row(row: Any) -> ToolRecord:

@@ -103,6 +103,8 @@ def test_claude_desktop_import_launches_through_the_gateway(tmp_path: Path) -> N
         "tools",
         "approve",
         "everything__echo",
+        "--hash",  # the definition reviewed (symbi tools diff prints it)
+        next(t for t in pending if t["tool"] == "everything__echo")["definition_hash"],
         "--key",
         str(tmp_path / "org.pem"),
         "--config",

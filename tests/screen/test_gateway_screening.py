@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ROOT, SYMBI, symbi_env, write_config
 from tests.server._clients import stdio_session
-from tests.verify.test_gateway_verification import error_of, mutable_cfg
+from tests.verify.test_gateway_verification import error_of, mutable_cfg, reviewed
 
 pytestmark = pytest.mark.anyio
 SIGNED = ROOT / "tests/peers/signed_server.py"
@@ -93,9 +93,10 @@ async def test_scan_reports_each_finding_and_approval_needs_an_explicit_accept(t
     assert all(f["span"][1] > f["span"][0] for f in add["findings"])
     assert next(e for e in report["entries"] if e["name"] == "dict__sum")["findings"] == []
 
-    refused = symbi("tools", "approve", "dict__add", "--config", str(cfg))
+    h = reviewed(cfg, "dict__add")
+    refused = symbi("tools", "approve", "dict__add", *h, "--config", str(cfg))
     assert refused.returncode == 1  # ScreeningFlagged
-    accepted = symbi("tools", "approve", "dict__add", "--accept-screening", "--config", str(cfg))
+    accepted = symbi("tools", "approve", "dict__add", *h, "--accept-screening", "--config", str(cfg))
     assert accepted.returncode == 0, accepted.stderr
     async with stdio_session(cfg) as s:  # accepted for this definition: callable under tofu
         assert not (await s.call_tool("dict__add", {"a": 1, "b": 2})).is_error
@@ -113,7 +114,10 @@ async def test_rug_pull_adding_hidden_instructions_is_drift_and_a_screening_find
     listed = {t["tool"]: t for t in json.loads(symbi("tools", "list", "--config", str(cfg), "--json").stdout)}
     assert listed["mut__echo"]["drifted"] is True
     assert "SP006" in {f["rule"] for f in listed["mut__echo"]["screening"]["findings"]}  # and the screening
-    assert symbi("tools", "approve", "mut__echo", "--config", str(cfg)).returncode == 1
+    assert (
+        symbi("tools", "approve", "mut__echo", *reviewed(cfg, "mut__echo"), "--config", str(cfg)).returncode
+        == 1
+    )
 
 
 async def test_poisoned_prompt_and_resource_are_screened_on_refresh_and_audited(tmp_path: Path) -> None:

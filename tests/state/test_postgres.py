@@ -21,7 +21,7 @@ import pytest
 
 from gateway.config.load import build_config, load_config
 from gateway.context import ToolInfo
-from gateway.errors import ConfigError, StateUnavailable
+from gateway.errors import AmbiguousTool, ConfigError, StateUnavailable
 from gateway.state.postgres import CHANNEL, MIGRATIONS, PgApiKeyStore, PgToolStateStore, Postgres
 from gateway.verify.state import ToolStates, ToolStateStore
 from gateway.verify.verifier import ToolVerifier
@@ -125,6 +125,41 @@ def test_mark_absent_returns_the_vanished_tools(store: ToolStates) -> None:
     assert [g.name for g in gone] == ["b"]
     assert not store.get(u, "b").present and store.get(u, "a").present  # type: ignore[union-attr]
     assert [r.name for r in store.all() if r.upstream == u] == ["a", "b"]
+
+
+def test_a_renamed_tool_is_found_by_its_namespaced_name_as_listed_now(store: ToolStates) -> None:
+    """An upstream renames its pinned ``rm_all`` to ``rm all``: both are ``U__rm_all``, two rows.
+    The name means the one the listing offers now (it used to find the old, absent row, so
+    ``symbi tools diff`` said "no drift" and ``approve`` approved the wrong row); two offered
+    at once cannot be told apart and are refused, naming both."""
+    u = up()
+    ns = f"{u}__rm_all"
+
+    def seen(name: str, description: str, pin: bool) -> None:
+        store.observe(
+            u,
+            name,
+            ns,
+            {**DEF, "name": name, "description": description},
+            "h-" + description,
+            status="pinned" if pin else "unverified",
+            reason=None,
+            key_fingerprint=None,
+            pin_if_new=pin,
+        )
+
+    seen("rm_all", "temp files", True)  # first: the row an unordered lookup returns
+    store.mark_absent(u, {"rm all"})
+    seen("rm all", "everything", False)
+    found = store.find(ns)
+    assert found is not None and (found.name, found.present, found.approved_hash) == ("rm all", True, None)
+    seen("rm_all", "temp files", True)  # offered again beside it: which one is meant?
+    with pytest.raises(AmbiguousTool) as e:
+        store.find(ns)
+    assert e.value.status == 409 and "'rm_all'" in e.value.message and "'rm all'" in e.value.message
+    store.mark_absent(u, set())
+    with pytest.raises(AmbiguousTool):  # neither offered: no more a guess than both
+        store.find(ns)
 
 
 def test_an_approval_through_one_replica_is_seen_by_another(postgres_engine: PgEngine) -> None:

@@ -196,7 +196,15 @@ async def test_a_revocation_and_an_approval_reach_every_replica(cluster: Cluster
     _cli("tools", "revoke", "--config", str(cluster.config), "mut__read_path")
     for base in cluster.replicas:
         assert await _wait_for(base, cluster.key, "verification_denied") == "verification_denied"
-    _cli("tools", "approve", "--config", str(cluster.config), "mut__read_path")
+    listed = subprocess.run(
+        [str(SYMBI), "tools", "list", "--json", "--config", str(cluster.config)],
+        check=True,
+        env=symbi_env(),
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    h = next(t for t in json.loads(listed) if t["tool"] == "mut__read_path")["definition_hash"]
+    _cli("tools", "approve", "--config", str(cluster.config), "mut__read_path", "--hash", h)
     for base in cluster.replicas:
         assert await _wait_for(base, cluster.key, None) is None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,17 @@ SIGNED = ROOT / "tests/peers/signed_server.py"
 
 def symbi(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(SYMBI), *args], capture_output=True, text=True, timeout=60, env=symbi_env())
+
+
+def reviewed(cfg: Path, *tools: str) -> list[str]:
+    """``--hash H`` for each tool, H the hash ``symbi tools diff`` printed: a person's review
+    (an approval names the definition reviewed)."""
+    out = []
+    for tool in tools:
+        diff = symbi("tools", "diff", tool, "--config", str(cfg))
+        assert diff.returncode in (0, 1), diff.stderr
+        out += ["--hash", re.findall(r"\b[0-9a-f]{64}\b", diff.stdout)[-1]]
+    return out
 
 
 def mutable_cfg(tmp_path: Path, mode: str) -> Path:
@@ -119,8 +131,9 @@ async def test_rug_pull_is_refused_until_a_person_approves(tmp_path: Path) -> No
 
         # the new description asks for ~/.ssh/id_rsa: screening flags it, so approving it takes
         # an explicit accept of those findings
-        assert symbi("tools", "approve", "mut__echo", "--config", str(cfg)).returncode == 1
-        approve = symbi("tools", "approve", "mut__echo", "--accept-screening", "--config", str(cfg))
+        h = reviewed(cfg, "mut__echo")
+        assert symbi("tools", "approve", "mut__echo", *h, "--config", str(cfg)).returncode == 1
+        approve = symbi("tools", "approve", "mut__echo", *h, "--accept-screening", "--config", str(cfg))
         assert approve.returncode == 0, approve.stderr
         with anyio.fail_after(10):
             while (r := await s.call_tool("mut__echo", {"message": "third"})).is_error:
@@ -157,7 +170,8 @@ async def test_security_team_approves_an_unsigned_npm_server_through_the_cli(tmp
         # its tools (prompt:, resource: and template: rows are pinned as tofu pins them)
         assert all(t["status"] == "unverified" for t in listed if ":" not in t["tool"])
 
-        no_key = symbi("tools", "approve", "everything__echo", "--config", str(cfg))
+        h = reviewed(cfg, "everything__echo", "everything__get-sum")
+        no_key = symbi("tools", "approve", "everything__echo", *h[:2], "--config", str(cfg))
         assert no_key.returncode == 2  # a signed manifest needs the organisation key
 
         changed = anyio.Event()
@@ -166,6 +180,7 @@ async def test_security_team_approves_an_unsigned_npm_server_through_the_cli(tmp
             "approve",
             "everything__echo",
             "everything__get-sum",
+            *h,
             "--key",
             str(tmp_path / "org.pem"),
             "--by",
@@ -222,6 +237,7 @@ async def test_manifest_approved_tool_changed_by_its_upstream_is_refused_naming_
             "approve",
             "mut__echo",
             "mut__rug_pull",
+            *reviewed(cfg, "mut__echo", "mut__rug_pull"),
             "--key",
             str(tmp_path / "org.pem"),
             "--by",
@@ -375,7 +391,8 @@ async def test_key_rotation_is_refused_until_approved_and_revoked_keys_are_refus
         assert err["code"] == "verification_denied"
         assert any("key_pin_mismatch" in r or "pinned to key" in r for r in err["reasons"])
 
-    approve = symbi("tools", "approve", "dict__lookup", "--config", str(cfg), "--by", "secteam")
+    h = reviewed(cfg, "dict__lookup")
+    approve = symbi("tools", "approve", "dict__lookup", *h, "--config", str(cfg), "--by", "secteam")
     assert approve.returncode == 0, approve.stderr
     async with stdio_session(cfg) as s:
         assert not (await s.call_tool("dict__lookup", {"word": "c"})).is_error
@@ -475,7 +492,7 @@ async def test_a_tool_added_after_the_first_listing_waits_for_approval(tmp_path:
         assert "mut__extra" not in {t.name for t in (await s.list_tools()).tools}
         assert "mut__echo" in {t.name for t in (await s.list_tools()).tools}  # the first listing stays pinned
 
-        approve = symbi("tools", "approve", "mut__extra", "--config", str(cfg))
+        approve = symbi("tools", "approve", "mut__extra", *reviewed(cfg, "mut__extra"), "--config", str(cfg))
         assert approve.returncode == 0, approve.stderr
         with anyio.fail_after(10):
             while (r := await s.call_tool("mut__extra", {})).is_error:

@@ -156,7 +156,10 @@ def test_tofu_pins_on_first_sight_and_blocks_a_changed_definition_until_approved
     assert old[:12] in diff and new[:12] in diff
 
     before = v.fingerprint()
-    assert approve_current(v.state, cfg.pins_path, rec, domain=None, actor="secteam") == new
+    assert (
+        approve_current(v.state, cfg.pins_path, rec, reviewed=rec.current_hash, domain=None, actor="secteam")
+        == new
+    )
     assert v.state.get("up", "echo").approved_definition == CHANGED  # type: ignore[union-attr]
     assert v.fingerprint() != before  # the gateway notices the CLI's approval
     assert assess(v, CHANGED)["up__echo"].verification == "pinned"
@@ -170,7 +173,7 @@ def test_warn_marks_a_drifted_tool_without_blocking_it(tmp_path: Path) -> None:
     assert (first.verification, first.blocked) == ("unverified", False)
     rec = v.state.get("up", "echo")
     assert rec is not None
-    approve_current(v.state, v._config.pins_path, rec, domain=None, actor=None)
+    approve_current(v.state, v._config.pins_path, rec, reviewed=rec.current_hash, domain=None, actor=None)
     assert assess(v, DEF)["up__echo"].verification == "unverified"
     changed = assess(v, CHANGED)["up__echo"]
     assert (changed.verification, changed.blocked) == ("drifted", False)
@@ -570,9 +573,11 @@ def test_approving_a_rotated_key_accepts_the_pending_pin_with_the_actor(
     assert assess(v, signed(DEF, k2))["up__echo"].verification == "drifted"
     rec = v.state.get("up", "echo")
     assert rec is not None
-    approve_current(v.state, cfg.pins_path, rec, domain=https_server.domain, actor="secteam")
     approve_current(
-        v.state, cfg.pins_path, rec, domain=https_server.domain, actor=None
+        v.state, cfg.pins_path, rec, reviewed=rec.current_hash, domain=https_server.domain, actor="secteam"
+    )
+    approve_current(
+        v.state, cfg.pins_path, rec, reviewed=rec.current_hash, domain=https_server.domain, actor=None
     )  # nothing pending: a no-op
     ok = assess(v, signed(DEF, k2))["up__echo"]
     assert (ok.verification, ok.key_fingerprint) == ("verified", schemapin.fingerprint(k2.public_key()))
@@ -580,7 +585,9 @@ def test_approving_a_rotated_key_accepts_the_pending_pin_with_the_actor(
     assert assess(v, signed(CHANGED, k2))["up__echo"].verification == "drifted"
     rec = v.state.get("up", "echo")
     assert rec is not None
-    approve_current(v.state, cfg.pins_path, rec, domain=https_server.domain, actor=None)
+    approve_current(
+        v.state, cfg.pins_path, rec, reviewed=rec.current_hash, domain=https_server.domain, actor=None
+    )
     assert assess(v, signed(CHANGED, k2))["up__echo"].verification == "verified"
     v.close()
     with schemapin.PinStore(cfg.pins_path) as pins:

@@ -369,7 +369,9 @@ def test_approving_a_rotated_key_through_an_open_pin_store(
         assert assess(v, signed(DEF, key))["up__echo"].verification == status
     rec = v.state.get("up", "echo")
     assert rec is not None
-    approve_current(v.state, v.pins, rec, domain=https_server.domain, actor="admin")
+    approve_current(
+        v.state, v.pins, rec, reviewed=rec.current_hash, domain=https_server.domain, actor="admin"
+    )
     ok = assess(v, signed(DEF, k2))["up__echo"]
     assert (ok.verification, ok.key_fingerprint) == ("verified", schemapin.fingerprint(k2.public_key()))
     v.close()

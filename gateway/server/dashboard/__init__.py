@@ -9,6 +9,7 @@ allows only this server's own files: no inline script, no CDN.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from gateway.context import is_admin
-from gateway.errors import ApprovalError, AuthFailed
+from gateway.errors import ApprovalError, AuthFailed, DefinitionChanged
 from gateway.runtime.status import agent_rows
 from gateway.server.admin import (
     AGENT_ACTIONS,
@@ -169,17 +170,20 @@ class Dashboard:
             return _html(login_page("Invalid form token."), status=403)
         return sess, form
 
-    async def _approval(self, request: Request) -> tuple[dict[str, Any], Principal] | Response:
-        """An approval form's session and the admin approving, as a principal from its key as
-        it is now; or the response that refuses it (``_posted``'s, or the key is gone)."""
+    async def _approval(
+        self, request: Request
+    ) -> tuple[dict[str, Any], Principal, dict[str, str]] | Response:
+        """An approval form's session, the admin approving (a principal from its key as it is
+        now) and the form's fields; or the response that refuses it (``_posted``'s, or the key
+        is gone)."""
         posted = await self._posted(request)
         if isinstance(posted, Response):
             return posted
-        sess, _ = posted
+        sess, form = posted
         rec = await anyio.to_thread.run_sync(self.state.auth.keys.get, sess["kid"])
         if rec is None:
             return RedirectResponse("/", status_code=303)
-        return sess, rec.as_principal()
+        return sess, rec.as_principal(), form
 
     async def _discovered(self) -> list[dict[str, Any]] | None:
         gw = self.state.gateway
@@ -245,11 +249,17 @@ class Dashboard:
         posted = await self._approval(request)
         if isinstance(posted, Response):
             return posted
-        sess, principal = posted
+        sess, principal, form = posted
+        name = request.path_params["name"]
         try:
-            done = await approve_tool(self.state.gateway, request.path_params["name"], principal)
+            # the hash of the definition the page showed: a definition swapped in since is refused
+            done = await approve_tool(self.state.gateway, name, principal, form.get("hash"))
         except ApprovalError as e:
-            return _html(tool_page(sess, None, e.message), status=e.status)
+            diff = None
+            if isinstance(e, DefinitionChanged):  # the page again, with the definition as it is now
+                with contextlib.suppress(ApprovalError):
+                    diff = await anyio.to_thread.run_sync(tool_diff, self.state.gateway, name)
+            return _html(tool_page(sess, diff, e.message), status=e.status)
         note = f"Approved {done['tool']} ({done['approved_hash'][:12]})."
         return _html(tools_page(sess, tool_rows(self.state), note))
 
@@ -263,7 +273,7 @@ class Dashboard:
         posted = await self._approval(request)
         if isinstance(posted, Response):
             return posted
-        sess, principal = posted
+        sess, principal, _ = posted
         try:
             done = await approve_discovered(self.state.gateway, request.path_params["name"], principal)
         except ApprovalError as e:

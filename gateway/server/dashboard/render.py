@@ -155,7 +155,10 @@ def tool_page(sess: dict[str, Any], info: dict[str, Any] | None, error: str | No
         parts.append(
             f'<form method="post" action="/tools/{quote(name, safe="")}/approve">'
             f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
-            '<button type="submit" id="approve">Approve the current definition</button></form>'
+            # the definition shown above, by hash: one the upstream swaps in later is refused
+            f'<input type="hidden" name="hash" value="{e(info["current_hash"] or "")}">'
+            f'<button type="submit" id="approve">Approve this definition '
+            f"(<code>{e((info['current_hash'] or '')[:16])}</code>)</button></form>"
         )
     if error:
         parts.append(f'<p class="bad" id="message">{e(error)}</p>')

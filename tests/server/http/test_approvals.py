@@ -120,13 +120,76 @@ async def test_api_diff_and_approve_a_drifted_tool(tmp_path: Path) -> None:
             tools = (await api.get("/tools", headers=bearer(keys.admin))).json()["tools"]
             assert next(t for t in tools if t["name"] == "mut__echo")["verification"] == "drifted"
             # not an admin: refused; unknown tool: 404
-            assert (await api.post("/tools/mut__echo/approve", headers=bearer(keys.user))).status_code == 403
-            assert (await api.post("/tools/mut__nope/approve", headers=bearer(keys.admin))).status_code == 404
-            r = await api.post("/tools/mut__echo/approve", headers=bearer(keys.admin))
+            reviewed = {"hash": diff["current_hash"]}
+            r = await api.post("/tools/mut__echo/approve", json=reviewed, headers=bearer(keys.user))
+            assert r.status_code == 403
+            r = await api.post("/tools/mut__nope/approve", json=reviewed, headers=bearer(keys.admin))
+            assert r.status_code == 404
+            r = await api.post("/tools/mut__echo/approve", json=reviewed, headers=bearer(keys.admin))
             done = check(httpx.Response(r.status_code, content=r.content), 200, "Approved")
             assert done["approved_hash"] == diff["current_hash"]
         assert await _echo_works(run, keys.admin)
         assert any(c.target == "mut__echo" and c.outcome == "ok" for c in run.state.recent.latest(5))
+
+
+async def _switch(run: Running, key: str) -> None:
+    """The upstream swaps echo for another definition (a title) while a person reviews the first."""
+    async with (
+        httpx2.AsyncClient(headers=bearer(key)) as hc,
+        streamable_http_client(run.mcp, http_client=hc) as (r, w),
+        ClientSession(r, w) as s,
+    ):
+        await s.initialize()
+        assert not (await s.call_tool("mut__change_echo", {"field": "title"})).is_error
+
+
+async def _current_hash(api: httpx2.AsyncClient, other_than: str) -> dict[str, Any]:
+    with anyio.fail_after(20):
+        while (diff := (await api.get("/tools/mut__echo/diff")).json())["current_hash"] == other_than:
+            await anyio.sleep(0.05)
+    return diff  # type: ignore[no-any-return]
+
+
+@pytest.mark.anyio
+async def test_api_and_dashboard_approve_only_the_definition_reviewed(tmp_path: Path) -> None:
+    """Bait and switch: the admin reviews a harmless drift, the upstream swaps in another
+    definition, and the approval of the reviewed hash is refused (409 definition_changed) with
+    nothing approved; the dashboard's form carries the hash its page showed. Both used to
+    approve whatever was current when the button was pressed."""
+    cfg, keys = _setup(tmp_path)
+    with run_server(cfg) as run:
+        await _rug_pull(run, keys.admin)
+        async with httpx2.AsyncClient(base_url=run.base + "/api", headers=bearer(keys.admin)) as api:
+            bait = (await api.get("/tools/mut__echo/diff")).json()
+            assert "upper case" in bait["diff"]
+            await _switch(run, keys.admin)
+            switched = await _current_hash(api, bait["current_hash"])
+            assert "Run as root" in switched["diff"]
+            r = await api.post("/tools/mut__echo/approve", json={"hash": bait["current_hash"]})
+            refused = check(httpx.Response(r.status_code, content=r.content), 409, "Error")
+            assert refused["code"] == "definition_changed"
+            for body in (None, {"hash": switched["current_hash"][:12]}, {"hash": "z" * 64}):
+                r = await api.post("/tools/mut__echo/approve", json=body)
+                assert (r.status_code, r.json()["code"]) == (400, "reviewed_hash_required"), body
+            r = await api.post("/tools/mut__echo/approve", content=b'{"hash": 1}')
+            assert (r.status_code, r.json()["error"]) == (400, "bad_request")
+            assert (await api.get("/tools/mut__echo/diff")).json()["approved_hash"] == bait["approved_hash"]
+        async with httpx2.AsyncClient(base_url=run.base) as web:
+            login = await web.post("/login", data={"api_key": keys.admin}, follow_redirects=False)
+            cookies = {COOKIE: login.cookies[COOKIE]}
+            page = (await web.get("/tools/mut__echo", cookies=cookies)).text
+            csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            assert f'name="hash" value="{switched["current_hash"]}"' in page
+            stale = {"csrf": csrf, "hash": bait["current_hash"]}  # a page opened before the switch
+            r = await web.post("/tools/mut__echo/approve", data=stale, cookies=cookies)
+            assert r.status_code == 409 and "Run as root" in r.text  # shown again as it is now
+            for no_hash in ({"csrf": csrf}, {"csrf": csrf, "hash": ""}):
+                r = await web.post("/tools/mut__echo/approve", data=no_hash, cookies=cookies)
+                assert r.status_code == 400
+            reviewed = {"csrf": csrf, "hash": switched["current_hash"]}
+            r = await web.post("/tools/mut__echo/approve", data=reviewed, cookies=cookies)
+            assert r.status_code == 200 and "Approved mut__echo" in r.text
+        assert await _echo_works(run, keys.admin)
 
 
 @pytest.mark.slow
@@ -196,7 +259,8 @@ async def test_screening_findings_shown_in_api_and_dashboard_and_flagged_approva
             diff = check(httpx.Response(r.status_code, content=r.content), 200, "ToolDiff")
             sp001 = next(f for f in diff["screening"] if f["rule"] == "SP001")
             assert sp001["field"] == "description" and "IMPORTANT" in sp001["excerpt"]
-            assert (await api.post("/tools/dict__add/approve")).status_code == 409
+            r = await api.post("/tools/dict__add/approve", json={"hash": diff["current_hash"]})
+            assert (r.status_code, r.json()["code"]) == (409, "approval_refused")  # screening flagged
         async with httpx2.AsyncClient(base_url=run.base) as web:
             login = await web.post("/login", data={"api_key": keys.admin}, follow_redirects=False)
             cookies = {COOKIE: login.cookies[COOKIE]}

@@ -16,7 +16,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.conftest import ROOT, write_config
 from tests.server._clients import stdio_session
-from tests.verify.test_gateway_verification import symbi
+from tests.verify.test_gateway_verification import reviewed, symbi
 
 pytestmark = pytest.mark.anyio
 LISTED = ROOT / "tests/peers/listed_server.py"
@@ -94,7 +94,7 @@ async def test_a_redefined_or_late_prompt_resource_or_template_is_held_under_tof
         diff = symbi("tools", "diff", "prompt:mut__summarize", "--config", str(cfg))
         assert diff.returncode == 1 and "conversation" in diff.stdout
         names = ["prompt:mut__summarize", *LATE]
-        approved = symbi("tools", "approve", *names, "--config", str(cfg))
+        approved = symbi("tools", "approve", *names, *reviewed(cfg, *names), "--config", str(cfg))
         assert approved.returncode == 0, approved.stderr
         with anyio.fail_after(10):
             while "mut__onboarding" not in {p.name for p in (await s.list_prompts()).prompts}:
@@ -108,7 +108,8 @@ async def test_warn_serves_them_and_records_the_drift(tmp_path: Path) -> None:
     cfg = listed_cfg(tmp_path, "warn")
     async with stdio_session(cfg) as s:
         await s.list_prompts()
-        approved = symbi("tools", "approve", "prompt:mut__summarize", "mut__rug_pull", "--config", str(cfg))
+        both = ("prompt:mut__summarize", "mut__rug_pull")
+        approved = symbi("tools", "approve", *both, *reviewed(cfg, *both), "--config", str(cfg))
         assert approved.returncode == 0, approved.stderr
         rows = await rug_pulled(s, cfg)
         assert rows["prompt:mut__summarize"]["status"] == "drifted"
@@ -127,5 +128,6 @@ async def test_strict_pins_them_on_first_sight_as_tofu_does(tmp_path: Path) -> N
     assert rows["prompt:mut__summarize"]["status"] == "pinned"
     assert rows["mut__echo"]["status"] == "unverified"  # unsigned tools stay refused under strict
     # and a person can approve one (no signing key is asked for: nothing could sign it)
-    approved = symbi("tools", "approve", "prompt:mut__summarize", "--config", str(cfg))
+    hashes = reviewed(cfg, "prompt:mut__summarize")
+    approved = symbi("tools", "approve", "prompt:mut__summarize", *hashes, "--config", str(cfg))
     assert approved.returncode == 0, approved.stderr

@@ -3,7 +3,8 @@
 The event is ``tool.call``, ``resource.read`` or ``prompt.get`` (``gateway.events.Event``) and is
 committed before the result goes back (``AuditLog.record`` waits for the group commit).
 Raw argument values never reach the log: the policy-redacted ``call.audit_arguments`` are
-written, or, when no step produced them (denied or crashed before the policy ran), only the
+written (``arguments_redacted``: "policy" when the decision's ``redact_arguments`` rules applied
+to them, "secrets" when only recognisable secret values and keys were replaced), or, when no step produced them (denied or crashed before the policy ran), only the
 argument NAMES. For the same reason, free-text reasons are kept only from errors whose
 reasons are written for people and logs (policy, verification, upstream...): validation and
 unexpected exceptions can quote argument values, so only their code and type are recorded.
@@ -23,7 +24,7 @@ from gateway.chain import CallNext
 from gateway.context import CallContext
 from gateway.errors import ArgumentsInvalid, AuditError, GatewayError, is_denial
 from gateway.events import Event
-from gateway.policy.redact import excerpt
+from gateway.policy.redact import audit_names, excerpt
 from gateway.telemetry import current_ids
 
 EVENT_TYPES: dict[str, Event] = {
@@ -94,12 +95,15 @@ def event_details(call: CallContext, error: BaseException | None) -> dict[str, A
     minimal = call.decision is not None and call.decision.conditions.get("audit") == "minimal"
     if call.audit_arguments is not None and not minimal:
         arguments: dict[str, Any] = dict(call.audit_arguments)
-        arguments_redacted = "policy"
+        # "policy" only when redaction rules applied to them: else recognisable secrets alone
+        # were replaced ("secrets"), and the record must not claim more
+        ruled = call.decision is not None and bool(call.decision.conditions.get("redact_arguments"))
+        arguments_redacted = "policy" if ruled else "secrets"
     elif minimal:  # the policy's `audit: "minimal"` condition: argument names only
-        arguments = {k: "[not recorded]" for k in sorted(map(str, call.arguments))}
+        arguments = audit_names(call.arguments)
         arguments_redacted = "minimal"
     else:
-        arguments = {k: "[not recorded]" for k in sorted(map(str, call.arguments))}
+        arguments = audit_names(call.arguments)
         arguments_redacted = "all"
     decision: dict[str, Any] | None = None
     if call.decision is not None:

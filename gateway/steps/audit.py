@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mcp.types import CallToolResult
@@ -137,10 +137,24 @@ def event_details(call: CallContext, error: BaseException | None) -> dict[str, A
         "started_ns": call.started_ns,
         "trace_id": (current_ids() or (None, None))[0],  # the OpenTelemetry trace of this request
     }
+    if call.input_responses is not None or call.request_state is not None:
+        _responses(details, call, minimal)
     if error is not None:
         details["error_reasons"] = _reasons(error)
         details["error_type"] = type(error).__name__
     return details
+
+
+def _responses(details: dict[str, Any], call: CallContext, minimal: bool) -> None:
+    """A 2026-era client's ``input_responses`` and ``request_state`` (they reach the upstream
+    with the arguments): as the policy step redacted them, else their names only, as the
+    arguments are; the state an excerpt with recognisable secrets replaced."""
+    if call.audit_input_responses is not None and not minimal:
+        details["input_responses"] = call.audit_input_responses
+    elif isinstance(call.input_responses, Mapping):
+        details["input_responses"] = audit_names(call.input_responses)
+    if call.request_state is not None:
+        details["request_state"] = excerpt(call.request_state, 200)
 
 
 # An upstream's error text is its own: a record keeps an excerpt of each reason (the start,

@@ -3,9 +3,10 @@
 The event is ``tool.call``, ``resource.read`` or ``prompt.get`` (``gateway.events.Event``) and is
 committed before the result goes back (``AuditLog.record`` waits for the group commit).
 Raw argument values never reach the log: the policy-redacted ``call.audit_arguments`` are
-written (``arguments_redacted``: "policy" when the decision's ``redact_arguments`` rules applied
-to them, "secrets" when only recognisable secret values and keys were replaced), or, when no step produced them (denied or crashed before the policy ran), only the
-argument NAMES. For the same reason, free-text reasons are kept only from errors whose
+written (``arguments_redacted``: "policy" when the decision's ``redact_arguments`` rules
+applied to them, "secrets" when only recognisable secret values and keys were replaced), or,
+when no step produced them (denied or crashed before the policy ran), only the argument NAMES
+(recognisable secrets replaced there too). A 2026 client's ``input_responses`` likewise. For the same reason, free-text reasons are kept only from errors whose
 reasons are written for people and logs (policy, verification, upstream...): validation and
 unexpected exceptions can quote argument values, so only their code and type are recorded.
 """

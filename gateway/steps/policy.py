@@ -5,7 +5,8 @@ Order of work for one call:
 2. deny -> ``PolicyDenied(reasons)``; the call never reaches the upstream;
 3. ``rate_limit`` -> sliding one-minute window per principal+tool (``RateLimited`` at the limit),
    in this process or shared by the replicas on Redis (``gateway.state``; unreachable: refused);
-4. ``redact_arguments`` -> the upstream and the audit log get a redacted copy;
+4. ``redact_arguments`` -> the upstream and the audit log get a redacted copy (of the
+   arguments, and of each answer in a 2026 client's ``input_responses``);
 5. ``sandbox_tier`` -> ``call.sandbox_tier`` (the dispatcher runs code tools in it);
 6. after the call: ``redact_result`` then ``max_result_bytes`` on the result, wherever its
    text reaches the client (``gateway.policy.results``: content, ``_meta``, an upstream's

@@ -63,7 +63,7 @@ else := [sprintf("no rule allows %v on %v (default deny)", [kind, target_name])]
 granted_conditions := conditions if allow
 else := {}
 
-# each kind evaluates only its own rules (conditions are granted to tools, the bus and memory)
+# each kind evaluates only its own rules (conditions are granted to tools, prompts, the bus and memory)
 conditions := tool_conditions if is_tool
 else := other_conditions
 
@@ -376,9 +376,9 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		pats := object.get(mcfg, "redact_text", [])
 		count(pats) > 0
 	}
-} else := {"refusals": refusals, "granted": granted, "conditions": {}} if {
+} else := {"refusals": refusals, "granted": granted, "conditions": conditions} if {
 	# resources, prompts and log levels by glob on the target (the rules of access_deny,
-	# volume_deny and other_permitted)
+	# volume_deny, other_permitted and other_conditions)
 	kind := input.kind
 	fields := {"resources/read": "resources", "prompts/get": "prompts", "logging/setLevel": "log_levels"}
 	field := fields[kind]
@@ -403,7 +403,7 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		glob.match(p, [], target)
 	}) != set()
 	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
-	refusals := {sprintf(what, [pid, target]) |
+	refusals := ({sprintf(what, [pid, target]) |
 		not granted
 		what := {
 			"resources/read": "principal %v may not read resource %v",
@@ -414,7 +414,8 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		call
 		cap > 0
 		hour >= cap
-	}
+	}) | prompt_arg_deny
+	conditions := {"redact_arguments": prompt_redact_args | kind == "prompts/get"; count(prompt_redact_args) > 0}
 }
 
 screening_refusal(name, tool, screened) := msg if {
@@ -787,6 +788,40 @@ access_deny contains msg if {
 	msg := sprintf("principal %v may not get prompt %v", [principal_id, input.target])
 }
 
+access_deny contains msg if some msg in prompt_arg_deny
+
+# A prompt's arguments reach its upstream as a tool's do: the same path and URL checks
+# (arg_values) and the same argument redaction (redact_arguments, by glob on the prompt's
+# name, which is namespaced as a tool's is: "upstream__name").
+prompt_arg_deny contains msg if {
+	kind == "prompts/get"
+	is_call
+	args := input.arguments # (an input without arguments has none to check)
+	not is_object(args)
+	msg := sprintf("arguments of prompt %v are not an object", [target_name])
+}
+
+prompt_arg_deny contains msg if {
+	kind == "prompts/get"
+	is_call
+	some [c, k, v] in arg_values
+	msg := arg_refused(c, k, v, idx)
+}
+
+prompt_redact_args := sort({k |
+	kind == "prompts/get"
+	target := input.target
+	is_string(target)
+	some p, ks in object.get(cfg, "redact_arguments", {})
+	glob.match(p, [], target)
+	some k in ks
+})
+
+other_conditions["redact_arguments"] := prompt_redact_args if {
+	kind == "prompts/get"
+	count(prompt_redact_args) > 0
+}
+
 # ---------------------------------------------------------------------------------------
 # Tool verification: only verified or pinned tools, unless the upstream is explicitly
 # allowed to serve unverified tools (allow_unverified in the data file).
@@ -977,7 +1012,8 @@ volume_deny contains msg if {
 }
 
 # ---------------------------------------------------------------------------------------
-# Conditions (only tools carry them; validated by the gateway, unknown ones deny)
+# Conditions (tools carry them, the bus a rate, memory redact_text and prompts
+# redact_arguments; validated by the gateway, unknown ones deny)
 # ---------------------------------------------------------------------------------------
 
 # Code tools run at least in gVisor; a trusted principal may use Docker.

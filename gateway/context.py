@@ -211,6 +211,8 @@ class CallContext:
     sandbox_budget: Mapping[str, float] | None = None
     # arguments as they may be written to the audit log (redacted per policy)
     audit_arguments: dict[str, Any] | None = None
+    # a 2026-era client's input_responses as the audit log may keep them (redacted likewise)
+    audit_input_responses: Any = None
     outcome: str | None = None  # "ok" | "error" | "denied"
     error_code: str | None = None
     reasons: list[str] = field(default_factory=list)

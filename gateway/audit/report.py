@@ -171,7 +171,7 @@ class _Tally:
         d = r.details
         who = r.principal or "(none)"
         self.unattributed += r.principal is None
-        self.redacted += d.get("arguments_redacted") in ("policy", "all")
+        self.redacted += d.get("arguments_redacted") in ("policy", "secrets", "all")
         target = str(d.get("tool") or d.get("target"))
         self.principals[who].add(target)
         row = self.access.setdefault(

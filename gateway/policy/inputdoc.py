@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import BaseModel
+
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.policy.counters import CallCounters, RecentCounts
 
@@ -236,9 +238,22 @@ def _agent_input(principal: Principal, agent: AgentInfo | None) -> dict[str, Any
     return {"id": principal.agent, "name": None, "state": None, "priority": 0, "hosted": False}
 
 
+def responses_json(responses: Any) -> Any:
+    """A 2026-era client's ``input_responses`` as JSON (the SDK parsed each into a result
+    model): what the policy and the audit see."""
+    if not isinstance(responses, Mapping):
+        return responses
+    return {
+        k: v.model_dump(by_alias=True, exclude_none=True, mode="json") if isinstance(v, BaseModel) else v
+        for k, v in responses.items()
+    }
+
+
 def input_for_call(call: CallContext, counters: RecentCounts | None = None) -> dict[str, Any]:
-    """The input document for the request ``call`` (action ``call``)."""
-    return build_input(
+    """The input document for the request ``call`` (action ``call``), with a 2026-era client's
+    ``input_responses`` and ``request_state`` when it sent them: they reach the upstream with
+    the arguments, so the policy sees them too."""
+    doc = build_input(
         principal=call.principal,
         kind=call.kind,
         target=call.target,
@@ -250,3 +265,7 @@ def input_for_call(call: CallContext, counters: RecentCounts | None = None) -> d
         now_ns=call.started_ns,
         agent=call.agent,
     )
+    if call.input_responses is not None or call.request_state is not None:
+        doc["input_responses"] = responses_json(call.input_responses)
+        doc["request_state"] = call.request_state
+    return doc

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -58,14 +58,43 @@ _INVISIBLE = frozenset({"Cf", "Cc", "Co", "Cs", "Cn", "Zl", "Zp"})
 _WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 
 
-@lru_cache(maxsize=4096)
-def _words(name: str) -> tuple[str, ...]:
-    """The lower-case words of a key or rule name (NFKC, invisible characters dropped)."""
-    text = "".join(
+def _visible(name: str) -> str:
+    """``name`` NFKC-normalised with invisible (format/control) characters dropped."""
+    return "".join(
         c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) not in _INVISIBLE
     )
-    words = _WORDS.findall(text) if text.isascii() else re.findall(r"[^\W_]+", text)
+
+
+def _shape(c: str) -> str:
+    """The ASCII stand-in of one character for ``_WORDS``: an upper-case (or title-case)
+    letter "A", any other letter or a combining mark "a", a digit "0", anything else " "."""
+    if c.isupper() or c.istitle():
+        return "A"
+    if c.isalpha() or unicodedata.category(c).startswith("M"):
+        return "a"
+    return "0" if c.isdigit() else " "
+
+
+@lru_cache(maxsize=4096)
+def _words(name: str) -> tuple[str, ...]:
+    """The lower-case words of a key or rule name (NFKC, invisible characters dropped), split
+    at separators and camelCase humps. A key that is not all ASCII is split by the shape of
+    its characters (``_shape``), so one non-ASCII letter (``clé_apiToken``) does not turn off
+    the camelCase split."""
+    text = _visible(name)
+    if text.isascii():
+        words = _WORDS.findall(text)
+    else:
+        shape = "".join(map(_shape, text))
+        words = [text[m.start() : m.end()] for m in _WORDS.finditer(shape)]
     return tuple(w.casefold() for w in words)
+
+
+@lru_cache(maxsize=4096)
+def _folded(key: str) -> str:
+    """A key as pointer parts are compared with it: NFKC, invisible characters dropped, case
+    folded (``Authorization``, ``AUTHORIZATION`` and ``authori\u200bzation`` are one key)."""
+    return _visible(key).casefold()
 
 
 def key_matches(key: str, rule_words: tuple[str, ...]) -> bool:
@@ -120,9 +149,63 @@ def _scrub_values(doc: Any) -> tuple[Any, int]:
     return doc, 0
 
 
+# The audit's keys are scrubbed through a cache (a request's keys repeat from call to call):
+# of keys of at most this many characters (longer ones are scrubbed each time).
+_KEY_CACHE_CHARS = 128
+
+
+@lru_cache(maxsize=4096)
+def _scrubbed_key(key: str) -> str:
+    return scrub_secrets(key)[0]
+
+
+def audit_key(key: Any, *taken: Container[Any]) -> Any:
+    """``key`` as the audit records it: with recognisable secrets replaced like a value's
+    (``{"sk-proj-...": true}`` names a secret as surely as it holds one), made unique among
+    ``taken`` (the object's own keys and those recorded so far) with a ``#2``, ``#3``..."""
+    if type(key) is not str:
+        return key
+    text = _scrubbed_key(key) if len(key) <= _KEY_CACHE_CHARS else scrub_secrets(key)[0]
+    if text == key:
+        return key
+    unique, n = text, 1
+    while any(unique in t for t in taken):
+        n += 1
+        unique = f"{text}#{n}"
+    return unique
+
+
+def audit_names(arguments: Any) -> dict[str, str]:
+    """The names-only record of ``arguments`` (a denied call's, ``audit: minimal``): each key,
+    as ``audit_key`` records it, with ``"[not recorded]"``."""
+    keys = sorted(map(str, arguments))
+    out: dict[str, str] = {}
+    for k in keys:
+        out[audit_key(k, keys, out)] = "[not recorded]"
+    return out
+
+
+def _scrub_keys(doc: Any, seen: set[int]) -> Any:
+    """``doc`` (a copy the audit keeps) with every object key through ``audit_key``, in place
+    (a copy ``deepcopy`` made keeps its sharing; a container met again is done already)."""
+    if isinstance(doc, dict | list) and id(doc) not in seen:
+        seen.add(id(doc))
+        for v in doc.values() if isinstance(doc, dict) else doc:
+            _scrub_keys(v, seen)
+        if isinstance(doc, dict) and any(type(k) is str for k in doc):
+            out: dict[Any, Any] = {}
+            for k, v in doc.items():
+                out[audit_key(k, doc, out)] = v
+            if list(out) != list(doc):
+                doc.clear()
+                doc.update(out)
+    return doc
+
+
 def scrub_values(doc: Any) -> Any:
-    """A deep copy of ``doc`` with recognisable secret values replaced (what the audit keeps)."""
-    return _scrub_values(copy.deepcopy(doc))[0]
+    """A deep copy of ``doc`` with recognisable secret values (and keys) replaced (what the
+    audit keeps)."""
+    return _scrub_keys(_scrub_values(copy.deepcopy(doc))[0], set())
 
 
 def _pointer(path: str) -> tuple[str, ...]:
@@ -130,27 +213,26 @@ def _pointer(path: str) -> tuple[str, ...]:
 
 
 def _redact_pointer(doc: Any, parts: tuple[str, ...]) -> int:
-    node = doc
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, dict):
-            if part not in node:
-                # header names and the like are case-insensitive in practice: match that way too
-                match = next((k for k in node if isinstance(k, str) and k.lower() == part.lower()), None)
-                if match is None:
-                    return 0
-                part = match
-            if last:
-                node[part] = REDACTED
-                return 1
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            if last:
-                node[int(part)] = REDACTED
-                return 1
-            node = node[int(part)]
-        else:
-            return 0
+    """Replace what the pointer ``parts`` names in ``doc``; how many values were replaced. An
+    object's keys are compared folded (``_folded``): header names and the like are
+    case-insensitive in practice, and every spelling of the key is taken, not just the first
+    (``{"authorization": "decoy", "AUTHORIZATION": secret}`` redacts both)."""
+    if not parts:
+        return 0
+    part, rest = parts[0], parts[1:]
+    if isinstance(doc, dict):
+        want = _folded(part)
+        keys = [k for k in doc if k == part or (isinstance(k, str) and _folded(k) == want)]
+        if not rest:
+            for k in keys:
+                doc[k] = REDACTED
+            return len(keys)
+        return sum(_redact_pointer(doc[k], rest) for k in keys)
+    if isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+        if not rest:
+            doc[int(part)] = REDACTED
+            return 1
+        return _redact_pointer(doc[int(part)], rest)
     return 0
 
 
@@ -264,6 +346,13 @@ def _json_copy(doc: Any, seen: set[int], leaf: Callable[[str], str]) -> Any:
     # a leaf is copied here, without a call of this function for it (most values are leaves)
     if t is dict:
         _string_keys(doc)
+        if leaf is _scrubbed:  # the audit's copy: its keys name no secret either
+            out: dict[str, Any] = {}
+            for k, v in doc.items():
+                out[audit_key(k, doc, out)] = (
+                    leaf(v) if type(v) is str else v if type(v) in _ATOMS else _json_copy(v, seen, leaf)
+                )
+            return out
         return {
             k: leaf(v) if type(v) is str else v if type(v) in _ATOMS else _json_copy(v, seen, leaf)
             for k, v in doc.items()
@@ -285,7 +374,8 @@ def _scrub_pair(doc: Any) -> tuple[Any, Any, int]:
     if t is dict:
         audit: dict[str, Any] = {}
         for k in list(doc):
-            doc[k], audit[k], m = _scrub_pair(doc[k])
+            doc[k], a, m = _scrub_pair(doc[k])
+            audit[audit_key(k, doc, audit)] = a  # the audit's keys name no secret either
             n += m
         return doc, audit, n
     if t is list:

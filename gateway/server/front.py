@@ -32,6 +32,7 @@ from gateway.listen import ListenHub
 from gateway.server.listwire import ToolListWire
 from gateway.server.paging import ToolPager, config_cursor_key
 from gateway.server.principals import principal_for, session_id_of
+from gateway.upstream.eras import modern
 from gateway.upstream.session import Upstream
 
 GatewayFactory = Callable[[ListenHub], Gateway]
@@ -136,8 +137,10 @@ class Front:
             target=target,
             session_id=session_id_of(ctx),
             downstream=ctx,
-            input_responses=params.input_responses,
-            request_state=params.request_state,
+            # defined by 2026-07-28 only: a handshake-era client's are dropped (the gateway
+            # answers input requests for it: gateway.upstream.eras), never passed on unseen
+            input_responses=params.input_responses if modern(ctx) else None,
+            request_state=params.request_state if modern(ctx) else None,
             **fields,
         )
 

@@ -3,8 +3,10 @@
 The event is ``tool.call``, ``resource.read`` or ``prompt.get`` (``gateway.events.Event``) and is
 committed before the result goes back (``AuditLog.record`` waits for the group commit).
 Raw argument values never reach the log: the policy-redacted ``call.audit_arguments`` are
-written, or, when no step produced them (denied or crashed before the policy ran), only the
-argument NAMES. For the same reason, free-text reasons are kept only from errors whose
+written (``arguments_redacted``: "policy" when the decision's ``redact_arguments`` rules
+applied to them, "secrets" when only recognisable secret values and keys were replaced), or,
+when no step produced them (denied or crashed before the policy ran), only the argument NAMES
+(recognisable secrets replaced there too). A 2026 client's ``input_responses`` likewise. For the same reason, free-text reasons are kept only from errors whose
 reasons are written for people and logs (policy, verification, upstream...): validation and
 unexpected exceptions can quote argument values, so only their code and type are recorded.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mcp.types import CallToolResult
@@ -23,7 +25,7 @@ from gateway.chain import CallNext
 from gateway.context import CallContext
 from gateway.errors import ArgumentsInvalid, AuditError, GatewayError, is_denial
 from gateway.events import Event
-from gateway.policy.redact import excerpt
+from gateway.policy.redact import audit_names, excerpt
 from gateway.telemetry import current_ids
 
 EVENT_TYPES: dict[str, Event] = {
@@ -94,12 +96,15 @@ def event_details(call: CallContext, error: BaseException | None) -> dict[str, A
     minimal = call.decision is not None and call.decision.conditions.get("audit") == "minimal"
     if call.audit_arguments is not None and not minimal:
         arguments: dict[str, Any] = dict(call.audit_arguments)
-        arguments_redacted = "policy"
+        # "policy" only when redaction rules applied to them: else recognisable secrets alone
+        # were replaced ("secrets"), and the record must not claim more
+        ruled = call.decision is not None and bool(call.decision.conditions.get("redact_arguments"))
+        arguments_redacted = "policy" if ruled else "secrets"
     elif minimal:  # the policy's `audit: "minimal"` condition: argument names only
-        arguments = {k: "[not recorded]" for k in sorted(map(str, call.arguments))}
+        arguments = audit_names(call.arguments)
         arguments_redacted = "minimal"
     else:
-        arguments = {k: "[not recorded]" for k in sorted(map(str, call.arguments))}
+        arguments = audit_names(call.arguments)
         arguments_redacted = "all"
     decision: dict[str, Any] | None = None
     if call.decision is not None:
@@ -133,10 +138,24 @@ def event_details(call: CallContext, error: BaseException | None) -> dict[str, A
         "started_ns": call.started_ns,
         "trace_id": (current_ids() or (None, None))[0],  # the OpenTelemetry trace of this request
     }
+    if call.input_responses is not None or call.request_state is not None:
+        _responses(details, call, minimal)
     if error is not None:
         details["error_reasons"] = _reasons(error)
         details["error_type"] = type(error).__name__
     return details
+
+
+def _responses(details: dict[str, Any], call: CallContext, minimal: bool) -> None:
+    """A 2026-era client's ``input_responses`` and ``request_state`` (they reach the upstream
+    with the arguments): as the policy step redacted them, else their names only, as the
+    arguments are; the state an excerpt with recognisable secrets replaced."""
+    if call.audit_input_responses is not None and not minimal:
+        details["input_responses"] = call.audit_input_responses
+    elif isinstance(call.input_responses, Mapping):
+        details["input_responses"] = audit_names(call.input_responses)
+    if call.request_state is not None:
+        details["request_state"] = excerpt(call.request_state, 200)
 
 
 # An upstream's error text is its own: a record keeps an excerpt of each reason (the start,

@@ -5,7 +5,8 @@ Order of work for one call:
 2. deny -> ``PolicyDenied(reasons)``; the call never reaches the upstream;
 3. ``rate_limit`` -> sliding one-minute window per principal+tool (``RateLimited`` at the limit),
    in this process or shared by the replicas on Redis (``gateway.state``; unreachable: refused);
-4. ``redact_arguments`` -> the upstream and the audit log get a redacted copy;
+4. ``redact_arguments`` -> the upstream and the audit log get a redacted copy (of the
+   arguments, and of each answer in a 2026 client's ``input_responses``);
 5. ``sandbox_tier`` -> ``call.sandbox_tier`` (the dispatcher runs code tools in it);
 6. after the call: ``redact_result`` then ``max_result_bytes`` on the result, wherever its
    text reaches the client (``gateway.policy.results``: content, ``_meta``, an upstream's
@@ -21,13 +22,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mcp.types import CallToolResult
+from pydantic import BaseModel, ValidationError
 
 from gateway.chain import CallNext
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.errors import PolicyDenied, RateLimited, UpstreamError
 from gateway.policy.engine import PolicyEngine
-from gateway.policy.inputdoc import CallCounters, input_for_call, listing_inputs
-from gateway.policy.redact import redact_with_audit
+from gateway.policy.inputdoc import CallCounters, input_for_call, listing_inputs, responses_json
+from gateway.policy.redact import audit_copy, audit_key, redact_with_audit
 from gateway.policy.results import cap_result, error_under, redact_other, redact_result, result_size
 from gateway.state.limiter import LocalRateLimiter, RateLimiter
 
@@ -74,6 +76,8 @@ class PolicyStep:
         # what the upstream receives (redacted by the rules), and what the log keeps (that, with
         # no recognisable secret left): one copy and one scrub of each value for both
         call.arguments, call.audit_arguments = redact_with_audit(call.arguments, rules)
+        if call.input_responses is not None:  # a 2026-era client's answers go upstream too
+            call.input_responses, call.audit_input_responses = redact_responses(call.input_responses, rules)
         if "sandbox_tier" in cond:
             call.sandbox_tier = cond["sandbox_tier"]
 
@@ -112,6 +116,29 @@ def _upstream_of(call: CallContext) -> str:
     if call.tool is not None:
         return call.tool.upstream
     return call.upstream.name if call.upstream is not None else "?"
+
+
+def redact_responses(responses: Any, rules: Sequence[str]) -> tuple[Any, Any]:
+    """(``input_responses`` for the upstream, for the audit) under the arguments' rules, each
+    answer on its own (its key names the upstream's question, not a value). An answer the
+    rules change is sent as its redacted copy, parsed again into its own model; one that is no
+    longer a valid answer then (a rule named a field the model needs) is refused, naming it."""
+    if not isinstance(responses, Mapping):
+        return responses, audit_copy(responses)
+    plain = responses_json(responses)
+    out: dict[str, Any] = {}
+    audit: dict[str, Any] = {}
+    for k, v in responses.items():
+        red, audit[audit_key(k, responses, audit)] = redact_with_audit(plain[k], rules)
+        if red == plain[k] or not isinstance(v, BaseModel):
+            out[k] = v if red == plain[k] else red
+            continue
+        try:
+            out[k] = type(v).model_validate(red)
+        except ValidationError:
+            reason = f"input_responses/{k}: the redaction rules leave no valid {type(v).__name__}"
+            raise PolicyDenied("input response refused: it cannot be redacted", reasons=[reason]) from None
+    return out, audit
 
 
 def filter_listing(

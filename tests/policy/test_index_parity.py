@@ -127,6 +127,13 @@ def _inputs(seed: int, n: int, not_object: float = 0.0) -> list[dict[str, Any]]:
     return out
 
 
+def _as_before(inp: dict[str, Any]) -> bool:
+    """Whether the reference policies decide ``inp`` as this one must: a prompts/get has had
+    the argument checks and redaction of a tool call since (red team /tmp/rt-call r1), where
+    the references allowed any arguments and gave no conditions (OPA still decides it)."""
+    return inp.get("kind") != "prompts/get"
+
+
 def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:
     data = json.loads(DATA.read_text())
     bundle, new = _load(POLICY.read_text(), data)
@@ -135,7 +142,7 @@ def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:
     cases = [c.input for c in load_cases(CASES)]
     assert len(cases) >= 90
     inputs = cases + _inputs(61, 600)
-    diffs = [(i, a, b) for i in inputs if (a := _decide(new, i)) != (b := _decide(old, i))]
+    diffs = [(i, a, b) for i in inputs if _as_before(i) and (a := _decide(new, i)) != (b := _decide(old, i))]
     assert diffs == []
 
 
@@ -157,12 +164,13 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
     outcomes = {"allow": 0, "deny": 0}
     for inp in _inputs(seed, 150):
         a = _decide(new, inp)
-        assert a == _decide(old, inp), inp
-        assert a == _decide(previous, inp), inp
-        assert a == _decide(session8, inp), inp
-        assert a == _decide(session7, inp), inp
-        assert a == _decide(session18, inp), inp
-        assert a == _decide(session19, inp), inp
+        if _as_before(inp):
+            assert a == _decide(old, inp), inp
+            assert a == _decide(previous, inp), inp
+            assert a == _decide(session8, inp), inp
+            assert a == _decide(session7, inp), inp
+            assert a == _decide(session18, inp), inp
+            assert a == _decide(session19, inp), inp
         assert a == _opa(opa, inp), inp
         assert a == _opa(opa_indexed, inp), inp
         if a != ERROR:

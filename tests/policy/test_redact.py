@@ -462,3 +462,58 @@ def test_a_redacted_json_text_that_would_not_be_utf8_refuses_the_result() -> Non
     assert "/content/1/text" in refused.value.reasons[0] and "/x/1" in refused.value.reasons[0]
     # nothing to redact: the text passes unchanged (it is valid UTF-8 as it is)
     assert redact_result(r, ["password"]).content[1] is r.content[1]
+
+
+# -- red team (/tmp/rt-call): spellings and places that passed the rules -----------------------
+
+
+def test_a_pointer_redacts_every_spelling_of_its_key_not_just_the_first() -> None:
+    # r2: {"authorization": "decoy", "AUTHORIZATION": secret} sent the second raw
+    doc = {"headers": {"authorization": "decoy", "AUTHORIZATION": "s1", "Authori\u200bzation": "s2"}}
+    out, n = redact(doc, ["/headers/authorization"])
+    assert n == 3 and set(out["headers"].values()) == {REDACTED}
+    upstream, audit = redact_with_audit(doc, ["/headers/authorization"])
+    assert set(upstream["headers"].values()) == {REDACTED} and set(audit["headers"].values()) == {REDACTED}
+    # at every level of the pointer too
+    doc2 = {
+        "Headers": {"authorization": "s1"},
+        "HEADERS": {"Authorization": "s2"},
+        "other": {"authorization": 1},
+    }
+    out2, n2 = redact(doc2, ["/headers/authorization"])
+    assert n2 == 2 and out2["other"] == {"authorization": 1}
+    assert out2["Headers"] == {"authorization": REDACTED} and out2["HEADERS"] == {"Authorization": REDACTED}
+
+
+@pytest.mark.parametrize(
+    "key", ["clé_apiToken", "clé-apiToken", "ключApiToken", "über_APIToken", "Ωmega_apiToken"]
+)
+def test_a_non_ascii_letter_does_not_turn_off_the_camel_case_split(key: str) -> None:
+    # r7: "clé_apiToken" split as ["clé", "apitoken"] and was not redacted by "api_token"
+    out, n = redact({"conf": {key: "s", "x_apiToken": "s"}}, ["api_token"])
+    assert n == 2 and out == {"conf": {key: REDACTED, "x_apiToken": REDACTED}}
+
+
+def test_non_ascii_keys_split_into_words_by_case() -> None:
+    assert _words("clé_apiToken") == ("clé", "api", "token")
+    assert _words("ÜberHTTPServer2") == ("über", "http", "server", "2")
+    assert _words("max_tökens") == ("max", "tökens")  # no split inside a lower-case word
+
+
+_KEY_SECRET = "sk-proj-" + "A" * 32
+
+
+def test_a_secret_used_as_a_key_is_not_in_the_audits_copy() -> None:
+    # r3: {"env": {"sk-proj-...": true}} was recorded with the secret as a key
+    doc = {"env": {_KEY_SECRET: True, "ghp_" + "b" * 36: 1, "[REDACTED]": 2}, "plain": {"k": "v"}}
+    for rules in ([], ["password"], ["/env/x"]):
+        upstream, audit = redact_with_audit(doc, rules)
+        assert _KEY_SECRET not in json.dumps(audit) and "ghp_" not in json.dumps(audit)
+        assert sorted(audit["env"]) == ["[REDACTED]", "[REDACTED]#2", "[REDACTED]#3"]
+        assert sorted(map(str, audit["env"].values())) == ["1", "2", "True"]
+        assert audit["plain"] == {"k": "v"}
+        assert (
+            _KEY_SECRET in upstream["env"]
+        )  # the upstream's keys are the caller's: only the record is scrubbed
+    assert _KEY_SECRET not in json.dumps(audit_copy(doc)) and _KEY_SECRET not in json.dumps(scrub_values(doc))
+    assert scrub_values({_KEY_SECRET: 1}) == {"[REDACTED]": 1}

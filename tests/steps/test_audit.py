@@ -65,7 +65,9 @@ def _stored(log: AuditLog) -> list[dict[str, Any]]:
 
 async def _allowed(call: CallContext) -> CallToolResult:
     # stands in for the policy step + dispatch: a decision, its redaction, a real result object
-    call.decision = Decision(allow=True, reasons=("analyst may query",), conditions={"redact": ["password"]})
+    call.decision = Decision(
+        allow=True, reasons=("analyst may query",), conditions={"redact_arguments": ["password"]}
+    )
     call.audit_arguments = {"sql": "select 1", "password": "[REDACTED]"}
     call.sandbox_tier = "none"
     call.result_bytes = 42
@@ -94,7 +96,7 @@ def test_allowed_call_is_recorded_with_redacted_arguments(log: AuditLog, tmp_pat
     assert d["decision"] == {
         "allow": True,
         "reasons": ["analyst may query"],
-        "conditions": {"redact": ["password"]},
+        "conditions": {"redact_arguments": ["password"]},
     }
     assert (d["sandbox_tier"], d["result_bytes"], d["unverified_warning"]) == ("none", 42, True)
     assert d["duration_ms"] >= 0
@@ -438,3 +440,44 @@ def test_a_callers_huge_names_are_recorded_cut(tmp_path: Path) -> None:
     assert {"tool.call", "agent.state", "request.refused"} <= set(sizes)
     assert max(sizes.values()) < 20_000, sizes
     audit_verifies(cfg)
+
+
+_KEY_SECRET = "sk-proj-" + "A" * 32
+
+
+def test_names_only_records_do_not_name_a_secret_key(log: AuditLog) -> None:
+    # red team r3: a denied call recorded {"sk-proj-...": "[not recorded]"}
+    with pytest.raises(PolicyDenied):
+        asyncio.run(AuditStep(log)(_call(**{_KEY_SECRET: True, "path": "/etc"}), _denied_before_redaction))
+    [ev] = _stored(log)
+    assert ev["details"]["arguments_redacted"] == "all"
+    assert ev["details"]["arguments"] == {
+        "[REDACTED]": "[not recorded]",
+        "password": "[not recorded]",
+        "path": "[not recorded]",
+        "sql": "[not recorded]",
+    }
+    assert _KEY_SECRET not in str(ev)
+
+
+async def _denied_before_redaction(call: CallContext) -> Any:
+    call.decision = Decision(allow=False, reasons=("path outside the roots",))
+    raise PolicyDenied("denied by policy", reasons=["path outside the roots"])
+
+
+def test_a_record_says_policy_only_when_redaction_rules_applied(log: AuditLog) -> None:
+    # red team r1: a prompt's raw arguments were recorded labelled "policy" with no rules applied
+    async def no_rules(call: CallContext) -> CallToolResult:
+        call.decision = Decision(allow=True, conditions={"audit": "full"})
+        call.audit_arguments = {"sql": "select 1"}
+        return CallToolResult(content=[TextContent(type="text", text="1")], is_error=False)
+
+    async def rules(call: CallContext) -> CallToolResult:
+        call.decision = Decision(allow=True, conditions={"redact_arguments": ["password"]})
+        call.audit_arguments = {"sql": "select 1", "password": "[REDACTED]"}
+        return CallToolResult(content=[TextContent(type="text", text="1")], is_error=False)
+
+    asyncio.run(AuditStep(log)(_call(), no_rules))
+    asyncio.run(AuditStep(log)(_call(), rules))
+    labels = [e["details"]["arguments_redacted"] for e in _stored(log)]
+    assert sorted(labels) == ["policy", "secrets"]

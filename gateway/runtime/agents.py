@@ -26,7 +26,7 @@ from gateway.context import AgentInfo, Principal
 from gateway.errors import AgentLimitReached, AgentTerminated
 from gateway.events import Event, EventSink
 from gateway.runtime.ended import EndedSessions
-from gateway.runtime.identity import clean_label, make_agent_id
+from gateway.runtime.identity import agent_label, clean_label, make_agent_id
 from gateway.runtime.lifecycle import AgentState, check_transition
 
 _logger = logging.getLogger("symbi.runtime")
@@ -51,7 +51,7 @@ class Agent:
     """One agent: a session of a principal's client, or a hosted agent's run."""
 
     id: str
-    name: str  # unique among live agents: "principal/client" (sessions) or the [agents.NAME] name
+    name: str  # unique among live agents: "label/client" (sessions, ``agent_label``) or the [agents.NAME] name
     principal: str
     principal_kind: str
     roles: tuple[str, ...]
@@ -210,7 +210,8 @@ class AgentRegistry:
             agent_id = make_agent_id(self._key, principal.qualified, client, f"{session}\x00{agent.created}")
         agent = Agent(
             id=agent_id,
-            name=self._unique_name(f"{clean_label(principal.id, 'anonymous')}/{client}"),
+            # the label is the qualified principal's: another namespace's same id never takes it
+            name=self._unique_name(f"{agent_label(principal.qualified)}/{client}"),
             principal=principal.id,
             principal_kind=principal.kind,
             roles=tuple(principal.roles),

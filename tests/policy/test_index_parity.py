@@ -127,6 +127,12 @@ def _inputs(seed: int, n: int, not_object: float = 0.0) -> list[dict[str, Any]]:
     return out
 
 
+def _qualified_since(inp: dict[str, Any]) -> bool:
+    """A bus/send: since the red team's A1 it compares qualified principals (a JWT sub=alice is
+    not the API key alice), which the earlier policies did not; OPA still decides every one."""
+    return inp.get("kind") == "bus/send"
+
+
 def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:
     data = json.loads(DATA.read_text())
     bundle, new = _load(POLICY.read_text(), data)
@@ -134,7 +140,7 @@ def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:
     _, old = _load(REFERENCE.read_text(), data)
     cases = [c.input for c in load_cases(CASES)]
     assert len(cases) >= 90
-    inputs = cases + _inputs(61, 600)
+    inputs = [i for i in cases + _inputs(61, 600) if not _qualified_since(i)]
     diffs = [(i, a, b) for i in inputs if (a := _decide(new, i)) != (b := _decide(old, i))]
     assert diffs == []
 
@@ -157,16 +163,18 @@ def test_random_data_decides_as_the_unindexed_policy_and_as_opa(seed: int) -> No
     outcomes = {"allow": 0, "deny": 0}
     for inp in _inputs(seed, 150):
         a = _decide(new, inp)
+        assert a == _opa(opa, inp), inp
+        assert a == _opa(opa_indexed, inp), inp
+        if a != ERROR:
+            outcomes["allow" if a["allow"] else "deny"] += 1
+        if _qualified_since(inp):
+            continue
         assert a == _decide(old, inp), inp
         assert a == _decide(previous, inp), inp
         assert a == _decide(session8, inp), inp
         assert a == _decide(session7, inp), inp
         assert a == _decide(session18, inp), inp
         assert a == _decide(session19, inp), inp
-        assert a == _opa(opa, inp), inp
-        assert a == _opa(opa_indexed, inp), inp
-        if a != ERROR:
-            outcomes["allow" if a["allow"] else "deny"] += 1
     assert outcomes["allow"] >= 10 and outcomes["deny"] >= 50, outcomes
 
 

@@ -275,9 +275,24 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	}
 	agent := object.get(input, "agent", null)
 	has_agent := ({1 | is_string(agent.id)} | {1 | is_string(agent)}) != set()
+	# the caller's qualified id (principal_qualified), to compare with the recipient's
+	src := input.principal.source
+	iss := object.get(input.principal, "issuer", null)
+	mine := {q |
+		kind == "bus/send"
+		src == "jwt"
+		is_string(iss)
+		is_string(pid)
+		q := concat("", ["jwt:", iss, "#", pid])
+	} | {q |
+		kind == "bus/send"
+		src != "jwt"
+		is_string(pid)
+		q := concat(":", [src, pid])
+	}
 	granted := (({1 |
 		kind == "bus/send"
-		input.recipient.principal == pid
+		input.recipient.principal in mine
 	} | {1 |
 		kind == "bus/send"
 		some p in pats
@@ -292,7 +307,7 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	refusals := (({sprintf("%v needs an agent: the caller %v has no agent id", [kind, pid]) | not has_agent} | {msg |
 		not granted
 		kind == "bus/send"
-		msg := sprintf("principal %v may not message agents of principal %v", [pid, input.recipient.principal])
+		msg := sprintf("principal %v may not message agents of principal %v", [array.concat([q | some q in mine], [pid])[0], input.recipient.principal])
 	}) | {msg |
 		not granted
 		kind != "bus/send"
@@ -962,7 +977,26 @@ else if {
 
 is_bus if kind in {"bus/send", "bus/publish", "bus/subscribe"}
 
-bus_peer_ok if input.recipient.principal == principal_id
+# input.recipient.principal is the recipient's qualified principal, as gateway.context's
+# Principal.qualified makes it: "key:alice", "jwt:<issuer>#<sub>", "stdio:local",
+# "anonymous:guest". The same principal is the same id of the same source (and issuer): a JWT
+# with sub=alice is not the API key alice. bus_peers globs match the qualified id
+# ("key:alice", "key:agent:*", "jwt:https://idp.example.com/#*").
+principal_qualified := concat("", ["jwt:", input.principal.issuer, "#", principal_id]) if {
+	principal_source == "jwt"
+	is_string(input.principal.issuer)
+	is_string(principal_id)
+} else := concat(":", [principal_source, principal_id]) if {
+	principal_source != "jwt"
+	is_string(principal_source)
+	is_string(principal_id)
+}
+
+# who the caller is in a bus/send reason: its qualified id (its bare id if it has none)
+bus_caller := principal_qualified if principal_qualified
+else := principal_id
+
+bus_peer_ok if input.recipient.principal == principal_qualified
 
 bus_peer_ok if matches_any(patterns("bus_peers"), input.recipient.principal)
 
@@ -987,7 +1021,7 @@ bus_deny contains msg if {
 bus_deny contains msg if {
 	kind == "bus/send"
 	not bus_peer_ok
-	msg := sprintf("principal %v may not message agents of principal %v", [principal_id, input.recipient.principal])
+	msg := sprintf("principal %v may not message agents of principal %v", [bus_caller, input.recipient.principal])
 }
 
 bus_deny contains msg if {

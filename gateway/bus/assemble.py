@@ -32,7 +32,8 @@ def make_backend(config: Config) -> BusBackend:
 
 
 def policy_authorizer(engine: PolicyEngine, agents: AgentRegistry | None = None) -> Authorizer:
-    """Decisions for the bus kinds: ``input.recipient`` = {agent, principal}, ``input.topic``."""
+    """Decisions for the bus kinds: ``input.recipient`` = {agent, principal} (the recipient's
+    qualified principal: ``key:alice``, ``jwt:<issuer>#<sub>``), ``input.topic``."""
 
     async def authorize(
         kind: str, principal: Principal, recipient: dict[str, Any] | None, topic: str | None
@@ -65,12 +66,12 @@ def make_bus(
     if agents is not None:
         for name, ac in config.agents.items():  # configured agents can be written to before they run
             p = hosted_principal(name, ac)
-            bus.preregister(agents.hosted_id(name, p.id), p.id, name)
+            bus.preregister(agents.hosted_id(name, p.id), p.qualified, name)
 
         # keys are made when the runtime registers an agent (agents never see them) and go
         # when an agent whose id never comes back ends
         def on_register(agent: Agent) -> None:
-            bus.register_soon(agent.id, agent.principal, agent.name, persist=not agent.ephemeral)
+            bus.register_soon(agent.id, agent.owner, agent.name, persist=not agent.ephemeral)
 
         def on_state(agent: Agent, _src: AgentState, to: AgentState) -> None:
             if to is AgentState.TERMINATED and agent.ephemeral:

@@ -34,6 +34,7 @@ from gateway.context import Decision, Principal
 from gateway.errors import ArgumentsInvalid, BusError, BusNoAgent, BusTimeout, PolicyDenied, RateLimited
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
+from gateway.runtime.identity import agent_label
 
 __all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "validate_topic"]
 
@@ -220,14 +221,15 @@ class Bus:
         if agent is None:
             raise BusNoAgent("the bus is for agents: this session has no agent id")
         keys = self.ring.local(agent)
-        if keys is None or keys.principal != principal.id or agent not in self._published:
-            await self.register(agent, principal.id)
+        # keyed by the qualified principal: a JWT sub=alice is not the API key alice
+        if keys is None or keys.principal != principal.qualified or agent not in self._published:
+            await self.register(agent, principal.qualified)
             keys = self.ring.local(agent)
             assert keys is not None
         return keys
 
     async def _peer(self, to: Any) -> tuple[str, str]:
-        """(agent id, principal id) of a recipient given by id or name; BusNoAgent if unknown."""
+        """(agent id, qualified principal) of a recipient given by id or name; BusNoAgent if unknown."""
         if not isinstance(to, str) or not to:
             raise ArgumentsInvalid("to must be an agent id or name")
         agent = (self._resolve(to) if self._resolve else None) or to
@@ -241,7 +243,9 @@ class Bus:
             named = await self.backend.lookup_name(to)
             if named is not None and AGENT_RE.match(named):
                 found = await self.receiver.sender_keys(named)
-                if not isinstance(found, str) and found[3] == to:
+                # and the name's label is its principal's (a name of one namespace never
+                # resolves to another's agent, whichever process registered it last)
+                if not isinstance(found, str) and found[3] == to and _labelled(to, found[2]):
                     return named, found[2]
             raise BusNoAgent(f"no agent {to!r} is known to the bus")
         if isinstance(keys, str):
@@ -499,6 +503,12 @@ class Bus:
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})
         return n
+
+
+def _labelled(name: str, principal: str) -> bool:
+    """A session agent's name (``label/client[#n]``) carries its qualified principal's label."""
+    label, slash, _ = name.partition("/")
+    return not slash or label == agent_label(principal)
 
 
 async def _quiet(aw: Awaitable[None]) -> None:

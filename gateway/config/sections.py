@@ -247,6 +247,9 @@ class RuntimeSection(Section):
     # production refuses every unsafe option (``Config.unsafe_options``); env SYMBI_RUNTIME_MODE
     mode: Literal["development", "production"] = "development"
     max_concurrent_agents: int = Field(default=10000, ge=1)
+    # live session agents of one principal (a stateless client makes one per client name):
+    # one caller cannot take max_concurrent_agents; hosted agents are not counted
+    max_agents_per_principal: int = Field(default=64, ge=1)
     scheduler_threads: int = Field(default=4, ge=1)  # worker threads for blocking work
     message_buffer_size: int = Field(default=1024, ge=1)  # per-agent bus buffer (the bus reads it)
     gc_interval_ms: int = Field(default=100, ge=1)  # sweep of terminated agents and idle sessions

@@ -26,7 +26,7 @@ from gateway.context import AgentInfo, Principal
 from gateway.errors import AgentLimitReached, AgentTerminated
 from gateway.events import Event, EventSink
 from gateway.runtime.ended import EndedSessions
-from gateway.runtime.identity import clean_label, make_agent_id
+from gateway.runtime.identity import agent_label, clean_label, make_agent_id
 from gateway.runtime.lifecycle import AgentState, check_transition
 
 _logger = logging.getLogger("symbi.runtime")
@@ -51,7 +51,9 @@ class Agent:
     """One agent: a session of a principal's client, or a hosted agent's run."""
 
     id: str
-    name: str  # unique among live agents: "principal/client" (sessions) or the [agents.NAME] name
+    name: (
+        str  # unique among live agents: "label/client" (sessions, ``agent_label``) or the [agents.NAME] name
+    )
     principal: str
     principal_kind: str
     roles: tuple[str, ...]
@@ -124,11 +126,19 @@ class AgentRegistry:
         *,
         key: bytes | None = None,
         max_agents: int | None = None,
+        max_per_principal: int | None = None,
+        reserved: int = 0,
         default_priority: int = 4,
         ended: EndedSessions | None = None,
     ) -> None:
         self.events = events
         self.max_agents = max_agents  # runtime.max_concurrent_agents (live, i.e. not Terminated)
+        # runtime.max_agents_per_principal: one caller's session agents (a stateless client
+        # makes one per client name it declares) never take the whole of max_agents
+        self.max_per_principal = max_per_principal
+        self.reserved = reserved  # slots of max_agents kept for hosted agents (one per configured)
+        self._live_sessions = 0
+        self._live_of: dict[str, int] = {}  # qualified principal -> its live session agents
         self.default_priority = default_priority  # runtime.default_priority: every session agent's
         self._live = 0
         self._cursor: Iterator[Agent] = iter(())
@@ -204,13 +214,14 @@ class AgentRegistry:
         if agent is not None and agent.state is not AgentState.TERMINATED:
             agent.last_seen = time.monotonic()
             return agent
-        self._admit(principal.id)
+        self._admit(principal.id, principal.qualified)
         agent_id = make_agent_id(self._key, principal.qualified, client, session)
         if agent is not None:  # a terminated agent of the same session: a new one, new id
             agent_id = make_agent_id(self._key, principal.qualified, client, f"{session}\x00{agent.created}")
         agent = Agent(
             id=agent_id,
-            name=self._unique_name(f"{clean_label(principal.id, 'anonymous')}/{client}"),
+            # the label is the qualified principal's: another namespace's same id never takes it
+            name=self._unique_name(f"{agent_label(principal.qualified)}/{client}"),
             principal=principal.id,
             principal_kind=principal.kind,
             roles=tuple(principal.roles),
@@ -250,7 +261,7 @@ class AgentRegistry:
             raise ValueError(f"hosted agent {name!r} already has a live run ({old.id})")
         if old is not None:
             self.remove(old)
-        self._admit(principal.id)
+        self._admit(principal.id, None)
         self._add(agent)
         return agent
 
@@ -273,12 +284,38 @@ class AgentRegistry:
     def unbind_credential(self, key_id: str) -> None:
         self._bound.pop(key_id, None)
 
-    def _admit(self, principal: str) -> None:
-        if self.max_agents is not None and self._live >= self.max_agents:
+    def _admit(self, principal: str, owner: str | None) -> None:
+        """Room for one more agent; ``owner`` is a session agent's qualified principal (None: a
+        hosted agent's run, which may use the slots kept for hosted agents)."""
+        wait = f"no new agent for {principal} until one ends (see runtime.agent_idle_timeout_s)"
+        if self.max_agents is not None and (
+            self._live >= self.max_agents
+            or (owner is not None and self._live_sessions >= self.max_agents - self.reserved)
+        ):
             raise AgentLimitReached(
-                f"too many agents: runtime.max_concurrent_agents = {self.max_agents} are live",
-                reasons=[f"no new agent for {principal} until one ends (see runtime.agent_idle_timeout_s)"],
+                f"too many agents: runtime.max_concurrent_agents = {self.max_agents} are live"
+                + (f" ({self.reserved} kept for hosted agents)" if self.reserved else ""),
+                reasons=[wait],
             )
+        if owner is not None and self.max_per_principal is not None:
+            if self._live_of.get(owner, 0) >= self.max_per_principal:
+                raise AgentLimitReached(
+                    f"too many agents of {principal}: runtime.max_agents_per_principal = "
+                    f"{self.max_per_principal} are live",
+                    reasons=[wait],
+                )
+
+    def _count(self, agent: Agent, step: int) -> None:
+        """Keep the live counts (all agents; session agents, per principal) as ``agent`` comes or goes."""
+        self._live += step
+        if agent.hosted:
+            return
+        self._live_sessions += step
+        n = self._live_of.get(agent.owner, 0) + step
+        if n > 0:
+            self._live_of[agent.owner] = n
+        else:
+            self._live_of.pop(agent.owner, None)
 
     def live(self) -> int:
         return self._live
@@ -307,7 +344,7 @@ class AgentRegistry:
         raise AssertionError("unreachable")
 
     def _add(self, agent: Agent) -> None:
-        self._live += 1
+        self._count(agent, 1)
         self._by_id[agent.id] = agent
         self._by_name[agent.name] = agent
         self.events.emit(
@@ -353,7 +390,7 @@ class AgentRegistry:
         agent.state = to
         agent.reason = reason
         if to is AgentState.TERMINATED:
-            self._live -= 1
+            self._count(agent, -1)
         if edge in self.task_transitions:
             self.task_transitions[edge] += 1
         self.events.emit(

@@ -53,6 +53,8 @@ class AgentRuntime:
             events,
             key=key,
             max_agents=rt.max_concurrent_agents,
+            max_per_principal=rt.max_agents_per_principal,
+            reserved=sum(1 for ac in config.agents.values() if ac.enabled),
             default_priority=rt.default_priority,
             ended=ended,
         )

@@ -9,8 +9,9 @@ an HMAC over those three under a key the registry draws at start, so it is
   from a header, ``_meta`` or argument, so naming another agent's id in a request does nothing.
 
 The client's declared name (``clientInfo.name``) is only a label: it is reduced to
-``[A-Za-z0-9._-]{1,64}`` and always prefixed with the principal (``alice/claude-code``), so a
-client calling itself ``bob/x`` or a hosted agent's name gets ``alice/bob-x``.
+``[A-Za-z0-9._-]{1,64}`` and always prefixed with the principal's label (``agent_label``:
+``alice/claude-code``), so a client calling itself ``bob/x`` or a hosted agent's name gets
+``alice/bob-x``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,25 @@ def clean_label(raw: object, default: str = "unknown") -> str:
     text = raw if isinstance(raw, str) else ""
     label = _UNSAFE.sub("-", text).strip("-")[:64]
     return label or default
+
+
+def agent_label(qualified: str) -> str:
+    """The principal part of a session agent's name, one per qualified principal, so no
+    principal of one namespace is named (or addressed) as another's (a JWT ``sub=alice`` is not
+    the API key ``alice``): an API key principal whose id is a plain label keeps it
+    (``alice``); any other gets its source and, when its id is not a plain label or it is a
+    JWT's (whose issuer is part of it), a digest of the qualified id (``stdio:local``,
+    ``jwt:alice~k3xq7m2p9d``). Made from the qualified id alone, so any process can check a
+    name against a key directory entry's principal."""
+    source, _, rest = qualified.partition(":")
+    ident = rest.rpartition("#")[2] if source == "jwt" else rest
+    label = clean_label(ident, "anonymous")
+    if source == "key" and label == ident:
+        return label
+    if source != "jwt" and label == ident:
+        return f"{source}:{label}"
+    tag = base64.b32encode(hashlib.sha256(qualified.encode("utf-8")).digest()).decode("ascii")[:10]
+    return f"{source}:{label}~{tag.lower()}"
 
 
 def make_agent_id(key: bytes, principal: str, client: str, session: str) -> str:

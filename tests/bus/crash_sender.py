@@ -24,7 +24,7 @@ async def main(data: Path, count: int) -> None:
         events=LoggingSink(),
         buffer_size=1_000_000,
     )
-    await bus.register("agent-b", "team")
+    await bus.register("agent-b", "stdio:team")
     a = Principal(id="team", agent="agent-a")
     for i in range(count):
         msg = await bus.send(a, "agent-b", {"n": i})

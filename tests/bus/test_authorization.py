@@ -62,7 +62,7 @@ async def _bus(
     )
     for p in (A, B, C):
         assert p.agent is not None
-        await bus.register(p.agent, p.id)
+        await bus.register(p.agent, p.qualified)
     return bus, events
 
 
@@ -85,14 +85,14 @@ async def test_the_authorizer_is_asked_with_the_recipient_or_topic_and_its_denia
     with pytest.raises(PolicyDenied):
         await bus.subscribe(B, "news.*")
     assert asked == [
-        ("bus/send", "agent-a", {"agent": "agent-c", "principal": "other"}, None),
+        ("bus/send", "agent-a", {"agent": "agent-c", "principal": "stdio:other"}, None),
         ("bus/publish", "agent-a", None, "news.x"),
         ("bus/subscribe", "agent-b", None, "news.*"),
     ]
     assert events.of("bus.denied") == [
         {
             "kind": "bus/send",
-            "recipient": {"agent": "agent-c", "principal": "other"},
+            "recipient": {"agent": "agent-c", "principal": "stdio:other"},
             "topic": None,
             "reasons": ["no bus/send"],
         },
@@ -118,7 +118,10 @@ async def test_the_rate_limit_is_counted_per_agent_and_only_when_granted(tmp_pat
     (reason,) = e.value.reasons
     assert isinstance(reason, str) and reason
     (denied,) = events.of("bus.denied")
-    assert denied["kind"] == "bus/send" and denied["recipient"] == {"agent": "agent-b", "principal": "team"}
+    assert denied["kind"] == "bus/send" and denied["recipient"] == {
+        "agent": "agent-b",
+        "principal": "stdio:team",
+    }
     assert denied["reasons"] == [reason] and denied["topic"] is None
     assert [(p, a) for t, p, a in events.who if t == "bus.denied"] == [("team", "agent-a")]
     # another agent of the same principal has its own count; without a granted limit, no limit
@@ -151,13 +154,13 @@ async def test_an_agent_id_taken_over_by_another_principal_gets_new_keys_and_ent
 
     bus, _ = await _bus(tmp_path, authorize)
     before = bus.ring.local("agent-a")
-    assert before is not None and before.principal == "team"
+    assert before is not None and before.principal == "stdio:team"
     taken = Principal(id="other", agent="agent-a")
     await bus.send(taken, "agent-b", "x")
     after = bus.ring.local("agent-a")
-    assert after is not None and after.principal == "other" and after.sign is not before.sign
+    assert after is not None and after.principal == "stdio:other" and after.sign is not before.sign
     entry = await bus.backend.lookup_keys("agent-a")
-    assert entry is not None and entry.principal == "other"
+    assert entry is not None and entry.principal == "stdio:other"
     (got,) = await bus.receive(B)
     assert got.sender == "agent-a" and got.body == "x"
 

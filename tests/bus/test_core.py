@@ -116,16 +116,16 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
         await e.close()
 
 
-A = Principal(id="team", agent="agent-a")
-B = Principal(id="team", agent="agent-b")
-C = Principal(id="other", agent="agent-c")
+A = Principal(id="team", agent="agent-a", source="key")
+B = Principal(id="team", agent="agent-b", source="key")
+C = Principal(id="other", agent="agent-c", source="key")
 
 
 async def _pair(env: Env, **kw: Any) -> Bus:
     bus = await env.bus(**kw)
     for p in (A, B, C):
         assert p.agent is not None
-        await bus.register(p.agent, p.id)
+        await bus.register(p.agent, p.qualified)
     return bus
 
 
@@ -240,7 +240,7 @@ async def test_ttl_expiry_removes_and_counts(env: Env) -> None:
 
 async def test_policy_denies_and_audits(env: Env) -> None:
     async def authorize(kind: str, p: Principal, recipient: Any, topic: Any) -> Decision:
-        if kind == "bus/send" and recipient["principal"] != p.id:
+        if kind == "bus/send" and recipient["principal"] != p.qualified:
             return Decision(False, ("different principal",))
         if kind in ("bus/publish", "bus/subscribe") and not str(topic).startswith("team."):
             return Decision(False, ("topic not granted",))
@@ -343,8 +343,8 @@ async def test_two_processes_share_redis(env: Env) -> None:
         pytest.skip("two processes share state through Redis only")
     one = await env.bus()
     two = await env.bus()
-    await one.register("agent-a", "team")
-    await two.register("agent-b", "team")
+    await one.register("agent-a", "key:team")
+    await two.register("agent-b", "key:team")
     await one.send(A, "agent-b", "across")
     assert [r.body for r in await two.receive(B)] == ["across"]
 
@@ -362,7 +362,7 @@ async def test_redis_down_then_back(env: Env, request: pytest.FixtureRequest) ->
     server.start()
     # a fresh Redis (no persistence in this fixture): re-register, then it works again
     for p in (A, B):
-        await bus.register(p.agent, p.id)  # type: ignore[arg-type]
+        await bus.register(p.agent, p.qualified)  # type: ignore[arg-type]
     await bus.send(A, "agent-b", "after")
     assert [r.body for r in await bus.receive(B)] == ["after"]
 
@@ -376,7 +376,7 @@ async def test_redis_losing_its_data_recovers(env: Env) -> None:
     assert env.url is not None
     redis.Redis.from_url(env.url).flushall()  # a restart without persistence
     for p in (A, B):
-        await bus.register(p.agent, p.id)  # type: ignore[arg-type]
+        await bus.register(p.agent, p.qualified)  # type: ignore[arg-type]
     await bus.send(A, "agent-b", "after")
     assert [r.body for r in await bus.receive(B)] == ["after"]
 
@@ -384,9 +384,9 @@ async def test_redis_losing_its_data_recovers(env: Env) -> None:
 async def test_names_resolve_through_the_directory_and_cannot_be_rebound(env: Env) -> None:
     one = await env.bus()
     two = await env.bus()  # another gateway process (on the embedded store: the same data dir)
-    await one.register("agent-a", "team", name="team/a")
-    await two.register("agent-b", "team", name="team/b")
-    await two.register("agent-c", "team", name="team/c")
+    await one.register("agent-a", "key:team", name="team/a")
+    await two.register("agent-b", "key:team", name="team/b")
+    await two.register("agent-c", "key:team", name="team/c")
     msg = await one.send(A, "team/b", "by name")
     assert msg.recipient == "agent-b"
     assert [r.body for r in await two.receive(B)] == ["by name"]
@@ -399,14 +399,14 @@ async def test_names_resolve_through_the_directory_and_cannot_be_rebound(env: En
     else:
         redis.Redis.from_url(env.url).hset(f"{PREFIX}names", "team/b", "agent-c")
     fresh = await env.bus()  # no cached entries
-    await fresh.register("agent-a", "team", name="team/a")
+    await fresh.register("agent-a", "key:team", name="team/a")
     try:
         again = await fresh.send(A, "team/b", "must not reach c")
     except BusNoAgent:
         pass
     else:
         assert again.recipient == "agent-b"
-    assert await two.receive(Principal(id="team", agent="agent-c")) == []
+    assert await two.receive(Principal(id="team", agent="agent-c", source="key")) == []
     with pytest.raises(BusNoAgent):
         await one.send(A, "team/nobody", "x")
 

@@ -108,8 +108,8 @@ async def test_a_reply_lives_as_long_as_its_request_and_is_decided_and_audited(e
     # the reply expires when its request does (not bus.max_age_s, a day): never answered too late
     assert req.expires_ms <= msg.expires_ms < req.expires_ms + 60_000
     assert asked == [
-        ("bus/send", A.id, {"agent": "agent-b", "principal": B.id}),
-        ("bus/send", B.id, {"agent": "agent-a", "principal": A.id}),
+        ("bus/send", A.id, {"agent": "agent-b", "principal": B.qualified}),
+        ("bus/send", B.id, {"agent": "agent-a", "principal": A.qualified}),
     ]
     sends = [(d["kind"], d["recipient"], p) for t, d, p in seen if t == Event.BUS_SEND]
     assert sends == [("request", "agent-b", A.id), ("reply", "agent-a", B.id)]

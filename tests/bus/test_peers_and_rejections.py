@@ -32,7 +32,7 @@ from tests.runtime.test_core import Recorder as RuntimeRecorder
 
 pytestmark = pytest.mark.anyio
 
-H = Principal(id="agent:h", kind="agent", agent="agent-h")  # a configured agent's principal
+H = Principal(id="agent:h", kind="agent", agent="agent-h", source="key")  # a configured agent's principal
 
 
 def _attributed(e: Env) -> Attributed:
@@ -60,16 +60,16 @@ async def test_a_recipient_must_be_a_non_empty_id_or_name(env: Env, to: Any) -> 
 async def test_a_configured_agent_is_registered_on_the_first_message_to_it(env: Env) -> None:  # noqa: F811
     asked, authorize = _recording()
     bus = await _pair(env, authorize=authorize)
-    bus.preregister("agent-h", "agent:h", "h")  # configured, not running: no directory entry yet
+    bus.preregister("agent-h", "key:agent:h", "h")  # configured, not running: no directory entry yet
     msg = await bus.send(A, "agent-h", "for your next run")
     assert msg.recipient == "agent-h"
-    assert asked == [("bus/send", {"agent": "agent-h", "principal": "agent:h"})]
+    assert asked == [("bus/send", {"agent": "agent-h", "principal": "key:agent:h"})]
     assert [r.body for r in await bus.receive(H)] == ["for your next run"]
 
 
 async def test_a_configured_agent_that_has_not_run_yet_can_send(env: Env) -> None:  # noqa: F811
     bus = await _pair(env)
-    bus.preregister("agent-h", "agent:h", "h")
+    bus.preregister("agent-h", "key:agent:h", "h")
     await bus.send(H, "agent-b", "from h")  # its directory entry is published before it is needed
     assert [(r.sender, r.body) for r in await bus.receive(B)] == [("agent-h", "from h")]
     assert env.events.of("bus.rejected") == []
@@ -77,22 +77,24 @@ async def test_a_configured_agent_that_has_not_run_yet_can_send(env: Env) -> Non
 
 async def test_a_runtime_name_resolves_to_its_agent(env: Env) -> None:  # noqa: F811
     reg = AgentRegistry(RuntimeRecorder())
-    run = reg.add_hosted("mailer", Principal(id="agent:mailer", kind="agent"), priority=0, run=1)
+    run = reg.add_hosted(
+        "mailer", Principal(id="agent:mailer", kind="agent", source="key"), priority=0, run=1
+    )
     bus = await _pair(env, resolve=_resolver(reg, Config()))
-    await bus.register(run.id, "agent:mailer")  # no name in the directory: only the runtime knows it
+    await bus.register(run.id, "key:agent:mailer")  # no name in the directory: only the runtime knows it
     msg = await bus.send(A, "mailer", "by runtime name")
     assert msg.recipient == run.id
-    got = await bus.receive(Principal(id="agent:mailer", kind="agent", agent=run.id))
+    got = await bus.receive(Principal(id="agent:mailer", kind="agent", agent=run.id, source="key"))
     assert [r.body for r in got] == ["by runtime name"]
 
 
 async def test_a_name_from_the_directory_reaches_the_policy_with_the_entrys_principal(env: Env) -> None:  # noqa: F811
     asked, authorize = _recording()
     bus = await _pair(env, authorize=authorize)
-    await bus.register("agent-c", "other", name="other/c")
+    await bus.register("agent-c", "key:other", name="other/c")
     msg = await bus.send(A, "other/c", "by name")
     assert msg.recipient == "agent-c"
-    assert asked == [("bus/send", {"agent": "agent-c", "principal": "other"})]
+    assert asked == [("bus/send", {"agent": "agent-c", "principal": "key:other"})]
 
 
 async def test_a_message_from_an_unknown_sender_is_rejected_and_audited_with_its_metadata(env: Env) -> None:  # noqa: F811
@@ -169,8 +171,8 @@ async def test_a_shared_name_stays_with_the_agent_that_registered_it_last(env: E
     with the one registered last; an agent acting on the bus does not publish itself again, so
     sending or receiving does not take the name over."""
     bus = await _pair(env)
-    await bus.register("agent-a", "team", name="team/dup")
-    await bus.register("agent-b", "team", name="team/dup")
+    await bus.register("agent-a", "key:team", name="team/dup")
+    await bus.register("agent-b", "key:team", name="team/dup")
     await bus.send(A, "agent-c", "a acts")
     await bus.receive(A)
     msg = await bus.send(C, "team/dup", "to the name")

@@ -17,8 +17,8 @@ from tests.bus.test_core import Env, Recorder, _pair, env  # noqa: F401 - the ba
 
 pytestmark = pytest.mark.anyio
 
-A = Principal(id="team", agent="agent-a")
-B = Principal(id="team", agent="agent-b")
+A = Principal(id="team", agent="agent-a", source="key")
+B = Principal(id="team", agent="agent-b", source="key")
 # separators and a non-ASCII character: the compact UTF-8 form is what counts
 BODY = {"k": ["é", 1]}
 SIZE = len(json.dumps(BODY, separators=(",", ":"), ensure_ascii=False).encode())
@@ -35,7 +35,7 @@ async def _bus(tmp_path: Path, max_body_bytes: int) -> Bus:
     bus = Bus(
         backend, KeyRing(b"k" * 32, None), events=Recorder(), buffer_size=10, max_body_bytes=max_body_bytes
     )
-    await bus.register("agent-b", "team")
+    await bus.register("agent-b", "key:team")
     return bus
 
 

@@ -172,7 +172,7 @@ async def test_a_request_is_bounded_by_max_age_decided_on_the_peer_and_its_timeo
     with pytest.raises(BusTimeout) as timed_out:  # exactly bus.max_age_s is allowed
         await bus.request(A, "agent-b", "q", timeout_s=0.5)
     assert timed_out.value.reasons
-    assert asked == [("bus/send", {"agent": "agent-b", "principal": B.id})]
+    assert asked == [("bus/send", {"agent": "agent-b", "principal": B.qualified})]
     sends = [(d["recipient"], p) for t, d, p in seen if t == Event.BUS_SEND]
     assert sends == [("agent-b", A.id)]
     timeouts = [(d, p) for t, d, p in seen if t == Event.BUS_REQUEST_TIMEOUT]

@@ -24,6 +24,7 @@ KINDS = [
     "weird/kind",
 ]
 PRINCIPALS = ["local", "admin", "alice", "ci-bot", "auditor", "nobody", "sub-1"]
+JWT_NS = "jwt:https://login.example.com/#"
 SOURCES = ["stdio", "key", "key", "jwt", "anonymous", "other"]
 ROLES = ["developer", "admin", "readonly", "trusted", "ghost"]
 TOOLS = [
@@ -196,7 +197,11 @@ def random_input(r: random.Random, not_object: float = 0.0) -> dict[str, Any]:
         "tool_calls_last_minute": r.randint(0, 10),
     }
     if kind.startswith("bus/"):
-        doc["recipient"] = {"agent": "agent-b", "principal": r.choice(PRINCIPALS)}
+        # the recipient's qualified principal (a bare id now and then: never the caller's); its
+        # namespace drawn apart, so the stream of the other draws is the earlier sessions'
+        peer = r.choice(PRINCIPALS)
+        ns = random.Random(repr((pid, peer, len(doc)))).choice(["key:", "stdio:", JWT_NS, ""])
+        doc["recipient"] = {"agent": "agent-b", "principal": ns + peer}
         if _maybe(r):
             doc["topic"] = r.choice(TOPICS)
     if kind.startswith(("context/", "knowledge/")):

@@ -128,10 +128,12 @@ def _inputs(seed: int, n: int, not_object: float = 0.0) -> list[dict[str, Any]]:
 
 
 def _as_before(inp: dict[str, Any]) -> bool:
-    """Whether the reference policies decide ``inp`` as this one must: a prompts/get has had
-    the argument checks and redaction of a tool call since (red team /tmp/rt-call r1), where
-    the references allowed any arguments and gave no conditions (OPA still decides it)."""
-    return inp.get("kind") != "prompts/get"
+    """Whether the reference policies decide ``inp`` as this one must. Not a prompts/get: it
+    has had the argument checks and redaction of a tool call since (red team /tmp/rt-call r1),
+    where the references allowed any arguments and gave no conditions; not a bus/send: it
+    compares qualified principals since the red team's A1 (a JWT sub=alice is not the API key
+    alice), which the references did not. OPA still decides every one."""
+    return inp.get("kind") not in ("prompts/get", "bus/send")
 
 
 def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:

@@ -25,8 +25,8 @@ from tests.conftest import EVERYTHING_JS, write_config
 from tests.server.http.conftest import bearer, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
 
-ALICE = Principal(id="alice", roles=("developer",))
-BOB = Principal(id="bob", roles=("developer",))
+ALICE = Principal(id="alice", roles=("developer",), source="key")
+BOB = Principal(id="bob", roles=("developer",), source="key")
 
 
 class Recorder:
@@ -52,6 +52,25 @@ def test_same_session_same_agent_and_every_part_changes_the_id() -> None:
     assert len({a.id, *(o.id for o in others)}) == 4
     assert reg.get(a.id) is a and reg.by_name("alice/claude-code") is a
     assert reg.by_name("alice/claude-code#2") is others[2]  # same principal+client, second session
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        Principal(id="alice", source="jwt", issuer="https://idp.example.com/"),
+        Principal(id="alice", source="stdio"),
+        Principal(id="alice", source="anonymous"),
+        Principal(id="alice", source="jwt", issuer="https://other.example.com/"),
+        Principal(id="key:alice", source="key"),  # an id that looks like a qualified one
+    ],
+)
+def test_a_principal_of_another_namespace_never_takes_an_api_key_principals_name(other: Principal) -> None:
+    """Red team A1: the first session took ``alice/claude-code`` whatever its namespace."""
+    reg = AgentRegistry(LoggingSink())
+    first = reg.for_session(other, "claude-code", "http:evil")
+    victim = reg.for_session(ALICE, "claude-code", "http:victim")
+    assert victim.name == "alice/claude-code" and reg.by_name("alice/claude-code") is victim
+    assert not first.name.startswith("alice/") and "#" not in first.name
 
 
 def test_ids_are_not_reproducible_without_the_registry_key() -> None:

@@ -7,6 +7,7 @@ a hosted run is registered with, the ended-sessions memory and its bound were no
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -92,7 +93,7 @@ def test_a_session_agent_carries_its_principal_and_is_seen_again_on_each_lookup(
     assert rt.agents.for_session(alice, "c", "s1") is a and isinstance(a.last_seen, float) and a.last_seen > 0
     assert all(d["reason"] for t, d, _, _ in rt.events.events if t == "agent.state")  # type: ignore[attr-defined]
     nobody = rt.agents.for_session(Principal(id=""), None, "s2")
-    assert nobody.name == "anonymous/unknown"  # labels for what was not given
+    assert re.fullmatch(r"stdio:anonymous~[a-z2-7]{10}/unknown", nobody.name)  # labels for what was not given
 
 
 def test_agents_remade_after_their_session_closed_get_fresh_distinct_ids() -> None:

@@ -30,7 +30,9 @@ from tests.conftest import write_config
 
 pytestmark = pytest.mark.anyio
 
-TESTER = Principal(id="tester", roles=("tester",))
+TESTER = Principal(
+    id="tester", roles=("tester",), source="key"
+)  # the hosted agent's principal is an API key one
 
 
 def _config(tmp_path: Path) -> Path:

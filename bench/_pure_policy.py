@@ -101,6 +101,10 @@ class PurePolicy:
         permitted = False
         if is_tool and is_call:
             self._arguments(inp.get("arguments", {}), deny)
+        if kind == "prompts/get" and is_call and "arguments" in inp:  # as a tool's arguments
+            if not isinstance(inp["arguments"], dict):
+                deny.add(f"arguments of prompt {json_v(target)} are not an object")
+            self._arguments(inp["arguments"], deny)
         if is_tool and name is not None:
             permitted = self._tool_rules(inp, tool_d, name, pid, pats, deny)
         elif kind in ("resources/read", "prompts/get", "logging/setLevel"):
@@ -133,6 +137,12 @@ class PurePolicy:
             return {"allow": allow, "reasons": reasons, "conditions": {}}
         if is_tool:
             self._tool_conditions(name, pe, roles, tool_d, cond)
+        if kind == "prompts/get" and isinstance(target, str):  # redaction by the prompt's name glob
+            keys = sorted(
+                {k for p, ks in d.get("redact_arguments", {}).items() if self._glob(p, target) for k in ks}
+            )
+            if keys:
+                cond["redact_arguments"] = keys
         if kind in ("context/write", "knowledge/ingest") and d.get("memory", {}).get("redact_text", []):
             cond["redact_text"] = d["memory"]["redact_text"]
         return {"allow": allow, "reasons": reasons, "conditions": cond}
@@ -211,9 +221,11 @@ class PurePolicy:
         if kind == "bus/send":
             rcpt = inp.get("recipient")
             peer = rcpt.get("principal", _ABSENT) if isinstance(rcpt, dict) else _ABSENT
-            ok = peer == pid or self._any(pats("bus_peers"), peer)
+            mine = _qualified(inp["principal"])  # the same principal: source, issuer and id
+            ok = (mine is not None and peer == mine) or self._any(pats("bus_peers"), peer)
             if not ok and peer is not _ABSENT:  # an undefined sprintf argument: no message
-                deny.add(f"principal {pid} may not message agents of principal {json_v(peer)}")
+                who = mine if mine is not None else pid
+                deny.add(f"principal {who} may not message agents of principal {json_v(peer)}")
         else:
             field = "publish_topics" if kind == "bus/publish" else "subscribe_topics"
             topic = inp.get("topic", _ABSENT)
@@ -264,3 +276,13 @@ _ABSENT = object()
 def json_v(v: Any) -> str:
     """sprintf's %v: strings as they are, anything else as JSON."""
     return v if isinstance(v, str) else json.dumps(v, separators=(", ", ": "))
+
+
+def _qualified(principal: dict[str, Any]) -> str | None:
+    """The principal's qualified id, as policies.rego's principal_qualified makes it."""
+    src, pid, iss = principal.get("source", ""), principal.get("id"), principal.get("issuer")
+    if not isinstance(pid, str):
+        return None
+    if src == "jwt":
+        return f"jwt:{iss}#{pid}" if isinstance(iss, str) else None
+    return f"{src}:{pid}" if isinstance(src, str) else None

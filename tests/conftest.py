@@ -244,6 +244,15 @@ def write_config(tmp_path: Path, body: str, name: str = "symbi.toml") -> Path:
     return path
 
 
+def policy_config(tmp_path: Path, rego: str, servers: str, name: str = "symbi.toml") -> Path:
+    """A config deciding by the Rego ``rego`` (written beside it), code tools off, and the
+    upstreams of ``servers`` (a TOML fragment, dedented)."""
+    policy = tmp_path / f"{Path(name).stem}.rego"
+    policy.write_text(rego)
+    head = f'[policy]\npath = "{policy}"\n[sandbox]\ncode_tools = false\n'
+    return write_config(tmp_path, head + textwrap.dedent(servers), name=name)
+
+
 def mutable_config(tmp_path: Path, before: str = "", copy_as: str | None = None) -> Path:
     """A config whose one upstream is ``mut`` (tests/peers/mutable_server.py, verification
     ``warn``), code tools off; ``before``: more of the config ahead of it (dedented);

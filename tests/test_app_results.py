@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from mcp import types
 
-from tests.conftest import ROOT, write_config
+from tests.conftest import ROOT, policy_config
 from tests.server._clients import stdio_session
 
 pytestmark = pytest.mark.anyio
@@ -29,22 +29,14 @@ OPEN_POLICY = (
 
 
 def raw_config(tmp_path: Path, verification: str) -> Path:
-    policy = tmp_path / "open.rego"
-    policy.write_text(OPEN_POLICY)
-    return write_config(
-        tmp_path,
-        f"""
-        [policy]
-        path = "{policy}"
-        [sandbox]
-        code_tools = false
+    servers = f"""
         [servers.raw]
         command = "{sys.executable}"
         args = ["{ROOT / "tests/peers/raw_server.py"}"]
         verification = "{verification}"
         env = {{ RAW_EXTRAS = "1", RAW_READ_RESULT = '{json.dumps(READ)}', RAW_PROMPT_RESULT = '{json.dumps(PROMPT)}', RAW_COMPLETE_RESULT = '{json.dumps(COMPLETE)}' }}
-        """,
-    )
+        """
+    return policy_config(tmp_path, OPEN_POLICY, servers, name="open.toml")
 
 
 READ = {"contents": [{"uri": "raw://r", "text": "hello"}], "_meta": FORGED}

@@ -8,7 +8,6 @@ another upstream lists, and an unlisted URI that templates of two upstreams matc
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.catalog import Catalog, UpstreamListing
 from gateway.errors import CatalogError, ResourceAmbiguous
-from tests.conftest import ROOT, write_config
 from tests.server._clients import stdio_session
+from tests.upstream.test_listing import config as listing_config
 
 REPORT = "file:///srv/report.txt"
 CATCH_ALL = types.ResourceTemplate(uri_template="file:///{+path}", name="files")
@@ -84,17 +83,7 @@ def test_an_unlisted_uri_two_upstreams_templates_match_is_refused() -> None:
 
 def _config(tmp_path: Path, offers: dict[str, dict[str, Any]]) -> tuple[Path, dict[str, Path]]:
     """A gateway with one tests/peers/listing_server.py per entry of ``offers`` (tofu)."""
-    files: dict[str, Path] = {}
-    tables = ""
-    for name, offer in offers.items():
-        files[name] = tmp_path / f"{name}.json"
-        files[name].write_text(json.dumps(offer))
-        tables += (
-            f'[servers.{name}]\ncommand = "{sys.executable}"\n'
-            f'args = ["{ROOT / "tests/peers/listing_server.py"}"]\nverification = "tofu"\n'
-            f'env = {{ LISTING = "{files[name]}", NAME = "{name}" }}\n'
-        )
-    return write_config(tmp_path, "[sandbox]\ncode_tools = false\n" + tables), files
+    return listing_config(tmp_path, offers, limit=2_000)  # the default limit
 
 
 async def _read(s: Any, uri: str) -> str:

@@ -16,7 +16,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.policy.redact import REDACTED
-from tests.conftest import EVERYTHING_JS, ROOT, require_peers, write_config
+from tests.conftest import EVERYTHING_JS, ROOT, policy_config, require_peers
 from tests.server._clients import stdio_session
 
 pytestmark = pytest.mark.anyio
@@ -32,22 +32,13 @@ decision := {"allow": true, "reasons": [], "conditions": {"max_result_bytes": %d
 
 def cap_cfg(tmp_path: Path, cap: int) -> Path:
     require_peers()
-    policy = tmp_path / f"cap-{cap}.rego"
-    policy.write_text(CAP_POLICY % cap)
-    return write_config(
-        tmp_path,
-        f"""
-        [policy]
-        path = "{policy}"
-        [sandbox]
-        code_tools = false
+    servers = f"""
         [servers.everything]
         command = "node"
         args = ["{EVERYTHING_JS}", "stdio"]
         verification = "warn"
-        """,
-        name=f"cap-{cap}.toml",
-    )
+        """
+    return policy_config(tmp_path, CAP_POLICY % cap, servers, name=f"cap-{cap}.toml")
 
 
 async def test_oversized_resource_and_prompt_results_are_refused_not_cut(tmp_path: Path) -> None:
@@ -77,21 +68,13 @@ decision := {"allow": true, "reasons": [], "conditions": {"redact_result": ["pas
 
 
 def raw_cfg(tmp_path: Path, body: str) -> Path:
-    policy = tmp_path / "redact.rego"
-    policy.write_text(body)
-    return write_config(
-        tmp_path,
-        f"""
-        [policy]
-        path = "{policy}"
-        [sandbox]
-        code_tools = false
+    servers = f"""
         [servers.raw]
         command = "{sys.executable}"
         args = ["{ROOT / "tests/peers/raw_server.py"}"]
         verification = "warn"
-        """,
-    )
+        """
+    return policy_config(tmp_path, body, servers, name="redact.toml")
 
 
 async def test_result_conditions_reach_every_channel_of_a_result(tmp_path: Path) -> None:

@@ -27,10 +27,10 @@ from gateway.bus.message import (
     pattern_regex,
     validate_topic,
 )
-from gateway.bus.receiving import REPLY_SUFFIX, Received, Receiver
+from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Received, Receiver, still_granted
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
-from gateway.context import Decision, Principal
+from gateway.context import Principal
 from gateway.errors import ArgumentsInvalid, BusError, BusNoAgent, BusTimeout, PolicyDenied, RateLimited
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
@@ -41,9 +41,6 @@ __all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "valid
 _logger = logging.getLogger("symbi.bus")
 
 MAX_OPEN_REQUESTS = 10_000
-
-# (kind, principal, recipient, topic) -> decision; None means the policy is off
-Authorizer = Callable[[str, Principal, dict[str, Any] | None, str | None], Awaitable[Decision]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,32 +449,10 @@ class Bus:
         deadline = time.monotonic() + max(wait_s, 0.0)
         while True:
             got = await self._take(me.agent, me.agent, max_items, max(deadline - time.monotonic(), 0.0))
-            got = await self._still_granted(principal, got)
+            if self._authorize is not None:
+                got = await still_granted(self._authorize, principal, got, self._emit)
             if got or time.monotonic() >= deadline:
                 return got
-
-    async def _still_granted(self, principal: Principal, got: list[Received]) -> list[Received]:
-        """``got`` without the topic messages whose topic the receiver may no longer subscribe
-        to: the subscription was decided once, so a grant taken away later (a policy or data
-        reload, a role removed) still delivered every publication. Asked once per topic."""
-        if self._authorize is None or all(r.topic is None for r in got):
-            return got
-        allowed: dict[str, bool] = {}
-        kept: list[Received] = []
-        for r in got:
-            if r.topic is not None:
-                ok = allowed.get(r.topic)
-                if ok is None:
-                    decision = await self._authorize("bus/subscribe", principal, None, r.topic)
-                    ok = allowed[r.topic] = bool(decision.allow)
-                    if not ok:
-                        reasons = ["no longer granted: its messages are dropped", *decision.reasons]
-                        meta = {"kind": "bus/subscribe", "recipient": None, "topic": r.topic}
-                        self._emit(Event.BUS_DENIED, {**meta, "reasons": reasons}, principal)
-                if not ok:
-                    continue
-            kept.append(r)
-        return kept
 
     async def _take(self, agent: str, inbox: str, max_items: int, wait_s: float) -> list[Received]:
         out = await self.receiver.take(agent, inbox, max_items, wait_s)

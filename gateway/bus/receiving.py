@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from gateway.bus.backend import BusBackend, Outcome, Pending
 from gateway.bus.crypto import KeyRing, verify_signature
 from gateway.bus.message import MessageKind, SecureMessage, pattern_regex
+from gateway.context import Decision, Principal
 from gateway.errors import BusError
 from gateway.events import Event, EventSink
 
+# (kind, principal, recipient, topic) -> decision; None means the policy is off
+Authorizer = Callable[[str, Principal, dict[str, Any] | None, str | None], Awaitable[Decision]]
 _logger = logging.getLogger("symbi.bus")
 
 PeerKeys = tuple[Ed25519PublicKey, X25519PublicKey, str, str]  # signing key, agreement key, principal, name
@@ -195,3 +199,32 @@ def _recipient_problem(msg: SecureMessage, agent: str, inbox: str, subs: set[str
     if (msg.kind == "reply") != inbox.endswith(REPLY_SUFFIX):
         return "wrong inbox for this kind"
     return None
+
+
+async def still_granted(
+    authorize: Authorizer,
+    principal: Principal,
+    got: list[Received],
+    emit: Callable[[Event, dict[str, Any], Principal], None],
+) -> list[Received]:
+    """``got`` without the topic messages whose topic the receiver may no longer subscribe
+    to: the subscription was decided once, so a grant taken away later (a policy or data
+    reload, a role removed) still delivered every publication. Asked once per topic."""
+    if all(r.topic is None for r in got):
+        return got
+    allowed: dict[str, bool] = {}
+    kept: list[Received] = []
+    for r in got:
+        if r.topic is not None:
+            ok = allowed.get(r.topic)
+            if ok is None:
+                decision = await authorize("bus/subscribe", principal, None, r.topic)
+                ok = allowed[r.topic] = bool(decision.allow)
+                if not ok:
+                    reasons = ["no longer granted: its messages are dropped", *decision.reasons]
+                    meta = {"kind": "bus/subscribe", "recipient": None, "topic": r.topic}
+                    emit(Event.BUS_DENIED, {**meta, "reasons": reasons}, principal)
+            if not ok:
+                continue
+        kept.append(r)
+    return kept

@@ -34,6 +34,7 @@ from gateway.errors import ConfigError, StateUnavailable
 from gateway.events import Event, EventSink
 from gateway.screen.accepted import AcceptedFindings
 from gateway.screen.refresh import Listings, RefreshScreening
+from gateway.verify.definitions import META_KEY, approved_definition, same_json
 from gateway.verify.keys import UpstreamKeys
 from gateway.verify.listed import is_listed, kind_of, listed_mode
 from gateway.verify.manifest import load_manifest
@@ -41,12 +42,10 @@ from gateway.verify.revocations import REVOKED_REASON, Revocations
 from gateway.verify.signatures import check_manifest, check_signature, drift_reason
 from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
 from schemapin import (
-    SIGNATURE_META_KEY,
     KeySnapshot,
     PinStore,
     SchemaPinError,
     WellKnownResolver,
-    canonicalize,
     definition_hash,
     split_carrier,
 )
@@ -56,8 +55,6 @@ if TYPE_CHECKING:
     from gateway.state.pins import PgPinStore
 
 _logger = logging.getLogger("symbi.verify")
-
-META_KEY = "_meta"
 
 
 @dataclass(frozen=True)
@@ -472,39 +469,11 @@ class ToolVerifier:
             )
 
 
-def same_json(a: Any, b: Any) -> bool:
-    """Whether two definitions are the same JSON, byte for byte in canonical form. Python's ``==``
-    calls 1, 1.0 and true equal, and 0 and false: different schemas (``maximum``, ``enum``,
-    ``additionalProperties``), so a change between them would go unnoticed, and the catalogue
-    would serve the new listing entry under the old verdict and hash. A verdict is kept only for
-    the same bytes, so the entry served is, byte for byte, the definition assessed."""
-    if a is b:
-        return True
-    try:
-        return canonicalize(a) == canonicalize(b)
-    except SchemaPinError:
-        return False  # cannot be compared: assessed again, and refused there
-
-
 def _by_manifest(info: ToolInfo, trust: _UpstreamTrust, signature: str | None) -> bool:
     """Whether the upstream's approved manifest decides this tool: it has an entry, and no
     in-band signature can be checked instead (none, or no domain key for it: an organisation
     key never counts in-band, see gateway.verify.signatures)."""
     return info.original_name in trust.manifest and (signature is None or trust.domain is None)
-
-
-def approved_definition(tool: Mapping[str, Any]) -> dict[str, Any]:
-    """What the approved hash covers: the whole definition a client sees (``title``,
-    ``outputSchema``, ``_meta``...), less exactly ``_meta["schemapin/signature"]``."""
-    out = dict(tool)
-    meta = out.pop(META_KEY, None)
-    if isinstance(meta, Mapping):
-        rest = {k: v for k, v in meta.items() if k != SIGNATURE_META_KEY}
-        if rest:
-            out[META_KEY] = rest
-    elif meta is not None:
-        out[META_KEY] = meta
-    return out
 
 
 def _with(

@@ -26,7 +26,8 @@ from gateway.context import ToolInfo
 from gateway.screen.accepted import AcceptedFindings
 from gateway.state.accepted import PgAcceptedFindings
 from gateway.state.postgres import PgToolStateStore, Postgres
-from gateway.verify.verifier import ToolVerifier, approved_definition
+from gateway.verify.definitions import approved_definition
+from gateway.verify.verifier import ToolVerifier
 from tests.conftest import RecordingSink, write_config
 from tests.local_http import serving
 from tests.schemapin.conftest import HttpsServer, _handler, https_server  # noqa: F401 - fixture

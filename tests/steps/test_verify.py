@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,3 +270,35 @@ def test_visibility_is_asked_with_zero_counters_the_agent_and_a_clean_screening(
         with pytest.raises(UnknownTool):
             run(ResolveTool(live, engine), ep, call(agent))
     assert len(ep.calls) == 1
+
+
+def test_a_revoked_tool_is_refused_whatever_the_catalogue_still_says(tmp_path: Path) -> None:
+    # Attack (red team L): a revocation waited for the catalogue rebuild, which another
+    # upstream's long listing held for 101 s; the catalogue still said "pinned" meanwhile.
+    from gateway.verify.revocations import REVOKED_REASON, Revocations
+    from gateway.verify.state import ToolStateStore
+
+    states = ToolStateStore(tmp_path / "tools.db")
+    try:
+        states.observe(
+            "up",
+            "t",
+            "up__t",
+            {"name": "t"},
+            "h",
+            status="pinned",
+            reason=None,
+            key_fingerprint=None,
+            pin_if_new=True,
+        )
+        revocations = Revocations(states)
+        revocations.reload()
+        ep = Endpoint()
+        assert run(VerifyTool(revocations), ep, call_with(tool("pinned", "tofu"))) is ep.result  # not yet
+        states.revoke("up", "t")
+        revocations.reload()  # what the approvals poll does when the state changes
+        with pytest.raises(VerificationDenied) as err:
+            run(VerifyTool(revocations), ep, call_with(tool("pinned", "tofu")))
+        assert len(ep.calls) == 1 and err.value.reasons == [REVOKED_REASON]
+    finally:
+        states.close()

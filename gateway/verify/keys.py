@@ -47,13 +47,9 @@ class UpstreamKeys:
             state: KeyState = None
             snapshot, error = None, None
         else:
-            try:
-                with anyio.fail_after(self.config.mcp.connection_timeout_s):
-                    snapshot, error = await self._resolver.resolve(srv.domain), None
-                state = key_state(snapshot, None)
-            except (SchemaPinError, TimeoutError) as e:
-                snapshot, error = None, f"key discovery for {srv.domain} failed: {e}"
-                state = key_state(None, e)
+            snapshot, failure = await self._fetch(srv.domain)
+            state = key_state(snapshot, failure)
+            error = None if failure is None else f"key discovery for {srv.domain} failed: {failure}"
         self._seen[upstream] = state
         if complete:
             self._assessed[upstream] = state
@@ -76,11 +72,14 @@ class UpstreamKeys:
             invalidate = getattr(self._resolver, "invalidate", None)
             if invalidate is not None:
                 invalidate(srv.domain)
-            try:
-                with anyio.fail_after(self.config.mcp.connection_timeout_s):
-                    now = key_state(await self._resolver.resolve(srv.domain), None)
-            except (SchemaPinError, TimeoutError) as e:
-                now = key_state(None, e)
-            if now != self._assessed[upstream]:
+            if key_state(*await self._fetch(srv.domain)) != self._assessed[upstream]:
                 moved.append(upstream)
         return moved
+
+    async def _fetch(self, domain: str) -> tuple[KeySnapshot | None, Exception | None]:
+        """``domain``'s key snapshot, or why discovery failed (within the connection timeout)."""
+        try:
+            with anyio.fail_after(self.config.mcp.connection_timeout_s):
+                return await self._resolver.resolve(domain), None
+        except (SchemaPinError, TimeoutError) as e:
+            return None, e

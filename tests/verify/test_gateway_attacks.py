@@ -197,8 +197,13 @@ async def test_a_renamed_tool_is_reviewed_and_approved_by_its_listed_name(tmp_pa
         assert not (await s.call_tool("dict__rm_all", {})).is_error  # pinned
         with contextlib.closing(tool_state(cfg)) as state:
             await serve(s, state, tools_file, new)
-            pending = error_of(await s.call_tool("dict__rm_all", {}))
-            assert pending["code"] == "verification_denied"
+            # serve() returns once the rebuild has recorded the new row; the catalogue that
+            # routes calls is swapped in just after it, so a call in between still reaches the
+            # old, approved rm_all (as any call does before the upstream's list_changed lands)
+            with anyio.fail_after(30):
+                while not (r := await s.call_tool("dict__rm_all", {})).is_error:
+                    await anyio.sleep(0.05)
+            assert error_of(r)["code"] == "verification_denied"
             diff = symbi("tools", "diff", "dict__rm_all", "--config", str(cfg))
             assert diff.returncode == 1 and "'rm all'" in diff.stdout and "ALL files" in diff.stdout
             h = reviewed(cfg, "dict__rm_all")

@@ -155,7 +155,8 @@ def worker_targets(
     in PostgreSQL, the bus secret shared); the server's CPU counts every worker and HAProxy.
     With ``baseline_tree``, also ``gateway-1w-baseline``: one ``symbi serve`` of that checkout."""
     from bench.scale import _engines
-    from gateway.state.postgres import PgApiKeyStore, Postgres
+    from gateway.state.pgkeys import PgApiKeyStore
+    from gateway.state.postgres import Postgres
 
     with _engines() as (_, redis, pg), contextlib.ExitStack() as stack:
         pool = Postgres(pg.url, timeout_s=5).open()

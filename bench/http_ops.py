@@ -125,7 +125,8 @@ def _keys(tmp: Path, names: list[str], shared: bool) -> Iterator[tuple[list[str 
         yield [store.create(n, ("developer",))[0] for n in names], ""
         return
     from bench.scale import _engines
-    from gateway.state.postgres import PgApiKeyStore, Postgres
+    from gateway.state.pgkeys import PgApiKeyStore
+    from gateway.state.postgres import Postgres
 
     with _engines() as (_, redis, pg):
         pool = Postgres(pg.url, timeout_s=5).open()
@@ -171,7 +172,8 @@ def revocation_delay(n: int) -> str:
     import statistics
 
     from bench.scale import _engines
-    from gateway.state.postgres import PgApiKeyStore, Postgres
+    from gateway.state.pgkeys import PgApiKeyStore
+    from gateway.state.postgres import Postgres
 
     with _engines() as (_, _redis, pg):
         cli = PgApiKeyStore(Postgres(pg.url, timeout_s=2).open(), owns=True)

@@ -35,7 +35,8 @@ from bench._common import ROOT, latency_summary, text_of
 from gateway.policy.counters import CallCounters
 from gateway.server.auth import ApiKeyStore
 from gateway.state.limiter import LocalRateLimiter, RedisRateLimiter
-from gateway.state.postgres import PgApiKeyStore, PgToolStateStore, Postgres
+from gateway.state.pgkeys import PgApiKeyStore
+from gateway.state.postgres import PgToolStateStore, Postgres
 from gateway.verify.state import ToolStateStore
 from tests.state.engines import HAProxy, replica
 from tests.state.engines import Postgres as PgEngine

@@ -14,10 +14,11 @@ from mcp import types
 from gateway.catalog import Catalog, CatalogTool, LiveCatalog, UpstreamListing
 from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
 from gateway.errors import UnknownTool
-from gateway.policy.engine import EmbeddedEngine, RemoteEngine
+from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.inputdoc import listing_inputs
 from gateway.policy.inputkey import ALL, InputReads, Trie
 from gateway.policy.loader import PolicyFiles, load_checked
+from gateway.policy.remote import RemoteEngine
 from gateway.runtime.agents import AgentRegistry
 from gateway.steps.resolve import ResolveTool
 from gateway.visibility import UNKEYED_CONTEXT, SeenTools, Visibility, rememberable

@@ -22,7 +22,7 @@ from gateway.config.load import config_path_from_env
 from gateway.config.model import Config
 from gateway.errors import ConfigError, PolicyLoadError
 from gateway.policy.cases import decision_dict, load_cases, run_cases
-from gateway.policy.engine import EmbeddedEngine, PolicyEngine, RemoteEngine
+from gateway.policy.engine import EmbeddedEngine, PolicyEngine
 from gateway.policy.loader import (
     PolicyFiles,
     discover_files,
@@ -31,6 +31,7 @@ from gateway.policy.loader import (
     read_test_modules,
     run_tests,
 )
+from gateway.policy.remote import RemoteEngine
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 

@@ -11,7 +11,7 @@ Public API (what the gateway core calls):
 
 from gateway.errors import PolicyLoadError
 from gateway.policy.decision import CONDITIONS, validate_decision
-from gateway.policy.engine import EmbeddedEngine, PolicyEngine, RemoteEngine, build_engine, evaluate
+from gateway.policy.engine import EmbeddedEngine, PolicyEngine, build_engine, evaluate
 from gateway.policy.inputdoc import CallCounters, build_input, input_for_call
 from gateway.policy.loader import (
     PolicyBundle,
@@ -20,6 +20,7 @@ from gateway.policy.loader import (
     load_checked,
     run_tests,
 )
+from gateway.policy.remote import RemoteEngine
 
 __all__ = [
     "CONDITIONS",

@@ -1,4 +1,5 @@
-"""Policy engines: embedded regorus (default) and a remote OPA server (Data API).
+"""Policy engines: embedded regorus (default) and a remote OPA server (Data API,
+``gateway.policy.remote``).
 
 Both answer ``decide(input) -> Decision`` and never raise for an evaluation problem: a
 missing policy, an undefined or malformed decision, an engine panic, an OPA server that does
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import ssl
 import threading
 import weakref
 from abc import ABC, abstractmethod
@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway.config.model import Config
@@ -439,89 +438,13 @@ class EmbeddedEngine(PolicyEngine):
         return decision
 
 
-class RemoteEngine(PolicyEngine):
-    """A real OPA server through its Data API: ``POST {url}/v1/data/<decision path>``."""
-
-    name = "opa"
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        decision: str = "data.symbi.decision",
-        timeout_s: float = 2.0,
-        tls_ca: Path | None = None,
-    ) -> None:
-        path = decision.removeprefix("data.").replace(".", "/")
-        self.endpoint = f"{url.rstrip('/')}/v1/data/{path}"
-        self.timeout_s = timeout_s
-        self._verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
-        )
-        self._client: httpx.Client | None = None
-        self._client_lock = threading.Lock()
-        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def _timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(self.timeout_s)
-
-    def _parse(self, resp: httpx.Response) -> Decision:
-        if resp.status_code != 200:
-            return deny(f"OPA server answered HTTP {resp.status_code}")
-        try:
-            body = resp.json()
-        except ValueError:
-            return deny("OPA server answered with invalid JSON")
-        if not isinstance(body, dict):
-            return deny("OPA server answered with a non-object body")
-        if "result" not in body:
-            return deny("OPA: the decision is undefined (deny by default)")
-        return validate_decision(body["result"], source="OPA")
-
-    def _failed(self, e: BaseException) -> Decision:
-        if isinstance(e, httpx.TimeoutException):
-            reason = f"OPA server {self.endpoint} did not answer within {self.timeout_s:g} s"
-        else:
-            reason = f"OPA server {self.endpoint} unreachable: {type(e).__name__}"
-        log.error("policy: %s", reason)
-        return deny(reason)
-
-    def decide(self, input: Mapping[str, Any]) -> Decision:
-        with self._client_lock:
-            if self._client is None:
-                self._client = httpx.Client(verify=self._verify, timeout=self._timeout(), trust_env=False)
-            client = self._client
-        try:
-            resp = client.post(self.endpoint, json={"input": dict(input)})
-        except Exception as e:  # noqa: BLE001 - any transport failure is a deny
-            return self._failed(e)
-        return self._parse(resp)
-
-    async def adecide(self, input: Mapping[str, Any]) -> Decision:
-        loop = asyncio.get_running_loop()
-        client = self._aclients.get(loop)
-        if client is None:
-            client = httpx.AsyncClient(verify=self._verify, timeout=self._timeout(), trust_env=False)
-            self._aclients[loop] = client
-        try:
-            resp = await client.post(self.endpoint, json={"input": dict(input)})
-        except Exception as e:  # noqa: BLE001 - any transport failure is a deny
-            return self._failed(e)
-        return self._parse(resp)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-
 def build_engine(config: Config, events: EventSink | None = None) -> PolicyEngine:
     """The engine ``config.policy`` asks for, loaded (and watching its files if hot_reload)."""
     pol = config.policy
     if pol.engine == "opa":
         assert pol.url is not None  # the config model enforces it
+        from gateway.policy.remote import RemoteEngine  # it imports this module
+
         return RemoteEngine(pol.url, decision=pol.decision, timeout_s=pol.timeout_s, tls_ca=pol.tls_ca)
     engine = EmbeddedEngine(discover_files(pol.path, pol.data), decision=pol.decision, events=events)
     engine.load()

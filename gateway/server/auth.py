@@ -42,7 +42,7 @@ from gateway.textcheck import not_utf8_at
 
 class ApiKeys(Protocol):
     """Where API keys live: ``ApiKeyStore`` (a file in the data dir, one gateway) or
-    ``gateway.state.postgres.PgApiKeyStore`` (shared by replicas, ``[state] postgres_url``)."""
+    ``gateway.state.pgkeys.PgApiKeyStore`` (shared by replicas, ``[state] postgres_url``)."""
 
     def records(self) -> list[ApiKeyRecord]: ...
     def lookup(self, key: str) -> ApiKeyRecord | None: ...
@@ -58,7 +58,8 @@ def open_api_keys(config: Config, *, cache: bool = False) -> ApiKeys:
     """The key store the config names (PostgreSQL is connected and migrated here; ``cache``:
     a serving gateway's, which keeps the live keys kept exact by NOTIFY, ``gateway.state.keycache``)."""
     if config.state.postgres_url is not None:
-        from gateway.state.postgres import PgApiKeyStore, Postgres
+        from gateway.state.pgkeys import PgApiKeyStore
+        from gateway.state.postgres import Postgres
 
         return PgApiKeyStore(
             Postgres(config.state.postgres_url, timeout_s=config.state.timeout_s).open(),

@@ -165,7 +165,8 @@ def test_repo_policy_is_the_default() -> None:
 def test_build_engine_from_config(tmp_path: Path) -> None:
     from gateway.config.model import Config
     from gateway.config.sections import PolicySection
-    from gateway.policy.engine import RemoteEngine, build_engine
+    from gateway.policy.engine import build_engine
+    from gateway.policy.remote import RemoteEngine
     from tests.policy.conftest import DATA
 
     emb = build_engine(Config(policy=PolicySection(path=POLICY, data=DATA, hot_reload=False)))

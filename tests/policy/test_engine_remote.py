@@ -13,7 +13,8 @@ import pytest
 import trustme
 
 from gateway.policy.cases import Case, decision_dict
-from gateway.policy.engine import EmbeddedEngine, RemoteEngine
+from gateway.policy.engine import EmbeddedEngine
+from gateway.policy.remote import RemoteEngine
 from tests.policy.conftest import opa_engine
 from tests.policy.opa_server import OpaServer
 

@@ -15,8 +15,8 @@ import pytest
 
 from gateway.config.load import build_config
 from gateway.errors import ConfigError, PolicyError
-from gateway.policy.engine import RemoteEngine
 from gateway.policy.push import push
+from gateway.policy.remote import RemoteEngine
 from tests.conftest import POLICY, SYMBI, TEST_POLICY_DATA, symbi_env, write_config
 from tests.policy.opa_server import OpaServer
 

@@ -41,7 +41,8 @@ from gateway.server.workers import (
     longest_call_s,
     worker_data_dir,
 )
-from gateway.state.postgres import PgApiKeyStore, Postgres
+from gateway.state.pgkeys import PgApiKeyStore
+from gateway.state.postgres import Postgres
 from tests.conftest import ROOT, free_port, upstream_writable, write_config
 from tests.server._http import serve_process, trickle_until_closed
 from tests.state.conftest import postgres_engine, redis_engine  # noqa: F401 - the engines' fixtures

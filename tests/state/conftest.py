@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.state.postgres import PgApiKeyStore
+from gateway.state.pgkeys import PgApiKeyStore
 from gateway.state.postgres import Postgres as PgPool
 from tests.state.engines import Postgres, Redis
 from tests.state.keystores import eventually

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from gateway.apikeys import ApiKeyRecord
 from gateway.state.keycache import APPLICATION, KEYS_CHANNEL
-from gateway.state.postgres import PgApiKeyStore
+from gateway.state.pgkeys import PgApiKeyStore
 
 WAIT_S = 20.0  # the bound of every wait below (a loaded machine), not a timing assertion
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.state.postgres import PgApiKeyStore, Postgres
+from gateway.state.pgkeys import PgApiKeyStore
+from gateway.state.postgres import Postgres
 from tests.bus.test_http_bus import SECRET, agent, exchange
 from tests.conftest import write_config
 from tests.state.engines import Postgres as PgEngine

@@ -15,7 +15,8 @@ from gateway.config.load import load_config
 from gateway.events import LoggingSink
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.hosted import AgentHost, HostedAgents
-from gateway.state.postgres import PgApiKeyStore, Postgres
+from gateway.state.pgkeys import PgApiKeyStore
+from gateway.state.postgres import Postgres
 from tests.conftest import write_config
 from tests.state.engines import Postgres as PgEngine
 

@@ -24,7 +24,7 @@ from gateway.config.sections import JwtSection
 from gateway.errors import AuthFailed, NoCredentials
 from gateway.server.auth import ApiKeyStore, Authenticator, JwtVerifier
 from gateway.state.keycache import ALL, KeyCache
-from gateway.state.postgres import PgApiKeyStore
+from gateway.state.pgkeys import PgApiKeyStore
 from tests.state.engines import Postgres as PgEngine
 from tests.state.keystores import eventually, kill_listener, served_from_cache
 

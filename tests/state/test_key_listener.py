@@ -27,7 +27,7 @@ from gateway.config.load import build_config
 from gateway.errors import AuthFailed
 from gateway.server.auth import Authenticator, open_api_keys
 from gateway.state.keycache import APPLICATION, HEARTBEAT_S, STALE_S, KeyCache, KeyListener
-from gateway.state.postgres import PgApiKeyStore
+from gateway.state.pgkeys import PgApiKeyStore
 from tests.state.engines import Postgres as PgEngine
 from tests.state.keystores import WAIT_S, eventually, served_from_cache
 
@@ -148,7 +148,8 @@ def test_a_process_that_never_closes_its_store_still_exits(
     assert served.cache is not None  # the same listener, in this process
     script = (
         "import sys, time\n"
-        "from gateway.state.postgres import PgApiKeyStore, Postgres\n"
+        "from gateway.state.pgkeys import PgApiKeyStore\n"
+        "from gateway.state.postgres import Postgres\n"
         "s = PgApiKeyStore(Postgres(sys.argv[1], timeout_s=2).open(), owns=True, cache=True)\n"
         "assert s.cache is not None\n"
         "while s.cache.ticket() is None: time.sleep(0.02)\n"

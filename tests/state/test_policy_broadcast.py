@@ -25,7 +25,8 @@ import httpx
 import pytest
 
 from gateway.policy.loader import policy_digest
-from gateway.state.postgres import POLICY_CHANNEL, PgApiKeyStore, Postgres
+from gateway.state.pgkeys import PgApiKeyStore
+from gateway.state.postgres import POLICY_CHANNEL, Postgres
 from tests.conftest import ROOT, write_config
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine

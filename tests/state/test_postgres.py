@@ -22,7 +22,8 @@ import pytest
 from gateway.config.load import build_config, load_config
 from gateway.context import ToolInfo
 from gateway.errors import AmbiguousTool, ConfigError, StateUnavailable
-from gateway.state.postgres import CHANNEL, MIGRATIONS, PgApiKeyStore, PgToolStateStore, Postgres
+from gateway.state.pgkeys import PgApiKeyStore
+from gateway.state.postgres import CHANNEL, MIGRATIONS, PgToolStateStore, Postgres
 from gateway.verify.state import ToolStates, ToolStateStore
 from gateway.verify.verifier import ToolVerifier
 from tests.conftest import RecordingSink, free_port, write_config

@@ -26,7 +26,8 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway.state.postgres import PgApiKeyStore, Postgres
+from gateway.state.pgkeys import PgApiKeyStore
+from gateway.state.postgres import Postgres
 from tests.conftest import ROOT, SYMBI, initialize_request, symbi_env, upstream_writable, write_config
 from tests.state.engines import HAProxy, enterable, replica, shared_chains
 from tests.state.engines import Postgres as PgEngine

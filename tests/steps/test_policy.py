@@ -378,7 +378,7 @@ def test_a_remote_engine_is_asked_every_tool_with_the_same_input(tmp_path: Any) 
     """A remote OPA's listing decisions are awaited concurrently (one request per tool); they
     must be asked the same documents as the embedded engine's: a real OPA engine
     (opa-golib-python-bindings) behind the Data API stands in for the `opa` binary."""
-    from gateway.policy.engine import RemoteEngine
+    from gateway.policy.remote import RemoteEngine
     from tests.policy.conftest import opa_engine
     from tests.policy.opa_server import OpaServer
 
@@ -524,7 +524,8 @@ def test_the_call_decision_is_asked_as_the_engine_says(inline: bool) -> None:
 
 
 def test_only_the_embedded_engine_decides_inline() -> None:
-    from gateway.policy.engine import PolicyEngine, RemoteEngine
+    from gateway.policy.engine import PolicyEngine
+    from gateway.policy.remote import RemoteEngine
 
     assert EmbeddedEngine.decides_inline is True
     assert PolicyEngine.decides_inline is False and RemoteEngine.decides_inline is False

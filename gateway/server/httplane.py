@@ -56,7 +56,7 @@ from mcp.shared.transport_context import TransportContext
 from mcp_types import DEFAULT_NEGOTIATED_VERSION
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.compat import (
     HOLD_HELD,
@@ -72,13 +72,13 @@ from gateway.compat import (
 )
 from gateway.server.fastlane import LaneDispatch, MiddlewareChain, cancelled_id, plain_call, run_call
 from gateway.server.httpsse import HOLD_S, SseAnswer, SseLaneDispatch, sse_headers
+from gateway.server.httpwire import json_content, read_body, replaying, request_id, reused, send_json
 from gateway.server.principals import scope_headers
 from gateway.server.resume import BoundedEventStore
 
 _logger = logging.getLogger("symbi.server.httplane")
 
 _JSON_TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=False)  # what the SDK stamps in JSON mode
-_CONTENT_TYPE_JSON = "application/json"
 _ADMITS_KEPT = 256  # distinct passing combinations remembered (clients send the same few)
 _REQUESTORS_KEPT = 1024  # SDK users whose authorization context is kept (HttpLane._requestor)
 
@@ -167,7 +167,7 @@ class HttpLane:
         if session is None:
             await self.app(scope, receive, send)
             return
-        body, more = await _read_body(receive)
+        body, more = await read_body(receive)
         await self._post(scope, body, more, receive, send, *session)
 
     def post(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> Awaitable[None]:
@@ -175,7 +175,7 @@ class HttpLane:
         a plain function: no frame of its own that every resumption of the call passes."""
         session = self._established(scope)
         if session is None:
-            return self.app(scope, _replaying(body, False, receive), send)
+            return self.app(scope, replaying(body, False, receive), send)
         return self._post(scope, body, False, receive, send, *session)
 
     def _established(self, scope: Scope) -> tuple[str, Connection] | None:
@@ -200,7 +200,7 @@ class HttpLane:
         conn: Connection,
     ) -> None:
         """A POST of an established session: served here, or by the SDK with its body replayed."""
-        replay = _replaying(body, more, receive)
+        replay = replaying(body, more, receive)
         held = more is not None and await self._serve(scope, replay, receive, send, sid, conn, body)
         if held is True:
             return
@@ -240,12 +240,12 @@ class HttpLane:
             msg = orjson.loads(body)
         except orjson.JSONDecodeError:
             return False
-        rid = _request_id(msg)
+        rid = request_id(msg)
         if rid is None:
             return False  # not one request: notifications, responses, batches, the malformed
         key = (sid, coerce_request_id(rid))
         if key in self._in_flight or key in self._sdk_posts or transport_serving(transport, str(rid)):
-            await _send_json(send, _reused(rid), sid, 400)
+            await send_json(send, reused(rid), sid, 400)
             return True
         call = self._lane_call(conn, msg)
         if call is None:
@@ -279,7 +279,7 @@ class HttpLane:
         has_json, has_sse = check_accept_headers(request)
         if (
             not (has_json and (json_mode or has_sse))  # the transport's Accept test of its mode
-            or not _json_content(headers)
+            or not json_content(headers)
             or not await transport_admits(transport, request)
         ):
             return False
@@ -324,7 +324,7 @@ class HttpLane:
         finally:
             if hold == HOLD_HELD:
                 transport_release(transport)
-        await _send_json(send, *reply)
+        await send_json(send, *reply)
         return True
 
     async def _run_sse(
@@ -444,67 +444,3 @@ class HttpLane:
         if entry is not None:
             entry[1].cancel()
             entry[0].cancel()
-
-
-def _request_id(msg: Any) -> types.RequestId | None:
-    """The id of a single JSON-RPC request (a method and an id), else None."""
-    if not isinstance(msg, dict) or "method" not in msg:
-        return None
-    rid = msg.get("id")
-    if isinstance(rid, bool) or not isinstance(rid, int | str):
-        return None
-    return rid
-
-
-def _reused(rid: types.RequestId) -> bytes:
-    """The refusal of a request whose id is in flight in its session."""
-    error = types.ErrorData(
-        code=types.INVALID_REQUEST,
-        message=f"request id {rid!r} is already in flight in this session (a request id must not be reused)",
-    )
-    return types.JSONRPCError(jsonrpc="2.0", id=rid, error=error).model_dump_json(by_alias=True).encode()
-
-
-def _json_content(headers: Mapping[str, str]) -> bool:
-    # the transport's own Content-Type test (``_check_content_type``), stricter than its security check
-    content_type = headers.get("content-type", "")
-    return _CONTENT_TYPE_JSON in (part.strip() for part in content_type.split(";")[0].split(","))
-
-
-async def _send_json(send: Send, body: bytes, sid: str, status: int) -> None:
-    """A JSON reply with the headers the SDK's transport sends with one, written as Starlette's
-    ``Response`` writes them (its lower-cased headers, then the content length) without making
-    one per reply."""
-    headers = [
-        (b"content-type", _CONTENT_TYPE_JSON.encode()),
-        (b"mcp-session-id", sid.encode("latin-1")),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _read_body(receive: Receive) -> tuple[bytes, bool | None]:
-    """The whole body (the body limit and deadline run outside); ``None`` when the client left."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks), None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks), False
-
-
-def _replaying(body: bytes, more: bool | None, receive: Receive) -> Receive:
-    """``receive`` with the body already read handed out again first."""
-    pending: list[Message] = (
-        [{"type": "http.request", "body": body, "more_body": False}] if more is not None else []
-    )
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop()
-        return await receive()
-
-    return replay

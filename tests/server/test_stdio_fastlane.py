@@ -78,6 +78,9 @@ def audited_calls(cfg: Path) -> list[dict[str, Any]]:
 # -- on the wire -------------------------------------------------------------------------------
 
 
+STARTUP_S = 120  # the gateway answers initialize once its upstreams are up: ~30 s at load 11
+
+
 class Wire:
     """``symbi mcp`` driven with raw JSON lines; every line it writes is kept."""
 
@@ -396,7 +399,7 @@ def end_of_input(tmp_path: Path, lane: bool) -> tuple[list[dict[str, Any]], int]
     w = Wire(cfg, log)
     try:
         w.send(INIT)
-        w.until(replied("init"))
+        w.until(replied("init"), timeout=STARTUP_S)
         w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         w.send(call(1, "mut__slow", {"seconds": 20}))
         record = tmp_path / "upstream-rw" / "calls.jsonl"
@@ -471,7 +474,7 @@ def test_a_request_reusing_an_id_in_flight_is_refused_and_the_first_answered(
     w = Wire(cfg, tmp_path / "gateway.log")
     try:
         w.send(INIT)
-        w.until(replied("init"))
+        w.until(replied("init"), timeout=STARTUP_S)
         w.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         for first, second in REUSED:
             got = _reused_replies(w, first, second)
@@ -491,7 +494,6 @@ def cancel(rid: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": rid}}
 
 
-STARTUP_S = 120  # the gateway answers initialize once its upstreams are up: ~30 s at load 11
 FILL = 8  # unread replies of ~50 KB (the upstream echoes 25 KB twice): more than the pipe and the writer's buffer hold
 
 

@@ -1,0 +1,91 @@
+"""gateway/tasks.py: the approvals poll reads every revocation at once, even while the catalogue
+rebuild it asked for waits (another upstream's long listing held one for 101 s, red-team finding
+L). The end-to-end test (tests/verify/test_revocations.py) passes whether the poll or the
+rebuild noticed the second revocation; this one pins the poll."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import pytest
+
+from gateway.app import Gateway
+from gateway.config.load import load_config
+from gateway.tasks import poll_approvals
+from gateway.verify.state import ToolStateStore
+from gateway.verify.verifier import ToolVerifier
+from tests.conftest import RecordingSink, write_config
+
+pytestmark = pytest.mark.anyio
+
+TOOLS = ("danger", "danger2")
+
+
+class RebuildThatWaits:
+    """The seam faked here: the gateway's ``refresh``, which never ends (a rebuild queued
+    behind another upstream's long listing); the poll, the verifier and the tool state are
+    the real ones."""
+
+    def __init__(self) -> None:
+        self.events = RecordingSink()
+        self.refreshes = 0
+
+    async def refresh(self) -> None:
+        self.refreshes += 1
+        await anyio.sleep_forever()
+
+
+class CountedVerifier(ToolVerifier):
+    """The real verifier, counting the poll's reads of the approvals' fingerprint (so the
+    test changes them only once the poll has its first reading)."""
+
+    reads = 0
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        self.reads += 1
+        return super().fingerprint()
+
+
+def observed(store: ToolStateStore, name: str) -> None:
+    definition: dict[str, Any] = {"name": name, "inputSchema": {"type": "object"}}
+    store.observe(
+        "up",
+        name,
+        f"up__{name}",
+        definition,
+        "0" * 64,
+        status="pinned",
+        reason=None,
+        key_fingerprint=None,
+        pin_if_new=True,
+    )
+
+
+async def test_each_revocation_is_read_while_the_rebuild_it_asked_for_waits(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, "[sandbox]\ncode_tools = false\n"), environ={})
+    verifier = CountedVerifier(config, RecordingSink())
+    cli = ToolStateStore(config.tool_state_path)  # `symbi tools revoke`'s own connection
+    gw = RebuildThatWaits()
+    try:
+        for name in TOOLS:
+            observed(cli, name)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poll_approvals(verifier, 0.05), cast(Gateway, gw))
+            with anyio.fail_after(30):
+                while verifier.reads < 2:  # the poll holds its first reading
+                    await anyio.sleep(0.02)
+            for n, name in enumerate(TOOLS, start=1):
+                cli.revoke("up", name)
+                with anyio.fail_after(30):
+                    while ("up", name) not in verifier.revocations.tools or not gw.refreshes:
+                        await anyio.sleep(0.02)
+                assert gw.refreshes == 1  # the first rebuild still runs: the poll did not wait
+                assert len(gw.events.events) == n  # tool.approvals_changed, each on the record
+            tg.cancel_scope.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            cli.close()
+        verifier.close()

@@ -126,7 +126,7 @@ def _pin_value(given: str | None, option: str, field: str, where: str) -> str | 
         return normalize_fingerprint(given) if option == "--fingerprint" else _hash(given)
     except ValueError:
         raise ReviewedHashRequired(
-            f"{option} {given[:80]!r} is not a full {field} (as {where} prints it)"
+            f"{option} {given[:80]!r} is not a full {field}: give it as {where} prints it"
         ) from None
 
 

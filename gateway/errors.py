@@ -18,8 +18,8 @@ JSON-RPC error.
      ├── VerificationDenied     [D]  SchemaPin / pin / drift check refused the tool
      │    └── ScreeningFlagged  [D]  a definition screened as poisoned (approval needs an accept)
      ├── ApprovalError               an approval that cannot be made (CLI, admin API, dashboard)
-     │    ├── ReviewedHashRequired   no (or a malformed) hash of the definition the person reviewed
-     │    ├── DefinitionChanged      the definition is no longer the one the person reviewed
+     │    ├── ReviewedHashRequired   no (or a malformed) hash of the definition (or pin key) reviewed
+     │    ├── DefinitionChanged      the definition (or pending pin change) is not the one reviewed
      │    └── AmbiguousTool          two recorded tools of one upstream share the namespaced name
      ├── AdminApiError               the CLI could not use a running gateway's admin API
      ├── PolicyDenied           [D]  the Rego decision refused the call (carries reasons)
@@ -179,7 +179,9 @@ class ApprovalError(GatewayError):
 
 class ReviewedHashRequired(ApprovalError):
     """An approval names the definition hash the person reviewed (``--hash``, ``{"hash"}``):
-    none was given, or it is not one (too short to resist a chosen collision, not hex)."""
+    none was given, or it is not one (too short to resist a chosen collision, not hex). A
+    SchemaPin pin approval likewise names the pending key fingerprint and definition hash
+    (``pins approve --fingerprint/--definition-hash``, as ``pins show`` printed them)."""
 
     code = "reviewed_hash_required"
 
@@ -189,7 +191,8 @@ class ReviewedHashRequired(ApprovalError):
 
 class DefinitionChanged(ApprovalError):
     """The tool's current definition is not the one the person reviewed (the upstream changed
-    it since): nothing approved, review it again."""
+    it since): nothing approved, review it again. For a SchemaPin pin: its pending change (key
+    or definition) is not the one the person named."""
 
     code = "definition_changed"
 

@@ -200,7 +200,8 @@ def _pin_status(
     if pin_status is PinStatus.KEY_CHANGED:
         raise KeyPinMismatch(
             f"{tool_id}@{dom} is pinned to key {pin.key_fingerprint}, now signed by {snap.fingerprint}; "
-            "approve the new key with `symbi schemapin pins approve`",
+            "review the pending key with `symbi schemapin pins show`, approve it with "
+            "`symbi schemapin pins approve --fingerprint`",
             status="key_changed",
             pinned_fingerprint=pin.key_fingerprint,
             pinned_definition_hash=pin.definition_hash,
@@ -209,7 +210,8 @@ def _pin_status(
     if pin_status is PinStatus.DEFINITION_CHANGED:
         raise DefinitionChanged(
             f"{tool_id}@{dom} changed since it was pinned (definition {pin.definition_hash[:16]}... "
-            f"-> {def_hash[:16]}...); approve it with `symbi schemapin pins approve`",
+            f"-> {def_hash[:16]}...); review the pending definition with `symbi schemapin pins show`, "
+            "approve it with `symbi schemapin pins approve --definition-hash`",
             status="definition_changed",
             pinned_fingerprint=pin.key_fingerprint,
             pinned_definition_hash=pin.definition_hash,

@@ -1,7 +1,9 @@
 """``symbi schemapin``: keygen, sign, verify, wellknown, pins, skill -- thin, over ``schemapin``.
 
-Exit codes: 0 valid / done, 1 invalid (reason and error code printed; ``--json`` for
-machines), 2 usage error (bad arguments, unreadable input file, bad config).
+Exit codes: 0 valid / done, 1 invalid or refused (reason and error code printed; ``--json``
+for machines; ``pins approve`` of a pending change that does not name it, or names another:
+``reviewed_hash_required`` / ``definition_changed``), 2 usage error (bad arguments,
+unreadable input file, bad config).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import schemapin
+from gateway.errors import ApprovalError
 from schemapin import KeySnapshot, PinStore, SchemaPinError
 
 if TYPE_CHECKING:
@@ -109,7 +112,7 @@ def _add_pins(ss: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for name, hlp in (
         ("list", "list pins"),
         ("show", "show one pin and its history"),
-        ("approve", "accept a pending key/definition change (or pin given values)"),
+        ("approve", "accept the pending key/definition change you reviewed with show (or pin given values)"),
         ("remove", "delete a pin"),
     ):
         q = ps.add_parser(name, help=hlp)
@@ -125,8 +128,16 @@ def _add_pins(ss: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             q.add_argument("--domain", required=True)
             q.add_argument("--tool", required=True, help="tool id")
         if name == "approve":
-            q.add_argument("--fingerprint", help="key fingerprint to pin (default: the pending one)")
-            q.add_argument("--definition-hash", help="definition hash to pin (default: the pending one)")
+            q.add_argument(
+                "--fingerprint",
+                help="the key fingerprint to pin (sha256:<64 hex>): for a pending key change, the "
+                "pending_fingerprint `pins show` printed; refused if the pending key is another",
+            )
+            q.add_argument(
+                "--definition-hash",
+                help="the definition hash to pin (64 hex): for a pending definition change, the "
+                "pending_definition_hash `pins show` printed; refused if the pending one is another",
+            )
         if name in ("approve", "remove"):
             q.add_argument("--actor", help="who approves (recorded; default $USER)")
         _common(q)
@@ -162,13 +173,20 @@ def _run(fn: Any) -> Any:
             print(f"symbi schemapin: {e}", file=sys.stderr)
             return EXIT_USAGE
         except SchemaPinError as e:
-            if getattr(args, "json", False):
-                print(json.dumps(e.to_dict(), ensure_ascii=False, default=str))
-            else:
-                print(f"INVALID [{e.code}]: {e.message}")
+            _invalid(args, e.to_dict())
+            return EXIT_INVALID
+        except ApprovalError as e:  # a pin approval not naming the pending change reviewed
+            _invalid(args, {"valid": False, "error_code": e.code, "error_message": e.message})
             return EXIT_INVALID
 
     return wrapper
+
+
+def _invalid(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(doc, ensure_ascii=False, default=str))
+    else:
+        print(f"INVALID [{doc['error_code']}]: {doc['error_message']}")
 
 
 def _read(path: Path) -> bytes:
@@ -327,13 +345,18 @@ def _pins(args: argparse.Namespace) -> int:
             return EXIT_OK
         actor = args.actor or args.environ.get("USER") or "unknown"
         if cmd == "approve":
-            pin = store.approve(
+            from gateway.verify.approve import reviewed_pin_change
+
+            # both values explicit: the store pins what the person named, never "the pending
+            # one" as it is when the write happens (it can be swapped after the check)
+            fp, h = reviewed_pin_change(
+                store.get(args.domain, args.tool),
                 args.domain,
                 args.tool,
-                key_fingerprint=args.fingerprint,
+                fingerprint=args.fingerprint,
                 definition_hash=args.definition_hash,
-                actor=actor,
             )
+            pin = store.approve(args.domain, args.tool, key_fingerprint=fp, definition_hash=h, actor=actor)
             _emit(
                 args,
                 pin.to_dict(),

@@ -1,8 +1,11 @@
-"""Approving a tool's current definition: shared by ``symbi tools`` and the admin API.
+"""Approving a tool's current definition: shared by ``symbi tools`` and the admin API; and
+approving a SchemaPin pin's pending change (``symbi schemapin pins approve``).
 
 An approval names the hash of the definition the person reviewed (``symbi tools diff``, the
 API's diff, the dashboard's tool page) and is refused when the current one differs: the
 upstream can change its definition between the review and the approval (bait and switch).
+A pin approval likewise names the pending key fingerprint and definition hash the person
+read (``symbi schemapin pins show``), and is refused when the pending change differs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from gateway.verify.state import ToolRecord, ToolStates
 
 if TYPE_CHECKING:
     from gateway.state.pins import PgPinStore
-    from schemapin import PinStore
+    from schemapin import Pin, PinStore
 
 
 def screen_record(store: ToolStates, rec: ToolRecord) -> Screening:
@@ -105,6 +108,75 @@ def check_reviewed(rec: ToolRecord, given: str | None) -> str:
             f"the upstream changed it since; nothing approved, review it again with {_where(rec.namespaced)}"
         )
     return h
+
+
+def _pin_where(domain: str, tool_id: str) -> str:
+    return f"`symbi schemapin pins show --domain {domain} --tool {tool_id}`"
+
+
+def _pin_value(given: str | None, option: str, field: str, where: str) -> str | None:
+    """``given`` normalised (a full ``sha256:`` fingerprint, a full definition hash), None when
+    not given, or ``ReviewedHashRequired``. Full values only: the pin store holds full ones."""
+    from schemapin._crypto import normalize_fingerprint
+    from schemapin._pins import _hash
+
+    if given is None:
+        return None
+    try:
+        return normalize_fingerprint(given) if option == "--fingerprint" else _hash(given)
+    except ValueError:
+        raise ReviewedHashRequired(
+            f"{option} {given[:80]!r} is not a full {field}: give it as {where} prints it"
+        ) from None
+
+
+def reviewed_pin_change(
+    pin: Pin | None, domain: str, tool_id: str, *, fingerprint: str | None, definition_hash: str | None
+) -> tuple[str, str]:
+    """The (key fingerprint, definition hash) to pin for ``tool_id@domain``: both explicit, so
+    the store never fills one in with whatever is pending at the moment of the write.
+
+    With a change pending, each part that changes (a new key, a new definition) must be named
+    (``ReviewedHashRequired`` otherwise), and what is named must be the pending change
+    (``DefinitionChanged`` otherwise: it was swapped since the review). A part not named is
+    the pinned one. With nothing pending the given values are pinned (a pin's unnamed part
+    stays); with no pin, both must be given. The messages never print a pending value: copying
+    it from a refusal approves unseen.
+    """
+    where = _pin_where(domain, tool_id)
+    fp = _pin_value(fingerprint, "--fingerprint", "key fingerprint (sha256:<64 hex>)", where)
+    h = _pin_value(definition_hash, "--definition-hash", "definition hash (64 hex)", where)
+    if pin is None:
+        if fp is None or h is None:
+            raise ReviewedHashRequired(
+                f"no pin for {tool_id}@{domain}: pinning one names both --fingerprint and --definition-hash"
+            )
+        return fp, h
+    if pin.pending_fingerprint is None and pin.pending_definition_hash is None:
+        return fp or pin.key_fingerprint, h or pin.definition_hash
+    pending = (
+        pin.pending_fingerprint or pin.key_fingerprint,
+        pin.pending_definition_hash or pin.definition_hash,
+    )
+    missing = [
+        f"{option} (its {field})"
+        for option, field, given, changes in (
+            ("--fingerprint", "pending_fingerprint", fp, pending[0] != pin.key_fingerprint),
+            ("--definition-hash", "pending_definition_hash", h, pending[1] != pin.definition_hash),
+        )
+        if changes and given is None
+    ]
+    if missing:
+        raise ReviewedHashRequired(
+            f"{tool_id}@{domain} has a pending change: an approval names what you reviewed: "
+            f"read it with {where} and pass {' and '.join(missing)}"
+        )
+    if (fp or pin.key_fingerprint, h or pin.definition_hash) != pending:
+        raise DefinitionChanged(
+            f"{tool_id}@{domain}: the pending change is not the one you named: it changed since "
+            f"your review; nothing approved, read it again with {where}"
+        )
+    return pending
 
 
 def _pretty(d: Any) -> list[str]:

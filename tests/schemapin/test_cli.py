@@ -142,19 +142,10 @@ def test_wellknown_and_domain_discovery_file_with_pins(tmp_path: Path) -> None:
     assert r.returncode == 1 and json.loads(r.stdout)["error_code"] == "key_pin_mismatch"
     listed = json.loads(symbi("pins", "list", "--pins", pins, "--json").stdout)
     assert listed[0]["key_fingerprint"] == fp and listed[0]["pending_fingerprint"] == fp2
-    r = symbi(
-        "pins",
-        "approve",
-        "--pins",
-        pins,
-        "--domain",
-        "acme.example",
-        "--tool",
-        "create_issue",
-        "--actor",
-        "sec",
-        "--json",
-    )
+    approve = ("pins", "approve", "--pins", pins, "--domain", "acme.example", "--tool", "create_issue")
+    r = symbi(*approve, "--actor", "sec", "--json")  # the new key not named: refused
+    assert r.returncode == 1 and json.loads(r.stdout)["error_code"] == "reviewed_hash_required"
+    r = symbi(*approve, "--fingerprint", fp2, "--actor", "sec", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["key_fingerprint"] == fp2
     assert symbi(*args2).returncode == 0
     shown = json.loads(

@@ -125,6 +125,9 @@ def test_the_pins_cli_reads_and_approves_the_shared_pins(
     listed = json.loads(capsys.readouterr().out)
     assert [(p["tool_id"], p["pending_fingerprint"]) for p in listed] == [("echo", FP_B)]
     argv = ["schemapin", "pins", "approve", "--config", str(cfg), "--domain", "example.com", "--tool", "echo"]
-    assert main([*argv, "--actor", "alice"]) == 0
+    before = shared.get("example.com", "echo")
+    assert main([*argv, "--actor", "alice"]) == 1  # the new key is not named: refused, nothing pinned
+    assert shared.get("example.com", "echo") == before
+    assert main([*argv, "--fingerprint", FP_B, "--actor", "alice"]) == 0  # as `pins show` printed it
     pin = shared.get("example.com", "echo")
     assert pin is not None and pin.key_fingerprint == FP_B and pin.pending_fingerprint is None

@@ -10,7 +10,13 @@ import pytest
 
 import schemapin
 from gateway.errors import DefinitionChanged, ReviewedHashRequired
-from gateway.verify.approve import MIN_HASH_HEX, approve_current, check_reviewed, drift_diff
+from gateway.verify.approve import (
+    MIN_HASH_HEX,
+    approve_current,
+    check_reviewed,
+    drift_diff,
+    reviewed_pin_change,
+)
 from gateway.verify.verifier import ToolVerifier
 from tests.conftest import RecordingSink
 from tests.schemapin.conftest import HttpsServer, https_server  # noqa: F401 - fixture
@@ -126,3 +132,22 @@ def test_a_pending_tool_diffs_as_all_new_and_an_approved_one_as_nothing(tmp_path
     assert "(nothing approved)" in diff and '+  "description": "Added later."' in diff
     assert drift_diff(v.state.find("up__echo")) == ""  # type: ignore[arg-type]
     v.close()
+
+
+def test_a_pin_approval_pins_the_values_checked_never_what_is_pending_at_the_write(tmp_path: Path) -> None:
+    """``pins approve`` checks the pin it read, then the store writes: the values checked are
+    both passed to the store, so a change that becomes pending in between is not approved --
+    neither when a reviewed change was pending nor when nothing was (the store would otherwise
+    fill an unnamed part in with the pending one)."""
+    at = ("acme.example", "echo")
+    fp_a, fp_b, fp_c = ("sha256:" + c * 64 for c in "abc")
+    v1 = schemapin.definition_hash(DEF)
+    with schemapin.PinStore(tmp_path / "pins.db") as store:
+        store.check_and_pin(*at, fp_a, v1)
+        store.check_and_pin(*at, fp_b, v1)  # the rotation the person reviews
+        key, h = reviewed_pin_change(store.get(*at), *at, fingerprint=fp_b, definition_hash=None)
+        assert (key, h) == (fp_b, v1)
+        store.check_and_pin(*at, fp_c, v1)  # swapped after the check
+        assert store.approve(*at, key_fingerprint=key, definition_hash=h).key_fingerprint == fp_b
+        named = reviewed_pin_change(store.get(*at), *at, fingerprint=None, definition_hash=None)
+        assert named == (fp_b, v1)  # nothing pending at the read, nothing named: the pin as it is

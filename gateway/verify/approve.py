@@ -20,6 +20,8 @@ from gateway.errors import DefinitionChanged, ReviewedHashRequired, ScreeningFla
 from gateway.screen import Screening, screen_definition
 from gateway.verify.listed import is_listed, kind_of
 from gateway.verify.state import ToolRecord, ToolStates
+from schemapin._crypto import normalize_fingerprint  # as gateway/state/pins.py normalises them
+from schemapin._pins import _hash
 
 if TYPE_CHECKING:
     from gateway.state.pins import PgPinStore
@@ -117,9 +119,6 @@ def _pin_where(domain: str, tool_id: str) -> str:
 def _pin_value(given: str | None, option: str, field: str, where: str) -> str | None:
     """``given`` normalised (a full ``sha256:`` fingerprint, a full definition hash), None when
     not given, or ``ReviewedHashRequired``. Full values only: the pin store holds full ones."""
-    from schemapin._crypto import normalize_fingerprint
-    from schemapin._pins import _hash
-
     if given is None:
         return None
     try:
@@ -211,8 +210,9 @@ def approve_current(
     domain: str | None,
     actor: str | None,
 ) -> str:
-    """Make the current definition the approved one (and accept a pending SchemaPin pin change),
-    if it is the one reviewed (``reviewed``: its hash or a prefix, ``check_reviewed``).
+    """Make the current definition the approved one (and move its SchemaPin pin to it, with the
+    key the reviewed record names), if it is the one reviewed (``reviewed``: its hash or a
+    prefix, ``check_reviewed``).
 
     ``pins``: an open pin store (the data dir's or PostgreSQL's), or the data dir's file.
     Returns the approved definition hash. Signing into a manifest is the caller's job.
@@ -232,8 +232,14 @@ def approve_current(
             opened = stack.enter_context(PinStore(pins)) if isinstance(pins, Path) else pins
             pin = opened.get(domain, rec.name)
             if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
+                # and keeps the key the reviewed record names: a key change pending since (a
+                # rotation no one reviewed) is not accepted with it (the store fills an unnamed
+                # key in with the pending one)
+                key = rec.key_fingerprint or pin.key_fingerprint
                 try:
-                    opened.approve(domain, rec.name, definition_hash=signed, actor=actor or "symbi")
+                    opened.approve(
+                        domain, rec.name, key_fingerprint=key, definition_hash=signed, actor=actor or "symbi"
+                    )
                 except PinStoreError:
                     pass  # nothing pending any more: the current pin stands
     return h

@@ -90,6 +90,35 @@ def test_the_pin_moves_to_the_reviewed_definition_not_to_one_pending_since(
     v.close()
 
 
+def test_the_pin_keeps_the_reviewed_key_not_a_key_change_pending_since(
+    tmp_path: Path,
+    https_server: HttpsServer,  # noqa: F811
+) -> None:
+    """The same for the key: a key change pending in the pins (a rotation no one reviewed,
+    signing the bait) used to be accepted with the reviewed definition, since the store fills
+    an unnamed key in with the pending one. The pin keeps the key the reviewed record names."""
+    key, other = schemapin.generate_private_key(), schemapin.generate_private_key()
+    cfg = config(
+        tmp_path,
+        "strict",
+        mcp=f'discovery_ca = "{https_server.ca_path}"\ndiscovery_ttl_s = 0',
+        server=f'domain = "{https_server.domain}"',
+    )
+    _well_known(https_server, key)
+    v = ToolVerifier(cfg, RecordingSink())
+    assert assess(v, signed(DEF, key))["up__echo"].verification == "verified"
+    assert assess(v, signed(CHANGED, key))["up__echo"].verification == "drifted"
+    rec = v.state.find("up__echo")
+    fp, other_fp = schemapin.fingerprint(key.public_key()), schemapin.fingerprint(other.public_key())
+    assert rec is not None and rec.key_fingerprint == fp
+    v.pins.check_and_pin(https_server.domain, "echo", other_fp, schemapin.definition_hash(CHANGED))
+    approve_current(v.state, v.pins, rec, reviewed=rec.current_hash, domain=https_server.domain, actor="sec")
+    pin = v.pins.get(https_server.domain, "echo")
+    assert pin is not None and pin.key_fingerprint == fp
+    assert pin.definition_hash == schemapin.definition_hash(CHANGED)
+    v.close()
+
+
 @pytest.mark.parametrize(
     "given",
     [None, "", "   ", "x" * 64, "0" * 65, "g" * MIN_HASH_HEX, "short"],

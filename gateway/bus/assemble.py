@@ -69,13 +69,14 @@ def make_bus(
             bus.preregister(agents.hosted_id(name, p.id), p.qualified, name)
 
         # keys are made when the runtime registers an agent (agents never see them) and go
-        # when an agent whose id never comes back ends
+        # when an agent whose id never comes back ends, or bus.max_age_s after one whose id
+        # recurs ended (unless it came back)
         def on_register(agent: Agent) -> None:
             bus.register_soon(agent.id, agent.owner, agent.name, persist=not agent.ephemeral)
 
         def on_state(agent: Agent, _src: AgentState, to: AgentState) -> None:
-            if to is AgentState.TERMINATED and agent.ephemeral:
-                bus.end_soon(agent.id)
+            if to is AgentState.TERMINATED:
+                bus.end_soon(agent.id) if agent.ephemeral else bus.park(agent.id)
 
         agents.on_register.append(on_register)
         agents.on_state.append(on_state)

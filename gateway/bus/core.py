@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from gateway.bus.backend import BusBackend
-from gateway.bus.crypto import AgentKeys, KeyRing
+from gateway.bus.crypto import AgentKeys, KeyRing, PublicKeys
 from gateway.bus.message import (
     AGENT_RE,
     SecureMessage,
@@ -84,7 +84,8 @@ class Bus:
         self._published: set[str] = set()  # agents whose directory entry this process wrote
         self._names: dict[str, str] = {}  # agent id -> the runtime's name for it
         self._configured: dict[str, str] = {}  # configured (hosted) agents' stable ids -> principal
-        self.retirements = Retirements(backend)  # agents that ended for good
+        # agents that ended for good
+        self.retirements = Retirements(backend, ring, lambda agent: self.receiver.keys.pop(agent, None))
 
     # -- agents ----------------------------------------------------------------------------
 
@@ -92,9 +93,10 @@ class Bus:
         """Make (or load) the agent's keys and publish its public keys (and its name)."""
         if not AGENT_RE.match(agent):
             raise BusError(f"agent id {agent!r} is not usable on the bus")
-        retiring = [t for t in self._tasks if t.get_name() == f"bus-retire:{agent}"]
-        if retiring:  # an id used again right after it ended: its old entry goes first, never after
-            await asyncio.wait(retiring)
+        retiring = self.retirements.removing.get(agent)
+        if retiring is not None:  # an id used again right after it ended: its old entry goes first
+            await asyncio.wait({retiring})
+        self.retirements.retiring.pop(agent, None)  # back: its new entry stands
         if name is not None:
             self._names[agent] = name
         _, entry = self.ring.ensure(agent, principal, self._names.get(agent, ""))
@@ -112,9 +114,12 @@ class Bus:
         self._names[agent] = name
         _, entry = self.ring.ensure(agent, principal, name, persist=persist)
         self.receiver.keys.pop(agent, None)
+        retiring = self.retirements.removing.get(agent)
+        if retiring is None:
+            self.retirements.retiring.pop(agent, None)  # back (an id that recurs): no longer refused
         try:
             task = asyncio.get_running_loop().create_task(
-                self.backend.publish_keys(entry), name=f"bus-publish:{agent}"
+                self._publish(entry, retiring), name=f"bus-publish:{agent}"
             )
         except RuntimeError:  # no loop (a registry used outside the gateway): published on first use
             return
@@ -133,11 +138,30 @@ class Bus:
 
         task.add_done_callback(done)
 
+    async def _publish(self, entry: PublicKeys, retiring: asyncio.Task[None] | None) -> None:
+        if retiring is not None:  # an id that recurs, back while its old entry is removed: that first
+            await asyncio.wait({retiring})
+            self.retirements.retiring.pop(entry.agent, None)
+        await self.backend.publish_keys(entry)
+
+    def park(self, agent: str) -> None:
+        """An agent whose id recurs (a stateless client's) ended: its keys, entry and inbox stay,
+        so it reads what was sent to it if it comes back, for ``bus.max_age_s`` (a message's
+        longest life); then it leaves the bus as an agent that ended for good (``expire``)."""
+        if agent not in self._configured:
+            self.ring.park(agent, int(time.time() * 1000))
+
     def end_soon(self, agent: str) -> None:
         """The agent ended for good (its id never comes back): what the bus holds for it goes
         (``gateway.bus.retire``) and a message to it is refused from now on."""
-        if agent in self._configured:
-            return
+        if agent not in self._configured and self._leave(agent, int(time.time() * 1000)):
+            # its entry is written before it is removed, never after
+            publishing = [t for t in self._tasks if t.get_name() == f"bus-publish:{agent}"]
+            self.retirements.remove_soon(agent, publishing)
+        # else kept until what it sent expired (the expiry sweep removes it)
+
+    def _leave(self, agent: str, now_ms: int) -> bool:
+        """Its keys and caches go, it is refused; True if its entry can go now."""
         self.ring.forget(agent)
         self.receiver.keys.pop(agent, None)
         self._published.discard(agent)
@@ -146,27 +170,7 @@ class Bus:
         self.sealer.last = {k: v for k, v in self.sealer.last.items() if k[0] != agent and k[1] != channel}
         for key in [k for k in self._open if k[0] == agent]:
             del self._open[key]
-        if not self.retirements.ended(agent, self._names.pop(agent, ""), int(time.time() * 1000)):
-            return  # kept until what it sent expired (the expiry sweep removes it)
-        try:
-            task = asyncio.get_running_loop().create_task(self._retire(agent), name=f"bus-retire:{agent}")
-        except RuntimeError:  # no loop: removed by the next expiry sweep
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _retire(self, agent: str) -> None:
-        publishing = [t for t in self._tasks if t.get_name() == f"bus-publish:{agent}"]
-        if publishing:  # its entry is written before it is removed, never after
-            await asyncio.wait(publishing)
-        if await self.retirements.remove(agent):
-            self._uncache(agent)
-
-    def _uncache(self, agent: str) -> None:
-        # a message it sent, received after it ended, verified (and cached) its entry again
-        self.receiver.keys.pop(agent, None)
-        self.ring.forget(agent)
-        self.ring.unmark(agent)
+        return self.retirements.ended(agent, self._names.pop(agent, ""), now_ms)
 
     async def forget_left_behind(self) -> None:
         """At start: the agents whose id never comes back that an earlier run did not end (it
@@ -179,6 +183,7 @@ class Bus:
             self.retirements.sent(agent, now + self.max_age_ms)
             self.retirements.ended(agent, name, now)
         self.ring.left_behind = []
+        self.ring.park_unended(now)  # and those whose id recurs: kept for a return, from now
 
     def footprint(self) -> dict[str, int]:
         """What the bus holds per agent, for ``/api/state`` (freed when the agent ends)."""
@@ -249,6 +254,17 @@ class Bus:
             raise BusError(f"agent {to!r}: {keys}")
         return agent, keys[2]
 
+    def _kept(self, agent: str, ttl_ms: int | None) -> int | None:
+        """A message to an ended agent whose id recurs expires when its keys go (``park``), so
+        it stays readable for as long as it lives if the agent comes back."""
+        ended = self.ring.ended_at(agent)
+        if ended is None:
+            return ttl_ms
+        left = ended + self.max_age_ms - int(time.time() * 1000)
+        if left <= 0:  # its keys go at the next expiry sweep
+            raise BusNoAgent(f"agent {agent!r} has ended")
+        return left if ttl_ms is None else min(ttl_ms, left)
+
     async def _decide(
         self, kind: str, principal: Principal, recipient: dict[str, Any] | None, topic: str | None
     ) -> None:
@@ -304,7 +320,7 @@ class Bus:
         me = await self._me(principal)
         agent, peer_principal = await self._peer(to)
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
-        ttl_ms = None if ttl_s is None else ttl_ms_of(ttl_s, self.max_age_ms)
+        ttl_ms = self._kept(agent, None if ttl_s is None else ttl_ms_of(ttl_s, self.max_age_ms))
         msg = await self.sealer.seal(me, "direct", self.sealer.body(body), to=agent, ttl_ms=ttl_ms)
         await self._deliver(principal, msg, agent)
         self._emit(Event.BUS_SEND, msg.metadata(), principal)
@@ -318,7 +334,7 @@ class Bus:
         agent, peer_principal = await self._peer(to)
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
         # the request expires when the requester stops waiting: never answered too late
-        ttl_ms = max(int((timeout_s - (time.monotonic() - started)) * 1000), 1)
+        ttl_ms = self._kept(agent, max(int((timeout_s - (time.monotonic() - started)) * 1000), 1))
         msg = await self.sealer.seal(me, "request", self.sealer.body(body), to=agent, ttl_ms=ttl_ms)
         fut: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
         self._waiting[msg.id] = fut
@@ -409,18 +425,7 @@ class Bus:
                 )
             except BusError:
                 refused.append(agent)
-        meta = {
-            "id": head.id,
-            "sender": me.agent,
-            "recipient": None,
-            "topic": topic,
-            "kind": "topic",
-            "timestamp_ms": head.now,
-            "expires_ms": head.expires,
-            "prev": head.prev,
-            "reply_to": None,
-            "size": len(data) + 16,
-        }
+        meta = head.topic_metadata(me.agent, topic, len(data) + 16)
         self._emit(Event.BUS_PUBLISH, {**meta, "subscribers": len(targets), "refused": refused}, principal)
         return Published(head.id, len(targets) - len(refused), tuple(refused))
 
@@ -472,8 +477,9 @@ class Bus:
 
     async def expire(self) -> int:
         now = int(time.time() * 1000)
-        for agent in await self.retirements.sweep(now):
-            self._uncache(agent)
+        for agent in self.ring.due(now - self.max_age_ms):  # ended, and away for bus.max_age_s
+            self._leave(agent, now)
+        await self.retirements.sweep(now)
         n = await self.backend.expire(now, self.max_age_ms)
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})

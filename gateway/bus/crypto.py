@@ -2,7 +2,8 @@
 
 * Every agent gets an Ed25519 signing key and an X25519 agreement key when it is registered.
   The private halves stay in this process and in ``<data_dir>/bus-keys.db`` (mode 0600); an
-  agent (an MCP client) never sees them.
+  agent (an MCP client) never sees them. An agent whose id recurs keeps them after it ended
+  (``park``), until ``bus.max_age_s`` later unless it came back (``Bus.expire``).
 * The public halves go into the backend's key directory, each entry authenticated with an
   HMAC under the bus secret (``<data_dir>/bus-secret``, 0600), so a party that can write to
   the store or to Redis but has no bus secret cannot slip in a key of its own.
@@ -110,14 +111,18 @@ class KeyRing:
         # a run that stopped without ending them (a crash) leaves them to the next one
         self._marks: sqlite3.Connection | None = None
         self.left_behind: list[tuple[str, str]] = []  # (agent, name) left by an earlier run
+        # agents whose id recurs (a stateless client's) that ended -> when (ms), oldest first:
+        # their keys are kept for a return until ``due`` hands them out (``park``)
+        self._ended: dict[str, int] = {}
+        self._unended: set[str] = set()  # stored, and no run ended them (parked at start)
         if keys_path is not None:
             self._db = _open_keys_db(keys_path)
             self._marks = _open_marks(keys_path)
             self.left_behind = [
                 (str(a), str(n)) for a, n in self._marks.execute("SELECT agent, name FROM ephemeral")
             ]
-            for agent, principal, s, d in self._db.execute(
-                "SELECT agent, principal, sign, dh FROM agent_keys"
+            for agent, principal, s, d, ended in self._db.execute(
+                "SELECT agent, principal, sign, dh, ended_ms FROM agent_keys ORDER BY ended_ms"
             ):
                 self._local[agent] = AgentKeys(
                     agent,
@@ -126,6 +131,10 @@ class KeyRing:
                     X25519PrivateKey.from_private_bytes(d),
                     stored=True,
                 )
+                if ended is None:
+                    self._unended.add(agent)
+                else:
+                    self._ended[agent] = int(ended)
 
     def close(self) -> None:
         if self._db is not None:
@@ -148,6 +157,8 @@ class KeyRing:
         agent) has no use for its keys after a restart, and skips a commit."""
         with self._lock:
             keys = self._local.get(agent)
+            back = self._ended.pop(agent, None) is not None  # an ended agent came back: kept again
+            self._unended.discard(agent)
             if keys is None or keys.principal != principal:
                 keys = AgentKeys.generate(agent, principal)
                 self._local[agent] = keys
@@ -164,17 +175,55 @@ class KeyRing:
                         self._marks.execute(
                             "INSERT OR REPLACE INTO ephemeral(agent, name) VALUES (?,?)", (agent, name)
                         )
+            elif back and self._db is not None and keys.stored:
+                with self._db:
+                    self._db.execute("UPDATE agent_keys SET ended_ms=NULL WHERE agent=?", (agent,))
         return keys, self.entry_for(keys, name)
 
     def forget(self, agent: str) -> None:
         """The agent ended for good: its private keys, its verified entry and its pair keys go."""
         with self._lock:
             stored = self._local.pop(agent, None)
+            self._ended.pop(agent, None)
+            self._unended.discard(agent)
             self._peers.pop(agent, None)
             self._pair = {k: v for k, v in self._pair.items() if agent not in k}
             if self._db is not None and stored is not None and stored.stored:
                 with self._db:
                     self._db.execute("DELETE FROM agent_keys WHERE agent=?", (agent,))
+
+    def park(self, agent: str, now_ms: int) -> None:
+        """An agent whose id recurs ended at ``now_ms``: its keys stay (it may come back and
+        read what waits for it) until ``due`` hands it out; ``ensure`` takes it back."""
+        with self._lock:
+            keys = self._local.get(agent)
+            if keys is None:
+                return
+            self._ended.pop(agent, None)
+            self._ended[agent] = now_ms  # the newest last: ``due`` stops at the first not due
+            self._unended.discard(agent)
+            if self._db is not None and keys.stored:
+                with self._db:
+                    self._db.execute("UPDATE agent_keys SET ended_ms=? WHERE agent=?", (now_ms, agent))
+
+    def park_unended(self, now_ms: int) -> None:
+        """At start: stored agents no earlier run ended (it stopped or crashed with them live)
+        and not registered since ended now (none of them is live in this new run)."""
+        for agent in list(self._unended):
+            self.park(agent, now_ms)
+
+    def ended_at(self, agent: str) -> int | None:
+        """When a parked agent ended (ms); None for one that is not parked."""
+        return self._ended.get(agent)
+
+    def due(self, ended_before_ms: int) -> list[str]:
+        """The parked agents that ended at or before ``ended_before_ms``, oldest first."""
+        out = []
+        for agent, ended in self._ended.items():
+            if ended > ended_before_ms:
+                break
+            out.append(agent)
+        return out
 
     def unmark(self, agent: str) -> None:
         """An agent whose id never comes back left the directory: nothing is left to clean."""
@@ -188,6 +237,7 @@ class KeyRing:
             "bus_local_keys": len(self._local),
             "bus_peer_keys": len(self._peers),
             "bus_pair_keys": len(self._pair),
+            "bus_parked_keys": len(self._ended),
         }
         if self._db is not None:
             out["bus_stored_keys"] = int(self._db.execute("SELECT count(*) FROM agent_keys").fetchone()[0])
@@ -276,8 +326,10 @@ def _open_keys_db(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(
         "CREATE TABLE IF NOT EXISTS agent_keys(agent TEXT PRIMARY KEY, principal TEXT NOT NULL, "
-        "sign BLOB NOT NULL, dh BLOB NOT NULL)"
+        "sign BLOB NOT NULL, dh BLOB NOT NULL, ended_ms INTEGER)"
     )
+    if "ended_ms" not in {row[1] for row in db.execute("PRAGMA table_info(agent_keys)")}:
+        db.execute("ALTER TABLE agent_keys ADD COLUMN ended_ms INTEGER")  # a store of an older release
     db.isolation_level = "DEFERRED"
     return db
 

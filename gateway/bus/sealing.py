@@ -27,6 +27,21 @@ class Head:
     prev: str | None
     reply_to: str | None
 
+    def topic_metadata(self, sender: str, topic: str, size: int) -> dict[str, Any]:
+        """A topic message's ``SecureMessage.metadata`` (one for all its deliveries)."""
+        return {
+            "id": self.id,
+            "sender": sender,
+            "recipient": None,
+            "topic": topic,
+            "kind": "topic",
+            "timestamp_ms": self.now,
+            "expires_ms": self.expires,
+            "prev": self.prev,
+            "reply_to": self.reply_to,
+            "size": size,
+        }
+
 
 class Sealer:
     def __init__(self, ring: KeyRing, receiver: Receiver, *, max_age_ms: int, max_body_bytes: int) -> None:

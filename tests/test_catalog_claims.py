@@ -16,8 +16,9 @@ import mcp.types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from gateway.catalog import Catalog, UpstreamListing
+from gateway.catalog import Catalog, LiveCatalog, UpstreamListing
 from gateway.errors import CatalogError, ResourceAmbiguous
+from gateway.handouts import HandedOut
 from tests.server._clients import stdio_session
 from tests.upstream.test_listing import config as listing_config
 
@@ -76,6 +77,77 @@ def test_an_unlisted_uri_two_upstreams_templates_match_is_refused() -> None:
     with pytest.raises(CatalogError) as unknown:
         cat.resource_owner("demo://nothing")
     assert not isinstance(unknown.value, ResourceAmbiguous)
+
+
+LINK = "a://reports/8f3c?token=s3cret"  # made per call: nobody lists it
+# a catch-all that takes a query too (the SDK's "{+uri}" alone matches no "?...")
+ANY = types.ResourceTemplate(uri_template="{+uri}{?token}", name="anything")
+
+
+def test_a_handed_out_uri_is_its_upstreams_claim_as_a_template_match_is() -> None:
+    cat = Catalog.build([UpstreamListing("a", False, [])])
+    with pytest.raises(CatalogError):
+        cat.resource_owner(LINK)  # not listed, no template: unknown
+    cat.handed_out.note("a", LINK)
+    assert cat.resource_owner(LINK) == "a"
+    assert cat.subscription_owner(LINK) == "a"
+
+
+def test_a_catch_all_template_cannot_take_a_uri_another_upstream_handed_out() -> None:
+    cat = Catalog.build([UpstreamListing("a", False, []), UpstreamListing("b", False, [], templates=[ANY])])
+    assert cat.resource_owner(LINK) == "b"  # before the hand-out: the one template that matches
+    cat.handed_out.note("a", LINK)
+    with pytest.raises(ResourceAmbiguous):
+        cat.resource_owner(LINK)
+    with pytest.raises(ResourceAmbiguous):
+        cat.subscription_owner(LINK)
+    assert cat.resource_owner("a://reports/other") == "b"  # what nobody handed out: its template's
+
+
+def test_handing_out_claims_nothing_another_upstream_lists_and_twice_is_ambiguous() -> None:
+    cat = Catalog.build(
+        [UpstreamListing("a", False, []), UpstreamListing("b", False, [], resources=[res(REPORT)])]
+    )
+    cat.handed_out.note("a", REPORT)  # b's listed URI: still b's
+    assert cat.resource_owner(REPORT) == "b"
+    cat.handed_out.note("a", LINK)
+    cat.handed_out.note("b", LINK)  # the same URI from two upstreams
+    with pytest.raises(ResourceAmbiguous):
+        cat.resource_owner(LINK)
+
+
+def test_the_hand_outs_outlive_a_rebuild_and_the_oldest_are_forgotten_per_upstream() -> None:
+    live = LiveCatalog({}, HandedOut(per_upstream=2))
+    live.snapshot = Catalog.build([UpstreamListing("a", False, [])])  # a rebuild
+    live.handed_out.note("a", LINK)
+    live.handed_out.note("a", "a://one")
+    live.snapshot = Catalog.build([UpstreamListing("a", False, []), UpstreamListing("b", False, [])])
+    assert live.snapshot.resource_owner(LINK) == "a"
+    for i in range(5):  # another upstream's hand-outs push out none of a's
+        live.handed_out.note("b", f"b://{i}")
+    assert live.snapshot.resource_owner(LINK) == "a"
+    live.handed_out.note("a", LINK)  # handed out again: the newest
+    live.handed_out.note("a", "a://two")  # a's third: its oldest, a://one, is forgotten
+    assert live.snapshot.resource_owner(LINK) == "a"
+    with pytest.raises(CatalogError):
+        live.snapshot.resource_owner("a://one")
+
+
+def test_a_results_resource_links_and_embedded_resources_are_noted() -> None:
+    memory = HandedOut()
+    result = types.CallToolResult(
+        content=[
+            types.TextContent(type="text", text=LINK),  # a URI in prose is no hand-out
+            types.ResourceLink(type="resource_link", uri="a://link", name="l"),
+            types.EmbeddedResource(
+                type="resource", resource=types.TextResourceContents(uri="a://embedded", text="x")
+            ),
+        ]
+    )
+    memory.note_result("a", result)
+    memory.note_result("a", types.InputRequiredResult(request_state="s"))  # no content: nothing
+    assert memory.claimants("a://link") == memory.claimants("a://embedded") == {"a"}
+    assert memory.claimants(LINK) == set()
 
 
 # -- through a running gateway, with real upstreams ---------------------------------------------

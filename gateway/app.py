@@ -380,6 +380,11 @@ class Gateway:
                 )
 
             return without_gateway_meta(await answered_for_legacy(call, owner, get, self.events))
+        return await self._dispatch_tool(call)
+
+    async def _dispatch_tool(self, call: CallContext) -> Any:
+        """A ``tools/call`` to its built-in provider or upstream (replica, or the caller's own
+        process under ``servers.X.isolation``)."""
         assert call.tool is not None
         builtin = self.builtins.get(call.tool.upstream)
         if builtin is not None:
@@ -388,8 +393,13 @@ class Gateway:
         if isolated is not None:
             owner = isolated.owner_of_call(call)
             async with isolated.use(owner) as own:
-                return without_gateway_meta(await self._call_tool(own, call))
-        return without_gateway_meta(await self._call_tool(self._least_busy(call.tool.upstream), call))
+                result = await self._call_tool(own, call)
+        else:
+            result = await self._call_tool(self._least_busy(call.tool.upstream), call)
+        # the URIs it hands out are the upstream's claims (gateway.handouts): another upstream's
+        # template cannot take a read of them
+        self.live.handed_out.note_result(call.tool.upstream, result)
+        return without_gateway_meta(result)
 
     async def _call_tool(self, up: Upstream, call: CallContext) -> Any:
         assert call.tool is not None

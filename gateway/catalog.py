@@ -31,6 +31,7 @@ from gateway.errors import (
     UnknownTool,
     UpstreamUnavailable,
 )
+from gateway.handouts import HandedOut
 from gateway.verify.listed import hold_reason
 
 _logger = logging.getLogger("symbi.catalog")
@@ -141,6 +142,9 @@ class Catalog:
         self.templates = templates
         self.prompts = prompts
         self.refusals = refusals
+        # URIs upstreams handed out in relayed tool results: not part of the snapshot, the
+        # one memory of the ``LiveCatalog`` that serves it (a bare snapshot has its own)
+        self.handed_out = HandedOut()
 
     @classmethod
     def empty(cls) -> Catalog:
@@ -207,9 +211,10 @@ class Catalog:
             raise UnknownTool(f"unknown tool {name!r}") from None
 
     def resource_owner(self, uri: str) -> str:
-        """Which upstream serves ``uri``: the one that lists it, else the one whose templates
-        match it. A URI two upstreams list, or that templates of two match, is refused: a
-        template never takes a URI another upstream lists, nor one refused as listed twice.
+        """Which upstream serves ``uri``: the one that lists it, else the one that claims it,
+        by a matching template or by having handed it out in a tool result (``handed_out``).
+        A URI two upstreams list, or that two upstreams claim, is refused: a template or a
+        hand-out never takes a URI another upstream lists, nor one refused as listed twice.
         A held one is refused too, and no template of anyone else's stands in for it."""
         if (why := self.held.get(f"resource:{uri}")) is not None:
             raise HeldForApproval(f"resource {uri!r} is held until approved: {why}")
@@ -219,11 +224,13 @@ class Catalog:
         if uri in self.refused_uris:
             raise ResourceAmbiguous(f"resource {uri!r} is listed by several upstreams: refused for all")
         owners = {up for up, _tpl, parsed in self.templates if parsed is not None and _matches(parsed, uri)}
+        owners |= self.handed_out.claimants(uri)
         if len(owners) == 1:
             return owners.pop()
         if len(owners) > 1:
             raise ResourceAmbiguous(
-                f"resource {uri!r} matches templates of several upstreams: {sorted(owners)}"
+                f"resource {uri!r} is claimed (by a template or a hand-out) by several upstreams: "
+                f"{sorted(owners)}"
             )
         raise CatalogError(f"unknown resource {uri!r}")
 
@@ -365,12 +372,15 @@ class LiveCatalog:
     # one upstream and the built-ins); one kept costs a tuple of its names.
     RETAINED = 16
 
-    def __init__(self, upstreams: Mapping[str, UpstreamInfo]) -> None:
+    def __init__(self, upstreams: Mapping[str, UpstreamInfo], handed_out: HandedOut | None = None) -> None:
         self._snapshot = Catalog.empty()
         self._names: tuple[str, ...] = ()
         self._digest = order_digest(self._names)
         self._recent: collections.OrderedDict[str, tuple[str, ...]] = collections.OrderedDict()
         self._upstreams = dict(upstreams)
+        # who handed out which URI (gateway.handouts): kept across rebuilds, given to every snapshot
+        self.handed_out = handed_out if handed_out is not None else HandedOut()
+        self._snapshot.handed_out = self.handed_out
 
     @property
     def snapshot(self) -> Catalog:
@@ -387,6 +397,7 @@ class LiveCatalog:
         self._recent.pop(digest, None)
         while len(self._recent) > self.RETAINED:
             self._recent.popitem(last=False)
+        new.handed_out = self.handed_out
         self._snapshot, self._names, self._digest = new, names, digest
 
     @property

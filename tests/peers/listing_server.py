@@ -1,11 +1,13 @@
 """A raw JSON-lines MCP server (handshake era, no SDK) that lists what a JSON file says.
 
 ``$LISTING`` is a file ``{"tools": [...], "resources": [...], "templates": [...], "texts":
-{uri: text}, "many_tools": N}`` (wire objects), read again at every list request, so a test
-changes what the server offers by rewriting it. ``many_tools``: N more tools ``n0``...``n{N-1}``.
-The tool ``announce`` sends every list_changed (after the test rewrote the file); any other
-listed tool answers ``<tool> ran``. ``resources/read`` answers ``texts[uri]``, else
-``<$NAME> read <uri>``. Standard library only: it starts fast.
+{uri: text}, "results": {tool: result}, "many_tools": N}`` (wire objects), read again at every
+request, so a test changes what the server offers by rewriting it. ``many_tools``: N more tools
+``n0``...``n{N-1}``. The tool ``announce`` sends every list_changed (after the test rewrote the
+file); any other listed tool answers ``results[tool]`` (a ``resource_link``, say), else
+``<tool> ran``. ``resources/read`` answers ``texts[uri]``, else ``<$NAME> read <uri>``, and
+appends the URI to ``$READS`` when set (a line each), so a test sees which reads reached it.
+Standard library only: it starts fast.
 """
 
 from __future__ import annotations
@@ -51,10 +53,14 @@ def answer(method: str, params: dict[str, Any]) -> dict[str, Any]:
         return {"resourceTemplates": listing().get("templates", [])}
     if method == "resources/read":
         uri = params["uri"]
+        if reads := os.environ.get("READS"):
+            with open(reads, "a", encoding="utf-8") as f:
+                f.write(uri + "\n")
         text = listing().get("texts", {}).get(uri, f"{NAME} read {uri}")
         return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}
     if method == "tools/call":
-        return {"content": [{"type": "text", "text": f"{params['name']} ran"}]}
+        result: dict[str, Any] | None = listing().get("results", {}).get(params["name"])
+        return result or {"content": [{"type": "text", "text": f"{params['name']} ran"}]}
     return {}  # ping
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.audit import store
 from gateway.config.load import load_config
-from tests.conftest import ROOT, write_config
+from tests.conftest import ROOT, upstream_writable, write_config
 from tests.server._clients import stdio_session
 
 pytestmark = pytest.mark.anyio
@@ -25,16 +25,18 @@ LIMIT = 50
 def config(
     tmp_path: Path, offers: dict[str, dict[str, Any]], limit: int = LIMIT, verification: str = "tofu"
 ) -> tuple[Path, dict[str, Path]]:
-    """A gateway with one listing server per entry of ``offers``, lists bounded by ``limit``."""
+    """A gateway with one listing server per entry of ``offers``, lists bounded by ``limit``;
+    the URIs server NAME is asked to read go to ``upstream_writable(tmp_path) / "NAME.reads"``."""
     files: dict[str, Path] = {}
     tables = ""
     for name, offer in offers.items():
         files[name] = tmp_path / f"{name}.json"
         files[name].write_text(json.dumps(offer))
+        reads = upstream_writable(tmp_path) / f"{name}.reads"
         tables += (
             f'[servers.{name}]\ncommand = "{sys.executable}"\n'
             f'args = ["{ROOT / "tests/peers/listing_server.py"}"]\nverification = "{verification}"\n'
-            f'env = {{ LISTING = "{files[name]}", NAME = "{name}" }}\n'
+            f'env = {{ LISTING = "{files[name]}", NAME = "{name}", READS = "{reads}" }}\n'
         )
     body = f"[mcp]\nmax_listed_per_upstream = {limit}\n[sandbox]\ncode_tools = false\n" + tables
     return write_config(tmp_path, body), files

@@ -1,0 +1,72 @@
+"""Which upstream handed out which resource URI in a tool result the gateway relayed.
+
+An upstream may hand a client a URI it does not list (a ``resource_link`` made per call,
+``a://reports/8f3c?token=...``, or an embedded resource's URI). Read through the gateway, that
+URI would otherwise go to whichever upstream's template matches it: a hostile upstream's
+catch-all (``{+uri}``) would receive it, and any secret in it, and answer for the other. So a
+hand-out is a claim, counted as a template match is (``Catalog.resource_owner``): with one
+claimant the read goes to it, with several it is refused as ambiguous.
+
+The memory is bounded per upstream (oldest forgotten first, a URI handed out again is new
+again), so one upstream's hand-outs never push out another's; each URI is kept as its digest,
+so a long URI costs no more than a short one. It lives in ``LiveCatalog`` and every snapshot
+sees it: a catalogue rebuild forgets nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from typing import Any
+
+from mcp.types import CallToolResult, EmbeddedResource, ResourceLink
+
+# URIs remembered per upstream: at ~150 bytes each (a 16-byte digest in an ordered dict),
+# about 1.5 MB for an upstream that hands out a new URI on every call
+PER_UPSTREAM = 10_000
+_LINKED = frozenset({"resource_link", "resource"})
+
+
+def _digest(uri: str) -> bytes:
+    # surrogatepass: a URI from parsed JSON may hold a lone surrogate; it is still one URI
+    return hashlib.blake2b(uri.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class HandedOut:
+    """The URIs each upstream handed out in a relayed result, ``per_upstream`` each at most."""
+
+    def __init__(self, per_upstream: int = PER_UPSTREAM) -> None:
+        self._per_upstream = per_upstream
+        self._by_upstream: dict[str, collections.OrderedDict[bytes, None]] = {}
+
+    def note(self, upstream: str, uri: str) -> None:
+        """``upstream`` handed out ``uri`` (now: it is its newest)."""
+        kept = self._by_upstream.get(upstream)
+        if kept is None:
+            kept = self._by_upstream[upstream] = collections.OrderedDict()
+        key = _digest(uri)
+        if key in kept:
+            kept.move_to_end(key)
+            return
+        kept[key] = None
+        if len(kept) > self._per_upstream:
+            kept.popitem(last=False)
+
+    def note_result(self, upstream: str, result: Any) -> None:
+        """Every URI ``upstream``'s tool result hands out: its ``resource_link`` items' and its
+        embedded resources'. One attribute compare per content item when it holds neither."""
+        if not isinstance(result, CallToolResult):
+            return  # an input-required result, say: no content
+        for item in result.content:
+            if item.type in _LINKED:  # the one check an item without a link costs
+                if isinstance(item, ResourceLink):
+                    self.note(upstream, item.uri)
+                elif isinstance(item, EmbeddedResource):
+                    self.note(upstream, item.resource.uri)
+
+    def claimants(self, uri: str) -> set[str]:
+        """The upstreams that handed out ``uri`` (and have not forgotten it)."""
+        if not self._by_upstream:
+            return set()
+        key = _digest(uri)
+        return {up for up, kept in self._by_upstream.items() if key in kept}

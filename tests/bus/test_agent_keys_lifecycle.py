@@ -69,7 +69,7 @@ async def call(gw: Gateway, who: Principal, tool: str, **args: Any) -> Any:
     return result.structured_content
 
 
-async def _send(gw: Gateway, who: Principal, to: str | None, body: Any) -> Any:
+async def send_raw(gw: Gateway, who: Principal, to: str | None, body: Any) -> Any:
     """bus__send through the chain, its errors raised (not turned into a result)."""
     return await gw.call(
         CallContext(principal=who, kind="tools/call", target="bus__send", arguments={"to": to, "body": body})
@@ -130,7 +130,7 @@ async def test_session_agents_leave_no_bus_keys_behind(tmp_path: Path) -> None:
         # a message to an ended agent is refused (the bus's error), not accepted into a void
         for agent in (one.agent, ended[0], ended[1]):
             with pytest.raises(BusNoAgent):
-                await _send(gw, reader, agent, "too late")
+                await send_raw(gw, reader, agent, "too late")
 
 
 async def test_what_an_ended_agent_sent_still_verifies(tmp_path: Path) -> None:
@@ -209,7 +209,7 @@ async def test_redis_directory_forgets_ended_session_agents(
         assert stored() == before
         assert bus.footprint() == start
         with pytest.raises(BusNoAgent):
-            await _send(gw, reader, ended[0], 1)
+            await send_raw(gw, reader, ended[0], 1)
 
 
 async def test_session_agents_left_by_a_stop_without_ending_them_are_cleaned_at_start(
@@ -235,7 +235,7 @@ async def test_session_agents_left_by_a_stop_without_ending_them_are_cleaned_at_
     async with gw.running():
         reader = _as(gw, "reader", "key:k-reader")
         with pytest.raises(BusNoAgent):
-            await _send(gw, reader, left.agent, "too late")
+            await send_raw(gw, reader, left.agent, "too late")
         got = (await call(gw, reader, "receive"))["messages"]
         assert [m["body"] for m in got] == ["sent before the stop"]
         # a day later (bus.max_age_s) the expiry sweep removes what the bus held for it

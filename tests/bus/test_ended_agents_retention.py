@@ -27,9 +27,10 @@ from gateway.assemble import make_gateway
 from gateway.bus.builtin import BusBuiltin
 from gateway.bus.core import Bus
 from gateway.config.load import load_config
-from gateway.context import CallContext, Principal
+from gateway.context import Principal
 from gateway.errors import BusNoAgent
 from tests.bus.conftest import RedisServer
+from tests.bus.test_agent_keys_lifecycle import call, send_raw
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.anyio
@@ -66,21 +67,6 @@ def _stored_keys(gw: Gateway) -> int:
 
 def _as(gw: Gateway, who: Principal, client: str, session: str) -> Principal:
     return dataclasses.replace(who, agent=gw.agents.for_session(who, client, session).id)
-
-
-async def call(gw: Gateway, who: Principal, tool: str, **args: Any) -> Any:
-    result = await gw.call(
-        CallContext(principal=who, kind="tools/call", target=f"bus__{tool}", arguments=args)
-    )
-    assert not result.is_error, result
-    return result.structured_content
-
-
-async def _send(gw: Gateway, who: Principal, to: str | None, body: Any) -> Any:
-    """bus__send through the chain, its errors raised (not turned into a result)."""
-    return await gw.call(
-        CallContext(principal=who, kind="tools/call", target="bus__send", arguments={"to": to, "body": body})
-    )
 
 
 async def _mint(gw: Gateway, n: int) -> list[str]:
@@ -145,18 +131,25 @@ async def _expire_at(bus: Bus, now_ms: int, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.undo()
 
 
+async def _away(gw: Gateway, bus: Bus) -> tuple[Principal, Principal, Any, int]:
+    """A stateless client's agent that was on the bus idles out; another agent (its own
+    session) is there to write to it. (reader, writer, reader's directory entry, ended by)."""
+    reader = _as(gw, MALLORY, "reader", "key:k1")
+    await call(gw, reader, "receive")
+    assert reader.agent is not None
+    entry = await bus.backend.lookup_keys(reader.agent)
+    ended_by = await _idle_out(gw, reader)
+    return reader, _as(gw, MALLORY, "writer", "http:w"), entry, ended_by
+
+
 async def test_an_agent_back_within_the_retention_keeps_its_keys_and_reads_its_mail(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gw = _gateway(tmp_path, "[bus]\nmax_age_s = 60\n")
     bus = _bus(gw)
     async with gw.running():
-        reader = _as(gw, MALLORY, "reader", "key:k1")
-        await call(gw, reader, "receive")
+        reader, writer, entry, ended_by = await _away(gw, bus)
         assert reader.agent is not None
-        entry = await bus.backend.lookup_keys(reader.agent)
-        ended_by = await _idle_out(gw, reader)
-        writer = _as(gw, MALLORY, "writer", "http:w")  # its own session
         sent = await call(gw, writer, "send", to=reader.agent, body="while away")
         # a message to it lives no longer than its keys are kept: readable all its life
         assert sent["expires_ms"] <= ended_by + 60_000
@@ -179,19 +172,15 @@ async def test_an_agent_back_after_its_keys_went_gets_new_keys_and_none_of_the_o
     gw = _gateway(tmp_path, "[bus]\nmax_age_s = 60\n")
     bus = _bus(gw)
     async with gw.running():
-        reader = _as(gw, MALLORY, "reader", "key:k1")
-        await call(gw, reader, "receive")
+        reader, writer, old, ended_by = await _away(gw, bus)
         assert reader.agent is not None
-        old = await bus.backend.lookup_keys(reader.agent)
-        ended_by = await _idle_out(gw, reader)
-        writer = _as(gw, MALLORY, "writer", "http:w")
         await call(gw, writer, "send", to=reader.agent, body="meant for the old keys")
         # bus.max_age_s after it ended its keys, entry and inbox go; a message to it is refused
         await _expire_at(bus, ended_by + 60_000, monkeypatch)
         assert _stored_keys(gw) == 0
         assert await bus.backend.lookup_keys(reader.agent) is None
         with pytest.raises(BusNoAgent):
-            await _send(gw, writer, reader.agent, "too late")
+            await send_raw(gw, writer, reader.agent, "too late")
         # back (the same credential and client name: the same id), it gets new keys and finds
         # nothing sent to the old ones
         again = _as(gw, MALLORY, "reader", "key:k1")

@@ -5,6 +5,7 @@ are attacked in tests/verify/test_gateway_attacks.py and tests/server/http/test_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from gateway.verify.approve import (
     drift_diff,
     reviewed_pin_change,
 )
+from gateway.verify.state import ToolRecord
 from gateway.verify.verifier import ToolVerifier
 from tests.conftest import RecordingSink
 from tests.schemapin.conftest import HttpsServer, https_server  # noqa: F401 - fixture
@@ -60,15 +62,9 @@ def test_the_record_as_reviewed_is_what_is_approved_never_the_row_as_it_is_now(t
     v.close()
 
 
-def test_the_pin_moves_to_the_reviewed_definition_not_to_one_pending_since(
-    tmp_path: Path,
-    https_server: HttpsServer,  # noqa: F811
-) -> None:
-    """A signed tool (a domain key, pinned): the verifier records a change in the pins before
-    the tool state, so the switch can be pending in the pins while the state still shows the
-    bait. Approving the bait used to accept whatever the pins held pending: the switch, which
-    then verified and was approved on its own."""
-    key = schemapin.generate_private_key()
+def _signed_bait(tmp_path: Path, https_server: HttpsServer, key: Any) -> tuple[ToolVerifier, ToolRecord]:  # noqa: F811
+    """A tool signed by ``key`` (its domain's), pinned, then changed and re-signed: the
+    verifier and the drifted record (the bait, as the person reviews it)."""
     cfg = config(
         tmp_path,
         "strict",
@@ -79,8 +75,21 @@ def test_the_pin_moves_to_the_reviewed_definition_not_to_one_pending_since(
     v = ToolVerifier(cfg, RecordingSink())
     assert assess(v, signed(DEF, key))["up__echo"].verification == "verified"
     assert assess(v, signed(CHANGED, key))["up__echo"].verification == "drifted"
-    rec = v.state.find("up__echo")  # the bait, as the person reviews it
+    rec = v.state.find("up__echo")
     assert rec is not None
+    return v, rec
+
+
+def test_the_pin_moves_to_the_reviewed_definition_not_to_one_pending_since(
+    tmp_path: Path,
+    https_server: HttpsServer,  # noqa: F811
+) -> None:
+    """A signed tool (a domain key, pinned): the verifier records a change in the pins before
+    the tool state, so the switch can be pending in the pins while the state still shows the
+    bait. Approving the bait used to accept whatever the pins held pending: the switch, which
+    then verified and was approved on its own."""
+    key = schemapin.generate_private_key()
+    v, rec = _signed_bait(tmp_path, https_server, key)
     fp = schemapin.fingerprint(key.public_key())
     v.pins.check_and_pin(https_server.domain, "echo", fp, schemapin.definition_hash(SWITCH))
     approve_current(v.state, v.pins, rec, reviewed=rec.current_hash, domain=https_server.domain, actor="sec")
@@ -98,19 +107,9 @@ def test_the_pin_keeps_the_reviewed_key_not_a_key_change_pending_since(
     signing the bait) used to be accepted with the reviewed definition, since the store fills
     an unnamed key in with the pending one. The pin keeps the key the reviewed record names."""
     key, other = schemapin.generate_private_key(), schemapin.generate_private_key()
-    cfg = config(
-        tmp_path,
-        "strict",
-        mcp=f'discovery_ca = "{https_server.ca_path}"\ndiscovery_ttl_s = 0',
-        server=f'domain = "{https_server.domain}"',
-    )
-    _well_known(https_server, key)
-    v = ToolVerifier(cfg, RecordingSink())
-    assert assess(v, signed(DEF, key))["up__echo"].verification == "verified"
-    assert assess(v, signed(CHANGED, key))["up__echo"].verification == "drifted"
-    rec = v.state.find("up__echo")
+    v, rec = _signed_bait(tmp_path, https_server, key)
     fp, other_fp = schemapin.fingerprint(key.public_key()), schemapin.fingerprint(other.public_key())
-    assert rec is not None and rec.key_fingerprint == fp
+    assert rec.key_fingerprint == fp
     v.pins.check_and_pin(https_server.domain, "echo", other_fp, schemapin.definition_hash(CHANGED))
     approve_current(v.state, v.pins, rec, reviewed=rec.current_hash, domain=https_server.domain, actor="sec")
     pin = v.pins.get(https_server.domain, "echo")

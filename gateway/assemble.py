@@ -47,6 +47,7 @@ from gateway.steps.audit import AuditStep
 from gateway.steps.metrics import MetricsStep
 from gateway.steps.policy import PolicyStep
 from gateway.steps.resolve import ResolveTool
+from gateway.steps.results import ValidateResult
 from gateway.steps.schedule import ScheduleStep
 from gateway.steps.unsafe import WarnUnsafe
 from gateway.steps.verify import VerifyTool
@@ -113,7 +114,9 @@ def chain_steps(
     5. verify: the tool is the approved one (SchemaPin, pins, drift) and not revoked since;
     6. arguments: valid against the tool's inputSchema;
     7. policy: the Rego decision, then its conditions around the dispatch;
-    8. schedule: the runtime's priority queue, execution budget, circuit breaker and retry.
+    8. result: a tool result's structuredContent valid against the approved outputSchema
+       (inside the policy: what the upstream sent, before redaction);
+    9. schedule: the runtime's priority queue, execution budget, circuit breaker and retry.
     The endpoint after the last step is ``Gateway._dispatch``.
     """
     steps: list[Step] = []
@@ -139,6 +142,7 @@ def chain_steps(
                 limiter=state.limiter if state is not None else None,
             )
         )
+    steps.append(ValidateResult())
     if runtime is not None:
         steps.append(ScheduleStep(runtime, builtins=builtins))
     return steps

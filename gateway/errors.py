@@ -13,7 +13,8 @@ JSON-RPC error.
      │    ├── UnknownTool       [D]  no such tool (or hidden from this principal)
      │    └── ResourceAmbiguous [D]  a URI two upstreams claim (listed by both, or matched by both's templates)
      ├── UpstreamError               an upstream failed, timed out or is down
-     │    └── UpstreamUnavailable    the upstream is not connected right now
+     │    ├── UpstreamUnavailable    the upstream is not connected right now
+     │    └── ResultInvalid          a tool result not matching the tool's approved outputSchema
      ├── ArgumentsInvalid       [D]  arguments do not validate against inputSchema
      ├── VerificationDenied     [D]  SchemaPin / pin / drift check refused the tool
      │    └── ScreeningFlagged  [D]  a definition screened as poisoned (approval needs an accept)
@@ -144,6 +145,14 @@ class UpstreamError(GatewayError):
 
 class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
+
+
+class ResultInvalid(UpstreamError):
+    """A tool result whose ``structuredContent`` is missing or does not match the tool's
+    approved (pinned, listed) ``outputSchema``. The reasons name the path and the schema
+    keyword, never the value there (it may be a secret)."""
+
+    code = "result_invalid"
 
 
 class UpstreamTimeout(UpstreamError):

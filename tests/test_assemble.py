@@ -24,6 +24,7 @@ from gateway.steps.audit import AuditStep
 from gateway.steps.metrics import MetricsStep
 from gateway.steps.policy import PolicyStep
 from gateway.steps.resolve import ResolveTool
+from gateway.steps.results import ValidateResult
 from gateway.steps.schedule import ScheduleStep
 from gateway.steps.unsafe import WarnUnsafe
 from gateway.steps.verify import VerifyTool
@@ -53,6 +54,7 @@ def test_the_chain_order_with_every_component(tmp_path: Path) -> None:
             VerifyTool,
             ValidateArguments,
             PolicyStep,
+            ValidateResult,
             ScheduleStep,
         ]
         assert isinstance(gw.audit, AuditLog)
@@ -74,6 +76,7 @@ def test_turned_off_components_leave_the_chain(tmp_path: Path) -> None:
             ResolveTool,
             VerifyTool,
             ValidateArguments,
+            ValidateResult,
             ScheduleStep,
         ]
         assert gw.audit is None and gw.policy is None

@@ -31,6 +31,7 @@ from gateway.policy.loader import PolicyFiles
 from gateway.steps.arguments import ValidateArguments
 from gateway.steps.policy import PolicyStep, afilter_listing, filter_listing
 from gateway.steps.resolve import ResolveTool
+from gateway.steps.results import ValidateResult
 from gateway.steps.verify import VerifyTool
 from tests.steps._chain import run_chain
 
@@ -81,7 +82,7 @@ class Endpoint:
 
 
 class Gate:
-    """The gateway's chain as ``make_gateway`` builds it (resolve, verify, arguments, policy;
+    """The gateway's chain as ``make_gateway`` builds it (resolve, verify, arguments, policy, result;
     no audit, agents or metrics), sharing one engine and one set of counters."""
 
     def __init__(self, engine: EmbeddedEngine, live: LiveCatalog) -> None:
@@ -89,7 +90,13 @@ class Gate:
         self.live = live
         self.endpoint = Endpoint()
         steps = chain_steps(live, audit=None, policy=engine, counters=CallCounters(), metrics=None)
-        assert [type(s) for s in steps] == [ResolveTool, VerifyTool, ValidateArguments, PolicyStep]
+        assert [type(s) for s in steps] == [
+            ResolveTool,
+            VerifyTool,
+            ValidateArguments,
+            PolicyStep,
+            ValidateResult,
+        ]
         self.chain = build_chain(steps, self.endpoint)
 
     def call(self, who: Principal, target: str = "up__t") -> Any:

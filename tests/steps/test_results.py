@@ -1,0 +1,140 @@
+"""ValidateResult: a tool result's structuredContent against the tool's approved outputSchema.
+
+In-process (a real CallContext, an endpoint standing where the upstream is) for each branch,
+and end to end: `symbi mcp` with a real upstream (tests/peers/listing_server.py answers what its
+file says) whose approved outputSchema its results break, and server-everything's
+`get-structured-content`, whose results keep to it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.types import CallToolResult, TextContent
+
+from gateway.audit import store
+from gateway.config.load import load_config
+from gateway.context import ToolInfo
+from gateway.errors import ResultInvalid
+from gateway.steps.results import ValidateResult
+from tests.conftest import EVERYTHING_JS, write_config
+from tests.server._clients import stdio_session
+from tests.steps.test_verify import Endpoint, call_with, run
+from tests.upstream.test_listing import config
+from tests.verify.test_gateway_verification import error_of
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"temperature": {"type": "number"}, "city": {"type": "string"}},
+    "required": ["temperature"],
+}
+GOOD = {"temperature": 21.5, "city": "Oslo"}
+# (a wrong type: a secret where a number belongs; a required property missing)
+BAD = [{"temperature": "sk-live-0123456789abcdef"}, {"city": "Oslo"}]
+
+
+def weather(schema: Any = SCHEMA) -> ToolInfo:
+    definition: dict[str, Any] = {"name": "t", "inputSchema": {"type": "object"}}
+    if schema is not None:
+        definition["outputSchema"] = schema
+    return ToolInfo(
+        name="up__t", original_name="t", upstream="up", definition=definition, verification="pinned"
+    )
+
+
+def result(structured: Any, is_error: bool = False) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text="weather")], structured_content=structured, is_error=is_error
+    )
+
+
+@pytest.mark.parametrize("structured", [*BAD, None, ["not", "an", "object"]])
+def test_a_result_breaking_the_output_schema_is_refused(structured: Any) -> None:
+    with pytest.raises(ResultInvalid) as err:
+        run(ValidateResult(), Endpoint(result(structured)), call_with(weather()))
+    assert err.value.code == "result_invalid"
+    assert "sk-live" not in " ".join(err.value.reasons)  # the value at the path is never quoted
+
+
+def test_the_reason_names_the_path_and_the_keyword() -> None:
+    with pytest.raises(ResultInvalid) as err:
+        run(ValidateResult(), Endpoint(result(BAD[0])), call_with(weather()))
+    assert err.value.reasons == ["structuredContent.temperature: fails the outputSchema's 'type'"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "answer"),
+    [
+        (weather(), result(GOOD)),  # keeps to the schema
+        (weather(None), result(None)),  # no outputSchema: nothing to check
+        (weather(), result(BAD[0], is_error=True)),  # an error result needs no structured content
+    ],
+)
+def test_a_result_the_schema_allows_passes_unchanged(tool: ToolInfo, answer: CallToolResult) -> None:
+    assert run(ValidateResult(), Endpoint(answer), call_with(tool)) is answer
+
+
+def test_an_invalid_output_schema_refuses_the_result() -> None:
+    with pytest.raises(ResultInvalid):
+        run(ValidateResult(), Endpoint(result(GOOD)), call_with(weather({"type": 12})))
+
+
+def test_other_kinds_are_not_checked() -> None:
+    answer = result(BAD[1])
+    assert run(ValidateResult(), Endpoint(answer), call_with(weather(), kind="resources/read")) is answer
+
+
+def _audited_codes(cfg: Path) -> list[str | None]:
+    conn = store.open_reader(load_config(cfg).audit_path)
+    try:
+        return [r.details.get("error_code") for r in store.query(conn, types=("tool.call",))]
+    finally:
+        conn.close()
+
+
+@pytest.mark.anyio
+async def test_an_upstream_breaking_its_approved_output_schema_is_refused_end_to_end(tmp_path: Path) -> None:
+    tool = {
+        "name": "weather",
+        "description": "Weather.",
+        "inputSchema": {"type": "object"},
+        "outputSchema": SCHEMA,
+    }
+    answers = {
+        "results": {"weather": {"content": [{"type": "text", "text": "w"}], "structuredContent": GOOD}}
+    }
+    cfg, files = config(tmp_path, {"wx": {"tools": [tool], **answers}})
+    async with stdio_session(cfg) as s:
+        ok = await s.call_tool("wx__weather", {})  # pinned on first use, keeps to its schema
+        assert not ok.is_error and ok.structured_content == GOOD
+        for broken in [*BAD, None]:
+            answer: dict[str, Any] = {"content": [{"type": "text", "text": "w"}]}
+            if broken is not None:
+                answer["structuredContent"] = broken
+            files["wx"].write_text(json.dumps({"tools": [tool], "results": {"weather": answer}}))
+            err = error_of(await s.call_tool("wx__weather", {}))
+            assert err["code"] == "result_invalid"
+    assert _audited_codes(cfg) == [None, "result_invalid", "result_invalid", "result_invalid"]
+
+
+@pytest.mark.anyio
+async def test_a_real_upstreams_structured_results_pass(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [sandbox]
+        code_tools = false
+        [servers.everything]
+        command = "node"
+        args = ["{EVERYTHING_JS}", "stdio"]
+        verification = "tofu"
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        listed = {t.name: t for t in (await s.list_tools()).tools}
+        assert listed["everything__get-structured-content"].output_schema is not None
+        r = await s.call_tool("everything__get-structured-content", {"location": "New York"})
+        assert not r.is_error and isinstance(r.structured_content, dict)

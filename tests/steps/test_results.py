@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import ClientSession, types
 from mcp.types import CallToolResult, TextContent
 
 from gateway.audit import store
@@ -87,16 +88,28 @@ def test_other_kinds_are_not_checked() -> None:
     assert run(ValidateResult(), Endpoint(answer), call_with(weather(), kind="resources/read")) is answer
 
 
-def _audited_codes(cfg: Path) -> list[str | None]:
+def _audited_calls(cfg: Path) -> list[dict[str, Any]]:
     conn = store.open_reader(load_config(cfg).audit_path)
     try:
-        return [r.details.get("error_code") for r in store.query(conn, types=("tool.call",))]
+        return [dict(r.details) for r in store.query(conn, types=("tool.call",))]
     finally:
         conn.close()
 
 
+async def _raw_call(s: ClientSession, name: str) -> CallToolResult:
+    """A ``tools/call`` as a client that does not check structuredContent makes it (the SDK's
+    ``call_tool`` checks it against the listed outputSchema and would raise on its own side:
+    the gateway's refusal would not be what the test sees)."""
+    request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments={}))
+    return await s.send_request(request, CallToolResult)
+
+
 @pytest.mark.anyio
 async def test_an_upstream_breaking_its_approved_output_schema_is_refused_end_to_end(tmp_path: Path) -> None:
+    """Attack: an upstream whose approved definition declares an outputSchema answers with a
+    secret where a number belongs, without a required property, and without structuredContent.
+    A client that does not check (``_raw_call``) received each as sent; now each call fails as
+    ``result_invalid``, audited with that code, the secret in neither the error nor the log."""
     tool = {
         "name": "weather",
         "description": "Weather.",
@@ -108,16 +121,22 @@ async def test_an_upstream_breaking_its_approved_output_schema_is_refused_end_to
     }
     cfg, files = config(tmp_path, {"wx": {"tools": [tool], **answers}})
     async with stdio_session(cfg) as s:
-        ok = await s.call_tool("wx__weather", {})  # pinned on first use, keeps to its schema
+        listed = {t.name: t for t in (await s.list_tools()).tools}
+        assert listed["wx__weather"].output_schema == SCHEMA  # pinned on first use, listed as approved
+        ok = await _raw_call(s, "wx__weather")  # keeps to its schema: passed unchanged
         assert not ok.is_error and ok.structured_content == GOOD
         for broken in [*BAD, None]:
             answer: dict[str, Any] = {"content": [{"type": "text", "text": "w"}]}
             if broken is not None:
                 answer["structuredContent"] = broken
             files["wx"].write_text(json.dumps({"tools": [tool], "results": {"weather": answer}}))
-            err = error_of(await s.call_tool("wx__weather", {}))
-            assert err["code"] == "result_invalid"
-    assert _audited_codes(cfg) == [None, "result_invalid", "result_invalid", "result_invalid"]
+            refused = await _raw_call(s, "wx__weather")
+            assert refused.structured_content is None
+            assert error_of(refused)["code"] == "result_invalid"
+            assert "sk-live" not in refused.model_dump_json()
+    records = _audited_calls(cfg)
+    assert [r.get("error_code") for r in records] == [None, *["result_invalid"] * 3]
+    assert "sk-live" not in json.dumps(records)
 
 
 @pytest.mark.anyio

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError
+from referencing.exceptions import Unresolvable
 
 from gateway.chain import CallNext
 from gateway.context import CallContext, ToolInfo
 from gateway.errors import ArgumentsInvalid
 from gateway.jsonlimits import too_large
 from gateway.steps.argcheck import DRAFTS, Check, compile_check
+from gateway.steps.schemas import compile_schema, unresolved
 
 
 class ValidateArguments:
@@ -36,10 +37,8 @@ class ValidateArguments:
         if hit is not None and hit[0] is raw:
             return hit[1], hit[2]
         schema: Any = tool.input_schema
-        cls = validators.validator_for(schema, default=Draft202012Validator)
-        cls.check_schema(schema)
-        v = cls(schema)
-        quick = compile_check(schema) if cls in DRAFTS else None
+        v = compile_schema(schema)
+        quick = compile_check(schema) if type(v) in DRAFTS else None
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[key] = (raw, v, quick)
@@ -61,7 +60,12 @@ class ValidateArguments:
                 ) from None
             if quick is not None and quick(call.arguments):  # surely valid: jsonschema would agree
                 return await call_next(call)
-            errors = sorted(validator.iter_errors(call.arguments), key=lambda e: list(e.absolute_path))
+            try:
+                errors = sorted(validator.iter_errors(call.arguments), key=lambda e: list(e.absolute_path))
+            except Unresolvable as e:
+                raise ArgumentsInvalid(
+                    f"tool {call.target!r} has an inputSchema with {unresolved(e)}"
+                ) from None
             if errors:
                 reasons = [f"arguments{_path(e.absolute_path)}: {e.message}" for e in errors[:10]]
                 raise ArgumentsInvalid(

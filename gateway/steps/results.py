@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError
 from mcp.types import CallToolResult
+from referencing.exceptions import Unresolvable
 
 from gateway.chain import CallNext
 from gateway.context import CallContext
 from gateway.errors import ResultInvalid
+from gateway.steps.schemas import compile_schema, unresolved
 
 MAX_REASONS = 10
 
@@ -35,9 +36,7 @@ class ValidateResult:
         hit = self._cache.get(id(raw))
         if hit is not None and hit[0] is raw:
             return hit[1]
-        cls = validators.validator_for(raw, default=Draft202012Validator)
-        cls.check_schema(raw)
-        v = cls(raw)
+        v = compile_schema(raw)
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[id(raw)] = (raw, v)
@@ -62,7 +61,10 @@ class ValidateResult:
         if not isinstance(content, dict):
             what = "no structuredContent" if content is None else "structuredContent that is not an object"
             raise ResultInvalid(f"{where} has {what}, and the tool declares an outputSchema")
-        errors = sorted(validator.iter_errors(content), key=lambda e: list(e.absolute_path))
+        try:
+            errors = sorted(validator.iter_errors(content), key=lambda e: list(e.absolute_path))
+        except Unresolvable as e:
+            raise ResultInvalid(f"{where}: the tool's outputSchema has {unresolved(e)}") from None
         if errors:
             # the path and the schema keyword only: a message can quote the value
             reasons = [

@@ -4,6 +4,8 @@ the refusal names the argument path (jsonschema, Draft 2020-12 unless the schema
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -149,3 +151,30 @@ def test_a_prompts_arguments_are_bounded_too() -> None:
     assert run(ValidateArguments(max_members=5), prompt) == [prompt]
     with pytest.raises(ArgumentsInvalid):
         run(ValidateArguments(max_members=4), prompt)
+
+
+def test_a_schema_ref_to_a_file_of_the_gateways_host_is_not_read(tmp_path: Path) -> None:
+    """Attack: an approved inputSchema (pinned on first use in tofu mode) whose ``$ref`` names
+    a JSON file of the gateway's host. jsonschema's default registry read it (``urlopen``):
+    the refusal quoted it (``'x' is not one of ['<what the file holds>']``) and arguments that
+    matched it passed, an oracle for the host's files. A ``$ref`` resolves within the schema
+    only now: the call is refused, naming the ref, nothing of the file in it."""
+    held = tmp_path / "held.json"
+    held.write_text(json.dumps({"enum": ["TOPSECRET-4242"]}))
+    schema = {"type": "object", "properties": {"a": {"$ref": held.as_uri()}}}
+    for value in ("guess", "TOPSECRET-4242"):
+        with pytest.raises(ArgumentsInvalid) as err:
+            run(ValidateArguments(), call_of({"a": value}, schema=schema))
+        assert "TOPSECRET" not in f"{err.value.message} {err.value.reasons}"
+        assert "$ref" in err.value.message
+
+
+def test_refs_within_the_schema_still_resolve() -> None:
+    schema = {
+        "type": "object",
+        "$defs": {"count": {"type": "integer"}},
+        "properties": {"n": {"$ref": "#/$defs/count"}},
+    }
+    assert run(ValidateArguments(), call_of({"n": 1}, schema=schema))
+    with pytest.raises(ArgumentsInvalid):
+        run(ValidateArguments(), call_of({"n": "x"}, schema=schema))

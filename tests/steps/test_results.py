@@ -83,6 +83,18 @@ def test_an_invalid_output_schema_refuses_the_result() -> None:
         run(ValidateResult(), Endpoint(result(GOOD)), call_with(weather({"type": 12})))
 
 
+def test_an_output_schema_ref_to_a_file_of_the_gateways_host_is_not_read(tmp_path: Path) -> None:
+    """Attack: an approved outputSchema whose ``$ref`` names a file of the gateway's host: read
+    by jsonschema's default registry (the result passed when it matched what the file holds).
+    Refused now, naming the ref, nothing of the file in it."""
+    held = tmp_path / "held.json"
+    held.write_text(json.dumps({"type": "number", "description": "TOPSECRET-4242"}))
+    schema = {"type": "object", "properties": {"temperature": {"$ref": held.as_uri()}}}
+    with pytest.raises(ResultInvalid) as err:
+        run(ValidateResult(), Endpoint(result(GOOD)), call_with(weather(schema)))
+    assert "$ref" in err.value.message and "TOPSECRET" not in err.value.message
+
+
 def test_other_kinds_are_not_checked() -> None:
     answer = result(BAD[1])
     assert run(ValidateResult(), Endpoint(answer), call_with(weather(), kind="resources/read")) is answer

@@ -9,6 +9,7 @@ file says) whose approved outputSchema its results break, and server-everything'
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from gateway.audit import store
 from gateway.config.load import load_config
 from gateway.context import ToolInfo
 from gateway.errors import ResultInvalid
+from gateway.policy.redact import REDACTED
 from gateway.steps.results import ValidateResult
-from tests.conftest import EVERYTHING_JS, write_config
+from tests.conftest import EVERYTHING_JS, ROOT, policy_config, upstream_writable, write_config
 from tests.server._clients import stdio_session
 from tests.steps.test_verify import Endpoint, call_with, run
 from tests.upstream.test_listing import config
@@ -149,6 +151,49 @@ async def test_an_upstream_breaking_its_approved_output_schema_is_refused_end_to
     records = _audited_calls(cfg)
     assert [r.get("error_code") for r in records] == [None, *["result_invalid"] * 3]
     assert "sk-live" not in json.dumps(records)
+
+
+CONDITIONS_POLICY = """
+package symbi
+
+import rego.v1
+
+decision := {"allow": true, "reasons": [], "conditions": %s}
+"""
+
+
+@pytest.mark.parametrize(
+    ("conditions", "expected"),
+    [
+        # redacted: a string where the schema has a number
+        ({"redact_result": ["temperature"]}, {"temperature": REDACTED, "city": "Oslo"}),
+        # cut to the cap: the structured content dropped
+        ({"max_result_bytes": 40}, None),
+    ],
+)
+@pytest.mark.anyio
+async def test_what_is_checked_is_what_the_upstream_sent_before_the_result_conditions(
+    tmp_path: Path, conditions: dict[str, Any], expected: Any
+) -> None:
+    """The policy's result conditions change a result after the check: a conforming result
+    redacted (or cut) by them is what they made it, not refused as breaking the schema."""
+    tool = {"name": "weather", "inputSchema": {"type": "object"}, "outputSchema": SCHEMA}
+    answer = {"content": [{"type": "text", "text": "w"}], "structuredContent": GOOD}
+    listing = tmp_path / "wx.json"
+    listing.write_text(json.dumps({"tools": [tool], "results": {"weather": answer}}))
+    servers = f"""
+        [servers.wx]
+        command = "{sys.executable}"
+        args = ["{ROOT / "tests/peers/listing_server.py"}"]
+        verification = "tofu"
+        env = {{ LISTING = "{listing}", NAME = "wx", READS = "{upstream_writable(tmp_path) / "reads"}" }}
+        """
+    cfg = policy_config(tmp_path, CONDITIONS_POLICY % json.dumps(conditions), servers)
+    async with stdio_session(cfg) as s:
+        await s.list_tools()
+        r = await _raw_call(s, "wx__weather")
+    assert not r.is_error, r
+    assert r.structured_content == expected
 
 
 @pytest.mark.anyio

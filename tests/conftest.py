@@ -244,6 +244,22 @@ def write_config(tmp_path: Path, body: str, name: str = "symbi.toml") -> Path:
     return path
 
 
+def everything_stdio_config(tmp_path: Path, verification: str = "warn") -> Path:
+    """server-everything over stdio as the only upstream, no code tools (``write_config``'s
+    defaults otherwise)."""
+    return write_config(
+        tmp_path,
+        f"""
+        [sandbox]
+        code_tools = false
+        [servers.everything]
+        command = "node"
+        args = ["{EVERYTHING_JS}", "stdio"]
+        verification = "{verification}"
+        """,
+    )
+
+
 def policy_config(tmp_path: Path, rego: str, servers: str, name: str = "symbi.toml") -> Path:
     """A config deciding by the Rego ``rego`` (written beside it), code tools off, and the
     upstreams of ``servers`` (a TOML fragment, dedented)."""

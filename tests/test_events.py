@@ -14,7 +14,7 @@ from gateway.config import load_config
 from gateway.context import CallContext, Principal
 from gateway.events import EVENT_TYPES, Event
 from gateway.metrics import GatewayMetrics
-from tests.conftest import EVERYTHING_JS, ROOT, require_peers, write_config
+from tests.conftest import ROOT, everything_stdio_config, require_peers
 
 EMITTERS = {"emit", "record", "append", "audit"}  # EventSink.emit, AuditLog.record / append, memory audit
 EVENT_SHAPE = re.compile(r"^[a-z_]+\.[a-z_.]+$")
@@ -61,17 +61,7 @@ async def test_a_running_gateway_emits_only_catalogued_types(tmp_path: Path) -> 
     """Real upstream (server-everything), real audit log; /metrics counts every event by type."""
     require_peers()
     cfg = load_config(
-        write_config(
-            tmp_path,
-            f"""
-            [sandbox]
-            code_tools = false
-            [servers.everything]
-            command = "node"
-            args = ["{EVERYTHING_JS}", "stdio"]
-            verification = "warn"
-            """,
-        ),
+        everything_stdio_config(tmp_path),
         {},
     )
     metrics = GatewayMetrics()

@@ -23,7 +23,7 @@ from gateway.context import ToolInfo
 from gateway.errors import ResultInvalid
 from gateway.policy.redact import REDACTED
 from gateway.steps.results import ValidateResult
-from tests.conftest import EVERYTHING_JS, ROOT, policy_config, upstream_writable, write_config
+from tests.conftest import ROOT, everything_stdio_config, policy_config, upstream_writable
 from tests.server._clients import stdio_session
 from tests.steps.test_verify import Endpoint, call_with, run
 from tests.upstream.test_listing import config
@@ -198,17 +198,7 @@ async def test_what_is_checked_is_what_the_upstream_sent_before_the_result_condi
 
 @pytest.mark.anyio
 async def test_a_real_upstreams_structured_results_pass(tmp_path: Path) -> None:
-    cfg = write_config(
-        tmp_path,
-        f"""
-        [sandbox]
-        code_tools = false
-        [servers.everything]
-        command = "node"
-        args = ["{EVERYTHING_JS}", "stdio"]
-        verification = "tofu"
-        """,
-    )
+    cfg = everything_stdio_config(tmp_path, verification="tofu")
     async with stdio_session(cfg) as s:
         listed = {t.name: t for t in (await s.list_tools()).tools}
         assert listed["everything__get-structured-content"].output_schema is not None

@@ -209,8 +209,16 @@ class KeyRing:
     def park_unended(self, now_ms: int) -> None:
         """At start: stored agents no earlier run ended (it stopped or crashed with them live)
         and not registered since ended now (none of them is live in this new run)."""
-        for agent in list(self._unended):
-            self.park(agent, now_ms)
+        with self._lock:
+            agents = [a for a in self._unended if a in self._local]
+            for agent in agents:
+                self._ended.pop(agent, None)
+                self._ended[agent] = now_ms
+            self._unended.clear()
+            stored = [(now_ms, a) for a in agents if self._local[a].stored]
+            if self._db is not None and stored:
+                with self._db:  # one commit for all of them (a run may have left thousands)
+                    self._db.executemany("UPDATE agent_keys SET ended_ms=? WHERE agent=?", stored)
 
     def ended_at(self, agent: str) -> int | None:
         """When a parked agent ended (ms); None for one that is not parked."""

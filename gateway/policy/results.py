@@ -152,10 +152,16 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[: max(max_bytes, 0)].decode("utf-8", errors="ignore")
 
 
-def cap_result(result: CallToolResult, max_bytes: int, size: int | None = None) -> CallToolResult:
+def cap_result(
+    result: CallToolResult, max_bytes: int, size: int | None = None, *, schema: bool = False
+) -> CallToolResult:
     """Fit a tool result under ``max_bytes``.
 
     - within the cap: unchanged;
+    - a result (not an error result) of a tool that declares an ``outputSchema`` (``schema``):
+      replaced by the ``isError`` result below; its ``structuredContent`` cannot be cut, and a
+      cut result without it breaks the schema (a client that checks, as the SDK's does, raises
+      instead of reading it);
     - only text content: texts are kept in order up to ``max_bytes`` of text, the last one is
       cut at a UTF-8 boundary and ends with a visible truncation mark; ``structured_content``
       and the upstream's ``_meta`` (the result's and the items') are dropped: they are not
@@ -169,7 +175,7 @@ def cap_result(result: CallToolResult, max_bytes: int, size: int | None = None) 
         size = result_size(result)
     if size <= max_bytes:
         return result
-    if not all(isinstance(c, TextContent) for c in result.content):
+    if (schema and not result.is_error) or not all(isinstance(c, TextContent) for c in result.content):
         return CallToolResult(
             content=[
                 TextContent(

@@ -162,21 +162,9 @@ decision := {"allow": true, "reasons": [], "conditions": %s}
 """
 
 
-@pytest.mark.parametrize(
-    ("conditions", "expected"),
-    [
-        # redacted: a string where the schema has a number
-        ({"redact_result": ["temperature"]}, {"temperature": REDACTED, "city": "Oslo"}),
-        # cut to the cap: the structured content dropped
-        ({"max_result_bytes": 40}, None),
-    ],
-)
-@pytest.mark.anyio
-async def test_what_is_checked_is_what_the_upstream_sent_before_the_result_conditions(
-    tmp_path: Path, conditions: dict[str, Any], expected: Any
-) -> None:
-    """The policy's result conditions change a result after the check: a conforming result
-    redacted (or cut) by them is what they made it, not refused as breaking the schema."""
+def _conditions_config(tmp_path: Path, conditions: dict[str, Any]) -> Path:
+    """``symbi mcp`` in front of an upstream whose weather tool keeps to its outputSchema, under
+    a policy that allows every call with ``conditions``."""
     tool = {"name": "weather", "inputSchema": {"type": "object"}, "outputSchema": SCHEMA}
     answer = {"content": [{"type": "text", "text": "w"}], "structuredContent": GOOD}
     listing = tmp_path / "wx.json"
@@ -188,12 +176,41 @@ async def test_what_is_checked_is_what_the_upstream_sent_before_the_result_condi
         verification = "tofu"
         env = {{ LISTING = "{listing}", NAME = "wx", READS = "{upstream_writable(tmp_path) / "reads"}" }}
         """
-    cfg = policy_config(tmp_path, CONDITIONS_POLICY % json.dumps(conditions), servers)
+    return policy_config(tmp_path, CONDITIONS_POLICY % json.dumps(conditions), servers)
+
+
+@pytest.mark.anyio
+async def test_what_is_checked_is_what_the_upstream_sent_before_the_result_conditions(tmp_path: Path) -> None:
+    """The policy's result conditions change a result after the check: a conforming result
+    redacted by them is what they made it (a string where the schema has a number), not
+    refused as breaking the schema."""
+    cfg = _conditions_config(tmp_path, {"redact_result": ["temperature"]})
     async with stdio_session(cfg) as s:
         await s.list_tools()
         r = await _raw_call(s, "wx__weather")
     assert not r.is_error, r
-    assert r.structured_content == expected
+    assert r.structured_content == {"temperature": REDACTED, "city": "Oslo"}
+
+
+@pytest.mark.anyio
+async def test_a_result_over_the_cap_of_a_tool_with_an_output_schema_is_an_error_result(
+    tmp_path: Path,
+) -> None:
+    """A result cut to ``max_result_bytes`` loses its structuredContent (it cannot be cut). It
+    went out as a plain result without it, which breaks the outputSchema: the SDK's client
+    (``call_tool`` checks it) raised instead of reading it. Now it is an ``isError`` result
+    saying the result was too large, which a checking client reads; under a cap it fits, the
+    same call passes whole."""
+    async with stdio_session(_conditions_config(tmp_path, {"max_result_bytes": 40})) as s:
+        await s.list_tools()
+        cut = await s.call_tool("wx__weather", {})
+    assert cut.is_error and cut.structured_content is None
+    assert isinstance(cut.content[0], TextContent) and "40" in cut.content[0].text
+    (tmp_path / "big").mkdir()
+    async with stdio_session(_conditions_config(tmp_path / "big", {"max_result_bytes": 10_000})) as s:
+        await s.list_tools()
+        whole = await s.call_tool("wx__weather", {})
+    assert not whole.is_error and whole.structured_content == GOOD
 
 
 @pytest.mark.anyio

@@ -34,6 +34,7 @@ from mcp.types import (
     TextResourceContents,
 )
 
+from gateway.context import ToolInfo
 from gateway.errors import PolicyDenied, UpstreamError
 from gateway.policy.redact import redact, scrub_secrets
 from gateway.textcheck import not_utf8_at
@@ -153,12 +154,12 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
 
 
 def cap_result(
-    result: CallToolResult, max_bytes: int, size: int | None = None, *, schema: bool = False
+    result: CallToolResult, max_bytes: int, size: int | None = None, *, tool: ToolInfo | None = None
 ) -> CallToolResult:
     """Fit a tool result under ``max_bytes``.
 
     - within the cap: unchanged;
-    - a result (not an error result) of a tool that declares an ``outputSchema`` (``schema``):
+    - a result (not an error result) of a ``tool`` that declares an ``outputSchema``:
       replaced by the ``isError`` result below; its ``structuredContent`` cannot be cut, and a
       cut result without it breaks the schema (a client that checks, as the SDK's does, raises
       instead of reading it);
@@ -175,6 +176,7 @@ def cap_result(
         size = result_size(result)
     if size <= max_bytes:
         return result
+    schema = tool is not None and tool.definition.get("outputSchema") is not None
     if (schema and not result.is_error) or not all(isinstance(c, TextContent) for c in result.content):
         return CallToolResult(
             content=[

@@ -96,8 +96,7 @@ class PolicyStep:
             if "max_result_bytes" in cond:
                 # the size measured above is the capped result's unless the redaction made another
                 size = call.result_bytes if result is produced else None
-                schema = call.tool is not None and call.tool.definition.get("outputSchema") is not None
-                result = cap_result(result, cond["max_result_bytes"], size, schema=schema)
+                result = cap_result(result, cond["max_result_bytes"], size, tool=call.tool)
         elif hasattr(result, "model_dump_json"):
             call.result_bytes = size = result_size(result)
             if cond.get("redact_result"):

@@ -21,6 +21,7 @@ from mcp.types import (
     TextResourceContents,
 )
 
+from gateway.context import ToolInfo
 from gateway.errors import PolicyDenied, UpstreamError
 from gateway.policy.redact import REDACTED
 from gateway.policy.results import (
@@ -97,13 +98,19 @@ def test_a_schema_tools_result_over_the_cap_is_an_error_result_not_cut() -> None
     """A tool with an ``outputSchema``: its cut result would lack the structuredContent the
     schema asks for; the whole result becomes an error result instead. Its error results, and
     another tool's results, are cut as before."""
+    schema = ToolInfo(
+        name="up__t",
+        original_name="t",
+        upstream="up",
+        definition={"name": "t", "inputSchema": {"type": "object"}, "outputSchema": {"type": "object"}},
+    )
     r = CallToolResult(content=[TextContent(type="text", text="x" * 200)], structured_content={"n": 1})
-    out = cap_result(r, 100, schema=True)
+    out = cap_result(r, 100, tool=schema)
     assert out.is_error and out.structured_content is None and result_size(out) < 200
     assert cap_result(r, 100).is_error is False  # no outputSchema: the text cut
     failed = r.model_copy(update={"is_error": True})
-    assert cap_result(failed, 100, schema=True).content[0].text.endswith(TRUNCATION_MARK.format(cap=100))  # type: ignore[union-attr]
-    assert cap_result(r, 10_000, schema=True) is r  # within the cap: unchanged
+    assert cap_result(failed, 100, tool=schema).content[0].text.endswith(TRUNCATION_MARK.format(cap=100))  # type: ignore[union-attr]
+    assert cap_result(r, 10_000, tool=schema) is r  # within the cap: unchanged
 
 
 def test_resource_and_prompt_results_are_redacted_as_tool_results() -> None:

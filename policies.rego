@@ -75,9 +75,18 @@ else := other_conditions
 # an else, cost every decision an evaluation of its own.)
 deny contains msg if some msg in facts.refusals
 
+# A 2026 client's answers (input_responses) reach the upstream with the call, as its
+# arguments do: a field of an answer named as a path or URL argument gets that argument's
+# checks (answer_refusals; facts checks them on its paths). The kinds a client answers for
+# (and logging/setLevel, decided with resources and prompts), as facts has them.
+answer_deny := answer_refusals(input.input_responses, idx) if {
+	input.input_responses
+	kind in {"tools/call", "resources/read", "prompts/get", "logging/setLevel"}
+} else := set()
+
 deny contains msg if {
 	not facts
-	some msg in kind_deny | volume_deny
+	some msg in (kind_deny | volume_deny) | answer_deny
 }
 
 kind_deny := tool_deny if is_tool
@@ -188,7 +197,7 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 	ver := tool.verification # (a tool without one: the general rules)
 	unverified := cx.unverified # (data whose upstreams are not all objects: the general rules)
 	cap := object.get(entry, "max_calls_per_hour", cx.defaults.max_calls_per_hour)
-	refusals := ((((({sprintf("principal %v may not use tool %v (not in its allow-list)", [pid, name]) | not granted} | {
+	refusals := (((((({sprintf("principal %v may not use tool %v (not in its allow-list)", [pid, name]) | not granted} | {
 		sprintf("tool %v is on the deny-list of principal %v", [name, pid]) | "deny_tools" in listed
 	}) | {
 		sprintf("tool %v is %v: only verified or pinned tools may be called", [name, ver]) |
@@ -231,6 +240,9 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 			not ix.url_hosts.exact[h]
 			[1 | some pat in ix.url_hosts.glob; glob.match(pat, ["."], h)] == []
 		}
+	}) | {msg |
+		resp := input.input_responses # (first: a call without answers costs one lookup)
+		some msg in answer_refusals(resp, ix)
 	}) | {sprintf("principal %v reached its limit of %d calls per hour", [pid, cap]) |
 		call
 		cap > 0
@@ -418,7 +430,7 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		glob.match(p, [], target)
 	}) != set()
 	cap := object.get(entry, "max_calls_per_hour", object.get(c, "default_max_calls_per_hour", 0))
-	refusals := ({sprintf(what, [pid, target]) |
+	refusals := (({sprintf(what, [pid, target]) |
 		not granted
 		what := {
 			"resources/read": "principal %v may not read resource %v",
@@ -429,7 +441,10 @@ facts := {"refusals": refusals, "granted": granted, "conditions": conditions} if
 		call
 		cap > 0
 		hour >= cap
-	}) | prompt_arg_deny
+	}) | prompt_arg_deny) | {msg |
+		resp := input.input_responses # (first: a request without answers costs one lookup)
+		some msg in answer_refusals(resp, idx)
+	}
 	conditions := {"redact_arguments": prompt_redact_args | kind == "prompts/get"; count(prompt_redact_args) > 0}
 }
 
@@ -952,6 +967,22 @@ arg_refused(c, k, v, ix) := msg if {
 	c == "url"
 	hosts := [h | h := url_host(v)] # the regex runs once
 	msg := url_refused(k, hosts, ix.url_hosts)
+}
+
+# The refusals of a 2026 client's answers (resp: input_responses, question key -> answer):
+# every value of an answer's content field named in path_arguments / url_arguments (a string
+# or each array item) is checked as that argument's value is. ix: data_index
+answer_refusals(resp, ix) := {msg |
+	is_object(resp)
+	some q, a in resp
+	content := a.content
+	is_object(content)
+	some k, x in content
+	some c in ix.arg_checks[k]
+	vals := {false: [x], true: x}
+	some v in vals[is_array(x)]
+	m := arg_refused(c, k, v, ix)
+	msg := sprintf("answer %v: %v", [q, m])
 }
 
 # pats: data_index.url_hosts

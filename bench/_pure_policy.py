@@ -105,6 +105,17 @@ class PurePolicy:
             if not isinstance(inp["arguments"], dict):
                 deny.add(f"arguments of prompt {json_v(target)} are not an object")
             self._arguments(inp["arguments"], deny)
+        answers = inp.get("input_responses")  # a 2026 client's: checked as arguments are
+        if isinstance(answers, dict) and kind in (
+            "tools/call",
+            "resources/read",
+            "prompts/get",
+            "logging/setLevel",
+        ):
+            for q, a in answers.items():
+                content = a.get("content") if isinstance(a, dict) else None
+                if isinstance(content, dict):
+                    self._arguments(content, deny, f"answer {q}: ")
         if is_tool and name is not None:
             permitted = self._tool_rules(inp, tool_d, name, pid, pats, deny)
         elif kind in ("resources/read", "prompts/get", "logging/setLevel"):
@@ -180,17 +191,17 @@ class PurePolicy:
             deny.add(f"tool {name} is blocked by screening ({', '.join(rules)}): see `symbi scan`")
         return permitted
 
-    def _arguments(self, args: Any, deny: set[str]) -> None:
+    def _arguments(self, args: Any, deny: set[str], where: str = "") -> None:
         d = self.d
         for k, raw in self._values(args, d.get("path_arguments", [])):
             if not self._path_ok(json.loads(raw)):
-                deny.add(f"argument {k} is not a path under an allowed root")
+                deny.add(f"{where}argument {k} is not a path under an allowed root")
         for k, raw in self._values(args, d.get("url_arguments", [])):
             host = self._host(json.loads(raw))
             if host is None:
-                deny.add(f"argument {k} is not an http(s) URL")
+                deny.add(f"{where}argument {k} is not an http(s) URL")
             elif not any(self._glob(p.lower(), host) for p in d.get("url_hosts", [])):
-                deny.add(f"argument {k}: host {host} is not in the allow-list")
+                deny.add(f"{where}argument {k}: host {host} is not in the allow-list")
 
     def _tool_conditions(
         self, name: object, pe: dict[str, Any], roles: set[str], tool: dict[str, Any], cond: dict[str, Any]

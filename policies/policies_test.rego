@@ -187,6 +187,19 @@ test_path_under_root_allowed if {
 	d.allow == true
 }
 
+# a 2026 client's answer reaches the upstream with the call: its path field is checked as the
+# argument of that name is (a declined answer carries nothing to check)
+test_path_in_an_answer_denied if {
+	answers := {"q1": {"action": "accept", "content": {"path": "/etc/passwd"}}, "q2": {"action": "decline"}}
+	call := object.union(fs_call("fs__read_text_file", {"path": "/srv/symbi/a/b.txt"}), {"input_responses": answers})
+	d := data.symbi.decision with input as call with data.symbi_data as fixture
+	d.allow == false
+	d.reasons == ["answer q1: argument path is not a path under an allowed root"]
+	ok := object.union(call, {"input_responses": {"q1": {"action": "accept", "content": {"path": "/srv/symbi/c"}}}})
+	e := data.symbi.decision with input as ok with data.symbi_data as fixture
+	e.allow == true
+}
+
 # an argument document that is not an object is refused, not let past the argument checks
 test_arguments_not_an_object_denied if {
 	d := data.symbi.decision with input as fs_call("fs__read_text_file", [{"path": "/etc/passwd"}]) with data.symbi_data as fixture

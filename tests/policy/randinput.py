@@ -211,6 +211,22 @@ def random_input(r: random.Random, not_object: float = 0.0) -> dict[str, Any]:
             "namespace": r.choice(["team", "announcements", "nowhere", None]),
             "base": r.choice(["kb1", "docs", None]),
         }
+    # a 2026 client's answers (a share of every kind), drawn apart: the stream of the other
+    # draws is the earlier sessions'
+    side = random.Random(repr((pid, kind, doc["target"], doc["context"]["calls_last_minute"])))
+    if side.random() < 0.25:
+        doc["input_responses"] = {
+            f"q{i}": side.choice(
+                [
+                    {"action": "accept", "content": _arguments(side)},
+                    {"action": "accept", "content": _arguments(side)},
+                    {"action": "decline"},
+                    {"action": "accept", "content": ["/etc/passwd"]},
+                    "x",
+                ]
+            )
+            for i in range(side.randint(1, 2))
+        }
     return doc
 
 

@@ -132,8 +132,9 @@ def _as_before(inp: dict[str, Any]) -> bool:
     has had the argument checks and redaction of a tool call since (red team /tmp/rt-call r1),
     where the references allowed any arguments and gave no conditions; not a bus/send: it
     compares qualified principals since the red team's A1 (a JWT sub=alice is not the API key
-    alice), which the references did not. OPA still decides every one."""
-    return inp.get("kind") not in ("prompts/get", "bus/send")
+    alice), which the references did not; not one with a 2026 client's answers, which the
+    references did not check. OPA still decides every one."""
+    return inp.get("kind") not in ("prompts/get", "bus/send") and "input_responses" not in inp
 
 
 def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:

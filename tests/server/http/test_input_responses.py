@@ -22,6 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.conformance.test_conformance import FIXTURE
 from tests.conftest import POLICY, write_config
 from tests.server.http.conftest import Running, bearer, roles_policy_data, run_server
+from tests.verify.test_gateway_verification import error_of
 
 pytestmark = [pytest.mark.anyio]
 
@@ -136,3 +137,43 @@ async def test_a_2026_clients_input_responses_are_redacted_decided_and_recorded(
     content = answered[-1]["input_responses"]["user_name"]["content"]
     assert content == {"name": "[REDACTED]", "api_token": "[REDACTED]"}
     assert SECRET not in json.dumps(_calls(run))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "refused"),
+    [
+        ("path", "/etc/passwd", True),  # outside the data's fs_roots
+        ("url", "http://evil.com/collect", True),  # a host not in url_hosts
+        ("path", "/tmp/notes.txt", False),  # under a root: the control
+    ],
+)
+async def test_a_2026_clients_answer_gets_the_arguments_checks(
+    gw: tuple[Running, str], field: str, value: str, refused: bool
+) -> None:
+    """Attack: a value the path / URL checks refuse in ``arguments`` put in an answer's field of
+    the same name instead (an answer reaches the upstream with the call, as arguments do): it
+    passed unchecked. Now the policy checks it as the argument (the reason names the answer);
+    a value the check allows passes."""
+    run, key = gw
+    async with contextlib.AsyncExitStack() as stack:
+        hc = await stack.enter_async_context(httpx2.AsyncClient(headers=bearer(key), timeout=60))
+        c = await stack.enter_async_context(
+            Client(streamable_http_client(run.mcp, http_client=hc), mode="2026-07-28")
+        )
+        first = await c.session.call_tool(TOOL, {}, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult)
+        answer = types.ElicitResult(action="accept", content={"name": "Ada", field: value})
+        final = await c.session.call_tool(
+            TOOL,
+            {},
+            allow_input_required=True,
+            input_responses={"user_name": answer},
+            request_state=first.request_state,
+        )
+    assert isinstance(final, types.CallToolResult)
+    if refused:
+        error = error_of(final)
+        assert error["code"] == "policy_denied"
+        assert any(r.startswith("answer user_name: argument " + field) for r in error["reasons"])
+    else:
+        assert not final.is_error and final.content[0].text == "Hello, [REDACTED]!"  # type: ignore[union-attr]

@@ -201,18 +201,24 @@ class InputReads:
         self._plan = _plan(trie)
         self.counters = _counters_read(trie)
         self._target = ALL in trie or "target" in trie
+        who = {} if ALL in trie else trie.get("principal", {})
+        self._principal = ALL in trie or ALL in who or "id" in who
 
     def fingerprint(self, doc: Mapping[str, Any]) -> int | None:
-        """A hash of the target and the counters the policy reads, for a policy that reads a
-        counter (else None): two inputs with the same cache key have the same fingerprint, so
-        a call whose fingerprint is new has a key never asked before (engine.py)."""
+        """A hash of the target, the principal's id and the counters the policy reads, for a
+        policy that reads a counter (else None): two inputs with the same cache key have the
+        same fingerprint, so a call whose fingerprint is new has a key never asked before
+        (engine.py). The principal's id: callers whose counts run alike (many API keys under
+        one load) would otherwise share fingerprints, and each call's key be made in vain."""
         ctx = doc.get("context")
         # a dict (what build_input makes) first: the ABC check costs three calls
         if not self.counters or not (type(ctx) is dict or isinstance(ctx, Mapping)):
             return None
         target = doc.get("target") if self._target else None
+        who = doc.get("principal") if self._principal else None
+        pid = who.get("id") if type(who) is dict or isinstance(who, Mapping) else None
         try:
-            return hash((target, *map(ctx.get, self.counters)))
+            return hash((target, pid, *map(ctx.get, self.counters)))
         except TypeError:  # an unhashable value: no fingerprint, the key decides
             return None
 

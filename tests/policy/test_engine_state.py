@@ -298,6 +298,27 @@ def test_a_call_with_new_target_and_counters_is_not_keyed_and_a_kept_call_still_
     assert (eng.cache_hits, eng.cache_misses) == (1, 7)
 
 
+def test_callers_with_alike_counts_do_not_make_each_others_calls_keyed(tmp_path: Path) -> None:
+    """Two callers taking turns with the same hourly count: each call's fingerprint is new for
+    its caller (the policy reads the principal's id), so none is keyed until its caller asks it
+    again, and the decisions stay each caller's own."""
+    eng = _engine(tmp_path, COUNTED.replace('input.target == "t"', 'input.principal.id == "a"'))
+    calls = [
+        {
+            "action": "call",
+            "target": "t",
+            "principal": {"id": who},
+            "arguments": {"ok": True},
+            "context": {"calls_last_hour": 0},
+        }
+        for who in ("a", "b")
+    ]
+    for _ in range(3):  # the third round's are kept (as one caller's are, alone)
+        assert [eng.decide(c).allow for c in calls] == [True, False]
+    assert (eng.cache_hits, eng.cache_misses) == (0, 6)
+    assert [eng.decide(c).allow for c in calls] == [True, False] and eng.cache_hits == 2
+
+
 def test_the_fingerprints_remembered_are_the_last_calls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -248,3 +248,21 @@ def test_a_fingerprint_only_for_a_policy_reading_a_counter_and_over_what_it_read
     counter_only = reads_of(PKG + "r if input.context.calls_last_hour > 0\n")[0]
     assert counter_only is not None
     assert counter_only.fingerprint(doc) == counter_only.fingerprint({**doc, "target": "u"})
+
+
+def test_the_fingerprint_holds_the_principals_id_when_the_policy_reads_it() -> None:
+    """Many callers whose counts run alike: their calls' fingerprints differ by who calls
+    (else each call's key is made and never asked again); a policy that does not read the
+    id gives two callers' inputs with the same key the same fingerprint."""
+    by_id = reads_of(PKG + 'r if { input.context.calls_last_hour > 0; input.principal.id == "a" }\n')[0]
+    whole = reads_of(PKG + "r if { input.context.calls_last_hour > 0; input.principal }\n")[0]
+    by_role = reads_of(PKG + 'r if { input.context.calls_last_hour > 0; input.principal.roles[_] == "x" }\n')[
+        0
+    ]
+    assert by_id is not None and whole is not None and by_role is not None
+    doc = {"target": "t", "principal": {"id": "a", "roles": []}, "context": {"calls_last_hour": 3}}
+    other = {**doc, "principal": {"id": "b", "roles": []}}
+    assert by_id.fingerprint(doc) != by_id.fingerprint(other)
+    assert whole.fingerprint(doc) != whole.fingerprint(other)
+    assert by_role.fingerprint(doc) == by_role.fingerprint(other)  # the same key: the same fingerprint
+    assert by_id.fingerprint({**doc, "principal": "a"}) == by_id.fingerprint({**doc, "principal": None})

@@ -111,10 +111,9 @@ async def test_a_2025_clients_input_responses_are_dropped(gw: tuple[Running, str
     assert SECRET not in json.dumps(_calls(run))
 
 
-async def test_a_2026_clients_input_responses_are_redacted_decided_and_recorded(
-    gw: tuple[Running, str],
-) -> None:
-    run, key = gw
+async def _answered_call(run: Running, key: str, answers: dict[str, types.InputResponse]) -> Any:
+    """A 2026 client's call of TOOL, then its retry with ``answers`` to the question the first
+    call's input-required result asked: the retry's result."""
     async with contextlib.AsyncExitStack() as stack:
         hc = await stack.enter_async_context(httpx2.AsyncClient(headers=bearer(key), timeout=60))
         c = await stack.enter_async_context(
@@ -122,13 +121,16 @@ async def test_a_2026_clients_input_responses_are_redacted_decided_and_recorded(
         )
         first = await c.session.call_tool(TOOL, {}, allow_input_required=True)
         assert isinstance(first, types.InputRequiredResult)
-        final = await c.session.call_tool(
-            TOOL,
-            {},
-            allow_input_required=True,
-            input_responses=_answer("Grace"),
-            request_state=first.request_state,
+        return await c.session.call_tool(
+            TOOL, {}, allow_input_required=True, input_responses=answers, request_state=first.request_state
         )
+
+
+async def test_a_2026_clients_input_responses_are_redacted_decided_and_recorded(
+    gw: tuple[Running, str],
+) -> None:
+    run, key = gw
+    final = await _answered_call(run, key, _answer("Grace"))
     assert isinstance(final, types.CallToolResult) and not final.is_error
     # the upstream got the answer redacted as arguments are (the rules name "name" here)
     assert final.content[0].text == "Hello, [REDACTED]!"  # type: ignore[union-attr]
@@ -155,21 +157,8 @@ async def test_a_2026_clients_answer_gets_the_arguments_checks(
     passed unchecked. Now the policy checks it as the argument (the reason names the answer);
     a value the check allows passes."""
     run, key = gw
-    async with contextlib.AsyncExitStack() as stack:
-        hc = await stack.enter_async_context(httpx2.AsyncClient(headers=bearer(key), timeout=60))
-        c = await stack.enter_async_context(
-            Client(streamable_http_client(run.mcp, http_client=hc), mode="2026-07-28")
-        )
-        first = await c.session.call_tool(TOOL, {}, allow_input_required=True)
-        assert isinstance(first, types.InputRequiredResult)
-        answer = types.ElicitResult(action="accept", content={"name": "Ada", field: value})
-        final = await c.session.call_tool(
-            TOOL,
-            {},
-            allow_input_required=True,
-            input_responses={"user_name": answer},
-            request_state=first.request_state,
-        )
+    answer = types.ElicitResult(action="accept", content={"name": "Ada", field: value})
+    final = await _answered_call(run, key, {"user_name": answer})
     assert isinstance(final, types.CallToolResult)
     if refused:
         error = error_of(final)

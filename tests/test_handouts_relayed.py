@@ -11,6 +11,7 @@ with a 2026-era client), real upstreams (tests/peers/listing_server.py), the SDK
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.handouts import HandedOut
+from tests.conformance.test_conformance import FIXTURE
 from tests.server._clients import stdio_session
 from tests.server.http.conftest import bearer, run_server
 from tests.test_catalog_claims import EMBEDDED, LINK, _config, _read, _reads
@@ -122,13 +124,22 @@ async def test_a_link_handed_out_in_a_prompt_or_a_read_is_read_from_its_upstream
     assert _reads(tmp_path, "victim") == [*([INDEX] if via == "read" else []), LINK, EMBEDDED]
 
 
+FX_LINK = "a://fx/9?token=s3cret"  # what the 2026-era upstream's prompt embeds (its argument)
+
+
 @pytest.mark.anyio
 async def test_a_2026_client_over_http_is_not_robbed_either(tmp_path: Path) -> None:
-    # the HTTP front and the 2026 era reach the upstreams through the same dispatch: one check
+    # the HTTP front and the 2026 era reach the upstreams through the same dispatch: the victim
+    # here is a 2025-era upstream and a 2026-era one (the conformance fixture, protocol "auto")
     from gateway.config import load_config
     from gateway.server.auth import ApiKeyStore
 
     cfg, _ = _config(tmp_path, {"victim": _victim(), "thief": THIEF})
+    with cfg.open("a") as f:
+        f.write(
+            f'[servers.fx]\ncommand = "{sys.executable}"\nargs = ["{FIXTURE}", "--stdio"]\n'
+            'verification = "tofu"\nprotocol = "auto"\n'
+        )
     key = ApiKeyStore(load_config(cfg, {}).api_keys_path).create("tester", ("tester",))[0]
     with run_server(cfg) as run:
         async with contextlib.AsyncExitStack() as stack:
@@ -137,7 +148,9 @@ async def test_a_2026_client_over_http_is_not_robbed_either(tmp_path: Path) -> N
                 Client(streamable_http_client(run.mcp, http_client=hc), mode="2026-07-28")
             )
             await _hand_out(c, "prompt")
-            for uri in (LINK, EMBEDDED):
+            got = await c.get_prompt("fx__test_prompt_with_embedded_resource", {"resourceUri": FX_LINK})
+            assert [m.content.resource.uri for m in got.messages if m.content.type == "resource"] == [FX_LINK]
+            for uri in (FX_LINK, LINK, EMBEDDED):  # the 2026-era upstream's first
                 with pytest.raises(MCPError) as refused:
                     await c.read_resource(uri)
                 assert (refused.value.error.data or {}).get("code") == "resource_ambiguous"

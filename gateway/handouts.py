@@ -59,17 +59,18 @@ class HandedOut:
         ``resource_link`` items and embedded resources, and a read's contents of a URI other
         than the one read (``target``, the call's). Any kind of result, so the one place that
         relays them notes them all; one attribute compare per content item without a link."""
-        if isinstance(result, CallToolResult):
-            self._note_items(upstream, result.content)
+        items: Iterable[Any]
+        if isinstance(result, CallToolResult):  # first: the hot path, no frame of its own
+            items = result.content
         elif isinstance(result, GetPromptResult):
-            self._note_items(upstream, (m.content for m in result.messages))
+            items = (m.content for m in result.messages)
         elif isinstance(result, ReadResourceResult):
             for contents in result.contents:
                 if contents.uri != target:  # the URI read is routed already: no claim of its own
                     self.note(upstream, contents.uri)
-        # else: an input-required result, say: nothing handed out
-
-    def _note_items(self, upstream: str, items: Iterable[Any]) -> None:
+            return
+        else:
+            return  # an input-required result, say: nothing handed out
         for item in items:
             if item.type in _LINKED:  # the one check an item without a link costs
                 if isinstance(item, ResourceLink):

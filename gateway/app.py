@@ -333,73 +333,72 @@ class Gateway:
 
     async def _dispatch(self, call: CallContext) -> Any:
         """The innermost step: send the call to its upstream (or built-in provider). An
-        upstream's result loses the ``_meta`` keys only the gateway sets (``symbi/...``)."""
+        upstream's result loses the ``_meta`` keys only the gateway sets (``symbi/...``), and the
+        URIs it hands out are its claims (gateway.handouts): another upstream's template cannot
+        take a read of them. Here, once, for every kind: no relayed result goes unnoted."""
+        assert call.upstream is not None  # resolved: a tool's upstream too (gateway.steps.resolve)
+        upstream = call.upstream.name
+        served = self.builtins.get(upstream)
         if call.kind == "resources/read":
-            assert call.upstream is not None
-            served = self.builtins.get(call.upstream.name)
             if isinstance(served, ResourceBuiltin):
                 return await served.read_resource(call)
-            name, uri = call.upstream.name, call.target
-
-            async def read(answers: Any, state: str | None) -> Any:
-                request = types.ReadResourceRequest(
-                    params=types.ReadResourceRequestParams(
-                        uri=uri, input_responses=answers, request_state=state
-                    )
-                )
-                return await self.with_upstream(
-                    name,
-                    lambda up: up.session.send_request(request, _READ_RESULT),
-                    call.downstream,
-                    self._owner_of_call(name, call),
-                )
-
-            return without_gateway_meta(await answered_for_legacy(call, name, read, self.events))
-        if call.kind == "prompts/get":
-            assert call.upstream is not None
-            entry = self.catalog.prompt(call.target)
-            prompter = self.builtins.get(call.upstream.name)
-            if isinstance(prompter, PromptBuiltin):
-                return await prompter.get_prompt(call)
-            owner = call.upstream.name
-
-            async def get(answers: Any, state: str | None) -> Any:
-                request = types.GetPromptRequest(
-                    params=types.GetPromptRequestParams(
-                        name=entry.original_name,
-                        arguments={k: str(v) for k, v in call.arguments.items()},
-                        input_responses=answers,
-                        request_state=state,
-                    )
-                )
-                return await self.with_upstream(
-                    owner,
-                    lambda up: up.session.send_request(request, _PROMPT_RESULT),
-                    call.downstream,
-                    self._owner_of_call(owner, call),
-                )
-
-            return without_gateway_meta(await answered_for_legacy(call, owner, get, self.events))
-        return await self._dispatch_tool(call)
-
-    async def _dispatch_tool(self, call: CallContext) -> Any:
-        """A ``tools/call`` to its built-in provider or upstream (replica, or the caller's own
-        process under ``servers.X.isolation``)."""
-        assert call.tool is not None
-        builtin = self.builtins.get(call.tool.upstream)
-        if builtin is not None:
-            return await builtin.call(call)
-        isolated = self._isolated.get(call.tool.upstream)
-        if isolated is not None:
-            owner = isolated.owner_of_call(call)
-            async with isolated.use(owner) as own:
-                result = await self._call_tool(own, call)
+            result = await self._read(upstream, call)
+        elif call.kind == "prompts/get":
+            if isinstance(served, PromptBuiltin):
+                return await served.get_prompt(call)
+            result = await self._get(upstream, call)
+        elif served is not None:
+            return await served.call(call)
         else:
-            result = await self._call_tool(self._least_busy(call.tool.upstream), call)
-        # the URIs it hands out are the upstream's claims (gateway.handouts): another upstream's
-        # template cannot take a read of them
-        self.live.handed_out.note_result(call.tool.upstream, result)
+            result = await self._dispatch_tool(upstream, call)
+        self.live.handed_out.note_result(upstream, result, call.target)
         return without_gateway_meta(result)
+
+    async def _read(self, name: str, call: CallContext) -> Any:
+        uri = call.target
+
+        async def read(answers: Any, state: str | None) -> Any:
+            request = types.ReadResourceRequest(
+                params=types.ReadResourceRequestParams(uri=uri, input_responses=answers, request_state=state)
+            )
+            return await self.with_upstream(
+                name,
+                lambda up: up.session.send_request(request, _READ_RESULT),
+                call.downstream,
+                self._owner_of_call(name, call),
+            )
+
+        return await answered_for_legacy(call, name, read, self.events)
+
+    async def _get(self, owner: str, call: CallContext) -> Any:
+        entry = self.catalog.prompt(call.target)
+
+        async def get(answers: Any, state: str | None) -> Any:
+            request = types.GetPromptRequest(
+                params=types.GetPromptRequestParams(
+                    name=entry.original_name,
+                    arguments={k: str(v) for k, v in call.arguments.items()},
+                    input_responses=answers,
+                    request_state=state,
+                )
+            )
+            return await self.with_upstream(
+                owner,
+                lambda up: up.session.send_request(request, _PROMPT_RESULT),
+                call.downstream,
+                self._owner_of_call(owner, call),
+            )
+
+        return await answered_for_legacy(call, owner, get, self.events)
+
+    async def _dispatch_tool(self, upstream: str, call: CallContext) -> Any:
+        """A ``tools/call`` to its upstream (replica, or the caller's own process under
+        ``servers.X.isolation``)."""
+        isolated = self._isolated.get(upstream)
+        if isolated is None:
+            return await self._call_tool(self._least_busy(upstream), call)
+        async with isolated.use(isolated.owner_of_call(call)) as own:
+            return await self._call_tool(own, call)
 
     async def _call_tool(self, up: Upstream, call: CallContext) -> Any:
         assert call.tool is not None

@@ -212,7 +212,7 @@ class Catalog:
 
     def resource_owner(self, uri: str) -> str:
         """Which upstream serves ``uri``: the one that lists it, else the one that claims it,
-        by a matching template or by having handed it out in a tool result (``handed_out``).
+        by a matching template or by having handed it out in a result (``handed_out``).
         A URI two upstreams list, or that two upstreams claim, is refused: a template or a
         hand-out never takes a URI another upstream lists, nor one refused as listed twice.
         A held one is refused too, and no template of anyone else's stands in for it."""

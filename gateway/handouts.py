@@ -1,7 +1,8 @@
-"""Which upstream handed out which resource URI in a tool result the gateway relayed.
+"""Which upstream handed out which resource URI in a result the gateway relayed.
 
 An upstream may hand a client a URI it does not list (a ``resource_link`` made per call,
-``a://reports/8f3c?token=...``, or an embedded resource's URI). Read through the gateway, that
+``a://reports/8f3c?token=...``, or an embedded resource's URI), in a tool result, in a prompt's
+messages, or as the contents of a read of another URI. Read through the gateway, that
 URI would otherwise go to whichever upstream's template matches it: a hostile upstream's
 catch-all (``{+uri}``) would receive it, and any secret in it, and answer for the other. So a
 hand-out is a claim, counted as a template match is (``Catalog.resource_owner``): with one
@@ -17,9 +18,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
-from mcp.types import CallToolResult, EmbeddedResource, ResourceLink
+from mcp.types import CallToolResult, EmbeddedResource, GetPromptResult, ReadResourceResult, ResourceLink
 
 # URIs remembered per upstream: at ~150 bytes each (a 16-byte digest in an ordered dict),
 # about 1.5 MB for an upstream that hands out a new URI on every call
@@ -52,12 +54,24 @@ class HandedOut:
         if len(kept) > self._per_upstream:
             kept.popitem(last=False)
 
-    def note_result(self, upstream: str, result: Any) -> None:
-        """Every URI ``upstream``'s tool result hands out: its ``resource_link`` items' and its
-        embedded resources'. One attribute compare per content item when it holds neither."""
-        if not isinstance(result, CallToolResult):
-            return  # an input-required result, say: no content
-        for item in result.content:
+    def note_result(self, upstream: str, result: Any, target: str | None = None) -> None:
+        """Every URI ``upstream``'s result hands out: a tool result's or a prompt's
+        ``resource_link`` items and embedded resources, and a read's contents of a URI other
+        than the one read (``target``, the call's). Any kind of result, so the one place that
+        relays them notes them all; one attribute compare per content item without a link."""
+        items: Iterable[Any]
+        if isinstance(result, CallToolResult):  # first: the hot path, no frame of its own
+            items = result.content
+        elif isinstance(result, GetPromptResult):
+            items = (m.content for m in result.messages)
+        elif isinstance(result, ReadResourceResult):
+            for contents in result.contents:
+                if contents.uri != target:  # the URI read is routed already: no claim of its own
+                    self.note(upstream, contents.uri)
+            return
+        else:
+            return  # an input-required result, say: nothing handed out
+        for item in items:
             if item.type in _LINKED:  # the one check an item without a link costs
                 if isinstance(item, ResourceLink):
                     self.note(upstream, item.uri)

@@ -5,9 +5,11 @@
 request, so a test changes what the server offers by rewriting it. ``many_tools``: N more tools
 ``n0``...``n{N-1}``. The tool ``announce`` sends every list_changed (after the test rewrote the
 file); any other listed tool answers ``results[tool]`` (a ``resource_link``, say), else
-``<tool> ran``. ``resources/read`` answers ``texts[uri]``, else ``<$NAME> read <uri>``, and
-appends the URI to ``$READS`` when set (a line each), so a test sees which reads reached it.
-Standard library only: it starts fast.
+``<tool> ran``. ``resources/read`` answers ``reads[uri]`` (a whole result: contents of other
+URIs, say), else ``texts[uri]``, else ``<$NAME> read <uri>``, and appends the URI to ``$READS``
+when set (a line each), so a test sees which reads reached it. With ``"prompts": [...]`` in the
+file at start it serves prompts too: ``prompts/get`` answers ``prompt_results[name]``, else one
+user message ``<name> got``. Standard library only: it starts fast.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ def listing() -> dict[str, Any]:
 def answer(method: str, params: dict[str, Any]) -> dict[str, Any]:
     if method == "initialize":
         changing = {"listChanged": True}
+        caps: dict[str, Any] = {"tools": changing, "resources": changing}
+        if "prompts" in listing():  # only then: the other tests' upstreams are asked for no prompts
+            caps["prompts"] = changing
         return {
             "protocolVersion": params.get("protocolVersion", "2025-06-18"),
-            "capabilities": {"tools": changing, "resources": changing},
+            "capabilities": caps,
             "serverInfo": {"name": NAME, "version": "1"},
         }
     if method == "tools/list":
@@ -56,8 +61,17 @@ def answer(method: str, params: dict[str, Any]) -> dict[str, Any]:
         if reads := os.environ.get("READS"):
             with open(reads, "a", encoding="utf-8") as f:
                 f.write(uri + "\n")
-        text = listing().get("texts", {}).get(uri, f"{NAME} read {uri}")
+        doc = listing()
+        if (whole := doc.get("reads", {}).get(uri)) is not None:
+            return dict(whole)
+        text = doc.get("texts", {}).get(uri, f"{NAME} read {uri}")
         return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}
+    if method == "prompts/list":
+        return {"prompts": listing().get("prompts", [])}
+    if method == "prompts/get":
+        name = params["name"]
+        got: dict[str, Any] | None = listing().get("prompt_results", {}).get(name)
+        return got or {"messages": [{"role": "user", "content": {"type": "text", "text": f"{name} got"}}]}
     if method == "tools/call":
         result: dict[str, Any] | None = listing().get("results", {}).get(params["name"])
         return result or {"content": [{"type": "text", "text": f"{params['name']} ran"}]}

@@ -351,7 +351,8 @@ class Gateway:
             return await served.call(call)
         else:
             result = await self._dispatch_tool(upstream, call)
-        self.live.handed_out.note_result(upstream, result, call.target)
+        if noted := self.live.handed_out.note_result(upstream, result, call.target):
+            await self.live.handed_out.share(upstream, noted)  # a replica's too (StateUnavailable)
         return without_gateway_meta(result)
 
     async def _read(self, name: str, call: CallContext) -> Any:

@@ -31,6 +31,7 @@ from gateway.config.model import Config, ServerConfig, UnsafeOption
 from gateway.custody import check_trusted_files, hidden_paths, private_config, private_secret, secure_data_dir
 from gateway.errors import AuditError, AuditLogBusy
 from gateway.events import Event, EventSink, LoggingSink
+from gateway.handouts import HandedOut
 from gateway.listen import ListenHub
 from gateway.memory.build import build_service, end_with_agents
 from gateway.memory.builtin import MemoryService
@@ -201,7 +202,8 @@ def _assemble(
 
     verifier = _verifier(config, events, builtins, state, closers)
 
-    catalog = LiveCatalog(upstream_infos(config, builtins))
+    # the hand-outs: every replica's when they share [state] redis_url
+    catalog = LiveCatalog(upstream_infos(config, builtins), HandedOut(shared=state.handouts))
     unsafe = [o for o in config.unsafe_options() if o.every_call]
     steps = chain_steps(
         catalog,

@@ -11,15 +11,16 @@ claimant the read goes to it, with several it is refused as ambiguous.
 The memory is bounded per upstream (oldest forgotten first, a URI handed out again is new
 again), so one upstream's hand-outs never push out another's; each URI is kept as its digest,
 so a long URI costs no more than a short one. It lives in ``LiveCatalog`` and every snapshot
-sees it: a catalogue rebuild forgets nothing.
+sees it: a catalogue rebuild forgets nothing. Replicas share theirs (``shared``: Redis, see
+``gateway.state.handouts``): a link handed out through one is read through any.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from mcp.types import CallToolResult, EmbeddedResource, GetPromptResult, ReadResourceResult, ResourceLink
 
@@ -34,19 +35,33 @@ def _digest(uri: str) -> bytes:
     return hashlib.blake2b(uri.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-class HandedOut:
-    """The URIs each upstream handed out in a relayed result, ``per_upstream`` each at most."""
+class SharedHandOuts(Protocol):
+    """Every replica's hand-outs (``gateway.state.handouts.RedisHandOuts``)."""
 
-    def __init__(self, per_upstream: int = PER_UPSTREAM) -> None:
+    async def note(self, upstream: str, digests: Sequence[bytes]) -> None: ...
+
+    async def claimants(self, digest: bytes, upstreams: Iterable[str]) -> set[str]: ...
+
+
+class HandedOut:
+    """The URIs each upstream handed out in a relayed result, ``per_upstream`` each at most;
+    with ``shared`` (replicas on ``[state] redis_url``) every replica's too."""
+
+    def __init__(self, per_upstream: int = PER_UPSTREAM, shared: SharedHandOuts | None = None) -> None:
         self._per_upstream = per_upstream
         self._by_upstream: dict[str, collections.OrderedDict[bytes, None]] = {}
+        self.shared = shared
 
-    def note(self, upstream: str, uri: str) -> None:
-        """``upstream`` handed out ``uri`` (now: it is its newest)."""
+    def note(self, upstream: str, uri: str) -> bytes:
+        """``upstream`` handed out ``uri`` (now: it is its newest); the URI's digest."""
+        key = _digest(uri)
+        self._keep(upstream, key)
+        return key
+
+    def _keep(self, upstream: str, key: bytes) -> None:
         kept = self._by_upstream.get(upstream)
         if kept is None:
             kept = self._by_upstream[upstream] = collections.OrderedDict()
-        key = _digest(uri)
         if key in kept:
             kept.move_to_end(key)
             return
@@ -54,12 +69,14 @@ class HandedOut:
         if len(kept) > self._per_upstream:
             kept.popitem(last=False)
 
-    def note_result(self, upstream: str, result: Any, target: str | None = None) -> None:
+    def note_result(self, upstream: str, result: Any, target: str | None = None) -> Sequence[bytes]:
         """Every URI ``upstream``'s result hands out: a tool result's or a prompt's
         ``resource_link`` items and embedded resources, and a read's contents of a URI other
         than the one read (``target``, the call's). Any kind of result, so the one place that
-        relays them notes them all; one attribute compare per content item without a link."""
+        relays them notes them all; one attribute compare per content item without a link.
+        The digests noted (for ``share``), empty for a result that hands out nothing."""
         items: Iterable[Any]
+        noted: list[bytes] = []
         if isinstance(result, CallToolResult):  # first: the hot path, no frame of its own
             items = result.content
         elif isinstance(result, GetPromptResult):
@@ -67,16 +84,32 @@ class HandedOut:
         elif isinstance(result, ReadResourceResult):
             for contents in result.contents:
                 if contents.uri != target:  # the URI read is routed already: no claim of its own
-                    self.note(upstream, contents.uri)
-            return
+                    noted.append(self.note(upstream, contents.uri))
+            return noted
         else:
-            return  # an input-required result, say: nothing handed out
+            return noted  # an input-required result, say: nothing handed out
         for item in items:
             if item.type in _LINKED:  # the one check an item without a link costs
                 if isinstance(item, ResourceLink):
-                    self.note(upstream, item.uri)
+                    noted.append(self.note(upstream, item.uri))
                 elif isinstance(item, EmbeddedResource):
-                    self.note(upstream, item.resource.uri)
+                    noted.append(self.note(upstream, item.resource.uri))
+        return noted
+
+    async def share(self, upstream: str, digests: Sequence[bytes]) -> None:
+        """What ``note_result`` noted, for every replica (before the result reaches the client:
+        it may read the link through another); ``StateUnavailable`` when that cannot be done."""
+        if self.shared is not None and digests:
+            await self.shared.note(upstream, digests)
+
+    async def recall(self, uri: str, upstreams: Iterable[str]) -> None:
+        """Before a read of ``uri`` that no upstream lists: which of ``upstreams`` handed it out
+        through any replica, noted here (``StateUnavailable`` when that cannot be known)."""
+        if self.shared is None:
+            return
+        key = _digest(uri)
+        for upstream in await self.shared.claimants(key, upstreams):
+            self._keep(upstream, key)
 
     def claimants(self, uri: str) -> set[str]:
         """The upstreams that handed out ``uri`` (and have not forgotten it)."""

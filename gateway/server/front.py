@@ -26,7 +26,7 @@ from gateway.boundary import as_protocol_error, as_tool_result, without_gateway_
 from gateway.catalog import CatalogTool
 from gateway.config.model import Config
 from gateway.context import CallContext, CallKind, Principal, is_admin
-from gateway.errors import CatalogError, PolicyDenied
+from gateway.errors import CatalogError, GatewayError, PolicyDenied, StateUnavailable
 from gateway.events import Event
 from gateway.listen import ListenHub
 from gateway.server.listwire import ToolListWire
@@ -167,14 +167,29 @@ class Front:
         try:
             return find()
         except CatalogError as e:
-            gw = self._gateway(ctx)
-            who = principal_for(ctx, gw)
-            gw.events.emit(
-                Event.REQUEST_REFUSED,
-                {"method": method, "target": target, "error_code": e.code, "reason": e.message},
-                principal=who.id,
-                agent=who.agent,
-            )
+            self._refused(ctx, method, target, e)
+            raise
+
+    def _refused(self, ctx: Ctx, method: str, target: str, e: GatewayError) -> None:
+        gw = self._gateway(ctx)
+        who = principal_for(ctx, gw)
+        gw.events.emit(
+            Event.REQUEST_REFUSED,
+            {"method": method, "target": target, "error_code": e.code, "reason": e.message},
+            principal=who.id,
+            agent=who.agent,
+        )
+
+    async def _recall(self, ctx: Ctx, method: str, uri: str) -> None:
+        """Before routing a URI nobody lists: the links other replicas' upstreams handed out
+        (``HandedOut.recall``); a shared state that cannot say is refused on the record."""
+        gw = self._gateway(ctx)
+        if uri in gw.catalog.resources:
+            return
+        try:
+            await gw.live.handed_out.recall(uri, gw.upstreams)
+        except StateUnavailable as e:
+            self._refused(ctx, method, uri, e)
             raise
 
     # -- 2026 listen streams ---------------------------------------------------------------------
@@ -278,6 +293,7 @@ class Front:
         if params.uri == STATUS_RESOURCE.uri:
             return self._read_status(gw, principal_for(ctx, gw))
         try:
+            await self._recall(ctx, "resources/read", params.uri)
             owner = self._find_or_refuse(
                 ctx, "resources/read", params.uri, lambda: gw.catalog.resource_owner(params.uri)
             )
@@ -312,6 +328,7 @@ class Front:
         self, ctx: Ctx, method: str, uri: str, fn: Callable[[Upstream], Any], on: bool
     ) -> None:
         gw = self._gateway(ctx)
+        await self._recall(ctx, method, uri)
         owner = self._find_or_refuse(ctx, method, uri, lambda: gw.catalog.subscription_owner(uri))
         await self._require(
             ctx, "resources/read", uri, owner, method=method

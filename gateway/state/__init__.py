@@ -2,6 +2,7 @@
 an in-process default and a shared implementation on an existing engine.
 
 - rate limits: ``LocalRateLimiter`` (``CallCounters``) | ``RedisRateLimiter`` (``state.redis_url``)
+- the links upstreams hand out: this process's ``HandedOut`` | ``RedisHandOuts`` (``state.redis_url``)
 - tool records, approvals, revocations: the data dir's SQLite (``ToolStateStore``) |
   ``PgToolStateStore`` (``state.postgres_url``); SchemaPin key pins (``PgPinStore``) and
   accepted screening findings (``PgAcceptedFindings``) likewise
@@ -19,7 +20,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from gateway.config.model import Config
+from gateway.handouts import PER_UPSTREAM
 from gateway.policy.counters import CallCounters
+from gateway.state.handouts import RedisHandOuts
 from gateway.state.health import Probe, lets_anyone_in, safe_url
 from gateway.state.limiter import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from gateway.verify.state import ToolStates
@@ -75,6 +78,7 @@ class SharedState:
     pins: PgPinStore | None = None  # None: the verifier's SQLite in the data dir
     accepted: PgAcceptedFindings | None = None  # None: the data dir's screening-accepted.json
     changes: Changes | None = None  # PostgreSQL's NOTIFY of an approvals change (None: poll only)
+    handouts: RedisHandOuts | None = None  # every replica's hand-outs (None: this process's only)
 
     @property
     def shared(self) -> bool:
@@ -107,6 +111,8 @@ class SharedState:
             with anyio.CancelScope(shield=True):
                 if isinstance(self.limiter, RedisRateLimiter):
                     await self.limiter.aclose()
+                if self.handouts is not None:
+                    await self.handouts.aclose()
 
 
 def build_state(config: Config, counters: CallCounters) -> SharedState:
@@ -118,6 +124,7 @@ def build_state(config: Config, counters: CallCounters) -> SharedState:
         limiter = RedisRateLimiter(st.redis_url, counters, timeout_s=st.timeout_s)
         state.limiter = limiter
         state.probes.append(limiter.probe)
+        state.handouts = RedisHandOuts(st.redis_url, timeout_s=st.timeout_s, per_upstream=PER_UPSTREAM)
     if st.postgres_url is not None:
         from gateway.state.accepted import PgAcceptedFindings
         from gateway.state.pins import PgPinStore

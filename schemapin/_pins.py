@@ -4,7 +4,8 @@ Each pin records the key fingerprint and the hash of the canonical definition th
 verified, so both a new key (rug pull by key swap) and a new definition under the same key
 (rug pull by re-signing) are caught. A pin is only ever written after a signature verified.
 Changes are never applied automatically: they are recorded as *pending* and applied by an
-explicit :meth:`PinStore.approve`, and every change is written to ``pin_events``.
+explicit :meth:`PinStore.approve`, and every change is written to ``pin_events`` as a
+:class:`PinEvent`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,22 @@ class PinStatus(str, enum.Enum):
     PINNED = "pinned"
     KEY_CHANGED = "key_changed"
     DEFINITION_CHANGED = "definition_changed"
+
+
+class PinEvent(enum.StrEnum):
+    """Every action a pin store writes to its event trail (``history``): the one catalogue of
+    both stores (this one and the gateway's PostgreSQL one). The value is what is stored."""
+
+    FIRST_USE = "pin_first_use"  # the first verified (key, definition) pinned (actor "tofu")
+    PENDING_KEY_CHANGED = "pending_key_changed"  # a verified new key held for a person
+    PENDING_DEFINITION_CHANGED = "pending_definition_changed"  # a re-signed definition, held
+    APPROVE = "approve"  # a person pinned the named key and definition (the pending change)
+    REMOVE = "remove"  # a person deleted the pin: the next verification is a first use
+
+    @classmethod
+    def pending(cls, status: PinStatus) -> PinEvent:
+        """The event of a change held pending (``KEY_CHANGED`` or ``DEFINITION_CHANGED``)."""
+        return cls(f"pending_{status.value}")
 
 
 @dataclass(frozen=True)
@@ -161,7 +178,7 @@ class PinStore:
         self,
         domain: str,
         tool_id: str,
-        action: str,
+        action: PinEvent,
         old: Pin | None,
         new_fp: str | None,
         new_hash: str | None,
@@ -174,7 +191,7 @@ class PinStore:
                 _now(),
                 domain,
                 tool_id,
-                action,
+                action.value,
                 old.key_fingerprint if old else None,
                 new_fp,
                 old.definition_hash if old else None,
@@ -219,7 +236,7 @@ class PinStore:
                     "VALUES (?,?,?,?,?,?)",
                     (dom, tool_id, fp, h, now, now),
                 )
-                self._event(dom, tool_id, "pin_first_use", None, fp, h, "tofu")
+                self._event(dom, tool_id, PinEvent.FIRST_USE, None, fp, h, "tofu")
                 new = self._get(dom, tool_id)
                 assert new is not None
                 return PinStatus.FIRST_USE, new
@@ -237,7 +254,7 @@ class PinStore:
                     "WHERE domain=? AND tool_id=?",
                     (fp, h, now, dom, tool_id),
                 )
-                self._event(dom, tool_id, f"pending_{status.value}", pin, fp, h, None)
+                self._event(dom, tool_id, PinEvent.pending(status), pin, fp, h, None)
             return status, pin
 
     # -- inspection and explicit changes ---------------------------------------------------
@@ -311,7 +328,7 @@ class PinStore:
                     "pending_definition_hash=NULL, pending_since=NULL WHERE domain=? AND tool_id=?",
                     (fp, h, now, dom, tool_id),
                 )
-            self._event(dom, tool_id, "approve", pin, fp, h, actor)
+            self._event(dom, tool_id, PinEvent.APPROVE, pin, fp, h, actor)
             new = self._get(dom, tool_id)
             assert new is not None
             return new
@@ -324,7 +341,7 @@ class PinStore:
             if pin is None:
                 return False
             self._db.execute("DELETE FROM pins WHERE domain=? AND tool_id=?", (dom, tool_id))
-            self._event(dom, tool_id, "remove", pin, None, None, actor)
+            self._event(dom, tool_id, PinEvent.REMOVE, pin, None, None, actor)
             return True
 
     def history(self, domain: str | None = None, tool_id: str | None = None) -> list[dict[str, Any]]:

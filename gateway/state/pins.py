@@ -5,8 +5,9 @@ replica started later (a new pod, an autoscaled one) would trust on first use ag
 take whatever key the domain serves then. Here every replica reads and writes one table, so
 the first verified key of a (domain, tool) is the pin for all of them and a changed key is
 ``key_changed`` everywhere until a person approves it. Same contract as ``schemapin.PinStore``
-(the TOFU decision, pending changes, explicit approval, an event per change); a pin change
-bumps the approvals version the replicas poll, so each one re-verifies.
+(the TOFU decision, pending changes, explicit approval, an event per change, from the one
+catalogue ``schemapin.PinEvent``); a pin change bumps the approvals version the replicas
+poll, so each one re-verifies.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import psycopg
 
 from gateway.state.health import safe_url
 from gateway.state.postgres import Postgres, bump_approvals
-from schemapin import Pin, PinStatus, PinStoreError
+from schemapin import Pin, PinEvent, PinStatus, PinStoreError
 from schemapin._crypto import normalize_fingerprint
 from schemapin._domain import normalize_domain
 from schemapin._pins import LAST_SEEN_RESOLUTION_S, _age_s, _hash, _now, history_query
@@ -61,7 +62,7 @@ class PgPinStore:
         cur: psycopg.Cursor[Any],
         domain: str,
         tool_id: str,
-        action: str,
+        action: PinEvent,
         old: Pin | None,
         new_fp: str | None,
         new_hash: str | None,
@@ -74,7 +75,7 @@ class PgPinStore:
                 _now(),
                 domain,
                 tool_id,
-                action,
+                action.value,
                 old.key_fingerprint if old else None,
                 new_fp,
                 old.definition_hash if old else None,
@@ -107,7 +108,7 @@ class PgPinStore:
                 (dom, tool_id, fp, h, now, now),
             )
             if cur.rowcount == 1:  # first use, by whichever replica got here first
-                self._event(cur, dom, tool_id, "pin_first_use", None, fp, h, "tofu")
+                self._event(cur, dom, tool_id, PinEvent.FIRST_USE, None, fp, h, "tofu")
                 new = self._get(cur, dom, tool_id)
                 assert new is not None
                 return PinStatus.FIRST_USE, new
@@ -127,7 +128,7 @@ class PgPinStore:
                     " WHERE domain=%s AND tool_id=%s",
                     (fp, h, now, dom, tool_id),
                 )
-                self._event(cur, dom, tool_id, f"pending_{status.value}", pin, fp, h, None)
+                self._event(cur, dom, tool_id, PinEvent.pending(status), pin, fp, h, None)
             return status, pin
 
     def get(self, domain: str, tool_id: str) -> Pin | None:
@@ -177,7 +178,7 @@ class PgPinStore:
                 " pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL",
                 (dom, tool_id, fp, h, now, now),
             )
-            self._event(cur, dom, tool_id, "approve", pin, fp, h, actor)
+            self._event(cur, dom, tool_id, PinEvent.APPROVE, pin, fp, h, actor)
             bump_approvals(cur)
             new = self._get(cur, dom, tool_id)
             assert new is not None
@@ -190,7 +191,7 @@ class PgPinStore:
             if pin is None:
                 return False
             cur.execute("DELETE FROM symbi_pins WHERE domain=%s AND tool_id=%s", (dom, tool_id))
-            self._event(cur, dom, tool_id, "remove", pin, None, None, actor)
+            self._event(cur, dom, tool_id, PinEvent.REMOVE, pin, None, None, actor)
             bump_approvals(cur)
             return True
 

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.state.pins import PgPinStore
 from gateway.state.postgres import Postgres
-from schemapin import PinStatus, PinStore, PinStoreError
+from schemapin import PinEvent, PinStatus, PinStore, PinStoreError
 from tests.state.engines import Postgres as PgEngine
 
 FP_A = "sha256:" + "a" * 64
@@ -65,7 +65,12 @@ def test_first_use_pins_then_a_change_is_pending_until_approved(pins: PinStore |
     assert approved.definition_hash == h("v2") and approved.pending_definition_hash is None
     assert pins.check_and_pin("example.com", "echo", FP_A, h("v2"))[0] is PinStatus.PINNED
     actions = [e["action"] for e in pins.history("example.com", "echo")]
-    assert actions == ["pin_first_use", "pending_key_changed", "pending_definition_changed", "approve"]
+    assert actions == [
+        PinEvent.FIRST_USE,
+        PinEvent.PENDING_KEY_CHANGED,
+        PinEvent.PENDING_DEFINITION_CHANGED,
+        PinEvent.APPROVE,
+    ]
     assert [p.tool_id for p in pins.pins("example.com")] == ["echo"]
     assert pins.remove("example.com", "echo", actor="alice") and not pins.remove("example.com", "echo")
     assert pins.get("example.com", "echo") is None

@@ -289,32 +289,20 @@ class PinStore:
         domain: str,
         tool_id: str,
         *,
-        key_fingerprint: str | None = None,
-        definition_hash: str | None = None,
+        key_fingerprint: str,
+        definition_hash: str,
         actor: str | None = None,
     ) -> Pin:
-        """Explicitly (re-)pin a tool: the pending change, or the given fingerprint/hash.
+        """Explicitly (re-)pin a tool to the given key fingerprint and definition hash, clearing
+        any pending change.
 
-        This is the only way a pinned key or definition changes. Raises ``PinStoreError`` when
-        there is nothing to approve.
+        This is the only way a pinned key or definition changes. Both values are required:
+        the caller names what it reviewed, and the store never fills one in with whatever is
+        pending when the write happens (it can have been swapped since the review).
         """
-        dom = normalize_domain(domain)
+        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
         with self._tx():
             pin = self._get(dom, tool_id)
-            fp = (
-                normalize_fingerprint(key_fingerprint)
-                if key_fingerprint
-                else (pin.pending_fingerprint if pin else None)
-            )
-            h = _hash(definition_hash) if definition_hash else (pin.pending_definition_hash if pin else None)
-            if pin is not None and fp is None:
-                fp = pin.key_fingerprint
-            if pin is not None and h is None:
-                h = pin.definition_hash
-            if fp is None or h is None:
-                raise PinStoreError(
-                    f"nothing to approve for {tool_id}@{dom}: give --fingerprint and --definition-hash"
-                )
             now = _now()
             if pin is None:
                 self._db.execute(

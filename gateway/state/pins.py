@@ -18,7 +18,7 @@ import psycopg
 
 from gateway.state.health import safe_url
 from gateway.state.postgres import Postgres, bump_approvals
-from schemapin import Pin, PinEvent, PinStatus, PinStoreError
+from schemapin import Pin, PinEvent, PinStatus
 from schemapin._crypto import normalize_fingerprint
 from schemapin._domain import normalize_domain
 from schemapin._pins import LAST_SEEN_RESOLUTION_S, _age_s, _hash, _now, history_query
@@ -150,26 +150,15 @@ class PgPinStore:
         domain: str,
         tool_id: str,
         *,
-        key_fingerprint: str | None = None,
-        definition_hash: str | None = None,
+        key_fingerprint: str,
+        definition_hash: str,
         actor: str | None = None,
     ) -> Pin:
-        """As ``PinStore.approve``: the only way a pinned key or definition changes."""
-        dom = normalize_domain(domain)
+        """As ``PinStore.approve``: the only way a pinned key or definition changes; both values
+        named, never filled in with whatever is pending at the write."""
+        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
         with self._pg.cursor(transaction=True) as cur:
             pin = self._get(cur, dom, tool_id, lock=True)
-            fp = (
-                normalize_fingerprint(key_fingerprint)
-                if key_fingerprint
-                else (pin.pending_fingerprint if pin else None)
-            )
-            h = _hash(definition_hash) if definition_hash else (pin.pending_definition_hash if pin else None)
-            if pin is not None:
-                fp, h = fp or pin.key_fingerprint, h or pin.definition_hash
-            if fp is None or h is None:
-                raise PinStoreError(
-                    f"nothing to approve for {tool_id}@{dom}: give --fingerprint and --definition-hash"
-                )
             now = _now()
             cur.execute(
                 f"INSERT INTO symbi_pins ({_PIN_COLS}) VALUES (%s,%s,%s,%s,%s,%s,NULL,NULL,NULL)"

@@ -233,13 +233,12 @@ def approve_current(
             pin = opened.get(domain, rec.name)
             if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
                 # and keeps the key the reviewed record names: a key change pending since (a
-                # rotation no one reviewed) is not accepted with it (the store fills an unnamed
-                # key in with the pending one)
+                # rotation no one reviewed) is not accepted with it (the store takes both values)
                 key = rec.key_fingerprint or pin.key_fingerprint
                 try:
                     opened.approve(
                         domain, rec.name, key_fingerprint=key, definition_hash=signed, actor=actor or "symbi"
                     )
                 except PinStoreError:
-                    pass  # nothing pending any more: the current pin stands
+                    pass  # the pin store failed: the pin stays, and so does the block (fail closed)
     return h

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.state.pins import PgPinStore
 from gateway.state.postgres import Postgres
-from schemapin import PinEvent, PinStatus, PinStore, PinStoreError
+from schemapin import PinEvent, PinStatus, PinStore
 from tests.state.engines import Postgres as PgEngine
 
 FP_A = "sha256:" + "a" * 64
@@ -61,7 +61,9 @@ def test_first_use_pins_then_a_change_is_pending_until_approved(pins: PinStore |
     assert status is PinStatus.DEFINITION_CHANGED
     got = pins.get("example.com", "echo")
     assert got is not None and got.pending_definition_hash == h("v2")
-    approved = pins.approve("example.com", "echo", actor="alice")
+    approved = pins.approve(
+        "example.com", "echo", key_fingerprint=FP_A, definition_hash=h("v2"), actor="alice"
+    )
     assert approved.definition_hash == h("v2") and approved.pending_definition_hash is None
     assert pins.check_and_pin("example.com", "echo", FP_A, h("v2"))[0] is PinStatus.PINNED
     actions = [e["action"] for e in pins.history("example.com", "echo")]
@@ -76,9 +78,23 @@ def test_first_use_pins_then_a_change_is_pending_until_approved(pins: PinStore |
     assert pins.get("example.com", "echo") is None
 
 
-def test_nothing_to_approve_is_an_error(pins: PinStore | PgPinStore) -> None:
-    with pytest.raises(PinStoreError):
-        pins.approve("example.com", "nothing")
+@pytest.mark.parametrize(
+    "named",
+    [{}, {"key_fingerprint": FP_B}, {"definition_hash": h("v1")}],
+    ids=["nothing", "key-only", "hash-only"],
+)
+def test_an_approval_naming_less_than_both_values_pins_nothing(
+    pins: PinStore | PgPinStore, named: dict[str, str]
+) -> None:
+    """The store never fills an unnamed value in with the pending one: a caller that names
+    nothing (or one part) would otherwise approve a rotation nobody reviewed."""
+    pins.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    pins.check_and_pin("example.com", "echo", FP_B, h("v1"))  # a rotation, pending
+    before = pins.get("example.com", "echo")
+    with pytest.raises(TypeError):
+        pins.approve("example.com", "echo", actor="alice", **named)
+    assert pins.get("example.com", "echo") == before
+    assert pins.check_and_pin("example.com", "echo", FP_B, h("v1"))[0] is PinStatus.KEY_CHANGED
 
 
 def test_a_replica_started_later_does_not_trust_on_first_use_again(pg: Postgres, tmp_path: Path) -> None:
@@ -93,7 +109,9 @@ def test_a_replica_started_later_does_not_trust_on_first_use_again(pg: Postgres,
         later = PgPinStore(other)
         status, pin = later.check_and_pin("example.com", "echo", FP_B, h("v1"))
         assert status is PinStatus.KEY_CHANGED and pin.key_fingerprint.endswith("a" * 64)
-        first.approve("example.com", "echo", actor="alice")  # a person accepts the new key, once
+        first.approve(  # a person accepts the new key, once
+            "example.com", "echo", key_fingerprint=FP_B, definition_hash=h("v1"), actor="alice"
+        )
         assert later.check_and_pin("example.com", "echo", FP_B, h("v1"))[0] is PinStatus.PINNED
     finally:
         other.close()
@@ -106,7 +124,7 @@ def test_a_pin_change_bumps_the_version_replicas_poll(pg: Postgres) -> None:
     pins.check_and_pin("example.com", "echo", FP_A, h("v1"))
     before = tools.version()
     pins.check_and_pin("example.com", "echo", FP_B, h("v1"))
-    pins.approve("example.com", "echo", actor="alice")
+    pins.approve("example.com", "echo", key_fingerprint=FP_B, definition_hash=h("v1"), actor="alice")
     assert tools.version() != before
 
 

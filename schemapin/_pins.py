@@ -4,8 +4,8 @@ Each pin records the key fingerprint and the hash of the canonical definition th
 verified, so both a new key (rug pull by key swap) and a new definition under the same key
 (rug pull by re-signing) are caught. A pin is only ever written after a signature verified.
 Changes are never applied automatically: they are recorded as *pending* and applied by an
-explicit :meth:`PinStore.approve`, and every change is written to ``pin_events`` as a
-:class:`PinEvent`.
+explicit :meth:`PinStore.approve` (or turned down by :meth:`PinStore.reject`), and every
+change is written to ``pin_events`` as a :class:`PinEvent`.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class PinEvent(enum.StrEnum):
     PENDING_KEY_CHANGED = "pending_key_changed"  # a verified new key held for a person
     PENDING_DEFINITION_CHANGED = "pending_definition_changed"  # a re-signed definition, held
     APPROVE = "approve"  # a person pinned the named key and definition (the pending change)
+    REJECT = "reject"  # a person turned the pending change down: the pin stays (new_*: rejected)
     REMOVE = "remove"  # a person deleted the pin: the next verification is a first use
 
     @classmethod
@@ -320,6 +321,36 @@ class PinStore:
             new = self._get(dom, tool_id)
             assert new is not None
             return new
+
+    def reject(
+        self,
+        domain: str,
+        tool_id: str,
+        *,
+        key_fingerprint: str,
+        definition_hash: str,
+        actor: str | None = None,
+    ) -> Pin | None:
+        """Turn down the pending change ``(key_fingerprint, definition_hash)``: it is cleared,
+        the pinned key and definition stay. Returns the pin, or ``None`` (nothing written) when
+        that is not the change pending now: none is, or another one was swapped in since the
+        caller read it (clearing that one would reject what nobody reviewed).
+
+        A rejection is not a block list: an upstream that keeps presenting the rejected change
+        gets ``KEY_CHANGED`` / ``DEFINITION_CHANGED`` from ``check_and_pin`` again, held pending.
+        """
+        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        with self._tx():
+            pin = self._get(dom, tool_id)
+            if pin is None or (pin.pending_fingerprint, pin.pending_definition_hash) != (fp, h):
+                return None
+            self._db.execute(
+                "UPDATE pins SET pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL "
+                "WHERE domain=? AND tool_id=?",
+                (dom, tool_id),
+            )
+            self._event(dom, tool_id, PinEvent.REJECT, pin, fp, h, actor)
+            return self._get(dom, tool_id)
 
     def remove(self, domain: str, tool_id: str, *, actor: str | None = None) -> bool:
         """Delete a pin (the next verification is a first use again). True if one existed."""

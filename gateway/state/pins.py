@@ -5,9 +5,9 @@ replica started later (a new pod, an autoscaled one) would trust on first use ag
 take whatever key the domain serves then. Here every replica reads and writes one table, so
 the first verified key of a (domain, tool) is the pin for all of them and a changed key is
 ``key_changed`` everywhere until a person approves it. Same contract as ``schemapin.PinStore``
-(the TOFU decision, pending changes, explicit approval, an event per change, from the one
-catalogue ``schemapin.PinEvent``); a pin change bumps the approvals version the replicas
-poll, so each one re-verifies.
+(the TOFU decision, pending changes, explicit approval or rejection, an event per change, from
+the one catalogue ``schemapin.PinEvent``); a pin change bumps the approvals version the
+replicas poll, so each one re-verifies.
 """
 
 from __future__ import annotations
@@ -172,6 +172,31 @@ class PgPinStore:
             new = self._get(cur, dom, tool_id)
             assert new is not None
             return new
+
+    def reject(
+        self,
+        domain: str,
+        tool_id: str,
+        *,
+        key_fingerprint: str,
+        definition_hash: str,
+        actor: str | None = None,
+    ) -> Pin | None:
+        """As ``PinStore.reject``: clears the pending change if it is still the one named (the
+        row locked from the comparison to the write), keeping the pin; else ``None``."""
+        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        with self._pg.cursor(transaction=True) as cur:
+            pin = self._get(cur, dom, tool_id, lock=True)
+            if pin is None or (pin.pending_fingerprint, pin.pending_definition_hash) != (fp, h):
+                return None
+            cur.execute(
+                "UPDATE symbi_pins SET pending_fingerprint=NULL, pending_definition_hash=NULL,"
+                " pending_since=NULL WHERE domain=%s AND tool_id=%s",
+                (dom, tool_id),
+            )
+            self._event(cur, dom, tool_id, PinEvent.REJECT, pin, fp, h, actor)
+            bump_approvals(cur)  # as a SQLite pins.db write: the gateways look again (still blocked)
+            return self._get(cur, dom, tool_id)
 
     def remove(self, domain: str, tool_id: str, *, actor: str | None = None) -> bool:
         dom = normalize_domain(domain)

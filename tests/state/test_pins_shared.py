@@ -1,9 +1,9 @@
 """SchemaPin key pins on a real PostgreSQL, against the SQLite ``PinStore`` they replace.
 
-One contract, two stores (the TOFU decision, pending changes, approval, removal, the event
-trail). Then what only replicas have: a replica that starts later, with an empty data dir,
-does not trust on first use again -- a key another replica pinned is the pin, and a
-different key is ``key_changed`` until a person approves it.
+One contract, two stores (the TOFU decision, pending changes, approval, rejection, removal,
+the event trail). Then what only replicas have: a replica that starts later, with an empty
+data dir, does not trust on first use again -- a key another replica pinned is the pin, and
+a different key is ``key_changed`` until a person approves it.
 """
 
 from __future__ import annotations
@@ -154,3 +154,73 @@ def test_the_pins_cli_reads_and_approves_the_shared_pins(
     assert main([*argv, "--fingerprint", FP_B, "--actor", "alice"]) == 0  # as `pins show` printed it
     pin = shared.get("example.com", "echo")
     assert pin is not None and pin.key_fingerprint == FP_B and pin.pending_fingerprint is None
+
+
+# -- turning a pending change down: the pin stays, the change is never accepted ---------------
+
+
+def test_a_rejection_clears_the_pending_change_keeps_the_pin_and_is_recorded(
+    pins: PinStore | PgPinStore,
+) -> None:
+    pins.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    pins.check_and_pin("example.com", "echo", FP_B, h("v1"))  # a rotation the person turns down
+    kept = pins.reject("example.com", "echo", key_fingerprint=FP_B, definition_hash=h("v1"), actor="bob")
+    assert kept is not None and (kept.key_fingerprint, kept.definition_hash) == (FP_A, h("v1"))
+    assert (kept.pending_fingerprint, kept.pending_definition_hash, kept.pending_since) == (None, None, None)
+    event = pins.history("example.com", "echo")[-1]
+    assert (event["action"], event["actor"]) == (PinEvent.REJECT, "bob")
+    assert (event["old_fingerprint"], event["new_fingerprint"]) == (
+        FP_A,
+        FP_B,
+    )  # what stayed, what was turned down
+    # the upstream keeps presenting the rejected key: refused again (held pending), never pinned
+    status, pin = pins.check_and_pin("example.com", "echo", FP_B, h("v1"))
+    assert status is PinStatus.KEY_CHANGED and pin.key_fingerprint == FP_A
+    again = pins.get("example.com", "echo")
+    assert again is not None and again.key_fingerprint == FP_A and again.pending_fingerprint == FP_B
+    assert pins.check_and_pin("example.com", "echo", FP_A, h("v1"))[0] is PinStatus.PINNED  # the trusted key
+    # a re-signed definition, likewise
+    pins.check_and_pin("example.com", "echo", FP_A, h("v2"))
+    assert pins.reject("example.com", "echo", key_fingerprint=FP_A, definition_hash=h("v2")) is not None
+    assert pins.check_and_pin("example.com", "echo", FP_A, h("v2"))[0] is PinStatus.DEFINITION_CHANGED
+    got = pins.get("example.com", "echo")
+    assert got is not None and got.definition_hash == h("v1")
+
+
+@pytest.mark.parametrize(
+    "named",
+    [(FP_B, h("v1")), (FP_A, h("v2")), (FP_B, h("v2"))],
+    ids=["another-key", "another-definition", "both-other"],
+)
+def test_a_rejection_naming_another_change_than_the_pending_one_writes_nothing(
+    pins: PinStore | PgPinStore, named: tuple[str, str]
+) -> None:
+    """The store compares the pending change with the one named where it writes: a change
+    swapped in after the caller's read is not cleared (nor recorded as rejected) under the
+    reviewed one's name."""
+    pins.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    pins.check_and_pin("example.com", "echo", FP_B, h("v3"))  # pending now: another change
+    before, trail = pins.get("example.com", "echo"), pins.history("example.com", "echo")
+    key, definition = named
+    assert pins.reject("example.com", "echo", key_fingerprint=key, definition_hash=definition) is None
+    assert pins.get("example.com", "echo") == before and pins.history("example.com", "echo") == trail
+
+
+def test_a_rejection_with_nothing_pending_or_no_pin_writes_nothing(pins: PinStore | PgPinStore) -> None:
+    assert pins.reject("example.com", "echo", key_fingerprint=FP_B, definition_hash=h("v1")) is None
+    pins.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    before = pins.get("example.com", "echo")
+    assert pins.reject("example.com", "echo", key_fingerprint=FP_A, definition_hash=h("v1")) is None
+    assert pins.get("example.com", "echo") == before
+    assert [e["action"] for e in pins.history()] == [PinEvent.FIRST_USE]
+
+
+def test_a_rejection_bumps_the_version_replicas_poll(pg: Postgres) -> None:
+    from gateway.state.postgres import PgToolStateStore
+
+    tools, pins = PgToolStateStore(pg), PgPinStore(pg)
+    pins.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    pins.check_and_pin("example.com", "echo", FP_B, h("v1"))
+    before = tools.version()
+    assert pins.reject("example.com", "echo", key_fingerprint=FP_B, definition_hash=h("v1")) is not None
+    assert tools.version() != before

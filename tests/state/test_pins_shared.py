@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,3 +225,74 @@ def test_a_rejection_bumps_the_version_replicas_poll(pg: Postgres) -> None:
     before = tools.version()
     assert pins.reject("example.com", "echo", key_fingerprint=FP_B, definition_hash=h("v1")) is not None
     assert tools.version() != before
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_rejected_key_keeps_the_tool_blocked_while_the_upstream_presents_it(
+    request: pytest.FixtureRequest, tmp_path: Path, store: str
+) -> None:
+    """Through the verifier: a tool whose signing key rotated is blocked; the person rejects
+    the rotation; the upstream keeps signing with the rejected key, and the tool stays blocked
+    (held pending again), while the trusted key still verifies."""
+    import schemapin
+    from gateway.context import is_blocked
+    from gateway.verify.approve import reject_pin_change
+    from gateway.verify.verifier import ToolVerifier
+    from tests.conftest import RecordingSink
+    from tests.verify.test_verifier import DEF, assess, config, signed
+
+    cfg = config(tmp_path, "strict", server='domain = "up.example"')
+    shared = PgPinStore(request.getfixturevalue("pg")) if store == "postgres" else None
+    trusted, rotated = schemapin.generate_private_key(), schemapin.generate_private_key()
+
+    def verifier(key: Any) -> ToolVerifier:  # the upstream's key as discovered now
+        snap = schemapin.KeySnapshot.from_public_key(key.public_key())
+        return ToolVerifier(cfg, RecordingSink(), resolver=schemapin.StaticKeyResolver(snap), pins=shared)
+
+    v = verifier(trusted)
+    assert assess(v, signed(DEF, trusted))["up__echo"].verification == "verified"
+    v.close()
+    v = verifier(rotated)
+    assert assess(v, signed(DEF, rotated))["up__echo"].verification == "drifted"
+    fp_trusted, fp_rotated = (
+        schemapin.fingerprint(trusted.public_key()),
+        schemapin.fingerprint(rotated.public_key()),
+    )
+    kept = reject_pin_change(
+        v.pins, "up.example", "echo", fingerprint=fp_rotated, definition_hash=None, actor="sec"
+    )
+    assert kept.key_fingerprint == fp_trusted
+    for _ in range(2):  # the next listings, still signed with the rejected key
+        info = assess(v, signed(DEF, rotated))["up__echo"]
+        assert is_blocked(info.verification_mode, info.verification)
+        pin = v.pins.get("up.example", "echo")
+        assert pin is not None and pin.key_fingerprint == fp_trusted
+    v.close()
+    v = verifier(trusted)  # the developer goes back to the trusted key: verified again
+    assert assess(v, signed(DEF, trusted))["up__echo"].verification == "verified"
+    v.close()
+
+
+def test_the_pins_cli_rejects_a_shared_pending_change(
+    pg: Postgres, postgres_engine: PgEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+    from tests.conftest import write_config
+
+    shared = PgPinStore(pg)
+    shared.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    shared.check_and_pin("example.com", "echo", FP_B, h("v1"))  # pending: a new key
+    cfg = write_config(
+        tmp_path,
+        f'[gateway]\ndata_dir = "{tmp_path / "d"}"\n[state]\npostgres_url = "{postgres_engine.url}"\n',
+    )
+    argv = ["schemapin", "pins", "reject", "--config", str(cfg), "--domain", "example.com", "--tool", "echo"]
+    before = shared.get("example.com", "echo")
+    assert main([*argv, "--actor", "alice"]) == 1  # the key turned down is not named: refused
+    assert main([*argv, "--fingerprint", FP_A, "--actor", "alice"]) == 1  # not the pending key
+    assert shared.get("example.com", "echo") == before
+    assert main([*argv, "--fingerprint", FP_B, "--actor", "alice"]) == 0
+    pin = shared.get("example.com", "echo")
+    assert pin is not None and pin.key_fingerprint == FP_A and pin.pending_fingerprint is None
+    event = shared.history("example.com", "echo")[-1]
+    assert (event["action"], event["new_fingerprint"], event["actor"]) == (PinEvent.REJECT, FP_B, "alice")

@@ -71,7 +71,7 @@ from ._errors import (
     UnsupportedKey,
     UnsupportedValue,
 )
-from ._pins import Pin, Pins, PinStatus, PinStore
+from ._pins import Pin, PinEvent, Pins, PinStatus, PinStore
 from ._resolver import KeyResolver, StaticKeyResolver, WellKnownResolver
 from ._skill import SkillVerification, canonicalize_skill, sign_skill, verify_skill
 from ._verify import (
@@ -123,6 +123,7 @@ __all__ = [  # noqa: RUF022 - grouped by topic
     "normalize_domain",
     # pins
     "Pin",
+    "PinEvent",
     "PinStatus",
     "PinStore",
     "Pins",

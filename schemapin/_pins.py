@@ -4,7 +4,8 @@ Each pin records the key fingerprint and the hash of the canonical definition th
 verified, so both a new key (rug pull by key swap) and a new definition under the same key
 (rug pull by re-signing) are caught. A pin is only ever written after a signature verified.
 Changes are never applied automatically: they are recorded as *pending* and applied by an
-explicit :meth:`PinStore.approve`, and every change is written to ``pin_events``.
+explicit :meth:`PinStore.approve` (or turned down by :meth:`PinStore.reject`), and every
+change is written to ``pin_events`` as a :class:`PinEvent`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,23 @@ class PinStatus(str, enum.Enum):
     PINNED = "pinned"
     KEY_CHANGED = "key_changed"
     DEFINITION_CHANGED = "definition_changed"
+
+
+class PinEvent(enum.StrEnum):
+    """Every action a pin store writes to its event trail (``history``): the one catalogue of
+    both stores (this one and the gateway's PostgreSQL one). The value is what is stored."""
+
+    FIRST_USE = "pin_first_use"  # the first verified (key, definition) pinned (actor "tofu")
+    PENDING_KEY_CHANGED = "pending_key_changed"  # a verified new key held for a person
+    PENDING_DEFINITION_CHANGED = "pending_definition_changed"  # a re-signed definition, held
+    APPROVE = "approve"  # a person pinned the named key and definition (the pending change)
+    REJECT = "reject"  # a person turned the pending change down: the pin stays (new_*: rejected)
+    REMOVE = "remove"  # a person deleted the pin: the next verification is a first use
+
+    @classmethod
+    def pending(cls, status: PinStatus) -> PinEvent:
+        """The event of a change held pending (``KEY_CHANGED`` or ``DEFINITION_CHANGED``)."""
+        return cls(f"pending_{status.value}")
 
 
 @dataclass(frozen=True)
@@ -161,7 +179,7 @@ class PinStore:
         self,
         domain: str,
         tool_id: str,
-        action: str,
+        action: PinEvent,
         old: Pin | None,
         new_fp: str | None,
         new_hash: str | None,
@@ -174,7 +192,7 @@ class PinStore:
                 _now(),
                 domain,
                 tool_id,
-                action,
+                action.value,
                 old.key_fingerprint if old else None,
                 new_fp,
                 old.definition_hash if old else None,
@@ -219,7 +237,7 @@ class PinStore:
                     "VALUES (?,?,?,?,?,?)",
                     (dom, tool_id, fp, h, now, now),
                 )
-                self._event(dom, tool_id, "pin_first_use", None, fp, h, "tofu")
+                self._event(dom, tool_id, PinEvent.FIRST_USE, None, fp, h, "tofu")
                 new = self._get(dom, tool_id)
                 assert new is not None
                 return PinStatus.FIRST_USE, new
@@ -237,7 +255,7 @@ class PinStore:
                     "WHERE domain=? AND tool_id=?",
                     (fp, h, now, dom, tool_id),
                 )
-                self._event(dom, tool_id, f"pending_{status.value}", pin, fp, h, None)
+                self._event(dom, tool_id, PinEvent.pending(status), pin, fp, h, None)
             return status, pin
 
     # -- inspection and explicit changes ---------------------------------------------------
@@ -272,32 +290,20 @@ class PinStore:
         domain: str,
         tool_id: str,
         *,
-        key_fingerprint: str | None = None,
-        definition_hash: str | None = None,
+        key_fingerprint: str,
+        definition_hash: str,
         actor: str | None = None,
     ) -> Pin:
-        """Explicitly (re-)pin a tool: the pending change, or the given fingerprint/hash.
+        """Explicitly (re-)pin a tool to the given key fingerprint and definition hash, clearing
+        any pending change.
 
-        This is the only way a pinned key or definition changes. Raises ``PinStoreError`` when
-        there is nothing to approve.
+        This is the only way a pinned key or definition changes. Both values are required:
+        the caller names what it reviewed, and the store never fills one in with whatever is
+        pending when the write happens (it can have been swapped since the review).
         """
-        dom = normalize_domain(domain)
+        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
         with self._tx():
             pin = self._get(dom, tool_id)
-            fp = (
-                normalize_fingerprint(key_fingerprint)
-                if key_fingerprint
-                else (pin.pending_fingerprint if pin else None)
-            )
-            h = _hash(definition_hash) if definition_hash else (pin.pending_definition_hash if pin else None)
-            if pin is not None and fp is None:
-                fp = pin.key_fingerprint
-            if pin is not None and h is None:
-                h = pin.definition_hash
-            if fp is None or h is None:
-                raise PinStoreError(
-                    f"nothing to approve for {tool_id}@{dom}: give --fingerprint and --definition-hash"
-                )
             now = _now()
             if pin is None:
                 self._db.execute(
@@ -311,10 +317,40 @@ class PinStore:
                     "pending_definition_hash=NULL, pending_since=NULL WHERE domain=? AND tool_id=?",
                     (fp, h, now, dom, tool_id),
                 )
-            self._event(dom, tool_id, "approve", pin, fp, h, actor)
+            self._event(dom, tool_id, PinEvent.APPROVE, pin, fp, h, actor)
             new = self._get(dom, tool_id)
             assert new is not None
             return new
+
+    def reject(
+        self,
+        domain: str,
+        tool_id: str,
+        *,
+        key_fingerprint: str,
+        definition_hash: str,
+        actor: str | None = None,
+    ) -> Pin | None:
+        """Turn down the pending change ``(key_fingerprint, definition_hash)``: it is cleared,
+        the pinned key and definition stay. Returns the pin, or ``None`` (nothing written) when
+        that is not the change pending now: none is, or another one was swapped in since the
+        caller read it (clearing that one would reject what nobody reviewed).
+
+        A rejection is not a block list: an upstream that keeps presenting the rejected change
+        gets ``KEY_CHANGED`` / ``DEFINITION_CHANGED`` from ``check_and_pin`` again, held pending.
+        """
+        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        with self._tx():
+            pin = self._get(dom, tool_id)
+            if pin is None or (pin.pending_fingerprint, pin.pending_definition_hash) != (fp, h):
+                return None
+            self._db.execute(
+                "UPDATE pins SET pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL "
+                "WHERE domain=? AND tool_id=?",
+                (dom, tool_id),
+            )
+            self._event(dom, tool_id, PinEvent.REJECT, pin, fp, h, actor)
+            return self._get(dom, tool_id)
 
     def remove(self, domain: str, tool_id: str, *, actor: str | None = None) -> bool:
         """Delete a pin (the next verification is a first use again). True if one existed."""
@@ -324,7 +360,7 @@ class PinStore:
             if pin is None:
                 return False
             self._db.execute("DELETE FROM pins WHERE domain=? AND tool_id=?", (dom, tool_id))
-            self._event(dom, tool_id, "remove", pin, None, None, actor)
+            self._event(dom, tool_id, PinEvent.REMOVE, pin, None, None, actor)
             return True
 
     def history(self, domain: str | None = None, tool_id: str | None = None) -> list[dict[str, Any]]:

@@ -201,7 +201,7 @@ def _pin_status(
         raise KeyPinMismatch(
             f"{tool_id}@{dom} is pinned to key {pin.key_fingerprint}, now signed by {snap.fingerprint}; "
             "review the pending key with `symbi schemapin pins show`, approve it with "
-            "`symbi schemapin pins approve --fingerprint`",
+            "`symbi schemapin pins approve --fingerprint` or turn it down with `pins reject --fingerprint`",
             status="key_changed",
             pinned_fingerprint=pin.key_fingerprint,
             pinned_definition_hash=pin.definition_hash,
@@ -211,7 +211,8 @@ def _pin_status(
         raise DefinitionChanged(
             f"{tool_id}@{dom} changed since it was pinned (definition {pin.definition_hash[:16]}... "
             f"-> {def_hash[:16]}...); review the pending definition with `symbi schemapin pins show`, "
-            "approve it with `symbi schemapin pins approve --definition-hash`",
+            "approve it with `symbi schemapin pins approve --definition-hash` or turn it down with "
+            "`pins reject --definition-hash`",
             status="definition_changed",
             pinned_fingerprint=pin.key_fingerprint,
             pinned_definition_hash=pin.definition_hash,

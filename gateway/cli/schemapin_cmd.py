@@ -1,8 +1,8 @@
 """``symbi schemapin``: keygen, sign, verify, wellknown, pins, skill -- thin, over ``schemapin``.
 
 Exit codes: 0 valid / done, 1 invalid or refused (reason and error code printed; ``--json``
-for machines; ``pins approve`` of a pending change that does not name it, or names another:
-``reviewed_hash_required`` / ``definition_changed``), 2 usage error (bad arguments,
+for machines; ``pins approve`` or ``pins reject`` of a pending change that does not name it,
+or names another: ``reviewed_hash_required`` / ``definition_changed``), 2 usage error (bad arguments,
 unreadable input file, bad config).
 """
 
@@ -107,12 +107,13 @@ def _add_wellknown(ss: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def _add_pins(ss: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    pins = ss.add_parser("pins", help="list, show, approve or remove TOFU pins")
+    pins = ss.add_parser("pins", help="list, show, approve, reject or remove TOFU pins")
     ps = pins.add_subparsers(dest="pins_command", metavar="ACTION", required=True)
     for name, hlp in (
         ("list", "list pins"),
         ("show", "show one pin and its history"),
         ("approve", "accept the pending key/definition change you reviewed with show (or pin given values)"),
+        ("reject", "turn down the pending key/definition change you reviewed with show: the pin stays"),
         ("remove", "delete a pin"),
     ):
         q = ps.add_parser(name, help=hlp)
@@ -138,8 +139,19 @@ def _add_pins(ss: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                 help="the definition hash to pin (64 hex): for a pending definition change, the "
                 "pending_definition_hash `pins show` printed; refused if the pending one is another",
             )
-        if name in ("approve", "remove"):
-            q.add_argument("--actor", help="who approves (recorded; default $USER)")
+        if name == "reject":
+            q.add_argument(
+                "--fingerprint",
+                help="the pending_fingerprint `pins show` printed (sha256:<64 hex>), for a pending "
+                "key change; refused if the pending key is another",
+            )
+            q.add_argument(
+                "--definition-hash",
+                help="the pending_definition_hash `pins show` printed (64 hex), for a pending "
+                "definition change; refused if the pending one is another",
+            )
+        if name in ("approve", "reject", "remove"):
+            q.add_argument("--actor", help="who approves, rejects or removes (recorded; default $USER)")
         _common(q)
         q.set_defaults(func=_run(_pins))
 
@@ -175,7 +187,7 @@ def _run(fn: Any) -> Any:
         except SchemaPinError as e:
             _invalid(args, e.to_dict())
             return EXIT_INVALID
-        except ApprovalError as e:  # a pin approval not naming the pending change reviewed
+        except ApprovalError as e:  # a pin approval or rejection not naming the pending change reviewed
             _invalid(args, {"valid": False, "error_code": e.code, "error_message": e.message})
             return EXIT_INVALID
 
@@ -362,6 +374,24 @@ def _pins(args: argparse.Namespace) -> int:
                 pin.to_dict(),
                 f"approved {pin.tool_id}@{pin.domain}: key {pin.key_fingerprint} "
                 f"definition {pin.definition_hash}",
+            )
+            return EXIT_OK
+        if cmd == "reject":
+            from gateway.verify.approve import reject_pin_change
+
+            pin = reject_pin_change(
+                store,
+                args.domain,
+                args.tool,
+                fingerprint=args.fingerprint,
+                definition_hash=args.definition_hash,
+                actor=actor,
+            )
+            _emit(
+                args,
+                pin.to_dict(),
+                f"rejected the pending change of {pin.tool_id}@{pin.domain}: still pinned to key "
+                f"{pin.key_fingerprint} definition {pin.definition_hash}",
             )
             return EXIT_OK
         removed = store.remove(args.domain, args.tool, actor=actor)

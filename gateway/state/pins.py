@@ -5,8 +5,9 @@ replica started later (a new pod, an autoscaled one) would trust on first use ag
 take whatever key the domain serves then. Here every replica reads and writes one table, so
 the first verified key of a (domain, tool) is the pin for all of them and a changed key is
 ``key_changed`` everywhere until a person approves it. Same contract as ``schemapin.PinStore``
-(the TOFU decision, pending changes, explicit approval, an event per change); a pin change
-bumps the approvals version the replicas poll, so each one re-verifies.
+(the TOFU decision, pending changes, explicit approval or rejection, an event per change, from
+the one catalogue ``schemapin.PinEvent``); a pin change bumps the approvals version the
+replicas poll, so each one re-verifies.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import psycopg
 
 from gateway.state.health import safe_url
 from gateway.state.postgres import Postgres, bump_approvals
-from schemapin import Pin, PinStatus, PinStoreError
+from schemapin import Pin, PinEvent, PinStatus
 from schemapin._crypto import normalize_fingerprint
 from schemapin._domain import normalize_domain
 from schemapin._pins import LAST_SEEN_RESOLUTION_S, _age_s, _hash, _now, history_query
@@ -61,7 +62,7 @@ class PgPinStore:
         cur: psycopg.Cursor[Any],
         domain: str,
         tool_id: str,
-        action: str,
+        action: PinEvent,
         old: Pin | None,
         new_fp: str | None,
         new_hash: str | None,
@@ -74,7 +75,7 @@ class PgPinStore:
                 _now(),
                 domain,
                 tool_id,
-                action,
+                action.value,
                 old.key_fingerprint if old else None,
                 new_fp,
                 old.definition_hash if old else None,
@@ -107,7 +108,7 @@ class PgPinStore:
                 (dom, tool_id, fp, h, now, now),
             )
             if cur.rowcount == 1:  # first use, by whichever replica got here first
-                self._event(cur, dom, tool_id, "pin_first_use", None, fp, h, "tofu")
+                self._event(cur, dom, tool_id, PinEvent.FIRST_USE, None, fp, h, "tofu")
                 new = self._get(cur, dom, tool_id)
                 assert new is not None
                 return PinStatus.FIRST_USE, new
@@ -127,7 +128,7 @@ class PgPinStore:
                     " WHERE domain=%s AND tool_id=%s",
                     (fp, h, now, dom, tool_id),
                 )
-                self._event(cur, dom, tool_id, f"pending_{status.value}", pin, fp, h, None)
+                self._event(cur, dom, tool_id, PinEvent.pending(status), pin, fp, h, None)
             return status, pin
 
     def get(self, domain: str, tool_id: str) -> Pin | None:
@@ -149,26 +150,15 @@ class PgPinStore:
         domain: str,
         tool_id: str,
         *,
-        key_fingerprint: str | None = None,
-        definition_hash: str | None = None,
+        key_fingerprint: str,
+        definition_hash: str,
         actor: str | None = None,
     ) -> Pin:
-        """As ``PinStore.approve``: the only way a pinned key or definition changes."""
-        dom = normalize_domain(domain)
+        """As ``PinStore.approve``: the only way a pinned key or definition changes; both values
+        named, never filled in with whatever is pending at the write."""
+        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
         with self._pg.cursor(transaction=True) as cur:
             pin = self._get(cur, dom, tool_id, lock=True)
-            fp = (
-                normalize_fingerprint(key_fingerprint)
-                if key_fingerprint
-                else (pin.pending_fingerprint if pin else None)
-            )
-            h = _hash(definition_hash) if definition_hash else (pin.pending_definition_hash if pin else None)
-            if pin is not None:
-                fp, h = fp or pin.key_fingerprint, h or pin.definition_hash
-            if fp is None or h is None:
-                raise PinStoreError(
-                    f"nothing to approve for {tool_id}@{dom}: give --fingerprint and --definition-hash"
-                )
             now = _now()
             cur.execute(
                 f"INSERT INTO symbi_pins ({_PIN_COLS}) VALUES (%s,%s,%s,%s,%s,%s,NULL,NULL,NULL)"
@@ -177,11 +167,36 @@ class PgPinStore:
                 " pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL",
                 (dom, tool_id, fp, h, now, now),
             )
-            self._event(cur, dom, tool_id, "approve", pin, fp, h, actor)
+            self._event(cur, dom, tool_id, PinEvent.APPROVE, pin, fp, h, actor)
             bump_approvals(cur)
             new = self._get(cur, dom, tool_id)
             assert new is not None
             return new
+
+    def reject(
+        self,
+        domain: str,
+        tool_id: str,
+        *,
+        key_fingerprint: str,
+        definition_hash: str,
+        actor: str | None = None,
+    ) -> Pin | None:
+        """As ``PinStore.reject``: clears the pending change if it is still the one named (the
+        row locked from the comparison to the write), keeping the pin; else ``None``."""
+        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        with self._pg.cursor(transaction=True) as cur:
+            pin = self._get(cur, dom, tool_id, lock=True)
+            if pin is None or (pin.pending_fingerprint, pin.pending_definition_hash) != (fp, h):
+                return None
+            cur.execute(
+                "UPDATE symbi_pins SET pending_fingerprint=NULL, pending_definition_hash=NULL,"
+                " pending_since=NULL WHERE domain=%s AND tool_id=%s",
+                (dom, tool_id),
+            )
+            self._event(cur, dom, tool_id, PinEvent.REJECT, pin, fp, h, actor)
+            bump_approvals(cur)  # as a SQLite pins.db write: the gateways look again (still blocked)
+            return self._get(cur, dom, tool_id)
 
     def remove(self, domain: str, tool_id: str, *, actor: str | None = None) -> bool:
         dom = normalize_domain(domain)
@@ -190,7 +205,7 @@ class PgPinStore:
             if pin is None:
                 return False
             cur.execute("DELETE FROM symbi_pins WHERE domain=%s AND tool_id=%s", (dom, tool_id))
-            self._event(cur, dom, tool_id, "remove", pin, None, None, actor)
+            self._event(cur, dom, tool_id, PinEvent.REMOVE, pin, None, None, actor)
             bump_approvals(cur)
             return True
 

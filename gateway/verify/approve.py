@@ -1,11 +1,13 @@
 """Approving a tool's current definition: shared by ``symbi tools`` and the admin API; and
-approving a SchemaPin pin's pending change (``symbi schemapin pins approve``).
+approving or rejecting a SchemaPin pin's pending change (``symbi schemapin pins approve`` /
+``reject``).
 
 An approval names the hash of the definition the person reviewed (``symbi tools diff``, the
 API's diff, the dashboard's tool page) and is refused when the current one differs: the
 upstream can change its definition between the review and the approval (bait and switch).
 A pin approval likewise names the pending key fingerprint and definition hash the person
-read (``symbi schemapin pins show``), and is refused when the pending change differs.
+read (``symbi schemapin pins show``), and is refused when the pending change differs; so is a
+pin rejection, which clears the pending change and keeps the pinned key and definition.
 """
 
 from __future__ import annotations
@@ -129,6 +131,16 @@ def _pin_value(given: str | None, option: str, field: str, where: str) -> str | 
         ) from None
 
 
+def _pin_values(
+    domain: str, tool_id: str, fingerprint: str | None, definition_hash: str | None
+) -> tuple[str | None, str | None]:
+    where = _pin_where(domain, tool_id)
+    return (
+        _pin_value(fingerprint, "--fingerprint", "key fingerprint (sha256:<64 hex>)", where),
+        _pin_value(definition_hash, "--definition-hash", "definition hash (64 hex)", where),
+    )
+
+
 def reviewed_pin_change(
     pin: Pin | None, domain: str, tool_id: str, *, fingerprint: str | None, definition_hash: str | None
 ) -> tuple[str, str]:
@@ -142,9 +154,7 @@ def reviewed_pin_change(
     stays); with no pin, both must be given. The messages never print a pending value: copying
     it from a refusal approves unseen.
     """
-    where = _pin_where(domain, tool_id)
-    fp = _pin_value(fingerprint, "--fingerprint", "key fingerprint (sha256:<64 hex>)", where)
-    h = _pin_value(definition_hash, "--definition-hash", "definition hash (64 hex)", where)
+    fp, h = _pin_values(domain, tool_id, fingerprint, definition_hash)
     if pin is None:
         if fp is None or h is None:
             raise ReviewedHashRequired(
@@ -153,6 +163,34 @@ def reviewed_pin_change(
         return fp, h
     if pin.pending_fingerprint is None and pin.pending_definition_hash is None:
         return fp or pin.key_fingerprint, h or pin.definition_hash
+    return _named_pending(pin, domain, tool_id, fp, h, "an approval", "approved")
+
+
+def reviewed_pin_rejection(
+    pin: Pin | None, domain: str, tool_id: str, *, fingerprint: str | None, definition_hash: str | None
+) -> tuple[str, str]:
+    """The pending (key fingerprint, definition hash) of ``tool_id@domain`` the person turned
+    down, by the rules of ``reviewed_pin_change``: each part that changes is named, and what is
+    named is the pending change. A rejection always names something (``ReviewedHashRequired``)
+    and needs a change pending (``DefinitionChanged``: none, e.g. approved or rejected since).
+    """
+    fp, h = _pin_values(domain, tool_id, fingerprint, definition_hash)
+    if fp is None and h is None:
+        raise ReviewedHashRequired(
+            f"a rejection names the pending change you reviewed: read it with {_pin_where(domain, tool_id)} "
+            "and pass --fingerprint and/or --definition-hash"
+        )
+    if pin is None or (pin.pending_fingerprint is None and pin.pending_definition_hash is None):
+        raise DefinitionChanged(f"{tool_id}@{domain} has no pending change: nothing rejected")
+    return _named_pending(pin, domain, tool_id, fp, h, "a rejection", "rejected")
+
+
+def _named_pending(
+    pin: Pin, domain: str, tool_id: str, fp: str | None, h: str | None, act: str, done: str
+) -> tuple[str, str]:
+    """``pin``'s pending (key, definition) when ``fp`` / ``h`` name it (an unnamed part: the
+    pinned one), else ``ReviewedHashRequired`` (a changing part unnamed) or ``DefinitionChanged``."""
+    where = _pin_where(domain, tool_id)
     pending = (
         pin.pending_fingerprint or pin.key_fingerprint,
         pin.pending_definition_hash or pin.definition_hash,
@@ -167,15 +205,42 @@ def reviewed_pin_change(
     ]
     if missing:
         raise ReviewedHashRequired(
-            f"{tool_id}@{domain} has a pending change: an approval names what you reviewed: "
+            f"{tool_id}@{domain} has a pending change: {act} names what you reviewed: "
             f"read it with {where} and pass {' and '.join(missing)}"
         )
     if (fp or pin.key_fingerprint, h or pin.definition_hash) != pending:
         raise DefinitionChanged(
             f"{tool_id}@{domain}: the pending change is not the one you named: it changed since "
-            f"your review; nothing approved, read it again with {where}"
+            f"your review; nothing {done}, read it again with {where}"
         )
     return pending
+
+
+def reject_pin_change(
+    store: PinStore | PgPinStore,
+    domain: str,
+    tool_id: str,
+    *,
+    fingerprint: str | None,
+    definition_hash: str | None,
+    actor: str | None,
+) -> Pin:
+    """Turn down the pending change of ``tool_id@domain`` the person reviewed (named as for
+    ``reviewed_pin_rejection``): cleared, the pin kept, a ``reject`` event recorded. Returns
+    the pin. The upstream still presenting it is still refused (the verifier holds it pending
+    again: a rejection never pins it)."""
+    fp, h = reviewed_pin_rejection(
+        store.get(domain, tool_id), domain, tool_id, fingerprint=fingerprint, definition_hash=definition_hash
+    )
+    # the store clears it only if it is still the change checked here: one swapped in since the
+    # read is not cleared (nor recorded as rejected) under a name nobody gave it
+    pin = store.reject(domain, tool_id, key_fingerprint=fp, definition_hash=h, actor=actor)
+    if pin is None:
+        raise DefinitionChanged(
+            f"{tool_id}@{domain}: the pending change is not the one you named: it changed since "
+            f"your review; nothing rejected, read it again with {_pin_where(domain, tool_id)}"
+        )
+    return pin
 
 
 def _pretty(d: Any) -> list[str]:
@@ -233,13 +298,12 @@ def approve_current(
             pin = opened.get(domain, rec.name)
             if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
                 # and keeps the key the reviewed record names: a key change pending since (a
-                # rotation no one reviewed) is not accepted with it (the store fills an unnamed
-                # key in with the pending one)
+                # rotation no one reviewed) is not accepted with it (the store takes both values)
                 key = rec.key_fingerprint or pin.key_fingerprint
                 try:
                     opened.approve(
                         domain, rec.name, key_fingerprint=key, definition_hash=signed, actor=actor or "symbi"
                     )
                 except PinStoreError:
-                    pass  # nothing pending any more: the current pin stands
+                    pass  # the pin store failed: the pin stays, and so does the block (fail closed)
     return h

@@ -3,6 +3,7 @@ over a real SQLite pin store (gateway/cli/schemapin_cmd.py; the rule is
 gateway.verify.approve.reviewed_pin_change). A key rotation or a re-signed definition is
 pending until approved; an upstream can swap the pending change between ``pins show`` and the
 approval (bait and switch), so the approval names the values read and nothing else is pinned.
+``pins reject`` turns the reviewed change down by the same naming rules and keeps the pin.
 """
 
 from __future__ import annotations
@@ -154,3 +155,93 @@ def test_given_values_are_pinned_when_nothing_is_pending(
     assert code == EXIT_OK and (out["key_fingerprint"], out["definition_hash"]) == (FP_OLD, h("v1"))
     code, out = pins_cli(capsys, db, "approve", "--fingerprint", FP_BAIT)  # re-pin the key only
     assert code == EXIT_OK and (out["key_fingerprint"], out["definition_hash"]) == (FP_BAIT, h("v1"))
+
+
+# -- pins reject: the reviewed pending change turned down, the pin kept ------------------------
+
+
+def pins_cli_raw(capsys: pytest.CaptureFixture[str], db: Path, action: str, *extra: str) -> tuple[int, str]:
+    """As ``pins_cli``, the whole output as text (stdout and stderr)."""
+    capsys.readouterr()
+    code = main(["schemapin", "pins", action, "--pins", str(db), "--domain", DOMAIN, "--tool", TOOL, *extra])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.mark.parametrize(
+    ("fp", "definition", "given"),
+    [
+        (FP_BAIT, "v1", ()),  # a key rotation, nothing named
+        (FP_BAIT, "v1", ("--definition-hash", h("v1"))),  # the hash named, not the new key
+        (FP_OLD, "v2", ("--fingerprint", FP_OLD)),  # the key named, not the new definition
+        (FP_BAIT, "v2", ("--fingerprint", FP_BAIT)),  # both change, only the key named
+        (FP_BAIT, "v2", ("--fingerprint", FP_BAIT[:40])),  # not a full value
+    ],
+    ids=["key", "key-hash-named", "definition-key-named", "both-key-named", "fingerprint-prefix"],
+)
+def test_a_rejection_not_naming_the_pending_change_is_refused_and_nothing_changes(
+    db: Path, capsys: pytest.CaptureFixture[str], fp: str, definition: str, given: tuple[str, ...]
+) -> None:
+    pend(db, fp, definition)
+    before = pinned(db)
+    code, out = pins_cli(capsys, db, "reject", *given, "--actor", "sec")
+    assert (code, out["error_code"]) == (EXIT_INVALID, "reviewed_hash_required")
+    assert pinned(db) == before  # the change still pending (for a person to decide), no reject event
+
+
+@pytest.mark.parametrize("swap", [(FP_SWITCH, "v1"), (FP_BAIT, "v3")], ids=["key", "definition"])
+def test_a_rejection_of_a_change_swapped_since_the_review_is_refused_without_printing_it(
+    db: Path, capsys: pytest.CaptureFixture[str], swap: tuple[str, str]
+) -> None:
+    pend(db, FP_BAIT, "v1")  # the rotation the person reads with `pins show`
+    shown = pins_cli(capsys, db, "show")[1]
+    reviewed = ("--fingerprint", shown["pending_fingerprint"], "--definition-hash", h("v1"))
+    pend(db, *swap)  # swapped in while they read
+    before = pinned(db)
+    code, out = pins_cli(capsys, db, "reject", *reviewed, "--actor", "sec")
+    assert (code, out["error_code"]) == (EXIT_INVALID, "definition_changed")
+    assert pinned(db) == before  # the swapped-in change is still pending: nobody rejected it
+    code, text = pins_cli_raw(capsys, db, "reject", *reviewed)
+    assert code == EXIT_INVALID
+    # never the pending value: copying it from the refusal would decide on a change unseen
+    assert FP_SWITCH not in text and h("v3") not in text
+
+
+def test_a_rejection_with_nothing_pending_is_refused(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = pinned(db)
+    code, out = pins_cli(capsys, db, "reject", "--fingerprint", FP_BAIT)
+    assert (code, out["error_code"]) == (EXIT_INVALID, "definition_changed")
+    assert pinned(db) == before
+
+
+@pytest.mark.parametrize(
+    ("fp", "definition", "given"),
+    [
+        (FP_BAIT, "v1", lambda s: ("--fingerprint", s["pending_fingerprint"].upper())),
+        (FP_OLD, "v2", lambda s: ("--definition-hash", s["pending_definition_hash"])),
+        (
+            FP_BAIT,
+            "v2",
+            lambda s: (
+                "--fingerprint",
+                s["pending_fingerprint"],
+                "--definition-hash",
+                s["pending_definition_hash"],
+            ),
+        ),
+    ],
+    ids=["key", "definition", "both"],
+)
+def test_the_pending_change_named_as_show_printed_it_is_rejected_and_stays_refused(
+    db: Path, capsys: pytest.CaptureFixture[str], fp: str, definition: str, given: Any
+) -> None:
+    pend(db, fp, definition)
+    shown = pins_cli(capsys, db, "show")[1]
+    code, out = pins_cli(capsys, db, "reject", *given(shown), "--actor", "sec")
+    assert code == EXIT_OK and (out["key_fingerprint"], out["definition_hash"]) == (FP_OLD, h("v1"))
+    pin, actions = pinned(db)
+    assert (pin.key_fingerprint, pin.definition_hash, pin.pending_fingerprint) == (FP_OLD, h("v1"), None)
+    assert actions[-1] == "reject"
+    with PinStore(db) as store:  # the upstream presents the rejected change again: refused
+        assert store.check_and_pin(DOMAIN, TOOL, fp, h(definition))[0] is not PinStatus.PINNED
+        assert store.check_and_pin(DOMAIN, TOOL, FP_OLD, h("v1"))[0] is PinStatus.PINNED

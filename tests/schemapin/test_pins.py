@@ -44,15 +44,13 @@ def test_changes_are_pending_until_approved(tmp_path: Path) -> None:
         assert s.check_and_pin("d.example", "t", FP_A, H2)[0] is PinStatus.DEFINITION_CHANGED
         pin = s.get("d.example", "t")
         assert pin is not None and pin.key_fingerprint == FP_A and pin.pending_definition_hash == H2
-        s.approve("d.example", "t", actor="alice")
+        s.approve("d.example", "t", key_fingerprint=FP_A, definition_hash=H2, actor="alice")
         assert s.check_and_pin("d.example", "t", FP_A, H2)[0] is PinStatus.PINNED
         assert s.history("d.example", "t")[-1]["actor"] == "alice"
 
 
 def test_approve_explicit_values_and_remove(tmp_path: Path) -> None:
     with PinStore(tmp_path / "p.db") as s:
-        with pytest.raises(PinStoreError):
-            s.approve("d.example", "t")  # nothing pending, nothing given
         pin = s.approve("d.example", "t", key_fingerprint=FP_B, definition_hash=H2, actor="bob")
         assert pin.key_fingerprint == FP_B
         assert s.remove("d.example", "t", actor="bob") is True

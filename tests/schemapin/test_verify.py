@@ -119,7 +119,15 @@ def test_attack_key_rotation_after_pinning(
             pin_store=pins,
         )
     # Explicit approval accepts the new key.
-    pins.approve(DOMAIN, "search_files", actor="security-team")
+    pending = pins.get(DOMAIN, "search_files")
+    assert pending is not None and pending.pending_fingerprint and pending.pending_definition_hash
+    pins.approve(
+        DOMAIN,
+        "search_files",
+        key_fingerprint=pending.pending_fingerprint,
+        definition_hash=pending.pending_definition_hash,
+        actor="security-team",
+    )
     r = schemapin.verify_tool(
         evil,
         schemapin.sign_tool(evil, other_key),

@@ -16,6 +16,7 @@ from gateway.verify.approve import (
     approve_current,
     check_reviewed,
     drift_diff,
+    reject_pin_change,
     reviewed_pin_change,
 )
 from gateway.verify.state import ToolRecord
@@ -179,3 +180,45 @@ def test_a_pin_approval_pins_the_values_checked_never_what_is_pending_at_the_wri
         assert store.approve(*at, key_fingerprint=key, definition_hash=h).key_fingerprint == fp_b
         named = reviewed_pin_change(store.get(*at), *at, fingerprint=None, definition_hash=None)
         assert named == (fp_b, v1)  # nothing pending at the read, nothing named: the pin as it is
+
+
+def test_a_pin_rejection_does_not_clear_a_change_swapped_in_after_its_check(tmp_path: Path) -> None:
+    """``pins reject`` checks the pin it read, then the store writes: a change that becomes
+    pending in between is another one, unreviewed; the store compares where it writes, so it
+    is neither cleared nor recorded as rejected, and the rejection is refused."""
+    at = ("acme.example", "echo")
+    fp_a, fp_b, fp_c = ("sha256:" + c * 64 for c in "abc")
+    v1 = schemapin.definition_hash(DEF)
+
+    class SwappedAfterRead(schemapin.PinStore):
+        def get(self, domain: str, tool_id: str) -> schemapin.Pin | None:
+            pin = super().get(domain, tool_id)
+            self.check_and_pin(*at, fp_c, v1)  # the upstream rotates again, just after the read
+            return pin
+
+    with SwappedAfterRead(tmp_path / "pins.db") as store:
+        store.check_and_pin(*at, fp_a, v1)
+        store.check_and_pin(*at, fp_b, v1)  # the rotation the person reviewed
+        with pytest.raises(DefinitionChanged) as e:
+            reject_pin_change(store, *at, fingerprint=fp_b, definition_hash=None, actor="sec")
+        assert (e.value.code, e.value.status) == ("definition_changed", 409)
+        pin = schemapin.PinStore.get(store, *at)
+        assert pin is not None and (pin.key_fingerprint, pin.pending_fingerprint) == (fp_a, fp_c)
+        assert "reject" not in [ev["action"] for ev in store.history()]
+
+
+def test_a_pin_rejection_names_what_it_turns_down(tmp_path: Path) -> None:
+    at = ("acme.example", "echo")
+    fp_a, fp_b = ("sha256:" + c * 64 for c in "ab")
+    v1 = schemapin.definition_hash(DEF)
+    with schemapin.PinStore(tmp_path / "pins.db") as store:
+        store.check_and_pin(*at, fp_a, v1)
+        store.check_and_pin(*at, fp_b, v1)
+        with pytest.raises(ReviewedHashRequired):
+            reject_pin_change(store, *at, fingerprint=None, definition_hash=None, actor="sec")
+        with pytest.raises(ReviewedHashRequired):  # the pinned definition named, not the new key
+            reject_pin_change(store, *at, fingerprint=None, definition_hash=v1, actor="sec")
+        pin = store.get(*at)
+        assert pin is not None and pin.pending_fingerprint == fp_b
+        kept = reject_pin_change(store, *at, fingerprint=fp_b, definition_hash=v1, actor="sec")
+        assert (kept.key_fingerprint, kept.pending_fingerprint) == (fp_a, None)

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import DefinitionChanged, ReviewedHashRequired, ScreeningFlagged
+from gateway.errors import ApprovalError, DefinitionChanged, ReviewedHashRequired, ScreeningFlagged
 from gateway.screen import Screening, screen_definition
 from gateway.verify.listed import is_listed, kind_of
 from gateway.verify.state import ToolRecord, ToolStates
@@ -286,24 +286,29 @@ def approve_current(
 
     h = check_reviewed(rec, reviewed)
     assert rec.current_definition is not None  # check_reviewed refuses a record without one
-    # the definition of ``rec`` as read, whose hash was checked; never the row as it is now
-    store.approve(rec.upstream, rec.name, h, rec.current_definition)
     if domain:
-        # the pin moves to the reviewed definition (the signed part: without _meta), not to
+        # the pin moves first: a pin store that cannot be written refuses the approval whole
+        # (approved in the tool state alone, the tool stayed blocked by its pin, unexplained).
+        # It moves to the reviewed definition (the signed part: without _meta), not to
         # whatever is pending by now: the verifier records a change in the pins before the
         # tool state, so a switch can be pending there while the state still shows the bait
         signed = definition_hash(split_carrier(rec.current_definition)[0])
-        with contextlib.ExitStack() as stack:
-            opened = stack.enter_context(PinStore(pins)) if isinstance(pins, Path) else pins
-            pin = opened.get(domain, rec.name)
-            if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
-                # and keeps the key the reviewed record names: a key change pending since (a
-                # rotation no one reviewed) is not accepted with it (the store takes both values)
-                key = rec.key_fingerprint or pin.key_fingerprint
-                try:
+        try:
+            with contextlib.ExitStack() as stack:
+                opened = stack.enter_context(PinStore(pins)) if isinstance(pins, Path) else pins
+                pin = opened.get(domain, rec.name)
+                if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
+                    # and keeps the key the reviewed record names: a key change pending since (a
+                    # rotation no one reviewed) is not accepted with it (the store takes both)
+                    key = rec.key_fingerprint or pin.key_fingerprint
                     opened.approve(
                         domain, rec.name, key_fingerprint=key, definition_hash=signed, actor=actor or "symbi"
                     )
-                except PinStoreError:
-                    pass  # the pin store failed: the pin stays, and so does the block (fail closed)
+        except PinStoreError as e:
+            raise ApprovalError(
+                f"the SchemaPin pin of {rec.name}@{domain} cannot be moved ({e.message}): nothing approved",
+                503,
+            ) from None
+    # the definition of ``rec`` as read, whose hash was checked; never the row as it is now
+    store.approve(rec.upstream, rec.name, h, rec.current_definition)
     return h

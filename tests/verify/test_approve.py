@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import schemapin
-from gateway.errors import DefinitionChanged, ReviewedHashRequired
+from gateway.errors import ApprovalError, DefinitionChanged, ReviewedHashRequired
 from gateway.verify.approve import (
     MIN_HASH_HEX,
     approve_current,
@@ -116,6 +116,27 @@ def test_the_pin_keeps_the_reviewed_key_not_a_key_change_pending_since(
     pin = v.pins.get(https_server.domain, "echo")
     assert pin is not None and pin.key_fingerprint == fp
     assert pin.definition_hash == schemapin.definition_hash(CHANGED)
+    v.close()
+
+
+def test_a_pin_store_that_cannot_be_written_refuses_the_approval_whole(
+    tmp_path: Path,
+    https_server: HttpsServer,  # noqa: F811
+) -> None:
+    """The pin store failing (here: closed) was swallowed: the tool state approved the
+    definition, the pin did not move, and the tool stayed blocked with nothing said. Now the
+    approval is refused (``ApprovalError``) and nothing is approved."""
+    key = schemapin.generate_private_key()
+    v, rec = _signed_bait(tmp_path, https_server, key)
+    broken = schemapin.PinStore(tmp_path / "other-pins.db")
+    broken.close()
+    with pytest.raises(ApprovalError) as err:
+        approve_current(
+            v.state, broken, rec, reviewed=rec.current_hash, domain=https_server.domain, actor="sec"
+        )
+    assert err.value.status == 503
+    assert v.state.get("up", "echo").approved_definition != CHANGED  # type: ignore[union-attr]
+    assert assess(v, signed(CHANGED, key))["up__echo"].blocked  # still the drift it was
     v.close()
 
 

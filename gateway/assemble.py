@@ -202,7 +202,7 @@ def _assemble(
 
     verifier = _verifier(config, events, builtins, state, closers)
 
-    # the hand-outs: every replica's when they share [state] redis_url
+    # the hand-outs: kept in the data dir, or every replica's in [state] redis_url
     catalog = LiveCatalog(upstream_infos(config, builtins), HandedOut(shared=state.handouts))
     unsafe = [o for o in config.unsafe_options() if o.every_call]
     steps = chain_steps(

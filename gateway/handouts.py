@@ -11,8 +11,9 @@ claimant the read goes to it, with several it is refused as ambiguous.
 The memory is bounded per upstream (oldest forgotten first, a URI handed out again is new
 again), so one upstream's hand-outs never push out another's; each URI is kept as its digest,
 so a long URI costs no more than a short one. It lives in ``LiveCatalog`` and every snapshot
-sees it: a catalogue rebuild forgets nothing. Replicas share theirs (``shared``: Redis, see
-``gateway.state.handouts``): a link handed out through one is read through any.
+sees it: a catalogue rebuild forgets nothing. It is also kept beyond the process (``shared``,
+``gateway.state.handouts``): replicas share theirs in Redis, so a link handed out through one
+is read through any; one gateway keeps its own in its data dir, so a restart forgets none.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _digest(uri: str) -> bytes:
 
 
 class SharedHandOuts(Protocol):
-    """Every replica's hand-outs (``gateway.state.handouts.RedisHandOuts``)."""
+    """Hand-outs kept beyond this process (``gateway.state.handouts``: Redis, the data dir)."""
 
     async def note(self, upstream: str, digests: Sequence[bytes]) -> None: ...
 
@@ -45,7 +46,7 @@ class SharedHandOuts(Protocol):
 
 class HandedOut:
     """The URIs each upstream handed out in a relayed result, ``per_upstream`` each at most;
-    with ``shared`` (replicas on ``[state] redis_url``) every replica's too."""
+    with ``shared`` also those noted before a restart, or by another replica."""
 
     def __init__(self, per_upstream: int = PER_UPSTREAM, shared: SharedHandOuts | None = None) -> None:
         self._per_upstream = per_upstream

@@ -358,6 +358,10 @@ class Config(Section):
         return self.data_dir / "pins.db"
 
     @property
+    def handouts_path(self) -> Path:
+        return self.data_dir / "handouts.db"
+
+    @property
     def discovered_path(self) -> Path:
         return self.data_dir / "discovered.json"
 

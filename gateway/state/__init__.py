@@ -2,7 +2,7 @@
 an in-process default and a shared implementation on an existing engine.
 
 - rate limits: ``LocalRateLimiter`` (``CallCounters``) | ``RedisRateLimiter`` (``state.redis_url``)
-- the links upstreams hand out: this process's ``HandedOut`` | ``RedisHandOuts`` (``state.redis_url``)
+- the links upstreams hand out: the data dir's ``SqliteHandOuts`` | ``RedisHandOuts`` (``state.redis_url``)
 - tool records, approvals, revocations: the data dir's SQLite (``ToolStateStore``) |
   ``PgToolStateStore`` (``state.postgres_url``); SchemaPin key pins (``PgPinStore``) and
   accepted screening findings (``PgAcceptedFindings``) likewise
@@ -22,7 +22,7 @@ import anyio
 from gateway.config.model import Config
 from gateway.handouts import PER_UPSTREAM
 from gateway.policy.counters import CallCounters
-from gateway.state.handouts import RedisHandOuts
+from gateway.state.handouts import RedisHandOuts, SqliteHandOuts
 from gateway.state.health import Probe, lets_anyone_in, safe_url
 from gateway.state.limiter import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from gateway.verify.state import ToolStates
@@ -78,7 +78,7 @@ class SharedState:
     pins: PgPinStore | None = None  # None: the verifier's SQLite in the data dir
     accepted: PgAcceptedFindings | None = None  # None: the data dir's screening-accepted.json
     changes: Changes | None = None  # PostgreSQL's NOTIFY of an approvals change (None: poll only)
-    handouts: RedisHandOuts | None = None  # every replica's hand-outs (None: this process's only)
+    handouts: RedisHandOuts | SqliteHandOuts | None = None  # every replica's, or the data dir's
 
     @property
     def shared(self) -> bool:
@@ -100,6 +100,8 @@ class SharedState:
     def close(self) -> None:
         if self.postgres is not None:
             self.postgres.close()
+        if isinstance(self.handouts, SqliteHandOuts):
+            self.handouts.close()
 
     async def watch(self, _gw: object) -> None:
         """Background task: refresh every backend's health; close the async clients at the end."""
@@ -111,7 +113,7 @@ class SharedState:
             with anyio.CancelScope(shield=True):
                 if isinstance(self.limiter, RedisRateLimiter):
                     await self.limiter.aclose()
-                if self.handouts is not None:
+                if isinstance(self.handouts, RedisHandOuts):
                     await self.handouts.aclose()
 
 
@@ -120,6 +122,7 @@ def build_state(config: Config, counters: CallCounters) -> SharedState:
     that cannot reach it fails with ``StateUnavailable`` naming it)."""
     st = config.state
     state = SharedState(LocalRateLimiter(counters), interval_s=st.probe_interval_s)
+    state.handouts = SqliteHandOuts(config.handouts_path, per_upstream=PER_UPSTREAM)
     if st.redis_url is not None:
         limiter = RedisRateLimiter(st.redis_url, counters, timeout_s=st.timeout_s)
         state.limiter = limiter

@@ -1,4 +1,5 @@
-"""The hand-outs (``gateway.handouts``) of every replica, in Redis.
+"""The hand-outs (``gateway.handouts``) kept beyond the process: every replica's in Redis, or
+one gateway's in its data dir (``SqliteHandOuts``), so a restart does not forget them either.
 
 A link upstream A hands out through one replica is read, often, through another: a stateless
 (2026-era) client's requests go to whichever replica the balancer picks, and a new session of
@@ -16,17 +17,22 @@ with a claim no other replica could see.
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.custody import PRIVATE_DIR
 from gateway.errors import StateUnavailable
 from gateway.state.health import safe_url
 
 PREFIX = "symbi:ho:"
 RETAIN_MS = 7 * 24 * 3600 * 1000  # an upstream that hands out nothing for a week: its set goes
+TRIM_EVERY = 64  # the data dir's store is cut to its bound at the first note and every 64th after
 
 
 class RedisHandOuts:
@@ -76,3 +82,82 @@ class RedisHandOuts:
 
     async def aclose(self) -> None:
         await self._r.aclose()
+
+
+class SqliteHandOuts:
+    """One gateway's hand-outs in its data dir (``handouts.db``): a link handed out before a
+    restart is still its upstream's claim after it (the newest ``per_upstream`` of each, give or
+    take ``TRIM_EVERY`` notes). Opened at the first hand-out or lookup; a commit is not synced
+    (WAL, ``synchronous=NORMAL``): a power cut may forget the
+    last ones, never corrupt the rest. A store that cannot be read or written is
+    ``StateUnavailable``, as Redis is."""
+
+    def __init__(self, path: Path, *, per_upstream: int) -> None:
+        self.path = path
+        self._per_upstream = per_upstream
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._notes: dict[str, int] = {}  # hand-outs noted per upstream by this process
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS handouts (upstream TEXT NOT NULL, digest BLOB NOT NULL,"
+                " at INTEGER NOT NULL, PRIMARY KEY (upstream, digest)) WITHOUT ROWID"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS handouts_by_digest ON handouts (digest)")
+            db.execute("CREATE INDEX IF NOT EXISTS handouts_by_age ON handouts (upstream, at)")
+            self._db = db
+        return self._db
+
+    def _unavailable(self, e: BaseException, what: str) -> StateUnavailable:
+        where = f"the hand-out store {self.path}"
+        return StateUnavailable(f"{where} cannot be used: {what}", reasons=[f"{where}: {e}: {what}"])
+
+    async def note(self, upstream: str, digests: Sequence[bytes]) -> None:
+        now = time.time_ns()
+        try:
+            with self._lock:
+                db = self._open()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO handouts (upstream, digest, at) VALUES (?, ?, ?)",
+                        [(upstream, d, now + i) for i, d in enumerate(digests)],
+                    )
+                    # the newest per_upstream of this upstream stay (as in the process's memory),
+                    # cut every TRIM_EVERY notes of it: the cut walks the upstream's index
+                    self._notes[upstream] = n = self._notes.get(upstream, 0) + 1
+                    if (n - 1) % TRIM_EVERY == 0:
+                        db.execute(
+                            "DELETE FROM handouts WHERE upstream = ? AND at < (SELECT at FROM handouts"
+                            " WHERE upstream = ? ORDER BY at DESC LIMIT 1 OFFSET ?)",
+                            (upstream, upstream, self._per_upstream - 1),
+                        )
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as e:  # the data dir's file or its folder
+            raise self._unavailable(e, "a result that hands out links is refused") from e
+
+    async def claimants(self, digest: bytes, upstreams: Iterable[str]) -> set[str]:
+        names = set(upstreams)
+        try:
+            with self._lock:
+                rows = self._open().execute("SELECT upstream FROM handouts WHERE digest = ?", (digest,))
+                return {r[0] for r in rows if r[0] in names}
+        except (sqlite3.Error, OSError) as e:  # the data dir's file or its folder
+            raise self._unavailable(
+                e, "who handed out the URI cannot be known, so the read is refused"
+            ) from e
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None

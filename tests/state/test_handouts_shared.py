@@ -1,9 +1,11 @@
-"""Links handed out through one replica are claims on every replica (``[state] redis_url``).
+"""Links handed out are claims beyond the process: on every replica (``[state] redis_url``),
+and after a restart (the data dir's ``handouts.db``).
 
-Red team, left by session 29: each replica remembered only what its own upstreams handed out,
+Red team, left by session 29: each process remembered only what its own upstreams handed out,
 so a link the victim handed out through replica 1 and read through replica 2 (a stateless
-client's next request, a new session) went to the thief's catch-all template there. Real
-Redis, real ``symbi mcp`` replicas, real upstreams (tests/peers/listing_server.py).
+client's next request, a new session), or before a restart and read after it, went to the
+thief's catch-all template. Real Redis, real ``symbi mcp`` processes, real upstreams
+(tests/peers/listing_server.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from mcp import types
 
 from gateway.errors import StateUnavailable
 from gateway.handouts import HandedOut
-from gateway.state.handouts import RedisHandOuts
+from gateway.state import handouts as kept
+from gateway.state.handouts import RedisHandOuts, SqliteHandOuts
 from tests.conftest import free_port
 from tests.server._clients import stdio_session
 from tests.state.engines import Redis
@@ -112,3 +115,44 @@ async def test_a_link_handed_out_through_one_replica_is_not_the_thiefs_on_anothe
         assert not (await s3.call_tool("victim__report", {})).is_error
         assert await _read(s4, EMBEDDED) == f"victim read {EMBEDDED}"
     assert _reads(tmp_path / "four", "victim") == [LINK, EMBEDDED]
+
+
+async def test_the_data_dirs_store_outlives_the_process_and_keeps_each_upstreams_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kept, "TRIM_EVERY", 1)  # cut at every note (64 in use)
+    path = tmp_path / "data" / "handouts.db"
+    store = SqliteHandOuts(path, per_upstream=3)
+    first = HandedOut(shared=store)
+    for i in range(5):
+        await first.share("busy", [first.note("busy", f"a://{i}")])
+    await first.share("quiet", [first.note("quiet", "q://0")])
+    store.close()
+    after = HandedOut(shared=SqliteHandOuts(path, per_upstream=3))  # a restart
+    for uri in ("a://0", "a://1", "a://2", "a://3", "a://4", "q://0"):
+        await after.recall(uri, ["busy", "quiet"])
+    assert [after.claimants(f"a://{i}") for i in range(5)] == [set(), set(), {"busy"}, {"busy"}, {"busy"}]
+    assert after.claimants("q://0") == {"quiet"}  # the busy upstream pushed out none of another's
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"  # in a private folder
+
+
+async def test_a_data_dirs_store_that_cannot_be_opened_refuses_both_ways(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    down = HandedOut(shared=SqliteHandOuts(tmp_path / "file" / "handouts.db", per_upstream=3))
+    with pytest.raises(StateUnavailable):
+        await down.share("victim", [down.note("victim", LINK)])
+    with pytest.raises(StateUnavailable):
+        await down.recall(LINK, ["victim"])
+
+
+async def test_a_link_handed_out_before_a_restart_is_not_the_thiefs_after_it(tmp_path: Path) -> None:
+    """Attack: the victim hands out a tokened link; the gateway restarts (a config change, an
+    upgrade); the client reads the link it holds: the restarted gateway had forgotten the
+    claim and the thief's catch-all took the read. Now the data dir keeps the claim."""
+    cfg, _ = listing_config(tmp_path, {"victim": _handing_out(), "thief": THIEF}, limit=2_000)
+    async with stdio_session(cfg) as s:
+        assert not (await s.call_tool("victim__report", {})).is_error
+    async with stdio_session(cfg) as s:  # the same config and data dir: a restart
+        assert await _read(s, LINK) == "refused: resource_ambiguous"
+        assert await _read(s, EMBEDDED) == "refused: resource_ambiguous"
+    assert _reads(tmp_path, "thief") == []

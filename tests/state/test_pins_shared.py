@@ -129,12 +129,9 @@ def test_a_pin_change_bumps_the_version_replicas_poll(pg: Postgres) -> None:
     assert tools.version() != before
 
 
-def test_the_pins_cli_reads_and_approves_the_shared_pins(
-    pg: Postgres, postgres_engine: PgEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import json
-
-    from gateway.cli import main
+def _key_change_pending(pg: Postgres, postgres_engine: PgEngine, tmp_path: Path) -> tuple[PgPinStore, Path]:
+    """A shared pin of echo@example.com with a new key pending, and a config on that PostgreSQL
+    (the CLI's)."""
     from tests.conftest import write_config
 
     shared = PgPinStore(pg)
@@ -144,6 +141,17 @@ def test_the_pins_cli_reads_and_approves_the_shared_pins(
         tmp_path,
         f'[gateway]\ndata_dir = "{tmp_path / "d"}"\n[state]\npostgres_url = "{postgres_engine.url}"\n',
     )
+    return shared, cfg
+
+
+def test_the_pins_cli_reads_and_approves_the_shared_pins(
+    pg: Postgres, postgres_engine: PgEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from gateway.cli import main
+
+    shared, cfg = _key_change_pending(pg, postgres_engine, tmp_path)
     capsys.readouterr()
     assert main(["schemapin", "pins", "list", "--config", str(cfg), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -277,15 +285,8 @@ def test_the_pins_cli_rejects_a_shared_pending_change(
     pg: Postgres, postgres_engine: PgEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from gateway.cli import main
-    from tests.conftest import write_config
 
-    shared = PgPinStore(pg)
-    shared.check_and_pin("example.com", "echo", FP_A, h("v1"))
-    shared.check_and_pin("example.com", "echo", FP_B, h("v1"))  # pending: a new key
-    cfg = write_config(
-        tmp_path,
-        f'[gateway]\ndata_dir = "{tmp_path / "d"}"\n[state]\npostgres_url = "{postgres_engine.url}"\n',
-    )
+    shared, cfg = _key_change_pending(pg, postgres_engine, tmp_path)
     argv = ["schemapin", "pins", "reject", "--config", str(cfg), "--domain", "example.com", "--tool", "echo"]
     before = shared.get("example.com", "echo")
     assert main([*argv, "--actor", "alice"]) == 1  # the key turned down is not named: refused

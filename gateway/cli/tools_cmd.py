@@ -28,6 +28,7 @@ from gateway.verify.approve import (
     check_reviewed,
     check_screening,
     drift_diff,
+    key_change,
     screen_record,
     unsigned_under_strict,
 )
@@ -181,7 +182,13 @@ def _diff(args: argparse.Namespace) -> int:
         print(f"{rec.namespaced}: no drift (status {rec.status}, definition {rec.current_hash})")
         return 0
     print(f"{rec.namespaced}: tool {rec.name!r} of upstream {rec.upstream}, status {rec.status}")
-    sys.stdout.write(diff)
+    sys.stdout.write(diff if diff.endswith("\n") else diff + "\n")  # difflib ends the last line bare
+    srv = cfg.servers.get(rec.upstream)
+    if (keys := key_change(_pins(cfg), rec, srv.domain if srv else None)) is not None:
+        print(
+            f"signing key: pinned {keys[0]}, this definition signed by {keys[1]}: approving it pins "
+            "that key (to refuse the key, `symbi schemapin pins reject`)"
+        )
     # the full hash: approving names this definition and no other the upstream swaps in later
     print(f"approve this definition: symbi tools approve {rec.namespaced} --hash {rec.current_hash}")
     return 1

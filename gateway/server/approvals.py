@@ -21,6 +21,7 @@ from gateway.verify.approve import (
     check_reviewed,
     check_screening,
     drift_diff,
+    key_change,
     screen_record,
     unsigned_under_strict,
 )
@@ -47,6 +48,9 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
     """The approved definition against the current one, as a unified diff."""
     rec = _record(gw, name)
     diff = drift_diff(rec)
+    assert gw is not None  # _record refuses before the gateway runs
+    srv = gw.config.servers.get(rec.upstream)
+    keys = key_change(gw.verifier.pins, rec, srv.domain if srv else None)
     return {
         "tool": rec.namespaced,
         "status": rec.status,
@@ -54,6 +58,8 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
         "approved_hash": rec.approved_hash,
         "current_hash": rec.current_hash,
         "diff": diff,
+        # approving it moves the SchemaPin pin to another key (a rotation): reviewed with it
+        "key_change": None if keys is None else {"pinned": keys[0], "current": keys[1]},
         # screened again as a person reviews it: what the definition says to the model
         "screening": [f.as_dict() for f in screen_record(_state(gw), rec).findings],
     }

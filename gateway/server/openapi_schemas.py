@@ -81,6 +81,7 @@ SCHEMAS: dict[str, Any] = {
             "approved_hash",
             "current_hash",
             "diff",
+            "key_change",
             "screening",
         ],
         "properties": {
@@ -90,6 +91,14 @@ SCHEMAS: dict[str, Any] = {
             "approved_hash": _NULLSTR,
             "current_hash": _NULLSTR,
             "diff": {"type": "string"},
+            "key_change": {
+                "type": ["object", "null"],
+                "description": "approving moves the tool's SchemaPin pin from the pinned key to the one "
+                "that signed the current definition (a rotation); null when it does not",
+                "additionalProperties": False,
+                "required": ["pinned", "current"],
+                "properties": {"pinned": {"type": "string"}, "current": {"type": "string"}},
+            },
             "screening": {
                 "type": "array",
                 "description": "screening findings of the current definition (symbi scan)",

@@ -266,6 +266,26 @@ def drift_diff(rec: ToolRecord) -> str:
     )
 
 
+def key_change(
+    pins: Path | PinStore | PgPinStore, rec: ToolRecord, domain: str | None
+) -> tuple[str, str] | None:
+    """(the pinned key, the key that signed ``rec``'s current definition) when approving ``rec``
+    would move its SchemaPin pin to another key (a rotation: shown beside the definition's diff,
+    as the approval accepts the key too); None when it would not."""
+    from schemapin import PinStore
+
+    if not domain or rec.key_fingerprint is None:
+        return None
+    with contextlib.ExitStack() as stack:
+        opened = stack.enter_context(PinStore(pins)) if isinstance(pins, Path) else pins
+        pin = opened.get(domain, rec.name)
+    if pin is None or not (pin.pending_fingerprint or pin.pending_definition_hash):
+        return None  # approve_current moves a pin only while a change is pending
+    if normalize_fingerprint(rec.key_fingerprint) == pin.key_fingerprint:
+        return None
+    return pin.key_fingerprint, normalize_fingerprint(rec.key_fingerprint)
+
+
 def approve_current(
     store: ToolStates,
     pins: Path | PinStore | PgPinStore,

@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 
 import schemapin
+from gateway.cli import main
 from gateway.errors import ApprovalError, DefinitionChanged, ReviewedHashRequired
 from gateway.verify.approve import (
     MIN_HASH_HEX,
     approve_current,
     check_reviewed,
     drift_diff,
+    key_change,
     reject_pin_change,
     reviewed_pin_change,
 )
@@ -116,6 +118,37 @@ def test_the_pin_keeps_the_reviewed_key_not_a_key_change_pending_since(
     pin = v.pins.get(https_server.domain, "echo")
     assert pin is not None and pin.key_fingerprint == fp
     assert pin.definition_hash == schemapin.definition_hash(CHANGED)
+    v.close()
+
+
+def test_a_diff_says_when_approving_moves_the_pin_to_another_key(
+    tmp_path: Path,
+    https_server: HttpsServer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rotation: the domain now serves another key, which signs a changed definition. The
+    definition's diff did not show the key, and approving it moved the pin to the new key
+    unannounced; ``key_change`` names both keys for the diff (CLI and admin API)."""
+    key, other = schemapin.generate_private_key(), schemapin.generate_private_key()
+    v, rec = _signed_bait(tmp_path, https_server, key)
+    domain = https_server.domain
+    assert key_change(v.pins, rec, domain) is None  # the same key: only the definition changes
+    assert key_change(v.pins, rec, None) is None  # no domain: no pin
+    _well_known(https_server, other)  # the developer rotated the key
+    assess(v, signed(SWITCH, other))
+    rotated = v.state.find("up__echo")
+    assert rotated is not None
+    fp, other_fp = schemapin.fingerprint(key.public_key()), schemapin.fingerprint(other.public_key())
+    assert rotated.key_fingerprint == other_fp  # the record names the key that signed it
+    assert key_change(v.pins, rotated, domain) == (fp, other_fp)
+    capsys.readouterr()
+    assert main(["tools", "diff", "up__echo", "--config", str(tmp_path / "symbi.toml")]) == 1
+    out = capsys.readouterr()
+    said = [line for line in out.out.splitlines() if line.startswith("signing key:")]
+    assert len(said) == 1 and fp in said[0] and other_fp in said[0]  # the CLI's diff names both
+    approve_current(v.state, v.pins, rotated, reviewed=rotated.current_hash, domain=domain, actor="sec")
+    assert v.pins.get(domain, "echo").key_fingerprint == other_fp  # type: ignore[union-attr]
+    assert key_change(v.pins, v.state.find("up__echo"), domain) is None  # type: ignore[arg-type]
     v.close()
 
 

@@ -152,6 +152,12 @@ def tool_page(sess: dict[str, Any], info: dict[str, Any] | None, error: str | No
     parts.append(_findings(info.get("screening", [])))
     if info["drifted"]:
         parts.append(f'<pre id="diff">{e(info["diff"])}</pre>')
+        if (keys := info.get("key_change")) is not None:  # approving accepts a rotated key too
+            parts.append(
+                f'<p class="bad" id="key-change">Signing key: pinned <code>{e(keys["pinned"])}</code>, '
+                f"this definition signed by <code>{e(keys['current'])}</code>: approving it pins that key "
+                "(<code>symbi schemapin pins reject</code> turns the key down)</p>"
+            )
         parts.append(
             f'<form method="post" action="/tools/{quote(name, safe="")}/approve">'
             f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'

@@ -1,0 +1,30 @@
+"""The dashboard's tool page (gateway/server/dashboard/render.py): what a reviewer sees before
+the Approve button."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.server.dashboard.render import tool_page
+
+SESSION = {"csrf": "t0ken", "principal": "admin"}
+
+
+def _info(key_change: dict[str, str] | None) -> dict[str, Any]:
+    return {
+        "tool": "up__echo",
+        "status": "drifted",
+        "drifted": True,
+        "approved_hash": "a" * 64,
+        "current_hash": "b" * 64,
+        "diff": "-old\n+new\n",
+        "key_change": key_change,
+        "screening": [],
+    }
+
+
+def test_a_rotation_the_approval_would_accept_is_shown_beside_the_diff() -> None:
+    page = tool_page(SESSION, _info({"pinned": "sha256:<old>", "current": "sha256:new"}), None)
+    assert 'id="key-change"' in page and 'id="approve"' in page
+    assert "sha256:&lt;old&gt;" in page and "sha256:<old>" not in page  # escaped, as the rest
+    assert 'id="key-change"' not in tool_page(SESSION, _info(None), None)

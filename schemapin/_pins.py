@@ -117,6 +117,16 @@ def _hash(value: str) -> str:
     return v
 
 
+def _named(domain: str, key_fingerprint: str, definition_hash: str) -> tuple[str, str, str]:
+    """(domain, key fingerprint, definition hash) as every pin store keeps them (normalised)."""
+    return normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+
+
+def _pending_is(pin: Pin | None, fp: str, h: str) -> bool:
+    """Whether ``(fp, h)`` is the change pending on ``pin`` (what a rejection must name)."""
+    return pin is not None and (pin.pending_fingerprint, pin.pending_definition_hash) == (fp, h)
+
+
 class Pins(Protocol):
     """What a verification needs of a pin store (``PinStore``, or a shared one elsewhere)."""
 
@@ -211,7 +221,7 @@ class PinStore:
         Call only after the signature verified. On a change nothing is re-pinned: the new
         values are stored as pending (for ``approve``) and the old pin is returned.
         """
-        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        dom, fp, h = _named(domain, key_fingerprint, definition_hash)
         if not tool_id:
             raise ValueError("tool_id is required")
         # Fast path, no write: a matching pin whose last_seen is fresh enough. Saves an fsync
@@ -301,7 +311,7 @@ class PinStore:
         the caller names what it reviewed, and the store never fills one in with whatever is
         pending when the write happens (it can have been swapped since the review).
         """
-        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        dom, fp, h = _named(domain, key_fingerprint, definition_hash)
         with self._tx():
             pin = self._get(dom, tool_id)
             now = _now()
@@ -339,10 +349,10 @@ class PinStore:
         A rejection is not a block list: an upstream that keeps presenting the rejected change
         gets ``KEY_CHANGED`` / ``DEFINITION_CHANGED`` from ``check_and_pin`` again, held pending.
         """
-        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        dom, fp, h = _named(domain, key_fingerprint, definition_hash)
         with self._tx():
             pin = self._get(dom, tool_id)
-            if pin is None or (pin.pending_fingerprint, pin.pending_definition_hash) != (fp, h):
+            if not _pending_is(pin, fp, h):
                 return None
             self._db.execute(
                 "UPDATE pins SET pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL "

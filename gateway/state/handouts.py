@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from gateway.custody import PRIVATE_DIR
 from gateway.errors import StateUnavailable
+from gateway.sqlitetx import write_transaction
 from gateway.state.health import safe_url
 
 PREFIX = "symbi:ho:"
@@ -88,9 +89,8 @@ class SqliteHandOuts:
     """One gateway's hand-outs in its data dir (``handouts.db``): a link handed out before a
     restart is still its upstream's claim after it (the newest ``per_upstream`` of each, give or
     take ``TRIM_EVERY`` notes). Opened at the first hand-out or lookup; a commit is not synced
-    (WAL, ``synchronous=NORMAL``): a power cut may forget the
-    last ones, never corrupt the rest. A store that cannot be read or written is
-    ``StateUnavailable``, as Redis is."""
+    (WAL, ``synchronous=NORMAL``): a power cut may forget the last ones, never corrupt the
+    rest. A store that cannot be read or written is ``StateUnavailable``, as Redis is."""
 
     def __init__(self, path: Path, *, per_upstream: int) -> None:
         self.path = path
@@ -123,8 +123,7 @@ class SqliteHandOuts:
         try:
             with self._lock:
                 db = self._open()
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with write_transaction(db):
                     db.executemany(
                         "INSERT OR REPLACE INTO handouts (upstream, digest, at) VALUES (?, ?, ?)",
                         [(upstream, d, now + i) for i, d in enumerate(digests)],
@@ -138,10 +137,6 @@ class SqliteHandOuts:
                             " WHERE upstream = ? ORDER BY at DESC LIMIT 1 OFFSET ?)",
                             (upstream, upstream, self._per_upstream - 1),
                         )
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
         except (sqlite3.Error, OSError) as e:  # the data dir's file or its folder
             raise self._unavailable(e, "a result that hands out links is refused") from e
 

@@ -19,9 +19,8 @@ import psycopg
 from gateway.state.health import safe_url
 from gateway.state.postgres import Postgres, bump_approvals
 from schemapin import Pin, PinEvent, PinStatus
-from schemapin._crypto import normalize_fingerprint
 from schemapin._domain import normalize_domain
-from schemapin._pins import LAST_SEEN_RESOLUTION_S, _age_s, _hash, _now, history_query
+from schemapin._pins import LAST_SEEN_RESOLUTION_S, _age_s, _named, _now, _pending_is, history_query
 
 _PIN_COLS = (
     "domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen,"
@@ -88,7 +87,7 @@ class PgPinStore:
         self, domain: str, tool_id: str, key_fingerprint: str, definition_hash: str
     ) -> tuple[PinStatus, Pin]:
         """As ``PinStore.check_and_pin``: call only after the signature verified."""
-        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        dom, fp, h = _named(domain, key_fingerprint, definition_hash)
         if not tool_id:
             raise ValueError("tool_id is required")
         with self._pg.cursor() as cur:  # fast path, no write (last_seen to LAST_SEEN_RESOLUTION_S)
@@ -156,7 +155,7 @@ class PgPinStore:
     ) -> Pin:
         """As ``PinStore.approve``: the only way a pinned key or definition changes; both values
         named, never filled in with whatever is pending at the write."""
-        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        dom, fp, h = _named(domain, key_fingerprint, definition_hash)
         with self._pg.cursor(transaction=True) as cur:
             pin = self._get(cur, dom, tool_id, lock=True)
             now = _now()
@@ -184,10 +183,10 @@ class PgPinStore:
     ) -> Pin | None:
         """As ``PinStore.reject``: clears the pending change if it is still the one named (the
         row locked from the comparison to the write), keeping the pin; else ``None``."""
-        dom, fp, h = normalize_domain(domain), normalize_fingerprint(key_fingerprint), _hash(definition_hash)
+        dom, fp, h = _named(domain, key_fingerprint, definition_hash)
         with self._pg.cursor(transaction=True) as cur:
             pin = self._get(cur, dom, tool_id, lock=True)
-            if pin is None or (pin.pending_fingerprint, pin.pending_definition_hash) != (fp, h):
+            if not _pending_is(pin, fp, h):
                 return None
             cur.execute(
                 "UPDATE symbi_pins SET pending_fingerprint=NULL, pending_definition_hash=NULL,"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -266,24 +267,41 @@ def drift_diff(rec: ToolRecord) -> str:
     )
 
 
+@contextlib.contextmanager
+def _pin_store(pins: Path | PinStore | PgPinStore) -> Iterator[PinStore | PgPinStore]:
+    """An open pin store: ``pins`` itself, or the data dir's file opened for the block."""
+    from schemapin import PinStore
+
+    if not isinstance(pins, Path):
+        yield pins
+        return
+    with PinStore(pins) as opened:
+        yield opened
+
+
+def _pin_moves_to(pin: Pin | None, rec: ToolRecord) -> str | None:
+    """The key ``approve_current`` moves ``pin`` to with ``rec``'s definition: the one the
+    reviewed record names (a key change pending since, a rotation no one reviewed, is not
+    accepted with it); None when it moves no pin (none, or no change pending)."""
+    if pin is None or not (pin.pending_fingerprint or pin.pending_definition_hash):
+        return None
+    return normalize_fingerprint(rec.key_fingerprint) if rec.key_fingerprint else pin.key_fingerprint
+
+
 def key_change(
     pins: Path | PinStore | PgPinStore, rec: ToolRecord, domain: str | None
 ) -> tuple[str, str] | None:
     """(the pinned key, the key that signed ``rec``'s current definition) when approving ``rec``
     would move its SchemaPin pin to another key (a rotation: shown beside the definition's diff,
     as the approval accepts the key too); None when it would not."""
-    from schemapin import PinStore
-
-    if not domain or rec.key_fingerprint is None:
+    if not domain:
         return None
-    with contextlib.ExitStack() as stack:
-        opened = stack.enter_context(PinStore(pins)) if isinstance(pins, Path) else pins
+    with _pin_store(pins) as opened:
         pin = opened.get(domain, rec.name)
-    if pin is None or not (pin.pending_fingerprint or pin.pending_definition_hash):
-        return None  # approve_current moves a pin only while a change is pending
-    if normalize_fingerprint(rec.key_fingerprint) == pin.key_fingerprint:
+    key = _pin_moves_to(pin, rec)
+    if pin is None or key is None or key == pin.key_fingerprint:
         return None
-    return pin.key_fingerprint, normalize_fingerprint(rec.key_fingerprint)
+    return pin.key_fingerprint, key
 
 
 def approve_current(
@@ -302,7 +320,7 @@ def approve_current(
     ``pins``: an open pin store (the data dir's or PostgreSQL's), or the data dir's file.
     Returns the approved definition hash. Signing into a manifest is the caller's job.
     """
-    from schemapin import PinStore, PinStoreError, definition_hash, split_carrier
+    from schemapin import PinStoreError, definition_hash, split_carrier
 
     h = check_reviewed(rec, reviewed)
     assert rec.current_definition is not None  # check_reviewed refuses a record without one
@@ -314,13 +332,9 @@ def approve_current(
         # tool state, so a switch can be pending there while the state still shows the bait
         signed = definition_hash(split_carrier(rec.current_definition)[0])
         try:
-            with contextlib.ExitStack() as stack:
-                opened = stack.enter_context(PinStore(pins)) if isinstance(pins, Path) else pins
-                pin = opened.get(domain, rec.name)
-                if pin is not None and (pin.pending_fingerprint or pin.pending_definition_hash):
-                    # and keeps the key the reviewed record names: a key change pending since (a
-                    # rotation no one reviewed) is not accepted with it (the store takes both)
-                    key = rec.key_fingerprint or pin.key_fingerprint
+            with _pin_store(pins) as opened:
+                key = _pin_moves_to(opened.get(domain, rec.name), rec)
+                if key is not None:
                     opened.approve(
                         domain, rec.name, key_fingerprint=key, definition_hash=signed, actor=actor or "symbi"
                     )

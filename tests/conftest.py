@@ -244,19 +244,34 @@ def write_config(tmp_path: Path, body: str, name: str = "symbi.toml") -> Path:
     return path
 
 
-def everything_stdio_config(tmp_path: Path, verification: str = "warn") -> Path:
-    """server-everything over stdio as the only upstream, no code tools (``write_config``'s
-    defaults otherwise)."""
+def everything_stdio_config(
+    tmp_path: Path,
+    verification: str = "warn",
+    *,
+    principal: str | None = None,
+    policy_data: Path | None = None,
+    extra: str = "",
+    name: str = "symbi.toml",
+) -> Path:
+    """server-everything over stdio, no code tools (``write_config``'s defaults otherwise); with
+    ``principal`` the stdio principal's id, with ``policy_data`` the repo policy on that data
+    file, and ``extra`` (more TOML tables: another upstream) after it."""
+    head = f'[gateway.stdio_principal]\nid = "{principal}"\n' if principal is not None else ""
+    if policy_data is not None:
+        head += f'[policy]\npath = "{POLICY}"\ndata = "{policy_data}"\n'
     return write_config(
         tmp_path,
-        f"""
+        head
+        + f"""
         [sandbox]
         code_tools = false
         [servers.everything]
         command = "node"
         args = ["{EVERYTHING_JS}", "stdio"]
         verification = "{verification}"
-        """,
+        """
+        + extra,
+        name=name,
     )
 
 

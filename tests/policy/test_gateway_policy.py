@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import POLICY, ROOT, upstream_writable, write_config
+from tests.conftest import POLICY, ROOT, everything_stdio_config, upstream_writable, write_config
 from tests.server._clients import stdio_session
 
 pytestmark = pytest.mark.anyio
@@ -167,7 +167,7 @@ async def test_a_hidden_tool_answers_like_a_missing_one_before_its_arguments_are
 
 
 async def test_resource_and_prompt_listings_differ_by_principal(tmp_path: Path) -> None:
-    from tests.conftest import EVERYTHING_JS, require_peers
+    from tests.conftest import require_peers
 
     require_peers()
     data = {
@@ -180,21 +180,10 @@ async def test_resource_and_prompt_listings_differ_by_principal(tmp_path: Path) 
     }
 
     def cfg(principal: str) -> Path:
-        return write_config(
+        return everything_stdio_config(
             tmp_path,
-            f"""
-            [gateway.stdio_principal]
-            id = "{principal}"
-            [policy]
-            path = "{POLICY}"
-            data = "{policy_data(tmp_path, **data)}"
-            [sandbox]
-            code_tools = false
-            [servers.everything]
-            command = "node"
-            args = ["{EVERYTHING_JS}", "stdio"]
-            verification = "warn"
-            """,
+            principal=principal,
+            policy_data=policy_data(tmp_path, **data),
             name=f"ev-{principal}.toml",
         )
 

@@ -17,7 +17,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.audit import store
 from gateway.config import load_config
-from tests.conftest import EVERYTHING_JS, POLICY, require_peers, write_config
+from tests.conftest import everything_stdio_config, require_peers
 from tests.server._clients import stdio_session
 
 pytestmark = pytest.mark.anyio
@@ -41,22 +41,7 @@ def config(tmp_path: Path) -> Path:
     require_peers()
     data = tmp_path / "policy-data.json"
     data.write_text(json.dumps(DATA))
-    return write_config(
-        tmp_path,
-        f"""
-        [gateway.stdio_principal]
-        id = "local"
-        [policy]
-        path = "{POLICY}"
-        data = "{data}"
-        [sandbox]
-        code_tools = false
-        [servers.everything]
-        command = "node"
-        args = ["{EVERYTHING_JS}", "stdio"]
-        verification = "warn"
-        """,
-    )
+    return everything_stdio_config(tmp_path, principal="local", policy_data=data)
 
 
 def _text(result: types.GetPromptResult) -> str:

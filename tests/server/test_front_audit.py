@@ -14,7 +14,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway.audit import store
 from gateway.config import load_config
-from tests.conftest import EVERYTHING_JS, POLICY, require_peers, write_config
+from tests.conftest import EVERYTHING_JS, everything_stdio_config, require_peers
 from tests.server._clients import stdio_session
 
 pytestmark = pytest.mark.anyio
@@ -47,23 +47,8 @@ def config(tmp_path: Path, principal: str, *, twin: bool = False) -> Path:
         if twin
         else ""
     )
-    return write_config(
-        tmp_path,
-        f"""
-        [gateway.stdio_principal]
-        id = "{principal}"
-        [policy]
-        path = "{POLICY}"
-        data = "{data}"
-        [sandbox]
-        code_tools = false
-        [servers.everything]
-        command = "node"
-        args = ["{EVERYTHING_JS}", "stdio"]
-        verification = "warn"
-        """
-        + twin_section,
-        name=f"{principal}.toml",
+    return everything_stdio_config(
+        tmp_path, principal=principal, policy_data=data, extra=twin_section, name=f"{principal}.toml"
     )
 
 

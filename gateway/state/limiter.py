@@ -1,15 +1,22 @@
 """The rate limiter behind the policy's ``rate_limit`` condition: in this process, or on Redis.
 
-One process keeps the exact one-minute log in ``CallCounters``. Replicas behind a load
-balancer share one log per principal+tool in Redis: a sorted set of the accepted calls,
-trimmed, counted and appended in one Lua script (atomic on the server, timed by the
-server's clock), so N replicas together admit exactly ``limit`` calls in any 60 s window.
-The recent-call counts of the policy input (``calls_last_minute``, ``calls_last_hour``,
-``tool_calls_last_minute``) are shared the same way: bucketed hashes (1 s buckets for the
-minute, 1 min for the hour; conservative at the bucket's resolution like ``CallCounters``),
-read in one script before the decision and bumped by the admission script, so a policy cap
-such as ``max_calls_per_hour`` holds across the replicas too.
-A Redis that cannot be reached is ``StateUnavailable``: the call is refused (fail closed).
+A call is *reserved* before its decision (``RateLimiter.reserve``: the recent-call counts the
+policy input reads) and then *admitted* under the decision's limit (``Reservation.admit``) or
+*released* (``Reservation.release``: the policy denied it, the limit refused it, or the
+decision failed). One process keeps the exact one-minute log in ``CallCounters`` (a
+reservation only reads it; admitting records the call). Replicas behind a load balancer
+share one log per principal+tool in Redis: a sorted set of the calls, trimmed, counted and
+appended in one Lua script (atomic on the server, timed by the server's clock) that also
+reads and bumps the policy input's counts (``calls_last_minute``, ``calls_last_hour``,
+``tool_calls_last_minute``: bucketed hashes, 1 s buckets for the minute, 1 min for the hour;
+conservative at the bucket's resolution like ``CallCounters``): one round trip a call. A
+call is admitted when fewer than ``limit`` calls were in the log before its own, so N
+replicas together admit at most ``limit`` calls in any 60 s window, and exactly ``limit``
+when no refused call of the window is still waiting for its release (while one waits, it
+counts: a call beside it may be refused, never one too many admitted); a policy cap such as
+``max_calls_per_hour`` holds across the replicas too. A refused call is released in a second
+script. A Redis that cannot be reached is ``StateUnavailable``: the call is refused (fail
+closed); a release that cannot reach it leaves the call counted (conservative).
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
+import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -28,24 +37,23 @@ from gateway.errors import StateUnavailable
 from gateway.policy.counters import CallCounters, RecentCounts
 from gateway.state.health import Probe, safe_url
 
+_logger = logging.getLogger("symbi.state")
+
 WINDOW_MS = 60_000
 PREFIX = "symbi:rl:"
 COUNTS = "symbi:cnt:"
 
-# KEYS: the limit log, then the principal's second and minute buckets and the tool's second
-# buckets; ARGV: limit ("" for none), window (ms), a unique member. Scores are the server's
-# microseconds, so every replica reads one clock; a score <= now - window has left the window.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if ARGV[1] ~= '' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]) * 1000)
-  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+# Shared by both scripts: the counts over the last 61 buckets of a bucketed hash (never below
+# the exact count), and one more call in this second's / minute's bucket (old buckets dropped).
+_BUCKETS = """
+local function sum(key, lo)
+  local n = 0
+  local kv = redis.call('HGETALL', key)
+  for i = 1, #kv, 2 do
+    if tonumber(kv[i]) > lo then n = n + tonumber(kv[i + 1]) end
+  end
+  return n
 end
-local s = tonumber(t[1])
-local m = math.floor(s / 60)
 local function bump(key, bucket, horizon, ttl)
   redis.call('HINCRBY', key, bucket, 1)
   redis.call('EXPIRE', key, ttl)
@@ -55,36 +63,87 @@ local function bump(key, bucket, horizon, ttl)
     end
   end
 end
+"""
+
+# KEYS: the limit log, then the principal's second and minute buckets and the tool's second
+# buckets; ARGV: window (ms), a unique member. The counts the policy reads (before this call),
+# then the calls in the limit log's window before this one, then this call's second and
+# minute (for _RELEASE); the call is in the log and the counts from here on. Scores are the
+# server's microseconds, so every replica reads one clock; a score <= now - window has left.
+_RESERVE = (
+    _BUCKETS
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local s = tonumber(t[1])
+local m = math.floor(s / 60)
+local counts = {sum(KEYS[2], s - 61), sum(KEYS[3], m - 61), sum(KEYS[4], s - 61)}
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]) * 1000)
+local before = redis.call('ZCARD', KEYS[1])
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 bump(KEYS[2], s, s - 61, 62)
 bump(KEYS[3], m, m - 61, 3720)
 bump(KEYS[4], s, s - 61, 62)
+return {counts[1], counts[2], counts[3], before, s, m}
+"""
+)
+
+# KEYS: as _RESERVE's; ARGV: the member, its second and minute. Takes a reserved call back out
+# of the log and the counts: once (the member is removed only once), and never below zero.
+_RELEASE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local function drop(key, bucket)
+  local n = tonumber(redis.call('HGET', key, bucket) or '0')
+  if n > 0 then redis.call('HINCRBY', key, bucket, -1) end
+end
+drop(KEYS[2], ARGV[2])
+drop(KEYS[3], ARGV[3])
+drop(KEYS[4], ARGV[2])
 return 1
 """
 
-# KEYS: the principal's second and minute buckets, the tool's second buckets -> the three
-# counts over the last 61 buckets of each (never below the exact count)
-_COUNTS = """
-local s = tonumber(redis.call('TIME')[1])
-local function sum(key, lo)
-  local n = 0
-  local kv = redis.call('HGETALL', key)
-  for i = 1, #kv, 2 do
-    if tonumber(kv[i]) > lo then n = n + tonumber(kv[i + 1]) end
-  end
-  return n
-end
-return {sum(KEYS[1], s - 61), sum(KEYS[2], math.floor(s / 60) - 61), sum(KEYS[3], s - 61)}
-"""
+
+class Reservation(Protocol):
+    """One call, counted for its decision; then admitted or released (exactly one of them)."""
+
+    @property
+    def counts(self) -> RecentCounts:
+        """What the policy input reads (this call not among them)."""
+        ...
+
+    def admit(self, limit: int | None) -> bool:
+        """Whether the call is under ``limit`` calls per minute (None: no limit); True records it.
+        A call not admitted must be released."""
+        ...
+
+    async def release(self) -> None:
+        """Take the call back (refused or failed before it was admitted); never raises."""
+        ...
 
 
 class RateLimiter(Protocol):
-    async def counts(self, principal: str, tool: str) -> RecentCounts:
-        """The recent-call counts for the policy input of a call of ``tool`` by ``principal``."""
+    async def reserve(self, principal: str, tool: str) -> Reservation:
+        """A call of ``tool`` by ``principal``, counted for its decision."""
         ...
 
     async def acquire(self, principal: str, tool: str, limit: int | None) -> bool:
         """Record one call unless ``limit`` calls per minute were already admitted (None: no limit)."""
         ...
+
+
+class _LocalReservation:
+    __slots__ = ("counts", "_key")
+
+    def __init__(self, counters: CallCounters, principal: str, tool: str) -> None:
+        self.counts: CallCounters = counters
+        self._key = (principal, tool)
+
+    def admit(self, limit: int | None) -> bool:
+        return self.counts.try_acquire(*self._key, limit)
+
+    async def release(self) -> None:
+        return None  # nothing was recorded before admit
 
 
 class LocalRateLimiter:
@@ -93,8 +152,8 @@ class LocalRateLimiter:
     def __init__(self, counters: CallCounters) -> None:
         self.counters = counters
 
-    async def counts(self, principal: str, tool: str) -> RecentCounts:
-        return self.counters
+    async def reserve(self, principal: str, tool: str) -> _LocalReservation:
+        return _LocalReservation(self.counters, principal, tool)
 
     async def acquire(self, principal: str, tool: str, limit: int | None) -> bool:
         return self.counters.try_acquire(principal, tool, limit)
@@ -121,11 +180,38 @@ def _key(*parts: str) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:40]
 
 
-@functools.lru_cache(maxsize=4096)  # bounded; every call needs them twice (counts, acquire)
+@functools.lru_cache(maxsize=4096)  # bounded; every call needs them (and a release again)
 def _keys_of(principal: str, tool: str) -> tuple[str, str, str, str]:
     """The Redis keys of ``principal`` calling ``tool``: its limit log, then its counts' buckets."""
     p, pt = _key(principal), _key(principal, tool)
     return f"{PREFIX}{pt}", f"{COUNTS}{p}:s", f"{COUNTS}{p}:m", f"{COUNTS}{pt}:s"
+
+
+class _SharedReservation:
+    __slots__ = ("counts", "_before", "_keys", "_limiter", "_member", "_second", "_minute")
+
+    def __init__(
+        self, limiter: RedisRateLimiter, who: tuple[str, str], keys: list[str], member: str, got: list[int]
+    ) -> None:
+        minute, hour, tool_minute, self._before, self._second, self._minute = (int(x) for x in got)
+        self.counts = SharedCounts(*who, minute, hour, tool_minute)
+        self._limiter, self._keys, self._member = limiter, keys, member
+
+    def admit(self, limit: int | None) -> bool:
+        if limit is not None and self._before >= limit:
+            return False
+        c = self.counts
+        self._limiter.counters.try_acquire(c.principal, c.tool, None)  # this replica's own view
+        return True
+
+    async def release(self) -> None:
+        args = [self._member, self._second, self._minute]
+        try:
+            # shielded: a cancelled call is taken back too (its task may be cancelled right now)
+            with anyio.CancelScope(shield=True):
+                await self._limiter.release_script(keys=self._keys, args=args)
+        except (RedisError, OSError) as e:  # counted on: conservative, and the call was refused
+            _logger.warning("a refused call stays counted until its window passes: %s", e)
 
 
 class RedisRateLimiter:
@@ -137,13 +223,9 @@ class RedisRateLimiter:
         self._r: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
         )
-        self._acquire = self._r.register_script(_ACQUIRE)
-        self._counts = self._r.register_script(_COUNTS)
+        self._reserve = self._r.register_script(_RESERVE)
+        self.release_script = self._r.register_script(_RELEASE)
         self.probe = Probe("redis", f"rate limits and call counts (Redis at {safe_url(url)})", self.ping)
-
-    @staticmethod
-    def _keys(principal: str, tool: str) -> list[str]:
-        return list(_keys_of(principal, tool))
 
     def _unavailable(self, e: BaseException, what: str) -> StateUnavailable:
         self.probe.failed(e)
@@ -155,26 +237,22 @@ class RedisRateLimiter:
             ],
         )
 
-    async def counts(self, principal: str, tool: str) -> RecentCounts:
+    async def reserve(self, principal: str, tool: str) -> _SharedReservation:
+        keys = list(_keys_of(principal, tool))
+        member = uuid.uuid4().hex
         try:
-            got = await self._counts(keys=self._keys(principal, tool)[1:])
+            got = await self._reserve(keys=keys, args=[WINDOW_MS, member])
         except (RedisError, OSError) as e:
-            raise self._unavailable(e, "the recent-call counts") from e
+            raise self._unavailable(e, "the rate limit and the recent-call counts") from e
         self.probe.ok()
-        minute, hour, tool_minute = (int(x) for x in got)
-        return SharedCounts(principal, tool, minute, hour, tool_minute)
+        return _SharedReservation(self, (principal, tool), keys, member, got)
 
     async def acquire(self, principal: str, tool: str, limit: int | None) -> bool:
-        args = ["" if limit is None else limit, WINDOW_MS, uuid.uuid4().hex]
-        try:
-            admitted = await self._acquire(keys=self._keys(principal, tool), args=args)
-        except (RedisError, OSError) as e:
-            raise self._unavailable(e, "the rate limit") from e
-        self.probe.ok()
-        if not admitted:
-            return False
-        self.counters.try_acquire(principal, tool, None)  # this replica's own view (/api/state footprint)
-        return True
+        held = await self.reserve(principal, tool)
+        if held.admit(limit):
+            return True
+        await held.release()
+        return False
 
     async def ping(self) -> None:
         await self._r.ping()

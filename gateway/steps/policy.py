@@ -1,10 +1,12 @@
 """The policy step: ask the Rego policy, refuse or apply its conditions around the dispatch.
 
 Order of work for one call:
-1. build the input document (``gateway.policy.inputdoc``) and get a ``Decision``;
-2. deny -> ``PolicyDenied(reasons)``; the call never reaches the upstream;
-3. ``rate_limit`` -> sliding one-minute window per principal+tool (``RateLimited`` at the limit),
-   in this process or shared by the replicas on Redis (``gateway.state``; unreachable: refused);
+1. reserve the call with the rate limiter (``gateway.state.limiter``: the recent-call counts,
+   in this process or shared by the replicas on Redis; unreachable: refused), build the input
+   document (``gateway.policy.inputdoc``) and get a ``Decision``;
+2. deny -> ``PolicyDenied(reasons)``; the call never reaches the upstream (and is released);
+3. ``rate_limit`` -> sliding one-minute window per principal+tool (``RateLimited`` at the limit,
+   released); an admitted call is counted;
 4. ``redact_arguments`` -> the upstream and the audit log get a redacted copy (of the
    arguments, and of each answer in a 2026 client's ``input_responses``);
 5. ``sandbox_tier`` -> ``call.sandbox_tier`` (the dispatcher runs code tools in it);
@@ -51,27 +53,7 @@ class PolicyStep:
         self._observe = observe  # decision latency in seconds (the /metrics histogram)
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
-        started = time.perf_counter()
-        name = call.tool.name if call.tool else call.target
-        who = call.principal.qualified
-        counts = await self.limiter.counts(who, name)  # shared by replicas on Redis
-        doc = input_for_call(call, counts)
-        engine = self.engine
-        decision = engine.decide(doc) if engine.decides_inline else await engine.adecide(doc)
-        if self._observe is not None:
-            self._observe(time.perf_counter() - started)
-        call.decision = decision
-        if not decision.allow:
-            call.reasons = list(decision.reasons)
-            raise PolicyDenied(f"policy denied {call.target}", reasons=list(decision.reasons))
-        cond = decision.conditions
-
-        limit = cond.get("rate_limit")
-        if not await self.limiter.acquire(who, name, limit):
-            reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
-            call.reasons = [reason]
-            raise RateLimited(reason)
-
+        cond = await self._decide(call)
         rules: Sequence[str] = cond.get("redact_arguments", ())
         # what the upstream receives (redacted by the rules), and what the log keeps (that, with
         # no recognisable secret left): one copy and one scrub of each value for both
@@ -110,6 +92,34 @@ class PolicyStep:
                     reasons=[f"result of {size} bytes exceeds the cap of {cap} bytes"],
                 )
         return result
+
+    async def _decide(self, call: CallContext) -> Mapping[str, Any]:
+        """The decision's conditions for an allowed call under its rate limit, the call then
+        counted; else ``PolicyDenied`` / ``RateLimited``, the call not counted."""
+        started = time.perf_counter()
+        name = call.tool.name if call.tool else call.target
+        who = call.principal.qualified
+        held = await self.limiter.reserve(who, name)  # one round trip when replicas share Redis
+        try:
+            doc = input_for_call(call, held.counts)
+            engine = self.engine
+            decision = engine.decide(doc) if engine.decides_inline else await engine.adecide(doc)
+            if self._observe is not None:
+                self._observe(time.perf_counter() - started)
+            call.decision = decision
+            if not decision.allow:
+                call.reasons = list(decision.reasons)
+                raise PolicyDenied(f"policy denied {call.target}", reasons=list(decision.reasons))
+            cond = decision.conditions
+            limit = cond.get("rate_limit")
+            if not held.admit(limit):
+                reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
+                call.reasons = [reason]
+                raise RateLimited(reason)
+        except BaseException:  # denied, refused, failed or cancelled: the call is not counted
+            await held.release()
+            raise
+        return cond
 
 
 def _upstream_of(call: CallContext) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from gateway.config.load import build_config
@@ -56,11 +57,15 @@ async def test_recent_call_counts_are_shared_across_replicas(redis_engine: Redis
         for _ in range(2):
             assert await b.acquire("carol", "t__y", None)
         assert not await b.acquire("carol", "t__z", 0)  # refused calls are not counted
-        seen = await b.counts("carol", "t__x")
-        assert seen.principal_counts("carol") == (5, 5)  # what the policy input's context carries
-        assert seen.tool_count("carol", "t__x") == 3
-        other = await a.counts("dave", "t__x")
-        assert other.principal_counts("dave") == (0, 0) and other.tool_count("dave", "t__x") == 0
+        seen = await b.reserve("carol", "t__x")
+        assert seen.counts.principal_counts("carol") == (5, 5)  # what the policy input's context carries
+        assert seen.counts.tool_count("carol", "t__x") == 3
+        await seen.release()
+        other = await a.reserve("dave", "t__x")
+        assert (
+            other.counts.principal_counts("dave") == (0, 0) and other.counts.tool_count("dave", "t__x") == 0
+        )
+        await other.release()
     finally:
         await a.aclose()
         await b.aclose()
@@ -74,7 +79,7 @@ async def test_unreachable_redis_refuses_then_recovers(tmp_path: Path) -> None:
         with pytest.raises(StateUnavailable):
             await limiter.acquire("alice", "t__x", 5)
         with pytest.raises(StateUnavailable):
-            await limiter.counts("alice", "t__x")  # the policy input cannot be built: refused too
+            await limiter.reserve("alice", "t__x")  # the policy input cannot be built: refused too
         assert not limiter.probe.up and limiter.probe.status()["error"]
         redis.start()
         try:
@@ -85,6 +90,44 @@ async def test_unreachable_redis_refuses_then_recovers(tmp_path: Path) -> None:
                 await limiter.acquire("alice", "t__x", 5)
         finally:
             redis.stop()
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_released_call_leaves_no_trace_and_is_released_once(redis_engine: Redis) -> None:
+    a, b = (RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2) for _ in range(2))
+    try:
+        held = await a.reserve("erin", "t__x")
+        # while it waits for its decision it counts, for the other replica's decision and limit
+        beside = await b.reserve("erin", "t__x")
+        assert beside.counts.principal_counts("erin") == (1, 1)
+        assert not beside.admit(1)
+        await beside.release()
+        await held.release()
+        await held.release()  # a second release takes nothing more back
+        after = await b.reserve("erin", "t__x")
+        assert after.counts.principal_counts("erin") == (0, 0)
+        assert after.counts.tool_count("erin", "t__x") == 0
+        assert after.admit(1)  # the limit's log holds no released call either
+        assert b.counters.tool_count("erin", "t__x") == 1  # only the admitted one, in b's own view
+        again = await a.reserve("erin", "t__x")
+        assert again.counts.principal_counts("erin") == (1, 1) and not again.admit(1)
+        await again.release()
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_release_outlives_the_cancelled_call(redis_engine: Redis) -> None:
+    limiter = RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2)
+    try:
+        held = await limiter.reserve("frank", "t__x")
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # the call's task is being cancelled: its release must still happen
+            await held.release()
+        after = await limiter.reserve("frank", "t__x")
+        assert after.counts.principal_counts("frank") == (0, 0)
+        await after.release()
     finally:
         await limiter.aclose()
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/http_load.py [--sessions 64] [--driver wrk|clients] [--procs 4] [--seconds 8]
                                         [--rounds 3] [--json-response] [--baseline-tree DIR] [--no-mcp-proxy]
-                                        [--workers N]
+                                        [--workers N] [--workers-json]
 
 Targets, interleaved (every round measures each once, the order rotating):
 
@@ -24,6 +24,7 @@ Targets, interleaved (every round measures each once, the order rotating):
                  private Redis and PostgreSQL): ``workers_vs_one`` compares them round by round
 * ``gateway-1w-baseline``  (``--workers N --baseline-tree DIR``) ``gateway-1w`` from that checkout:
                  ``one_worker_vs_baseline_tree``
+  (``--workers-json``: these three answer with ``http.json_response = true``)
 
 The load: ``--sessions`` handshake-era MCP sessions, one HTTP connection and one call in flight
 per session, for ``--seconds``. ``--driver wrk`` (the default; Debian's wrk, bench/_wrk.py): one
@@ -142,13 +143,20 @@ def targets(args: argparse.Namespace, tmp: Path) -> Iterator[list[Target]]:
             wait_http(f"http://127.0.0.1:{port}/readyz", {200}, timeout=180)
             out.append(Target(name, f"http://127.0.0.1:{port}/mcp", "everything__echo", keys, p.pid))
         if args.workers > 1:
-            out += stack.enter_context(worker_targets(args.workers, tmp, names, args.baseline_tree))
+            out += stack.enter_context(
+                worker_targets(args.workers, tmp, names, args.baseline_tree, json_response=args.workers_json)
+            )
         yield out
 
 
 @contextlib.contextmanager
 def worker_targets(
-    workers: int, tmp: Path, names: list[str], baseline_tree: Path | None = None
+    workers: int,
+    tmp: Path,
+    names: list[str],
+    baseline_tree: Path | None = None,
+    *,
+    json_response: bool = False,
 ) -> Iterator[list[Target]]:
     """``gateway-1w`` (one ``symbi serve``) and ``gateway-<N>w`` (``symbi serve --workers N``:
     N processes behind HAProxy), the same config on one private Redis and PostgreSQL (the keys
@@ -170,7 +178,9 @@ def worker_targets(
             runs.append(("gateway-1w-baseline", 1, baseline_tree.resolve()))
         for name, n, tree in runs:
             port = free_port()
-            cfg = write_http_gateway_config(tmp / name, port, everything_toml("tofu") + state, names)
+            cfg = write_http_gateway_config(
+                tmp / name, port, everything_toml("tofu") + state, names, json_response=json_response
+            )
             serve = [str(SYMBI), "serve", "--config", str(cfg), "--workers", str(n)]
             p = stack.enter_context(
                 proc(serve, tmp / name / "gateway.log", {**gateway_env(), "PYTHONPATH": str(tree)})
@@ -372,6 +382,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also gateway-1w and gateway-<N>w: symbi serve and symbi serve --workers N on one "
         "private Redis and PostgreSQL (bench/scale.py's), compared round by round",
     )
+    ap.add_argument(
+        "--workers-json",
+        action="store_true",
+        help="with --workers: those targets answer POSTs with JSON (http.json_response = true)",
+    )
     return ap
 
 
@@ -392,7 +407,8 @@ def _document(
         + f", 1 call in flight each, {args.seconds}s per target per round",
         "gateway": "symbi serve: API key per session, policies.rego, signed audit log, tofu; "
         "upstream server-everything over stdio, SSE answers; gateway-sdk: mcp.http_fast_lane = false; "
-        "gateway-json: http.json_response = true",
+        "gateway-json: http.json_response = true"
+        + ("; gateway-1w/-Nw: http.json_response = true" if args.workers_json else ""),
         "rounds": args.rounds,
         "host": host(),
         "results": results,

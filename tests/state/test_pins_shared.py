@@ -370,6 +370,63 @@ def test_a_rejected_key_keeps_the_tool_blocked_while_the_upstream_presents_it(
     v.close()
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_rejection_sticks_through_the_verifier_until_a_person_approves_the_rejected_key(
+    request: pytest.FixtureRequest, tmp_path: Path, store: str
+) -> None:
+    """Through the verifier: the rejected key presented again is refused as a rejected change
+    and is not pending review again (it used to be queued again, for a later reviewer to
+    approve by mistake); another key is pending as usual; a person who changes their mind
+    approves the rejected key by naming it, even with the other one pending."""
+    import schemapin
+    from gateway.context import is_blocked
+    from gateway.verify.approve import reject_pin_change, reviewed_pin_change
+    from gateway.verify.verifier import ToolVerifier
+    from tests.conftest import RecordingSink
+    from tests.verify.test_verifier import DEF, assess, config, signed
+
+    cfg = config(tmp_path, "strict", server='domain = "up.example"')
+    shared = PgPinStore(request.getfixturevalue("pg")) if store == "postgres" else None
+    trusted, rotated, third = (schemapin.generate_private_key() for _ in range(3))
+    fp_rotated, fp_third = (schemapin.fingerprint(k.public_key()) for k in (rotated, third))
+
+    def verifier(key: Any) -> ToolVerifier:  # the upstream's key as discovered now
+        snap = schemapin.KeySnapshot.from_public_key(key.public_key())
+        return ToolVerifier(cfg, RecordingSink(), resolver=schemapin.StaticKeyResolver(snap), pins=shared)
+
+    v = verifier(trusted)
+    assess(v, signed(DEF, trusted))
+    v.close()
+    v = verifier(rotated)
+    assert assess(v, signed(DEF, rotated))["up__echo"].verification == "drifted"
+    reject_pin_change(v.pins, "up.example", "echo", fingerprint=fp_rotated, definition_hash=None, actor="sec")
+    info = assess(v, signed(DEF, rotated))["up__echo"]  # presented again
+    assert is_blocked(info.verification_mode, info.verification)
+    pin = v.pins.get("up.example", "echo")
+    assert pin is not None and pin.pending_fingerprint is None and pin.rejected_fingerprint == fp_rotated
+    with pytest.raises(schemapin.KeyPinMismatch) as refused:  # the same refusal, saying it was rejected
+        schemapin.verify_tool(
+            DEF,
+            schemapin.sign_tool(dict(DEF), rotated),
+            domain="up.example",
+            tool_id="echo",
+            key_source=schemapin.KeySnapshot.from_public_key(rotated.public_key()),
+            pin_store=v.pins,
+        )
+    assert refused.value.details["rejected"] is True
+    v.close()
+    v = verifier(third)  # another rotation: pending review, as any change
+    assert assess(v, signed(DEF, third))["up__echo"].verification == "drifted"
+    pin = v.pins.get("up.example", "echo")
+    assert pin is not None and pin.pending_fingerprint == fp_third and pin.rejected_fingerprint == fp_rotated
+    fp, h_ = reviewed_pin_change(pin, "up.example", "echo", fingerprint=fp_rotated, definition_hash=None)
+    v.pins.approve("up.example", "echo", key_fingerprint=fp, definition_hash=h_, actor="sec")
+    v.close()
+    v = verifier(rotated)
+    assert assess(v, signed(DEF, rotated))["up__echo"].verification == "verified"
+    v.close()
+
+
 def test_the_pins_cli_rejects_a_shared_pending_change(
     pg: Postgres, postgres_engine: PgEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

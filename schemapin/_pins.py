@@ -5,7 +5,8 @@ verified, so both a new key (rug pull by key swap) and a new definition under th
 (rug pull by re-signing) are caught. A pin is only ever written after a signature verified.
 Changes are never applied automatically: they are recorded as *pending* and applied by an
 explicit :meth:`PinStore.approve` (or turned down by :meth:`PinStore.reject`), and every
-change is written to ``pin_events`` as a :class:`PinEvent`.
+change is written to ``pin_events`` as a :class:`PinEvent`. A rejected change is remembered on
+the pin: presented again, it is refused without being queued for review again.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ CREATE TABLE IF NOT EXISTS pins (
     pending_fingerprint TEXT,
     pending_definition_hash TEXT,
     pending_since TEXT,
+    rejected_fingerprint TEXT,
+    rejected_definition_hash TEXT,
+    rejected_at TEXT,
+    rejected_seen TEXT,
     PRIMARY KEY (domain, tool_id)
 );
 CREATE TABLE IF NOT EXISTS pin_events (
@@ -49,6 +54,12 @@ CREATE TABLE IF NOT EXISTS pin_events (
     actor TEXT
 );
 """
+# added after the first release: a pins.db of an older one gets them when opened (_upgrade)
+_REJECTED_COLS = ("rejected_fingerprint", "rejected_definition_hash", "rejected_at", "rejected_seen")
+PIN_COLS = (
+    "domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen, pending_fingerprint,"
+    " pending_definition_hash, pending_since, " + ", ".join(_REJECTED_COLS)
+)
 
 
 class PinStatus(str, enum.Enum):
@@ -69,6 +80,8 @@ class PinEvent(enum.StrEnum):
     PENDING_DEFINITION_CHANGED = "pending_definition_changed"  # a re-signed definition, held
     APPROVE = "approve"  # a person pinned the named key and definition (the pending change)
     REJECT = "reject"  # a person turned the pending change down: the pin stays (new_*: rejected)
+    # the upstream presented the rejected change again: refused, not pending; once per rejection
+    REJECTED_PRESENTED = "rejected_presented"
     REMOVE = "remove"  # a person deleted the pin: the next verification is a first use
 
     @classmethod
@@ -79,7 +92,9 @@ class PinEvent(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Pin:
-    """One pinned (domain, tool id), with a pending change awaiting approval, if any."""
+    """One pinned (domain, tool id), with a pending change awaiting approval, if any, and the
+    change a person last rejected, if any (``rejected_seen``: when the upstream first presented
+    it again after the rejection)."""
 
     domain: str
     tool_id: str
@@ -90,10 +105,20 @@ class Pin:
     pending_fingerprint: str | None = None
     pending_definition_hash: str | None = None
     pending_since: str | None = None
+    rejected_fingerprint: str | None = None
+    rejected_definition_hash: str | None = None
+    rejected_at: str | None = None
+    rejected_seen: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         return dict(self.__dict__)
+
+    def rejects(self, key_fingerprint: str, definition_hash: str) -> bool:
+        """Whether (normalised) ``(key_fingerprint, definition_hash)`` is the change a person rejected."""
+        return (
+            self.rejected_fingerprint == key_fingerprint and self.rejected_definition_hash == definition_hash
+        )
 
 
 def _now() -> str:
@@ -127,6 +152,29 @@ def _pending_is(pin: Pin | None, fp: str, h: str) -> bool:
     return pin is not None and (pin.pending_fingerprint, pin.pending_definition_hash) == (fp, h)
 
 
+def hold(pin: Pin, fp: str, h: str) -> tuple[PinStatus, PinEvent | None]:
+    """What both stores do with a verified change ``(fp, h)`` from ``pin``: its status, and the
+    event to write with it (``None``: write nothing).
+
+    A new change is held pending (``PinEvent.pending``); the one already pending writes nothing.
+    The change a person rejected is refused and *not* held pending (it would be queued for
+    review again, and approved by a later reviewer by mistake); its event is written the first
+    time it comes back only, not on every verification.
+    """
+    status = PinStatus.KEY_CHANGED if pin.key_fingerprint != fp else PinStatus.DEFINITION_CHANGED
+    if pin.rejects(fp, h):
+        return status, (PinEvent.REJECTED_PRESENTED if pin.rejected_seen is None else None)
+    if (pin.pending_fingerprint, pin.pending_definition_hash) == (fp, h):
+        return status, None
+    return status, PinEvent.pending(status)
+
+
+def moves(pin: Pin | None, fp: str, h: str) -> bool:
+    """Whether approving ``(fp, h)`` changes ``pin``: then its rejected change, if any, is
+    forgotten (it was rejected against the pin that goes; or it is what is approved now)."""
+    return pin is None or (pin.key_fingerprint, pin.definition_hash) != (fp, h)
+
+
 class Pins(Protocol):
     """What a verification needs of a pin store (``PinStore``, or a shared one elsewhere)."""
 
@@ -153,6 +201,7 @@ class PinStore:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA busy_timeout = 10000")
             self._db.executescript(_SCHEMA)
+            _upgrade(self._db)
         except (OSError, sqlite3.Error) as e:
             raise PinStoreError(f"cannot open pin store {self.path}: {e}", path=str(self.path)) from None
         self._lock = threading.Lock()
@@ -178,11 +227,7 @@ class PinStore:
         return Pin(*row) if row else None
 
     def _get(self, domain: str, tool_id: str) -> Pin | None:
-        cur = self._db.execute(
-            "SELECT domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen, "
-            "pending_fingerprint, pending_definition_hash, pending_since FROM pins WHERE domain=? AND tool_id=?",
-            (domain, tool_id),
-        )
+        cur = self._db.execute(f"SELECT {PIN_COLS} FROM pins WHERE domain=? AND tool_id=?", (domain, tool_id))
         return self._row(cur.fetchone())
 
     def _event(
@@ -258,15 +303,23 @@ class PinStore:
                 new = self._get(dom, tool_id)
                 assert new is not None
                 return PinStatus.PINNED, new
-            status = PinStatus.KEY_CHANGED if pin.key_fingerprint != fp else PinStatus.DEFINITION_CHANGED
-            if (pin.pending_fingerprint, pin.pending_definition_hash) != (fp, h):
-                self._db.execute(
-                    "UPDATE pins SET pending_fingerprint=?, pending_definition_hash=?, pending_since=? "
-                    "WHERE domain=? AND tool_id=?",
-                    (fp, h, now, dom, tool_id),
-                )
-                self._event(dom, tool_id, PinEvent.pending(status), pin, fp, h, None)
-            return status, pin
+            return self._hold(pin, fp, h, now), pin
+
+    def _hold(self, pin: Pin, fp: str, h: str, now: str) -> PinStatus:
+        """Write what ``hold`` decides for the change ``(fp, h)`` (inside the transaction)."""
+        status, event = hold(pin, fp, h)
+        at = (pin.domain, pin.tool_id)
+        if event is PinEvent.REJECTED_PRESENTED:
+            self._db.execute("UPDATE pins SET rejected_seen=? WHERE domain=? AND tool_id=?", (now, *at))
+        elif event is not None:
+            self._db.execute(
+                "UPDATE pins SET pending_fingerprint=?, pending_definition_hash=?, pending_since=? "
+                "WHERE domain=? AND tool_id=?",
+                (fp, h, now, *at),
+            )
+        if event is not None:
+            self._event(pin.domain, pin.tool_id, event, pin, fp, h, None)
+        return status
 
     # -- inspection and explicit changes ---------------------------------------------------
 
@@ -280,10 +333,7 @@ class PinStore:
 
     def pins(self, domain: str | None = None) -> list[Pin]:
         """All pins (of one domain), ordered by domain and tool id."""
-        sql = (
-            "SELECT domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen, "
-            "pending_fingerprint, pending_definition_hash, pending_since FROM pins"
-        )
+        sql = f"SELECT {PIN_COLS} FROM pins"
         args: tuple[str, ...] = ()
         if domain is not None:
             sql += " WHERE domain=?"
@@ -305,7 +355,8 @@ class PinStore:
         actor: str | None = None,
     ) -> Pin:
         """Explicitly (re-)pin a tool to the given key fingerprint and definition hash, clearing
-        any pending change.
+        any pending change (and the rejected one when the pin moves: ``moves``). Approving the
+        rejected change is allowed: the person names it, having changed their mind.
 
         This is the only way a pinned key or definition changes. Both values are required:
         the caller names what it reviewed, and the store never fills one in with whatever is
@@ -327,6 +378,8 @@ class PinStore:
                     "pending_definition_hash=NULL, pending_since=NULL WHERE domain=? AND tool_id=?",
                     (fp, h, now, dom, tool_id),
                 )
+                if moves(pin, fp, h):
+                    self._db.execute(_CLEAR_REJECTED.format(table="pins", mark="?"), (dom, tool_id))
             self._event(dom, tool_id, PinEvent.APPROVE, pin, fp, h, actor)
             new = self._get(dom, tool_id)
             assert new is not None
@@ -346,8 +399,10 @@ class PinStore:
         that is not the change pending now: none is, or another one was swapped in since the
         caller read it (clearing that one would reject what nobody reviewed).
 
-        A rejection is not a block list: an upstream that keeps presenting the rejected change
-        gets ``KEY_CHANGED`` / ``DEFINITION_CHANGED`` from ``check_and_pin`` again, held pending.
+        The rejection sticks (it replaces an earlier one): an upstream that keeps presenting the
+        rejected change still gets ``KEY_CHANGED`` / ``DEFINITION_CHANGED`` from ``check_and_pin``,
+        but it is not held pending again (``hold``). Another change is pending as usual; only
+        ``approve`` naming the rejected values accepts them, and ``remove`` forgets them.
         """
         dom, fp, h = _named(domain, key_fingerprint, definition_hash)
         with self._tx():
@@ -355,9 +410,10 @@ class PinStore:
             if not _pending_is(pin, fp, h):
                 return None
             self._db.execute(
-                "UPDATE pins SET pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL "
+                "UPDATE pins SET pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL, "
+                "rejected_fingerprint=?, rejected_definition_hash=?, rejected_at=?, rejected_seen=NULL "
                 "WHERE domain=? AND tool_id=?",
-                (dom, tool_id),
+                (fp, h, _now(), dom, tool_id),
             )
             self._event(dom, tool_id, PinEvent.REJECT, pin, fp, h, actor)
             return self._get(dom, tool_id)
@@ -380,6 +436,29 @@ class PinStore:
             cur = self._db.execute(sql, args)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+_CLEAR_REJECTED = (
+    "UPDATE {table} SET rejected_fingerprint=NULL, rejected_definition_hash=NULL, rejected_at=NULL,"
+    " rejected_seen=NULL WHERE domain={mark} AND tool_id={mark}"
+)
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Add the columns a pins.db of an older release lacks (``_REJECTED_COLS``). Under
+    ``BEGIN IMMEDIATE``: two processes opening the same old file add them once."""
+    if set(_REJECTED_COLS) <= {row[1] for row in db.execute("PRAGMA table_info(pins)")}:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        have = {row[1] for row in db.execute("PRAGMA table_info(pins)")}
+        for col in _REJECTED_COLS:
+            if col not in have:
+                db.execute(f"ALTER TABLE pins ADD COLUMN {col} TEXT")
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        db.execute("ROLLBACK")
+        raise
 
 
 def history_query(table: str, mark: str, domain: str | None, tool_id: str | None) -> tuple[str, list[str]]:

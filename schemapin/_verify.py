@@ -197,28 +197,40 @@ def _pin_status(
     if dom is None or not tool_id:
         raise ValueError("pinning needs a domain and a tool_id")
     pin_status, pin = pin_store.check_and_pin(dom, tool_id, snap.fingerprint, def_hash)
+    if pin_status not in (PinStatus.KEY_CHANGED, PinStatus.DEFINITION_CHANGED):
+        return str(pin_status.value)
+    # a change a person rejected is refused the same way, but says so: it is not pending
+    # review, and only `pins approve` naming it (a person changing their mind) accepts it
+    rejected = pin.rejects(snap.fingerprint, def_hash)
+    details = {
+        "status": pin_status.value,
+        "pinned_fingerprint": pin.key_fingerprint,
+        "pinned_definition_hash": pin.definition_hash,
+        "rejected": rejected,
+        **ctx,
+    }
     if pin_status is PinStatus.KEY_CHANGED:
+        what = f"is pinned to key {pin.key_fingerprint}, now signed by {snap.fingerprint}"
         raise KeyPinMismatch(
-            f"{tool_id}@{dom} is pinned to key {pin.key_fingerprint}, now signed by {snap.fingerprint}; "
-            "review the pending key with `symbi schemapin pins show`, approve it with "
-            "`symbi schemapin pins approve --fingerprint` or turn it down with `pins reject --fingerprint`",
-            status="key_changed",
-            pinned_fingerprint=pin.key_fingerprint,
-            pinned_definition_hash=pin.definition_hash,
-            **ctx,
+            f"{tool_id}@{dom} {what}; {_pin_next(rejected, 'key', '--fingerprint')}", **details
         )
-    if pin_status is PinStatus.DEFINITION_CHANGED:
-        raise DefinitionChanged(
-            f"{tool_id}@{dom} changed since it was pinned (definition {pin.definition_hash[:16]}... "
-            f"-> {def_hash[:16]}...); review the pending definition with `symbi schemapin pins show`, "
-            "approve it with `symbi schemapin pins approve --definition-hash` or turn it down with "
-            "`pins reject --definition-hash`",
-            status="definition_changed",
-            pinned_fingerprint=pin.key_fingerprint,
-            pinned_definition_hash=pin.definition_hash,
-            **ctx,
+    what = f"changed since it was pinned (definition {pin.definition_hash[:16]}... -> {def_hash[:16]}...)"
+    raise DefinitionChanged(
+        f"{tool_id}@{dom} {what}; {_pin_next(rejected, 'definition', '--definition-hash')}", **details
+    )
+
+
+def _pin_next(rejected: bool, what: str, option: str) -> str:
+    """What a person can do about a refused pin change (the end of the refusal's message)."""
+    if rejected:
+        return (
+            f"this {what} change was rejected (`symbi schemapin pins reject`): refused, not pending "
+            f"review again; to accept it after all, `symbi schemapin pins approve {option}` naming it"
         )
-    return str(pin_status.value)
+    return (
+        f"review the pending {what} with `symbi schemapin pins show`, approve it with "
+        f"`symbi schemapin pins approve {option}` or turn it down with `pins reject {option}`"
+    )
 
 
 def sign_envelope(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import schemapin
 from gateway.errors import ApprovalError
-from schemapin import KeySnapshot, PinStore, SchemaPinError
+from schemapin import KeySnapshot, Pin, PinStore, SchemaPinError
 
 if TYPE_CHECKING:
     from gateway.state.pins import PgPinStore
@@ -334,6 +334,17 @@ def _open_pins(args: argparse.Namespace) -> PinStore | PgPinStore:
     return PinStore(cfg.pins_path)
 
 
+def _pin_marks(pin: Pin) -> str:
+    """A listed pin's marks: a change pending review, and a rejected one (not pending: the
+    upstream presenting it again is refused, not queued again)."""
+    marks = " PENDING CHANGE" if pin.pending_fingerprint else ""
+    if pin.rejected_fingerprint:
+        marks += " REJECTED CHANGE" + (
+            f" (presented again since {pin.rejected_seen})" if pin.rejected_seen else ""
+        )
+    return marks
+
+
 def _pins(args: argparse.Namespace) -> int:
     with _open_pins(args) as store:
         cmd = args.pins_command
@@ -342,10 +353,9 @@ def _pins(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([p.to_dict() for p in pins]))
             for p in pins if not args.json else ():
-                pending = " PENDING CHANGE" if p.pending_fingerprint else ""
                 print(
                     f"{p.tool_id}@{p.domain}  {p.key_fingerprint}  def {p.definition_hash[:16]}  "
-                    f"last {p.last_seen}{pending}"
+                    f"last {p.last_seen}{_pin_marks(p)}"
                 )
             return EXIT_OK
         if cmd == "show":

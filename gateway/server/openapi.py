@@ -195,7 +195,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/pins": {
             "get": {
-                "summary": "SchemaPin key pins (domain, tool, key, definition, pending change)",
+                "summary": "SchemaPin key pins (domain, tool, key, definition, pending change, rejected change)",
                 "responses": {"200": _ok("PinList"), **_STD},
             }
         },

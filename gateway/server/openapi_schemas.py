@@ -194,6 +194,11 @@ SCHEMAS: dict[str, Any] = {
                         "pending_fingerprint": {"type": ["string", "null"]},
                         "pending_definition_hash": {"type": ["string", "null"]},
                         "pending_since": {"type": ["string", "null"]},
+                        # the change a person rejected: refused, not pending, while presented
+                        "rejected_fingerprint": {"type": ["string", "null"]},
+                        "rejected_definition_hash": {"type": ["string", "null"]},
+                        "rejected_at": {"type": ["string", "null"]},
+                        "rejected_seen": {"type": ["string", "null"]},
                     },
                 },
             }

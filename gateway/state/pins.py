@@ -6,7 +6,8 @@ take whatever key the domain serves then. Here every replica reads and writes on
 the first verified key of a (domain, tool) is the pin for all of them and a changed key is
 ``key_changed`` everywhere until a person approves it. Same contract as ``schemapin.PinStore``
 (the TOFU decision, pending changes, explicit approval or rejection, an event per change, from
-the one catalogue ``schemapin.PinEvent``); a pin change bumps the approvals version the
+the one catalogue ``schemapin.PinEvent``, a rejection that sticks: migration 7 added its columns);
+a pin change bumps the approvals version the
 replicas poll, so each one re-verifies.
 """
 
@@ -20,11 +21,23 @@ from gateway.state.health import safe_url
 from gateway.state.postgres import Postgres, bump_approvals
 from schemapin import Pin, PinEvent, PinStatus
 from schemapin._domain import normalize_domain
-from schemapin._pins import LAST_SEEN_RESOLUTION_S, _age_s, _named, _now, _pending_is, history_query
+from schemapin._pins import (
+    _CLEAR_REJECTED,
+    LAST_SEEN_RESOLUTION_S,
+    PIN_COLS,
+    _age_s,
+    _named,
+    _now,
+    _pending_is,
+    history_query,
+    hold,
+    moves,
+)
 
-_PIN_COLS = (
-    "domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen,"
-    " pending_fingerprint, pending_definition_hash, pending_since"
+# what a first use (or an approval without a pin) writes: nothing pending, nothing rejected
+_INSERT = (
+    "INSERT INTO symbi_pins (domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen)"
+    " VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (domain, tool_id)"
 )
 
 
@@ -49,7 +62,7 @@ class PgPinStore:
     @staticmethod
     def _get(cur: psycopg.Cursor[Any], domain: str, tool_id: str, *, lock: bool = False) -> Pin | None:
         cur.execute(
-            f"SELECT {_PIN_COLS} FROM symbi_pins WHERE domain=%s AND tool_id=%s"
+            f"SELECT {PIN_COLS} FROM symbi_pins WHERE domain=%s AND tool_id=%s"
             + (" FOR UPDATE" if lock else ""),
             (domain, tool_id),
         )
@@ -101,11 +114,7 @@ class PgPinStore:
             return PinStatus.PINNED, pin
         with self._pg.cursor(transaction=True) as cur:
             now = _now()
-            cur.execute(
-                f"INSERT INTO symbi_pins ({_PIN_COLS}) VALUES (%s,%s,%s,%s,%s,%s,NULL,NULL,NULL)"
-                " ON CONFLICT (domain, tool_id) DO NOTHING",
-                (dom, tool_id, fp, h, now, now),
-            )
+            cur.execute(_INSERT + " DO NOTHING", (dom, tool_id, fp, h, now, now))
             if cur.rowcount == 1:  # first use, by whichever replica got here first
                 self._event(cur, dom, tool_id, PinEvent.FIRST_USE, None, fp, h, "tofu")
                 new = self._get(cur, dom, tool_id)
@@ -120,14 +129,20 @@ class PgPinStore:
                 new = self._get(cur, dom, tool_id)
                 assert new is not None
                 return PinStatus.PINNED, new
-            status = PinStatus.KEY_CHANGED if pin.key_fingerprint != fp else PinStatus.DEFINITION_CHANGED
-            if (pin.pending_fingerprint, pin.pending_definition_hash) != (fp, h):
+            status, event = hold(pin, fp, h)  # as PinStore: a rejected change is not pending again
+            if event is PinEvent.REJECTED_PRESENTED:
+                cur.execute(
+                    "UPDATE symbi_pins SET rejected_seen=%s WHERE domain=%s AND tool_id=%s",
+                    (now, dom, tool_id),
+                )
+            elif event is not None:
                 cur.execute(
                     "UPDATE symbi_pins SET pending_fingerprint=%s, pending_definition_hash=%s, pending_since=%s"
                     " WHERE domain=%s AND tool_id=%s",
                     (fp, h, now, dom, tool_id),
                 )
-                self._event(cur, dom, tool_id, PinEvent.pending(status), pin, fp, h, None)
+            if event is not None:
+                self._event(cur, dom, tool_id, event, pin, fp, h, None)
             return status, pin
 
     def get(self, domain: str, tool_id: str) -> Pin | None:
@@ -135,7 +150,7 @@ class PgPinStore:
             return self._get(cur, normalize_domain(domain), tool_id)
 
     def pins(self, domain: str | None = None) -> list[Pin]:
-        sql = f"SELECT {_PIN_COLS} FROM symbi_pins"
+        sql = f"SELECT {PIN_COLS} FROM symbi_pins"
         args: tuple[str, ...] = ()
         if domain is not None:
             sql, args = sql + " WHERE domain=%s", (normalize_domain(domain),)
@@ -154,18 +169,20 @@ class PgPinStore:
         actor: str | None = None,
     ) -> Pin:
         """As ``PinStore.approve``: the only way a pinned key or definition changes; both values
-        named, never filled in with whatever is pending at the write."""
+        named, never filled in with whatever is pending at the write; the rejected change is
+        forgotten when the pin moves."""
         dom, fp, h = _named(domain, key_fingerprint, definition_hash)
         with self._pg.cursor(transaction=True) as cur:
             pin = self._get(cur, dom, tool_id, lock=True)
             now = _now()
             cur.execute(
-                f"INSERT INTO symbi_pins ({_PIN_COLS}) VALUES (%s,%s,%s,%s,%s,%s,NULL,NULL,NULL)"
-                " ON CONFLICT (domain, tool_id) DO UPDATE SET key_fingerprint=excluded.key_fingerprint,"
+                _INSERT + " DO UPDATE SET key_fingerprint=excluded.key_fingerprint,"
                 " definition_hash=excluded.definition_hash, last_seen=excluded.last_seen,"
                 " pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL",
                 (dom, tool_id, fp, h, now, now),
             )
+            if pin is not None and moves(pin, fp, h):
+                cur.execute(_CLEAR_REJECTED.format(table="symbi_pins", mark="%s"), (dom, tool_id))
             self._event(cur, dom, tool_id, PinEvent.APPROVE, pin, fp, h, actor)
             bump_approvals(cur)
             new = self._get(cur, dom, tool_id)
@@ -182,16 +199,18 @@ class PgPinStore:
         actor: str | None = None,
     ) -> Pin | None:
         """As ``PinStore.reject``: clears the pending change if it is still the one named (the
-        row locked from the comparison to the write), keeping the pin; else ``None``."""
+        row locked from the comparison to the write), keeping the pin and remembering the change
+        as rejected (not pending again when presented again); else ``None``."""
         dom, fp, h = _named(domain, key_fingerprint, definition_hash)
         with self._pg.cursor(transaction=True) as cur:
             pin = self._get(cur, dom, tool_id, lock=True)
             if not _pending_is(pin, fp, h):
                 return None
             cur.execute(
-                "UPDATE symbi_pins SET pending_fingerprint=NULL, pending_definition_hash=NULL,"
-                " pending_since=NULL WHERE domain=%s AND tool_id=%s",
-                (dom, tool_id),
+                "UPDATE symbi_pins SET pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL,"
+                " rejected_fingerprint=%s, rejected_definition_hash=%s, rejected_at=%s, rejected_seen=NULL"
+                " WHERE domain=%s AND tool_id=%s",
+                (fp, h, _now(), dom, tool_id),
             )
             self._event(cur, dom, tool_id, PinEvent.REJECT, pin, fp, h, actor)
             bump_approvals(cur)  # as a SQLite pins.db write: the gateways look again (still blocked)

@@ -177,6 +177,18 @@ CREATE TRIGGER symbi_api_keys_truncated AFTER TRUNCATE ON symbi_api_keys
     FOR EACH STATEMENT EXECUTE FUNCTION symbi_api_keys_notify();
 """,
     ),
+    (
+        7,
+        # the change a person rejected (`pins reject`), remembered so that it is not pending again
+        # while the upstream presents it (schemapin._pins: _REJECTED_COLS, the same in pins.db)
+        """
+ALTER TABLE symbi_pins
+    ADD COLUMN rejected_fingerprint TEXT,
+    ADD COLUMN rejected_definition_hash TEXT,
+    ADD COLUMN rejected_at TEXT,
+    ADD COLUMN rejected_seen TEXT;
+""",
+    ),
 ]
 CHANNEL = "symbi_approvals"  # NOTIFY on every approvals change: replicas act at once
 POLICY_CHANNEL = "symbi_policies"  # NOTIFY on every published policy (gateway.state.policies)

@@ -7,7 +7,8 @@ API's diff, the dashboard's tool page) and is refused when the current one diffe
 upstream can change its definition between the review and the approval (bait and switch).
 A pin approval likewise names the pending key fingerprint and definition hash the person
 read (``symbi schemapin pins show``), and is refused when the pending change differs; so is a
-pin rejection, which clears the pending change and keeps the pinned key and definition.
+pin rejection, which clears the pending change and keeps the pinned key and definition. A
+rejected change is then accepted only by a pin approval naming it, never by approving the tool.
 """
 
 from __future__ import annotations
@@ -152,8 +153,9 @@ def reviewed_pin_change(
     (``ReviewedHashRequired`` otherwise), and what is named must be the pending change
     (``DefinitionChanged`` otherwise: it was swapped since the review). A part not named is
     the pinned one. With nothing pending the given values are pinned (a pin's unnamed part
-    stays); with no pin, both must be given. The messages never print a pending value: copying
-    it from a refusal approves unseen.
+    stays); with no pin, both must be given. The change a person rejected is approved when
+    named by the same rules (they changed their mind), even with another one pending since.
+    The messages never print a pending value: copying it from a refusal approves unseen.
     """
     fp, h = _pin_values(domain, tool_id, fingerprint, definition_hash)
     if pin is None:
@@ -162,8 +164,9 @@ def reviewed_pin_change(
                 f"no pin for {tool_id}@{domain}: pinning one names both --fingerprint and --definition-hash"
             )
         return fp, h
-    if pin.pending_fingerprint is None and pin.pending_definition_hash is None:
-        return fp or pin.key_fingerprint, h or pin.definition_hash
+    named = (fp or pin.key_fingerprint, h or pin.definition_hash)
+    if (pin.pending_fingerprint is None and pin.pending_definition_hash is None) or pin.rejects(*named):
+        return named
     return _named_pending(pin, domain, tool_id, fp, h, "an approval", "approved")
 
 
@@ -228,8 +231,8 @@ def reject_pin_change(
 ) -> Pin:
     """Turn down the pending change of ``tool_id@domain`` the person reviewed (named as for
     ``reviewed_pin_rejection``): cleared, the pin kept, a ``reject`` event recorded. Returns
-    the pin. The upstream still presenting it is still refused (the verifier holds it pending
-    again: a rejection never pins it)."""
+    the pin. The upstream still presenting it is still refused, and not pending review again
+    (the store remembers the rejection: ``schemapin.PinStore.reject``)."""
     fp, h = reviewed_pin_rejection(
         store.get(domain, tool_id), domain, tool_id, fingerprint=fingerprint, definition_hash=definition_hash
     )
@@ -264,6 +267,21 @@ def drift_diff(rec: ToolRecord) -> str:
             fromfile=f"{rec.namespaced} ({since})",
             tofile=f"{rec.namespaced} (current {str(rec.current_hash)[:12]})",
         )
+    )
+
+
+def _refuse_rejected(pin: Pin | None, rec: ToolRecord, signed: str, domain: str) -> None:
+    """``ApprovalError`` (409) when approving ``rec`` would move ``pin`` to the change a person
+    rejected (``pins reject``): a tool approval, from a diff that shows a definition, never
+    overrides that decision; ``pins approve`` naming the change does."""
+    key = normalize_fingerprint(rec.key_fingerprint) if rec.key_fingerprint else None
+    if pin is None or not pin.rejects(key or pin.key_fingerprint, signed):
+        return
+    raise ApprovalError(
+        f"{rec.namespaced}: this change to the SchemaPin pin of {rec.name}@{domain} was rejected "
+        "(`symbi schemapin pins reject`): nothing approved; to accept it after all, "
+        f"`symbi schemapin pins approve` naming it (read it with {_pin_where(domain, rec.name)})",
+        409,
     )
 
 
@@ -333,7 +351,9 @@ def approve_current(
         signed = definition_hash(split_carrier(rec.current_definition)[0])
         try:
             with _pin_store(pins) as opened:
-                key = _pin_moves_to(opened.get(domain, rec.name), rec)
+                pin = opened.get(domain, rec.name)
+                _refuse_rejected(pin, rec, signed, domain)
+                key = _pin_moves_to(pin, rec)
                 if key is not None:
                     opened.approve(
                         domain, rec.name, key_fingerprint=key, definition_hash=signed, actor=actor or "symbi"

@@ -3,7 +3,8 @@ over a real SQLite pin store (gateway/cli/schemapin_cmd.py; the rule is
 gateway.verify.approve.reviewed_pin_change). A key rotation or a re-signed definition is
 pending until approved; an upstream can swap the pending change between ``pins show`` and the
 approval (bait and switch), so the approval names the values read and nothing else is pinned.
-``pins reject`` turns the reviewed change down by the same naming rules and keeps the pin.
+``pins reject`` turns the reviewed change down by the same naming rules and keeps the pin; the
+rejected change presented again is listed as rejected, not pending, until ``pins approve`` names it.
 """
 
 from __future__ import annotations
@@ -242,6 +243,41 @@ def test_the_pending_change_named_as_show_printed_it_is_rejected_and_stays_refus
     pin, actions = pinned(db)
     assert (pin.key_fingerprint, pin.definition_hash, pin.pending_fingerprint) == (FP_OLD, h("v1"), None)
     assert actions[-1] == "reject"
-    with PinStore(db) as store:  # the upstream presents the rejected change again: refused
+    with PinStore(db) as store:  # the upstream presents the rejected change again: refused, not pending
         assert store.check_and_pin(DOMAIN, TOOL, fp, h(definition))[0] is not PinStatus.PINNED
+        again = store.get(DOMAIN, TOOL)
+        assert again is not None and again.pending_fingerprint is None
         assert store.check_and_pin(DOMAIN, TOOL, FP_OLD, h("v1"))[0] is PinStatus.PINNED
+
+
+def pins_list(capsys: pytest.CaptureFixture[str], db: Path) -> str:
+    capsys.readouterr()
+    assert main(["schemapin", "pins", "list", "--pins", str(db)]) == EXIT_OK
+    return capsys.readouterr().out
+
+
+def test_a_rejected_change_presented_again_is_listed_as_rejected_not_pending(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``pins list`` is the review queue: the change a person rejected, presented again by the
+    upstream, is marked rejected there, not pending (it was listed as a new pending change)."""
+    pend(db, FP_BAIT, "v1")
+    assert "PENDING CHANGE" in pins_list(capsys, db)
+    assert pins_cli(capsys, db, "reject", "--fingerprint", FP_BAIT, "--actor", "sec")[0] == EXIT_OK
+    pend(db, FP_BAIT, "v1")  # presented again: refused
+    listed = pins_list(capsys, db)
+    assert "REJECTED CHANGE" in listed and "PENDING CHANGE" not in listed
+    pin, _ = pinned(db)
+    assert (pin.pending_fingerprint, pin.rejected_fingerprint) == (None, FP_BAIT)
+
+
+def test_pins_approve_naming_the_rejected_change_pins_it_even_with_another_pending(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pend(db, FP_BAIT, "v1")
+    assert pins_cli(capsys, db, "reject", "--fingerprint", FP_BAIT, "--actor", "sec")[0] == EXIT_OK
+    pend(db, FP_SWITCH, "v1")  # another rotation, pending review
+    code, out = pins_cli(capsys, db, "approve", "--fingerprint", FP_BAIT, "--actor", "sec")
+    assert code == EXIT_OK and (out["key_fingerprint"], out["rejected_fingerprint"]) == (FP_BAIT, None)
+    pin, actions = pinned(db)
+    assert (pin.key_fingerprint, pin.pending_fingerprint) == (FP_BAIT, None) and actions[-1] == "approve"

@@ -182,18 +182,107 @@ def test_a_rejection_clears_the_pending_change_keeps_the_pin_and_is_recorded(
         FP_A,
         FP_B,
     )  # what stayed, what was turned down
-    # the upstream keeps presenting the rejected key: refused again (held pending), never pinned
+    # the upstream keeps presenting the rejected key: refused again, never pinned, not pending again
     status, pin = pins.check_and_pin("example.com", "echo", FP_B, h("v1"))
     assert status is PinStatus.KEY_CHANGED and pin.key_fingerprint == FP_A
     again = pins.get("example.com", "echo")
-    assert again is not None and again.key_fingerprint == FP_A and again.pending_fingerprint == FP_B
+    assert again is not None and again.key_fingerprint == FP_A and again.pending_fingerprint is None
+    assert again.rejects(FP_B, h("v1"))
     assert pins.check_and_pin("example.com", "echo", FP_A, h("v1"))[0] is PinStatus.PINNED  # the trusted key
     # a re-signed definition, likewise
     pins.check_and_pin("example.com", "echo", FP_A, h("v2"))
     assert pins.reject("example.com", "echo", key_fingerprint=FP_A, definition_hash=h("v2")) is not None
     assert pins.check_and_pin("example.com", "echo", FP_A, h("v2"))[0] is PinStatus.DEFINITION_CHANGED
     got = pins.get("example.com", "echo")
-    assert got is not None and got.definition_hash == h("v1")
+    assert got is not None and got.definition_hash == h("v1") and got.pending_definition_hash is None
+
+
+def test_a_rejected_change_presented_again_is_refused_not_pending_and_recorded_once(
+    pins: PinStore | PgPinStore,
+) -> None:
+    """A rejection sticks: the upstream presenting the rejected change is refused and not queued
+    for review again (a later reviewer would approve it by mistake); the trail records once that
+    it came back, not on every verification."""
+    pins.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    pins.check_and_pin("example.com", "echo", FP_B, h("v1"))
+    assert pins.reject("example.com", "echo", key_fingerprint=FP_B, definition_hash=h("v1")) is not None
+    for _ in range(3):
+        assert pins.check_and_pin("example.com", "echo", FP_B, h("v1"))[0] is PinStatus.KEY_CHANGED
+    pin = pins.get("example.com", "echo")
+    assert pin is not None and (pin.pending_fingerprint, pin.pending_definition_hash) == (None, None)
+    assert pin.rejects(FP_B, h("v1")) and pin.rejected_at is not None and pin.rejected_seen is not None
+    assert [p for p in pins.pins() if p.pending_fingerprint] == []  # nothing in the review queue
+    actions = [e["action"] for e in pins.history("example.com", "echo")]
+    assert actions == [
+        PinEvent.FIRST_USE,
+        PinEvent.PENDING_KEY_CHANGED,
+        PinEvent.REJECT,
+        PinEvent.REJECTED_PRESENTED,
+    ]
+
+
+def test_another_change_after_a_rejection_is_pending_and_the_rejected_one_can_still_be_approved(
+    pins: PinStore | PgPinStore,
+) -> None:
+    pins.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    pins.check_and_pin("example.com", "echo", FP_A, h("v2"))
+    assert pins.reject("example.com", "echo", key_fingerprint=FP_A, definition_hash=h("v2")) is not None
+    # another change: pending as usual, the rejected record kept beside it
+    assert pins.check_and_pin("example.com", "echo", FP_B, h("v1"))[0] is PinStatus.KEY_CHANGED
+    pin = pins.get("example.com", "echo")
+    assert pin is not None and pin.pending_fingerprint == FP_B and pin.rejects(FP_A, h("v2"))
+    assert pins.check_and_pin("example.com", "echo", FP_A, h("v2"))[0] is PinStatus.DEFINITION_CHANGED
+    pin = pins.get("example.com", "echo")  # the rejected one back: the other stays the pending one
+    assert pin is not None and pin.pending_fingerprint == FP_B and pin.rejects(FP_A, h("v2"))
+    # a person changes their mind: the rejected change, named, is pinned and forgotten as rejected
+    approved = pins.approve("example.com", "echo", key_fingerprint=FP_A, definition_hash=h("v2"), actor="al")
+    assert approved.definition_hash == h("v2") and approved.pending_fingerprint is None
+    assert (approved.rejected_fingerprint, approved.rejected_definition_hash) == (None, None)
+    assert pins.check_and_pin("example.com", "echo", FP_A, h("v2"))[0] is PinStatus.PINNED
+
+
+def test_re_approving_the_pin_keeps_the_rejection_and_removing_it_forgets_it(
+    pins: PinStore | PgPinStore,
+) -> None:
+    pins.check_and_pin("example.com", "echo", FP_A, h("v1"))
+    pins.check_and_pin("example.com", "echo", FP_B, h("v1"))
+    pins.reject("example.com", "echo", key_fingerprint=FP_B, definition_hash=h("v1"))
+    # the pinned values approved again: the pin does not move, the rejection stands
+    kept = pins.approve("example.com", "echo", key_fingerprint=FP_A, definition_hash=h("v1"))
+    assert kept.rejects(FP_B, h("v1"))
+    assert pins.remove("example.com", "echo")
+    assert pins.check_and_pin("example.com", "echo", FP_A, h("v1"))[0] is PinStatus.FIRST_USE
+    pin = pins.get("example.com", "echo")
+    assert pin is not None and (pin.rejected_fingerprint, pin.rejected_definition_hash) == (None, None)
+
+
+def test_a_pin_store_of_an_older_release_is_upgraded_and_keeps_its_pins(tmp_path: Path) -> None:
+    """A pins.db written before rejections were remembered (no rejected_* columns) opens, keeps
+    its pin and pending change, and can then remember a rejection."""
+    import sqlite3
+
+    path = tmp_path / "pins.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE pins (domain TEXT NOT NULL, tool_id TEXT NOT NULL, key_fingerprint TEXT NOT NULL,"
+        " definition_hash TEXT NOT NULL, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,"
+        " pending_fingerprint TEXT, pending_definition_hash TEXT, pending_since TEXT,"
+        " PRIMARY KEY (domain, tool_id));"
+    )
+    old.execute(
+        "INSERT INTO pins VALUES ('example.com', 'echo', ?, ?, 't0', 't0', ?, ?, 't1')",
+        (FP_A, h("v1"), FP_B, h("v1")),
+    )
+    old.commit()
+    old.close()
+    with PinStore(path) as store:
+        pin = store.get("example.com", "echo")
+        assert pin is not None and (pin.key_fingerprint, pin.pending_fingerprint) == (FP_A, FP_B)
+        assert store.reject("example.com", "echo", key_fingerprint=FP_B, definition_hash=h("v1")) is not None
+    with PinStore(path) as store:  # opened again: nothing to add
+        assert store.check_and_pin("example.com", "echo", FP_B, h("v1"))[0] is PinStatus.KEY_CHANGED
+        pin = store.get("example.com", "echo")
+        assert pin is not None and pin.pending_fingerprint is None and pin.rejects(FP_B, h("v1"))
 
 
 @pytest.mark.parametrize(
@@ -241,7 +330,7 @@ def test_a_rejected_key_keeps_the_tool_blocked_while_the_upstream_presents_it(
 ) -> None:
     """Through the verifier: a tool whose signing key rotated is blocked; the person rejects
     the rotation; the upstream keeps signing with the rejected key, and the tool stays blocked
-    (held pending again), while the trusted key still verifies."""
+    (not pending again), while the trusted key still verifies."""
     import schemapin
     from gateway.context import is_blocked
     from gateway.verify.approve import reject_pin_change
@@ -278,6 +367,63 @@ def test_a_rejected_key_keeps_the_tool_blocked_while_the_upstream_presents_it(
     v.close()
     v = verifier(trusted)  # the developer goes back to the trusted key: verified again
     assert assess(v, signed(DEF, trusted))["up__echo"].verification == "verified"
+    v.close()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_rejection_sticks_through_the_verifier_until_a_person_approves_the_rejected_key(
+    request: pytest.FixtureRequest, tmp_path: Path, store: str
+) -> None:
+    """Through the verifier: the rejected key presented again is refused as a rejected change
+    and is not pending review again (it used to be queued again, for a later reviewer to
+    approve by mistake); another key is pending as usual; a person who changes their mind
+    approves the rejected key by naming it, even with the other one pending."""
+    import schemapin
+    from gateway.context import is_blocked
+    from gateway.verify.approve import reject_pin_change, reviewed_pin_change
+    from gateway.verify.verifier import ToolVerifier
+    from tests.conftest import RecordingSink
+    from tests.verify.test_verifier import DEF, assess, config, signed
+
+    cfg = config(tmp_path, "strict", server='domain = "up.example"')
+    shared = PgPinStore(request.getfixturevalue("pg")) if store == "postgres" else None
+    trusted, rotated, third = (schemapin.generate_private_key() for _ in range(3))
+    fp_rotated, fp_third = (schemapin.fingerprint(k.public_key()) for k in (rotated, third))
+
+    def verifier(key: Any) -> ToolVerifier:  # the upstream's key as discovered now
+        snap = schemapin.KeySnapshot.from_public_key(key.public_key())
+        return ToolVerifier(cfg, RecordingSink(), resolver=schemapin.StaticKeyResolver(snap), pins=shared)
+
+    v = verifier(trusted)
+    assess(v, signed(DEF, trusted))
+    v.close()
+    v = verifier(rotated)
+    assert assess(v, signed(DEF, rotated))["up__echo"].verification == "drifted"
+    reject_pin_change(v.pins, "up.example", "echo", fingerprint=fp_rotated, definition_hash=None, actor="sec")
+    info = assess(v, signed(DEF, rotated))["up__echo"]  # presented again
+    assert is_blocked(info.verification_mode, info.verification)
+    pin = v.pins.get("up.example", "echo")
+    assert pin is not None and pin.pending_fingerprint is None and pin.rejected_fingerprint == fp_rotated
+    with pytest.raises(schemapin.KeyPinMismatch) as refused:  # the same refusal, saying it was rejected
+        schemapin.verify_tool(
+            DEF,
+            schemapin.sign_tool(dict(DEF), rotated),
+            domain="up.example",
+            tool_id="echo",
+            key_source=schemapin.KeySnapshot.from_public_key(rotated.public_key()),
+            pin_store=v.pins,
+        )
+    assert refused.value.details["rejected"] is True
+    v.close()
+    v = verifier(third)  # another rotation: pending review, as any change
+    assert assess(v, signed(DEF, third))["up__echo"].verification == "drifted"
+    pin = v.pins.get("up.example", "echo")
+    assert pin is not None and pin.pending_fingerprint == fp_third and pin.rejected_fingerprint == fp_rotated
+    fp, h_ = reviewed_pin_change(pin, "up.example", "echo", fingerprint=fp_rotated, definition_hash=None)
+    v.pins.approve("up.example", "echo", key_fingerprint=fp, definition_hash=h_, actor="sec")
+    v.close()
+    v = verifier(rotated)
+    assert assess(v, signed(DEF, rotated))["up__echo"].verification == "verified"
     v.close()
 
 

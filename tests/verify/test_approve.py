@@ -173,6 +173,34 @@ def test_a_pin_store_that_cannot_be_written_refuses_the_approval_whole(
     v.close()
 
 
+def test_approving_the_tool_never_accepts_the_pin_change_a_person_rejected(
+    tmp_path: Path,
+    https_server: HttpsServer,  # noqa: F811
+) -> None:
+    """A re-signed definition, rejected with ``pins reject``, presented again: the tool is still
+    drifted in the tool state (its diff shows the definition), but approving the tool does not
+    override the rejection (it used to move the pin, the change being pending again); only
+    ``pins approve`` naming it does."""
+    key = schemapin.generate_private_key()
+    v, _ = _signed_bait(tmp_path, https_server, key)
+    domain, changed = https_server.domain, schemapin.definition_hash(CHANGED)
+    reject_pin_change(v.pins, domain, "echo", fingerprint=None, definition_hash=changed, actor="sec")
+    assert assess(v, signed(CHANGED, key))["up__echo"].blocked  # presented again
+    rec = v.state.find("up__echo")
+    assert rec is not None
+    with pytest.raises(ApprovalError) as err:
+        approve_current(v.state, v.pins, rec, reviewed=rec.current_hash, domain=domain, actor="sec")
+    assert err.value.status == 409
+    assert v.state.get("up", "echo").approved_definition == DEF  # type: ignore[union-attr]
+    pin = v.pins.get(domain, "echo")
+    assert pin is not None and pin.definition_hash == schemapin.definition_hash(DEF)
+    fp, h = reviewed_pin_change(pin, domain, "echo", fingerprint=None, definition_hash=changed)
+    v.pins.approve(domain, "echo", key_fingerprint=fp, definition_hash=h, actor="sec")  # a change of mind
+    approve_current(v.state, v.pins, rec, reviewed=rec.current_hash, domain=domain, actor="sec")
+    assert assess(v, signed(CHANGED, key))["up__echo"].verification == "verified"
+    v.close()
+
+
 @pytest.mark.parametrize(
     "given",
     [None, "", "   ", "x" * 64, "0" * 65, "g" * MIN_HASH_HEX, "short"],

@@ -22,6 +22,7 @@ from gateway.verify.approve import (
     check_screening,
     drift_diff,
     key_change,
+    rejected_change,
     screen_record,
     unsigned_under_strict,
 )
@@ -50,7 +51,8 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
     diff = drift_diff(rec)
     assert gw is not None  # _record refuses before the gateway runs
     srv = gw.config.servers.get(rec.upstream)
-    keys = key_change(gw.verifier.pins, rec, srv.domain if srv else None)
+    domain = srv.domain if srv else None
+    keys = key_change(gw.verifier.pins, rec, domain)
     return {
         "tool": rec.namespaced,
         "status": rec.status,
@@ -60,6 +62,8 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
         "diff": diff,
         # approving it moves the SchemaPin pin to another key (a rotation): reviewed with it
         "key_change": None if keys is None else {"pinned": keys[0], "current": keys[1]},
+        # the pin change it would make was rejected (pins reject): approving it is refused
+        "pin_change_rejected": rejected_change(gw.verifier.pins, rec, domain),
         # screened again as a person reviews it: what the definition says to the model
         "screening": [f.as_dict() for f in screen_record(_state(gw), rec).findings],
     }

@@ -82,6 +82,7 @@ SCHEMAS: dict[str, Any] = {
             "current_hash",
             "diff",
             "key_change",
+            "pin_change_rejected",
             "screening",
         ],
         "properties": {
@@ -98,6 +99,12 @@ SCHEMAS: dict[str, Any] = {
                 "additionalProperties": False,
                 "required": ["pinned", "current"],
                 "properties": {"pinned": {"type": "string"}, "current": {"type": "string"}},
+            },
+            "pin_change_rejected": {
+                "type": "boolean",
+                "description": "the SchemaPin pin change approving would make (this definition, the key "
+                "that signed it) was rejected (`symbi schemapin pins reject`): approving the tool is "
+                "refused (409); `symbi schemapin pins approve` naming it accepts it",
             },
             "screening": {
                 "type": "array",

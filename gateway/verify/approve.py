@@ -270,12 +270,18 @@ def drift_diff(rec: ToolRecord) -> str:
     )
 
 
+def _rejects(pin: Pin | None, rec: ToolRecord, signed: str) -> bool:
+    """Whether approving ``rec`` (its definition hashed to ``signed``) would move ``pin`` to the
+    change a person rejected (``pins reject``)."""
+    key = normalize_fingerprint(rec.key_fingerprint) if rec.key_fingerprint else None
+    return pin is not None and pin.rejects(key or pin.key_fingerprint, signed)
+
+
 def _refuse_rejected(pin: Pin | None, rec: ToolRecord, signed: str, domain: str) -> None:
     """``ApprovalError`` (409) when approving ``rec`` would move ``pin`` to the change a person
     rejected (``pins reject``): a tool approval, from a diff that shows a definition, never
     overrides that decision; ``pins approve`` naming the change does."""
-    key = normalize_fingerprint(rec.key_fingerprint) if rec.key_fingerprint else None
-    if pin is None or not pin.rejects(key or pin.key_fingerprint, signed):
+    if not _rejects(pin, rec, signed):
         return
     raise ApprovalError(
         f"{rec.namespaced}: this change to the SchemaPin pin of {rec.name}@{domain} was rejected "
@@ -283,6 +289,18 @@ def _refuse_rejected(pin: Pin | None, rec: ToolRecord, signed: str, domain: str)
         f"`symbi schemapin pins approve` naming it (read it with {_pin_where(domain, rec.name)})",
         409,
     )
+
+
+def rejected_change(pins: Path | PinStore | PgPinStore, rec: ToolRecord, domain: str | None) -> bool:
+    """Whether ``rec``'s current definition (with the key that signed it) is the SchemaPin pin
+    change a person rejected: shown with its diff, as approving the tool is refused for it."""
+    from schemapin import definition_hash, split_carrier
+
+    if not domain or rec.current_definition is None:
+        return False
+    with _pin_store(pins) as opened:
+        pin = opened.get(domain, rec.name)
+    return _rejects(pin, rec, definition_hash(split_carrier(rec.current_definition)[0]))
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from gateway.verify.approve import (
     drift_diff,
     key_change,
     reject_pin_change,
+    rejected_change,
     reviewed_pin_change,
 )
 from gateway.verify.state import ToolRecord
@@ -176,6 +177,7 @@ def test_a_pin_store_that_cannot_be_written_refuses_the_approval_whole(
 def test_approving_the_tool_never_accepts_the_pin_change_a_person_rejected(
     tmp_path: Path,
     https_server: HttpsServer,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A re-signed definition, rejected with ``pins reject``, presented again: the tool is still
     drifted in the tool state (its diff shows the definition), but approving the tool does not
@@ -188,6 +190,12 @@ def test_approving_the_tool_never_accepts_the_pin_change_a_person_rejected(
     assert assess(v, signed(CHANGED, key))["up__echo"].blocked  # presented again
     rec = v.state.find("up__echo")
     assert rec is not None
+    assert rejected_change(v.pins, rec, domain)  # the diff says so (CLI, API, dashboard)
+    assert not rejected_change(v.pins, rec, None)  # no domain: no pin
+    capsys.readouterr()
+    assert main(["tools", "diff", "up__echo", "--config", str(tmp_path / "symbi.toml")]) == 1
+    out = capsys.readouterr().out
+    assert "rejected" in out and "approve this definition" not in out  # no command that is refused
     with pytest.raises(ApprovalError) as err:
         approve_current(v.state, v.pins, rec, reviewed=rec.current_hash, domain=domain, actor="sec")
     assert err.value.status == 409
@@ -196,6 +204,7 @@ def test_approving_the_tool_never_accepts_the_pin_change_a_person_rejected(
     assert pin is not None and pin.definition_hash == schemapin.definition_hash(DEF)
     fp, h = reviewed_pin_change(pin, domain, "echo", fingerprint=None, definition_hash=changed)
     v.pins.approve(domain, "echo", key_fingerprint=fp, definition_hash=h, actor="sec")  # a change of mind
+    assert not rejected_change(v.pins, rec, domain)  # approved by name: no rejection left
     approve_current(v.state, v.pins, rec, reviewed=rec.current_hash, domain=domain, actor="sec")
     assert assess(v, signed(CHANGED, key))["up__echo"].verification == "verified"
     v.close()

@@ -158,17 +158,29 @@ def tool_page(sess: dict[str, Any], info: dict[str, Any] | None, error: str | No
                 f"this definition signed by <code>{e(keys['current'])}</code>: approving it pins that key "
                 "(<code>symbi schemapin pins reject</code> turns the key down)</p>"
             )
-        parts.append(
-            f'<form method="post" action="/tools/{quote(name, safe="")}/approve">'
-            f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
-            # the definition shown above, by hash: one the upstream swaps in later is refused
-            f'<input type="hidden" name="hash" value="{e(info["current_hash"] or "")}">'
-            f'<button type="submit" id="approve">Approve this definition '
-            f"(<code>{e((info['current_hash'] or '')[:16])}</code>)</button></form>"
-        )
+        if info.get("pin_change_rejected"):  # the approval would be refused: say so, no button
+            parts.append(
+                '<p class="bad" id="pin-rejected">This change to the tool\'s SchemaPin pin was rejected '
+                "(<code>symbi schemapin pins reject</code>): it stays refused. To accept it after all, "
+                "<code>symbi schemapin pins approve</code> naming it.</p>"
+            )
+        else:
+            parts.append(_approve_form(name, info, sess))
     if error:
         parts.append(f'<p class="bad" id="message">{e(error)}</p>')
     return _page(name, '<div class="card">' + "".join(parts) + "</div>", sess, "/tools")
+
+
+def _approve_form(name: str, info: dict[str, Any], sess: dict[str, Any]) -> str:
+    """The Approve button, naming the definition shown (its hash)."""
+    return (
+        f'<form method="post" action="/tools/{quote(name, safe="")}/approve">'
+        f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
+        # the definition shown above, by hash: one the upstream swaps in later is refused
+        f'<input type="hidden" name="hash" value="{e(info["current_hash"] or "")}">'
+        f'<button type="submit" id="approve">Approve this definition '
+        f"(<code>{e((info['current_hash'] or '')[:16])}</code>)</button></form>"
+    )
 
 
 def decisions_page(sess: dict[str, Any], calls: list[dict[str, Any]]) -> str:

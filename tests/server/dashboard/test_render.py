@@ -10,7 +10,7 @@ from gateway.server.dashboard.render import tool_page
 SESSION = {"csrf": "t0ken", "principal": "admin"}
 
 
-def _info(key_change: dict[str, str] | None) -> dict[str, Any]:
+def _info(key_change: dict[str, str] | None, rejected: bool = False) -> dict[str, Any]:
     return {
         "tool": "up__echo",
         "status": "drifted",
@@ -19,6 +19,7 @@ def _info(key_change: dict[str, str] | None) -> dict[str, Any]:
         "current_hash": "b" * 64,
         "diff": "-old\n+new\n",
         "key_change": key_change,
+        "pin_change_rejected": rejected,
         "screening": [],
     }
 
@@ -28,3 +29,11 @@ def test_a_rotation_the_approval_would_accept_is_shown_beside_the_diff() -> None
     assert 'id="key-change"' in page and 'id="approve"' in page
     assert "sha256:&lt;old&gt;" in page and "sha256:<old>" not in page  # escaped, as the rest
     assert 'id="key-change"' not in tool_page(SESSION, _info(None), None)
+
+
+def test_a_rejected_pin_change_is_named_and_offers_no_approve_button() -> None:
+    page = tool_page(SESSION, _info(None, rejected=True), None)
+    assert 'id="pin-rejected"' in page and 'id="approve"' not in page  # the approval is refused (409)
+    assert 'id="diff"' in page  # what was rejected is still shown
+    plain = tool_page(SESSION, _info(None), None)
+    assert 'id="pin-rejected"' not in plain and 'id="approve"' in plain

@@ -118,6 +118,7 @@ async def test_api_diff_and_approve_a_drifted_tool(tmp_path: Path) -> None:
             diff = check(httpx.Response(r.status_code, content=r.content), 200, "ToolDiff")
             assert diff["drifted"] is True and "upper case" in diff["diff"]
             assert diff["key_change"] is None  # unsigned: no pin moves (tests/verify/test_approve.py)
+            assert diff["pin_change_rejected"] is False
             tools = (await api.get("/tools", headers=bearer(keys.admin))).json()["tools"]
             assert next(t for t in tools if t["name"] == "mut__echo")["verification"] == "drifted"
             # not an admin: refused; unknown tool: 404

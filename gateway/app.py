@@ -372,7 +372,7 @@ class Gateway:
                 self._owner_of_call(name, call),
             )
 
-        return await answered_for_legacy(call, name, read, self.events)
+        return await answered_for_legacy(call, name, read, self.events, self.live.handed_out)
 
     async def _get(self, owner: str, call: CallContext) -> Any:
         entry = self.catalog.prompt(call.target)
@@ -393,7 +393,7 @@ class Gateway:
                 self._owner_of_call(owner, call),
             )
 
-        return await answered_for_legacy(call, owner, get, self.events)
+        return await answered_for_legacy(call, owner, get, self.events, self.live.handed_out)
 
     async def _dispatch_tool(self, upstream: str, call: CallContext) -> Any:
         """A ``tools/call`` to its upstream (replica, or the caller's own process under
@@ -438,7 +438,7 @@ class Gateway:
                 )
 
             with on_behalf_of(up, ctx):
-                return await answered_for_legacy(call, up.name, call_once, self.events)
+                return await answered_for_legacy(call, up.name, call_once, self.events, self.live.handed_out)
         finally:
             self._busy[up.name] -= 1
 

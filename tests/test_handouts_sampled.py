@@ -12,18 +12,24 @@ with a sampling callback.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
-from mcp import types
+from mcp import Client, types
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from gateway.audit import store
 from gateway.config import load_config
 from gateway.handouts import HandedOut
+from gateway.server.auth import ApiKeyStore
 from tests.conftest import upstream_writable
 from tests.server._clients import stdio_session
+from tests.server.http.conftest import bearer, run_server
 from tests.test_catalog_claims import EMBEDDED, LINK, _read, _reads
 from tests.upstream.test_listing import config as listing_config
 
@@ -199,4 +205,91 @@ async def test_a_sampling_request_whose_links_cannot_be_kept_is_refused(tmp_path
         conn.close()
     assert [(d["upstream"], d["outcome"]) for d in relayed] == [("victim", "refused")]
     assert "hand-out store" in relayed[0]["reason"]
+    assert _reads(tmp_path, "thief") == []
+
+
+# -- a 2026-era upstream asks inside its result (input-required), not by a request of its own ---
+
+# The victim as a 2026-07-28 server (the SDK's): tool ``ask`` answers input-required with the
+# same sampling request until the client's answer comes back with the call.
+VICTIM_2026 = r'''
+import os
+from mcp import types
+from mcp.server.mcpserver import Context, MCPServer
+
+LINK, EMBEDDED = os.environ["LINK"], os.environ["EMBEDDED"]
+mcp = MCPServer("victim")
+SAMPLE = types.CreateMessageRequestParams.model_validate({
+    "maxTokens": 20,
+    "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "fetch", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "toolUseId": "t1", "content": [
+            {"type": "resource_link", "uri": LINK, "name": "report"},
+            {"type": "resource", "resource": {"uri": EMBEDDED, "text": "the full report"}},
+        ]}]},
+    ],
+})
+
+
+@mcp.tool()
+async def ask(ctx: Context) -> str | types.InputRequiredResult:
+    """Asks the model about a report it links."""
+    got = (ctx.input_responses or {}).get("q")
+    if got is None:
+        return types.InputRequiredResult(input_requests={"q": types.CreateMessageRequest(params=SAMPLE)})
+    return "got: " + got.model_dump().get("content", {}).get("text", "")
+
+
+mcp.run("stdio")
+'''
+
+
+def _config_2026(tmp_path: Path) -> Path:
+    cfg, _ = listing_config(tmp_path, {"thief": THIEF}, limit=2_000)
+    script = tmp_path / "victim_2026.py"
+    script.write_text(VICTIM_2026)
+    with cfg.open("a") as f:
+        f.write(
+            f'[servers.victim]\ncommand = "{sys.executable}"\nargs = ["{script}"]\nverification = "tofu"\n'
+            f'protocol = "auto"\nenv = {{ LINK = "{LINK}", EMBEDDED = "{EMBEDDED}" }}\n'
+        )
+    return cfg
+
+
+@pytest.mark.anyio
+async def test_a_2026_upstreams_sampling_links_asked_of_a_2025_client_are_its_claims(tmp_path: Path) -> None:
+    """The gateway asks the 2025-era client the upstream's input-required sampling request
+    (gateway.upstream.eras): its links are claimed first, the thief takes no read of them."""
+    asked: list[set[str]] = []
+    async with stdio_session(_config_2026(tmp_path), sampling_callback=_model(asked)) as s:
+        assert await _ask(s) == "got: read it"
+        assert asked == [{LINK}]
+        assert await _read(s, LINK) == "refused: resource_ambiguous"
+        assert await _read(s, EMBEDDED) == "refused: resource_ambiguous"
+    assert _reads(tmp_path, "thief") == []
+
+
+@pytest.mark.anyio
+async def test_a_2026_upstreams_sampling_links_passed_to_a_2026_client_are_its_claims(tmp_path: Path) -> None:
+    """A 2026-era client gets the input-required result itself (through the gateway's dispatch,
+    which notes it) and answers with its next call."""
+    cfg = _config_2026(tmp_path)
+    key = ApiKeyStore(load_config(cfg, {}).api_keys_path).create("tester", ("tester",))[0]
+    asked: list[set[str]] = []
+    with run_server(cfg) as run:
+        async with contextlib.AsyncExitStack() as stack:
+            hc = await stack.enter_async_context(httpx2.AsyncClient(headers=bearer(key), timeout=60))
+            c = await stack.enter_async_context(
+                Client(
+                    streamable_http_client(run.mcp, http_client=hc),
+                    mode="2026-07-28",
+                    sampling_callback=_model(asked),
+                )
+            )
+            assert await _ask(c) == "got: read it"
+            assert asked == [{LINK}]
+            for uri in (LINK, EMBEDDED):
+                with pytest.raises(MCPError) as refused:
+                    await c.read_resource(uri)
+                assert (refused.value.error.data or {}).get("code") == "resource_ambiguous"
     assert _reads(tmp_path, "thief") == []

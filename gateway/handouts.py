@@ -98,13 +98,14 @@ class HandedOut:
     def note_result(self, upstream: str, result: Any, target: str | None = None) -> Sequence[bytes]:
         """Every URI ``upstream``'s result hands out: a tool result's or a prompt's
         ``resource_link`` items and embedded resources, a read's contents of a URI other than
-        the one read (``target``, the call's), and those of the sampling requests in a 2026
-        upstream's input-required result (``note_sampling``). Any kind of result, so the one
-        place that relays them notes them all; one attribute compare per content item without
-        a link. The digests noted (for ``share``), empty for a result that hands out nothing."""
+        the one read (``target``, the call's), and those of a sampling request (``note_sampling``)
+        or of each in a 2026 upstream's input-required result. Any kind of result, so the one
+        place that relays them notes them all, with the one rule of which items are links; one
+        attribute compare per content item without a link. The digests noted (for ``share``),
+        empty for a result that hands out nothing."""
         items: Iterable[Any]
         noted: list[bytes] = []
-        if isinstance(result, CallToolResult):  # first: the hot path
+        if isinstance(result, CallToolResult):  # first: the hot path, no frame of its own
             items = result.content
         elif isinstance(result, GetPromptResult):
             items = (m.content for m in result.messages)
@@ -113,6 +114,8 @@ class HandedOut:
                 if contents.uri != target:  # the URI read is routed already: no claim of its own
                     noted.append(self.note(upstream, contents.uri))
             return noted
+        elif isinstance(result, CreateMessageRequestParams):
+            items = _sampled(result)
         elif isinstance(result, InputRequiredResult):  # its questions go on to the client
             items = (
                 item
@@ -122,25 +125,19 @@ class HandedOut:
             )
         else:
             return noted
-        self._note_items(upstream, items, noted)
-        return noted
-
-    def note_sampling(self, upstream: str, params: CreateMessageRequestParams) -> Sequence[bytes]:
-        """Every URI ``upstream``'s ``sampling/createMessage`` request hands the client's model,
-        which may read it through the gateway as it may a tool result's link: noted (then
-        ``share``d) before the request is relayed (``gateway.upstream.relay``). The digests."""
-        noted: list[bytes] = []
-        self._note_items(upstream, _sampled(params), noted)
-        return noted
-
-    def _note_items(self, upstream: str, items: Iterable[Any], noted: list[bytes]) -> None:
-        # the one rule of which content items hand out a URI, for every kind that carries them
         for item in items:
             if item.type in _LINKED:  # the one check an item without a link costs
                 if isinstance(item, ResourceLink):
                     noted.append(self.note(upstream, item.uri))
                 elif isinstance(item, EmbeddedResource):
                     noted.append(self.note(upstream, item.resource.uri))
+        return noted
+
+    def note_sampling(self, upstream: str, params: CreateMessageRequestParams) -> Sequence[bytes]:
+        """Every URI ``upstream``'s ``sampling/createMessage`` request hands the client's model,
+        which may read it through the gateway as it may a tool result's link: noted (then
+        ``share``d) before the request is relayed (``gateway.upstream.relay``). The digests."""
+        return self.note_result(upstream, params)
 
     async def share(self, upstream: str, digests: Sequence[bytes]) -> None:
         """What ``note_result`` noted, for every replica (before the result reaches the client:

@@ -186,8 +186,9 @@ class Gateway:
     # -- catalogue -------------------------------------------------------------------------
 
     def _new_upstream(
-        self, name: str, srv: ServerConfig, on_change: Callable[[Upstream], Awaitable[None]]
+        self, name: str, srv: ServerConfig, on_change: Callable[[Upstream], Awaitable[None]], server: str
     ) -> Upstream:
+        """A process of server ``server`` (``name`` is its own: ``server``, ``server-r2``...)."""
         assert self._tg is not None
         up = Upstream(
             name,
@@ -198,32 +199,34 @@ class Gateway:
             on_resource_updated=self._announcer.resource_updated,
             wrap_command=self._wrap_command,
             start_gate=self._start_gate,
+            handed_out=self.live.handed_out,  # its sampling requests' links are claims too
+            server_name=server,
         )
         up.bind_task_group(self._tg)
         return up
 
     def _start_upstream(self, name: str, srv: ServerConfig) -> None:
         assert self._tg is not None
-        up = self._new_upstream(name, srv, self._upstream_changed)
+        up = self._new_upstream(name, srv, self._upstream_changed, name)
         self.upstreams[name] = up
         self.replicas[name] = [up]
         self._tg.start_soon(up.run, name=f"upstream-{name}")
         for i in range(2, srv.replicas + 1):  # the seed's load balancing: N processes of one server
-            self.replicas[name].append(self._start_replica(f"{name}-r{i}", srv))
+            self.replicas[name].append(self._start_replica(f"{name}-r{i}", srv, name))
         if srv.isolation != "shared":
             pool = IsolatedReplicas(
                 name,
                 srv,
                 self.replicas[name],
-                lambda n: self._start_replica(n, srv),
+                lambda n: self._start_replica(n, srv, name),
                 self.config.mcp.connection_timeout_s,
             )
             self._isolated[name] = pool
             self._tg.start_soon(pool.sweep, name=f"upstream-{name}-isolation")
 
-    def _start_replica(self, name: str, srv: ServerConfig) -> Upstream:
+    def _start_replica(self, name: str, srv: ServerConfig, server: str) -> Upstream:
         assert self._tg is not None
-        rep = self._new_upstream(name, srv, _ignore_change)
+        rep = self._new_upstream(name, srv, _ignore_change, server)
         self._tg.start_soon(rep.run, name=f"upstream-{name}")
         return rep
 
@@ -369,7 +372,7 @@ class Gateway:
                 self._owner_of_call(name, call),
             )
 
-        return await answered_for_legacy(call, name, read, self.events)
+        return await answered_for_legacy(call, name, read, self.events, self.live.handed_out)
 
     async def _get(self, owner: str, call: CallContext) -> Any:
         entry = self.catalog.prompt(call.target)
@@ -390,7 +393,7 @@ class Gateway:
                 self._owner_of_call(owner, call),
             )
 
-        return await answered_for_legacy(call, owner, get, self.events)
+        return await answered_for_legacy(call, owner, get, self.events, self.live.handed_out)
 
     async def _dispatch_tool(self, upstream: str, call: CallContext) -> Any:
         """A ``tools/call`` to its upstream (replica, or the caller's own process under
@@ -435,7 +438,7 @@ class Gateway:
                 )
 
             with on_behalf_of(up, ctx):
-                return await answered_for_legacy(call, up.name, call_once, self.events)
+                return await answered_for_legacy(call, up.name, call_once, self.events, self.live.handed_out)
         finally:
             self._busy[up.name] -= 1
 

@@ -15,6 +15,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from gateway.context import CallContext, Downstream
 from gateway.errors import UpstreamError
 from gateway.events import Event, EventSink
+from gateway.handouts import HandedOut
 from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
 from gateway.upstream.caller_caps import DOWNSTREAM_CAPABILITIES, downstream_ref
 from gateway.upstream.relay import caller_owner
@@ -57,10 +58,16 @@ class on_behalf_of:  # lower case: the context manager function it replaced, sam
 
 
 async def answered_for_legacy(
-    call: CallContext, upstream: str, send: Callable[[Any, str | None], Awaitable[Any]], events: EventSink
+    call: CallContext,
+    upstream: str,
+    send: Callable[[Any, str | None], Awaitable[Any]],
+    events: EventSink,
+    handed_out: HandedOut,
 ) -> Any:
     """Send the request; while a 2026 upstream answers input-required and the client is of
-    the 2025 era (it cannot read one), ask the client and send again with its answers."""
+    the 2025 era (it cannot read one), ask the client and send again with its answers. The
+    links in its sampling requests are its claims before the client sees them (``handed_out``,
+    under the catalogue's name of the upstream; ``StateUnavailable`` refuses the call)."""
     ctx = call.downstream
     result = await send(call.input_responses, call.request_state)
     rounds = 0
@@ -75,6 +82,9 @@ async def answered_for_legacy(
             "2026-upstream-to-2025-client",
             [r.method for r in (result.input_requests or {}).values()],
         )
+        assert call.upstream is not None  # resolved before dispatch
+        if noted := handed_out.note_result(call.upstream.name, result):
+            await handed_out.share(call.upstream.name, noted)
         answers = await ask_legacy_client(
             getattr(ctx, "session", None), getattr(ctx, "request_id", None), result
         )

@@ -12,6 +12,12 @@ itself; the SDK client's ``ClientRequestContext`` carries no related request id,
 handshake era cannot be routed by request. ``servers.X.isolation`` gives each caller its own
 process instead: ``isolation.py``.)
 Every relayed and refused request is an audit event (``upstream.client_request``).
+
+A sampling request's links (``resource_link`` items, embedded resources) are the upstream's
+claims, as a tool result's are (``gateway.handouts``): the client's model may read them through
+the gateway, and another upstream's catch-all template must not take that read. They are noted,
+and shared with the other replicas, before the request is relayed; a shared store that cannot be
+written refuses the relay (fail closed).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from mcp.server.session import ServerSession
 from mcp.shared.message import ServerMessageMetadata
 
 from gateway.events import Event, EventSink
+from gateway.handouts import HandedOut
 
 _logger = logging.getLogger("symbi.relay")
 
@@ -54,9 +61,20 @@ def caller_owner(ctx: Any) -> str:
 
 
 class CallerRelay:
-    def __init__(self, upstream: str, events: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        events: EventSink | None = None,
+        *,
+        handed_out: HandedOut | None = None,
+        claimant: str | None = None,
+    ) -> None:
         self._upstream = upstream
         self._events = events
+        # the catalogue's hand-outs, and the name a claim is under: the server's, which a
+        # replica's or an isolated process's own name (``X-r2``, ``X-i1``) is not
+        self._handed_out = handed_out
+        self._claimant = claimant or upstream
         self._inflight: dict[int, _Caller] = {}
         self._ids = itertools.count()
 
@@ -122,7 +140,11 @@ class CallerRelay:
         self._record(method, "refused", None, reason)
 
     async def _relay(
-        self, method: str, send: Callable[[_Caller], Awaitable[Any]], refused: Any = None
+        self,
+        method: str,
+        send: Callable[[_Caller], Awaitable[Any]],
+        refused: Any = None,
+        sampled: types.CreateMessageRequestParams | None = None,
     ) -> Any:
         down, reason = self._target(method)
         if down is None:
@@ -130,15 +152,28 @@ class CallerRelay:
             _logger.warning("upstream %s: %s refused: %s", self._upstream, method, reason)
             if refused is not None:
                 return refused
-            return types.ErrorData(
-                code=types.INVALID_REQUEST,
-                message=f"symbi: {method} from upstream {self._upstream!r} refused: {reason}",
-            )
+            return _refusal(method, self._upstream, reason)
+        if sampled is not None and (reason := await self._claim(sampled)) is not None:
+            self._record(method, "refused", down.owner, reason)
+            _logger.warning("upstream %s: %s refused: %s", self._upstream, method, reason)
+            return _refusal(method, self._upstream, reason)
         self._record(method, "relayed", down.owner)
         try:
             return await send(down)
         except Exception as e:  # noqa: BLE001 - the upstream gets an error, not a crash
             return types.ErrorData(code=types.INTERNAL_ERROR, message=f"{method} relay failed: {e}")
+
+    async def _claim(self, params: types.CreateMessageRequestParams) -> str | None:
+        """The links in a sampling request, the upstream's claims before the client sees them;
+        why the request is refused when they cannot be kept for every replica, else None."""
+        if self._handed_out is None:
+            return None
+        noted = self._handed_out.note_sampling(self._claimant, params)
+        try:
+            await self._handed_out.share(self._claimant, noted)
+        except Exception as e:  # noqa: BLE001 - StateUnavailable above all: fail closed, on the record
+            return f"its links cannot be kept as its claims: {e}"
+        return None
 
     async def sampling(self, context: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
         return await self._relay(
@@ -152,6 +187,7 @@ class CallerRelay:
                     metadata=_related(c.request_id),
                 )
             ),
+            sampled=params,
         )
 
     async def elicitation(self, context: ClientRequestContext, params: types.ElicitRequestParams) -> Any:
@@ -191,6 +227,12 @@ class CallerRelay:
                 logger=params.logger or self._upstream,
                 related_request_id=down.request_id,
             )
+
+
+def _refusal(method: str, upstream: str, reason: str | None) -> types.ErrorData:
+    return types.ErrorData(
+        code=types.INVALID_REQUEST, message=f"symbi: {method} from upstream {upstream!r} refused: {reason}"
+    )
 
 
 async def _asked(ask: Callable[[Any], Awaitable[Any]], request: Any) -> Any:

@@ -28,6 +28,7 @@ from gateway.compat import negotiate_auto
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
+from gateway.handouts import HandedOut
 from gateway.jsonlimits import too_large
 from gateway.policy.redact import excerpt
 from gateway.telemetry import current_span_recorded, exporting
@@ -69,6 +70,8 @@ class Upstream:
         on_resource_updated: Callable[[Upstream, str], Awaitable[None]] | None = None,
         wrap_command: CommandWrapper | None = None,
         start_gate: anyio.Semaphore | None = None,
+        handed_out: HandedOut | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.name = name
         self.server = server
@@ -87,7 +90,9 @@ class Upstream:
         self.changed_at: float | None = None
         self.restarts = 0
         self.last_error: str | None = None
-        self.relay = CallerRelay(name, events)
+        # the links in its sampling requests are claims under its server's name (a replica's
+        # own is ``X-r2``), in the catalogue's hand-outs
+        self.relay = CallerRelay(name, events, handed_out=handed_out, claimant=server_name)
         self._session: ClientSession | None = None
         # the fast lane of tools/call on a stdio connection, with the session it belongs to
         self._lane: tuple[ClientSession, FastLane] | None = None

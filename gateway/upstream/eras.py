@@ -82,9 +82,10 @@ async def answered_for_legacy(
             "2026-upstream-to-2025-client",
             [r.method for r in (result.input_requests or {}).values()],
         )
-        assert call.upstream is not None  # resolved before dispatch
-        if noted := handed_out.note_result(call.upstream.name, result):
-            await handed_out.share(call.upstream.name, noted)
+        # under the server's catalogue name (``upstream`` may be a replica's own, ``X-r2``)
+        server = call.upstream.name if call.upstream is not None else upstream
+        if noted := handed_out.note_result(server, result):
+            await handed_out.share(server, noted)
         answers = await ask_legacy_client(
             getattr(ctx, "session", None), getattr(ctx, "request_id", None), result
         )

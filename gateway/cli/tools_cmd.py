@@ -28,8 +28,7 @@ from gateway.verify.approve import (
     check_reviewed,
     check_screening,
     drift_diff,
-    key_change,
-    rejected_change,
+    pin_review,
     screen_record,
     unsigned_under_strict,
 )
@@ -185,14 +184,14 @@ def _diff(args: argparse.Namespace) -> int:
     print(f"{rec.namespaced}: tool {rec.name!r} of upstream {rec.upstream}, status {rec.status}")
     sys.stdout.write(diff if diff.endswith("\n") else diff + "\n")  # difflib ends the last line bare
     srv = cfg.servers.get(rec.upstream)
-    domain = srv.domain if srv else None
-    if rejected_change(_pins(cfg), rec, domain):  # `tools approve` refuses it: say so instead
+    review = pin_review(_pins(cfg), rec, srv.domain if srv else None)
+    if review.rejected:  # `tools approve` refuses it: say so instead
         print(
             "signing key and definition: this change to the SchemaPin pin was rejected "
             "(`symbi schemapin pins reject`); to accept it after all, `symbi schemapin pins approve` naming it"
         )
         return 1
-    if (keys := key_change(_pins(cfg), rec, domain)) is not None:
+    if (keys := review.key_change) is not None:
         print(
             f"signing key: pinned {keys[0]}, this definition signed by {keys[1]}: approving it pins "
             "that key (to refuse the key, `symbi schemapin pins reject`)"

@@ -21,8 +21,7 @@ from gateway.verify.approve import (
     check_reviewed,
     check_screening,
     drift_diff,
-    key_change,
-    rejected_change,
+    pin_review,
     screen_record,
     unsigned_under_strict,
 )
@@ -51,8 +50,8 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
     diff = drift_diff(rec)
     assert gw is not None  # _record refuses before the gateway runs
     srv = gw.config.servers.get(rec.upstream)
-    domain = srv.domain if srv else None
-    keys = key_change(gw.verifier.pins, rec, domain)
+    review = pin_review(gw.verifier.pins, rec, srv.domain if srv else None)
+    keys = review.key_change
     return {
         "tool": rec.namespaced,
         "status": rec.status,
@@ -63,7 +62,7 @@ def tool_diff(gw: Gateway | None, name: str) -> dict[str, Any]:
         # approving it moves the SchemaPin pin to another key (a rotation): reviewed with it
         "key_change": None if keys is None else {"pinned": keys[0], "current": keys[1]},
         # the pin change it would make was rejected (pins reject): approving it is refused
-        "pin_change_rejected": rejected_change(gw.verifier.pins, rec, domain),
+        "pin_change_rejected": review.rejected,
         # screened again as a person reviews it: what the definition says to the model
         "screening": [f.as_dict() for f in screen_record(_state(gw), rec).findings],
     }

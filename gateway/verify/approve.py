@@ -17,6 +17,7 @@ import contextlib
 import difflib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -291,18 +292,6 @@ def _refuse_rejected(pin: Pin | None, rec: ToolRecord, signed: str, domain: str)
     )
 
 
-def rejected_change(pins: Path | PinStore | PgPinStore, rec: ToolRecord, domain: str | None) -> bool:
-    """Whether ``rec``'s current definition (with the key that signed it) is the SchemaPin pin
-    change a person rejected: shown with its diff, as approving the tool is refused for it."""
-    from schemapin import definition_hash, split_carrier
-
-    if not domain or rec.current_definition is None:
-        return False
-    with _pin_store(pins) as opened:
-        pin = opened.get(domain, rec.name)
-    return _rejects(pin, rec, definition_hash(split_carrier(rec.current_definition)[0]))
-
-
 @contextlib.contextmanager
 def _pin_store(pins: Path | PinStore | PgPinStore) -> Iterator[PinStore | PgPinStore]:
     """An open pin store: ``pins`` itself, or the data dir's file opened for the block."""
@@ -324,20 +313,34 @@ def _pin_moves_to(pin: Pin | None, rec: ToolRecord) -> str | None:
     return normalize_fingerprint(rec.key_fingerprint) if rec.key_fingerprint else pin.key_fingerprint
 
 
-def key_change(
-    pins: Path | PinStore | PgPinStore, rec: ToolRecord, domain: str | None
-) -> tuple[str, str] | None:
-    """(the pinned key, the key that signed ``rec``'s current definition) when approving ``rec``
-    would move its SchemaPin pin to another key (a rotation: shown beside the definition's diff,
-    as the approval accepts the key too); None when it would not."""
+@dataclass(frozen=True)
+class PinReview:
+    """What approving a tool's current definition would do to its SchemaPin pin, shown with its
+    diff (``symbi tools diff``, the API's diff, the dashboard), from one read of the pin."""
+
+    # (the pinned key, the key that signed the definition) when the approval would move the
+    # pin to another key (a rotation: the approval accepts the key too); None when it would not
+    key_change: tuple[str, str] | None = None
+    # the change is the one a person rejected (``pins reject``): approving the tool is refused
+    rejected: bool = False
+
+
+def pin_review(pins: Path | PinStore | PgPinStore, rec: ToolRecord, domain: str | None) -> PinReview:
+    """``PinReview`` of approving ``rec``'s current definition (no domain: no pin, nothing)."""
+    from schemapin import definition_hash, split_carrier
+
     if not domain:
-        return None
+        return PinReview()
     with _pin_store(pins) as opened:
         pin = opened.get(domain, rec.name)
+    if pin is None:
+        return PinReview()
+    rejected = rec.current_definition is not None and _rejects(
+        pin, rec, definition_hash(split_carrier(rec.current_definition)[0])
+    )
     key = _pin_moves_to(pin, rec)
-    if pin is None or key is None or key == pin.key_fingerprint:
-        return None
-    return pin.key_fingerprint, key
+    moved = None if key is None or key == pin.key_fingerprint else (pin.key_fingerprint, key)
+    return PinReview(moved, rejected)
 
 
 def approve_current(

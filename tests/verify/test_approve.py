@@ -17,9 +17,8 @@ from gateway.verify.approve import (
     approve_current,
     check_reviewed,
     drift_diff,
-    key_change,
+    pin_review,
     reject_pin_change,
-    rejected_change,
     reviewed_pin_change,
 )
 from gateway.verify.state import ToolRecord
@@ -129,19 +128,19 @@ def test_a_diff_says_when_approving_moves_the_pin_to_another_key(
 ) -> None:
     """A rotation: the domain now serves another key, which signs a changed definition. The
     definition's diff did not show the key, and approving it moved the pin to the new key
-    unannounced; ``key_change`` names both keys for the diff (CLI and admin API)."""
+    unannounced; ``pin_review`` names both keys for the diff (CLI and admin API)."""
     key, other = schemapin.generate_private_key(), schemapin.generate_private_key()
     v, rec = _signed_bait(tmp_path, https_server, key)
     domain = https_server.domain
-    assert key_change(v.pins, rec, domain) is None  # the same key: only the definition changes
-    assert key_change(v.pins, rec, None) is None  # no domain: no pin
+    assert pin_review(v.pins, rec, domain).key_change is None  # the same key: only the definition changes
+    assert pin_review(v.pins, rec, None).key_change is None  # no domain: no pin
     _well_known(https_server, other)  # the developer rotated the key
     assess(v, signed(SWITCH, other))
     rotated = v.state.find("up__echo")
     assert rotated is not None
     fp, other_fp = schemapin.fingerprint(key.public_key()), schemapin.fingerprint(other.public_key())
     assert rotated.key_fingerprint == other_fp  # the record names the key that signed it
-    assert key_change(v.pins, rotated, domain) == (fp, other_fp)
+    assert pin_review(v.pins, rotated, domain).key_change == (fp, other_fp)
     capsys.readouterr()
     assert main(["tools", "diff", "up__echo", "--config", str(tmp_path / "symbi.toml")]) == 1
     out = capsys.readouterr()
@@ -149,7 +148,7 @@ def test_a_diff_says_when_approving_moves_the_pin_to_another_key(
     assert len(said) == 1 and fp in said[0] and other_fp in said[0]  # the CLI's diff names both
     approve_current(v.state, v.pins, rotated, reviewed=rotated.current_hash, domain=domain, actor="sec")
     assert v.pins.get(domain, "echo").key_fingerprint == other_fp  # type: ignore[union-attr]
-    assert key_change(v.pins, v.state.find("up__echo"), domain) is None  # type: ignore[arg-type]
+    assert pin_review(v.pins, v.state.find("up__echo"), domain).key_change is None  # type: ignore[arg-type]
     v.close()
 
 
@@ -190,8 +189,8 @@ def test_approving_the_tool_never_accepts_the_pin_change_a_person_rejected(
     assert assess(v, signed(CHANGED, key))["up__echo"].blocked  # presented again
     rec = v.state.find("up__echo")
     assert rec is not None
-    assert rejected_change(v.pins, rec, domain)  # the diff says so (CLI, API, dashboard)
-    assert not rejected_change(v.pins, rec, None)  # no domain: no pin
+    assert pin_review(v.pins, rec, domain).rejected  # the diff says so (CLI, API, dashboard)
+    assert not pin_review(v.pins, rec, None).rejected  # no domain: no pin
     capsys.readouterr()
     assert main(["tools", "diff", "up__echo", "--config", str(tmp_path / "symbi.toml")]) == 1
     out = capsys.readouterr().out
@@ -204,7 +203,7 @@ def test_approving_the_tool_never_accepts_the_pin_change_a_person_rejected(
     assert pin is not None and pin.definition_hash == schemapin.definition_hash(DEF)
     fp, h = reviewed_pin_change(pin, domain, "echo", fingerprint=None, definition_hash=changed)
     v.pins.approve(domain, "echo", key_fingerprint=fp, definition_hash=h, actor="sec")  # a change of mind
-    assert not rejected_change(v.pins, rec, domain)  # approved by name: no rejection left
+    assert not pin_review(v.pins, rec, domain).rejected  # approved by name: no rejection left
     approve_current(v.state, v.pins, rec, reviewed=rec.current_hash, domain=domain, actor="sec")
     assert assess(v, signed(CHANGED, key))["up__echo"].verification == "verified"
     v.close()

@@ -15,6 +15,7 @@ import enum
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,6 +176,47 @@ def moves(pin: Pin | None, fp: str, h: str) -> bool:
     return pin is None or (pin.key_fingerprint, pin.definition_hash) != (fp, h)
 
 
+@dataclass(frozen=True)
+class PinWrites:
+    """The statements both stores write a held or rejected change with (``PinStore``'s SQLite,
+    the gateway's PostgreSQL), in the store's table and placeholder."""
+
+    seen_rejected: str  # (now, domain, tool_id): the rejected change presented again
+    hold_pending: str  # (fp, h, now, domain, tool_id): a new change, pending review
+    reject: str  # (fp, h, now, domain, tool_id): the pending change rejected, remembered
+    clear_rejected: str  # (domain, tool_id): the pin moved: its rejected change is forgotten
+
+    @classmethod
+    def of(cls, table: str, mark: str) -> PinWrites:
+        where = f" WHERE domain={mark} AND tool_id={mark}"
+        cleared = "pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL"
+        return cls(
+            seen_rejected=f"UPDATE {table} SET rejected_seen={mark}" + where,
+            hold_pending=f"UPDATE {table} SET pending_fingerprint={mark}, pending_definition_hash={mark},"
+            f" pending_since={mark}" + where,
+            reject=f"UPDATE {table} SET {cleared}, rejected_fingerprint={mark},"
+            f" rejected_definition_hash={mark}, rejected_at={mark}, rejected_seen=NULL" + where,
+            clear_rejected=f"UPDATE {table} SET rejected_fingerprint=NULL, rejected_definition_hash=NULL,"
+            " rejected_at=NULL, rejected_seen=NULL" + where,
+        )
+
+    def hold(
+        self, execute: Callable[[str, tuple[Any, ...]], object], pin: Pin, fp: str, h: str, now: str
+    ) -> tuple[PinStatus, PinEvent | None]:
+        """Write what ``hold`` decides for the change ``(fp, h)`` of ``pin`` (inside the store's
+        transaction, through its ``execute``); the status, and the event the store records."""
+        status, event = hold(pin, fp, h)
+        at = (pin.domain, pin.tool_id)
+        if event is PinEvent.REJECTED_PRESENTED:
+            execute(self.seen_rejected, (now, *at))
+        elif event is not None:
+            execute(self.hold_pending, (fp, h, now, *at))
+        return status, event
+
+
+_WRITES = PinWrites.of("pins", "?")
+
+
 class Pins(Protocol):
     """What a verification needs of a pin store (``PinStore``, or a shared one elsewhere)."""
 
@@ -307,16 +349,7 @@ class PinStore:
 
     def _hold(self, pin: Pin, fp: str, h: str, now: str) -> PinStatus:
         """Write what ``hold`` decides for the change ``(fp, h)`` (inside the transaction)."""
-        status, event = hold(pin, fp, h)
-        at = (pin.domain, pin.tool_id)
-        if event is PinEvent.REJECTED_PRESENTED:
-            self._db.execute("UPDATE pins SET rejected_seen=? WHERE domain=? AND tool_id=?", (now, *at))
-        elif event is not None:
-            self._db.execute(
-                "UPDATE pins SET pending_fingerprint=?, pending_definition_hash=?, pending_since=? "
-                "WHERE domain=? AND tool_id=?",
-                (fp, h, now, *at),
-            )
+        status, event = _WRITES.hold(self._db.execute, pin, fp, h, now)
         if event is not None:
             self._event(pin.domain, pin.tool_id, event, pin, fp, h, None)
         return status
@@ -379,7 +412,7 @@ class PinStore:
                     (fp, h, now, dom, tool_id),
                 )
                 if moves(pin, fp, h):
-                    self._db.execute(_CLEAR_REJECTED.format(table="pins", mark="?"), (dom, tool_id))
+                    self._db.execute(_WRITES.clear_rejected, (dom, tool_id))
             self._event(dom, tool_id, PinEvent.APPROVE, pin, fp, h, actor)
             new = self._get(dom, tool_id)
             assert new is not None
@@ -409,12 +442,7 @@ class PinStore:
             pin = self._get(dom, tool_id)
             if not _pending_is(pin, fp, h):
                 return None
-            self._db.execute(
-                "UPDATE pins SET pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL, "
-                "rejected_fingerprint=?, rejected_definition_hash=?, rejected_at=?, rejected_seen=NULL "
-                "WHERE domain=? AND tool_id=?",
-                (fp, h, _now(), dom, tool_id),
-            )
+            self._db.execute(_WRITES.reject, (fp, h, _now(), dom, tool_id))
             self._event(dom, tool_id, PinEvent.REJECT, pin, fp, h, actor)
             return self._get(dom, tool_id)
 
@@ -436,12 +464,6 @@ class PinStore:
             cur = self._db.execute(sql, args)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-_CLEAR_REJECTED = (
-    "UPDATE {table} SET rejected_fingerprint=NULL, rejected_definition_hash=NULL, rejected_at=NULL,"
-    " rejected_seen=NULL WHERE domain={mark} AND tool_id={mark}"
-)
 
 
 def _upgrade(db: sqlite3.Connection) -> None:

@@ -22,18 +22,18 @@ from gateway.state.postgres import Postgres, bump_approvals
 from schemapin import Pin, PinEvent, PinStatus
 from schemapin._domain import normalize_domain
 from schemapin._pins import (
-    _CLEAR_REJECTED,
     LAST_SEEN_RESOLUTION_S,
     PIN_COLS,
+    PinWrites,
     _age_s,
     _named,
     _now,
     _pending_is,
     history_query,
-    hold,
     moves,
 )
 
+_WRITES = PinWrites.of("symbi_pins", "%s")
 # what a first use (or an approval without a pin) writes: nothing pending, nothing rejected
 _INSERT = (
     "INSERT INTO symbi_pins (domain, tool_id, key_fingerprint, definition_hash, first_seen, last_seen)"
@@ -129,18 +129,7 @@ class PgPinStore:
                 new = self._get(cur, dom, tool_id)
                 assert new is not None
                 return PinStatus.PINNED, new
-            status, event = hold(pin, fp, h)  # as PinStore: a rejected change is not pending again
-            if event is PinEvent.REJECTED_PRESENTED:
-                cur.execute(
-                    "UPDATE symbi_pins SET rejected_seen=%s WHERE domain=%s AND tool_id=%s",
-                    (now, dom, tool_id),
-                )
-            elif event is not None:
-                cur.execute(
-                    "UPDATE symbi_pins SET pending_fingerprint=%s, pending_definition_hash=%s, pending_since=%s"
-                    " WHERE domain=%s AND tool_id=%s",
-                    (fp, h, now, dom, tool_id),
-                )
+            status, event = _WRITES.hold(cur.execute, pin, fp, h, now)  # as PinStore's
             if event is not None:
                 self._event(cur, dom, tool_id, event, pin, fp, h, None)
             return status, pin
@@ -182,7 +171,7 @@ class PgPinStore:
                 (dom, tool_id, fp, h, now, now),
             )
             if pin is not None and moves(pin, fp, h):
-                cur.execute(_CLEAR_REJECTED.format(table="symbi_pins", mark="%s"), (dom, tool_id))
+                cur.execute(_WRITES.clear_rejected, (dom, tool_id))
             self._event(cur, dom, tool_id, PinEvent.APPROVE, pin, fp, h, actor)
             bump_approvals(cur)
             new = self._get(cur, dom, tool_id)
@@ -206,12 +195,7 @@ class PgPinStore:
             pin = self._get(cur, dom, tool_id, lock=True)
             if not _pending_is(pin, fp, h):
                 return None
-            cur.execute(
-                "UPDATE symbi_pins SET pending_fingerprint=NULL, pending_definition_hash=NULL, pending_since=NULL,"
-                " rejected_fingerprint=%s, rejected_definition_hash=%s, rejected_at=%s, rejected_seen=NULL"
-                " WHERE domain=%s AND tool_id=%s",
-                (fp, h, _now(), dom, tool_id),
-            )
+            cur.execute(_WRITES.reject, (fp, h, _now(), dom, tool_id))
             self._event(cur, dom, tool_id, PinEvent.REJECT, pin, fp, h, actor)
             bump_approvals(cur)  # as a SQLite pins.db write: the gateways look again (still blocked)
             return self._get(cur, dom, tool_id)

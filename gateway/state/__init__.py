@@ -122,12 +122,13 @@ def build_state(config: Config, counters: CallCounters) -> SharedState:
     that cannot reach it fails with ``StateUnavailable`` naming it)."""
     st = config.state
     state = SharedState(LocalRateLimiter(counters), interval_s=st.probe_interval_s)
-    state.handouts = SqliteHandOuts(config.handouts_path, per_upstream=PER_UPSTREAM)
     if st.redis_url is not None:
         limiter = RedisRateLimiter(st.redis_url, counters, timeout_s=st.timeout_s)
         state.limiter = limiter
         state.probes.append(limiter.probe)
         state.handouts = RedisHandOuts(st.redis_url, timeout_s=st.timeout_s, per_upstream=PER_UPSTREAM)
+    else:
+        state.handouts = SqliteHandOuts(config.handouts_path, per_upstream=PER_UPSTREAM)
     if st.postgres_url is not None:
         from gateway.state.accepted import PgAcceptedFindings
         from gateway.state.pins import PgPinStore

@@ -147,16 +147,15 @@ class CallerRelay:
         sampled: types.CreateMessageRequestParams | None = None,
     ) -> Any:
         down, reason = self._target(method)
-        if down is None:
-            self._record(method, "refused", None, reason)
+        if down is None or (sampled is not None and (reason := await self._claim(sampled)) is not None):
+            self._record(method, "refused", down.owner if down is not None else None, reason)
             _logger.warning("upstream %s: %s refused: %s", self._upstream, method, reason)
-            if refused is not None:
+            if refused is not None:  # roots/list: an empty list (never with a sampling request)
                 return refused
-            return _refusal(method, self._upstream, reason)
-        if sampled is not None and (reason := await self._claim(sampled)) is not None:
-            self._record(method, "refused", down.owner, reason)
-            _logger.warning("upstream %s: %s refused: %s", self._upstream, method, reason)
-            return _refusal(method, self._upstream, reason)
+            return types.ErrorData(
+                code=types.INVALID_REQUEST,
+                message=f"symbi: {method} from upstream {self._upstream!r} refused: {reason}",
+            )
         self._record(method, "relayed", down.owner)
         try:
             return await send(down)
@@ -227,12 +226,6 @@ class CallerRelay:
                 logger=params.logger or self._upstream,
                 related_request_id=down.request_id,
             )
-
-
-def _refusal(method: str, upstream: str, reason: str | None) -> types.ErrorData:
-    return types.ErrorData(
-        code=types.INVALID_REQUEST, message=f"symbi: {method} from upstream {upstream!r} refused: {reason}"
-    )
 
 
 async def _asked(ask: Callable[[Any], Awaitable[Any]], request: Any) -> Any:

@@ -9,7 +9,8 @@ share one log per principal+tool in Redis: a sorted set of the calls, trimmed, c
 appended in one Lua script (atomic on the server, timed by the server's clock) that also
 reads and bumps the policy input's counts (``calls_last_minute``, ``calls_last_hour``,
 ``tool_calls_last_minute``: bucketed hashes, 1 s buckets for the minute, 1 min for the hour;
-conservative at the bucket's resolution like ``CallCounters``): one round trip a call. A
+conservative at the bucket's resolution like ``CallCounters``): one round trip a call, shared
+by the calls that ask while another batch is on its way (one script reserves them in order). A
 call is admitted when fewer than ``limit`` calls were in the log before its own, so N
 replicas together admit at most ``limit`` calls in any 60 s window, and exactly ``limit``
 when no refused call of the window is still waiting for its release (while one waits, it
@@ -21,6 +22,7 @@ closed); a release that cannot reach it leaves the call counted (conservative).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -42,6 +44,7 @@ _logger = logging.getLogger("symbi.state")
 WINDOW_MS = 60_000
 PREFIX = "symbi:rl:"
 COUNTS = "symbi:cnt:"
+_BATCH = 64  # reservations in one script at most (its keys are four each)
 
 # Shared by both scripts: the counts over the last 61 buckets of a bucketed hash (never below
 # the exact count), and one more call in this second's / minute's bucket (old buckets dropped).
@@ -65,11 +68,13 @@ local function bump(key, bucket, horizon, ttl)
 end
 """
 
-# KEYS: the limit log, then the principal's second and minute buckets and the tool's second
-# buckets; ARGV: window (ms), a unique member. The counts the policy reads (before this call),
-# then the calls in the limit log's window before this one, then this call's second and
-# minute (for _RELEASE); the call is in the log and the counts from here on. Scores are the
-# server's microseconds, so every replica reads one clock; a score <= now - window has left.
+# KEYS: per call, its limit log, then its principal's second and minute buckets and its tool's
+# second buckets (four each); ARGV: the window (ms), then one unique member per call. Reserves
+# the calls in order, as that many one-call scripts run back to back would: each call's counts
+# (the policy input's, before it), the calls in its limit log's window before it; the call is
+# then in the log and the counts. Scores are the server's microseconds, so every replica reads
+# one clock; a score <= now - window has left. One string back (a multi-bulk reply costs the
+# client a parse per element): "second,minute" then ";minute,hour,tool_minute,before" per call.
 _RESERVE = (
     _BUCKETS
     + """
@@ -77,19 +82,36 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local s = tonumber(t[1])
 local m = math.floor(s / 60)
-local counts = {sum(KEYS[2], s - 61), sum(KEYS[3], m - 61), sum(KEYS[4], s - 61)}
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]) * 1000)
-local before = redis.call('ZCARD', KEYS[1])
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-bump(KEYS[2], s, s - 61, 62)
-bump(KEYS[3], m, m - 61, 3720)
-bump(KEYS[4], s, s - 61, 62)
-return {counts[1], counts[2], counts[3], before, s, m}
+local window = tonumber(ARGV[1])
+local sums = {}  -- a key's count so far in this script: the calls before bumped it
+local function counted(key, lo)
+  local n = sums[key]
+  if n == nil then n = sum(key, lo) end
+  return n
+end
+local function add(key, bucket, lo, ttl)
+  sums[key] = counted(key, lo) + 1
+  bump(key, bucket, lo, ttl)
+end
+local out = {s .. ',' .. m}
+for i = 2, #ARGV do
+  local k = (i - 2) * 4
+  local log, ps, pm, ts = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local c1, c2, c3 = counted(ps, s - 61), counted(pm, m - 61), counted(ts, s - 61)
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window * 1000)
+  local before = redis.call('ZCARD', log)
+  redis.call('ZADD', log, now, ARGV[i])
+  redis.call('PEXPIRE', log, window)
+  add(ps, s, s - 61, 62)
+  add(pm, m, m - 61, 3720)
+  add(ts, s, s - 61, 62)
+  out[#out + 1] = c1 .. ',' .. c2 .. ',' .. c3 .. ',' .. before
+end
+return table.concat(out, ';')
 """
 )
 
-# KEYS: as _RESERVE's; ARGV: the member, its second and minute. Takes a reserved call back out
+# KEYS: one call's four, as in _RESERVE; ARGV: its member, second and minute. Takes a reserved call back out
 # of the log and the counts: once (the member is removed only once), and never below zero.
 _RELEASE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -191,9 +213,14 @@ class _SharedReservation:
     __slots__ = ("counts", "_before", "_keys", "_limiter", "_member", "_second", "_minute")
 
     def __init__(
-        self, limiter: RedisRateLimiter, who: tuple[str, str], keys: list[str], member: str, got: list[int]
+        self,
+        limiter: RedisRateLimiter,
+        who: tuple[str, str],
+        keys: tuple[str, ...],
+        member: str,
+        got: tuple[int, int, int, int, int, int],
     ) -> None:
-        minute, hour, tool_minute, self._before, self._second, self._minute = (int(x) for x in got)
+        minute, hour, tool_minute, self._before, self._second, self._minute = got
         self.counts = SharedCounts(*who, minute, hour, tool_minute)
         self._limiter, self._keys, self._member = limiter, keys, member
 
@@ -214,8 +241,22 @@ class _SharedReservation:
             _logger.warning("a refused call stays counted until its window passes: %s", e)
 
 
+@dataclass(slots=True)
+class _Asked:
+    """A reservation waiting for its batch."""
+
+    who: tuple[str, str]
+    keys: tuple[str, str, str, str]
+    member: str
+    done: asyncio.Future[_SharedReservation]
+
+
 class RedisRateLimiter:
-    """Replicas: the log lives in Redis; ``counters`` still feeds this replica's policy input."""
+    """Replicas: the log lives in Redis; ``counters`` still feeds this replica's policy input.
+
+    The reservations asked while one batch is on its way go together in the next, one script
+    for all of them (as group commit does for the audit log): under load a call's round trip
+    and its reply's parse are shared; a lone call is sent on the loop's next turn."""
 
     def __init__(self, url: str, counters: CallCounters, *, timeout_s: float) -> None:
         self.url = url
@@ -226,6 +267,11 @@ class RedisRateLimiter:
         self._reserve = self._r.register_script(_RESERVE)
         self.release_script = self._r.register_script(_RELEASE)
         self.probe = Probe("redis", f"rate limits and call counts (Redis at {safe_url(url)})", self.ping)
+        self._asked: list[_Asked] = []
+        self._sending: asyncio.Task[None] | None = None  # the batch on its way (one at a time)
+        self._scheduled = False  # a send is due on the loop's next turn
+        self._releasing: set[asyncio.Task[None]] = set()  # of callers cancelled in a batch
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _unavailable(self, e: BaseException, what: str) -> StateUnavailable:
         self.probe.failed(e)
@@ -238,14 +284,60 @@ class RedisRateLimiter:
         )
 
     async def reserve(self, principal: str, tool: str) -> _SharedReservation:
-        keys = list(_keys_of(principal, tool))
-        member = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a first call, or a new loop (tests): nothing of another loop's
+            self._loop, self._asked, self._sending, self._scheduled = loop, [], None, False
+        asked = _Asked((principal, tool), _keys_of(principal, tool), uuid.uuid4().hex, loop.create_future())
+        self._asked.append(asked)
+        if self._sending is None and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._send_next, loop)  # after the calls of this turn asked too
+        return await asked.done
+
+    def _send_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        if self._asked and self._sending is None:
+            batch, self._asked = self._asked[:_BATCH], self._asked[_BATCH:]
+            self._sending = loop.create_task(self._send(batch))
+
+    async def _send(self, batch: list[_Asked]) -> None:
         try:
-            got = await self._reserve(keys=keys, args=[WINDOW_MS, member])
+            keys = [k for a in batch for k in a.keys]
+            got: bytes = await self._reserve(keys=keys, args=[WINDOW_MS, *(a.member for a in batch)])
+            self.probe.ok()
+            self._settle(batch, got)
         except (RedisError, OSError) as e:
-            raise self._unavailable(e, "the rate limit and the recent-call counts") from e
-        self.probe.ok()
-        return _SharedReservation(self, (principal, tool), keys, member, got)
+            self._fail(batch, self._unavailable(e, "the rate limit and the recent-call counts"))
+        except BaseException as e:  # cancelled with the loop, or a bug: no caller waits forever
+            self._fail(batch, StateUnavailable(f"the rate limit could not be checked: {e!r}"))
+            raise
+        finally:
+            self._sending = None
+            if self._asked:
+                self._send_next(asyncio.get_running_loop())
+
+    @staticmethod
+    def _fail(batch: list[_Asked], error: StateUnavailable) -> None:
+        """Refuse the batch's calls (fail closed; a call reserved meanwhile stays counted)."""
+        for a in batch:
+            if not a.done.done():
+                a.done.set_exception(error)
+
+    def _settle(self, batch: list[_Asked], got: bytes) -> None:
+        head, *calls = got.split(b";")
+        second, minute = (int(x) for x in head.split(b","))
+        for a, text in zip(batch, calls, strict=True):
+            c = [int(x) for x in text.split(b",")]
+            held = _SharedReservation(self, a.who, a.keys, a.member, (c[0], c[1], c[2], c[3], second, minute))
+            if a.done.cancelled():  # its caller is gone: take the call back out
+                self._release_later(held)
+            else:
+                a.done.set_result(held)
+
+    def _release_later(self, held: _SharedReservation) -> None:
+        task = asyncio.get_running_loop().create_task(held.release())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def acquire(self, principal: str, tool: str, limit: int | None) -> bool:
         held = await self.reserve(principal, tool)

@@ -132,6 +132,67 @@ async def test_a_release_outlives_the_cancelled_call(redis_engine: Redis) -> Non
         await limiter.aclose()
 
 
+async def _script_calls(limiter: RedisRateLimiter) -> int:
+    """EVALSHA commands the Redis server has run so far (its own statistics)."""
+    stats = await limiter._r.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_reservations_asked_together_go_in_one_script_in_order(redis_engine: Redis) -> None:
+    limiter = RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2)
+    try:
+        before = await _script_calls(limiter)
+        held = await asyncio.gather(*(limiter.reserve("gina", f"t__{i % 3}") for i in range(40)))
+        sent = await _script_calls(limiter) - before
+        assert sent == 1  # one round trip for the forty
+        # each call counts the ones before it, as forty scripts back to back would
+        assert sorted(h.counts.principal_counts("gina")[0] for h in held) == list(range(40))
+        for tool in range(3):
+            seen = sorted(
+                h.counts.tool_count("gina", f"t__{tool}") for h in held if h.counts.tool == f"t__{tool}"
+            )
+            assert seen == list(range(len(seen)))
+        for h in held:
+            await h.release()
+        after = await limiter.reserve("gina", "t__0")
+        assert after.counts.principal_counts("gina") == (0, 0)
+        await after.release()
+    finally:
+        await limiter.aclose()
+
+
+async def test_a_call_cancelled_while_its_batch_is_out_is_taken_back(redis_engine: Redis) -> None:
+    limiter = RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2)
+    try:
+        gone = asyncio.ensure_future(limiter.reserve("hal", "t__x"))
+        await asyncio.sleep(0)  # asked: its batch goes on the loop's next turn
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        for _ in range(100):  # its reservation is made, then released by the limiter itself
+            probe = await limiter.reserve("hal", "t__y")
+            await probe.release()
+            if probe.counts.principal_counts("hal") == (0, 0):
+                break
+            await asyncio.sleep(0.02)
+        assert probe.counts.principal_counts("hal") == (0, 0)
+    finally:
+        await limiter.aclose()
+
+
+async def test_every_call_of_a_failed_batch_is_refused(tmp_path: Path) -> None:
+    redis = Redis(tmp_path)
+    redis.port = free_port()  # nothing listens
+    limiter = RedisRateLimiter(redis.url, CallCounters(), timeout_s=0.5)
+    try:
+        got = await asyncio.gather(
+            *(limiter.reserve("ivy", "t__x") for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(g, StateUnavailable) for g in got)
+    finally:
+        await limiter.aclose()
+
+
 def _config(tmp_path: Path, redis_url: str, name: str, **over: object) -> Path:
     import json
 

@@ -342,6 +342,10 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         log_config=None,  # keep the gateway's logging set-up
         http=http_protocol(cfg.http.header_timeout_s, cfg.http.max_header_bytes),  # slow headers are cut off
         loop="uvloop",  # libuv: less CPU per socket read and write than asyncio's selector loop
+        # uvicorn's default believes X-Forwarded-For/-Proto from 127.0.0.1: any local caller
+        # (and, through HAProxy, which passes them on, any caller of the workers) could write
+        # the access log's client address. No proxy the gateway trusts sets them.
+        proxy_headers=False,
     )
     sockets = [uv.bind_socket()]
     if app.state.agent_socket is not None:  # hosted agents: the same app on their Unix socket

@@ -262,7 +262,9 @@ def test_json_access_log_one_line_per_request(tmp_path: Path, access_log: bool) 
                 pass
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        assert httpx.get(base + "/api/upstreams", headers=bearer(keys.admin)).status_code == 200
+        # a forwarded address or scheme a caller writes itself is not believed
+        forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+        assert httpx.get(base + "/api/upstreams", headers={**bearer(keys.admin), **forged}).status_code == 200
         assert httpx.post(base + "/mcp", json=INIT, headers=MCP_HEADERS).status_code == 401
     finally:
         proc.terminate()

@@ -79,7 +79,8 @@ call = None
 for line in sys.stdin:
     msg = json.loads(line)
     if "method" not in msg and msg.get("id") == "sample-1":  # the model's answer, or a refusal
-        said = msg.get("result", {}).get("content", {}).get("text") or msg.get("error", {}).get("message")
+        error = msg.get("error")
+        said = f"error {error['code']}: {error['message']}" if error else msg["result"]["content"]["text"]
         send({"jsonrpc": "2.0", "id": call, "result": {"content": [{"type": "text", "text": f"got: {said}"}]}})
     elif msg.get("id") is not None and msg.get("method") == "tools/call":
         call = msg["id"]
@@ -195,6 +196,7 @@ async def test_a_sampling_request_whose_links_cannot_be_kept_is_refused(tmp_path
     asked: list[set[str]] = []
     async with stdio_session(cfg, sampling_callback=_model(asked)) as s:
         said = await _ask(s)
+        assert said.startswith(f"got: error {types.INVALID_REQUEST}:")  # the upstream's answer
         assert "sampling/createMessage from upstream 'victim' refused" in said
         assert "cannot be kept as its claims" in said and "hand-out store" in said
         assert asked == []  # the model never saw the link

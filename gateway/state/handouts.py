@@ -48,8 +48,8 @@ class RedisHandOuts:
 
     def _unavailable(self, e: BaseException, what: str) -> StateUnavailable:
         return StateUnavailable(
-            f"{self._where} cannot be reached: {what}",
-            reasons=[f"{self._where} cannot be reached ({type(e).__name__}): {what}"],
+            f"{self._where} cannot be used: {what}",  # down, or refusing (a Redis ACL: NOPERM)
+            reasons=[f"{self._where} cannot be used ({type(e).__name__}): {what}"],
         )
 
     async def note(self, upstream: str, digests: Sequence[bytes]) -> None:

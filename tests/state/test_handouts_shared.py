@@ -16,15 +16,23 @@ from typing import Any
 
 import pytest
 from mcp import types
+from redis import Redis as SyncRedis
+from redis.exceptions import NoPermissionError, ResponseError
 
+from gateway.audit import store
+from gateway.bus import redis_backend as bus
+from gateway.config import load_config
 from gateway.errors import StateUnavailable
 from gateway.handouts import HandedOut
 from gateway.state import handouts as kept
+from gateway.state import limiter
 from gateway.state.handouts import RedisHandOuts, SqliteHandOuts
 from tests.conftest import free_port
 from tests.server._clients import stdio_session
 from tests.state.engines import Redis
 from tests.test_catalog_claims import EMBEDDED, LINK, _handing_out, _read, _reads
+from tests.test_handouts_sampled import _ask, _model
+from tests.test_handouts_sampled import _config as _sampled_config
 from tests.upstream.test_listing import config as listing_config
 
 pytestmark = pytest.mark.anyio
@@ -155,4 +163,62 @@ async def test_a_link_handed_out_before_a_restart_is_not_the_thiefs_after_it(tmp
     async with stdio_session(cfg) as s:  # the same config and data dir: a restart
         assert await _read(s, LINK) == "refused: resource_ambiguous"
         assert await _read(s, EMBEDDED) == "refused: resource_ambiguous"
+    assert _reads(tmp_path, "thief") == []
+
+
+async def test_a_sampling_request_whose_links_redis_will_not_keep_is_refused(
+    tmp_path: Path, redis: Redis
+) -> None:
+    """Fail closed with ``[state] redis_url``: Redis takes the call's rate-limit reservation but
+    refuses to write the hand-out keys, so the links in the victim's sampling request cannot be
+    claims on the other replicas: the request never reaches the client's model, the upstream gets
+    an error, and the refusal is on the record.
+
+    Only the hand-out store fails, and by a real Redis fault, not a mock: the rate limiter and
+    the hand-outs share one ``redis_url``, and a Redis that is down refuses the call at its
+    reservation, before any sampling request. So Redis's own ACL lets the gateway's (default)
+    user use the limiter's keys and only read the hand-out keys (``%R~``): the hand-out write
+    is refused with ``NOPERM``. (The bus, on the same Redis by default, keeps its keys too.)"""
+    cfg = _sampled_config(tmp_path, thief=True)
+    cfg.write_text(cfg.read_text() + f'\n[state]\nredis_url = "{redis.url}"\ntimeout_s = 1\n')
+    admin = SyncRedis.from_url(redis.url)
+    try:
+        admin.acl_setuser(
+            "default",
+            enabled=True,
+            reset_keys=True,
+            keys=[f"{limiter.PREFIX}*", f"{limiter.COUNTS}*", f"{bus.PREFIX}*", f"%R~{kept.PREFIX}*"],
+        )
+        with pytest.raises(NoPermissionError):  # the fault is real: this user cannot write them
+            admin.zadd(f"{kept.PREFIX}victim", {b"d": 1})
+        probe = _store(redis.url)
+        try:  # the store reached Redis and was refused (not a lost connection)
+            with pytest.raises(StateUnavailable) as refused:
+                await probe.note("probe", [b"d"])
+            assert isinstance(refused.value.__cause__, ResponseError)
+            assert await probe.claimants(b"d", ["probe"]) == set()  # its reads still work
+        finally:
+            await probe.aclose()
+        asked: list[set[str]] = []
+        async with stdio_session(cfg, sampling_callback=_model(asked)) as s:
+            said = await _ask(s)  # the call itself went through the shared rate limiter
+            assert said.startswith(f"got: error {types.INVALID_REQUEST}:")  # the upstream was refused
+            assert asked == []  # the model never saw the link
+        admin.acl_setuser("default", enabled=True, keys=["*"])  # all keys again, to look
+        assert admin.exists(f"{kept.PREFIX}victim") == 0  # nothing of the victim's kept
+        assert admin.keys(f"{limiter.PREFIX}*") != []  # the limiter's reservation was made
+    finally:
+        admin.close()
+    config = load_config(cfg)
+    conn = store.open_reader(config.audit_path)
+    try:
+        relayed = [
+            (e.principal, dict(e.details)) for e in store.query(conn, types=("upstream.client_request",))
+        ]
+    finally:
+        conn.close()
+    # refused with its caller found (the principal): the hand-out store refused it, not the routing
+    assert [(p, d["upstream"], d["method"], d["outcome"]) for p, d in relayed] == [
+        ("stdio", "victim", "sampling/createMessage", "refused")
+    ]
     assert _reads(tmp_path, "thief") == []

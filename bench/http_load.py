@@ -306,6 +306,8 @@ def profile(args: argparse.Namespace, tmp: Path) -> int:
         drive(gw, args.sessions, args.procs, 2.0, "warm", args.driver, tmp)
         cmd = [str(pyspy), "record", "-r", "200", "-f", "raw", "--nonblocking", "--subprocesses"]
         cmd += ["-o", str(raw), "-d", str(int(args.seconds) + 2), "--pid", str(gw.pid)]
+        if args.profile_gil:  # only samples of the thread holding the GIL, with thread names
+            cmd += ["--gil", "--threads"]
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         row = drive(gw, args.sessions, args.procs, args.seconds, "profile", args.driver, tmp)
@@ -374,6 +376,11 @@ def _parser() -> argparse.ArgumentParser:
         help="only the gateway, one load phase under py-spy: a Markdown profile instead of JSON",
     )
     ap.add_argument("--profile-target", default="gateway", help="the target --profile runs (gateway-sdk...)")
+    ap.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="--profile: only samples holding the GIL (what the loop thread competes for), by thread",
+    )
     ap.add_argument(
         "--workers",
         type=int,

@@ -33,6 +33,7 @@ from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import CallCounters, input_for_call, listing_inputs, responses_json
 from gateway.policy.redact import audit_copy, audit_key, redact_with_audit
 from gateway.policy.results import cap_result, error_under, redact_other, redact_result, result_size
+from gateway.policy.together import TogetherDecisions
 from gateway.state.limiter import LocalRateLimiter, RateLimiter
 
 
@@ -51,8 +52,17 @@ class PolicyStep:
         self.counters = counters if counters is not None else CallCounters()
         self.limiter = limiter if limiter is not None else LocalRateLimiter(self.counters)
         self._observe = observe  # decision latency in seconds (the /metrics histogram)
+        self._together = TogetherDecisions(engine)  # while other calls are in flight
+        self._in_flight = 0  # calls inside this step (deciding, or at the upstream)
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
+        self._in_flight += 1
+        try:
+            return await self._call(call, call_next)
+        finally:
+            self._in_flight -= 1
+
+    async def _call(self, call: CallContext, call_next: CallNext) -> Any:
         cond = await self._decide(call)
         rules: Sequence[str] = cond.get("redact_arguments", ())
         # what the upstream receives (redacted by the rules), and what the log keeps (that, with
@@ -103,7 +113,12 @@ class PolicyStep:
         try:
             doc = input_for_call(call, held.counts)
             engine = self.engine
-            decision = engine.decide(doc) if engine.decides_inline else await engine.adecide(doc)
+            if not engine.decides_inline:
+                decision = await engine.adecide(doc)
+            elif self._in_flight > 1:  # others may ask in this turn: decided back to back
+                decision = await self._together.decide(doc)
+            else:
+                decision = engine.decide(doc)
             if self._observe is not None:
                 self._observe(time.perf_counter() - started)
             call.decision = decision

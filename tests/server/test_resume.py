@@ -183,3 +183,44 @@ def test_a_full_store_drops_the_events_of_who_holds_the_most() -> None:
 
 async def _ignore(ev: EventMessage) -> None:
     return None
+
+
+def test_a_full_store_always_drops_from_a_principal_holding_the_most() -> None:
+    """Against a model (a max over every principal, recomputed each time) on seeded traffic of
+    twelve principals: the store's counts stay the model's (which of several principals tied
+    for the most gives way does not change them). Then with events expiring by age as well:
+    who holds the most is still known exactly."""
+    import random
+
+    rng = random.Random(32)
+    now = [0.0]
+
+    def counts(store: BoundedEventStore) -> list[int]:
+        return sorted(len(d) for d in store._held.values())
+
+    async def main() -> None:
+        store = BoundedEventStore(max_events=40, clock=lambda: now[0])
+        model: list[str] = []  # principals, oldest event first
+        for n in range(3_000):
+            who = f"p{min(rng.randrange(24), 11)}"  # p11 sends about half of it all
+            STREAM_OWNER.set(StreamOwner(who, f"s-{who}"))
+            await store.store_event("1", _msg(n))
+            model.append(who)
+            if len(model) > 40:
+                most = max(model.count(p) for p in model)
+                model.remove(next(p for p in model if model.count(p) == most))  # its oldest
+            assert len(store) == 40 or n < 40
+            assert counts(store) == sorted(model.count(p) for p in set(model))
+        aged = BoundedEventStore(max_events=40, ttl_s=3.0, clock=lambda: now[0])
+        for n in range(3_000):
+            now[0] += rng.choice((0.0, 0.01, 0.5))
+            who = f"p{min(rng.randrange(24), 11)}"
+            STREAM_OWNER.set(StreamOwner(who, f"s-{who}"))
+            await aged.store_event("1", _msg(n))
+            held = counts(aged)
+            assert aged._most == (held[-1] if held else 0)
+            assert {k: set(v) for k, v in aged._by_count.items()} == {
+                c: {p for p, d in aged._held.items() if len(d) == c} for c in set(held)
+            }
+
+    anyio.run(main)

@@ -12,7 +12,9 @@ after a reload. They live in one module-level ``threading.local`` that is never 
 a thread's engines are only ever freed on that thread: by its next decision once their
 ``EmbeddedEngine`` is gone, or when the thread ends. (A ``threading.local`` per
 ``EmbeddedEngine`` freed every thread's engine on the thread that collected it.) regorus
-holds the GIL for the 0.1-1 ms of a decision, so the async path calls it inline.
+holds the GIL for the 0.1-1 ms of a decision, so the async path calls it inline (the policy
+step takes the decisions asked while other calls are in flight back to back:
+``gateway.policy.together``).
 
 Each thread also remembers its recent decisions, keyed on exactly the parts of the input the
 policy can read (``gateway.policy.inputkey``): a repeated question (the same tool listed

@@ -6,8 +6,10 @@ pushed the engine's code and data out of the CPU's caches since its last decisio
 harness that touched 4 MiB between evaluations measured 125 µs one at a time and 76 µs eight
 back to back. So when other calls are in flight, a decision is asked here and the decisions
 asked during one turn of the event loop are taken one after the other at its end
-(``loop.call_soon``), each with ``engine.decide`` as a lone call would be. A lone call (one
-call in flight: a sequential client) is decided at once by its caller, with no wait.
+(``loop.call_soon``), each as a lone call's would be: the policy step hands over its input,
+decision and admission in one piece (``PolicyStep._decide_now``), so each decision reads the
+counts of every call admitted before it. A lone call (one call in flight: a sequential client)
+is decided at once by its caller, with no wait.
 
 Nothing changes but when a decision is made: each is the engine's decision for its own input
 (its cache, its reload, its failures as they are), given to its own caller; a caller that went
@@ -17,42 +19,40 @@ away before its turn (cancelled) is skipped.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from gateway.context import Decision
-from gateway.policy.engine import PolicyEngine
+T = TypeVar("T")
 
 
-class TogetherDecisions:
-    """The decisions ``engine`` (one that decides inline) is asked during one loop turn, taken
-    back to back at its end. Used on one event loop at a time (a new loop starts afresh)."""
+class Together:
+    """The work (a decision) asked during one loop turn, done back to back at its end. Used on
+    one event loop at a time (a new loop starts afresh)."""
 
-    __slots__ = ("_asked", "_engine", "_loop")
+    __slots__ = ("_asked", "_loop")
 
-    def __init__(self, engine: PolicyEngine) -> None:
-        self._engine = engine
-        self._asked: list[tuple[Mapping[str, Any], asyncio.Future[Decision]]] = []
+    def __init__(self) -> None:
+        self._asked: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def decide(self, input: Mapping[str, Any]) -> Decision:
+    async def run(self, work: Callable[[], T]) -> T:
+        """``work()``'s result (or its exception), done at the end of this turn."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # nothing of a previous loop's is waited for on this one
             self._loop, self._asked = loop, []
-        waiter: asyncio.Future[Decision] = loop.create_future()
-        self._asked.append((input, waiter))
+        waiter: asyncio.Future[T] = loop.create_future()
+        self._asked.append((work, waiter))
         if len(self._asked) == 1:
             loop.call_soon(self._take)  # after the calls already due in this turn ask too
         return await waiter
 
     def _take(self) -> None:
         asked, self._asked = self._asked, []
-        decide = self._engine.decide
-        for i, (input, waiter) in enumerate(asked):
+        for i, (work, waiter) in enumerate(asked):
             if waiter.done():  # its caller was cancelled meanwhile
                 continue
             try:
-                waiter.set_result(decide(input))
+                waiter.set_result(work())
             except Exception as e:  # noqa: BLE001 - the caller's own failure, raised where it awaits
                 waiter.set_exception(e)
             except BaseException:  # interrupted: no caller after it waits for ever

@@ -27,14 +27,14 @@ from mcp.types import CallToolResult
 from pydantic import BaseModel, ValidationError
 
 from gateway.chain import CallNext
-from gateway.context import AgentInfo, CallContext, Principal, ToolInfo, UpstreamInfo
+from gateway.context import AgentInfo, CallContext, Decision, Principal, ToolInfo, UpstreamInfo
 from gateway.errors import PolicyDenied, RateLimited, UpstreamError
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import CallCounters, input_for_call, listing_inputs, responses_json
 from gateway.policy.redact import audit_copy, audit_key, redact_with_audit
 from gateway.policy.results import cap_result, error_under, redact_other, redact_result, result_size
-from gateway.policy.together import TogetherDecisions
-from gateway.state.limiter import LocalRateLimiter, RateLimiter
+from gateway.policy.together import Together
+from gateway.state.limiter import LocalRateLimiter, RateLimiter, Reservation
 
 
 class PolicyStep:
@@ -52,7 +52,7 @@ class PolicyStep:
         self.counters = counters if counters is not None else CallCounters()
         self.limiter = limiter if limiter is not None else LocalRateLimiter(self.counters)
         self._observe = observe  # decision latency in seconds (the /metrics histogram)
-        self._together = TogetherDecisions(engine)  # while other calls are in flight
+        self._together = Together()  # decisions while other calls are in flight
         self._in_flight = 0  # calls inside this step (deciding, or at the upstream)
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
@@ -108,32 +108,40 @@ class PolicyStep:
         counted; else ``PolicyDenied`` / ``RateLimited``, the call not counted."""
         started = time.perf_counter()
         name = call.tool.name if call.tool else call.target
-        who = call.principal.qualified
-        held = await self.limiter.reserve(who, name)  # one round trip when replicas share Redis
+        held = await self.limiter.reserve(call.principal.qualified, name)  # one round trip on Redis
         try:
-            doc = input_for_call(call, held.counts)
-            engine = self.engine
-            if not engine.decides_inline:
-                decision = await engine.adecide(doc)
-            elif self._in_flight > 1:  # others may ask in this turn: decided back to back
-                decision = await self._together.decide(doc)
-            else:
-                decision = engine.decide(doc)
-            if self._observe is not None:
-                self._observe(time.perf_counter() - started)
-            call.decision = decision
-            if not decision.allow:
-                call.reasons = list(decision.reasons)
-                raise PolicyDenied(f"policy denied {call.target}", reasons=list(decision.reasons))
-            cond = decision.conditions
-            limit = cond.get("rate_limit")
-            if not held.admit(limit):
-                reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
-                call.reasons = [reason]
-                raise RateLimited(reason)
+            if not self.engine.decides_inline:
+                decision = await self.engine.adecide(input_for_call(call, held.counts))
+                return self._admit(call, held, decision, started)
+            if self._in_flight > 1:  # others may ask in this turn: decided back to back
+                return await self._together.run(lambda: self._decide_now(call, held, started))
+            return self._decide_now(call, held, started)
         except BaseException:  # denied, refused, failed or cancelled: the call is not counted
             await held.release()
             raise
+
+    def _decide_now(self, call: CallContext, held: Reservation, started: float) -> Mapping[str, Any]:
+        """Input, decision and admission with no wait between them: the counts a decision reads
+        include every call admitted before it (a cap such as ``max_calls_per_hour`` holds for
+        calls decided together)."""
+        return self._admit(call, held, self.engine.decide(input_for_call(call, held.counts)), started)
+
+    def _admit(
+        self, call: CallContext, held: Reservation, decision: Decision, started: float
+    ) -> Mapping[str, Any]:
+        if self._observe is not None:
+            self._observe(time.perf_counter() - started)
+        call.decision = decision
+        if not decision.allow:
+            call.reasons = list(decision.reasons)
+            raise PolicyDenied(f"policy denied {call.target}", reasons=list(decision.reasons))
+        cond = decision.conditions
+        limit = cond.get("rate_limit")
+        if not held.admit(limit):
+            name = call.tool.name if call.tool else call.target
+            reason = f"rate limit of {limit} calls per minute reached for {call.principal.id} on {name}"
+            call.reasons = [reason]
+            raise RateLimited(reason)
         return cond
 
 

@@ -129,6 +129,7 @@ class PolicyStep:
     def _admit(
         self, call: CallContext, held: Reservation, decision: Decision, started: float
     ) -> Mapping[str, Any]:
+        """``decision`` applied: its conditions, the call counted; or refused (not counted)."""
         if self._observe is not None:
             self._observe(time.perf_counter() - started)
         call.decision = decision

@@ -56,52 +56,28 @@ class PolicyStep:
         self._in_flight = 0  # calls inside this step (deciding, or at the upstream)
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
-        self._in_flight += 1
+        self._in_flight += 1  # until the upstream answered: the calls a decision may wait beside
         try:
-            return await self._call(call, call_next)
+            cond = await self._decide(call)
+            rules: Sequence[str] = cond.get("redact_arguments", ())
+            # what the upstream receives (redacted by the rules), and what the log keeps (that,
+            # with no recognisable secret left): one copy and one scrub of each value for both
+            call.arguments, call.audit_arguments = redact_with_audit(call.arguments, rules)
+            if call.input_responses is not None:  # a 2026-era client's answers go upstream too
+                call.input_responses, call.audit_input_responses = redact_responses(
+                    call.input_responses, rules
+                )
+            if "sandbox_tier" in cond:
+                call.sandbox_tier = cond["sandbox_tier"]
+            try:
+                result = await call_next(call)
+            except UpstreamError as e:  # the upstream's own error reaches the client: as a result would
+                if e.mcp_error is None or not cond:
+                    raise
+                raise error_under(e, cond, _upstream_of(call)) from None
         finally:
             self._in_flight -= 1
-
-    async def _call(self, call: CallContext, call_next: CallNext) -> Any:
-        cond = await self._decide(call)
-        rules: Sequence[str] = cond.get("redact_arguments", ())
-        # what the upstream receives (redacted by the rules), and what the log keeps (that, with
-        # no recognisable secret left): one copy and one scrub of each value for both
-        call.arguments, call.audit_arguments = redact_with_audit(call.arguments, rules)
-        if call.input_responses is not None:  # a 2026-era client's answers go upstream too
-            call.input_responses, call.audit_input_responses = redact_responses(call.input_responses, rules)
-        if "sandbox_tier" in cond:
-            call.sandbox_tier = cond["sandbox_tier"]
-
-        try:
-            result = await call_next(call)
-        except UpstreamError as e:  # the upstream's own error reaches the client: as a result would
-            if e.mcp_error is None or not cond:
-                raise
-            raise error_under(e, cond, _upstream_of(call)) from None
-
-        if isinstance(result, CallToolResult):
-            produced = result
-            call.result_bytes = result_size(result)
-            if cond.get("redact_result"):
-                result = redact_result(result, cond["redact_result"])
-            if "max_result_bytes" in cond:
-                # the size measured above is the capped result's unless the redaction made another
-                size = call.result_bytes if result is produced else None
-                result = cap_result(result, cond["max_result_bytes"], size, tool=call.tool)
-        elif hasattr(result, "model_dump_json"):
-            call.result_bytes = size = result_size(result)
-            if cond.get("redact_result"):
-                result = redact_other(result, cond["redact_result"])
-                size = result_size(result) if "max_result_bytes" in cond else size
-            cap = cond.get("max_result_bytes")
-            if cap is not None and size > cap:
-                # resources / prompts have no isError form: refuse rather than cut them
-                raise PolicyDenied(
-                    "result too large",
-                    reasons=[f"result of {size} bytes exceeds the cap of {cap} bytes"],
-                )
-        return result
+        return _result_under(call, cond, result)
 
     async def _decide(self, call: CallContext) -> Mapping[str, Any]:
         """The decision's conditions for an allowed call under its rate limit, the call then
@@ -144,6 +120,33 @@ class PolicyStep:
             call.reasons = [reason]
             raise RateLimited(reason)
         return cond
+
+
+def _result_under(call: CallContext, cond: Mapping[str, Any], result: Any) -> Any:
+    """``result`` under the decision's result conditions (``redact_result``, then
+    ``max_result_bytes``), ``call.result_bytes`` the size the upstream produced."""
+    if isinstance(result, CallToolResult):
+        produced = result
+        call.result_bytes = result_size(result)
+        if cond.get("redact_result"):
+            result = redact_result(result, cond["redact_result"])
+        if "max_result_bytes" in cond:
+            # the size measured above is the capped result's unless the redaction made another
+            size = call.result_bytes if result is produced else None
+            result = cap_result(result, cond["max_result_bytes"], size, tool=call.tool)
+    elif hasattr(result, "model_dump_json"):
+        call.result_bytes = size = result_size(result)
+        if cond.get("redact_result"):
+            result = redact_other(result, cond["redact_result"])
+            size = result_size(result) if "max_result_bytes" in cond else size
+        cap = cond.get("max_result_bytes")
+        if cap is not None and size > cap:
+            # resources / prompts have no isError form: refuse rather than cut them
+            raise PolicyDenied(
+                "result too large",
+                reasons=[f"result of {size} bytes exceeds the cap of {cap} bytes"],
+            )
+    return result
 
 
 def _upstream_of(call: CallContext) -> str:

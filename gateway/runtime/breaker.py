@@ -3,6 +3,8 @@
 closed --(``runtime.breaker.failures`` consecutive failures)--> open
 open   --(``runtime.breaker.reset_s`` later, the next call is the probe)--> half-open
 half-open --probe succeeds--> closed        half-open --probe fails--> open again
+half-open --probe ends otherwise (cancelled, its budget spent, a gateway error)--> half-open,
+          the next call the probe (``abandon``: a probe left out forever refused every call)
 
 While open (or while the half-open probe is out) calls fail at once with
 ``UpstreamUnavailable`` instead of waiting on a dead server. A failure is the upstream
@@ -74,6 +76,10 @@ class Breakers:
         b.probing = False
         if b.state != "closed":
             self._move(upstream, b, "closed")
+
+    def abandon(self, upstream: str) -> None:
+        """The probe ended saying nothing of the upstream: the next call is the probe."""
+        self.get(upstream).probing = False
 
     def failure(self, upstream: str) -> None:
         b = self.get(upstream)

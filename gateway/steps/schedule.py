@@ -163,7 +163,7 @@ class ScheduleStep:
         attempts = retry.attempts if call.tool is not None and retryable(call.tool.annotations) else 1
         delay = retry.backoff_s
         for attempt in range(1, attempts + 1):
-            breakers.before(upstream)  # open: UpstreamUnavailable now, no retry
+            probe = breakers.before(upstream)  # open: UpstreamUnavailable now, no retry
             try:
                 result = await call_next(call)
             except UpstreamError as e:
@@ -176,6 +176,10 @@ class ScheduleStep:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, retry.backoff_max_s)
                 continue
+            except BaseException:
+                if probe:  # cancelled, out of budget...: no verdict on the upstream, the next call probes
+                    breakers.abandon(upstream)
+                raise
             breakers.success(upstream)
             return result
         raise AssertionError("unreachable")

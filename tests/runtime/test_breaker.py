@@ -122,6 +122,48 @@ async def test_breaker_opens_half_opens_and_closes_against_a_killed_and_restarte
     assert _breaker_moves(cfg) == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
 
 
+async def test_a_probe_cancelled_by_its_caller_does_not_lock_the_upstream_out(tmp_path: Path) -> None:
+    """Attack through ``symbi mcp`` with the SDK client and a real upstream: the breaker opens on
+    a timed-out call; after ``reset_s`` a caller makes the one probe and cancels it
+    (``notifications/cancelled``). Before the fix that probe stayed "out" for good: every later
+    call to the upstream was refused (``upstream_unavailable``) until the gateway restarted."""
+    script = tmp_path / "probe_upstream.py"
+    shutil.copy(ROOT / "tests/peers/mutable_server.py", script)
+    record = upstream_writable(tmp_path) / "record.jsonl"
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [runtime.breaker]
+        failures = 1
+        reset_s = 0.5
+
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{script}"]
+        env = {{ RECORD_FILE = "{record}" }}
+        verification = "warn"
+        timeout_s = 2  # the first call's verdict; the probe is cancelled well before it
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        assert _code(await s.call_tool("mut__slow", {"seconds": 5})) == "upstream_error"  # timed out: open
+        assert _code(await s.call_tool("mut__echo", {"message": "while-open"})) == "upstream_unavailable"
+        await anyio.sleep(0.6)  # reset_s: the next call is the probe
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(s.call_tool, "mut__slow", {"seconds": 30})
+            with anyio.fail_after(10):  # the probe is at the upstream
+                while _received(record).count("slow") < 2:
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()  # its caller gives up: the SDK sends notifications/cancelled
+        with anyio.fail_after(10):  # the cancellation reached the upstream: the probe is over
+            while "slow_cancelled" not in _received(record):
+                await anyio.sleep(0.05)
+        assert _code(await s.call_tool("mut__echo", {"message": "after"})) is None
+        assert _code(await s.call_tool("mut__echo", {"message": "closed"})) is None
+    received = [json.loads(x)["arguments"].get("message") for x in record.read_text().splitlines()]
+    assert "while-open" not in received and received[-2:] == ["after", "closed"]
+
+
 def _received(record: Path) -> list[str]:
     """The tools the upstream was called with, in order."""
     if not record.exists():

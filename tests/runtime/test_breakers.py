@@ -74,6 +74,20 @@ def test_after_reset_one_probe_goes_and_its_outcome_closes_or_reopens() -> None:
     assert all(d["upstream"] == "up" for _, d in rec.events)
 
 
+def test_an_abandoned_probe_makes_the_next_call_the_probe_without_a_verdict() -> None:
+    rec = Recorder()
+    b = Breakers(1, 600.0, rec)
+    b.failure("up")
+    b.get("up").opened_at = time.monotonic() - 600.0  # test set-up: reset_s has passed
+    assert b.before("up") is True
+    b.abandon("up")  # the probe was cancelled: nothing learnt about the upstream
+    assert b.states() == {"up": "half-open"} and b.get("up").trips == 1
+    assert b.before("up") is True  # the next call probes
+    with pytest.raises(UpstreamUnavailable):
+        b.before("up")  # and only one at a time
+    assert [(d["from"], d["to"]) for _, d in rec.events] == [("closed", "open"), ("open", "half-open")]
+
+
 def test_an_open_breaker_before_its_reset_stays_open() -> None:
     b = Breakers(1, 600.0, Recorder())
     b.failure("up")

@@ -8,6 +8,7 @@ testing cannot attribute (scripts/mutate.py); these attack each branch directly.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -249,6 +250,88 @@ def test_an_outer_cancellation_is_not_a_budget_breach_and_gives_the_slot_back() 
 
     anyio.run(go)
     assert ep.calls == 1 and agent.state is S.RUNNING and rt.scheduler.in_flight == 0
+
+
+def _half_open(rt: AgentRuntime) -> None:
+    """The upstream's breaker open and its reset passed (test set-up: the monotonic clock's
+    ``reset_s`` later): the next call is the probe."""
+    rt.breakers.failure("up")
+    assert rt.breakers.states() == {"up": "open"}
+    rt.breakers.get("up").opened_at = time.monotonic() - 600.0
+
+
+def _cancelled_probe(rt: AgentRuntime, ep: Endpoint) -> None:
+    async def go() -> None:
+        with anyio.move_on_after(0.05) as scope:  # the caller of the probe gives up
+            await build_chain([ScheduleStep(rt)], ep)(
+                CallContext(principal=Principal(id="mallory"), kind="tools/call", target="up__t", tool=tool())
+            )
+        assert scope.cancelled_caught
+
+    anyio.run(go)
+
+
+def _budget_spent_probe(rt: AgentRuntime, ep: Endpoint) -> None:
+    with pytest.raises(BudgetExceeded):
+        run(
+            ScheduleStep(rt),
+            ep,
+            CallContext(principal=Principal(id="mallory"), kind="tools/call", target="up__t", tool=tool()),
+        )
+
+
+def _failing_probe(rt: AgentRuntime, ep: Endpoint) -> None:
+    ep.hang, ep.error, ep.fail = False, RuntimeError("the dispatcher's own"), 1
+    with pytest.raises(RuntimeError):
+        run(
+            ScheduleStep(rt),
+            ep,
+            CallContext(principal=Principal(id="mallory"), kind="tools/call", target="up__t", tool=tool()),
+        )
+
+
+@pytest.mark.parametrize("probe", [_cancelled_probe, _budget_spent_probe, _failing_probe])
+def test_a_probe_that_ends_without_a_verdict_does_not_lock_the_upstream_out(probe: Any) -> None:
+    """Attack: a caller makes the half-open breaker's one probe and cancels it (or it runs out
+    of its budget, or fails in the gateway). Before the fix the probe stayed "out" for good and
+    every later call to the upstream was refused (``UpstreamUnavailable``) until a restart."""
+    rt = runtime(breaker={"failures": 1, "reset_s": 600}, resources={"execution_timeout_s": 0.05})
+    _half_open(rt)
+    ep = Endpoint(rt, hang=True)
+    probe(rt, ep)
+    assert rt.breakers.states() == {"up": "half-open"} and ep.calls == 1
+    ep.hang, ep.error = False, None
+    call = CallContext(principal=Principal(id="bob"), kind="tools/call", target="up__t", tool=tool())
+    assert run(ScheduleStep(rt), ep, call) == "result"  # the next call is the probe, and closes it
+    assert rt.breakers.states() == {"up": "closed"} and ep.calls == 2
+
+
+def test_a_probe_abandoned_by_one_caller_still_refuses_the_others_while_the_next_is_out() -> None:
+    rt = runtime(breaker={"failures": 1, "reset_s": 600}, resources={"execution_timeout_s": 30})
+    _half_open(rt)
+    ep = Endpoint(rt, hang=True)
+    _cancelled_probe(rt, ep)
+
+    async def go() -> None:
+        chain = build_chain([ScheduleStep(rt)], ep)
+
+        async def probe() -> None:
+            await chain(
+                CallContext(principal=Principal(id="b"), kind="tools/call", target="up__t", tool=tool())
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(probe)
+            while ep.calls < 2:  # the new probe is at the upstream
+                await anyio.sleep(0.01)
+            with pytest.raises(UpstreamUnavailable):  # one probe at a time, still
+                await chain(
+                    CallContext(principal=Principal(id="c"), kind="tools/call", target="up__t", tool=tool())
+                )
+            tg.cancel_scope.cancel()
+
+    anyio.run(go)
+    assert ep.calls == 2
 
 
 @pytest.fixture

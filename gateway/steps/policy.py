@@ -82,24 +82,25 @@ class PolicyStep:
     async def _decide(self, call: CallContext) -> Mapping[str, Any]:
         """The decision's conditions for an allowed call under its rate limit, the call then
         counted; else ``PolicyDenied`` / ``RateLimited``, the call not counted."""
-        started = time.perf_counter()
         name = call.tool.name if call.tool else call.target
         held = await self.limiter.reserve(call.principal.qualified, name)  # one round trip on Redis
         try:
             if not self.engine.decides_inline:
+                started = time.perf_counter()  # the decision's latency: OPA's round trip, not the limiter's
                 decision = await self.engine.adecide(input_for_call(call, held.counts))
                 return self._admit(call, held, decision, started)
             if self._in_flight > 1:  # others may ask in this turn: decided back to back
-                return await self._together.run(lambda: self._decide_now(call, held, started))
-            return self._decide_now(call, held, started)
+                return await self._together.run(lambda: self._decide_now(call, held))
+            return self._decide_now(call, held)
         except BaseException:  # denied, refused, failed or cancelled: the call is not counted
             await held.release()
             raise
 
-    def _decide_now(self, call: CallContext, held: Reservation, started: float) -> Mapping[str, Any]:
+    def _decide_now(self, call: CallContext, held: Reservation) -> Mapping[str, Any]:
         """Input, decision and admission with no wait between them: the counts a decision reads
         include every call admitted before it (a cap such as ``max_calls_per_hour`` holds for
-        calls decided together)."""
+        calls decided together). Timed from here: a wait for the batch is not the decision's."""
+        started = time.perf_counter()
         return self._admit(call, held, self.engine.decide(input_for_call(call, held.counts)), started)
 
     def _admit(

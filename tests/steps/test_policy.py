@@ -323,6 +323,37 @@ def test_the_decision_latency_is_observed(engine: EmbeddedEngine) -> None:
     assert len(seen) == 1 and 0 <= seen[0] <= time.perf_counter() - before
 
 
+def test_the_decision_latency_leaves_out_the_wait_for_the_rate_limiter(
+    engine: EmbeddedEngine,
+    redis_engine: Any,  # noqa: F811
+) -> None:
+    """``/metrics``' decision latency is the decision's: a shared rate limiter that answers late
+    (a real redis-server holding its writing clients, ``CLIENT PAUSE ... WRITE``) shows in the
+    call's time, not in the decision's (it did before: the clock started before the reservation)."""
+    from redis import Redis as SyncRedis
+
+    from gateway.state.limiter import RedisRateLimiter
+
+    seen: list[float] = []
+
+    async def go() -> float:
+        limiter = RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=10)
+        chain = build_chain([PolicyStep(engine, observe=seen.append, limiter=limiter)], Recorder())
+        try:
+            await chain(call_of("time__get_current_time", {}, verification="pinned"))  # the script loaded
+            with SyncRedis.from_url(redis_engine.url) as r:
+                r.execute_command("CLIENT", "PAUSE", 1000, "WRITE")  # scripts wait too
+            started = time.perf_counter()
+            await chain(call_of("time__get_current_time", {}, verification="pinned"))
+            return time.perf_counter() - started
+        finally:
+            await limiter.aclose()
+
+    took = asyncio.run(go())
+    assert took >= 0.9  # the reservation waited for the pause
+    assert len(seen) == 2 and seen[1] < 0.5  # a decision takes well under a millisecond
+
+
 LISTING_REGO = """package symbi
 
 import rego.v1

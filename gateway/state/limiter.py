@@ -292,7 +292,13 @@ class RedisRateLimiter:
         if self._sending is None and not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._send_next, loop)  # after the calls of this turn asked too
-        return await asked.done
+        try:
+            return await asked.done
+        except asyncio.CancelledError:
+            done = asked.done  # settled just before its caller was cancelled: nobody releases it
+            if done.done() and not done.cancelled() and done.exception() is None:
+                self._release_later(done.result())
+            raise
 
     def _send_next(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduled = False

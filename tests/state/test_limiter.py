@@ -180,6 +180,36 @@ async def test_a_call_cancelled_while_its_batch_is_out_is_taken_back(redis_engin
         await limiter.aclose()
 
 
+async def test_a_call_cancelled_just_after_its_batch_settled_is_taken_back(redis_engine: Redis) -> None:
+    """The caller's task is cancelled in the same loop turn its reservation arrives (before it
+    resumes): the reservation is made, its caller never sees it, and before the fix it stayed
+    counted until its window passed. The one seam: ``_settle`` wrapped to cancel the caller right
+    after it (the race cannot be timed from outside)."""
+    limiter = RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2)
+    settle = limiter._settle
+    gone: list[asyncio.Future[object]] = []
+
+    def settle_then_cancel(batch: list[object], got: bytes) -> None:
+        settle(batch, got)  # type: ignore[arg-type]
+        gone[0].cancel()
+
+    limiter._settle = settle_then_cancel  # type: ignore[method-assign,assignment]
+    try:
+        gone.append(asyncio.ensure_future(limiter.reserve("ida", "t__x")))
+        with pytest.raises(asyncio.CancelledError):
+            await gone[0]
+        limiter._settle = settle  # type: ignore[method-assign]
+        for _ in range(100):  # released by the limiter itself, in a task of its own
+            probe = await limiter.reserve("ida", "t__y")
+            await probe.release()
+            if probe.counts.principal_counts("ida") == (0, 0):
+                break
+            await asyncio.sleep(0.02)
+        assert probe.counts.principal_counts("ida") == (0, 0)
+    finally:
+        await limiter.aclose()
+
+
 async def test_every_call_of_a_failed_batch_is_refused(tmp_path: Path) -> None:
     redis = Redis(tmp_path)
     redis.port = free_port()  # nothing listens

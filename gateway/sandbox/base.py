@@ -16,7 +16,7 @@ from typing import Self
 
 from gateway.errors import SandboxUnavailable
 
-from .types import WORKDIR, Limits, SandboxRequest, SandboxResult, Tier
+from .types import WORKDIR, Limits, RunCancel, SandboxRequest, SandboxResult, Tier
 
 NOBODY = 65534
 INPUT_MOUNT = "/in"  # read-only mount of the run's input files, copied to WORKDIR first
@@ -146,8 +146,11 @@ class SandboxTier(ABC):
     def _probe(self, deep: bool) -> tuple[bool, str]: ...
 
     @abstractmethod
-    def run(self, request: SandboxRequest, limits: Limits) -> SandboxResult:
-        """Run one request to completion within ``limits``; leaves nothing behind."""
+    def run(
+        self, request: SandboxRequest, limits: Limits, *, cancel: RunCancel | None = None
+    ) -> SandboxResult:
+        """Run one request to completion within ``limits`` (or until ``cancel``); leaves
+        nothing behind."""
 
     @abstractmethod
     def stdio_argv(

@@ -35,7 +35,7 @@ from .base import (
     shell_join,
 )
 from .output import CappedBuffer, captured, feed_stdin, pump_fd
-from .types import KilledReason, Limits, SandboxRequest, SandboxResult
+from .types import KilledReason, Limits, RunCancel, SandboxRequest, SandboxResult, cancel_hook
 
 SECCOMP_FD = 9
 
@@ -189,7 +189,9 @@ class BwrapTier(SandboxTier):
         return ["/bin/sh", "-c", script, "symbi-bwrap"]
 
     # -- run ----------------------------------------------------------------------------
-    def run(self, request: SandboxRequest, limits: Limits) -> SandboxResult:
+    def run(
+        self, request: SandboxRequest, limits: Limits, *, cancel: RunCancel | None = None
+    ) -> SandboxResult:
         if shutil.which("bwrap") is None:
             raise SandboxUnavailable("sandbox tier 'bwrap' is unavailable: bubblewrap not installed")
         bpf = self.seccomp.path(False)
@@ -204,21 +206,30 @@ class BwrapTier(SandboxTier):
                     + ["--"]
                     + prologue_argv(request.argv(), inputs.path is not None)
                 )
-                return self._execute(argv, request.stdin, limits, cg, start)
+                return self._execute(argv, request.stdin, limits, cg, start, cancel)
             finally:
                 cg.remove()
 
     def _execute(
-        self, argv: list[str], stdin: bytes | None, limits: Limits, cg: cgroups.RunCgroup, start: float
+        self,
+        argv: list[str],
+        stdin: bytes | None,
+        limits: Limits,
+        cg: cgroups.RunCgroup,
+        start: float,
+        cancel: RunCancel | None,
     ) -> SandboxResult:
         stopped: list[KilledReason] = []
 
-        def overflow() -> None:
+        def halt(reason: KilledReason) -> None:
             if not stopped:
-                stopped.append("output")
+                stopped.append(reason)
             cg.kill_all(deadline_s=1.0)
 
-        out, err = CappedBuffer(limits.output_bytes, overflow), CappedBuffer(limits.output_bytes, overflow)
+        out, err = (
+            CappedBuffer(limits.output_bytes, lambda: halt("output")),
+            CappedBuffer(limits.output_bytes, lambda: halt("output")),
+        )
         try:
             proc = subprocess.Popen(
                 argv,
@@ -239,7 +250,8 @@ class BwrapTier(SandboxTier):
             threads.append(feed_stdin(os.dup(proc.stdin.fileno()), stdin))
             proc.stdin.close()
         try:
-            proc.wait(timeout=limits.timeout_s)
+            with cancel_hook(cancel, lambda: halt("cancelled")):
+                proc.wait(timeout=limits.timeout_s)
         except subprocess.TimeoutExpired:
             if not stopped:
                 stopped.append("timeout")

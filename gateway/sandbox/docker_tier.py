@@ -52,7 +52,16 @@ from .docker_api import (
 )
 from .docker_api import docker_client as docker_client  # the gateway and tests import it from here
 from .output import CappedBuffer, TrailerBuffer, captured, pump_docker_socket
-from .types import LABEL, LABEL_OWNER, KilledReason, Limits, SandboxRequest, SandboxResult
+from .types import (
+    LABEL,
+    LABEL_OWNER,
+    KilledReason,
+    Limits,
+    RunCancel,
+    SandboxRequest,
+    SandboxResult,
+    cancel_hook,
+)
 
 RUNSC_MIN_PIDS = 512
 
@@ -188,7 +197,9 @@ class DockerTier(SandboxTier):
         sock = client.api.attach_socket(cid, params=params)
         return raw_socket(sock)
 
-    def run(self, request: SandboxRequest, limits: Limits) -> SandboxResult:
+    def run(
+        self, request: SandboxRequest, limits: Limits, *, cancel: RunCancel | None = None
+    ) -> SandboxResult:
         client = docker_client()
         start = time.monotonic()
         with InputDir(request.files) as inputs:
@@ -200,7 +211,9 @@ class DockerTier(SandboxTier):
             try:
                 with docker_errors(f"the {self.name} sandbox call"):
                     raw = self.attach(client, cid, with_stdin=request.stdin is not None)
-                    return self.execute(client, cid, raw, request.stdin, limits, start, started=False)
+                    return self.execute(
+                        client, cid, raw, request.stdin, limits, start, started=False, cancel=cancel
+                    )
             finally:
                 self.remove(cid)
 
@@ -215,6 +228,7 @@ class DockerTier(SandboxTier):
         *,
         started: bool,
         trailer: bool = False,
+        cancel: RunCancel | None = None,
     ) -> SandboxResult:
         """Feed ``payload`` on stdin, (start,) enforce the time limit, collect, classify.
 
@@ -233,7 +247,7 @@ class DockerTier(SandboxTier):
                 client.api.start(cid)
             except Exception as e:
                 raise SandboxError(f"cannot start the {self.name} container: {e}") from e
-        with docker_errors(f"the {self.name} sandbox call"):
+        with docker_errors(f"the {self.name} sandbox call"), cancel_hook(cancel, lambda: stop("cancelled")):
             code = self._wait_for_exit(stop, pump, out, err, limits)
             killed = self._killed_reason(stop, code)
         return captured(out, err, exit_code=code, killed=killed, tier=self.name, start=start)

@@ -15,7 +15,7 @@ from .bwrap import BwrapTier
 from .docker_tier import DockerTier, GvisorTier
 from .pool import WarmPool
 from .risk import CodeTrust, Sensitivity, assess_tier
-from .types import TIERS, Limits, SandboxRequest, SandboxResult, Tier, ToolNeeds
+from .types import TIERS, Limits, RunCancel, SandboxRequest, SandboxResult, Tier, ToolNeeds
 
 log = logging.getLogger("symbi.sandbox")
 
@@ -77,17 +77,25 @@ class SandboxManager:
         )
 
     # -- running ------------------------------------------------------------------------
-    def run(self, tier: str, request: SandboxRequest, limits: Limits | None = None) -> SandboxResult:
-        """Run ``request`` in ``tier`` (blocking). Unavailable tier -> SandboxUnavailable."""
+    def run(
+        self,
+        tier: str,
+        request: SandboxRequest,
+        limits: Limits | None = None,
+        *,
+        cancel: RunCancel | None = None,
+    ) -> SandboxResult:
+        """Run ``request`` in ``tier`` (blocking; ``cancel`` stops it from another thread).
+        Unavailable tier -> SandboxUnavailable."""
         t = self.tier(tier)
         t.require()
         lim = limits or self.limits()
         pool = self._pool
         if pool is not None:
-            result = pool.try_run(tier, request, lim)
+            result = pool.try_run(tier, request, lim, cancel=cancel)
             if result is not None:
                 return result
-        return t.run(request, lim)
+        return t.run(request, lim, cancel=cancel)
 
     def wrap_stdio_command(
         self,

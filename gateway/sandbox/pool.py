@@ -26,7 +26,7 @@ from gateway.errors import SandboxError, SandboxInterrupted
 from .base import SANDBOX_ENV
 from .docker_api import REMOVE_DEADLINE_S, docker_client, docker_errors
 from .docker_tier import DockerTier
-from .types import SANDBOX_PYTHON, WORKDIR, Limits, SandboxRequest, SandboxResult
+from .types import SANDBOX_PYTHON, WORKDIR, Limits, RunCancel, SandboxRequest, SandboxResult
 
 if TYPE_CHECKING:
     from .manager import SandboxManager
@@ -223,7 +223,9 @@ class WarmPool:
         return self._last.get(tier, False)
 
     # -- serving ------------------------------------------------------------------------
-    def try_run(self, tier: str, request: SandboxRequest, limits: Limits) -> SandboxResult | None:
+    def try_run(
+        self, tier: str, request: SandboxRequest, limits: Limits, *, cancel: RunCancel | None = None
+    ) -> SandboxResult | None:
         """Serve from the pool, or None (caller runs cold) if it cannot."""
         if tier not in self._ready or limits != self.limits:
             self._last[tier] = False
@@ -239,7 +241,7 @@ class WarmPool:
         error: SandboxError | None = None
         try:
             with docker_errors(f"the {tier} sandbox call"):
-                result = self._serve(self.tiers[tier], warm, request, limits)
+                result = self._serve(self.tiers[tier], warm, request, limits, cancel)
         except SandboxError as e:
             error = e
         finally:
@@ -268,7 +270,9 @@ class WarmPool:
         )
 
     @staticmethod
-    def _serve(t: DockerTier, warm: _Warm, request: SandboxRequest, limits: Limits) -> SandboxResult:
+    def _serve(
+        t: DockerTier, warm: _Warm, request: SandboxRequest, limits: Limits, cancel: RunCancel | None
+    ) -> SandboxResult:
         job = json.dumps(
             {
                 "argv": request.argv(),
@@ -279,7 +283,15 @@ class WarmPool:
             }
         ).encode()
         return t.execute(
-            docker_client(), warm.cid, warm.raw, job, limits, time.monotonic(), started=True, trailer=True
+            docker_client(),
+            warm.cid,
+            warm.raw,
+            job,
+            limits,
+            time.monotonic(),
+            started=True,
+            trailer=True,
+            cancel=cancel,
         )
 
     def _reap(self, cid: str) -> None:

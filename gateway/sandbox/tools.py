@@ -10,16 +10,19 @@ code asking for the network or files climbs; never below the policy's ``sandbox_
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from opentelemetry import trace
 
-from gateway.errors import ArgumentsInvalid, UnknownTool
+from gateway.errors import ArgumentsInvalid, SandboxInterrupted, UnknownTool
 
 from .inputs import needs_of, trust_of
 from .manager import SandboxManager
-from .types import Limits, SandboxRequest, SandboxResult, Tier, ToolNeeds
+from .types import Limits, RunCancel, SandboxRequest, SandboxResult, Tier, ToolNeeds
 
 SERVER_NAME = "sandbox"
 _tracer = trace.get_tracer("symbi.gateway")
@@ -175,13 +178,42 @@ class SandboxTools:
             "symbi.sandbox.tier": tier,
         }
         with _tracer.start_as_current_span(f"sandbox {name}", attributes=attrs) as span:
-            result = await anyio.to_thread.run_sync(
-                self.manager.run, tier, request, lim, abandon_on_cancel=False
-            )
+            result = await self._run(tier, request, lim)
             span.set_attributes(
                 {"process.exit.code": result.exit_code, "symbi.sandbox.killed": result.killed}
             )
         return to_call_result(result), tier
+
+    async def _run(self, tier: Tier, request: SandboxRequest, lim: Limits) -> SandboxResult:
+        """The run on a worker thread, stopped when its caller goes away (a client's
+        ``notifications/cancelled``, a budget, a closing session): before, a cancelled call's
+        program ran on to its time limit, and the call waited for it. A cancel scope's
+        cancellation waits for the stop (the scheduler's slot frees when the program is gone);
+        a task's native cancel returns at once, the stop going on on its thread."""
+        cancel = RunCancel()
+
+        async def watch() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:  # cancelled: by the caller's cancellation, or below once the run ended
+                cancel.cancel()
+
+        got: SandboxResult | Exception
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            try:
+                got = await anyio.to_thread.run_sync(
+                    partial(self.manager.run, tier, request, lim, cancel=cancel), abandon_on_cancel=False
+                )
+            except Exception as e:  # noqa: BLE001 - re-raised below as itself, not in an ExceptionGroup
+                got = e
+            tg.cancel_scope.cancel()
+        if isinstance(got, Exception):
+            raise got
+        if got.killed == "cancelled":  # stopped for a caller that went away: no result for anyone
+            await anyio.lowlevel.checkpoint()  # raises that caller's cancellation
+            raise SandboxInterrupted(f"the {tier} sandbox call was cancelled by its caller; no result")
+        return got
 
 
 def to_call_result(result: SandboxResult) -> dict[str, Any]:

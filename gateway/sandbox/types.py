@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from gateway.errors import ArgumentsInvalid
 
 Tier = Literal["bwrap", "docker", "gvisor"]
-KilledReason = Literal["none", "timeout", "memory", "pids", "output"]
+# "cancelled": its caller went away; such a result reaches no client (see ``RunCancel``)
+KilledReason = Literal["none", "timeout", "memory", "pids", "output", "cancelled"]
 
 # Weakest to strongest; "none" (no sandbox) is below every tier and never picked for code.
 TIER_ORDER: tuple[str, ...] = ("none", "bwrap", "docker", "gvisor")
@@ -25,6 +28,54 @@ SANDBOX_PYTHON = "/usr/bin/python3"
 WORKDIR = "/tmp/work"  # on the sandbox's tmpfs; input files are copied here first
 MAX_CODE_BYTES = 120_000  # one argv string (Linux MAX_ARG_STRLEN is 128 KiB)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,199}$")
+
+
+class RunCancel:
+    """Stops a run from the event loop's thread: its caller went away (a cancelled
+    ``tools/call``), so the program stops now, not at its time limit. The tiers' hooks run on
+    a thread of their own: ``cancel`` never blocks the loop on a kill."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hooks: list[Callable[[], None]] = []
+        self._cancelled = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            threading.Thread(target=hook, name="sandbox-cancel", daemon=True).start()
+
+    @contextlib.contextmanager
+    def hooked(self, hook: Callable[[], None]) -> Iterator[None]:
+        """``hook`` runs on a cancel while the block runs (at once if one came first); after
+        the block it is dropped: a late cancel stops nothing that has ended."""
+        with self._lock:
+            now = self._cancelled
+            if not now:
+                self._hooks.append(hook)
+        if now:
+            hook()
+        try:
+            yield
+        finally:
+            with self._lock:
+                if hook in self._hooks:
+                    self._hooks.remove(hook)
+
+
+def cancel_hook(
+    cancel: RunCancel | None, hook: Callable[[], None]
+) -> contextlib.AbstractContextManager[None]:
+    """``cancel.hooked(hook)``, or nothing for a run no caller can cancel (the CLI's)."""
+    return cancel.hooked(hook) if cancel is not None else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)

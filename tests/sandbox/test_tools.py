@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 
+import anyio
 import jsonschema
 import pytest
 
@@ -11,7 +14,7 @@ from gateway.config.model import Config
 from gateway.errors import ArgumentsInvalid, SandboxUnavailable, UnknownTool
 from gateway.sandbox import SandboxManager, SandboxRequest, SandboxTools
 
-from .conftest import require_tier
+from .conftest import own_leftovers, require_tier
 
 
 def test_tool_definitions_are_valid_mcp_tools() -> None:
@@ -132,3 +135,65 @@ async def test_a_run_is_a_span_of_the_requests_trace(manager: SandboxManager) ->
     assert span.parent is not None and span.parent.span_id == root.get_span_context().span_id
     assert span.attributes is not None
     assert (span.attributes["symbi.sandbox.tier"], span.attributes["process.exit.code"]) == (tier, 3)
+
+
+@pytest.mark.sandbox
+@pytest.mark.anyio
+async def test_a_cancelled_call_stops_its_program_now(manager: SandboxManager, tier: str) -> None:
+    """A caller that goes away (here a cancel scope, as the SDK's ``notifications/cancelled``
+    handling uses) stops the program at once, and the call returns once it is gone: before,
+    the program ran on to its time limit (25 s here) and the cancelled call waited for it."""
+    tools, mine = _tools_in(tier)
+    started = time.monotonic()
+    try:
+        with anyio.move_on_after(3.0):  # the containers' tiers start in about a second
+            await _sleep(tools, mine)
+        assert time.monotonic() - started < 10
+        assert own_leftovers(manager, tier) == []
+    finally:
+        mine.close()
+
+
+def _tools_in(tier: str) -> tuple[SandboxTools, SandboxManager]:
+    """Code tools whose person's shell command runs in ``tier`` (the configured default)."""
+    cfg = Config.model_validate({"security": {"default_sandbox_tier": tier}})
+    return SandboxTools(cfg, m := SandboxManager(cfg, sweep_orphans=False)), m
+
+
+async def _sleep(tools: SandboxTools, manager: SandboxManager) -> None:
+    _, tier = await tools.call(
+        "run_shell",
+        {"command": "sleep 25"},
+        min_tier=None,
+        limits=manager.limits(timeout_s=60),
+        principal_kind="user",
+    )
+    raise AssertionError(f"the run in {tier} was not cancelled")
+
+
+@pytest.mark.sandbox
+def test_a_task_cancelled_natively_returns_at_once_and_its_program_stops(manager: SandboxManager) -> None:
+    """A call budget cancels its task (``Task.cancel``), which no cancel scope holds: the call
+    returns at once, and the program is still stopped, on the run's own thread."""
+    require_tier(manager, "bwrap")
+    tools, mine = _tools_in("bwrap")
+
+    async def go() -> float:
+        call = asyncio.ensure_future(_sleep(tools, mine))
+        await asyncio.sleep(1.0)
+        assert own_leftovers(manager, "bwrap") != []  # it runs
+        call.cancel()
+        cancelled = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert time.monotonic() - cancelled < 5  # before: the 25 s of the program
+        return time.monotonic()
+
+    try:
+        returned = asyncio.run(go())
+        while own_leftovers(manager, "bwrap") and time.monotonic() - returned < 10:
+            time.sleep(0.1)
+        assert own_leftovers(manager, "bwrap") == []
+        assert time.monotonic() - returned < 10
+    finally:
+        mine.close()

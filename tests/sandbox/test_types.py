@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import pytest
 
 from gateway.config.model import Config
 from gateway.errors import ArgumentsInvalid
 from gateway.sandbox import Limits, SandboxRequest
-from gateway.sandbox.types import MAX_CODE_BYTES
+from gateway.sandbox.types import MAX_CODE_BYTES, RunCancel
 
 
 @pytest.mark.parametrize(
@@ -38,3 +41,29 @@ def test_limits_from_config_with_overrides() -> None:
         1.5,
         cfg.sandbox.output_bytes,
     )
+
+
+def test_a_cancel_runs_the_hooks_of_the_runs_in_progress_only() -> None:
+    """A hook runs on a cancel while its block runs (on a thread of its own), at once when the
+    cancel came first, and never after its block: a late cancel stops nothing that ended."""
+    ran: list[str] = []
+    done = threading.Event()
+
+    def hook(name: str) -> Callable[[], None]:
+        def run() -> None:
+            ran.append(name)
+            done.set()
+
+        return run
+
+    ended = RunCancel()
+    with ended.hooked(hook("ended")):
+        pass
+    ended.cancel()
+    live = RunCancel()
+    with live.hooked(hook("live")):
+        live.cancel()
+        assert done.wait(5)
+    with live.hooked(hook("late")):  # cancelled before the block: at once, on this thread
+        pass
+    assert ran == ["live", "late"] and live.cancelled and ended.cancelled

@@ -7,7 +7,9 @@ lifecycle transitions:
 - a call starts: Ready -> Running ("task assigned"); the last call ends: Running -> Ready;
 - a suspended agent's call is refused (``AgentSuspended``) before any other step runs;
 - ``suspend_after_denials`` policy denials within ``denial_window_s``, a policy decision with
-  the ``suspend_agent`` condition, or a budget breach: Running -> Suspended;
+  the ``suspend_agent`` condition, or a budget breach: Running -> Suspended. The denials are
+  counted per principal, over all its sessions: a new session is no fresh start, and while the
+  window holds that many, each further denial suspends the agent it came from;
 - an operator resumes (Suspended -> Running "policy cleared", then Ready when idle) or
   terminates (Suspended/Ready/Failed -> Terminated; a Running agent ends when its calls do).
 """
@@ -66,7 +68,7 @@ class AgentRuntime:
         self.breakers = Breakers(rt.breaker.failures, rt.breaker.reset_s, events)
         self.limits: dict[str, ResourceLimits] = {}  # per agent, when not the default (hosted agents)
         self.usage: dict[str, Usage] = {}
-        self._denials: dict[str, deque[float]] = {}
+        self._denials: dict[str, deque[float]] = {}  # per qualified principal: its denials' times
         self._terminating: dict[str, str] = {}  # Running agents to end when their calls do -> reason
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
         self.on_terminate: list[Callable[[Agent], None]] = []  # hosted agents stop their process
@@ -130,7 +132,9 @@ class AgentRuntime:
     def note_error(self, agent: Agent | None, error: BaseException, target: str) -> None:
         """A failed or denied call: counted toward suspension when it is a policy denial of this
         agent's own doing. Not a rate limit: its count is the principal's, which every agent of
-        that principal shares, so one agent's calls got a sibling suspended."""
+        that principal shares, so one agent's calls got a sibling suspended. A denial is the
+        principal's too (its window is): counted per session, a client that reconnected after
+        every ``suspend_after_denials - 1`` denials was never suspended."""
         code = error.code if isinstance(error, GatewayError) else "internal_error"
         self.recent_errors.append(
             {
@@ -151,12 +155,11 @@ class AgentRuntime:
             return
         rt = self.config.runtime
         now = time.monotonic()
-        window = self._denials.setdefault(agent.id, deque())
+        window = self._denials.setdefault(_principal_of(agent), deque())
         window.append(now)
         while window and window[0] <= now - rt.denial_window_s:
             window.popleft()
         if len(window) >= rt.suspend_after_denials and agent.state is AgentState.RUNNING:
-            window.clear()
             self._suspend_running(
                 agent,
                 f"policy violation: {rt.suspend_after_denials} denials within {rt.denial_window_s:g} s "
@@ -192,7 +195,7 @@ class AgentRuntime:
             return "pending suspension cleared"
         if agent.state is not AgentState.SUSPENDED:
             raise InvalidTransition(f"agent {agent.name} is {agent.state.value}, not Suspended")
-        self._denials.pop(agent.id, None)
+        self._denials.pop(_principal_of(agent), None)  # an operator cleared it: a fresh count
         self.agents.transition(agent, AgentState.RUNNING, f"policy cleared: {reason}")
         if agent.in_flight == 0 and not agent.hosted_busy:
             self.agents.transition(agent, AgentState.READY, "task complete (nothing in flight)")
@@ -237,7 +240,6 @@ class AgentRuntime:
     def _forget(self, agent: Agent) -> None:
         self.usage.pop(agent.id, None)
         self.limits.pop(agent.id, None)
-        self._denials.pop(agent.id, None)
         self._terminating.pop(agent.id, None)  # a hosted agent's next run has the same id
         self.pool.release(agent.id)
 
@@ -261,6 +263,9 @@ class AgentRuntime:
                 and now - agent.last_seen > rt.agent_idle_timeout_s
             ):
                 self._terminate_now(agent, f"shutdown: idle for {rt.agent_idle_timeout_s:g} s")
+        expired = now - rt.denial_window_s
+        for who in [who for who, window in self._denials.items() if not window or window[-1] <= expired]:
+            del self._denials[who]  # no denial left in its window: its principal's sessions are gone
         return removed
 
     async def run(self) -> None:
@@ -275,3 +280,9 @@ class AgentRuntime:
                 self.sweep()
             except Exception:
                 _logger.exception("agent sweep failed")
+
+
+def _principal_of(agent: Agent) -> str:
+    """The qualified principal whose denials ``agent``'s count toward (its own id for an
+    agent made without one)."""
+    return agent.owner or agent.id

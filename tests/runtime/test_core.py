@@ -144,7 +144,7 @@ def test_a_resume_forgets_the_denials_before_it() -> None:
     assert state(a) is S.RUNNING
 
 
-def test_denials_are_counted_per_agent_and_the_suspension_names_the_setting() -> None:
+def test_denials_are_counted_per_principal_and_the_suspension_names_the_setting() -> None:
     rec, rt = runtime(suspend_after_denials=2, denial_window_s=600)
     a, b = agent_of(rt), agent_of(rt, "bob")
     rt.begin(a, "t")
@@ -155,6 +155,31 @@ def test_denials_are_counted_per_agent_and_the_suspension_names_the_setting() ->
     rt.note_error(a, PolicyDenied("no"), "t")
     assert state(a) is S.SUSPENDED and state(b) is S.RUNNING
     assert "runtime.suspend_after_denials" in rec.reasons(a.id)[-1][1]
+
+
+def test_a_principals_new_session_does_not_start_a_new_count_of_denials() -> None:
+    """Attack: reconnect before the session's agent reaches the threshold. The window is the
+    principal's: its second session is suspended on its first denial, and while the window is
+    full so is every next session that is denied; an operator's resume starts a fresh count.
+    The sweep forgets a window with no denial left in it."""
+    rec, rt = runtime(suspend_after_denials=2, denial_window_s=600)
+    first, second, third = (agent_of(rt, session=s) for s in ("s1", "s2", "s3"))
+    rt.begin(first, "t")
+    rt.note_error(first, PolicyDenied("no"), "t")
+    rt.begin(second, "t")
+    rt.note_error(second, PolicyDenied("no"), "t")
+    assert state(first) is S.RUNNING and state(second) is S.SUSPENDED
+    rt.begin(third, "t")
+    rt.note_error(third, PolicyDenied("no"), "t")
+    assert state(third) is S.SUSPENDED
+    rt.resume(third, "operator")
+    rt.note_error(third, PolicyDenied("no"), "t")
+    assert state(third) is S.RUNNING  # one denial since the resume
+    rt.sweep(now=time.monotonic() + 599)
+    rt.note_error(third, PolicyDenied("no"), "t")
+    assert state(third) is S.SUSPENDED  # the window still held the one before
+    rt.sweep(now=time.monotonic() + 601)
+    assert rt._denials == {}  # nothing kept for a principal with no recent denial
 
 
 def test_a_rate_limit_is_no_denial_of_the_agent_that_met_it() -> None:

@@ -1,0 +1,111 @@
+"""Attack: a principal probes with calls the policy denies, reconnecting before its session's
+agent reaches ``runtime.suspend_after_denials``. The denials are counted per principal, over
+its sessions (gateway/runtime/core.py): a new session is no fresh start. A real gateway over
+streamable HTTP with server-everything behind it and API keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import EVERYTHING_JS, write_config
+from tests.server.http.conftest import bearer, make_keys, run_server
+from tests.server.http.test_auth import INIT, MCP_HEADERS
+
+POLICY = """
+package symbi
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["not allowed"], "conditions": {}}
+
+decision := {"allow": true, "reasons": [], "conditions": {}} if input.action == "list"
+
+decision := {"allow": true, "reasons": [], "conditions": {}} if {
+    input.action == "call"
+    input.arguments.message != "forbidden"
+}
+"""
+
+
+class _Session:
+    def __init__(self, mcp: str, key: str) -> None:
+        r = httpx.post(mcp, json=INIT, headers={**MCP_HEADERS, **bearer(key)}, timeout=30)
+        assert r.status_code == 200, r.text
+        self.mcp = mcp
+        self.h = {
+            **MCP_HEADERS,
+            **bearer(key),
+            "mcp-session-id": r.headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-11-25",
+        }
+        httpx.post(mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=self.h)
+
+    def call(self, tool: str, args: dict[str, Any]) -> str | None:
+        """The call's ``symbi/error`` code, None when it was answered."""
+        body = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": args},
+        }
+        r = httpx.post(self.mcp, json=body, headers=self.h, timeout=30)
+        assert r.status_code == 200, r.text
+        result = _message(r.text)["result"]
+        return (
+            ((result.get("_meta") or {}).get("symbi/error") or {}).get("code")
+            if result.get("isError")
+            else None
+        )
+
+    def close(self) -> None:
+        httpx.delete(self.mcp, headers=self.h, timeout=10)
+
+
+def test_reconnecting_does_not_reset_the_count_of_denials(tmp_path: Path) -> None:
+    (tmp_path / "policy.rego").write_text(POLICY)
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [policy]
+        path = "{tmp_path / "policy.rego"}"
+
+        [gateway]
+        data_dir = "{tmp_path / "data"}"
+
+        [runtime]
+        suspend_after_denials = 3
+        denial_window_s = 600
+
+        [servers.everything]
+        command = "node"
+        args = ["{EVERYTHING_JS}", "stdio"]
+        verification = "warn"
+        """,
+    )
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        codes: list[str | None] = []
+        for _ in range(3):  # two denials a session: under the threshold in each one
+            s = _Session(run.mcp, keys.user)
+            codes += [s.call("everything__echo", {"message": "forbidden"}) for _ in range(2)]
+            codes.append(s.call("everything__echo", {"message": "still here"}))
+            s.close()
+        other = _Session(run.mcp, keys.other_user)  # another principal: its own count
+        assert other.call("everything__echo", {"message": "hi"}) is None
+    assert codes[:3] == ["policy_denied", "policy_denied", None]
+    # the principal's third denial is its second session's first call: that session is suspended
+    assert codes[3:6] == ["policy_denied", "agent_suspended", "agent_suspended"]
+    # and a third session's first denial, the window still full, suspends it too
+    assert codes[6:] == ["policy_denied", "agent_suspended", "agent_suspended"]
+
+
+def _message(body: str) -> Any:
+    """The JSON-RPC message of a JSON or an SSE answer."""
+    if body.lstrip().startswith("{"):
+        return json.loads(body)
+    return json.loads(
+        next(line[5:] for line in body.splitlines() if line.startswith("data:") and "{" in line)
+    )

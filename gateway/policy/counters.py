@@ -10,7 +10,10 @@ scanning it on every decision made each call slower the busier its principal was
   resolution*: it counts every call whose bucket is not older than the bucket holding
   ``now - window``, i.e. the exact count over ``(now - window, now]`` plus the calls of at most
   one extra resolution step (60..61 s for the minute, 60..61 min for the hour). It never
-  undercounts, so a policy cap such as ``max_calls_per_hour`` is never exceeded.
+  undercounts, so a policy cap such as ``max_calls_per_hour`` is never exceeded. A call is
+  counted when it is reserved, before its decision (``CallCounters.reserve``): calls whose
+  decisions are awaited at once (a remote OPA) each read the ones reserved before them; one
+  refused is taken back out of the bucket it was counted in (``release``).
 - **The rate limiter** is exact: a log of the accepted calls of the last minute, capped at
   ``EXACT_LIMIT_MAX`` entries; a limit up to that cap admits exactly ``limit`` calls in any
   60 s window and refuses the next. A larger limit falls back to the conservative 1 s count
@@ -79,13 +82,32 @@ class SlidingCounter:
 
     # add and count ask _advance only when the call is not in the newest bucket (most calls
     # are: many share a second), the same comparison it starts with
-    def add(self, now: float) -> None:
+    def add(self, now: float) -> int:
+        """Count one call at ``now``; the bucket it was counted in (``take_back`` takes it)."""
         idx = math.floor(now / self._resolution)
         current = self._current
         if idx != current:  # also when None: an int is never None
             current = self._advance(idx)
         self._counts[current % self._n] += 1
         self.total += 1
+        self.ops += 1
+        return current
+
+    def holds(self, bucket: int) -> bool:
+        """Whether ``bucket`` (absolute) is still in the ring, its calls still counted."""
+        current = self._current
+        return current is not None and current - self._n < bucket <= current
+
+    def take_back(self, bucket: int) -> None:
+        """Uncount one call ``add`` counted in ``bucket``. The bucket is named, not the time:
+        a call is counted in the newest bucket when the clock stood still or went back. A
+        bucket that has left the ring took its calls with it (nothing to take back): the
+        slot now holds a newer bucket, someone else's calls."""
+        if self.holds(bucket):
+            slot = bucket % self._n
+            if self._counts[slot] > 0:  # never below zero, whatever the caller repeats
+                self._counts[slot] -= 1
+                self.total -= 1
         self.ops += 1
 
     def count(self, now: float) -> int:
@@ -123,7 +145,9 @@ class _ToolWindows:
             log.popleft()
             self.pops += 1
 
-    def admits(self, now: float, limit: int | None) -> bool:
+    def admits(self, now: float, limit: int | None, reserved: int | None = None) -> bool:
+        """Whether one more call is under ``limit``; ``reserved``: the bucket of ``minute``
+        where the call itself was counted at its reservation (not a call before it)."""
         log = self.log
         if log and log[0] <= now - 60.0:  # prune's first test, without the call when nothing is due
             self.prune(now)
@@ -131,7 +155,10 @@ class _ToolWindows:
             return True
         if limit <= EXACT_LIMIT_MAX:
             return len(self.log) < limit
-        return self.minute.count(now) < limit
+        before = self.minute.count(now)
+        if reserved is not None and self.minute.holds(reserved):
+            before -= 1
+        return before < limit
 
 
 class RecentCounts(Protocol):
@@ -146,7 +173,10 @@ class CallCounters:
     """Recent-call windows per principal (1 min, 1 h) and per principal+tool (1 min).
 
     Thread-safe. ``try_acquire`` is the rate limiter: it records a call only if the
-    principal+tool window is below the limit. ``clock`` is injectable (tests).
+    principal+tool window is below the limit. A call whose decision is awaited is counted in
+    two parts instead: ``reserve`` (the windows, before the decision), then ``admit`` (the
+    rate limiter's log) or ``release`` (the windows' count taken back). ``clock`` is
+    injectable (tests).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -197,6 +227,62 @@ class CallCounters:
             pw.last = now
             self._by_principal.move_to_end(principal)
             return True
+
+    def reserve(self, principal: str, tool: str) -> tuple[int, int, int, int, int, int]:
+        """Count one call now, before its decision, so a call reserved while this one's decision
+        is awaited (a remote OPA) reads it: (calls in the last minute, calls in the last hour,
+        calls of ``tool`` in the last minute) before it, then the buckets it was counted in
+        (principal minute, principal hour, tool minute) for ``admit`` and ``release``. The
+        rate limiter's log is not touched: ``admit`` records the call there."""
+        now = self._clock()
+        with self._lock:
+            self._sweep(now)
+            key = (principal, tool)
+            tw = self._by_tool.get(key)
+            if tw is None:
+                tw = self._by_tool[key] = _ToolWindows()
+            tw.last = now
+            self._by_tool.move_to_end(key)
+            pw = self._by_principal.get(principal)
+            if pw is None:
+                pw = self._by_principal[principal] = _PrincipalWindows()
+            pw.last = now
+            self._by_principal.move_to_end(principal)
+            t = tw.minute.add(now)
+            m = pw.minute.add(now)
+            h = pw.hour.add(now)
+            # the totals less the call itself: what a count read just before it would say
+            return pw.minute.total - 1, pw.hour.total - 1, tw.minute.total - 1, m, h, t
+
+    def admit(self, principal: str, tool: str, limit_per_minute: int | None, tool_bucket: int) -> bool:
+        """A reserved call, recorded in the rate limiter's log unless ``limit_per_minute``
+        calls are there already; its windows already count it (``tool_bucket``: where
+        ``reserve`` counted it in the tool's minute). A call refused must be released."""
+        now = self._clock()
+        with self._lock:
+            key = (principal, tool)
+            tw = self._by_tool.get(key)
+            if tw is None:  # swept while its decision was awaited (over a minute): a fresh log
+                tw = self._by_tool[key] = _ToolWindows()
+            if not tw.admits(now, limit_per_minute, tool_bucket):
+                return False
+            tw.log.append(now)
+            tw.last = now
+            self._by_tool.move_to_end(key)
+            return True
+
+    def release(self, principal: str, tool: str, buckets: tuple[int, int, int]) -> None:
+        """Uncount a reserved call that was not admitted (``reserve``'s buckets): exactly the
+        one it counted, or nothing where its bucket has left the window since."""
+        m, h, t = buckets
+        with self._lock:
+            pw = self._by_principal.get(principal)
+            if pw is not None:
+                pw.minute.take_back(m)
+                pw.hour.take_back(h)
+            tw = self._by_tool.get((principal, tool))
+            if tw is not None:
+                tw.minute.take_back(t)
 
     def _sweep(self, now: float) -> None:
         # An entry whose newest call is older than its longest window (+ one bucket) counts 0

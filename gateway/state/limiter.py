@@ -3,8 +3,9 @@
 A call is *reserved* before its decision (``RateLimiter.reserve``: the recent-call counts the
 policy input reads) and then *admitted* under the decision's limit (``Reservation.admit``) or
 *released* (``Reservation.release``: the policy denied it, the limit refused it, or the
-decision failed). One process keeps the exact one-minute log in ``CallCounters`` (a
-reservation only reads it; admitting records the call). Replicas behind a load balancer
+decision failed). One process keeps the counts and the exact one-minute log in
+``CallCounters`` (a reservation counts the call in the windows, admitting records it in the
+log, a release takes the count back). Replicas behind a load balancer
 share one log per principal+tool in Redis: a sorted set of the calls, trimmed, counted and
 appended in one Lua script (atomic on the server, timed by the server's clock) that also
 reads and bumps the policy input's counts (``calls_last_minute``, ``calls_last_hour``,
@@ -155,21 +156,45 @@ class RateLimiter(Protocol):
 
 
 class _LocalReservation:
-    __slots__ = ("counts", "_key")
+    """A call counted in ``CallCounters`` at its reservation; the counts it read are its own
+    (the calls reserved before it), so calls whose decisions are awaited together (a remote
+    OPA) each read the ones before them: a cap such as ``max_calls_per_hour`` holds for them."""
+
+    __slots__ = ("_buckets", "_counters", "_hour", "_minute", "_open", "_principal", "_tool", "_tool_minute")
 
     def __init__(self, counters: CallCounters, principal: str, tool: str) -> None:
-        self.counts: CallCounters = counters
-        self._key = (principal, tool)
+        self._counters, self._principal, self._tool = counters, principal, tool
+        got = counters.reserve(principal, tool)
+        self._minute, self._hour, self._tool_minute = got[0], got[1], got[2]
+        self._buckets = (got[3], got[4], got[5])
+        self._open = True  # neither admitted nor released yet
+
+    @property
+    def counts(self) -> _LocalReservation:
+        return self  # read as RecentCounts: the counts before this call
+
+    def principal_counts(self, principal: str) -> tuple[int, int]:
+        return (self._minute, self._hour) if principal == self._principal else (0, 0)
+
+    def tool_count(self, principal: str, tool: str) -> int:
+        return self._tool_minute if (principal, tool) == (self._principal, self._tool) else 0
 
     def admit(self, limit: int | None) -> bool:
-        return self.counts.try_acquire(*self._key, limit)
+        if not self._open:
+            return False
+        admitted = self._counters.admit(self._principal, self._tool, limit, self._buckets[2])
+        self._open = not admitted  # admitted: counted for good (a release after it keeps it)
+        return admitted
 
     async def release(self) -> None:
-        return None  # nothing was recorded before admit
+        if self._open:
+            self._open = False
+            self._counters.release(self._principal, self._tool, self._buckets)
 
 
 class LocalRateLimiter:
-    """One process: the exact log in ``CallCounters`` (also the policy input's counts)."""
+    """One process: the exact log in ``CallCounters`` (also the policy input's counts). A
+    reservation counts the call in the windows at once; admitting records it in the log."""
 
     def __init__(self, counters: CallCounters) -> None:
         self.counters = counters

@@ -2,11 +2,12 @@
 
 Order of work for one call:
 1. reserve the call with the rate limiter (``gateway.state.limiter``: the recent-call counts,
-   in this process or shared by the replicas on Redis; unreachable: refused), build the input
-   document (``gateway.policy.inputdoc``) and get a ``Decision``;
+   in this process or shared by the replicas on Redis; unreachable: refused), which counts it
+   at once (calls whose decisions are awaited together each read the ones reserved before
+   them), build the input document (``gateway.policy.inputdoc``) and get a ``Decision``;
 2. deny -> ``PolicyDenied(reasons)``; the call never reaches the upstream (and is released);
 3. ``rate_limit`` -> sliding one-minute window per principal+tool (``RateLimited`` at the limit,
-   released); an admitted call is counted;
+   released); an admitted call stays counted;
 4. ``redact_arguments`` -> the upstream and the audit log get a redacted copy (of the
    arguments, and of each answer in a 2026 client's ``input_responses``);
 5. ``sandbox_tier`` -> ``call.sandbox_tier`` (the dispatcher runs code tools in it);
@@ -81,7 +82,7 @@ class PolicyStep:
 
     async def _decide(self, call: CallContext) -> Mapping[str, Any]:
         """The decision's conditions for an allowed call under its rate limit, the call then
-        counted; else ``PolicyDenied`` / ``RateLimited``, the call not counted."""
+        counted; else ``PolicyDenied`` / ``RateLimited``, the call's count taken back."""
         name = call.tool.name if call.tool else call.target
         held = await self.limiter.reserve(call.principal.qualified, name)  # one round trip on Redis
         try:
@@ -92,14 +93,15 @@ class PolicyStep:
             if self._in_flight > 1:  # others may ask in this turn: decided back to back
                 return await self._together.run(lambda: self._decide_now(call, held))
             return self._decide_now(call, held)
-        except BaseException:  # denied, refused, failed or cancelled: the call is not counted
+        except BaseException:  # denied, refused, failed or cancelled: its count is taken back
             await held.release()
             raise
 
     def _decide_now(self, call: CallContext, held: Reservation) -> Mapping[str, Any]:
         """Input, decision and admission with no wait between them: the counts a decision reads
-        include every call admitted before it (a cap such as ``max_calls_per_hour`` holds for
-        calls decided together). Timed from here: a wait for the batch is not the decision's."""
+        include every call reserved before it and not released when it was reserved (a cap
+        such as ``max_calls_per_hour`` holds for calls decided together). Timed from here: a
+        wait for the batch is not the decision's."""
         started = time.perf_counter()
         return self._admit(call, held, self.engine.decide(input_for_call(call, held.counts)), started)
 

@@ -8,6 +8,7 @@ import asyncio
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -188,3 +189,58 @@ def test_build_engine_gives_the_configured_remote_engine(
         RemoteEngine("https://opa.local", decision="symbi.other").endpoint
         == "https://opa.local/v1/data/symbi/other"
     )
+
+
+HOURLY_CAP_REGO = """package symbi
+
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["hourly cap reached"], "conditions": {}}
+
+decision := {"allow": true, "reasons": [], "conditions": {}} if input.context.calls_last_hour < 3
+"""
+
+
+def test_an_hourly_cap_holds_for_concurrent_calls_decided_remotely() -> None:
+    """A remote decision is awaited: calls of one principal made at once all wait for OPA
+    together. Each must still see the calls reserved before it, else every one of them reads
+    ``calls_last_hour == 0`` and a cap of 3 admits all 12 (the local rate limiter, real OPA)."""
+    from gateway.chain import CallNext, build_chain
+    from gateway.context import CallContext, Principal, ToolInfo
+    from gateway.errors import PolicyDenied
+    from gateway.state.limiter import LocalRateLimiter
+    from gateway.steps.policy import PolicyStep
+
+    who = Principal(id="local", kind="user", roles=("developer",))
+    tool = ToolInfo(
+        name="up__a",
+        original_name="a",
+        upstream="up",
+        definition={"name": "a", "inputSchema": {"type": "object"}},
+    )
+    reached: list[str] = []
+
+    async def upstream(call: CallContext) -> str:
+        reached.append(call.target)
+        return "ok"
+
+    def call() -> CallContext:
+        return CallContext(
+            principal=who, kind="tools/call", target="up__a", arguments={}, session_id="s1", tool=tool
+        )
+
+    async def at_once(chain: CallNext) -> list[Any]:
+        return await asyncio.gather(*(chain(call()) for _ in range(12)), return_exceptions=True)
+
+    with OpaServer(opa_engine(HOURLY_CAP_REGO, {})) as server:
+        remote = RemoteEngine(server.url, timeout_s=30.0)
+        try:
+            step = PolicyStep(remote)
+            assert remote.decides_inline is False and isinstance(step.limiter, LocalRateLimiter)
+            outcomes = asyncio.run(at_once(build_chain([step], upstream)))
+        finally:
+            remote.close()
+    assert server.requests == 12  # every call was decided by OPA
+    assert len(reached) == 3 and outcomes.count("ok") == 3
+    assert [type(o) for o in outcomes if o != "ok"] == [PolicyDenied] * 9
+    assert step.counters.principal_counts(who.qualified)[1] == 3  # the denied ones were given back

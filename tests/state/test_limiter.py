@@ -118,6 +118,26 @@ async def test_a_released_call_leaves_no_trace_and_is_released_once(redis_engine
         await b.aclose()
 
 
+async def test_a_local_reservation_counts_until_released_once() -> None:
+    limiter = LocalRateLimiter(CallCounters())
+    held = await limiter.reserve("erin", "t__x")
+    assert held.counts.principal_counts("erin") == (0, 0)
+    # while it waits for its decision it counts for the call beside it, not for its limit
+    beside = await limiter.reserve("erin", "t__x")
+    assert beside.counts.principal_counts("erin") == (1, 1) and beside.counts.tool_count("erin", "t__x") == 1
+    assert beside.counts.principal_counts("other") == (0, 0)  # its counts are its principal's
+    assert beside.admit(1)
+    assert not held.admit(1)  # the limit's log: the admitted call only
+    await held.release()
+    await held.release()  # a second release takes nothing more back
+    assert limiter.counters.principal_counts("erin") == (1, 1)
+    await beside.release()  # admitted: counted for good
+    after = await limiter.reserve("erin", "t__x")
+    assert after.counts.principal_counts("erin") == (1, 1) and after.counts.tool_count("erin", "t__x") == 1
+    await after.release()
+    assert await limiter.acquire("erin", "t__y", 1) and not await limiter.acquire("erin", "t__y", 1)
+
+
 async def test_a_release_outlives_the_cancelled_call(redis_engine: Redis) -> None:
     limiter = RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2)
     try:

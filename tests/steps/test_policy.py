@@ -452,6 +452,55 @@ def test_the_call_decision_sees_the_call_counts(tmp_path: Any) -> None:
         run(step, Recorder(), call_of("up__a", {}))
 
 
+class Held(EmbeddedEngine):
+    """The real embedded engine asked as a remote one is (awaited), recording the hourly count
+    each call decision read; a call of ``up__slow`` waits for ``go`` first."""
+
+    decides_inline = False
+
+    def __init__(self, files: PolicyFiles) -> None:
+        super().__init__(files)
+        self.hours: list[int] = []
+        self.go = asyncio.Event()
+
+    async def adecide(self, input: Any) -> Any:
+        self.hours.append(input["context"]["calls_last_hour"])
+        if input["target"] == "up__slow":
+            await self.go.wait()
+        return super().decide(input)
+
+
+def test_a_denied_or_cancelled_call_is_given_back(tmp_path: Any) -> None:
+    """Counted from its reservation, a call that is then denied or cancelled is taken back:
+    the next call reads the counts the refused one read."""
+    (tmp_path / "p.rego").write_text(
+        "package symbi\n\nimport rego.v1\n\n"
+        'default decision := {"allow": false, "reasons": ["no"], "conditions": {}}\n\n'
+        'decision := {"allow": true, "reasons": [], "conditions": {}} if input.target != "up__deny"\n'
+    )
+    eng = Held(PolicyFiles(policy=tmp_path / "p.rego"))
+    assert eng.load()
+    step = PolicyStep(eng)
+    chain = build_chain([step], Recorder())
+
+    async def go() -> None:
+        await chain(call_of("up__a", {}))
+        with pytest.raises(PolicyDenied):
+            await chain(call_of("up__deny", {}))
+        await chain(call_of("up__a", {}))
+        slow = asyncio.ensure_future(chain(call_of("up__slow", {})))
+        while len(eng.hours) < 4:  # the slow call is reserved and waits for its decision
+            await asyncio.sleep(0)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        await chain(call_of("up__a", {}))
+
+    asyncio.run(go())
+    assert eng.hours == [0, 1, 1, 2, 2]  # the denied and the cancelled calls read, then gone
+    assert step.counters.principal_counts(LOCAL.qualified) == (3, 3)
+
+
 def test_the_counters_and_limiter_handed_in_are_the_ones_used(engine: EmbeddedEngine) -> None:
     """make_gateway shares one CallCounters (the policy input's call counts) and one rate
     limiter (Redis when replicas share state) with the step: it must not make its own."""

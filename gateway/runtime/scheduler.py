@@ -151,6 +151,8 @@ class Scheduler:
             if best is None:
                 return
             self._forget(best)
+            if best.future.done():  # cancelled by its caller, whose task has not resumed yet
+                continue
             self._take(best.agent)
             best.future.set_result(None)
 
@@ -187,6 +189,8 @@ class Scheduler:
                 reasons=["every queued call has the same or higher priority; retry later"],
             )
         self._forget(victim)
+        if victim.future.done():  # cancelled by its caller already: leaving makes the room
+            return
         self.stats[victim.priority].preempted += 1
         victim.future.set_exception(
             Preempted(

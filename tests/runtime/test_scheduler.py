@@ -301,3 +301,51 @@ def test_a_slot_granted_from_the_queue_counts_for_its_agent() -> None:
         assert s.agent_in_flight("b") == 0 and s.in_flight == 0
 
     asyncio.run(main())
+
+
+def test_a_waiter_cancelled_in_the_turn_a_slot_frees_does_not_take_it() -> None:
+    """The caller cancels a queued call (its future is cancelled at once, its task has not run
+    yet) and, in the same turn, the holder releases: the slot goes to the next waiter, not to
+    the cancelled one (whose future cannot take a result), and nothing is held afterwards."""
+
+    async def main() -> None:
+        s = Scheduler(max_in_flight=1)
+        await s.acquire("holder", 5, 1)
+        gone = asyncio.create_task(s.acquire("gone", 5, 1))
+        await asyncio.sleep(0)
+        nxt = asyncio.create_task(s.acquire("next", 5, 1))
+        await asyncio.sleep(0)
+        assert s.queue_depth() == 2
+        gone.cancel()  # still in the deque: its task resumes only on a later turn
+        s.release("holder")
+        await nxt
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert (s.in_flight, s.agent_in_flight("next"), s.agent_in_flight("gone")) == (1, 1, 0)
+        s.release("next")
+        assert (s.in_flight, s.queue_depth()) == (0, 0)
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_waiter_picked_as_the_preemption_victim_just_leaves() -> None:
+    """At a full queue, the lowest waiter was cancelled by its caller in this same turn: the
+    higher call takes its place and nobody is told Preempted (that caller is gone)."""
+
+    async def main() -> None:
+        s = Scheduler(max_in_flight=1, queue_limit=1, aging_s=1000)
+        await s.acquire("holder", 9, 1)
+        low = asyncio.create_task(s.acquire("low", 1, 1))
+        await asyncio.sleep(0)
+        high = asyncio.create_task(s.acquire("high", 7, 1))  # its first step runs before ...
+        low.cancel()  # ... the cancelled task resumes to leave the queue
+        await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await low
+        assert (s.queue_depth(7), s.stats[1].preempted) == (1, 0)
+        s.release("holder")
+        await high
+        s.release("high")
+        assert (s.in_flight, s.queue_depth()) == (0, 0)
+
+    asyncio.run(main())

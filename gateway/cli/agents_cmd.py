@@ -86,7 +86,11 @@ def _status(args: argparse.Namespace) -> int:
         f"agents: {ag['live']} live of {ag['max']}  "
         + " ".join(f"{k}={v}" for k, v in ag["by_state"].items() if v)
     )
-    lines.append(f"scheduler: {sc['in_flight']}/{sc['max_in_flight']} in flight, {sc['queued']} queued")
+    lines.append(
+        f"scheduler: {sc['in_flight']}/{sc['max_in_flight']} in flight, {sc['queued']} queued; "
+        f"per principal {sc['max_in_flight_per_principal']} in flight, "
+        f"{sc['queue_limit_per_principal']} queued ({sc['refused_per_principal']} refused)"
+    )
     lines += [f"error: {e['code']} {e['target']} ({e['agent']})" for e in doc["recent_errors"][-5:]]
     code = 0 if doc["overall_status"] != "unhealthy" else 1
     admin_client.show(args, doc, "\n".join(lines))

@@ -257,6 +257,10 @@ class RuntimeSection(Section):
     agent_idle_timeout_s: float = Field(default=1800.0, gt=0)
     max_in_flight: int = Field(default=64, ge=1)  # calls dispatched at once, all agents
     queue_limit: int = Field(default=1024, ge=1)
+    # one principal's calls in flight (all its sessions and agents, hosted ones too) and
+    # waiting: one caller cannot take every slot of max_in_flight or fill queue_limit
+    max_in_flight_per_principal: int = Field(default=16, ge=1)
+    queue_limit_per_principal: int = Field(default=256, ge=1)
     aging_s: float = Field(default=1.0, gt=0)  # seconds of waiting worth one priority level
     default_priority: int = Field(default=4, ge=0, le=9)
     suspend_after_denials: int = Field(default=10, ge=1)

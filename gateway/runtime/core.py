@@ -61,7 +61,11 @@ class AgentRuntime:
             ended=ended,
         )
         self.scheduler = Scheduler(
-            max_in_flight=rt.max_in_flight, queue_limit=rt.queue_limit, aging_s=rt.aging_s
+            max_in_flight=rt.max_in_flight,
+            queue_limit=rt.queue_limit,
+            max_in_flight_per_principal=rt.max_in_flight_per_principal,
+            queue_limit_per_principal=rt.queue_limit_per_principal,
+            aging_s=rt.aging_s,
         )
         self.default_limits = ResourceLimits.from_config(rt.resources)
         self.pool = ResourcePool(rt.pool_slots, rt.pool_slot_cpu, rt.pool_slot_memory_mb, rt.allocation)

@@ -128,6 +128,9 @@ def utilization(rt: AgentRuntime) -> dict[str, Any]:
             "queued": sched.queue_depth(),
             "queue_limit": sched.queue_limit,
             "queued_by_priority": {str(p): sched.queue_depth(p) for p in range(LEVELS)},
+            "max_in_flight_per_principal": sched.max_in_flight_per_principal,
+            "queue_limit_per_principal": sched.queue_limit_per_principal,
+            "refused_per_principal": sched.refused_per_principal,  # at queue_limit_per_principal
             "worker_threads": rt.config.runtime.scheduler_threads,
         },
         "pool": {"strategy": rt.pool.strategy, "slots": rt.pool.as_json()},

@@ -2,7 +2,8 @@
 
 1. a policy decision with ``suspend_agent`` suspends the agent and refuses the call;
 2. the call waits for a slot of the priority scheduler (priority: the policy's ``priority``
-   condition, else the agent's); a full queue refuses or preempts, never hangs;
+   condition, else the agent's), within its agent's and its principal's caps; a full queue
+   (or the principal's share of it) refuses or preempts, never hangs;
 3. it runs under the agent's execution-time budget: a breach cancels it, suspends the agent
    and answers ``BudgetExceeded``;
 4. the upstream's circuit breaker is asked first (open: ``UpstreamUnavailable`` at once);
@@ -116,12 +117,15 @@ class ScheduleStep:
         # the scheduler's slot and the budget held directly (Scheduler.slot's context manager
         # and an anyio cancel scope cost ~50 function calls per call): the same slot, released
         # on every exit, and the same deadline, which cancels the call in flight
+        # the caller's own slots (runtime.max_in_flight_per_principal) over all its sessions and
+        # agents: one API key or token cannot take every global slot from the others
+        who = call.principal.qualified
         scheduler = rt.scheduler
-        await scheduler.acquire(key, priority, limits.max_concurrent_calls)
+        await scheduler.acquire(key, priority, limits.max_concurrent_calls, who)
         try:
             breached, result = await self._budgeted(call, call_next, limits.execution_timeout_s)
         finally:
-            scheduler.release(key)
+            scheduler.release(key, who)
         if not breached:
             return result
         reason = f"execution time budget of {limits.execution_timeout_s:g} s exceeded on {call.target}"

@@ -59,6 +59,27 @@ BAD = [
     ("opa without url", '[policy]\nengine = "opa"\n', "policy"),
     ("unknown section", "[nope]\nx = 1\n", "nope"),
     ("negative port", "[http]\nport = -1\n", "http.port"),
+    # the per-principal scheduler caps: zero would refuse or stall every call, negative is nonsense
+    (
+        "principal in-flight zero",
+        "[runtime]\nmax_in_flight_per_principal = 0\n",
+        "runtime.max_in_flight_per_principal",
+    ),
+    (
+        "principal in-flight negative",
+        "[runtime]\nmax_in_flight_per_principal = -4\n",
+        "runtime.max_in_flight_per_principal",
+    ),
+    (
+        "principal queue zero",
+        "[runtime]\nqueue_limit_per_principal = 0\n",
+        "runtime.queue_limit_per_principal",
+    ),
+    (
+        "principal queue negative",
+        "[runtime]\nqueue_limit_per_principal = -1\n",
+        "runtime.queue_limit_per_principal",
+    ),
     (
         "jwt alg none",
         '[http.jwt]\nissuer = "i"\naudience = "a"\nalgorithms = ["none"]\njwks_file = "j"\n',

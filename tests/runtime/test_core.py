@@ -283,3 +283,8 @@ def test_calls_are_counted_and_a_removed_agent_leaves_nothing_behind() -> None:
     assert rt.sweep() == 1  # removed: everything kept for it goes
     assert a.id not in rt.usage and a.id not in rt.limits and a.id not in rt._denials
     assert a.id not in rt._terminating and all(not s["agents"] for s in rt.pool.as_json())
+
+
+def test_the_per_principal_caps_of_the_config_are_the_schedulers() -> None:
+    _, rt = runtime(max_in_flight_per_principal=3, queue_limit_per_principal=5)
+    assert (rt.scheduler.max_in_flight_per_principal, rt.scheduler.queue_limit_per_principal) == (3, 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -299,5 +300,172 @@ def test_a_slot_granted_from_the_queue_counts_for_its_agent() -> None:
         assert s.agent_in_flight("b") == 1 and s.agent_in_flight("a") == 0 and s.in_flight == 1
         s.release("b")
         assert s.agent_in_flight("b") == 0 and s.in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_a_waiter_cancelled_in_the_turn_a_slot_frees_does_not_take_it() -> None:
+    """The caller cancels a queued call (its future is cancelled at once, its task has not run
+    yet) and, in the same turn, the holder releases: the slot goes to the next waiter, not to
+    the cancelled one (whose future cannot take a result), and nothing is held afterwards."""
+
+    async def main() -> None:
+        s = Scheduler(max_in_flight=1)
+        await s.acquire("holder", 5, 1)
+        gone = asyncio.create_task(s.acquire("gone", 5, 1))
+        await asyncio.sleep(0)
+        nxt = asyncio.create_task(s.acquire("next", 5, 1))
+        await asyncio.sleep(0)
+        assert s.queue_depth() == 2
+        gone.cancel()  # still in the deque: its task resumes only on a later turn
+        s.release("holder")
+        await nxt
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert (s.in_flight, s.agent_in_flight("next"), s.agent_in_flight("gone")) == (1, 1, 0)
+        s.release("next")
+        assert (s.in_flight, s.queue_depth()) == (0, 0)
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_waiter_picked_as_the_preemption_victim_just_leaves() -> None:
+    """At a full queue, the lowest waiter was cancelled by its caller in this same turn: the
+    higher call takes its place and nobody is told Preempted (that caller is gone)."""
+
+    async def main() -> None:
+        s = Scheduler(max_in_flight=1, queue_limit=1, aging_s=1000)
+        await s.acquire("holder", 9, 1)
+        low = asyncio.create_task(s.acquire("low", 1, 1))
+        await asyncio.sleep(0)
+        high = asyncio.create_task(s.acquire("high", 7, 1))  # its first step runs before ...
+        low.cancel()  # ... the cancelled task resumes to leave the queue
+        await asyncio.sleep(0)
+        with pytest.raises(asyncio.CancelledError):
+            await low
+        assert (s.queue_depth(7), s.stats[1].preempted) == (1, 0)
+        s.release("holder")
+        await high
+        s.release("high")
+        assert (s.in_flight, s.queue_depth()) == (0, 0)
+
+    asyncio.run(main())
+
+
+# -- the per-principal caps (runtime.max_in_flight_per_principal, queue_limit_per_principal) --
+
+
+def test_a_principal_at_its_cap_waits_though_global_slots_are_free() -> None:
+    async def main() -> None:
+        s = Scheduler(max_in_flight=8, max_in_flight_per_principal=2)
+        await s.acquire("a1", 5, 8, "key:a")
+        await s.acquire("a2", 5, 8, "key:a")  # another agent (session) of the same principal
+        third = asyncio.create_task(s.acquire("a3", 5, 8, "key:a"))
+        await asyncio.sleep(0.01)
+        assert not third.done() and (s.in_flight, s.queue_depth(), s.principal_queued("key:a")) == (2, 1, 1)
+        s.release("a1", "key:a")
+        await third
+        assert (s.principal_in_flight("key:a"), s.principal_queued("key:a"), s.in_flight) == (2, 0, 2)
+
+    asyncio.run(main())
+
+
+def test_a_waiter_at_its_principals_cap_is_stepped_over_not_waited_behind() -> None:
+    """A's queued call is first in its level (and higher priority), but A is at its cap: B's
+    call behind it takes the free global slot."""
+
+    async def main() -> None:
+        s = Scheduler(max_in_flight=2, max_in_flight_per_principal=1, aging_s=1000)
+        await s.acquire("b0", 5, 8, "key:b")  # so the queue is in use for what follows
+        await s.acquire("a0", 5, 8, "key:a")
+        a_more = asyncio.create_task(s.acquire("a1", 9, 8, "key:a"))  # A at its cap: waits
+        b_more = asyncio.create_task(s.acquire("b1", 5, 8, "key:b"))  # B at its cap: waits
+        await asyncio.sleep(0)
+        assert s.queue_depth() == 2
+        s.release("b0", "key:b")  # one global slot: A stands higher, but only B may take it
+        await b_more
+        assert not a_more.done() and s.principal_in_flight("key:b") == 1
+        s.release("a0", "key:a")
+        await a_more
+        assert (s.principal_in_flight("key:a"), s.in_flight, s.queue_depth()) == (1, 2, 0)
+
+    asyncio.run(main())
+
+
+def test_a_principal_with_its_queue_share_waiting_is_refused_and_counted() -> None:
+    async def main() -> None:
+        s = Scheduler(max_in_flight=8, max_in_flight_per_principal=1, queue_limit_per_principal=2)
+        await s.acquire("a", 5, 8, "key:a")
+        waiting = [asyncio.create_task(s.acquire("a", 5, 8, "key:a")) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(SchedulerBusy) as busy:
+            await s.acquire("a", 9, 8, "key:a")  # no preemption of its own or others' work
+        assert busy.value.reasons and type(busy.value) is SchedulerBusy
+        assert (s.refused_per_principal, s.principal_queued("key:a")) == (1, 2)
+        await s.acquire("b", 5, 8, "key:b")  # another principal: neither refused nor held back
+        assert s.principal_in_flight("key:b") == 1
+        for w in waiting:
+            s.release("a", "key:a")
+            await w
+        s.release("a", "key:a")
+        s.release("b", "key:b")
+        assert (s.in_flight, s.queue_depth(), s.refused_per_principal) == (0, 0, 1)
+        assert not s._per_principal and not s._queued_by_principal  # nothing kept per idle caller
+
+    asyncio.run(main())
+
+
+def test_a_noisy_principal_cannot_hold_every_global_slot_from_another() -> None:
+    """A floods slow calls; B's quick calls still run while A's wait (fairness), and A's calls
+    all complete in time."""
+
+    async def main() -> None:
+        s = Scheduler(max_in_flight=4, max_in_flight_per_principal=3)
+        done: list[str] = []
+
+        async def job(who: str, hold: float) -> None:
+            async with s.slot(who, 5, 100, f"key:{who}"):
+                assert s.principal_in_flight(f"key:{who}") <= 3
+                await asyncio.sleep(hold)
+            done.append(who)
+
+        flood = [asyncio.create_task(job("a", 0.2)) for _ in range(9)]
+        await asyncio.sleep(0.01)
+        assert s.principal_in_flight("key:a") == 3 and s.in_flight == 3
+        t = time.perf_counter()
+        await asyncio.gather(*(job("b", 0.0) for _ in range(4)))
+        assert time.perf_counter() - t < 0.15  # not behind A's 0.2 s calls
+        assert done[:4] == ["b"] * 4
+        await asyncio.gather(*flood)
+        assert done.count("a") == 9 and (s.in_flight, s.queue_depth()) == (0, 0)
+
+    asyncio.run(main())
+
+
+def test_calls_without_a_principal_have_no_principal_cap() -> None:
+    async def main() -> None:
+        s = Scheduler(max_in_flight=8, max_in_flight_per_principal=1)
+        for i in range(3):
+            assert await s.acquire(f"x{i}", 5, 8) == 0.0
+        assert s.in_flight == 3 and not s._per_principal
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_waiter_gives_its_principals_queue_share_back() -> None:
+    async def main() -> None:
+        s = Scheduler(max_in_flight=1, queue_limit_per_principal=1)
+        await s.acquire("holder", 5, 1, "key:h")
+        waiter = asyncio.create_task(s.acquire("a", 5, 1, "key:a"))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert s.principal_queued("key:a") == 0
+        again = asyncio.create_task(s.acquire("a", 5, 1, "key:a"))  # not refused: its share is back
+        await asyncio.sleep(0)
+        s.release("holder", "key:h")
+        await again
+        assert (s.principal_in_flight("key:a"), s.principal_in_flight("key:h")) == (1, 0)
 
     asyncio.run(main())

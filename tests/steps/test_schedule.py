@@ -592,3 +592,41 @@ def test_a_call_failing_its_own_way_after_its_deadline_is_not_a_breach() -> None
 
     anyio.run(call)
     assert out["breached"] is False and isinstance(out["error"], RuntimeError)
+
+
+def test_a_principals_calls_share_its_cap_across_its_agents() -> None:
+    """Two sessions (agents) of alice, each under its own limit: at
+    runtime.max_in_flight_per_principal = 1 the second waits; bob's call does not."""
+    rt = runtime(max_in_flight_per_principal=1)
+    _, p1 = session(rt)
+    second = rt.agents.for_session(Principal(id="alice"), "client", "s2")
+    rt.begin(second, "the agent step ran")
+    p2 = Principal(id="alice", agent=second.id)
+    inside: list[str] = []
+    release = anyio.Event()
+
+    async def endpoint(call: CallContext) -> str:
+        inside.append(call.principal.id)
+        if call.principal.id == "alice":
+            await release.wait()
+        return "ok"
+
+    async def go() -> None:
+        chain = build_chain([ScheduleStep(rt)], endpoint)
+
+        async def one(p: Principal) -> None:
+            await chain(CallContext(principal=p, kind="tools/call", target="up__t", tool=tool()))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, p1)
+            tg.start_soon(one, p2)
+            for _ in range(50):
+                await anyio.lowlevel.checkpoint()
+            assert inside == ["alice"] and rt.scheduler.principal_in_flight("stdio:alice") == 1
+            await one(Principal(id="bob"))  # another principal: runs at once
+            assert inside == ["alice", "bob"] and rt.scheduler.queue_depth() == 1
+            release.set()
+        assert inside == ["alice", "bob", "alice"]
+        assert rt.scheduler.in_flight == 0 and rt.scheduler.principal_in_flight("stdio:alice") == 0
+
+    anyio.run(go)

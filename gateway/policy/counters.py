@@ -217,15 +217,10 @@ class CallCounters:
                 return False
             tw.log.append(now)
             tw.minute.add(now)
-            tw.last = now
-            self._by_tool.move_to_end(key)
-            pw = self._by_principal.get(principal)
-            if pw is None:
-                pw = self._by_principal[principal] = _PrincipalWindows()
+            self._touch_tool(key, tw, now)
+            pw = self._principal_windows(principal, now)
             pw.minute.add(now)
             pw.hour.add(now)
-            pw.last = now
-            self._by_principal.move_to_end(principal)
             return True
 
     def reserve(self, principal: str, tool: str) -> tuple[int, int, int, int, int, int]:
@@ -241,13 +236,8 @@ class CallCounters:
             tw = self._by_tool.get(key)
             if tw is None:
                 tw = self._by_tool[key] = _ToolWindows()
-            tw.last = now
-            self._by_tool.move_to_end(key)
-            pw = self._by_principal.get(principal)
-            if pw is None:
-                pw = self._by_principal[principal] = _PrincipalWindows()
-            pw.last = now
-            self._by_principal.move_to_end(principal)
+            self._touch_tool(key, tw, now)
+            pw = self._principal_windows(principal, now)
             t = tw.minute.add(now)
             m = pw.minute.add(now)
             h = pw.hour.add(now)
@@ -270,6 +260,20 @@ class CallCounters:
             tw.last = now
             self._by_tool.move_to_end(key)
             return True
+
+    def _touch_tool(self, key: tuple[str, str], tw: _ToolWindows, now: float) -> None:
+        """``tw`` used at ``now``: the newest, the last the sweep reaches."""
+        tw.last = now
+        self._by_tool.move_to_end(key)
+
+    def _principal_windows(self, principal: str, now: float) -> _PrincipalWindows:
+        """``principal``'s windows (made on its first call), used at ``now``."""
+        pw = self._by_principal.get(principal)
+        if pw is None:
+            pw = self._by_principal[principal] = _PrincipalWindows()
+        pw.last = now
+        self._by_principal.move_to_end(principal)
+        return pw
 
     def release(self, principal: str, tool: str, buckets: tuple[int, int, int]) -> None:
         """Uncount a reserved call that was not admitted (``reserve``'s buckets): exactly the

@@ -143,14 +143,17 @@ def policy_data(tmp_path: Path) -> Path:
     return path
 
 
-def everything_config(tmp_path: Path, http_extra: str = "", top_extra: str = "") -> Path:
-    """A config with server-everything (stdio, verification warn), the real policy with
-    this suite's data, and an [http] section."""
+def everything_config(
+    tmp_path: Path, http_extra: str = "", top_extra: str = "", policy: Path = POLICY
+) -> Path:
+    """A config with server-everything (stdio, verification warn), the real policy (or
+    ``policy``) with this suite's data, and an [http] section; ``top_extra`` may open tables
+    of its own (``[runtime]``)."""
     return write_config(
         tmp_path,
         f"""
         [policy]
-        path = "{POLICY}"
+        path = "{policy}"
         data = "{policy_data(tmp_path)}"
 
         [gateway]

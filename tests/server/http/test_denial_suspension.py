@@ -11,8 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import EVERYTHING_JS, write_config
-from tests.server.http.conftest import bearer, make_keys, run_server
+from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
 
 POLICY = """
@@ -66,25 +65,8 @@ class _Session:
 
 def test_reconnecting_does_not_reset_the_count_of_denials(tmp_path: Path) -> None:
     (tmp_path / "policy.rego").write_text(POLICY)
-    cfg = write_config(
-        tmp_path,
-        f"""
-        [policy]
-        path = "{tmp_path / "policy.rego"}"
-
-        [gateway]
-        data_dir = "{tmp_path / "data"}"
-
-        [runtime]
-        suspend_after_denials = 3
-        denial_window_s = 600
-
-        [servers.everything]
-        command = "node"
-        args = ["{EVERYTHING_JS}", "stdio"]
-        verification = "warn"
-        """,
-    )
+    runtime = "[runtime]\nsuspend_after_denials = 3\ndenial_window_s = 600\n"
+    cfg = everything_config(tmp_path, top_extra=runtime, policy=tmp_path / "policy.rego")
     keys = make_keys(cfg)
     with run_server(cfg) as run:
         codes: list[str | None] = []

@@ -20,8 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import EVERYTHING_JS, POLICY, write_config
-from tests.server.http.conftest import Keys, Running, bearer, make_keys, policy_data, run_server
+from tests.server.http.conftest import Keys, Running, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_fastlane import HEADERS, INIT, INITIALIZED, call, replies
 
 LONG = "everything__trigger-long-running-operation"
@@ -33,22 +32,7 @@ GLOBAL_SLOTS = A_SESSIONS * A_CALLS_PER_SESSION  # A alone could fill max_in_fli
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, Keys]]:
     tmp = tmp_path_factory.mktemp("fairness")
-    cfg = write_config(
-        tmp,
-        f"""
-        [policy]
-        path = "{POLICY}"
-        data = "{policy_data(tmp)}"
-        [gateway]
-        data_dir = "{tmp / "data"}"
-        [runtime]
-        max_in_flight = {GLOBAL_SLOTS}
-        [servers.everything]
-        command = "node"
-        args = ["{EVERYTHING_JS}", "stdio"]
-        verification = "warn"
-        """,
-    )
+    cfg = everything_config(tmp, top_extra=f"[runtime]\nmax_in_flight = {GLOBAL_SLOTS}\n")
     keys = make_keys(cfg)
     with run_server(cfg) as run:
         yield run, keys

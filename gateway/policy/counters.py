@@ -209,10 +209,7 @@ class CallCounters:
         with self._lock:
             self._sweep(now)
             key = (principal, tool)
-            tw = self._by_tool.get(key)
-            if tw is None:
-                tw = self._by_tool[key] = _ToolWindows()
-                tw.last = now
+            tw = self._tool_windows(key, now)
             if not tw.admits(now, limit_per_minute):
                 return False
             tw.log.append(now)
@@ -233,9 +230,7 @@ class CallCounters:
         with self._lock:
             self._sweep(now)
             key = (principal, tool)
-            tw = self._by_tool.get(key)
-            if tw is None:
-                tw = self._by_tool[key] = _ToolWindows()
+            tw = self._tool_windows(key, now)
             self._touch_tool(key, tw, now)
             pw = self._principal_windows(principal, now)
             t = tw.minute.add(now)
@@ -260,6 +255,14 @@ class CallCounters:
             tw.last = now
             self._by_tool.move_to_end(key)
             return True
+
+    def _tool_windows(self, key: tuple[str, str], now: float) -> _ToolWindows:
+        """``key``'s windows, made (as of ``now``) on its first call."""
+        tw = self._by_tool.get(key)
+        if tw is None:
+            tw = self._by_tool[key] = _ToolWindows()
+            tw.last = now
+        return tw
 
     def _touch_tool(self, key: tuple[str, str], tw: _ToolWindows, now: float) -> None:
         """``tw`` used at ``now``: the newest, the last the sweep reaches."""

@@ -246,14 +246,11 @@ class CallCounters:
         now = self._clock()
         with self._lock:
             key = (principal, tool)
-            tw = self._by_tool.get(key)
-            if tw is None:  # swept while its decision was awaited (over a minute): a fresh log
-                tw = self._by_tool[key] = _ToolWindows()
+            tw = self._tool_windows(key, now)  # new if swept while its decision was awaited (> 1 min)
             if not tw.admits(now, limit_per_minute, tool_bucket):
                 return False
             tw.log.append(now)
-            tw.last = now
-            self._by_tool.move_to_end(key)
+            self._touch_tool(key, tw, now)
             return True
 
     def _tool_windows(self, key: tuple[str, str], now: float) -> _ToolWindows:

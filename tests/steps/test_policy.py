@@ -436,14 +436,19 @@ def test_a_remote_engine_is_asked_every_tool_with_the_same_input(tmp_path: Any) 
             remote.close()
 
 
-def test_the_call_decision_sees_the_call_counts(tmp_path: Any) -> None:
-    """A volume rule (input.context.calls_last_minute) needs the step's counters in the input."""
+def _allow_if(tmp_path: Any, body: str, reason: str = "too many") -> PolicyFiles:
+    """A policy that allows a call when the Rego ``body`` holds, else denies it with ``reason``."""
     (tmp_path / "p.rego").write_text(
         "package symbi\n\nimport rego.v1\n\n"
-        'default decision := {"allow": false, "reasons": ["too many"], "conditions": {}}\n\n'
-        'decision := {"allow": true, "reasons": [], "conditions": {}} if input.context.calls_last_minute < 2\n'
+        f'default decision := {{"allow": false, "reasons": ["{reason}"], "conditions": {{}}}}\n\n'
+        f'decision := {{"allow": true, "reasons": [], "conditions": {{}}}} if {{\n    {body}\n}}\n'
     )
-    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    return PolicyFiles(policy=tmp_path / "p.rego")
+
+
+def test_the_call_decision_sees_the_call_counts(tmp_path: Any) -> None:
+    """A volume rule (input.context.calls_last_minute) needs the step's counters in the input."""
+    eng = EmbeddedEngine(_allow_if(tmp_path, "input.context.calls_last_minute < 2"))
     assert eng.load()
     step = PolicyStep(eng)
     run(step, Recorder(), call_of("up__a", {}))
@@ -473,12 +478,7 @@ class Held(EmbeddedEngine):
 def test_a_denied_or_cancelled_call_is_given_back(tmp_path: Any) -> None:
     """Counted from its reservation, a call that is then denied or cancelled is taken back:
     the next call reads the counts the refused one read."""
-    (tmp_path / "p.rego").write_text(
-        "package symbi\n\nimport rego.v1\n\n"
-        'default decision := {"allow": false, "reasons": ["no"], "conditions": {}}\n\n'
-        'decision := {"allow": true, "reasons": [], "conditions": {}} if input.target != "up__deny"\n'
-    )
-    eng = Held(PolicyFiles(policy=tmp_path / "p.rego"))
+    eng = Held(_allow_if(tmp_path, 'input.target != "up__deny"', reason="no"))
     assert eng.load()
     step = PolicyStep(eng)
     chain = build_chain([step], Recorder())
@@ -523,15 +523,8 @@ def test_replicas_decide_on_the_shared_counts_of_this_principal_and_tool(
     this tool (a real redis-server): two gateways share one volume budget."""
     from gateway.state.limiter import RedisRateLimiter
 
-    (tmp_path / "p.rego").write_text(
-        "package symbi\n\nimport rego.v1\n\n"
-        'default decision := {"allow": false, "reasons": ["too many"], "conditions": {}}\n\n'
-        'decision := {"allow": true, "reasons": [], "conditions": {}} if {\n'
-        "    input.context.calls_last_minute < 3\n"
-        "    input.context.tool_calls_last_minute < 2\n"
-        "}\n"
-    )
-    eng = EmbeddedEngine(PolicyFiles(policy=tmp_path / "p.rego"))
+    rules = "input.context.calls_last_minute < 3\n    input.context.tool_calls_last_minute < 2"
+    eng = EmbeddedEngine(_allow_if(tmp_path, rules))
     assert eng.load()
 
     async def go() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.audit import AuditLog, exported_public_keys, store, verify_log
 from gateway.audit.refusals import MAX_KEYS, SAMPLES, TARGET_CHARS, RefusalKey, RefusalTally
+from gateway.audit.report import build_report
 from gateway.events import Event
 
 DENIED = RefusalKey("agent-1", "tool.call", "policy_denied", "fs__write")
@@ -153,6 +154,23 @@ def test_the_log_records_the_counts_on_flush_and_close(tmp_path: Path) -> None:
 def test_a_log_without_a_tally_records_every_refusal(tmp_path: Path) -> None:
     with AuditLog(tmp_path / "audit.db", tmp_path / "audit-key.pem") as log:
         assert all(log.admit_refusal("alice", DENIED, f"c{i}") for i in range(500))
+
+
+def test_a_compliance_report_counts_the_summarized_refusals(tmp_path: Path) -> None:
+    db, key = tmp_path / "audit.db", tmp_path / "audit-key.pem"
+    with AuditLog(db, key, refusals=RefusalTally(2, 3600.0)) as log:
+        for i in range(12):
+            if log.admit_refusal("alice", DENIED, f"c{i}"):  # as the audit step records one
+                log.append("tool.call", {"tool": "fs__write", "outcome": "denied"}, principal="alice")
+    conn = store.open_reader(db)
+    try:
+        records = store.query(conn)
+    finally:
+        conn.close()
+    report = build_report(records, "gdpr", verify_log(db, exported_public_keys(key)))
+    [row] = report["access"]
+    assert (row["principal"], row["target"], row["calls"], row["denied"]) == ("alice", "fs__write", 12, 12)
+    assert len(report["denied"]) == 2 and report["summary"]["denied_counted"] == 10
 
 
 def _summaries(db: Path) -> list[Any]:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.app import Background, Gateway, WrapCommand
 from gateway.audit.log import AuditLog
+from gateway.audit.refusals import RefusalTally
 from gateway.builtins import SandboxBuiltin, make_builtins, upstream_infos
 from gateway.catalog import LiveCatalog
 from gateway.chain import Step
@@ -52,7 +53,7 @@ from gateway.steps.results import ValidateResult
 from gateway.steps.schedule import ScheduleStep
 from gateway.steps.unsafe import WarnUnsafe
 from gateway.steps.verify import VerifyTool
-from gateway.tasks import audit_retention, discover, poll_approvals, watch_keys
+from gateway.tasks import audit_retention, discover, poll_approvals, refusal_summaries, watch_keys
 from gateway.telemetry import Telemetry
 from gateway.upstream.builtin import Builtin
 from gateway.verify.revocations import Revocations
@@ -84,6 +85,10 @@ def open_audit(config: Config) -> AuditLog:
                 on_failure="warn" if config.audit_fails_open else "deny",
                 pinned_keys=config.audit.pinned_keys,
                 checkpoint_export=config.audit.checkpoint_export,
+                # a flood of refused calls: counts past the first few per principal and window
+                refusals=RefusalTally(
+                    config.audit.refusals_recorded_per_window, config.audit.refusal_window_s
+                ),
             )
         except AuditLogBusy as e:
             last = e
@@ -262,6 +267,8 @@ def _periodic_tasks(
         background.append(discover(config, events))
     if audit is not None and (retention := audit_retention(config, audit)) is not None:
         background.append(retention)
+    if audit is not None and audit.refusals is not None:  # a window that ended with no refusal after it
+        background.append(refusal_summaries(audit, audit.refusals.window_s))
 
 
 def _policy_engine(

@@ -110,6 +110,9 @@ class Event(StrEnum):
     AUDIT_KEY_ROTATED = "audit.key_rotated"  # the signing key was handed over (signed proof)
     AUDIT_ARCHIVED = "audit.archived"  # retention moved the oldest events out (signed hand-off)
     AUDIT_READ_DENIED = "audit.read_denied"  # a non-admin asked for audit://recent
+    # a principal's refused calls past audit.refusals_recorded_per_window, counted instead of
+    # recorded one by one (gateway.audit.refusals): at its window's end, a flush or close
+    AUDIT_REFUSALS_SUMMARIZED = "audit.refusals_summarized"
 
 
 EVENT_TYPES: frozenset[str] = frozenset(e.value for e in Event)

@@ -1,6 +1,6 @@
 """The gateway's long-running tasks that ``gateway.assemble.make_gateway`` starts: approval
 and manifest changes, and changed discovered keys, re-verify the catalogue; discovery of MCP
-servers; audit retention."""
+servers; audit retention and the summaries of counted refusals."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from gateway.app import Background, Gateway
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config, ServerConfig
+from gateway.errors import AuditError
 from gateway.events import Event, EventSink
 from gateway.state import Changes
 from gateway.verify.verifier import ToolVerifier
@@ -30,6 +31,23 @@ def audit_retention(config: Config, audit: AuditLog) -> Background | None:
 
     policy = RetentionPolicy.from_config(config)
     return periodic(audit, policy, config.audit.retention_check_s) if policy.enabled else None
+
+
+def refusal_summaries(audit: AuditLog, window_s: float) -> Background:
+    """Record the counted refusals of windows that ended (``AuditLog.summarize_refusals``):
+    the next refusal of the principal would, but a burst that stops has no next one. Checked
+    a few times a window (at most every 5 s), so a summary is written soon after its window."""
+    interval = min(max(window_s / 4, 0.05), 5.0)
+
+    async def run(gw: Gateway) -> None:
+        while True:
+            await anyio.sleep(interval)
+            try:
+                audit.summarize_refusals()
+            except AuditError as e:  # a broken log refuses every call from now on: said there
+                _logger.error("counted refusals not recorded: %s", e.message)
+
+    return run
 
 
 def poll_approvals(verifier: ToolVerifier, interval: float, changes: Changes | None = None) -> Background:

@@ -50,6 +50,7 @@ from gateway.audit.record import (
     cut,
     key_id_of,
 )
+from gateway.audit.refusals import RefusalKey, RefusalSummary, RefusalTally
 from gateway.audit.startup import (
     check_export,
     check_pinned,
@@ -62,6 +63,7 @@ from gateway.audit.waits import LoopWaits, RecordWaits
 from gateway.audit.writer import SEAL_IDLE_S, WAL_CHECKPOINT_PAGES, Writer
 from gateway.custody import create_private
 from gateway.errors import AuditError
+from gateway.events import Event
 
 if TYPE_CHECKING:
     from gateway.audit.verify import VerifyResult
@@ -86,6 +88,8 @@ class AuditLog:
         seal_idle_s: an idle writer signs its head record and stores the signature after
             this long without a new event (``Writer.seal``). Until then the signed head anchor
             vouches for it.
+        refusals: past a few refused calls per principal and window, count the rest and
+            record the counts (``gateway.audit.refusals``); None: every refusal is a record.
 
     Raises:
         AuditError: the log or key cannot be opened, another process holds the log, or the key
@@ -105,8 +109,10 @@ class AuditLog:
         archive_dir: Path | None = None,
         wal_checkpoint_pages: int = WAL_CHECKPOINT_PAGES,
         seal_idle_s: float = SEAL_IDLE_S,
+        refusals: RefusalTally | None = None,
     ) -> None:
         self.path = Path(path)
+        self.refusals = refusals
         self.key_path = Path(key_path)
         self.checkpoint_every = max(1, int(checkpoint_every))
         self.batch_max = max(1, int(batch_max))
@@ -183,6 +189,7 @@ class AuditLog:
             pinned_keys=a.pinned_keys,
             checkpoint_export=a.checkpoint_export,
             archive_dir=archive_dir(config),
+            refusals=RefusalTally(a.refusals_recorded_per_window, a.refusal_window_s),
         )
 
     # -- public API ---------------------------------------------------------------------------
@@ -297,7 +304,9 @@ class AuditLog:
             return None
 
     def flush(self, timeout: float | None = None) -> None:
-        """Return once every event queued before this call is committed."""
+        """Return once every event queued before this call is committed (the refusals counted
+        so far included: ``summarize_refusals``)."""
+        self.summarize_refusals(every=True)
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._held.release_all()  # events held on other threads' loops came before this call too
         self._put(Item("flush", future=fut))
@@ -326,6 +335,26 @@ class AuditLog:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._put(Item("maintain", future=fut, task=task))
         return self._wait(fut, timeout)
+
+    def admit_refusal(self, principal: str, key: RefusalKey, call_id: str) -> bool:
+        """Whether a refused call gets a record of its own; False: it was counted, and its count
+        will be recorded (``gateway.audit.refusals``). The principal's summary of a window that
+        ended is queued first."""
+        if self.refusals is None:
+            return True
+        admitted, ended = self.refusals.admit(principal, key, call_id)
+        self._summaries(ended)
+        return admitted
+
+    def summarize_refusals(self, *, every: bool = False) -> None:
+        """Record the counted refusals of the windows that ended (a periodic sweep: a burst that
+        stops is recorded too), or with ``every`` all counted so far (a flush, a close)."""
+        if self.refusals is not None:
+            self._summaries(self.refusals.take(every=every))
+
+    def _summaries(self, summaries: list[RefusalSummary]) -> None:
+        for s in summaries:
+            self.emit(Event.AUDIT_REFUSALS_SUMMARIZED, s.details, principal=s.principal)
 
     def ensure_writable(self) -> None:
         """Raise ``AuditError`` now if events cannot be recorded (closed, broken, writer gone).
@@ -369,6 +398,10 @@ class AuditLog:
         """Commit everything queued, write the final checkpoint, stop the writer. Idempotent."""
         if self._closed:
             return
+        try:  # the counted refusals go on the record before the close marker
+            self.summarize_refusals(every=True)
+        except AuditError as e:  # a broken log: those calls were refused anyway, and said so
+            _logger.error("counted refusals not recorded at close: %s", e.message)
         self._closed = True
         atexit.unregister(self.close)
         if not self._thread.is_alive():

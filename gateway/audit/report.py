@@ -6,6 +6,8 @@ the same four sections for every framework:
 * ``access``:    who accessed what (``tool.call`` / ``resource.read`` / ``prompt.get``), per
                  principal and target, with allowed / denied / error counts;
 * ``denied``:    every refused attempt (policy, verification, rate limit...), with reasons;
+                 refusals a flood had counted instead (``audit.refusals_summarized``) are
+                 in the access counts and the summary's ``denied_counted``;
 * ``changes``:   changes to tools and policy (pin approvals and revocations, drift, policy
                  reloads, config loads, audit key rotations);
 * ``integrity``: the result of verifying the whole log (signatures, links, anchors).
@@ -30,6 +32,7 @@ from gateway.audit.verify import VerifyResult
 
 Framework = Literal["hipaa", "gdpr", "sox"]
 ACCESS_TYPES = ("tool.call", "resource.read", "prompt.get")
+SUMMARIZED = "audit.refusals_summarized"  # refused calls counted, not recorded one by one
 CHANGE_PREFIXES = (
     "policy.",
     "pin.",
@@ -140,6 +143,7 @@ class _Tally:
     principals: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     unattributed: int = 0
     redacted: int = 0
+    denied_counted: int = 0  # refusals in summaries (gateway.audit.refusals), not in ``denied``
     events: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
@@ -154,6 +158,8 @@ class _Tally:
         self.types[r.type] += 1
         if r.type in ACCESS_TYPES:
             self._access(r)
+        elif r.type == SUMMARIZED:
+            self._counted(r)
         elif _is_change(r.type):
             self.changes.append(
                 {
@@ -172,24 +178,8 @@ class _Tally:
         who = r.principal or "(none)"
         self.unattributed += r.principal is None
         self.redacted += d.get("arguments_redacted") in ("policy", "secrets", "all")
-        target = str(d.get("tool") or d.get("target"))
-        self.principals[who].add(target)
-        row = self.access.setdefault(
-            (who, target),
-            {
-                "principal": who,
-                "target": target,
-                "kind": r.type,
-                "calls": 0,
-                "allowed": 0,
-                "denied": 0,
-                "errors": 0,
-                "first": _iso(r.ts_ns),
-                "last": None,
-            },
-        )
+        row = self._row(who, str(d.get("tool") or d.get("target")), r.type, r.ts_ns)
         row["calls"] += 1
-        row["last"] = _iso(r.ts_ns)
         if _is_denied(d):
             row["denied"] += 1
             raw_dec = d.get("decision")
@@ -200,7 +190,7 @@ class _Tally:
                     "time": _iso(r.ts_ns),
                     "principal": who,
                     "agent": r.agent,
-                    "target": target,
+                    "target": row["target"],
                     "error_code": d.get("error_code"),
                     "reasons": list(dec.get("reasons") or d.get("error_reasons") or []),
                 }
@@ -209,6 +199,39 @@ class _Tally:
             row["errors"] += 1
         else:
             row["allowed"] += 1
+
+    def _counted(self, r: AuditRecord) -> None:
+        """Each count of a refusal summary: that many denied calls of the principal."""
+        who = r.principal or "(none)"
+        for c in r.details.get("counts") or ():
+            if not isinstance(c, dict):
+                continue
+            n = int(c.get("count") or 0)
+            target = "(other)" if c.get("other") else str(c.get("target"))
+            row = self._row(who, target, str(c.get("event_type") or "tool.call"), r.ts_ns)
+            row["calls"] += n
+            row["denied"] += n
+            self.denied_counted += n
+
+    def _row(self, who: str, target: str, kind: str, ts_ns: int) -> dict[str, Any]:
+        """The access table's row of (principal, target), its last time moved to ``ts_ns``."""
+        self.principals[who].add(target)
+        row = self.access.setdefault(
+            (who, target),
+            {
+                "principal": who,
+                "target": target,
+                "kind": kind,
+                "calls": 0,
+                "allowed": 0,
+                "denied": 0,
+                "errors": 0,
+                "first": _iso(ts_ns),
+                "last": None,
+            },
+        )
+        row["last"] = _iso(ts_ns)
+        return row
 
     @property
     def access_calls(self) -> int:
@@ -304,6 +327,7 @@ def _summary(t: _Tally, integrity: VerifyResult) -> dict[str, Any]:
         "access_events": t.access_calls,
         "principals": len(t.principals),
         "denied": len(t.denied),
+        "denied_counted": t.denied_counted,
         "changes": len(t.changes),
         "arguments_redacted": t.redacted,
         "evidence_present": {

@@ -164,6 +164,9 @@ class AuditSection(Section):
     retention_mode: Literal["archive", "delete"] = "archive"  # sealed, signed segments, or deletion
     archive_dir: PathT | None = None  # default: <data_dir>/audit-archive
     retention_check_s: float = Field(default=3600.0, gt=0)  # how often the gateway applies retention
+    # refused calls recorded one by one per principal and window; the rest as counts (audit/refusals.py)
+    refusals_recorded_per_window: int = Field(default=100, ge=1)
+    refusal_window_s: float = Field(default=60.0, gt=0)
 
 
 class SandboxSection(Section):

@@ -1,5 +1,10 @@
 """The audit step (outermost but for metrics): one durable audit event per call, whatever happened inside.
 
+Refused calls (outcome "denied") past ``[audit] refusals_recorded_per_window`` of a principal
+within ``refusal_window_s`` are counted instead, and their counts recorded as one
+``audit.refusals_summarized`` event per window (``gateway.audit.refusals``): a flood of refusals
+no longer grows the log by a record each. The caller's answer is the same either way.
+
 The event is ``tool.call``, ``resource.read`` or ``prompt.get`` (``gateway.events.Event``) and is
 committed before the result goes back (``AuditLog.record`` waits for the group commit).
 Raw argument values never reach the log: the policy-redacted ``call.audit_arguments`` are
@@ -21,6 +26,7 @@ from typing import Any
 from mcp.types import CallToolResult
 
 from gateway.audit.log import AuditLog
+from gateway.audit.refusals import RefusalKey
 from gateway.chain import CallNext
 from gateway.context import CallContext
 from gateway.errors import ArgumentsInvalid, AuditError, GatewayError, is_denial
@@ -57,21 +63,33 @@ class AuditStep:
             raise
         finally:
             _settle(call, result, error)
+            await self._record(call, error)
+
+    async def _record(self, call: CallContext, error: BaseException | None) -> None:
+        try:
+            if call.outcome == "denied" and not self._one_by_one(call):
+                return  # counted: its count is recorded at the window's end (a refusal flood)
             details = event_details(call, error)
-            try:
-                started = time.perf_counter()
-                await self.log.record(
-                    EVENT_TYPES[call.kind],
-                    details,
-                    principal=call.principal.id,
-                    agent=call.principal.agent,
-                    timeout=self.timeout_s,
-                )
-                if self._observe is not None:
-                    self._observe(time.perf_counter() - started)
-            except AuditError as audit_error:
-                # the call is refused: its record could not be made durable (on_failure = deny)
-                raise audit_error from error
+            started = time.perf_counter()
+            await self.log.record(
+                EVENT_TYPES[call.kind],
+                details,
+                principal=call.principal.id,
+                agent=call.principal.agent,
+                timeout=self.timeout_s,
+            )
+            if self._observe is not None:
+                self._observe(time.perf_counter() - started)
+        except AuditError as audit_error:
+            # the call is refused: its record could not be made durable (on_failure = deny)
+            raise audit_error from error
+
+    def _one_by_one(self, call: CallContext) -> bool:
+        """Whether a refused call gets a record of its own: the first few per principal and
+        window do, the rest are counted (``gateway.audit.refusals``). Same answer to the caller."""
+        target = call.tool.name if call.tool is not None else call.target
+        key = RefusalKey(call.principal.agent, EVENT_TYPES[call.kind], call.error_code, target)
+        return self.log.admit_refusal(call.principal.id, key, call.call_id)
 
 
 def _settle(call: CallContext, result: Any, error: BaseException | None) -> None:

@@ -1,0 +1,162 @@
+"""Attack (red team 28, "noticed and left"): one API key floods the gateway with calls the
+policy refuses. Each refusal was a signed, durable record, so the log grew by one per refused
+call with no limit. Now a principal's first ``[audit] refusals_recorded_per_window`` refusals
+of a window are recorded one by one and the rest counted into ``audit.refusals_summarized``
+events whose counts add up exactly. A real gateway over streamable HTTP, server-everything
+behind it, the log read and verified with the project's own reader and ``symbi audit verify``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.audit import AuditRecord, store
+from gateway.config import load_config
+from tests.conftest import ROOT
+from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+from tests.server.http.test_auth import INIT, MCP_HEADERS
+
+POLICY = """
+package symbi
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["not allowed"], "conditions": {}}
+
+decision := {"allow": true, "reasons": [], "conditions": {}} if input.action == "list"
+
+decision := {"allow": true, "reasons": [], "conditions": {}} if {
+    input.action == "call"
+    input.arguments.message != "forbidden"
+}
+"""
+ECHO = "everything__echo"
+PER_WINDOW = 50
+FLOOD = 500
+
+
+class _Session:
+    """One MCP session of one API key, over one HTTP connection."""
+
+    def __init__(self, mcp: str, key: str) -> None:
+        self.http = httpx.Client(timeout=30)
+        r = self.http.post(mcp, json=INIT, headers={**MCP_HEADERS, **bearer(key)})
+        assert r.status_code == 200, r.text
+        self.mcp = mcp
+        self.h = {
+            **MCP_HEADERS,
+            **bearer(key),
+            "mcp-session-id": r.headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-11-25",
+        }
+        self.http.post(mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=self.h)
+
+    def call(self, tool: str, args: dict[str, Any]) -> str | None:
+        """The call's ``symbi/error`` code, None when it was answered."""
+        body = {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": args},
+        }
+        r = self.http.post(self.mcp, json=body, headers=self.h)
+        assert r.status_code == 200, r.text
+        result = _message(r.text)["result"]
+        if not result.get("isError"):
+            return None
+        return str(((result.get("_meta") or {}).get("symbi/error") or {}).get("code"))
+
+    def close(self) -> None:
+        self.http.delete(self.mcp, headers=self.h)
+        self.http.close()
+
+
+def _config(tmp_path: Path, window_s: float) -> Path:
+    (tmp_path / "policy.rego").write_text(POLICY)
+    extra = (
+        "[runtime]\nsuspend_after_denials = 100000\n"  # the flood stays policy denials, echo stays allowed
+        f"[audit]\nrefusals_recorded_per_window = {PER_WINDOW}\nrefusal_window_s = {window_s}\n"
+    )
+    return everything_config(tmp_path, top_extra=extra, policy=tmp_path / "policy.rego")
+
+
+def _records(cfg: Path, types: tuple[str, ...]) -> list[AuditRecord]:
+    conn = store.open_reader(load_config(cfg, {}).audit_path)
+    try:
+        return store.query(conn, types=types)
+    finally:
+        conn.close()
+
+
+def test_a_flood_of_refused_calls_grows_the_log_by_a_bounded_number_of_records(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, 3600.0)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        s = _Session(run.mcp, keys.user)
+        codes = []
+        for i in range(FLOOD):
+            codes.append(s.call(ECHO, {"message": "forbidden"}))
+            if i % 10 == 0:  # allowed calls in the flood: each still recorded
+                codes.append(s.call(ECHO, {"message": f"ok {i}"}))
+        s.close()
+    # the client saw every refusal, the same one, and every allowed answer
+    assert codes.count("policy_denied") == FLOOD and codes.count(None) == FLOOD // 10
+    calls = [r for r in _records(cfg, ("tool.call",)) if r.details.get("tool") == ECHO]
+    denied = [r for r in calls if r.details["outcome"] == "denied"]
+    allowed = [r for r in calls if r.details["outcome"] == "ok"]
+    [principal] = {r.principal for r in denied}
+    assert len(denied) == PER_WINDOW  # 500 before: a record per refused call
+    assert len(allowed) == FLOOD // 10
+    summaries = _records(cfg, ("audit.refusals_summarized",))
+    assert summaries and {r.principal for r in summaries} == {principal}
+    counted = [c for r in summaries for c in r.details["counts"]]
+    assert sum(c["count"] for c in counted) == FLOOD - PER_WINDOW  # every refusal accounted for
+    assert {(c["error_code"], c["target"], c["event_type"]) for c in counted} == {
+        ("policy_denied", ECHO, "tool.call")
+    }
+    assert all(c["call_ids"] for c in counted)
+    verify = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "verify", "--config", str(cfg)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_burst_that_stops_is_summarized_when_its_window_ends(tmp_path: Path) -> None:
+    """No refusal after the burst, no flush, no shutdown: the sweep writes its counts."""
+    cfg = _config(tmp_path, 1.0)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        s = _Session(run.mcp, keys.user)
+        codes = [s.call(ECHO, {"message": "forbidden"}) for _ in range(PER_WINDOW + 20)]
+        s.close()
+        deadline = time.monotonic() + 30
+        summaries: list[AuditRecord] = []
+        while not summaries and time.monotonic() < deadline:
+            time.sleep(0.2)
+            summaries = _records(cfg, ("audit.refusals_summarized",))
+        denied = [r for r in _records(cfg, ("tool.call",)) if r.details["outcome"] == "denied"]
+    assert set(codes) == {"policy_denied"}
+    # a slow machine may split the burst over windows: what was not recorded was counted
+    [summary] = summaries
+    assert summary.details["window_ended"] is True
+    assert len(denied) + summary.details["summarized"] == PER_WINDOW + 20
+    assert summary.details["summarized"] > 0
+
+
+def _message(body: str) -> Any:
+    """The JSON-RPC message of a JSON or an SSE answer."""
+    if body.lstrip().startswith("{"):
+        return json.loads(body)
+    return json.loads(
+        next(line[5:] for line in body.splitlines() if line.startswith("data:") and "{" in line)
+    )

@@ -117,6 +117,20 @@ class Event(StrEnum):
 
 EVENT_TYPES: frozenset[str] = frozenset(e.value for e in Event)
 
+# Events that say a request was refused and did nothing (the chain's refused calls are
+# ``tool.call`` & co. with outcome "denied"): past a principal's budget per window they are
+# counted, not recorded one by one (``gateway.audit.refusals``), as refused calls are.
+REFUSAL_EVENTS: frozenset[str] = frozenset(
+    {
+        Event.REQUEST_DENIED,
+        Event.REQUEST_REFUSED,
+        Event.STATUS_READ_DENIED,
+        Event.AUDIT_READ_DENIED,
+        Event.BUS_DENIED,
+        Event.MEMORY_DENIED,
+    }
+)
+
 
 class EventSink(Protocol):
     def emit(

@@ -50,7 +50,7 @@ from gateway.audit.record import (
     cut,
     key_id_of,
 )
-from gateway.audit.refusals import RefusalKey, RefusalSummary, RefusalTally
+from gateway.audit.refusals import RefusalKey, RefusalSummary, RefusalTally, event_key
 from gateway.audit.startup import (
     check_export,
     check_pinned,
@@ -63,7 +63,7 @@ from gateway.audit.waits import LoopWaits, RecordWaits
 from gateway.audit.writer import SEAL_IDLE_S, WAL_CHECKPOINT_PAGES, Writer
 from gateway.custody import create_private
 from gateway.errors import AuditError
-from gateway.events import Event
+from gateway.events import REFUSAL_EVENTS, Event
 
 if TYPE_CHECKING:
     from gateway.audit.verify import VerifyResult
@@ -231,6 +231,10 @@ class AuditLog:
             AuditError: the log is closed or broken (only when ``on_failure = "deny"``).
         """
         try:
+            if event_type in REFUSAL_EVENTS and principal is not None:  # a refused request
+                self._check()  # a broken log fails the emit, counted or not
+                if not self.admit_refusal(principal, event_key(event_type, details, agent), None):
+                    return  # counted: recorded with its principal's other refusals (a flood)
             item = self._event(event_type, details, principal, agent, None)
             # None off an event loop (worker threads, scripts): no RuntimeError raised per event
             loop = asyncio.events._get_running_loop()
@@ -336,8 +340,9 @@ class AuditLog:
         self._put(Item("maintain", future=fut, task=task))
         return self._wait(fut, timeout)
 
-    def admit_refusal(self, principal: str, key: RefusalKey, call_id: str) -> bool:
-        """Whether a refused call gets a record of its own; False: it was counted, and its count
+    def admit_refusal(self, principal: str, key: RefusalKey, call_id: str | None) -> bool:
+        """Whether a refused call (or a refused request's event, ``call_id`` None) gets a
+        record of its own; False: it was counted, and its count
         will be recorded (``gateway.audit.refusals``). The principal's summary of a window that
         ended is queued first."""
         if self.refusals is None:

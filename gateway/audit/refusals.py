@@ -4,7 +4,9 @@ writing a record each.
 A refused call (outcome ``denied``: policy, unknown tool, verification, suspended agent, rate
 limit...) has no side effect upstream, yet each one was a signed, durable record: a client
 sending nothing but refusals grew the log without bound and took the writer's throughput
-(red team 28). Within a window of ``window_s`` seconds (starting at the principal's first
+(red team 28). So did a refused request's event (``gateway.events.REFUSAL_EVENTS``: a
+denied subscription, an unknown URI, a non-admin's status read, a bus or memory denial), counted
+here the same way, in the same budget (``AuditLog.emit``; ``event_key``). Within a window of ``window_s`` seconds (starting at the principal's first
 refusal) the first ``per_window`` refusals of a principal are still recorded one by one; the
 rest are counted here, by (agent, event type, error code, target), and one
 ``audit.refusals_summarized`` event per principal carries the counts when the window ends, on
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,8 +94,10 @@ class RefusalTally:
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
 
-    def admit(self, principal: str, key: RefusalKey, call_id: str) -> tuple[bool, list[RefusalSummary]]:
-        """One refused call: whether to record it one by one (else it is counted here), and
+    def admit(
+        self, principal: str, key: RefusalKey, call_id: str | None
+    ) -> tuple[bool, list[RefusalSummary]]:
+        """One refused call or request (``call_id`` None: a refused request has none): whether to record it one by one (else it is counted here), and
         the summary of the principal's previous window if that ended (to be written first)."""
         now = self._clock()
         with self._lock:
@@ -138,7 +142,7 @@ class RefusalTally:
         del self._windows[principal]
         return [self._summary(principal, w, ended=True)] if w.counts else []
 
-    def _count(self, w: _Window, key: RefusalKey, call_id: str) -> None:
+    def _count(self, w: _Window, key: RefusalKey, call_id: str | None) -> None:
         if key.target is not None and len(key.target) > TARGET_CHARS:
             key = RefusalKey(key.agent, key.event_type, key.error_code, key.target[:TARGET_CHARS])
         if key not in w.counts and len(w.counts) >= self.max_keys:
@@ -149,7 +153,7 @@ class RefusalTally:
             c = w.counts[key] = _Count(now_ns, now_ns)
         c.count += 1
         c.last_ns = now_ns
-        if len(c.call_ids) < SAMPLES:
+        if call_id is not None and len(c.call_ids) < SAMPLES:
             c.call_ids.append(call_id)
 
     def _summary(self, principal: str, w: _Window, *, ended: bool) -> RefusalSummary:
@@ -166,6 +170,16 @@ class RefusalTally:
             "counts": counts,
         }
         return RefusalSummary(principal, details)
+
+
+def event_key(event_type: str, details: Mapping[str, Any], agent: str | None) -> RefusalKey:
+    """What a refused request's event (``gateway.events.REFUSAL_EVENTS``) is counted under:
+    its error code (else its method or kind) and its target (else its tool, URI or topic)."""
+    code = details.get("error_code") or details.get("method") or details.get("kind")
+    target = details.get("target") or details.get("tool") or details.get("uri") or details.get("topic")
+    return RefusalKey(
+        agent, event_type, None if code is None else str(code), None if target is None else str(target)
+    )
 
 
 def _entry(key: RefusalKey, c: _Count) -> dict[str, Any]:

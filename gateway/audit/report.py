@@ -204,7 +204,8 @@ class _Tally:
         """Each count of a refusal summary: that many denied calls of the principal."""
         who = r.principal or "(none)"
         for c in r.details.get("counts") or ():
-            if not isinstance(c, dict):
+            # refused requests (request.denied...) are not calls: not in the access table
+            if not isinstance(c, dict) or str(c.get("event_type") or "tool.call") not in ACCESS_TYPES:
                 continue
             n = int(c.get("count") or 0)
             target = "(other)" if c.get("other") else str(c.get("target"))

@@ -173,6 +173,39 @@ def test_a_compliance_report_counts_the_summarized_refusals(tmp_path: Path) -> N
     assert len(report["denied"]) == 2 and report["summary"]["denied_counted"] == 10
 
 
+def test_refused_requests_events_are_counted_in_the_same_budget(tmp_path: Path) -> None:
+    """``emit`` of a refusal event (REFUSAL_EVENTS) past the budget is counted, not queued;
+    other events are never counted; the report keeps refused requests out of the access table."""
+    db, key = tmp_path / "audit.db", tmp_path / "audit-key.pem"
+    with AuditLog(db, key, refusals=RefusalTally(3, 3600.0)) as log:
+        for i in range(10):
+            log.emit(
+                Event.REQUEST_REFUSED,
+                {"method": "resources/subscribe", "target": f"nowhere://{i % 2}", "error_code": "unknown"},
+                principal="alice",
+                agent="a1",
+            )
+            log.emit(Event.AGENT_STATE, {"from": "ready", "to": "running"}, principal="alice", agent="a1")
+        log.emit(Event.STATUS_READ_DENIED, {"uri": "symbi://status"}, principal="bob")
+    conn = store.open_reader(db)
+    try:
+        records = store.query(conn)
+    finally:
+        conn.close()
+    kinds = [r.type for r in records]
+    assert kinds.count("request.refused") == 3 and kinds.count("agent.state") == 10
+    assert kinds.count("status.read_denied") == 1  # bob's own budget
+    [summary] = [r for r in records if r.type == Event.AUDIT_REFUSALS_SUMMARIZED.value]
+    assert summary.principal == "alice" and _summarized(summary.details) == 7
+    assert {(c["event_type"], c["error_code"], c["target"]) for c in summary.details["counts"]} == {
+        ("request.refused", "unknown", "nowhere://0"),
+        ("request.refused", "unknown", "nowhere://1"),
+    }
+    assert all(c["call_ids"] == [] for c in summary.details["counts"])  # a request has no call id
+    report = build_report(records, "gdpr", verify_log(db, exported_public_keys(key)))
+    assert report["access"] == [] and report["summary"]["denied_counted"] == 0
+
+
 def _summaries(db: Path) -> list[Any]:
     conn = store.open_reader(db)
     try:

@@ -48,6 +48,7 @@ class _Session:
         r = self.http.post(mcp, json=INIT, headers={**MCP_HEADERS, **bearer(key)})
         assert r.status_code == 200, r.text
         self.mcp = mcp
+        self.ids = 100
         self.h = {
             **MCP_HEADERS,
             **bearer(key),
@@ -58,9 +59,10 @@ class _Session:
 
     def call(self, tool: str, args: dict[str, Any]) -> str | None:
         """The call's ``symbi/error`` code, None when it was answered."""
+        self.ids += 1
         body = {
             "jsonrpc": "2.0",
-            "id": 2,
+            "id": self.ids,
             "method": "tools/call",
             "params": {"name": tool, "arguments": args},
         }
@@ -70,6 +72,14 @@ class _Session:
         if not result.get("isError"):
             return None
         return str(((result.get("_meta") or {}).get("symbi/error") or {}).get("code"))
+
+    def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Any other request's JSON-RPC answer (a result or an error)."""
+        self.ids += 1  # a request id is not reused within a session (the MCP spec)
+        body = {"jsonrpc": "2.0", "id": self.ids, "method": method, "params": params}
+        r = self.http.post(self.mcp, json=body, headers=self.h)
+        assert r.status_code == 200, r.text
+        return dict(_message(r.text))
 
     def close(self) -> None:
         self.http.delete(self.mcp, headers=self.h)
@@ -129,6 +139,30 @@ def test_a_flood_of_refused_calls_grows_the_log_by_a_bounded_number_of_records(t
         check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_flood_of_refused_requests_is_counted_in_the_same_budget(tmp_path: Path) -> None:
+    """Refused requests that are not calls (a non-admin's read of the status resource, a
+    subscription to a URI nobody serves) wrote an event each (status.read_denied,
+    request.refused): the same flood, by other methods."""
+    cfg = _config(tmp_path, 3600.0)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        s = _Session(run.mcp, keys.user)
+        answers = []
+        for i in range(FLOOD // 2):
+            answers.append(s.request("resources/read", {"uri": "symbi://status"}))
+            answers.append(s.request("resources/subscribe", {"uri": f"nowhere://{i % 40}"}))
+        s.close()
+    assert all("error" in a for a in answers)  # each one refused, as before
+    kinds = ("status.read_denied", "request.refused")
+    one_by_one = _records(cfg, kinds)
+    [principal] = {r.principal for r in one_by_one}
+    assert len(one_by_one) == PER_WINDOW  # 500 before: an event per refused request
+    counted = [c for r in _records(cfg, ("audit.refusals_summarized",)) for c in r.details["counts"]]
+    assert sum(c["count"] for c in counted) == FLOOD - PER_WINDOW
+    assert {c.get("event_type") for c in counted if not c.get("other")} <= set(kinds)
+    assert {r.principal for r in _records(cfg, ("audit.refusals_summarized",))} == {principal}
 
 
 def test_a_burst_that_stops_is_summarized_when_its_window_ends(tmp_path: Path) -> None:

@@ -5,6 +5,10 @@
 - ``symbi_scheduler_queue_depth{priority}``, ``symbi_scheduler_in_flight``
 - ``symbi_scheduler_admitted_total{priority}``, ``symbi_scheduler_wait_seconds_total{priority}``,
   ``symbi_scheduler_wait_seconds_max{priority}``, ``symbi_scheduler_preempted_total{priority}``
+- ``symbi_scheduler_refused_total{priority,reason}``: calls refused with ``SchedulerBusy``;
+  ``reason`` is ``queue_full`` (``runtime.queue_limit``) or ``principal_queue_full`` (the
+  caller's ``runtime.queue_limit_per_principal``). Never by principal: that is unbounded, and
+  it would show API-key names to whoever reads ``/metrics``
 - ``symbi_agent_execution_seconds_total`` (all agents), per hosted agent
   ``symbi_hosted_agent_budget_ratio{agent,budget}`` (used / limit: memory, cpu, execution)
 - ``symbi_upstream_breaker_state{upstream}``: 0 closed, 1 half-open, 2 open
@@ -66,7 +70,8 @@ def _agent_states(rt: AgentRuntime) -> Iterator[GaugeMetricFamily | CounterMetri
 
 
 def _scheduler(sched: Scheduler) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-    """The scheduler's queue, admissions, waits and preemptions per priority, and its in-flight calls."""
+    """The scheduler's queue, admissions, waits, preemptions and refusals per priority, and its
+    in-flight calls."""
     depth = GaugeMetricFamily(
         "symbi_scheduler_queue_depth", "Calls waiting, by priority", labels=["priority"]
     )
@@ -90,7 +95,23 @@ def _scheduler(sched: Scheduler) -> Iterator[GaugeMetricFamily | CounterMetricFa
         wait_max.add_metric([str(p)], st.wait_s_max)
         preempted.add_metric([str(p)], st.preempted)
     yield from (depth, admitted, wait, wait_max, preempted)
+    yield _refusals(sched)
     yield GaugeMetricFamily("symbi_scheduler_in_flight", "Calls dispatched now", value=sched.in_flight)
+
+
+def _refusals(sched: Scheduler) -> CounterMetricFamily:
+    """Calls the scheduler shed (``SchedulerBusy``), by priority and which queue bound refused them.
+
+    Both reasons are always present (zero included), so an alert's ``rate()`` has a series from
+    the first scrape; 2 x ``LEVELS`` series at most."""
+    refused = CounterMetricFamily(
+        "symbi_scheduler_refused", "Calls refused, by priority and reason", labels=["priority", "reason"]
+    )
+    for p in range(LEVELS):
+        st = sched.stats[p]
+        refused.add_metric([str(p), "queue_full"], st.refused)
+        refused.add_metric([str(p), "principal_queue_full"], st.refused_principal)
+    return refused
 
 
 def _budget_ratios(rt: AgentRuntime) -> GaugeMetricFamily:

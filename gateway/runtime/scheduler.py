@@ -13,10 +13,12 @@
   priority work always completes under sustained high-priority load (no starvation).
 - One principal's queued calls are bounded (``runtime.queue_limit_per_principal``): past
   it, its next call is refused with ``SchedulerBusy`` (no preemption: a caller cannot push
-  out others' work by flooding), and counted in ``refused_per_principal``.
+  out others' work by flooding), and counted per level (``PriorityStats.refused_principal``;
+  ``refused_per_principal`` sums them).
 - The queue is bounded (``runtime.queue_limit``). A call arriving at a full queue preempts
   the queued call of lowest effective priority if its own is higher (that caller gets a clear
-  ``Preempted`` error at once), else it is refused with ``SchedulerBusy``. Never a hang.
+  ``Preempted`` error at once), else it is refused with ``SchedulerBusy`` (counted in
+  ``PriorityStats.refused``). Never a hang.
 
 Everything runs on the event loop; one decision is O(levels), independent of the number
 of agents (the benchmark checks this with 10,000), plus one step per waiter skipped because
@@ -50,13 +52,15 @@ class _Waiter:
 
 @dataclass
 class PriorityStats:
-    """Per priority level, for ``/metrics``: calls admitted, total and max wait, preempted."""
+    """Per priority level, for ``/metrics``: calls admitted, total and max wait, preempted,
+    and refused (at a full queue, or at the caller's own queue share)."""
 
     admitted: int = 0
     wait_s_total: float = 0.0
     wait_s_max: float = 0.0
     preempted: int = 0
-    refused: int = 0
+    refused: int = 0  # the queue was full (runtime.queue_limit) and nothing queued stood lower
+    refused_principal: int = 0  # the caller had runtime.queue_limit_per_principal calls waiting
 
 
 @dataclass
@@ -75,12 +79,16 @@ class Scheduler:
         self._per_agent: dict[str, int] = {}
         self._per_principal: dict[str, int] = {}  # calls in flight, by principal
         self._queued_by_principal: dict[str, int] = {}
-        self.refused_per_principal = 0  # calls refused at runtime.queue_limit_per_principal
         self.stats = [PriorityStats() for _ in range(LEVELS)]
         self.decisions = 0
         self.decision_s_total = 0.0
 
     # -- views --------------------------------------------------------------------------------
+
+    @property
+    def refused_per_principal(self) -> int:
+        """Calls refused at ``runtime.queue_limit_per_principal``, over all levels."""
+        return sum(st.refused_principal for st in self.stats)
 
     def queue_depth(self, priority: int | None = None) -> int:
         if priority is None:
@@ -120,7 +128,7 @@ class Scheduler:
             return 0.0
         now = self._now()
         if principal is not None:
-            self._principal_room(principal)
+            self._principal_room(principal, priority)
         self._make_room(priority, now)
         future = asyncio.get_running_loop().create_future()
         waiter = _Waiter(agent, principal, priority, max(limit, 1), now, future)
@@ -213,12 +221,12 @@ class Scheduler:
             if w.principal is not None:
                 _decrement(self._queued_by_principal, w.principal)
 
-    def _principal_room(self, principal: str) -> None:
+    def _principal_room(self, principal: str, priority: int) -> None:
         """Refuse a call of a principal that has ``queue_limit_per_principal`` calls waiting."""
         queued = self._queued_by_principal.get(principal, 0)
         if queued < self.queue_limit_per_principal:
             return
-        self.refused_per_principal += 1
+        self.stats[priority].refused_principal += 1
         raise SchedulerBusy(
             f"{principal} has {queued} calls waiting (runtime.queue_limit_per_principal = "
             f"{self.queue_limit_per_principal})",

@@ -7,13 +7,18 @@ gateway subprocess, which mutmut cannot attribute, so breaking a series went unn
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
+import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config.model import Config
 from gateway.config.sections import BreakerSection, RuntimeSection
 from gateway.context import Principal
+from gateway.errors import SchedulerBusy
+from gateway.metrics import GatewayMetrics
 from gateway.runtime import AgentState
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.metrics import RuntimeCollector
@@ -96,3 +101,46 @@ def test_hosted_budget_ratios_and_breaker_states() -> None:
     assert {s.labels["agent"] for s in ratios} == {"a"}
     assert reg.get_sample_value("symbi_upstream_breaker_state", {"upstream": "down"}) == 2.0
     assert reg.get_sample_value("symbi_upstream_breaker_state", {"upstream": "up"}) == 0.0
+
+
+def test_scheduler_refusals_by_priority_and_reason_in_the_rendered_text() -> None:
+    """A real scheduler sheds two calls at the caller's queue share and one at the full queue;
+    ``GatewayMetrics.render`` (track_runtime) shows each under its reason, never a principal."""
+    runtime = RuntimeSection(
+        max_in_flight=1, queue_limit=2, max_in_flight_per_principal=1, queue_limit_per_principal=1
+    )
+    rt = AgentRuntime(Config(runtime=runtime), Recorder())
+    sched = rt.scheduler
+
+    async def main() -> None:
+        await sched.acquire("a", 3, 8, "key:a")  # the one slot
+        a_queued = asyncio.create_task(sched.acquire("a", 3, 8, "key:a"))
+        await asyncio.sleep(0)
+        for _ in range(2):
+            with pytest.raises(SchedulerBusy):  # key:a already has its one queued call
+                await sched.acquire("a", 3, 8, "key:a")
+        b_queued = asyncio.create_task(sched.acquire("b", 3, 8, "key:b"))  # the queue is full now
+        await asyncio.sleep(0)
+        with pytest.raises(SchedulerBusy) as busy:  # key:c has no queued call: the whole queue is full
+            await sched.acquire("c", 3, 8, "key:c")
+        assert type(busy.value) is SchedulerBusy  # refused, not a preemption
+        for waiter, (agent, principal) in ((a_queued, ("a", "key:a")), (b_queued, ("b", "key:b"))):
+            sched.release(agent, principal)
+            await waiter
+        sched.release("b", "key:b")
+
+    asyncio.run(main())
+    metrics = GatewayMetrics()
+    metrics.track_runtime(lambda: rt)
+    fams = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    refused = {
+        (s.labels["priority"], s.labels["reason"]): s.value
+        for s in fams["symbi_scheduler_refused"].samples
+        if s.name == "symbi_scheduler_refused_total"
+    }
+    want = {(str(p), r): 0.0 for p in range(LEVELS) for r in ("queue_full", "principal_queue_full")}
+    assert refused == {**want, ("3", "queue_full"): 1.0, ("3", "principal_queue_full"): 2.0}
+    assert fams["symbi_scheduler_refused"].type == "counter"
+    assert sched.refused_per_principal == 2  # /api/status's figure is the same count
+    assert not any("principal" in s.labels for f in fams.values() for s in f.samples)
+    assert (sched.in_flight, sched.queue_depth()) == (0, 0)

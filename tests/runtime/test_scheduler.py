@@ -402,6 +402,9 @@ def test_a_principal_with_its_queue_share_waiting_is_refused_and_counted() -> No
             await s.acquire("a", 9, 8, "key:a")  # no preemption of its own or others' work
         assert busy.value.reasons and type(busy.value) is SchedulerBusy
         assert (s.refused_per_principal, s.principal_queued("key:a")) == (1, 2)
+        # counted at the refused call's level (for /metrics), not as a full queue
+        assert [st.refused_principal for st in s.stats] == [0] * 9 + [1]
+        assert not any(st.refused for st in s.stats)
         await s.acquire("b", 5, 8, "key:b")  # another principal: neither refused nor held back
         assert s.principal_in_flight("key:b") == 1
         for w in waiting:

@@ -235,7 +235,11 @@ def _keys_of(principal: str, tool: str) -> tuple[str, str, str, str]:
 
 
 class _SharedReservation:
-    __slots__ = ("counts", "_before", "_keys", "_limiter", "_member", "_second", "_minute")
+    """As ``_LocalReservation``: counted in Redis at its reservation; admitted, it is counted for
+    good (a release after it keeps it, as the local limiter and this replica's own view do: a
+    caller cancelled after its admission in a batch left Redis and the local counts apart)."""
+
+    __slots__ = ("counts", "_admitted", "_before", "_keys", "_limiter", "_member", "_second", "_minute")
 
     def __init__(
         self,
@@ -248,15 +252,19 @@ class _SharedReservation:
         minute, hour, tool_minute, self._before, self._second, self._minute = got
         self.counts = SharedCounts(*who, minute, hour, tool_minute)
         self._limiter, self._keys, self._member = limiter, keys, member
+        self._admitted = False
 
     def admit(self, limit: int | None) -> bool:
-        if limit is not None and self._before >= limit:
+        if self._admitted or (limit is not None and self._before >= limit):
             return False
         c = self.counts
         self._limiter.counters.try_acquire(c.principal, c.tool, None)  # this replica's own view
+        self._admitted = True
         return True
 
     async def release(self) -> None:
+        if self._admitted:
+            return  # counted for good, here and in this replica's view
         args = [self._member, self._second, self._minute]
         try:
             # shielded: a cancelled call is taken back too (its task may be cancelled right now)

@@ -138,6 +138,28 @@ async def test_a_local_reservation_counts_until_released_once() -> None:
     assert await limiter.acquire("erin", "t__y", 1) and not await limiter.acquire("erin", "t__y", 1)
 
 
+async def test_an_admitted_call_stays_counted_in_redis_as_in_the_local_view(redis_engine: Redis) -> None:
+    """A caller cancelled after its call was admitted (in a batch of decisions) releases it: Redis
+    took it back while this replica's own counts kept it, so the replicas' counts and this
+    one's disagreed. Admitted is counted for good, in both."""
+    a, b = (RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2) for _ in range(2))
+    # a principal of its own: the module shares one redis-server, and this call stays counted
+    try:
+        held = await a.reserve("admitted-only-here", "t__x")
+        assert held.admit(5)
+        assert not held.admit(5)  # admitted once
+        await held.release()  # e.g. its caller cancelled just after the batch admitted it
+        assert a.counters.principal_counts("admitted-only-here") == (1, 1)  # this replica's view keeps it
+        after = await b.reserve("admitted-only-here", "t__x")
+        assert after.counts.principal_counts("admitted-only-here") == (1, 1)  # and so does Redis (0 before)
+        assert after.counts.tool_count("admitted-only-here", "t__x") == 1
+        assert not after.admit(1)  # the limit's log keeps it too
+        await after.release()
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
 async def test_a_release_outlives_the_cancelled_call(redis_engine: Redis) -> None:
     limiter = RedisRateLimiter(redis_engine.url, CallCounters(), timeout_s=2)
     try:

@@ -143,6 +143,23 @@ def policy_data(tmp_path: Path) -> Path:
     return path
 
 
+# A policy for the denial tests: lists allowed, a call allowed unless its ``message`` argument
+# is "forbidden" (a denial the test makes at will, the same tool allowed beside it).
+DENY_FORBIDDEN_ECHO = """
+package symbi
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["not allowed"], "conditions": {}}
+
+decision := {"allow": true, "reasons": [], "conditions": {}} if input.action == "list"
+
+decision := {"allow": true, "reasons": [], "conditions": {}} if {
+    input.action == "call"
+    input.arguments.message != "forbidden"
+}
+"""
+
+
 def everything_config(
     tmp_path: Path, http_extra: str = "", top_extra: str = "", policy: Path = POLICY
 ) -> Path:

@@ -11,22 +11,8 @@ from typing import Any
 
 import httpx
 
-from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
-
-POLICY = """
-package symbi
-import rego.v1
-
-default decision := {"allow": false, "reasons": ["not allowed"], "conditions": {}}
-
-decision := {"allow": true, "reasons": [], "conditions": {}} if input.action == "list"
-
-decision := {"allow": true, "reasons": [], "conditions": {}} if {
-    input.action == "call"
-    input.arguments.message != "forbidden"
-}
-"""
 
 
 class _Session:
@@ -64,7 +50,7 @@ class _Session:
 
 
 def test_reconnecting_does_not_reset_the_count_of_denials(tmp_path: Path) -> None:
-    (tmp_path / "policy.rego").write_text(POLICY)
+    (tmp_path / "policy.rego").write_text(DENY_FORBIDDEN_ECHO)
     runtime = "[runtime]\nsuspend_after_denials = 3\ndenial_window_s = 600\n"
     cfg = everything_config(tmp_path, top_extra=runtime, policy=tmp_path / "policy.rego")
     keys = make_keys(cfg)

@@ -19,22 +19,9 @@ import httpx
 from gateway.audit import AuditRecord, store
 from gateway.config import load_config
 from tests.conftest import ROOT
-from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
 
-POLICY = """
-package symbi
-import rego.v1
-
-default decision := {"allow": false, "reasons": ["not allowed"], "conditions": {}}
-
-decision := {"allow": true, "reasons": [], "conditions": {}} if input.action == "list"
-
-decision := {"allow": true, "reasons": [], "conditions": {}} if {
-    input.action == "call"
-    input.arguments.message != "forbidden"
-}
-"""
 ECHO = "everything__echo"
 PER_WINDOW = 50
 FLOOD = 500
@@ -87,7 +74,7 @@ class _Session:
 
 
 def _config(tmp_path: Path, window_s: float) -> Path:
-    (tmp_path / "policy.rego").write_text(POLICY)
+    (tmp_path / "policy.rego").write_text(DENY_FORBIDDEN_ECHO)
     extra = (
         "[runtime]\nsuspend_after_denials = 100000\n"  # the flood stays policy denials, echo stays allowed
         f"[audit]\nrefusals_recorded_per_window = {PER_WINDOW}\nrefusal_window_s = {window_s}\n"

@@ -231,7 +231,7 @@ class AuditLog:
             AuditError: the log is closed or broken (only when ``on_failure = "deny"``).
         """
         try:
-            if event_type in REFUSAL_EVENTS and principal is not None:  # a refused request
+            if self.refusals is not None and event_type in REFUSAL_EVENTS and principal is not None:
                 self._check()  # a broken log fails the emit, counted or not
                 if not self.admit_refusal(principal, event_key(event_type, details, agent), None):
                     return  # counted: recorded with its principal's other refusals (a flood)
@@ -342,9 +342,9 @@ class AuditLog:
 
     def admit_refusal(self, principal: str, key: RefusalKey, call_id: str | None) -> bool:
         """Whether a refused call (or a refused request's event, ``call_id`` None) gets a
-        record of its own; False: it was counted, and its count
-        will be recorded (``gateway.audit.refusals``). The principal's summary of a window that
-        ended is queued first."""
+        record of its own; False: it was counted, and its count will be recorded
+        (``gateway.audit.refusals``). The principal's summary of a window that ended is queued
+        first."""
         if self.refusals is None:
             return True
         admitted, ended = self.refusals.admit(principal, key, call_id)

@@ -5,10 +5,11 @@ A refused call (outcome ``denied``: policy, unknown tool, verification, suspende
 limit...) has no side effect upstream, yet each one was a signed, durable record: a client
 sending nothing but refusals grew the log without bound and took the writer's throughput
 (red team 28). So did a refused request's event (``gateway.events.REFUSAL_EVENTS``: a
-denied subscription, an unknown URI, a non-admin's status read, a bus or memory denial), counted
-here the same way, in the same budget (``AuditLog.emit``; ``event_key``). Within a window of ``window_s`` seconds (starting at the principal's first
-refusal) the first ``per_window`` refusals of a principal are still recorded one by one; the
-rest are counted here, by (agent, event type, error code, target), and one
+denied subscription, an unknown URI, a non-admin's status read, a bus or memory denial),
+counted here the same way, in the same budget (``AuditLog.emit``; ``event_key``).
+
+Within a window of ``window_s`` seconds (starting at the principal's first refusal) the first
+``per_window`` refusals of a principal are still recorded one by one; the rest are counted here, by (agent, event type, error code, target), and one
 ``audit.refusals_summarized`` event per principal carries the counts when the window ends, on
 a flush and on close (``AuditLog.summarize_refusals``). Every refusal is thus in the signed
 chain, one by one or as a count, and a flood adds O(1) records per principal and window.
@@ -97,8 +98,9 @@ class RefusalTally:
     def admit(
         self, principal: str, key: RefusalKey, call_id: str | None
     ) -> tuple[bool, list[RefusalSummary]]:
-        """One refused call or request (``call_id`` None: a refused request has none): whether to record it one by one (else it is counted here), and
-        the summary of the principal's previous window if that ended (to be written first)."""
+        """One refused call or request (``call_id`` None: a request has none): whether to record
+        it one by one (else it is counted here), and the summary of the principal's previous
+        window if that ended (to be written first)."""
         now = self._clock()
         with self._lock:
             ended: list[RefusalSummary] = []
@@ -132,7 +134,7 @@ class RefusalTally:
             return out
 
     def pending(self) -> int:
-        """Refusals counted and not yet summarized (for tests and status)."""
+        """Refusals counted and not yet summarized."""
         with self._lock:
             return sum(c.count for w in self._windows.values() for c in w.counts.values())
 

@@ -5,7 +5,6 @@ streamable HTTP with server-everything behind it and API keys."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import httpx
 
 from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
+from tests.server.http.test_fastlane import reply_to
 
 
 class _Session:
@@ -20,6 +20,7 @@ class _Session:
         r = httpx.post(mcp, json=INIT, headers={**MCP_HEADERS, **bearer(key)}, timeout=30)
         assert r.status_code == 200, r.text
         self.mcp = mcp
+        self.ids = 100
         self.h = {
             **MCP_HEADERS,
             **bearer(key),
@@ -30,15 +31,16 @@ class _Session:
 
     def call(self, tool: str, args: dict[str, Any]) -> str | None:
         """The call's ``symbi/error`` code, None when it was answered."""
+        self.ids += 1  # a request id is not reused within a session (the MCP spec)
         body = {
             "jsonrpc": "2.0",
-            "id": 2,
+            "id": self.ids,
             "method": "tools/call",
             "params": {"name": tool, "arguments": args},
         }
         r = httpx.post(self.mcp, json=body, headers=self.h, timeout=30)
         assert r.status_code == 200, r.text
-        result = _message(r.text)["result"]
+        result = reply_to(r, self.ids)["result"]
         return (
             ((result.get("_meta") or {}).get("symbi/error") or {}).get("code")
             if result.get("isError")
@@ -68,12 +70,3 @@ def test_reconnecting_does_not_reset_the_count_of_denials(tmp_path: Path) -> Non
     assert codes[3:6] == ["policy_denied", "agent_suspended", "agent_suspended"]
     # and a third session's first denial, the window still full, suspends it too
     assert codes[6:] == ["policy_denied", "agent_suspended", "agent_suspended"]
-
-
-def _message(body: str) -> Any:
-    """The JSON-RPC message of a JSON or an SSE answer."""
-    if body.lstrip().startswith("{"):
-        return json.loads(body)
-    return json.loads(
-        next(line[5:] for line in body.splitlines() if line.startswith("data:") and "{" in line)
-    )

@@ -317,6 +317,12 @@ def replies(r: httpx.Response) -> list[dict[str, Any]]:
     return [r.json()]
 
 
+def reply_to(r: httpx.Response, request_id: Any) -> dict[str, Any]:
+    """The response to ``request_id`` in a POST's answer: an SSE answer may carry the
+    upstream's notifications of the call before it."""
+    return next(m for m in replies(r) if m.get("id") == request_id and m.keys() & {"result", "error"})
+
+
 def wire_case(gw: Gw, case: str) -> tuple[Any, ...]:
     k = gw.keys.admin
     sid = open_session(gw, k)

@@ -7,7 +7,6 @@ behind it, the log read and verified with the project's own reader and ``symbi a
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from gateway.config import load_config
 from tests.conftest import ROOT
 from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
+from tests.server.http.test_fastlane import reply_to
 
 ECHO = "everything__echo"
 PER_WINDOW = 50
@@ -55,7 +55,7 @@ class _Session:
         }
         r = self.http.post(self.mcp, json=body, headers=self.h)
         assert r.status_code == 200, r.text
-        result = _message(r.text)["result"]
+        result = reply_to(r, self.ids)["result"]
         if not result.get("isError"):
             return None
         return str(((result.get("_meta") or {}).get("symbi/error") or {}).get("code"))
@@ -66,7 +66,7 @@ class _Session:
         body = {"jsonrpc": "2.0", "id": self.ids, "method": method, "params": params}
         r = self.http.post(self.mcp, json=body, headers=self.h)
         assert r.status_code == 200, r.text
-        return dict(_message(r.text))
+        return reply_to(r, self.ids)
 
     def close(self) -> None:
         self.http.delete(self.mcp, headers=self.h)
@@ -172,12 +172,3 @@ def test_a_burst_that_stops_is_summarized_when_its_window_ends(tmp_path: Path) -
     assert summary.details["window_ended"] is True
     assert len(denied) + summary.details["summarized"] == PER_WINDOW + 20
     assert summary.details["summarized"] > 0
-
-
-def _message(body: str) -> Any:
-    """The JSON-RPC message of a JSON or an SSE answer."""
-    if body.lstrip().startswith("{"):
-        return json.loads(body)
-    return json.loads(
-        next(line[5:] for line in body.splitlines() if line.startswith("data:") and "{" in line)
-    )

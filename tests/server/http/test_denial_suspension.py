@@ -6,49 +6,9 @@ streamable HTTP with server-everything behind it and API keys."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import httpx
-
-from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, bearer, everything_config, make_keys, run_server
-from tests.server.http.test_auth import INIT, MCP_HEADERS
-from tests.server.http.test_fastlane import reply_to
-
-
-class _Session:
-    def __init__(self, mcp: str, key: str) -> None:
-        r = httpx.post(mcp, json=INIT, headers={**MCP_HEADERS, **bearer(key)}, timeout=30)
-        assert r.status_code == 200, r.text
-        self.mcp = mcp
-        self.ids = 100
-        self.h = {
-            **MCP_HEADERS,
-            **bearer(key),
-            "mcp-session-id": r.headers["mcp-session-id"],
-            "mcp-protocol-version": "2025-11-25",
-        }
-        httpx.post(mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=self.h)
-
-    def call(self, tool: str, args: dict[str, Any]) -> str | None:
-        """The call's ``symbi/error`` code, None when it was answered."""
-        self.ids += 1  # a request id is not reused within a session (the MCP spec)
-        body = {
-            "jsonrpc": "2.0",
-            "id": self.ids,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": args},
-        }
-        r = httpx.post(self.mcp, json=body, headers=self.h, timeout=30)
-        assert r.status_code == 200, r.text
-        result = reply_to(r, self.ids)["result"]
-        return (
-            ((result.get("_meta") or {}).get("symbi/error") or {}).get("code")
-            if result.get("isError")
-            else None
-        )
-
-    def close(self) -> None:
-        httpx.delete(self.mcp, headers=self.h, timeout=10)
+from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, everything_config, make_keys, run_server
+from tests.server.http.test_refusal_flood import KeySession
 
 
 def test_reconnecting_does_not_reset_the_count_of_denials(tmp_path: Path) -> None:
@@ -59,11 +19,11 @@ def test_reconnecting_does_not_reset_the_count_of_denials(tmp_path: Path) -> Non
     with run_server(cfg) as run:
         codes: list[str | None] = []
         for _ in range(3):  # two denials a session: under the threshold in each one
-            s = _Session(run.mcp, keys.user)
+            s = KeySession(run.mcp, keys.user)
             codes += [s.call("everything__echo", {"message": "forbidden"}) for _ in range(2)]
             codes.append(s.call("everything__echo", {"message": "still here"}))
             s.close()
-        other = _Session(run.mcp, keys.other_user)  # another principal: its own count
+        other = KeySession(run.mcp, keys.other_user)  # another principal: its own count
         assert other.call("everything__echo", {"message": "hi"}) is None
     assert codes[:3] == ["policy_denied", "policy_denied", None]
     # the principal's third denial is its second session's first call: that session is suspended

@@ -27,8 +27,8 @@ PER_WINDOW = 50
 FLOOD = 500
 
 
-class _Session:
-    """One MCP session of one API key, over one HTTP connection."""
+class KeySession:
+    """One MCP session of one API key, over one HTTP connection (the denial tests use it too)."""
 
     def __init__(self, mcp: str, key: str) -> None:
         self.http = httpx.Client(timeout=30)
@@ -94,7 +94,7 @@ def test_a_flood_of_refused_calls_grows_the_log_by_a_bounded_number_of_records(t
     cfg = _config(tmp_path, 3600.0)
     keys = make_keys(cfg)
     with run_server(cfg) as run:
-        s = _Session(run.mcp, keys.user)
+        s = KeySession(run.mcp, keys.user)
         codes = []
         for i in range(FLOOD):
             codes.append(s.call(ECHO, {"message": "forbidden"}))
@@ -135,7 +135,7 @@ def test_a_flood_of_refused_requests_is_counted_in_the_same_budget(tmp_path: Pat
     cfg = _config(tmp_path, 3600.0)
     keys = make_keys(cfg)
     with run_server(cfg) as run:
-        s = _Session(run.mcp, keys.user)
+        s = KeySession(run.mcp, keys.user)
         answers = []
         for i in range(FLOOD // 2):
             answers.append(s.request("resources/read", {"uri": "symbi://status"}))
@@ -157,7 +157,7 @@ def test_a_burst_that_stops_is_summarized_when_its_window_ends(tmp_path: Path) -
     cfg = _config(tmp_path, 1.0)
     keys = make_keys(cfg)
     with run_server(cfg) as run:
-        s = _Session(run.mcp, keys.user)
+        s = KeySession(run.mcp, keys.user)
         codes = [s.call(ECHO, {"message": "forbidden"}) for _ in range(PER_WINDOW + 20)]
         s.close()
         deadline = time.monotonic() + 30

@@ -7,8 +7,6 @@ behind it, the log read and verified with the project's own reader and ``symbi a
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import httpx
 
 from gateway.audit import AuditRecord, store
 from gateway.config import load_config
-from tests.conftest import ROOT
+from tests.cli._audit import symbi as symbi_audit
 from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_auth import INIT, MCP_HEADERS
 from tests.server.http.test_fastlane import reply_to
@@ -117,14 +115,7 @@ def test_a_flood_of_refused_calls_grows_the_log_by_a_bounded_number_of_records(t
         ("policy_denied", ECHO, "tool.call")
     }
     assert all(c["call_ids"] for c in counted)
-    verify = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "verify", "--config", str(cfg)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    verify = symbi_audit("verify", "--config", cfg)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 

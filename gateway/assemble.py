@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 
 from gateway.app import Background, Gateway, WrapCommand
 from gateway.audit.log import AuditLog
-from gateway.audit.refusals import RefusalTally
 from gateway.builtins import SandboxBuiltin, make_builtins, upstream_infos
 from gateway.catalog import LiveCatalog
 from gateway.chain import Step
@@ -77,19 +76,7 @@ def open_audit(config: Config) -> AuditLog:
     for slot in range(1, AUDIT_SLOTS + 1):
         path = base if slot == 1 else base.with_name(f"{base.stem}-{slot}{base.suffix}")
         try:
-            return AuditLog(
-                path,
-                config.audit_key_path,
-                checkpoint_every=config.audit.checkpoint_every,
-                batch_max=config.audit.batch_max,
-                on_failure="warn" if config.audit_fails_open else "deny",
-                pinned_keys=config.audit.pinned_keys,
-                checkpoint_export=config.audit.checkpoint_export,
-                # a flood of refused calls: counts past the first few per principal and window
-                refusals=RefusalTally(
-                    config.audit.refusals_recorded_per_window, config.audit.refusal_window_s
-                ),
-            )
+            return AuditLog.from_config(config, path)
         except AuditLogBusy as e:
             last = e
     assert last is not None

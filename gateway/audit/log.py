@@ -175,13 +175,14 @@ class AuditLog:
         return conn, last, key, key_id
 
     @classmethod
-    def from_config(cls, config: Config) -> AuditLog:
-        """The log as ``symbi.toml`` configures it (``[audit]`` and ``gateway.data_dir``)."""
+    def from_config(cls, config: Config, path: Path | None = None) -> AuditLog:
+        """The log as ``symbi.toml`` configures it (``[audit]`` and ``gateway.data_dir``); the one
+        construction from config (``path``: another chain file of the same log, see open_audit)."""
         from gateway.audit.retention import archive_dir  # retention imports this module (via verify)
 
         a = config.audit
         return cls(
-            config.audit_path,
+            path or config.audit_path,
             config.audit_key_path,
             checkpoint_every=a.checkpoint_every,
             batch_max=a.batch_max,

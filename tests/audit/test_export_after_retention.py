@@ -19,9 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from gateway.assemble import open_audit
 from gateway.audit import AuditLog
 from gateway.audit.retention import segments
+from gateway.config import load_config
 from gateway.errors import AuditError
+from tests.conftest import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,11 +52,11 @@ _RUN = textwrap.dedent(
 
 
 def _crash_after_archive(
-    tmp: Path, mode: str = "archive", *, lose_export: bool = True
+    tmp: Path, mode: str = "archive", *, lose_export: bool = True, folder: Path | None = None
 ) -> tuple[Path, Path, Path]:
     db, key, export = tmp / "data" / "audit.db", tmp / "data" / "audit-key.pem", tmp / "witness" / "cp.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [db, key, export, db.parent / "audit-archive", mode, int(lose_export)]
+    args = [db, key, export, folder or db.parent / "audit-archive", mode, int(lose_export)]
     subprocess.run([sys.executable, "-c", _RUN, *map(str, args)], env=env, check=True, timeout=120)
     exported = [json.loads(line)["seq"] for line in export.read_text().splitlines()]
     assert exported == ([10] if lose_export else [10, 16])  # 16: the run's audit.archived event
@@ -66,6 +69,20 @@ def test_restarts_after_retention_archived_its_last_exported_checkpoint(tmp_path
         assert log.last_seq == 16  # 15 events and the audit.archived event
         log.append("tool.call", {"tool": "after"}, principal="alice")
     assert log.verify().ok
+
+
+def test_the_served_gateway_finds_the_configured_archive_dir(tmp_path: Path) -> None:
+    """``[audit] archive_dir`` elsewhere than the data dir: the log ``symbi serve`` and
+    ``symbi mcp`` open (``open_audit``) must look for the archive there, as the CLI does."""
+    elsewhere = tmp_path / "archive-elsewhere"
+    _, _, export = _crash_after_archive(tmp_path, folder=elsewhere)
+    cfg = write_config(
+        tmp_path,
+        f'[audit]\ncheckpoint_every = 10\ncheckpoint_export = "{export}"\narchive_dir = "{elsewhere}"\n',
+    )
+    with open_audit(load_config(cfg)) as log:
+        assert log.last_seq == 16
+        assert log.archive_dir == elsewhere
 
 
 @pytest.mark.parametrize("mode", ["archive", "delete"])

@@ -71,7 +71,8 @@ from ._errors import (
     UnsupportedKey,
     UnsupportedValue,
 )
-from ._pins import Pin, PinEvent, Pins, PinStatus, PinStore
+from ._pinrules import Pin, PinEvent, PinStatus
+from ._pins import Pins, PinStore
 from ._resolver import KeyResolver, StaticKeyResolver, WellKnownResolver
 from ._skill import SkillVerification, canonicalize_skill, sign_skill, verify_skill
 from ._verify import (

@@ -24,7 +24,8 @@ from ._errors import (
     SchemaPinError,
     SignatureMalformed,
 )
-from ._pins import Pins, PinStatus
+from ._pinrules import PinStatus
+from ._pins import Pins
 
 Mode = Literal["strict", "tofu"]
 

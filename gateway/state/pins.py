@@ -21,7 +21,7 @@ from gateway.state.health import safe_url
 from gateway.state.postgres import Postgres, bump_approvals
 from schemapin import Pin, PinEvent, PinStatus
 from schemapin._domain import normalize_domain
-from schemapin._pins import (
+from schemapin._pinrules import (
     LAST_SEEN_RESOLUTION_S,
     PIN_COLS,
     PinWrites,

@@ -26,7 +26,7 @@ from gateway.screen import Screening, screen_definition
 from gateway.verify.listed import is_listed, kind_of
 from gateway.verify.state import ToolRecord, ToolStates
 from schemapin._crypto import normalize_fingerprint  # as gateway/state/pins.py normalises them
-from schemapin._pins import _hash
+from schemapin._pinrules import _hash
 
 if TYPE_CHECKING:
     from gateway.state.pins import PgPinStore

@@ -24,7 +24,7 @@ from gateway.state import postgres
 from gateway.state.pins import PgPinStore
 from gateway.state.postgres import MIGRATIONS, Postgres
 from schemapin import Pin, PinEvent, PinStatus
-from schemapin._pins import _now
+from schemapin._pinrules import _now
 from tests.state.engines import Postgres as PgEngine
 
 FP_A = "sha256:" + "a" * 64

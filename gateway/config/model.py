@@ -19,14 +19,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from gateway.config.context_section import LOCAL_MODEL_DIMENSION, ContextSection, parse_size
 from gateway.config.sections import (
     AGENT_NAME_RE,
-    LOCAL_MODEL_DIMENSION,
     AgentConfig,
     AuditSection,
     BreakerSection,
     BusSection,
-    ContextSection,
     GatewaySection,
     HttpSection,
     JwtSection,
@@ -47,7 +46,6 @@ from gateway.config.sections import (
     TelemetrySection,
     TierName,
     VerificationMode,
-    parse_size,
 )
 
 # the sections are defined in gateway.config.sections; importable from here too (one place to

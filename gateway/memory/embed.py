@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gateway.config.sections import LOCAL_MODEL_DIMENSION
+from gateway.config.context_section import LOCAL_MODEL_DIMENSION
 from gateway.errors import ConfigError, ContextError
 
 TOKENIZER_PATH = Path(__file__).parent / "assets" / "minilm-tokenizer.json"

@@ -1,0 +1,100 @@
+"""The ``[context]`` section (agent memory and knowledge, ``gateway/memory``) and the size
+values its keys accept (``"1GB"``, ``"512MiB"``, a number of bytes)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.config.sections import Section
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(value: object) -> int:
+    """``"1GB"``, ``"512MiB"``, ``"64 MB"`` or a number of bytes -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError('expected a size such as "1GB" or a number of bytes')  # noqa: TRY004 - pydantic reports ValueError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+    raise ValueError(f'{value!r} is not a size (use e.g. "1GB", "256MB", "64MiB" or a number of bytes)')
+
+
+LOCAL_MODEL_DIMENSION = 384  # all-MiniLM-L6-v2 (gateway/memory/embed.py OnnxMiniLM)
+
+
+class ContextSection(Section):
+    """Agent memory and knowledge (``gateway/memory``): the memory__* / knowledge__* built-ins."""
+
+    enabled: bool = True  # the memory__* and knowledge__* built-in tools
+    vector_db_url: str | None = None  # a Qdrant server; unset: the embedded store in the data dir
+    embedded_store: Literal["edge", "local"] = "edge"  # Qdrant Edge (HNSW) | qdrant-client local mode
+    embedding_dimension: int = Field(default=384, ge=1)
+    embedder: Literal["auto", "local", "openai", "hashing"] = "auto"  # auto: openai when a key is set
+    embedding_model: str = "text-embedding-3-small"  # the OpenAI-compatible endpoint's model
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str | None = Field(default=None, repr=False)  # from OPENAI_API_KEY
+    context_cache_size: int = Field(default=64 * 10**6, ge=0)  # bytes of short-term memory ("1GB" accepted)
+    short_term_ttl_s: float = Field(default=3600.0, gt=0)
+    knowledge_retention_days: int = Field(default=365, ge=0)  # long-term memory kept this long; 0 = forever
+    purge_interval_s: float = Field(default=3600.0, gt=0)  # how often the retention job runs
+    # per principal, past which a new memory is refused (nothing held is dropped): the working
+    # memory its agents hold in this process (bytes, "16MB" accepted), and the long-term and
+    # shared memories it keeps in the store (each at most 32,000 characters)
+    working_memory_per_principal: int = Field(default=16 * 1024 * 1024, ge=1)
+    max_memories_per_principal: int = Field(default=10_000, ge=1)
+    # a principal's share of context_cache_size (default a quarter): past it its own oldest
+    # short-term memories go first, so one storing without end cannot evict the others'
+    short_term_per_principal: int | None = Field(default=None, ge=1)
+
+    @field_validator("context_cache_size", "working_memory_per_principal", mode="before")
+    @classmethod
+    def _size(cls, v: object) -> int:
+        return parse_size(v)
+
+    @field_validator("short_term_per_principal", mode="before")
+    @classmethod
+    def _share(cls, v: object) -> int | None:
+        return None if v is None else parse_size(v)
+
+    @model_validator(mode="after")
+    def _embedder_fits_dimension(self) -> ContextSection:
+        # checked at start, not at the first memory call: a gateway that would fail every
+        # memory call (or an embedder asked for a key it lacks) does not start
+        if not self.enabled:
+            return self
+        kind = ("openai" if self.openai_api_key else "local") if self.embedder == "auto" else self.embedder
+        if kind == "local" and self.embedding_dimension != LOCAL_MODEL_DIMENSION:
+            raise ValueError(
+                f"context.embedding_dimension = {self.embedding_dimension}, but the local model "
+                f"(all-MiniLM-L6-v2, used when no OPENAI_API_KEY is set) makes {LOCAL_MODEL_DIMENSION}-d "
+                "vectors: set OPENAI_API_KEY for an OpenAI-compatible endpoint, or embedding_dimension = 384"
+            )
+        if kind == "openai" and not self.openai_api_key:
+            raise ValueError('context.embedder = "openai" needs OPENAI_API_KEY (or context.openai_api_key)')
+        return self
+
+    @field_validator("vector_db_url", "openai_base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from gateway.bus.message import (
     validate_topic,
 )
 from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Received, Receiver, still_granted
+from gateway.bus.requests import OpenRequests
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
 from gateway.context import Principal
@@ -75,7 +75,7 @@ class Bus:
         self._authorize = authorize
         self._counters = counters or CallCounters()
         self._resolve = resolve
-        self._open: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()  # requests to answer
+        self._open = OpenRequests(MAX_OPEN_REQUESTS)  # requests its agents received, to answer
         self._waiting: dict[str, asyncio.Future[Received]] = {}
         self._pumps: dict[str, anyio.Lock] = {}
         self.receiver = Receiver(backend, ring, events, max_age_ms=self.max_age_ms, skew_ms=self.skew_ms)
@@ -168,8 +168,7 @@ class Bus:
         self._pumps.pop(agent, None)
         channel = f"agent:{agent}"
         self.sealer.last = {k: v for k, v in self.sealer.last.items() if k[0] != agent and k[1] != channel}
-        for key in [k for k in self._open if k[0] == agent]:
-            del self._open[key]
+        self._open.forget(agent)
         return self.retirements.ended(agent, self._names.pop(agent, ""), now_ms)
 
     async def forget_left_behind(self) -> None:
@@ -380,7 +379,7 @@ class Bus:
         me = await self._me(principal)
         if not isinstance(request_id, str):
             raise ArgumentsInvalid("request_id must be a string")
-        open_request = self._open.pop((me.agent, request_id), None)
+        open_request = self._open.pop(me.agent, request_id)
         if open_request is None:
             raise BusError(
                 f"no open request {request_id!r} for this agent (unknown, answered or not received)"
@@ -463,9 +462,7 @@ class Bus:
         out = await self.receiver.take(agent, inbox, max_items, wait_s)
         for r in out:
             if r.kind == "request":  # answerable with reply() until it expires
-                self._open[(agent, r.id)] = (r.sender, r.expires_ms)
-                while len(self._open) > MAX_OPEN_REQUESTS:
-                    self._open.popitem(last=False)
+                self._open.add(agent, r.id, r.sender, r.expires_ms)
         return out
 
     @property

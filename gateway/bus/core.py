@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
-from gateway.bus.backend import BusBackend
+from gateway.bus.backend import BusBackend, quiet
 from gateway.bus.crypto import AgentKeys, KeyRing, PublicKeys
 from gateway.bus.message import (
     AGENT_RE,
@@ -31,10 +31,18 @@ from gateway.bus.requests import OpenRequests
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
 from gateway.context import Principal
-from gateway.errors import ArgumentsInvalid, BusError, BusNoAgent, BusTimeout, PolicyDenied, RateLimited
+from gateway.errors import (
+    ArgumentsInvalid,
+    BusError,
+    BusNoAgent,
+    BusQuotaExceeded,
+    BusTimeout,
+    PolicyDenied,
+    RateLimited,
+)
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
-from gateway.runtime.identity import agent_label
+from gateway.runtime.identity import labelled
 
 __all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "validate_topic"]
 
@@ -61,6 +69,7 @@ class Bus:
         max_age_s: float = 86400.0,
         skew_s: float = 30.0,
         max_body_bytes: int = 256 * 1024,
+        max_subscriptions: int = 256,
         authorize: Authorizer | None = None,
         counters: CallCounters | None = None,
         resolve: Callable[[str], str | None] | None = None,
@@ -72,6 +81,7 @@ class Bus:
         self.max_age_ms = int(max_age_s * 1000)
         self.skew_ms = int(skew_s * 1000)
         self.max_body_bytes = max_body_bytes
+        self.max_subscriptions = max_subscriptions  # per agent (bus.max_subscriptions_per_agent)
         self._authorize = authorize
         self._counters = counters or CallCounters()
         self._resolve = resolve
@@ -246,7 +256,7 @@ class Bus:
                 found = await self.receiver.sender_keys(named)
                 # and the name's label is its principal's (a name of one namespace never
                 # resolves to another's agent, whichever process registered it last)
-                if not isinstance(found, str) and found[3] == to and _labelled(to, found[2]):
+                if not isinstance(found, str) and found[3] == to and labelled(to, found[2]):
                     return named, found[2]
             raise BusNoAgent(f"no agent {to!r} is known to the bus")
         if isinstance(keys, str):
@@ -306,7 +316,7 @@ class Bus:
                 Event.BUS_DELIVERY_FAILED, {**msg.metadata(), "inbox": inbox, "error_code": e.code}, principal
             )
             if e.code == "bus_buffer_full":
-                await _quiet(self.backend.bump("buffer_full"))
+                await quiet(self.backend.bump("buffer_full"))
             raise
         self.sealer.last[(msg.sender, msg.channel)] = msg.id
         self.retirements.sent(msg.sender, msg.expires_ms)
@@ -432,6 +442,13 @@ class Bus:
         me = await self._me(principal)
         pattern = validate_topic(pattern, pattern=True)
         await self._decide("bus/subscribe", principal, None, pattern)
+        held = (await self.backend.subscriptions()).get(me.agent, set())
+        if pattern not in held and len(held) >= self.max_subscriptions:
+            reason = f"agent {me.agent} holds {len(held)} subscriptions (bus.max_subscriptions_per_agent)"
+            self._emit(
+                Event.BUS_DENIED, {"kind": "bus/subscribe", "topic": pattern, "reasons": [reason]}, principal
+            )
+            raise BusQuotaExceeded(f"{reason}: unsubscribe from one first", reasons=[reason])
         await self.backend.subscribe(me.agent, pattern)
         self._emit(Event.BUS_SUBSCRIBE, {"topic": pattern}, principal)
 
@@ -481,16 +498,3 @@ class Bus:
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})
         return n
-
-
-def _labelled(name: str, principal: str) -> bool:
-    """A session agent's name (``label/client[#n]``) carries its qualified principal's label."""
-    label, slash, _ = name.partition("/")
-    return not slash or label == agent_label(principal)
-
-
-async def _quiet(aw: Awaitable[None]) -> None:
-    try:
-        await aw
-    except Exception:
-        _logger.debug("bus counter not updated", exc_info=True)

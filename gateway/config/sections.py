@@ -456,6 +456,9 @@ class BusSection(Section):
     clock_skew_s: float = Field(default=30.0, ge=0)  # how far ahead of this clock a timestamp may be
     max_body_bytes: int = Field(default=256 * 1024, ge=16)
     expire_interval_s: float = Field(default=5.0, gt=0)  # how often expired messages are removed
+    # topic subscriptions one agent may hold: every publish and every receipt of a topic
+    # message reads all of them, so one agent's without end slowed every other's
+    max_subscriptions_per_agent: int = Field(default=256, ge=1)
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> BusSection:

@@ -172,3 +172,25 @@ async def test_tampered_store_is_rejected_and_audited(gw: Gateway, tmp_path: Pat
     gw.audit.flush(timeout=5)
     rejected = [e["details"] for e in gw.audit.recent(100) if e["type"] == "bus.rejected"]
     assert [(d["inbox"], d["reason"]) for d in rejected] == [("ag-b", "bad signature")]
+
+
+async def test_an_agents_subscriptions_are_bounded(tmp_path: Path) -> None:
+    """Attack (session 36): an agent could hold any number of subscriptions (each distinct
+    topic under a granted glob is one: ``team.1``, ``team.2``...), and every publish and every
+    receipt of a topic message, by any principal, reads and matches all of them (a regular
+    expression compiled per pattern past the cache's 4,096): one agent's without end slowed
+    every other's. Now at most ``bus.max_subscriptions_per_agent``."""
+    cfg = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[bus]\nmax_subscriptions_per_agent = 5\n")
+    async with make_gateway(load_config(cfg)).running() as gw:
+        for n in range(5):
+            data(await call(gw, A, "subscribe", topic=f"team.t{n}"))
+        data(await call(gw, A, "subscribe", topic="team.t0"))  # one held already: no new one
+        r = await call(gw, A, "subscribe", topic="team.t5")
+        assert r.is_error and r.meta["symbi/error"]["code"] == "bus_quota_exceeded"
+        data(await call(gw, B, "subscribe", topic="team.t5"))  # another agent has its own
+        assert data(await call(gw, A, "unsubscribe", topic="team.t1"))["unsubscribed"] is True
+        data(await call(gw, A, "subscribe", topic="team.t5"))  # room again
+        assert len((await gw.builtins["bus"].bus.backend.subscriptions())["ag-a"]) == 5  # type: ignore[attr-defined]
+    db = sqlite3.connect(tmp_path / "data" / "audit.db")
+    rows = db.execute("SELECT details FROM events WHERE type = 'bus.denied'").fetchall()
+    assert [json.loads(d)["topic"] for (d,) in rows] == ["team.t5"]

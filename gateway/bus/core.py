@@ -19,27 +19,14 @@ import anyio
 
 from gateway.bus.backend import BusBackend, quiet
 from gateway.bus.crypto import AgentKeys, KeyRing, PublicKeys
-from gateway.bus.message import (
-    AGENT_RE,
-    SecureMessage,
-    new_id,
-    pattern_regex,
-    validate_topic,
-)
+from gateway.bus.message import AGENT_RE, SecureMessage, new_id, pattern_regex, validate_topic
+from gateway.bus.quotas import SentVolume, check_subscriptions
 from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Received, Receiver, still_granted
 from gateway.bus.requests import OpenRequests
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
 from gateway.context import Principal
-from gateway.errors import (
-    ArgumentsInvalid,
-    BusError,
-    BusNoAgent,
-    BusQuotaExceeded,
-    BusTimeout,
-    PolicyDenied,
-    RateLimited,
-)
+from gateway.errors import ArgumentsInvalid, BusError, BusNoAgent, BusTimeout, PolicyDenied, RateLimited
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
 from gateway.runtime.identity import labelled
@@ -70,6 +57,7 @@ class Bus:
         skew_s: float = 30.0,
         max_body_bytes: int = 256 * 1024,
         max_subscriptions: int = 256,
+        max_bytes_per_principal: int = 256 * 1024 * 1024,
         authorize: Authorizer | None = None,
         counters: CallCounters | None = None,
         resolve: Callable[[str], str | None] | None = None,
@@ -82,6 +70,7 @@ class Bus:
         self.skew_ms = int(skew_s * 1000)
         self.max_body_bytes = max_body_bytes
         self.max_subscriptions = max_subscriptions  # per agent (bus.max_subscriptions_per_agent)
+        self.volume = SentVolume(max_bytes_per_principal, self.max_age_ms)  # bus.max_bytes_per_principal
         self._authorize = authorize
         self._counters = counters or CallCounters()
         self._resolve = resolve
@@ -309,7 +298,9 @@ class Bus:
         # subscriber follows, other principals among them, never leave its direct messages
         # and requests no room (a publication flood made its peers' sends bus_buffer_full)
         limit = self.buffer_size if msg.topic is None else max(self.buffer_size // 2, 1)
+        now, size = int(time.time() * 1000), len(msg.ciphertext) + len(msg.header())
         try:
+            self.volume.check(principal.qualified, size, now)
             await self.backend.enqueue(inbox, msg, limit)
         except BusError as e:
             self._emit(
@@ -318,6 +309,7 @@ class Bus:
             if e.code == "bus_buffer_full":
                 await quiet(self.backend.bump("buffer_full"))
             raise
+        self.volume.add(principal.qualified, size, now)
         self.sealer.last[(msg.sender, msg.channel)] = msg.id
         self.retirements.sent(msg.sender, msg.expires_ms)
 
@@ -432,7 +424,9 @@ class Bus:
                     await self.sealer.seal_for(me, "topic", data, head, to=agent, topic=topic),
                     agent,
                 )
-            except BusError:
+            except BusError as e:
+                if e.code == "bus_quota_exceeded":  # the publisher's own budget: told, not a subscriber's
+                    raise
                 refused.append(agent)
         meta = head.topic_metadata(me.agent, topic, len(data) + 16)
         self._emit(Event.BUS_PUBLISH, {**meta, "subscribers": len(targets), "refused": refused}, principal)
@@ -443,12 +437,13 @@ class Bus:
         pattern = validate_topic(pattern, pattern=True)
         await self._decide("bus/subscribe", principal, None, pattern)
         held = (await self.backend.subscriptions()).get(me.agent, set())
-        if pattern not in held and len(held) >= self.max_subscriptions:
-            reason = f"agent {me.agent} holds {len(held)} subscriptions (bus.max_subscriptions_per_agent)"
+        try:
+            check_subscriptions(me.agent, held, pattern, self.max_subscriptions)
+        except BusError as e:
             self._emit(
-                Event.BUS_DENIED, {"kind": "bus/subscribe", "topic": pattern, "reasons": [reason]}, principal
+                Event.BUS_DENIED, {"kind": "bus/subscribe", "topic": pattern, "reasons": e.reasons}, principal
             )
-            raise BusQuotaExceeded(f"{reason}: unsubscribe from one first", reasons=[reason])
+            raise
         await self.backend.subscribe(me.agent, pattern)
         self._emit(Event.BUS_SUBSCRIBE, {"topic": pattern}, principal)
 
@@ -494,6 +489,7 @@ class Bus:
         for agent in self.ring.due(now - self.max_age_ms):  # ended, and away for bus.max_age_s
             self._leave(agent, now)
         await self.retirements.sweep(now)
+        self.volume.sweep(now)
         n = await self.backend.expire(now, self.max_age_ms)
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})

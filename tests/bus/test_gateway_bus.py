@@ -194,3 +194,31 @@ async def test_an_agents_subscriptions_are_bounded(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "data" / "audit.db")
     rows = db.execute("SELECT details FROM events WHERE type = 'bus.denied'").fetchall()
     assert [json.loads(d)["topic"] for (d,) in rows] == ["team.t5"]
+
+
+async def test_a_principal_cannot_fill_the_data_dir_through_the_bus(tmp_path: Path) -> None:
+    """Attack (session 36): the buffers bound what waits unread in one inbox, not what is
+    stored: the embedded store keeps a settled message for bus.max_age_s (for `symbi bus
+    verify`), so a principal sending 256 KB bodies to its own agent and receiving them filled
+    the data dir, where the audit log lives, at its rate limit (15 MB a minute at the default
+    60 calls), and a day's worth stays. Now at most bus.max_bytes_per_principal within the window."""
+    cfg = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[bus]\nmax_bytes_per_principal = 20000\n")
+    carol = Principal(id="carol", roles=("tester",), agent="ag-c")
+    async with make_gateway(load_config(cfg)).running() as gw:
+        await call(gw, B, "receive")
+        sent = 0
+        for _ in range(10):
+            r = await call(gw, A, "send", to="ag-b", body="x" * 4000)
+            if r.is_error:
+                assert r.meta["symbi/error"]["code"] == "bus_quota_exceeded"
+                break
+            sent += 1
+            assert len(data(await call(gw, B, "receive", max=10))["messages"]) == 1  # settled, still stored
+        assert 0 < sent < 5
+        data(await call(gw, B, "subscribe", topic="team.*"))
+        r = await call(gw, A, "publish", topic="team.x", body="y" * 8000)
+        assert r.is_error and r.meta["symbi/error"]["code"] == "bus_quota_exceeded"
+        await call(gw, Principal(id="carol", roles=("tester",), agent="ag-d"), "receive")
+        data(await call(gw, carol, "send", to="ag-d", body="carol has her own budget"))
+    stored = sqlite3.connect(tmp_path / "data" / "bus.db").execute("SELECT sum(length(c)) FROM messages")
+    assert stored.fetchone()[0] <= 20000 + 100

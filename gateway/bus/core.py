@@ -293,14 +293,17 @@ class Bus:
             agent=principal.agent if principal else agent,
         )
 
-    async def _deliver(self, principal: Principal, msg: SecureMessage, inbox: str) -> None:
+    async def _deliver(
+        self, principal: Principal, msg: SecureMessage, inbox: str, charged: str | None = None
+    ) -> None:
         # a topic delivery may fill half an inbox (at least one): publishers of topics a
         # subscriber follows, other principals among them, never leave its direct messages
         # and requests no room (a publication flood made its peers' sends bus_buffer_full)
         limit = self.buffer_size if msg.topic is None else max(self.buffer_size // 2, 1)
         now, size = int(time.time() * 1000), len(msg.ciphertext) + len(msg.header())
+        charged = charged or principal.qualified  # whose budget it counts against (SentVolume)
         try:
-            self.volume.check(principal.qualified, size, now)
+            self.volume.check(charged, size, now)
             await self.backend.enqueue(inbox, msg, limit)
         except BusError as e:
             self._emit(
@@ -309,7 +312,7 @@ class Bus:
             if e.code == "bus_buffer_full":
                 await quiet(self.backend.bump("buffer_full"))
             raise
-        self.volume.add(principal.qualified, size, now)
+        self.volume.add(charged, size, now)
         self.sealer.last[(msg.sender, msg.channel)] = msg.id
         self.retirements.sent(msg.sender, msg.expires_ms)
 
@@ -416,18 +419,20 @@ class Bus:
             for a, pats in subs.items()
             if a != me.agent and any(pattern_regex(p).match(topic) for p in pats)
         )
+        # the publisher's budget counts the message once, each subscriber's principal its
+        # copies (a subscriber of many agents never drains a publisher's, nor fills the disk)
+        self.volume.check(principal.qualified, len(data), now)
         refused: list[str] = []
         for agent in targets:
             try:
+                msg = await self.sealer.seal_for(me, "topic", data, head, to=agent, topic=topic)
+                keys = await self.receiver.sender_keys(agent)
                 await self._deliver(
-                    principal,
-                    await self.sealer.seal_for(me, "topic", data, head, to=agent, topic=topic),
-                    agent,
+                    principal, msg, agent, f"topics-to {agent if isinstance(keys, str) else keys[2]}"
                 )
-            except BusError as e:
-                if e.code == "bus_quota_exceeded":  # the publisher's own budget: told, not a subscriber's
-                    raise
+            except BusError:
                 refused.append(agent)
+        self.volume.add(principal.qualified, len(data), now)
         meta = head.topic_metadata(me.agent, topic, len(data) + 16)
         self._emit(Event.BUS_PUBLISH, {**meta, "subscribers": len(targets), "refused": refused}, principal)
         return Published(head.id, len(targets) - len(refused), tuple(refused))

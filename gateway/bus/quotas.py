@@ -7,8 +7,10 @@
   embedded store a settled one is kept as long again for ``symbi bus verify``, so the buffers
   (which bound what waits unread) never bounded the disk: a principal sending to its own agent
   and receiving filled the data dir, where the audit log lives, at its rate limit. A topic
-  message counts once per subscriber (each delivery is stored). Counted per process, in
-  one-minute buckets (replicas on one Redis each count their own share).
+  message counts once for its publisher and each stored copy against its subscriber's
+  principal (``topics-to <principal>``): a subscriber of many agents drains its own budget,
+  never the publisher's. Counted per process, in one-minute buckets (replicas on one Redis
+  each count their own share).
 """
 
 from __future__ import annotations

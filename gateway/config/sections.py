@@ -459,7 +459,7 @@ class BusSection(Section):
     # topic subscriptions one agent may hold: every publish and every receipt of a topic
     # message reads all of them, so one agent's without end slowed every other's
     max_subscriptions_per_agent: int = Field(default=256, ge=1)
-    # bytes a principal's agents put on the bus within max_age_s (each topic delivery counts):
+    # bytes a principal's agents put on the bus within max_age_s (topic copies: the subscriber's):
     # what it sends stays stored that long (the embedded store keeps settled messages as long)
     max_bytes_per_principal: int = Field(default=256 * 1024 * 1024, ge=1024)
 

@@ -222,3 +222,20 @@ async def test_a_principal_cannot_fill_the_data_dir_through_the_bus(tmp_path: Pa
         data(await call(gw, carol, "send", to="ag-d", body="carol has her own budget"))
     stored = sqlite3.connect(tmp_path / "data" / "bus.db").execute("SELECT sum(length(c)) FROM messages")
     assert stored.fetchone()[0] <= 20000 + 100
+
+
+async def test_topic_copies_count_against_the_subscribers_budget_not_the_publishers(tmp_path: Path) -> None:
+    """A subscriber with many agents makes many stored copies of one publication: those count
+    against its own principal (its deliveries are refused past it), the publisher pays once."""
+    cfg = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[bus]\nmax_bytes_per_principal = 20000\n")
+    dave = Principal(id="dave", roles=("tester",), agent="ag-dave")
+    carols = [Principal(id="carol", roles=("tester",), agent=f"ag-c{n}") for n in range(3)]
+    async with make_gateway(load_config(cfg)).running() as gw:
+        for c in carols:
+            data(await call(gw, c, "subscribe", topic="team.*"))
+        refused = [
+            data(await call(gw, dave, "publish", topic="team.x", body="z" * 2000))["refused"]
+            for _ in range(4)
+        ]
+    assert refused[:3] == [[], [], []]
+    assert refused[3]  # carol's budget (3 copies a publication) ran out, dave's (one each) did not

@@ -378,5 +378,12 @@ class BusTimeout(BusError):
     code = "bus_timeout"
 
 
+class BusQuotaExceeded(BusError):
+    """An agent holds as many topic subscriptions as ``bus.max_subscriptions_per_agent`` allows."""
+
+    code = "bus_quota_exceeded"
+    denial = True
+
+
 class BusRejected(BusError):
     code = "bus_rejected"

@@ -7,12 +7,15 @@ became of it (delivered, rejected, expired), which is what makes delivery at-lea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
+
+_logger = logging.getLogger("symbi.bus")
 
 Outcome = Literal["delivered", "rejected", "expired"]
 COUNTERS = ("sent", "delivered", "rejected", "expired", "buffer_full")
@@ -99,3 +102,11 @@ class BusBackend(Protocol):
 
     def scan(self) -> Iterator[StoredMessage]:
         """Every stored message, inbox by inbox, oldest first (synchronous, for the CLI)."""
+
+
+async def quiet(aw: Awaitable[None]) -> None:
+    """A counter update that may fail without failing what it counts."""
+    try:
+        await aw
+    except Exception:
+        _logger.debug("bus counter not updated", exc_info=True)

@@ -23,7 +23,7 @@ from mcp import types
 from gateway.bus.core import Bus, validate_topic
 from gateway.bus.crypto import TOPIC_KEYS_CAP
 from gateway.context import CallContext, Principal
-from gateway.errors import ArgumentsInvalid, CatalogError, UnknownTool
+from gateway.errors import ArgumentsInvalid, BusQuotaExceeded, CatalogError, UnknownTool
 
 _logger = logging.getLogger("symbi.bus")
 
@@ -228,6 +228,14 @@ class BusBuiltin:
             validate_topic(uri.removeprefix(TOPIC_PREFIX), pattern=True, where="uri")
         if connection is None:
             return
+        self._prune(agent)  # URIs no live connection watches any more do not count
+        watched = self._watch.get(agent, {})
+        if on and uri not in watched and len(watched) > self.bus.max_subscriptions:
+            # each URI is an entry held for the connection: the inbox and one per subscription
+            raise BusQuotaExceeded(
+                f"agent {agent} watches {len(watched)} bus resources "
+                "(bus.max_subscriptions_per_agent topics and the inbox): unsubscribe from one first"
+            )
         sessions = self._watch.setdefault(agent, {}).setdefault(uri, weakref.WeakSet())
         if on:
             sessions.add(connection)

@@ -11,30 +11,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
-from gateway.bus.backend import BusBackend
+from gateway.bus.backend import BusBackend, quiet
 from gateway.bus.crypto import AgentKeys, KeyRing, PublicKeys
-from gateway.bus.message import (
-    AGENT_RE,
-    SecureMessage,
-    new_id,
-    pattern_regex,
-    validate_topic,
-)
+from gateway.bus.message import AGENT_RE, SecureMessage, new_id, pattern_regex, validate_topic
+from gateway.bus.quotas import SentVolume, check_subscriptions
 from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Received, Receiver, still_granted
+from gateway.bus.requests import OpenRequests
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
 from gateway.context import Principal
 from gateway.errors import ArgumentsInvalid, BusError, BusNoAgent, BusTimeout, PolicyDenied, RateLimited
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
-from gateway.runtime.identity import agent_label
+from gateway.runtime.identity import labelled
 
 __all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "validate_topic"]
 
@@ -61,6 +56,8 @@ class Bus:
         max_age_s: float = 86400.0,
         skew_s: float = 30.0,
         max_body_bytes: int = 256 * 1024,
+        max_subscriptions: int = 256,
+        max_bytes_per_principal: int = 256 * 1024 * 1024,
         authorize: Authorizer | None = None,
         counters: CallCounters | None = None,
         resolve: Callable[[str], str | None] | None = None,
@@ -72,10 +69,12 @@ class Bus:
         self.max_age_ms = int(max_age_s * 1000)
         self.skew_ms = int(skew_s * 1000)
         self.max_body_bytes = max_body_bytes
+        self.max_subscriptions = max_subscriptions  # per agent (bus.max_subscriptions_per_agent)
+        self.volume = SentVolume(max_bytes_per_principal, self.max_age_ms)  # bus.max_bytes_per_principal
         self._authorize = authorize
         self._counters = counters or CallCounters()
         self._resolve = resolve
-        self._open: OrderedDict[tuple[str, str], tuple[str, int]] = OrderedDict()  # requests to answer
+        self._open = OpenRequests(MAX_OPEN_REQUESTS)  # requests its agents received, to answer
         self._waiting: dict[str, asyncio.Future[Received]] = {}
         self._pumps: dict[str, anyio.Lock] = {}
         self.receiver = Receiver(backend, ring, events, max_age_ms=self.max_age_ms, skew_ms=self.skew_ms)
@@ -168,8 +167,7 @@ class Bus:
         self._pumps.pop(agent, None)
         channel = f"agent:{agent}"
         self.sealer.last = {k: v for k, v in self.sealer.last.items() if k[0] != agent and k[1] != channel}
-        for key in [k for k in self._open if k[0] == agent]:
-            del self._open[key]
+        self._open.forget(agent)
         return self.retirements.ended(agent, self._names.pop(agent, ""), now_ms)
 
     async def forget_left_behind(self) -> None:
@@ -247,7 +245,7 @@ class Bus:
                 found = await self.receiver.sender_keys(named)
                 # and the name's label is its principal's (a name of one namespace never
                 # resolves to another's agent, whichever process registered it last)
-                if not isinstance(found, str) and found[3] == to and _labelled(to, found[2]):
+                if not isinstance(found, str) and found[3] == to and labelled(to, found[2]):
                     return named, found[2]
             raise BusNoAgent(f"no agent {to!r} is known to the bus")
         if isinstance(keys, str):
@@ -295,20 +293,26 @@ class Bus:
             agent=principal.agent if principal else agent,
         )
 
-    async def _deliver(self, principal: Principal, msg: SecureMessage, inbox: str) -> None:
+    async def _deliver(
+        self, principal: Principal, msg: SecureMessage, inbox: str, charged: str | None = None
+    ) -> None:
         # a topic delivery may fill half an inbox (at least one): publishers of topics a
         # subscriber follows, other principals among them, never leave its direct messages
         # and requests no room (a publication flood made its peers' sends bus_buffer_full)
         limit = self.buffer_size if msg.topic is None else max(self.buffer_size // 2, 1)
+        now, size = int(time.time() * 1000), len(msg.ciphertext) + len(msg.header())
+        charged = charged or principal.qualified  # whose budget it counts against (SentVolume)
         try:
+            self.volume.check(charged, size, now)
             await self.backend.enqueue(inbox, msg, limit)
         except BusError as e:
             self._emit(
                 Event.BUS_DELIVERY_FAILED, {**msg.metadata(), "inbox": inbox, "error_code": e.code}, principal
             )
             if e.code == "bus_buffer_full":
-                await _quiet(self.backend.bump("buffer_full"))
+                await quiet(self.backend.bump("buffer_full"))
             raise
+        self.volume.add(charged, size, now)
         self.sealer.last[(msg.sender, msg.channel)] = msg.id
         self.retirements.sent(msg.sender, msg.expires_ms)
 
@@ -380,7 +384,7 @@ class Bus:
         me = await self._me(principal)
         if not isinstance(request_id, str):
             raise ArgumentsInvalid("request_id must be a string")
-        open_request = self._open.pop((me.agent, request_id), None)
+        open_request = self._open.pop(me.agent, request_id)
         if open_request is None:
             raise BusError(
                 f"no open request {request_id!r} for this agent (unknown, answered or not received)"
@@ -415,16 +419,20 @@ class Bus:
             for a, pats in subs.items()
             if a != me.agent and any(pattern_regex(p).match(topic) for p in pats)
         )
+        # the publisher's budget counts the message once, each subscriber's principal its
+        # copies (a subscriber of many agents never drains a publisher's, nor fills the disk)
+        self.volume.check(principal.qualified, len(data), now)
         refused: list[str] = []
         for agent in targets:
             try:
+                msg = await self.sealer.seal_for(me, "topic", data, head, to=agent, topic=topic)
+                keys = await self.receiver.sender_keys(agent)
                 await self._deliver(
-                    principal,
-                    await self.sealer.seal_for(me, "topic", data, head, to=agent, topic=topic),
-                    agent,
+                    principal, msg, agent, f"topics-to {agent if isinstance(keys, str) else keys[2]}"
                 )
             except BusError:
                 refused.append(agent)
+        self.volume.add(principal.qualified, len(data), now)
         meta = head.topic_metadata(me.agent, topic, len(data) + 16)
         self._emit(Event.BUS_PUBLISH, {**meta, "subscribers": len(targets), "refused": refused}, principal)
         return Published(head.id, len(targets) - len(refused), tuple(refused))
@@ -433,6 +441,14 @@ class Bus:
         me = await self._me(principal)
         pattern = validate_topic(pattern, pattern=True)
         await self._decide("bus/subscribe", principal, None, pattern)
+        held = (await self.backend.subscriptions()).get(me.agent, set())
+        try:
+            check_subscriptions(me.agent, held, pattern, self.max_subscriptions)
+        except BusError as e:
+            self._emit(
+                Event.BUS_DENIED, {"kind": "bus/subscribe", "topic": pattern, "reasons": e.reasons}, principal
+            )
+            raise
         await self.backend.subscribe(me.agent, pattern)
         self._emit(Event.BUS_SUBSCRIBE, {"topic": pattern}, principal)
 
@@ -463,9 +479,7 @@ class Bus:
         out = await self.receiver.take(agent, inbox, max_items, wait_s)
         for r in out:
             if r.kind == "request":  # answerable with reply() until it expires
-                self._open[(agent, r.id)] = (r.sender, r.expires_ms)
-                while len(self._open) > MAX_OPEN_REQUESTS:
-                    self._open.popitem(last=False)
+                self._open.add(agent, r.id, r.sender, r.expires_ms)
         return out
 
     @property
@@ -480,20 +494,8 @@ class Bus:
         for agent in self.ring.due(now - self.max_age_ms):  # ended, and away for bus.max_age_s
             self._leave(agent, now)
         await self.retirements.sweep(now)
+        self.volume.sweep(now)
         n = await self.backend.expire(now, self.max_age_ms)
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})
         return n
-
-
-def _labelled(name: str, principal: str) -> bool:
-    """A session agent's name (``label/client[#n]``) carries its qualified principal's label."""
-    label, slash, _ = name.partition("/")
-    return not slash or label == agent_label(principal)
-
-
-async def _quiet(aw: Awaitable[None]) -> None:
-    try:
-        await aw
-    except Exception:
-        _logger.debug("bus counter not updated", exc_info=True)

@@ -366,6 +366,17 @@ class BusSection(Section):
     clock_skew_s: float = Field(default=30.0, ge=0)  # how far ahead of this clock a timestamp may be
     max_body_bytes: int = Field(default=256 * 1024, ge=16)
     expire_interval_s: float = Field(default=5.0, gt=0)  # how often expired messages are removed
+    # topic subscriptions one agent may hold: every publish and every receipt of a topic
+    # message reads all of them, so one agent's without end slowed every other's
+    max_subscriptions_per_agent: int = Field(default=256, ge=1)
+    # bytes a principal's agents put on the bus within max_age_s (topic copies: the subscriber's):
+    # what it sends stays stored that long (the embedded store keeps settled messages as long)
+    max_bytes_per_principal: int = Field(default=256 * 1024 * 1024, ge=1024)
+
+    @field_validator("max_bytes_per_principal", mode="before")
+    @classmethod
+    def _bytes(cls, v: object) -> int:
+        return parse_size(v)
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> BusSection:

@@ -11,7 +11,8 @@ The input document is the call's (principal, agent, upstream, context) with ``ki
 of these and a ``memory`` object ``{owner, memory_type, namespace, base}``. A deny raises
 ``PolicyDenied`` with the policy's reasons and is recorded as a ``memory.denied`` event (metadata
 only, never memory text). The ``redact_text`` condition of a ``context/write`` decision lists
-regular expressions whose matches are replaced before the text is embedded or stored; the
+regular expressions whose matches are replaced before the text is embedded or stored (and in
+the metadata's string values, which others read back with it); the
 operator's ``symbi knowledge add`` asks ``knowledge/ingest`` for the same patterns.
 """
 
@@ -50,6 +51,21 @@ def redact_text(text: str, patterns: Sequence[str]) -> tuple[str, int]:
         text, k = re.subn(p, REDACTED, text)
         n += k
     return text, n
+
+
+def redact_metadata(metadata: Any, patterns: Sequence[str]) -> tuple[dict[str, Any], int]:
+    """``metadata`` with ``redact_text`` applied to each string value (stored and read back by
+    others as the text is), and the count. Anything else is left to the manager's checks."""
+    if not isinstance(metadata, dict):
+        raise ContextError("arguments.metadata: expected an object")
+    out: dict[str, Any] = {}
+    n = 0
+    for k, v in metadata.items():
+        if isinstance(v, str):
+            v, k_n = redact_text(v, patterns)
+            n += k_n
+        out[k] = v
+    return out, n
 
 
 class MemoryAccess:

@@ -10,11 +10,13 @@ from gateway.events import EventSink
 from gateway.memory.access import MemoryAccess
 from gateway.memory.builtin import MemoryService
 from gateway.memory.embed import Embedder, make_embedder
+from gateway.memory.guard import GuardedStore
 from gateway.memory.manager import ContextManager, MemorySettings
 from gateway.memory.store import CollectionSpec, VectorStore, open_store
 from gateway.policy.engine import PolicyEngine
 from gateway.runtime.agents import Agent, AgentRegistry
 from gateway.runtime.lifecycle import AgentState
+from gateway.state.health import safe_url
 
 COLLECTION = "symbi_memory"
 
@@ -54,9 +56,11 @@ def build_manager(
     def store() -> VectorStore:
         e = emb()
         spec = CollectionSpec(COLLECTION, e.dimension, e.id)
-        return open_store(
+        inner = open_store(
             spec, url=c.vector_db_url, data_dir=config.gateway.data_dir, backend=c.embedded_store
         )
+        # its failures are VectorStoreUnavailable: a refusal with a reason, never a crash
+        return GuardedStore(inner, safe_url(c.vector_db_url) if c.vector_db_url else "(embedded)")
 
     def store_exists() -> bool:
         if c.vector_db_url:

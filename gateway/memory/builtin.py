@@ -21,7 +21,7 @@ from mcp.shared.message import ServerMessageMetadata
 from gateway.context import CallContext
 from gateway.errors import ContextError
 from gateway.events import Event
-from gateway.memory.access import MemoryAccess, caller_agent, redact_text, text_patterns
+from gateway.memory.access import MemoryAccess, caller_agent, redact_metadata, redact_text, text_patterns
 from gateway.memory.knowledge import KnowledgeBases
 from gateway.memory.manager import ContextManager
 from gateway.memory.rag import RagPipeline, RagResult
@@ -113,11 +113,14 @@ class MemoryBuiltin:
         decision = await self.s.access.check(
             call, "context/write", owner=agent, memory_type=mtype, namespace=ns
         )
-        text, n_redacted = redact_text(str(a.get("text", "")), text_patterns(decision))
+        patterns = text_patterns(decision)
+        text, n_redacted = redact_text(str(a.get("text", "")), patterns)
+        metadata, n_meta = redact_metadata(a.get("metadata") or {}, patterns)
+        n_redacted += n_meta
         ctx = AgentContext(
             text=text,
             memory_type=mtype,
-            metadata=dict(a.get("metadata") or {}),
+            metadata=metadata,
             namespace=ns,
             session=call.session_id,
             task=a.get("task"),

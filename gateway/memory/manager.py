@@ -34,11 +34,15 @@ from gateway.memory.types import (
     ContextItem,
     ContextQuery,
     KnowledgeItem,
+    metadata_bytes,
 )
 from gateway.memory.volatile import VolatileMemory
 
 DAY_S = 86_400.0
 MAX_TEXT_CHARS = 32_000
+# a memory's metadata as JSON: tags to filter on, not a second text (unbounded, it carried a
+# principal past every memory quota: those count it, see ``metadata_bytes``)
+MAX_METADATA_BYTES = 4096
 FILTER_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _NAME = re.compile(NAME_RE)
 
@@ -179,6 +183,8 @@ class ContextManager:
             raise ContextError(f"type {context.memory_type!r}: expected one of {', '.join(MEMORY_TYPES)}")
         meta = dict(context.metadata)
         user_filter(meta)  # metadata keys follow the filter key rules, so they can be filtered on
+        if (size := metadata_bytes(meta)) > MAX_METADATA_BYTES:
+            raise ContextError(f"metadata: {size} bytes as JSON, more than {MAX_METADATA_BYTES}")
         if context.memory_type in ("long_term", "shared"):
             self._within_quota(principal)  # before the model runs: a try at the quota costs no embedding
         vec = self.embed([text])[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -94,3 +95,10 @@ class KnowledgeItem:
             "citation": self.citation(),
             "scores": {k: round(v, 4) for k, v in self.scores.items()},
         }
+
+
+def metadata_bytes(meta: Mapping[str, Any]) -> int:
+    """The bytes a memory's metadata counts for against the quotas (its UTF-8 JSON; none: 0)."""
+    if not meta:
+        return 0
+    return len(json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode())

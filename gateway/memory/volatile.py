@@ -1,6 +1,6 @@
 """Memories kept in the gateway process: short-term (per session) and working (per task).
 
-Short-term memory is bounded by ``[context] context_cache_size`` (bytes of text + vector over
+Short-term memory is bounded by ``[context] context_cache_size`` (bytes of text + vector + metadata over
 all sessions; the oldest item goes first), a principal's own by ``short_term_per_principal``
 (its oldest go first: one principal storing without end evicts only its own), and expires
 after ``short_term_ttl_s``. Working
@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gateway.errors import MemoryQuotaExceeded
-from gateway.memory.types import ContextItem, MemoryType
+from gateway.memory.types import ContextItem, MemoryType, metadata_bytes
 
 
 @dataclass
@@ -34,10 +34,10 @@ class _Entry:
     ts: float
     metadata: dict[str, Any] = field(default_factory=dict)
     owner: str = ""  # the principal whose quota it counts against
+    size: int = 0  # bytes it counts for: text, vector, metadata (as JSON) and 128 of overhead
 
-    @property
-    def size(self) -> int:
-        return len(self.text.encode()) + int(self.vector.nbytes) + 128
+    def __post_init__(self) -> None:
+        self.size = len(self.text.encode()) + int(self.vector.nbytes) + metadata_bytes(self.metadata) + 128
 
 
 class VolatileMemory:

@@ -57,3 +57,9 @@ def make_agent_id(key: bytes, principal: str, client: str, session: str) -> str:
     msg = json.dumps([principal, client, session], ensure_ascii=False).encode("utf-8")  # unambiguous
     digest = hmac.new(key, msg, hashlib.sha256).digest()
     return ID_PREFIX + base64.b32encode(digest).decode("ascii")[:20].lower()
+
+
+def labelled(name: str, qualified: str) -> bool:
+    """A session agent's name (``label/client[#n]``) carries its qualified principal's label."""
+    label, slash, _ = name.partition("/")
+    return not slash or label == agent_label(qualified)

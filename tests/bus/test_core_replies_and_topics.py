@@ -199,3 +199,37 @@ async def test_publications_leave_half_the_inbox_to_direct_messages(env: Env) ->
         await bus.send(C, "agent-b", "over")  # the whole buffer still bounds the inbox
     got = await bus.receive(B, max_items=10)
     assert [r.body for r in got] == [0, 1, "direct 0", "direct 1"]
+
+
+async def test_another_agents_flood_of_requests_never_closes_a_request_this_one_holds(
+    env: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack (session 36): the requests an agent received and may answer were kept in one
+    list for the whole gateway, oldest out past MAX_OPEN_REQUESTS. A principal that sent its
+    own second agent that many requests (and had it receive them) closed every other
+    principal's open requests: their replies were refused ("no open request"). The cap is
+    made small here; the path is the same at 10,000."""
+    monkeypatch.setattr("gateway.bus.core.MAX_OPEN_REQUESTS", 20)
+    m1 = Principal(id="mallory", agent="agent-m1", source="key")
+    m2 = Principal(id="mallory", agent="agent-m2", source="key")
+    bus = await _pair(env)
+    for p in (m1, m2):
+        assert p.agent is not None
+        await bus.register(p.agent, p.qualified)
+    with anyio.move_on_after(0.3):  # C's request stays live after C stops waiting
+        await bus.request(C, "agent-b", "please answer", timeout_s=30)
+    with anyio.fail_after(GUARD_S):
+        (held,) = await bus.receive(B, wait_s=GUARD_S)
+    for n in range(25):
+        with anyio.move_on_after(0.2):  # mallory's first agent stops waiting: the request lives on
+            await bus.request(m1, "agent-m2", n, timeout_s=30)
+    got = 0
+    with anyio.fail_after(GUARD_S):
+        while batch := await bus.receive(m2, max_items=100, wait_s=1):
+            got += len(batch)
+    assert got > 20  # more than the cap: every open request of the gateway would have gone
+    msg = await bus.reply(B, held.id, "answered")  # still open: B's own, never mallory's to close
+    assert msg.reply_to == held.id
+    with pytest.raises(BusError):  # mallory's flood closes only its own oldest
+        await bus.reply(m2, "no-such-request", "x")

@@ -172,3 +172,70 @@ async def test_tampered_store_is_rejected_and_audited(gw: Gateway, tmp_path: Pat
     gw.audit.flush(timeout=5)
     rejected = [e["details"] for e in gw.audit.recent(100) if e["type"] == "bus.rejected"]
     assert [(d["inbox"], d["reason"]) for d in rejected] == [("ag-b", "bad signature")]
+
+
+async def test_an_agents_subscriptions_are_bounded(tmp_path: Path) -> None:
+    """Attack (session 36): an agent could hold any number of subscriptions (each distinct
+    topic under a granted glob is one: ``team.1``, ``team.2``...), and every publish and every
+    receipt of a topic message, by any principal, reads and matches all of them (a regular
+    expression compiled per pattern past the cache's 4,096): one agent's without end slowed
+    every other's. Now at most ``bus.max_subscriptions_per_agent``."""
+    cfg = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[bus]\nmax_subscriptions_per_agent = 5\n")
+    async with make_gateway(load_config(cfg)).running() as gw:
+        for n in range(5):
+            data(await call(gw, A, "subscribe", topic=f"team.t{n}"))
+        data(await call(gw, A, "subscribe", topic="team.t0"))  # one held already: no new one
+        r = await call(gw, A, "subscribe", topic="team.t5")
+        assert r.is_error and r.meta["symbi/error"]["code"] == "bus_quota_exceeded"
+        data(await call(gw, B, "subscribe", topic="team.t5"))  # another agent has its own
+        assert data(await call(gw, A, "unsubscribe", topic="team.t1"))["unsubscribed"] is True
+        data(await call(gw, A, "subscribe", topic="team.t5"))  # room again
+        assert len((await gw.builtins["bus"].bus.backend.subscriptions())["ag-a"]) == 5  # type: ignore[attr-defined]
+    db = sqlite3.connect(tmp_path / "data" / "audit.db")
+    rows = db.execute("SELECT details FROM events WHERE type = 'bus.denied'").fetchall()
+    assert [json.loads(d)["topic"] for (d,) in rows] == ["team.t5"]
+
+
+async def test_a_principal_cannot_fill_the_data_dir_through_the_bus(tmp_path: Path) -> None:
+    """Attack (session 36): the buffers bound what waits unread in one inbox, not what is
+    stored: the embedded store keeps a settled message for bus.max_age_s (for `symbi bus
+    verify`), so a principal sending 256 KB bodies to its own agent and receiving them filled
+    the data dir, where the audit log lives, at its rate limit (15 MB a minute at the default
+    60 calls), and a day's worth stays. Now at most bus.max_bytes_per_principal within the window."""
+    cfg = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[bus]\nmax_bytes_per_principal = 20000\n")
+    carol = Principal(id="carol", roles=("tester",), agent="ag-c")
+    async with make_gateway(load_config(cfg)).running() as gw:
+        await call(gw, B, "receive")
+        sent = 0
+        for _ in range(10):
+            r = await call(gw, A, "send", to="ag-b", body="x" * 4000)
+            if r.is_error:
+                assert r.meta["symbi/error"]["code"] == "bus_quota_exceeded"
+                break
+            sent += 1
+            assert len(data(await call(gw, B, "receive", max=10))["messages"]) == 1  # settled, still stored
+        assert 0 < sent < 5
+        data(await call(gw, B, "subscribe", topic="team.*"))
+        r = await call(gw, A, "publish", topic="team.x", body="y" * 8000)
+        assert r.is_error and r.meta["symbi/error"]["code"] == "bus_quota_exceeded"
+        await call(gw, Principal(id="carol", roles=("tester",), agent="ag-d"), "receive")
+        data(await call(gw, carol, "send", to="ag-d", body="carol has her own budget"))
+    stored = sqlite3.connect(tmp_path / "data" / "bus.db").execute("SELECT sum(length(c)) FROM messages")
+    assert stored.fetchone()[0] <= 20000 + 100
+
+
+async def test_topic_copies_count_against_the_subscribers_budget_not_the_publishers(tmp_path: Path) -> None:
+    """A subscriber with many agents makes many stored copies of one publication: those count
+    against its own principal (its deliveries are refused past it), the publisher pays once."""
+    cfg = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[bus]\nmax_bytes_per_principal = 20000\n")
+    dave = Principal(id="dave", roles=("tester",), agent="ag-dave")
+    carols = [Principal(id="carol", roles=("tester",), agent=f"ag-c{n}") for n in range(3)]
+    async with make_gateway(load_config(cfg)).running() as gw:
+        for c in carols:
+            data(await call(gw, c, "subscribe", topic="team.*"))
+        refused = [
+            data(await call(gw, dave, "publish", topic="team.x", body="z" * 2000))["refused"]
+            for _ in range(4)
+        ]
+    assert refused[:3] == [[], [], []]
+    assert refused[3]  # carol's budget (3 copies a publication) ran out, dave's (one each) did not

@@ -22,6 +22,7 @@ import httpx2
 import pytest
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 import gateway.context
 from gateway.config import load_config
@@ -297,3 +298,24 @@ async def test_agents_get_keys_at_registration_and_are_addressed_by_name(tmp_pat
             got = r2.structured_content["messages"]
             assert [(m["id"], m["body"]) for m in got] == [(sent["id"], "to a name")]
             assert sent["to"] == c.id
+
+
+async def test_the_bus_resources_one_agent_watches_are_bounded(tmp_path: Path) -> None:
+    """Attack (session 36): ``resources/subscribe`` on ``bus://topics/NAME`` kept an entry per
+    distinct NAME for the connection, without bound (any NAME a subscription pattern allows):
+    one session grew the gateway's memory by an entry a request. Now at most the inbox and
+    ``bus.max_subscriptions_per_agent`` topics per agent; an unsubscribed one makes room."""
+    cfg = bus_config(tmp_path, "[bus]\nmax_subscriptions_per_agent = 3\n")
+    keys = make_keys(cfg)
+    with run_server(cfg) as srv:
+        async with agent(srv.mcp, keys["a"]) as a:
+            await a.s.subscribe_resource("bus://inbox")
+            for n in range(3):
+                await a.s.subscribe_resource(f"bus://topics/team.t{n}")
+            await a.s.subscribe_resource("bus://topics/team.t0")  # watched already: no new entry
+            with pytest.raises(MCPError):
+                await a.s.subscribe_resource("bus://topics/team.t3")
+            await a.s.unsubscribe_resource("bus://topics/team.t0")
+            await a.s.subscribe_resource("bus://topics/team.t3")
+            bus = srv.state.gateway.builtins["bus"]  # type: ignore[union-attr]
+            assert bus.footprint()["bus_watched_uris"] == 4  # type: ignore[union-attr]

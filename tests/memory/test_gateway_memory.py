@@ -439,3 +439,55 @@ async def test_one_principal_flooding_short_term_memory_evicts_only_its_own(tmp_
         assert 0 < len(alices) < 10 and alices[-1].startswith("alice flood 59")  # her newest kept
         with pytest.raises(MemoryQuotaExceeded):  # one item over the whole share: refused
             await call(gw, ALICE, "memory__store", text="z" * 9000, type="short_term")
+
+
+async def test_metadata_cannot_carry_a_principal_past_its_memory_quotas(tmp_path: Path) -> None:
+    """Attack (session 36): the quotas counted a memory's text and vector, never its metadata,
+    which had no bound (a 4 MB request holds a 4 MB value). One principal kept megabytes of
+    working memory against an 8,000-byte quota (a never-ended task lives until the gateway
+    stops: its memory, every principal's, grows without end) and put a payload of any size in
+    the vector store under each of its long-term memories."""
+    cfg = _config(tmp_path, "working_memory_per_principal = 8000\nmax_memories_per_principal = 5")
+    blob = {"blob": "m" * 200_000}
+    async with gateway(cfg) as gw:
+        service = gw.builtins["memory"].s  # type: ignore[attr-defined]
+        for kind in ("working", "short_term", "long_term", "shared"):
+            extra = {"task": "t1"} if kind == "working" else {"namespace": "team"} if kind == "shared" else {}
+            with pytest.raises(ContextError):
+                await call(gw, ALICE, "memory__store", text="tiny", type=kind, metadata=blob, **extra)
+        assert list(service.m.working.items("agent-a")) == []
+        assert list(service.m.short_term.items("agent-a")) == []
+        assert service.m.store.count({"kind": "memory"}) == 0
+        # metadata within the bound counts against the quota like text
+        meta = {"a": "y" * 1900, "b": "z" * 1900}
+        with pytest.raises(MemoryQuotaExceeded):
+            for _ in range(20):
+                await call(gw, ALICE, "memory__store", text="tiny", type="working", task="t1", metadata=meta)
+        held = service.m.working.items("agent-a")
+        assert sum(len(i.text) + len(json.dumps(i.metadata)) for i in held) <= 8000
+
+
+async def test_the_policys_redact_text_reaches_metadata(tmp_path: Path) -> None:
+    """Attack (session 36): ``redact_text`` (the policy's patterns for secrets in memory) was
+    applied to a memory's text only: a secret in a metadata value was stored as it came and
+    handed to every principal that may read the shared namespace."""
+    cfg = _config(tmp_path)
+    async with gateway(cfg) as gw:
+        r = await call(
+            gw,
+            ALICE,
+            "memory__store",
+            text="deploy notes for the team",
+            type="shared",
+            namespace="team",
+            metadata={"note": "db password=hunter2", "key": "sk-live_abcdefghijklmnopqrstuvwx", "n": 3},
+        )
+        got = await call(
+            gw, BOB, "memory__recall", query="deploy notes", types=["shared"], namespaces=["team"]
+        )
+        [item] = got.structured_content["items"]
+        assert item["metadata"] == {"note": "db [REDACTED]", "key": "[REDACTED]", "n": 3}
+        assert r.structured_content["redacted"] == 1  # (the policy step scrubs the provider key itself)
+        service = gw.builtins["memory"].s  # type: ignore[attr-defined]
+        payloads = json.dumps([p.payload for p in service.m.store.scroll({"kind": "memory"})])
+        assert "hunter2" not in payloads and "sk-live" not in payloads

@@ -69,3 +69,10 @@ def test_search_keeps_to_the_agent_key_and_metadata_and_ranks_by_score() -> None
         "other-task",
     }
     assert mem.search("agent-c", None, q, limit=9, min_score=-1.0) == []
+
+
+def test_metadata_counts_as_its_json() -> None:
+    """Metadata is held with the item, so the bound counts it (session 36: it counted none)."""
+    mem = VolatileMemory("short_term", max_bytes=None, clock=Clock())
+    mem.add("id0", "agent-a", "s", "x", _vec(), {"k": "v" * 50})
+    assert mem.stats() == {"items": 1, "bytes": 1 + 16 + 128 + len('{"k":""}') + 50}

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.config.context_section import LOCAL_MODEL_DIMENSION, ContextSection, parse_size
+from gateway.config.context_section import LOCAL_MODEL_DIMENSION, ContextSection
 from gateway.config.sections import (
     AGENT_NAME_RE,
     AgentConfig,
@@ -47,6 +47,7 @@ from gateway.config.sections import (
     TierName,
     VerificationMode,
 )
+from gateway.config.sizes import parse_size
 
 # the sections are defined in gateway.config.sections; importable from here too (one place to
 # import the config types from)

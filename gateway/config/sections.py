@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
+from gateway.config.sizes import parse_size
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 VerificationMode = Literal["strict", "tofu", "warn", "off"]
 TierName = Literal["none", "bwrap", "docker", "gvisor"]

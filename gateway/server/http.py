@@ -254,8 +254,16 @@ def _lifespan(
                         http_session_key(sid), "shutdown: its API key was revoked"
                     )
 
+            def listens() -> ListenHub | None:  # the 2026-era listen streams, once the gateway runs
+                return state.gateway.listen if state.gateway is not None else None
+
             tg.start_soon(
-                sweep_revoked, manager, lambda kid: state.auth.keys.get(kid) is not None, 1.0, end_agents
+                sweep_revoked,
+                manager,
+                lambda kid: state.auth.keys.get(kid) is not None,
+                1.0,
+                end_agents,
+                listens,
             )
             yield
             tg.cancel_scope.cancel()

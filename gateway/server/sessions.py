@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -27,6 +28,9 @@ from gateway.compat import close_http_session, open_http_sessions
 from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.server.principals import scope_headers
+
+if TYPE_CHECKING:
+    from gateway.listen import ListenHub
 
 _logger = logging.getLogger("symbi.http.sessions")
 
@@ -114,9 +118,12 @@ async def sweep_revoked(
     is_live: Callable[[str], bool],
     interval: float,
     on_closed: Callable[[str], None] | None = None,
+    listens: Callable[[], ListenHub | None] | None = None,
 ) -> None:
     """Close every session whose API key was revoked (checked every ``interval`` seconds);
-    ``on_closed(sid)`` then ends what hangs on it (the session's agents).
+    ``on_closed(sid)`` then ends what hangs on it (the session's agents). The 2026-era listen
+    streams of ``listens()`` (the gateway's hub, once it runs) of revoked keys end too, and
+    those of JWTs past their ``exp``: each is one request, authenticated once, held open.
 
     ``is_live`` may be a PostgreSQL read (keys shared by replicas): the keys of all open
     sessions are read in one worker thread per sweep, each key once (a thread hop per session
@@ -128,14 +135,18 @@ async def sweep_revoked(
     down = False
     while True:
         await anyio.sleep(interval)
+        hub = listens() if listens is not None else None
+        if hub is not None:
+            hub.end_revoked(set(), time.time())  # JWTs past their exp: no key store to read
         held = [
             (sid, cid.removeprefix("apikey:"))
             for sid, cid in open_http_sessions(manager)
             if cid is not None and cid.startswith("apikey:")
         ]
-        if not held:
+        listening = hub.key_ids() if hub is not None else set()
+        if not held and not listening:
             continue
-        kids = sorted({kid for _, kid in held})
+        kids = sorted({kid for _, kid in held} | listening)
         try:
             live = await anyio.to_thread.run_sync(_read_keys, is_live, kids)
         except Exception as e:  # noqa: BLE001 - StateUnavailable, or any failure to read: keep, retry
@@ -150,6 +161,8 @@ async def sweep_revoked(
         for sid, kid in held:
             if not live[kid]:
                 await _close_revoked(manager, sid, on_closed)
+        if hub is not None:
+            hub.end_revoked({kid for kid, ok in live.items() if not ok}, time.time())
 
 
 def _read_keys(is_live: Callable[[str], bool], kids: list[str]) -> dict[str, bool]:

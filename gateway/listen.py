@@ -136,13 +136,13 @@ class ListenHub:
 
     def key_ids(self) -> set[str]:
         """The API key ids the open streams were opened with (the revoked-key sweep's)."""
-        return {kid for s in self._streams if (kid := _key_id(s.principal)) is not None}
+        return {kid for s in self._streams if (kid := s.principal.key_id) is not None}
 
     def end_revoked(self, revoked: set[str], now: float) -> int:
         """End the streams of revoked API keys and of JWTs past their ``exp``: a listen stream
         is one request, authenticated once, open for as long as its client likes. Returns how
         many ended (each sends its final result, so the client re-listens and is refused)."""
-        gone = [s for s in self._streams if _key_id(s.principal) in revoked or _expired(s.principal, now)]
+        gone = [s for s in self._streams if s.principal.key_id in revoked or _expired(s.principal, now)]
         for stream in gone:
             _logger.info(
                 "ending the listen stream of %s: its credential is no longer valid", stream.principal.id
@@ -225,11 +225,6 @@ class ListenHub:
             stream.send.close()
 
 
-def _key_id(p: Principal) -> str | None:
-    kid = p.claims.get("key_id") if p.source == "key" else None
-    return kid if isinstance(kid, str) else None
-
-
 def _expired(p: Principal, now: float) -> bool:
-    exp = p.claims.get("exp") if p.source == "jwt" else None
-    return isinstance(exp, int | float) and not isinstance(exp, bool) and exp < now
+    exp = p.expires
+    return exp is not None and exp < now

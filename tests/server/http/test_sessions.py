@@ -534,3 +534,54 @@ async def test_one_key_cannot_take_every_connection_slot_with_listen_streams(tmp
             assert refused is not None and refused.data["code"] == TooManyListens.code
             other = await anyio.to_thread.run_sync(lambda: open_session(run.mcp, keys.other_user))
             assert other.status_code == 200
+
+
+def _stream_ends(base: str, headers: dict[str, str], within: float) -> bool:
+    """Whether the session's GET stream (opened: 200) is ended by the server: True, or False
+    when nothing more came for ``within`` seconds and it was still open."""
+    timeout = httpx.Timeout(10, read=within)
+    with httpx.stream("GET", base, headers=headers, timeout=timeout) as r:
+        assert r.status_code == 200
+        try:
+            for _ in r.iter_bytes():
+                pass
+        except httpx.ReadTimeout:
+            return False
+        return True
+
+
+def test_a_get_stream_ends_when_its_token_expires_and_opens_again_with_a_fresh_one(
+    tmp_path: Path,
+) -> None:
+    """Attack: a handshake-era session's GET stream opened with a JWT kept receiving the
+    session's notifications long after the token expired (only API keys were swept)."""
+    idp = make_idp(tmp_path)
+    cfg = everything_config(tmp_path, http_extra=jwt_http_section(idp.jwks_path))
+    with run_server(cfg) as run:
+        short = {"Authorization": f"Bearer {idp.token(exp=int(time.time()) + 4)}"}
+        r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **short}, timeout=10)
+        sid = r.headers["mcp-session-id"]
+        session = {"mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        httpx.post(run.mcp, json=note, headers={**MCP_HEADERS, **short, **session}, timeout=10)
+        stream = {"Accept": "text/event-stream", **session}
+        assert _stream_ends(run.mcp, {**short, **stream}, within=12)
+        # the session stays: a fresh token opens its stream again (and it stays open)
+        fresh = {"Authorization": f"Bearer {idp.token()}"}
+        assert not _stream_ends(run.mcp, {**fresh, **stream}, within=3)
+
+
+def test_stream_expiry_keeps_only_open_sessions_streams() -> None:
+    from gateway.context import Principal
+    from gateway.server.sessions import StreamExpiry
+
+    token = Principal(id="dana", source="jwt", issuer="https://idp", claims={"exp": 100})
+    key = Principal(id="bob", source="key", claims={"key_id": "0123456789ab"})
+    streams = StreamExpiry()
+    streams.opened("a", token)
+    streams.opened("b", token)
+    streams.opened("c", token)
+    streams.opened("c", key)  # opened again with an API key: no expiry (the revocation sweep's)
+    assert streams.due(99.0, {"a", "b"}) == [] and len(streams) == 2
+    assert streams.due(101.0, {"a"}) == ["a"]  # b's session is gone: forgotten, not closed
+    assert len(streams) == 0

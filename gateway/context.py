@@ -63,6 +63,19 @@ class Principal:
     issuer: str | None = None  # JWTs only
 
     @property
+    def expires(self) -> float | None:
+        """When the credential stops being valid (a JWT's ``exp``), or None (an API key, until
+        revoked). Streams held open past it end (``gateway.server.sessions.sweep_revoked``)."""
+        exp = self.claims.get("exp") if self.source == "jwt" else None
+        return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+    @property
+    def key_id(self) -> str | None:
+        """The API key this principal authenticated with, or None (not an API key)."""
+        kid = self.claims.get("key_id") if self.source == "key" else None
+        return kid if isinstance(kid, str) else None
+
+    @property
     def qualified(self) -> str:
         """The id with its namespace: ``key:alice``, ``jwt:https://issuer#sub``, ``stdio:local``."""
         if self.source == "jwt":

@@ -46,6 +46,7 @@ JSON-RPC error.
      │    ├── EmbedderMismatch       a collection's vectors come from another embedder / dimension
      │    └── VectorStoreUnavailable the vector store cannot be opened or reached
      ├── TooManyConnections          beyond mcp.max_concurrent_connections (HTTP 503, retry)
+     │    └── TooManyListens         beyond http.max_listens_per_principal open listen streams
      ├── StateUnavailable            a shared-state backend ([state]: Redis, PostgreSQL) cannot be reached
      └── BusError                    an agent message could not be sent or received
           ├── BusNoAgent             the caller is not an agent / the recipient is unknown
@@ -350,6 +351,13 @@ class VectorStoreUnavailable(ContextError):
 
 class TooManyConnections(GatewayError):
     code = "too_many_connections"
+
+
+class TooManyListens(TooManyConnections):
+    """A principal holds its share of 2026-era listen streams: each is an open request, and
+    one caller's streams must not take every connection slot."""
+
+    code = "too_many_listen_streams"
 
 
 class StateUnavailable(GatewayError):

@@ -56,6 +56,7 @@ class Event(StrEnum):
     # policy
     POLICY_RELOADED = "policy.reloaded"  # a new policy is in force
     POLICY_RELOAD_REFUSED = "policy.reload_refused"  # a changed policy failed; the old one stays
+    POLICY_RELOAD_REQUESTED = "policy.reload_requested"  # an admin asked for a reload (API)
     POLICY_PUBLISHED = "policy.published"  # this replica published the policy it loaded to the others
     # discovered servers (gateway.onboard)
     SERVER_DISCOVERED = "server.discovered"  # discovery found a server (quarantined until approved)

@@ -33,6 +33,7 @@ from mcp.shared.subscriptions import (
 )
 
 from gateway.context import Principal
+from gateway.errors import TooManyListens
 
 _logger = logging.getLogger("symbi.listen")
 
@@ -71,10 +72,19 @@ class StreamOutbound:
 class ListenHub:
     """Serves ``subscriptions/listen`` and pushes events to chosen principals' streams."""
 
-    def __init__(self, *, max_subscriptions: int = 1024, max_buffered_events: int = 1024) -> None:
+    def __init__(
+        self,
+        *,
+        max_subscriptions: int = 1024,
+        max_buffered_events: int = 1024,
+        max_per_principal: int = 16,
+    ) -> None:
         self._max_subscriptions = max_subscriptions
         self._max_buffered = max_buffered_events
+        # each stream is an open request (a connection slot): one caller holds at most this many
+        self._max_per_principal = max_per_principal
         self._streams: set[ListenStream] = set()
+        self._held: dict[str, int] = {}  # qualified principal -> its open streams
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -100,14 +110,45 @@ class ListenHub:
             if asked.resource_subscriptions
             else None,
         )
+        who = principal.qualified
+        held = self._held.get(who, 0)
+        if held >= self._max_per_principal:
+            n = self._max_per_principal
+            raise TooManyListens(
+                f"{n} listen streams of this caller are open (http.max_listens_per_principal = {n})"
+            )
         send, recv = anyio.create_memory_object_stream[ServerEvent](self._max_buffered)
         stream = ListenStream(principal, honored, frozenset(honored.resource_subscriptions or ()), send)
         self._streams.add(stream)
+        self._held[who] = held + 1
         return stream, recv
 
     def discard(self, stream: ListenStream) -> None:
-        self._streams.discard(stream)
+        if stream in self._streams:
+            self._streams.remove(stream)
+            who = stream.principal.qualified
+            left = self._held.get(who, 1) - 1
+            if left > 0:
+                self._held[who] = left
+            else:
+                self._held.pop(who, None)
         stream.send.close()
+
+    def key_ids(self) -> set[str]:
+        """The API key ids the open streams were opened with (the revoked-key sweep's)."""
+        return {kid for s in self._streams if (kid := s.principal.key_id) is not None}
+
+    def end_revoked(self, revoked: set[str], now: float) -> int:
+        """End the streams of revoked API keys and of JWTs past their ``exp``: a listen stream
+        is one request, authenticated once, open for as long as its client likes. Returns how
+        many ended (each sends its final result, so the client re-listens and is refused)."""
+        gone = [s for s in self._streams if s.principal.key_id in revoked or _expired(s.principal, now)]
+        for stream in gone:
+            _logger.info(
+                "ending the listen stream of %s: its credential is no longer valid", stream.principal.id
+            )
+            self.discard(stream)
+        return len(gone)
 
     async def serve(
         self,
@@ -182,3 +223,8 @@ class ListenHub:
         """End every open stream gracefully (each sends its final result)."""
         for stream in list(self._streams):
             stream.send.close()
+
+
+def _expired(p: Principal, now: float) -> bool:
+    exp = p.expires
+    return exp is not None and exp < now

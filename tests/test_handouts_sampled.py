@@ -199,6 +199,7 @@ async def test_a_sampling_request_whose_links_cannot_be_kept_is_refused(tmp_path
         assert said.startswith(f"got: error {types.INVALID_REQUEST}:")  # the upstream's answer
         assert "sampling/createMessage from upstream 'victim' refused" in said
         assert "cannot be kept as its claims" in said and "hand-out store" in said
+        assert str(config.data_dir) not in said  # the upstream is not told where the data dir is
         assert asked == []  # the model never saw the link
     conn = store.open_reader(config.audit_path)
     try:

@@ -11,6 +11,7 @@ clear error); the client reconnects by itself on the next call.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Iterator
@@ -27,6 +28,8 @@ from gateway.bus.backend import COUNTERS, Outcome, Pending, StoredMessage
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
+
+_logger = logging.getLogger("symbi.bus")
 
 PREFIX = "symbi:bus:"
 GROUP = "symbi"
@@ -71,8 +74,11 @@ class RedisBackend:
         try:
             return await aw if inspect.isawaitable(aw) else aw
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            # said to callers: not where it is nor Redis's text, which names the address
+            # (debug: once per refused operation while it is down; the config names the server)
+            _logger.debug("the bus backend (Redis at %s) cannot be reached: %r", _safe(self.url), e)
             raise BusUnavailable(
-                f"the bus backend (Redis at {_safe(self.url)}) cannot be reached: {e}",
+                f"the bus backend (Redis) cannot be reached ({type(e).__name__})",
                 reasons=["bus backend unreachable (bus.url)"],
             ) from None
         except ResponseError as e:

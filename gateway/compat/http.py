@@ -201,6 +201,21 @@ def close_http_session(manager: StreamableHTTPSessionManager, sid: str) -> Await
     return discard(sid, transport) if transport is not None else None
 
 
+def close_get_stream(manager: StreamableHTTPSessionManager, sid: str) -> bool:
+    """Close the standalone GET stream of session ``sid`` (the session stays; its client may
+    open the stream again with valid credentials, resuming with ``Last-Event-ID``); False when
+    the session is gone. The transport's ``close_standalone_sse_stream`` is public; the
+    session's transport is not."""
+    try:
+        transport = manager._server_instances.get(sid)
+    except AttributeError as e:
+        raise SdkChanged(f"StreamableHTTPSessionManager.{e.name}") from None
+    if transport is None:
+        return False
+    transport.close_standalone_sse_stream()
+    return True
+
+
 async def transport_store_event(
     transport: StreamableHTTPServerTransport, stream_id: str, message: JSONRPCMessage
 ) -> str | None:

@@ -210,6 +210,7 @@ class HttpSection(Section):
     session_idle_timeout_s: float = Field(default=1800.0, gt=0)
     max_sessions: int = Field(default=1000, ge=1)
     max_sessions_per_principal: int = Field(default=16, ge=1)  # one caller cannot take every slot
+    max_listens_per_principal: int = Field(default=16, ge=1)  # 2026 listen streams (open requests)
     header_timeout_s: float = Field(default=10.0, gt=0)  # request headers must be complete by then
     max_header_bytes: int = Field(default=65536, ge=1024)  # a request's headers in all (431 past it)
     body_timeout_s: float = Field(default=30.0, gt=0)  # the whole request body must arrive by then

@@ -344,7 +344,8 @@ class AdminApi:
         if gw is None or up is None:
             return _err(404, "not_found", f"no upstream named {name!r}")
         await up.restart()
-        gw.events.emit(Event.UPSTREAM_RESTART_REQUESTED, {"upstream": name})
+        who = request.scope["symbi.principal"].id  # every caller's calls in flight end: whose doing
+        gw.events.emit(Event.UPSTREAM_RESTART_REQUESTED, {"upstream": name, "by": who}, principal=who)
         return JSONResponse({"upstream": name, "restarting": True}, status_code=202)
 
     async def sessions(self, request: Request) -> Response:
@@ -417,13 +418,16 @@ class AdminApi:
         return JSONResponse(doc)
 
     async def policy_reload(self, request: Request) -> Response:
-        eng = self.state.gateway.policy if self.state.gateway is not None else None
-        if eng is None:
+        gw = self.state.gateway
+        eng = gw.policy if gw is not None else None
+        if gw is None or eng is None:
             return _unavailable("policy", _NO_POLICY)
         if not eng.reloadable:
             return _err(409, "conflict", "this policy engine is not reloaded by the gateway (remote OPA)")
         # a policy that does not parse or fails its tests is refused; the old one stays in force
         ok = await anyio.to_thread.run_sync(eng.reload)
+        who = request.scope["symbi.principal"].id  # the engine's own events do not know who asked
+        gw.events.emit(Event.POLICY_RELOAD_REQUESTED, {"by": who, "reloaded": ok}, principal=who)
         return JSONResponse(
             {"reloaded": ok, **(policy_status(self.state) or {})}, status_code=200 if ok else 422
         )

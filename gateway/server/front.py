@@ -60,7 +60,8 @@ class Front:
     def __init__(self, config: Config, make_gateway: GatewayFactory) -> None:
         self.config = config
         self._make_gateway = make_gateway
-        self.hub = ListenHub()  # 2026-era listen streams, shared with the gateway that pushes to them
+        # 2026-era listen streams, shared with the gateway that pushes to them
+        self.hub = ListenHub(max_per_principal=config.http.max_listens_per_principal)
         self._running: list[Gateway] = []
         self._pager: ToolPager | None = None  # tools/list pages: keyed once the data dir is secured
 

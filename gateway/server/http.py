@@ -55,7 +55,7 @@ from gateway.server.httplane import HttpLane
 from gateway.server.middleware import PRM_PATH, SessionScope, base_url
 from gateway.server.principals import http_session_key
 from gateway.server.resume import BoundedEventStore
-from gateway.server.sessions import http_protocol, sweep_revoked
+from gateway.server.sessions import StreamExpiry, http_protocol, sweep_revoked
 
 _logger = logging.getLogger("symbi.http")
 
@@ -85,6 +85,8 @@ class HttpState:
     cookie_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     # why the gateway's lifespan ended while the HTTP server still runs (None: it runs)
     stopped: str | None = None
+    # when the JWT each session's GET stream was opened with expires (closed then)
+    stream_expiry: StreamExpiry = field(default_factory=StreamExpiry)
     # the tools/call fast lane (mcp.http_fast_lane; SSE and JSON replies), or with it off the
     # wrapper that refuses a request whose id is in flight in its session
     lane: HttpLane | None = None
@@ -254,8 +256,17 @@ def _lifespan(
                         http_session_key(sid), "shutdown: its API key was revoked"
                     )
 
+            def listens() -> ListenHub | None:  # the 2026-era listen streams, once the gateway runs
+                return state.gateway.listen if state.gateway is not None else None
+
             tg.start_soon(
-                sweep_revoked, manager, lambda kid: state.auth.keys.get(kid) is not None, 1.0, end_agents
+                sweep_revoked,
+                manager,
+                lambda kid: state.auth.keys.get(kid) is not None,
+                1.0,
+                end_agents,
+                listens,
+                state.stream_expiry,
             )
             yield
             tg.cancel_scope.cancel()

@@ -149,10 +149,13 @@ class SessionScope:
                 status[0] = int(message["status"])
                 if owner.session is None:  # the initialize response names the new session
                     owner.session = Headers(raw=message.get("headers", [])).get("mcp-session-id")
+                elif scope["method"] == "GET" and status[0] == 200:  # the session's GET stream
+                    self.state.stream_expiry.opened(owner.session, scope.get("symbi.principal"))
             await send(message)
 
-        # only a DELETE's status and an initialize's session id are read off the response
-        watched = send_wrapper if sid is None or scope["method"] == "DELETE" else send
+        # only a DELETE's status, a GET stream's opening and an initialize's session id are
+        # read off the response
+        watched = send_wrapper if sid is None or scope["method"] != "POST" else send
         token = STREAM_OWNER.set(owner)
         try:
             await self.app(scope, receive, watched)

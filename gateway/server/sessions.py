@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -23,10 +24,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.compat import close_http_session, open_http_sessions
+from gateway.compat import close_get_stream, close_http_session, open_http_sessions
 from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.server.principals import scope_headers
+
+if TYPE_CHECKING:
+    from gateway.listen import ListenHub
 
 _logger = logging.getLogger("symbi.http.sessions")
 
@@ -109,14 +113,63 @@ class SessionQuota:
             opened(None)
 
 
+class StreamExpiry:
+    """When the credential each handshake-era session's GET stream was opened with expires (a
+    JWT's ``exp``): the stream is one request, authenticated once, held open for as long as
+    its client likes, so it is closed then (``sweep_revoked``). Only the stream: its client
+    opens it again with a fresh token and resumes (``Last-Event-ID``); an expired token is
+    refused at authentication."""
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}  # session id -> its GET stream's credential's expiry
+
+    def opened(self, sid: str, principal: object) -> None:
+        """Session ``sid``'s GET stream was opened (answered 200) by ``principal``."""
+        exp = principal.expires if isinstance(principal, Principal) else None
+        if exp is None:
+            self._at.pop(sid, None)
+        else:
+            self._at[sid] = exp
+
+    def due(self, now: float, open_ids: Container[str]) -> list[str]:
+        """The open sessions whose GET stream's credential has expired; they and the sessions
+        no longer open are forgotten here (the map stays bounded by the open sessions)."""
+        gone = [sid for sid, exp in self._at.items() if exp < now or sid not in open_ids]
+        for sid in gone:
+            del self._at[sid]
+        return [sid for sid in gone if sid in open_ids]
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+
+def end_expired(
+    manager: StreamableHTTPSessionManager, hub: ListenHub | None, streams: StreamExpiry | None
+) -> None:
+    """Close the GET streams and end the listen streams held by JWTs past their ``exp``."""
+    now = time.time()
+    if hub is not None:
+        hub.end_revoked(set(), now)
+    if not streams:
+        return
+    for sid in streams.due(now, {sid for sid, _ in open_http_sessions(manager)}):
+        if close_get_stream(manager, sid):
+            _logger.info("closed the GET stream of session %s…: its token expired", sid[:8])
+
+
 async def sweep_revoked(
     manager: StreamableHTTPSessionManager,
     is_live: Callable[[str], bool],
     interval: float,
     on_closed: Callable[[str], None] | None = None,
+    listens: Callable[[], ListenHub | None] | None = None,
+    streams: StreamExpiry | None = None,
 ) -> None:
     """Close every session whose API key was revoked (checked every ``interval`` seconds);
-    ``on_closed(sid)`` then ends what hangs on it (the session's agents).
+    ``on_closed(sid)`` then ends what hangs on it (the session's agents). The 2026-era listen
+    streams of ``listens()`` (the gateway's hub, once it runs) of revoked keys end too; so do
+    those of JWTs past their ``exp``, and the GET streams ``streams`` says were opened with
+    one: each is a request authenticated once and held open.
 
     ``is_live`` may be a PostgreSQL read (keys shared by replicas): the keys of all open
     sessions are read in one worker thread per sweep, each key once (a thread hop per session
@@ -128,14 +181,17 @@ async def sweep_revoked(
     down = False
     while True:
         await anyio.sleep(interval)
+        hub = listens() if listens is not None else None
+        end_expired(manager, hub, streams)
         held = [
             (sid, cid.removeprefix("apikey:"))
             for sid, cid in open_http_sessions(manager)
             if cid is not None and cid.startswith("apikey:")
         ]
-        if not held:
+        listening = hub.key_ids() if hub is not None else set()
+        if not held and not listening:
             continue
-        kids = sorted({kid for _, kid in held})
+        kids = sorted({kid for _, kid in held} | listening)
         try:
             live = await anyio.to_thread.run_sync(_read_keys, is_live, kids)
         except Exception as e:  # noqa: BLE001 - StateUnavailable, or any failure to read: keep, retry
@@ -150,6 +206,8 @@ async def sweep_revoked(
         for sid, kid in held:
             if not live[kid]:
                 await _close_revoked(manager, sid, on_closed)
+        if hub is not None:
+            hub.end_revoked({kid for kid, ok in live.items() if not ok}, time.time())
 
 
 def _read_keys(is_live: Callable[[str], bool], kids: list[str]) -> dict[str, bool]:

@@ -17,6 +17,7 @@ with a claim no other replica could see.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -31,6 +32,8 @@ from gateway.errors import StateUnavailable
 from gateway.sqlitetx import write_transaction
 from gateway.state.health import safe_url
 
+_logger = logging.getLogger("symbi.state")
+
 PREFIX = "symbi:ho:"
 RETAIN_MS = 7 * 24 * 3600 * 1000  # an upstream that hands out nothing for a week: its set goes
 TRIM_EVERY = 64  # the data dir's store is cut to its bound at the first note and every 64th after
@@ -40,13 +43,16 @@ class RedisHandOuts:
     """The replicas' shared hand-outs (``HandedOut.shared``)."""
 
     def __init__(self, url: str, *, timeout_s: float, per_upstream: int) -> None:
-        self._where = f"the replicas' hand-outs (Redis at {safe_url(url)})"
+        # said to callers refused while it fails: never where it is (the operator's, logged)
+        self._where = "the replicas' hand-outs (Redis)"
+        self._at = safe_url(url)
         self._per_upstream = per_upstream
         self._r: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
         )
 
     def _unavailable(self, e: BaseException, what: str) -> StateUnavailable:
+        _logger.debug("%s at %s cannot be used: %s (%r)", self._where, self._at, what, e)  # per call
         return StateUnavailable(
             f"{self._where} cannot be used: {what}",  # down, or refusing (a Redis ACL: NOPERM)
             reasons=[f"{self._where} cannot be used ({type(e).__name__}): {what}"],
@@ -115,8 +121,13 @@ class SqliteHandOuts:
         return self._db
 
     def _unavailable(self, e: BaseException, what: str) -> StateUnavailable:
-        where = f"the hand-out store {self.path}"
-        return StateUnavailable(f"{where} cannot be used: {what}", reasons=[f"{where}: {e}: {what}"])
+        # said to callers: not the data dir's path nor SQLite's text (the operator's, logged:
+        # a local file that fails is rare)
+        _logger.warning("the hand-out store %s cannot be used: %s (%r)", self.path, what, e)
+        where = "the hand-out store (in the data dir)"
+        return StateUnavailable(
+            f"{where} cannot be used: {what}", reasons=[f"{where} ({type(e).__name__}): {what}"]
+        )
 
     async def note(self, upstream: str, digests: Sequence[bytes]) -> None:
         now = time.time_ns()

@@ -23,9 +23,14 @@ def safe_url(url: str) -> str:
 
 
 class Probe:
-    def __init__(self, kind: str, what: str, ping: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, kind: str, what: str, ping: Callable[[], Awaitable[None]], *, where: str | None = None
+    ) -> None:
         self.kind = kind  # "redis" | "postgres"
-        self.what = what  # for people: "rate limits (Redis at redis://127.0.0.1:6379/0)"
+        # for people, and said to callers refused while it is down: "rate limits (Redis)";
+        # never where it is (a made-up API key was told the database's user, host and port)
+        self.what = what
+        self.where = where  # the operator's: the URL without its password (/api/status)
         self.ping = ping
         self.up = True  # optimistic until the first failure: the start already connected
         self.error: str | None = None
@@ -42,6 +47,8 @@ class Probe:
 
     def status(self) -> dict[str, object]:
         doc: dict[str, object] = {"what": self.what, "up": self.up, "since": self.since}
+        if self.where is not None:
+            doc["at"] = self.where
         if self.error is not None and not self.up:
             doc["error"] = self.error
         return doc

@@ -299,7 +299,7 @@ class RedisRateLimiter:
         )
         self._reserve = self._r.register_script(_RESERVE)
         self.release_script = self._r.register_script(_RELEASE)
-        self.probe = Probe("redis", f"rate limits and call counts (Redis at {safe_url(url)})", self.ping)
+        self.probe = Probe("redis", "rate limits and call counts (Redis)", self.ping, where=safe_url(url))
         self._asked: list[_Asked] = []
         self._sending: asyncio.Task[None] | None = None  # the batch on its way (one at a time)
         self._scheduled = False  # a send is due on the loop's next turn
@@ -348,7 +348,8 @@ class RedisRateLimiter:
         except (RedisError, OSError) as e:
             self._fail(batch, self._unavailable(e, "the rate limit and the recent-call counts"))
         except BaseException as e:  # cancelled with the loop, or a bug: no caller waits forever
-            self._fail(batch, StateUnavailable(f"the rate limit could not be checked: {e!r}"))
+            # the type only (it is said to callers; the error itself is raised on)
+            self._fail(batch, StateUnavailable(f"the rate limit could not be checked ({type(e).__name__})"))
             raise
         finally:
             self._sending = None

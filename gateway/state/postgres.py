@@ -205,7 +205,9 @@ class Postgres:
     def __init__(self, url: str, *, timeout_s: float) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        self.probe = Probe("postgres", f"approvals and API keys (PostgreSQL at {safe_url(url)})", self._aping)
+        self.probe = Probe(
+            "postgres", "approvals and API keys (PostgreSQL)", self._aping, where=safe_url(url)
+        )
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -222,7 +224,9 @@ class Postgres:
             self._pool.open(wait=True, timeout=self._pool.timeout)
         except PoolTimeout as e:
             self._pool.close()
-            raise StateUnavailable(f"{self.probe.what} cannot be reached at start: {e}") from e
+            raise StateUnavailable(
+                f"{self.probe.what} cannot be reached at start ({self.probe.where}): {e}"
+            ) from e
         self.migrate()
         return self
 

@@ -73,3 +73,19 @@ async def test_a_redis_with_a_password_is_not_warned_of_and_keeps_the_upstream_u
     finally:
         await limiter.aclose()
         locked.stop()
+
+
+async def test_a_probe_says_what_is_down_to_callers_and_where_to_the_operator() -> None:
+    """What a refused caller reads (``what``) never says where the server is; the admin
+    status does (``at``, its password hidden)."""
+    from gateway.state.health import Probe
+
+    async def ping() -> None:
+        return None
+
+    url = "redis://symbi:s3cret@10.0.0.7:6380/2"
+    probe = Probe("redis", "rate limits and call counts (Redis)", ping, where=safe_url(url))
+    probe.failed(ConnectionError("Error 111 connecting to 10.0.0.7:6380"))
+    doc = probe.status()
+    assert "10.0.0.7" not in probe.what and doc["at"] == "redis://symbi:***@10.0.0.7:6380/2"
+    assert doc["up"] is False

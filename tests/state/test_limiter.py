@@ -342,9 +342,13 @@ async def test_an_hourly_cap_in_the_policy_holds_across_processes(
 
 @pytest.mark.slow
 async def test_gateway_refuses_calls_when_redis_is_unreachable(tmp_path: Path) -> None:
-    path = _config(tmp_path, f"redis://127.0.0.1:{free_port()}/0", "down")
+    port = free_port()
+    path = _config(tmp_path, f"redis://symbi-rl@127.0.0.1:{port}/0", "down")
     async with stdio_session(path) as s:
         r = await s.call_tool("mut__echo", {"message": "hi"})
     assert r.is_error and r.meta["symbi/error"]["code"] == "state_unavailable"  # type: ignore[index]
+    # the caller reads why, not where the server is (the operator's: /api/status, the config)
+    said = r.model_dump_json()
+    assert str(port) not in said and "symbi-rl" not in said
     calls = upstream_writable(tmp_path) / "calls.jsonl"
     assert not calls.exists() or "hi" not in calls.read_text()  # never reached the upstream

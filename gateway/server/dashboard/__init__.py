@@ -109,10 +109,19 @@ def _cookie(resp: Response, request: Request, value: str, max_age: int) -> None:
     )
 
 
-async def _form(request: Request) -> dict[str, str]:
-    # urlencoded only; the body size is already capped by the body-limit middleware
+async def _form(request: Request) -> dict[str, str] | None:
+    """A form's fields (urlencoded only; the body size is capped by the body-limit middleware),
+    or None: more fields than any form has (parse_qs raised, a 500 and a traceback in the log
+    for every such POST, the login page's included)."""
     body = (await request.body()).decode("utf-8", errors="replace")
-    return {k: v[0] for k, v in parse_qs(body, max_num_fields=10).items()}
+    try:
+        return {k: v[0] for k, v in parse_qs(body, max_num_fields=10).items()}
+    except ValueError:
+        return None
+
+
+def _bad_form() -> HTMLResponse:
+    return _html(login_page("That form is not valid."), status=400)
 
 
 def dashboard_routes(state: HttpState) -> list[Route]:
@@ -166,6 +175,8 @@ class Dashboard:
         if sess is None:
             return RedirectResponse("/", status_code=303)
         form = await _form(request)
+        if form is None:
+            return _bad_form()
         if not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
             return _html(login_page("Invalid form token."), status=403)
         return sess, form
@@ -212,6 +223,8 @@ class Dashboard:
 
     async def login(self, request: Request) -> Response:
         form = await _form(request)
+        if form is None:
+            return _bad_form()
         key = form.get("api_key", "").strip()
         try:
             principal = await anyio.to_thread.run_sync(self.state.auth.from_key, key)
@@ -227,6 +240,8 @@ class Dashboard:
     async def logout(self, request: Request) -> Response:
         sess = await self.sessions.current(request)
         form = await _form(request)
+        if form is None:
+            return _bad_form()
         if sess is not None and not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
             return _html(login_page("Invalid form token."), status=403)
         resp = RedirectResponse("/", status_code=303)

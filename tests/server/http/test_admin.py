@@ -119,6 +119,9 @@ def test_restart_unknown_upstream_is_404_and_known_is_documented(env: Env) -> No
     ]
     r = httpx.post(env.run.base + "/api/upstreams/everything/restart", headers=bearer(env.keys.admin))
     check(r, 202, "Restarting")
+    # who restarted it is on the record (it cuts every caller's calls in flight)
+    asked = check(get(env, "/audit/query?type=upstream.restart_requested"), 200, "AuditEvents")["events"]
+    assert asked and asked[-1]["principal"] == "alice" and asked[-1]["details"]["by"] == "alice"
     deadline = time.monotonic() + 30
     while True:  # it goes down and comes back, with its tools
         up = next(u for u in get(env, "/upstreams").json()["upstreams"] if u["name"] == "everything")
@@ -242,6 +245,14 @@ def test_policy_reload_refuses_a_broken_policy_and_keeps_the_old_one(tmp_path: P
         policy.write_text(POLICY.read_text() + "\n# edited\n")
         r = check(httpx.post(url, headers=bearer(keys.admin)), 200, "PolicyReload")
         assert r["reloaded"] is True and r["loaded"] is True
+        # who asked is on the record: both requests, the refused reload's and the loaded one's
+        asked = check(
+            get_at(run.base, "/audit/query?type=policy.reload_requested", keys.admin), 200, "AuditEvents"
+        )["events"]
+        assert [(e["principal"], e["details"]["reloaded"]) for e in asked] == [
+            ("alice", False),
+            ("alice", True),
+        ]
 
 
 def get_at(base: str, path: str, key: str) -> httpx.Response:

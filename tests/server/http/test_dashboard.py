@@ -55,6 +55,18 @@ def test_login_refuses_bad_and_non_admin_keys(env: Env, which: str, status: int)
     assert "set-cookie" not in r.headers
 
 
+def test_a_form_with_too_many_fields_is_refused_not_a_crash(env: Env) -> None:
+    """Attack: anyone could POST /login with more than ten fields: parse_qs raised, every such
+    request a 500 and a traceback in the gateway's log (a log flood with no credentials)."""
+    flood = "&".join(f"f{i}=x" for i in range(12))
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = httpx.post(env.run.base + "/login", content=flood, headers=form)
+    assert r.status_code == 400 and "set-cookie" not in r.headers
+    cookie = login(env, env.keys.admin).cookies[COOKIE]
+    r = httpx.post(env.run.base + "/logout", content=flood, headers=form, cookies={COOKIE: cookie})
+    assert r.status_code == 400
+
+
 def test_pages_need_a_valid_session(env: Env) -> None:
     for path in ("/tools", "/decisions", "/upstreams", "/agents", "/audit"):
         r = httpx.get(env.run.base + path, follow_redirects=False)

@@ -5,8 +5,10 @@ another."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -126,3 +128,27 @@ def test_the_host_guard_remembers_only_what_passed() -> None:
         ):
             refusal = guard.refusal(bad)
             assert refusal is not None and refusal.status_code == status
+
+
+def test_a_made_up_key_learns_nothing_of_the_key_store_while_it_is_down(tmp_path: Path) -> None:
+    """Attack: with the API keys in PostgreSQL and PostgreSQL down, any caller sending a
+    made-up key got a 503 naming the database: its user, host, port and database name. The
+    refusal stays (fail closed, 503 ``state_unavailable``); where the store is goes to the
+    operator (/api/status, the log), not to a caller nobody has authenticated."""
+    from tests.state.engines import Postgres
+
+    (tmp_path / "pg").mkdir()
+    pg = Postgres(tmp_path / "pg")
+    pg.start()
+    try:
+        cfg = everything_config(tmp_path, top_extra=f'[state]\npostgres_url = "{pg.url}"\ntimeout_s = 1.0')
+        with run_server(cfg) as run:
+            pg.stop()
+            made_up = "symbi_0123456789ab_" + "x" * 43
+            r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **bearer(made_up)}, timeout=30)
+            assert r.status_code == 503 and r.json()["code"] == "state_unavailable"
+            for secret in (f"127.0.0.1:{pg.port}", str(pg.port), "symbi@", "/postgres"):
+                assert secret not in r.text
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg.stop()

@@ -4,18 +4,36 @@ slow headers and slow bodies are cut off (attacks from issue 11)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ResourceUpdated
 
+from gateway.config import load_config
+from gateway.errors import TooManyListens
+from gateway.server.auth import ApiKeyStore
+from tests.bus.test_http_bus import bus_config
 from tests.server._http import trickle_until_closed
-from tests.server.http.conftest import bearer, everything_config, make_keys, run_server
+from tests.server.http.conftest import (
+    bearer,
+    everything_config,
+    jwt_http_section,
+    make_idp,
+    make_keys,
+    run_server,
+)
 from tests.server.http.test_auth import INIT, MCP_HEADERS
 
 
@@ -427,3 +445,143 @@ def test_unauthenticated_bodies_are_not_read(tmp_path: Path) -> None:
     assert grown < 100 * 1024, f"{grown} kB more"
     assert sum(a.startswith(b"HTTP/1.1 401") for a in answers) >= 190, answers[:3]
     assert big.status_code == 413
+
+
+# -- 2026-era listen streams: one request each, authenticated once, held open ----------------
+
+
+@contextlib.asynccontextmanager
+async def _modern(url: str, headers: dict[str, str]) -> AsyncIterator[Client]:
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=60) as hc,
+        Client(streamable_http_client(url, http_client=hc), mode="2026-07-28") as c,
+    ):
+        yield c
+
+
+async def _events_until_end(sub: Any, timeout: float) -> tuple[list[Any], bool]:
+    """What ``sub`` delivers within ``timeout``, and whether it ended by then."""
+    got: list[Any] = []
+    with anyio.move_on_after(timeout):
+        async for event in sub:
+            got.append(event)
+        return got, True
+    return got, False
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_revoked_keys_listen_stream_ends_and_hears_nothing_more(tmp_path: Path) -> None:
+    """Attack: a key's 2026 listen stream on its inbox outlived the key's revocation and kept
+    hearing of every message sent to it (only handshake-era sessions were swept)."""
+    cfg = bus_config(tmp_path)
+    store = ApiKeyStore(load_config(cfg, {}).api_keys_path)
+    sender = store.create("tester", ("tester",))[0]
+    key, rec = store.create("tester", ("tester",))
+    with run_server(cfg) as run:
+        async with (
+            _modern(run.mcp, bearer(sender)) as a,
+            _modern(run.mcp, bearer(key)) as b,
+            b.listen(resource_subscriptions=["bus://inbox"]) as sub,
+        ):
+            inbox = await b.read_resource("bus://inbox")
+            b_id = json.loads(inbox.contents[0].text)["agent"]  # type: ignore[union-attr]
+            assert store.revoke(rec.id)
+            await anyio.sleep(2.5)  # the sweep runs every second
+            sent = await a.call_tool("bus__send", {"to": b_id, "body": "after the revocation"})
+            assert not sent.is_error, sent
+            got, ended = await _events_until_end(sub, 5)
+            assert ResourceUpdated(uri="bus://inbox") not in got
+            assert ended
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_jwts_listen_stream_ends_when_the_token_expires(tmp_path: Path) -> None:
+    idp = make_idp(tmp_path)
+    cfg = everything_config(tmp_path, http_extra=jwt_http_section(idp.jwks_path))
+    with run_server(cfg) as run:
+        token = idp.token(exp=int(time.time()) + 3)
+        async with (
+            _modern(run.mcp, {"Authorization": f"Bearer {token}"}) as c,
+            c.listen(tools_list_changed=True) as sub,
+        ):
+            _, ended = await _events_until_end(sub, 10)
+            assert ended
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_one_key_cannot_take_every_connection_slot_with_listen_streams(tmp_path: Path) -> None:
+    """Attack: one API key opened ``mcp.max_concurrent_connections`` listen streams (each an
+    open POST, no per-caller bound): every other caller's request was refused with 503."""
+    cfg = everything_config(
+        tmp_path,
+        top_extra="[mcp]\nmax_concurrent_connections = 20",
+        http_extra="max_listens_per_principal = 4",
+    )
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        async with contextlib.AsyncExitStack() as stack:
+            c = await stack.enter_async_context(_modern(run.mcp, bearer(keys.user)))
+            refused = None
+            for _ in range(20):
+                try:
+                    await stack.enter_async_context(c.listen(tools_list_changed=True))
+                except MCPError as e:
+                    refused = e
+                    break
+            assert refused is not None and refused.data["code"] == TooManyListens.code
+            other = await anyio.to_thread.run_sync(lambda: open_session(run.mcp, keys.other_user))
+            assert other.status_code == 200
+
+
+def _stream_ends(base: str, headers: dict[str, str], within: float) -> bool:
+    """Whether the session's GET stream (opened: 200) is ended by the server: True, or False
+    when nothing more came for ``within`` seconds and it was still open."""
+    timeout = httpx.Timeout(10, read=within)
+    with httpx.stream("GET", base, headers=headers, timeout=timeout) as r:
+        assert r.status_code == 200
+        try:
+            for _ in r.iter_bytes():
+                pass
+        except httpx.ReadTimeout:
+            return False
+        return True
+
+
+def test_a_get_stream_ends_when_its_token_expires_and_opens_again_with_a_fresh_one(
+    tmp_path: Path,
+) -> None:
+    """Attack: a handshake-era session's GET stream opened with a JWT kept receiving the
+    session's notifications long after the token expired (only API keys were swept)."""
+    idp = make_idp(tmp_path)
+    cfg = everything_config(tmp_path, http_extra=jwt_http_section(idp.jwks_path))
+    with run_server(cfg) as run:
+        short = {"Authorization": f"Bearer {idp.token(exp=int(time.time()) + 4)}"}
+        r = httpx.post(run.mcp, json=INIT, headers={**MCP_HEADERS, **short}, timeout=10)
+        sid = r.headers["mcp-session-id"]
+        session = {"mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        httpx.post(run.mcp, json=note, headers={**MCP_HEADERS, **short, **session}, timeout=10)
+        stream = {"Accept": "text/event-stream", **session}
+        assert _stream_ends(run.mcp, {**short, **stream}, within=12)
+        # the session stays: a fresh token opens its stream again (and it stays open)
+        fresh = {"Authorization": f"Bearer {idp.token()}"}
+        assert not _stream_ends(run.mcp, {**fresh, **stream}, within=3)
+
+
+def test_stream_expiry_keeps_only_open_sessions_streams() -> None:
+    from gateway.context import Principal
+    from gateway.server.sessions import StreamExpiry
+
+    token = Principal(id="dana", source="jwt", issuer="https://idp", claims={"exp": 100})
+    key = Principal(id="bob", source="key", claims={"key_id": "0123456789ab"})
+    streams = StreamExpiry()
+    streams.opened("a", token)
+    streams.opened("b", token)
+    streams.opened("c", token)
+    streams.opened("c", key)  # opened again with an API key: no expiry (the revocation sweep's)
+    assert streams.due(99.0, {"a", "b"}) == [] and len(streams) == 2
+    assert streams.due(101.0, {"a"}) == ["a"]  # b's session is gone: forgotten, not closed
+    assert len(streams) == 0

@@ -82,7 +82,8 @@ def _archive(args: argparse.Namespace) -> int:
     if not policy.enabled:
         raise ConfigError("audit.retention_days / audit.max_bytes: neither is set, so nothing is ever due")
     log_path = args.log or cfg.audit_path
-    with AuditLog(log_path, args.key or cfg.audit_key_path) as log:  # refuses while a gateway holds it
+    # as the gateway opens it (checkpoint_export, pins...); refuses while a gateway holds it
+    with AuditLog.from_config(cfg, log_path, key_path=args.key) as log:
         h = archive(log, policy)
     if h is None:
         print(f"{log_path}: nothing is due")

@@ -70,6 +70,13 @@ def check_shared_state(cfg: Config) -> None:
             "--workers needs [bus] secret (SYMBI_BUS_SECRET, base64 of 32 bytes: "
             "head -c 32 /dev/urandom | base64): the workers' bus and tools/list cursors share it"
         )
+    if cfg.mcp.discovery_enabled:
+        # the quarantine is a file in each worker's data dir: `symbi tools approve SERVER` writes
+        # <data_dir>'s (no worker reads it), the admin API the one worker the front picked
+        raise ConfigError(
+            "mcp.discovery_enabled is on (or MCP_SERVER_DISCOVERY): with --workers each worker would keep "
+            "its own discovered servers and approvals; turn discovery off, or run one process"
+        )
     for key, value in (
         ("audit.path", cfg.audit.path),
         ("audit.key_path", cfg.audit.key_path),

@@ -198,6 +198,9 @@ STATE = '[state]\nredis_url = "redis://127.0.0.1:1/0"\npostgres_url = "postgresq
             STATE + f'[bus]\nsecret = "{SECRET}"\n[audit]\ncheckpoint_export = "/tmp/one-export.jsonl"\n',
             "audit.checkpoint_export",
         ),
+        # each worker would keep its own discovered.json: an approval (the CLI's, or the admin
+        # API's through the front) would reach one worker or none
+        (STATE + f'[bus]\nsecret = "{SECRET}"\n[mcp]\ndiscovery_enabled = true\n', "mcp.discovery_enabled"),
     ],
 )
 def test_state_that_would_split_is_refused(tmp_path: Path, body: str, key: str) -> None:

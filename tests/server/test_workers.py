@@ -438,6 +438,18 @@ def test_headers_trickled_to_the_front_are_cut_off(front: Front) -> None:
 
 
 @pytest.mark.slow
+def test_headers_a_worker_accepts_pass_the_front(front: Front) -> None:
+    """Request headers up to http.max_header_bytes (64 KiB by default: a large JWT, many
+    cookies) reach a worker through the front as they reach one process; HAProxy's own buffer
+    (16 KiB by default) answered 400 past about 16 KB."""
+    pad = {"x-pad": "a" * 40_000}
+    worker = f"http://127.0.0.1:{_worker_ports(front.config)[0]}"
+    with httpx.Client(timeout=10) as c:
+        assert c.get(worker + "/healthz", headers=pad).status_code == 200
+        assert c.get(front.base + "/healthz", headers=pad).status_code == 200  # 400 before
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs a root gateway")
 async def test_an_upstream_of_either_worker_cannot_reach_a_workers_keys_or_log(front: Front) -> None:
     for _ in range(4):  # fresh sessions: round robin puts them on both workers

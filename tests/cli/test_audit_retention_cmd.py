@@ -139,3 +139,31 @@ async def test_a_running_gateway_applies_retention(tmp_path: Path) -> None:
         assert not (await s.call_tool("mut__echo", {"message": "after"})).is_error
     res = symbi("verify", "--config", cfg, "--archives")
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_verify_log_archives_reads_the_archive_dir_of_the_env_config(tmp_path: Path) -> None:
+    """``verify --log LOG --archives`` under ``$SYMBI_CONFIG_PATH``: the keys, pins and export
+    come from that config, and so does ``[audit] archive_dir`` (it was looked for beside the log)."""
+    elsewhere = tmp_path / "archive-elsewhere"
+    cfg = tmp_path / "symbi.toml"
+    cfg.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[audit]\nretention_days = 0.00001\narchive_dir = "{elsewhere}"\n'
+    )
+    with AuditLog(tmp_path / "data" / "audit.db", tmp_path / "data" / "audit-key.pem") as log:
+        for i in range(10):
+            log.append("tool.call", {"tool": f"t{i}"}, principal="alice")
+    time.sleep(1.2)
+    assert symbi("archive", "--config", cfg).returncode == 0
+    assert list(elsewhere.glob("*.jsonl"))
+    res = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "verify", "--log", str(tmp_path / "data" / "audit.db")]
+        + ["--archives", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "SYMBI_CONFIG_PATH": str(cfg)},
+    )
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -61,6 +61,8 @@ def hidden_paths(config: Config) -> list[str]:
         paths.append(Path(config.source))
     if config.audit.checkpoint_export is not None:
         paths.append(config.audit.checkpoint_export)
+    if config.audit.archive_dir is not None:  # retention's sealed segments: the log's older events
+        paths.append(config.audit.archive_dir)
     if config.gateway.env_file is not None:  # the servers' secrets
         paths.append(Path(config.gateway.env_file))
     return sorted({str(p) for p in paths})
@@ -161,7 +163,10 @@ def secure_data_dir(config: Config) -> None:
     for f in d.iterdir():
         if f.is_file() and not f.is_symlink():
             _tighten(f, PRIVATE_FILE)
-    for extra in (config.audit_path.parent, config.audit_key_path.parent, config.api_keys_path.parent):
+    extras = [config.audit_path.parent, config.audit_key_path.parent, config.api_keys_path.parent]
+    if config.audit.archive_dir is not None:
+        extras.append(config.audit.archive_dir)
+    for extra in extras:
         if extra != d and extra.exists():
             _tighten(extra, PRIVATE_DIR)
 

@@ -109,19 +109,9 @@ async def _refresh_when_due(gw: Gateway, wake: MemoryObjectReceiveStream[None]) 
 def discover(config: Config, events: EventSink) -> Background:
     """Discovery: new servers quarantined (not started), approved ones started with tofu
     verification (a person approved the server: what it offers is pinned on first sight)."""
-    from pathlib import Path
+    from gateway.onboard.discovery import discovery_store
 
-    from gateway.onboard.discovery import Discovery
-
-    discovery = Discovery(
-        config.discovered_path,
-        events,
-        home=Path.home(),
-        cwd=config.source.parent if config.source else Path.cwd(),
-        environ={},
-        registry_dir=config.mcp.discovery_registry_dir,
-        configured=frozenset(config.servers),
-    )
+    discovery = discovery_store(config, events)
 
     async def run(gw: Gateway) -> None:
         failed = ""  # the last pass's failure, logged once until it changes or a pass succeeds

@@ -175,15 +175,18 @@ class AuditLog:
         return conn, last, key, key_id
 
     @classmethod
-    def from_config(cls, config: Config, path: Path | None = None) -> AuditLog:
+    def from_config(
+        cls, config: Config, path: Path | None = None, *, key_path: Path | None = None
+    ) -> AuditLog:
         """The log as ``symbi.toml`` configures it (``[audit]`` and ``gateway.data_dir``); the one
-        construction from config (``path``: another chain file of the same log, see open_audit)."""
+        construction from config, for the gateway and the CLI alike (``path``: another chain file
+        of the same log, see open_audit, or ``--log``; ``key_path``: the CLI's ``--key``)."""
         from gateway.audit.retention import archive_dir  # retention imports this module (via verify)
 
         a = config.audit
         return cls(
             path or config.audit_path,
-            config.audit_key_path,
+            key_path or config.audit_key_path,
             checkpoint_every=a.checkpoint_every,
             batch_max=a.batch_max,
             on_failure="warn" if config.audit_fails_open else "deny",

@@ -34,7 +34,8 @@ def request(
     key = args.api_key or admin_api_key_from_env(args.environ)
     if not key:
         raise ConfigError("an admin API key is required: --api-key or $SYMBI_API_KEY")
-    base = args.url or f"http://{cfg.http.host}:{cfg.http.port}"
+    host = f"[{cfg.http.host}]" if ":" in cfg.http.host else cfg.http.host  # an IPv6 literal
+    base = args.url or f"http://{host}:{cfg.http.port}"
     try:
         r = httpx.request(
             method,
@@ -43,7 +44,7 @@ def request(
             timeout=30,
             headers={"Authorization": f"Bearer {key}"},
         )
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL) as e:  # InvalidURL: a --url that is none
         raise AdminApiError(f"cannot reach the gateway at {base}: {e}") from None
     try:
         doc = r.json()

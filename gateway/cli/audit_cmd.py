@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import audit_retention_cmd as retention_cmd
-from gateway.cli.audit_keys import config_or_none, log_and_key, public_keys, trusted_keys
+from gateway.cli.audit_keys import config_or_none, log_and_key, open_log, public_keys, trusted_keys
 from gateway.config import load_config
 from gateway.errors import ConfigError
 
@@ -463,7 +463,7 @@ def _rotate(args: argparse.Namespace) -> int:
     logs: list[AuditLog] = []
     try:
         for p in paths:
-            logs.append(AuditLog(p, key))  # refuses while a gateway holds the log
+            logs.append(open_log(args, p, key))  # refuses while a gateway holds the log
         old = logs[0].key_id
         new = ""
         for log in logs:

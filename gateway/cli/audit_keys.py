@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.audit import AuditLog
 
 
 def log_and_key(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -26,6 +29,16 @@ def log_and_key(args: argparse.Namespace) -> tuple[Path, Path]:
     if key is None:
         key = cfg.audit_key_path if cfg is not None else log.with_name("audit-key.pem")
     return Path(log), Path(key)
+
+
+def open_log(args: argparse.Namespace, path: Path, key: Path) -> AuditLog:
+    """The log to write (``rotate-key``), opened as the gateway opens it when there is a config
+    (``AuditLog.from_config``: its checkpoint export, pins and archive are checked and kept);
+    with only ``--log`` there is none to honour."""
+    from gateway.audit import AuditLog  # imported when used: the CLI starts without the audit stack
+
+    cfg = config_or_none(args)
+    return AuditLog.from_config(cfg, path, key_path=key) if cfg is not None else AuditLog(path, key)
 
 
 def public_keys(args: argparse.Namespace, key_path: Path) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import load_config
-from gateway.config.model import Config
 from gateway.errors import ConfigError
 
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -52,16 +51,13 @@ def add_archived_option(sp: argparse.ArgumentParser) -> None:
     )
 
 
-def _config(args: argparse.Namespace) -> Config | None:
-    if args.config is None and args.log is not None:
-        return None
-    return load_config(args.config, args.environ)
-
-
 def archive_folder(args: argparse.Namespace, log: Path) -> Path:
+    """``log``'s archive: the config's ``archive_dir`` whenever the command reads a config (the
+    same one as for its keys and pins: ``config_or_none``), else beside the log."""
     from gateway.audit.retention import archive_dir_for
+    from gateway.cli.audit_keys import config_or_none
 
-    return archive_dir_for(log, _config(args))
+    return archive_dir_for(log, config_or_none(args))
 
 
 def archived_conn(args: argparse.Namespace, log: Path) -> sqlite3.Connection | None:
@@ -82,7 +78,8 @@ def _archive(args: argparse.Namespace) -> int:
     if not policy.enabled:
         raise ConfigError("audit.retention_days / audit.max_bytes: neither is set, so nothing is ever due")
     log_path = args.log or cfg.audit_path
-    with AuditLog(log_path, args.key or cfg.audit_key_path) as log:  # refuses while a gateway holds it
+    # as the gateway opens it (checkpoint_export, pins...); refuses while a gateway holds it
+    with AuditLog.from_config(cfg, log_path, key_path=args.key) as log:
         h = archive(log, policy)
     if h is None:
         print(f"{log_path}: nothing is due")

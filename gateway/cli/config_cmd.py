@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from gateway.config import load_config
 from gateway.config.notices import notices
+
+HIDDEN = "<hidden>"
+# maps whose values come from gateway.env_file or the environment (tokens, passwords)
+_SECRET_MAPS = frozenset({"env", "headers", "otlp_headers"})
+# a URL that may carry a password, beside the keys the model keeps out of its repr
+_SECRET_KEYS = frozenset({"bus.url"})
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -28,7 +37,7 @@ def _check(args: argparse.Namespace) -> int:
     if cfg.http.jwt is not None and cfg.http.jwt.jwks_file is not None:
         load_jwks_file(cfg.http.jwt.jwks_file)
     if args.print:
-        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        print(json.dumps(shown(cfg), indent=2))
     else:
         where = cfg.source or "<defaults>"
         print(f"{where}: OK ({len(cfg.servers)} server(s): {', '.join(cfg.servers) or 'none'})")
@@ -37,3 +46,25 @@ def _check(args: argparse.Namespace) -> int:
         if (readable := readable_config(cfg)) is not None:
             print(f"  note: {readable} is readable by other users: serve and mcp make it o-rwx at start")
     return 0
+
+
+def shown(model: BaseModel, where: str = "") -> dict[str, Any]:
+    """``model`` as JSON with its secrets (``repr=False`` keys, ``bus.url``, env and header
+    values) replaced by ``<hidden>``: set or not is shown, never the value."""
+    dumped = model.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value, key = getattr(model, name), f"{where}{name}"
+        if value is None:
+            out[name] = None
+        elif field.repr is False or key in _SECRET_KEYS:
+            out[name] = HIDDEN
+        elif isinstance(value, BaseModel):
+            out[name] = shown(value, key + ".")
+        elif isinstance(value, dict) and name in _SECRET_MAPS:
+            out[name] = dict.fromkeys(value, HIDDEN)
+        elif isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
+            out[name] = {k: shown(v, f"{key}.{k}.") for k, v in value.items()}  # servers, agents
+        else:
+            out[name] = dumped[name]
+    return out

@@ -4,7 +4,8 @@ Operator commands on the store the gateway uses (``[context]``): they act as the
 not as an agent, so the policy is asked one thing only: which patterns ``knowledge add``
 redacts from the files before they are embedded (kind ``knowledge/ingest``). The embedded store has one owner at a time: with
 a gateway running on the same data dir they fail with a reason (use a Qdrant server,
-``vector_db_url``, to share a store between processes).
+``vector_db_url``, to share a store between processes). With ``[context] enabled = false``
+they refuse (exit 2): no gateway serves that store.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -226,6 +227,7 @@ def _approve(args: argparse.Namespace) -> int:
     by_upstream: dict[str, list[tuple[ToolRecord, str]]] = {}
     for rec, h in records:
         by_upstream.setdefault(rec.upstream, []).append((rec, h))
+    _check_trusted_signer(cfg, key, by_upstream)  # before anything is signed or approved
     for upstream, recs in by_upstream.items():
         srv = cfg.servers.get(upstream)
         if srv is None:
@@ -244,6 +246,28 @@ def _approve(args: argparse.Namespace) -> int:
                 + (" with its screening findings accepted" if rec in flagged else "")
             )
     return 0
+
+
+def _check_trusted_signer(
+    cfg: Config, key: ec.EllipticCurvePrivateKey | None, upstreams: Iterable[str]
+) -> None:
+    """The manifest key must be one the gateway checks a manifest against: an ``mcp.org_keys``
+    key, or (an upstream with a ``domain``) the key its domain publishes, which only the gateway's
+    discovery can tell. Else the approval would be written and the tool stay blocked."""
+    from gateway.verify.verifier import load_org_keys
+    from schemapin import fingerprint
+
+    if key is None:
+        return  # no manifest to sign (or refused by _sign_into_manifest, naming the upstream)
+    mine = fingerprint(key.public_key())
+    org = {k.fingerprint for k in load_org_keys(cfg)}
+    for upstream in upstreams:
+        srv = cfg.servers.get(upstream)
+        if srv is not None and srv.approved is not None and srv.domain is None and mine not in org:
+            raise ConfigError(
+                f"mcp.org_keys: --key ({mine}) is not among them, so the gateway would not accept "
+                f"servers.{upstream}.approved signed with it; add its public key there or sign with one that is"
+            )
 
 
 def _reviewed_records(

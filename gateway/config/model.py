@@ -219,6 +219,19 @@ class Config(Section):
         return data
 
     @model_validator(mode="after")
+    def _every_key_set_has_an_effect(self) -> Config:
+        """A key given where nothing reads it is refused, naming it (``bus.url`` without the
+        Redis backend likewise, in its section): never a setting silently ignored."""
+        idle: list[str] = []
+        if self.policy.engine == "embedded":  # the OPA server's (timeout_s: the example's default)
+            idle += [f"policy.{k} (an OPA server's)" for k in ("url", "tls_ca") if getattr(self.policy, k)]
+        if self.state.postgres_url is not None and self.http.api_keys_path is not None:
+            idle.append("http.api_keys_path (the API keys are in [state] postgres_url)")
+        if idle:
+            raise ValueError(f"set but without effect in this configuration: {', '.join(idle)}")
+        return self
+
+    @model_validator(mode="after")
     def _production_refuses_unsafe(self) -> Config:
         if self.runtime.mode == "production":
             unsafe = self.unsafe_options()

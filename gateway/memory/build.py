@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from gateway.config.model import Config
+from gateway.errors import ConfigError
 from gateway.events import EventSink
 from gateway.memory.access import MemoryAccess
 from gateway.memory.builtin import MemoryService
@@ -43,8 +44,18 @@ def build_manager(
     clock: Callable[[], float] = time.time,
     embedder: Callable[[], Embedder] | None = None,
 ) -> ContextManager:
-    """A ``ContextManager`` whose store and embedder open on first use."""
+    """A ``ContextManager`` whose store and embedder open on first use.
+
+    Raises:
+        ConfigError: ``[context] enabled = false``: no gateway serves this memory (the CLI's
+            ``symbi knowledge`` / ``symbi memory`` would act on a store nothing reads).
+    """
     c = config.context
+    if not c.enabled:
+        raise ConfigError(
+            "context.enabled = false: the gateway serves no memory or knowledge; set it to true "
+            "to use the store"
+        )
     make_embedder_ = embedder or embedder_factory(config)
     holder: dict[str, Embedder] = {}
 

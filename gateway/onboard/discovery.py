@@ -226,14 +226,16 @@ class Discovery:
         os.replace(tmp, self.state)
 
 
-def discovery_store(config: Config) -> Discovery:
-    """The discovery state of ``config``'s data dir, to read and approve (CLI, admin API)."""
+def discovery_store(config: Config, events: EventSink | None = None) -> Discovery:
+    """The discovery ``config`` describes, the one construction from config: the gateway's
+    watch (``gateway.tasks.discover``, with its event sink) and what the CLI and the admin API
+    read and approve. Client files are looked for from the config's folder and the home folder."""
     return Discovery(
         config.discovered_path,
-        LoggingSink(),
+        events if events is not None else LoggingSink(),
         home=Path.home(),
-        cwd=Path.cwd(),
+        cwd=config.source.parent if config.source else Path.cwd(),
         environ={},
-        registry_dir=None,
+        registry_dir=config.mcp.discovery_registry_dir,
         configured=frozenset(config.servers),
     )

@@ -70,6 +70,13 @@ def check_shared_state(cfg: Config) -> None:
             "--workers needs [bus] secret (SYMBI_BUS_SECRET, base64 of 32 bytes: "
             "head -c 32 /dev/urandom | base64): the workers' bus and tools/list cursors share it"
         )
+    if cfg.mcp.discovery_enabled:
+        # the quarantine is a file in each worker's data dir: `symbi tools approve SERVER` writes
+        # <data_dir>'s (no worker reads it), the admin API the one worker the front picked
+        raise ConfigError(
+            "mcp.discovery_enabled is on (or MCP_SERVER_DISCOVERY): with --workers each worker would keep "
+            "its own discovered servers and approvals; turn discovery off, or run one process"
+        )
     for key, value in (
         ("audit.path", cfg.audit.path),
         ("audit.key_path", cfg.audit.key_path),
@@ -87,6 +94,10 @@ def check_shared_state(cfg: Config) -> None:
 
 # every SSE stream's keepalive comment: the SDK's (sse-starlette) and the fast lane's (httpsse)
 PING_S = EventSourceResponse.DEFAULT_PING_INTERVAL
+# HAProxy holds a request's whole head in one buffer (tune.bufsize, 16 KiB by default) and keeps
+# tune.maxrewrite (1 KiB) of it free: past that it answers 400 itself
+HAPROXY_BUFSIZE = 16384
+HAPROXY_REWRITE_RESERVE = 1024
 # Around a call's own bound: verification, the policy, a slot in the scheduler's queue and the
 # answer's write. More than SSE's keepalive interval (PING_S), so a streamed answer's pings
 # always come within the front's inactivity timeout.
@@ -98,6 +109,7 @@ class FrontLimits:
     """HAProxy's limits, derived from the workers' config in one place (``front_limits``)."""
 
     header_timeout_s: float  # ``timeout http-request``: http.header_timeout_s
+    bufsize: int  # ``tune.bufsize``: a request's head up to http.max_header_bytes fits
     silence_s: float  # ``timeout client``/``server``: the longest a worker's answer may be silent
     stick_s: float  # the stick entry's life: as long as a worker may keep the session
 
@@ -116,10 +128,12 @@ def front_limits(cfg: Config) -> FrontLimits:
     (``http.session_idle_timeout_s``) when its last request ends; HAProxy refreshes the
     session's stick entry when a request of it starts, holds it while one is under way (an open
     GET stream may last for hours) and refreshes it when that one ends (``haproxy_config``).
+    A request's head the workers accept (``http.max_header_bytes``) fits HAProxy's buffer.
     The expiry is the idle timeout + the silence: it would cover a front that refreshed the
     entry only when a request starts, as long as no request outlasted the silence."""
     silence = max(longest_call_s(cfg) + FRONT_MARGIN_S, 2.0 * PING_S)
-    return FrontLimits(cfg.http.header_timeout_s, silence, cfg.http.session_idle_timeout_s + silence)
+    bufsize = max(HAPROXY_BUFSIZE, cfg.http.max_header_bytes + HAPROXY_REWRITE_RESERVE)
+    return FrontLimits(cfg.http.header_timeout_s, bufsize, silence, cfg.http.session_idle_timeout_s + silence)
 
 
 def _ms(seconds: float) -> str:
@@ -151,6 +165,7 @@ def haproxy_config(
     servers = "\n".join(f"    server worker-{i} 127.0.0.1:{p} check inter 1s" for i, p in enumerate(backends))
     return f"""global
     maxconn 4096
+    tune.bufsize {limits.bufsize}
 {user}defaults
     mode http
     timeout connect 5s

@@ -254,3 +254,22 @@ def test_rotate_and_verify_every_chain_of_the_data_dir(tmp_path: Path) -> None:
     bad = symbi("verify", "--config", cfg, "--json")
     assert bad.returncode == 1
     assert [r["ok"] for r in _json_lines(bad.stdout)] == [True, False]
+
+
+def test_rotate_key_refuses_a_log_replaced_behind_its_exported_checkpoint(tmp_path: Path) -> None:
+    """``symbi audit rotate-key`` opens the log as the gateway does (``[audit] checkpoint_export``,
+    pins): a log replaced while the gateway was down is refused, not handed a new key."""
+    data, export = tmp_path / "data", tmp_path / "witness" / "cp.jsonl"
+    cfg = tmp_path / "symbi.toml"
+    cfg.write_text(f'[gateway]\ndata_dir = "{data}"\n[audit]\ncheckpoint_export = "{export}"\n')
+    with AuditLog(data / "audit.db", data / "audit-key.pem", checkpoint_export=export) as log:
+        for i in range(5):
+            log.append("tool.call", {"tool": f"t{i}"}, principal="alice")
+    assert export.read_text().strip()  # close exported the head's checkpoint
+    for p in data.glob("audit.db*"):  # a fresh log with the same key in its place
+        p.unlink()
+    with AuditLog(data / "audit.db", data / "audit-key.pem") as fresh:
+        fresh.append("tool.call", {"tool": "x"}, principal="mallory")
+    res = symbi("rotate-key", "--config", cfg)
+    assert res.returncode == 1, res.stdout + res.stderr  # AuditError, as the gateway's start
+    assert len(exported_public_keys(data / "audit-key.pem")) == 1  # no rotation

@@ -4,14 +4,19 @@ as real subprocesses, and retention applied by a running gateway (``symbi mcp``)
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import anyio
 import pytest
 
+from gateway.assemble import open_audit
 from gateway.audit import AuditLog
+from gateway.config import load_config
 from tests.cli._audit import symbi
 from tests.conftest import ROOT, write_config
 from tests.server._clients import stdio_session
@@ -67,6 +72,47 @@ def test_archive_with_no_limit_set_is_a_config_error(tmp_path: Path) -> None:
     assert symbi("archive", "--config", path).returncode == 2
 
 
+# a gateway's log of 15 events, a checkpoint exported every 10 (seq 10), then the process dies
+# without close (which would export one at the head)
+_CRASH = textwrap.dedent(
+    """
+    import os, sys
+    from gateway.assemble import open_audit
+    from gateway.config import load_config
+    log = open_audit(load_config(__import__("pathlib").Path(sys.argv[1])))
+    for i in range(15):
+        log.append("tool.call", {"tool": f"t{i}"}, principal="alice")
+    log.flush()
+    os._exit(0)
+    """
+)
+
+
+def test_archive_exports_its_checkpoint_so_the_gateway_starts_after_it(tmp_path: Path) -> None:
+    """``symbi audit archive`` opens the log as the gateway does (``[audit] checkpoint_export``,
+    pins, archive folder): the hand-off's checkpoint reaches the export, so the gateway's next
+    start finds the live log holding it (deleted events cannot prove the old one)."""
+    export = tmp_path / "witness" / "cp.jsonl"
+    cfg = write_config(
+        tmp_path,
+        f'''
+        [audit]
+        checkpoint_every = 10
+        checkpoint_export = "{export}"
+        retention_days = 0.00001
+        retention_mode = "delete"
+        ''',
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", _CRASH, str(cfg)], env=env, check=True, timeout=120)
+    assert [json.loads(line)["seq"] for line in export.read_text().splitlines()] == [10]
+    time.sleep(1.2)
+    res = symbi("archive", "--config", cfg)
+    assert res.returncode == 0, res.stderr
+    with open_audit(load_config(cfg)) as log:  # symbi serve / symbi mcp: refused before (AuditError)
+        assert log.last_seq > 15
+
+
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_running_gateway_applies_retention(tmp_path: Path) -> None:
@@ -92,4 +138,32 @@ async def test_a_running_gateway_applies_retention(tmp_path: Path) -> None:
                 await anyio.sleep(0.3)
         assert not (await s.call_tool("mut__echo", {"message": "after"})).is_error
     res = symbi("verify", "--config", cfg, "--archives")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_verify_log_archives_reads_the_archive_dir_of_the_env_config(tmp_path: Path) -> None:
+    """``verify --log LOG --archives`` under ``$SYMBI_CONFIG_PATH``: the keys, pins and export
+    come from that config, and so does ``[audit] archive_dir`` (it was looked for beside the log)."""
+    elsewhere = tmp_path / "archive-elsewhere"
+    cfg = tmp_path / "symbi.toml"
+    cfg.write_text(
+        f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[audit]\nretention_days = 0.00001\narchive_dir = "{elsewhere}"\n'
+    )
+    with AuditLog(tmp_path / "data" / "audit.db", tmp_path / "data" / "audit-key.pem") as log:
+        for i in range(10):
+            log.append("tool.call", {"tool": f"t{i}"}, principal="alice")
+    time.sleep(1.2)
+    assert symbi("archive", "--config", cfg).returncode == 0
+    assert list(elsewhere.glob("*.jsonl"))
+    res = subprocess.run(
+        [sys.executable, "-m", "gateway", "audit", "verify", "--log", str(tmp_path / "data" / "audit.db")]
+        + ["--archives", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "SYMBI_CONFIG_PATH": str(cfg)},
+    )
     assert res.returncode == 0, res.stdout + res.stderr

@@ -108,6 +108,14 @@ BAD = [
         '[servers.a]\ncommand = "x"\nisolation = "principal"\nisolation_max = 0\n',
         "servers.a.isolation_max",
     ),
+    # a key set where nothing reads it: refused, never silently ignored
+    (
+        "api keys file with the keys in postgres",
+        '[state]\npostgres_url = "postgresql://x@127.0.0.1:1/x"\n[http]\napi_keys_path = "keys.json"\n',
+        "http.api_keys_path",
+    ),
+    ("opa url with the embedded engine", '[policy]\nurl = "http://127.0.0.1:8181"\n', "policy.url"),
+    ("opa ca with the embedded engine", '[policy]\ntls_ca = "ca.pem"\n', "policy.tls_ca"),
     (
         "two pass-through",
         '[servers.a]\ncommand = "x"\npass_through = true\n[servers.b]\ncommand = "y"\n',

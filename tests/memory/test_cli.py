@@ -100,3 +100,17 @@ def test_knowledge_add_stops_when_the_policy_denies_ingestion(tmp_path: Path) ->
     r = _symbi(cfg, "knowledge", "add", "ops", str(_secret_docs(tmp_path)), "--json")
     assert r.returncode == 1 and "ingestion is closed" in r.stderr
     assert not (tmp_path / "data" / "vectors").exists()  # nothing was embedded or stored
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("knowledge", "add", "handbook", str(CORPUS)), ("knowledge", "list"), ("memory", "stats")],
+)
+def test_with_context_off_the_commands_refuse(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """``[context] enabled = false``: the gateway serves no memory or knowledge, so a base added
+    would reach no one and the stats are of a store no gateway keeps: a usage error naming the
+    key (exit 2), and no store made."""
+    cfg = write_config(tmp_path, '[context]\nenabled = false\nembedder = "hashing"\n')
+    r = _symbi(cfg, *args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert not (tmp_path / "data" / "vectors").exists()

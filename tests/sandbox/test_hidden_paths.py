@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 PROBE = ROOT / "tests/peers/probe_server.py"
 
 
-def probe_config(tmp_path: Path, tier: str) -> Path:
+def probe_config(tmp_path: Path, tier: str, extra: str = "") -> Path:
     tmp_path.chmod(0o755)  # the sandbox's uid 65534 may list the config folder
     script = tmp_path / "probe_server.py"  # beside the config: its folder is bound into the sandbox
     shutil.copy(PROBE, script)
@@ -35,6 +35,7 @@ def probe_config(tmp_path: Path, tier: str) -> Path:
         cwd = "{tmp_path}"
         sandbox = "{tier}"
         verification = "warn"
+        {extra}
         """,
     )
     cfg.chmod(0o644)  # even a config others may read is not shown
@@ -61,6 +62,27 @@ async def test_data_dir_keys_and_config_are_never_visible_in_a_sandbox(tmp_path:
     # /dev/null over the config: empty, or not even openable (a device node on a nodev mount)
     assert str(cfg) in seen["mounts"]
     assert seen[str(cfg)] in ({"bytes": ""}, "error: PermissionError"), seen[str(cfg)]
+
+
+async def test_an_audit_archive_dir_outside_the_data_dir_is_never_visible(tmp_path: Path) -> None:
+    """``[audit] archive_dir`` elsewhere than the data dir (here in the bound config folder)
+    holds the archived audit records: hidden like the live log."""
+    archive = tmp_path / "audit-archive-elsewhere"
+    archive.mkdir()
+    archive.chmod(0o755)  # made by hand: the gateway's start makes it private too
+    segment = archive / "audit.db.1-9.jsonl"
+    segment.write_text('{"seq": 1}\n')
+    segment.chmod(0o600)
+    cfg = probe_config(tmp_path, "bwrap", f'[audit]\narchive_dir = "{archive}"')
+    async with stdio_session(cfg) as s:
+        r = await s.call_tool("probe__probe", {"paths": [str(tmp_path), str(archive), str(segment)]})
+        assert not r.is_error, r
+        seen = json.loads(r.content[0].text)  # type: ignore[union-attr]
+    assert "probe_server.py" in seen[str(tmp_path)]["entries"]
+    assert str(archive) in seen["mounts"], seen  # masked: an empty tmpfs over it
+    assert seen[str(archive)] in ({"entries": []}, "error: PermissionError"), seen[str(archive)]
+    assert seen[str(segment)] in ("absent", "error: PermissionError"), seen[str(segment)]
+    assert archive.stat().st_mode & 0o777 == 0o700
 
 
 def test_binding_a_folder_inside_the_data_dir_is_refused(tmp_path: Path) -> None:

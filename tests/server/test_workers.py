@@ -198,6 +198,9 @@ STATE = '[state]\nredis_url = "redis://127.0.0.1:1/0"\npostgres_url = "postgresq
             STATE + f'[bus]\nsecret = "{SECRET}"\n[audit]\ncheckpoint_export = "/tmp/one-export.jsonl"\n',
             "audit.checkpoint_export",
         ),
+        # each worker would keep its own discovered.json: an approval (the CLI's, or the admin
+        # API's through the front) would reach one worker or none
+        (STATE + f'[bus]\nsecret = "{SECRET}"\n[mcp]\ndiscovery_enabled = true\n', "mcp.discovery_enabled"),
     ],
 )
 def test_state_that_would_split_is_refused(tmp_path: Path, body: str, key: str) -> None:
@@ -432,6 +435,18 @@ def test_headers_trickled_to_the_front_are_cut_off(front: Front) -> None:
     closed = trickle_until_closed(s, closing=(b"HTTP/1.1 408",))
     s.close()
     assert closed  # within the ~18 s of trickling, not the front's client timeout (330 s by default)
+
+
+@pytest.mark.slow
+def test_headers_a_worker_accepts_pass_the_front(front: Front) -> None:
+    """Request headers up to http.max_header_bytes (64 KiB by default: a large JWT, many
+    cookies) reach a worker through the front as they reach one process; HAProxy's own buffer
+    (16 KiB by default) answered 400 past about 16 KB."""
+    pad = {"x-pad": "a" * 40_000}
+    worker = f"http://127.0.0.1:{_worker_ports(front.config)[0]}"
+    with httpx.Client(timeout=10) as c:
+        assert c.get(worker + "/healthz", headers=pad).status_code == 200
+        assert c.get(front.base + "/healthz", headers=pad).status_code == 200  # 400 before
 
 
 @pytest.mark.slow

@@ -179,16 +179,19 @@ class HAProxy:
 
 
 def haproxy_limits(text: str) -> dict[str, float]:
-    """An HAProxy config's timeouts (by name) and its stick table's ``expire``, in seconds."""
+    """An HAProxy config's timeouts (by name) and its stick table's ``expire``, in seconds, and
+    its ``tune.bufsize`` (bytes; HAProxy's 16384 when not set)."""
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
     def seconds(v: str) -> float:
         num = v.rstrip("dhms")
         return float(num) * units[v[len(num) :] or "ms"]  # HAProxy's unit is ms when none is given
 
-    out = {}
+    out = {"tune.bufsize": 16384.0}
     for words in (line.split() for line in text.splitlines()):
-        if words[:1] == ["timeout"]:
+        if words[:1] == ["tune.bufsize"]:
+            out["tune.bufsize"] = float(words[1])
+        elif words[:1] == ["timeout"]:
             out[words[1]] = seconds(words[2])
         elif words[:1] == ["stick-table"]:
             out["expire"] = seconds(words[words.index("expire") + 1])

@@ -498,3 +498,36 @@ async def test_a_tool_added_after_the_first_listing_waits_for_approval(tmp_path:
             while (r := await s.call_tool("mut__extra", {})).is_error:
                 await anyio.sleep(0.05)
         assert r.content[0].text == "extra!"  # type: ignore[union-attr]
+
+
+async def test_approving_with_a_key_the_gateway_does_not_trust_is_refused(tmp_path: Path) -> None:
+    """``symbi tools approve --key`` signs the upstream's approved manifest; the gateway checks
+    it against ``mcp.org_keys`` (the upstream has no domain whose key could). Signed with another
+    key, the approval printed "approved" and the tool stayed blocked: now a usage error naming
+    mcp.org_keys (exit 2), and no manifest written."""
+    org_key(tmp_path)
+    stranger = schemapin.generate_private_key()
+    (tmp_path / "stranger.pem").write_text(schemapin.private_key_pem(stranger))
+    manifest = tmp_path / "approved-mut.json"
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        org_keys = ["{tmp_path / "org.pub.pem"}"]
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "strict"
+        approved = "{manifest}"
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        await s.list_tools()  # the gateway has recorded the upstream's tools
+    h = reviewed(cfg, "mut__echo")
+    res = symbi(
+        "tools", "approve", "mut__echo", *h, "--key", str(tmp_path / "stranger.pem"), "--config", str(cfg)
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert not manifest.exists()
+    ok = symbi("tools", "approve", "mut__echo", *h, "--key", str(tmp_path / "org.pem"), "--config", str(cfg))
+    assert ok.returncode == 0, ok.stderr

@@ -15,6 +15,8 @@ the folders every user may write (``/tmp``, ``/var/tmp``, ``/dev/shm``) and in S
 memory. Started with ``$SYMBI_TEST_PLANT``, the server writes that text to ``$HOME/secret.txt``,
 to ``<marker>.txt`` in each of those folders (0600) and to a System V segment first (the victim).
 
+``command_lines(needle)`` reads every process's command line for ``needle`` (a secret).
+
 ``fill(folder, mb)`` writes up to ``mb`` MiB into ``folder`` and reports how much it could.
 
 ``$SYMBI_TEST_DATA_DIR`` and ``$SYMBI_TEST_CONFIG`` tell it where to look (the worst case:
@@ -201,6 +203,21 @@ def fill(folder: str, mb: int) -> str:
 def scratch_files(prefix: str) -> str:
     """The names in each shared scratch folder that start with ``prefix``."""
     return json.dumps({f: sorted(n for n in os.listdir(f) if n.startswith(prefix)) for f in SCRATCH})
+
+
+@mcp.tool()
+def command_lines(needle: str) -> str:
+    """Every process's command line on the host (``/proc/*/cmdline``, which any user may read)
+    that holds ``needle``: another upstream's or agent's secrets, if something put them there."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in line:
+            found.append(line[:300])
+    return json.dumps({"scanned": len(os.listdir("/proc")), "found": found})
 
 
 if __name__ == "__main__":

@@ -257,6 +257,8 @@ def _skeleton(text: str) -> str:
     found = confusables.is_confusable(text, preferred_aliases=["latin"], greedy=True) or []
     for c in found:
         latin = next((h["c"] for h in c["homoglyphs"] if h["c"].isascii()), None)
+        if latin == "l" and c["character"].isupper():
+            latin = "I"  # the table lists only "l" for capital Iota and Cyrillic І: an I here
         if latin:
             text = text.replace(c["character"], latin)
     return text

@@ -437,7 +437,7 @@ class Gateway:
                     request_state=state,
                 )
 
-            with on_behalf_of(up, ctx):
+            with on_behalf_of(up, ctx, call=call):  # its log lines go under the call's conditions
                 return await answered_for_legacy(call, up.name, call_once, self.events, self.live.handed_out)
         finally:
             self._busy[up.name] -= 1

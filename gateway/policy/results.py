@@ -232,6 +232,21 @@ def error_under(err: UpstreamError, conditions: Mapping[str, Any], upstream: str
     return UpstreamError(f"upstream {upstream!r} returned an error: {message}", mcp_error=passed)
 
 
+def log_data(data: Any, conditions: Mapping[str, Any]) -> Any | None:
+    """A log line an upstream sends during a call, as the call's result conditions let it
+    reach the client: none under ``redact_result`` (as a progress message), its JSON cut to
+    ``max_result_bytes`` (a string then) when over it."""
+    if conditions.get("redact_result"):
+        return None
+    cap = conditions.get("max_result_bytes")
+    if cap is None:
+        return data
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, default=str)
+    if len(text) > cap // 4 and len(text.encode("utf-8")) > cap:
+        return _truncate_utf8(text, cap) + TRUNCATION_MARK.format(cap=cap)
+    return data
+
+
 def progress_message(message: str, conditions: Mapping[str, Any]) -> str | None:
     """A call's progress message as its result conditions let it reach the client: none
     under ``redact_result`` (prose the key rules cannot read), cut to ``max_result_bytes``."""

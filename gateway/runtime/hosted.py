@@ -280,8 +280,9 @@ class HostedAgents:
         write_end = await anyio.to_thread.run_sync(out.start)
         try:
             try:
+                launch_env = {**os.environ, **cgroup.launch_env} if cgroup.launch_env else None
                 proc = await anyio.open_process(
-                    argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end
+                    argv, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end, env=launch_env
                 )
             finally:
                 os.close(write_end)  # the process has its copy: the pipe ends with its writers
@@ -443,7 +444,7 @@ class HostedAgents:
             limits.disk_io_mbps,
         )
         argv[at:at] = extra
-        return argv, Container(cname)
+        return argv, Container(cname, launch_env=env)
 
     def _process_inputs(
         self, name: str, ac: AgentConfig, key: str

@@ -14,6 +14,9 @@ _logger = logging.getLogger("symbi.runtime.hosted")
 class Sandboxed:
     """What a run's sandbox exposes to the supervisor (cgroup or container)."""
 
+    # what the launcher's environment must add: values its tier keeps off the command line
+    launch_env: dict[str, str] = {}  # read only here; an instance sets its own
+
     def kill(self) -> None: ...
 
     def memory_peak_mb(self) -> float:
@@ -45,8 +48,9 @@ class Cgroup(Sandboxed):
 
 
 class Container(Sandboxed):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, launch_env: dict[str, str] | None = None) -> None:
         self.name = name
+        self.launch_env = dict(launch_env or {})  # ``docker run -e NAME`` reads them from here
         self._oom: bool | None = None
 
     def _container(self) -> Any:

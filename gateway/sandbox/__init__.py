@@ -6,7 +6,7 @@ Public API (what the gateway core calls):
   ``doctor()``, ``assess_tier(...)``, ``cleanup_orphans()``, ``close()``
 - ``SandboxTools(config, manager)``: the built-in ``sandbox`` server (``run_python``, ``run_shell``)
 - ``wrap_stdio_command(tier, command, args, env, cwd, *, network, limits, manager)``: launch an stdio
-  MCP server inside a tier
+  MCP server inside a tier (started with ``env`` in its environment: values on no command line)
 - ``assess_tier(needs, *, code_trust, data_sensitivity, policy_min_tier, default_tier, available)``
 - value types: ``SandboxRequest``, ``Limits``, ``SandboxResult``, ``ToolNeeds``
 

@@ -166,6 +166,10 @@ class SandboxTier(ABC):
     ) -> list[str]:
         """argv that runs a long-lived stdio process inside this tier (stdin/stdout kept).
 
+        ``env``'s values are on no command line (any user reads ``/proc/PID/cmdline``): the
+        caller starts the argv with ``env`` in its environment too (the docker CLI takes them
+        from there).
+
         ``hidden``: the gateway's own paths (data dir, keys, config) that must never be
         visible inside, even when a bound folder contains them (see ``masked_paths``)."""
 

@@ -38,6 +38,7 @@ from .output import CappedBuffer, captured, feed_stdin, pump_fd
 from .types import KilledReason, Limits, RunCancel, SandboxRequest, SandboxResult, cancel_hook
 
 SECCOMP_FD = 9
+ENV_FD = 8  # the sandbox's environment, as bwrap --args (never on a command line)
 
 
 class SeccompFilters:
@@ -168,11 +169,21 @@ class BwrapTier(SandboxTier):
     def _launcher(
         self, cg: cgroups.RunCgroup, bpf: Path, bwrap_argv: list[str], env: Mapping[str, str]
     ) -> list[str]:
-        """``sh -c`` that joins the cgroups, opens the filter on fd 9 and drops to 65534."""
+        """``sh -c`` that joins the cgroups, opens the filter on fd 9 and drops to 65534.
+
+        ``env`` (a server's tokens, an agent's credential) never goes on a command line: any
+        user reads ``/proc/PID/cmdline`` (an unsandboxed upstream included). bwrap reads its
+        ``--setenv`` pairs from fd 8 (``--args``): a root-only file, opened by the root shell
+        and removed before anything else runs."""
         join = " && ".join(f"echo $$ > {shell_join([str(p)])}" for p in cg.procs_files)
-        setenv: list[str] = []
-        for k, v in env.items():
-            setenv += ["--setenv", k, v]
+        env_args: list[str] = []
+        if env:
+            fd, name = tempfile.mkstemp(prefix="env-", dir=bpf.parent)  # 0600, in root's 0700 folder
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"".join(b"--setenv\0%s\0%s\0" % (k.encode(), v.encode()) for k, v in env.items()))
+            env_file = shell_join([name])
+            join = f"exec {ENV_FD}< {env_file} && rm -f {env_file} && {join}"
+            env_args = ["--args", str(ENV_FD)]
         full = [
             "setpriv",
             f"--reuid={NOBODY}",
@@ -182,7 +193,7 @@ class BwrapTier(SandboxTier):
             "--bounding-set=-all",
             "--no-new-privs",
             *bwrap_argv[:-2],
-            *setenv,
+            *env_args,
             *bwrap_argv[-2:],
         ]
         script = f'{join} && exec {shell_join(full)} "$@" {SECCOMP_FD}< {shell_join([str(bpf)])}'

@@ -349,8 +349,13 @@ class DockerTier(SandboxTier):
             raise SandboxUnavailable("the docker CLI is not installed")
         argv = [cli, "run", "-i", "--rm", *self._locked_down_flags(limits)]
         argv += _stdio_mounts(read_only_binds(command, args, cwd), hidden)
-        for k, v in {**SANDBOX_ENV, **env}.items():
-            argv += ["-e", f"{k}={v}"]
+        for k, v in SANDBOX_ENV.items():
+            if k not in env:
+                argv += ["-e", f"{k}={v}"]
+        # a name alone: the value comes from the CLI's environment (the launcher's, root's), never
+        # from its command line, which any user reads (/proc/PID/cmdline)
+        for k in env:
+            argv += ["-e", k]
         argv += ["-w", str(Path(cwd).resolve()) if cwd else "/tmp", self.image, command, *args]
         return argv
 

@@ -196,6 +196,7 @@ def wrap_stdio_command(
     Read-only binds: the cwd and the folders of absolute-path command/args outside /usr.
     Network is off unless ``network`` (gvisor cannot grant it here: SandboxUnavailable).
     The server runs as uid/gid 65534: its files must be readable by that user.
+    ``env`` stays off the command line: start the argv with ``env`` in its environment too.
     """
     return manager.wrap_stdio_command(
         tier, command, args, env, cwd, network=network, limits=limits, hidden=hidden

@@ -241,9 +241,27 @@ _SPACES = re.compile(r"\s+")
 
 
 def _fold(text: str) -> str:
-    """``text`` in compatibility form (NFKC: fullwidth and styled letters become plain ones)
-    with each run of white space, line breaks included, one space."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text))
+    """``text`` in compatibility form (NFKC: fullwidth and styled letters become plain ones),
+    without accents and with look-alike letters read as the Latin ones they imitate (a model
+    reads "Ign\u043ere" and "Ign\u00f3re" as "Ignore"), with each run of white space, line breaks
+    included, one space."""
+    text = unicodedata.normalize("NFKC", text)
+    if not text.isascii():
+        bare = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+        text = _skeleton(unicodedata.normalize("NFC", bare))
+    return _SPACES.sub(" ", text)
+
+
+def _skeleton(text: str) -> str:
+    """``text`` with each look-alike of a Latin letter (Cyrillic, Greek...) replaced by it."""
+    found = confusables.is_confusable(text, preferred_aliases=["latin"], greedy=True) or []
+    for c in found:
+        latin = next((h["c"] for h in c["homoglyphs"] if h["c"].isascii()), None)
+        if latin == "l" and c["character"].isupper():
+            latin = "I"  # the table lists only "l" for capital Iota and Cyrillic І: an I here
+        if latin:
+            text = text.replace(c["character"], latin)
+    return text
 
 
 def _rule_findings(field: str, text: str) -> Iterator[Finding]:
@@ -291,11 +309,7 @@ def _name_findings(name: str, others: Collection[str]) -> Iterator[Finding]:
         return
     confusable = confusables.is_confusable(name, preferred_aliases=["latin"], greedy=True) or []
     if confusable or confusables.is_mixed_script(name):
-        skeleton = name
-        for c in confusable:
-            latin = next((h["c"] for h in c["homoglyphs"] if h["c"].isascii()), None)
-            if latin:
-                skeleton = skeleton.replace(c["character"], latin)
+        skeleton = _skeleton(name)
         imitates = next((o for o in others if o == skeleton or o.endswith("__" + skeleton)), None)
         summary = (
             f"a homoglyph name imitating {imitates!r}" if imitates else "a name with look-alike characters"

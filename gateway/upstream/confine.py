@@ -21,6 +21,10 @@ execs the rest of the command line.
   one) and fill the disk or, through ``/dev/shm``, memory no process holds, which the OOM
   killer cannot free. System V shared memory, semaphores and message queues are its own too
   (an IPC namespace), for the same two reasons.
+- Processes: its ``/proc`` is one of its own (``hidepid=2``) that lists only the processes of
+  the upstream user: any user may read any process's command line, where a token in another
+  server's ``args`` (a sandboxed one runs as 65534, its launcher as root) and the gateway's
+  own are.
 
 Run with the standard library only (``-I -S``: nothing from the gateway's environment or
 site-packages is imported as root). Exit 126 with the reason on stderr when the kernel has no
@@ -51,7 +55,7 @@ _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1, 2
 
 # unshare(2) and mount(2) (include/uapi/linux/sched.h, mount.h)
 _CLONE_NEWNS, _CLONE_NEWIPC = 0x00020000, 0x08000000
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
 # the folders any user may write, made private (the first holds the tmpfs of their upper layers)
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 INODES_PER_MB = 256  # files a scratch tmpfs may hold per MiB (empty files cost kernel memory too)
@@ -153,6 +157,9 @@ def private_scratch(size_mb: int) -> None:
         for fd in lowers:
             os.close(fd)
     os.chdir(os.getcwd())  # a working folder beneath one of them: through its overlay now
+    # a /proc of its own that shows only its own user's processes: any user reads another's
+    # command line (a token in a sandboxed server's args, the gateway's, the docker CLI's)
+    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "hidepid=2")
 
 
 def restrict(hidden: str, home: str) -> None:

@@ -32,12 +32,16 @@ class on_behalf_of:  # lower case: the context manager function it replaced, sam
     for a 2026-era caller, to the era bridge's ``ask``), and a 2026-era upstream sees this
     caller's capabilities. A class, not a generator: it is on every upstream call's path."""
 
-    __slots__ = ("_ask", "_ctx", "_key", "_token", "_up")
+    __slots__ = ("_ask", "_call", "_ctx", "_key", "_token", "_up")
 
     def __init__(
-        self, up: Upstream, ctx: Downstream | None, ask: Callable[[Any], Awaitable[Any]] | None = None
+        self,
+        up: Upstream,
+        ctx: Downstream | None,
+        ask: Callable[[Any], Awaitable[Any]] | None = None,
+        call: CallContext | None = None,
     ) -> None:
-        self._up, self._ctx, self._ask = up, ctx, ask
+        self._up, self._ctx, self._ask, self._call = up, ctx, ask, call
 
     def __enter__(self) -> None:
         ctx = self._ctx
@@ -45,7 +49,12 @@ class on_behalf_of:  # lower case: the context manager function it replaced, sam
         self._token = DOWNSTREAM_CAPABILITIES.set(downstream_ref(session))
         try:
             request_id = ctx.request_id if ctx is not None else None
-            self._key = self._up.relay.enter(session, request_id, caller_owner(ctx), ask=self._ask)
+            # a tool call's result conditions: the upstream's log lines during it are its words too
+            decision = self._call.decision if self._call is not None else None
+            conditions = decision.conditions if decision is not None else None
+            self._key = self._up.relay.enter(
+                session, request_id, caller_owner(ctx), ask=self._ask, conditions=conditions
+            )
         except BaseException:
             DOWNSTREAM_CAPABILITIES.reset(self._token)
             raise
@@ -118,7 +127,7 @@ async def bridged_for_modern_client(
             audit_bridged(events, call, up.name, "2025-upstream-to-2026-client", [request.method])
             return await ask(request)
 
-        with on_behalf_of(up, ctx, ask=audited):
+        with on_behalf_of(up, ctx, ask=audited, call=call):
             return await up.call_tool(tool.original_name, call.arguments, progress=progress)
 
     return await pending.start(tg, call.principal.qualified, call.target, run)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from mcp.shared.message import ServerMessageMetadata
 
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
+from gateway.policy.results import log_data
 
 _logger = logging.getLogger("symbi.relay")
 
@@ -48,6 +49,8 @@ class _Caller:
     # a 2026-era caller cannot take a server->client request: the era bridge asks it instead
     # (gateway.upstream.bridge)
     ask: Callable[[Any], Awaitable[Any]] | None = None
+    # the call's result conditions: a log line the upstream sends meanwhile is its words too
+    conditions: Mapping[str, Any] | None = None
 
 
 def caller_owner(ctx: Any) -> str:
@@ -103,12 +106,13 @@ class CallerRelay:
         request_id: Any = None,
         owner: str = "unknown",
         ask: Callable[[Any], Awaitable[Any]] | None = None,
+        conditions: Mapping[str, Any] | None = None,
     ) -> int | None:
         """``caller`` without the generator (the call path's cost): the key for ``leave``."""
         if session is None:
             return None
         key = next(self._ids)
-        self._inflight[key] = _Caller(session, request_id, owner, ask)
+        self._inflight[key] = _Caller(session, request_id, owner, ask, conditions)
         return key
 
     def leave(self, key: int | None) -> None:
@@ -219,10 +223,13 @@ class CallerRelay:
         down, _reason = self._target("notifications/message")
         if down is None:
             return  # a log line is not worth a guess either
+        data = params.data if down.conditions is None else log_data(params.data, down.conditions)
+        if data is None:
+            return  # redact_result: prose and values the key rules cannot all read
         with contextlib.suppress(Exception):
             await down.session.send_log_message(
                 params.level,
-                params.data,
+                data,
                 logger=params.logger or self._upstream,
                 related_request_id=down.request_id,
             )

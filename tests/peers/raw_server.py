@@ -18,7 +18,8 @@ The argument ``mode`` of the tool ``t`` picks the answer:
 - ``die``: exits mid-call;
 - ``given``: the ``message`` argument is the whole result; ``given_error``: the whole JSON-RPC error;
 - ``progress_given``: one progress notification whose message is the ``message`` argument, then
-  the result.
+  the result; ``log_given``: the same with a log notification (``notifications/message``) whose
+  data is the ``message`` argument.
 With ``$RAW_EXTRAS`` set it also offers the resource ``raw://r`` and the prompt ``p``, whose
 results are ``$RAW_READ_RESULT`` / ``$RAW_PROMPT_RESULT`` (JSON), and answers ``completion/complete``
 with ``$RAW_COMPLETE_RESULT``.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 RECORD = os.environ.get("RECORD_FILE")
@@ -179,6 +181,11 @@ def main() -> None:
             elif mode == "progress_given":
                 note = {"progressToken": token, "progress": 1, "message": args.get("message")}
                 send({"jsonrpc": "2.0", "method": "notifications/progress", "params": note})
+                send(result(rid, "done"))
+            elif mode == "log_given":
+                note = {"level": "info", "logger": "raw", "data": args.get("message")}
+                send({"jsonrpc": "2.0", "method": "notifications/message", "params": note})
+                time.sleep(0.5)  # working on: the log line arrives while the call is in flight
                 send(result(rid, "done"))
             elif mode != "silent":
                 send(result(rid, text))

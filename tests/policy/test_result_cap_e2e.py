@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mcp import types
 from mcp.shared.exceptions import MCPError
 
 from gateway.policy.redact import REDACTED
@@ -117,3 +118,27 @@ async def test_result_conditions_reach_every_channel_of_a_result(tmp_path: Path)
     assert len(json.dumps(big.model_dump())) < 200_000
     assert not done.is_error and messages == [None]  # the progress came, its message did not
     assert SECRET not in json.dumps([res.model_dump(), meta.model_dump(), small.model_dump()])
+
+
+async def test_result_conditions_reach_a_log_message_sent_during_the_call(tmp_path: Path) -> None:
+    """Attack: with ``redact_result: ["password"]`` in force, the upstream sends the password
+    as a log notification (``notifications/message``) while the call runs, and under a
+    200 KB ``max_result_bytes`` 300 KB of it: the gateway relayed both to the caller as they
+    were, as progress messages were before. Now a log line under ``redact_result`` is dropped,
+    and one over the cap is cut to it."""
+    logged: list[object] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append(params.data)
+
+    async with stdio_session(raw_cfg(tmp_path, REDACT_POLICY), logging_callback=on_log) as s:
+        done = await s.call_tool("raw__t", {"mode": "log_given", "message": f"password={SECRET}"})
+        await s.send_ping()  # anything relayed has arrived by the answer to this
+    assert not done.is_error and logged == []
+    async with stdio_session(raw_cfg(tmp_path, CAP_POLICY % 200_000), logging_callback=on_log) as s:
+        await s.call_tool("raw__t", {"mode": "log_given", "message": "working"})
+        await s.call_tool("raw__t", {"mode": "log_given", "message": {"blob": "x" * 300_000}})
+        await s.send_ping()
+    small, big = logged  # relayed: the upstream's log lines do reach the caller
+    assert small == "working"
+    assert isinstance(big, str) and big.startswith('{"blob": "xxx') and len(big) < 201_000

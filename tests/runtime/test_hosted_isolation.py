@@ -150,3 +150,66 @@ async def test_a_real_run_sees_no_gateway_file_no_network_and_a_read_only_host(
     assert [(d["exit_code"], d["oom"]) for t, d, _, _ in h.events.events if t == "agent.exited"] == [
         (0, False)
     ]
+
+
+# Reads the needle from stdin (not its own command line) and every process's command line.
+SCAN = """
+import json, os, sys
+needle = sys.stdin.read().strip()
+found = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        line = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode(errors="replace")
+    except OSError:
+        continue
+    if needle in line:
+        found.append(line[:200])
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.parametrize("tier", ["bwrap", "docker"])
+async def test_a_running_agents_credential_is_in_no_command_line(
+    tmp_path: Path, tier: Literal["bwrap", "docker"]
+) -> None:
+    """Attack: an unsandboxed upstream (as ``symbi-upstream``, in its Landlock domain, the way
+    the gateway starts one) reads every ``/proc/PID/cmdline`` while a hosted agent runs. The
+    agent's credential (``SYMBI_AGENT_TOKEN``, an API key of its principal) was on bwrap's and
+    the docker CLI's command line for the whole run: with it, the upstream called the gateway
+    as the agent (over HTTP, or the agents' socket in /tmp)."""
+    if os.geteuid() != 0:
+        pytest.skip("the reader runs as symbi-upstream: root switches to it")
+    from gateway.config import build_config
+    from gateway.upstream.runas import resolve_run_as
+
+    run_as = resolve_run_as(build_config({}))
+    assert run_as is not None
+    ac = AgentConfig(
+        command="/usr/bin/sh",
+        args=("-c", 'echo "token=$SYMBI_AGENT_TOKEN"; exec sleep 8'),
+        sandbox=tier,
+        restart="never",
+    )
+    h = _host(tmp_path, tier, sleeper=ac)
+    log = h.config.data_dir / "agents" / "sleeper.log"
+    found: list[str] = []
+
+    async def scan_while_it_runs() -> None:
+        with anyio.fail_after(GUARD_S):
+            while not (log.exists() and "token=" in log.read_text()):
+                await anyio.sleep(0.1)
+        [token] = [x[len("token=") :] for x in log.read_text().splitlines() if x.startswith("token=")]
+        assert token  # the agent has its credential
+        home = run_as.make_home("cmdline-reader")
+        cmd, args = run_as.argv("cmdline-reader", "/usr/bin/python3", ["-I", "-c", SCAN])
+        r = await anyio.run_process(
+            [cmd, *args], input=token.encode(), env=run_as.env("cmdline-reader", {}), cwd=home, check=True
+        )
+        found.extend(json.loads(r.stdout))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(scan_while_it_runs)
+        with anyio.fail_after(GUARD_S):
+            outcome = await h._run_once("sleeper", ac)
+    assert outcome == "ok", log.read_text()
+    assert found == [], found

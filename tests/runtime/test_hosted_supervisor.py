@@ -456,7 +456,11 @@ async def test_the_docker_command_of_a_run_mounts_the_socket_and_read_only_paths
     assert ("--name", "symbi-agent-a-tag1") in pairs
     assert ("-v", f"{tmp_path / 'gateway.sock'}:/run/symbi/gateway.sock") in pairs
     assert ("-v", f"{lib}:{lib}:ro") in pairs and ("--memory", "96m") in pairs and "--network=none" in argv
-    env = dict(v.split("=", 1) for k, v in pairs if k == "-e")
+    # the names only: the values (the credential) reach the docker CLI in its environment
+    named = {v for k, v in pairs if k == "-e"}
+    assert not any("sk-secret" in a for a in argv)
+    env = box.launch_env
+    assert {"SYMBI_AGENT_TOKEN", "SYMBI_GATEWAY_SOCKET", "SYMBI_AGENT_NAME", "DATA", "UP", "MODE"} <= named
     assert {
         k: env[k]
         for k in ("SYMBI_AGENT_TOKEN", "SYMBI_GATEWAY_SOCKET", "SYMBI_AGENT_NAME", "DATA", "UP", "MODE")

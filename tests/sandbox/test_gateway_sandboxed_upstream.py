@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 from pathlib import Path
 
 import anyio
@@ -13,8 +15,9 @@ from mcp.client import stdio as sdk_stdio
 from gateway.sandbox import cgroups
 from gateway.sandbox.docker_api import RUNSC_STATE_ROOT, docker_client
 from gateway.sandbox.types import LABEL_OWNER
-from tests.conftest import EVERYTHING_JS, ROOT, require_peers, write_config
+from tests.conftest import EVERYTHING_JS, NODE_MODULES, ROOT, require_peers, write_config
 from tests.server._clients import stdio_session
+from tests.upstream.test_runas import THIEF
 
 pytestmark = [pytest.mark.anyio, pytest.mark.sandbox]
 
@@ -69,8 +72,8 @@ async def test_upstream_runs_inside_the_tier(
         code_tools = false
         [servers.everything]
         command = "/usr/bin/node"
-        args = ["{EVERYTHING_JS}", "stdio"]
-        cwd = "{ROOT}"   # bound read-only inside the sandbox (node_modules lives there)
+        args = ["{EVERYTHING_JS.resolve()}", "stdio"]
+        cwd = "{NODE_MODULES.resolve().parent}"   # bound read-only inside the sandbox (node_modules lives there)
         sandbox = "{tier}"
         verification = "warn"
         """,
@@ -93,3 +96,43 @@ async def test_upstream_runs_inside_the_tier(
     while left := _of_gateway(tier, pid) | (_runsc_state_left(made) if tier == "gvisor" else set()):
         assert anyio.current_time() < deadline, f"left behind by gateway {pid}: {sorted(left)}"
         await anyio.sleep(0.2)
+
+
+@pytest.mark.parametrize("tier", ["bwrap", "gvisor"])
+async def test_a_sandboxed_upstreams_secrets_are_in_no_command_line(tmp_path: Path, tier: str) -> None:
+    """Attack: an unsandboxed upstream (the thief, as ``symbi-upstream``, in its Landlock
+    domain) reads every process's ``/proc/PID/cmdline``, which any user may read, looking for
+    the token configured for a sandboxed upstream (``servers.victim.env``). The tiers put it
+    there (bwrap's ``--setenv K V``, ``docker run -e K=V``) for the server's whole life; now
+    the value travels in the launcher's environment (root's: unreadable) or a descriptor."""
+    require_peers()
+    if os.geteuid() != 0:
+        pytest.skip("the unsandboxed thief runs as symbi-upstream: a root gateway")
+    token = f"victim-token-{os.urandom(8).hex()}"
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [sandbox]
+        code_tools = false
+        [servers.victim]
+        command = "/usr/bin/node"
+        args = ["{EVERYTHING_JS.resolve()}", "stdio"]
+        cwd = "{NODE_MODULES.resolve().parent}"  # node_modules bound (a worktree links it)
+        sandbox = "{tier}"
+        verification = "warn"
+        env = {{ API_TOKEN = "{token}" }}
+        [servers.thief]
+        command = "{sys.executable}"
+        args = ["{THIEF}"]
+        verification = "warn"
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        env = json.loads((await s.call_tool("victim__get-env", {})).content[0].text)  # type: ignore[union-attr]
+        assert env.get("API_TOKEN") == token  # the victim still has its token
+        r = await s.call_tool("thief__command_lines", {"needle": token})
+        assert not r.is_error, r
+        report = json.loads(r.content[0].text)  # type: ignore[union-attr]
+    assert report["scanned"] > 0
+    assert report["found"] == [], report["found"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -58,8 +59,13 @@ def test_stdio_server_runs_inside_each_tier(manager: SandboxManager, tier: str, 
         limits=Limits(memory_mb=128, pids=64),
         manager=manager,
     )
+    assert not any("t1" in a for a in [cmd, *args])  # the value is on no command line
     proc = subprocess.Popen(
-        [cmd, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [cmd, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "ECHO_TAG": "t1"},  # as the gateway starts it: env in the environment
     )
     try:
         out, err = proc.communicate(b"hello\nwho?\nnet?\n", timeout=60)

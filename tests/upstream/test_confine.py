@@ -28,7 +28,7 @@ from gateway.config import build_config
 from gateway.errors import ConfigError
 from gateway.upstream import confine, runas
 from gateway.upstream.confine import handled_rights, landlock_abi, rules
-from tests.conftest import ROOT, write_config
+from tests.conftest import EVERYTHING_JS, NODE_MODULES, ROOT, write_config
 from tests.server._clients import stdio_session
 from tests.upstream.test_runas import THIEF, needs_root
 
@@ -67,11 +67,20 @@ def neighbours_config(tmp_path: Path, unsafe: bool = False) -> Path:
     return cfg
 
 
-async def steal_from_neighbour(cfg: Path) -> dict[str, Any]:
+def victim_pid(marker: str) -> int:
+    """The victim's pid, found by root (a confined thief cannot see it: its own /proc)."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                return int(entry)
+    raise AssertionError(f"no process with {marker!r} on its command line")
+
+
+async def steal_from_neighbour(cfg: Path, marker: str) -> dict[str, Any]:
     async with stdio_session(cfg) as s:
         names = {t.name for t in (await s.list_tools()).tools}
         assert {"victim__steal", "thief__steal_neighbour"} <= names  # both upstreams are up
-        r = await s.call_tool("thief__steal_neighbour", {})
+        r = await s.call_tool("thief__steal_neighbour", {"pid": victim_pid(marker)})
         assert not r.is_error, r
         report: dict[str, Any] = json.loads(r.content[0].text)  # type: ignore[union-attr]
         return report
@@ -80,9 +89,12 @@ async def steal_from_neighbour(cfg: Path) -> dict[str, Any]:
 @needs_root
 @needs_landlock
 async def test_an_upstream_cannot_reach_another_running_as_the_same_user(tmp_path: Path) -> None:
-    report = await steal_from_neighbour(neighbours_config(tmp_path))
+    report = await steal_from_neighbour(neighbours_config(tmp_path), f"victim-{tmp_path.name}")
     assert report["found"] > 0 and report["own_home"].startswith("ok")  # it ran, in its own home
-    for attempt in ("environ", "mem", "ptrace", "home_read", "home_write"):
+    assert report["listed"] is False  # its /proc shows no process of another domain
+    for attempt in ("environ", "mem"):  # not even there in its /proc
+        assert report[attempt] == "denied: FileNotFoundError", (attempt, report[attempt])
+    for attempt in ("ptrace", "home_read", "home_write"):
         assert report[attempt] == "denied: PermissionError", (attempt, report[attempt])
     for attempt in ("sysv_shm", "read /tmp", "read /var/tmp", "read /dev/shm"):  # not there: its own
         assert report[attempt] == "denied: FileNotFoundError", (attempt, report[attempt])
@@ -94,7 +106,7 @@ async def test_an_upstream_cannot_reach_another_running_as_the_same_user(tmp_pat
 
 @needs_root
 async def test_without_the_domain_the_same_attack_gets_everything(tmp_path: Path) -> None:
-    report = await steal_from_neighbour(neighbours_config(tmp_path, unsafe=True))
+    report = await steal_from_neighbour(neighbours_config(tmp_path, unsafe=True), f"victim-{tmp_path.name}")
     try:
         assert "victims-token" in report["environ"]
         assert report["home_read"] == "ok: victims-file"
@@ -239,3 +251,43 @@ def test_the_launcher_confines_before_it_execs(tmp_path: Path) -> None:
         assert Path(host).read_text() == "host"
     finally:
         os.unlink(host)
+
+
+@needs_root
+@needs_landlock
+async def test_an_upstream_sees_no_process_of_another_user(tmp_path: Path) -> None:
+    """Attack: an unsandboxed upstream reads ``/proc/PID/cmdline`` of every process on the
+    host (any user may), here a token given to a sandboxed server on its command line
+    (``servers.victim.args``: bwrap's, run as 65534), and the gateway's own (root's). Its
+    mount namespace now has a ``/proc`` of its own with ``hidepid=2``: only the processes of
+    its own user are there."""
+    token = f"victim-token-{os.urandom(8).hex()}"
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [sandbox]
+        code_tools = false
+        [servers.victim]
+        command = "/usr/bin/node"
+        args = ["{EVERYTHING_JS.resolve()}", "stdio", "--token={token}"]
+        cwd = "{NODE_MODULES.resolve().parent}"
+        sandbox = "bwrap"
+        verification = "warn"
+        [servers.thief]
+        command = "{sys.executable}"
+        args = ["{THIEF}"]
+        verification = "warn"
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        """,
+    )
+    async with stdio_session(cfg) as s:
+        assert not (await s.call_tool("victim__echo", {"message": "up"})).is_error  # it runs
+        r = await s.call_tool("thief__command_lines", {"needle": token})
+        assert not r.is_error, r
+        report = json.loads(r.content[0].text)  # type: ignore[union-attr]
+        gateway = json.loads(
+            (await s.call_tool("thief__command_lines", {"needle": str(cfg)})).content[0].text  # type: ignore[union-attr]
+        )
+    assert report["scanned"] > 0  # its own processes at least
+    assert report["found"] == [], report["found"]
+    assert gateway["found"] == [], gateway["found"]  # the gateway's `symbi mcp --config ...`

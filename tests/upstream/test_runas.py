@@ -38,6 +38,7 @@ def assert_the_thief_got_nothing(report: dict[str, Any]) -> None:
     tests' own), and every secret it tried was denied."""
     assert report["uid"] != 0 and report["euid"] != 0
     assert not [k for k in report["env"] if k.startswith("SYMBI_") and not k.startswith("SYMBI_TEST_")]
+    assert report.pop("inherited_fds") == {}  # no descriptor of the gateway's (a key, the log, a socket)
     stolen = {k: v for k, v in report.items() if isinstance(v, str) and not v.startswith("denied: ")}
     assert stolen == {}, stolen
 

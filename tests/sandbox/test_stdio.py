@@ -18,6 +18,10 @@ from .conftest import own_leftovers
 
 pytestmark = pytest.mark.sandbox
 
+# a value no path or option of a tier's argv can contain by chance ("t1" was: a random
+# temporary name held it once)
+TAG = "echo-tag-not-on-any-command-line"
+
 ECHO = """
 import os, socket, sys
 for line in sys.stdin:
@@ -53,19 +57,19 @@ def test_stdio_server_runs_inside_each_tier(manager: SandboxManager, tier: str, 
         tier,
         "/usr/bin/python3",
         ["-u", str(script)],
-        {"ECHO_TAG": "t1"},
+        {"ECHO_TAG": TAG},
         str(tmp_path),
         network=False,
         limits=Limits(memory_mb=128, pids=64),
         manager=manager,
     )
-    assert not any("t1" in a for a in [cmd, *args])  # the value is on no command line
+    assert not any(TAG in a for a in [cmd, *args])  # the value is on no command line
     proc = subprocess.Popen(
         [cmd, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "ECHO_TAG": "t1"},  # as the gateway starts it: env in the environment
+        env={**os.environ, "ECHO_TAG": TAG},  # as the gateway starts it: env in the environment
     )
     try:
         out, err = proc.communicate(b"hello\nwho?\nnet?\n", timeout=60)
@@ -75,7 +79,7 @@ def test_stdio_server_runs_inside_each_tier(manager: SandboxManager, tier: str, 
     assert proc.returncode == 0, err
     lines = out.decode().splitlines()
     assert lines[0] == "HELLO"
-    assert lines[1] == "uid:65534 env:t1"
+    assert lines[1] == f"uid:65534 env:{TAG}"
     assert lines[2] != "net:open" and lines[2].startswith("net:")
     assert (
         own_leftovers(manager, tier) == [] or tier == "bwrap"

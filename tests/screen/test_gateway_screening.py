@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -37,9 +38,10 @@ def symbi(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(SYMBI), *args], capture_output=True, text=True, timeout=120, env=symbi_env())
 
 
-def poisoned_cfg(tmp_path: Path, mode: str) -> Path:
+def poisoned_cfg(tmp_path: Path, mode: str, poisoned: list[dict[str, Any]] | None = None) -> Path:
+    """The signed test upstream serving ``poisoned`` (default: POISONED) and CLEAN."""
     tools = tmp_path / "tools.json"
-    tools.write_text(json.dumps([POISONED, CLEAN]))
+    tools.write_text(json.dumps([*(poisoned or [POISONED]), CLEAN]))
     return write_config(
         tmp_path,
         f"""
@@ -227,20 +229,7 @@ async def test_an_injection_in_look_alike_letters_is_blocked_under_tofu(tmp_path
     """Attack: the injection the screening blocks in Latin letters, written with Cyrillic
     look-alikes or with combining accents (read by a model as the same words), had no finding
     at all: listed and callable under tofu. The folded text now reads them as Latin letters."""
-    tools = tmp_path / "tools.json"
-    tools.write_text(json.dumps([*LOOK_ALIKES, CLEAN]))
-    cfg = write_config(
-        tmp_path,
-        f"""
-        [sandbox]
-        code_tools = false
-        [servers.dict]
-        command = "{sys.executable}"
-        args = ["{SIGNED}"]
-        env = {{ TOOLS_FILE = "{tools}" }}
-        verification = "tofu"
-        """,
-    )
+    cfg = poisoned_cfg(tmp_path, "tofu", LOOK_ALIKES)
     async with stdio_session(cfg) as s:
         names = {t.name for t in (await s.list_tools()).tools}
         assert "dict__sum" in names  # the upstream is up

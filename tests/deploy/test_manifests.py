@@ -10,6 +10,7 @@ the build script, compose and the Deployment agree on it.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -110,6 +111,12 @@ def test_compose_runs_three_replicas_behind_haproxy_on_redis_and_postgres() -> N
         (data,) = [v.split(":")[0] for v in gw["volumes"] if v.split(":")[1] == "/var/lib/symbi"]
         data_volumes.add(data)
     assert len(data_volumes) == 3  # one data dir per replica: one writer per audit chain
+    # each replica listens on its own front-network address: no wildcard, not on the state network
+    subnet = ipaddress.ip_network(doc["networks"]["front"]["ipam"]["config"][0]["subnet"])
+    hosts = [gw["environment"]["SYMBI_HTTP_HOST"] for gw in gateways.values()]
+    assert hosts == [gw["networks"]["front"]["ipv4_address"] for gw in gateways.values()]
+    assert len(set(hosts)) == 3 and all(ipaddress.ip_address(h) in subnet for h in hosts)
+    assert not any(ipaddress.ip_address(h).is_unspecified for h in hosts)
     mount = svc["balancer"]["volumes"][0].split(":")[0]
     assert (DEPLOY / mount).exists()
     assert doc["networks"]["state"]["internal"] is True  # Redis/PostgreSQL unreachable from outside

@@ -100,6 +100,16 @@ async def test_close_http_session_of_an_unknown_id_is_nothing() -> None:
     assert compat.close_http_session(manager, "no-such-session") is None
 
 
+async def test_close_get_stream_of_an_unknown_id_is_false() -> None:
+    manager = StreamableHTTPSessionManager(app=_server({}))
+    assert compat.close_get_stream(manager, "no-such-session") is False
+
+
+def test_close_get_stream_names_the_attribute_the_sdk_lost() -> None:
+    with pytest.raises(compat.SdkChanged, match=r"StreamableHTTPSessionManager\._server_instances"):
+        compat.close_get_stream(object(), "sid")  # type: ignore[arg-type]
+
+
 async def test_http_session_transport_of_an_unknown_id_is_none() -> None:
     manager = StreamableHTTPSessionManager(app=_server({}))
     assert compat.http_session_transport(manager, "no-such-session", None) is None

@@ -24,7 +24,7 @@ from gateway.chain import CallNext, Step, build_chain
 from gateway.compat import connection_of
 from gateway.config.model import Config, ServerConfig
 from gateway.context import CallContext, Downstream, Principal, UpstreamInfo
-from gateway.errors import CatalogError, ConfigError, UpstreamUnavailable
+from gateway.errors import CatalogError, ConfigError
 from gateway.events import Event, EventSink
 from gateway.heap import settle_heap
 from gateway.listen import ListenHub, StreamOutbound
@@ -42,8 +42,9 @@ from gateway.upstream.builtin import (
     listing_of,
 )
 from gateway.upstream.eras import answered_for_legacy, bridged_for_modern_client, modern, on_behalf_of
-from gateway.upstream.isolation import IsolatedReplicas
+from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.session import Upstream
+from gateway.upstream.transport import CommandWrapper
 from gateway.verify.listed import is_listed, listed_infos
 from gateway.visibility import Visibility
 
@@ -57,7 +58,7 @@ _logger = logging.getLogger("symbi.gateway")
 
 
 # (server name, its config) -> (command, args, cleanup): runs a stdio upstream in a sandbox tier.
-WrapCommand = Callable[[str, ServerConfig], tuple[str, list[str], Callable[[], None] | None]]
+WrapCommand = CommandWrapper
 # Long-running helpers started with the gateway (approval polling, ...).
 Background = Callable[["Gateway"], Coroutine[Any, Any, None]]
 
@@ -109,11 +110,6 @@ class Gateway:
         self.hosted = hosted  # the [agents.*] processes, when configured
         # 2026-era clients' subscriptions/listen streams (not `listen or ...`: see ListenHub.__bool__)
         self.listen = listen if listen is not None else ListenHub()
-        self.upstreams: dict[str, Upstream] = {}  # the primary of each server (the catalogue's source)
-        self.replicas: dict[str, list[Upstream]] = {}  # every process of each server, primary first
-        self._busy: dict[str, int] = {}  # calls in flight per replica (least-busy routing)
-        self._isolated: dict[str, IsolatedReplicas] = {}  # servers.X.isolation: a process per caller
-        self._wrap_command = wrap_command
         self._background = tuple(background)
         self._closers = tuple(closers)  # run in this order when the gateway stops
         self._chain: CallNext = build_chain(self.steps, self._dispatch)
@@ -125,10 +121,18 @@ class Gateway:
             visible=self.visibility.among,
             allowed_targets=self.visibility.targets,
         )
+        self.pool = UpstreamPool(
+            config,
+            events=self.events,
+            on_change=self._upstream_changed,
+            on_resource_updated=self._announcer.resource_updated,
+            handed_out=self.live.handed_out,
+            wrap_command=wrap_command,
+        )
+        self.upstreams = self.pool.upstreams  # the primary of each server (the catalogue's source)
+        self.replicas = self.pool.replicas  # every process of each server, primary first
         self._rebuild_lock = anyio.Lock()
-        # stdio upstreams start a few at a time (mcp.max_concurrent_starts), restarts included
-        self._start_gate = anyio.Semaphore(config.mcp.starts_at_once)
-        self._tg: anyio.abc.TaskGroup | None = None  # set while running: upstreams added later start in it
+        self._tg: anyio.abc.TaskGroup | None = None  # set while running
         # 2025-era upstream calls waiting for a 2026-era client's answers (the era bridge)
         self.pending = PendingQuestions(answer_timeout_s=config.mcp.call_timeout_s)
 
@@ -151,16 +155,17 @@ class Gateway:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                self.pool.bind_task_group(tg)
                 for name, srv in self.config.servers.items():
                     if srv.enabled:
-                        self._start_upstream(name, srv)
+                        self.pool.start(name, srv)
                 for task in self._background:
                     tg.start_soon(task, self)
                 await self._rebuild()
                 # Wait (bounded) for the first connection of every upstream, concurrently.
                 with anyio.move_on_after(self.config.mcp.connection_timeout_s):
                     async with anyio.create_task_group() as waiters:
-                        for up in self._all_upstreams():
+                        for up in self.pool.every_process():
                             waiters.start_soon(up.wait_up, self.config.mcp.connection_timeout_s)
                 down = [n for n, u in self.upstreams.items() if u.state != "up"]
                 if down:
@@ -172,7 +177,7 @@ class Gateway:
                     yield self
                 finally:
                     self.events.emit(Event.GATEWAY_STOP, {})
-                    for up in self._all_upstreams():
+                    for up in self.pool.every_process():
                         await up.stop()
                     tg.cancel_scope.cancel()
         finally:
@@ -185,51 +190,6 @@ class Gateway:
 
     # -- catalogue -------------------------------------------------------------------------
 
-    def _new_upstream(
-        self, name: str, srv: ServerConfig, on_change: Callable[[Upstream], Awaitable[None]], server: str
-    ) -> Upstream:
-        """A process of server ``server`` (``name`` is its own: ``server``, ``server-r2``...)."""
-        assert self._tg is not None
-        up = Upstream(
-            name,
-            srv,
-            self.config,
-            events=self.events,
-            on_change=on_change,
-            on_resource_updated=self._announcer.resource_updated,
-            wrap_command=self._wrap_command,
-            start_gate=self._start_gate,
-            handed_out=self.live.handed_out,  # its sampling requests' links are claims too
-            server_name=server,
-        )
-        up.bind_task_group(self._tg)
-        return up
-
-    def _start_upstream(self, name: str, srv: ServerConfig) -> None:
-        assert self._tg is not None
-        up = self._new_upstream(name, srv, self._upstream_changed, name)
-        self.upstreams[name] = up
-        self.replicas[name] = [up]
-        self._tg.start_soon(up.run, name=f"upstream-{name}")
-        for i in range(2, srv.replicas + 1):  # the seed's load balancing: N processes of one server
-            self.replicas[name].append(self._start_replica(f"{name}-r{i}", srv, name))
-        if srv.isolation != "shared":
-            pool = IsolatedReplicas(
-                name,
-                srv,
-                self.replicas[name],
-                lambda n: self._start_replica(n, srv, name),
-                self.config.mcp.connection_timeout_s,
-            )
-            self._isolated[name] = pool
-            self._tg.start_soon(pool.sweep, name=f"upstream-{name}-isolation")
-
-    def _start_replica(self, name: str, srv: ServerConfig, server: str) -> Upstream:
-        assert self._tg is not None
-        rep = self._new_upstream(name, srv, _ignore_change, server)
-        self._tg.start_soon(rep.run, name=f"upstream-{name}")
-        return rep
-
     async def add_server(self, name: str, srv: ServerConfig) -> None:
         """Start an upstream that was not in the config at start (a discovered server a
         person approved). It passes every step as a configured one."""
@@ -237,10 +197,11 @@ class Gateway:
             raise ConfigError(f"servers.{name}: exists already")
         self.config = self.config.model_copy(update={"servers": {**self.config.servers, name: srv}})
         self.verifier.reconfigure(self.config)
+        self.pool.config = self.config
         self.live.add_upstream(
             UpstreamInfo(name=name, transport="stdio" if srv.command else "http", domain=srv.domain)
         )
-        self._start_upstream(name, srv)
+        self.pool.start(name, srv)
         await self.upstreams[name].wait_up(self.config.mcp.connection_timeout_s)
         await self._rebuild()
 
@@ -398,9 +359,9 @@ class Gateway:
     async def _dispatch_tool(self, upstream: str, call: CallContext) -> Any:
         """A ``tools/call`` to its upstream (replica, or the caller's own process under
         ``servers.X.isolation``)."""
-        isolated = self._isolated.get(upstream)
+        isolated = self.pool.isolated(upstream)
         if isolated is None:
-            return await self._call_tool(self._least_busy(upstream), call)
+            return await self._call_tool(self.pool.least_busy(upstream), call)
         async with isolated.use(isolated.owner_of_call(call)) as own:
             return await self._call_tool(own, call)
 
@@ -420,7 +381,7 @@ class Gateway:
 
             progress = report
 
-        self._busy[up.name] = self._busy.get(up.name, 0) + 1
+        self.pool.busy(up, 1)
         try:
             if modern(ctx) and not modern(up.session) and self._tg is not None:
                 return await bridged_for_modern_client(
@@ -440,7 +401,7 @@ class Gateway:
             with on_behalf_of(up, ctx, call=call):  # its log lines go under the call's conditions
                 return await answered_for_legacy(call, up.name, call_once, self.events, self.live.handed_out)
         finally:
-            self._busy[up.name] -= 1
+            self.pool.busy(up, -1)
 
     async def watch_resource(
         self, owner: str, uri: str, principal: Principal, ctx: Downstream | None, on: bool
@@ -454,22 +415,8 @@ class Gateway:
         await provider.watch(uri, principal, conn, on)
         return True
 
-    def _all_upstreams(self) -> list[Upstream]:
-        return [up for reps in self.replicas.values() for up in reps]
-
-    def _least_busy(self, name: str) -> Upstream:
-        """The replica of ``name`` (``servers.X.replicas``) with the fewest calls in flight."""
-        reps = self.replicas.get(name)
-        if not reps:
-            raise UpstreamUnavailable(f"upstream {name!r} is not configured")
-        if len(reps) == 1:  # no replicas (the usual case): the one there is, up or not
-            return reps[0]
-        live = [u for u in reps if u.state == "up"] or reps[:1]
-        return min(live, key=lambda u: self._busy.get(u.name, 0))
-
     def _owner_of_call(self, name: str, call: CallContext) -> str | None:
-        isolated = self._isolated.get(name)
-        return isolated.owner_of_call(call) if isolated is not None else None
+        return self.pool.owner_of(name, lambda isolated: isolated.owner_of_call(call))
 
     async def with_upstream(
         self,
@@ -478,24 +425,9 @@ class Gateway:
         ctx: Downstream | None = None,
         owner: str | None = None,
     ) -> Any:
-        """``fn(upstream)`` on behalf of the caller whose request context is ``ctx`` (under
-        ``servers.X.isolation``, on that caller's own process: ``owner`` or from ``ctx``)."""
-        up = self.upstreams.get(name)
-        if up is None:
-            raise UpstreamUnavailable(f"upstream {name!r} is not configured")
-        isolated = self._isolated.get(name)
-        if isolated is None:
-            with on_behalf_of(up, ctx):
-                return await up.request(fn(up))
-        if owner is None:
-            owner = isolated.owner_of(ctx)
-        async with isolated.use(owner) as own:
-            with on_behalf_of(own, ctx):
-                return await own.request(fn(own))
-
-
-async def _ignore_change(up: Upstream) -> None:
-    """A replica's listing is its primary's: only the primary rebuilds the catalogue."""
+        """``fn(upstream)`` on behalf of the caller whose request context is ``ctx``
+        (``UpstreamPool.with_upstream``: under isolation, on that caller's own process)."""
+        return await self.pool.with_upstream(name, fn, ctx, owner)
 
 
 _READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)

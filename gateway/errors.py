@@ -341,6 +341,13 @@ class MemoryQuotaExceeded(ContextError):
     denial = True
 
 
+class MemoryFlagged(ContextError):
+    """Text for other agents (a shared memory) that speaks to their model: a high screening finding."""
+
+    code = "memory_flagged"
+    denial = True
+
+
 class EmbedderMismatch(ContextError):
     code = "embedder_mismatch"
 

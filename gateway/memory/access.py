@@ -10,7 +10,8 @@ decision, audit). Then, per memory touched, they ask the same policy a second qu
 The input document is the call's (principal, agent, upstream, context) with ``kind`` set to one
 of these and a ``memory`` object ``{owner, memory_type, namespace, base}``. A deny raises
 ``PolicyDenied`` with the policy's reasons and is recorded as a ``memory.denied`` event (metadata
-only, never memory text). The ``redact_text`` condition of a ``context/write`` decision lists
+only, never memory text). A shared memory is also screened as tool descriptions are
+(``screen_shared``): a high finding refuses it (``MemoryFlagged``). The ``redact_text`` condition of a ``context/write`` decision lists
 regular expressions whose matches are replaced before the text is embedded or stored (and in
 the metadata's string values, which others read back with it); the
 operator's ``symbi knowledge add`` asks ``knowledge/ingest`` for the same patterns.
@@ -23,11 +24,12 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from gateway.context import CallContext, Decision, Principal
-from gateway.errors import ContextError, PolicyDenied
+from gateway.errors import ContextError, MemoryFlagged, PolicyDenied
 from gateway.events import Event, EventSink
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import build_input
 from gateway.policy.redact import REDACTED
+from gateway.screen.screener import screen_texts
 
 MemoryKind = Literal["context/read", "context/write", "knowledge/search"]
 
@@ -112,16 +114,41 @@ class MemoryAccess:
         memory = {"owner": owner, "memory_type": memory_type, "namespace": namespace, "base": base}
         decision = await self.decide(call, kind, memory)
         if not decision.allow:
-            self.events.emit(
-                Event.MEMORY_DENIED,
-                {"kind": kind, **memory, "tool": call.target, "reasons": list(decision.reasons)},
-                principal=call.principal.id,
-                agent=call.principal.agent,
-            )
+            self._denied(call, kind, memory, list(decision.reasons))
             raise PolicyDenied(
                 f"policy denied {kind} on {namespace or base or owner}", reasons=list(decision.reasons)
             )
         return decision
+
+    def screen_shared(
+        self, call: CallContext, owner: str, namespace: str, text: str, metadata: dict[str, Any]
+    ) -> None:
+        """Refuse a shared memory whose text or metadata speaks to the model of the agents that
+        recall it (the tool definitions' high screening findings): what one agent shares lands in
+        another's context, as a tool description does. Recorded as ``memory.denied`` with the
+        rules and fields, never the text.
+
+        Raises:
+            MemoryFlagged: nothing is stored.
+        """
+        fields = [("text", text), *((f"metadata.{k}", v) for k, v in metadata.items() if isinstance(v, str))]
+        flagged = screen_texts(fields).at_least("high")
+        if not flagged:
+            return
+        reasons = [f"{f.field}: {f.summary} ({f.rule})" for f in flagged]
+        memory = {"owner": owner, "memory_type": "shared", "namespace": namespace, "base": None}
+        self._denied(call, "context/write", memory, reasons)
+        raise MemoryFlagged(f"shared memory {namespace!r} not stored: screening flagged it", reasons=reasons)
+
+    def _denied(
+        self, call: CallContext, kind: MemoryKind, memory: dict[str, Any], reasons: list[str]
+    ) -> None:
+        self.events.emit(
+            Event.MEMORY_DENIED,
+            {"kind": kind, **memory, "tool": call.target, "reasons": reasons},
+            principal=call.principal.id,
+            agent=call.principal.agent,
+        )
 
 
 # `symbi knowledge add` asks as the operator: it owns the config and the data dir

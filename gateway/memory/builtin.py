@@ -117,6 +117,8 @@ class MemoryBuiltin:
         text, n_redacted = redact_text(str(a.get("text", "")), patterns)
         metadata, n_meta = redact_metadata(a.get("metadata") or {}, patterns)
         n_redacted += n_meta
+        if mtype == "shared":
+            self.s.access.screen_shared(call, agent, str(ns), text, metadata)
         ctx = AgentContext(
             text=text,
             memory_type=mtype,

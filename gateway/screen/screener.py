@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -95,6 +95,12 @@ def screen_definition(
 # as send_password_reset are ordinary tools.
 _NAME_RULES = frozenset({"SP001", "SP002", "SP003", "SP004"})
 _HUMPS = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def screen_texts(texts: Iterable[tuple[str, str]]) -> Screening:
+    """Free text one party writes for others to read (a shared memory, its metadata), screened
+    with the definitions' text rules: ``texts`` are (field, text) pairs."""
+    return Screening(tuple(_dedupe([f for field, text in texts for f in _text_findings(field, text)])))
 
 
 def _identifier_findings(field: str, name: str) -> Iterator[Finding]:

@@ -21,7 +21,7 @@ from gateway.bus.backend import BusBackend, quiet
 from gateway.bus.crypto import AgentKeys, KeyRing, PublicKeys
 from gateway.bus.message import AGENT_RE, SecureMessage, new_id, pattern_regex, validate_topic
 from gateway.bus.quotas import SentVolume, check_subscriptions
-from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Received, Receiver, still_granted
+from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Granted, Received, Receiver, grants
 from gateway.bus.requests import OpenRequests
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
@@ -165,6 +165,7 @@ class Bus:
         self.receiver.keys.pop(agent, None)
         self._published.discard(agent)
         self._pumps.pop(agent, None)
+        self.receiver.held.pop(agent, None)
         channel = f"agent:{agent}"
         self.sealer.last = {k: v for k, v in self.sealer.last.items() if k[0] != agent and k[1] != channel}
         self._open.forget(agent)
@@ -468,15 +469,18 @@ class Bus:
         if not (1 <= max_items <= 1000):
             raise ArgumentsInvalid("max must be between 1 and 1000")
         deadline = time.monotonic() + max(wait_s, 0.0)
+        # asked before anything is settled: a topic no longer granted leaves its messages pending
+        granted = grants(self._authorize, principal, self._emit) if self._authorize is not None else None
         while True:
-            got = await self._take(me.agent, me.agent, max_items, max(deadline - time.monotonic(), 0.0))
-            if self._authorize is not None:
-                got = await still_granted(self._authorize, principal, got, self._emit)
+            left = max(deadline - time.monotonic(), 0.0)
+            got = await self._take(me.agent, me.agent, max_items, left, granted)
             if got or time.monotonic() >= deadline:
                 return got
 
-    async def _take(self, agent: str, inbox: str, max_items: int, wait_s: float) -> list[Received]:
-        out = await self.receiver.take(agent, inbox, max_items, wait_s)
+    async def _take(
+        self, agent: str, inbox: str, max_items: int, wait_s: float, granted: Granted | None = None
+    ) -> list[Received]:
+        out = await self.receiver.take(agent, inbox, max_items, wait_s, granted)
         for r in out:
             if r.kind == "request":  # answerable with reply() until it expires
                 self._open.add(agent, r.id, r.sender, r.expires_ms)

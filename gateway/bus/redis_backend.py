@@ -164,16 +164,19 @@ class RedisBackend:
     async def _fetch(self, inbox: str, max_items: int, wait_s: float) -> list[Pending]:
         key = self._inbox(inbox)
         await self._group(key)
-        # 1. what this consumer fetched before and did not settle; 2. what a dead consumer left
+        # 1. what this consumer fetched before and did not settle (or left pending: a topic no
+        # longer granted); 2. what a dead consumer left; 3. new entries: each fills what the one
+        # before left, so entries left pending never keep the newer ones from being fetched
         got = await self._read(key, "0", max_items, None)
-        if not got:
+        if len(got) < max_items:
             claimed: list[Any] = await self._do(
-                self._r.xautoclaim(key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=max_items)
+                self._r.xautoclaim(key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=max_items - len(got))
             )
-            got = [(i, f) for i, f in claimed[1] if f]
-        if not got:
-            block = int(wait_s * 1000) if wait_s > 0 else None
-            got = await self._read(key, ">", max_items, block)
+            mine = {i for i, _ in got}  # (its own idle entries may be claimed again)
+            got += [(i, f) for i, f in claimed[1] if f and i not in mine]
+        if len(got) < max_items:
+            block = int(wait_s * 1000) if wait_s > 0 and not got else None
+            got += await self._read(key, ">", max_items - len(got), block)
         return [_pending(i, f) for i, f in got]
 
     async def _read(

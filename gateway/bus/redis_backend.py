@@ -170,7 +170,9 @@ class RedisBackend:
         got = await self._read(key, "0", max_items, None)
         if len(got) < max_items:
             claimed: list[Any] = await self._do(
-                self._r.xautoclaim(key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=max_items - len(got))
+                self._r.xautoclaim(
+                    key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=max_items - len(got)
+                )
             )
             mine = {i for i, _ in got}  # (its own idle entries may be claimed again)
             got += [(i, f) for i, f in claimed[1] if f and i not in mine]

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from gateway.bus.counts import Caps, Counts
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
 
@@ -61,6 +62,9 @@ class BusBackend(Protocol):
 
     def footprint(self) -> dict[str, int]:
         """Sizes of what this backend holds in memory per agent or inbox (for ``/api/state``)."""
+
+    def counts(self, caps: Caps) -> Counts:
+        """Where the bus counts its caps with this backend (``gateway.bus.counts``)."""
 
     # inboxes
     async def enqueue(self, inbox: str, msg: SecureMessage, limit: int) -> None:

@@ -18,16 +18,15 @@ from typing import Any
 import anyio
 
 from gateway.bus.backend import BusBackend, quiet
+from gateway.bus.counts import Caps
 from gateway.bus.crypto import KeyRing
 from gateway.bus.membership import Membership
 from gateway.bus.message import SecureMessage, new_id, pattern_regex, validate_topic
-from gateway.bus.quotas import SentVolume, check_subscriptions
 from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Granted, Received, Receiver, grants
-from gateway.bus.requests import OpenRequests
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
 from gateway.context import Principal
-from gateway.errors import ArgumentsInvalid, BusError, BusTimeout, PolicyDenied, RateLimited
+from gateway.errors import ArgumentsInvalid, BusError, BusQuotaExceeded, BusTimeout, PolicyDenied, RateLimited
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
 
@@ -70,11 +69,13 @@ class Bus(Membership):
         self.skew_ms = int(skew_s * 1000)
         self.max_body_bytes = max_body_bytes
         self.max_subscriptions = max_subscriptions  # per agent (bus.max_subscriptions_per_agent)
-        self.volume = SentVolume(max_bytes_per_principal, self.max_age_ms)  # bus.max_bytes_per_principal
+        # bus.max_bytes_per_principal, the subscriptions, the requests its agents may answer:
+        # counted in this process (embedded) or in Redis, across processes
+        caps = Caps(max_bytes_per_principal, self.max_age_ms, max_subscriptions, MAX_OPEN_REQUESTS)
+        self.counts = backend.counts(caps)
         self._authorize = authorize
         self._counters = counters or CallCounters()
         self._resolve = resolve
-        self._open = OpenRequests(MAX_OPEN_REQUESTS)  # requests its agents received, to answer
         self._waiting: dict[str, asyncio.Future[Received]] = {}
         self._pumps: dict[str, anyio.Lock] = {}
         self.receiver = Receiver(backend, ring, events, max_age_ms=self.max_age_ms, skew_ms=self.skew_ms)
@@ -123,11 +124,10 @@ class Bus(Membership):
         # subscriber follows, other principals among them, never leave its direct messages
         # and requests no room (a publication flood made its peers' sends bus_buffer_full)
         limit = self.buffer_size if msg.topic is None else max(self.buffer_size // 2, 1)
-        now, size = int(time.time() * 1000), len(msg.ciphertext) + len(msg.header())
-        charged = charged or principal.qualified  # whose budget it counts against (SentVolume)
+        now = int(time.time() * 1000)
+        charged = charged or principal.qualified  # whose budget it counts against
         try:
-            self.volume.check(charged, size, now)
-            await self.backend.enqueue(inbox, msg, limit)
+            await self.counts.deliver(inbox, msg, limit, charged, now)
         except BusError as e:
             self._emit(
                 Event.BUS_DELIVERY_FAILED, {**msg.metadata(), "inbox": inbox, "error_code": e.code}, principal
@@ -135,7 +135,6 @@ class Bus(Membership):
             if e.code == "bus_buffer_full":
                 await quiet(self.backend.bump("buffer_full"))
             raise
-        self.volume.add(charged, size, now)
         self.sealer.last[(msg.sender, msg.channel)] = msg.id
         self.retirements.sent(msg.sender, msg.expires_ms)
 
@@ -207,7 +206,7 @@ class Bus(Membership):
         me = await self._me(principal)
         if not isinstance(request_id, str):
             raise ArgumentsInvalid("request_id must be a string")
-        open_request = self._open.pop(me.agent, request_id)
+        open_request = await self.counts.open_pop(me.agent, request_id)
         if open_request is None:
             raise BusError(
                 f"no open request {request_id!r} for this agent (unknown, answered or not received)"
@@ -244,7 +243,7 @@ class Bus(Membership):
         )
         # the publisher's budget counts the message once, each subscriber's principal its
         # copies (a subscriber of many agents never drains a publisher's, nor fills the disk)
-        self.volume.check(principal.qualified, len(data), now)
+        await self.counts.charge(principal.qualified, len(data), now)
         refused: list[str] = []
         for agent in targets:
             try:
@@ -255,7 +254,6 @@ class Bus(Membership):
                 )
             except BusError:
                 refused.append(agent)
-        self.volume.add(principal.qualified, len(data), now)
         meta = head.topic_metadata(me.agent, topic, len(data) + 16)
         self._emit(Event.BUS_PUBLISH, {**meta, "subscribers": len(targets), "refused": refused}, principal)
         return Published(head.id, len(targets) - len(refused), tuple(refused))
@@ -264,15 +262,13 @@ class Bus(Membership):
         me = await self._me(principal)
         pattern = validate_topic(pattern, pattern=True)
         await self._decide("bus/subscribe", principal, None, pattern)
-        held = (await self.backend.subscriptions()).get(me.agent, set())
         try:
-            check_subscriptions(me.agent, held, pattern, self.max_subscriptions)
-        except BusError as e:
+            await self.counts.subscribe(me.agent, pattern)
+        except BusQuotaExceeded as e:
             self._emit(
                 Event.BUS_DENIED, {"kind": "bus/subscribe", "topic": pattern, "reasons": e.reasons}, principal
             )
             raise
-        await self.backend.subscribe(me.agent, pattern)
         self._emit(Event.BUS_SUBSCRIBE, {"topic": pattern}, principal)
 
     async def unsubscribe(self, principal: Principal, pattern: Any) -> bool:
@@ -305,7 +301,7 @@ class Bus(Membership):
         out = await self.receiver.take(agent, inbox, max_items, wait_s, granted)
         for r in out:
             if r.kind == "request":  # answerable with reply() until it expires
-                self._open.add(agent, r.id, r.sender, r.expires_ms)
+                await self.counts.open_add(agent, r.id, r.sender, r.expires_ms)
         return out
 
     @property
@@ -320,7 +316,7 @@ class Bus(Membership):
         for agent in self.ring.due(now - self.max_age_ms):  # ended, and away for bus.max_age_s
             self._leave(agent, now)
         await self.retirements.sweep(now)
-        self.volume.sweep(now)
+        self.counts.sweep(now)
         n = await self.backend.expire(now, self.max_age_ms)
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 
 from gateway.bus.backend import COUNTERS, Outcome, Pending, StoredMessage
+from gateway.bus.counts import Caps, Counts, LocalCounts
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
 from gateway.errors import BusBufferFull, BusUnavailable
@@ -116,6 +117,9 @@ class EmbeddedBackend:
         (keys,) = self.db.execute("SELECT count(*) FROM keys").fetchone()
         # (the pending counts per inbox are a cache the expiry sweep empties: not counted)
         return {"bus_directory": int(keys), "bus_wakeups": len(self._arrivals)}
+
+    def counts(self, caps: Caps) -> Counts:
+        return LocalCounts(self, caps)  # one gateway process per data dir: counted in it
 
     async def lookup_name(self, name: str) -> str | None:
         row = self.db.execute(

@@ -16,10 +16,10 @@ from typing import Any
 import anyio
 
 from gateway.bus.backend import BusBackend
+from gateway.bus.counts import Counts
 from gateway.bus.crypto import AgentKeys, KeyRing, PublicKeys
 from gateway.bus.message import AGENT_RE
 from gateway.bus.receiving import Receiver
-from gateway.bus.requests import OpenRequests
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Sealer
 from gateway.context import Principal
@@ -37,7 +37,7 @@ class Membership:
     retirements: Retirements
     max_age_ms: int
     _resolve: Callable[[str], str | None] | None
-    _open: OpenRequests
+    counts: Counts
     _tasks: set[asyncio.Task[None]]
     _pumps: dict[str, anyio.Lock]
     _published: set[str]  # agents whose directory entry this process wrote
@@ -124,7 +124,7 @@ class Membership:
         self.receiver.held.pop(agent, None)
         channel = f"agent:{agent}"
         self.sealer.last = {k: v for k, v in self.sealer.last.items() if k[0] != agent and k[1] != channel}
-        self._open.forget(agent)
+        self.counts.forget(agent)
         return self.retirements.ended(agent, self._names.pop(agent, ""), now_ms)
 
     async def forget_left_behind(self) -> None:

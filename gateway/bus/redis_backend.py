@@ -25,6 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.bus.backend import COUNTERS, Outcome, Pending, StoredMessage
+from gateway.bus.counts import Caps, Counts
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
@@ -43,7 +44,8 @@ return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4]
 """
 
 # an agent that ended for good: its directory entry, its name (if still its), its
-# subscriptions and its inboxes (KEYS: keys, names, subs, inboxes...; ARGV: agent, name)
+# subscriptions, the requests it may still answer (``gateway.bus.redis_counts``) and its
+# inboxes (KEYS: keys, names, subs, open, open:q, open:n, inboxes...; ARGV: agent, name)
 _FORGET = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
@@ -51,9 +53,17 @@ local mine = ARGV[1] .. '\\0'
 for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
   if string.sub(f, 1, #mine) == mine then redis.call('HDEL', KEYS[3], f) end
 end
-for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')) do
+  redis.call('HDEL', KEYS[4], mine .. string.sub(q, #mine + 22))
+end
+redis.call('ZREMRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')
+redis.call('ZREM', KEYS[6], ARGV[1])
+for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
+
+# the open requests (gateway.bus.redis_counts): open, open:q, open:n, open:seq
+OPEN_KEYS = (PREFIX + "open", PREFIX + "open:q", PREFIX + "open:n", PREFIX + "open:seq")
 
 T = TypeVar("T")
 
@@ -68,6 +78,25 @@ class RedisBackend:
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._forget = self._r.register_script(_FORGET)
         self._groups: set[str] = set()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._r
+
+    def counts(self, caps: Caps) -> Counts:
+        from gateway.bus.redis_counts import RedisCounts  # (it builds on this module)
+
+        return RedisCounts(self, caps)
+
+    async def run(self, aw: Awaitable[T] | T) -> T:
+        """A command or script on this Redis: ``BusUnavailable`` when it cannot be reached."""
+        return await self._do(aw)
+
+    async def inbox_key(self, inbox: str) -> str:
+        """The stream of ``inbox``, its consumer group made if need be."""
+        key = self._inbox(inbox)
+        await self._group(key)
+        return key
 
     async def _do(self, aw: Awaitable[T] | T) -> T:
         # redis-py types its async commands as "Awaitable[T] | T"
@@ -118,7 +147,8 @@ class RedisBackend:
         streams = [self._inbox(i) for i in inboxes]
         await self._do(
             self._forget(
-                keys=[PREFIX + "keys", PREFIX + "names", PREFIX + "subs", *streams], args=[agent, name]
+                keys=[PREFIX + "keys", PREFIX + "names", PREFIX + "subs", *OPEN_KEYS[:3], *streams],
+                args=[agent, name],
             )
         )
         self._groups.difference_update(streams)

@@ -53,6 +53,9 @@ class BusBackend(Protocol):
 
     async def lookup_keys(self, agent: str) -> PublicKeys | None: ...
 
+    async def lookup_keys_many(self, agents: list[str]) -> dict[str, PublicKeys]:
+        """The entries of those ``agents`` the directory holds, read at once."""
+
     async def lookup_name(self, name: str) -> str | None:
         """The agent id last registered under ``name`` (its entry's HMAC binds the two)."""
 

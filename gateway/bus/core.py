@@ -245,10 +245,13 @@ class Bus(Membership):
         # copies (a subscriber of many agents never drains a publisher's, nor fills the disk)
         await self.counts.charge(principal.qualified, len(data), now)
         refused: list[str] = []
+        # whose budget each copy counts against: the subscribers' entries, read at once (one
+        # round trip for those not verified and cached yet, not one per subscriber)
+        found = await self.receiver.sender_keys_many(targets)
         for agent in targets:
+            keys = found[agent]
             try:
                 msg = await self.sealer.seal_for(me, "topic", data, head, to=agent, topic=topic)
-                keys = await self.receiver.sender_keys(agent)
                 await self._deliver(
                     principal, msg, agent, f"topics-to {agent if isinstance(keys, str) else keys[2]}"
                 )

@@ -97,6 +97,10 @@ class EmbeddedBackend:
     async def lookup_keys(self, agent: str) -> PublicKeys | None:
         return lookup_keys_db(self.db, agent)
 
+    async def lookup_keys_many(self, agents: list[str]) -> dict[str, PublicKeys]:
+        found = ((a, lookup_keys_db(self.db, a)) for a in agents)  # (in-process: no round trip)
+        return {a: e for a, e in found if e is not None}
+
     async def forget_agent(self, agent: str, inboxes: tuple[str, ...], name: str = "") -> None:
         del name  # the row holds it
         with write_transaction(self.db):

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from gateway.bus.backend import BusBackend, Outcome, Pending
-from gateway.bus.crypto import KeyRing, verify_signature
+from gateway.bus.crypto import KeyRing, PublicKeys, verify_signature
 from gateway.bus.message import MessageKind, SecureMessage, pattern_regex
 from gateway.context import Decision, Principal
 from gateway.errors import BusError
@@ -151,7 +151,18 @@ class Receiver:
         cached = None if fresh else self.keys.get(sender)
         if cached is not None:
             return cached
-        entry = await self.backend.lookup_keys(sender)
+        return self._admit(sender, await self.backend.lookup_keys(sender))
+
+    async def sender_keys_many(self, agents: list[str]) -> dict[str, PeerKeys | str]:
+        """``sender_keys`` of each agent, those not cached looked up together (one read)."""
+        out: dict[str, PeerKeys | str] = {a: k for a in agents if (k := self.keys.get(a)) is not None}
+        missing = [a for a in agents if a not in out]
+        if missing:
+            entries = await self.backend.lookup_keys_many(missing)
+            out.update({a: self._admit(a, entries.get(a)) for a in missing})
+        return out
+
+    def _admit(self, sender: str, entry: PublicKeys | None) -> PeerKeys | str:
         if entry is None:
             return "unknown sender"
         try:

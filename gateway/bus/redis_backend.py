@@ -139,6 +139,10 @@ class RedisBackend:
         blob = await self._do(self._r.hget(PREFIX + "keys", agent))
         return parse_key_blob(agent, cast(bytes, blob)) if blob is not None else None
 
+    async def lookup_keys_many(self, agents: list[str]) -> dict[str, PublicKeys]:
+        blobs: list[Any] = await self._do(self._r.hmget(PREFIX + "keys", agents))
+        return {a: parse_key_blob(a, b) for a, b in zip(agents, blobs, strict=True) if b is not None}
+
     async def lookup_name(self, name: str) -> str | None:
         agent = await self._do(self._r.hget(PREFIX + "names", name))
         return cast(bytes, agent).decode() if agent is not None else None

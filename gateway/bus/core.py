@@ -234,16 +234,15 @@ class Bus(Membership):
         head = Head(
             new_id(), now, now + self.max_age_ms, self.sealer.last.get((me.agent, f"topic:{topic}")), None
         )
-        subs = await self.backend.subscriptions()
+        # the publisher's budget counts the message once, each subscriber's principal its
+        # copies (a subscriber of many agents never drains a publisher's, nor fills the disk)
+        subs = await self.counts.publication(principal.qualified, len(data), now)
         # every subscriber but the publisher itself
         targets = sorted(
             a
             for a, pats in subs.items()
             if a != me.agent and any(pattern_regex(p).match(topic) for p in pats)
         )
-        # the publisher's budget counts the message once, each subscriber's principal its
-        # copies (a subscriber of many agents never drains a publisher's, nor fills the disk)
-        await self.counts.charge(principal.qualified, len(data), now)
         refused: list[str] = []
         # whose budget each copy counts against: the subscribers' entries, read at once (one
         # round trip for those not verified and cached yet, not one per subscriber)

@@ -40,8 +40,9 @@ class Counts(Protocol):
         """Enqueue ``msg`` (``limit`` entries at most waiting) and count its size against the
         principal ``charged``: ``BusQuotaExceeded`` past its bytes, nothing enqueued nor counted."""
 
-    async def charge(self, who: str, size: int, now_ms: int) -> None:
-        """Count ``size`` bytes against ``who``, or ``BusQuotaExceeded`` (nothing counted)."""
+    async def publication(self, who: str, size: int, now_ms: int) -> dict[str, set[str]]:
+        """Count a publication's ``size`` against its publisher ``who`` (``BusQuotaExceeded``,
+        nothing counted, past its bytes) and read the subscriptions (agent -> patterns)."""
 
     async def subscribe(self, agent: str, pattern: str) -> None:
         """Subscribe, or ``BusQuotaExceeded`` past the agent's subscriptions (a held one is no new one)."""
@@ -70,9 +71,11 @@ class LocalCounts:
         await self.backend.enqueue(inbox, msg, limit)
         self.volume.add(charged, size, now_ms)
 
-    async def charge(self, who: str, size: int, now_ms: int) -> None:
+    async def publication(self, who: str, size: int, now_ms: int) -> dict[str, set[str]]:
         self.volume.check(who, size, now_ms)
+        subs = await self.backend.subscriptions()
         self.volume.add(who, size, now_ms)
+        return subs
 
     async def subscribe(self, agent: str, pattern: str) -> None:
         held = (await self.backend.subscriptions()).get(agent, set())

@@ -275,12 +275,7 @@ class RedisBackend:
         return bool(await self._do(self._r.hdel(PREFIX + "subs", f"{agent}\0{pattern}")))
 
     async def subscriptions(self) -> dict[str, set[str]]:
-        raw = await self._do(self._r.hkeys(PREFIX + "subs"))
-        out: dict[str, set[str]] = {}
-        for k in raw:
-            agent, _, pattern = bytes(k).decode().partition("\0")
-            out.setdefault(agent, set()).add(pattern)
-        return out
+        return parse_subs(await self._do(self._r.hkeys(PREFIX + "subs")))
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -308,6 +303,15 @@ class RedisBackend:
 
     def scan(self) -> Iterator[StoredMessage]:
         return redis_scan(self.url)
+
+
+def parse_subs(raw: list[Any]) -> dict[str, set[str]]:
+    """The ``subs`` hash's fields (``agent\\0pattern``) -> agent -> patterns."""
+    out: dict[str, set[str]] = {}
+    for k in raw:
+        agent, _, pattern = bytes(k).decode().partition("\0")
+        out.setdefault(agent, set()).add(pattern)
+    return out
 
 
 def key_blob(entry: PublicKeys) -> bytes:

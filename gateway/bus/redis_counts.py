@@ -26,7 +26,7 @@ from typing import Any
 from gateway.bus.counts import Caps, stored_size
 from gateway.bus.message import SecureMessage
 from gateway.bus.quotas import MINUTE_MS, subscriptions_refused, volume_refused
-from gateway.bus.redis_backend import OPEN_KEYS, PREFIX, RedisBackend
+from gateway.bus.redis_backend import OPEN_KEYS, PREFIX, RedisBackend, parse_subs
 from gateway.errors import BusBufferFull
 
 # the bytes ``who`` holds within the window (older minutes pruned): KEYS[1] its hash, ARGV[1] the oldest minute kept
@@ -57,15 +57,16 @@ return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4]
 """
 )
 
-# KEYS: vol:<who>; ARGV: size, byte limit, minute, oldest minute, ttl ms -> -1 counted, else held
-_CHARGE = (
+# a publication: KEYS: vol:<who>, subs; ARGV: size, byte limit, minute, oldest minute, ttl ms
+# -> {-1 counted or the bytes held, the subscriptions' fields} (the charge and the read at once)
+_PUBLICATION = (
     _HELD
     + """
 local have = held(KEYS[1], tonumber(ARGV[4]))
-if have + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return have end
+if have + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {have, {}} end
 redis.call('HINCRBY', KEYS[1], ARGV[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return -1
+return {-1, redis.call('HKEYS', KEYS[2])}
 """
 )
 
@@ -125,7 +126,7 @@ class RedisCounts:
         self.caps = caps
         r = backend.redis
         self._deliver = r.register_script(_DELIVER)
-        self._charge = r.register_script(_CHARGE)
+        self._publication = r.register_script(_PUBLICATION)
         self._subscribe = r.register_script(_SUBSCRIBE)
         self._open_add = r.register_script(_OPEN_ADD)
         self._open_pop = r.register_script(_OPEN_POP)
@@ -149,11 +150,14 @@ class RedisCounts:
         if isinstance(got, list):
             raise volume_refused(charged, int(got[1]), size, self.caps.bytes_per_principal)
 
-    async def charge(self, who: str, size: int, now_ms: int) -> None:
+    async def publication(self, who: str, size: int, now_ms: int) -> dict[str, set[str]]:
         args = [size, self.caps.bytes_per_principal, *self._window(now_ms)]
-        held = int(await self.backend.run(self._charge(keys=[f"{PREFIX}vol:{who}"], args=args)))
-        if held >= 0:
-            raise volume_refused(who, held, size, self.caps.bytes_per_principal)
+        keys = [f"{PREFIX}vol:{who}", PREFIX + "subs"]
+        got: list[Any] = await self.backend.run(self._publication(keys=keys, args=args))
+        held, raw = got
+        if int(held) >= 0:
+            raise volume_refused(who, int(held), size, self.caps.bytes_per_principal)
+        return parse_subs(raw)
 
     async def subscribe(self, agent: str, pattern: str) -> None:
         args: list[str | int] = [agent, pattern, self.caps.subscriptions]

@@ -5,6 +5,11 @@ recipient (this agent, in the right inbox; for a topic message also a subscripti
 window, then the replay window by id (for the whole batch in one write). Only a message that
 passed all of them is decrypted. A failure is settled as rejected with a reason, counted,
 audited (``bus.rejected``) and never delivered.
+
+A topic message whose topic the receiver may no longer subscribe to (the policy asked again,
+once per topic, before the replay window) is neither rejected nor settled: it stays pending,
+received once the grant is back, or it expires (counted), and never keeps the messages behind
+it from being received.
 """
 
 from __future__ import annotations

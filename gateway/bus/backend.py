@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from gateway.bus.counts import Caps, Counts
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
 
@@ -52,6 +53,9 @@ class BusBackend(Protocol):
 
     async def lookup_keys(self, agent: str) -> PublicKeys | None: ...
 
+    async def lookup_keys_many(self, agents: list[str]) -> dict[str, PublicKeys]:
+        """The entries of those ``agents`` the directory holds, read at once."""
+
     async def lookup_name(self, name: str) -> str | None:
         """The agent id last registered under ``name`` (its entry's HMAC binds the two)."""
 
@@ -61,6 +65,9 @@ class BusBackend(Protocol):
 
     def footprint(self) -> dict[str, int]:
         """Sizes of what this backend holds in memory per agent or inbox (for ``/api/state``)."""
+
+    def counts(self, caps: Caps) -> Counts:
+        """Where the bus counts its caps with this backend (``gateway.bus.counts``)."""
 
     # inboxes
     async def enqueue(self, inbox: str, msg: SecureMessage, limit: int) -> None:

@@ -18,18 +18,17 @@ from typing import Any
 import anyio
 
 from gateway.bus.backend import BusBackend, quiet
-from gateway.bus.crypto import AgentKeys, KeyRing, PublicKeys
-from gateway.bus.message import AGENT_RE, SecureMessage, new_id, pattern_regex, validate_topic
-from gateway.bus.quotas import SentVolume, check_subscriptions
-from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Received, Receiver, still_granted
-from gateway.bus.requests import OpenRequests
+from gateway.bus.counts import Caps
+from gateway.bus.crypto import KeyRing
+from gateway.bus.membership import Membership
+from gateway.bus.message import SecureMessage, new_id, pattern_regex, validate_topic
+from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Granted, Received, Receiver, grants
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
 from gateway.context import Principal
-from gateway.errors import ArgumentsInvalid, BusError, BusNoAgent, BusTimeout, PolicyDenied, RateLimited
+from gateway.errors import ArgumentsInvalid, BusError, BusQuotaExceeded, BusTimeout, PolicyDenied, RateLimited
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
-from gateway.runtime.identity import labelled
 
 __all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "validate_topic"]
 
@@ -45,7 +44,7 @@ class Published:
     refused: tuple[str, ...]  # subscribers whose buffer was full (the publisher is told)
 
 
-class Bus:
+class Bus(Membership):
     def __init__(
         self,
         backend: BusBackend,
@@ -70,11 +69,13 @@ class Bus:
         self.skew_ms = int(skew_s * 1000)
         self.max_body_bytes = max_body_bytes
         self.max_subscriptions = max_subscriptions  # per agent (bus.max_subscriptions_per_agent)
-        self.volume = SentVolume(max_bytes_per_principal, self.max_age_ms)  # bus.max_bytes_per_principal
+        # bus.max_bytes_per_principal, the subscriptions, the requests its agents may answer:
+        # counted in this process (embedded) or in Redis, across processes
+        caps = Caps(max_bytes_per_principal, self.max_age_ms, max_subscriptions, MAX_OPEN_REQUESTS)
+        self.counts = backend.counts(caps)
         self._authorize = authorize
         self._counters = counters or CallCounters()
         self._resolve = resolve
-        self._open = OpenRequests(MAX_OPEN_REQUESTS)  # requests its agents received, to answer
         self._waiting: dict[str, asyncio.Future[Received]] = {}
         self._pumps: dict[str, anyio.Lock] = {}
         self.receiver = Receiver(backend, ring, events, max_age_ms=self.max_age_ms, skew_ms=self.skew_ms)
@@ -85,183 +86,6 @@ class Bus:
         self._configured: dict[str, str] = {}  # configured (hosted) agents' stable ids -> principal
         # agents that ended for good
         self.retirements = Retirements(backend, ring, lambda agent: self.receiver.keys.pop(agent, None))
-
-    # -- agents ----------------------------------------------------------------------------
-
-    async def register(self, agent: str, principal: str, name: str | None = None) -> None:
-        """Make (or load) the agent's keys and publish its public keys (and its name)."""
-        if not AGENT_RE.match(agent):
-            raise BusError(f"agent id {agent!r} is not usable on the bus")
-        retiring = self.retirements.removing.get(agent)
-        if retiring is not None:  # an id used again right after it ended: its old entry goes first
-            await asyncio.wait({retiring})
-        self.retirements.retiring.pop(agent, None)  # back: its new entry stands
-        if name is not None:
-            self._names[agent] = name
-        _, entry = self.ring.ensure(agent, principal, self._names.get(agent, ""))
-        self.receiver.keys.pop(agent, None)
-        await self.backend.publish_keys(entry)
-        self._published.add(agent)
-
-    def register_soon(self, agent: str, principal: str, name: str = "", *, persist: bool = True) -> None:
-        """The runtime's on_register hook (synchronous): keys now, the directory entry published
-        on the event loop (a send before that registers the caller itself, lazily). Without
-        ``persist`` (an id that never comes back) the private keys stay in memory only."""
-        if not AGENT_RE.match(agent):
-            _logger.warning("bus: agent id %r is not usable on the bus", agent)
-            return
-        self._names[agent] = name
-        _, entry = self.ring.ensure(agent, principal, name, persist=persist)
-        self.receiver.keys.pop(agent, None)
-        retiring = self.retirements.removing.get(agent)
-        if retiring is None:
-            self.retirements.retiring.pop(agent, None)  # back (an id that recurs): no longer refused
-        try:
-            task = asyncio.get_running_loop().create_task(
-                self._publish(entry, retiring), name=f"bus-publish:{agent}"
-            )
-        except RuntimeError:  # no loop (a registry used outside the gateway): published on first use
-            return
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            self._tasks.discard(t)
-            if t.cancelled() or t.exception() is not None:
-                _logger.warning(
-                    "bus: publishing the keys of %s failed (retried on its first bus call): %s",
-                    agent,
-                    None if t.cancelled() else t.exception(),
-                )
-            elif self.ring.local(agent) is not None:  # not ended meanwhile
-                self._published.add(agent)
-
-        task.add_done_callback(done)
-
-    async def _publish(self, entry: PublicKeys, retiring: asyncio.Task[None] | None) -> None:
-        if retiring is not None:  # an id that recurs, back while its old entry is removed: that first
-            await asyncio.wait({retiring})
-            self.retirements.retiring.pop(entry.agent, None)
-        await self.backend.publish_keys(entry)
-
-    def park(self, agent: str) -> None:
-        """An agent whose id recurs (a stateless client's) ended: its keys, entry and inbox stay,
-        so it reads what was sent to it if it comes back, for ``bus.max_age_s`` (a message's
-        longest life); then it leaves the bus as an agent that ended for good (``expire``)."""
-        if agent not in self._configured:
-            self.ring.park(agent, int(time.time() * 1000))
-
-    def end_soon(self, agent: str) -> None:
-        """The agent ended for good (its id never comes back): what the bus holds for it goes
-        (``gateway.bus.retire``) and a message to it is refused from now on."""
-        if agent not in self._configured and self._leave(agent, int(time.time() * 1000)):
-            # its entry is written before it is removed, never after
-            publishing = [t for t in self._tasks if t.get_name() == f"bus-publish:{agent}"]
-            self.retirements.remove_soon(agent, publishing)
-        # else kept until what it sent expired (the expiry sweep removes it)
-
-    def _leave(self, agent: str, now_ms: int) -> bool:
-        """Its keys and caches go, it is refused; True if its entry can go now."""
-        self.ring.forget(agent)
-        self.receiver.keys.pop(agent, None)
-        self._published.discard(agent)
-        self._pumps.pop(agent, None)
-        channel = f"agent:{agent}"
-        self.sealer.last = {k: v for k, v in self.sealer.last.items() if k[0] != agent and k[1] != channel}
-        self._open.forget(agent)
-        return self.retirements.ended(agent, self._names.pop(agent, ""), now_ms)
-
-    async def forget_left_behind(self) -> None:
-        """At start: the agents whose id never comes back that an earlier run did not end (it
-        crashed, or stopped with sessions open) leave the bus: entry, subscriptions, inboxes
-        (the entry once the messages they sent expired, as for an agent that ends now)."""
-        now = int(time.time() * 1000)
-        for agent, name in self.ring.left_behind:
-            # refused at once; what it sent before the restart may still wait for up to
-            # bus.max_age_s and is verified with its entry, so the expiry sweep removes that later
-            self.retirements.sent(agent, now + self.max_age_ms)
-            self.retirements.ended(agent, name, now)
-        self.ring.left_behind = []
-        self.ring.park_unended(now)  # and those whose id recurs: kept for a return, from now
-
-    def footprint(self) -> dict[str, int]:
-        """What the bus holds per agent, for ``/api/state`` (freed when the agent ends)."""
-        return {
-            **self.ring.footprint(),
-            **self.backend.footprint(),
-            "bus_agent_names": len(self._names),
-            "bus_published": len(self._published),
-            "bus_chains": len(self.sealer.last),
-            "bus_reply_pumps": len(self._pumps),
-            "bus_sender_keys": len(self.receiver.keys),
-            "bus_senders_live": len(self.retirements.sent_until),
-            "bus_ended_kept": len(self.retirements.retiring),
-        }
-
-    def preregister(self, agent: str, principal: str, name: str) -> None:
-        """A configured agent that may not be running (a hosted agent's stable id): its keys now,
-        its directory entry at start (``publish_configured``) or on the first message to it, so
-        what is sent to it waits in its inbox for its next run."""
-        if not AGENT_RE.match(agent):
-            raise BusError(f"agent id {agent!r} is not usable on the bus")
-        self._names[agent] = name
-        self._configured[agent] = principal
-        self.ring.ensure(agent, principal, name)
-
-    async def publish_configured(self) -> None:
-        for agent, principal in self._configured.items():
-            if agent not in self._published:
-                await self.register(agent, principal)
-
-    async def ensure_agent(self, principal: Principal) -> str:
-        """The caller's agent id, registered on the bus (keys made) if it was not yet."""
-        return (await self._me(principal)).agent
-
-    async def _me(self, principal: Principal) -> AgentKeys:
-        agent = principal.agent
-        if agent is None:
-            raise BusNoAgent("the bus is for agents: this session has no agent id")
-        keys = self.ring.local(agent)
-        # keyed by the qualified principal: a JWT sub=alice is not the API key alice
-        if keys is None or keys.principal != principal.qualified or agent not in self._published:
-            await self.register(agent, principal.qualified)
-            keys = self.ring.local(agent)
-            assert keys is not None
-        return keys
-
-    async def _peer(self, to: Any) -> tuple[str, str]:
-        """(agent id, qualified principal) of a recipient given by id or name; BusNoAgent if unknown."""
-        if not isinstance(to, str) or not to:
-            raise ArgumentsInvalid("to must be an agent id or name")
-        agent = (self._resolve(to) if self._resolve else None) or to
-        if agent in self.retirements.retiring:
-            raise BusNoAgent(f"agent {to!r} has ended")
-        if agent in self._configured and agent not in self._published:
-            await self.register(agent, self._configured[agent])
-        keys = await self.receiver.sender_keys(agent) if AGENT_RE.match(agent) else "unknown sender"
-        if keys == "unknown sender":
-            # a name registered by another gateway process (shared Redis): the HMAC binds it
-            named = await self.backend.lookup_name(to)
-            if named is not None and AGENT_RE.match(named):
-                found = await self.receiver.sender_keys(named)
-                # and the name's label is its principal's (a name of one namespace never
-                # resolves to another's agent, whichever process registered it last)
-                if not isinstance(found, str) and found[3] == to and labelled(to, found[2]):
-                    return named, found[2]
-            raise BusNoAgent(f"no agent {to!r} is known to the bus")
-        if isinstance(keys, str):
-            raise BusError(f"agent {to!r}: {keys}")
-        return agent, keys[2]
-
-    def _kept(self, agent: str, ttl_ms: int | None) -> int | None:
-        """A message to an ended agent whose id recurs expires when its keys go (``park``), so
-        it stays readable for as long as it lives if the agent comes back."""
-        ended = self.ring.ended_at(agent)
-        if ended is None:
-            return ttl_ms
-        left = ended + self.max_age_ms - int(time.time() * 1000)
-        if left <= 0:  # its keys go at the next expiry sweep
-            raise BusNoAgent(f"agent {agent!r} has ended")
-        return left if ttl_ms is None else min(ttl_ms, left)
 
     async def _decide(
         self, kind: str, principal: Principal, recipient: dict[str, Any] | None, topic: str | None
@@ -300,11 +124,10 @@ class Bus:
         # subscriber follows, other principals among them, never leave its direct messages
         # and requests no room (a publication flood made its peers' sends bus_buffer_full)
         limit = self.buffer_size if msg.topic is None else max(self.buffer_size // 2, 1)
-        now, size = int(time.time() * 1000), len(msg.ciphertext) + len(msg.header())
-        charged = charged or principal.qualified  # whose budget it counts against (SentVolume)
+        now = int(time.time() * 1000)
+        charged = charged or principal.qualified  # whose budget it counts against
         try:
-            self.volume.check(charged, size, now)
-            await self.backend.enqueue(inbox, msg, limit)
+            await self.counts.deliver(inbox, msg, limit, charged, now)
         except BusError as e:
             self._emit(
                 Event.BUS_DELIVERY_FAILED, {**msg.metadata(), "inbox": inbox, "error_code": e.code}, principal
@@ -312,7 +135,6 @@ class Bus:
             if e.code == "bus_buffer_full":
                 await quiet(self.backend.bump("buffer_full"))
             raise
-        self.volume.add(charged, size, now)
         self.sealer.last[(msg.sender, msg.channel)] = msg.id
         self.retirements.sent(msg.sender, msg.expires_ms)
 
@@ -384,7 +206,7 @@ class Bus:
         me = await self._me(principal)
         if not isinstance(request_id, str):
             raise ArgumentsInvalid("request_id must be a string")
-        open_request = self._open.pop(me.agent, request_id)
+        open_request = await self.counts.open_pop(me.agent, request_id)
         if open_request is None:
             raise BusError(
                 f"no open request {request_id!r} for this agent (unknown, answered or not received)"
@@ -412,27 +234,28 @@ class Bus:
         head = Head(
             new_id(), now, now + self.max_age_ms, self.sealer.last.get((me.agent, f"topic:{topic}")), None
         )
-        subs = await self.backend.subscriptions()
+        # the publisher's budget counts the message once, each subscriber's principal its
+        # copies (a subscriber of many agents never drains a publisher's, nor fills the disk)
+        subs = await self.counts.publication(principal.qualified, len(data), now)
         # every subscriber but the publisher itself
         targets = sorted(
             a
             for a, pats in subs.items()
             if a != me.agent and any(pattern_regex(p).match(topic) for p in pats)
         )
-        # the publisher's budget counts the message once, each subscriber's principal its
-        # copies (a subscriber of many agents never drains a publisher's, nor fills the disk)
-        self.volume.check(principal.qualified, len(data), now)
         refused: list[str] = []
+        # whose budget each copy counts against: the subscribers' entries, read at once (one
+        # round trip for those not verified and cached yet, not one per subscriber)
+        found = await self.receiver.sender_keys_many(targets)
         for agent in targets:
+            keys = found[agent]
             try:
                 msg = await self.sealer.seal_for(me, "topic", data, head, to=agent, topic=topic)
-                keys = await self.receiver.sender_keys(agent)
                 await self._deliver(
                     principal, msg, agent, f"topics-to {agent if isinstance(keys, str) else keys[2]}"
                 )
             except BusError:
                 refused.append(agent)
-        self.volume.add(principal.qualified, len(data), now)
         meta = head.topic_metadata(me.agent, topic, len(data) + 16)
         self._emit(Event.BUS_PUBLISH, {**meta, "subscribers": len(targets), "refused": refused}, principal)
         return Published(head.id, len(targets) - len(refused), tuple(refused))
@@ -441,15 +264,13 @@ class Bus:
         me = await self._me(principal)
         pattern = validate_topic(pattern, pattern=True)
         await self._decide("bus/subscribe", principal, None, pattern)
-        held = (await self.backend.subscriptions()).get(me.agent, set())
         try:
-            check_subscriptions(me.agent, held, pattern, self.max_subscriptions)
-        except BusError as e:
+            await self.counts.subscribe(me.agent, pattern)
+        except BusQuotaExceeded as e:
             self._emit(
                 Event.BUS_DENIED, {"kind": "bus/subscribe", "topic": pattern, "reasons": e.reasons}, principal
             )
             raise
-        await self.backend.subscribe(me.agent, pattern)
         self._emit(Event.BUS_SUBSCRIBE, {"topic": pattern}, principal)
 
     async def unsubscribe(self, principal: Principal, pattern: Any) -> bool:
@@ -468,18 +289,21 @@ class Bus:
         if not (1 <= max_items <= 1000):
             raise ArgumentsInvalid("max must be between 1 and 1000")
         deadline = time.monotonic() + max(wait_s, 0.0)
+        # asked before anything is settled: a topic no longer granted leaves its messages pending
+        granted = grants(self._authorize, principal, self._emit) if self._authorize is not None else None
         while True:
-            got = await self._take(me.agent, me.agent, max_items, max(deadline - time.monotonic(), 0.0))
-            if self._authorize is not None:
-                got = await still_granted(self._authorize, principal, got, self._emit)
+            left = max(deadline - time.monotonic(), 0.0)
+            got = await self._take(me.agent, me.agent, max_items, left, granted)
             if got or time.monotonic() >= deadline:
                 return got
 
-    async def _take(self, agent: str, inbox: str, max_items: int, wait_s: float) -> list[Received]:
-        out = await self.receiver.take(agent, inbox, max_items, wait_s)
+    async def _take(
+        self, agent: str, inbox: str, max_items: int, wait_s: float, granted: Granted | None = None
+    ) -> list[Received]:
+        out = await self.receiver.take(agent, inbox, max_items, wait_s, granted)
         for r in out:
             if r.kind == "request":  # answerable with reply() until it expires
-                self._open.add(agent, r.id, r.sender, r.expires_ms)
+                await self.counts.open_add(agent, r.id, r.sender, r.expires_ms)
         return out
 
     @property
@@ -494,7 +318,7 @@ class Bus:
         for agent in self.ring.due(now - self.max_age_ms):  # ended, and away for bus.max_age_s
             self._leave(agent, now)
         await self.retirements.sweep(now)
-        self.volume.sweep(now)
+        self.counts.sweep(now)
         n = await self.backend.expire(now, self.max_age_ms)
         if n:
             self.events.emit(Event.BUS_EXPIRED, {"count": n})

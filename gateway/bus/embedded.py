@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 
 from gateway.bus.backend import COUNTERS, Outcome, Pending, StoredMessage
+from gateway.bus.counts import Caps, Counts, LocalCounts
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
 from gateway.errors import BusBufferFull, BusUnavailable
@@ -96,6 +97,10 @@ class EmbeddedBackend:
     async def lookup_keys(self, agent: str) -> PublicKeys | None:
         return lookup_keys_db(self.db, agent)
 
+    async def lookup_keys_many(self, agents: list[str]) -> dict[str, PublicKeys]:
+        found = ((a, lookup_keys_db(self.db, a)) for a in agents)  # (in-process: no round trip)
+        return {a: e for a, e in found if e is not None}
+
     async def forget_agent(self, agent: str, inboxes: tuple[str, ...], name: str = "") -> None:
         del name  # the row holds it
         with write_transaction(self.db):
@@ -116,6 +121,9 @@ class EmbeddedBackend:
         (keys,) = self.db.execute("SELECT count(*) FROM keys").fetchone()
         # (the pending counts per inbox are a cache the expiry sweep empties: not counted)
         return {"bus_directory": int(keys), "bus_wakeups": len(self._arrivals)}
+
+    def counts(self, caps: Caps) -> Counts:
+        return LocalCounts(self, caps)  # one gateway process per data dir: counted in it
 
     async def lookup_name(self, name: str) -> str | None:
         row = self.db.execute(

@@ -9,8 +9,8 @@
   and receiving filled the data dir, where the audit log lives, at its rate limit. A topic
   message counts once for its publisher and each stored copy against its subscriber's
   principal (``topics-to <principal>``): a subscriber of many agents drains its own budget,
-  never the publisher's. Counted per process, in one-minute buckets (replicas on one Redis
-  each count their own share).
+  never the publisher's. Counted in one-minute buckets: here per process (the embedded
+  backend), in Redis across processes (``gateway.bus.redis_counts``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,20 @@ MINUTE_MS = 60_000
 def check_subscriptions(agent: str, held: set[str], pattern: str, limit: int) -> None:
     """Refuse a new subscription past ``limit`` (one already held is not a new one)."""
     if pattern not in held and len(held) >= limit:
-        reason = f"agent {agent} holds {len(held)} subscriptions (bus.max_subscriptions_per_agent)"
-        raise BusQuotaExceeded(f"{reason}: unsubscribe from one first", reasons=[reason])
+        raise subscriptions_refused(agent, len(held))
+
+
+def subscriptions_refused(agent: str, held: int) -> BusQuotaExceeded:
+    reason = f"agent {agent} holds {held} subscriptions (bus.max_subscriptions_per_agent)"
+    return BusQuotaExceeded(f"{reason}: unsubscribe from one first", reasons=[reason])
+
+
+def volume_refused(who: str, held: int, size: int, limit: int) -> BusQuotaExceeded:
+    reason = (
+        f"principal {who} put {held} bytes on the bus within bus.max_age_s; {size} more "
+        f"would pass bus.max_bytes_per_principal ({limit})"
+    )
+    return BusQuotaExceeded(reason, reasons=[reason])
 
 
 class SentVolume:
@@ -48,11 +60,7 @@ class SentVolume:
         self._prune(who, now_ms)
         held = self._total.get(who, 0)
         if held + size > self.limit:
-            reason = (
-                f"principal {who} put {held} bytes on the bus within bus.max_age_s; {size} more "
-                f"would pass bus.max_bytes_per_principal ({self.limit})"
-            )
-            raise BusQuotaExceeded(reason, reasons=[reason])
+            raise volume_refused(who, held, size, self.limit)
 
     def add(self, who: str, size: int, now_ms: int) -> None:
         buckets = self._buckets.setdefault(who, OrderedDict())

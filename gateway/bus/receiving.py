@@ -5,6 +5,11 @@ recipient (this agent, in the right inbox; for a topic message also a subscripti
 window, then the replay window by id (for the whole batch in one write). Only a message that
 passed all of them is decrypted. A failure is settled as rejected with a reason, counted,
 audited (``bus.rejected``) and never delivered.
+
+A topic message whose topic the receiver may no longer subscribe to (the policy asked again,
+once per topic, before the replay window) is neither rejected nor settled: it stays pending,
+received once the grant is back, or it expires (counted), and never keeps the messages behind
+it from being received.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from gateway.bus.backend import BusBackend, Outcome, Pending
-from gateway.bus.crypto import KeyRing, verify_signature
+from gateway.bus.crypto import KeyRing, PublicKeys, verify_signature
 from gateway.bus.message import MessageKind, SecureMessage, pattern_regex
 from gateway.context import Decision, Principal
 from gateway.errors import BusError
@@ -32,6 +37,7 @@ Authorizer = Callable[[str, Principal, dict[str, Any] | None, str | None], Await
 _logger = logging.getLogger("symbi.bus")
 
 PeerKeys = tuple[Ed25519PublicKey, X25519PublicKey, str, str]  # signing key, agreement key, principal, name
+Granted = Callable[[str], Awaitable[bool]]  # may this receiver still subscribe to this topic?
 REPLY_SUFFIX = "#r"  # the inbox of replies to an agent's requests ('#' is never in an agent id)
 
 
@@ -71,12 +77,62 @@ class Receiver:
         self.skew_ms = skew_ms
         self.keys: dict[str, PeerKeys] = {}  # verified directory entries
         self.rejected: dict[str, int] = {}
+        self.held: dict[str, int] = {}  # inbox -> topic messages left pending (no longer granted)
 
-    async def take(self, agent: str, inbox: str, max_items: int, wait_s: float) -> list[Received]:
-        """Fetch, check, settle: what passed every check, in inbox order."""
-        pending = await self.backend.fetch(inbox, max_items, wait_s)
+    async def take(
+        self, agent: str, inbox: str, max_items: int, wait_s: float, granted: Granted | None = None
+    ) -> list[Received]:
+        """Fetch, check, settle: what passed every check, in inbox order. A topic message whose
+        topic ``granted`` refuses now is left pending (never marked delivered nor seen): it is
+        received once the grant is back, or expires (counted)."""
+        n = max_items + self.held.get(inbox, 0)  # those left pending last time are fetched along
+        while True:
+            pending = await self.backend.fetch(inbox, n, wait_s)
+            out, held = await self._settle(agent, inbox, pending, max_items, granted)
+            if held:
+                self.held[inbox] = held
+            else:
+                self.held.pop(inbox, None)
+            if out or not held or len(pending) < n:
+                break
+            n = max_items + held  # only held-back messages filled the batch: fetch past them
+        if not out and held and wait_s > 0:
+            # only held-back messages wait: wait for a new one rather than fetch them again at once
+            await self.backend.wait_arrival(inbox, wait_s, None)
+        return out
+
+    async def _settle(
+        self, agent: str, inbox: str, pending: list[Pending], max_items: int, granted: Granted | None
+    ) -> tuple[list[Received], int]:
+        """Check and settle a fetched batch: what passed (at most ``max_items``; those past it
+        stay pending), and how many were held back (no longer granted: left pending)."""
         if not pending:
-            return []
+            return [], 0
+        outcomes, passed = await self._checked(agent, inbox, pending)
+        kept = [x for x in passed if granted is None or x[1].topic is None or await granted(x[1].topic)]
+        held = len(passed) - len(kept)
+        kept = kept[:max_items]
+        # 4. the replay window, for the whole batch at once (one write)
+        fresh = await self.backend.first_seen(
+            agent, [(m.id, m.timestamp_ms + self.max_age_ms + 2 * self.skew_ms) for _, m, _ in kept]
+        )
+        out: list[Received] = []
+        for p, msg, dh_pub in kept:
+            if msg.id not in fresh:
+                outcomes[p.ref] = self._reject(agent, inbox, msg, "replayed id")
+                continue
+            fresh.discard(msg.id)  # the same id twice in one batch: the second is a replay
+            received = self._open_message(agent, inbox, msg, dh_pub)  # only now: decrypt
+            outcomes[p.ref] = "delivered" if received is not None else "rejected"
+            if received is not None:
+                out.append(received)
+        await self.backend.settle(inbox, [(p.ref, outcomes[p.ref]) for p in pending if p.ref in outcomes])
+        return out, held
+
+    async def _checked(
+        self, agent: str, inbox: str, pending: list[Pending]
+    ) -> tuple[dict[str, Outcome], list[tuple[Pending, SecureMessage, X25519PublicKey]]]:
+        """Checks 1-3 for each entry: the outcome of those that failed, and those that passed."""
         subs = (
             (await self.backend.subscriptions()).get(agent, set())
             if any(p.msg is not None and p.msg.kind == "topic" for p in pending)
@@ -91,22 +147,7 @@ class Receiver:
             else:
                 assert p.msg is not None and dh_pub is not None
                 passed.append((p, p.msg, dh_pub))
-        # 4. the replay window, for the whole batch at once (one write)
-        fresh = await self.backend.first_seen(
-            agent, [(m.id, m.timestamp_ms + self.max_age_ms + 2 * self.skew_ms) for _, m, _ in passed]
-        )
-        out: list[Received] = []
-        for p, msg, dh_pub in passed:
-            if msg.id not in fresh:
-                outcomes[p.ref] = self._reject(agent, inbox, msg, "replayed id")
-                continue
-            fresh.discard(msg.id)  # the same id twice in one batch: the second is a replay
-            received = self._open_message(agent, inbox, msg, dh_pub)  # only now: decrypt
-            outcomes[p.ref] = "delivered" if received is not None else "rejected"
-            if received is not None:
-                out.append(received)
-        await self.backend.settle(inbox, [(p.ref, outcomes[p.ref]) for p in pending])
-        return out
+        return outcomes, passed
 
     async def sender_keys(self, sender: str, *, fresh: bool = False) -> PeerKeys | str:
         """An agent's keys and principal from the (HMAC-authenticated) key directory, or why not.
@@ -115,7 +156,18 @@ class Receiver:
         cached = None if fresh else self.keys.get(sender)
         if cached is not None:
             return cached
-        entry = await self.backend.lookup_keys(sender)
+        return self._admit(sender, await self.backend.lookup_keys(sender))
+
+    async def sender_keys_many(self, agents: list[str]) -> dict[str, PeerKeys | str]:
+        """``sender_keys`` of each agent, those not cached looked up together (one read)."""
+        out: dict[str, PeerKeys | str] = {a: k for a in agents if (k := self.keys.get(a)) is not None}
+        missing = [a for a in agents if a not in out]
+        if missing:
+            entries = await self.backend.lookup_keys_many(missing)
+            out.update({a: self._admit(a, entries.get(a)) for a in missing})
+        return out
+
+    def _admit(self, sender: str, entry: PublicKeys | None) -> PeerKeys | str:
         if entry is None:
             return "unknown sender"
         try:
@@ -201,30 +253,26 @@ def _recipient_problem(msg: SecureMessage, agent: str, inbox: str, subs: set[str
     return None
 
 
-async def still_granted(
+def grants(
     authorize: Authorizer,
     principal: Principal,
-    got: list[Received],
     emit: Callable[[Event, dict[str, Any], Principal], None],
-) -> list[Received]:
-    """``got`` without the topic messages whose topic the receiver may no longer subscribe
-    to: the subscription was decided once, so a grant taken away later (a policy or data
-    reload, a role removed) still delivered every publication. Asked once per topic."""
-    if all(r.topic is None for r in got):
-        return got
+) -> Granted:
+    """Whether the receiver may still subscribe to a topic, asked once per topic (per receive):
+    the subscription was decided once, so a grant taken away later (a policy or data reload, a
+    role removed) still delivered every publication. A topic refused is audited; its messages
+    stay pending (``Receiver.take``): received if the grant comes back, else they expire."""
     allowed: dict[str, bool] = {}
-    kept: list[Received] = []
-    for r in got:
-        if r.topic is not None:
-            ok = allowed.get(r.topic)
-            if ok is None:
-                decision = await authorize("bus/subscribe", principal, None, r.topic)
-                ok = allowed[r.topic] = bool(decision.allow)
-                if not ok:
-                    reasons = ["no longer granted: its messages are dropped", *decision.reasons]
-                    meta = {"kind": "bus/subscribe", "recipient": None, "topic": r.topic}
-                    emit(Event.BUS_DENIED, {**meta, "reasons": reasons}, principal)
+
+    async def granted(topic: str) -> bool:
+        ok = allowed.get(topic)
+        if ok is None:
+            decision = await authorize("bus/subscribe", principal, None, topic)
+            ok = allowed[topic] = bool(decision.allow)
             if not ok:
-                continue
-        kept.append(r)
-    return kept
+                reasons = ["no longer granted: its messages wait until it is again", *decision.reasons]
+                meta = {"kind": "bus/subscribe", "recipient": None, "topic": topic}
+                emit(Event.BUS_DENIED, {**meta, "reasons": reasons}, principal)
+        return ok
+
+    return granted

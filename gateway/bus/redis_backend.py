@@ -25,6 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.bus.backend import COUNTERS, Outcome, Pending, StoredMessage
+from gateway.bus.counts import Caps, Counts
 from gateway.bus.crypto import PublicKeys
 from gateway.bus.message import SecureMessage
 from gateway.errors import BusBufferFull, BusError, BusUnavailable
@@ -43,7 +44,8 @@ return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4]
 """
 
 # an agent that ended for good: its directory entry, its name (if still its), its
-# subscriptions and its inboxes (KEYS: keys, names, subs, inboxes...; ARGV: agent, name)
+# subscriptions, the requests it may still answer (``gateway.bus.redis_counts``) and its
+# inboxes (KEYS: keys, names, subs, open, open:q, open:n, inboxes...; ARGV: agent, name)
 _FORGET = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
@@ -51,9 +53,17 @@ local mine = ARGV[1] .. '\\0'
 for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
   if string.sub(f, 1, #mine) == mine then redis.call('HDEL', KEYS[3], f) end
 end
-for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
+for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')) do
+  redis.call('HDEL', KEYS[4], mine .. string.sub(q, #mine + 22))
+end
+redis.call('ZREMRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')
+redis.call('ZREM', KEYS[6], ARGV[1])
+for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
+
+# the open requests (gateway.bus.redis_counts): open, open:q, open:n, open:seq
+OPEN_KEYS = (PREFIX + "open", PREFIX + "open:q", PREFIX + "open:n", PREFIX + "open:seq")
 
 T = TypeVar("T")
 
@@ -68,6 +78,25 @@ class RedisBackend:
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._forget = self._r.register_script(_FORGET)
         self._groups: set[str] = set()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._r
+
+    def counts(self, caps: Caps) -> Counts:
+        from gateway.bus.redis_counts import RedisCounts  # (it builds on this module)
+
+        return RedisCounts(self, caps)
+
+    async def run(self, aw: Awaitable[T] | T) -> T:
+        """A command or script on this Redis: ``BusUnavailable`` when it cannot be reached."""
+        return await self._do(aw)
+
+    async def inbox_key(self, inbox: str) -> str:
+        """The stream of ``inbox``, its consumer group made if need be."""
+        key = self._inbox(inbox)
+        await self._group(key)
+        return key
 
     async def _do(self, aw: Awaitable[T] | T) -> T:
         # redis-py types its async commands as "Awaitable[T] | T"
@@ -110,6 +139,10 @@ class RedisBackend:
         blob = await self._do(self._r.hget(PREFIX + "keys", agent))
         return parse_key_blob(agent, cast(bytes, blob)) if blob is not None else None
 
+    async def lookup_keys_many(self, agents: list[str]) -> dict[str, PublicKeys]:
+        blobs: list[Any] = await self._do(self._r.hmget(PREFIX + "keys", agents))
+        return {a: parse_key_blob(a, b) for a, b in zip(agents, blobs, strict=True) if b is not None}
+
     async def lookup_name(self, name: str) -> str | None:
         agent = await self._do(self._r.hget(PREFIX + "names", name))
         return cast(bytes, agent).decode() if agent is not None else None
@@ -118,7 +151,8 @@ class RedisBackend:
         streams = [self._inbox(i) for i in inboxes]
         await self._do(
             self._forget(
-                keys=[PREFIX + "keys", PREFIX + "names", PREFIX + "subs", *streams], args=[agent, name]
+                keys=[PREFIX + "keys", PREFIX + "names", PREFIX + "subs", *OPEN_KEYS[:3], *streams],
+                args=[agent, name],
             )
         )
         self._groups.difference_update(streams)
@@ -164,16 +198,21 @@ class RedisBackend:
     async def _fetch(self, inbox: str, max_items: int, wait_s: float) -> list[Pending]:
         key = self._inbox(inbox)
         await self._group(key)
-        # 1. what this consumer fetched before and did not settle; 2. what a dead consumer left
+        # 1. what this consumer fetched before and did not settle (or left pending: a topic no
+        # longer granted); 2. what a dead consumer left; 3. new entries: each fills what the one
+        # before left, so entries left pending never keep the newer ones from being fetched
         got = await self._read(key, "0", max_items, None)
-        if not got:
+        if len(got) < max_items:
             claimed: list[Any] = await self._do(
-                self._r.xautoclaim(key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=max_items)
+                self._r.xautoclaim(
+                    key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=max_items - len(got)
+                )
             )
-            got = [(i, f) for i, f in claimed[1] if f]
-        if not got:
-            block = int(wait_s * 1000) if wait_s > 0 else None
-            got = await self._read(key, ">", max_items, block)
+            mine = {i for i, _ in got}  # (its own idle entries may be claimed again)
+            got += [(i, f) for i, f in claimed[1] if f and i not in mine]
+        if len(got) < max_items:
+            block = int(wait_s * 1000) if wait_s > 0 and not got else None
+            got += await self._read(key, ">", max_items - len(got), block)
         return [_pending(i, f) for i, f in got]
 
     async def _read(
@@ -236,12 +275,7 @@ class RedisBackend:
         return bool(await self._do(self._r.hdel(PREFIX + "subs", f"{agent}\0{pattern}")))
 
     async def subscriptions(self) -> dict[str, set[str]]:
-        raw = await self._do(self._r.hkeys(PREFIX + "subs"))
-        out: dict[str, set[str]] = {}
-        for k in raw:
-            agent, _, pattern = bytes(k).decode().partition("\0")
-            out.setdefault(agent, set()).add(pattern)
-        return out
+        return parse_subs(await self._do(self._r.hkeys(PREFIX + "subs")))
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -269,6 +303,15 @@ class RedisBackend:
 
     def scan(self) -> Iterator[StoredMessage]:
         return redis_scan(self.url)
+
+
+def parse_subs(raw: list[Any]) -> dict[str, set[str]]:
+    """The ``subs`` hash's fields (``agent\\0pattern``) -> agent -> patterns."""
+    out: dict[str, set[str]] = {}
+    for k in raw:
+        agent, _, pattern = bytes(k).decode().partition("\0")
+        out.setdefault(agent, set()).add(pattern)
+    return out
 
 
 def key_blob(entry: PublicKeys) -> bytes:

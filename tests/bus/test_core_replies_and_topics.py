@@ -233,3 +233,42 @@ async def test_another_agents_flood_of_requests_never_closes_a_request_this_one_
     assert msg.reply_to == held.id
     with pytest.raises(BusError):  # mallory's flood closes only its own oldest
         await bus.reply(m2, "no-such-request", "x")
+
+
+async def test_a_publish_reads_its_subscribers_entries_in_one_round_trip(
+    env: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A publish charged each copy to its subscriber's principal after reading that
+    subscriber's directory entry on its own: one Redis round trip per subscriber (when not yet
+    cached: a new process, a subscriber registered again). They are read at once now; and the
+    publisher's charge (counted in Redis) comes with the subscriptions' read: a publication
+    to S subscribers is S + 1 round trips (bench/bus_round_trips.py)."""
+    if env.kind != "redis":
+        pytest.skip("round trips to Redis")
+    import redis
+    import redis.asyncio.connection as rconn
+
+    assert env.url is not None
+    subscribers = await env.bus()
+    for n in range(5):
+        await subscribers.subscribe(Principal(id="team", agent=f"agent-s{n}", source="key"), "news")
+    publisher = await env.bus()  # another process: nothing cached
+    await publisher.register("agent-a", A.qualified)
+    r: Any = redis.Redis.from_url(env.url)
+    r.config_resetstat()
+    assert (await publisher.publish(A, "news", "hello")).delivered_to == 5
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+    assert calls.get("hget", 0) == 0 and calls.get("hmget") == 1
+    got = await subscribers.receive(Principal(id="team", agent="agent-s3", source="key"))
+    assert [m.body for m in got] == ["hello"]
+    writes = [0]
+    send = rconn.AbstractConnection.send_packed_command
+
+    async def counted(self: rconn.AbstractConnection, command: Any, check_health: bool = True) -> None:
+        writes[0] += 1
+        await send(self, command, check_health)
+
+    monkeypatch.setattr(rconn.AbstractConnection, "send_packed_command", counted)
+    await publisher.publish(A, "news", "again")
+    assert writes[0] == 1 + 5  # the charge with the subscriptions, then one script per copy

@@ -74,6 +74,11 @@ class Event(StrEnum):
     AGENT_ESCALATED = "agent.escalated"  # a hosted agent failed too often; restarts stop
     AGENT_EXITED = "agent.exited"  # a hosted agent's process ended (exit code, oom)
     AGENT_FAILED = "agent.failed"  # a hosted agent could not start or run
+    # with [state] redis_url, a hosted agent runs in the one replica holding its lease
+    AGENT_LEASE_ACQUIRED = "agent.lease_acquired"  # this process took a hosted agent's lease: it runs it
+    # this process could not keep a hosted agent's lease (Redis unreachable, or another token in
+    # it): its run was stopped before the lease could expire, so no two replicas run it at once
+    AGENT_LEASE_LOST = "agent.lease_lost"
     # the agent bus (gateway.bus): details are message metadata (id, sender, recipient or topic,
     # kind, timestamps, ciphertext size), never a body
     BUS_SEND = "bus.send"  # a direct message, request or reply was accepted into the recipient's inbox

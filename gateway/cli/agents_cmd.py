@@ -1,4 +1,4 @@
-"""``symbi agents list|show|suspend|resume|terminate|run`` and ``symbi status``.
+"""``symbi agents list|show|suspend|resume|terminate|status|run`` and ``symbi status``.
 
 Agents live in a running gateway, so these talk to its admin API (``symbi serve``) through
 ``gateway.cli.admin_client``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from gateway.cli import admin_client
 
@@ -39,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.add_argument("--reason", default="", help="recorded in the audit log")
         _common(p)
         p.set_defaults(func=_action, action=action)
+    hs = acts.add_parser(
+        "status",
+        help="every hosted agent ([agents.NAME]) and the gateway process (replica, worker) running it",
+    )
+    _common(hs)
+    hs.set_defaults(func=_hosted)
     run = acts.add_parser("run", help="start a hosted agent defined in [agents.NAME] now")
     run.add_argument("name")
     _common(run)
@@ -76,6 +83,23 @@ def _run(args: argparse.Namespace) -> int:
     return admin_client.show(args, doc, f"{doc['agent']}: {doc['result']} (state {doc['state']})")
 
 
+def _hosted_lines(view: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, doc in sorted(view["agents"].items()):
+        where = (
+            f"{doc['state']} in {doc['holder']} (run {doc['run']})"
+            if doc
+            else "not running (no lease holder)"
+        )
+        lines.append(f"hosted agent {name}: {where}")
+    return lines
+
+
+def _hosted(args: argparse.Namespace) -> int:
+    view = admin_client.request(args, "GET", "/status")["hosted_agents"]
+    return admin_client.show(args, view, "\n".join(_hosted_lines(view)) or "no hosted agents")
+
+
 def _status(args: argparse.Namespace) -> int:
     doc = admin_client.request(args, "GET", "/status")
     util = doc["resource_utilization"]
@@ -91,6 +115,7 @@ def _status(args: argparse.Namespace) -> int:
         f"per principal {sc['max_in_flight_per_principal']} in flight, "
         f"{sc['queue_limit_per_principal']} queued ({sc['refused_per_principal']} refused)"
     )
+    lines += _hosted_lines(doc["hosted_agents"])
     lines += [f"error: {e['code']} {e['target']} ({e['agent']})" for e in doc["recent_errors"][-5:]]
     code = 0 if doc["overall_status"] != "unhealthy" else 1
     admin_client.show(args, doc, "\n".join(lines))

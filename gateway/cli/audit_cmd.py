@@ -177,6 +177,13 @@ def _add_init(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "init", help="create the data dir and signing key; print the key id to pin in the config"
     )
     i.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
+    i.add_argument(
+        "--workers",
+        type=_jobs,
+        default=None,
+        metavar="N",
+        help="for `symbi serve --workers N`: make each worker's key (<data_dir>/worker-<i>) and print every id",
+    )
     i.set_defaults(func=_init)
 
 
@@ -327,17 +334,33 @@ def _init(args: argparse.Namespace) -> int:
     from gateway.audit.keys import load_or_create_key, public_key_path
     from gateway.audit.record import key_id_of
     from gateway.custody import secure_data_dir
+    from gateway.workerdirs import refuse_on_workers_dir, worker_data_dir
 
     cfg = load_config(args.config, args.environ)
+    if args.workers is None:
+        refuse_on_workers_dir(cfg, "symbi audit init", "pass --workers N to make every worker's key")
     secure_data_dir(cfg)
-    key = load_or_create_key(cfg.audit_key_path)
-    kid = key_id_of(key.public_key())
-    pinned = "pinned" if kid in cfg.audit.pinned_keys else "NOT pinned yet"
-    print(
-        f"audit signing key {cfg.audit_key_path} ({pinned}); public key {public_key_path(cfg.audit_key_path)}"
-    )
-    print("Add to the config (and keep a copy of the public key and of the checkpoints elsewhere):\n")
-    print(f'[audit]\npinned_keys = ["{kid}"]\ncheckpoint_export = "/var/lib/symbi-witness/checkpoints.jsonl"')
+    cfgs = [cfg]
+    if args.workers is not None:  # as the supervisor starts each worker: SYMBI_DATA_DIR=worker-<i>
+        cfgs = [
+            load_config(
+                args.config, {**args.environ, "SYMBI_DATA_DIR": str(worker_data_dir(cfg.data_dir, i))}
+            )
+            for i in range(args.workers)
+        ]
+    kids = []
+    for c in cfgs:
+        secure_data_dir(c)
+        key = load_or_create_key(c.audit_key_path)
+        kids.append(key_id_of(key.public_key()))
+        pinned = "pinned" if kids[-1] in c.audit.pinned_keys else "NOT pinned yet"
+        print(
+            f"audit signing key {c.audit_key_path} ({pinned}); public key {public_key_path(c.audit_key_path)}"
+        )
+    print("Add to the config (and keep a copy of the public keys and of the checkpoints elsewhere):\n")
+    print("[audit]\npinned_keys = [" + ", ".join(f'"{k}"' for k in kids) + "]")
+    if args.workers is None:  # one file for N chain writers is refused under --workers
+        print('checkpoint_export = "/var/lib/symbi-witness/checkpoints.jsonl"')
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.workerdirs import refuse_on_workers_dir
 
 if TYPE_CHECKING:
     from gateway.audit import AuditLog
@@ -24,6 +25,13 @@ def log_and_key(args: argparse.Namespace) -> tuple[Path, Path]:
     cfg = None
     if args.config is not None or args.log is None:
         cfg = load_config(args.config, args.environ)
+        if args.log is None and not getattr(args, "shared", False):
+            refuse_on_workers_dir(
+                cfg,
+                f"symbi audit {args.audit_command}",
+                "use --shared (every worker's chain in PostgreSQL) or one worker's with "
+                "SYMBI_DATA_DIR=<data_dir>/worker-<i> (or --log)",
+            )
     log = args.log if args.log is not None else cfg.audit_path  # type: ignore[union-attr]
     key = getattr(args, "key", None)
     if key is None:

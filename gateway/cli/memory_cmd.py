@@ -5,7 +5,8 @@ not as an agent, so the policy is asked one thing only: which patterns ``knowled
 redacts from the files before they are embedded (kind ``knowledge/ingest``). The embedded store has one owner at a time: with
 a gateway running on the same data dir they fail with a reason (use a Qdrant server,
 ``vector_db_url``, to share a store between processes). With ``[context] enabled = false``
-they refuse (exit 2): no gateway serves that store.
+they refuse (exit 2): no gateway serves that store. On the data dir of `symbi serve --workers`
+with the embedded store they refuse too (`gateway.workerdirs`): each worker has its own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gateway.memory.knowledge import KnowledgeBases
 from gateway.memory.manager import ContextManager
 from gateway.memory.rag import RagPipeline
 from gateway.policy import build_engine
+from gateway.workerdirs import refuse_on_workers_dir
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
@@ -82,8 +84,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mem.set_defaults(func=lambda args: (mem.print_help(sys.stderr), 2)[1])
 
 
+def _command(args: argparse.Namespace) -> str:
+    if getattr(args, "knowledge_command", None):
+        return f"symbi knowledge {args.knowledge_command}"
+    return f"symbi memory {getattr(args, 'memory_command', '')}"
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """The config, refused when its store is the embedded one of a ``--workers`` data dir."""
+    config = load_config(args.config, args.environ)
+    if config.context.vector_db_url is None:
+        refuse_on_workers_dir(
+            config,
+            _command(args) + " (on the embedded store)",
+            "share one Qdrant server between the workers ([context] vector_db_url), or act on one "
+            "worker's store with SYMBI_DATA_DIR=<data_dir>/worker-<i> while that worker is stopped",
+        )
+    return config
+
+
 def _manager(args: argparse.Namespace) -> ContextManager:
-    return build_manager(load_config(args.config, args.environ), LoggingSink())
+    return build_manager(_config(args), LoggingSink())
 
 
 def _progress(n: int, total: int, path: str) -> None:
@@ -110,7 +131,7 @@ def _redact_patterns(config: Config, base: str) -> list[str]:
 
 
 def _add(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.environ)
+    config = _config(args)
     redact = _redact_patterns(config, args.base)
     m = build_manager(config, LoggingSink())
     try:

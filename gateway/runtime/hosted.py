@@ -28,7 +28,7 @@ import re
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,11 +44,11 @@ from gateway.runtime.agents import Agent, hosted_principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits
-from gateway.runtime.sandboxed import Cgroup, Container, Sandboxed
+from gateway.runtime.sandboxed import Cgroup, Container, Sandboxed, docker_options
 from gateway.runtime.sandboxed import kill_run as _kill
-from gateway.runtime.sandboxed import root_device as _root_device
 
 if TYPE_CHECKING:
+    from gateway.runtime.leased import LeasedAgents
     from gateway.sandbox.manager import SandboxManager
 
 _logger = logging.getLogger("symbi.runtime.hosted")
@@ -105,6 +105,16 @@ class HostedAgents:
         # run credentials whose revocation failed (the key store was down): retried until done
         self.unrevoked: set[str] = set()
         runtime.on_terminate.append(self._terminated)
+        # [state] redis_url: replicas share the config, each agent runs where its lease is
+        self.leased: LeasedAgents | None = None
+        if config.state.redis_url is not None and config.agents:
+            from gateway.runtime.leased import LeasedAgents
+            from gateway.state.leases import LeaseBoard, process_name
+
+            board = LeaseBoard(
+                config.state.redis_url, owner=process_name(config.data_dir), timeout_s=config.state.timeout_s
+            )
+            self.leased = LeasedAgents(self, board)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -112,6 +122,8 @@ class HostedAgents:
         """``symbi agents run NAME``: start it now (on-demand or idle between runs)."""
         if name not in self.config.agents:
             raise GatewayError(f"no hosted agent {name!r} in the config ([agents.{name}])")
+        if self.leased is not None and not self.leased.holds(name):
+            return self.leased.request_elsewhere(name)  # it runs in another replica
         live = self.runtime.agents.by_name(name)
         if live is not None and live.state in (AgentState.RUNNING, AgentState.INITIALIZING, AgentState.READY):
             return "already running"
@@ -124,7 +136,11 @@ class HostedAgents:
             stop()
 
     async def run(self) -> None:
-        """Started with the gateway: one supervisor per enabled hosted agent."""
+        """Started with the gateway: one supervisor per enabled hosted agent (with shared
+        state, for the agents whose lease this process holds)."""
+        if self.leased is not None:
+            await self.leased.run()
+            return
         async with anyio.create_task_group() as tg:
             for name, ac in self.config.agents.items():
                 if ac.enabled:
@@ -436,7 +452,7 @@ class HostedAgents:
         cname = f"symbi-agent-{name}-{run_tag}"
         argv = t.stdio_argv(ac.command, args, env, None, network=False, limits=sb_limits)
         at = argv.index("-v")
-        extra = _docker_options(
+        extra = docker_options(
             cname,
             socket,
             ro,
@@ -465,33 +481,3 @@ class HostedAgents:
         args = [here(a) for a in ac.args]
         ro = [str((base / p).resolve()) for p in ac.read_only_paths]
         return args, env, ro
-
-
-def _docker_options(
-    cname: str,
-    socket: tuple[str, str],
-    ro: list[str],
-    masked: Iterable[tuple[str, bool]],
-    disk_io_mbps: int,
-) -> list[str]:
-    """``docker run`` options of a hosted run: its name, the gateway's socket, the root device's
-    I/O limits, the read-only paths, and the covers over what it must not see."""
-    extra = ["--name", cname, "-v", f"{socket[0]}:{socket[1]}"]
-    dev = _root_device()
-    if dev is not None:
-        extra += [
-            "--device-read-bps",
-            f"{dev}:{disk_io_mbps}mb",
-            "--device-write-bps",
-            f"{dev}:{disk_io_mbps}mb",
-        ]
-    for p in ro:
-        extra += ["-v", f"{p}:{p}:ro"]
-    # docker orders mounts by depth itself: these covers go over the binds that hold them
-    for path, is_dir in dict.fromkeys(masked):
-        extra += (
-            ["--mount", f"type=tmpfs,destination={path},tmpfs-size=4096,tmpfs-mode=0555"]
-            if is_dir
-            else ["-v", f"/dev/null:{path}:ro"]
-        )
-    return extra

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,33 @@ def kill_run(proc: Any, box: Sandboxed) -> None:
     except ProcessLookupError:
         pass
     box.kill()
+
+
+def docker_options(
+    cname: str,
+    socket: tuple[str, str],
+    ro: list[str],
+    masked: Iterable[tuple[str, bool]],
+    disk_io_mbps: int,
+) -> list[str]:
+    """``docker run`` options of a hosted run: its name, the gateway's socket, the root device's
+    I/O limits, the read-only paths, and the covers over what it must not see."""
+    extra = ["--name", cname, "-v", f"{socket[0]}:{socket[1]}"]
+    dev = root_device()
+    if dev is not None:
+        extra += [
+            "--device-read-bps",
+            f"{dev}:{disk_io_mbps}mb",
+            "--device-write-bps",
+            f"{dev}:{disk_io_mbps}mb",
+        ]
+    for p in ro:
+        extra += ["-v", f"{p}:{p}:ro"]
+    # docker orders mounts by depth itself: these covers go over the binds that hold them
+    for path, is_dir in dict.fromkeys(masked):
+        extra += (
+            ["--mount", f"type=tmpfs,destination={path},tmpfs-size=4096,tmpfs-mode=0555"]
+            if is_dir
+            else ["-v", f"/dev/null:{path}:ro"]
+        )
+    return extra

@@ -23,6 +23,8 @@ from gateway.runtime.scheduler import LEVELS
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.config.model import Config
+    from gateway.runtime.hosted import HostedAgents
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 
@@ -142,6 +144,32 @@ def utilization(rt: AgentRuntime) -> dict[str, Any]:
     }
 
 
+def hosted_agents(config: Config, rt: AgentRuntime, hosted: HostedAgents | None) -> dict[str, Any]:
+    """Every hosted agent and the process that runs it. One gateway: this one, as it sees
+    them. With shared state: as the lease holders last wrote it to Redis, read by every
+    replica every few seconds (``read_at``; an agent is None while no process holds its lease),
+    so whichever replica answers shows the same."""
+    from gateway.state.leases import process_name
+
+    if hosted is not None and hosted.leased is not None:
+        return hosted.leased.status()
+    here = process_name(config.data_dir)
+    agents: dict[str, dict[str, Any] | None] = {}
+    for name, ac in config.agents.items():
+        run = rt.agents.by_name(name)
+        agents[name] = (
+            {
+                "holder": here,
+                "state": run.state.value if run is not None else "Initializing",
+                "run": hosted.runs.get(name, 0) if hosted is not None else 0,
+                "agent": run.id if run is not None else None,
+            }
+            if ac.enabled
+            else None
+        )
+    return {"read_at": time.time(), "here": here, "agents": agents}
+
+
 def get_system_status(gw: Gateway) -> dict[str, Any]:
     """The seed's HealthStatus for this gateway, as JSON."""
     rt = gw.runtime
@@ -151,6 +179,7 @@ def get_system_status(gw: Gateway) -> dict[str, Any]:
         "component_health": comps,
         "resource_utilization": utilization(rt),
         "recent_errors": list(rt.recent_errors)[-20:],
+        "hosted_agents": hosted_agents(gw.config, rt, gw.hosted),
         "time": time.time(),
         "uptime_s": round(time.time() - rt.started, 3),
     }

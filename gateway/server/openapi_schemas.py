@@ -341,6 +341,18 @@ SCHEMAS: dict[str, Any] = {
             },
             "resource_utilization": {"type": "object", "required": ["agents", "scheduler"]},
             "recent_errors": {"type": "array", "items": {"type": "object"}},
+            "hosted_agents": {
+                "type": "object",
+                "description": "every hosted agent ([agents.NAME]) and the process running it "
+                "(holder: host:pid:data_dir); with [state] redis_url as the lease holders last wrote it "
+                "to Redis (read_at), null while no process holds its lease",
+                "required": ["read_at", "here", "agents"],
+                "properties": {
+                    "read_at": {"type": ["number", "null"]},
+                    "here": {"type": "string"},
+                    "agents": {"type": "object", "additionalProperties": {"type": ["object", "null"]}},
+                },
+            },
         },
     },
     "Health": {

@@ -39,17 +39,15 @@ from sse_starlette.sse import EventSourceResponse
 from gateway.config.model import Config
 from gateway.custody import secure_data_dir
 from gateway.errors import ConfigError, WorkerExited
+from gateway.workerdirs import worker_data_dir
+
+__all__ = ["Supervisor", "WorkerPlan", "check_shared_state", "run_workers", "worker_data_dir"]
 
 _logger = logging.getLogger("symbi.workers")
 
 READY_TIMEOUT_S = 120.0  # a worker verifies its upstreams before /readyz answers 200
 STOP_TIMEOUT_S = 20.0  # a worker's graceful stop (upstreams, sandboxes, audit batch) before SIGKILL
 _PR_SET_PDEATHSIG = 1
-
-
-def worker_data_dir(data_dir: Path, i: int) -> Path:
-    """Worker ``i``'s data dir: its own audit chain and keys, as a replica's."""
-    return Path(data_dir) / f"worker-{i}"
 
 
 def check_shared_state(cfg: Config) -> None:

@@ -121,6 +121,9 @@ def test_cli_status_resource_and_metrics(tmp_path: Path) -> None:
         assert st.returncode == 0 and json.loads(st.stdout)["overall_status"] == "healthy"
         text = symbi(cfg, base, admin, "status")
         assert text.stdout.startswith("overall: healthy") and "upstream:fs" in text.stdout
+        hosted = symbi(cfg, base, admin, "agents", "status", "--json")  # no [agents.*] here
+        assert hosted.returncode == 0 and json.loads(hosted.stdout)["agents"] == {}
+        assert symbi(cfg, base, admin, "agents", "status").stdout.strip() == "no hosted agents"
 
         ready = httpx.get(base + "/readyz").json()
         assert ready["ready"] is True and ready["components"]["scheduler"] == "healthy"

@@ -1,0 +1,214 @@
+"""Hosted agents under shared state: each runs in the one gateway process holding its lease.
+
+With ``[state] redis_url`` every replica (or ``symbi serve --workers N`` worker) has the same
+``[agents.*]``; without a lease each ran every hosted agent, N copies under one identity with
+N budgets. Here each process tries every ``RENEW_S`` to take each agent's lease
+(``gateway.state.leases``); the holder runs the agent's supervisor (``HostedAgents._supervise``:
+its start mode, restarts, escalation) and keeps the lease for as long as it lives, also when
+the supervisor has nothing more to run, so an agent that ran once is not run again elsewhere.
+
+Fail closed: a holder that cannot renew (Redis unreachable, or the lease no longer holds its
+token) stops its agent's run before the lease could expire (``STOP_MARGIN_S`` ahead of it), and
+says so in the log and the audit (``agent.lease_lost``); then it tries to take the lease again
+like any other process. A holder that dies leaves its lease to expire: another process takes
+it within ``LEASE_TTL_MS`` + ``RENEW_S``. On stop the holder releases it once its run has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from redis.exceptions import RedisError
+
+from gateway.config.sections import AgentConfig
+from gateway.errors import InvalidTransition
+from gateway.events import Event
+from gateway.runtime.lifecycle import AgentState
+from gateway.state.leases import RENEW_S, RETRY_S, STOP_MARGIN_S, Lease, LeaseBoard
+
+if TYPE_CHECKING:
+    from gateway.runtime.hosted import HostedAgents
+
+_logger = logging.getLogger("symbi.runtime.leased")
+_REDIS_ERRORS = (RedisError, OSError)
+
+
+class LeasedAgents:
+    """Runs ``hosted``'s supervisors for the agents whose lease this process holds."""
+
+    def __init__(self, hosted: HostedAgents, board: LeaseBoard) -> None:
+        self.hosted = hosted
+        self.board = board
+        self.held: set[str] = set()
+        self._poke = {name: anyio.Event() for name in hosted.config.agents}
+        self._wanted: set[str] = set()  # start requests to pass to the holder
+        self.seen: dict[str, dict[str, Any] | None] = {}  # every agent's holder status
+        self.seen_at: float | None = None  # when ``seen`` was read (epoch s; None: never)
+
+    # -- what the admin surfaces ask -----------------------------------------------------------
+
+    def holds(self, name: str) -> bool:
+        return name in self.held
+
+    def request_elsewhere(self, name: str) -> str:
+        """``symbi agents run NAME`` on a process that does not hold ``name``'s lease: the
+        request goes to the holder through Redis (it starts the agent at its next renewal)."""
+        holder = (self.seen.get(name) or {}).get("holder")
+        self._wanted.add(name)
+        self._poke[name].set()
+        return f"start passed to the process holding its lease ({holder or 'none yet'})"
+
+    def status(self) -> dict[str, Any]:
+        """Every hosted agent and the process running it, as last read from Redis."""
+        return {"read_at": self.seen_at, "here": self.board.owner, "agents": dict(self.seen)}
+
+    # -- the background task -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch, name="agent-leases-status")
+                for name, ac in self.hosted.config.agents.items():
+                    if ac.enabled:
+                        tg.start_soon(self._hold, name, ac, name=f"agent-{name}-lease")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.board.aclose()
+
+    async def _watch(self) -> None:
+        names = sorted(self.hosted.config.agents)
+        while True:
+            try:
+                self.seen = await self.board.statuses(names)
+                self.seen_at = time.time()
+            except _REDIS_ERRORS as e:
+                _logger.warning("could not read the hosted agents' leases: %s", e)
+            await anyio.sleep(RENEW_S)
+
+    def _doc(self, name: str) -> dict[str, Any]:
+        agent = self.hosted.runtime.agents.by_name(name)
+        return {
+            "state": agent.state.value if agent is not None else "Initializing",
+            "run": self.hosted.runs.get(name, 0),
+            "agent": agent.id if agent is not None else None,
+        }
+
+    async def _hold(self, name: str, ac: AgentConfig) -> None:
+        """Take ``name``'s lease when free, run it while held; again after losing it."""
+        lease = self.board.lease(name)
+        while True:
+            await self._pass_requests(name)
+            try:
+                taken = await lease.acquire(self._doc(name))
+            except _REDIS_ERRORS as e:
+                _logger.debug("agent %s: lease not taken (%s)", name, e)
+                taken = False
+            if not taken:
+                with anyio.move_on_after(RENEW_S):
+                    await self._poke[name].wait()
+                self._poke[name] = anyio.Event()
+                continue
+            await self._run_held(name, ac, lease)
+
+    async def _pass_requests(self, name: str) -> None:
+        if name not in self._wanted:
+            return
+        try:
+            await self.board.wake(name)
+            self._wanted.discard(name)
+        except _REDIS_ERRORS as e:
+            _logger.warning("agent %s: the start request could not be passed on (%s)", name, e)
+
+    async def _run_held(self, name: str, ac: AgentConfig, lease: Lease) -> None:
+        """Run the supervisor while the lease is ours; stop it when it is not (or at exit)."""
+        hosted = self.hosted
+        self.held.add(name)
+        if name in self._wanted:  # asked here before this process took the lease
+            self._wanted.discard(name)
+            hosted._wake[name].set()
+        hosted.events.emit(Event.AGENT_LEASE_ACQUIRED, {"name": name, "holder": self.board.owner})
+        _logger.info("agent %s: this process holds its lease and runs it", name)
+        why = "the gateway stopped"
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._supervise, name, ac)
+                why = await self._keep(name, lease)
+                tg.cancel_scope.cancel()  # the run's process is killed; waited for here
+            self._lost(name, why, lease_left(lease) if lease.valid_until else None)
+        finally:
+            self.held.discard(name)
+            self._end_record(name, why)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(RENEW_S):
+                await self._release(lease)
+
+    def _lost(self, name: str, why: str, left: float | None) -> None:
+        """The run has ended here (its process is gone): on the record, the audit and the log,
+        with how long before the lease could have expired (None: it was no longer ours)."""
+        self._end_record(name, why)
+        self.hosted.events.emit(
+            Event.AGENT_LEASE_LOST,
+            {
+                "name": name,
+                "holder": self.board.owner,
+                "reason": why,
+                "stopped_before_expiry_s": None if left is None else round(left, 3),
+            },
+        )
+        ahead = "" if left is None else f" {max(left, 0.0):.1f} s before its lease could expire"
+        _logger.error("agent %s: its run was stopped here%s: %s", name, ahead, why)
+
+    def _end_record(self, name: str, why: str) -> None:
+        """The run stopped here (its process killed): its record says so, as a run that ended."""
+        reg = self.hosted.runtime.agents
+        agent = reg.by_name(name)
+        if agent is None:
+            return
+        agent.hosted_busy = False
+        try:
+            if agent.state is AgentState.RUNNING:
+                reg.transition(agent, AgentState.SUSPENDED, f"policy violation: stopped here, {why}")
+            if agent.state is AgentState.INITIALIZING:
+                reg.transition(agent, AgentState.FAILED, f"invalid config: stopped here, {why}")
+            if agent.state is not AgentState.TERMINATED:
+                reg.transition(agent, AgentState.TERMINATED, f"run ended here: {why}")
+        except InvalidTransition as e:  # never out of the lease loop: the record only
+            _logger.warning("agent %s: its record not ended (%s)", name, e)
+
+    async def _release(self, lease: Lease) -> None:
+        try:
+            await lease.release()
+        except _REDIS_ERRORS as e:
+            _logger.warning("agent %s: lease not released, it expires by itself (%s)", lease.name, e)
+
+    async def _supervise(self, name: str, ac: AgentConfig) -> None:
+        await self.hosted._supervise(name, ac)
+        await anyio.sleep_forever()  # nothing more to run: the lease stays here all the same
+
+    async def _keep(self, name: str, lease: Lease) -> str:
+        """Renew until the lease is lost: why it was (the caller then stops the agent)."""
+        wait = RENEW_S
+        while True:
+            await anyio.sleep(wait)
+            bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
+            if bound <= 0:
+                return "could not renew its lease in time (Redis unreachable)"
+            try:
+                with anyio.fail_after(bound):
+                    got = await lease.renew(self._doc(name))
+            except (*_REDIS_ERRORS, TimeoutError) as e:
+                _logger.warning("agent %s: lease renewal failed (%s); retrying", name, e)
+                wait = min(RETRY_S, max(0.0, lease.valid_until - STOP_MARGIN_S - time.monotonic()))
+                continue
+            if not got.held:
+                return "its lease was taken or expired (another token holds it)"
+            if got.woken:
+                self.hosted._wake[name].set()
+            wait = RENEW_S
+
+
+def lease_left(lease: Lease) -> float:
+    """Seconds left on ``lease`` by this process's count (0 once released or lost)."""
+    return lease.valid_until - time.monotonic() if lease.valid_until else 0.0

@@ -1,0 +1,154 @@
+"""Hosted agents' leases on Redis: with ``[state] redis_url`` one gateway process runs a
+hosted agent at a time, whichever of the replicas (or ``symbi serve --workers N``) it is.
+
+One lease per hosted agent, ``symbi:lease:agent:NAME``, holds a random owner token:
+
+- taken with ``SET key token NX PX ttl`` (only when no process holds it);
+- renewed by its holder every ``RENEW_S`` with a compare-and-extend script (the ``PEXPIRE``
+  happens only while the key still holds the holder's own token), which also writes the
+  holder's status next to it (``symbi:lease:status:NAME``, same expiry: who runs the agent,
+  for every replica's ``/api/status``) and takes any start request another replica left for
+  it (``symbi:lease:wake:NAME``: ``symbi agents run NAME`` answered by a replica that does
+  not hold the lease);
+- released on stop with a compare-and-delete script.
+
+A process that does not know the token can neither extend nor release the lease: a forged
+or overwritten key fails the holder's next renewal (it stops its agent), and the forger's
+own renewals only hold a lease it took itself. The holder counts the lease valid until
+``LEASE_TTL_MS`` after it *sent* the command that last set or extended it (Redis starts the
+expiry later, when it gets the command), and stops its agent ``STOP_MARGIN_S`` before that
+(``gateway.runtime.leased``): two processes never run the same agent at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+LEASE_TTL_MS = 10_000  # a dead holder's lease expires this long after its last renewal
+RENEW_S = 3.0  # the holder renews (and the others try to take a free lease) this often
+STOP_MARGIN_S = 4.0  # a holder that could not renew stops its agent this long before expiry
+RETRY_S = 0.5  # after a failed renewal, the next try
+LEASE = "symbi:lease:agent:"
+STATUS = "symbi:lease:status:"
+WAKE = "symbi:lease:wake:"
+
+# KEYS: the lease, its status; ARGV: token, ttl (ms), status JSON
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+# KEYS: the lease, its status, its start requests; ARGV: token, ttl (ms), status JSON.
+# 0: not ours (expired, released, or someone else's); 1: extended; 2: extended + a start request
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+if redis.call('DEL', KEYS[3]) == 1 then return 2 end
+return 1
+"""
+# KEYS: the lease, its status; ARGV: token
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+
+
+def process_name(data_dir: os.PathLike[str] | str) -> str:
+    """This process as the status names it: host, pid and data dir (``worker-1`` under
+    ``symbi serve --workers``; a replica's own volume in compose or Kubernetes)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.fspath(data_dir)}"
+
+
+@dataclass
+class Renewal:
+    held: bool  # the lease is still ours, extended
+    woken: bool = False  # another replica asked for a start (``symbi agents run``)
+
+
+class Lease:
+    """One hosted agent's lease, as this process sees it (a fresh token per acquire)."""
+
+    def __init__(self, board: LeaseBoard, name: str) -> None:
+        self.board = board
+        self.name = name
+        self.token = ""
+        self.valid_until = 0.0  # monotonic: the lease is ours until then at the latest
+
+    @property
+    def keys(self) -> tuple[str, str, str]:
+        return (LEASE + self.name, STATUS + self.name, WAKE + self.name)
+
+    def _status(self, doc: dict[str, Any]) -> str:
+        return json.dumps({"holder": self.board.owner, "updated": time.time(), **doc}, sort_keys=True)
+
+    async def acquire(self, status: dict[str, Any]) -> bool:
+        """Take the lease if no process holds it. Raises ``RedisError``/``OSError``."""
+        token = secrets.token_hex(16)
+        sent = time.monotonic()
+        ok = await self.board.acquire_script(
+            keys=self.keys[:2], args=[token, self.board.ttl_ms, self._status(status)]
+        )
+        if ok == 1:
+            self.token, self.valid_until = token, sent + self.board.ttl_ms / 1000
+            return True
+        return False
+
+    async def renew(self, status: dict[str, Any]) -> Renewal:
+        """Extend the lease if it is still ours. Raises ``RedisError``/``OSError``."""
+        sent = time.monotonic()
+        got = await self.board.renew_script(
+            keys=self.keys, args=[self.token, self.board.ttl_ms, self._status(status)]
+        )
+        if got == 0:
+            self.token, self.valid_until = "", 0.0
+            return Renewal(held=False)
+        self.valid_until = sent + self.board.ttl_ms / 1000
+        return Renewal(held=True, woken=got == 2)
+
+    async def release(self) -> bool:
+        """Give the lease back if it is still ours. Raises ``RedisError``/``OSError``."""
+        token, self.token, self.valid_until = self.token, "", 0.0
+        return bool(token) and await self.board.release_script(keys=self.keys[:2], args=[token]) == 1
+
+
+class LeaseBoard:
+    """The Redis every replica keeps its hosted agents' leases, statuses and start requests in."""
+
+    def __init__(self, url: str, *, owner: str, timeout_s: float, ttl_ms: int = LEASE_TTL_MS) -> None:
+        self.owner = owner
+        self.ttl_ms = ttl_ms
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        )
+        self.acquire_script = self.redis.register_script(_ACQUIRE)
+        self.renew_script = self.redis.register_script(_RENEW)
+        self.release_script = self.redis.register_script(_RELEASE)
+
+    def lease(self, name: str) -> Lease:
+        return Lease(self, name)
+
+    async def statuses(self, names: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Each agent's holder status (None: no process holds its lease)."""
+        if not names:
+            return {}
+        raw = await self.redis.mget([STATUS + n for n in names])
+        return {n: (json.loads(v) if v is not None else None) for n, v in zip(names, raw, strict=True)}
+
+    async def wake(self, name: str) -> None:
+        """Ask the holder of ``name``'s lease to start it (taken at its next renewal)."""
+        await self.redis.set(WAKE + name, self.owner, px=self.ttl_ms)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,220 @@
+"""Hosted agents under shared state (``gateway.runtime.leased``), on a real Redis with real
+bwrap runs: gateways that share ``[state] redis_url`` and one ``[agents.sleeper]`` run it once
+between them, not once each (every replica and ``symbi serve --workers N`` worker ran every
+hosted agent: N copies under one identity, with N budgets). The holder's stop, death, or loss
+of Redis hands the agent over within the lease's bounds, never to two at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis
+
+from gateway.runtime import AgentState
+from gateway.runtime.hosted import HostedAgents
+from gateway.runtime.leased import LeasedAgents
+from gateway.state.leases import LEASE, LEASE_TTL_MS, RENEW_S, STOP_MARGIN_S
+from tests.conftest import ROOT
+from tests.runtime._leases import NAME, marked, replica
+from tests.runtime.test_core import Recorder
+from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
+from tests.state.engines import Redis
+
+pytestmark = pytest.mark.anyio
+TTL_S = LEASE_TTL_MS / 1000
+START_S = 15.0  # a bwrap run's start on a busy machine: the bound of a wait, not the lease's
+
+
+@pytest.fixture(autouse=True)
+def _require_bwrap(tmp_path: Path) -> None:
+    from gateway.config.model import Config
+    from gateway.sandbox.manager import SandboxManager
+    from tests.sandbox.conftest import require_tier
+
+    require_tier(SandboxManager(Config(), sweep_orphans=False), "bwrap")
+
+
+@pytest.fixture
+def fresh(redis_engine: Redis) -> Iterator[Redis]:  # noqa: F811 - the imported fixture
+    redis.Redis.from_url(redis_engine.url).flushall()
+    yield redis_engine
+    if redis_engine.proc is None:  # a test stopped it
+        redis_engine.start()
+
+
+def _lost(rec: Recorder) -> list[dict[str, Any]]:
+    return [d for t, d, _, _ in rec.events if t == "agent.lease_lost"]
+
+
+def _seen(leased: LeasedAgents) -> bool:
+    return leased.seen.get(NAME) is not None
+
+
+def _running(h: HostedAgents) -> bool:
+    agent = h.runtime.agents.by_name(NAME)
+    return agent is not None and agent.state is AgentState.RUNNING
+
+
+async def _until(what: str, check: Callable[[], bool], within: float) -> float:
+    """Wait until ``check()``; the seconds it took. Fails past ``within``."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not within {within:g} s: {what}")
+        await anyio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def test_two_gateways_on_one_redis_run_a_hosted_agent_once(tmp_path: Path, fresh: Redis) -> None:
+    mark = f"6001.{os.getpid()}"
+    ra, rb = Recorder(), Recorder()
+    a, b = replica(tmp_path / "a", fresh.url, mark, ra), replica(tmp_path / "b", fresh.url, mark, rb)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        tg.start_soon(b.run)
+        await _until(
+            "one of them runs it", lambda: bool(marked(mark)) and (_running(a) or _running(b)), START_S
+        )
+        await anyio.sleep(2 * RENEW_S + 1)  # renewals and the other's tries to take it go by
+        assert [_running(a), _running(b)].count(True) == 1
+        assert len(marked(mark)) == 1  # one real process between the two gateways
+        holder, other = (a, b) if _running(a) else (b, a)
+        assert other.runtime.agents.by_name(NAME) is None  # never started there
+        assert holder.leased is not None
+        owner = holder.leased.board.owner
+        for h in (a, b):  # whichever answers /api/status names the holder
+            leased = h.leased
+            assert leased is not None
+            await _until("its view read", functools.partial(_seen, leased), 2 * RENEW_S)
+            seen = leased.seen[NAME]
+            assert seen is not None and seen["holder"] == owner and seen["state"] == "Running"
+        tg.cancel_scope.cancel()
+    assert marked(mark) == set()
+    taken = [t for t, *_ in ra.events + rb.events if t == "agent.lease_acquired"]
+    assert len(taken) == 1
+
+
+async def test_a_stopped_holder_hands_the_agent_over(tmp_path: Path, fresh: Redis) -> None:
+    mark = f"6002.{os.getpid()}"
+    a, b = (
+        replica(tmp_path / "a", fresh.url, mark, Recorder()),
+        replica(tmp_path / "b", fresh.url, mark, Recorder()),
+    )
+    async with anyio.create_task_group() as tg:
+        scope_a, scope_b = anyio.CancelScope(), anyio.CancelScope()
+
+        async def run(h: HostedAgents, scope: anyio.CancelScope) -> None:
+            with scope:
+                await h.run()
+
+        tg.start_soon(run, a, scope_a)
+        tg.start_soon(run, b, scope_b)
+        await _until(
+            "one of them runs it", lambda: bool(marked(mark)) and (_running(a) or _running(b)), START_S
+        )
+        await anyio.sleep(RENEW_S + 1)  # the other's try to take it goes by
+        assert len(marked(mark)) == 1 and [_running(a), _running(b)].count(True) == 1
+        holder, other = (a, b) if _running(a) else (b, a)
+        (scope_a if holder is a else scope_b).cancel()  # the holder stops (SIGTERM): it releases
+        took = await _until(
+            "the other runs it", lambda: len(marked(mark)) == 1 and _running(other), RENEW_S + START_S
+        )
+        assert not _running(holder)
+        assert took < RENEW_S + START_S
+        tg.cancel_scope.cancel()
+
+
+async def test_a_killed_holder_hands_the_agent_over_once_its_lease_expires(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    """A holder killed with SIGKILL releases nothing: its lease expires, and another gateway
+    takes the agent within the lease's time to live and one try interval."""
+    mark = f"6003.{os.getpid()}"
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "tests.runtime._leases", str(tmp_path / "a"), fresh.url, mark],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await _until("the other process runs it", lambda: len(marked(mark)) == 1, 60)
+        b = replica(tmp_path / "b", fresh.url, mark, Recorder())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.run)
+            await anyio.sleep(RENEW_S + 1)
+            assert not _running(b) and len(marked(mark)) == 1  # held elsewhere: not started here
+            proc.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            await _until("its run died with it (bwrap --die-with-parent)", lambda: not marked(mark), 10)
+            await _until("this one runs it", lambda: marked(mark) != set(), TTL_S + RENEW_S + START_S)
+            assert time.monotonic() - killed < TTL_S + RENEW_S + START_S
+            assert _running(b) and len(marked(mark)) == 1
+            tg.cancel_scope.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_a_holder_cut_off_from_redis_stops_its_agent_before_the_lease_could_expire(
+    tmp_path: Path, fresh: Redis
+) -> None:
+    mark = f"6004.{os.getpid()}"
+    ra, rb = Recorder(), Recorder()
+    a, b = replica(tmp_path / "a", fresh.url, mark, ra), replica(tmp_path / "b", fresh.url, mark, rb)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        tg.start_soon(b.run)
+        await _until(
+            "one of them runs it", lambda: bool(marked(mark)) and (_running(a) or _running(b)), START_S
+        )
+        await anyio.sleep(RENEW_S + 1)  # the other's try to take it goes by
+        assert len(marked(mark)) == 1 and [_running(a), _running(b)].count(True) == 1
+        holder, rec = (a, ra) if _running(a) else (b, rb)
+        fresh.stop()
+        down = time.monotonic()
+        # its last renewal went out at most RENEW_S before: its lease lives until TTL_S after
+        # that at the earliest, so the run must be gone within TTL_S - RENEW_S of the cut
+        took = await _until("the holder stopped its run", lambda: not marked(mark), TTL_S - RENEW_S)
+        assert took < TTL_S - RENEW_S
+        await _until("its record and audit say so", lambda: bool(_lost(rec)) and not _running(holder), 2)
+        lost = _lost(rec)
+        assert len(lost) == 1 and lost[0]["stopped_before_expiry_s"] > 0
+        await anyio.sleep(max(0.0, TTL_S - (time.monotonic() - down)))
+        assert not marked(mark)  # nobody runs it without Redis
+        fresh.start()  # back (empty): one of them takes it again, one only
+        await _until("one runs it again", lambda: len(marked(mark)) == 1, RENEW_S + START_S)
+        await anyio.sleep(RENEW_S + 1)
+        assert len(marked(mark)) == 1
+        tg.cancel_scope.cancel()
+    assert STOP_MARGIN_S < TTL_S - RENEW_S
+
+
+async def test_an_overwritten_lease_stops_the_holders_run(tmp_path: Path, fresh: Redis) -> None:
+    """Someone writes the lease key over the holder's token (a forger with Redis access): the
+    holder's next compare-and-extend fails, so it stops its run rather than keep a lease it
+    no longer holds, and records it."""
+    mark = f"6005.{os.getpid()}"
+    rec = Recorder()
+    a = replica(tmp_path / "a", fresh.url, mark, rec)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("it runs", lambda: bool(marked(mark)) and _running(a), START_S)
+        redis.Redis.from_url(fresh.url).set(LEASE + NAME, "forged", px=60_000)
+        await _until("its run stopped", lambda: not marked(mark), RENEW_S + 5)
+        await _until("its record and audit say so", lambda: bool(_lost(rec)) and not _running(a), 2)
+        assert _lost(rec)[0]["stopped_before_expiry_s"] is None  # it was no longer its lease
+        await anyio.sleep(RENEW_S + 1)
+        assert not marked(mark)  # the forged lease is not taken over either: it waits for it to end
+        tg.cancel_scope.cancel()

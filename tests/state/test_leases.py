@@ -1,0 +1,133 @@
+"""Hosted agents' leases on a real Redis (``gateway.state.leases``): one holder at a time, and
+a process that does not hold the token -- a forger, or a holder whose lease already expired --
+can neither extend nor release another's lease."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import cast
+
+import anyio
+import pytest
+import redis
+
+from gateway.state.leases import LEASE, LEASE_TTL_MS, STATUS, LeaseBoard
+from tests.state.engines import Redis
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def boards(redis_engine: Redis) -> AsyncIterator[tuple[LeaseBoard, LeaseBoard]]:
+    redis.Redis.from_url(redis_engine.url).flushall()
+    a = LeaseBoard(redis_engine.url, owner="replica-a", timeout_s=2)
+    b = LeaseBoard(redis_engine.url, owner="replica-b", timeout_s=2)
+    try:
+        yield a, b
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+class _Raw:
+    """Any Redis client's own commands on the lease keys (typed: redis-py's are loose)."""
+
+    def __init__(self, engine: Redis) -> None:
+        self.r = redis.Redis.from_url(engine.url, decode_responses=True)
+
+    def get(self, key: str) -> str | None:
+        return cast(str | None, self.r.get(key))
+
+    def pttl(self, key: str) -> int:
+        return cast(int, self.r.pttl(key))
+
+    def pexpire(self, key: str, ms: int) -> None:
+        self.r.pexpire(key, ms)
+
+    def set(self, key: str, value: str, px: int) -> None:
+        self.r.set(key, value, px=px)
+
+
+def _raw(engine: Redis) -> _Raw:
+    return _Raw(engine)
+
+
+async def test_one_holder_at_a_time_and_the_status_names_it(boards: tuple[LeaseBoard, LeaseBoard]) -> None:
+    a, b = boards
+    la, lb = a.lease("clock"), b.lease("clock")
+    assert await la.acquire({"state": "Running"})
+    assert not await lb.acquire({"state": "Running"})  # NX: taken
+    seen = await b.statuses(["clock", "other"])
+    assert seen["other"] is None and seen["clock"] is not None
+    assert (seen["clock"]["holder"], seen["clock"]["state"]) == ("replica-a", "Running")
+    assert (await la.renew({"state": "Ready"})).held
+    assert await la.release()
+    assert (await b.statuses(["clock"]))["clock"] is None  # released with its status
+    assert await lb.acquire({})
+
+
+async def test_a_forged_token_neither_extends_nor_releases_the_lease(
+    boards: tuple[LeaseBoard, LeaseBoard], redis_engine: Redis
+) -> None:
+    a, b = boards
+    la = a.lease("clock")
+    assert await la.acquire({"state": "Running"})
+    raw = _raw(redis_engine)
+    raw.pexpire(LEASE + "clock", 2_000)  # so that an extension would show
+    forged = b.lease("clock")
+    forged.token = "00" * 16  # a token the forger made up
+    assert not (await forged.renew({"state": "Running", "holder": "replica-b"})).held
+    assert not await forged.release()
+    assert raw.get(LEASE + "clock") == la.token  # still the holder's
+    assert 0 < raw.pttl(LEASE + "clock") <= 2_000  # not extended
+    assert '"replica-a"' in (raw.get(STATUS + "clock") or "")  # its status not rewritten either
+    assert (await la.renew({"state": "Running"})).held
+    assert raw.pttl(LEASE + "clock") > 2_000  # the holder's own renewal extends it
+
+
+async def test_a_holder_whose_lease_expired_cannot_extend_or_release_the_next_ones(
+    redis_engine: Redis,
+) -> None:
+    redis.Redis.from_url(redis_engine.url).flushall()
+    a = LeaseBoard(redis_engine.url, owner="replica-a", timeout_s=2, ttl_ms=200)
+    b = LeaseBoard(redis_engine.url, owner="replica-b", timeout_s=2)
+    try:
+        la, lb = a.lease("clock"), b.lease("clock")
+        assert await la.acquire({})
+        await anyio.sleep(0.4)  # a's lease expired (a paused, or cut off from Redis)
+        assert await lb.acquire({})
+        assert not (await la.renew({})).held  # compare-and-extend: not a's any more
+        assert la.valid_until == 0.0  # and a knows it holds nothing
+        assert not await la.release()  # compare-and-delete: b's lease stays
+        raw = _raw(redis_engine)
+        assert raw.get(LEASE + "clock") == lb.token
+        assert raw.pttl(LEASE + "clock") > LEASE_TTL_MS - 5_000
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_an_overwritten_lease_is_lost_to_its_holder(
+    boards: tuple[LeaseBoard, LeaseBoard], redis_engine: Redis
+) -> None:
+    """Whoever writes the key itself (``SET`` without NX, from any Redis client) does not get
+    the holder to renew it: the holder's next renewal says it is lost (then it stops its run,
+    tests/runtime/test_leased.py)."""
+    a, _ = boards
+    la = a.lease("clock")
+    assert await la.acquire({})
+    _raw(redis_engine).set(LEASE + "clock", "forged", px=LEASE_TTL_MS)
+    assert not (await la.renew({})).held
+    assert _raw(redis_engine).get(LEASE + "clock") == "forged"  # the holder did not take it back
+
+
+async def test_a_start_request_reaches_the_holder_at_its_next_renewal(
+    boards: tuple[LeaseBoard, LeaseBoard],
+) -> None:
+    a, b = boards
+    la = a.lease("clock")
+    assert await la.acquire({})
+    assert not (await la.renew({})).woken
+    await b.wake("clock")  # `symbi agents run clock` answered by replica b
+    assert (await la.renew({})).woken
+    assert not (await la.renew({})).woken  # taken once

@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import ApprovalError, AuditError, InvalidTransition
 from gateway.events import Event
+from gateway.jsonlimits import too_large
 from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
 from gateway.server.footprint import http_footprint
@@ -215,36 +217,53 @@ def _bind_action(handler: Any, action: str) -> Any:
     return run
 
 
-async def _reviewed(request: Request) -> str | None | JSONResponse:
-    """The ``hash`` of a tool approval's body: the definition the admin reviewed (None when
-    absent, which ``approve_tool`` refuses by name), or the 400 refusing the body."""
+BODY_DEPTH = 8  # containers in an admin body: each is one flat object
+
+
+async def _body(request: Request, shape: str) -> dict[str, Any] | None | JSONResponse:
+    """An admin request's JSON object body (None when empty), or the 400 naming what is wrong.
+    orjson parses it: ``json.loads`` recursed once a level and a body 100,000 levels deep
+    raised RecursionError, a 500; orjson stops at 1,024 levels and the body's own depth is held
+    to ``BODY_DEPTH``. Text that is not valid UTF-8 (the escape ``"\\ud800"``), which the
+    agent's state, every later listing of it and the audit record could not write, is refused."""
     body = await request.body()
     if not body.strip():
         return None
     try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("hash", ""), str):
-        return _err(400, "bad_request", 'body must be JSON {"hash": "<current_hash from the diff>"}')
+        doc = orjson.loads(body)
+    except ValueError as e:
+        return _err(400, "bad_request", f"body is not JSON ({e}): it must be JSON {shape}")
+    if not isinstance(doc, dict):
+        return _err(400, "bad_request", f"body must be JSON {shape}")
+    if (deep := too_large(doc, max_depth=BODY_DEPTH)) is not None:
+        return _err(400, "bad_request", f"body at {deep.path or '.'}: {deep.problem}")
+    if (bad := not_utf8_at(doc)) is not None:
+        return _err(400, "bad_request", f"the text at {bad} is not valid UTF-8")
+    return doc
+
+
+async def _reviewed(request: Request) -> str | None | JSONResponse:
+    """The ``hash`` of a tool approval's body: the definition the admin reviewed (None when
+    absent, which ``approve_tool`` refuses by name), or the 400 refusing the body."""
+    shape = '{"hash": "<current_hash from the diff>"}'
+    doc = await _body(request, shape)
+    if doc is None or isinstance(doc, JSONResponse):
+        return doc
+    if not isinstance(doc.get("hash", ""), str):
+        return _err(400, "bad_request", f"body must be JSON {shape}")
     return doc.get("hash") or None
 
 
 async def _reason(request: Request) -> str | JSONResponse:
-    """The optional ``reason`` of an agent action ("" when no body), or the 400 refusing the body.
-    ``json.loads`` turns the escape ``"\\ud800"`` into text that is not valid UTF-8, which the
-    agent's state, every later listing of it and the audit record could not write: refused."""
-    body = await request.body()
-    if not body.strip():
+    """The optional ``reason`` of an agent action ("" when no body), or the 400 refusing the body."""
+    shape = '{"reason": "..."} (or empty)'
+    doc = await _body(request, shape)
+    if doc is None:
         return ""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("reason", ""), str):
-        return _err(400, "bad_request", 'body must be JSON {"reason": "..."} (or empty)')
-    if (bad := not_utf8_at(doc)) is not None:
-        return _err(400, "bad_request", f"the text at {bad} is not valid UTF-8")
+    if isinstance(doc, JSONResponse):
+        return doc
+    if not isinstance(doc.get("reason", ""), str):
+        return _err(400, "bad_request", f"body must be JSON {shape}")
     return str(doc.get("reason", ""))[:500]
 
 

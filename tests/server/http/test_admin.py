@@ -344,6 +344,22 @@ def test_an_action_reason_that_is_not_utf8_is_refused(env: Env) -> None:
     assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
 
 
+def test_a_body_nested_100000_deep_is_a_400(env: Env) -> None:
+    """Attack: an admin body nested 100,000 levels deep. ``json.loads`` raised RecursionError:
+    a 500 with a traceback in the log. Now 400 bad_request; the agent stays as it was."""
+    _key, h, call = _agent_session(env, "deep-user")
+    agents = check(get(env, "/agents"), 200, "AgentList")["agents"]
+    mine = next(a for a in agents if a["principal"] == "deep-user")
+    headers = {**bearer(env.keys.admin), "Content-Type": "application/json"}
+    deep = b'{"reason": "r", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for path in (f"/agents/{mine['id']}/suspend", "/tools/everything__echo/approve"):
+        refused = httpx.post(f"{env.run.base}/api{path}", content=deep, headers=headers)
+        assert refused.status_code == 400, path
+        jsonschema.validate(refused.json(), OPENAPI["components"]["schemas"]["Error"])
+    assert check(get(env, f"/agents/{mine['id']}"), 200, "Agent")["state"] == "Ready"
+    assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
+
+
 def test_closing_a_session_ends_its_agent_and_only_its_owner_can(env: Env) -> None:
     owner, _ = env.keys.store.create("closing-user", ("developer",))
     r = httpx.post(env.run.mcp, json=INIT_BODY, headers={**MCP, **bearer(owner)})

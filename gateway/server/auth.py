@@ -58,15 +58,13 @@ class ApiKeys(Protocol):
 def open_api_keys(config: Config, *, cache: bool = False) -> ApiKeys:
     """The key store the config names (PostgreSQL is connected and migrated here; ``cache``:
     a serving gateway's, which keeps the live keys kept exact by NOTIFY, ``gateway.state.keycache``)."""
-    if config.state.postgres_url is not None:
-        from gateway.state.pgkeys import PgApiKeyStore
-        from gateway.state.postgres import Postgres
+    from gateway.state import open_postgres
 
-        return PgApiKeyStore(
-            Postgres(config.state.postgres_url, timeout_s=config.state.timeout_s).open(),
-            owns=True,
-            cache=cache,
-        )
+    pg = open_postgres(config)
+    if pg is not None:
+        from gateway.state.pgkeys import PgApiKeyStore
+
+        return PgApiKeyStore(pg, owns=True, cache=cache)
     return ApiKeyStore(config.api_keys_path)
 
 

@@ -370,8 +370,13 @@ class AdminApi:
     async def agent_run(self, request: Request) -> Response:
         gw = self.state.gateway
         name = request.path_params["id"]
-        if gw is None or gw.hosted is None or name not in self.state.config.agents:
+        ac = self.state.config.agents.get(name)
+        if gw is None or gw.hosted is None or ac is None:
             return _err(404, "not_found", f"no hosted agent {name!r} ([agents.{name}])")
+        if not ac.enabled:  # no supervisor waits for it: "starting" would start nothing
+            return _err(
+                404, "not_found", f"hosted agent {name!r} is disabled (agents.{name}.enabled = false)"
+            )
         result = gw.hosted.request_start(name)
         who = request.scope["symbi.principal"].id
         gw.events.emit(Event.AGENT_RUN_REQUESTED, {"name": name, "by": who, "result": result}, principal=who)

@@ -215,6 +215,19 @@ def test_audit_and_policy_off_answer_503(tmp_path: Path) -> None:
         assert "audit" not in doc and "policy" not in doc
 
 
+def test_a_disabled_hosted_agent_is_not_reported_as_starting(tmp_path: Path) -> None:
+    """``symbi agents run NAME`` of an agent with enabled = false answered 200 "starting" and
+    nothing ran it (no supervisor waits for a disabled agent); examples/symbi.toml ships its
+    clock agent disabled. Now 404 naming agents.NAME.enabled, and no run is recorded."""
+    cfg = everything_config(tmp_path, top_extra='[agents.idle]\ncommand = "/bin/true"\nenabled = false\n')
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        r = httpx.post(run.base + "/api/agents/idle/run", headers=bearer(keys.admin))
+        assert check(r, 404, "Error")["error"] == "not_found"
+        agents = httpx.get(run.base + "/api/agents", headers=bearer(keys.admin)).json()["agents"]
+        assert not [a for a in agents if a.get("name") == "idle"]
+
+
 def test_recent_calls_limit_validation(env: Env) -> None:
     check(get(env, "/calls/recent?limit=5"), 200, "CallList")
     check(get(env, "/calls/recent?limit=0"), 400, "Error")

@@ -21,15 +21,16 @@ EXIT_OK, EXIT_FAIL = 0, 1
 def verify_shared(args: argparse.Namespace, cfg: Any) -> int:
     from gateway.audit import load_public_keys
     from gateway.audit.trust import pinned_keys
+    from gateway.state import open_postgres
     from gateway.state.audit import shared_chains, shared_keys, verify_shared_chain
-    from gateway.state.postgres import Postgres
 
     if cfg is None or cfg.state.postgres_url is None:
         raise ConfigError("audit verify --shared: the config has no [state] postgres_url")
     own: dict[str, Any] = {}
     for p in args.public_key:
         own.update(load_public_keys(p))
-    pg = Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open()
+    pg = open_postgres(cfg)
+    assert pg is not None  # postgres_url is set
     try:
         shipped = shared_keys(pg)
         pinned = tuple(cfg.audit.pinned_keys)

@@ -323,15 +323,11 @@ def _open_pins(args: argparse.Namespace) -> PinStore | PgPinStore:
     """--pins FILE; else the config's: PostgreSQL when replicas share pins ([state]), or the data dir's."""
     if args.pins:
         return PinStore(Path(args.pins))
+    from gateway.cli.stores import pins
     from gateway.config import load_config
 
-    cfg = load_config(args.config, args.environ)
-    if cfg.state.postgres_url is not None:
-        from gateway.state.pins import PgPinStore
-        from gateway.state.postgres import Postgres
-
-        return PgPinStore(Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True)
-    return PinStore(cfg.pins_path)
+    found = pins(load_config(args.config, args.environ))
+    return PinStore(found) if isinstance(found, Path) else found
 
 
 def _pin_marks(pin: Pin) -> str:

@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.cli import stores
 from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.errors import ConfigError, GatewayError
-from gateway.screen.accepted import AcceptedFindings
 from gateway.verify.approve import (
     MIN_HASH_HEX,
     approve_current,
@@ -33,13 +33,10 @@ from gateway.verify.approve import (
     screen_record,
     unsigned_under_strict,
 )
-from gateway.verify.state import ToolRecord, ToolStates, ToolStateStore
+from gateway.verify.state import ToolRecord, ToolStates
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
-
-    from gateway.state.accepted import PgAcceptedFindings
-    from gateway.state.pins import PgPinStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -93,42 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rv.set_defaults(func=_revoke)
 
 
-def _pins(cfg: Config) -> Path | PgPinStore:
-    """SchemaPin key pins: PostgreSQL when replicas share them ([state]), else the data dir's file."""
-    if cfg.state.postgres_url is not None:
-        from gateway.state.pins import PgPinStore
-        from gateway.state.postgres import Postgres
-
-        return PgPinStore(Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True)
-    return cfg.pins_path
-
-
-def _accepted(cfg: Config) -> AcceptedFindings | PgAcceptedFindings:
-    """Accepted screening findings: PostgreSQL when replicas share them ([state]), else the data dir's."""
-    if cfg.state.postgres_url is not None:
-        from gateway.state.accepted import PgAcceptedFindings
-        from gateway.state.postgres import Postgres
-
-        return PgAcceptedFindings(
-            Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True
-        )
-    return AcceptedFindings(cfg.screening_accepted_path)
-
-
-def _store(cfg: Config) -> ToolStates:
-    if cfg.state.postgres_url is not None:  # replicas: the approvals every one of them reads
-        from gateway.state.postgres import PgToolStateStore, Postgres
-
-        return PgToolStateStore(
-            Postgres(cfg.state.postgres_url, timeout_s=cfg.state.timeout_s).open(), owns=True
-        )
-    if not cfg.tool_state_path.exists():
-        raise GatewayError(
-            f"no tool state at {cfg.tool_state_path}: start the gateway once to record its tools"
-        )
-    return ToolStateStore(cfg.tool_state_path)
-
-
 def _lookup(store: ToolStates, name: str) -> ToolRecord:
     rec = store.find(name)
     if rec is None:
@@ -138,7 +99,7 @@ def _lookup(store: ToolStates, name: str) -> ToolRecord:
 
 def _list(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
-    store = _store(cfg)
+    store = stores.tool_states(cfg)
     records = store.all()
     screened = {r.namespaced: screen_record(store, r) for r in records}
     if args.json:
@@ -177,7 +138,7 @@ def _quarantined(cfg: Config) -> None:
 
 def _diff(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
-    rec = _lookup(_store(cfg), args.tool)
+    rec = _lookup(stores.tool_states(cfg), args.tool)
     diff = drift_diff(rec)
     if not diff:
         print(f"{rec.namespaced}: no drift (status {rec.status}, definition {rec.current_hash})")
@@ -185,7 +146,7 @@ def _diff(args: argparse.Namespace) -> int:
     print(f"{rec.namespaced}: tool {rec.name!r} of upstream {rec.upstream}, status {rec.status}")
     sys.stdout.write(diff if diff.endswith("\n") else diff + "\n")  # difflib ends the last line bare
     srv = cfg.servers.get(rec.upstream)
-    review = pin_review(_pins(cfg), rec, srv.domain if srv else None)
+    review = pin_review(stores.pins(cfg), rec, srv.domain if srv else None)
     if review.rejected:  # `tools approve` refuses it: say so instead
         print(
             "signing key and definition: this change to the SchemaPin pin was rejected "
@@ -216,8 +177,8 @@ def _approve(args: argparse.Namespace) -> int:
         _approve_discovered(cfg, servers, args.by)
         if not tools:
             return 0
-    store = _store(cfg)
-    pins = _pins(cfg)
+    store = stores.tool_states(cfg)
+    pins = stores.pins(cfg)
     records = _reviewed_records(cfg, store, tools, args.hashes)
     flagged = []
     for rec, _ in records:  # screened again before anything is signed or approved
@@ -237,7 +198,7 @@ def _approve(args: argparse.Namespace) -> int:
         for rec, h in recs:
             if rec in flagged:  # the person read the findings and accepts them for this definition
                 assert rec.current_definition is not None
-                _accepted(cfg).accept(rec.namespaced, definition_hash(rec.current_definition))
+                stores.accepted_findings(cfg).accept(rec.namespaced, definition_hash(rec.current_definition))
             approve_current(
                 store, pins, rec, reviewed=h, domain=srv.domain, actor=args.by or "symbi tools approve"
             )
@@ -339,7 +300,7 @@ def _sign_into_manifest(
 
 def _revoke(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
-    store = _store(cfg)
+    store = stores.tool_states(cfg)
     for name in args.tools:
         rec = _lookup(store, name)
         store.revoke(rec.upstream, rec.name)

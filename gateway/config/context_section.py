@@ -52,7 +52,7 @@ class ContextSection(Section):
         # memory call (or an embedder asked for a key it lacks) does not start
         if not self.enabled:
             return self
-        kind = ("openai" if self.openai_api_key else "local") if self.embedder == "auto" else self.embedder
+        kind = self.embedder_kind
         if kind == "local" and self.embedding_dimension != LOCAL_MODEL_DIMENSION:
             raise ValueError(
                 f"context.embedding_dimension = {self.embedding_dimension}, but the local model "
@@ -62,6 +62,31 @@ class ContextSection(Section):
         if kind == "openai" and not self.openai_api_key:
             raise ValueError('context.embedder = "openai" needs OPENAI_API_KEY (or context.openai_api_key)')
         return self
+
+    @property
+    def embedder_kind(self) -> Literal["local", "openai", "hashing"]:
+        """The embedder in use: ``auto`` is openai when a key is set, else the local model."""
+        if self.embedder == "auto":
+            return "openai" if self.openai_api_key else "local"
+        return self.embedder
+
+    def idle_keys(self) -> list[str]:
+        """Keys given (``model_fields_set``) that nothing reads in this configuration: the
+        embedded store's with a Qdrant server, the OpenAI endpoint's with another embedder.
+        With ``enabled = false`` none is looked at (the section serves nothing)."""
+        if not self.enabled:
+            return []
+        given = self.model_fields_set
+        idle: list[str] = []
+        if self.vector_db_url is not None and "embedded_store" in given:
+            idle.append("context.embedded_store (vector_db_url, or QDRANT_URL, names a Qdrant server)")
+        if self.embedder_kind != "openai":
+            why = f"the {self.embedder_kind} embedder is used"
+            if self.embedder == "auto":
+                why += ": no OPENAI_API_KEY"
+            openai = ("openai_api_key", "openai_base_url", "embedding_model")
+            idle += [f"context.{k} (an OpenAI-compatible endpoint's; {why})" for k in openai if k in given]
+        return idle
 
     @field_validator("vector_db_url", "openai_base_url")
     @classmethod

@@ -99,6 +99,21 @@ _PATH_KEYS = {
 }
 
 
+# OpenAI's own variables, which other tools in the same shell read too: applied where the
+# [context] embedder uses them (openai, or auto with a key), and otherwise left out, so a
+# shell's OPENAI_API_KEY beside embedder = "local" is no key without effect (refused)
+_OPENAI_ENV = {"OPENAI_API_KEY", "OPENAI_BASE_URL"}
+
+
+def _openai_env_used(doc: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+    ctx = doc.get("context")
+    ctx = ctx if isinstance(ctx, dict) else {}
+    embedder = ctx.get("embedder", "auto")
+    if embedder == "auto":
+        return bool(environ.get("OPENAI_API_KEY") or ctx.get("openai_api_key"))
+    return bool(embedder == "openai")
+
+
 def admin_api_key_from_env(environ: Mapping[str, str]) -> str | None:
     """``$SYMBI_API_KEY``: the admin key the CLI uses to reach a running gateway's admin API."""
     return environ.get("SYMBI_API_KEY") or None
@@ -152,7 +167,7 @@ def build_config(
         raise ConfigError(f"{where}: unknown key 'source'")
     for name, (section, key) in ENV_OVERRIDES.items():
         value = (environ or {}).get(name)
-        if value is None or value == "":
+        if value is None or value == "" or (name in _OPENAI_ENV and not _openai_env_used(doc, environ or {})):
             continue
         parsed: Any = value
         if name in _BOOL_ENV:

@@ -221,12 +221,25 @@ class Config(Section):
     @model_validator(mode="after")
     def _every_key_set_has_an_effect(self) -> Config:
         """A key given where nothing reads it is refused, naming it (``bus.url`` without the
-        Redis backend likewise, in its section): never a setting silently ignored."""
+        Redis backend likewise, in its section): never a setting silently ignored. "Given" is
+        written in the file or set by its environment variable (pydantic's ``model_fields_set``),
+        so a default is never refused; ``gateway.config.load`` leaves the environment's
+        ``OPENAI_*`` (which other tools read too) out where the embedder does not use them."""
         idle: list[str] = []
-        if self.policy.engine == "embedded":  # the OPA server's (timeout_s: the example's default)
+        if self.policy.engine == "embedded":  # the OPA server's
             idle += [f"policy.{k} (an OPA server's)" for k in ("url", "tls_ca") if getattr(self.policy, k)]
+            if "timeout_s" in self.policy.model_fields_set:
+                idle.append("policy.timeout_s (an OPA server's)")
         if self.state.postgres_url is not None and self.http.api_keys_path is not None:
             idle.append("http.api_keys_path (the API keys are in [state] postgres_url)")
+        if not self.mcp.discovery_enabled and "discovery_registry_dir" in self.mcp.model_fields_set:
+            idle.append("mcp.discovery_registry_dir (discovery is off: mcp.discovery_enabled)")
+        idle += [
+            f"servers.{name}.sandbox_network (the server has no sandbox tier: servers.{name}.sandbox)"
+            for name, srv in self.servers.items()
+            if srv.sandbox in (None, "none") and "sandbox_network" in srv.model_fields_set
+        ]
+        idle += self.context.idle_keys()
         if idle:
             raise ValueError(f"set but without effect in this configuration: {', '.join(idle)}")
         return self

@@ -14,41 +14,36 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import ApprovalError, AuditError, InvalidTransition
+from gateway.errors import ApprovalError
 from gateway.events import Event
+from gateway.jsonlimits import too_large
 from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
 from gateway.server.footprint import http_footprint
 from gateway.server.openapi import OPENAPI
+from gateway.server.operations import (
+    AGENT_ACTIONS,
+    agent_action,
+    audit_log,
+    audit_query,
+    audit_verify,
+    policy_status,
+    tool_rows,
+    upstream_rows,
+)
 from gateway.textcheck import not_utf8_at
 
 if TYPE_CHECKING:
-    from gateway.audit.log import AuditLog
     from gateway.runtime.agents import Agent
     from gateway.server.http import HttpState
 
 
-def audit_log(state: HttpState) -> AuditLog | None:
-    """The gateway's audit log, or None when auditing is off (or the gateway not started)."""
-    return state.gateway.audit if state.gateway is not None else None
-
-
-def audit_verify(log: AuditLog) -> dict[str, Any]:
-    """Verify the whole chain (blocking: run it in a thread). ``ok`` says whether it is intact."""
-    return log.verify().as_dict()
-
-
-_OPERATOR_EVENTS = {
-    "suspend": Event.AGENT_SUSPEND_REQUESTED,
-    "resume": Event.AGENT_RESUME_REQUESTED,
-    "terminate": Event.AGENT_TERMINATE_REQUESTED,
-}
 _QUERY_KEYS = {"principal", "tool", "type", "decision", "since_ns", "until_ns", "limit"}
-_QUERY_FLUSH_S = 5.0  # a query waits this long at most for what was emitted before it
 
 
 def audit_filters(params: Mapping[str, str], default_limit: int | None) -> dict[str, Any]:
@@ -75,43 +70,6 @@ def audit_filters(params: Mapping[str, str], default_limit: int | None) -> dict[
     return out
 
 
-def audit_query(log: AuditLog, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Matching events in sequence order, those emitted before the query included (an operator's
-    action, then a query for its event: its fire-and-forget event may still be held for the
-    linger). Blocking: run it in a thread."""
-    from gateway.audit import store
-
-    try:
-        log.flush(timeout=_QUERY_FLUSH_S)
-    except AuditError:
-        pass  # a writer that cannot commit: what is on disk is still the answer (/readyz says why)
-    conn = store.open_reader(log.path)
-    try:
-        return [r.as_dict() for r in store.query(conn, **filters)]
-    finally:
-        conn.close()
-
-
-def audit_writable(log: AuditLog) -> bool:
-    """Whether events can be recorded right now (any failure to tell is "no")."""
-    try:
-        log.ensure_writable()
-        return True
-    except Exception:  # noqa: BLE001 - fail closed: not writable
-        return False
-
-
-def policy_status(state: HttpState) -> dict[str, Any] | None:
-    """The policy engine's status (``loaded`` at least), or None when there is no engine."""
-    eng = state.gateway.policy if state.gateway is not None else None
-    if eng is None:
-        return None
-    try:
-        return eng.status()
-    except Exception as e:  # noqa: BLE001 - fail closed: not loaded, with the reason
-        return {"loaded": False, "error": f"{type(e).__name__}: {e}"}
-
-
 def _unavailable(what: str, reason: str) -> JSONResponse:
     return JSONResponse({"error": "unavailable", "component": what, "reason": reason}, status_code=503)
 
@@ -127,46 +85,6 @@ def _refused(e: ApprovalError) -> JSONResponse:
     return JSONResponse({"error": error, "code": e.code, "reason": e.message}, status_code=e.status)
 
 
-def tool_rows(state: HttpState) -> list[dict[str, Any]]:
-    gw = state.gateway
-    if gw is None:
-        return []
-    rows = []
-    for name, entry in sorted(gw.catalog.tools.items()):
-        info = entry.info
-        rows.append(
-            {
-                "name": name,
-                "original_name": info.original_name,
-                "upstream": info.upstream,
-                "description": (entry.tool.description or "")[:500],
-                "verification": info.verification,
-                "key_fingerprint": info.key_fingerprint,
-                "definition_hash": info.definition_hash,
-                "code_tool": info.code_tool,
-                "screening": info.screening.as_input(),
-            }
-        )
-    return rows
-
-
-def upstream_rows(state: HttpState) -> list[dict[str, Any]]:
-    gw = state.gateway
-    if gw is None:
-        return []
-    return [
-        {
-            "name": name,
-            "state": up.state,
-            "transport": up.transport,
-            "restarts": up.restarts,
-            "last_error": up.last_error,
-            "tools": len(up.listing.tools),
-        }
-        for name, up in sorted(gw.upstreams.items())
-    ]
-
-
 def _limit(request: Request, default: int = 50, most: int = 1000) -> int | None:
     raw = request.query_params.get("limit")
     if raw is None:
@@ -178,36 +96,6 @@ def _limit(request: Request, default: int = 50, most: int = 1000) -> int | None:
     return n if 1 <= n <= most else None
 
 
-AGENT_ACTIONS = ("suspend", "resume", "terminate")
-
-
-def agent_action(
-    state: HttpState, ref: str, action: str, who: str, reason: str
-) -> tuple[int, dict[str, Any]]:
-    """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix):
-    (HTTP status, JSON body). The admin API and the dashboard both act through this."""
-    gw = state.gateway
-    if gw is None:
-        return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}
-    agent = gw.runtime.agents.resolve(ref)
-    if agent is None:
-        return 404, {"error": "not_found", "reason": f"no agent {ref!r}"}
-    rt = gw.runtime
-    try:
-        result = {"suspend": rt.suspend, "resume": rt.resume, "terminate": rt.terminate}[action](
-            agent, f"operator {who}: {reason or action}"
-        )
-    except InvalidTransition as e:
-        return 409, {"error": "invalid_transition", "reason": e.message}
-    gw.events.emit(
-        _OPERATOR_EVENTS[action],
-        {"agent": agent.id, "by": who, "reason": reason, "result": result},
-        principal=who,
-        agent=agent.id,
-    )
-    return 200, {"agent": agent.id, "result": result, "state": agent.state.value}
-
-
 def _bind_action(handler: Any, action: str) -> Any:
     async def run(request: Request) -> Response:
         return await handler(request, action)  # type: ignore[no-any-return]
@@ -215,36 +103,53 @@ def _bind_action(handler: Any, action: str) -> Any:
     return run
 
 
-async def _reviewed(request: Request) -> str | None | JSONResponse:
-    """The ``hash`` of a tool approval's body: the definition the admin reviewed (None when
-    absent, which ``approve_tool`` refuses by name), or the 400 refusing the body."""
+BODY_DEPTH = 8  # containers in an admin body: each is one flat object
+
+
+async def _body(request: Request, shape: str) -> dict[str, Any] | None | JSONResponse:
+    """An admin request's JSON object body (None when empty), or the 400 naming what is wrong.
+    orjson parses it: ``json.loads`` recursed once a level and a body 100,000 levels deep
+    raised RecursionError, a 500; orjson stops at 1,024 levels and the body's own depth is held
+    to ``BODY_DEPTH``. Text that is not valid UTF-8 (the escape ``"\\ud800"``), which the
+    agent's state, every later listing of it and the audit record could not write, is refused."""
     body = await request.body()
     if not body.strip():
         return None
     try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("hash", ""), str):
-        return _err(400, "bad_request", 'body must be JSON {"hash": "<current_hash from the diff>"}')
+        doc = orjson.loads(body)
+    except ValueError as e:
+        return _err(400, "bad_request", f"body is not JSON ({e}): it must be JSON {shape}")
+    if not isinstance(doc, dict):
+        return _err(400, "bad_request", f"body must be JSON {shape}")
+    if (deep := too_large(doc, max_depth=BODY_DEPTH)) is not None:
+        return _err(400, "bad_request", f"body at {deep.path or '.'}: {deep.problem}")
+    if (bad := not_utf8_at(doc)) is not None:
+        return _err(400, "bad_request", f"the text at {bad} is not valid UTF-8")
+    return doc
+
+
+async def _reviewed(request: Request) -> str | None | JSONResponse:
+    """The ``hash`` of a tool approval's body: the definition the admin reviewed (None when
+    absent, which ``approve_tool`` refuses by name), or the 400 refusing the body."""
+    shape = '{"hash": "<current_hash from the diff>"}'
+    doc = await _body(request, shape)
+    if doc is None or isinstance(doc, JSONResponse):
+        return doc
+    if not isinstance(doc.get("hash", ""), str):
+        return _err(400, "bad_request", f"body must be JSON {shape}")
     return doc.get("hash") or None
 
 
 async def _reason(request: Request) -> str | JSONResponse:
-    """The optional ``reason`` of an agent action ("" when no body), or the 400 refusing the body.
-    ``json.loads`` turns the escape ``"\\ud800"`` into text that is not valid UTF-8, which the
-    agent's state, every later listing of it and the audit record could not write: refused."""
-    body = await request.body()
-    if not body.strip():
+    """The optional ``reason`` of an agent action ("" when no body), or the 400 refusing the body."""
+    shape = '{"reason": "..."} (or empty)'
+    doc = await _body(request, shape)
+    if doc is None:
         return ""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get("reason", ""), str):
-        return _err(400, "bad_request", 'body must be JSON {"reason": "..."} (or empty)')
-    if (bad := not_utf8_at(doc)) is not None:
-        return _err(400, "bad_request", f"the text at {bad} is not valid UTF-8")
+    if isinstance(doc, JSONResponse):
+        return doc
+    if not isinstance(doc.get("reason", ""), str):
+        return _err(400, "bad_request", f"body must be JSON {shape}")
     return str(doc.get("reason", ""))[:500]
 
 
@@ -465,8 +370,13 @@ class AdminApi:
     async def agent_run(self, request: Request) -> Response:
         gw = self.state.gateway
         name = request.path_params["id"]
-        if gw is None or gw.hosted is None or name not in self.state.config.agents:
+        ac = self.state.config.agents.get(name)
+        if gw is None or gw.hosted is None or ac is None:
             return _err(404, "not_found", f"no hosted agent {name!r} ([agents.{name}])")
+        if not ac.enabled:  # no supervisor waits for it: "starting" would start nothing
+            return _err(
+                404, "not_found", f"hosted agent {name!r} is disabled (agents.{name}.enabled = false)"
+            )
         result = gw.hosted.request_start(name)
         who = request.scope["symbi.principal"].id
         gw.events.emit(Event.AGENT_RUN_REQUESTED, {"name": name, "by": who, "result": result}, principal=who)

@@ -22,6 +22,7 @@ import json
 import os
 import threading
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,15 +58,13 @@ class ApiKeys(Protocol):
 def open_api_keys(config: Config, *, cache: bool = False) -> ApiKeys:
     """The key store the config names (PostgreSQL is connected and migrated here; ``cache``:
     a serving gateway's, which keeps the live keys kept exact by NOTIFY, ``gateway.state.keycache``)."""
-    if config.state.postgres_url is not None:
-        from gateway.state.pgkeys import PgApiKeyStore
-        from gateway.state.postgres import Postgres
+    from gateway.state import open_postgres
 
-        return PgApiKeyStore(
-            Postgres(config.state.postgres_url, timeout_s=config.state.timeout_s).open(),
-            owns=True,
-            cache=cache,
-        )
+    pg = open_postgres(config)
+    if pg is not None:
+        from gateway.state.pgkeys import PgApiKeyStore
+
+        return PgApiKeyStore(pg, owns=True, cache=cache)
     return ApiKeyStore(config.api_keys_path)
 
 
@@ -214,13 +213,29 @@ class JwtVerifier:
         if not isinstance(roles, (list, tuple)) or not all(isinstance(r, str) for r in roles):
             raise AuthFailed(f"claim {self.cfg.roles_claim!r} must be a list of strings")
         return Principal(
-            id=str(claims["sub"]),
+            id=_subject(claims["sub"]),
             kind="user",
             roles=tuple(roles),
             claims=claims,
             source="jwt",
             issuer=self.cfg.issuer,
         )
+
+
+# control characters (C0, DEL, C1) and the line and paragraph separators: a subject is written
+# into audit records, log lines, metric labels and agent ids, where they would split or forge lines
+_NOT_IN_A_SUBJECT = frozenset({"Cc", "Zl", "Zp"})
+
+
+def _subject(sub: object) -> str:
+    """The ``sub`` claim as a principal id, refused (``AuthFailed``) as a missing one is when it
+    is empty, only whitespace or holds a control character: "" would be one principal shared
+    by every such token of the issuer, and no policy entry names it."""
+    if not isinstance(sub, str) or not sub.strip():
+        raise AuthFailed("invalid token: claim 'sub' is empty")
+    if any(unicodedata.category(c) in _NOT_IN_A_SUBJECT for c in sub):
+        raise AuthFailed("invalid token: claim 'sub' holds a control character")
+    return sub
 
 
 # -- the authenticator ----------------------------------------------------------------------

@@ -47,12 +47,13 @@ from gateway.listen import ListenHub
 from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.runtime.hosted import AgentHost
 from gateway.runtime.status import components
-from gateway.server.admin import admin_routes, audit_log, audit_writable, policy_status
+from gateway.server.admin import admin_routes
 from gateway.server.auth import Authenticator
 from gateway.server.front import build_server
 from gateway.server.httpfront import HttpFront, McpEndpoint
 from gateway.server.httplane import HttpLane
 from gateway.server.middleware import PRM_PATH, SessionScope, base_url
+from gateway.server.operations import audit_log, audit_writable, policy_status
 from gateway.server.principals import http_session_key
 from gateway.server.resume import BoundedEventStore
 from gateway.server.sessions import StreamExpiry, http_protocol, sweep_revoked

@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from gateway.assemble import make_gateway
 from gateway.compat import create_context_streams, stream_reader_head, tap_lines
 from gateway.config.model import Config
+from gateway.errors import ConfigError
 from gateway.server.fastlane import LaneDispatch, StdioLane
 from gateway.server.front import build_server, init_options
 from gateway.upstream.stdio import with_waiting, write_or_queue
@@ -394,7 +395,25 @@ async def _drain_line(reader: asyncio.StreamReader, consumed: int) -> int:
             return total + len(e.partial)
 
 
+def check_stdio_config(config: Config) -> None:
+    """Refuse what a stdio gateway cannot run, naming the key: hosted agents (``[agents.NAME]``,
+    enabled) reach the gateway over the HTTP front's Unix socket with an API key made for each
+    run, and ``symbi mcp`` has neither (it serves its one client). The gateway used to start and
+    every run of such an agent failed ("invalid config"); an on-demand one could never be started.
+
+    Raises:
+        ConfigError: naming each enabled hosted agent (exit 2 from ``symbi mcp``).
+    """
+    hosted = [f"agents.{name}" for name, ac in config.agents.items() if ac.enabled]
+    if hosted:
+        raise ConfigError(
+            f"{', '.join(hosted)}: hosted agents run only under `symbi serve` (they reach the gateway "
+            "over its Unix socket with a key of their own); for `symbi mcp` set enabled = false"
+        )
+
+
 async def serve_stdio(config: Config) -> None:
+    check_stdio_config(config)  # before anything starts
     server = build_server(config, lambda listen: make_gateway(config, listen))
     lane = None
     if config.mcp.stdio_fast_lane:

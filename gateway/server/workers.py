@@ -22,6 +22,7 @@ import ctypes
 import logging
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -110,6 +111,9 @@ class FrontLimits:
     bufsize: int  # ``tune.bufsize``: a request's head up to http.max_header_bytes fits
     silence_s: float  # ``timeout client``/``server``: the longest a worker's answer may be silent
     stick_s: float  # the stick entry's life: as long as a worker may keep the session
+    # a worker's open connections: its MCP requests (mcp.max_concurrent_connections) and one GET
+    # stream per session (http.max_sessions); ``maxconn`` is this times the workers
+    worker_connections: int
 
 
 def longest_call_s(cfg: Config) -> float:
@@ -128,10 +132,59 @@ def front_limits(cfg: Config) -> FrontLimits:
     GET stream may last for hours) and refreshes it when that one ends (``haproxy_config``).
     A request's head the workers accept (``http.max_header_bytes``) fits HAProxy's buffer.
     The expiry is the idle timeout + the silence: it would cover a front that refreshed the
-    entry only when a request starts, as long as no request outlasted the silence."""
+    entry only when a request starts, as long as no request outlasted the silence.
+    The front admits (``maxconn``) the connections the workers serve together, no more: past
+    them HAProxy leaves new ones waiting to be accepted rather than hand a worker what it
+    refuses, and a worker configured for more is not held below its limits."""
     silence = max(longest_call_s(cfg) + FRONT_MARGIN_S, 2.0 * PING_S)
     bufsize = max(HAPROXY_BUFSIZE, cfg.http.max_header_bytes + HAPROXY_REWRITE_RESERVE)
-    return FrontLimits(cfg.http.header_timeout_s, bufsize, silence, cfg.http.session_idle_timeout_s + silence)
+    return FrontLimits(
+        cfg.http.header_timeout_s,
+        bufsize,
+        silence,
+        cfg.http.session_idle_timeout_s + silence,
+        cfg.mcp.max_concurrent_connections + cfg.http.max_sessions,
+    )
+
+
+# descriptors HAProxy holds besides two a connection: its listener, checks, logs, the master's
+FRONT_FD_RESERVE = 256
+CAP_SYS_RESOURCE = 24  # linux/capability.h
+
+
+def check_front_fits(cfg: Config, n: int) -> None:
+    """Refuse a front that could not hold the connections its ``maxconn`` admits: HAProxy keeps
+    two descriptors each (client and worker side), and past the open-file limit it refuses to
+    start, after every worker has.
+
+    Raises:
+        ConfigError: naming the keys the front's ``maxconn`` comes from (exit 2).
+    """
+    admitted = n * front_limits(cfg).worker_connections
+    need = 2 * admitted + FRONT_FD_RESERVE
+    hard = _open_files_ceiling()
+    if need > hard:
+        raise ConfigError(
+            f"--workers {n}: the front would admit {admitted} connections (per worker "
+            "mcp.max_concurrent_connections + http.max_sessions), which needs "
+            f"{need} open files; the limit here is {hard}: lower those keys or --workers, "
+            "or raise the open-file limit (ulimit -n)"
+        )
+
+
+def _open_files_ceiling() -> int:
+    """The most open files HAProxy can have: the hard limit, or with CAP_SYS_RESOURCE (root
+    outside most containers), which lets it raise that, the kernel's ``fs.nr_open``."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = sys.maxsize if hard == resource.RLIM_INFINITY else hard
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+        caps = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("CapEff:")), 16)
+        if caps >> CAP_SYS_RESOURCE & 1:
+            return max(hard, int(Path("/proc/sys/fs/nr_open").read_text(encoding="ascii")))
+    except (OSError, ValueError, StopIteration):
+        pass  # not Linux's /proc: the hard limit
+    return hard
 
 
 def _ms(seconds: float) -> str:
@@ -162,7 +215,7 @@ def haproxy_config(
     user = f"    uid {drop_to[0]}\n    gid {drop_to[1]}\n" if drop_to else ""  # once bound
     servers = "\n".join(f"    server worker-{i} 127.0.0.1:{p} check inter 1s" for i, p in enumerate(backends))
     return f"""global
-    maxconn 4096
+    maxconn {len(backends) * limits.worker_connections}
     tune.bufsize {limits.bufsize}
 {user}defaults
     mode http
@@ -385,10 +438,12 @@ def run_workers(
     supervise until SIGTERM/SIGINT.
 
     Raises:
-        ConfigError: no shared state, or HAProxy not installed (exit 2).
+        ConfigError: no shared state, a front that could not hold what the workers serve,
+            or HAProxy not installed (exit 2).
         WorkerExited: a child exited or never got ready (exit 1); every other child is stopped.
     """
     check_shared_state(cfg)
+    check_front_fits(cfg, n)
     plan = WorkerPlan(
         cfg, n, config_path, environ, host or cfg.http.host, cfg.http.port if port is None else port
     )

@@ -42,6 +42,7 @@ __all__ = [
     "RedisRateLimiter",
     "SharedState",
     "build_state",
+    "open_postgres",
     "safe_url",
 ]
 
@@ -117,6 +118,22 @@ class SharedState:
                     await self.handouts.aclose()
 
 
+def open_postgres(config: Config) -> Postgres | None:
+    """``[state] postgres_url``'s connection pool, opened and its schema migrated, or None
+    without one: the one construction from the config, for the gateway (``build_state``), the
+    API keys (``gateway.server.auth.open_api_keys``) and the CLI's stores (``gateway.cli.stores``).
+
+    Raises:
+        StateUnavailable: PostgreSQL cannot be reached at start (naming where).
+    """
+    st = config.state
+    if st.postgres_url is None:
+        return None
+    from gateway.state.postgres import Postgres
+
+    return Postgres(st.postgres_url, timeout_s=st.timeout_s).open()
+
+
 def build_state(config: Config, counters: CallCounters) -> SharedState:
     """The backends ``[state]`` names; PostgreSQL is connected and migrated here (a start
     that cannot reach it fails with ``StateUnavailable`` naming it)."""
@@ -129,12 +146,12 @@ def build_state(config: Config, counters: CallCounters) -> SharedState:
         state.handouts = RedisHandOuts(st.redis_url, timeout_s=st.timeout_s, per_upstream=PER_UPSTREAM)
     else:
         state.handouts = SqliteHandOuts(config.handouts_path, per_upstream=PER_UPSTREAM)
-    if st.postgres_url is not None:
+    pg = open_postgres(config)
+    if pg is not None:
         from gateway.state.accepted import PgAcceptedFindings
         from gateway.state.pins import PgPinStore
-        from gateway.state.postgres import PgToolStateStore, Postgres
+        from gateway.state.postgres import PgToolStateStore
 
-        pg = Postgres(st.postgres_url, timeout_s=st.timeout_s).open()
         state.postgres = pg
         state.tool_state = PgToolStateStore(pg)
         state.pins = PgPinStore(pg)

@@ -116,6 +116,42 @@ BAD = [
     ),
     ("opa url with the embedded engine", '[policy]\nurl = "http://127.0.0.1:8181"\n', "policy.url"),
     ("opa ca with the embedded engine", '[policy]\ntls_ca = "ca.pem"\n', "policy.tls_ca"),
+    ("opa timeout with the embedded engine", "[policy]\ntimeout_s = 2.0\n", "policy.timeout_s"),
+    (
+        "embedded store with a qdrant server",
+        '[context]\nvector_db_url = "http://127.0.0.1:6333"\nembedded_store = "edge"\n',
+        "context.embedded_store",
+    ),
+    (
+        "registry dir with discovery off",
+        '[mcp]\ndiscovery_registry_dir = "registry"\n',
+        "mcp.discovery_registry_dir",
+    ),
+    (
+        "sandbox network without a sandbox",
+        '[servers.a]\ncommand = "x"\nsandbox_network = true\n',
+        "servers.a.sandbox_network",
+    ),
+    (
+        "sandbox network with sandbox none",
+        '[servers.a]\ncommand = "x"\nsandbox = "none"\nsandbox_network = false\n',
+        "servers.a.sandbox_network",
+    ),
+    (
+        "openai model with the local embedder",
+        '[context]\nembedder = "local"\nembedding_model = "text-embedding-3-small"\n',
+        "context.embedding_model",
+    ),
+    (
+        "openai url with auto and no key",
+        '[context]\nopenai_base_url = "https://api.openai.com/v1"\n',
+        "context.openai_base_url",
+    ),
+    (
+        "openai key with the hashing embedder",
+        '[context]\nembedder = "hashing"\nopenai_api_key = "sk-x"\n',
+        "context.openai_api_key",
+    ),
     (
         "two pass-through",
         '[servers.a]\ncommand = "x"\npass_through = true\n[servers.b]\ncommand = "y"\n',
@@ -134,6 +170,36 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path, label: str, body: 
     assert proc.returncode == 2
     assert key in proc.stderr
     assert str(p) in proc.stderr
+
+
+def test_keys_with_an_effect_in_their_mode_still_load() -> None:
+    """The other side of each refusal above: the same keys where they are read, and the
+    defaults (never given) in every mode."""
+    build_config({"policy": {"engine": "opa", "url": "http://127.0.0.1:8181", "timeout_s": 1.0}})
+    build_config({"context": {"embedded_store": "local"}})
+    build_config({"context": {"vector_db_url": "http://127.0.0.1:6333"}})
+    build_config({"mcp": {"discovery_enabled": True, "discovery_registry_dir": "registry"}})
+    build_config({"servers": {"a": {"command": "x", "sandbox": "bwrap", "sandbox_network": True}}})
+    build_config({"context": {"embedder": "openai", "openai_api_key": "k", "embedding_model": "m"}})
+    build_config({"context": {"embedding_model": "m"}}, environ={"OPENAI_API_KEY": "k"})
+
+
+def test_a_qdrant_url_from_the_environment_idles_the_files_embedded_store() -> None:
+    with pytest.raises(ConfigError) as e:
+        build_config({"context": {"embedded_store": "edge"}}, environ={"QDRANT_URL": "http://127.0.0.1:6333"})
+    assert any("context.embedded_store" in r for r in e.value.reasons)
+
+
+def test_openai_variables_of_the_shell_do_not_refuse_another_embedder() -> None:
+    """OPENAI_API_KEY / OPENAI_BASE_URL are read by other tools too: beside embedder = "local"
+    (or auto without a key, for the URL) they are left out, not a key without effect."""
+    env = {"OPENAI_API_KEY": "sk-shell", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    cfg = build_config({"context": {"embedder": "local"}}, environ=env)
+    assert cfg.context.openai_api_key is None and cfg.context.embedder_kind == "local"
+    cfg = build_config({}, environ={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    assert cfg.context.embedder_kind == "local"
+    cfg = build_config({}, environ=env)
+    assert cfg.context.embedder_kind == "openai" and cfg.context.openai_base_url == env["OPENAI_BASE_URL"]
 
 
 def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:

@@ -142,7 +142,8 @@ def test_haproxy_limits_are_the_ones_the_team_config_needs() -> None:
     what ``symbi serve --workers`` derives from deploy/team.toml (they were 300 s and 30 min
     whatever the config said)."""
     cfg = load_config(DEPLOY / "team.toml", {})
-    made = haproxy_config("127.0.0.1", 8080, [1], limits=front_limits(cfg), drop_to=None)
+    replicas = [1, 2, 3]  # compose.yaml's three gateway services (the balancer's maxconn is for all)
+    made = haproxy_config("127.0.0.1", 8080, replicas, limits=front_limits(cfg), drop_to=None)
     assert haproxy_limits((DEPLOY / "haproxy.cfg").read_text()) == haproxy_limits(made)
 
 

@@ -14,7 +14,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.server.admin import _limit, _reason, audit_filters
+from gateway.server.admin import _limit, _reason, _reviewed, audit_filters
 from gateway.server.openapi import OPENAPI
 
 TOP = 2**63 - 1  # SQLite's largest INTEGER
@@ -124,6 +124,10 @@ async def test_an_action_reason_is_taken_from_an_empty_or_json_body(body: bytes,
         b'{"reason": "x\\ud800"}',  # text that is not valid UTF-8 once parsed
         b'{"reason": "ok", "n\\udcff": 1}',  # anywhere in the body
         b'{"reason": "ok", "n": ["\\udcff"]}',
+        b"[" * 100_000 + b"]" * 100_000,  # json.loads: RecursionError, a 500
+        b'{"reason": "ok", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"reason": "ok", "n": ' + b"[" * 900 + b"]" * 900 + b"}",  # parsed, deeper than a body is
+        b'{"reason": "ok", "n": ' + b"[" * 2000,  # unfinished and deep
     ],
 )
 async def test_a_bad_reason_body_is_a_400_bad_request(body: bytes) -> None:
@@ -132,3 +136,26 @@ async def test_a_bad_reason_body_is_a_400_bad_request(body: bytes) -> None:
     doc = json.loads(bytes(refused.body))
     jsonschema.validate(doc, OPENAPI["components"]["schemas"]["Error"])  # the documented error body
     assert doc["error"] == "bad_request" and doc["reason"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"hash": "h", "x": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_001,
+        b'{"hash": 5}',
+        b"not json",
+    ],
+)
+async def test_a_bad_approval_body_is_a_400_bad_request(body: bytes) -> None:
+    refused = await _reviewed(_request(body=body))
+    assert isinstance(refused, JSONResponse) and refused.status_code == 400
+    jsonschema.validate(json.loads(bytes(refused.body)), OPENAPI["components"]["schemas"]["Error"])
+
+
+@pytest.mark.anyio
+async def test_an_approval_body_gives_the_reviewed_hash() -> None:
+    assert await _reviewed(_request(body=b'{"hash": "sha256:ab"}')) == "sha256:ab"
+    assert await _reviewed(_request(body=b"")) is None
+    assert await _reviewed(_request(body=b'{"hash": "", "note": {"a": [1]}}')) is None

@@ -35,6 +35,7 @@ from gateway.errors import ConfigError
 from gateway.server.workers import (
     FRONT_MARGIN_S,
     PING_S,
+    check_front_fits,
     check_shared_state,
     front_limits,
     haproxy_config,
@@ -258,6 +259,40 @@ def test_the_fronts_limits_cover_the_longest_call_and_an_idle_session(
     limits = front_limits(cfg)
     assert limits.silence_s == longest + FRONT_MARGIN_S >= 2 * PING_S  # a pinged stream is never cut
     assert limits.stick_s == 7200 + limits.silence_s
+
+
+@pytest.mark.parametrize(
+    ("body", "per_worker"),
+    [
+        ("", 1024 + 1000),  # mcp.max_concurrent_connections + http.max_sessions
+        ("[mcp]\nmax_concurrent_connections = 10\n[http]\nmax_sessions = 5\n", 15),
+        ("[mcp]\nmax_concurrent_connections = 50000\n", 50000 + 1000),
+    ],
+)
+def test_the_front_admits_no_more_connections_than_the_workers_together(
+    tmp_path: Path, body: str, per_worker: int
+) -> None:
+    """HAProxy's maxconn was 4096 whatever the workers took: past what they serve together it
+    admitted connections only to have them refused (503) by a worker, and under the 4,096
+    workers configured for more were held below their own limits. Now each worker's open MCP
+    requests and GET streams, times the workers."""
+    limits = front_limits(load_config(_plain(tmp_path, body), {}))
+    assert limits.worker_connections == per_worker
+    for n in (1, 2, 3):
+        made = haproxy_config("127.0.0.1", 8080, list(range(4001, 4001 + n)), limits=limits, drop_to=None)
+        assert haproxy_limits(made)["maxconn"] == n * per_worker
+
+
+def test_a_front_that_could_not_open_its_connections_is_refused_at_start(tmp_path: Path) -> None:
+    """HAProxy holds two descriptors a connection it admits: past the open-file limit it refused
+    to start, after every worker had. Now refused before anything starts, naming the keys."""
+    body = STATE + f'[bus]\nsecret = "{SECRET}"\n[mcp]\nmax_concurrent_connections = 1000000000\n'
+    config = _plain(tmp_path, body)
+    with pytest.raises(ConfigError, match="mcp.max_concurrent_connections"):
+        check_front_fits(load_config(config, {}), 2)
+    assert main(["serve", "--config", str(config), "--workers", "2", "--port", str(free_port())]) == 2
+    assert not worker_data_dir(tmp_path / "data", 0).exists()  # nothing started
+    check_front_fits(load_config(_plain(tmp_path, STATE), {}), 2)  # the defaults fit
 
 
 def _front_limits(config: Path) -> dict[str, float]:

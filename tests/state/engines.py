@@ -179,8 +179,8 @@ class HAProxy:
 
 
 def haproxy_limits(text: str) -> dict[str, float]:
-    """An HAProxy config's timeouts (by name) and its stick table's ``expire``, in seconds, and
-    its ``tune.bufsize`` (bytes; HAProxy's 16384 when not set)."""
+    """An HAProxy config's timeouts (by name) and its stick table's ``expire``, in seconds, its
+    ``tune.bufsize`` (bytes; HAProxy's 16384 when not set) and its global ``maxconn``."""
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
     def seconds(v: str) -> float:
@@ -189,8 +189,8 @@ def haproxy_limits(text: str) -> dict[str, float]:
 
     out = {"tune.bufsize": 16384.0}
     for words in (line.split() for line in text.splitlines()):
-        if words[:1] == ["tune.bufsize"]:
-            out["tune.bufsize"] = float(words[1])
+        if words[:1] in (["tune.bufsize"], ["maxconn"]):
+            out[words[0]] = float(words[1])
         elif words[:1] == ["timeout"]:
             out[words[1]] = seconds(words[2])
         elif words[:1] == ["stick-table"]:

@@ -26,14 +26,6 @@ from starlette.routing import Route
 from gateway.context import is_admin
 from gateway.errors import ApprovalError, AuthFailed, DefinitionChanged
 from gateway.runtime.status import agent_rows
-from gateway.server.admin import (
-    AGENT_ACTIONS,
-    agent_action,
-    audit_log,
-    audit_verify,
-    tool_rows,
-    upstream_rows,
-)
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
 from gateway.server.dashboard.render import (
     agents_page,
@@ -44,6 +36,14 @@ from gateway.server.dashboard.render import (
     tool_page,
     tools_page,
     upstreams_page,
+)
+from gateway.server.operations import (
+    AGENT_ACTIONS,
+    agent_action,
+    audit_log,
+    audit_verify,
+    tool_rows,
+    upstream_rows,
 )
 
 if TYPE_CHECKING:

@@ -215,6 +215,19 @@ def test_audit_and_policy_off_answer_503(tmp_path: Path) -> None:
         assert "audit" not in doc and "policy" not in doc
 
 
+def test_a_disabled_hosted_agent_is_not_reported_as_starting(tmp_path: Path) -> None:
+    """``symbi agents run NAME`` of an agent with enabled = false answered 200 "starting" and
+    nothing ran it (no supervisor waits for a disabled agent); examples/symbi.toml ships its
+    clock agent disabled. Now 404 naming agents.NAME.enabled, and no run is recorded."""
+    cfg = everything_config(tmp_path, top_extra='[agents.idle]\ncommand = "/bin/true"\nenabled = false\n')
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        r = httpx.post(run.base + "/api/agents/idle/run", headers=bearer(keys.admin))
+        assert check(r, 404, "Error")["error"] == "not_found"
+        agents = httpx.get(run.base + "/api/agents", headers=bearer(keys.admin)).json()["agents"]
+        assert not [a for a in agents if a.get("name") == "idle"]
+
+
 def test_recent_calls_limit_validation(env: Env) -> None:
     check(get(env, "/calls/recent?limit=5"), 200, "CallList")
     check(get(env, "/calls/recent?limit=0"), 400, "Error")
@@ -341,6 +354,22 @@ def test_an_action_reason_that_is_not_utf8_is_refused(env: Env) -> None:
         assert refused.status_code == 400 and refused.json()["error"] == "bad_request"
     assert check(get(env, f"/agents/{mine['id']}"), 200, "Agent")["state"] == "Ready"
     check(get(env, "/agents"), 200, "AgentList")
+    assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
+
+
+def test_a_body_nested_100000_deep_is_a_400(env: Env) -> None:
+    """Attack: an admin body nested 100,000 levels deep. ``json.loads`` raised RecursionError:
+    a 500 with a traceback in the log. Now 400 bad_request; the agent stays as it was."""
+    _key, h, call = _agent_session(env, "deep-user")
+    agents = check(get(env, "/agents"), 200, "AgentList")["agents"]
+    mine = next(a for a in agents if a["principal"] == "deep-user")
+    headers = {**bearer(env.keys.admin), "Content-Type": "application/json"}
+    deep = b'{"reason": "r", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for path in (f"/agents/{mine['id']}/suspend", "/tools/everything__echo/approve"):
+        refused = httpx.post(f"{env.run.base}/api{path}", content=deep, headers=headers)
+        assert refused.status_code == 400, path
+        jsonschema.validate(refused.json(), OPENAPI["components"]["schemas"]["Error"])
+    assert check(get(env, f"/agents/{mine['id']}"), 200, "Agent")["state"] == "Ready"
     assert httpx.post(env.run.mcp, json=call, headers=h).status_code == 200
 
 

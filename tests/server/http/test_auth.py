@@ -95,6 +95,18 @@ def test_jwt_good_tokens_give_principal_with_roles(verifier) -> None:  # type: i
     assert v.verify(idp.token("erin", alg="ES256", roles="a b")).roles == ("a", "b")
 
 
+# subjects refused as a missing one is: each would become a principal id ("" shared by all)
+BAD_SUBJECTS = {
+    "empty_sub": "",
+    "blank_sub": " \t ",
+    "newline_in_sub": "alice\nadmin",
+    "nul_sub": "\x00",
+    "del_in_sub": "bob\x7f",
+    "c1_in_sub": "carol\x85",
+    "line_separator_in_sub": "dave\u2028",
+}
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -103,6 +115,13 @@ def test_jwt_good_tokens_give_principal_with_roles(verifier) -> None:  # type: i
         "wrong_iss",
         "no_exp",
         "no_sub",
+        "empty_sub",
+        "blank_sub",
+        "newline_in_sub",
+        "nul_sub",
+        "del_in_sub",
+        "c1_in_sub",
+        "line_separator_in_sub",
         "bad_sig",
         "alg_none",
         "hs256_confusion",
@@ -124,6 +143,8 @@ def test_jwt_refused(verifier, case: str) -> None:  # type: ignore[no-untyped-de
         tok = idp.token(exp=None)
     elif case == "no_sub":
         tok = idp.token(sub=None)
+    elif case in BAD_SUBJECTS:
+        tok = idp.token(sub=BAD_SUBJECTS[case])
     elif case == "bad_sig":
         from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -222,10 +243,12 @@ def test_bad_credentials_are_401_invalid_token(env: Env, headers: dict[str, str]
     assert r.json()["error"] == "invalid_token"
 
 
-@pytest.mark.parametrize("case", ["expired", "wrong_aud", "wrong_iss", "bad_sig"])
+@pytest.mark.parametrize("case", ["expired", "wrong_aud", "wrong_iss", "bad_sig", "empty_sub", "blank_sub"])
 def test_bad_jwts_are_401_on_the_wire(env: Env, case: str) -> None:
     idp = env.idp
-    if case == "expired":
+    if case in BAD_SUBJECTS:
+        tok = idp.token(sub=BAD_SUBJECTS[case])
+    elif case == "expired":
         tok = idp.token(exp=int(time.time()) - 3600)
     elif case == "wrong_aud":
         tok = idp.token(aud="other")

@@ -244,7 +244,7 @@ def _print_records(records: list[Any], as_json: bool) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     from gateway.audit import store, verify_jsonl
-    from gateway.audit.trust import read_anchor_files, verify_anchored
+    from gateway.audit.trust import gone_chains, read_anchor_files, verify_anchored
 
     log, key = log_and_key(args)
     cfg = config_or_none(args)
@@ -269,6 +269,8 @@ def _verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     pinned = tuple(cfg.audit.pinned_keys) if cfg is not None else ()
+    if args.log is None:  # a chain removed whole, whose checkpoints were kept elsewhere
+        logs += gone_chains(log, logs, [export, *args.anchor])
     failed = False
     for path in logs:
         if path.suffix == ".jsonl":

@@ -30,6 +30,7 @@ from typing import Any
 
 from gateway.cli import audit_retention_cmd as retention_cmd
 from gateway.cli.audit_keys import config_or_none, log_and_key, open_log, public_keys, trusted_keys
+from gateway.cli.terminal import printable
 from gateway.config import load_config
 from gateway.errors import ConfigError
 
@@ -230,7 +231,7 @@ def _line(rec: Any) -> str:
         extra.append("decision=" + ("allow" if d["decision"].get("allow") else "deny"))
     if not extra:
         extra.append(json.dumps(d, ensure_ascii=False, sort_keys=True)[:160])
-    return f"{rec.seq:>8} {ts} {rec.type:<20} {rec.principal or '-':<12} {' '.join(extra)}"
+    return printable(f"{rec.seq:>8} {ts} {rec.type:<20} {rec.principal or '-':<12} {' '.join(extra)}")
 
 
 def _print_records(records: list[Any], as_json: bool) -> None:
@@ -299,7 +300,7 @@ def _verify(args: argparse.Namespace) -> int:
             )
         else:
             p = res.problem
-            print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {p.message}")
+            print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {printable(p.message)}")
         if args.archives and path.suffix != ".jsonl":
             failed = not retention_cmd.verify_archive_chain(args, path, keys) or failed
     return EXIT_FAIL if failed else EXIT_OK

@@ -255,12 +255,10 @@ def _verify(args: argparse.Namespace) -> int:
         from gateway.cli.audit_shared_cmd import verify_shared
 
         return verify_shared(args, cfg)
-    if args.segment:
-        return retention_cmd.verify_segments(args, public_keys(args, key))
     logs = [log] if args.log is not None else [p for p in store.chain_paths(log) if p.exists()] or [log]
     if args.jobs not in (None, 1) and any(p.suffix == ".jsonl" for p in logs):
         raise ConfigError("audit verify --jobs: a JSONL export is verified in one process")
-    keys, anchored = trusted_keys(args, key, cfg, logs)
+    keys, anchored = trusted_keys(args, key, cfg, [] if args.segment else logs)  # pins filter segments' too
     export = cfg.audit.checkpoint_export if cfg is not None else None
     if not anchored:
         print(
@@ -269,6 +267,8 @@ def _verify(args: argparse.Namespace) -> int:
             "`symbi audit init`) or pass --public-key",
             file=sys.stderr,
         )
+    if args.segment:
+        return retention_cmd.verify_segments(args, keys)
     pinned = tuple(cfg.audit.pinned_keys) if cfg is not None else ()
     if args.log is None:  # a chain removed whole, whose checkpoints were kept elsewhere
         logs += gone_chains(log, logs, [export, *args.anchor])

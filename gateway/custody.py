@@ -69,18 +69,41 @@ def hidden_paths(config: Config) -> list[str]:
 
 
 def writable_by_others(path: Path, *, euid: int | None = None) -> str | None:
-    """Why someone other than root/``euid`` could change ``path`` (None when nobody can)."""
+    """Why someone other than root/``euid`` could change ``path`` (None when nobody can).
+
+    A symbolic link is followed hop by hop, and the folders above each hop and above the file it
+    ends at are checked as well: whoever can rename entries in one of them can point the path at
+    another file (any JSON root owns: a permissive data file) without touching what is checked.
+    """
     me = os.geteuid() if euid is None else euid
-    p = Path(path).absolute()
+    for hop in _link_hops(Path(path).absolute()):
+        why = _writable_by_others(hop, me)
+        if why is not None:
+            return why if hop == Path(path).absolute() else f"{path} leads through {hop}: {why}"
+    return None
+
+
+def _link_hops(p: Path) -> list[Path]:
+    """``p``, every link it goes through (at most 40), and the real file it ends at."""
+    hops = [p]
+    while p.is_symlink() and len(hops) <= 40:
+        p = p.parent / os.readlink(p)
+        hops.append(p)
+    real = Path(os.path.realpath(hops[-1]))
+    return hops if real in hops else [*hops, real]
+
+
+def _writable_by_others(p: Path, me: int) -> str | None:
     try:
-        st = os.stat(p)
+        st, entry = os.stat(p), os.lstat(p)  # a link's own owner may re-point it
     except OSError:
         return None  # a missing file is reported by whoever reads it
-    if st.st_uid not in (0, me):
-        return f"{p} is owned by uid {st.st_uid}"
+    for uid in (entry.st_uid, st.st_uid):
+        if uid not in (0, me):
+            return f"{p} is owned by uid {uid}"
     if st.st_mode & 0o022:
         return f"{p} is writable by group/others (mode {stat.S_IMODE(st.st_mode):o})"
-    child_uid = st.st_uid
+    child_uid = entry.st_uid
     for folder in p.parents:
         try:
             fst = os.stat(folder)

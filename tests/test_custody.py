@@ -76,6 +76,43 @@ def test_a_file_owned_by_another_user_is_not_trusted(tmp_path: Path) -> None:
         check_trusted_files(load_config(cfg))
 
 
+def test_a_link_into_a_folder_others_can_write_refuses_to_start(tmp_path: Path) -> None:
+    """The data path is a link (in a private folder) to a file of ours in a folder anyone can
+    write: whoever can rename entries there can point the data at another file."""
+    folder = private_folder(tmp_path)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    target = shared / "data.json"
+    target.write_text((POLICY.parent / "policies" / "data.json").read_text())
+    target.chmod(0o644)
+    (folder / "data.json").symlink_to(target)
+    cfg = write_config(folder, f'[policy]\npath = "{POLICY}"\ndata = "{folder / "data.json"}"\n')
+    with pytest.raises(ConfigError):
+        check_trusted_files(load_config(cfg))
+    r = run_symbi("config", "check", "--config", str(cfg))
+    assert r.returncode == 2 and str(shared) in r.stderr, r.stderr
+    shared.chmod(0o755)  # the same link into a folder only we can write is trusted
+    check_trusted_files(load_config(cfg))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_link_another_user_owns_in_a_sticky_folder_is_not_trusted(tmp_path: Path) -> None:
+    """In a sticky folder (like /tmp) the owner of an entry may still re-point it: a link of
+    another user's leading to our file is that user's choice of file."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    ours = private_folder(tmp_path) / "data.json"
+    ours.write_text("{}")
+    link = sticky / "data.json"
+    link.symlink_to(ours)
+    assert writable_by_others(link) is None
+    other = pwd.getpwnam("nobody")
+    os.lchown(link, other.pw_uid, other.pw_gid)
+    assert writable_by_others(link) is not None
+
+
 def test_a_config_others_can_read_is_made_private_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -108,14 +108,21 @@ def chain_paths(base: Path) -> list[Path]:
     Several gateway processes on one data dir each write their own chain (one writer per
     chain), all signed with the same key; these are the files that exist, base first.
     """
-    pattern = re.compile(re.escape(base.stem) + r"-(\d+)" + re.escape(base.suffix) + "$")
     siblings = []
     if base.parent.is_dir():
         for p in base.parent.iterdir():
-            m = pattern.match(p.name)
-            if m:
-                siblings.append((int(m.group(1)), p))
+            n = chain_number(base, p.name)
+            if n > 1:
+                siblings.append((n, p))
     return [base, *(p for _, p in sorted(siblings))] if base.exists() or siblings else [base]
+
+
+def chain_number(base: Path, name: str) -> int:
+    """1 for ``base``'s own name, N for its sibling chain ``<stem>-N<suffix>``, 0 for another file."""
+    if name == base.name:
+        return 1
+    m = re.fullmatch(re.escape(base.stem) + r"-(\d+)" + re.escape(base.suffix), name)
+    return int(m.group(1)) if m else 0
 
 
 def checkpoint_path(log_path: Path) -> Path:
@@ -246,6 +253,20 @@ def read_exported(path: Path, log_name: str | None = None) -> list[Anchor]:
         if log_name is None or doc.get("log") in (None, log_name):
             out.append(Anchor.from_dict(doc))
     return out
+
+
+def exported_log_names(path: Path) -> set[str]:
+    """The chains (``log`` fields) an export file holds checkpoints of (``read_exported`` is the
+    one to say a file is malformed: a line that is not JSON names none here)."""
+    names: set[str] = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("log"), str):
+            names.add(doc["log"])
+    return names
 
 
 def read_checkpoint_file(path: Path) -> Anchor | None:

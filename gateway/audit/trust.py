@@ -80,6 +80,25 @@ def read_anchor_files(paths: Iterable[Path], log_name: str | None) -> list[store
     return out
 
 
+def gone_chains(base: Path, present: Sequence[Path], files: Iterable[Path | None]) -> list[Path]:
+    """Chains of ``base``'s data dir that checkpoint files kept elsewhere name but that are not
+    there: a sibling chain (``audit-2.db``) removed whole is otherwise not verified at all.
+
+    Raises:
+        ConfigError: a checkpoint file cannot be read.
+    """
+    names: set[str] = set()
+    for f in files:
+        if f is not None and f.exists():
+            try:
+                names |= store.exported_log_names(f)
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{f}: not a checkpoint file: {e}") from None
+    have = {p.name for p in present}
+    gone = sorted((store.chain_number(base, n), n) for n in names - have if store.chain_number(base, n))
+    return [base.with_name(n) for _, n in gone]
+
+
 def require_events(res: VerifyResult, reason: str) -> VerifyResult:
     """An intact but empty log fails when something outside the data dir says it had events."""
     if res.ok and res.events == 0:
@@ -114,6 +133,15 @@ def verify_anchored(
     extra = list(anchors)
     if export is not None and export.exists():
         extra += read_anchor_files([export], path.name)
+    if extra and not path.exists():
+        seq = max(a.seq for a in extra)
+        return VerifyResult(
+            ok=False,
+            anchored=bool(pinned),
+            problem=Problem(
+                1, "truncated", f"the log is gone, but a checkpoint kept elsewhere records its seq {seq}"
+            ),
+        )
     res = verify_log(path, trusted, extra_anchors=extra, all_signatures=all_signatures, jobs=jobs)
     if pinned:
         res = require_events(res, "the signing key is pinned (every gateway start records an event)")

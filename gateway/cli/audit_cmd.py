@@ -30,6 +30,7 @@ from typing import Any
 
 from gateway.cli import audit_retention_cmd as retention_cmd
 from gateway.cli.audit_keys import config_or_none, log_and_key, open_log, public_keys, trusted_keys
+from gateway.cli.terminal import printable
 from gateway.config import load_config
 from gateway.errors import ConfigError
 
@@ -237,7 +238,7 @@ def _line(rec: Any) -> str:
         extra.append("decision=" + ("allow" if d["decision"].get("allow") else "deny"))
     if not extra:
         extra.append(json.dumps(d, ensure_ascii=False, sort_keys=True)[:160])
-    return f"{rec.seq:>8} {ts} {rec.type:<20} {rec.principal or '-':<12} {' '.join(extra)}"
+    return printable(f"{rec.seq:>8} {ts} {rec.type:<20} {rec.principal or '-':<12} {' '.join(extra)}")
 
 
 def _print_records(records: list[Any], as_json: bool) -> None:
@@ -251,7 +252,7 @@ def _print_records(records: list[Any], as_json: bool) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     from gateway.audit import store, verify_jsonl
-    from gateway.audit.trust import read_anchor_files, verify_anchored
+    from gateway.audit.trust import gone_chains, read_anchor_files, verify_anchored
 
     log, key = log_and_key(args)
     cfg = config_or_none(args)
@@ -261,12 +262,10 @@ def _verify(args: argparse.Namespace) -> int:
         from gateway.cli.audit_shared_cmd import verify_shared
 
         return verify_shared(args, cfg)
-    if args.segment:
-        return retention_cmd.verify_segments(args, public_keys(args, key))
     logs = [log] if args.log is not None else [p for p in store.chain_paths(log) if p.exists()] or [log]
     if args.jobs not in (None, 1) and any(p.suffix == ".jsonl" for p in logs):
         raise ConfigError("audit verify --jobs: a JSONL export is verified in one process")
-    keys, anchored = trusted_keys(args, key, cfg, logs)
+    keys, anchored = trusted_keys(args, key, cfg, [] if args.segment else logs)  # pins filter segments' too
     export = cfg.audit.checkpoint_export if cfg is not None else None
     if not anchored:
         print(
@@ -275,7 +274,11 @@ def _verify(args: argparse.Namespace) -> int:
             "`symbi audit init`) or pass --public-key",
             file=sys.stderr,
         )
+    if args.segment:
+        return retention_cmd.verify_segments(args, keys)
     pinned = tuple(cfg.audit.pinned_keys) if cfg is not None else ()
+    if args.log is None:  # a chain removed whole, whose checkpoints were kept elsewhere
+        logs += gone_chains(log, logs, [export, *args.anchor])
     failed = False
     for path in logs:
         if path.suffix == ".jsonl":
@@ -304,7 +307,7 @@ def _verify(args: argparse.Namespace) -> int:
             )
         else:
             p = res.problem
-            print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {p.message}")
+            print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {printable(p.message)}")
         if args.archives and path.suffix != ".jsonl":
             failed = not retention_cmd.verify_archive_chain(args, path, keys) or failed
     return EXIT_FAIL if failed else EXIT_OK

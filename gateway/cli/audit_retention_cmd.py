@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.terminal import printable
 from gateway.config import load_config
 from gateway.errors import ConfigError
 
@@ -129,4 +130,4 @@ def _print(args: argparse.Namespace, path: Path, res: Any) -> None:
         )
     else:
         p = res.problem
-        print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {p.message}")
+        print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {printable(p.message)}")

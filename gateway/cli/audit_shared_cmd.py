@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from gateway.cli.terminal import printable
 from gateway.errors import ConfigError
 
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -54,7 +55,7 @@ def verify_shared(args: argparse.Namespace, cfg: Any) -> int:
             res = verify_shared_chain(pg, chain, keys, all_signatures=not args.fast)
             res.anchored = anchored
             failed = failed or not res.ok
-            name = f"postgres:{chain.chain[:16]} ({chain.replica})"
+            name = printable(f"postgres:{chain.chain[:16]} ({chain.replica})")  # names are PostgreSQL's
             if args.json:
                 print(
                     json.dumps({"log": name, "chain": chain.chain, "replica": chain.replica, **res.as_dict()})
@@ -67,7 +68,7 @@ def verify_shared(args: argparse.Namespace, cfg: Any) -> int:
                 )
             else:
                 p = res.problem
-                print(f"{name}: FAILED at seq {p.seq}: {p.kind}: {p.message}")
+                print(f"{name}: FAILED at seq {p.seq}: {p.kind}: {printable(p.message)}")
         if not args.json:
             bad = "FAILED" if failed else "intact"
             print(f"{len(chains)} replica chain(s) in PostgreSQL: {bad}")

@@ -14,12 +14,13 @@ shipped ships them when it starts again on the same data dir.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import anyio
@@ -28,8 +29,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.audit import store
-from gateway.audit.record import AuditRecord, key_id_of
-from gateway.audit.verify import VerifyResult, verify_records
+from gateway.audit.record import GENESIS_HASH, AuditRecord, key_id_of
+from gateway.audit.retention import HANDOFF_PREFIX, Handoff, read_handoff, signature_ok
+from gateway.audit.verify import Problem, VerifyResult, verify_records
 from gateway.errors import AuditError, StateUnavailable
 from gateway.state.postgres import Postgres
 
@@ -45,6 +47,7 @@ class SharedChain:
     start_seq: int
     start_hash: str
     anchor: store.Anchor | None
+    start_handoff: str | None = None  # the signed hand-off (JSON) a chain after seq 1 starts from
 
 
 class AuditShipper:
@@ -114,11 +117,13 @@ class AuditShipper:
     def _register(self, conn: sqlite3.Connection, first: AuditRecord) -> None:
         chain = first.chain_hash
         keys = conn.execute("SELECT key_id, public_pem FROM keys").fetchall()
+        handoff = read_handoff(conn) if first.seq > 1 else None  # what vouches for the start
+        start = json.dumps(asdict(handoff), sort_keys=True) if handoff is not None else None
         with self._pg.cursor(transaction=True) as cur:
             cur.execute(
-                "INSERT INTO symbi_audit_chains (chain, replica, start_seq, start_hash, created)"
-                " VALUES (%s,%s,%s,%s,%s) ON CONFLICT (chain) DO NOTHING",
-                (chain, self.replica, first.seq, first.prev_hash, time.time()),
+                "INSERT INTO symbi_audit_chains (chain, replica, start_seq, start_hash, created, start_handoff)"
+                " VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (chain) DO NOTHING",
+                (chain, self.replica, first.seq, first.prev_hash, time.time(), start),
             )
             cur.executemany(
                 "INSERT INTO symbi_audit_keys (key_id, public_pem) VALUES (%s,%s) ON CONFLICT (key_id) DO NOTHING",
@@ -169,13 +174,13 @@ def shared_chains(pg: Postgres) -> list[SharedChain]:
     with pg.cursor() as cur:
         cur.execute(
             "SELECT chain, replica, start_seq, start_hash, anchor_seq, anchor_hash, anchor_ts_ns, anchor_key_id,"
-            " anchor_signature FROM symbi_audit_chains ORDER BY created, chain"
+            " anchor_signature, start_handoff FROM symbi_audit_chains ORDER BY created, chain"
         )
         rows = cur.fetchall()
     out = []
-    for chain, replica, start_seq, start_hash, a_seq, a_hash, a_ts, a_kid, a_sig in rows:
+    for chain, replica, start_seq, start_hash, a_seq, a_hash, a_ts, a_kid, a_sig, handoff in rows:
         anchor = store.Anchor(int(a_seq), a_hash, int(a_ts), a_kid, a_sig) if a_seq is not None else None
-        out.append(SharedChain(chain, replica, int(start_seq), start_hash, anchor))
+        out.append(SharedChain(chain, replica, int(start_seq), start_hash, anchor, handoff))
     return out
 
 
@@ -207,7 +212,12 @@ def verify_shared_chain(
     pg: Postgres, chain: SharedChain, keys: Mapping[str, Ed25519PublicKey], *, all_signatures: bool = True
 ) -> VerifyResult:
     """One replica's chain as PostgreSQL holds it: every link, hash and signature, from where
-    it was registered to (at least) its last shipped signed anchor."""
+    it was registered to (at least) its last shipped signed anchor. It starts at seq 1, or where
+    the replica's signed retention hand-off says its live chain went on (nothing else says no
+    record before the start is missing: whoever can write PostgreSQL can move the start)."""
+    why = _unvouched_start(chain, keys)
+    if why is not None:
+        return VerifyResult(ok=False, problem=Problem(1, "truncated", why))
     return verify_records(
         _records(pg, chain.chain),
         keys,
@@ -217,3 +227,22 @@ def verify_shared_chain(
         start_seq=chain.start_seq,
         start_hash=chain.start_hash,
     )
+
+
+def _unvouched_start(chain: SharedChain, keys: Mapping[str, Ed25519PublicKey]) -> str | None:
+    """Why the chain's start is not vouched for (None when it is seq 1 or a signed hand-off)."""
+    if chain.start_seq == 1 and chain.start_hash == GENESIS_HASH:
+        return None
+    where = f"the chain starts at seq {chain.start_seq} in PostgreSQL"
+    if chain.start_handoff is None:
+        return f"{where} and no signed hand-off says the records before it were archived"
+    try:
+        doc = json.loads(chain.start_handoff)
+        h = Handoff.from_dict(doc)
+    except (ValueError, TypeError):
+        return f"{where} and its hand-off is malformed"
+    if not signature_ok(HANDOFF_PREFIX, asdict(h), keys):
+        return f"{where} and its hand-off is not validly signed by a trusted key"
+    if (h.seq + 1, h.chain_hash) != (chain.start_seq, chain.start_hash):
+        return f"{where}, but its signed hand-off says the live chain went on after seq {h.seq}"
+    return None

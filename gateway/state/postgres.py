@@ -189,6 +189,15 @@ ALTER TABLE symbi_pins
     ADD COLUMN rejected_seen TEXT;
 """,
     ),
+    (
+        8,
+        # a chain that starts after seq 1 (its oldest events were archived before it was shipped)
+        # carries the replica's signed retention hand-off: a start moved later in PostgreSQL,
+        # with the rows before it deleted, is no longer a shorter chain that verifies
+        """
+ALTER TABLE symbi_audit_chains ADD COLUMN start_handoff TEXT;
+""",
+    ),
 ]
 CHANNEL = "symbi_approvals"  # NOTIFY on every approvals change: replicas act at once
 POLICY_CHANNEL = "symbi_policies"  # NOTIFY on every published policy (gateway.state.policies)

@@ -3,7 +3,9 @@
 Refused calls (outcome "denied") past ``[audit] refusals_recorded_per_window`` of a principal
 within ``refusal_window_s`` are counted instead, and their counts recorded as one
 ``audit.refusals_summarized`` event per window (``gateway.audit.refusals``): a flood of refusals
-no longer grows the log by a record each. The caller's answer is the same either way.
+no longer grows the log by a record each. The caller's answer is the same either way. A call
+refused after its upstream answered (``call.result_bytes`` is set) had its effect there: always
+recorded one by one.
 
 The event is ``tool.call``, ``resource.read`` or ``prompt.get`` (``gateway.events.Event``) and is
 committed before the result goes back (``AuditLog.record`` waits for the group commit).
@@ -67,7 +69,10 @@ class AuditStep:
 
     async def _record(self, call: CallContext, error: BaseException | None) -> None:
         try:
-            if call.outcome == "denied" and not self._one_by_one(call):
+            # a call refused after its upstream answered (a result the policy's redaction cannot
+            # pass on, too large a resource) ran there: it is recorded one by one, never counted
+            refused_before = call.result_bytes is None
+            if call.outcome == "denied" and refused_before and not self._one_by_one(call):
                 return  # counted: its count is recorded at the window's end (a refusal flood)
             details = event_details(call, error)
             started = time.perf_counter()

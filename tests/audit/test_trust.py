@@ -199,3 +199,23 @@ def test_the_admins_own_checkpoint_copy_catches_a_rollback(tmp_path: Path) -> No
     assert code == 0 and res["last_seq"] < head["seq"]  # without the copy it looks intact...
     code, res = verify(cfg, "--anchor", copy, "--public-key", pub)
     assert code == 1 and res["problem"]["kind"] == "truncated" and res["anchored"]  # ...not with it
+
+
+def test_a_sibling_chain_removed_whole_fails_against_the_exported_checkpoints(tmp_path: Path) -> None:
+    """A second gateway process's chain (``audit-2.db``) deleted with its files: ``verify``
+    checked only the chains it found, and said the data dir was intact."""
+    cfg, witness = pinned_setup(tmp_path, events=6)
+    conf = load_config(cfg)
+    with AuditLog.from_config(conf, conf.audit_path.with_name("audit-2.db")) as log:
+        for i in range(6):
+            log.append("test.event", {"i": i, "chain": 2})
+    assert "audit-2.db" in witness.read_text()
+    r = cli("verify", "--config", cfg, "--json")
+    assert r.returncode == 0, r.stdout
+    for f in conf.data_dir.glob("audit-2.db*"):
+        f.unlink()
+    r = cli("verify", "--config", cfg, "--json")
+    results = {Path(d["log"]).name: d for d in map(json.loads, r.stdout.splitlines())}
+    assert r.returncode == 1
+    assert results["audit.db"]["ok"]
+    assert results["audit-2.db"]["problem"]["kind"] == "truncated"

@@ -167,3 +167,29 @@ def test_verify_log_archives_reads_the_archive_dir_of_the_env_config(tmp_path: P
         env={**os.environ, "SYMBI_CONFIG_PATH": str(cfg)},
     )
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_verify_segment_trusts_only_the_pinned_key(cfg: Path, tmp_path: Path) -> None:
+    """A data-dir writer's own segment (their key, a segment file named like ours) and their
+    public key put beside the log: ``verify --segment`` said intact although the config pins
+    another key."""
+    from gateway.audit.retention import RetentionPolicy, archive
+
+    data = tmp_path / "data"
+    with AuditLog(data / "audit.db", data / "audit-key.pem") as log:
+        pin = log.key_id
+    cfg.write_text(cfg.read_text() + f'pinned_keys = ["{pin}"]\n')
+    evil = tmp_path / "evil"
+    with AuditLog(evil / "audit.db", evil / "audit-key.pem") as log:
+        for i in range(10):
+            log.append("tool.call", {"tool": "nothing__to_see", "i": i})
+        assert archive(log, RetentionPolicy(None, 1, "archive", evil / "archive")) is not None
+    [forged] = (evil / "archive").glob("*.jsonl")
+    own = tmp_path / "admin.pub.pem"  # the admin's copy of the real public key
+    own.write_bytes((data / "audit-key.pub.pem").read_bytes())
+    (data / "audit-key.pub.pem").write_bytes((evil / "audit-key.pub.pem").read_bytes())
+    res = symbi("verify", "--config", cfg, "--segment", forged)
+    assert res.returncode != 0 and "intact" not in res.stdout
+    # with the pinned key at hand, the forged segment fails
+    res = symbi("verify", "--config", cfg, "--segment", forged, "--public-key", own)
+    assert res.returncode == 1 and "FAILED" in res.stdout

@@ -44,3 +44,27 @@ def test_a_reload_from_a_file_others_can_write_is_refused(policy_copy: PolicyFil
     assert eng.bundle is before
     refused: dict[str, Any] = next(d for t, d in sink.events if t == "policy.reload_refused")
     assert str(policy_copy.data) in refused["error"] and refused["changes"]
+
+
+def test_a_data_file_replaced_by_a_link_into_a_folder_others_can_write_is_refused(
+    policy_copy: PolicyFiles, tmp_path_factory: Any
+) -> None:
+    """The data file became a link to a file of ours (0644) in a folder anyone can write: the
+    file passed, the folder it sits in was never looked at, so whoever can write that folder
+    could re-point the data at any JSON root owns (a permissive one) and have it reloaded."""
+    sink = RecordingSink()
+    eng = EmbeddedEngine(policy_copy, events=sink)
+    assert eng.load()
+    before = eng.bundle
+    assert policy_copy.data is not None
+    shared = tmp_path_factory.mktemp("shared")
+    shared.chmod(0o777)  # not sticky: anyone may rename entries here
+    target = shared / "data.json"
+    target.write_text(policy_copy.data.read_text() + "\n")
+    target.chmod(0o644)
+    policy_copy.data.unlink()
+    policy_copy.data.symlink_to(target)
+    assert not eng.reload()
+    assert eng.bundle is before
+    refused: dict[str, Any] = next(d for t, d in sink.events if t == "policy.reload_refused")
+    assert str(shared) in refused["error"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import AuditLog
+from gateway.audit.retention import RetentionPolicy, archive
 from gateway.cli import main
 from gateway.errors import StateUnavailable
 from gateway.state.audit import AuditShipper, shared_chains
@@ -194,3 +195,60 @@ def test_a_ship_racing_a_commit_copies_the_anchor_and_records_of_one_snapshot(
         assert code == 0, lines
     finally:
         log.close()
+
+
+def _cut_front(pg: Postgres, chain: str, seq: int) -> None:
+    """The rows up to ``seq`` deleted and the chain's start moved after them (PostgreSQL write)."""
+    with pg.cursor() as cur:
+        cur.execute("SELECT chain_hash FROM symbi_audit_events WHERE chain=%s AND seq=%s", (chain, seq))
+        row = cur.fetchone()
+        assert row is not None
+        cur.execute("DELETE FROM symbi_audit_events WHERE chain=%s AND seq<=%s", (chain, seq))
+        cur.execute(
+            "UPDATE symbi_audit_chains SET start_seq=%s, start_hash=%s WHERE chain=%s",
+            (seq + 1, row[0], chain),
+        )
+
+
+def test_a_chains_front_cut_off_in_postgres_is_found(
+    tmp_path: Path, pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its oldest rows deleted and its start moved after them: the shorter chain verified intact
+    (every link from the new start, the signed anchor at its head), even with the key pinned."""
+    a = _replica(tmp_path / "a", 12)
+    try:
+        AuditShipper(pg, a.path, replica="a").ship()
+        [chain] = shared_chains(pg)
+        _cut_front(pg, chain.chain, 6)
+        pins = json.dumps([a.key_id])
+        code, lines = _verify(_config(tmp_path, postgres_engine, f"pinned_keys = {pins}"), capsys)
+        assert code == 1
+        problem = lines[0]["problem"]
+        assert isinstance(problem, dict) and problem["kind"] == "truncated"
+    finally:
+        a.close()
+
+
+def test_a_chain_shipped_after_retention_starts_at_its_signed_hand_off(
+    tmp_path: Path, pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A replica whose oldest events were archived before it first shipped: its chain starts
+    where the signed hand-off says and verifies; a start moved further is found all the same."""
+    a = _replica(tmp_path / "a", 12)
+    try:
+        policy = RetentionPolicy(None, 1, "archive", tmp_path / "archive")
+        assert archive(a, policy) is not None
+        AuditShipper(pg, a.path, replica="a").ship()
+        [chain] = shared_chains(pg)
+        assert chain.start_seq > 1 and chain.start_handoff is not None
+        pins = json.dumps([a.key_id])
+        cfg = _config(tmp_path, postgres_engine, f"pinned_keys = {pins}")
+        code, lines = _verify(cfg, capsys)
+        assert code == 0, lines
+        _cut_front(pg, chain.chain, chain.start_seq)
+        code, lines = _verify(cfg, capsys)
+        assert code == 1
+        problem = lines[0]["problem"]
+        assert isinstance(problem, dict) and problem["kind"] == "truncated"
+    finally:
+        a.close()

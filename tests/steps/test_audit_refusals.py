@@ -133,3 +133,48 @@ def test_a_counted_refusal_still_fails_closed_when_the_log_is_down(log: AuditLog
         log.flush()
     # the next refusal would be counted, but the log is broken: refused as audit failure
     assert asyncio.run(_run(step, _call(), _denied)) is AuditError
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_a_call_refused_after_its_upstream_ran_is_never_counted(tmp_path: Path) -> None:
+    """Through ``symbi mcp``: the window's record budget spent on unknown tools, then calls the
+    upstream ran whose result the policy's ``redact_result`` cannot pass on (the caller chose
+    it: the tool echoes). Refused after the fact, they were counted as refusals: no record of
+    their own, their arguments (what the upstream did) in no record."""
+    import json
+    import sys
+
+    from tests.conftest import POLICY, ROOT, TEST_POLICY_DATA, write_config
+    from tests.server._clients import stdio_session
+
+    data = json.loads(TEST_POLICY_DATA.read_bytes())
+    data["symbi_data"]["redact_result"] = {"surr__ok": ["secret"]}
+    data["symbi_data"]["upstreams"]["surr"] = {"allow_unverified": True}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [policy]
+        path = "{POLICY}"
+        data = "{tmp_path / "data.json"}"
+        [audit]
+        refusals_recorded_per_window = 2
+        [servers.surr]
+        command = "{sys.executable}"
+        args = ["{ROOT / "tests/peers/surrogate_server.py"}"]
+        verification = "warn"
+        """,
+    )
+    unredactable = '{"secret": "s", "note": "\\ud800"}'  # its JSON holds a lone surrogate
+    async with stdio_session(cfg) as s:
+        for _ in range(2):
+            assert (await s.call_tool("nope__x", {})).is_error
+        for i in range(3):
+            r = await s.call_tool("surr__ok", {"message": unredactable, "transfer_to": f"acct-{i}"})
+            assert r.is_error  # refused: the result is not passed on
+    conn = sqlite3.connect(tmp_path / "data" / "audit.db")
+    rows = [json.loads(d) for (d,) in conn.execute("SELECT details FROM events WHERE type = 'tool.call'")]
+    conn.close()
+    ran = [d["arguments"]["transfer_to"] for d in rows if d.get("tool") == "surr__ok"]
+    assert ran == ["acct-0", "acct-1", "acct-2"]

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import audit_retention_cmd as retention_cmd
-from gateway.cli.audit_keys import config_or_none, log_and_key, open_log, public_keys, trusted_keys
+from gateway.cli import audit_verify_cmd as verify_cmd
+from gateway.cli.audit_keys import log_and_key, open_log, public_keys
 from gateway.cli.terminal import printable
 from gateway.config import load_config
 from gateway.errors import ConfigError
@@ -43,8 +44,11 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("audit", help="the signed audit log: verify, tail, query, export, report, rotate-key")
     asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
-    for add in (_add_verify, _add_tail, _add_query, _add_export, _add_report, _add_checkpoint, _add_init):
+    verify_cmd.add_verify(asub, _common)
+    for add in (_add_tail, _add_query, _add_export, _add_report):
         add(asub)
+    verify_cmd.add_checkpoint(asub, _common)
+    _add_init(asub)
     retention_cmd.add_archive_command(asub, _common)
     _add_rotate(asub)
 
@@ -65,54 +69,6 @@ def _common(sp: argparse.ArgumentParser, keys: bool = False) -> None:
 def _period(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--since", help="ISO 8601 time, epoch seconds, or an age like 15m, 24h, 7d")
     sp.add_argument("--until", help="same forms as --since (exclusive)")
-
-
-def _add_verify(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    v = asub.add_parser(
-        "verify",
-        help="check every signature, link and anchor (0 intact, 1 names the first bad seq); "
-        "without --log, every chain of the data dir (audit.db, audit-2.db, ...)",
-    )
-    _common(v, keys=True)
-    v.add_argument(
-        "--anchor",
-        type=Path,
-        action="append",
-        default=[],
-        help="checkpoints kept elsewhere: a checkpoint file or an [audit] checkpoint_export copy "
-        "(repeatable; the configured checkpoint_export is always read)",
-    )
-    v.add_argument(
-        "--fast",
-        action="store_true",
-        help="verify signatures only at anchors, key changes and the head (all hashes and links still)",
-    )
-    v.add_argument(
-        "--jobs",
-        type=_jobs,
-        default=None,
-        metavar="N",
-        help="processes to verify a SQLite log in (1: one process; default: this machine's cores "
-        "once a log is large enough to gain from them); exports and --shared/--segment use one",
-    )
-    v.add_argument("--json", action="store_true", help="print the result as JSON")
-    v.add_argument(
-        "--shared",
-        action="store_true",
-        help="verify every replica's chain as PostgreSQL holds it ([state] postgres_url), each on its own",
-    )
-    retention_cmd.add_verify_options(v)
-    v.set_defaults(func=_verify)
-
-
-def _jobs(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return n
 
 
 def _add_tail(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -162,17 +118,6 @@ def _add_report(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     r.set_defaults(func=_report)
 
 
-def _add_checkpoint(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    c = asub.add_parser(
-        "checkpoint",
-        help="print (or append to --out) the log's current signed head, for a copy "
-        "kept outside the data dir (verify it with --anchor FILE)",
-    )
-    _common(c)
-    c.add_argument("--out", type=Path, default=None, help="append to this file (JSON lines, mode 0600)")
-    c.set_defaults(func=_checkpoint)
-
-
 def _add_init(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     i = asub.add_parser(
         "init", help="create the data dir and signing key; print the key id to pin in the config"
@@ -180,7 +125,7 @@ def _add_init(asub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     i.add_argument("--config", type=Path, default=None, help="symbi.toml (default $SYMBI_CONFIG_PATH)")
     i.add_argument(
         "--workers",
-        type=_jobs,
+        type=verify_cmd.jobs,
         default=None,
         metavar="N",
         help="for `symbi serve --workers N`: make each worker's key (<data_dir>/worker-<i>) and print every id",
@@ -248,89 +193,6 @@ def _print_records(records: list[Any], as_json: bool) -> None:
 
 
 # -- sub-commands ----------------------------------------------------------------------------
-
-
-def _verify(args: argparse.Namespace) -> int:
-    from gateway.audit import store, verify_jsonl
-    from gateway.audit.trust import gone_chains, read_anchor_files, verify_anchored
-
-    log, key = log_and_key(args)
-    cfg = config_or_none(args)
-    if args.jobs not in (None, 1) and (args.shared or args.segment):
-        raise ConfigError("audit verify --jobs: --shared and --segment are verified in one process")
-    if args.shared:
-        from gateway.cli.audit_shared_cmd import verify_shared
-
-        return verify_shared(args, cfg)
-    logs = [log] if args.log is not None else [p for p in store.chain_paths(log) if p.exists()] or [log]
-    if args.jobs not in (None, 1) and any(p.suffix == ".jsonl" for p in logs):
-        raise ConfigError("audit verify --jobs: a JSONL export is verified in one process")
-    keys, anchored = trusted_keys(args, key, cfg, [] if args.segment else logs)  # pins filter segments' too
-    export = cfg.audit.checkpoint_export if cfg is not None else None
-    if not anchored:
-        print(
-            "symbi: WARNING: verification is NOT ANCHORED: it trusts the public keys found beside the log, "
-            "which anyone who can write the data dir can replace; pin the key ([audit] pinned_keys, see "
-            "`symbi audit init`) or pass --public-key",
-            file=sys.stderr,
-        )
-    if args.segment:
-        return retention_cmd.verify_segments(args, keys)
-    pinned = tuple(cfg.audit.pinned_keys) if cfg is not None else ()
-    if args.log is None:  # a chain removed whole, whose checkpoints were kept elsewhere
-        logs += gone_chains(log, logs, [export, *args.anchor])
-    failed = False
-    for path in logs:
-        if path.suffix == ".jsonl":
-            res = verify_jsonl(
-                path, keys, anchors=read_anchor_files(args.anchor, None), all_signatures=not args.fast
-            )
-        else:  # keys are already filtered by the pins; the pins also mean "not empty"
-            res = verify_anchored(
-                path,
-                keys,
-                pinned=pinned,
-                export=export,
-                anchors=read_anchor_files(args.anchor, path.name),
-                all_signatures=not args.fast,
-                jobs=args.jobs,
-            )
-        res.anchored = anchored
-        failed = failed or not res.ok
-        if args.json:
-            print(json.dumps({"log": str(path), **res.as_dict()}))
-        elif res.problem is None:
-            print(
-                f"{path}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
-                f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked"
-                + ("" if anchored else " (NOT ANCHORED)")
-            )
-        else:
-            p = res.problem
-            print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {printable(p.message)}")
-        if args.archives and path.suffix != ".jsonl":
-            failed = not retention_cmd.verify_archive_chain(args, path, keys) or failed
-    return EXIT_FAIL if failed else EXIT_OK
-
-
-def _checkpoint(args: argparse.Namespace) -> int:
-    from gateway.audit import store
-
-    log, _ = log_and_key(args)
-    conn = store.open_reader(log)
-    try:
-        anchor = store.read_anchor(conn)
-    finally:
-        conn.close()
-    if anchor is None:
-        print(f"symbi: {log} has no signed head yet", file=sys.stderr)
-        return EXIT_FAIL
-    if args.out is not None:
-        store.export_checkpoint(args.out, log, anchor)
-        print(f"checkpoint seq {anchor.seq} of {log.name} appended to {args.out}", file=sys.stderr)
-    else:
-        print(json.dumps({"log": log.name, **anchor.as_dict()}, sort_keys=True))
-    return EXIT_OK
 
 
 def _init(args: argparse.Namespace) -> int:

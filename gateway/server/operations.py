@@ -174,7 +174,12 @@ async def pass_hosted_action(
         seen = await gw.hosted.leased.pass_order(name, action, who, reason)
     except (RedisError, OSError) as e:
         why = f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
-        return 503, {"error": "unavailable", "code": StateUnavailable.code, "reason": why}
+        return 503, {
+            "error": "unavailable",
+            "component": "state",
+            "code": StateUnavailable.code,
+            "reason": why,
+        }
     if seen is None:
         why = (
             f"no process holds hosted agent {name!r}'s lease: it runs nowhere now (not started, "

@@ -10,7 +10,9 @@ the supervisor has nothing more to run, so an agent that ran once is not run aga
 Fail closed: a holder that cannot renew (Redis unreachable, or the lease no longer holds its
 token) stops its agent's run before the lease could expire (``STOP_MARGIN_S`` ahead of it), and
 says so in the log and the audit (``agent.lease_lost``); then it tries to take the lease again
-like any other process. A holder that dies leaves its lease to expire: another process takes
+like any other process. An operator's suspend / resume / terminate answered by a process that
+does not hold the lease is passed to the holder as an order (``gateway.runtime.orders``), which
+the holder carries out after its next renewal. A holder that dies leaves its lease to expire: another process takes
 it within ``LEASE_TTL_MS`` + ``RENEW_S``. On stop the holder releases it once its run has ended.
 """
 
@@ -27,6 +29,7 @@ from gateway.config.sections import AgentConfig
 from gateway.errors import InvalidTransition
 from gateway.events import Event
 from gateway.runtime.lifecycle import AgentState
+from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, parse_order
 from gateway.state.leases import RENEW_S, RETRY_S, STOP_MARGIN_S, Lease, LeaseBoard
 
 if TYPE_CHECKING:
@@ -60,6 +63,19 @@ class LeasedAgents:
         self._wanted.add(name)
         self._poke[name].set()
         return f"start passed to the process holding its lease ({holder or 'none yet'})"
+
+    async def pass_order(self, name: str, action: str, who: str, reason: str) -> dict[str, Any] | None:
+        """An operator's ``action`` on ``name``, answered here without its lease: left on Redis
+        for the holder (it acts after its next renewal). The holder's status as read now, or
+        None when no process holds the lease (nothing is left). Raises ``RedisError``/``OSError``:
+        the caller refuses the action (fail closed, never dropped silently)."""
+        seen = (await self.board.statuses([name]))[name]
+        self.seen[name] = seen
+        if seen is None:
+            return None
+        order = Order(action=action, by=who, reason=reason, via=self.board.owner, at=time.time())
+        await self.board.order(name, order.dumps(), ORDER_TTL_S)
+        return seen
 
     def status(self) -> dict[str, Any]:
         """Every hosted agent and the process running it, as last read from Redis."""
@@ -206,7 +222,25 @@ class LeasedAgents:
                 return "its lease was taken or expired (another token holds it)"
             if got.woken:
                 self.hosted._wake[name].set()
+            await self._take_orders(name)
             wait = RENEW_S
+
+    async def _take_orders(self, name: str) -> None:
+        """Carry out the operators' orders other processes left for ``name`` (well-formed ones)."""
+        try:
+            raw = await self.board.take_orders(name)
+        except _REDIS_ERRORS as e:  # left where they are: taken at the next renewal
+            _logger.warning("agent %s: operator orders not read (%s)", name, e)
+            return
+        for order in filter(None, map(parse_order, raw)):
+            agent = self.hosted.runtime.agents.by_name(name)
+            if agent is None:  # on-demand, never started here: nothing to act on
+                doc = {"name": name, "by": order.by, "reason": order.reason, "via": order.via}
+                doc["result"] = "refused: the agent has not run here yet"
+                self.hosted.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)
+                continue
+            _, result = act(self.hosted.runtime, self.hosted.events, agent, order)
+            _logger.info("agent %s: %s from %s via %s: %s", name, order.action, order.by, order.via, result)
 
 
 def lease_left(lease: Lease) -> float:

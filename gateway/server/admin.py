@@ -32,6 +32,9 @@ from gateway.server.operations import (
     audit_log,
     audit_query,
     audit_verify,
+    hosted_elsewhere,
+    not_here,
+    pass_hosted_action,
     policy_status,
     tool_rows,
     upstream_rows,
@@ -357,14 +360,18 @@ class AdminApi:
         return JSONResponse(agent_row(gw.runtime, agent))
 
     async def agent_act(self, request: Request, action: str) -> Response:
-        if self._agent(request) is None:
-            return _err(404, "not_found", f"no agent {request.path_params['id']!r}")
+        ref = request.path_params["id"]
+        elsewhere = hosted_elsewhere(self.state, ref)  # a hosted agent another process runs
+        if elsewhere is None and self._agent(request) is None:
+            return _err(404, "not_found", not_here(self.state, ref))
         reason = await _reason(request)
         if isinstance(reason, JSONResponse):
             return reason
-        status, body = agent_action(
-            self.state, request.path_params["id"], action, request.scope["symbi.principal"].id, reason
-        )
+        who = request.scope["symbi.principal"].id
+        if elsewhere is not None:
+            status, body = await pass_hosted_action(self.state, elsewhere, action, who, reason)
+        else:
+            status, body = agent_action(self.state, ref, action, who, reason)
         return JSONResponse(body, status_code=status)
 
     async def agent_run(self, request: Request) -> Response:

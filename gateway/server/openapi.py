@@ -156,7 +156,15 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    "responses": {"200": _ok("AgentAction"), "400": _ERR, "404": _ERR, "409": _ERR, **_STD},
+                    "responses": {
+                        "200": _ok("AgentAction"),
+                        "202": _ok("AgentActionPassed", "a hosted agent's lease holder acts on it"),
+                        "400": _ERR,
+                        "404": _ERR,
+                        "409": _ERR,
+                        "503": _ok("Unavailable", "the shared state (Redis) cannot be reached"),
+                        **_STD,
+                    },
                 }
             }
             for action, summary in (

@@ -317,6 +317,16 @@ SCHEMAS: dict[str, Any] = {
         "required": ["agents"],
         "properties": {"agents": {"type": "array", "items": {"$ref": REF + "Agent"}}},
     },
+    "AgentActionPassed": {
+        "type": "object",
+        "required": ["agent", "result", "holder", "state"],
+        "properties": {
+            "agent": {"type": "string"},
+            "result": {"type": "string"},
+            "holder": {"type": "string"},
+            "state": _NULLSTR,
+        },
+    },
     "AgentAction": {
         "type": "object",
         "required": ["agent", "result", "state"],

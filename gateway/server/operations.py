@@ -7,11 +7,15 @@ Each reads the running ``Gateway`` from the HTTP state; none knows about request
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import AuditError, InvalidTransition
-from gateway.events import Event
+from redis.exceptions import RedisError
+
+from gateway.errors import AuditError, StateUnavailable
+from gateway.runtime.orders import ACTIONS, OPERATOR_EVENTS, Order, act
+from gateway.state.leases import process_name
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
@@ -28,13 +32,6 @@ def audit_log(state: HttpState) -> AuditLog | None:
 def audit_verify(log: AuditLog) -> dict[str, Any]:
     """Verify the whole chain (blocking: run it in a thread). ``ok`` says whether it is intact."""
     return log.verify().as_dict()
-
-
-_OPERATOR_EVENTS = {
-    "suspend": Event.AGENT_SUSPEND_REQUESTED,
-    "resume": Event.AGENT_RESUME_REQUESTED,
-    "terminate": Event.AGENT_TERMINATE_REQUESTED,
-}
 
 
 def audit_query(log: AuditLog, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -114,31 +111,86 @@ def upstream_rows(state: HttpState) -> list[dict[str, Any]]:
     ]
 
 
-AGENT_ACTIONS = ("suspend", "resume", "terminate")
+AGENT_ACTIONS = ACTIONS
 
 
 def agent_action(
     state: HttpState, ref: str, action: str, who: str, reason: str
 ) -> tuple[int, dict[str, Any]]:
-    """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix):
-    (HTTP status, JSON body). The admin API and the dashboard both act through this."""
+    """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix) in
+    this process: (HTTP status, JSON body). The admin API and the dashboard both act through
+    this; ``hosted_elsewhere`` first says whether the agent runs in another process."""
     gw = state.gateway
     if gw is None:
         return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}
     agent = gw.runtime.agents.resolve(ref)
     if agent is None:
-        return 404, {"error": "not_found", "reason": f"no agent {ref!r}"}
-    rt = gw.runtime
-    try:
-        result = {"suspend": rt.suspend, "resume": rt.resume, "terminate": rt.terminate}[action](
-            agent, f"operator {who}: {reason or action}"
-        )
-    except InvalidTransition as e:
-        return 409, {"error": "invalid_transition", "reason": e.message}
-    gw.events.emit(
-        _OPERATOR_EVENTS[action],
-        {"agent": agent.id, "by": who, "reason": reason, "result": result},
-        principal=who,
-        agent=agent.id,
-    )
+        return 404, {"error": "not_found", "reason": not_here(state, ref)}
+    order = Order(action=action, by=who, reason=reason, via="", at=time.time())
+    done, result = act(gw.runtime, gw.events, agent, order)
+    if not done:
+        return 409, {"error": "invalid_transition", "reason": result}
     return 200, {"agent": agent.id, "result": result, "state": agent.state.value}
+
+
+def not_here(state: HttpState, ref: str) -> str:
+    """Why ``ref`` is unknown here; with shared state, that a session's agent lives in the
+    process (worker or replica) of its session, which another request may reach."""
+    why = f"no agent {ref!r}"
+    if state.config.state.redis_url is None:
+        return why
+    here = process_name(state.config.data_dir)
+    return (
+        f"{why} in this process ({here}): with several processes on shared state, a session's "
+        "agent lives in the process of its session and only a request that reaches that process "
+        "acts on it; a hosted agent is acted on by name wherever the request lands"
+    )
+
+
+def hosted_elsewhere(state: HttpState, ref: str) -> str | None:
+    """The hosted agent ``ref`` names (its name, or the id its holder last wrote) when its lease
+    is held by another process (or by none): its action goes through ``pass_hosted_action``."""
+    gw = state.gateway
+    leased = gw.hosted.leased if gw is not None and gw.hosted is not None else None
+    if leased is None:
+        return None
+    ac = state.config.agents.get(ref)
+    name = ref if ac is not None and ac.enabled else None
+    if name is None:
+        ids = {(doc or {}).get("agent"): n for n, doc in leased.seen.items()}
+        name = ids.get(ref) if ref else None
+    return None if name is None or leased.holds(name) else name
+
+
+async def pass_hosted_action(
+    state: HttpState, name: str, action: str, who: str, reason: str
+) -> tuple[int, dict[str, Any]]:
+    """``action`` on hosted agent ``name``, whose lease another process holds: passed to it
+    through Redis (202, naming the holder); 409 when no process holds it; 503
+    ``state_unavailable`` when Redis cannot be reached (refused, never dropped)."""
+    gw = state.gateway
+    assert gw is not None and gw.hosted is not None and gw.hosted.leased is not None
+    try:
+        seen = await gw.hosted.leased.pass_order(name, action, who, reason)
+    except (RedisError, OSError) as e:
+        why = f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
+        return 503, {
+            "error": "unavailable",
+            "component": "state",
+            "code": StateUnavailable.code,
+            "reason": why,
+        }
+    if seen is None:
+        why = (
+            f"no process holds hosted agent {name!r}'s lease: it runs nowhere now (not started, "
+            "or its holder stopped; another process takes the lease within its expiry)"
+        )
+        return 409, {"error": "not_running", "reason": why}
+    result = f"{action} passed to the process holding its lease ({seen.get('holder')})"
+    gw.events.emit(
+        OPERATOR_EVENTS[action],
+        {"agent": seen.get("agent"), "name": name, "by": who, "reason": reason, "result": result},
+        principal=who,
+    )
+    body = {"agent": seen.get("agent") or name, "result": result, "holder": seen.get("holder")}
+    return 202, {**body, "state": seen.get("state")}

@@ -10,6 +10,9 @@ One lease per hosted agent, ``symbi:lease:agent:NAME``, holds a random owner tok
   for every replica's ``/api/status``) and takes any start request another replica left for
   it (``symbi:lease:wake:NAME``: ``symbi agents run NAME`` answered by a replica that does
   not hold the lease);
+- an operator's suspend / resume / terminate answered by a replica that does not hold the lease
+  is left for the holder as an order (``symbi:lease:orders:NAME``, a list, ``gateway.runtime.orders``),
+  which the holder takes (reads and deletes in one transaction) after each renewal;
 - released on stop with a compare-and-delete script.
 
 A process that does not know the token can neither extend nor release the lease: a forged
@@ -39,6 +42,7 @@ RETRY_S = 0.5  # after a failed renewal, the next try
 LEASE = "symbi:lease:agent:"
 STATUS = "symbi:lease:status:"
 WAKE = "symbi:lease:wake:"
+ORDERS = "symbi:lease:orders:"
 
 # KEYS: the lease, its status; ARGV: token, ttl (ms), status JSON
 _ACQUIRE = """
@@ -149,6 +153,22 @@ class LeaseBoard:
     async def wake(self, name: str) -> None:
         """Ask the holder of ``name``'s lease to start it (taken at its next renewal)."""
         await self.redis.set(WAKE + name, self.owner, px=self.ttl_ms)
+
+    async def order(self, name: str, order: str, ttl_s: float) -> None:
+        """Leave an operator's order (JSON) for the holder of ``name``'s lease; the orders not
+        taken within ``ttl_s`` expire. Raises ``RedisError``/``OSError`` (the caller refuses)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(ORDERS + name, order)
+            pipe.pexpire(ORDERS + name, int(ttl_s * 1000))
+            await pipe.execute()
+
+    async def take_orders(self, name: str) -> list[bytes]:
+        """The orders left for ``name``, taken once: read and deleted in one transaction."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(ORDERS + name, 0, -1)
+            pipe.delete(ORDERS + name)
+            got, _ = await pipe.execute()
+        return list(got)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

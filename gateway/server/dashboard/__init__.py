@@ -42,6 +42,8 @@ from gateway.server.operations import (
     agent_action,
     audit_log,
     audit_verify,
+    hosted_elsewhere,
+    pass_hosted_action,
     tool_rows,
     upstream_rows,
 )
@@ -315,8 +317,13 @@ class Dashboard:
         if action not in AGENT_ACTIONS:
             return _html(login_page("Unknown action."), status=404)
         reason = form.get("reason", "").strip()[:500]
-        status, body = agent_action(self.state, request.path_params["id"], action, sess["principal"], reason)
-        if status != 200:
+        ref, who = request.path_params["id"], sess["principal"]
+        elsewhere = hosted_elsewhere(self.state, ref)  # a hosted agent another process runs
+        if elsewhere is not None:
+            status, body = await pass_hosted_action(self.state, elsewhere, action, who, reason)
+        else:
+            status, body = agent_action(self.state, ref, action, who, reason)
+        if status not in (200, 202):
             return _html(agents_page(sess, self._agent_rows(), body["reason"], error=True), status=status)
         note = f"{action}: {body['result']} ({body['agent']} is {body['state']})"
         return _html(agents_page(sess, self._agent_rows(), note))

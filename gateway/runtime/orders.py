@@ -1,0 +1,98 @@
+"""An operator's suspend / resume / terminate of an agent, wherever it runs.
+
+One process acts on an agent it has (``gateway.server.operations.agent_action``). With shared
+state a hosted agent runs in the one process holding its lease (``gateway.runtime.leased``):
+an action answered by another process is passed to the holder as an *order* on Redis
+(``gateway.state.leases``: ``symbi:lease:orders:NAME``), written only by the admin API (the
+admin role), taken once (read and deleted in one transaction) by the holder at its next
+renewal, and carried out there with the admin who asked on the audit record, as a local
+action is. The holder acts only on a well-formed order of the last ``ORDER_TTL_S``: anything
+else in the key is dropped and logged, never acted on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import InvalidTransition
+from gateway.events import Event
+
+if TYPE_CHECKING:
+    from gateway.events import EventSink
+    from gateway.runtime.agents import Agent
+    from gateway.runtime.core import AgentRuntime
+
+_logger = logging.getLogger("symbi.runtime.orders")
+
+ACTIONS = ("suspend", "resume", "terminate")
+OPERATOR_EVENTS = {
+    "suspend": Event.AGENT_SUSPEND_REQUESTED,
+    "resume": Event.AGENT_RESUME_REQUESTED,
+    "terminate": Event.AGENT_TERMINATE_REQUESTED,
+}
+ORDER_TTL_S = 20.0  # an order not taken by then (no holder renewed) is dropped, never replayed
+REASON_MAX = 500
+
+
+@dataclass(frozen=True)
+class Order:
+    action: str  # one of ACTIONS
+    by: str  # the admin principal who asked
+    reason: str
+    via: str  # the process the request reached
+    at: float  # epoch s, when it was asked
+
+    def dumps(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+def parse_order(raw: bytes | str, now: float | None = None) -> Order | None:
+    """A well-formed, fresh order, or None (logged): nothing else is acted on."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        _logger.warning("an agent order that is not a JSON object was dropped")
+        return None
+    action, by, reason, via, at = (doc.get(k) for k in ("action", "by", "reason", "via", "at"))
+    ok = (
+        action in ACTIONS
+        and isinstance(by, str)
+        and 0 < len(by) <= 200
+        and isinstance(reason, str)
+        and len(reason) <= REASON_MAX
+        and isinstance(via, str)
+        and isinstance(at, int | float)
+        and not isinstance(at, bool)
+    )
+    if not ok:
+        _logger.warning("a malformed agent order was dropped: %.200s", raw)
+        return None
+    assert isinstance(at, int | float) and isinstance(action, str)  # for mypy: checked above
+    age = (time.time() if now is None else now) - at
+    if not -ORDER_TTL_S <= age <= ORDER_TTL_S:
+        _logger.warning("a stale agent order (%.1f s old) was dropped", age)
+        return None
+    return Order(action=action, by=str(by), reason=str(reason), via=str(via), at=float(at))
+
+
+def act(runtime: AgentRuntime, events: EventSink, agent: Agent, order: Order) -> tuple[bool, str]:
+    """Carry out ``order`` on ``agent`` here: (done, what happened, or why it was refused). The
+    audit record names the admin who asked (its principal) and the process it came ``via``."""
+    do = {"suspend": runtime.suspend, "resume": runtime.resume, "terminate": runtime.terminate}
+    try:
+        result, done = do[order.action](agent, f"operator {order.by}: {order.reason or order.action}"), True
+    except InvalidTransition as e:
+        result, done = e.message, False
+    said = result if done else f"refused: {result}"
+    doc: dict[str, Any] = {"agent": agent.id, "by": order.by, "reason": order.reason, "result": said}
+    if order.via:
+        doc["via"] = order.via
+    if done or order.via:  # a refused local action is only answered (409), as it always was
+        events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by, agent=agent.id)
+    return done, result

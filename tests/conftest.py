@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -232,11 +233,15 @@ def write_config(tmp_path: Path, body: str, name: str = "symbi.toml") -> Path:
 
     Unless the body has its own [policy], the real policies.rego runs with the test data
     (tests/assets/policy/test-data.json: principal "local"/"tester" may call every tool of
-    the test upstreams, unverified ones included, paths under /tmp, "api_token" redacted).
+    the test upstreams, unverified ones included, paths under /tmp, "api_token" redacted),
+    or, with policies off, no [policy] (its keys would be refused: nothing reads them).
     """
     path = tmp_path / name
     text = textwrap.dedent(body)
-    if "[policy]" not in text:
+    policies_off = re.search(
+        r"^\s*(unsafe_disable_policies\s*=\s*true|enforce_policies\s*=\s*false)", text, re.M
+    )
+    if "[policy]" not in text and not policies_off:
         text = f'[policy]\npath = "{POLICY}"\ndata = "{TEST_POLICY_DATA}"\n' + text
     if "[gateway]" not in text:
         text = f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n' + text

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gateway.cli.terminal import escaped_output
 from gateway.errors import ConfigError, GatewayError
 from gateway.textcheck import not_utf8_at
 
@@ -59,8 +60,20 @@ def _command(argv: Sequence[str]) -> str | None:
     return word if any(word in names for names in COMMANDS.values()) else None
 
 
+# stdout is the MCP protocol (mcp) or stderr the logs (serve): every other command's output is
+# escaped (gateway.cli.terminal): what an upstream or a caller wrote never steers the terminal
+_UNESCAPED = ("mcp", "serve")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _command(argv) in _UNESCAPED:
+        return _main(argv)
+    with escaped_output():
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     bad = not_utf8_at(argv)
     if bad is not None:  # Python decodes argv with surrogateescape: a name no record can hold
         print(f"symbi: argument {int(bad[1:]) + 1} is not valid UTF-8 text", file=sys.stderr)

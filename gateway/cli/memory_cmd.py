@@ -17,6 +17,7 @@ import re
 import sys
 from pathlib import Path
 
+from gateway.cli.terminal import raw_stream
 from gateway.config import Config, load_config
 from gateway.events import LoggingSink
 from gateway.memory.access import ingest_patterns
@@ -110,8 +111,9 @@ def _manager(args: argparse.Namespace) -> ContextManager:
 def _progress(n: int, total: int, path: str) -> None:
     width = 30
     done = int(width * n / max(total, 1))
+    raw_stream(sys.stderr).write("\r")  # the bar's own return; the file name is escaped
     print(
-        f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} {Path(path).name[:40]:<40}",
+        f"[{'#' * done}{'.' * (width - done)}] {n}/{total} {Path(path).name[:40]:<40}",
         end="",
         file=sys.stderr,
     )

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -319,15 +321,24 @@ def _wellknown(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_pins(args: argparse.Namespace) -> PinStore | PgPinStore:
-    """--pins FILE; else the config's: PostgreSQL when replicas share pins ([state]), or the data dir's."""
-    if args.pins:
-        return PinStore(Path(args.pins))
-    from gateway.cli.stores import pins
+@contextlib.contextmanager
+def _open_pins(args: argparse.Namespace) -> Iterator[PinStore | PgPinStore]:
+    """--pins FILE; else the config's: PostgreSQL when replicas share pins ([state]), or the
+    data dir's. Closed (the file, or the command's PostgreSQL pool) when the block ends."""
+    from gateway.cli.stores import Stores
     from gateway.config import load_config
 
-    found = pins(load_config(args.config, args.environ))
-    return PinStore(found) if isinstance(found, Path) else found
+    if args.pins:
+        with PinStore(Path(args.pins)) as store:
+            yield store
+        return
+    with Stores(load_config(args.config, args.environ)) as opened:
+        found = opened.pins()
+        if isinstance(found, Path):
+            with PinStore(found) as store:
+                yield store
+        else:
+            yield found
 
 
 def _pin_marks(pin: Pin) -> str:

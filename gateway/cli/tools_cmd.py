@@ -23,6 +23,7 @@ from gateway.cli import stores
 from gateway.config import load_config
 from gateway.config.model import Config
 from gateway.errors import ConfigError, GatewayError
+from gateway.screen import Screening
 from gateway.verify.approve import (
     MIN_HASH_HEX,
     approve_current,
@@ -99,16 +100,24 @@ def _lookup(store: ToolStates, name: str) -> ToolRecord:
 
 def _list(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
-    store = stores.tool_states(cfg)
-    records = store.all()
-    screened = {r.namespaced: screen_record(store, r) for r in records}
-    if args.json:
+    with stores.Stores(cfg) as opened:
+        store = opened.tool_states()
+        records = store.all()
+        screened = {r.namespaced: screen_record(store, r) for r in records}
+    _print_list(cfg, records, screened, as_json=args.json)
+    return 0
+
+
+def _print_list(
+    cfg: Config, records: list[ToolRecord], screened: dict[str, Screening], *, as_json: bool
+) -> None:
+    if as_json:
         print(
             json.dumps(
                 [{**r.to_dict(), "screening": screened[r.namespaced].as_input()} for r in records], indent=2
             )
         )
-        return 0
+        return
     print(f"{'TOOL':44} {'STATUS':10} {'DRIFT':5} {'SCREENING':16} {'KEY':20} HASH")
     for r in records:
         s = screened[r.namespaced]
@@ -121,7 +130,6 @@ def _list(args: argparse.Namespace) -> int:
     if any(not r.present for r in records):
         print("* no longer offered by its upstream")
     _quarantined(cfg)
-    return 0
 
 
 def _quarantined(cfg: Config) -> None:
@@ -138,7 +146,11 @@ def _quarantined(cfg: Config) -> None:
 
 def _diff(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
-    rec = _lookup(stores.tool_states(cfg), args.tool)
+    with stores.Stores(cfg) as opened:
+        return _print_diff(cfg, opened, _lookup(opened.tool_states(), args.tool))
+
+
+def _print_diff(cfg: Config, opened: stores.Stores, rec: ToolRecord) -> int:
     diff = drift_diff(rec)
     if not diff:
         print(f"{rec.namespaced}: no drift (status {rec.status}, definition {rec.current_hash})")
@@ -146,7 +158,7 @@ def _diff(args: argparse.Namespace) -> int:
     print(f"{rec.namespaced}: tool {rec.name!r} of upstream {rec.upstream}, status {rec.status}")
     sys.stdout.write(diff if diff.endswith("\n") else diff + "\n")  # difflib ends the last line bare
     srv = cfg.servers.get(rec.upstream)
-    review = pin_review(stores.pins(cfg), rec, srv.domain if srv else None)
+    review = pin_review(opened.pins(), rec, srv.domain if srv else None)
     if review.rejected:  # `tools approve` refuses it: say so instead
         print(
             "signing key and definition: this change to the SchemaPin pin was rejected "
@@ -164,8 +176,6 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    from schemapin import definition_hash
-
     cfg = load_config(args.config, args.environ)
     servers = [n for n in args.tools if "__" not in n]
     tools = [n for n in args.tools if "__" in n]
@@ -177,8 +187,16 @@ def _approve(args: argparse.Namespace) -> int:
         _approve_discovered(cfg, servers, args.by)
         if not tools:
             return 0
-    store = stores.tool_states(cfg)
-    pins = stores.pins(cfg)
+    with stores.Stores(cfg) as opened:
+        _approve_tools(cfg, opened, tools, args)
+    return 0
+
+
+def _approve_tools(cfg: Config, opened: stores.Stores, tools: list[str], args: argparse.Namespace) -> None:
+    """Approve ``tools`` (the definitions reviewed, ``--hash``), on the command's stores."""
+    from schemapin import definition_hash
+
+    store, pins = opened.tool_states(), opened.pins()
     records = _reviewed_records(cfg, store, tools, args.hashes)
     flagged = []
     for rec, _ in records:  # screened again before anything is signed or approved
@@ -198,7 +216,7 @@ def _approve(args: argparse.Namespace) -> int:
         for rec, h in recs:
             if rec in flagged:  # the person read the findings and accepts them for this definition
                 assert rec.current_definition is not None
-                stores.accepted_findings(cfg).accept(rec.namespaced, definition_hash(rec.current_definition))
+                opened.accepted_findings().accept(rec.namespaced, definition_hash(rec.current_definition))
             approve_current(
                 store, pins, rec, reviewed=h, domain=srv.domain, actor=args.by or "symbi tools approve"
             )
@@ -206,7 +224,6 @@ def _approve(args: argparse.Namespace) -> int:
                 f"approved {rec.namespaced} ({h[:16]})"
                 + (" with its screening findings accepted" if rec in flagged else "")
             )
-    return 0
 
 
 def _check_trusted_signer(
@@ -300,9 +317,10 @@ def _sign_into_manifest(
 
 def _revoke(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.environ)
-    store = stores.tool_states(cfg)
-    for name in args.tools:
-        rec = _lookup(store, name)
-        store.revoke(rec.upstream, rec.name)
-        print(f"revoked {rec.namespaced}")
+    with stores.Stores(cfg) as opened:
+        store = opened.tool_states()
+        for name in args.tools:
+            rec = _lookup(store, name)
+            store.revoke(rec.upstream, rec.name)
+            print(f"revoked {rec.namespaced}")
     return 0

@@ -73,10 +73,10 @@ class ContextSection(Section):
     def idle_keys(self) -> list[str]:
         """Keys given (``model_fields_set``) that nothing reads in this configuration: the
         embedded store's with a Qdrant server, the OpenAI endpoint's with another embedder.
-        With ``enabled = false`` none is looked at (the section serves nothing)."""
-        if not self.enabled:
-            return []
+        With ``enabled = false`` every key but ``enabled`` (the section serves nothing)."""
         given = self.model_fields_set
+        if not self.enabled:
+            return [f"context.{k} (context.enabled = false)" for k in sorted(given - {"enabled"})]
         idle: list[str] = []
         if self.vector_db_url is not None and "embedded_store" in given:
             idle.append("context.embedded_store (vector_db_url, or QDRANT_URL, names a Qdrant server)")

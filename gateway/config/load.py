@@ -102,12 +102,18 @@ _PATH_KEYS = {
 # OpenAI's own variables, which other tools in the same shell read too: applied where the
 # [context] embedder uses them (openai, or auto with a key), and otherwise left out, so a
 # shell's OPENAI_API_KEY beside embedder = "local" is no key without effect (refused)
+# (with [context] enabled = false, QDRANT_URL too, which Qdrant's own tools read: nothing of the
+# section is read then, and a key the file gives there is refused, see ContextSection.idle_keys)
 _OPENAI_ENV = {"OPENAI_API_KEY", "OPENAI_BASE_URL"}
 
 
-def _openai_env_used(doc: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+def _context_env_used(name: str, doc: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
     ctx = doc.get("context")
     ctx = ctx if isinstance(ctx, dict) else {}
+    if ctx.get("enabled", True) is False:
+        return False
+    if name not in _OPENAI_ENV:
+        return True
     embedder = ctx.get("embedder", "auto")
     if embedder == "auto":
         return bool(environ.get("OPENAI_API_KEY") or ctx.get("openai_api_key"))
@@ -167,7 +173,9 @@ def build_config(
         raise ConfigError(f"{where}: unknown key 'source'")
     for name, (section, key) in ENV_OVERRIDES.items():
         value = (environ or {}).get(name)
-        if value is None or value == "" or (name in _OPENAI_ENV and not _openai_env_used(doc, environ or {})):
+        if value is None or value == "":
+            continue
+        if section == "context" and not _context_env_used(name, doc, environ or {}):
             continue
         parsed: Any = value
         if name in _BOOL_ENV:

@@ -46,6 +46,7 @@ from gateway.config.sections import (
     TelemetrySection,
     TierName,
     VerificationMode,
+    sandbox_network_refusal,
 )
 from gateway.config.sizes import parse_size
 
@@ -225,11 +226,7 @@ class Config(Section):
         written in the file or set by its environment variable (pydantic's ``model_fields_set``),
         so a default is never refused; ``gateway.config.load`` leaves the environment's
         ``OPENAI_*`` (which other tools read too) out where the embedder does not use them."""
-        idle: list[str] = []
-        if self.policy.engine == "embedded":  # the OPA server's
-            idle += [f"policy.{k} (an OPA server's)" for k in ("url", "tls_ca") if getattr(self.policy, k)]
-            if "timeout_s" in self.policy.model_fields_set:
-                idle.append("policy.timeout_s (an OPA server's)")
+        idle = self._idle_policy_keys()
         if self.state.postgres_url is not None and self.http.api_keys_path is not None:
             idle.append("http.api_keys_path (the API keys are in [state] postgres_url)")
         if not self.mcp.discovery_enabled and "discovery_registry_dir" in self.mcp.model_fields_set:
@@ -242,7 +239,25 @@ class Config(Section):
         idle += self.context.idle_keys()
         if idle:
             raise ValueError(f"set but without effect in this configuration: {', '.join(idle)}")
+        for name, srv in self.servers.items():  # the Docker tier's own rule, at load
+            if srv.sandbox_network and (why := sandbox_network_refusal(srv.sandbox or "none")):
+                raise ValueError(f"servers.{name}.sandbox_network = true: {why}")
         return self
+
+    def _idle_policy_keys(self) -> list[str]:
+        """``[policy]`` keys given where nothing reads them: every one with policies off (the
+        gateway builds no engine), an OPA server's with the embedded engine."""
+        given = self.policy.model_fields_set
+        if not self.policies_enforced:
+            off = self.security.unsafe_disable_policies
+            why = "security.unsafe_disable_policies" if off else "security.enforce_policies = false"
+            return [f"policy.{k} (policies are off: {why})" for k in sorted(given)]
+        if self.policy.engine != "embedded":
+            return []
+        idle = [f"policy.{k} (an OPA server's)" for k in ("url", "tls_ca") if getattr(self.policy, k)]
+        if "timeout_s" in given:
+            idle.append("policy.timeout_s (an OPA server's)")
+        return idle
 
     @model_validator(mode="after")
     def _production_refuses_unsafe(self) -> Config:

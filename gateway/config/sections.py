@@ -18,6 +18,19 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 VerificationMode = Literal["strict", "tofu", "warn", "off"]
 TierName = Literal["none", "bwrap", "docker", "gvisor"]
 
+
+def sandbox_network_refusal(tier: str) -> str | None:
+    """Why ``sandbox_network = true`` cannot be granted in ``tier`` (None: it can, or there is no
+    network to grant). The one rule: ``Config`` refuses it at load, the Docker tier again at start.
+    gVisor here runs only with ``--network=none``; Docker's bridge reaches the host (172.17.0.1)
+    and every private range, which is not egress-only (bwrap gets egress-only)."""
+    if tier == "gvisor":
+        return 'gVisor here runs only with --network=none; grant no network or use sandbox = "bwrap"'
+    if tier == "docker":
+        return 'a docker-tier upstream\'s network is not egress-only here; use sandbox = "bwrap"'
+    return None
+
+
 # TOML gives lists and strings: accept them for tuples and paths, stay strict elsewhere.
 PathT = Annotated[Path, Strict(False)]
 StrTuple = Annotated[tuple[str, ...], Strict(False)]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.compat import raw_socket
+from gateway.config.sections import sandbox_network_refusal
 from gateway.errors import SandboxError, SandboxInterrupted, SandboxUnavailable
 
 from .base import (
@@ -334,16 +335,9 @@ class DockerTier(SandboxTier):
         hidden: Sequence[str] = (),
     ) -> list[str]:
         self.require()
-        if network and self.runtime == "runsc":
-            raise SandboxUnavailable(
-                "gVisor here runs only with --network=none; grant no network or use bwrap"
-            )
-        if network:
-            # Docker's bridge reaches the host (172.17.0.1) and every private range: that is
-            # not egress-only, so it is refused rather than granted (bwrap gets egress-only).
-            raise SandboxUnavailable(
-                'sandbox_network for a docker-tier upstream is not egress-only here; use sandbox = "bwrap"'
-            )
+        if network:  # refused at load too (Config): the same rule, kept here as defence
+            why = sandbox_network_refusal("gvisor" if self.runtime == "runsc" else "docker")
+            raise SandboxUnavailable(f"sandbox_network: {why}")
         cli = shutil.which("docker")
         if cli is None:
             raise SandboxUnavailable("the docker CLI is not installed")

@@ -4,6 +4,7 @@ a tampered log's columns carry escape sequences (retitle the window, clear it, w
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -73,3 +74,45 @@ def test_a_rewritten_key_id_cannot_print_intact_over_the_failed_verdict(tmp_path
     out = r.stdout.decode()
     assert "FAILED at seq 1" in out and "\\u001b[2K" in out
     assert "\x1b" not in out and "\r" not in out
+
+
+def _upstream_config(tmp_path: Path, description: str) -> Path:
+    """The mutable upstream, its echo described by ``description`` (TOML escapes via JSON's)."""
+    return write_config(
+        tmp_path,
+        f'[servers.mut]\ncommand = "{sys.executable}"\nargs = ["{MUTABLE}"]\nverification = "tofu"\n'
+        f"env = {{ TOOL_DESCRIPTION = {json.dumps(description)} }}\n",
+    )
+
+
+def symbi(*args: str | Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [str(SYMBI), *map(str, args)], capture_output=True, env=symbi_env(), timeout=120, check=False
+    )
+
+
+def _steers(out: bytes) -> bool:
+    return any(c in out.decode() for c in "\x1b\x07\r\x9b\u202e")
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_an_upstreams_tool_description_cannot_steer_the_terminal_of_tools_and_scan(
+    tmp_path: Path,
+) -> None:
+    """An upstream changes echo's description to escape sequences (OSC retitle, clear screen,
+    carriage return, C1 CSI, a bidi override): ``symbi tools diff`` printed it raw, as the
+    other commands print what the upstream gave (names, findings, error reasons)."""
+    cfg = _upstream_config(tmp_path, "Echo a message.")
+    async with stdio_session(cfg) as s:
+        await s.list_tools()
+    cfg = _upstream_config(tmp_path, "Echo a message. " + ESCAPES)  # the same file, changed
+    async with stdio_session(cfg) as s:
+        await s.list_tools()  # a drifted definition, recorded
+    diff = symbi("tools", "diff", "mut__echo", "--config", cfg)
+    assert diff.returncode == 1, diff.stderr
+    assert b"\\u001b]0;PWNED" in diff.stdout and not _steers(diff.stdout + diff.stderr)
+    for args in (("tools", "list"), ("scan",), ("tools", "list", "--json"), ("scan", "--json")):
+        r = symbi(*args, "--config", cfg)
+        assert r.returncode in (0, 1), r.stderr
+        assert not _steers(r.stdout + r.stderr), args

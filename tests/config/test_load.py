@@ -153,6 +153,31 @@ BAD = [
         "context.openai_api_key",
     ),
     (
+        "a context key with context off",
+        '[context]\nenabled = false\nembedder = "hashing"\n',
+        "context.embedder",
+    ),
+    (
+        "a policy key with policies off",
+        "[security]\nunsafe_disable_policies = true\n[policy]\nhot_reload = false\n",
+        "policy.hot_reload",
+    ),
+    (
+        "a policy key with enforce_policies off",
+        '[security]\nenforce_policies = false\n[policy]\npath = "p.rego"\n',
+        "policy.path",
+    ),
+    (
+        "sandbox network in docker",
+        '[servers.a]\ncommand = "x"\nsandbox = "docker"\nsandbox_network = true\n',
+        "servers.a.sandbox_network",
+    ),
+    (
+        "sandbox network in gvisor",
+        '[servers.a]\ncommand = "x"\nsandbox = "gvisor"\nsandbox_network = true\n',
+        "servers.a.sandbox_network",
+    ),
+    (
         "two pass-through",
         '[servers.a]\ncommand = "x"\npass_through = true\n[servers.b]\ncommand = "y"\n',
         "servers",
@@ -182,6 +207,20 @@ def test_keys_with_an_effect_in_their_mode_still_load() -> None:
     build_config({"servers": {"a": {"command": "x", "sandbox": "bwrap", "sandbox_network": True}}})
     build_config({"context": {"embedder": "openai", "openai_api_key": "k", "embedding_model": "m"}})
     build_config({"context": {"embedding_model": "m"}}, environ={"OPENAI_API_KEY": "k"})
+
+
+def test_context_and_policy_off_still_load_without_their_keys() -> None:
+    """Off with nothing else given loads; the shell's QDRANT_URL / OPENAI_* beside context off
+    are left out (other tools read them), not refused; sandbox_network = false in docker loads."""
+    env = {
+        "QDRANT_URL": "http://127.0.0.1:6333",
+        "OPENAI_API_KEY": "sk-shell",
+        "OPENAI_BASE_URL": "http://x/v1",
+    }
+    cfg = build_config({"context": {"enabled": False}}, environ=env)
+    assert cfg.context.vector_db_url is None and cfg.context.openai_api_key is None
+    build_config({"security": {"unsafe_disable_policies": True}})
+    build_config({"servers": {"a": {"command": "x", "sandbox": "docker", "sandbox_network": False}}})
 
 
 def test_a_qdrant_url_from_the_environment_idles_the_files_embedded_store() -> None:

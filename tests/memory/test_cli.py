@@ -110,7 +110,7 @@ def test_with_context_off_the_commands_refuse(tmp_path: Path, args: tuple[str, .
     """``[context] enabled = false``: the gateway serves no memory or knowledge, so a base added
     would reach no one and the stats are of a store no gateway keeps: a usage error naming the
     key (exit 2), and no store made."""
-    cfg = write_config(tmp_path, '[context]\nenabled = false\nembedder = "hashing"\n')
+    cfg = write_config(tmp_path, "[context]\nenabled = false\n")
     r = _symbi(cfg, *args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert not (tmp_path / "data" / "vectors").exists()

@@ -161,17 +161,16 @@ decision := {"allow": true, "reasons": [], "conditions": {}} if {
 
 
 def everything_config(
-    tmp_path: Path, http_extra: str = "", top_extra: str = "", policy: Path = POLICY
+    tmp_path: Path, http_extra: str = "", top_extra: str = "", policy: Path | None = POLICY
 ) -> Path:
     """A config with server-everything (stdio, verification warn), the real policy (or
-    ``policy``) with this suite's data, and an [http] section; ``top_extra`` may open tables
-    of its own (``[runtime]``)."""
+    ``policy``; None: no [policy], for policies off, where its keys are refused) with this
+    suite's data, and an [http] section; ``top_extra`` may open tables of its own (``[runtime]``)."""
+    section = f'[policy]\npath = "{policy}"\ndata = "{policy_data(tmp_path)}"' if policy else "[policy]"
     return write_config(
         tmp_path,
         f"""
-        [policy]
-        path = "{policy}"
-        data = "{policy_data(tmp_path)}"
+        {section}
 
         [gateway]
         data_dir = "{tmp_path / "data"}"

@@ -200,7 +200,7 @@ def test_audit_query_and_export(env: Env) -> None:
 
 def test_audit_and_policy_off_answer_503(tmp_path: Path) -> None:
     cfg = everything_config(
-        tmp_path, top_extra="[security]\naudit_enabled = false\nenforce_policies = false\n"
+        tmp_path, top_extra="[security]\naudit_enabled = false\nenforce_policies = false\n", policy=None
     )
     keys = make_keys(cfg)
     with run_server(cfg) as run:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -326,7 +326,7 @@ class Gateway:
             request = types.ReadResourceRequest(
                 params=types.ReadResourceRequestParams(uri=uri, input_responses=answers, request_state=state)
             )
-            return await self.with_upstream(
+            return await self.pool.with_upstream(
                 name,
                 lambda up: up.session.send_request(request, _READ_RESULT),
                 call.downstream,
@@ -347,7 +347,7 @@ class Gateway:
                     request_state=state,
                 )
             )
-            return await self.with_upstream(
+            return await self.pool.with_upstream(
                 owner,
                 lambda up: up.session.send_request(request, _PROMPT_RESULT),
                 call.downstream,
@@ -417,17 +417,6 @@ class Gateway:
 
     def _owner_of_call(self, name: str, call: CallContext) -> str | None:
         return self.pool.owner_of(name, lambda isolated: isolated.owner_of_call(call))
-
-    async def with_upstream(
-        self,
-        name: str,
-        fn: Callable[[Upstream], Awaitable[Any]],
-        ctx: Downstream | None = None,
-        owner: str | None = None,
-    ) -> Any:
-        """``fn(upstream)`` on behalf of the caller whose request context is ``ctx``
-        (``UpstreamPool.with_upstream``: under isolation, on that caller's own process)."""
-        return await self.pool.with_upstream(name, fn, ctx, owner)
 
 
 _READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)

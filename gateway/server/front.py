@@ -335,7 +335,7 @@ class Front:
             ctx, "resources/read", uri, owner, method=method
         )  # subscribing needs the right to read
         if not await gw.watch_resource(owner, uri, principal_for(ctx, gw), ctx, on):
-            await gw.with_upstream(owner, fn, ctx)
+            await gw.pool.with_upstream(owner, fn, ctx)
         who = principal_for(ctx, gw)
         gw.events.emit(
             Event.REQUEST_ALLOWED,
@@ -431,7 +431,7 @@ class Front:
         # completing a prompt or template needs the right to use it
         await self._require(ctx, kind, target, owner, method=method)
         context_args = params.context.arguments if params.context is not None else None
-        result: types.CompleteResult = await gw.with_upstream(
+        result: types.CompleteResult = await gw.pool.with_upstream(
             owner,
             lambda up: up.session.complete(ref, params.argument.model_dump(), context_arguments=context_args),
             ctx,

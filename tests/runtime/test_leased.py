@@ -7,13 +7,14 @@ of Redis hands the agent over within the lease's bounds, never to two at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +77,27 @@ async def _until(what: str, check: Callable[[], bool], within: float) -> float:
     return time.monotonic() - started
 
 
-async def test_two_gateways_on_one_redis_run_a_hosted_agent_once(tmp_path: Path, fresh: Redis) -> None:
-    mark = f"6001.{os.getpid()}"
+@contextlib.asynccontextmanager
+async def one_of_two_runs_it(
+    tmp_path: Path, url: str, mark: str
+) -> AsyncIterator[tuple[HostedAgents, Recorder, HostedAgents, Recorder]]:
+    """Two gateways on one Redis with the hosted agent ``sleep MARK``, once one of them runs it:
+    (a, its events, b, its events). Both are stopped when the block ends."""
     ra, rb = Recorder(), Recorder()
-    a, b = replica(tmp_path / "a", fresh.url, mark, ra), replica(tmp_path / "b", fresh.url, mark, rb)
+    a, b = replica(tmp_path / "a", url, mark, ra), replica(tmp_path / "b", url, mark, rb)
     async with anyio.create_task_group() as tg:
         tg.start_soon(a.run)
         tg.start_soon(b.run)
         await _until(
             "one of them runs it", lambda: bool(marked(mark)) and (_running(a) or _running(b)), START_S
         )
+        yield a, ra, b, rb
+        tg.cancel_scope.cancel()
+
+
+async def test_two_gateways_on_one_redis_run_a_hosted_agent_once(tmp_path: Path, fresh: Redis) -> None:
+    mark = f"6001.{os.getpid()}"
+    async with one_of_two_runs_it(tmp_path, fresh.url, mark) as (a, ra, b, rb):
         await anyio.sleep(2 * RENEW_S + 1)  # renewals and the other's tries to take it go by
         assert [_running(a), _running(b)].count(True) == 1
         assert len(marked(mark)) == 1  # one real process between the two gateways
@@ -99,7 +111,6 @@ async def test_two_gateways_on_one_redis_run_a_hosted_agent_once(tmp_path: Path,
             await _until("its view read", functools.partial(_seen, leased), 2 * RENEW_S)
             seen = leased.seen[NAME]
             assert seen is not None and seen["holder"] == owner and seen["state"] == "Running"
-        tg.cancel_scope.cancel()
     assert marked(mark) == set()
     taken = [t for t, *_ in ra.events + rb.events if t == "agent.lease_acquired"]
     assert len(taken) == 1
@@ -171,14 +182,7 @@ async def test_a_holder_cut_off_from_redis_stops_its_agent_before_the_lease_coul
     tmp_path: Path, fresh: Redis
 ) -> None:
     mark = f"6004.{os.getpid()}"
-    ra, rb = Recorder(), Recorder()
-    a, b = replica(tmp_path / "a", fresh.url, mark, ra), replica(tmp_path / "b", fresh.url, mark, rb)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        tg.start_soon(b.run)
-        await _until(
-            "one of them runs it", lambda: bool(marked(mark)) and (_running(a) or _running(b)), START_S
-        )
+    async with one_of_two_runs_it(tmp_path, fresh.url, mark) as (a, ra, b, rb):
         await anyio.sleep(RENEW_S + 1)  # the other's try to take it goes by
         assert len(marked(mark)) == 1 and [_running(a), _running(b)].count(True) == 1
         holder, rec = (a, ra) if _running(a) else (b, rb)
@@ -197,7 +201,6 @@ async def test_a_holder_cut_off_from_redis_stops_its_agent_before_the_lease_coul
         await _until("one runs it again", lambda: len(marked(mark)) == 1, RENEW_S + START_S)
         await anyio.sleep(RENEW_S + 1)
         assert len(marked(mark)) == 1
-        tg.cancel_scope.cancel()
     assert STOP_MARGIN_S < TTL_S - RENEW_S
 
 

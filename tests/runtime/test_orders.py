@@ -32,7 +32,7 @@ from gateway.state.leases import RENEW_S
 from tests.conftest import free_port
 from tests.runtime._leases import NAME, marked, replica
 from tests.runtime.test_core import Recorder
-from tests.runtime.test_leased import START_S, _running, _until, fresh  # noqa: F401 - the fixtures
+from tests.runtime.test_leased import START_S, _running, _until, fresh, one_of_two_runs_it  # noqa: F401 - the fixtures
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
 
@@ -72,14 +72,7 @@ async def test_an_action_sent_to_the_process_without_the_lease_takes_effect_on_t
     fresh: Redis,  # noqa: F811 - the imported fixture
 ) -> None:
     mark = f"6201.{os.getpid()}"
-    ra, rb = Recorder(), Recorder()
-    a, b = replica(tmp_path / "a", fresh.url, mark, ra), replica(tmp_path / "b", fresh.url, mark, rb)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(a.run)
-        tg.start_soon(b.run)
-        await _until(
-            "one of them runs it", lambda: bool(marked(mark)) and (_running(a) or _running(b)), START_S
-        )
+    async with one_of_two_runs_it(tmp_path, fresh.url, mark) as (a, ra, b, rb):
         (holder, hrec), (other, orec) = ((a, ra), (b, rb)) if _running(a) else ((b, rb), (a, ra))
         assert holder.leased is not None and other.leased is not None
         post = _api(other, orec)
@@ -106,7 +99,6 @@ async def test_an_action_sent_to_the_process_without_the_lease_takes_effect_on_t
         assert who == ADMIN and doc["agent"] == agent.id and doc["result"].startswith("terminat")
         await _until("its process stopped", lambda: not marked(mark), START_S)
         assert other.runtime.agents.by_name(NAME) is None  # never run there
-        tg.cancel_scope.cancel()
 
 
 async def test_no_holder_is_a_409_and_redis_down_a_503(tmp_path: Path, fresh: Redis) -> None:  # noqa: F811

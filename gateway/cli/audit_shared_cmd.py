@@ -9,7 +9,6 @@ replicas shipped are used, with a warning (whoever can write PostgreSQL can repl
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -22,6 +21,7 @@ EXIT_OK, EXIT_FAIL = 0, 1
 def verify_shared(args: argparse.Namespace, cfg: Any) -> int:
     from gateway.audit import load_public_keys
     from gateway.audit.trust import pinned_keys
+    from gateway.cli.audit_verify_cmd import print_result
     from gateway.state import open_postgres
     from gateway.state.audit import shared_chains, shared_keys, verify_shared_chain
 
@@ -56,19 +56,7 @@ def verify_shared(args: argparse.Namespace, cfg: Any) -> int:
             res.anchored = anchored
             failed = failed or not res.ok
             name = printable(f"postgres:{chain.chain[:16]} ({chain.replica})")  # names are PostgreSQL's
-            if args.json:
-                print(
-                    json.dumps({"log": name, "chain": chain.chain, "replica": chain.replica, **res.as_dict()})
-                )
-            elif res.problem is None:
-                print(
-                    f"{name}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
-                    f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked"
-                    + ("" if anchored else " (NOT ANCHORED)")
-                )
-            else:
-                p = res.problem
-                print(f"{name}: FAILED at seq {p.seq}: {p.kind}: {printable(p.message)}")
+            print_result(name, res, as_json=args.json, chain=chain.chain, replica=chain.replica)
         if not args.json:
             bad = "FAILED" if failed else "intact"
             print(f"{len(chains)} replica chain(s) in PostgreSQL: {bad}")

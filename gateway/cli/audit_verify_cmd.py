@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.cli import EXIT_FAIL, EXIT_OK
 from gateway.cli import audit_retention_cmd as retention_cmd
@@ -20,6 +20,9 @@ from gateway.cli.audit_keys import config_or_none, log_and_key, trusted_keys
 from gateway.cli.terminal import printable
 from gateway.config.model import Config
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.audit.verify import VerifyResult
 
 Common = Callable[..., None]  # audit_cmd's --config/--log(/--public-key) options
 Keys = Mapping[str, Any]
@@ -144,17 +147,7 @@ def _verify_logs(
             )
         res.anchored = anchored
         failed = failed or not res.ok
-        if args.json:
-            print(json.dumps({"log": str(path), **res.as_dict()}))
-        elif res.problem is None:
-            print(
-                f"{path}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
-                f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked"
-                + ("" if anchored else " (NOT ANCHORED)")
-            )
-        else:
-            p = res.problem
-            print(f"{path}: FAILED at seq {p.seq}: {p.kind}: {printable(p.message)}")
+        print_result(str(path), res, as_json=args.json)
         if args.archives and path.suffix != ".jsonl":
             failed = not retention_cmd.verify_archive_chain(args, path, keys) or failed
     return EXIT_FAIL if failed else EXIT_OK
@@ -178,3 +171,19 @@ def _checkpoint(args: argparse.Namespace) -> int:
     else:
         print(json.dumps({"log": log.name, **anchor.as_dict()}, sort_keys=True))
     return EXIT_OK
+
+
+def print_result(name: str, res: VerifyResult, *, as_json: bool, **labels: str) -> None:
+    """One chain's verdict: a JSON line (``log`` and ``labels`` with the result), or a line for
+    a person naming the first bad seq."""
+    if as_json:
+        print(json.dumps({"log": name, **labels, **res.as_dict()}))
+    elif res.problem is None:
+        print(
+            f"{name}: intact: {res.events} events, head seq {res.last_seq} ({res.head_hash[:16]}...), "
+            f"{res.signatures_checked} signatures and {res.anchors_checked} anchors checked"
+            + ("" if res.anchored else " (NOT ANCHORED)")
+        )
+    else:
+        p = res.problem
+        print(f"{name}: FAILED at seq {p.seq}: {p.kind}: {printable(p.message)}")

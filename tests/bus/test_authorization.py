@@ -6,6 +6,7 @@ and principal or the topic; a denial is PolicyDenied carrying the policy's reaso
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,10 +166,9 @@ async def test_an_agent_id_taken_over_by_another_principal_gets_new_keys_and_ent
     assert got.sender == "agent-a" and got.body == "x"
 
 
-async def test_a_subscription_whose_grant_is_taken_away_receives_nothing_more(tmp_path: Path) -> None:
-    # Attack: the subscribe decision was made once; after the operator took the grant away (a
-    # policy reload), a new subscribe was refused but the old subscription kept receiving.
-    granted = {"payroll.*"}
+def subscribing_as_granted(granted: set[str]) -> Callable[..., Awaitable[Decision]]:
+    """A policy under which agent-c may subscribe to the topic patterns in ``granted`` (the
+    caller adds and removes them: a policy reload) and everything else is allowed."""
 
     async def authorize(kind: str, p: Principal, recipient: Any, topic: Any) -> Decision:
         if kind == "bus/subscribe" and p.agent == "agent-c":
@@ -176,6 +176,14 @@ async def test_a_subscription_whose_grant_is_taken_away_receives_nothing_more(tm
             return Decision(ok, () if ok else (f"may not subscribe {topic}",))
         return Decision(True)
 
+    return authorize
+
+
+async def test_a_subscription_whose_grant_is_taken_away_receives_nothing_more(tmp_path: Path) -> None:
+    # Attack: the subscribe decision was made once; after the operator took the grant away (a
+    # policy reload), a new subscribe was refused but the old subscription kept receiving.
+    granted = {"payroll.*"}
+    authorize = subscribing_as_granted(granted)
     bus, events = await _bus(tmp_path, authorize)
     await bus.subscribe(C, "payroll.*")
     await bus.publish(A, "payroll.march", {"salary": 1})

@@ -4,11 +4,9 @@ before anything is settled, so it stays pending, never lost, and never in the wa
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from gateway.context import Decision, Principal
+from tests.bus.test_authorization import subscribing_as_granted
 from tests.bus.test_core import A, C, Env, _pair, env  # noqa: F401 - env is the backends' fixture
 
 pytestmark = pytest.mark.anyio
@@ -20,14 +18,7 @@ async def test_a_receive_refused_by_the_grant_leaves_the_message_for_when_it_is_
     # Bug: receive settled a topic message as delivered, then asked the policy again and,
     # refused, dropped it: an accepted message was lost, counted as delivered.
     granted = {"payroll.*"}
-
-    async def authorize(kind: str, p: Principal, recipient: Any, topic: Any) -> Decision:
-        if kind == "bus/subscribe" and p.agent == "agent-c":
-            ok = any(topic.startswith(g[:-1]) for g in granted)
-            return Decision(ok, () if ok else (f"may not subscribe {topic}",))
-        return Decision(True)
-
-    bus = await _pair(env, authorize=authorize)
+    bus = await _pair(env, authorize=subscribing_as_granted(granted))
     await bus.subscribe(C, "payroll.*")
     granted.clear()  # the grant goes (a policy reload)
     for month in ("april", "may"):

@@ -60,7 +60,10 @@ def test_an_embedder_that_cannot_work_stops_the_start(context: dict[str, object]
     with pytest.raises(ConfigError) as e:
         build_config({"context": context})
     assert any("context.embed" in r for r in e.value.reasons)
-    assert build_config({"context": {**context, "enabled": False}}).context.enabled is False
+    with pytest.raises(ConfigError) as off:  # with memory off the keys have no effect: refused too
+        build_config({"context": {**context, "enabled": False}})
+    assert any(f"context.{next(iter(context))}" in r for r in off.value.reasons)
+    assert build_config({"context": {"enabled": False}}).context.enabled is False
 
 
 def test_environment_sets_the_server_and_the_openai_key() -> None:

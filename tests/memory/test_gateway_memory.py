@@ -323,7 +323,8 @@ async def test_the_retention_job_purges_old_memories_on_its_interval(tmp_path: P
 
 
 async def test_context_disabled_removes_the_builtins(tmp_path: Path) -> None:
-    async with gateway(_config(tmp_path, "enabled = false")) as gw:
+    cfg = write_config(tmp_path, "[sandbox]\ncode_tools = false\n[context]\nenabled = false\n")
+    async with gateway(cfg) as gw:
         assert not [t for t in gw.catalog.tools if t.startswith(("memory__", "knowledge__"))]
         assert "memory" not in gw.builtins and "knowledge" not in gw.builtins
         with pytest.raises(UnknownTool):

@@ -330,6 +330,14 @@ class AuditIntegrityError(AuditError):
         self.problem = problem
 
 
+class ContentFlagged(GatewayError):
+    """Text one agent writes for others (a shared memory, a bus message) that speaks to their
+    model: a high screening finding (``gateway.screen``). Nothing is stored or sent."""
+
+    code = "content_flagged"
+    denial = True
+
+
 class ContextError(GatewayError):
     code = "context_error"
 
@@ -338,13 +346,6 @@ class MemoryQuotaExceeded(ContextError):
     """A principal holds as much memory as ``[context]`` allows it (nothing it stored is dropped)."""
 
     code = "memory_quota_exceeded"
-    denial = True
-
-
-class MemoryFlagged(ContextError):
-    """Text for other agents (a shared memory) that speaks to their model: a high screening finding."""
-
-    code = "memory_flagged"
     denial = True
 
 

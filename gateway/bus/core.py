@@ -26,9 +26,18 @@ from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Granted, Received, R
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
 from gateway.context import Principal
-from gateway.errors import ArgumentsInvalid, BusError, BusQuotaExceeded, BusTimeout, PolicyDenied, RateLimited
+from gateway.errors import (
+    ArgumentsInvalid,
+    BusError,
+    BusQuotaExceeded,
+    BusTimeout,
+    ContentFlagged,
+    PolicyDenied,
+    RateLimited,
+)
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
+from gateway.screen.screener import json_texts, screen_texts
 
 __all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "validate_topic"]
 
@@ -117,6 +126,23 @@ class Bus(Membership):
             agent=principal.agent if principal else agent,
         )
 
+    def _screened(self, kind: str, principal: Principal, body: Any) -> bytes:
+        """The body as stored (``Sealer.body``: JSON, within ``bus.max_body_bytes``), refused when
+        a string in it speaks to its readers' model (the tool definitions' high screening
+        findings): a message lands in the receiving agent's context, a topic one in every
+        subscriber's. Recorded as ``bus.denied`` with the rules and fields, never the body.
+
+        Raises:
+            ContentFlagged: nothing is sent.
+        """
+        data = self.sealer.body(body)
+        flagged = screen_texts(json_texts("body", body)).at_least("high")
+        if flagged:
+            reasons = [f"{f.field}: {f.summary} ({f.rule})" for f in flagged]
+            self._emit(Event.BUS_DENIED, {"kind": kind, "reasons": reasons}, principal)
+            raise ContentFlagged(f"{kind}: the message was not sent: screening flagged it", reasons=reasons)
+        return data
+
     async def _deliver(
         self, principal: Principal, msg: SecureMessage, inbox: str, charged: str | None = None
     ) -> None:
@@ -143,11 +169,12 @@ class Bus(Membership):
     async def send(
         self, principal: Principal, to: Any, body: Any, *, ttl_s: float | None = None
     ) -> SecureMessage:
+        data = self._screened("bus/send", principal, body)
         me = await self._me(principal)
         agent, peer_principal = await self._peer(to)
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
         ttl_ms = self._kept(agent, None if ttl_s is None else ttl_ms_of(ttl_s, self.max_age_ms))
-        msg = await self.sealer.seal(me, "direct", self.sealer.body(body), to=agent, ttl_ms=ttl_ms)
+        msg = await self.sealer.seal(me, "direct", data, to=agent, ttl_ms=ttl_ms)
         await self._deliver(principal, msg, agent)
         self._emit(Event.BUS_SEND, msg.metadata(), principal)
         return msg
@@ -156,12 +183,13 @@ class Bus(Membership):
         if not (0 < timeout_s <= self.max_age_ms / 1000):
             raise ArgumentsInvalid("timeout_ms must be positive and within bus.max_age_s")
         started = time.monotonic()
+        data = self._screened("bus/send", principal, body)
         me = await self._me(principal)
         agent, peer_principal = await self._peer(to)
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
         # the request expires when the requester stops waiting: never answered too late
         ttl_ms = self._kept(agent, max(int((timeout_s - (time.monotonic() - started)) * 1000), 1))
-        msg = await self.sealer.seal(me, "request", self.sealer.body(body), to=agent, ttl_ms=ttl_ms)
+        msg = await self.sealer.seal(me, "request", data, to=agent, ttl_ms=ttl_ms)
         fut: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
         self._waiting[msg.id] = fut
         try:
@@ -203,6 +231,7 @@ class Bus(Membership):
         return fut.result()
 
     async def reply(self, principal: Principal, request_id: Any, body: Any) -> SecureMessage:
+        data = self._screened("bus/send", principal, body)  # before the open request is taken
         me = await self._me(principal)
         if not isinstance(request_id, str):
             raise ArgumentsInvalid("request_id must be a string")
@@ -215,9 +244,7 @@ class Bus(Membership):
         agent, peer_principal = await self._peer(requester)
         await self._decide("bus/send", principal, {"agent": agent, "principal": peer_principal}, None)
         ttl = max(expires_ms - int(time.time() * 1000), 1)
-        msg = await self.sealer.seal(
-            me, "reply", self.sealer.body(body), to=agent, ttl_ms=ttl, reply_to=request_id
-        )
+        msg = await self.sealer.seal(me, "reply", data, to=agent, ttl_ms=ttl, reply_to=request_id)
         await self._deliver(principal, msg, agent + REPLY_SUFFIX)
         self._emit(Event.BUS_SEND, msg.metadata(), principal)
         return msg
@@ -225,10 +252,10 @@ class Bus(Membership):
     # -- topics ----------------------------------------------------------------------------
 
     async def publish(self, principal: Principal, topic: Any, body: Any) -> Published:
+        data = self._screened("bus/publish", principal, body)
         me = await self._me(principal)
         topic = validate_topic(topic)
         await self._decide("bus/publish", principal, None, topic)
-        data = self.sealer.body(body)
         now = int(time.time() * 1000)
         # one message (one id, one place in the chain), sealed and signed for each subscriber
         head = Head(

@@ -11,7 +11,7 @@ The input document is the call's (principal, agent, upstream, context) with ``ki
 of these and a ``memory`` object ``{owner, memory_type, namespace, base}``. A deny raises
 ``PolicyDenied`` with the policy's reasons and is recorded as a ``memory.denied`` event (metadata
 only, never memory text). A shared memory is also screened as tool descriptions are
-(``screen_shared``): a high finding refuses it (``MemoryFlagged``). The ``redact_text`` condition of a ``context/write`` decision lists
+(``screen_shared``): a high finding refuses it (``ContentFlagged``). The ``redact_text`` condition of a ``context/write`` decision lists
 regular expressions whose matches are replaced before the text is embedded or stored (and in
 the metadata's string values, which others read back with it); the
 operator's ``symbi knowledge add`` asks ``knowledge/ingest`` for the same patterns.
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from gateway.context import CallContext, Decision, Principal
-from gateway.errors import ContextError, MemoryFlagged, PolicyDenied
+from gateway.errors import ContentFlagged, ContextError, PolicyDenied
 from gateway.events import Event, EventSink
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.inputdoc import build_input
@@ -129,7 +129,7 @@ class MemoryAccess:
         rules and fields, never the text.
 
         Raises:
-            MemoryFlagged: nothing is stored.
+            ContentFlagged: nothing is stored.
         """
         fields = [("text", text), *((f"metadata.{k}", v) for k, v in metadata.items() if isinstance(v, str))]
         flagged = screen_texts(fields).at_least("high")
@@ -138,7 +138,7 @@ class MemoryAccess:
         reasons = [f"{f.field}: {f.summary} ({f.rule})" for f in flagged]
         memory = {"owner": owner, "memory_type": "shared", "namespace": namespace, "base": None}
         self._denied(call, "context/write", memory, reasons)
-        raise MemoryFlagged(f"shared memory {namespace!r} not stored: screening flagged it", reasons=reasons)
+        raise ContentFlagged(f"shared memory {namespace!r} not stored: screening flagged it", reasons=reasons)
 
     def _denied(
         self, call: CallContext, kind: MemoryKind, memory: dict[str, Any], reasons: list[str]

@@ -98,9 +98,15 @@ _HUMPS = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
 
 def screen_texts(texts: Iterable[tuple[str, str]]) -> Screening:
-    """Free text one party writes for others to read (a shared memory, its metadata), screened
-    with the definitions' text rules: ``texts`` are (field, text) pairs."""
+    """Free text one party writes for others to read (a shared memory and its metadata, a bus
+    message), screened with the definitions' text rules: ``texts`` are (field, text) pairs."""
     return Screening(tuple(_dedupe([f for field, text in texts for f in _text_findings(field, text)])))
+
+
+def json_texts(field: str, value: Any) -> Iterator[tuple[str, str]]:
+    """(field, text) of every string in a JSON value, and of its keys long enough to say
+    something: ``body.notes[2]``, ``body.<key>``."""
+    return _strings(field, value, keys=True)
 
 
 def _identifier_findings(field: str, name: str) -> Iterator[Finding]:

@@ -18,7 +18,7 @@ from mcp import types
 
 from gateway.app import Gateway
 from gateway.context import Principal
-from gateway.errors import MemoryFlagged
+from gateway.errors import ContentFlagged
 from tests.memory.test_gateway_memory import ALICE, BOB, _config, audit_records, call, gateway
 
 pytestmark = pytest.mark.anyio
@@ -46,7 +46,7 @@ async def test_a_shared_memory_speaking_to_the_model_is_refused_and_recorded(
 ) -> None:
     cfg = _config(tmp_path)
     async with gateway(cfg) as gw:
-        with pytest.raises(MemoryFlagged) as e:
+        with pytest.raises(ContentFlagged) as e:
             await _shared(gw, ALICE, text)
         assert e.value.denial
         assert await _team_texts(gw) == []  # nothing reached the namespace
@@ -59,7 +59,7 @@ async def test_a_shared_memory_speaking_to_the_model_is_refused_and_recorded(
 async def test_an_instruction_in_a_shared_memorys_metadata_is_refused(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     async with gateway(cfg) as gw:
-        with pytest.raises(MemoryFlagged) as e:
+        with pytest.raises(ContentFlagged) as e:
             await _shared(gw, ALICE, "release notes", metadata={"source": INJECTION, "n": 1})
         assert any(r.startswith("metadata.source") for r in e.value.reasons)
         assert await _team_texts(gw) == []

@@ -156,14 +156,14 @@ class LeasedAgents:
             self._lost(name, why, lease_left(lease) if lease.valid_until else None)
         finally:
             self.held.discard(name)
-            self._end_record(name, why)
+            self._end_record(name, why)  # on every way out: lost, stopped or cancelled
             with anyio.CancelScope(shield=True), anyio.move_on_after(RENEW_S):
                 await self._release(lease)
 
     def _lost(self, name: str, why: str, left: float | None) -> None:
-        """The run has ended here (its process is gone): on the record, the audit and the log,
-        with how long before the lease could have expired (None: it was no longer ours)."""
-        self._end_record(name, why)
+        """The run has ended here (its process is gone): on the audit and the log, with how long
+        before the lease could have expired (None: it was no longer ours). The agent's record is
+        ended by the caller's ``finally`` (``_end_record``), on every way out."""
         self.hosted.events.emit(
             Event.AGENT_LEASE_LOST,
             {

@@ -22,19 +22,18 @@ from starlette.routing import Route
 from gateway.errors import ApprovalError
 from gateway.events import Event
 from gateway.jsonlimits import too_large
+from gateway.runtime.orders import ACTIONS
 from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
 from gateway.server.footprint import http_footprint
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import (
-    AGENT_ACTIONS,
-    agent_action,
+    act_on_agent,
     audit_log,
     audit_query,
     audit_verify,
     hosted_elsewhere,
     not_here,
-    pass_hosted_action,
     policy_status,
     tool_rows,
     upstream_rows,
@@ -194,10 +193,7 @@ class AdminApi:
             Route("/policy/reload", self.policy_reload, methods=post),
             Route("/agents", self.agents, methods=get),
             Route("/agents/{id}", self.agent_view, methods=get),
-            *(
-                Route(f"/agents/{{id}}/{a}", _bind_action(self.agent_act, a), methods=post)
-                for a in AGENT_ACTIONS
-            ),
+            *(Route(f"/agents/{{id}}/{a}", _bind_action(self.agent_act, a), methods=post) for a in ACTIONS),
             Route("/agents/{id}/run", self.agent_run, methods=post),
             Route("/status", self.status, methods=get),
             Route("/health", self.health, methods=get),
@@ -367,11 +363,9 @@ class AdminApi:
         reason = await _reason(request)
         if isinstance(reason, JSONResponse):
             return reason
-        who = request.scope["symbi.principal"].id
-        if elsewhere is not None:
-            status, body = await pass_hosted_action(self.state, elsewhere, action, who, reason)
-        else:
-            status, body = agent_action(self.state, ref, action, who, reason)
+        status, body = await act_on_agent(
+            self.state, ref, action, request.scope["symbi.principal"].id, reason
+        )
         return JSONResponse(body, status_code=status)
 
     async def agent_run(self, request: Request) -> Response:

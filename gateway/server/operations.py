@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from gateway.errors import AuditError, StateUnavailable
-from gateway.runtime.orders import ACTIONS, OPERATOR_EVENTS, Order, act
+from gateway.runtime.orders import OPERATOR_EVENTS, Order, act
 from gateway.state.leases import process_name
 
 if TYPE_CHECKING:
@@ -111,15 +111,23 @@ def upstream_rows(state: HttpState) -> list[dict[str, Any]]:
     ]
 
 
-AGENT_ACTIONS = ACTIONS
+async def act_on_agent(
+    state: HttpState, ref: str, action: str, who: str, reason: str
+) -> tuple[int, dict[str, Any]]:
+    """An operator's ``action`` on agent ``ref``, wherever it runs: a hosted agent whose lease
+    another process holds is passed to it (``pass_hosted_action``), any other is acted on here
+    (``agent_action``). The admin API and the dashboard both act through this."""
+    elsewhere = hosted_elsewhere(state, ref)
+    if elsewhere is not None:
+        return await pass_hosted_action(state, elsewhere, action, who, reason)
+    return agent_action(state, ref, action, who, reason)
 
 
 def agent_action(
     state: HttpState, ref: str, action: str, who: str, reason: str
 ) -> tuple[int, dict[str, Any]]:
     """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix) in
-    this process: (HTTP status, JSON body). The admin API and the dashboard both act through
-    this; ``hosted_elsewhere`` first says whether the agent runs in another process."""
+    this process: (HTTP status, JSON body)."""
     gw = state.gateway
     if gw is None:
         return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}

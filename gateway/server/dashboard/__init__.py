@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from gateway.context import is_admin
 from gateway.errors import ApprovalError, AuthFailed, DefinitionChanged
+from gateway.runtime.orders import ACTIONS
 from gateway.runtime.status import agent_rows
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
 from gateway.server.dashboard.render import (
@@ -38,12 +39,9 @@ from gateway.server.dashboard.render import (
     upstreams_page,
 )
 from gateway.server.operations import (
-    AGENT_ACTIONS,
-    agent_action,
+    act_on_agent,
     audit_log,
     audit_verify,
-    hosted_elsewhere,
-    pass_hosted_action,
     tool_rows,
     upstream_rows,
 )
@@ -314,15 +312,11 @@ class Dashboard:
             return posted
         sess, form = posted
         action = request.path_params["action"]
-        if action not in AGENT_ACTIONS:
+        if action not in ACTIONS:
             return _html(login_page("Unknown action."), status=404)
         reason = form.get("reason", "").strip()[:500]
         ref, who = request.path_params["id"], sess["principal"]
-        elsewhere = hosted_elsewhere(self.state, ref)  # a hosted agent another process runs
-        if elsewhere is not None:
-            status, body = await pass_hosted_action(self.state, elsewhere, action, who, reason)
-        else:
-            status, body = agent_action(self.state, ref, action, who, reason)
+        status, body = await act_on_agent(self.state, ref, action, who, reason)
         if status not in (200, 202):
             return _html(agents_page(sess, self._agent_rows(), body["reason"], error=True), status=status)
         note = f"{action}: {body['result']} ({body['agent']} is {body['state']})"

@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import subprocess
-import time
 from pathlib import Path
-
-import httpx
 
 from gateway.config import load_config
 from gateway.server.auth import ApiKeyStore
 from tests.conftest import SYMBI, symbi_env, write_config
+from tests.server._http import serve_process
 
 
 def _free_port_v6() -> int:
@@ -32,19 +29,7 @@ def test_status_reaches_a_gateway_on_an_ipv6_loopback(tmp_path: Path) -> None:
         f'[sandbox]\ncode_tools = false\n[context]\nenabled = false\n[http]\nhost = "::1"\nport = {port}\n',
     )
     key, _ = ApiKeyStore(load_config(cfg, {}).api_keys_path).create("ops", ("admin",))
-    with open(tmp_path / "serve.log", "w") as log:
-        proc = subprocess.Popen(
-            [str(SYMBI), "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, env=symbi_env()
-        )
-    try:
-        deadline = time.monotonic() + 90  # the bound of the wait, not a timing assertion
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://[::1]:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "symbi serve not ready"
-            time.sleep(0.2)
+    with serve_process(cfg, host="::1", port=port):  # where the config says: [::1]:port
         res = subprocess.run(
             [str(SYMBI), "status", "--config", str(cfg), "--json"],
             capture_output=True,
@@ -53,12 +38,5 @@ def test_status_reaches_a_gateway_on_an_ipv6_loopback(tmp_path: Path) -> None:
             check=False,
             env=symbi_env(SYMBI_API_KEY=key),
         )
-        assert res.returncode == 0, res.stdout + res.stderr
-        assert "overall_status" in json.loads(res.stdout)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "overall_status" in json.loads(res.stdout)

@@ -30,12 +30,16 @@ def serve_process(
     ready_s: float = 90,
     stop_s: float = 10,
     pass_fds: tuple[int, ...] = (),
+    host: str | None = None,
+    port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``symbi serve --config config --port <free> *extra``, ready (``ready_path`` answers 200), with its
-    process; terminated (then killed after ``stop_s``) on exit. Its output goes to
+    """``symbi serve --config config --port <free> *extra``, ready (``ready_path`` answers 200),
+    with its process; terminated (then killed after ``stop_s``) on exit. Its output goes to
     ``<config's folder>/<log_name>-<port>.log``, quoted when it exits or is not ready in time.
-    ``pass_fds``: descriptors the gateway inherits (as from a supervisor)."""
-    port = free_port()
+    ``pass_fds``: descriptors the gateway inherits (as from a supervisor); ``host`` and
+    ``port``: where the caller's config says it listens (default: its host, a free port on
+    127.0.0.1)."""
+    port = port or free_port()
     with open(config.parent / f"{log_name}-{port}.log", "w") as log:
         proc = subprocess.Popen(
             [str(SYMBI), "serve", "--config", str(config), "--port", str(port), *extra],
@@ -44,7 +48,8 @@ def serve_process(
             env=symbi_env(),
             pass_fds=pass_fds,
         )
-        base = f"http://127.0.0.1:{port}"
+        host = host or "127.0.0.1"
+        base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         try:
             deadline = time.monotonic() + ready_s  # the bound of the wait, not a timing assertion
             while True:

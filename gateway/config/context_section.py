@@ -66,9 +66,7 @@ class ContextSection(Section):
     @property
     def embedder_kind(self) -> Literal["local", "openai", "hashing"]:
         """The embedder in use: ``auto`` is openai when a key is set, else the local model."""
-        if self.embedder == "auto":
-            return "openai" if self.openai_api_key else "local"
-        return self.embedder
+        return embedder_in_use(self.embedder, self.openai_api_key)
 
     def idle_keys(self) -> list[str]:
         """Keys given (``model_fields_set``) that nothing reads in this configuration: the
@@ -94,3 +92,13 @@ class ContextSection(Section):
         if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v
+
+
+def embedder_in_use(
+    embedder: Literal["auto", "local", "openai", "hashing"], openai_api_key: object
+) -> Literal["local", "openai", "hashing"]:
+    """``embedder`` as configured, ``auto`` resolved: openai when a key is set, else local (the
+    loader asks it of the raw file too, before the environment's OpenAI variables apply)."""
+    if embedder == "auto":
+        return "openai" if openai_api_key else "local"
+    return embedder

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.config.context_section import embedder_in_use
 from gateway.config.model import Config
 from gateway.errors import ConfigError
 from gateway.textcheck import not_utf8_at
@@ -115,9 +116,9 @@ def _context_env_used(name: str, doc: Mapping[str, Any], environ: Mapping[str, s
     if name not in _OPENAI_ENV:
         return True
     embedder = ctx.get("embedder", "auto")
-    if embedder == "auto":
-        return bool(environ.get("OPENAI_API_KEY") or ctx.get("openai_api_key"))
-    return bool(embedder == "openai")
+    if embedder not in ("auto", "local", "openai", "hashing"):
+        return False  # the model names the bad value
+    return embedder_in_use(embedder, environ.get("OPENAI_API_KEY") or ctx.get("openai_api_key")) == "openai"
 
 
 def admin_api_key_from_env(environ: Mapping[str, str]) -> str | None:

@@ -138,11 +138,10 @@ async def test_a_stopped_holder_hands_the_agent_over(tmp_path: Path, fresh: Redi
         assert len(marked(mark)) == 1 and [_running(a), _running(b)].count(True) == 1
         holder, other = (a, b) if _running(a) else (b, a)
         (scope_a if holder is a else scope_b).cancel()  # the holder stops (SIGTERM): it releases
-        took = await _until(
+        await _until(  # within a renewal and a start, or it fails
             "the other runs it", lambda: len(marked(mark)) == 1 and _running(other), RENEW_S + START_S
         )
         assert not _running(holder)
-        assert took < RENEW_S + START_S
         tg.cancel_scope.cancel()
 
 
@@ -190,8 +189,7 @@ async def test_a_holder_cut_off_from_redis_stops_its_agent_before_the_lease_coul
         down = time.monotonic()
         # its last renewal went out at most RENEW_S before: its lease lives until TTL_S after
         # that at the earliest, so the run must be gone within TTL_S - RENEW_S of the cut
-        took = await _until("the holder stopped its run", lambda: not marked(mark), TTL_S - RENEW_S)
-        assert took < TTL_S - RENEW_S
+        await _until("the holder stopped its run", lambda: not marked(mark), TTL_S - RENEW_S)  # or fails
         await _until("its record and audit say so", lambda: bool(_lost(rec)) and not _running(holder), 2)
         lost = _lost(rec)
         assert len(lost) == 1 and lost[0]["stopped_before_expiry_s"] > 0

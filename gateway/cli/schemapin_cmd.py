@@ -14,9 +14,9 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import schemapin
 from gateway.errors import ApprovalError
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gateway.state.pins import PgPinStore
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+_Pins: TypeAlias = "PinStore | PgPinStore"  # the file store, or the shared one (PostgreSQL)
 
 
 class _Usage(Exception):
@@ -354,68 +355,89 @@ def _pin_marks(pin: Pin) -> str:
 
 def _pins(args: argparse.Namespace) -> int:
     with _open_pins(args) as store:
-        cmd = args.pins_command
-        if cmd == "list":
-            pins = store.pins(args.domain)
-            if args.json:
-                print(json.dumps([p.to_dict() for p in pins]))
-            for p in pins if not args.json else ():
-                print(
-                    f"{p.tool_id}@{p.domain}  {p.key_fingerprint}  def {p.definition_hash[:16]}  "
-                    f"last {p.last_seen}{_pin_marks(p)}"
-                )
-            return EXIT_OK
-        if cmd == "show":
-            pin = store.get(args.domain, args.tool)
-            if pin is None:
-                raise _Usage(f"no pin for {args.tool}@{args.domain}")
-            doc = {**pin.to_dict(), "history": store.history(args.domain, args.tool)}
-            print(json.dumps(doc, ensure_ascii=False, indent=None if args.json else 2))
-            return EXIT_OK
-        actor = args.actor or args.environ.get("USER") or "unknown"
-        if cmd == "approve":
-            from gateway.verify.approve import reviewed_pin_change
+        return _PIN_COMMANDS[args.pins_command](args, store)
 
-            # both values explicit: the store pins what the person named, never "the pending
-            # one" as it is when the write happens (it can be swapped after the check)
-            fp, h = reviewed_pin_change(
-                store.get(args.domain, args.tool),
-                args.domain,
-                args.tool,
-                fingerprint=args.fingerprint,
-                definition_hash=args.definition_hash,
-            )
-            pin = store.approve(args.domain, args.tool, key_fingerprint=fp, definition_hash=h, actor=actor)
-            _emit(
-                args,
-                pin.to_dict(),
-                f"approved {pin.tool_id}@{pin.domain}: key {pin.key_fingerprint} "
-                f"definition {pin.definition_hash}",
-            )
-            return EXIT_OK
-        if cmd == "reject":
-            from gateway.verify.approve import reject_pin_change
 
-            pin = reject_pin_change(
-                store,
-                args.domain,
-                args.tool,
-                fingerprint=args.fingerprint,
-                definition_hash=args.definition_hash,
-                actor=actor,
-            )
-            _emit(
-                args,
-                pin.to_dict(),
-                f"rejected the pending change of {pin.tool_id}@{pin.domain}: still pinned to key "
-                f"{pin.key_fingerprint} definition {pin.definition_hash}",
-            )
-            return EXIT_OK
-        removed = store.remove(args.domain, args.tool, actor=actor)
-        if not removed:
-            raise _Usage(f"no pin for {args.tool}@{args.domain}")
-        _emit(args, {"removed": True}, f"removed {args.tool}@{args.domain}")
-        return EXIT_OK
+def _pins_list(args: argparse.Namespace, store: _Pins) -> int:
+    pins = store.pins(args.domain)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in pins]))
+    for p in pins if not args.json else ():
+        print(
+            f"{p.tool_id}@{p.domain}  {p.key_fingerprint}  def {p.definition_hash[:16]}  "
+            f"last {p.last_seen}{_pin_marks(p)}"
+        )
+    return EXIT_OK
+
+
+def _pins_show(args: argparse.Namespace, store: _Pins) -> int:
+    pin = store.get(args.domain, args.tool)
+    if pin is None:
+        raise _Usage(f"no pin for {args.tool}@{args.domain}")
+    doc = {**pin.to_dict(), "history": store.history(args.domain, args.tool)}
+    print(json.dumps(doc, ensure_ascii=False, indent=None if args.json else 2))
+    return EXIT_OK
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return str(args.actor or args.environ.get("USER") or "unknown")
+
+
+def _pins_approve(args: argparse.Namespace, store: _Pins) -> int:
+    from gateway.verify.approve import reviewed_pin_change
+
+    # both values explicit: the store pins what the person named, never "the pending
+    # one" as it is when the write happens (it can be swapped after the check)
+    fp, h = reviewed_pin_change(
+        store.get(args.domain, args.tool),
+        args.domain,
+        args.tool,
+        fingerprint=args.fingerprint,
+        definition_hash=args.definition_hash,
+    )
+    pin = store.approve(args.domain, args.tool, key_fingerprint=fp, definition_hash=h, actor=_actor(args))
+    _emit(
+        args,
+        pin.to_dict(),
+        f"approved {pin.tool_id}@{pin.domain}: key {pin.key_fingerprint} definition {pin.definition_hash}",
+    )
+    return EXIT_OK
+
+
+def _pins_reject(args: argparse.Namespace, store: _Pins) -> int:
+    from gateway.verify.approve import reject_pin_change
+
+    pin = reject_pin_change(
+        store,
+        args.domain,
+        args.tool,
+        fingerprint=args.fingerprint,
+        definition_hash=args.definition_hash,
+        actor=_actor(args),
+    )
+    _emit(
+        args,
+        pin.to_dict(),
+        f"rejected the pending change of {pin.tool_id}@{pin.domain}: still pinned to key "
+        f"{pin.key_fingerprint} definition {pin.definition_hash}",
+    )
+    return EXIT_OK
+
+
+def _pins_remove(args: argparse.Namespace, store: _Pins) -> int:
+    if not store.remove(args.domain, args.tool, actor=_actor(args)):
+        raise _Usage(f"no pin for {args.tool}@{args.domain}")
+    _emit(args, {"removed": True}, f"removed {args.tool}@{args.domain}")
+    return EXIT_OK
+
+
+_PIN_COMMANDS: dict[str, Callable[[argparse.Namespace, _Pins], int]] = {
+    "list": _pins_list,
+    "show": _pins_show,
+    "approve": _pins_approve,
+    "reject": _pins_reject,
+    "remove": _pins_remove,
+}
 
 
 def _skill_sign(args: argparse.Namespace) -> int:

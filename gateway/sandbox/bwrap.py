@@ -241,18 +241,7 @@ class BwrapTier(SandboxTier):
             CappedBuffer(limits.output_bytes, lambda: halt("output")),
             CappedBuffer(limits.output_bytes, lambda: halt("output")),
         )
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                close_fds=True,
-                start_new_session=True,
-            )
-        except OSError as e:
-            raise SandboxError(f"cannot start bwrap: {e}") from e
+        proc = _spawn(argv, piped_stdin=stdin is not None)
         assert proc.stdout is not None and proc.stderr is not None
         threads = [pump_fd(os.dup(proc.stdout.fileno()), out), pump_fd(os.dup(proc.stderr.fileno()), err)]
         proc.stdout.close()
@@ -275,11 +264,7 @@ class BwrapTier(SandboxTier):
         cg.kill_all()  # stragglers (daemonised children) die with the run
         for t in threads:
             t.join(timeout=2.0)
-        killed: KilledReason = stopped[0] if stopped else "none"
-        if killed == "none" and cg.oom_killed():
-            killed = "memory"
-        elif killed == "none" and proc.returncode != 0 and cg.pids_limit_hit():
-            killed = "pids"
+        killed = stopped[0] if stopped else _limit_hit(cg, proc.returncode)
         code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
         return captured(out, err, exit_code=code, killed=killed, tier="bwrap", start=start)
 
@@ -361,3 +346,28 @@ class BwrapTier(SandboxTier):
     def leftovers(self) -> list[str]:
         live = {cg.name for cg in self._stdio_cgroups}
         return [f"cgroup {p}" for p in cgroups.list_ours() if p.name not in live]
+
+
+def _spawn(argv: list[str], *, piped_stdin: bool) -> subprocess.Popen[bytes]:
+    """Start bwrap in a session of its own, with nothing of the gateway's environment."""
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if piped_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            close_fds=True,
+            start_new_session=True,
+        )
+    except OSError as e:
+        raise SandboxError(f"cannot start bwrap: {e}") from e
+
+
+def _limit_hit(cg: cgroups.RunCgroup, returncode: int) -> KilledReason:
+    """Which cgroup limit ended a run the gateway did not stop itself, if any."""
+    if cg.oom_killed():
+        return "memory"
+    if returncode != 0 and cg.pids_limit_hit():
+        return "pids"
+    return "none"

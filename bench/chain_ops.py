@@ -78,8 +78,10 @@ sibling: Callable[[str], ModuleType] = runpy.run_path(str(REPO / "bench" / "_sib
 
 if TYPE_CHECKING:
     import bench._chain_ops_front as front_modes
+    import bench._tail_watch as tail_modes
 else:
     front_modes = sibling("_chain_ops_front")
+    tail_modes = sibling("_tail_watch")
 
 
 def _owner(
@@ -95,9 +97,9 @@ def _owner(
         code = frame.f_code
         if "/gateway/" in code.co_filename and code not in seen:
             seen.add(code)
-            inclusive[f"{code.co_qualname} ({front_modes.short(code.co_filename)})"] += 1
+            inclusive[f"{code.co_qualname} ({tail_modes.short(code.co_filename)})"] += 1
             if area is None:
-                area = _area(front_modes.short(code.co_filename))
+                area = _area(tail_modes.short(code.co_filename))
         if owner is None:
             if code.co_name == "__call__" and "/gateway/steps/" in code.co_filename:
                 owner = type(frame.f_locals.get("self")).__name__
@@ -124,7 +126,7 @@ class Counter:
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
         if event == "call":
             name = frame.f_code.co_name
-            where = f"{name} ({front_modes.short(frame.f_code.co_filename)})"
+            where = f"{name} ({tail_modes.short(frame.f_code.co_filename)})"
             if name == "_run_once":
                 self.loops += 1
         elif event == "c_call":
@@ -281,7 +283,7 @@ async def front(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         return {
             "benchmark": "chain_ops --front --tail",
             "settings": {"calls": args.calls, "checks_off": args.checks_off},
-            **front_modes.tail_tables(times, raw["events"], args.top),
+            **tail_modes.tail_tables(times, raw["events"], args.top),
             "long_callback_stacks": raw.get("long_callback_stacks", {}),
         }
     return _front_result(args, tmp, raw)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from bench import chain_ops
-from bench._chain_ops_front import QUIET_TIMERS, GcWatch, Strace, TailWatch, callgrind_window, tail_tables
+from bench._chain_ops_front import QUIET_TIMERS, GcWatch, Strace, callgrind_window
 from bench._common import write_gateway_config
+from bench._tail_watch import TailWatch, tail_tables
 from gateway.config.load import load_config
 
 # strace 6's -c table: a row with errors has six columns, the total row is not a system call

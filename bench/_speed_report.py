@@ -6,7 +6,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from bench._common import CallStats, host, latency_summary, median
+from bench._common import (
+    CallStats,
+    latency_summary,
+    median,
+)
+from bench._machine import host
 
 if TYPE_CHECKING:
     from bench.speed import PolicyPart
@@ -124,7 +129,7 @@ def report(
         "benchmark": "speed (issue 16)",
         "rounds": args.rounds,
         "host": host(),
-        # each round's machine_speed at its start (bench/_common.machine_speed: the VM's level)
+        # each round's machine_speed at its start (bench/_machine.machine_speed: the VM's level)
         "machine_speed_per_round": [rnd["machine"] for rnd in rounds if "machine" in rnd],
         "stdio": stdio,
         "stdio_vs_baseline_tree": versus,

@@ -67,12 +67,11 @@ from bench._common import (
     everything_toml,
     free_port,
     gateway_env,
-    host,
     latency_summary,
     median,
-    run_load_clients,
     write_http_gateway_config,
 )
+from bench._machine import host, run_load_clients
 from bench._wrk import drive_wrk, wrk_path
 from bench.http import PRELOAD, proc, wait_http
 

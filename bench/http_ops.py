@@ -40,9 +40,9 @@ from bench._common import (
     everything_toml,
     free_port,
     gateway_env,
-    run_load_clients,
     write_http_gateway_config,
 )
+from bench._machine import run_load_clients
 from bench.http import wait_http
 
 

@@ -33,12 +33,12 @@ from bench._common import (
     bench_policy_data,
     everything_toml,
     gateway_env,
-    host,
     median,
     stdio_session,
     text_of,
     write_gateway_config,
 )
+from bench._machine import host
 
 PRINCIPAL = "bench"
 JSONISH = '{"id": 12345, "name": "alpha_beta", "value": 3.14159, "tags": ["a", "b"]}, '

@@ -71,13 +71,13 @@ from bench._common import (
     free_port,
     gateway_env,
     interleaved_sequential_calls,
-    machine_speed,
     sequential_calls,
     stdio_session,
     text_of,
     write_gateway_config,
     write_http_gateway_config,
 )
+from bench._machine import machine_speed
 from bench._pure_policy import PurePolicy
 from bench._speed_report import report
 from bench.proxy import _round as stdio_round

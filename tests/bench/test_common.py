@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bench import _common
+from bench import _common, _machine
 from bench._common import ROOT, accepted_keys, keep_accepted, write_gateway_config
 from gateway.config.load import load_config
 from gateway.errors import ConfigError
@@ -60,10 +60,10 @@ def test_config_for_an_older_tree_leaves_out_what_it_refuses_and_loads(
 
 
 def test_machine_speed_is_an_ordered_positive_reading() -> None:
-    speed = _common.machine_speed(samples=3, n=20_000)
+    speed = _machine.machine_speed(samples=3, n=20_000)
     assert set(speed) == {"loop_mops_min", "loop_mops_median", "loop_mops_max"}
     assert 0 < speed["loop_mops_min"] <= speed["loop_mops_median"] <= speed["loop_mops_max"]
-    assert "machine_speed" in _common.host()
+    assert "machine_speed" in _machine.host()
 
 
 def test_interleaved_sequential_calls_alternate_the_targets_and_check_every_reply() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -168,14 +169,18 @@ class KnowledgeBases:
         root = path.resolve()
         if not root.exists():
             raise ContextError(f"{path}: no such file or folder")
+        if not (root.is_file() or root.is_dir()):  # a FIFO, a device: nothing to glob, nothing to read
+            raise ContextError(f"{path}: not a regular file or a folder")
         files = [root] if root.is_file() else sorted(p for p in root.glob(glob) if p.is_file())
         _names_are_utf8(files)
+        inside = None if root.is_file() else root
+        for f in files if inside is not None else ():  # refused before the store is touched
+            if not f.resolve().is_relative_to(inside):
+                raise ContextError(f"{f}: leads to {f.resolve()}, outside {inside}: not ingested")
         rep = IngestReport(base)
         stored = self._manifest(base)
         for n, f in enumerate(files, 1):
-            data = f.read_bytes()
-            if len(data) > MAX_FILE_BYTES:
-                raise ContextError(f"{f}: {len(data)} bytes, more than {MAX_FILE_BYTES} (split it)")
+            data = read_file(f, inside)
             # the patterns are part of the version: a new redaction pattern redoes every file
             sha = hashlib.sha256(data + "\0".join(redact).encode()).hexdigest()
             src = str(f)
@@ -262,6 +267,36 @@ class KnowledgeBases:
             n += self.m.store.count(flt)
             self.m.store.delete(filter=flt)
         return n
+
+
+def read_file(path: Path, inside: Path | None) -> bytes:
+    """A file's bytes, at most ``MAX_FILE_BYTES``; under a folder (``inside``) only a regular
+    file that really is in it. A symlink someone left in a docs folder led anywhere: to
+    ``/proc/self/environ`` (the CLI's API keys), the gateway's key files, another user's notes,
+    all then served to agents as knowledge. Checked on the open file (no swap between check
+    and read); bounded while reading (a 10 GB file was read whole before its size was looked at).
+
+    Raises:
+        ContextError: naming the file; nothing of it is read further.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
+    except OSError as e:
+        raise ContextError(f"{path}: cannot read: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ContextError(f"{path}: not a regular file")
+        if inside is not None:
+            real = Path(os.path.realpath(f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else path))
+            if not real.is_relative_to(inside):
+                raise ContextError(
+                    f"{path}: leads to {real}, outside {inside}: not ingested (name a file outside "
+                    "the folder on its own to ingest it)"
+                )
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ContextError(f"{path}: more than {MAX_FILE_BYTES} bytes (split it)")
+    return data
 
 
 def _names_are_utf8(files: Sequence[Path]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -72,10 +73,15 @@ def registry_servers(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:
     """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``."""
     out = []
     for path in sorted(folder.glob("*.json")):
+        if not path.is_file():  # a FIFO named x.json held the discovery pass forever
+            continue
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             continue  # a half-written file is read on the next pass
+        except RecursionError:  # nested a thousand deep: no registry document
+            _logger.warning("discovery: %s skipped: nested too deeply", shown(str(path)))
+            continue
         if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
             continue
         if (bad := not_utf8_at(doc)) is not None:  # json.loads made a lone surrogate of "\\ud800"
@@ -97,6 +103,14 @@ def _registry_table(doc: Mapping[str, Any]) -> dict[str, Any] | None:
             continue
         ident, version = str(pkg["identifier"]), pkg.get("version")
         kind = pkg.get("registryType") or pkg.get("registry_type")
+        pattern = _PACKAGE.get(str(kind))
+        if pattern is None:
+            continue
+        if not pattern.fullmatch(ident) or (version is not None and not _VERSION.fullmatch(str(version))):
+            # they become one argument of npx/uvx/docker: "--call=sh -c ..." was an option
+            # (npx ran it), and nothing shows the arguments to the person approving the server
+            _logger.warning("discovery: %r is not a %s package name: skipped", shown(ident), kind)
+            continue
         if kind == "npm":
             return {"command": "npx", "args": ["-y", f"{ident}@{version}" if version else ident]}
         if kind == "pypi":
@@ -107,6 +121,18 @@ def _registry_table(doc: Mapping[str, Any]) -> dict[str, Any] | None:
                 "args": ["run", "-i", "--rm", f"{ident}:{version}" if version else ident],
             }
     return None
+
+
+# The registry's package identifiers, as each registry names packages (never an option: no
+# leading '-', no spaces, no URL or path for npx/uvx to fetch instead)
+_PACKAGE = {
+    "npm": re.compile(r"^(?:@[a-z0-9~][a-z0-9._~-]*/)?[a-z0-9~][a-z0-9._~-]{0,213}$"),
+    "pypi": re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$"),
+    "oci": re.compile(
+        r"^[a-z0-9][a-z0-9._-]*(?::[0-9]{1,5})?(?:/[a-z0-9][a-z0-9._-]*)+$|^[a-z0-9][a-z0-9._-]*$"
+    ),
+}
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
 def _client_table(f: FoundServer) -> dict[str, Any]:

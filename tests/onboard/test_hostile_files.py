@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.events import LoggingSink
 from gateway.onboard import apply_plan, make_plan, read_client_file, rewrite_client, undo_client
@@ -149,3 +150,17 @@ def test_a_client_config_nested_thousands_deep_is_a_config_error(tmp_path: Path)
     deep.write_text('{"mcpServers": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(ConfigError):
         file_source(deep)
+
+
+@pytest.mark.parametrize("folder", ["x\ny", "x\x01y", "x\x7f]\n[servers.evil]\ncommand = 'sh'\n#"])
+def test_a_folder_name_with_line_breaks_or_control_characters_still_writes_valid_toml(
+    tmp_path: Path, folder: str
+) -> None:
+    """The client file's path went raw into a TOML comment of symbi.toml: a ValueError out of
+    ``symbi import`` (a traceback) for a folder named with a line break or a control character."""
+    source = file_source(
+        write_json(tmp_path / folder / "mcp.json", {"mcpServers": {"n": {"command": "node"}}})
+    )
+    config = tmp_path / "symbi.toml"
+    apply_plan(config, make_plan(read_client_file(source)), tmp_path / "symbi.env")
+    assert set(load_config(config, {}).servers) == {"n"}

@@ -275,7 +275,7 @@ class KnowledgeBases:
 
 def _listed(path: Path, glob: str) -> tuple[Path, list[Path]]:
     """The resolved ``path`` and the files to ingest: itself, or those under it matching
-    ``glob``; each refused, naming it, before the store is touched when it cannot be held
+    ``glob`` (hidden ones only when the glob names them); each refused, naming it, before the store is touched when it cannot be held
     (a name not UTF-8) or leads outside the folder."""
     root = path.resolve()
     if not root.exists():
@@ -283,6 +283,10 @@ def _listed(path: Path, glob: str) -> tuple[Path, list[Path]]:
     if not (root.is_file() or root.is_dir()):  # a FIFO, a device: nothing to glob, nothing to read
         raise ContextError(f"{path}: not a regular file or a folder")
     files = [root] if root.is_file() else sorted(p for p in root.glob(glob) if p.is_file())
+    if root.is_dir() and not any(part.startswith(".") for part in Path(glob).parts):
+        # as a shell glob: hidden files and folders only when the glob names them. The default
+        # "**/*" took a repository's .git/config (its remote URL's token), .git/objects and .env
+        files = [f for f in files if not any(p.startswith(".") for p in f.relative_to(root).parts)]
     _names_are_utf8(files)
     for f in files if root.is_dir() else ():
         if not f.resolve().is_relative_to(root):

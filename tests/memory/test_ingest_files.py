@@ -87,3 +87,24 @@ def test_a_fifo_named_by_itself_is_refused_not_waited_on(tmp_path: Path, manager
     os.mkfifo(fifo)
     with pytest.raises(ContextError):
         KnowledgeBases(manager).add("docs", fifo)
+
+
+def test_hidden_files_and_folders_are_left_out_unless_the_glob_names_them(
+    tmp_path: Path, manager: ContextManager
+) -> None:
+    """Attack (on the default glob ``**/*``): a handbook folder that is a git clone. Its
+    ``.git/config`` (the remote URL with its token), every ``.git/objects`` file and the folder's
+    ``.env`` were ingested, and agents searching the base were handed them. Now hidden files
+    and folders are left out, as a shell's glob leaves them, unless the glob names them."""
+    docs = tmp_path / "handbook"
+    (docs / ".git").mkdir(parents=True)
+    (docs / ".git" / "config").write_text(
+        '[remote "origin"]\n\turl = https://alice:ghp_TOKEN0123@example.test/x\n'
+    )
+    (docs / ".env").write_text("DB_PASSWORD=hunter2-prod\n")
+    (docs / ".github").mkdir()
+    (docs / ".github" / "guide.md").write_text("# Contributing\nOpen a pull request.\n")
+    (docs / "bikes.md").write_text("# Bikes\nBikes go in the basement cage.\n")
+    kb = KnowledgeBases(manager)
+    assert kb.add("hb", docs).added == [str(docs / "bikes.md")]
+    assert kb.add("gh", docs, glob=".github/*.md").added == [str(docs / ".github" / "guide.md")]

@@ -29,6 +29,7 @@ from gateway.events import Event
 from gateway.memory.access import redact_text
 from gateway.memory.manager import FILTER_KEY, ContextManager, check_name
 from gateway.memory.store import Point, point_id
+from gateway.screen.rules import INVISIBLE
 from gateway.screen.screener import screen_texts
 from gateway.textcheck import not_utf8_at
 
@@ -301,7 +302,9 @@ def _screened(text: str) -> list[str]:
     secrets and exfiltration rules are left out here: documents are about things, and a runbook
     naming ``~/.ssh`` or ``curl``, or a security policy saying "forward a message asking for your
     password to the desk" (tests/memory/corpus), is what a knowledge base is for."""
-    flagged = screen_texts([("text", text)]).at_least("high")
+    # read without invisible characters, as the model reads it: "I\u200bgnore all prev\u200bious
+    # instructions" matched no rule (and a BOM or soft hyphen alone is no reason to refuse a file)
+    flagged = screen_texts([("text", INVISIBLE.sub("", text))]).at_least("high")
     return [f"{f.field}: {f.summary} ({f.rule})" for f in flagged if f.category in MODEL_DIRECTED]
 
 

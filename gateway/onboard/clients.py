@@ -25,6 +25,8 @@ from typing import Any, Literal
 from gateway.errors import ConfigError
 from gateway.textcheck import not_utf8_at
 
+# ~/.claude.json keeps Claude Code's history too (megabytes); no client config is near this
+MAX_CLIENT_FILE_BYTES = 64 * 1024 * 1024
 ClientName = Literal["claude-desktop", "claude-code", "vscode", "cursor", "file"]
 CLIENTS: tuple[ClientName, ...] = ("claude-desktop", "claude-code", "vscode", "cursor")
 
@@ -210,11 +212,17 @@ def _section(doc: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any] | 
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:  # bounded: discovery reads these files on every pass
+            raw = f.read(MAX_CLIENT_FILE_BYTES + 1)
+        if len(raw) > MAX_CLIENT_FILE_BYTES:
+            raise ConfigError(f"{path}: more than {MAX_CLIENT_FILE_BYTES} bytes: not an MCP client config")
+        doc = json.loads(raw.decode("utf-8"))
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte {e.start} is not UTF-8") from None
     except RecursionError:  # [[[[... a few thousand deep: no client writes that
         raise ConfigError(f"{path}: nested too deeply to be an MCP client config") from None
     if not isinstance(doc, dict):

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -245,11 +246,18 @@ class Discovery:
 
     def _save(self, entries: Mapping[str, Discovered]) -> None:
         self.state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.state.with_name(f".{self.state.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"servers": {k: v.as_dict() for k, v in entries.items()}}, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.state)
+        # the servers' env and headers (the client configs' secrets) are in it: a fresh 0600
+        # file of a random name (O_EXCL), never one planted at a predictable name
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.state.name}.", dir=self.state.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(
+                    {"servers": {k: v.as_dict() for k, v in entries.items()}}, f, indent=2, sort_keys=True
+                )
+            os.replace(tmp, self.state)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def discovery_store(config: Config, events: EventSink | None = None) -> Discovery:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,50 @@ def test_a_folder_name_with_line_breaks_or_control_characters_still_writes_valid
     config = tmp_path / "symbi.toml"
     apply_plan(config, make_plan(read_client_file(source)), tmp_path / "symbi.env")
     assert set(load_config(config, {}).servers) == {"n"}
+
+
+def test_a_huge_client_config_is_refused_without_being_read_whole(tmp_path: Path) -> None:
+    """Attack (on the gateway's memory): a project's ``.mcp.json`` of gigabytes (here 400 MB,
+    sparse) was read whole by ``symbi import`` and by every discovery pass. Raw bytes that
+    are not UTF-8 raised UnicodeDecodeError (a traceback). Both are ConfigErrors now."""
+    big = tmp_path / "big.json"
+    with big.open("wb") as f:
+        f.truncate(400 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError):
+            file_source(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 1024 * 1024
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'{"mcpServers": {"caf\xe9": {"command": "node"}}}')
+    with pytest.raises(ConfigError):
+        file_source(latin1)
+
+
+def test_the_discovery_state_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    """The discovery state holds the discovered servers' env and headers (client configs'
+    secrets); it was written under ``.discovered.json.tmp-<pid>``, following a link there."""
+    home, data = tmp_path / "home", tmp_path / "data"
+    data.mkdir()
+    write_json(
+        home / ".config/Claude/claude_desktop_config.json",
+        {"mcpServers": {"notes": {"command": "uvx", "env": {"NOTES_TOKEN": SECRET}}}},
+    )
+    readable = tmp_path / "readable.txt"
+    readable.write_text("")
+    os.symlink(readable, data / f".discovered.json.tmp-{os.getpid()}")
+    d = Discovery(
+        data / "discovered.json",
+        LoggingSink(),
+        home=home,
+        cwd=tmp_path,
+        environ={},
+        registry_dir=None,
+        configured=frozenset(),
+    )
+    d.poll()
+    assert readable.read_text() == "" and not (data / "discovered.json").is_symlink()
+    assert stat.S_IMODE(os.stat(data / "discovered.json").st_mode) == 0o600

@@ -55,7 +55,7 @@ async def test_a_document_carrying_instructions_never_reaches_an_agent(tmp_path:
                 session_id="s-alice",
             )
         )
-        assert "previous instructions" not in got.content[0].text  # type: ignore[union-attr]
+        assert "previous instructions" not in got.content[0].text
         assert (
             list(rep.flagged) == [str(docs / "expenses.md")]
             and "SP002" in rep.flagged[str(docs / "expenses.md")][0]

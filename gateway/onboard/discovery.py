@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import tempfile
 import time
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from gateway.onboard.clients import (
     launches_symbi,
     read_client_file,
 )
-from gateway.onboard.plan import RESERVED, unique_name
+from gateway.onboard.plan import RESERVED, masked_args, unique_name
 from gateway.textcheck import not_utf8_at, shown
 
 _logger = logging.getLogger("symbi.discovery")
@@ -53,6 +54,14 @@ class Discovered:
             "first_seen": self.first_seen,
             "approved_by": self.approved_by,
         }
+
+    def launches(self) -> str:
+        """What approving it runs, for the person deciding: the command line (recognisable
+        secrets in it masked, as ``symbi import`` would move them) or the URL without its query."""
+        if "command" not in self.table:
+            return str(self.table.get("url", "")).split("?", 1)[0]
+        args = masked_args([str(a) for a in self.table.get("args") or []])
+        return shlex.join([str(self.table["command"]), *args])
 
     def public(self) -> dict[str, Any]:
         """For the admin API and the dashboard: what it would launch, never its env, headers,

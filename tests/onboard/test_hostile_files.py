@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import tracemalloc
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from gateway.onboard import apply_plan, make_plan, read_client_file, rewrite_cli
 from gateway.onboard.apply import backup_path
 from gateway.onboard.clients import file_source
 from gateway.onboard.discovery import Discovery, registry_servers
+from tests.conftest import SYMBI, write_config
 from tests.onboard.conftest import SECRET, write_json
 
 
@@ -212,3 +214,46 @@ def test_the_discovery_state_is_never_written_through_a_planted_link(tmp_path: P
     d.poll()
     assert readable.read_text() == "" and not (data / "discovered.json").is_symlink()
     assert stat.S_IMODE(os.stat(data / "discovered.json").st_mode) == 0o600
+
+
+def test_discover_list_shows_what_approving_a_server_runs_with_secrets_masked(tmp_path: Path) -> None:
+    """Before approving a discovered server a person saw its name, status and file, never what
+    it runs: the command line is what they are deciding on (a package name, an option). Now
+    ``symbi discover list`` shows it, recognisable secrets masked."""
+    reg = tmp_path / "registry"
+    write_json(
+        reg / "weather.json",
+        {
+            "name": "io.example/weather",
+            "packages": [{"registryType": "npm", "identifier": "@ex/weather-mcp"}],
+        },
+    )
+    write_json(
+        tmp_path / ".mcp.json",
+        {
+            "mcpServers": {
+                "gh": {"command": "npx", "args": ["-y", "@ex/gh", "--token", "ghp_" + "A1b2C3d4E5" * 4]}
+            }
+        },
+    )
+    cfg = write_config(tmp_path, f'[mcp]\ndiscovery_enabled = true\ndiscovery_registry_dir = "{reg}"\n')
+    Discovery(
+        load_config(cfg, {}).discovered_path,
+        LoggingSink(),
+        home=tmp_path / "home",
+        cwd=tmp_path,
+        environ={},
+        registry_dir=reg,
+        configured=frozenset(),
+    ).poll()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
+    out = subprocess.run(
+        [str(SYMBI), "discover", "list", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        env={**env, "HOME": str(tmp_path / "home")},
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "launches: npx -y @ex/weather-mcp" in out.stdout
+    assert "launches: npx -y @ex/gh --token '***'" in out.stdout and "A1b2C3d4E5" not in out.stdout

@@ -29,6 +29,7 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     for d in sorted(entries.values(), key=lambda d: d.name):
         print(f"{d.name:32} {d.status:12} {d.original_name} ({d.source})")
+        print(f"{'':32} launches: {d.launches()}")  # what approving it runs
     if not entries:
         print("nothing discovered" + ("" if cfg.mcp.discovery_enabled else " (mcp.discovery_enabled is off)"))
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def _apply(
         names = [s.found.name for s in plan.servers if s.found.source == f]
         by_path.setdefault(f.path, []).append((f, names))
     for path in by_path:  # refuse before writing anything
-        if backup_path(path).exists():
+        if os.path.lexists(backup_path(path)):
             raise ConfigError(f"{path}: already rewritten by symbi (run `symbi import --undo` first)")
     apply_plan(config, plan, env_file)
     symbi = args.symbi or str(Path(sys.executable).with_name("symbi"))

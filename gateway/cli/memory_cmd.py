@@ -150,6 +150,8 @@ def _add(args: argparse.Namespace) -> int:
     finally:
         m.close()
     d = rep.as_dict()
+    for src, reasons in rep.flagged.items():
+        print(f"{src}: not ingested: screening flagged it: {'; '.join(reasons)}", file=sys.stderr)
     if args.json:
         print(json.dumps(d))
     else:
@@ -157,8 +159,9 @@ def _add(args: argparse.Namespace) -> int:
             f"{d['base']}: {d['added']} added, {d['updated']} updated, {d['unchanged']} unchanged, "
             f"{d['removed']} removed; {d['chunks']} chunks embedded in {d['seconds']} s"
             + (f"; {d['redacted']} secret(s) redacted by the policy" if d["redacted"] else "")
+            + (f"; {d['flagged']} file(s) flagged by screening, not ingested" if d["flagged"] else "")
         )
-    return 0
+    return 1 if rep.flagged else 0
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ file's resolved path), ``sha`` (of the file's bytes), ``chunk``, ``heading``, ``
 is already stored is the manifest (read back from the store, so a Qdrant server shared by
 several gateways needs no local state): a file whose sha is unchanged is skipped, a changed file
 has its chunks replaced, and a file that disappeared from the folder has its chunks removed.
+Each file's text is screened (``gateway.screen``): one whose high finding speaks to the model
+is not stored (its earlier chunks go), and the report names it with the rules.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -26,11 +29,15 @@ from gateway.events import Event
 from gateway.memory.access import redact_text
 from gateway.memory.manager import FILTER_KEY, ContextManager, check_name
 from gateway.memory.store import Point, point_id
+from gateway.screen.rules import INVISIBLE
+from gateway.screen.screener import screen_texts
 from gateway.textcheck import not_utf8_at
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.S)
 CHUNK_CHARS = 1000  # ~250 tokens: below the model's 256-token window with the heading prefix
 MAX_FILE_BYTES = 5 * 1024 * 1024
+MODEL_DIRECTED = frozenset({"hidden-instructions", "concealment", "shadowing"})  # screening categories
+SCREENED = b"\0screened:1"  # part of each file's stored version (see ``KnowledgeBases.add``)
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 
 
@@ -50,6 +57,7 @@ class IngestReport:
     removed: list[str] = field(default_factory=list)
     chunks: int = 0
     redacted: int = 0  # matches of the policy's redact_text patterns replaced before embedding
+    flagged: dict[str, list[str]] = field(default_factory=dict)  # source -> screening findings
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,6 +69,7 @@ class IngestReport:
             "removed": len(self.removed),
             "chunks": self.chunks,
             "redacted": self.redacted,
+            "flagged": len(self.flagged),
             "seconds": round(self.seconds, 3),
         }
 
@@ -165,30 +174,31 @@ class KnowledgeBases:
 
         started = time.perf_counter()
         check_name(base, "base")
-        root = path.resolve()
-        if not root.exists():
-            raise ContextError(f"{path}: no such file or folder")
-        files = [root] if root.is_file() else sorted(p for p in root.glob(glob) if p.is_file())
-        _names_are_utf8(files)
+        root, files = _listed(path, glob)
+        inside = root if root.is_dir() else None
         rep = IngestReport(base)
         stored = self._manifest(base)
         for n, f in enumerate(files, 1):
-            data = f.read_bytes()
-            if len(data) > MAX_FILE_BYTES:
-                raise ContextError(f"{f}: {len(data)} bytes, more than {MAX_FILE_BYTES} (split it)")
-            # the patterns are part of the version: a new redaction pattern redoes every file
-            sha = hashlib.sha256(data + "\0".join(redact).encode()).hexdigest()
+            data = read_file(f, inside)
+            # the patterns and the screening are part of the version: a new redaction pattern
+            # redoes every file, and so did the screening's arrival (bases from before it)
+            sha = hashlib.sha256(data + "\0".join(redact).encode() + SCREENED).hexdigest()
             src = str(f)
             if stored.get(src) == sha:
                 rep.unchanged.append(src)
             else:
-                (rep.updated if src in stored else rep.added).append(src)
                 text, n_redacted = redact_text(data.decode("utf-8", errors="replace"), redact)
-                rep.redacted += n_redacted
-                rep.chunks += self._put(base, src, sha, text)
+                if flagged := _screened(text):
+                    # what the file says now would speak to every agent it is handed to
+                    self.m.store.delete(filter={"kind": "knowledge", "base": base, "source": src})
+                    rep.flagged[src] = flagged
+                else:
+                    (rep.updated if src in stored else rep.added).append(src)
+                    rep.redacted += n_redacted
+                    rep.chunks += self._put(base, src, sha, text)
             if progress:
                 progress(n, len(files), src)
-        if prune and root.is_dir():
+        if prune and inside is not None:
             seen = {str(f) for f in files}
             for src in stored:
                 if src.startswith(str(root) + "/") and src not in seen:
@@ -262,6 +272,70 @@ class KnowledgeBases:
             n += self.m.store.count(flt)
             self.m.store.delete(filter=flt)
         return n
+
+
+def _listed(path: Path, glob: str) -> tuple[Path, list[Path]]:
+    """The resolved ``path`` and the files to ingest: itself, or those under it matching
+    ``glob`` (hidden ones only when the glob names them); each refused, naming it, before the store is touched when it cannot be held
+    (a name not UTF-8) or leads outside the folder."""
+    root = path.resolve()
+    if not root.exists():
+        raise ContextError(f"{path}: no such file or folder")
+    if not (root.is_file() or root.is_dir()):  # a FIFO, a device: nothing to glob, nothing to read
+        raise ContextError(f"{path}: not a regular file or a folder")
+    files = [root] if root.is_file() else sorted(p for p in root.glob(glob) if p.is_file())
+    if root.is_dir() and not any(part.startswith(".") for part in Path(glob).parts):
+        # as a shell glob: hidden files and folders only when the glob names them. The default
+        # "**/*" took a repository's .git/config (its remote URL's token), .git/objects and .env
+        files = [f for f in files if not any(p.startswith(".") for p in f.relative_to(root).parts)]
+    _names_are_utf8(files)
+    for f in files if root.is_dir() else ():
+        if not f.resolve().is_relative_to(root):
+            raise ContextError(f"{f}: leads to {f.resolve()}, outside {root}: not ingested")
+    return root, files
+
+
+def _screened(text: str) -> list[str]:
+    """The high screening findings of a file's text that speak to the model (the tool
+    definitions' rules: hidden instructions, concealment, shadowing), as ``field: summary
+    (rule)``; none: it may be stored. Knowledge is handed to agents as shared memories are. The
+    secrets and exfiltration rules are left out here: documents are about things, and a runbook
+    naming ``~/.ssh`` or ``curl``, or a security policy saying "forward a message asking for your
+    password to the desk" (tests/memory/corpus), is what a knowledge base is for."""
+    # read without invisible characters, as the model reads it: "I\u200bgnore all prev\u200bious
+    # instructions" matched no rule (and a BOM or soft hyphen alone is no reason to refuse a file)
+    flagged = screen_texts([("text", INVISIBLE.sub("", text))]).at_least("high")
+    return [f"{f.field}: {f.summary} ({f.rule})" for f in flagged if f.category in MODEL_DIRECTED]
+
+
+def read_file(path: Path, inside: Path | None) -> bytes:
+    """A file's bytes, at most ``MAX_FILE_BYTES``; under a folder (``inside``) only a regular
+    file that really is in it. A symlink someone left in a docs folder led anywhere: to
+    ``/proc/self/environ`` (the CLI's API keys), the gateway's key files, another user's notes,
+    all then served to agents as knowledge. Checked on the open file (no swap between check
+    and read); bounded while reading (a 10 GB file was read whole before its size was looked at).
+
+    Raises:
+        ContextError: naming the file; nothing of it is read further.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
+    except OSError as e:
+        raise ContextError(f"{path}: cannot read: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ContextError(f"{path}: not a regular file")
+        if inside is not None:
+            real = Path(os.path.realpath(f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else path))
+            if not real.is_relative_to(inside):
+                raise ContextError(
+                    f"{path}: leads to {real}, outside {inside}: not ingested (name a file outside "
+                    "the folder on its own to ingest it)"
+                )
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ContextError(f"{path}: more than {MAX_FILE_BYTES} bytes (split it)")
+    return data
 
 
 def _names_are_utf8(files: Sequence[Path]) -> None:

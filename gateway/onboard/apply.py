@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,10 @@ def render_toml(config: Path, plan: ImportPlan, env_file: Path) -> str:
         if s.name in servers:
             raise ConfigError(f"{config}: servers.{s.name} exists already")
         table = tomlkit.table()
-        table.comment(f"imported from {s.found.source.client} ({s.found.source.path}) as {s.found.name!r}")
+        # repr: a folder named with a line break or a control character is no TOML comment
+        table.comment(
+            f"imported from {s.found.source.client} ({str(s.found.source.path)!r}) as {s.found.name!r}"
+        )
         for k, v in s.table.items():
             table[k] = _inline(v) if isinstance(v, dict) else v
         servers[s.name] = table
@@ -80,7 +85,7 @@ def rewrite_client(
         raise ValueError(f"rewrite_client: one file at a time, not {sorted(map(str, paths))}")
     path = paths.pop()
     backup = backup_path(path)
-    if backup.exists():
+    if os.path.lexists(backup):  # a dangling symlink too
         raise ConfigError(f"{path}: already rewritten by symbi (run `symbi import --undo` first)")
     raw = path.read_bytes()
     doc = json.loads(raw)
@@ -102,8 +107,14 @@ def rewrite_client(
 def undo_client(path: Path) -> bool:
     """Put the original back, byte for byte. False when there is nothing to undo."""
     backup = backup_path(path)
-    if not backup.exists():
+    try:
+        st = os.lstat(backup)
+    except FileNotFoundError:
         return False
+    # only a file symbi wrote: a symlink or someone else's file put there would become the
+    # client's config (the servers it launches)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        raise ConfigError(f"{backup}: not a regular file of this user: not restored (look at it)")
     os.replace(backup, path)
     return True
 
@@ -126,12 +137,20 @@ def _relative(path: Path, base: Path) -> str:
 
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Write beside ``path`` under a fresh random name, then rename over it. The temporary file
+    is created exclusively (``mkstemp``: O_EXCL): a predictable name in a shared folder let
+    another user plant a symlink there (the write went through it into a file of theirs to
+    choose, the backup became that link) or a file of their own (the original config, secrets
+    and all, written into it)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

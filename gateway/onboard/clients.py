@@ -25,6 +25,8 @@ from typing import Any, Literal
 from gateway.errors import ConfigError
 from gateway.textcheck import not_utf8_at
 
+# ~/.claude.json keeps Claude Code's history too (megabytes); no client config is near this
+MAX_CLIENT_FILE_BYTES = 64 * 1024 * 1024
 ClientName = Literal["claude-desktop", "claude-code", "vscode", "cursor", "file"]
 CLIENTS: tuple[ClientName, ...] = ("claude-desktop", "claude-code", "vscode", "cursor")
 
@@ -119,14 +121,17 @@ def _entry(
         raise ConfigError(f"{where}.type: {kind!r} is not stdio, http or sse")
     known = _predefined(source)
 
-    def ref(v: object) -> str:
-        return _ref(str(v), inputs, known)
+    def ref(v: object, at: str) -> str:
+        # a number or null where the client wants text: written as "None" it became a secret
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}.{at}: must be a string")
+        return _ref(v, inputs, known, f"{where}.{at}")
 
     for key in ("env", "headers"):
         if not isinstance(e.get(key) or {}, dict):
             raise ConfigError(f"{where}.{key}: must be an object")
-    env = {str(k): ref(v) for k, v in (e.get("env") or {}).items()}
-    headers = {str(k): ref(v) for k, v in (e.get("headers") or {}).items()}
+    env = {str(k): ref(v, f"env.{k}") for k, v in (e.get("env") or {}).items()}
+    headers = {str(k): ref(v, f"headers.{k}") for k, v in (e.get("headers") or {}).items()}
     if kind == "stdio":
         if not isinstance(e.get("command"), str) or not e["command"]:
             raise ConfigError(f"{where}.command: a stdio server needs a command")
@@ -136,17 +141,17 @@ def _entry(
         return FoundServer(
             source,
             name,
-            command=ref(e["command"]),
-            args=tuple(ref(a) for a in args),
+            command=ref(e["command"], "command"),
+            args=tuple(ref(a, f"args[{i}]") for i, a in enumerate(args)),
             env=env,
-            cwd=ref(e["cwd"]) if e.get("cwd") else None,
+            cwd=ref(e["cwd"], "cwd") if e.get("cwd") else None,
             transport="stdio",
         )
     url = e.get("url") or e.get("serverUrl")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.url: a remote server needs an http(s) url")
     return FoundServer(
-        source, name, url=ref(url), headers=headers, transport="sse" if kind == "sse" else "http"
+        source, name, url=ref(url, "url"), headers=headers, transport="sse" if kind == "sse" else "http"
     )
 
 
@@ -176,7 +181,9 @@ def _predefined(source: ClientFile) -> dict[str, str]:
     }
 
 
-def _ref(value: str, inputs: Mapping[Any, Any], known: Mapping[str, str] | None = None) -> str:
+def _ref(
+    value: str, inputs: Mapping[Any, Any], known: Mapping[str, str] | None = None, where: str = ""
+) -> str:
     """VS Code's ``${input:id}`` / ``${env:NAME}`` become ``${NAME}`` references (never values);
     its predefined variables (``known``) are written out."""
     for var, text in (known or {}).items():
@@ -185,7 +192,9 @@ def _ref(value: str, inputs: Mapping[Any, Any], known: Mapping[str, str] | None 
     for prefix in ("${input:", "${env:"):
         while prefix in out:
             start = out.index(prefix)
-            end = out.index("}", start)
+            end = out.find("}", start)
+            if end < 0:  # a ValueError here ended the import, and every discovery pass, raw
+                raise ConfigError(f"{where}: {prefix}... is not closed with '}}'")
             ident = out[start + len(prefix) : end]
             var = "".join(ch if ch.isalnum() else "_" for ch in ident).upper()
             out = out[:start] + "${" + var + "}" + out[end + 1 :]
@@ -203,11 +212,19 @@ def _section(doc: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any] | 
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:  # bounded: discovery reads these files on every pass
+            raw = f.read(MAX_CLIENT_FILE_BYTES + 1)
+        if len(raw) > MAX_CLIENT_FILE_BYTES:
+            raise ConfigError(f"{path}: more than {MAX_CLIENT_FILE_BYTES} bytes: not an MCP client config")
+        doc = json.loads(raw.decode("utf-8"))
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte {e.start} is not UTF-8") from None
+    except RecursionError:  # [[[[... a few thousand deep: no client writes that
+        raise ConfigError(f"{path}: nested too deeply to be an MCP client config") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the top level must be an object")
     # json.loads makes a lone surrogate of the escape "\\ud800": symbi.toml, symbi.env and the

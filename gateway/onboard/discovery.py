@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shlex
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -25,7 +28,7 @@ from gateway.onboard.clients import (
     launches_symbi,
     read_client_file,
 )
-from gateway.onboard.plan import RESERVED, unique_name
+from gateway.onboard.plan import RESERVED, masked_args, unique_name
 from gateway.textcheck import not_utf8_at, shown
 
 _logger = logging.getLogger("symbi.discovery")
@@ -52,6 +55,14 @@ class Discovered:
             "approved_by": self.approved_by,
         }
 
+    def launches(self) -> str:
+        """What approving it runs, for the person deciding: the command line (recognisable
+        secrets in it masked, as ``symbi import`` would move them) or the URL without its query."""
+        if "command" not in self.table:
+            return str(self.table.get("url", "")).split("?", 1)[0]
+        args = masked_args([str(a) for a in self.table.get("args") or []])
+        return shlex.join([str(self.table["command"]), *args])
+
     def public(self) -> dict[str, Any]:
         """For the admin API and the dashboard: what it would launch, never its env, headers,
         args or URL query (a client config keeps secrets there)."""
@@ -72,10 +83,15 @@ def registry_servers(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:
     """(source, name, table) of each ``server.json`` (MCP registry format) in ``folder``."""
     out = []
     for path in sorted(folder.glob("*.json")):
+        if not path.is_file():  # a FIFO named x.json held the discovery pass forever
+            continue
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             continue  # a half-written file is read on the next pass
+        except RecursionError:  # nested a thousand deep: no registry document
+            _logger.warning("discovery: %s skipped: nested too deeply", shown(str(path)))
+            continue
         if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
             continue
         if (bad := not_utf8_at(doc)) is not None:  # json.loads made a lone surrogate of "\\ud800"
@@ -97,6 +113,14 @@ def _registry_table(doc: Mapping[str, Any]) -> dict[str, Any] | None:
             continue
         ident, version = str(pkg["identifier"]), pkg.get("version")
         kind = pkg.get("registryType") or pkg.get("registry_type")
+        pattern = _PACKAGE.get(str(kind))
+        if pattern is None:
+            continue
+        if not pattern.fullmatch(ident) or (version is not None and not _VERSION.fullmatch(str(version))):
+            # they become one argument of npx/uvx/docker: "--call=sh -c ..." was an option
+            # (npx ran it), and nothing shows the arguments to the person approving the server
+            _logger.warning("discovery: %r is not a %s package name: skipped", shown(ident), kind)
+            continue
         if kind == "npm":
             return {"command": "npx", "args": ["-y", f"{ident}@{version}" if version else ident]}
         if kind == "pypi":
@@ -107,6 +131,18 @@ def _registry_table(doc: Mapping[str, Any]) -> dict[str, Any] | None:
                 "args": ["run", "-i", "--rm", f"{ident}:{version}" if version else ident],
             }
     return None
+
+
+# The registry's package identifiers, as each registry names packages (never an option: no
+# leading '-', no spaces, no URL or path for npx/uvx to fetch instead)
+_PACKAGE = {
+    "npm": re.compile(r"^(?:@[a-z0-9~][a-z0-9._~-]*/)?[a-z0-9~][a-z0-9._~-]{0,213}$"),
+    "pypi": re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$"),
+    "oci": re.compile(
+        r"^[a-z0-9][a-z0-9._-]*(?::[0-9]{1,5})?(?:/[a-z0-9][a-z0-9._-]*)+$|^[a-z0-9][a-z0-9._-]*$"
+    ),
+}
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 
 def _client_table(f: FoundServer) -> dict[str, Any]:
@@ -219,11 +255,18 @@ class Discovery:
 
     def _save(self, entries: Mapping[str, Discovered]) -> None:
         self.state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.state.with_name(f".{self.state.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"servers": {k: v.as_dict() for k, v in entries.items()}}, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.state)
+        # the servers' env and headers (the client configs' secrets) are in it: a fresh 0600
+        # file of a random name (O_EXCL), never one planted at a predictable name
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.state.name}.", dir=self.state.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(
+                    {"servers": {k: v.as_dict() for k, v in entries.items()}}, f, indent=2, sort_keys=True
+                )
+            os.replace(tmp, self.state)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def discovery_store(config: Config, events: EventSink | None = None) -> Discovery:

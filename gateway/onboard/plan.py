@@ -144,6 +144,11 @@ def _secretish(text: str) -> bool:
     return any(p.search(text) for p in SECRET_PATTERNS)
 
 
+def masked_args(args: list[str]) -> list[str]:
+    """A command line to show: what ``symbi import`` would move to the env file is ``***``."""
+    return _args(args, lambda _key, _value: "***")
+
+
 def _args(args: list[str], move: Callable[[str, str], str]) -> list[str]:
     """Recognisable secrets in a command line: provider keys anywhere, and the value of a
     ``--api-key``/``--token``-like flag (``--token X`` or ``--token=X``)."""

@@ -3,7 +3,8 @@ across gateway processes), acknowledged and deleted when settled.
 
 Keys (prefix ``symbi:bus:``): ``inbox:<agent>`` streams (fields h, n, c, s, e = the message
 and its expiry), ``keys`` (public key directory, hash), ``subs`` (hash ``agent\\0pattern``),
-``seen:<agent>:<id>`` (replay window, expiring), ``stats`` (counters, hash). Only ciphertext
+``subs:n`` (hash: each agent's count of them), ``seen:<agent>:<id>`` (replay window,
+expiring), ``stats`` (counters, hash). Only ciphertext
 ever reaches Redis. A Redis that cannot be reached is ``BusUnavailable`` (a send fails with a
 clear error); the client reconnects by itself on the next call.
 """
@@ -43,9 +44,44 @@ redis.call('HINCRBY', KEYS[2], 'sent', 1)
 return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4], 's', ARGV[5], 'e', ARGV[6])
 """
 
+# ``subs:n`` (hash agent -> how many ``subs`` fields are its) keeps each agent's count, so the
+# cap's check is one HGET, not a scan of every agent's subscriptions. Every script that changes
+# ``subs`` keeps it; the first one run on a ``subs`` without ``subs:n`` (written before it
+# existed, or ``subs:n`` alone lost) counts ``subs`` once: a count is never short (the cap held).
+SUBS_COUNTED = """
+local function counted(subs, n)
+  if redis.call('EXISTS', n) == 0 and redis.call('EXISTS', subs) == 1 then
+    for _, f in ipairs(redis.call('HKEYS', subs)) do
+      redis.call('HINCRBY', n, string.sub(f, 1, string.find(f, '\\0', 1, true) - 1), 1)
+    end
+  end
+end
+"""
+# KEYS: subs, subs:n; ARGV: agent, pattern
+_SUB_ADD = (
+    SUBS_COUNTED
+    + """
+counted(KEYS[1], KEYS[2])
+if redis.call('HSETNX', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2], '1') == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+end
+return 1
+"""
+)
+# KEYS: subs, subs:n; ARGV: agent, pattern -> 1 removed, 0 it had no such subscription
+_SUB_DEL = (
+    SUBS_COUNTED
+    + """
+counted(KEYS[1], KEYS[2])
+if redis.call('HDEL', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return 1
+"""
+)
+
 # an agent that ended for good: its directory entry, its name (if still its), its
 # subscriptions, the requests it may still answer (``gateway.bus.redis_counts``) and its
-# inboxes (KEYS: keys, names, subs, open, open:q, open:n, inboxes...; ARGV: agent, name)
+# inboxes (KEYS: keys, names, subs, open, open:q, open:n, subs:n, inboxes...; ARGV: agent, name)
 _FORGET = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
@@ -58,10 +94,13 @@ for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1
 end
 redis.call('ZREMRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')
 redis.call('ZREM', KEYS[6], ARGV[1])
-for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('HDEL', KEYS[7], ARGV[1])
+for i = 8, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
 
+# the subscriptions and each agent's count of them
+SUBS_KEYS = (PREFIX + "subs", PREFIX + "subs:n")
 # the open requests (gateway.bus.redis_counts): open, open:q, open:n, open:seq
 OPEN_KEYS = (PREFIX + "open", PREFIX + "open:q", PREFIX + "open:n", PREFIX + "open:seq")
 
@@ -77,6 +116,8 @@ class RedisBackend:
         self._r: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._forget = self._r.register_script(_FORGET)
+        self._sub_add = self._r.register_script(_SUB_ADD)
+        self._sub_del = self._r.register_script(_SUB_DEL)
         self._groups: set[str] = set()
 
     @property
@@ -148,7 +189,14 @@ class RedisBackend:
         streams = [self._inbox(i) for i in inboxes]
         await self.run(
             self._forget(
-                keys=[PREFIX + "keys", PREFIX + "names", PREFIX + "subs", *OPEN_KEYS[:3], *streams],
+                keys=[
+                    PREFIX + "keys",
+                    PREFIX + "names",
+                    *SUBS_KEYS[:1],
+                    *OPEN_KEYS[:3],
+                    SUBS_KEYS[1],
+                    *streams,
+                ],
                 args=[agent, name],
             )
         )
@@ -266,10 +314,10 @@ class RedisBackend:
     # -- subscriptions ---------------------------------------------------------------------
 
     async def subscribe(self, agent: str, pattern: str) -> None:
-        await self.run(self._r.hset(PREFIX + "subs", f"{agent}\0{pattern}", "1"))
+        await self.run(self._sub_add(keys=list(SUBS_KEYS), args=[agent, pattern]))
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
-        return bool(await self.run(self._r.hdel(PREFIX + "subs", f"{agent}\0{pattern}")))
+        return bool(await self.run(self._sub_del(keys=list(SUBS_KEYS), args=[agent, pattern])))
 
     async def subscriptions(self) -> dict[str, set[str]]:
         return parse_subs(await self.run(self._r.hkeys(PREFIX + "subs")))

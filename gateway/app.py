@@ -181,6 +181,12 @@ class Gateway:
                         await up.stop()
                     tg.cancel_scope.cancel()
         finally:
+            if self.state is not None:  # the Redis client: after every background task's end
+                try:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                        await self.state.aclose()
+                except Exception:
+                    _logger.exception("closing the shared state's Redis client failed")
             # also on cancellation or Ctrl-C/SIGTERM: sandboxes, cgroups, audit batches, pins
             for close in self._closers:
                 try:

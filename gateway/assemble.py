@@ -212,6 +212,7 @@ def _assemble(
     )
     _periodic_tasks(config, state, audit, policy, events, verifier, runtime, background)
     hosted = _hosted_agents(config, runtime, events, manager, agent_host, background)
+    _agents_on_redis(config, state, runtime, events, hosted, background)
     return Gateway(
         config,
         steps,
@@ -363,6 +364,33 @@ def _hosted_agents(
     hosted = HostedAgents(config, runtime, events, sandbox=manager, host=agent_host)
     background.append(lambda _gw: hosted.run())
     return hosted
+
+
+def _agents_on_redis(
+    config: Config,
+    state: SharedState,
+    runtime: AgentRuntime,
+    events: EventSink,
+    hosted: HostedAgents | None,
+    background: list[Background],
+) -> None:
+    """With ``[state] redis_url``: the session agents' board (an operator's action reaches the
+    process holding the session), and the hosted agents' leases on the process's one client."""
+    if state.redis is None:
+        return
+    from gateway.runtime.sessionorders import SessionAgents
+    from gateway.state.leases import LeaseBoard, process_name
+    from gateway.state.sessionboard import SessionBoard
+
+    owner = process_name(config.data_dir)
+    sessions = SessionAgents(runtime, events, SessionBoard(state.redis, owner=owner))
+    state.sessions = sessions
+    background.append(lambda _gw: sessions.run())
+    leased = hosted.leased if hosted is not None else None
+    if leased is not None:  # made from the URL by HostedAgents: no connection yet, replaced here
+        st = config.state
+        assert st.redis_url is not None
+        leased.board = LeaseBoard(st.redis_url, owner=owner, timeout_s=st.timeout_s, client=state.redis)
 
 
 def _audit_and_events(

@@ -3,7 +3,8 @@ across gateway processes), acknowledged and deleted when settled.
 
 Keys (prefix ``symbi:bus:``): ``inbox:<agent>`` streams (fields h, n, c, s, e = the message
 and its expiry), ``keys`` (public key directory, hash), ``subs`` (hash ``agent\\0pattern``),
-``seen:<agent>:<id>`` (replay window, expiring), ``stats`` (counters, hash). Only ciphertext
+``subs:n`` (hash: each agent's count of them), ``seen:<agent>:<id>`` (replay window,
+expiring), ``stats`` (counters, hash). Only ciphertext
 ever reaches Redis. A Redis that cannot be reached is ``BusUnavailable`` (a send fails with a
 clear error); the client reconnects by itself on the next call.
 """
@@ -43,9 +44,44 @@ redis.call('HINCRBY', KEYS[2], 'sent', 1)
 return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4], 's', ARGV[5], 'e', ARGV[6])
 """
 
+# ``subs:n`` (hash agent -> how many ``subs`` fields are its) keeps each agent's count, so the
+# cap's check is one HGET, not a scan of every agent's subscriptions. Every script that changes
+# ``subs`` keeps it; the first one run on a ``subs`` without ``subs:n`` (written before it
+# existed, or ``subs:n`` alone lost) counts ``subs`` once: a count is never short (the cap held).
+SUBS_COUNTED = """
+local function counted(subs, n)
+  if redis.call('EXISTS', n) == 0 and redis.call('EXISTS', subs) == 1 then
+    for _, f in ipairs(redis.call('HKEYS', subs)) do
+      redis.call('HINCRBY', n, string.sub(f, 1, string.find(f, '\\0', 1, true) - 1), 1)
+    end
+  end
+end
+"""
+# KEYS: subs, subs:n; ARGV: agent, pattern
+_SUB_ADD = (
+    SUBS_COUNTED
+    + """
+counted(KEYS[1], KEYS[2])
+if redis.call('HSETNX', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2], '1') == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+end
+return 1
+"""
+)
+# KEYS: subs, subs:n; ARGV: agent, pattern -> 1 removed, 0 it had no such subscription
+_SUB_DEL = (
+    SUBS_COUNTED
+    + """
+counted(KEYS[1], KEYS[2])
+if redis.call('HDEL', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return 1
+"""
+)
+
 # an agent that ended for good: its directory entry, its name (if still its), its
 # subscriptions, the requests it may still answer (``gateway.bus.redis_counts``) and its
-# inboxes (KEYS: keys, names, subs, open, open:q, open:n, inboxes...; ARGV: agent, name)
+# inboxes (KEYS: keys, names, subs, open, open:q, open:n, subs:n, inboxes...; ARGV: agent, name)
 _FORGET = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
@@ -58,10 +94,13 @@ for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1
 end
 redis.call('ZREMRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')
 redis.call('ZREM', KEYS[6], ARGV[1])
-for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('HDEL', KEYS[7], ARGV[1])
+for i = 8, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
 
+# the subscriptions and each agent's count of them
+SUBS_KEYS = (PREFIX + "subs", PREFIX + "subs:n")
 # the open requests (gateway.bus.redis_counts): open, open:q, open:n, open:seq
 OPEN_KEYS = (PREFIX + "open", PREFIX + "open:q", PREFIX + "open:n", PREFIX + "open:seq")
 
@@ -77,6 +116,8 @@ class RedisBackend:
         self._r: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._forget = self._r.register_script(_FORGET)
+        self._sub_add = self._r.register_script(_SUB_ADD)
+        self._sub_del = self._r.register_script(_SUB_DEL)
         self._groups: set[str] = set()
 
     @property
@@ -88,18 +129,15 @@ class RedisBackend:
 
         return RedisCounts(self, caps)
 
-    async def run(self, aw: Awaitable[T] | T) -> T:
-        """A command or script on this Redis: ``BusUnavailable`` when it cannot be reached."""
-        return await self._do(aw)
-
     async def inbox_key(self, inbox: str) -> str:
         """The stream of ``inbox``, its consumer group made if need be."""
         key = self._inbox(inbox)
         await self._group(key)
         return key
 
-    async def _do(self, aw: Awaitable[T] | T) -> T:
-        # redis-py types its async commands as "Awaitable[T] | T"
+    async def run(self, aw: Awaitable[T] | T) -> T:
+        """A command or script on this Redis (also ``RedisCounts``'): ``BusUnavailable`` when it
+        cannot be reached. redis-py types its async commands as "Awaitable[T] | T"."""
         try:
             return await aw if inspect.isawaitable(aw) else aw
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
@@ -120,7 +158,7 @@ class RedisBackend:
             ) from None
 
     async def start(self) -> None:
-        await self._do(self._r.ping())
+        await self.run(self._r.ping())
 
     async def close(self) -> None:
         await self._r.aclose()
@@ -132,26 +170,33 @@ class RedisBackend:
         pipe.hset(PREFIX + "keys", entry.agent, key_blob(entry))  # type: ignore[arg-type]
         if entry.name:
             pipe.hset(PREFIX + "names", entry.name, entry.agent)
-        done: list[Any] = await self._do(pipe.execute())
+        done: list[Any] = await self.run(pipe.execute())
         del done
 
     async def lookup_keys(self, agent: str) -> PublicKeys | None:
-        blob = await self._do(self._r.hget(PREFIX + "keys", agent))
+        blob = await self.run(self._r.hget(PREFIX + "keys", agent))
         return parse_key_blob(agent, cast(bytes, blob)) if blob is not None else None
 
     async def lookup_keys_many(self, agents: list[str]) -> dict[str, PublicKeys]:
-        blobs: list[Any] = await self._do(self._r.hmget(PREFIX + "keys", agents))
+        blobs: list[Any] = await self.run(self._r.hmget(PREFIX + "keys", agents))
         return {a: parse_key_blob(a, b) for a, b in zip(agents, blobs, strict=True) if b is not None}
 
     async def lookup_name(self, name: str) -> str | None:
-        agent = await self._do(self._r.hget(PREFIX + "names", name))
+        agent = await self.run(self._r.hget(PREFIX + "names", name))
         return cast(bytes, agent).decode() if agent is not None else None
 
     async def forget_agent(self, agent: str, inboxes: tuple[str, ...], name: str = "") -> None:
         streams = [self._inbox(i) for i in inboxes]
-        await self._do(
+        await self.run(
             self._forget(
-                keys=[PREFIX + "keys", PREFIX + "names", PREFIX + "subs", *OPEN_KEYS[:3], *streams],
+                keys=[
+                    PREFIX + "keys",
+                    PREFIX + "names",
+                    *SUBS_KEYS[:1],
+                    *OPEN_KEYS[:3],
+                    SUBS_KEYS[1],
+                    *streams,
+                ],
                 args=[agent, name],
             )
         )
@@ -169,7 +214,7 @@ class RedisBackend:
         if key in self._groups:
             return
         try:
-            await self._do(self._r.xgroup_create(key, GROUP, id="0", mkstream=True))
+            await self.run(self._r.xgroup_create(key, GROUP, id="0", mkstream=True))
         except BusError as e:
             if "BUSYGROUP" not in e.message:  # it exists already: fine
                 raise
@@ -179,7 +224,7 @@ class RedisBackend:
         key = self._inbox(inbox)
         await self._group(key)
         f = msg.to_fields()
-        added = await self._do(
+        added = await self.run(
             self._enqueue(
                 keys=[key, PREFIX + "stats"], args=[limit, f["h"], f["n"], f["c"], f["s"], msg.expires_ms]
             )
@@ -203,7 +248,7 @@ class RedisBackend:
         # before left, so entries left pending never keep the newer ones from being fetched
         got = await self._read(key, "0", max_items, None)
         if len(got) < max_items:
-            claimed: list[Any] = await self._do(
+            claimed: list[Any] = await self.run(
                 self._r.xautoclaim(
                     key, GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=max_items - len(got)
                 )
@@ -218,7 +263,7 @@ class RedisBackend:
     async def _read(
         self, key: str, start: str, count: int, block: int | None
     ) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        res = await self._do(self._r.xreadgroup(GROUP, self.consumer, {key: start}, count=count, block=block))
+        res = await self.run(self._r.xreadgroup(GROUP, self.consumer, {key: start}, count=count, block=block))
         out: list[tuple[bytes, dict[bytes, bytes]]] = []
         for _, entries in res or []:
             out.extend((i, f) for i, f in entries if f)
@@ -234,20 +279,20 @@ class RedisBackend:
         pipe.xdel(key, *refs)
         for o in {o for _, o in outcomes}:
             pipe.hincrby(PREFIX + "stats", o, sum(1 for _, x in outcomes if x == o))
-        done: list[Any] = await self._do(pipe.execute())
+        done: list[Any] = await self.run(pipe.execute())
         del done
 
     async def pending_count(self, inbox: str) -> int:
-        return int(await self._do(self._r.xlen(self._inbox(inbox))))
+        return int(await self.run(self._r.xlen(self._inbox(inbox))))
 
     async def wait_arrival(
         self, inbox: str, timeout_s: float, cursor: Any
     ) -> tuple[Any, list[SecureMessage | None]]:
         key = self._inbox(inbox)
         if cursor is None:
-            last = await self._do(self._r.xrevrange(key, count=1))
+            last = await self.run(self._r.xrevrange(key, count=1))
             cursor = last[0][0] if last else b"0-0"
-        res = await self._do(self._r.xread({key: cursor}, block=max(int(timeout_s * 1000), 1)))
+        res = await self.run(self._r.xread({key: cursor}, block=max(int(timeout_s * 1000), 1)))
         out: list[SecureMessage | None] = []
         for _, entries in res or []:
             for i, f in entries:
@@ -263,40 +308,40 @@ class RedisBackend:
         pipe = self._r.pipeline(transaction=False)
         for msg_id, until_ms in items:
             pipe.set(f"{PREFIX}seen:{agent}:{msg_id}", b"1", nx=True, pxat=until_ms)
-        res: list[Any] = await self._do(pipe.execute())
+        res: list[Any] = await self.run(pipe.execute())
         return {msg_id for (msg_id, _), ok in zip(items, res, strict=True) if ok}
 
     # -- subscriptions ---------------------------------------------------------------------
 
     async def subscribe(self, agent: str, pattern: str) -> None:
-        await self._do(self._r.hset(PREFIX + "subs", f"{agent}\0{pattern}", "1"))
+        await self.run(self._sub_add(keys=list(SUBS_KEYS), args=[agent, pattern]))
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
-        return bool(await self._do(self._r.hdel(PREFIX + "subs", f"{agent}\0{pattern}")))
+        return bool(await self.run(self._sub_del(keys=list(SUBS_KEYS), args=[agent, pattern])))
 
     async def subscriptions(self) -> dict[str, set[str]]:
-        return parse_subs(await self._do(self._r.hkeys(PREFIX + "subs")))
+        return parse_subs(await self.run(self._r.hkeys(PREFIX + "subs")))
 
     # -- housekeeping ----------------------------------------------------------------------
 
     async def expire(self, now_ms: int, retain_ms: int) -> int:
         n = 0
         async for key in self._r.scan_iter(match=f"{PREFIX}inbox:*", count=200):
-            entries = await self._do(self._r.xrange(key, count=1000))
+            entries = await self.run(self._r.xrange(key, count=1000))
             dead = [i for i, f in entries if not f or int(f.get(b"e", b"0")) < now_ms]
             if dead:
                 pipe = self._r.pipeline(transaction=True)
                 pipe.xack(key, GROUP, *dead)
                 pipe.xdel(key, *dead)
-                done: list[Any] = await self._do(pipe.execute())
+                done: list[Any] = await self.run(pipe.execute())
                 del done
                 n += len(dead)
         if n:
-            await self._do(self._r.hincrby(PREFIX + "stats", "expired", n))
+            await self.run(self._r.hincrby(PREFIX + "stats", "expired", n))
         return n
 
     async def bump(self, counter: str, n: int = 1) -> None:
-        await self._do(self._r.hincrby(PREFIX + "stats", counter, n))
+        await self.run(self._r.hincrby(PREFIX + "stats", counter, n))
 
     async def stats(self) -> dict[str, object]:
         return await anyio.to_thread.run_sync(redis_stats, self.url)

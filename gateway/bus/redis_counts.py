@@ -7,8 +7,8 @@ Keys (prefix ``symbi:bus:``):
   and counted in one script with its inbox's buffer check (``_DELIVER``). Minutes older than
   the window are pruned when the principal sends; the key expires a minute after the window
   since its last write.
-* ``subs`` (the subscriptions, as ``RedisBackend`` keeps them): a subscription is counted and
-  added in one script.
+* ``subs`` (the subscriptions, as ``RedisBackend`` keeps them) and ``subs:n`` (each agent's
+  count of them): a subscription is counted and added in one script, O(1).
 * ``open`` (hash ``agent\\0id`` -> ``seq\\nrequester\\nexpiry``), ``open:q`` (its order:
   ``agent\\0seq\\0id``, all at score 0), ``open:n`` (agent -> requests held), ``open:seq``:
   the open requests. Past the cap the agent holding the most gives up its oldest. All four
@@ -26,7 +26,7 @@ from typing import Any
 from gateway.bus.counts import Caps, stored_size
 from gateway.bus.message import SecureMessage
 from gateway.bus.quotas import MINUTE_MS, subscriptions_refused, volume_refused
-from gateway.bus.redis_backend import OPEN_KEYS, PREFIX, RedisBackend, parse_subs
+from gateway.bus.redis_backend import OPEN_KEYS, PREFIX, SUBS_COUNTED, SUBS_KEYS, RedisBackend, parse_subs
 from gateway.errors import BusBufferFull
 
 # the bytes ``who`` holds within the window (older minutes pruned): KEYS[1] its hash, ARGV[1] the oldest minute kept
@@ -70,18 +70,21 @@ return {-1, redis.call('HKEYS', KEYS[2])}
 """
 )
 
-# KEYS: subs; ARGV: agent, pattern, cap -> -1 subscribed (or held already), else how many it holds
-_SUBSCRIBE = """
-local mine = ARGV[1] .. '\\0'
-if redis.call('HEXISTS', KEYS[1], mine .. ARGV[2]) == 1 then return -1 end
-local n = 0
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, #mine) == mine then n = n + 1 end
-end
+# KEYS: subs, subs:n; ARGV: agent, pattern, cap -> -1 subscribed (or held already), else how
+# many it holds. O(1): the agent's count is kept in subs:n (``redis_backend.SUBS_COUNTED``)
+_SUBSCRIBE = (
+    SUBS_COUNTED
+    + """
+counted(KEYS[1], KEYS[2])
+local f = ARGV[1] .. '\\0' .. ARGV[2]
+if redis.call('HEXISTS', KEYS[1], f) == 1 then return -1 end
+local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or 0)
 if n >= tonumber(ARGV[3]) then return n end
-redis.call('HSET', KEYS[1], mine .. ARGV[2], '1')
+redis.call('HSET', KEYS[1], f, '1')
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 return -1
 """
+)
 
 # KEYS: open, open:q, open:n, open:seq; ARGV: agent, id, requester, expiry, cap, ttl ms
 _OPEN_ADD = """
@@ -161,7 +164,7 @@ class RedisCounts:
 
     async def subscribe(self, agent: str, pattern: str) -> None:
         args: list[str | int] = [agent, pattern, self.caps.subscriptions]
-        held = int(await self.backend.run(self._subscribe(keys=[PREFIX + "subs"], args=args)))
+        held = int(await self.backend.run(self._subscribe(keys=list(SUBS_KEYS), args=args)))
         if held >= 0:
             raise subscriptions_refused(agent, held)
 

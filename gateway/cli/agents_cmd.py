@@ -75,8 +75,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def _action(args: argparse.Namespace) -> int:
     doc = admin_client.request(args, "POST", f"/agents/{args.agent}/{args.action}", {"reason": args.reason})
-    if "holder" in doc:  # 202: a hosted agent another process runs; it acts after its next renewal
-        text = f"{doc['agent']}: {doc['result']}; it was {doc['state']} there (`symbi agents status`)"
+    if "holder" in doc:  # 202: another process holds it (lease or session); it acts within 3 s
+        text = f"{doc['agent']}: {doc['result']}; it was {doc['state']} there"
         return admin_client.show(args, doc, text)
     return admin_client.show(args, doc, f"{doc['agent']}: {doc['result']} (state {doc['state']})")
 

@@ -59,6 +59,12 @@ def make_agent_id(key: bytes, principal: str, client: str, session: str) -> str:
     return ID_PREFIX + base64.b32encode(digest).decode("ascii")[:20].lower()
 
 
+def is_agent_id(ref: str) -> bool:
+    """Whether ``ref`` has the form of an id ``make_agent_id`` makes (a name or a prefix does not)."""
+    rest = ref.removeprefix(ID_PREFIX)
+    return rest != ref and len(rest) == 20 and all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in rest)
+
+
 def labelled(name: str, qualified: str) -> bool:
     """A session agent's name (``label/client[#n]``) carries its qualified principal's label."""
     label, slash, _ = name.partition("/")

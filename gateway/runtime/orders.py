@@ -6,8 +6,10 @@ an action answered by another process is passed to the holder as an *order* on R
 (``gateway.state.leases``: ``symbi:lease:orders:NAME``), written only by the admin API (the
 admin role), taken once (read and deleted in one transaction) by the holder at its next
 renewal, and carried out there with the admin who asked on the audit record, as a local
-action is. The holder acts only on a well-formed order of the last ``ORDER_TTL_S``: anything
-else in the key is dropped and logged, never acted on.
+action is. A session agent's order goes the same way to the process holding that session
+(``gateway.runtime.sessionorders``), naming the agent's id. The holder acts only on a
+well-formed order of the last ``ORDER_TTL_S``: anything else in the key is dropped and
+logged, never acted on.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Order:
     reason: str
     via: str  # the process the request reached
     at: float  # epoch s, when it was asked
+    agent: str = ""  # a session agent's id (``gateway.runtime.sessionorders``); "": a hosted agent's lease
 
     def dumps(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
@@ -60,6 +63,7 @@ def parse_order(raw: bytes | str, now: float | None = None) -> Order | None:
         _logger.warning("an agent order that is not a JSON object was dropped")
         return None
     action, by, reason, via, at = (doc.get(k) for k in ("action", "by", "reason", "via", "at"))
+    agent = doc.get("agent", "")
     ok = (
         action in ACTIONS
         and isinstance(by, str)
@@ -67,6 +71,8 @@ def parse_order(raw: bytes | str, now: float | None = None) -> Order | None:
         and isinstance(reason, str)
         and len(reason) <= REASON_MAX
         and isinstance(via, str)
+        and isinstance(agent, str)
+        and len(agent) <= 200
         and isinstance(at, int | float)
         and not isinstance(at, bool)
     )
@@ -78,7 +84,7 @@ def parse_order(raw: bytes | str, now: float | None = None) -> Order | None:
     if not -ORDER_TTL_S <= age <= ORDER_TTL_S:
         _logger.warning("a stale agent order (%.1f s old) was dropped", age)
         return None
-    return Order(action=action, by=str(by), reason=str(reason), via=str(via), at=float(at))
+    return Order(action=action, by=str(by), reason=str(reason), via=str(via), at=float(at), agent=str(agent))
 
 
 def act(runtime: AgentRuntime, events: EventSink, agent: Agent, order: Order) -> tuple[bool, str]:

@@ -35,6 +35,7 @@ from gateway.server.operations import (
     hosted_elsewhere,
     not_here,
     policy_status,
+    shared_sessions,
     tool_rows,
     upstream_rows,
 )
@@ -358,7 +359,8 @@ class AdminApi:
     async def agent_act(self, request: Request, action: str) -> Response:
         ref = request.path_params["id"]
         elsewhere = hosted_elsewhere(self.state, ref)  # a hosted agent another process runs
-        if elsewhere is None and self._agent(request) is None:
+        # with shared state a session agent unknown here may live in another process (passed on)
+        if elsewhere is None and self._agent(request) is None and not shared_sessions(self.state):
             return _err(404, "not_found", not_here(self.state, ref))
         reason = await _reason(request)
         if isinstance(reason, JSONResponse):

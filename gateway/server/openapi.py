@@ -158,7 +158,10 @@ OPENAPI: dict[str, Any] = {
                     },
                     "responses": {
                         "200": _ok("AgentAction"),
-                        "202": _ok("AgentActionPassed", "a hosted agent's lease holder acts on it"),
+                        "202": _ok(
+                            "AgentActionPassed",
+                            "passed to the process holding the agent (a hosted agent's lease, a session agent's session)",
+                        ),
                         "400": _ERR,
                         "404": _ERR,
                         "409": _ERR,

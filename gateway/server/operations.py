@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from gateway.errors import AuditError, StateUnavailable
+from gateway.runtime.identity import is_agent_id
 from gateway.runtime.orders import OPERATOR_EVENTS, Order, act
 from gateway.state.leases import process_name
 
@@ -120,6 +121,9 @@ async def act_on_agent(
     elsewhere = hosted_elsewhere(state, ref)
     if elsewhere is not None:
         return await pass_hosted_action(state, elsewhere, action, who, reason)
+    gw = state.gateway
+    if shared_sessions(state) and gw is not None and gw.runtime.agents.resolve(ref) is None:
+        return await pass_session_action(state, ref, action, who, reason)
     return agent_action(state, ref, action, who, reason)
 
 
@@ -141,18 +145,56 @@ def agent_action(
     return 200, {"agent": agent.id, "result": result, "state": agent.state.value}
 
 
-def not_here(state: HttpState, ref: str) -> str:
-    """Why ``ref`` is unknown here; with shared state, that a session's agent lives in the
-    process (worker or replica) of its session, which another request may reach."""
-    why = f"no agent {ref!r}"
-    if state.config.state.redis_url is None:
-        return why
-    here = process_name(state.config.data_dir)
-    return (
-        f"{why} in this process ({here}): with several processes on shared state, a session's "
-        "agent lives in the process of its session and only a request that reaches that process "
-        "acts on it; a hosted agent is acted on by name wherever the request lands"
+async def pass_session_action(
+    state: HttpState, agent_id: str, action: str, who: str, reason: str
+) -> tuple[int, dict[str, Any]]:
+    """``action`` on session agent ``agent_id``, unknown here: passed through Redis to the
+    process holding its session (202, naming it); 404 when no process holds an agent of that
+    id; 503 ``state_unavailable`` when Redis cannot be reached (refused, never dropped)."""
+    gw = state.gateway
+    assert gw is not None and gw.state is not None and gw.state.sessions is not None
+    if not is_agent_id(agent_id):  # a name or an id prefix names an agent of this process only
+        why = f"no agent {agent_id!r} in this process; an agent of another process is named by its full id"
+        return 404, {"error": "not_found", "reason": why}
+    try:
+        holders = await gw.state.sessions.pass_order(agent_id, action, who, reason)
+    except (RedisError, OSError) as e:
+        return 503, _state_unavailable(
+            f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
+        )
+    if not holders:
+        why = (
+            f"no process holds an agent {agent_id!r}: not in this process "
+            f"({process_name(state.config.data_dir)}) nor, as a session agent by its full id, in any "
+            "other on the shared state (it ended, or never existed)"
+        )
+        return 404, {"error": "not_found", "reason": why}
+    names = sorted(holders)
+    result = f"{action} passed to the process holding its session ({', '.join(names)})"
+    gw.events.emit(
+        OPERATOR_EVENTS[action],
+        {"agent": agent_id, "by": who, "reason": reason, "result": result},
+        principal=who,
+        agent=agent_id,
     )
+    first = holders[names[0]]
+    return 202, {"agent": agent_id, "result": result, "holder": names[0], "state": first.get("state")}
+
+
+def _state_unavailable(why: str) -> dict[str, Any]:
+    return {"error": "unavailable", "component": "state", "code": StateUnavailable.code, "reason": why}
+
+
+def shared_sessions(state: HttpState) -> bool:
+    """Whether session agents are on the shared board (``[state] redis_url``): an action on one
+    unknown here is passed to the process holding it (``pass_session_action``)."""
+    gw = state.gateway
+    return gw is not None and gw.state is not None and gw.state.sessions is not None
+
+
+def not_here(state: HttpState, ref: str) -> str:
+    """Why ``ref`` is unknown here."""
+    return f"no agent {ref!r}"
 
 
 def hosted_elsewhere(state: HttpState, ref: str) -> str | None:
@@ -181,13 +223,9 @@ async def pass_hosted_action(
     try:
         seen = await gw.hosted.leased.pass_order(name, action, who, reason)
     except (RedisError, OSError) as e:
-        why = f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
-        return 503, {
-            "error": "unavailable",
-            "component": "state",
-            "code": StateUnavailable.code,
-            "reason": why,
-        }
+        return 503, _state_unavailable(
+            f"the shared state (Redis) could not be reached to pass the {action} on: {e}"
+        )
     if seen is None:
         why = (
             f"no process holds hosted agent {name!r}'s lease: it runs nowhere now (not started, "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
+import redis.asyncio as aioredis
 
 from gateway.config.model import Config
 from gateway.handouts import PER_UPSTREAM
@@ -25,11 +26,13 @@ from gateway.policy.counters import CallCounters
 from gateway.state.handouts import RedisHandOuts, SqliteHandOuts
 from gateway.state.health import Probe, lets_anyone_in, safe_url
 from gateway.state.limiter import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from gateway.state.redisclient import open_redis
 from gateway.verify.state import ToolStates
 
 _logger = logging.getLogger("symbi.state")
 
 if TYPE_CHECKING:
+    from gateway.runtime.sessionorders import SessionAgents
     from gateway.state.accepted import PgAcceptedFindings
     from gateway.state.pins import PgPinStore
     from gateway.state.postgres import Postgres
@@ -80,6 +83,8 @@ class SharedState:
     accepted: PgAcceptedFindings | None = None  # None: the data dir's screening-accepted.json
     changes: Changes | None = None  # PostgreSQL's NOTIFY of an approvals change (None: poll only)
     handouts: RedisHandOuts | SqliteHandOuts | None = None  # every replica's, or the data dir's
+    redis: aioredis.Redis | None = None  # the process's one client on [state] redis_url
+    sessions: SessionAgents | None = None  # where every process's session agents live (Redis)
 
     @property
     def shared(self) -> bool:
@@ -105,17 +110,17 @@ class SharedState:
             self.handouts.close()
 
     async def watch(self, _gw: object) -> None:
-        """Background task: refresh every backend's health; close the async clients at the end."""
-        try:
-            while True:
-                await self.probe_once()
-                await anyio.sleep(self.interval_s)
-        finally:
-            with anyio.CancelScope(shield=True):
-                if isinstance(self.limiter, RedisRateLimiter):
-                    await self.limiter.aclose()
-                if isinstance(self.handouts, RedisHandOuts):
-                    await self.handouts.aclose()
+        """Background task: refresh every backend's health."""
+        while True:
+            await self.probe_once()
+            await anyio.sleep(self.interval_s)
+
+    async def aclose(self) -> None:
+        """Close the Redis client, once, when the gateway stops (``Gateway.running``, after its
+        background tasks have ended: a lease released on the way out still had it)."""
+        r, self.redis = self.redis, None
+        if r is not None:
+            await r.aclose()
 
 
 def open_postgres(config: Config) -> Postgres | None:
@@ -140,10 +145,14 @@ def build_state(config: Config, counters: CallCounters) -> SharedState:
     st = config.state
     state = SharedState(LocalRateLimiter(counters), interval_s=st.probe_interval_s)
     if st.redis_url is not None:
-        limiter = RedisRateLimiter(st.redis_url, counters, timeout_s=st.timeout_s)
+        # one client, one connection pool, for every component on this Redis (closed by aclose)
+        state.redis = r = open_redis(st.redis_url, st.timeout_s)
+        limiter = RedisRateLimiter(st.redis_url, counters, timeout_s=st.timeout_s, client=r)
         state.limiter = limiter
         state.probes.append(limiter.probe)
-        state.handouts = RedisHandOuts(st.redis_url, timeout_s=st.timeout_s, per_upstream=PER_UPSTREAM)
+        state.handouts = RedisHandOuts(
+            st.redis_url, timeout_s=st.timeout_s, per_upstream=PER_UPSTREAM, client=r
+        )
     else:
         state.handouts = SqliteHandOuts(config.handouts_path, per_upstream=PER_UPSTREAM)
     pg = open_postgres(config)

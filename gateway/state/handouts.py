@@ -31,6 +31,7 @@ from gateway.custody import PRIVATE_DIR
 from gateway.errors import StateUnavailable
 from gateway.sqlitetx import write_transaction
 from gateway.state.health import safe_url
+from gateway.state.redisclient import RedisUser
 
 _logger = logging.getLogger("symbi.state")
 
@@ -39,17 +40,17 @@ RETAIN_MS = 7 * 24 * 3600 * 1000  # an upstream that hands out nothing for a wee
 TRIM_EVERY = 64  # the data dir's store is cut to its bound at the first note and every 64th after
 
 
-class RedisHandOuts:
+class RedisHandOuts(RedisUser):
     """The replicas' shared hand-outs (``HandedOut.shared``)."""
 
-    def __init__(self, url: str, *, timeout_s: float, per_upstream: int) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float, per_upstream: int, client: aioredis.Redis | None = None
+    ) -> None:
+        super().__init__(url, timeout_s, client)  # ``client``: the process's one (``build_state``)
         # said to callers refused while it fails: never where it is (the operator's, logged)
         self._where = "the replicas' hand-outs (Redis)"
         self._at = safe_url(url)
         self._per_upstream = per_upstream
-        self._r: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-        )
 
     def _unavailable(self, e: BaseException, what: str) -> StateUnavailable:
         _logger.debug("%s at %s cannot be used: %s (%r)", self._where, self._at, what, e)  # per call
@@ -86,9 +87,6 @@ class RedisHandOuts:
                 e, "who handed out the URI cannot be known, so the read is refused"
             ) from e
         return {name for name, score in zip(names, scores, strict=True) if score is not None}
-
-    async def aclose(self) -> None:
-        await self._r.aclose()
 
 
 class SqliteHandOuts:

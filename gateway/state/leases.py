@@ -35,6 +35,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from gateway.state.redisclient import RedisUser
+
 LEASE_TTL_MS = 10_000  # a dead holder's lease expires this long after its last renewal
 RENEW_S = 3.0  # the holder renews (and the others try to take a free lease) this often
 STOP_MARGIN_S = 4.0  # a holder that could not renew stops its agent this long before expiry
@@ -127,15 +129,22 @@ class Lease:
         return bool(token) and await self.board.release_script(keys=self.keys[:2], args=[token]) == 1
 
 
-class LeaseBoard:
+class LeaseBoard(RedisUser):
     """The Redis every replica keeps its hosted agents' leases, statuses and start requests in."""
 
-    def __init__(self, url: str, *, owner: str, timeout_s: float, ttl_ms: int = LEASE_TTL_MS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        owner: str,
+        timeout_s: float,
+        ttl_ms: int = LEASE_TTL_MS,
+        client: aioredis.Redis | None = None,
+    ) -> None:
+        super().__init__(url, timeout_s, client)  # ``client``: the process's one (``build_state``)
         self.owner = owner
         self.ttl_ms = ttl_ms
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-        )
+        self.redis = self._r
         self.acquire_script = self.redis.register_script(_ACQUIRE)
         self.renew_script = self.redis.register_script(_RENEW)
         self.release_script = self.redis.register_script(_RELEASE)
@@ -169,6 +178,3 @@ class LeaseBoard:
             pipe.delete(ORDERS + name)
             got, _ = await pipe.execute()
         return list(got)
-
-    async def aclose(self) -> None:
-        await self.redis.aclose()

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from gateway.errors import StateUnavailable
 from gateway.policy.counters import CallCounters, RecentCounts
 from gateway.state.health import Probe, safe_url
+from gateway.state.redisclient import RedisUser
 
 _logger = logging.getLogger("symbi.state")
 
@@ -265,7 +266,7 @@ class _SharedReservation:
     async def release(self) -> None:
         if self._admitted:
             return  # counted for good, here and in this replica's view
-        args = [self._member, self._second, self._minute]
+        args: list[str | int] = [self._member, self._second, self._minute]
         try:
             # shielded: a cancelled call is taken back too (its task may be cancelled right now)
             with anyio.CancelScope(shield=True):
@@ -284,19 +285,19 @@ class _Asked:
     done: asyncio.Future[_SharedReservation]
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(RedisUser):
     """Replicas: the log lives in Redis; ``counters`` still feeds this replica's policy input.
 
     The reservations asked while one batch is on its way go together in the next, one script
     for all of them (as group commit does for the audit log): under load a call's round trip
     and its reply's parse are shared; a lone call is sent on the loop's next turn."""
 
-    def __init__(self, url: str, counters: CallCounters, *, timeout_s: float) -> None:
+    def __init__(
+        self, url: str, counters: CallCounters, *, timeout_s: float, client: aioredis.Redis | None = None
+    ) -> None:
+        super().__init__(url, timeout_s, client)  # ``client``: the process's one (``build_state``)
         self.url = url
         self.counters = counters
-        self._r: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-        )
         self._reserve = self._r.register_script(_RESERVE)
         self.release_script = self._r.register_script(_RELEASE)
         self.probe = Probe("redis", "rate limits and call counts (Redis)", self.ping, where=safe_url(url))
@@ -388,6 +389,3 @@ class RedisRateLimiter:
 
     async def ping(self) -> None:
         await self._r.ping()
-
-    async def aclose(self) -> None:
-        await self._r.aclose()

@@ -1,0 +1,108 @@
+"""Operators' actions on session agents that live in another process (``[state] redis_url``).
+
+Under ``symbi serve --workers N`` or replicas on one Redis, a session agent lives in the
+process its session reached; an admin request may reach any other. Each process writes the
+ids of the session agents it holds to Redis (``gateway.state.sessionboard``), again every
+``RENEW_S`` (and at once when a session makes a new one), and takes the orders other
+processes left for it: the admin API's ``pass_session_action`` (``gateway.server.operations``)
+finds the holder there and leaves the order (``gateway.runtime.orders.Order`` naming the agent
+id) in the holder's inbox; the holder carries it out as a local action, the admin who asked
+on its audit record. A process that cannot reach Redis keeps retrying; its records expire
+(``ttl_ms``) and an action asked meanwhile is refused (503 where Redis cannot be reached, 404
+where no process holds the agent), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from redis.exceptions import RedisError
+
+from gateway.runtime.lifecycle import AgentState
+from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, parse_order
+from gateway.state.leases import RENEW_S
+
+if TYPE_CHECKING:
+    from gateway.events import EventSink
+    from gateway.runtime.agents import Agent
+    from gateway.runtime.core import AgentRuntime
+    from gateway.state.sessionboard import SessionBoard
+
+_logger = logging.getLogger("symbi.runtime.sessionorders")
+_REDIS_ERRORS = (RedisError, OSError)
+
+
+class SessionAgents:
+    """This process's session agents on the shared board, and the orders left for them."""
+
+    def __init__(self, runtime: AgentRuntime, events: EventSink, board: SessionBoard) -> None:
+        self.runtime = runtime
+        self.events = events
+        self.board = board
+        self.owner = board.owner
+        self._published: set[str] = set()
+        self._poke: anyio.Event | None = None  # made on the loop, by ``run``
+        runtime.agents.on_register.append(self._registered)
+
+    def _registered(self, agent: Agent) -> None:
+        if not agent.hosted and self._poke is not None:
+            self._poke.set()  # a new session agent: on the board now, not at the next renewal
+
+    # -- the admin surface (another process's session agent) ------------------------------------
+
+    async def pass_order(
+        self, agent_id: str, action: str, who: str, reason: str
+    ) -> dict[str, dict[str, Any]]:
+        """Leave ``action`` on session agent ``agent_id`` for every other process holding it:
+        those processes and their records ({}: none holds it, nothing is left). Raises
+        ``RedisError``/``OSError``: the caller refuses (fail closed, never dropped silently)."""
+        holders = {o: d for o, d in (await self.board.holders(agent_id)).items() if o != self.owner}
+        if holders:
+            order = Order(
+                action=action, by=who, reason=reason, via=self.owner, at=time.time(), agent=agent_id
+            )
+            await self.board.order(sorted(holders), order.dumps(), ORDER_TTL_S)
+        return holders
+
+    # -- the background task ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._poke = anyio.Event()
+        while True:
+            try:
+                await self._renew()
+                await self._take_orders()
+            except _REDIS_ERRORS as e:  # retried at the next turn; the records expire meanwhile
+                _logger.warning("the session agents' records could not be written or read: %s", e)
+            with anyio.move_on_after(RENEW_S):
+                await self._poke.wait()
+            self._poke = anyio.Event()
+
+    def _live(self) -> dict[str, dict[str, Any]]:
+        return {
+            a.id: {"name": a.name, "state": a.state.value, "principal": a.principal}
+            for a in self.runtime.agents
+            if not a.hosted and a.state is not AgentState.TERMINATED
+        }
+
+    async def _renew(self) -> None:
+        live = self._live()
+        gone = self._published - live.keys()
+        await self.board.publish(live, gone)
+        self._published = set(live)
+
+    async def _take_orders(self) -> None:
+        for order in filter(None, map(parse_order, await self.board.take_orders())):
+            agent = self.runtime.agents.get(order.agent) if order.agent else None
+            if agent is None or agent.hosted:  # ended since, or not a session agent: said, not done
+                doc = {"agent": order.agent, "by": order.by, "reason": order.reason, "via": order.via}
+                doc["result"] = "refused: no session agent with this id in this process"
+                self.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)
+                continue
+            _, result = act(self.runtime, self.events, agent, order)
+            _logger.info(
+                "agent %s: %s from %s via %s: %s", agent.id, order.action, order.by, order.via, result
+            )

@@ -1,0 +1,40 @@
+"""The one Redis client (one connection pool) of a gateway process for ``[state] redis_url``.
+
+``build_state`` (called by the assembly point, ``gateway.assemble``) makes it once and hands
+it to every state component on that Redis: the rate limiter, the hand-outs, the hosted
+agents' leases and the session agents' board. A component given the client never closes it;
+``SharedState.aclose`` does, once, after the gateway's background tasks have ended (a lease's
+release on the way out still has its connection). A component built from a bare URL (the
+tests, the benchmarks, the CLI) makes and closes its own, as before.
+
+The bus (``[bus] backend = "redis"``) keeps a client of its own: its blocking stream reads
+need connections without a socket timeout, which the state's fail-closed commands must have.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+
+def open_redis(url: str, timeout_s: float) -> aioredis.Redis:
+    """A client on ``url`` whose connects and commands fail after ``timeout_s`` (fail closed:
+    a caller waiting on a Redis that does not answer is refused, never left hanging). No
+    connection is made until the first command."""
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+    )
+    return client
+
+
+class RedisUser:
+    """A component on Redis: the process's shared client, or (given none) one of its own."""
+
+    def __init__(self, url: str, timeout_s: float, client: aioredis.Redis | None) -> None:
+        self._owns = client is None
+        self._r: aioredis.Redis = client if client is not None else open_redis(url, timeout_s)
+
+    async def aclose(self) -> None:
+        """Close the client if it is this component's own (the shared one is closed once, by
+        ``SharedState.aclose``)."""
+        if self._owns:
+            await self._r.aclose()

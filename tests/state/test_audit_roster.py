@@ -107,12 +107,18 @@ def test_swapped_replica_labels_are_found(
         b.close()
 
 
+# the tail cut back to a record signed on its own (before the head), or every row gone (the
+# chain row, registration and all, kept); the signed head anchor emptied each time
+_SIGNED_BEFORE_HEAD = (
+    "SELECT max(seq) FROM symbi_audit_events WHERE chain=%(c)s AND signature <> ''"
+    " AND seq < (SELECT max(seq) FROM symbi_audit_events WHERE chain=%(c)s)"
+)
+
+
 @pytest.mark.parametrize(
     "tamper",
     [
-        # the tail cut back to a signed record and the signed head anchor emptied
-        "DELETE FROM symbi_audit_events WHERE chain=%(c)s AND seq>5",
-        # every row gone, the chain row (registration and all) kept, its anchor emptied
+        f"DELETE FROM symbi_audit_events WHERE chain=%(c)s AND seq > ({_SIGNED_BEFORE_HEAD})",
         "DELETE FROM symbi_audit_events WHERE chain=%(c)s",
     ],
     ids=["tail", "rows"],
@@ -124,10 +130,13 @@ def test_an_emptied_anchor_does_not_hide_a_cut(
     capsys: pytest.CaptureFixture[str],
     tamper: str,
 ) -> None:
-    a = _replica(tmp_path / "a", 12)  # checkpoint_every=5: seq 5 carries a signature of its own
+    a = _replica(tmp_path / "a", 12)
     try:
         chain = _ship(audit_pg, a, "a")
         with audit_pg.cursor() as cur:
+            cur.execute(_SIGNED_BEFORE_HEAD, {"c": chain})
+            row = cur.fetchone()
+            assert row is not None and row[0] is not None  # a record signed on its own to cut back to
             cur.execute("UPDATE symbi_audit_chains SET anchor_seq=NULL WHERE chain=%s", (chain,))
             cur.execute(tamper, {"c": chain})
         code, lines = _verify(_config(tmp_path, postgres_engine, _pins(a)), capsys)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 REGISTRATION_PREFIX = b"symbi-audit-registration-v1\x00"
 MIGRATION = 9  # the migration that added registrations (gateway.state.postgres.MIGRATIONS)
 REGISTER_COMMAND = "symbi audit register-shared"
+SIGN_TIMEOUT_S = 10.0
 # the replica's signing key, wherever it is held: given what to sign for a key id, it returns
 # (key id, base64 signature); the key id is the signer's own (a writer's changes on rotation)
 Sign = Callable[[Callable[[str], bytes]], tuple[str, str]]
@@ -96,7 +97,10 @@ def key_signer(key: Ed25519PrivateKey) -> Sign:
 
 def log_signer(log: AuditLog) -> Sign:
     """A signer over a running log's key, on its writer thread (the gateway's shipper)."""
-    return lambda message_for: log.maintain(lambda ctx: (ctx.key_id, ctx.sign(message_for(ctx.key_id))))
+    # bounded: a writer that does not answer is an AuditError the shipper retries after
+    return lambda message_for: log.maintain(
+        lambda ctx: (ctx.key_id, ctx.sign(message_for(ctx.key_id))), timeout=SIGN_TIMEOUT_S
+    )
 
 
 def registration_problem(

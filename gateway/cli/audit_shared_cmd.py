@@ -29,7 +29,7 @@ def verify_shared(args: argparse.Namespace, cfg: Any) -> int:
     from gateway.audit.trust import pinned_keys
     from gateway.cli.audit_verify_cmd import print_result
     from gateway.state import open_postgres
-    from gateway.state.audit import shared_keys, verify_every_chain
+    from gateway.state.audit import shared_chains, shared_keys, verify_every_chain
 
     if cfg is None or cfg.state.postgres_url is None:
         raise ConfigError("audit verify --shared: the config has no [state] postgres_url")
@@ -43,7 +43,10 @@ def verify_shared(args: argparse.Namespace, cfg: Any) -> int:
         pinned = tuple(cfg.audit.pinned_keys)
         roots: tuple[str, ...] = pinned or tuple(own)  # the keys the operator named: each has a chain
         if pinned:
-            keys, anchored = pinned_keys(pinned, {**shipped, **own}), True
+            keys, anchored = {k: v for k, v in {**shipped, **own}.items() if k in pinned}, True
+            if not keys and shared_chains(pg):  # chains to verify and no pinned key: say which to pass
+                keys = pinned_keys(pinned, {**shipped, **own})
+            # no chain and no pinned key shipped: every pin is reported missing below
         elif own:
             keys, anchored = own, True
         else:

@@ -125,31 +125,48 @@ class AuditShipper:
         return sent
 
     def _register(self, conn: sqlite3.Connection, first: AuditRecord) -> None:
-        chain = first.chain_hash
+        """Go on with the chain PostgreSQL already holds this log's first record in (a restart,
+        also after retention moved that record: one chain per log, so its pin or a later
+        registration names it), else register a new one named after that record."""
         keys = conn.execute("SELECT key_id, public_pem FROM keys").fetchall()
+        held = self._chain_holding(first)
+        chain = held[0] if held is not None else first.chain_hash
+        reg = None
+        if held is None or (held[1] is None and held[2:] == (first.seq, first.prev_hash)):
+            # new, or registered before migration 9 and starting where this log does: signed now
+            reg = register(self._sign, chain, self.replica, first.seq, first.prev_hash, _chain_ids(self._pg))
         handoff = read_handoff(conn) if first.seq > 1 else None  # what vouches for the start
         start = json.dumps(asdict(handoff), sort_keys=True) if handoff is not None else None
-        reg = register(self._sign, chain, self.replica, first.seq, first.prev_hash, _chain_ids(self._pg))
         with self._pg.cursor(transaction=True) as cur:
-            cur.execute(
-                "INSERT INTO symbi_audit_chains (chain, replica, start_seq, start_hash, created, start_handoff,"
-                " registration) VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (chain) DO NOTHING",
-                (chain, self.replica, first.seq, first.prev_hash, time.time(), start, reg.to_json()),
-            )
+            if reg is not None:
+                cur.execute(
+                    "INSERT INTO symbi_audit_chains (chain, replica, start_seq, start_hash, created,"
+                    " start_handoff, registration) VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (chain) DO"
+                    " UPDATE SET registration=excluded.registration, replica=excluded.replica"
+                    " WHERE symbi_audit_chains.registration IS NULL AND symbi_audit_chains.start_seq=%s"
+                    " AND symbi_audit_chains.start_hash=%s",
+                    (chain, self.replica, first.seq, first.prev_hash, time.time(), start, reg.to_json())
+                    + (first.seq, first.prev_hash),
+                )
             cur.executemany(
                 "INSERT INTO symbi_audit_keys (key_id, public_pem) VALUES (%s,%s) ON CONFLICT (key_id) DO NOTHING",
                 [(str(k), str(pem)) for k, pem in keys],
             )
-            # a chain registered before migration 9 (no registration) is signed for now when PostgreSQL
-            # says it starts where this log does; a start moved later is left to fail verification
-            cur.execute(
-                "UPDATE symbi_audit_chains SET registration=%s, replica=%s WHERE chain=%s AND registration IS NULL"
-                " AND start_seq=%s AND start_hash=%s",
-                (reg.to_json(), self.replica, chain, first.seq, first.prev_hash),
-            )
             cur.execute("SELECT coalesce(max(seq), 0) FROM symbi_audit_events WHERE chain=%s", (chain,))
             row = cur.fetchone()
         self._chain, self._shipped = chain, int(row[0]) if row else 0
+
+    def _chain_holding(self, first: AuditRecord) -> tuple[str, str | None, int, str] | None:
+        """(chain, registration, start seq, start hash) of the newest chain holding ``first``."""
+        with self._pg.cursor() as cur:
+            cur.execute(
+                "SELECT c.chain, c.registration, c.start_seq, c.start_hash FROM symbi_audit_chains c"
+                " JOIN symbi_audit_events e ON e.chain = c.chain AND e.seq = %s WHERE e.chain_hash = %s"
+                " ORDER BY c.created DESC LIMIT 1",
+                (first.seq, first.chain_hash),
+            )
+            row = cur.fetchone()
+        return (str(row[0]), row[1], int(row[2]), str(row[3])) if row else None
 
     async def run(self, interval_s: float) -> None:
         """Background task: ship every ``interval_s``; PostgreSQL down = retry (the local log

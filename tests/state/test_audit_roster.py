@@ -75,6 +75,32 @@ def test_a_replicas_chain_deleted_whole_is_named_missing(
         b.close()
 
 
+def test_a_replica_restarted_after_retention_goes_on_with_its_chain(
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a start after retention moved the log's first record registered a second chain
+    for the replica, and that newest chain (everything shipped since) deleted whole went
+    unnoticed: the older chain still covered the replica's pin, and no registration named it."""
+    a = _replica(tmp_path / "a", 12)
+    try:
+        first = _ship(audit_pg, a, "a")
+        assert archive(a, RetentionPolicy(None, 1, "archive", tmp_path / "a" / "audit-archive")) is not None
+        a.emit("tool.call", {"tool": "t__echo", "i": 12})
+        a.flush()
+        shipper = AuditShipper(audit_pg, a.path, log_signer(a), replica="a")  # the replica started again
+        assert shipper.ship() > 0
+        cfg = _config(tmp_path, postgres_engine, _pins(a))
+        code, lines = _verify(cfg, capsys)
+        assert code == 0 and [doc["chain"] for doc in lines] == [first]
+        assert lines[0]["last_seq"] == a.last_seq
+        newest = max(shared_chains(audit_pg), key=lambda c: c.anchor.seq if c.anchor else 0)
+        _delete_chain(audit_pg, newest.chain, a.key_id)
+        code, lines = _verify(cfg, capsys)
+        assert code == 1 and [doc.get("key_id") for doc in lines if not doc["ok"]] == [a.key_id]
+    finally:
+        a.close()
+
+
 def test_swapped_replica_labels_are_found(
     tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
 ) -> None:

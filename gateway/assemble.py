@@ -443,8 +443,9 @@ def _shared_state_tasks(
     if state.postgres is not None and audit is not None:
         # every replica's chain, copied to PostgreSQL (``symbi audit verify --shared``)
         from gateway.state.audit import AuditShipper
+        from gateway.state.audit_roster import log_signer
 
-        shipper = AuditShipper(state.postgres, audit.path)
+        shipper = AuditShipper(state.postgres, audit.path, log_signer(audit))
         background.append(lambda _gw: shipper.run(AUDIT_SHIP_INTERVAL_S))
     if state.postgres is not None and state.changes is not None:
         # a change made anywhere (a replica, the CLI) wakes the poll at once: NOTIFY

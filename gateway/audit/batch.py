@@ -1,7 +1,7 @@
 """The audit writer's work: queued items, one batch's chained rows, and waking its waiters.
 
-``AuditLog`` (``gateway.audit.log``) queues ``Item`` objects; its writer thread turns a batch
-of events into rows (``chain_rows``), commits them, then resolves the callers' futures
+``AuditLog`` (``gateway.audit.log``) queues ``Item`` objects (an event's: ``event_item``, its
+details serialised on the caller's thread); its writer thread turns a batch of events into rows (``chain_rows``), commits them, then resolves the callers' futures
 (``resolve``) and asyncio waiters (``wake``: one wake-up per loop and batch).
 """
 
@@ -12,12 +12,13 @@ import concurrent.futures
 import hashlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any, Literal
 
-from gateway.audit.record import CHAIN_PREFIX, spliced_bytes
+from gateway.audit.record import CHAIN_PREFIX, DETAILS_CHARS, canonical_details, cut, spliced_bytes
 
 
 @dataclass(slots=True)
@@ -34,6 +35,36 @@ class Item:
     finish: bool = True  # rotate: make the new key current afterwards
     task: Callable[[WriterContext], Any] | None = None  # maintain: run on the writer thread
     urgent: bool = False  # an emit held for the linger already (gateway.audit.held): commit it now
+
+
+def event_item(
+    event_type: str,
+    details: Mapping[str, Any],
+    principal: str | None,
+    agent: str | None,
+    fut: concurrent.futures.Future[Any] | None,
+    waiter: asyncio.Future[Any] | None = None,
+) -> Item:
+    """A caller's event as the writer takes it: its details serialised at once, on the caller's thread."""
+    try:
+        details_json = canonical_details(details)
+        if len(details_json) > DETAILS_CHARS:  # a caller's megabytes are not the log's
+            details_json = canonical_details(cut(details))
+    except (ValueError, TypeError) as e:
+        # never lose the event over a bad value; keep the key names only (no raw values)
+        names = sorted(str(k).encode("utf-8", "backslashreplace").decode() for k in details)
+        details_json = canonical_details({"unserialisable": str(e), "keys": names})
+    return Item(
+        "event",
+        str(event_type),
+        details_json,
+        None if principal is None else str(principal),
+        None if agent is None else str(agent),
+        "",
+        time.time_ns(),
+        fut,
+        waiter,
+    )
 
 
 def is_awaited(item: Item) -> bool:

@@ -31,7 +31,6 @@ import os
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -40,16 +39,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gateway.audit import keys as keyfiles
 from gateway.audit import store
-from gateway.audit.batch import Item, WriterContext
+from gateway.audit.batch import Item, WriterContext, event_item
 from gateway.audit.held import HeldEmits
-from gateway.audit.record import (
-    DETAILS_CHARS,
-    GENESIS_HASH,
-    AuditRecord,
-    canonical_details,
-    cut,
-    key_id_of,
-)
+from gateway.audit.record import GENESIS_HASH, AuditRecord, key_id_of
 from gateway.audit.refusals import RefusalKey, RefusalSummary, RefusalTally, event_key
 from gateway.audit.startup import (
     check_export,
@@ -239,7 +231,7 @@ class AuditLog:
                 self._check()  # a broken log fails the emit, counted or not
                 if not self.admit_refusal(principal, event_key(event_type, details, agent), None):
                     return  # counted: recorded with its principal's other refusals (a flood)
-            item = self._event(event_type, details, principal, agent, None)
+            item = event_item(event_type, details, principal, agent, None)
             # None off an event loop (worker threads, scripts): no RuntimeError raised per event
             loop = asyncio.events._get_running_loop()
             if loop is not None:
@@ -281,7 +273,7 @@ class AuditLog:
             if timeout is not None:
                 waits = self._waits.of(loop)
                 waits.add(loop, waiter, timeout)
-            self._put(self._event(event_type, details, principal, agent, None, waiter))
+            self._put(event_item(event_type, details, principal, agent, None, waiter))
             seq: int = await waiter
             return seq
         except AuditError as e:
@@ -305,7 +297,7 @@ class AuditLog:
         """Blocking ``record`` for threads and scripts: returns the seq once committed."""
         fut: concurrent.futures.Future[int] = concurrent.futures.Future()
         try:
-            self._put(self._event(event_type, details, principal, agent, fut))
+            self._put(event_item(event_type, details, principal, agent, fut))
             return int(self._wait(fut, timeout))
         except AuditError as e:
             self._failed(e)
@@ -435,35 +427,6 @@ class AuditLog:
         self.close()
 
     # -- caller side --------------------------------------------------------------------------
-
-    @staticmethod
-    def _event(
-        event_type: str,
-        details: Mapping[str, Any],
-        principal: str | None,
-        agent: str | None,
-        fut: concurrent.futures.Future[Any] | None,
-        waiter: asyncio.Future[Any] | None = None,
-    ) -> Item:
-        try:
-            details_json = canonical_details(details)
-            if len(details_json) > DETAILS_CHARS:  # a caller's megabytes are not the log's
-                details_json = canonical_details(cut(details))
-        except (ValueError, TypeError) as e:
-            # never lose the event over a bad value; keep the key names only (no raw values)
-            names = sorted(str(k).encode("utf-8", "backslashreplace").decode() for k in details)
-            details_json = canonical_details({"unserialisable": str(e), "keys": names})
-        return Item(
-            "event",
-            str(event_type),
-            details_json,
-            None if principal is None else str(principal),
-            None if agent is None else str(agent),
-            "",
-            time.time_ns(),
-            fut,
-            waiter,
-        )
 
     def _check(self) -> None:
         if self._closed:

@@ -70,7 +70,8 @@ class Problem:
     """The first thing wrong with a log."""
 
     seq: int
-    kind: str  # changed | removed | inserted | reordered | truncated | anchor
+    kind: str  # changed | removed | inserted | reordered | truncated | anchor (--shared: also
+    # registration | unregistered | missing, gateway.state.audit_roster)
     message: str
 
 

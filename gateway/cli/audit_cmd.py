@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import audit_retention_cmd as retention_cmd
+from gateway.cli import audit_shared_cmd as shared_cmd
 from gateway.cli import audit_verify_cmd as verify_cmd
 from gateway.cli.audit_keys import log_and_key, open_log, public_keys
 from gateway.cli.terminal import printable
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _add_init(asub)
     retention_cmd.add_archive_command(asub, _common)
     _add_rotate(asub)
+    shared_cmd.add_register(asub, _common)
 
 
 def _common(sp: argparse.ArgumentParser, keys: bool = False) -> None:

@@ -19,7 +19,7 @@ import logging
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +33,14 @@ from gateway.audit.record import GENESIS_HASH, AuditRecord, key_id_of
 from gateway.audit.retention import HANDOFF_PREFIX, Handoff, read_handoff, signature_ok
 from gateway.audit.verify import Problem, VerifyResult, verify_records
 from gateway.errors import AuditError, StateUnavailable
+from gateway.state.audit_roster import (
+    Missing,
+    Registration,
+    Sign,
+    missing_chains,
+    register,
+    registration_problem,
+)
 from gateway.state.postgres import Postgres
 
 _logger = logging.getLogger("symbi.state.audit")
@@ -48,15 +56,17 @@ class SharedChain:
     start_hash: str
     anchor: store.Anchor | None
     start_handoff: str | None = None  # the signed hand-off (JSON) a chain after seq 1 starts from
+    registration: str | None = None  # the replica's signed registration (JSON, gateway.state.audit_roster)
 
 
 class AuditShipper:
     """Copies one replica's chain (its ``AuditLog`` file) to PostgreSQL, from where it left off."""
 
-    def __init__(self, pg: Postgres, log_path: Path, *, replica: str | None = None) -> None:
+    def __init__(self, pg: Postgres, log_path: Path, sign: Sign, *, replica: str | None = None) -> None:
         self._pg = pg
         self.log_path = log_path
-        self.replica = replica or f"{socket.gethostname()}:{log_path}"
+        self._sign = sign  # the replica's key: it signs the chain's registration
+        self.replica = replica or replica_label(log_path)
         self._chain: str | None = None
         self._shipped = 0  # the last seq known to be in PostgreSQL
 
@@ -115,16 +125,29 @@ class AuditShipper:
         return sent
 
     def _register(self, conn: sqlite3.Connection, first: AuditRecord) -> None:
-        chain = first.chain_hash
+        """Go on with the chain PostgreSQL already holds this log's first record in (a restart,
+        also after retention moved that record: one chain per log, so its pin or a later
+        registration names it), else register a new one named after that record."""
         keys = conn.execute("SELECT key_id, public_pem FROM keys").fetchall()
+        held = self._chain_holding(first)
+        chain = held[0] if held is not None else first.chain_hash
+        reg = None
+        if held is None or (held[1] is None and held[2:] == (first.seq, first.prev_hash)):
+            # new, or registered before migration 9 and starting where this log does: signed now
+            reg = register(self._sign, chain, self.replica, first.seq, first.prev_hash, _chain_ids(self._pg))
         handoff = read_handoff(conn) if first.seq > 1 else None  # what vouches for the start
         start = json.dumps(asdict(handoff), sort_keys=True) if handoff is not None else None
         with self._pg.cursor(transaction=True) as cur:
-            cur.execute(
-                "INSERT INTO symbi_audit_chains (chain, replica, start_seq, start_hash, created, start_handoff)"
-                " VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (chain) DO NOTHING",
-                (chain, self.replica, first.seq, first.prev_hash, time.time(), start),
-            )
+            if reg is not None:
+                cur.execute(
+                    "INSERT INTO symbi_audit_chains (chain, replica, start_seq, start_hash, created,"
+                    " start_handoff, registration) VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (chain) DO"
+                    " UPDATE SET registration=excluded.registration, replica=excluded.replica"
+                    " WHERE symbi_audit_chains.registration IS NULL AND symbi_audit_chains.start_seq=%s"
+                    " AND symbi_audit_chains.start_hash=%s",
+                    (chain, self.replica, first.seq, first.prev_hash, time.time(), start, reg.to_json())
+                    + (first.seq, first.prev_hash),
+                )
             cur.executemany(
                 "INSERT INTO symbi_audit_keys (key_id, public_pem) VALUES (%s,%s) ON CONFLICT (key_id) DO NOTHING",
                 [(str(k), str(pem)) for k, pem in keys],
@@ -132,6 +155,18 @@ class AuditShipper:
             cur.execute("SELECT coalesce(max(seq), 0) FROM symbi_audit_events WHERE chain=%s", (chain,))
             row = cur.fetchone()
         self._chain, self._shipped = chain, int(row[0]) if row else 0
+
+    def _chain_holding(self, first: AuditRecord) -> tuple[str, str | None, int, str] | None:
+        """(chain, registration, start seq, start hash) of the newest chain holding ``first``."""
+        with self._pg.cursor() as cur:
+            cur.execute(
+                "SELECT c.chain, c.registration, c.start_seq, c.start_hash FROM symbi_audit_chains c"
+                " JOIN symbi_audit_events e ON e.chain = c.chain AND e.seq = %s WHERE e.chain_hash = %s"
+                " ORDER BY c.created DESC LIMIT 1",
+                (first.seq, first.chain_hash),
+            )
+            row = cur.fetchone()
+        return (str(row[0]), row[1], int(row[2]), str(row[3])) if row else None
 
     async def run(self, interval_s: float) -> None:
         """Background task: ship every ``interval_s``; PostgreSQL down = retry (the local log
@@ -160,6 +195,17 @@ class AuditShipper:
                     )
 
 
+def replica_label(log_path: Path) -> str:
+    """A replica's label: the host and the log it ships (what its registration signs)."""
+    return f"{socket.gethostname()}:{log_path}"
+
+
+def _chain_ids(pg: Postgres) -> list[str]:
+    with pg.cursor() as cur:
+        cur.execute("SELECT chain FROM symbi_audit_chains")
+        return [str(r[0]) for r in cur.fetchall()]
+
+
 def _take(it: Iterator[AuditRecord], n: int) -> Iterator[AuditRecord]:
     for i, rec in enumerate(it):
         if i >= n:
@@ -174,13 +220,13 @@ def shared_chains(pg: Postgres) -> list[SharedChain]:
     with pg.cursor() as cur:
         cur.execute(
             "SELECT chain, replica, start_seq, start_hash, anchor_seq, anchor_hash, anchor_ts_ns, anchor_key_id,"
-            " anchor_signature, start_handoff FROM symbi_audit_chains ORDER BY created, chain"
+            " anchor_signature, start_handoff, registration FROM symbi_audit_chains ORDER BY created, chain"
         )
         rows = cur.fetchall()
     out = []
-    for chain, replica, start_seq, start_hash, a_seq, a_hash, a_ts, a_kid, a_sig, handoff in rows:
+    for chain, replica, start_seq, start_hash, a_seq, a_hash, a_ts, a_kid, a_sig, handoff, reg in rows:
         anchor = store.Anchor(int(a_seq), a_hash, int(a_ts), a_kid, a_sig) if a_seq is not None else None
-        out.append(SharedChain(chain, replica, int(start_seq), start_hash, anchor, handoff))
+        out.append(SharedChain(chain, replica, int(start_seq), start_hash, anchor, handoff, reg))
     return out
 
 
@@ -208,25 +254,100 @@ def _records(pg: Postgres, chain: str) -> Iterator[AuditRecord]:
                 yield store.row_to_record(tuple(row))
 
 
+@dataclass
+class SharedVerdict:
+    """Every chain's result, and the chains the roster names that PostgreSQL no longer holds."""
+
+    chains: list[tuple[SharedChain, VerifyResult]]
+    missing: list[Missing]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.chains) and not self.missing and all(res.ok for _, res in self.chains)
+
+
+def verify_every_chain(
+    pg: Postgres,
+    keys: Mapping[str, Ed25519PublicKey],
+    roots: Iterable[str],
+    *,
+    all_signatures: bool = True,
+) -> SharedVerdict:
+    """Each chain on its own, then the roster (``gateway.state.audit_roster``): the chains the
+    verified registrations name, and a chain for every root (pinned) key id."""
+    candidates = shared_keys(pg)  # rotated-to keys a chain's own rotation vouches for
+    chains = shared_chains(pg)
+    results, regs, covered = [], [], set()
+    for chain in chains:
+        res, reg = verify_shared_chain(pg, chain, keys, candidates, all_signatures=all_signatures)
+        results.append((chain, res))
+        if reg is not None:
+            regs.append(reg)
+            covered |= {reg.key_id, *record_keys(pg, chain.chain)}
+    return SharedVerdict(results, missing_chains((c.chain for c in chains), regs, roots, covered))
+
+
 def verify_shared_chain(
+    pg: Postgres,
+    chain: SharedChain,
+    keys: Mapping[str, Ed25519PublicKey],
+    candidates: Mapping[str, Ed25519PublicKey] | None = None,
+    *,
+    all_signatures: bool = True,
+) -> tuple[VerifyResult, Registration | None]:
+    """One replica's chain as PostgreSQL holds it, and its registration once all is well: every
+    link, hash and signature, from where it was registered to its last shipped signed anchor.
+    It starts at seq 1, or where the replica's signed retention hand-off says its live chain
+    went on (nothing else says no record before the start is missing: whoever can write
+    PostgreSQL can move the start), with the record it is named after; and the replica's
+    signed registration says the same chain, label and start."""
+    if chain.registration is None:  # first: an old chain's verdict names what to run
+        problem, _ = registration_problem(None, chain.chain, chain.replica, (chain.start_seq, 0, ""), keys)
+        return VerifyResult(ok=False, problem=problem), None
+    res = verify_rows(pg, chain, keys, all_signatures=all_signatures)
+    if not res.ok:
+        return res, None
+    trusted = {**{k: v for k, v in (candidates or {}).items() if k in res.key_ids}, **keys}
+    start = (chain.start_seq, chain.start_seq, chain.start_hash)
+    problem, reg = registration_problem(chain.registration, chain.chain, chain.replica, start, trusted)
+    if problem is not None:
+        res.ok, res.problem = False, problem
+    return res, reg
+
+
+def verify_rows(
     pg: Postgres, chain: SharedChain, keys: Mapping[str, Ed25519PublicKey], *, all_signatures: bool = True
 ) -> VerifyResult:
-    """One replica's chain as PostgreSQL holds it: every link, hash and signature, from where
-    it was registered to (at least) its last shipped signed anchor. It starts at seq 1, or where
-    the replica's signed retention hand-off says its live chain went on (nothing else says no
-    record before the start is missing: whoever can write PostgreSQL can move the start)."""
+    """The chain's rows: a vouched start, the record it is named after, every link, hash and
+    signature up to its signed head anchor (its registration aside)."""
     why = _unvouched_start(chain, keys)
+    if why is None and _hash_at(pg, chain.chain, chain.start_seq) != chain.chain:
+        why = f"the chain's first record (seq {chain.start_seq}), the one it is named after, is gone"
     if why is not None:
-        return VerifyResult(ok=False, problem=Problem(1, "truncated", why))
+        return VerifyResult(ok=False, problem=Problem(chain.start_seq, "truncated", why))
     return verify_records(
         _records(pg, chain.chain),
         keys,
         anchors=[chain.anchor] if chain.anchor is not None else [],
-        require_anchor=chain.anchor is not None,
+        require_anchor=True,  # records and no signed head: the anchor row was emptied
         all_signatures=all_signatures,
         start_seq=chain.start_seq,
         start_hash=chain.start_hash,
     )
+
+
+def _hash_at(pg: Postgres, chain: str, seq: int) -> str | None:
+    with pg.cursor() as cur:
+        cur.execute("SELECT chain_hash FROM symbi_audit_events WHERE chain=%s AND seq=%s", (chain, seq))
+        row = cur.fetchone()
+    return str(row[0]) if row else None
+
+
+def record_keys(pg: Postgres, chain: str) -> list[str]:
+    """The key ids a verified chain's records carry (each checked against its signature)."""
+    with pg.cursor() as cur:
+        cur.execute("SELECT DISTINCT key_id FROM symbi_audit_events WHERE chain=%s", (chain,))
+        return [str(r[0]) for r in cur.fetchall()]
 
 
 def _unvouched_start(chain: SharedChain, keys: Mapping[str, Ed25519PublicKey]) -> str | None:

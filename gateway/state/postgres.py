@@ -198,6 +198,15 @@ ALTER TABLE symbi_pins
 ALTER TABLE symbi_audit_chains ADD COLUMN start_handoff TEXT;
 """,
     ),
+    (
+        9,
+        # each chain's registration, signed by its replica's key: its label and start, and the chains
+        # registered before it (gateway.state.audit_roster): a relabelled chain, or one deleted whole
+        # while another's registration names it, is found
+        """
+ALTER TABLE symbi_audit_chains ADD COLUMN registration TEXT;
+""",
+    ),
 ]
 CHANNEL = "symbi_approvals"  # NOTIFY on every approvals change: replicas act at once
 POLICY_CHANNEL = "symbi_policies"  # NOTIFY on every published policy (gateway.state.policies)

@@ -360,10 +360,10 @@ def test_a_wall_clock_that_steps_back_leaves_times_in_seq_order_and_windows_exac
     log without the ts index) holds exactly the records stamped inside it, and the log verifies."""
     import types
 
-    import gateway.audit.log as log_module
+    import gateway.audit.batch as batch_module  # where a caller's event gets its time
 
     clock = iter([1_000, 2_000, 3_000, 1_500, 2_500, 2_000, 4_000, 3_500, 5_000, 6_000])
-    monkeypatch.setattr(log_module, "time", types.SimpleNamespace(time_ns=lambda: next(clock)))
+    monkeypatch.setattr(batch_module, "time", types.SimpleNamespace(time_ns=lambda: next(clock)))
     log = open_log()
     for i in range(5):
         log.append("tool.call", {"i": i})

@@ -53,3 +53,17 @@ def served(postgres_engine: Postgres) -> Iterator[PgApiKeyStore]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def audit_pg(postgres_engine: Postgres) -> Iterator[PgPool]:
+    """A pool on the module's PostgreSQL with no shipped audit chain (tests/state/test_audit_*)."""
+    p = PgPool(postgres_engine.url, timeout_s=2).open()
+    with p.cursor() as cur:  # each test starts from no shipped chain
+        cur.execute(
+            "DELETE FROM symbi_audit_events; DELETE FROM symbi_audit_chains; DELETE FROM symbi_audit_keys"
+        )
+    try:
+        yield p
+    finally:
+        p.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,22 +18,10 @@ from gateway.audit.retention import RetentionPolicy, archive
 from gateway.cli import main
 from gateway.errors import StateUnavailable
 from gateway.state.audit import AuditShipper, shared_chains
+from gateway.state.audit_roster import log_signer
 from gateway.state.postgres import Postgres
 from tests.conftest import write_config
 from tests.state.engines import Postgres as PgEngine
-
-
-@pytest.fixture
-def pg(postgres_engine: PgEngine) -> Iterator[Postgres]:
-    p = Postgres(postgres_engine.url, timeout_s=2).open()
-    with p.cursor() as cur:  # each test starts from no shipped chain
-        cur.execute(
-            "DELETE FROM symbi_audit_events; DELETE FROM symbi_audit_chains; DELETE FROM symbi_audit_keys"
-        )
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def _replica(folder: Path, n: int) -> AuditLog:
@@ -68,16 +55,21 @@ def _config(tmp_path: Path, engine: PgEngine, audit: str = "") -> Path:
 
 
 def test_every_replica_chain_verifies_on_its_own_and_together(
-    tmp_path: Path, pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     a, b = _replica(tmp_path / "a", 12), _replica(tmp_path / "b", 7)
     try:
-        sa, sb = AuditShipper(pg, a.path, replica="a"), AuditShipper(pg, b.path, replica="b")
+        sa, sb = (
+            AuditShipper(audit_pg, a.path, log_signer(a), replica="a"),
+            AuditShipper(audit_pg, b.path, log_signer(b), replica="b"),
+        )
         assert sa.ship() == a.last_seq and sb.ship() == b.last_seq
         assert sa.ship() == 0  # nothing new
         a.emit("tool.call", {"tool": "t__echo", "i": 99})
         a.flush()
-        assert AuditShipper(pg, a.path, replica="a").ship() == 1  # a restarted replica resumes
+        assert (
+            AuditShipper(audit_pg, a.path, log_signer(a), replica="a").ship() == 1
+        )  # a restarted replica resumes
         code, lines = _verify(_config(tmp_path, postgres_engine), capsys)
         assert code == 0
         by = {str(doc["replica"]): doc for doc in lines}
@@ -107,7 +99,7 @@ def test_every_replica_chain_verifies_on_its_own_and_together(
 )
 def test_a_tampered_row_in_postgres_is_found(
     tmp_path: Path,
-    pg: Postgres,
+    audit_pg: Postgres,
     postgres_engine: PgEngine,
     tamper: str,
     kind: str,
@@ -116,10 +108,10 @@ def test_a_tampered_row_in_postgres_is_found(
 ) -> None:
     a, b = _replica(tmp_path / "a", 12), _replica(tmp_path / "b", 7)
     try:
-        AuditShipper(pg, a.path, replica="a").ship()
-        AuditShipper(pg, b.path, replica="b").ship()
-        chain = next(c.chain for c in shared_chains(pg) if c.replica == "a")
-        with pg.cursor() as cur:
+        AuditShipper(audit_pg, a.path, log_signer(a), replica="a").ship()
+        AuditShipper(audit_pg, b.path, log_signer(b), replica="b").ship()
+        chain = next(c.chain for c in shared_chains(audit_pg) if c.replica == "a")
+        with audit_pg.cursor() as cur:
             cur.execute(tamper.replace("{{", "{").replace("}}", "}"), (chain,))
         code, lines = _verify(_config(tmp_path, postgres_engine), capsys)
         assert code == 1
@@ -136,11 +128,11 @@ def test_a_tampered_row_in_postgres_is_found(
 
 
 def test_shipping_with_postgres_down_is_state_unavailable_and_resumes(
-    tmp_path: Path, pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     a = _replica(tmp_path / "a", 3)
     try:
-        shipper = AuditShipper(pg, a.path, replica="a")
+        shipper = AuditShipper(audit_pg, a.path, log_signer(a), replica="a")
         shipper.ship()
         a.emit("tool.call", {"tool": "t__echo", "i": 3})
         a.flush()
@@ -158,7 +150,7 @@ def test_shipping_with_postgres_down_is_state_unavailable_and_resumes(
 
 
 def test_no_shipped_chain_is_a_failure_and_no_postgres_url_a_config_error(
-    tmp_path: Path, pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _verify(_config(tmp_path, postgres_engine), capsys)[0] == 1
     plain = write_config(tmp_path, f'[gateway]\ndata_dir = "{tmp_path / "d"}"\n', name="plain.toml")
@@ -167,7 +159,7 @@ def test_no_shipped_chain_is_a_failure_and_no_postgres_url_a_config_error(
 
 def test_a_ship_racing_a_commit_copies_the_anchor_and_records_of_one_snapshot(
     tmp_path: Path,
-    pg: Postgres,
+    audit_pg: Postgres,
     postgres_engine: PgEngine,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -189,7 +181,9 @@ def test_a_ship_racing_a_commit_copies_the_anchor_and_records_of_one_snapshot(
             return anchor
 
         monkeypatch.setattr(store, "read_anchor", read_anchor_then_commit)
-        assert AuditShipper(pg, log.path, replica="a").ship() == 1  # the snapshot of its anchor
+        assert (
+            AuditShipper(audit_pg, log.path, log_signer(log), replica="a").ship() == 1
+        )  # the snapshot of its anchor
         monkeypatch.undo()
         code, lines = _verify(_config(tmp_path, postgres_engine), capsys)
         assert code == 0, lines
@@ -197,9 +191,9 @@ def test_a_ship_racing_a_commit_copies_the_anchor_and_records_of_one_snapshot(
         log.close()
 
 
-def _cut_front(pg: Postgres, chain: str, seq: int) -> None:
+def _cut_front(audit_pg: Postgres, chain: str, seq: int) -> None:
     """The rows up to ``seq`` deleted and the chain's start moved after them (PostgreSQL write)."""
-    with pg.cursor() as cur:
+    with audit_pg.cursor() as cur:
         cur.execute("SELECT chain_hash FROM symbi_audit_events WHERE chain=%s AND seq=%s", (chain, seq))
         row = cur.fetchone()
         assert row is not None
@@ -211,15 +205,15 @@ def _cut_front(pg: Postgres, chain: str, seq: int) -> None:
 
 
 def test_a_chains_front_cut_off_in_postgres_is_found(
-    tmp_path: Path, pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Its oldest rows deleted and its start moved after them: the shorter chain verified intact
     (every link from the new start, the signed anchor at its head), even with the key pinned."""
     a = _replica(tmp_path / "a", 12)
     try:
-        AuditShipper(pg, a.path, replica="a").ship()
-        [chain] = shared_chains(pg)
-        _cut_front(pg, chain.chain, 6)
+        AuditShipper(audit_pg, a.path, log_signer(a), replica="a").ship()
+        [chain] = shared_chains(audit_pg)
+        _cut_front(audit_pg, chain.chain, 6)
         pins = json.dumps([a.key_id])
         code, lines = _verify(_config(tmp_path, postgres_engine, f"pinned_keys = {pins}"), capsys)
         assert code == 1
@@ -230,7 +224,7 @@ def test_a_chains_front_cut_off_in_postgres_is_found(
 
 
 def test_a_chain_shipped_after_retention_starts_at_its_signed_hand_off(
-    tmp_path: Path, pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A replica whose oldest events were archived before it first shipped: its chain starts
     where the signed hand-off says and verifies; a start moved further is found all the same."""
@@ -238,14 +232,14 @@ def test_a_chain_shipped_after_retention_starts_at_its_signed_hand_off(
     try:
         policy = RetentionPolicy(None, 1, "archive", tmp_path / "archive")
         assert archive(a, policy) is not None
-        AuditShipper(pg, a.path, replica="a").ship()
-        [chain] = shared_chains(pg)
+        AuditShipper(audit_pg, a.path, log_signer(a), replica="a").ship()
+        [chain] = shared_chains(audit_pg)
         assert chain.start_seq > 1 and chain.start_handoff is not None
         pins = json.dumps([a.key_id])
         cfg = _config(tmp_path, postgres_engine, f"pinned_keys = {pins}")
         code, lines = _verify(cfg, capsys)
         assert code == 0, lines
-        _cut_front(pg, chain.chain, chain.start_seq)
+        _cut_front(audit_pg, chain.chain, chain.start_seq)
         code, lines = _verify(cfg, capsys)
         assert code == 1
         problem = lines[0]["problem"]

@@ -213,3 +213,36 @@ async def test_a_running_agents_credential_is_in_no_command_line(
             outcome = await h._run_once("sleeper", ac)
     assert outcome == "ok", log.read_text()
     assert found == [], found
+
+
+# Every process's environment it can read (bwrap itself is pid 1 of its sandbox, of its uid).
+ENVIRONS = """
+import json, os
+seen = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        seen[pid] = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+    except OSError:
+        continue
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("tier", ["bwrap", "gvisor", "docker"])
+async def test_a_hosted_agent_reads_none_of_the_gateways_environment(
+    tmp_path: Path, tier: Literal["bwrap", "gvisor", "docker"], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: the agent reads ``/proc/*/environ`` inside its sandbox. bwrap (pid 1 there, uid
+    65534 like the agent) was started with the gateway's whole environment, so the agent read
+    the gateway's secrets (here ``OPENAI_API_KEY``; a database URL with its password likewise)."""
+    secret = f"sk-never-in-a-sandbox-{os.urandom(6).hex()}"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    ac = AgentConfig(command="/usr/bin/python3", args=("-c", ENVIRONS), sandbox=tier, restart="never")
+    h = _host(tmp_path, tier, reader=ac)
+    with anyio.fail_after(GUARD_S):
+        outcome = await h._run_once("reader", ac)
+    log = (h.config.data_dir / "agents" / "reader.log").read_text()
+    assert outcome == "ok", log
+    [seen] = [json.loads(x) for x in log.splitlines() if x.startswith("{")]
+    assert len(seen) >= 1  # it read its own at least
+    assert [pid for pid, env in seen.items() if secret in env] == []

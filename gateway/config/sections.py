@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
@@ -212,7 +214,28 @@ class JwtSection(Section):
             raise ValueError("exactly one of http.jwt.jwks_file or http.jwt.jwks_url is required")
         if "none" in {a.lower() for a in self.algorithms}:
             raise ValueError("http.jwt.algorithms must not contain 'none'")
+        if self.jwks_url is not None and not _trusted_jwks_url(self.jwks_url):
+            # whoever answers this URL decides whose tokens are valid (an admin's included):
+            # plain http to another host lets anyone on the path serve its own keys
+            raise ValueError("http.jwt.jwks_url must be an https:// URL (http:// only to a loopback address)")
         return self
+
+
+def _trusted_jwks_url(url: str) -> bool:
+    """https://, or http:// to this host (a loopback address or ``localhost``)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return False
+    if parts.scheme == "https":
+        return True
+    if parts.scheme != "http":
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
 
 
 class HttpSection(Section):

@@ -480,4 +480,8 @@ class HostedAgents:
         }
         args = [here(a) for a in ac.args]
         ro = [str((base / p).resolve()) for p in ac.read_only_paths]
+        from gateway.sandbox.base import refuse_exposing
+
+        for p in ro:
+            refuse_exposing(p)  # as for the folders of its command and arguments
         return args, env, ro

@@ -182,6 +182,21 @@ class SandboxTier(ABC):
         """What of ours still exists (containers, cgroups, runtime state): for checks."""
 
 
+# never bound into a sandbox whole: the host's tree, and the folders every user shares (a
+# script right in /tmp bound all of /tmp: others' files and the Unix sockets there, such as
+# every gateway's agents' socket, which a server without network could then dial)
+UNEXPOSABLE = frozenset(
+    {"/", "/etc", "/root", "/home", "/var", "/proc", "/sys", "/dev", "/tmp", "/var/tmp", "/run", "/dev/shm"}
+)
+
+
+def refuse_exposing(folder: str) -> None:
+    """``SandboxUnavailable`` when ``folder`` (resolved) is one a sandbox may not see whole."""
+    d = str(Path(folder).resolve())
+    if d in UNEXPOSABLE:
+        raise SandboxUnavailable(f"refusing to expose {d} to a sandboxed server")
+
+
 def read_only_binds(command: str, args: list[str], cwd: str | None) -> list[str]:
     """Host dirs a wrapped stdio server needs read-only: its cwd and the dirs of any
     absolute-path command/arguments that exist outside /usr (e.g. a script or a venv)."""
@@ -200,8 +215,7 @@ def read_only_binds(command: str, args: list[str], cwd: str | None) -> list[str]
         out.append(str(Path(cwd).resolve()))
     uniq: list[str] = []
     for d in sorted(set(out), key=len):
-        if d in ("/", "/etc", "/root", "/home", "/var", "/proc", "/sys", "/dev"):
-            raise SandboxUnavailable(f"refusing to expose {d} to a sandboxed server")
+        refuse_exposing(d)
         if not any(d == u or d.startswith(u + "/") for u in uniq):
             uniq.append(d)
     return uniq

@@ -39,6 +39,7 @@ from .types import KilledReason, Limits, RunCancel, SandboxRequest, SandboxResul
 
 SECCOMP_FD = 9
 ENV_FD = 8  # the sandbox's environment, as bwrap --args (never on a command line)
+LAUNCH_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class SeccompFilters:
@@ -184,7 +185,13 @@ class BwrapTier(SandboxTier):
             env_file = shell_join([name])
             join = f"exec {ENV_FD}< {env_file} && rm -f {env_file} && {join}"
             env_args = ["--args", str(ENV_FD)]
+        # bwrap is pid 1 of the sandbox, of its uid: the payload reads its /proc/1/environ. It
+        # starts with PATH only, never the caller's environment (a hosted agent's launcher
+        # inherited the gateway's own: its database URLs, its OPENAI_API_KEY)
         full = [
+            "env",
+            "-i",
+            f"PATH={LAUNCH_PATH}",
             "setpriv",
             f"--reuid={NOBODY}",
             f"--regid={NOBODY}",
@@ -356,7 +363,7 @@ def _spawn(argv: list[str], *, piped_stdin: bool) -> subprocess.Popen[bytes]:
             stdin=subprocess.PIPE if piped_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+            env={"PATH": LAUNCH_PATH},
             close_fds=True,
             start_new_session=True,
         )

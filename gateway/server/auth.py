@@ -24,10 +24,11 @@ import threading
 import time
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import anyio
 import jwt
 from jwt import PyJWKClient, PyJWKSet
 
@@ -241,6 +242,10 @@ def _subject(sub: object) -> str:
 # -- the authenticator ----------------------------------------------------------------------
 
 
+# threads of their own for verifying JWTs whose key set comes from a URL (``Authenticator.limiter_for``)
+JWKS_THREADS = 4
+
+
 @dataclass
 class Authenticator:
     """Turns request headers into a ``Principal`` (or raises ``NoCredentials`` / ``AuthFailed``)."""
@@ -248,6 +253,7 @@ class Authenticator:
     keys: ApiKeys
     jwt: JwtVerifier | None = None
     anonymous: str | None = None
+    _jwks_threads: anyio.CapacityLimiter | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Config) -> Authenticator:
@@ -272,6 +278,18 @@ class Authenticator:
         if rec is None:
             raise AuthFailed("unknown or revoked API key")
         return rec.as_principal()
+
+    def limiter_for(self, headers: Mapping[str, str]) -> anyio.CapacityLimiter | None:
+        """The threads a blocking ``authenticate`` of these headers runs on (None: the shared
+        ones). A JWT verified against a JWKS URL takes its own: with the IdP unreachable each
+        waits up to 5 s on the fetch (one at a time, under PyJWKClient's lock), and a caller
+        without credentials sending made-up tokens held every shared thread, stalling code
+        tools, memory, key lookups and the admin API of everyone else. Called on the loop."""
+        if not self.jwks_over_network or _presented_key(headers) is not None:
+            return None
+        if self._jwks_threads is None:
+            self._jwks_threads = anyio.CapacityLimiter(JWKS_THREADS)
+        return self._jwks_threads
 
     def authenticate_now(self, headers: Mapping[str, str]) -> Principal | None:
         """``authenticate`` when it needs no blocking I/O, else None: call that in a thread (a

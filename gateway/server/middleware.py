@@ -251,7 +251,9 @@ class AuthGate:
             principal = auth.authenticate_now(headers)  # None: it needs blocking I/O
             if principal is None:
                 # a JWKS (re)fetch / a key lookup in PostgreSQL is blocking I/O: never on the event loop
-                principal = await anyio.to_thread.run_sync(auth.authenticate, headers)
+                principal = await anyio.to_thread.run_sync(
+                    auth.authenticate, headers, limiter=auth.limiter_for(headers)
+                )
         except NoCredentials:
             await self._challenge(scope, receive, send, None)
             return False

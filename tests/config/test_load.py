@@ -85,6 +85,17 @@ BAD = [
         '[http.jwt]\nissuer = "i"\naudience = "a"\nalgorithms = ["none"]\njwks_file = "j"\n',
         "http.jwt",
     ),
+    (
+        # whoever is on the path to a plain-http key set serves its own keys: any token, an admin's
+        "jwks url over plain http to another host",
+        '[http.jwt]\nissuer = "i"\naudience = "a"\njwks_url = "http://idp.example/jwks.json"\n',
+        "http.jwt.jwks_url",
+    ),
+    (
+        "jwks url not http",
+        '[http.jwt]\nissuer = "i"\naudience = "a"\njwks_url = "ftp://idp.example/jwks.json"\n',
+        "http.jwt.jwks_url",
+    ),
     ("not toml", "[mcp\n", "not valid TOML"),
     # an upstream named like a built-in would shadow (or knock out) the built-in's tools
     ("reserved name sandbox", '[sandbox]\ncode_tools = false\n[servers.sandbox]\ncommand = "x"\n', "sandbox"),
@@ -207,6 +218,13 @@ def test_keys_with_an_effect_in_their_mode_still_load() -> None:
     build_config({"servers": {"a": {"command": "x", "sandbox": "bwrap", "sandbox_network": True}}})
     build_config({"context": {"embedder": "openai", "openai_api_key": "k", "embedding_model": "m"}})
     build_config({"context": {"embedding_model": "m"}}, environ={"OPENAI_API_KEY": "k"})
+    for url in (
+        "https://idp.example/jwks.json",
+        "http://127.0.0.1:9/j",
+        "http://[::1]:9/j",
+        "http://localhost/j",
+    ):
+        build_config({"http": {"jwt": {"issuer": "i", "audience": "a", "jwks_url": url}}})
 
 
 def test_context_and_policy_off_still_load_without_their_keys() -> None:

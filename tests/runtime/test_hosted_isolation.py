@@ -14,6 +14,8 @@ import json
 import os
 import socket
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -213,3 +215,73 @@ async def test_a_running_agents_credential_is_in_no_command_line(
             outcome = await h._run_once("sleeper", ac)
     assert outcome == "ok", log.read_text()
     assert found == [], found
+
+
+# Every process's environment it can read (bwrap itself is pid 1 of its sandbox, of its uid).
+ENVIRONS = """
+import json, os
+seen = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        seen[pid] = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+    except OSError:
+        continue
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("tier", ["bwrap", "gvisor", "docker"])
+async def test_a_hosted_agent_reads_none_of_the_gateways_environment(
+    tmp_path: Path, tier: Literal["bwrap", "gvisor", "docker"], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: the agent reads ``/proc/*/environ`` inside its sandbox. bwrap (pid 1 there, uid
+    65534 like the agent) was started with the gateway's whole environment, so the agent read
+    the gateway's secrets (here ``OPENAI_API_KEY``; a database URL with its password likewise)."""
+    secret = f"sk-never-in-a-sandbox-{os.urandom(6).hex()}"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    ac = AgentConfig(command="/usr/bin/python3", args=("-c", ENVIRONS), sandbox=tier, restart="never")
+    h = _host(tmp_path, tier, reader=ac)
+    with anyio.fail_after(GUARD_S):
+        outcome = await h._run_once("reader", ac)
+    log = (h.config.data_dir / "agents" / "reader.log").read_text()
+    assert outcome == "ok", log
+    [seen] = [json.loads(x) for x in log.splitlines() if x.startswith("{")]
+    assert len(seen) >= 1  # it read its own at least
+    assert [pid for pid, env in seen.items() if secret in env] == []
+
+
+LIST_TMP = "import os; print(sorted(os.listdir('/tmp')))"
+
+
+@pytest.fixture
+def right_in_tmp() -> Iterator[tuple[Path, Path]]:
+    """A file another user left in /tmp, and an agent's script right in /tmp (removed after)."""
+    marker = Path(tempfile.mkstemp(prefix="symbi-rt-left-by-another-", dir="/tmp")[1])
+    script = Path(tempfile.mkstemp(prefix="symbi-rt-agent-", suffix=".py", dir="/tmp")[1])
+    script.write_text(LIST_TMP + "\n")
+    script.chmod(0o644)
+    yield marker, script
+    marker.unlink()
+    script.unlink()
+
+
+@pytest.mark.parametrize("bound", ["script", "read_only_paths"])
+async def test_a_hosted_agent_never_gets_the_hosts_tmp_whole(
+    tmp_path: Path, bound: str, right_in_tmp: tuple[Path, Path]
+) -> None:
+    """Attack: the agent's script lies right in /tmp (or the config lists /tmp to read). Its
+    folder was bound: the agent listed the host's /tmp and read what others left there, and
+    could dial every Unix socket in it (each gateway's agents' socket included). Such a run
+    is now refused as invalid config, as one exposing /etc or /home was."""
+    marker, script = right_in_tmp
+    args = (str(script),) if bound == "script" else ("-c", LIST_TMP)
+    ro = ("/tmp",) if bound == "read_only_paths" else ()
+    ac = AgentConfig(
+        command="/usr/bin/python3", args=args, read_only_paths=ro, sandbox="bwrap", restart="never"
+    )
+    h = _host(tmp_path, "bwrap", lister=ac)
+    with anyio.fail_after(GUARD_S):
+        outcome = await h._run_once("lister", ac)
+    log = h.config.data_dir / "agents" / "lister.log"
+    assert not (log.exists() and marker.name in log.read_text())
+    assert outcome == "invalid"

@@ -12,13 +12,24 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.config.sections import JwtSection
 from gateway.errors import AuthFailed
 from gateway.server.auth import JwtVerifier
+from tests.conftest import write_config
 from tests.local_http import serving
-from tests.server.http.conftest import AUDIENCE, ISSUER, Idp, make_idp
+from tests.server.http.conftest import (
+    AUDIENCE,
+    ISSUER,
+    Idp,
+    bearer,
+    jwt_http_section,
+    make_idp,
+    make_keys,
+    run_server,
+)
 
 
 @pytest.fixture
@@ -86,3 +97,39 @@ def test_a_jwks_endpoint_that_never_answers_fails_closed(tmp_path: Path) -> None
         t.start()
         t.join(20)  # generous: not a timing assertion, a bound that tells "fails" from "hangs"
         assert len(outcome) == 1 and isinstance(outcome[0], AuthFailed)
+
+
+@pytest.mark.slow
+def test_made_up_tokens_while_the_idp_is_down_stall_no_one_elses_work(tmp_path: Path) -> None:
+    """Attack: with the JWKS endpoint unreachable, a caller without credentials sends tokens
+    with a made-up ``kid``. Each one's verification waited up to 5 s on a fetch in one of the
+    shared worker threads (``runtime.scheduler_threads``): with them all held, an admin's
+    ``/api/audit/recent`` (a thread too, as code tools, memory and key lookups are) waited for
+    every such token to be refused. Now it is answered while they still wait."""
+    with socket.socket() as down:
+        down.bind(("127.0.0.1", 0))
+        down.listen(16)  # accepts and never answers: an IdP that is down
+        url = f"http://127.0.0.1:{down.getsockname()[1]}/jwks.json"
+        cfg = write_config(
+            tmp_path, f"[runtime]\nscheduler_threads = 1\n[http]\n{jwt_http_section(jwks_url=url)}"
+        )
+        keys = make_keys(cfg)
+        made_up = make_idp(tmp_path).token("mallory", kid="made-up")
+        refused: list[int] = []
+
+        def flood() -> None:
+            r = httpx.post(f"{run.mcp}", json={}, headers=bearer(made_up), timeout=60)
+            refused.append(r.status_code)
+
+        with run_server(cfg) as run:
+            threads = [threading.Thread(target=flood, daemon=True) for _ in range(2)]
+            for t in threads:
+                t.start()
+            time.sleep(1)  # both are in verification by now (the fetch takes 5 s to fail)
+            r = httpx.get(run.base + "/api/audit/recent", headers=bearer(keys.admin), timeout=60)
+            answered_before = list(refused)
+            for t in threads:
+                t.join(60)
+        assert r.status_code == 200
+        assert answered_before == []  # the admin was not queued behind the made-up tokens
+        assert refused == [401, 401]  # and they were refused (fail closed)

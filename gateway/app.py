@@ -121,20 +121,24 @@ class Gateway:
             visible=self.visibility.among,
             allowed_targets=self.visibility.targets,
         )
-        self.pool = UpstreamPool(
-            config,
-            events=self.events,
-            on_change=self._upstream_changed,
-            on_resource_updated=self._announcer.resource_updated,
-            handed_out=self.live.handed_out,
-            wrap_command=wrap_command,
-        )
+        self.pool = self._upstream_pool(wrap_command)
         self.upstreams = self.pool.upstreams  # the primary of each server (the catalogue's source)
         self.replicas = self.pool.replicas  # every process of each server, primary first
         self._rebuild_lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None  # set while running
         # 2025-era upstream calls waiting for a 2026-era client's answers (the era bridge)
         self.pending = PendingQuestions(answer_timeout_s=config.mcp.call_timeout_s)
+
+    def _upstream_pool(self, wrap_command: WrapCommand | None) -> UpstreamPool:
+        """The processes of every server, telling this gateway when a listing or a resource changes."""
+        return UpstreamPool(
+            self.config,
+            events=self.events,
+            on_change=self._upstream_changed,
+            on_resource_updated=self._announcer.resource_updated,
+            handed_out=self.live.handed_out,
+            wrap_command=wrap_command,
+        )
 
     @property
     def catalog(self) -> Catalog:

@@ -50,6 +50,7 @@ from gateway.runtime.sandboxed import kill_run as _kill
 if TYPE_CHECKING:
     from gateway.runtime.leased import LeasedAgents
     from gateway.sandbox.manager import SandboxManager
+    from gateway.state.leases import LeaseBoard
 
 _logger = logging.getLogger("symbi.runtime.hosted")
 
@@ -91,6 +92,7 @@ class HostedAgents:
         *,
         sandbox: SandboxManager | None,
         host: AgentHost | None,
+        board: LeaseBoard | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
@@ -105,15 +107,12 @@ class HostedAgents:
         # run credentials whose revocation failed (the key store was down): retried until done
         self.unrevoked: set[str] = set()
         runtime.on_terminate.append(self._terminated)
-        # [state] redis_url: replicas share the config, each agent runs where its lease is
+        # [state] redis_url: replicas share the config, each agent runs where its lease is; the
+        # board is the assembly's, on the process's one Redis client (``gateway.assemble``)
         self.leased: LeasedAgents | None = None
-        if config.state.redis_url is not None and config.agents:
+        if board is not None and config.agents:
             from gateway.runtime.leased import LeasedAgents
-            from gateway.state.leases import LeaseBoard, process_name
 
-            board = LeaseBoard(
-                config.state.redis_url, owner=process_name(config.data_dir), timeout_s=config.state.timeout_s
-            )
             self.leased = LeasedAgents(self, board)
 
     # -- control ------------------------------------------------------------------------------

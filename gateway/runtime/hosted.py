@@ -106,6 +106,8 @@ class HostedAgents:
         self.runs: dict[str, int] = {name: 0 for name in config.agents}
         # run credentials whose revocation failed (the key store was down): retried until done
         self.unrevoked: set[str] = set()
+        # each agent's live run credential (its key id): on the lease board for other replicas
+        self.run_keys: dict[str, str] = {}
         runtime.on_terminate.append(self._terminated)
         # [state] redis_url: replicas share the config, each agent runs where its lease is; the
         # board is the assembly's, on the process's one Redis client (``gateway.assemble``)
@@ -227,6 +229,7 @@ class HostedAgents:
                 lambda: keys.create(principal.id, tuple(ac.roles), kind="agent")
             )
             rt.agents.bind_credential(record.id, agent)
+            self.run_keys[name] = record.id
             # the agent's id is the same every run: the sandbox's name also carries a per-run part
             argv, cleanup = self._command(
                 name, ac, tier, limits, key, f"{agent.id[-6:]}{os.urandom(3).hex()}"
@@ -257,6 +260,8 @@ class HostedAgents:
 
     async def _revoke(self, key_id: str) -> None:
         self.runtime.agents.unbind_credential(key_id)
+        for name in [n for n, k in self.run_keys.items() if k == key_id]:
+            del self.run_keys[name]
         self.unrevoked.add(key_id)
         with anyio.CancelScope(shield=True):  # also when the run was cancelled (shutdown)
             await anyio.to_thread.run_sync(self.revoke_pending)

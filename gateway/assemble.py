@@ -211,8 +211,8 @@ def _assemble(
         revocations=verifier.revocations,
     )
     _periodic_tasks(config, state, audit, policy, events, verifier, runtime, background)
-    hosted = _hosted_agents(config, runtime, events, manager, agent_host, background)
-    _agents_on_redis(config, state, runtime, events, hosted, background)
+    _sessions_on_redis(config, state, runtime, events, background)
+    hosted = _hosted_agents(config, state, runtime, events, manager, agent_host, background)
     return Gateway(
         config,
         steps,
@@ -351,6 +351,7 @@ def _verifier(
 
 def _hosted_agents(
     config: Config,
+    state: SharedState,
     runtime: AgentRuntime,
     events: EventSink,
     manager: SandboxManager | None,
@@ -358,39 +359,42 @@ def _hosted_agents(
     background: list[Background],
 ) -> HostedAgents | None:
     """Hosted agents: sandboxed processes with credentials of their own; the HTTP front
-    attaches its Unix socket and key store (`symbi serve`), else they fail to start."""
+    attaches its Unix socket and key store (`symbi serve`), else they fail to start. With
+    ``[state] redis_url`` their leases are on the process's one Redis client."""
     if not config.agents:
         return None
-    hosted = HostedAgents(config, runtime, events, sandbox=manager, host=agent_host)
+    board = None
+    if state.redis is not None:
+        from gateway.state.leases import LeaseBoard, process_name
+
+        st = config.state
+        assert st.redis_url is not None
+        owner = process_name(config.data_dir)
+        board = LeaseBoard(st.redis_url, owner=owner, timeout_s=st.timeout_s, client=state.redis)
+    hosted = HostedAgents(config, runtime, events, sandbox=manager, host=agent_host, board=board)
     background.append(lambda _gw: hosted.run())
     return hosted
 
 
-def _agents_on_redis(
+def _sessions_on_redis(
     config: Config,
     state: SharedState,
     runtime: AgentRuntime,
     events: EventSink,
-    hosted: HostedAgents | None,
     background: list[Background],
 ) -> None:
     """With ``[state] redis_url``: the session agents' board (an operator's action reaches the
-    process holding the session), and the hosted agents' leases on the process's one client."""
+    process holding the session)."""
     if state.redis is None:
         return
     from gateway.runtime.sessionorders import SessionAgents
-    from gateway.state.leases import LeaseBoard, process_name
+    from gateway.state.leases import process_name
     from gateway.state.sessionboard import SessionBoard
 
     owner = process_name(config.data_dir)
     sessions = SessionAgents(runtime, events, SessionBoard(state.redis, owner=owner))
     state.sessions = sessions
     background.append(lambda _gw: sessions.run())
-    leased = hosted.leased if hosted is not None else None
-    if leased is not None:  # made from the URL by HostedAgents: no connection yet, replaced here
-        st = config.state
-        assert st.redis_url is not None
-        leased.board = LeaseBoard(st.redis_url, owner=owner, timeout_s=st.timeout_s, client=state.redis)
 
 
 def _audit_and_events(

@@ -108,6 +108,11 @@ class AuthFailed(AuthError):
     code = "unauthorized"
 
 
+class JwksFetchFailed(AuthFailed):
+    """The key set of ``http.jwt.jwks_url`` could not be had (too big, too slow, not a 200,
+    unreachable; or a fetch failed moments ago): a JWT that needs it is refused."""
+
+
 class NoCredentials(AuthError):
     """No credentials at all (HTTP 401 with the resource-metadata challenge)."""
 

@@ -284,6 +284,10 @@ class AgentRegistry:
     def unbind_credential(self, key_id: str) -> None:
         self._bound.pop(key_id, None)
 
+    def bound(self, key_id: str) -> Agent | None:
+        """The hosted agent credential ``key_id`` was made for, when its run is here."""
+        return self._bound.get(key_id)
+
     def _admit(self, principal: str, owner: str | None) -> None:
         """Room for one more agent; ``owner`` is a session agent's qualified principal (None: a
         hosted agent's run, which may use the slots kept for hosted agents)."""

@@ -50,6 +50,7 @@ from gateway.runtime.sandboxed import kill_run as _kill
 if TYPE_CHECKING:
     from gateway.runtime.leased import LeasedAgents
     from gateway.sandbox.manager import SandboxManager
+    from gateway.state.leases import LeaseBoard
 
 _logger = logging.getLogger("symbi.runtime.hosted")
 
@@ -91,6 +92,7 @@ class HostedAgents:
         *,
         sandbox: SandboxManager | None,
         host: AgentHost | None,
+        board: LeaseBoard | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
@@ -104,16 +106,15 @@ class HostedAgents:
         self.runs: dict[str, int] = {name: 0 for name in config.agents}
         # run credentials whose revocation failed (the key store was down): retried until done
         self.unrevoked: set[str] = set()
+        # each agent's live run credential (its key id): on the lease board for other replicas
+        self.run_keys: dict[str, str] = {}
         runtime.on_terminate.append(self._terminated)
-        # [state] redis_url: replicas share the config, each agent runs where its lease is
+        # [state] redis_url: replicas share the config, each agent runs where its lease is; the
+        # board is the assembly's, on the process's one Redis client (``gateway.assemble``)
         self.leased: LeasedAgents | None = None
-        if config.state.redis_url is not None and config.agents:
+        if board is not None and config.agents:
             from gateway.runtime.leased import LeasedAgents
-            from gateway.state.leases import LeaseBoard, process_name
 
-            board = LeaseBoard(
-                config.state.redis_url, owner=process_name(config.data_dir), timeout_s=config.state.timeout_s
-            )
             self.leased = LeasedAgents(self, board)
 
     # -- control ------------------------------------------------------------------------------
@@ -228,6 +229,7 @@ class HostedAgents:
                 lambda: keys.create(principal.id, tuple(ac.roles), kind="agent")
             )
             rt.agents.bind_credential(record.id, agent)
+            self.run_keys[name] = record.id
             # the agent's id is the same every run: the sandbox's name also carries a per-run part
             argv, cleanup = self._command(
                 name, ac, tier, limits, key, f"{agent.id[-6:]}{os.urandom(3).hex()}"
@@ -258,6 +260,8 @@ class HostedAgents:
 
     async def _revoke(self, key_id: str) -> None:
         self.runtime.agents.unbind_credential(key_id)
+        for name in [n for n, k in self.run_keys.items() if k == key_id]:
+            del self.run_keys[name]
         self.unrevoked.add(key_id)
         with anyio.CancelScope(shield=True):  # also when the run was cancelled (shutdown)
             await anyio.to_thread.run_sync(self.revoke_pending)

@@ -19,6 +19,7 @@ it within ``LEASE_TTL_MS`` + ``RENEW_S``. On stop the holder releases it once it
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, par
 from gateway.state.leases import RENEW_S, RETRY_S, STOP_MARGIN_S, Lease, LeaseBoard
 
 if TYPE_CHECKING:
+    from gateway.runtime.agents import Agent
     from gateway.runtime.hosted import HostedAgents
 
 _logger = logging.getLogger("symbi.runtime.leased")
@@ -50,6 +52,10 @@ class LeasedAgents:
         self._wanted: set[str] = set()  # start requests to pass to the holder
         self.seen: dict[str, dict[str, Any] | None] = {}  # every agent's holder status
         self.seen_at: float | None = None  # when ``seen`` was read (epoch s; None: never)
+        # a held agent's state changed: its status is written now, not at the next renewal
+        self._changed = {name: anyio.Event() for name in hosted.config.agents}
+        self._loop_thread: int | None = None
+        hosted.runtime.agents.on_state.append(self._state_changed)
 
     # -- what the admin surfaces ask -----------------------------------------------------------
 
@@ -83,7 +89,15 @@ class LeasedAgents:
 
     # -- the background task -------------------------------------------------------------------
 
+    def _state_changed(self, agent: Agent, src: AgentState, to: AgentState) -> None:
+        """Other replicas admit the run's credential only while the board says Running
+        (``gateway.runtime.runkeys``): a suspension there must not wait up to ``RENEW_S``.
+        Only on the loop's thread (an anyio event); another thread's change waits a renewal."""
+        if agent.hosted and agent.name in self.held and threading.get_ident() == self._loop_thread:
+            self._changed[agent.name].set()
+
     async def run(self) -> None:
+        self._loop_thread = threading.get_ident()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch, name="agent-leases-status")
@@ -110,6 +124,7 @@ class LeasedAgents:
             "state": agent.state.value if agent is not None else "Initializing",
             "run": self.hosted.runs.get(name, 0),
             "agent": agent.id if agent is not None else None,
+            "key": self.hosted.run_keys.get(name),  # its run's credential (gateway.runtime.runkeys)
         }
 
     async def _hold(self, name: str, ac: AgentConfig) -> None:
@@ -207,7 +222,9 @@ class LeasedAgents:
         """Renew until the lease is lost: why it was (the caller then stops the agent)."""
         wait = RENEW_S
         while True:
-            await anyio.sleep(wait)
+            with anyio.move_on_after(wait):
+                await self._changed[name].wait()
+            self._changed[name] = anyio.Event()
             bound = lease.valid_until - STOP_MARGIN_S - time.monotonic()
             if bound <= 0:
                 return "could not renew its lease in time (Redis unreachable)"

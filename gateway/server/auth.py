@@ -7,8 +7,8 @@ brute-force, and a slow KDF (scrypt/argon2) would cost milliseconds on *every* r
 Comparison is constant-time. The key file is re-read when it changes, so ``symbi keys
 revoke`` takes effect on a running server.
 
-JWTs are verified with PyJWT: signature against a JWKS (a file, or a URL through
-``PyJWKClient``), algorithms pinned from config (``none`` is refused by the config model and
+JWTs are verified with PyJWT: signature against a JWKS (a file, or a URL fetched bounded by
+``gateway.server.jwks``, which also picks the one signature key of the token's algorithm), algorithms pinned from config (``none`` is refused by the config model and
 by PyJWT), ``exp``/``iss``/``aud`` required. Roles come from ``http.jwt.roles_claim``.
 
 Everything fails closed: a malformed header, an unreadable key file or an unreachable JWKS
@@ -30,13 +30,14 @@ from typing import Any, Protocol
 
 import anyio
 import jwt
-from jwt import PyJWKClient, PyJWKSet
+from jwt import PyJWKSet
 
 from gateway.apikeys import KEY_PREFIX, ApiKeyRecord, hash_key, new_key, split_key
 from gateway.config.model import Config
 from gateway.config.sections import JwtSection
 from gateway.context import Principal
 from gateway.errors import AuthFailed, ConfigError, NoCredentials
+from gateway.server.jwks import JwksUrl, signing_key
 from gateway.textcheck import not_utf8_at
 
 # -- API keys -------------------------------------------------------------------------------
@@ -169,13 +170,10 @@ class JwtVerifier:
     def __init__(self, cfg: JwtSection) -> None:
         self.cfg = cfg
         self.algorithms = [a for a in cfg.algorithms if a.lower() != "none"]
-        self._client: PyJWKClient | None = None
+        # a URL's set is fetched bounded and kept 300 s (gateway.server.jwks); a file's, read once
+        self._url = JwksUrl(cfg.jwks_url) if cfg.jwks_url is not None else None
         self._keyset: PyJWKSet | None = None
-        if cfg.jwks_url is not None:
-            # the key set is cached for 300 s (a kid not in it triggers one refetch); no per-kid
-            # cache: PyJWKClient's never expires, so a key the IdP removed would verify until restart
-            self._client = PyJWKClient(cfg.jwks_url, cache_keys=False, lifespan=300, timeout=5)
-        elif cfg.jwks_file is not None:
+        if self._url is None and cfg.jwks_file is not None:
             self._keyset = load_jwks_file(Path(cfg.jwks_file))
 
     def _key_for(self, token: str) -> Any:
@@ -183,14 +181,11 @@ class JwtVerifier:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise AuthFailed(f"token algorithm {alg!r} is not allowed")
-        if self._client is not None:
-            return self._client.get_signing_key_from_jwt(token).key
-        assert self._keyset is not None
         kid = header.get("kid")
-        keys = [k for k in self._keyset.keys if kid is None or k.key_id == kid]
-        if len(keys) != 1:
-            raise AuthFailed("no unique JWKS key matches the token's kid")
-        return keys[0].key
+        if self._url is not None:
+            return signing_key(self._url.keys(kid), kid, alg).key
+        assert self._keyset is not None
+        return signing_key(self._keyset.keys, kid, alg).key
 
     def verify(self, token: str) -> Principal:
         try:

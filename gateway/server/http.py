@@ -18,14 +18,10 @@ Slow headers are cut off by the uvicorn protocol (``gateway.server.sessions.http
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
 import secrets
-import shutil
-import socket
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +44,7 @@ from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.runtime.hosted import AgentHost
 from gateway.runtime.status import components
 from gateway.server.admin import admin_routes
+from gateway.server.agentsocket import open_agent_socket
 from gateway.server.auth import Authenticator
 from gateway.server.front import build_server
 from gateway.server.httpfront import HttpFront, McpEndpoint
@@ -309,24 +306,6 @@ def _operations_routes(state: HttpState, metrics: GatewayMetrics) -> list[Route]
         Route(PRM_PATH, resource_metadata, methods=["GET"]),
         Route(PRM_PATH + state.config.http.path, resource_metadata, methods=["GET"]),
     ]
-
-
-def open_agent_socket() -> socket.socket:
-    """The Unix socket hosted agents reach the gateway on (bound into their sandboxes).
-
-    Its folder is private to this process (mode 0711: the sandbox's uid 65534 may pass through
-    but not list it); the socket itself accepts anyone who can reach it, and every request still
-    needs an API key (each hosted agent run has its own).
-    """
-    folder = tempfile.mkdtemp(prefix="symbi-agents-")
-    os.chmod(folder, 0o711)
-    path = os.path.join(folder, "gateway.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    os.chmod(path, 0o666)
-    sock.listen(128)
-    atexit.register(shutil.rmtree, folder, True)
-    return sock
 
 
 def with_listen(config: Config, host: str | None = None, port: int | None = None) -> Config:

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.context import Principal, is_admin
 from gateway.errors import AuthFailed, NoCredentials, StateUnavailable
+from gateway.runtime.runkeys import RunCredentials
 from gateway.server.principals import http_session_key, scope_headers
 from gateway.server.resume import STREAM_OWNER, StreamOwner
 
@@ -230,6 +231,9 @@ class AuthGate:
         self.state = state
         self.mcp_path = state.config.http.path
         self._users: dict[tuple[Any, ...], AuthenticatedUser] = {}
+        # keys shared by replicas: a hosted agent's run key is checked against where it runs
+        cfg = state.config
+        self._runs = RunCredentials(cfg) if cfg.agents and state.auth.keys_over_network else None
 
     def _protected(self, path: str) -> str | None:
         return protected_area(path, self.mcp_path)
@@ -254,6 +258,9 @@ class AuthGate:
                 principal = await anyio.to_thread.run_sync(
                     auth.authenticate, headers, limiter=auth.limiter_for(headers)
                 )
+            if self._runs is not None and self._runs.applies(principal):
+                gw = self.state.gateway  # a hosted agent's key: good where and while it runs
+                await self._runs.admit(principal, gw.hosted if gw is not None else None)
         except NoCredentials:
             await self._challenge(scope, receive, send, None)
             return False

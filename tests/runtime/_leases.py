@@ -20,6 +20,7 @@ from gateway.runtime.core import AgentRuntime
 from gateway.runtime.hosted import AgentHost, HostedAgents
 from gateway.sandbox.manager import SandboxManager
 from gateway.server.auth import ApiKeyStore
+from gateway.state.leases import LeaseBoard, process_name
 
 NAME = "sleeper"
 
@@ -37,7 +38,9 @@ def replica(folder: Path, redis_url: str, mark: str, events: EventSink) -> Hoste
     socket.touch()
     host = AgentHost(str(socket), ApiKeyStore(folder / "keys.json"))
     manager = SandboxManager(config, sweep_orphans=False)
-    return HostedAgents(config, AgentRuntime(config, events), events, sandbox=manager, host=host)
+    # the board the assembly would make (on the process's Redis client; here one of its own)
+    board = LeaseBoard(redis_url, owner=process_name(config.data_dir), timeout_s=config.state.timeout_s)
+    return HostedAgents(config, AgentRuntime(config, events), events, sandbox=manager, host=host, board=board)
 
 
 def marked(mark: str) -> set[int]:

@@ -17,6 +17,7 @@ from gateway.assemble import make_gateway
 from gateway.config.load import load_config
 from gateway.state import RedisRateLimiter
 from gateway.state.handouts import RedisHandOuts
+from gateway.state.leases import LeaseBoard
 from tests.conftest import write_config
 from tests.state.engines import Redis
 
@@ -28,8 +29,16 @@ def _clients(r: Any) -> int:
 
 
 async def test_every_state_component_shares_the_one_client_closed_at_stop(
-    tmp_path: Path, redis_engine: Redis
+    tmp_path: Path, redis_engine: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    made: list[object] = []  # every lease board built, and the client it was given
+    real = LeaseBoard.__init__
+
+    def counted(self: LeaseBoard, *a: Any, **kw: Any) -> None:
+        made.append(kw.get("client"))
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(LeaseBoard, "__init__", counted)
     cfg = load_config(
         write_config(
             tmp_path,
@@ -57,6 +66,7 @@ async def test_every_state_component_shares_the_one_client_closed_at_stop(
     assert isinstance(st.limiter, RedisRateLimiter) and isinstance(st.handouts, RedisHandOuts)
     assert st.limiter._r is st.redis and st.handouts._r is st.redis
     assert st.sessions.board.redis is st.redis and gw.hosted.leased.board.redis is st.redis
+    assert made == [st.redis]  # one board, on the one client: none built from the URL and dropped
     async with gw.running():
         await anyio.sleep(1)  # the probes, the leases and the session board all at work
         assert _clients(probe) > before

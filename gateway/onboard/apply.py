@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import tomlkit
 from dotenv import dotenv_values, set_key
 
+from gateway.custody import write_atomic
 from gateway.errors import ConfigError
 from gateway.onboard.clients import ClientFile
 from gateway.onboard.plan import ImportPlan
@@ -47,7 +47,7 @@ def apply_plan(config: Path, plan: ImportPlan, env_file: Path) -> None:
     text = render_toml(config, plan, env_file)
     if plan.secrets:
         write_secrets(env_file, plan.secrets)
-    _atomic_write(config, text.encode(), mode=0o600)
+    write_atomic(config, text.encode(), mode=0o600)
 
 
 def write_secrets(env_file: Path, secrets: dict[str, str]) -> None:
@@ -99,8 +99,8 @@ def rewrite_client(
         table["symbi"] = client_entry(symbi, config, source)
     after = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     mode = os.stat(path).st_mode & 0o777
-    _atomic_write(backup, raw, mode=mode)  # the original first: never a rewrite without it
-    _atomic_write(path, after.encode(), mode=mode)
+    write_atomic(backup, raw, mode=mode)  # the original first: never a rewrite without it
+    write_atomic(path, after.encode(), mode=mode)
     return raw.decode("utf-8", errors="replace"), after
 
 
@@ -134,23 +134,3 @@ def _relative(path: Path, base: Path) -> str:
         return str(path.resolve().relative_to(base.resolve()))
     except ValueError:
         return str(path.resolve())
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write beside ``path`` under a fresh random name, then rename over it. The temporary file
-    is created exclusively (``mkstemp``: O_EXCL): a predictable name in a shared folder let
-    another user plant a symlink there (the write went through it into a file of theirs to
-    choose, the backup became that link) or a file of their own (the original config, secrets
-    and all, written into it)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-    try:
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -63,16 +63,16 @@ class Discovered:
         return shlex.join([str(self.table["command"]), *args])
 
     def public(self) -> dict[str, Any]:
-        """For the admin API and the dashboard: what it would launch, never its env, headers,
-        args or URL query (a client config keeps secrets there)."""
-        launches = self.table.get("command") or str(self.table.get("url", "")).split("?", 1)[0]
+        """For the admin API and the dashboard: what approving it runs, as ``symbi discover
+        list`` shows it (``launches``: recognisable secrets in the arguments masked, a URL
+        without its query); never its env or headers (a client config keeps secrets there)."""
         return {
             "name": self.name,
             "source": self.source,
             "original_name": self.original_name,
             "status": self.status,
             "transport": "stdio" if "command" in self.table else "http",
-            "launches": str(launches),
+            "launches": self.launches(),  # the approver sees the arguments too: one masking
             "first_seen": self.first_seen,
             "approved_by": self.approved_by,
         }

@@ -246,6 +246,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes, mode: int = PRIVATE_FILE) -> None:
+    """Replace ``path`` with ``data`` whole: written beside it under a fresh random name, then
+    renamed over it. The temporary file is created exclusively (``mkstemp``: O_EXCL, 0600, then
+    ``fchmod`` to ``mode``): a predictable name (``.NAME.tmp-PID``) let whoever can write the
+    folder plant a symlink there, and the write went through it into a file of their choosing,
+    or a file of their own, which then received what was written (secrets included)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def create_private(path: Path) -> None:
     """Create ``path`` empty with mode 0600 if it does not exist (before SQLite opens it, so its
     WAL and shared-memory files, which SQLite creates with the database's mode, are private too)."""

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from gateway.audit.record import key_id_of, public_pem
+from gateway.custody import write_atomic
 from gateway.errors import AuditError
 
 
@@ -42,15 +43,7 @@ def pending_key_path(key_path: Path) -> Path:
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` via a temp file, fsync and rename (never a half-written key)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode)  # a random O_EXCL name: never through a planted link
     _fsync_dir(path.parent)
 
 

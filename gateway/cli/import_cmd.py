@@ -7,7 +7,9 @@ under the gateway.
   pending until approved), their env/header values into the 0600 env file, and rewrites the
   client's config to launch ``symbi mcp`` (the original kept beside it).
 - ``symbi import --from FILE [--dry-run | --apply]``: the same for one file.
-- ``symbi import [CLIENT | --from FILE] --undo``: puts the client's original config back.
+- ``symbi import [CLIENT | --from FILE] --undo [--force]``: puts the client's original config
+  back; what the client wrote to it since is kept (only the import's entries go back), and an
+  undo that would lose some of it is refused unless ``--force``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from gateway.onboard import (
     rewrite_client,
     undo_client,
 )
-from gateway.onboard.apply import backup_path, render_toml
-from gateway.onboard.clients import CLIENTS, ClientFile, file_source, launches_symbi
+from gateway.onboard.apply import backup_path, record_path, render_toml
+from gateway.onboard.claude_trust import ClaudeCodeApprovals
+from gateway.onboard.clients import CLIENTS, ClientFile, FoundServer, file_source, launches_symbi
 from gateway.onboard.plan import ImportPlan, PlannedServer
 
 
@@ -50,8 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mode.add_argument("--apply", action="store_true", help="write symbi.toml and rewrite the client's config")
     mode.add_argument("--dry-run", action="store_true", help="show what would be written (the default)")
     mode.add_argument("--undo", action="store_true", help="restore the client's original config")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --undo: put the original back whole even when that loses the client's later changes",
+    )
     p.add_argument("--symbi", default=None, help="the symbi executable the client should launch")
     p.add_argument("--json", action="store_true", help="machine-readable listing")
+    p.add_argument(
+        "--include-unapproved",
+        action="store_true",
+        help="also import a project .mcp.json's servers rejected or never approved in Claude Code",
+    )
     p.set_defaults(func=_run)
 
 
@@ -64,8 +77,10 @@ def _run(args: argparse.Namespace) -> int:
         files = [file_source(args.from_file)]
     else:
         files = [f for f in find_client_files(home, Path.cwd(), env) if args.client in (None, f.client)]
+    if args.force and not args.undo:
+        raise ConfigError("--force goes with --undo only")
     if args.undo:
-        return _undo(files)
+        return _undo(files, args.force)
     if not files:
         print("no MCP client configs found" + (f" for {args.client}" if args.client else ""), file=sys.stderr)
         return 1
@@ -73,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     for s in [s for s in found if launches_symbi(s)]:
         print(f"skipped {s.name!r} in {s.source.path}: it launches symbi itself", file=sys.stderr)
     found = [s for s in found if not launches_symbi(s)]
+    if not args.include_unapproved:
+        found = _approved_in_claude_code(found, home)
     plan = make_plan(found, taken=_existing_servers(config))
     if args.json:
         print(_plan_json(plan.servers))
@@ -94,6 +111,29 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError("--apply needs a client name or --from FILE (which configs to rewrite)")
     _apply(args, files, plan, config, env_file)
     return 0
+
+
+def _approved_in_claude_code(found: list[FoundServer], home: Path) -> list[FoundServer]:
+    """A project ``.mcp.json`` comes with the repository: Claude Code starts only the servers
+    the user approved in its prompt, and so does the import (the gateway would start the
+    others' processes). The skipped ones are named with the reason."""
+    approvals: dict[Path, ClaudeCodeApprovals] = {}
+    kept = []
+    for s in found:
+        if s.source.client != "claude-code" or s.source.scope != "project":
+            kept.append(s)
+            continue
+        folder = s.source.path.parent
+        if folder not in approvals:
+            approvals[folder] = ClaudeCodeApprovals(home, folder)
+        if (why := approvals[folder].skipped(s.name)) is None:
+            kept.append(s)
+        else:
+            print(
+                f"skipped {s.name!r} in {s.source.path}: {why} (--include-unapproved imports it)",
+                file=sys.stderr,
+            )
+    return kept
 
 
 def _plan_json(servers: tuple[PlannedServer, ...]) -> str:
@@ -125,7 +165,7 @@ def _apply(
         names = [s.found.name for s in plan.servers if s.found.source == f]
         by_path.setdefault(f.path, []).append((f, names))
     for path in by_path:  # refuse before writing anything
-        if os.path.lexists(backup_path(path)):
+        if os.path.lexists(backup_path(path)) or os.path.lexists(record_path(path)):
             raise ConfigError(f"{path}: already rewritten by symbi (run `symbi import --undo` first)")
     apply_plan(config, plan, env_file)
     symbi = args.symbi or str(Path(sys.executable).with_name("symbi"))
@@ -143,12 +183,15 @@ def _apply(
     )
 
 
-def _undo(files: list[ClientFile]) -> int:
+def _undo(files: list[ClientFile], force: bool) -> int:
     done = 0
     for path in {f.path for f in files}:
-        if undo_client(path):
+        how = undo_client(path, force)
+        if how == "restored":
             print(f"{path}: original restored", file=sys.stderr)
-            done += 1
+        elif how == "merged":
+            print(f"{path}: changed since the import: only the import's entries put back", file=sys.stderr)
+        done += how is not None
     if done == 0:
         print("nothing to undo", file=sys.stderr)
         return 1

@@ -48,6 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("path", type=Path)
     a.add_argument("--glob", default="**/*", help="which files under PATH (default **/*)")
     a.add_argument("--no-prune", action="store_true", help="keep chunks of files that left PATH")
+    a.add_argument(
+        "--accept-flagged",
+        type=_rules,
+        default=frozenset(),
+        metavar="RULE[,RULE]",
+        help="store the one file PATH names though screening flags it with these rules (read it first); "
+        "kept for its exact bytes only",
+    )
     a.set_defaults(func=_add)
     ls = ks.add_parser("list", help="bases with their files and chunks")
     ls.set_defaults(func=_list)
@@ -132,6 +140,14 @@ def _redact_patterns(config: Config, base: str) -> list[str]:
         engine.close()
 
 
+def _rules(text: str) -> frozenset[str]:
+    """``SP002,SP004``: screening rule ids, each named exactly (no pattern, no "all")."""
+    rules = frozenset(r.strip().upper() for r in text.split(","))
+    if not rules or not all(re.fullmatch(r"SP\d{3}", r) for r in rules):
+        raise argparse.ArgumentTypeError(f"{text!r}: screening rule ids such as SP002,SP004")
+    return rules
+
+
 def _add(args: argparse.Namespace) -> int:
     config = _config(args)
     redact = _redact_patterns(config, args.base)
@@ -144,6 +160,7 @@ def _add(args: argparse.Namespace) -> int:
             prune=not args.no_prune,
             progress=None if args.json else _progress,
             redact=redact,
+            accept_flagged=args.accept_flagged,
         )
         if rep.chunks:
             m.store.optimize()  # build the HNSW index now, not on the gateway's request path
@@ -152,6 +169,8 @@ def _add(args: argparse.Namespace) -> int:
     d = rep.as_dict()
     for src, reasons in rep.flagged.items():
         print(f"{src}: not ingested: screening flagged it: {'; '.join(reasons)}", file=sys.stderr)
+    for src, rules in rep.accepted.items():
+        print(f"{src}: ingested though screening flags it: {', '.join(rules)} accepted", file=sys.stderr)
     if args.json:
         print(json.dumps(d))
     else:

@@ -58,6 +58,7 @@ class IngestReport:
     chunks: int = 0
     redacted: int = 0  # matches of the policy's redact_text patterns replaced before embedding
     flagged: dict[str, list[str]] = field(default_factory=dict)  # source -> screening findings
+    accepted: dict[str, list[str]] = field(default_factory=dict)  # source -> rules an operator accepted
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,6 +71,7 @@ class IngestReport:
             "chunks": self.chunks,
             "redacted": self.redacted,
             "flagged": len(self.flagged),
+            "accepted": len(self.accepted),
             "seconds": round(self.seconds, 3),
         }
 
@@ -156,6 +158,14 @@ class KnowledgeBases:
             for p in self.m.store.scroll({"kind": "knowledge", "base": base}, limit=1_000_000)
         }
 
+    def _acceptances(self, base: str) -> dict[str, Any]:
+        """source -> the acceptance stored with it (``{"sha256": of the file's bytes, "rules"}``)."""
+        return {
+            str(p.payload.get("source")): p.payload["accepted"]
+            for p in self.m.store.scroll({"kind": "knowledge", "base": base, "chunk": 0}, limit=1_000_000)
+            if isinstance(p.payload.get("accepted"), dict)
+        }
+
     def add(
         self,
         base: str,
@@ -165,19 +175,26 @@ class KnowledgeBases:
         prune: bool = True,
         progress: Callable[[int, int, str], None] | None = None,
         redact: Sequence[str] = (),
+        accept_flagged: frozenset[str] = frozenset(),
     ) -> IngestReport:
         """Ingest the files under ``path`` matching ``glob``; a file path ingests that file.
 
         ``redact``: regular expressions (the policy's ``redact_text``) whose matches are replaced
-        before anything is chunked, embedded or stored."""
+        before anything is chunked, embedded or stored. ``accept_flagged``: screening rules an
+        operator read and accepted in the one file ``path`` names (a document quoting an
+        injection to teach about it); stored with its chunks for that file's exact bytes."""
         import time
 
         started = time.perf_counter()
         check_name(base, "base")
         root, files = _listed(path, glob)
+        if accept_flagged and not root.is_file():
+            # an accept is for what a person read: one file, never every file of a folder
+            raise ContextError(f"{path}: --accept-flagged names rules read in one file: name the file")
         inside = root if root.is_dir() else None
         rep = IngestReport(base)
         stored = self._manifest(base)
+        accepted = self._acceptances(base)
         for n, f in enumerate(files, 1):
             data = read_file(f, inside)
             # the patterns and the screening are part of the version: a new redaction pattern
@@ -188,14 +205,20 @@ class KnowledgeBases:
                 rep.unchanged.append(src)
             else:
                 text, n_redacted = redact_text(data.decode("utf-8", errors="replace"), redact)
-                if flagged := _screened(text):
+                found = _screened(text)
+                acceptance = _acceptance(
+                    found, hashlib.sha256(data).hexdigest(), accepted.get(src), accept_flagged
+                )
+                if found and acceptance is None:
                     # what the file says now would speak to every agent it is handed to
                     self.m.store.delete(filter={"kind": "knowledge", "base": base, "source": src})
-                    rep.flagged[src] = flagged
+                    rep.flagged[src] = [line for _, line in found]
                 else:
                     (rep.updated if src in stored else rep.added).append(src)
+                    if acceptance:
+                        rep.accepted[src] = acceptance["rules"]
                     rep.redacted += n_redacted
-                    rep.chunks += self._put(base, src, sha, text)
+                    rep.chunks += self._put(base, src, sha, text, acceptance)
             if progress:
                 progress(n, len(files), src)
         if prune and inside is not None:
@@ -208,7 +231,7 @@ class KnowledgeBases:
         self.m.events.emit(Event.KNOWLEDGE_INGESTED, rep.as_dict())
         return rep
 
-    def _put(self, base: str, src: str, sha: str, text: str) -> int:
+    def _put(self, base: str, src: str, sha: str, text: str, accepted: dict[str, Any] | None = None) -> int:
         meta, text = front_matter(text)
         chunks = chunk_text(text)
         flt: dict[str, Any] = {"kind": "knowledge", "base": base, "source": src}
@@ -231,6 +254,7 @@ class KnowledgeBases:
                         "text": c.text,
                         "ts": now,
                         "meta": meta,
+                        **({"accepted": accepted} if accepted else {}),
                     },
                 )
                 for i, c in enumerate(chunks)
@@ -295,7 +319,22 @@ def _listed(path: Path, glob: str) -> tuple[Path, list[Path]]:
     return root, files
 
 
-def _screened(text: str) -> list[str]:
+def _acceptance(
+    found: list[tuple[str, str]], digest: str, kept: Any, named: frozenset[str]
+) -> dict[str, Any] | None:
+    """The acceptance a flagged file is stored with: every rule it trips accepted, by the
+    operator now (``named``) or earlier for these exact bytes (``kept``); else None (refused).
+    A file that changed is screened again and needs a new accept."""
+    rules = sorted({rule for rule, _ in found})
+    earlier = (
+        set(kept.get("rules") or []) if isinstance(kept, dict) and kept.get("sha256") == digest else set()
+    )
+    if not found or not set(rules) <= (named | earlier):
+        return None
+    return {"sha256": digest, "rules": rules}
+
+
+def _screened(text: str) -> list[tuple[str, str]]:
     """The high screening findings of a file's text that speak to the model (the tool
     definitions' rules: hidden instructions, concealment, shadowing), as ``field: summary
     (rule)``; none: it may be stored. Knowledge is handed to agents as shared memories are. The
@@ -305,7 +344,7 @@ def _screened(text: str) -> list[str]:
     # read without invisible characters, as the model reads it: "I\u200bgnore all prev\u200bious
     # instructions" matched no rule (and a BOM or soft hyphen alone is no reason to refuse a file)
     flagged = screen_texts([("text", INVISIBLE.sub("", text))]).at_least("high")
-    return [f"{f.field}: {f.summary} ({f.rule})" for f in flagged if f.category in MODEL_DIRECTED]
+    return [(f.rule, f"{f.field}: {f.summary} ({f.rule})") for f in flagged if f.category in MODEL_DIRECTED]
 
 
 def read_file(path: Path, inside: Path | None) -> bytes:

@@ -7,11 +7,13 @@
 - ``apply``: writes ``[servers.*]`` into ``symbi.toml`` (strict verification: pending until a
   person approves), rewrites a client's config to launch ``symbi mcp`` (the original kept
   beside it, byte for byte, for ``symbi import --undo``).
+- ``undo``: ``symbi import --undo`` without losing what the client wrote to its file since.
 """
 
-from gateway.onboard.apply import apply_plan, rewrite_client, undo_client
+from gateway.onboard.apply import apply_plan, rewrite_client
 from gateway.onboard.clients import ClientFile, FoundServer, find_client_files, read_client_file
 from gateway.onboard.plan import ImportPlan, make_plan
+from gateway.onboard.undo import undo_client
 
 __all__ = [
     "ClientFile",

@@ -3,10 +3,9 @@ client's config rewritten to launch ``symbi mcp`` (the original kept for ``--und
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import stat
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,13 @@ from typing import Any
 import tomlkit
 from dotenv import dotenv_values, set_key
 
+from gateway.custody import write_atomic
 from gateway.errors import ConfigError
 from gateway.onboard.clients import ClientFile
 from gateway.onboard.plan import ImportPlan
 
 BACKUP_SUFFIX = ".symbi-backup"
+RECORD_SUFFIX = ".symbi-import"
 
 
 def render_toml(config: Path, plan: ImportPlan, env_file: Path) -> str:
@@ -47,7 +48,7 @@ def apply_plan(config: Path, plan: ImportPlan, env_file: Path) -> None:
     text = render_toml(config, plan, env_file)
     if plan.secrets:
         write_secrets(env_file, plan.secrets)
-    _atomic_write(config, text.encode(), mode=0o600)
+    write_atomic(config, text.encode(), mode=0o600)
 
 
 def write_secrets(env_file: Path, secrets: dict[str, str]) -> None:
@@ -79,13 +80,13 @@ def rewrite_client(
 ) -> tuple[str, str]:
     """One client config file launches ``symbi mcp`` in place of the imported servers, in each
     of its server tables given (``~/.claude.json`` has a user and a project-local one).
-    Returns (before, after) texts; the original bytes are kept beside it, for ``--undo``."""
+    Returns (before, after) texts; the original bytes are kept beside it, and a record of what was written, for ``--undo``."""
     paths = {s.path for s, _ in sources}
     if len(paths) != 1:
         raise ValueError(f"rewrite_client: one file at a time, not {sorted(map(str, paths))}")
     path = paths.pop()
     backup = backup_path(path)
-    if os.path.lexists(backup):  # a dangling symlink too
+    if os.path.lexists(backup) or os.path.lexists(record_path(path)):  # a dangling symlink too
         raise ConfigError(f"{path}: already rewritten by symbi (run `symbi import --undo` first)")
     raw = path.read_bytes()
     doc = json.loads(raw)
@@ -99,28 +100,24 @@ def rewrite_client(
         table["symbi"] = client_entry(symbi, config, source)
     after = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     mode = os.stat(path).st_mode & 0o777
-    _atomic_write(backup, raw, mode=mode)  # the original first: never a rewrite without it
-    _atomic_write(path, after.encode(), mode=mode)
+    record = {
+        "sha256": hashlib.sha256(after.encode()).hexdigest(),
+        "tables": [{"section": list(s.section), "names": list(names)} for s, names in sources],
+    }
+    write_atomic(backup, raw, mode=mode)  # the original first: never a rewrite without it
+    write_atomic(record_path(path), json.dumps(record).encode())
+    write_atomic(path, after.encode(), mode=mode)
     return raw.decode("utf-8", errors="replace"), after
-
-
-def undo_client(path: Path) -> bool:
-    """Put the original back, byte for byte. False when there is nothing to undo."""
-    backup = backup_path(path)
-    try:
-        st = os.lstat(backup)
-    except FileNotFoundError:
-        return False
-    # only a file symbi wrote: a symlink or someone else's file put there would become the
-    # client's config (the servers it launches)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
-        raise ConfigError(f"{backup}: not a regular file of this user: not restored (look at it)")
-    os.replace(backup, path)
-    return True
 
 
 def backup_path(path: Path) -> Path:
     return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def record_path(path: Path) -> Path:
+    """What the import wrote to the client's file (its digest, the tables and names it
+    changed): ``--undo`` tells from it whether the client wrote to its file since."""
+    return path.with_name(path.name + RECORD_SUFFIX)
 
 
 def _inline(d: dict[str, Any]) -> Any:
@@ -134,23 +131,3 @@ def _relative(path: Path, base: Path) -> str:
         return str(path.resolve().relative_to(base.resolve()))
     except ValueError:
         return str(path.resolve())
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Write beside ``path`` under a fresh random name, then rename over it. The temporary file
-    is created exclusively (``mkstemp``: O_EXCL): a predictable name in a shared folder let
-    another user plant a symlink there (the write went through it into a file of theirs to
-    choose, the backup became that link) or a file of their own (the original config, secrets
-    and all, written into it)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-    try:
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

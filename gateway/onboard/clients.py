@@ -234,6 +234,9 @@ def _load(path: Path) -> dict[str, Any]:
     return doc
 
 
+load_json = _load  # the same bounded read for Claude Code's settings files (claude_trust)
+
+
 def _claude_desktop_path(home: Path, environ: Mapping[str, str], platform: str) -> Path:
     if platform == "darwin":
         return home / "Library" / "Application Support" / "Claude" / "claude_desktop_config.json"

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shlex
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.model import Config
+from gateway.custody import write_atomic
 from gateway.errors import ConfigError
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.onboard.clients import (
@@ -64,16 +63,16 @@ class Discovered:
         return shlex.join([str(self.table["command"]), *args])
 
     def public(self) -> dict[str, Any]:
-        """For the admin API and the dashboard: what it would launch, never its env, headers,
-        args or URL query (a client config keeps secrets there)."""
-        launches = self.table.get("command") or str(self.table.get("url", "")).split("?", 1)[0]
+        """For the admin API and the dashboard: what approving it runs, as ``symbi discover
+        list`` shows it (``launches``: recognisable secrets in the arguments masked, a URL
+        without its query); never its env or headers (a client config keeps secrets there)."""
         return {
             "name": self.name,
             "source": self.source,
             "original_name": self.original_name,
             "status": self.status,
             "transport": "stdio" if "command" in self.table else "http",
-            "launches": str(launches),
+            "launches": self.launches(),  # the approver sees the arguments too: one masking
             "first_seen": self.first_seen,
             "approved_by": self.approved_by,
         }
@@ -257,16 +256,8 @@ class Discovery:
         self.state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # the servers' env and headers (the client configs' secrets) are in it: a fresh 0600
         # file of a random name (O_EXCL), never one planted at a predictable name
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.state.name}.", dir=self.state.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(
-                    {"servers": {k: v.as_dict() for k, v in entries.items()}}, f, indent=2, sort_keys=True
-                )
-            os.replace(tmp, self.state)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        doc = {"servers": {k: v.as_dict() for k, v in entries.items()}}
+        write_atomic(self.state, json.dumps(doc, indent=2, sort_keys=True).encode())
 
 
 def discovery_store(config: Config, events: EventSink | None = None) -> Discovery:

@@ -5,8 +5,9 @@ and needs a new accept."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from gateway.custody import write_atomic
 
 
 class AcceptedFindings:
@@ -36,8 +37,6 @@ class AcceptedFindings:
         current = self.load()
         current[tool] = definition_hash
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"accepted": current}, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
+        # a random O_EXCL name: a link planted at ".NAME.tmp-PID" was written through
+        doc = json.dumps({"accepted": current}, indent=2, sort_keys=True)
+        write_atomic(self.path, doc.encode())

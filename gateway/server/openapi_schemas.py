@@ -136,7 +136,7 @@ SCHEMAS: dict[str, Any] = {
     "Discovered": {
         "type": "object",
         "additionalProperties": False,
-        "description": "a discovered server; never its env, headers, args or URL query",
+        "description": "a discovered server; never its env or headers",
         "required": ["name", "source", "original_name", "status", "transport", "launches"],
         "properties": {
             "name": {"type": "string"},
@@ -144,7 +144,11 @@ SCHEMAS: dict[str, Any] = {
             "original_name": {"type": "string"},
             "status": {"type": "string", "enum": ["quarantined", "approved", "removed"]},
             "transport": {"type": "string", "enum": ["stdio", "http"]},
-            "launches": {"type": "string"},
+            "launches": {
+                "type": "string",
+                "description": "what approving it runs: the command line (shell-quoted, recognisable secrets "
+                "in its arguments shown as ***) or the URL without its query",
+            },
             "first_seen": {"type": "number"},
             "approved_by": _NULLSTR,
         },

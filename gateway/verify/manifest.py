@@ -14,11 +14,10 @@ discovered key.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from gateway.custody import write_atomic
 from gateway.errors import ConfigError
 from schemapin import SchemaPinError, parse_json
 
@@ -59,8 +58,4 @@ def save_manifest(path: Path, upstream: str, envelopes: dict[str, dict[str, Any]
     """Write atomically (temp file + rename), so a running gateway never reads half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"version": 1, "upstream": upstream, "tools": [envelopes[k] for k in sorted(envelopes)]}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())

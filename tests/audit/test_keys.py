@@ -48,3 +48,18 @@ def test_one_writer_per_log(log_paths: tuple[Path, Path]) -> None:
             AuditLog(*log_paths)
     finally:
         log.close()
+
+
+def test_the_signing_key_is_never_written_through_a_link_planted_at_a_temporary_name(
+    log_paths: tuple[Path, Path],
+) -> None:
+    """Attack: a symlink planted at ``.audit-key.pem.tmp<pid>`` (the name the key was written
+    under) took the new private key into a file of the planter's choosing."""
+    key_path = log_paths[1]
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    catch = key_path.parent.parent / "caught.pem"
+    catch.write_text("")
+    os.symlink(catch, key_path.with_name(f".{key_path.name}.tmp{os.getpid()}"))
+    AuditLog(*log_paths).close()
+    assert catch.read_text() == "" and not key_path.is_symlink()
+    load_private_key(key_path)

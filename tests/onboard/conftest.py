@@ -70,7 +70,11 @@ def machine(tmp_path: Path) -> Machine:
                 "time": {"type": "stdio", "command": "uvx", "args": ["mcp-server-time"], "env": {}}
             },
             "projects": {
-                str(m.project): {"mcpServers": {"local-db": {"command": "db-mcp", "cwd": "/srv/db"}}}
+                str(m.project): {
+                    "mcpServers": {"local-db": {"command": "db-mcp", "cwd": "/srv/db"}},
+                    # the user approved the project's .mcp.json servers in Claude Code's prompt
+                    "enabledMcpjsonServers": ["github", "filesystem"],
+                }
             },
         },
     )

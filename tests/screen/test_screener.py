@@ -276,3 +276,19 @@ def test_a_plain_schema_has_nothing_to_find() -> None:
         dependentSchemas={"message": {"description": "Needs a message."}},
     )
     assert screen_definition("tool", plain).findings == ()
+
+
+def test_an_accept_is_never_written_through_a_link_planted_at_a_temporary_name(tmp_path: Path) -> None:
+    """Attack: whoever can write the folder plants a symlink at the temporary name the file was
+    written under (``.screening-accepted.json.tmp-<pid>``): the accept went through it into a
+    file of theirs to choose, and the accepted list became whatever that file then held."""
+    import os
+
+    path = tmp_path / "data" / "screening-accepted.json"
+    path.parent.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    os.symlink(victim, path.with_name(f".{path.name}.tmp-{os.getpid()}"))
+    AcceptedFindings(path).accept("up__a", "h1")
+    assert victim.read_text() == "keep me\n"
+    assert not path.is_symlink() and AcceptedFindings(path).load() == {"up__a": "h1"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -321,6 +323,10 @@ async def test_discovered_server_approved_from_the_api_and_dashboard(
             listed = check(httpx.Response(r.status_code, content=r.content), 200, "DiscoveredList")
             assert {d["status"] for d in listed["servers"]} == {"quarantined"}
             assert SECRET not in r.text  # env and args stay in the data dir
+            # what approving runs, arguments included, recognisable secrets masked (as the CLI)
+            shown = {d["name"]: d["launches"] for d in listed["servers"]}
+            assert shown["other"] == shlex.join([sys.executable, str(MUTABLE), "--key=***"])
+            assert shown["mut"] == shlex.join([sys.executable, str(MUTABLE)])
             assert (await api.post("/discovered/mut/approve", headers=bearer(keys.user))).status_code == 403
             assert (await api.post("/discovered/nope/approve", headers=bearer(keys.admin))).status_code == 404
             r = await api.post("/discovered/mut/approve", headers=bearer(keys.admin))
@@ -334,6 +340,7 @@ async def test_discovered_server_approved_from_the_api_and_dashboard(
             cookies = {COOKIE: login.cookies[COOKIE]}
             page = (await web.get("/upstreams", cookies=cookies)).text
             assert 'id="approve-other"' in page and 'id="approve-mut"' not in page and SECRET not in page
+            assert html.escape(shlex.join([sys.executable, str(MUTABLE), "--key=***"])) in page
             csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
             done = await web.post("/discovered/other/approve", data={"csrf": csrf}, cookies=cookies)
             assert done.status_code == 200 and 'id="approve-other"' not in done.text

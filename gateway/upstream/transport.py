@@ -66,6 +66,12 @@ async def open_transport(
                     await anyio.to_thread.run_sync(cleanup)
     else:
         assert server.url is not None
+        if server.unsafe_plain_http:
+            _logger.warning(
+                "UNSAFE: upstream %s: its credentials go over plain HTTP (servers.%s.unsafe_plain_http)",
+                name,
+                name,
+            )
         timeout = httpx2.Timeout(config.mcp.connection_timeout_s, read=call_timeout + 5)
         limit = config.mcp.max_message_bytes
         async with httpx2.AsyncClient(

@@ -16,7 +16,7 @@ from mcp import StdioServerParameters
 from gateway.compat import screened_http_client
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable
-from gateway.upstream.bounded_http import bounded_responses
+from gateway.upstream.bounded_http import bounded_responses, paced_gets
 from gateway.upstream.fastcall import FastLane
 from gateway.upstream.runas import RunAs, check_launchable, working_folder
 from gateway.upstream.stderr import StderrToLog
@@ -77,7 +77,8 @@ async def open_transport(
         async with httpx2.AsyncClient(
             headers=dict(server.headers),
             timeout=timeout,
-            event_hooks={"response": [bounded_responses(limit, on_oversized)]},
+            # GETs paced: a server's retry: 0 is not a reconnect loop (bounded_http.paced_gets)
+            event_hooks={"request": [paced_gets()], "response": [bounded_responses(limit, on_oversized)]},
         ) as hc:
             async with screened_http_client(
                 server.url, http_client=hc, max_sse_event_size=limit, seen=on_unreadable

@@ -4,12 +4,14 @@
 handshake and ``tools/list`` (one tool ``t``) normally; ``tools/call`` of ``t`` answers as the
 ``mode`` argument says:
 - ``ok``: a JSON result (``text`` = the ``message`` argument);
+- ``given``: the ``message`` argument is the whole result;
 - ``drip``: an SSE stream that never answers, only an SSE comment every 0.2 s (a slow drip:
   no read ever times out), open until the client goes away.
 The GET stream (server to client) answers as ``$HOSTILE_GET`` says: ``storm`` is an SSE stream
 that sets ``retry: 0`` and ends at once (so a client that honours ``retry`` reconnects without
-pause), anything else 405. ``GET /stats`` (not MCP) answers the counters as JSON: GETs of
-``/mcp`` seen, drip streams open now and in all, every request's ``authorization`` header.
+pause), ``flood`` a stream of ``$HOSTILE_FLOOD`` (2000) tools/list_changed notifications at once,
+then nothing; anything else 405. ``GET /stats`` (not MCP) answers the counters as JSON: GETs of
+``/mcp`` seen, tools/list requests, drip streams open now and in all, every request's ``authorization`` header.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ TOOL = {
     "description": "Answers as the mode argument says.",
     "inputSchema": {"type": "object", "properties": {"mode": {"type": "string"}, "message": {}}},
 }
-STATS: dict[str, Any] = {"gets": 0, "drips_open": 0, "drips": 0, "authorization": []}
+STATS: dict[str, Any] = {"gets": 0, "drips_open": 0, "drips": 0, "lists": 0, "authorization": []}
+FLOOD = int(os.environ.get("HOSTILE_FLOOD", "2000"))
 
 
 def _answer(rid: Any, result: dict[str, Any]) -> JSONResponse:
@@ -51,9 +54,17 @@ async def _drip() -> AsyncIterator[bytes]:
         STATS["drips_open"] -= 1
 
 
+async def _flood() -> AsyncIterator[bytes]:
+    note = json.dumps({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+    yield f"event: message\ndata: {note}\n\n".encode() * FLOOD
+    await anyio.sleep_forever()
+
+
 def _call(rid: Any, args: dict[str, Any]) -> Response:
     if args.get("mode") == "drip":
         return StreamingResponse(_drip(), media_type="text/event-stream", headers={"mcp-session-id": SESSION})
+    if args.get("mode") == "given":  # the message argument is the whole result
+        return _answer(rid, args.get("message") or {})
     return _answer(rid, {"content": [{"type": "text", "text": str(args.get("message", ""))}]})
 
 
@@ -73,6 +84,7 @@ async def post(request: Request) -> Response:
             },
         )
     if method == "tools/list":
+        STATS["lists"] += 1
         return _answer(rid, {"tools": [TOOL]})
     if method == "tools/call":
         return _call(rid, msg["params"].get("arguments") or {})
@@ -88,6 +100,8 @@ async def get(request: Request) -> Response:
     STATS["gets"] += 1
     if os.environ.get("HOSTILE_GET") == "storm":
         return Response(b"retry: 0\n\n", media_type="text/event-stream")
+    if os.environ.get("HOSTILE_GET") == "flood":
+        return StreamingResponse(_flood(), media_type="text/event-stream")
     return Response(status_code=405)
 
 

@@ -87,3 +87,21 @@ async def test_a_retry_zero_get_stream_is_not_a_reconnect_storm(tmp_path: Path) 
             ok = await s.call_tool("mut__t", {"mode": "ok", "message": "still served"})
     assert not ok.is_error
     assert 1 <= gets <= 10, gets  # 3-4 at one a second; unpaced, hundreds
+
+
+async def test_a_list_changed_storm_is_not_a_listing_per_notification(tmp_path: Path) -> None:
+    """Attack: the upstream's GET stream carries 2000 tools/list_changed notifications at once.
+    Each started its own refresh: a tools/list to the upstream, its validation and a catalogue
+    rebuild per notification (some 500 listings in 5 s), a lever a server can pull forever.
+    Now refreshes are coalesced: one runs, one waits with every list named meanwhile."""
+    with hostile(HOSTILE_GET="flood") as port:
+        async with stdio_session(config(tmp_path, port)) as s:
+            lists, last = 0, -1
+            with anyio.move_on_after(30):  # until the listings stop (bounded)
+                while lists != last:
+                    last = lists
+                    await anyio.sleep(1)
+                    lists = stats(port)["lists"]
+            ok = await s.call_tool("mut__t", {"mode": "ok", "message": "still served"})
+    assert not ok.is_error
+    assert 2 <= lists <= 200, lists  # the first listing and the coalesced ones; uncoalesced, 2001

@@ -14,6 +14,7 @@ import re
 import socket
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client, types
 from mcp.server import Server, ServerRequestContext
@@ -368,7 +369,7 @@ def test_the_screened_http_transport_overrides_what_the_sdk_parses_in() -> None:
 
     from gateway.compat.httpclient import ScreenedTransport
 
-    for name in ("_handle_sse_event", "_handle_json_response"):
+    for name in ("_handle_sse_event", "_handle_json_response", "_consume_modern_cancellation"):
         sdk = inspect.signature(getattr(StreamableHTTPTransport, name))
         assert list(inspect.signature(getattr(ScreenedTransport, name)).parameters) == list(sdk.parameters)
     started = {
@@ -386,6 +387,21 @@ def test_the_screened_http_transport_overrides_what_the_sdk_parses_in() -> None:
     }
     for name, params in started.items():
         assert list(inspect.signature(getattr(StreamableHTTPTransport, name)).parameters) == params
+
+
+async def test_the_screened_transport_finds_the_posts_it_closes() -> None:
+    """An abandoned 2025-11-25 request's POST is closed through the SDK's record of the POSTs in
+    flight (its behaviour: tests/upstream/test_hostile_http.py): a dict of entries with a cancel
+    scope, filled before the POST task runs, and the SDK's parse of a cancel frame's id."""
+    from mcp.client.streamable_http import _InFlightPost
+    from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
+
+    from gateway.compat.httpclient import ScreenedTransport
+
+    transport = ScreenedTransport("http://127.0.0.1:9/mcp", max_sse_event_size=None, seen=print, reply=None)  # type: ignore[arg-type]
+    assert transport._in_flight_posts == {}
+    assert isinstance(_InFlightPost(scope=anyio.CancelScope(), modern=False).scope, anyio.CancelScope)
+    assert cancelled_request_id_from_params({"requestId": 7}) == 7
 
 
 def test_a_missing_attribute_is_named() -> None:

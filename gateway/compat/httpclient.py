@@ -9,6 +9,12 @@ call. ``ScreenedTransport`` overrides the two private methods that parse
 (``_handle_sse_event``, ``_handle_json_response``): each runs the SDK's own with the read stream
 watched, and only when it reports a failure is the raw text read again. ``screened_http_client``
 is ``streamable_http_client`` with that transport (the SDK builds its transport inside).
+
+It also ends the POST of a request the session abandoned (timed out, cancelled) under the
+2025-11-25 protocol too: the SDK aborts it only at 2026-07-28 and, before that, only POSTs the
+``notifications/cancelled`` frame, so a server that keeps the request's SSE stream open (an SSE
+comment now and then: no read ever times out) held one connection and task per timed-out call
+for as long as it liked. The frame is still POSTed; the stream is closed as well.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from httpx2 import ServerSentEvent
 from mcp.client.streamable_http import StreamableHTTPTransport
 from mcp.shared._compat import resync_tracer
 from mcp.shared._context_streams import ContextSendStream, create_context_streams
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
-from mcp_types import PARSE_ERROR, JSONRPCError, RequestId
+from mcp_types import PARSE_ERROR, JSONRPCError, JSONRPCNotification, RequestId
 
 from gateway.errors import SdkChanged
 from gateway.upstream.unreadable import Unreadable, error_message, refused_answer, unreadable
@@ -59,8 +66,25 @@ class ScreenedTransport(StreamableHTTPTransport):
 
     def __init__(self, url: str, *, max_sse_event_size: int | None, seen: Seen, reply: _Writer) -> None:
         super().__init__(url, max_sse_event_size=max_sse_event_size)
+        if not isinstance(getattr(self, "_in_flight_posts", None), dict):
+            raise SdkChanged("StreamableHTTPTransport._in_flight_posts")
         self._seen = seen
         self._reply = reply  # the session's write stream: an answer sent there is POSTed
+
+    def _consume_modern_cancellation(self, session_message: SessionMessage) -> bool:
+        consumed: bool = super()._consume_modern_cancellation(session_message)
+        message = session_message.message
+        if consumed or not (
+            isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled"
+        ):
+            return consumed
+        # 2025-11-25: the frame is POSTed (returned False) and the abandoned request's POST,
+        # whose answer nobody waits for any more, is closed too (the SDK leaves it open)
+        request_id = cancelled_request_id_from_params(message.params)
+        post = self._in_flight_posts.get(request_id) if request_id is not None else None
+        if post is not None:
+            post.scope.cancel()
+        return False
 
     async def _handle_sse_event(
         self,

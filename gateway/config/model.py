@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,6 +47,7 @@ from gateway.config.sections import (
     TelemetrySection,
     TierName,
     VerificationMode,
+    https_or_loopback,
     sandbox_network_refusal,
 )
 from gateway.config.sizes import parse_size
@@ -102,6 +104,8 @@ class ServerConfig(Section):
     cwd: PathT | None = None
     url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    # credentials (headers, user:password@) over plain http:// to another host: refused unless this
+    unsafe_plain_http: bool = False
     enabled: bool = True
     timeout_s: float | None = Field(default=None, gt=0)  # per-call timeout; default mcp.call_timeout_s
     pass_through: bool = False  # keep original names (one upstream only)
@@ -147,7 +151,21 @@ class ServerConfig(Section):
             )
         if self.command is not None and self.headers:
             raise ValueError("'headers' only apply to HTTP servers ('url')")
+        self._check_plain_http()
         return self
+
+    def _check_plain_http(self) -> None:
+        """Credentials go over https:// or to this host: on plain http:// to another host anyone
+        on the path reads the bearer token (``unsafe_plain_http`` says so on purpose)."""
+        plain = self.url is not None and not https_or_loopback(self.url)
+        if self.unsafe_plain_http and not plain:
+            raise ValueError("'unsafe_plain_http' applies only to an http:// 'url' to another host")
+        parts = urlsplit(self.url or "")
+        if plain and not self.unsafe_plain_http and (self.headers or parts.username or parts.password):
+            raise ValueError(
+                "'headers' or user:password@ in 'url' would go over plain http:// to another host: "
+                "use https:// (or set unsafe_plain_http = true on a network you trust)"
+            )
 
 
 @dataclass(frozen=True)
@@ -368,6 +386,15 @@ class Config(Section):
                     "unsandboxed stdio upstreams share a user with nothing between them",
                 )
             )
+        for name, srv in self.servers.items():
+            if srv.unsafe_plain_http:
+                out.append(
+                    UnsafeOption(
+                        f"servers.{name}.unsafe_plain_http",
+                        "upstream credentials sent over plain HTTP",
+                        every_call=False,
+                    )
+                )
         if self.mcp.insecure_discovery_http:
             out.append(UnsafeOption("mcp.insecure_discovery_http", "key discovery over plain HTTP"))
         return out

@@ -214,15 +214,16 @@ class JwtSection(Section):
             raise ValueError("exactly one of http.jwt.jwks_file or http.jwt.jwks_url is required")
         if "none" in {a.lower() for a in self.algorithms}:
             raise ValueError("http.jwt.algorithms must not contain 'none'")
-        if self.jwks_url is not None and not _trusted_jwks_url(self.jwks_url):
+        if self.jwks_url is not None and not https_or_loopback(self.jwks_url):
             # whoever answers this URL decides whose tokens are valid (an admin's included):
             # plain http to another host lets anyone on the path serve its own keys
             raise ValueError("http.jwt.jwks_url must be an https:// URL (http:// only to a loopback address)")
         return self
 
 
-def _trusted_jwks_url(url: str) -> bool:
-    """https://, or http:// to this host (a loopback address or ``localhost``)."""
+def https_or_loopback(url: str) -> bool:
+    """https://, or http:// to this host (a loopback address or ``localhost``): a URL no one on
+    the network path can read or answer in the peer's place."""
     parts = urlsplit(url)
     if not parts.hostname:
         return False

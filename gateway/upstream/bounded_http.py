@@ -6,15 +6,24 @@ a counting stream: past the limit the read fails with ``MessageTooLarge`` (an
 ``httpx2.StreamError``, which the SDK turns into an error for that one request), so a
 hostile server cannot make the gateway buffer a 100 MB answer. SSE events get the same
 limit through the SDK's own parameter (see ``gateway.upstream.transport.open_transport``).
+
+``paced_gets`` bounds how often the gateway opens a GET (SSE) stream to one upstream: the SDK
+reconnects a GET stream that ended, and a call's stream that ended unanswered, after the
+server's own ``retry:`` field and forever (each clean end resets its attempt count), so a
+server answering ``retry: 0`` and closing made the gateway reconnect in a tight loop (some
+450 GETs a second) for as long as the upstream was up.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
 import httpx2
 
 Hook = Callable[[httpx2.Response], Awaitable[None]]
+RequestHook = Callable[[httpx2.Request], Awaitable[None]]
+GET_INTERVAL_S = 1.0  # the SDK's own reconnection delay when a server names none
 OVERSIZED_MARK = "(mcp.max_message_bytes)"  # ends the refusal's message, which the SDK wraps
 
 
@@ -64,5 +73,23 @@ def bounded_responses(limit: int, on_oversized: Callable[[str], None]) -> Hook:
         if isinstance(response.stream, httpx2.AsyncByteStream):
             # the read fails (an error for that one request; the SDK catches StreamError)
             response.stream = _BoundedStream(response.stream, limit, declared, on_oversized)
+
+    return hook
+
+
+def paced_gets(interval: float = GET_INTERVAL_S) -> RequestHook:
+    """An ``httpx2`` request hook letting one GET start per ``interval`` seconds at most (the
+    ones after wait their turn): POSTs, the calls themselves, are never held."""
+    next_slot = 0.0
+
+    async def hook(request: httpx2.Request) -> None:
+        nonlocal next_slot
+        if request.method != "GET":
+            return
+        now = anyio.current_time()
+        slot = max(now, next_slot)
+        next_slot = slot + interval
+        if slot > now:
+            await anyio.sleep(slot - now)
 
     return hook

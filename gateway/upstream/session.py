@@ -99,6 +99,9 @@ class Upstream:
         self._new_lane: FastLane | None = None
         self._closed = anyio.Event()
         self._refresh_lock = anyio.Lock()
+        # refresh_soon's coalescing: the refresh waiting to run (its session, the lists it takes)
+        self._queued: tuple[ClientSession, set[str] | None] | None = None
+        self._refresh_turn = anyio.Lock()
         self._up_event = anyio.Event()
         self._stop = False
         # an unsandboxed stdio server never runs with the gateway's privileges (runas.py)
@@ -323,9 +326,23 @@ class Upstream:
             _logger.info("upstream %s: no change notifications (%s)", self.name, _describe(e))
 
     async def refresh_soon(self, session: ClientSession, kinds: set[str] | None = None) -> None:
+        """A refresh in the background, coalesced: one runs, one more at most waits with every
+        list named meanwhile (a list_changed storm was a listing per notification)."""
         tg = self._tasks
-        if tg is not None:
-            tg.start_soon(self._refresh_and_notify, session, kinds)
+        if tg is None:
+            return
+        if self._queued is not None:  # one waits already: it lists these too
+            old = self._queued[1]
+            self._queued = (session, None if old is None or kinds is None else old | kinds)
+            return
+        self._queued = (session, kinds)
+        tg.start_soon(self._queued_refresh)
+
+    async def _queued_refresh(self) -> None:
+        async with self._refresh_turn:  # behind the one running: what arrives meanwhile joins us
+            assert self._queued is not None
+            (session, kinds), self._queued = self._queued, None
+            await self._refresh_and_notify(session, kinds)
 
     _tasks: anyio.abc.TaskGroup | None = None
 

@@ -16,7 +16,7 @@ from mcp import StdioServerParameters
 from gateway.compat import screened_http_client
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable
-from gateway.upstream.bounded_http import bounded_responses
+from gateway.upstream.bounded_http import bounded_responses, paced_gets
 from gateway.upstream.fastcall import FastLane
 from gateway.upstream.runas import RunAs, check_launchable, working_folder
 from gateway.upstream.stderr import StderrToLog
@@ -66,12 +66,19 @@ async def open_transport(
                     await anyio.to_thread.run_sync(cleanup)
     else:
         assert server.url is not None
+        if server.unsafe_plain_http:
+            _logger.warning(
+                "UNSAFE: upstream %s: its credentials go over plain HTTP (servers.%s.unsafe_plain_http)",
+                name,
+                name,
+            )
         timeout = httpx2.Timeout(config.mcp.connection_timeout_s, read=call_timeout + 5)
         limit = config.mcp.max_message_bytes
         async with httpx2.AsyncClient(
             headers=dict(server.headers),
             timeout=timeout,
-            event_hooks={"response": [bounded_responses(limit, on_oversized)]},
+            # GETs paced: a server's retry: 0 is not a reconnect loop (bounded_http.paced_gets)
+            event_hooks={"request": [paced_gets()], "response": [bounded_responses(limit, on_oversized)]},
         ) as hc:
             async with screened_http_client(
                 server.url, http_client=hc, max_sse_event_size=limit, seen=on_unreadable

@@ -270,3 +270,21 @@ async def test_a_transport_without_what_it_starts_is_named(monkeypatch: pytest.M
                 "http://127.0.0.1:9/mcp", http_client=hc, max_sse_event_size=None, seen=lambda _: None
             ):
                 pass
+
+
+def test_a_transport_without_its_record_of_posts_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SDK whose transport no longer records its POSTs in flight (where an abandoned
+    request's POST is found and closed): SdkChanged naming it, before any connection."""
+    from mcp.client.streamable_http import StreamableHTTPTransport
+
+    from gateway.compat.httpclient import ScreenedTransport
+
+    sdk_init = StreamableHTTPTransport.__init__
+
+    def init_without_record(self: StreamableHTTPTransport, url: str, **kw: Any) -> None:
+        sdk_init(self, url, **kw)
+        del self._in_flight_posts
+
+    monkeypatch.setattr(StreamableHTTPTransport, "__init__", init_without_record)
+    with pytest.raises(SdkChanged, match="StreamableHTTPTransport._in_flight_posts"):
+        ScreenedTransport("http://127.0.0.1:9/mcp", max_sse_event_size=None, seen=print, reply=None)  # type: ignore[arg-type]

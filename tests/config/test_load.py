@@ -92,6 +92,18 @@ BAD = [
         "http.jwt.jwks_url",
     ),
     (
+        "bearer header over plain http to another host",
+        '[servers.a]\nurl = "http://mcp.example/mcp"\nheaders = { Authorization = "Bearer t" }\n',
+        "servers.a",
+    ),
+    ("password in a plain http url", '[servers.a]\nurl = "http://u:pw@10.0.0.5/mcp"\n', "servers.a"),
+    (
+        "plain-http opt-out over https",
+        '[servers.a]\nurl = "https://x/mcp"\nunsafe_plain_http = true\n',
+        "servers.a",
+    ),
+    ("plain-http opt-out on stdio", '[servers.a]\ncommand = "x"\nunsafe_plain_http = true\n', "servers.a"),
+    (
         "jwks url not http",
         '[http.jwt]\nissuer = "i"\naudience = "a"\njwks_url = "ftp://idp.example/jwks.json"\n',
         "http.jwt.jwks_url",
@@ -225,6 +237,10 @@ def test_keys_with_an_effect_in_their_mode_still_load() -> None:
         "http://localhost/j",
     ):
         build_config({"http": {"jwt": {"issuer": "i", "audience": "a", "jwks_url": url}}})
+        build_config({"servers": {"a": {"url": url, "headers": {"Authorization": "Bearer t"}}}})
+    build_config({"servers": {"a": {"url": "http://mcp.example/mcp"}}})  # nothing secret to read
+    opted = build_config({"servers": {"a": {"url": "http://u:pw@10.0.0.5/mcp", "unsafe_plain_http": True}}})
+    assert [o.key for o in opted.unsafe_options()] == ["servers.a.unsafe_plain_http"]
 
 
 def test_context_and_policy_off_still_load_without_their_keys() -> None:

@@ -1,0 +1,107 @@
+"""Hostile streamable HTTP upstreams (tests/peers/hostile_http_server.py) against a real
+``symbi mcp`` driven by a real SDK client: what such a server can make the gateway hold or do."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.conftest import ROOT, free_port, wait_listening, write_config
+from tests.server._clients import stdio_session
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.contextmanager
+def hostile(**env: str) -> Iterator[int]:
+    """The hostile server on a free loopback port (its ``$HOSTILE_*`` settings in ``env``)."""
+    port = free_port()
+    peer = ROOT / "tests/peers/hostile_http_server.py"
+    proc = subprocess.Popen([sys.executable, str(peer), str(port)], env={**os.environ, **env})
+    try:
+        wait_listening(proc, port, "the hostile HTTP server")
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as r:
+        answer: dict[str, Any] = json.loads(r.read())
+    return answer
+
+
+def config(tmp_path: Path, port: int) -> Path:
+    return write_config(
+        tmp_path,
+        f"""
+        [servers.mut]
+        url = "http://127.0.0.1:{port}/mcp"
+        headers = {{ Authorization = "Bearer upstream-token" }}
+        verification = "warn"
+        timeout_s = 1
+        """,
+    )
+
+
+async def test_a_call_that_times_out_does_not_leave_its_stream_open(tmp_path: Path) -> None:
+    """Attack: the upstream answers a call with an SSE stream that never carries an answer, only
+    a comment every 0.2 s (a slow drip: no read ever times out). The call failed at timeout_s,
+    but under 2025-11-25 the SDK only POSTs notifications/cancelled and keeps reading: every
+    timed-out call left a connection and a task in the gateway for as long as the server liked.
+    Now the abandoned request's stream is closed (gateway.compat.httpclient)."""
+    with hostile() as port:
+        async with stdio_session(config(tmp_path, port)) as s:
+            for _ in range(4):
+                r = await s.call_tool("mut__t", {"mode": "drip"})
+                assert r.is_error and r.meta["symbi/error"]["code"] == "upstream_error"  # type: ignore[index]
+            with anyio.fail_after(10):  # bounded wait for the closes to reach the server
+                while stats(port)["drips_open"]:
+                    await anyio.sleep(0.1)
+            assert stats(port)["drips"] == 4
+            ok = await s.call_tool("mut__t", {"mode": "ok", "message": "still served"})
+            assert not ok.is_error
+
+
+async def test_a_retry_zero_get_stream_is_not_a_reconnect_storm(tmp_path: Path) -> None:
+    """Attack: the upstream's GET stream sets ``retry: 0`` and ends at once, every time. The SDK
+    honours the server's retry and resets its attempts at each clean end: the gateway reopened
+    the stream in a tight loop (over a thousand GETs in 3 s). Now GETs to one upstream are paced
+    (one a second at most, gateway.upstream.bounded_http.paced_gets)."""
+    with hostile(HOSTILE_GET="storm") as port:
+        async with stdio_session(config(tmp_path, port)) as s:
+            start = stats(port)["gets"]
+            await anyio.sleep(3)
+            gets = stats(port)["gets"] - start
+            ok = await s.call_tool("mut__t", {"mode": "ok", "message": "still served"})
+    assert not ok.is_error
+    assert 1 <= gets <= 10, gets  # 3-4 at one a second; unpaced, hundreds
+
+
+async def test_a_list_changed_storm_is_not_a_listing_per_notification(tmp_path: Path) -> None:
+    """Attack: the upstream's GET stream carries 2000 tools/list_changed notifications at once.
+    Each started its own refresh: a tools/list to the upstream, its validation and a catalogue
+    rebuild per notification (some 500 listings in 5 s), a lever a server can pull forever.
+    Now refreshes are coalesced: one runs, one waits with every list named meanwhile."""
+    with hostile(HOSTILE_GET="flood") as port:
+        async with stdio_session(config(tmp_path, port)) as s:
+            lists, last = 0, -1
+            with anyio.move_on_after(30):  # until the listings stop (bounded)
+                while lists != last:
+                    last = lists
+                    await anyio.sleep(1)
+                    lists = stats(port)["lists"]
+            ok = await s.call_tool("mut__t", {"mode": "ok", "message": "still served"})
+    assert not ok.is_error
+    assert 2 <= lists <= 200, lists  # the first listing and the coalesced ones; uncoalesced, 2001

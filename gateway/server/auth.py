@@ -36,6 +36,7 @@ from gateway.apikeys import KEY_PREFIX, ApiKeyRecord, hash_key, new_key, split_k
 from gateway.config.model import Config
 from gateway.config.sections import JwtSection
 from gateway.context import Principal
+from gateway.custody import write_atomic
 from gateway.errors import AuthFailed, ConfigError, NoCredentials
 from gateway.server.jwks import JwksUrl, signing_key
 from gateway.textcheck import not_utf8_at
@@ -121,14 +122,8 @@ class ApiKeyStore:
 
     def _write(self, records: list[ApiKeyRecord]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data dir: private
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "keys": [r.as_json() for r in records]}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        doc = {"version": 1, "keys": [r.as_json() for r in records]}
+        write_atomic(self.path, json.dumps(doc, indent=2).encode("utf-8"))
 
     def create(self, principal: str, roles: tuple[str, ...], kind: str = "user") -> tuple[str, ApiKeyRecord]:
         """Make a new key; returns (the key, shown once; its record)."""

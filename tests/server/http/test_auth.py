@@ -88,6 +88,21 @@ def verifier(tmp_path: Path):  # type: ignore[no-untyped-def]
     return idp, v
 
 
+def test_key_store_never_writes_through_a_link_planted_at_a_temporary_name(tmp_path: Path) -> None:
+    """Attack: a symlink planted at ``keys.json.tmp<pid>`` (the name the key file was written
+    under) took every key's hash, principal and roles into a file of the planter's choosing."""
+    path = tmp_path / "data" / "keys.json"
+    path.parent.mkdir()
+    catch = tmp_path / "caught.json"
+    catch.write_text("")
+    os.symlink(catch, path.with_name(f"{path.name}.tmp{os.getpid()}"))
+    store = ApiKeyStore(path)
+    key, _ = store.create("alice", ("admin",))
+    assert catch.read_text() == "" and not path.is_symlink()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.lookup(key) is not None
+
+
 def test_jwt_good_tokens_give_principal_with_roles(verifier) -> None:  # type: ignore[no-untyped-def]
     idp, v = verifier
     p = v.verify(idp.token("dana", roles=["admin", "dev"]))
@@ -506,8 +521,8 @@ def test_a_key_with_a_non_hex_id_is_malformed(tmp_path: Path) -> None:
 
 
 def test_a_failed_key_file_write_leaves_no_readable_temp_file(tmp_path: Path) -> None:
-    """The temp file is created 0600, not chmod-ed afterwards only: a write that dies half-way
-    (here: a record that cannot be serialised) must not leave hashes readable by others."""
+    """A write that dies half-way (here: a record that cannot be serialised) must not leave
+    hashes readable by others: no temporary file stays, whatever the umask."""
     from gateway.apikeys import ApiKeyRecord
 
     store = ApiKeyStore(tmp_path / "keys.json")
@@ -518,8 +533,7 @@ def test_a_failed_key_file_write_leaves_no_readable_temp_file(tmp_path: Path) ->
             store._write([bad])
     finally:
         os.umask(old)
-    (tmp,) = [p for p in tmp_path.iterdir() if p.name.startswith("keys.json.tmp")]
-    assert stat.S_IMODE(os.stat(tmp).st_mode) == 0o600
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_authenticator_from_config_verifies_jwts_and_keys(tmp_path: Path) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from mcp import types
+from mcp import ClientSession, types
 
 from gateway.events import Event, EventSink
 
@@ -41,6 +42,16 @@ async def all_pages(
         if not cursor:
             break
     return items
+
+
+@dataclass
+class Listing:
+    """What an upstream offers, as of its last refresh."""
+
+    tools: list[types.Tool] = field(default_factory=list)
+    resources: list[types.Resource] = field(default_factory=list)
+    templates: list[types.ResourceTemplate] = field(default_factory=list)
+    prompts: list[types.Prompt] = field(default_factory=list)
 
 
 class BoundedLists:
@@ -72,3 +83,19 @@ class BoundedLists:
                 {"upstream": self._upstream, "reason": reason, "list": attr, "limit": self._limit},
             )
         return []
+
+    async def offered(self, session: ClientSession, old: Listing, kinds: set[str] | None) -> Listing:
+        """What the server offers now; ``kinds`` (tools, prompts, resources) narrows it to the
+        lists a list_changed named, keeping ``old``'s others (one request instead of four)."""
+        caps = session.server_capabilities
+        listing = (
+            Listing() if kinds is None else Listing(old.tools, old.resources, old.templates, old.prompts)
+        )
+        if (kinds is None or "tools" in kinds) and (caps is None or caps.tools is not None):
+            listing.tools = await self.fetch(session.list_tools, "tools")
+        if (kinds is None or "resources" in kinds) and caps is not None and caps.resources is not None:
+            listing.resources = await self.fetch(session.list_resources, "resources")
+            listing.templates = await self.fetch(session.list_resource_templates, "resource_templates")
+        if (kinds is None or "prompts" in kinds) and caps is not None and caps.prompts is not None:
+            listing.prompts = await self.fetch(session.list_prompts, "prompts")
+        return listing

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
@@ -35,7 +34,7 @@ from gateway.telemetry import current_span_recorded, exporting
 from gateway.upstream.bounded_http import OVERSIZED_MARK
 from gateway.upstream.caller_caps import forward_caller_capabilities
 from gateway.upstream.fastcall import FastLane, tool_result
-from gateway.upstream.listing import BoundedLists
+from gateway.upstream.listing import BoundedLists, Listing
 from gateway.upstream.relay import CallerRelay
 from gateway.upstream.runas import RunAs, resolve_run_as
 from gateway.upstream.transport import CommandWrapper, WatchedStream, open_transport
@@ -44,16 +43,6 @@ from gateway.upstream.unreadable import Unreadable
 _logger = logging.getLogger("symbi.upstream")
 
 State = Literal["starting", "up", "down", "stopped"]
-
-
-@dataclass
-class Listing:
-    """What an upstream offers, as of its last refresh."""
-
-    tools: list[types.Tool] = field(default_factory=list)
-    resources: list[types.Resource] = field(default_factory=list)
-    templates: list[types.ResourceTemplate] = field(default_factory=list)
-    prompts: list[types.Prompt] = field(default_factory=list)
 
 
 class Upstream:
@@ -358,24 +347,9 @@ class Upstream:
         await self._notify_change()
 
     async def _refresh(self, session: ClientSession, kinds: set[str] | None = None) -> None:
-        """List what the server offers; ``kinds`` (tools, prompts, resources) narrows it to
-        the lists a list_changed named, keeping the others (one request instead of four)."""
+        """List what the server offers (``BoundedLists.offered``), one refresh at a time."""
         async with self._refresh_lock:
-            caps = session.server_capabilities
-            old = self.listing
-            listing = (
-                Listing() if kinds is None else Listing(old.tools, old.resources, old.templates, old.prompts)
-            )
-            if (kinds is None or "tools" in kinds) and (caps is None or caps.tools is not None):
-                listing.tools = await self._lists.fetch(session.list_tools, "tools")
-            if (kinds is None or "resources" in kinds) and caps is not None and caps.resources is not None:
-                listing.resources = await self._lists.fetch(session.list_resources, "resources")
-                listing.templates = await self._lists.fetch(
-                    session.list_resource_templates, "resource_templates"
-                )
-            if (kinds is None or "prompts" in kinds) and caps is not None and caps.prompts is not None:
-                listing.prompts = await self._lists.fetch(session.list_prompts, "prompts")
-            self.listing = listing
+            self.listing = await self._lists.offered(session, self.listing, kinds)
 
     async def _notify_change(self) -> None:
         try:

@@ -4,8 +4,8 @@ The socket lives in a private folder in the temp dir, ``symbi-agents-<pid>.<star
 (the owning process: its pid and its start time, so a pid reused by another process is not
 taken for it). The folder is removed at exit; a gateway killed (``kill -9``, OOM) cannot, and
 its folder stayed for good (hundreds of them). So each gateway, before making its own, removes
-those whose process is gone: only folders of this user, never through a link; a folder of the
-older form (no pid in its name) when nothing listens on its socket any more.
+those whose process is gone and on whose socket nothing listens any more: only folders of this
+user, never through a link.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ def _owner_gone(folder: str, name: str) -> bool:
     """True when the gateway that made ``folder`` (named ``name``) no longer runs."""
     tag = name[len(PREFIX) :].split("-", 1)[0]
     pid, dot, start = tag.partition(".")
-    if dot and pid.isdigit() and start.isdigit() and _started(os.getpid()) is not None:
-        return _started(int(pid)) != start  # (no /proc here: the socket decides, below)
-    # the older form: gone when nothing listens on its socket
+    if dot and pid.isdigit() and start.isdigit() and _started(int(pid)) == start:
+        return False  # its process runs
+    # and in any case only when nothing listens on its socket: a gateway in another pid
+    # namespace sharing this temp dir is not in our /proc, and the older form names no process
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1)

@@ -75,3 +75,20 @@ def test_a_killed_gateways_socket_folder_is_removed_by_the_next(
         listener.close()
     # the older form with its listener gone: removed
     assert str(live) in sweep_dead_folders(str(tmp))
+
+
+def test_a_folder_whose_pid_is_not_ours_to_see_is_kept_while_its_socket_listens(tmp: Path) -> None:
+    """A gateway in another pid namespace sharing this temp dir: its folder names a pid this
+    /proc does not have (or has for another process), yet its socket listens. Removing it
+    would cut that gateway's hosted agents off; only a socket nobody listens on counts."""
+    folder = tmp / f"{PREFIX}999999999.12345-abc"
+    folder.mkdir(mode=0o711)
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listening.bind(str(folder / "gateway.sock"))
+        listening.listen(1)
+        assert sweep_dead_folders(str(tmp)) == []
+        assert folder.is_dir()
+    finally:
+        listening.close()
+    assert sweep_dead_folders(str(tmp)) == [str(folder)]  # nothing listens now: gone

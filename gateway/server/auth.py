@@ -30,7 +30,6 @@ from typing import Any, Protocol
 
 import anyio
 import jwt
-from jwt import PyJWKSet
 
 from gateway.apikeys import KEY_PREFIX, ApiKeyRecord, hash_key, new_key, split_key
 from gateway.config.model import Config
@@ -38,7 +37,7 @@ from gateway.config.sections import JwtSection
 from gateway.context import Principal
 from gateway.custody import write_atomic
 from gateway.errors import AuthFailed, ConfigError, NoCredentials
-from gateway.server.jwks import JwksUrl, signing_key
+from gateway.server.jwks import Jwk, JwksUrl, parse_key_set, signing_key
 from gateway.textcheck import not_utf8_at
 
 # -- API keys -------------------------------------------------------------------------------
@@ -149,13 +148,13 @@ class ApiKeyStore:
 # -- JWT ------------------------------------------------------------------------------------
 
 
-def load_jwks_file(path: Path) -> PyJWKSet:
+def load_jwks_file(path: Path) -> list[Jwk]:
     """The key set in ``http.jwt.jwks_file``; a missing or malformed file is a ``ConfigError``."""
     try:
-        return PyJWKSet.from_json(path.read_text(encoding="utf-8"))
+        return parse_key_set(path.read_bytes())
     except OSError as e:
         raise ConfigError(f"http.jwt.jwks_file: cannot read {path}: {e.strerror or e}") from None
-    except (ValueError, jwt.PyJWKSetError) as e:
+    except ValueError as e:
         raise ConfigError(f"http.jwt.jwks_file: {path} is not a JWK set: {e}") from None
 
 
@@ -167,7 +166,7 @@ class JwtVerifier:
         self.algorithms = [a for a in cfg.algorithms if a.lower() != "none"]
         # a URL's set is fetched bounded and kept 300 s (gateway.server.jwks); a file's, read once
         self._url = JwksUrl(cfg.jwks_url) if cfg.jwks_url is not None else None
-        self._keyset: PyJWKSet | None = None
+        self._keyset: list[Jwk] | None = None
         if self._url is None and cfg.jwks_file is not None:
             self._keyset = load_jwks_file(Path(cfg.jwks_file))
 
@@ -180,7 +179,7 @@ class JwtVerifier:
         if self._url is not None:
             return signing_key(self._url.keys(kid), kid, alg).key
         assert self._keyset is not None
-        return signing_key(self._keyset.keys, kid, alg).key
+        return signing_key(self._keyset, kid, alg).key
 
     def verify(self, token: str) -> Principal:
         try:

@@ -16,17 +16,21 @@ triggers a refetch at most every ``JWKS_REFETCH_S`` (a rotation shows up then).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import json
 import logging
 import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from jwt import PyJWK, PyJWKSet
+from jwt import PyJWK, PyJWTError
 
 from gateway.errors import AuthFailed, JwksFetchFailed
 
@@ -39,16 +43,42 @@ JWKS_REFETCH_S = 30.0  # an unknown kid refetches no sooner than this after the 
 JWKS_RETRY_S = 10.0  # after a failed fetch, the next one no sooner than this
 
 
-def signing_key(keys: Iterable[PyJWK], kid: object, alg: str) -> PyJWK:
+@dataclass(frozen=True)
+class Jwk:
+    """A key of a set, beside the JWK as its owner published it: ``use``, ``key_ops`` and
+    ``alg`` are read there (PyJWK fills in an ``alg`` from the key type, and keeps the rest
+    in a private attribute only)."""
+
+    published: Mapping[str, Any]
+    key: PyJWK
+
+
+def parse_key_set(text: str | bytes) -> list[Jwk]:
+    """The usable keys of a JWK set document; a key of a type PyJWT cannot use is skipped, as
+    ``PyJWKSet`` does. Raises ``ValueError`` for what is not a set or has no usable key."""
+    doc = json.loads(text)
+    raw = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("a JWK set needs a non-empty 'keys' list")
+    keys = []
+    for data in raw:
+        if isinstance(data, dict):
+            with contextlib.suppress(PyJWTError):  # an unsupported kty/crv/alg: skipped
+                keys.append(Jwk(data, PyJWK(data)))
+    if not keys:
+        raise ValueError("the JWK set has no key PyJWT can use")
+    return keys
+
+
+def signing_key(keys: Iterable[Jwk], kid: object, alg: str) -> PyJWK:
     """The one key of ``keys`` that may verify a token with header ``kid`` and ``alg``."""
-    found = [k for k in keys if (kid is None or k.key_id == kid) and _verifies(k, alg)]
+    found = [k.key for k in keys if (kid is None or k.key.key_id == kid) and _verifies(k.published, alg)]
     if len(found) != 1:
         raise AuthFailed("no unique JWKS signature key matches the token's kid and algorithm")
     return found[0]
 
 
-def _verifies(key: PyJWK, alg: str) -> bool:
-    data = key._jwk_data  # the JWK as published (PyJWK fills in an alg from the key type)
+def _verifies(data: Mapping[str, Any], alg: str) -> bool:
     use, ops, own = data.get("use"), data.get("key_ops"), data.get("alg")
     if use is not None and use != "sig":
         return False
@@ -147,19 +177,21 @@ class JwksUrl:
         self.clock = clock  # a seam: the tests move it past the lifespan and the retry interval
         self.fetches = 0
         self._lock = threading.Lock()
-        self._keys: list[PyJWK] | None = None
+        self._keys: list[Jwk] | None = None
         self._fetched_at = 0.0
         self._refused_until = 0.0
         self._refusal = ""
 
-    def keys(self, kid: object) -> list[PyJWK]:
+    def keys(self, kid: object) -> list[Jwk]:
         """The keys to pick ``kid``'s from, fetched first when there are none fresh, or ``kid``
         is not among them and the last fetch is ``JWKS_REFETCH_S`` old. Raises ``AuthFailed``."""
         with self._lock:
             now = self.clock()
             keys = self._keys if now - self._fetched_at < JWKS_LIFESPAN_S else None
             if keys is not None and (
-                any(k.key_id == kid for k in keys) or kid is None or now - self._fetched_at < JWKS_REFETCH_S
+                any(k.key.key_id == kid for k in keys)
+                or kid is None
+                or now - self._fetched_at < JWKS_REFETCH_S
             ):
                 return keys
             if now < self._refused_until:  # the last fetch failed: not again so soon
@@ -168,7 +200,7 @@ class JwksUrl:
                 raise JwksFetchFailed(f"the key set is unavailable: {self._refusal}")
             try:
                 self.fetches += 1
-                got = PyJWKSet.from_json(fetch_jwks(self.url).decode("utf-8")).keys
+                got = parse_key_set(fetch_jwks(self.url))
             except Exception as e:  # noqa: BLE001 - any failure refuses, remembered for a while
                 self._refusal = (
                     e.message if isinstance(e, AuthFailed) else f"not a JWK set ({type(e).__name__})"

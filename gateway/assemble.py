@@ -18,16 +18,14 @@ Extension points (where new parts plug in, and nowhere else):
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Callable, Sequence
 
-from gateway.app import Background, Gateway, WrapCommand
+from gateway.app import Background, Gateway
 from gateway.audit.log import AuditLog
 from gateway.builtins import SandboxBuiltin, make_builtins, upstream_infos
 from gateway.catalog import LiveCatalog
 from gateway.chain import Step
-from gateway.config.model import Config, ServerConfig, UnsafeOption
+from gateway.config.model import Config, UnsafeOption
 from gateway.custody import check_trusted_files, hidden_paths, private_config, private_secret, secure_data_dir
 from gateway.errors import AuditError, AuditLogBusy
 from gateway.events import Event, EventSink, LoggingSink
@@ -40,7 +38,8 @@ from gateway.policy import CallCounters, EmbeddedEngine, PolicyEngine, build_eng
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.ended import EndedSessions
 from gateway.runtime.hosted import AgentHost, HostedAgents
-from gateway.sandbox import SandboxManager, wrap_stdio_command
+from gateway.sandbox import SandboxManager
+from gateway.sandbox.upstreams import sandbox_manager, sandboxed_command
 from gateway.state import SharedState, build_state, warn_open_backends
 from gateway.steps.agent import AgentStep
 from gateway.steps.arguments import ValidateArguments
@@ -181,7 +180,7 @@ def _assemble(
     closers.append(telemetry.close)
     audit, events = _audit_and_events(config, metrics, closers)
 
-    manager = _sandbox_manager(config, closers)
+    manager = sandbox_manager(config, closers)
 
     counters = CallCounters()
     state = build_state(config, counters)  # [state]: shared by replicas, or this process only
@@ -223,7 +222,7 @@ def _assemble(
         events=events,
         counters=counters,
         builtins=builtins,
-        wrap_command=_sandboxed_command(manager, hidden_paths(config)) if manager is not None else None,
+        wrap_command=sandboxed_command(manager, hidden_paths(config)) if manager is not None else None,
         listen=listen,
         background=background,
         closers=list(reversed(closers)),  # the audit log closes last: it records the others' ends
@@ -419,20 +418,6 @@ def _audit_and_events(
     return audit, events
 
 
-def _sandbox_manager(config: Config, closers: list[Callable[[], object]]) -> SandboxManager | None:
-    """The sandbox tiers, when code tools, hosted agents or a sandboxed server need them."""
-    manager: SandboxManager | None = None
-    if (
-        config.sandbox.code_tools
-        or config.agents
-        or any(s.sandbox not in (None, "none") for s in config.servers.values())
-    ):
-        manager = SandboxManager(config)
-        closers.append(manager.close)
-        manager.start_warm_pool()  # sandbox.warm_pool ready sandboxes per Docker tier, refilled in the background
-    return manager
-
-
 def _shared_state_tasks(
     config: Config,
     state: SharedState,
@@ -465,38 +450,3 @@ def _shared_state_tasks(
             channels[POLICY_CHANNEL] = sync.notified
             background.append(sync.run)
         background.append(lambda _gw: pg.listen(channels))
-
-
-def _sandboxed_command(manager: SandboxManager, hidden: list[str]) -> WrapCommand:
-    """Runs stdio upstreams with ``servers.X.sandbox`` set inside their tier; ``hidden`` (the
-    data dir, keys, config) is masked in it even when a bound folder holds it."""
-
-    def wrap(name: str, srv: ServerConfig) -> tuple[str, list[str], Callable[[], None] | None]:
-        assert srv.command is not None and srv.sandbox is not None
-        command, args = wrap_stdio_command(
-            srv.sandbox,
-            srv.command,
-            list(srv.args),
-            srv.env,
-            str(srv.cwd) if srv.cwd else None,
-            network=srv.sandbox_network,
-            manager=manager,
-            hidden=hidden,
-        )
-        if srv.sandbox not in ("docker", "gvisor") or args[:1] != ["run"]:
-            return command, args, None
-        # Name the container so it can be removed when the session ends: killing the docker
-        # CLI (what an stdio client does to a server that ignores EOF) leaves it running.
-        cname = f"symbi-up-{os.getpid()}-{name}-{uuid.uuid4().hex[:8]}"
-        return command, ["run", "--name", cname, *args[1:]], lambda: _remove_container(cname)
-
-    return wrap
-
-
-def _remove_container(name: str) -> None:
-    from gateway.sandbox.docker_tier import docker_client
-
-    try:
-        docker_client().containers.get(name).remove(force=True)
-    except Exception as e:  # noqa: BLE001 - already gone (--rm) or docker is down; the orphan sweep catches the rest
-        _logger.debug("container %s not removed: %s", name, e)

@@ -7,37 +7,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from gateway.state.pgkeys import PgApiKeyStore
 from gateway.state.postgres import Postgres
 from tests.conftest import ROOT, write_config
+from tests.runtime._admin import admin_get, wait_until
 from tests.runtime.test_leased import _require_bwrap  # noqa: F401 - the fixture
 from tests.state.conftest import postgres_engine, redis_engine  # noqa: F401 - the engines' fixtures
 from tests.state.engines import Postgres as PgEngine
 from tests.state.engines import Redis as RedisEngine
 from tests.state.engines import enterable, replica
 from tests.state.test_replicas import replica_toml
-
-BOUND_S = 60.0  # the bound of each wait (a bwrap start, a renewal), not a timing assertion
-
-
-def _get(base: str, key: str, path: str) -> Any:
-    r = httpx.get(base + "/api" + path, headers={"x-api-key": key}, timeout=10)
-    r.raise_for_status()
-    return r.json()
-
-
-def _until(what: str, check: Any) -> Any:
-    deadline = time.monotonic() + BOUND_S
-    while not (got := check()):
-        assert time.monotonic() < deadline, f"not within {BOUND_S:g} s: {what}"
-        time.sleep(0.3)
-    return got
 
 
 def test_a_suspend_sent_to_the_replica_without_the_lease_suspends_the_agent_on_the_holder(
@@ -60,11 +43,11 @@ def test_a_suspend_sent_to_the_replica_without_the_lease_suspends_the_agent_on_t
         bases = [stack.enter_context(replica(c))[0] for c in configs]
 
         def holder() -> str | None:
-            doc = _get(bases[0], key, "/status")["hosted_agents"]["agents"]["sleeper"]
+            doc = admin_get(bases[0], key, "/status")["hosted_agents"]["agents"]["sleeper"]
             return doc["holder"] if doc and doc["state"] == "Running" else None
 
-        owner = _until("one replica runs it", holder)
-        held = [b for b in bases if _get(b, key, "/status")["hosted_agents"]["here"] == owner]
+        owner = wait_until("one replica runs it", holder)
+        held = [b for b in bases if admin_get(b, key, "/status")["hosted_agents"]["here"] == owner]
         [base_h] = held
         [base_o] = [b for b in bases if b != base_h]
         r = httpx.post(f"{base_o}/api/agents/sleeper/suspend", json={"reason": "odd"},
@@ -72,9 +55,9 @@ def test_a_suspend_sent_to_the_replica_without_the_lease_suspends_the_agent_on_t
         assert r.status_code == 202 and r.json()["holder"] == owner, r.text
 
         def suspended() -> bool:
-            rows = _get(base_h, key, "/agents")["agents"]
+            rows = admin_get(base_h, key, "/agents")["agents"]
             return any(a["name"] == "sleeper" and a["state"] == "Suspended" for a in rows)
 
-        _until("suspended on the holder", suspended)
-        events = _get(base_h, key, "/audit/query?type=agent.suspend_requested")["events"]
+        wait_until("suspended on the holder", suspended)
+        events = admin_get(base_h, key, "/audit/query?type=agent.suspend_requested")["events"]
         assert [e["principal"] for e in events] == ["ops-admin"]

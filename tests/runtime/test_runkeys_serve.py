@@ -10,9 +10,7 @@ import contextlib
 import os
 import re
 import signal
-import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -31,6 +29,7 @@ from gateway.state.leases import LeaseBoard
 from gateway.state.pgkeys import PgApiKeyStore
 from gateway.state.postgres import Postgres
 from tests.conftest import ROOT, free_port, write_config
+from tests.runtime._admin import admin_get, wait_until
 from tests.runtime.test_leased import _require_bwrap  # noqa: F401 - the fixture
 from tests.state.conftest import postgres_engine, redis_engine  # noqa: F401 - the engines' fixtures
 from tests.state.engines import Postgres as PgEngine
@@ -38,7 +37,6 @@ from tests.state.engines import Redis as RedisEngine
 from tests.state.engines import enterable, replica
 from tests.state.test_replicas import replica_toml
 
-BOUND_S = 60.0  # the bound of each wait (a bwrap start, a renewal, a lease expiry), not a timing assertion
 INIT = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -49,20 +47,6 @@ INIT = {
         "clientInfo": {"name": "leak", "version": "1"},
     },
 }
-
-
-def _get(base: str, key: str, path: str) -> Any:
-    r = httpx.get(base + "/api" + path, headers={"x-api-key": key}, timeout=10)
-    r.raise_for_status()
-    return r.json()
-
-
-def _until(what: str, check: Any) -> Any:
-    deadline = time.monotonic() + BOUND_S
-    while not (got := check()):
-        assert time.monotonic() < deadline, f"not within {BOUND_S:g} s: {what}"
-        time.sleep(0.3)
-    return got
 
 
 def _mcp(base: str, token: str) -> int:
@@ -106,13 +90,15 @@ def test_a_leaked_run_token_is_refused_by_other_replicas_while_its_agent_is_not_
         bases = [b for b, _ in served]
 
         def holder() -> str | None:
-            doc = _get(bases[0], admin, "/status")["hosted_agents"]["agents"]["sleeper"]
+            doc = admin_get(bases[0], admin, "/status")["hosted_agents"]["agents"]["sleeper"]
             return doc["holder"] if doc and doc["state"] == "Running" and doc.get("key") else None
 
-        owner = _until("one replica runs it", holder)
-        [h] = [i for i, b in enumerate(bases) if _get(b, admin, "/status")["hosted_agents"]["here"] == owner]
+        owner = wait_until("one replica runs it", holder)
+        [h] = [
+            i for i, b in enumerate(bases) if admin_get(b, admin, "/status")["hosted_agents"]["here"] == owner
+        ]
         o = 1 - h
-        token = _until("the agent printed its token", lambda: _token(data[h], set()))
+        token = wait_until("the agent printed its token", lambda: _token(data[h], set()))
         assert _mcp(bases[h], token) == 200  # its own replica: the agent itself
         assert _mcp(bases[o], token) == 200  # Running: the other replica admits it too
 
@@ -120,15 +106,15 @@ def test_a_leaked_run_token_is_refused_by_other_replicas_while_its_agent_is_not_
         r = httpx.post(f"{bases[h]}/api/agents/sleeper/suspend", json={"reason": "leak"},
                        headers={"x-api-key": admin}, timeout=10)  # fmt: skip
         assert r.status_code in (200, 202), r.text
-        _until("suspended on the holder", lambda: _mcp(bases[o], token) == 401)
+        wait_until("suspended on the holder", lambda: _mcp(bases[o], token) == 401)
         assert _mcp(bases[o], token) == 401
 
         # the holder killed (its key never revoked): the other replica takes the lease and runs
         # a new run with a new key; the old token stays refused there
         served[h][1].send_signal(signal.SIGKILL)
         served[h][1].wait(10)
-        new = _until("the other replica runs a new run", lambda: _token(data[o], {token}))
-        _until("its run is on the board", lambda: _mcp(bases[o], new) == 200)
+        new = wait_until("the other replica runs a new run", lambda: _token(data[o], {token}))
+        wait_until("its run is on the board", lambda: _mcp(bases[o], new) == 200)
         assert _mcp(bases[o], token) == 401
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.memory.embed import HashingEmbedder, OnnxMiniLM
+from gateway.memory.manager import ContextManager
+from gateway.memory.store import CollectionSpec, EdgeStore
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -48,3 +51,13 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[ContextManager]:
+    """A context manager on an embedded store in ``tmp_path`` with the hashing embedder."""
+    emb = HashingEmbedder(64)
+    spec = CollectionSpec("kb", emb.dimension, emb.id)
+    m = ContextManager(lambda: EdgeStore(spec, tmp_path / "v"), lambda: emb, clock=Clock())
+    yield m
+    m.close()

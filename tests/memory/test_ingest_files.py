@@ -6,18 +6,14 @@ import json
 import os
 import subprocess
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.errors import ContextError
-from gateway.memory.embed import HashingEmbedder
 from gateway.memory.knowledge import MAX_FILE_BYTES, KnowledgeBases
 from gateway.memory.manager import ContextManager
-from gateway.memory.store import CollectionSpec, EdgeStore
 from tests.conftest import SYMBI, symbi_env, write_config
-from tests.memory.conftest import Clock
 
 SECRET = "sk-proj-rt38aENVIRONSECRET0123456789"
 
@@ -31,15 +27,6 @@ def _symbi(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         env=symbi_env(OPENAI_API_KEY_FOR_TOOLS=SECRET),
     )
-
-
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[ContextManager]:
-    emb = HashingEmbedder(64)
-    spec = CollectionSpec("kb", emb.dimension, emb.id)
-    m = ContextManager(lambda: EdgeStore(spec, tmp_path / "v"), lambda: emb, clock=Clock())
-    yield m
-    m.close()
 
 
 def test_a_link_in_the_folder_to_outside_it_is_never_ingested(tmp_path: Path) -> None:

@@ -9,32 +9,18 @@ nor the memory object the policy is given for knowledge/search.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import pytest
 
 from gateway.context import CallContext, Principal
 from gateway.events import LoggingSink
 from gateway.memory.access import MemoryAccess
-from gateway.memory.embed import HashingEmbedder
 from gateway.memory.knowledge import KnowledgeBases
 from gateway.memory.manager import ContextManager
-from gateway.memory.store import CollectionSpec, EdgeStore
 from gateway.memory.types import AgentContext
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyFiles
-from tests.memory.conftest import Clock
-
-
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[ContextManager]:
-    emb = HashingEmbedder(64)
-    spec = CollectionSpec("kb", emb.dimension, emb.id)
-    m = ContextManager(lambda: EdgeStore(spec, tmp_path / "v"), lambda: emb, clock=Clock())
-    yield m
-    m.close()
 
 
 def _files(root: Path, files: dict[str, str]) -> Path:

@@ -10,27 +10,14 @@ MAX_BM25_CHUNKS bound. Embedded with the hashing embedder: the vector side is no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.memory import rag
-from gateway.memory.embed import HashingEmbedder
 from gateway.memory.knowledge import KnowledgeBases
 from gateway.memory.manager import ContextManager
 from gateway.memory.rag import RagPipeline, _Bm25Index
-from gateway.memory.store import CollectionSpec, EdgeStore
-from tests.memory.conftest import Clock
-
-
-@pytest.fixture
-def manager(tmp_path: Path) -> Iterator[ContextManager]:
-    emb = HashingEmbedder(64)
-    spec = CollectionSpec("kb", emb.dimension, emb.id)
-    m = ContextManager(lambda: EdgeStore(spec, tmp_path / "v"), lambda: emb, clock=Clock())
-    yield m
-    m.close()
 
 
 def _base(root: Path, name: str, files: dict[str, str]) -> Path:

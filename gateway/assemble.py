@@ -195,20 +195,7 @@ def _assemble(
 
     # the hand-outs: kept in the data dir, or every replica's in [state] redis_url
     catalog = LiveCatalog(upstream_infos(config, builtins), HandedOut(shared=state.handouts))
-    unsafe = [o for o in config.unsafe_options() if o.every_call]
-    steps = chain_steps(
-        catalog,
-        audit=audit,
-        policy=policy,
-        counters=counters,
-        metrics=metrics,
-        runtime=runtime,
-        builtins=frozenset(b.name for b in builtins),
-        state=state,
-        unsafe=unsafe,
-        max_argument_members=config.mcp.max_argument_members,
-        revocations=verifier.revocations,
-    )
+    steps = _call_chain(config, catalog, audit, policy, counters, metrics, runtime, builtins, state, verifier)
     _periodic_tasks(config, state, audit, policy, events, verifier, runtime, background)
     _sessions_on_redis(config, state, runtime, events, background)
     hosted = _hosted_agents(config, state, runtime, events, manager, agent_host, background)
@@ -229,6 +216,34 @@ def _assemble(
         runtime=runtime,
         state=state,
         hosted=hosted,
+    )
+
+
+def _call_chain(
+    config: Config,
+    catalog: LiveCatalog,
+    audit: AuditLog | None,
+    policy: PolicyEngine | None,
+    counters: CallCounters,
+    metrics: GatewayMetrics | None,
+    runtime: AgentRuntime,
+    builtins: list[Builtin],
+    state: SharedState,
+    verifier: ToolVerifier,
+) -> list[Step]:
+    """The call chain's steps, in order (gateway/steps), from the components built above."""
+    return chain_steps(
+        catalog,
+        audit=audit,
+        policy=policy,
+        counters=counters,
+        metrics=metrics,
+        runtime=runtime,
+        builtins=frozenset(b.name for b in builtins),
+        state=state,
+        unsafe=[o for o in config.unsafe_options() if o.every_call],
+        max_argument_members=config.mcp.max_argument_members,
+        revocations=verifier.revocations,
     )
 
 

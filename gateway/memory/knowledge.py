@@ -222,14 +222,17 @@ class KnowledgeBases:
             if progress:
                 progress(n, len(files), src)
         if prune and inside is not None:
-            seen = {str(f) for f in files}
-            for src in stored:
-                if src.startswith(str(root) + "/") and src not in seen:
-                    self.m.store.delete(filter={"kind": "knowledge", "base": base, "source": src})
-                    rep.removed.append(src)
+            rep.removed = self._prune(base, inside, {str(f) for f in files}, stored)
         rep.seconds = time.perf_counter() - started
         self.m.events.emit(Event.KNOWLEDGE_INGESTED, rep.as_dict())
         return rep
+
+    def _prune(self, base: str, root: Path, seen: set[str], stored: dict[str, str]) -> list[str]:
+        """Remove the chunks of files once ingested from under ``root`` and gone now."""
+        removed = [s for s in stored if s.startswith(str(root) + "/") and s not in seen]
+        for src in removed:
+            self.m.store.delete(filter={"kind": "knowledge", "base": base, "source": src})
+        return removed
 
     def _put(self, base: str, src: str, sha: str, text: str, accepted: dict[str, Any] | None = None) -> int:
         meta, text = front_matter(text)

@@ -198,16 +198,7 @@ class HostedAgents:
         agent = rt.agents.add_hosted(name, principal, priority=ac.priority, run=self.runs[name])
         limits = ResourceLimits.from_config(ac.resources)
         rt.limits[agent.id] = limits
-        failures = self._escalated(name, ac)
-        if failures:
-            reason = f"escalated: {failures} failures within {ac.failure_window_s:g} s (max_failures)"
-            self._fail(agent, reason)
-            self.events.emit(
-                Event.AGENT_ESCALATED,
-                {"name": name, "failures": failures},
-                principal=principal.id,
-                agent=agent.id,
-            )
+        if self._stop_escalated(name, ac, agent):
             return "escalated"
         tier = ac.sandbox or self.config.security.default_sandbox_tier
         record: Any = None
@@ -252,6 +243,21 @@ class HostedAgents:
             # shielded: a cancelled run (the gateway stopping) still removes its cgroup/container
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(cleanup.remove)
+
+    def _stop_escalated(self, name: str, ac: AgentConfig, agent: Agent) -> bool:
+        """True (and the agent failed, the event emitted) when it failed too often lately."""
+        failures = self._escalated(name, ac)
+        if not failures:
+            return False
+        reason = f"escalated: {failures} failures within {ac.failure_window_s:g} s (max_failures)"
+        self._fail(agent, reason)
+        self.events.emit(
+            Event.AGENT_ESCALATED,
+            {"name": name, "failures": failures},
+            principal=agent.principal,
+            agent=agent.id,
+        )
+        return True
 
     def _fail(self, agent: Agent, reason: str) -> None:
         reg = self.runtime.agents

@@ -31,6 +31,7 @@ from gateway.onboard import (
     undo_client,
 )
 from gateway.onboard.apply import backup_path, record_path, render_toml
+from gateway.onboard.claude_managed import ClaudeCodeManaged
 from gateway.onboard.claude_trust import ClaudeCodeApprovals
 from gateway.onboard.clients import CLIENTS, ClientFile, FoundServer, file_source, launches_symbi
 from gateway.onboard.plan import ImportPlan, PlannedServer
@@ -63,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--include-unapproved",
         action="store_true",
-        help="also import a project .mcp.json's servers rejected or never approved in Claude Code",
+        help="also import Claude Code servers its managed policy blocks, and a project .mcp.json's"
+        " servers rejected or never approved in Claude Code",
     )
     p.set_defaults(func=_run)
 
@@ -89,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"skipped {s.name!r} in {s.source.path}: it launches symbi itself", file=sys.stderr)
     found = [s for s in found if not launches_symbi(s)]
     if not args.include_unapproved:
-        found = _approved_in_claude_code(found, home)
+        found = _approved_in_claude_code(found, home, ClaudeCodeManaged(home))
     plan = make_plan(found, taken=_existing_servers(config))
     if args.json:
         print(_plan_json(plan.servers))
@@ -113,20 +115,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _approved_in_claude_code(found: list[FoundServer], home: Path) -> list[FoundServer]:
-    """A project ``.mcp.json`` comes with the repository: Claude Code starts only the servers
-    the user approved in its prompt, and so does the import (the gateway would start the
-    others' processes). The skipped ones are named with the reason."""
+def _approved_in_claude_code(
+    found: list[FoundServer], home: Path, managed: ClaudeCodeManaged
+) -> list[FoundServer]:
+    """Claude Code starts only the servers its administrator's managed policy lets run and, of a
+    project ``.mcp.json`` (it comes with the repository), those the user approved in its prompt;
+    so does the import (the gateway would start the others' processes). The skipped ones are
+    named with the reason."""
     approvals: dict[Path, ClaudeCodeApprovals] = {}
     kept = []
     for s in found:
-        if s.source.client != "claude-code" or s.source.scope != "project":
+        if s.source.client != "claude-code":
             kept.append(s)
             continue
-        folder = s.source.path.parent
-        if folder not in approvals:
-            approvals[folder] = ClaudeCodeApprovals(home, folder)
-        if (why := approvals[folder].skipped(s.name)) is None:
+        why = managed.skipped(s)
+        if why is None and s.source.scope == "project":
+            folder = s.source.path.parent
+            if folder not in approvals:
+                approvals[folder] = ClaudeCodeApprovals(home, folder)
+            why = approvals[folder].skipped(s.name)
+        if why is None:
             kept.append(s)
         else:
             print(

@@ -27,6 +27,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.compat import close_get_stream, close_http_session, open_http_sessions
 from gateway.context import Principal
 from gateway.errors import GatewayError
+from gateway.server.lognoise import throttle_noise
 from gateway.server.principals import scope_headers
 
 if TYPE_CHECKING:
@@ -449,7 +450,9 @@ _HEADERS_TOO_LARGE = (
 
 
 def http_protocol(header_timeout: float, max_header_bytes: int = 65536) -> type[HttpToolsProtocol]:
-    """The uvicorn ``http`` protocol class with this header deadline and size."""
+    """The uvicorn ``http`` protocol class with this header deadline and size (and the warnings
+    its connections cause throttled: any caller causes them, no credentials needed)."""
+    throttle_noise()
     return type(
         "SymbiHttpToolsProtocol",
         (HeaderDeadlineHttpTools,),

@@ -1,8 +1,9 @@
 """The web dashboard: server-rendered HTML, one CSS and one JS file, no external assets.
 
 Login takes an admin API key; the session is an itsdangerous-signed cookie (HttpOnly,
-SameSite=Strict, 8 h) holding only the key *id*, re-checked on every request so a revoked
-key logs its sessions out. POSTs carry a per-session CSRF token as well (and the Host/Origin
+SameSite=Strict, 8 h) holding only the key *id* and a session id, re-checked on every request
+so a revoked key logs its sessions out, and a logout ends its session here, not only in the
+browser. POSTs carry a per-session CSRF token as well (and the Host/Origin
 guard in front of every route refuses cross-site Origins). The Content-Security-Policy
 allows only this server's own files: no inline script, no CDN.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,13 +72,23 @@ class DashboardSessions:
     def __init__(self, state: HttpState) -> None:
         self.state = state
         self.signer = URLSafeTimedSerializer(state.cookie_secret, salt="symbi-dashboard")
+        # sessions logged out (session id -> when their cookie expires anyway): the cookie
+        # itself stays valid for MAX_AGE_S wherever a copy of it is (a stolen or cached one)
+        self._ended: dict[str, float] = {}
 
     def issue(self, key_id: str) -> tuple[str, str]:
         csrf = secrets.token_urlsafe(24)
-        return self.signer.dumps({"kid": key_id, "csrf": csrf}), csrf
+        return self.signer.dumps({"kid": key_id, "csrf": csrf, "sid": secrets.token_urlsafe(16)}), csrf
+
+    def end(self, sess: dict[str, Any]) -> None:
+        """Log ``sess`` out: its cookie is refused from now on, wherever it is presented."""
+        now = time.time()
+        self._ended = {sid: until for sid, until in self._ended.items() if until > now}
+        self._ended[sess["sid"]] = now + MAX_AGE_S
 
     async def current(self, request: Request) -> dict[str, Any] | None:
-        """The session payload if the cookie is valid and its key is still a live admin key."""
+        """The session payload if the cookie is valid, not logged out, and its key is still a
+        live admin key."""
         raw = request.cookies.get(COOKIE)
         if not raw:
             return None
@@ -86,11 +98,14 @@ class DashboardSessions:
             return None
         if not isinstance(data, dict) or not isinstance(data.get("kid"), str):
             return None
+        sid = data.get("sid")
+        if not isinstance(sid, str) or sid in self._ended:  # no id: it could not be logged out
+            return None
         # off the event loop: with [state] postgres_url the key store is a round trip
         rec = await anyio.to_thread.run_sync(self.state.auth.keys.get, data["kid"])
         if rec is None or not is_admin(rec.as_principal()):
             return None
-        return {"kid": rec.id, "principal": rec.principal, "csrf": str(data.get("csrf", ""))}
+        return {"kid": rec.id, "principal": rec.principal, "csrf": str(data.get("csrf", "")), "sid": sid}
 
 
 def _html(body: str, status: int = 200) -> HTMLResponse:
@@ -244,6 +259,8 @@ class Dashboard:
             return _bad_form()
         if sess is not None and not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
             return _html(login_page("Invalid form token."), status=403)
+        if sess is not None:
+            self.sessions.end(sess)
         resp = RedirectResponse("/", status_code=303)
         resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return resp

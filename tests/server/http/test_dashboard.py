@@ -106,6 +106,27 @@ def test_logout_needs_the_csrf_token(env: Env) -> None:
     assert r.status_code == 403  # cross-site form posts are refused by the Origin guard
 
 
+def test_a_logged_out_session_cookie_is_refused(env: Env) -> None:
+    """Attack: logout only told the browser to drop the cookie; a copy of it (stolen, cached,
+    left in another tab's jar) still opened every page and form for the rest of its 8 hours."""
+    cookie = login(env, env.keys.admin).cookies[COOKIE]
+    page = httpx.get(env.run.base + "/agents", cookies={COOKIE: cookie})
+    assert page.status_code == 200
+    r = httpx.post(
+        env.run.base + "/logout",
+        data={"csrf": _csrf(page.text)},
+        cookies={COOKIE: cookie},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    for path in ("/audit", "/agents"):
+        r = httpx.get(env.run.base + path, cookies={COOKIE: cookie}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/"
+    # another session of the same key is not logged out with it
+    other = login(env, env.keys.admin).cookies[COOKIE]
+    assert httpx.get(env.run.base + "/audit", cookies={COOKIE: other}).status_code == 200
+
+
 async def _calls(env: Env, key: str) -> None:
     async with (
         httpx2.AsyncClient(headers=bearer(key)) as hc,

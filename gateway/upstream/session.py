@@ -29,10 +29,9 @@ from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
 from gateway.jsonlimits import too_large
-from gateway.policy.redact import excerpt
 from gateway.telemetry import current_span_recorded, exporting
-from gateway.upstream.bounded_http import OVERSIZED_MARK
 from gateway.upstream.caller_caps import forward_caller_capabilities
+from gateway.upstream.failures import describe, upstream_error
 from gateway.upstream.fastcall import FastLane, tool_result
 from gateway.upstream.listing import BoundedLists, Listing
 from gateway.upstream.relay import CallerRelay
@@ -137,7 +136,7 @@ class Upstream:
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as e:  # noqa: BLE001 - any failure of one upstream must not stop the others
-                self.last_error = _describe(e)
+                self.last_error = describe(e)
                 _logger.warning("upstream %s failed: %s", self.name, self.last_error)
             was_up = self.state == "up"
             self.state = "down"
@@ -275,7 +274,7 @@ class Upstream:
                 await session.send_ping()
         except Exception as e:  # noqa: BLE001 - any failure to answer is the verdict
             if self._session is session:
-                self.last_error = f"wedged: no answer to a ping after a timed-out request ({_describe(e)})"
+                self.last_error = f"wedged: no answer to a ping after a timed-out request ({describe(e)})"
                 _logger.warning("upstream %s %s: restarting it", self.name, self.last_error)
                 self._events.emit(
                     Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error}
@@ -312,7 +311,7 @@ class Upstream:
                     kind = _CHANGE_KINDS.get(type(event))
                     await self._refresh_and_notify(session, {kind} if kind else None)
         except Exception as e:  # noqa: BLE001 - no listen support: changes are seen on reconnect only
-            _logger.info("upstream %s: no change notifications (%s)", self.name, _describe(e))
+            _logger.info("upstream %s: no change notifications (%s)", self.name, describe(e))
 
     async def refresh_soon(self, session: ClientSession, kinds: set[str] | None = None) -> None:
         """A refresh in the background, coalesced: one runs, one more at most waits with every
@@ -342,7 +341,7 @@ class Upstream:
         try:
             await self._refresh(session, kinds)
         except Exception as e:  # noqa: BLE001
-            _logger.warning("upstream %s: refresh after list_changed failed: %s", self.name, _describe(e))
+            _logger.warning("upstream %s: refresh after list_changed failed: %s", self.name, describe(e))
             return
         await self._notify_change()
 
@@ -413,7 +412,7 @@ class Upstream:
                 self._walkable(result.structured_content, result.meta)
             return result
         except MCPError as e:
-            err = _upstream_error(self.name, e)
+            err = upstream_error(self.name, e)
             if isinstance(err, UpstreamTimeout):
                 self._probe_soon(session)
             raise err from None
@@ -439,7 +438,7 @@ class Upstream:
             with anyio.fail_after(self.call_timeout):
                 return await coro
         except MCPError as e:
-            raise _upstream_error(self.name, e) from None
+            raise upstream_error(self.name, e) from None
         except TimeoutError:
             if self._session is not None:
                 self._probe_soon(self._session)
@@ -459,24 +458,3 @@ _CHANGE_KINDS: dict[type, str] = {
 _CALL_TOOL_RESULT: TypeAdapter[types.CallToolResult | types.InputRequiredResult] = TypeAdapter(
     types.CallToolResult | types.InputRequiredResult
 )
-
-
-def _upstream_error(name: str, e: MCPError) -> UpstreamError:
-    code = e.error.code if hasattr(e, "error") else None
-    if code == -32001 or "timed out" in str(e).lower():
-        return UpstreamTimeout(f"upstream {name!r} timed out: {e}")
-    if code == -32000 or "closed" in str(e).lower():
-        return UpstreamUnavailable(f"upstream {name!r} connection closed: {e}")
-    if code == types.PARSE_ERROR and OVERSIZED_MARK in str(e):
-        # our own refusal of an oversized HTTP body (bounded_http), not the upstream's answer
-        return UpstreamError(f"upstream {name!r} sent a message over mcp.max_message_bytes: refused")
-    return UpstreamError(f"upstream {name!r} returned an error: {e}", mcp_error=e)
-
-
-def _describe(e: BaseException) -> str:
-    """For ``last_error``: the upstream.down / misbehaved events, the log, /readyz. An error's
-    text may be the upstream's own (an initialize refused with a megabyte of message, again at
-    every restart): an excerpt of it."""
-    if isinstance(e, BaseExceptionGroup):
-        return "; ".join(_describe(x) for x in e.exceptions)
-    return excerpt(f"{type(e).__name__}: {e}") if str(e) else type(e).__name__

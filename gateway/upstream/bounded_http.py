@@ -12,6 +12,12 @@ reconnects a GET stream that ended, and a call's stream that ended unanswered, a
 server's own ``retry:`` field and forever (each clean end resets its attempt count), so a
 server answering ``retry: 0`` and closing made the gateway reconnect in a tight loop (some
 450 GETs a second) for as long as the upstream was up.
+
+``session_gone`` tells the upstream's supervisor when the server answers ``404`` to a request
+naming its session (``Mcp-Session-Id``): MCP's way of saying the session is over (the server
+restarted, or dropped it idle) and the client must initialize a new one. The SDK only fails
+that request ("Session terminated"), and every later one the same way: the upstream stayed
+"up" and unusable until the gateway restarted.
 """
 
 from __future__ import annotations
@@ -73,6 +79,17 @@ def bounded_responses(limit: int, on_oversized: Callable[[str], None]) -> Hook:
         if isinstance(response.stream, httpx2.AsyncByteStream):
             # the read fails (an error for that one request; the SDK catches StreamError)
             response.stream = _BoundedStream(response.stream, limit, declared, on_oversized)
+
+    return hook
+
+
+def session_gone(on_gone: Callable[[], None]) -> Hook:
+    """An ``httpx2`` response hook calling ``on_gone`` on a ``404`` to a request that named a
+    session (the SDK sends ``mcp-session-id`` on every request after ``initialize``)."""
+
+    async def hook(response: httpx2.Response) -> None:
+        if response.status_code == 404 and "mcp-session-id" in response.request.headers:
+            on_gone()
 
     return hook
 

@@ -136,7 +136,9 @@ class Upstream:
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as e:  # noqa: BLE001 - any failure of one upstream must not stop the others
-                self.last_error = describe(e)
+                # a connection ended on purpose keeps its reason (not its teardown's error)
+                ended = self.state == "up" and self._closed.is_set() and self.last_error is not None
+                self.last_error = self.last_error if ended else describe(e)
                 _logger.warning("upstream %s failed: %s", self.name, self.last_error)
             was_up = self.state == "up"
             self.state = "down"
@@ -208,6 +210,7 @@ class Upstream:
                 on_oversized=self._oversized,
                 on_lane=self._got_lane,
                 on_unreadable=self._unreadable,
+                on_session_gone=self._session_gone,
             )
         )
         lane, self._new_lane = self._new_lane, None
@@ -255,6 +258,15 @@ class Upstream:
     def _oversized(self, what: str) -> None:
         self.last_error = f"sent {what} (mcp.max_message_bytes): refused"
         self._events.emit(Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error})
+
+    def _session_gone(self) -> None:
+        """The HTTP server answered 404 to our session: it ended it (restarted, dropped it idle).
+        MCP says initialize a new one: the supervisor reconnects, after its backoff (so a server
+        answering 404 to everything gets a paced re-initialize, never a loop)."""
+        if not self._closed.is_set():
+            self.last_error = "the server ended its session (404 to Mcp-Session-Id): initializing a new one"
+            _logger.warning("upstream %s: %s", self.name, self.last_error)
+        self._closed.set()
 
     def _unreadable(self, found: Unreadable) -> None:
         """A message refused for its text (answered or dropped by the transport): logged (the

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from tests.conftest import ROOT, free_port, wait_listening, write_config
 from tests.server._clients import stdio_session
@@ -105,3 +106,56 @@ async def test_a_list_changed_storm_is_not_a_listing_per_notification(tmp_path: 
             ok = await s.call_tool("mut__t", {"mode": "ok", "message": "still served"})
     assert not ok.is_error
     assert 2 <= lists <= 200, lists  # the first listing and the coalesced ones; uncoalesced, 2001
+
+
+async def _until_served(s: Any, seconds: float) -> int:
+    """Call ``mut__t`` until it answers (bounded): how many calls failed first."""
+    failed = 0
+    with anyio.fail_after(seconds):
+        while True:
+            with contextlib.suppress(MCPError):
+                if not (await s.call_tool("mut__t", {"mode": "ok", "message": "again"})).is_error:
+                    return failed
+            failed += 1
+            await anyio.sleep(0.2)
+
+
+async def test_a_server_that_ended_the_session_is_initialized_again(tmp_path: Path) -> None:
+    """Attack (and plain restart): the server forgets the session and answers 404 to its id, as
+    a restarted server or one dropping idle sessions does (the SDK's own server answers "Session
+    not found"). MCP says the client must initialize a new session; the SDK only failed the
+    request, and every later call the same way: the upstream stayed "up" and unusable for good.
+    Now a 404 to the session ends the connection and the supervisor initializes a new one."""
+    with hostile() as port:
+        async with stdio_session(config(tmp_path, port)) as s:
+            assert not (await s.call_tool("mut__t", {"mode": "ok", "message": "first"})).is_error
+            with contextlib.suppress(MCPError):  # the call the 404 answered fails
+                await s.call_tool("mut__t", {"mode": "forget"})
+            await _until_served(s, 20)
+        assert stats(port)["inits"] == 2
+
+
+async def test_a_404_to_every_call_is_a_paced_reinitialize_not_a_loop(tmp_path: Path) -> None:
+    """Attack: after initialize, the server answers 404 to every call and GET of the session, so
+    every new session ends at once. Each ends the connection; the next initialize waits for the
+    supervisor's backoff (doubling), so the server gets a few re-initializes, never a loop."""
+    with hostile(HOSTILE_SESSION="expire") as port:
+        async with stdio_session(config(tmp_path, port)) as s:
+            with anyio.move_on_after(5):
+                while True:
+                    with contextlib.suppress(MCPError):
+                        await s.call_tool("mut__t", {"mode": "ok", "message": "again"})
+                    await anyio.sleep(0.2)
+        inits = stats(port)["inits"]
+    assert 2 <= inits <= 10, inits  # 0.5 s backoff doubling: some 4 in 5 s; without the 404 rule, 1
+
+
+async def test_a_session_id_changed_mid_session_is_not_taken(tmp_path: Path) -> None:
+    """Attack, held: every answer carries a new ``mcp-session-id``. The SDK takes the session id
+    from the answer to ``initialize`` only, so the gateway goes on naming the first one."""
+    with hostile(HOSTILE_SESSION="rotate") as port:
+        async with stdio_session(config(tmp_path, port)) as s:
+            for _ in range(3):
+                assert not (await s.call_tool("mut__t", {"mode": "ok", "message": "same"})).is_error
+        named = stats(port)["sessions_named"]
+    assert named[0] is None and set(named[1:]) == {"hostile-rotated-1"}, named

@@ -34,6 +34,7 @@ from gateway.upstream.caller_caps import forward_caller_capabilities
 from gateway.upstream.failures import describe, upstream_error
 from gateway.upstream.fastcall import FastLane, tool_result
 from gateway.upstream.listing import BoundedLists, Listing
+from gateway.upstream.progress import paced_progress
 from gateway.upstream.relay import CallerRelay
 from gateway.upstream.runas import RunAs, resolve_run_as
 from gateway.upstream.transport import CommandWrapper, WatchedStream, open_transport
@@ -393,6 +394,8 @@ class Upstream:
         request_state: str | None = None,
     ) -> types.CallToolResult | types.InputRequiredResult:
         session = self.session
+        if progress is not None:  # what the upstream reports reaches the caller paced (progress.py)
+            progress = paced_progress(progress)
         try:
             lane = self._fast_lane(session)
             if lane is not None and input_responses is None and request_state is None:

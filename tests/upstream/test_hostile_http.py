@@ -159,3 +159,24 @@ async def test_a_session_id_changed_mid_session_is_not_taken(tmp_path: Path) -> 
                 assert not (await s.call_tool("mut__t", {"mode": "ok", "message": "same"})).is_error
         named = stats(port)["sessions_named"]
     assert named[0] is None and set(named[1:]) == {"hostile-rotated-1"}, named
+
+
+async def test_a_progress_flood_does_not_reach_the_caller_one_for_one(tmp_path: Path) -> None:
+    """Attack: the upstream answers one call with 20,000 progress notifications (increasing)
+    before its result. The gateway wrote every one to the caller, one for one, however many the
+    upstream sent. Now a call's progress goes through a token bucket (burst 20, then 20 a
+    second: gateway.upstream.progress); the result still arrives."""
+    got = 0
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        nonlocal got
+        got += 1
+
+    with hostile(HOSTILE_FLOOD="20000") as port:
+        path = config(tmp_path, port)
+        path.write_text(path.read_text().replace("timeout_s = 1", "timeout_s = 60"))
+        async with stdio_session(path) as s:
+            r = await s.call_tool("mut__t", {"mode": "progress"}, progress_callback=on_progress)
+        assert stats(port)["progress"] == 20000
+    assert not r.is_error
+    assert 1 <= got <= 1000, got  # the burst and 20 a second; without the bucket, 20000

@@ -16,7 +16,7 @@ from mcp import StdioServerParameters
 from gateway.compat import screened_http_client
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable
-from gateway.upstream.bounded_http import bounded_responses, paced_gets, session_gone
+from gateway.upstream.bounded_http import PacedGets, bounded_responses, session_gone
 from gateway.upstream.fastcall import FastLane
 from gateway.upstream.runas import RunAs, check_launchable, working_folder
 from gateway.upstream.stderr import StderrToLog
@@ -76,14 +76,22 @@ async def open_transport(
             )
         timeout = httpx2.Timeout(config.mcp.connection_timeout_s, read=call_timeout + 5)
         limit = config.mcp.max_message_bytes
+        gets = PacedGets()  # a server's retry: 0 is not a reconnect loop (bounded_http)
         hooks: dict[str, list[Callable[..., Any]]] = {
-            # GETs paced: a server's retry: 0 is not a reconnect loop (bounded_http.paced_gets)
-            "request": [paced_gets()],
-            "response": [bounded_responses(limit, on_oversized), session_gone(on_session_gone)],
+            "request": [gets.on_request],
+            "response": [
+                bounded_responses(limit, on_oversized),
+                session_gone(on_session_gone),
+                gets.on_response,
+            ],
         }
         async with httpx2.AsyncClient(headers=dict(server.headers), timeout=timeout, event_hooks=hooks) as hc:
             async with screened_http_client(
-                server.url, http_client=hc, max_sse_event_size=limit, seen=on_unreadable
+                server.url,
+                http_client=hc,
+                max_sse_event_size=limit,
+                seen=on_unreadable,
+                reopen_get=lambda: not gets.refused,
             ) as streams:
                 yield streams
 

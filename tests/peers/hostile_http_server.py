@@ -20,7 +20,8 @@ answered by the drip above (an answer that never comes).
 The GET stream (server to client) answers as ``$HOSTILE_GET`` says: ``storm`` is an SSE stream
 that sets ``retry: 0`` and ends at once (so a client that honours ``retry`` reconnects without
 pause), ``flood`` a stream of ``$HOSTILE_FLOOD`` (2000) tools/list_changed notifications at once,
-then nothing; anything else 405. ``GET /stats`` (not MCP) answers the counters as JSON: GETs of
+then nothing, ``flaky`` 500 to the first three GETs (a server down for a while), then a stream of
+one tools/list_changed; anything else 405. ``GET /stats`` (not MCP) answers the counters as JSON: GETs of
 ``/mcp`` seen, tools/list requests, initialize requests, 404s sent, drip streams open now and
 in all, progress notifications sent, every POST's ``authorization`` and ``mcp-session-id``.
 """
@@ -110,9 +111,9 @@ async def _endless() -> AsyncIterator[bytes]:
         await anyio.sleep(0.01)
 
 
-async def _flood() -> AsyncIterator[bytes]:
+async def _flood(count: int = FLOOD) -> AsyncIterator[bytes]:
     note = json.dumps({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
-    yield f"event: message\ndata: {note}\n\n".encode() * FLOOD
+    yield f"event: message\ndata: {note}\n\n".encode() * count
     await anyio.sleep_forever()
 
 
@@ -183,6 +184,10 @@ async def get(request: Request) -> Response:
         return _not_found()
     if os.environ.get("HOSTILE_GET") == "storm":
         return Response(b"retry: 0\n\n", media_type="text/event-stream")
+    if os.environ.get("HOSTILE_GET") == "flaky" and STATS["gets"] <= 3:  # down for a while
+        return Response(status_code=500)
+    if os.environ.get("HOSTILE_GET") == "flaky":  # back: one list_changed, then open
+        return StreamingResponse(_flood(1), media_type="text/event-stream")
     if os.environ.get("HOSTILE_GET") == "flood":
         return StreamingResponse(_flood(), media_type="text/event-stream")
     return Response(status_code=405)

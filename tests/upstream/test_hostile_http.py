@@ -80,7 +80,7 @@ async def test_a_retry_zero_get_stream_is_not_a_reconnect_storm(tmp_path: Path) 
     """Attack: the upstream's GET stream sets ``retry: 0`` and ends at once, every time. The SDK
     honours the server's retry and resets its attempts at each clean end: the gateway reopened
     the stream in a tight loop (over a thousand GETs in 3 s). Now GETs to one upstream are paced
-    (one a second at most, gateway.upstream.bounded_http.paced_gets)."""
+    (one a second at most, then backing off: gateway.upstream.bounded_http.PacedGets)."""
     with hostile(HOSTILE_GET="storm") as port:
         async with stdio_session(config(tmp_path, port)) as s:
             start = stats(port)["gets"]
@@ -206,3 +206,37 @@ async def test_the_gateways_meta_keys_in_a_content_block_are_dropped(tmp_path: P
     text, embedded = r.content
     assert text.meta == {"vendor/x": 1}
     assert isinstance(embedded, types.EmbeddedResource) and embedded.resource.meta is None
+
+
+async def test_the_get_stream_backs_off_and_reopens_after_failures(tmp_path: Path) -> None:
+    """The GET stream fails three times (500), then works and carries a tools/list_changed. The
+    SDK gave the stream up for good after two failures in a row: the server's notifications
+    were lost until the upstream restarted. Now the stream is reopened, after a doubling
+    back-off (gateway.upstream.bounded_http.PacedGets), and the change is listed."""
+    with hostile(HOSTILE_GET="flaky") as port:
+        async with stdio_session(config(tmp_path, port)):
+            with anyio.fail_after(30):  # bounded: 1 + 2 + 4 s of back-off
+                while stats(port)["lists"] < 2:
+                    await anyio.sleep(0.2)
+        assert stats(port)["gets"] == 4
+
+
+async def test_a_get_stream_that_keeps_ending_is_reopened_ever_more_slowly(tmp_path: Path) -> None:
+    """Attack: the GET stream sets ``retry: 0`` and ends at once, every time, for as long as
+    the upstream is up. Paced at one a second, that was 3,600 GETs an hour for ever. Now each
+    reopening within a minute of the last waits twice as long (up to 30 s)."""
+    with hostile(HOSTILE_GET="storm") as port:
+        async with stdio_session(config(tmp_path, port)) as s:
+            await anyio.sleep(8)
+            gets = stats(port)["gets"]
+            assert not (await s.call_tool("mut__t", {"mode": "ok", "message": "still served"})).is_error
+    assert 1 <= gets <= 5, gets  # at 0, 1, 3 and 7 s; at one a second, 8 or 9
+
+
+async def test_a_server_without_a_get_stream_is_not_asked_again(tmp_path: Path) -> None:
+    """The server answers the GET with 405, MCP's "no stream here": the SDK tries once more and
+    gives up, and the gateway, which reopens a GET stream the SDK gave up, leaves it at that."""
+    with hostile() as port:
+        async with stdio_session(config(tmp_path, port)):
+            await anyio.sleep(5)
+        assert stats(port)["gets"] == 2  # reopened regardless: 3 by now (0, 1 and 3 s)

@@ -10,19 +10,20 @@ handshake and ``tools/list`` (one tool ``t``) normally; ``tools/call`` of ``t`` 
 - ``progress``: an SSE stream of ``$HOSTILE_FLOOD`` progress notifications for the call's
   progress token (progress 1, 2, 3, ...), then the answer;
 - ``endless``: an SSE event whose ``data:`` line never ends (1 KB every 10 ms, no newline);
+- ``redirect``: the ``status`` argument (302) to ``$HOSTILE_REDIRECT``;
 - ``forget``: ``404`` (the server forgets every session, as a restarted one does), and every
   request naming an older session after it gets ``404`` too.
 Sessions: each ``initialize`` gets a new ``mcp-session-id`` (``hostile-session-N``); a request
 naming another session than the newest gets ``404``. ``$HOSTILE_SESSION`` = ``rotate``: every
 answer carries a fresh session id (a server changing it mid-session); ``expire``: every call and
-GET gets ``404`` (a 404 loop). ``$HOSTILE_INIT`` = ``drip``: ``initialize`` is
-answered by the drip above (an answer that never comes).
+GET gets ``404`` (a 404 loop). ``$HOSTILE_INIT`` = ``drip``: ``initialize`` is answered by the
+drip above (an answer that never comes).
 The GET stream (server to client) answers as ``$HOSTILE_GET`` says: ``storm`` is an SSE stream
 that sets ``retry: 0`` and ends at once (so a client that honours ``retry`` reconnects without
 pause), ``flood`` a stream of ``$HOSTILE_FLOOD`` (2000) tools/list_changed notifications at once,
 then nothing, ``flaky`` 500 to the first three GETs (a server down for a while), then a stream of
-one tools/list_changed; anything else 405. ``GET /stats`` (not MCP) answers the counters as JSON: GETs of
-``/mcp`` seen, tools/list requests, initialize requests, 404s sent, drip streams open now and
+one tools/list_changed, ``redirect`` 302 to ``$HOSTILE_REDIRECT``; anything else 405.
+``GET /stats`` (not MCP) answers the counters as JSON: GETs of ``/mcp`` seen, tools/list requests, initialize requests, 404s sent, drip streams open now and
 in all, progress notifications sent, every POST's ``authorization`` and ``mcp-session-id``.
 """
 
@@ -58,6 +59,7 @@ STATS: dict[str, Any] = {
     "sessions_named": [],
 }
 FLOOD = int(os.environ.get("HOSTILE_FLOOD", "2000"))
+REDIRECT = os.environ.get("HOSTILE_REDIRECT", "http://127.0.0.1:9/mcp")
 
 
 def _session() -> str:
@@ -126,6 +128,10 @@ def _call(rid: Any, params: dict[str, Any]) -> Response:
         return StreamingResponse(_progress(rid, token), media_type="text/event-stream", headers=_headers())
     if args.get("mode") == "endless":
         return StreamingResponse(_endless(), media_type="text/event-stream", headers=_headers())
+    if args.get("mode") == "redirect":  # to $HOSTILE_REDIRECT, with the status asked for
+        return Response(
+            status_code=int(args.get("status", 302)), headers={"location": REDIRECT, **_headers()}
+        )
     if args.get("mode") == "forget":
         STATS["forgotten"] = STATS["inits"]
         return _not_found()
@@ -184,6 +190,8 @@ async def get(request: Request) -> Response:
         return _not_found()
     if os.environ.get("HOSTILE_GET") == "storm":
         return Response(b"retry: 0\n\n", media_type="text/event-stream")
+    if os.environ.get("HOSTILE_GET") == "redirect":
+        return Response(status_code=302, headers={"location": REDIRECT})
     if os.environ.get("HOSTILE_GET") == "flaky" and STATS["gets"] <= 3:  # down for a while
         return Response(status_code=500)
     if os.environ.get("HOSTILE_GET") == "flaky":  # back: one list_changed, then open

@@ -240,3 +240,62 @@ async def test_a_server_without_a_get_stream_is_not_asked_again(tmp_path: Path) 
         async with stdio_session(config(tmp_path, port)):
             await anyio.sleep(5)
         assert stats(port)["gets"] == 2  # reopened regardless: 3 by now (0, 1 and 3 s)
+
+
+async def test_a_redirect_to_another_host_is_not_followed_with_the_credentials(tmp_path: Path) -> None:
+    """Attack, held: the upstream redirects a call (301, 302, 303, 307) and its GET stream (302)
+    to another origin, a second server here. The SDK follows a redirect only within the URL's
+    origin and keeping the method: the call fails naming the redirect, and the other server
+    sees no request (so neither the bearer header nor the session id)."""
+    with hostile() as other:
+        elsewhere = f"http://127.0.0.1:{other}/mcp"
+        with hostile(HOSTILE_GET="redirect", HOSTILE_REDIRECT=elsewhere) as port:
+            async with stdio_session(config(tmp_path, port)) as s:
+                for status in (301, 302, 303, 307):
+                    with pytest.raises(MCPError):  # the SDK's refusal, passed on as the call's error
+                        await s.call_tool("mut__t", {"mode": "redirect", "status": status})
+                assert not (await s.call_tool("mut__t", {"mode": "ok", "message": "still"})).is_error
+            assert stats(port)["gets"] >= 1
+        seen = stats(other)
+    assert seen["authorization"] == [] and seen["gets"] == 0, seen
+
+
+async def test_an_initialize_that_never_answers_does_not_hold_the_others(tmp_path: Path) -> None:
+    """Attack, held: one upstream answers ``initialize`` with an SSE stream that never carries an
+    answer (a comment every 0.2 s). Start-up waits for it at most ``connection_timeout_s``; its
+    stream is closed at that deadline and it is retried with back-off; the other upstream is
+    up and served."""
+    with hostile(HOSTILE_INIT="drip") as bad, hostile() as good:
+        path = write_config(
+            tmp_path,
+            f"""
+            [mcp]
+            connection_timeout_s = 2
+            [servers.slow]
+            url = "http://127.0.0.1:{bad}/mcp"
+            verification = "warn"
+            [servers.mut]
+            url = "http://127.0.0.1:{good}/mcp"
+            verification = "warn"
+            """,
+        )
+        async with stdio_session(path) as s:
+            assert not (await s.call_tool("mut__t", {"mode": "ok", "message": "served"})).is_error
+            with anyio.fail_after(20):  # bounded: the first attempt's stream closed at its deadline
+                while stats(bad)["drips"] < 2 or stats(bad)["drips_open"] > 1:
+                    await anyio.sleep(0.2)
+
+
+async def test_an_sse_event_that_never_ends_is_cut_at_the_message_limit(tmp_path: Path) -> None:
+    """Attack, held: a call is answered by an SSE event whose ``data:`` line never ends. The
+    SDK's event bound (``max_sse_event_size`` = ``mcp.max_message_bytes``) counts an unfinished
+    line too: the call fails once past the limit, and the upstream is served again."""
+    with hostile() as port:
+        path = config(tmp_path, port)
+        text = path.read_text().replace("timeout_s = 1", "timeout_s = 60")
+        path.write_text(text.replace("[servers.mut]", "[mcp]\nmax_message_bytes = 65536\n[servers.mut]"))
+        async with stdio_session(path) as s:
+            with anyio.fail_after(30):  # 64 KB at 100 KB/s: long before the call's 60 s
+                r = await s.call_tool("mut__t", {"mode": "endless"})
+            assert r.is_error
+            assert not (await s.call_tool("mut__t", {"mode": "ok", "message": "again"})).is_error

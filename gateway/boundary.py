@@ -5,7 +5,8 @@
   ``_meta["symbi/error"] = {"code", "reasons"}`` so the model sees why; an upstream's
   own JSON-RPC error is passed on the same way. The connection never breaks.
 - ``_meta["symbi/..."]`` keys are the gateway's alone: ``without_gateway_meta`` drops the ones
-  an upstream put in its result (a forged ``symbi/error`` denial or ``symbi/verification``).
+  an upstream put in its result or its blocks (a forged ``symbi/error`` denial or
+  ``symbi/verification``).
 - ``resources/read``, ``prompts/get``, ``completion/complete``: a ``GatewayError`` becomes a
   JSON-RPC error (``MCPError``): -32602 for unknown names and denials, -32603 otherwise.
 - Anything else (a bug) is logged with its traceback and reported as an internal error:
@@ -40,13 +41,46 @@ def _gateway_key(key: object) -> bool:
 
 def without_gateway_meta(result: R) -> R:
     """``result`` (an upstream's) without the ``_meta`` keys only the gateway may set, in any
-    case: a client must be able to trust ``symbi/error`` and ``symbi/verification``. Only
-    the result's own ``_meta`` is looked at (where the gateway puts its keys): no walk."""
+    case: a client must be able to trust ``symbi/error`` and ``symbi/verification``. Looked at:
+    the result's own ``_meta`` (where the gateway puts its keys) and each block's in its lists
+    (``content``, ``contents``, ``messages``, with the resource or content a block carries: a
+    client reading ``symbi/`` keys per block must not find the upstream's there); no deeper walk."""
+    update: dict[str, object] = {}
     meta = getattr(result, "meta", None)
-    if not meta or not any(map(_gateway_key, meta)):
+    if meta and any(map(_gateway_key, meta)):
+        update["meta"] = {k: v for k, v in meta.items() if not _gateway_key(k)} or None
+    for field in _BLOCK_LISTS:
+        blocks = getattr(result, field, None)
+        if isinstance(blocks, list) and any(map(_forges, blocks)):
+            update[field] = [_block_without(b) for b in blocks]
+    if not update:
         return result
-    kept = {k: v for k, v in meta.items() if not _gateway_key(k)}
-    return result.model_copy(update={"meta": kept or None})  # type: ignore[attr-defined, no-any-return]
+    return result.model_copy(update=update)  # type: ignore[attr-defined, no-any-return]
+
+
+_BLOCK_LISTS = ("content", "contents", "messages")  # tools/call, resources/read, prompts/get
+_INNER = ("resource", "content")  # an embedded resource's contents, a prompt message's block
+
+
+def _forges(block: object) -> bool:
+    meta = getattr(block, "meta", None)
+    if isinstance(meta, dict) and any(map(_gateway_key, meta)):
+        return True
+    return any(_forges(inner) for f in _INNER if (inner := getattr(block, f, None)) is not None)
+
+
+def _block_without(block: object) -> object:
+    if not _forges(block):
+        return block
+    update: dict[str, object] = {}
+    meta = getattr(block, "meta", None)
+    if isinstance(meta, dict) and any(map(_gateway_key, meta)):
+        update["meta"] = {k: v for k, v in meta.items() if not _gateway_key(k)} or None
+    for f in _INNER:
+        inner = getattr(block, f, None)
+        if inner is not None and _forges(inner):
+            update[f] = _block_without(inner)
+    return block.model_copy(update=update)  # type: ignore[attr-defined]
 
 
 def error_result(err: BaseException) -> types.CallToolResult:

@@ -61,3 +61,22 @@ def test_only_the_gateways_own_meta_keys_are_dropped() -> None:
     clean = types.GetPromptResult(messages=[], _meta={"vendor/x": 1})
     assert without_gateway_meta(clean) is clean  # nothing to drop: the very result, no copy
     assert without_gateway_meta(types.CallToolResult(content=[])).meta is None
+
+
+def test_the_gateways_keys_are_dropped_from_each_block_too() -> None:
+    forged = {"symbi/error": {"code": "policy_denied"}, "ui/hint": 1}
+    text = types.TextContent(type="text", text="t", _meta=forged)
+    plain = types.TextContent(type="text", text="u", _meta={"ui/hint": 2})
+    inner = types.TextResourceContents(uri="file:///a", text="a", _meta={"SYMBI/verification": {}})
+    embedded = types.EmbeddedResource(type="resource", resource=inner)
+    r = without_gateway_meta(types.CallToolResult(content=[text, plain, embedded]))
+    assert [b.meta for b in r.content] == [{"ui/hint": 1}, {"ui/hint": 2}, None]
+    assert r.content[1] is plain  # a block with nothing to drop is kept as it is
+    assert r.content[2].resource.meta is None  # type: ignore[union-attr]
+    read = without_gateway_meta(types.ReadResourceResult(contents=[inner]))
+    assert read.contents[0].meta is None
+    message = types.PromptMessage(role="user", content=text)
+    prompt = without_gateway_meta(types.GetPromptResult(messages=[message]))
+    assert prompt.messages[0].content.meta == {"ui/hint": 1}
+    clean = types.CallToolResult(content=[plain])
+    assert without_gateway_meta(clean) is clean

@@ -15,6 +15,9 @@ It also ends the POST of a request the session abandoned (timed out, cancelled) 
 ``notifications/cancelled`` frame, so a server that keeps the request's SSE stream open (an SSE
 comment now and then: no read ever times out) held one connection and task per timed-out call
 for as long as it liked. The frame is still POSTed; the stream is closed as well.
+
+And it opens the GET stream (server to client) again when the SDK gives it up after two
+failures in a row, as the caller says (``reopen_get``; see gateway.upstream.bounded_http).
 """
 
 from __future__ import annotations
@@ -149,12 +152,37 @@ class ScreenedTransport(StreamableHTTPTransport):
         return request_id is not None
 
 
+REOPEN_PAUSE_S = 1.0  # between the SDK giving the GET stream up and reopening it (at least)
+
+
+async def _kept_get_stream(
+    transport: ScreenedTransport,
+    client: httpx2.AsyncClient,
+    writer: _Writer,
+    reopen: Callable[[], bool],
+) -> None:
+    """The SDK's GET stream, opened again whenever it gives up (two failures in a row), while
+    the session lasts and ``reopen()`` says so: how often is the HTTP client's pacing."""
+    while True:
+        await transport.handle_get_stream(client, writer)
+        if not transport.session_id or not reopen():
+            return
+        await anyio.sleep(REOPEN_PAUSE_S)
+
+
 @contextlib.asynccontextmanager
 async def screened_http_client(
-    url: str, *, http_client: httpx2.AsyncClient, max_sse_event_size: int | None, seen: Seen
+    url: str,
+    *,
+    http_client: httpx2.AsyncClient,
+    max_sse_event_size: int | None,
+    seen: Seen,
+    reopen_get: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[tuple[Any, Any]]:
     """``mcp.client.streamable_http.streamable_http_client`` (mcp 2.3.0) with ``ScreenedTransport``:
-    the (read, write) streams of one streamable HTTP connection over ``http_client``."""
+    the (read, write) streams of one streamable HTTP connection over ``http_client``. The SDK
+    gives its GET stream up for good after two failures in a row; it is opened again while
+    ``reopen_get()`` says so (the caller paces the GETs themselves)."""
     read_stream_writer, read_stream = create_context_streams[SessionMessage | Exception](0)
     write_stream, write_stream_reader = create_context_streams[SessionMessage](0)
     transport = ScreenedTransport(
@@ -164,7 +192,7 @@ async def screened_http_client(
         reply=write_stream,  # type: ignore[arg-type]  # sends SessionMessages only
     )
     try:
-        post_writer, get_stream = transport.post_writer, transport.handle_get_stream
+        post_writer, _ = transport.post_writer, transport.handle_get_stream
     except AttributeError as e:
         raise SdkChanged(f"StreamableHTTPTransport.{e.name}") from None
     async with (
@@ -176,7 +204,7 @@ async def screened_http_client(
     ):
 
         def start_get_stream() -> None:
-            tg.start_soon(get_stream, http_client, read_stream_writer)
+            tg.start_soon(_kept_get_stream, transport, http_client, read_stream_writer, reopen_get)
 
         tg.start_soon(
             post_writer,

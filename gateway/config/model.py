@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -166,6 +166,31 @@ class ServerConfig(Section):
                 "'headers' or user:password@ in 'url' would go over plain http:// to another host: "
                 "use https:// (or set unsafe_plain_http = true on a network you trust)"
             )
+        named = credential_params(parts.query)
+        if plain and not self.unsafe_plain_http and named:
+            raise ValueError(
+                f"'url' carries {', '.join(named)} in its query, which would go over plain http:// to "
+                "another host: use https:// (or set unsafe_plain_http = true on a network you trust)"
+            )
+
+
+# the words of a query parameter's name that make it a credential (access_token, apiKey, sig)
+_SECRET_WORDS = frozenset(
+    {"token", "key", "apikey", "secret", "password", "passwd", "pwd", "pass", "auth", "authorization"}
+    | {"credential", "credentials", "signature", "sig", "jwt", "bearer", "session", "sessionid", "sid"}
+)
+_SECRET_ENDINGS = ("token", "key", "secret", "password")  # run together: accesstoken, apikey
+
+
+def credential_params(query: str) -> list[str]:
+    """The names of the parameters in a URL's ``query`` that look like credentials (their value
+    is never looked at, or shown): by the words of the name, camelCase and separators split."""
+    named = []
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name).lower())
+        if any(w in _SECRET_WORDS for w in words) or "".join(words).endswith(_SECRET_ENDINGS):
+            named.append(name)
+    return named
 
 
 @dataclass(frozen=True)

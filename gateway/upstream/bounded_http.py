@@ -7,11 +7,23 @@ a counting stream: past the limit the read fails with ``MessageTooLarge`` (an
 hostile server cannot make the gateway buffer a 100 MB answer. SSE events get the same
 limit through the SDK's own parameter (see ``gateway.upstream.transport.open_transport``).
 
-``paced_gets`` bounds how often the gateway opens a GET (SSE) stream to one upstream: the SDK
+``PacedGets`` bounds how often the gateway opens a GET (SSE) stream to one upstream: the SDK
 reconnects a GET stream that ended, and a call's stream that ended unanswered, after the
 server's own ``retry:`` field and forever (each clean end resets its attempt count), so a
 server answering ``retry: 0`` and closing made the gateway reconnect in a tight loop (some
-450 GETs a second) for as long as the upstream was up.
+450 GETs a second) for as long as the upstream was up. Each GET waits its turn: one second
+after the one before, twice as long as the last wait when that one started within a minute
+(up to 30 s), one second again after a quiet minute (a stream that lived that long was not a
+loop). The SDK also gives the GET stream up for good after two failures in a row (a server
+down for a moment loses its notifications until the gateway restarts it): the transport
+reopens it (``gateway.compat.httpclient``) unless the server answered ``405``, MCP's "no stream
+here"; the back-off paces those reopenings too.
+
+``session_gone`` tells the upstream's supervisor when the server answers ``404`` to a request
+naming its session (``Mcp-Session-Id``): MCP's way of saying the session is over (the server
+restarted, or dropped it idle) and the client must initialize a new one. The SDK only fails
+that request ("Session terminated"), and every later one the same way: the upstream stayed
+"up" and unusable until the gateway restarted.
 """
 
 from __future__ import annotations
@@ -22,8 +34,9 @@ import anyio
 import httpx2
 
 Hook = Callable[[httpx2.Response], Awaitable[None]]
-RequestHook = Callable[[httpx2.Request], Awaitable[None]]
 GET_INTERVAL_S = 1.0  # the SDK's own reconnection delay when a server names none
+GET_INTERVAL_MAX_S = 30.0  # the longest wait of a GET's back-off
+GET_QUIET_S = 60.0  # a GET this long after the last one waits GET_INTERVAL_S again
 OVERSIZED_MARK = "(mcp.max_message_bytes)"  # ends the refusal's message, which the SDK wraps
 
 
@@ -77,19 +90,43 @@ def bounded_responses(limit: int, on_oversized: Callable[[str], None]) -> Hook:
     return hook
 
 
-def paced_gets(interval: float = GET_INTERVAL_S) -> RequestHook:
-    """An ``httpx2`` request hook letting one GET start per ``interval`` seconds at most (the
-    ones after wait their turn): POSTs, the calls themselves, are never held."""
-    next_slot = 0.0
+def session_gone(on_gone: Callable[[], None]) -> Hook:
+    """An ``httpx2`` response hook calling ``on_gone`` on a ``404`` to a request that named a
+    session (the SDK sends ``mcp-session-id`` on every request after ``initialize``)."""
 
-    async def hook(request: httpx2.Request) -> None:
-        nonlocal next_slot
+    async def hook(response: httpx2.Response) -> None:
+        if response.status_code == 404 and "mcp-session-id" in response.request.headers:
+            on_gone()
+
+    return hook
+
+
+class PacedGets:
+    """One upstream's GETs: ``on_request`` (an ``httpx2`` request hook) makes each wait its turn
+    (POSTs, the calls themselves, are never held); ``on_response`` notes a ``405`` to a GET."""
+
+    def __init__(
+        self, first: float = GET_INTERVAL_S, longest: float = GET_INTERVAL_MAX_S, quiet: float = GET_QUIET_S
+    ) -> None:
+        self._first, self._longest, self._quiet = first, longest, quiet
+        self._gap = first
+        self._last = -quiet  # when the last GET's turn came
+        self.refused = False  # the server answered a GET 405: it offers no stream (MCP)
+
+    async def on_request(self, request: httpx2.Request) -> None:
         if request.method != "GET":
             return
         now = anyio.current_time()
-        slot = max(now, next_slot)
-        next_slot = slot + interval
+        if now - self._last >= self._quiet:  # the last stream lived a while: not a loop
+            self._gap = self._first
+            slot = now
+        else:
+            slot = max(now, self._last + self._gap)
+            self._gap = min(self._gap * 2, self._longest)
+        self._last = slot
         if slot > now:
             await anyio.sleep(slot - now)
 
-    return hook
+    async def on_response(self, response: httpx2.Response) -> None:
+        if response.request.method == "GET" and response.status_code == 405:
+            self.refused = True

@@ -29,12 +29,12 @@ from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
 from gateway.jsonlimits import too_large
-from gateway.policy.redact import excerpt
 from gateway.telemetry import current_span_recorded, exporting
-from gateway.upstream.bounded_http import OVERSIZED_MARK
 from gateway.upstream.caller_caps import forward_caller_capabilities
+from gateway.upstream.failures import describe, upstream_error
 from gateway.upstream.fastcall import FastLane, tool_result
 from gateway.upstream.listing import BoundedLists, Listing
+from gateway.upstream.progress import paced_progress
 from gateway.upstream.relay import CallerRelay
 from gateway.upstream.runas import RunAs, resolve_run_as
 from gateway.upstream.transport import CommandWrapper, WatchedStream, open_transport
@@ -137,7 +137,9 @@ class Upstream:
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as e:  # noqa: BLE001 - any failure of one upstream must not stop the others
-                self.last_error = _describe(e)
+                # a connection ended on purpose keeps its reason (not its teardown's error)
+                ended = self.state == "up" and self._closed.is_set() and self.last_error is not None
+                self.last_error = self.last_error if ended else describe(e)
                 _logger.warning("upstream %s failed: %s", self.name, self.last_error)
             was_up = self.state == "up"
             self.state = "down"
@@ -209,6 +211,7 @@ class Upstream:
                 on_oversized=self._oversized,
                 on_lane=self._got_lane,
                 on_unreadable=self._unreadable,
+                on_session_gone=self._session_gone,
             )
         )
         lane, self._new_lane = self._new_lane, None
@@ -257,6 +260,15 @@ class Upstream:
         self.last_error = f"sent {what} (mcp.max_message_bytes): refused"
         self._events.emit(Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error})
 
+    def _session_gone(self) -> None:
+        """The HTTP server answered 404 to our session: it ended it (restarted, dropped it idle).
+        MCP says initialize a new one: the supervisor reconnects, after its backoff (so a server
+        answering 404 to everything gets a paced re-initialize, never a loop)."""
+        if not self._closed.is_set():
+            self.last_error = "the server ended its session (404 to Mcp-Session-Id): initializing a new one"
+            _logger.warning("upstream %s: %s", self.name, self.last_error)
+        self._closed.set()
+
     def _unreadable(self, found: Unreadable) -> None:
         """A message refused for its text (answered or dropped by the transport): logged (the
         reason is valid UTF-8, so the line is written); a refused request of the upstream's is
@@ -275,7 +287,7 @@ class Upstream:
                 await session.send_ping()
         except Exception as e:  # noqa: BLE001 - any failure to answer is the verdict
             if self._session is session:
-                self.last_error = f"wedged: no answer to a ping after a timed-out request ({_describe(e)})"
+                self.last_error = f"wedged: no answer to a ping after a timed-out request ({describe(e)})"
                 _logger.warning("upstream %s %s: restarting it", self.name, self.last_error)
                 self._events.emit(
                     Event.UPSTREAM_MISBEHAVED, {"upstream": self.name, "reason": self.last_error}
@@ -312,7 +324,7 @@ class Upstream:
                     kind = _CHANGE_KINDS.get(type(event))
                     await self._refresh_and_notify(session, {kind} if kind else None)
         except Exception as e:  # noqa: BLE001 - no listen support: changes are seen on reconnect only
-            _logger.info("upstream %s: no change notifications (%s)", self.name, _describe(e))
+            _logger.info("upstream %s: no change notifications (%s)", self.name, describe(e))
 
     async def refresh_soon(self, session: ClientSession, kinds: set[str] | None = None) -> None:
         """A refresh in the background, coalesced: one runs, one more at most waits with every
@@ -342,7 +354,7 @@ class Upstream:
         try:
             await self._refresh(session, kinds)
         except Exception as e:  # noqa: BLE001
-            _logger.warning("upstream %s: refresh after list_changed failed: %s", self.name, _describe(e))
+            _logger.warning("upstream %s: refresh after list_changed failed: %s", self.name, describe(e))
             return
         await self._notify_change()
 
@@ -382,6 +394,8 @@ class Upstream:
         request_state: str | None = None,
     ) -> types.CallToolResult | types.InputRequiredResult:
         session = self.session
+        if progress is not None:  # what the upstream reports reaches the caller paced (progress.py)
+            progress = paced_progress(progress)
         try:
             lane = self._fast_lane(session)
             if lane is not None and input_responses is None and request_state is None:
@@ -413,7 +427,7 @@ class Upstream:
                 self._walkable(result.structured_content, result.meta)
             return result
         except MCPError as e:
-            err = _upstream_error(self.name, e)
+            err = upstream_error(self.name, e)
             if isinstance(err, UpstreamTimeout):
                 self._probe_soon(session)
             raise err from None
@@ -439,7 +453,7 @@ class Upstream:
             with anyio.fail_after(self.call_timeout):
                 return await coro
         except MCPError as e:
-            raise _upstream_error(self.name, e) from None
+            raise upstream_error(self.name, e) from None
         except TimeoutError:
             if self._session is not None:
                 self._probe_soon(self._session)
@@ -459,24 +473,3 @@ _CHANGE_KINDS: dict[type, str] = {
 _CALL_TOOL_RESULT: TypeAdapter[types.CallToolResult | types.InputRequiredResult] = TypeAdapter(
     types.CallToolResult | types.InputRequiredResult
 )
-
-
-def _upstream_error(name: str, e: MCPError) -> UpstreamError:
-    code = e.error.code if hasattr(e, "error") else None
-    if code == -32001 or "timed out" in str(e).lower():
-        return UpstreamTimeout(f"upstream {name!r} timed out: {e}")
-    if code == -32000 or "closed" in str(e).lower():
-        return UpstreamUnavailable(f"upstream {name!r} connection closed: {e}")
-    if code == types.PARSE_ERROR and OVERSIZED_MARK in str(e):
-        # our own refusal of an oversized HTTP body (bounded_http), not the upstream's answer
-        return UpstreamError(f"upstream {name!r} sent a message over mcp.max_message_bytes: refused")
-    return UpstreamError(f"upstream {name!r} returned an error: {e}", mcp_error=e)
-
-
-def _describe(e: BaseException) -> str:
-    """For ``last_error``: the upstream.down / misbehaved events, the log, /readyz. An error's
-    text may be the upstream's own (an initialize refused with a megabyte of message, again at
-    every restart): an excerpt of it."""
-    if isinstance(e, BaseExceptionGroup):
-        return "; ".join(_describe(x) for x in e.exceptions)
-    return excerpt(f"{type(e).__name__}: {e}") if str(e) else type(e).__name__

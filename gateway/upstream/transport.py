@@ -16,7 +16,7 @@ from mcp import StdioServerParameters
 from gateway.compat import screened_http_client
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import SandboxUnavailable
-from gateway.upstream.bounded_http import bounded_responses, paced_gets
+from gateway.upstream.bounded_http import PacedGets, bounded_responses, session_gone
 from gateway.upstream.fastcall import FastLane
 from gateway.upstream.runas import RunAs, check_launchable, working_folder
 from gateway.upstream.stderr import StderrToLog
@@ -41,11 +41,13 @@ async def open_transport(
     on_oversized: Callable[[str], None],
     on_lane: Callable[[FastLane], None],
     on_unreadable: Callable[[Unreadable], None],
+    on_session_gone: Callable[[], None],
 ) -> AsyncIterator[Any]:
     """The (read, write) streams of one upstream: its stdio process (sandboxed when
     ``servers.X.sandbox`` says so, run as ``run_as``, stderr logged) or streamable HTTP, both
     with messages bounded by ``mcp.max_message_bytes`` and a message whose text is not valid
-    UTF-8 answered at once (``gateway.upstream.unreadable``, told to ``on_unreadable``)."""
+    UTF-8 answered at once (``gateway.upstream.unreadable``, told to ``on_unreadable``); an
+    HTTP server's ``404`` to our session is told to ``on_session_gone``."""
     if server.command is not None:
         params, cleanup = await _stdio_launch(name, server, config, wrap_command, run_as)
         try:
@@ -74,14 +76,22 @@ async def open_transport(
             )
         timeout = httpx2.Timeout(config.mcp.connection_timeout_s, read=call_timeout + 5)
         limit = config.mcp.max_message_bytes
-        async with httpx2.AsyncClient(
-            headers=dict(server.headers),
-            timeout=timeout,
-            # GETs paced: a server's retry: 0 is not a reconnect loop (bounded_http.paced_gets)
-            event_hooks={"request": [paced_gets()], "response": [bounded_responses(limit, on_oversized)]},
-        ) as hc:
+        gets = PacedGets()  # a server's retry: 0 is not a reconnect loop (bounded_http)
+        hooks: dict[str, list[Callable[..., Any]]] = {
+            "request": [gets.on_request],
+            "response": [
+                bounded_responses(limit, on_oversized),
+                session_gone(on_session_gone),
+                gets.on_response,
+            ],
+        }
+        async with httpx2.AsyncClient(headers=dict(server.headers), timeout=timeout, event_hooks=hooks) as hc:
             async with screened_http_client(
-                server.url, http_client=hc, max_sse_event_size=limit, seen=on_unreadable
+                server.url,
+                http_client=hc,
+                max_sse_event_size=limit,
+                seen=on_unreadable,
+                reopen_get=lambda: not gets.refused,
             ) as streams:
                 yield streams
 

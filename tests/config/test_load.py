@@ -98,6 +98,16 @@ BAD = [
     ),
     ("password in a plain http url", '[servers.a]\nurl = "http://u:pw@10.0.0.5/mcp"\n', "servers.a"),
     (
+        "token in the query of a plain http url",
+        '[servers.a]\nurl = "http://mcp.example/mcp?token=t"\n',
+        "servers.a",
+    ),
+    (
+        "api key in the query of a plain http url",
+        '[servers.a]\nurl = "http://10.0.0.5/m?v=1&apiKey=k"\n',
+        "servers.a",
+    ),
+    (
         "plain-http opt-out over https",
         '[servers.a]\nurl = "https://x/mcp"\nunsafe_plain_http = true\n',
         "servers.a",
@@ -239,6 +249,10 @@ def test_keys_with_an_effect_in_their_mode_still_load() -> None:
         build_config({"http": {"jwt": {"issuer": "i", "audience": "a", "jwks_url": url}}})
         build_config({"servers": {"a": {"url": url, "headers": {"Authorization": "Bearer t"}}}})
     build_config({"servers": {"a": {"url": "http://mcp.example/mcp"}}})  # nothing secret to read
+    build_config({"servers": {"a": {"url": "http://mcp.example/mcp?version=2&keyword=k"}}})
+    for url in ("https://mcp.example/mcp?token=t", "http://127.0.0.1:9/mcp?access_token=t"):
+        build_config({"servers": {"a": {"url": url}}})
+    build_config({"servers": {"a": {"url": "http://10.0.0.5/mcp?token=t", "unsafe_plain_http": True}}})
     opted = build_config({"servers": {"a": {"url": "http://u:pw@10.0.0.5/mcp", "unsafe_plain_http": True}}})
     assert [o.key for o in opted.unsafe_options()] == ["servers.a.unsafe_plain_http"]
 

@@ -246,6 +246,26 @@ def read_exported(path: Path, log_name: str | None = None) -> list[Anchor]:
     return out
 
 
+def last_exported(path: Path) -> dict[str, Anchor]:
+    """The last checkpoint of each log (``log`` field; "" without one) an export file holds: the
+    last appended, not the highest seq (a log replaced under the same name starts again at 1).
+    Raises ValueError if malformed."""
+    out: dict[str, Anchor] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            if n == 1:  # a pretty-printed single checkpoint
+                return {"": read_exported(path)[0]}
+            raise ValueError(f"{path}:{n}: not a JSON checkpoint") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}:{n}: not a JSON checkpoint")  # noqa: TRY004 - one error for "malformed"
+        out[str(doc.get("log") or "")] = Anchor.from_dict(doc)
+    return out
+
+
 def exported_log_names(path: Path) -> set[str]:
     """The chains (``log`` fields) an export file holds checkpoints of (``read_exported`` is the
     one to say a file is malformed: a line that is not JSON names none here)."""

@@ -40,6 +40,7 @@ from gateway.state.audit_roster import (
     missing_chains,
     register,
     registration_problem,
+    unheld_checkpoints,
 )
 from gateway.state.postgres import Postgres
 
@@ -272,9 +273,11 @@ def verify_every_chain(
     roots: Iterable[str],
     *,
     all_signatures: bool = True,
+    checkpoints: Mapping[str, store.Anchor] | None = None,
 ) -> SharedVerdict:
     """Each chain on its own, then the roster (``gateway.state.audit_roster``): the chains the
-    verified registrations name, and a chain for every root (pinned) key id."""
+    verified registrations name, a chain for every root (pinned) key id, and a verified chain
+    holding each exported ``checkpoints`` (source -> the newest of one log)."""
     candidates = shared_keys(pg)  # rotated-to keys a chain's own rotation vouches for
     chains = shared_chains(pg)
     results, regs, covered = [], [], set()
@@ -284,7 +287,15 @@ def verify_every_chain(
         if reg is not None:
             regs.append(reg)
             covered |= {reg.key_id, *record_keys(pg, chain.chain)}
-    return SharedVerdict(results, missing_chains((c.chain for c in chains), regs, roots, covered))
+
+    def held(a: store.Anchor) -> bool:
+        return any(
+            res.ok and 0 < a.seq <= res.last_seq and _hash_at(pg, c.chain, a.seq) == a.chain_hash
+            for c, res in results
+        )
+
+    missing = missing_chains((c.chain for c in chains), regs, roots, covered)
+    return SharedVerdict(results, missing + unheld_checkpoints(checkpoints or {}, held))
 
 
 def verify_shared_chain(

@@ -13,6 +13,14 @@ the others verifying. Two things outside the attacker's reach name the chains:
   key is pinned, so every pinned key must have registered, or signed records in, a chain that
   verifies. A replica's only chain deleted leaves its pin with none.
 
+Both live in PostgreSQL or name keys only, so neither can name a chain registered after every
+surviving registration and under a key another chain still covers (the newest chain of a
+replica whose data dir was replaced under the same key; without pins, the last chain
+registered): deleted whole with its registration, PostgreSQL is as it was before that chain
+existed. What names it is outside PostgreSQL: a replica's **exported checkpoints**
+(``[audit] checkpoint_export``, passed with ``--anchor``): the newest exported checkpoint of
+each log must be a record of a chain that verifies (``unheld_checkpoints``).
+
 A chain registered before migration 9 has no registration: it fails until its replica signs
 one (its shipper does at its next start when the chain is the one it ships; ``symbi audit
 register-shared`` for the others). Failing it, instead of trusting it unsigned, keeps the
@@ -36,6 +44,7 @@ from gateway.audit.verify import Problem
 
 if TYPE_CHECKING:
     from gateway.audit import AuditLog
+    from gateway.audit.store import Anchor
 
 REGISTRATION_PREFIX = b"symbi-audit-registration-v1\x00"
 MIGRATION = 9  # the migration that added registrations (gateway.state.postgres.MIGRATIONS)
@@ -176,3 +185,17 @@ def missing_chains(
                 )
             )
     return out
+
+
+def unheld_checkpoints(newest: Mapping[str, Anchor], held: Callable[[Anchor], bool]) -> list[Missing]:
+    """The exported checkpoints (source -> the newest checkpoint of one log in one file) that no
+    chain verified in PostgreSQL holds (``held``: a verified chain has that record, same hash)."""
+    return [
+        Missing(
+            f"the exported checkpoint of {source} at seq {a.seq} (key {a.key_id}) is in no chain that "
+            "verifies in PostgreSQL: its chain was deleted, cut, or has not shipped that far yet",
+            key_id=a.key_id,
+        )
+        for source, a in sorted(newest.items())
+        if not held(a)
+    ]

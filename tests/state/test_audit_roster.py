@@ -7,6 +7,7 @@ forward for chains shipped before migration 9 (a restarted shipper, ``symbi audi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,73 @@ def test_register_shared_signs_an_old_chain_after_retention_and_refuses_a_cut_on
         assert _verify(cfg, capsys)[0] == 1
     finally:
         a.close()
+
+
+def _exporting(folder: Path, n: int, witness: Path) -> AuditLog:
+    """A replica's log with ``n`` events whose checkpoints are exported to ``witness/<folder>.jsonl``
+    (kept outside its data dir and PostgreSQL; a new log refuses an old log's export)."""
+    log = AuditLog(
+        folder / "audit.db",
+        folder / "audit-key.pem",
+        checkpoint_every=5,
+        batch_max=4,
+        checkpoint_export=witness / f"{folder.name}.jsonl",
+    )
+    for i in range(n):
+        log.emit("tool.call", {"tool": "t__echo", "i": i}, principal="p")
+    log.flush()
+    return log
+
+
+def test_a_replaced_data_dirs_newer_chain_deleted_is_found_by_an_exported_checkpoint(
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a data dir replaced under the same key registered a second chain, and that newer
+    chain deleted whole verified intact (the older chain covered the pin; no registration named
+    it). Nothing in PostgreSQL can name it; the replica's exported checkpoints do (``--anchor``)."""
+    witness = tmp_path / "witness"
+    old = _exporting(tmp_path / "a1", 9, witness)
+    first = _ship(audit_pg, old, "a")
+    old.close()
+    (tmp_path / "a2").mkdir(mode=0o700)
+    shutil.copy2(tmp_path / "a1" / "audit-key.pem", tmp_path / "a2" / "audit-key.pem")  # the same key
+    new = _exporting(tmp_path / "a2", 12, witness)
+    try:
+        assert new.key_id == old.key_id
+        AuditShipper(audit_pg, new.path, log_signer(new), replica="a").ship()
+        older, newer = shared_chains(audit_pg)  # in the order they were registered
+        assert older.chain == first
+        cfg = _config(tmp_path, postgres_engine, _pins(new))
+        anchored = ("--anchor", str(witness / "a1.jsonl"), "--anchor", str(witness / "a2.jsonl"))
+        assert _verify(cfg, capsys)[0] == 0 and _verify(cfg, capsys, *anchored)[0] == 0
+        _delete_chain(audit_pg, newer.chain, None)  # the key kept: the older chain needs it
+        assert _verify(cfg, capsys)[0] == 0  # still undetectable from PostgreSQL and the pins alone
+        code, lines = _verify(cfg, capsys, *anchored)
+        assert code == 1
+        [gone] = [doc for doc in lines if not doc["ok"]]
+        assert gone["key_id"] == new.key_id and gone["problem"]["kind"] == "missing"  # type: ignore[index]
+    finally:
+        new.close()
+
+
+def test_the_last_registered_chain_deleted_without_pins_is_found_by_an_exported_checkpoint(
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: without pins (NOT ANCHORED), the chain registered last deleted whole (rows, chain
+    row, key) left nothing that names it: the others verified intact."""
+    witness = tmp_path / "witness"
+    a, b = _exporting(tmp_path / "a", 9, witness), _exporting(tmp_path / "b", 7, witness)
+    try:
+        _ship(audit_pg, a, "a")
+        last = _ship(audit_pg, b, "b")
+        cfg = _config(tmp_path, postgres_engine)
+        anchored = ("--anchor", str(witness / "a.jsonl"), "--anchor", str(witness / "b.jsonl"))
+        assert _verify(cfg, capsys, *anchored)[0] == 0
+        _delete_chain(audit_pg, last, b.key_id)
+        assert _verify(cfg, capsys)[0] == 0  # still undetectable from PostgreSQL alone
+        code, lines = _verify(cfg, capsys, *anchored)
+        assert code == 1 and [doc["key_id"] for doc in lines if not doc["ok"]] == [b.key_id]
+        assert [doc["replica"] for doc in lines if doc["ok"]] == ["a"]
+    finally:
+        a.close()
+        b.close()

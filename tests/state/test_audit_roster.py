@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import AuditLog
+from gateway.audit import AuditLog, store
 from gateway.audit.retention import RetentionPolicy, archive
 from gateway.cli import main
 from gateway.state.audit import AuditShipper, shared_chains
-from gateway.state.audit_roster import log_signer
+from gateway.state.audit_roster import log_roll_call, log_signer
 from gateway.state.postgres import Postgres
 from tests.conftest import write_config
 from tests.state.engines import Postgres as PgEngine
@@ -309,3 +309,40 @@ def test_the_last_registered_chain_deleted_without_pins_is_found_by_an_exported_
     finally:
         a.close()
         b.close()
+
+
+def test_a_chain_another_replica_saw_is_named_missing_by_its_roll_call(
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: without pins, the chain registered last (b's) deleted whole left nothing naming
+    it. Replica a's shipper, running on, saw it appear and named it in a's own signed chain."""
+    a, b = _replica(tmp_path / "a", 9), _replica(tmp_path / "b", 6)
+    try:
+        shipper = AuditShipper(audit_pg, a.path, log_signer(a), replica="a", roll_call=log_roll_call(a))
+        shipper.ship()  # alone: nothing to name
+        last = _ship(audit_pg, b, "b")
+        shipper.ship()  # sees b's chain: a's roll call names it
+        a.flush()
+        shipper.ship()
+        assert [d["chains"] for _, d in _roll_calls(a)] == [[last]]
+        cfg = _config(tmp_path, postgres_engine)
+        assert _verify(cfg, capsys)[0] == 0
+        _delete_chain(audit_pg, last, b.key_id)
+        code, lines = _verify(cfg, capsys)
+        assert code == 1 and [doc["chain"] for doc in lines if not doc["ok"]] == [last]
+        # a restarted shipper names every other chain it finds once (b's is gone now: none)
+        AuditShipper(audit_pg, a.path, log_signer(a), replica="a", roll_call=log_roll_call(a)).ship()
+        a.flush()
+        assert len(_roll_calls(a)) == 1
+    finally:
+        a.close()
+        b.close()
+
+
+def _roll_calls(log: AuditLog) -> list[tuple[int, dict[str, object]]]:
+    conn = store.open_reader(log.path)
+    try:
+        calls = [r for r in store.iter_records(conn) if r.type == "audit.shared_roster"]
+    finally:
+        conn.close()
+    return [(r.seq, r.details) for r in calls]

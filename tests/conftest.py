@@ -454,13 +454,13 @@ def symbi_env(**extra: str) -> dict[str, str]:
 
 
 def wait_listening(proc: subprocess.Popen[Any], port: int, what: str) -> None:
-    """Until a server process listens on 127.0.0.1:``port`` (bounded: 30 s, not a timing
-    assertion); fails at once if the process ends first."""
+    """Until a server process (or a child of it) listens on ``port`` (bounded: 30 s, not a
+    timing assertion); fails at once if the process ends first (another process had the port)."""
     deadline = time.monotonic() + 30
     while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        if port_owner(proc.pid, port):  # its own socket: another run's server may answer there
             return
-        assert proc.poll() is None and time.monotonic() < deadline, f"{what} did not start"
+        assert proc.poll() is None and time.monotonic() < deadline, f"{what} did not start (on port {port})"
         time.sleep(0.1)
 
 

@@ -447,9 +447,9 @@ def _shared_state_tasks(
     if state.postgres is not None and audit is not None:
         # every replica's chain, copied to PostgreSQL (``symbi audit verify --shared``)
         from gateway.state.audit import AuditShipper
-        from gateway.state.audit_roster import log_signer
+        from gateway.state.audit_roster import log_roll_call, log_signer
 
-        shipper = AuditShipper(state.postgres, audit.path, log_signer(audit))
+        shipper = AuditShipper(state.postgres, audit.path, log_signer(audit), roll_call=log_roll_call(audit))
         background.append(lambda _gw: shipper.run(AUDIT_SHIP_INTERVAL_S))
     if state.postgres is not None and state.changes is not None:
         # a change made anywhere (a replica, the CLI) wakes the poll at once: NOTIFY

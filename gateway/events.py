@@ -116,6 +116,8 @@ class Event(StrEnum):
     AUDIT_KEY_ROTATED = "audit.key_rotated"  # the signing key was handed over (signed proof)
     AUDIT_ARCHIVED = "audit.archived"  # retention moved the oldest events out (signed hand-off)
     AUDIT_READ_DENIED = "audit.read_denied"  # a non-admin asked for audit://recent
+    # the chains PostgreSQL held that this replica's shipper had not named yet (gateway.state.audit_roster)
+    AUDIT_SHARED_ROSTER = "audit.shared_roster"
     # a principal's refused calls past audit.refusals_recorded_per_window, counted instead of
     # recorded one by one (gateway.audit.refusals): at its window's end, a flush or close
     AUDIT_REFUSALS_SUMMARIZED = "audit.refusals_summarized"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -183,11 +184,28 @@ def worker_ports(worker: str, count: int) -> range:
 _PORTS = worker_ports(
     os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 )
-_handed_out: set[int] = set()  # by this process: never twice, though the first may not be bound yet
+_handed_out: dict[int, int] = {}  # port -> its lock's descriptor, held to this process's end
+# Lock files shared by every pytest run on the machine (several suites at once): a port one run
+# handed out is skipped by the others while that run lives (flock goes with the process).
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "symbi-test-ports"
+
+
+def _reserve(port: int) -> bool:
+    """Whether this process now holds ``port``'s lock (no other pytest run on the machine does)."""
+    _PORT_LOCKS.mkdir(mode=0o1777, exist_ok=True)
+    fd = os.open(_PORT_LOCKS / str(port), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _handed_out[port] = fd
+    return True
 
 
 def free_port() -> int:
-    """A 127.0.0.1 port that is free now, for a server the test starts next."""
+    """A 127.0.0.1 port that is free now, for a server the test starts next: never handed out
+    twice by this process, nor by another pytest run while this one holds it."""
     for _ in range(200):
         port = _PORTS[secrets.randbelow(len(_PORTS))]
         if port in _handed_out:
@@ -197,11 +215,64 @@ def free_port() -> int:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-        _handed_out.add(port)
-        return port
+        if _reserve(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # (a crowded range: any free port)
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """The inodes of the TCP sockets listening on ``port`` (any address, IPv4 or IPv6)."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    found.add(fields[9])
+    return found
+
+
+def _process_tree(pid: int) -> set[int]:
+    """``pid`` and its descendants (a server's workers may hold its socket)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    tree = {pid}
+    while grown := {p for p, parent in parents.items() if parent in tree} - tree:
+        tree |= grown
+    return tree
+
+
+def port_owner(pid: int, port: int) -> bool | None:
+    """Whether the server on ``port`` is process ``pid`` (or one of its children): True when it
+    holds a socket listening there, False when only others do, None when nobody listens yet.
+    A server that answers on a port is not proof it is the one the test started: another
+    test's may have bound the port first (this one then fails to bind and exits)."""
+    sockets = {f"socket:[{inode}]" for inode in _listening_sockets(port)}
+    if not sockets:
+        return None
+    for p in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{p}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in sockets:
+                        return True
+    return False
+
+
+def wait_port_owned(pid: int, port: int, what: str, timeout: float = 15.0) -> None:
+    """Wait until process ``pid`` listens on ``port``; fail clearly if another process does."""
+    deadline = time.monotonic() + timeout  # the bound of the wait, not a timing assertion
+    while time.monotonic() < deadline:
+        if port_owner(pid, port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"{what} (pid {pid}) did not listen on port {port}: other listeners {_listening_sockets(port)}"
+    )
 
 
 def require_peers() -> None:
@@ -383,13 +454,13 @@ def symbi_env(**extra: str) -> dict[str, str]:
 
 
 def wait_listening(proc: subprocess.Popen[Any], port: int, what: str) -> None:
-    """Until a server process listens on 127.0.0.1:``port`` (bounded: 30 s, not a timing
-    assertion); fails at once if the process ends first."""
+    """Until a server process (or a child of it) listens on ``port`` (bounded: 30 s, not a
+    timing assertion); fails at once if the process ends first (another process had the port)."""
     deadline = time.monotonic() + 30
     while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        if port_owner(proc.pid, port):  # its own socket: another run's server may answer there
             return
-        assert proc.poll() is None and time.monotonic() < deadline, f"{what} did not start"
+        assert proc.poll() is None and time.monotonic() < deadline, f"{what} did not start (on port {port})"
         time.sleep(0.1)
 
 

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -46,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.audit import store
 from gateway.audit.record import AuditRecord, canonical_json
 from gateway.audit.verify import read_jsonl
+from gateway.custody import write_atomic
 from gateway.errors import AuditError
 from gateway.events import Event
 
@@ -289,43 +291,38 @@ def _write_segment(log: AuditLog, policy: RetentionPolicy, records: list[AuditRe
     name = f"{log.path.name}.{records[0].seq:012d}-{records[-1].seq:012d}.jsonl"
     path = folder / name
     digest = hashlib.sha256()
-    tmp = path.with_name(f".{name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        for r in records:
-            line = (json.dumps(r.as_dict(), ensure_ascii=False) + "\n").encode()
-            digest.update(line)
-            f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-    seal = Seal(
-        log=log.path.name,
-        file=name,
-        first_seq=records[0].seq,
-        last_seq=records[-1].seq,
-        prev_hash=records[0].prev_hash,
-        last_hash=records[-1].chain_hash,
-        count=len(records),
-        first_ts_ns=records[0].ts_ns,
-        last_ts_ns=records[-1].ts_ns,
-        sha256=digest.hexdigest(),
-        key_id=log.key_id,
-    )
-    doc = asdict(seal)
-    doc["signature"] = log.maintain(lambda ctx: ctx.sign(_signed_message(SEGMENT_PREFIX, doc)))
-    _write_json(seal_path(path), doc)
-    os.replace(tmp, path)  # the segment appears with its seal already beside it
+    # a fresh name created exclusively: a fixed one (``.NAME.tmp``) let whoever can write the
+    # folder plant a symlink there, and the segment was written through it
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for r in records:
+                line = (json.dumps(r.as_dict(), ensure_ascii=False) + "\n").encode()
+                digest.update(line)
+                f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        seal = Seal(
+            log=log.path.name,
+            file=name,
+            first_seq=records[0].seq,
+            last_seq=records[-1].seq,
+            prev_hash=records[0].prev_hash,
+            last_hash=records[-1].chain_hash,
+            count=len(records),
+            first_ts_ns=records[0].ts_ns,
+            last_ts_ns=records[-1].ts_ns,
+            sha256=digest.hexdigest(),
+            key_id=log.key_id,
+        )
+        doc = asdict(seal)
+        doc["signature"] = log.maintain(lambda ctx: ctx.sign(_signed_message(SEGMENT_PREFIX, doc)))
+        write_atomic(seal_path(path), json.dumps(doc, sort_keys=True).encode())
+        os.replace(tmp, path)  # the segment appears with its seal already beside it
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return name, seal.sha256
-
-
-def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _commit_handoff(

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.record import AuditRecord
+from gateway.custody import write_atomic
 from gateway.errors import AuditError
 
 SCHEMA = """
@@ -202,20 +203,10 @@ def write_anchor(conn: sqlite3.Connection, anchor: Anchor) -> None:
 
 
 def write_checkpoint_file(path: Path, anchor: Anchor) -> None:
-    """Replace the checkpoint file atomically (temp file, fsync, rename). The text is written
-    whole with ``os.write`` (json.dump through a text file wrapper cost ~100 us more per file,
-    and under continuous load one is written per group commit)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    data = memoryview(json.dumps(anchor.as_dict()).encode())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # a temp file left by a crash keeps its mode through O_TRUNC
-        while data:
-            data = data[os.write(fd, data) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Replace the checkpoint file atomically (temp file, fsync, rename). The temporary name is
+    fresh and created exclusively: a fixed one (``.NAME.tmp``) let whoever can write the folder
+    plant a symlink there, and the checkpoint was written through it into a file of their choosing."""
+    write_atomic(path, json.dumps(anchor.as_dict()).encode(), 0o600)
 
 
 def export_checkpoint(path: Path, log_path: Path, anchor: Anchor) -> None:
@@ -252,6 +243,26 @@ def read_exported(path: Path, log_name: str | None = None) -> list[Anchor]:
             raise ValueError(f"{path}:{n}: not a JSON checkpoint")  # noqa: TRY004 - one error for "malformed"
         if log_name is None or doc.get("log") in (None, log_name):
             out.append(Anchor.from_dict(doc))
+    return out
+
+
+def last_exported(path: Path) -> dict[str, Anchor]:
+    """The last checkpoint of each log (``log`` field; "" without one) an export file holds: the
+    last appended, not the highest seq (a log replaced under the same name starts again at 1).
+    Raises ValueError if malformed."""
+    out: dict[str, Anchor] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            if n == 1:  # a pretty-printed single checkpoint
+                return {"": read_exported(path)[0]}
+            raise ValueError(f"{path}:{n}: not a JSON checkpoint") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}:{n}: not a JSON checkpoint")  # noqa: TRY004 - one error for "malformed"
+        out[str(doc.get("log") or "")] = Anchor.from_dict(doc)
     return out
 
 

@@ -377,7 +377,6 @@ def verify_log(
         ConfigError: ``jobs`` is not a whole number of at least 1.
     """
     from gateway.audit import verify_split as split  # (both build on this module)
-    from gateway.audit.archives import verify_live
 
     n = split.job_count(jobs)
     conn = store.open_reader(path)
@@ -387,36 +386,43 @@ def verify_log(
         # this one's anchor could end on an unsigned head no anchor covers)
         conn.execute("BEGIN")
         anchors = _anchors(conn, checkpoint or store.checkpoint_path(path), extra_anchors)
-
-        def hash_elsewhere(h: str) -> bool:
-            return (
-                conn.execute("SELECT 1 FROM events WHERE chain_hash = ? LIMIT 1", (h,)).fetchone() is not None
-            )
-
-        def run(full: bool, verifier: Callable[..., VerifyResult]) -> VerifyResult:
-            # from the retention hand-off when old events were archived, else from seq 1
-            return verify_live(
-                conn,
-                _rows(conn),
-                public_keys,
-                anchors=anchors,
-                require_anchor=True,
-                all_signatures=full,
-                hash_elsewhere=hash_elsewhere,
-                verifier=verifier,
-            )
-
         first = verify_records
         if n > 1:
             first = partial(split.verify_split, conn=conn, path=path, jobs=n, forced=jobs is not None)
-        res = run(all_signatures, first)
+        res = _walk(conn, public_keys, anchors, all_signatures, first)
         if res.problem is None or all_signatures:
             return res
-        again = run(True, verify_records)  # fast mode's problem, named in full
+        again = _walk(conn, public_keys, anchors, True, verify_records)  # fast mode's problem, named in full
         again.worker_pids = res.worker_pids
         return again
     finally:
         conn.close()
+
+
+def _walk(
+    conn: sqlite3.Connection,
+    public_keys: Mapping[str, Ed25519PublicKey],
+    anchors: list[store.Anchor],
+    full: bool,
+    verifier: Callable[..., VerifyResult],
+) -> VerifyResult:
+    """One walk of the snapshot ``conn`` holds: from the retention hand-off when old events were
+    archived, else from seq 1."""
+    from gateway.audit.archives import verify_live
+
+    def hash_elsewhere(h: str) -> bool:
+        return conn.execute("SELECT 1 FROM events WHERE chain_hash = ? LIMIT 1", (h,)).fetchone() is not None
+
+    return verify_live(
+        conn,
+        _rows(conn),
+        public_keys,
+        anchors=anchors,
+        require_anchor=True,
+        all_signatures=full,
+        hash_elsewhere=hash_elsewhere,
+        verifier=verifier,
+    )
 
 
 def _rows(conn: sqlite3.Connection) -> Iterable[tuple[Any, ...]]:

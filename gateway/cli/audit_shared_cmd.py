@@ -57,7 +57,8 @@ def verify_shared(args: argparse.Namespace, cfg: Any) -> int:
                 "([audit] pinned_keys) or pass --public-key",
                 file=sys.stderr,
             )
-        verdict = verify_every_chain(pg, keys, roots, all_signatures=not args.fast)
+        checkpoints = _exported(cfg.audit.checkpoint_export, args.anchor)
+        verdict = verify_every_chain(pg, keys, roots, all_signatures=not args.fast, checkpoints=checkpoints)
         if not verdict.chains:
             print("symbi: no replica has shipped an audit chain to PostgreSQL yet", file=sys.stderr)
         for chain, res in verdict.chains:
@@ -76,6 +77,20 @@ def verify_shared(args: argparse.Namespace, cfg: Any) -> int:
     finally:
         pg.close()
     return EXIT_OK if verdict.ok else EXIT_FAIL
+
+
+def _exported(configured: Path | None, given: list[Path]) -> dict[str, Any]:
+    """The last checkpoint of each log in each export file (``--anchor``, the configured
+    ``checkpoint_export`` when it exists): each must be held by a chain that verifies."""
+    from gateway.audit.store import last_exported
+
+    out: dict[str, Any] = {}
+    for f in [*([configured] if configured is not None and configured.exists() else []), *given]:
+        try:
+            out |= {f"{f}:{log or '?'}": a for log, a in last_exported(f).items()}
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{f}: not a checkpoint file: {e}") from None
+    return out
 
 
 def add_register(asub: argparse._SubParsersAction, common: Any) -> None:  # type: ignore[type-arg]

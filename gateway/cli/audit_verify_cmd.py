@@ -41,7 +41,8 @@ def add_verify(asub: argparse._SubParsersAction, common: Common) -> None:  # typ
         action="append",
         default=[],
         help="checkpoints kept elsewhere: a checkpoint file or an [audit] checkpoint_export copy "
-        "(repeatable; the configured checkpoint_export is always read)",
+        "(repeatable; the configured checkpoint_export is always read); with --shared, the last "
+        "checkpoint of each log in each file must be a record of a chain PostgreSQL holds",
     )
     v.add_argument(
         "--fast",

@@ -2,9 +2,10 @@
 
 Under ``symbi serve --workers N`` or replicas on one Redis, a session agent lives in the
 process its session reached; an admin request may reach any other. Each process writes the
-ids of the session agents it holds to Redis (``gateway.state.sessionboard``), again every
-``RENEW_S`` (and at once when a session makes a new one), and takes the orders other
-processes left for it: the admin API's ``pass_session_action`` (``gateway.server.operations``)
+ids of the session agents it holds to Redis (``gateway.state.sessionboard``) when they change
+(at once when a session makes a new one; what did not change is not written again), says it
+is alive every ``RENEW_S``, and takes the orders other processes left for it, when woken by
+the one who left them (pub/sub) or at the next renewal: the admin API's ``pass_session_action`` (``gateway.server.operations``)
 finds the holder there and leaves the order (``gateway.runtime.orders.Order`` naming the agent
 id) in the holder's inbox; the holder carries it out as a local action, the admin who asked
 on its audit record. A process that cannot reach Redis keeps retrying; its records expire
@@ -43,13 +44,18 @@ class SessionAgents:
         self.events = events
         self.board = board
         self.owner = board.owner
-        self._published: set[str] = set()
+        self._published: dict[str, dict[str, Any]] = {}  # as last written
+        self._full_at = 0.0  # (monotonic) when every record is written again
         self._poke: anyio.Event | None = None  # made on the loop, by ``run``
         runtime.agents.on_register.append(self._registered)
 
     def _registered(self, agent: Agent) -> None:
-        if not agent.hosted and self._poke is not None:
-            self._poke.set()  # a new session agent: on the board now, not at the next renewal
+        if not agent.hosted:
+            self._wake()  # a new session agent: on the board now, not at the next renewal
+
+    def _wake(self) -> None:
+        if self._poke is not None:
+            self._poke.set()
 
     # -- the admin surface (another process's session agent) ------------------------------------
 
@@ -71,15 +77,26 @@ class SessionAgents:
 
     async def run(self) -> None:
         self._poke = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._listen)
+            while True:
+                try:
+                    await self._renew()
+                    await self._take_orders()
+                except _REDIS_ERRORS as e:  # retried at the next turn; the records expire meanwhile
+                    _logger.warning("the session agents' records could not be written or read: %s", e)
+                with anyio.move_on_after(RENEW_S):
+                    await self._poke.wait()
+                self._poke = anyio.Event()
+
+    async def _listen(self) -> None:
+        """Orders taken as soon as they are left; the renewal's poll is the fallback."""
         while True:
             try:
-                await self._renew()
-                await self._take_orders()
-            except _REDIS_ERRORS as e:  # retried at the next turn; the records expire meanwhile
-                _logger.warning("the session agents' records could not be written or read: %s", e)
-            with anyio.move_on_after(RENEW_S):
-                await self._poke.wait()
-            self._poke = anyio.Event()
+                await self.board.wakeups(self._wake)
+            except _REDIS_ERRORS as e:
+                _logger.debug("the session orders' wake-up channel was lost: %s", e)
+            await anyio.sleep(RENEW_S)
 
     def _live(self) -> dict[str, dict[str, Any]]:
         return {
@@ -89,10 +106,17 @@ class SessionAgents:
         }
 
     async def _renew(self) -> None:
+        """Write the records that changed (all of them each third of their keys' expiry, or
+        when Redis lost this process), remove the ended ones, renew this process's liveness."""
         live = self._live()
-        gone = self._published - live.keys()
-        await self.board.publish(live, gone)
-        self._published = set(live)
+        full = time.monotonic() >= self._full_at
+        changed = live if full else {i: d for i, d in live.items() if self._published.get(i) != d}
+        next_full, self._full_at = self._full_at, 0.0  # a write failing part-way: a full one next
+        if not await self.board.publish(changed, self._published.keys() - live.keys()) and not full:
+            await self.board.publish(live, ())  # it had lapsed: its records may be gone too
+            full = True
+        self._published = live
+        self._full_at = time.monotonic() + self.board.record_ttl_ms / 3000 if full else next_full
 
     async def _take_orders(self) -> None:
         for order in filter(None, map(parse_order, await self.board.take_orders())):

@@ -19,7 +19,7 @@ import logging
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from gateway.audit.record import GENESIS_HASH, AuditRecord, key_id_of
 from gateway.audit.retention import HANDOFF_PREFIX, Handoff, read_handoff, signature_ok
 from gateway.audit.verify import Problem, VerifyResult, verify_records
 from gateway.errors import AuditError, StateUnavailable
+from gateway.events import Event
 from gateway.state.audit_roster import (
     Missing,
     Registration,
@@ -40,12 +41,15 @@ from gateway.state.audit_roster import (
     missing_chains,
     register,
     registration_problem,
+    roll_call,
+    unheld_checkpoints,
 )
 from gateway.state.postgres import Postgres
 
 _logger = logging.getLogger("symbi.state.audit")
 
 BATCH = 2000  # records per transaction
+ROLL_CALL_CHAINS = 200  # chain ids per roll call: its details stay under record.DETAILS_CHARS (never cut)
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,21 @@ class SharedChain:
 class AuditShipper:
     """Copies one replica's chain (its ``AuditLog`` file) to PostgreSQL, from where it left off."""
 
-    def __init__(self, pg: Postgres, log_path: Path, sign: Sign, *, replica: str | None = None) -> None:
+    def __init__(
+        self,
+        pg: Postgres,
+        log_path: Path,
+        sign: Sign,
+        *,
+        replica: str | None = None,
+        roll_call: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self._pg = pg
         self.log_path = log_path
         self._sign = sign  # the replica's key: it signs the chain's registration
         self.replica = replica or replica_label(log_path)
+        self._roll_call = roll_call  # records the other chains it saw in its own log
+        self._named: set[str] = set()  # the chains its roll calls named since it started
         self._chain: str | None = None
         self._shipped = 0  # the last seq known to be in PostgreSQL
 
@@ -94,6 +108,7 @@ class AuditShipper:
                 return 0
             self._register(conn, first)
         assert self._chain is not None
+        self._call_roll()
         sent = 0
         while True:
             batch = list(_take(store.iter_records(conn, after_seq=self._shipped, chunk=BATCH), BATCH))
@@ -155,6 +170,17 @@ class AuditShipper:
             cur.execute("SELECT coalesce(max(seq), 0) FROM symbi_audit_events WHERE chain=%s", (chain,))
             row = cur.fetchone()
         self._chain, self._shipped = chain, int(row[0]) if row else 0
+
+    def _call_roll(self) -> None:
+        """Name, in this replica's own chain, the chains PostgreSQL holds that it has not named
+        since it started: a chain deleted after it was seen is then found by the verifier."""
+        if self._roll_call is None:
+            return
+        new = set(_chain_ids(self._pg)) - self._named - {self._chain}
+        named = sorted(new)
+        for i in range(0, len(named), ROLL_CALL_CHAINS):
+            self._roll_call(named[i : i + ROLL_CALL_CHAINS])
+        self._named |= new
 
     def _chain_holding(self, first: AuditRecord) -> tuple[str, str | None, int, str] | None:
         """(chain, registration, start seq, start hash) of the newest chain holding ``first``."""
@@ -272,9 +298,11 @@ def verify_every_chain(
     roots: Iterable[str],
     *,
     all_signatures: bool = True,
+    checkpoints: Mapping[str, store.Anchor] | None = None,
 ) -> SharedVerdict:
     """Each chain on its own, then the roster (``gateway.state.audit_roster``): the chains the
-    verified registrations name, and a chain for every root (pinned) key id."""
+    verified registrations name, a chain for every root (pinned) key id, and a verified chain
+    holding each exported ``checkpoints`` (source -> the newest of one log)."""
     candidates = shared_keys(pg)  # rotated-to keys a chain's own rotation vouches for
     chains = shared_chains(pg)
     results, regs, covered = [], [], set()
@@ -284,7 +312,17 @@ def verify_every_chain(
         if reg is not None:
             regs.append(reg)
             covered |= {reg.key_id, *record_keys(pg, chain.chain)}
-    return SharedVerdict(results, missing_chains((c.chain for c in chains), regs, roots, covered))
+
+    calls = [call for c, res in results if res.ok for call in roll_calls(pg, c, res.last_seq)]
+
+    def held(a: store.Anchor) -> bool:
+        return any(
+            res.ok and 0 < a.seq <= res.last_seq and _hash_at(pg, c.chain, a.seq) == a.chain_hash
+            for c, res in results
+        )
+
+    missing = missing_chains((c.chain for c in chains), regs, roots, covered, calls)
+    return SharedVerdict(results, missing + unheld_checkpoints(checkpoints or {}, held))
 
 
 def verify_shared_chain(
@@ -334,6 +372,26 @@ def verify_rows(
         start_seq=chain.start_seq,
         start_hash=chain.start_hash,
     )
+
+
+def roll_calls(pg: Postgres, chain: SharedChain, last_seq: int) -> list[tuple[str, list[str]]]:
+    """The chains a verified chain's roll calls (``audit.shared_roster`` events, up to
+    ``last_seq``) name, with what names them."""
+    with pg.cursor() as cur:
+        cur.execute(
+            "SELECT seq, details FROM symbi_audit_events WHERE chain=%s AND type=%s AND seq<=%s ORDER BY seq",
+            (chain.chain, Event.AUDIT_SHARED_ROSTER.value, last_seq),
+        )
+        rows = cur.fetchall()
+    out = []
+    for seq, details in rows:
+        try:
+            named = roll_call(json.loads(details))
+        except ValueError:
+            named = None
+        if named:
+            out.append((f"the roll call at seq {seq} of chain {chain.chain[:16]} ({chain.replica})", named))
+    return out
 
 
 def _hash_at(pg: Postgres, chain: str, seq: int) -> str | None:

@@ -13,6 +13,22 @@ the others verifying. Two things outside the attacker's reach name the chains:
   key is pinned, so every pinned key must have registered, or signed records in, a chain that
   verifies. A replica's only chain deleted leaves its pin with none.
 
+Both live in PostgreSQL or name keys only, so neither can name a chain registered after every
+surviving registration and under a key another chain still covers (the newest chain of a
+replica whose data dir was replaced under the same key; without pins, the last chain
+registered): deleted whole with its registration, PostgreSQL is as it was before that chain
+existed. Two things narrow that:
+
+* each replica's **roll call**: its shipper records an ``audit.shared_roster`` event in its own
+  signed chain naming the chains PostgreSQL held that it had not named yet (at its start, and
+  whenever a new one appears); a chain a verified roll call names must still be there. So a
+  chain other replicas have seen cannot go unnoticed, unless their chains are cut back too
+  (a cut tail is found only against exported checkpoints);
+* outside PostgreSQL, the replicas' **exported checkpoints** (``[audit] checkpoint_export``,
+  passed with ``--anchor``): the newest exported checkpoint of each log must be a record of a
+  chain that verifies (``unheld_checkpoints``). Without them, the newest chain of a replica
+  that is alone (or seen by no other replica yet) can still be deleted unnoticed.
+
 A chain registered before migration 9 has no registration: it fails until its replica signs
 one (its shipper does at its next start when the chain is the one it ships; ``symbi audit
 register-shared`` for the others). Failing it, instead of trusting it unsigned, keeps the
@@ -33,9 +49,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.audit.record import canonical_json, key_id_of
 from gateway.audit.retention import signature_ok
 from gateway.audit.verify import Problem
+from gateway.events import Event
 
 if TYPE_CHECKING:
     from gateway.audit import AuditLog
+    from gateway.audit.store import Anchor
 
 REGISTRATION_PREFIX = b"symbi-audit-registration-v1\x00"
 MIGRATION = 9  # the migration that added registrations (gateway.state.postgres.MIGRATIONS)
@@ -95,6 +113,19 @@ def key_signer(key: Ed25519PrivateKey) -> Sign:
     return lambda message_for: (kid, base64.b64encode(key.sign(message_for(kid))).decode("ascii"))
 
 
+def roll_call(details: Any) -> list[str] | None:
+    """The chain ids an ``audit.shared_roster`` event's details name (None: malformed)."""
+    named = details.get("chains") if isinstance(details, dict) else None
+    if isinstance(named, list) and all(isinstance(c, str) for c in named):
+        return named
+    return None
+
+
+def log_roll_call(log: AuditLog) -> Callable[[list[str]], None]:
+    """Record the chains a replica's shipper saw in PostgreSQL in its own log (signed, chained)."""
+    return lambda chains: log.emit(Event.AUDIT_SHARED_ROSTER, {"chains": chains})
+
+
 def log_signer(log: AuditLog) -> Sign:
     """A signer over a running log's key, on its writer thread (the gateway's shipper)."""
     # bounded: a writer that does not answer is an AuditError the shipper retries after
@@ -149,22 +180,21 @@ def missing_chains(
     registrations: Iterable[Registration],
     roots: Iterable[str],
     covered: Iterable[str],
+    roll_calls: Iterable[tuple[str, Iterable[str]]] = (),
 ) -> list[Missing]:
-    """Chains named by a verified registration and gone; root (pinned) key ids that neither
-    registered nor signed records in a verified chain (``covered``)."""
+    """Chains named by a verified registration or roll call (what names them, the chains) and
+    gone; root (pinned) key ids that neither registered nor signed records in a verified chain
+    (``covered``)."""
     have = set(present)
     out: list[Missing] = []
-    for reg in registrations:
-        for c in reg.known:
+    named = [
+        (f"the signed registration of chain {r.chain[:16]} ({r.replica})", r.known) for r in registrations
+    ]
+    for by, chains in [*named, *roll_calls]:
+        for c in chains:
             if c not in have:
                 have.add(c)  # named once
-                out.append(
-                    Missing(
-                        f"chain {c} is gone from PostgreSQL: the signed registration of chain "
-                        f"{reg.chain[:16]} ({reg.replica}) names it",
-                        chain=c,
-                    )
-                )
+                out.append(Missing(f"chain {c} is gone from PostgreSQL: {by} names it", chain=c))
     seen = set(covered)
     for kid in roots:
         if kid not in seen:
@@ -176,3 +206,17 @@ def missing_chains(
                 )
             )
     return out
+
+
+def unheld_checkpoints(newest: Mapping[str, Anchor], held: Callable[[Anchor], bool]) -> list[Missing]:
+    """The exported checkpoints (source -> the newest checkpoint of one log in one file) that no
+    chain verified in PostgreSQL holds (``held``: a verified chain has that record, same hash)."""
+    return [
+        Missing(
+            f"the exported checkpoint of {source} at seq {a.seq} (key {a.key_id}) is in no chain that "
+            "verifies in PostgreSQL: its chain was deleted, cut, or has not shipped that far yet",
+            key_id=a.key_id,
+        )
+        for source, a in sorted(newest.items())
+        if not held(a)
+    ]

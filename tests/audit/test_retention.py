@@ -289,3 +289,25 @@ def test_the_cut_for_age_is_the_last_record_older_than_the_horizon(
     conn.close()
     older = [seq for seq, ts in enumerate(stamps, 3) if ts < horizon]
     assert cut == min(max(older, default=2), head - 1)
+
+
+def test_links_planted_at_a_segments_old_temporary_names_are_not_written_through(
+    open_log: Callable[..., AuditLog], log_paths: tuple[Path, Path], tmp_path: Path
+) -> None:
+    log = open_log()
+    policy = _policy(tmp_path)
+    _fill(log, 12)
+    victim = tmp_path / "victim"
+    victim.write_text("theirs")
+    policy.archive_dir.mkdir(mode=0o700)
+    segment = f"{log.path.name}.{1:012d}-{10:012d}.jsonl"
+    planted = [policy.archive_dir / f".{name}.tmp" for name in (segment, segment + ".seal.json")]
+    for link in planted:  # the fixed names the segment and its seal were written through
+        link.symlink_to(victim)
+    _archive_upto(log, policy, 10)
+    log.close()
+    assert victim.read_text() == "theirs" and all(link.is_symlink() for link in planted)
+    [(seal, path)] = segments(policy.archive_dir, log_paths[0].name)
+    assert path.name == segment and seal is not None
+    assert not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600
+    assert verify_segment(path, exported_public_keys(log_paths[1])).ok

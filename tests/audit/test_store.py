@@ -247,3 +247,24 @@ def test_an_anchor_with_a_field_of_the_wrong_type_is_malformed(wrong: dict[str, 
         Anchor.from_dict({**good, **wrong})
     with pytest.raises(ValueError):
         Anchor.from_dict({k: v for k, v in good.items() if k != "key_id"})
+
+
+def test_a_link_planted_at_the_checkpoints_old_temporary_name_is_not_written_through(
+    tmp_path: Path,
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("theirs")
+    path = store.checkpoint_path(tmp_path / "audit.db")
+    planted = path.with_name(f".{path.name}.tmp")  # the fixed name it was written through
+    planted.symlink_to(victim)
+    store.write_checkpoint_file(path, anchor(5))
+    assert victim.read_text() == "theirs" and planted.is_symlink()
+    assert not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600
+    assert store.read_exported(path, "audit.db") == [anchor(5)]
+
+
+def test_the_last_exported_checkpoint_of_a_log_is_the_last_appended(tmp_path: Path) -> None:
+    out = tmp_path / "checkpoints.jsonl"
+    for log, a in (("audit.db", anchor(9)), ("audit-2.db", anchor(4)), ("audit.db", anchor(3))):
+        store.export_checkpoint(out, tmp_path / log, a)  # audit.db replaced: it starts again
+    assert store.last_exported(out) == {"audit.db": anchor(3), "audit-2.db": anchor(4)}

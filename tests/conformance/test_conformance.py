@@ -11,7 +11,6 @@ Both counts go to ``tests/conformance/last-run.json`` (not committed) and to std
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from tests.conformance._suite import (
     retry_lost,
     run_suite,
 )
-from tests.conftest import free_port, write_config
+from tests.conftest import free_port, port_owner, write_config
 from tests.server._http import serve
 
 pytestmark = [pytest.mark.npm, pytest.mark.slow]
@@ -49,9 +48,8 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"fixture server exited {proc.returncode}: {log.read_text()[-2000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if port_owner(proc.pid, port):  # its own socket: another run's server may answer there
+            return
         time.sleep(0.05)
     raise TimeoutError(f"fixture server not listening on {port}: {log.read_text()[-2000:]}")
 

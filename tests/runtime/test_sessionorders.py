@@ -20,12 +20,12 @@ import redis
 
 from gateway.context import Principal
 from gateway.errors import AgentTerminated
-from gateway.runtime import AgentState
+from gateway.runtime import AgentState, sessionorders
 from gateway.runtime.agents import hosted_principal
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.sessionorders import SessionAgents
 from gateway.state.redisclient import open_redis
-from gateway.state.sessionboard import INBOX, SAGENT, SessionBoard
+from gateway.state.sessionboard import INBOX, SAGENT, WAKE, SessionBoard
 from tests.runtime.test_core import Recorder, agent_of, runtime
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
@@ -117,7 +117,79 @@ async def test_a_process_that_stops_renewing_leaves_no_holder_behind(redis_engin
     await client.aclose()
 
 
+async def test_a_renewal_writes_only_what_changed(
+    redis_engine: Redis,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sessionorders, "RENEW_S", 0.1)  # many renewals within the test
+    r: Any = redis.Redis.from_url(redis_engine.url)
+    r.flushall()
+    client = open_redis(redis_engine.url, 2)
+    rec, rt = runtime()
+    held = SessionAgents(rt, rec, SessionBoard(client, owner="replica-a"))
+
+    def hsets() -> int:
+        return int(r.info("commandstats").get("cmdstat_hset", {}).get("calls", 0))
+
+    many = [agent_of(rt, session=f"s{i}") for i in range(20)]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(held.run)
+        await _until("all on the board", lambda: all(r.hlen(SAGENT + a.id) == 1 for a in many))
+        r.config_resetstat()
+        await anyio.sleep(0.5)  # renewals: nothing changed
+        assert hsets() == 0
+        new = agent_of(rt, session="s-new")
+        await _until("the new one on the board", lambda: r.hlen(SAGENT + new.id) == 1)
+        rt.begin(many[0], "t")  # Ready -> Running
+        await _until(
+            "the changed one written", lambda: b"Running" in r.hget(SAGENT + many[0].id, "replica-a")
+        )
+        await anyio.sleep(0.5)
+        assert hsets() == 2  # the new one and the changed one, once each
+        r.flushall()  # Redis lost everything: the process finds itself gone and writes all again
+        await _until("written again", lambda: all(r.hlen(SAGENT + a.id) == 1 for a in [*many, new]))
+        tg.cancel_scope.cancel()
+    await client.aclose()
+
+
+async def test_an_order_is_taken_when_left_not_at_the_next_poll(
+    redis_engine: Redis,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sessionorders, "RENEW_S", 60.0)  # the poll: far beyond the bound of the wait
+    r: Any = redis.Redis.from_url(redis_engine.url)
+    r.flushall()
+    client = open_redis(redis_engine.url, 2)
+    (rec, rt), (rec_b, rt_b) = runtime(), runtime()
+    a = SessionAgents(rt, rec, SessionBoard(client, owner="replica-a"))
+    b = SessionAgents(rt_b, rec_b, SessionBoard(client, owner="replica-b"))
+    agent = agent_of(rt)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        await _until("on the board", lambda: r.hlen(SAGENT + agent.id) == 1)
+        await _until("A listening", lambda: r.pubsub_numsub(WAKE + "replica-a")[0][1] == 1)
+        assert list(await b.pass_order(agent.id, "terminate", ADMIN, "")) == ["replica-a"]
+        await _until("terminated on A", lambda: agent.state is AgentState.TERMINATED)
+        tg.cancel_scope.cancel()
+    await client.aclose()
+
+
 def _ac() -> Any:
     from gateway.config.sections import AgentConfig
 
     return AgentConfig(command="/bin/true")
+
+
+async def test_a_record_of_an_earlier_version_counts_until_its_own_expiry(redis_engine: Redis) -> None:  # noqa: F811
+    r = redis.Redis.from_url(redis_engine.url)
+    r.flushall()
+    client = open_redis(redis_engine.url, 2)
+    board = SessionBoard(client, owner="replica-b")
+    agent_id = "agt-aaaaaaaaaaaaaaaaaaaa"
+    doc = {"name": "s", "state": "Ready", "principal": "alice"}
+    # session 38's processes renewed each record's own "until" and wrote no liveness key
+    r.hset(SAGENT + agent_id, "replica-old", json.dumps({**doc, "until": int(time.time() * 1000) + 60_000}))
+    r.hset(SAGENT + agent_id, "replica-gone", json.dumps({**doc, "until": int(time.time() * 1000) - 1}))
+    r.hset(SAGENT + agent_id, "replica-new-dead", json.dumps(doc))  # its liveness key expired
+    assert list(await board.holders(agent_id)) == ["replica-old"]
+    await client.aclose()

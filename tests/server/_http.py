@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import SYMBI, free_port, symbi_env
+from tests.conftest import SYMBI, free_port, port_owner, symbi_env
 
 
 @contextlib.contextmanager
@@ -19,6 +19,10 @@ def serve(config: Path, *, ready_path: str = "/readyz", timeout: float = 60.0) -
     """Yield the base URL (http://127.0.0.1:PORT) once the gateway answers ``ready_path``."""
     with serve_process(config, ready_path=ready_path, ready_s=timeout) as (base, _):
         yield base
+
+
+class PortTaken(Exception):
+    """The gateway could not have the port: another process listens there."""
 
 
 @contextlib.contextmanager
@@ -33,13 +37,40 @@ def serve_process(
     host: str | None = None,
     port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``symbi serve --config config --port <free> *extra``, ready (``ready_path`` answers 200),
-    with its process; terminated (then killed after ``stop_s``) on exit. Its output goes to
+    """``symbi serve --config config --port <free> *extra``, ready (``ready_path`` answers 200
+    and the process started here is the one listening on the port), with its process;
+    terminated (then killed after ``stop_s``) on exit. Its output goes to
     ``<config's folder>/<log_name>-<port>.log``, quoted when it exits or is not ready in time.
-    ``pass_fds``: descriptors the gateway inherits (as from a supervisor); ``host`` and
-    ``port``: where the caller's config says it listens (default: its host, a free port on
-    127.0.0.1)."""
-    port = port or free_port()
+    A free port another process took first is given up for another (a given ``port``: an
+    error naming it). ``pass_fds``: descriptors the gateway inherits (as from a supervisor);
+    ``host`` and ``port``: where the caller's config says it listens (default: its host, a free
+    port on 127.0.0.1)."""
+    for _ in range(3):
+        chosen = port or free_port()
+        try:
+            with _launch(
+                config, extra, log_name, ready_path, ready_s, stop_s, pass_fds, host, chosen
+            ) as served:
+                yield served
+            return
+        except PortTaken:
+            if port is not None:
+                raise
+    raise PortTaken("three free ports in a row were taken by other processes")
+
+
+@contextlib.contextmanager
+def _launch(
+    config: Path,
+    extra: tuple[str, ...],
+    log_name: str,
+    ready_path: str,
+    ready_s: float,
+    stop_s: float,
+    pass_fds: tuple[int, ...],
+    host: str | None,
+    port: int,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     with open(config.parent / f"{log_name}-{port}.log", "w") as log:
         proc = subprocess.Popen(
             [str(SYMBI), "serve", "--config", str(config), "--port", str(port), *extra],
@@ -51,18 +82,7 @@ def serve_process(
         host = host or "127.0.0.1"
         base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         try:
-            deadline = time.monotonic() + ready_s  # the bound of the wait, not a timing assertion
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"symbi serve exited {proc.returncode}: {Path(log.name).read_text()[-3000:]}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(base + ready_path, timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"symbi serve not ready: {Path(log.name).read_text()[-3000:]}")
-                time.sleep(0.1)
+            _wait_ready(proc, port, base + ready_path, ready_s, Path(log.name))
             yield base, proc
         finally:
             if proc.poll() is None:
@@ -72,6 +92,23 @@ def serve_process(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, url: str, ready_s: float, log: Path) -> None:
+    """Until ``url`` answers 200 from a port ``proc`` listens on (another test's gateway on that
+    port answers too: its 200 is not this one's)."""
+    deadline = time.monotonic() + ready_s  # the bound of the wait, not a timing assertion
+    while True:
+        if proc.poll() is not None:
+            if port_owner(proc.pid, port) is False:
+                raise PortTaken(f"port {port} is another process's; symbi serve exited {proc.returncode}")
+            raise RuntimeError(f"symbi serve exited {proc.returncode}: {log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200 and port_owner(proc.pid, port):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"symbi serve not ready: {log.read_text()[-3000:]}")
+        time.sleep(0.1)
 
 
 def trickle_until_closed(s: socket.socket, closing: tuple[bytes, ...] = ()) -> bool:

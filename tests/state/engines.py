@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,21 +22,20 @@ import pytest
 
 from gateway.config.model import Config
 from gateway.server.workers import front_limits, haproxy_config
-from tests.conftest import SYMBI, TEST_ROOT, free_port, symbi_env
+from tests.conftest import SYMBI, TEST_ROOT, free_port, port_owner, symbi_env, wait_port_owned
 from tests.server._http import serve_process
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def _wait_port(port: int, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not open port {port}")
+def _owned_or_exited(proc: subprocess.Popen[bytes], port: int, timeout: float = 15.0) -> bool:
+    """Whether ``proc`` came to listen on ``port`` (False: it exited, another process has it)."""
+    deadline = time.monotonic() + timeout  # the bound of the wait, not a timing assertion
+    while proc.poll() is None and time.monotonic() < deadline:
+        if port_owner(proc.pid, port):
+            return True
+        time.sleep(0.05)
+    return port_owner(proc.pid, port) is not False
 
 
 def enterable(folder: Path) -> None:
@@ -69,26 +67,32 @@ class Redis:
 
     def start(self) -> None:
         _require("redis-server", "redis-server")
-        self.port = self.port or free_port()  # a restart keeps the port (clients reconnect to it)
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-                *(["--requirepass", self.password] if self.password else []),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_port(self.port, "redis-server")
+        given = self.port  # a restart keeps the port (clients reconnect to it)
+        for _ in range(3):
+            self.port = given or free_port()
+            self.proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.folder),
+                    *(["--requirepass", self.password] if self.password else []),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            # its own port, not another run's redis-server answering there (ours then exits)
+            if _owned_or_exited(self.proc, self.port) or given:
+                wait_port_owned(self.proc.pid, self.port, "redis-server")
+                return
+        raise RuntimeError("redis-server: three free ports in a row were taken by other processes")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -167,7 +171,7 @@ class HAProxy:
         pidfile = self.folder / "haproxy.pid"
         subprocess.run(["haproxy", "-f", str(cfg), "-D", "-p", str(pidfile)], check=True, timeout=30)
         self.pid = int(pidfile.read_text().split()[0])
-        _wait_port(self.port, "haproxy")
+        wait_port_owned(self.pid, self.port, "haproxy")
 
     def stop(self) -> None:
         if self.pid is not None:

@@ -7,15 +7,16 @@ forward for chains shipped before migration 9 (a restarted shipper, ``symbi audi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from gateway.audit import AuditLog
+from gateway.audit import AuditLog, store
 from gateway.audit.retention import RetentionPolicy, archive
 from gateway.cli import main
 from gateway.state.audit import AuditShipper, shared_chains
-from gateway.state.audit_roster import log_signer
+from gateway.state.audit_roster import log_roll_call, log_signer
 from gateway.state.postgres import Postgres
 from tests.conftest import write_config
 from tests.state.engines import Postgres as PgEngine
@@ -238,3 +239,110 @@ def test_register_shared_signs_an_old_chain_after_retention_and_refuses_a_cut_on
         assert _verify(cfg, capsys)[0] == 1
     finally:
         a.close()
+
+
+def _exporting(folder: Path, n: int, witness: Path) -> AuditLog:
+    """A replica's log with ``n`` events whose checkpoints are exported to ``witness/<folder>.jsonl``
+    (kept outside its data dir and PostgreSQL; a new log refuses an old log's export)."""
+    log = AuditLog(
+        folder / "audit.db",
+        folder / "audit-key.pem",
+        checkpoint_every=5,
+        batch_max=4,
+        checkpoint_export=witness / f"{folder.name}.jsonl",
+    )
+    for i in range(n):
+        log.emit("tool.call", {"tool": "t__echo", "i": i}, principal="p")
+    log.flush()
+    return log
+
+
+def test_a_replaced_data_dirs_newer_chain_deleted_is_found_by_an_exported_checkpoint(
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a data dir replaced under the same key registered a second chain, and that newer
+    chain deleted whole verified intact (the older chain covered the pin; no registration named
+    it). Nothing in PostgreSQL can name it; the replica's exported checkpoints do (``--anchor``)."""
+    witness = tmp_path / "witness"
+    old = _exporting(tmp_path / "a1", 9, witness)
+    first = _ship(audit_pg, old, "a")
+    old.close()
+    (tmp_path / "a2").mkdir(mode=0o700)
+    shutil.copy2(tmp_path / "a1" / "audit-key.pem", tmp_path / "a2" / "audit-key.pem")  # the same key
+    new = _exporting(tmp_path / "a2", 12, witness)
+    try:
+        assert new.key_id == old.key_id
+        AuditShipper(audit_pg, new.path, log_signer(new), replica="a").ship()
+        older, newer = shared_chains(audit_pg)  # in the order they were registered
+        assert older.chain == first
+        cfg = _config(tmp_path, postgres_engine, _pins(new))
+        anchored = ("--anchor", str(witness / "a1.jsonl"), "--anchor", str(witness / "a2.jsonl"))
+        assert _verify(cfg, capsys)[0] == 0 and _verify(cfg, capsys, *anchored)[0] == 0
+        _delete_chain(audit_pg, newer.chain, None)  # the key kept: the older chain needs it
+        assert _verify(cfg, capsys)[0] == 0  # still undetectable from PostgreSQL and the pins alone
+        code, lines = _verify(cfg, capsys, *anchored)
+        assert code == 1
+        [gone] = [doc for doc in lines if not doc["ok"]]
+        assert gone["key_id"] == new.key_id and gone["problem"]["kind"] == "missing"  # type: ignore[index]
+    finally:
+        new.close()
+
+
+def test_the_last_registered_chain_deleted_without_pins_is_found_by_an_exported_checkpoint(
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: without pins (NOT ANCHORED), the chain registered last deleted whole (rows, chain
+    row, key) left nothing that names it: the others verified intact."""
+    witness = tmp_path / "witness"
+    a, b = _exporting(tmp_path / "a", 9, witness), _exporting(tmp_path / "b", 7, witness)
+    try:
+        _ship(audit_pg, a, "a")
+        last = _ship(audit_pg, b, "b")
+        cfg = _config(tmp_path, postgres_engine)
+        anchored = ("--anchor", str(witness / "a.jsonl"), "--anchor", str(witness / "b.jsonl"))
+        assert _verify(cfg, capsys, *anchored)[0] == 0
+        _delete_chain(audit_pg, last, b.key_id)
+        assert _verify(cfg, capsys)[0] == 0  # still undetectable from PostgreSQL alone
+        code, lines = _verify(cfg, capsys, *anchored)
+        assert code == 1 and [doc["key_id"] for doc in lines if not doc["ok"]] == [b.key_id]
+        assert [doc["replica"] for doc in lines if doc["ok"]] == ["a"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_chain_another_replica_saw_is_named_missing_by_its_roll_call(
+    tmp_path: Path, audit_pg: Postgres, postgres_engine: PgEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: without pins, the chain registered last (b's) deleted whole left nothing naming
+    it. Replica a's shipper, running on, saw it appear and named it in a's own signed chain."""
+    a, b = _replica(tmp_path / "a", 9), _replica(tmp_path / "b", 6)
+    try:
+        shipper = AuditShipper(audit_pg, a.path, log_signer(a), replica="a", roll_call=log_roll_call(a))
+        shipper.ship()  # alone: nothing to name
+        last = _ship(audit_pg, b, "b")
+        shipper.ship()  # sees b's chain: a's roll call names it
+        a.flush()
+        shipper.ship()
+        assert [d["chains"] for _, d in _roll_calls(a)] == [[last]]
+        cfg = _config(tmp_path, postgres_engine)
+        assert _verify(cfg, capsys)[0] == 0
+        _delete_chain(audit_pg, last, b.key_id)
+        code, lines = _verify(cfg, capsys)
+        assert code == 1 and [doc["chain"] for doc in lines if not doc["ok"]] == [last]
+        # a restarted shipper names every other chain it finds once (b's is gone now: none)
+        AuditShipper(audit_pg, a.path, log_signer(a), replica="a", roll_call=log_roll_call(a)).ship()
+        a.flush()
+        assert len(_roll_calls(a)) == 1
+    finally:
+        a.close()
+        b.close()
+
+
+def _roll_calls(log: AuditLog) -> list[tuple[int, dict[str, object]]]:
+    conn = store.open_reader(log.path)
+    try:
+        calls = [r for r in store.iter_records(conn) if r.type == "audit.shared_roster"]
+    finally:
+        conn.close()
+    return [(r.seq, r.details) for r in calls]

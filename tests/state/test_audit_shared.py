@@ -32,9 +32,13 @@ def _replica(folder: Path, n: int) -> AuditLog:
     return log
 
 
-def _verify(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict[str, object]]]:
+def _verify(
+    config: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, list[dict[str, object]]]:
     capsys.readouterr()
-    code = main(["audit", "verify", "--config", str(config), "--shared", "--json"])  # the CLI, in-process
+    code = main(
+        ["audit", "verify", "--config", str(config), "--shared", "--json", *extra]
+    )  # the CLI, in-process
     out = capsys.readouterr().out
     return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 

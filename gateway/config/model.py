@@ -155,23 +155,27 @@ class ServerConfig(Section):
         return self
 
     def _check_plain_http(self) -> None:
-        """Credentials go over https:// or to this host: on plain http:// to another host anyone
-        on the path reads the bearer token (``unsafe_plain_http`` says so on purpose)."""
+        """An HTTP upstream is reached over https:// or on this host: over plain http:// to another
+        host anyone on the path reads what the gateway sends (bearer tokens, arguments) and
+        changes what the upstream answers (results reach the model unsigned; a first-use pin would
+        pin their definitions). ``unsafe_plain_http`` says so on purpose."""
         plain = self.url is not None and not https_or_loopback(self.url)
         if self.unsafe_plain_http and not plain:
             raise ValueError("'unsafe_plain_http' applies only to an http:// 'url' to another host")
+        if not plain or self.unsafe_plain_http:
+            return
         parts = urlsplit(self.url or "")
-        if plain and not self.unsafe_plain_http and (self.headers or parts.username or parts.password):
-            raise ValueError(
-                "'headers' or user:password@ in 'url' would go over plain http:// to another host: "
-                "use https:// (or set unsafe_plain_http = true on a network you trust)"
-            )
-        named = credential_params(parts.query)
-        if plain and not self.unsafe_plain_http and named:
-            raise ValueError(
-                f"'url' carries {', '.join(named)} in its query, which would go over plain http:// to "
-                "another host: use https:// (or set unsafe_plain_http = true on a network you trust)"
-            )
+        sent = [
+            *(["'headers'"] if self.headers else []),
+            *(["user:password@ in 'url'"] if parts.username or parts.password else []),
+            *[f"{n} in the query of 'url'" for n in credential_params(parts.query)],
+        ]
+        raise ValueError(
+            "'url' is plain http:// to another host: anyone on the network path could read the calls"
+            + (f" ({', '.join(sent)} included)" if sent else "")
+            + " and change the answers: use https:// (or set unsafe_plain_http = true on a network"
+            " you trust)"
+        )
 
 
 # the words of a query parameter's name that make it a credential (access_token, apiKey, sig)
@@ -416,7 +420,7 @@ class Config(Section):
                 out.append(
                     UnsafeOption(
                         f"servers.{name}.unsafe_plain_http",
-                        "upstream credentials sent over plain HTTP",
+                        "an upstream reached over plain HTTP (calls readable, answers changeable)",
                         every_call=False,
                     )
                 )

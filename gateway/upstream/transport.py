@@ -70,7 +70,8 @@ async def open_transport(
         assert server.url is not None
         if server.unsafe_plain_http:
             _logger.warning(
-                "UNSAFE: upstream %s: its credentials go over plain HTTP (servers.%s.unsafe_plain_http)",
+                "UNSAFE: upstream %s is reached over plain HTTP: its calls can be read and its answers"
+                " changed on the way (servers.%s.unsafe_plain_http)",
                 name,
                 name,
             )

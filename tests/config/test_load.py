@@ -103,6 +103,13 @@ BAD = [
         "servers.a",
     ),
     (
+        # no credential to read, but the answers (tool results, definitions at first use) can be
+        # changed on the way: plain http to another host needs unsafe_plain_http
+        "plain http url to another host",
+        '[servers.a]\nurl = "http://mcp.example/mcp?version=2&keyword=k"\n',
+        "servers.a",
+    ),
+    (
         "api key in the query of a plain http url",
         '[servers.a]\nurl = "http://10.0.0.5/m?v=1&apiKey=k"\n',
         "servers.a",
@@ -248,8 +255,7 @@ def test_keys_with_an_effect_in_their_mode_still_load() -> None:
     ):
         build_config({"http": {"jwt": {"issuer": "i", "audience": "a", "jwks_url": url}}})
         build_config({"servers": {"a": {"url": url, "headers": {"Authorization": "Bearer t"}}}})
-    build_config({"servers": {"a": {"url": "http://mcp.example/mcp"}}})  # nothing secret to read
-    build_config({"servers": {"a": {"url": "http://mcp.example/mcp?version=2&keyword=k"}}})
+    build_config({"servers": {"a": {"url": "http://mcp.example/mcp", "unsafe_plain_http": True}}})
     for url in ("https://mcp.example/mcp?token=t", "http://127.0.0.1:9/mcp?access_token=t"):
         build_config({"servers": {"a": {"url": url}}})
     build_config({"servers": {"a": {"url": "http://10.0.0.5/mcp?token=t", "unsafe_plain_http": True}}})

@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from gateway.config.sections import https_or_loopback
 from gateway.errors import ConfigError
 from gateway.onboard import (
     apply_plan,
@@ -92,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     found = [s for s in found if not launches_symbi(s)]
     if not args.include_unapproved:
         found = _approved_in_claude_code(found, home, ClaudeCodeManaged(home))
+    found = _reachable_safely(found)
     plan = make_plan(found, taken=_existing_servers(config))
     if args.json:
         print(_plan_json(plan.servers))
@@ -141,6 +143,23 @@ def _approved_in_claude_code(
                 f"skipped {s.name!r} in {s.source.path}: {why} (--include-unapproved imports it)",
                 file=sys.stderr,
             )
+    return kept
+
+
+def _reachable_safely(found: list[FoundServer]) -> list[FoundServer]:
+    """A remote over plain http:// to another host is left with its client: the gateway refuses
+    it at load (``servers.NAME.unsafe_plain_http``), and a config it cannot load would take the
+    imported servers' place in the client along with the others."""
+    kept = []
+    for s in found:
+        if s.url is not None and not https_or_loopback(s.url):
+            print(
+                f"skipped {s.name!r} in {s.source.path}: plain http:// to another host (the gateway "
+                "refuses it: use https://, or add it by hand with unsafe_plain_http = true)",
+                file=sys.stderr,
+            )
+        else:
+            kept.append(s)
     return kept
 
 

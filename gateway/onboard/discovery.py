@@ -16,7 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gateway.config.model import Config
+from pydantic import ValidationError
+
+from gateway.config.model import Config, ServerConfig
 from gateway.custody import write_atomic
 from gateway.errors import ConfigError
 from gateway.events import Event, EventSink, LoggingSink
@@ -248,6 +250,11 @@ class Discovery:
         d = known.get(name)
         if d is None or d.status == "removed":
             raise ConfigError(f"no discovered server named {name!r} (see `symbi discover list`)")
+        try:  # what the gateway would refuse to start is refused here, with its reason
+            ServerConfig.model_validate({**d.table, "verification": "tofu"})
+        except ValidationError as e:
+            why = "; ".join(str(err.get("msg", "invalid")) for err in e.errors())
+            raise ConfigError(f"discovered server {name!r} cannot be approved: {why}") from None
         known[name] = replace(d, status="approved", approved_by=by)
         self._save(known)
         return known[name]

@@ -14,6 +14,7 @@ import anyio
 import pytest
 from mcp import ClientSession, stdio_client
 
+from gateway.errors import ConfigError
 from gateway.events import LoggingSink
 from gateway.onboard.discovery import Discovery, registry_servers
 from tests.conftest import ROOT, SYMBI, mutable_config, write_config
@@ -179,3 +180,27 @@ async def test_the_gateway_keeps_serving_when_a_discovery_pass_fails(tmp_path: P
                 assert not (await s.call_tool("mut__echo", {"message": "x"})).is_error
     failures = [line for line in log.read_text().splitlines() if "discovery pass failed" in line]
     assert len(failures) == 1  # logged once, not every pass
+
+
+def test_a_server_the_gateway_would_refuse_cannot_be_approved(tmp_path: Path) -> None:
+    """A discovered remote over plain http:// to another host: approving it said "approved" and
+    the gateway's start of it failed in its log only. The approval itself is refused now."""
+    home = tmp_path / "home"
+    write_json(
+        home / ".claude.json",
+        {"mcpServers": {"plain": {"type": "http", "url": "http://mcp.example.com/mcp"}}},
+    )
+    d = Discovery(
+        tmp_path / "discovered.json",
+        LoggingSink(),
+        home=home,
+        cwd=tmp_path,
+        environ={},
+        registry_dir=None,
+        configured=frozenset(),
+    )
+    added, _ = d.poll()
+    assert [x.name for x in added] == ["plain"]
+    with pytest.raises(ConfigError):
+        d.approve("plain", by="admin")
+    assert d.entries()["plain"].status == "quarantined"

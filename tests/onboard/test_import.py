@@ -359,3 +359,24 @@ def test_a_client_config_that_is_not_utf8_is_refused_naming_where(
     assert out.returncode == 2, out.stderr
     assert where in out.stderr and "Traceback" not in out.stderr
     assert not config.exists() and not (tmp_path / "symbi.env").exists() and client.read_bytes() == before
+
+
+def test_a_plain_http_remote_to_another_host_stays_with_its_client(tmp_path: Path) -> None:
+    """Attack (on the config): a client's remote over plain http:// to another host was imported;
+    the gateway refuses such a url at load, so the import left a config that does not start, with
+    the client already rewritten to launch it: every imported server was lost to the client."""
+    home, proj = tmp_path / "home", tmp_path / "proj"
+    proj.mkdir()
+    servers = {
+        "plain": {"type": "http", "url": "http://mcp.example.com/mcp"},
+        "tls": {"type": "http", "url": "https://mcp.example.com/mcp"},
+        "here": {"type": "http", "url": "http://127.0.0.1:9/mcp"},
+    }
+    write_json(home / ".claude.json", {"mcpServers": servers})
+    config = tmp_path / "symbi.toml"
+    run = symbi("import", "claude-code", "--apply", "--config", str(config), home=home, cwd=proj)
+    assert run.returncode == 0, run.stderr
+    assert set(load_config(config, {}).servers) == {"tls", "here"}  # it loads, without it
+    assert "skipped 'plain'" in run.stderr
+    left = json.loads((home / ".claude.json").read_text())["mcpServers"]
+    assert left["plain"] == servers["plain"]  # still the client's to reach

@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import SYMBI, initialize_request, symbi_env, write_config
 from tests.server.test_stdio_e2e import MUTABLE, mutable_config
 
@@ -157,6 +159,36 @@ def test_arguments_with_too_many_members_are_refused_by_default(tmp_path: Path) 
         )
         refused = r.recv()
         assert refused["id"] == 3 and refused["result"]["_meta"]["symbi/error"]["code"] == "arguments_invalid"
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_arguments_holding_a_number_json_cannot_carry_are_refused(tmp_path: Path, number: str) -> None:
+    """The SDK's parser (pydantic) reads ``NaN``, ``Infinity`` and ``1e400`` (an infinity),
+    none of them JSON: the policy was asked about the float (regorus holds ``NaN <= 1000``
+    true) and the upstream was sent ``null`` in its place, so the call went on decided on
+    one value and made with another. Refused before any step, naming the argument."""
+    r = Raw(mutable_config(tmp_path))
+    try:
+        r.send(initialize_request("2025-11-25"))
+        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
+        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        head = '{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "mut__echo", '
+        r.send(f'{head}"arguments": {{"message": "hi", "limits": [{number}]}}}}}}'.encode())
+        refused = r.recv()
+        assert refused["id"] == 2 and refused["result"]["isError"]
+        error = refused["result"]["_meta"]["symbi/error"]
+        assert error["code"] == "arguments_invalid" and "arguments.limits[0]" in error["reasons"][0]
+        r.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "tools/call",
+                "params": {"name": "mut__echo", "arguments": {"message": "ok", "limits": [1e300, -0.0]}},
+            }
+        )
+        assert r.recv()["result"]["content"][0]["text"] == "Echo: ok"  # finite numbers pass
     finally:
         r.close()
 

@@ -193,6 +193,53 @@ def test_arguments_holding_a_number_json_cannot_carry_are_refused(tmp_path: Path
         r.close()
 
 
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "sdk"])
+def test_requests_in_flight_are_bounded_by_max_concurrent_connections(tmp_path: Path, lane: bool) -> None:
+    """A client that writes requests and never reads its replies: each request held a task
+    and its reply (200,000 pings grew the gateway past 2 GB in a minute, and on). Beyond
+    ``mcp.max_concurrent_connections`` requests in flight (both paths counted) a request is
+    refused with its id; the refusal waits for the client to read, so such a client stops
+    being read (its pipe fills) instead. Answered requests free their places."""
+    import sys
+    import time
+
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        max_concurrent_connections = 3
+        stdio_fast_lane = {"true" if lane else "false"}
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        """,
+    )
+    r = Raw(cfg)
+    try:
+        r.send(initialize_request("2025-11-25"))
+        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
+        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        for rid in (1, 2, 3):
+            params = {"name": "mut__slow", "arguments": {"seconds": 30}}
+            r.send({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params})
+        r.send({"jsonrpc": "2.0", "id": 4, "method": "ping"})
+        refused = r.recv()
+        assert refused["id"] == 4 and refused["error"]["code"] == -32000
+        r.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}})
+        for rid in range(5, 200):  # the cancelled call settles soon after: a place is free again
+            r.send({"jsonrpc": "2.0", "id": rid, "method": "ping"})
+            got = r.recv()
+            assert got["id"] == rid
+            if "result" in got:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the cancelled call never freed its place")
+    finally:
+        r.close()
+
+
 def test_requests_from_a_file_and_replies_to_a_file(tmp_path: Path) -> None:
     """``symbi mcp < requests.jsonl > replies.jsonl``: the event loop cannot watch a regular file
     (nor /dev/null); the gateway reads and writes them anyway and exits at the end of its input.

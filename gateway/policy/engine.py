@@ -44,7 +44,7 @@ import orjson
 
 from gateway.config.model import Config
 from gateway.context import Decision
-from gateway.custody import FileVersion, changes, snapshot, writable_by_others
+from gateway.custody import FileVersion, changes, read_trusted, snapshot, writable_by_others
 from gateway.errors import PolicyLoadError
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.policy.decision import deny, validate_decision
@@ -293,7 +293,10 @@ class EmbeddedEngine(PolicyEngine):
             self._versions = versions
         except PolicyLoadError as e:
             self._bundle = None
-            missing_or_empty = not self.files.policy.is_file() or not self.files.policy.read_bytes().strip()
+            try:
+                missing_or_empty = not read_trusted(self.files.policy).strip()
+            except OSError:
+                missing_or_empty = not self.files.policy.is_file()
             what = "missing or empty" if missing_or_empty else "not usable"
             self._not_loaded = f"policy {self.files.policy} is {what} ({e.message}): every request is denied"
             log.warning("policy %s is %s: %s -- DENYING EVERY REQUEST", self.files.policy, what, e.message)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from functools import partial
@@ -55,6 +56,10 @@ _PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
 _META_KEYS = frozenset({"progressToken", "traceparent", "tracestate", "baggage"})
 _TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=True)
 _SHUTDOWN_S = 1.0
+# 19 digits in a row: perhaps an integer past 64 bits, which orjson reads as a float (the
+# upstream was sent 1.2345678901234568e+29 for 123456789012345678901234567890; the SDK's
+# parser keeps it exact): such a line is left to the SDK
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def cancelled_id(raw: bytes) -> types.RequestId | None:
@@ -279,7 +284,7 @@ class StdioLane:
         if b"notifications/cancelled" in line:
             self._cancelled(line)
             return False
-        if b"tools/call" not in line:
+        if b"tools/call" not in line or _LONG_DIGITS.search(line):
             return False
         try:
             call = plain_call(orjson.loads(line))

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SYMBI, initialize_request, symbi_env, write_config
+from tests.conftest import ROOT, SYMBI, initialize_request, symbi_env, write_config
 from tests.server.test_stdio_e2e import MUTABLE, mutable_config
+
+RAW = ROOT / "tests/peers/raw_server.py"
 
 
 class Raw:
@@ -189,6 +191,40 @@ def test_arguments_holding_a_number_json_cannot_carry_are_refused(tmp_path: Path
             }
         )
         assert r.recv()["result"]["content"][0]["text"] == "Echo: ok"  # finite numbers pass
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "sdk"])
+def test_an_integer_past_64_bits_reaches_the_upstream_exactly(tmp_path: Path, lane: bool) -> None:
+    """orjson (the fast lane's parser) reads an integer past 64 bits as a float: the upstream
+    was sent 1.2345678901234568e+29 for 123456789012345678901234567890 through the lane, the
+    exact integer through the SDK. The same call is made alike on both paths."""
+    import sys
+
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        stdio_fast_lane = {"true" if lane else "false"}
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{RAW}"]
+        verification = "warn"
+        """,
+    )
+    r = Raw(cfg)
+    try:
+        r.send(initialize_request("2025-11-25"))
+        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
+        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        for rid, number in enumerate(
+            ["123456789012345678901234567890", "-9223372036854775809", "18446744073709551615"], start=2
+        ):
+            head = f'{{"jsonrpc": "2.0", "id": {rid}, "method": "tools/call", "params": {{"name": "mut__t", '
+            r.send(f'{head}"arguments": {{"mode": "ok", "message": {number}}}}}}}'.encode())
+            got = r.recv()
+            assert got["id"] == rid and got["result"]["content"][0]["text"] == number
     finally:
         r.close()
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import logging
 import os
@@ -33,6 +34,8 @@ _logger = logging.getLogger("symbi.custody")
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+# a policy, its data or one of its tests, read whole at every load and reload
+MAX_TRUSTED_BYTES = 64 * 1024 * 1024
 
 
 def trusted_files(config: Config) -> list[tuple[str, Path]]:
@@ -288,11 +291,36 @@ class FileVersion:
     owner_uid: int | None
 
 
+def read_trusted(path: Path, limit: int = MAX_TRUSTED_BYTES) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``limit`` of them. Anything else is
+    refused unread: a FIFO held the reading thread forever (the policy watcher, and with it
+    every later reload, an admin's included, waiting on its lock), a device such as
+    /dev/zero never ends. Opened without blocking (a FIFO's open waits for a writer).
+
+    Raises:
+        OSError: the file cannot be opened, is not a regular file, or is over ``limit``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket is never read)")
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def snapshot(paths: Iterable[Path]) -> dict[Path, FileVersion]:
     out: dict[Path, FileVersion] = {}
     for p in paths:
         try:
-            data = p.read_bytes()
+            data = read_trusted(p)
             uid: int | None = p.stat().st_uid
         except OSError:
             data, uid = b"", None

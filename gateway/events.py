@@ -139,6 +139,22 @@ REFUSAL_EVENTS: frozenset[str] = frozenset(
     }
 )
 
+# Also counted: an upstream's own request to the client (sampling, elicitation, roots) that
+# was refused (no caller to ask, several principals' calls in flight): a hostile upstream sent
+# 2,000 roots/list requests with no call in flight and got 2,000 signed records, and on.
+# Counted under the caller's principal when there was one, else ``upstream:NAME``.
+TALLIED_EVENTS: frozenset[str] = REFUSAL_EVENTS | {Event.UPSTREAM_CLIENT_REQUEST}
+
+
+def tallied_as(event_type: str, details: Mapping[str, Any], principal: str | None) -> str | None:
+    """Whom an event of ``TALLIED_EVENTS`` is counted under (``gateway.audit.refusals``), or
+    None: it is recorded one by one (a relayed request, a refusal of no principal)."""
+    if event_type != Event.UPSTREAM_CLIENT_REQUEST:
+        return principal
+    if details.get("outcome") != "refused":
+        return None
+    return principal if principal is not None else f"upstream:{details.get('upstream')}"
+
 
 class EventSink(Protocol):
     def emit(

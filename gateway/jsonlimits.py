@@ -16,12 +16,18 @@ the gateway for 0.6 s to seconds.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 MAX_DEPTH = 100  # containers inside the arguments object or a result's structuredContent
 # Longer keys are refused: each key's words are found character by character (NFKC, Unicode
 # categories) for the redaction rules: one 3 MB key held the event loop ~0.6 s. 4 KiB holds a path.
 MAX_KEY_CHARS = 4096
+# pydantic's JSON parser (the SDK's, both fronts) takes NaN, Infinity and 1e400 (inf), which are
+# not JSON: the policy saw the float (regorus holds NaN <= 1000 true; OPA could never be asked)
+# while the upstream was sent null (pydantic writes them so). So arguments holding one are
+# refused, never decided on one value and sent another.
+NONFINITE = "a number JSON cannot carry (NaN or an infinity)"
 
 
 class TooLarge(NamedTuple):
@@ -37,6 +43,7 @@ def too_large(
     max_depth: int = MAX_DEPTH,
     max_members: int | None = None,
     max_key_chars: int = MAX_KEY_CHARS,
+    finite: bool = False,
 ) -> TooLarge | None:
     """The first place ``doc`` passes a limit, or None: a container nested deeper than
     ``max_depth`` (``doc`` itself is level 1), a key longer than ``max_key_chars``, or, with
@@ -64,6 +71,9 @@ def too_large(
                 if depth + 1 > max_depth:
                     return TooLarge(where, f"nested deeper than {max_depth} levels")
                 stack.append((v, depth + 1, where))
+            elif finite and type(v) is float and not math.isfinite(v):
+                where = (f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")[:200]
+                return TooLarge(where, NONFINITE)
     return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.jsonlimits import MAX_DEPTH, MAX_KEY_CHARS, TooLarge, too_large
+from gateway.jsonlimits import MAX_DEPTH, MAX_KEY_CHARS, NONFINITE, TooLarge, too_large
 
 
 def nested(n: int) -> Any:
@@ -56,3 +56,11 @@ def test_depth_and_members_in_one_walk() -> None:
     assert too_large(nested(50), max_members=48) == TooLarge(
         "[0]" * 48, "more than 48 members (mcp.max_argument_members)"
     )  # the 49th list holds the 49th
+
+
+def test_a_nan_or_an_infinity_is_found_when_asked() -> None:
+    doc = {"a": [1.5, {"b": float("nan")}], "c": float("inf")}
+    assert too_large(doc) is None  # results are not checked for it (an upstream's own)
+    found = too_large(doc, finite=True)
+    assert found is not None and found.problem == NONFINITE and found.path in {".a[1].b", ".c"}
+    assert too_large({"a": [1e308, -0.0, 10**30]}, finite=True) is None

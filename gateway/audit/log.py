@@ -55,7 +55,7 @@ from gateway.audit.waits import LoopWaits, RecordWaits
 from gateway.audit.writer import SEAL_IDLE_S, WAL_CHECKPOINT_PAGES, Writer
 from gateway.custody import create_private
 from gateway.errors import AuditError
-from gateway.events import REFUSAL_EVENTS, Event
+from gateway.events import TALLIED_EVENTS, Event, tallied_as
 
 if TYPE_CHECKING:
     from gateway.audit.verify import VerifyResult
@@ -227,9 +227,13 @@ class AuditLog:
             AuditError: the log is closed or broken (only when ``on_failure = "deny"``).
         """
         try:
-            if self.refusals is not None and event_type in REFUSAL_EVENTS and principal is not None:
+            if (
+                self.refusals is not None
+                and event_type in TALLIED_EVENTS
+                and (whom := tallied_as(event_type, details, principal)) is not None
+            ):
                 self._check()  # a broken log fails the emit, counted or not
-                if not self.admit_refusal(principal, event_key(event_type, details, agent), None):
+                if not self.admit_refusal(whom, event_key(event_type, details, agent), None):
                     return  # counted: recorded with its principal's other refusals (a flood)
             item = event_item(event_type, details, principal, agent, None)
             # None off an event loop (worker threads, scripts): no RuntimeError raised per event

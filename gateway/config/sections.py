@@ -96,7 +96,8 @@ class McpSection(Section):
     # together on two cores each got 1/25 of a core, timed out, and restarted together.
     max_concurrent_starts: int | None = Field(default=None, ge=1)
     call_timeout_s: float = Field(default=60.0, gt=0)
-    max_concurrent_connections: int = Field(default=1024, ge=1)  # MCP requests served at once (HTTP)
+    # MCP requests served at once: over HTTP; over stdio, the one client's requests in flight
+    max_concurrent_connections: int = Field(default=1024, ge=1)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # keys and items of a call's arguments in all: each is redaction-matched and handed to the
     # policy on the event loop (~5 us a key), and 300,000 short keys held every caller for seconds

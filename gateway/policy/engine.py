@@ -44,7 +44,7 @@ import orjson
 
 from gateway.config.model import Config
 from gateway.context import Decision
-from gateway.custody import FileVersion, changes, snapshot, writable_by_others
+from gateway.custody import FileVersion, changes, read_trusted, snapshot, writable_by_others
 from gateway.errors import PolicyLoadError
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.policy.decision import deny, validate_decision
@@ -165,8 +165,43 @@ class PolicyEngine(ABC):
 
 def evaluate(engine: Any, decision: str, input: Mapping[str, Any]) -> Decision:
     """Evaluate ``decision`` on a regorus engine; any failure (including a panic) is a deny."""
+    refused = _refused_text(input)
+    return refused if refused is not None else _evaluate(engine, decision, input)[0]
+
+
+# The input's names the shipped policy globs: regorus' glob.match fails the whole evaluation
+# on a NUL (its internal placeholder), a deny that cost a rebuilt engine (~17 ms on the event
+# loop) per such request: a resources/read of a URI with a NUL that a template matched.
+_GLOBBED: tuple[tuple[str, ...], ...] = (
+    ("target",),
+    ("topic",),
+    ("tool", "name"),
+    ("recipient", "principal"),
+    ("memory", "base"),
+)
+
+
+def _nul_at(input: Mapping[str, Any]) -> str | None:
+    """The JSON pointer of a globbed name (``_GLOBBED``) holding a NUL, else None."""
+    for path in _GLOBBED:
+        value: Any = input
+        for part in path:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, str) and "\x00" in value:
+            return "/" + "/".join(path)
+    return None
+
+
+def _refused_text(input: Mapping[str, Any]) -> Decision | None:
+    """The deny for an input regorus must not be given (``_not_utf8``, ``_nul_at``), else None."""
     bad = not_utf8_at(input)
-    return _not_utf8(bad) if bad is not None else _evaluate(engine, decision, input)[0]
+    if bad is not None:
+        return _not_utf8(bad)
+    nul = _nul_at(input)
+    if nul is not None:
+        log.warning("policy input refused: the name at %s holds a NUL character", nul)
+        return deny(f"policy input refused: the name at {nul} holds a NUL character")
+    return None
 
 
 def _not_utf8(where: str) -> Decision:
@@ -293,7 +328,10 @@ class EmbeddedEngine(PolicyEngine):
             self._versions = versions
         except PolicyLoadError as e:
             self._bundle = None
-            missing_or_empty = not self.files.policy.is_file() or not self.files.policy.read_bytes().strip()
+            try:
+                missing_or_empty = not read_trusted(self.files.policy).strip()
+            except OSError:
+                missing_or_empty = not self.files.policy.is_file()
             what = "missing or empty" if missing_or_empty else "not usable"
             self._not_loaded = f"policy {self.files.policy} is {what} ({e.message}): every request is denied"
             log.warning("policy %s is %s: %s -- DENYING EVERY REQUEST", self.files.policy, what, e.message)
@@ -425,9 +463,9 @@ class EmbeddedEngine(PolicyEngine):
                 self.cache_hits += 1
                 return _copy(hit)
         self.cache_misses += 1
-        bad = not_utf8_at(input)
-        if bad is not None:  # never kept: another input with the same read parts may be fine
-            return _not_utf8(bad)
+        refused = _refused_text(input)
+        if refused is not None:  # never kept: another input with the same read parts may be fine
+            return refused
         decision, healthy = _evaluate(engine, self.decision_path, input, local.answers)
         if not healthy:
             local.engine = None  # never reuse an engine that failed mid-evaluation

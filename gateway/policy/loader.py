@@ -22,6 +22,7 @@ from typing import Any
 
 import regorus  # type: ignore[import-untyped]  # no stubs or py.typed in the wheel
 
+from gateway.custody import read_trusted
 from gateway.errors import PolicyLoadError
 from gateway.policy.inputkey import InputReads, input_reads
 from gateway.policy.lint import unknown_calls
@@ -152,8 +153,8 @@ def _read_text(path: Path, what: str) -> str:
         not_utf8_at(str(path)) is not None
     ):  # a found *_test.rego (surrogateescape): regorus takes no such name
         raise PolicyLoadError(f"cannot read {what} {shown(str(path))}: its name is not valid UTF-8")
-    try:
-        return path.read_text(encoding="utf-8")
+    try:  # universal newlines, as a text-mode read has always given them
+        return read_trusted(path).decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except (OSError, UnicodeDecodeError) as e:
         raise PolicyLoadError(f"cannot read {what} {path}: {e}") from None
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Container, Mapping
+import re
+import sys
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from functools import partial
 from typing import Any, cast
 
@@ -54,6 +56,10 @@ _PARAM_KEYS = frozenset({"name", "arguments", "_meta"})
 _META_KEYS = frozenset({"progressToken", "traceparent", "tracestate", "baggage"})
 _TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=True)
 _SHUTDOWN_S = 1.0
+# 19 digits in a row: perhaps an integer past 64 bits, which orjson reads as a float (the
+# upstream was sent 1.2345678901234568e+29 for 123456789012345678901234567890; the SDK's
+# parser keeps it exact): such a line is left to the SDK
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def cancelled_id(raw: bytes) -> types.RequestId | None:
@@ -201,7 +207,8 @@ class StdioLane:
         self._tasks: dict[LaneDispatch, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # the transport's, from attach
         self._write: Write | None = None
-        self._sdk_open: Container[types.RequestId] = frozenset()
+        self._sdk_open: Collection[types.RequestId] = frozenset()
+        self._limit = sys.maxsize
         self._silenced: dict[Any, None] | None = None
         self.taken = 0  # calls served by the lane (tests, bench)
 
@@ -231,15 +238,18 @@ class StdioLane:
         self,
         tg: anyio.abc.TaskGroup,
         write: Write,
-        sdk_open: Container[types.RequestId] = frozenset(),
+        sdk_open: Collection[types.RequestId] = frozenset(),
         silenced: dict[Any, None] | None = None,
+        limit: int | None = None,
     ) -> None:
         """Open the lane on the transport's loop; ``sdk_open``: the ids of the requests the SDK
         serves on this connection (a call reusing one is declined, for the transport to refuse);
         ``silenced``: the progress tokens of cancelled requests, whose progress the transport
-        drops (a call of one of them makes it live again)."""
+        drops (a call of one of them makes it live again); ``limit``: the requests in flight at
+        once, both paths (beyond it a call is declined, for the transport to refuse)."""
         self._write = write
         self._sdk_open = sdk_open
+        self._limit = limit if limit is not None else sys.maxsize
         self._silenced = silenced
         self._loop = asyncio.get_running_loop()  # the lane is open from here on
         tg.start_soon(self._hold)
@@ -274,7 +284,7 @@ class StdioLane:
         if b"notifications/cancelled" in line:
             self._cancelled(line)
             return False
-        if b"tools/call" not in line:
+        if b"tools/call" not in line or _LONG_DIGITS.search(line):
             return False
         try:
             call = plain_call(orjson.loads(line))
@@ -286,6 +296,8 @@ class StdioLane:
         key = coerce_request_id(rid)
         if key in self._in_flight or key in self._sdk_open:
             return False  # an id in flight in the session: the transport refuses it
+        if len(self._in_flight) + len(self._sdk_open) >= self._limit:
+            return False  # the transport refuses it too
         if token is not None and self._silenced:
             self._silenced.pop(token, None)
         dctx = LaneDispatch(conn, rid, token)

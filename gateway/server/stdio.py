@@ -49,6 +49,7 @@ def _error(code: int, message: str, rid: Any = None) -> SessionMessage:
     )
 
 
+TOO_MANY = -32000  # a server error, as the HTTP front's answer beyond the same limit
 SILENCED_MAX = 1024  # cancelled requests' progress tokens kept (a progress of an older one may pass)
 
 
@@ -114,8 +115,9 @@ class OpenRequests:
     it still waiting for the writer is dropped: MCP's progress references only operations in
     progress), until a new request of that token comes (the lane's calls: ``StdioLane``)."""
 
-    def __init__(self, lane: StdioLane | None) -> None:
+    def __init__(self, lane: StdioLane | None, limit: int | None = None) -> None:
         self.sdk: dict[types.RequestId, bool] = {}
+        self._limit = limit  # requests in flight at once, both paths (mcp.max_concurrent_connections)
         self._tokens: dict[types.RequestId, ProgressToken] = {}  # of SDK requests that have one
         self.silenced: dict[ProgressToken, None] = {}  # an ordered set, the newest SILENCED_MAX
         self._lane = lane
@@ -130,6 +132,18 @@ class OpenRequests:
                     types.INVALID_REQUEST,
                     f"request id {message.id!r} is already in flight in this session "
                     "(a request id must not be reused)",
+                    message.id,
+                ), False
+            if (
+                self._limit is not None
+                and len(self.sdk) + (self._lane.in_flight if self._lane else 0) >= self._limit
+            ):
+                # its refusal waits for the client to read (the read loop writes it): a client that
+                # sends and never reads stops being read, instead of a task and a reply per line
+                return _error(
+                    TOO_MANY,
+                    f"{self._limit} requests are in flight in this session "
+                    "(mcp.max_concurrent_connections); retry once some are answered",
                     message.id,
                 ), False
             self.sdk[key] = False
@@ -178,7 +192,9 @@ class OpenRequests:
 
 
 @contextlib.asynccontextmanager
-async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> AsyncIterator[tuple[Any, Any]]:
+async def stdio_transport(
+    max_bytes: int, lane: StdioLane | None = None, max_in_flight: int | None = None
+) -> AsyncIterator[tuple[Any, Any]]:
     """The client's stdin and stdout as the server's (read, write) streams, fds 0/1 taken over."""
     wire_in, wire_out = _take_wire()
     reader = asyncio.StreamReader(limit=max_bytes + 2)
@@ -192,7 +208,7 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
     # waiting together leave in one pipe write (``receive_nowait``)
     to_client, from_server = anyio.create_memory_object_stream[SessionMessage | Queued](0)
     lane_out = to_client.clone()  # the fast lane's replies, in the same writer
-    requests = OpenRequests(lane)
+    requests = OpenRequests(lane, max_in_flight)
 
     pipe, high = _write_limit(writer)
 
@@ -212,7 +228,7 @@ async def stdio_transport(max_bytes: int, lane: StdioLane | None = None) -> Asyn
             tg.start_soon(_read_loop, reader, to_server, writer, lane, max_bytes, requests)
             tg.start_soon(_write_loop, writer, from_server, requests)
             if lane is not None:
-                lane.attach(tg, lane_write, requests.sdk, requests.silenced)
+                lane.attach(tg, lane_write, requests.sdk, requests.silenced, max_in_flight)
             try:
                 yield from_client, to_client
             finally:
@@ -419,7 +435,10 @@ async def serve_stdio(config: Config) -> None:
     if config.mcp.stdio_fast_lane:
         lane = StdioLane(server)
         server.middleware.append(lane.capture)
-    async with stdio_transport(config.mcp.max_message_bytes, lane) as (read, write):
+    async with stdio_transport(config.mcp.max_message_bytes, lane, config.mcp.max_concurrent_connections) as (
+        read,
+        write,
+    ):
         await server.run(read, write, init_options(server))
 
 

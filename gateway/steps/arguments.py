@@ -17,8 +17,9 @@ from gateway.steps.schemas import compile_schema, unresolved
 
 class ValidateArguments:
     """Refuses a call whose arguments (a tool's, a prompt's) are nested deeper than
-    ``MAX_DEPTH``, have a key longer than ``MAX_KEY_CHARS`` or hold more than ``max_members``
-    keys and items in all (the config's ``mcp.max_argument_members``), or a tool call's that do
+    ``MAX_DEPTH``, have a key longer than ``MAX_KEY_CHARS``, hold more than ``max_members``
+    keys and items in all (the config's ``mcp.max_argument_members``) or a NaN or an infinity
+    (``jsonlimits.NONFINITE``: not JSON, and sent upstream as null), or a tool call's that do
     not match the tool's inputSchema; names the path."""
 
     def __init__(self, max_members: int | None = None) -> None:
@@ -46,7 +47,9 @@ class ValidateArguments:
 
     async def __call__(self, call: CallContext, call_next: CallNext) -> Any:
         # every kind's arguments (a prompt's too) are redacted and handed to the policy
-        large = too_large(call.arguments, max_members=self._max_members) if call.arguments else None
+        large = (
+            too_large(call.arguments, max_members=self._max_members, finite=True) if call.arguments else None
+        )
         if large is not None:
             raise ArgumentsInvalid(
                 f"invalid arguments for {call.target!r}: arguments{large.path}: {large.problem}"

@@ -3,6 +3,7 @@ decision, runtime errors, engine panics, inputs it cannot take, and it is safe a
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from gateway.policy.cases import load_cases
 from gateway.policy.engine import EmbeddedEngine, evaluate
-from gateway.policy.loader import PolicyBundle, PolicyFiles, new_engine
+from gateway.policy.loader import PolicyBundle, PolicyFiles, discover_files, new_engine
 from tests.conftest import RecordingSink
-from tests.policy.conftest import POLICY
+from tests.policy.conftest import CASES, POLICY
 
 PKG = "package symbi\nimport rego.v1\n"
 
@@ -457,3 +459,32 @@ def test_an_engine_validates_each_distinct_answer_once(
     assert refused.allow is False and "rate_limit" in refused.reasons[0] and len(validated) == 2
     assert eng.decide({"limit": 2}).conditions == {"rate_limit": 2} and len(validated) == 3
     assert eng.decide({"limit": 1}).allow is True and len(validated) == 3
+
+
+@pytest.mark.parametrize(
+    ("case", "path"),
+    [
+        ("resource read by a developer", ("target",)),
+        ("bus publish to a granted topic", ("topic",)),
+        ("a developer searches a knowledge base", ("memory", "base")),
+    ],
+)
+def test_a_nul_in_a_globbed_name_is_refused_without_failing_the_engine(
+    case: str, path: tuple[str, ...]
+) -> None:
+    """A NUL in a name the policy globs (a resources/read of a URI a template matched, a bus
+    topic, a knowledge base): regorus' glob.match failed the evaluation on it, and the engine
+    was dropped and rebuilt (~17 ms on the event loop) for every such request. Refused before
+    evaluating, with a reason; the engine is kept."""
+    eng = EmbeddedEngine(discover_files())
+    assert eng.load()
+    inp = copy.deepcopy(next(c.input for c in load_cases(CASES) if c.name == case))
+    assert eng.decide(inp).allow  # the case as written is allowed
+    kept = eng.thread_engine()
+    parent = inp
+    for part in path[:-1]:
+        parent = parent[part]
+    parent[path[-1]] += "\x00x"
+    refused = eng.decide(inp)
+    assert not refused.allow and refused.reasons
+    assert eng.thread_engine() is kept  # never failed: nothing rebuilt

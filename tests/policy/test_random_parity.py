@@ -131,3 +131,29 @@ def test_arguments_that_are_not_an_object_are_refused_by_both_engines() -> None:
             assert f"arguments of tool {name} are not an object" in a["reasons"], a
             listing = {**odd, "action": "list"}
             assert ours(engine, listing) == ours(engine, {**inp, "action": "list"}) == theirs(opa, listing)
+
+
+def test_a_nul_in_a_url_host_is_refused_alike_without_failing_the_evaluation() -> None:
+    """A NUL in a URL argument's host (an argument or a 2026 client's answer): regorus' glob
+    fails the whole evaluation on a NUL (its placeholder), so the embedded engine denied with
+    "policy evaluation failed" and rebuilt its engine (~17 ms on the event loop, ~40 decisions'
+    time, per such call), while OPA matched the host. The URL pattern ends the host at a NUL:
+    "not an http(s) URL" on both engines, a deny with a reason and no rebuild."""
+    engine = EmbeddedEngine(discover_files())
+    assert engine.load()
+    opa = opa_engine()
+    cases = {c.name: c.input for c in load_cases(CASES)}
+    base = cases["URL on an allowed host"]
+    answered = cases["answer (2026 client) with a path under an allowed root"]
+    for url in ("https://example.com\x00.evil.com/", "https://a@example.com\x00/", "https://\x00/"):
+        inp = copy.deepcopy(base)
+        inp["arguments"]["url"] = url
+        a = ours(engine, inp)
+        assert a != ERROR and a == theirs(opa, inp), (url, a)
+        assert a["reasons"] == ["argument url is not an http(s) URL"]
+        inp = copy.deepcopy(answered)
+        (answer,) = inp["input_responses"].values()
+        answer["content"]["url"] = url
+        a = ours(engine, inp)
+        assert a != ERROR and a == theirs(opa, inp) and not a["allow"], (url, a)
+    assert engine.thread_engine() is not None  # never failed: the engine was kept

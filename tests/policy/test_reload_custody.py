@@ -7,7 +7,10 @@ import hashlib
 import json
 import os
 import pwd
+import threading
 from typing import Any
+
+import pytest
 
 from gateway.policy.engine import EmbeddedEngine
 from gateway.policy.loader import PolicyFiles
@@ -68,3 +71,46 @@ def test_a_data_file_replaced_by_a_link_into_a_folder_others_can_write_is_refuse
     assert eng.bundle is before
     refused: dict[str, Any] = next(d for t, d in sink.events if t == "policy.reload_refused")
     assert str(shared) in refused["error"]
+
+
+@pytest.mark.parametrize("which", ["data", "test", "policy"])
+def test_a_file_replaced_by_a_fifo_is_refused_without_waiting_on_it(
+    policy_copy: PolicyFiles, which: str
+) -> None:
+    """A FIFO in place of the data file, a policy test or the policy: the reload read it
+    (first for the record of what changed) and waited forever for a writer, holding the reload
+    lock, so the watcher and every later reload (an admin's too) hung. Refused unread now,
+    naming the file, and the policy in force stays."""
+    sink = RecordingSink()
+    eng = EmbeddedEngine(policy_copy, events=sink)
+    assert eng.load()
+    before = eng.bundle
+    assert policy_copy.data is not None
+    path = {"data": policy_copy.data, "test": policy_copy.tests[0], "policy": policy_copy.policy}[which]
+    path.unlink()
+    os.mkfifo(path, 0o600)
+    outcome: list[bool] = []
+    reloading = threading.Thread(target=lambda: outcome.append(eng.reload()), daemon=True)
+    reloading.start()
+    reloading.join(timeout=20)
+    if reloading.is_alive():  # free the reader before failing: open for writing, then close
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        raise AssertionError(f"the reload waited on the {which} FIFO")
+    assert outcome == [False] and eng.bundle is before
+    refused: dict[str, Any] = next(d for t, d in sink.events if t == "policy.reload_refused")
+    assert str(path) in refused["error"]
+
+
+def test_a_policy_file_that_is_a_fifo_at_start_denies_everything_without_waiting(
+    policy_copy: PolicyFiles,
+) -> None:
+    policy_copy.policy.unlink()
+    os.mkfifo(policy_copy.policy, 0o600)
+    loaded: list[bool] = []
+    loading = threading.Thread(target=lambda: loaded.append(EmbeddedEngine(policy_copy).load()), daemon=True)
+    loading.start()
+    loading.join(timeout=20)
+    if loading.is_alive():
+        os.close(os.open(policy_copy.policy, os.O_WRONLY | os.O_NONBLOCK))
+        raise AssertionError("the load waited on the FIFO")
+    assert loaded == [False]

@@ -7,8 +7,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import SYMBI, initialize_request, symbi_env, write_config
+import pytest
+
+from tests.conftest import ROOT, SYMBI, initialize_request, symbi_env, write_config
 from tests.server.test_stdio_e2e import MUTABLE, mutable_config
+
+RAW = ROOT / "tests/peers/raw_server.py"
 
 
 class Raw:
@@ -157,6 +161,117 @@ def test_arguments_with_too_many_members_are_refused_by_default(tmp_path: Path) 
         )
         refused = r.recv()
         assert refused["id"] == 3 and refused["result"]["_meta"]["symbi/error"]["code"] == "arguments_invalid"
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_arguments_holding_a_number_json_cannot_carry_are_refused(tmp_path: Path, number: str) -> None:
+    """The SDK's parser (pydantic) reads ``NaN``, ``Infinity`` and ``1e400`` (an infinity),
+    none of them JSON: the policy was asked about the float (regorus holds ``NaN <= 1000``
+    true) and the upstream was sent ``null`` in its place, so the call went on decided on
+    one value and made with another. Refused before any step, naming the argument."""
+    r = Raw(mutable_config(tmp_path))
+    try:
+        r.send(initialize_request("2025-11-25"))
+        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
+        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        head = '{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "mut__echo", '
+        r.send(f'{head}"arguments": {{"message": "hi", "limits": [{number}]}}}}}}'.encode())
+        refused = r.recv()
+        assert refused["id"] == 2 and refused["result"]["isError"]
+        error = refused["result"]["_meta"]["symbi/error"]
+        assert error["code"] == "arguments_invalid" and "arguments.limits[0]" in error["reasons"][0]
+        r.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 3,
+                "method": "tools/call",
+                "params": {"name": "mut__echo", "arguments": {"message": "ok", "limits": [1e300, -0.0]}},
+            }
+        )
+        assert r.recv()["result"]["content"][0]["text"] == "Echo: ok"  # finite numbers pass
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "sdk"])
+def test_an_integer_past_64_bits_reaches_the_upstream_exactly(tmp_path: Path, lane: bool) -> None:
+    """orjson (the fast lane's parser) reads an integer past 64 bits as a float: the upstream
+    was sent 1.2345678901234568e+29 for 123456789012345678901234567890 through the lane, the
+    exact integer through the SDK. The same call is made alike on both paths."""
+    import sys
+
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        stdio_fast_lane = {"true" if lane else "false"}
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{RAW}"]
+        verification = "warn"
+        """,
+    )
+    r = Raw(cfg)
+    try:
+        r.send(initialize_request("2025-11-25"))
+        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
+        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        for rid, number in enumerate(
+            ["123456789012345678901234567890", "-9223372036854775809", "18446744073709551615"], start=2
+        ):
+            head = f'{{"jsonrpc": "2.0", "id": {rid}, "method": "tools/call", "params": {{"name": "mut__t", '
+            r.send(f'{head}"arguments": {{"mode": "ok", "message": {number}}}}}}}'.encode())
+            got = r.recv()
+            assert got["id"] == rid and got["result"]["content"][0]["text"] == number
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "sdk"])
+def test_requests_in_flight_are_bounded_by_max_concurrent_connections(tmp_path: Path, lane: bool) -> None:
+    """A client that writes requests and never reads its replies: each request held a task
+    and its reply (200,000 pings grew the gateway past 2 GB in a minute, and on). Beyond
+    ``mcp.max_concurrent_connections`` requests in flight (both paths counted) a request is
+    refused with its id; the refusal waits for the client to read, so such a client stops
+    being read (its pipe fills) instead. Answered requests free their places."""
+    import sys
+    import time
+
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [mcp]
+        max_concurrent_connections = 3
+        stdio_fast_lane = {"true" if lane else "false"}
+        [servers.mut]
+        command = "{sys.executable}"
+        args = ["{MUTABLE}"]
+        verification = "warn"
+        """,
+    )
+    r = Raw(cfg)
+    try:
+        r.send(initialize_request("2025-11-25"))
+        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
+        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        for rid in (1, 2, 3):
+            params = {"name": "mut__slow", "arguments": {"seconds": 30}}
+            r.send({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params})
+        r.send({"jsonrpc": "2.0", "id": 4, "method": "ping"})
+        refused = r.recv()
+        assert refused["id"] == 4 and refused["error"]["code"] == -32000
+        r.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}})
+        for rid in range(5, 200):  # the cancelled call settles soon after: a place is free again
+            r.send({"jsonrpc": "2.0", "id": rid, "method": "ping"})
+            got = r.recv()
+            assert got["id"] == rid
+            if "result" in got:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the cancelled call never freed its place")
     finally:
         r.close()
 

@@ -59,7 +59,7 @@ _SHUTDOWN_S = 1.0
 # 19 digits in a row: perhaps an integer past 64 bits, which orjson reads as a float (the
 # upstream was sent 1.2345678901234568e+29 for 123456789012345678901234567890; the SDK's
 # parser keeps it exact): such a line is left to the SDK
-_LONG_DIGITS = re.compile(rb"\d{19}")
+LONG_DIGITS = re.compile(rb"\d{19}")  # the HTTP lane's too
 
 
 def cancelled_id(raw: bytes) -> types.RequestId | None:
@@ -284,7 +284,7 @@ class StdioLane:
         if b"notifications/cancelled" in line:
             self._cancelled(line)
             return False
-        if b"tools/call" not in line or _LONG_DIGITS.search(line):
+        if b"tools/call" not in line or LONG_DIGITS.search(line):
             return False
         try:
             call = plain_call(orjson.loads(line))

@@ -70,7 +70,14 @@ from gateway.compat import (
     transport_release,
     transport_serving,
 )
-from gateway.server.fastlane import LaneDispatch, MiddlewareChain, cancelled_id, plain_call, run_call
+from gateway.server.fastlane import (
+    LONG_DIGITS,
+    LaneDispatch,
+    MiddlewareChain,
+    cancelled_id,
+    plain_call,
+    run_call,
+)
 from gateway.server.httpsse import HOLD_S, SseAnswer, SseLaneDispatch, sse_headers
 from gateway.server.httpwire import json_content, read_body, replaying, request_id, reused, send_json
 from gateway.server.principals import scope_headers
@@ -235,6 +242,8 @@ class HttpLane:
             return False  # the SDK's refusal, from the SDK
         if b"notifications/cancelled" in body:
             self._cancelled(sid, body)  # and the SDK gets it too
+            return False
+        if LONG_DIGITS.search(body):  # perhaps an integer orjson would make a float: the SDK's
             return False
         try:
             msg = orjson.loads(body)

@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import anyio
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.context import is_admin
-from gateway.errors import ApprovalError, AuthFailed, DefinitionChanged
+from gateway.errors import ApprovalError, AuthFailed, DefinitionChanged, StateUnavailable
 from gateway.runtime.orders import ACTIONS
 from gateway.runtime.status import agent_rows
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
@@ -47,6 +44,7 @@ from gateway.server.dashboard.render import (
     tools_page,
     upstreams_page,
 )
+from gateway.server.dashboard.sessions import BASE, COOKIE, MAX_AGE_S, DashboardSessions
 from gateway.server.operations import (
     act_on_agent,
     audit_log,
@@ -59,10 +57,8 @@ if TYPE_CHECKING:
     from gateway.context import Principal
     from gateway.server.http import HttpState
 
-COOKIE = "symbi_session"
-MAX_AGE_S = 8 * 3600
-BASE = "/d"  # a session's pages: /d/<prefix>/...
-PREFIX_BYTES = 24  # 192 bits from ``secrets``: the path cannot be guessed
+__all__ = ["COOKIE", "MAX_AGE_S", "Dashboard", "DashboardSessions", "dashboard_routes"]
+
 # the pages before session 39, at the top level: they answer the login page
 _OLD_PAGES = ("/tools", "/tools/{name}", "/decisions", "/upstreams", "/agents", "/audit", "/logout")
 _STATIC = Path(__file__).parent / "static"
@@ -77,61 +73,6 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-
-class DashboardSessions:
-    """Signed-cookie sessions bound to an admin API key id."""
-
-    def __init__(self, state: HttpState) -> None:
-        self.state = state
-        self.signer = URLSafeTimedSerializer(state.cookie_secret, salt="symbi-dashboard")
-        # sessions logged out (session id -> when their cookie expires anyway): the cookie
-        # itself stays valid for MAX_AGE_S wherever a copy of it is (a stolen or cached one)
-        self._ended: dict[str, float] = {}
-
-    def issue(self, key_id: str) -> tuple[str, str]:
-        """A new session's cookie value and its path prefix (``/d/<prefix>``)."""
-        csrf = secrets.token_urlsafe(24)
-        prefix = secrets.token_urlsafe(PREFIX_BYTES)
-        payload = {"kid": key_id, "csrf": csrf, "sid": secrets.token_urlsafe(16), "p": prefix}
-        return self.signer.dumps(payload), prefix
-
-    def end(self, sess: dict[str, Any]) -> None:
-        """Log ``sess`` out: its cookie is refused from now on, wherever it is presented."""
-        now = time.time()
-        self._ended = {sid: until for sid, until in self._ended.items() if until > now}
-        self._ended[sess["sid"]] = now + MAX_AGE_S
-
-    async def current(self, request: Request) -> dict[str, Any] | None:
-        """The session payload if the cookie is valid, issued for the path prefix it came with,
-        not logged out, and its key is still a live admin key."""
-        raw = request.cookies.get(COOKIE)
-        if not raw:
-            return None
-        try:
-            data = self.signer.loads(raw, max_age=MAX_AGE_S)
-        except BadSignature:
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("kid"), str):
-            return None
-        prefix, here = data.get("p"), request.path_params.get("prefix")
-        if not isinstance(prefix, str) or not isinstance(here, str) or not hmac.compare_digest(prefix, here):
-            return None  # another session's path, or a cookie from before the paths
-        sid = data.get("sid")
-        if not isinstance(sid, str) or sid in self._ended:  # no id: it could not be logged out
-            return None
-        # off the event loop: with [state] postgres_url the key store is a round trip
-        rec = await anyio.to_thread.run_sync(self.state.auth.keys.get, data["kid"])
-        if rec is None or not is_admin(rec.as_principal()):
-            return None
-        csrf = str(data.get("csrf", ""))
-        return {
-            "kid": rec.id,
-            "principal": rec.principal,
-            "csrf": csrf,
-            "sid": sid,
-            "base": f"{BASE}/{prefix}",
-        }
 
 
 def _html(body: str, status: int = 200) -> HTMLResponse:
@@ -303,7 +244,10 @@ class Dashboard:
         if sess is not None and not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
             return _html(login_page("Invalid form token."), status=403)
         if sess is not None:
-            self.sessions.end(sess)
+            try:
+                await self.sessions.end(sess)
+            except StateUnavailable as e:  # the cookie still opens the pages: say so, keep it to retry
+                return _html(login_page(f"The logout could not be recorded ({e.message}): try again."), 503)
         resp = _to_login()
         path = f"{BASE}/{request.path_params['prefix']}"
         resp.delete_cookie(COOKIE, path=path, httponly=True, samesite="strict")

@@ -62,15 +62,28 @@ def audit_filters(params: Mapping[str, str], default_limit: int | None) -> dict[
         raise ValueError("decision must be allow or deny")
     if "type" in params:
         out["types"] = tuple(t for t in params["type"].split(",") if t)
-    for key in ("since_ns", "until_ns", "limit"):
+    for key, (low, high) in _BOUNDS.items():
         if key in params:
-            out[key] = int(params[key])
-    for key in ("since_ns", "until_ns"):
-        if key in out and not 0 <= out[key] < 2**63:  # SQLite INTEGER range (found by schemathesis)
-            raise ValueError(f"{key} must be from 0 to 2**63-1")
+            out[key] = _whole(key, params[key], low, high)
     if out["limit"] is not None and not 1 <= out["limit"] <= 100_000:
-        raise ValueError("limit must be from 1 to 100000")
+        raise ValueError(_BAD_WHOLE.format(key="limit", low=1, high=100_000))
     return out
+
+
+# the whole-number parameters of the audit queries: since/until in SQLite's INTEGER range
+# (found by schemathesis)
+_BOUNDS = {"since_ns": (0, 2**63 - 1), "until_ns": (0, 2**63 - 1), "limit": (1, 100_000)}
+_BAD_WHOLE = "{key} must be an integer from {low} to {high}"
+
+
+def _whole(key: str, raw: str, low: int, high: int) -> int:
+    """``raw`` as a whole number from ``low`` to ``high`` (ASCII digits only), or ValueError
+    naming the parameter: never int()'s own text (``1e9`` answered ``invalid literal for
+    int() with base 10``)."""
+    n = int(raw) if raw.isascii() and raw.lstrip("-").isdigit() and len(raw) <= 20 else None
+    if n is None or not low <= n <= high:
+        raise ValueError(_BAD_WHOLE.format(key=key, low=low, high=high))
+    return n
 
 
 def _unavailable(what: str, reason: str) -> JSONResponse:

@@ -5,7 +5,7 @@ Routes:
   ``/.well-known/oauth-protected-resource`` RFC 9728 metadata (public)
   ``/healthz`` ``/readyz`` ``/metrics``   operations (public; the server binds loopback)
   ``/api/...``                            admin REST API (admin role; ``gateway.server.admin``)
-  ``/`` ``/login`` ...                    the dashboard (admin API key login; ``gateway.server.dashboard``)
+  ``/`` ``/login`` ``/d/<prefix>/...``    the dashboard (admin API key login; ``gateway.server.dashboard``)
 
 Middleware, outermost first: access log → Host/Origin guard (DNS rebinding, for every
 route) → body deadline (slow bodies get 408) → request body limit → authentication (for
@@ -80,6 +80,8 @@ class HttpState:
     recent: RecentCalls
     manager: StreamableHTTPSessionManager
     holder: list[Gateway] = field(default_factory=list)
+    # the dashboard's cookie key in one process; with [state] redis_url the processes derive a
+    # shared one instead (gateway.server.dashboard.sessions.cookie_key)
     cookie_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     # why the gateway's lifespan ended while the HTTP server still runs (None: it runs)
     stopped: str | None = None

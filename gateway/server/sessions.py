@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from gateway.listen import ListenHub
 
 _logger = logging.getLogger("symbi.http.sessions")
+# a refused opening: principal, sessions it holds, openings of it still unanswered, the limit
+QUOTA_LINE = "session quota: %s holds %d sessions and is opening %d (limit %d)"
 
 
 class SessionQuota:
@@ -78,9 +80,8 @@ class SessionQuota:
         # ``opening`` too: held counts only the answered ones, so none is counted twice
         held = sum(1 for sid, owner in sessions if owner == who and sid in self.answered)
         if held + self.opening[who] >= self.limit:
-            _logger.warning(
-                "session quota: %s holds %d sessions (limit %d)", principal.qualified, held, self.limit
-            )
+            # both counts: a refusal by openings still unanswered said "holds 0 sessions"
+            _logger.warning(QUOTA_LINE, principal.qualified, held, self.opening[who], self.limit)
             body = {
                 "jsonrpc": "2.0",
                 "id": None,

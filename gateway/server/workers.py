@@ -7,7 +7,9 @@ and the state that must be shared lives where replicas share it -- ``[state]`` R
 limits, recent-call counts, the bus) and PostgreSQL (tool records, API keys, pins, the policy,
 every worker's audit chain for ``symbi audit verify --shared``). A handshake-era session lives
 in the worker that made it: HAProxy's stick table on ``Mcp-Session-Id`` keeps it there (the
-same frontend as ``deploy/haproxy.cfg``).
+same frontend as ``deploy/haproxy.cfg``). A dashboard login holds on every worker: they sign
+its cookie with a key derived from the shared secret and keep its logout on Redis
+(``gateway.server.dashboard.sessions``).
 
 Without shared state N workers would each keep their own rate limits, keys and pins, so the
 supervisor refuses to start (``ConfigError`` naming the key) rather than split them silently.

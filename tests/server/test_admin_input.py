@@ -65,6 +65,12 @@ def test_audit_filters_split_the_types_and_read_the_numbers() -> None:
         {"until_ns": str(TOP + 1)},
         {"limit": "0"},
         {"limit": "100001"},
+        {"limit": "1e9"},
+        {"limit": "+5"},
+        {"limit": " 5"},
+        {"limit": "1_000"},
+        {"limit": "\u0665"},  # an Arabic-Indic five: int() takes it
+        {"since_ns": "9" * 5000},  # past int()'s digit limit
     ],
 )
 def test_audit_filters_refuse_what_the_store_cannot_take(params: dict[str, str]) -> None:

@@ -1,32 +1,36 @@
 """The web dashboard: server-rendered HTML, one CSS and one JS file, no external assets.
 
 Login takes an admin API key; the session is an itsdangerous-signed cookie (HttpOnly,
-SameSite=Strict, 8 h) holding only the key *id* and a session id, re-checked on every request
-so a revoked key logs its sessions out, and a logout ends its session here, not only in the
-browser. POSTs carry a per-session CSRF token as well (and the Host/Origin
-guard in front of every route refuses cross-site Origins). The Content-Security-Policy
-allows only this server's own files: no inline script, no CDN.
+SameSite=Strict, 8 h) holding only the key *id*, a session id and the session's path prefix,
+re-checked on every request so a revoked key logs its sessions out, and a logout ends its
+session here, not only in the browser. POSTs carry a per-session CSRF token as well (and the
+Host/Origin guard in front of every route refuses cross-site Origins). The
+Content-Security-Policy allows only this server's own files: no inline script, no CDN.
+
+Every page of a session lives under a random path made at login, ``/d/<prefix>/``, and the
+cookie's ``Path`` is that prefix: browsers do not isolate cookies by port (RFC 6265 section
+8.5), so a cookie with ``Path=/`` went with every request to any other web server on the same
+host (a dev server, a notebook), which could replay it. Such a server is asked for its own
+paths, never this one, so the cookie stays here. The prefix is signed into the cookie: a cookie
+presented under another prefix (or at the old top-level pages) is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import anyio
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.context import is_admin
-from gateway.errors import ApprovalError, AuthFailed, DefinitionChanged
+from gateway.errors import ApprovalError, AuthFailed, DefinitionChanged, StateUnavailable
 from gateway.runtime.orders import ACTIONS
 from gateway.runtime.status import agent_rows
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
@@ -40,6 +44,7 @@ from gateway.server.dashboard.render import (
     tools_page,
     upstreams_page,
 )
+from gateway.server.dashboard.sessions import BASE, COOKIE, MAX_AGE_S, DashboardSessions
 from gateway.server.operations import (
     act_on_agent,
     audit_log,
@@ -52,8 +57,10 @@ if TYPE_CHECKING:
     from gateway.context import Principal
     from gateway.server.http import HttpState
 
-COOKIE = "symbi_session"
-MAX_AGE_S = 8 * 3600
+__all__ = ["COOKIE", "MAX_AGE_S", "Dashboard", "DashboardSessions", "dashboard_routes"]
+
+# the pages before session 39, at the top level: they answer the login page
+_OLD_PAGES = ("/tools", "/tools/{name}", "/decisions", "/upstreams", "/agents", "/audit", "/logout")
 _STATIC = Path(__file__).parent / "static"
 _STATIC_FILES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 _HEADERS = {
@@ -61,63 +68,23 @@ _HEADERS = {
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",  # "no-referrer" makes Chromium send Origin: null on POSTs
+    # no Referer (so no session path) to any other origin, another port included; not
+    # "no-referrer": browsers then send Origin: null on form POSTs, which the guard refuses
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-
-class DashboardSessions:
-    """Signed-cookie sessions bound to an admin API key id."""
-
-    def __init__(self, state: HttpState) -> None:
-        self.state = state
-        self.signer = URLSafeTimedSerializer(state.cookie_secret, salt="symbi-dashboard")
-        # sessions logged out (session id -> when their cookie expires anyway): the cookie
-        # itself stays valid for MAX_AGE_S wherever a copy of it is (a stolen or cached one)
-        self._ended: dict[str, float] = {}
-
-    def issue(self, key_id: str) -> tuple[str, str]:
-        csrf = secrets.token_urlsafe(24)
-        return self.signer.dumps({"kid": key_id, "csrf": csrf, "sid": secrets.token_urlsafe(16)}), csrf
-
-    def end(self, sess: dict[str, Any]) -> None:
-        """Log ``sess`` out: its cookie is refused from now on, wherever it is presented."""
-        now = time.time()
-        self._ended = {sid: until for sid, until in self._ended.items() if until > now}
-        self._ended[sess["sid"]] = now + MAX_AGE_S
-
-    async def current(self, request: Request) -> dict[str, Any] | None:
-        """The session payload if the cookie is valid, not logged out, and its key is still a
-        live admin key."""
-        raw = request.cookies.get(COOKIE)
-        if not raw:
-            return None
-        try:
-            data = self.signer.loads(raw, max_age=MAX_AGE_S)
-        except BadSignature:
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("kid"), str):
-            return None
-        sid = data.get("sid")
-        if not isinstance(sid, str) or sid in self._ended:  # no id: it could not be logged out
-            return None
-        # off the event loop: with [state] postgres_url the key store is a round trip
-        rec = await anyio.to_thread.run_sync(self.state.auth.keys.get, data["kid"])
-        if rec is None or not is_admin(rec.as_principal()):
-            return None
-        return {"kid": rec.id, "principal": rec.principal, "csrf": str(data.get("csrf", "")), "sid": sid}
 
 
 def _html(body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers=_HEADERS)
 
 
-def _cookie(resp: Response, request: Request, value: str, max_age: int) -> None:
+def _cookie(resp: Response, request: Request, value: str, path: str) -> None:
     resp.set_cookie(
         COOKIE,
         value,
-        max_age=max_age,
-        path="/",
+        max_age=MAX_AGE_S,
+        path=path,  # sent with this session's pages only, never to another port's paths
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -135,12 +102,17 @@ async def _form(request: Request) -> dict[str, str] | None:
         return None
 
 
+def _to_login() -> Response:
+    return RedirectResponse("/", status_code=303, headers={"Referrer-Policy": "same-origin"})
+
+
 def _bad_form() -> HTMLResponse:
     return _html(login_page("That form is not valid."), status=400)
 
 
-def dashboard_routes(state: HttpState) -> list[Route]:
-    """Routes at ``/``, ``/login``, ``/logout``, ``/tools``, ``/decisions``, ``/upstreams``, ``/agents``,
+def dashboard_routes(state: HttpState) -> list[BaseRoute]:
+    """Routes at ``/`` (the login page), ``/login``, ``/static/...`` and, under a session's
+    ``/d/<prefix>``, ``/``, ``/logout``, ``/tools``, ``/decisions``, ``/upstreams``, ``/agents``,
     ``/audit``."""
     return Dashboard(state).routes()
 
@@ -156,11 +128,21 @@ class Dashboard:
         self.state = state
         self.sessions = DashboardSessions(state)
 
-    def routes(self) -> list[Route]:
-        get, post, page = ["GET"], ["POST"], self._page
+    def routes(self) -> list[BaseRoute]:
+        get, post = ["GET"], ["POST"]
         return [
             Route("/", self.index, methods=get),
             Route("/login", self.login, methods=post),
+            Route("/static/{name}", self.static, methods=get),
+            *(Route(path, self.to_login, methods=["GET", "POST"]) for path in _OLD_PAGES),
+            Mount(BASE + "/{prefix}", routes=self.session_routes()),
+        ]
+
+    def session_routes(self) -> list[Route]:
+        """The pages and forms of a session, under its ``/d/<prefix>``."""
+        get, post, page = ["GET"], ["POST"], self._page
+        return [
+            Route("/", page(self.overview), methods=get),
             Route("/logout", self.logout, methods=post),
             Route("/tools", page(self.tools), methods=get),
             Route("/tools/{name}", page(self.tool), methods=get),
@@ -178,7 +160,7 @@ class Dashboard:
         async def page(request: Request) -> Response:
             sess = await self.sessions.current(request)
             if sess is None:
-                return RedirectResponse("/", status_code=303)
+                return _to_login()
             return _html(await render(request, sess))
 
         return page
@@ -188,7 +170,7 @@ class Dashboard:
         login page; a wrong CSRF token: 403)."""
         sess = await self.sessions.current(request)
         if sess is None:
-            return RedirectResponse("/", status_code=303)
+            return _to_login()
         form = await _form(request)
         if form is None:
             return _bad_form()
@@ -208,7 +190,7 @@ class Dashboard:
         sess, form = posted
         rec = await anyio.to_thread.run_sync(self.state.auth.keys.get, sess["kid"])
         if rec is None:
-            return RedirectResponse("/", status_code=303)
+            return _to_login()
         return sess, rec.as_principal(), form
 
     async def _discovered(self) -> list[dict[str, Any]] | None:
@@ -220,20 +202,21 @@ class Dashboard:
     # -- login -----------------------------------------------------------------------------------
 
     async def index(self, request: Request) -> Response:
-        sess = await self.sessions.current(request)
-        if sess is None:
-            return _html(login_page(None))
+        return _html(login_page(None))
+
+    async def to_login(self, request: Request) -> Response:
+        return _to_login()
+
+    async def overview(self, request: Request, sess: dict[str, Any]) -> str:
         state = self.state
         calls = state.recent.latest()
-        return _html(
-            overview_page(
-                sess,
-                tools=len(tool_rows(state)),
-                upstreams=upstream_rows(state),
-                calls=len(calls),
-                denied=sum(1 for c in calls if c.outcome == "denied"),
-                ready=state.readiness()[0],
-            )
+        return overview_page(
+            sess,
+            tools=len(tool_rows(state)),
+            upstreams=upstream_rows(state),
+            calls=len(calls),
+            denied=sum(1 for c in calls if c.outcome == "denied"),
+            ready=state.readiness()[0],
         )
 
     async def login(self, request: Request) -> Response:
@@ -247,9 +230,10 @@ class Dashboard:
             return _html(login_page("That API key is not valid."), status=401)
         if not is_admin(principal):
             return _html(login_page("That API key does not have the admin role."), status=403)
-        value, _ = self.sessions.issue(str(principal.claims["key_id"]))
-        resp = RedirectResponse("/", status_code=303)
-        _cookie(resp, request, value, MAX_AGE_S)
+        value, prefix = self.sessions.issue(str(principal.claims["key_id"]))
+        base = f"{BASE}/{prefix}"
+        resp = RedirectResponse(base + "/", status_code=303, headers={"Referrer-Policy": "same-origin"})
+        _cookie(resp, request, value, base)
         return resp
 
     async def logout(self, request: Request) -> Response:
@@ -260,9 +244,13 @@ class Dashboard:
         if sess is not None and not hmac.compare_digest(form.get("csrf", ""), sess["csrf"]):
             return _html(login_page("Invalid form token."), status=403)
         if sess is not None:
-            self.sessions.end(sess)
-        resp = RedirectResponse("/", status_code=303)
-        resp.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+            try:
+                await self.sessions.end(sess)
+            except StateUnavailable as e:  # the cookie still opens the pages: say so, keep it to retry
+                return _html(login_page(f"The logout could not be recorded ({e.message}): try again."), 503)
+        resp = _to_login()
+        path = f"{BASE}/{request.path_params['prefix']}"
+        resp.delete_cookie(COOKIE, path=path, httponly=True, samesite="strict")
         return resp
 
     # -- tools and upstreams ---------------------------------------------------------------------

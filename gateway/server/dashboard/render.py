@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
+# relative to a session's base path (``/d/<prefix>``, ``gateway.server.dashboard``)
 _NAV = (
     ("/", "Overview"),
     ("/tools", "Tools"),
@@ -33,14 +34,16 @@ def _page(
 ) -> str:
     nav = ""
     logout = ""
+    base = ""  # the login page's assets are at the top level
     if sess is not None:
+        base = e(sess["base"])
         links = []
         for href, label in _NAV:
             cls = ' class="active"' if href == active else ""
-            links.append(f'<a href="{href}"{cls}>{e(label)}</a>')
+            links.append(f'<a href="{base}{href}"{cls}>{e(label)}</a>')
         nav = "<nav>" + "".join(links) + "</nav>"
         logout = (
-            f'<form method="post" action="/logout"><input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
+            f'<form method="post" action="{base}/logout"><input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
             f'<span class="muted">{e(sess["principal"])}</span> <button type="submit">Log out</button></form>'
         )
     data = f' data-refresh="{refresh}"' if refresh else ""
@@ -48,10 +51,10 @@ def _page(
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{e(title)} · Symbi</title>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<link rel="stylesheet" href="/static/dashboard.css"></head><body>'
+        f'<link rel="stylesheet" href="{base}/static/dashboard.css"></head><body>'
         f"<header><h1>Symbi gateway</h1>{nav}{logout}</header>"
         f"<main{data}>{body}</main>"
-        '<script src="/static/dashboard.js"></script></body></html>'
+        f'<script src="{base}/static/dashboard.js"></script></body></html>'
     )
 
 
@@ -99,7 +102,7 @@ def overview_page(
 def tools_page(sess: dict[str, Any], tools: list[dict[str, Any]], message: str | None = None) -> str:
     rows = (
         (
-            f'<a href="/tools/{quote(t["name"], safe="")}"><code>{e(t["name"])}</code></a>',
+            f'<a href="{e(sess["base"])}/tools/{quote(t["name"], safe="")}"><code>{e(t["name"])}</code></a>',
             e(t["upstream"]),
             _badge(t["verification"]),
             _screening(t["screening"]),
@@ -174,7 +177,7 @@ def tool_page(sess: dict[str, Any], info: dict[str, Any] | None, error: str | No
 def _approve_form(name: str, info: dict[str, Any], sess: dict[str, Any]) -> str:
     """The Approve button, naming the definition shown (its hash)."""
     return (
-        f'<form method="post" action="/tools/{quote(name, safe="")}/approve">'
+        f'<form method="post" action="{e(sess["base"])}/tools/{quote(name, safe="")}/approve">'
         f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
         # the definition shown above, by hash: one the upstream swaps in later is refused
         f'<input type="hidden" name="hash" value="{e(info["current_hash"] or "")}">'
@@ -246,7 +249,7 @@ def _discovered(sess: dict[str, Any], servers: list[dict[str, Any]], message: st
         if d["status"] != "quarantined":
             return e(d.get("approved_by") or "")
         return (
-            f'<form method="post" action="/discovered/{quote(d["name"], safe="")}/approve">'
+            f'<form method="post" action="{e(sess["base"])}/discovered/{quote(d["name"], safe="")}/approve">'
             f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
             f'<button type="submit" id="approve-{e(d["name"])}">Approve and start</button></form>'
         )
@@ -309,7 +312,7 @@ def _agent_actions(sess: dict[str, Any], a: dict[str, Any]) -> str:
     actions: tuple[str, ...] = ("resume",) if a["suspend_pending"] else ()
     actions += tuple(x for x in _ACTIONS.get(a["state"], ()) if x not in actions)
     forms = (
-        f'<form method="post" action="/agents/{quote(a["id"], safe="")}/{act}" class="inline">'
+        f'<form method="post" action="{e(sess["base"])}/agents/{quote(a["id"], safe="")}/{act}" class="inline">'
         f'<input type="hidden" name="csrf" value="{e(sess["csrf"])}">'
         f'<input type="text" name="reason" placeholder="reason" aria-label="reason for {act}">'
         f'<button type="submit" class="{act}">{e(act.capitalize())}</button></form>'

@@ -7,7 +7,7 @@ from typing import Any
 
 from gateway.server.dashboard.render import tool_page
 
-SESSION = {"csrf": "t0ken", "principal": "admin"}
+SESSION = {"csrf": "t0ken", "principal": "admin", "base": "/d/pr3fix"}
 
 
 def _info(key_change: dict[str, str] | None, rejected: bool = False) -> dict[str, Any]:

@@ -196,6 +196,9 @@ def test_audit_query_and_export(env: Env) -> None:
         "since_ns=-1",
     ):
         check(get(env, f"/audit/query?{bad}"), 400, "Error")
+    # not a whole number: the same answer as one out of range (it was int()'s own text)
+    zero = check(get(env, "/audit/export?limit=0"), 400, "Error")
+    assert check(get(env, "/audit/export?limit=1e9"), 400, "Error") == zero
 
 
 def test_audit_and_policy_off_answer_503(tmp_path: Path) -> None:

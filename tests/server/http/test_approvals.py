@@ -23,7 +23,7 @@ from gateway.server.dashboard import COOKIE
 from tests.conftest import ROOT, SYMBI, symbi_env, write_config
 from tests.server.http.conftest import Keys, Running, bearer, make_keys, policy_data, run_server
 from tests.server.http.test_admin import check
-from tests.server.http.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+from tests.server.http.test_dashboard import CHROMIUM, CHROMIUM_ARGS, signed_in
 from tests.server.http.test_metrics import value
 
 MUTABLE = ROOT / "tests/peers/mutable_server.py"
@@ -180,18 +180,19 @@ async def test_api_and_dashboard_approve_only_the_definition_reviewed(tmp_path: 
             assert (await api.get("/tools/mut__echo/diff")).json()["approved_hash"] == bait["approved_hash"]
         async with httpx2.AsyncClient(base_url=run.base) as web:
             login = await web.post("/login", data={"api_key": keys.admin}, follow_redirects=False)
-            cookies = {COOKIE: login.cookies[COOKIE]}
-            page = (await web.get("/tools/mut__echo", cookies=cookies)).text
+            pages, cookie = signed_in("", login)
+            cookies = {COOKIE: cookie}
+            page = (await web.get(pages + "/tools/mut__echo", cookies=cookies)).text
             csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
             assert f'name="hash" value="{switched["current_hash"]}"' in page
             stale = {"csrf": csrf, "hash": bait["current_hash"]}  # a page opened before the switch
-            r = await web.post("/tools/mut__echo/approve", data=stale, cookies=cookies)
+            r = await web.post(pages + "/tools/mut__echo/approve", data=stale, cookies=cookies)
             assert r.status_code == 409 and "Run as root" in r.text  # shown again as it is now
             for no_hash in ({"csrf": csrf}, {"csrf": csrf, "hash": ""}):
-                r = await web.post("/tools/mut__echo/approve", data=no_hash, cookies=cookies)
+                r = await web.post(pages + "/tools/mut__echo/approve", data=no_hash, cookies=cookies)
                 assert r.status_code == 400
             reviewed = {"csrf": csrf, "hash": switched["current_hash"]}
-            r = await web.post("/tools/mut__echo/approve", data=reviewed, cookies=cookies)
+            r = await web.post(pages + "/tools/mut__echo/approve", data=reviewed, cookies=cookies)
             assert r.status_code == 200 and "Approved mut__echo" in r.text
         assert await _echo_works(run, keys.admin)
 
@@ -267,9 +268,10 @@ async def test_screening_findings_shown_in_api_and_dashboard_and_flagged_approva
             assert (r.status_code, r.json()["code"]) == (409, "approval_refused")  # screening flagged
         async with httpx2.AsyncClient(base_url=run.base) as web:
             login = await web.post("/login", data={"api_key": keys.admin}, follow_redirects=False)
-            cookies = {COOKIE: login.cookies[COOKIE]}
-            page = (await web.get("/tools", cookies=cookies)).text
-            detail = (await web.get("/tools/dict__add", cookies=cookies)).text
+            pages, cookie = signed_in("", login)
+            cookies = {COOKIE: cookie}
+            page = (await web.get(pages + "/tools", cookies=cookies)).text
+            detail = (await web.get(pages + "/tools/dict__add", cookies=cookies)).text
         row = next(r for r in page.split("<tr") if "dict__add" in r)
         assert "SP001" in row and "high" in row
         clean = next(r for r in page.split("<tr") if "dict__sum" in r)
@@ -337,14 +339,15 @@ async def test_discovered_server_approved_from_the_api_and_dashboard(
         assert await _echo_works(run, keys.admin)
         async with httpx2.AsyncClient(base_url=run.base) as web:
             login = await web.post("/login", data={"api_key": keys.admin}, follow_redirects=False)
-            cookies = {COOKIE: login.cookies[COOKIE]}
-            page = (await web.get("/upstreams", cookies=cookies)).text
+            pages, cookie = signed_in("", login)
+            cookies = {COOKIE: cookie}
+            page = (await web.get(pages + "/upstreams", cookies=cookies)).text
             assert 'id="approve-other"' in page and 'id="approve-mut"' not in page and SECRET not in page
             assert html.escape(shlex.join([sys.executable, str(MUTABLE), "--key=***"])) in page
             csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-            done = await web.post("/discovered/other/approve", data={"csrf": csrf}, cookies=cookies)
+            done = await web.post(pages + "/discovered/other/approve", data={"csrf": csrf}, cookies=cookies)
             assert done.status_code == 200 and 'id="approve-other"' not in done.text
-            forged = await web.post("/discovered/other/approve", data={"csrf": "x"}, cookies=cookies)
+            forged = await web.post(pages + "/discovered/other/approve", data={"csrf": "x"}, cookies=cookies)
             assert forged.status_code == 403
         # the discovery loop starts it (and records server.approved) on its next pass: wait for
         # that before stopping the gateway, or a loaded machine stops it first

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anyio
 import httpx
@@ -32,6 +35,16 @@ def login(env: Env, key: str) -> httpx.Response:
     return httpx.post(env.run.base + "/login", data={"api_key": key}, follow_redirects=False)
 
 
+def signed_in(base: str, r: httpx.Response | httpx2.Response) -> tuple[str, str]:
+    """A login's (the base URL of its session's pages, its cookie)."""
+    assert r.status_code == 303
+    return base + r.headers["location"].rstrip("/"), r.cookies[COOKIE]
+
+
+def session(env: Env, key: str) -> tuple[str, str]:
+    return signed_in(env.run.base, login(env, key))
+
+
 def test_login_sets_a_strict_httponly_cookie(env: Env) -> None:
     r = login(env, env.keys.admin)
     assert r.status_code == 303
@@ -39,7 +52,8 @@ def test_login_sets_a_strict_httponly_cookie(env: Env) -> None:
     assert cookie.startswith(COOKIE + "=")
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
     assert env.keys.admin not in cookie  # only the signed key id travels
-    page = httpx.get(env.run.base + "/tools", cookies={COOKIE: r.cookies[COOKIE]})
+    pages, value = signed_in(env.run.base, r)
+    page = httpx.get(pages + "/tools", cookies={COOKIE: value})
     assert page.status_code == 200 and "everything__echo" in page.text
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
@@ -62,42 +76,38 @@ def test_a_form_with_too_many_fields_is_refused_not_a_crash(env: Env) -> None:
     form = {"content-type": "application/x-www-form-urlencoded"}
     r = httpx.post(env.run.base + "/login", content=flood, headers=form)
     assert r.status_code == 400 and "set-cookie" not in r.headers
-    cookie = login(env, env.keys.admin).cookies[COOKIE]
-    r = httpx.post(env.run.base + "/logout", content=flood, headers=form, cookies={COOKIE: cookie})
+    pages, cookie = session(env, env.keys.admin)
+    r = httpx.post(pages + "/logout", content=flood, headers=form, cookies={COOKIE: cookie})
     assert r.status_code == 400
 
 
 def test_pages_need_a_valid_session(env: Env) -> None:
-    for path in ("/tools", "/decisions", "/upstreams", "/agents", "/audit"):
-        r = httpx.get(env.run.base + path, follow_redirects=False)
+    pages, good = session(env, env.keys.admin)
+    for path in ("/", "/tools", "/decisions", "/upstreams", "/agents", "/audit"):
+        r = httpx.get(pages + path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/"
-    good = login(env, env.keys.admin).cookies[COOKIE]
     forged = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
-    assert (
-        httpx.get(env.run.base + "/tools", cookies={COOKIE: forged}, follow_redirects=False).status_code
-        == 303
-    )
+    assert httpx.get(pages + "/tools", cookies={COOKIE: forged}, follow_redirects=False).status_code == 303
 
 
 def test_revoking_the_key_ends_its_dashboard_sessions(env: Env) -> None:
     key, rec = env.keys.store.create("temp-admin", ("admin",))
-    cookie = login(env, key).cookies[COOKIE]
-    assert httpx.get(env.run.base + "/upstreams", cookies={COOKIE: cookie}).status_code == 200
+    pages, cookie = session(env, key)
+    assert httpx.get(pages + "/upstreams", cookies={COOKIE: cookie}).status_code == 200
     env.keys.store.revoke(rec.id)
     assert (
-        httpx.get(env.run.base + "/upstreams", cookies={COOKIE: cookie}, follow_redirects=False).status_code
-        == 303
+        httpx.get(pages + "/upstreams", cookies={COOKIE: cookie}, follow_redirects=False).status_code == 303
     )
 
 
 def test_logout_needs_the_csrf_token(env: Env) -> None:
-    cookie = login(env, env.keys.admin).cookies[COOKIE]
+    pages, cookie = session(env, env.keys.admin)
     r = httpx.post(
-        env.run.base + "/logout", data={"csrf": "wrong"}, cookies={COOKIE: cookie}, follow_redirects=False
+        pages + "/logout", data={"csrf": "wrong"}, cookies={COOKIE: cookie}, follow_redirects=False
     )
     assert r.status_code == 403
     r = httpx.post(
-        env.run.base + "/logout",
+        pages + "/logout",
         data={},
         cookies={COOKIE: cookie},
         headers={"Origin": "http://evil.example"},
@@ -109,22 +119,22 @@ def test_logout_needs_the_csrf_token(env: Env) -> None:
 def test_a_logged_out_session_cookie_is_refused(env: Env) -> None:
     """Attack: logout only told the browser to drop the cookie; a copy of it (stolen, cached,
     left in another tab's jar) still opened every page and form for the rest of its 8 hours."""
-    cookie = login(env, env.keys.admin).cookies[COOKIE]
-    page = httpx.get(env.run.base + "/agents", cookies={COOKIE: cookie})
+    pages, cookie = session(env, env.keys.admin)
+    page = httpx.get(pages + "/agents", cookies={COOKIE: cookie})
     assert page.status_code == 200
     r = httpx.post(
-        env.run.base + "/logout",
+        pages + "/logout",
         data={"csrf": _csrf(page.text)},
         cookies={COOKIE: cookie},
         follow_redirects=False,
     )
     assert r.status_code == 303
     for path in ("/audit", "/agents"):
-        r = httpx.get(env.run.base + path, cookies={COOKIE: cookie}, follow_redirects=False)
+        r = httpx.get(pages + path, cookies={COOKIE: cookie}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/"
     # another session of the same key is not logged out with it
-    other = login(env, env.keys.admin).cookies[COOKIE]
-    assert httpx.get(env.run.base + "/audit", cookies={COOKIE: other}).status_code == 200
+    other_pages, other = session(env, env.keys.admin)
+    assert httpx.get(other_pages + "/audit", cookies={COOKIE: other}).status_code == 200
 
 
 async def _calls(env: Env, key: str) -> None:
@@ -137,6 +147,32 @@ async def _calls(env: Env, key: str) -> None:
         assert not (await s.call_tool("everything__echo", {"message": "browser-ok"})).is_error
         assert (await s.call_tool("everything__echo", {"not_message": 1})).is_error  # denied: bad arguments
         assert (await s.call_tool("everything__get-tiny-image", {})).is_error  # denied by the policy
+
+
+@contextlib.contextmanager
+def _other_app() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A web server on another 127.0.0.1 port recording the headers of what it is sent."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<p>another app</p>")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _run_or_record(errors: list[BaseException], env: Env, key: str) -> None:
@@ -169,7 +205,16 @@ def test_browser_login_and_see_a_denied_call(env: Env) -> None:
             page.wait_for_selector("text=Upstreams up")
             cookie = next(c for c in page.context.cookies() if c["name"] == COOKIE)
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert cookie["path"] != "/" and page.url.startswith(env.run.base + cookie["path"] + "/")
             assert page.evaluate("document.cookie") == ""  # not readable by script
+            dashboard = page.url
+            with _other_app() as (other, seen):  # another local web app on another port
+                page.evaluate("url => { window.location.href = url; }", other + "/")
+                page.wait_for_url(other + "/")
+                assert seen and all(COOKIE not in h.get("cookie", "") for h in seen), seen
+                assert all(env.run.base not in h.get("referer", "") for h in seen), seen
+            external.clear()  # that app was the one request elsewhere
+            page.goto(dashboard)
 
             # sync Playwright owns this thread's event loop: the MCP client runs in its own thread
             errors: list[BaseException] = []
@@ -216,8 +261,7 @@ def _csrf(page: str) -> str:
 @pytest.mark.anyio
 async def test_agents_view_lists_and_controls_a_live_agent(env: Env) -> None:
     key, _ = env.keys.store.create("dash-agent-user", ("developer",))
-    cookie = login(env, env.keys.admin).cookies[COOKIE]
-    base = env.run.base
+    base, cookie = session(env, env.keys.admin)
     async with (
         httpx.AsyncClient(base_url=base, cookies={COOKIE: cookie}, follow_redirects=False) as web,
         httpx2.AsyncClient(headers=bearer(key)) as hc,
@@ -231,8 +275,8 @@ async def test_agents_view_lists_and_controls_a_live_agent(env: Env) -> None:
             return (res.meta or {}).get("symbi/error", {}).get("code") if res.is_error else None
 
         assert await echo() is None
-        listed = (await web.get("/api/agents", headers=bearer(env.keys.admin))).json()["agents"]
-        [agent] = [a for a in listed if a["principal"] == "dash-agent-user"]
+        listed = (await web.get(env.run.base + "/api/agents", headers=bearer(env.keys.admin))).json()
+        [agent] = [a for a in listed["agents"] if a["principal"] == "dash-agent-user"]
         page = await web.get("/agents")
         assert page.status_code == 200
         row = re.search(rf'<tr id="agent-{re.escape(agent["id"])}">(.*?)</tr>', page.text)
@@ -262,7 +306,7 @@ async def test_agents_view_lists_and_controls_a_live_agent(env: Env) -> None:
     gw = env.run.state.gateway
     assert gw is not None and gw.audit is not None
     gw.audit.flush(timeout=10)
-    async with httpx.AsyncClient(base_url=base, headers=bearer(env.keys.admin)) as api:
+    async with httpx.AsyncClient(base_url=env.run.base, headers=bearer(env.keys.admin)) as api:
         events = (
             await api.get(
                 "/api/audit/query", params={"type": "agent.suspend_requested,agent.terminate_requested"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ from mcp.shared.subscriptions import ResourceUpdated
 from gateway.config import load_config
 from gateway.errors import TooManyListens
 from gateway.server.auth import ApiKeyStore
+from gateway.server.sessions import QUOTA_LINE
 from tests.bus.test_http_bus import bus_config
 from tests.server._http import trickle_until_closed
 from tests.server.http.conftest import (
@@ -51,17 +53,27 @@ def test_one_principal_cannot_take_every_session_slot(tmp_path: Path) -> None:
         assert open_session(run.mcp, keys.other_user).status_code == 200
 
 
-def test_a_burst_of_openings_gets_exactly_the_quota(tmp_path: Path) -> None:
+def test_a_burst_of_openings_gets_exactly_the_quota(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Concurrent initialize requests of one principal: up to the limit all succeed (an opening
-    whose session exists is not counted twice), beyond it the rest are refused."""
+    whose session exists is not counted twice), beyond it the rest are refused. Each refusal's
+    log line counts what reached the limit: the sessions held and the openings under way (it
+    gave the held ones only, "holds 0 sessions" for a refusal by openings)."""
     cfg = everything_config(tmp_path, http_extra="max_sessions = 50\nmax_sessions_per_principal = 6")
     keys = make_keys(cfg)
+    caplog.set_level(logging.WARNING, logger="symbi.http.sessions")
     with run_server(cfg) as run, ThreadPoolExecutor(12) as pool:
         for burst, want in ((6, 6), (6, 0)):  # the first burst fills the quota, the second finds it full
             codes = list(pool.map(lambda _: open_session(run.mcp, keys.user).status_code, range(burst)))
             assert sorted(codes) == [200] * want + [429] * (burst - want)
         other = list(pool.map(lambda _: open_session(run.mcp, keys.other_user).status_code, range(12)))
         assert sorted(other) == [200] * 6 + [429] * 6  # 12 at once: no more than 6 get through
+    refusals = [r for r in caplog.records if r.msg == QUOTA_LINE]
+    assert len(refusals) == 12
+    for r in refusals:
+        assert isinstance(r.args, tuple)
+        _who, held, opening, limit = r.args
+        assert isinstance(held, int) and isinstance(opening, int) and limit == 6
+        assert held + opening >= limit
 
 
 def test_a_revoked_keys_sessions_free_their_slots(tmp_path: Path) -> None:

@@ -1,0 +1,125 @@
+"""Attack: a malicious unsandboxed stdio upstream (tests/peers/channels_server.py, run by a real
+``symbi mcp`` as the upstream user) tries the channels Linux does not separate by uid or mount
+namespace: the session keyring it inherits, an abstract Unix socket of root's, the terminal the
+gateway was started from (``/dev/tty``, ``TIOCSTI``), a signal to the gateway, its own cgroup's
+files, and a gateway's agents' socket in ``/tmp``.
+
+The gateway is started the way systemd (a service's own session keyring) and a login shell
+(``pam_keyinit``, a controlling terminal) start it: a session keyring holding a secret and a
+terminal of its own, by a small wrapper that then execs ``symbi mcp``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from tests.conftest import ROOT, SYMBI, write_config
+
+pytestmark = pytest.mark.anyio
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs a root gateway")
+CHANNELS = ROOT / "tests/peers/channels_server.py"
+
+# joins a session keyring of its own with a secret in it (systemd gives each service one,
+# pam_keyinit each login), takes a terminal as its controlling one, then execs the gateway
+WRAPPER = """
+import ctypes, fcntl, os, platform, sys, termios
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+nr = {"x86_64": (250, 248), "aarch64": (219, 217)}[platform.machine()]
+assert libc.syscall(ctypes.c_long(nr[0]), ctypes.c_long(1), b"symbi-gateway-session") > 0
+secret = sys.argv[1].encode()
+assert libc.syscall(ctypes.c_long(nr[1]), b"user", b"symbi-test-secret", secret,
+                    ctypes.c_size_t(len(secret)), ctypes.c_long(-3)) > 0
+leader, terminal = os.openpty()
+fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)  # the SDK started us as a session leader
+os.set_inheritable(leader, True)  # the gateway holds the terminal open (closed, it hangs up)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+@contextmanager
+def abstract_listener(name: str) -> Iterator[None]:
+    """Root's abstract socket ``@name``, answering ``hello`` to whoever connects."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind("\0" + name)
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"hello")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(5)
+
+
+async def probe_from_upstream(tmp_path: Path, secret: str, abstract: str) -> dict[str, Any]:
+    cfg = write_config(
+        tmp_path,
+        f"""
+        [servers.thief]
+        command = "{sys.executable}"
+        args = ["{CHANNELS}"]
+        verification = "warn"
+        env = {{ PYTHONPATH = "{ROOT}" }}
+        """,
+    )
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(WRAPPER)
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=[str(wrapper), secret, str(SYMBI), "mcp", "--config", str(cfg)],
+        env={"PYTHONPATH": str(ROOT)},
+    )
+    async with stdio_client(params) as (r, w), ClientSession(r, w) as s:
+        await s.initialize()
+        res = await s.call_tool("thief__probe", {"key": "symbi-test-secret", "abstract": abstract})
+        assert not res.is_error, res
+        return json.loads(res.content[0].text)  # type: ignore[union-attr,no-any-return]
+
+
+@needs_root
+async def test_an_upstream_reaches_no_channel_uid_and_mounts_leave_open(tmp_path: Path) -> None:
+    secret, abstract = secrets.token_hex(8), f"symbi-test-{secrets.token_hex(6)}"
+    with abstract_listener(abstract):
+        report = await probe_from_upstream(tmp_path, secret, abstract)
+    assert report["uid"] != 0
+    # the gateway's session keyring: the upstream got one of its own (it possessed the
+    # gateway's, and with it every key there, before)
+    assert report["keyring"].startswith("denied: "), report
+    assert secret not in json.dumps(report)
+    # root's abstract socket: out of its Landlock domain's scope
+    assert report["abstract"] == "denied: EPERM", report
+    # the gateway's terminal: the upstream is in a session of its own, with no terminal; its
+    # stdio are pipes
+    assert report["tty"] == "denied: ENXIO", report
+    assert {report[f"tiocsti {fd}"] for fd in (0, 1, 2)} == {"denied: ENOTTY"}, report
+    assert report["signal"] == "denied: EPERM", report  # scoped signals
+    assert report["cgroup"] in ("ok: []", "denied: PermissionError") or report["cgroup"].startswith(
+        "denied: E"
+    ), report
+    # an agents' socket in /tmp (another gateway's, if one runs): never served without a key
+    assert not report["agents_socket"].startswith("ok: HTTP/1.1 2"), report

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,10 +53,12 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 @contextmanager
-def abstract_listener(name: str) -> Iterator[None]:
-    """Root's abstract socket ``@name``, answering ``hello`` to whoever connects."""
+def listening(address: str) -> Iterator[None]:
+    """Root's Unix socket at ``address`` (``\\0name``: abstract), answering whoever connects."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind("\0" + name)
+    server.bind(address)
+    if not address.startswith("\0"):
+        os.chmod(address, 0o666)  # as the agents' socket: anyone who reaches it may connect
     server.listen(8)
 
     def serve() -> None:
@@ -64,7 +68,7 @@ def abstract_listener(name: str) -> Iterator[None]:
             except OSError:
                 return
             with conn:
-                conn.sendall(b"hello")
+                conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n")
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -76,15 +80,38 @@ def abstract_listener(name: str) -> Iterator[None]:
         thread.join(5)
 
 
-async def probe_from_upstream(tmp_path: Path, secret: str, abstract: str) -> dict[str, Any]:
+@contextmanager
+def agents_socket_in_tmp() -> Iterator[str]:
+    """A live socket where a gateway keeps its agents' socket (/tmp, a 0711 folder)."""
+    folder = tempfile.mkdtemp(prefix="symbi-test-agents-", dir="/tmp")
+    os.chmod(folder, 0o711)
+    path = os.path.join(folder, "gateway.sock")
+    try:
+        with listening(path):
+            yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def attack(tmp_path: Path, sandbox: str = "") -> tuple[str, dict[str, Any]]:
+    """The secret in the gateway's session keyring, and what the upstream reached."""
+    secret, abstract = secrets.token_hex(8), f"symbi-test-{secrets.token_hex(6)}"
+    with listening("\0" + abstract), agents_socket_in_tmp() as path:
+        return secret, await probe_from_upstream(tmp_path, secret, abstract, path, sandbox)
+
+
+async def probe_from_upstream(
+    tmp_path: Path, secret: str, abstract: str, path: str, sandbox: str
+) -> dict[str, Any]:
+    tier = f'sandbox = "{sandbox}"' if sandbox else ""
     cfg = write_config(
         tmp_path,
         f"""
         [servers.thief]
-        command = "{sys.executable}"
+        command = "/usr/bin/python3"
         args = ["{CHANNELS}"]
         verification = "warn"
-        env = {{ PYTHONPATH = "{ROOT}" }}
+        {tier}
         """,
     )
     wrapper = tmp_path / "wrapper.py"
@@ -96,16 +123,16 @@ async def probe_from_upstream(tmp_path: Path, secret: str, abstract: str) -> dic
     )
     async with stdio_client(params) as (r, w), ClientSession(r, w) as s:
         await s.initialize()
-        res = await s.call_tool("thief__probe", {"key": "symbi-test-secret", "abstract": abstract})
+        res = await s.call_tool(
+            "thief__probe", {"key": "symbi-test-secret", "abstract": abstract, "path": path}
+        )
         assert not res.is_error, res
         return json.loads(res.content[0].text)  # type: ignore[union-attr,no-any-return]
 
 
 @needs_root
 async def test_an_upstream_reaches_no_channel_uid_and_mounts_leave_open(tmp_path: Path) -> None:
-    secret, abstract = secrets.token_hex(8), f"symbi-test-{secrets.token_hex(6)}"
-    with abstract_listener(abstract):
-        report = await probe_from_upstream(tmp_path, secret, abstract)
+    secret, report = await attack(tmp_path)
     assert report["uid"] != 0
     # the gateway's session keyring: the upstream got one of its own (it possessed the
     # gateway's, and with it every key there, before)
@@ -121,5 +148,26 @@ async def test_an_upstream_reaches_no_channel_uid_and_mounts_leave_open(tmp_path
     assert report["cgroup"] in ("ok: []", "denied: PermissionError") or report["cgroup"].startswith(
         "denied: E"
     ), report
-    # an agents' socket in /tmp (another gateway's, if one runs): never served without a key
-    assert not report["agents_socket"].startswith("ok: HTTP/1.1 2"), report
+    # a live socket in the host's /tmp (a gateway's agents' socket): its /tmp is an overlay,
+    # whose inode is not the socket's
+    assert report["socket"] == "denied: ECONNREFUSED", report
+
+
+@needs_root
+@pytest.mark.sandbox
+async def test_a_bwrap_sandboxed_upstream_reaches_no_channel_either(tmp_path: Path) -> None:
+    """The same attack from a server in the bubblewrap tier (no network): its seccomp filter
+    refuses keyctl, its network namespace has no abstract socket of the host's, bwrap's
+    ``--new-session`` leaves it no terminal, and its /tmp is its own."""
+    for d in (tmp_path, tmp_path.parent):
+        d.chmod(0o755)  # the sandbox's uid may walk to its config folder
+    secret, report = await attack(tmp_path, sandbox="bwrap")
+    assert report["uid"] != 0
+    assert report["keyring"] == "denied: EPERM", report
+    assert secret not in json.dumps(report)
+    assert report["abstract"] == "denied: ECONNREFUSED", report  # no such name in its namespace
+    assert report["tty"] == "denied: ENXIO", report
+    assert {report[f"tiocsti {fd}"] for fd in (0, 1, 2)} == {"denied: EPERM"}, report  # seccomp
+    assert report["cgroup"] == "ok: []" or report["cgroup"].startswith("denied: "), report
+    assert report["socket"] == "denied: ENOENT", report  # a /tmp of its own
+    # (its parent is bwrap, pid 1 of its own pid namespace: the gateway is not in it)

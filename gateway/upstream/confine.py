@@ -57,6 +57,7 @@ _REFER, _TRUNCATE, _IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 _READ_DIR = 1 << 3
 _FILE_RIGHTS = 1 | 2 | 4 | _TRUNCATE | _IOCTL_DEV  # the rights a rule on a file may carry
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1, 2
+SCOPED_ABI = 6  # the first ABI that scopes signals and abstract sockets (Linux 6.12)
 # keyctl(2) (include/uapi/linux/keyctl.h); its number is the architecture's own
 _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219}
 _KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -201,7 +202,7 @@ def restrict(hidden: str, home: str) -> None:
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     rights = handled_rights(abi)
-    scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if abi >= 6 else 0
+    scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if abi >= SCOPED_ABI else 0
     attr = struct.pack("=QQQ", rights, 0, scoped)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     ruleset = libc.syscall(_SYS_CREATE_RULESET, attr, ctypes.c_size_t(size), ctypes.c_uint32(0))

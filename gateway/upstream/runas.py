@@ -249,8 +249,9 @@ def _check_landlock(abi: int) -> None:
         _logger.warning(
             "security.upstream_user: this kernel's Landlock (ABI %d) cannot scope signals and abstract "
             "Unix sockets (ABI %d, Linux 6.12): each unsandboxed upstream can signal the others (they "
-            "share a uid) and connect to any abstract socket of the host's network namespace; give "
-            "servers a sandbox tier (servers.NAME.sandbox) where that matters",
+            "share a uid) and connect to any abstract socket of the host's network namespace, the "
+            "control socket of every gVisor sandbox included (it serves any uid: exec, signal, "
+            "destroy); give servers a sandbox tier (servers.NAME.sandbox) where that matters",
             abi,
             SCOPED_ABI,
         )

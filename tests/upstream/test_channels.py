@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -171,3 +172,83 @@ async def test_a_bwrap_sandboxed_upstream_reaches_no_channel_either(tmp_path: Pa
     assert report["cgroup"] == "ok: []" or report["cgroup"].startswith("denied: "), report
     assert report["socket"] == "denied: ENOENT", report  # a /tmp of its own
     # (its parent is bwrap, pid 1 of its own pid namespace: the gateway is not in it)
+
+
+GVISOR_CONTROL = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(b"\\0" + sys.argv[1].encode() + b"\\0")
+s.sendall(json.dumps({"method": "containerManager.Processes", "arg": sys.argv[2]}).encode())
+print(s.recv(4096).decode())
+"""
+
+
+@contextmanager
+def gvisor_sandbox() -> Iterator[str]:
+    """A gVisor sandbox as the docker tier runs one (runsc, no network, uid 65534); its id."""
+    if shutil.which("docker") is None or shutil.which("runsc") is None:
+        pytest.skip("needs docker with the runsc runtime")
+    binds = [a for d in ("/usr", "/lib", "/lib64", "/bin") if Path(d).exists() for a in ("-v", f"{d}:{d}:ro")]
+    run = subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--rm",
+            "--runtime=runsc",
+            "--network=none",
+            "--user=65534:65534",
+            *binds,
+            "symbi-sandbox:latest",
+            "/usr/bin/sleep",
+            "60",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,  # fmt: skip
+    )
+    if run.returncode != 0:
+        pytest.skip(f"no gVisor sandbox here: {run.stderr.strip()[:200]}")
+    cid = run.stdout.strip()
+    try:
+        yield cid
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True, timeout=60, check=False)
+
+
+@needs_root
+@pytest.mark.sandbox
+async def test_an_upstream_cannot_drive_a_gvisor_sandbox_through_its_control_socket(tmp_path: Path) -> None:
+    """runsc's control server listens on an abstract socket of the host's network namespace
+    (``@runsc-sandbox.<id>``) and serves any uid here: the sandbox runs in a user namespace, so
+    a peer it does not map is seen as ``nobody``, the sandbox's own uid (its check is "this uid
+    or root"). Whoever reaches it can list, signal, exec in (a hosted agent's token is in its
+    environment) and destroy the sandbox. An unsandboxed upstream's Landlock domain (ABI 6+)
+    scopes abstract sockets: refused. On an older kernel nothing stops it (warned at start)."""
+    with gvisor_sandbox() as cid:
+        name = f"runsc-sandbox.{cid}"  # between two NULs
+        # the channel is real: a plain uid-999 process (no domain) drives the sandbox
+        plain = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=999",
+                "--regid=999",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                GVISOR_CONTROL,
+                name,
+                cid,
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,  # fmt: skip
+        )
+        assert '"success":true' in plain.stdout, plain.stdout + plain.stderr
+        secret = secrets.token_hex(8)
+        with agents_socket_in_tmp() as path:
+            report = await probe_from_upstream(tmp_path, secret, name + "\0", path, "")
+    assert report["abstract"] == "denied: EPERM", report

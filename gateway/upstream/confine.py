@@ -21,6 +21,9 @@ execs the rest of the command line.
   one) and fill the disk or, through ``/dev/shm``, memory no process holds, which the OOM
   killer cannot free. System V shared memory, semaphores and message queues are its own too
   (an IPC namespace), for the same two reasons.
+- Keys: a session keyring of its own, empty. A process keeps the session keyring of whoever
+  started it across a uid switch, and possesses every key in it: the gateway's (systemd gives
+  each service one, ``pam_keyinit`` each login) was the upstream's to search, read and add to.
 - Processes: its ``/proc`` is one of its own (``hidepid=2``) that lists only the processes of
   the upstream user: any user may read any process's command line, where a token in another
   server's ``args`` (a sandboxed one runs as 65534, its launcher as root) and the gateway's
@@ -35,7 +38,9 @@ without it unless told it is unsafe.
 from __future__ import annotations
 
 import ctypes
+import errno as errnos
 import os
+import platform
 import stat
 import struct
 import sys
@@ -52,6 +57,10 @@ _REFER, _TRUNCATE, _IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 _READ_DIR = 1 << 3
 _FILE_RIGHTS = 1 | 2 | 4 | _TRUNCATE | _IOCTL_DEV  # the rights a rule on a file may carry
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1, 2
+SCOPED_ABI = 6  # the first ABI that scopes signals and abstract sockets (Linux 6.12)
+# keyctl(2) (include/uapi/linux/keyctl.h); its number is the architecture's own
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
 
 # unshare(2) and mount(2) (include/uapi/linux/sched.h, mount.h)
 _CLONE_NEWNS, _CLONE_NEWIPC = 0x00020000, 0x08000000
@@ -162,6 +171,23 @@ def private_scratch(size_mb: int) -> None:
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "hidepid=2")
 
 
+def own_session_keyring() -> None:
+    """Leave the gateway's session keyring for a new, empty one (see the module docstring).
+
+    Raises:
+        OSError: the kernel refused, or this architecture's ``keyctl`` number is not known here.
+    """
+    number = _SYS_KEYCTL.get(platform.machine())
+    if number is None:
+        raise OSError(errnos.ENOSYS, f"no keyctl number known for {platform.machine()}")
+    libc = _libc()
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(ctypes.c_long(number), ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING), None) < 0:
+        errno = ctypes.get_errno()
+        if errno != errnos.ENOSYS:  # a kernel without keys has no keyring to leave
+            raise OSError(errno, f"keyctl join session keyring: {os.strerror(errno)}")
+
+
 def restrict(hidden: str, home: str) -> None:
     """Put this process in a new domain (see the module docstring).
 
@@ -176,7 +202,7 @@ def restrict(hidden: str, home: str) -> None:
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     rights = handled_rights(abi)
-    scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if abi >= 6 else 0
+    scoped = _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if abi >= SCOPED_ABI else 0
     attr = struct.pack("=QQQ", rights, 0, scoped)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     ruleset = libc.syscall(_SYS_CREATE_RULESET, attr, ctypes.c_size_t(size), ctypes.c_uint32(0))
@@ -212,6 +238,7 @@ def main(argv: list[str]) -> int:
         return 2
     hidden, home, scratch_mb, command = argv[0], argv[1], int(argv[2]), argv[4:]
     try:
+        own_session_keyring()
         private_scratch(scratch_mb)  # before the domain: it forbids mounting
         restrict(hidden, home)
     except OSError as e:

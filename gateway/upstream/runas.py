@@ -34,7 +34,7 @@ from pathlib import Path
 
 from gateway.config.model import Config, ServerConfig
 from gateway.errors import ConfigError, UpstreamUnavailable
-from gateway.upstream.confine import landlock_abi
+from gateway.upstream.confine import SCOPED_ABI, landlock_abi
 
 _logger = logging.getLogger("symbi.upstream")
 
@@ -222,19 +222,39 @@ def resolve_run_as(config: Config) -> RunAs | None:
             "ptrace and signal them, and read and rewrite their files"
         )
         confine = False
-    elif landlock_abi() < 1:
-        raise ConfigError(
-            "security.upstream_user: this kernel has no Landlock (Linux 5.13+, enabled), which keeps each "
-            "unsandboxed upstream out of the others running as the same user (their environment, "
-            "memory and files); give the servers a sandbox tier (servers.NAME.sandbox) or set "
-            "security.unsafe_upstreams_unconfined = true"
-        )
+    else:
+        _check_landlock(landlock_abi())
     return replace(
         _account(sec.upstream_user),
         max_tasks=sec.upstream_max_tasks,
         scratch_mb=sec.upstream_scratch_mb,
         confine=confine,
     )
+
+
+def _check_landlock(abi: int) -> None:
+    """Refuse a kernel without Landlock; say what one older than ``SCOPED_ABI`` leaves open.
+
+    Raises:
+        ConfigError: no Landlock at all.
+    """
+    if abi < 1:
+        raise ConfigError(
+            "security.upstream_user: this kernel has no Landlock (Linux 5.13+, enabled), which keeps each "
+            "unsandboxed upstream out of the others running as the same user (their environment, "
+            "memory and files); give the servers a sandbox tier (servers.NAME.sandbox) or set "
+            "security.unsafe_upstreams_unconfined = true"
+        )
+    if abi < SCOPED_ABI:  # warned, not refused: most distributions' kernels are older still
+        _logger.warning(
+            "security.upstream_user: this kernel's Landlock (ABI %d) cannot scope signals and abstract "
+            "Unix sockets (ABI %d, Linux 6.12): each unsandboxed upstream can signal the others (they "
+            "share a uid) and connect to any abstract socket of the host's network namespace, the "
+            "control socket of every gVisor sandbox included (it serves any uid: exec, signal, "
+            "destroy); give servers a sandbox tier (servers.NAME.sandbox) where that matters",
+            abi,
+            SCOPED_ABI,
+        )
 
 
 def _account(spec: str) -> RunAs:

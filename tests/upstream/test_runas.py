@@ -286,3 +286,28 @@ def test_a_link_left_in_a_servers_home_gets_no_chown_of_its_target(tmp_path: Pat
     with pytest.raises(UpstreamUnavailable):
         r.make_home("srv")
     assert target.stat().st_uid == 0 and target.stat().st_mode & 0o777 == 0o755
+
+
+@needs_root
+@pytest.mark.parametrize("abi", [1, 5])
+def test_a_kernel_that_cannot_scope_signals_and_abstract_sockets_is_named_at_start(
+    abi: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Landlock before ABI 6 (Linux 6.12; Debian 12 and Ubuntu 24.04 ship older) has no scopes:
+    an unsandboxed upstream could signal its neighbours (one uid) and connect to every abstract
+    socket of the host, with nothing said. The kernel's ABI is the one seam faked here: this
+    machine's cannot be made older."""
+    from gateway.upstream import runas
+
+    monkeypatch.setattr(runas, "landlock_abi", lambda: abi)
+    with caplog.at_level("WARNING", logger="symbi.upstream"):
+        assert resolve_run_as(build_config({})) is not None
+    assert [r for r in caplog.records if r.name == "symbi.upstream" and r.args == (abi, 6)]
+    monkeypatch.setattr(runas, "landlock_abi", lambda: 6)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="symbi.upstream"):
+        resolve_run_as(build_config({}))
+    assert not [r for r in caplog.records if r.name == "symbi.upstream"]
+    monkeypatch.setattr(runas, "landlock_abi", lambda: 0)
+    with pytest.raises(ConfigError):
+        resolve_run_as(build_config({}))

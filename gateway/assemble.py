@@ -35,6 +35,7 @@ from gateway.memory.build import build_service, end_with_agents
 from gateway.memory.builtin import MemoryService
 from gateway.metrics import GatewayMetrics, MetricsSink
 from gateway.policy import CallCounters, EmbeddedEngine, PolicyEngine, build_engine
+from gateway.policy.remote import warn_open_opa
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.ended import EndedSessions
 from gateway.runtime.hosted import AgentHost, HostedAgents
@@ -186,6 +187,7 @@ def _assemble(
     state = build_state(config, counters)  # [state]: shared by replicas, or this process only
     closers.append(state.close)
     warn_open_backends(config)  # reachable by upstreams without a password: said at every start
+    warn_open_opa(config.policy, config.state.timeout_s)  # and an OPA server without a token
     policy = _policy_engine(config, events, closers)
 
     background: list[Background] = []

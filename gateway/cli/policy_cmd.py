@@ -31,7 +31,7 @@ from gateway.policy.loader import (
     read_test_modules,
     run_tests,
 )
-from gateway.policy.remote import RemoteEngine
+from gateway.policy.remote import remote_engine
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -179,13 +179,7 @@ def _eval(args: argparse.Namespace) -> int:
     doc = doc.get("input", doc) if set(doc) == {"input"} else doc  # accept OPA's {"input": ...} too
     engine: PolicyEngine
     if cfg is not None and cfg.policy.engine == "opa" and args.policy is None:
-        assert cfg.policy.url is not None
-        engine = RemoteEngine(
-            cfg.policy.url,
-            decision=cfg.policy.decision,
-            timeout_s=cfg.policy.timeout_s,
-            tls_ca=cfg.policy.tls_ca,
-        )
+        engine = remote_engine(cfg.policy)
     else:
         emb = EmbeddedEngine(_files(args, cfg), decision=_decision_path(cfg))
         emb.load()  # a broken policy still answers: deny, with the reason

@@ -67,6 +67,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "SYMBI_STATE_POSTGRES_URL": ("state", "postgres_url"),
     # the bus secret replicas on one Redis bus share (base64 of 32 bytes)
     "SYMBI_BUS_SECRET": ("bus", "secret"),
+    # the bearer token of a remote OPA server ([policy] engine = "opa")
+    "SYMBI_POLICY_TOKEN": ("policy", "token"),
 }
 _BOOL_ENV = {"MCP_SERVER_DISCOVERY"}
 _UPPER_ENV = {"SYMBI_LOG_LEVEL"}

@@ -146,11 +146,18 @@ class PolicySection(Section):
     tls_ca: PathT | None = None
     hot_reload: bool = True
     decision: str = "data.symbi.decision"
+    # the bearer token OPA's `--authentication=token` asks for (or SYMBI_POLICY_TOKEN): without
+    # one, whatever reaches OPA's port can rewrite the policy (`symbi policy push` does)
+    token: str | None = Field(default=None, repr=False)
 
     @model_validator(mode="after")
     def _opa_needs_url(self) -> PolicySection:
         if self.engine == "opa" and not self.url:
             raise ValueError('policy.url is required when policy.engine = "opa"')
+        if self.token is not None and self.engine != "opa":
+            raise ValueError('policy.token applies only with policy.engine = "opa"')
+        if self.token is not None and self.url is not None and not https_or_loopback(self.url):
+            raise ValueError("policy.token would go over plain http:// to another host: use https://")
         return self
 
 

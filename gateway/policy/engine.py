@@ -482,10 +482,9 @@ def build_engine(config: Config, events: EventSink | None = None) -> PolicyEngin
     """The engine ``config.policy`` asks for, loaded (and watching its files if hot_reload)."""
     pol = config.policy
     if pol.engine == "opa":
-        assert pol.url is not None  # the config model enforces it
-        from gateway.policy.remote import RemoteEngine  # it imports this module
+        from gateway.policy.remote import remote_engine  # it imports this module
 
-        return RemoteEngine(pol.url, decision=pol.decision, timeout_s=pol.timeout_s, tls_ca=pol.tls_ca)
+        return remote_engine(pol)
     engine = EmbeddedEngine(discover_files(pol.path, pol.data), decision=pol.decision, events=events)
     engine.load()
     if pol.hot_reload:

@@ -19,6 +19,7 @@ import httpx
 from gateway.config.model import Config
 from gateway.errors import ConfigError, PolicyError
 from gateway.policy.loader import discover_files
+from gateway.policy.remote import opa_headers
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,9 @@ def push(config: Config, *, policy: Path | None = None, data: Path | None = None
     base = pol.url.rstrip("/")
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(pol.tls_ca)) if pol.tls_ca else True
     pushed = Pushed([], [], False)
-    with httpx.Client(verify=verify, timeout=max(10.0, pol.timeout_s), trust_env=False) as c:
+    with httpx.Client(
+        verify=verify, timeout=max(10.0, pol.timeout_s), headers=opa_headers(pol.token), trust_env=False
+    ) as c:
         pid = f"symbi/{files.policy.name}"
         _check(
             c.put(

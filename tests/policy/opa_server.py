@@ -20,14 +20,44 @@ from typing import Any
 import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class _TokenGate:
+    """OPA's token authentication with its basic authorization: the bearer token or 401."""
+
+    def __init__(self, app: ASGIApp, server: OpaServer) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = self.server.token
+        if scope["type"] == "http" and token is not None:
+            got = Headers(scope=scope).get("authorization")
+            if got != f"Bearer {token}":
+                body = {"code": "unauthorized", "message": "the request is unauthorized"}
+                await JSONResponse(body, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class OpaServer:
-    def __init__(self, engine: Any, *, certfile: str | None = None, keyfile: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        token: str | None = None,
+    ) -> None:
         self.engine = engine  # None: empty until something is pushed
+        # as `opa run --server --authentication=token --authorization=basic`: a request without
+        # this bearer token is 401 (None: anyone is let in, OPA's default)
+        self.token = token
         self.delay_s = 0.0
         self.requests = 0
         self.policies: dict[str, str] = {}
@@ -37,7 +67,9 @@ class OpaServer:
                 Route("/v1/data/{path:path}", self._data, methods=["POST"]),
                 Route("/v1/data/{path:path}", self._put_data, methods=["PUT"]),
                 Route("/v1/policies/{id:path}", self._put_policy, methods=["PUT"]),
-            ]
+                Route("/v1/policies", self._list_policies, methods=["GET"]),
+            ],
+            middleware=[Middleware(_TokenGate, server=self)],
         )
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,6 +89,9 @@ class OpaServer:
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
         )
+
+    async def _list_policies(self, request: Request) -> JSONResponse:
+        return JSONResponse({"result": [{"id": pid, "raw": text} for pid, text in self.policies.items()]})
 
     async def _data(self, request: Request) -> JSONResponse:
         from opa_bindings import OpaUndefinedError

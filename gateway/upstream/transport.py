@@ -67,34 +67,52 @@ async def open_transport(
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(cleanup)
     else:
-        assert server.url is not None
-        if server.unsafe_plain_http:
-            _logger.warning(
-                "UNSAFE: upstream %s is reached over plain HTTP: its calls can be read and its answers"
-                " changed on the way (servers.%s.unsafe_plain_http)",
-                name,
-                name,
-            )
-        timeout = httpx2.Timeout(config.mcp.connection_timeout_s, read=call_timeout + 5)
-        limit = config.mcp.max_message_bytes
-        gets = PacedGets()  # a server's retry: 0 is not a reconnect loop (bounded_http)
-        hooks: dict[str, list[Callable[..., Any]]] = {
-            "request": [gets.on_request],
-            "response": [
-                bounded_responses(limit, on_oversized),
-                session_gone(on_session_gone),
-                gets.on_response,
-            ],
-        }
-        async with httpx2.AsyncClient(headers=dict(server.headers), timeout=timeout, event_hooks=hooks) as hc:
-            async with screened_http_client(
-                server.url,
-                http_client=hc,
-                max_sse_event_size=limit,
-                seen=on_unreadable,
-                reopen_get=lambda: not gets.refused,
-            ) as streams:
-                yield streams
+        async with _http_streams(
+            name, server, config, call_timeout, on_oversized, on_unreadable, on_session_gone
+        ) as streams:
+            yield streams
+
+
+@contextlib.asynccontextmanager
+async def _http_streams(
+    name: str,
+    server: ServerConfig,
+    config: Config,
+    call_timeout: float,
+    on_oversized: Callable[[str], None],
+    on_unreadable: Callable[[Unreadable], None],
+    on_session_gone: Callable[[], None],
+) -> AsyncIterator[Any]:
+    """A streamable-HTTP upstream's streams: bounded messages, paced GET streams, its session's
+    ``404`` told to ``on_session_gone``."""
+    assert server.url is not None
+    if server.unsafe_plain_http:
+        _logger.warning(
+            "UNSAFE: upstream %s is reached over plain HTTP: its calls can be read and its answers"
+            " changed on the way (servers.%s.unsafe_plain_http)",
+            name,
+            name,
+        )
+    timeout = httpx2.Timeout(config.mcp.connection_timeout_s, read=call_timeout + 5)
+    limit = config.mcp.max_message_bytes
+    gets = PacedGets()  # a server's retry: 0 is not a reconnect loop (bounded_http)
+    hooks: dict[str, list[Callable[..., Any]]] = {
+        "request": [gets.on_request],
+        "response": [
+            bounded_responses(limit, on_oversized),
+            session_gone(on_session_gone),
+            gets.on_response,
+        ],
+    }
+    async with httpx2.AsyncClient(headers=dict(server.headers), timeout=timeout, event_hooks=hooks) as hc:
+        async with screened_http_client(
+            server.url,
+            http_client=hc,
+            max_sse_event_size=limit,
+            seen=on_unreadable,
+            reopen_get=lambda: not gets.refused,
+        ) as streams:
+            yield streams
 
 
 async def _stdio_launch(

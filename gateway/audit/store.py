@@ -225,11 +225,11 @@ def export_checkpoint(path: Path, log_path: Path, anchor: Anchor) -> None:
         os.close(fd)
 
 
-def read_exported(path: Path, log_name: str | None = None) -> list[Anchor]:
-    """Anchors of an export file (JSON lines) or of a single checkpoint file, for ``log_name``
-    (lines without a ``log`` field count for every chain). Raises ValueError if malformed."""
+def _exported(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The checkpoints of an export file (JSON lines), in the order appended, or the one of a
+    pretty-printed single checkpoint file (True). Raises ValueError if malformed."""
     text = path.read_text(encoding="utf-8")
-    out: list[Anchor] = []
+    out: list[dict[str, Any]] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -237,33 +237,31 @@ def read_exported(path: Path, log_name: str | None = None) -> list[Anchor]:
             doc = json.loads(line)
         except json.JSONDecodeError:
             if n == 1:  # a pretty-printed single checkpoint
-                return [Anchor.from_dict(json.loads(text))]
+                return [json.loads(text)], True
             raise ValueError(f"{path}:{n}: not a JSON checkpoint") from None
         if not isinstance(doc, dict):
             raise ValueError(f"{path}:{n}: not a JSON checkpoint")  # noqa: TRY004 - one error for "malformed"
-        if log_name is None or doc.get("log") in (None, log_name):
-            out.append(Anchor.from_dict(doc))
-    return out
+        out.append(doc)
+    return out, False
+
+
+def read_exported(path: Path, log_name: str | None = None) -> list[Anchor]:
+    """Anchors of an export file (JSON lines) or of a single checkpoint file, for ``log_name``
+    (lines without a ``log`` field count for every chain). Raises ValueError if malformed."""
+    docs, single = _exported(path)
+    if single:
+        return [Anchor.from_dict(docs[0])]
+    return [Anchor.from_dict(d) for d in docs if log_name is None or d.get("log") in (None, log_name)]
 
 
 def last_exported(path: Path) -> dict[str, Anchor]:
     """The last checkpoint of each log (``log`` field; "" without one) an export file holds: the
     last appended, not the highest seq (a log replaced under the same name starts again at 1).
     Raises ValueError if malformed."""
-    out: dict[str, Anchor] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError:
-            if n == 1:  # a pretty-printed single checkpoint
-                return {"": read_exported(path)[0]}
-            raise ValueError(f"{path}:{n}: not a JSON checkpoint") from None
-        if not isinstance(doc, dict):
-            raise ValueError(f"{path}:{n}: not a JSON checkpoint")  # noqa: TRY004 - one error for "malformed"
-        out[str(doc.get("log") or "")] = Anchor.from_dict(doc)
-    return out
+    docs, single = _exported(path)
+    if single:
+        return {"": Anchor.from_dict(docs[0])}
+    return {str(d.get("log") or ""): Anchor.from_dict(d) for d in docs}
 
 
 def exported_log_names(path: Path) -> set[str]:

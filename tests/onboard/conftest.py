@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.events import LoggingSink
+from gateway.onboard.discovery import Discovery
+
 SECRET = "sk-live-0123456789abcdefSECRET"
 BEARER = "Bearer ghp_SECRETTOKEN0123456789abcdef"
 
@@ -100,3 +103,17 @@ def machine(tmp_path: Path) -> Machine:
         {"mcpServers": {"remote": {"url": "https://mcp.example.test/sse", "headers": {"X-Api-Key": SECRET}}}},
     )
     return m
+
+
+def discovery(state: Path, home: Path, cwd: Path, registry_dir: Path | None = None) -> Discovery:
+    """A discovery pass's store as the gateway builds it, over these folders (no environment,
+    nothing configured yet)."""
+    return Discovery(
+        state,
+        LoggingSink(),
+        home=home,
+        cwd=cwd,
+        environ={},
+        registry_dir=registry_dir,
+        configured=frozenset(),
+    )

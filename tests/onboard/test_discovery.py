@@ -15,10 +15,9 @@ import pytest
 from mcp import ClientSession, stdio_client
 
 from gateway.errors import ConfigError
-from gateway.events import LoggingSink
-from gateway.onboard.discovery import Discovery, registry_servers
+from gateway.onboard.discovery import registry_servers
 from tests.conftest import ROOT, SYMBI, mutable_config, write_config
-from tests.onboard.conftest import write_json
+from tests.onboard.conftest import discovery, write_json
 from tests.server._clients import gateway_params
 
 pytestmark = pytest.mark.anyio
@@ -130,15 +129,7 @@ def test_a_client_file_mid_edit_keeps_its_servers_status(tmp_path: Path) -> None
         home / ".config/Claude/claude_desktop_config.json",
         {"mcpServers": {"mut": {"command": sys.executable, "args": [str(MUTABLE)]}}},
     )
-    d = Discovery(
-        tmp_path / "discovered.json",
-        LoggingSink(),
-        home=home,
-        cwd=tmp_path,
-        environ={},
-        registry_dir=None,
-        configured=frozenset(),
-    )
+    d = discovery(tmp_path / "discovered.json", home, tmp_path)
     added, removed = d.poll()
     assert [x.name for x in added] == ["mut"] and not removed
     for half_written in ("", '{"mcpServers": {"mut": {"comm'):
@@ -190,15 +181,7 @@ def test_a_server_the_gateway_would_refuse_cannot_be_approved(tmp_path: Path) ->
         home / ".claude.json",
         {"mcpServers": {"plain": {"type": "http", "url": "http://mcp.example.com/mcp"}}},
     )
-    d = Discovery(
-        tmp_path / "discovered.json",
-        LoggingSink(),
-        home=home,
-        cwd=tmp_path,
-        environ={},
-        registry_dir=None,
-        configured=frozenset(),
-    )
+    d = discovery(tmp_path / "discovered.json", home, tmp_path)
     added, _ = d.poll()
     assert [x.name for x in added] == ["plain"]
     with pytest.raises(ConfigError):

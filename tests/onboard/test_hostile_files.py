@@ -13,13 +13,12 @@ import pytest
 
 from gateway.config import load_config
 from gateway.errors import ConfigError
-from gateway.events import LoggingSink
 from gateway.onboard import apply_plan, make_plan, read_client_file, rewrite_client, undo_client
 from gateway.onboard.apply import backup_path
 from gateway.onboard.clients import file_source
-from gateway.onboard.discovery import Discovery, registry_servers
+from gateway.onboard.discovery import registry_servers
 from tests.conftest import SYMBI, write_config
-from tests.onboard.conftest import SECRET, write_json
+from tests.onboard.conftest import SECRET, discovery, write_json
 
 
 def _shared_client(folder: Path) -> Path:
@@ -135,15 +134,7 @@ def test_a_malformed_entry_is_refused_naming_it_and_discovery_goes_on(
     write_json(
         home / ".config/Claude/claude_desktop_config.json", {"mcpServers": {"good": {"command": "node"}}}
     )
-    d = Discovery(
-        tmp_path / "discovered.json",
-        LoggingSink(),
-        home=home,
-        cwd=project,
-        environ={},
-        registry_dir=None,
-        configured=frozenset(),
-    )
+    d = discovery(tmp_path / "discovered.json", home, project)
     added, _ = d.poll()
     assert [x.name for x in added] == ["good"]
 
@@ -202,15 +193,7 @@ def test_the_discovery_state_is_never_written_through_a_planted_link(tmp_path: P
     readable = tmp_path / "readable.txt"
     readable.write_text("")
     os.symlink(readable, data / f".discovered.json.tmp-{os.getpid()}")
-    d = Discovery(
-        data / "discovered.json",
-        LoggingSink(),
-        home=home,
-        cwd=tmp_path,
-        environ={},
-        registry_dir=None,
-        configured=frozenset(),
-    )
+    d = discovery(data / "discovered.json", home, tmp_path)
     d.poll()
     assert readable.read_text() == "" and not (data / "discovered.json").is_symlink()
     assert stat.S_IMODE(os.stat(data / "discovered.json").st_mode) == 0o600
@@ -237,15 +220,7 @@ def test_discover_list_shows_what_approving_a_server_runs_with_secrets_masked(tm
         },
     )
     cfg = write_config(tmp_path, f'[mcp]\ndiscovery_enabled = true\ndiscovery_registry_dir = "{reg}"\n')
-    Discovery(
-        load_config(cfg, {}).discovered_path,
-        LoggingSink(),
-        home=tmp_path / "home",
-        cwd=tmp_path,
-        environ={},
-        registry_dir=reg,
-        configured=frozenset(),
-    ).poll()
+    discovery(load_config(cfg, {}).discovered_path, tmp_path / "home", tmp_path, reg).poll()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYMBI_")}
     out = subprocess.run(
         [str(SYMBI), "discover", "list", "--config", str(cfg)],

@@ -35,6 +35,12 @@ class Raw:
         assert self.p.stdout is not None
         return json.loads(self.p.stdout.readline())  # type: ignore[no-any-return]
 
+    def initialize(self) -> None:
+        """The 2025-11-25 handshake, answered by the gateway."""
+        self.send(initialize_request("2025-11-25"))
+        assert self.recv()["result"]["serverInfo"]["name"] == "symbi"
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
     def close(self) -> None:
         self.p.kill()
         self.p.wait()
@@ -126,9 +132,7 @@ def test_arguments_with_too_many_members_are_refused_by_default(tmp_path: Path) 
     longer than ``MAX_KEY_CHARS``."""
     r = Raw(mutable_config(tmp_path))
     try:
-        r.send(initialize_request("2025-11-25"))
-        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
-        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        r.initialize()
 
         def call(rid: int, keys: int) -> dict[str, Any]:
             args: dict[str, Any] = {"message": "hi", **{f"k{i}": i for i in range(keys)}}
@@ -173,9 +177,7 @@ def test_arguments_holding_a_number_json_cannot_carry_are_refused(tmp_path: Path
     one value and made with another. Refused before any step, naming the argument."""
     r = Raw(mutable_config(tmp_path))
     try:
-        r.send(initialize_request("2025-11-25"))
-        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
-        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        r.initialize()
         head = '{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "mut__echo", '
         r.send(f'{head}"arguments": {{"message": "hi", "limits": [{number}]}}}}}}'.encode())
         refused = r.recv()
@@ -215,9 +217,7 @@ def test_an_integer_past_64_bits_reaches_the_upstream_exactly(tmp_path: Path, la
     )
     r = Raw(cfg)
     try:
-        r.send(initialize_request("2025-11-25"))
-        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
-        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        r.initialize()
         for rid, number in enumerate(
             ["123456789012345678901234567890", "-9223372036854775809", "18446744073709551615"], start=2
         ):
@@ -253,9 +253,7 @@ def test_requests_in_flight_are_bounded_by_max_concurrent_connections(tmp_path: 
     )
     r = Raw(cfg)
     try:
-        r.send(initialize_request("2025-11-25"))
-        assert r.recv()["result"]["serverInfo"]["name"] == "symbi"
-        r.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        r.initialize()
         for rid in (1, 2, 3):
             params = {"name": "mut__slow", "arguments": {"seconds": 30}}
             r.send({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params})

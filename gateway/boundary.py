@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from mcp import types
 from mcp.shared.exceptions import MCPError
@@ -46,11 +46,12 @@ def without_gateway_meta(result: R) -> R:
     (``content``, ``contents``, ``messages``, with the resource or content a block carries: a
     client reading ``symbi/`` keys per block must not find the upstream's there); no deeper walk."""
     update: dict[str, object] = {}
-    meta = getattr(result, "meta", None)
+    fields = _fields(result)
+    meta = fields.get("meta")
     if meta and any(map(_gateway_key, meta)):
         update["meta"] = {k: v for k, v in meta.items() if not _gateway_key(k)} or None
     for field in _BLOCK_LISTS:
-        blocks = getattr(result, field, None)
+        blocks = fields.get(field)
         if isinstance(blocks, list) and any(map(_forges, blocks)):
             update[field] = [_block_without(b) for b in blocks]
     if not update:
@@ -62,22 +63,31 @@ _BLOCK_LISTS = ("content", "contents", "messages")  # tools/call, resources/read
 _INNER = ("resource", "content")  # an embedded resource's contents, a prompt message's block
 
 
+def _fields(block: object) -> dict[str, Any]:
+    """A block's fields as set (a pydantic model keeps them in ``__dict__``): read there, not by
+    ``getattr``, which for a field the block's type lacks goes through pydantic's slow miss."""
+    fields = getattr(block, "__dict__", None)
+    return fields if isinstance(fields, dict) else {}
+
+
 def _forges(block: object) -> bool:
-    meta = getattr(block, "meta", None)
-    if isinstance(meta, dict) and any(map(_gateway_key, meta)):
+    fields = _fields(block)
+    meta = fields.get("meta")
+    if meta and isinstance(meta, dict) and any(map(_gateway_key, meta)):
         return True
-    return any(_forges(inner) for f in _INNER if (inner := getattr(block, f, None)) is not None)
+    return any(_forges(inner) for f in _INNER if (inner := fields.get(f)) is not None)
 
 
 def _block_without(block: object) -> object:
     if not _forges(block):
         return block
+    fields = _fields(block)
     update: dict[str, object] = {}
-    meta = getattr(block, "meta", None)
+    meta = fields.get("meta")
     if isinstance(meta, dict) and any(map(_gateway_key, meta)):
         update["meta"] = {k: v for k, v in meta.items() if not _gateway_key(k)} or None
     for f in _INNER:
-        inner = getattr(block, f, None)
+        inner = fields.get(f)
         if inner is not None and _forges(inner):
             update[f] = _block_without(inner)
     return block.model_copy(update=update)  # type: ignore[attr-defined]

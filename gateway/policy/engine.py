@@ -186,8 +186,12 @@ def _nul_at(input: Mapping[str, Any]) -> str | None:
     for path in _GLOBBED:
         value: Any = input
         for part in path:
-            value = value.get(part) if isinstance(value, Mapping) else None
-        if isinstance(value, str) and "\x00" in value:
+            # a dict first: the abc check of Mapping costs ~1 us a step, on every decision
+            if value is None or (type(value) is not dict and not isinstance(value, Mapping)):
+                value = None
+                break
+            value = value.get(part)
+        if type(value) is str and "\x00" in value:
             return "/" + "/".join(path)
     return None
 

@@ -315,11 +315,12 @@ def verify_every_chain(
 
     calls = [call for c, res in results if res.ok for call in roll_calls(pg, c, res.last_seq)]
 
+    verified = {c.chain: res.last_seq for c, res in results if res.ok}
+
     def held(a: store.Anchor) -> bool:
-        return any(
-            res.ok and 0 < a.seq <= res.last_seq and _hash_at(pg, c.chain, a.seq) == a.chain_hash
-            for c, res in results
-        )
+        # one query per checkpoint (on the primary key), not one per chain
+        within = [c for c, last in verified.items() if 0 < a.seq <= last]
+        return bool(within) and bool(_chains_holding(pg, within, a.seq, a.chain_hash))
 
     missing = missing_chains((c.chain for c in chains), regs, roots, covered, calls)
     return SharedVerdict(results, missing + unheld_checkpoints(checkpoints or {}, held))
@@ -392,6 +393,16 @@ def roll_calls(pg: Postgres, chain: SharedChain, last_seq: int) -> list[tuple[st
         if named:
             out.append((f"the roll call at seq {seq} of chain {chain.chain[:16]} ({chain.replica})", named))
     return out
+
+
+def _chains_holding(pg: Postgres, chains: list[str], seq: int, chain_hash: str) -> list[str]:
+    """Which of ``chains`` hold record ``seq`` with ``chain_hash``."""
+    with pg.cursor() as cur:
+        cur.execute(
+            "SELECT chain FROM symbi_audit_events WHERE chain = ANY(%s) AND seq=%s AND chain_hash=%s",
+            (chains, seq, chain_hash),
+        )
+        return [str(r[0]) for r in cur.fetchall()]
 
 
 def _hash_at(pg: Postgres, chain: str, seq: int) -> str | None:

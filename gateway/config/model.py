@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -104,7 +103,7 @@ class ServerConfig(Section):
     cwd: PathT | None = None
     url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    # credentials (headers, user:password@) over plain http:// to another host: refused unless this
+    # a url over plain http:// to another host (calls readable, answers changeable): refused unless this
     unsafe_plain_http: bool = False
     enabled: bool = True
     timeout_s: float | None = Field(default=None, gt=0)  # per-call timeout; default mcp.call_timeout_s
@@ -164,37 +163,11 @@ class ServerConfig(Section):
             raise ValueError("'unsafe_plain_http' applies only to an http:// 'url' to another host")
         if not plain or self.unsafe_plain_http:
             return
-        parts = urlsplit(self.url or "")
-        sent = [
-            *(["'headers'"] if self.headers else []),
-            *(["user:password@ in 'url'"] if parts.username or parts.password else []),
-            *[f"{n} in the query of 'url'" for n in credential_params(parts.query)],
-        ]
         raise ValueError(
-            "'url' is plain http:// to another host: anyone on the network path could read the calls"
-            + (f" ({', '.join(sent)} included)" if sent else "")
-            + " and change the answers: use https:// (or set unsafe_plain_http = true on a network"
-            " you trust)"
+            "'url' is plain http:// to another host: anyone on the network path could read the calls "
+            "(its headers, user:password@ and query included) and change the answers: use https:// "
+            "(or set unsafe_plain_http = true on a network you trust)"
         )
-
-
-# the words of a query parameter's name that make it a credential (access_token, apiKey, sig)
-_SECRET_WORDS = frozenset(
-    {"token", "key", "apikey", "secret", "password", "passwd", "pwd", "pass", "auth", "authorization"}
-    | {"credential", "credentials", "signature", "sig", "jwt", "bearer", "session", "sessionid", "sid"}
-)
-_SECRET_ENDINGS = ("token", "key", "secret", "password")  # run together: accesstoken, apikey
-
-
-def credential_params(query: str) -> list[str]:
-    """The names of the parameters in a URL's ``query`` that look like credentials (their value
-    is never looked at, or shown): by the words of the name, camelCase and separators split."""
-    named = []
-    for name, _ in parse_qsl(query, keep_blank_values=True):
-        words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name).lower())
-        if any(w in _SECRET_WORDS for w in words) or "".join(words).endswith(_SECRET_ENDINGS):
-            named.append(name)
-    return named
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,12 @@ def config_secret(config: Config) -> bytes:
     return load_secret(config.bus_secret_path)
 
 
+def derived_key(secret: bytes, info: bytes) -> bytes:
+    """A 32-byte key for one use (``info``, its label) derived from a shared secret: never the
+    secret itself, which the bus and the others' keys come from."""
+    return HKDF(SHA256(), 32, salt=None, info=info).derive(secret)
+
+
 TOPIC_KEYS_CAP = 1024  # derived topic keys cached (the oldest goes; derived again when needed)
 
 

@@ -243,8 +243,6 @@ class HttpLane:
         if b"notifications/cancelled" in body:
             self._cancelled(sid, body)  # and the SDK gets it too
             return False
-        if LONG_DIGITS.search(body):  # perhaps an integer orjson would make a float: the SDK's
-            return False
         try:
             msg = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -256,7 +254,9 @@ class HttpLane:
         if key in self._in_flight or key in self._sdk_posts or transport_serving(transport, str(rid)):
             await send_json(send, reused(rid), sid, 400)
             return True
-        call = self._lane_call(conn, msg)
+        # 19 digits in a row: perhaps an integer orjson made a float: the SDK's (after the reuse
+        # check, and recorded as the SDK's request like any other it serves)
+        call = None if LONG_DIGITS.search(body) else self._lane_call(conn, msg)
         if call is None:
             self._sdk_posts.add(key)
             return key

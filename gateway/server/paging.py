@@ -26,13 +26,11 @@ import binascii
 import hashlib
 import hmac
 
-from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from mcp import types
 from mcp.shared.exceptions import MCPError
 
 from gateway.app import Gateway
-from gateway.bus.crypto import config_secret
+from gateway.bus.crypto import config_secret, derived_key
 from gateway.catalog import CatalogTool
 from gateway.config.model import Config
 from gateway.context import Principal
@@ -53,7 +51,7 @@ def _unb64(text: str) -> bytes:
 
 def cursor_key(secret: bytes) -> bytes:
     """The cursors' MAC key, derived from a shared 32-byte secret."""
-    return HKDF(SHA256(), 32, salt=None, info=CURSOR_KEY_INFO).derive(secret)
+    return derived_key(secret, CURSOR_KEY_INFO)
 
 
 def config_cursor_key(config: Config) -> bytes:

@@ -19,13 +19,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
-from gateway.bus.crypto import config_secret
+from gateway.bus.crypto import config_secret, derived_key
 from gateway.context import is_admin
 from gateway.errors import StateUnavailable
 
@@ -52,7 +50,7 @@ def cookie_key(state: HttpState) -> bytes:
     (derived from their shared secret), else this process's own."""
     if not state.config.state.redis_url:
         return state.cookie_secret
-    return HKDF(SHA256(), 32, salt=None, info=COOKIE_KEY_INFO).derive(config_secret(state.config))
+    return derived_key(config_secret(state.config), COOKIE_KEY_INFO)
 
 
 class DashboardSessions:

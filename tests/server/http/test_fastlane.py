@@ -472,6 +472,8 @@ REUSED: list[tuple[dict[str, Any], dict[str, Any]]] = [
     (call(8, "mut__slow", {"seconds": 1.0}, _meta={"x-note": "sdk"}), call(8, ECHO, {"message": "second"})),
     # another method (the SDK's), and "9" for 9 (the SDK's correlation of ids)
     (call(9, "mut__slow", {"seconds": 1.0}), {"jsonrpc": "2.0", "id": "9", "method": "tools/list"}),
+    # a body with 19 digits in a row (left to the SDK's parser) reusing the lane's call's id
+    (call(10, "mut__slow", {"seconds": 1.0}), call(10, ECHO, {"message": "1234567890123456789"})),
 ]
 
 

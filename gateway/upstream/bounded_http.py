@@ -91,11 +91,14 @@ def bounded_responses(limit: int, on_oversized: Callable[[str], None]) -> Hook:
 
 
 def session_gone(on_gone: Callable[[], None]) -> Hook:
-    """An ``httpx2`` response hook calling ``on_gone`` on a ``404`` to a request that named a
-    session (the SDK sends ``mcp-session-id`` on every request after ``initialize``)."""
+    """An ``httpx2`` response hook calling ``on_gone`` on a ``404`` to a POST that named a
+    session (the SDK sends ``mcp-session-id`` on every request after ``initialize``). Not a GET:
+    a server without a GET stream may answer it 404 (a route for POST only), which restarted the
+    upstream over and over; the SDK gives that stream up by itself."""
 
     async def hook(response: httpx2.Response) -> None:
-        if response.status_code == 404 and "mcp-session-id" in response.request.headers:
+        request = response.request
+        if response.status_code == 404 and request.method == "POST" and "mcp-session-id" in request.headers:
             on_gone()
 
     return hook

@@ -22,7 +22,8 @@ The GET stream (server to client) answers as ``$HOSTILE_GET`` says: ``storm`` is
 that sets ``retry: 0`` and ends at once (so a client that honours ``retry`` reconnects without
 pause), ``flood`` a stream of ``$HOSTILE_FLOOD`` (2000) tools/list_changed notifications at once,
 then nothing, ``flaky`` 500 to the first three GETs (a server down for a while), then a stream of
-one tools/list_changed, ``redirect`` 302 to ``$HOSTILE_REDIRECT``; anything else 405.
+one tools/list_changed, ``redirect`` 302 to ``$HOSTILE_REDIRECT``, ``notfound`` 404 (no GET
+route, the session still known); anything else 405.
 ``GET /stats`` (not MCP) answers the counters as JSON: GETs of ``/mcp`` seen, tools/list requests, initialize requests, 404s sent, drip streams open now and
 in all, progress notifications sent, every POST's ``authorization`` and ``mcp-session-id``.
 """
@@ -188,6 +189,8 @@ async def get(request: Request) -> Response:
     STATS["gets"] += 1
     if _stale(request, None):
         return _not_found()
+    if os.environ.get("HOSTILE_GET") == "notfound":  # a route for POST only, as many servers have
+        return Response(status_code=404)
     if os.environ.get("HOSTILE_GET") == "storm":
         return Response(b"retry: 0\n\n", media_type="text/event-stream")
     if os.environ.get("HOSTILE_GET") == "redirect":

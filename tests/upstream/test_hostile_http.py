@@ -233,6 +233,17 @@ async def test_a_get_stream_that_keeps_ending_is_reopened_ever_more_slowly(tmp_p
     assert 1 <= gets <= 5, gets  # at 0, 1, 3 and 7 s; at one a second, 8 or 9
 
 
+async def test_a_get_answered_404_is_not_a_lost_session(tmp_path: Path) -> None:
+    """A server with a route for POST only answers the GET stream 404 while its session lives:
+    taken for a lost session, it restarted the upstream (a new initialize) again and again."""
+    with hostile(HOSTILE_GET="notfound") as port:
+        async with stdio_session(config(tmp_path, port)) as s:
+            await anyio.sleep(4)
+            got = await s.call_tool("mut__t", {"mode": "ok", "message": "still here"})
+        assert stats(port)["inits"] == 1
+    assert not got.is_error
+
+
 async def test_a_server_without_a_get_stream_is_not_asked_again(tmp_path: Path) -> None:
     """The server answers the GET with 405, MCP's "no stream here": the SDK tries once more and
     gives up, and the gateway, which reopens a GET stream the SDK gave up, leaves it at that."""

@@ -322,7 +322,7 @@ class Upstream:
                         return
                     self.changed_at = anyio.current_time()
                     kind = _CHANGE_KINDS.get(type(event))
-                    await self._refresh_and_notify(session, {kind} if kind else None)
+                    await self.refresh_soon(session, {kind} if kind else None)  # coalesced too
         except Exception as e:  # noqa: BLE001 - no listen support: changes are seen on reconnect only
             _logger.info("upstream %s: no change notifications (%s)", self.name, describe(e))
 

@@ -3,16 +3,14 @@ what the assembly point (``gateway.assemble``) builds for the sandbox."""
 
 from __future__ import annotations
 
-import logging
 import os
 import uuid
 from collections.abc import Callable
 
 from gateway.config.model import Config, ServerConfig
+from gateway.sandbox.docker_api import remove_container
 from gateway.sandbox.manager import SandboxManager, wrap_stdio_command
 from gateway.upstream.transport import CommandWrapper
-
-_logger = logging.getLogger("symbi.sandbox")
 
 
 def sandbox_manager(config: Config, closers: list[Callable[[], object]]) -> SandboxManager | None:
@@ -50,15 +48,11 @@ def sandboxed_command(manager: SandboxManager, hidden: list[str]) -> CommandWrap
         # Name the container so it can be removed when the session ends: killing the docker
         # CLI (what an stdio client does to a server that ignores EOF) leaves it running.
         cname = f"symbi-up-{os.getpid()}-{name}-{uuid.uuid4().hex[:8]}"
-        return command, ["run", "--name", cname, *args[1:]], lambda: _remove_container(cname)
+        return command, ["run", "--name", cname, *args[1:]], lambda: _gone(cname)
 
     return wrap
 
 
-def _remove_container(name: str) -> None:
-    from gateway.sandbox.docker_tier import docker_client
-
-    try:
-        docker_client().containers.get(name).remove(force=True)
-    except Exception as e:  # noqa: BLE001 - already gone (--rm) or docker is down; the orphan sweep catches the rest
-        _logger.debug("container %s not removed: %s", name, e)
+def _gone(name: str) -> None:
+    """The named container removed (``docker_api.remove_container``: gone already is fine)."""
+    remove_container(name)

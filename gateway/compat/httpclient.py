@@ -71,6 +71,9 @@ class ScreenedTransport(StreamableHTTPTransport):
         super().__init__(url, max_sse_event_size=max_sse_event_size)
         if not isinstance(getattr(self, "_in_flight_posts", None), dict):
             raise SdkChanged("StreamableHTTPTransport._in_flight_posts")
+        # overridden below: renamed in the SDK, the override would silently never run
+        if not callable(getattr(super(), "_consume_modern_cancellation", None)):
+            raise SdkChanged("StreamableHTTPTransport._consume_modern_cancellation")
         self._seen = seen
         self._reply = reply  # the session's write stream: an answer sent there is POSTed
 

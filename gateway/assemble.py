@@ -187,7 +187,7 @@ def _assemble(
     state = build_state(config, counters)  # [state]: shared by replicas, or this process only
     closers.append(state.close)
     warn_open_backends(config)  # reachable by upstreams without a password: said at every start
-    warn_open_opa(config.policy, config.state.timeout_s)  # and an OPA server without a token
+    warn_open_opa(config.policy)  # and an OPA server without a token
     policy = _policy_engine(config, events, closers)
 
     background: list[Background] = []

@@ -10,7 +10,6 @@ the error names the line; then the decision rule is asked once to prove it is de
 from __future__ import annotations
 
 import json
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import httpx
 from gateway.config.model import Config
 from gateway.errors import ConfigError, PolicyError
 from gateway.policy.loader import discover_files
-from gateway.policy.remote import opa_headers
+from gateway.policy.remote import opa_headers, opa_verify
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ def push(config: Config, *, policy: Path | None = None, data: Path | None = None
     if not isinstance(doc, dict):
         raise ConfigError(f"policy.data ({files.data}): the data document must be a JSON object")
     base = pol.url.rstrip("/")
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(pol.tls_ca)) if pol.tls_ca else True
+    verify = opa_verify(pol.tls_ca)
     pushed = Pushed([], [], False)
     with httpx.Client(
         verify=verify, timeout=max(10.0, pol.timeout_s), headers=opa_headers(pol.token), trust_env=False

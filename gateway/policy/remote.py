@@ -25,6 +25,11 @@ from gateway.policy.engine import PolicyEngine
 log = logging.getLogger("symbi.policy")
 
 
+def opa_verify(tls_ca: Path | None) -> ssl.SSLContext | bool:
+    """How OPA's certificate is checked: against ``policy.tls_ca`` when given, else the system's."""
+    return ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
+
+
 def opa_headers(token: str | None) -> dict[str, str]:
     """What every request to OPA carries: its bearer token, when one is configured."""
     return {"Authorization": f"Bearer {token}"} if token else {}
@@ -38,15 +43,15 @@ def remote_engine(pol: PolicySection) -> RemoteEngine:
     )
 
 
-def warn_open_opa(pol: PolicySection, timeout_s: float = 2.0) -> bool:
+def warn_open_opa(pol: PolicySection) -> bool:
     """Warn, at every start, when the OPA server answers a client that gives no token: any
     process that reaches its port (upstream servers included) could rewrite the policy. True
     when it warned. An OPA server that cannot be reached now is the decisions' to deny."""
     if pol.engine != "opa" or pol.url is None:
         return False
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(pol.tls_ca)) if pol.tls_ca else True
+    verify = opa_verify(pol.tls_ca)
     try:
-        with httpx.Client(verify=verify, timeout=timeout_s, trust_env=False) as c:
+        with httpx.Client(verify=verify, timeout=pol.timeout_s, trust_env=False) as c:
             status = c.get(f"{pol.url.rstrip('/')}/v1/policies").status_code
     except httpx.HTTPError:
         return False
@@ -79,9 +84,7 @@ class RemoteEngine(PolicyEngine):
         self._headers = opa_headers(token)
         self.endpoint = f"{url.rstrip('/')}/v1/data/{path}"
         self.timeout_s = timeout_s
-        self._verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
-        )
+        self._verify: ssl.SSLContext | bool = opa_verify(tls_ca)
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (

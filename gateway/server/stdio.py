@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from gateway.assemble import make_gateway
 from gateway.compat import create_context_streams, stream_reader_head, tap_lines
 from gateway.config.model import Config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, TooManyConnections
 from gateway.server.fastlane import LaneDispatch, StdioLane
 from gateway.server.front import build_server, init_options
 from gateway.upstream.stdio import with_waiting, write_or_queue
@@ -43,9 +43,11 @@ from gateway.upstream.stdio import with_waiting, write_or_queue
 _ID_RE = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,200}")')
 
 
-def _error(code: int, message: str, rid: Any = None) -> SessionMessage:
+def _error(code: int, message: str, rid: Any = None, data: Any = None) -> SessionMessage:
     return SessionMessage(
-        types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message))
+        types.JSONRPCError(
+            jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message, data=data)
+        )
     )
 
 
@@ -145,6 +147,7 @@ class OpenRequests:
                     f"{self._limit} requests are in flight in this session "
                     "(mcp.max_concurrent_connections); retry once some are answered",
                     message.id,
+                    {"code": TooManyConnections.code},  # as the HTTP front's answer says it
                 ), False
             self.sdk[key] = False
             if (token := progress_token_from_params(message.params)) is not None:

@@ -260,6 +260,7 @@ def test_requests_in_flight_are_bounded_by_max_concurrent_connections(tmp_path: 
         r.send({"jsonrpc": "2.0", "id": 4, "method": "ping"})
         refused = r.recv()
         assert refused["id"] == 4 and refused["error"]["code"] == -32000
+        assert refused["error"]["data"] == {"code": "too_many_connections"}
         r.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}})
         for rid in range(5, 200):  # the cancelled call settles soon after: a place is free again
             r.send({"jsonrpc": "2.0", "id": rid, "method": "ping"})

@@ -65,6 +65,8 @@ def audit_filters(params: Mapping[str, str], default_limit: int | None) -> dict[
     for key, (low, high) in _BOUNDS.items():
         if key in params:
             out[key] = _whole(key, params[key], low, high)
+    if out["limit"] is not None and not 1 <= out["limit"] <= 100_000:  # a caller's default too
+        raise ValueError(_BAD_WHOLE.format(key="limit", low=1, high=100_000))
     return out
 
 

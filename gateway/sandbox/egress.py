@@ -1,14 +1,15 @@
 """Egress-only network for sandboxed servers: the internet, never this host or private ranges.
 
 A sandbox granted network does not share the host's network namespace (where it could
-reach the gateway's own port and every loopback service). It runs in a dedicated network
-namespace, ``symbi-egress``, joined to the host by a veth pair and NAT, with packet
-filter rules that drop:
+reach the gateway's own port and every loopback service). It runs in a network namespace of
+its own (``ownnet.py``; not one shared by every networked sandbox, whose loopback services and
+abstract sockets would be open to the others), joined to the host by a veth pair and NAT,
+with packet filter rules that drop:
 
 - everything addressed to the host itself (INPUT from the veth: 127.0.0.1 is not
   reachable from another namespace at all, and the host's other addresses, the Docker
   bridge's 172.17.0.1 included, are refused here);
-- forwarded packets to loopback, private (RFC 1918), carrier-grade NAT, link-local (cloud
+- forwarded packets to loopback, private (RFC 1918: another sandbox's namespace too), carrier-grade NAT, link-local (cloud
   metadata), multicast and reserved ranges, unless the destination is on the allow-list.
 
 With an allow-list (``sandbox.egress_allow``), only the listed hosts are reachable.
@@ -25,21 +26,19 @@ import logging
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 
 from gateway.errors import SandboxUnavailable
+from gateway.sandbox import ownnet
 
 _logger = logging.getLogger("symbi.sandbox.egress")
 
-NETNS = "symbi-egress"
-HOST_IF = "symbi-eg0"
-NS_IF = "symbi-eg1"
-HOST_ADDR = "10.231.77.1"
-NS_ADDR = "10.231.77.2"
-PREFIX = 30
+HOST_IFS = f"{ownnet.IF_PREFIX}+"  # iptables' wildcard: every sandbox's host end
+OWNNET = ownnet.__file__
 CHAIN = "SYMBI-EGRESS"
-LOCK_FILE = "/run/symbi-egress.lock"
+LOCK_FILE = ownnet.LOCK_FILE
 BLOCKED = (
     "0.0.0.0/8",
     "10.0.0.0/8",
@@ -114,22 +113,13 @@ def _host_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_egress_netns(allow: Sequence[str] = ()) -> str:
-    """Create (once, idempotently) the egress-only namespace; returns its name."""
+def ensure_egress(allow: Sequence[str] = ()) -> None:
+    """Set up (once, idempotently) the host's side: forwarding, the filter chain and the rules
+    that send every sandbox's veth (``symbi-e*``) through it, and the NAT."""
     for tool in ("ip", "iptables"):
         if shutil.which(tool) is None:
             raise SandboxUnavailable(f"sandbox network needs {tool!r} (egress-only namespace); not installed")
     with _host_lock():
-        if NETNS not in _run("ip", "netns", "list").stdout.split():
-            _run("ip", "netns", "add", NETNS)
-        if _run("ip", "link", "show", HOST_IF, check=False).returncode != 0:
-            _run("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF, "netns", NETNS)
-            _run("ip", "addr", "add", f"{HOST_ADDR}/{PREFIX}", "dev", HOST_IF)
-            _run("ip", "-n", NETNS, "addr", "add", f"{NS_ADDR}/{PREFIX}", "dev", NS_IF)
-        _run("ip", "link", "set", HOST_IF, "up")
-        _run("ip", "-n", NETNS, "link", "set", NS_IF, "up")
-        _run("ip", "-n", NETNS, "link", "set", "lo", "up")
-        _run("ip", "-n", NETNS, "route", "replace", "default", "via", HOST_ADDR)
         # forwarding must be on for any egress (Docker turns it on too)
         with open("/proc/sys/net/ipv4/ip_forward") as f:
             if f.read().strip() != "1":
@@ -141,23 +131,21 @@ def ensure_egress_netns(allow: Sequence[str] = ()) -> str:
             _run("iptables", "-w", "-F", CHAIN)
             for rule in rules:
                 _run("iptables", "-w", "-A", CHAIN, *rule)
-        _iptables_ensure("filter", "INPUT", ["-i", HOST_IF, "-j", "DROP"], insert=True)
-        _iptables_ensure("filter", "FORWARD", ["-i", HOST_IF, "-j", CHAIN], insert=True)
+        _iptables_ensure("filter", "INPUT", ["-i", HOST_IFS, "-j", "DROP"], insert=True)
+        _iptables_ensure("filter", "FORWARD", ["-i", HOST_IFS, "-j", CHAIN], insert=True)
         _iptables_ensure(
             "filter",
             "FORWARD",
-            ["-o", HOST_IF, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+            ["-o", HOST_IFS, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
             insert=True,
         )
         _iptables_ensure(
-            "nat", "POSTROUTING", ["-s", f"{NS_ADDR}/32", "!", "-o", HOST_IF, "-j", "MASQUERADE"]
+            "nat", "POSTROUTING", ["-s", str(ownnet.NET), "!", "-o", HOST_IFS, "-j", "MASQUERADE"]
         )
-    return NETNS
 
 
 def in_egress_netns(argv: list[str], allow: Sequence[str] = ()) -> list[str]:
-    """``argv`` run inside the egress-only namespace (``nsenter``: unlike ``ip netns exec``
-    it leaves /sys, and so the cgroup the launcher joins, as it is)."""
-    if shutil.which("nsenter") is None:
-        raise SandboxUnavailable("sandbox network needs 'nsenter' (util-linux); not installed")
-    return ["nsenter", f"--net=/run/netns/{ensure_egress_netns(allow)}", "--", *argv]
+    """``argv`` run in an egress-only namespace of its own (``ownnet.py``: a sandbox's
+    loopback and abstract sockets are its own, not every networked sandbox's)."""
+    ensure_egress(allow)
+    return [sys.executable, "-I", "-S", OWNNET, "--", *argv]

@@ -1,5 +1,6 @@
 // A small MCP server (Node, stdio) for sandbox network tests: connect(host, port) tries a TCP
-// connection and answers "connected", "refused", "unreachable" or "timeout".
+// connection and answers "connected", "refused", "unreachable" or "timeout"; listen() opens a
+// TCP listener on 127.0.0.1 (a random port, kept open) and answers its port.
 // $PROBE_SDK is the folder of @modelcontextprotocol/sdk (a sandbox sees only what is bound).
 import net from "node:net";
 
@@ -15,6 +16,10 @@ server.setRequestHandler(ListToolsRequestSchema, async () => ({
     name: "connect",
     description: "Try a TCP connection to host:port.",
     inputSchema: { type: "object", properties: { host: { type: "string" }, port: { type: "integer" } }, required: ["host", "port"] },
+  }, {
+    name: "listen",
+    description: "Listen on 127.0.0.1 (a random port) and answer the port.",
+    inputSchema: { type: "object", properties: {} },
   }],
 }));
 
@@ -28,7 +33,17 @@ function probe(host, port) {
   });
 }
 
+const listeners = [];
+function listen() {
+  return new Promise((resolve) => {
+    const srv = net.createServer((sock) => sock.end("hello"));
+    listeners.push(srv);
+    srv.listen(0, "127.0.0.1", () => resolve(String(srv.address().port)));
+  });
+}
+
 server.setRequestHandler(CallToolRequestSchema, async (req) => {
+  if (req.params.name === "listen") return { content: [{ type: "text", text: await listen() }] };
   const { host, port } = req.params.arguments;
   return { content: [{ type: "text", text: await probe(host, Number(port)) }] };
 });

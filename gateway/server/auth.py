@@ -37,6 +37,7 @@ from gateway.config.sections import JwtSection
 from gateway.context import Principal
 from gateway.custody import write_atomic
 from gateway.errors import AuthFailed, ConfigError, NoCredentials
+from gateway.jsonlimits import too_large
 from gateway.server.jwks import Jwk, JwksUrl, parse_key_set, signing_key
 from gateway.textcheck import not_utf8_at
 
@@ -197,6 +198,11 @@ class JwtVerifier:
             raise
         except Exception as e:  # noqa: BLE001 - any verification problem (incl. JWKS fetch) refuses
             raise AuthFailed(f"invalid token: {type(e).__name__}") from None
+        # claims reach the policy's input: NaN (PyJWT's parser takes it; regorus holds
+        # NaN <= x true) and nesting past the walks' bound are refused as arguments are
+        bad = too_large(claims, finite=True)
+        if bad is not None:
+            raise AuthFailed(f"invalid token: claim {bad.path.lstrip('.')!r}: {bad.problem}")
         roles = claims.get(self.cfg.roles_claim, ())
         if isinstance(roles, str):
             roles = roles.split()

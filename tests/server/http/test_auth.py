@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import httpx2
@@ -142,6 +143,9 @@ BAD_SUBJECTS = {
         "hs256_confusion",
         "unknown_kid",
         "roles_not_list",
+        "nan_claim",
+        "infinity_in_a_nested_claim",
+        "claims_nested_too_deep",
         "garbage",
         "alg_not_pinned",
     ],
@@ -198,6 +202,15 @@ def test_jwt_refused(verifier, case: str) -> None:  # type: ignore[no-untyped-de
         tok = idp.token(kid="nope")
     elif case == "roles_not_list":
         tok = idp.token(roles={"admin": True})
+    elif case == "nan_claim":  # PyJWT's json.loads takes NaN; regorus holds NaN <= x true
+        tok = idp.token(clearance=float("nan"))
+    elif case == "infinity_in_a_nested_claim":
+        tok = idp.token(limits={"spend": [1, float("inf")]})
+    elif case == "claims_nested_too_deep":  # the policy input's walks are bounded at 100
+        deep: Any = 1
+        for _ in range(150):
+            deep = [deep]
+        tok = idp.token(nest=deep)
     elif case == "alg_not_pinned":
         tok = jwt.encode(
             {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60},

@@ -31,11 +31,13 @@ NOBODY = 65534
 
 
 class RunscRun(Sandboxed):
-    def __init__(self, bundle: str, state: str, cid: str, cgroup: str) -> None:
-        self.bundle, self.state, self.cid, self.cgroup = bundle, state, cid, cgroup
+    def __init__(self, bundle: str, state: str, cid: str, cgroup: str, netns: str) -> None:
+        self.bundle, self.state, self.cid, self.cgroup, self.netns = bundle, state, cid, cgroup, netns
 
     def _runsc(self, *args: str) -> None:
-        subprocess.run(["runsc", "--root", self.state, *args], capture_output=True, timeout=30, check=False)
+        # runsc reaches the sandbox through its control socket, in the run's namespace
+        argv = [*in_netns(self.netns), "runsc", "--root", self.state, *args]
+        subprocess.run(argv, capture_output=True, timeout=30, check=False)
 
     def kill(self) -> None:
         self._runsc("kill", self.cid, "KILL")
@@ -58,6 +60,7 @@ class RunscRun(Sandboxed):
 
     def remove(self) -> None:
         self._runsc("delete", "--force", self.cid)
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, timeout=30, check=False)
         shutil.rmtree(self.bundle, ignore_errors=True)
         shutil.rmtree(self.state, ignore_errors=True)
         # the memory cgroup made for the peak (see _memory_cgroup), and those runsc made and
@@ -88,17 +91,50 @@ def gvisor_argv(
         raise GatewayError(
             "sandbox tier 'gvisor' is unavailable: runsc is not installed or the gateway is not root"
         )
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    netns = _own_netns(tag)  # first: a refusal leaves nothing else behind
     bundle = tempfile.mkdtemp(prefix="symbi-agent-gv-")
     state = tempfile.mkdtemp(prefix="symbi-runsc-")
     root = _rootfs(bundle)
     binds = sorted({*read_only_binds(command, args, None), *ro_paths}, key=len)
-    cgroup = f"/symbi-agent-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    cgroup = f"/symbi-agent-{tag}"
     _memory_cgroup(cgroup, limits.memory_mb * 1024 * 1024)
     spec = _oci_spec([command, *args], env, limits, root, _mounts(binds, hidden, socket), cgroup)
     Path(bundle, "config.json").write_text(json.dumps(spec))
     cid = f"symbi-agent-{run_tag}"
-    argv = ["runsc", "--root", state, "--network=none", "--host-uds=open", "run", "--bundle", bundle, cid]
-    return argv, RunscRun(bundle, state, cid, cgroup)
+    runsc = ["runsc", "--root", state, "--network=none", "--host-uds=open", "run", "--bundle", bundle, cid]
+    return [*in_netns(netns), *runsc], RunscRun(bundle, state, cid, cgroup, netns)
+
+
+# runsc serves its control API (exec, signal, destroy) on an abstract Unix socket of the
+# network namespace it starts in, and answers any uid (the sandbox's user namespace maps an
+# unmapped peer to nobody, its own uid): in the host's, any local user or upstream could drive
+# the agent, whose token is in its environment. Each run has an empty namespace of its own.
+NETNS_PREFIX = "symbi-gv-"
+
+
+def in_netns(name: str) -> list[str]:
+    """argv prefix that runs a command in the named namespace (``nsenter``, unlike ``ip netns
+    exec``, leaves /sys and so the cgroups runsc makes as they are)."""
+    return ["nsenter", f"--net=/run/netns/{name}", "--"]
+
+
+def _own_netns(tag: str) -> str:
+    """A new empty network namespace (``symbi-gv-<pid>-<tag>``), after removing those a gateway
+    no longer running left behind."""
+    for path in Path("/run/netns").glob(f"{NETNS_PREFIX}*"):
+        pid = path.name.removeprefix(NETNS_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["ip", "netns", "del", path.name], capture_output=True, timeout=30, check=False)
+    name = f"{NETNS_PREFIX}{tag}"
+    made = subprocess.run(
+        ["ip", "netns", "add", name], capture_output=True, text=True, timeout=30, check=False
+    )
+    if made.returncode != 0 or shutil.which("nsenter") is None:
+        raise GatewayError(
+            f"sandbox tier 'gvisor' is unavailable: no network namespace of its own ({made.stderr.strip()})"
+        )
+    return name
 
 
 def _rootfs(bundle: str) -> Path:

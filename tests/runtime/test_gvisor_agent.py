@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from gateway.config.model import AgentConfig, ResourcesSection
-from gateway.runtime.gvisor_agent import NOBODY, RunscRun
+from gateway.runtime.gvisor_agent import NOBODY, RunscRun, in_netns
 from gateway.runtime.hosted import SOCKET_IN_SANDBOX
 from gateway.runtime.resources import ResourceLimits
 from tests.runtime.test_core import Recorder
@@ -51,8 +51,10 @@ async def test_the_gvisor_command_and_spec_of_a_hosted_run(tmp_path: Path) -> No
     argv, box = h._command("a", ac, "gvisor", limits, "sk-secret", "tag1")
     try:
         assert isinstance(box, RunscRun) and box.cid == "symbi-agent-tag1"
-        # runsc straight, without a network stack, its state apart from Docker's
-        assert argv[:3] == ["runsc", "--root", box.state] and argv[-4:] == [
+        # runsc straight, in an empty network namespace of the run's own, without a network
+        # stack, its state apart from Docker's
+        assert argv[:3] == in_netns(box.netns) and not _gone(f"/run/netns/{box.netns}")
+        assert argv[3:6] == ["runsc", "--root", box.state] and argv[-4:] == [
             "run",
             "--bundle",
             box.bundle,
@@ -122,7 +124,7 @@ async def test_the_gvisor_command_and_spec_of_a_hosted_run(tmp_path: Path) -> No
             assert (m["type"], m["source"]) in (("tmpfs", "tmpfs"), ("bind", "/dev/null"))
     finally:
         box.remove()
-    assert _gone(box.bundle, box.state)
+    assert _gone(box.bundle, box.state, f"/run/netns/{box.netns}")
 
 
 async def test_a_gvisor_run_does_not_need_dockers_runsc_runtime(
@@ -136,7 +138,7 @@ async def test_a_gvisor_run_does_not_need_dockers_runsc_runtime(
     monkeypatch.setattr(h.sandbox, "available", lambda name: (False, f"test: {name} down"))
     argv, box = h._command("a", ac, "gvisor", ResourceLimits.from_config(ac.resources), "k", "t")
     try:
-        assert isinstance(box, RunscRun) and argv[0] == "runsc"
+        assert isinstance(box, RunscRun) and argv[3] == "runsc"
     finally:
         box.remove()
     from gateway.errors import GatewayError
@@ -246,3 +248,77 @@ async def test_a_gvisor_runs_peak_memory_is_reported_and_its_cgroup_removed(tmp_
 
 def _own_runsc_cgroups() -> list[Path]:
     return list(Path("/sys/fs/cgroup").glob(f"*/symbi-agent-{os.getpid()}-*"))
+
+
+CONTROL = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+try:
+    s.connect(b"\\0" + sys.argv[1].encode() + b"\\0")
+except OSError as e:
+    print("refused", e.errno)
+    raise SystemExit
+s.sendall(json.dumps({"method": "containerManager.Processes", "arg": sys.argv[2]}).encode())
+print("answered", s.recv(4096).decode()[:200])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs root")
+async def test_no_other_process_can_drive_a_gvisor_agent_through_runscs_control_socket(
+    tmp_path: Path,
+) -> None:
+    """The attack: runsc serves its control API (exec in, signal, destroy; the agent's token
+    is in its environment) on an abstract socket, ``@runsc-sandbox.<id>``, of the namespace it
+    starts in, and answers any uid. In the host's, a uid-999 process (an unsandboxed upstream
+    on a kernel without Landlock's scopes, any local user) listed the agent's processes. Each
+    run now has an empty network namespace of its own; the gateway's own kill still works."""
+    ac = AgentConfig(command="/usr/bin/sleep", args=("600",), sandbox="gvisor")
+    h = _host(tmp_path, "gvisor", a=ac)
+    boxes: list[RunscRun] = []
+    command = h._command
+
+    def keep(*args: Any) -> Any:
+        argv, box = command(*args)
+        assert isinstance(box, RunscRun)
+        boxes.append(box)
+        return argv, box
+
+    h._command = keep  # type: ignore[method-assign,assignment]
+    answers: list[str] = []
+    ended = anyio.Event()
+
+    async def run() -> None:
+        await h._run_once("a", ac)
+        ended.set()
+
+    with anyio.fail_after(60):  # a hang guard, not a timing assertion
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while not boxes:
+                await anyio.sleep(0.05)
+            name = f"runsc-sandbox.{boxes[0].cid}"
+            thief = [
+                "setpriv",
+                "--reuid=999",
+                "--regid=999",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                CONTROL,
+            ]
+            # until the sandbox's control server answers in either namespace: the run's own
+            # (the control) or the host's (the attack)
+            while not any(a.startswith("answered") for a in answers[-2:]):
+                own = await anyio.run_process(
+                    [*in_netns(boxes[0].netns), *thief, name, boxes[0].cid], check=False
+                )
+                host = await anyio.run_process([*thief, name, boxes[0].cid], check=False)
+                answers[-2:] = [own.stdout.decode().strip(), host.stdout.decode().strip()]
+                await anyio.sleep(0.1)
+            boxes[0].kill()  # the gateway's own way in
+            with anyio.move_on_after(20):
+                await ended.wait()
+            tg.cancel_scope.cancel()
+    assert answers[0].startswith("answered") and answers[1].startswith("refused"), answers
+    assert ended.is_set()  # runsc kill reached the sandbox in its namespace

@@ -38,6 +38,7 @@ from gateway.policy import CallCounters, EmbeddedEngine, PolicyEngine, build_eng
 from gateway.policy.remote import warn_open_opa
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.ended import EndedSessions
+from gateway.runtime.holds import HoldFile, PrincipalHolds
 from gateway.runtime.hosted import AgentHost, HostedAgents
 from gateway.sandbox import SandboxManager
 from gateway.sandbox.upstreams import sandbox_manager, sandboxed_command
@@ -335,8 +336,17 @@ def _agent_runtime(
     # sessions an operator terminated that would recur after a restart stay refused (data dir)
     ended = EndedSessions(config.data_dir / "agents-ended.db")
     closers.append(ended.close)
+    # suspended principals: on Redis with [state] redis_url (``_sessions_on_redis``), else the data dir's
+    holds = PrincipalHolds(
+        file=HoldFile(config.data_dir / "principals-suspended.db") if config.state.redis_url is None else None
+    )
+    closers.append(holds.close)
     runtime = AgentRuntime(
-        config, events, key=private_secret(config.agent_id_key_path, "agent id key"), ended=ended
+        config,
+        events,
+        key=private_secret(config.agent_id_key_path, "agent id key"),
+        ended=ended,
+        holds=holds,
     )
     if memory is not None:
         end_with_agents(memory.m, runtime.agents)  # short-term memory ends with its agent's session
@@ -400,7 +410,7 @@ def _sessions_on_redis(
     background: list[Background],
 ) -> None:
     """With ``[state] redis_url``: the session agents' board (an operator's action reaches the
-    process holding the session)."""
+    process holding the session) and the suspended principals (every replica refuses them)."""
     if state.redis is None:
         return
     from gateway.runtime.sessionorders import SessionAgents
@@ -411,6 +421,11 @@ def _sessions_on_redis(
     sessions = SessionAgents(runtime, events, SessionBoard(state.redis, owner=owner))
     state.sessions = sessions
     background.append(lambda _gw: sessions.run())
+    # a session agent's suspension holds its principal on every replica (gateway.runtime.holds)
+    from gateway.state.holdboard import HoldBoard
+
+    runtime.holds.board = HoldBoard(state.redis, limit=runtime.holds.limit)
+    background.append(lambda _gw: runtime.holds.run())
 
 
 def _audit_and_events(

@@ -79,6 +79,11 @@ class Event(StrEnum):
     # this process could not keep a hosted agent's lease (Redis unreachable, or another token in
     # it): its run was stopped before the lease could expire, so no two replicas run it at once
     AGENT_LEASE_LOST = "agent.lease_lost"
+    # a session agent's suspension is its principal's (gateway.runtime.holds): every session
+    # agent of the principal is refused until an operator clears it
+    PRINCIPAL_SUSPENDED = "principal.suspended"  # a principal was suspended (by its agent, or an operator)
+    PRINCIPAL_SUSPEND_REQUESTED = "principal.suspend_requested"  # an operator suspended a principal
+    PRINCIPAL_RESUME_REQUESTED = "principal.resume_requested"  # an operator cleared a principal's suspension
     # the agent bus (gateway.bus): details are message metadata (id, sender, recipient or topic,
     # kind, timestamps, ciphertext size), never a body
     BUS_SEND = "bus.send"  # a direct message, request or reply was accepted into the recipient's inbox

@@ -1,4 +1,4 @@
-"""``symbi agents list|show|suspend|resume|terminate|status|run`` and ``symbi status``.
+"""``symbi agents list|show|suspend|resume|terminate|suspended|status|run`` and ``symbi status``.
 
 Agents live in a running gateway, so these talk to its admin API (``symbi serve``) through
 ``gateway.cli.admin_client``.
@@ -31,15 +31,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(show)
     show.set_defaults(func=_show)
     for action, text in (
-        ("suspend", "suspend an agent"),
-        ("resume", "resume a suspended agent"),
+        ("suspend", "suspend an agent (a session agent's suspension is its principal's), or --principal P"),
+        ("resume", "resume a suspended agent (and its principal), or clear --principal P"),
         ("terminate", "terminate an agent"),
     ):
         p = acts.add_parser(action, help=text)
-        p.add_argument("agent")
+        p.add_argument("agent", nargs="?")
+        if action != "terminate":
+            p.add_argument(
+                "--principal",
+                help="a principal (qualified, as the refusals and `symbi agents suspended` name it: key:ID)",
+            )
         p.add_argument("--reason", default="", help="recorded in the audit log")
         _common(p)
         p.set_defaults(func=_action, action=action)
+    held = acts.add_parser("suspended", help="the suspended principals (every session of each is refused)")
+    _common(held)
+    held.set_defaults(func=_suspended)
     hs = acts.add_parser(
         "status",
         help="every hosted agent ([agents.NAME]) and the gateway process (replica, worker) running it",
@@ -73,7 +81,22 @@ def _show(args: argparse.Namespace) -> int:
     return admin_client.show(args, doc, json.dumps(doc, indent=2, default=str))
 
 
+def _suspended(args: argparse.Namespace) -> int:
+    held = admin_client.request(args, "GET", "/principals")["suspended"]
+    lines = [f"{h['principal']}: {h['reason']} ({h['agent'] or 'operator ' + h['by']})" for h in held]
+    return admin_client.show(args, held, "\n".join(lines) or "no suspended principal")
+
+
 def _action(args: argparse.Namespace) -> int:
+    principal = getattr(args, "principal", None)
+    if (principal is None) == (args.agent is None):
+        print(f"symbi agents {args.action}: name an agent or --principal (one of them)", file=sys.stderr)
+        return 2
+    if principal is not None:
+        body = {"principal": principal, "reason": args.reason}
+        doc = admin_client.request(args, "POST", f"/principals/{args.action}", body)
+        text = f"{doc['principal']}: {doc['result']}" + (f" ({doc['shared']})" if "shared" in doc else "")
+        return admin_client.show(args, doc, text)
     doc = admin_client.request(args, "POST", f"/agents/{args.agent}/{args.action}", {"reason": args.reason})
     if "holder" in doc:  # 202: another process holds it (lease or session); it acts within 3 s
         text = f"{doc['agent']}: {doc['result']}; it was {doc['state']} there"

@@ -43,6 +43,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class FiniteSection(Section):
+    """A section whose numbers are budgets, times and sizes: ``inf`` (TOML has it) is refused
+    at load, naming the key. ``cpu_cores = inf`` loaded, then the first hosted run raised
+    OverflowError computing its cgroup's CPU quota, out of the supervisor: the gateway stopped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
 class StdioPrincipal(Section):
     """Who is calling when a client connects over stdio (no credentials there)."""
 
@@ -269,7 +277,7 @@ class HttpSection(Section):
     jwt: JwtSection | None = None
 
 
-class ResourcesSection(Section):
+class ResourcesSection(FiniteSection):
     """The seed's ResourceLimits (five budgets) plus call concurrency, per agent."""
 
     memory_mb: int = Field(default=512, ge=16)
@@ -281,18 +289,18 @@ class ResourcesSection(Section):
     max_concurrent_calls: int = Field(default=8, ge=1)
 
 
-class BreakerSection(Section):
+class BreakerSection(FiniteSection):
     failures: int = Field(default=5, ge=1)  # consecutive failures that open an upstream's breaker
     reset_s: float = Field(default=10.0, gt=0)  # open this long, then one half-open probe
 
 
-class RetrySection(Section):
+class RetrySection(FiniteSection):
     attempts: int = Field(default=3, ge=1)  # only for tools annotated idempotent or read-only
     backoff_s: float = Field(default=0.2, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)
 
 
-class RuntimeSection(Section):
+class RuntimeSection(FiniteSection):
     """The agent runtime (gateway/runtime): agents, scheduler, budgets, error handling."""
 
     # production refuses every unsafe option (``Config.unsafe_options``); env SYMBI_RUNTIME_MODE
@@ -328,7 +336,7 @@ class RuntimeSection(Section):
 AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
-class AgentConfig(Section):
+class AgentConfig(FiniteSection):
     """One hosted agent: a process the runtime runs in a sandbox tier as its own principal."""
 
     command: str

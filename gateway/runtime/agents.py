@@ -104,6 +104,7 @@ class Agent:
             "id": self.id,
             "name": self.name,
             "principal": self.principal,
+            "qualified_principal": self.owner,  # what a suspension holds (``gateway.runtime.holds``)
             "client": self.client,
             "hosted": self.hosted,
             "priority": self.priority,

@@ -12,6 +12,11 @@ lifecycle transitions:
   window holds that many, each further denial suspends the agent it came from;
 - an operator resumes (Suspended -> Running "policy cleared", then Ready when idle) or
   terminates (Suspended/Ready/Failed -> Terminated; a Running agent ends when its calls do).
+
+A session agent's suspension is its principal's (``gateway.runtime.holds``): from then on every
+session agent of that principal, in any session (and on every replica with ``[state]
+redis_url``), is suspended at its next call with the same reason, until an operator resumes one
+of them or the principal; that resumes all of them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from gateway.events import Event, EventSink
 from gateway.runtime.agents import Agent, AgentRegistry
 from gateway.runtime.breaker import Breakers
 from gateway.runtime.ended import EndedSessions
+from gateway.runtime.holds import REASON_MAX, Hold, PrincipalHolds
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.resources import ResourceLimits, ResourcePool, Usage
 from gateway.runtime.scheduler import Scheduler
@@ -47,6 +53,7 @@ class AgentRuntime:
         *,
         key: bytes | None = None,
         ended: EndedSessions | None = None,
+        holds: PrincipalHolds | None = None,
     ) -> None:
         rt = config.runtime
         self.config = config
@@ -78,6 +85,10 @@ class AgentRuntime:
         self.on_terminate: list[Callable[[Agent], None]] = []  # hosted agents stop their process
         self.started = time.time()
         self.agents.on_unregister.append(self._forget)
+        # suspended principals: a session agent's suspension holds every session of its principal
+        self.holds = holds if holds is not None else PrincipalHolds()
+        self.agents.on_state.append(self._state_changed)
+        self.holds.on_released.append(self._released)
 
     @property
     def message_buffer_size(self) -> int:
@@ -100,8 +111,12 @@ class AgentRuntime:
     def begin(self, agent: Agent, what: str) -> None:
         """A task for ``agent`` starts, or is refused when the agent may not work now."""
         agent.last_seen = time.monotonic()
+        hold = self.holds.get(agent.owner) if not agent.hosted and agent.owner else None
         if agent.state is AgentState.SUSPENDED:
-            raise AgentSuspended(f"agent {agent.name} is suspended", reasons=[agent.reason or "suspended"])
+            raise AgentSuspended(
+                f"agent {agent.name} is suspended",
+                reasons=[agent.reason or "suspended", *self._clearing(agent, hold)],
+            )
         if agent.state is AgentState.TERMINATED or agent.id in self._terminating:
             raise AgentTerminated(
                 f"agent {agent.name} has been terminated", reasons=[agent.reason or "terminated"]
@@ -113,11 +128,46 @@ class AgentRuntime:
         if agent.state is AgentState.READY:
             # per call: an agent.state audit event (issue 13: one per transition), also counted
             self.agents.transition(agent, AgentState.RUNNING, f"task assigned: {what}")
+        if hold is not None and agent.suspend_pending is None:
+            agent.suspend_pending = held_reason(hold)
         if agent.suspend_pending is not None:
             reason, agent.suspend_pending = agent.suspend_pending, None
             self._suspend_running(agent, reason)
             self.end(agent)
-            raise AgentSuspended(f"agent {agent.name} is suspended", reasons=[reason])
+            raise AgentSuspended(
+                f"agent {agent.name} is suspended", reasons=[reason, *self._clearing(agent, hold)]
+            )
+
+    def refused_now(self, agent: Agent) -> GatewayError | None:
+        """Why a call of ``agent`` that began earlier (and waited for a scheduler slot) may not
+        reach its upstream now: the agent was suspended or is being terminated meanwhile, or its
+        principal was suspended. None: it may. The call is not counted again (``begin`` did)."""
+        if agent.state is AgentState.SUSPENDED:
+            return AgentSuspended(f"agent {agent.name} is suspended", reasons=[agent.reason or "suspended"])
+        if agent.state is AgentState.TERMINATED or agent.id in self._terminating:
+            return AgentTerminated(
+                f"agent {agent.name} has been terminated", reasons=[agent.reason or "terminated"]
+            )
+        hold = self.holds.get(agent.owner) if not agent.hosted and agent.owner else None
+        if hold is not None:
+            if agent.state is AgentState.RUNNING:
+                self._suspend_running(agent, held_reason(hold))
+            return AgentSuspended(
+                f"agent {agent.name} is suspended", reasons=[held_reason(hold), *self._clearing(agent, hold)]
+            )
+        return None
+
+    def _clearing(self, agent: Agent, hold: Hold | None) -> list[str]:
+        """How an operator clears a session agent's suspension (said with each refusal)."""
+        if agent.hosted or not agent.owner:
+            return []
+        who = agent.owner
+        if hold is None:
+            return [f"an operator resumes it: symbi agents resume {agent.id}"]
+        return [
+            f"principal {who} is suspended (since {_when(hold.at)}): every session of it is refused",
+            f"an operator clears it: symbi agents resume --principal {who}",
+        ]
 
     def end(self, agent: Agent, elapsed_s: float | None = None, result_bytes: int | None = None) -> None:
         agent.in_flight = max(agent.in_flight - 1, 0)
@@ -185,6 +235,7 @@ class AgentRuntime:
                 principal=agent.principal,
                 agent=agent.id,
             )
+            self._hold(agent, reason)  # its principal's other sessions: refused from now on
             return "pending"
         if agent.state is AgentState.SUSPENDED:
             return "already suspended"
@@ -194,16 +245,81 @@ class AgentRuntime:
         self.agents.transition(agent, AgentState.SUSPENDED, reason)
 
     def resume(self, agent: Agent, reason: str) -> str:
+        """An operator resumes ``agent``. A session agent's suspension is its principal's: its
+        principal's hold is cleared and every suspended session agent of it resumed too."""
+        if not agent.hosted and agent.owner:
+            pending = agent.state is AgentState.READY and agent.suspend_pending is not None
+            was_held = self.holds.drop(agent.owner) is not None
+            resumed = self.release(agent.owner, reason)
+            if agent.id in resumed:
+                said = "pending suspension cleared" if pending else "resumed"
+                more = len(resumed) - 1
+                return f"{said} (and {more} more of {agent.owner})" if more else said
+            if resumed or was_held:
+                return f"the suspension of principal {agent.owner} cleared"
         if agent.suspend_pending is not None and agent.state is AgentState.READY:
             agent.suspend_pending = None
             return "pending suspension cleared"
         if agent.state is not AgentState.SUSPENDED:
             raise InvalidTransition(f"agent {agent.name} is {agent.state.value}, not Suspended")
+        self._resume_one(agent, reason)
+        return "resumed"
+
+    def _resume_one(self, agent: Agent, reason: str) -> None:
         self._denials.pop(_principal_of(agent), None)  # an operator cleared it: a fresh count
         self.agents.transition(agent, AgentState.RUNNING, f"policy cleared: {reason}")
         if agent.in_flight == 0 and not agent.hosted_busy:
             self.agents.transition(agent, AgentState.READY, "task complete (nothing in flight)")
-        return "resumed"
+
+    def release(self, principal: str, reason: str) -> list[str]:
+        """Resume every session agent of ``principal`` here (its hold was cleared): the ids
+        of those that were suspended; a pending suspension is dropped as well."""
+        self._denials.pop(principal, None)
+        resumed = []
+        for agent in self.agents:
+            if agent.hosted or agent.owner != principal:
+                continue
+            if agent.state is AgentState.READY and agent.suspend_pending is not None:
+                agent.suspend_pending = None
+                resumed.append(agent.id)
+            elif agent.state is AgentState.SUSPENDED:
+                self._resume_one(agent, reason)
+                resumed.append(agent.id)
+        return resumed
+
+    def suspend_principal(self, principal: str, reason: str, by: str) -> bool:
+        """An operator suspends ``principal`` (qualified): every session agent of it is refused
+        from its next call. Whether it was not suspended already."""
+        new = self.holds.add(Hold(principal, reason[:REASON_MAX], by=by, at=time.time()))
+        if new:
+            self.events.emit(
+                Event.PRINCIPAL_SUSPENDED,
+                {"principal": principal, "reason": reason, "by": by},
+                principal=principal,
+            )
+        return new
+
+    def _hold(self, agent: Agent, reason: str) -> None:
+        """``agent``'s suspension (now or pending) holds its principal, when it is a session's."""
+        if agent.hosted or not agent.owner:
+            return
+        if self.holds.add(Hold(agent.owner, reason[:REASON_MAX], agent=agent.id, at=time.time())):
+            self.events.emit(
+                Event.PRINCIPAL_SUSPENDED,
+                {"principal": agent.owner, "reason": reason, "agent": agent.id},
+                principal=agent.principal,
+                agent=agent.id,
+            )
+
+    def _state_changed(self, agent: Agent, src: AgentState, to: AgentState) -> None:
+        if to is AgentState.SUSPENDED:
+            self._hold(agent, agent.reason)
+
+    def _released(self, principal: str, why: str) -> None:
+        """Another process cleared ``principal``'s hold: its session agents here resume."""
+        resumed = self.release(principal, f"principal {principal}: {why}")
+        if resumed:
+            _logger.info("principal %s: %s; %d agent(s) resumed here", principal, why, len(resumed))
 
     def terminate(self, agent: Agent, reason: str) -> str:
         """An operator ends ``agent``: its session gets no new agent afterwards."""
@@ -284,6 +400,15 @@ class AgentRuntime:
                 self.sweep()
             except Exception:
                 _logger.exception("agent sweep failed")
+
+
+def held_reason(hold: Hold) -> str:
+    """The reason a session agent of a held principal is suspended with."""
+    return f"principal {hold.principal} is suspended: {hold.reason}"
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)) if at else "unknown"
 
 
 def _principal_of(agent: Agent) -> str:

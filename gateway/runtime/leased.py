@@ -79,7 +79,9 @@ class LeasedAgents:
         self.seen[name] = seen
         if seen is None:
             return None
-        order = Order(action=action, by=who, reason=reason, via=self.board.owner, at=time.time())
+        # stamped on Redis's clock, as the holder judges it: a replica's clock 30 s off had every
+        # order it passed dropped there as stale (logged only), after a 202 here
+        order = Order(action=action, by=who, reason=reason, via=self.board.owner, at=await self.board.now())
         await self.board.order(name, order.dumps(), ORDER_TTL_S)
         return seen
 
@@ -245,11 +247,11 @@ class LeasedAgents:
     async def _take_orders(self, name: str) -> None:
         """Carry out the operators' orders other processes left for ``name`` (well-formed ones)."""
         try:
-            raw = await self.board.take_orders(name)
+            raw, now = await self.board.take_orders(name)
         except _REDIS_ERRORS as e:  # left where they are: taken at the next renewal
             _logger.warning("agent %s: operator orders not read (%s)", name, e)
             return
-        for order in filter(None, map(parse_order, raw)):
+        for order in filter(None, (parse_order(r, now) for r in raw)):
             agent = self.hosted.runtime.agents.by_name(name)
             if agent is None:  # on-demand, never started here: nothing to act on
                 doc = {"name": name, "by": order.by, "reason": order.reason, "via": order.via}

@@ -14,11 +14,19 @@ is admitted only while the lease board names it as the credential of a run in st
 state change, ``gateway.runtime.leased``). Redis unreachable: refused (``StateUnavailable``).
 Without leases (no ``[state] redis_url``) each replica runs its own copy with its own key,
 bound where it runs: an unbound one is refused.
+
+The lease board's statuses are read at most once per ``CACHE_S`` per hosted agent principal,
+whatever the number of requests (they were read from Redis on every request: a flood of
+requests with the key was a flood of Redis reads); requests arriving during a read wait for it.
+A decision is never based on a read *sent* more than ``CACHE_S`` before it, so a run that stops
+being ``Running`` (its holder writes that at once) has its key refused by every other replica
+within ``CACHE_S`` (plus that write). A failed read is remembered as long (a 503 each).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from redis.exceptions import RedisError
@@ -30,6 +38,10 @@ from gateway.runtime.agents import hosted_principal
 
 if TYPE_CHECKING:
     from gateway.runtime.hosted import HostedAgents
+    from gateway.state.leases import LeaseBoard
+
+CACHE_S = 1.0  # the longest a lease board read is used for (the revocation bound beyond the holder's write)
+Statuses = dict[str, dict[str, Any] | None]
 
 
 class RunCredentials:
@@ -40,6 +52,9 @@ class RunCredentials:
         self._names: dict[str, list[str]] = {}  # a hosted agent's principal -> its agents
         for name, ac in config.agents.items():
             self._names.setdefault(hosted_principal(name, ac).id, []).append(name)
+        # per principal: (monotonic time its read was sent, what it read or why it failed)
+        self._seen: dict[str, tuple[float, Statuses | StateUnavailable]] = {}
+        self._reading: dict[str, anyio.Event] = {}  # the read in flight per principal
 
     def applies(self, p: Principal) -> bool:
         """True for an API key of kind ``agent`` whose principal is a hosted agent's."""
@@ -56,15 +71,38 @@ class RunCredentials:
         leased = hosted.leased
         if leased is None:
             raise AuthFailed("a hosted agent's credential is good only where its agent runs")
-        names = self._names[p.id]
-        try:
-            with anyio.fail_after(self.timeout_s):
-                seen = await leased.board.statuses(names)
-        except (RedisError, OSError, TimeoutError) as e:
-            raise StateUnavailable(f"the hosted agents' leases cannot be read ({type(e).__name__})") from None
+        seen = await self._statuses(p.id, leased.board)
         if any(
             doc is not None and doc.get("key") == kid and doc.get("state") == "Running"
             for doc in seen.values()
         ):
             return
         raise AuthFailed("a hosted agent's credential is refused: its agent is not running")
+
+    async def _statuses(self, principal: str, board: LeaseBoard) -> Statuses:
+        """The lease board's statuses of ``principal``'s agents, read at most once per
+        ``CACHE_S``; ``StateUnavailable`` when that read failed."""
+        while True:
+            hit = self._seen.get(principal)
+            if hit is not None and time.monotonic() - hit[0] < CACHE_S:
+                if isinstance(hit[1], StateUnavailable):
+                    raise hit[1]
+                return hit[1]
+            reading = self._reading.get(principal)
+            if reading is None:
+                break
+            await reading.wait()  # its result is fresh (or it was cancelled: read again)
+        self._reading[principal] = done = anyio.Event()
+        sent = time.monotonic()
+        try:
+            with anyio.fail_after(self.timeout_s):
+                seen: Statuses | StateUnavailable = await board.statuses(self._names[principal])
+        except (RedisError, OSError, TimeoutError) as e:
+            seen = StateUnavailable(f"the hosted agents' leases cannot be read ({type(e).__name__})")
+        finally:
+            del self._reading[principal]
+            done.set()
+        self._seen[principal] = (sent, seen)
+        if isinstance(seen, StateUnavailable):
+            raise seen
+        return seen

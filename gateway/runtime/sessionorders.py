@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, parse_order
-from gateway.state.leases import RENEW_S
+from gateway.state.leases import RENEW_S, redis_now
 
 if TYPE_CHECKING:
     from gateway.events import EventSink
@@ -67,9 +67,8 @@ class SessionAgents:
         ``RedisError``/``OSError``: the caller refuses (fail closed, never dropped silently)."""
         holders = {o: d for o, d in (await self.board.holders(agent_id)).items() if o != self.owner}
         if holders:
-            order = Order(
-                action=action, by=who, reason=reason, via=self.owner, at=time.time(), agent=agent_id
-            )
+            at = await redis_now(self.board.redis)  # the holder judges its age on Redis's clock too
+            order = Order(action=action, by=who, reason=reason, via=self.owner, at=at, agent=agent_id)
             await self.board.order(sorted(holders), order.dumps(), ORDER_TTL_S)
         return holders
 
@@ -119,7 +118,8 @@ class SessionAgents:
         self._full_at = time.monotonic() + self.board.record_ttl_ms / 3000 if full else next_full
 
     async def _take_orders(self) -> None:
-        for order in filter(None, map(parse_order, await self.board.take_orders())):
+        raw, now = await self.board.take_orders()
+        for order in filter(None, (parse_order(r, now) for r in raw)):
             agent = self.runtime.agents.get(order.agent) if order.agent else None
             if agent is None or agent.hosted:  # ended since, or not a session agent: said, not done
                 doc = {"agent": order.agent, "by": order.by, "reason": order.reason, "via": order.via}

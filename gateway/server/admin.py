@@ -28,13 +28,17 @@ from gateway.server.approvals import approve_discovered, approve_tool, discovere
 from gateway.server.footprint import http_footprint
 from gateway.server.openapi import OPENAPI
 from gateway.server.operations import (
+    PRINCIPAL_ACTIONS,
+    PRINCIPAL_MAX,
     act_on_agent,
+    act_on_principal,
     audit_log,
     audit_query,
     audit_verify,
     hosted_elsewhere,
     not_here,
     policy_status,
+    principal_rows,
     shared_sessions,
     tool_rows,
     upstream_rows,
@@ -209,6 +213,11 @@ class AdminApi:
             Route("/agents/{id}", self.agent_view, methods=get),
             *(Route(f"/agents/{{id}}/{a}", _bind_action(self.agent_act, a), methods=post) for a in ACTIONS),
             Route("/agents/{id}/run", self.agent_run, methods=post),
+            Route("/principals", self.principals, methods=get),
+            *(
+                Route(f"/principals/{a}", _bind_action(self.principal_act, a), methods=post)
+                for a in PRINCIPAL_ACTIONS
+            ),
             Route("/status", self.status, methods=get),
             Route("/health", self.health, methods=get),
             Route("/openapi.json", self.openapi, methods=get),
@@ -381,6 +390,32 @@ class AdminApi:
         status, body = await act_on_agent(
             self.state, ref, action, request.scope["symbi.principal"].id, reason
         )
+        return JSONResponse(body, status_code=status)
+
+    async def principals(self, request: Request) -> Response:
+        rows = principal_rows(self.state)
+        if rows is None:
+            return _unavailable("agents", "gateway not started")
+        return JSONResponse({"suspended": rows})
+
+    async def principal_act(self, request: Request, action: str) -> Response:
+        shape = '{"principal": "key:ID | jwt:ISSUER#SUB | ...", "reason": "..."}'
+        doc = await _body(request, shape)
+        if isinstance(doc, JSONResponse):
+            return doc
+        doc = doc or {}
+        principal, reason = doc.get("principal"), doc.get("reason", "")
+        if not isinstance(principal, str) or not isinstance(reason, str):
+            return _err(400, "bad_request", f"body must be JSON {shape}")
+        source, colon, ident = principal.partition(":")
+        if not colon or not source or not ident or len(principal) > PRINCIPAL_MAX:
+            why = (
+                f"principal must be a qualified id of at most {PRINCIPAL_MAX} characters, as "
+                "`symbi agents list` and the refusals name it (key:alice, jwt:<issuer>#alice)"
+            )
+            return _err(400, "bad_request", why)
+        who = request.scope["symbi.principal"].id
+        status, body = await act_on_principal(self.state, principal, action, who, reason[:500])
         return JSONResponse(body, status_code=status)
 
     async def agent_run(self, request: Request) -> Response:

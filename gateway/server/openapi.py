@@ -183,6 +183,53 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _ok("AgentAction"), "404": _ERR, **_STD},
             }
         },
+        "/principals": {
+            "get": {
+                "summary": "The suspended principals: a session agent's suspension is its principal's",
+                "responses": {"200": _ok("PrincipalList"), "503": _ok("Unavailable"), **_STD},
+            }
+        },
+        **{
+            f"/principals/{action}": {
+                "post": {
+                    "summary": summary,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["principal"],
+                                    "properties": {
+                                        "principal": {
+                                            "type": "string",
+                                            "pattern": "^[^:]+:.",
+                                            "maxLength": 512,
+                                            "description": "qualified: key:ID, jwt:ISSUER#SUB, ...",
+                                        },
+                                        "reason": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _ok("PrincipalAction"),
+                        "202": _ok(
+                            "PrincipalAction", "done here; the shared state (Redis) gets it when it answers"
+                        ),
+                        "400": _ERR,
+                        "404": _ERR,
+                        "503": _ok("Unavailable"),
+                        **_STD,
+                    },
+                }
+            }
+            for action, summary in (
+                ("suspend", "Suspend a principal: every session agent of it is refused, on every replica"),
+                ("resume", "Clear a principal's suspension; its suspended session agents resume"),
+            )
+        },
         "/status": {
             "get": {
                 "summary": "HealthStatus: overall, components, resource utilisation, recent errors",

@@ -304,6 +304,7 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "name": {"type": "string"},
             "principal": {"type": "string"},
+            "qualified_principal": {"type": "string"},
             "client": {"type": "string"},
             "hosted": {"type": "boolean"},
             "priority": {"type": "integer", "minimum": 0, "maximum": 9},
@@ -314,6 +315,32 @@ SCHEMAS: dict[str, Any] = {
             "calls": {"type": "integer", "minimum": 0},
             "limits": {"type": "object"},
             "usage": {"type": ["object", "null"]},
+        },
+    },
+    "Principal": {
+        "type": "object",
+        "required": ["principal", "reason", "agent", "by", "at"],
+        "properties": {
+            "principal": {"type": "string"},
+            "reason": {"type": "string"},
+            "agent": {"type": "string", "description": "the agent whose suspension it came from, or empty"},
+            "by": {"type": "string", "description": "the operator who suspended it, or empty"},
+            "at": {"type": "number"},
+        },
+    },
+    "PrincipalList": {
+        "type": "object",
+        "required": ["suspended"],
+        "properties": {"suspended": {"type": "array", "items": {"$ref": REF + "Principal"}}},
+    },
+    "PrincipalAction": {
+        "type": "object",
+        "required": ["principal", "result", "resumed_here"],
+        "properties": {
+            "principal": {"type": "string"},
+            "result": {"type": "string"},
+            "resumed_here": {"type": "array", "items": {"type": "string"}},
+            "shared": {"type": "string"},
         },
     },
     "AgentList": {

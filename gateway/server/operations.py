@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from gateway.errors import AuditError, StateUnavailable
+from gateway.events import Event
 from gateway.runtime.identity import is_agent_id
 from gateway.runtime.orders import OPERATOR_EVENTS, Order, act
 from gateway.state.leases import process_name
@@ -124,7 +125,68 @@ async def act_on_agent(
     gw = state.gateway
     if shared_sessions(state) and gw is not None and gw.runtime.agents.resolve(ref) is None:
         return await pass_session_action(state, ref, action, who, reason)
-    return agent_action(state, ref, action, who, reason)
+    status, body = agent_action(state, ref, action, who, reason)
+    if status == 200 and gw is not None and action in ("suspend", "resume"):
+        await _shared_holds(state, body)  # its principal's suspension, on every replica
+    return status, body
+
+
+async def _shared_holds(state: HttpState, body: dict[str, Any]) -> bool:
+    """Wait (a state round trip at most) for this process's changes of the suspended
+    principals to be on Redis; when they are not, ``body`` says so. Whether they are."""
+    gw = state.gateway
+    assert gw is not None
+    if await gw.runtime.holds.flush(state.config.state.timeout_s):
+        return True
+    body["shared"] = (
+        "pending: the shared state (Redis) does not have it yet; this process acts on it now and "
+        "writes it when Redis answers, the other replicas act on it then"
+    )
+    return False
+
+
+PRINCIPAL_ACTIONS = ("suspend", "resume")
+PRINCIPAL_MAX = 512
+
+
+def principal_rows(state: HttpState) -> list[dict[str, Any]] | None:
+    """The suspended principals (qualified id, reason, the agent or operator, when), oldest
+    first; None when the gateway has not started."""
+    gw = state.gateway
+    if gw is None:
+        return None
+    return [h.as_json() for h in gw.runtime.holds.all()]
+
+
+async def act_on_principal(
+    state: HttpState, principal: str, action: str, who: str, reason: str
+) -> tuple[int, dict[str, Any]]:
+    """An operator suspends ``principal`` (qualified: every session agent of it is refused from
+    its next call, on every replica) or clears its suspension (its suspended session agents here
+    resume at once; the other replicas' when they see it cleared). 200 when done here and on the
+    shared state, 202 when Redis does not have it yet (retried), 404 when resuming a principal
+    that is not suspended."""
+    gw = state.gateway
+    if gw is None:
+        return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}
+    rt = gw.runtime
+    resumed: list[str] = []
+    if action == "suspend":
+        new = rt.suspend_principal(principal, reason or f"suspended by operator {who}", who)
+        result = "suspended" if new else "already suspended"
+    else:
+        held = rt.holds.drop(principal)
+        resumed = rt.release(principal, f"operator {who}: {reason or 'resume'}")
+        if held is None and not resumed and rt.holds.board is None:
+            return 404, {"error": "not_found", "reason": f"principal {principal!r} is not suspended"}
+        result = "resumed" if held is not None or resumed else "cleared on the shared state (not held here)"
+    body: dict[str, Any] = {"principal": principal, "result": result, "resumed_here": resumed}
+    gw.events.emit(
+        Event.PRINCIPAL_SUSPEND_REQUESTED if action == "suspend" else Event.PRINCIPAL_RESUME_REQUESTED,
+        {"principal": principal, "by": who, "reason": reason, "result": result, "resumed": resumed},
+        principal=who,
+    )
+    return (200 if await _shared_holds(state, body) else 202), body
 
 
 def agent_action(

@@ -171,10 +171,22 @@ class LeaseBoard(RedisUser):
             pipe.pexpire(ORDERS + name, int(ttl_s * 1000))
             await pipe.execute()
 
-    async def take_orders(self, name: str) -> list[bytes]:
-        """The orders left for ``name``, taken once: read and deleted in one transaction."""
+    async def take_orders(self, name: str) -> tuple[list[bytes], float]:
+        """The orders left for ``name``, taken once (read and deleted in one transaction), and
+        Redis's clock then (epoch s): an order's age is judged on the clock that stamped it."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.lrange(ORDERS + name, 0, -1)
             pipe.delete(ORDERS + name)
-            got, _ = await pipe.execute()
-        return list(got)
+            pipe.time()
+            got, _, (sec, usec) = await pipe.execute()
+        return list(got), sec + usec / 1e6
+
+    async def now(self) -> float:
+        """Redis's clock (epoch s): what orders are stamped with, so replicas' clocks never matter."""
+        return await redis_now(self.redis)
+
+
+async def redis_now(client: aioredis.Redis) -> float:
+    """The Redis server's clock (epoch s). Raises ``RedisError``/``OSError``."""
+    sec, usec = await client.time()
+    return float(sec) + float(usec) / 1e6

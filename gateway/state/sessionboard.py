@@ -108,13 +108,15 @@ class SessionBoard:
                 pipe.publish(WAKE + owner, "1")
             await pipe.execute()
 
-    async def take_orders(self) -> list[bytes]:
-        """The orders left for this process, taken once: read and deleted in one transaction."""
+    async def take_orders(self) -> tuple[list[bytes], float]:
+        """The orders left for this process, taken once (read and deleted in one transaction),
+        and Redis's clock then (epoch s): an order's age is judged on the clock that stamped it."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.lrange(INBOX + self.owner, 0, -1)
             pipe.delete(INBOX + self.owner)
-            got, _ = await pipe.execute()
-        return list(got)
+            pipe.time()
+            got, _, (sec, usec) = await pipe.execute()
+        return list(got), sec + usec / 1e6
 
     async def wakeups(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever an order is left for this process, until cancelled. Raises

@@ -3,7 +3,8 @@
 1. a policy decision with ``suspend_agent`` suspends the agent and refuses the call;
 2. the call waits for a slot of the priority scheduler (priority: the policy's ``priority``
    condition, else the agent's), within its agent's and its principal's caps; a full queue
-   (or the principal's share of it) refuses or preempts, never hangs;
+   (or the principal's share of it) refuses or preempts, never hangs; a call whose agent was
+   suspended or terminated (or whose principal was suspended) while it waited is refused then;
 3. it runs under the agent's execution-time budget: a breach cancels it, suspends the agent
    and answers ``BudgetExceeded``;
 4. the upstream's circuit breaker is asked first (open: ``UpstreamUnavailable`` at once);
@@ -123,6 +124,12 @@ class ScheduleStep:
         scheduler = rt.scheduler
         await scheduler.acquire(key, priority, limits.max_concurrent_calls, who)
         try:
+            # its agent (or principal) may have been suspended or terminated while this call
+            # waited for its slot or its decision: such a call never reaches the upstream (a
+            # queue of calls behind a budget breach ran one after another, each to its budget)
+            refused = rt.refused_now(agent) if agent is not None else None
+            if refused is not None:
+                raise refused
             breached, result = await self._budgeted(call, call_next, limits.execution_timeout_s)
         finally:
             scheduler.release(key, who)
@@ -167,6 +174,11 @@ class ScheduleStep:
         attempts = retry.attempts if call.tool is not None and retryable(call.tool.annotations) else 1
         delay = retry.backoff_s
         for attempt in range(1, attempts + 1):
+            if attempt > 1:  # after the back-off: the agent may have been stopped meanwhile
+                agent = self.runtime.agents.get(call.principal.agent)
+                refused = self.runtime.refused_now(agent) if agent is not None else None
+                if refused is not None:
+                    raise refused
             probe = breakers.before(upstream)  # open: UpstreamUnavailable now, no retry
             try:
                 result = await call_next(call)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway.config.sections import ResourcesSection
@@ -146,3 +148,32 @@ def test_release_frees_the_agents_place_in_whichever_slot_holds_it() -> None:
     assert pool.allocate("c", lim(1.0, 100), 1) == (1, [])
     with pytest.raises(BudgetExceeded):
         pool.allocate("d", lim(1.0, 100), 1)
+
+
+@pytest.mark.parametrize(
+    "body,key",
+    [
+        ("[runtime.resources]\ncpu_cores = inf\n", "runtime.resources.cpu_cores"),
+        ("[runtime.resources]\nexecution_timeout_s = inf\n", "runtime.resources.execution_timeout_s"),
+        ("[runtime]\naging_s = inf\n", "runtime.aging_s"),
+        ("[runtime.breaker]\nreset_s = inf\n", "runtime.breaker.reset_s"),
+        (
+            '[agents.a]\ncommand = "/bin/true"\n[agents.a.resources]\ncpu_cores = inf\n',
+            "agents.a.resources.cpu_cores",
+        ),
+        ('[agents.a]\ncommand = "/bin/true"\nrestart_backoff_s = inf\n', "agents.a.restart_backoff_s"),
+    ],
+)
+def test_an_infinite_budget_is_refused_at_load_naming_its_key(tmp_path: Path, body: str, key: str) -> None:
+    """Attack (a config typo, or a value pasted in): TOML's ``inf`` loaded as a budget. An
+    agent's ``cpu_cores = inf`` then raised OverflowError computing its cgroup's CPU quota, out
+    of the hosted agent's supervisor, which stopped the gateway; ``aging_s = inf`` turned the
+    scheduler's anti-starvation off."""
+    from gateway.config.load import load_config
+    from gateway.errors import ConfigError
+
+    p = tmp_path / "symbi.toml"
+    p.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        load_config(p, {})
+    assert key in str(err.value)

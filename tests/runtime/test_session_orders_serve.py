@@ -140,3 +140,27 @@ async def test_an_unknown_id_is_a_404_and_redis_down_a_503(
     redis_engine.stop()
     r = await _admin(base_b, admin, "POST", "/agents/agt-aaaaaaaaaaaaaaaaaaaa/terminate")
     assert r.status_code == 503 and r.json()["code"] == "state_unavailable", r.text
+
+
+async def test_a_suspension_on_one_replica_refuses_the_key_on_the_other(two: dict[str, Any]) -> None:
+    """Attack: suspended on replica A, the caller reconnects through replica B (before: a fresh
+    agent there, answered). The principal's suspension is on Redis (gateway/runtime/holds.py):
+    B refuses it; an operator's clear answered by B lets it call on A again."""
+    (base_a, base_b), admin = two["bases"], two["admin"]
+    async with session(base_a, two["caller"]) as on_a:
+        assert _code(await on_a.call_tool("mut__echo", {"message": "before"})) is None
+        agent = await _my_agent(base_a, admin)
+        r = await _admin(base_a, admin, "POST", f"/agents/{agent}/suspend", {"reason": "looks odd"})
+        assert r.status_code == 200, r.text
+        async with session(base_b, two["caller"]) as on_b:
+            assert _code(await on_b.call_tool("mut__echo", {"message": "elsewhere"})) == "agent_suspended"
+            listed = (await _admin(base_b, admin, "GET", "/principals")).json()["suspended"]
+            assert [h["principal"] for h in listed] == ["key:tester"]
+            r = await _admin(base_b, admin, "POST", "/principals/resume", {"principal": "key:tester"})
+            assert r.status_code == 200, r.text
+            assert _code(await on_b.call_tool("mut__echo", {"message": "cleared"})) is None
+
+        async def answered() -> bool:  # A resumes its own agent when it sees the clear
+            return _code(await on_a.call_tool("mut__echo", {"message": "again"})) is None
+
+        await _until("the client on A answered again", answered)

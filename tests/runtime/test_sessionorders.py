@@ -193,3 +193,32 @@ async def test_a_record_of_an_earlier_version_counts_until_its_own_expiry(redis_
     r.hset(SAGENT + agent_id, "replica-new-dead", json.dumps(doc))  # its liveness key expired
     assert list(await board.holders(agent_id)) == ["replica-old"]
     await client.aclose()
+
+
+class _Skewed:
+    """A replica's clock 60 s ahead (the rest of ``time`` as it is)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() + 60
+
+
+async def test_an_order_from_a_replica_whose_clock_is_off_is_carried_out(
+    two: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack (an ordinary fault): the passing replica's clock 60 s ahead. Orders were stamped
+    with its clock and judged against the holder's: every suspend it passed was dropped there as
+    stale (a warning in the holder's log), while the operator had a 202. Now both sides use
+    Redis's clock."""
+    (_, rt_a, _), (_, _, b) = two
+    agent = agent_of(rt_a)
+    await _until("on the board", lambda: bool(agent.id))
+    monkeypatch.setattr(sessionorders, "time", _Skewed())
+    deadline = time.monotonic() + BOUND_S
+    while not await b.pass_order(agent.id, "suspend", ADMIN, "skewed"):
+        assert time.monotonic() < deadline, "A's record never reached the board"
+        await anyio.sleep(0.05)
+    await _until("the suspension held on A", lambda: agent.suspend_pending is not None)

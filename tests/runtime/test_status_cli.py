@@ -100,10 +100,19 @@ def test_cli_status_resource_and_metrics(tmp_path: Path) -> None:
         assert json.loads(shown.stdout)["id"] == ops["id"]
         sus = symbi(cfg, base, admin, "agents", "suspend", ops["id"], "--reason", "cli test", "--json")
         assert sus.returncode == 0 and json.loads(sus.stdout)["result"] in ("pending", "suspended")
+        held = json.loads(symbi(cfg, base, admin, "agents", "suspended", "--json").stdout)
+        assert [h["principal"] for h in held] == ["key:ops"]  # a session agent's is its principal's
         res = symbi(cfg, base, admin, "agents", "resume", ops["id"])
         assert res.returncode == 0 and "Ready" in res.stdout
+        assert symbi(cfg, base, admin, "agents", "suspended").stdout.strip() == "no suspended principal"
         again = symbi(cfg, base, admin, "agents", "resume", ops["id"])
         assert again.returncode == 1 and "invalid_transition" in again.stderr
+        by_principal = symbi(cfg, base, admin, "agents", "suspend", "--principal", "key:ops", "--reason", "x")
+        assert by_principal.returncode == 0 and "key:ops: suspended" in by_principal.stdout
+        cleared = symbi(cfg, base, admin, "agents", "resume", "--principal", "key:ops")
+        assert cleared.returncode == 0 and "key:ops: resumed" in cleared.stdout
+        assert symbi(cfg, base, admin, "agents", "resume", "--principal", "key:ops").returncode == 1  # 404
+        assert symbi(cfg, base, admin, "agents", "resume").returncode == 2  # neither named
         assert symbi(cfg, base, admin, "agents", "show", "agt-nope").returncode == 1
         forbidden = symbi(cfg, base, user, "agents", "list")
         assert forbidden.returncode == 1 and "403" in forbidden.stderr

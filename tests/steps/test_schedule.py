@@ -515,7 +515,7 @@ def test_a_call_on_another_live_loop_gets_asyncios_timer() -> None:
     import asyncio
 
     rt = runtime(resources={"execution_timeout_s": 0.05})
-    _, p = session(rt)
+    agent, p = session(rt)
     step = ScheduleStep(rt)
     other = asyncio.new_event_loop()
     try:
@@ -535,6 +535,7 @@ def test_a_call_on_another_live_loop_gets_asyncios_timer() -> None:
         assert run(step, Endpoint(rt), call) == "result"  # a call in time is answered there too
         with pytest.raises(BudgetExceeded):
             run(step, Endpoint(rt, hang=True), call)
+        rt.resume(agent, "the breach was the test's")
         ep = Endpoint(rt, error=TimeoutError("its own"), fail=1)
         with pytest.raises(TimeoutError) as err:
             run(step, ep, call)

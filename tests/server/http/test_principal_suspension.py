@@ -1,0 +1,88 @@
+"""Attack: a suspended caller reconnects. A session agent's suspension was that session's: the
+same API key's next MCP session got a fresh agent and called on. Now the suspension is the
+principal's (gateway/runtime/holds.py): every session of the key is refused with a reason saying
+so and how an operator clears it, until an admin does (``POST /api/principals/resume``, or
+``resume`` of any of its agents); the clear is on the audit record. A real gateway over
+streamable HTTP with server-everything behind it, API keys and the admin API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, bearer, everything_config, make_keys, run_server
+from tests.server.http.test_fastlane import reply_to
+from tests.server.http.test_refusal_flood import KeySession
+
+
+def _reasons(s: KeySession) -> list[str]:
+    """The refusal reasons of a call (its ``symbi/error``)."""
+    s.ids += 1
+    body = {"jsonrpc": "2.0", "id": s.ids, "method": "tools/call",
+            "params": {"name": "everything__echo", "arguments": {"message": "hi"}}}  # fmt: skip
+    r = s.http.post(s.mcp, json=body, headers=s.h)
+    result: dict[str, Any] = reply_to(r, s.ids)["result"]
+    error = (result.get("_meta") or {}).get("symbi/error") or {}
+    return list(error.get("reasons") or [])
+
+
+def test_a_suspended_key_is_refused_in_its_next_session_until_an_operator_clears_it(tmp_path: Path) -> None:
+    (tmp_path / "policy.rego").write_text(DENY_FORBIDDEN_ECHO)
+    runtime = "[runtime]\nsuspend_after_denials = 1\n"  # the first denial suspends its agent
+    cfg = everything_config(tmp_path, top_extra=runtime, policy=tmp_path / "policy.rego")
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        first = KeySession(run.mcp, keys.user)
+        assert first.call("everything__echo", {"message": "forbidden"}) == "policy_denied"
+        assert first.call("everything__echo", {"message": "hi"}) == "agent_suspended"
+        first.close()
+        again = KeySession(run.mcp, keys.user)  # reconnect with the same key: a new session
+        assert again.call("everything__echo", {"message": "hi"}) == "agent_suspended"  # None before
+        reasons = _reasons(again)
+        assert any("key:bob" in r and "symbi agents resume --principal" in r for r in reasons), reasons
+        other = KeySession(run.mcp, keys.other_user)  # another principal is not held
+        assert other.call("everything__echo", {"message": "hi"}) is None
+
+        api = run.base + "/api/principals"
+        listed = httpx.get(api, headers=bearer(keys.admin)).json()["suspended"]
+        assert [h["principal"] for h in listed] == ["key:bob"]
+        assert (
+            httpx.post(api + "/resume", json={"principal": "key:bob"}, headers=bearer(keys.user)).status_code
+            == 403
+        )
+        r = httpx.post(
+            api + "/resume", json={"principal": "key:bob", "reason": "checked"}, headers=bearer(keys.admin)
+        )
+        assert r.status_code == 200, r.text
+        assert again.call("everything__echo", {"message": "hi"}) is None  # its agent resumed
+        assert KeySession(run.mcp, keys.user).call("everything__echo", {"message": "hi"}) is None
+        assert httpx.get(api, headers=bearer(keys.admin)).json()["suspended"] == []
+        r = httpx.post(api + "/resume", json={"principal": "key:bob"}, headers=bearer(keys.admin))
+        assert r.status_code == 404  # nothing to clear
+
+        # an operator suspends the principal: every session refused, at once
+        r = httpx.post(
+            api + "/suspend", json={"principal": "key:bob", "reason": "audit"}, headers=bearer(keys.admin)
+        )
+        assert r.status_code == 200, r.text
+        assert again.call("everything__echo", {"message": "hi"}) == "agent_suspended"
+        events = httpx.get(run.base + "/api/audit/query?type=principal.resume_requested,principal.suspended",
+                           headers=bearer(keys.admin)).json()["events"]  # fmt: skip
+        kinds = [(e["type"], e["details"].get("principal")) for e in events]
+        assert (
+            kinds.count(("principal.suspended", "key:bob")) == 2
+            and ("principal.resume_requested", "key:bob") in kinds
+        )
+        [cleared] = [e for e in events if e["type"] == "principal.resume_requested"]
+        assert cleared["principal"] == "alice" and cleared["details"]["reason"] == "checked"
+
+
+def test_a_principal_is_named_qualified(tmp_path: Path) -> None:
+    cfg = everything_config(tmp_path)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        api = run.base + "/api/principals/suspend"
+        for body in ({"principal": "bob"}, {"principal": 7}, {}, {"principal": "key:" + "x" * 600}):
+            assert httpx.post(api, json=body, headers=bearer(keys.admin)).status_code == 400, body

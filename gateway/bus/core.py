@@ -310,8 +310,11 @@ class Bus(Membership):
     # -- receiving -------------------------------------------------------------------------
 
     async def receive(
-        self, principal: Principal, *, max_items: int = 16, wait_s: float = 0.0
+        self, principal: Principal, *, max_items: int = 16, wait_s: float = 0.0, max_bytes: int | None = None
     ) -> list[Received]:
+        """Up to ``max_items`` messages, oldest first, waiting up to ``wait_s`` for one; with
+        ``max_bytes`` only as many as fit it (``Received.result_bytes``, the first always): the
+        others stay for the next receive."""
         me = await self._me(principal)
         if not (1 <= max_items <= 1000):
             raise ArgumentsInvalid("max must be between 1 and 1000")
@@ -320,14 +323,20 @@ class Bus(Membership):
         granted = grants(self._authorize, principal, self._emit) if self._authorize is not None else None
         while True:
             left = max(deadline - time.monotonic(), 0.0)
-            got = await self._take(me.agent, me.agent, max_items, left, granted)
+            got = await self._take(me.agent, me.agent, max_items, left, granted, max_bytes)
             if got or time.monotonic() >= deadline:
                 return got
 
     async def _take(
-        self, agent: str, inbox: str, max_items: int, wait_s: float, granted: Granted | None = None
+        self,
+        agent: str,
+        inbox: str,
+        max_items: int,
+        wait_s: float,
+        granted: Granted | None = None,
+        max_bytes: int | None = None,
     ) -> list[Received]:
-        out = await self.receiver.take(agent, inbox, max_items, wait_s, granted)
+        out = await self.receiver.take(agent, inbox, max_items, wait_s, granted, max_bytes)
         for r in out:
             if r.kind == "request":  # answerable with reply() until it expires
                 await self.counts.open_add(agent, r.id, r.sender, r.expires_ms)

@@ -37,7 +37,7 @@ from gateway.errors import (
 )
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
-from gateway.screen.screener import json_texts, screen_texts
+from gateway.screen.screener import json_keys, json_texts, screen_texts
 
 __all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "validate_topic"]
 
@@ -136,7 +136,10 @@ class Bus(Membership):
             ContentFlagged: nothing is sent.
         """
         data = self.sealer.body(body)
-        flagged = screen_texts(json_texts("body", body)).at_least("high")
+        screened = screen_texts(
+            json_texts("body", body), names=json_keys("body", body), joined="body (joined)"
+        )
+        flagged = screened.at_least("high")
         if flagged:
             reasons = [f"{f.field}: {f.summary} ({f.rule})" for f in flagged]
             self._emit(Event.BUS_DENIED, {"kind": kind, "reasons": reasons}, principal)

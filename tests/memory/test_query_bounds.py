@@ -51,3 +51,19 @@ def test_bm25_reads_a_bounded_number_of_keywords_identifiers_first(manager: Cont
     assert len(q.keywords) == MAX_KEYWORDS and q.keywords[:2] == ("error-e1234", "flag_x")
     short = RagPipeline(manager).analyse("where is flag_x set")
     assert short.keywords == ("flag_x", "set")  # a query under the bound keeps its words
+
+
+async def test_a_rag_prompt_budget_that_is_not_a_number_is_refused_with_a_reason(tmp_path: Path) -> None:
+    from gateway.context import CallContext
+
+    async with gateway(_config(tmp_path)) as gw:
+        with pytest.raises(ContextError):
+            await gw.call(
+                CallContext(
+                    principal=ALICE,
+                    kind="prompts/get",
+                    target="knowledge__rag",
+                    arguments={"query": "where do bikes go", "budget_tokens": "lots"},
+                    upstream=gw.upstream_info("knowledge"),
+                )
+            )

@@ -63,6 +63,10 @@ class BusBackend(Protocol):
         """The agent ended for good: its directory entry (and ``name`` if it still names it),
         its subscriptions and its inboxes go; what waited there counts as expired."""
 
+    async def leave(self, agent: str, inboxes: tuple[str, ...]) -> None:
+        """The agent ended for good but its directory entry stays (what it sent is verified
+        with it): its subscriptions, the requests it may answer and its inboxes go now."""
+
     def footprint(self) -> dict[str, int]:
         """Sizes of what this backend holds in memory per agent or inbox (for ``/api/state``)."""
 

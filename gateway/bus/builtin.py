@@ -125,6 +125,20 @@ TEMPLATES = [
 ]
 
 
+# the result's own bytes around its messages ({"content":[{"type":"text","text":"{\"messages\": []}"}],...})
+RESULT_ENVELOPE_BYTES = 512
+
+
+def receive_budget(call: CallContext) -> int | None:
+    """The bytes of messages one ``bus__receive`` may take: its result must fit the policy's
+    ``max_result_bytes``, since a result cut to it after the messages were settled loses them
+    (marked delivered, never read). None: no cap."""
+    cap = call.decision.conditions.get("max_result_bytes") if call.decision is not None else None
+    if not isinstance(cap, int) or isinstance(cap, bool):
+        return None
+    return max(cap - RESULT_ENVELOPE_BYTES, 0)
+
+
 class BusBuiltin:
     name = SERVER_NAME
     code_tools = False
@@ -164,10 +178,14 @@ class BusBuiltin:
         if call.audit_arguments is not None and "body" in call.audit_arguments:
             call.audit_arguments = {**call.audit_arguments, "body": NOT_RECORDED}
         assert call.tool is not None
-        handler = self._handlers.get(call.tool.original_name)
+        name = call.tool.original_name
+        handler = self._handlers.get(name)
         if handler is None:
-            raise UnknownTool(f"no bus tool {call.tool.original_name!r}")
-        out = await handler(call.principal, call.arguments)
+            raise UnknownTool(f"no bus tool {name!r}")
+        if name == "receive":
+            out = await self._receive(call.principal, call.arguments, receive_budget(call))
+        else:
+            out = await handler(call.principal, call.arguments)
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=json.dumps(out))], structured_content=out
         )
@@ -198,9 +216,9 @@ class BusBuiltin:
     async def _unsubscribe(self, p: Principal, a: dict[str, Any]) -> dict[str, Any]:
         return {"unsubscribed": await self.bus.unsubscribe(p, a.get("topic"))}
 
-    async def _receive(self, p: Principal, a: dict[str, Any]) -> dict[str, Any]:
+    async def _receive(self, p: Principal, a: dict[str, Any], max_bytes: int | None = None) -> dict[str, Any]:
         got = await self.bus.receive(
-            p, max_items=int(a.get("max", 16)), wait_s=int(a.get("wait_ms", 0)) / 1000
+            p, max_items=int(a.get("max", 16)), wait_s=int(a.get("wait_ms", 0)) / 1000, max_bytes=max_bytes
         )
         return {"messages": [r.as_dict() for r in got]}
 

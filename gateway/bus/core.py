@@ -37,7 +37,7 @@ from gateway.errors import (
 )
 from gateway.events import Event, EventSink
 from gateway.policy.inputdoc import CallCounters
-from gateway.screen.screener import json_texts, screen_texts
+from gateway.screen.screener import json_keys, json_texts, screen_texts
 
 __all__ = ["Authorizer", "Bus", "Published", "Received", "pattern_regex", "validate_topic"]
 
@@ -136,7 +136,10 @@ class Bus(Membership):
             ContentFlagged: nothing is sent.
         """
         data = self.sealer.body(body)
-        flagged = screen_texts(json_texts("body", body)).at_least("high")
+        screened = screen_texts(
+            json_texts("body", body), names=json_keys("body", body), joined="body (joined)"
+        )
+        flagged = screened.at_least("high")
         if flagged:
             reasons = [f"{f.field}: {f.summary} ({f.rule})" for f in flagged]
             self._emit(Event.BUS_DENIED, {"kind": kind, "reasons": reasons}, principal)
@@ -310,8 +313,11 @@ class Bus(Membership):
     # -- receiving -------------------------------------------------------------------------
 
     async def receive(
-        self, principal: Principal, *, max_items: int = 16, wait_s: float = 0.0
+        self, principal: Principal, *, max_items: int = 16, wait_s: float = 0.0, max_bytes: int | None = None
     ) -> list[Received]:
+        """Up to ``max_items`` messages, oldest first, waiting up to ``wait_s`` for one; with
+        ``max_bytes`` only as many as fit it (``Received.result_bytes``, the first always): the
+        others stay for the next receive."""
         me = await self._me(principal)
         if not (1 <= max_items <= 1000):
             raise ArgumentsInvalid("max must be between 1 and 1000")
@@ -320,14 +326,20 @@ class Bus(Membership):
         granted = grants(self._authorize, principal, self._emit) if self._authorize is not None else None
         while True:
             left = max(deadline - time.monotonic(), 0.0)
-            got = await self._take(me.agent, me.agent, max_items, left, granted)
+            got = await self._take(me.agent, me.agent, max_items, left, granted, max_bytes)
             if got or time.monotonic() >= deadline:
                 return got
 
     async def _take(
-        self, agent: str, inbox: str, max_items: int, wait_s: float, granted: Granted | None = None
+        self,
+        agent: str,
+        inbox: str,
+        max_items: int,
+        wait_s: float,
+        granted: Granted | None = None,
+        max_bytes: int | None = None,
     ) -> list[Received]:
-        out = await self.receiver.take(agent, inbox, max_items, wait_s, granted)
+        out = await self.receiver.take(agent, inbox, max_items, wait_s, granted, max_bytes)
         for r in out:
             if r.kind == "request":  # answerable with reply() until it expires
                 await self.counts.open_add(agent, r.id, r.sender, r.expires_ms)

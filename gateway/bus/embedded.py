@@ -105,6 +105,10 @@ class EmbeddedBackend:
         del name  # the row holds it
         with write_transaction(self.db):
             self.db.execute("DELETE FROM keys WHERE agent=?", (agent,))
+        await self.leave(agent, inboxes)
+
+    async def leave(self, agent: str, inboxes: tuple[str, ...]) -> None:
+        with write_transaction(self.db):
             self.db.execute("DELETE FROM subs WHERE agent=?", (agent,))
             marks = ",".join("?" * len(inboxes))
             cur = self.db.execute(

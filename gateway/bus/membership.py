@@ -125,7 +125,10 @@ class Membership:
         channel = f"agent:{agent}"
         self.sealer.last = {k: v for k, v in self.sealer.last.items() if k[0] != agent and k[1] != channel}
         self.counts.forget(agent)
-        return self.retirements.ended(agent, self._names.pop(agent, ""), now_ms)
+        if self.retirements.ended(agent, self._names.pop(agent, ""), now_ms):
+            return True
+        self.retirements.leave_soon(agent)  # its entry stays for what it sent; nothing reaches it
+        return False
 
     async def forget_left_behind(self) -> None:
         """At start: the agents whose id never comes back that an earlier run did not end (it
@@ -137,6 +140,7 @@ class Membership:
             # bus.max_age_s and is verified with its entry, so the expiry sweep removes that later
             self.retirements.sent(agent, now + self.max_age_ms)
             self.retirements.ended(agent, name, now)
+            self.retirements.leave_soon(agent)
         self.ring.left_behind = []
         self.ring.park_unended(now)  # and those whose id recurs: kept for a return, from now
 

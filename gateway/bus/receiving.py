@@ -2,9 +2,15 @@
 
 Checks, in order: the sender's signature (key from the HMAC-authenticated directory), the
 recipient (this agent, in the right inbox; for a topic message also a subscription), the timestamp
-window, then the replay window by id (for the whole batch in one write). Only a message that
-passed all of them is decrypted. A failure is settled as rejected with a reason, counted,
-audited (``bus.rejected``) and never delivered.
+window; only a message that passed them is decrypted; then the replay window by id (for the
+whole batch in one write). A failure is settled as rejected with a reason, counted, audited
+(``bus.rejected``) and never delivered.
+
+A receive may carry a byte budget (``bus__receive``: the policy's ``max_result_bytes``): the
+messages are taken in order while what they add to the result fits it (the first always), and
+the rest stay pending for the next receive. A result cut to the cap after its messages were
+settled lost them: marked delivered, never read (a peer's few large messages hid the ones
+behind them in the batch).
 
 A topic message whose topic the receiver may no longer subscribe to (the policy asked again,
 once per topic, before the replay window) is neither rejected nor settled: it stays pending,
@@ -63,6 +69,16 @@ class Received:
             "body": self.body,
         }
 
+    def result_bytes(self) -> int:
+        """What this message adds to a tool result that carries it twice, as the built-in's
+        does: in the text content (its JSON, escaped again as a JSON string) and in
+        ``structuredContent`` (its JSON), with the separators between items."""
+        d = self.as_dict()
+        text = json.dumps(d)
+        return (
+            len(json.dumps(text)) + len(json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode()) + 4
+        )
+
 
 class Receiver:
     """The receive checks of one bus (and the verified sender keys they use)."""
@@ -80,15 +96,22 @@ class Receiver:
         self.held: dict[str, int] = {}  # inbox -> topic messages left pending (no longer granted)
 
     async def take(
-        self, agent: str, inbox: str, max_items: int, wait_s: float, granted: Granted | None = None
+        self,
+        agent: str,
+        inbox: str,
+        max_items: int,
+        wait_s: float,
+        granted: Granted | None = None,
+        max_bytes: int | None = None,
     ) -> list[Received]:
         """Fetch, check, settle: what passed every check, in inbox order. A topic message whose
         topic ``granted`` refuses now is left pending (never marked delivered nor seen): it is
-        received once the grant is back, or expires (counted)."""
+        received once the grant is back, or expires (counted). With ``max_bytes``, the messages
+        past what fits it (``Received.result_bytes``; the first is always taken) stay pending too."""
         n = max_items + self.held.get(inbox, 0)  # those left pending last time are fetched along
         while True:
             pending = await self.backend.fetch(inbox, n, wait_s)
-            out, held = await self._settle(agent, inbox, pending, max_items, granted)
+            out, held = await self._settle(agent, inbox, pending, max_items, granted, max_bytes)
             if held:
                 self.held[inbox] = held
             else:
@@ -102,30 +125,46 @@ class Receiver:
         return out
 
     async def _settle(
-        self, agent: str, inbox: str, pending: list[Pending], max_items: int, granted: Granted | None
+        self,
+        agent: str,
+        inbox: str,
+        pending: list[Pending],
+        max_items: int,
+        granted: Granted | None,
+        max_bytes: int | None = None,
     ) -> tuple[list[Received], int]:
-        """Check and settle a fetched batch: what passed (at most ``max_items``; those past it
-        stay pending), and how many were held back (no longer granted: left pending)."""
+        """Check and settle a fetched batch: what passed (at most ``max_items``, and within
+        ``max_bytes``; those past either stay pending), and how many were held back (no longer
+        granted: left pending)."""
         if not pending:
             return [], 0
         outcomes, passed = await self._checked(agent, inbox, pending)
         kept = [x for x in passed if granted is None or x[1].topic is None or await granted(x[1].topic)]
         held = len(passed) - len(kept)
-        kept = kept[:max_items]
+        opened: list[tuple[Pending, SecureMessage, Received]] = []
+        spent = 0
+        for p, msg, dh_pub in kept[:max_items]:
+            received = self._open_message(agent, inbox, msg, dh_pub)  # only now: decrypt
+            if received is None:
+                outcomes[p.ref] = "rejected"
+                continue
+            if max_bytes is not None:
+                spent += received.result_bytes()
+                if opened and spent > max_bytes:
+                    break  # this one and those after it stay pending (neither seen nor settled)
+            opened.append((p, msg, received))
         # 4. the replay window, for the whole batch at once (one write)
         fresh = await self.backend.first_seen(
-            agent, [(m.id, m.timestamp_ms + self.max_age_ms + 2 * self.skew_ms) for _, m, _ in kept]
+            agent, [(m.id, m.timestamp_ms + self.max_age_ms + 2 * self.skew_ms) for _, m, _ in opened]
         )
         out: list[Received] = []
-        for p, msg, dh_pub in kept:
+        for p, msg, received in opened:
             if msg.id not in fresh:
                 outcomes[p.ref] = self._reject(agent, inbox, msg, "replayed id")
                 continue
             fresh.discard(msg.id)  # the same id twice in one batch: the second is a replay
-            received = self._open_message(agent, inbox, msg, dh_pub)  # only now: decrypt
-            outcomes[p.ref] = "delivered" if received is not None else "rejected"
-            if received is not None:
-                out.append(received)
+            outcomes[p.ref] = "delivered"
+            out.append(received)
         await self.backend.settle(inbox, [(p.ref, outcomes[p.ref]) for p in pending if p.ref in outcomes])
         return out, held
 

@@ -99,6 +99,24 @@ for i = 8, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
 
+# an agent that ended for good whose entry stays (what it sent is verified with it): its
+# subscriptions, open requests and inboxes (KEYS: subs, open, open:q, open:n, subs:n,
+# inboxes...; ARGV: agent)
+_LEAVE = """
+local mine = ARGV[1] .. '\\0'
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #mine) == mine then redis.call('HDEL', KEYS[1], f) end
+end
+for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[3], '[' .. mine, '(' .. ARGV[1] .. '\\1')) do
+  redis.call('HDEL', KEYS[2], mine .. string.sub(q, #mine + 22))
+end
+redis.call('ZREMRANGEBYLEX', KEYS[3], '[' .. mine, '(' .. ARGV[1] .. '\\1')
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
+return 1
+"""
+
 # the subscriptions and each agent's count of them
 SUBS_KEYS = (PREFIX + "subs", PREFIX + "subs:n")
 # the open requests (gateway.bus.redis_counts): open, open:q, open:n, open:seq
@@ -116,6 +134,7 @@ class RedisBackend:
         self._r: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._forget = self._r.register_script(_FORGET)
+        self._leave = self._r.register_script(_LEAVE)
         self._sub_add = self._r.register_script(_SUB_ADD)
         self._sub_del = self._r.register_script(_SUB_DEL)
         self._groups: set[str] = set()
@@ -199,6 +218,13 @@ class RedisBackend:
                 ],
                 args=[agent, name],
             )
+        )
+        self._groups.difference_update(streams)
+
+    async def leave(self, agent: str, inboxes: tuple[str, ...]) -> None:
+        streams = [self._inbox(i) for i in inboxes]
+        await self.run(
+            self._leave(keys=[*SUBS_KEYS[:1], *OPEN_KEYS[:3], SUBS_KEYS[1], *streams], args=[agent])
         )
         self._groups.difference_update(streams)
 

@@ -30,6 +30,7 @@ class Retirements:
         self.sent_until: dict[str, int] = {}  # live agent -> expiry (ms) of the last message it sent
         self.retiring: dict[str, tuple[str, int]] = {}  # ended agent -> (its name, entry kept until ms)
         self.removing: dict[str, asyncio.Task[None]] = {}  # removals under way, one per agent
+        self._leaving: set[asyncio.Task[None]] = set()  # subscriptions and inboxes going (``leave_soon``)
 
     def sent(self, agent: str, expires_ms: int) -> None:
         if expires_ms > self.sent_until.get(agent, 0):
@@ -40,6 +41,23 @@ class Retirements:
         until = self.sent_until.pop(agent, 0)
         self.retiring[agent] = (name, until)
         return until <= now_ms
+
+    def leave_soon(self, agent: str) -> None:
+        """Its entry stays for what it sent, but nothing more reaches it: its subscriptions and
+        inboxes go now (a topic kept delivering to an ended agent until what it sent expired,
+        up to ``bus.max_age_s``: each publication sealed and stored a copy nobody reads)."""
+        try:
+            task = asyncio.get_running_loop().create_task(self._leave(agent))
+        except RuntimeError:  # no loop: they go with its entry at the expiry sweep
+            return
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
+    async def _leave(self, agent: str) -> None:
+        try:
+            await self.backend.leave(agent, (agent, agent + REPLY_SUFFIX))
+        except Exception as e:  # noqa: BLE001 - they go with its entry at the expiry sweep
+            _logger.warning("bus: removing the subscriptions of ended agent %s failed: %s", agent, e)
 
     async def remove(self, agent: str) -> bool:
         name, _ = self.retiring.get(agent, ("", 0))

@@ -132,7 +132,10 @@ class MemoryAccess:
             ContentFlagged: nothing is stored.
         """
         fields = [("text", text), *((f"metadata.{k}", v) for k, v in metadata.items() if isinstance(v, str))]
-        flagged = screen_texts(fields).at_least("high")
+        # its keys too (returned with it), and all of it as one text (an instruction split
+        # between the text and a metadata value)
+        keys = [(f"metadata.{k} (key)", k) for k in metadata]
+        flagged = screen_texts(fields, names=keys, joined="text and metadata (joined)").at_least("high")
         if not flagged:
             return
         reasons = [f"{f.field}: {f.summary} ({f.rule})" for f in flagged]

@@ -355,7 +355,7 @@ class KnowledgeBuiltin:
         call.arguments = {
             "query": a.get("query", ""),
             "bases": [b for b in str(a.get("bases", "")).split(",") if b] or None,
-            "budget_tokens": int(a.get("budget_tokens") or 1500),
+            "budget_tokens": _prompt_int(a.get("budget_tokens"), 1500),
         }
         res = await self._context(call)
         return types.GetPromptResult(
@@ -369,6 +369,17 @@ class KnowledgeBuiltin:
                 )
             ],
         )
+
+
+def _prompt_int(value: Any, default: int) -> int:
+    """A prompt argument (a string) as an integer, or a refusal naming it (``int`` of a
+    non-number raised a ValueError: an internal error instead of a reason)."""
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ContextError(f"arguments.budget_tokens: expected an integer, got {str(value)[:40]!r}") from None
 
 
 def rag_prompt(query: str, context: str) -> str:

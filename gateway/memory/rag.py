@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.memory.manager import ContextManager, check_name, knowledge_item
+from gateway.memory.manager import ContextManager, check_name, check_query, knowledge_item
 from gateway.memory.types import KnowledgeItem
 
 # Score fusion: cosine + BM25_WEIGHT * (BM25 / best BM25 of the candidates) + recency. Rank
@@ -41,6 +41,9 @@ NEAR_DUPLICATE = 0.98
 RECENCY_HALF_LIFE_S = 30 * 86_400.0
 RECENCY_WEIGHT = 0.02
 MAX_BM25_CHUNKS = 200_000  # above this a base is searched by vector only (memory bound)
+# BM25 scores every chunk of a base once per keyword (rank_bm25 loops in Python): a query's
+# keywords are capped, its identifier-like ones first (those are why keyword search runs)
+MAX_KEYWORDS = 32
 _STOP = frozenset(
     [
         "a",
@@ -181,9 +184,12 @@ class RagPipeline:
     def analyse(self, text: str) -> QueryAnalysis:
         norm = " ".join(text.split())
         phrases = tuple(p.lower() for p in re.findall(r'"([^"]{2,})"', norm))
-        kws = tuple(dict.fromkeys(tokens(norm)))
-        exact = tuple(k for k in kws if _IDENT.search(k))
-        return QueryAnalysis(norm, kws, phrases, norm.rstrip().endswith("?"), exact)
+        every = tuple(dict.fromkeys(tokens(norm)))
+        exact = tuple(k for k in every if _IDENT.search(k))
+        kws = every
+        if len(every) > MAX_KEYWORDS:
+            kws = (exact + tuple(k for k in every if not _IDENT.search(k)))[:MAX_KEYWORDS]
+        return QueryAnalysis(norm, kws, phrases, norm.rstrip().endswith("?"), exact[:MAX_KEYWORDS])
 
     def _index(self, base: str) -> _Bm25Index | None:
         n = self.m.store.count({"kind": "knowledge", "base": base})
@@ -217,7 +223,7 @@ class RagPipeline:
         t: dict[str, float] = {}
         clock = time.perf_counter
         s = clock()
-        q = self.analyse(text)
+        q = self.analyse(check_query(text))
         bases = [check_name(b, "base") for b in bases]
         t["query_analysis"] = clock() - s
         if not bases:  # nothing to search (none exists, or the policy allows none)

@@ -97,16 +97,44 @@ _NAME_RULES = frozenset({"SP001", "SP002", "SP003", "SP004"})
 _HUMPS = re.compile(r"(?<=[a-z])(?=[A-Z])")
 
 
-def screen_texts(texts: Iterable[tuple[str, str]]) -> Screening:
+def screen_texts(
+    texts: Iterable[tuple[str, str]], *, names: Iterable[tuple[str, str]] = (), joined: str | None = None
+) -> Screening:
     """Free text one party writes for others to read (a shared memory and its metadata, a bus
-    message), screened with the definitions' text rules: ``texts`` are (field, text) pairs."""
-    return Screening(tuple(_dedupe([f for field, text in texts for f in _text_findings(field, text)])))
+    message), screened with the definitions' text rules: ``texts`` are (field, text) pairs.
+
+    ``names``: (field, key) pairs read as identifiers are (words split at ``_``, ``-`` and case
+    humps; the rules that speak to the model only), since a key reaches the reader's model as
+    its value does (``ignore_all_previous_instructions``). ``joined``: the field under which the
+    texts are screened again as one text, in order, for an instruction split over several
+    strings (``["Ignore all previous", "instructions and ..."]``)."""
+    texts = list(texts)
+    found = [f for field, text in texts for f in _text_findings(field, text)]
+    found += [f for field, name in names for f in _identifier_findings(field, name)]
+    if joined is not None and len(texts) > 1:
+        rules = {f.rule for f in found}
+        whole = " ".join(text for _, text in texts)
+        found += [f for f in _text_findings(joined, whole) if f.rule not in rules]
+    return Screening(tuple(_dedupe(found)))
 
 
 def json_texts(field: str, value: Any) -> Iterator[tuple[str, str]]:
     """(field, text) of every string in a JSON value, and of its keys long enough to say
     something: ``body.notes[2]``, ``body.<key>``."""
     return _strings(field, value, keys=True)
+
+
+def json_keys(field: str, value: Any) -> Iterator[tuple[str, str]]:
+    """(field, key) of every key in a JSON value long enough to say something (``names`` of
+    ``screen_texts``)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(k, str) and len(k) >= _KEY_TEXT:
+                yield f"{field}.{k}", k
+            yield from json_keys(f"{field}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from json_keys(f"{field}[{i}]", v)
 
 
 def _identifier_findings(field: str, name: str) -> Iterator[Finding]:

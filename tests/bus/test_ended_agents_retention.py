@@ -238,3 +238,39 @@ async def test_agents_a_stopped_run_left_go_after_the_retention_in_the_next(
         await _bus(gw).expire()
         assert _stored_keys(gw) == 1  # only the one that came back
         assert _count(gw.config.bus_path, "keys") == 1
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+async def test_an_ended_session_agent_receives_no_more_publications(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Attack (session 40): an HTTP session's agent that subscribed to a topic and sent one
+    message kept its subscription after its session ended, until that message expired
+    (``bus.max_age_s``, a day by default): every publication sealed and stored a copy for it
+    that nobody can read. Ended agents do not count against ``max_agents_per_principal``, so
+    one principal piled up such subscribers (open a session, subscribe, send, close), and each
+    publication on the topic, anyone's, sealed one more copy per subscriber on the event loop.
+    Now an ended agent's subscriptions and inboxes go when it ends; its entry stays for what
+    it sent."""
+    bus_cfg = "[bus]\nexpire_interval_s = 0.1\n"
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        bus_cfg += f'backend = "redis"\nurl = "{server.url}"\n'
+    gw = _gateway(tmp_path, bus_cfg)
+    async with gw.running():
+        publisher = _as(gw, MALLORY, "publisher", "key:k1")
+        await call(gw, publisher, "receive")
+        for i in range(5):
+            me = _as(gw, MALLORY, "churn", f"http:s{i}")  # an HTTP session id never comes back
+            await call(gw, me, "subscribe", topic="team.news")
+            await call(gw, me, "send", to=publisher.agent, body="still alive")  # keeps its entry
+            await anyio.lowlevel.checkpoint()
+            gw.runtime.close_session(f"http:s{i}", "shutdown: the client closed its session")
+            gw.runtime.sweep()
+        with anyio.fail_after(5):
+            while (await _bus(gw).backend.subscriptions()) != {}:
+                await anyio.sleep(0.05)
+        published = await call(gw, publisher, "publish", topic="team.news", body="hello")
+        assert published["delivered_to"] == 0
+        got = await call(gw, publisher, "receive", max=10)
+        assert [m["body"] for m in got["messages"]] == ["still alive"] * 5  # verified: entries kept

@@ -239,3 +239,51 @@ async def test_topic_copies_count_against_the_subscribers_budget_not_the_publish
         ]
     assert refused[:3] == [[], [], []]
     assert refused[3]  # carol's budget (3 copies a publication) ran out, dave's (one each) did not
+
+
+async def _drain(gw: Gateway, who: Principal, cap: int) -> list[Any]:
+    """Receive until the inbox is empty: every result within the policy's cap, never cut."""
+    from gateway.policy.results import TRUNCATION_MARK, result_size
+
+    got: list[Any] = []
+    for _ in range(20):
+        r = await call(gw, who, "receive", max=100)
+        mark = TRUNCATION_MARK.format(cap=cap).strip()
+        assert result_size(r) <= cap and not any(mark in c.text for c in r.content)
+        batch = data(r)["messages"]
+        if not batch:
+            return got
+        got += [m["body"] for m in batch]
+    raise AssertionError("the inbox never emptied")
+
+
+async def test_a_peers_large_messages_cannot_hide_the_ones_behind_them(gw: Gateway) -> None:
+    """Attack (session 40): ``bus__receive`` settled a batch as delivered, then the policy's
+    ``max_result_bytes`` (1 MB here) cut the result: the messages past the cap were lost, marked
+    delivered and never read. A peer allowed to message the victim sent four 250 KB bodies
+    ahead of a colleague's message, and the colleague's message was gone. Now a receive takes
+    only what fits its result; the rest waits for the next one."""
+    cap = 1_048_576  # tests/assets/policy/test-data.json: max_result_bytes "*"
+    colleague = Principal(id="tester", roles=("tester",), agent="ag-c")
+    await call(gw, B, "receive")
+    for _ in range(4):
+        data(await call(gw, A, "send", to="ag-b", body="x" * 250_000))
+    data(await call(gw, colleague, "send", to="ag-b", body="the deploy is at noon"))
+    got = await _drain(gw, B, cap)
+    assert got == ["x" * 250_000] * 4 + ["the deploy is at noon"]
+
+
+async def test_a_message_too_large_for_any_result_hides_only_itself(gw: Gateway) -> None:
+    """A body of emoji is escaped twice in the result's text (``\\ud83d\\ude00``) and kept in
+    its structured content: 240 KB on the bus are more than the 1 MB cap alone. It is taken
+    alone (and cut by the cap, its sender's loss); what follows it is received whole."""
+    from gateway.policy.results import TRUNCATION_MARK
+
+    colleague = Principal(id="tester", roles=("tester",), agent="ag-c")
+    await call(gw, B, "receive")
+    data(await call(gw, A, "send", to="ag-b", body="\U0001f600" * 60_000))
+    data(await call(gw, colleague, "send", to="ag-b", body="still here"))
+    first = await call(gw, B, "receive", max=100)
+    mark = TRUNCATION_MARK.format(cap=1_048_576).strip()
+    assert any(mark in c.text for c in first.content)  # alone, cut
+    assert await _drain(gw, B, 1_048_576) == ["still here"]

@@ -19,6 +19,7 @@ from gateway.context import Downstream
 from gateway.errors import UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.handouts import HandedOut
+from gateway.upstream.asked import RequestGate
 from gateway.upstream.eras import on_behalf_of
 from gateway.upstream.isolation import IsolatedReplicas
 from gateway.upstream.session import Upstream
@@ -40,6 +41,7 @@ class UpstreamPool:
         on_resource_updated: ResourceUpdated,
         handed_out: HandedOut,
         wrap_command: CommandWrapper | None,
+        gate: RequestGate | None = None,
     ) -> None:
         self.config = config  # replaced by Gateway.add_server: new processes see the new server
         self.upstreams: dict[str, Upstream] = {}  # the primary of each server (the catalogue's source)
@@ -51,6 +53,7 @@ class UpstreamPool:
         self._on_resource_updated = on_resource_updated
         self._handed_out = handed_out
         self._wrap_command = wrap_command
+        self._gate = gate  # what an upstream's requests to the client pass (asked.py)
         # stdio upstreams start a few at a time (mcp.max_concurrent_starts), restarts included
         self._start_gate = anyio.Semaphore(config.mcp.starts_at_once)
         self._tg: anyio.abc.TaskGroup | None = None  # set while running: servers added later start in it
@@ -72,6 +75,7 @@ class UpstreamPool:
             start_gate=self._start_gate,
             handed_out=self._handed_out,  # its sampling requests' links are claims too
             server_name=server,
+            gate=self._gate,
         )
         up.bind_task_group(self._tg)
         return up

@@ -127,6 +127,16 @@ def _client_requests(run: Running) -> list[dict[str, Any]]:
     return [e for e in gw.audit.recent(1000) if e["type"] == "upstream.client_request"]
 
 
+def run_summaries(run: Running, principal: str) -> list[dict[str, Any]]:
+    gw = run.state.gateway
+    assert gw is not None and gw.audit is not None
+    return [
+        e
+        for e in gw.audit.recent(1000)
+        if e["type"] == "audit.refusals_summarized" and e["principal"] == principal
+    ]
+
+
 @pytest.mark.anyio
 async def test_the_policy_keeps_an_upstream_from_sampling_the_users_model(tmp_path: Path) -> None:
     """The operator's data says server ``ask`` may list roots and elicit, not sample. Before:
@@ -190,8 +200,11 @@ async def test_a_flood_of_requests_is_bounded_per_upstream_session(tmp_path: Pat
     assert client.most_in_flight <= 8
     assert said["answered"] == reached and said["answered"] + sum(said["errors"].values()) == 300
     assert sum(said["errors"].values()) > 0
-    codes = {e["details"].get("error_code") for e in events if e["details"]["outcome"] == "refused"}
-    assert codes == {"too_many_server_requests"}
+    refused = [e for e in events if e["details"]["outcome"] == "refused"]
+    assert {e["details"]["error_code"] for e in refused} == {"too_many_server_requests"}
+    # counted against alice's refusal budget: past it, summarized rather than one record each
+    summarized = sum(e["details"]["summarized"] for e in run_summaries(run, "key:alice"))
+    assert len(refused) <= 100 and len(refused) + summarized == sum(said["errors"].values())
 
 
 @pytest.mark.anyio

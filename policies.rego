@@ -840,6 +840,7 @@ access_deny contains msg if some msg in server_request_deny
 #   server_requests.methods            the methods any server may send (default: all three)
 #   upstreams.<name>.max_sampling_tokens, server_requests.max_sampling_tokens
 #                                      the most tokens a sampling request may ask for (8192)
+#   url_hosts                          the hosts a URL-mode elicitation may send the user to
 # ---------------------------------------------------------------------------------------
 
 server_request_cfg := object.get(cfg, "server_requests", {})
@@ -870,6 +871,18 @@ server_request_deny contains msg if {
 		"upstream %v asked for more sampling tokens than max_sampling_tokens allows (%v)",
 		[input.server, server_request_max_tokens],
 	)
+}
+
+# A URL-mode elicitation asks the user to open a link: its host must be in url_hosts, as a
+# URL argument's (a phishing page in the user's browser otherwise).
+server_request_deny contains msg if {
+	kind == "server_request"
+	input.method == "elicitation/create"
+	request := object.get(input, "request", {})
+	object.get(request, "mode", "form") == "url"
+	hosts := [h | h := url_host(object.get(request, "url", null))]
+	m := url_refused("url", hosts, idx.url_hosts)
+	msg := sprintf("upstream %v asked the user to open a URL: %v", [input.server, m])
 }
 
 sampling_tokens_ok(tokens) if {

@@ -350,6 +350,7 @@ class Gateway:
                 lambda up: up.session.send_request(request, _READ_RESULT),
                 call.downstream,
                 self._owner_of_call(name, call),
+                call=call,
             )
 
         return await answered_for_legacy(call, name, read, self.events, self.live.handed_out, self.asking)
@@ -371,6 +372,7 @@ class Gateway:
                 lambda up: up.session.send_request(request, _PROMPT_RESULT),
                 call.downstream,
                 self._owner_of_call(owner, call),
+                call=call,
             )
 
         return await answered_for_legacy(call, owner, get, self.events, self.live.handed_out, self.asking)

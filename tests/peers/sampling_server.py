@@ -2,11 +2,14 @@
 
 - ``ask(what, max_tokens, text)``: sends one ``sampling/createMessage`` (``what = "sampling"``,
   the text as the user's message, ``max_tokens`` asked), ``elicitation/create`` (``"elicit"``,
-  the text as its message) or ``roots/list`` (``"roots"``) and returns what came back
+  the text as its message; ``"elicit_url"``: URL mode, the text as the URL) or ``roots/list``
+  (``"roots"``) and returns what came back
   (``answered: ...``) or the JSON-RPC error (``error <code>: <message>``).
 - ``flood(what, count, kilobytes)``: sends ``count`` such requests at once, each carrying a
   text of ``kilobytes`` KiB, and returns ``{"answered": n, "errors": {"<code>": n}}`` as JSON:
   a hostile server's flood, counted from its own side.
+- prompt ``sampled``: samples the client's model while it is got (a request during a
+  ``prompts/get``, not a tool call).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ async def _one(ctx: Context, what: str, max_tokens: int, text: str) -> str:
     if what == "elicit":
         schema = {"type": "object", "properties": {"name": {"type": "string"}}}
         result = await session.elicit(text, schema)
+        return str(result.action)
+    if what == "elicit_url":  # the text is the URL the user is asked to open
+        result = await session.elicit_url("Please sign in", text, "e1")
         return str(result.action)
     result = await session.list_roots()
     return ",".join(str(r.uri) for r in result.roots)
@@ -68,6 +74,12 @@ async def flood(what: str, count: int, ctx: Context, kilobytes: int = 0) -> str:
         for _ in range(count):
             tg.start_soon(one)
     return json.dumps({"answered": answered, "errors": errors})
+
+
+@mcp.prompt()
+async def sampled(ctx: Context) -> str:
+    """A prompt whose text the client's model writes (it samples while the prompt is got)."""
+    return await _one(ctx, "sampling", 20, "write a prompt")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from gateway.errors import ConfigError
 from gateway.server.auth import ApiKeyStore
 from tests.conformance.test_conformance import FIXTURE
 from tests.conftest import ROOT, TEST_POLICY_DATA, write_config
+from tests.server._clients import stdio_session
 from tests.server.http.conftest import Running, bearer, run_server
 
 SAMPLING = ROOT / "tests/peers/sampling_server.py"
@@ -165,6 +166,25 @@ async def test_the_policy_keeps_an_upstream_from_sampling_the_users_model(tmp_pa
 
 
 @pytest.mark.anyio
+async def test_a_url_elicitation_may_only_send_the_user_to_allowed_hosts(tmp_path: Path) -> None:
+    """A URL-mode elicitation asks the user to open a link. Before: any link reached the
+    client. Now its host must be in ``url_hosts`` (the test data: localhost, 127.0.0.1, example.com
+    and *.example.com)."""
+    cfg = _config(tmp_path)
+    key = _key(cfg)
+    client = Client()
+    with run_server(cfg) as run:
+        said = await _call(
+            run, key, client, "ask__ask", {"what": "elicit_url", "text": "https://phish.example.net/"}
+        )
+        assert said.startswith("error ") and client.elicited == []
+        ok = await _call(
+            run, key, client, "ask__ask", {"what": "elicit_url", "text": "http://127.0.0.1:9/login"}
+        )
+        assert ok == "answered: decline" and client.elicited == ["Please sign in"]
+
+
+@pytest.mark.anyio
 async def test_the_default_policy_bounds_the_tokens_an_upstream_may_ask_for(tmp_path: Path) -> None:
     """With no ``server_requests`` in the data, sampling is allowed up to the default
     ``max_sampling_tokens``; a request for a million tokens of the user's model is refused."""
@@ -282,3 +302,17 @@ def test_the_bounds_are_validated(tmp_path: Path, line: str) -> None:
     cfg = _config(tmp_path, mcp=line)
     with pytest.raises(ConfigError):
         load_config(cfg, {})
+
+
+@pytest.mark.anyio
+async def test_a_request_during_a_stdio_prompts_get_is_decided_for_its_caller(tmp_path: Path) -> None:
+    """``symbi mcp`` (stdio): an upstream samples while a prompt is got. The policy is asked
+    about the stdio principal (the call's), and the request reaches the client. Before the
+    call was passed to the relay there, no principal was known and it was refused."""
+    cfg = _config(tmp_path)
+    client = Client()
+    async with stdio_session(cfg, sampling_callback=client.sampling) as s:
+        with anyio.fail_after(60):
+            got = await s.get_prompt("ask__sampled")
+    assert client.sampled == ["write a prompt"]
+    assert "the user's model" in json.dumps(got.model_dump(mode="json"))

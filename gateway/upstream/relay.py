@@ -36,6 +36,7 @@ from mcp.client.session import ClientRequestContext
 from mcp.server.session import ServerSession
 from mcp.shared.message import ServerMessageMetadata
 
+from gateway.context import Principal
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
 from gateway.policy.results import log_data
@@ -77,10 +78,11 @@ def caller_owner(ctx: Any) -> str:
     return "stdio" if request is None else "unknown"
 
 
-def caller_principal(ctx: Any) -> Any:
-    """The HTTP front's principal of ``ctx`` (a ``Principal``), or None (stdio, none)."""
+def caller_principal(ctx: Any) -> Principal | None:
+    """The HTTP front's principal of ``ctx``, or None (stdio, none: the policy is not asked)."""
     request = getattr(ctx, "request", None)
-    return request.scope.get("symbi.principal") if request is not None else None
+    principal = request.scope.get("symbi.principal") if request is not None else None
+    return principal if isinstance(principal, Principal) else None
 
 
 class CallerRelay:

@@ -4,7 +4,9 @@
 # Input: see gateway/policy/README.md (principal, agent, upstream, tool, arguments, context,
 #        action = "call" | "list", kind = "tools/call" | "resources/read" | "prompts/get"
 #        | "bus/send" | "bus/publish" | "bus/subscribe" with input.recipient / input.topic)
-#        | "logging/setLevel" (target = the upstream's name).
+#        | "logging/setLevel" (target = the upstream's name)
+#        | "server_request" (an upstream's own request to the calling client: input.method,
+#          input.server, input.request = its params, input.caused_by = the call in flight).
 # Data:  policies/data.json, loaded at the data root (data.symbi_data), the way
 #        `opa run policies.rego policies/data.json` loads it.
 #
@@ -132,6 +134,12 @@ other_permitted := true if {
 	kind == "knowledge/search"
 	has_agent
 	knowledge_granted
+} else := true if {
+	# an upstream's own request to the calling client: allowed unless server_request_deny
+	# refuses it (the method, the size of a sampling request)
+	kind == "server_request"
+	is_string(input.server)
+	is_string(input.method)
 } else := true if {
 	# knowledge/ingest: asked by `symbi knowledge add` (the operator, who owns the config and
 	# the data dir; no agent asks it) for the patterns to redact from files before they are
@@ -819,6 +827,69 @@ access_deny contains msg if {
 }
 
 access_deny contains msg if some msg in prompt_arg_deny
+
+access_deny contains msg if some msg in server_request_deny
+
+# ---------------------------------------------------------------------------------------
+# An upstream's own requests to the calling client (kind "server_request"): sampling the
+# client's model, eliciting from its user, listing its roots. Asked per request, before it
+# reaches the client (input.method, input.server = the server's name, input.request = the
+# request's params without _meta: messages, maxTokens, modelPreferences, systemPrompt... for
+# sampling; message and requestedSchema for elicitation; nothing for roots).
+#   upstreams.<name>.server_requests   the methods that server may send (a list)
+#   server_requests.methods            the methods any server may send (default: all three)
+#   upstreams.<name>.max_sampling_tokens, server_requests.max_sampling_tokens
+#                                      the most tokens a sampling request may ask for (8192)
+#   url_hosts                          the hosts a URL-mode elicitation may send the user to
+# ---------------------------------------------------------------------------------------
+
+server_request_cfg := object.get(cfg, "server_requests", {})
+
+server_request_upstream := object.get(object.get(cfg, "upstreams", {}), input.server, {})
+
+server_request_methods := object.get(server_request_upstream, "server_requests", object.get(
+	server_request_cfg, "methods",
+	["roots/list", "elicitation/create", "sampling/createMessage"],
+))
+
+server_request_max_tokens := object.get(server_request_upstream, "max_sampling_tokens", object.get(
+	server_request_cfg, "max_sampling_tokens",
+	8192,
+))
+
+server_request_deny contains msg if {
+	kind == "server_request"
+	not input.method in server_request_methods
+	msg := sprintf("upstream %v may not send %v to clients (server_requests)", [input.server, input.method])
+}
+
+server_request_deny contains msg if {
+	kind == "server_request"
+	input.method == "sampling/createMessage"
+	not sampling_tokens_ok(object.get(object.get(input, "request", {}), "maxTokens", null))
+	msg := sprintf(
+		"upstream %v asked for more sampling tokens than max_sampling_tokens allows (%v)",
+		[input.server, server_request_max_tokens],
+	)
+}
+
+# A URL-mode elicitation asks the user to open a link: its host must be in url_hosts, as a
+# URL argument's (a phishing page in the user's browser otherwise).
+server_request_deny contains msg if {
+	kind == "server_request"
+	input.method == "elicitation/create"
+	request := object.get(input, "request", {})
+	object.get(request, "mode", "form") == "url"
+	hosts := [h | h := url_host(object.get(request, "url", null))]
+	m := url_refused("url", hosts, idx.url_hosts)
+	msg := sprintf("upstream %v asked the user to open a URL: %v", [input.server, m])
+}
+
+sampling_tokens_ok(tokens) if {
+	is_number(tokens)
+	tokens >= 0
+	tokens <= server_request_max_tokens
+}
 
 # A prompt's arguments reach its upstream as a tool's do: the same path and URL checks
 # (arg_values) and the same argument redaction (redact_arguments, by glob on the prompt's

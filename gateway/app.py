@@ -33,6 +33,7 @@ from gateway.policy.results import progress_message
 from gateway.runtime.agents import AgentRegistry
 from gateway.runtime.core import AgentRuntime
 from gateway.state import SharedState
+from gateway.upstream.asked import RequestGate
 from gateway.upstream.bridge import PendingQuestions
 from gateway.upstream.builtin import (
     Builtin,
@@ -121,6 +122,13 @@ class Gateway:
             visible=self.visibility.among,
             allowed_targets=self.visibility.targets,
         )
+        # what an upstream's own requests to the client pass: bounds, then the policy (asked.py)
+        self.asking = RequestGate(
+            policy,
+            in_flight=config.mcp.max_server_requests_in_flight,
+            max_bytes=min(config.mcp.max_server_request_bytes, config.mcp.max_message_bytes),
+            decision=config.policy.decision,
+        )
         self.pool = self._upstream_pool(wrap_command)
         self.upstreams = self.pool.upstreams  # the primary of each server (the catalogue's source)
         self.replicas = self.pool.replicas  # every process of each server, primary first
@@ -138,6 +146,7 @@ class Gateway:
             on_resource_updated=self._announcer.resource_updated,
             handed_out=self.live.handed_out,
             wrap_command=wrap_command,
+            gate=self.asking,
         )
 
     @property
@@ -341,9 +350,10 @@ class Gateway:
                 lambda up: up.session.send_request(request, _READ_RESULT),
                 call.downstream,
                 self._owner_of_call(name, call),
+                call=call,
             )
 
-        return await answered_for_legacy(call, name, read, self.events, self.live.handed_out)
+        return await answered_for_legacy(call, name, read, self.events, self.live.handed_out, self.asking)
 
     async def _get(self, owner: str, call: CallContext) -> Any:
         entry = self.catalog.prompt(call.target)
@@ -362,9 +372,10 @@ class Gateway:
                 lambda up: up.session.send_request(request, _PROMPT_RESULT),
                 call.downstream,
                 self._owner_of_call(owner, call),
+                call=call,
             )
 
-        return await answered_for_legacy(call, owner, get, self.events, self.live.handed_out)
+        return await answered_for_legacy(call, owner, get, self.events, self.live.handed_out, self.asking)
 
     async def _dispatch_tool(self, upstream: str, call: CallContext) -> Any:
         """A ``tools/call`` to its upstream (replica, or the caller's own process under
@@ -409,7 +420,9 @@ class Gateway:
                 )
 
             with on_behalf_of(up, ctx, call=call):  # its log lines go under the call's conditions
-                return await answered_for_legacy(call, up.name, call_once, self.events, self.live.handed_out)
+                return await answered_for_legacy(
+                    call, up.name, call_once, self.events, self.live.handed_out, self.asking
+                )
         finally:
             self.pool.busy(up, -1)
 

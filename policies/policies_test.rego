@@ -273,3 +273,28 @@ test_api_key_admin_is_admin if {
 	d := data.symbi.decision with input as object.union(base, {"principal": {"id": "admin", "roles": [], "source": "key"}}) with data.symbi_data as fixture
 	d.allow == true
 }
+
+# An upstream's own request to the calling client (kind "server_request"): the fixture has no
+# server_requests, so every server may send the three methods, sampling up to 8192 tokens.
+server_request(method, server, request) := object.union(base, {
+	"kind": "server_request", "target": method, "method": method, "server": server,
+	"tool": null, "upstream": {"name": server}, "request": request,
+})
+
+test_server_requests_default_to_the_three_methods_and_a_token_bound if {
+	roots := data.symbi.decision with input as server_request("roots/list", "fs", {}) with data.symbi_data as fixture
+	roots.allow == true
+	small := data.symbi.decision with input as server_request("sampling/createMessage", "fs", {"maxTokens": 100}) with data.symbi_data as fixture
+	small.allow == true
+	large := data.symbi.decision with input as server_request("sampling/createMessage", "fs", {"maxTokens": 8193}) with data.symbi_data as fixture
+	large.allow == false
+}
+
+test_an_upstream_may_be_kept_from_sampling if {
+	data_no_sampling := object.union(fixture, {"upstreams": {"fs": {"server_requests": ["roots/list"]}}})
+	d := data.symbi.decision with input as server_request("sampling/createMessage", "fs", {"maxTokens": 10}) with data.symbi_data as data_no_sampling
+	d.allow == false
+	d.reasons == ["upstream fs may not send sampling/createMessage to clients (server_requests)"]
+	other := data.symbi.decision with input as server_request("sampling/createMessage", "time", {"maxTokens": 10}) with data.symbi_data as data_no_sampling
+	other.allow == true
+}

@@ -117,6 +117,14 @@ class McpSection(Section):
     # may list; a longer list is refused whole. Each new tool is assessed while the catalogue's
     # rebuild holds every other change: 20,000 held a revocation of another server's tool 101 s
     max_listed_per_upstream: int = Field(default=2_000, ge=1)
+    # an upstream's own requests to the client (sampling, elicitation, roots) relayed at once per
+    # upstream session; past it each gets a JSON-RPC error at once (the SDK ran one task per
+    # request: 300 at once reached the client together)
+    max_server_requests_in_flight: int = Field(default=16, ge=1, le=10_000)
+    # the largest such request's params (JSON bytes); a larger one is refused before the policy
+    # is asked (the SDK client's SSE event limit is 1 MiB: a 2 MiB prompt broke the caller's
+    # stream). Never more than max_message_bytes, the largest message read at all.
+    max_server_request_bytes: int = Field(default=512 * 1024, ge=1024)
     # ``symbi mcp``: a plain tools/call of an initialized session is framed and answered by the
     # gateway (gateway/server/fastlane.py, the same chain and handler); off: every message
     # goes through the SDK's server session

@@ -13,9 +13,10 @@ from mcp import types
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from gateway.context import CallContext, Downstream
-from gateway.errors import UpstreamError
+from gateway.errors import PolicyDenied, UpstreamError
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
+from gateway.upstream.asked import Requester, RequestGate
 from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
 from gateway.upstream.caller_caps import DOWNSTREAM_CAPABILITIES, downstream_ref
 from gateway.upstream.relay import caller_owner
@@ -53,7 +54,13 @@ class on_behalf_of:  # lower case: the context manager function it replaced, sam
             decision = self._call.decision if self._call is not None else None
             conditions = decision.conditions if decision is not None else None
             self._key = self._up.relay.enter(
-                session, request_id, caller_owner(ctx), ask=self._ask, conditions=conditions
+                session,
+                request_id,
+                caller_owner(ctx),
+                ask=self._ask,
+                conditions=conditions,
+                call=self._call,
+                ctx=ctx,
             )
         except BaseException:
             DOWNSTREAM_CAPABILITIES.reset(self._token)
@@ -72,11 +79,13 @@ async def answered_for_legacy(
     send: Callable[[Any, str | None], Awaitable[Any]],
     events: EventSink,
     handed_out: HandedOut,
+    gate: RequestGate | None = None,
 ) -> Any:
     """Send the request; while a 2026 upstream answers input-required and the client is of
     the 2025 era (it cannot read one), ask the client and send again with its answers. The
     links in its sampling requests are its claims before the client sees them (``handed_out``,
-    under the catalogue's name of the upstream; ``StateUnavailable`` refuses the call)."""
+    under the catalogue's name of the upstream; ``StateUnavailable`` refuses the call). Each
+    request passes ``gate`` first (bounds and policy, ``asked.py``): one refused fails the call."""
     ctx = call.downstream
     result = await send(call.input_responses, call.request_state)
     rounds = 0
@@ -93,6 +102,8 @@ async def answered_for_legacy(
         )
         # under the server's catalogue name (``upstream`` may be a replica's own, ``X-r2``)
         server = call.upstream.name if call.upstream is not None else upstream
+        if gate is not None:
+            await _gated(gate, events, call, upstream, server, result)
         if noted := handed_out.note_result(server, result):
             await handed_out.share(server, noted)
         answers = await ask_legacy_client(
@@ -131,6 +142,35 @@ async def bridged_for_modern_client(
             return await up.call_tool(tool.original_name, call.arguments, progress=progress)
 
     return await pending.start(tg, call.principal.qualified, call.target, run)
+
+
+async def _gated(
+    gate: RequestGate,
+    events: EventSink,
+    call: CallContext,
+    upstream: str,
+    server: str,
+    result: types.InputRequiredResult,
+) -> None:
+    """Raise when a request of ``result`` is refused (on the record, as the relay's refusals)."""
+    who = Requester(
+        call.principal, call.agent, call.session_id, call.upstream, {"kind": call.kind, "target": call.target}
+    )
+    refused = await gate.decide_all(result.input_requests, server, who)
+    if refused is None:
+        return
+    method, refusal = refused
+    details = {
+        "upstream": upstream,
+        "method": method,
+        "outcome": "refused",
+        "reason": refusal.reason,
+        "error_code": refusal.error_code,
+        "reasons": list(refusal.reasons),
+    }
+    events.emit(Event.UPSTREAM_CLIENT_REQUEST, details, principal=caller_owner(call.downstream))
+    text = f"{method} from upstream {upstream!r} refused: {refusal.reason}"
+    raise PolicyDenied(text) if refusal.error_code == "policy_denied" else UpstreamError(text)
 
 
 def audit_bridged(

@@ -15,10 +15,11 @@ import anyio
 import anyio.abc
 
 from gateway.config.model import Config, ServerConfig
-from gateway.context import Downstream
+from gateway.context import CallContext, Downstream
 from gateway.errors import UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.handouts import HandedOut
+from gateway.upstream.asked import RequestGate
 from gateway.upstream.eras import on_behalf_of
 from gateway.upstream.isolation import IsolatedReplicas
 from gateway.upstream.session import Upstream
@@ -40,6 +41,7 @@ class UpstreamPool:
         on_resource_updated: ResourceUpdated,
         handed_out: HandedOut,
         wrap_command: CommandWrapper | None,
+        gate: RequestGate | None = None,
     ) -> None:
         self.config = config  # replaced by Gateway.add_server: new processes see the new server
         self.upstreams: dict[str, Upstream] = {}  # the primary of each server (the catalogue's source)
@@ -51,6 +53,7 @@ class UpstreamPool:
         self._on_resource_updated = on_resource_updated
         self._handed_out = handed_out
         self._wrap_command = wrap_command
+        self._gate = gate  # what an upstream's requests to the client pass (asked.py)
         # stdio upstreams start a few at a time (mcp.max_concurrent_starts), restarts included
         self._start_gate = anyio.Semaphore(config.mcp.starts_at_once)
         self._tg: anyio.abc.TaskGroup | None = None  # set while running: servers added later start in it
@@ -72,6 +75,7 @@ class UpstreamPool:
             start_gate=self._start_gate,
             handed_out=self._handed_out,  # its sampling requests' links are claims too
             server_name=server,
+            gate=self._gate,
         )
         up.bind_task_group(self._tg)
         return up
@@ -132,20 +136,22 @@ class UpstreamPool:
         fn: Callable[[Upstream], Awaitable[Any]],
         ctx: Downstream | None = None,
         owner: str | None = None,
+        call: CallContext | None = None,
     ) -> Any:
         """``fn(upstream)`` on behalf of the caller whose request context is ``ctx`` (under
-        ``servers.X.isolation``, on that caller's own process: ``owner`` or from ``ctx``)."""
+        ``servers.X.isolation``, on that caller's own process: ``owner`` or from ``ctx``);
+        ``call``: the request it serves (whom the upstream's own requests are decided for)."""
         up = self.upstreams.get(name)
         if up is None:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
         isolated = self._isolated.get(name)
         if isolated is None:
-            with on_behalf_of(up, ctx):
+            with on_behalf_of(up, ctx, call=call):
                 return await up.request(fn(up))
         if owner is None:
             owner = isolated.owner_of(ctx)
         async with isolated.use(owner) as own:
-            with on_behalf_of(own, ctx):
+            with on_behalf_of(own, ctx, call=call):
                 return await own.request(fn(own))
 
 

@@ -11,7 +11,9 @@ it is refused too: a principal's model never answers another principal's upstrea
 itself; the SDK client's ``ClientRequestContext`` carries no related request id, so the
 handshake era cannot be routed by request. ``servers.X.isolation`` gives each caller its own
 process instead: ``isolation.py``.)
-Every relayed and refused request is an audit event (``upstream.client_request``).
+Every relayed and refused request is an audit event (``upstream.client_request``). Before it
+is relayed, each passes the bounds and the policy of ``gateway.upstream.asked`` (a refusal's
+event carries its ``error_code``).
 
 A sampling request's links (``resource_link`` items, embedded resources) are the upstream's
 claims, as a tool result's are (``gateway.handouts``): the client's model may read them through
@@ -34,9 +36,11 @@ from mcp.client.session import ClientRequestContext
 from mcp.server.session import ServerSession
 from mcp.shared.message import ServerMessageMetadata
 
+from gateway.context import Principal
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
 from gateway.policy.results import log_data
+from gateway.upstream.asked import Refusal, Requester, RequestGate, refusal_error
 
 _logger = logging.getLogger("symbi.relay")
 
@@ -51,6 +55,17 @@ class _Caller:
     ask: Callable[[Any], Awaitable[Any]] | None = None
     # the call's result conditions: a log line the upstream sends meanwhile is its words too
     conditions: Mapping[str, Any] | None = None
+    # the call (a CallContext) and the request context: who the policy is asked about, read
+    # only when the upstream asks something (never on the call's own path)
+    call: Any = None
+    ctx: Any = None
+
+    def requester(self) -> Requester:
+        call = self.call
+        if call is not None:
+            caused = {"kind": call.kind, "target": call.target}
+            return Requester(call.principal, call.agent, call.session_id, call.upstream, caused)
+        return Requester(caller_principal(self.ctx))
 
 
 def caller_owner(ctx: Any) -> str:
@@ -63,6 +78,13 @@ def caller_owner(ctx: Any) -> str:
     return "stdio" if request is None else "unknown"
 
 
+def caller_principal(ctx: Any) -> Principal | None:
+    """The HTTP front's principal of ``ctx``, or None (stdio, none: the policy is not asked)."""
+    request = getattr(ctx, "request", None)
+    principal = request.scope.get("symbi.principal") if request is not None else None
+    return principal if isinstance(principal, Principal) else None
+
+
 class CallerRelay:
     def __init__(
         self,
@@ -71,9 +93,13 @@ class CallerRelay:
         *,
         handed_out: HandedOut | None = None,
         claimant: str | None = None,
+        gate: RequestGate | None = None,
     ) -> None:
         self._upstream = upstream
         self._events = events
+        # the bounds and the policy each request passes (None: a relay built by hand, unbounded)
+        self._gate = gate
+        self._asking = 0  # requests of this upstream's being decided or relayed now
         # the catalogue's hand-outs, and the name a claim is under: the server's, which a
         # replica's or an isolated process's own name (``X-r2``, ``X-i1``) is not
         self._handed_out = handed_out
@@ -107,12 +133,14 @@ class CallerRelay:
         owner: str = "unknown",
         ask: Callable[[Any], Awaitable[Any]] | None = None,
         conditions: Mapping[str, Any] | None = None,
+        call: Any = None,
+        ctx: Any = None,
     ) -> int | None:
         """``caller`` without the generator (the call path's cost): the key for ``leave``."""
         if session is None:
             return None
         key = next(self._ids)
-        self._inflight[key] = _Caller(session, request_id, owner, ask, conditions)
+        self._inflight[key] = _Caller(session, request_id, owner, ask, conditions, call, ctx)
         return key
 
     def leave(self, key: int | None) -> None:
@@ -129,10 +157,24 @@ class CallerRelay:
             return None, "calls of several principals are in flight: whose it is cannot be told"
         return callers[-1], None
 
-    def _record(self, method: str, outcome: str, owner: str | None, reason: str | None = None) -> None:
+    def _record(
+        self,
+        method: str,
+        outcome: str,
+        owner: str | None,
+        reason: str | None = None,
+        refusal: Refusal | None = None,
+    ) -> None:
         if self._events is None:
             return
-        details = {"upstream": self._upstream, "method": method, "outcome": outcome, "reason": reason}
+        details: dict[str, Any] = {
+            "upstream": self._upstream,
+            "method": method,
+            "outcome": outcome,
+            "reason": reason,
+        }
+        if refusal is not None:
+            details.update(error_code=refusal.error_code, reasons=list(refusal.reasons))
         try:
             self._events.emit(Event.UPSTREAM_CLIENT_REQUEST, details, principal=owner)
         except Exception:
@@ -146,16 +188,55 @@ class CallerRelay:
     async def _relay(
         self,
         method: str,
+        params: Any,
         send: Callable[[_Caller], Awaitable[Any]],
         refused: Any = None,
         sampled: types.CreateMessageRequestParams | None = None,
     ) -> Any:
         down, reason = self._target(method)
-        if down is None or (sampled is not None and (reason := await self._claim(sampled)) is not None):
-            self._record(method, "refused", down.owner if down is not None else None, reason)
+        if down is None:
+            self._record(method, "refused", None, reason)
             _logger.warning("upstream %s: %s refused: %s", self._upstream, method, reason)
-            if refused is not None:  # roots/list: an empty list (never with a sampling request)
+            if refused is not None:  # roots/list: an empty list
                 return refused
+            return types.ErrorData(
+                code=types.INVALID_REQUEST,
+                message=f"symbi: {method} from upstream {self._upstream!r} refused: {reason}",
+            )
+        gate = self._gate
+        if gate is None:
+            return await self._send(method, down, send, sampled)
+        refusal = gate.busy(self._asking)
+        if refusal is not None:
+            return self._refuse(method, down.owner, refusal)
+        self._asking += 1
+        try:
+            request, refusal = gate.params_doc(params)
+            if refusal is None:
+                refusal = await gate.decide(method, self._claimant, request, down.requester())
+            if refusal is not None:
+                return self._refuse(method, down.owner, refusal)
+            return await self._send(method, down, send, sampled)
+        finally:
+            self._asking -= 1
+
+    def _refuse(self, method: str, owner: str, refusal: Refusal) -> types.ErrorData:
+        """A request the bounds or the policy refused: on the record (counted against the
+        caller's refusal budget), and a JSON-RPC error naming why to the upstream."""
+        self._record(method, "refused", owner, refusal.reason, refusal)
+        _logger.info("upstream %s: %s refused: %s", self._upstream, method, refusal.reason)
+        return refusal_error(method, self._upstream, refusal)
+
+    async def _send(
+        self,
+        method: str,
+        down: _Caller,
+        send: Callable[[_Caller], Awaitable[Any]],
+        sampled: types.CreateMessageRequestParams | None,
+    ) -> Any:
+        if sampled is not None and (reason := await self._claim(sampled)) is not None:
+            self._record(method, "refused", down.owner, reason)
+            _logger.warning("upstream %s: %s refused: %s", self._upstream, method, reason)
             return types.ErrorData(
                 code=types.INVALID_REQUEST,
                 message=f"symbi: {method} from upstream {self._upstream!r} refused: {reason}",
@@ -181,6 +262,7 @@ class CallerRelay:
     async def sampling(self, context: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
         return await self._relay(
             "sampling/createMessage",
+            params,
             lambda c: (
                 _asked(c.ask, types.CreateMessageRequest(params=params))
                 if c.ask
@@ -196,6 +278,7 @@ class CallerRelay:
     async def elicitation(self, context: ClientRequestContext, params: types.ElicitRequestParams) -> Any:
         return await self._relay(
             "elicitation/create",
+            params,
             lambda c: (
                 _asked(c.ask, types.ElicitRequest(params=params))
                 if c.ask
@@ -208,6 +291,7 @@ class CallerRelay:
     async def list_roots(self, context: ClientRequestContext) -> Any:
         return await self._relay(
             "roots/list",
+            None,
             lambda c: (
                 _asked(c.ask, types.ListRootsRequest())
                 if c.ask

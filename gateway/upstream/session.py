@@ -30,6 +30,7 @@ from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
 from gateway.jsonlimits import too_large
 from gateway.telemetry import current_span_recorded, exporting
+from gateway.upstream.asked import RequestGate
 from gateway.upstream.caller_caps import forward_caller_capabilities
 from gateway.upstream.failures import describe, upstream_error
 from gateway.upstream.fastcall import FastLane, tool_result
@@ -61,6 +62,7 @@ class Upstream:
         start_gate: anyio.Semaphore | None = None,
         handed_out: HandedOut | None = None,
         server_name: str | None = None,
+        gate: RequestGate | None = None,
     ) -> None:
         self.name = name
         self.server = server
@@ -81,7 +83,8 @@ class Upstream:
         self.last_error: str | None = None
         # the links in its sampling requests are claims under its server's name (a replica's
         # own is ``X-r2``), in the catalogue's hand-outs
-        self.relay = CallerRelay(name, events, handed_out=handed_out, claimant=server_name)
+        # (and each of its requests to the client passes the bounds and the policy: asked.py)
+        self.relay = CallerRelay(name, events, handed_out=handed_out, claimant=server_name, gate=gate)
         self._session: ClientSession | None = None
         # the fast lane of tools/call on a stdio connection, with the session it belongs to
         self._lane: tuple[ClientSession, FastLane] | None = None

@@ -134,11 +134,16 @@ def _as_before(inp: dict[str, Any]) -> bool:
     compares qualified principals since the red team's A1 (a JWT sub=alice is not the API key
     alice), which the references did not; not one with a 2026 client's answers, which the
     references did not check; not a URL argument with a NUL, which failed the references'
-    evaluation (regorus' glob) and is no URL since session 39. OPA still decides every one."""
+    evaluation (regorus' glob) and is no URL since session 39; not an upstream's own request to
+    the client (kind server_request, decided since session 40). OPA still decides every one."""
     args = inp.get("arguments")
     url = args.get("url") if isinstance(args, dict) else None
     nul_url = isinstance(url, str) and "\x00" in url
-    return inp.get("kind") not in ("prompts/get", "bus/send") and "input_responses" not in inp and not nul_url
+    return (
+        inp.get("kind") not in ("prompts/get", "bus/send", "server_request")
+        and "input_responses" not in inp
+        and not nul_url
+    )
 
 
 def test_the_shipped_data_decides_as_the_unindexed_policy_did() -> None:

@@ -22,11 +22,13 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import uvicorn
 from mcp.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -44,7 +46,7 @@ from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.runtime.hosted import AgentHost
 from gateway.runtime.status import components
 from gateway.server.admin import admin_routes
-from gateway.server.agentsocket import open_agent_socket
+from gateway.server.agentsocket import open_agent_socket, remove_agent_folder
 from gateway.server.auth import Authenticator
 from gateway.server.front import build_server
 from gateway.server.httpfront import HttpFront, McpEndpoint
@@ -320,8 +322,6 @@ def with_listen(config: Config, host: str | None = None, port: int | None = None
 
 def run_http(config: Config, *, host: str | None = None, port: int | None = None) -> None:
     """Serve until interrupted (``symbi serve``)."""
-    import uvicorn
-
     cfg = with_listen(config, host, port)
     if cfg.http.host not in ("127.0.0.1", "::1", "localhost"):
         _logger.warning("binding %s: the gateway is reachable beyond this machine", cfg.http.host)
@@ -341,10 +341,29 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         proxy_headers=False,
     )
     sockets = [uv.bind_socket()]
+    agent_path = None
     if app.state.agent_socket is not None:  # hosted agents: the same app on their Unix socket
         sockets.append(app.state.agent_socket)
+        agent_path = app.state.agent_socket.getsockname()
     keep_fds_from_children()
-    uvicorn.Server(uv).run(sockets=sockets)
+    _Uvicorn(uv, agent_path).run(sockets=sockets)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, removing the hosted agents' socket folder as it stops: uvicorn then
+    re-raises the signal it stopped on, and SIGTERM's default action ends the process before
+    ``atexit`` runs (every ``symbi serve`` stopped that way left its folder)."""
+
+    def __init__(self, config: uvicorn.Config, agent_path: str | None) -> None:
+        super().__init__(config)
+        self.agent_path = agent_path
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            if self.agent_path is not None:
+                remove_agent_folder(self.agent_path)
 
 
 def keep_fds_from_children() -> None:

@@ -13,7 +13,8 @@ route) → body deadline (slow bodies get 408) → request body limit → authen
 (``mcp.max_concurrent_connections`` open requests to ``/mcp``; ``gateway.server.limits``),
 built as one layer (``gateway.server.httpfront``: a POST to ``/mcp`` naming its session runs
 the same checks in one frame).
-Slow headers are cut off by the uvicorn protocol (``gateway.server.sessions.http_protocol``).
+Slow headers are cut off by the uvicorn protocol (``gateway.server.sessions.http_protocol``),
+which also bounds the open connections (``http.max_connections``; ``gateway.server.connections``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from gateway.runtime.status import components
 from gateway.server.admin import admin_routes
 from gateway.server.agentsocket import open_agent_socket, remove_agent_folder
 from gateway.server.auth import Authenticator
+from gateway.server.connections import ensure_open_files
 from gateway.server.front import build_server
 from gateway.server.httpfront import HttpFront, McpEndpoint
 from gateway.server.httplane import HttpLane
@@ -325,6 +327,7 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
     cfg = with_listen(config, host, port)
     if cfg.http.host not in ("127.0.0.1", "::1", "localhost"):
         _logger.warning("binding %s: the gateway is reachable beyond this machine", cfg.http.host)
+    ensure_open_files(cfg.http.max_connections)  # before anything starts: exit 2 naming the key
     app = build_app(cfg)
     uv = uvicorn.Config(
         app,
@@ -333,7 +336,8 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         log_level=cfg.gateway.log_level.lower(),
         access_log=False,  # ours is structured (AccessLog)
         log_config=None,  # keep the gateway's logging set-up
-        http=http_protocol(cfg.http.header_timeout_s, cfg.http.max_header_bytes),  # slow headers are cut off
+        # slow headers are cut off, open connections bounded
+        http=http_protocol(cfg.http.header_timeout_s, cfg.http.max_header_bytes, cfg.http.max_connections),
         loop="uvloop",  # libuv: less CPU per socket read and write than asyncio's selector loop
         # uvicorn's default believes X-Forwarded-For/-Proto from 127.0.0.1: any local caller
         # (and, through HAProxy, which passes them on, any caller of the workers) could write

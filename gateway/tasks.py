@@ -115,6 +115,7 @@ def discover(config: Config, events: EventSink) -> Background:
 
     async def run(gw: Gateway) -> None:
         failed = ""  # the last pass's failure, logged once until it changes or a pass succeeds
+        blocked: dict[str, str] = {}  # approved servers Claude Code's managed policy blocks, logged once
         while True:
             try:
                 added, removed = await anyio.to_thread.run_sync(discovery.poll)
@@ -131,8 +132,14 @@ def discover(config: Config, events: EventSink) -> Background:
             failed = ""
             _log_discovered(added, removed)
             for d in approved:
-                if d.name not in gw.upstreams:
+                if d.name in gw.upstreams:
+                    continue
+                why = await anyio.to_thread.run_sync(discovery.managed_refusal, d)
+                if why is None:
                     await _start_approved(gw, d)
+                elif blocked.get(d.name) != why:  # approved before the policy said so
+                    blocked[d.name] = why
+                    _logger.error("approved server %s not started: %s", d.name, why)
             await anyio.sleep(config.mcp.recheck_interval_s)
 
     return run

@@ -2,7 +2,12 @@
 files and a folder of MCP registry ``server.json`` documents; a server seen for the first
 time is quarantined (not started: no process, no network, no secrets, nothing callable) until
 a person approves it (``symbi tools approve SERVER``); removed servers are reported. Every
-discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600)."""
+discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600).
+
+A server found in a Claude Code config follows its administrator's managed MCP policy
+(``gateway.onboard.claude_managed``), as ``symbi import claude-code`` does: approving one the
+policy blocks is refused with the reason, and an approved one it blocks (a policy deployed
+since) is not started."""
 
 from __future__ import annotations
 
@@ -20,8 +25,9 @@ from pydantic import ValidationError
 
 from gateway.config.model import Config, ServerConfig
 from gateway.custody import write_atomic
-from gateway.errors import ConfigError
+from gateway.errors import ApprovalError, ConfigError
 from gateway.events import Event, EventSink, LoggingSink
+from gateway.onboard.claude_managed import ClaudeCodeManaged
 from gateway.onboard.clients import (
     FoundServer,
     client_file_candidates,
@@ -168,12 +174,14 @@ class Discovery:
         environ: Mapping[str, str],
         registry_dir: Path | None,
         configured: frozenset[str],
+        claude_managed: Path | None = None,
     ) -> None:
         self.state = state
         self._events = events
         self._home, self._cwd, self._environ = home, cwd, dict(environ)
         self._registry = registry_dir
         self._configured = configured
+        self._claude_managed = claude_managed  # Claude Code's managed settings (None: this system's)
 
     def entries(self) -> dict[str, Discovered]:
         try:
@@ -245,11 +253,42 @@ class Discovery:
             self._save(known)
         return added, removed
 
+    def managed_refusal(self, d: Discovered) -> str | None:
+        """Why Claude Code's managed MCP policy blocks ``d`` (None: it does not, or ``d`` is not
+        from a Claude Code config). A policy file that cannot be read blocks: its denials would
+        be lost."""
+        source = next(
+            (
+                cf
+                for cf in client_file_candidates(self._home, self._cwd, self._environ)
+                if cf.client == "claude-code" and str(cf.path) == d.source
+            ),
+            None,
+        )
+        if source is None:
+            return None
+        args = d.table.get("args")
+        server = FoundServer(
+            source,
+            d.original_name,
+            command=d.table.get("command"),
+            args=tuple(str(a) for a in args) if isinstance(args, list) else (),
+            url=d.table.get("url"),
+        )
+        try:
+            return ClaudeCodeManaged(self._home, self._claude_managed).skipped(server)
+        except ConfigError as e:
+            return f"Claude Code's managed MCP policy cannot be read ({e.message})"
+        except OSError as e:  # its folder not ours to look into
+            return f"Claude Code's managed MCP policy cannot be read ({type(e).__name__}: {e})"
+
     def approve(self, name: str, by: str | None = None) -> Discovered:
         known = self.entries()
         d = known.get(name)
         if d is None or d.status == "removed":
             raise ConfigError(f"no discovered server named {name!r} (see `symbi discover list`)")
+        if (why := self.managed_refusal(d)) is not None:  # the organisation's rule, not the approver's
+            raise ApprovalError(f"discovered server {name!r} cannot be approved: {why}", 409)
         try:  # what the gateway would refuse to start is refused here, with its reason
             ServerConfig.model_validate({**d.table, "verification": "tofu"})
         except ValidationError as e:

@@ -13,7 +13,8 @@ route) → body deadline (slow bodies get 408) → request body limit → authen
 (``mcp.max_concurrent_connections`` open requests to ``/mcp``; ``gateway.server.limits``),
 built as one layer (``gateway.server.httpfront``: a POST to ``/mcp`` naming its session runs
 the same checks in one frame).
-Slow headers are cut off by the uvicorn protocol (``gateway.server.sessions.http_protocol``).
+Slow headers are cut off by the uvicorn protocol (``gateway.server.sessions.http_protocol``),
+which also bounds the open connections (``http.max_connections``; ``gateway.server.connections``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import uvicorn
 from mcp.server import Server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -44,8 +47,9 @@ from gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RecentCalls
 from gateway.runtime.hosted import AgentHost
 from gateway.runtime.status import components
 from gateway.server.admin import admin_routes
-from gateway.server.agentsocket import open_agent_socket
+from gateway.server.agentsocket import open_agent_socket, remove_agent_folder
 from gateway.server.auth import Authenticator
+from gateway.server.connections import ensure_open_files
 from gateway.server.front import build_server
 from gateway.server.httpfront import HttpFront, McpEndpoint
 from gateway.server.httplane import HttpLane
@@ -320,11 +324,10 @@ def with_listen(config: Config, host: str | None = None, port: int | None = None
 
 def run_http(config: Config, *, host: str | None = None, port: int | None = None) -> None:
     """Serve until interrupted (``symbi serve``)."""
-    import uvicorn
-
     cfg = with_listen(config, host, port)
     if cfg.http.host not in ("127.0.0.1", "::1", "localhost"):
         _logger.warning("binding %s: the gateway is reachable beyond this machine", cfg.http.host)
+    ensure_open_files(cfg.http.max_connections)  # before anything starts: exit 2 naming the key
     app = build_app(cfg)
     uv = uvicorn.Config(
         app,
@@ -333,7 +336,8 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         log_level=cfg.gateway.log_level.lower(),
         access_log=False,  # ours is structured (AccessLog)
         log_config=None,  # keep the gateway's logging set-up
-        http=http_protocol(cfg.http.header_timeout_s, cfg.http.max_header_bytes),  # slow headers are cut off
+        # slow headers are cut off, open connections bounded
+        http=http_protocol(cfg.http.header_timeout_s, cfg.http.max_header_bytes, cfg.http.max_connections),
         loop="uvloop",  # libuv: less CPU per socket read and write than asyncio's selector loop
         # uvicorn's default believes X-Forwarded-For/-Proto from 127.0.0.1: any local caller
         # (and, through HAProxy, which passes them on, any caller of the workers) could write
@@ -341,10 +345,29 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         proxy_headers=False,
     )
     sockets = [uv.bind_socket()]
+    agent_path = None
     if app.state.agent_socket is not None:  # hosted agents: the same app on their Unix socket
         sockets.append(app.state.agent_socket)
+        agent_path = app.state.agent_socket.getsockname()
     keep_fds_from_children()
-    uvicorn.Server(uv).run(sockets=sockets)
+    _Uvicorn(uv, agent_path).run(sockets=sockets)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, removing the hosted agents' socket folder as it stops: uvicorn then
+    re-raises the signal it stopped on, and SIGTERM's default action ends the process before
+    ``atexit`` runs (every ``symbi serve`` stopped that way left its folder)."""
+
+    def __init__(self, config: uvicorn.Config, agent_path: str | None) -> None:
+        super().__init__(config)
+        self.agent_path = agent_path
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            if self.agent_path is not None:
+                remove_agent_folder(self.agent_path)
 
 
 def keep_fds_from_children() -> None:

@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from gateway.server.connections import CLOSED_IDLE, NONE_IDLE
+
 WINDOW_S = 10.0
 
 # the message templates (``LogRecord.msg``) of the lines a caller without credentials causes
@@ -27,10 +29,13 @@ NOISY = frozenset(
         "request headers not received within %.0f s: closing",  # gateway.server.sessions
         "request headers over %d bytes: refused (431)",
         "request body not received within %.0f s: closing",
+        CLOSED_IDLE,  # gateway.server.connections: past http.max_connections
+        NONE_IDLE,
     }
 )
-# the loggers that write them: uvicorn's protocol and the HTTP front's session layer
-LOGGERS = ("uvicorn.error", "symbi.http.sessions")
+# the loggers that write them: uvicorn's protocol, the HTTP front's session layer and its
+# connection bound
+LOGGERS = ("uvicorn.error", "symbi.http.sessions", "symbi.http.connections")
 
 
 class NoiseThrottle(logging.Filter):

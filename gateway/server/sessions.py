@@ -27,6 +27,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.compat import close_get_stream, close_http_session, open_http_sessions
 from gateway.context import Principal
 from gateway.errors import GatewayError
+from gateway.server.connections import REFUSED as CONNECTIONS_REFUSED
+from gateway.server.connections import OpenConnections
 from gateway.server.lognoise import throttle_noise
 from gateway.server.principals import scope_headers
 
@@ -373,15 +375,21 @@ class HeaderDeadlineHttpTools(HttpToolsProtocol):
     between requests is uvicorn's keep-alive timeout's), or after ``max_header_bytes``
     (431: httptools sets no limit, and 300 unauthenticated connections holding 3 MB of an
     unfinished header each took the gateway from 148 to 919 MB). Each response cycle writes
-    through a ``HeldHead``: its head and body leave in one write."""
+    through a ``HeldHead``: its head and body leave in one write. Open connections are bounded
+    by ``open_connections`` (``http.max_connections``; ``gateway.server.connections``)."""
 
     header_timeout: float = 10.0
     max_header_bytes: int = 65536
+    open_connections: OpenConnections | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         super().connection_made(transport)
+        if self.open_connections is not None and not self.open_connections.opened(self):
+            transport.write(CONNECTIONS_REFUSED)
+            transport.close()
+            return
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -417,6 +425,13 @@ class HeaderDeadlineHttpTools(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not before:  # a new request's cycle (its task has not run yet)
             cycle.transport = HeldHead(self.transport, self.loop)  # type: ignore[assignment]
+            if self.open_connections is not None:
+                self.open_connections.busy(self)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.open_connections is not None:
+            self.open_connections.idle(self)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -425,6 +440,8 @@ class HeaderDeadlineHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.open_connections is not None:
+            self.open_connections.closed(self)
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -450,12 +467,20 @@ _HEADERS_TOO_LARGE = (
 )
 
 
-def http_protocol(header_timeout: float, max_header_bytes: int = 65536) -> type[HttpToolsProtocol]:
-    """The uvicorn ``http`` protocol class with this header deadline and size (and the warnings
-    its connections cause throttled: any caller causes them, no credentials needed)."""
+def http_protocol(
+    header_timeout: float, max_header_bytes: int = 65536, max_connections: int | None = None
+) -> type[HttpToolsProtocol]:
+    """The uvicorn ``http`` protocol class with this header deadline and size, holding at most
+    ``max_connections`` open (None: no bound), and the warnings its connections cause
+    throttled (any caller causes them, no credentials needed)."""
     throttle_noise()
+    connections = OpenConnections(max_connections) if max_connections is not None else None
     return type(
         "SymbiHttpToolsProtocol",
         (HeaderDeadlineHttpTools,),
-        {"header_timeout": header_timeout, "max_header_bytes": max_header_bytes},
+        {
+            "header_timeout": header_timeout,
+            "max_header_bytes": max_header_bytes,
+            "open_connections": connections,
+        },
     )

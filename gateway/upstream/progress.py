@@ -10,6 +10,8 @@ every 0.1 s is never held back; progress is advisory, the result ends the call e
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 from mcp.shared.dispatcher import ProgressFnT
 
@@ -17,18 +19,24 @@ BURST = 20
 RATE = 20.0  # notifications a second, after a burst
 
 
-def paced_progress(report: ProgressFnT, *, burst: int = BURST, rate: float = RATE) -> ProgressFnT:
+def paced_progress(
+    report: ProgressFnT,
+    *,
+    burst: int = BURST,
+    rate: float = RATE,
+    clock: Callable[[], float] = anyio.current_time,  # a seam: the tests' own clock
+) -> ProgressFnT:
     """``report`` as one call's progress callback: a notification whose progress does not
     increase is dropped, and so is one past the call's budget (``burst``, refilled at ``rate``)."""
     last: float | None = None
     tokens = float(burst)
-    refilled = anyio.current_time()
+    refilled = clock()
 
     async def paced(progress: float, total: float | None, message: str | None) -> None:
         nonlocal last, tokens, refilled
         if last is not None and progress <= last:
             return
-        now = anyio.current_time()
+        now = clock()
         tokens = min(float(burst), tokens + (now - refilled) * rate)
         refilled = now
         if tokens < 1:

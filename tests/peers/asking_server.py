@@ -1,6 +1,7 @@
 """A raw JSON-lines MCP server (no SDK) that asks the client: once initialized, it sends
 ``$ASK_COUNT`` (default 2,000) ``roots/list`` requests at once, with no call in flight (a
-hostile upstream flooding the gateway with requests of its own). It lists no tools."""
+hostile upstream flooding the gateway with requests of its own). It lists no tools. Once every
+request is answered it says so on stderr (``ANSWERED``): a test waits for that, not a time."""
 
 from __future__ import annotations
 
@@ -15,12 +16,21 @@ def send(msg: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+ANSWERED = "asking: every request answered"
+
+
 def main() -> None:
     count = int(os.environ.get("ASK_COUNT", "2000"))
+    answered = 0
     for line in sys.stdin:
         msg = json.loads(line)
         rid, method = msg.get("id"), msg.get("method")
-        if method == "initialize":
+        if method is None and str(rid).startswith("ask-"):  # an answer (or an error) to an ask
+            answered += 1
+            if answered == count:
+                sys.stderr.write(ANSWERED + "\n")
+                sys.stderr.flush()
+        elif method == "initialize":
             version = msg["params"]["protocolVersion"]
             info = {"name": "asking", "version": "1"}
             send(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from pathlib import Path
 
-from gateway.server.lognoise import NoiseThrottle
+from gateway.server.lognoise import WINDOW_S, NoiseThrottle
 from tests.conftest import write_config
 from tests.server._http import serve_process
 
@@ -19,10 +20,13 @@ def test_connections_without_credentials_do_not_write_a_line_each(tmp_path: Path
     """Attack: a malformed request, an ``Upgrade: websocket`` request (two lines) and headers
     never finished each wrote a warning: 60 connections with no credentials wrote 100 lines
     (20,000 lines in 20 s from one client holding connections open). Now the first of each and
-    no more within the window; the gateway still answers."""
+    no more within the window; the gateway still answers. The throttle passes a line at most
+    once per window, so the lines allowed follow from how long the connections took (a loaded
+    machine may take longer than one window; they were all written before the last answer)."""
     cfg = write_config(tmp_path, "[http]\nheader_timeout_s = 1.0\n")
     with serve_process(cfg) as (base, _proc):
         port = int(base.rsplit(":", 1)[1])
+        began = time.monotonic()  # the server's lines come after: CLOCK_MONOTONIC is system-wide
         for request, status in ((GARBAGE, b"400"), (UPGRADE, b"200")):  # the upgrade: served as HTTP
             for _ in range(20):
                 with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -34,11 +38,15 @@ def test_connections_without_credentials_do_not_write_a_line_each(tmp_path: Path
         for s in slow:
             assert s.recv(100) == b""  # closed by the header deadline
             s.close()
+        most = 1 + int((time.monotonic() - began) // WINDOW_S)  # 1 but on a stalled machine
         log = next(tmp_path.glob("serve-*.log")).read_text()
-    assert log.count("Invalid HTTP request received.") == 1
-    assert log.count("Unsupported upgrade request.") == 1
-    assert log.count("No supported WebSocket library detected") == 1
-    assert log.count("request headers not received within") == 1
+    for line in (
+        "Invalid HTTP request received.",
+        "Unsupported upgrade request.",
+        "No supported WebSocket library detected",
+        "request headers not received within",
+    ):
+        assert 1 <= log.count(line) <= most, (line, most)  # 20 each without the throttle
 
 
 class Clock:

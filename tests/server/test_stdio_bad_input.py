@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -16,12 +16,12 @@ RAW = ROOT / "tests/peers/raw_server.py"
 
 
 class Raw:
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, stderr: IO[bytes] | int = subprocess.DEVNULL) -> None:
         self.p = subprocess.Popen(
             [str(SYMBI), "mcp", "--config", str(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
             env=symbi_env(),
         )
 

@@ -66,7 +66,7 @@ def run_server(config_path: Path, *, wait_ready: bool = True, timeout: float = 6
             access_log=False,
             log_config=None,
             http=http_protocol(
-                cfg.http.header_timeout_s, cfg.http.max_header_bytes
+                cfg.http.header_timeout_s, cfg.http.max_header_bytes, cfg.http.max_connections
             ),  # as symbi serve runs it
             loop="uvloop",
         )

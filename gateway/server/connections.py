@@ -1,0 +1,106 @@
+"""``http.max_connections``: how many connections the HTTP front holds open at once.
+
+Nothing bounded them: uvicorn accepts every connection, and one without a request is closed
+only by ``http.header_timeout_s`` (10 s) later. A client opening connections and sending nothing
+held thousands at a time; at the open-file limit (4,096 here) the gateway could accept nothing
+(a legitimate request was reset) and could open nothing either: the policy's reload thread died
+on EMFILE, so policy changes stopped being picked up for the life of the process.
+
+Past ``limit`` open connections, a new one takes the place of the one idle longest (no request
+in progress: headers not complete, or a kept-alive connection between requests); a request in
+progress is never cut. With none idle, the new connection is answered 503 and closed. A
+legitimate client is thus served whatever number of idle connections another holds. At start
+the open-file limit is raised to hold ``limit`` connections besides the gateway's own files
+(``ensure_open_files``), or the gateway refuses to start, naming the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_logger = logging.getLogger("symbi.http.connections")
+
+# the gateway's own descriptors besides its clients': upstream pipes, sandbox runs, stores,
+# the audit log, listeners, Redis and PostgreSQL connections
+FD_RESERVE = 1024
+
+# the warnings (throttled: any caller causes them; gateway.server.lognoise)
+CLOSED_IDLE = "open connections at http.max_connections (%d): closed the one idle longest"
+NONE_IDLE = "open connections at http.max_connections (%d), none idle: refused"
+REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: 34\r\n\r\ntoo many open connections: retry\r\n"
+)
+
+
+class OpenConnections:
+    """The HTTP front's open connections, the idle ones by how long they have been idle."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self._idle: OrderedDict[HttpToolsProtocol, None] = OrderedDict()  # longest idle first
+
+    def opened(self, conn: HttpToolsProtocol) -> bool:
+        """Count ``conn`` (idle: no request yet); past the limit close the connection idle
+        longest. False when none is idle: ``conn`` is to be refused."""
+        self.open += 1
+        self._idle[conn] = None
+        if self.open <= self.limit:
+            return True
+        while True:  # O(1) a connection: each one looked at leaves the idle ones
+            other, _ = self._idle.popitem(last=False)
+            if other is conn:  # the newest: no other is idle
+                _logger.warning(NONE_IDLE, self.limit)
+                return False
+            if not _busy(other) and not other.transport.is_closing():
+                _logger.warning(CLOSED_IDLE, self.limit)
+                other.transport.close()
+                return True
+
+    def busy(self, conn: HttpToolsProtocol) -> None:
+        """A request of ``conn`` is in progress: never closed for another."""
+        self._idle.pop(conn, None)
+
+    def idle(self, conn: HttpToolsProtocol) -> None:
+        """``conn``'s request was answered: idle from now (unless closing, or pipelined)."""
+        if not _busy(conn) and not conn.transport.is_closing():
+            self._idle[conn] = None
+            self._idle.move_to_end(conn)
+
+    def closed(self, conn: HttpToolsProtocol) -> None:
+        self.open -= 1
+        self._idle.pop(conn, None)
+
+
+def _busy(conn: HttpToolsProtocol) -> bool:
+    cycle = conn.cycle  # the latest request's (a pipelined one waiting included)
+    return cycle is not None and not cycle.response_complete
+
+
+def ensure_open_files(limit: int) -> None:
+    """Raise this process's open-file limit to hold ``limit`` connections and ``FD_RESERVE``
+    files of its own.
+
+    Raises:
+        ConfigError: naming http.max_connections, when the hard limit is below that.
+    """
+    need = limit + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise ConfigError(
+            f"http.max_connections = {limit} needs {need} open files (and {FD_RESERVE} for the "
+            f"gateway's own); the limit here is {hard}: lower http.max_connections or raise "
+            "the open-file limit (ulimit -n)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))

@@ -123,12 +123,7 @@ class Gateway:
             allowed_targets=self.visibility.targets,
         )
         # what an upstream's own requests to the client pass: bounds, then the policy (asked.py)
-        self.asking = RequestGate(
-            policy,
-            in_flight=config.mcp.max_server_requests_in_flight,
-            max_bytes=min(config.mcp.max_server_request_bytes, config.mcp.max_message_bytes),
-            decision=config.policy.decision,
-        )
+        self.asking = _request_gate(config, policy)
         self.pool = self._upstream_pool(wrap_command)
         self.upstreams = self.pool.upstreams  # the primary of each server (the catalogue's source)
         self.replicas = self.pool.replicas  # every process of each server, primary first
@@ -444,3 +439,14 @@ class Gateway:
 
 _READ_RESULT: TypeAdapter[Any] = TypeAdapter(types.ReadResourceResult | types.InputRequiredResult)
 _PROMPT_RESULT: TypeAdapter[Any] = TypeAdapter(types.GetPromptResult | types.InputRequiredResult)
+
+
+def _request_gate(config: Config, policy: PolicyEngine | None) -> RequestGate:
+    """The bounds and the policy an upstream's own requests to the client pass: a request is
+    never larger than the largest message read at all (``mcp.max_message_bytes``)."""
+    return RequestGate(
+        policy,
+        in_flight=config.mcp.max_server_requests_in_flight,
+        max_bytes=min(config.mcp.max_server_request_bytes, config.mcp.max_message_bytes),
+        decision=config.policy.decision,
+    )

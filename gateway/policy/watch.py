@@ -61,14 +61,20 @@ class FileWatcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            if self._poll() == self._stamps:
-                continue
-            # an editor may still be writing: wait until two polls agree
-            if self._stop.wait(min(0.2, self.interval_s)):
-                return
-            settled = self._poll()
-            self._stamps = settled
             try:
-                self._on_change()
-            except Exception:  # the watcher must survive a bad callback; reload logs its own errors
-                log.exception("policy reload callback failed")
+                self._once()
+            except Exception:  # one failed pass (EMFILE listing a folder) must end no reloads
+                log.exception("policy watch: this pass failed; the next one tries again")
+
+    def _once(self) -> None:
+        if self._poll() == self._stamps:
+            return
+        # an editor may still be writing: wait until two polls agree
+        if self._stop.wait(min(0.2, self.interval_s)):
+            return
+        settled = self._poll()
+        self._stamps = settled
+        try:
+            self._on_change()
+        except Exception:  # the watcher must survive a bad callback; reload logs its own errors
+            log.exception("policy reload callback failed")

@@ -321,3 +321,31 @@ def test_the_watcher_stops_from_its_own_callback(tmp_path: Path, caplog: pytest.
         thread.join(10)
     assert not thread.is_alive()
     assert [r for r in caplog.records if r.name == "symbi.policy"] == []
+
+
+def test_a_failed_pass_does_not_end_the_watch(tmp_path: Path) -> None:
+    """Listing the watched files can fail (EMFILE when the process is out of descriptors): the
+    thread died of it before, and no later edit was ever reloaded."""
+    f = tmp_path / "p.rego"
+    f.write_text("package a\n")
+    failing = threading.Event()
+    changed = threading.Event()
+
+    def paths() -> list[Path]:
+        if failing.is_set():
+            failing.clear()
+            raise OSError(24, "Too many open files")
+        return [f]
+
+    w = FileWatcher(paths, changed.set, interval_s=0.05)
+    w.start()
+    try:
+        failing.set()
+        deadline = time.monotonic() + 10
+        while failing.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not failing.is_set()  # the failing pass ran
+        f.write_text("package b\n")
+        assert changed.wait(10)
+    finally:
+        w.stop()

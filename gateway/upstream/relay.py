@@ -36,7 +36,7 @@ from mcp.client.session import ClientRequestContext
 from mcp.server.session import ServerSession
 from mcp.shared.message import ServerMessageMetadata
 
-from gateway.context import Principal
+from gateway.context import CallContext, Downstream, Principal
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
 from gateway.policy.results import log_data
@@ -57,8 +57,8 @@ class _Caller:
     conditions: Mapping[str, Any] | None = None
     # the call (a CallContext) and the request context: who the policy is asked about, read
     # only when the upstream asks something (never on the call's own path)
-    call: Any = None
-    ctx: Any = None
+    call: CallContext | None = None
+    ctx: Downstream | None = None
 
     def requester(self) -> Requester:
         call = self.call
@@ -133,8 +133,8 @@ class CallerRelay:
         owner: str = "unknown",
         ask: Callable[[Any], Awaitable[Any]] | None = None,
         conditions: Mapping[str, Any] | None = None,
-        call: Any = None,
-        ctx: Any = None,
+        call: CallContext | None = None,
+        ctx: Downstream | None = None,
     ) -> int | None:
         """``caller`` without the generator (the call path's cost): the key for ``leave``."""
         if session is None:

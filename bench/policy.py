@@ -164,9 +164,9 @@ def step_overhead(engine: EmbeddedEngine, n: int) -> dict[str, float]:
             out.append(time.perf_counter_ns() - t0)
         return sorted(out)
 
-    class Unlimited(CallCounters):
-        def try_acquire(self, principal: str, tool: str, limit_per_minute: int | None) -> bool:
-            return super().try_acquire(principal, tool, None)
+    class Unlimited(CallCounters):  # the step's own cost, not the data's per-minute limit
+        def admit(self, principal: str, tool: str, limit_per_minute: int | None, tool_bucket: int) -> bool:
+            return super().admit(principal, tool, None, tool_bucket)
 
     bare = asyncio.run(measure(build_chain([], endpoint)))
     with_step = asyncio.run(measure(build_chain([PolicyStep(engine, Unlimited())], endpoint)))

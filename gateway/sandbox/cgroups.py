@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import SandboxUnavailable
+from gateway.sandbox.base import pid_alive
 
 ROOT = Path("/sys/fs/cgroup")
 PREFIX = "symbi-"
@@ -219,16 +220,6 @@ def memory_peak_mb(cg: RunCgroup) -> float:
         return 0.0
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cleanup_orphans(*, include_own: bool = False) -> list[str]:
     """Remove ``symbi-*`` groups whose gateway process is gone (or ours, if asked)."""
     try:
@@ -249,7 +240,7 @@ def cleanup_orphans(*, include_own: bool = False) -> list[str]:
             pid = int(m.group(1))
             if pid == os.getpid() and not include_own:
                 continue
-            if pid != os.getpid() and _pid_alive(pid):
+            if pid != os.getpid() and pid_alive(pid):
                 continue
             by_name.setdefault(d.name, {})[ctrl] = d
     for name, dirs in by_name.items():
@@ -279,6 +270,6 @@ def list_ours() -> list[Path]:
     out: list[Path] = []
     for d in list_all():
         m = _NAME_RE.match(d.name)
-        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+        if m and (int(m.group(1)) == os.getpid() or not pid_alive(int(m.group(1)))):
             out.append(d)
     return out

@@ -5,6 +5,7 @@ an upstream's requests go back to. Every bridged request is on the record."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_cli
 from gateway.upstream.caller_caps import DOWNSTREAM_CAPABILITIES, downstream_ref
 from gateway.upstream.relay import caller_owner
 from gateway.upstream.session import Upstream
+
+_logger = logging.getLogger("symbi.relay")
 
 
 def modern(side: Any) -> bool:
@@ -85,7 +88,8 @@ async def answered_for_legacy(
     the 2025 era (it cannot read one), ask the client and send again with its answers. The
     links in its sampling requests are its claims before the client sees them (``handed_out``,
     under the catalogue's name of the upstream; ``StateUnavailable`` refuses the call). Each
-    request passes ``gate`` first (bounds and policy, ``asked.py``): one refused fails the call."""
+    request passes ``gate`` first (bounds and policy, ``asked.py``): one refused fails the call;
+    so do those of an input-required result a 2026 client gets to answer itself."""
     ctx = call.downstream
     result = await send(call.input_responses, call.request_state)
     rounds = 0
@@ -110,6 +114,10 @@ async def answered_for_legacy(
             getattr(ctx, "session", None), getattr(ctx, "request_id", None), result
         )
         result = await send(answers or None, result.request_state)
+    if isinstance(result, types.InputRequiredResult) and gate is not None:
+        # for a 2026 client, which asks its user or model itself: the same gate first
+        server = call.upstream.name if call.upstream is not None else upstream
+        await _gated(gate, events, call, upstream, server, result)
     return result
 
 
@@ -168,7 +176,10 @@ async def _gated(
         "error_code": refusal.error_code,
         "reasons": list(refusal.reasons),
     }
-    events.emit(Event.UPSTREAM_CLIENT_REQUEST, details, principal=caller_owner(call.downstream))
+    try:
+        events.emit(Event.UPSTREAM_CLIENT_REQUEST, details, principal=caller_owner(call.downstream))
+    except Exception:  # the refusal stands whatever the sink does (as the relay's records)
+        _logger.exception("upstream %s: recording a refused %s failed", upstream, method)
     text = f"{method} from upstream {upstream!r} refused: {refusal.reason}"
     raise PolicyDenied(text) if refusal.error_code == "policy_denied" else UpstreamError(text)
 

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from mcp import Client as SdkClient
 from mcp import ClientSession, MCPError, types
 from mcp.client.streamable_http import streamable_http_client
 
@@ -264,6 +265,38 @@ async def test_a_2026_upstreams_input_request_passes_the_policy_too(tmp_path: Pa
         assert client.elicited == []  # the attack: the upstream's question reached the user
         said = await _call(run, key, client, "fx__test_input_required_result_list_roots", {})
         assert said == "Roots: file:///srv/work"
+        events = _client_requests(run)
+    assert [(e["details"]["method"], e["details"]["error_code"]) for e in events] == [
+        ("elicitation/create", "policy_denied")
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_2026_upstreams_input_request_to_a_2026_client_passes_the_policy_too(tmp_path: Path) -> None:
+    """The same question for a 2026-era client, which gets the input-required result to
+    answer itself. Before (the session's review): it went back unchanged, with no decision,
+    bound or record; now the call is refused and the question never reaches the client."""
+    cfg = _config(
+        tmp_path,
+        {"server_requests": ["roots/list"]},
+        server="fx",
+        run=f'args = ["{FIXTURE}", "--stdio"]\nprotocol = "auto"',
+    )
+    key = _key(cfg)
+    with run_server(cfg) as run:
+        async with (
+            httpx2.AsyncClient(headers=bearer(key), timeout=120) as hc,
+            SdkClient(streamable_http_client(run.mcp, http_client=hc), mode="2026-07-28") as c,
+        ):
+            refused = await c.session.call_tool(
+                "fx__test_input_required_result_elicitation", {}, allow_input_required=True
+            )
+            assert isinstance(refused, types.CallToolResult) and refused.is_error  # not the question
+            assert (refused.meta or {})["symbi/error"]["code"] == "policy_denied"
+            roots = await c.session.call_tool(
+                "fx__test_input_required_result_list_roots", {}, allow_input_required=True
+            )
+            assert isinstance(roots, types.InputRequiredResult)  # allowed: the client is asked
         events = _client_requests(run)
     assert [(e["details"]["method"], e["details"]["error_code"]) for e in events] == [
         ("elicitation/create", "policy_denied")

@@ -21,6 +21,7 @@ of them or the principal; that resumes all of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -30,7 +31,14 @@ from typing import Any
 import anyio
 
 from gateway.config.model import Config
-from gateway.errors import AgentError, AgentSuspended, AgentTerminated, GatewayError, InvalidTransition
+from gateway.errors import (
+    AgentError,
+    AgentSuspended,
+    AgentTerminated,
+    GatewayError,
+    InvalidTransition,
+    StateUnavailable,
+)
 from gateway.events import Event, EventSink
 from gateway.runtime.agents import Agent, AgentRegistry
 from gateway.runtime.breaker import Breakers
@@ -111,11 +119,12 @@ class AgentRuntime:
     def begin(self, agent: Agent, what: str) -> None:
         """A task for ``agent`` starts, or is refused when the agent may not work now."""
         agent.last_seen = time.monotonic()
-        hold = self.holds.get(agent.owner) if not agent.hosted and agent.owner else None
-        if agent.state is AgentState.SUSPENDED:
+        if agent.state is AgentState.SUSPENDED:  # suspended whatever the shared state says
+            clearing: list[str] = []
+            with contextlib.suppress(StateUnavailable):
+                clearing = self._clearing(agent, self._held(agent))
             raise AgentSuspended(
-                f"agent {agent.name} is suspended",
-                reasons=[agent.reason or "suspended", *self._clearing(agent, hold)],
+                f"agent {agent.name} is suspended", reasons=[agent.reason or "suspended", *clearing]
             )
         if agent.state is AgentState.TERMINATED or agent.id in self._terminating:
             raise AgentTerminated(
@@ -123,6 +132,7 @@ class AgentRuntime:
             )
         if agent.state not in (AgentState.READY, AgentState.RUNNING):
             raise AgentError(f"agent {agent.name} is {agent.state.value}: it cannot take tasks")
+        hold = self._held(agent)  # StateUnavailable before anything is counted
         agent.in_flight += 1
         agent.calls += 1
         if agent.state is AgentState.READY:
@@ -148,7 +158,7 @@ class AgentRuntime:
             return AgentTerminated(
                 f"agent {agent.name} has been terminated", reasons=[agent.reason or "terminated"]
             )
-        hold = self.holds.get(agent.owner) if not agent.hosted and agent.owner else None
+        hold = self._held(agent)
         if hold is not None:
             if agent.state is AgentState.RUNNING:
                 self._suspend_running(agent, held_reason(hold))
@@ -156,6 +166,11 @@ class AgentRuntime:
                 f"agent {agent.name} is suspended", reasons=[held_reason(hold), *self._clearing(agent, hold)]
             )
         return None
+
+    def _held(self, agent: Agent) -> Hold | None:
+        """The hold of ``agent``'s principal, for a session agent (``StateUnavailable`` when
+        the shared list has not been confirmed lately)."""
+        return self.holds.get(agent.owner) if not agent.hosted and agent.owner else None
 
     def _clearing(self, agent: Agent, hold: Hold | None) -> list[str]:
         """How an operator clears a session agent's suspension (said with each refusal)."""

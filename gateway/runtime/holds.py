@@ -193,9 +193,16 @@ class PrincipalHolds:
         elif self.board is not None:
             self._changes.append(_Change(hold.principal, hold))
             self._wake()
-        elif self._file is not None and not held_here_only(hold.principal):
-            self._file.add(hold, self.limit)  # on disk before it is in force (and answered)
-        self._view[hold.principal] = hold
+        self._view[hold.principal] = hold  # in force first: a failed write must not undo it
+        if self.board is None and self._file is not None and not held_here_only(hold.principal):
+            try:
+                self._file.add(hold, self.limit)
+            except sqlite3.Error:
+                _logger.exception(
+                    "principal %s: suspension in force here, but not written to the data dir "
+                    "(a restart would forget it)",
+                    hold.principal,
+                )
         while len(self._view) > self.limit:
             old, _ = self._view.popitem(last=False)
             self._local.pop(old, None)

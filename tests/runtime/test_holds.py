@@ -9,6 +9,7 @@ and called on; and the calls it had queued behind the breach still ran, one afte
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -159,6 +160,46 @@ def test_a_hold_survives_a_restart_in_the_data_dir_but_a_stdio_principals_does_n
     assert again.resume(again.agents.for_session(ALICE, "c", "s9"), "operator") == "resumed"
     again.holds.close()
     assert PrincipalHolds(file=HoldFile(path)).all() == []
+
+
+def test_a_hold_the_data_dir_cannot_take_is_still_in_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's attack: the file's write failing (disk full) was raised into the state
+    listener, which logged it, and the principal was not held: a new session of the same key
+    went through. The hold is in force first; the failed write is logged."""
+    rt = runtime(PrincipalHolds(file=HoldFile(tmp_path / "principals-suspended.db")))
+
+    def full(*_: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(HoldFile, "add", full)
+    agent = rt.agents.for_session(ALICE, "c", "s1")
+    rt.begin(agent, "t")
+    rt.suspend(agent, "budget breach")
+    with pytest.raises(AgentSuspended):
+        rt.begin(rt.agents.for_session(ALICE, "c", "s2"), "t")
+    rt.holds.close()
+
+
+def test_a_suspended_agent_is_told_so_while_the_shared_list_is_unconfirmed() -> None:
+    """The review's finding: the shared list was read before the agent's own state, so a
+    suspended agent got ``StateUnavailable`` ("retry") while Redis was stale, and a refused
+    call had been counted in flight first. (The seam: a board that never confirmed, as after
+    Redis went away; the real loop against a stopped Redis is tested above.)"""
+    holds = PrincipalHolds()
+    rt = runtime(holds)
+    agent = rt.agents.for_session(ALICE, "c", "s1")
+    rt.begin(agent, "t")
+    rt.suspend(agent, "budget breach")
+    holds.board = object()  # type: ignore[assignment]
+    holds.confirmed = None
+    with pytest.raises(AgentSuspended):
+        rt.begin(agent, "t")
+    other = rt.agents.for_session(ALICE, "c", "s2")
+    with pytest.raises(StateUnavailable):
+        rt.begin(other, "t")
+    assert other.in_flight == 0 and other.calls == 0
 
 
 def test_holds_are_bounded_oldest_first() -> None:

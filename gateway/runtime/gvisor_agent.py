@@ -93,17 +93,24 @@ def gvisor_argv(
         )
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     netns = _own_netns(tag)  # first: a refusal leaves nothing else behind
-    bundle = tempfile.mkdtemp(prefix="symbi-agent-gv-")
-    state = tempfile.mkdtemp(prefix="symbi-runsc-")
-    root = _rootfs(bundle)
-    binds = sorted({*read_only_binds(command, args, None), *ro_paths}, key=len)
-    cgroup = f"/symbi-agent-{tag}"
-    _memory_cgroup(cgroup, limits.memory_mb * 1024 * 1024)
-    spec = _oci_spec([command, *args], env, limits, root, _mounts(binds, hidden, socket), cgroup)
-    Path(bundle, "config.json").write_text(json.dumps(spec))
-    cid = f"symbi-agent-{run_tag}"
-    runsc = ["runsc", "--root", state, "--network=none", "--host-uds=open", "run", "--bundle", bundle, cid]
-    return [*in_netns(netns), *runsc], RunscRun(bundle, state, cid, cgroup, netns)
+    box = RunscRun(
+        tempfile.mkdtemp(prefix="symbi-agent-gv-"),
+        tempfile.mkdtemp(prefix="symbi-runsc-"),
+        f"symbi-agent-{run_tag}",
+        f"/symbi-agent-{tag}",
+        netns,
+    )
+    try:
+        root = _rootfs(box.bundle)
+        binds = sorted({*read_only_binds(command, args, None), *ro_paths}, key=len)
+        _memory_cgroup(box.cgroup, limits.memory_mb * 1024 * 1024)
+        spec = _oci_spec([command, *args], env, limits, root, _mounts(binds, hidden, socket), box.cgroup)
+        Path(box.bundle, "config.json").write_text(json.dumps(spec))
+    except BaseException:
+        box.remove()  # the namespace, the folders and the cgroup: nothing of a run that never ran
+        raise
+    runsc = ["runsc", "--root", box.state, "--network=none", "--host-uds=open", "run", "--bundle", box.bundle]
+    return [*in_netns(netns), *runsc, box.cid], box
 
 
 # runsc serves its control API (exec, signal, destroy) on an abstract Unix socket of the
@@ -126,11 +133,13 @@ def _own_netns(tag: str) -> str:
         pid = path.name.removeprefix(NETNS_PREFIX).split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             subprocess.run(["ip", "netns", "del", path.name], capture_output=True, timeout=30, check=False)
+    if shutil.which("nsenter") is None:
+        raise GatewayError("sandbox tier 'gvisor' is unavailable: nsenter (util-linux) is not installed")
     name = f"{NETNS_PREFIX}{tag}"
     made = subprocess.run(
         ["ip", "netns", "add", name], capture_output=True, text=True, timeout=30, check=False
     )
-    if made.returncode != 0 or shutil.which("nsenter") is None:
+    if made.returncode != 0:
         raise GatewayError(
             f"sandbox tier 'gvisor' is unavailable: no network namespace of its own ({made.stderr.strip()})"
         )

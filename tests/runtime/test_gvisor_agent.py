@@ -322,3 +322,29 @@ async def test_no_other_process_can_drive_a_gvisor_agent_through_runscs_control_
             tg.cancel_scope.cancel()
     assert answers[0].startswith("answered") and answers[1].startswith("refused"), answers
     assert ended.is_set()  # runsc kill reached the sandbox in its namespace
+
+
+def test_a_run_that_fails_before_it_starts_leaves_no_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review's finding: a failure after the namespace was made (here the memory cgroup,
+    the seam: this machine makes it) left it, and the run's folders, for the gateway's life."""
+    import gateway.runtime.gvisor_agent as gv
+    from gateway.errors import GatewayError
+
+    def refuse(cgroup: str, limit: int) -> None:
+        raise GatewayError("test: no memory cgroup")
+
+    made: list[str] = []
+    own = gv._own_netns
+
+    def keep(tag: str) -> str:
+        made.append(own(tag))
+        return made[-1]
+
+    monkeypatch.setattr(gv, "_memory_cgroup", refuse)
+    monkeypatch.setattr(gv, "_own_netns", keep)
+    limits = ResourceLimits.from_config(ResourcesSection())
+    with pytest.raises(GatewayError):
+        gv.gvisor_argv(
+            "/usr/bin/true", [], {}, limits, ro_paths=[], socket=("/tmp", "/run/symbi"), run_tag="t"
+        )
+    assert made and _gone(f"/run/netns/{made[0]}")

@@ -34,31 +34,59 @@ def _ip(*args: str) -> None:
         raise OSError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
 
 
-def _alive(pid: int) -> bool:  # base.pid_alive's twin: this file imports nothing of the gateway
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (``/proc/PID/stat`` field 22), or None: gone. A slot names
+    its holder by both, so a pid reused by another process does not hold it."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _slots_dir() -> int:
+    """The slots' folder, open: root's own, 0700, not a link (this runs as root)."""
+    os.makedirs(SLOTS, mode=0o700, exist_ok=True)
+    fd = os.open(SLOTS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    st = os.fstat(fd)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise OSError(f"{SLOTS} is not this user's own 0700 folder")
+    return fd
+
+
+def _holder(folder: int, name: str) -> tuple[int, str] | None:
+    """(pid, start) written in slot ``name``; None when there is none. A link is never read."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd) as f:
+        pid, _, start = f.read().strip().partition(" ")
+    return (int(pid), start) if pid.isdigit() else None
 
 
 def _take_slot() -> int:
-    """A free slot, its file now holding this pid (the caller holds the host's lock)."""
-    os.makedirs(SLOTS, mode=0o700, exist_ok=True)
-    for slot in range(_SLOTS):
-        path = os.path.join(SLOTS, str(slot))
-        try:
-            with open(path) as f:
-                holder = int(f.read().strip() or "0")
-        except (FileNotFoundError, ValueError):
-            holder = 0
-        if holder and _alive(holder):
-            continue
-        with open(path, "w") as f:
-            f.write(str(os.getpid()))
-        return slot
+    """A free slot, its file now naming this process (the caller holds the host's lock)."""
+    folder = _slots_dir()
+    me = f"{os.getpid()} {_started(os.getpid())}"
+    try:
+        for slot in range(_SLOTS):
+            name = str(slot)
+            try:
+                held = _holder(folder, name)
+                if held is not None and _started(held[0]) == held[1]:
+                    continue
+                fd = os.open(
+                    name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=folder
+                )
+            except OSError:  # a link, or unreadable: never this slot
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return slot
+    finally:
+        os.close(folder)
     raise OSError(f"no free egress slot ({_SLOTS} in use)")
 
 
@@ -93,7 +121,8 @@ def _own_end(slot: int) -> None:
 
 def enter(argv: list[str]) -> None:
     host_ns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    with open(LOCK_FILE, "a") as lock:
+    lock = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         slot = _take_slot()
         if _libc().unshare(_CLONE_NEWNET) != 0:
@@ -110,6 +139,8 @@ def enter(argv: list[str]) -> None:
         _, status = os.waitpid(child, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise OSError("the host end of the veth pair could not be made")
+    finally:
+        os.close(lock)  # the slot is this process's now: its file names it
     os.close(host_ns)
     _own_end(slot)
     os.execvp(argv[0], argv)

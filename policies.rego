@@ -887,6 +887,7 @@ server_request_deny contains msg if {
 
 sampling_tokens_ok(tokens) if {
 	is_number(tokens)
+	is_number(server_request_max_tokens) # a string in the data would compare above every number
 	tokens >= 0
 	tokens <= server_request_max_tokens
 }

@@ -298,3 +298,10 @@ test_an_upstream_may_be_kept_from_sampling if {
 	other := data.symbi.decision with input as server_request("sampling/createMessage", "time", {"maxTokens": 10}) with data.symbi_data as data_no_sampling
 	other.allow == true
 }
+
+test_a_token_bound_that_is_not_a_number_denies_sampling if {
+	# OPA orders every string above every number: "8192" as the bound allowed any request
+	odd := object.union(fixture, {"upstreams": {"fs": {"max_sampling_tokens": "8192"}}})
+	d := data.symbi.decision with input as server_request("sampling/createMessage", "fs", {"maxTokens": 1000000}) with data.symbi_data as odd
+	d.allow == false
+}

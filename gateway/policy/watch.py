@@ -60,11 +60,16 @@ class FileWatcher:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        failing = False  # one traceback a run of failed passes, not one a pass
         while not self._stop.wait(self.interval_s):
             try:
                 self._once()
             except Exception:  # one failed pass (EMFILE listing a folder) must end no reloads
-                log.exception("policy watch: this pass failed; the next one tries again")
+                if not failing:
+                    log.exception("policy watch: a pass failed; the next ones try again")
+                failing = True
+            else:
+                failing = False
 
     def _once(self) -> None:
         if self._poll() == self._stamps:

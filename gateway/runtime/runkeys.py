@@ -18,14 +18,16 @@ bound where it runs: an unbound one is refused.
 The lease board's statuses are read at most once per ``CACHE_S`` per hosted agent principal,
 whatever the number of requests (they were read from Redis on every request: a flood of
 requests with the key was a flood of Redis reads); requests arriving during a read wait for it.
-A decision is never based on a read *sent* more than ``CACHE_S`` before it, so a run that stops
-being ``Running`` (its holder writes that at once) has its key refused by every other replica
-within ``CACHE_S`` (plus that write). A failed read is remembered as long (a 503 each).
+A request is decided on a read sent after it arrived or less than ``CACHE_S`` before, so a run
+that stops being ``Running`` (its holder writes that at once) has its key refused by every other
+replica within ``CACHE_S`` (plus that write); requests that waited for a slow read all take it.
+A failed read is remembered as long (a 503 each).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -47,13 +49,14 @@ Statuses = dict[str, dict[str, Any] | None]
 class RunCredentials:
     """Decides, on the HTTP front, whether a hosted agent's credential is good here and now."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout_s = config.state.timeout_s
+        self._clock = clock
         self._names: dict[str, list[str]] = {}  # a hosted agent's principal -> its agents
         for name, ac in config.agents.items():
             self._names.setdefault(hosted_principal(name, ac).id, []).append(name)
         # per principal: (monotonic time its read was sent, what it read or why it failed)
-        self._seen: dict[str, tuple[float, Statuses | StateUnavailable]] = {}
+        self._seen: dict[str, tuple[float, Statuses | str]] = {}
         self._reading: dict[str, anyio.Event] = {}  # the read in flight per principal
 
     def applies(self, p: Principal) -> bool:
@@ -82,27 +85,32 @@ class RunCredentials:
     async def _statuses(self, principal: str, board: LeaseBoard) -> Statuses:
         """The lease board's statuses of ``principal``'s agents, read at most once per
         ``CACHE_S``; ``StateUnavailable`` when that read failed."""
+        arrived = self._clock()
         while True:
             hit = self._seen.get(principal)
-            if hit is not None and time.monotonic() - hit[0] < CACHE_S:
-                if isinstance(hit[1], StateUnavailable):
-                    raise hit[1]
-                return hit[1]
+            if hit is not None and (hit[0] >= arrived or self._clock() - hit[0] < CACHE_S):
+                return _outcome(hit[1])
             reading = self._reading.get(principal)
             if reading is None:
                 break
-            await reading.wait()  # its result is fresh (or it was cancelled: read again)
+            await reading.wait()  # its result is sent after this request came (or it was cancelled)
         self._reading[principal] = done = anyio.Event()
-        sent = time.monotonic()
+        sent = self._clock()
         try:
             with anyio.fail_after(self.timeout_s):
-                seen: Statuses | StateUnavailable = await board.statuses(self._names[principal])
+                seen: Statuses | str = await board.statuses(self._names[principal])
         except (RedisError, OSError, TimeoutError) as e:
-            seen = StateUnavailable(f"the hosted agents' leases cannot be read ({type(e).__name__})")
+            seen = f"the hosted agents' leases cannot be read ({type(e).__name__})"
         finally:
             del self._reading[principal]
             done.set()
         self._seen[principal] = (sent, seen)
-        if isinstance(seen, StateUnavailable):
-            raise seen
-        return seen
+        return _outcome(seen)
+
+
+def _outcome(seen: Statuses | str) -> Statuses:
+    """A read's statuses, or a new ``StateUnavailable`` for a failed one (a fresh exception
+    each time: one re-raised object collects every raise's traceback)."""
+    if isinstance(seen, str):
+        raise StateUnavailable(seen)
+    return seen

@@ -3,14 +3,15 @@
 ``CACHE_S``, and a run that stops being Running still has its key refused within that bound.
 
 Before: every request with such a key read the lease board (an ``MGET``): 200 requests, 200
-reads. Counted by Redis itself (``INFO commandstats``), never by a stand-in.
+reads. Counted by Redis itself (``INFO commandstats``), or by a spy around the real board's
+read; the bound is asserted on a clock the test moves, not timed.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -90,35 +91,95 @@ async def test_a_flood_of_requests_reads_the_board_once_per_interval(
     assert reads(raw) - before <= 4
 
 
+class Clock:
+    """The run-key check's clock, moved by the test: the bound is asserted, not timed."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Counted:
+    """The real board's ``statuses``, counted (and, with ``then``, the clock moved while the
+    read is out: a slow read)."""
+
+    def __init__(self, board: LeaseBoard, then: Callable[[], None] | None = None) -> None:
+        self.calls, self._real, self._then = 0, board.statuses, then
+
+    async def __call__(self, names: list[str]) -> Any:
+        self.calls += 1
+        if self._then is not None:
+            self._then()
+        await anyio.sleep(0.05)  # the others arrive while it is out
+        return await self._real(names)
+
+
 async def test_a_run_no_longer_running_has_its_key_refused_within_the_bound(
     replica: tuple[RunCredentials, HostedAgents, redis.Redis],
 ) -> None:
-    runs, hosted, raw = replica
+    _, hosted, raw = replica
+    clock = Clock()
+    runs = RunCredentials(hosted.config, clock=clock)
     holder_says(raw, "Running")
     assert await admitted(runs, hosted)
     holder_says(raw, "Suspended")  # the holder writes it at once on the change
-    changed = time.monotonic()
-    while await admitted(runs, hosted):
-        await anyio.sleep(0.01)
-    assert time.monotonic() - changed <= CACHE_S + 0.2
+    clock.now += CACHE_S * 0.9
+    assert await admitted(runs, hosted)  # within the bound: the read before the change
+    clock.now += CACHE_S * 0.2
+    assert not await admitted(runs, hosted)  # past it: refused
     holder_says(raw, "Running")
-    resumed = time.monotonic()
-    while not await admitted(runs, hosted):
-        await anyio.sleep(0.01)
-    assert time.monotonic() - resumed <= CACHE_S + 0.2
+    clock.now += CACHE_S * 1.1
+    assert await admitted(runs, hosted)
+
+
+async def test_requests_that_waited_for_a_slow_read_all_take_it(
+    replica: tuple[RunCredentials, HostedAgents, redis.Redis],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The review's finding: a read slower than ``CACHE_S`` woke its waiters to a result they
+    took as stale, and each queued a read of its own (one read per request again)."""
+    _, hosted, raw = replica
+    clock = Clock()
+    runs = RunCredentials(hosted.config, clock=clock)
+    assert hosted.leased is not None
+    board = hosted.leased.board
+
+    def slow() -> None:
+        clock.now += 2 * CACHE_S
+
+    counted = Counted(board, slow)
+    monkeypatch.setattr(board, "statuses", counted)
+    holder_says(raw, "Running")
+    got: list[bool] = []
+
+    async def one() -> None:
+        got.append(await admitted(runs, hosted))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(one)
+    # the first request's read; the others came while it was out, after it was sent, and take
+    # the one read sent after they came (before: a read per request, 20)
+    assert got == [True] * 20 and counted.calls == 2
 
 
 async def test_an_unreachable_board_is_refused_and_not_asked_again_per_request(
     replica: tuple[RunCredentials, HostedAgents, redis.Redis],
     redis_engine: Redis,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runs, hosted, _ = replica
+    _, hosted, _ = replica
+    runs = RunCredentials(hosted.config, clock=Clock())
+    assert hosted.leased is not None
+    counted = Counted(hosted.leased.board)
+    monkeypatch.setattr(hosted.leased.board, "statuses", counted)
     redis_engine.stop()
     try:
-        started = time.monotonic()
         for _ in range(20):
             with pytest.raises(StateUnavailable):
                 await runs.admit(KEY, hosted)
-        assert time.monotonic() - started < 2 * 2  # one failed read (its timeout), not twenty
+        assert counted.calls == 1  # one failed read, not twenty
     finally:
         redis_engine.start()

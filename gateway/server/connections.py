@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import resource
+import sys
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.errors import ConfigError
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _logger = logging.getLogger("symbi.http.connections")
+
+CAP_SYS_RESOURCE = 24  # linux/capability.h
 
 # the gateway's own descriptors besides its clients': upstream pipes, sandbox runs, stores,
 # the audit log, listeners, Redis and PostgreSQL connections
@@ -86,21 +90,51 @@ def _busy(conn: HttpToolsProtocol) -> bool:
     return cycle is not None and not cycle.response_complete
 
 
-def ensure_open_files(limit: int) -> None:
+def open_files_ceiling() -> int:
+    """The most open files this process can have: the hard limit, or with CAP_SYS_RESOURCE
+    (root outside most containers), which lets it raise that, the kernel's ``fs.nr_open``."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = sys.maxsize if hard == resource.RLIM_INFINITY else hard
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+        caps = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("CapEff:")), 16)
+        if caps >> CAP_SYS_RESOURCE & 1:
+            return max(hard, int(Path("/proc/sys/fs/nr_open").read_text(encoding="ascii")))
+    except (OSError, ValueError, StopIteration):
+        pass  # not Linux's /proc: the hard limit
+    return hard
+
+
+def ensure_open_files(limit: int, *, explicit: bool) -> int:
     """Raise this process's open-file limit to hold ``limit`` connections and ``FD_RESERVE``
-    files of its own.
+    files of its own; the bound to use. A default ``limit`` the machine cannot hold is
+    lowered to what it can (warned): the gateway starts on any host.
 
     Raises:
-        ConfigError: naming http.max_connections, when the hard limit is below that.
+        ConfigError: naming http.max_connections, when a value set in the config needs more
+            open files than this process can have.
     """
     need = limit + FD_RESERVE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
-        return
-    if hard != resource.RLIM_INFINITY and hard < need:
-        raise ConfigError(
-            f"http.max_connections = {limit} needs {need} open files (and {FD_RESERVE} for the "
-            f"gateway's own); the limit here is {hard}: lower http.max_connections or raise "
-            "the open-file limit (ulimit -n)"
+        return limit
+    ceiling = open_files_ceiling()
+    if ceiling < need:
+        if explicit:
+            raise ConfigError(
+                f"http.max_connections = {limit} needs {need} open files (and {FD_RESERVE} for "
+                f"the gateway's own); the limit here is {ceiling}: lower http.max_connections or "
+                "raise the open-file limit (ulimit -n)"
+            )
+        fitted = max(ceiling - FD_RESERVE, ceiling // 2)
+        _logger.warning(
+            "http.max_connections lowered to %d from its default %d: this process can have %d "
+            "open files (raise ulimit -n, or set the key)",
+            fitted,
+            limit,
+            ceiling,
         )
+        limit, need = fitted, ceiling
+    hard = hard if hard == resource.RLIM_INFINITY else max(hard, need)
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return limit

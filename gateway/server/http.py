@@ -327,7 +327,10 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
     cfg = with_listen(config, host, port)
     if cfg.http.host not in ("127.0.0.1", "::1", "localhost"):
         _logger.warning("binding %s: the gateway is reachable beyond this machine", cfg.http.host)
-    ensure_open_files(cfg.http.max_connections)  # before anything starts: exit 2 naming the key
+    # before anything starts: exit 2 naming the key (a default the host cannot hold is lowered)
+    max_connections = ensure_open_files(
+        cfg.http.max_connections, explicit="max_connections" in cfg.http.model_fields_set
+    )
     app = build_app(cfg)
     uv = uvicorn.Config(
         app,
@@ -337,7 +340,7 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         access_log=False,  # ours is structured (AccessLog)
         log_config=None,  # keep the gateway's logging set-up
         # slow headers are cut off, open connections bounded
-        http=http_protocol(cfg.http.header_timeout_s, cfg.http.max_header_bytes, cfg.http.max_connections),
+        http=http_protocol(cfg.http.header_timeout_s, cfg.http.max_header_bytes, max_connections),
         loop="uvloop",  # libuv: less CPU per socket read and write than asyncio's selector loop
         # uvicorn's default believes X-Forwarded-For/-Proto from 127.0.0.1: any local caller
         # (and, through HAProxy, which passes them on, any caller of the workers) could write

@@ -24,7 +24,6 @@ import ctypes
 import logging
 import os
 import pwd
-import resource
 import shutil
 import signal
 import socket
@@ -42,6 +41,7 @@ from sse_starlette.sse import EventSourceResponse
 from gateway.config.model import Config
 from gateway.custody import secure_data_dir
 from gateway.errors import ConfigError, WorkerExited
+from gateway.server.connections import open_files_ceiling
 from gateway.workerdirs import worker_data_dir
 
 __all__ = ["Supervisor", "WorkerPlan", "check_shared_state", "run_workers", "worker_data_dir"]
@@ -151,7 +151,6 @@ def front_limits(cfg: Config) -> FrontLimits:
 
 # descriptors HAProxy holds besides two a connection: its listener, checks, logs, the master's
 FRONT_FD_RESERVE = 256
-CAP_SYS_RESOURCE = 24  # linux/capability.h
 
 
 def check_front_fits(cfg: Config, n: int) -> None:
@@ -164,7 +163,7 @@ def check_front_fits(cfg: Config, n: int) -> None:
     """
     admitted = n * front_limits(cfg).worker_connections
     need = 2 * admitted + FRONT_FD_RESERVE
-    hard = _open_files_ceiling()
+    hard = open_files_ceiling()
     if need > hard:
         raise ConfigError(
             f"--workers {n}: the front would admit {admitted} connections (per worker "
@@ -172,21 +171,6 @@ def check_front_fits(cfg: Config, n: int) -> None:
             f"{need} open files; the limit here is {hard}: lower those keys or --workers, "
             "or raise the open-file limit (ulimit -n)"
         )
-
-
-def _open_files_ceiling() -> int:
-    """The most open files HAProxy can have: the hard limit, or with CAP_SYS_RESOURCE (root
-    outside most containers), which lets it raise that, the kernel's ``fs.nr_open``."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    hard = sys.maxsize if hard == resource.RLIM_INFINITY else hard
-    try:
-        status = Path("/proc/self/status").read_text(encoding="ascii")
-        caps = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("CapEff:")), 16)
-        if caps >> CAP_SYS_RESOURCE & 1:
-            return max(hard, int(Path("/proc/sys/fs/nr_open").read_text(encoding="ascii")))
-    except (OSError, ValueError, StopIteration):
-        pass  # not Linux's /proc: the hard limit
-    return hard
 
 
 def _ms(seconds: float) -> str:

@@ -121,7 +121,9 @@ def test_with_every_connection_busy_a_new_one_is_answered_503(tmp_path: Path) ->
         assert busy[0].recv(100).startswith(b"HTTP/1.1 ")
         assert _healthz(port).startswith(b"HTTP/1.1 200")
         log = next(tmp_path.glob("serve-*.log")).read_text()
-    assert log.count("none idle: refused") <= 2  # throttled: a caller without credentials causes it
+    assert (
+        1 <= log.count("none idle: refused") <= 2
+    )  # logged, throttled: a caller without credentials causes it
 
 
 def test_the_bound_is_validated(tmp_path: Path) -> None:
@@ -132,23 +134,38 @@ def test_the_bound_is_validated(tmp_path: Path) -> None:
 ENSURE = """
 import resource, sys
 from gateway.errors import ConfigError
-from gateway.server.connections import FD_RESERVE, ensure_open_files
-resource.setrlimit(resource.RLIMIT_NOFILE, (256, int(sys.argv[1])))
+from gateway.server import connections
+hard, explicit = int(sys.argv[1]), sys.argv[2] == "explicit"
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+connections.open_files_ceiling = lambda: hard  # as for a gateway without CAP_SYS_RESOURCE
 try:
-    ensure_open_files(4096)
+    got = connections.ensure_open_files(4096, explicit=explicit)
 except ConfigError as e:
     print("refused", "http.max_connections" in e.message)
 else:
-    print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 4096 + FD_RESERVE)
+    print(got, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 """
 
 
-@pytest.mark.parametrize(("hard", "said"), [(8192, "True"), (4096, "refused True")])
-def test_the_open_file_limit_is_raised_to_hold_them_or_the_start_refused(hard: int, said: str) -> None:
-    """A soft limit of 1,024 is common (systemd's default): the bound would be no bound."""
+@pytest.mark.parametrize(
+    ("hard", "how", "said"),
+    [
+        (8192, "explicit", "4096 5120"),  # raised to hold them
+        (4096, "explicit", "refused True"),  # a value the operator set: refused, naming the key
+        (4096, "default", "3072 4096"),  # the default on a smaller host: lowered, and it starts
+        (1024, "default", "512 1024"),
+    ],
+)
+def test_the_open_file_limit_is_raised_to_hold_them_or_the_start_refused(
+    hard: int, how: str, said: str
+) -> None:
+    """A soft limit of 1,024 is common (systemd's default): the bound would be no bound. The
+    default (4,096 + 1,024 of the gateway's own) is lowered on a host that cannot hold it: a
+    fresh install's `make run` must start. (The seam: the ceiling pinned to the hard limit; this
+    test runs as root, which may raise it.)"""
     if hard > resource.getrlimit(resource.RLIMIT_NOFILE)[1]:
         pytest.skip("this machine's hard open-file limit is lower")
     out = subprocess.run(
-        [sys.executable, "-c", ENSURE, str(hard)], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", ENSURE, str(hard), how], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip() == said, out.stderr

@@ -236,6 +236,7 @@ def test_a_refused_task_carries_the_agents_reason() -> None:
     with pytest.raises(AgentSuspended) as err:
         rt.begin(a, "t")
     assert err.value.reasons[0] == "operator: why"
+    assert "resume --principal" in err.value.reasons[-1]  # how its principal's hold is cleared
     a.reason = ""  # test set-up: a state without a recorded reason
     with pytest.raises(AgentSuspended) as err:
         rt.begin(a, "t")

@@ -137,7 +137,8 @@ async def test_calls_queued_when_their_agent_is_terminated_never_reach_the_upstr
     async with anyio.create_task_group() as tg:
         for _ in range(3):
             tg.start_soon(one)
-        await anyio.sleep(0.1)  # one in flight, two waiting for its slot
+        while up.reached < 1:  # one in flight, two waiting for its slot
+            await anyio.sleep(0.01)
         agent = rt.agents.get(call.principal.agent)
         assert agent is not None
         rt.terminate(agent, "operator: enough")
@@ -163,7 +164,7 @@ def test_a_hold_survives_a_restart_in_the_data_dir_but_a_stdio_principals_does_n
 
 
 def test_a_hold_the_data_dir_cannot_take_is_still_in_force(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The review's attack: the file's write failing (disk full) was raised into the state
     listener, which logged it, and the principal was not held: a new session of the same key
@@ -180,6 +181,8 @@ def test_a_hold_the_data_dir_cannot_take_is_still_in_force(
     with pytest.raises(AgentSuspended):
         rt.begin(rt.agents.for_session(ALICE, "c", "s2"), "t")
     rt.holds.close()
+    logged = [r.levelname for r in caplog.records if "not written to the data dir" in r.getMessage()]
+    assert logged == ["ERROR"]
 
 
 def test_a_suspended_agent_is_told_so_while_the_shared_list_is_unconfirmed() -> None:
@@ -258,12 +261,10 @@ async def test_a_suspension_on_one_replica_holds_the_principal_on_the_other(
     on_a = a.agents.for_session(ALICE, "c", "s1")
     a.begin(on_a, "t")
     a.suspend(on_a, "budget breach: 300 s")
-    started = time.monotonic()
     await until("B refuses alice's new session", lambda: held(b), bound_s=3.0)  # pub/sub: at once
-    assert time.monotonic() - started < 1.0
     assert not held(a.__class__(Config(), RecordingSink()))  # a gateway of its own: nothing held
-    on_b = b.agents.for_session(ALICE, "c", "s2")
-    assert on_b.state is S.SUSPENDED or held(b)
+    with pytest.raises(AgentSuspended):
+        b.begin(b.agents.for_session(ALICE, "c", "s2"), "t")
     # the operator clears it on B: A's suspended agent resumes, both let alice in
     b.resume(b.agents.for_session(ALICE, "c", "s3"), "operator: checked")
     assert await b.holds.flush(2.0)

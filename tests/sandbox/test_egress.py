@@ -177,7 +177,9 @@ async def test_networked_sandboxes_do_not_share_a_loopback(tmp_path: Path, manag
             assert not other.is_error, other
             assert other.content[0].text != "connected"  # type: ignore[union-attr]
             # nor is a's end of its veth pair from b's namespace (through the host)
-            for end in _sandbox_host_ends():
+            ends = _sandbox_host_ends()
+            assert len(ends) >= 2, ends  # a's and b's
+            for end in ends:
                 a_end = str(ipaddress.ip_address(end) + 1)
                 peer = await s.call_tool("b__connect", {"host": a_end, "port": port})
                 assert peer.content[0].text != "connected", a_end  # type: ignore[union-attr]

@@ -238,7 +238,9 @@ async def test_a_get_answered_404_is_not_a_lost_session(tmp_path: Path) -> None:
     taken for a lost session, it restarted the upstream (a new initialize) again and again."""
     with hostile(HOSTILE_GET="notfound") as port:
         async with stdio_session(config(tmp_path, port)) as s:
-            await anyio.sleep(4)
+            with anyio.fail_after(60):  # a hang guard: until the GET was answered 404 twice
+                while stats(port)["gets"] < 2:
+                    await anyio.sleep(0.1)
             got = await s.call_tool("mut__t", {"mode": "ok", "message": "still here"})
         assert stats(port)["inits"] == 1
     assert not got.is_error

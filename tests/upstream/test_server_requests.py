@@ -60,6 +60,7 @@ class Client:
     def __init__(self, hold_s: float = 0.0) -> None:
         self.sampled: list[str] = []
         self.elicited: list[str] = []
+        self.rooted = 0
         self.in_flight = 0
         self.most_in_flight = 0
         self.largest = 0
@@ -83,6 +84,7 @@ class Client:
         )
 
     async def roots(self, context: Any) -> Any:
+        self.rooted += 1
         return types.ListRootsResult.model_validate({"roots": [{"uri": "file:///srv/work"}]})
 
     async def elicitation(self, context: Any, params: Any) -> Any:
@@ -319,7 +321,7 @@ async def test_an_undefined_decision_refuses_the_request(tmp_path: Path) -> None
     with run_server(cfg) as run:
         said = await _call(run, key, client, "ask__ask", {"what": "roots"})
         events = _client_requests(run)
-    assert said.startswith("error ") and client.sampled == []
+    assert said.startswith("error ") and client.rooted == 0
     assert [e["details"]["error_code"] for e in events] == ["policy_denied"]
 
 

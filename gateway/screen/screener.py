@@ -127,14 +127,7 @@ def json_texts(field: str, value: Any) -> Iterator[tuple[str, str]]:
 def json_keys(field: str, value: Any) -> Iterator[tuple[str, str]]:
     """(field, key) of every key in a JSON value long enough to say something (``names`` of
     ``screen_texts``)."""
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            if isinstance(k, str) and len(k) >= _KEY_TEXT:
-                yield f"{field}.{k}", k
-            yield from json_keys(f"{field}.{k}", v)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            yield from json_keys(f"{field}[{i}]", v)
+    return _strings(field, value, keys=True, values=False)
 
 
 def _identifier_findings(field: str, name: str) -> Iterator[Finding]:
@@ -224,17 +217,20 @@ def _texts(kind: Kind, d: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
                 yield from _strings(f"arguments[{i}]", {k: arg.get(k) for k in ("description", "title")})
 
 
-def _strings(prefix: str, value: Any, *, keys: bool = False) -> Iterator[tuple[str, str]]:
+def _strings(
+    prefix: str, value: Any, *, keys: bool = False, values: bool = True
+) -> Iterator[tuple[str, str]]:
     if isinstance(value, str):
-        yield prefix, value
+        if values:
+            yield prefix, value
     elif isinstance(value, Mapping):
         for k, v in value.items():
             if keys and isinstance(k, str) and len(k) >= _KEY_TEXT:
                 yield f"{prefix}.{k}", k  # a key long enough to say something
-            yield from _strings(f"{prefix}.{k}", v, keys=keys)
+            yield from _strings(f"{prefix}.{k}", v, keys=keys, values=values)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            yield from _strings(f"{prefix}[{i}]", v, keys=keys)
+            yield from _strings(f"{prefix}[{i}]", v, keys=keys, values=values)
 
 
 _KEY_TEXT = 12  # keys shorter than this ("properties", "additionalProperties"...) hold no sentence

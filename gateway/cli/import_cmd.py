@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.config.sections import https_or_loopback
+from gateway.config.urls import https_or_loopback
 from gateway.errors import ConfigError
 from gateway.onboard import (
     apply_plan,

@@ -12,11 +12,14 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # stdlib, not in typeshed
 
 from pydantic import ValidationError
 
 from gateway.config.context_section import embedder_in_use
 from gateway.config.model import Config
+from gateway.config.urls import proxy_address
 from gateway.errors import ConfigError
 from gateway.textcheck import not_utf8_at
 
@@ -123,6 +126,32 @@ def _context_env_used(name: str, doc: Mapping[str, Any], environ: Mapping[str, s
     return embedder_in_use(embedder, environ.get("OPENAI_API_KEY") or ctx.get("openai_api_key")) == "openai"
 
 
+def _jwks_proxy_from_env(doc: dict[str, Any], environ: Mapping[str, str], where: str) -> None:
+    """``$https_proxy`` (or ``$HTTPS_PROXY``) as ``http.jwt.jwks_proxy`` when the file sets none
+    and the IdP is reached over https, unless ``$no_proxy`` names its host: an IdP reachable
+    only through the proxy other tools of the shell use is reached through it too."""
+    http = doc.get("http")
+    jwt = http.get("jwt") if isinstance(http, dict) else None
+    if not isinstance(jwt, dict) or "jwks_proxy" in jwt or not isinstance(jwt.get("jwks_url"), str):
+        return
+    name = next((n for n in ("https_proxy", "HTTPS_PROXY") if environ.get(n)), None)
+    host = urlsplit(jwt["jwks_url"]).hostname
+    if name is None or urlsplit(jwt["jwks_url"]).scheme != "https" or not host:
+        return
+    no = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+    if no and proxy_bypass_environment(host, {"no": no}):
+        return
+    try:
+        proxy_address(environ[name])
+    except ValueError as e:
+        raise ConfigError(
+            f"{where}: environment variable {name}: {e} (set http.jwt.jwks_proxy to an "
+            f'http:// proxy, or to "direct")'
+        ) from None
+    jwt = doc["http"]["jwt"] = dict(jwt)
+    jwt["jwks_proxy"] = environ[name]
+
+
 def admin_api_key_from_env(environ: Mapping[str, str]) -> str | None:
     """``$SYMBI_API_KEY``: the admin key the CLI uses to reach a running gateway's admin API."""
     return environ.get("SYMBI_API_KEY") or None
@@ -191,6 +220,7 @@ def build_config(
         if not isinstance(sect, dict):
             raise ConfigError(f"{where}: [{section}] must be a table")
         sect[key] = parsed
+    _jwks_proxy_from_env(doc, environ or {}, where)
     # references first: a server's cwd or command may be "${HOME}/..." (resolved after)
     _expand_references(doc, base, where, environ or {})
     _resolve_paths(doc, base, where)

@@ -46,10 +46,10 @@ from gateway.config.sections import (
     TelemetrySection,
     TierName,
     VerificationMode,
-    https_or_loopback,
     sandbox_network_refusal,
 )
 from gateway.config.sizes import parse_size
+from gateway.config.urls import https_or_loopback
 
 # the sections are defined in gateway.config.sections; importable from here too (one place to
 # import the config types from)

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import re
 from pathlib import Path
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from gateway.config.sizes import parse_size
+from gateway.config.urls import https_or_loopback, proxy_address
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 VerificationMode = Literal["strict", "tofu", "warn", "off"]
@@ -230,6 +230,9 @@ class JwtSection(Section):
     algorithms: StrTuple = ("RS256", "ES256")
     jwks_file: PathT | None = None
     jwks_url: str | None = None
+    # the HTTP proxy an https jwks_url is fetched through (CONNECT): "http://host:port", or
+    # "direct" for none; unset, $https_proxy applies unless $no_proxy names the IdP's host
+    jwks_proxy: str | None = None
     roles_claim: str = "roles"
 
     @model_validator(mode="after")
@@ -242,25 +245,13 @@ class JwtSection(Section):
             # whoever answers this URL decides whose tokens are valid (an admin's included):
             # plain http to another host lets anyone on the path serve its own keys
             raise ValueError("http.jwt.jwks_url must be an https:// URL (http:// only to a loopback address)")
+        if self.jwks_proxy is not None:
+            if self.jwks_url is None or urlsplit(self.jwks_url).scheme != "https":
+                # a loopback http:// URL is never proxied: the key would have no effect
+                raise ValueError("http.jwt.jwks_proxy applies only to an https:// http.jwt.jwks_url")
+            if self.jwks_proxy != "direct":
+                proxy_address(self.jwks_proxy)
         return self
-
-
-def https_or_loopback(url: str) -> bool:
-    """https://, or http:// to this host (a loopback address or ``localhost``): a URL no one on
-    the network path can read or answer in the peer's place."""
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return False
-    if parts.scheme == "https":
-        return True
-    if parts.scheme != "http":
-        return False
-    if parts.hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(parts.hostname).is_loopback
-    except ValueError:
-        return False
 
 
 class HttpSection(Section):

@@ -34,6 +34,7 @@ import jwt
 from gateway.apikeys import KEY_PREFIX, ApiKeyRecord, hash_key, new_key, split_key
 from gateway.config.model import Config
 from gateway.config.sections import JwtSection
+from gateway.config.urls import proxy_address
 from gateway.context import Principal
 from gateway.custody import write_atomic
 from gateway.errors import AuthFailed, ConfigError, NoCredentials
@@ -166,7 +167,9 @@ class JwtVerifier:
         self.cfg = cfg
         self.algorithms = [a for a in cfg.algorithms if a.lower() != "none"]
         # a URL's set is fetched bounded and kept 300 s (gateway.server.jwks); a file's, read once
-        self._url = JwksUrl(cfg.jwks_url) if cfg.jwks_url is not None else None
+        via = cfg.jwks_proxy
+        proxy = proxy_address(via) if via is not None and via != "direct" else None
+        self._url = JwksUrl(cfg.jwks_url, proxy=proxy) if cfg.jwks_url is not None else None
         self._keyset: list[Jwk] | None = None
         if self._url is None and cfg.jwks_file is not None:
             self._keyset = load_jwks_file(Path(cfg.jwks_file))

@@ -122,19 +122,31 @@ class _Deadline:
             self._fd = -1
 
 
-def fetch_jwks(url: str, *, max_bytes: int = JWKS_MAX_BYTES, seconds: float = JWKS_FETCH_S) -> bytes:
-    """The body at ``url`` (a 200), at most ``max_bytes``, in at most ``seconds`` in all.
-    Raises ``JwksFetchFailed`` naming why. No redirect is followed, no proxy used."""
+def fetch_jwks(
+    url: str,
+    *,
+    max_bytes: int = JWKS_MAX_BYTES,
+    seconds: float = JWKS_FETCH_S,
+    proxy: tuple[str, int] | None = None,
+) -> bytes:
+    """The body at ``url`` (a 200), at most ``max_bytes``, in at most ``seconds`` in all, through
+    the HTTP proxy at ``proxy`` when given (an https URL only: a CONNECT tunnel, TLS checked
+    end to end with the IdP's name). Raises ``JwksFetchFailed`` naming why. No redirect is
+    followed."""
     u = urlsplit(url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise JwksFetchFailed(f"not an http(s) URL: {url!r}")
     https = u.scheme == "https"
     port = u.port or (443 if https else 80)
+    if proxy is not None and not https:
+        raise JwksFetchFailed("a proxy is used for an https:// key set only")
     deadline = _Deadline(seconds)
     conn: http.client.HTTPConnection | None = None
     try:
-        sock = socket.create_connection((u.hostname, port), timeout=seconds)
+        sock = socket.create_connection(proxy or (u.hostname, port), timeout=seconds)
         deadline.watch(sock)
+        if proxy is not None:
+            _tunnel(sock, u.hostname, port)
         if https:
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=u.hostname)
         cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
@@ -145,18 +157,7 @@ def fetch_jwks(url: str, *, max_bytes: int = JWKS_MAX_BYTES, seconds: float = JW
             (u.path or "/") + (f"?{u.query}" if u.query else ""),
             headers={"Accept": "application/json"},
         )
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise JwksFetchFailed(f"the JWKS endpoint answered {resp.status}")
-        declared = resp.getheader("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise JwksFetchFailed(f"the key set is {declared} bytes, over the {max_bytes} allowed")
-        body = resp.read(max_bytes + 1)
-        if len(body) > max_bytes:
-            raise JwksFetchFailed(f"the key set is over the {max_bytes} bytes allowed")
-        if deadline.fired:  # a body cut short by the shutdown reads as a (short) success
-            raise JwksFetchFailed(f"the fetch took over {seconds:g} s")
-        return body
+        return _body(conn.getresponse(), max_bytes, deadline, seconds)
     except JwksFetchFailed:
         raise
     except (OSError, http.client.HTTPException) as e:
@@ -168,12 +169,57 @@ def fetch_jwks(url: str, *, max_bytes: int = JWKS_MAX_BYTES, seconds: float = JW
             conn.close()
 
 
+_TUNNEL_REPLY_MAX = 8192  # a proxy's answer to CONNECT: a status line and a few headers
+
+
+def _tunnel(sock: socket.socket, host: str, port: int) -> None:
+    """Asks the proxy on ``sock`` for a tunnel to ``host:port``; returns once it answered 200.
+    The reply is read byte-bounded; the fetch's deadline bounds its time."""
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode("ascii"))
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        if len(reply) > _TUNNEL_REPLY_MAX:
+            raise JwksFetchFailed("the proxy's answer to CONNECT is too long")
+        chunk = sock.recv(1024)
+        if not chunk:
+            raise JwksFetchFailed("the proxy closed the connection before answering CONNECT")
+        reply += chunk
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(status) < 2 or not status[0].startswith(b"HTTP/") or status[1] != b"200":
+        raise JwksFetchFailed(f"the proxy refused the tunnel: {head[:80]!r}")
+    if rest:  # the IdP speaks first in TLS never: bytes here are the proxy's, not the IdP's
+        raise JwksFetchFailed("the proxy sent bytes after its answer to CONNECT")
+
+
+def _body(resp: http.client.HTTPResponse, max_bytes: int, deadline: _Deadline, seconds: float) -> bytes:
+    if resp.status != 200:
+        raise JwksFetchFailed(f"the JWKS endpoint answered {resp.status}")
+    declared = resp.getheader("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise JwksFetchFailed(f"the key set is {declared} bytes, over the {max_bytes} allowed")
+    body = resp.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise JwksFetchFailed(f"the key set is over the {max_bytes} bytes allowed")
+    if deadline.fired:  # a body cut short by the shutdown reads as a (short) success
+        raise JwksFetchFailed(f"the fetch took over {seconds:g} s")
+    return body
+
+
 class JwksUrl:
     """``http.jwt.jwks_url``'s key set, fetched when needed and kept (module docstring).
     Safe to share between threads: one fetch at a time, the others wait for its outcome."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        proxy: tuple[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.url = url
+        self.proxy = proxy
         self.clock = clock  # a seam: the tests move it past the lifespan and the retry interval
         self.fetches = 0
         self._lock = threading.Lock()
@@ -200,7 +246,7 @@ class JwksUrl:
                 raise JwksFetchFailed(f"the key set is unavailable: {self._refusal}")
             try:
                 self.fetches += 1
-                got = parse_key_set(fetch_jwks(self.url))
+                got = parse_key_set(fetch_jwks(self.url, proxy=self.proxy))
             except Exception as e:  # noqa: BLE001 - any failure refuses, remembered for a while
                 self._refusal = (
                     e.message if isinstance(e, AuthFailed) else f"not a JWK set ({type(e).__name__})"

@@ -384,3 +384,42 @@ def test_a_bus_secret_that_is_not_32_bytes_of_base64_is_refused(bad: str) -> Non
     with pytest.raises(ConfigError) as e:
         build_config({}, environ={"SYMBI_BUS_SECRET": bad})
     assert "bus.secret" in str(e.value)
+
+
+def _jwt(url: str, **more: str) -> dict[str, object]:
+    return {"http": {"jwt": {"issuer": "i", "audience": "a", "jwks_url": url, **more}}}
+
+
+def test_the_jwks_proxy_comes_from_https_proxy_unless_no_proxy_names_the_idp() -> None:
+    url = "https://idp.example/jwks.json"
+    env = {"https_proxy": "http://proxy.corp:3128"}
+    jwt = build_config(_jwt(url), environ=env).http.jwt
+    assert jwt is not None and jwt.jwks_proxy == "http://proxy.corp:3128"
+    for no in ("idp.example", ".example", "*", "other.org,idp.example"):
+        jwt = build_config(_jwt(url), environ={**env, "NO_PROXY": no}).http.jwt
+        assert jwt is not None and jwt.jwks_proxy is None, no
+    for kept in ("direct", "http://other:8080"):  # the file's own value wins
+        jwt = build_config(_jwt(url, jwks_proxy=kept), environ=env).http.jwt
+        assert jwt is not None and jwt.jwks_proxy == kept
+    jwt = build_config(_jwt("http://127.0.0.1:9/j"), environ=env).http.jwt  # loopback: never
+    assert jwt is not None and jwt.jwks_proxy is None
+
+
+@pytest.mark.parametrize(
+    ("doc", "environ"),
+    [
+        (_jwt("https://idp.example/j"), {"HTTPS_PROXY": "socks5://127.0.0.1:1080"}),
+        (_jwt("https://idp.example/j", jwks_proxy="socks5://127.0.0.1:1080"), {}),
+        (_jwt("https://idp.example/j", jwks_proxy="http://user:pw@proxy:3128"), {}),
+        (_jwt("https://idp.example/j", jwks_proxy="http://proxy"), {}),
+        (_jwt("https://idp.example/j", jwks_proxy="http://proxy:99999"), {}),
+        (_jwt("http://127.0.0.1:9/j", jwks_proxy="http://proxy:3128"), {}),
+        ({"http": {"jwt": {"issuer": "i", "audience": "a", "jwks_file": "j", "jwks_proxy": "direct"}}}, {}),
+    ],
+    ids=["env-socks", "socks", "credentials", "no-port", "bad-port", "loopback-url", "jwks-file"],
+)
+def test_a_jwks_proxy_that_cannot_be_used_is_refused_naming_it(
+    doc: dict[str, object], environ: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError):
+        build_config(doc, environ=environ)

@@ -89,7 +89,8 @@ TOOLS = [
     ),
     _tool(
         "subscribe",
-        "Subscribe to a topic; '*' and '?' match within one dot-separated part.",
+        "Subscribe to a topic; '*' and '?' match within one dot-separated part. A subscription "
+        "expires (expires_ms in the result): subscribe again to renew it.",
         {"topic": _TOPIC},
         ["topic"],
     ),
@@ -210,8 +211,8 @@ class BusBuiltin:
         return {"id": res.id, "delivered_to": res.delivered_to, "refused": list(res.refused)}
 
     async def _subscribe(self, p: Principal, a: dict[str, Any]) -> dict[str, Any]:
-        await self.bus.subscribe(p, a.get("topic"))
-        return {"subscribed": a.get("topic")}
+        until_ms = await self.bus.subscribe(p, a.get("topic"))
+        return {"subscribed": a.get("topic"), "expires_ms": until_ms}
 
     async def _unsubscribe(self, p: Principal, a: dict[str, Any]) -> dict[str, Any]:
         return {"unsubscribed": await self.bus.unsubscribe(p, a.get("topic"))}

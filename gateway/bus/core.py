@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from gateway.errors import (
     BusError,
     BusQuotaExceeded,
     BusTimeout,
+    ConfigError,
     ContentFlagged,
     PolicyDenied,
     RateLimited,
@@ -65,6 +67,7 @@ class Bus(Membership):
         skew_s: float = 30.0,
         max_body_bytes: int = 256 * 1024,
         max_subscriptions: int = 256,
+        subscription_ttl_s: float = 86400.0,
         max_bytes_per_principal: int = 256 * 1024 * 1024,
         authorize: Authorizer | None = None,
         counters: CallCounters | None = None,
@@ -78,6 +81,9 @@ class Bus(Membership):
         self.skew_ms = int(skew_s * 1000)
         self.max_body_bytes = max_body_bytes
         self.max_subscriptions = max_subscriptions  # per agent (bus.max_subscriptions_per_agent)
+        if not (math.isfinite(subscription_ttl_s) and subscription_ttl_s > 0):  # (the config's check)
+            raise ConfigError(f"bus.subscription_ttl_s must be positive and finite, not {subscription_ttl_s}")
+        self.subscription_ms = max(int(subscription_ttl_s * 1000), 1)  # bus.subscription_ttl_s
         # bus.max_bytes_per_principal, the subscriptions, the requests its agents may answer:
         # counted in this process (embedded) or in Redis, across processes
         caps = Caps(max_bytes_per_principal, self.max_age_ms, max_subscriptions, MAX_OPEN_REQUESTS)
@@ -290,18 +296,22 @@ class Bus(Membership):
         self._emit(Event.BUS_PUBLISH, {**meta, "subscribers": len(targets), "refused": refused}, principal)
         return Published(head.id, len(targets) - len(refused), tuple(refused))
 
-    async def subscribe(self, principal: Principal, pattern: Any) -> None:
+    async def subscribe(self, principal: Principal, pattern: Any) -> int:
+        """Subscribe (or renew a subscription held) for ``bus.subscription_ttl_s``: the grant
+        the policy decided now lasts that long, no longer. Returns when it expires (ms)."""
         me = await self._me(principal)
         pattern = validate_topic(pattern, pattern=True)
         await self._decide("bus/subscribe", principal, None, pattern)
+        until_ms = int(time.time() * 1000) + self.subscription_ms
         try:
-            await self.counts.subscribe(me.agent, pattern)
+            await self.counts.subscribe(me.agent, pattern, until_ms)
         except BusQuotaExceeded as e:
             self._emit(
                 Event.BUS_DENIED, {"kind": "bus/subscribe", "topic": pattern, "reasons": e.reasons}, principal
             )
             raise
-        self._emit(Event.BUS_SUBSCRIBE, {"topic": pattern}, principal)
+        self._emit(Event.BUS_SUBSCRIBE, {"topic": pattern, "expires_ms": until_ms}, principal)
+        return until_ms
 
     async def unsubscribe(self, principal: Principal, pattern: Any) -> bool:
         me = await self._me(principal)

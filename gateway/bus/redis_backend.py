@@ -2,7 +2,8 @@
 across gateway processes), acknowledged and deleted when settled.
 
 Keys (prefix ``symbi:bus:``): ``inbox:<agent>`` streams (fields h, n, c, s, e = the message
-and its expiry), ``keys`` (public key directory, hash), ``subs`` (hash ``agent\\0pattern``),
+and its expiry), ``keys`` (public key directory, hash), ``subs`` (hash ``agent\\0pattern`` ->
+its expiry in ms: past it, it grants nothing; the expiry sweep removes it),
 ``subs:n`` (hash: each agent's count of them), ``seen:<agent>:<id>`` (replay window,
 expiring), ``stats`` (counters, hash). Only ciphertext
 ever reaches Redis. A Redis that cannot be reached is ``BusUnavailable`` (a send fails with a
@@ -15,7 +16,8 @@ import inspect
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Iterator
+import time
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
 import anyio.to_thread
@@ -57,15 +59,34 @@ local function counted(subs, n)
   end
 end
 """
-# KEYS: subs, subs:n; ARGV: agent, pattern
+# KEYS: subs, subs:n; ARGV: agent, pattern, expiry (ms; a held one is renewed to it)
 _SUB_ADD = (
     SUBS_COUNTED
     + """
 counted(KEYS[1], KEYS[2])
-if redis.call('HSETNX', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2], '1') == 1 then
+if redis.call('HSET', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2], ARGV[3]) == 1 then
   redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 end
 return 1
+"""
+)
+# the subscriptions past their expiry go (the expiry sweep; KEYS: subs, subs:n; ARGV: now ms).
+# A value that is no number (written before they expired) is expired
+_SUBS_EXPIRE = (
+    SUBS_COUNTED
+    + """
+counted(KEYS[1], KEYS[2])
+local all = redis.call('HGETALL', KEYS[1])
+local gone = 0
+for i = 1, #all, 2 do
+  if (tonumber(all[i + 1]) or 0) <= tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[1], all[i])
+    local agent = string.sub(all[i], 1, string.find(all[i], '\\0', 1, true) - 1)
+    if redis.call('HINCRBY', KEYS[2], agent, -1) <= 0 then redis.call('HDEL', KEYS[2], agent) end
+    gone = gone + 1
+  end
+end
+return gone
 """
 )
 # KEYS: subs, subs:n; ARGV: agent, pattern -> 1 removed, 0 it had no such subscription
@@ -137,6 +158,7 @@ class RedisBackend:
         self._leave = self._r.register_script(_LEAVE)
         self._sub_add = self._r.register_script(_SUB_ADD)
         self._sub_del = self._r.register_script(_SUB_DEL)
+        self._subs_expire = self._r.register_script(_SUBS_EXPIRE)
         self._groups: set[str] = set()
 
     @property
@@ -339,14 +361,15 @@ class RedisBackend:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, agent: str, pattern: str) -> None:
-        await self.run(self._sub_add(keys=list(SUBS_KEYS), args=[agent, pattern]))
+    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
+        await self.run(self._sub_add(keys=list(SUBS_KEYS), args=[agent, pattern, until_ms]))
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
         return bool(await self.run(self._sub_del(keys=list(SUBS_KEYS), args=[agent, pattern])))
 
     async def subscriptions(self) -> dict[str, set[str]]:
-        return parse_subs(await self.run(self._r.hkeys(PREFIX + "subs")))
+        raw: dict[Any, Any] = await self.run(self._r.hgetall(PREFIX + "subs"))
+        return parse_subs(raw.items(), int(time.time() * 1000))
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -364,6 +387,7 @@ class RedisBackend:
                 n += len(dead)
         if n:
             await self.run(self._r.hincrby(PREFIX + "stats", "expired", n))
+        await self.run(self._subs_expire(keys=list(SUBS_KEYS), args=[now_ms]))
         return n
 
     async def bump(self, counter: str, n: int = 1) -> None:
@@ -376,12 +400,18 @@ class RedisBackend:
         return redis_scan(self.url)
 
 
-def parse_subs(raw: list[Any]) -> dict[str, set[str]]:
-    """The ``subs`` hash's fields (``agent\\0pattern``) -> agent -> patterns."""
+def parse_subs(raw: Iterable[tuple[Any, Any]], now_ms: int) -> dict[str, set[str]]:
+    """The ``subs`` hash's (field ``agent\\0pattern``, expiry) pairs -> agent -> patterns, those
+    not expired at ``now_ms`` (an expiry that is no number: expired)."""
     out: dict[str, set[str]] = {}
-    for k in raw:
-        agent, _, pattern = bytes(k).decode().partition("\0")
-        out.setdefault(agent, set()).add(pattern)
+    for k, until in raw:
+        try:
+            live = int(until) > now_ms
+        except ValueError:
+            live = False
+        if live:
+            agent, _, pattern = bytes(k).decode().partition("\0")
+            out.setdefault(agent, set()).add(pattern)
     return out
 
 

@@ -102,6 +102,9 @@ class BusBackend(Protocol):
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool: ...
 
+    async def unsubscribe_all(self, agent: str) -> None:
+        """Every subscription of ``agent`` goes (a parked agent: ``Bus.park``)."""
+
     async def subscriptions(self) -> dict[str, set[str]]:
         """The subscriptions not expired (agent -> patterns): an expired one grants nothing."""
 

@@ -265,6 +265,10 @@ class EmbeddedBackend:
             cur = self.db.execute("DELETE FROM subs WHERE agent=? AND pattern=?", (agent, pattern))
         return cur.rowcount > 0
 
+    async def unsubscribe_all(self, agent: str) -> None:
+        with write_transaction(self.db):
+            self.db.execute("DELETE FROM subs WHERE agent=?", (agent,))
+
     async def subscriptions(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
         now = int(time.time() * 1000)

@@ -100,43 +100,43 @@ return 1
 """
 )
 
-# an agent that ended for good: its directory entry, its name (if still its), its
-# subscriptions, the requests it may still answer (``gateway.bus.redis_counts``) and its
-# inboxes (KEYS: keys, names, subs, open, open:q, open:n, subs:n, inboxes...; ARGV: agent, name)
-_FORGET = """
-redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
-local mine = ARGV[1] .. '\\0'
-for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
-  if string.sub(f, 1, #mine) == mine then redis.call('HDEL', KEYS[3], f) end
+# an agent's subscriptions and its count of them (KEYS subs, subs:n)
+_DROP_SUBS = """
+local function drop_subs(subs, n, agent)
+  local mine = agent .. '\\0'
+  for _, f in ipairs(redis.call('HKEYS', subs)) do
+    if string.sub(f, 1, #mine) == mine then redis.call('HDEL', subs, f) end
+  end
+  redis.call('HDEL', n, agent)
 end
+"""
+
+# an agent that ended for good: its subscriptions, the requests it may still answer
+# (``gateway.bus.redis_counts``) and its inboxes; with ARGV[3] = '1' (``forget_agent``) also
+# its directory entry and its name (if still its), else the entry stays (what it sent is
+# verified with it). KEYS: keys, names, subs, open, open:q, open:n, subs:n, inboxes...;
+# ARGV: agent, name, forget
+_LEAVE = (
+    _DROP_SUBS
+    + """
+if ARGV[3] == '1' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
+end
+drop_subs(KEYS[3], KEYS[7], ARGV[1])
+local mine = ARGV[1] .. '\\0'
 for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')) do
   redis.call('HDEL', KEYS[4], mine .. string.sub(q, #mine + 22))
 end
 redis.call('ZREMRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')
 redis.call('ZREM', KEYS[6], ARGV[1])
-redis.call('HDEL', KEYS[7], ARGV[1])
 for i = 8, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
+)
 
-# an agent that ended for good whose entry stays (what it sent is verified with it): its
-# subscriptions, open requests and inboxes (KEYS: subs, open, open:q, open:n, subs:n,
-# inboxes...; ARGV: agent)
-_LEAVE = """
-local mine = ARGV[1] .. '\\0'
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, #mine) == mine then redis.call('HDEL', KEYS[1], f) end
-end
-for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[3], '[' .. mine, '(' .. ARGV[1] .. '\\1')) do
-  redis.call('HDEL', KEYS[2], mine .. string.sub(q, #mine + 22))
-end
-redis.call('ZREMRANGEBYLEX', KEYS[3], '[' .. mine, '(' .. ARGV[1] .. '\\1')
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
-return 1
-"""
+# a parked agent's subscriptions (``Bus.park``; KEYS: subs, subs:n; ARGV: agent)
+_UNSUBSCRIBE_ALL = _DROP_SUBS + "drop_subs(KEYS[1], KEYS[2], ARGV[1])\nreturn 1\n"
 
 # the subscriptions and each agent's count of them
 SUBS_KEYS = (PREFIX + "subs", PREFIX + "subs:n")
@@ -154,8 +154,8 @@ class RedisBackend:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._r: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._enqueue = self._r.register_script(_ENQUEUE)
-        self._forget = self._r.register_script(_FORGET)
         self._leave = self._r.register_script(_LEAVE)
+        self._unsubscribe_all = self._r.register_script(_UNSUBSCRIBE_ALL)
         self._sub_add = self._r.register_script(_SUB_ADD)
         self._sub_del = self._r.register_script(_SUB_DEL)
         self._subs_expire = self._r.register_script(_SUBS_EXPIRE)
@@ -227,27 +227,15 @@ class RedisBackend:
         return cast(bytes, agent).decode() if agent is not None else None
 
     async def forget_agent(self, agent: str, inboxes: tuple[str, ...], name: str = "") -> None:
-        streams = [self._inbox(i) for i in inboxes]
-        await self.run(
-            self._forget(
-                keys=[
-                    PREFIX + "keys",
-                    PREFIX + "names",
-                    *SUBS_KEYS[:1],
-                    *OPEN_KEYS[:3],
-                    SUBS_KEYS[1],
-                    *streams,
-                ],
-                args=[agent, name],
-            )
-        )
-        self._groups.difference_update(streams)
+        await self._gone(agent, inboxes, name, forget=True)
 
     async def leave(self, agent: str, inboxes: tuple[str, ...]) -> None:
+        await self._gone(agent, inboxes, "", forget=False)
+
+    async def _gone(self, agent: str, inboxes: tuple[str, ...], name: str, *, forget: bool) -> None:
         streams = [self._inbox(i) for i in inboxes]
-        await self.run(
-            self._leave(keys=[*SUBS_KEYS[:1], *OPEN_KEYS[:3], SUBS_KEYS[1], *streams], args=[agent])
-        )
+        keys = [PREFIX + "keys", PREFIX + "names", *SUBS_KEYS[:1], *OPEN_KEYS[:3], SUBS_KEYS[1], *streams]
+        await self.run(self._leave(keys=keys, args=[agent, name, "1" if forget else "0"]))
         self._groups.difference_update(streams)
 
     def footprint(self) -> dict[str, int]:
@@ -366,6 +354,9 @@ class RedisBackend:
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
         return bool(await self.run(self._sub_del(keys=list(SUBS_KEYS), args=[agent, pattern])))
+
+    async def unsubscribe_all(self, agent: str) -> None:
+        await self.run(self._unsubscribe_all(keys=list(SUBS_KEYS), args=[agent]))
 
     async def subscriptions(self) -> dict[str, set[str]]:
         raw: dict[Any, Any] = await self.run(self._r.hgetall(PREFIX + "subs"))

@@ -24,6 +24,7 @@ from gateway.bus.crypto import KeyRing
 from gateway.bus.membership import Membership
 from gateway.bus.message import SecureMessage, new_id, pattern_regex, validate_topic
 from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Granted, Received, Receiver, grants
+from gateway.bus.results import RECEIVE_MAX_BYTES, item_bytes_of_body, receive_ceiling
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
 from gateway.context import Principal
@@ -137,11 +138,20 @@ class Bus(Membership):
         a string in it speaks to its readers' model (the tool definitions' high screening
         findings): a message lands in the receiving agent's context, a topic one in every
         subscriber's. Recorded as ``bus.denied`` with the rules and fields, never the body.
+        A body whose message could not fit one receive's result (``gateway.bus.results``) is
+        refused too.
 
         Raises:
+            ArgumentsInvalid: too large; nothing is sent.
             ContentFlagged: nothing is sent.
         """
         data = self.sealer.body(body)
+        if item_bytes_of_body(body) > receive_ceiling():
+            # taken alone by a receive, its result would be cut: lost, though marked delivered
+            raise ArgumentsInvalid(
+                f"body is {len(data)} bytes and would not fit one bus__receive result "
+                f"({RECEIVE_MAX_BYTES} bytes, the body escaped twice): send it in parts"
+            )
         screened = screen_texts(
             json_texts("body", body), names=json_keys("body", body), joined="body (joined)"
         )

@@ -6,7 +6,8 @@ window; only a message that passed them is decrypted; then the replay window by 
 whole batch in one write). A failure is settled as rejected with a reason, counted, audited
 (``bus.rejected``) and never delivered.
 
-A receive may carry a byte budget (``bus__receive``: the policy's ``max_result_bytes``): the
+A receive may carry a byte budget (``bus__receive``: the policy's ``max_result_bytes``, and
+``gateway.bus.results.RECEIVE_MAX_BYTES`` at most, whatever the policy says): the
 messages are taken in order while what they add to the result fits it (the first always), and
 the rest stay pending for the next receive. A result cut to the cap after its messages were
 settled lost them: marked delivered, never read (a peer's few large messages hid the ones
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from gateway.bus.backend import BusBackend, Outcome, Pending
 from gateway.bus.crypto import KeyRing, PublicKeys, verify_signature
 from gateway.bus.message import MessageKind, SecureMessage, pattern_regex
+from gateway.bus.results import item_bytes
 from gateway.context import Decision, Principal
 from gateway.errors import BusError
 from gateway.events import Event, EventSink
@@ -70,14 +72,8 @@ class Received:
         }
 
     def result_bytes(self) -> int:
-        """What this message adds to a tool result that carries it twice, as the built-in's
-        does: in the text content (its JSON, escaped again as a JSON string) and in
-        ``structuredContent`` (its JSON), with the separators between items."""
-        d = self.as_dict()
-        text = json.dumps(d)
-        return (
-            len(json.dumps(text)) + len(json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode()) + 4
-        )
+        """What this message adds to the built-in's result (``gateway.bus.results``)."""
+        return item_bytes(self.as_dict())
 
 
 class Receiver:

@@ -64,3 +64,16 @@ async def test_a_message_that_cannot_fit_one_receive_is_refused_at_send(env: Env
     await bus.send(A, "agent-b", fits)
     (got,) = await bus.receive(B, max_bytes=receive_budget(_receive_call(None)))
     assert got.body == fits
+
+
+async def test_a_message_larger_than_a_receives_policy_cap_is_rejected_not_delivered_cut(
+    env: Env,  # noqa: F811
+) -> None:
+    # was: taken alone (the first always was), its result cut to the policy's cap
+    bus = await _pair(env)
+    await bus.send(A, "agent-b", "z" * 5_000)
+    small = await bus.send(A, "agent-b", "ok")
+    got = await bus.receive(B, max_items=10, max_bytes=1_000)
+    assert [r.id for r in got] == [small.id]
+    assert bus.rejected == {"larger than the receive's result cap": 1}
+    assert await bus.receive(B, max_items=10) == []  # settled: it does not come back

@@ -61,6 +61,7 @@ def make_bus(
         skew_s=config.bus.clock_skew_s,
         max_body_bytes=config.bus.max_body_bytes,
         max_subscriptions=config.bus.max_subscriptions_per_agent,
+        subscription_ttl_s=config.bus.subscription_ttl_s,
         max_bytes_per_principal=config.bus.max_bytes_per_principal,
         authorize=policy_authorizer(engine, agents) if engine is not None else None,
         resolve=_resolver(agents, config) if agents is not None else None,

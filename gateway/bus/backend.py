@@ -96,16 +96,22 @@ class BusBackend(Protocol):
         """Record each (message id, keep-until ms) as seen by ``agent``; returns the ids that
         were not seen before (the others are replays)."""
 
-    # topic subscriptions
-    async def subscribe(self, agent: str, pattern: str) -> None: ...
+    # topic subscriptions: each lasts until its expiry (``bus.subscription_ttl_s``)
+    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
+        """Hold the subscription until ``until_ms`` (one held already: renewed to it)."""
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool: ...
 
-    async def subscriptions(self) -> dict[str, set[str]]: ...
+    async def unsubscribe_all(self, agent: str) -> None:
+        """Every subscription of ``agent`` goes (a parked agent: ``Bus.park``)."""
+
+    async def subscriptions(self) -> dict[str, set[str]]:
+        """The subscriptions not expired (agent -> patterns): an expired one grants nothing."""
 
     # housekeeping and operators
     async def expire(self, now_ms: int, retain_ms: int) -> int:
-        """Remove pending entries past their expiry (returns how many) and prune old settled ones."""
+        """Remove pending entries past their expiry (returns how many), prune old settled
+        ones and the subscriptions past theirs."""
 
     async def bump(self, counter: str, n: int = 1) -> None: ...
 

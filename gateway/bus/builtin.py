@@ -22,6 +22,7 @@ from mcp import types
 
 from gateway.bus.core import Bus, validate_topic
 from gateway.bus.crypto import TOPIC_KEYS_CAP
+from gateway.bus.results import RESULT_ENVELOPE_BYTES, receive_ceiling, tool_result
 from gateway.context import CallContext, Principal
 from gateway.errors import ArgumentsInvalid, BusQuotaExceeded, CatalogError, UnknownTool
 
@@ -89,7 +90,8 @@ TOOLS = [
     ),
     _tool(
         "subscribe",
-        "Subscribe to a topic; '*' and '?' match within one dot-separated part.",
+        "Subscribe to a topic; '*' and '?' match within one dot-separated part. A subscription "
+        "expires (expires_ms in the result): subscribe again to renew it.",
         {"topic": _TOPIC},
         ["topic"],
     ),
@@ -125,18 +127,14 @@ TEMPLATES = [
 ]
 
 
-# the result's own bytes around its messages ({"content":[{"type":"text","text":"{\"messages\": []}"}],...})
-RESULT_ENVELOPE_BYTES = 512
-
-
-def receive_budget(call: CallContext) -> int | None:
+def receive_budget(call: CallContext) -> int:
     """The bytes of messages one ``bus__receive`` may take: its result must fit the policy's
     ``max_result_bytes``, since a result cut to it after the messages were settled loses them
-    (marked delivered, never read). None: no cap."""
+    (marked delivered, never read), and ``RECEIVE_MAX_BYTES`` whatever the policy says."""
     cap = call.decision.conditions.get("max_result_bytes") if call.decision is not None else None
     if not isinstance(cap, int) or isinstance(cap, bool):
-        return None
-    return max(cap - RESULT_ENVELOPE_BYTES, 0)
+        return receive_ceiling()
+    return min(max(cap - RESULT_ENVELOPE_BYTES, 0), receive_ceiling())
 
 
 class BusBuiltin:
@@ -186,9 +184,7 @@ class BusBuiltin:
             out = await self._receive(call.principal, call.arguments, receive_budget(call))
         else:
             out = await handler(call.principal, call.arguments)
-        return types.CallToolResult(
-            content=[types.TextContent(type="text", text=json.dumps(out))], structured_content=out
-        )
+        return tool_result(out)
 
     async def _send(self, p: Principal, a: dict[str, Any]) -> dict[str, Any]:
         msg = await self.bus.send(p, a.get("to"), a.get("body"), ttl_s=a.get("ttl_s"))
@@ -210,8 +206,8 @@ class BusBuiltin:
         return {"id": res.id, "delivered_to": res.delivered_to, "refused": list(res.refused)}
 
     async def _subscribe(self, p: Principal, a: dict[str, Any]) -> dict[str, Any]:
-        await self.bus.subscribe(p, a.get("topic"))
-        return {"subscribed": a.get("topic")}
+        until_ms = await self.bus.subscribe(p, a.get("topic"))
+        return {"subscribed": a.get("topic"), "expires_ms": until_ms}
 
     async def _unsubscribe(self, p: Principal, a: dict[str, Any]) -> dict[str, Any]:
         return {"unsubscribed": await self.bus.unsubscribe(p, a.get("topic"))}

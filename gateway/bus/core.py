@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gateway.bus.crypto import KeyRing
 from gateway.bus.membership import Membership
 from gateway.bus.message import SecureMessage, new_id, pattern_regex, validate_topic
 from gateway.bus.receiving import REPLY_SUFFIX, Authorizer, Granted, Received, Receiver, grants
+from gateway.bus.results import RECEIVE_MAX_BYTES, item_bytes_of_body, receive_ceiling
 from gateway.bus.retire import Retirements
 from gateway.bus.sealing import Head, Sealer, ttl_ms_of
 from gateway.context import Principal
@@ -31,6 +33,7 @@ from gateway.errors import (
     BusError,
     BusQuotaExceeded,
     BusTimeout,
+    ConfigError,
     ContentFlagged,
     PolicyDenied,
     RateLimited,
@@ -65,6 +68,7 @@ class Bus(Membership):
         skew_s: float = 30.0,
         max_body_bytes: int = 256 * 1024,
         max_subscriptions: int = 256,
+        subscription_ttl_s: float = 86400.0,
         max_bytes_per_principal: int = 256 * 1024 * 1024,
         authorize: Authorizer | None = None,
         counters: CallCounters | None = None,
@@ -78,6 +82,9 @@ class Bus(Membership):
         self.skew_ms = int(skew_s * 1000)
         self.max_body_bytes = max_body_bytes
         self.max_subscriptions = max_subscriptions  # per agent (bus.max_subscriptions_per_agent)
+        if not (math.isfinite(subscription_ttl_s) and subscription_ttl_s > 0):  # (the config's check)
+            raise ConfigError(f"bus.subscription_ttl_s must be positive and finite, not {subscription_ttl_s}")
+        self.subscription_ms = max(int(subscription_ttl_s * 1000), 1)  # bus.subscription_ttl_s
         # bus.max_bytes_per_principal, the subscriptions, the requests its agents may answer:
         # counted in this process (embedded) or in Redis, across processes
         caps = Caps(max_bytes_per_principal, self.max_age_ms, max_subscriptions, MAX_OPEN_REQUESTS)
@@ -131,11 +138,20 @@ class Bus(Membership):
         a string in it speaks to its readers' model (the tool definitions' high screening
         findings): a message lands in the receiving agent's context, a topic one in every
         subscriber's. Recorded as ``bus.denied`` with the rules and fields, never the body.
+        A body whose message could not fit one receive's result (``gateway.bus.results``) is
+        refused too.
 
         Raises:
+            ArgumentsInvalid: too large; nothing is sent.
             ContentFlagged: nothing is sent.
         """
         data = self.sealer.body(body)
+        if item_bytes_of_body(body) > receive_ceiling():
+            # taken alone by a receive, its result would be cut: lost, though marked delivered
+            raise ArgumentsInvalid(
+                f"body is {len(data)} bytes and would not fit one bus__receive result "
+                f"({RECEIVE_MAX_BYTES} bytes, the body escaped twice): send it in parts"
+            )
         screened = screen_texts(
             json_texts("body", body), names=json_keys("body", body), joined="body (joined)"
         )
@@ -290,18 +306,22 @@ class Bus(Membership):
         self._emit(Event.BUS_PUBLISH, {**meta, "subscribers": len(targets), "refused": refused}, principal)
         return Published(head.id, len(targets) - len(refused), tuple(refused))
 
-    async def subscribe(self, principal: Principal, pattern: Any) -> None:
+    async def subscribe(self, principal: Principal, pattern: Any) -> int:
+        """Subscribe (or renew a subscription held) for ``bus.subscription_ttl_s``: the grant
+        the policy decided now lasts that long, no longer. Returns when it expires (ms)."""
         me = await self._me(principal)
         pattern = validate_topic(pattern, pattern=True)
         await self._decide("bus/subscribe", principal, None, pattern)
+        until_ms = int(time.time() * 1000) + self.subscription_ms
         try:
-            await self.counts.subscribe(me.agent, pattern)
+            await self.counts.subscribe(me.agent, pattern, until_ms)
         except BusQuotaExceeded as e:
             self._emit(
                 Event.BUS_DENIED, {"kind": "bus/subscribe", "topic": pattern, "reasons": e.reasons}, principal
             )
             raise
-        self._emit(Event.BUS_SUBSCRIBE, {"topic": pattern}, principal)
+        self._emit(Event.BUS_SUBSCRIBE, {"topic": pattern, "expires_ms": until_ms}, principal)
+        return until_ms
 
     async def unsubscribe(self, principal: Principal, pattern: Any) -> bool:
         me = await self._me(principal)
@@ -316,8 +336,8 @@ class Bus(Membership):
         self, principal: Principal, *, max_items: int = 16, wait_s: float = 0.0, max_bytes: int | None = None
     ) -> list[Received]:
         """Up to ``max_items`` messages, oldest first, waiting up to ``wait_s`` for one; with
-        ``max_bytes`` only as many as fit it (``Received.result_bytes``, the first always): the
-        others stay for the next receive."""
+        ``max_bytes`` only as many as fit it (``Received.result_bytes``): the others stay for
+        the next receive, and one that alone does not fit it is rejected (``gateway.bus.receiving``)."""
         me = await self._me(principal)
         if not (1 <= max_items <= 1000):
             raise ArgumentsInvalid("max must be between 1 and 1000")

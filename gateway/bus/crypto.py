@@ -212,9 +212,9 @@ class KeyRing:
                 with self._db:
                     self._db.execute("UPDATE agent_keys SET ended_ms=? WHERE agent=?", (now_ms, agent))
 
-    def park_unended(self, now_ms: int) -> None:
+    def park_unended(self, now_ms: int) -> list[str]:
         """At start: stored agents no earlier run ended (it stopped or crashed with them live)
-        and not registered since ended now (none of them is live in this new run)."""
+        and not registered since ended now (none of them is live in this new run); returned."""
         with self._lock:
             agents = [a for a in self._unended if a in self._local]
             for agent in agents:
@@ -225,6 +225,7 @@ class KeyRing:
             if self._db is not None and stored:
                 with self._db:  # one commit for all of them (a run may have left thousands)
                     self._db.executemany("UPDATE agent_keys SET ended_ms=? WHERE agent=?", stored)
+            return agents
 
     def ended_at(self, agent: str) -> int | None:
         """When a parked agent ended (ms); None for one that is not parked."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ CREATE TABLE IF NOT EXISTS messages(
 CREATE INDEX IF NOT EXISTS messages_inbox ON messages(inbox, state, seq);
 CREATE TABLE IF NOT EXISTS seen(agent TEXT NOT NULL, id TEXT NOT NULL, until_ms INTEGER NOT NULL,
     PRIMARY KEY(agent, id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS subs(agent TEXT NOT NULL, pattern TEXT NOT NULL, PRIMARY KEY(agent, pattern));
+CREATE TABLE IF NOT EXISTS subs(agent TEXT NOT NULL, pattern TEXT NOT NULL,
+    until_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(agent, pattern));
 CREATE TABLE IF NOT EXISTS keys(agent TEXT PRIMARY KEY, principal TEXT NOT NULL, sign_pub BLOB NOT NULL,
     dh_pub BLOB NOT NULL, mac BLOB NOT NULL, name TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS keys_name ON keys(name);
@@ -58,6 +60,10 @@ def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")
     db.executescript(SCHEMA)
+    if "until_ms" not in {row[1] for row in db.execute("PRAGMA table_info(subs)")}:
+        # a store written before subscriptions expired: those it holds are expired (0), so
+        # none lives on without a lifetime; an agent subscribes again (the policy asked again)
+        db.execute("ALTER TABLE subs ADD COLUMN until_ms INTEGER NOT NULL DEFAULT 0")
     return db
 
 
@@ -246,18 +252,27 @@ class EmbeddedBackend:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, agent: str, pattern: str) -> None:
+    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
         with write_transaction(self.db):
-            self.db.execute("INSERT OR IGNORE INTO subs VALUES (?,?)", (agent, pattern))
+            self.db.execute(
+                "INSERT INTO subs(agent, pattern, until_ms) VALUES (?,?,?) "
+                "ON CONFLICT(agent, pattern) DO UPDATE SET until_ms = excluded.until_ms",
+                (agent, pattern, until_ms),
+            )
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
         with write_transaction(self.db):
             cur = self.db.execute("DELETE FROM subs WHERE agent=? AND pattern=?", (agent, pattern))
         return cur.rowcount > 0
 
+    async def unsubscribe_all(self, agent: str) -> None:
+        with write_transaction(self.db):
+            self.db.execute("DELETE FROM subs WHERE agent=?", (agent,))
+
     async def subscriptions(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for agent, pattern in self.db.execute("SELECT agent, pattern FROM subs"):
+        now = int(time.time() * 1000)
+        for agent, pattern in self.db.execute("SELECT agent, pattern FROM subs WHERE until_ms > ?", (now,)):
             out.setdefault(agent, set()).add(pattern)
         return out
 
@@ -272,6 +287,7 @@ class EmbeddedBackend:
                 _bump(self.db, "expired", n)
             self.db.execute("DELETE FROM messages WHERE state != 0 AND ts_ms < ?", (now_ms - retain_ms,))
             self.db.execute("DELETE FROM seen WHERE until_ms < ?", (now_ms,))
+            self.db.execute("DELETE FROM subs WHERE until_ms <= ?", (now_ms,))
         return n
 
     async def bump(self, counter: str, n: int = 1) -> None:
@@ -305,7 +321,12 @@ def stats_of(db: sqlite3.Connection) -> dict[str, object]:
         STATE_NAMES.get(s, str(s)): int(n)
         for s, n in db.execute("SELECT state, count(*) FROM messages GROUP BY state")
     }
-    (subs,) = db.execute("SELECT count(*) FROM subs").fetchone()
+    (subs,) = db.execute(
+        "SELECT count(*) FROM subs WHERE until_ms > ?"
+        if "until_ms" in {row[1] for row in db.execute("PRAGMA table_info(subs)")}
+        else "SELECT count(*) FROM subs WHERE 0 > ?",  # (read-only, written before they expired)
+        (int(time.time() * 1000),),
+    ).fetchone()
     (agents,) = db.execute("SELECT count(*) FROM keys").fetchone()
     return {
         "backend": "embedded",

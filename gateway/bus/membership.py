@@ -99,12 +99,33 @@ class Membership:
             self.retirements.retiring.pop(entry.agent, None)
         await self.backend.publish_keys(entry)
 
-    def park(self, agent: str) -> None:
+    def park(self, agent: str) -> asyncio.Task[None] | None:
         """An agent whose id recurs (a stateless client's) ended: its keys, entry and inbox stay,
         so it reads what was sent to it if it comes back, for ``bus.max_age_s`` (a message's
-        longest life); then it leaves the bus as an agent that ended for good (``expire``)."""
-        if agent not in self._configured:
-            self.ring.park(agent, int(time.time() * 1000))
+        longest life); then it leaves the bus as an agent that ended for good (``expire``).
+
+        Its topic subscriptions go now: while it is away nobody drains its inbox, and each
+        publication sealed a copy into it (half its buffer, charged to its principal, then
+        refused to every publisher) that it read only if it came back. Back, it subscribes
+        again. Returns the task removing them (None: no loop, they expire with their lifetime)."""
+        if agent in self._configured:
+            return None
+        self.ring.park(agent, int(time.time() * 1000))
+        try:
+            task = asyncio.get_running_loop().create_task(self._unsubscribe_parked(agent))
+        except RuntimeError:  # no loop: they expire (bus.subscription_ttl_s)
+            return None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _unsubscribe_parked(self, agent: str) -> None:
+        if self.ring.ended_at(agent) is None:  # back meanwhile (or not parked): its own to keep
+            return
+        try:
+            await self.backend.unsubscribe_all(agent)
+        except Exception as e:  # noqa: BLE001 - they expire (bus.subscription_ttl_s)
+            _logger.warning("bus: removing the subscriptions of parked agent %s failed: %s", agent, e)
 
     def end_soon(self, agent: str) -> None:
         """The agent ended for good (its id never comes back): what the bus holds for it goes
@@ -142,7 +163,9 @@ class Membership:
             self.retirements.ended(agent, name, now)
             self.retirements.leave_soon(agent)
         self.ring.left_behind = []
-        self.ring.park_unended(now)  # and those whose id recurs: kept for a return, from now
+        # and those whose id recurs: kept for a return, from now, without their subscriptions
+        for agent in self.ring.park_unended(now):
+            await self._unsubscribe_parked(agent)
 
     def footprint(self) -> dict[str, int]:
         """What the bus holds per agent, for ``/api/state`` (freed when the agent ends)."""

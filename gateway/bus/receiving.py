@@ -6,11 +6,14 @@ window; only a message that passed them is decrypted; then the replay window by 
 whole batch in one write). A failure is settled as rejected with a reason, counted, audited
 (``bus.rejected``) and never delivered.
 
-A receive may carry a byte budget (``bus__receive``: the policy's ``max_result_bytes``): the
+A receive may carry a byte budget (``bus__receive``: the policy's ``max_result_bytes``, and
+``gateway.bus.results.RECEIVE_MAX_BYTES`` at most, whatever the policy says): the
 messages are taken in order while what they add to the result fits it (the first always), and
 the rest stay pending for the next receive. A result cut to the cap after its messages were
 settled lost them: marked delivered, never read (a peer's few large messages hid the ones
-behind them in the batch).
+behind them in the batch). A message larger than the budget alone is rejected (counted,
+audited): taken, it was cut the same way. Its sender was refused it if it could fit no
+receive (``gateway.bus.results``); a policy's lower cap is the receiver's own.
 
 A topic message whose topic the receiver may no longer subscribe to (the policy asked again,
 once per topic, before the replay window) is neither rejected nor settled: it stays pending,
@@ -34,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from gateway.bus.backend import BusBackend, Outcome, Pending
 from gateway.bus.crypto import KeyRing, PublicKeys, verify_signature
 from gateway.bus.message import MessageKind, SecureMessage, pattern_regex
+from gateway.bus.results import item_bytes
 from gateway.context import Decision, Principal
 from gateway.errors import BusError
 from gateway.events import Event, EventSink
@@ -70,14 +74,8 @@ class Received:
         }
 
     def result_bytes(self) -> int:
-        """What this message adds to a tool result that carries it twice, as the built-in's
-        does: in the text content (its JSON, escaped again as a JSON string) and in
-        ``structuredContent`` (its JSON), with the separators between items."""
-        d = self.as_dict()
-        text = json.dumps(d)
-        return (
-            len(json.dumps(text)) + len(json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode()) + 4
-        )
+        """What this message adds to the built-in's result (``gateway.bus.results``)."""
+        return item_bytes(self.as_dict())
 
 
 class Receiver:
@@ -107,7 +105,8 @@ class Receiver:
         """Fetch, check, settle: what passed every check, in inbox order. A topic message whose
         topic ``granted`` refuses now is left pending (never marked delivered nor seen): it is
         received once the grant is back, or expires (counted). With ``max_bytes``, the messages
-        past what fits it (``Received.result_bytes``; the first is always taken) stay pending too."""
+        past what fits it (``Received.result_bytes``) stay pending too, and one that alone does
+        not fit it is rejected (taken, its result was cut: delivered and never read whole)."""
         n = max_items + self.held.get(inbox, 0)  # those left pending last time are fetched along
         while True:
             pending = await self.backend.fetch(inbox, n, wait_s)
@@ -148,10 +147,14 @@ class Receiver:
             if received is None:
                 outcomes[p.ref] = "rejected"
                 continue
-            if max_bytes is not None:
-                spent += received.result_bytes()
-                if opened and spent > max_bytes:
-                    break  # this one and those after it stay pending (neither seen nor settled)
+            size = received.result_bytes() if max_bytes is not None else 0
+            if max_bytes is not None and size > max_bytes:
+                # alone past this receive's budget: taken, its result was cut (delivered, never read)
+                outcomes[p.ref] = self._reject(agent, inbox, msg, "larger than the receive's result cap")
+                continue
+            spent += size
+            if max_bytes is not None and spent > max_bytes:
+                break  # this one and those after it stay pending (neither seen nor settled)
             opened.append((p, msg, received))
         # 4. the replay window, for the whole batch at once (one write)
         fresh = await self.backend.first_seen(

@@ -2,7 +2,8 @@
 across gateway processes), acknowledged and deleted when settled.
 
 Keys (prefix ``symbi:bus:``): ``inbox:<agent>`` streams (fields h, n, c, s, e = the message
-and its expiry), ``keys`` (public key directory, hash), ``subs`` (hash ``agent\\0pattern``),
+and its expiry), ``keys`` (public key directory, hash), ``subs`` (hash ``agent\\0pattern`` ->
+its expiry in ms: past it, it grants nothing; the expiry sweep removes it),
 ``subs:n`` (hash: each agent's count of them), ``seen:<agent>:<id>`` (replay window,
 expiring), ``stats`` (counters, hash). Only ciphertext
 ever reaches Redis. A Redis that cannot be reached is ``BusUnavailable`` (a send fails with a
@@ -15,7 +16,8 @@ import inspect
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Iterator
+import time
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
 import anyio.to_thread
@@ -57,15 +59,34 @@ local function counted(subs, n)
   end
 end
 """
-# KEYS: subs, subs:n; ARGV: agent, pattern
+# KEYS: subs, subs:n; ARGV: agent, pattern, expiry (ms; a held one is renewed to it)
 _SUB_ADD = (
     SUBS_COUNTED
     + """
 counted(KEYS[1], KEYS[2])
-if redis.call('HSETNX', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2], '1') == 1 then
+if redis.call('HSET', KEYS[1], ARGV[1] .. '\\0' .. ARGV[2], ARGV[3]) == 1 then
   redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 end
 return 1
+"""
+)
+# the subscriptions past their expiry go (the expiry sweep; KEYS: subs, subs:n; ARGV: now ms).
+# A value that is no number (written before they expired) is expired
+_SUBS_EXPIRE = (
+    SUBS_COUNTED
+    + """
+counted(KEYS[1], KEYS[2])
+local all = redis.call('HGETALL', KEYS[1])
+local gone = 0
+for i = 1, #all, 2 do
+  if (tonumber(all[i + 1]) or 0) <= tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[1], all[i])
+    local agent = string.sub(all[i], 1, string.find(all[i], '\\0', 1, true) - 1)
+    if redis.call('HINCRBY', KEYS[2], agent, -1) <= 0 then redis.call('HDEL', KEYS[2], agent) end
+    gone = gone + 1
+  end
+end
+return gone
 """
 )
 # KEYS: subs, subs:n; ARGV: agent, pattern -> 1 removed, 0 it had no such subscription
@@ -79,43 +100,43 @@ return 1
 """
 )
 
-# an agent that ended for good: its directory entry, its name (if still its), its
-# subscriptions, the requests it may still answer (``gateway.bus.redis_counts``) and its
-# inboxes (KEYS: keys, names, subs, open, open:q, open:n, subs:n, inboxes...; ARGV: agent, name)
-_FORGET = """
-redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
-local mine = ARGV[1] .. '\\0'
-for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
-  if string.sub(f, 1, #mine) == mine then redis.call('HDEL', KEYS[3], f) end
+# an agent's subscriptions and its count of them (KEYS subs, subs:n)
+_DROP_SUBS = """
+local function drop_subs(subs, n, agent)
+  local mine = agent .. '\\0'
+  for _, f in ipairs(redis.call('HKEYS', subs)) do
+    if string.sub(f, 1, #mine) == mine then redis.call('HDEL', subs, f) end
+  end
+  redis.call('HDEL', n, agent)
 end
+"""
+
+# an agent that ended for good: its subscriptions, the requests it may still answer
+# (``gateway.bus.redis_counts``) and its inboxes; with ARGV[3] = '1' (``forget_agent``) also
+# its directory entry and its name (if still its), else the entry stays (what it sent is
+# verified with it). KEYS: keys, names, subs, open, open:q, open:n, subs:n, inboxes...;
+# ARGV: agent, name, forget
+_LEAVE = (
+    _DROP_SUBS
+    + """
+if ARGV[3] == '1' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
+end
+drop_subs(KEYS[3], KEYS[7], ARGV[1])
+local mine = ARGV[1] .. '\\0'
 for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')) do
   redis.call('HDEL', KEYS[4], mine .. string.sub(q, #mine + 22))
 end
 redis.call('ZREMRANGEBYLEX', KEYS[5], '[' .. mine, '(' .. ARGV[1] .. '\\1')
 redis.call('ZREM', KEYS[6], ARGV[1])
-redis.call('HDEL', KEYS[7], ARGV[1])
 for i = 8, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 """
+)
 
-# an agent that ended for good whose entry stays (what it sent is verified with it): its
-# subscriptions, open requests and inboxes (KEYS: subs, open, open:q, open:n, subs:n,
-# inboxes...; ARGV: agent)
-_LEAVE = """
-local mine = ARGV[1] .. '\\0'
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, #mine) == mine then redis.call('HDEL', KEYS[1], f) end
-end
-for _, q in ipairs(redis.call('ZRANGEBYLEX', KEYS[3], '[' .. mine, '(' .. ARGV[1] .. '\\1')) do
-  redis.call('HDEL', KEYS[2], mine .. string.sub(q, #mine + 22))
-end
-redis.call('ZREMRANGEBYLEX', KEYS[3], '[' .. mine, '(' .. ARGV[1] .. '\\1')
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
-return 1
-"""
+# a parked agent's subscriptions (``Bus.park``; KEYS: subs, subs:n; ARGV: agent)
+_UNSUBSCRIBE_ALL = _DROP_SUBS + "drop_subs(KEYS[1], KEYS[2], ARGV[1])\nreturn 1\n"
 
 # the subscriptions and each agent's count of them
 SUBS_KEYS = (PREFIX + "subs", PREFIX + "subs:n")
@@ -133,10 +154,11 @@ class RedisBackend:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._r: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None)
         self._enqueue = self._r.register_script(_ENQUEUE)
-        self._forget = self._r.register_script(_FORGET)
         self._leave = self._r.register_script(_LEAVE)
+        self._unsubscribe_all = self._r.register_script(_UNSUBSCRIBE_ALL)
         self._sub_add = self._r.register_script(_SUB_ADD)
         self._sub_del = self._r.register_script(_SUB_DEL)
+        self._subs_expire = self._r.register_script(_SUBS_EXPIRE)
         self._groups: set[str] = set()
 
     @property
@@ -205,27 +227,15 @@ class RedisBackend:
         return cast(bytes, agent).decode() if agent is not None else None
 
     async def forget_agent(self, agent: str, inboxes: tuple[str, ...], name: str = "") -> None:
-        streams = [self._inbox(i) for i in inboxes]
-        await self.run(
-            self._forget(
-                keys=[
-                    PREFIX + "keys",
-                    PREFIX + "names",
-                    *SUBS_KEYS[:1],
-                    *OPEN_KEYS[:3],
-                    SUBS_KEYS[1],
-                    *streams,
-                ],
-                args=[agent, name],
-            )
-        )
-        self._groups.difference_update(streams)
+        await self._gone(agent, inboxes, name, forget=True)
 
     async def leave(self, agent: str, inboxes: tuple[str, ...]) -> None:
+        await self._gone(agent, inboxes, "", forget=False)
+
+    async def _gone(self, agent: str, inboxes: tuple[str, ...], name: str, *, forget: bool) -> None:
         streams = [self._inbox(i) for i in inboxes]
-        await self.run(
-            self._leave(keys=[*SUBS_KEYS[:1], *OPEN_KEYS[:3], SUBS_KEYS[1], *streams], args=[agent])
-        )
+        keys = [PREFIX + "keys", PREFIX + "names", *SUBS_KEYS[:1], *OPEN_KEYS[:3], SUBS_KEYS[1], *streams]
+        await self.run(self._leave(keys=keys, args=[agent, name, "1" if forget else "0"]))
         self._groups.difference_update(streams)
 
     def footprint(self) -> dict[str, int]:
@@ -339,14 +349,18 @@ class RedisBackend:
 
     # -- subscriptions ---------------------------------------------------------------------
 
-    async def subscribe(self, agent: str, pattern: str) -> None:
-        await self.run(self._sub_add(keys=list(SUBS_KEYS), args=[agent, pattern]))
+    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
+        await self.run(self._sub_add(keys=list(SUBS_KEYS), args=[agent, pattern, until_ms]))
 
     async def unsubscribe(self, agent: str, pattern: str) -> bool:
         return bool(await self.run(self._sub_del(keys=list(SUBS_KEYS), args=[agent, pattern])))
 
+    async def unsubscribe_all(self, agent: str) -> None:
+        await self.run(self._unsubscribe_all(keys=list(SUBS_KEYS), args=[agent]))
+
     async def subscriptions(self) -> dict[str, set[str]]:
-        return parse_subs(await self.run(self._r.hkeys(PREFIX + "subs")))
+        raw: dict[Any, Any] = await self.run(self._r.hgetall(PREFIX + "subs"))
+        return parse_subs(raw.items(), int(time.time() * 1000))
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -364,6 +378,7 @@ class RedisBackend:
                 n += len(dead)
         if n:
             await self.run(self._r.hincrby(PREFIX + "stats", "expired", n))
+        await self.run(self._subs_expire(keys=list(SUBS_KEYS), args=[now_ms]))
         return n
 
     async def bump(self, counter: str, n: int = 1) -> None:
@@ -376,12 +391,18 @@ class RedisBackend:
         return redis_scan(self.url)
 
 
-def parse_subs(raw: list[Any]) -> dict[str, set[str]]:
-    """The ``subs`` hash's fields (``agent\\0pattern``) -> agent -> patterns."""
+def parse_subs(raw: Iterable[tuple[Any, Any]], now_ms: int) -> dict[str, set[str]]:
+    """The ``subs`` hash's (field ``agent\\0pattern``, expiry) pairs -> agent -> patterns, those
+    not expired at ``now_ms`` (an expiry that is no number: expired)."""
     out: dict[str, set[str]] = {}
-    for k in raw:
-        agent, _, pattern = bytes(k).decode().partition("\0")
-        out.setdefault(agent, set()).add(pattern)
+    for k, until in raw:
+        try:
+            live = int(until) > now_ms
+        except ValueError:
+            live = False
+        if live:
+            agent, _, pattern = bytes(k).decode().partition("\0")
+            out.setdefault(agent, set()).add(pattern)
     return out
 
 

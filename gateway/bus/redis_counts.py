@@ -58,7 +58,7 @@ return redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'n', ARGV[3], 'c', ARGV[4]
 )
 
 # a publication: KEYS: vol:<who>, subs; ARGV: size, byte limit, minute, oldest minute, ttl ms
-# -> {-1 counted or the bytes held, the subscriptions' fields} (the charge and the read at once)
+# -> {-1 counted or the bytes held, the subscriptions (field, expiry, ...)} (the charge and the read at once)
 _PUBLICATION = (
     _HELD
     + """
@@ -66,21 +66,25 @@ local have = held(KEYS[1], tonumber(ARGV[4]))
 if have + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {have, {}} end
 redis.call('HINCRBY', KEYS[1], ARGV[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {-1, redis.call('HKEYS', KEYS[2])}
+return {-1, redis.call('HGETALL', KEYS[2])}
 """
 )
 
-# KEYS: subs, subs:n; ARGV: agent, pattern, cap -> -1 subscribed (or held already), else how
-# many it holds. O(1): the agent's count is kept in subs:n (``redis_backend.SUBS_COUNTED``)
+# KEYS: subs, subs:n; ARGV: agent, pattern, cap, expiry ms -> -1 subscribed (or held already:
+# renewed), else how many it holds. O(1): the agent's count is kept in subs:n
+# (``redis_backend.SUBS_COUNTED``; one expired and not swept yet still counts)
 _SUBSCRIBE = (
     SUBS_COUNTED
     + """
 counted(KEYS[1], KEYS[2])
 local f = ARGV[1] .. '\\0' .. ARGV[2]
-if redis.call('HEXISTS', KEYS[1], f) == 1 then return -1 end
+if redis.call('HEXISTS', KEYS[1], f) == 1 then
+  redis.call('HSET', KEYS[1], f, ARGV[4])
+  return -1
+end
 local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or 0)
 if n >= tonumber(ARGV[3]) then return n end
-redis.call('HSET', KEYS[1], f, '1')
+redis.call('HSET', KEYS[1], f, ARGV[4])
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 return -1
 """
@@ -160,10 +164,10 @@ class RedisCounts:
         held, raw = got
         if int(held) >= 0:
             raise volume_refused(who, int(held), size, self.caps.bytes_per_principal)
-        return parse_subs(raw)
+        return parse_subs(zip(raw[::2], raw[1::2], strict=True), now_ms)
 
-    async def subscribe(self, agent: str, pattern: str) -> None:
-        args: list[str | int] = [agent, pattern, self.caps.subscriptions]
+    async def subscribe(self, agent: str, pattern: str, until_ms: int) -> None:
+        args: list[str | int] = [agent, pattern, self.caps.subscriptions, until_ms]
         held = int(await self.backend.run(self._subscribe(keys=list(SUBS_KEYS), args=args)))
         if held >= 0:
             raise subscriptions_refused(agent, held)

@@ -427,6 +427,11 @@ class BusSection(Section):
     # topic subscriptions one agent may hold: every publish and every receipt of a topic
     # message reads all of them, so one agent's without end slowed every other's
     max_subscriptions_per_agent: int = Field(default=256, ge=1)
+    # how long a topic subscription (a grant decided once, by the policy, at bus__subscribe)
+    # lasts; subscribing again renews it (and asks the policy again). Past it the agent is
+    # sent no copy and a copy still waiting is rejected: a grant made for a task never
+    # outlives it by more than this (at most a year; finite, as every float of this section)
+    subscription_ttl_s: float = Field(default=86400.0, gt=0, le=365 * 86400.0)
     # bytes a principal's agents put on the bus within max_age_s (topic copies: the subscriber's):
     # what it sends stays stored that long (the embedded store keeps settled messages as long)
     max_bytes_per_principal: int = Field(default=256 * 1024 * 1024, ge=1024)

@@ -8,6 +8,7 @@ subprocess, and the bounds of ttl_s / timeout_ms were only tested well inside th
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -128,7 +129,11 @@ async def test_the_bus_tools_answer_with_their_documented_fields(env: Env) -> No
 
     bus = await _pair(env)
     tools = BusBuiltin(bus)
-    assert await tools._subscribe(B, {"topic": "news.*"}) == {"subscribed": "news.*"}
+    before = int(time.time() * 1000)
+    subscribed = await tools._subscribe(B, {"topic": "news.*"})
+    # it says when the subscription expires (bus.subscription_ttl_s, a day by default)
+    assert set(subscribed) == {"subscribed", "expires_ms"} and subscribed["subscribed"] == "news.*"
+    assert before + 86_400_000 <= subscribed["expires_ms"] <= int(time.time() * 1000) + 86_400_000
     pub = await tools._publish(A, {"topic": "news.x", "body": 1})
     assert set(pub) == {"id", "delivered_to", "refused"} and pub["refused"] == []
     answer: dict[str, Any] = {}

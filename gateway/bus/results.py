@@ -1,0 +1,51 @@
+"""How a ``bus`` tool's answer is serialised, and what one received message adds to it.
+
+The built-in's result carries its answer twice: in the text content (its JSON) and in
+``structuredContent``. ``receive`` measures each message with ``item_bytes`` so a receive
+takes only what its result can hold: the same code that builds the result says its size.
+
+``RECEIVE_MAX_BYTES`` is the ceiling of one ``bus__receive`` result, whatever the policy says
+(without ``max_result_bytes`` one receive of 1,000 messages returned hundreds of MB). A message
+that could never fit it is refused when it is sent (``item_bytes_of_body``), so its sender
+learns it, rather than taken alone by a receive and cut.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mcp import types
+
+# the result's own bytes around its messages ({"content":[{"type":"text","text":"{\"messages\": []}"}],...})
+RESULT_ENVELOPE_BYTES = 512
+RECEIVE_MAX_BYTES = 8 * 1024 * 1024  # one bus__receive result at most (the policy may cap lower)
+# a received message's fields other than its body, at most (ids, agent ids, a topic of 128)
+ITEM_METADATA_BYTES = 1024
+
+
+def tool_result(out: dict[str, Any]) -> types.CallToolResult:
+    """A bus tool's answer as its MCP result: its JSON as text, and structured."""
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(out))], structured_content=out
+    )
+
+
+def item_bytes(item: dict[str, Any]) -> int:
+    """What ``item`` (one message of ``{"messages": [...]}``) adds to the result ``tool_result``
+    builds: in the text content (its JSON, escaped again as the JSON string the text is) and in
+    ``structuredContent`` (its JSON), with the separators between items."""
+    text = json.dumps(item)
+    structured = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+    return len(json.dumps(text)) + len(structured) + 4
+
+
+def item_bytes_of_body(body: Any) -> int:
+    """At most what a message with ``body`` adds to a receive's result (its metadata counted
+    at its largest)."""
+    return item_bytes({"body": body}) + ITEM_METADATA_BYTES
+
+
+def receive_ceiling() -> int:
+    """The bytes of messages one receive may take at most (its result within ``RECEIVE_MAX_BYTES``)."""
+    return RECEIVE_MAX_BYTES - RESULT_ENVELOPE_BYTES

@@ -1,0 +1,79 @@
+"""One ``bus__receive`` result has a ceiling (``gateway.bus.results.RECEIVE_MAX_BYTES``), and a
+message that could never fit it is refused when it is sent, on both backends.
+
+Attacks (red team 28, session 41): without the policy's ``max_result_bytes``, one receive
+took every message asked for (up to 1,000 of up to ``bus.max_body_bytes`` each, carried
+twice in the result): 40 messages of 200 KB made one result of about 16 MB. And a message
+larger than any receive's result was accepted, then taken alone by a receive (the first is
+always taken) and cut: marked delivered, never read whole; its sender never knew.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.bus.builtin import BusBuiltin, receive_budget
+from gateway.bus.results import RECEIVE_MAX_BYTES, tool_result
+from gateway.context import CallContext, Decision
+from gateway.errors import ArgumentsInvalid
+from gateway.policy.results import result_size
+from tests.bus.test_core import A, B, Env, _pair, env  # noqa: F401 - env is the backends' fixture
+
+pytestmark = pytest.mark.anyio
+
+
+def _receive_call(conditions: dict[str, Any] | None) -> CallContext:
+    call = CallContext(principal=B, kind="tools/call", target="bus__receive", arguments={"max": 1000})
+    if conditions is not None:
+        call.decision = Decision(allow=True, reasons=(), conditions=conditions)
+    return call
+
+
+async def test_one_receive_without_a_policy_cap_stays_within_the_ceiling(env: Env) -> None:  # noqa: F811
+    bus = await _pair(env)
+    body = "x" * 200_000
+    for _ in range(40):  # about 16 MB as one result
+        await bus.send(A, "agent-b", body)
+    tools, call = BusBuiltin(bus), _receive_call(None)
+    taken = 0
+    while taken < 40:
+        out = await tools._receive(B, call.arguments, receive_budget(call))
+        assert 0 < len(out["messages"]) and result_size(tool_result(out)) <= RECEIVE_MAX_BYTES
+        taken += len(out["messages"])
+    assert taken == 40  # none lost: what did not fit waited for the next receive
+
+
+def test_a_policy_cap_above_the_ceiling_does_not_lift_it() -> None:
+    assert receive_budget(_receive_call({"max_result_bytes": 10 * RECEIVE_MAX_BYTES})) < RECEIVE_MAX_BYTES
+    assert receive_budget(_receive_call({"max_result_bytes": 10_000})) < 10_000
+
+
+async def test_a_message_that_cannot_fit_one_receive_is_refused_at_send(env: Env) -> None:  # noqa: F811
+    bus = await _pair(env, max_body_bytes=4 * 1024 * 1024)
+    await bus.subscribe(B, "news")
+    big = '"' * 1_500_000  # 3 MB stored (each quote escaped), more than 8 MB in a result
+    with pytest.raises(ArgumentsInvalid):
+        await bus.send(A, "agent-b", big)
+    with pytest.raises(ArgumentsInvalid):
+        await bus.publish(A, "news", big)
+    assert env.stored("agent-b") == []
+    # a body within bus.max_body_bytes that fits a result is sent, and received whole
+    fits = "y" * 3_000_000
+    await bus.send(A, "agent-b", fits)
+    (got,) = await bus.receive(B, max_bytes=receive_budget(_receive_call(None)))
+    assert got.body == fits
+
+
+async def test_a_message_larger_than_a_receives_policy_cap_is_rejected_not_delivered_cut(
+    env: Env,  # noqa: F811
+) -> None:
+    # was: taken alone (the first always was), its result cut to the policy's cap
+    bus = await _pair(env)
+    await bus.send(A, "agent-b", "z" * 5_000)
+    small = await bus.send(A, "agent-b", "ok")
+    got = await bus.receive(B, max_items=10, max_bytes=1_000)
+    assert [r.id for r in got] == [small.id]
+    assert bus.rejected == {"larger than the receive's result cap": 1}
+    assert await bus.receive(B, max_items=10) == []  # settled: it does not come back

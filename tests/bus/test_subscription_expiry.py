@@ -1,0 +1,151 @@
+"""Topic subscriptions expire (``bus.subscription_ttl_s``), on both backends.
+
+Attack (red team 28, session 41): a subscription is a grant the policy decides once, at
+``bus__subscribe``. It had no lifetime: a grant made for one task kept every publication on
+the topic flowing into the agent's inbox (sealed, stored, counted against its principal)
+for as long as the agent lived, a year later as on the first day. Now it lasts
+``bus.subscription_ttl_s``; subscribing again renews it (and asks the policy again). The
+clock is driven through ``time.time`` (the seam the bus reads), never waited on.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from gateway.bus.redis_backend import PREFIX
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from tests.bus.test_core import A, B, Env, _pair, env  # noqa: F401 - env is the backends' fixture
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.anyio
+
+
+def _stored_subscriptions(env: Env) -> int:  # noqa: F811
+    """Subscriptions as the store holds them (raw: expired ones included)."""
+    if env.url is None:
+        db = sqlite3.connect(env.data / "bus.db")
+        try:
+            return int(db.execute("SELECT count(*) FROM subs").fetchone()[0])
+        finally:
+            db.close()
+    r: Any = redis.Redis.from_url(env.url)
+    return int(r.hlen(PREFIX + "subs"))
+
+
+async def test_an_expired_subscription_receives_nothing_until_renewed(
+    env: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus = await _pair(env, subscription_ttl_s=60)
+    before = int(time.time() * 1000)
+    until = await bus.subscribe(B, "news.*")
+    assert before + 60_000 <= until <= int(time.time() * 1000) + 60_000
+    waiting = await bus.publish(A, "news.x", {"n": 1})  # a copy waits in b's inbox
+    assert waiting.delivered_to == 1
+    # past the subscription's expiry (the messages' own window, a day, is far from over)
+    later = (until + 1) / 1000
+    monkeypatch.setattr("gateway.bus.core.time.time", lambda: later)
+    # the grant expired: no new copy is sealed for b, the one waiting is not received
+    assert (await bus.publish(A, "news.x", {"n": 2})).delivered_to == 0
+    assert await bus.receive(B, max_items=10) == []
+    assert bus.rejected.get("not subscribed to this topic") == 1
+    assert await bus.backend.subscriptions() == {}
+    # the expiry sweep removes it from the store
+    assert _stored_subscriptions(env) == 1
+    await bus.expire()
+    assert _stored_subscriptions(env) == 0
+    # subscribing again (the policy asked again) renews it
+    assert await bus.subscribe(B, "news.*") == int(later * 1000) + 60_000
+    assert (await bus.publish(A, "news.x", {"n": 3})).delivered_to == 1
+    assert [r.body for r in await bus.receive(B, max_items=10)] == [{"n": 3}]
+
+
+async def test_a_grant_made_with_the_default_lifetime_delivers_nothing_a_day_later(
+    env: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # messages may live three days here: only the subscription's own day ends the delivery
+    bus = await _pair(env, max_age_s=3 * 86400.0)
+    await bus.subscribe(B, "news.*")
+    assert (await bus.publish(A, "news.x", {"n": 1})).delivered_to == 1
+    later = time.time() + 86400 + 1
+    monkeypatch.setattr("gateway.bus.core.time.time", lambda: later)
+    # was: delivered_to 1 and the copy received, a day (a year) after the grant
+    assert (await bus.publish(A, "news.x", {"n": 2})).delivered_to == 0
+    assert await bus.receive(B, max_items=10) == []
+
+
+async def test_subscribing_again_extends_a_held_subscription(
+    env: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus = await _pair(env, subscription_ttl_s=60, max_subscriptions=1)
+    first = await bus.subscribe(B, "news.*")
+    monkeypatch.setattr("gateway.bus.core.time.time", lambda: (first - 1) / 1000)
+    renewed = await bus.subscribe(B, "news.*")  # held: renewed, not a second one (the cap is 1)
+    assert renewed == first - 1 + 60_000
+    monkeypatch.setattr("gateway.bus.core.time.time", lambda: (first + 1) / 1000)
+    await bus.expire()
+    assert await bus.backend.subscriptions() == {"agent-b": {"news.*"}}
+    assert (await bus.publish(A, "news.x", 1)).delivered_to == 1
+
+
+def _bus_config(tmp_path: Path, bus: str) -> Path:
+    return write_config(tmp_path, f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n[bus]\n{bus}\n')
+
+
+@pytest.mark.parametrize("ttl", ["inf", "nan", "-1.0", "0.0", "31536001.0"])
+def test_a_subscription_lifetime_that_is_not_finite_positive_and_bounded_is_refused(
+    tmp_path: Path, ttl: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config(_bus_config(tmp_path, f"subscription_ttl_s = {ttl}"), {})
+    assert [r for r in refused.value.reasons if "subscription_ttl_s" in r]  # refused for it
+
+
+def test_a_subscription_lasts_a_day_unless_configured(tmp_path: Path) -> None:
+    assert (
+        load_config(_bus_config(tmp_path, "subscription_ttl_s = 600.0"), {}).bus.subscription_ttl_s == 600.0
+    )
+    assert load_config(_bus_config(tmp_path, ""), {}).bus.subscription_ttl_s == 86400.0
+
+
+@pytest.mark.parametrize("ttl", [math.inf, math.nan, -1.0, 0.0])
+async def test_a_bus_made_without_the_config_refuses_a_bad_lifetime_too(
+    env: Env,  # noqa: F811
+    ttl: float,
+) -> None:
+    with pytest.raises(ConfigError):
+        await env.bus(subscription_ttl_s=ttl)
+
+
+async def test_subscriptions_stored_before_they_expired_grant_nothing(
+    env: Env,  # noqa: F811
+) -> None:
+    # a store written by an earlier version (subscriptions without an expiry): what it holds
+    # is expired, never a grant for good
+    if env.url is None:
+        env.data.mkdir(parents=True)
+        db = sqlite3.connect(env.data / "bus.db")
+        db.execute(
+            "CREATE TABLE subs(agent TEXT NOT NULL, pattern TEXT NOT NULL, PRIMARY KEY(agent, pattern))"
+        )
+        db.execute("INSERT INTO subs VALUES ('agent-b', 'news.*')")
+        db.commit()
+        db.close()
+    else:
+        r: Any = redis.Redis.from_url(env.url)
+        r.hset(PREFIX + "subs", "agent-b\0news.*", "1")
+    bus = await _pair(env)
+    assert await bus.backend.subscriptions() == {}
+    assert (await bus.publish(A, "news.x", 1)).delivered_to == 0
+    await bus.expire()
+    assert _stored_subscriptions(env) == 0

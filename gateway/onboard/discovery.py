@@ -7,7 +7,9 @@ discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600).
 A server found in a Claude Code config follows its administrator's managed MCP policy
 (``gateway.onboard.claude_managed``), as ``symbi import claude-code`` does: approving one the
 policy blocks is refused with the reason, and an approved one it blocks (a policy deployed
-since) is not started."""
+since) is not started, or is stopped if it runs. Which client a server came from and whose
+home it was found in are recorded when it is found: an approval made under another ``HOME``
+(``sudo``, a service account) applies the same policy."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from gateway.errors import ApprovalError, ConfigError
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.onboard.claude_managed import ClaudeCodeManaged
 from gateway.onboard.clients import (
+    ClientFile,
     FoundServer,
     client_file_candidates,
     has_servers,
@@ -50,6 +53,15 @@ class Discovered:
     status: str  # "quarantined" | "approved" | "removed"
     first_seen: float
     approved_by: str | None = None
+    client: str | None = None  # the client whose file held it ("registry": the registry folder)
+    home: str | None = None  # the home folder it was found through (its user's Claude Code settings)
+
+    def from_claude_code(self) -> bool:
+        """Whether Claude Code's managed policy rules it; an entry recorded before ``client``
+        was is told by its file's name (Claude Code's are ``.claude.json`` and ``.mcp.json``)."""
+        if self.client is not None:
+            return self.client == "claude-code"
+        return Path(self.source).name in (".claude.json", ".mcp.json")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +72,8 @@ class Discovered:
             "status": self.status,
             "first_seen": self.first_seen,
             "approved_by": self.approved_by,
+            "client": self.client,
+            "home": self.home,
         }
 
     def launches(self) -> str:
@@ -163,6 +177,49 @@ def _client_table(f: FoundServer) -> dict[str, Any]:
     return {"url": f.url, **({"headers": dict(f.headers)} if f.headers else {})}
 
 
+class ManagedPolicy:
+    """Claude Code's managed MCP policy as one discovery pass (or one approval) sees it: read
+    once, on first need, for each home the servers were found through (its user's own lists);
+    a policy that cannot be read blocks every Claude Code server (its denials would be lost)."""
+
+    def __init__(self, home: Path, folder: Path | None) -> None:
+        self._home, self._folder = home, folder  # folder None: this system's managed settings
+        self._read: dict[Path, ClaudeCodeManaged | str] = {}
+
+    def refusal(self, d: Discovered) -> str | None:
+        """Why the policy blocks ``d`` (None: it does not, or ``d`` is not Claude Code's)."""
+        if not d.from_claude_code():
+            return None
+        policy = self._policy(Path(d.home) if d.home else self._home)
+        if isinstance(policy, str):
+            return policy
+        args = d.table.get("args")
+        server = FoundServer(
+            ClientFile("claude-code", Path(d.source), "user"),
+            d.original_name,
+            command=d.table.get("command"),
+            args=tuple(str(a) for a in args) if isinstance(args, list) else (),
+            url=d.table.get("url"),
+        )
+        return policy.skipped(server)
+
+    def refusals(self, entries: list[Discovered]) -> dict[str, str]:
+        """The reason of each of ``entries`` the policy blocks, by name."""
+        return {d.name: why for d in entries if (why := self.refusal(d)) is not None}
+
+    def _policy(self, home: Path) -> ClaudeCodeManaged | str:
+        if home not in self._read:
+            try:
+                self._read[home] = ClaudeCodeManaged(home, self._folder)
+            except ConfigError as e:
+                self._read[home] = f"Claude Code's managed MCP policy cannot be read ({e.message})"
+            except OSError as e:  # its folder not ours to look into
+                self._read[home] = (
+                    f"Claude Code's managed MCP policy cannot be read ({type(e).__name__}: {e})"
+                )
+        return self._read[home]
+
+
 class Discovery:
     def __init__(
         self,
@@ -192,11 +249,11 @@ class Discovery:
             raise ConfigError(f"{self.state}: unreadable discovery state: {e}") from None
         return {k: Discovered(**v) for k, v in doc.get("servers", {}).items()}
 
-    def seen_now(self) -> tuple[list[tuple[str, str, dict[str, Any]]], set[str]]:
-        """(source, name, table) of every server the client files and the registry folder hold
-        now, and the client files that could not be read this pass (a file being written, a
-        broken one: what they held is unknown, not gone)."""
-        found: list[tuple[str, str, dict[str, Any]]] = []
+    def seen_now(self) -> tuple[list[tuple[str, str, str, dict[str, Any]]], set[str]]:
+        """(client, source, name, table) of every server the client files and the registry
+        folder hold now, and the client files that could not be read this pass (a file being
+        written, a broken one: what they held is unknown, not gone)."""
+        found: list[tuple[str, str, str, dict[str, Any]]] = []
         unread: set[str] = set()
         for cf in client_file_candidates(self._home, self._cwd, self._environ):
             try:
@@ -207,9 +264,11 @@ class Discovery:
                 unread.add(str(cf.path))
                 _logger.debug("client file %s not read this pass: %s", cf.path, e.message)
                 continue
-            found += [(str(cf.path), s.name, _client_table(s)) for s in servers if not launches_symbi(s)]
+            found += [
+                (cf.client, str(cf.path), s.name, _client_table(s)) for s in servers if not launches_symbi(s)
+            ]
         if self._registry is not None and self._registry.is_dir():
-            found += registry_servers(self._registry)
+            found += [("registry", *seen) for seen in registry_servers(self._registry)]
         return found, unread
 
     def poll(self) -> tuple[list[Discovered], list[Discovered]]:
@@ -218,15 +277,17 @@ class Discovery:
         known = self.entries()
         by_origin = {(d.source, d.original_name): d for d in known.values()}
         now, unread = self.seen_now()
-        seen_origins = {(src, name) for src, name, _ in now}
+        seen_origins = {(src, name) for _, src, name, _ in now}
         added: list[Discovered] = []
         used = set(known) | set(self._configured) | RESERVED
-        for src, original, table in now:
+        for client, src, original, table in now:
             if (src, original) in by_origin:
                 continue
             name = unique_name(original, used)
             used.add(name)
-            d = Discovered(name, src, original, table, "quarantined", time.time())
+            d = Discovered(
+                name, src, original, table, "quarantined", time.time(), client=client, home=str(self._home)
+            )
             known[name] = d
             added.append(d)
             self._events.emit(
@@ -239,55 +300,35 @@ class Discovery:
                     "status": "quarantined",
                 },
             )
-        removed: list[Discovered] = []
-        for name, d in list(known.items()):
-            if (
-                d.status != "removed"
-                and d.source not in unread
-                and (d.source, d.original_name) not in seen_origins
-            ):
-                known[name] = replace(d, status="removed")
-                removed.append(known[name])
-                self._events.emit(Event.SERVER_REMOVED, {"server": name, "source": d.source, "was": d.status})
+        removed = self._removed(known, seen_origins, unread)
         if added or removed:
             self._save(known)
         return added, removed
 
-    def managed_refusal(self, d: Discovered) -> str | None:
-        """Why Claude Code's managed MCP policy blocks ``d`` (None: it does not, or ``d`` is not
-        from a Claude Code config). A policy file that cannot be read blocks: its denials would
-        be lost."""
-        source = next(
-            (
-                cf
-                for cf in client_file_candidates(self._home, self._cwd, self._environ)
-                if cf.client == "claude-code" and str(cf.path) == d.source
-            ),
-            None,
-        )
-        if source is None:
-            return None
-        args = d.table.get("args")
-        server = FoundServer(
-            source,
-            d.original_name,
-            command=d.table.get("command"),
-            args=tuple(str(a) for a in args) if isinstance(args, list) else (),
-            url=d.table.get("url"),
-        )
-        try:
-            return ClaudeCodeManaged(self._home, self._claude_managed).skipped(server)
-        except ConfigError as e:
-            return f"Claude Code's managed MCP policy cannot be read ({e.message})"
-        except OSError as e:  # its folder not ours to look into
-            return f"Claude Code's managed MCP policy cannot be read ({type(e).__name__}: {e})"
+    def _removed(
+        self, known: dict[str, Discovered], seen: set[tuple[str, str]], unread: set[str]
+    ) -> list[Discovered]:
+        """Marks (in ``known``) and audits the servers gone from a file read this pass."""
+        removed: list[Discovered] = []
+        for name, d in list(known.items()):
+            if d.status != "removed" and d.source not in unread and (d.source, d.original_name) not in seen:
+                known[name] = replace(d, status="removed")
+                removed.append(known[name])
+                self._events.emit(Event.SERVER_REMOVED, {"server": name, "source": d.source, "was": d.status})
+        return removed
+
+    def managed_policy(self) -> ManagedPolicy:
+        """Claude Code's managed MCP policy, read afresh (one a discovery pass, one an approval)."""
+        return ManagedPolicy(self._home, self._claude_managed)
 
     def approve(self, name: str, by: str | None = None) -> Discovered:
         known = self.entries()
         d = known.get(name)
         if d is None or d.status == "removed":
             raise ConfigError(f"no discovered server named {name!r} (see `symbi discover list`)")
-        if (why := self.managed_refusal(d)) is not None:  # the organisation's rule, not the approver's
+        if (
+            why := self.managed_policy().refusal(d)
+        ) is not None:  # the organisation's rule, not the approver's
             raise ApprovalError(f"discovered server {name!r} cannot be approved: {why}", 409)
         try:  # what the gateway would refuse to start is refused here, with its reason
             ServerConfig.model_validate({**d.table, "verification": "tofu"})

@@ -322,10 +322,12 @@ class Discovery:
         return ManagedPolicy(self._home, self._claude_managed)
 
     def approve(self, name: str, by: str | None = None) -> Discovered:
+        """Approve a quarantined server: ``ApprovalError`` 404 when there is none of that name,
+        409 (with the reason) when the managed policy blocks it or its config is in error."""
         known = self.entries()
         d = known.get(name)
         if d is None or d.status == "removed":
-            raise ConfigError(f"no discovered server named {name!r} (see `symbi discover list`)")
+            raise ApprovalError(f"no discovered server named {name!r} (see `symbi discover list`)", 404)
         if (
             why := self.managed_policy().refusal(d)
         ) is not None:  # the organisation's rule, not the approver's
@@ -334,7 +336,8 @@ class Discovery:
             ServerConfig.model_validate({**d.table, "verification": "tofu"})
         except ValidationError as e:
             why = "; ".join(str(err.get("msg", "invalid")) for err in e.errors())
-            raise ConfigError(f"discovered server {name!r} cannot be approved: {why}") from None
+            # it exists, in a state that cannot be approved: a conflict with its reason, not a 404
+            raise ApprovalError(f"discovered server {name!r} cannot be approved: {why}", 409) from None
         known[name] = replace(d, status="approved", approved_by=by)
         self._save(known)
         return known[name]

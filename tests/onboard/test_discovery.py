@@ -14,7 +14,7 @@ import anyio
 import pytest
 from mcp import ClientSession, stdio_client
 
-from gateway.errors import ConfigError
+from gateway.errors import ApprovalError
 from gateway.onboard.discovery import registry_servers
 from tests.conftest import ROOT, SYMBI, mutable_config, write_config
 from tests.onboard.conftest import discovery, write_json
@@ -175,7 +175,8 @@ async def test_the_gateway_keeps_serving_when_a_discovery_pass_fails(tmp_path: P
 
 def test_a_server_the_gateway_would_refuse_cannot_be_approved(tmp_path: Path) -> None:
     """A discovered remote over plain http:// to another host: approving it said "approved" and
-    the gateway's start of it failed in its log only. The approval itself is refused now."""
+    the gateway's start of it failed in its log only. The approval itself is refused now, as a
+    conflict (409, with the reason): the server exists (the admin API answered 404, "not found")."""
     home = tmp_path / "home"
     write_json(
         home / ".claude.json",
@@ -184,6 +185,10 @@ def test_a_server_the_gateway_would_refuse_cannot_be_approved(tmp_path: Path) ->
     d = discovery(tmp_path / "discovered.json", home, tmp_path)
     added, _ = d.poll()
     assert [x.name for x in added] == ["plain"]
-    with pytest.raises(ConfigError):
+    with pytest.raises(ApprovalError) as refused:
         d.approve("plain", by="admin")
+    assert refused.value.status == 409
+    with pytest.raises(ApprovalError) as missing:
+        d.approve("nope", by="admin")
+    assert missing.value.status == 404
     assert d.entries()["plain"].status == "quarantined"

@@ -204,14 +204,15 @@ def test_the_admin_api_refuses_it_and_the_gateway_does_not_start_one_approved_be
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through a running gateway (its admin API, its discovery loop): a blocked server's
-    approval is a 409 with the reason; one a person approved before the administrator blocked
+    approval is a 409 with the reason, and so is one whose config is in error (not a 404); one a person approved before the administrator blocked
     it stays stopped, said once in the log."""
     home, managed = tmp_path / "home", tmp_path / "managed"
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setattr(claude_managed, "managed_dir", lambda platform=sys.platform: managed)
     mut = {"command": sys.executable, "args": [str(MUTABLE)]}
     user = home / ".claude.json"
-    write_json(user, {"mcpServers": {"early": mut, "late": mut}})
+    plain = {"type": "http", "url": "http://mcp.example.com/mcp"}  # a config the gateway refuses
+    write_json(user, {"mcpServers": {"early": mut, "late": mut, "plain": plain}})
     cfg = write_config(
         tmp_path, "[mcp]\ndiscovery_enabled = true\nrecheck_interval_s = 0.2\n[sandbox]\ncode_tools = false\n"
     )
@@ -230,10 +231,15 @@ def test_the_admin_api_refuses_it_and_the_gateway_does_not_start_one_approved_be
             r = httpx.post(run.base + "/api/discovered/late/approve", headers=bearer(keys.admin), timeout=30)
             assert r.status_code == 409 and r.json()["code"] == "approval_refused"
             assert str(managed / "managed-settings.json") in r.json()["reason"]
+            # a server whose config is in error exists: a conflict with its reason (it was a 404)
+            r = httpx.post(run.base + "/api/discovered/plain/approve", headers=bearer(keys.admin), timeout=30)
+            assert r.status_code == 409 and r.json()["code"] == "approval_refused"
+            r = httpx.post(run.base + "/api/discovered/nope/approve", headers=bearer(keys.admin), timeout=30)
+            assert r.status_code == 404
             # two later passes seen (each begins with the poll that finds a new server, and
             # the one before it has tried to start the approved ones by then)
             for probe in ("probe1", "probe2"):
-                write_json(user, {"mcpServers": {"early": mut, "late": mut, probe: mut}})
+                write_json(user, {"mcpServers": {"early": mut, "late": mut, "plain": plain, probe: mut}})
                 deadline = time.monotonic() + 60  # the bound of the wait, not a timing assertion
                 while probe not in store.entries():
                     assert time.monotonic() < deadline

@@ -33,10 +33,9 @@ from gateway.onboard.claude_managed import ClaudeCodeManaged
 from gateway.onboard.clients import (
     ClientFile,
     FoundServer,
+    ReadWhenChanged,
     client_file_candidates,
-    has_servers,
     launches_symbi,
-    read_client_file,
 )
 from gateway.onboard.plan import RESERVED, masked_args, unique_name
 from gateway.textcheck import not_utf8_at, shown
@@ -239,6 +238,7 @@ class Discovery:
         self._registry = registry_dir
         self._configured = configured
         self._claude_managed = claude_managed  # Claude Code's managed settings (None: this system's)
+        self._files = ReadWhenChanged()  # each pass parses only the client files that changed
 
     def entries(self) -> dict[str, Discovered]:
         try:
@@ -257,9 +257,7 @@ class Discovery:
         unread: set[str] = set()
         for cf in client_file_candidates(self._home, self._cwd, self._environ):
             try:
-                if not has_servers(cf):
-                    continue
-                servers = read_client_file(cf)
+                servers = self._files.servers(cf)
             except ConfigError as e:
                 unread.add(str(cf.path))
                 _logger.debug("client file %s not read this pass: %s", cf.path, e.message)

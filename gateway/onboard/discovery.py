@@ -37,7 +37,7 @@ from gateway.onboard.clients import (
     client_file_candidates,
     launches_symbi,
 )
-from gateway.onboard.plan import RESERVED, masked_args, unique_name
+from gateway.onboard.plan import RESERVED, masked_args, secret_named, secrets_masked, unique_name
 from gateway.textcheck import not_utf8_at, shown
 
 _logger = logging.getLogger("symbi.discovery")
@@ -76,17 +76,25 @@ class Discovered:
         }
 
     def launches(self) -> str:
-        """What approving it runs, for the person deciding: the command line (recognisable
-        secrets in it masked, as ``symbi import`` would move them) or the URL without its query."""
+        """What approving it runs, for the person deciding, as a shell line: its folder, its
+        environment and its command line (recognisable secrets in it masked, as ``symbi
+        import`` would move them), or the URL without its query. Every variable is named; the
+        values shown are those that change what runs or where it is fetched from
+        (``NODE_OPTIONS``, ``LD_PRELOAD``, ``PATH``, a package index...), the others ``***``."""
         if "command" not in self.table:
             return str(self.table.get("url", "")).split("?", 1)[0]
+        env = self.table.get("env") or {}
+        shown_env = [f"{k}={_env_shown(str(k), str(v))}" for k, v in sorted(env.items())]
         args = masked_args([str(a) for a in self.table.get("args") or []])
-        return shlex.join([str(self.table["command"]), *args])
+        line = shlex.join([*shown_env, str(self.table["command"]), *args])
+        cwd = self.table.get("cwd")
+        return f"cd {shlex.quote(str(cwd))} && {line}" if cwd else line
 
     def public(self) -> dict[str, Any]:
         """For the admin API and the dashboard: what approving it runs, as ``symbi discover
         list`` shows it (``launches``: recognisable secrets in the arguments masked, a URL
-        without its query); never its env or headers (a client config keeps secrets there)."""
+        without its query); its env's values only where they change what runs, never its
+        headers (a client config keeps secrets there)."""
         return {
             "name": self.name,
             "source": self.source,
@@ -97,6 +105,22 @@ class Discovered:
             "first_seen": self.first_seen,
             "approved_by": self.approved_by,
         }
+
+
+# variables that change what a process runs, loads or fetches: a repository's .mcp.json with
+# NODE_OPTIONS="--require ./.x.js" beside an ordinary npx line ran its own code once approved,
+# and the approver saw only the npx line
+_RUNS = re.compile(
+    r"LD_\w+|DYLD_\w+|PATH|NODE_\w+|NPM_CONFIG_\w+|PYTHON\w+|PIP_\w+|UV_\w+|BASH_ENV|ENV|PERL\w*"
+    r"|RUBY\w+|\w*JAVA\w*_OPTIONS|CLASSPATH|DOCKER_\w+|GIT_\w+|\w*_PROXY|SSL_CERT_\w+|\w*CA_BUNDLE",
+    re.IGNORECASE,
+)
+
+
+def _env_shown(name: str, value: str) -> str:
+    if _RUNS.fullmatch(name) and not secret_named(name):
+        return secrets_masked(value)
+    return "***"
 
 
 def registry_servers(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:

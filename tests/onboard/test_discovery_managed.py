@@ -262,10 +262,10 @@ async def _until(done: Callable[[], bool], what: str) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (ProcessLookupError, FileNotFoundError):  # reaped between the two
         return False
-    # a zombie is gone as far as the server is concerned
-    return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    return "zombie" not in status.lower()  # ended, not yet reaped
 
 
 @pytest.mark.anyio

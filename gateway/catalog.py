@@ -416,6 +416,9 @@ class LiveCatalog:
     def add_upstream(self, info: UpstreamInfo) -> None:
         self._upstreams[info.name] = info
 
+    def remove_upstream(self, name: str) -> None:
+        self._upstreams.pop(name, None)
+
     def upstream_info(self, name: str) -> UpstreamInfo:
         try:
             return self._upstreams[name]

@@ -108,7 +108,9 @@ async def _refresh_when_due(gw: Gateway, wake: MemoryObjectReceiveStream[None]) 
 
 def discover(config: Config, events: EventSink) -> Background:
     """Discovery: new servers quarantined (not started), approved ones started with tofu
-    verification (a person approved the server: what it offers is pinned on first sight)."""
+    verification (a person approved the server: what it offers is pinned on first sight).
+    Claude Code's managed MCP policy is read once a pass and checked for every approved or
+    running discovered server: one it blocks is not started, or is stopped if it runs."""
     from gateway.onboard.discovery import discovery_store
 
     discovery = discovery_store(config, events)
@@ -119,7 +121,13 @@ def discover(config: Config, events: EventSink) -> Background:
         while True:
             try:
                 added, removed = await anyio.to_thread.run_sync(discovery.poll)
-                approved = [d for d in discovery.entries().values() if d.status == "approved"]
+                # "removed" ones still run: the policy rules them too
+                ours = [
+                    d
+                    for d in discovery.entries().values()
+                    if d.status == "approved" or d.name in gw.upstreams
+                ]
+                refused = await anyio.to_thread.run_sync(discovery.managed_policy().refusals, ours)
             except Exception as e:  # noqa: BLE001 - a failed pass must not stop the gateway
                 # fail closed: nothing is quarantined, removed or started from this pass
                 if str(e) != failed:
@@ -131,18 +139,37 @@ def discover(config: Config, events: EventSink) -> Background:
                 continue
             failed = ""
             _log_discovered(added, removed)
-            for d in approved:
-                if d.name in gw.upstreams:
-                    continue
-                why = await anyio.to_thread.run_sync(discovery.managed_refusal, d)
-                if why is None:
+            for d in ours:
+                if d.name in refused:
+                    await _block(gw, d, refused[d.name], blocked)
+                elif d.status == "approved" and d.name not in gw.upstreams:
+                    blocked.pop(d.name, None)
                     await _start_approved(gw, d)
-                elif blocked.get(d.name) != why:  # approved before the policy said so
-                    blocked[d.name] = why
-                    _logger.error("approved server %s not started: %s", d.name, why)
             await anyio.sleep(config.mcp.recheck_interval_s)
 
     return run
+
+
+async def _block(gw: Gateway, d: Discovered, why: str, logged: dict[str, str]) -> None:
+    """A discovered server Claude Code's managed policy blocks (deployed since its approval):
+    stopped if it runs; on the record and in the log once per reason."""
+    running = d.name in gw.upstreams
+    if running:
+        try:
+            await gw.remove_server(d.name)
+        except Exception:  # the others are still checked
+            _logger.exception(
+                "discovered server %s, blocked by the managed policy, could not be stopped", d.name
+            )
+            return
+    if logged.get(d.name) == why and not running:
+        return
+    logged[d.name] = why
+    gw.events.emit(
+        Event.SERVER_BLOCKED,
+        {"server": d.name, "source": d.source, "reason": why, "stopped": running},
+    )
+    _logger.error("approved server %s %s: %s", d.name, "stopped" if running else "not started", why)
 
 
 def _log_discovered(added: list[Discovered], removed: list[Discovered]) -> None:

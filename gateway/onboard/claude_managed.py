@@ -71,6 +71,7 @@ class ClaudeCodeManaged:
         user = _read(home / ".claude" / "settings.json")
         self._denied = _entries(managed, DENIED) + _entries(user, DENIED)
         allowed = _lists(managed, ALLOWED)
+        self._allowed_where = managed[0] if managed else ""
         if allowed is not None and not (managed and managed[1].get(MANAGED_ONLY) is True):
             allowed = allowed + (_lists(user, ALLOWED) or [])  # a soft allowlist: the user adds
         self._allowed = allowed
@@ -88,7 +89,7 @@ class ClaudeCodeManaged:
         candidates = by_kind or [e for e in self._allowed if e.kind == "serverName"]
         if any(e.matches(s) for e in candidates):
             return None
-        return f"not in Claude Code's managed allowlist ({ALLOWED})"
+        return f"not in Claude Code's managed allowlist ({self._allowed_where}: {ALLOWED})"
 
 
 def _read(path: Path) -> tuple[str, dict[str, Any]] | None:

@@ -111,6 +111,31 @@ def read_client_file(source: ClientFile) -> list[FoundServer]:
     return out
 
 
+class ReadWhenChanged:
+    """The server entries of client files, parsed again only when a file changed (its device,
+    inode, size, modification and change times): discovery reads them every pass, and
+    ``json.loads`` of a 24 MB ``~/.claude.json`` (Claude Code keeps its history there) holds
+    the interpreter lock about a second, each of the four reads a pass made, stalling the
+    gateway's event loop. A file that cannot be read raises ``ConfigError`` every time."""
+
+    def __init__(self) -> None:
+        self._seen: dict[ClientFile, tuple[tuple[int, ...], list[FoundServer]]] = {}
+
+    def servers(self, source: ClientFile) -> list[FoundServer]:
+        try:
+            st = source.path.stat()
+        except OSError as e:
+            raise ConfigError(f"{source.path}: cannot read: {e.strerror or e}") from None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        seen = self._seen.get(source)
+        if seen is not None and seen[0] == key:
+            return seen[1]
+        self._seen.pop(source, None)
+        servers = read_client_file(source)  # no servers table: none (one parse, not two)
+        self._seen[source] = (key, servers)
+        return servers
+
+
 def _entry(
     source: ClientFile, name: str, e: dict[str, Any], inputs: Mapping[Any, Any], where: str
 ) -> FoundServer:

@@ -7,7 +7,9 @@ discovery is on the audit record. State: ``<data_dir>/discovered.json`` (0600).
 A server found in a Claude Code config follows its administrator's managed MCP policy
 (``gateway.onboard.claude_managed``), as ``symbi import claude-code`` does: approving one the
 policy blocks is refused with the reason, and an approved one it blocks (a policy deployed
-since) is not started."""
+since) is not started, or is stopped if it runs. Which client a server came from and whose
+home it was found in are recorded when it is found: an approval made under another ``HOME``
+(``sudo``, a service account) applies the same policy."""
 
 from __future__ import annotations
 
@@ -29,13 +31,13 @@ from gateway.errors import ApprovalError, ConfigError
 from gateway.events import Event, EventSink, LoggingSink
 from gateway.onboard.claude_managed import ClaudeCodeManaged
 from gateway.onboard.clients import (
+    ClientFile,
     FoundServer,
+    ReadWhenChanged,
     client_file_candidates,
-    has_servers,
     launches_symbi,
-    read_client_file,
 )
-from gateway.onboard.plan import RESERVED, masked_args, unique_name
+from gateway.onboard.plan import RESERVED, masked_args, secret_named, secrets_masked, unique_name
 from gateway.textcheck import not_utf8_at, shown
 
 _logger = logging.getLogger("symbi.discovery")
@@ -50,6 +52,15 @@ class Discovered:
     status: str  # "quarantined" | "approved" | "removed"
     first_seen: float
     approved_by: str | None = None
+    client: str | None = None  # the client whose file held it ("registry": the registry folder)
+    home: str | None = None  # the home folder it was found through (its user's Claude Code settings)
+
+    def from_claude_code(self) -> bool:
+        """Whether Claude Code's managed policy rules it; an entry recorded before ``client``
+        was is told by its file's name (Claude Code's are ``.claude.json`` and ``.mcp.json``)."""
+        if self.client is not None:
+            return self.client == "claude-code"
+        return Path(self.source).name in (".claude.json", ".mcp.json")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,20 +71,30 @@ class Discovered:
             "status": self.status,
             "first_seen": self.first_seen,
             "approved_by": self.approved_by,
+            "client": self.client,
+            "home": self.home,
         }
 
     def launches(self) -> str:
-        """What approving it runs, for the person deciding: the command line (recognisable
-        secrets in it masked, as ``symbi import`` would move them) or the URL without its query."""
+        """What approving it runs, for the person deciding, as a shell line: its folder, its
+        environment and its command line (recognisable secrets in it masked, as ``symbi
+        import`` would move them), or the URL without its query. Every variable is named; the
+        values shown are those that change what runs or where it is fetched from
+        (``NODE_OPTIONS``, ``LD_PRELOAD``, ``PATH``, a package index...), the others ``***``."""
         if "command" not in self.table:
             return str(self.table.get("url", "")).split("?", 1)[0]
+        env = self.table.get("env") or {}
+        shown_env = [f"{k}={_env_shown(str(k), str(v))}" for k, v in sorted(env.items())]
         args = masked_args([str(a) for a in self.table.get("args") or []])
-        return shlex.join([str(self.table["command"]), *args])
+        line = shlex.join([*shown_env, str(self.table["command"]), *args])
+        cwd = self.table.get("cwd")
+        return f"cd {shlex.quote(str(cwd))} && {line}" if cwd else line
 
     def public(self) -> dict[str, Any]:
         """For the admin API and the dashboard: what approving it runs, as ``symbi discover
         list`` shows it (``launches``: recognisable secrets in the arguments masked, a URL
-        without its query); never its env or headers (a client config keeps secrets there)."""
+        without its query); its env's values only where they change what runs, never its
+        headers (a client config keeps secrets there)."""
         return {
             "name": self.name,
             "source": self.source,
@@ -84,6 +105,22 @@ class Discovered:
             "first_seen": self.first_seen,
             "approved_by": self.approved_by,
         }
+
+
+# variables that change what a process runs, loads or fetches: a repository's .mcp.json with
+# NODE_OPTIONS="--require ./.x.js" beside an ordinary npx line ran its own code once approved,
+# and the approver saw only the npx line
+_RUNS = re.compile(
+    r"LD_\w+|DYLD_\w+|PATH|NODE_\w+|NPM_CONFIG_\w+|PYTHON\w+|PIP_\w+|UV_\w+|BASH_ENV|ENV|PERL\w*"
+    r"|RUBY\w+|\w*JAVA\w*_OPTIONS|CLASSPATH|DOCKER_\w+|GIT_\w+|\w*_PROXY|SSL_CERT_\w+|\w*CA_BUNDLE",
+    re.IGNORECASE,
+)
+
+
+def _env_shown(name: str, value: str) -> str:
+    if _RUNS.fullmatch(name) and not secret_named(name):
+        return secrets_masked(value)
+    return "***"
 
 
 def registry_servers(folder: Path) -> list[tuple[str, str, dict[str, Any]]]:
@@ -163,6 +200,49 @@ def _client_table(f: FoundServer) -> dict[str, Any]:
     return {"url": f.url, **({"headers": dict(f.headers)} if f.headers else {})}
 
 
+class ManagedPolicy:
+    """Claude Code's managed MCP policy as one discovery pass (or one approval) sees it: read
+    once, on first need, for each home the servers were found through (its user's own lists);
+    a policy that cannot be read blocks every Claude Code server (its denials would be lost)."""
+
+    def __init__(self, home: Path, folder: Path | None) -> None:
+        self._home, self._folder = home, folder  # folder None: this system's managed settings
+        self._read: dict[Path, ClaudeCodeManaged | str] = {}
+
+    def refusal(self, d: Discovered) -> str | None:
+        """Why the policy blocks ``d`` (None: it does not, or ``d`` is not Claude Code's)."""
+        if not d.from_claude_code():
+            return None
+        policy = self._policy(Path(d.home) if d.home else self._home)
+        if isinstance(policy, str):
+            return policy
+        args = d.table.get("args")
+        server = FoundServer(
+            ClientFile("claude-code", Path(d.source), "user"),
+            d.original_name,
+            command=d.table.get("command"),
+            args=tuple(str(a) for a in args) if isinstance(args, list) else (),
+            url=d.table.get("url"),
+        )
+        return policy.skipped(server)
+
+    def refusals(self, entries: list[Discovered]) -> dict[str, str]:
+        """The reason of each of ``entries`` the policy blocks, by name."""
+        return {d.name: why for d in entries if (why := self.refusal(d)) is not None}
+
+    def _policy(self, home: Path) -> ClaudeCodeManaged | str:
+        if home not in self._read:
+            try:
+                self._read[home] = ClaudeCodeManaged(home, self._folder)
+            except ConfigError as e:
+                self._read[home] = f"Claude Code's managed MCP policy cannot be read ({e.message})"
+            except OSError as e:  # its folder not ours to look into
+                self._read[home] = (
+                    f"Claude Code's managed MCP policy cannot be read ({type(e).__name__}: {e})"
+                )
+        return self._read[home]
+
+
 class Discovery:
     def __init__(
         self,
@@ -182,6 +262,7 @@ class Discovery:
         self._registry = registry_dir
         self._configured = configured
         self._claude_managed = claude_managed  # Claude Code's managed settings (None: this system's)
+        self._files = ReadWhenChanged()  # each pass parses only the client files that changed
 
     def entries(self) -> dict[str, Discovered]:
         try:
@@ -192,24 +273,24 @@ class Discovery:
             raise ConfigError(f"{self.state}: unreadable discovery state: {e}") from None
         return {k: Discovered(**v) for k, v in doc.get("servers", {}).items()}
 
-    def seen_now(self) -> tuple[list[tuple[str, str, dict[str, Any]]], set[str]]:
-        """(source, name, table) of every server the client files and the registry folder hold
-        now, and the client files that could not be read this pass (a file being written, a
-        broken one: what they held is unknown, not gone)."""
-        found: list[tuple[str, str, dict[str, Any]]] = []
+    def seen_now(self) -> tuple[list[tuple[str, str, str, dict[str, Any]]], set[str]]:
+        """(client, source, name, table) of every server the client files and the registry
+        folder hold now, and the client files that could not be read this pass (a file being
+        written, a broken one: what they held is unknown, not gone)."""
+        found: list[tuple[str, str, str, dict[str, Any]]] = []
         unread: set[str] = set()
         for cf in client_file_candidates(self._home, self._cwd, self._environ):
             try:
-                if not has_servers(cf):
-                    continue
-                servers = read_client_file(cf)
+                servers = self._files.servers(cf)
             except ConfigError as e:
                 unread.add(str(cf.path))
                 _logger.debug("client file %s not read this pass: %s", cf.path, e.message)
                 continue
-            found += [(str(cf.path), s.name, _client_table(s)) for s in servers if not launches_symbi(s)]
+            found += [
+                (cf.client, str(cf.path), s.name, _client_table(s)) for s in servers if not launches_symbi(s)
+            ]
         if self._registry is not None and self._registry.is_dir():
-            found += registry_servers(self._registry)
+            found += [("registry", *seen) for seen in registry_servers(self._registry)]
         return found, unread
 
     def poll(self) -> tuple[list[Discovered], list[Discovered]]:
@@ -218,15 +299,17 @@ class Discovery:
         known = self.entries()
         by_origin = {(d.source, d.original_name): d for d in known.values()}
         now, unread = self.seen_now()
-        seen_origins = {(src, name) for src, name, _ in now}
+        seen_origins = {(src, name) for _, src, name, _ in now}
         added: list[Discovered] = []
         used = set(known) | set(self._configured) | RESERVED
-        for src, original, table in now:
+        for client, src, original, table in now:
             if (src, original) in by_origin:
                 continue
             name = unique_name(original, used)
             used.add(name)
-            d = Discovered(name, src, original, table, "quarantined", time.time())
+            d = Discovered(
+                name, src, original, table, "quarantined", time.time(), client=client, home=str(self._home)
+            )
             known[name] = d
             added.append(d)
             self._events.emit(
@@ -239,61 +322,44 @@ class Discovery:
                     "status": "quarantined",
                 },
             )
-        removed: list[Discovered] = []
-        for name, d in list(known.items()):
-            if (
-                d.status != "removed"
-                and d.source not in unread
-                and (d.source, d.original_name) not in seen_origins
-            ):
-                known[name] = replace(d, status="removed")
-                removed.append(known[name])
-                self._events.emit(Event.SERVER_REMOVED, {"server": name, "source": d.source, "was": d.status})
+        removed = self._removed(known, seen_origins, unread)
         if added or removed:
             self._save(known)
         return added, removed
 
-    def managed_refusal(self, d: Discovered) -> str | None:
-        """Why Claude Code's managed MCP policy blocks ``d`` (None: it does not, or ``d`` is not
-        from a Claude Code config). A policy file that cannot be read blocks: its denials would
-        be lost."""
-        source = next(
-            (
-                cf
-                for cf in client_file_candidates(self._home, self._cwd, self._environ)
-                if cf.client == "claude-code" and str(cf.path) == d.source
-            ),
-            None,
-        )
-        if source is None:
-            return None
-        args = d.table.get("args")
-        server = FoundServer(
-            source,
-            d.original_name,
-            command=d.table.get("command"),
-            args=tuple(str(a) for a in args) if isinstance(args, list) else (),
-            url=d.table.get("url"),
-        )
-        try:
-            return ClaudeCodeManaged(self._home, self._claude_managed).skipped(server)
-        except ConfigError as e:
-            return f"Claude Code's managed MCP policy cannot be read ({e.message})"
-        except OSError as e:  # its folder not ours to look into
-            return f"Claude Code's managed MCP policy cannot be read ({type(e).__name__}: {e})"
+    def _removed(
+        self, known: dict[str, Discovered], seen: set[tuple[str, str]], unread: set[str]
+    ) -> list[Discovered]:
+        """Marks (in ``known``) and audits the servers gone from a file read this pass."""
+        removed: list[Discovered] = []
+        for name, d in list(known.items()):
+            if d.status != "removed" and d.source not in unread and (d.source, d.original_name) not in seen:
+                known[name] = replace(d, status="removed")
+                removed.append(known[name])
+                self._events.emit(Event.SERVER_REMOVED, {"server": name, "source": d.source, "was": d.status})
+        return removed
+
+    def managed_policy(self) -> ManagedPolicy:
+        """Claude Code's managed MCP policy, read afresh (one a discovery pass, one an approval)."""
+        return ManagedPolicy(self._home, self._claude_managed)
 
     def approve(self, name: str, by: str | None = None) -> Discovered:
+        """Approve a quarantined server: ``ApprovalError`` 404 when there is none of that name,
+        409 (with the reason) when the managed policy blocks it or its config is in error."""
         known = self.entries()
         d = known.get(name)
         if d is None or d.status == "removed":
-            raise ConfigError(f"no discovered server named {name!r} (see `symbi discover list`)")
-        if (why := self.managed_refusal(d)) is not None:  # the organisation's rule, not the approver's
+            raise ApprovalError(f"no discovered server named {name!r} (see `symbi discover list`)", 404)
+        if (
+            why := self.managed_policy().refusal(d)
+        ) is not None:  # the organisation's rule, not the approver's
             raise ApprovalError(f"discovered server {name!r} cannot be approved: {why}", 409)
         try:  # what the gateway would refuse to start is refused here, with its reason
             ServerConfig.model_validate({**d.table, "verification": "tofu"})
         except ValidationError as e:
             why = "; ".join(str(err.get("msg", "invalid")) for err in e.errors())
-            raise ConfigError(f"discovered server {name!r} cannot be approved: {why}") from None
+            # it exists, in a state that cannot be approved: a conflict with its reason, not a 404
+            raise ApprovalError(f"discovered server {name!r} cannot be approved: {why}", 409) from None
         known[name] = replace(d, status="approved", approved_by=by)
         self._save(known)
         return known[name]

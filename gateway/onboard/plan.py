@@ -145,13 +145,30 @@ def _secretish(text: str) -> bool:
 
 
 def masked_args(args: list[str]) -> list[str]:
-    """A command line to show: what ``symbi import`` would move to the env file is ``***``."""
-    return _args(args, lambda _key, _value: "***")
+    """A command line to show: what ``symbi import`` would move to the env file is ``***``;
+    in an argument that holds more than a key (``sh -c 'curl ...|sh # AKIA...'``) only the key
+    is: the rest is what the server runs, for the person deciding to see."""
+    return _args(args, lambda _key, _value: "***", inside=secrets_masked)
 
 
-def _args(args: list[str], move: Callable[[str, str], str]) -> list[str]:
+def secret_named(name: str) -> bool:
+    """Whether a variable or flag name says it holds a secret (``API_KEY``, ``--token``)."""
+    return _SECRET_WORD.search(name) is not None
+
+
+def secrets_masked(text: str) -> str:
+    """``text`` with each recognisable secret in it (a provider key, a token) ``***``."""
+    for p in SECRET_PATTERNS:
+        text = p.sub("***", text)
+    return text
+
+
+def _args(
+    args: list[str], move: Callable[[str, str], str], inside: Callable[[str], str] | None = None
+) -> list[str]:
     """Recognisable secrets in a command line: provider keys anywhere, and the value of a
-    ``--api-key``/``--token``-like flag (``--token X`` or ``--token=X``)."""
+    ``--api-key``/``--token``-like flag (``--token X`` or ``--token=X``); ``inside``, when
+    given, makes an argument that holds a key among other text (the key is moved otherwise)."""
     out: list[str] = []
     for i, arg in enumerate(args):
         prev = _FLAG.match(args[i - 1]) if i else None
@@ -165,7 +182,7 @@ def _args(args: list[str], move: Callable[[str, str], str]) -> list[str]:
         elif (a := _ASSIGN.match(arg)) and _SECRET_WORD.search(a.group(1)) and not _REF.search(a.group(2)):
             out.append(f"{a.group(1)}={move('arg_' + a.group(1), a.group(2))}")
         elif _secretish(arg):
-            out.append(move(f"arg_{i}", arg))
+            out.append(move(f"arg_{i}", arg) if inside is None else inside(arg))
         else:
             out.append(arg)
     return out

@@ -120,7 +120,8 @@ def discovered_rows(gw: Gateway | None) -> list[dict[str, Any]]:
 
 async def approve_discovered(gw: Gateway | None, name: str, principal: Principal) -> dict[str, Any]:
     """A person approves a quarantined server: the discovery loop starts it (tofu) within
-    ``mcp.recheck_interval_s`` and records ``server.approved``."""
+    ``mcp.recheck_interval_s`` and records ``server.approved``. Refused 404 when there is no
+    such server, 409 with the reason when it cannot be approved (blocked, config in error)."""
     if gw is None:
         raise ApprovalError("the gateway is not running yet", 503)
     if not gw.config.mcp.discovery_enabled:
@@ -130,6 +131,6 @@ async def approve_discovered(gw: Gateway | None, name: str, principal: Principal
 
     try:
         d = await anyio.to_thread.run_sync(lambda: discovery_store(gw.config).approve(name, by=principal.id))
-    except ConfigError as e:
-        raise ApprovalError(e.message, 404) from None
+    except ConfigError as e:  # the discovery state cannot be read: nothing to find, not "not found"
+        raise ApprovalError(e.message, 409) from None
     return d.public()

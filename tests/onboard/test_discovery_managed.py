@@ -9,21 +9,28 @@ it for a whole CLI or gateway (``managed_dir``); the reading and the matching ar
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
+from gateway.assemble import make_gateway
 from gateway.cli import main
 from gateway.config.load import load_config
-from gateway.errors import ApprovalError
+from gateway.context import CallContext, Principal
+from gateway.errors import ApprovalError, UnknownTool
 from gateway.events import LoggingSink
 from gateway.onboard import claude_managed
 from gateway.onboard.discovery import Discovery, discovery_store
-from tests.conftest import ROOT, write_config
+from tests.conftest import ROOT, upstream_writable, write_config
 from tests.onboard.conftest import write_json
 from tests.server.http.conftest import bearer, make_keys, run_server
 
@@ -103,6 +110,65 @@ def test_a_policy_that_cannot_be_read_refuses(tmp_path: Path) -> None:
     assert d.entries()["github"].status == "quarantined"
 
 
+def test_an_approval_under_another_home_follows_the_policy(tmp_path: Path) -> None:
+    """Attack (redteam-28): the gateway found a server in alice's ``~/.claude.json``; an
+    approval run under another ``HOME`` (``sudo symbi tools approve``, a service account) looked
+    for Claude Code's files in that home, did not see the source as Claude Code's, and approved
+    what the managed policy denies. The client and home are recorded when the server is found:
+    refused under any ``HOME``, and so are the user's own denials in alice's settings."""
+    home, other, managed = tmp_path / "home", tmp_path / "other", tmp_path / "managed"
+    other.mkdir()
+    write_json(home / ".claude.json", {"mcpServers": {"exfil": EXFIL, "github": GITHUB, "paste": PASTE}})
+    write_json(managed / "managed-settings.json", {"deniedMcpServers": [{"serverName": "exfil"}]})
+    write_json(home / ".claude/settings.json", {"deniedMcpServers": [{"serverName": "paste"}]})
+    _discovery(tmp_path, managed).poll()
+    elsewhere = Discovery(
+        tmp_path / "discovered.json",
+        LoggingSink(),
+        home=other,
+        cwd=tmp_path / "project",
+        environ={},
+        registry_dir=None,
+        configured=frozenset(),
+        claude_managed=managed,
+    )
+    for name in ("exfil", "paste"):
+        with pytest.raises(ApprovalError) as refused:
+            elsewhere.approve(name, by="root")
+        assert refused.value.status == 409
+    assert elsewhere.approve("github", by="root").status == "approved"
+    assert {n: d.status for n, d in elsewhere.entries().items()} == {
+        "exfil": "quarantined",
+        "paste": "quarantined",
+        "github": "approved",
+    }
+
+
+def test_an_entry_recorded_before_its_client_was_is_told_by_its_file(tmp_path: Path) -> None:
+    """State written by an earlier gateway has no ``client``: a ``.claude.json`` or ``.mcp.json``
+    source is Claude Code's (under any home), another file is not."""
+    managed = tmp_path / "managed"
+    write_json(managed / "managed-settings.json", {"deniedMcpServers": [{"serverName": "x"}]})
+    old = {"original_name": "x", "table": EXFIL, "status": "quarantined", "first_seen": 1.0}
+    write_json(
+        tmp_path / "discovered.json",
+        {
+            "servers": {
+                "x": {**old, "name": "x", "source": "/home/alice/.claude.json"},
+                "x-2": {
+                    **old,
+                    "name": "x-2",
+                    "source": "/home/alice/.config/Claude/claude_desktop_config.json",
+                },
+            }
+        },
+    )
+    d = _discovery(tmp_path, managed)
+    with pytest.raises(ApprovalError):
+        d.approve("x")
+    assert d.approve("x-2").status == "approved"
+
+
 def test_symbi_tools_approve_refuses_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -138,14 +204,15 @@ def test_the_admin_api_refuses_it_and_the_gateway_does_not_start_one_approved_be
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through a running gateway (its admin API, its discovery loop): a blocked server's
-    approval is a 409 with the reason; one a person approved before the administrator blocked
+    approval is a 409 with the reason, and so is one whose config is in error (not a 404); one a person approved before the administrator blocked
     it stays stopped, said once in the log."""
     home, managed = tmp_path / "home", tmp_path / "managed"
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setattr(claude_managed, "managed_dir", lambda platform=sys.platform: managed)
     mut = {"command": sys.executable, "args": [str(MUTABLE)]}
     user = home / ".claude.json"
-    write_json(user, {"mcpServers": {"early": mut, "late": mut}})
+    plain = {"type": "http", "url": "http://mcp.example.com/mcp"}  # a config the gateway refuses
+    write_json(user, {"mcpServers": {"early": mut, "late": mut, "plain": plain}})
     cfg = write_config(
         tmp_path, "[mcp]\ndiscovery_enabled = true\nrecheck_interval_s = 0.2\n[sandbox]\ncode_tools = false\n"
     )
@@ -164,10 +231,15 @@ def test_the_admin_api_refuses_it_and_the_gateway_does_not_start_one_approved_be
             r = httpx.post(run.base + "/api/discovered/late/approve", headers=bearer(keys.admin), timeout=30)
             assert r.status_code == 409 and r.json()["code"] == "approval_refused"
             assert str(managed / "managed-settings.json") in r.json()["reason"]
+            # a server whose config is in error exists: a conflict with its reason (it was a 404)
+            r = httpx.post(run.base + "/api/discovered/plain/approve", headers=bearer(keys.admin), timeout=30)
+            assert r.status_code == 409 and r.json()["code"] == "approval_refused"
+            r = httpx.post(run.base + "/api/discovered/nope/approve", headers=bearer(keys.admin), timeout=30)
+            assert r.status_code == 404
             # two later passes seen (each begins with the poll that finds a new server, and
             # the one before it has tried to start the approved ones by then)
             for probe in ("probe1", "probe2"):
-                write_json(user, {"mcpServers": {"early": mut, "late": mut, probe: mut}})
+                write_json(user, {"mcpServers": {"early": mut, "late": mut, "plain": plain, probe: mut}})
                 deadline = time.monotonic() + 60  # the bound of the wait, not a timing assertion
                 while probe not in store.entries():
                     assert time.monotonic() < deadline
@@ -178,3 +250,65 @@ def test_the_admin_api_refuses_it_and_the_gateway_does_not_start_one_approved_be
     finally:
         logging.getLogger("symbi").removeHandler(records)
     assert store.entries()["late"].status == "quarantined"
+
+
+async def _until(done: Callable[[], bool], what: str) -> None:
+    """Wait for ``done`` (the bound is the wait's, not a timing assertion)."""
+    with anyio.fail_after(60):
+        while not done():
+            await anyio.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (ProcessLookupError, FileNotFoundError):  # reaped between the two
+        return False
+    return "zombie" not in status.lower()  # ended, not yet reaped
+
+
+@pytest.mark.anyio
+async def test_a_running_approved_server_is_stopped_when_a_policy_blocks_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack (redteam-28): a discovered server approved and running before the administrator
+    deployed a managed policy that blocks it kept running, its tools callable, for the
+    gateway's life (the policy was checked only before a start). Now the next pass stops it:
+    its process ends, its tools leave the catalogue, a call is refused as an unknown tool, and
+    ``server.blocked`` names the policy file."""
+    home, managed = tmp_path / "home", tmp_path / "managed"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(claude_managed, "managed_dir", lambda platform=sys.platform: managed)
+    record = upstream_writable(tmp_path) / "calls.jsonl"
+    mut = {"command": sys.executable, "args": [str(MUTABLE)], "env": {"RECORD_FILE": str(record)}}
+    write_json(home / ".claude.json", {"mcpServers": {"mut": mut}})
+    cfg = write_config(
+        tmp_path, "[mcp]\ndiscovery_enabled = true\nrecheck_interval_s = 0.2\n[sandbox]\ncode_tools = false\n"
+    )
+    store = discovery_store(load_config(cfg, {}))
+    store.poll()
+    store.approve("mut", by="admin")
+    tester = Principal(id="tester", roles=("tester",))
+
+    def echo() -> CallContext:
+        return CallContext(
+            principal=tester, kind="tools/call", target="mut__echo", arguments={"message": "hi"}
+        )
+
+    async with make_gateway(load_config(cfg, {})).running() as gw:
+        await _until(lambda: "mut__echo" in gw.catalog.tools, "started")
+        assert not (await gw.call(echo())).is_error
+        pid = json.loads(record.read_text().splitlines()[0])["pid"]
+        policy = write_json(managed / "managed-settings.json", {"deniedMcpServers": [{"serverName": "mut"}]})
+        await _until(lambda: "mut" not in gw.upstreams, "stopped")
+        assert "mut__echo" not in gw.catalog.tools
+        with pytest.raises(UnknownTool):
+            await gw.call(echo())
+        await _until(lambda: not _alive(pid), "its process ended")
+        assert len(record.read_text().splitlines()) == 1  # the refused call never reached it
+    db = sqlite3.connect(tmp_path / "data" / "audit.db")
+    rows = [json.loads(d) for (d,) in db.execute("SELECT details FROM events WHERE type = 'server.blocked'")]
+    assert [(r["server"], r["stopped"]) for r in rows] == [("mut", True)]
+    assert str(policy) in rows[0]["reason"]
+    assert store.entries()["mut"].status == "approved"  # the person's approval stands; the policy rules

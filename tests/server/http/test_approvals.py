@@ -328,7 +328,7 @@ async def test_discovered_server_approved_from_the_api_and_dashboard(
             # what approving runs, arguments included, recognisable secrets masked (as the CLI)
             shown = {d["name"]: d["launches"] for d in listed["servers"]}
             assert shown["other"] == shlex.join([sys.executable, str(MUTABLE), "--key=***"])
-            assert shown["mut"] == shlex.join([sys.executable, str(MUTABLE)])
+            assert shown["mut"] == shlex.join(["TOKEN=***", sys.executable, str(MUTABLE)])  # named, not shown
             assert (await api.post("/discovered/mut/approve", headers=bearer(keys.user))).status_code == 403
             assert (await api.post("/discovered/nope/approve", headers=bearer(keys.admin))).status_code == 404
             r = await api.post("/discovered/mut/approve", headers=bearer(keys.admin))

@@ -13,7 +13,7 @@ import anyio.abc
 from mcp import types
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
-from gateway.context import CallContext, Downstream
+from gateway.context import CallContext, Downstream, Principal
 from gateway.errors import PolicyDenied, UpstreamError
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
@@ -36,7 +36,7 @@ class on_behalf_of:  # lower case: the context manager function it replaced, sam
     for a 2026-era caller, to the era bridge's ``ask``), and a 2026-era upstream sees this
     caller's capabilities. A class, not a generator: it is on every upstream call's path."""
 
-    __slots__ = ("_ask", "_call", "_ctx", "_key", "_token", "_up")
+    __slots__ = ("_ask", "_call", "_ctx", "_key", "_principal", "_token", "_up")
 
     def __init__(
         self,
@@ -44,8 +44,10 @@ class on_behalf_of:  # lower case: the context manager function it replaced, sam
         ctx: Downstream | None,
         ask: Callable[[Any], Awaitable[Any]] | None = None,
         call: CallContext | None = None,
+        principal: Principal | None = None,
     ) -> None:
         self._up, self._ctx, self._ask, self._call = up, ctx, ask, call
+        self._principal = principal  # the caller of a request that is no call (``_Caller``)
 
     def __enter__(self) -> None:
         ctx = self._ctx
@@ -64,6 +66,7 @@ class on_behalf_of:  # lower case: the context manager function it replaced, sam
                 conditions=conditions,
                 call=self._call,
                 ctx=ctx,
+                principal=self._principal,
             )
         except BaseException:
             DOWNSTREAM_CAPABILITIES.reset(self._token)

@@ -351,3 +351,19 @@ async def test_a_request_during_a_stdio_prompts_get_is_decided_for_its_caller(tm
             got = await s.get_prompt("ask__sampled")
     assert client.sampled == ["write a prompt"]
     assert "the user's model" in json.dumps(got.model_dump(mode="json"))
+
+
+@pytest.mark.anyio
+async def test_a_request_during_a_stdio_completion_is_decided_for_its_caller(tmp_path: Path) -> None:
+    """``symbi mcp`` (stdio): an upstream samples while a prompt's argument is completed (a
+    request that is no call). Before session 41 the relay had no principal there (the stdio
+    request context carries none) and refused it: "no principal to ask the policy about"."""
+    cfg = _config(tmp_path)
+    client = Client()
+    async with stdio_session(cfg, sampling_callback=client.sampling) as s:
+        with anyio.fail_after(60):
+            got = await s.complete(
+                types.PromptReference(type="ref/prompt", name="ask__greet"), {"name": "name", "value": "a"}
+            )
+    assert client.sampled == ["complete a name"]
+    assert got.completion.values == ["the user's model"]

@@ -13,6 +13,8 @@ from typing import Any
 
 from gateway.cli import admin_client
 
+PRINCIPAL_KINDS = ("key", "jwt", "anonymous")  # what a serving gateway's callers are
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     admin_client.add_options(p)
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if action != "terminate":
             p.add_argument(
                 "--principal",
+                type=_principal,
                 help="a principal (qualified, as the refusals and `symbi agents suspended` name it: key:ID)",
             )
         p.add_argument("--reason", default="", help="recorded in the audit log")
@@ -63,6 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st = sub.add_parser("status", help="the gateway's HealthStatus (overall, components, resources, errors)")
     _common(st)
     st.set_defaults(func=_status)
+
+
+def _principal(text: str) -> str:
+    """``--principal``: a kind the gateway makes (the server checks the rest against its config)."""
+    kind, colon, ident = text.partition(":")
+    if not colon or kind not in PRINCIPAL_KINDS or not ident.strip():
+        kinds = ", ".join(f"{k}:ID" for k in PRINCIPAL_KINDS)
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} names no caller: one of {kinds}")
+    return text
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -86,3 +86,12 @@ def test_a_principal_is_named_qualified(tmp_path: Path) -> None:
         api = run.base + "/api/principals/suspend"
         for body in ({"principal": "bob"}, {"principal": 7}, {}, {"principal": "key:" + "x" * 600}):
             assert httpx.post(api, json=body, headers=bearer(keys.admin)).status_code == 400, body
+        # session 41: a kind this gateway never makes (a typo; no JWT or anonymous access here;
+        # stdio principals are a `symbi mcp` process's) held no one, answered "suspended"
+        for typo in ("kye:bob", "jwt:https://idp.example#bob", "anonymous:guest", "stdio:local"):
+            for act in ("suspend", "resume"):
+                r = httpx.post(
+                    api.replace("suspend", act), json={"principal": typo}, headers=bearer(keys.admin)
+                )
+                assert r.status_code == 400, (typo, act, r.text)
+        assert httpx.get(run.base + "/api/principals", headers=bearer(keys.admin)).json()["suspended"] == []

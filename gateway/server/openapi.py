@@ -205,7 +205,10 @@ OPENAPI: dict[str, Any] = {
                                             "type": "string",
                                             "pattern": "^[^:]+:.",
                                             "maxLength": 512,
-                                            "description": "qualified: key:ID, jwt:ISSUER#SUB, ...",
+                                            "description": (
+                                                "qualified, of a kind this gateway makes: key:ID, "
+                                                "jwt:ISSUER#SUB ([http.jwt] issuer), anonymous:ID (its own)"
+                                            ),
                                         },
                                         "reason": {"type": "string"},
                                     },
@@ -220,7 +223,8 @@ OPENAPI: dict[str, Any] = {
                         ),
                         "400": _ERR,
                         "404": _ERR,
-                        "503": _ok("Unavailable"),
+                        "503": _ok("Unavailable", "a resume Redis could not take: nothing was cleared"),
+                        "507": _ERR,
                         **_STD,
                     },
                 }

@@ -12,8 +12,7 @@ import sys
 from typing import Any
 
 from gateway.cli import admin_client
-
-PRINCIPAL_KINDS = ("key", "jwt", "anonymous")  # what a serving gateway's callers are
+from gateway.runtime.holds import principal_malformed
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,11 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _principal(text: str) -> str:
-    """``--principal``: a kind the gateway makes (the server checks the rest against its config)."""
-    kind, colon, ident = text.partition(":")
-    if not colon or kind not in PRINCIPAL_KINDS or not ident.strip():
-        kinds = ", ".join(f"{k}:ID" for k in PRINCIPAL_KINDS)
-        raise argparse.ArgumentTypeError(f"{text[:80]!r} names no caller: one of {kinds}")
+    """``--principal``: of a kind the gateway makes (the server checks the rest against its config)."""
+    malformed = principal_malformed(text)
+    if malformed is not None:
+        raise argparse.ArgumentTypeError(malformed)
     return text
 
 

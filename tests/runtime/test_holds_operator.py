@@ -75,18 +75,20 @@ async def pair(
 
 
 def test_a_principal_of_a_kind_the_gateway_never_makes_is_refused() -> None:
-    """ "kye:bob" was answered "suspended" and held no one. Each kind is checked against what
-    this gateway makes: API keys always; JWT subjects of its issuer; its anonymous principal."""
+    """ "kye:bob" was answered "suspended" and held no one. Malformed (a kind no gateway makes):
+    refused outright; well-formed but not of this gateway's config (a JWT of another issuer or
+    with no ``[http.jwt]``, an anonymous principal not its own): no such principal here."""
     issuer, anon = "https://idp.example", "guest"
-    principal_problem = holds_mod.principal_problem  # session 41's: none before
+    malformed, unknown = holds_mod.principal_malformed, holds_mod.principal_unknown  # none before
     for ok in ("key:bob", f"jwt:{issuer}#bob", "anonymous:guest"):
-        assert principal_problem(ok, jwt_issuer=issuer, anonymous=anon) is None, ok
-    typos = ["kye:bob", "bob", "key:", "jwt:bob", "jwt:https://other.example#bob", f"jwt:{issuer}#"]
-    typos += ["anonymous:someone", "stdio:local", "KEY:bob"]
-    for bad in typos:
-        assert principal_problem(bad, jwt_issuer=issuer, anonymous=anon) is not None, bad
+        assert malformed(ok) is None and unknown(ok, jwt_issuer=issuer, anonymous=anon) is None, ok
+    for bad in ("kye:bob", "bob", "key:", "jwt:bob", "jwt:#bob", "stdio:local", "KEY:bob", "anonymous:"):
+        assert malformed(bad) is not None, bad
+    for elsewhere in ("jwt:https://other.example#bob", "anonymous:someone"):
+        assert malformed(elsewhere) is None
+        assert unknown(elsewhere, jwt_issuer=issuer, anonymous=anon) is not None, elsewhere
     for off in (f"jwt:{issuer}#bob", "anonymous:guest"):  # no [http.jwt], no anonymous principal
-        assert principal_problem(off, jwt_issuer=None, anonymous=None) is not None, off
+        assert unknown(off, jwt_issuer=None, anonymous=None) is not None, off
 
 
 def test_the_cli_refuses_a_principal_of_an_unknown_kind_before_asking(

@@ -286,6 +286,13 @@ class AgentSuspended(AgentError):
     code = "agent_suspended"
 
 
+class HoldsFull(AgentError):
+    """``HOLDS_MAX`` principals are suspended already: a new suspension is refused (the oldest
+    was dropped to make room, un-suspending it, before session 41)."""
+
+    code = "holds_full"
+
+
 class AgentTerminated(AgentError):
     code = "agent_terminated"
 

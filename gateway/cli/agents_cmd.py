@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from gateway.cli import admin_client
+from gateway.runtime.holds import principal_malformed
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if action != "terminate":
             p.add_argument(
                 "--principal",
+                type=_principal,
                 help="a principal (qualified, as the refusals and `symbi agents suspended` name it: key:ID)",
             )
         p.add_argument("--reason", default="", help="recorded in the audit log")
@@ -63,6 +65,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     st = sub.add_parser("status", help="the gateway's HealthStatus (overall, components, resources, errors)")
     _common(st)
     st.set_defaults(func=_status)
+
+
+def _principal(text: str) -> str:
+    """``--principal``: of a kind the gateway makes (the server checks the rest against its config)."""
+    malformed = principal_malformed(text)
+    if malformed is not None:
+        raise argparse.ArgumentTypeError(malformed)
+    return text
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from gateway.errors import (
     AgentSuspended,
     AgentTerminated,
     GatewayError,
+    HoldsFull,
     InvalidTransition,
     StateUnavailable,
 )
@@ -262,7 +263,7 @@ class AgentRuntime:
     def resume(self, agent: Agent, reason: str) -> str:
         """An operator resumes ``agent``. A session agent's suspension is its principal's: its
         principal's hold is cleared and every suspended session agent of it resumed too."""
-        if not agent.hosted and agent.owner:
+        if not agent.hosted and agent.owner and self.clears_hold(agent):
             pending = agent.state is AgentState.READY and agent.suspend_pending is not None
             was_held = self.holds.drop(agent.owner) is not None
             resumed = self.release(agent.owner, reason)
@@ -279,6 +280,23 @@ class AgentRuntime:
             raise InvalidTransition(f"agent {agent.name} is {agent.state.value}, not Suspended")
         self._resume_one(agent, reason)
         return "resumed"
+
+    def clears_hold(self, agent: Agent) -> bool:
+        """Whether resuming session agent ``agent`` clears its principal's hold: the principal is
+        held here, or an agent of it is suspended. Checked before the clear is written: a resume
+        refused (409: ``agent`` Running, nothing held) had already queued a clear for Redis,
+        lifting a hold another replica had just made (session 41)."""
+        if self.holds.holding(agent.owner):
+            return True
+        return any(
+            not a.hosted
+            and a.owner == agent.owner
+            and (
+                a.state is AgentState.SUSPENDED
+                or (a.state is AgentState.READY and a.suspend_pending is not None)
+            )
+            for a in self.agents
+        )
 
     def _resume_one(self, agent: Agent, reason: str) -> None:
         self._denials.pop(_principal_of(agent), None)  # an operator cleared it: a fresh count
@@ -318,7 +336,14 @@ class AgentRuntime:
         """``agent``'s suspension (now or pending) holds its principal, when it is a session's."""
         if agent.hosted or not agent.owner:
             return
-        if self.holds.add(Hold(agent.owner, reason[:REASON_MAX], agent=agent.id, at=time.time())):
+        try:
+            new = self.holds.add(Hold(agent.owner, reason[:REASON_MAX], agent=agent.id, at=time.time()))
+        except HoldsFull as e:  # the agent's own suspension stands; its principal's is refused
+            _logger.error(
+                "agent %s suspended, its principal %s not held: %s", agent.id, agent.owner, e.message
+            )
+            return
+        if new:
             self.events.emit(
                 Event.PRINCIPAL_SUSPENDED,
                 {"principal": agent.owner, "reason": reason, "agent": agent.id},

@@ -24,10 +24,12 @@ Where holds are kept:
   arrive by pub/sub at once, or at the next renewal (``RENEW_S``). Fail closed: while the
   mirror has not been confirmed against Redis for ``STALE_S`` (Redis unreachable, or not read
   yet after a start), session agents' calls are refused (``StateUnavailable``); a suspension
-  that cannot be written yet stays in force here and is retried; so is a clear (the other
-  replicas keep refusing until it is written, never the other way round).
+  that cannot be written yet stays in force here and is retried.
 
-At most ``HOLDS_MAX`` principals are held (the oldest go first, logged).
+At most ``HOLDS_MAX`` principals are held: past it a new suspension is refused (``HoldsFull``;
+an agent's own suspension stands, logged), never made by dropping the oldest (that
+un-suspended it). An operator's clear is written to Redis before it takes effect anywhere, and
+is refused (``StateUnavailable``) when Redis does not answer.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import anyio
 from redis.exceptions import RedisError
 
 from gateway.custody import PRIVATE_DIR
-from gateway.errors import StateUnavailable
+from gateway.errors import HoldsFull, StateUnavailable
 from gateway.sqlitetx import write_transaction
 from gateway.state.leases import LEASE_TTL_MS, RENEW_S, RETRY_S
 
@@ -59,6 +61,37 @@ _REDIS_ERRORS = (RedisError, OSError)
 HOLDS_MAX = 10_000
 STALE_S = LEASE_TTL_MS / 1000  # the mirror not confirmed for this long: session agents refused
 REASON_MAX = 500
+
+
+PRINCIPAL_KINDS = ("key", "jwt", "anonymous")  # the namespaces of a serving gateway's callers
+
+
+def principal_malformed(principal: str) -> str | None:
+    """Why ``principal`` is not the qualified id of any caller a ``symbi serve`` gateway makes
+    (``key:ID``, ``jwt:ISSUER#SUB``, ``anonymous:ID``), or None. A typo held no one while the
+    operator was told "suspended" (session 41): refused before anything is changed."""
+    kind, colon, ident = principal.partition(":")
+    shown = repr(principal[:80])
+    if not colon or kind not in PRINCIPAL_KINDS or not ident:
+        kinds = ", ".join(f"{k}:" for k in PRINCIPAL_KINDS)
+        return f"principal {shown}: a qualified id of a kind the gateway makes ({kinds})"
+    if kind == "jwt" and "#" not in ident[1:-1]:
+        return f"principal {shown}: a JWT subject is named jwt:ISSUER#SUB"
+    return None
+
+
+def principal_unknown(principal: str, *, jwt_issuer: str | None, anonymous: str | None) -> str | None:
+    """Why well-formed ``principal`` names no caller of this gateway (its config: a JWT of
+    another issuer or with no ``[http.jwt]``, an anonymous principal not its own), or None."""
+    kind, _, ident = principal.partition(":")
+    shown = repr(principal[:80])
+    if kind == "jwt" and (jwt_issuer is None or not principal.startswith(f"jwt:{jwt_issuer}#")):
+        here = f"jwt:{jwt_issuer}#SUB ([http.jwt] issuer)" if jwt_issuer else "none ([http.jwt] is not set)"
+        return f"principal {shown}: this gateway's JWT subjects are {here}"
+    if kind == "anonymous" and ident != anonymous:
+        here = f"anonymous:{anonymous}" if anonymous else "none"
+        return f"principal {shown}: this gateway's anonymous principal is {here}"
+    return None
 
 
 def held_here_only(principal: str) -> bool:
@@ -112,15 +145,11 @@ class HoldFile:
             ).fetchall()
         return [Hold(*row) for row in reversed(rows)]
 
-    def add(self, hold: Hold, limit: int) -> None:
+    def add(self, hold: Hold) -> None:
         with self._lock, write_transaction(self._db):
             self._db.execute(
                 "INSERT OR REPLACE INTO held (principal, reason, agent, by, at) VALUES (?,?,?,?,?)",
                 (hold.principal, hold.reason, hold.agent, hold.by, hold.at),
-            )
-            self._db.execute(
-                "DELETE FROM held WHERE rowid NOT IN (SELECT rowid FROM held ORDER BY at DESC, rowid DESC LIMIT ?)",
-                (limit,),
             )
 
     def remove(self, principal: str) -> None:
@@ -179,6 +208,11 @@ class PrincipalHolds:
                 )
         return self._view.get(principal) if self._view else None
 
+    def holding(self, principal: str) -> bool:
+        """Whether ``principal`` is held in this process's view (never refused: an operator's
+        check, not a caller's admission)."""
+        return principal in self._view
+
     def all(self) -> list[Hold]:
         return list(self._view.values())
 
@@ -188,6 +222,11 @@ class PrincipalHolds:
         """Hold ``hold.principal`` unless it is held already (the first reason stays): new?"""
         if hold.principal in self._view:
             return False
+        if len(self._view) >= self.limit:  # never evicted: that un-suspended the oldest
+            raise HoldsFull(
+                f"{self.limit} principals are suspended already: {hold.principal} could not be held",
+                reasons=["clear suspensions that are no longer needed (symbi agents suspended)"],
+            )
         if self.board is not None and held_here_only(hold.principal):
             self._local[hold.principal] = hold
         elif self.board is not None:
@@ -196,30 +235,63 @@ class PrincipalHolds:
         self._view[hold.principal] = hold  # in force first: a failed write must not undo it
         if self.board is None and self._file is not None and not held_here_only(hold.principal):
             try:
-                self._file.add(hold, self.limit)
+                self._file.add(hold)
             except sqlite3.Error:
                 _logger.exception(
                     "principal %s: suspension in force here, but not written to the data dir "
                     "(a restart would forget it)",
                     hold.principal,
                 )
-        while len(self._view) > self.limit:
-            old, _ = self._view.popitem(last=False)
-            self._local.pop(old, None)
-            _logger.warning("more than %d suspended principals: %s's suspension was dropped", self.limit, old)
         return True
 
     def drop(self, principal: str) -> Hold | None:
-        """Clear ``principal``'s hold (here at once; on Redis by the background task): the hold
-        it had here, if any. With a board the clear is written even when no hold was seen here
-        (this process's view may be behind)."""
-        hold = self._view.pop(principal, None)
-        if self.board is not None and held_here_only(principal):
-            self._local.pop(principal, None)
-        elif self.board is not None:
+        """Clear ``principal``'s hold here at once (the runtime's resume of an agent of it): the
+        hold it had here, if any. With a board the clear is queued for the background task when
+        the hold is in force here (an operator's clear goes through ``clear``: Redis first)."""
+        queued = next((c for c in reversed(self._changes) if c.principal == principal), None)
+        cleared = queued is not None and queued.hold is None  # written first (``clear(here=False)``)
+        if (
+            self.board is not None
+            and principal in self._view
+            and not cleared
+            and not held_here_only(principal)
+        ):
             self._changes.append(_Change(principal, None))
             self._wake()
-        elif self._file is not None and hold is not None and not held_here_only(principal):
+        return self._forget(principal)
+
+    async def clear(self, principal: str, timeout_s: float, *, here: bool = True) -> Hold | None:
+        """An operator clears ``principal``'s hold: with a board on Redis first (even when this
+        process's view has no hold: it may be behind), then here (``here``; else the runtime's
+        resume, called next, drops it); the hold it had here, if any.
+
+        ``StateUnavailable`` when Redis does not take it within ``timeout_s``: nothing is
+        cleared anywhere. Queued in memory, as a suspension is, a clear was lost if the process
+        stopped before Redis came back, while the operator had been told it was done (202), and
+        this process let the principal in while every other replica refused it (session 41)."""
+        board = self.board
+        if board is not None and not held_here_only(principal):
+            try:
+                with anyio.fail_after(timeout_s):
+                    _, version = await board.clear(principal)
+            except (TimeoutError, *_REDIS_ERRORS) as e:
+                raise StateUnavailable(
+                    f"principal {principal}'s suspension could not be cleared on the shared state (Redis)",
+                    reasons=[f"nothing was cleared, here or elsewhere ({type(e).__name__}); retry"],
+                ) from e
+            self._changes.append(_Change(principal, None, version))  # an older read: not held again
+        return self._forget(principal) if here else self._view.get(principal)
+
+    def _forget(self, principal: str) -> Hold | None:
+        """``principal``'s hold out of this process's view (and its data dir file)."""
+        hold = self._view.pop(principal, None)
+        self._local.pop(principal, None)
+        if (
+            self.board is None
+            and self._file is not None
+            and hold is not None
+            and not held_here_only(principal)
+        ):
             self._file.remove(principal)
         return hold
 
@@ -285,7 +357,15 @@ class PrincipalHolds:
             if change.hold is not None:
                 h = change.hold
                 doc = {"reason": h.reason, "agent": h.agent, "by": h.by, "at": h.at}
-                _, change.version = await board.hold(h.principal, doc, h.at)
+                new, change.version = await board.hold(h.principal, doc, h.at)
+                if new is None:  # Redis holds ``limit`` principals: in force here only
+                    self._local[h.principal] = h
+                    _logger.error(
+                        "%d principals are suspended on the shared state: %s's suspension is in "
+                        "force in this process only; clear suspensions no longer needed",
+                        self.limit,
+                        h.principal,
+                    )
             else:
                 _, change.version = await board.clear(change.principal)
         if self._written is not None and not self.unwritten:

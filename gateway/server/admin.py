@@ -22,6 +22,7 @@ from starlette.routing import Route
 from gateway.errors import ApprovalError
 from gateway.events import Event
 from gateway.jsonlimits import too_large
+from gateway.runtime.holds import principal_malformed, principal_unknown
 from gateway.runtime.orders import ACTIONS
 from gateway.runtime.status import agent_row, agent_rows, components, get_system_status, overall
 from gateway.server.approvals import approve_discovered, approve_tool, discovered_rows, tool_diff
@@ -414,6 +415,14 @@ class AdminApi:
                 "`symbi agents list` and the refusals name it (key:alice, jwt:<issuer>#alice)"
             )
             return _err(400, "bad_request", why)
+        malformed = principal_malformed(principal)
+        if malformed is not None:  # a typo held no one while the operator was told "suspended"
+            return _err(400, "bad_request", malformed)
+        cfg = self.state.config
+        issuer = cfg.http.jwt.issuer if cfg.http.jwt is not None else None
+        unknown = principal_unknown(principal, jwt_issuer=issuer, anonymous=cfg.anonymous_principal)
+        if unknown is not None:
+            return _err(404, "not_found", unknown)
         who = request.scope["symbi.principal"].id
         status, body = await act_on_principal(self.state, principal, action, who, reason[:500])
         return JSONResponse(body, status_code=status)

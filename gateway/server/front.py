@@ -334,9 +334,9 @@ class Front:
         await self._require(
             ctx, "resources/read", uri, owner, method=method
         )  # subscribing needs the right to read
-        if not await gw.watch_resource(owner, uri, principal_for(ctx, gw), ctx, on):
-            await gw.pool.with_upstream(owner, fn, ctx)
         who = principal_for(ctx, gw)
+        if not await gw.watch_resource(owner, uri, who, ctx, on):
+            await gw.pool.with_upstream(owner, fn, ctx, principal=who)
         gw.events.emit(
             Event.REQUEST_ALLOWED,
             {"method": method, "target": uri, "upstream": owner},
@@ -435,6 +435,7 @@ class Front:
             owner,
             lambda up: up.session.complete(ref, params.argument.model_dump(), context_arguments=context_args),
             ctx,
+            principal=principal_for(ctx, gw),  # its upstream's requests meanwhile: decided for it
         )
         return without_gateway_meta(result)
 

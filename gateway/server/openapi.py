@@ -203,9 +203,12 @@ OPENAPI: dict[str, Any] = {
                                     "properties": {
                                         "principal": {
                                             "type": "string",
-                                            "pattern": "^[^:]+:.",
+                                            "pattern": "^(key:.|jwt:.+#.|anonymous:.)",
                                             "maxLength": 512,
-                                            "description": "qualified: key:ID, jwt:ISSUER#SUB, ...",
+                                            "description": (
+                                                "qualified, of a kind this gateway makes: key:ID, "
+                                                "jwt:ISSUER#SUB ([http.jwt] issuer), anonymous:ID (its own)"
+                                            ),
                                         },
                                         "reason": {"type": "string"},
                                     },
@@ -219,8 +222,12 @@ OPENAPI: dict[str, Any] = {
                             "PrincipalAction", "done here; the shared state (Redis) gets it when it answers"
                         ),
                         "400": _ERR,
-                        "404": _ERR,
-                        "503": _ok("Unavailable"),
+                        "404": _ok(
+                            "Error",
+                            "no such principal here (a JWT or anonymous one not of its config), or none to resume",
+                        ),
+                        "503": _ok("Unavailable", "a resume Redis could not take: nothing was cleared"),
+                        "507": _ERR,
                         **_STD,
                     },
                 }

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from gateway.errors import AuditError, StateUnavailable
+from gateway.errors import AuditError, HoldsFull, StateUnavailable
 from gateway.events import Event
 from gateway.runtime.identity import is_agent_id
 from gateway.runtime.orders import OPERATOR_EVENTS, Order, act
@@ -125,10 +125,31 @@ async def act_on_agent(
     gw = state.gateway
     if shared_sessions(state) and gw is not None and gw.runtime.agents.resolve(ref) is None:
         return await pass_session_action(state, ref, action, who, reason)
+    cleared = await _clear_first(state, ref) if action == "resume" else None
+    if cleared is not None:
+        return 503, _state_unavailable(cleared.diagnostics())
     status, body = agent_action(state, ref, action, who, reason)
     if status == 200 and gw is not None and action in ("suspend", "resume"):
         await _shared_holds(state, body)  # its principal's suspension, on every replica
     return status, body
+
+
+async def _clear_first(state: HttpState, ref: str) -> StateUnavailable | None:
+    """Before an operator's resume of session agent ``ref`` here: its principal's hold cleared
+    on Redis (``PrincipalHolds.clear``), when the resume would clear one; the refusal when Redis
+    does not take it (nothing is resumed then). A resume that will be refused (409) writes
+    nothing."""
+    gw = state.gateway
+    agent = gw.runtime.agents.resolve(ref) if gw is not None else None
+    if gw is None or agent is None or gw.runtime.holds.board is None:
+        return None
+    if agent.hosted or not agent.owner or not gw.runtime.clears_hold(agent):
+        return None
+    try:
+        await gw.runtime.holds.clear(agent.owner, state.config.state.timeout_s, here=False)
+    except StateUnavailable as e:
+        return e
+    return None
 
 
 async def _shared_holds(state: HttpState, body: dict[str, Any]) -> bool:
@@ -172,10 +193,16 @@ async def act_on_principal(
     rt = gw.runtime
     resumed: list[str] = []
     if action == "suspend":
-        new = rt.suspend_principal(principal, reason or f"suspended by operator {who}", who)
+        try:
+            new = rt.suspend_principal(principal, reason or f"suspended by operator {who}", who)
+        except HoldsFull as e:  # refused, never made room for by un-suspending the oldest
+            return 507, {"error": "holds_full", "code": e.code, "reason": e.diagnostics()}
         result = "suspended" if new else "already suspended"
     else:
-        held = rt.holds.drop(principal)
+        try:  # on Redis first: a clear only queued in memory was lost with the process
+            held = await rt.holds.clear(principal, state.config.state.timeout_s)
+        except StateUnavailable as e:
+            return 503, _state_unavailable(e.diagnostics())
         resumed = rt.release(principal, f"operator {who}: {reason or 'resume'}")
         if held is None and not resumed and rt.holds.board is None:
             return 404, {"error": "not_found", "reason": f"principal {principal!r} is not suspended"}

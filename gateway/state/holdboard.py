@@ -3,8 +3,8 @@ principal's on every replica (``gateway.runtime.holds``).
 
 - ``symbi:held:principals``: a hash, qualified principal -> its suspension (JSON: reason, the
   agent it came from, when, by whom); ``symbi:held:order``: the same principals scored by when
-  they were suspended, so the oldest go first past ``limit`` (a bound, as the terminated
-  sessions' file has one);
+  they were suspended; past ``limit`` principals a new suspension is refused (the process keeps
+  it in force for itself, logged), never made room for by dropping the oldest;
 - ``symbi:held:version``: a counter every change bumps (in the same script as the change), so
   a process reads the whole hash again only when something changed (one ``GET`` per renewal
   otherwise), and never applies a read older than a change it made itself;
@@ -34,13 +34,11 @@ _HOLD = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return {0, tonumber(redis.call('GET', KEYS[3]) or '0')}
 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
+  return {-1, tonumber(redis.call('GET', KEYS[3]) or '0')}
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
-if over > 0 then
-  local old = redis.call('ZPOPMIN', KEYS[2], over)
-  for i = 1, #old, 2 do redis.call('HDEL', KEYS[1], old[i]) end
-end
 local v = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[5], v)
 return {1, v}
@@ -70,12 +68,13 @@ class HoldBoard:
         self._clear = client.register_script(_CLEAR)
         self._snapshot = client.register_script(_SNAPSHOT)
 
-    async def hold(self, principal: str, doc: dict[str, Any], at: float) -> tuple[bool, int]:
-        """Suspend ``principal`` unless it is already: (new, the version after). Raises
+    async def hold(self, principal: str, doc: dict[str, Any], at: float) -> tuple[bool | None, int]:
+        """Suspend ``principal`` unless it is already: (new; None: refused, ``limit`` principals
+        are held, none is ever dropped to make room; the version after). Raises
         ``RedisError``/``OSError``."""
         args: list[str | float] = [principal, json.dumps(doc, sort_keys=True), at, self.limit, CHANGED]
         new, version = await self._hold(keys=[HELD, ORDER, VERSION], args=args)
-        return bool(new), int(version)
+        return (None if int(new) < 0 else bool(new)), int(version)
 
     async def clear(self, principal: str) -> tuple[bool, int]:
         """Clear ``principal``'s suspension: (it was suspended, the version after)."""

@@ -7,7 +7,9 @@ nothing bounded how many were in flight (the SDK runs one task per request) or h
 was. Each now passes, in this order (``gateway.upstream.relay``):
 
 1. a bound per upstream session: at most ``mcp.max_server_requests_in_flight`` relayed or
-   being decided at once; past it, a JSON-RPC error to the upstream at once;
+   being decided at once; past it, a JSON-RPC error to the upstream at once. A 2026
+   upstream's input requests put to a 2025 client: at most that many results' questions
+   (and as many in one result) per upstream at once (``take``); past it the call is refused;
 2. a size: its params as JSON at most ``mcp.max_server_request_bytes``;
 3. the policy: ``data.symbi.decision`` with ``kind = "server_request"`` (the input below). A
    deny, an undefined decision or an engine failure refuses it, naming the decision.
@@ -69,6 +71,9 @@ class RequestGate:
         self.in_flight = in_flight
         self.max_bytes = max_bytes
         self._decision = decision
+        # a 2026 upstream's questions being put to a 2025 client now, per upstream (the relay
+        # counts its own upstream session's requests: ``CallerRelay._asking``)
+        self._legacy: dict[str, int] = {}
 
     def busy(self, asking: int) -> Refusal | None:
         if asking < self.in_flight:
@@ -78,6 +83,23 @@ class RequestGate:
             f"{asking} requests of this upstream session are in flight already "
             f"(mcp.max_server_requests_in_flight = {self.in_flight})",
         )
+
+    def take(self, upstream: str) -> Refusal | None:
+        """One more of ``upstream``'s questions put to a 2025 client (``give`` it back after),
+        or why not: each call's round is asked one at a time, but concurrent calls each had
+        one in flight, so the bound was one result's, never the upstream's (session 41)."""
+        asking = self._legacy.get(upstream, 0)
+        refusal = self.busy(asking)
+        if refusal is None:
+            self._legacy[upstream] = asking + 1
+        return refusal
+
+    def give(self, upstream: str) -> None:
+        left = self._legacy.get(upstream, 0) - 1
+        if left > 0:
+            self._legacy[upstream] = left
+        else:
+            self._legacy.pop(upstream, None)
 
     def params_doc(self, params: Any) -> tuple[dict[str, Any], Refusal | None]:
         """The params the policy sees (without ``_meta``), or why they are too large."""

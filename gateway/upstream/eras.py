@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio.abc
 from mcp import types
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
-from gateway.context import CallContext, Downstream
+from gateway.context import CallContext, Downstream, Principal
 from gateway.errors import PolicyDenied, UpstreamError
 from gateway.events import Event, EventSink
 from gateway.handouts import HandedOut
-from gateway.upstream.asked import Requester, RequestGate
+from gateway.upstream.asked import Refusal, Requester, RequestGate
 from gateway.upstream.bridge import MAX_ROUNDS, PendingQuestions, ask_legacy_client
 from gateway.upstream.caller_caps import DOWNSTREAM_CAPABILITIES, downstream_ref
 from gateway.upstream.relay import caller_owner
@@ -36,7 +36,7 @@ class on_behalf_of:  # lower case: the context manager function it replaced, sam
     for a 2026-era caller, to the era bridge's ``ask``), and a 2026-era upstream sees this
     caller's capabilities. A class, not a generator: it is on every upstream call's path."""
 
-    __slots__ = ("_ask", "_call", "_ctx", "_key", "_token", "_up")
+    __slots__ = ("_ask", "_call", "_ctx", "_key", "_principal", "_token", "_up")
 
     def __init__(
         self,
@@ -44,8 +44,10 @@ class on_behalf_of:  # lower case: the context manager function it replaced, sam
         ctx: Downstream | None,
         ask: Callable[[Any], Awaitable[Any]] | None = None,
         call: CallContext | None = None,
+        principal: Principal | None = None,
     ) -> None:
         self._up, self._ctx, self._ask, self._call = up, ctx, ask, call
+        self._principal = principal  # the caller of a request that is no call (``_Caller``)
 
     def __enter__(self) -> None:
         ctx = self._ctx
@@ -64,6 +66,7 @@ class on_behalf_of:  # lower case: the context manager function it replaced, sam
                 conditions=conditions,
                 call=self._call,
                 ctx=ctx,
+                principal=self._principal,
             )
         except BaseException:
             DOWNSTREAM_CAPABILITIES.reset(self._token)
@@ -110,9 +113,7 @@ async def answered_for_legacy(
             await _gated(gate, events, call, upstream, server, result)
         if noted := handed_out.note_result(server, result):
             await handed_out.share(server, noted)
-        answers = await ask_legacy_client(
-            getattr(ctx, "session", None), getattr(ctx, "request_id", None), result
-        )
+        answers = await _ask_client(gate, events, call, upstream, result)
         result = await send(answers or None, result.request_state)
     if isinstance(result, types.InputRequiredResult) and gate is not None:
         # for a 2026 client, which asks its user or model itself: the same gate first
@@ -152,6 +153,25 @@ async def bridged_for_modern_client(
     return await pending.start(tg, call.principal.qualified, call.target, run)
 
 
+async def _ask_client(
+    gate: RequestGate | None, events: EventSink, call: CallContext, upstream: str, result: Any
+) -> dict[str, Any]:
+    """Put ``result``'s questions to the 2025 client, one of ``upstream``'s in flight for the
+    bound (``RequestGate.take``): past it the call is refused, as the relay refuses."""
+    asked = list((result.input_requests or {}).values())
+    busy = gate.take(upstream) if gate is not None and asked else None
+    if busy is not None:
+        _refuse(events, call, upstream, asked[0].method, busy)
+    ctx = call.downstream
+    try:
+        return await ask_legacy_client(
+            getattr(ctx, "session", None), getattr(ctx, "request_id", None), result
+        )
+    finally:
+        if gate is not None and asked:
+            gate.give(upstream)
+
+
 async def _gated(
     gate: RequestGate,
     events: EventSink,
@@ -167,7 +187,12 @@ async def _gated(
     refused = await gate.decide_all(result.input_requests, server, who)
     if refused is None:
         return
-    method, refusal = refused
+    _refuse(events, call, upstream, *refused)
+
+
+def _refuse(events: EventSink, call: CallContext, upstream: str, method: str, refusal: Refusal) -> NoReturn:
+    """Refuse the call for ``method``, a request of ``upstream``'s: on the record, as the
+    relay's refusals."""
     details = {
         "upstream": upstream,
         "method": method,

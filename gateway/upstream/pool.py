@@ -15,7 +15,7 @@ import anyio
 import anyio.abc
 
 from gateway.config.model import Config, ServerConfig
-from gateway.context import CallContext, Downstream
+from gateway.context import CallContext, Downstream, Principal
 from gateway.errors import UpstreamUnavailable
 from gateway.events import EventSink
 from gateway.handouts import HandedOut
@@ -137,21 +137,23 @@ class UpstreamPool:
         ctx: Downstream | None = None,
         owner: str | None = None,
         call: CallContext | None = None,
+        principal: Principal | None = None,
     ) -> Any:
         """``fn(upstream)`` on behalf of the caller whose request context is ``ctx`` (under
         ``servers.X.isolation``, on that caller's own process: ``owner`` or from ``ctx``);
-        ``call``: the request it serves (whom the upstream's own requests are decided for)."""
+        ``call``: the request it serves, or ``principal``: the caller of a request that is no
+        call (whom the upstream's own requests are decided for)."""
         up = self.upstreams.get(name)
         if up is None:
             raise UpstreamUnavailable(f"upstream {name!r} is not configured")
         isolated = self._isolated.get(name)
         if isolated is None:
-            with on_behalf_of(up, ctx, call=call):
+            with on_behalf_of(up, ctx, call=call, principal=principal):
                 return await up.request(fn(up))
         if owner is None:
             owner = isolated.owner_of(ctx)
         async with isolated.use(owner) as own:
-            with on_behalf_of(own, ctx, call=call):
+            with on_behalf_of(own, ctx, call=call, principal=principal):
                 return await own.request(fn(own))
 
 

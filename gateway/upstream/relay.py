@@ -59,13 +59,16 @@ class _Caller:
     # only when the upstream asks something (never on the call's own path)
     call: CallContext | None = None
     ctx: Downstream | None = None
+    # the caller of a request that is no call (resources/subscribe, completion/complete): on
+    # stdio the request context has no principal; without it every request was refused there
+    principal: Principal | None = None
 
     def requester(self) -> Requester:
         call = self.call
         if call is not None:
             caused = {"kind": call.kind, "target": call.target}
             return Requester(call.principal, call.agent, call.session_id, call.upstream, caused)
-        return Requester(caller_principal(self.ctx))
+        return Requester(self.principal or caller_principal(self.ctx))
 
 
 def caller_owner(ctx: Any) -> str:
@@ -135,12 +138,13 @@ class CallerRelay:
         conditions: Mapping[str, Any] | None = None,
         call: CallContext | None = None,
         ctx: Downstream | None = None,
+        principal: Principal | None = None,
     ) -> int | None:
         """``caller`` without the generator (the call path's cost): the key for ``leave``."""
         if session is None:
             return None
         key = next(self._ids)
-        self._inflight[key] = _Caller(session, request_id, owner, ask, conditions, call, ctx)
+        self._inflight[key] = _Caller(session, request_id, owner, ask, conditions, call, ctx, principal)
         return key
 
     def leave(self, key: int | None) -> None:

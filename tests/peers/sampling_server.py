@@ -10,6 +10,8 @@
   a hostile server's flood, counted from its own side.
 - prompt ``sampled``: samples the client's model while it is got (a request during a
   ``prompts/get``, not a tool call).
+- prompt ``greet(name)``: its argument's completion samples the client's model for the values
+  (a request during a ``completion/complete``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 
 import anyio
 from mcp import MCPError
+from mcp.server import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import SamplingMessage, TextContent
+from mcp.types import CompleteRequestParams, CompleteResult, Completion, SamplingMessage, TextContent
 
 mcp = MCPServer("sampling-test-server", version="1.0")
 
@@ -80,6 +83,28 @@ async def flood(what: str, count: int, ctx: Context, kilobytes: int = 0) -> str:
 async def sampled(ctx: Context) -> str:
     """A prompt whose text the client's model writes (it samples while the prompt is got)."""
     return await _one(ctx, "sampling", 20, "write a prompt")
+
+
+@mcp.prompt()
+async def greet(name: str) -> str:
+    """A prompt with an argument to complete."""
+    return f"hello {name}"
+
+
+async def _complete(ctx: ServerRequestContext[Any], params: CompleteRequestParams) -> CompleteResult:
+    """The completion's values, written by the client's model (or the JSON-RPC error's text)."""
+    try:
+        result: Any = await ctx.session.create_message(
+            [SamplingMessage(role="user", content=TextContent(type="text", text="complete a name"))],
+            max_tokens=20,
+        )
+        value = str(getattr(result.content, "text", result.content))
+    except MCPError as e:
+        value = f"error {e.error.code}: {e.error.message}"
+    return CompleteResult(completion=Completion(values=[value[:100]]))
+
+
+mcp._lowlevel_server.add_request_handler("completion/complete", CompleteRequestParams, _complete)
 
 
 if __name__ == "__main__":

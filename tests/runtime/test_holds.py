@@ -205,13 +205,6 @@ def test_a_suspended_agent_is_told_so_while_the_shared_list_is_unconfirmed() -> 
     assert other.in_flight == 0 and other.calls == 0
 
 
-def test_holds_are_bounded_oldest_first() -> None:
-    rt = runtime(PrincipalHolds(limit=3))
-    for i in range(5):
-        rt.suspend_principal(f"key:p{i}", "x", "ops")
-    assert [h.principal for h in rt.holds.all()] == ["key:p2", "key:p3", "key:p4"]
-
-
 # -- two replicas on one real Redis -------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -351,3 +352,80 @@ async def test_a_request_during_a_stdio_prompts_get_is_decided_for_its_caller(tm
             got = await s.get_prompt("ask__sampled")
     assert client.sampled == ["write a prompt"]
     assert "the user's model" in json.dumps(got.model_dump(mode="json"))
+
+
+@pytest.mark.anyio
+async def test_a_request_during_a_stdio_completion_is_decided_for_its_caller(tmp_path: Path) -> None:
+    """``symbi mcp`` (stdio): an upstream samples while a prompt's argument is completed (a
+    request that is no call). Before session 41 the relay had no principal there (the stdio
+    request context carries none) and refused it: "no principal to ask the policy about"."""
+    cfg = _config(tmp_path)
+    client = Client()
+    async with stdio_session(cfg, sampling_callback=client.sampling) as s:
+        with anyio.fail_after(60):
+            got = await s.complete(
+                types.PromptReference(type="ref/prompt", name="ask__greet"), {"name": "name", "value": "a"}
+            )
+    assert client.sampled == ["complete a name"]
+    assert got.completion.values == ["the user's model"]
+
+
+class Held(Client):
+    """A client whose form is answered once ``until`` holds (what the test waits on, not a time)."""
+
+    def __init__(self, until: Callable[[Client], bool]) -> None:
+        super().__init__()
+        self._until = until
+
+    async def _held(self) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            while not self._until(self):
+                await anyio.sleep(0.01)
+        finally:
+            self.in_flight -= 1
+
+
+async def _outcome(run: Running, key: str, client: Client, tool: str) -> str:
+    """A call's outcome: "ok", or its refusal's text."""
+    async with (
+        httpx2.AsyncClient(headers=bearer(key), timeout=120) as http,
+        streamable_http_client(run.mcp, http_client=http) as (r, w),
+        ClientSession(r, w, elicitation_callback=client.elicitation) as s,
+    ):
+        await s.initialize()
+        with anyio.fail_after(120):
+            result = await s.call_tool(tool, {})
+    return result.content[0].text if result.is_error else "ok"  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_a_2026_upstreams_questions_are_bounded_per_upstream_not_per_result(tmp_path: Path) -> None:
+    """Six calls at once to a 2026-07-28 upstream, each answered with one input request that
+    the gateway puts to its 2025-era client. Before session 41 the bound counted one result's
+    requests only (1 <= 2): all six were in flight to the clients at once. Now at most
+    ``mcp.max_server_requests_in_flight`` (2) of the upstream's questions are, the other calls
+    refused (too_many_server_requests)."""
+    cfg = _config(
+        tmp_path,
+        mcp="max_server_requests_in_flight = 2",
+        server="fx",
+        run=f'args = ["{FIXTURE}", "--stdio"]\nprotocol = "auto"',
+    )
+    key = _key(cfg)
+    got: list[str] = []
+    client = Held(lambda c: c.in_flight + len(got) >= 6)  # every call in flight or answered
+
+    async def one() -> None:
+        got.append(await _outcome(run, key, client, "fx__test_input_required_result_elicitation"))
+
+    with run_server(cfg) as run:
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(one)
+        events = _client_requests(run)
+    assert client.most_in_flight == 2 and len(client.elicited) == 2, got  # 6 before
+    assert got.count("ok") == 2, got
+    refused = [e["details"]["error_code"] for e in events if e["details"]["outcome"] == "refused"]
+    assert refused == ["too_many_server_requests"] * (6 - len(client.elicited))

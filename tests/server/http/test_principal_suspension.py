@@ -86,3 +86,14 @@ def test_a_principal_is_named_qualified(tmp_path: Path) -> None:
         api = run.base + "/api/principals/suspend"
         for body in ({"principal": "bob"}, {"principal": 7}, {}, {"principal": "key:" + "x" * 600}):
             assert httpx.post(api, json=body, headers=bearer(keys.admin)).status_code == 400, body
+        # session 41: a kind no gateway makes (a typo; stdio principals are a `symbi mcp`
+        # process's) is malformed, 400; a JWT or anonymous principal this gateway does not make
+        # (no [http.jwt] here, no anonymous access) is no one here, 404. Both were "suspended".
+        for typo, status in (("kye:bob", 400), ("stdio:local", 400), ("jwt:https://idp.example#bob", 404),
+                             ("anonymous:guest", 404)):  # fmt: skip
+            for act in ("suspend", "resume"):
+                r = httpx.post(
+                    api.replace("suspend", act), json={"principal": typo}, headers=bearer(keys.admin)
+                )
+                assert r.status_code == status, (typo, act, r.text)
+        assert httpx.get(run.base + "/api/principals", headers=bearer(keys.admin)).json()["suspended"] == []

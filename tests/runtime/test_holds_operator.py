@@ -1,0 +1,211 @@
+"""An operator's suspensions and clears of principals (``gateway.runtime.holds``), attacked:
+session 41's findings. Two runtimes on one real Redis stand for two replicas; the admin
+operations (``gateway.server.operations``) are called with a stand-in of the HTTP state holding
+only what they read (the gateway's runtime, its event sink, the config).
+
+Before:
+- a resume refused with 409 (the agent Running, nothing held here) had already queued a clear
+  for Redis: a hold another replica had just made was lifted by a refused request;
+- a clear made while Redis was down was answered 202 ("pending") and kept only in memory: the
+  principal was let in here at once while every other replica refused it, and the clear was
+  lost if the process stopped before Redis came back;
+- past ``HOLDS_MAX`` held principals the oldest hold was dropped: a flood of suspensions
+  un-suspended the first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import pytest
+import redis
+
+from gateway.cli import main as symbi_main
+from gateway.config.model import Config
+from gateway.errors import AgentError, InvalidTransition
+from gateway.runtime import AgentState
+from gateway.runtime import holds as holds_mod
+from gateway.runtime.core import AgentRuntime
+from gateway.runtime.holds import PrincipalHolds
+from gateway.server.operations import act_on_agent, act_on_principal
+from gateway.state.holdboard import HELD, HoldBoard
+from gateway.state.redisclient import open_redis
+from tests.runtime.test_holds import ALICE, held, runtime, until
+from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
+from tests.state.engines import Redis
+
+pytestmark = pytest.mark.anyio
+S = AgentState
+
+
+def state_of(rt: AgentRuntime) -> Any:
+    """What ``act_on_principal`` / ``act_on_agent`` read of the HTTP state."""
+    gw = SimpleNamespace(runtime=rt, events=rt.events, state=None, hosted=None)
+    return SimpleNamespace(gateway=gw, config=Config())
+
+
+@pytest.fixture
+async def pair(
+    redis_engine: Redis,  # noqa: F811 - the fixture
+) -> AsyncIterator[tuple[AgentRuntime, AgentRuntime]]:
+    redis.Redis.from_url(redis_engine.url).flushall()
+    clients = [open_redis(redis_engine.url, 1), open_redis(redis_engine.url, 1)]
+    made = []
+    for client in clients:
+        holds = PrincipalHolds()
+        holds.board = HoldBoard(client, limit=holds.limit)
+        made.append(runtime(holds))
+    try:
+        async with anyio.create_task_group() as tg:
+            for rt in made:
+                tg.start_soon(rt.holds.run)
+            await until("both read Redis", lambda: all(r.holds.confirmed for r in made))
+            yield made[0], made[1]
+            tg.cancel_scope.cancel()
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+# -- naming the principal -------------------------------------------------------------------------
+
+
+def test_a_principal_of_a_kind_the_gateway_never_makes_is_refused() -> None:
+    """ "kye:bob" was answered "suspended" and held no one. Malformed (a kind no gateway makes):
+    refused outright; well-formed but not of this gateway's config (a JWT of another issuer or
+    with no ``[http.jwt]``, an anonymous principal not its own): no such principal here."""
+    issuer, anon = "https://idp.example", "guest"
+    malformed, unknown = holds_mod.principal_malformed, holds_mod.principal_unknown  # none before
+    for ok in ("key:bob", f"jwt:{issuer}#bob", "anonymous:guest"):
+        assert malformed(ok) is None and unknown(ok, jwt_issuer=issuer, anonymous=anon) is None, ok
+    for bad in ("kye:bob", "bob", "key:", "jwt:bob", "jwt:#bob", "stdio:local", "KEY:bob", "anonymous:"):
+        assert malformed(bad) is not None, bad
+    for elsewhere in ("jwt:https://other.example#bob", "anonymous:someone"):
+        assert malformed(elsewhere) is None
+        assert unknown(elsewhere, jwt_issuer=issuer, anonymous=anon) is not None, elsewhere
+    for off in (f"jwt:{issuer}#bob", "anonymous:guest"):  # no [http.jwt], no anonymous principal
+        assert unknown(off, jwt_issuer=None, anonymous=None) is not None, off
+
+
+def test_the_cli_refuses_a_principal_of_an_unknown_kind_before_asking(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No gateway at the URL: a refusal naming ``--principal`` (exit 2) proves nothing was sent."""
+    url = "http://127.0.0.1:9"  # nothing listens: a request would fail otherwise
+    for action in ("suspend", "resume"):
+        with pytest.raises(SystemExit) as out:
+            symbi_main(["agents", action, "--principal", "kye:bob", "--url", url])
+        assert out.value.code == 2
+        assert "--principal" in capsys.readouterr().err
+
+
+# -- a refused resume writes nothing --------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_refused_resume_queues_no_clear_of_another_replicas_hold(
+    pair: tuple[AgentRuntime, AgentRuntime],
+) -> None:
+    a, b = pair
+    running = a.agents.for_session(ALICE, "c", "s1")
+    a.begin(running, "t")
+    b.suspend_principal(ALICE.qualified, "audit", "ops")  # A has not read it yet: same tick
+    with pytest.raises(InvalidTransition):
+        a.resume(running, "operator: resume")  # 409: Running, nothing held here
+    assert a.holds.unwritten == 0  # 1 before: the clear, written after B's hold, lifted it
+    status, _ = await act_on_agent(state_of(a), running.id, "resume", "ops", "")
+    assert status == 409 and a.holds.unwritten == 0
+    assert await b.holds.flush(2.0)
+    await until("A holds alice", lambda: held(a))
+    assert held(b)
+
+
+# -- a clear Redis cannot take ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_clear_redis_cannot_take_is_refused_and_changes_nothing(
+    pair: tuple[AgentRuntime, AgentRuntime],
+    redis_engine: Redis,  # noqa: F811 - the fixture
+) -> None:
+    a, b = pair
+    suspended = a.agents.for_session(ALICE, "c", "s1")
+    a.begin(suspended, "t")
+    a.suspend(suspended, "budget breach")
+    assert await a.holds.flush(2.0)
+    await until("B holds alice", lambda: held(b))
+    redis_engine.stop()
+    try:
+        status, body = await act_on_principal(state_of(a), ALICE.qualified, "resume", "ops", "checked")
+        assert status == 503, body  # 202 "pending" before: let in here, the clear in memory only
+        assert body["code"] == "state_unavailable"
+        status, body = await act_on_agent(state_of(a), suspended.id, "resume", "ops", "checked")
+        assert status == 503, body
+        assert suspended.state is S.SUSPENDED and held(a) and a.holds.unwritten == 0
+    finally:
+        redis_engine.start()
+    await until("A reads Redis again", lambda: a.holds.confirmed is not None and not a.holds.unwritten)
+
+
+@pytest.mark.slow
+async def test_a_clear_is_on_redis_when_it_is_answered(
+    pair: tuple[AgentRuntime, AgentRuntime],
+    redis_engine: Redis,  # noqa: F811 - the fixture
+) -> None:
+    """The other half: a clear answered 200 is on Redis already (nothing left in memory)."""
+    a, b = pair
+    suspended = a.agents.for_session(ALICE, "c", "s1")
+    a.begin(suspended, "t")
+    a.suspend(suspended, "budget breach")
+    assert await a.holds.flush(2.0)
+    status, body = await act_on_agent(state_of(a), suspended.id, "resume", "ops", "checked")
+    assert status == 200, body
+    assert suspended.state is S.RUNNING and a.holds.unwritten == 0
+    assert not redis.Redis.from_url(redis_engine.url).hexists(HELD, ALICE.qualified)
+    await until("B lets alice in", lambda: not held(b))
+
+
+# -- the bound -------------------------------------------------------------------------------------
+
+
+async def test_past_the_bound_a_new_suspension_is_refused_and_none_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: the 4th suspension of a bound of 3 dropped the 1st (it was let in again)."""
+    rt = runtime(PrincipalHolds(limit=3))
+    for i in range(3):
+        rt.suspend_principal(f"key:p{i}", "x", "ops")
+    with pytest.raises(AgentError) as refused:
+        rt.suspend_principal("key:p3", "x", "ops")
+    assert refused.value.code == "holds_full"
+    status, body = await act_on_principal(state_of(rt), "key:p4", "suspend", "ops", "")
+    assert status == 507 and body["code"] == "holds_full"
+    # an agent's own suspension past the bound: the agent is suspended, its principal not held
+    agent = rt.agents.for_session(ALICE, "c", "s1")
+    rt.begin(agent, "t")
+    with caplog.at_level(logging.ERROR, logger="symbi.runtime"):
+        rt.suspend(agent, "budget breach")
+    assert agent.state is S.SUSPENDED
+    assert any("not held" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert [h.principal for h in rt.holds.all()] == ["key:p0", "key:p1", "key:p2"]
+
+
+async def test_redis_refuses_a_hold_past_the_bound_and_drops_none(
+    redis_engine: Redis,  # noqa: F811 - the fixture
+) -> None:
+    redis.Redis.from_url(redis_engine.url).flushall()
+    client = open_redis(redis_engine.url, 1)
+    try:
+        board = HoldBoard(client, limit=2)
+        for i in range(2):
+            assert (await board.hold(f"key:p{i}", {"reason": "x"}, float(i)))[0] is True
+        new, _ = await board.hold("key:p2", {"reason": "x"}, 2.0)
+        assert new is None  # refused; before: held, and key:p0 (the oldest) dropped
+        _, docs = await board.snapshot()
+        assert sorted(docs) == ["key:p0", "key:p1"]
+    finally:
+        await client.aclose()

@@ -337,7 +337,7 @@ class Bus(Membership):
     ) -> list[Received]:
         """Up to ``max_items`` messages, oldest first, waiting up to ``wait_s`` for one; with
         ``max_bytes`` only as many as fit it (``Received.result_bytes``): the others stay for
-        the next receive, and one that alone does not fit it is rejected (``gateway.bus.receiving``)."""
+        the next receive, and so does one that alone does not fit it (``gateway.bus.receiving``)."""
         me = await self._me(principal)
         if not (1 <= max_items <= 1000):
             raise ArgumentsInvalid("max must be between 1 and 1000")

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from gateway.bus.backend import BusBackend, Outcome, Pending
 from gateway.bus.crypto import KeyRing, PublicKeys, verify_signature
 from gateway.bus.message import MessageKind, SecureMessage, pattern_regex
-from gateway.bus.results import item_bytes
+from gateway.bus.results import item_bytes, receive_ceiling
 from gateway.context import Decision, Principal
 from gateway.errors import BusError
 from gateway.events import Event, EventSink
@@ -91,7 +91,7 @@ class Receiver:
         self.skew_ms = skew_ms
         self.keys: dict[str, PeerKeys] = {}  # verified directory entries
         self.rejected: dict[str, int] = {}
-        self.held: dict[str, int] = {}  # inbox -> topic messages left pending (no longer granted)
+        self.held: dict[str, int] = {}  # inbox -> messages left pending (not granted, or too big)
 
     async def take(
         self,
@@ -134,7 +134,7 @@ class Receiver:
     ) -> tuple[list[Received], int]:
         """Check and settle a fetched batch: what passed (at most ``max_items``, and within
         ``max_bytes``; those past either stay pending), and how many were held back (no longer
-        granted: left pending)."""
+        granted, or alone larger than ``max_bytes``: left pending, for a receive allowed more)."""
         if not pending:
             return [], 0
         outcomes, passed = await self._checked(agent, inbox, pending)
@@ -149,8 +149,10 @@ class Receiver:
                 continue
             size = received.result_bytes() if max_bytes is not None else 0
             if max_bytes is not None and size > max_bytes:
-                # alone past this receive's budget: taken, its result was cut (delivered, never read)
-                outcomes[p.ref] = self._reject(agent, inbox, msg, "larger than the receive's result cap")
+                if size > receive_ceiling():  # no receive could ever hold it (sent before the bound)
+                    outcomes[p.ref] = self._reject(agent, inbox, msg, "larger than any receive's result")
+                else:  # alone past this receive's cap, not another's: it waits (as if not granted)
+                    held += 1
                 continue
             spent += size
             if max_bytes is not None and spent > max_bytes:

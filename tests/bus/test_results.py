@@ -66,14 +66,27 @@ async def test_a_message_that_cannot_fit_one_receive_is_refused_at_send(env: Env
     assert got.body == fits
 
 
-async def test_a_message_larger_than_a_receives_policy_cap_is_rejected_not_delivered_cut(
+async def test_a_message_larger_than_a_receives_policy_cap_waits_for_a_receive_it_fits(
     env: Env,  # noqa: F811
 ) -> None:
-    # was: taken alone (the first always was), its result cut to the policy's cap
+    # was: taken alone (the first always was), its result cut to the policy's cap; then
+    # rejected (review, session 41): lost, though a receive with a larger cap could take it
     bus = await _pair(env)
-    await bus.send(A, "agent-b", "z" * 5_000)
+    big = await bus.send(A, "agent-b", "z" * 5_000)
     small = await bus.send(A, "agent-b", "ok")
     got = await bus.receive(B, max_items=10, max_bytes=1_000)
     assert [r.id for r in got] == [small.id]
-    assert bus.rejected == {"larger than the receive's result cap": 1}
-    assert await bus.receive(B, max_items=10) == []  # settled: it does not come back
+    assert bus.rejected == {}
+    assert [r.id for r in await bus.receive(B, max_items=10)] == [big.id]
+
+
+async def test_a_policy_cap_under_the_envelope_destroys_nothing(env: Env) -> None:  # noqa: F811
+    """A cap below a result's envelope leaves a budget of 0: every message was rejected, the
+    whole inbox lost to a policy condition that applied for one receive."""
+    bus = await _pair(env)
+    sent = [await bus.send(A, "agent-b", f"m{i}") for i in range(3)]
+    budget = receive_budget(_receive_call({"max_result_bytes": 400}))
+    assert budget == 0
+    assert await bus.receive(B, max_items=10, max_bytes=budget) == []
+    assert bus.rejected == {}
+    assert [r.id for r in await bus.receive(B, max_items=10)] == [m.id for m in sent]

@@ -126,30 +126,39 @@ def _context_env_used(name: str, doc: Mapping[str, Any], environ: Mapping[str, s
     return embedder_in_use(embedder, environ.get("OPENAI_API_KEY") or ctx.get("openai_api_key")) == "openai"
 
 
-def _jwks_proxy_from_env(doc: dict[str, Any], environ: Mapping[str, str], where: str) -> None:
+def _jwks_proxy_from_env(doc: dict[str, Any], environ: Mapping[str, str]) -> None:
     """``$https_proxy`` (or ``$HTTPS_PROXY``) as ``http.jwt.jwks_proxy`` when the file sets none
     and the IdP is reached over https, unless ``$no_proxy`` names its host: an IdP reachable
-    only through the proxy other tools of the shell use is reached through it too."""
+    only through the proxy other tools of the shell use is reached through it too. One it
+    cannot use (socks, credentials) is warned about and not used: the fetch goes direct."""
     http = doc.get("http")
     jwt = http.get("jwt") if isinstance(http, dict) else None
     if not isinstance(jwt, dict) or "jwks_proxy" in jwt or not isinstance(jwt.get("jwks_url"), str):
         return
     name = next((n for n in ("https_proxy", "HTTPS_PROXY") if environ.get(n)), None)
-    host = urlsplit(jwt["jwks_url"]).hostname
-    if name is None or urlsplit(jwt["jwks_url"]).scheme != "https" or not host:
+    try:
+        url = urlsplit(jwt["jwks_url"])
+    except ValueError:
+        return  # the model names the bad URL
+    host = url.hostname
+    if name is None or url.scheme != "https" or not host:
         return
     no = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
     if no and proxy_bypass_environment(host, {"no": no}):
         return
+    value = environ[name] if "://" in environ[name] else f"http://{environ[name]}"  # curl's form
     try:
-        proxy_address(environ[name])
-    except ValueError as e:
-        raise ConfigError(
-            f"{where}: environment variable {name}: {e} (set http.jwt.jwks_proxy to an "
-            f'http:// proxy, or to "direct")'
-        ) from None
+        proxy_address(value)
+    except ValueError as e:  # a shell's proxy for other tools: not a reason to refuse the start
+        _logger.warning(
+            "%s is not used for http.jwt.jwks_url: %s (set http.jwt.jwks_proxy to an "
+            'http:// proxy, or to "direct" to silence this)',
+            name,
+            e,
+        )
+        return
     jwt = doc["http"]["jwt"] = dict(jwt)
-    jwt["jwks_proxy"] = environ[name]
+    jwt["jwks_proxy"] = value
 
 
 def admin_api_key_from_env(environ: Mapping[str, str]) -> str | None:
@@ -220,7 +229,7 @@ def build_config(
         if not isinstance(sect, dict):
             raise ConfigError(f"{where}: [{section}] must be a table")
         sect[key] = parsed
-    _jwks_proxy_from_env(doc, environ or {}, where)
+    _jwks_proxy_from_env(doc, environ or {})
     # references first: a server's cwd or command may be "${HOME}/..." (resolved after)
     _expand_references(doc, base, where, environ or {})
     _resolve_paths(doc, base, where)

@@ -403,12 +403,25 @@ def test_the_jwks_proxy_comes_from_https_proxy_unless_no_proxy_names_the_idp() -
         assert jwt is not None and jwt.jwks_proxy == kept
     jwt = build_config(_jwt("http://127.0.0.1:9/j"), environ=env).http.jwt  # loopback: never
     assert jwt is not None and jwt.jwks_proxy is None
+    jwt = build_config(_jwt(url), environ={"HTTPS_PROXY": "proxy.corp:3128"}).http.jwt  # curl's form
+    assert jwt is not None and jwt.jwks_proxy == "http://proxy.corp:3128"
+
+
+@pytest.mark.parametrize("value", ["socks5://127.0.0.1:1080", "http://u:pw@proxy:3128", "http://proxy"])
+def test_a_shells_proxy_the_fetch_cannot_use_is_warned_about_not_a_refused_start(
+    value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """$https_proxy is set for the shell's other tools: one the fetch cannot use leaves it
+    direct (TLS checks the IdP either way), with a warning naming the variable."""
+    with caplog.at_level("WARNING", logger="symbi.config"):
+        jwt = build_config(_jwt("https://idp.example/j"), environ={"https_proxy": value}).http.jwt
+    assert jwt is not None and jwt.jwks_proxy is None
+    assert [r.levelname for r in caplog.records if "https_proxy" in r.getMessage()] == ["WARNING"]
 
 
 @pytest.mark.parametrize(
     ("doc", "environ"),
     [
-        (_jwt("https://idp.example/j"), {"HTTPS_PROXY": "socks5://127.0.0.1:1080"}),
         (_jwt("https://idp.example/j", jwks_proxy="socks5://127.0.0.1:1080"), {}),
         (_jwt("https://idp.example/j", jwks_proxy="http://user:pw@proxy:3128"), {}),
         (_jwt("https://idp.example/j", jwks_proxy="http://proxy"), {}),
@@ -416,7 +429,7 @@ def test_the_jwks_proxy_comes_from_https_proxy_unless_no_proxy_names_the_idp() -
         (_jwt("http://127.0.0.1:9/j", jwks_proxy="http://proxy:3128"), {}),
         ({"http": {"jwt": {"issuer": "i", "audience": "a", "jwks_file": "j", "jwks_proxy": "direct"}}}, {}),
     ],
-    ids=["env-socks", "socks", "credentials", "no-port", "bad-port", "loopback-url", "jwks-file"],
+    ids=["socks", "credentials", "no-port", "bad-port", "loopback-url", "jwks-file"],
 )
 def test_a_jwks_proxy_that_cannot_be_used_is_refused_naming_it(
     doc: dict[str, object], environ: dict[str, str]

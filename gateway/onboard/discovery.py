@@ -111,14 +111,20 @@ class Discovered:
 # NODE_OPTIONS="--require ./.x.js" beside an ordinary npx line ran its own code once approved,
 # and the approver saw only the npx line
 _RUNS = re.compile(
-    r"LD_\w+|DYLD_\w+|PATH|NODE_\w+|NPM_CONFIG_\w+|PYTHON\w+|PIP_\w+|UV_\w+|BASH_ENV|ENV|PERL\w*"
-    r"|RUBY\w+|\w*JAVA\w*_OPTIONS|CLASSPATH|DOCKER_\w+|GIT_\w+|\w*_PROXY|SSL_CERT_\w+|\w*CA_BUNDLE",
+    r"LD_\w+|DYLD_\w+|\w*PATH|NODE_\w+|NPM_CONFIG_\w+|PYTHON\w+|PIP_\w+|UV_\w+|BASH_ENV|ENV|PERL\w*"
+    r"|RUBY\w+|\w*JAVA\w*_OPTIONS|CLASSPATH|DOCKER_\w+|GIT_\w+|\w*_PROXY|SSL_CERT_\w+|\w*CA_BUNDLE"
+    # where tools read their own config (HOME=./.x with an .npmrc there setting node-options)
+    r"|HOME|XDG_\w+|USERPROFILE|\w*APPDATA|TMPDIR|LUA_\w+|BUN_\w+|DENO_\w+",
     re.IGNORECASE,
 )
+# git's config from the environment: "KEY" here names a setting (core.sshCommand), not a secret
+_GIT_CONFIG = re.compile(r"GIT_CONFIG_(KEY_\d+|COUNT)", re.IGNORECASE)
 
 
 def _env_shown(name: str, value: str) -> str:
-    if _RUNS.fullmatch(name) and not secret_named(name):
+    if _GIT_CONFIG.fullmatch(name) or (_RUNS.fullmatch(name) and not secret_named(name)):
+        return secrets_masked(value)
+    if value.startswith(("./", "../", ".\\", "..\\")):  # a file of the folder it was found in
         return secrets_masked(value)
     return "***"
 

@@ -221,20 +221,22 @@ class Gateway:
 
     async def remove_server(self, name: str) -> None:
         """Stop a server ``add_server`` started (a discovered one Claude Code's managed policy
-        now blocks): its processes end and its tools, resources and prompts leave the catalogue
-        before this returns; calls to it are refused from then on."""
+        now blocks): its processes are told to stop, and its tools, resources and prompts
+        leave the catalogue before this returns; calls to it are refused from then on."""
         if name not in self.upstreams or name in self.builtins:
             raise ConfigError(f"servers.{name}: not running")
         processes = self.pool.replicas.pop(name, [])
         del self.upstreams[name]  # the pool's dict: no call reaches it from here on
-        for up in processes:
-            up.request_stop()
-        servers = {n: s for n, s in self.config.servers.items() if n != name}
-        self.config = self.config.model_copy(update={"servers": servers})
-        self.verifier.reconfigure(self.config)
-        self.pool.config = self.config
-        self.live.remove_upstream(name)
-        await self._rebuild()
+        try:
+            for up in processes:
+                up.request_stop()
+        finally:  # out of the catalogue whatever a stop raised: the next pass sees it gone
+            servers = {n: s for n, s in self.config.servers.items() if n != name}
+            self.config = self.config.model_copy(update={"servers": servers})
+            self.verifier.reconfigure(self.config)
+            self.pool.config = self.config
+            self.live.remove_upstream(name)
+            await self._rebuild()
 
     async def _upstream_changed(self, up: Upstream) -> None:
         since, up.changed_at = up.changed_at, None

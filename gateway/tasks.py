@@ -157,10 +157,12 @@ async def _block(gw: Gateway, d: Discovered, why: str, logged: dict[str, str]) -
     if running:
         try:
             await gw.remove_server(d.name)
-        except Exception:  # the others are still checked
-            _logger.exception(
-                "discovered server %s, blocked by the managed policy, could not be stopped", d.name
-            )
+        except Exception:  # the others are still checked; logged once, not every pass
+            if logged.get(d.name) != f"unstoppable: {why}":
+                logged[d.name] = f"unstoppable: {why}"
+                _logger.exception(
+                    "discovered server %s, blocked by the managed policy, could not be stopped", d.name
+                )
             return
     if logged.get(d.name) == why and not running:
         return

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from gateway.cli import stores
 from gateway.config import load_config
 from gateway.config.model import Config
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ApprovalError, ConfigError, GatewayError
 from gateway.screen import Screening
 from gateway.verify.approve import (
     MIN_HASH_HEX,
@@ -268,7 +268,12 @@ def _approve_discovered(cfg: Config, names: list[str], by: str | None) -> None:
 
     discovery = discovery_store(cfg)
     for name in names:
-        d = discovery.approve(name, by=by or "symbi tools approve")
+        try:
+            d = discovery.approve(name, by=by or "symbi tools approve")
+        except ApprovalError as e:  # no such server: the argument is wrong (a usage error, exit 2)
+            if e.status != 404:
+                raise
+            raise ConfigError(e.message) from None
         print(
             f"approved discovered server {d.name} ({d.original_name} from {d.source}): "
             "a running gateway with discovery on starts it within mcp.recheck_interval_s"

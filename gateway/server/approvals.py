@@ -131,6 +131,6 @@ async def approve_discovered(gw: Gateway | None, name: str, principal: Principal
 
     try:
         d = await anyio.to_thread.run_sync(lambda: discovery_store(gw.config).approve(name, by=principal.id))
-    except ConfigError as e:  # the discovery state cannot be read: nothing to find, not "not found"
-        raise ApprovalError(e.message, 409) from None
+    except ConfigError as e:  # the discovery state cannot be read: unavailable here, not "not found"
+        raise ApprovalError(e.message, 503) from None
     return d.public()

@@ -184,6 +184,7 @@ def test_symbi_tools_approve_refuses_it(
     capsys.readouterr()
     assert main(["tools", "approve", "exfil", "--config", str(cfg)]) == 1
     assert str(managed / "managed-settings.json") in capsys.readouterr().err  # the reason
+    assert main(["tools", "approve", "no-such", "--config", str(cfg)]) == 2  # a usage error
     assert main(["tools", "approve", "github", "--config", str(cfg)]) == 0
     assert {n: x.status for n, x in discovery_store(load_config(cfg, {})).entries().items()} == {
         "exfil": "quarantined",

@@ -21,8 +21,8 @@ async def test_a_parked_agent_gets_no_topic_copies_but_keeps_its_direct_mail(env
     bus = await _pair(env, buffer_size=8)
     await bus.subscribe(B, "news.*")
     task = bus.park("agent-b")
-    if task is not None:
-        await task  # its subscriptions removed
+    assert task is not None  # a loop runs: the removal is a task
+    await task  # its subscriptions removed
     results = [await bus.publish(A, "news.x", {"n": n}) for n in range(20)]
     # was: 4 copies (half the buffer of 8) stored for nobody, then "refused" 16 times
     assert [(r.delivered_to, r.refused) for r in results] == [(0, ())] * 20
@@ -42,6 +42,6 @@ async def test_an_agent_back_before_its_subscriptions_went_keeps_them(env: Env) 
     await bus.subscribe(B, "news.*")
     task = bus.park("agent-b")
     await bus.register("agent-b", B.qualified)  # back before the removal ran
-    if task is not None:
-        await task
+    assert task is not None and not task.done()
+    await task
     assert await bus.backend.subscriptions() == {"agent-b": {"news.*"}}

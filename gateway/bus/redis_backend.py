@@ -359,7 +359,7 @@ class RedisBackend:
         await self.run(self._unsubscribe_all(keys=list(SUBS_KEYS), args=[agent]))
 
     async def subscriptions(self) -> dict[str, set[str]]:
-        raw: dict[Any, Any] = await self.run(self._r.hgetall(PREFIX + "subs"))
+        raw: dict[bytes, bytes] = await self.run(self._r.hgetall(PREFIX + "subs"))
         return parse_subs(raw.items(), int(time.time() * 1000))
 
     # -- housekeeping ----------------------------------------------------------------------
@@ -391,7 +391,7 @@ class RedisBackend:
         return redis_scan(self.url)
 
 
-def parse_subs(raw: Iterable[tuple[Any, Any]], now_ms: int) -> dict[str, set[str]]:
+def parse_subs(raw: Iterable[tuple[bytes, bytes]], now_ms: int) -> dict[str, set[str]]:
     """The ``subs`` hash's (field ``agent\\0pattern``, expiry) pairs -> agent -> patterns, those
     not expired at ``now_ms`` (an expiry that is no number: expired)."""
     out: dict[str, set[str]] = {}
@@ -401,7 +401,7 @@ def parse_subs(raw: Iterable[tuple[Any, Any]], now_ms: int) -> dict[str, set[str
         except ValueError:
             live = False
         if live:
-            agent, _, pattern = bytes(k).decode().partition("\0")
+            agent, _, pattern = k.decode().partition("\0")
             out.setdefault(agent, set()).add(pattern)
     return out
 

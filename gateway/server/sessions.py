@@ -28,7 +28,7 @@ from gateway.compat import close_get_stream, close_http_session, open_http_sessi
 from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.server.connections import REFUSED as CONNECTIONS_REFUSED
-from gateway.server.connections import OpenConnections
+from gateway.server.connections import TRUST, OpenConnections
 from gateway.server.lognoise import throttle_noise
 from gateway.server.principals import scope_headers
 
@@ -427,6 +427,7 @@ class HeaderDeadlineHttpTools(HttpToolsProtocol):
             cycle.transport = HeldHead(self.transport, self.loop)  # type: ignore[assignment]
             if self.open_connections is not None:
                 self.open_connections.busy(self)
+                self.scope[TRUST] = self._trust  # type: ignore[literal-required]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -437,6 +438,11 @@ class HeaderDeadlineHttpTools(HttpToolsProtocol):
         super().on_message_complete()
         if not self.cycle.more_body:  # the request's whole body is in the server's hands
             self.scope[BODY_RECEIVED] = True  # type: ignore[literal-required]
+
+    def _trust(self) -> None:
+        """This request passed a credential (``AuthGate``): never closed for another."""
+        if self.open_connections is not None:
+            self.open_connections.trusted(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

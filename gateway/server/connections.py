@@ -22,8 +22,10 @@ the open-file limit is raised to hold ``limit`` connections besides the gateway'
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
+import socket
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -128,6 +130,20 @@ class OpenConnections:
         self._trusted.discard(conn)
 
 
+class ConnectionBounds:
+    """The bound each listener's connections count against: ``http.max_connections`` for the
+    TCP port, ``http.max_agent_connections`` for the hosted agents' Unix socket (one shared
+    bound let a TCP flood of requests with credentials lock the agents out, and them it)."""
+
+    def __init__(self, tcp: int, agents: int | None) -> None:
+        self.tcp = OpenConnections(tcp)
+        self.agents = OpenConnections(agents) if agents is not None else self.tcp
+
+    def of(self, transport: asyncio.BaseTransport) -> OpenConnections:
+        sock = transport.get_extra_info("socket")
+        return self.agents if sock is not None and sock.family == socket.AF_UNIX else self.tcp
+
+
 def _busy(conn: HttpToolsProtocol) -> bool:
     cycle = conn.cycle  # the latest request's (a pipelined one waiting included)
     return cycle is not None and not cycle.response_complete
@@ -148,16 +164,18 @@ def open_files_ceiling() -> int:
     return hard
 
 
-def ensure_open_files(limit: int, *, explicit: bool) -> int:
-    """Raise this process's open-file limit to hold ``limit`` connections and ``FD_RESERVE``
-    files of its own; the bound to use. A default ``limit`` the machine cannot hold is
-    lowered to what it can (warned): the gateway starts on any host.
+def ensure_open_files(limit: int, *, explicit: bool, besides: int = 0) -> int:
+    """Raise this process's open-file limit to hold ``limit`` connections, ``besides`` more
+    (the agents' socket's, ``http.max_agent_connections``) and ``FD_RESERVE`` files of its
+    own; the bound to use. A default ``limit`` the machine cannot hold is lowered to what it
+    can (warned): the gateway starts on any host.
 
     Raises:
         ConfigError: naming http.max_connections, when a value set in the config needs more
             open files than this process can have.
     """
-    need = limit + FD_RESERVE
+    reserve = FD_RESERVE + besides
+    need = limit + reserve
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return limit
@@ -165,11 +183,11 @@ def ensure_open_files(limit: int, *, explicit: bool) -> int:
     if ceiling < need:
         if explicit:
             raise ConfigError(
-                f"http.max_connections = {limit} needs {need} open files (and {FD_RESERVE} for "
-                f"the gateway's own); the limit here is {ceiling}: lower http.max_connections or "
-                "raise the open-file limit (ulimit -n)"
+                f"http.max_connections = {limit} needs {need} open files (and {reserve} for "
+                f"the gateway's own and http.max_agent_connections); the limit here is {ceiling}: "
+                "lower http.max_connections or raise the open-file limit (ulimit -n)"
             )
-        fitted = max(ceiling - FD_RESERVE, ceiling // 2)
+        fitted = max(ceiling - reserve, ceiling // 2)
         _logger.warning(
             "http.max_connections lowered to %d from its default %d: this process can have %d "
             "open files (raise ulimit -n, or set the key)",

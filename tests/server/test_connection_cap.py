@@ -14,10 +14,13 @@ import asyncio
 import http.client
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -42,6 +45,9 @@ INIT = (
     b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
     b'"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}'
 )
+BOUND = "[http]\nmax_connections = {}\nheader_timeout_s = 120.0\nbody_timeout_s = 120.0\n"
+# a hosted agent, never started: the gateway opens the agents' socket
+AGENT = '[sandbox]\ncode_tools = false\n[agents.idle]\ncommand = "/bin/true"\nsandbox = "bwrap"\nstart = "on-demand"\n'
 CONTINUE = b"HTTP/1.1 100 Continue"  # uvicorn's answer to Expect once the app reads the body
 
 
@@ -57,9 +63,19 @@ def _until(what: str, check: object, seconds: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def _healthz(port: int) -> bytes:
+def _open(where: int | str) -> socket.socket:
+    """A new connection to the gateway's TCP ``port`` or the agents' Unix socket at a path."""
+    if isinstance(where, int):
+        return socket.create_connection(("127.0.0.1", where), timeout=30)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(where)
+    return s
+
+
+def _healthz(where: int | str) -> bytes:
     """What a GET /healthz on a new connection is answered (b"" when reset)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+    with _open(where) as s:
         try:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             return s.recv(100)
@@ -83,10 +99,10 @@ def _mcp_post(key: str, *, close: bool = False) -> bytes:
     ).encode()
 
 
-def _reading(port: int, stack: ExitStack, head: bytes) -> socket.socket:
+def _reading(where: int | str, stack: ExitStack, head: bytes) -> socket.socket:
     """A connection whose request's body the gateway is reading (it said 100 Continue): a
     request in progress, its credential checked first if it sent one."""
-    s = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=30))
+    s = stack.enter_context(_open(where))
     s.sendall(head)
     assert s.recv(100).startswith(CONTINUE)
     return s
@@ -108,6 +124,12 @@ def _answered(s: socket.socket) -> int:
     response.begin()
     response.read()
     return response.status
+
+
+def _answered_after(s: socket.socket) -> int:
+    """The status ``s``'s request (an ``_mcp_post``) is answered once its body is sent."""
+    s.sendall(INIT)
+    return _answered(s)
 
 
 def _cut(s: socket.socket) -> bool:
@@ -205,6 +227,51 @@ def test_with_every_connection_busy_with_a_credential_a_new_one_is_answered_503(
     assert (
         1 <= log.count("none idle: refused") <= 2
     )  # logged, throttled: a caller without credentials causes it
+
+
+@pytest.fixture
+def agents_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The served gateway's temp dir, where its agents' socket is: short (a Unix socket's
+    path is at most 107 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="f41-", dir="/tmp"))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_full_tcp_port_leaves_the_agents_socket_its_own_connections(
+    agents_tmp: Path, tmp_path: Path
+) -> None:
+    """The attack: requests with a credential fill http.max_connections on TCP. Before session
+    41 the agents' Unix socket counted against the same bound: every hosted agent was 503."""
+    cfg = write_config(tmp_path, BOUND.format(4) + AGENT)
+    key = _key(cfg)
+    with serve_process(cfg) as (base, proc), ExitStack() as stack:
+        port = int(base.rsplit(":", 1)[1])
+        [agents] = map(str, agents_tmp.glob("symbi-agents-*/gateway.sock"))
+        tcp = [_reading(port, stack, _mcp_post(key)) for _ in range(4)]
+        assert _healthz(port).startswith(b"HTTP/1.1 503")
+        assert _healthz(agents).startswith(b"HTTP/1.1 200")  # a hosted agent is still served
+        assert _answered_after(tcp[0]) == 200
+
+
+def test_the_agents_socket_is_bounded_by_its_own_key(agents_tmp: Path, tmp_path: Path) -> None:
+    """http.max_agent_connections bounds the agents' socket (and a full one leaves TCP be)."""
+    cfg = write_config(tmp_path, BOUND.format(4) + "max_agent_connections = 2\n" + AGENT)
+    key = _key(cfg)
+    with serve_process(cfg) as (base, proc), ExitStack() as stack:
+        port = int(base.rsplit(":", 1)[1])
+        [agents] = map(str, agents_tmp.glob("symbi-agents-*/gateway.sock"))
+        held = [_reading(agents, stack, _mcp_post(key)) for _ in range(2)]
+        assert _healthz(agents).startswith(b"HTTP/1.1 503")
+        assert _healthz(port).startswith(b"HTTP/1.1 200")
+        assert _answered_after(held[0]) == 200
+        assert _healthz(agents).startswith(b"HTTP/1.1 200")
+
+
+def test_the_agents_bound_without_agents_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_agent_connections"):
+        load_config(write_config(tmp_path, "[http]\nmax_agent_connections = 8\n"), {})
 
 
 def test_the_bound_is_validated(tmp_path: Path) -> None:

@@ -249,6 +249,8 @@ class Config(Section):
         idle = self._idle_policy_keys()
         if self.state.postgres_url is not None and self.http.api_keys_path is not None:
             idle.append("http.api_keys_path (the API keys are in [state] postgres_url)")
+        if not self.agents and "max_agent_connections" in self.http.model_fields_set:
+            idle.append("http.max_agent_connections (no [agents]: the gateway opens no agents' socket)")
         if not self.mcp.discovery_enabled and "discovery_registry_dir" in self.mcp.model_fields_set:
             idle.append("mcp.discovery_registry_dir (discovery is off: mcp.discovery_enabled)")
         idle += [

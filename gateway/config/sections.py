@@ -267,8 +267,11 @@ class HttpSection(Section):
     max_header_bytes: int = Field(default=65536, ge=1024)  # a request's headers in all (431 past it)
     body_timeout_s: float = Field(default=30.0, gt=0)  # the whole request body must arrive by then
     # connections open at once (idle ones included): past it a new one closes the one idle
-    # longest, or is refused (503) when none is; the open-file limit is raised to hold them
+    # longest, else the oldest request without a credential that passed, or is refused (503)
+    # when every one holds a request whose did; the open-file limit is raised to hold them
     max_connections: int = Field(default=4096, ge=1)
+    # the hosted agents' Unix socket's own bound, the same way (TCP callers cannot crowd it)
+    max_agent_connections: int = Field(default=256, ge=1)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     allowed_hosts: StrTuple = ()
     api_keys_path: PathT | None = None  # default: <data_dir>/api-keys.json

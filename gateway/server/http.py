@@ -328,8 +328,11 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
     if cfg.http.host not in ("127.0.0.1", "::1", "localhost"):
         _logger.warning("binding %s: the gateway is reachable beyond this machine", cfg.http.host)
     # before anything starts: exit 2 naming the key (a default the host cannot hold is lowered)
+    agent_connections = cfg.http.max_agent_connections if cfg.agents else None  # their socket's
     max_connections = ensure_open_files(
-        cfg.http.max_connections, explicit="max_connections" in cfg.http.model_fields_set
+        cfg.http.max_connections,
+        explicit="max_connections" in cfg.http.model_fields_set,
+        besides=agent_connections or 0,
     )
     app = build_app(cfg)
     uv = uvicorn.Config(
@@ -340,7 +343,9 @@ def run_http(config: Config, *, host: str | None = None, port: int | None = None
         access_log=False,  # ours is structured (AccessLog)
         log_config=None,  # keep the gateway's logging set-up
         # slow headers are cut off, open connections bounded
-        http=http_protocol(cfg.http.header_timeout_s, cfg.http.max_header_bytes, max_connections),
+        http=http_protocol(
+            cfg.http.header_timeout_s, cfg.http.max_header_bytes, max_connections, agent_connections
+        ),
         loop="uvloop",  # libuv: less CPU per socket read and write than asyncio's selector loop
         # uvicorn's default believes X-Forwarded-For/-Proto from 127.0.0.1: any local caller
         # (and, through HAProxy, which passes them on, any caller of the workers) could write

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.server.connections import CLOSED_IDLE, NONE_IDLE
+from gateway.server.connections import CLOSED_IDLE, CLOSED_UNTRUSTED, NONE_IDLE
 
 WINDOW_S = 10.0
 
@@ -30,6 +30,7 @@ NOISY = frozenset(
         "request headers over %d bytes: refused (431)",
         "request body not received within %.0f s: closing",
         CLOSED_IDLE,  # gateway.server.connections: past http.max_connections
+        CLOSED_UNTRUSTED,
         NONE_IDLE,
     }
 )

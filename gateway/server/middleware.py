@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.context import Principal, is_admin
 from gateway.errors import AuthFailed, NoCredentials, StateUnavailable
 from gateway.runtime.runkeys import RunCredentials
+from gateway.server.connections import TRUST
 from gateway.server.principals import http_session_key, scope_headers
 from gateway.server.resume import STREAM_OWNER, StreamOwner
 
@@ -286,6 +287,9 @@ class AuthGate:
         scope["symbi.principal"] = principal
         if principal.kind != "anonymous":
             scope["user"] = self._user(principal)
+            trust = scope.get(TRUST)  # its connection is never closed for another's from now
+            if trust is not None:
+                trust()
         return True
 
     def _user(self, p: Principal) -> AuthenticatedUser:

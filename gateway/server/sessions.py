@@ -28,7 +28,7 @@ from gateway.compat import close_get_stream, close_http_session, open_http_sessi
 from gateway.context import Principal
 from gateway.errors import GatewayError
 from gateway.server.connections import REFUSED as CONNECTIONS_REFUSED
-from gateway.server.connections import OpenConnections
+from gateway.server.connections import TRUST, ConnectionBounds, OpenConnections
 from gateway.server.lognoise import throttle_noise
 from gateway.server.principals import scope_headers
 
@@ -376,15 +376,17 @@ class HeaderDeadlineHttpTools(HttpToolsProtocol):
     (431: httptools sets no limit, and 300 unauthenticated connections holding 3 MB of an
     unfinished header each took the gateway from 148 to 919 MB). Each response cycle writes
     through a ``HeldHead``: its head and body leave in one write. Open connections are bounded
-    by ``open_connections`` (``http.max_connections``; ``gateway.server.connections``)."""
+    by their listener's ``bounds`` (``http.max_connections``; ``gateway.server.connections``)."""
 
     header_timeout: float = 10.0
     max_header_bytes: int = 65536
-    open_connections: OpenConnections | None = None
+    bounds: ConnectionBounds | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
+        bounds = self.bounds  # the bound of the listener this connection came on
+        self.open_connections: OpenConnections | None = bounds.of(transport) if bounds else None
         super().connection_made(transport)
         if self.open_connections is not None and not self.open_connections.opened(self):
             transport.write(CONNECTIONS_REFUSED)
@@ -427,6 +429,7 @@ class HeaderDeadlineHttpTools(HttpToolsProtocol):
             cycle.transport = HeldHead(self.transport, self.loop)  # type: ignore[assignment]
             if self.open_connections is not None:
                 self.open_connections.busy(self)
+                self.scope[TRUST] = self._trust  # type: ignore[literal-required]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -437,6 +440,11 @@ class HeaderDeadlineHttpTools(HttpToolsProtocol):
         super().on_message_complete()
         if not self.cycle.more_body:  # the request's whole body is in the server's hands
             self.scope[BODY_RECEIVED] = True  # type: ignore[literal-required]
+
+    def _trust(self) -> None:
+        """This request passed a credential (``AuthGate``): never closed for another."""
+        if self.open_connections is not None:
+            self.open_connections.trusted(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -468,19 +476,24 @@ _HEADERS_TOO_LARGE = (
 
 
 def http_protocol(
-    header_timeout: float, max_header_bytes: int = 65536, max_connections: int | None = None
+    header_timeout: float,
+    max_header_bytes: int = 65536,
+    max_connections: int | None = None,
+    max_agent_connections: int | None = None,
 ) -> type[HttpToolsProtocol]:
     """The uvicorn ``http`` protocol class with this header deadline and size, holding at most
-    ``max_connections`` open (None: no bound), and the warnings its connections cause
-    throttled (any caller causes them, no credentials needed)."""
+    ``max_connections`` open on TCP (None: no bound) and ``max_agent_connections`` on a Unix
+    socket (None: counted with TCP's), its connections' warnings throttled (any caller's)."""
     throttle_noise()
-    connections = OpenConnections(max_connections) if max_connections is not None else None
+    connections = None
+    if max_connections is not None:
+        connections = ConnectionBounds(max_connections, max_agent_connections)
     return type(
         "SymbiHttpToolsProtocol",
         (HeaderDeadlineHttpTools,),
         {
             "header_timeout": header_timeout,
             "max_header_bytes": max_header_bytes,
-            "open_connections": connections,
+            "bounds": connections,
         },
     )

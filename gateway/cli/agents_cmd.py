@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if action != "terminate":
             p.add_argument(
                 "--principal",
-                type=_principal,
+                # resume takes any: a hold made before kinds were checked is cleared by its name
+                type=_principal if action == "suspend" else str,
                 help="a principal (qualified, as the refusals and `symbi agents suspended` name it: key:ID)",
             )
         p.add_argument("--reason", default="", help="recorded in the audit log")

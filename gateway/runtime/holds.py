@@ -77,6 +77,8 @@ def principal_malformed(principal: str) -> str | None:
         return f"principal {shown}: a qualified id of a kind the gateway makes ({kinds})"
     if kind == "jwt" and "#" not in ident[1:-1]:
         return f"principal {shown}: a JWT subject is named jwt:ISSUER#SUB"
+    if ident != ident.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in ident):
+        return f"principal {shown}: white space around it or a control character in it"
     return None
 
 
@@ -189,6 +191,7 @@ class PrincipalHolds:
         self._version = -1  # of ``_shared`` (-1: never read)
         self._changes: list[_Change] = []  # made here, not yet in ``_shared``
         self._local: dict[str, Hold] = {}  # held here only (``held_here_only``), with a board
+        self.unshared: set[str] = set()  # of ``_local``: refused by Redis (``limit`` held there)
         self.confirmed: float | None = None  # monotonic: the mirror matched Redis then
         self.on_released: list[Released] = []
         self._poke: anyio.Event | None = None
@@ -271,10 +274,15 @@ class PrincipalHolds:
         this process let the principal in while every other replica refused it (session 41)."""
         board = self.board
         if board is not None and not held_here_only(principal):
+            # a hold of it still queued here would be written after the clear, and win: it goes
+            # (put back if the clear fails); one being written now is older than the clear
+            queued = [c for c in self._changes if c.principal == principal and c.version is None]
+            self._changes = [c for c in self._changes if c not in queued]
             try:
                 with anyio.fail_after(timeout_s):
                     _, version = await board.clear(principal)
             except (TimeoutError, *_REDIS_ERRORS) as e:
+                self._changes[:0] = queued
                 raise StateUnavailable(
                     f"principal {principal}'s suspension could not be cleared on the shared state (Redis)",
                     reasons=[f"nothing was cleared, here or elsewhere ({type(e).__name__}); retry"],
@@ -286,6 +294,7 @@ class PrincipalHolds:
         """``principal``'s hold out of this process's view (and its data dir file)."""
         hold = self._view.pop(principal, None)
         self._local.pop(principal, None)
+        self.unshared.discard(principal)
         if (
             self.board is None
             and self._file is not None
@@ -360,6 +369,7 @@ class PrincipalHolds:
                 new, change.version = await board.hold(h.principal, doc, h.at)
                 if new is None:  # Redis holds ``limit`` principals: in force here only
                     self._local[h.principal] = h
+                    self.unshared.add(h.principal)  # the operator is told (507), not "suspended"
                     _logger.error(
                         "%d principals are suspended on the shared state: %s's suspension is in "
                         "force in this process only; clear suspensions no longer needed",

@@ -213,7 +213,16 @@ async def act_on_principal(
         {"principal": principal, "by": who, "reason": reason, "result": result, "resumed": resumed},
         principal=who,
     )
-    return (200 if await _shared_holds(state, body) else 202), body
+    shared = await _shared_holds(state, body)
+    if action == "suspend" and principal in rt.holds.unshared:  # Redis refused it: not "suspended"
+        return 507, {
+            "error": "holds_full",
+            "code": HoldsFull.code,
+            "reason": f"the shared state holds {rt.holds.limit} suspended principals: {principal} is "
+            "suspended in this process only (the other replicas let it in); clear suspensions "
+            "no longer needed (symbi agents suspended)",
+        }
+    return (200 if shared else 202), body
 
 
 def agent_action(

@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from gateway.config import load_config
+from gateway.runtime.holds import Hold, HoldFile, principal_malformed
 from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, bearer, everything_config, make_keys, run_server
 from tests.server.http.test_fastlane import reply_to
 from tests.server.http.test_refusal_flood import KeySession
@@ -97,3 +99,24 @@ def test_a_principal_is_named_qualified(tmp_path: Path) -> None:
                 )
                 assert r.status_code == status, (typo, act, r.text)
         assert httpx.get(run.base + "/api/principals", headers=bearer(keys.admin)).json()["suspended"] == []
+
+
+def test_a_hold_the_checks_would_refuse_is_still_cleared_by_its_name(tmp_path: Path) -> None:
+    """Review (session 41): a hold made before principals' kinds were checked (``kye:old``, a
+    typo kept in the data dir) could no longer be cleared by name (400): it took one of the
+    10,000 places for good. A resume of a principal held is never refused by the checks."""
+    cfg = everything_config(tmp_path)
+    keys = make_keys(cfg)
+    kept = HoldFile(load_config(cfg, {}).data_dir / "principals-suspended.db")
+    kept.add(Hold("kye:old", "made before the checks", "", "ops", 1.0))
+    kept.close()
+    with run_server(cfg) as run:
+        listed = httpx.get(run.base + "/api/principals", headers=bearer(keys.admin)).json()["suspended"]
+        assert [h["principal"] for h in listed] == ["kye:old"]
+        r = httpx.post(
+            run.base + "/api/principals/resume", json={"principal": "kye:old"}, headers=bearer(keys.admin)
+        )
+        assert r.status_code == 200, r.text
+        assert httpx.get(run.base + "/api/principals", headers=bearer(keys.admin)).json()["suspended"] == []
+    assert principal_malformed("key:alice ") is not None  # white space around it: a typo
+    assert principal_malformed("key:al\x00ice") is not None

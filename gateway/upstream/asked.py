@@ -73,7 +73,7 @@ class RequestGate:
         self._decision = decision
         # a 2026 upstream's questions being put to a 2025 client now, per upstream (the relay
         # counts its own upstream session's requests: ``CallerRelay._asking``)
-        self._legacy: dict[str, int] = {}
+        self._legacy: dict[tuple[str, str], int] = {}  # (upstream, caller) -> in flight
 
     def busy(self, asking: int) -> Refusal | None:
         if asking < self.in_flight:
@@ -84,22 +84,23 @@ class RequestGate:
             f"(mcp.max_server_requests_in_flight = {self.in_flight})",
         )
 
-    def take(self, upstream: str) -> Refusal | None:
-        """One more of ``upstream``'s questions put to a 2025 client (``give`` it back after),
-        or why not: each call's round is asked one at a time, but concurrent calls each had
-        one in flight, so the bound was one result's, never the upstream's (session 41)."""
-        asking = self._legacy.get(upstream, 0)
+    def take(self, upstream: str, caller: str) -> Refusal | None:
+        """One more of ``upstream``'s questions put to 2025 client ``caller`` (qualified; ``give``
+        it back after), or why not: each call's round is asked one at a time, but concurrent
+        calls each had one in flight, so the bound was one result's, never the upstream's
+        (session 41). Per caller: one that never answers must not hold every other's turn."""
+        asking = self._legacy.get((upstream, caller), 0)
         refusal = self.busy(asking)
         if refusal is None:
-            self._legacy[upstream] = asking + 1
+            self._legacy[upstream, caller] = asking + 1
         return refusal
 
-    def give(self, upstream: str) -> None:
-        left = self._legacy.get(upstream, 0) - 1
+    def give(self, upstream: str, caller: str) -> None:
+        left = self._legacy.get((upstream, caller), 0) - 1
         if left > 0:
-            self._legacy[upstream] = left
+            self._legacy[upstream, caller] = left
         else:
-            self._legacy.pop(upstream, None)
+            self._legacy.pop((upstream, caller), None)
 
     def params_doc(self, params: Any) -> tuple[dict[str, Any], Refusal | None]:
         """The params the policy sees (without ``_meta``), or why they are too large."""

@@ -156,10 +156,12 @@ async def bridged_for_modern_client(
 async def _ask_client(
     gate: RequestGate | None, events: EventSink, call: CallContext, upstream: str, result: Any
 ) -> dict[str, Any]:
-    """Put ``result``'s questions to the 2025 client, one of ``upstream``'s in flight for the
-    bound (``RequestGate.take``): past it the call is refused, as the relay refuses."""
+    """Put ``result``'s questions to the 2025 client, one of ``upstream``'s in flight for its
+    caller for the bound (``RequestGate.take``): past it the call is refused, as the relay
+    refuses."""
     asked = list((result.input_requests or {}).values())
-    busy = gate.take(upstream) if gate is not None and asked else None
+    caller = call.principal.qualified
+    busy = gate.take(upstream, caller) if gate is not None and asked else None
     if busy is not None:
         _refuse(events, call, upstream, asked[0].method, busy)
     ctx = call.downstream
@@ -169,7 +171,7 @@ async def _ask_client(
         )
     finally:
         if gate is not None and asked:
-            gate.give(upstream)
+            gate.give(upstream, caller)
 
 
 async def _gated(

@@ -429,3 +429,36 @@ async def test_a_2026_upstreams_questions_are_bounded_per_upstream_not_per_resul
     assert got.count("ok") == 2, got
     refused = [e["details"]["error_code"] for e in events if e["details"]["outcome"] == "refused"]
     assert refused == ["too_many_server_requests"] * (6 - len(client.elicited))
+
+
+@pytest.mark.anyio
+async def test_a_caller_who_never_answers_does_not_hold_every_callers_turn(tmp_path: Path) -> None:
+    """Review (session 41): the bound counted per upstream, so alice's two calls whose questions
+    she left unanswered (an elicitation waits on a person) refused every other caller's calls
+    that needed input. It is per caller of the upstream: bob's call is asked and answered."""
+    cfg = _config(
+        tmp_path,
+        mcp="max_server_requests_in_flight = 2",
+        server="fx",
+        run=f'args = ["{FIXTURE}", "--stdio"]\nprotocol = "auto"',
+    )
+    alice = _key(cfg)
+    bob, _ = ApiKeyStore(load_config(cfg, {}).api_keys_path).create("bob", ("tester",))
+    done: list[str] = []
+    held = Held(lambda c: bool(done))  # alice answers once bob's call has ended
+    tool = "fx__test_input_required_result_elicitation"
+    got: list[str] = []
+
+    async def alices() -> None:
+        got.append(await _outcome(run, alice, held, tool))
+
+    with run_server(cfg) as run:
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(alices)
+            with anyio.fail_after(60):
+                while held.in_flight < 2:  # alice holds the bound
+                    await anyio.sleep(0.01)
+            done.append(await _outcome(run, bob, Held(lambda c: True), tool))
+    assert done == ["ok"]  # refused before: too_many_server_requests
+    assert got == ["ok", "ok"]

@@ -16,11 +16,9 @@ Before:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
-import anyio
 import pytest
 import redis
 
@@ -34,7 +32,7 @@ from gateway.runtime.holds import PrincipalHolds
 from gateway.server.operations import act_on_agent, act_on_principal
 from gateway.state.holdboard import HELD, HoldBoard
 from gateway.state.redisclient import open_redis
-from tests.runtime.test_holds import ALICE, held, runtime, until
+from tests.runtime.test_holds import ALICE, held, replicas, runtime, until  # noqa: F401 - a fixture
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
 
@@ -46,29 +44,6 @@ def state_of(rt: AgentRuntime) -> Any:
     """What ``act_on_principal`` / ``act_on_agent`` read of the HTTP state."""
     gw = SimpleNamespace(runtime=rt, events=rt.events, state=None, hosted=None)
     return SimpleNamespace(gateway=gw, config=Config())
-
-
-@pytest.fixture
-async def pair(
-    redis_engine: Redis,  # noqa: F811 - the fixture
-) -> AsyncIterator[tuple[AgentRuntime, AgentRuntime]]:
-    redis.Redis.from_url(redis_engine.url).flushall()
-    clients = [open_redis(redis_engine.url, 1), open_redis(redis_engine.url, 1)]
-    made = []
-    for client in clients:
-        holds = PrincipalHolds()
-        holds.board = HoldBoard(client, limit=holds.limit)
-        made.append(runtime(holds))
-    try:
-        async with anyio.create_task_group() as tg:
-            for rt in made:
-                tg.start_soon(rt.holds.run)
-            await until("both read Redis", lambda: all(r.holds.confirmed for r in made))
-            yield made[0], made[1]
-            tg.cancel_scope.cancel()
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 # -- naming the principal -------------------------------------------------------------------------
@@ -109,9 +84,9 @@ def test_the_cli_refuses_a_principal_of_an_unknown_kind_before_asking(
 
 @pytest.mark.slow
 async def test_a_refused_resume_queues_no_clear_of_another_replicas_hold(
-    pair: tuple[AgentRuntime, AgentRuntime],
+    replicas: tuple[AgentRuntime, AgentRuntime],  # noqa: F811 - the fixture
 ) -> None:
-    a, b = pair
+    a, b = replicas
     running = a.agents.for_session(ALICE, "c", "s1")
     a.begin(running, "t")
     b.suspend_principal(ALICE.qualified, "audit", "ops")  # A has not read it yet: same tick
@@ -130,10 +105,10 @@ async def test_a_refused_resume_queues_no_clear_of_another_replicas_hold(
 
 @pytest.mark.slow
 async def test_a_clear_redis_cannot_take_is_refused_and_changes_nothing(
-    pair: tuple[AgentRuntime, AgentRuntime],
+    replicas: tuple[AgentRuntime, AgentRuntime],  # noqa: F811 - the fixture
     redis_engine: Redis,  # noqa: F811 - the fixture
 ) -> None:
-    a, b = pair
+    a, b = replicas
     suspended = a.agents.for_session(ALICE, "c", "s1")
     a.begin(suspended, "t")
     a.suspend(suspended, "budget breach")
@@ -154,11 +129,11 @@ async def test_a_clear_redis_cannot_take_is_refused_and_changes_nothing(
 
 @pytest.mark.slow
 async def test_a_clear_is_on_redis_when_it_is_answered(
-    pair: tuple[AgentRuntime, AgentRuntime],
+    replicas: tuple[AgentRuntime, AgentRuntime],  # noqa: F811 - the fixture
     redis_engine: Redis,  # noqa: F811 - the fixture
 ) -> None:
     """The other half: a clear answered 200 is on Redis already (nothing left in memory)."""
-    a, b = pair
+    a, b = replicas
     suspended = a.agents.for_session(ALICE, "c", "s1")
     a.begin(suspended, "t")
     a.suspend(suspended, "budget breach")
@@ -217,11 +192,11 @@ async def test_redis_refuses_a_hold_past_the_bound_and_drops_none(
 
 @pytest.mark.slow
 async def test_a_suspension_redis_refuses_is_not_answered_suspended(
-    pair: tuple[AgentRuntime, AgentRuntime],
+    replicas: tuple[AgentRuntime, AgentRuntime],  # noqa: F811 - the fixture
 ) -> None:
     """Review: Redis at its bound (two replicas near it each took a new principal) refused the
     hold, yet the operator was answered 200 "suspended", while only this process held it."""
-    a, b = pair
+    a, b = replicas
     assert a.holds.board is not None and b.holds.board is not None
     a.holds.board.limit = b.holds.board.limit = 2
     for i in range(2):  # another replica's holds, not read here yet
@@ -234,13 +209,13 @@ async def test_a_suspension_redis_refuses_is_not_answered_suspended(
 
 @pytest.mark.slow
 async def test_a_resume_is_not_undone_by_a_hold_queued_before_it(
-    pair: tuple[AgentRuntime, AgentRuntime],
+    replicas: tuple[AgentRuntime, AgentRuntime],  # noqa: F811 - the fixture
     redis_engine: Redis,  # noqa: F811 - the fixture
 ) -> None:
     """Review: a hold still queued here (not yet written: Redis slow or down) was written after
     the operator's clear, which goes to Redis at once, and won: the resume answered 200, and
     every replica held the principal again."""
-    a, b = pair
+    a, b = replicas
     a.suspend_principal("key:x", "x", "ops")  # queued; the writer task has not run (no await)
     assert a.holds.unwritten == 1
     status, body = await act_on_principal(state_of(a), "key:x", "resume", "ops", "")

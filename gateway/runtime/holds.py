@@ -77,8 +77,6 @@ def principal_malformed(principal: str) -> str | None:
         return f"principal {shown}: a qualified id of a kind the gateway makes ({kinds})"
     if kind == "jwt" and "#" not in ident[1:-1]:
         return f"principal {shown}: a JWT subject is named jwt:ISSUER#SUB"
-    if ident != ident.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in ident):
-        return f"principal {shown}: white space around it or a control character in it"
     return None
 
 
@@ -87,6 +85,8 @@ def principal_unknown(principal: str, *, jwt_issuer: str | None, anonymous: str 
     another issuer or with no ``[http.jwt]``, an anonymous principal not its own), or None."""
     kind, _, ident = principal.partition(":")
     shown = repr(principal[:80])
+    if ident != ident.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in ident):
+        return f"principal {shown}: no caller's id has white space around it or a control character"
     if kind == "jwt" and (jwt_issuer is None or not principal.startswith(f"jwt:{jwt_issuer}#")):
         here = f"jwt:{jwt_issuer}#SUB ([http.jwt] issuer)" if jwt_issuer else "none ([http.jwt] is not set)"
         return f"principal {shown}: this gateway's JWT subjects are {here}"

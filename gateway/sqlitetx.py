@@ -6,6 +6,20 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
+
+from gateway.custody import PRIVATE_DIR
+
+
+def open_durable(path: Path, schema: str) -> sqlite3.Connection:
+    """A data dir's SQLite file of operators' decisions (suspended principals, terminated
+    sessions): its folder private, autocommit (``write_transaction``), every commit on disk
+    before it is answered, ``schema`` created if missing. Shared between threads (callers lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA synchronous = FULL")  # an operator's decision: on disk when answered
+    db.execute(schema)
+    return db
 
 
 @contextlib.contextmanager

@@ -11,9 +11,10 @@ A receive may carry a byte budget (``bus__receive``: the policy's ``max_result_b
 messages are taken in order while what they add to the result fits it (the first always), and
 the rest stay pending for the next receive. A result cut to the cap after its messages were
 settled lost them: marked delivered, never read (a peer's few large messages hid the ones
-behind them in the batch). A message larger than the budget alone is rejected (counted,
-audited): taken, it was cut the same way. Its sender was refused it if it could fit no
-receive (``gateway.bus.results``); a policy's lower cap is the receiver's own.
+behind them in the batch). A message larger than the budget alone stays pending too, for a
+receive allowed more (or it expires, counted): rejecting it lost it, and a budget under the
+result's envelope lost the whole inbox. Its sender was refused it if it could fit no receive
+(``gateway.bus.results``); one that still could not (sent before that bound) is rejected.
 
 A topic message whose topic the receiver may no longer subscribe to (the policy asked again,
 once per topic, before the replay window) is neither rejected nor settled: it stays pending,
@@ -105,8 +106,9 @@ class Receiver:
         """Fetch, check, settle: what passed every check, in inbox order. A topic message whose
         topic ``granted`` refuses now is left pending (never marked delivered nor seen): it is
         received once the grant is back, or expires (counted). With ``max_bytes``, the messages
-        past what fits it (``Received.result_bytes``) stay pending too, and one that alone does
-        not fit it is rejected (taken, its result was cut: delivered and never read whole)."""
+        past what fits it (``Received.result_bytes``) stay pending too, and so does one that alone
+        does not fit it (a receive allowed more takes it); one past any receive's result
+        (``results.receive_ceiling``) is rejected."""
         n = max_items + self.held.get(inbox, 0)  # those left pending last time are fetched along
         while True:
             pending = await self.backend.fetch(inbox, n, wait_s)

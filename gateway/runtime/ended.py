@@ -8,13 +8,11 @@ never recur and stdio is one client per process: those are kept in memory only.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
-from gateway.custody import PRIVATE_DIR
-from gateway.sqlitetx import write_transaction
+from gateway.sqlitetx import open_durable, write_transaction
 
 SessionKey = tuple[str, str, str]  # (qualified principal, client label, session key)
 
@@ -23,14 +21,12 @@ class EndedSessions:
     """SQLite file of ``(owner, client, session) -> reason``; the newest ``limit`` are kept."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA synchronous = FULL")  # an operator's decision: on disk when answered
-        self._db.execute(
+        self._db = open_durable(
+            path,
             "CREATE TABLE IF NOT EXISTS ended (owner TEXT NOT NULL, client TEXT NOT NULL,"
             " session TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL,"
-            " PRIMARY KEY (owner, client, session))"
+            " PRIMARY KEY (owner, client, session))",
         )
 
     def load(self, limit: int) -> list[tuple[SessionKey, str]]:

@@ -47,9 +47,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from redis.exceptions import RedisError
 
-from gateway.custody import PRIVATE_DIR
 from gateway.errors import HoldsFull, StateUnavailable
-from gateway.sqlitetx import write_transaction
+from gateway.sqlitetx import open_durable, write_transaction
 from gateway.state.leases import LEASE_TTL_MS, RENEW_S, RETRY_S
 
 if TYPE_CHECKING:
@@ -129,13 +128,11 @@ class HoldFile:
     """The data dir's SQLite file of holds (one gateway without Redis): kept across restarts."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA synchronous = FULL")  # an operator's decision: on disk when answered
-        self._db.execute(
+        self._db = open_durable(
+            path,
             "CREATE TABLE IF NOT EXISTS held (principal TEXT PRIMARY KEY, reason TEXT NOT NULL,"
-            " agent TEXT NOT NULL, by TEXT NOT NULL, at REAL NOT NULL)"
+            " agent TEXT NOT NULL, by TEXT NOT NULL, at REAL NOT NULL)",
         )
 
     def load(self, limit: int) -> list[Hold]:

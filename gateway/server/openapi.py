@@ -29,6 +29,12 @@ _AUDIT_FILTERS = [
         ("limit", {"type": "integer", "minimum": 1, "maximum": 100000}),
     )
 ]
+
+
+def _json_body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": _S + "Error"}}}}
@@ -67,18 +73,13 @@ OPENAPI: dict[str, Any] = {
                 "(reviewed_hash_required) without it, 409 (definition_changed) when the current "
                 "definition is another one",
                 "parameters": [_NAME],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["hash"],
-                                "properties": {"hash": {"type": "string", "pattern": "^[0-9a-fA-F]{32,64}$"}},
-                            }
-                        }
-                    },
-                },
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["hash"],
+                        "properties": {"hash": {"type": "string", "pattern": "^[0-9a-fA-F]{32,64}$"}},
+                    }
+                ),
                 "responses": {
                     "200": _ok("Approved"),
                     "400": _ERR,
@@ -148,14 +149,9 @@ OPENAPI: dict[str, Any] = {
                 "post": {
                     "summary": summary,
                     "parameters": [_ID],
-                    "requestBody": {
-                        "required": False,
-                        "content": {
-                            "application/json": {
-                                "schema": {"type": "object", "properties": {"reason": {"type": "string"}}}
-                            }
-                        },
-                    },
+                    "requestBody": _json_body(
+                        {"type": "object", "properties": {"reason": {"type": "string"}}}, required=False
+                    ),
                     "responses": {
                         "200": _ok("AgentAction"),
                         "202": _ok(
@@ -193,29 +189,24 @@ OPENAPI: dict[str, Any] = {
             f"/principals/{action}": {
                 "post": {
                     "summary": summary,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["principal"],
-                                    "properties": {
-                                        "principal": {
-                                            "type": "string",
-                                            "pattern": "^(key:.|jwt:.+#.|anonymous:.)",
-                                            "maxLength": 512,
-                                            "description": (
-                                                "qualified, of a kind this gateway makes: key:ID, "
-                                                "jwt:ISSUER#SUB ([http.jwt] issuer), anonymous:ID (its own)"
-                                            ),
-                                        },
-                                        "reason": {"type": "string"},
-                                    },
-                                }
-                            }
-                        },
-                    },
+                    "requestBody": _json_body(
+                        {
+                            "type": "object",
+                            "required": ["principal"],
+                            "properties": {
+                                "principal": {
+                                    "type": "string",
+                                    "pattern": "^(key:.|jwt:.+#.|anonymous:.)",
+                                    "maxLength": 512,
+                                    "description": (
+                                        "qualified, of a kind this gateway makes: key:ID, "
+                                        "jwt:ISSUER#SUB ([http.jwt] issuer), anonymous:ID (its own)"
+                                    ),
+                                },
+                                "reason": {"type": "string"},
+                            },
+                        }
+                    ),
                     "responses": {
                         "200": _ok("PrincipalAction"),
                         "202": _ok(

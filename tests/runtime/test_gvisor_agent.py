@@ -23,6 +23,7 @@ from gateway.runtime.hosted import SOCKET_IN_SANDBOX
 from gateway.runtime.resources import ResourceLimits
 from tests.runtime.test_core import Recorder
 from tests.runtime.test_hosted_isolation import _host
+from tests.upstream.test_channels import GVISOR_CONTROL
 
 pytestmark = pytest.mark.anyio
 
@@ -250,20 +251,6 @@ def _own_runsc_cgroups() -> list[Path]:
     return list(Path("/sys/fs/cgroup").glob(f"*/symbi-agent-{os.getpid()}-*"))
 
 
-CONTROL = """
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(5)
-try:
-    s.connect(b"\\0" + sys.argv[1].encode() + b"\\0")
-except OSError as e:
-    print("refused", e.errno)
-    raise SystemExit
-s.sendall(json.dumps({"method": "containerManager.Processes", "arg": sys.argv[2]}).encode())
-print("answered", s.recv(4096).decode()[:200])
-"""
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs root")
 async def test_no_other_process_can_drive_a_gvisor_agent_through_runscs_control_socket(
     tmp_path: Path,
@@ -305,7 +292,7 @@ async def test_no_other_process_can_drive_a_gvisor_agent_through_runscs_control_
                 "--clear-groups",
                 "/usr/bin/python3",
                 "-c",
-                CONTROL,
+                GVISOR_CONTROL,
             ]
             # until the sandbox's control server answers in either namespace: the run's own
             # (the control) or the host's (the attack)

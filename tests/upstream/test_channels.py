@@ -174,13 +174,19 @@ async def test_a_bwrap_sandboxed_upstream_reaches_no_channel_either(tmp_path: Pa
     # (its parent is bwrap, pid 1 of its own pid namespace: the gateway is not in it)
 
 
+# asks runsc's control server (abstract socket argv[1], sandbox argv[2]) for the sandbox's
+# processes: "answered <reply>", or "refused <errno>" (tests/runtime/test_gvisor_agent.py too)
 GVISOR_CONTROL = """
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(5)
-s.connect(b"\\0" + sys.argv[1].encode() + b"\\0")
+try:
+    s.connect(b"\\0" + sys.argv[1].encode() + b"\\0")
+except OSError as e:
+    print("refused", e.errno)
+    raise SystemExit
 s.sendall(json.dumps({"method": "containerManager.Processes", "arg": sys.argv[2]}).encode())
-print(s.recv(4096).decode())
+print("answered", s.recv(4096).decode())
 """
 
 

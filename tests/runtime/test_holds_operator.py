@@ -27,6 +27,7 @@ from gateway.config.model import Config
 from gateway.errors import AgentError, InvalidTransition
 from gateway.runtime import AgentState
 from gateway.runtime import holds as holds_mod
+from gateway.runtime.agents import Agent
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.holds import PrincipalHolds
 from gateway.server.operations import act_on_agent, act_on_principal
@@ -103,16 +104,22 @@ async def test_a_refused_resume_queues_no_clear_of_another_replicas_hold(
 # -- a clear Redis cannot take ------------------------------------------------------------------
 
 
+async def _suspended_on_redis(rt: AgentRuntime) -> Agent:
+    """A session agent of alice's suspended by its budget, its principal's hold on Redis."""
+    agent = rt.agents.for_session(ALICE, "c", "s1")
+    rt.begin(agent, "t")
+    rt.suspend(agent, "budget breach")
+    assert await rt.holds.flush(2.0)
+    return agent
+
+
 @pytest.mark.slow
 async def test_a_clear_redis_cannot_take_is_refused_and_changes_nothing(
     replicas: tuple[AgentRuntime, AgentRuntime],  # noqa: F811 - the fixture
     redis_engine: Redis,  # noqa: F811 - the fixture
 ) -> None:
     a, b = replicas
-    suspended = a.agents.for_session(ALICE, "c", "s1")
-    a.begin(suspended, "t")
-    a.suspend(suspended, "budget breach")
-    assert await a.holds.flush(2.0)
+    suspended = await _suspended_on_redis(a)
     await until("B holds alice", lambda: held(b))
     redis_engine.stop()
     try:
@@ -134,10 +141,7 @@ async def test_a_clear_is_on_redis_when_it_is_answered(
 ) -> None:
     """The other half: a clear answered 200 is on Redis already (nothing left in memory)."""
     a, b = replicas
-    suspended = a.agents.for_session(ALICE, "c", "s1")
-    a.begin(suspended, "t")
-    a.suspend(suspended, "budget breach")
-    assert await a.holds.flush(2.0)
+    suspended = await _suspended_on_redis(a)
     status, body = await act_on_agent(state_of(a), suspended.id, "resume", "ops", "checked")
     assert status == 200, body
     assert suspended.state is S.RUNNING and a.holds.unwritten == 0

@@ -40,13 +40,10 @@ PathTuple = Annotated[tuple[PathT, ...], Strict(False)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class FiniteSection(Section):
-    """A section whose numbers are budgets, times and sizes: ``inf`` (TOML has it) is refused
-    at load, naming the key. ``cpu_cores = inf`` loaded, then the first hosted run raised
-    OverflowError computing its cgroup's CPU quota, out of the supervisor: the gateway stopped."""
+    """A config section. Its numbers are budgets, times and sizes: ``inf`` and ``nan`` (TOML has
+    them) are refused at load, naming the key, in every section. ``cpu_cores = inf`` loaded,
+    then the first hosted run raised OverflowError computing its cgroup's CPU quota, out of the
+    supervisor: the gateway stopped (``sandbox.cpus`` and ``bus.max_age_s`` the same way)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -282,7 +279,7 @@ class HttpSection(Section):
     jwt: JwtSection | None = None
 
 
-class ResourcesSection(FiniteSection):
+class ResourcesSection(Section):
     """The seed's ResourceLimits (five budgets) plus call concurrency, per agent."""
 
     memory_mb: int = Field(default=512, ge=16)
@@ -294,18 +291,18 @@ class ResourcesSection(FiniteSection):
     max_concurrent_calls: int = Field(default=8, ge=1)
 
 
-class BreakerSection(FiniteSection):
+class BreakerSection(Section):
     failures: int = Field(default=5, ge=1)  # consecutive failures that open an upstream's breaker
     reset_s: float = Field(default=10.0, gt=0)  # open this long, then one half-open probe
 
 
-class RetrySection(FiniteSection):
+class RetrySection(Section):
     attempts: int = Field(default=3, ge=1)  # only for tools annotated idempotent or read-only
     backoff_s: float = Field(default=0.2, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)
 
 
-class RuntimeSection(FiniteSection):
+class RuntimeSection(Section):
     """The agent runtime (gateway/runtime): agents, scheduler, budgets, error handling."""
 
     # production refuses every unsafe option (``Config.unsafe_options``); env SYMBI_RUNTIME_MODE
@@ -341,7 +338,7 @@ class RuntimeSection(FiniteSection):
 AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
-class AgentConfig(FiniteSection):
+class AgentConfig(Section):
     """One hosted agent: a process the runtime runs in a sandbox tier as its own principal."""
 
     command: str

@@ -162,6 +162,10 @@ def test_release_frees_the_agents_place_in_whichever_slot_holds_it() -> None:
             "agents.a.resources.cpu_cores",
         ),
         ('[agents.a]\ncommand = "/bin/true"\nrestart_backoff_s = inf\n', "agents.a.restart_backoff_s"),
+        # second review: the same crash through sections outside the runtime's
+        ("[sandbox]\ncpus = inf\n", "sandbox.cpus"),
+        ("[bus]\nmax_age_s = inf\n", "bus.max_age_s"),
+        ("[state]\ntimeout_s = nan\n", "state.timeout_s"),
     ],
 )
 def test_an_infinite_budget_is_refused_at_load_naming_its_key(tmp_path: Path, body: str, key: str) -> None:

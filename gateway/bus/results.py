@@ -40,6 +40,18 @@ def item_bytes(item: dict[str, Any]) -> int:
     return len(json.dumps(text)) + len(structured) + 4
 
 
+# what one stored byte of a body (``Sealer.body``: compact, UTF-8) adds to a result at most: an
+# "é" (2 bytes) is "\\u00e9" in the text escaped again (7) and itself in the structured copy (2)
+ITEM_BYTES_PER_BODY_BYTE = 5
+ITEM_KEY_BYTES = 64  # '{"body": ...}' around it, in both copies
+
+
+def may_not_fit_a_receive(data: bytes) -> bool:
+    """Whether a message whose stored body is ``data`` might not fit one receive: False
+    without serialising the body again for the (default) bodies far under the ceiling."""
+    return ITEM_BYTES_PER_BODY_BYTE * len(data) + ITEM_KEY_BYTES + ITEM_METADATA_BYTES > receive_ceiling()
+
+
 def item_bytes_of_body(body: Any) -> int:
     """At most what a message with ``body`` adds to a receive's result (its metadata counted
     at its largest)."""

@@ -10,6 +10,7 @@ always taken) and cut: marked delivered, never read whole; its sender never knew
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -90,3 +91,27 @@ async def test_a_policy_cap_under_the_envelope_destroys_nothing(env: Env) -> Non
     assert await bus.receive(B, max_items=10, max_bytes=budget) == []
     assert bus.rejected == {}
     assert [r.id for r in await bus.receive(B, max_items=10)] == [m.id for m in sent]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "é" * 1000,
+        "\U0001f600" * 1000,
+        '"\\' * 1000,
+        "\x01\x1f" * 1000,
+        {"k": ["a", 1, None, {"é": "\U0001f600"}] * 200},
+        [[[]]] * 500,
+    ],
+    ids=["2-byte", "4-byte", "quotes-backslashes", "controls", "nested", "separators"],
+)
+def test_the_cheap_bound_is_never_under_what_a_body_adds_to_a_result(body: Any) -> None:
+    """A send skips serialising the body again (three ``json.dumps``) when 5 bytes per stored
+    byte cannot reach the ceiling: that must be an upper bound for every kind of body."""
+    from gateway.bus import results
+
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()  # as Sealer.body stores it
+    bound = (
+        results.ITEM_BYTES_PER_BODY_BYTE * len(data) + results.ITEM_KEY_BYTES + results.ITEM_METADATA_BYTES
+    )
+    assert results.item_bytes_of_body(body) <= bound

@@ -225,11 +225,8 @@ class Gateway:
         leave the catalogue before this returns; calls to it are refused from then on."""
         if name not in self.upstreams or name in self.builtins:
             raise ConfigError(f"servers.{name}: not running")
-        processes = self.pool.replicas.pop(name, [])
-        del self.upstreams[name]  # the pool's dict: no call reaches it from here on
         try:
-            for up in processes:
-                up.request_stop()
+            self.pool.stop(name)
         finally:  # out of the catalogue whatever a stop raised: the next pass sees it gone
             servers = {n: s for n, s in self.config.servers.items() if n != name}
             self.config = self.config.model_copy(update={"servers": servers})

@@ -154,24 +154,24 @@ async def _block(gw: Gateway, d: Discovered, why: str, logged: dict[str, str]) -
     """A discovered server Claude Code's managed policy blocks (deployed since its approval):
     stopped if it runs; on the record and in the log once per reason."""
     running = d.name in gw.upstreams
+    stopped = False
     if running:
         try:
             await gw.remove_server(d.name)
-        except Exception:  # the others are still checked; logged once, not every pass
-            if logged.get(d.name) != f"unstoppable: {why}":
-                logged[d.name] = f"unstoppable: {why}"
-                _logger.exception(
-                    "discovered server %s, blocked by the managed policy, could not be stopped", d.name
-                )
-            return
+            stopped = True
+        except Exception:  # out of the catalogue all the same (remove_server's finally)
+            _logger.exception(
+                "discovered server %s, blocked by the managed policy: stopping it failed", d.name
+            )
     if logged.get(d.name) == why and not running:
         return
     logged[d.name] = why
     gw.events.emit(
         Event.SERVER_BLOCKED,
-        {"server": d.name, "source": d.source, "reason": why, "stopped": running},
+        {"server": d.name, "source": d.source, "reason": why, "stopped": stopped},
     )
-    _logger.error("approved server %s %s: %s", d.name, "stopped" if running else "not started", why)
+    done = "stopped" if stopped else "could not be stopped" if running else "not started"
+    _logger.error("approved server %s %s: %s", d.name, done, why)
 
 
 def _log_discovered(added: list[Discovered], removed: list[Discovered]) -> None:

@@ -52,6 +52,7 @@ class IsolatedReplicas:
         self._last_used: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._lock = anyio.Lock()
+        self.closed = False  # its server was removed: the sweep ends
 
     @property
     def mode(self) -> str:
@@ -128,7 +129,7 @@ class IsolatedReplicas:
     async def sweep(self) -> None:
         """Stop idle processes in the background (also checked on every new owner)."""
         period = max(1.0, min(self._server.isolation_idle_s / 2, 30.0))
-        while True:
+        while not self.closed:
             await anyio.sleep(period)
             async with self._lock:
                 self._reap(anyio.current_time())

@@ -100,6 +100,18 @@ class UpstreamPool:
             self._isolated[name] = pool
             self._tg.start_soon(pool.sweep, name=f"upstream-{name}-isolation")
 
+    def stop(self, name: str) -> None:
+        """Undo ``start``: server ``name`` out of the pool (no call reaches it from here on),
+        its isolation sweep ended, every process of it told to stop."""
+        processes = self.replicas.pop(name, [])
+        self.upstreams.pop(name, None)
+        isolated = self._isolated.pop(name, None)
+        if isolated is not None:
+            isolated.closed = True
+        for up in processes:
+            self._busy.pop(up.name, None)
+            up.request_stop()
+
     def _start_replica(self, name: str, srv: ServerConfig, server: str) -> Upstream:
         assert self._tg is not None
         rep = self._new(name, srv, _ignore_change, server)

@@ -193,3 +193,31 @@ async def test_isolation_per_session_is_bounded_and_idle_processes_stop(tmp_path
             with anyio.fail_after(30):  # and an idle one is stopped by the sweep on its own
                 while len(gw.replicas["mut"]) > 1:
                     await anyio.sleep(0.2)
+
+
+@pytest.mark.anyio
+async def test_a_removed_isolated_server_leaves_no_sweep_behind(tmp_path: Path) -> None:
+    """Second review (session 41): ``Gateway.remove_server`` popped the pool's dicts itself and
+    left an isolated server's per-caller pool and its sweep task running for the gateway's
+    life; adding the server again started a second sweep beside it. ``UpstreamPool.stop``
+    undoes ``start``: the pool is gone and its sweep ends."""
+    import asyncio
+
+    from gateway.assemble import make_gateway
+
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + 'isolation = "principal"\nisolation_idle_s = 2\n')
+
+    def sweeping() -> bool:
+        return any(t.get_name() == "upstream-mut-isolation" for t in asyncio.all_tasks())
+
+    async with make_gateway(load_config(cfg, {})).running() as gw:
+        with anyio.fail_after(60):  # a hang guard: the start, then the sweep's 1 s period
+            while "mut" not in gw.upstreams or not sweeping():
+                await anyio.sleep(0.05)
+            isolated = gw.pool.isolated("mut")
+            await gw.remove_server("mut")
+            assert gw.pool.isolated("mut") is None and isolated is not None and isolated.closed
+            while sweeping():
+                await anyio.sleep(0.05)
+        assert "mut" not in gw.upstreams and not any(t.startswith("mut__") for t in gw.catalog.tools)

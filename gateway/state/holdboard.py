@@ -23,11 +23,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from gateway.state.redisclient import wakeups
+
 HELD = "symbi:held:principals"
 ORDER = "symbi:held:order"
 VERSION = "symbi:held:version"
 CHANGED = "symbi:held:changed"
-_WAIT_S = 1.0  # each read of the wake-up channel
 
 # KEYS: hash, order, version; ARGV: principal, doc, at (epoch s), limit, channel
 _HOLD = """
@@ -102,9 +103,4 @@ class HoldBoard:
     async def wakeups(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` at every change, until cancelled. Raises ``RedisError``/``OSError``
         when the channel is lost (the caller subscribes again)."""
-        async with self.redis.pubsub() as channel:
-            await channel.subscribe(CHANGED)
-            wake()  # changes made before the subscription: read now
-            while True:
-                if await channel.get_message(ignore_subscribe_messages=True, timeout=_WAIT_S):
-                    wake()
+        await wakeups(self.redis, CHANGED, wake)

@@ -13,7 +13,11 @@ need connections without a socket timeout, which the state's fail-closed command
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis.asyncio as aioredis
+
+WAKEUP_READ_S = 1.0  # each read of a wake-up channel (below the client's socket timeout or not)
 
 
 def open_redis(url: str, timeout_s: float) -> aioredis.Redis:
@@ -24,6 +28,18 @@ def open_redis(url: str, timeout_s: float) -> aioredis.Redis:
         url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
     )
     return client
+
+
+async def wakeups(client: aioredis.Redis, channel_name: str, wake: Callable[[], None]) -> None:
+    """Call ``wake`` once subscribed to ``channel_name`` (what was published before is read
+    then) and at every message on it, until cancelled. Raises ``RedisError``/``OSError`` when
+    the channel is lost (the caller subscribes again)."""
+    async with client.pubsub() as channel:
+        await channel.subscribe(channel_name)
+        wake()
+        while True:
+            if await channel.get_message(ignore_subscribe_messages=True, timeout=WAKEUP_READ_S):
+                wake()
 
 
 class RedisUser:

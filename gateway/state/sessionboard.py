@@ -36,13 +36,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gateway.state.leases import LEASE_TTL_MS
+from gateway.state.redisclient import wakeups
 
 SAGENT = "symbi:sagent:id:"
 ALIVE = "symbi:sagent:alive:"
 INBOX = "symbi:sagent:orders:"
 WAKE = "symbi:sagent:wake:"
 RECORD_TTL_MS = 600_000  # a record's key, written again each third of this by its live process
-_WAIT_S = 1.0  # each read of the wake-up channel (below the client's socket timeout or not)
 
 
 class SessionBoard:
@@ -121,9 +121,4 @@ class SessionBoard:
     async def wakeups(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever an order is left for this process, until cancelled. Raises
         ``RedisError``/``OSError`` when the channel is lost (the caller subscribes again)."""
-        async with self.redis.pubsub() as channel:
-            await channel.subscribe(WAKE + self.owner)
-            wake()  # orders left before the subscription: taken now
-            while True:
-                if await channel.get_message(ignore_subscribe_messages=True, timeout=_WAIT_S):
-                    wake()
+        await wakeups(self.redis, WAKE + self.owner, wake)

@@ -60,11 +60,17 @@ def open_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")
     db.executescript(SCHEMA)
-    if "until_ms" not in {row[1] for row in db.execute("PRAGMA table_info(subs)")}:
+    if not _subs_expire(db):
         # a store written before subscriptions expired: those it holds are expired (0), so
         # none lives on without a lifetime; an agent subscribes again (the policy asked again)
         db.execute("ALTER TABLE subs ADD COLUMN until_ms INTEGER NOT NULL DEFAULT 0")
     return db
+
+
+def _subs_expire(db: sqlite3.Connection) -> bool:
+    """Whether the store's subscriptions carry their expiry (``until_ms``): one written before
+    they did lacks it (``open_db`` adds it; a read-only reader sees the store as it is)."""
+    return "until_ms" in {row[1] for row in db.execute("PRAGMA table_info(subs)")}
 
 
 class EmbeddedBackend:
@@ -323,7 +329,7 @@ def stats_of(db: sqlite3.Connection) -> dict[str, object]:
     }
     (subs,) = db.execute(
         "SELECT count(*) FROM subs WHERE until_ms > ?"
-        if "until_ms" in {row[1] for row in db.execute("PRAGMA table_info(subs)")}
+        if _subs_expire(db)
         else "SELECT count(*) FROM subs WHERE 0 > ?",  # (read-only, written before they expired)
         (int(time.time() * 1000),),
     ).fetchone()

@@ -3,7 +3,8 @@
 #   1. Debian packages: bubblewrap, docker.io (+containerd, runc), runsc (gVisor), libseccomp2 (the
 #      bwrap tier's filter, built with pyseccomp)
 #   2. runsc registered as a Docker runtime ("--network=none": this runsc cannot set up
-#      sandbox networking in the root netns on this kernel)
+#      sandbox networking in the root netns on this kernel), through scripts/symbi-runsc,
+#      which runs it in a network namespace of its own (its control sockets out of the host's)
 #   3. dockerd started in the background when not running (`service docker start` fails here)
 #   4. the base image imported with NO registry pull: a symlink skeleton whose /usr comes
 #      from the host, bind-mounted read-only at run time
@@ -36,9 +37,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# 2. runsc as a Docker runtime (merge into an existing daemon.json, keep other keys)
+# 2. runsc as a Docker runtime, through the wrapper (root-owned, 0755: dockerd runs it as
+#    root), merged into an existing daemon.json keeping other keys
+RUNSC_WRAPPER=/usr/local/libexec/symbi-runsc
+if ! cmp -s "$(dirname "$0")/symbi-runsc" "$RUNSC_WRAPPER"; then
+  install -D -o root -g root -m 0755 "$(dirname "$0")/symbi-runsc" "$RUNSC_WRAPPER"
+fi
+[ -e /run/netns/symbi-runsc ] || ip netns add symbi-runsc
 mkdir -p /etc/docker
-changed=$(/usr/bin/python3 - "$DAEMON_JSON" <<'EOF'
+changed=$(/usr/bin/python3 - "$DAEMON_JSON" "$RUNSC_WRAPPER" <<'EOF'
 import json, os, sys
 path = sys.argv[1]
 try:
@@ -46,7 +53,7 @@ try:
         cfg = json.load(f)
 except FileNotFoundError:
     cfg = {}
-want = {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}
+want = {"path": sys.argv[2], "runtimeArgs": ["--network=none"]}
 if cfg.get("runtimes", {}).get("runsc") == want:
     print("no")
 else:

@@ -29,6 +29,10 @@ from gateway.errors import GatewayError, SandboxError, SandboxInterrupted, Sandb
 log = logging.getLogger("symbi.sandbox")
 
 RUNSC_STATE_ROOT = "/var/run/docker/runtime-runc/moby"  # where dockerd's runsc keeps state
+# dockerd's runsc runtime must be this wrapper (scripts/symbi-runsc, installed by
+# setup-sandbox.sh): it runs runsc in a network namespace of its own, so the sandboxes'
+# control sockets, which answer any uid, are out of the host's namespace
+RUNSC_WRAPPER = "/usr/local/libexec/symbi-runsc"
 CONTAINERD_SOCK = "/var/run/docker/containerd/containerd.sock"
 REMOVE_DEADLINE_S = 120.0  # a runsc kill on a loaded host takes seconds, not minutes
 # how long a create the client gave up on is looked for (the daemon may still be making it)
@@ -198,11 +202,30 @@ def docker_errors(what: str) -> Iterator[None]:
         raise sandbox_failure(what, e) from e
 
 
+def runsc_refusal(runtimes: dict[str, Any]) -> str | None:
+    """Why dockerd's ``runsc`` runtime (``docker info``'s ``Runtimes``) cannot be used, or None:
+    registered as the bare binary, its sandboxes' control sockets would be in the host's
+    network namespace, where any local process may exec into, signal or destroy them."""
+    path = (runtimes.get("runsc") or {}).get("path")
+    if path == RUNSC_WRAPPER:
+        return None
+    return (
+        f"Docker's runsc runtime is {path!r}, not {RUNSC_WRAPPER}: its sandboxes' control "
+        "sockets would answer any process of the host's network namespace "
+        "(run scripts/setup-sandbox.sh)"
+    )
+
+
+def _runsc() -> str:
+    """The wrapper where installed (a live sandbox's socket is reached only through it)."""
+    return RUNSC_WRAPPER if os.path.exists(RUNSC_WRAPPER) else "runsc"
+
+
 def runsc_ids() -> list[str]:
     if shutil.which("runsc") is None or not os.path.exists(RUNSC_STATE_ROOT):
         return []
     r = subprocess.run(
-        ["runsc", f"--root={RUNSC_STATE_ROOT}", "list", "-quiet"],
+        [_runsc(), f"--root={RUNSC_STATE_ROOT}", "list", "-quiet"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -233,7 +256,7 @@ def runsc_delete(cid: str) -> None:
         return
     if cid in runsc_ids() and not docker_knows(cid):
         subprocess.run(
-            ["runsc", f"--root={RUNSC_STATE_ROOT}", "delete", "--force", cid],
+            [_runsc(), f"--root={RUNSC_STATE_ROOT}", "delete", "--force", cid],
             capture_output=True,
             timeout=30,
             check=False,

@@ -49,6 +49,7 @@ from .docker_api import (
     runsc_delete,
     runsc_ids,
     runsc_orphans,
+    runsc_refusal,
     sandbox_failure,
 )
 from .docker_api import docker_client as docker_client  # the gateway and tests import it from here
@@ -119,8 +120,12 @@ class DockerTier(SandboxTier):
         except SandboxUnavailable as e:
             return False, e.message + " (run scripts/setup-sandbox.sh)"
         info = client.info()
-        if self.runtime not in (info.get("Runtimes") or {}):
+        runtimes = info.get("Runtimes") or {}
+        if self.runtime not in runtimes:
             return False, f"Docker has no {self.runtime!r} runtime registered (run scripts/setup-sandbox.sh)"
+        refusal = self.runtime_refusal(runtimes)
+        if refusal is not None:
+            return False, refusal
         try:
             client.images.get(self.image)
         except Exception:  # noqa: BLE001 - ImageNotFound or an API error: either way not usable
@@ -138,6 +143,10 @@ class DockerTier(SandboxTier):
 
     def pids_limit(self, limits: Limits) -> int:
         return limits.pids
+
+    def runtime_refusal(self, runtimes: dict[str, Any]) -> str | None:
+        """Why the registered runtime may not be used (runc: any registration is)."""
+        return None
 
     # -- run ----------------------------------------------------------------------------
     def _host_config(self, client: Any, limits: Limits, binds: list[tuple[str, str]]) -> Any:
@@ -444,3 +453,6 @@ class GvisorTier(DockerTier):
 
     def pids_limit(self, limits: Limits) -> int:
         return max(limits.pids, RUNSC_MIN_PIDS)
+
+    def runtime_refusal(self, runtimes: dict[str, Any]) -> str | None:
+        return runsc_refusal(runtimes)

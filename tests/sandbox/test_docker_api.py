@@ -450,3 +450,26 @@ def test_no_answer_at_all_is_lost_and_worth_a_retry() -> None:
     for e in (requests.exceptions.ReadTimeout("timed out"), requests.exceptions.ConnectionError("reset")):
         assert (answer_lost(e), _transient(e)) == (True, True)
     assert (answer_lost(KeyError("x")), _transient(KeyError("x"))) == (False, False)
+
+
+def test_the_gvisor_tier_refuses_a_runsc_runtime_in_the_hosts_network_namespace(
+    manager: SandboxManager,
+) -> None:
+    """dockerd's ``runsc`` registered as the bare binary puts every sandbox's control socket
+    (which answers any uid) in the host's network namespace: the gvisor tier is then
+    unavailable, naming the fix. This host's registration (setup-sandbox.sh's wrapper) is the
+    one accepted. The other registration is a copy of this daemon's own ``Runtimes`` with the
+    path changed: reloading the shared dockerd with it would disturb every other test."""
+    from gateway.sandbox.docker_api import RUNSC_WRAPPER, runsc_refusal
+    from gateway.sandbox.docker_tier import GvisorTier
+
+    require_tier(manager, "gvisor")
+    runtimes = docker_client().info()["Runtimes"]
+    assert runtimes["runsc"]["path"] == RUNSC_WRAPPER
+    assert runsc_refusal(runtimes) is None
+    tier = GvisorTier("symbi-sandbox:latest")
+    assert tier.available(refresh=True)[0]
+    bare = {**runtimes, "runsc": {**runtimes["runsc"], "path": "/usr/bin/runsc"}}
+    assert tier.runtime_refusal(bare) is not None
+    assert DockerTier("symbi-sandbox:latest").runtime_refusal(bare) is None
+    assert runsc_refusal({k: v for k, v in runtimes.items() if k != "runsc"}) is not None

@@ -215,7 +215,8 @@ OPENAPI: dict[str, Any] = {
                         "400": _ERR,
                         "404": _ok(
                             "Error",
-                            "no such principal here (a JWT or anonymous one not of its config), or none to resume",
+                            "no such principal here (key:NAME with no live API key, a JWT or anonymous "
+                            "one not of its config), or none to resume",
                         ),
                         "503": _ok("Unavailable", "a resume Redis could not take: nothing was cleared"),
                         "507": _ERR,

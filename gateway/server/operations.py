@@ -7,12 +7,15 @@ Each reads the running ``Gateway`` from the HTTP state; none knows about request
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from redis.exceptions import RedisError
 
+from gateway.apikeys import has_live_key
 from gateway.errors import AuditError, HoldsFull, StateUnavailable
 from gateway.events import Event
 from gateway.runtime.identity import is_agent_id
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
     from gateway.server.http import HttpState
 
+_logger = logging.getLogger("symbi.server.operations")
 _QUERY_FLUSH_S = 5.0  # a query waits this long at most for what was emitted before it
 
 
@@ -177,6 +181,25 @@ def principal_rows(state: HttpState) -> list[dict[str, Any]] | None:
     if gw is None:
         return None
     return [h.as_json() for h in gw.runtime.holds.all()]
+
+
+async def key_unknown(state: HttpState, principal: str) -> str | None:
+    """Why ``key:NAME`` names no caller of this gateway (its key store has no live API key of
+    NAME), or None (another kind, or a key of it exists). ``key:alcie`` (a typo of alice) was
+    answered "suspended" and held no one (session 42). A store that cannot be read refuses
+    nothing (logged): the suspension is the safe side, and a resume of a hold skips this."""
+    kind, _, name = principal.partition(":")
+    if kind != "key":
+        return None
+    keys = state.auth.keys
+    try:  # PostgreSQL's store is a round trip: off the event loop
+        records = await anyio.to_thread.run_sync(keys.records) if state.auth.keys_over_network else keys.records()
+    except (StateUnavailable, OSError, ValueError) as e:
+        _logger.warning("principal %s: the API keys could not be read to check it exists: %s", principal, e)
+        return None
+    if has_live_key(records, name):
+        return None
+    return f"principal {principal[:80]!r}: no live API key of {name[:80]!r} here (symbi keys list)"
 
 
 async def act_on_principal(

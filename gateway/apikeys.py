@@ -20,7 +20,7 @@ from typing import Any
 
 from gateway.context import Principal
 
-__all__ = ["KEY_PREFIX", "ApiKeyRecord", "hash_key", "has_live_key", "new_key", "split_key"]
+__all__ = ["KEY_PREFIX", "ApiKeyRecord", "has_live_key", "hash_key", "new_key", "split_key"]
 
 KEY_PREFIX = "symbi_"
 _KEY_ID = re.compile("[0-9a-f]{12}")  # a key id: 12 lower-case hex digits (ASCII only)

@@ -98,6 +98,7 @@ class AgentRuntime:
         self.holds = holds if holds is not None else PrincipalHolds()
         self.agents.on_state.append(self._state_changed)
         self.holds.on_released.append(self._released)
+        self.holds.on_unshared.append(self._unshared)
 
     @property
     def message_buffer_size(self) -> int:
@@ -342,6 +343,13 @@ class AgentRuntime:
             _logger.error(
                 "agent %s suspended, its principal %s not held: %s", agent.id, agent.owner, e.message
             )
+            self.holds.refuse(agent.owner, agent.id)  # an operator's suspend is told (507); status shows it
+            self.events.emit(
+                Event.PRINCIPAL_HOLD_REFUSED,
+                {"principal": agent.owner, "agent": agent.id, "reason": reason, "in_force": "nowhere"},
+                principal=agent.principal,
+                agent=agent.id,
+            )
             return
         if new:
             self.events.emit(
@@ -354,6 +362,20 @@ class AgentRuntime:
     def _state_changed(self, agent: Agent, src: AgentState, to: AgentState) -> None:
         if to is AgentState.SUSPENDED:
             self._hold(agent, agent.reason)
+
+    def _unshared(self, hold: Hold) -> None:
+        """Redis refused ``hold`` (``limit`` principals held there): in force here only."""
+        self.events.emit(
+            Event.PRINCIPAL_HOLD_REFUSED,
+            {
+                "principal": hold.principal,
+                "agent": hold.agent,
+                "by": hold.by,
+                "in_force": "this process only",
+            },
+            principal=hold.principal,
+            agent=hold.agent or None,
+        )
 
     def _released(self, principal: str, why: str) -> None:
         """Another process cleared ``principal``'s hold: its session agents here resume."""

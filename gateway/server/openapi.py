@@ -162,6 +162,11 @@ OPENAPI: dict[str, Any] = {
                         "404": _ERR,
                         "409": _ERR,
                         "503": _ok("Unavailable", "the shared state (Redis) cannot be reached"),
+                        "507": _ok(
+                            "Error",
+                            "suspend: the agent is suspended, but its principal is not held everywhere "
+                            "(the bound of suspended principals is reached)",
+                        ),
                         **_STD,
                     },
                 }

@@ -19,11 +19,13 @@ from gateway.apikeys import has_live_key
 from gateway.errors import AuditError, HoldsFull, StateUnavailable
 from gateway.events import Event
 from gateway.runtime.identity import is_agent_id
+from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, Order, act
 from gateway.state.leases import process_name
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
+    from gateway.runtime.core import AgentRuntime
     from gateway.server.http import HttpState
 
 _logger = logging.getLogger("symbi.server.operations")
@@ -135,7 +137,34 @@ async def act_on_agent(
     status, body = agent_action(state, ref, action, who, reason)
     if status == 200 and gw is not None and action in ("suspend", "resume"):
         await _shared_holds(state, body)  # its principal's suspension, on every replica
+        unheld = _unheld(gw.runtime, body) if action == "suspend" else None
+        if unheld is not None:
+            return 507, unheld
     return status, body
+
+
+def _unheld(rt: AgentRuntime, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The 507 ``holds_full`` body when session agent ``body["agent"]`` is suspended but its
+    principal is not held (``limit`` principals held here) or held in this process only (Redis
+    refused it): answered 200 before, as if the principal's other sessions were refused
+    (session 42). The agent stays suspended (fail closed); the body says so."""
+    agent = rt.agents.get(body["agent"])
+    if agent is None or agent.hosted or not agent.owner:
+        return None
+    if agent.state is not AgentState.SUSPENDED and agent.suspend_pending is None:
+        return None
+    if not rt.holds.holding(agent.owner):
+        where = "is not held: its other sessions are not refused"
+    elif agent.owner in rt.holds.unshared:
+        where = "is held in this process only (the other replicas let it in)"
+    else:
+        return None
+    why = (
+        f"agent {agent.id} is suspended, but {rt.holds.limit} principals are suspended already: its "
+        f"principal {agent.owner} {where}; clear suspensions no longer needed (symbi agents "
+        f"suspended), then symbi agents suspend --principal {agent.owner}"
+    )
+    return {**body, "error": "holds_full", "code": HoldsFull.code, "reason": why, "principal_held": False}
 
 
 async def _clear_first(state: HttpState, ref: str) -> StateUnavailable | None:
@@ -193,7 +222,9 @@ async def key_unknown(state: HttpState, principal: str) -> str | None:
         return None
     keys = state.auth.keys
     try:  # PostgreSQL's store is a round trip: off the event loop
-        records = await anyio.to_thread.run_sync(keys.records) if state.auth.keys_over_network else keys.records()
+        records = (
+            await anyio.to_thread.run_sync(keys.records) if state.auth.keys_over_network else keys.records()
+        )
     except (StateUnavailable, OSError, ValueError) as e:
         _logger.warning("principal %s: the API keys could not be read to check it exists: %s", principal, e)
         return None

@@ -261,10 +261,14 @@ class AgentRuntime:
     def _suspend_running(self, agent: Agent, reason: str) -> None:
         self.agents.transition(agent, AgentState.SUSPENDED, reason)
 
-    def resume(self, agent: Agent, reason: str) -> str:
+    def resume(self, agent: Agent, reason: str, *, cleared: bool = False) -> str:
         """An operator resumes ``agent``. A session agent's suspension is its principal's: its
-        principal's hold is cleared and every suspended session agent of it resumed too."""
-        if not agent.hosted and agent.owner and self.clears_hold(agent):
+        principal's hold is cleared and every suspended session agent of it resumed too.
+        ``cleared``: that hold's clear is on Redis already (``PrincipalHolds.clear``, decided
+        by ``clears_hold`` before it was written): done whatever ``agent`` became meanwhile. A
+        409 then (another replica's clear read first resumed it) was a refusal after the hold
+        had been lifted everywhere (session 42)."""
+        if not agent.hosted and agent.owner and (cleared or self.clears_hold(agent)):
             pending = agent.state is AgentState.READY and agent.suspend_pending is not None
             was_held = self.holds.drop(agent.owner) is not None
             resumed = self.release(agent.owner, reason)
@@ -272,7 +276,7 @@ class AgentRuntime:
                 said = "pending suspension cleared" if pending else "resumed"
                 more = len(resumed) - 1
                 return f"{said} (and {more} more of {agent.owner})" if more else said
-            if resumed or was_held:
+            if resumed or was_held or cleared:
                 return f"the suspension of principal {agent.owner} cleared"
         if agent.suspend_pending is not None and agent.state is AgentState.READY:
             agent.suspend_pending = None

@@ -131,10 +131,16 @@ async def act_on_agent(
     gw = state.gateway
     if shared_sessions(state) and gw is not None and gw.runtime.agents.resolve(ref) is None:
         return await pass_session_action(state, ref, action, who, reason)
-    cleared = await _clear_first(state, ref) if action == "resume" else None
-    if cleared is not None:
-        return 503, _state_unavailable(cleared.diagnostics())
-    status, body = agent_action(state, ref, action, who, reason)
+    try:
+        cleared = await _clear_first(state, ref) if action == "resume" else None
+    except StateUnavailable as e:
+        return 503, _state_unavailable(e.diagnostics())
+    status, body = agent_action(state, ref, action, who, reason, cleared=cleared is not None)
+    if cleared is not None and status == 404 and gw is not None:  # it ended meanwhile: cleared all the same
+        result = f"the suspension of principal {cleared} cleared"
+        doc = {"agent": ref, "by": who, "reason": reason, "result": result}
+        gw.events.emit(Event.AGENT_RESUME_REQUESTED, doc, principal=who)
+        status, body = 200, {"agent": ref, "result": result, "state": AgentState.TERMINATED.value}
     if status == 200 and gw is not None and action in ("suspend", "resume"):
         await _shared_holds(state, body)  # its principal's suspension, on every replica
         unheld = _unheld(gw.runtime, body) if action == "suspend" else None
@@ -167,22 +173,20 @@ def _unheld(rt: AgentRuntime, body: dict[str, Any]) -> dict[str, Any] | None:
     return {**body, "error": "holds_full", "code": HoldsFull.code, "reason": why, "principal_held": False}
 
 
-async def _clear_first(state: HttpState, ref: str) -> StateUnavailable | None:
+async def _clear_first(state: HttpState, ref: str) -> str | None:
     """Before an operator's resume of session agent ``ref`` here: its principal's hold cleared
-    on Redis (``PrincipalHolds.clear``), when the resume would clear one; the refusal when Redis
-    does not take it (nothing is resumed then). A resume that will be refused (409) writes
-    nothing."""
+    on Redis (``PrincipalHolds.clear``), when the resume would clear one: the principal whose
+    clear was written (the resume is then done, whatever the agent became meanwhile), or None.
+    Raises ``StateUnavailable`` when Redis does not take it (nothing is resumed then). A
+    resume that will be refused (409) is decided here, before anything is written."""
     gw = state.gateway
     agent = gw.runtime.agents.resolve(ref) if gw is not None else None
     if gw is None or agent is None or gw.runtime.holds.board is None:
         return None
     if agent.hosted or not agent.owner or not gw.runtime.clears_hold(agent):
         return None
-    try:
-        await gw.runtime.holds.clear(agent.owner, state.config.state.timeout_s, here=False)
-    except StateUnavailable as e:
-        return e
-    return None
+    await gw.runtime.holds.clear(agent.owner, state.config.state.timeout_s, here=False)
+    return agent.owner
 
 
 async def _shared_holds(state: HttpState, body: dict[str, Any]) -> bool:
@@ -280,10 +284,11 @@ async def act_on_principal(
 
 
 def agent_action(
-    state: HttpState, ref: str, action: str, who: str, reason: str
+    state: HttpState, ref: str, action: str, who: str, reason: str, *, cleared: bool = False
 ) -> tuple[int, dict[str, Any]]:
     """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix) in
-    this process: (HTTP status, JSON body)."""
+    this process: (HTTP status, JSON body). ``cleared``: a resume whose principal's clear is
+    on Redis already (``_clear_first``)."""
     gw = state.gateway
     if gw is None:
         return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}
@@ -291,7 +296,7 @@ def agent_action(
     if agent is None:
         return 404, {"error": "not_found", "reason": not_here(state, ref)}
     order = Order(action=action, by=who, reason=reason, via="", at=time.time())
-    done, result = act(gw.runtime, gw.events, agent, order)
+    done, result = act(gw.runtime, gw.events, agent, order, cleared=cleared)
     if not done:
         return 409, {"error": "invalid_transition", "reason": result}
     return 200, {"agent": agent.id, "result": result, "state": agent.state.value}

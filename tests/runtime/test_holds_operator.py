@@ -283,3 +283,41 @@ async def test_a_hold_redis_refuses_is_on_the_record_and_in_status(
     status, body = await act_on_agent(state_of(a), agent.id, "suspend", "ops", "")
     assert status == 507 and body["code"] == "holds_full", body  # already suspended: still told
     assert held(a) and not held(b)
+
+
+@pytest.mark.slow
+async def test_a_resume_whose_clear_is_written_is_not_refused_after_it(
+    replicas: tuple[AgentRuntime, AgentRuntime],  # noqa: F811 - the fixture
+    redis_engine: Redis,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: the operator's resume wrote its clear to Redis, then this process's own reader
+    (woken by that clear) resumed the agent before the resume ran; the resume found it Ready,
+    nothing held, and answered 409, its clear having lifted the hold everywhere. Whether the
+    resume is refused is decided before the write; once written it is done."""
+    a, b = replicas
+    agent = await _suspended_on_redis(a)
+    await until("B holds alice", lambda: held(b))
+    board = a.holds.board
+    assert board is not None
+    written = board.clear
+
+    async def clear_then_read(principal: str) -> tuple[bool, int]:
+        out = await written(principal)
+        await until("A read the clear", lambda: not a.holds.holding(principal))  # its reader won
+        return out
+
+    monkeypatch.setattr(board, "clear", clear_then_read)
+    status, body = await act_on_agent(state_of(a), agent.id, "resume", "ops", "checked")
+    assert status == 200, body  # 409 before, the hold already cleared on Redis
+    assert agent.state is not S.SUSPENDED and a.holds.unwritten == 0
+    assert not redis.Redis.from_url(redis_engine.url).hexists(HELD, ALICE.qualified)
+    await until("B lets alice in", lambda: not held(b))
+    running = a.agents.for_session(ALICE, "c", "s9")
+    a.begin(running, "t")
+    monkeypatch.undo()
+    b.suspend_principal(ALICE.qualified, "audit", "ops")  # A has not read it yet
+    status, body = await act_on_agent(state_of(a), running.id, "resume", "ops", "")
+    assert status == 409 and a.holds.unwritten == 0  # still refused before any write
+    assert await b.holds.flush(2.0)
+    await until("A holds alice", lambda: held(a))

@@ -286,6 +286,17 @@ class AgentRuntime:
         self._resume_one(agent, reason)
         return "resumed"
 
+    async def clear_first(self, agent: Agent) -> bool:
+        """Before an operator's resume of ``agent`` (here, or an order passed to this process):
+        its principal's hold cleared on Redis first (``PrincipalHolds.clear``) when the resume
+        would clear one: whether it was written (then ``resume(cleared=True)``). Raises
+        ``StateUnavailable`` when Redis does not take it: nothing is cleared or resumed. A clear
+        queued in memory (``drop``) was lost if the process stopped before writing it (session 42)."""
+        if self.holds.board is None or agent.hosted or not agent.owner or not self.clears_hold(agent):
+            return False
+        await self.holds.clear(agent.owner, self.config.state.timeout_s, here=False)
+        return True
+
     def clears_hold(self, agent: Agent) -> bool:
         """Whether resuming session agent ``agent`` clears its principal's hold: the principal is
         held here, or an agent of it is suspended. Checked before the clear is written: a resume

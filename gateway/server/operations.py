@@ -181,12 +181,9 @@ async def _clear_first(state: HttpState, ref: str) -> str | None:
     resume that will be refused (409) is decided here, before anything is written."""
     gw = state.gateway
     agent = gw.runtime.agents.resolve(ref) if gw is not None else None
-    if gw is None or agent is None or gw.runtime.holds.board is None:
+    if gw is None or agent is None:
         return None
-    if agent.hosted or not agent.owner or not gw.runtime.clears_hold(agent):
-        return None
-    await gw.runtime.holds.clear(agent.owner, state.config.state.timeout_s, here=False)
-    return agent.owner
+    return agent.owner if await gw.runtime.clear_first(agent) else None
 
 
 async def _shared_holds(state: HttpState, body: dict[str, Any]) -> bool:

@@ -19,6 +19,7 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
 import redis
 
@@ -31,10 +32,12 @@ from gateway.runtime import holds as holds_mod
 from gateway.runtime.agents import Agent
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.holds import PrincipalHolds
+from gateway.runtime.sessionorders import SessionAgents
 from gateway.runtime.status import principal_holds
 from gateway.server.operations import act_on_agent, act_on_principal
 from gateway.state.holdboard import HELD, HoldBoard
 from gateway.state.redisclient import open_redis
+from gateway.state.sessionboard import SessionBoard
 from tests.conftest import RecordingSink
 from tests.runtime.test_holds import ALICE, held, replicas, runtime, until  # noqa: F401 - a fixture
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
@@ -321,3 +324,40 @@ async def test_a_resume_whose_clear_is_written_is_not_refused_after_it(
     assert status == 409 and a.holds.unwritten == 0  # still refused before any write
     assert await b.holds.flush(2.0)
     await until("A holds alice", lambda: held(a))
+
+
+@pytest.mark.slow
+async def test_a_resume_passed_to_the_sessions_process_is_on_redis_before_it_acts(
+    redis_engine: Redis,  # noqa: F811 - the fixture
+) -> None:
+    """Before: the process holding the session carried out a resume passed to it
+    (``pass_session_action``) with the clear queued in memory: its agent was let in at once,
+    and a process stopping before the write left the principal held on every other replica.
+    Here A's writer of holds is stopped once alice's hold is on Redis: the clear is written
+    by the resume itself, or never."""
+    redis.Redis.from_url(redis_engine.url).flushall()
+    client = open_redis(redis_engine.url, 2)
+    holds = PrincipalHolds()
+    holds.board = HoldBoard(client, limit=holds.limit)
+    a = runtime(holds)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.holds.run)
+            await until("A read Redis", lambda: a.holds.confirmed is not None)
+            agent = await _suspended_on_redis(a)
+            tg.cancel_scope.cancel()  # A writes no queued change from now on
+        b = SessionAgents(runtime(), RecordingSink(), SessionBoard(client, owner="replica-b"))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(SessionAgents(a, a.events, SessionBoard(client, owner="replica-a")).run)
+            for _ in range(100):  # until A's agent is on the board (its first renewal)
+                if await b.pass_order(agent.id, "resume", "ops", "checked"):
+                    break
+                await anyio.sleep(0.05)
+            else:
+                pytest.fail("A's session agent never reached the board")
+            await until("A resumed it", lambda: agent.state is not S.SUSPENDED, bound_s=10.0)
+            tg.cancel_scope.cancel()
+        assert not redis.Redis.from_url(redis_engine.url).hexists(HELD, ALICE.qualified)  # held before
+        assert a.holds.unwritten == 0  # 1 before: the clear, in memory only
+    finally:
+        await client.aclose()

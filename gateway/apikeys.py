@@ -14,13 +14,13 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.context import Principal
 
-__all__ = ["KEY_PREFIX", "ApiKeyRecord", "hash_key", "new_key", "split_key"]
+__all__ = ["KEY_PREFIX", "ApiKeyRecord", "has_live_key", "hash_key", "new_key", "split_key"]
 
 KEY_PREFIX = "symbi_"
 _KEY_ID = re.compile("[0-9a-f]{12}")  # a key id: 12 lower-case hex digits (ASCII only)
@@ -93,3 +93,10 @@ def new_key(principal: str, roles: tuple[str, ...], kind: str) -> tuple[str, Api
         id=kid, principal=principal, roles=tuple(roles), kind=kind, sha256=hash_key(key), created=time.time()
     )
     return key, rec
+
+
+def has_live_key(records: Iterable[ApiKeyRecord], principal: str) -> bool:
+    """Whether ``records`` hold a live (not revoked) key of ``principal`` (the name a key's
+    caller is, ``key:<principal>`` qualified): a suspension of ``key:alcie`` (a typo) held no
+    one while the operator was told "suspended" (session 42)."""
+    return any(r.principal == principal and r.revoked is None for r in records)

@@ -86,6 +86,10 @@ class Event(StrEnum):
     PRINCIPAL_SUSPENDED = "principal.suspended"  # a principal was suspended (by its agent, or an operator)
     PRINCIPAL_SUSPEND_REQUESTED = "principal.suspend_requested"  # an operator suspended a principal
     PRINCIPAL_RESUME_REQUESTED = "principal.resume_requested"  # an operator cleared a principal's suspension
+    # a principal's suspension refused past the bound of held principals (``HOLDS_MAX``): nowhere
+    # ("in_force": "nowhere": its agent is suspended, other sessions of it are not refused), or
+    # by Redis ("this process only": the other replicas let it in); ``symbi status`` shows both
+    PRINCIPAL_HOLD_REFUSED = "principal.hold_refused"
     # the agent bus (gateway.bus): details are message metadata (id, sender, recipient or topic,
     # kind, timestamps, ciphertext size), never a body
     BUS_SEND = "bus.send"  # a direct message, request or reply was accepted into the recipient's inbox

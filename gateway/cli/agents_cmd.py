@@ -153,6 +153,15 @@ def _status(args: argparse.Namespace) -> int:
         f"{sc['queue_limit_per_principal']} queued ({sc['refused_per_principal']} refused)"
     )
     lines += _hosted_lines(doc["hosted_agents"])
+    held = doc["component_health"].get("principal_holds") or {}
+    lines += [
+        f"principal {p}: an agent of it suspended, the principal held nowhere"
+        for p in held.get("not_held", [])
+    ]
+    lines += [
+        f"principal {p}: held in this process only (Redis refused it; the other replicas let it in)"
+        for p in held.get("held_in_this_process_only", [])
+    ]
     lines += [f"error: {e['code']} {e['target']} ({e['agent']})" for e in doc["recent_errors"][-5:]]
     code = 0 if doc["overall_status"] != "unhealthy" else 1
     admin_client.show(args, doc, "\n".join(lines))

@@ -98,6 +98,7 @@ class AgentRuntime:
         self.holds = holds if holds is not None else PrincipalHolds()
         self.agents.on_state.append(self._state_changed)
         self.holds.on_released.append(self._released)
+        self.holds.on_unshared.append(self._unshared)
 
     @property
     def message_buffer_size(self) -> int:
@@ -260,10 +261,14 @@ class AgentRuntime:
     def _suspend_running(self, agent: Agent, reason: str) -> None:
         self.agents.transition(agent, AgentState.SUSPENDED, reason)
 
-    def resume(self, agent: Agent, reason: str) -> str:
+    def resume(self, agent: Agent, reason: str, *, cleared: bool = False) -> str:
         """An operator resumes ``agent``. A session agent's suspension is its principal's: its
-        principal's hold is cleared and every suspended session agent of it resumed too."""
-        if not agent.hosted and agent.owner and self.clears_hold(agent):
+        principal's hold is cleared and every suspended session agent of it resumed too.
+        ``cleared``: that hold's clear is on Redis already (``PrincipalHolds.clear``, decided
+        by ``clears_hold`` before it was written): done whatever ``agent`` became meanwhile. A
+        409 then (another replica's clear read first resumed it) was a refusal after the hold
+        had been lifted everywhere (session 42)."""
+        if not agent.hosted and agent.owner and (cleared or self.clears_hold(agent)):
             pending = agent.state is AgentState.READY and agent.suspend_pending is not None
             was_held = self.holds.drop(agent.owner) is not None
             resumed = self.release(agent.owner, reason)
@@ -271,7 +276,7 @@ class AgentRuntime:
                 said = "pending suspension cleared" if pending else "resumed"
                 more = len(resumed) - 1
                 return f"{said} (and {more} more of {agent.owner})" if more else said
-            if resumed or was_held:
+            if resumed or was_held or cleared:
                 return f"the suspension of principal {agent.owner} cleared"
         if agent.suspend_pending is not None and agent.state is AgentState.READY:
             agent.suspend_pending = None
@@ -280,6 +285,17 @@ class AgentRuntime:
             raise InvalidTransition(f"agent {agent.name} is {agent.state.value}, not Suspended")
         self._resume_one(agent, reason)
         return "resumed"
+
+    async def clear_first(self, agent: Agent) -> bool:
+        """Before an operator's resume of ``agent`` (here, or an order passed to this process):
+        its principal's hold cleared on Redis first (``PrincipalHolds.clear``) when the resume
+        would clear one: whether it was written (then ``resume(cleared=True)``). Raises
+        ``StateUnavailable`` when Redis does not take it: nothing is cleared or resumed. A clear
+        queued in memory (``drop``) was lost if the process stopped before writing it (session 42)."""
+        if self.holds.board is None or agent.hosted or not agent.owner or not self.clears_hold(agent):
+            return False
+        await self.holds.clear(agent.owner, self.config.state.timeout_s, here=False)
+        return True
 
     def clears_hold(self, agent: Agent) -> bool:
         """Whether resuming session agent ``agent`` clears its principal's hold: the principal is
@@ -342,6 +358,13 @@ class AgentRuntime:
             _logger.error(
                 "agent %s suspended, its principal %s not held: %s", agent.id, agent.owner, e.message
             )
+            self.holds.refuse(agent.owner, agent.id)  # an operator's suspend is told (507); status shows it
+            self.events.emit(
+                Event.PRINCIPAL_HOLD_REFUSED,
+                {"principal": agent.owner, "agent": agent.id, "reason": reason, "in_force": "nowhere"},
+                principal=agent.principal,
+                agent=agent.id,
+            )
             return
         if new:
             self.events.emit(
@@ -354,6 +377,20 @@ class AgentRuntime:
     def _state_changed(self, agent: Agent, src: AgentState, to: AgentState) -> None:
         if to is AgentState.SUSPENDED:
             self._hold(agent, agent.reason)
+
+    def _unshared(self, hold: Hold) -> None:
+        """Redis refused ``hold`` (``limit`` principals held there): in force here only."""
+        self.events.emit(
+            Event.PRINCIPAL_HOLD_REFUSED,
+            {
+                "principal": hold.principal,
+                "agent": hold.agent,
+                "by": hold.by,
+                "in_force": "this process only",
+            },
+            principal=hold.principal,
+            agent=hold.agent or None,
+        )
 
     def _released(self, principal: str, why: str) -> None:
         """Another process cleared ``principal``'s hold: its session agents here resume."""

@@ -60,6 +60,7 @@ _REDIS_ERRORS = (RedisError, OSError)
 HOLDS_MAX = 10_000
 STALE_S = LEASE_TTL_MS / 1000  # the mirror not confirmed for this long: session agents refused
 REASON_MAX = 500
+REFUSED_SHOWN = 100  # principals whose suspension was refused past ``limit``, kept for status
 
 
 PRINCIPAL_KINDS = ("key", "jwt", "anonymous")  # the namespaces of a serving gateway's callers
@@ -171,6 +172,7 @@ class _Change:
 
 
 Released = Callable[[str, str], None]  # (principal, why): another process cleared its hold
+Unshared = Callable[[Hold], None]  # Redis refused this hold (``limit`` held there): here only
 
 
 class PrincipalHolds:
@@ -189,8 +191,11 @@ class PrincipalHolds:
         self._changes: list[_Change] = []  # made here, not yet in ``_shared``
         self._local: dict[str, Hold] = {}  # held here only (``held_here_only``), with a board
         self.unshared: set[str] = set()  # of ``_local``: refused by Redis (``limit`` held there)
+        # an agent's suspension past ``limit``: its principal held nowhere (principal -> agent id)
+        self.refused: dict[str, str] = {}
         self.confirmed: float | None = None  # monotonic: the mirror matched Redis then
         self.on_released: list[Released] = []
+        self.on_unshared: list[Unshared] = []
         self._poke: anyio.Event | None = None
         self._written: anyio.Event | None = None
 
@@ -233,6 +238,7 @@ class PrincipalHolds:
             self._changes.append(_Change(hold.principal, hold))
             self._wake()
         self._view[hold.principal] = hold  # in force first: a failed write must not undo it
+        self.refused.pop(hold.principal, None)
         if self.board is None and self._file is not None and not held_here_only(hold.principal):
             try:
                 self._file.add(hold)
@@ -243,6 +249,14 @@ class PrincipalHolds:
                     hold.principal,
                 )
         return True
+
+    def refuse(self, principal: str, agent: str) -> None:
+        """An agent of ``principal`` was suspended past ``limit``: its principal is held nowhere
+        (shown by ``symbi status``; the newest ``REFUSED_SHOWN`` kept, a report, not a hold)."""
+        self.refused.pop(principal, None)
+        self.refused[principal] = agent
+        while len(self.refused) > REFUSED_SHOWN:
+            del self.refused[next(iter(self.refused))]
 
     def drop(self, principal: str) -> Hold | None:
         """Clear ``principal``'s hold here at once (the runtime's resume of an agent of it): the
@@ -292,6 +306,7 @@ class PrincipalHolds:
         hold = self._view.pop(principal, None)
         self._local.pop(principal, None)
         self.unshared.discard(principal)
+        self.refused.pop(principal, None)
         if (
             self.board is None
             and self._file is not None
@@ -373,6 +388,8 @@ class PrincipalHolds:
                         self.limit,
                         h.principal,
                     )
+                    for hook in self.on_unshared:  # on the audit record, and in symbi status
+                        hook(h)
             else:
                 _, change.version = await board.clear(change.principal)
         if self._written is not None and not self.unwritten:

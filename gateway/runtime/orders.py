@@ -87,12 +87,19 @@ def parse_order(raw: bytes | str, now: float | None = None) -> Order | None:
     return Order(action=action, by=str(by), reason=str(reason), via=str(via), at=float(at), agent=str(agent))
 
 
-def act(runtime: AgentRuntime, events: EventSink, agent: Agent, order: Order) -> tuple[bool, str]:
+def act(
+    runtime: AgentRuntime, events: EventSink, agent: Agent, order: Order, *, cleared: bool = False
+) -> tuple[bool, str]:
     """Carry out ``order`` on ``agent`` here: (done, what happened, or why it was refused). The
-    audit record names the admin who asked (its principal) and the process it came ``via``."""
-    do = {"suspend": runtime.suspend, "resume": runtime.resume, "terminate": runtime.terminate}
+    audit record names the admin who asked (its principal) and the process it came ``via``.
+    ``cleared``: a resume whose principal's clear is on Redis already (``AgentRuntime.resume``)."""
+    why = f"operator {order.by}: {order.reason or order.action}"
     try:
-        result, done = do[order.action](agent, f"operator {order.by}: {order.reason or order.action}"), True
+        if order.action == "resume":
+            result = runtime.resume(agent, why, cleared=cleared)
+        else:
+            result = (runtime.suspend if order.action == "suspend" else runtime.terminate)(agent, why)
+        done = True
     except InvalidTransition as e:
         result, done = e.message, False
     said = result if done else f"refused: {result}"

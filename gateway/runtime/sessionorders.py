@@ -10,7 +10,8 @@ finds the holder there and leaves the order (``gateway.runtime.orders.Order`` na
 id) in the holder's inbox; the holder carries it out as a local action, the admin who asked
 on its audit record. A process that cannot reach Redis keeps retrying; its records expire
 (``ttl_ms``) and an action asked meanwhile is refused (503 where Redis cannot be reached, 404
-where no process holds the agent), never dropped silently.
+where no process holds the agent), never dropped silently. A resume taken here writes its
+principal's clear to Redis before it acts, as the operator's own does (``clear_first``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from redis.exceptions import RedisError
 
+from gateway.errors import StateUnavailable
 from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, ORDER_TTL_S, Order, act, parse_order
 from gateway.state.leases import RENEW_S, redis_now
@@ -126,7 +128,15 @@ class SessionAgents:
                 doc["result"] = "refused: no session agent with this id in this process"
                 self.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by)
                 continue
-            _, result = act(self.runtime, self.events, agent, order)
+            try:  # a resume's clear on Redis first, as the operator's own (``clear_first``)
+                cleared = order.action == "resume" and await self.runtime.clear_first(agent)
+            except StateUnavailable as e:  # nothing cleared or resumed: said, not done
+                doc = {"agent": agent.id, "by": order.by, "reason": order.reason, "via": order.via}
+                doc["result"] = f"refused: {e.message}"
+                self.events.emit(OPERATOR_EVENTS[order.action], doc, principal=order.by, agent=agent.id)
+                _logger.warning("agent %s: resume from %s refused: %s", agent.id, order.by, e.message)
+                continue
+            _, result = act(self.runtime, self.events, agent, order, cleared=cleared)
             _logger.info(
                 "agent %s: %s from %s via %s: %s", agent.id, order.action, order.by, order.via, result
             )

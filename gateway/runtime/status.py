@@ -3,9 +3,10 @@
     HealthStatus {overall_status, component_health, resource_utilization, recent_errors}
 
 Components: each upstream (and its circuit breaker), the policy engine, the audit log, the
-sandbox tiers, the scheduler and the hosted agents. ``overall_status`` is ``unhealthy`` when
-a component calls must pass (policy, audit) is down, ``degraded`` when an upstream is down,
-a breaker is open or a hosted agent failed, else ``healthy``.
+sandbox tiers, the scheduler, the hosted agents, and the principal holds while a suspension
+is not in force everywhere. ``overall_status`` is ``unhealthy`` when a component calls must
+pass (policy, audit) is down, ``degraded`` when an upstream is down, a breaker is open, a
+hosted agent failed or a principal's suspension is not in force everywhere, else ``healthy``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def components(gw: Gateway) -> dict[str, dict[str, Any]]:
         "in_flight": sched.in_flight,
         "queued": sched.queue_depth(),
     }
+    held = principal_holds(rt)
+    if held is not None:
+        out["principal_holds"] = held
     for agent in rt.agents:
         if agent.hosted and agent.state is AgentState.FAILED:
             out[f"agent:{agent.name}"] = {
@@ -104,6 +108,25 @@ def components(gw: Gateway) -> dict[str, dict[str, Any]]:
                 "reason": agent.reason,
             }
     return out
+
+
+def principal_holds(rt: AgentRuntime) -> dict[str, Any] | None:
+    """Degraded while a principal's suspension is not in force everywhere: past the bound of
+    held principals an agent was suspended and its principal held nowhere (``refused``), or
+    Redis refused a hold this process keeps for itself (``unshared``: the other replicas let
+    that principal in). Logged at ERROR only before (session 42); None while neither."""
+    holds = rt.holds
+    if not holds.refused and not holds.unshared:
+        return None
+    return {
+        "status": DEGRADED,
+        "detail": f"{holds.limit} principals suspended: some suspensions are not in force everywhere; "
+        "clear those no longer needed (symbi agents suspended), then suspend these again",
+        "held": len(holds.all()),
+        "limit": holds.limit,
+        "not_held": sorted(holds.refused),
+        "held_in_this_process_only": sorted(holds.unshared),
+    }
 
 
 def overall(comps: dict[str, dict[str, Any]]) -> str:

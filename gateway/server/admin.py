@@ -37,6 +37,7 @@ from gateway.server.operations import (
     audit_query,
     audit_verify,
     hosted_elsewhere,
+    key_unknown,
     not_here,
     policy_status,
     principal_rows,
@@ -415,17 +416,18 @@ class AdminApi:
                 "`symbi agents list` and the refusals name it (key:alice, jwt:<issuer>#alice)"
             )
             return _err(400, "bad_request", why)
-        refused = self._principal_refused(principal, action)
+        refused = await self._principal_refused(principal, action)
         if refused is not None:
             return refused
         who = request.scope["symbi.principal"].id
         status, body = await act_on_principal(self.state, principal, action, who, reason[:500])
         return JSONResponse(body, status_code=status)
 
-    def _principal_refused(self, principal: str, action: str) -> Response | None:
+    async def _principal_refused(self, principal: str, action: str) -> Response | None:
         """A suspension of a principal no caller of this gateway can be (a typo held no one
         while the operator was told "suspended"); a resume of one held is never refused by
-        these checks (a hold made before them, or under another issuer, is cleared by name)."""
+        these checks (a hold made before them, under another issuer, or of a key since
+        revoked, is cleared by name)."""
         gw = self.state.gateway
         if action == "resume" and gw is not None and gw.runtime.holds.holding(principal):
             return None
@@ -435,6 +437,8 @@ class AdminApi:
         cfg = self.state.config
         issuer = cfg.http.jwt.issuer if cfg.http.jwt is not None else None
         unknown = principal_unknown(principal, jwt_issuer=issuer, anonymous=cfg.anonymous_principal)
+        if unknown is None:
+            unknown = await key_unknown(self.state, principal)
         return None if unknown is None else _err(404, "not_found", unknown)
 
     async def agent_run(self, request: Request) -> Response:

@@ -162,6 +162,11 @@ OPENAPI: dict[str, Any] = {
                         "404": _ERR,
                         "409": _ERR,
                         "503": _ok("Unavailable", "the shared state (Redis) cannot be reached"),
+                        "507": _ok(
+                            "Error",
+                            "suspend: the agent is suspended, but its principal is not held everywhere "
+                            "(the bound of suspended principals is reached)",
+                        ),
                         **_STD,
                     },
                 }
@@ -215,7 +220,8 @@ OPENAPI: dict[str, Any] = {
                         "400": _ERR,
                         "404": _ok(
                             "Error",
-                            "no such principal here (a JWT or anonymous one not of its config), or none to resume",
+                            "no such principal here (key:NAME with no live API key, a JWT or anonymous "
+                            "one not of its config), or none to resume",
                         ),
                         "503": _ok("Unavailable", "a resume Redis could not take: nothing was cleared"),
                         "507": _ERR,

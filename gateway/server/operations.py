@@ -7,22 +7,28 @@ Each reads the running ``Gateway`` from the HTTP state; none knows about request
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from redis.exceptions import RedisError
 
+from gateway.apikeys import has_live_key
 from gateway.errors import AuditError, HoldsFull, StateUnavailable
 from gateway.events import Event
 from gateway.runtime.identity import is_agent_id
+from gateway.runtime.lifecycle import AgentState
 from gateway.runtime.orders import OPERATOR_EVENTS, Order, act
 from gateway.state.leases import process_name
 
 if TYPE_CHECKING:
     from gateway.audit.log import AuditLog
+    from gateway.runtime.core import AgentRuntime
     from gateway.server.http import HttpState
 
+_logger = logging.getLogger("symbi.server.operations")
 _QUERY_FLUSH_S = 5.0  # a query waits this long at most for what was emitted before it
 
 
@@ -125,31 +131,59 @@ async def act_on_agent(
     gw = state.gateway
     if shared_sessions(state) and gw is not None and gw.runtime.agents.resolve(ref) is None:
         return await pass_session_action(state, ref, action, who, reason)
-    cleared = await _clear_first(state, ref) if action == "resume" else None
-    if cleared is not None:
-        return 503, _state_unavailable(cleared.diagnostics())
-    status, body = agent_action(state, ref, action, who, reason)
+    try:
+        cleared = await _clear_first(state, ref) if action == "resume" else None
+    except StateUnavailable as e:
+        return 503, _state_unavailable(e.diagnostics())
+    status, body = agent_action(state, ref, action, who, reason, cleared=cleared is not None)
+    if cleared is not None and status == 404 and gw is not None:  # it ended meanwhile: cleared all the same
+        result = f"the suspension of principal {cleared} cleared"
+        doc = {"agent": ref, "by": who, "reason": reason, "result": result}
+        gw.events.emit(Event.AGENT_RESUME_REQUESTED, doc, principal=who)
+        status, body = 200, {"agent": ref, "result": result, "state": AgentState.TERMINATED.value}
     if status == 200 and gw is not None and action in ("suspend", "resume"):
         await _shared_holds(state, body)  # its principal's suspension, on every replica
+        unheld = _unheld(gw.runtime, body) if action == "suspend" else None
+        if unheld is not None:
+            return 507, unheld
     return status, body
 
 
-async def _clear_first(state: HttpState, ref: str) -> StateUnavailable | None:
+def _unheld(rt: AgentRuntime, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The 507 ``holds_full`` body when session agent ``body["agent"]`` is suspended but its
+    principal is not held (``limit`` principals held here) or held in this process only (Redis
+    refused it): answered 200 before, as if the principal's other sessions were refused
+    (session 42). The agent stays suspended (fail closed); the body says so."""
+    agent = rt.agents.get(body["agent"])
+    if agent is None or agent.hosted or not agent.owner:
+        return None
+    if agent.state is not AgentState.SUSPENDED and agent.suspend_pending is None:
+        return None
+    if not rt.holds.holding(agent.owner):
+        where = "is not held: its other sessions are not refused"
+    elif agent.owner in rt.holds.unshared:
+        where = "is held in this process only (the other replicas let it in)"
+    else:
+        return None
+    why = (
+        f"agent {agent.id} is suspended, but {rt.holds.limit} principals are suspended already: its "
+        f"principal {agent.owner} {where}; clear suspensions no longer needed (symbi agents "
+        f"suspended), then symbi agents suspend --principal {agent.owner}"
+    )
+    return {**body, "error": "holds_full", "code": HoldsFull.code, "reason": why, "principal_held": False}
+
+
+async def _clear_first(state: HttpState, ref: str) -> str | None:
     """Before an operator's resume of session agent ``ref`` here: its principal's hold cleared
-    on Redis (``PrincipalHolds.clear``), when the resume would clear one; the refusal when Redis
-    does not take it (nothing is resumed then). A resume that will be refused (409) writes
-    nothing."""
+    on Redis (``PrincipalHolds.clear``), when the resume would clear one: the principal whose
+    clear was written (the resume is then done, whatever the agent became meanwhile), or None.
+    Raises ``StateUnavailable`` when Redis does not take it (nothing is resumed then). A
+    resume that will be refused (409) is decided here, before anything is written."""
     gw = state.gateway
     agent = gw.runtime.agents.resolve(ref) if gw is not None else None
-    if gw is None or agent is None or gw.runtime.holds.board is None:
+    if gw is None or agent is None:
         return None
-    if agent.hosted or not agent.owner or not gw.runtime.clears_hold(agent):
-        return None
-    try:
-        await gw.runtime.holds.clear(agent.owner, state.config.state.timeout_s, here=False)
-    except StateUnavailable as e:
-        return e
-    return None
+    return agent.owner if await gw.runtime.clear_first(agent) else None
 
 
 async def _shared_holds(state: HttpState, body: dict[str, Any]) -> bool:
@@ -177,6 +211,27 @@ def principal_rows(state: HttpState) -> list[dict[str, Any]] | None:
     if gw is None:
         return None
     return [h.as_json() for h in gw.runtime.holds.all()]
+
+
+async def key_unknown(state: HttpState, principal: str) -> str | None:
+    """Why ``key:NAME`` names no caller of this gateway (its key store has no live API key of
+    NAME), or None (another kind, or a key of it exists). ``key:alcie`` (a typo of alice) was
+    answered "suspended" and held no one (session 42). A store that cannot be read refuses
+    nothing (logged): the suspension is the safe side, and a resume of a hold skips this."""
+    kind, _, name = principal.partition(":")
+    if kind != "key":
+        return None
+    keys = state.auth.keys
+    try:  # PostgreSQL's store is a round trip: off the event loop
+        records = (
+            await anyio.to_thread.run_sync(keys.records) if state.auth.keys_over_network else keys.records()
+        )
+    except (StateUnavailable, OSError, ValueError) as e:
+        _logger.warning("principal %s: the API keys could not be read to check it exists: %s", principal, e)
+        return None
+    if has_live_key(records, name):
+        return None
+    return f"principal {principal[:80]!r}: no live API key of {name[:80]!r} here (symbi keys list)"
 
 
 async def act_on_principal(
@@ -226,10 +281,11 @@ async def act_on_principal(
 
 
 def agent_action(
-    state: HttpState, ref: str, action: str, who: str, reason: str
+    state: HttpState, ref: str, action: str, who: str, reason: str, *, cleared: bool = False
 ) -> tuple[int, dict[str, Any]]:
     """An operator's suspend / resume / terminate of agent ``ref`` (id, name or id prefix) in
-    this process: (HTTP status, JSON body)."""
+    this process: (HTTP status, JSON body). ``cleared``: a resume whose principal's clear is
+    on Redis already (``_clear_first``)."""
     gw = state.gateway
     if gw is None:
         return 503, {"error": "unavailable", "component": "agents", "reason": "gateway not started"}
@@ -237,7 +293,7 @@ def agent_action(
     if agent is None:
         return 404, {"error": "not_found", "reason": not_here(state, ref)}
     order = Order(action=action, by=who, reason=reason, via="", at=time.time())
-    done, result = act(gw.runtime, gw.events, agent, order)
+    done, result = act(gw.runtime, gw.events, agent, order, cleared=cleared)
     if not done:
         return 409, {"error": "invalid_transition", "reason": result}
     return 200, {"agent": agent.id, "result": result, "state": agent.state.value}

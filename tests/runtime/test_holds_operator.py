@@ -19,20 +19,26 @@ import logging
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
 import redis
 
 from gateway.cli import main as symbi_main
 from gateway.config.model import Config
 from gateway.errors import AgentError, InvalidTransition
+from gateway.events import Event
 from gateway.runtime import AgentState
 from gateway.runtime import holds as holds_mod
 from gateway.runtime.agents import Agent
 from gateway.runtime.core import AgentRuntime
 from gateway.runtime.holds import PrincipalHolds
+from gateway.runtime.sessionorders import SessionAgents
+from gateway.runtime.status import principal_holds
 from gateway.server.operations import act_on_agent, act_on_principal
 from gateway.state.holdboard import HELD, HoldBoard
 from gateway.state.redisclient import open_redis
+from gateway.state.sessionboard import SessionBoard
+from tests.conftest import RecordingSink
 from tests.runtime.test_holds import ALICE, held, replicas, runtime, until  # noqa: F401 - a fixture
 from tests.state.conftest import redis_engine  # noqa: F401 - the engine's fixture
 from tests.state.engines import Redis
@@ -228,3 +234,130 @@ async def test_a_resume_is_not_undone_by_a_hold_queued_before_it(
     await b.holds.flush(5.0)
     assert not redis.Redis.from_url(redis_engine.url).hexists(HELD, "key:x")
     assert not a.holds.holding("key:x") and not b.holds.holding("key:x")
+
+
+# -- session 42 ------------------------------------------------------------------------------------
+
+
+def _refusals(rt: AgentRuntime) -> list[dict[str, Any]]:
+    assert isinstance(rt.events, RecordingSink)
+    return [d for t, d in rt.events.events if t == Event.PRINCIPAL_HOLD_REFUSED]
+
+
+async def test_an_operators_suspend_of_an_agent_past_the_bound_says_its_principal_is_not_held() -> None:
+    """Before: the agent was suspended, its principal not held (logged only), and the operator's
+    ``symbi agents suspend AGENT`` was answered 200 "suspended": alice's other sessions called on.
+    Now 507 ``holds_full`` (as a principal's suspension past the bound), the agent still
+    suspended (fail closed), on the audit record and in ``symbi status``."""
+    rt = runtime(PrincipalHolds(limit=1))
+    rt.suspend_principal("key:p0", "x", "ops")
+    agent = rt.agents.for_session(ALICE, "c", "s1")
+    rt.begin(agent, "t")
+    status, body = await act_on_agent(state_of(rt), agent.id, "suspend", "ops", "")
+    assert status == 507, body  # 200 before
+    assert body["code"] == "holds_full" and body["principal_held"] is False
+    assert body["state"] == "Suspended" and agent.state is S.SUSPENDED
+    assert not held(rt)  # what the 507 says: alice's other sessions are not refused
+    assert [(d["principal"], d["in_force"]) for d in _refusals(rt)] == [(ALICE.qualified, "nowhere")]
+    shown = principal_holds(rt)
+    assert shown is not None and shown["status"] == "degraded" and shown["not_held"] == [ALICE.qualified]
+    status, body = await act_on_agent(state_of(rt), agent.id, "resume", "ops", "")
+    assert status == 200, body
+    assert principal_holds(rt) is None  # resumed: nothing left to show
+
+
+@pytest.mark.slow
+async def test_a_hold_redis_refuses_is_on_the_record_and_in_status(
+    replicas: tuple[AgentRuntime, AgentRuntime],  # noqa: F811 - the fixture
+) -> None:
+    """Before: a hold Redis refused past its bound was in force in this process only, the other
+    replicas letting the principal in, logged at ERROR and nowhere else."""
+    a, b = replicas
+    assert a.holds.board is not None
+    a.holds.board.limit = 1
+    await a.holds.board.hold("key:p0", {"reason": "x"}, 0.0)
+    agent = a.agents.for_session(ALICE, "c", "s1")
+    a.begin(agent, "t")
+    a.suspend(agent, "budget breach")
+    await until("Redis refused alice", lambda: ALICE.qualified in a.holds.unshared)
+    assert [(d["principal"], d["in_force"]) for d in _refusals(a)] == [(ALICE.qualified, "this process only")]
+    shown = principal_holds(a)
+    assert shown is not None and shown["held_in_this_process_only"] == [ALICE.qualified]
+    status, body = await act_on_agent(state_of(a), agent.id, "suspend", "ops", "")
+    assert status == 507 and body["code"] == "holds_full", body  # already suspended: still told
+    assert held(a) and not held(b)
+
+
+@pytest.mark.slow
+async def test_a_resume_whose_clear_is_written_is_not_refused_after_it(
+    replicas: tuple[AgentRuntime, AgentRuntime],  # noqa: F811 - the fixture
+    redis_engine: Redis,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: the operator's resume wrote its clear to Redis, then this process's own reader
+    (woken by that clear) resumed the agent before the resume ran; the resume found it Ready,
+    nothing held, and answered 409, its clear having lifted the hold everywhere. Whether the
+    resume is refused is decided before the write; once written it is done."""
+    a, b = replicas
+    agent = await _suspended_on_redis(a)
+    await until("B holds alice", lambda: held(b))
+    board = a.holds.board
+    assert board is not None
+    written = board.clear
+
+    async def clear_then_read(principal: str) -> tuple[bool, int]:
+        out = await written(principal)
+        await until("A read the clear", lambda: not a.holds.holding(principal))  # its reader won
+        return out
+
+    monkeypatch.setattr(board, "clear", clear_then_read)
+    status, body = await act_on_agent(state_of(a), agent.id, "resume", "ops", "checked")
+    assert status == 200, body  # 409 before, the hold already cleared on Redis
+    assert agent.state is not S.SUSPENDED and a.holds.unwritten == 0
+    assert not redis.Redis.from_url(redis_engine.url).hexists(HELD, ALICE.qualified)
+    await until("B lets alice in", lambda: not held(b))
+    running = a.agents.for_session(ALICE, "c", "s9")
+    a.begin(running, "t")
+    monkeypatch.undo()
+    b.suspend_principal(ALICE.qualified, "audit", "ops")  # A has not read it yet
+    status, body = await act_on_agent(state_of(a), running.id, "resume", "ops", "")
+    assert status == 409 and a.holds.unwritten == 0  # still refused before any write
+    assert await b.holds.flush(2.0)
+    await until("A holds alice", lambda: held(a))
+
+
+@pytest.mark.slow
+async def test_a_resume_passed_to_the_sessions_process_is_on_redis_before_it_acts(
+    redis_engine: Redis,  # noqa: F811 - the fixture
+) -> None:
+    """Before: the process holding the session carried out a resume passed to it
+    (``pass_session_action``) with the clear queued in memory: its agent was let in at once,
+    and a process stopping before the write left the principal held on every other replica.
+    Here A's writer of holds is stopped once alice's hold is on Redis: the clear is written
+    by the resume itself, or never."""
+    redis.Redis.from_url(redis_engine.url).flushall()
+    client = open_redis(redis_engine.url, 2)
+    holds = PrincipalHolds()
+    holds.board = HoldBoard(client, limit=holds.limit)
+    a = runtime(holds)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.holds.run)
+            await until("A read Redis", lambda: a.holds.confirmed is not None)
+            agent = await _suspended_on_redis(a)
+            tg.cancel_scope.cancel()  # A writes no queued change from now on
+        b = SessionAgents(runtime(), RecordingSink(), SessionBoard(client, owner="replica-b"))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(SessionAgents(a, a.events, SessionBoard(client, owner="replica-a")).run)
+            for _ in range(100):  # until A's agent is on the board (its first renewal)
+                if await b.pass_order(agent.id, "resume", "ops", "checked"):
+                    break
+                await anyio.sleep(0.05)
+            else:
+                pytest.fail("A's session agent never reached the board")
+            await until("A resumed it", lambda: agent.state is not S.SUSPENDED, bound_s=10.0)
+            tg.cancel_scope.cancel()
+        assert not redis.Redis.from_url(redis_engine.url).hexists(HELD, ALICE.qualified)  # held before
+        assert a.holds.unwritten == 0  # 1 before: the clear, in memory only
+    finally:
+        await client.aclose()

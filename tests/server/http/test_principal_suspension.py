@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from gateway.cli import main as symbi_main
 from gateway.config import load_config
 from gateway.runtime.holds import Hold, HoldFile, principal_unknown
 from tests.server.http.conftest import DENY_FORBIDDEN_ECHO, bearer, everything_config, make_keys, run_server
@@ -120,3 +121,29 @@ def test_a_hold_the_checks_would_refuse_is_still_cleared_by_its_name(tmp_path: P
         assert httpx.get(run.base + "/api/principals", headers=bearer(keys.admin)).json()["suspended"] == []
     for typo in ("key:alice ", "key:al\x00ice", "key:\u2028alice"):  # no caller's id: 404
         assert principal_unknown(typo, jwt_issuer=None, anonymous=None) is not None, typo
+
+
+def test_a_key_principal_with_no_live_key_is_no_one_here(tmp_path: Path, capsys: Any) -> None:
+    """Session 42: ``key:ID`` was checked for its kind only; ``key:bbo`` (a typo of bob) was
+    answered 200 "suspended" and held no one. A key principal with no live API key is 404, as
+    a JWT of another issuer is (the CLI exits 1, as for those); a hold of a key revoked since
+    is still cleared by its name."""
+    cfg = everything_config(tmp_path)
+    keys = make_keys(cfg)
+    with run_server(cfg) as run:
+        api, admin = run.base + "/api/principals", bearer(keys.admin)
+        for act in ("suspend", "resume"):
+            r = httpx.post(f"{api}/{act}", json={"principal": "key:bbo"}, headers=admin)
+            assert r.status_code == 404, (act, r.text)  # 200 "suspended" before
+        cli = ["--principal", "key:bbo", "--config", str(cfg), "--url", run.base, "--api-key", keys.admin]
+        assert symbi_main(["agents", "suspend", *cli]) == 1  # 0 before: "key:bbo: suspended"
+        assert "key:bbo" in capsys.readouterr().err
+        assert httpx.get(api, headers=admin).json()["suspended"] == []
+        r = httpx.post(f"{api}/suspend", json={"principal": "key:bob", "reason": "audit"}, headers=admin)
+        assert r.status_code == 200, r.text
+        [bob] = [rec for rec in keys.store.records() if rec.principal == "bob"]
+        assert keys.store.revoke(bob.id)  # bob has no live key now: his hold is still cleared
+        r = httpx.post(f"{api}/resume", json={"principal": "key:bob"}, headers=admin)
+        assert r.status_code == 200, r.text
+        r = httpx.post(f"{api}/suspend", json={"principal": "key:bob"}, headers=admin)
+        assert r.status_code == 404, r.text  # revoked: no caller of it is left to hold

@@ -121,13 +121,15 @@ def discover(config: Config, events: EventSink) -> Background:
         while True:
             try:
                 added, removed = await anyio.to_thread.run_sync(discovery.poll)
-                # "removed" ones still run: the policy rules them too
+                # a "removed" one still running is stopped below
                 ours = [
                     d
                     for d in discovery.entries().values()
                     if d.status == "approved" or d.name in gw.upstreams
                 ]
                 refused = await anyio.to_thread.run_sync(discovery.managed_policy().refusals, ours)
+                # approved before approving one was refused: it would start without its secret
+                refused |= {d.name: why for d in ours if (why := d.unresolved()) is not None}
             except Exception as e:  # noqa: BLE001 - a failed pass must not stop the gateway
                 # fail closed: nothing is quarantined, removed or started from this pass
                 if str(e) != failed:
@@ -140,7 +142,9 @@ def discover(config: Config, events: EventSink) -> Background:
             failed = ""
             _log_discovered(added, removed)
             for d in ours:
-                if d.name in refused:
+                if d.status == "removed":  # gone from its client's config: gone from the gateway
+                    await _stop_removed(gw, d)
+                elif d.name in refused:
                     await _block(gw, d, refused[d.name], blocked)
                 elif d.status == "approved" and d.name not in gw.upstreams:
                     blocked.pop(d.name, None)
@@ -174,8 +178,28 @@ async def _block(gw: Gateway, d: Discovered, why: str, logged: dict[str, str]) -
     _logger.error("approved server %s %s: %s", d.name, done, why)
 
 
+async def _stop_removed(gw: Gateway, d: Discovered) -> None:
+    """A running discovered server gone from its client's config: stopped (its processes end,
+    its tools leave the catalogue), on the record as ``server.stopped``."""
+    try:
+        await gw.remove_server(d.name)
+        stopped = True
+    except Exception:  # out of the catalogue all the same (remove_server's finally)
+        stopped = False
+        _logger.exception("discovered server %s, gone from %s: stopping it failed", d.name, d.source)
+    gw.events.emit(
+        Event.SERVER_STOPPED,
+        {"server": d.name, "source": d.source, "reason": "removed from its source", "stopped": stopped},
+    )
+    if stopped:
+        _logger.warning("discovered server %s stopped: it is gone from %s", d.name, d.source)
+
+
 def _log_discovered(added: list[Discovered], removed: list[Discovered]) -> None:
     for d in added:
+        if d.status == "approved":  # back with the launch config that was approved
+            _logger.warning("discovered MCP server %r is back in %s, as approved", d.original_name, d.source)
+            continue
         _logger.warning(
             "discovered MCP server %r in %s: quarantined until `symbi tools approve %s`",
             d.original_name,

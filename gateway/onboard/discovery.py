@@ -54,6 +54,7 @@ class Discovered:
     approved_by: str | None = None
     client: str | None = None  # the client whose file held it ("registry": the registry folder)
     home: str | None = None  # the home folder it was found through (its user's Claude Code settings)
+    was: str | None = None  # a removed one's status before (its approval stands if it returns unchanged)
 
     def from_claude_code(self) -> bool:
         """Whether Claude Code's managed policy rules it; an entry recorded before ``client``
@@ -73,7 +74,26 @@ class Discovered:
             "approved_by": self.approved_by,
             "client": self.client,
             "home": self.home,
+            "was": self.was,
         }
+
+    def unresolved(self) -> str | None:
+        """Why it cannot run as its client would run it: a ``${...}`` reference (VS Code's
+        ``${input:id}`` / ``${env:NAME}``, Claude Code's ``${NAME}``) is the client's to fill in
+        (a prompt, the client's environment); the gateway never fills it from its own
+        environment, and started with the literal text the server would lack its secret."""
+        refs = [
+            f"{at} ({secrets_masked(m)})"
+            for at, text in _launch_values(self.table)
+            for m in _REFERENCE.findall(text)
+        ]
+        if not refs:
+            return None
+        return (
+            "unresolved references the client fills in and the gateway does not: "
+            + ", ".join(refs)
+            + "; write the values into the client's config (or import it with `symbi import`)"
+        )
 
     def launches(self) -> str:
         """What approving it runs, for the person deciding, as a shell line: its folder, its
@@ -104,7 +124,21 @@ class Discovered:
             "launches": self.launches(),  # the approver sees the arguments too: one masking
             "first_seen": self.first_seen,
             "approved_by": self.approved_by,
+            "unresolved": self.unresolved(),  # why approving it is refused (None: it is not for that)
         }
+
+
+# a client's variable reference as the table holds it (clients._ref wrote VS Code's as ${NAME})
+_REFERENCE = re.compile(r"\$\{[^}]*\}")
+
+
+def _launch_values(table: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(where, text) of every value of ``table`` that reaches the server or its launch."""
+    out = [(k, str(table[k])) for k in ("command", "url", "cwd") if table.get(k) is not None]
+    out += [(f"args[{i}]", str(a)) for i, a in enumerate(table.get("args") or [])]
+    for part in ("env", "headers"):
+        out += [(f"{part}.{k}", str(v)) for k, v in (table.get(part) or {}).items()]
+    return out
 
 
 # variables that change what a process runs, loads or fetches: a repository's .mcp.json with
@@ -206,6 +240,30 @@ def _client_table(f: FoundServer) -> dict[str, Any]:
     return {"url": f.url, **({"headers": dict(f.headers)} if f.headers else {})}
 
 
+def _seen_again(d: Discovered, table: dict[str, Any]) -> Discovered | None:
+    """What a known server becomes when its file holds it (None: unchanged). A removed one
+    that comes back is approved again only when it was and its launch config is the one
+    approved; otherwise it is quarantined with the config its file holds now. An approved one
+    keeps the config approved (a change in its file is not run)."""
+    if d.status == "approved" or (d.status == "quarantined" and table == d.table):
+        return None
+    if d.status == "removed" and d.was == "approved" and table == d.table:
+        return replace(d, status="approved", was=None)
+    return replace(d, table=table, status="quarantined", approved_by=None, was=None)
+
+
+def _discovered(d: Discovered, *, again: bool = False) -> dict[str, Any]:
+    """The ``server.discovered`` record of ``d`` (``again``: it was known, back or changed)."""
+    return {
+        "server": d.name,
+        "source": d.source,
+        "original_name": d.original_name,
+        "transport": "stdio" if "command" in d.table else "http",
+        "status": d.status,
+        **({"again": True} if again else {}),
+    }
+
+
 class ManagedPolicy:
     """Claude Code's managed MCP policy as one discovery pass (or one approval) sees it: read
     once, on first need, for each home the servers were found through (its user's own lists);
@@ -300,8 +358,10 @@ class Discovery:
         return found, unread
 
     def poll(self) -> tuple[list[Discovered], list[Discovered]]:
-        """One pass: returns (newly quarantined, newly removed); both are audited. A server of
-        a client file that cannot be read this pass keeps its status (the next pass decides)."""
+        """One pass: returns (newly quarantined or back, newly removed); both are audited. A
+        server of a client file that cannot be read this pass keeps its status (the next pass
+        decides). One that comes back after its removal is approved again only with the launch
+        config that was approved; a quarantined one's config follows its file."""
         known = self.entries()
         by_origin = {(d.source, d.original_name): d for d in known.values()}
         now, unread = self.seen_now()
@@ -310,6 +370,10 @@ class Discovery:
         used = set(known) | set(self._configured) | RESERVED
         for client, src, original, table in now:
             if (src, original) in by_origin:
+                if (again := _seen_again(by_origin[(src, original)], table)) is not None:
+                    known[again.name] = again
+                    added.append(again)
+                    self._events.emit(Event.SERVER_DISCOVERED, _discovered(again, again=True))
                 continue
             name = unique_name(original, used)
             used.add(name)
@@ -318,16 +382,7 @@ class Discovery:
             )
             known[name] = d
             added.append(d)
-            self._events.emit(
-                Event.SERVER_DISCOVERED,
-                {
-                    "server": name,
-                    "source": src,
-                    "original_name": original,
-                    "transport": "stdio" if "command" in table else "http",
-                    "status": "quarantined",
-                },
-            )
+            self._events.emit(Event.SERVER_DISCOVERED, _discovered(d))
         removed = self._removed(known, seen_origins, unread)
         if added or removed:
             self._save(known)
@@ -340,7 +395,7 @@ class Discovery:
         removed: list[Discovered] = []
         for name, d in list(known.items()):
             if d.status != "removed" and d.source not in unread and (d.source, d.original_name) not in seen:
-                known[name] = replace(d, status="removed")
+                known[name] = replace(d, status="removed", was=d.status)
                 removed.append(known[name])
                 self._events.emit(Event.SERVER_REMOVED, {"server": name, "source": d.source, "was": d.status})
         return removed
@@ -359,6 +414,8 @@ class Discovery:
         if (
             why := self.managed_policy().refusal(d)
         ) is not None:  # the organisation's rule, not the approver's
+            raise ApprovalError(f"discovered server {name!r} cannot be approved: {why}", 409)
+        if (why := d.unresolved()) is not None:  # it would start without its secret
             raise ApprovalError(f"discovered server {name!r} cannot be approved: {why}", 409)
         try:  # what the gateway would refuse to start is refused here, with its reason
             ServerConfig.model_validate({**d.table, "verification": "tofu"})
